@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: Vertex AI tuning jobs and local LoRA (optional ``tune-local`` extra)."""

@@ -1,0 +1,114 @@
+"""The shared JSONL example format (``{"input", "output", "label"?, "metadata"?}``): loading, checks, split.
+
+Used by local LoRA tuning and by cloud tuning jobs alike, so bad data is rejected before anything is
+trained or sent, with the offending line named in ``UsageError.field`` (``"line N"``, 1-based).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.errors import UsageError
+
+DEFAULT_MAX_CHARS = 20_000
+DEFAULT_MIN_EXAMPLES = 1
+_KNOWN_KEYS = frozenset({"input", "output", "label", "metadata"})
+
+
+class Example(BaseModel):
+    """One labeled example: the input a model sees and the output it should give."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: str = Field(min_length=1)
+    output: str = Field(min_length=1)
+    label: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_examples(
+    path: str | Path,
+    *,
+    min_examples: int = DEFAULT_MIN_EXAMPLES,
+    max_chars: int = DEFAULT_MAX_CHARS,
+) -> list[Example]:
+    """Read and check a JSONL file of examples; raise ``UsageError(field="line N")`` on the first bad line.
+
+    Blank lines are skipped (they still count for line numbers). ``max_chars`` bounds
+    ``len(input) + len(output)`` of one example.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {path}", field="data") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text: {exc}", field="data") from None
+    examples = [
+        parse_line(line, lineno, max_chars=max_chars)
+        for lineno, line in enumerate(text.splitlines(), start=1)
+        if line.strip()
+    ]
+    if not examples:
+        raise UsageError(f"{path} holds no examples", field="data")
+    if len(examples) < min_examples:
+        raise UsageError(
+            f"{path} holds {len(examples)} examples; at least {min_examples} are needed", field="data"
+        )
+    return examples
+
+
+def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS) -> Example:
+    """Parse one JSONL line into an ``Example``; errors name ``line {lineno}``."""
+    where = f"line {lineno}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"invalid JSON ({exc.msg} at column {exc.colno})", field=where) from None
+    if not isinstance(record, dict):
+        raise UsageError(f"expected a JSON object, got {type(record).__name__}", field=where)
+    unknown = sorted(set(record) - _KNOWN_KEYS)
+    if unknown:
+        raise UsageError(f"unknown keys {unknown}; expected input, output, label, metadata", field=where)
+    for key in ("input", "output"):
+        value = record.get(key)
+        if value is None:
+            raise UsageError(f"missing field {key!r}", field=where)
+        if not isinstance(value, str):
+            raise UsageError(f"field {key!r} must be a string, got {type(value).__name__}", field=where)
+        if not value.strip():
+            raise UsageError(f"field {key!r} is empty", field=where)
+    label = record.get("label")
+    if label is not None and not isinstance(label, str):
+        raise UsageError(f"field 'label' must be a string, got {type(label).__name__}", field=where)
+    metadata = record.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise UsageError(f"field 'metadata' must be an object, got {type(metadata).__name__}", field=where)
+    size = len(record["input"]) + len(record["output"])
+    if size > max_chars:
+        raise UsageError(f"example is {size} characters; the limit is {max_chars}", field=where)
+    return Example(input=record["input"], output=record["output"], label=label, metadata=metadata)
+
+
+def split(
+    examples: list[Example], validation_fraction: float, seed: int = 0
+) -> tuple[list[Example], list[Example]]:
+    """Shuffle with ``seed`` and split into (train, validation); the same inputs give the same split.
+
+    A positive fraction keeps at least one validation example and at least one training example.
+    """
+    if not 0.0 <= validation_fraction < 1.0:
+        raise UsageError("must be in [0, 1)", field="validation_fraction")
+    order = list(examples)
+    random.Random(seed).shuffle(order)
+    n_val = round(len(order) * validation_fraction)
+    if validation_fraction > 0 and len(order) >= 2:
+        n_val = min(max(n_val, 1), len(order) - 1)
+    else:
+        n_val = 0
+    return order[n_val:], order[:n_val]
