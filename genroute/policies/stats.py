@@ -1,0 +1,102 @@
+"""The benchmark statistics file: per (task, backend) quality, latency and cost, as ``genroute bench`` measured.
+
+Written by the benchmark harness (``BenchStats.save``), read by ``cost_aware`` and ``budget``. JSON shape::
+
+    {"version": 1, "created_at": "...", "source": "...",
+     "tasks": {"banking77": {"icl": {"n": 200, "quality": 0.81, "quality_ci": [0.75, 0.86],
+                                      "metric": "label_accuracy", "latency_p50_s": 0.4,
+                                      "latency_p95_s": 0.9, "cost_per_request_usd": 0.00012}}}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from genroute.errors import ConfigError
+
+#: The key under ``tasks`` for requests without a task.
+ANY_TASK = "*"
+
+
+class BackendStats(BaseModel):
+    """What the benchmark measured for one backend on one task."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n: int = Field(ge=0, description="Records scored.")
+    quality: float = Field(description="Mean score (0..1 for the built-in scorers).")
+    quality_ci: tuple[float, float] | None = Field(default=None, description="Bootstrap CI (low, high).")
+    metric: str | None = Field(default=None, description="Scorer name, e.g. label_accuracy.")
+    latency_p50_s: float = Field(ge=0.0)
+    latency_p95_s: float = Field(ge=0.0)
+    cost_per_request_usd: float = Field(ge=0.0)
+    failures: int = Field(default=0, ge=0, description="Records that ended in an error.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BackendStats:
+        if self.latency_p95_s < self.latency_p50_s:
+            raise ValueError("latency_p95_s must be >= latency_p50_s")
+        if self.quality_ci is not None and self.quality_ci[0] > self.quality_ci[1]:
+            raise ValueError("quality_ci must be (low, high)")
+        return self
+
+
+class BenchStats(BaseModel):
+    """Benchmark statistics keyed by task, then backend."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Literal[1] = 1
+    created_at: str | None = None
+    source: str | None = Field(default=None, description="Dataset or command that produced the figures.")
+    tasks: dict[str, dict[str, BackendStats]] = Field(default_factory=dict)
+
+    def get(self, task: str | None, backend: str) -> BackendStats | None:
+        """Stats of ``backend`` on ``task`` (``None`` task reads the ``*`` entry); ``None`` if unmeasured."""
+        return self.tasks.get(task if task is not None else ANY_TASK, {}).get(backend)
+
+    def for_task(self, task: str | None) -> dict[str, BackendStats]:
+        """Every measured backend for ``task`` (falls back to the ``*`` entry)."""
+        found = self.tasks.get(task) if task is not None else None
+        return found if found is not None else self.tasks.get(ANY_TASK, {})
+
+    def cost(self, backend: str, task: str | None = None) -> float | None:
+        """Cost per request of ``backend`` on ``task``, else the highest over all tasks (a safe estimate)."""
+        entry = self.get(task, backend)
+        if entry is not None:
+            return entry.cost_per_request_usd
+        costs = [by[backend].cost_per_request_usd for by in self.tasks.values() if backend in by]
+        return max(costs) if costs else None
+
+    def merged(self, other: BenchStats) -> BenchStats:
+        """A copy with ``other``'s entries added (``other`` wins per task and backend)."""
+        tasks = {task: dict(by) for task, by in self.tasks.items()}
+        for task, by in other.tasks.items():
+            tasks.setdefault(task, {}).update(by)
+        return self.model_copy(update={"tasks": tasks, "created_at": other.created_at or self.created_at})
+
+    @classmethod
+    def load(cls, path: str | Path, *, field: str = "stats_path") -> BenchStats:
+        """Read a stats file; ``ConfigError`` naming ``field`` if it is missing or malformed."""
+        path = Path(path)
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            raise ConfigError(f"stats file {str(path)!r} does not exist", field=field) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{path.name}: {loc}: {first['msg']}", field=field) from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (readers see the old file or the new one, never half)."""
+        from genroute.cache import atomic_write_bytes
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(self.model_dump(mode="json"), indent=2).encode() + b"\n")
+        return path
