@@ -1,0 +1,72 @@
+"""genroute: route each LLM request to the technique that should answer it.
+
+Heavy modules (google-genai, chromadb, llama_cpp, the router itself) load on first use, so that
+``import genroute`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from genroute.errors import (
+    AllRungsFailed,
+    BackendError,
+    BackendRejected,
+    BackendUnavailable,
+    BudgetExceeded,
+    ConfigError,
+    GenrouteError,
+    NoRelevantContext,
+    StreamInterrupted,
+    ToolLoopExceeded,
+    UsageError,
+    ValidationFailed,
+)
+
+_LAZY: dict[str, str] = {
+    "Router": "genroute.router.router",
+    "GenerateRequest": "genroute.types",
+    "GenerateResult": "genroute.types",
+    "GenerateChunk": "genroute.types",
+    "Decision": "genroute.types",
+    "Rung": "genroute.types",
+    "Usage": "genroute.types",
+    "Citation": "genroute.types",
+    "ToolCall": "genroute.types",
+    "RouterConfig": "genroute.config",
+    "load_config": "genroute.config",
+    "Pricing": "genroute.router.pricing",
+    "ModelPrice": "genroute.router.pricing",
+}
+
+__all__ = [
+    "AllRungsFailed", "BackendError", "BackendRejected", "BackendUnavailable", "BudgetExceeded", "Citation",
+    "ConfigError", "Decision", "GenerateChunk", "GenerateRequest", "GenerateResult", "GenrouteError",
+    "ModelPrice", "NoRelevantContext", "Pricing", "Router", "RouterConfig", "Rung", "StreamInterrupted",
+    "ToolCall", "ToolLoopExceeded", "Usage", "UsageError", "ValidationFailed", "load_config", "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'genroute' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from genroute.config import RouterConfig, load_config
+    from genroute.router.pricing import ModelPrice, Pricing
+    from genroute.router.router import Router
+    from genroute.types import (
+        Citation, Decision, GenerateChunk, GenerateRequest, GenerateResult, Rung, ToolCall, Usage,
+    )

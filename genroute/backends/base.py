@@ -1,0 +1,189 @@
+"""The backend extension point: a technique that turns a request into engine calls."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.types import Citation, GenerateRequest, ToolCall
+
+if TYPE_CHECKING:
+    from google.genai import types
+
+    from genroute.engines.base import Engine
+    from genroute.resources import Resources
+    from genroute.router.context import RunContext
+
+
+class GenerationSettings(BaseModel):
+    """Sampling and output settings passed to the engine."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, gt=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    stop_sequences: tuple[str, ...] = ()
+    seed: int | None = None
+    response_mime_type: str | None = None
+    response_schema: dict[str, Any] | None = None
+
+    def to_genai(self, *, system: str | None = None, **extra: Any) -> types.GenerateContentConfig:
+        """The equivalent ``GenerateContentConfig`` (automatic function calling off)."""
+        from google.genai import types
+
+        kwargs: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "max_output_tokens": self.max_output_tokens,
+            "stop_sequences": list(self.stop_sequences) or None,
+            "seed": self.seed,
+            "system_instruction": system,
+        }
+        if self.response_schema is not None:
+            kwargs["response_mime_type"] = self.response_mime_type or "application/json"
+            kwargs["response_json_schema"] = self.response_schema
+        elif self.response_mime_type:
+            kwargs["response_mime_type"] = self.response_mime_type
+        kwargs.update(extra)
+        return types.GenerateContentConfig(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+class BackendConfig(BaseModel):
+    """Fields every backend config has; each kind subclasses it with ``kind: Literal[...]``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str
+    engine: str = Field(description="Name of an engine in the config's `engines`.")
+    model: str = Field(min_length=1, description="Model name (or tuned endpoint resource).")
+    system: str | None = Field(default=None, description="System instruction.")
+    generation: GenerationSettings = GenerationSettings()
+    tasks: tuple[str, ...] = Field(default=(), description="Tasks this backend is meant for.")
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class BackendOutput:
+    """What a backend produced, before the router adds usage, cost and decision."""
+
+    text: str
+    model: str
+    finish_reason: str | None = None
+    citations: tuple[Citation, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: Set by retrieval backends when nothing relevant was found (validators may escalate on it).
+    no_context: bool = False
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One engine call a single-call backend wants made."""
+
+    model: str
+    contents: list[types.Content]
+    config: types.GenerateContentConfig | None
+    citations: tuple[Citation, ...] = ()
+    no_context: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: Price the call as this model (a tuned model bills at its base model's rates).
+    price_as: str | None = None
+
+
+class Backend(ABC):
+    """A technique: prompt template, ICL, RAG, function calling or a tuned model."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[BackendConfig]]
+    #: What the backend brings, for policies: ``tools``, ``knowledge``, ``examples``, ``tuned``.
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, name: str, config: BackendConfig, resources: Resources) -> None:
+        self.name = name
+        self.config = config
+        self.resources = resources
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this backend calls."""
+        return self.resources.engine(self.config.engine, field=f"backends.{self.name}.engine")
+
+    @abstractmethod
+    async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:
+        """Answer the request completely."""
+
+    async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
+        """Yield text deltas, then the final ``BackendOutput``. Default: one chunk from ``run``."""
+        output = await self.run(request, ctx)
+        if output.text:
+            yield output.text
+        yield output
+
+    def facts(self) -> dict[str, Any]:
+        """Facts policies may read (collection name, example count, tools); must not call a model."""
+        return {}
+
+    async def aclose(self) -> None:
+        """Release anything the backend holds."""
+
+
+class SingleCallBackend(Backend):
+    """A backend that makes exactly one engine call, prepared by ``prepare``."""
+
+    @abstractmethod
+    async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
+        """Build the one engine call for this request."""
+
+    async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:
+        prepared = await self.prepare(request, ctx)
+        response = await ctx.generate(self.engine, prepared.model, prepared.contents, prepared.config,
+                                      price_as=prepared.price_as)
+        return self._output(prepared, response_text(response), finish_reason(response))
+
+    async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
+        prepared = await self.prepare(request, ctx)
+        parts: list[str] = []
+        reason = None
+        async for response in ctx.stream(self.engine, prepared.model, prepared.contents, prepared.config,
+                                         price_as=prepared.price_as):
+            delta = response_text(response)
+            reason = finish_reason(response) or reason
+            if delta:
+                parts.append(delta)
+                yield delta
+        yield self._output(prepared, "".join(parts), reason)
+
+    def _output(self, prepared: Prepared, text: str, reason: str | None) -> BackendOutput:
+        return BackendOutput(text=text, model=prepared.model, finish_reason=reason,
+                             citations=prepared.citations, no_context=prepared.no_context)
+
+
+def response_text(response: types.GenerateContentResponse) -> str:
+    """Concatenated text parts of the first candidate (thought parts excluded)."""
+    if not response.candidates:
+        return ""
+    content = response.candidates[0].content
+    if content is None or not content.parts:
+        return ""
+    return "".join(p.text for p in content.parts if p.text and not p.thought)
+
+
+def finish_reason(response: types.GenerateContentResponse) -> str | None:
+    """The first candidate's finish reason as a lower-case string (semconv style)."""
+    if not response.candidates or response.candidates[0].finish_reason is None:
+        return None
+    reason = response.candidates[0].finish_reason
+    return str(getattr(reason, "value", reason)).lower()
+
+
+def user_content(text: str) -> types.Content:
+    """A single user turn."""
+    from google.genai import types
+
+    return types.Content(role="user", parts=[types.Part(text=text)])

@@ -1,0 +1,66 @@
+"""The engine extension point: a model runtime spoken to in google-genai's own types."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from google.genai import types
+
+
+class Engine(ABC):
+    """A model runtime: Gemini over google-genai, or the embedded local model.
+
+    Engines take ``types.Content`` lists and a ``types.GenerateContentConfig`` and answer with
+    ``types.GenerateContentResponse``; they never know which backend or policy called them.
+    Retries, if any, live inside the engine (one layer); errors leave it as genroute errors.
+    """
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+
+    #: ``gen_ai.provider.name`` for spans: ``gcp.gemini``, ``gcp.vertex_ai`` or ``genroute.local``.
+    provider: str = "unknown"
+
+    def __init__(self, name: str, config: Any) -> None:
+        self.name = name
+        self.config = config
+
+    @abstractmethod
+    async def generate(
+        self,
+        model: str,
+        contents: list[types.Content],
+        config: types.GenerateContentConfig | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> types.GenerateContentResponse:
+        """Generate one complete response."""
+
+    @abstractmethod
+    def stream(
+        self,
+        model: str,
+        contents: list[types.Content],
+        config: types.GenerateContentConfig | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[types.GenerateContentResponse]:
+        """Generate a response as a stream of partial responses."""
+
+    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        """Embed texts; engines without embeddings raise ``UsageError``."""
+        from genroute.errors import UsageError
+
+        raise UsageError(f"engine {self.name!r} ({self.kind}) does not embed")
+
+    def pricing_model(self, model: str) -> str | None:
+        """The model name to price calls at (``None``: free, e.g. local)."""
+        return model
+
+    async def aclose(self) -> None:
+        """Release clients, threads and files."""

@@ -1,0 +1,88 @@
+"""The genroute error tree.
+
+GenrouteError
+├── UsageError            the caller used the API wrongly (bad request, sync call inside a running loop)
+│   └── ConfigError       a configuration value is invalid; ``field`` names it (dotted path)
+└── BackendError          a backend or engine failed at run time
+    ├── BackendUnavailable    retryable: 408/429/5xx, timeouts, refused/reset connections
+    ├── BackendRejected       final: the provider refused the request (4xx other than 408/429)
+    ├── NoRelevantContext     retrieval found nothing above the threshold (a policy may escalate)
+    ├── ToolLoopExceeded      the function-calling loop hit max steps or its deadline
+    ├── ValidationFailed      a validator rejected a backend's answer
+    ├── StreamInterrupted     a stream failed after its first chunk was sent (no fallback possible)
+    ├── BudgetExceeded        a budget has no room left for this request
+    └── AllRungsFailed        every rung of a decision failed; ``attempts`` lists why
+
+google-genai and transport errors are mapped to this tree in exactly one place:
+``genroute.engines.errors.map_error``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GenrouteError(Exception):
+    """Root of every error genroute raises."""
+
+
+class UsageError(GenrouteError):
+    """The caller used the API wrongly; ``field`` names the offending input when known."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class ConfigError(UsageError):
+    """A configuration value is invalid; ``field`` is its dotted path."""
+
+
+class BackendError(GenrouteError):
+    """A backend or engine failed at run time."""
+
+    def __init__(self, message: str, *, backend: str | None = None, status: int | None = None) -> None:
+        self.backend = backend
+        self.status = status
+        super().__init__(message)
+
+
+class BackendUnavailable(BackendError):
+    """Retryable failure: rate limit, server error, timeout or connection failure."""
+
+    def __init__(self, message: str, *, backend: str | None = None, status: int | None = None,
+                 retry_after_s: float | None = None) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, backend=backend, status=status)
+
+
+class BackendRejected(BackendError):
+    """Final failure: the provider refused the request as sent."""
+
+
+class NoRelevantContext(BackendError):
+    """Retrieval found nothing relevant enough to ground an answer."""
+
+
+class ToolLoopExceeded(BackendError):
+    """The function-calling loop reached its step limit or deadline."""
+
+
+class ValidationFailed(BackendError):
+    """A validator rejected a backend's answer."""
+
+
+class StreamInterrupted(BackendError):
+    """A stream failed after its first chunk was delivered; it cannot fall back."""
+
+
+class BudgetExceeded(BackendError):
+    """The budget for this key has no room left for the request."""
+
+
+class AllRungsFailed(BackendError):
+    """Every rung of the decision failed; ``attempts`` holds each rung's outcome."""
+
+    def __init__(self, message: str, *, attempts: list[Any]) -> None:
+        self.attempts = attempts
+        super().__init__(message)

@@ -1,0 +1,20 @@
+"""Routing policies; ``build_policy`` turns a config mapping into a policy (nested policies use it too)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
+
+__all__ = ["BackendInfo", "Policy", "PolicyConfig", "PolicyContext", "build_policy"]
+
+
+def build_policy(raw: Mapping[str, Any] | PolicyConfig, *, field: str = "policy") -> Policy:
+    """Validate ``raw`` against its kind's config model and build the policy; errors name ``field``."""
+    from genroute.config import validate_kind
+
+    cls, config = validate_kind("policies", raw, field=field)
+    policy = cls(config)
+    policy.field = field
+    return policy

@@ -1,0 +1,76 @@
+"""The policy extension point: a pure function from (request, context) to a Decision."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from genroute.types import Decision, GenerateRequest
+
+
+class PolicyConfig(BaseModel):
+    """Fields every policy config has; each kind subclasses it with ``kind: Literal[...]``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a policy may know about a backend without running it."""
+
+    name: str
+    kind: str
+    capabilities: frozenset[str] = frozenset()
+    tasks: tuple[str, ...] = ()
+    provider: str = "unknown"
+    model: str = ""
+    #: Backend-specific facts (e.g. the RAG collection, ICL example count).
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """Read-only facts a policy decides on."""
+
+    catalogue: Mapping[str, BackendInfo]
+    #: Benchmark statistics (``genroute.bench`` writes them), keyed however the reader needs.
+    stats: Any = None
+    #: Budget state (read-only view); the router reserves and settles.
+    budgets: Any = None
+
+
+class Policy(ABC):
+    """Decides which backends answer a request, in which order, and why. Never calls a model."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[PolicyConfig]]
+    #: Dotted config path of this policy (``build_policy`` sets it) so errors name nested fields.
+    field: str = "policy"
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        """The policy's name in decisions and spans."""
+        return self.kind
+
+    @abstractmethod
+    def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
+        """Return the decision for ``request``; must be pure and fast."""
+
+    def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
+        """Raise ``ConfigError`` if the policy names backends the router lacks (called once at build)."""
+
+    def reserve(self, request: GenerateRequest, decision: Decision, backend: str) -> Any:
+        """Called by the executor before a rung runs; may raise ``BudgetExceeded``. Returns a token."""
+        return None
+
+    def settle(self, token: Any, cost_usd: float) -> None:
+        """Called by the executor after a rung ran (``token`` from ``reserve``) with its actual cost."""

@@ -1,0 +1,55 @@
+"""What backends share: engines, tools, the knowledge store and pricing, built lazily from config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from genroute.errors import ConfigError
+
+if TYPE_CHECKING:
+    from genroute.engines.base import Engine
+    from genroute.router.pricing import Pricing
+
+
+class Resources:
+    """Named engines, tools and knowledge collections that backends look up by name."""
+
+    def __init__(
+        self,
+        engines: Mapping[str, Engine],
+        *,
+        tools: Mapping[str, Callable[..., Any]] | None = None,
+        knowledge: Any = None,
+        pricing: Pricing | None = None,
+    ) -> None:
+        from genroute.router.pricing import Pricing
+
+        self.engines = dict(engines)
+        self.tools = dict(tools or {})
+        self.knowledge = knowledge
+        self.pricing = pricing or Pricing()
+
+    def engine(self, name: str, *, field: str) -> Engine:
+        """The engine called ``name``; ``ConfigError`` naming ``field`` if there is none."""
+        try:
+            return self.engines[name]
+        except KeyError:
+            known = ", ".join(sorted(self.engines)) or "none"
+            raise ConfigError(f"unknown engine {name!r} (known: {known})", field=field) from None
+
+    def tool(self, name: str, *, field: str) -> Callable[..., Any]:
+        """The tool called ``name``; ``ConfigError`` naming ``field`` if there is none."""
+        try:
+            return self.tools[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tools)) or "none"
+            raise ConfigError(f"unknown tool {name!r} (known: {known})", field=field) from None
+
+    async def aclose(self) -> None:
+        """Close every engine and the knowledge store."""
+        for engine in self.engines.values():
+            await engine.aclose()
+        close = getattr(self.knowledge, "aclose", None)
+        if close is not None:
+            await close()

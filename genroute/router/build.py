@@ -1,0 +1,64 @@
+"""Building a Router from configuration: engines, knowledge, tools, backends, policy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from genroute.config import RouterConfig, import_object, load_config, validate_kind
+from genroute.resources import Resources
+from genroute.router.pricing import Pricing
+
+if TYPE_CHECKING:
+    from genroute.router.router import Router
+    from genroute.router.validators import Validator
+
+
+def build_router(
+    cls: type[Router],
+    source: str | Path | Mapping[str, Any] | RouterConfig,
+    *,
+    tools: Mapping[str, Callable[..., Any]] | None = None,
+    validators: Mapping[str, Validator] | None = None,
+    engine_options: Mapping[str, Mapping[str, Any]] | None = None,
+    **router_kwargs: Any,
+) -> Router:
+    """Validate ``source`` and assemble the router it describes (nothing is sent to any model)."""
+    config = load_config(source)
+    engines = {}
+    for name, raw in config.engines.items():
+        engine_cls, engine_config = validate_kind("engines", raw, field=f"engines.{name}")
+        engines[name] = engine_cls(name, engine_config, **dict((engine_options or {}).get(name, {})))
+    all_tools = {name: import_object(target, field=f"tools.{name}") for name, target in config.tools.items()}
+    all_tools.update(tools or {})
+    all_validators = {name: import_object(target, field=f"validators.{name}")
+                      for name, target in config.validators.items()}
+    all_validators.update(validators or {})
+    pricing = Pricing(config.pricing)
+    knowledge = None
+    if config.knowledge is not None:
+        from genroute.knowledge import build_store
+
+        knowledge = build_store(config.knowledge, engines=engines, field="knowledge")
+    resources = Resources(engines, tools=all_tools, knowledge=knowledge, pricing=pricing)
+    backends = {}
+    for name, raw in config.backends.items():
+        backend_cls, backend_config = validate_kind("backends", raw, field=f"backends.{name}")
+        backend = backend_cls(name, backend_config, resources)
+        engine = backend.engine  # raises ConfigError naming backends.<name>.engine if unknown
+        priced = engine.pricing_model(getattr(backend_config, "base_model", None) or backend_config.model)
+        if priced is not None:
+            pricing.require(priced, field=f"backends.{name}.model")
+        reference = getattr(engine, "reference_model", None)
+        if priced is None and reference:
+            pricing.require(reference, field=f"engines.{backend_config.engine}.reference_model")
+        backends[name] = backend
+    policy = None
+    if config.policy is not None:
+        from genroute.policies import build_policy
+
+        policy = build_policy(config.policy, field="policy")
+    router_kwargs.setdefault("capture_content", config.telemetry.capture_content)
+    router_kwargs.setdefault("timeout_s", config.timeout_s)
+    return cls(backends, policy, resources=resources, validators=all_validators, **router_kwargs)

@@ -1,0 +1,99 @@
+"""USD prices per 1M tokens, and the arithmetic that turns usage into cost."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.errors import ConfigError
+from genroute.types import Usage
+
+
+class PriceTier(BaseModel):
+    """Prices that apply once a prompt exceeds ``above_input_tokens``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    above_input_tokens: int = Field(gt=0)
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+
+
+class ModelPrice(BaseModel):
+    """USD per 1M tokens: input, output (thinking tokens bill as output) and cached input."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    tiers: tuple[PriceTier, ...] = ()
+
+    def cost(self, usage: Usage) -> float:
+        """The USD cost of ``usage`` at these prices, picking the prompt-size tier."""
+        price: ModelPrice | PriceTier = self
+        for tier in sorted(self.tiers, key=lambda t: t.above_input_tokens):
+            if usage.input_tokens > tier.above_input_tokens:
+                price = tier
+        cached = min(usage.cached_input_tokens, usage.input_tokens)
+        cached_rate = price.input if price.cached_input is None else price.cached_input
+        total = (
+            (usage.input_tokens - cached) * price.input
+            + cached * cached_rate
+            + (usage.output_tokens + usage.thinking_tokens) * price.output
+        )
+        return total / 1_000_000
+
+
+def _p(inp: float, out: float, cached: float | None, *tiers: tuple[int, float, float, float | None]) -> ModelPrice:
+    return ModelPrice(
+        input=inp, output=out, cached_input=cached,
+        tiers=tuple(PriceTier(above_input_tokens=a, input=i, output=o, cached_input=c) for a, i, o, c in tiers),
+    )
+
+
+#: Gemini Developer API list prices (text, standard tier) as published in 2025–2026.
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "gemini-3-pro-preview": _p(2.00, 12.00, 0.20, (200_000, 4.00, 18.00, 0.40)),
+    "gemini-3-flash-preview": _p(0.50, 3.00, 0.05),
+    "gemini-2.5-pro": _p(1.25, 10.00, 0.125, (200_000, 2.50, 15.00, 0.25)),
+    "gemini-2.5-flash": _p(0.30, 2.50, 0.03),
+    "gemini-2.5-flash-lite": _p(0.10, 0.40, 0.01),
+    "gemini-2.0-flash": _p(0.10, 0.40, 0.025),
+    "gemini-2.0-flash-lite": _p(0.075, 0.30, None),
+    "gemini-embedding-001": _p(0.15, 0.0, None),
+    "text-embedding-004": _p(0.0, 0.0, None),
+}
+
+
+class Pricing:
+    """A price table: defaults overridden by config, looked up by exact name or longest known prefix."""
+
+    def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
+        self._prices = {**DEFAULT_PRICES, **dict(overrides or {})}
+        self._by_length = sorted(self._prices, key=len, reverse=True)
+
+    def lookup(self, model: str) -> ModelPrice | None:
+        """The price of ``model`` (``models/`` prefix and version suffixes tolerated), or None."""
+        name = model.removeprefix("models/").rsplit("/", 1)[-1]
+        if name in self._prices:
+            return self._prices[name]
+        return next((self._prices[k] for k in self._by_length if name.startswith(k)), None)
+
+    def require(self, model: str, *, field: str) -> ModelPrice:
+        """The price of ``model``; ``ConfigError`` naming ``field`` if it is unknown."""
+        price = self.lookup(model)
+        if price is None:
+            raise ConfigError(
+                f"no price known for model {model!r}; add it under `pricing` (USD per 1M tokens)", field=field
+            )
+        return price
+
+    def cost(self, model: str | None, usage: Usage) -> float:
+        """USD cost of ``usage`` on ``model``; a ``None`` model (local) is free."""
+        if model is None:
+            return 0.0
+        price = self.lookup(model)
+        return 0.0 if price is None else price.cost(usage)

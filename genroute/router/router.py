@@ -1,0 +1,240 @@
+"""Router: the one API applications call — generate, agenerate, stream, astream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import ValidationError
+
+from genroute.errors import BackendUnavailable, GenrouteError, UsageError
+from genroute.policies.base import BackendInfo, Policy, PolicyContext
+from genroute.router.executor import Executor
+from genroute.router.portal import Portal
+from genroute.router.pricing import Pricing
+from genroute.router.telemetry import Telemetry
+from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+    from genroute.backends.base import Backend
+    from genroute.config import RouterConfig
+    from genroute.resources import Resources
+    from genroute.router.validators import Validator
+
+
+class Router:
+    """Routes each request to a backend chosen by a policy, and records why, how long and how much."""
+
+    def __init__(
+        self,
+        backends: Mapping[str, Backend],
+        policy: Policy | None = None,
+        *,
+        resources: Resources | None = None,
+        validators: Mapping[str, Validator] | None = None,
+        capture_content: bool | None = None,
+        timeout_s: float | None = None,
+        stats: Any = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        from genroute.resources import Resources
+
+        if not backends:
+            raise UsageError("a router needs at least one backend", field="backends")
+        self.backends = dict(backends)
+        self.resources = resources or Resources({})
+        self.policy = policy or _default_policy(self.backends)
+        self.timeout_s = timeout_s
+        self.telemetry = Telemetry(capture_content=capture_content, tracer_provider=tracer_provider,
+                                   meter_provider=meter_provider)
+        self.catalogue = {name: _info(name, b) for name, b in self.backends.items()}
+        self.policy.validate_against(self.catalogue)
+        self.context = PolicyContext(catalogue=self.catalogue, stats=stats)
+        self._executor = Executor(self.backends, self.policy, telemetry=self.telemetry,
+                                  pricing=self.resources.pricing, validators=validators)
+        self._portal = Portal()
+        self._closed = False
+
+    @classmethod
+    def from_config(
+        cls,
+        source: str | Path | Mapping[str, Any] | RouterConfig,
+        *,
+        tools: Mapping[str, Callable[..., Any]] | None = None,
+        validators: Mapping[str, Validator] | None = None,
+        **kwargs: Any,
+    ) -> Router:
+        """Build a router from a YAML/TOML/JSON file, a mapping or a ``RouterConfig``."""
+        from genroute.router.build import build_router
+
+        return build_router(cls, source, tools=tools, validators=validators, **kwargs)
+
+    # -- the API ---------------------------------------------------------------------------------------
+
+    async def agenerate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
+        """Answer one request (async)."""
+        request = self._request(input, fields)
+        with self._root_span(request) as (span, decision, start, deadline):
+            if deadline is None:
+                return await self._executor.run(request, decision, span, start, deadline)
+            try:
+                async with asyncio.timeout_at(asyncio.get_running_loop().time() + (deadline - time.monotonic())):
+                    return await self._executor.run(request, decision, span, start, deadline)
+            except TimeoutError:
+                raise BackendUnavailable(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded",
+                                         backend=decision.rungs[0].backend) from None
+
+    def generate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
+        """Answer one request (sync; not from inside a running event loop)."""
+        Portal.refuse_inside_loop("generate")
+        request = self._request(input, fields)
+        return self._portal.call(self.agenerate(request))
+
+    async def astream(self, input: str | GenerateRequest | None = None, /, **fields: Any
+                      ) -> AsyncIterator[GenerateChunk]:
+        """Stream one answer (async): text chunks, then a ``done`` chunk carrying the full result."""
+        request = self._request(input, fields)
+        with self._root_span(request) as (span, decision, start, deadline):
+            async for chunk in self._executor.stream(request, decision, span, start, deadline):
+                yield chunk
+
+    def stream(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Iterator[GenerateChunk]:
+        """Stream one answer (sync; not from inside a running event loop)."""
+        Portal.refuse_inside_loop("stream")
+        request = self._request(input, fields)
+        return self._portal.iterate(self.astream(request))
+
+    def decide(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Decision:
+        """What the policy would decide for this request, without running anything."""
+        return self._decide(self._request(input, fields))
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Wait for shadow runs, close backends and engines, and flush telemetry providers we were given."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._executor.drain_shadows()
+        for backend in self.backends.values():
+            await backend.aclose()
+        await self.resources.aclose()
+
+    def close(self) -> None:
+        """Sync ``aclose`` (also stops the router's private loop thread)."""
+        Portal.refuse_inside_loop("close")
+        if not self._closed:
+            self._portal.call(self.aclose())
+        self._portal.close()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _request(self, input: str | GenerateRequest | None, fields: dict[str, Any]) -> GenerateRequest:
+        if isinstance(input, GenerateRequest):
+            if fields:
+                raise UsageError(f"pass either a GenerateRequest or fields, not both ({', '.join(fields)})",
+                                 field=next(iter(fields)))
+            request = input
+        else:
+            try:
+                request = GenerateRequest(**({"input": input} if input is not None else {}), **fields)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                field = ".".join(str(p) for p in error["loc"]) or None
+                raise UsageError(error["msg"], field=field) from None
+        if request.backend is not None and request.backend not in self.backends:
+            raise UsageError(f"unknown backend {request.backend!r} (known: {', '.join(sorted(self.backends))})",
+                             field="backend")
+        if self._closed:
+            raise UsageError("the router is closed")
+        return request
+
+    def _decide(self, request: GenerateRequest) -> Decision:
+        if request.backend is not None:
+            return Decision.single("override", request.backend, f"explicit backend={request.backend!r}")
+        return self.policy.decide(request, self.context)
+
+    def _root_span(self, request: GenerateRequest) -> _RootSpan:
+        return _RootSpan(self, request)
+
+
+class _RootSpan:
+    """The ``genroute.generate`` span: decides inside it and records the decision on it."""
+
+    def __init__(self, router: Router, request: GenerateRequest) -> None:
+        self.router = router
+        self.request = request
+
+    def __enter__(self) -> tuple[Any, Decision, float, float | None]:
+        router, request = self.router, self.request
+        self.start = time.perf_counter()
+        self._cm = router.telemetry.tracer.start_as_current_span(
+            "genroute.generate", kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False)
+        span = self._cm.__enter__()
+        self.span = span
+        try:
+            decision = router._decide(request)
+        except BaseException:
+            self._cm.__exit__(None, None, None)
+            raise
+        if span.is_recording():
+            attrs: dict[str, Any] = {
+                "genroute.policy": decision.policy,
+                "genroute.reason": decision.reason,
+                "genroute.rungs": [r.backend for r in decision.rungs],
+            }
+            if request.task:
+                attrs["genroute.task"] = request.task
+            if router.telemetry.capture_content:
+                attrs["gen_ai.input.messages"] = request.input
+            span.set_attributes(attrs)
+        timeout = request.timeout_s or router.timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return span, decision, self.start, deadline
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            kind = type(exc).__name__
+            self.span.set_attribute("error.type", kind)
+            self.span.set_status(Status(StatusCode.ERROR, kind))
+            if not isinstance(exc, GenrouteError | GeneratorExit):
+                self.span.record_exception(exc)
+        self._cm.__exit__(None, None, None)
+
+
+def _info(name: str, backend: Backend) -> BackendInfo:
+    config = backend.config
+    engine = backend.resources.engines.get(config.engine)
+    return BackendInfo(
+        name=name, kind=backend.kind, capabilities=backend.capabilities, tasks=tuple(config.tasks),
+        provider=getattr(engine, "provider", "unknown"), model=config.model, facts=backend.facts(),
+    )
+
+
+def _default_policy(backends: Mapping[str, Backend]) -> Policy:
+    from genroute.policies.static import StaticPolicy
+
+    if len(backends) != 1:
+        raise UsageError("with more than one backend a policy is required", field="policy")
+    (name,) = backends
+    return StaticPolicy(StaticPolicy.Config(kind="static", backend=name))

@@ -1,0 +1,93 @@
+"""OpenTelemetry instrumentation following the GenAI semantic conventions.
+
+Library code uses the OTel API only: with no SDK configured every call here is a cheap no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics, trace
+
+from genroute.types import Usage
+
+if TYPE_CHECKING:
+    from google.genai import types
+
+TRACER_NAME = "genroute"
+
+#: Recommended buckets from the GenAI metrics semantic conventions.
+DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
+
+CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+
+def capture_from_env() -> bool:
+    """Whether the standard env var opts in to recording prompts and completions."""
+    return os.environ.get(CAPTURE_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+class Telemetry:
+    """The tracer, meter and instruments one router uses."""
+
+    def __init__(
+        self,
+        *,
+        capture_content: bool | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        from genroute import __version__
+
+        self.capture_content = capture_from_env() if capture_content is None else capture_content
+        self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(TRACER_NAME, __version__, meter_provider=meter_provider)
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s",
+            description="GenAI operation duration",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.tokens = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}",
+            description="Measures number of input and output tokens used",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self.cost = meter.create_counter(
+            "genroute.cost", unit="USD", description="Cost of model calls in USD",
+        )
+
+    def record_call(self, attrs: dict[str, Any], usage: Usage | None, duration_s: float) -> None:
+        """Record the duration and token metrics of one model call."""
+        self.duration.record(duration_s, attrs)
+        if usage is not None:
+            self.tokens.record(usage.input_tokens, {**attrs, "gen_ai.token.type": "input"})
+            self.tokens.record(usage.output_tokens + usage.thinking_tokens, {**attrs, "gen_ai.token.type": "output"})
+
+
+def usage_of(response: types.GenerateContentResponse) -> Usage | None:
+    """Token usage reported by a response, if any."""
+    meta = response.usage_metadata
+    if meta is None:
+        return None
+    return Usage(
+        input_tokens=meta.prompt_token_count or 0,
+        output_tokens=meta.candidates_token_count or 0,
+        cached_input_tokens=meta.cached_content_token_count or 0,
+        thinking_tokens=meta.thoughts_token_count or 0,
+    )
+
+
+def usage_attributes(usage: Usage) -> dict[str, int]:
+    """GenAI semconv attributes for ``usage``."""
+    return {
+        "gen_ai.usage.input_tokens": usage.input_tokens,
+        "gen_ai.usage.output_tokens": usage.output_tokens + usage.thinking_tokens,
+        "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
+    }
+
+
+def error_type(exc: BaseException) -> str:
+    """The ``error.type`` attribute value for an exception."""
+    return type(exc).__name__

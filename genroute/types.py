@@ -1,0 +1,137 @@
+"""Public request, result and decision types (pydantic v2, frozen)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GenerateRequest(_Frozen):
+    """One request to the router."""
+
+    input: str = Field(min_length=1, description="The user's input text.")
+    task: str | None = Field(default=None, description="Task name policies and templates key on.")
+    backend: str | None = Field(default=None, description="Explicit backend override; bypasses the policy.")
+    variables: dict[str, Any] = Field(default_factory=dict, description="Template variables.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form routing metadata.")
+    key: str | None = Field(default=None, description="Stable request key (A/B splits, budgets, tenants).")
+    timeout_s: float | None = Field(default=None, gt=0, description="Per-request deadline in seconds.")
+
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("input must not be blank")
+        return value
+
+
+class Usage(_Frozen):
+    """Token counts summed over every model call a request made."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    thinking_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
+            thinking_tokens=self.thinking_tokens + other.thinking_tokens,
+        )
+
+
+class Citation(_Frozen):
+    """A retrieved chunk an answer was grounded on."""
+
+    chunk_id: str
+    source: str
+    score: float
+    title: str | None = None
+
+
+class ToolCall(_Frozen):
+    """One tool call made during a function-calling loop."""
+
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    outcome: Literal["ok", "error", "timeout", "invalid_args", "not_allowed"] = "ok"
+    result: Any = None
+    error: str | None = None
+    call_id: str | None = None
+
+
+class Rung(_Frozen):
+    """One step of a decision: a backend and the validators its answer must pass to be accepted."""
+
+    backend: str
+    validators: tuple[str, ...] = ()
+    fall_through_on_rejected: bool = False
+
+
+class Decision(_Frozen):
+    """What a policy decided: ordered rungs, why, and backends to shadow."""
+
+    policy: str
+    rungs: tuple[Rung, ...] = Field(min_length=1)
+    reason: str
+    shadow: tuple[str, ...] = ()
+    shadow_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    budget_key: str | None = None
+
+    @classmethod
+    def single(cls, policy: str, backend: str, reason: str, **kwargs: Any) -> Decision:
+        """A decision with one rung."""
+        return cls(policy=policy, rungs=(Rung(backend=backend),), reason=reason, **kwargs)
+
+
+class RungAttempt(_Frozen):
+    """How one rung went: its outcome, latency and cost."""
+
+    backend: str
+    outcome: Literal["ok", "error", "rejected_by_validator", "skipped"]
+    error_type: str | None = None
+    error: str | None = None
+    latency_s: float = 0.0
+    cost_usd: float = 0.0
+
+
+class DecisionRecord(_Frozen):
+    """The decision as carried out: the policy's reason plus every rung tried."""
+
+    policy: str
+    reason: str
+    rungs_tried: tuple[RungAttempt, ...] = ()
+    shadow: tuple[str, ...] = ()
+
+
+class GenerateResult(_Frozen):
+    """The answer to a request, with what it cost and how it was decided."""
+
+    text: str
+    backend: str
+    model: str
+    usage: Usage = Usage()
+    cost_usd: float = 0.0
+    cloud_equivalent_cost_usd: float | None = None
+    latency_s: float = 0.0
+    time_to_first_token_s: float | None = None
+    finish_reason: str | None = None
+    decision: DecisionRecord
+    citations: tuple[Citation, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    trace_id: str | None = None
+
+
+class GenerateChunk(_Frozen):
+    """A piece of a streamed answer; the last chunk has ``done=True`` and carries the full result."""
+
+    text: str = ""
+    done: bool = False
+    result: GenerateResult | None = None
