@@ -1,0 +1,130 @@
+"""Tools: typed Python callables described to a model as google-genai ``FunctionDeclaration``s.
+
+A tool's parameter schema comes from its signature (type hints, pydantic models, defaults); the same
+pydantic model validates the arguments a model sends before the tool runs, so a schema and its check
+can never disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic_core import to_jsonable_python
+
+from genroute.errors import ConfigError
+
+if TYPE_CHECKING:
+    from google.genai import types
+
+
+class InvalidToolArgs(ValueError):
+    """Arguments a model sent do not match the tool's schema."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A callable with its name, description, JSON schema and argument validator."""
+
+    name: str
+    description: str
+    fn: Callable[..., Any]
+    schema: dict[str, Any]
+    args_model: type[BaseModel]
+
+    @property
+    def is_async(self) -> bool:
+        """Whether calling ``fn`` returns an awaitable."""
+        fn = self.fn
+        return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+    def declaration(self) -> types.FunctionDeclaration:
+        """The google-genai declaration the model sees."""
+        from google.genai import types
+
+        return types.FunctionDeclaration(
+            name=self.name, description=self.description or None, parameters_json_schema=self.schema
+        )
+
+    def validate(self, args: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Check ``args`` against the schema; return the keyword arguments to call ``fn`` with."""
+        try:
+            parsed = self.args_model.model_validate(dict(args or {}))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(arguments)'}: {err['msg']}" for err in exc.errors()
+            )
+            raise InvalidToolArgs(problems) from None
+        # Attribute access (not model_dump) keeps pydantic-model parameters as model instances.
+        return {field: getattr(parsed, field) for field in type(parsed).model_fields}
+
+    async def call(self, kwargs: dict[str, Any], *, timeout_s: float | None) -> Any:
+        """Run the tool with validated ``kwargs``; sync tools run in a worker thread."""
+        if self.is_async:
+            return await asyncio.wait_for(self.fn(**kwargs), timeout_s)
+        # A timed-out sync tool keeps running in its thread; Python cannot stop it, only stop waiting.
+        return await asyncio.wait_for(asyncio.to_thread(self.fn, **kwargs), timeout_s)
+
+
+def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field: str = "tools") -> Tool:
+    """Describe ``fn`` as a ``Tool``; ``ConfigError`` naming ``field`` if its signature cannot be described."""
+    name = name or getattr(fn, "__name__", None) or type(fn).__name__
+    try:
+        signature = inspect.signature(fn)
+        target = fn if inspect.isroutine(fn) or inspect.isclass(fn) else type(fn).__call__
+        hints = typing.get_type_hints(target, include_extras=True)
+    except (TypeError, ValueError, NameError) as exc:
+        raise ConfigError(f"cannot read the signature of tool {name!r}: {exc}", field=field) from None
+    fields: dict[str, Any] = {}
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ConfigError(f"tool {name!r}: *args/**kwargs cannot be described to a model", field=field)
+        if param.kind is param.POSITIONAL_ONLY:
+            raise ConfigError(f"tool {name!r}: positional-only parameter {param.name!r}", field=field)
+        annotation = hints.get(param.name, Any)
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (annotation, default)
+    try:
+        model = create_model(  # type: ignore[call-overload]
+            f"{name}_args", __config__=ConfigDict(extra="forbid"), **fields
+        )
+        schema = inline_refs(model.model_json_schema())
+    except Exception as exc:  # pydantic raises several kinds for unsupported annotations
+        raise ConfigError(f"tool {name!r}: cannot build a JSON schema: {exc}", field=field) from None
+    schema.pop("title", None)
+    description = inspect.cleandoc(inspect.getdoc(fn) or "").split("\n\n")[0].strip()
+    return Tool(name=name, description=description, fn=fn, schema=schema, args_model=model)
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with local ``$ref``s replaced by their ``$defs`` (not every consumer resolves refs)."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                key = ref.removeprefix("#/$defs/")
+                if key in seen:
+                    raise ValueError(f"recursive model {key!r} is not supported in tool parameters")
+                merged = {**defs[key], **{k: v for k, v in node.items() if k != "$ref"}}
+                return resolve(merged, (*seen, key))
+            return {k: resolve(v, seen) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [resolve(item, seen) for item in node]
+        return node
+
+    return resolve(schema, ())
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON-compatible data (pydantic models, dataclasses, dates...), else its ``str``."""
+    try:
+        return to_jsonable_python(value)
+    except Exception:  # a tool may return anything; the model only needs something readable
+        return str(value)

@@ -1,0 +1,150 @@
+"""Tool schemas from signatures, argument validation and calling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import date
+from enum import Enum
+from typing import Annotated, Literal
+
+import pytest
+from pydantic import BaseModel, Field
+
+from genroute.errors import ConfigError
+from genroute.tools import InvalidToolArgs, inline_refs, jsonable, tool_from_callable
+
+
+class Unit(str, Enum):
+    C = "celsius"
+    F = "fahrenheit"
+
+
+class Node(BaseModel):
+    child: Node | None = None
+
+
+class Address(BaseModel):
+    street: str
+    city: str
+
+
+def get_weather(city: str, unit: Unit = Unit.C, days: Annotated[int, Field(ge=1, le=7)] = 1) -> dict:
+    """Weather forecast for a city.
+
+    Longer explanation that the model does not need.
+    """
+    return {"city": city, "unit": unit.value, "days": days}
+
+
+async def ship(to: Address, express: bool = False, on: date | None = None) -> str:
+    """Ship a parcel."""
+    return f"{to.city}:{express}:{on}"
+
+
+def test_schema_from_type_hints() -> None:
+    tool = tool_from_callable(get_weather)
+    assert tool.name == "get_weather"
+    assert tool.description == "Weather forecast for a city."
+    schema = tool.schema
+    assert schema["type"] == "object"
+    assert schema["required"] == ["city"]
+    assert schema["properties"]["city"]["type"] == "string"
+    assert schema["properties"]["unit"]["enum"] == ["celsius", "fahrenheit"]
+    assert schema["properties"]["days"]["maximum"] == 7
+    assert schema["additionalProperties"] is False
+    assert "$defs" not in schema and "$ref" not in str(schema)
+
+
+def test_declaration_carries_json_schema() -> None:
+    decl = tool_from_callable(get_weather).declaration()
+    assert decl.name == "get_weather"
+    assert decl.parameters_json_schema["properties"]["city"] == {"title": "City", "type": "string"}
+
+
+def test_pydantic_model_parameter_is_inlined_and_rebuilt() -> None:
+    tool = tool_from_callable(ship)
+    to = tool.schema["properties"]["to"]
+    assert to["properties"]["city"]["type"] == "string" and to["required"] == ["street", "city"]
+    kwargs = tool.validate({"to": {"street": "1 Main", "city": "Oslo"}, "on": "2026-01-02"})
+    assert isinstance(kwargs["to"], Address) and kwargs["on"] == date(2026, 1, 2)
+    assert asyncio.run(tool.call(kwargs, timeout_s=1)) == "Oslo:False:2026-01-02"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ({}, "city: Field required"),
+        ({"city": "Paris", "days": 9}, "days"),
+        ({"city": "Paris", "unit": "kelvin"}, "unit"),
+        ({"city": "Paris", "extra": 1}, "extra"),
+        ({"city": ["not", "a", "string"]}, "city"),
+    ],
+)
+def test_invalid_args_are_rejected(args: dict, needle: str) -> None:
+    with pytest.raises(InvalidToolArgs, match=needle):
+        tool_from_callable(get_weather).validate(args)
+
+
+def test_validated_args_call_sync_tool_in_thread() -> None:
+    tool = tool_from_callable(get_weather)
+    assert not tool.is_async
+    kwargs = tool.validate({"city": "Paris", "unit": "fahrenheit", "days": "3"})
+    assert asyncio.run(tool.call(kwargs, timeout_s=1)) == {"city": "Paris", "unit": "fahrenheit", "days": 3}
+
+
+def test_sync_and_async_timeouts() -> None:
+    def slow_sync() -> str:
+        """Slow."""
+        time.sleep(0.3)
+        return "late"
+
+    async def slow_async() -> str:
+        await asyncio.sleep(5)
+        return "late"
+
+    for fn in (slow_sync, slow_async):
+        tool = tool_from_callable(fn)
+        with pytest.raises(TimeoutError):
+            asyncio.run(tool.call({}, timeout_s=0.01))
+
+
+def test_callable_object_and_explicit_name() -> None:
+    class Lookup:
+        async def __call__(self, key: Literal["a", "b"]) -> int:
+            return 1
+
+    tool = tool_from_callable(Lookup(), name="lookup")
+    assert tool.name == "lookup" and tool.is_async
+    assert tool.schema["properties"]["key"]["enum"] == ["a", "b"]
+
+
+def test_untyped_parameter_accepts_anything() -> None:
+    def echo(value):  # noqa: ANN001, ANN202 - deliberately untyped
+        return value
+
+    tool = tool_from_callable(echo)
+    assert tool.validate({"value": [1, {"x": 2}]}) == {"value": [1, {"x": 2}]}
+
+
+@pytest.mark.parametrize("bad", ["varargs", "kwargs", "recursive"])
+def test_undescribable_signatures_are_config_errors(bad: str) -> None:
+    def varargs(*items: int) -> None: ...
+    def kwargs(**items: int) -> None: ...
+    def recursive(node: Node) -> None: ...
+
+    fn = {"varargs": varargs, "kwargs": kwargs, "recursive": recursive}[bad]
+    with pytest.raises(ConfigError) as info:
+        tool_from_callable(fn, field="backends.fc.tools")
+    assert info.value.field == "backends.fc.tools"
+
+
+def test_inline_refs_keeps_sibling_keys() -> None:
+    schema = {"$defs": {"A": {"type": "string"}}, "properties": {"a": {"$ref": "#/$defs/A", "description": "d"}}}
+    assert inline_refs(schema) == {"properties": {"a": {"type": "string", "description": "d"}}}
+
+
+def test_jsonable() -> None:
+    assert jsonable(Address(street="s", city="c")) == {"street": "s", "city": "c"}
+    assert jsonable(date(2026, 1, 1)) == "2026-01-01"
+    assert jsonable(object()).startswith("<object object")
