@@ -1,0 +1,103 @@
+"""``split``: weighted A/B arms and canaries by a stable hash of the request key."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
+from genroute.policies.static import check_backends
+from genroute.types import Decision, GenerateRequest
+
+
+class Arm(BaseModel):
+    """One arm: a backend or a nested policy, with a relative weight (weights need not sum to 100)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str | None = None
+    weight: float = Field(gt=0.0)
+    backend: str | None = None
+    policy: dict[str, Any] | None = Field(default=None, description="A nested policy config.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Arm:
+        if (self.backend is None) == (self.policy is None):
+            raise ValueError("an arm needs exactly one of `backend` or `policy`")
+        return self
+
+
+class SplitConfig(PolicyConfig):
+    """Config of ``SplitPolicy``; a canary is two arms, e.g. weights 95 and 5."""
+
+    kind: Literal["split"] = "split"
+    arms: tuple[Arm, ...] = Field(min_length=1)
+    salt: str = Field(default="", description="Change it to reshuffle which keys land in which arm.")
+
+
+def bucket(salt: str, text: str) -> float:
+    """A stable point in [0, 1) for ``text``: same salt and text, same point, in every process."""
+    digest = hashlib.blake2b(f"{salt}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+class SplitPolicy(Policy):
+    """Pick an arm by where the request key (or, without one, the input) hashes in the weight line."""
+
+    kind = "split"
+    Config = SplitConfig
+    config: SplitConfig
+
+    def __init__(self, config: SplitConfig) -> None:
+        from genroute.policies import build_policy
+
+        super().__init__(config)
+        total = sum(arm.weight for arm in config.arms)
+        self._edges: list[float] = []
+        edge = 0.0
+        for arm in config.arms:
+            edge += arm.weight / total
+            self._edges.append(edge)
+        self._edges[-1] = 1.0  # float sums may fall short of 1
+        self._labels = [arm.name or arm.backend or f"arms[{i}]" for i, arm in enumerate(config.arms)]
+        self._shares = [arm.weight / total for arm in config.arms]
+        self._inner: list[Policy | None] = [
+            build_policy(arm.policy, field=f"policy.arms.{i}.policy") if arm.policy is not None else None
+            for i, arm in enumerate(config.arms)
+        ]
+
+    def _arm(self, request: GenerateRequest) -> tuple[int, str]:
+        by = "key" if request.key is not None else "input"
+        point = bucket(self.config.salt, request.key if request.key is not None else request.input)
+        for i, edge in enumerate(self._edges):
+            if point < edge:
+                return i, by
+        return len(self._edges) - 1, by
+
+    def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
+        i, by = self._arm(request)
+        signal = f"split: arm {self._labels[i]} ({self._shares[i]:.0%}) by hash of {by}"
+        inner = self._inner[i]
+        if inner is None:
+            return Decision.single(self.name, self.config.arms[i].backend or "", signal)
+        decision = inner.decide(request, context)
+        return decision.model_copy(update={"policy": self.name, "reason": f"{signal}; {decision.reason}"})
+
+    def reserve(self, request: GenerateRequest, decision: Decision, backend: str) -> Any:
+        inner = self._inner[self._arm(request)[0]]
+        return None if inner is None else (inner, inner.reserve(request, decision, backend))
+
+    def settle(self, token: Any, cost_usd: float) -> None:
+        if token is not None:
+            inner, inner_token = token
+            inner.settle(inner_token, cost_usd)
+
+    def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
+        check_backends(catalogue, [(arm.backend, f"{self.field}.arms.{i}.backend")
+                                   for i, arm in enumerate(self.config.arms) if arm.backend is not None])
+        for inner in self._inner:
+            if inner is not None:
+                inner.validate_against(catalogue)
