@@ -1,0 +1,134 @@
+"""The one place google-genai, HTTP-library and decoding errors become genroute errors.
+
+    google.genai.errors.ClientError 408/429  -> BackendUnavailable (retry_after_s from Retry-After/RetryInfo)
+    google.genai.errors.ClientError other    -> BackendRejected
+    google.genai.errors.ServerError / 5xx    -> BackendUnavailable
+    aiohttp / httpx transport errors, refused or reset connections, timeouts,
+    cut bodies, malformed JSON (JSONDecodeError, UnknownApiResponseError)
+                                             -> BackendUnavailable
+    google.auth TransportError               -> BackendUnavailable; RefreshError -> BackendRejected
+    SDK argument errors (ValueError, TypeError, pydantic ValidationError) and anything unknown
+                                             -> BackendRejected (final: retrying cannot help)
+
+Messages are scrubbed of API keys (the configured one and anything shaped like a Google key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import re
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from genroute.errors import BackendRejected, BackendUnavailable, GenrouteError
+
+_GOOGLE_KEY = re.compile(r"AIza[0-9A-Za-z_\-]{20,}")
+_KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&\s'\"]+")
+_MAX_MESSAGE = 500
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """``text`` with the given secrets and anything that looks like a Google API key replaced."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _GOOGLE_KEY.sub("***", text)
+    return _KEY_PARAM.sub(r"\1***", text)
+
+
+def map_error(exc: BaseException, *, backend: str | None = None,
+              secrets: Iterable[str | None] = ()) -> GenrouteError:
+    """The genroute error for ``exc``; ``secrets`` are scrubbed from its message."""
+    if isinstance(exc, GenrouteError):
+        return exc
+    secrets = tuple(secrets)
+
+    def msg(text: str) -> str:
+        text = redact(text, secrets)
+        return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
+
+    from google.genai import errors as genai_errors
+
+    if isinstance(exc, genai_errors.APIError):
+        code = int(exc.code) if isinstance(exc.code, int) else None
+        text = msg(f"{code} {exc.status or ''}: {exc.message or exc.details}".strip())
+        if code in (408, 429) or (code is not None and code >= 500) or isinstance(exc, genai_errors.ServerError):
+            return BackendUnavailable(text, backend=backend, status=code, retry_after_s=_retry_after(exc))
+        return BackendRejected(text, backend=backend, status=code)
+    if isinstance(exc, (json.JSONDecodeError, genai_errors.UnknownApiResponseError)):
+        return BackendUnavailable(msg(f"malformed response body: {exc}"), backend=backend)
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return BackendUnavailable("request timed out", backend=backend)
+    if _is_transport_error(exc):
+        detail = str(exc) or type(exc).__name__
+        return BackendUnavailable(msg(f"{type(exc).__name__}: {detail}"), backend=backend)
+    return BackendRejected(msg(f"{type(exc).__name__}: {exc}"), backend=backend)
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    # Only look at libraries already imported: an error cannot come from one that is not loaded.
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError, EOFError)):
+        return True
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientError):
+        return True
+    for name in ("httpx", "httpx2"):
+        module = sys.modules.get(name)
+        if module is not None and isinstance(exc, module.TransportError | module.DecodingError):
+            return True
+    auth = sys.modules.get("google.auth.exceptions")
+    if auth is not None and isinstance(exc, auth.TransportError):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | PermissionError)
+
+
+def _retry_after(exc: Any) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header or a ``google.rpc.RetryInfo`` detail."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    value = None
+    if headers is not None:
+        try:
+            value = headers.get("Retry-After") or headers.get("retry-after")
+        except Exception:  # exotic header containers: fall back to RetryInfo
+            value = None
+    if value:
+        parsed = parse_retry_after(str(value))
+        if parsed is not None:
+            return parsed
+    return _retry_info_delay(getattr(exc, "details", None))
+
+
+def parse_retry_after(value: str) -> float | None:
+    """Seconds from a ``Retry-After`` value: delta-seconds or an HTTP date."""
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _retry_info_delay(details: Any) -> float | None:
+    if isinstance(details, dict):
+        details = details.get("error", details).get("details")
+    if not isinstance(details, list):
+        return None
+    for item in details:
+        delay = item.get("retryDelay") if isinstance(item, dict) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                return max(0.0, float(delay[:-1]))
+            except ValueError:
+                return None
+    return None
+
+
+__all__ = ["map_error", "parse_retry_after", "redact"]

@@ -1,0 +1,267 @@
+"""The Gemini engine: google-genai's async client for the Developer API, Vertex AI and tuned endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from genroute.engines.base import Engine
+from genroute.engines.errors import map_error
+from genroute.engines.retry import RetryConfig, call_with_retry
+from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted
+
+if TYPE_CHECKING:
+    from google import genai
+    from google.genai import types
+
+
+class VertexConfig(BaseModel):
+    """Vertex AI location; ``None`` fields fall back to ``GOOGLE_CLOUD_PROJECT``/``GOOGLE_CLOUD_LOCATION``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    project: str | None = None
+    location: str | None = None
+
+
+class GeminiEngineConfig(BaseModel):
+    """Config of a ``gemini`` engine (Developer API unless ``vertex`` is set)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["gemini"] = "gemini"
+    api_key_env: str = Field(default="GEMINI_API_KEY", description="Env var holding the key; GOOGLE_API_KEY is the fallback.")
+    api_key: SecretStr | None = Field(default=None, description="Inline key (discouraged: prefer api_key_env).")
+    vertex: VertexConfig | None = None
+    base_url: str | None = Field(default=None, description="Overrides GOOGLE_GEMINI_BASE_URL / GOOGLE_VERTEX_BASE_URL.")
+    api_version: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-attempt HTTP timeout.")
+    retry: RetryConfig = RetryConfig()
+    embed_batch_size: int = Field(default=100, ge=1, le=250, description="Texts per embedding request.")
+
+
+def _timeout_ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _with_timeout(config: types.GenerateContentConfig | None, seconds: float) -> types.GenerateContentConfig:
+    """``config`` with its HTTP timeout set (keeping the caller's other HTTP options)."""
+    from google.genai import types
+
+    http = config.http_options if config is not None and config.http_options is not None else types.HttpOptions()
+    http = http.model_copy(update={"timeout": _timeout_ms(seconds)})
+    if config is None:
+        return types.GenerateContentConfig(http_options=http)
+    return config.model_copy(update={"http_options": http})
+
+
+def _finished(chunk: types.GenerateContentResponse) -> bool:
+    """Whether a stream chunk ends the answer (a finish reason, or a blocked prompt)."""
+    if chunk.prompt_feedback is not None and chunk.prompt_feedback.block_reason is not None:
+        return True
+    return any(c.finish_reason is not None for c in chunk.candidates or ())
+
+
+class GeminiEngine(Engine):
+    """Gemini through google-genai: Developer API or Vertex AI; tuned endpoints are model names."""
+
+    kind: ClassVar[str] = "gemini"
+    Config: ClassVar[type[BaseModel]] = GeminiEngineConfig
+
+    def __init__(self, name: str, config: GeminiEngineConfig | Mapping[str, Any] | None = None, *,
+                 credentials: Any = None) -> None:
+        if not isinstance(config, GeminiEngineConfig):
+            config = GeminiEngineConfig.model_validate(dict(config or {}))
+        super().__init__(name, config)
+        self.config: GeminiEngineConfig = config
+        self.provider = "gcp.vertex_ai" if config.vertex is not None else "gcp.gemini"
+        self._credentials = credentials
+        self._client: genai.Client | None = None
+
+    def __repr__(self) -> str:
+        return f"GeminiEngine(name={self.name!r}, provider={self.provider!r}, base_url={self.base_url!r})"
+
+    @property
+    def base_url(self) -> str | None:
+        """The endpoint override in effect (config, then the SDK's env var), or ``None`` for Google's."""
+        env = "GOOGLE_VERTEX_BASE_URL" if self.config.vertex is not None else "GOOGLE_GEMINI_BASE_URL"
+        return self.config.base_url or os.environ.get(env) or None
+
+    def _api_key(self) -> str:
+        if self.config.api_key is not None:
+            return self.config.api_key.get_secret_value()
+        key = os.environ.get(self.config.api_key_env) or os.environ.get("GOOGLE_API_KEY")
+        if not key:
+            raise ConfigError(
+                f"no API key: set {self.config.api_key_env} (or GOOGLE_API_KEY), or configure vertex",
+                field=f"engines.{self.name}.api_key_env",
+            )
+        return key
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        try:
+            return (self._api_key(),) if self.config.vertex is None else ()
+        except ConfigError:
+            return ()
+
+    @property
+    def client(self) -> genai.Client:
+        """The google-genai client, built on first use."""
+        if self._client is None:
+            from google import genai
+            from google.genai import types
+
+            http = types.HttpOptions(
+                base_url=self.base_url,
+                api_version=self.config.api_version,
+                timeout=_timeout_ms(self.config.timeout_s),
+                # Retries live in genroute.engines.retry; one attempt here also stops the SDK's
+                # implicit sleep-and-retry on connection errors.
+                retry_options=types.HttpRetryOptions(attempts=1),
+            )
+            vertex = self.config.vertex
+            if vertex is not None:
+                self._client = genai.Client(vertexai=True, project=vertex.project, location=vertex.location,
+                                            credentials=self._credentials, http_options=http)
+            else:
+                self._client = genai.Client(api_key=self._api_key(), http_options=http)
+        return self._client
+
+    def _map(self, exc: Exception) -> GenrouteError:
+        return map_error(exc, backend=self.name, secrets=self._secrets())
+
+    def _attempt_timeout(self, remaining_s: float) -> float:
+        return min(self.config.timeout_s, remaining_s)
+
+    async def generate(
+        self,
+        model: str,
+        contents: list[types.Content],
+        config: types.GenerateContentConfig | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> types.GenerateContentResponse:
+        """One complete response, retried on retryable failures within ``timeout_s``."""
+        models = self.client.aio.models
+
+        async def attempt(remaining_s: float) -> types.GenerateContentResponse:
+            seconds = self._attempt_timeout(remaining_s)
+            try:
+                async with asyncio.timeout(seconds):
+                    return await models.generate_content(
+                        model=model, contents=contents, config=_with_timeout(config, seconds)
+                    )
+            except Exception as exc:
+                raise self._map(exc) from exc
+
+        return await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
+
+    async def stream(
+        self,
+        model: str,
+        contents: list[types.Content],
+        config: types.GenerateContentConfig | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[types.GenerateContentResponse]:
+        """Partial responses; retried only until the first chunk, then failures are ``StreamInterrupted``."""
+        models = self.client.aio.models
+        loop = asyncio.get_running_loop()
+
+        async def attempt(remaining_s: float) -> tuple[Any, types.GenerateContentResponse, float]:
+            seconds = self._attempt_timeout(remaining_s)
+            end = loop.time() + seconds
+            try:
+                async with asyncio.timeout_at(end):
+                    chunks = await models.generate_content_stream(
+                        model=model, contents=contents, config=_with_timeout(config, seconds)
+                    )
+                    first = await anext(chunks, None)
+            except Exception as exc:
+                raise self._map(exc) from exc
+            if first is None:
+                raise BackendUnavailable("stream ended before its first chunk", backend=self.name)
+            return chunks, first, end
+
+        chunks, chunk, end = await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
+        try:
+            finished = _finished(chunk)
+            yield chunk
+            while True:
+                try:
+                    async with asyncio.timeout_at(end):
+                        chunk = await anext(chunks, None)
+                except Exception as exc:
+                    mapped = self._map(exc)
+                    status = getattr(mapped, "status", None)
+                    raise StreamInterrupted(str(mapped), backend=self.name, status=status) from exc
+                if chunk is None:
+                    break
+                finished = finished or _finished(chunk)
+                yield chunk
+            if not finished:
+                # A connection closed cleanly mid-answer must not pass for a complete answer.
+                raise StreamInterrupted("stream ended without a finish reason", backend=self.name)
+        finally:
+            # A consumer that stops early must not leave the HTTP response open.
+            await chunks.aclose()
+
+    async def embed(self, model: str, texts: list[str], *, task_type: str | None = None,
+                    output_dimensionality: int | None = None) -> list[list[float]]:
+        """Embeddings of ``texts`` in order, ``embed_batch_size`` texts per request."""
+        from google.genai import types
+
+        models = self.client.aio.models
+        vectors: list[list[float]] = []
+        size = self.config.embed_batch_size
+        for start in range(0, len(texts), size):
+            batch = texts[start : start + size]
+
+            async def attempt(remaining_s: float, batch: list[str] = batch) -> types.EmbedContentResponse:
+                seconds = self._attempt_timeout(remaining_s)
+                cfg = types.EmbedContentConfig(
+                    task_type=task_type, output_dimensionality=output_dimensionality,
+                    http_options=types.HttpOptions(timeout=_timeout_ms(seconds)),
+                )
+                try:
+                    async with asyncio.timeout(seconds):
+                        return await models.embed_content(model=model, contents=batch, config=cfg)
+                except Exception as exc:
+                    raise self._map(exc) from exc
+
+            response = await call_with_retry(attempt, self.config.retry)
+            got = [list(e.values or ()) for e in response.embeddings or ()]
+            if len(got) != len(batch):
+                raise BackendUnavailable(
+                    f"embedding response has {len(got)} vectors for {len(batch)} texts", backend=self.name
+                )
+            vectors.extend(got)
+        return vectors
+
+    async def count_tokens(self, model: str, contents: list[types.Content]) -> int:
+        """Prompt tokens of ``contents`` as the API counts them."""
+        from google.genai import types
+
+        async def attempt(remaining_s: float) -> int:
+            seconds = self._attempt_timeout(remaining_s)
+            cfg = types.CountTokensConfig(http_options=types.HttpOptions(timeout=_timeout_ms(seconds)))
+            try:
+                async with asyncio.timeout(seconds):
+                    result = await self.client.aio.models.count_tokens(model=model, contents=contents, config=cfg)
+            except Exception as exc:
+                raise self._map(exc) from exc
+            return int(result.total_tokens or 0)
+
+        return await call_with_retry(attempt, self.config.retry)
+
+    async def aclose(self) -> None:
+        """Close the client's HTTP sessions."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aio.aclose()
+            client.close()

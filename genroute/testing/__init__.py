@@ -1,0 +1,65 @@
+"""A loopback server that speaks the Gemini REST API, for tests and benchmarks.
+
+The real ``google-genai`` client talks to it over HTTP on ``127.0.0.1``, so code under test runs the
+SDK's own serialisation, streaming and error paths; nothing in the SDK is patched::
+
+    from google import genai
+    from google.genai import types
+    from genroute.testing import Fault, GeminiTestServer
+
+    with GeminiTestServer() as srv:
+        client = genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=srv.base_url))
+        srv.reply_text("Hello!", usage=(10, 3))             # next generate/stream answer
+        srv.fault(Fault.status(429, retry_after=1))          # ...but first a rate limit
+        client.models.generate_content(model="gemini-2.5-flash", contents="hi")   # raises ClientError 429
+        client.models.generate_content(model="gemini-2.5-flash", contents="hi").text  # "Hello!"
+        assert srv.requests[-1].path == "/v1/models/gemini-2.5-flash:generateContent"
+
+Setting ``GOOGLE_GEMINI_BASE_URL=srv.base_url`` works too. Vertex clients
+(``genai.Client(vertexai=True, project=..., location=..., credentials=...)`` with
+``http_options=HttpOptions(base_url=srv.base_url)``) reach the same routes.
+
+Routes served (any API version prefix, Developer API and Vertex resource names alike):
+
+- ``POST /{version}/{resource}:generateContent`` and ``:streamGenerateContent?alt=sse`` where
+  ``resource`` is ``models/M``, ``tunedModels/T``, ``projects/P/locations/L/publishers/google/models/M``
+  or a tuned endpoint ``projects/P/locations/L/endpoints/E``;
+- ``:countTokens`` (``{"totalTokens": n}``, about four characters per token);
+- ``:embedContent``, ``:batchEmbedContents`` and Vertex ``:predict``: deterministic unit vectors from a
+  hash of each text, ``embedding_dim`` (768) wide unless the request sets ``outputDimensionality``.
+
+Scripting:
+
+- ``reply_text(text, usage=(prompt, output), chunks=N)``, ``reply_function_call(name, args)``,
+  ``reply_parts([...wire parts...])`` and ``reply(Reply(...))`` queue answers for generate/stream
+  requests, oldest first. Streams split the text into ``chunks`` SSE events (default: up to 3); the last
+  event carries ``finishReason`` and ``usageMetadata``.
+- ``reply_json(body)`` queues a raw response body (a list: one SSE event per item);
+  ``reply_json(body, path=regex, method="GET", status=200)`` answers the next request(s) to any path.
+- ``route(method, path_regex, handler)`` adds a handler ``handler(server, request, match)`` that returns a
+  JSON body or a ``Response``; later routes win. Use it for APIs not built in (tuning jobs, files...).
+- With nothing queued, generate answers ``"echo: <last user text>"`` with usage estimated from the
+  request size; replace ``srv.default_reply`` (a function of the request) to change that.
+- ``api_key="k"`` makes the server answer 400 ``API key not valid`` to any other ``x-goog-api-key``.
+
+Faults (``srv.fault(fault, times=1)``) apply to the next requests on any path, before replies, and a
+faulted request does not use up a queued reply (except ``delay`` and ``cut_stream``, which answer):
+
+- ``Fault.status(code, retry_after=s, after_chunks=None)``: a Google error body (with ``Retry-After`` and
+  ``google.rpc.RetryInfo`` when ``retry_after`` is set); on a stream with ``after_chunks`` the error
+  arrives as an SSE ``{"error": ...}`` event after that many good events;
+- ``Fault.delay(seconds)``: a slow server; ``Fault.malformed_json()``: 200 with invalid JSON;
+- ``Fault.cut_stream(after_chunks=1)``: the connection drops mid-body (chunked encoding left
+  unterminated, so clients see an incomplete response rather than a short complete one);
+- ``Fault.reset()``: the TCP connection is reset without an answer.
+
+Every request is recorded in ``srv.requests`` (``RecordedRequest``: method, path, query, lower-cased
+headers, parsed JSON ``body``, ``raw_body``, and the derived ``model``, ``action``, ``stream``).
+The server sets ``TCP_NODELAY`` on accepted sockets (Nagle would add ~40 ms per call).
+"""
+
+from genroute.testing.faults import Fault
+from genroute.testing.replies import Reply, Response, fake_embedding
+from genroute.testing.server import GeminiTestServer, RecordedRequest
+
+__all__ = ["Fault", "GeminiTestServer", "RecordedRequest", "Reply", "Response", "fake_embedding"]

@@ -1,0 +1,57 @@
+"""Faults the loopback server injects instead of (or in the middle of) a normal reply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FaultKind = Literal["status", "delay", "malformed_json", "cut_stream", "reset"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected failure; build it with the class methods, queue it with ``server.fault(...)``."""
+
+    kind: FaultKind
+    code: int = 0
+    retry_after: float | None = None
+    message: str | None = None
+    seconds: float = 0.0
+    after_chunks: int | None = None
+
+    @classmethod
+    def status(
+        cls,
+        code: int,
+        *,
+        retry_after: float | None = None,
+        message: str | None = None,
+        after_chunks: int | None = None,
+    ) -> Fault:
+        """An HTTP error with a Google-style error body.
+
+        ``retry_after`` sets the ``Retry-After`` header and a ``google.rpc.RetryInfo`` detail.
+        ``after_chunks`` (streams only) sends that many normal SSE events first, then an
+        ``{"error": ...}`` event, as the API does when a stream fails mid-way.
+        """
+        return cls("status", code=code, retry_after=retry_after, message=message, after_chunks=after_chunks)
+
+    @classmethod
+    def delay(cls, seconds: float) -> Fault:
+        """Sleep ``seconds`` before answering normally (a slow server; the reply is consumed)."""
+        return cls("delay", seconds=seconds)
+
+    @classmethod
+    def malformed_json(cls) -> Fault:
+        """Answer 200 with a body (or an SSE event) that is not valid JSON."""
+        return cls("malformed_json")
+
+    @classmethod
+    def cut_stream(cls, after_chunks: int = 1) -> Fault:
+        """Send ``after_chunks`` events (or bytes of a plain body), then drop the connection."""
+        return cls("cut_stream", after_chunks=after_chunks)
+
+    @classmethod
+    def reset(cls) -> Fault:
+        """Read the request, then reset the TCP connection without answering."""
+        return cls("reset")

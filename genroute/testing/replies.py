@@ -1,0 +1,191 @@
+"""Wire bodies the loopback server sends: generate replies, embeddings, token counts, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+@dataclass(frozen=True)
+class Response:
+    """What a route answers: a status, headers and a JSON body, or SSE ``events`` for streams."""
+
+    status: int = 200
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    events: list[Any] | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A scripted model answer for the next generate/stream request.
+
+    ``parts`` are wire-format parts (``{"text": ...}``, ``{"functionCall": ...}``); ``raw`` replaces
+    the whole response body (a list of bodies is sent as one SSE event each on streams).
+    """
+
+    parts: tuple[dict[str, Any], ...] = ()
+    usage: tuple[int, int] | None = None
+    finish_reason: str = "STOP"
+    chunks: int | None = None
+    raw: Any = None
+    model_version: str | None = None
+
+
+def field_of(body: Any, camel: str) -> Any:
+    """``body[camel]`` or its snake_case spelling (the SDK sends both kinds of keys)."""
+    if not isinstance(body, Mapping):
+        return None
+    if camel in body:
+        return body[camel]
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
+    return body.get(snake)
+
+
+def texts_in(value: Any) -> Iterator[str]:
+    """Every ``text`` string anywhere in a request body."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key == "text" and isinstance(item, str):
+                yield item
+            else:
+                yield from texts_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from texts_in(item)
+
+
+def estimate_tokens(text: str) -> int:
+    """A plausible token count: about four characters per token, at least one."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+def prompt_tokens(body: Any) -> int:
+    """Estimated prompt tokens of a generate/countTokens request."""
+    return estimate_tokens("".join(texts_in(body)))
+
+
+def default_text(body: Any) -> str:
+    """The answer when nothing is scripted: an echo of the last user text."""
+    texts = list(texts_in(field_of(body, "contents") or []))
+    last = texts[-1] if texts else ""
+    return f"echo: {last[:200]}"
+
+
+def error_body(code: int, message: str | None = None, retry_after: float | None = None) -> dict[str, Any]:
+    """A Google API error body (``google.rpc.Status``)."""
+    status = _STATUS_NAMES.get(code, "UNKNOWN")
+    error: dict[str, Any] = {"code": code, "message": message or f"loopback fault {code}", "status": status}
+    if retry_after is not None:
+        error["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after:g}s"}
+        ]
+    return {"error": error}
+
+
+def split_text(text: str, n: int) -> list[str]:
+    """``text`` cut at word boundaries into at most ``n`` non-empty pieces that join back to it."""
+    words = re.findall(r"\s*\S+\s*", text) or [text]
+    n = max(1, min(n, len(words)))
+    cuts = [round(i * len(words) / n) for i in range(n + 1)]
+    return ["".join(words[a:b]) for a, b in zip(cuts, cuts[1:])]
+
+
+def _usage(prompt: int, output: int) -> dict[str, int]:
+    return {"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output}
+
+
+def _body(parts: list[dict[str, Any]], model: str, response_id: str, **extra: Any) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+    if "finishReason" in extra:
+        candidate["finishReason"] = extra.pop("finishReason")
+    return {"candidates": [candidate], "modelVersion": model, "responseId": response_id, **extra}
+
+
+def render_generate(reply: Reply, request_body: Any, model: str, response_id: str, *, stream: bool) -> Response:
+    """The wire response for a generate (``stream=False``) or SSE stream request."""
+    if reply.raw is not None:
+        if stream:
+            return Response(events=list(reply.raw) if isinstance(reply.raw, list) else [reply.raw])
+        return Response(body=reply.raw)
+    model = reply.model_version or model
+    text = "".join(p.get("text", "") for p in reply.parts if "text" in p)
+    others = [p for p in reply.parts if "text" not in p]
+    if reply.usage is not None:
+        usage = _usage(*reply.usage)
+    else:
+        out = estimate_tokens(text + "".join(str(p) for p in others))
+        usage = _usage(prompt_tokens(request_body), out)
+    final = {"finishReason": reply.finish_reason, "usageMetadata": usage}
+    if not stream:
+        return Response(body=_body(list(reply.parts), model, response_id, **final))
+    n = reply.chunks if reply.chunks is not None else min(3, max(1, len(text.split())))
+    pieces = split_text(text, n) if text else []
+    events = [_body([{"text": piece}], model, response_id) for piece in pieces[:-1]]
+    last_parts = ([{"text": pieces[-1]}] if pieces else []) + others
+    events.append(_body(last_parts, model, response_id, **final))
+    return Response(events=events)
+
+
+def fake_embedding(text: str, dim: int) -> list[float]:
+    """A deterministic unit vector derived from a hash of ``text``."""
+    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+    rng = random.Random(seed)
+    values = [rng.gauss(0.0, 1.0) for _ in range(dim)]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [round(v / norm, 7) for v in values]
+
+
+def embed_response(action: str, body: Any, default_dim: int) -> dict[str, Any]:
+    """The wire response for ``embedContent``, ``batchEmbedContents`` or Vertex ``predict``."""
+
+    def dim_of(item: Any) -> int:
+        params = field_of(body, "parameters")
+        return int(
+            field_of(item, "outputDimensionality")
+            or field_of(body, "outputDimensionality")
+            or field_of(params, "outputDimensionality")
+            or default_dim
+        )
+
+    def text_of(item: Any) -> str:
+        content = field_of(item, "content")
+        if isinstance(content, str):
+            return content
+        return "".join(texts_in(content))
+
+    if action == "batchEmbedContents":
+        requests = field_of(body, "requests") or []
+        return {"embeddings": [{"values": fake_embedding(text_of(r), dim_of(r))} for r in requests]}
+    if action == "predict":
+        predictions = []
+        for inst in field_of(body, "instances") or []:
+            text = text_of(inst)
+            stats = {"token_count": estimate_tokens(text), "truncated": False}
+            predictions.append({"embeddings": {"values": fake_embedding(text, dim_of(inst)), "statistics": stats}})
+        return {"predictions": predictions, "metadata": {"billableCharacterCount": 0}}
+    text = text_of(body)
+    return {
+        "embedding": {"values": fake_embedding(text, dim_of(body))},
+        "usageMetadata": {"promptTokenCount": estimate_tokens(text)},
+    }
