@@ -65,7 +65,7 @@ class SplitPolicy(Policy):
         self._labels = [arm.name or arm.backend or f"arms[{i}]" for i, arm in enumerate(config.arms)]
         self._shares = [arm.weight / total for arm in config.arms]
         self._inner: list[Policy | None] = [
-            build_policy(arm.policy, field=f"policy.arms.{i}.policy") if arm.policy is not None else None
+            build_policy(arm.policy, field=f"{self.field}.arms.{i}.policy") if arm.policy is not None else None
             for i, arm in enumerate(config.arms)
         ]
 

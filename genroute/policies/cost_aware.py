@@ -1,0 +1,97 @@
+"""``cost_aware``: the cheapest backend whose benchmarked quality and p95 latency meet the targets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
+from genroute.policies.static import check_backends
+from genroute.policies.stats import BackendStats, BenchStats
+from genroute.types import Decision, GenerateRequest, Rung
+
+
+class Targets(BaseModel):
+    """A quality floor and a latency SLO."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_quality: float | None = Field(default=None, description="Benchmarked quality must be >= this.")
+    max_p95_latency_s: float | None = Field(default=None, gt=0.0, description="Benchmarked p95 must be <= this.")
+
+
+class CostAwareConfig(PolicyConfig):
+    """Config of ``CostAwarePolicy``; ``tasks`` overrides the targets per task."""
+
+    kind: Literal["cost_aware"] = "cost_aware"
+    stats_path: str | None = Field(default=None, description="Stats file; else the router's context stats.")
+    min_quality: float = 0.0
+    max_p95_latency_s: float | None = Field(default=None, gt=0.0)
+    tasks: dict[str, Targets] = Field(default_factory=dict)
+    use_ci_low: bool = Field(default=False, description="Compare the CI's lower bound, not the mean.")
+    min_n: int = Field(default=1, ge=1, description="Ignore entries measured on fewer records.")
+    candidates: tuple[str, ...] | None = Field(default=None, description="Only these backends (default: all).")
+    fallbacks: int = Field(default=0, ge=0, description="Next-cheapest eligible backends added as rungs.")
+    default: str = Field(min_length=1, description="Used when no backend meets the targets.")
+
+
+class CostAwarePolicy(Policy):
+    """Cheapest eligible backend for the task (ties: higher quality, then lower p50)."""
+
+    kind = "cost_aware"
+    Config = CostAwareConfig
+    config: CostAwareConfig
+
+    def __init__(self, config: CostAwareConfig) -> None:
+        super().__init__(config)
+        # Read once at build: decisions never touch the disk.
+        self._stats = BenchStats.load(config.stats_path, field=f"{self.field}.stats_path") if config.stats_path else None
+
+    def _targets(self, task: str | None) -> tuple[float, float | None]:
+        override = self.config.tasks.get(task) if task is not None else None
+        floor = override.min_quality if override and override.min_quality is not None else self.config.min_quality
+        slo = override.max_p95_latency_s if override and override.max_p95_latency_s is not None \
+            else self.config.max_p95_latency_s
+        return floor, slo
+
+    def _quality(self, entry: BackendStats) -> float:
+        return entry.quality_ci[0] if self.config.use_ci_low and entry.quality_ci else entry.quality
+
+    def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
+        stats = self._stats if self._stats is not None else context.stats
+        if not isinstance(stats, BenchStats):
+            return self._default("no benchmark statistics loaded")
+        floor, slo = self._targets(request.task)
+        measured = stats.for_task(request.task)
+        allowed = self.config.candidates
+        eligible: list[tuple[str, BackendStats]] = []
+        for backend, entry in measured.items():
+            if backend not in context.catalogue or (allowed is not None and backend not in allowed):
+                continue
+            if entry.n < self.config.min_n or self._quality(entry) < floor:
+                continue
+            if slo is not None and entry.latency_p95_s > slo:
+                continue
+            eligible.append((backend, entry))
+        if not eligible:
+            return self._default(f"none of {len(measured)} measured backend(s) for task {request.task!r} "
+                                 f"has quality >= {floor:g}" + (f" and p95 <= {slo:g}s" if slo else ""))
+        eligible.sort(key=lambda be: (be[1].cost_per_request_usd, -self._quality(be[1]), be[1].latency_p50_s))
+        backend, entry = eligible[0]
+        rungs = tuple(Rung(backend=b) for b, _ in eligible[: 1 + self.config.fallbacks])
+        slo_text = f", p95 {entry.latency_p95_s:.3g}s <= {slo:g}s" if slo is not None else \
+            f", p95 {entry.latency_p95_s:.3g}s"
+        reason = (f"cost_aware: {backend} for task {request.task!r}: quality {self._quality(entry):.3g} >= "
+                  f"{floor:g}{slo_text}, ${entry.cost_per_request_usd:.6g}/request "
+                  f"(cheapest of {len(eligible)} eligible)")
+        return Decision(policy=self.name, rungs=rungs, reason=reason)
+
+    def _default(self, why: str) -> Decision:
+        return Decision.single(self.name, self.config.default, f"cost_aware: {why} -> default {self.config.default}")
+
+    def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
+        named = [(self.config.default, f"{self.field}.default")]
+        named += [(b, f"{self.field}.candidates.{i}") for i, b in enumerate(self.config.candidates or ())]
+        check_backends(catalogue, named)
