@@ -11,6 +11,7 @@ from genroute.resources import Resources
 from genroute.router.pricing import Pricing
 
 if TYPE_CHECKING:
+    from genroute.policies.base import Policy
     from genroute.router.router import Router
     from genroute.router.validators import Validator
 
@@ -22,9 +23,15 @@ def build_router(
     tools: Mapping[str, Callable[..., Any]] | None = None,
     validators: Mapping[str, Validator] | None = None,
     engine_options: Mapping[str, Mapping[str, Any]] | None = None,
+    policy: Policy | None = None,
     **router_kwargs: Any,
 ) -> Router:
-    """Validate ``source`` and assemble the router it describes (nothing is sent to any model)."""
+    """Validate ``source`` and assemble the router it describes (nothing is sent to any model).
+
+    ``tools`` and ``validators`` add Python callables to those named in config; ``policy`` replaces the
+    configured policy with a policy object; ``engine_options`` pass extra constructor arguments per engine
+    (e.g. Vertex ``credentials``).
+    """
     config = load_config(source)
     engines = {}
     for name, raw in config.engines.items():
@@ -54,8 +61,7 @@ def build_router(
         if priced is None and reference:
             pricing.require(reference, field=f"engines.{backend_config.engine}.reference_model")
         backends[name] = backend
-    policy = None
-    if config.policy is not None:
+    if policy is None and config.policy is not None:
         from genroute.policies import build_policy
 
         policy = build_policy(config.policy, field="policy")

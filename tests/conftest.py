@@ -1,0 +1,79 @@
+"""Shared fixtures: the loopback Gemini server, in-memory OTel providers, router configs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from genroute.testing import GeminiTestServer
+
+TEST_KEY = "AIzaSy-test-key-0123456789-secret"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No real keys or endpoints leak in; caches go to a per-session temp dir unless one is set."""
+    for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "GOOGLE_VERTEX_BASE_URL",
+                "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+
+
+@pytest.fixture
+def gemini_server() -> Iterator[GeminiTestServer]:
+    """A fresh loopback Gemini-protocol server."""
+    with GeminiTestServer() as server:
+        yield server
+
+
+class Otel:
+    """In-memory tracer and meter providers for one test."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    @property
+    def providers(self) -> dict[str, Any]:
+        return {"tracer_provider": self.tracer_provider, "meter_provider": self.meter_provider}
+
+    def spans(self, name: str | None = None) -> list[Any]:
+        spans = self.exporter.get_finished_spans()
+        return [s for s in spans if name is None or s.name == name or s.name.startswith(name + " ")]
+
+    def metrics(self) -> dict[str, Any]:
+        data = self.reader.get_metrics_data()
+        found: dict[str, Any] = {}
+        for rm in data.resource_metrics if data else []:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    found[metric.name] = metric
+        return found
+
+
+@pytest.fixture
+def otel() -> Iterator[Otel]:
+    """In-memory OTel SDK providers (the real SDK, nothing exported off the machine)."""
+    yield Otel()
+
+
+def gemini_config(server: GeminiTestServer, **backend: Any) -> dict[str, Any]:
+    """A one-backend router config pointed at ``server``."""
+    chat = {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash", **backend}
+    return {
+        "engines": {"gemini": {"kind": "gemini", "base_url": server.base_url, "api_key": TEST_KEY,
+                               "retry": {"attempts": 3, "initial_backoff_s": 0.01, "max_backoff_s": 0.05,
+                                         "jitter_s": 0.0}}},
+        "backends": {"chat": chat},
+        "policy": {"kind": "static", "backend": "chat"},
+    }

@@ -1,0 +1,168 @@
+"""The router's one API over the real google-genai client on the loopback wire."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from genroute import (
+    AllRungsFailed, BackendRejected, Decision, GenerateRequest, Router, Rung, UsageError,
+)
+from genroute.policies.base import Policy, PolicyConfig
+from genroute.testing import Fault
+
+from .conftest import TEST_KEY, gemini_config
+
+
+def test_generate_returns_text_usage_cost_and_decision(gemini_server, otel):
+    gemini_server.reply_text("Paris.", usage=(1000, 500))
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        result = router.generate("Capital of France?")
+    assert result.text == "Paris."
+    assert result.backend == "chat"
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (1000, 500)
+    assert result.cost_usd == pytest.approx(1000 * 0.30 / 1e6 + 500 * 2.50 / 1e6)
+    assert result.decision.policy == "static"
+    assert [a.outcome for a in result.decision.rungs_tried] == ["ok"]
+    assert result.trace_id and len(result.trace_id) == 32
+    assert gemini_server.requests[-1].path == "/v1/models/gemini-2.5-flash:generateContent"
+
+
+def test_sync_and_async_agree(gemini_server, otel):
+    config = gemini_config(gemini_server, system="Be terse.", template="Q: {{ input }}")
+    gemini_server.reply_text("same", usage=(12, 3))
+    gemini_server.reply_text("same", usage=(12, 3))
+    with Router.from_config(config, **otel.providers) as router:
+        sync = router.generate("hello", task="t")
+    async def run():
+        async with Router.from_config(config, **otel.providers) as router:
+            return await router.agenerate(GenerateRequest(input="hello", task="t"))
+    asynchronous = asyncio.run(run())
+    fields = ("text", "backend", "model", "usage", "cost_usd", "finish_reason")
+    assert {f: getattr(sync, f) for f in fields} == {f: getattr(asynchronous, f) for f in fields}
+    first, second = gemini_server.requests[-2:]
+    assert first.body == second.body
+    assert first.body["contents"][0]["parts"][0]["text"] == "Q: hello"
+
+
+def test_stream_and_astream_agree(gemini_server, otel):
+    config = gemini_config(gemini_server)
+    gemini_server.reply_text("one two three four", usage=(8, 4), chunks=3)
+    gemini_server.reply_text("one two three four", usage=(8, 4), chunks=3)
+    with Router.from_config(config, **otel.providers) as router:
+        chunks = list(router.stream("count"))
+    async def run():
+        async with Router.from_config(config, **otel.providers) as router:
+            return [c async for c in router.astream("count")]
+    achunks = asyncio.run(run())
+    for got in (chunks, achunks):
+        texts = [c.text for c in got if not c.done]
+        assert len(texts) >= 2 and "".join(texts) == "one two three four"
+        final = got[-1]
+        assert final.done and final.result.text == "one two three four"
+        assert final.result.time_to_first_token_s is not None
+        assert final.result.usage.output_tokens == 4
+    assert gemini_server.requests[-1].stream
+
+
+def test_sync_api_refuses_to_run_inside_an_event_loop(gemini_server):
+    async def inside():
+        with pytest.raises(UsageError, match="agenerate"):
+            router.generate("hi")
+    router = Router.from_config(gemini_config(gemini_server))
+    asyncio.run(inside())
+    router.close()
+
+
+def test_retry_on_429_then_success_makes_two_requests(gemini_server):
+    gemini_server.fault(Fault.status(429, retry_after=0.01))
+    gemini_server.reply_text("ok")
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        result = router.generate("hi")
+    assert result.text == "ok"
+    assert len(gemini_server.requests) == 2
+
+
+def test_400_is_rejected_at_once(gemini_server):
+    gemini_server.fault(Fault.status(400))
+    with Router.from_config(gemini_config(gemini_server)) as router, pytest.raises(BackendRejected):
+        router.generate("hi")
+    assert len(gemini_server.requests) == 1
+
+
+def test_request_timeout_ends_the_request(gemini_server):
+    from genroute import BackendUnavailable
+
+    gemini_server.fault(Fault.delay(3), times=5)
+    config = gemini_config(gemini_server)
+    with Router.from_config(config) as router, pytest.raises(BackendUnavailable):
+        router.generate("slow", timeout_s=0.3)
+
+
+class _TwoRungs(Policy):
+    kind = "two_rungs"
+    Config = PolicyConfig
+
+    def decide(self, request, context):
+        return Decision(policy="two_rungs", reason="test", rungs=(
+            Rung(backend="first", validators=("regex:^OK",), fall_through_on_rejected=True),
+            Rung(backend="second"),
+        ))
+
+
+def _two_backends(server):
+    config = gemini_config(server)
+    chat = config["backends"].pop("chat")
+    config["backends"] = {"first": chat, "second": {**chat, "model": "gemini-2.5-pro"}}
+    config.pop("policy")
+    return config
+
+
+def test_validator_rejection_falls_through_and_both_rungs_are_recorded(gemini_server, otel):
+    gemini_server.reply_text("not ok", usage=(100, 10))
+    gemini_server.reply_text("OK from pro", usage=(100, 10))
+    config = _two_backends(gemini_server)
+    router = Router.from_config(config, policy=_TwoRungs(PolicyConfig(kind="two_rungs")), **otel.providers)
+    with router:
+        result = router.generate("hi")
+    assert result.text == "OK from pro" and result.backend == "second"
+    tried = result.decision.rungs_tried
+    assert [(a.backend, a.outcome) for a in tried] == [("first", "rejected_by_validator"), ("second", "ok")]
+    flash = 100 * 0.30 / 1e6 + 10 * 2.50 / 1e6
+    pro = 100 * 1.25 / 1e6 + 10 * 10.0 / 1e6
+    assert tried[0].cost_usd == pytest.approx(flash)
+    assert result.cost_usd == pytest.approx(flash + pro)
+    root = otel.spans("genroute.generate")[0]
+    assert root.attributes["genroute.rungs_tried"] == 2
+    assert [e.attributes["genroute.backend"] for e in root.events] == ["first", "second"]
+
+
+def test_every_rung_failing_raises_all_rungs_failed(gemini_server):
+    gemini_server.fault(Fault.status(400), times=2)
+    config = _two_backends(gemini_server)
+    router = Router.from_config(config, policy=_TwoRungs(PolicyConfig(kind="two_rungs")))
+    with router, pytest.raises(AllRungsFailed) as info:
+        router.generate("hi")
+    assert [a.backend for a in info.value.attempts] == ["first", "second"]
+
+
+def test_explicit_backend_override(gemini_server):
+    config = _two_backends(gemini_server)
+    config["policy"] = {"kind": "static", "backend": "first"}
+    with Router.from_config(config) as router:
+        result = router.generate("hi", backend="second")
+        assert result.backend == "second" and result.decision.policy == "override"
+        with pytest.raises(UsageError) as info:
+            router.generate("hi", backend="nope")
+    assert info.value.field == "backend"
+
+
+def test_api_key_never_reaches_spans_or_errors(gemini_server, otel):
+    gemini_server.fault(Fault.status(400))
+    router = Router.from_config(gemini_config(gemini_server), **otel.providers)
+    with router, pytest.raises(BackendRejected) as info:
+        router.generate("hi")
+    assert TEST_KEY not in str(info.value) and TEST_KEY not in repr(router.resources.engines["gemini"])
+    for span in otel.spans():
+        assert TEST_KEY not in str(span.to_json())
