@@ -1,0 +1,209 @@
+"""``budget``: per-key, per-tenant or global USD budgets over a time window, enforced by reservations.
+
+The executor calls ``reserve`` before each rung and ``settle`` after it. A reservation holds the rung's
+estimated cost (an upper bound: ``costs``, ``max_cost_per_request`` or the stats file) until it is settled
+with the actual cost, so concurrent requests can never together spend more than the budget as long as
+actual costs stay within their estimates. The ledger lives in this process.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from genroute.errors import BudgetExceeded, ConfigError
+from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
+from genroute.policies.static import check_backends
+from genroute.policies.stats import BenchStats
+from genroute.types import Decision, GenerateRequest, Rung
+
+
+@dataclass
+class Reservation:
+    """A hold on part of one key's budget in one window (a token for ``settle``)."""
+
+    key: str
+    window: int
+    amount: float
+    settled: bool = False
+
+
+@dataclass
+class _Account:
+    window: int
+    spent: float = 0.0
+    reserved: float = 0.0
+
+
+class BudgetLedger:
+    """Spend and outstanding reservations per key in fixed windows; thread-safe and asyncio-safe."""
+
+    def __init__(self, window_s: float, *, clock: Callable[[], float] = time.time) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        # A plain lock, never held across an await: safe from threads and from coroutines alike.
+        self._lock = threading.Lock()
+        self._accounts: dict[str, _Account] = {}
+
+    def _account(self, key: str) -> _Account:
+        window = math.floor(self._clock() / self.window_s)
+        account = self._accounts.get(key)
+        if account is None or account.window != window:
+            account = self._accounts[key] = _Account(window)
+        return account
+
+    def reserve(self, key: str, amount: float, limit: float) -> Reservation:
+        """Hold ``amount`` of ``key``'s budget; ``BudgetExceeded`` if spent + held + amount > ``limit``."""
+        with self._lock:
+            account = self._account(key)
+            left = limit - account.spent - account.reserved
+            # A tiny tolerance so that float sums of equal shares do not refuse the last one.
+            if amount > left + 1e-12:
+                raise BudgetExceeded(f"budget {key!r}: ${max(left, 0.0):.6g} left of ${limit:.6g}, "
+                                     f"request needs up to ${amount:.6g}")
+            account.reserved += amount
+            return Reservation(key, account.window, amount)
+
+    def settle(self, reservation: Reservation, cost_usd: float) -> None:
+        """Replace the hold with the actual cost (0 for a rung that failed before spending)."""
+        with self._lock:
+            if reservation.settled:
+                return
+            reservation.settled = True
+            account = self._accounts.get(reservation.key)
+            if account is not None and account.window == reservation.window:
+                account.reserved = max(0.0, account.reserved - reservation.amount)
+                account.spent += cost_usd
+
+    def remaining(self, key: str, limit: float) -> float:
+        """Budget left for ``key`` in the current window (reservations count as spent)."""
+        with self._lock:
+            account = self._account(key)
+            return limit - account.spent - account.reserved
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        """Spent and reserved per key in the current window (read-only copy)."""
+        with self._lock:
+            return {k: {"spent": a.spent, "reserved": a.reserved} for k, a in self._accounts.items()}
+
+
+class BudgetConfig(PolicyConfig):
+    """Config of ``BudgetPolicy``: wraps ``inner`` and limits what its decisions may spend."""
+
+    kind: Literal["budget"] = "budget"
+    inner: dict[str, Any] = Field(description="The policy whose decisions the budget limits.")
+    budget_usd: float = Field(gt=0.0, description="USD per key per window.")
+    window_s: float = Field(default=86400.0, gt=0.0)
+    per: Literal["key", "tenant", "global"] = "key"
+    tenant_field: str = Field(default="tenant", description="Metadata key naming the tenant (per: tenant).")
+    limits: dict[str, float] = Field(default_factory=dict, description="Budget overrides per key.")
+    on_exhausted: Literal["reject", "downgrade"] = "reject"
+    downgrade_to: str | None = Field(default=None, description="The cheaper backend used when exhausted.")
+    max_cost_per_request: float | None = Field(default=None, ge=0.0)
+    costs: dict[str, float] = Field(default_factory=dict, description="Estimated max USD per request by backend.")
+    stats_path: str | None = Field(default=None, description="Stats file for cost estimates.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BudgetConfig:
+        if self.on_exhausted == "downgrade" and self.downgrade_to is None:
+            raise ValueError("on_exhausted: downgrade needs `downgrade_to`")
+        if self.max_cost_per_request is None and not self.costs and self.stats_path is None:
+            raise ValueError("set `max_cost_per_request`, `costs` or `stats_path` to estimate request costs")
+        return self
+
+
+class BudgetPolicy(Policy):
+    """Let ``inner`` decide; reserve each rung's estimated cost against the request's budget key."""
+
+    kind = "budget"
+    Config = BudgetConfig
+    config: BudgetConfig
+
+    def __init__(self, config: BudgetConfig, *, ledger: BudgetLedger | None = None) -> None:
+        from genroute.policies import build_policy
+
+        super().__init__(config)
+        self.inner = build_policy(config.inner, field=f"{self.field}.inner")
+        self.ledger = ledger or BudgetLedger(config.window_s)
+        self._stats = BenchStats.load(config.stats_path, field=f"{self.field}.stats_path") \
+            if config.stats_path else None
+
+    def budget_key(self, request: GenerateRequest) -> str:
+        """The ledger key a request is charged to."""
+        if self.config.per == "global":
+            return "*"
+        if self.config.per == "tenant":
+            tenant = request.metadata.get(self.config.tenant_field)
+            return f"tenant:{tenant}" if tenant is not None else "tenant:-"
+        return f"key:{request.key}" if request.key is not None else "key:-"
+
+    def limit(self, key: str) -> float:
+        """The budget of ``key`` in USD per window."""
+        bare = key.split(":", 1)[-1]
+        return self.config.limits.get(key, self.config.limits.get(bare, self.config.budget_usd))
+
+    def estimate(self, backend: str, task: str | None = None) -> float:
+        """The cost held for one run of ``backend`` (the most conservative known figure)."""
+        if backend in self.config.costs:
+            return self.config.costs[backend]
+        if self.config.max_cost_per_request is not None:
+            return self.config.max_cost_per_request
+        measured = self._stats.cost(backend, task) if self._stats is not None else None
+        if measured is not None:
+            return measured
+        known = list(self.config.costs.values())
+        if not known:
+            raise ConfigError(f"no cost estimate for backend {backend!r}", field=f"{self.field}.costs")
+        return max(known)
+
+    def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
+        decision = self.inner.decide(request, context)
+        key = self.budget_key(request)
+        limit = self.limit(key)
+        cheap = self.config.downgrade_to
+        left = self.ledger.remaining(key, limit)
+        reason = f"{decision.reason}; budget {key}: ${max(left, 0.0):.6g} of ${limit:.6g} left"
+        if self.config.on_exhausted == "reject" or cheap is None:
+            return decision.model_copy(update={"policy": self.name, "budget_key": key, "reason": reason})
+        first = decision.rungs[0].backend
+        need = self.estimate(first, request.task)
+        if need > left and first != cheap:
+            return Decision(policy=self.name, rungs=(Rung(backend=cheap),), budget_key=key,
+                            reason=f"budget: {key} has ${max(left, 0.0):.6g} left < ${need:.6g} for {first}; "
+                                   f"downgraded to {cheap} (was: {decision.reason})")
+        # Another request may take the rest of the budget between now and ``reserve``: keep the cheap rung
+        # as the last resort so the executor can still step down to it.
+        rungs = decision.rungs if any(r.backend == cheap for r in decision.rungs) else \
+            (*decision.rungs, Rung(backend=cheap))
+        return decision.model_copy(update={"policy": self.name, "budget_key": key, "rungs": rungs,
+                                           "reason": reason})
+
+    def reserve(self, request: GenerateRequest, decision: Decision, backend: str) -> Any:
+        key = decision.budget_key or self.budget_key(request)
+        held = self.ledger.reserve(key, self.estimate(backend, request.task), self.limit(key))
+        try:
+            inner = self.inner.reserve(request, decision, backend)
+        except BaseException:
+            self.ledger.settle(held, 0.0)
+            raise
+        return (held, inner)
+
+    def settle(self, token: Any, cost_usd: float) -> None:
+        if token is None:
+            return
+        held, inner = token
+        self.ledger.settle(held, cost_usd)
+        self.inner.settle(inner, cost_usd)
+
+    def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
+        named = [(b, f"{self.field}.costs.{b}") for b in self.config.costs]
+        if self.config.downgrade_to is not None:
+            named.append((self.config.downgrade_to, f"{self.field}.downgrade_to"))
+        check_backends(catalogue, named)
+        self.inner.validate_against(catalogue)
