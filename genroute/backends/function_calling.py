@@ -1,0 +1,197 @@
+"""The function-calling backend: genroute runs the tool loop (the SDK's automatic calling stays off).
+
+Each model turn may ask for tools; allowlisted ones run concurrently with validated arguments, a per-tool
+timeout and the request deadline, and every outcome (result, error, timeout, invalid or disallowed call)
+goes back to the model as a ``function_response`` so a bad tool never crashes the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import Field
+
+from genroute.backends.base import Backend, BackendConfig, BackendOutput, finish_reason, response_text, user_content
+from genroute.errors import ConfigError, ToolLoopExceeded
+from genroute.tools import InvalidToolArgs, Tool, jsonable, tool_from_callable
+from genroute.types import GenerateRequest, ToolCall
+
+if TYPE_CHECKING:
+    from google.genai import types
+
+    from genroute.resources import Resources
+    from genroute.router.context import RunContext
+
+
+class FunctionCallingConfig(BackendConfig):
+    """A model that may call the allowlisted tools, in a bounded loop."""
+
+    kind: Literal["function_calling"] = "function_calling"
+    tools: tuple[str, ...] = Field(min_length=1, description="Allowlist: names of tools this backend may run.")
+    max_steps: int = Field(default=5, ge=1, description="Most model turns whose tool calls are run.")
+    tool_timeout_s: float = Field(default=10.0, gt=0, description="Limit for one tool call.")
+    on_max_steps: Literal["raise", "answer"] = Field(
+        default="raise",
+        description="At the step limit: raise ToolLoopExceeded, or ask once more with tools disabled.",
+    )
+    tool_mode: Literal["auto", "any"] = Field(
+        default="auto", description="`any` forces a tool call on every turn but the final answer turn."
+    )
+
+
+class FunctionCallingBackend(Backend):
+    """Answers with a model that calls allowlisted Python tools until it has a final answer."""
+
+    kind = "function_calling"
+    Config = FunctionCallingConfig
+    capabilities = frozenset({"tools"})
+    config: FunctionCallingConfig
+
+    def __init__(self, name: str, config: FunctionCallingConfig, resources: Resources) -> None:
+        super().__init__(name, config, resources)
+        field = f"backends.{name}.tools"
+        if len(set(config.tools)) != len(config.tools):
+            raise ConfigError("tool names must be unique", field=field)
+        self.tools: dict[str, Tool] = {
+            tool_name: tool_from_callable(resources.tool(tool_name, field=field), name=tool_name, field=field)
+            for tool_name in config.tools
+        }
+
+    def facts(self) -> dict[str, Any]:
+        return {"tools": list(self.tools), "max_steps": self.config.max_steps}
+
+    def generate_config(self, *, final: bool = False) -> types.GenerateContentConfig:
+        """The engine config: declarations of allowlisted tools only; ``final`` forbids further calls."""
+        from google.genai import types
+
+        if final:
+            mode = types.FunctionCallingConfigMode.NONE
+        else:
+            mode = types.FunctionCallingConfigMode(self.config.tool_mode.upper())
+        return self.config.generation.to_genai(
+            system=self.config.system,
+            tools=[types.Tool(function_declarations=[t.declaration() for t in self.tools.values()])],
+            tool_config=types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode=mode)),
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        )
+
+    async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:
+        from google.genai import types
+
+        contents: list[types.Content] = [user_content(request.input)]
+        calls_made: list[ToolCall] = []
+        steps = self.config.max_steps
+        for step in range(steps + 1):
+            final = step == steps and self.config.on_max_steps == "answer"
+            if ctx.remaining_s() == 0.0:
+                raise ToolLoopExceeded(
+                    f"deadline reached after {step} tool step(s)", backend=self.name
+                )
+            response = await ctx.generate(self.engine, self.config.model, contents, self.generate_config(final=final))
+            calls = _function_calls(response)
+            if not calls or final:
+                return BackendOutput(
+                    text=response_text(response), model=self.config.model,
+                    finish_reason=finish_reason(response), tool_calls=tuple(calls_made),
+                )
+            if step == steps:
+                raise ToolLoopExceeded(
+                    f"the model still asked for tools after {steps} step(s) (max_steps)", backend=self.name
+                )
+            # The model's own turn goes back verbatim (with any thought signatures it carries).
+            contents.append(response.candidates[0].content)  # type: ignore[index,arg-type]
+            results = await asyncio.gather(
+                *(self._execute(call, f"call_{step}_{i}", ctx) for i, call in enumerate(calls))
+            )
+            calls_made.extend(record for record, _ in results)
+            contents.append(types.Content(role="user", parts=[part for _, part in results]))
+        raise AssertionError("unreachable")  # pragma: no cover - the loop always returns or raises
+
+    async def _execute(self, call: types.FunctionCall, fallback_id: str,
+                       ctx: RunContext) -> tuple[ToolCall, types.Part]:
+        """Run one call (or refuse it) inside an ``execute_tool`` span; never raises for tool failures."""
+        from google.genai import types
+
+        name = call.name or ""
+        args = dict(call.args or {})
+        call_id = call.id or fallback_id
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            "gen_ai.tool.call.id": call_id,
+            "gen_ai.tool.type": "function",
+        }
+        tool = self.tools.get(name)
+        if tool is not None and tool.description:
+            attrs["gen_ai.tool.description"] = tool.description
+        if ctx.capture_content:
+            attrs["gen_ai.tool.call.arguments"] = _dumps(args)
+        start = time.perf_counter()
+        with ctx.tracer.start_as_current_span(
+            f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attrs,
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            record, error_kind = await self._outcome(tool, name, args, call_id, ctx)
+            duration = time.perf_counter() - start
+            span.set_attribute("genroute.tool.outcome", record.outcome)
+            span.set_attribute("genroute.tool.duration_s", duration)
+            metric_attrs = {k: attrs[k] for k in ("gen_ai.operation.name", "gen_ai.tool.name")}
+            if error_kind is not None:
+                span.set_attribute("error.type", error_kind)
+                span.set_status(Status(StatusCode.ERROR, error_kind))
+                metric_attrs["error.type"] = error_kind
+            elif ctx.capture_content:
+                span.set_attribute("gen_ai.tool.call.result", _dumps(record.result))
+            ctx.telemetry.duration.record(duration, metric_attrs)
+        payload = {"output": record.result} if record.outcome == "ok" else {"error": record.error}
+        part = types.Part(function_response=types.FunctionResponse(id=call.id, name=name, response=payload))
+        return record, part
+
+    async def _outcome(self, tool: Tool | None, name: str, args: dict[str, Any], call_id: str,
+                       ctx: RunContext) -> tuple[ToolCall, str | None]:
+        """The call's record and its ``error.type`` (None when it succeeded)."""
+
+        def done(outcome: str, error_kind: str | None = None, **kwargs: Any) -> tuple[ToolCall, str | None]:
+            record = ToolCall(name=name, args=args, outcome=outcome,  # type: ignore[arg-type]
+                              call_id=call_id, **kwargs)
+            return record, error_kind
+
+        if tool is None:
+            # Whatever the model was told (including by a tool's own output), only the allowlist runs.
+            allowed = ", ".join(self.tools)
+            return done("not_allowed", "tool_not_allowed",
+                        error=f"tool {name!r} is not available; available tools: {allowed}")
+        try:
+            kwargs = tool.validate(args)
+        except InvalidToolArgs as exc:
+            return done("invalid_args", "invalid_arguments", error=f"invalid arguments for {name}: {exc}")
+        timeout = self.config.tool_timeout_s
+        remaining = ctx.remaining_s()
+        if remaining is not None:
+            timeout = min(timeout, remaining)
+        try:
+            result = await tool.call(kwargs, timeout_s=timeout)
+        except TimeoutError:
+            return done("timeout", "timeout", error=f"tool {name} did not finish within {timeout:.3g} s")
+        except Exception as exc:  # a failing tool is reported to the model, not raised
+            return done("error", type(exc).__qualname__, error=f"{type(exc).__name__}: {exc}")
+        return done("ok", result=jsonable(result))
+
+
+
+
+def _function_calls(response: types.GenerateContentResponse) -> list[types.FunctionCall]:
+    if not response.candidates or response.candidates[0].content is None:
+        return []
+    return [p.function_call for p in response.candidates[0].content.parts or [] if p.function_call is not None]
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(jsonable(value), ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
