@@ -1,0 +1,115 @@
+"""Configuration loading and the errors that name the field; nothing is sent on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from genroute import ConfigError, GenerateRequest, Router, UsageError
+
+from .conftest import gemini_config
+
+
+def _error(config) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(config)
+    return info.value
+
+
+def test_yaml_toml_and_json_files_load(gemini_server, tmp_path):
+    import yaml
+
+    config = gemini_config(gemini_server)
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "g.json").write_text(json.dumps(config))
+    toml = tmp_path / "g.toml"
+    toml.write_text(
+        f'[engines.gemini]\nkind = "gemini"\nbase_url = "{gemini_server.base_url}"\napi_key = "k"\n'
+        '[backends.chat]\nkind = "prompt_template"\nengine = "gemini"\nmodel = "gemini-2.5-flash"\n'
+        '[policy]\nkind = "static"\nbackend = "chat"\n'
+    )
+    for path in ("g.yaml", "g.json", "g.toml"):
+        gemini_server.reply_text(path)
+        with Router.from_config(tmp_path / path) as router:
+            assert router.generate("hi").text == path
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda c: c["backends"]["chat"].update(kind="nope"), "backends.chat.kind"),
+    (lambda c: c["backends"]["chat"].pop("kind"), "backends.chat.kind"),
+    (lambda c: c["backends"]["chat"].update(engine="missing"), "backends.chat.engine"),
+    (lambda c: c["backends"]["chat"].update(model="acme-llm-9"), "backends.chat.model"),
+    (lambda c: c["backends"]["chat"].update(temperature=0.2), "backends.chat.temperature"),
+    (lambda c: c["backends"]["chat"].update(generation={"temperature": 9}), "backends.chat.generation.temperature"),
+    (lambda c: c["backends"]["chat"].update(template="{{ nope }}"), "backends.chat"),
+    (lambda c: c["backends"]["chat"].update(template="{% if %}"), "backends.chat"),
+    (lambda c: c["engines"]["gemini"].update(timeout_s=-1), "engines.gemini.timeout_s"),
+    (lambda c: c.update(backends={}), "backends"),
+    (lambda c: c.update(surprise=1), "surprise"),
+    (lambda c: c["policy"].update(backend="ghost"), "policy.backend"),
+    (lambda c: c.update(pricing={"x": {"input": -1, "output": 0}}), "pricing.x.input"),
+    (lambda c: c.update(tools={"t": "no_such_module:fn"}), "tools.t"),
+])
+def test_config_errors_name_the_field(gemini_server, mutate, field):
+    config = gemini_config(gemini_server)
+    mutate(config)
+    assert _error(config).field == field
+    assert gemini_server.requests == []
+
+
+def test_missing_and_unparsable_files(tmp_path):
+    assert _error(tmp_path / "absent.yaml").field == "path"
+    (tmp_path / "bad.yaml").write_text("backends: [unclosed")
+    assert _error(tmp_path / "bad.yaml").field == "path"
+    (tmp_path / "x.ini").write_text("")
+    assert _error(tmp_path / "x.ini").field == "path"
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"input": ""}, "input"),
+    ({"input": "   "}, "input"),
+    ({"input": "hi", "timeout_s": 0}, "timeout_s"),
+    ({"input": "hi", "colour": "red"}, "colour"),
+    ({"input": "hi", "variables": {"tone": 3}}, "variables.tone"),
+    ({"input": "hi", "variables": {"extra": "x", "tone": "dry"}}, "variables.extra"),
+    ({"input": "hi"}, "variables.tone"),
+])
+def test_bad_requests_name_the_field_and_send_nothing(gemini_server, kwargs, field):
+    config = gemini_config(gemini_server, template="{{ tone }}: {{ input }}", variables={"tone": {"type": "str"}})
+    with Router.from_config(config) as router:
+        with pytest.raises(UsageError) as info:
+            router.generate(**kwargs)
+    assert info.value.field == field
+    assert gemini_server.requests == []
+
+
+def test_template_renders_declared_variables_and_defaults(gemini_server):
+    config = gemini_config(gemini_server, system="You are {{ persona }}.", template="[{{ lang }}] {{ input }}",
+                           variables={"persona": {"type": "str"},
+                                      "lang": {"type": "str", "required": False, "default": "en"}})
+    with Router.from_config(config) as router:
+        router.generate(GenerateRequest(input="hello", variables={"persona": "terse"}))
+    body = gemini_server.requests[-1].body
+    assert body["contents"][0]["parts"][0]["text"] == "[en] hello"
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    assert system["parts"][0]["text"] == "You are terse."
+
+
+def test_sandbox_blocks_unsafe_template_access(gemini_server):
+    config = gemini_config(gemini_server, template="{{ input.__class__.__mro__ }}")
+    with Router.from_config(config) as router, pytest.raises(UsageError):
+        router.generate("x")
+    assert gemini_server.requests == []
+
+
+def test_generation_settings_reach_the_wire(gemini_server):
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    config = gemini_config(gemini_server, generation={"temperature": 0.1, "max_output_tokens": 20,
+                                                      "stop_sequences": ["END"], "response_schema": schema})
+    with Router.from_config(config) as router:
+        router.generate("x")
+    gen = gemini_server.requests[-1].body["generationConfig"]
+    assert gen["temperature"] == 0.1 and gen["maxOutputTokens"] == 20 and gen["stopSequences"] == ["END"]
+    assert gen["responseMimeType"] == "application/json"
+    assert (gen.get("responseJsonSchema") or gen.get("response_json_schema")) == schema

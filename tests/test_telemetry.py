@@ -1,0 +1,98 @@
+"""Spans, metrics and cost on the real OTel SDK with in-memory exporters."""
+
+from __future__ import annotations
+
+import pytest
+
+from genroute import Router
+from genroute.router.pricing import ModelPrice, Pricing, PriceTier
+from genroute.router.telemetry import DURATION_BUCKETS, TOKEN_BUCKETS
+from genroute.testing import Fault
+from genroute.types import Usage
+
+from .conftest import gemini_config
+
+
+def test_root_and_inference_spans_follow_genai_semconv(gemini_server, otel):
+    gemini_server.reply_text("hi there", usage=(20, 5))
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        result = router.generate("hello", task="greet")
+    root = otel.spans("genroute.generate")[0]
+    call = otel.spans("generate_content")[0]
+    assert call.name == "generate_content gemini-2.5-flash"
+    assert call.parent.span_id == root.context.span_id
+    assert format(root.context.trace_id, "032x") == result.trace_id
+    a = call.attributes
+    assert a["gen_ai.operation.name"] == "generate_content"
+    assert a["gen_ai.provider.name"] == "gcp.gemini"
+    assert a["gen_ai.request.model"] == "gemini-2.5-flash"
+    assert a["gen_ai.usage.input_tokens"] == 20 and a["gen_ai.usage.output_tokens"] == 5
+    assert a["gen_ai.usage.cache_read.input_tokens"] == 0
+    assert list(a["gen_ai.response.finish_reasons"]) == ["stop"]
+    assert a["gen_ai.usage.cost.currency"] == "USD"
+    r = root.attributes
+    assert r["genroute.policy"] == "static" and r["genroute.backend"] == "chat"
+    assert r["genroute.reason"] and r["genroute.rungs_tried"] == 1 and r["genroute.task"] == "greet"
+    assert r["gen_ai.usage.cost.amount"] == pytest.approx(result.cost_usd) and result.cost_usd > 0
+
+
+def test_metrics_use_recommended_buckets(gemini_server, otel):
+    gemini_server.reply_text("x", usage=(30, 7))
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        router.generate("hello")
+    metrics = otel.metrics()
+    duration = metrics["gen_ai.client.operation.duration"].data.data_points[0]
+    assert list(duration.explicit_bounds) == DURATION_BUCKETS
+    assert duration.attributes["gen_ai.operation.name"] == "generate_content"
+    tokens = {p.attributes["gen_ai.token.type"]: p for p in metrics["gen_ai.client.token.usage"].data.data_points}
+    assert list(tokens["input"].explicit_bounds) == TOKEN_BUCKETS
+    assert tokens["input"].sum == 30 and tokens["output"].sum == 7
+
+
+def test_errors_are_typed_on_spans(gemini_server, otel):
+    gemini_server.fault(Fault.status(400))
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        with pytest.raises(Exception):
+            router.generate("hello")
+    assert otel.spans("generate_content")[0].attributes["error.type"] == "BackendRejected"
+    assert otel.spans("genroute.generate")[0].attributes["error.type"] == "BackendRejected"
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_content_is_captured_only_when_opted_in(gemini_server, otel, capture):
+    gemini_server.reply_text("the secret answer")
+    config = gemini_config(gemini_server)
+    config["telemetry"] = {"capture_content": capture}
+    with Router.from_config(config, **otel.providers) as router:
+        router.generate("the secret question")
+    dumped = " ".join(s.to_json() for s in otel.spans())
+    assert ("the secret question" in dumped) is capture
+    assert ("the secret answer" in dumped) is capture
+
+
+def test_content_capture_env_var(gemini_server, otel, monkeypatch):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    gemini_server.reply_text("envcaptured")
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        router.generate("q")
+    assert "envcaptured" in " ".join(s.to_json() for s in otel.spans())
+
+
+@pytest.mark.parametrize(("model", "usage", "expected"), [
+    ("gemini-2.5-flash", Usage(input_tokens=1_000_000, output_tokens=1_000_000), 0.30 + 2.50),
+    ("gemini-2.5-flash", Usage(input_tokens=1_000_000, cached_input_tokens=400_000), 0.6 * 0.30 + 0.4 * 0.03),
+    ("gemini-2.5-flash", Usage(output_tokens=100, thinking_tokens=900), 1000 * 2.50 / 1e6),
+    ("models/gemini-2.5-pro", Usage(input_tokens=100_000, output_tokens=10_000), 0.1 * 1.25 + 0.01 * 10),
+    ("gemini-2.5-pro", Usage(input_tokens=300_000, output_tokens=10_000), 0.3 * 2.50 + 0.01 * 15),
+    ("gemini-2.5-flash-lite-preview-09-2025", Usage(input_tokens=1_000_000), 0.10),
+    (None, Usage(input_tokens=10**6, output_tokens=10**6), 0.0),
+])
+def test_cost_arithmetic(model, usage, expected):
+    assert Pricing().cost(model, usage) == pytest.approx(expected)
+
+
+def test_pricing_overrides_and_tiers():
+    pricing = Pricing({"my-model": ModelPrice(input=1.0, output=2.0, cached_input=0.5,
+                                              tiers=(PriceTier(above_input_tokens=10, input=3.0, output=4.0),))})
+    assert pricing.cost("my-model", Usage(input_tokens=10, output_tokens=1)) == pytest.approx((10 + 2) / 1e6)
+    assert pricing.cost("my-model", Usage(input_tokens=11, output_tokens=1)) == pytest.approx((33 + 4) / 1e6)
