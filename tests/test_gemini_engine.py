@@ -1,0 +1,374 @@
+"""GeminiEngine, error mapping and the retry layer, over the wire against the loopback server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from genroute.engines.errors import map_error, parse_retry_after, redact
+from genroute.engines.gemini import GeminiEngine, GeminiEngineConfig
+from genroute.engines.retry import RetryConfig, call_with_retry
+from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, StreamInterrupted
+from genroute.testing import Fault, GeminiTestServer, fake_embedding
+
+KEY = "AIzaSyLOOPBACK-test-key-0123456789abcdef"
+MODEL = "gemini-2.5-flash"
+FAST_RETRY = {"attempts": 3, "initial_backoff_s": 0.001, "max_backoff_s": 0.01, "jitter_s": 0.001,
+              "deadline_s": 10, "max_retry_after_s": 0.5}
+
+
+def user(text: str) -> list[types.Content]:
+    return [types.Content(role="user", parts=[types.Part(text=text)])]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with GeminiTestServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def srv(server):
+    server.clear()
+    yield server
+    server.clear()
+
+
+@pytest.fixture
+async def engine(srv):
+    eng = GeminiEngine("gem", {"api_key": KEY, "base_url": srv.base_url, "retry": FAST_RETRY})
+    yield eng
+    await eng.aclose()
+
+
+@pytest.fixture
+async def vertex_engine(srv, monkeypatch):
+    from google.oauth2.credentials import Credentials
+
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    config = {"vertex": {"project": "proj", "location": "europe-west4"}, "base_url": srv.base_url, "retry": FAST_RETRY}
+    eng = GeminiEngine("vx", config, credentials=Credentials(token="test"))
+    yield eng
+    await eng.aclose()
+
+
+# -- happy paths -----------------------------------------------------------------------------------
+
+
+async def test_generate_text_with_usage(srv, engine):
+    srv.reply_text("Bonjour", usage=(12, 4))
+    response = await engine.generate(MODEL, user("hello"), types.GenerateContentConfig(temperature=0))
+    assert response.text == "Bonjour"
+    assert (response.usage_metadata.prompt_token_count, response.usage_metadata.candidates_token_count) == (12, 4)
+    (req,) = srv.requests
+    assert req.path == f"/v1/models/{MODEL}:generateContent"
+    assert req.body["generationConfig"]["temperature"] == 0
+    assert engine.provider == "gcp.gemini"
+
+
+async def test_timeout_is_always_sent(srv, engine):
+    await engine.generate(MODEL, user("x"))
+    await engine.generate(MODEL, user("x"), timeout_s=5)
+    assert [r.headers["x-server-timeout"] for r in srv.requests] == ["10", "5"]  # min(engine timeout 60 s, retry deadline 10 s), then the request's 5 s
+
+
+async def test_caller_http_options_are_kept(srv, engine):
+    config = types.GenerateContentConfig(http_options=types.HttpOptions(headers={"x-extra": "1"}))
+    await engine.generate(MODEL, user("x"), config, timeout_s=3)
+    assert srv.requests[0].headers["x-extra"] == "1"
+    assert srv.requests[0].headers["x-server-timeout"] == "3"
+
+
+async def test_stream_chunks(srv, engine):
+    srv.reply_text("alpha beta gamma delta", usage=(5, 4), chunks=4)
+    chunks = [c async for c in engine.stream(MODEL, user("go"))]
+    assert [c.text for c in chunks] == ["alpha ", "beta ", "gamma ", "delta"]
+    assert chunks[-1].usage_metadata.total_token_count == 9
+    assert srv.requests[0].query == {"alt": "sse"}
+
+
+async def test_function_call(srv, engine):
+    srv.reply_function_call("get_weather", {"city": "Paris"})
+    tool = types.Tool(function_declarations=[types.FunctionDeclaration(
+        name="get_weather", parameters_json_schema={"type": "object", "properties": {"city": {"type": "string"}}})])
+    response = await engine.generate(MODEL, user("weather in Paris?"), types.GenerateContentConfig(tools=[tool]))
+    (call,) = response.function_calls
+    assert (call.name, call.args) == ("get_weather", {"city": "Paris"})
+    declared = srv.requests[0].body["tools"][0]["functionDeclarations"][0]
+    assert declared["name"] == "get_weather"
+
+
+async def test_vertex_and_tuned_endpoint(srv, vertex_engine):
+    assert vertex_engine.provider == "gcp.vertex_ai"
+    await vertex_engine.generate(MODEL, user("x"))
+    endpoint = "projects/proj/locations/europe-west4/endpoints/987"
+    chunks = [c async for c in vertex_engine.stream(endpoint, user("x"))]
+    assert chunks
+    assert [r.path for r in srv.requests] == [
+        f"/v1beta1/projects/proj/locations/europe-west4/publishers/google/models/{MODEL}:generateContent",
+        f"/v1beta1/{endpoint}:streamGenerateContent",
+    ]
+    assert {r.headers["authorization"] for r in srv.requests} == {"Bearer test"}
+
+
+async def test_embed_in_batches(srv, srv_engine_small_batch):
+    texts = ["a", "b", "c", "d", "e"]
+    vectors = await srv_engine_small_batch.embed("gemini-embedding-001", texts)
+    assert vectors == [fake_embedding(t, 768) for t in texts]
+    assert [len(r.body["requests"]) for r in srv.requests] == [2, 2, 1]
+    small = await srv_engine_small_batch.embed("gemini-embedding-001", ["a"], output_dimensionality=16)
+    assert small == [fake_embedding("a", 16)]
+
+
+@pytest.fixture
+async def srv_engine_small_batch(srv):
+    eng = GeminiEngine("gem", {"api_key": KEY, "base_url": srv.base_url, "embed_batch_size": 2})
+    yield eng
+    await eng.aclose()
+
+
+async def test_count_tokens(engine):
+    assert await engine.count_tokens(MODEL, user("a" * 20)) == 5
+
+
+# -- retries and error mapping on the wire -----------------------------------------------------------
+
+
+async def test_429_with_retry_after_then_success(srv, engine):
+    srv.fault(Fault.status(429, retry_after=0.01))
+    srv.reply_text("ok")
+    response = await engine.generate(MODEL, user("x"))
+    assert response.text == "ok"
+    assert len(srv.requests) == 2
+
+
+async def test_400_fails_at_once(srv, engine):
+    srv.fault(Fault.status(400), times=3)
+    with pytest.raises(BackendRejected) as info:
+        await engine.generate(MODEL, user("x"))
+    assert info.value.status == 400
+    assert info.value.backend == "gem"
+    assert len(srv.requests) == 1
+
+
+@pytest.mark.parametrize("code", [500, 503, 408])
+async def test_retryable_statuses_are_retried(srv, engine, code):
+    srv.fault(Fault.status(code), times=2)
+    srv.reply_text("finally")
+    assert (await engine.generate(MODEL, user("x"))).text == "finally"
+    assert len(srv.requests) == 3
+
+
+async def test_attempts_exhausted_raise_unavailable(srv, engine):
+    srv.fault(Fault.status(503), times=5)
+    with pytest.raises(BackendUnavailable) as info:
+        await engine.generate(MODEL, user("x"))
+    assert info.value.status == 503
+    assert len(srv.requests) == 3
+
+
+async def test_retry_after_beyond_cap_is_not_waited(srv, engine):
+    srv.fault(Fault.status(429, retry_after=60), times=2)
+    with pytest.raises(BackendUnavailable) as info:
+        await engine.generate(MODEL, user("x"))
+    assert info.value.retry_after_s == 60
+    assert len(srv.requests) == 1
+
+
+async def test_delay_past_timeout_is_unavailable_within_deadline(srv, engine):
+    srv.fault(Fault.delay(30), times=3)
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="timed out"):
+        await engine.generate(MODEL, user("x"), timeout_s=0.3)
+    # Not a timing benchmark: only proves the deadline bounded the call instead of the 30 s delay.
+    assert time.monotonic() - started < 10
+    assert len(srv.requests) == 1
+
+
+async def test_malformed_json_is_typed(srv, engine):
+    srv.fault(Fault.malformed_json(), times=3)
+    with pytest.raises(BackendUnavailable, match="malformed"):
+        await engine.generate(MODEL, user("x"))
+    assert len(srv.requests) == 3
+
+
+async def test_reset_then_success(srv, engine):
+    srv.fault(Fault.reset())
+    srv.reply_text("back")
+    assert (await engine.generate(MODEL, user("x"))).text == "back"
+    assert len(srv.requests) == 2
+
+
+async def test_connection_refused_is_unavailable():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed when the block ends: nothing listens there
+    eng = GeminiEngine("gem", {"api_key": KEY, "base_url": f"http://127.0.0.1:{port}", "retry": FAST_RETRY})
+    try:
+        with pytest.raises(BackendUnavailable):
+            await eng.generate(MODEL, user("x"))
+    finally:
+        await eng.aclose()
+
+
+async def test_stream_retries_before_first_chunk(srv, engine):
+    srv.fault(Fault.status(429))
+    srv.fault(Fault.cut_stream(after_chunks=0))
+    srv.reply_text("one two", chunks=2, times=2)  # the cut stream uses up one
+    assert [c.text async for c in engine.stream(MODEL, user("x"))] == ["one ", "two"]
+    assert len(srv.requests) == 3
+
+
+async def test_cut_stream_after_first_chunk_is_interrupted(srv, engine):
+    srv.fault(Fault.cut_stream(after_chunks=1))
+    srv.reply_text("one two three", chunks=3)
+    seen = []
+    with pytest.raises(StreamInterrupted):
+        async for chunk in engine.stream(MODEL, user("x")):
+            seen.append(chunk.text)
+    assert seen == ["one "]
+    assert len(srv.requests) == 1
+
+
+async def test_stream_error_event_is_interrupted(srv, engine):
+    srv.fault(Fault.status(503, after_chunks=1))
+    with pytest.raises(StreamInterrupted) as info:
+        _ = [c async for c in engine.stream(MODEL, user("a b c"))]
+    assert info.value.status == 503
+
+
+async def test_clean_close_without_finish_reason_is_interrupted(srv, engine):
+    partial = {"candidates": [{"content": {"role": "model", "parts": [{"text": "half"}]}}]}
+    srv.reply_json([partial, partial])
+    with pytest.raises(StreamInterrupted, match="finish reason"):
+        _ = [c async for c in engine.stream(MODEL, user("x"))]
+
+
+# -- configuration and secrets ---------------------------------------------------------------------
+
+
+async def test_api_key_never_leaks(srv, engine):
+    srv.fault(Fault.status(400, message=f"API key not valid: {KEY}"))
+    with pytest.raises(BackendRejected) as info:
+        await engine.generate(MODEL, user("x"))
+    for text in (str(info.value), repr(info.value), repr(engine), repr(engine.config), str(engine.config),
+                 json.dumps(engine.config.model_dump(mode="json"))):
+        assert KEY not in text
+    assert srv.requests[0].headers["x-goog-api-key"] == KEY  # it was sent, just never shown
+
+
+async def test_env_key_fallbacks_and_base_url(srv, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.setenv("GOOGLE_API_KEY", "from-google-env")
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", srv.base_url)
+    eng = GeminiEngine("env", {"retry": FAST_RETRY})
+    try:
+        assert eng.base_url == srv.base_url
+        assert (await eng.generate(MODEL, user("hey"))).text == "echo: hey"
+        assert srv.requests[0].headers["x-goog-api-key"] == "from-google-env"
+    finally:
+        await eng.aclose()
+
+
+async def test_missing_key_is_a_config_error(monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    eng = GeminiEngine("nokey", {"api_key_env": "MY_KEY"})
+    with pytest.raises(ConfigError) as info:
+        await eng.generate(MODEL, user("x"))
+    assert info.value.field == "engines.nokey.api_key_env"
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError):
+        GeminiEngineConfig.model_validate({"kind": "gemini", "timeout_s": 0})
+    with pytest.raises(ValueError):
+        GeminiEngineConfig.model_validate({"kind": "gemini", "unknown": 1})
+    assert GeminiEngine.Config is GeminiEngineConfig and GeminiEngine.kind == "gemini"
+
+
+# -- map_error and the retry layer without a server ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (genai_errors.ClientError(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}}), BackendUnavailable),
+        (genai_errors.ClientError(408, {"error": {"code": 408}}), BackendUnavailable),
+        (genai_errors.ClientError(404, {"error": {"code": 404}}), BackendRejected),
+        (genai_errors.ServerError(502, {"error": {"code": 502}}), BackendUnavailable),
+        (json.JSONDecodeError("bad", "{", 0), BackendUnavailable),
+        (genai_errors.UnknownApiResponseError("bad"), BackendUnavailable),
+        (ConnectionResetError(104, "reset"), BackendUnavailable),
+        (TimeoutError(), BackendUnavailable),
+        (ValueError("bad argument"), BackendRejected),
+    ],
+)
+def test_map_error_table(exc, kind):
+    mapped = map_error(exc, backend="b")
+    assert type(mapped) is kind
+    assert mapped.backend == "b"
+
+
+def test_map_error_http_libraries():
+    import aiohttp
+    import httpx
+
+    assert isinstance(map_error(httpx.ConnectError("refused")), BackendUnavailable)
+    assert isinstance(map_error(httpx.RemoteProtocolError("eof")), BackendUnavailable)
+    assert isinstance(map_error(aiohttp.ServerDisconnectedError()), BackendUnavailable)
+
+
+def test_retry_info_and_redaction():
+    exc = genai_errors.ClientError(429, {"error": {"code": 429, "message": f"slow down {KEY}", "details": [
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3.5s"}]}})
+    mapped = map_error(exc)
+    assert mapped.retry_after_s == 3.5
+    assert KEY not in str(mapped)
+    assert redact("url?key=secret&x=1", ()) == "url?key=***&x=1"
+    assert redact("token abc", ["abc"]) == "token ***"
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert parse_retry_after("soon") is None
+
+
+async def test_call_with_retry_only_retries_unavailable():
+    calls = []
+
+    async def flaky(remaining: float) -> str:
+        calls.append(remaining)
+        if len(calls) < 3:
+            raise BackendUnavailable("busy")
+        return "done"
+
+    config = RetryConfig.model_validate(FAST_RETRY)
+    assert await call_with_retry(flaky, config) == "done"
+    assert len(calls) == 3 and all(0 < r <= 10 for r in calls)
+
+    async def rejected(remaining: float) -> str:
+        calls.append(remaining)
+        raise BackendRejected("no")
+
+    calls.clear()
+    with pytest.raises(BackendRejected):
+        await call_with_retry(rejected, config)
+    assert len(calls) == 1
+
+
+async def test_call_with_retry_stops_before_the_deadline():
+    calls = 0
+
+    async def busy(remaining: float) -> None:
+        nonlocal calls
+        calls += 1
+        raise BackendUnavailable("busy", retry_after_s=0.4)
+
+    config = RetryConfig(attempts=10, initial_backoff_s=0.001, jitter_s=0, deadline_s=30, max_retry_after_s=1)
+    with pytest.raises(BackendUnavailable):
+        await call_with_retry(busy, config, deadline_s=0.5)
+    assert calls == 2  # 0 s, then 0.4 s; a third would start at 0.8 s, past the 0.5 s deadline
