@@ -1,0 +1,48 @@
+"""The tuned-model backend: a supervised-fine-tuned model that gets the bare input as its prompt.
+
+The model is a Vertex AI tuned endpoint (``projects/P/locations/L/endpoints/E``), a tuned model resource,
+or, on the local engine, a model name whose engine carries a LoRA adapter. SFT taught the model the task,
+so no instructions or examples are sent: the short prompt is the saving that tuning buys.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, user_content
+
+if TYPE_CHECKING:
+    from genroute.router.context import RunContext
+    from genroute.types import GenerateRequest
+
+
+class TunedConfig(BackendConfig):
+    """A tuned model; ``base_model`` is what it is priced as (tuned calls bill at base rates)."""
+
+    kind: Literal["tuned"] = "tuned"
+    base_model: str = Field(min_length=1, description="The model the tuned one was trained from (pricing).")
+    tuning_job: str | None = Field(default=None, description="The tuning job that produced the model.")
+
+
+class TunedBackend(SingleCallBackend):
+    """Sends the bare input (and an optional minimal system line) to a tuned model."""
+
+    kind = "tuned"
+    Config = TunedConfig
+    capabilities = frozenset({"tuned"})
+    config: TunedConfig
+
+    def facts(self) -> dict[str, Any]:
+        return {"model": self.config.model, "base_model": self.config.base_model}
+
+    async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
+        # One user turn holding the input verbatim: the same shape the model was trained on
+        # (Vertex SFT rows and the local LoRA chat template both use a single user turn).
+        return Prepared(
+            model=self.config.model,
+            contents=[user_content(request.input)],
+            config=self.config.generation.to_genai(system=self.config.system),
+            price_as=self.config.base_model,
+        )

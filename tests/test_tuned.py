@@ -1,0 +1,103 @@
+"""The tuned-model backend: Vertex tuned endpoints and tuned models on the loopback server; local LoRA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from google.oauth2.credentials import Credentials
+
+from genroute.router.pricing import DEFAULT_PRICES
+from genroute.router.router import Router
+from genroute.testing import GeminiTestServer
+from genroute.testing.replies import field_of
+from genroute.types import Usage
+
+from .conftest import TEST_KEY, Otel
+
+ENDPOINT = "projects/test-proj/locations/us-central1/endpoints/1234567890"
+
+
+def vertex_router(server: GeminiTestServer, otel: Otel, model: str = ENDPOINT, **backend: Any) -> Router:
+    config = {
+        "engines": {"vertex": {"kind": "gemini", "base_url": server.base_url,
+                               "vertex": {"project": "test-proj", "location": "us-central1"}}},
+        "backends": {"tuned": {"kind": "tuned", "engine": "vertex", "model": model,
+                               "base_model": "gemini-2.5-flash", **backend}},
+    }
+    credentials = Credentials(token="test")  # explicit: no metadata-server probe, no ADC lookup
+    return Router.from_config(config, engine_options={"vertex": {"credentials": credentials}}, **otel.providers)
+
+
+async def test_vertex_tuned_endpoint_gets_the_bare_input(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    gemini_server.reply_text("positive", usage=(12, 1))
+    async with vertex_router(gemini_server, otel) as router:
+        result = await router.agenerate("I loved this film!")
+    assert result.text == "positive" and result.backend == "tuned"
+    (request,) = gemini_server.requests
+    assert request.path == f"/v1beta1/{ENDPOINT}:generateContent"
+    assert request.headers["authorization"] == "Bearer test"
+    assert field_of(request.body, "contents") == [{"role": "user", "parts": [{"text": "I loved this film!"}]}]
+    assert field_of(request.body, "systemInstruction") is None
+    expected = DEFAULT_PRICES["gemini-2.5-flash"].cost(Usage(input_tokens=12, output_tokens=1))
+    assert result.cost_usd == pytest.approx(expected) and expected > 0
+    (span,) = otel.spans("generate_content")
+    assert span.attributes["gen_ai.provider.name"] == "gcp.vertex_ai"
+    assert span.attributes["gen_ai.request.model"] == ENDPOINT
+    assert span.attributes["gen_ai.usage.cost.amount"] == pytest.approx(expected)
+    assert otel.spans("genroute.generate")[0].attributes["genroute.backend"] == "tuned"
+
+
+async def test_minimal_system_line_and_streaming(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    gemini_server.reply_text("a short answer", usage=(8, 3), chunks=3)
+    async with vertex_router(gemini_server, otel, system="Answer with one label.") as router:
+        chunks = [chunk async for chunk in router.astream("text to label")]
+    assert "".join(c.text for c in chunks if not c.done) == "a short answer"
+    final = chunks[-1].result
+    assert final is not None and final.cost_usd == pytest.approx(
+        DEFAULT_PRICES["gemini-2.5-flash"].cost(Usage(input_tokens=8, output_tokens=3)))
+    (request,) = gemini_server.requests
+    assert request.path == f"/v1beta1/{ENDPOINT}:streamGenerateContent"
+    assert field_of(request.body, "systemInstruction")["parts"] == [{"text": "Answer with one label."}]
+
+
+async def test_tuned_model_resource(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    model = "projects/test-proj/locations/us-central1/models/987@1"
+    async with vertex_router(gemini_server, otel, model=model) as router:
+        result = await router.agenerate("hello")
+    assert result.text == "echo: hello"
+    assert gemini_server.requests[0].path == f"/v1beta1/{model}:generateContent"
+
+
+async def test_developer_api_tuned_model(gemini_server: GeminiTestServer, otel: Otel, monkeypatch: Any) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", TEST_KEY)
+    config = {
+        "engines": {"gemini": {"kind": "gemini", "base_url": gemini_server.base_url}},
+        "backends": {"tuned": {"kind": "tuned", "engine": "gemini", "model": "tunedModels/sentiment-abc",
+                               "base_model": "gemini-2.0-flash"}},
+    }
+    gemini_server.reply_text("negative", usage=(5, 1))
+    async with Router.from_config(config, **otel.providers) as router:
+        result = await router.agenerate("meh")
+    assert gemini_server.requests[0].path.endswith("/tunedModels/sentiment-abc:generateContent")
+    assert result.cost_usd == pytest.approx(DEFAULT_PRICES["gemini-2.0-flash"].cost(Usage(input_tokens=5,
+                                                                                           output_tokens=1)))
+
+
+def test_unknown_base_model_price_is_a_config_error(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    from genroute.errors import ConfigError
+
+    config = {
+        "engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
+                               "vertex": {"project": "p", "location": "l"}}},
+        "backends": {"tuned": {"kind": "tuned", "engine": "vertex", "model": ENDPOINT, "base_model": "mystery-1"}},
+    }
+    with pytest.raises(ConfigError, match="mystery-1"):
+        Router.from_config(config, **otel.providers)
+
+
+def test_facts(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    with vertex_router(gemini_server, otel) as router:
+        backend = router.backends["tuned"]
+        assert backend.capabilities == frozenset({"tuned"})
+        assert backend.facts() == {"model": ENDPOINT, "base_model": "gemini-2.5-flash"}
