@@ -15,6 +15,8 @@ def build_policy(raw: Mapping[str, Any] | PolicyConfig, *, field: str = "policy"
     from genroute.config import validate_kind
 
     cls, config = validate_kind("policies", raw, field=field)
-    policy = cls(config)
+    # ``field`` is set before ``__init__`` so construction errors (stats files, nested policies) name it.
+    policy = cls.__new__(cls)
     policy.field = field
+    policy.__init__(config)
     return policy
