@@ -9,11 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from genroute.engines.base import Engine
 from genroute.errors import UsageError
 from genroute.knowledge.embedders import GeminiEmbedder, LocalEmbedder, register_with_chroma, weights_dir
@@ -29,19 +24,8 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def embedder(tmp_path_factory: pytest.TempPathFactory) -> LocalEmbedder:
+def embedder() -> LocalEmbedder:
     return LocalEmbedder()
-
-
-@pytest.fixture(scope="module")
-def spans() -> InMemorySpanExporter:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
 
 
 def _numpy_minilm(texts: list[str]) -> np.ndarray:
@@ -126,10 +110,10 @@ def test_rejects_a_bare_string(embedder: LocalEmbedder) -> None:
         embedder.embed("not a list")  # type: ignore[arg-type]
 
 
-def test_span_per_call(embedder: LocalEmbedder, spans: InMemorySpanExporter) -> None:
-    spans.clear()
+def test_span_per_call(otel) -> None:
+    embedder = LocalEmbedder(tracer_provider=otel.tracer_provider)
     embedder.embed(SENTENCES[:2])
-    (span,) = [s for s in spans.get_finished_spans() if s.name.startswith("embeddings")]
+    (span,) = otel.spans("embeddings")
     assert span.name == "embeddings all-MiniLM-L6-v2"
     assert span.attributes["gen_ai.operation.name"] == "embeddings"
     assert span.attributes["gen_ai.provider.name"] == "genroute.local"
@@ -178,13 +162,12 @@ class _VectorEngine(Engine):
         return [[float(len(t)), 1.0] for t in texts]
 
 
-async def test_gemini_embedder_forwards_to_the_engine(spans: InMemorySpanExporter) -> None:
+async def test_gemini_embedder_forwards_to_the_engine(otel) -> None:
     engine = _VectorEngine()
-    emb = GeminiEmbedder(engine)
-    spans.clear()
+    emb = GeminiEmbedder(engine, tracer_provider=otel.tracer_provider)
     assert await emb.aembed(["ab", "c"]) == [[2.0, 1.0], [1.0, 1.0]]
     assert engine.calls == [("gemini-embedding-001", ["ab", "c"])]
-    (span,) = spans.get_finished_spans()
+    (span,) = otel.spans("embeddings")
     assert span.name == "embeddings gemini-embedding-001"
     assert span.attributes["gen_ai.provider.name"] == "gcp.gemini"
     with pytest.raises(UsageError):

@@ -38,6 +38,8 @@ class Embedder(ABC):
     model: str
     provider: str
     dimension: int
+    #: Where spans go; ``None``: the global tracer provider.
+    tracer_provider: trace.TracerProvider | None = None
 
     @staticmethod
     @abstractmethod
@@ -57,7 +59,9 @@ class Embedder(ABC):
         raise UsageError("embed() called inside a running event loop; await aembed() instead")
 
     def _span(self, kind: trace.SpanKind = trace.SpanKind.CLIENT) -> trace.Span:
-        span = _tracer.start_span(f"embeddings {self.model}", kind=kind)
+        tracer = _tracer if self.tracer_provider is None else trace.get_tracer(
+            "genroute", tracer_provider=self.tracer_provider)
+        span = tracer.start_span(f"embeddings {self.model}", kind=kind)
         span.set_attribute("gen_ai.operation.name", "embeddings")
         span.set_attribute("gen_ai.request.model", self.model)
         span.set_attribute("gen_ai.provider.name", self.provider)
@@ -72,8 +76,10 @@ def _record_error(span: trace.Span, exc: BaseException) -> None:
 class GeminiEmbedder(Embedder):
     """Embeddings from an engine's ``embed`` (e.g. ``gemini-embedding-001`` on a Gemini engine)."""
 
-    def __init__(self, engine: Engine, model: str = "gemini-embedding-001", *, dimension: int = 3072) -> None:
+    def __init__(self, engine: Engine, model: str = "gemini-embedding-001", *, dimension: int = 3072,
+                 tracer_provider: trace.TracerProvider | None = None) -> None:
         self.engine = engine
+        self.tracer_provider = tracer_provider
         self.model = model
         self.provider = engine.provider
         self.dimension = dimension
@@ -140,12 +146,14 @@ class LocalEmbedder(Embedder):
     provider = "genroute.local"
     dimension = 384
 
-    def __init__(self, intra_op_threads: int = 2, max_length: int = 256, batch_size: int = 32) -> None:
+    def __init__(self, intra_op_threads: int = 2, max_length: int = 256, batch_size: int = 32, *,
+                 tracer_provider: trace.TracerProvider | None = None) -> None:
         if intra_op_threads < 1 or max_length < 1 or batch_size < 1:
             raise ConfigError("intra_op_threads, max_length and batch_size must be >= 1", field="embedder")
         self.intra_op_threads = intra_op_threads
         self.max_length = min(max_length, 512)
         self.batch_size = batch_size
+        self.tracer_provider = tracer_provider
         self._session: Any = None
         self._tokenizer: Any = None
         self._load_lock = threading.Lock()
