@@ -1,0 +1,169 @@
+"""Budget policy: the reservation ledger never lets concurrent requests overspend."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genroute.errors import BudgetExceeded
+from genroute.policies import build_policy
+from genroute.policies.base import PolicyContext
+from genroute.policies.budget import BudgetLedger, BudgetPolicy
+from genroute.policies.stats import BackendStats, BenchStats
+from genroute.types import GenerateRequest
+
+CTX = PolicyContext(catalogue={})
+BUDGET = {"kind": "budget", "inner": {"kind": "static", "backend": "big"}, "budget_usd": 1.0,
+          "costs": {"big": 0.01, "small": 0.0}}
+
+
+def test_threads_never_overspend() -> None:
+    policy = build_policy(BUDGET)
+    request = GenerateRequest(input="hi", key="alice")
+    decision = policy.decide(request, CTX)
+    admitted: list[int] = []
+    barrier = threading.Barrier(50)
+
+    def one(i: int) -> None:
+        if i < 50:
+            barrier.wait()  # the first 50 start together to maximise contention
+        try:
+            token = policy.reserve(request, decision, "big")
+        except BudgetExceeded:
+            return
+        admitted.append(i)
+        policy.settle(token, random.Random(i).uniform(0.0, 0.01))  # actual cost within the estimate
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(500)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    state = policy.ledger.snapshot()["key:alice"]
+    assert state["spent"] <= 1.0 and state["reserved"] == 0.0
+    assert len(admitted) >= 100  # every reservation of $0.01 fits until the $1 is held
+
+
+async def test_asyncio_tasks_never_overspend() -> None:
+    policy = build_policy(BUDGET)
+    request = GenerateRequest(input="hi", key="bob")
+    decision = policy.decide(request, CTX)
+
+    async def one(i: int) -> bool:
+        try:
+            token = policy.reserve(request, decision, "big")
+        except BudgetExceeded:
+            return False
+        await asyncio.sleep(random.Random(i).uniform(0, 0.002))  # the rung "runs"
+        policy.settle(token, 0.01)
+        return True
+
+    results = await asyncio.gather(*(one(i) for i in range(500)))
+    state = policy.ledger.snapshot()["key:bob"]
+    assert sum(results) == 100 and state["spent"] == pytest.approx(1.0) and state["spent"] <= 1.0 + 1e-9
+
+
+async def test_threads_and_tasks_share_one_ledger() -> None:
+    ledger = BudgetLedger(window_s=3600)
+
+    def burst(n: int) -> int:
+        ok = 0
+        for _ in range(n):
+            try:
+                held = ledger.reserve("t", 0.003, 0.5)
+            except BudgetExceeded:
+                continue
+            ledger.settle(held, 0.003)
+            ok += 1
+        return ok
+
+    async def task() -> int:
+        try:
+            held = ledger.reserve("t", 0.003, 0.5)
+        except BudgetExceeded:
+            return 0
+        await asyncio.sleep(0)
+        ledger.settle(held, 0.003)
+        return 1
+
+    thread_counts = [asyncio.to_thread(burst, 50) for _ in range(5)]
+    results = await asyncio.gather(*thread_counts, *(task() for _ in range(250)))
+    assert sum(results) == 166  # floor(0.5 / 0.003)
+    assert ledger.snapshot()["t"]["spent"] <= 0.5
+
+
+def test_failed_rung_releases_its_reservation() -> None:
+    ledger = BudgetLedger(window_s=60)
+    held = ledger.reserve("k", 0.6, 1.0)
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve("k", 0.6, 1.0)
+    ledger.settle(held, 0.0)
+    ledger.settle(held, 5.0)  # settling twice is ignored
+    assert ledger.remaining("k", 1.0) == 1.0
+    ledger.reserve("k", 0.6, 1.0)
+
+
+def test_window_rolls_over() -> None:
+    now = [1000.0]
+    ledger = BudgetLedger(window_s=60, clock=lambda: now[0])
+    ledger.settle(ledger.reserve("k", 1.0, 1.0), 1.0)
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve("k", 0.1, 1.0)
+    now[0] += 60
+    assert ledger.remaining("k", 1.0) == 1.0
+
+
+@pytest.mark.parametrize(("per", "request_", "key"), [
+    ("key", GenerateRequest(input="x", key="k1"), "key:k1"),
+    ("key", GenerateRequest(input="x"), "key:-"),
+    ("tenant", GenerateRequest(input="x", key="k1", metadata={"tenant": "acme"}), "tenant:acme"),
+    ("global", GenerateRequest(input="x", key="k1"), "*"),
+])
+def test_budget_keys(per: str, request_: GenerateRequest, key: str) -> None:
+    policy = build_policy({**BUDGET, "per": per})
+    decision = policy.decide(request_, CTX)
+    assert decision.budget_key == key and decision.policy == "budget"
+
+
+def test_reject_mode_raises_budget_exceeded() -> None:
+    policy = build_policy({**BUDGET, "limits": {"poor": 0.015}})
+    request = GenerateRequest(input="x", key="poor")
+    decision = policy.decide(request, CTX)
+    assert [r.backend for r in decision.rungs] == ["big"]
+    policy.settle(policy.reserve(request, decision, "big"), 0.01)
+    with pytest.raises(BudgetExceeded, match="key:poor"):
+        policy.reserve(request, decision, "big")
+
+
+def test_downgrade_mode() -> None:
+    policy = build_policy({**BUDGET, "on_exhausted": "downgrade", "downgrade_to": "small", "budget_usd": 0.02})
+    request = GenerateRequest(input="x", key="k")
+    first = policy.decide(request, CTX)
+    # With room left the inner decision stands, with the cheap rung kept as the last resort.
+    assert [r.backend for r in first.rungs] == ["big", "small"]
+    policy.settle(policy.reserve(request, first, "big"), 0.015)
+    later = policy.decide(request, CTX)
+    assert [r.backend for r in later.rungs] == ["small"]
+    assert "downgraded to small" in later.reason and "$0.005 left" in later.reason
+    policy.settle(policy.reserve(request, later, "small"), 0.0)  # the cheap rung still fits
+
+
+def test_estimates_from_stats(tmp_path: Path) -> None:
+    stats = BenchStats(tasks={"bank": {"big": BackendStats(n=10, quality=0.9, latency_p50_s=0.1,
+                                                            latency_p95_s=0.2, cost_per_request_usd=0.25)}})
+    path = stats.save(tmp_path / "stats.json")
+    policy: Any = build_policy({"kind": "budget", "inner": {"kind": "static", "backend": "big"},
+                                "budget_usd": 1.0, "stats_path": str(path)})
+    assert isinstance(policy, BudgetPolicy)
+    assert policy.estimate("big", "bank") == 0.25
+    request = GenerateRequest(input="x", task="bank", key="k")
+    decision = policy.decide(request, CTX)
+    for _ in range(4):
+        policy.settle(policy.reserve(request, decision, "big"), 0.25)
+    with pytest.raises(BudgetExceeded):
+        policy.reserve(request, decision, "big")
