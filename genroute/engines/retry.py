@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 logger = logging.getLogger("genroute.engines.retry")
+_MIN_ATTEMPT_S = 0.01  # less time than this left: no attempt could succeed
 
 
 class RetryConfig(BaseModel):
@@ -82,10 +83,16 @@ async def call_with_retry(
         before_sleep=_log_retry,
         reraise=True,
     )
+    last: BackendUnavailable | None = None
     async for state in retrying:
         with state:
             remaining = deadline - (time.monotonic() - start)
-            if remaining <= 0:
-                raise BackendUnavailable(f"deadline of {deadline:g}s exceeded before the attempt")
-            return await attempt(remaining)
+            if remaining <= _MIN_ATTEMPT_S:
+                # Timers may fire a hair early, so tenacity can still see room; the last error says more.
+                raise last or BackendUnavailable(f"deadline of {deadline:g}s exceeded before the attempt")
+            try:
+                return await attempt(remaining)
+            except BackendUnavailable as exc:
+                last = exc
+                raise
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
