@@ -1,0 +1,162 @@
+"""Few-shot in-context learning: per-request example selection from a Chroma example store.
+
+The default format suits base (not instruction-tuned) models such as the local Gemma 3 270M: one user
+turn of ``Input: ...\\nOutput: ...`` blocks ending in ``Input: <request>\\nOutput:``, with a stop
+sequence at the next ``\\nInput:`` so the model answers once instead of inventing more examples.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import Field, model_validator
+
+from genroute.backends.base import BackendConfig, BackendOutput, Prepared, SingleCallBackend, user_content
+from genroute.errors import ConfigError, UsageError
+from genroute.types import GenerateRequest
+
+if TYPE_CHECKING:
+    from genroute.knowledge.examples import ExampleRecord, ExampleStore
+    from genroute.router.context import RunContext
+
+_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+class IclConfig(BackendConfig):
+    """Config of an ``icl`` backend."""
+
+    kind: Literal["icl"] = "icl"
+    collection: str = Field(min_length=3, max_length=512, description="Chroma collection of examples.")
+    selector: Literal["fixed", "random", "knn", "mmr", "balanced"] = "knn"
+    k: int = Field(default=4, ge=0, le=64, description="Examples to show (fewer if the budget runs out).")
+    seed: int = Field(default=0, description="Seed of the random selector (combined with the request).")
+    fetch_k: int | None = Field(default=None, ge=1, description="Candidates for mmr/balanced (default max(4k, 20)).")
+    mmr_lambda: float = Field(default=0.5, ge=0.0, le=1.0, description="MMR: 1 = pure similarity, 0 = pure diversity.")
+    example_tokens: int = Field(default=1500, ge=0, description="Token budget for the rendered examples.")
+    instructions: str | None = Field(default=None, description="Text before the examples, in the user turn.")
+    example_template: str = Field(default="Input: {{ input }}\nOutput: {{ output }}",
+                                  description="Jinja2 for one example: input, output, label, metadata, n.")
+    query_template: str = Field(default="Input: {{ input }}\nOutput:", description="Jinja2 for the request.")
+    separator: str = "\n\n"
+    order: Literal["nearest_last", "nearest_first"] = Field(
+        default="nearest_last", description="Where the most similar example goes (last = next to the request).",
+    )
+    stop: tuple[str, ...] = Field(default=("\nInput:",), description="Stop sequences added to the generation.")
+
+    @model_validator(mode="after")
+    def _templates_compile(self) -> IclConfig:
+        for name in ("example_template", "query_template"):
+            try:
+                _ENV.parse(getattr(self, name))
+            except TemplateError as exc:
+                raise ValueError(f"{name} does not compile: {exc}") from None
+        return self
+
+
+class IclBackend(SingleCallBackend):
+    """Few-shot prompting with examples chosen per request (fixed, random, kNN, MMR or label-balanced)."""
+
+    kind: ClassVar[str] = "icl"
+    Config: ClassVar[type[BackendConfig]] = IclConfig
+    capabilities: ClassVar[frozenset[str]] = frozenset({"examples"})
+
+    config: IclConfig
+
+    @cached_property
+    def examples(self) -> ExampleStore:
+        """The example store over this backend's collection."""
+        from genroute.knowledge.examples import ExampleStore
+
+        store = self.resources.knowledge
+        if store is None:
+            raise ConfigError(f"backend {self.name!r} needs a `knowledge` section (a Chroma store)",
+                              field="knowledge")
+        return ExampleStore(store, self.config.collection, field=f"backends.{self.name}.collection")
+
+    @cached_property
+    def _templates(self) -> tuple[Any, Any]:
+        return _ENV.from_string(self.config.example_template), _ENV.from_string(self.config.query_template)
+
+    def facts(self) -> dict[str, Any]:
+        """Collection, selector, k and ``example_count`` (counted once, blocking; 0 if unavailable)."""
+        count = self.examples.count if "examples" in self.__dict__ else None
+        if count is None:
+            try:
+                count = self.examples.store.count_sync(
+                    self.config.collection, kind="examples", field=f"backends.{self.name}.collection")
+            except Exception:  # facts must never fail router construction; the first request reports it
+                count = 0
+        return {"collection": self.config.collection, "selector": self.config.selector, "k": self.config.k,
+                "example_count": count}
+
+    async def select(self, request: GenerateRequest, ctx: RunContext | None = None) -> list[ExampleRecord]:
+        """The examples this request will be shown, best first (before the token budget)."""
+        cfg = self.config
+        if ctx is None or cfg.selector in ("fixed", "random"):
+            return await self.examples.select(request.input, strategy=cfg.selector, k=cfg.k, seed=cfg.seed,
+                                              fetch_k=cfg.fetch_k, mmr_lambda=cfg.mmr_lambda)
+        from genroute.knowledge.store import record_hits, retrieval_span
+
+        with retrieval_span(ctx.tracer, self.examples.store, cfg.collection, cfg.k) as span:
+            chosen = await self.examples.select(request.input, strategy=cfg.selector, k=cfg.k, seed=cfg.seed,
+                                                fetch_k=cfg.fetch_k, mmr_lambda=cfg.mmr_lambda)
+            span.set_attribute("genroute.icl.selector", cfg.selector)
+            record_hits(span, [_as_hit(e) for e in chosen], capture=ctx.capture_content)
+        return chosen
+
+    def render(self, request: GenerateRequest, chosen: list[ExampleRecord]) -> tuple[str, list[str]]:
+        """The user prompt and the ids of the examples that fit the token budget (in prompt order)."""
+        from genroute.knowledge.chunking import token_counter
+
+        cfg = self.config
+        example_tpl, query_tpl = self._templates
+        counter = token_counter()
+        blocks: list[str] = []
+        ids: list[str] = []
+        used = 0
+        for n, ex in enumerate(chosen, start=1):
+            block = self._render(example_tpl, {"input": ex.input, "output": ex.output, "label": ex.label,
+                                               "metadata": ex.metadata, "n": n}, "example_template")
+            cost = counter.count(block)
+            if used + cost > cfg.example_tokens:
+                continue  # a shorter example further down may still fit
+            used += cost
+            blocks.append(block)
+            ids.append(ex.id)
+        if cfg.order == "nearest_last":
+            blocks.reverse()
+            ids.reverse()
+        query = self._render(query_tpl, {"input": request.input, "task": request.task,
+                                         "metadata": request.metadata, "variables": request.variables},
+                             "query_template")
+        parts = ([cfg.instructions] if cfg.instructions else []) + blocks + [query]
+        return cfg.separator.join(parts), ids
+
+    def _render(self, template: Any, scope: dict[str, Any], name: str) -> str:
+        try:
+            return template.render(scope)
+        except TemplateError as exc:
+            raise UsageError(f"{name} of backend {self.name!r} failed: {exc}",
+                             field=f"backends.{self.name}.{name}") from None
+
+    async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
+        chosen = await self.select(request, ctx)
+        prompt, shown = self.render(request, chosen)
+        stops = tuple(dict.fromkeys(self.config.generation.stop_sequences + self.config.stop))[:5]
+        config = self.config.generation.to_genai(system=self.config.system, stop_sequences=list(stops) or None)
+        return Prepared(model=self.config.model, contents=[user_content(prompt)], config=config,
+                        extra={"examples": shown})
+
+    def _output(self, prepared: Prepared, text: str, reason: str | None) -> BackendOutput:
+        # Base models often lead with a space after "Output:" and trail a newline before the stop.
+        return super()._output(prepared, text.strip(), reason)
+
+
+def _as_hit(example: ExampleRecord) -> Any:
+    from genroute.knowledge.store import Hit
+
+    score = example.score if example.score is not None else 1.0
+    return Hit(id=example.id, text=example.input, metadata={}, distance=1.0 - score)

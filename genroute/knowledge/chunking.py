@@ -1,0 +1,140 @@
+"""Token-aware chunking with overlap, and the token counter RAG and ICL budgets use.
+
+Counting uses the MiniLM WordPiece tokenizer shipped with the offline embedder: it is what the
+local embedder truncates by, and a fair stand-in for other models' counts when budgeting prompts.
+Without that package a whitespace/punctuation splitter stands in (never a download).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from genroute.errors import ConfigError
+
+_WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+# Where a chunk may end without cutting a sentence: after . ! ? or a newline.
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
+
+
+class TokenCounter:
+    """Splits text into tokens with character offsets (MiniLM WordPiece, or a regex fallback)."""
+
+    def __init__(self) -> None:
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+        self._loaded = False
+
+    def _load(self) -> Any:
+        with self._lock:
+            if not self._loaded:
+                try:
+                    from tokenizers import Tokenizer
+
+                    from genroute.knowledge.embedders import weights_dir
+
+                    tokenizer = Tokenizer.from_file(str(weights_dir() / "tokenizer.json"))
+                    tokenizer.no_truncation()
+                    tokenizer.no_padding()
+                    self._tokenizer = tokenizer
+                except (ImportError, ConfigError, OSError):
+                    self._tokenizer = None
+                self._loaded = True
+        return self._tokenizer
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character ``(start, end)`` of every token in ``text``."""
+        tokenizer = self._load()
+        if tokenizer is None:
+            return [m.span() for m in _WORD.finditer(text)]
+        return [span for span in tokenizer.encode(text, add_special_tokens=False).offsets if span[1] > span[0]]
+
+    def count(self, text: str) -> int:
+        """Number of tokens in ``text``."""
+        return len(self.offsets(text))
+
+
+@lru_cache(maxsize=1)
+def token_counter() -> TokenCounter:
+    """The process-wide token counter."""
+    return TokenCounter()
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document: its text, where it came from, and its content-derived id."""
+
+    text: str
+    start: int
+    end: int
+    tokens: int
+
+    @property
+    def id(self) -> str:
+        """Stable id from the content alone, so re-ingesting the same text upserts, never duplicates."""
+        return chunk_id(self.text)
+
+
+def chunk_id(text: str) -> str:
+    """The id of a chunk with this text (SHA-256 of the whitespace-normalised text, 32 hex digits)."""
+    normal = " ".join(text.split())
+    return hashlib.sha256(normal.encode("utf-8")).hexdigest()[:32]
+
+
+def chunk_text(
+    text: str,
+    *,
+    chunk_tokens: int = 200,
+    overlap: int = 40,
+    counter: TokenCounter | None = None,
+    base_offset: int = 0,
+) -> list[Chunk]:
+    """Split ``text`` into windows of at most ``chunk_tokens`` tokens; consecutive windows share up to ``overlap``.
+
+    A window ends at the last sentence boundary in its second half when there is one, so chunks
+    rarely cut a sentence. Offsets are character offsets into ``text`` plus ``base_offset``.
+    """
+    if chunk_tokens < 8:
+        raise ConfigError("must be at least 8", field="chunk_tokens")
+    if not 0 <= overlap < chunk_tokens:
+        raise ConfigError(f"must be at least 0 and less than chunk_tokens ({chunk_tokens})", field="overlap")
+    spans = (counter or token_counter()).offsets(text)
+    chunks: list[Chunk] = []
+    i = 0
+    while i < len(spans):
+        j = min(i + chunk_tokens, len(spans))
+        if j < len(spans):
+            j = _sentence_cut(text, spans, i, j)
+        start, end = spans[i][0], spans[j - 1][1]
+        piece = text[start:end].strip()
+        if piece:
+            chunks.append(Chunk(piece, base_offset + start, base_offset + end, j - i))
+        if j >= len(spans):
+            break
+        # Advance at least half a window, so large overlaps and early sentence cuts cannot crawl.
+        i = max(j - overlap, i + max(1, (j - i) // 2))
+    return chunks
+
+
+def _sentence_cut(text: str, spans: list[tuple[int, int]], i: int, j: int) -> int:
+    """The token index to end the window [i, j) at: after the last sentence end in its second half."""
+    half = i + (j - i) // 2
+    for k in range(j - 1, half, -1):
+        between = text[spans[k][1]:spans[k + 1][0] + 1] if k + 1 < len(spans) else ""
+        if _SENTENCE_END.search(text[spans[k][0]:spans[k][1]] + between):
+            return k + 1
+    return j
+
+
+def truncate_to_tokens(text: str, max_tokens: int, *, counter: TokenCounter | None = None) -> str:
+    """The longest prefix of ``text`` with at most ``max_tokens`` tokens."""
+    spans = (counter or token_counter()).offsets(text)
+    if len(spans) <= max_tokens:
+        return text
+    if max_tokens <= 0:
+        return ""
+    return text[:spans[max_tokens - 1][1]]

@@ -1,0 +1,201 @@
+"""The ICL example store (a Chroma collection of ``{input, output, label?, metadata?}``) and its selectors.
+
+Selectors: ``fixed`` (first k in file order), ``random`` (seeded per request), ``knn`` (most similar
+inputs), ``mmr`` (similar yet mutually diverse), ``balanced`` (nearest per label, labels taken in
+turn). An example whose input equals the request's (after normalising case and whitespace) is never
+selected, so an evaluation item that is also in the store cannot leak its own answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from genroute.errors import ConfigError
+from genroute.knowledge.ingest import DEFAULT_BATCH, IngestReport, _progress, expand_paths
+
+if TYPE_CHECKING:
+    from genroute.knowledge.store import Hit, KnowledgeStore
+
+Strategy = Literal["fixed", "random", "knn", "mmr", "balanced"]
+STRATEGIES: tuple[str, ...] = ("fixed", "random", "knn", "mmr", "balanced")
+
+
+@dataclass(frozen=True)
+class ExampleRecord:
+    """A stored example; ``score`` is its similarity to the request when a query selected it."""
+
+    id: str
+    input: str
+    output: str
+    label: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    score: float | None = None
+    embedding: list[float] | None = field(default=None, repr=False, compare=False)
+
+
+def input_key(text: str) -> str:
+    """The leakage key of an input: hash of its case-folded, whitespace-collapsed text."""
+    return hashlib.sha256(" ".join(text.casefold().split()).encode("utf-8")).hexdigest()[:32]
+
+
+def example_id(inp: str, out: str, label: str | None) -> str:
+    """Content id of an example, so reloading a file upserts rather than duplicates."""
+    return hashlib.sha256(json.dumps([inp, out, label]).encode("utf-8")).hexdigest()[:32]
+
+
+async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, collection: str,
+                         batch_size: int | None = None, progress: bool = False) -> IngestReport:
+    """Load JSONL example files into ``collection`` (idempotent: content ids, stored ones skipped)."""
+    from genroute.tuning.data import load_examples
+
+    started = time.perf_counter()
+    files = expand_paths(paths)
+    records: dict[str, tuple[str, dict[str, Any]]] = {}
+    total = 0
+    for path in files:
+        for ex in load_examples(path):
+            rid = example_id(ex.input, ex.output, ex.label)
+            meta = {"output": ex.output, "label": ex.label, "input_key": input_key(ex.input),
+                    "ord": len(records), "source": str(path),
+                    "metadata": json.dumps(ex.metadata, sort_keys=True) if ex.metadata else None}
+            records.setdefault(rid, (ex.input, meta))
+            total += 1
+    await store.collection(collection, kind="examples", create=True)
+    limit = await asyncio.to_thread(store.max_batch_size)
+    size = max(1, min(limit, batch_size or DEFAULT_BATCH))
+    ids = list(records)
+    added = batches = 0
+    with _progress(progress, len(ids), collection) as advance:
+        for start in range(0, len(ids), size):
+            batch = ids[start:start + size]
+            present = await store.existing_ids(collection, batch, kind="examples")
+            todo = [i for i in batch if i not in present]
+            await store.upsert(collection, todo, [records[i][0] for i in todo], [records[i][1] for i in todo],
+                               kind="examples")
+            added += len(todo)
+            batches += 1
+            advance(len(batch))
+    return IngestReport(collection=collection, files=len(files), documents=total, chunks=len(ids), added=added,
+                        skipped=len(ids) - added, batches=batches, seconds=time.perf_counter() - started)
+
+
+class ExampleStore:
+    """Selects examples for a request from one collection of a ``KnowledgeStore``."""
+
+    def __init__(self, store: KnowledgeStore, collection: str, *, field: str = "collection") -> None:
+        self.store = store
+        self.collection = collection
+        self.field = field
+        self._pool: list[ExampleRecord] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def count(self) -> int | None:
+        """Number of stored examples, once loaded (``None`` before)."""
+        return None if self._pool is None else len(self._pool)
+
+    async def pool(self) -> list[ExampleRecord]:
+        """Every example in file order (cached; examples are few and static while serving)."""
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    hits = await self.store.get_all(self.collection, kind="examples", field=self.field)
+                    if not hits:
+                        raise ConfigError(f"example collection {self.collection!r} is empty; load examples "
+                                          "first (genroute ingest --kind examples)", field=self.field)
+                    records = [_record(h) for h in hits]
+                    records.sort(key=lambda r: r.metadata.get("ord", 0))
+                    self._pool = records
+        return self._pool
+
+    def refresh(self) -> None:
+        """Forget the cached pool (after loading more examples)."""
+        self._pool = None
+
+    async def select(self, text: str, *, strategy: Strategy, k: int, seed: int = 0, fetch_k: int | None = None,
+                     mmr_lambda: float = 0.5) -> list[ExampleRecord]:
+        """Up to ``k`` examples for the request input ``text``, best first, never one with the same input."""
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"unknown selector {strategy!r}; known: {', '.join(STRATEGIES)}", field="selector")
+        if k <= 0:
+            return []
+        key = input_key(text)
+        pool = await self.pool()  # also checks the collection exists and is not empty
+        if strategy == "fixed":
+            return [r for r in pool if r.metadata.get("input_key") != key][:k]
+        if strategy == "random":
+            rng = random.Random(f"{seed}:{key}")  # reproducible per (seed, request)
+            eligible = [r for r in pool if r.metadata.get("input_key") != key]
+            return rng.sample(eligible, min(k, len(eligible)))
+        want = fetch_k or (k if strategy == "knn" else max(4 * k, 20))
+        want = min(want, len(pool))
+        vector = (await self.store.embedder.aembed([text]))[0]
+        hits = await self.store.query_vector(self.collection, vector, kind="examples", k=want,
+                                             where={"input_key": {"$ne": key}},
+                                             include_embeddings=strategy == "mmr", field=self.field)
+        candidates = [_record(h, scored=True) for h in hits]
+        if strategy == "knn":
+            return candidates[:k]
+        if strategy == "mmr":
+            return mmr(vector, candidates, k, mmr_lambda)
+        return balanced(candidates, k)
+
+
+def mmr(query: Sequence[float], candidates: list[ExampleRecord], k: int, lambda_: float) -> list[ExampleRecord]:
+    """Maximal marginal relevance: trade similarity to ``query`` against similarity to those already picked."""
+    import numpy as np
+
+    if not candidates:
+        return []
+    vectors = np.asarray([c.embedding for c in candidates], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
+    q = np.asarray(query, dtype=np.float32)
+    q /= np.linalg.norm(q) + 1e-12
+    relevance = vectors @ q
+    chosen: list[int] = []
+    redundancy = np.full(len(candidates), -np.inf, dtype=np.float32)
+    while len(chosen) < min(k, len(candidates)):
+        scores = lambda_ * relevance - (1 - lambda_) * np.where(np.isinf(redundancy), 0.0, redundancy)
+        scores[chosen] = -np.inf
+        best = int(np.argmax(scores))
+        chosen.append(best)
+        redundancy = np.maximum(redundancy, vectors @ vectors[best])
+    return [candidates[i] for i in chosen]
+
+
+def balanced(candidates: list[ExampleRecord], k: int) -> list[ExampleRecord]:
+    """Take labels in turn (the label with the nearest example first), each label's nearest examples first."""
+    by_label: dict[str | None, list[ExampleRecord]] = {}
+    for c in candidates:  # candidates arrive nearest first, so dict order ranks labels by their best
+        by_label.setdefault(c.label, []).append(c)
+    queues = list(by_label.values())
+    out: list[ExampleRecord] = []
+    depth = 0
+    while len(out) < k and any(len(q) > depth for q in queues):
+        out.extend(q[depth] for q in queues if len(q) > depth)
+        depth += 1
+    return out[:k]
+
+
+def _record(hit: Hit, *, scored: bool = False) -> ExampleRecord:
+    meta = hit.metadata
+    raw_meta = meta.get("metadata")
+    try:
+        extra = json.loads(raw_meta) if isinstance(raw_meta, str) else {}
+    except json.JSONDecodeError:
+        extra = {}
+    return ExampleRecord(
+        id=hit.id, input=hit.text, output=str(meta.get("output", "")), label=meta.get("label"),
+        metadata={"ord": meta.get("ord", 0), "input_key": meta.get("input_key"), "source": meta.get("source"),
+                  **({"extra": extra} if extra else {})},
+        score=hit.score if scored else None,
+        embedding=hit.embedding,
+    )

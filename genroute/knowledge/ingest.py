@@ -1,0 +1,264 @@
+"""Ingestion: files → documents → token-aware chunks → Chroma, idempotent and resumable.
+
+Chunk ids are content hashes and each batch is one Chroma upsert (written whole or not at all), so
+a run killed half-way and run again ends with exactly one copy of every chunk. Chunks already
+stored are skipped before embedding, which makes the re-run cheap as well as correct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from genroute.errors import UsageError
+from genroute.knowledge.chunking import Chunk, chunk_text, token_counter
+
+if TYPE_CHECKING:
+    from genroute.engines.base import Engine
+    from genroute.knowledge.store import KnowledgeStore
+
+TEXT_SUFFIXES = frozenset({".txt", ".text", ".rst"})
+MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
+JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | JSONL_SUFFIXES
+DEFAULT_BATCH = 256
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+
+
+class IngestReport(BaseModel):
+    """What an ingest run did."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    collection: str
+    files: int
+    documents: int
+    chunks: int
+    added: int
+    skipped: int
+    batches: int
+    seconds: float
+
+    @property
+    def chunks_per_s(self) -> float:
+        """Chunks handled per second (added and skipped)."""
+        return self.chunks / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document to chunk: its text (or a section of it) and metadata."""
+
+    text: str
+    source: str
+    title: str | None = None
+    doc_id: str | None = None
+    section: str | None = None
+    offset: int = 0
+
+
+def expand_paths(paths: Sequence[str | Path], *, field: str = "paths") -> list[Path]:
+    """Files named by ``paths`` (directories walked for known suffixes); missing → ``UsageError``."""
+    if isinstance(paths, str | Path):
+        raise UsageError("pass a list of paths, not one path", field=field)
+    if not paths:
+        raise UsageError("no paths given", field=field)
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            if not found:
+                raise UsageError(f"{path} holds no {', '.join(sorted(SUFFIXES))} files", field=field)
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UsageError(f"no such file or directory: {path}", field=field)
+    return files
+
+
+def read_documents(path: Path, *, text_field: str = "text") -> Iterator[Document]:
+    """The documents in one file: a text file, Markdown sections, or JSONL records with ``text_field``."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in JSONL_SUFFIXES:
+            yield from _jsonl_documents(path, text_field)
+            return
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text ({exc.reason})", field="paths") from None
+    if suffix in MARKDOWN_SUFFIXES:
+        yield from _markdown_documents(path, text)
+    else:
+        yield Document(text=text, source=str(path), title=path.stem)
+
+
+def _jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path}:{lineno}: not JSON ({exc.msg})", field="paths") from None
+            text = record.get(text_field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise UsageError(f"{path}:{lineno}: record has no string field {text_field!r}",
+                                 field="text_field") from None
+            doc_id = record.get("id")
+            title = record.get("title")
+            yield Document(text=text, source=str(path), title=str(title) if title is not None else None,
+                           doc_id=str(doc_id) if doc_id is not None else f"line {lineno}")
+
+
+def _markdown_documents(path: Path, text: str) -> Iterator[Document]:
+    """One document per heading section, titled by the first level-1 heading (else the file name)."""
+    headings = list(_HEADING.finditer(text))
+    h1 = next((m.group(2) for m in headings if len(m.group(1)) == 1), None)
+    title = h1 or path.stem
+    bounds = [0] + [m.start() for m in headings] + [len(text)]
+    for start, end in zip(bounds, bounds[1:]):
+        section_text = text[start:end]
+        if not section_text.strip():
+            continue
+        match = _HEADING.match(section_text)
+        yield Document(text=section_text, source=str(path), title=title,
+                       section=match.group(2) if match else None, offset=start)
+
+
+def chunk_documents(docs: Iterator[Document], *, chunk_tokens: int, overlap: int) -> Iterator[tuple[Chunk, dict[str, Any]]]:
+    """Chunks of ``docs`` with their metadata (source, title, doc id, section, offsets)."""
+    counter = token_counter()
+    for doc in docs:
+        for chunk in chunk_text(doc.text, chunk_tokens=chunk_tokens, overlap=overlap, counter=counter,
+                                base_offset=doc.offset):
+            yield chunk, {"source": doc.source, "title": doc.title, "doc_id": doc.doc_id,
+                          "section": doc.section, "start": chunk.start, "end": chunk.end, "tokens": chunk.tokens}
+
+
+async def aingest(
+    store: KnowledgeStore,
+    paths: Sequence[str | Path],
+    *,
+    collection: str,
+    chunk_tokens: int = 200,
+    overlap: int = 40,
+    text_field: str = "text",
+    batch_size: int | None = None,
+    progress: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> IngestReport:
+    """Chunk ``paths`` into ``collection``: skip chunks already stored, upsert the rest batch by batch."""
+    started = time.perf_counter()
+    files = expand_paths(paths)
+    _check_chunk_size(store, chunk_tokens)
+    chunks: dict[str, tuple[str, dict[str, Any]]] = {}
+    documents = 0
+    for path in files:
+        docs = list(read_documents(path, text_field=text_field))
+        documents += len(docs)
+        for chunk, meta in chunk_documents(iter(docs), chunk_tokens=chunk_tokens, overlap=overlap):
+            chunks.setdefault(chunk.id, (chunk.text, meta))  # identical text in two places: stored once
+    if not chunks:
+        raise UsageError("the files hold no text to ingest", field="paths")
+    await store.collection(collection, kind="documents", create=True)
+    limit = await asyncio.to_thread(store.max_batch_size)
+    size = max(1, min(limit, batch_size or DEFAULT_BATCH))
+    ids = list(chunks)
+    added = skipped = batches = 0
+    with _progress(progress, len(ids), collection) as advance:
+        for start in range(0, len(ids), size):
+            batch = ids[start:start + size]
+            present = await store.existing_ids(collection, batch, kind="documents")
+            todo = [i for i in batch if i not in present]
+            await store.upsert(collection, todo, [chunks[i][0] for i in todo], [chunks[i][1] for i in todo],
+                               kind="documents")
+            added += len(todo)
+            skipped += len(batch) - len(todo)
+            batches += 1
+            advance(len(batch))
+            if on_batch is not None:
+                on_batch(batches, start + len(batch))
+    return IngestReport(collection=collection, files=len(files), documents=documents, chunks=len(ids),
+                        added=added, skipped=skipped, batches=batches, seconds=time.perf_counter() - started)
+
+
+def ingest(store: KnowledgeStore, paths: Sequence[str | Path], *, collection: str, **kwargs: Any) -> IngestReport:
+    """Sync twin of ``aingest``; refuses to run inside a running event loop."""
+    return run_sync(aingest(store, paths, collection=collection, **kwargs), "ingest")
+
+
+def ingest_paths(
+    paths: list[str],
+    collection: str,
+    *,
+    store_config: Mapping[str, Any] | None = None,
+    engines: Mapping[str, Engine] | None = None,
+    kind: Literal["documents", "examples"] = "documents",
+    chunk_tokens: int = 200,
+    overlap: int = 40,
+    text_field: str = "text",
+    progress: bool = True,
+) -> IngestReport:
+    """What ``genroute ingest PATH... --collection NAME`` runs: build the store from config, ingest, report."""
+    from genroute.knowledge.store import build_store
+
+    store = build_store(store_config, engines=engines or {})
+    if kind == "examples":
+        from genroute.knowledge.examples import aload_examples
+
+        return run_sync(aload_examples(store, paths, collection=collection, progress=progress), "ingest")
+    return ingest(store, paths, collection=collection, chunk_tokens=chunk_tokens, overlap=overlap,
+                  text_field=text_field, progress=progress)
+
+
+def run_sync(coro: Any, what: str) -> Any:
+    """Run ``coro`` to completion from sync code; ``UsageError`` inside a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    raise UsageError(f"{what}() called inside a running event loop; await its async twin instead")
+
+
+def _check_chunk_size(store: KnowledgeStore, chunk_tokens: int) -> None:
+    limit = getattr(store.embedder, "max_length", None)
+    if limit is not None and chunk_tokens > limit - 2:  # [CLS] and [SEP] take two positions
+        raise UsageError(f"{chunk_tokens} exceeds what the embedder reads ({limit - 2} tokens); "
+                         "the rest of each chunk would be ignored", field="chunk_tokens")
+
+
+class _progress:
+    """A rich progress bar (or nothing), as a context manager yielding ``advance(n)``."""
+
+    def __init__(self, enabled: bool, total: int, collection: str) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.collection = collection
+        self._bar: Any = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), transient=False)
+        self._bar.start()
+        task = self._bar.add_task(self.collection, total=self.total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()

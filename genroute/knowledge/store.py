@@ -1,0 +1,392 @@
+"""The knowledge store: Chroma collections of documents (RAG) and examples (ICL), opened lazily.
+
+Embedded ``PersistentClient`` by default, ``HttpClient`` for a ``chroma run`` server. genroute embeds
+texts itself (so Gemini and local embedders work alike and each call gets an ``embeddings`` span) and
+hands Chroma vectors; a collection records which embedder filled it, and reopening it with another
+one is a ``ConfigError`` rather than silently meaningless distances. Chroma is blocking: every call
+runs in a worker thread, and ``import chromadb`` (~2 s) happens on first use, not at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from genroute.errors import BackendUnavailable, ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from genroute.engines.base import Engine
+    from genroute.knowledge.embedders import Embedder
+
+T = TypeVar("T")
+Kind = Literal["documents", "examples"]
+
+_META_KIND = "genroute.kind"
+_META_EMBEDDER = "genroute.embedder"
+_META_DIMENSION = "genroute.dimension"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LocalEmbedderSpec(_Frozen):
+    """The offline all-MiniLM-L6-v2 embedder (default)."""
+
+    kind: Literal["local"] = "local"
+    intra_op_threads: int = Field(default=2, ge=1)
+    max_length: int = Field(default=256, ge=8, le=512)
+    batch_size: int = Field(default=32, ge=1)
+
+
+class GeminiEmbedderSpec(_Frozen):
+    """Gemini ``embed_content`` through a configured engine."""
+
+    kind: Literal["gemini"]
+    engine: str = Field(description="Name of an engine in the config's `engines`.")
+    model: str = "gemini-embedding-001"
+    dimension: int = Field(default=3072, ge=1)
+
+
+EmbedderSpec = Annotated[LocalEmbedderSpec | GeminiEmbedderSpec, Field(discriminator="kind")]
+
+
+class StoreConfig(_Frozen):
+    """Where the knowledge lives (``path`` for embedded, ``host``/``port`` for a server) and how it is embedded."""
+
+    path: str | None = Field(default=None, description="Directory of an embedded Chroma (default: cache dir).")
+    host: str | None = Field(default=None, description="Host of a `chroma run` server.")
+    port: int = Field(default=8000, ge=1, le=65535)
+    ssl: bool = False
+    headers: dict[str, str] = Field(default_factory=dict)
+    tenant: str = "default_tenant"
+    database: str = "default_database"
+    embedder: EmbedderSpec = LocalEmbedderSpec()
+    ef_search: int | None = Field(default=None, ge=1, description="HNSW ef for new collections.")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> StoreConfig:
+        if self.path is not None and self.host is not None:
+            raise ValueError("set either path (embedded) or host (server), not both")
+        return self
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved record: id, text, metadata and cosine distance (``score`` = 1 - distance)."""
+
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    distance: float
+    embedding: list[float] | None = field(default=None, repr=False)
+
+    @property
+    def score(self) -> float:
+        """Cosine similarity in [-1, 1]; higher is closer."""
+        return 1.0 - self.distance
+
+
+def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine], field: str = "knowledge") -> KnowledgeStore:
+    """A ``KnowledgeStore`` from the config section ``raw`` (nothing is opened yet)."""
+    try:
+        config = StoreConfig.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in (field, *err["loc"]))
+        raise ConfigError(err["msg"], field=where) from None
+    embedder = None
+    if isinstance(config.embedder, GeminiEmbedderSpec):
+        from genroute.knowledge.embedders import GeminiEmbedder
+
+        engine = engines.get(config.embedder.engine)
+        if engine is None:
+            known = ", ".join(sorted(engines)) or "none"
+            raise ConfigError(f"unknown engine {config.embedder.engine!r} (known: {known})",
+                              field=f"{field}.embedder.engine")
+        embedder = GeminiEmbedder(engine, config.embedder.model, dimension=config.embedder.dimension)
+    return KnowledgeStore(config, embedder=embedder)
+
+
+class KnowledgeStore:
+    """Named Chroma collections with genroute's embedder; async API, Chroma calls in worker threads."""
+
+    def __init__(self, config: StoreConfig | None = None, *, embedder: Embedder | None = None) -> None:
+        self.config = config or StoreConfig()
+        self._embedder = embedder
+        self._client_obj: Any = None
+        self._collections: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder every collection of this store is filled and queried with."""
+        if self._embedder is None:
+            from genroute.knowledge.embedders import LocalEmbedder
+
+            spec = self.config.embedder
+            assert isinstance(spec, LocalEmbedderSpec)
+            self._embedder = LocalEmbedder(spec.intra_op_threads, spec.max_length, spec.batch_size)
+        return self._embedder
+
+    @property
+    def location(self) -> str:
+        """Where the store lives, for messages."""
+        if self.config.host is not None:
+            return f"chroma server {self.config.host}:{self.config.port}"
+        return f"embedded chroma at {self._path()}"
+
+    def _path(self) -> str:
+        if self.config.path is not None:
+            return self.config.path
+        from genroute.cache import cache_dir
+
+        return str(cache_dir("chroma"))
+
+    def client(self) -> Any:
+        """The Chroma client, created on first use (blocking)."""
+        with self._lock:
+            if self._client_obj is None:
+                self._client_obj = self._open()
+            return self._client_obj
+
+    def _open(self) -> Any:
+        import chromadb
+        from chromadb.config import Settings
+
+        settings = Settings(anonymized_telemetry=False)
+        cfg = self.config
+        if cfg.host is None:
+            return chromadb.PersistentClient(path=self._path(), settings=settings,
+                                             tenant=cfg.tenant, database=cfg.database)
+        try:
+            return chromadb.HttpClient(host=cfg.host, port=cfg.port, ssl=cfg.ssl, headers=cfg.headers or None,
+                                       settings=settings, tenant=cfg.tenant, database=cfg.database)
+        except Exception as exc:  # connection failures surface here as assorted httpx/ValueError types
+            raise BackendUnavailable(f"cannot reach {self.location}: {exc}", backend="knowledge") from exc
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(self._guard, fn, *args, **kwargs)
+
+    def _guard(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (UsageError, BackendUnavailable):
+            raise
+        except Exception as exc:
+            if self.config.host is not None and _is_connection_error(exc):
+                raise BackendUnavailable(f"{self.location}: {exc}", backend="knowledge") from exc
+            raise
+
+    # -- collections -------------------------------------------------------------------------
+
+    def collection_sync(self, name: str, *, kind: Kind, create: bool = False, field: str = "collection") -> Any:
+        """The Chroma collection ``name`` (blocking); unknown → ``UsageError`` naming ``field``."""
+        cached = self._collections.get(name)
+        if cached is not None:
+            return cached
+        from chromadb.errors import NotFoundError
+
+        client = self.client()
+        _check_name(name, field)
+        try:
+            col = client.get_collection(name, embedding_function=None)
+        except (NotFoundError, ValueError) as exc:
+            if not create:
+                known = ", ".join(sorted(c.name for c in client.list_collections())) or "none"
+                raise UsageError(f"unknown collection {name!r} in {self.location} (known: {known})",
+                                 field=field) from exc
+            col = client.get_or_create_collection(
+                name, embedding_function=None, configuration=self._configuration(),
+                metadata={_META_KIND: kind, _META_EMBEDDER: self.embedder.model,
+                          _META_DIMENSION: self.embedder.dimension},
+            )
+        self._check(col, kind, field)
+        self._collections[name] = col
+        return col
+
+    def _configuration(self) -> dict[str, Any]:
+        hnsw: dict[str, Any] = {"space": "cosine"}
+        if self.config.ef_search is not None:
+            hnsw["ef_search"] = self.config.ef_search
+        return {"hnsw": hnsw}
+
+    def _check(self, col: Any, kind: Kind, field: str) -> None:
+        meta = col.metadata or {}
+        have_kind = meta.get(_META_KIND)
+        if have_kind is not None and have_kind != kind:
+            raise UsageError(f"collection {col.name!r} holds {have_kind}, not {kind}", field=field)
+        have = meta.get(_META_EMBEDDER)
+        if have is not None and have != self.embedder.model:
+            raise ConfigError(
+                f"collection {col.name!r} was embedded with {have!r}; this store embeds with "
+                f"{self.embedder.model!r} (re-ingest, or configure the same embedder)",
+                field="knowledge.embedder",
+            )
+
+    async def collection(self, name: str, *, kind: Kind, create: bool = False, field: str = "collection") -> Any:
+        """Async twin of ``collection_sync``."""
+        return await self._run(self.collection_sync, name, kind=kind, create=create, field=field)
+
+    async def collections(self) -> list[str]:
+        """Names of every collection in the store."""
+        return await self._run(lambda: sorted(c.name for c in self.client().list_collections()))
+
+    async def delete_collection(self, name: str) -> None:
+        """Delete ``name`` if it exists."""
+        from chromadb.errors import NotFoundError
+
+        self._collections.pop(name, None)
+        try:
+            await self._run(self.client().delete_collection, name)
+        except (NotFoundError, ValueError):
+            pass
+
+    def count_sync(self, name: str, *, kind: Kind, field: str = "collection") -> int:
+        """Records in ``name`` (blocking)."""
+        return int(self._guard(lambda: self.collection_sync(name, kind=kind, field=field).count()))
+
+    async def count(self, name: str, *, kind: Kind, field: str = "collection") -> int:
+        """Records in ``name``."""
+        return await self._run(self.count_sync, name, kind=kind, field=field)
+
+    def max_batch_size(self) -> int:
+        """The most records Chroma accepts in one write (blocking)."""
+        return int(self._guard(lambda: self.client().get_max_batch_size()))
+
+    # -- records -----------------------------------------------------------------------------
+
+    async def existing_ids(self, name: str, ids: Sequence[str], *, kind: Kind) -> set[str]:
+        """Which of ``ids`` are already stored."""
+        col = await self.collection(name, kind=kind, create=True)
+        got = await self._run(col.get, ids=list(ids), include=[])
+        return set(got["ids"])
+
+    async def upsert(self, name: str, ids: Sequence[str], texts: Sequence[str],
+                     metadatas: Sequence[Mapping[str, Any]], *, kind: Kind,
+                     embeddings: Sequence[Sequence[float]] | None = None) -> None:
+        """Embed (unless given) and upsert one batch; Chroma writes a batch as a whole."""
+        if not ids:
+            return
+        col = await self.collection(name, kind=kind, create=True)
+        vectors = list(embeddings) if embeddings is not None else await self.embedder.aembed(list(texts))
+        await self._run(col.upsert, ids=list(ids), documents=list(texts), embeddings=vectors,
+                        metadatas=[clean_metadata(m) for m in metadatas])
+
+    async def query(self, name: str, text: str, *, kind: Kind, k: int, where: Mapping[str, Any] | None = None,
+                    include_embeddings: bool = False, field: str = "collection") -> list[Hit]:
+        """The ``k`` records nearest to ``text`` (embedded with this store's embedder)."""
+        col = await self.collection(name, kind=kind, field=field)
+        vector = (await self.embedder.aembed([text]))[0]
+        return await self.query_vector(name, vector, kind=kind, k=k, where=where,
+                                       include_embeddings=include_embeddings, field=field)
+
+    async def query_vector(self, name: str, vector: Sequence[float], *, kind: Kind, k: int,
+                           where: Mapping[str, Any] | None = None, include_embeddings: bool = False,
+                           field: str = "collection") -> list[Hit]:
+        """The ``k`` records nearest to ``vector``."""
+        col = await self.collection(name, kind=kind, field=field)
+        include = ["documents", "metadatas", "distances"] + (["embeddings"] if include_embeddings else [])
+
+        def run() -> Any:
+            try:
+                return col.query(query_embeddings=[list(vector)], n_results=k, where=dict(where) if where else None,
+                                 include=include)
+            except ValueError as exc:  # Chroma validates filters with ValueError
+                raise UsageError(str(exc), field=_sibling(field, "where")) from exc
+
+        res = await self._run(run)
+        embeds = res.get("embeddings")
+        return [
+            Hit(id=i, text=doc or "", metadata=dict(meta or {}), distance=float(dist),
+                embedding=[float(x) for x in embeds[0][n]] if include_embeddings and embeds is not None else None)
+            for n, (i, doc, meta, dist) in enumerate(zip(res["ids"][0], res["documents"][0],
+                                                         res["metadatas"][0], res["distances"][0]))
+        ]
+
+    async def get_all(self, name: str, *, kind: Kind, include_embeddings: bool = False,
+                      field: str = "collection") -> list[Hit]:
+        """Every record of ``name`` (distance 0); for small collections such as ICL examples."""
+        col = await self.collection(name, kind=kind, field=field)
+        include = ["documents", "metadatas"] + (["embeddings"] if include_embeddings else [])
+        res = await self._run(col.get, include=include)
+        embeds = res.get("embeddings")
+        return [
+            Hit(id=i, text=doc or "", metadata=dict(meta or {}), distance=0.0,
+                embedding=[float(x) for x in embeds[n]] if include_embeddings and embeds is not None else None)
+            for n, (i, doc, meta) in enumerate(zip(res["ids"], res["documents"], res["metadatas"]))
+        ]
+
+    async def aclose(self) -> None:
+        """Forget the client; Chroma flushes each write itself."""
+        self._collections.clear()
+        self._client_obj = None
+
+
+def clean_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Chroma accepts str/int/float/bool values only: drop ``None``, JSON-encode the rest."""
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if value is None:
+            continue
+        out[key] = value if isinstance(value, str | int | float | bool) else json.dumps(value, sort_keys=True)
+    return out
+
+
+def _sibling(field: str, name: str) -> str:
+    """``backends.x.collection`` → ``backends.x.where``."""
+    head, dot, _ = field.rpartition(".")
+    return f"{head}{dot}{name}"
+
+
+def _check_name(name: str, field: str) -> None:
+    if not 3 <= len(name) <= 512:
+        raise UsageError(f"collection names must be 3-512 characters, got {name!r}", field=field)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    return bool(names & {"ConnectError", "ConnectTimeout", "ReadTimeout", "RemoteProtocolError",
+                         "ConnectionError", "ConnectionRefusedError"}) or "Could not connect" in str(exc)
+
+
+@contextmanager
+def retrieval_span(tracer: Any, store: KnowledgeStore, collection: str, k: int) -> Iterator[Any]:
+    """A ``retrieval {collection}`` CLIENT span (GenAI conventions); errors set ``error.type``."""
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    attrs: dict[str, Any] = {"gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": collection,
+                             "gen_ai.request.top_k": float(k), "gen_ai.request.model": store.embedder.model,
+                             "db.system.name": "chroma"}
+    if store.config.host is not None:
+        attrs["server.address"] = store.config.host
+        attrs["server.port"] = store.config.port
+    with tracer.start_as_current_span(f"retrieval {collection}", kind=SpanKind.CLIENT, attributes=attrs,
+                                      record_exception=False, set_status_on_exception=False) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__qualname__)
+            span.set_status(StatusCode.ERROR, type(exc).__qualname__)
+            raise
+
+
+def record_hits(span: Any, hits: Sequence[Hit], *, capture: bool, query: str | None = None) -> None:
+    """Returned count and top score on a retrieval span; ids and scores only when content capture is on."""
+    span.set_attribute("genroute.retrieval.returned", len(hits))
+    if hits:
+        span.set_attribute("genroute.retrieval.top_score", max(h.score for h in hits))
+    if capture:
+        span.set_attribute("gen_ai.retrieval.documents",
+                           json.dumps([{"id": h.id, "score": round(h.score, 6)} for h in hits]))
+        if query is not None:
+            span.set_attribute("gen_ai.retrieval.query.text", query)

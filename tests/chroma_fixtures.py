@@ -1,0 +1,108 @@
+"""Chroma in both modes for knowledge tests: an embedded store in a temp dir, or a real `chroma run` server.
+
+Import the fixtures into a test module (``from .chroma_fixtures import chroma_server, knowledge  # noqa``);
+``knowledge`` is parametrized over both modes, the server one marked ``chroma_server``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_names = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ChromaServer:
+    """A running `chroma run` process."""
+
+    host: str
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes]
+
+
+def _chroma_cli() -> str:
+    found = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+    if not Path(found).exists():
+        pytest.skip("the chroma CLI is not installed")
+    return found
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    """A real Chroma server on a free loopback port, data in a temp dir, log to a file; stopped at the end."""
+    root = tmp_path_factory.mktemp("chroma-server")
+    port = free_port()
+    log = root / "chroma.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [_chroma_cli(), "run", "--path", str(root / "data"), "--port", str(port), "--host", "127.0.0.1"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+        )
+    server = ChromaServer("127.0.0.1", port, log, process)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"chroma run exited with {process.returncode}: {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"chroma run gave no heartbeat in 60 s: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+        yield server
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Knowledge:
+    """One test's knowledge: the ``knowledge:`` config section and a collection name unique to the test."""
+
+    mode: str
+    config: dict[str, Any]
+
+    def name(self, base: str) -> str:
+        """A collection name unique across the session (the server is shared by all tests)."""
+        return f"{base}-{os.getpid()}-{next(_names)}"
+
+    def store(self, **extra: Any) -> Any:
+        from genroute.knowledge import build_store
+
+        return build_store({**self.config, **extra}, engines={})
+
+
+@pytest.fixture(params=["embedded", pytest.param("server", marks=pytest.mark.chroma_server)])
+def knowledge(request: pytest.FixtureRequest, tmp_path: Path) -> Knowledge:
+    """Knowledge config for an embedded store in ``tmp_path``, or for the session's Chroma server."""
+    if request.param == "embedded":
+        return Knowledge("embedded", {"path": str(tmp_path / "chroma")})
+    server: ChromaServer = request.getfixturevalue("chroma_server")
+    return Knowledge("server", {"host": server.host, "port": server.port})

@@ -1,0 +1,252 @@
+"""Knowledge layer: chunking, ingestion (idempotent, resumable after SIGKILL), store config and errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genroute.errors import ConfigError, UsageError
+from genroute.knowledge import aingest, build_store
+from genroute.knowledge.chunking import chunk_id, chunk_text, token_counter
+from genroute.knowledge.ingest import chunk_documents, expand_paths, read_documents
+
+from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
+
+TOPICS = ["volcanoes", "sourdough bread", "chess openings", "jazz piano", "tide pools", "rust compilers"]
+
+
+def write_corpus(root: Path, docs: int = 6, sentences: int = 12) -> list[Path]:
+    """Plain text, Markdown and JSONL files whose sentences are all distinct."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def body(i: int) -> str:
+        topic = TOPICS[i % len(TOPICS)]
+        return " ".join(f"Note {i}.{j} is about {topic}, detail number {j * 7 + i}." for j in range(sentences))
+
+    (root / "a.txt").write_text(body(0) + "\n\n" + body(1), encoding="utf-8")
+    (root / "guide.md").write_text(f"# Field guide\n\nIntro {body(2)}\n\n## Tides\n\n{body(3)}\n", encoding="utf-8")
+    with (root / "corpus.jsonl").open("w", encoding="utf-8") as fh:
+        for i in range(4, docs):
+            fh.write(json.dumps({"id": f"doc{i}", "title": f"Title {i}", "text": body(i)}) + "\n")
+    return [root / "a.txt", root / "guide.md", root / "corpus.jsonl"]
+
+
+def expected_ids(paths: list[Path], chunk_tokens: int, overlap: int) -> set[str]:
+    ids = set()
+    for path in paths:
+        for chunk, _ in chunk_documents(read_documents(path), chunk_tokens=chunk_tokens, overlap=overlap):
+            ids.add(chunk.id)
+    return ids
+
+
+# -- chunking ----------------------------------------------------------------------------------
+
+
+def test_chunks_cover_the_text_with_overlap_and_stable_ids() -> None:
+    text = " ".join(f"Sentence {i} says something about topic {i % 5}." for i in range(60))
+    chunks = chunk_text(text, chunk_tokens=40, overlap=10)
+    assert len(chunks) > 3
+    counter = token_counter()
+    for chunk in chunks:
+        assert chunk.tokens <= 40
+        assert text[chunk.start:chunk.end].strip() == chunk.text
+        assert counter.count(chunk.text) == chunk.tokens
+    for left, right in zip(chunks, chunks[1:]):
+        assert right.start < left.end  # consecutive windows overlap
+    assert chunks[0].start == 0 and chunks[-1].end == len(text)
+    assert [c.id for c in chunk_text(text, chunk_tokens=40, overlap=10)] == [c.id for c in chunks]
+    assert chunk_id("a  b\nc") == chunk_id("a b c")  # whitespace does not change identity
+
+
+def test_chunks_end_at_sentence_boundaries_when_possible() -> None:
+    text = " ".join(f"This is sentence number {i} of the text." for i in range(40))
+    for chunk in chunk_text(text, chunk_tokens=50, overlap=0)[:-1]:
+        assert chunk.text.endswith(".")
+
+
+@pytest.mark.parametrize(("tokens", "overlap", "field"), [(4, 0, "chunk_tokens"), (40, 40, "overlap"),
+                                                          (40, -1, "overlap")])
+def test_bad_chunk_settings_are_config_errors(tokens: int, overlap: int, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        chunk_text("some text here", chunk_tokens=tokens, overlap=overlap)
+    assert err.value.field == field
+
+
+def test_markdown_sections_and_jsonl_records_carry_metadata(tmp_path: Path) -> None:
+    paths = write_corpus(tmp_path)
+    md = list(read_documents(paths[1]))
+    assert [d.section for d in md] == ["Field guide", "Tides"]
+    assert all(d.title == "Field guide" for d in md)
+    text = paths[1].read_text()
+    for doc in md:
+        assert text[doc.offset:doc.offset + len(doc.text)] == doc.text
+    records = list(read_documents(paths[2]))
+    assert [(d.doc_id, d.title) for d in records] == [("doc4", "Title 4"), ("doc5", "Title 5")]
+    (chunk, meta), *_ = chunk_documents(iter(records), chunk_tokens=30, overlap=5)
+    assert meta["source"] == str(paths[2]) and meta["doc_id"] == "doc4" and meta["title"] == "Title 4"
+    assert records[0].text[meta["start"]:meta["end"]].strip() == chunk.text
+
+
+def test_bad_input_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as err:
+        expand_paths([tmp_path / "missing.txt"])
+    assert err.value.field == "paths" and "missing.txt" in str(err.value)
+    with pytest.raises(UsageError):
+        expand_paths([])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"body": "no text field"}\n')
+    with pytest.raises(UsageError) as err:
+        list(read_documents(bad))
+    assert err.value.field == "text_field" and "bad.jsonl:1" in str(err.value)
+    bad.write_text("{not json\n")
+    with pytest.raises(UsageError) as err:
+        list(read_documents(bad))
+    assert err.value.field == "paths"
+
+
+# -- store config ------------------------------------------------------------------------------
+
+
+def test_store_config_errors_name_the_field() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_store({"path": "/tmp/x", "host": "127.0.0.1"}, engines={})
+    assert err.value.field == "knowledge"
+    with pytest.raises(ConfigError) as err:
+        build_store({"embedder": {"kind": "gemini", "engine": "nope"}}, engines={})
+    assert err.value.field == "knowledge.embedder.engine"
+    with pytest.raises(ConfigError) as err:
+        build_store({"port": 0}, engines={})
+    assert err.value.field == "knowledge.port"
+    with pytest.raises(ConfigError) as err:
+        build_store({"embedder": {"kind": "bogus"}}, engines={})
+    assert err.value.field.startswith("knowledge.embedder")
+
+
+def test_import_does_not_load_chroma() -> None:
+    code = "import sys, genroute.knowledge, genroute.backends.rag, genroute.backends.icl; " \
+           "print('chromadb' in sys.modules, 'onnxruntime' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+# -- ingestion, both modes ---------------------------------------------------------------------
+
+
+async def test_reingest_is_idempotent(knowledge: Knowledge, tmp_path: Path) -> None:
+    paths = write_corpus(tmp_path / "docs")
+    want = expected_ids(paths, 30, 6)
+    collection = knowledge.name("docs")
+    store = knowledge.store()
+    first = await aingest(store, paths, collection=collection, chunk_tokens=30, overlap=6, batch_size=7)
+    assert (first.files, first.chunks, first.added, first.skipped) == (3, len(want), len(want), 0)
+    assert first.batches == -(-len(want) // 7)
+    again = await aingest(knowledge.store(), [tmp_path / "docs"], collection=collection, chunk_tokens=30,
+                          overlap=6)
+    assert (again.chunks, again.added, again.skipped) == (len(want), 0, len(want))
+    assert await store.count(collection, kind="documents") == len(want)
+    stored = {h.id for h in await store.get_all(collection, kind="documents")}
+    assert stored == want
+
+
+async def test_query_returns_nearest_with_metadata(knowledge: Knowledge, tmp_path: Path) -> None:
+    paths = write_corpus(tmp_path / "docs")
+    collection = knowledge.name("docs")
+    store = knowledge.store()
+    await aingest(store, paths, collection=collection, chunk_tokens=30, overlap=6)
+    hits = await store.query(collection, "Which note talks about jazz piano?", kind="documents", k=3)
+    assert len(hits) == 3 and all("jazz piano" in h.text for h in hits)
+    assert hits[0].distance <= hits[1].distance <= hits[2].distance
+    assert hits[0].metadata["source"] == str(paths[1]) and hits[0].metadata["section"] == "Tides"
+    filtered = await store.query(collection, "jazz piano", kind="documents", k=3,
+                                 where={"source": str(paths[2])})
+    assert filtered and all(h.metadata["source"] == str(paths[2]) for h in filtered)
+
+
+async def test_unknown_collection_and_wrong_kind(knowledge: Knowledge, tmp_path: Path) -> None:
+    store = knowledge.store()
+    with pytest.raises(UsageError) as err:
+        await store.query(knowledge.name("missing"), "anything", kind="documents", k=1,
+                          field="backends.rag.collection")
+    assert err.value.field == "backends.rag.collection" and "unknown collection" in str(err.value)
+    collection = knowledge.name("docs")
+    await aingest(store, write_corpus(tmp_path / "docs", docs=5), collection=collection)
+    with pytest.raises(UsageError) as err:
+        await knowledge.store().count(collection, kind="examples")
+    assert "holds documents" in str(err.value)
+    with pytest.raises(UsageError) as err:
+        await aingest(store, write_corpus(tmp_path / "docs"), collection="ab")
+    assert err.value.field == "collection"
+
+
+async def test_chunks_longer_than_the_embedder_reads_are_refused(tmp_path: Path) -> None:
+    store = build_store({"path": str(tmp_path / "c")}, engines={})
+    with pytest.raises(UsageError) as err:
+        await aingest(store, write_corpus(tmp_path / "docs"), collection="docs", chunk_tokens=400, overlap=10)
+    assert err.value.field == "chunk_tokens"
+
+
+async def test_gemini_embedder_store_and_mismatch(tmp_path: Path, gemini_server) -> None:  # noqa: ANN001
+    from genroute.engines.gemini import GeminiEngine
+
+    from .conftest import TEST_KEY
+
+    engine = GeminiEngine("gemini", {"base_url": gemini_server.base_url, "api_key": TEST_KEY})
+    config = {"path": str(tmp_path / "c"), "embedder": {"kind": "gemini", "engine": "gemini", "dimension": 768}}
+    store = build_store(config, engines={"gemini": engine})
+    report = await aingest(store, write_corpus(tmp_path / "docs", docs=5), collection="docs", chunk_tokens=60)
+    assert report.added > 0
+    assert any(r.action == "batchEmbedContents" for r in gemini_server.requests)
+    hits = await store.query("docs", "tide pools", kind="documents", k=2)
+    assert len(hits) == 2
+    local = build_store({"path": str(tmp_path / "c")}, engines={})
+    with pytest.raises(ConfigError) as err:
+        await local.query("docs", "tide pools", kind="documents", k=2)
+    assert err.value.field == "knowledge.embedder" and "gemini-embedding-001" in str(err.value)
+    await engine.aclose()
+
+
+# -- kill and resume ---------------------------------------------------------------------------
+
+CHILD = """
+import json, sys
+from genroute.knowledge import build_store, ingest
+cfg, paths, collection = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+def report(n, done):
+    print(f"batch {n} {done}", flush=True)
+ingest(build_store(cfg, engines={}), paths, collection=collection, chunk_tokens=24, overlap=4,
+       batch_size=6, on_batch=report)
+print("finished", flush=True)
+"""
+
+
+async def test_sigkill_mid_ingest_then_rerun_leaves_exactly_one_copy(knowledge: Knowledge, tmp_path: Path) -> None:
+    paths = write_corpus(tmp_path / "docs", docs=8, sentences=16)
+    want = expected_ids(paths, 24, 4)
+    assert len(want) > 60  # many batches of 6: the kill lands mid-run
+    collection = knowledge.name("resume")
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(knowledge.config), json.dumps([str(p) for p in paths]), collection],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).parent.parent,
+    )
+    assert child.stdout is not None
+    done = 0
+    for line in child.stdout:
+        if line.startswith("batch 3 "):
+            done = int(line.split()[2])
+            os.kill(child.pid, signal.SIGKILL)
+            break
+    child.wait()
+    assert child.returncode == -signal.SIGKILL and done == 18
+    store = knowledge.store()
+    partial = await store.count(collection, kind="documents")
+    assert done <= partial < len(want)  # every reported batch is there; the run was cut short
+    report = await aingest(store, paths, collection=collection, chunk_tokens=24, overlap=4, batch_size=6)
+    assert report.skipped >= done and report.added + report.skipped == len(want)
+    assert await store.count(collection, kind="documents") == len(want)
+    assert {h.id for h in await store.get_all(collection, kind="documents")} == want
