@@ -1,0 +1,75 @@
+"""``genroute bench``: argument parsing and the entry point the CLI calls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from genroute.errors import GenrouteError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``bench`` options to ``parser`` (a sub-command parser of the main CLI)."""
+    parser.add_argument("data", help="dataset JSONL: {input, output, label?, metadata?} per line")
+    parser.add_argument("--config", required=True, help="router config (YAML/TOML/JSON)")
+    parser.add_argument("--backends", required=True, help="comma-separated backend names")
+    parser.add_argument("--policy", action="store_true", help="also run the config's policy end to end")
+    parser.add_argument("--scorer", default=None,
+                        help="exact | normalized_exact | token_f1 | label_accuracy | json_schema | function_call "
+                             "| regex[:PATTERN] | judge:BACKEND | module:function (default: from the data)")
+    parser.add_argument("--limit", type=int, default=None, help="seeded sample of N records")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench-out", help="output directory (rerun to resume)")
+    parser.add_argument("--task", default=None, help="task name for records without one")
+    parser.add_argument("--corpus", default=None, help="RAG corpus JSONL to ingest first")
+    parser.add_argument("--collection", default=None, help="collection to ingest the corpus into")
+    parser.add_argument("--monthly-requests", type=int, default=100_000, help="graduation advisor volume")
+    parser.add_argument("--tuning-cost", type=float, default=None, help="USD; default: estimated")
+    parser.add_argument("--no-compile", action="store_true", help="skip stats file / learned policy")
+    parser.add_argument("--no-stream", action="store_true", help="call generate, not stream (no TTFT)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """Run ``genroute bench`` from parsed arguments; print the report; 0 on success, 2 on a usage error."""
+    from genroute.bench.advisor import AdvisorSettings
+    from genroute.bench.harness import abench, command_line
+    from genroute.router.router import Router
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    command = command_line(argv) if argv is not None else None
+    try:
+        advisor = AdvisorSettings(monthly_requests=args.monthly_requests, tuning_cost_usd=args.tuning_cost)
+        router = Router.from_config(args.config)
+
+        async def main() -> object:
+            async with router:
+                return await abench(
+                    router, args.data, backends=backends, policy=args.policy, scorer=args.scorer,
+                    limit=args.limit, concurrency=args.concurrency, seed=args.seed, out_dir=args.out,
+                    task=args.task, corpus=args.corpus, collection=args.collection,
+                    compile=not args.no_compile, advisor=advisor, stream=not args.no_stream,
+                    progress=not args.quiet, command=command)
+
+        report = asyncio.run(main())
+    except GenrouteError as exc:
+        print(f"genroute bench: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # pydantic validation of numeric options
+        print(f"genroute bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.markdown())  # type: ignore[attr-defined]
+    files = report.files  # type: ignore[attr-defined]
+    print(f"Reports: {files.get('markdown')}, {files.get('html')}, {files.get('png')}; results: {files['results']}")
+    return 0
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    """``genroute bench`` as a function of its argument list."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = add_arguments(argparse.ArgumentParser(prog="genroute bench", description="Benchmark backends."))
+    return run_bench_cli(parser.parse_args(argv), argv)

@@ -1,0 +1,218 @@
+"""Compiling a routing policy from benchmark outcomes: the ``cost_aware`` stats file, the ``learned`` model,
+and how each compiled policy does on held-out records against every single backend (offline: each held-out
+record's routed answer is looked up among the measured outcomes, no model is called again).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.bench.datasets import BenchRecord, split_ids
+from genroute.bench.report import summarize
+from genroute.bench.runner import POLICY_TARGET, Outcome
+from genroute.errors import UsageError
+from genroute.policies.stats import ANY_TASK, BackendStats, BenchStats
+from genroute.types import GenerateRequest
+
+
+class HeldOutRow(BaseModel):
+    """One line of the held-out comparison: a single backend or a compiled policy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    quality: float
+    cost_per_request_usd: float
+    latency_p50_s: float
+    picks: dict[str, int] = Field(default_factory=dict, description="Backends a policy routed to.")
+
+
+class CompileReport(BaseModel):
+    """What compiling wrote and how the compiled policies did on the held-out split."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stats_path: str
+    learned_model_path: str | None = None
+    learned_note: str | None = None
+    min_quality: float
+    n_train: int
+    n_held_out: int
+    rows: tuple[HeldOutRow, ...]
+
+    def markdown(self) -> str:
+        """The held-out comparison as Markdown."""
+        lines = [f"Held-out split: {self.n_held_out} records (stats from {self.n_train} others); "
+                 f"cost_aware quality floor {self.min_quality:.3f}. Stats file: `{self.stats_path}`"
+                 + (f"; learned model: `{self.learned_model_path}`" if self.learned_model_path else "") + ".",
+                 "", "| router | quality | $/request | p50 s | routed to |", "|---|---|---|---|---|"]
+        for row in self.rows:
+            picks = ", ".join(f"{b}: {n}" for b, n in sorted(row.picks.items())) or "–"
+            lines.append(f"| {row.name} | {row.quality:.3f} | ${row.cost_per_request_usd:.6f} | "
+                         f"{row.latency_p50_s:.3f} | {picks} |")
+        if self.learned_note:
+            lines += ["", self.learned_note]
+        return "\n".join(lines) + "\n"
+
+
+def stats_from(outcomes: Sequence[Outcome], *, source: str | None = None, seed: int = 0,
+               use_cloud_equivalent: bool = False) -> BenchStats:
+    """``BenchStats`` per task and backend (``@policy`` rows left out); records without a task go under ``*``."""
+    by_task: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        if o.backend != POLICY_TARGET:
+            by_task.setdefault(o.task or ANY_TASK, []).append(o)
+    tasks: dict[str, dict[str, BackendStats]] = {}
+    for task, rows in by_task.items():
+        tasks[task] = {}
+        for s in summarize(rows, seed=seed):
+            cost = s.cost_per_request_usd
+            if use_cloud_equivalent and s.cloud_equivalent_per_request_usd is not None:
+                cost = s.cloud_equivalent_per_request_usd
+            tasks[task][s.backend] = BackendStats(
+                n=s.n, quality=s.quality, quality_ci=s.quality_ci, metric=s.metric,
+                latency_p50_s=s.latency_p50_s, latency_p95_s=s.latency_p95_s,
+                cost_per_request_usd=cost, failures=s.failure_count)
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return BenchStats(created_at=created, source=source, tasks=tasks)
+
+
+def _table(outcomes: Sequence[Outcome]) -> dict[str, dict[str, Outcome]]:
+    table: dict[str, dict[str, Outcome]] = {}
+    for o in outcomes:
+        if o.backend != POLICY_TARGET:
+            table.setdefault(o.record_id, {})[o.backend] = o
+    return table
+
+
+def _row(name: str, picked: Sequence[Outcome]) -> HeldOutRow:
+    import numpy as np
+
+    if not picked:
+        return HeldOutRow(name=name, quality=0.0, cost_per_request_usd=0.0, latency_p50_s=0.0)
+    return HeldOutRow(
+        name=name, quality=float(np.mean([o.score if o.ok else 0.0 for o in picked])),
+        cost_per_request_usd=float(np.mean([o.cost_usd for o in picked])),
+        latency_p50_s=float(np.median([o.latency_s for o in picked])),
+        picks=dict(Counter(o.backend for o in picked)) if name.startswith(("compiled", "oracle")) else {},
+    )
+
+
+def evaluate(name: str, choose: Callable[[BenchRecord], str], records: Sequence[BenchRecord],
+             table: Mapping[str, Mapping[str, Outcome]]) -> HeldOutRow:
+    """Quality, cost and latency of routing ``records`` with ``choose``, from the measured outcomes."""
+    picked = []
+    for record in records:
+        by_backend = table.get(record.id, {})
+        backend = choose(record)
+        if backend not in by_backend:
+            raise UsageError(f"policy {name} chose {backend!r}, which was not benchmarked", field="backends")
+        picked.append(by_backend[backend])
+    return _row(name, picked)
+
+
+def compile_policy(
+    outcomes: Sequence[Outcome],
+    records: Sequence[BenchRecord],
+    out_dir: str | Path,
+    *,
+    min_quality: float | None = None,
+    relative_floor: float = 0.95,
+    holdout: float = 0.3,
+    seed: int = 0,
+    source: str | None = None,
+    use_cloud_equivalent: bool = False,
+    learned: bool = True,
+    embedder: Any = None,
+) -> CompileReport:
+    """Write ``stats.json`` (all records) and ``learned.npz``; compare compiled policies on a held-out split.
+
+    The cost_aware floor defaults to ``relative_floor`` x the best backend's quality on the training split.
+    """
+    from genroute.policies.cost_aware import CostAwareConfig, CostAwarePolicy
+
+    out = Path(out_dir)
+    table = _table(outcomes)
+    backends = sorted({b for by in table.values() for b in by})
+    scored = [r for r in records if r.id in table and all(b in table[r.id] for b in backends)]
+    if len(backends) < 1 or len(scored) < 2:
+        raise UsageError("compiling needs outcomes of at least one backend on two or more records", field="compile")
+    train_ids, held_ids = split_ids([r.id for r in scored], holdout=holdout, seed=seed)
+    train_set, held = set(train_ids), set(held_ids)
+    train_rows = [o for o in outcomes if o.record_id in train_set]
+    held_records = [r for r in scored if r.id in held]
+
+    full = stats_from([o for o in outcomes if o.record_id in table], source=source, seed=seed,
+                      use_cloud_equivalent=use_cloud_equivalent)
+    stats_path = full.save(out / "stats.json")
+    train_stats = stats_from(train_rows, source=source, seed=seed, use_cloud_equivalent=use_cloud_equivalent)
+
+    best = max((s for by in train_stats.tasks.values() for s in by.values()), key=lambda s: s.quality)
+    floor = min_quality if min_quality is not None else relative_floor * best.quality
+    default = max(backends, key=lambda b: _mean_quality(train_stats, b))
+    policy = CostAwarePolicy(CostAwareConfig(min_quality=floor, default=default))
+    context = _context(backends, train_stats)
+
+    def cost_aware(record: BenchRecord) -> str:
+        decision = policy.decide(GenerateRequest(input=record.input, task=record.task), context)
+        return decision.rungs[0].backend
+
+    rows = [evaluate(b, lambda _r, b=b: b, held_records, table) for b in backends]
+    rows.append(evaluate("compiled cost_aware", cost_aware, held_records, table))
+    learned_path, note = None, None
+    if learned and len(backends) > 1:
+        learned_path, note, row = _learned(outcomes, records, train_set, held_records, table, out, default,
+                                           seed=seed, embedder=embedder)
+        if row is not None:
+            rows.append(row)
+    rows.append(evaluate("oracle (cheapest correct)", lambda r: _oracle(table[r.id]), held_records, table))
+    return CompileReport(stats_path=str(stats_path), learned_model_path=learned_path, learned_note=note,
+                         min_quality=floor, n_train=len(train_ids), n_held_out=len(held_ids), rows=tuple(rows))
+
+
+def _mean_quality(stats: BenchStats, backend: str) -> float:
+    values = [by[backend].quality for by in stats.tasks.values() if backend in by]
+    return sum(values) / len(values) if values else 0.0
+
+
+def _oracle(by_backend: Mapping[str, Outcome]) -> str:
+    return min(by_backend, key=lambda b: (-(by_backend[b].score if by_backend[b].ok else 0.0),
+                                          by_backend[b].cost_usd, b))
+
+
+def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_set: set[str],
+             held_records: Sequence[BenchRecord], table: Mapping[str, Mapping[str, Outcome]], out: Path,
+             default: str, *, seed: int, embedder: Any) -> tuple[str | None, str | None, HeldOutRow | None]:
+    """Train ``learned`` on the training split (if the policies module has ``train``) and evaluate it."""
+    try:
+        from genroute.policies.learned import LearnedConfig, LearnedPolicy, train
+    except ImportError as exc:
+        return None, f"learned policy not trained: {exc}", None
+    inputs = {r.id: r.input for r in records}
+    rows = [{"input": inputs[o.record_id], "backend": o.backend, "score": o.score if o.ok else 0.0,
+             "cost_usd": o.cost_usd, "record_id": o.record_id, "task": o.task}
+            for o in outcomes if o.record_id in train_set and o.backend != POLICY_TARGET and o.record_id in inputs]
+    path = out / "learned.npz"
+    report = train(rows, path, embedder=embedder, seed=seed)
+    policy = LearnedPolicy(LearnedConfig(model_path=str(path), default=default), embedder=embedder)
+    context = _context(sorted({b for by in table.values() for b in by}))
+
+    def choose(record: BenchRecord) -> str:
+        return policy.decide(GenerateRequest(input=record.input, task=record.task), context).rungs[0].backend
+
+    note = (f"learned ({report.method}): routing accuracy {report.routing_accuracy:.3f} on its own "
+            f"{report.n_test}-record validation split of the training records.")
+    return str(path), note, evaluate("compiled learned", choose, held_records, table)
+
+
+def _context(backends: Sequence[str], stats: BenchStats | None = None) -> Any:
+    """A policy context whose catalogue holds the benchmarked backends."""
+    from genroute.policies.base import BackendInfo, PolicyContext
+
+    return PolicyContext(catalogue={b: BackendInfo(name=b, kind="bench") for b in backends}, stats=stats)

@@ -1,0 +1,108 @@
+"""Benchmark datasets: the shared JSONL record format, seeded sampling and held-out splits."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genroute.errors import UsageError
+
+
+class BenchRecord(BaseModel):
+    """One labeled record: ``{"input", "output", "label"?, "metadata"?}`` plus a stable id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, description="metadata.id, else the record's line number.")
+    input: str = Field(min_length=1)
+    output: str = ""
+    label: str | None = None
+    task: str | None = Field(default=None, description="Sent as the request's task (policies key on it).")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_records(
+    path: str | Path,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    task: str | None = None,
+    field: str = "data",
+) -> list[BenchRecord]:
+    """Read a JSONL dataset; with ``limit``, a seeded sample of that size (kept in file order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"dataset {str(path)!r} does not exist", field=field)
+    records: list[BenchRecord] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+                meta = raw.get("metadata") or {}
+                rid = str(raw.get("id") or meta.get("id") or f"line-{lineno}")
+                record = BenchRecord(
+                    id=rid, input=raw["input"], output=_text(raw.get("output", "")), label=raw.get("label"),
+                    task=raw.get("task") or meta.get("task") or task, metadata=meta,
+                )
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValidationError) as exc:
+                raise UsageError(f"{path.name}:{lineno}: not a valid record ({exc})", field=field) from None
+            if rid in seen:
+                raise UsageError(f"{path.name}:{lineno}: duplicate record id {rid!r}", field=field)
+            seen.add(rid)
+            records.append(record)
+    if not records:
+        raise UsageError(f"dataset {path.name} holds no records", field=field)
+    return sample(records, limit, seed=seed)
+
+
+def sample(records: Sequence[BenchRecord], limit: int | None, *, seed: int = 0) -> list[BenchRecord]:
+    """``limit`` records drawn with ``seed`` (same seed, same sample), in their original order."""
+    if limit is None or limit >= len(records):
+        return list(records)
+    if limit < 1:
+        raise UsageError("limit must be >= 1", field="limit")
+    chosen = sorted(random.Random(seed).sample(range(len(records)), limit))
+    return [records[i] for i in chosen]
+
+
+def split_ids(ids: Sequence[str], *, holdout: float = 0.3, seed: int = 0) -> tuple[list[str], list[str]]:
+    """A seeded (train, held-out) split of record ids; both sides non-empty when there are >= 2 ids."""
+    if not 0.0 < holdout < 1.0:
+        raise UsageError("holdout must be between 0 and 1", field="holdout")
+    order = sorted(set(ids))
+    random.Random(seed).shuffle(order)
+    n_held = min(len(order) - 1, max(1, round(len(order) * holdout))) if len(order) >= 2 else 0
+    return sorted(order[n_held:]), sorted(order[:n_held])
+
+
+def load_corpus(path: str | Path, *, field: str = "corpus") -> list[dict[str, Any]]:
+    """Read a corpus JSONL (``{"id", "title"?, "text"}`` per line) for RAG ingestion."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"corpus {str(path)!r} does not exist", field=field)
+    docs = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                if not isinstance(doc.get("text"), str):
+                    raise TypeError("missing 'text'")
+            except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+                raise UsageError(f"{path.name}:{lineno}: not a corpus record ({exc})", field=field) from None
+            docs.append(doc)
+    return docs
+
+
+def _text(value: Any) -> str:
+    # Structured gold outputs (function calls, JSON frames) are kept as JSON text, as the shared format says.
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,140 @@
+"""The benchmark as one call: load, (ingest), run, summarise, report, compile, advise."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, advise
+from genroute.bench.compile import CompileReport, compile_policy
+from genroute.bench.datasets import BenchRecord, load_records
+from genroute.bench.report import Summary, markdown_table, summarize, write_report
+from genroute.bench.runner import POLICY_TARGET, Outcome, arun_bench, write_manifest
+from genroute.bench.scorers import resolve_scorer
+from genroute.errors import UsageError
+
+if TYPE_CHECKING:
+    from genroute.router.router import Router
+
+
+class BenchReport(BaseModel):
+    """Everything a benchmark run produced."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    out_dir: str
+    summaries: tuple[Summary, ...]
+    outcomes: tuple[Outcome, ...]
+    files: dict[str, str]
+    compiled: CompileReport | None = None
+    advice: GraduationAdvice | None = None
+
+    def markdown(self) -> str:
+        """The main table (and the compile and advisor sections) as Markdown."""
+        text = markdown_table(self.summaries)
+        if self.compiled is not None:
+            text += "\n" + self.compiled.markdown()
+        if self.advice is not None:
+            text += "\n" + self.advice.text + "\n"
+        return text
+
+
+async def abench(
+    router: Router,
+    data: str | Path | Sequence[BenchRecord],
+    *,
+    backends: Sequence[str],
+    policy: bool = False,
+    scorer: str | None = None,
+    limit: int | None = None,
+    concurrency: int = 4,
+    seed: int = 0,
+    out_dir: str | Path = "bench-out",
+    task: str | None = None,
+    corpus: str | Path | None = None,
+    collection: str | None = None,
+    compile: bool = True,  # noqa: A002 - the verb the issue uses
+    advisor: AdvisorSettings | None = None,
+    stream: bool = True,
+    progress: bool = True,
+    command: str | None = None,
+    embedder: Any = None,
+) -> BenchReport:
+    """Benchmark ``backends`` (and the router's policy end to end if ``policy``) on a dataset; write reports."""
+    records = list(data) if not isinstance(data, str | Path) else load_records(data, limit=limit, seed=seed, task=task)
+    if not isinstance(data, str | Path) and limit is not None:
+        from genroute.bench.datasets import sample
+
+        records = sample(records, limit, seed=seed)
+    out = Path(out_dir)
+    if corpus is not None:
+        await ingest_corpus(router, corpus, collection)
+    chosen = resolve_scorer(scorer, records)
+    targets = [*backends, *([POLICY_TARGET] if policy else [])]
+    write_manifest(out, data=str(data) if isinstance(data, str | Path) else "<records>", backends=list(backends),
+                   policy=policy, scorer=chosen.name, limit=limit, seed=seed, concurrency=concurrency,
+                   command=command)
+    outcomes = await arun_bench(router, records, targets, chosen, out_dir=out, concurrency=concurrency,
+                                stream=stream, progress=progress)
+    summaries = summarize(outcomes, seed=seed)
+    kinds = {name: getattr(b, "kind", "") for name, b in router.backends.items()}
+    compiled = None
+    if compile and len([t for t in targets if t != POLICY_TARGET]) >= 1 and len(records) >= 2:
+        compiled = compile_policy(outcomes, records, out, seed=seed, source=str(data) if isinstance(data, str | Path)
+                                  else None, embedder=embedder)
+    advice = advise(summaries, advisor, kinds=kinds)
+    sections = []
+    if command:
+        sections.append(("Command", command))
+    if compiled is not None:
+        sections.append(("Compiled policy (held-out split)", compiled.markdown()))
+    if advice is not None:
+        sections.append(("Graduation advisor", advice.text))
+    failures = _failure_examples(outcomes)
+    if failures:
+        sections.append(("Failures (first of each type)", failures))
+    files = write_report(out, summaries, title=f"genroute bench: {Path(str(data)).name if isinstance(data, str | Path) else 'records'}",
+                         sections=sections)
+    files["results"] = out / "results.jsonl"
+    return BenchReport(out_dir=str(out), summaries=tuple(summaries), outcomes=tuple(outcomes),
+                       files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice)
+
+
+def bench(router: Router, data: str | Path | Sequence[BenchRecord], **kwargs: Any) -> BenchReport:
+    """Sync ``abench`` (not from inside a running event loop)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(abench(router, data, **kwargs))
+    raise UsageError("bench() called inside a running event loop; await abench() instead")
+
+
+async def ingest_corpus(router: Router, corpus: str | Path, collection: str | None) -> None:
+    """Ingest a RAG corpus JSONL into the router's knowledge store (already stored chunks are skipped)."""
+    from genroute.knowledge.ingest import aingest
+
+    if collection is None:
+        raise UsageError("--corpus needs --collection (the RAG backend's collection)", field="collection")
+    store = router.resources.knowledge
+    if store is None:
+        raise UsageError("the config has no `knowledge` section to ingest the corpus into", field="corpus")
+    await aingest(store, [Path(corpus)], collection=collection)
+
+
+def _failure_examples(outcomes: Sequence[Outcome]) -> str:
+    seen: dict[tuple[str, str], str] = {}
+    for o in outcomes:
+        if not o.ok and (o.backend, o.error_type or "") not in seen:
+            seen[(o.backend, o.error_type or "")] = f"{o.backend}: {o.error_type}: {o.error}"
+    return "\n".join(seen.values())
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The shell-quoted command that reproduces a run."""
+    return "genroute bench " + " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,219 @@
+"""Summaries per target (quality with a bootstrap CI, latency percentiles, tokens, cost, failures) and reports."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.bench.runner import Outcome
+
+
+class Summary(BaseModel):
+    """What one target measured over a set of records."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str
+    n: int
+    metric: str
+    quality: float = Field(description="Mean score; failed requests score 0.")
+    quality_ci: tuple[float, float]
+    latency_p50_s: float
+    latency_p95_s: float
+    latency_p99_s: float
+    ttft_p50_s: float | None = None
+    input_tokens: float = Field(description="Mean per successful request.")
+    output_tokens: float
+    cached_input_tokens: float
+    cost_per_request_usd: float = Field(description="Mean over all requests (failures cost what they cost).")
+    cloud_equivalent_per_request_usd: float | None = None
+    judge_cost_usd: float = 0.0
+    failures: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def cost_per_1k_usd(self) -> float:
+        """Cost of 1,000 requests."""
+        return self.cost_per_request_usd * 1000
+
+    @property
+    def failure_count(self) -> int:
+        """Requests that ended in an error."""
+        return sum(self.failures.values())
+
+
+def bootstrap_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (seeded: the same scores always give the same interval)."""
+    import numpy as np
+
+    if not scores:
+        return 0.0, 0.0
+    data = np.asarray(scores, dtype=float)
+    if len(data) == 1 or np.all(data == data[0]):
+        return float(data[0]), float(data[0])
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(n_boot, len(data)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def summarize(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000) -> list[Summary]:
+    """One summary per target, in the order targets first appear."""
+    import numpy as np
+
+    by_target: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_target.setdefault(outcome.backend, []).append(outcome)
+    summaries = []
+    for target, rows in by_target.items():
+        ok = [r for r in rows if r.ok]
+        scores = [r.score if r.ok else 0.0 for r in rows]
+        latencies = [r.latency_s for r in ok] or [0.0]
+        ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
+        clouds = [r.cloud_equivalent_cost_usd for r in rows if r.cloud_equivalent_cost_usd is not None]
+
+        def mean(values: Sequence[float]) -> float:
+            return float(np.mean(values)) if len(values) else 0.0
+
+        p50, p95, p99 = (float(v) for v in np.percentile(latencies, [50, 95, 99]))
+        summaries.append(Summary(
+            backend=target, n=len(rows), metric=rows[0].scorer, quality=mean(scores),
+            quality_ci=bootstrap_ci(scores, n_boot=n_boot, seed=seed),
+            latency_p50_s=p50, latency_p95_s=max(p95, p50), latency_p99_s=max(p99, p95, p50),
+            ttft_p50_s=float(np.median(ttfts)) if ttfts else None,
+            input_tokens=mean([r.input_tokens for r in ok]), output_tokens=mean([r.output_tokens for r in ok]),
+            cached_input_tokens=mean([r.cached_input_tokens for r in ok]),
+            cost_per_request_usd=mean([r.cost_usd for r in rows]),
+            cloud_equivalent_per_request_usd=mean(clouds) if len(clouds) == len(rows) else None,
+            judge_cost_usd=sum(r.judge_cost_usd for r in rows),
+            failures=dict(Counter(r.error_type or "error" for r in rows if not r.ok)),
+        ))
+    return summaries
+
+
+def _money(value: float | None) -> str:
+    return "–" if value is None else f"${value:.6f}" if value < 0.01 else f"${value:.4f}"
+
+
+COLUMNS = ("backend", "n", "quality (95% CI)", "p50 s", "p95 s", "p99 s", "TTFT p50 s", "in tok", "out tok",
+           "cached tok", "$/request", "$/1k", "cloud-eq $/1k", "failures")
+
+
+def table_rows(summaries: Sequence[Summary]) -> list[list[str]]:
+    """The report table's cells, one row per target."""
+    rows = []
+    for s in summaries:
+        fails = ", ".join(f"{k}: {v}" for k, v in sorted(s.failures.items())) or "0"
+        cloud = None if s.cloud_equivalent_per_request_usd is None else s.cloud_equivalent_per_request_usd * 1000
+        rows.append([
+            s.backend, str(s.n), f"{s.quality:.3f} [{s.quality_ci[0]:.3f}, {s.quality_ci[1]:.3f}]",
+            f"{s.latency_p50_s:.3f}", f"{s.latency_p95_s:.3f}", f"{s.latency_p99_s:.3f}",
+            "–" if s.ttft_p50_s is None else f"{s.ttft_p50_s:.3f}",
+            f"{s.input_tokens:.1f}", f"{s.output_tokens:.1f}", f"{s.cached_input_tokens:.1f}",
+            _money(s.cost_per_request_usd), _money(s.cost_per_1k_usd), _money(cloud), fails,
+        ])
+    return rows
+
+
+def markdown_table(summaries: Sequence[Summary]) -> str:
+    """The summaries as a Markdown table (metric named in the header)."""
+    metric = summaries[0].metric if summaries else "score"
+    header = [c if c != "quality (95% CI)" else f"{metric} (95% CI)" for c in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summaries)]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
+    """Names of the points no other point beats on both axes (lower x, higher quality)."""
+    front = []
+    for name, x, q in points:
+        dominated = any((x2 <= x and q2 >= q) and (x2 < x or q2 > q) for _, x2, q2 in points)
+        if not dominated:
+            front.append(name)
+    return front
+
+
+def pareto_png(summaries: Sequence[Summary], path: str | Path) -> Path:
+    """Quality vs cost per 1k requests and quality vs p50 latency, the Pareto front joined by a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here; also safe when a caller already chose Agg
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    use_cloud = all(s.cost_per_request_usd == 0 for s in summaries) and all(
+        s.cloud_equivalent_per_request_usd is not None for s in summaries)
+    axes_spec = (
+        ("cloud-equivalent $ per 1k requests" if use_cloud else "$ per 1k requests",
+         lambda s: (s.cloud_equivalent_per_request_usd or 0.0) * 1000 if use_cloud else s.cost_per_1k_usd),
+        ("p50 latency (s)", lambda s: s.latency_p50_s),
+    )
+    for ax, (label, x_of) in zip(axes, axes_spec, strict=True):
+        points = [(s.backend, x_of(s), s.quality) for s in summaries]
+        front = set(pareto_front(points))
+        for s, (name, x, q) in zip(summaries, points, strict=True):
+            err = [[q - s.quality_ci[0]], [s.quality_ci[1] - q]]
+            ax.errorbar([x], [q], yerr=err, fmt="o", color="tab:blue" if name in front else "tab:gray", capsize=3)
+            ax.annotate(name, (x, q), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        line = sorted((x, q) for name, x, q in points if name in front)
+        if len(line) > 1:
+            ax.plot(*zip(*line, strict=True), color="tab:blue", alpha=0.5)
+        ax.set_xlabel(label)
+        ax.set_ylabel(summaries[0].metric if summaries else "quality")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Quality vs cost and latency (blue: Pareto front)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def html_report(summaries: Sequence[Summary], png: Path | None, *, title: str = "genroute bench",
+                sections: Sequence[tuple[str, str]] = ()) -> str:
+    """A self-contained HTML page: the table, the chart embedded as base64, extra (title, text) sections."""
+    metric = summaries[0].metric if summaries else "score"
+    head = "".join(f"<th>{html.escape(c if c != 'quality (95% CI)' else metric + ' (95% CI)')}</th>"
+                   for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+                   for row in table_rows(summaries))
+    image = ""
+    if png is not None and png.exists():
+        data = base64.b64encode(png.read_bytes()).decode()
+        image = f'<img alt="Pareto chart" src="data:image/png;base64,{data}">'
+    extra = "".join(f"<h2>{html.escape(t)}</h2><pre>{html.escape(text)}</pre>" for t, text in sections)
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+             "img{max-width:100%}pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<table id=\"summary\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"{image}{extra}</body></html>\n")
+
+
+def write_report(out_dir: str | Path, summaries: Sequence[Summary], *, title: str = "genroute bench",
+                 sections: Sequence[tuple[str, str]] = ()) -> dict[str, Path]:
+    """Write ``report.md``, ``pareto.png``, ``report.html`` and ``summary.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = pareto_png(summaries, out / "pareto.png") if summaries else None
+    md = [f"# {title}\n", markdown_table(summaries)]
+    md += [f"\n## {t}\n\n{text}\n" for t, text in sections]
+    if png is not None:
+        md.append("\n![Pareto chart](pareto.png)\n")
+    paths = {"markdown": out / "report.md", "html": out / "report.html", "summary": out / "summary.json"}
+    paths["markdown"].write_text("".join(md), encoding="utf-8")
+    paths["html"].write_text(html_report(summaries, png, title=title, sections=sections), encoding="utf-8")
+    paths["summary"].write_text(json.dumps([s.model_dump(mode="json") for s in summaries], indent=2) + "\n",
+                                encoding="utf-8")
+    if png is not None:
+        paths["png"] = png
+    return paths

@@ -1,0 +1,234 @@
+"""Running a benchmark: every record through every target, bounded, resumable, one JSONL row per outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genroute.errors import GenrouteError, UsageError
+from genroute.types import GenerateRequest
+
+if TYPE_CHECKING:
+    from genroute.bench.datasets import BenchRecord
+    from genroute.bench.scorers import Scorer
+    from genroute.router.router import Router
+    from genroute.types import GenerateResult
+
+#: The target name under which end-to-end policy runs are recorded.
+POLICY_TARGET = "@policy"
+RESULTS_FILE = "results.jsonl"
+#: Metadata keys that hold the gold answer: never sent to the backend under test.
+GOLD_KEYS = frozenset({"possible_answer", "answers", "label_vote_counts", "gold", "output", "label"})
+
+
+class Outcome(BaseModel):
+    """How one target did on one record (one line of ``results.jsonl``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str = Field(description="The target: a backend name, or @policy for end-to-end runs.")
+    record_id: str
+    task: str | None = None
+    ok: bool
+    score: float = 0.0
+    scorer: str
+    answer: str = ""
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    routed_backend: str | None = Field(default=None, description="The backend that answered.")
+    model: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    latency_s: float = 0.0
+    ttft_s: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    thinking_tokens: int = 0
+    cost_usd: float = 0.0
+    cloud_equivalent_cost_usd: float | None = None
+    judge_cost_usd: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The resume key: (target, record id)."""
+        return self.backend, self.record_id
+
+
+class ResultsLog:
+    """``results.jsonl`` in an output directory: read what is done, append each new outcome durably."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.path = Path(out_dir) / RESULTS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.outcomes: dict[tuple[str, str], Outcome] = {}
+        self._fh: Any = None
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            # A run killed mid-write leaves a partial last line: drop it so appends start on a clean line.
+            with self.path.open("r+b") as fh:
+                fh.truncate(end)
+        for lineno, line in enumerate(data[:end].splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                outcome = Outcome.model_validate_json(line)
+            except ValidationError as exc:
+                raise UsageError(f"{self.path}:{lineno}: not a results row ({exc.errors()[0]['msg']})",
+                                 field="out") from None
+            self.outcomes[outcome.key] = outcome
+
+    def done(self, key: tuple[str, str]) -> bool:
+        """Whether ``key`` already has an outcome."""
+        return key in self.outcomes
+
+    def append(self, outcome: Outcome) -> None:
+        """Write one row and flush it to disk before returning (an interrupted run keeps it)."""
+        if outcome.key in self.outcomes:
+            return
+        if self._fh is None:
+            self._fh = self.path.open("a", encoding="utf-8")
+        # One write of a whole line: a crash can only cut the last line, which _load drops.
+        self._fh.write(outcome.model_dump_json() + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.outcomes[outcome.key] = outcome
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def request_metadata(record: BenchRecord) -> dict[str, Any]:
+    """The record's metadata without its gold answers (templates may render tools, titles, label sets)."""
+    return {k: v for k, v in record.metadata.items() if k not in GOLD_KEYS}
+
+
+async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scorer, *,
+                  stream: bool = True) -> Outcome:
+    """Send ``record`` to ``target`` (``@policy``: let the router's policy decide) and score the answer."""
+    request = GenerateRequest(
+        input=record.input, task=record.task, metadata=request_metadata(record),
+        backend=None if target == POLICY_TARGET else target, key=record.id,
+    )
+    start = time.perf_counter()
+    base = {"backend": target, "record_id": record.id, "task": record.task, "scorer": scorer.name}
+    try:
+        result = await _answer(router, request, stream)
+    except GenrouteError as exc:
+        return Outcome(**base, ok=False, error_type=type(exc).__name__, error=str(exc)[:500],
+                       latency_s=time.perf_counter() - start)
+    score, judge_cost = await scorer.score(record, result, router)
+    usage = result.usage
+    return Outcome(
+        **base, ok=True, score=score, answer=result.text,
+        tool_calls=[{"name": c.name, "args": c.args} for c in result.tool_calls],
+        routed_backend=result.backend, model=result.model,
+        latency_s=result.latency_s or (time.perf_counter() - start), ttft_s=result.time_to_first_token_s,
+        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens, thinking_tokens=usage.thinking_tokens,
+        cost_usd=result.cost_usd, cloud_equivalent_cost_usd=result.cloud_equivalent_cost_usd,
+        judge_cost_usd=judge_cost,
+    )
+
+
+async def _answer(router: Router, request: GenerateRequest, stream: bool) -> GenerateResult:
+    if not stream:
+        return await router.agenerate(request)
+    result = None
+    async for chunk in router.astream(request):
+        if chunk.done:
+            result = chunk.result
+    if result is None:  # pragma: no cover - the router always ends a stream with a result
+        raise GenrouteError("the stream ended without a result")
+    return result
+
+
+async def arun_bench(
+    router: Router,
+    records: Sequence[BenchRecord],
+    targets: Sequence[str],
+    scorer: Scorer,
+    *,
+    out_dir: str | Path | None = None,
+    concurrency: int = 4,
+    stream: bool = True,
+    progress: bool = True,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Run each record through each target; with ``out_dir``, skip done (target, id) pairs and append new ones.
+
+    Returns every outcome for these records and targets (earlier runs' included), target by target in
+    record order.
+    """
+    if concurrency < 1:
+        raise UsageError("concurrency must be >= 1", field="concurrency")
+    if not targets:
+        raise UsageError("name at least one backend (or the policy)", field="backends")
+    for target in targets:
+        if target != POLICY_TARGET and target not in router.backends:
+            known = ", ".join(sorted(router.backends))
+            raise UsageError(f"unknown backend {target!r} (known: {known})", field="backends")
+    if scorer.judge is not None and scorer.judge not in router.backends:
+        raise UsageError(f"judge backend {scorer.judge!r} is not configured", field="scorer")
+    log = ResultsLog(out_dir) if out_dir is not None else None
+    fresh: dict[tuple[str, str], Outcome] = {}
+    # Records outer, targets inner: a partial run has covered every target on the same records.
+    todo = [(t, r) for r in records for t in targets if log is None or not log.done((t, r.id))]
+    semaphore = asyncio.Semaphore(concurrency)
+    bar = _progress(progress, total=len(records) * len(targets), initial=len(records) * len(targets) - len(todo))
+
+    async def one(target: str, record: BenchRecord) -> None:
+        async with semaphore:
+            outcome = await run_one(router, target, record, scorer, stream=stream)
+        if log is not None:
+            log.append(outcome)
+        fresh[outcome.key] = outcome
+        bar.update(1)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for target, record in todo:
+                group.create_task(one(target, record))
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    known = {**(log.outcomes if log is not None else {}), **fresh}
+    return [known[(t, r.id)] for t in targets for r in records if (t, r.id) in known]
+
+
+def load_outcomes(out_dir: str | Path) -> list[Outcome]:
+    """Every outcome stored in ``out_dir/results.jsonl``."""
+    log = ResultsLog(out_dir)
+    return list(log.outcomes.values())
+
+
+def write_manifest(out_dir: str | Path, **fields: Any) -> Path:
+    """Record how the run was invoked (``run.json``), for the report and for humans."""
+    path = Path(out_dir) / "run.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fields, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def _progress(enabled: bool, *, total: int, initial: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="bench", unit="call", leave=False)

@@ -1,0 +1,263 @@
+"""The bench harness end to end on the loopback Gemini server: runs, resumes, reports, compiles, advises."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from genroute.bench import (
+    POLICY_TARGET, BenchRecord, ResultsLog, abench, arun_bench, bench_main, load_records, resolve_scorer,
+    summarize, write_report,
+)
+from genroute.bench.advisor import AdvisorSettings, advise
+from genroute.bench.report import Summary, bootstrap_ci
+from genroute.policies.stats import BenchStats
+from genroute.router.router import Router
+from genroute.testing import GeminiTestServer, Reply
+from genroute.testing.replies import field_of, texts_in
+
+from .conftest import TEST_KEY
+
+POSITIVE = ("great", "love", "wonderful", "superb", "fine")
+NEGATIVE = ("awful", "hate", "terrible", "broken", "rude")
+
+
+def records() -> list[BenchRecord]:
+    rows = []
+    for i, word in enumerate(POSITIVE + NEGATIVE):
+        label = "positive" if word in POSITIVE else "negative"
+        rows.append(BenchRecord(id=f"r{i}", input=f"The service was {word}.", output=label, label=label,
+                                task="sentiment", metadata={"label_set": ["negative", "positive"]}))
+    return rows
+
+
+def sentiment_server(server: GeminiTestServer) -> None:
+    """flash answers by keyword (always right); flash-lite always says positive (right half the time)."""
+
+    def answer(request: Any) -> Reply:
+        text = " ".join(texts_in(field_of(request.body, "contents") or []))
+        if "lite" in (request.model or ""):
+            return Reply(parts=({"text": "positive"},))
+        label = "negative" if any(w in text for w in NEGATIVE) else "positive"
+        return Reply(parts=({"text": label},))
+
+    server.default_reply = answer
+
+
+def config(server: GeminiTestServer, **extra: Any) -> dict[str, Any]:
+    engine = {"kind": "gemini", "base_url": server.base_url, "api_key": TEST_KEY,
+              "retry": {"attempts": 1}}
+    return {
+        "engines": {"gemini": engine},
+        "backends": {
+            "cheap": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash-lite"},
+            "smart": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash",
+                      "template": "Say positive or negative.\n{{ input }}"},
+        },
+        "policy": {"kind": "static", "backend": "cheap"},
+        **extra,
+    }
+
+
+@pytest.fixture
+def server(gemini_server: GeminiTestServer) -> GeminiTestServer:
+    sentiment_server(gemini_server)
+    return gemini_server
+
+
+def generate_calls(server: GeminiTestServer) -> int:
+    return sum(1 for r in server.requests if r.action in ("generateContent", "streamGenerateContent"))
+
+
+async def test_run_scores_costs_and_latency(server: GeminiTestServer, tmp_path: Path) -> None:
+    async with Router.from_config(config(server)) as router:
+        outcomes = await arun_bench(router, records(), ["cheap", "smart"], resolve_scorer("label_accuracy"),
+                                    out_dir=tmp_path, concurrency=3, progress=False)
+    assert len(outcomes) == 20 and all(o.ok for o in outcomes)
+    by = {s.backend: s for s in summarize(outcomes)}
+    assert by["smart"].quality == 1.0 and by["cheap"].quality == 0.5
+    assert 0.0 <= by["cheap"].quality_ci[0] < 0.5 < by["cheap"].quality_ci[1] <= 1.0
+    assert 0 < by["cheap"].cost_per_request_usd < by["smart"].cost_per_request_usd
+    assert by["smart"].input_tokens > by["cheap"].input_tokens > 0
+    assert by["smart"].ttft_p50_s is not None  # streamed: time to first token measured
+    assert by["smart"].latency_p50_s <= by["smart"].latency_p95_s <= by["smart"].latency_p99_s
+
+
+async def test_interrupted_run_resumes_without_duplicates(server: GeminiTestServer, tmp_path: Path) -> None:
+    data, scorer, targets = records(), resolve_scorer("label_accuracy"), ["cheap", "smart"]
+    async with Router.from_config(config(server)) as router:
+        seen = asyncio.Event()
+        count = 0
+
+        def stop_after_five(_: Any) -> None:
+            nonlocal count
+            count += 1
+            if count == 5:
+                seen.set()
+
+        task = asyncio.create_task(arun_bench(router, data, targets, scorer, out_dir=tmp_path / "a",
+                                              concurrency=2, progress=False, on_outcome=stop_after_five))
+        await seen.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        first = ResultsLog(tmp_path / "a").outcomes
+        assert 5 <= len(first) < 20
+        calls_before = generate_calls(server)
+        resumed = await arun_bench(router, data, targets, scorer, out_dir=tmp_path / "a", progress=False)
+        assert generate_calls(server) - calls_before == 20 - len(first)  # only the missing pairs ran
+        fresh = await arun_bench(router, data, targets, scorer, out_dir=tmp_path / "b", progress=False)
+    lines = (tmp_path / "a" / "results.jsonl").read_text().splitlines()
+    keys = [(json.loads(line)["backend"], json.loads(line)["record_id"]) for line in lines]
+    assert len(keys) == len(set(keys)) == 20
+    assert [(o.key, o.score, o.answer) for o in resumed] == [(o.key, o.score, o.answer) for o in fresh]
+    # A third run has nothing left to do.
+    calls = generate_calls(server)
+    async with Router.from_config(config(server)) as router:
+        again = await arun_bench(router, data, targets, scorer, out_dir=tmp_path / "a", progress=False)
+    assert generate_calls(server) == calls and len(again) == 20
+
+
+def test_a_cut_last_line_is_dropped_on_resume(tmp_path: Path) -> None:
+    good = ('{"backend": "b", "record_id": "r1", "ok": true, "score": 1.0, "scorer": "exact"}\n')
+    (tmp_path / "results.jsonl").write_text(good + '{"backend": "b", "record_id": "r2", "o')
+    log = ResultsLog(tmp_path)
+    assert list(log.outcomes) == [("b", "r1")]
+    assert (tmp_path / "results.jsonl").read_text() == good
+
+
+async def test_failures_are_counted_by_error_type(server: GeminiTestServer, tmp_path: Path) -> None:
+    from genroute.testing import Fault
+
+    server.fault(Fault.status(400), times=2)
+    async with Router.from_config(config(server)) as router:
+        outcomes = await arun_bench(router, records()[:4], ["smart"], resolve_scorer("label_accuracy"),
+                                    concurrency=1, progress=False)
+    (summary,) = summarize(outcomes)
+    assert summary.failures == {"BackendRejected": 2} and summary.quality == 0.5
+
+
+def test_report_files_are_well_formed(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    from genroute.bench.runner import Outcome
+
+    outcomes = [Outcome(backend=b, record_id=f"r{i}", ok=True, score=float(i % q == 0), scorer="exact",
+                        latency_s=0.1 * (i + 1) * lat, cost_usd=c, input_tokens=10)
+                for b, q, lat, c in (("icl", 1, 2, 2e-4), ("prompt", 2, 1, 1e-4)) for i in range(6)]
+    files = write_report(tmp_path, summarize(outcomes), sections=[("Note", "hello <world>")])
+    image = matplotlib.image.imread(files["png"])
+    assert image.ndim == 3 and image.shape[0] > 100
+    page = files["html"].read_text()
+    assert '<table id="summary">' in page and "<td>icl</td>" in page and "data:image/png;base64," in page
+    assert "hello &lt;world&gt;" in page
+    md = files["markdown"].read_text()
+    assert "| backend | n | exact (95% CI) |" in md and "| icl | 6 | 1.000 [1.000, 1.000] |" in md
+    summary = json.loads(files["summary"].read_text())
+    assert {s["backend"] for s in summary} == {"icl", "prompt"}
+
+
+def test_bootstrap_ci_is_seeded_and_brackets_the_mean() -> None:
+    scores = [1.0] * 30 + [0.0] * 20
+    low, high = bootstrap_ci(scores, seed=3)
+    assert (low, high) == bootstrap_ci(scores, seed=3)
+    assert low < 0.6 < high and high - low < 0.4
+
+
+async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
+        server: GeminiTestServer, tmp_path: Path) -> None:
+    async with Router.from_config(config(server)) as router:
+        report = await abench(router, records(), backends=["cheap", "smart"], out_dir=tmp_path, progress=False,
+                              embedder=_TinyEmbedder())
+    assert report.compiled is not None
+    stats = BenchStats.load(report.compiled.stats_path)
+    entry = stats.get("sentiment", "smart")
+    assert entry is not None and entry.quality == 1.0 and entry.n == 10 and entry.metric == "label_accuracy"
+    policy = {"kind": "cost_aware", "stats_path": report.compiled.stats_path, "default": "cheap"}
+    strict = Router.from_config(config(server, policy={**policy, "min_quality": 0.9}))
+    lax = Router.from_config(config(server, policy={**policy, "min_quality": 0.4}))
+    assert strict.decide("fine", task="sentiment").rungs[0].backend == "smart"  # only smart meets 0.9
+    assert lax.decide("fine", task="sentiment").rungs[0].backend == "cheap"  # both do: the cheaper wins
+    rows = {r.name: r for r in report.compiled.rows}
+    assert rows["compiled cost_aware"].quality == rows["smart"].quality == 1.0
+    assert rows["compiled cost_aware"].picks == {"smart": report.compiled.n_held_out}
+    assert "compiled learned" in rows and Path(report.compiled.learned_model_path or "").exists()
+    assert "Held-out split" in Path(report.files["markdown"]).read_text()
+
+
+async def test_policy_target_runs_end_to_end(server: GeminiTestServer, tmp_path: Path) -> None:
+    cfg = config(server, policy={"kind": "static", "backend": "smart"})
+    async with Router.from_config(cfg) as router:
+        outcomes = await arun_bench(router, records()[:3], ["cheap", POLICY_TARGET],
+                                    resolve_scorer("label_accuracy"), progress=False)
+    policy_rows = [o for o in outcomes if o.backend == POLICY_TARGET]
+    assert len(policy_rows) == 3 and {o.routed_backend for o in policy_rows} == {"smart"}
+
+
+def test_cli_writes_reports_and_names_bad_input(server: GeminiTestServer, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"input": r.input, "output": r.output, "label": r.label,
+                                        "metadata": {"id": r.id}}) + "\n" for r in records()))
+    cfg = tmp_path / "genroute.yaml"
+    cfg.write_text(yaml.safe_dump(config(server)))
+    out = tmp_path / "out"
+    argv = [str(data), "--config", str(cfg), "--backends", "cheap,smart", "--limit", "6", "--seed", "1",
+            "--out", str(out), "--quiet", "--no-compile", "--monthly-requests", "50000"]
+    assert bench_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| cheap | 6 |" in printed and "genroute bench" in (out / "report.html").read_text()
+    assert len((out / "results.jsonl").read_text().splitlines()) == 12
+    assert json.loads((out / "run.json").read_text())["command"].startswith("genroute bench ")
+    assert bench_main([*argv[:4], "cheap,nope", *argv[5:]]) == 2
+    assert "unknown backend 'nope'" in capsys.readouterr().err
+
+
+def test_seeded_sampling_is_stable(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"input": f"q{i}", "output": "a"}) + "\n" for i in range(50)))
+    first = [r.id for r in load_records(path, limit=10, seed=7)]
+    assert first == [r.id for r in load_records(path, limit=10, seed=7)]
+    assert first != [r.id for r in load_records(path, limit=10, seed=8)]
+    assert first == sorted(first, key=lambda rid: int(rid.split("-")[1]))  # file order kept
+
+
+def summary(name: str, in_tok: float, cost: float, quality: float = 0.8) -> Summary:
+    return Summary(backend=name, n=100, metric="exact", quality=quality, quality_ci=(quality - 0.05, quality + 0.05),
+                   latency_p50_s=0.1, latency_p95_s=0.2, latency_p99_s=0.3, input_tokens=in_tok,
+                   output_tokens=2, cached_input_tokens=0, cost_per_request_usd=cost)
+
+
+def test_graduation_advisor_break_even() -> None:
+    icl, tuned = summary("icl", 1000, 3.05e-4), summary("tuned", 20, 1.1e-5)
+    advice = advise([icl, tuned], AdvisorSettings(monthly_requests=100_000, tuning_cost_usd=294.0))
+    assert advice is not None and advice.tuned_measured
+    assert advice.monthly_saving_usd == pytest.approx(29.4)
+    assert advice.break_even_months == pytest.approx(10.0)
+    assert advice.break_even_requests == pytest.approx(1_000_000)
+    assert "pays back after 10.0 months" in advice.text
+    never = advise([icl, tuned], AdvisorSettings(monthly_requests=100, tuning_cost_usd=294.0,
+                                                 tuned_monthly_fixed_usd=50.0))
+    assert never is not None and never.break_even_months is None and "never pays back" in never.text
+    stand_in = advise([icl, summary("prompt", 20, 1.1e-5)], kinds={"icl": "icl", "prompt": "prompt_template"})
+    assert stand_in is not None and not stand_in.tuned_measured and stand_in.tuning_cost_usd > 0
+
+
+class _TinyEmbedder:
+    """Deterministic bag-of-words vectors: enough for the learned policy's kNN in a unit test."""
+
+    model = "tiny-test"
+
+    def embed_array(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        out = np.zeros((len(texts), 64), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                out[row, sum(map(ord, word)) % 64] += 1.0
+        return out + 1e-3

@@ -1,0 +1,126 @@
+"""Scorers as tables: (record, answer) -> score."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from genroute.bench.datasets import BenchRecord
+from genroute.bench.scorers import resolve_scorer
+from genroute.errors import UsageError
+from genroute.types import DecisionRecord, GenerateResult, ToolCall
+
+
+def rec(output: str = "", label: str | None = None, **metadata: Any) -> BenchRecord:
+    return BenchRecord(id="r1", input="question?", output=output, label=label, metadata=metadata)
+
+
+def res(text: str, tool_calls: tuple[ToolCall, ...] = ()) -> GenerateResult:
+    return GenerateResult(text=text, backend="b", model="m", tool_calls=tool_calls,
+                          decision=DecisionRecord(policy="override", reason="test"))
+
+
+def scorer_value(name: str, record: BenchRecord, result: GenerateResult) -> float:
+    fn = resolve_scorer(name).fn
+    assert fn is not None
+    return fn(record, result)
+
+
+TEXT_CASES = [
+    ("exact", rec("Paris"), " Paris\n", 1.0),
+    ("exact", rec("Paris"), "paris", 0.0),
+    ("normalized_exact", rec("The Eiffel Tower"), "eiffel tower.", 1.0),
+    ("normalized_exact", rec("x", answers=[{"text": "Ogród Saski"}, {"text": "Saxon Garden"}]), "the Saxon garden", 1.0),
+    ("normalized_exact", rec("Paris"), "Paris, France", 0.0),
+    ("token_f1", rec("Denver Broncos"), "the Denver Broncos", 1.0),
+    ("token_f1", rec("Denver Broncos"), "Broncos", 2 / 3),
+    ("token_f1", rec("Denver Broncos"), "Carolina", 0.0),
+    ("token_f1", rec("x", answers=[{"text": "Santa Clara"}, {"text": "Levi's Stadium"}]), "levis stadium", 1.0),
+    ("label_accuracy", rec("positive", "positive"), "Positive.", 1.0),
+    ("label_accuracy", rec("positive", "positive"), "Sentiment: positive", 1.0),
+    ("label_accuracy", rec("positive", "positive", label_set=["negative", "positive"]),
+     "positive or negative", 0.0),
+    ("label_accuracy", rec("negative", "negative"), "positive", 0.0),
+    ("label_accuracy", rec("card_arrival", "card_arrival"), "card arrival", 1.0),
+    ("label_accuracy", rec("card_arrival", "card_arrival"), "card_arrival_date", 0.0),
+    ("json_schema", rec(json_schema={"type": "object", "required": ["a"]}), '```json\n{"a": 1}\n```', 1.0),
+    ("json_schema", rec(json_schema={"type": "object", "required": ["a"]}), '{"b": 1}', 0.0),
+    ("json_schema", rec(), "not json", 0.0),
+    ("json_schema", rec(), 'Here: {"a": [1, 2]} done', 1.0),
+    ("regex:^\\d{4}-\\d{2}$", rec(), "2024-05", 1.0),
+    ("regex:^\\d{4}-\\d{2}$", rec(), "May 2024", 0.0),
+    ("regex", rec(r"\bParis\b"), "It is Paris.", 1.0),
+]
+
+
+@pytest.mark.parametrize(("name", "record", "text", "expected"), TEXT_CASES)
+def test_text_scorers(name: str, record: BenchRecord, text: str, expected: float) -> None:
+    assert scorer_value(name, record, res(text)) == pytest.approx(expected)
+
+
+TRIANGLE = [{"calculate_triangle_area": {"base": [10], "height": [5], "unit": ["units", ""]}}]
+PARALLEL = [{"em": {"b": [5], "d": [4]}}, {"em": {"b": [5], "d": [10]}}]
+NESTED = [{"book": {"where": [{"city": ["Paris", "paris, fr"]}], "when": ["2024-05-01"]}}]
+
+
+def call(name: str, **args: Any) -> dict[str, Any]:
+    return {"name": name, "arguments": args}
+
+
+CALL_CASES = [
+    (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10, height=5)]), 1.0),  # optional arg left out
+    (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10, height=5, unit="units")]), 1.0),
+    (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10.0, height=5)]), 1.0),  # 10.0 == 10
+    (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10)]), 0.0),  # required arg missing
+    (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10, height=6)]), 0.0),
+    (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10, height=5, colour="red")]), 0.0),
+    (TRIANGLE, json.dumps([call("area", base=10, height=5)]), 0.0),
+    (TRIANGLE, "calculate_triangle_area(base=10, height=5)", 1.0),  # Python call syntax
+    (TRIANGLE, json.dumps({"calculate_triangle_area": {"base": 10, "height": 5}}), 1.0),
+    (TRIANGLE, "I cannot help", 0.0),
+    (PARALLEL, json.dumps([call("em", b=5, d=10), call("em", b=5, d=4)]), 1.0),  # any order
+    (PARALLEL, json.dumps([call("em", b=5, d=10), call("em", b=5, d=10)]), 0.0),  # one gold used twice
+    (PARALLEL, json.dumps([call("em", b=5, d=10)]), 0.0),
+    (NESTED, json.dumps([call("book", where={"city": "Paris, FR"}, when="2024-05-01")]), 1.0),
+    ([], "[]", 1.0),  # irrelevance: no call is right
+    ([], "", 1.0),
+    ([], json.dumps([call("em", b=1, d=1)]), 0.0),
+]
+
+
+@pytest.mark.parametrize(("possible", "text", "expected"), CALL_CASES)
+def test_function_call_scorer_uses_possible_answer(possible: list[Any], text: str, expected: float) -> None:
+    record = rec("ignored", possible_answer=possible)
+    assert scorer_value("function_call", record, res(text)) == expected
+
+
+def test_function_call_scorer_reads_the_tool_loop_calls_and_dotted_names() -> None:
+    record = rec(possible_answer=[{"math.factorial": {"number": [5]}}])
+    made = (ToolCall(name="math_factorial", args={"number": 5}),)
+    assert scorer_value("function_call", record, res("The answer is 120.", tool_calls=made)) == 1.0
+    gold_from_output = rec(json.dumps([call("f", x=1)]))
+    assert scorer_value("function_call", gold_from_output, res('[{"name": "f", "args": {"x": 1}}]')) == 1.0
+
+
+def test_custom_and_unknown_scorers() -> None:
+    custom = resolve_scorer("tests.test_bench_scorers:length_scorer")
+    assert custom.fn is not None and custom.fn(rec("abc"), res("abc")) == 1.0
+    assert resolve_scorer("judge:grader").judge == "grader"
+    with pytest.raises(UsageError) as err:
+        resolve_scorer("nope")
+    assert err.value.field == "scorer"
+    with pytest.raises(UsageError):
+        resolve_scorer("regex:(")
+
+
+def test_auto_scorer_follows_the_data() -> None:
+    assert resolve_scorer(None, [rec("a", "a")]).name == "label_accuracy"
+    assert resolve_scorer("auto", [rec("[]", possible_answer=[])]).name == "function_call"
+    assert resolve_scorer(None, [rec("Paris")]).name == "token_f1"
+
+
+def length_scorer(record: BenchRecord, result: GenerateResult) -> float:
+    """A custom scorer: 1 if the answer is as long as the gold output."""
+    return float(len(result.text) == len(record.output))
