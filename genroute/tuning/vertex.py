@@ -1,0 +1,332 @@
+"""Cloud tuning jobs: shared JSONL examples -> Vertex AI supervised tuning -> a tuned backend in the config.
+
+The flow (``tune_vertex``): check the config target and the data (nothing is sent if either is wrong),
+split train/validation, convert to the Vertex supervised-tuning rows, upload them to Cloud Storage
+(Vertex reads tuning datasets only from there), start the job with ``client.tunings.tune``, poll
+``client.tunings.get`` with a progress display until a terminal state, and on success write a
+``kind: tuned`` backend into the config file atomically.
+
+The Gemini Developer API is refused: google-genai's request for it carries no examples (see
+``_require_vertex``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.errors import BackendError, BackendRejected, BackendUnavailable, ConfigError, UsageError
+from genroute.tuning.config_file import check_target, register_tuned_backend
+from genroute.tuning.data import DEFAULT_MAX_CHARS, Example, load_examples, split
+
+if TYPE_CHECKING:
+    from google import genai
+    from google.genai import types
+    from rich.console import Console
+
+    from genroute.engines.gemini import GeminiEngine
+
+#: Storage API root; ``STORAGE_EMULATOR_HOST`` (the google-cloud-storage convention) overrides it.
+_STORAGE_ROOT = "https://storage.googleapis.com"
+_CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+
+class VertexTuningSettings(BaseModel):
+    """What to tune and how: base model, backend name, data checks, split and hyperparameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_model: str = Field(min_length=1, description="Model to tune, e.g. gemini-2.5-flash.")
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$", description="Backend (and tuned model) name.")
+    engine: str | None = Field(default=None, description="Gemini engine in the config (default: the only one).")
+    staging_uri: str | None = Field(default=None, pattern=r"^gs://[^/]+(/.*)?$",
+                                    description="gs://bucket/prefix where Vertex datasets are uploaded.")
+    system: str | None = Field(default=None, description="System line used in training and by the backend.")
+    validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+    min_examples: int = Field(default=10, ge=1)
+    max_chars: int = Field(default=DEFAULT_MAX_CHARS, gt=0)
+    epochs: int | None = Field(default=None, gt=0)
+    learning_rate_multiplier: float | None = Field(default=None, gt=0)
+    adapter_size: str | None = Field(default=None, description="e.g. ADAPTER_SIZE_FOUR.")
+    poll_interval_s: float = Field(default=30.0, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0, description="Stop waiting (the job keeps running).")
+    replace: bool = Field(default=False, description="Overwrite an existing backend of the same name.")
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Checked examples, split, and as Vertex supervised-tuning rows."""
+
+    train: list[Example]
+    validation: list[Example]
+    train_rows: list[dict[str, Any]]
+    validation_rows: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """How a tuning job ended and where its model is served."""
+
+    job: str
+    state: str
+    backend: str
+    model: str | None
+    endpoint: str | None
+    train_examples: int
+    validation_examples: int
+    config_path: Path | None
+
+
+def vertex_row(example: Example, system: str | None = None) -> dict[str, Any]:
+    """One Vertex supervised-tuning row: a user turn with the input, a model turn with the output."""
+    row: dict[str, Any] = {
+        "contents": [
+            {"role": "user", "parts": [{"text": example.input}]},
+            {"role": "model", "parts": [{"text": example.output}]},
+        ]
+    }
+    if system:
+        row["systemInstruction"] = {"role": "system", "parts": [{"text": system}]}
+    return row
+
+
+def prepare_data(path: str | Path, settings: VertexTuningSettings) -> PreparedData:
+    """Load and check the JSONL (``UsageError`` naming the line), split it and convert it."""
+    examples = load_examples(path, min_examples=settings.min_examples, max_chars=settings.max_chars)
+    train, validation = split(examples, settings.validation_fraction, settings.seed)
+    return PreparedData(
+        train=train, validation=validation,
+        train_rows=[vertex_row(e, settings.system) for e in train],
+        validation_rows=[vertex_row(e, settings.system) for e in validation],
+    )
+
+
+def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write rows as JSONL (for ``--dry-run`` or uploading by hand)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_jsonl(rows))
+    return path
+
+
+async def upload_jsonl(uri: str, rows: Sequence[dict[str, Any]], *, credentials: Any) -> str:
+    """Upload rows to ``gs://bucket/object`` with the Cloud Storage JSON API (media upload)."""
+    import httpx
+
+    bucket, _, obj = uri.removeprefix("gs://").partition("/")
+    root = os.environ.get("STORAGE_EMULATOR_HOST") or _STORAGE_ROOT
+    root = root if "://" in root else f"http://{root}"
+    headers = {"Content-Type": "application/jsonl"}
+    await asyncio.to_thread(_authorize, credentials, headers)
+    try:
+        async with httpx.AsyncClient(timeout=120) as http:
+            response = await http.post(f"{root.rstrip('/')}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
+                                       params={"uploadType": "media", "name": obj}, content=_jsonl(rows),
+                                       headers=headers)
+    except httpx.HTTPError as exc:
+        raise BackendUnavailable(f"upload to {uri} failed: {type(exc).__name__}: {exc}") from None
+    code = response.status_code
+    if code >= 400:
+        kind = BackendUnavailable if code in (408, 429) or code >= 500 else BackendRejected
+        raise kind(f"upload to {uri} failed: HTTP {code} {response.text[:300]}", status=code)
+    return uri
+
+
+async def start_job(client: genai.Client, settings: VertexTuningSettings, *, training_uri: str,
+                    validation_uri: str | None = None) -> types.TuningJob:
+    """Create a Vertex AI supervised tuning job on datasets already in Cloud Storage."""
+    from google.genai import types
+
+    from genroute.engines.errors import map_error
+
+    _require_vertex(client)
+    config: dict[str, Any] = {
+        "tuned_model_display_name": settings.name,
+        "epoch_count": settings.epochs,
+        "learning_rate_multiplier": settings.learning_rate_multiplier,
+        "adapter_size": settings.adapter_size,
+    }
+    if validation_uri is not None:
+        config["validation_dataset"] = types.TuningValidationDataset(gcs_uri=validation_uri)
+    job_config = types.CreateTuningJobConfig(**{k: v for k, v in config.items() if v is not None})
+    try:
+        with warnings.catch_warnings():
+            # The SDK flags tuning as experimental on every call; say it once in the docs, not per job.
+            warnings.filterwarnings("ignore", message=".*tuning implementation is experimental")
+            return await client.aio.tunings.tune(base_model=settings.base_model,
+                                                 training_dataset=types.TuningDataset(gcs_uri=training_uri),
+                                                 config=job_config)
+    except Exception as exc:
+        raise map_error(exc, backend=settings.name) from exc
+
+
+async def wait_for_job(client: genai.Client, name: str, *, poll_interval_s: float = 30.0,
+                       timeout_s: float | None = None, console: Console | None = None,
+                       max_poll_failures: int = 5) -> types.TuningJob:
+    """Poll a tuning job until it ends, showing its state; transient poll failures are tolerated."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from genroute.engines.errors import map_error
+
+    start = time.monotonic()
+    failures = 0
+    last_state: str | None = None
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        task = progress.add_task(f"tuning job {name}: submitted", total=None)
+        while True:
+            try:
+                job = await client.aio.tunings.get(name=name)
+                failures = 0
+            except Exception as exc:
+                error = map_error(exc)
+                failures += 1
+                if not isinstance(error, BackendUnavailable) or failures >= max_poll_failures:
+                    raise error from exc
+                job = None
+            if job is not None:
+                state = _state(job)
+                if state != last_state:
+                    progress.console.log(f"tuning job {name}: {state}")
+                    last_state = state
+                progress.update(task, description=f"tuning job {name}: {state}")
+                if job.has_ended:
+                    return job
+            if timeout_s is not None and time.monotonic() - start + poll_interval_s > timeout_s:
+                raise BackendUnavailable(
+                    f"tuning job {name} still {last_state} after {timeout_s:g} s; it keeps running: "
+                    "resume waiting with wait_for_job (genroute tune --resume JOB)"
+                )
+            await asyncio.sleep(poll_interval_s)
+
+
+def engine_from_config(config_path: str | Path, engine: str | None, *, credentials: Any = None) -> GeminiEngine:
+    """The Gemini engine the tuned backend will use, built from the router config."""
+    from genroute.config import load_config, validate_kind
+    from genroute.engines.gemini import GeminiEngine
+
+    config = load_config(config_path)
+    if engine is None:
+        gemini = [n for n, raw in config.engines.items() if raw.get("kind") == "gemini"]
+        if len(gemini) != 1:
+            found = ", ".join(gemini) or "none"
+            raise ConfigError(f"name the Gemini engine to tune with (found: {found})", field="engine")
+        engine = gemini[0]
+    raw = config.engines.get(engine)
+    if raw is None:
+        raise ConfigError(f"no engine {engine!r} in {config_path}", field="engine")
+    cls, engine_config = validate_kind("engines", raw, field=f"engines.{engine}")
+    if cls is not GeminiEngine:
+        raise ConfigError(f"engine {engine!r} is {raw.get('kind')!r}; cloud tuning needs a gemini engine",
+                          field="engine")
+    return GeminiEngine(engine, engine_config, credentials=credentials)
+
+
+async def tune_vertex(data: str | Path, settings: VertexTuningSettings, *, config_path: str | Path | None = None,
+                      engine: GeminiEngine | None = None, credentials: Any = None,
+                      console: Console | None = None) -> TuningResult:
+    """Run a whole cloud tuning job and register the tuned model as a backend in ``config_path``."""
+    if config_path is not None:
+        check_target(config_path, settings.name, replace=settings.replace)
+    if engine is None:
+        if config_path is None:
+            raise UsageError("pass config_path or engine", field="config_path")
+        engine = engine_from_config(config_path, settings.engine, credentials=credentials)
+    client = engine.client
+    _require_vertex(client)
+    if settings.staging_uri is None:
+        raise UsageError("Vertex AI reads tuning data from Cloud Storage: set staging_uri (gs://bucket/prefix)",
+                         field="staging_uri")
+    prepared = prepare_data(data, settings)
+    creds = credentials if credentials is not None else await asyncio.to_thread(_default_credentials)
+    stem = f"{settings.staging_uri.rstrip('/')}/{settings.name}-{int(time.time())}"
+    training_uri = await upload_jsonl(f"{stem}-train.jsonl", prepared.train_rows, credentials=creds)
+    validation_uri = None
+    if prepared.validation_rows:
+        validation_uri = await upload_jsonl(f"{stem}-validation.jsonl", prepared.validation_rows, credentials=creds)
+    try:
+        job = await start_job(client, settings, training_uri=training_uri, validation_uri=validation_uri)
+        if job.name is None:
+            raise BackendRejected("the tuning service returned a job without a name", backend=settings.name)
+        job = await wait_for_job(client, job.name, poll_interval_s=settings.poll_interval_s,
+                                 timeout_s=settings.timeout_s, console=console)
+    finally:
+        await engine.aclose()
+    state = _state(job)
+    if not job.has_succeeded:
+        detail = job.error.message if job.error is not None and job.error.message else "no error detail"
+        raise BackendRejected(f"tuning job {job.name} ended in {state}: {detail}", backend=settings.name)
+    tuned = job.tuned_model
+    model = tuned.model if tuned is not None else None
+    endpoint = tuned.endpoint if tuned is not None else None
+    serve = endpoint or model
+    if serve is None:
+        raise BackendError(f"tuning job {job.name} succeeded but named no model or endpoint", backend=settings.name)
+    if config_path is not None:
+        register_tuned_backend(
+            config_path, settings.name, engine=engine.name, model=serve, base_model=settings.base_model,
+            system=settings.system, tuning_job=job.name, replace=settings.replace,
+        )
+    return TuningResult(
+        job=job.name or "", state=state, backend=settings.name, model=model, endpoint=endpoint,
+        train_examples=len(prepared.train),
+        validation_examples=len(prepared.validation),
+        config_path=Path(config_path) if config_path is not None else None,
+    )
+
+
+def run_vertex_tuning(data: str | Path, settings: VertexTuningSettings, *, config_path: str | Path | None = None,
+                      credentials: Any = None, console: Console | None = None) -> TuningResult:
+    """Sync ``tune_vertex`` for the CLI (not from inside a running event loop)."""
+    from genroute.router.portal import Portal
+
+    Portal.refuse_inside_loop("run_vertex_tuning")
+    return asyncio.run(tune_vertex(data, settings, config_path=config_path, credentials=credentials,
+                                   console=console))
+
+
+def _require_vertex(client: genai.Client) -> None:
+    if not client.vertexai:
+        # google-genai's Developer API tuning path drops inline examples from the request (seen with
+        # 3.6.1: only baseModel, displayName and hyperparameters are sent), so a job would get no data.
+        raise UsageError("cloud tuning needs a Vertex AI engine (`vertex:` in the engine config); "
+                         "for the Gemini Developer API use its own console, or tune locally", field="engine")
+
+
+def _state(job: types.TuningJob) -> str:
+    state = job.state
+    return str(getattr(state, "value", state) or "JOB_STATE_UNSPECIFIED")
+
+
+def _jsonl(rows: Sequence[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n" for row in rows)
+
+
+def _authorize(credentials: Any, headers: dict[str, str]) -> None:
+    """Put a bearer token in ``headers``, refreshing ``credentials`` if needed (blocking)."""
+    if not credentials.valid:
+        import google.auth.transport.requests
+
+        credentials.refresh(google.auth.transport.requests.Request())
+    credentials.apply(headers)
+
+
+def _default_credentials() -> Any:
+    import google.auth
+
+    try:
+        credentials, _ = google.auth.default(scopes=[_CLOUD_SCOPE])
+    except Exception as exc:  # DefaultCredentialsError and transport errors alike mean "not set up"
+        raise ConfigError(f"no Google Cloud credentials for the upload: {exc}", field="credentials") from None
+    return credentials

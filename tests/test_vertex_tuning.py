@@ -1,0 +1,218 @@
+"""Cloud tuning jobs on the loopback server: data checks, request shapes, polling, config registration."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.oauth2.credentials import Credentials
+from rich.console import Console
+
+from genroute.errors import BackendRejected, ConfigError, UsageError
+from genroute.router.router import Router
+from genroute.testing import GeminiTestServer
+from genroute.testing.replies import error_body, field_of
+from genroute.testing.tuning_routes import TuningRoutes
+from genroute.tuning.config_file import register_tuned_backend
+from genroute.tuning.vertex import VertexTuningSettings, prepare_data, tune_vertex, vertex_row
+
+from .conftest import TEST_KEY
+
+LOCATION = "projects/test-proj/locations/us-central1"
+
+
+def examples(n: int) -> list[dict[str, str]]:
+    return [{"input": f"review number {i}: {'great' if i % 2 else 'awful'}",
+             "output": "positive" if i % 2 else "negative"} for i in range(n)]
+
+
+def write_data(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def jobs(gemini_server: GeminiTestServer, monkeypatch: pytest.MonkeyPatch) -> TuningRoutes:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gemini_server.base_url)
+    return TuningRoutes(gemini_server)
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, gemini_server: GeminiTestServer) -> Path:
+    path = tmp_path / "genroute.yaml"
+    path.write_text(yaml.safe_dump({
+        "engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
+                               "vertex": {"project": "test-proj", "location": "us-central1"}}},
+        "backends": {"chat": {"kind": "prompt_template", "engine": "vertex", "model": "gemini-2.5-flash"}},
+        "policy": {"kind": "static", "backend": "chat"},
+    }, sort_keys=False))
+    path.chmod(0o640)
+    return path
+
+
+def settings(**overrides: Any) -> VertexTuningSettings:
+    base = {"base_model": "gemini-2.5-flash", "name": "sentiment", "staging_uri": "gs://tune-bucket/runs",
+            "poll_interval_s": 0.01, "epochs": 3, "validation_fraction": 0.1, "min_examples": 10}
+    return VertexTuningSettings(**{**base, **overrides})
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+async def test_happy_path_registers_the_endpoint(gemini_server: GeminiTestServer, jobs: TuningRoutes,
+                                                 config_path: Path, tmp_path: Path) -> None:
+    data = write_data(tmp_path / "data.jsonl", examples(20))
+    console = quiet()
+    result = await tune_vertex(data, settings(system="Label the sentiment."), config_path=config_path,
+                               credentials=Credentials(token="test"), console=console)
+
+    endpoint = f"{LOCATION}/endpoints/1001"
+    assert result.state == "JOB_STATE_SUCCEEDED"
+    assert (result.endpoint, result.model) == (endpoint, f"{LOCATION}/models/1001@1")
+    assert (result.train_examples, result.validation_examples) == (18, 2)
+
+    # Data went to Cloud Storage in the Vertex supervised-tuning format, with a bearer token.
+    uploads = [r for r in gemini_server.requests if r.path.startswith("/upload/")]
+    assert [r.query["name"].rsplit("-", 1)[-1] for r in uploads] == ["train.jsonl", "validation.jsonl"]
+    assert all(r.headers["authorization"] == "Bearer test" for r in uploads)
+    train_uri, validation_uri = jobs.uploads
+    rows = [json.loads(line) for line in jobs.uploads[train_uri].decode().splitlines()]
+    assert len(rows) == 18 and len(jobs.uploads[validation_uri].decode().splitlines()) == 2
+    assert rows[0]["systemInstruction"] == {"role": "system", "parts": [{"text": "Label the sentiment."}]}
+    assert [c["role"] for c in rows[0]["contents"]] == ["user", "model"]
+
+    # The job creation request, as google-genai sends it to Vertex AI.
+    (create,) = [r for r in gemini_server.requests if r.method == "POST" and r.path.endswith("/tuningJobs")]
+    assert create.path == f"/v1beta1/{LOCATION}/tuningJobs"
+    body = create.body
+    assert field_of(body, "baseModel") == "gemini-2.5-flash"
+    assert field_of(body, "tunedModelDisplayName") == "sentiment"
+    spec = field_of(body, "supervisedTuningSpec")
+    assert field_of(spec, "trainingDatasetUri") == train_uri
+    assert field_of(spec, "validationDatasetUri") == validation_uri
+    assert field_of(field_of(spec, "hyperParameters"), "epochCount") == 3
+    polls = [r for r in gemini_server.requests if r.method == "GET"]
+    assert len(polls) == 3 and polls[0].path == f"/v1beta1/{LOCATION}/tuningJobs/1001"
+    log = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "JOB_STATE_PENDING" in log and "JOB_STATE_RUNNING" in log and "JOB_STATE_SUCCEEDED" in log
+
+    # The config now holds a tuned backend; the file was replaced whole, keeping its mode.
+    config = yaml.safe_load(config_path.read_text())
+    assert config["backends"]["sentiment"] == {
+        "kind": "tuned", "engine": "vertex", "model": endpoint, "base_model": "gemini-2.5-flash",
+        "system": "Label the sentiment.", "tuning_job": f"{LOCATION}/tuningJobs/1001",
+    }
+    assert config["backends"]["chat"]["kind"] == "prompt_template"
+    assert config_path.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in config_path.parent.iterdir()) == ["data.jsonl", "genroute.yaml"]
+
+    # ...and the router built from it answers through the tuned endpoint.
+    gemini_server.clear()
+    async with Router.from_config(config_path,
+                                  engine_options={"vertex": {"credentials": Credentials(token="test")}}) as router:
+        answer = await router.agenerate("review: superb", backend="sentiment")
+    assert answer.backend == "sentiment"
+    assert gemini_server.requests[-1].path == f"/v1beta1/{endpoint}:generateContent"
+
+
+async def test_failed_job_raises_and_leaves_the_config_alone(gemini_server: GeminiTestServer, jobs: TuningRoutes,
+                                                             config_path: Path, tmp_path: Path) -> None:
+    jobs.script("JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_FAILED", error="quota exceeded")
+    before = config_path.read_bytes()
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    with pytest.raises(BackendRejected, match="JOB_STATE_FAILED: quota exceeded"):
+        await tune_vertex(data, settings(), config_path=config_path, credentials=Credentials(token="test"),
+                          console=quiet())
+    assert config_path.read_bytes() == before
+    assert len([r for r in gemini_server.requests if r.method == "GET"]) == 3
+
+
+async def test_transient_poll_errors_are_tolerated(gemini_server: GeminiTestServer, jobs: TuningRoutes,
+                                                   config_path: Path, tmp_path: Path) -> None:
+    gemini_server.reply_json(error_body(503), path=r".*/tuningJobs/\d+", method="GET", status=503, times=2)
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    result = await tune_vertex(data, settings(), config_path=config_path, credentials=Credentials(token="test"),
+                               console=quiet())
+    assert result.state == "JOB_STATE_SUCCEEDED"
+    assert len([r for r in gemini_server.requests if r.method == "GET"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("rows", "field", "needle"),
+    [
+        ([], "data", "holds no examples"),
+        ([*examples(5), {"input": "no output here"}, *examples(6)], "line 6", "missing field 'output'"),
+        ([*examples(3), "{not json"], "line 4", "invalid JSON"),
+        (examples(4), "data", "at least 10"),
+        ([*examples(11), {"input": "x" * 30_000, "output": "y"}], "line 12", "limit is"),
+    ],
+    ids=["empty", "missing-field", "bad-json", "too-few", "oversize"],
+)
+async def test_bad_data_is_rejected_before_anything_is_sent(
+    gemini_server: GeminiTestServer, jobs: TuningRoutes, config_path: Path, tmp_path: Path,
+    rows: list[Any], field: str, needle: str,
+) -> None:
+    data = write_data(tmp_path / "data.jsonl", rows)
+    with pytest.raises(UsageError, match=needle) as info:
+        await tune_vertex(data, settings(), config_path=config_path, credentials=Credentials(token="test"))
+    assert info.value.field == field
+    assert gemini_server.requests == []
+
+
+async def test_config_target_is_checked_before_anything_is_sent(
+    gemini_server: GeminiTestServer, jobs: TuningRoutes, config_path: Path, tmp_path: Path
+) -> None:
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    with pytest.raises(UsageError, match="already exists") as info:
+        await tune_vertex(data, settings(name="chat"), config_path=config_path, credentials=Credentials(token="t"))
+    assert info.value.field == "name"
+    toml = tmp_path / "genroute.toml"
+    toml.write_text("[backends]\n")
+    with pytest.raises(UsageError, match=r"\.yaml or \.json"):
+        await tune_vertex(data, settings(), config_path=toml, credentials=Credentials(token="t"))
+    with pytest.raises(UsageError, match="staging_uri") as info:
+        await tune_vertex(data, settings(staging_uri=None), config_path=config_path,
+                          credentials=Credentials(token="t"))
+    with pytest.raises(ConfigError, match="no engine 'nope'"):
+        await tune_vertex(data, settings(engine="nope"), config_path=config_path, credentials=Credentials(token="t"))
+    assert gemini_server.requests == []
+
+
+async def test_developer_api_engine_is_refused_before_anything_is_sent(
+    gemini_server: GeminiTestServer, jobs: TuningRoutes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # google-genai's Developer API tuning request carries no examples; refusing beats a data-less job.
+    monkeypatch.setenv("GEMINI_API_KEY", TEST_KEY)
+    config_path = tmp_path / "genroute.json"
+    config_path.write_text(json.dumps({
+        "engines": {"gemini": {"kind": "gemini", "base_url": gemini_server.base_url}},
+        "backends": {"chat": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.0-flash"}},
+    }))
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    with pytest.raises(UsageError, match="Vertex AI engine") as info:
+        await tune_vertex(data, settings(base_model="gemini-2.0-flash"), config_path=config_path)
+    assert info.value.field == "engine"
+    assert gemini_server.requests == []
+
+
+def test_vertex_row_and_prepare(tmp_path: Path) -> None:
+    from genroute.tuning.data import Example
+
+    assert vertex_row(Example(input="i", output="o")) == {
+        "contents": [{"role": "user", "parts": [{"text": "i"}]}, {"role": "model", "parts": [{"text": "o"}]}]
+    }
+    data = write_data(tmp_path / "d.jsonl", examples(30))
+    first, again = prepare_data(data, settings()), prepare_data(data, settings())
+    assert first.train_rows == again.train_rows and len(first.validation) == 3
+
+
+def test_register_refuses_an_invalid_entry(config_path: Path) -> None:
+    before = config_path.read_bytes()
+    with pytest.raises(ConfigError):
+        register_tuned_backend(config_path, "t", engine="vertex", model="", base_model="gemini-2.5-flash")
+    assert config_path.read_bytes() == before
