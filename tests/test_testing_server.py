@@ -160,10 +160,10 @@ def test_snake_case_request_keys_are_accepted(srv):
 
 
 def test_scripted_json_for_any_path_and_custom_routes(srv):
-    srv.reply_json({"name": "tuningJobs/1", "state": "JOB_STATE_PENDING"}, path=r"/v1beta1/.*/tuningJobs", method="POST")
-    status, raw = _post(srv, "/v1beta1/projects/p/locations/l/tuningJobs", {"baseModel": "m"})
-    assert (status, json.loads(raw)["state"]) == (200, "JOB_STATE_PENDING")
-    status, _ = _post(srv, "/v1beta1/projects/p/locations/l/tuningJobs", {})
+    srv.reply_json({"name": "batches/1", "state": "PENDING"}, path=r"/v1beta1/.*/batchJobs", method="POST")
+    status, raw = _post(srv, "/v1beta1/projects/p/locations/l/batchJobs", {"model": "m"})
+    assert (status, json.loads(raw)["state"]) == (200, "PENDING")
+    status, _ = _post(srv, "/v1beta1/projects/p/locations/l/batchJobs", {})
     assert status == 404  # the scripted answer was used up and no route serves that path
 
     def handler(server, request, match):
@@ -243,3 +243,39 @@ def test_env_base_url_reaches_the_server(srv, monkeypatch):
     c = genai.Client(api_key="k")
     assert c.models.generate_content(model=MODEL, contents="env").text == "echo: env"
     assert os.environ["GOOGLE_GEMINI_BASE_URL"] == srv.base_url
+
+
+def test_vertex_tuning_job_lifecycle(srv, vertex_client):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the SDK marks tuning as experimental
+        job = vertex_client.tunings.tune(
+            base_model=MODEL, training_dataset=types.TuningDataset(gcs_uri="gs://bucket/train.jsonl"),
+            config=types.CreateTuningJobConfig(tuned_model_display_name="support-bot", epoch_count=2),
+        )
+    assert job.state == types.JobState.JOB_STATE_PENDING
+    assert srv.requests[-1].path == "/v1beta1/projects/proj/locations/us-central1/tuningJobs"
+    assert srv.requests[-1].body["supervisedTuningSpec"]["trainingDatasetUri"] == "gs://bucket/train.jsonl"
+    assert vertex_client.tunings.get(name=job.name).state == types.JobState.JOB_STATE_RUNNING
+    done = vertex_client.tunings.get(name=job.name)
+    assert done.state == types.JobState.JOB_STATE_SUCCEEDED
+    assert done.tuned_model.endpoint.startswith("projects/proj/locations/us-central1/endpoints/")
+    assert [j.name for j in vertex_client.tunings.list()] == [job.name]
+
+
+def test_tuning_job_can_fail(srv, vertex_client):
+    import warnings
+
+    srv.tuning.fail_with = "bad dataset"
+    srv.tuning.polls_before_success = 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            job = vertex_client.tunings.tune(base_model=MODEL, training_dataset=types.TuningDataset(gcs_uri="gs://b/t"))
+        failed = vertex_client.tunings.get(name=job.name)
+        assert failed.state == types.JobState.JOB_STATE_FAILED
+        assert failed.error.message == "bad dataset"
+    finally:
+        srv.tuning.fail_with = None
+        srv.tuning.polls_before_success = 1
