@@ -49,8 +49,14 @@ def _timeout_ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def _with_timeout(config: types.GenerateContentConfig | None, seconds: float) -> types.GenerateContentConfig:
-    """``config`` with its HTTP timeout set (keeping the caller's other HTTP options)."""
+def _with_timeout(config: types.GenerateContentConfig | None, seconds: float | None) -> Any:
+    """``config`` with its HTTP timeout set (keeping the caller's other HTTP options).
+
+    ``None`` keeps ``config`` as it is: the client's own timeout (the engine's ``timeout_s``) applies,
+    and the SDK skips merging per-request options, which costs tens of microseconds per call.
+    """
+    if seconds is None:
+        return config
     from google.genai import types
 
     http = config.http_options if config is not None and config.http_options is not None else types.HttpOptions()
@@ -135,8 +141,11 @@ class GeminiEngine(Engine):
     def _map(self, exc: Exception) -> GenrouteError:
         return map_error(exc, backend=self.name, secrets=self._secrets())
 
-    def _attempt_timeout(self, remaining_s: float) -> float:
-        return min(self.config.timeout_s, remaining_s)
+    def _attempt_timeout(self, remaining_s: float) -> tuple[float, float | None]:
+        """This attempt's timeout, and the same if it must override the client's default (else ``None``)."""
+        if remaining_s >= self.config.timeout_s:
+            return self.config.timeout_s, None
+        return remaining_s, remaining_s
 
     async def generate(
         self,
@@ -150,11 +159,11 @@ class GeminiEngine(Engine):
         models = self.client.aio.models
 
         async def attempt(remaining_s: float) -> types.GenerateContentResponse:
-            seconds = self._attempt_timeout(remaining_s)
+            seconds, override = self._attempt_timeout(remaining_s)
             try:
                 async with asyncio.timeout(seconds):
                     return await models.generate_content(
-                        model=model, contents=contents, config=_with_timeout(config, seconds)
+                        model=model, contents=contents, config=_with_timeout(config, override)
                     )
             except Exception as exc:
                 raise self._map(exc) from exc
@@ -174,12 +183,12 @@ class GeminiEngine(Engine):
         loop = asyncio.get_running_loop()
 
         async def attempt(remaining_s: float) -> tuple[Any, types.GenerateContentResponse, float]:
-            seconds = self._attempt_timeout(remaining_s)
+            seconds, override = self._attempt_timeout(remaining_s)
             end = loop.time() + seconds
             try:
                 async with asyncio.timeout_at(end):
                     chunks = await models.generate_content_stream(
-                        model=model, contents=contents, config=_with_timeout(config, seconds)
+                        model=model, contents=contents, config=_with_timeout(config, override)
                     )
                     first = await anext(chunks, None)
             except Exception as exc:
@@ -223,7 +232,7 @@ class GeminiEngine(Engine):
             batch = texts[start : start + size]
 
             async def attempt(remaining_s: float, batch: list[str] = batch) -> types.EmbedContentResponse:
-                seconds = self._attempt_timeout(remaining_s)
+                seconds, _ = self._attempt_timeout(remaining_s)
                 cfg = types.EmbedContentConfig(
                     task_type=task_type, output_dimensionality=output_dimensionality,
                     http_options=types.HttpOptions(timeout=_timeout_ms(seconds)),
@@ -248,7 +257,7 @@ class GeminiEngine(Engine):
         from google.genai import types
 
         async def attempt(remaining_s: float) -> int:
-            seconds = self._attempt_timeout(remaining_s)
+            seconds, _ = self._attempt_timeout(remaining_s)
             cfg = types.CountTokensConfig(http_options=types.HttpOptions(timeout=_timeout_ms(seconds)))
             try:
                 async with asyncio.timeout(seconds):

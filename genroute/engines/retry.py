@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
@@ -36,28 +37,15 @@ class RetryConfig(BaseModel):
     )
 
 
-class _Backoff:
-    """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
-
-    def __init__(self, config: RetryConfig) -> None:
-        self.config = config
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        c = self.config
-        exponent = retry_state.attempt_number - 1
-        wait = min(c.max_backoff_s, c.initial_backoff_s * (2**exponent)) + random.uniform(0, c.jitter_s)
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        retry_after = getattr(exc, "retry_after_s", None)
-        if retry_after is not None:
-            # A Retry-After beyond the cap means "not soon": waiting the cap would just fail again.
-            wait = max(wait, retry_after) if retry_after <= c.max_retry_after_s else math.inf
-        return wait
-
-
-def _log_retry(retry_state: tenacity.RetryCallState) -> None:
-    exc = retry_state.outcome.exception() if retry_state.outcome else None
-    logger.info("retrying after attempt %d in %.2fs: %s", retry_state.attempt_number,
-                retry_state.upcoming_sleep, exc)
+def backoff_s(config: RetryConfig, failures: int, exc: BaseException | None) -> float:
+    """The wait after the ``failures``-th failed attempt: exponential with jitter, at least Retry-After."""
+    wait = min(config.max_backoff_s, config.initial_backoff_s * (2 ** (failures - 1)))
+    wait += random.uniform(0, config.jitter_s)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        # A Retry-After beyond the cap means "not soon": waiting the cap would just fail again.
+        wait = max(wait, retry_after) if retry_after <= config.max_retry_after_s else math.inf
+    return wait
 
 
 async def call_with_retry(
@@ -72,24 +60,49 @@ async def call_with_retry(
     attempt should use it to bound its own timeout. The last error is re-raised when attempts run out,
     or when the next wait would cross the deadline.
     """
-    import tenacity  # lazily: ~20 ms, and only needed once a call is made
-
     deadline = min(config.deadline_s, deadline_s) if deadline_s is not None else config.deadline_s
     start = time.monotonic()
+    try:
+        # The happy path pays for no retry machinery (~0.1 ms): tenacity starts after a failure.
+        return await attempt(deadline)
+    except BackendUnavailable as exc:
+        first = exc
+    wait = backoff_s(config, 1, first)
+    if config.attempts == 1 or time.monotonic() - start + wait >= deadline:
+        raise first
+    logger.info("retrying after attempt 1 in %.2fs: %s", wait, first)
+    await asyncio.sleep(wait)
+    return await _retry(attempt, config, deadline, start, first)
+
+
+async def _retry(attempt: Callable[[float], Awaitable[T]], config: RetryConfig, deadline: float,
+                 start: float, first: BackendUnavailable) -> T:
+    """Attempts 2..n under tenacity; ``start`` is when attempt 1 began."""
+    import tenacity  # lazily: ~20 ms to import, and only needed once something failed
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        made = state.attempt_number + 1
+        return made >= config.attempts or time.monotonic() - start + state.upcoming_sleep >= deadline
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return backoff_s(config, state.attempt_number + 1, exc)
+
+    def log(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        logger.info("retrying after attempt %d in %.2fs: %s", state.attempt_number + 1, state.upcoming_sleep, exc)
+
     retrying = tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(config.attempts) | tenacity.stop_before_delay(deadline),
-        wait=_Backoff(config),
-        retry=tenacity.retry_if_exception_type(BackendUnavailable),
-        before_sleep=_log_retry,
-        reraise=True,
+        stop=stop, wait=wait, retry=tenacity.retry_if_exception_type(BackendUnavailable),
+        before_sleep=log, reraise=True,
     )
-    last: BackendUnavailable | None = None
+    last = first
     async for state in retrying:
         with state:
             remaining = deadline - (time.monotonic() - start)
             if remaining <= _MIN_ATTEMPT_S:
-                # Timers may fire a hair early, so tenacity can still see room; the last error says more.
-                raise last or BackendUnavailable(f"deadline of {deadline:g}s exceeded before the attempt")
+                # Timers may fire a hair early, so the stop check can still see room; the last error says more.
+                raise last
             try:
                 return await attempt(remaining)
             except BackendUnavailable as exc:
