@@ -116,6 +116,15 @@ class Router:
         """What the policy would decide for this request, without running anything."""
         return self._decide(self._request(input, fields))
 
+    def refresh(self) -> None:
+        """Re-read every backend's facts (e.g. after loading examples) so policies decide on current data."""
+        for backend in self.backends.values():
+            refresh = getattr(backend, "refresh", None)
+            if refresh is not None:
+                refresh()
+        self.catalogue = {name: _info(name, b) for name, b in self.backends.items()}
+        self.context = PolicyContext(catalogue=self.catalogue, stats=self.context.stats, budgets=self.context.budgets)
+
     # -- lifecycle -------------------------------------------------------------------------------------
 
     async def aclose(self) -> None:

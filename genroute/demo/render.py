@@ -1,0 +1,57 @@
+"""Rich renderings for the demo: the results table and the span tree."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.table import Table
+from rich.tree import Tree
+
+
+def _usd(value: float | None) -> str:
+    return "—" if value is None else f"${value:.6f}"
+
+
+def results_table(rows: Sequence[tuple[dict[str, Any], str, Any]]) -> Table:
+    """One row per request: decision, reason, answer, latency, tokens, cost and cloud-equivalent cost."""
+    table = Table(title="One request per backend", show_lines=True)
+    for column in ("request", "backend", "policy's reason", "answer", "latency", "tokens in/out", "cost",
+                   "on gemini"):
+        table.add_column(column, overflow="fold")
+    for fields, shows, result in rows:
+        answer = result.text.strip().replace("\n", " ")
+        if result.tool_calls:
+            calls = ", ".join(f"{c.name}({c.args}) → {c.outcome}" for c in result.tool_calls)
+            answer = f"[tools: {calls}] {answer}"
+        if result.citations:
+            answer += " [cited: " + ", ".join(c.chunk_id[:8] for c in result.citations) + "]"
+        table.add_row(
+            f"{fields['input']}\n[dim]({shows})[/]", result.backend, result.decision.reason, answer[:160],
+            f"{result.latency_s * 1000:.0f} ms",
+            f"{result.usage.input_tokens}/{result.usage.output_tokens}",
+            _usd(result.cost_usd), _usd(result.cloud_equivalent_cost_usd),
+        )
+    return table
+
+
+def span_tree(spans: Sequence[Any]) -> Tree:
+    """The exported spans as a tree per trace, with durations and the key attributes."""
+    children: dict[int | None, list[Any]] = {}
+    for span in spans:
+        parent = span.parent.span_id if span.parent is not None else None
+        children.setdefault(parent, []).append(span)
+    root = Tree("[bold]trace[/]")
+
+    def add(node: Tree, span: Any) -> None:
+        ms = (span.end_time - span.start_time) / 1e6
+        keys = ("genroute.backend", "genroute.policy", "gen_ai.provider.name", "gen_ai.usage.input_tokens",
+                "gen_ai.usage.output_tokens", "gen_ai.usage.cost.amount", "error.type")
+        attrs = " ".join(f"{k.split('.')[-1]}={span.attributes[k]}" for k in keys if k in span.attributes)
+        branch = node.add(f"{span.name} [cyan]{ms:.1f} ms[/] [dim]{attrs}[/]")
+        for child in sorted(children.get(span.context.span_id, []), key=lambda s: s.start_time):
+            add(branch, child)
+
+    for span in sorted(children.get(None, []), key=lambda s: s.start_time):
+        add(root, span)
+    return root
