@@ -101,3 +101,44 @@ def test_facts(gemini_server: GeminiTestServer, otel: Otel) -> None:
         backend = router.backends["tuned"]
         assert backend.capabilities == frozenset({"tuned"})
         assert backend.facts() == {"model": ENDPOINT, "base_model": "gemini-2.5-flash"}
+
+
+def test_local_lora_engine_must_render_the_training_template(tmp_path: Any, otel: Otel) -> None:
+    from genroute.errors import ConfigError
+
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"not loaded: config is checked before any model is")
+    config = {
+        "engines": {"lora": {"kind": "local", "lora_path": str(adapter)}},
+        "backends": {"tuned": {"kind": "tuned", "engine": "lora", "model": "sentiment", "base_model": "gemma-3-270m"}},
+    }
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(config, **otel.providers)
+    assert info.value.field == "engines.lora.prompt_format"
+
+
+def test_local_prompt_is_the_training_prompt() -> None:
+    # What the local engine renders for the tuned backend's request is what local LoRA training used.
+    from google.genai import types
+
+    from genroute.backends.base import user_content
+    from genroute.engines.local_prompt import Defaults, prepare
+    from genroute.tuning.local_lora import format_prompt
+
+    prepared = prepare([user_content("I loved it")], types.GenerateContentConfig(), Defaults(prompt_format="gemma"))
+    assert prepared.prompt == format_prompt("I loved it")
+
+
+@pytest.mark.local
+async def test_tuned_backend_on_the_local_engine(otel: Otel) -> None:
+    config = {
+        "engines": {"local": {"kind": "local", "prompt_format": "gemma", "max_output_tokens": 8}},
+        "backends": {"tuned": {"kind": "tuned", "engine": "local", "model": "gemma-3-270m-sft",
+                               "base_model": "gemma-3-270m"}},
+    }
+    async with Router.from_config(config, **otel.providers) as router:
+        result = await router.agenerate("The capital of France is")
+    assert result.backend == "tuned" and result.cost_usd == 0.0
+    assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
+    (span,) = otel.spans("generate_content")
+    assert span.attributes["gen_ai.provider.name"] == "genroute.local"

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, user_content
+from genroute.errors import ConfigError
 
 if TYPE_CHECKING:
+    from genroute.resources import Resources
     from genroute.router.context import RunContext
     from genroute.types import GenerateRequest
 
@@ -33,6 +35,18 @@ class TunedBackend(SingleCallBackend):
     Config = TunedConfig
     capabilities = frozenset({"tuned"})
     config: TunedConfig
+
+    def __init__(self, name: str, config: TunedConfig, resources: Resources) -> None:
+        super().__init__(name, config, resources)
+        engine = resources.engines.get(config.engine)
+        engine_config = getattr(engine, "config", None)
+        # A local LoRA adapter learned the Gemma chat template around one user turn; any other
+        # rendering of the prompt silently degrades it.
+        if getattr(engine_config, "lora_path", None) and getattr(engine_config, "prompt_format", None) != "gemma":
+            raise ConfigError(
+                "a LoRA adapter was trained on the Gemma chat template: set prompt_format: gemma",
+                field=f"engines.{config.engine}.prompt_format",
+            )
 
     def facts(self) -> dict[str, Any]:
         return {"model": self.config.model, "base_model": self.config.base_model}
