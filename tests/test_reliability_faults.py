@@ -1,0 +1,185 @@
+"""Faults on the wire: every request ends in a result or a typed error within its deadline; no hang.
+
+Each fault is injected by the loopback Gemini server in front of the real google-genai client, through
+all four entry points (``generate``, ``agenerate``, ``stream``, ``astream``). A fault injected once is
+retried away; a fault that persists ends in a typed ``GenrouteError``. A stream cut after its first
+chunk is never passed off as a complete answer: the ``done`` chunk never arrives.
+
+The hard caps below are hang checks (deadline plus generous slack on a busy 2-core machine), not timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from genroute import BackendUnavailable, GenrouteError, Router, StreamInterrupted
+from genroute.testing import Fault
+
+from .conftest import gemini_config
+
+MODES = ("generate", "agenerate", "stream", "astream")
+DEADLINE_S = 10.0  # generous: the shared 2-core machine is often loaded
+HANG_CAP_S = DEADLINE_S + 30.0  # far beyond any legitimate finish: only a hang can reach it
+ANSWER = "alpha beta gamma delta"
+
+
+@dataclass
+class Outcome:
+    """How one request ended: its result (final chunk for streams), its error, and the chunks seen."""
+
+    result: Any = None
+    error: BaseException | None = None
+    chunks: list[Any] = field(default_factory=list)
+
+    @property
+    def done_seen(self) -> bool:
+        return any(c.done for c in self.chunks)
+
+
+async def _async_call(router: Router, mode: str, timeout_s: float) -> Outcome:
+    out = Outcome()
+    try:
+        if mode == "agenerate":
+            out.result = await router.agenerate("hi", timeout_s=timeout_s)
+        else:
+            async for chunk in router.astream("hi", timeout_s=timeout_s):
+                out.chunks.append(chunk)
+            out.result = out.chunks[-1].result if out.chunks and out.chunks[-1].done else None
+    except Exception as exc:  # recorded, then judged by the test
+        out.error = exc
+    return out
+
+
+def _sync_call(router: Router, mode: str, timeout_s: float, out: Outcome) -> None:
+    try:
+        if mode == "generate":
+            out.result = router.generate("hi", timeout_s=timeout_s)
+        else:
+            for chunk in router.stream("hi", timeout_s=timeout_s):
+                out.chunks.append(chunk)
+            out.result = out.chunks[-1].result if out.chunks and out.chunks[-1].done else None
+    except Exception as exc:
+        out.error = exc
+
+
+def call(router_config: dict[str, Any], mode: str, timeout_s: float = DEADLINE_S) -> Outcome:
+    """Run one request in ``mode`` under a hard cap; fail the test if it hangs."""
+    if mode in ("agenerate", "astream"):
+        async def main() -> Outcome:
+            async with Router.from_config(router_config) as router:
+                return await asyncio.wait_for(_async_call(router, mode, timeout_s), HANG_CAP_S)
+        try:
+            return asyncio.run(main())
+        except TimeoutError:
+            pytest.fail(f"{mode} hung past {HANG_CAP_S}s")
+    out = Outcome()
+    router = Router.from_config(router_config)
+    worker = threading.Thread(target=_sync_call, args=(router, mode, timeout_s, out), daemon=True)
+    worker.start()
+    worker.join(HANG_CAP_S)
+    if worker.is_alive():
+        pytest.fail(f"{mode} hung past {HANG_CAP_S}s")
+    router.close()
+    return out
+
+
+def _streamed_text(out: Outcome) -> str:
+    return "".join(c.text for c in out.chunks if not c.done)
+
+
+# (id, fault) pairs: injected once, each is retried away and the answer arrives intact.
+TRANSIENT = [
+    ("429-retry-after", Fault.status(429, retry_after=0.05)),
+    ("500", Fault.status(500)),
+    ("503", Fault.status(503)),
+    ("slow-past-timeout", Fault.delay(30)),
+    ("connection-reset", Fault.reset()),
+    ("malformed-json", Fault.malformed_json()),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("name", "fault"), TRANSIENT, ids=[n for n, _ in TRANSIENT])
+def test_a_transient_fault_is_retried_and_the_answer_arrives_intact(gemini_server, mode, name, fault):
+    gemini_server.fault(fault)
+    gemini_server.reply_text(ANSWER, usage=(5, 4), chunks=3)
+    config = gemini_config(gemini_server)
+    if name == "slow-past-timeout":
+        config["engines"]["gemini"]["timeout_s"] = 2.0  # per attempt: the slow attempt times out, the retry answers
+    out = call(config, mode)
+    assert out.error is None, f"{name}/{mode}: {out.error!r}"
+    assert out.result.text == ANSWER
+    if mode in ("stream", "astream"):
+        assert _streamed_text(out) == ANSWER and out.chunks[-1].done
+    assert len(gemini_server.requests) == 2  # the faulted attempt, then the good one
+
+
+# (id, fault, error types allowed): the fault never stops, so the request must end in a typed error.
+PERSISTENT = [
+    ("429-retry-after", Fault.status(429, retry_after=0.05), (BackendUnavailable,)),
+    ("500", Fault.status(500), (BackendUnavailable,)),
+    ("503", Fault.status(503), (BackendUnavailable,)),
+    ("slow-past-deadline", Fault.delay(30), (BackendUnavailable,)),
+    ("connection-reset", Fault.reset(), (BackendUnavailable,)),
+    ("malformed-json", Fault.malformed_json(), (BackendUnavailable,)),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("name", "fault", "errors"), PERSISTENT, ids=[n for n, *_ in PERSISTENT])
+def test_a_persistent_fault_ends_in_a_typed_error_within_the_deadline(gemini_server, mode, name, fault, errors):
+    gemini_server.fault(fault, times=50)
+    out = call(gemini_config(gemini_server), mode, timeout_s=2.0)
+    assert out.result is None and not out.done_seen
+    assert isinstance(out.error, errors), f"{name}/{mode}: {out.error!r}"
+    assert isinstance(out.error, GenrouteError)
+    assert not out.chunks  # nothing was streamed: every attempt failed before its first chunk
+
+
+CUTS = [
+    ("cut-connection", Fault.cut_stream(after_chunks=1)),
+    ("error-event-mid-stream", Fault.status(500, after_chunks=1)),
+    ("malformed-event-mid-stream", None),  # built in the test: a good event, then invalid JSON
+]
+
+
+@pytest.mark.parametrize("mode", ["stream", "astream"])
+@pytest.mark.parametrize(("name", "fault"), CUTS, ids=[n for n, _ in CUTS])
+def test_a_stream_cut_mid_way_is_never_returned_as_complete(gemini_server, mode, name, fault):
+    if fault is None:
+        first = {"candidates": [{"content": {"role": "model", "parts": [{"text": "alpha "}]}}]}
+        gemini_server.reply_json([first, b'{"candidates": [{"content": {"parts": [{"te'])
+    else:
+        gemini_server.fault(fault)
+        gemini_server.reply_text(ANSWER, usage=(5, 4), chunks=3)
+    gemini_server.reply_text("a retry must not happen after output was sent")
+    out = call(gemini_config(gemini_server), mode)
+    assert not out.done_seen and out.result is None
+    assert isinstance(out.error, StreamInterrupted | BackendUnavailable), f"{name}/{mode}: {out.error!r}"
+    sent = _streamed_text(out)
+    assert sent and ANSWER.startswith(sent) and sent != ANSWER  # a prefix, never passed off as the whole
+    assert len(gemini_server.requests) == 1
+
+
+@pytest.mark.parametrize("mode", ["generate", "agenerate"])
+def test_a_body_cut_mid_way_is_retried_never_parsed_as_a_short_answer(gemini_server, mode):
+    gemini_server.fault(Fault.cut_stream(after_chunks=1))
+    gemini_server.reply_text(ANSWER, usage=(5, 4))
+    gemini_server.reply_text(ANSWER, usage=(5, 4))
+    out = call(gemini_config(gemini_server), mode)
+    assert out.error is None and out.result.text == ANSWER
+    assert len(gemini_server.requests) == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_closed_port_is_a_typed_error_not_a_hang(gemini_server, mode):
+    config = gemini_config(gemini_server)
+    gemini_server.stop()  # nothing listens on the port any more: connections are refused
+    out = call(config, mode)
+    assert isinstance(out.error, BackendUnavailable), repr(out.error)
+    assert out.result is None and not out.done_seen
