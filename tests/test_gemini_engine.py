@@ -372,3 +372,14 @@ async def test_call_with_retry_stops_before_the_deadline():
     with pytest.raises(BackendUnavailable):
         await call_with_retry(busy, config, deadline_s=0.5)
     assert calls == 2  # 0 s, then 0.4 s; a third would start at 0.8 s, past the 0.5 s deadline
+
+
+async def test_api_version_and_config_object(srv):
+    config = GeminiEngineConfig(api_key=KEY, base_url=srv.base_url, api_version="v1beta")
+    eng = GeminiEngine("beta", config)
+    try:
+        await eng.generate(MODEL, user("x"))
+    finally:
+        await eng.aclose()
+    assert srv.requests[0].path == f"/v1beta/models/{MODEL}:generateContent"
+    assert eng.config is config
