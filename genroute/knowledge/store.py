@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -131,11 +132,9 @@ class KnowledgeStore:
     def embedder(self) -> Embedder:
         """The embedder every collection of this store is filled and queried with."""
         if self._embedder is None:
-            from genroute.knowledge.embedders import LocalEmbedder
-
             spec = self.config.embedder
             assert isinstance(spec, LocalEmbedderSpec)
-            self._embedder = LocalEmbedder(spec.intra_op_threads, spec.max_length, spec.batch_size)
+            self._embedder = _local_embedder(spec.intra_op_threads, spec.max_length, spec.batch_size)
         return self._embedder
 
     @property
@@ -330,6 +329,14 @@ class KnowledgeStore:
         """Forget the client; Chroma flushes each write itself."""
         self._collections.clear()
         self._client_obj = None
+
+
+@lru_cache(maxsize=4)
+def _local_embedder(threads: int, max_length: int, batch_size: int) -> Embedder:
+    """One ONNX session per setting per process: stores on the same settings share it (~1 s to load)."""
+    from genroute.knowledge.embedders import LocalEmbedder
+
+    return LocalEmbedder(threads, max_length, batch_size)
 
 
 def clean_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:

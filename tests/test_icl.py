@@ -1,0 +1,194 @@
+"""ICL backend and example selectors: real Chroma (embedded and server), loopback Gemini server, real OTel."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from genroute.errors import ConfigError, UsageError
+from genroute.knowledge import ExampleStore, aload_examples
+from genroute.knowledge.embedders import LocalEmbedder
+from genroute.router.router import Router
+from genroute.testing import GeminiTestServer
+from genroute.testing.replies import field_of
+
+from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
+from .conftest import Otel, gemini_config
+
+EXAMPLES = [
+    ("My card has not arrived yet.", "card_arrival"),
+    ("My card still hasn't arrived.", "card_arrival"),
+    ("The card I ordered has not arrived yet.", "card_arrival"),
+    ("Still waiting for my card to arrive.", "card_arrival"),
+    ("How do I top up my account with cash?", "top_up"),
+    ("Can I add money using a bank transfer?", "top_up"),
+    ("Why was I charged a fee for withdrawing cash?", "cash_fee"),
+    ("There is an extra fee on my ATM withdrawal.", "cash_fee"),
+    ("What exchange rate do you use for euros?", "exchange_rate"),
+    ("Is the currency exchange rate fixed?", "exchange_rate"),
+    ("I forgot my PIN, how can I reset it?", "pin"),
+    ("My PIN is blocked after three tries.", "pin"),
+]
+
+
+def write_examples(path: Path, rows: list[tuple[str, str]] = EXAMPLES) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for text, label in rows:
+            fh.write(json.dumps({"input": text, "output": label, "label": label, "metadata": {"src": "t"}}) + "\n")
+    return path
+
+
+async def loaded(knowledge: Knowledge, tmp_path: Path) -> tuple[str, ExampleStore]:
+    collection = knowledge.name("icl")
+    store = knowledge.store()
+    report = await aload_examples(store, [write_examples(tmp_path / "ex.jsonl")], collection=collection)
+    assert report.added == len(EXAMPLES)
+    return collection, ExampleStore(store, collection)
+
+
+def mean_pairwise_similarity(texts: list[str]) -> float:
+    vectors = np.asarray(LocalEmbedder().embed(texts))
+    sims = [float(a @ b) for a, b in itertools.combinations(vectors, 2)]
+    return sum(sims) / len(sims)
+
+
+# -- selectors ---------------------------------------------------------------------------------
+
+
+async def test_knn_returns_the_nearest(knowledge: Knowledge, tmp_path: Path) -> None:
+    _, examples = await loaded(knowledge, tmp_path)
+    query = "my new card never arrived"
+    chosen = await examples.select(query, strategy="knn", k=3)
+    vectors = np.asarray(LocalEmbedder().embed([query] + [t for t, _ in EXAMPLES]))
+    order = np.argsort(-(vectors[1:] @ vectors[0]))
+    assert [e.input for e in chosen] == [EXAMPLES[i][0] for i in order[:3]]
+    assert [e.label for e in chosen] == ["card_arrival"] * 3
+    assert chosen[0].score == pytest.approx(float(vectors[1 + order[0]] @ vectors[0]), abs=1e-4)
+
+
+async def test_mmr_is_more_diverse_than_knn(knowledge: Knowledge, tmp_path: Path) -> None:
+    _, examples = await loaded(knowledge, tmp_path)
+    query = "my card has still not arrived"
+    knn = await examples.select(query, strategy="knn", k=4)
+    mmr = await examples.select(query, strategy="mmr", k=4, mmr_lambda=0.5)
+    assert mmr[0].id == knn[0].id  # the most relevant example is kept
+    assert len({e.label for e in mmr}) > len({e.label for e in knn})
+    assert mean_pairwise_similarity([e.input for e in mmr]) < mean_pairwise_similarity([e.input for e in knn])
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "random", "knn", "mmr", "balanced"])
+async def test_an_example_identical_to_the_request_is_never_shown(knowledge: Knowledge, tmp_path: Path,
+                                                                 strategy: str) -> None:
+    _, examples = await loaded(knowledge, tmp_path)
+    for text, _ in EXAMPLES[:4]:
+        request = "  " + text.upper().replace(" ", "  ") + " "  # same input modulo case and spacing
+        chosen = await examples.select(request, strategy=strategy, k=len(EXAMPLES), seed=3)  # type: ignore[arg-type]
+        assert text not in [e.input for e in chosen]
+        assert len(chosen) == len(EXAMPLES) - 1
+
+
+async def test_fixed_random_and_balanced(knowledge: Knowledge, tmp_path: Path) -> None:
+    _, examples = await loaded(knowledge, tmp_path)
+    fixed = await examples.select("anything at all", strategy="fixed", k=3)
+    assert [e.input for e in fixed] == [t for t, _ in EXAMPLES[:3]]
+    first = await examples.select("a question", strategy="random", k=4, seed=7)
+    assert [e.id for e in await examples.select("a question", strategy="random", k=4, seed=7)] == \
+        [e.id for e in first]
+    others = {tuple(e.id for e in await examples.select("a question", strategy="random", k=4, seed=s))
+              for s in range(8)}
+    assert len(others) > 1
+    balanced = await examples.select("my card has not arrived", strategy="balanced", k=4)
+    assert len({e.label for e in balanced}) == 4 and balanced[0].label == "card_arrival"
+    assert await examples.select("x y z", strategy="knn", k=0) == []
+    with pytest.raises(ConfigError):
+        await examples.select("x", strategy="nearest", k=2)  # type: ignore[arg-type]
+
+
+async def test_loading_is_idempotent_and_bad_files_are_named(knowledge: Knowledge, tmp_path: Path) -> None:
+    collection, examples = await loaded(knowledge, tmp_path)
+    again = await aload_examples(knowledge.store(), [tmp_path / "ex.jsonl"], collection=collection)
+    assert (again.added, again.skipped) == (0, len(EXAMPLES))
+    assert len(await examples.pool()) == len(EXAMPLES)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "a", "output": "b"}\n{"input": "only input"}\n')
+    with pytest.raises(UsageError) as err:
+        await aload_examples(knowledge.store(), [bad], collection=collection)
+    assert err.value.field == "line 2"
+    with pytest.raises(UsageError) as err:
+        await aload_examples(knowledge.store(), [tmp_path / "missing.jsonl"], collection=collection)
+    assert err.value.field == "paths"
+
+
+# -- backend through the router ----------------------------------------------------------------
+
+
+def router(server: GeminiTestServer, otel: Otel, knowledge: Knowledge, **icl: Any) -> Router:
+    config = gemini_config(server)
+    config["knowledge"] = knowledge.config
+    config["backends"]["icl"] = {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash", **icl}
+    config["policy"] = {"kind": "static", "backend": "icl"}
+    return Router.from_config(config, **otel.providers)
+
+
+async def test_prompt_is_few_shot_with_nearest_last(gemini_server: GeminiTestServer, otel: Otel,
+                                                    knowledge: Knowledge, tmp_path: Path) -> None:
+    collection, examples = await loaded(knowledge, tmp_path)
+    gemini_server.reply_text(" card_arrival\n", usage=(40, 2))
+    async with router(gemini_server, otel, knowledge, collection=collection, k=3, system="Label banking queries.",
+                      generation={"temperature": 0.0, "stop_sequences": ["\n\n"]}) as r:
+        assert r.catalogue["icl"].facts["example_count"] == len(EXAMPLES)
+        assert r.catalogue["icl"].capabilities == frozenset({"examples"})
+        result = await r.agenerate("my new card never arrived")
+    assert result.text == "card_arrival"
+    nearest = await examples.select("my new card never arrived", strategy="knn", k=3)
+    blocks = [f"Input: {e.input}\nOutput: {e.output}" for e in reversed(nearest)]
+    (request,) = gemini_server.requests
+    (content,) = field_of(request.body, "contents")
+    assert content["role"] == "user"
+    assert content["parts"][0]["text"] == "\n\n".join(blocks + ["Input: my new card never arrived\nOutput:"])
+    config = field_of(request.body, "generationConfig")
+    assert field_of(config, "stopSequences") == ["\n\n", "\nInput:"]
+    assert field_of(request.body, "systemInstruction")["parts"][0]["text"] == "Label banking queries."
+    (span,) = otel.spans("retrieval")
+    assert span.attributes["gen_ai.data_source.id"] == collection
+    assert span.attributes["genroute.icl.selector"] == "knn" and span.attributes["genroute.retrieval.returned"] == 3
+
+
+async def test_budget_templates_and_fixed_selector(gemini_server: GeminiTestServer, otel: Otel,
+                                                   knowledge: Knowledge, tmp_path: Path) -> None:
+    collection, _ = await loaded(knowledge, tmp_path)
+    async with router(gemini_server, otel, knowledge, collection=collection, selector="fixed", k=6,
+                      example_tokens=30, instructions="Classify the intent.",
+                      example_template="Q: {{ input }} => {{ label }}", query_template="Q: {{ input }} =>",
+                      separator="\n", order="nearest_first") as r:
+        await r.agenerate("where is my card")
+    text = field_of(gemini_server.requests[0].body, "contents")[0]["parts"][0]["text"]
+    lines = text.split("\n")
+    assert lines[0] == "Classify the intent." and lines[-1] == "Q: where is my card =>"
+    shown = lines[1:-1]
+    assert 1 <= len(shown) < 6  # the 30-token budget cuts the six requested examples short
+    assert shown == [f"Q: {t} => {label}" for t, label in EXAMPLES[:len(shown)]]
+    assert otel.spans("retrieval") == []  # fixed selection does not query the index
+
+
+async def test_empty_and_unknown_collections(gemini_server: GeminiTestServer, otel: Otel,
+                                             knowledge: Knowledge) -> None:
+    store = knowledge.store()
+    empty = knowledge.name("empty")
+    await store.collection(empty, kind="examples", create=True)
+    async with router(gemini_server, otel, knowledge, collection=empty) as r:
+        assert r.catalogue["icl"].facts["example_count"] == 0
+        with pytest.raises(ConfigError) as err:
+            await r.agenerate("anything")
+    assert err.value.field == "backends.icl.collection" and "empty" in str(err.value)
+    async with router(gemini_server, otel, knowledge, collection=knowledge.name("nope")) as r:
+        assert r.catalogue["icl"].facts["example_count"] == 0
+        with pytest.raises(UsageError) as err:
+            await r.agenerate("anything")
+    assert err.value.field == "backends.icl.collection"
+    assert gemini_server.requests == []
