@@ -73,6 +73,14 @@ def _finished(chunk: types.GenerateContentResponse) -> bool:
     return any(c.finish_reason is not None for c in chunk.candidates or ())
 
 
+async def _close_quietly(chunks: Any) -> None:
+    """Close an SDK stream; a failure to close a broken stream is not news."""
+    try:
+        await chunks.aclose()
+    except Exception:  # the stream already failed; its own error is the one that matters
+        pass
+
+
 class GeminiEngine(Engine):
     """Gemini through google-genai: Developer API or Vertex AI; tuned endpoints are model names."""
 
@@ -185,16 +193,19 @@ class GeminiEngine(Engine):
         async def attempt(remaining_s: float) -> tuple[Any, types.GenerateContentResponse, float]:
             seconds, override = self._attempt_timeout(remaining_s)
             end = loop.time() + seconds
+            chunks = None
             try:
                 async with asyncio.timeout_at(end):
                     chunks = await models.generate_content_stream(
                         model=model, contents=contents, config=_with_timeout(config, override)
                     )
                     first = await anext(chunks, None)
+                if first is None:
+                    raise BackendUnavailable("stream ended before its first chunk", backend=self.name)
             except Exception as exc:
+                if chunks is not None:
+                    await _close_quietly(chunks)
                 raise self._map(exc) from exc
-            if first is None:
-                raise BackendUnavailable("stream ended before its first chunk", backend=self.name)
             return chunks, first, end
 
         chunks, chunk, end = await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
@@ -218,7 +229,7 @@ class GeminiEngine(Engine):
                 raise StreamInterrupted("stream ended without a finish reason", backend=self.name)
         finally:
             # A consumer that stops early must not leave the HTTP response open.
-            await chunks.aclose()
+            await _close_quietly(chunks)
 
     async def embed(self, model: str, texts: list[str], *, task_type: str | None = None,
                     output_dimensionality: int | None = None) -> list[list[float]]:
