@@ -65,6 +65,8 @@ Handler = Callable[["GeminiTestServer", RecordedRequest, "re.Match[str]"], "Resp
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    # socketserver's default backlog of 5 drops connections when hundreds of clients connect at once.
+    request_queue_size = 1024
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = super().get_request()
