@@ -106,7 +106,8 @@ class RouterModel:
             p = np.exp(logits)
             return p / p.sum(axis=1, keepdims=True)
         k = min(int(self.meta["k"]), len(self.arrays["y"]))
-        sims = x @ self.arrays["x"].T
+        # One row (a decision): einsum, not BLAS — see SemanticPolicy.nearest. Many rows (evaluation): BLAS.
+        sims = np.einsum("id,jd->ij", x, self.arrays["x"]) if len(x) == 1 else x @ self.arrays["x"].T
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         out = np.zeros((len(x), len(self.backends)), dtype=np.float32)
         for row, idx in enumerate(top):
