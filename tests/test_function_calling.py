@@ -277,3 +277,23 @@ def test_facts_and_capabilities(gemini_server: GeminiTestServer, otel: Otel) -> 
         backend = router.backends["chat"]
         assert backend.capabilities == frozenset({"tools"})
         assert backend.facts() == {"tools": ["get_weather", "add"], "max_steps": 3}
+
+
+@pytest.mark.local
+async def test_local_engine_calls_a_tool_then_answers(otel: Otel) -> None:
+    # The local engine constrains the first turn to a {"name", "args"} call matching the schema, and
+    # answers in text once a function result is in the conversation.
+    tools = Tools()
+    config = {
+        "engines": {"local": {"kind": "local", "max_output_tokens": 40}},
+        "backends": {"fc": {"kind": "function_calling", "engine": "local", "model": "gemma-3-270m",
+                            "tools": ["get_weather"], "max_steps": 2}},
+    }
+    async with Router.from_config(config, tools=tools.as_dict(), **otel.providers) as router:
+        result = await router.agenerate("What is the weather in Paris?")
+    first = result.tool_calls[0]
+    assert first.name == "get_weather" and first.outcome == "ok"
+    assert tools.calls and tools.calls[0][0] == "get_weather"
+    assert result.cost_usd == 0.0
+    assert len(otel.spans("generate_content")) == 2
+    assert otel.spans("execute_tool")[0].attributes["gen_ai.tool.call.id"] == first.call_id

@@ -216,3 +216,23 @@ def test_register_refuses_an_invalid_entry(config_path: Path) -> None:
     with pytest.raises(ConfigError):
         register_tuned_backend(config_path, "t", engine="vertex", model="", base_model="gemini-2.5-flash")
     assert config_path.read_bytes() == before
+
+
+async def test_timeout_then_resume(gemini_server: GeminiTestServer, jobs: TuningRoutes, config_path: Path,
+                                   tmp_path: Path) -> None:
+    from genroute.errors import BackendUnavailable
+    from genroute.tuning.vertex import resume_vertex
+
+    jobs.script("JOB_STATE_RUNNING")  # runs for ever, until re-scripted below
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    with pytest.raises(BackendUnavailable, match="keeps running") as info:
+        await tune_vertex(data, settings(timeout_s=0.05), config_path=config_path,
+                          credentials=Credentials(token="test"), console=quiet())
+    (name,) = jobs.jobs
+    assert f"--resume {name}" in str(info.value)
+    assert "sentiment" not in yaml.safe_load(config_path.read_text())["backends"]
+    jobs.set_states(name, "JOB_STATE_SUCCEEDED")
+    result = await resume_vertex(name, settings(), config_path=config_path, credentials=Credentials(token="test"),
+                                 console=quiet())
+    assert result.endpoint == f"{LOCATION}/endpoints/1001"
+    assert yaml.safe_load(config_path.read_text())["backends"]["sentiment"]["tuning_job"] == name

@@ -68,6 +68,12 @@ class TuningRoutes:
         with self._lock:
             self._scripts.append((tuple(states), error))
 
+    def set_states(self, name: str, *states: str, error: str | None = None) -> None:
+        """Re-script an existing job from its next poll on (e.g. let a long-running job finish)."""
+        with self._lock:
+            job = self.jobs[name]
+            job.states, job.error, job.polls = tuple(states), error, 0
+
     @property
     def created(self) -> list[Any]:
         """The creation request bodies, oldest first."""

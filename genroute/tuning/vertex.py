@@ -206,7 +206,7 @@ async def wait_for_job(client: genai.Client, name: str, *, poll_interval_s: floa
             if timeout_s is not None and time.monotonic() - start + poll_interval_s > timeout_s:
                 raise BackendUnavailable(
                     f"tuning job {name} still {last_state} after {timeout_s:g} s; it keeps running: "
-                    "resume waiting with wait_for_job (genroute tune --resume JOB)"
+                    f"wait for it with `genroute tune --resume {name} ...` (or resume_vertex)"
                 )
             await asyncio.sleep(poll_interval_s)
 
@@ -237,63 +237,97 @@ async def tune_vertex(data: str | Path, settings: VertexTuningSettings, *, confi
                       engine: GeminiEngine | None = None, credentials: Any = None,
                       console: Console | None = None) -> TuningResult:
     """Run a whole cloud tuning job and register the tuned model as a backend in ``config_path``."""
+    engine, owned = _engine(settings, config_path, engine, credentials)
+    try:
+        if settings.staging_uri is None:
+            raise UsageError("Vertex AI reads tuning data from Cloud Storage: set staging_uri (gs://bucket/prefix)",
+                             field="staging_uri")
+        prepared = prepare_data(data, settings)
+        creds = credentials if credentials is not None else await asyncio.to_thread(_default_credentials)
+        stem = f"{settings.staging_uri.rstrip('/')}/{settings.name}-{int(time.time())}"
+        training_uri = await upload_jsonl(f"{stem}-train.jsonl", prepared.train_rows, credentials=creds)
+        validation_uri = None
+        if prepared.validation_rows:
+            validation_uri = await upload_jsonl(f"{stem}-validation.jsonl", prepared.validation_rows,
+                                                credentials=creds)
+        job = await start_job(engine.client, settings, training_uri=training_uri, validation_uri=validation_uri)
+        if job.name is None:
+            raise BackendRejected("the tuning service returned a job without a name", backend=settings.name)
+        return await _finish(engine, job.name, settings, config_path, console,
+                             counts=(len(prepared.train), len(prepared.validation)))
+    finally:
+        if owned:
+            await engine.aclose()
+
+
+async def resume_vertex(job: str, settings: VertexTuningSettings, *, config_path: str | Path | None = None,
+                        engine: GeminiEngine | None = None, credentials: Any = None,
+                        console: Console | None = None) -> TuningResult:
+    """Wait for a job started earlier (e.g. after ``timeout_s``) and register its model like ``tune_vertex``."""
+    engine, owned = _engine(settings, config_path, engine, credentials)
+    try:
+        return await _finish(engine, job, settings, config_path, console, counts=(0, 0))
+    finally:
+        if owned:
+            await engine.aclose()
+
+
+def run_vertex_tuning(data: str | Path | None, settings: VertexTuningSettings, *,
+                      config_path: str | Path | None = None, resume: str | None = None, credentials: Any = None,
+                      console: Console | None = None) -> TuningResult:
+    """Sync ``tune_vertex`` (or ``resume_vertex`` when ``resume`` names a job) for the CLI."""
+    from genroute.router.portal import Portal
+
+    Portal.refuse_inside_loop("run_vertex_tuning")
+    if resume is not None:
+        return asyncio.run(resume_vertex(resume, settings, config_path=config_path, credentials=credentials,
+                                         console=console))
+    if data is None:
+        raise UsageError("a JSONL data file is required", field="data")
+    return asyncio.run(tune_vertex(data, settings, config_path=config_path, credentials=credentials,
+                                   console=console))
+
+
+def _engine(settings: VertexTuningSettings, config_path: str | Path | None, engine: GeminiEngine | None,
+            credentials: Any) -> tuple[GeminiEngine, bool]:
+    """The engine to tune with (and whether we built it); checks made before anything is sent."""
     if config_path is not None:
         check_target(config_path, settings.name, replace=settings.replace)
+    owned = engine is None
     if engine is None:
         if config_path is None:
             raise UsageError("pass config_path or engine", field="config_path")
         engine = engine_from_config(config_path, settings.engine, credentials=credentials)
-    client = engine.client
-    _require_vertex(client)
-    if settings.staging_uri is None:
-        raise UsageError("Vertex AI reads tuning data from Cloud Storage: set staging_uri (gs://bucket/prefix)",
-                         field="staging_uri")
-    prepared = prepare_data(data, settings)
-    creds = credentials if credentials is not None else await asyncio.to_thread(_default_credentials)
-    stem = f"{settings.staging_uri.rstrip('/')}/{settings.name}-{int(time.time())}"
-    training_uri = await upload_jsonl(f"{stem}-train.jsonl", prepared.train_rows, credentials=creds)
-    validation_uri = None
-    if prepared.validation_rows:
-        validation_uri = await upload_jsonl(f"{stem}-validation.jsonl", prepared.validation_rows, credentials=creds)
-    try:
-        job = await start_job(client, settings, training_uri=training_uri, validation_uri=validation_uri)
-        if job.name is None:
-            raise BackendRejected("the tuning service returned a job without a name", backend=settings.name)
-        job = await wait_for_job(client, job.name, poll_interval_s=settings.poll_interval_s,
-                                 timeout_s=settings.timeout_s, console=console)
-    finally:
-        await engine.aclose()
+    _require_vertex(engine.client)
+    return engine, owned
+
+
+async def _finish(engine: GeminiEngine, name: str, settings: VertexTuningSettings,
+                  config_path: str | Path | None, console: Console | None, *,
+                  counts: tuple[int, int]) -> TuningResult:
+    """Wait for the job; on success register its endpoint (or model) as a tuned backend."""
+    job = await wait_for_job(engine.client, name, poll_interval_s=settings.poll_interval_s,
+                             timeout_s=settings.timeout_s, console=console)
     state = _state(job)
     if not job.has_succeeded:
         detail = job.error.message if job.error is not None and job.error.message else "no error detail"
-        raise BackendRejected(f"tuning job {job.name} ended in {state}: {detail}", backend=settings.name)
+        raise BackendRejected(f"tuning job {name} ended in {state}: {detail}", backend=settings.name)
     tuned = job.tuned_model
     model = tuned.model if tuned is not None else None
     endpoint = tuned.endpoint if tuned is not None else None
     serve = endpoint or model
     if serve is None:
-        raise BackendError(f"tuning job {job.name} succeeded but named no model or endpoint", backend=settings.name)
+        raise BackendError(f"tuning job {name} succeeded but named no model or endpoint", backend=settings.name)
     if config_path is not None:
         register_tuned_backend(
             config_path, settings.name, engine=engine.name, model=serve, base_model=settings.base_model,
-            system=settings.system, tuning_job=job.name, replace=settings.replace,
+            system=settings.system, tuning_job=name, replace=settings.replace,
         )
     return TuningResult(
-        job=job.name or "", state=state, backend=settings.name, model=model, endpoint=endpoint,
-        train_examples=len(prepared.train),
-        validation_examples=len(prepared.validation),
+        job=name, state=state, backend=settings.name, model=model, endpoint=endpoint,
+        train_examples=counts[0], validation_examples=counts[1],
         config_path=Path(config_path) if config_path is not None else None,
     )
-
-
-def run_vertex_tuning(data: str | Path, settings: VertexTuningSettings, *, config_path: str | Path | None = None,
-                      credentials: Any = None, console: Console | None = None) -> TuningResult:
-    """Sync ``tune_vertex`` for the CLI (not from inside a running event loop)."""
-    from genroute.router.portal import Portal
-
-    Portal.refuse_inside_loop("run_vertex_tuning")
-    return asyncio.run(tune_vertex(data, settings, config_path=config_path, credentials=credentials,
-                                   console=console))
 
 
 def _require_vertex(client: genai.Client) -> None:
