@@ -39,6 +39,7 @@ class CompileReport(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     stats_path: str
+    cost_basis: str = Field(default="measured", description="measured, or cloud-equivalent for free local models.")
     learned_model_path: str | None = None
     learned_note: str | None = None
     min_quality: float
@@ -49,7 +50,8 @@ class CompileReport(BaseModel):
     def markdown(self) -> str:
         """The held-out comparison as Markdown."""
         lines = [f"Held-out split: {self.n_held_out} records (stats from {self.n_train} others); "
-                 f"cost_aware quality floor {self.min_quality:.3f}. Stats file: `{self.stats_path}`"
+                 f"cost_aware quality floor {self.min_quality:.3f}; {self.cost_basis} cost. "
+                 f"Stats file: `{self.stats_path}`"
                  + (f"; learned model: `{self.learned_model_path}`" if self.learned_model_path else "") + ".",
                  "", "| router | quality | $/request | p50 s | routed to |", "|---|---|---|---|---|"]
         for row in self.rows:
@@ -91,21 +93,26 @@ def _table(outcomes: Sequence[Outcome]) -> dict[str, dict[str, Outcome]]:
     return table
 
 
-def _row(name: str, picked: Sequence[Outcome]) -> HeldOutRow:
+def cost_of(outcome: Outcome, cloud: bool) -> float:
+    """The outcome's cost: measured, or what the same tokens cost on the reference cloud model."""
+    return (outcome.cloud_equivalent_cost_usd or 0.0) if cloud else outcome.cost_usd
+
+
+def _row(name: str, picked: Sequence[Outcome], cloud: bool) -> HeldOutRow:
     import numpy as np
 
     if not picked:
         return HeldOutRow(name=name, quality=0.0, cost_per_request_usd=0.0, latency_p50_s=0.0)
     return HeldOutRow(
         name=name, quality=float(np.mean([o.score if o.ok else 0.0 for o in picked])),
-        cost_per_request_usd=float(np.mean([o.cost_usd for o in picked])),
+        cost_per_request_usd=float(np.mean([cost_of(o, cloud) for o in picked])),
         latency_p50_s=float(np.median([o.latency_s for o in picked])),
         picks=dict(Counter(o.backend for o in picked)) if name.startswith(("compiled", "oracle")) else {},
     )
 
 
 def evaluate(name: str, choose: Callable[[BenchRecord], str], records: Sequence[BenchRecord],
-             table: Mapping[str, Mapping[str, Outcome]]) -> HeldOutRow:
+             table: Mapping[str, Mapping[str, Outcome]], *, cloud: bool = False) -> HeldOutRow:
     """Quality, cost and latency of routing ``records`` with ``choose``, from the measured outcomes."""
     picked = []
     for record in records:
@@ -114,7 +121,7 @@ def evaluate(name: str, choose: Callable[[BenchRecord], str], records: Sequence[
         if backend not in by_backend:
             raise UsageError(f"policy {name} chose {backend!r}, which was not benchmarked", field="backends")
         picked.append(by_backend[backend])
-    return _row(name, picked)
+    return _row(name, picked, cloud)
 
 
 def compile_policy(
@@ -127,13 +134,15 @@ def compile_policy(
     holdout: float = 0.3,
     seed: int = 0,
     source: str | None = None,
-    use_cloud_equivalent: bool = False,
+    use_cloud_equivalent: bool | None = None,
     learned: bool = True,
     embedder: Any = None,
 ) -> CompileReport:
     """Write ``stats.json`` (all records) and ``learned.npz``; compare compiled policies on a held-out split.
 
     The cost_aware floor defaults to ``relative_floor`` x the best backend's quality on the training split.
+    ``use_cloud_equivalent`` (default: when every measured cost is zero, i.e. a local model) prices by the
+    cloud-equivalent cost, so fewer tokens still count as cheaper.
     """
     from genroute.policies.cost_aware import CostAwareConfig, CostAwarePolicy
 
@@ -143,15 +152,18 @@ def compile_policy(
     scored = [r for r in records if r.id in table and all(b in table[r.id] for b in backends)]
     if len(backends) < 1 or len(scored) < 2:
         raise UsageError("compiling needs outcomes of at least one backend on two or more records", field="compile")
+    cloud = use_cloud_equivalent
+    if cloud is None:
+        cloud = all(o.cost_usd == 0 and o.cloud_equivalent_cost_usd is not None for o in outcomes if o.ok)
     train_ids, held_ids = split_ids([r.id for r in scored], holdout=holdout, seed=seed)
     train_set, held = set(train_ids), set(held_ids)
     train_rows = [o for o in outcomes if o.record_id in train_set]
     held_records = [r for r in scored if r.id in held]
 
     full = stats_from([o for o in outcomes if o.record_id in table], source=source, seed=seed,
-                      use_cloud_equivalent=use_cloud_equivalent)
+                      use_cloud_equivalent=cloud)
     stats_path = full.save(out / "stats.json")
-    train_stats = stats_from(train_rows, source=source, seed=seed, use_cloud_equivalent=use_cloud_equivalent)
+    train_stats = stats_from(train_rows, source=source, seed=seed, use_cloud_equivalent=cloud)
 
     best = max((s for by in train_stats.tasks.values() for s in by.values()), key=lambda s: s.quality)
     floor = min_quality if min_quality is not None else relative_floor * best.quality
@@ -163,16 +175,18 @@ def compile_policy(
         decision = policy.decide(GenerateRequest(input=record.input, task=record.task), context)
         return decision.rungs[0].backend
 
-    rows = [evaluate(b, lambda _r, b=b: b, held_records, table) for b in backends]
-    rows.append(evaluate("compiled cost_aware", cost_aware, held_records, table))
+    rows = [evaluate(b, lambda _r, b=b: b, held_records, table, cloud=cloud) for b in backends]
+    rows.append(evaluate("compiled cost_aware", cost_aware, held_records, table, cloud=cloud))
     learned_path, note = None, None
     if learned and len(backends) > 1:
         learned_path, note, row = _learned(outcomes, records, train_set, held_records, table, out, default,
-                                           seed=seed, embedder=embedder)
+                                           seed=seed, embedder=embedder, cloud=cloud)
         if row is not None:
             rows.append(row)
-    rows.append(evaluate("oracle (cheapest correct)", lambda r: _oracle(table[r.id]), held_records, table))
-    return CompileReport(stats_path=str(stats_path), learned_model_path=learned_path, learned_note=note,
+    rows.append(evaluate("oracle (cheapest correct)", lambda r: _oracle(table[r.id], cloud), held_records, table,
+                         cloud=cloud))
+    return CompileReport(stats_path=str(stats_path), cost_basis="cloud-equivalent" if cloud else "measured",
+                         learned_model_path=learned_path, learned_note=note,
                          min_quality=floor, n_train=len(train_ids), n_held_out=len(held_ids), rows=tuple(rows))
 
 
@@ -181,14 +195,14 @@ def _mean_quality(stats: BenchStats, backend: str) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _oracle(by_backend: Mapping[str, Outcome]) -> str:
+def _oracle(by_backend: Mapping[str, Outcome], cloud: bool) -> str:
     return min(by_backend, key=lambda b: (-(by_backend[b].score if by_backend[b].ok else 0.0),
-                                          by_backend[b].cost_usd, b))
+                                          cost_of(by_backend[b], cloud), b))
 
 
 def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_set: set[str],
              held_records: Sequence[BenchRecord], table: Mapping[str, Mapping[str, Outcome]], out: Path,
-             default: str, *, seed: int, embedder: Any) -> tuple[str | None, str | None, HeldOutRow | None]:
+             default: str, *, seed: int, embedder: Any, cloud: bool) -> tuple[str | None, str | None, HeldOutRow | None]:
     """Train ``learned`` on the training split (if the policies module has ``train``) and evaluate it."""
     try:
         from genroute.policies.learned import LearnedConfig, LearnedPolicy, train
@@ -196,7 +210,7 @@ def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_
         return None, f"learned policy not trained: {exc}", None
     inputs = {r.id: r.input for r in records}
     rows = [{"input": inputs[o.record_id], "backend": o.backend, "score": o.score if o.ok else 0.0,
-             "cost_usd": o.cost_usd, "record_id": o.record_id, "task": o.task}
+             "cost_usd": cost_of(o, cloud), "record_id": o.record_id, "task": o.task}
             for o in outcomes if o.record_id in train_set and o.backend != POLICY_TARGET and o.record_id in inputs]
     path = out / "learned.npz"
     report = train(rows, path, embedder=embedder, seed=seed)
@@ -208,7 +222,7 @@ def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_
 
     note = (f"learned ({report.method}): routing accuracy {report.routing_accuracy:.3f} on its own "
             f"{report.n_test}-record validation split of the training records.")
-    return str(path), note, evaluate("compiled learned", choose, held_records, table)
+    return str(path), note, evaluate("compiled learned", choose, held_records, table, cloud=cloud)
 
 
 def _context(backends: Sequence[str], stats: BenchStats | None = None) -> Any:

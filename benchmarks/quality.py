@@ -1,0 +1,236 @@
+"""Quality, latency and cost of each technique on the embedded Gemma 3 270M, per public task.
+
+    python benchmarks/quality.py --limit 20                 # a few minutes on 2 cores
+    python benchmarks/quality.py --limit 150 --tasks sentiment,banking77   # the slow full run, by hand
+
+Tasks (data in benchmarks/data/, see its README for sources and licenses):
+
+- sentiment: DynaSent round 2, binary — prompt-template vs ICL (kNN, 4 shots) [vs tuned with --tuned];
+- banking77: five intents — prompt-template (labels listed) vs ICL (kNN, 4 shots);
+- xquad: extractive QA — closed-book prompt-template vs ICL (kNN, 2 shots) vs RAG over the 240-passage corpus;
+- bfcl: function calling — function-calling backend (the record's tools as stubs, schema-constrained call)
+  vs prompt-template asking for a JSON call list.
+
+Each task runs through ``genroute.bench`` (resumable: rerun with the same --out to continue), compiles the
+cost_aware stats file and the learned policy, and compares them with each single backend on a held-out
+split. Local calls are free, so costs are the cloud-equivalent (same tokens on gemini-2.5-flash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import keyword
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from genroute.bench import (
+    BenchRecord, abench, arun_bench, compile_policy, load_records, markdown_table, resolve_scorer, summarize,
+    write_report,
+)
+from genroute.bench.harness import ingest_corpus
+from genroute.router.router import Router
+
+DATA = Path(__file__).resolve().parent / "data"
+BANKING = ("card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "cash_withdrawal_charge")
+SENTIMENT = ("negative", "positive")
+
+
+def choice(labels: tuple[str, ...]) -> dict[str, Any]:
+    """Generation settings that constrain the answer to one of ``labels`` (a JSON string enum).
+
+    The base 270M model continues text rather than following instructions; constraining the output to the
+    label set makes every technique answer in the same form, so the comparison measures the prompt.
+    """
+    return {"max_output_tokens": 16, "response_schema": {"type": "string", "enum": list(labels)}}
+
+
+def engine_config(args: argparse.Namespace, lora: str | None = None) -> dict[str, Any]:
+    engine: dict[str, Any] = {"kind": "local", "n_threads": args.threads, "max_output_tokens": 64}
+    if lora:
+        engine["lora_path"] = lora
+    return engine
+
+
+def task_backends(task: str) -> tuple[dict[str, dict[str, Any]], str]:
+    """(backends, scorer) of one task; every backend runs on the ``local`` engine."""
+    base = {"engine": "local", "model": "gemma-3-270m"}
+    if task == "sentiment":
+        return {
+            "prompt_template": {**base, "kind": "prompt_template", "generation": choice(SENTIMENT),
+                                "template": "Review: {{ input }}\nSentiment (positive or negative):"},
+            "icl": {**base, "kind": "icl", "collection": "bench-sentiment-examples", "k": 4,
+                    "generation": choice(SENTIMENT),
+                    "instructions": "Label each review as positive or negative.",
+                    "example_template": "Review: {{ input }}\nSentiment: {{ output }}",
+                    "query_template": "Review: {{ input }}\nSentiment:", "stop": ["\nReview:"]},
+        }, "label_accuracy"
+    if task == "banking77":
+        labels = ", ".join(BANKING)
+        return {
+            "prompt_template": {**base, "kind": "prompt_template", "generation": choice(BANKING),
+                                "template": f"Intents: {labels}.\nQuestion: {{{{ input }}}}\nIntent:"},
+            "icl": {**base, "kind": "icl", "collection": "bench-banking77-examples", "k": 4,
+                    "generation": choice(BANKING),
+                    "instructions": f"Intents: {labels}.",
+                    "example_template": "Question: {{ input }}\nIntent: {{ output }}",
+                    "query_template": "Question: {{ input }}\nIntent:", "stop": ["\nQuestion:"]},
+        }, "label_accuracy"
+    if task == "xquad":
+        answer = {"max_output_tokens": 16}
+        return {
+            "prompt_template": {**base, "kind": "prompt_template", "generation": answer,
+                                "template": "Question: {{ input }}\nShort answer:"},
+            "icl": {**base, "kind": "icl", "collection": "bench-xquad-examples", "k": 2, "generation": answer,
+                    "example_template": "Question: {{ input }}\nShort answer: {{ output }}",
+                    "query_template": "Question: {{ input }}\nShort answer:", "stop": ["\nQuestion:"]},
+            "rag": {**base, "kind": "rag", "collection": "bench-xquad-corpus", "k": 2, "context_tokens": 700,
+                    "generation": answer,
+                    "template": "{% for doc in documents %}{{ doc.text }}\n\n{% endfor %}"
+                                "Question: {{ input }}\nShort answer (copied from the text above):"},
+        }, "token_f1"
+    if task == "bfcl":
+        calls = {"type": "array", "items": {"type": "object", "required": ["name", "arguments"],
+                                            "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}}}}
+        return {
+            "prompt_template": {**base, "kind": "prompt_template",
+                                "generation": {"max_output_tokens": 96, "response_schema": calls},
+                                "template": "Functions: {{ metadata.tools | tojson }}\n"
+                                            "Request: {{ input }}\nCalls as JSON [{\"name\", \"arguments\"}] "
+                                            "([] if no function fits):"},
+        }, "function_call"
+    raise SystemExit(f"unknown task {task!r}")
+
+
+def config(args: argparse.Namespace, task: str, store: Path) -> tuple[dict[str, Any], str]:
+    backends, scorer = task_backends(task)
+    engines = {"local": engine_config(args)}
+    lora = dict(item.split("=", 1) for item in args.tuned).get(task)
+    if lora:
+        engines["tuned"] = engine_config(args, lora)
+        backends["tuned"] = {"kind": "tuned", "engine": "tuned", "model": "gemma-3-270m-tuned",
+                             "base_model": "gemma-3-270m",
+                             "generation": choice(SENTIMENT if task == "sentiment" else BANKING)}
+    first = next(iter(backends))
+    return {"engines": engines, "backends": backends, "knowledge": {"path": str(store)},
+            "policy": {"kind": "static", "backend": first}}, scorer
+
+
+async def run_task(args: argparse.Namespace, task: str) -> str:
+    out = Path(args.out) / task
+    cfg, scorer = config(args, task, Path(args.store))
+    records = load_records(DATA / task / "eval.jsonl", limit=args.limit, seed=args.seed, task=task)
+    async with Router.from_config(cfg) as router:
+        if "icl" in cfg["backends"]:
+            from genroute.knowledge.examples import aload_examples
+
+            await aload_examples(router.resources.knowledge, [DATA / task / "examples.jsonl"],
+                                 collection=cfg["backends"]["icl"]["collection"])
+        if task == "xquad":
+            await ingest_corpus(router, DATA / task / "corpus.jsonl", "bench-xquad-corpus")
+        if task == "bfcl":
+            return await run_bfcl(args, router, records, out, scorer)
+        report = await abench(router, records, backends=list(cfg["backends"]), scorer=scorer, out_dir=out,
+                              concurrency=args.concurrency, seed=args.seed, progress=not args.quiet,
+                              command=" ".join(sys.argv))
+    return report.markdown()
+
+
+# -- BFCL: every record brings its own tools ------------------------------------------------------------
+
+_TYPES = {"integer": int, "number": float, "float": float, "string": str, "boolean": bool, "array": list,
+          "dict": dict, "object": dict, "tuple": list, "any": Any}
+
+
+def stub_tool(decl: dict[str, Any]) -> Any:
+    """A Python callable whose signature mirrors a BFCL function schema (it only acknowledges the call)."""
+    params = decl.get("parameters", {})
+    required = set(params.get("required", ()))
+    sig, notes = [], {}
+    for name, spec in params.get("properties", {}).items():
+        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+            return None
+        kind = _TYPES.get(str(spec.get("type", "any")), Any)
+        notes[name] = kind if name in required else kind | None
+        sig.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                     default=inspect.Parameter.empty if name in required else None,
+                                     annotation=notes[name]))
+
+    def tool(**kwargs: Any) -> dict[str, Any]:
+        return {"status": "ok"}
+
+    tool.__signature__ = inspect.Signature(sorted(sig, key=lambda p: p.default is not inspect.Parameter.empty))
+    tool.__annotations__ = notes
+    tool.__doc__ = decl.get("description", "")
+    return tool
+
+
+def record_router(main: Router, record: BenchRecord) -> Router | None:
+    """A router with one function_calling backend allowed exactly this record's tools."""
+    from genroute.backends.function_calling import FunctionCallingBackend, FunctionCallingConfig
+    from genroute.resources import Resources
+
+    tools = {}
+    for decl in record.metadata["tools"]:
+        stub = stub_tool(decl)
+        if stub is None:
+            return None
+        tools[decl["name"].replace(".", "_")] = stub  # Gemini function names cannot hold dots
+    resources = Resources(main.resources.engines, tools=tools, pricing=main.resources.pricing)
+    fc = FunctionCallingConfig(engine="local", model="gemma-3-270m", tools=tuple(tools), max_steps=1,
+                               on_max_steps="answer", generation={"max_output_tokens": 96})
+    return Router({"function_calling": FunctionCallingBackend("function_calling", fc, resources)},
+                  resources=resources)
+
+
+async def run_bfcl(args: argparse.Namespace, router: Router, records: list[BenchRecord], out: Path,
+                   scorer_name: str) -> str:
+    scorer = resolve_scorer(scorer_name)
+    usable = []
+    for record in records:
+        sub = record_router(router, record)
+        if sub is None:
+            continue
+        usable.append(record)
+        # Not closed: it shares the main router's engine, which the main router closes.
+        await arun_bench(sub, [record], ["function_calling"], scorer, out_dir=out, progress=False)
+    outcomes = await arun_bench(router, usable, ["prompt_template", "function_calling"], scorer, out_dir=out,
+                                concurrency=args.concurrency, progress=not args.quiet)
+    summaries = summarize(outcomes, seed=args.seed)
+    compiled = compile_policy(outcomes, usable, out, seed=args.seed, source="benchmarks/data/bfcl/eval.jsonl")
+    skipped = len(records) - len(usable)
+    note = f"{len(usable)} records ({skipped} skipped: parameter names that are not Python identifiers)."
+    write_report(out, summaries, title="genroute bench: bfcl", sections=[
+        ("Command", " ".join(sys.argv)), ("Records", note),
+        ("Compiled policy (held-out split)", compiled.markdown())])
+    return markdown_table(summaries) + "\n" + note + "\n\n" + compiled.markdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=20, help="records per task (seeded sample)")
+    parser.add_argument("--tasks", default="sentiment,banking77,xquad,bfcl")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--concurrency", type=int, default=1, help="the local engine runs one call at a time")
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "quality"))
+    parser.add_argument("--store", default=None, help="Chroma directory (default: OUT/chroma)")
+    parser.add_argument("--tuned", action="append", default=[], metavar="TASK=LORA.gguf",
+                        help="add a tuned backend: the local model with this LoRA adapter")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    args.store = args.store or str(Path(args.out) / "chroma")
+    print(f"# command: python benchmarks/quality.py {' '.join(sys.argv[1:])}\n")
+    for task in args.tasks.split(","):
+        started = time.perf_counter()
+        text = asyncio.run(run_task(args, task.strip()))
+        print(f"## {task} (limit {args.limit}, seed {args.seed}; {time.perf_counter() - started:.0f} s)\n")
+        print(text, flush=True)
+
+
+if __name__ == "__main__":
+    main()
