@@ -236,3 +236,37 @@ async def test_timeout_then_resume(gemini_server: GeminiTestServer, jobs: Tuning
                                  console=quiet())
     assert result.endpoint == f"{LOCATION}/endpoints/1001"
     assert yaml.safe_load(config_path.read_text())["backends"]["sentiment"]["tuning_job"] == name
+
+
+def test_cli_dry_run_sends_nothing(gemini_server: GeminiTestServer, config_path: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from genroute.cli import main
+
+    data = write_data(tmp_path / "data.jsonl", examples(20))
+    out = tmp_path / "out"
+    code = main(["tune", str(data), "--base-model", "gemini-2.5-flash", "--config", str(config_path),
+                 "--name", "sentiment", "--dry-run", str(out), "--system", "Label it."])
+    assert code == 0
+    train = (out / "sentiment-train.jsonl").read_text().splitlines()
+    assert len(train) == 18 and len((out / "sentiment-validation.jsonl").read_text().splitlines()) == 2
+    assert json.loads(train[0])["systemInstruction"]["parts"] == [{"text": "Label it."}]
+    assert gemini_server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--name", "chat"], "already exists"),
+        (["--name", "x", "--poll-interval", "0"], "--poll-interval"),
+        (["--name", "x", "--staging-uri", "s3://nope"], "--staging-uri"),
+    ],
+)
+def test_cli_errors_exit_2_before_sending(gemini_server: GeminiTestServer, config_path: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str], extra: list[str], needle: str) -> None:
+    from genroute.cli import main
+
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    code = main(["tune", str(data), "--base-model", "gemini-2.5-flash", "--config", str(config_path), *extra])
+    assert code == 2
+    assert needle in capsys.readouterr().err
+    assert gemini_server.requests == []

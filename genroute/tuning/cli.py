@@ -1,0 +1,124 @@
+"""``genroute tune``: a Vertex AI supervised tuning job, or ``--local`` LoRA on the embedded Gemma.
+
+    genroute tune DATA.jsonl --base-model gemini-2.5-flash --config genroute.yaml --name sentiment \\
+        --staging-uri gs://BUCKET/tuning
+    genroute tune --resume projects/P/locations/L/tuningJobs/J --base-model ... --config ... --name ...
+    genroute tune DATA.jsonl --dry-run OUT_DIR ...      # check, split and convert only; nothing is sent
+    genroute tune --local DATA.jsonl --config genroute.yaml --name sentiment
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from genroute.errors import UsageError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genroute tune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", nargs="?", help="JSONL examples: one {\"input\", \"output\"} object per line")
+    p.add_argument("--config", required=True, help="router config (.yaml/.json) to add the tuned backend to")
+    p.add_argument("--name", required=True, help="name of the new tuned backend")
+    p.add_argument("--replace", action="store_true", help="overwrite an existing backend of that name")
+    p.add_argument("--local", action="store_true", help="LoRA-tune the embedded Gemma 3 270M on this machine")
+    p.add_argument("--validation-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int)
+    cloud = p.add_argument_group("Vertex AI")
+    cloud.add_argument("--base-model", help="model to tune, e.g. gemini-2.5-flash (required unless --local)")
+    cloud.add_argument("--engine", help="gemini engine (with `vertex:`) in the config; default: the only one")
+    cloud.add_argument("--staging-uri", help="gs://bucket/prefix the datasets are uploaded to")
+    cloud.add_argument("--system", help="a minimal system line, used in training and by the backend")
+    cloud.add_argument("--learning-rate-multiplier", type=float)
+    cloud.add_argument("--adapter-size", help="e.g. ADAPTER_SIZE_FOUR")
+    cloud.add_argument("--min-examples", type=int, default=10)
+    cloud.add_argument("--poll-interval", type=float, default=30.0, help="seconds between status checks")
+    cloud.add_argument("--timeout", type=float, help="stop waiting after this many seconds (the job keeps running)")
+    cloud.add_argument("--resume", metavar="JOB", help="wait for an existing tuning job instead of starting one")
+    cloud.add_argument("--dry-run", metavar="DIR", help="write the converted train/validation JSONL to DIR and stop")
+    local = p.add_argument_group("--local")
+    local.add_argument("--out", help="directory for the adapter (default: .genroute/tuned/NAME next to the config)")
+    local.add_argument("--rank", type=int, default=8)
+    local.add_argument("--learning-rate", type=float, default=2e-4)
+    local.add_argument("--max-steps", type=int)
+    return p
+
+
+def tune_main(argv: list[str]) -> int:
+    """Entry point of ``genroute tune``; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    if args.local:
+        return _local(args)
+    return _vertex(args)
+
+
+def _vertex(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from genroute.tuning.vertex import VertexTuningSettings, prepare_data, run_vertex_tuning, write_jsonl
+
+    if not args.base_model:
+        raise UsageError("required for a Vertex AI job", field="--base-model")
+    fields = {
+        "base_model": args.base_model, "name": args.name, "engine": args.engine, "staging_uri": args.staging_uri,
+        "system": args.system, "validation_fraction": args.validation_fraction, "seed": args.seed,
+        "min_examples": args.min_examples, "epochs": args.epochs,
+        "learning_rate_multiplier": args.learning_rate_multiplier, "adapter_size": args.adapter_size,
+        "poll_interval_s": args.poll_interval, "timeout_s": args.timeout, "replace": args.replace,
+    }
+    settings = _settings(VertexTuningSettings, {k: v for k, v in fields.items() if v is not None})
+    console = Console(stderr=True)
+    if args.dry_run:
+        if not args.data:
+            raise UsageError("a JSONL data file is required", field="data")
+        prepared = prepare_data(args.data, settings)
+        out = Path(args.dry_run)
+        write_jsonl(prepared.train_rows, out / f"{args.name}-train.jsonl")
+        write_jsonl(prepared.validation_rows, out / f"{args.name}-validation.jsonl")
+        console.print(f"{len(prepared.train)} training and {len(prepared.validation)} validation examples "
+                      f"written to {out} (nothing sent)")
+        return 0
+    result = run_vertex_tuning(args.data, settings, config_path=args.config, resume=args.resume, console=console)
+    console.print(f"[green]tuned[/green] {result.endpoint or result.model} -> backend {result.backend!r} "
+                  f"in {args.config} (job {result.job})")
+    return 0
+
+
+def _local(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from genroute.tuning.config_file import check_target
+    from genroute.tuning.local_lora import LocalTuneConfig, register_tuned_backend, tune_local
+
+    if not args.data:
+        raise UsageError("a JSONL data file is required", field="data")
+    check_target(args.config, args.name, replace=args.replace)  # before minutes of training, not after
+    fields = {"validation_fraction": args.validation_fraction, "seed": args.seed, "epochs": args.epochs,
+              "rank": args.rank, "learning_rate": args.learning_rate, "max_steps": args.max_steps}
+    config = _settings(LocalTuneConfig, {k: v for k, v in fields.items() if v is not None})
+    out = Path(args.out) if args.out else Path(args.config).resolve().parent / ".genroute" / "tuned" / args.name
+    result = tune_local(args.data, out, config=config)
+    register_tuned_backend(args.config, args.name, result.adapter_path, result.base_model_path,
+                           replace=args.replace)
+    console = Console(stderr=True)
+    loss = f"{result.validation_loss:.4f}" if result.validation_loss is not None else "n/a"
+    console.print(f"[green]tuned[/green] {result.adapter_path} ({result.train_examples} examples, "
+                  f"{result.train_seconds:.0f} s, validation loss {loss}) -> backend {args.name!r} in {args.config}")
+    return 0
+
+
+_FLAGS = {"poll_interval_s": "--poll-interval", "timeout_s": "--timeout"}
+
+
+def _settings(cls: type, fields: dict[str, object]) -> object:
+    from pydantic import ValidationError
+
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0]) if error["loc"] else None
+        name = None if key is None else _FLAGS.get(key, "--" + key.replace("_", "-"))
+        raise UsageError(error["msg"], field=name) from None
