@@ -149,6 +149,9 @@ def main() -> None:
                  *timed(lambda: semantic.decide(GenerateRequest(input=queries[next(q_iter) % len(queries)]), ctx),
                         args.n_embed)))
 
+    rows.append(("semantic decide, repeated input (embedding cached)",
+                 *timed(lambda: semantic.decide(GenerateRequest(input=queries[next(q_iter) % 50]), ctx), args.n)))
+
     outcomes = []
     for i, (backend, text) in enumerate(pairs[:1500:3]):  # synthetic: the set's own backend is the right one
         for b in ("prompt", "icl", "tools"):

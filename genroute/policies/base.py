@@ -52,6 +52,8 @@ class Policy(ABC):
     Config: ClassVar[type[PolicyConfig]]
     #: Dotted config path of this policy (``build_policy`` sets it) so errors name nested fields.
     field: str = "policy"
+    #: True when ``decide`` does CPU work worth moving off the event loop (e.g. embedding the request).
+    blocking: bool = False
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config

@@ -130,6 +130,7 @@ class BudgetPolicy(Policy):
 
         super().__init__(config)
         self.inner = build_policy(config.inner, field=f"{self.field}.inner")
+        self.blocking = self.inner.blocking
         self.ledger = ledger or BudgetLedger(config.window_s)
         self._stats = BenchStats.load(config.stats_path, field=f"{self.field}.stats_path") \
             if config.stats_path else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,6 +194,7 @@ class LearnedConfig(PolicyConfig):
     default: str = Field(min_length=1, description="Used when the model is not confident enough.")
     min_confidence: float = Field(default=0.0, ge=0.0, le=1.0)
     fallbacks: int = Field(default=0, ge=0, description="Next most likely backends added as rungs.")
+    cache_size: int = Field(default=1024, ge=0, description="Request embeddings remembered (repeated inputs).")
 
 
 class LearnedPolicy(Policy):
@@ -201,19 +203,21 @@ class LearnedPolicy(Policy):
     kind = "learned"
     Config = LearnedConfig
     config: LearnedConfig
+    blocking = True  # embeds the request
 
     def __init__(self, config: LearnedConfig, *, embedder: Any = None) -> None:
         super().__init__(config)
         self.model = RouterModel.load(config.model_path, field=f"{self.field}.model_path")
         self.embedder = embedder or _default_embedder()
+        self._embed_request = lru_cache(maxsize=config.cache_size)(
+            lambda text: _normalise(np.asarray(self.embedder.embed_array([text]), dtype=np.float32)))
         trained_on = self.model.meta.get("embedder")
         if trained_on not in (None, "unknown", getattr(self.embedder, "model", trained_on)):
             raise ConfigError(f"model was trained on {trained_on!r} embeddings, the embedder is "
                               f"{self.embedder.model!r}", field=f"{self.field}.model_path")
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
-        x = _normalise(np.asarray(self.embedder.embed_array([request.input]), dtype=np.float32))
-        scores = self.model.scores(x)[0]
+        scores = self.model.scores(self._embed_request(request.input))[0]
         ranked = np.argsort(-scores)
         best = self.model.backends[int(ranked[0])]
         confidence = float(scores[ranked[0]])

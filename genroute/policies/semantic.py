@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,6 +45,7 @@ class SemanticConfig(PolicyConfig):
     top_k: int = Field(default=1, ge=1, description="Neighbours that vote (weighted by similarity).")
     search: Literal["numpy", "chroma"] = Field(default="numpy", description="chroma needs `store`.")
     default: str = Field(min_length=1, description="Used when nothing is similar enough.")
+    cache_size: int = Field(default=1024, ge=0, description="Request embeddings remembered (repeated inputs).")
 
 
 def utterance_id(backend: str, text: str) -> str:
@@ -75,6 +77,7 @@ class SemanticPolicy(Policy):
     kind = "semantic"
     Config = SemanticConfig
     config: SemanticConfig
+    blocking = True  # embeds the request
 
     def __init__(self, config: SemanticConfig, *, embedder: Any = None) -> None:
         super().__init__(config)
@@ -85,6 +88,7 @@ class SemanticPolicy(Policy):
 
             embedder = LocalEmbedder()
         self.embedder = embedder
+        self._embed_request = lru_cache(maxsize=config.cache_size)(lambda text: self._embed([text])[0])
         pairs = [(b, u) for b, utterances in config.routes.items() for u in utterances]
         if config.routes_file:
             pairs += read_routes_file(config.routes_file, field=f"{self.field}.routes_file")
@@ -177,7 +181,7 @@ class SemanticPolicy(Policy):
         return best
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
-        vector = self._embed([request.input])[0]
+        vector = self._embed_request(request.input)
         backend, sim, utterance = self.nearest(vector)
         quoted = utterance if len(utterance) <= 60 else utterance[:57] + "..."
         if sim < self.config.threshold:

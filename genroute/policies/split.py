@@ -68,6 +68,7 @@ class SplitPolicy(Policy):
             build_policy(arm.policy, field=f"{self.field}.arms.{i}.policy") if arm.policy is not None else None
             for i, arm in enumerate(config.arms)
         ]
+        self.blocking = any(p.blocking for p in self._inner if p is not None)
 
     def _arm(self, request: GenerateRequest) -> tuple[int, str]:
         by = "key" if request.key is not None else "input"
