@@ -138,10 +138,19 @@ class ExampleStore:
         want = fetch_k or (k if strategy == "knn" else max(4 * k, 20))
         want = min(want, len(pool))
         vector = (await self.store.embedder.aembed([text]))[0]
-        hits = await self.store.query_vector(self.collection, vector, kind="examples", k=want,
-                                             where={"input_key": {"$ne": key}},
-                                             include_embeddings=strategy == "mmr", field=self.field)
-        candidates = [_record(h, scored=True) for h in hits]
+        mmr_needs = strategy == "mmr"
+        # A metadata filter makes Chroma search several times slower, so over-fetch a little and drop
+        # leaks here; only if more than the slack leaked (many copies of the input) query with the filter.
+        slack = 2
+        hits = await self.store.query_vector(self.collection, vector, kind="examples",
+                                             k=min(want + slack, len(pool)), include_embeddings=mmr_needs,
+                                             field=self.field)
+        kept = [h for h in hits if h.metadata.get("input_key") != key]
+        if len(kept) < want and len(kept) < len(hits) and len(hits) == want + slack:
+            kept = await self.store.query_vector(self.collection, vector, kind="examples", k=want,
+                                                 where={"input_key": {"$ne": key}},
+                                                 include_embeddings=mmr_needs, field=self.field)
+        candidates = [_record(h, scored=True) for h in kept[:want]]
         if strategy == "knn":
             return candidates[:k]
         if strategy == "mmr":
