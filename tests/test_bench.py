@@ -261,3 +261,19 @@ class _TinyEmbedder:
             for word in text.lower().split():
                 out[row, sum(map(ord, word)) % 64] += 1.0
         return out + 1e-3
+
+
+@pytest.mark.local
+async def test_bench_on_the_local_model(tmp_path: Path) -> None:
+    cfg = {"engines": {"local": {"kind": "local", "max_output_tokens": 3}},
+           "backends": {"pt": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
+                               "template": "Review: {{ input }}\nSentiment:"}}}
+    async with Router.from_config(cfg) as router:
+        report = await abench(router, records()[:2], backends=["pt"], out_dir=tmp_path, progress=False,
+                              compile=False)
+    (summary,) = report.summaries
+    assert summary.n == 2 and summary.failure_count == 0
+    assert summary.input_tokens > 5 and summary.output_tokens >= 1  # real token counts from llama.cpp
+    assert summary.cost_per_request_usd == 0.0  # local is free...
+    assert (summary.cloud_equivalent_per_request_usd or 0.0) > 0.0  # ...but the cloud price is shown
+    assert Path(report.files["png"]).exists() and "<td>pt</td>" in Path(report.files["html"]).read_text()
