@@ -40,6 +40,22 @@ class RouterConfig(_Frozen):
     #: Default per-request deadline in seconds.
     timeout_s: float | None = Field(default=None, gt=0)
 
+    def __repr_args__(self) -> Any:
+        # Engine and knowledge sections stay raw mappings until built: keep inline keys out of reprs and logs.
+        for name, value in super().__repr_args__():
+            yield name, _redacted(value) if name in ("engines", "knowledge") else value
+
+
+_SECRET_KEYS = ("key", "secret", "token", "password", "credential")
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every mapping entry whose name looks secret (``api_key``, ``token``...) masked."""
+    if isinstance(value, Mapping):
+        return {k: "**********" if isinstance(k, str) and any(s in k.lower() for s in _SECRET_KEYS)
+                and not k.lower().endswith("_env") else _redacted(v) for k, v in value.items()}
+    return value
+
 
 def config_error(exc: ValidationError, prefix: str | None) -> ConfigError:
     """A ``ConfigError`` naming the first invalid field of ``exc`` (and counting the rest)."""

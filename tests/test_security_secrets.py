@@ -1,0 +1,177 @@
+"""Secrets: the API key never appears in anything genroute exports, logs, raises or prints.
+
+Each scenario runs real requests over the loopback wire with content capture ON (the most that is ever
+recorded) and every logger at DEBUG (genroute, google-genai, httpx, aiohttp, asyncio...). Then all of it is
+scanned for the key: span attributes, span events, resources, metric points and their attributes, every log
+record with its traceback, every exception's message, repr and cause chain, and the reprs of the router,
+its engines, backends and the loaded config.
+
+Prompt and completion text is exported only when capture is opted in (config or the standard env var).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from genroute import GenrouteError, Router
+from genroute.config import load_config
+from genroute.testing import Fault
+
+from .conftest import TEST_KEY, Otel, gemini_config
+
+LOGGERS = ("", "genroute", "google_genai", "google", "httpx", "httpcore", "aiohttp", "asyncio", "urllib3")
+PROMPT = "PROMPT-MARKER-7d1e what is the capital of France?"
+COMPLETION = "COMPLETION-MARKER-93af Paris."
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # format() appends the traceback of exc_info; the raw args are kept too (a formatter could drop them)
+        self.lines.append(self.format(record) + " " + repr(record.args) + " " + repr(getattr(record, "__dict__", {})))
+
+
+@pytest.fixture
+def logs() -> Iterator[_Collect]:
+    """Every log record of every logger at DEBUG, for the duration of the test."""
+    handler = _Collect()
+    saved = {name: logging.getLogger(name).level for name in LOGGERS}
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _errors_text(errors: list[BaseException]) -> str:
+    parts = []
+    for exc in errors:
+        parts += [str(exc), repr(exc), *traceback.format_exception(exc)]
+        cause = exc.__cause__ or exc.__context__
+        while cause is not None:
+            parts += [str(cause), repr(cause)]
+            cause = cause.__cause__ or cause.__context__
+    return "\n".join(parts)
+
+
+def _exported(otel: Otel) -> str:
+    spans = "\n".join(s.to_json() for s in otel.exporter.get_finished_spans())
+    metrics = otel.reader.get_metrics_data()
+    return spans + "\n" + (metrics.to_json() if metrics is not None else "")
+
+
+def _scenarios(router: Router, server: Any) -> list[BaseException]:
+    """Success, 4xx, 5xx-then-retry, persistent 5xx, stream, cut stream; sync and async. Returns the errors."""
+    errors: list[BaseException] = []
+
+    def attempt(fn: Any) -> None:
+        try:
+            fn()
+        except GenrouteError as exc:
+            errors.append(exc)
+
+    server.reply_text(COMPLETION, usage=(10, 4))
+    attempt(lambda: router.generate(PROMPT))                                      # success
+    server.fault(Fault.status(400, message="bad request"))
+    attempt(lambda: router.generate(PROMPT))                                      # 4xx
+    server.fault(Fault.status(500))
+    server.reply_text(COMPLETION, usage=(10, 4))
+    attempt(lambda: router.generate(PROMPT))                                      # 5xx, retried, ok
+    server.fault(Fault.status(503, retry_after=0.01), times=10)
+    attempt(lambda: router.generate(PROMPT, timeout_s=5))                         # 5xx until retries end
+    server.reply_text(COMPLETION, usage=(10, 4), chunks=3)
+    attempt(lambda: list(router.stream(PROMPT)))                                  # stream
+    server.fault(Fault.cut_stream(after_chunks=1))
+    server.reply_text(COMPLETION, usage=(10, 4), chunks=3)
+    attempt(lambda: list(router.stream(PROMPT)))                                  # stream cut mid-way
+    server.fault(Fault.reset(), times=10)
+    attempt(lambda: router.generate(PROMPT, timeout_s=5))                         # connection resets
+
+    async def async_paths() -> None:
+        server.reply_text(COMPLETION, usage=(10, 4))
+        try:
+            await router.agenerate(PROMPT)
+        except GenrouteError as exc:
+            errors.append(exc)
+        server.fault(Fault.status(500, after_chunks=1))
+        server.reply_text(COMPLETION, usage=(10, 4), chunks=3)
+        try:
+            [c async for c in router.astream(PROMPT)]
+        except GenrouteError as exc:
+            errors.append(exc)
+
+    asyncio.run(async_paths())
+    return errors
+
+
+@pytest.mark.parametrize("key_from", ["inline", "env"])
+def test_the_api_key_appears_nowhere_exported_logged_raised_or_printed(gemini_server, logs, monkeypatch, key_from):
+    otel = Otel()
+    config = gemini_config(gemini_server, system="Be terse.")
+    config["telemetry"] = {"capture_content": True}
+    if key_from == "env":
+        del config["engines"]["gemini"]["api_key"]
+        monkeypatch.setenv("GEMINI_API_KEY", TEST_KEY)
+    router = Router.from_config(config, **otel.providers)
+    errors = _scenarios(router, gemini_server)
+    reprs = [repr(router), repr(router.resources), repr(load_config(config)), str(load_config(config)),
+             *(repr(e) for e in router.resources.engines.values()),
+             *(repr(e.config) for e in router.resources.engines.values()),
+             *(repr(b) + repr(b.config) for b in router.backends.values())]
+    router.close()
+
+    assert len(errors) >= 4  # the failure paths really failed (4xx, persistent 5xx, cut stream, resets...)
+    assert all(r.headers.get("x-goog-api-key") == TEST_KEY for r in gemini_server.requests)  # it was sent...
+    exported = _exported(otel)
+    assert PROMPT in exported and COMPLETION in exported  # ...capture was on, so content was recorded...
+    assert logs.lines  # ...and debug logging really ran
+    for where, text in [("spans and metrics", exported), ("log records", "\n".join(logs.lines)),
+                        ("exceptions", _errors_text(errors)), ("reprs", "\n".join(reprs))]:
+        assert TEST_KEY not in text, f"the API key leaked into {where}"
+
+
+@pytest.mark.parametrize("opt_in", ["off", "config", "env"])
+def test_prompts_and_completions_are_exported_only_when_capture_is_opted_in(gemini_server, monkeypatch, opt_in):
+    otel = Otel()
+    config = gemini_config(gemini_server)
+    if opt_in == "config":
+        config["telemetry"] = {"capture_content": True}
+    elif opt_in == "env":
+        monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    gemini_server.reply_text(COMPLETION, usage=(10, 4))
+    gemini_server.reply_text(COMPLETION, usage=(10, 4), chunks=2)
+    with Router.from_config(config, **otel.providers) as router:
+        assert router.generate(PROMPT).text == COMPLETION
+        assert "".join(c.text for c in router.stream(PROMPT)) == COMPLETION
+    exported = _exported(otel)
+    assert otel.spans("generate_content")  # telemetry was recorded either way
+    captured = PROMPT in exported or COMPLETION in exported
+    assert captured is (opt_in != "off")
+    if opt_in != "off":
+        assert PROMPT in exported and COMPLETION in exported
+
+
+def test_an_explicit_false_in_config_beats_the_env_var(gemini_server, monkeypatch):
+    otel = Otel()
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    config = gemini_config(gemini_server)
+    config["telemetry"] = {"capture_content": False}
+    gemini_server.reply_text(COMPLETION, usage=(10, 4))
+    with Router.from_config(config, **otel.providers) as router:
+        router.generate(PROMPT)
+    exported = _exported(otel)
+    assert PROMPT not in exported and COMPLETION not in exported
