@@ -41,6 +41,8 @@ def sentiment_server(server: GeminiTestServer) -> None:
 
     def answer(request: Any) -> Reply:
         text = " ".join(texts_in(field_of(request.body, "contents") or []))
+        if "Is the answer correct?" in text:  # the judge scorer's prompt
+            return Reply(parts=({"text": "Yes." if "Answer to grade: positive" in text else "No."},))
         if "lite" in (request.model or ""):
             return Reply(parts=({"text": "positive"},))
         label = "negative" if any(w in text for w in NEGATIVE) else "positive"
@@ -140,6 +142,17 @@ async def test_failures_are_counted_by_error_type(server: GeminiTestServer, tmp_
                                     concurrency=1, progress=False)
     (summary,) = summarize(outcomes)
     assert summary.failures == {"BackendRejected": 2} and summary.quality == 0.5
+
+
+async def test_judge_scorer_cost_is_counted_apart(server: GeminiTestServer) -> None:
+    async with Router.from_config(config(server)) as router:
+        outcomes = await arun_bench(router, records(), ["cheap"], resolve_scorer("judge:smart"), progress=False)
+    (summary,) = summarize(outcomes)
+    assert summary.metric == "judge:smart" and summary.quality == 1.0  # cheap always says positive: judged yes
+    assert summary.judge_cost_usd > 0
+    assert all(o.cost_usd < o.cost_usd + o.judge_cost_usd for o in outcomes)
+    judge_calls = [r for r in server.requests if "Is the answer correct?" in " ".join(texts_in(r.body))]
+    assert len(judge_calls) == 10
 
 
 def test_report_files_are_well_formed(tmp_path: Path) -> None:
