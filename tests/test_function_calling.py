@@ -297,3 +297,34 @@ async def test_local_engine_calls_a_tool_then_answers(otel: Otel) -> None:
     assert result.cost_usd == 0.0
     assert len(otel.spans("generate_content")) == 2
     assert otel.spans("execute_tool")[0].attributes["gen_ai.tool.call.id"] == first.call_id
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
+async def test_streamed_and_whole_answers_agree(gemini_server: GeminiTestServer, otel: Otel, stream: bool) -> None:
+    tools = Tools()
+    gemini_server.reply_parts([{"text": "Let me check."}, {"functionCall": {"name": "get_weather",
+                                                                           "args": {"city": "Oslo"}}}])
+    gemini_server.reply_text("It is 21 degrees in Oslo.", chunks=3)
+    async with make_router(gemini_server, otel, tools.as_dict(), ["get_weather"]) as router:
+        if stream:
+            chunks = [c async for c in router.astream("Weather in Oslo?")]
+            deltas = [c.text for c in chunks if not c.done]
+            result = chunks[-1].result
+            assert result is not None and "".join(deltas) == result.text
+            assert len(deltas) > 2
+        else:
+            result = await router.agenerate("Weather in Oslo?")
+    assert result.text == "Let me check.\n\nIt is 21 degrees in Oslo."
+    assert [c.name for c in result.tool_calls] == ["get_weather"]
+    action = "streamGenerateContent" if stream else "generateContent"
+    assert [r.action for r in gemini_server.requests] == [action, action]
+    second = gemini_server.requests[1].body
+    model_turn = field_of(second, "contents")[1]
+    assert model_turn["role"] == "model" and model_turn["parts"][0] == {"text": "Let me check."}
+
+
+def test_tool_mode_any_needs_a_final_answer(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    with pytest.raises(ConfigError, match="on_max_steps") as info:
+        make_router(gemini_server, otel, Tools().as_dict(), ["add"], tool_mode="any")
+    assert (info.value.field or "").startswith("backends.chat")
+    make_router(gemini_server, otel, Tools().as_dict(), ["add"], tool_mode="any", on_max_steps="answer").close()

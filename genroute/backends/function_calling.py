@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from genroute.backends.base import Backend, BackendConfig, BackendOutput, finish_reason, response_text, user_content
+from genroute.backends.base import Backend, BackendConfig, BackendOutput, finish_reason, user_content
 from genroute.errors import ConfigError, ToolLoopExceeded
 from genroute.tools import InvalidToolArgs, Tool, jsonable, tool_from_callable
 from genroute.types import GenerateRequest, ToolCall
@@ -41,6 +42,13 @@ class FunctionCallingConfig(BackendConfig):
     tool_mode: Literal["auto", "any"] = Field(
         default="auto", description="`any` forces a tool call on every turn but the final answer turn."
     )
+
+    @model_validator(mode="after")
+    def _any_needs_a_final_answer(self) -> FunctionCallingConfig:
+        if self.tool_mode == "any" and self.on_max_steps == "raise":
+            # Every turn would call a tool, so the loop could only ever end by raising.
+            raise ValueError("tool_mode 'any' needs on_max_steps: answer")
+        return self
 
 
 class FunctionCallingBackend(Backend):
@@ -80,36 +88,54 @@ class FunctionCallingBackend(Backend):
         )
 
     async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:
+        async for item in self._loop(request, ctx, stream=False):
+            if isinstance(item, BackendOutput):
+                return item
+        raise AssertionError("unreachable")  # pragma: no cover - the loop always ends with an output
+
+    async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
+        async for item in self._loop(request, ctx, stream=True):
+            yield item
+
+    async def _loop(self, request: GenerateRequest, ctx: RunContext, *,
+                    stream: bool) -> AsyncIterator[str | BackendOutput]:
+        """The tool loop; yields text as the model says it (streamed or whole), then the output."""
         from google.genai import types
 
         contents: list[types.Content] = [user_content(request.input)]
         calls_made: list[ToolCall] = []
+        said: list[str] = []  # text of every turn, including any preamble before a tool call
         steps = self.config.max_steps
         for step in range(steps + 1):
             final = step == steps and self.config.on_max_steps == "answer"
             if ctx.remaining_s() == 0.0:
-                raise ToolLoopExceeded(
-                    f"deadline reached after {step} tool step(s)", backend=self.name
-                )
-            response = await ctx.generate(self.engine, self.config.model, contents, self.generate_config(final=final))
-            calls = _function_calls(response)
-            if not calls or final:
-                return BackendOutput(
-                    text=response_text(response), model=self.config.model,
-                    finish_reason=finish_reason(response), tool_calls=tuple(calls_made),
-                )
+                raise ToolLoopExceeded(f"deadline reached after {step} tool step(s)", backend=self.name)
+            config = self.generate_config(final=final)
+            turn = _Turn(separator="\n\n" if said else "")
+            if stream:
+                async for chunk in ctx.stream(self.engine, self.config.model, contents, config):
+                    for delta in turn.add(chunk):
+                        yield delta
+            else:
+                for delta in turn.add(await ctx.generate(self.engine, self.config.model, contents, config)):
+                    yield delta
+            if turn.text:
+                said.append(turn.text)
+            if not turn.calls or final:
+                yield BackendOutput(text="\n\n".join(said), model=self.config.model, finish_reason=turn.finish,
+                                    tool_calls=tuple(calls_made))
+                return
             if step == steps:
                 raise ToolLoopExceeded(
                     f"the model still asked for tools after {steps} step(s) (max_steps)", backend=self.name
                 )
             # The model's own turn goes back verbatim (with any thought signatures it carries).
-            contents.append(response.candidates[0].content)  # type: ignore[index,arg-type]
+            contents.append(types.Content(role="model", parts=turn.parts))
             results = await asyncio.gather(
-                *(self._execute(call, f"call_{step}_{i}", ctx) for i, call in enumerate(calls))
+                *(self._execute(call, f"call_{step}_{i}", ctx) for i, call in enumerate(turn.calls))
             )
             calls_made.extend(record for record, _ in results)
             contents.append(types.Content(role="user", parts=[part for _, part in results]))
-        raise AssertionError("unreachable")  # pragma: no cover - the loop always returns or raises
 
     async def _execute(self, call: types.FunctionCall, fallback_id: str,
                        ctx: RunContext) -> tuple[ToolCall, types.Part]:
@@ -184,10 +210,39 @@ class FunctionCallingBackend(Backend):
 
 
 
-def _function_calls(response: types.GenerateContentResponse) -> list[types.FunctionCall]:
-    if not response.candidates or response.candidates[0].content is None:
-        return []
-    return [p.function_call for p in response.candidates[0].content.parts or [] if p.function_call is not None]
+class _Turn:
+    """One model turn, whole or streamed: its parts, function calls, text and finish reason."""
+
+    def __init__(self, separator: str) -> None:
+        self.parts: list[types.Part] = []
+        self.calls: list[types.FunctionCall] = []
+        self.text = ""
+        self.finish: str | None = None
+        self._separator = separator
+
+    def add(self, response: types.GenerateContentResponse) -> list[str]:
+        """Take in a response (or stream chunk); return the user-visible text it adds."""
+        self.finish = finish_reason(response) or self.finish
+        content = response.candidates[0].content if response.candidates else None
+        deltas: list[str] = []
+        for part in (content.parts or []) if content is not None else []:
+            if self.parts and _plain_text(self.parts[-1]) and _plain_text(part):
+                # Streamed text arrives in pieces; the history sent back holds it whole.
+                self.parts[-1] = self.parts[-1].model_copy(update={"text": self.parts[-1].text + part.text})
+            else:
+                self.parts.append(part)
+            if part.function_call is not None:
+                self.calls.append(part.function_call)
+            elif part.text and not part.thought:
+                if not self.text and self._separator:
+                    deltas.append(self._separator)
+                self.text += part.text
+                deltas.append(part.text)
+        return deltas
+
+
+def _plain_text(part: types.Part) -> bool:
+    return part.text is not None and not part.thought and part.thought_signature is None
 
 
 def _dumps(value: Any) -> str:
