@@ -68,7 +68,8 @@ async def test_happy_path_registers_the_endpoint(gemini_server: GeminiTestServer
                                                  config_path: Path, tmp_path: Path) -> None:
     data = write_data(tmp_path / "data.jsonl", examples(20))
     console = quiet()
-    result = await tune_vertex(data, settings(system="Label the sentiment."), config_path=config_path,
+    result = await tune_vertex(data, settings(system="Label the sentiment.", adapter_size="ADAPTER_SIZE_FOUR",
+                                              learning_rate_multiplier=0.5), config_path=config_path,
                                credentials=Credentials(token="test"), console=console)
 
     endpoint = f"{LOCATION}/endpoints/1001"
@@ -95,7 +96,9 @@ async def test_happy_path_registers_the_endpoint(gemini_server: GeminiTestServer
     spec = field_of(body, "supervisedTuningSpec")
     assert field_of(spec, "trainingDatasetUri") == train_uri
     assert field_of(spec, "validationDatasetUri") == validation_uri
-    assert field_of(field_of(spec, "hyperParameters"), "epochCount") == 3
+    hyper = field_of(spec, "hyperParameters")
+    assert (hyper["epochCount"], hyper["learningRateMultiplier"], hyper["adapterSize"]) == (
+        3, 0.5, "ADAPTER_SIZE_FOUR")
     polls = [r for r in gemini_server.requests if r.method == "GET"]
     assert len(polls) == 3 and polls[0].path == f"/v1beta1/{LOCATION}/tuningJobs/1001"
     log = console.file.getvalue()  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 _STORAGE_ROOT = "https://storage.googleapis.com"
 _CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
+AdapterSize = Literal["ADAPTER_SIZE_ONE", "ADAPTER_SIZE_TWO", "ADAPTER_SIZE_FOUR", "ADAPTER_SIZE_EIGHT",
+                      "ADAPTER_SIZE_SIXTEEN", "ADAPTER_SIZE_THIRTY_TWO"]
+
 
 class VertexTuningSettings(BaseModel):
     """What to tune and how: base model, backend name, data checks, split and hyperparameters."""
@@ -58,7 +61,7 @@ class VertexTuningSettings(BaseModel):
     max_chars: int = Field(default=DEFAULT_MAX_CHARS, gt=0)
     epochs: int | None = Field(default=None, gt=0)
     learning_rate_multiplier: float | None = Field(default=None, gt=0)
-    adapter_size: str | None = Field(default=None, description="e.g. ADAPTER_SIZE_FOUR.")
+    adapter_size: AdapterSize | None = Field(default=None, description="LoRA adapter size (Vertex AI).")
     poll_interval_s: float = Field(default=30.0, gt=0)
     timeout_s: float | None = Field(default=None, gt=0, description="Stop waiting (the job keeps running).")
     replace: bool = Field(default=False, description="Overwrite an existing backend of the same name.")
