@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -54,16 +55,23 @@ class Portal:
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """Drive an async iterator from sync code, one item at a time."""
         loop = self.loop
+        # Every step runs in one context: spans entered in one step and exited in another (the stream's
+        # root span) must see the same contextvars, or OpenTelemetry fails to detach them.
+        context = contextvars.copy_context()
+
+        async def step(awaitable: Any) -> Any:
+            return await asyncio.get_running_loop().create_task(awaitable, context=context)
+
         try:
             while True:
                 try:
-                    yield asyncio.run_coroutine_threadsafe(agen.__anext__(), loop).result()
+                    yield asyncio.run_coroutine_threadsafe(step(agen.__anext__()), loop).result()
                 except StopAsyncIteration:
                     return
         finally:
             aclose = getattr(agen, "aclose", None)
             if aclose is not None and loop.is_running():
-                asyncio.run_coroutine_threadsafe(aclose(), loop).result()
+                asyncio.run_coroutine_threadsafe(step(aclose()), loop).result()
 
     def close(self) -> None:
         """Stop the loop thread (pending callbacks are finished first)."""

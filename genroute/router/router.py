@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from genroute.config import RouterConfig
     from genroute.resources import Resources
     from genroute.router.validators import Validator
+
+
+#: How long ``close`` waits for the telemetry providers it was given to export what they hold.
+_FLUSH_TIMEOUT_MS = 5000
 
 
 class Router:
@@ -55,6 +60,8 @@ class Router:
         self.timeout_s = timeout_s
         self.telemetry = Telemetry(capture_content=capture_content, tracer_provider=tracer_provider,
                                    meter_provider=meter_provider)
+        # Flushed at close: batching processors and periodic readers would otherwise lose the last requests.
+        self._providers = [p for p in (tracer_provider, meter_provider) if p is not None]
         self.catalogue = {name: _info(name, b) for name, b in self.backends.items()}
         self.policy.validate_against(self.catalogue)
         self.context = PolicyContext(catalogue=self.catalogue, stats=stats)
@@ -136,6 +143,7 @@ class Router:
         for backend in self.backends.values():
             await backend.aclose()
         await self.resources.aclose()
+        await _flush(self._providers, _FLUSH_TIMEOUT_MS / 1000)
 
     def close(self) -> None:
         """Sync ``aclose`` (also stops the router's private loop thread)."""
@@ -229,6 +237,38 @@ class _RootSpan:
             if not isinstance(exc, GenrouteError | GeneratorExit):
                 self.span.record_exception(exc)
         self._cm.__exit__(None, None, None)
+
+
+async def _flush(providers: list[Any], timeout_s: float) -> None:
+    """``force_flush`` each provider on its own daemon thread, waiting at most ``timeout_s`` in all.
+
+    The SDK's batch span processor exports inline on flush and ignores the timeout, so an exporter stuck
+    on a hanging collector would hold ``close`` (and, in the default executor, interpreter exit) for its
+    full retry budget; a daemon thread lets ``close`` return on time and the export finish or fail later.
+    """
+    loop = asyncio.get_running_loop()
+    waits: list[asyncio.Future[None]] = []
+    for provider in providers:
+        flush = getattr(provider, "force_flush", None)  # the API's no-op providers have none
+        if flush is None:
+            continue
+        done: asyncio.Future[None] = loop.create_future()
+
+        def run(flush: Any = flush, done: asyncio.Future[None] = done) -> None:
+            try:
+                flush(int(timeout_s * 1000))
+            except Exception:  # telemetry must never fail a close
+                pass
+            finally:
+                try:
+                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                except RuntimeError:  # the loop is gone: nobody is waiting any more
+                    pass
+
+        threading.Thread(target=run, name="genroute-telemetry-flush", daemon=True).start()
+        waits.append(done)
+    if waits:
+        await asyncio.wait(waits, timeout=timeout_s)
 
 
 def _info(name: str, backend: Backend) -> BackendInfo:
