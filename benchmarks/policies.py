@@ -23,11 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from genroute.knowledge.embedders import LocalEmbedder
 from genroute.policies import build_policy
 from genroute.policies.base import BackendInfo, PolicyContext
 from genroute.policies.learned import train
-from genroute.policies.semantic import SemanticConfig, SemanticPolicy
+from genroute.policies.semantic import SemanticConfig, SemanticPolicy, default_embedder
 from genroute.policies.stats import BackendStats, BenchStats
 from genroute.types import GenerateRequest
 
@@ -49,6 +48,22 @@ def timed(fn: Callable[[], Any], n: int) -> tuple[float, float]:
         samples.append((time.perf_counter_ns() - start) / 1e6)
     samples.sort()
     return statistics.median(samples), samples[int(0.95 * (len(samples) - 1))]
+
+
+def timed_interleaved(fns: dict[str, Callable[[], Any]], n: int) -> list[tuple[str, float, float]]:
+    """Like ``timed`` for several functions run in turn, so that a noisy machine hits them alike."""
+    samples: dict[str, list[float]] = {label: [] for label in fns}
+    for i in range(n + 10):
+        for label, fn in fns.items():
+            start = time.perf_counter_ns()
+            fn()
+            if i >= 10:
+                samples[label].append((time.perf_counter_ns() - start) / 1e6)
+    rows = []
+    for label, values in samples.items():
+        values.sort()
+        rows.append((label, statistics.median(values), values[int(0.95 * (len(values) - 1))]))
+    return rows
 
 
 def utterances(count: int) -> list[tuple[str, str]]:
@@ -125,11 +140,9 @@ def main() -> None:
     rows.append(("budget reserve+settle", *timed(lambda: budget.settle(budget.reserve(requests[0], decision, "icl"),
                                                                          0.0005), args.n)))
 
-    embedder = LocalEmbedder()
+    embedder = default_embedder()  # the one the policies share
     queries = [f"{t} (asked again)" for t in texts]  # unseen strings
     q_iter = iter(range(10**9))
-    rows.append(("embed one request (MiniLM onnx)",
-                 *timed(lambda: embedder.embed_array([queries[next(q_iter) % len(queries)]]), args.n_embed)))
 
     pairs = utterances(args.utterances)
     store = {"path": str(OUT / "semantic-routes"), "collection": f"bench-routes-{args.utterances}"}
@@ -145,9 +158,6 @@ def main() -> None:
                                                default="prompt", search="chroma"), embedder=embedder)
     rows.append((f"semantic search only, chroma ({len(via_chroma.backends)} utt.)",
                  *timed(lambda: via_chroma.nearest(vectors[next(v_iter) % 200]), args.n_embed)))
-    rows.append(("semantic decide (embed + numpy search)",
-                 *timed(lambda: semantic.decide(GenerateRequest(input=queries[next(q_iter) % len(queries)]), ctx),
-                        args.n_embed)))
 
     rows.append(("semantic decide, repeated input (embedding cached)",
                  *timed(lambda: semantic.decide(GenerateRequest(input=queries[next(q_iter) % 50]), ctx), args.n)))
@@ -161,9 +171,15 @@ def main() -> None:
     learned = build_policy({"kind": "learned", "model_path": report.model_path, "default": "prompt"})
     rows.append((f"learned kNN model only ({report.n_train} rows)",
                  *timed(lambda: learned.model.scores(vectors[next(v_iter) % 200][None, :]), args.n)))
-    rows.append(("learned decide (embed + kNN)",
-                 *timed(lambda: learned.decide(GenerateRequest(input=queries[next(q_iter) % len(queries)]), ctx),
-                        args.n_embed)))
+    def fresh() -> str:  # never seen before, so no embedding cache can answer
+        i = next(q_iter)
+        return f"{queries[i % len(queries)]} #{i}"
+
+    rows += timed_interleaved({
+        "embed one request (MiniLM onnx)": lambda: embedder.embed_array([fresh()]),
+        "semantic decide (embed + numpy search)": lambda: semantic.decide(GenerateRequest(input=fresh()), ctx),
+        "learned decide (embed + kNN)": lambda: learned.decide(GenerateRequest(input=fresh()), ctx),
+    }, args.n_embed)
 
     print(f"\nsemantic store build/load: {build_s:.1f} s for {len(semantic.backends)} utterances "
           f"(first run embeds them; later runs load from Chroma)")

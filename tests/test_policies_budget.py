@@ -167,3 +167,15 @@ def test_estimates_from_stats(tmp_path: Path) -> None:
         policy.settle(policy.reserve(request, decision, "big"), 0.25)
     with pytest.raises(BudgetExceeded):
         policy.reserve(request, decision, "big")
+
+
+def test_split_arms_delegate_reserve_to_their_budget() -> None:
+    split = build_policy({"kind": "split", "arms": [
+        {"name": "metered", "weight": 1, "policy": {**BUDGET, "budget_usd": 0.02}}]})
+    request = GenerateRequest(input="x", key="k")
+    decision = split.decide(request, CTX)
+    assert decision.budget_key == "key:k"
+    split.settle(split.reserve(request, decision, "big"), 0.01)
+    split.settle(split.reserve(request, decision, "big"), 0.01)
+    with pytest.raises(BudgetExceeded):
+        split.reserve(request, decision, "big")

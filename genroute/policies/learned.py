@@ -181,9 +181,9 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
 
 
 def _default_embedder() -> Any:
-    from genroute.knowledge.embedders import LocalEmbedder
+    from genroute.policies.semantic import default_embedder
 
-    return LocalEmbedder()
+    return default_embedder()
 
 
 class LearnedConfig(PolicyConfig):

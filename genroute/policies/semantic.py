@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,6 +48,15 @@ class SemanticConfig(PolicyConfig):
     cache_size: int = Field(default=1024, ge=0, description="Request embeddings remembered (repeated inputs).")
 
 
+@cache
+def default_embedder() -> Any:
+    """One offline MiniLM per process for every policy: each onnxruntime session keeps its own thread
+    pool, and two pools busy-waiting on the same cores slow each other down (measured: +20 ms a decision)."""
+    from genroute.knowledge.embedders import LocalEmbedder
+
+    return LocalEmbedder()
+
+
 def utterance_id(backend: str, text: str) -> str:
     """A stable id per (backend, utterance), so re-adding is a no-op."""
     return hashlib.sha1(f"{backend}\x00{text}".encode()).hexdigest()[:20]
@@ -83,11 +92,7 @@ class SemanticPolicy(Policy):
         super().__init__(config)
         if config.search == "chroma" and config.store is None:
             raise ConfigError("search: chroma needs `store`", field=f"{self.field}.search")
-        if embedder is None:
-            from genroute.knowledge.embedders import LocalEmbedder
-
-            embedder = LocalEmbedder()
-        self.embedder = embedder
+        self.embedder = embedder if embedder is not None else default_embedder()
         self._embed_request = lru_cache(maxsize=config.cache_size)(lambda text: self._embed([text])[0])
         pairs = [(b, u) for b, utterances in config.routes.items() for u in utterances]
         if config.routes_file:
@@ -194,6 +199,6 @@ class SemanticPolicy(Policy):
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         named = [(self.config.default, f"{self.field}.default")]
         named += [(b, f"{self.field}.routes.{b}") for b in self.config.routes]
-        named += [(b, f"{self.field}.routes_file") for b in sorted(set(self.backends)) if b not in
-                  self.config.routes]
+        source = "routes_file" if self.config.routes_file else "store"
+        named += [(b, f"{self.field}.{source}") for b in sorted(set(self.backends)) if b not in self.config.routes]
         check_backends(catalogue, named)
