@@ -47,7 +47,8 @@ class CostAwarePolicy(Policy):
     def __init__(self, config: CostAwareConfig) -> None:
         super().__init__(config)
         # Read once at build: decisions never touch the disk.
-        self._stats = BenchStats.load(config.stats_path, field=f"{self.field}.stats_path") if config.stats_path else None
+        self._stats = BenchStats.load(config.stats_path, field=f"{self.field}.stats_path") \
+            if config.stats_path else None
 
     def _targets(self, task: str | None) -> tuple[float, float | None]:
         override = self.config.tasks.get(task) if task is not None else None
