@@ -273,3 +273,13 @@ def test_cli_errors_exit_2_before_sending(gemini_server: GeminiTestServer, confi
     assert code == 2
     assert needle in capsys.readouterr().err
     assert gemini_server.requests == []
+
+
+def test_cli_local_checks_the_config_before_training(config_path: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from genroute.cli import main
+
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    assert main(["tune", "--local", str(data), "--config", str(config_path), "--name", "chat"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert not (tmp_path / ".genroute").exists()
