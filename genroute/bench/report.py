@@ -204,7 +204,12 @@ def write_report(out_dir: str | Path, summaries: Sequence[Summary], *, title: st
     """Write ``report.md``, ``pareto.png``, ``report.html`` and ``summary.json`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    png = pareto_png(summaries, out / "pareto.png") if summaries else None
+    png = None
+    if summaries:
+        try:
+            png = pareto_png(summaries, out / "pareto.png")
+        except ImportError:  # matplotlib comes with the bench extra; the tables do not need it
+            png = None
     md = [f"# {title}\n", markdown_table(summaries)]
     md += [f"\n## {t}\n\n{text}\n" for t, text in sections]
     if png is not None:

@@ -228,7 +228,19 @@ def write_manifest(out_dir: str | Path, **fields: Any) -> Path:
     return path
 
 
-def _progress(enabled: bool, *, total: int, initial: int) -> Any:
-    from tqdm import tqdm
+class _NoProgress:
+    def update(self, n: int) -> None:
+        """Nothing to show."""
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="bench", unit="call", leave=False)
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _progress(enabled: bool, *, total: int, initial: int) -> Any:
+    if not enabled:
+        return _NoProgress()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bench extra is optional; run without a bar rather than fail
+        return _NoProgress()
+    return tqdm(total=total, initial=initial, desc="bench", unit="call", leave=False)
