@@ -1,0 +1,37 @@
+"""Load with faults (small): every request through a two-rung cascade is accounted for; none lost or hung.
+
+The full run (2,000 requests at concurrency 200) is ``python benchmarks/load.py``; this test runs the same
+code with 200 requests at concurrency 50 and twice the fault rate, so that the fallback rung is exercised.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "load.py"
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("genroute_bench_load", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_200_requests_at_concurrency_50_with_faults_are_all_accounted_for(capsys):
+    load = _load_module()
+    tally = load.main(["--requests", "200", "--concurrency", "50", "--fault-rate", "0.1", "--seed", "7"])
+    printed = capsys.readouterr().out
+    outcomes = tally.outcomes
+    assert tally.accounted == 200 and len(tally.latencies) == 200
+    assert outcomes["lost"] == 0 and outcomes["hung"] == 0, tally.errors
+    assert outcomes["fell through"] > 0  # faults on the first rung were answered by the second
+    assert outcomes["ok"] + outcomes["fell through"] + outcomes["typed error"] == 200
+    assert not any(k.startswith("UNTYPED") for k in tally.errors)
+    assert "faults injected" in printed and "| requests | ok | fell through |" in printed
+    rss = {label: value for label, value, _ in tally.memory}
+    assert set(rss) == {"start", "middle", "end"}
+    assert rss["end"] - rss["start"] < 100  # MiB: a generous bound, a leak of every request would exceed it
