@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.bench.datasets import BenchRecord, split_ids
 from genroute.bench.report import summarize
 from genroute.bench.runner import POLICY_TARGET, Outcome
-from genroute.errors import UsageError
+from genroute.errors import GenrouteError, UsageError
 from genroute.policies.stats import ANY_TASK, BackendStats, BenchStats
 from genroute.types import GenerateRequest
 
@@ -213,7 +213,10 @@ def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_
              "cost_usd": cost_of(o, cloud), "record_id": o.record_id, "task": o.task}
             for o in outcomes if o.record_id in train_set and o.backend != POLICY_TARGET and o.record_id in inputs]
     path = out / "learned.npz"
-    report = train(rows, path, embedder=embedder, seed=seed)
+    try:
+        report = train(rows, path, embedder=embedder, seed=seed)
+    except GenrouteError as exc:  # e.g. too few training records: report it, keep the rest of the compile
+        return None, f"learned policy not trained: {exc}", None
     policy = LearnedPolicy(LearnedConfig(model_path=str(path), default=default), embedder=embedder)
     context = _context(sorted({b for by in table.values() for b in by}))
 
