@@ -68,6 +68,7 @@ class FunctionCallingBackend(Backend):
             tool_name: tool_from_callable(resources.tool(tool_name, field=field), name=tool_name, field=field)
             for tool_name in config.tools
         }
+        self._configs: dict[bool, types.GenerateContentConfig] = {}
 
     def facts(self) -> dict[str, Any]:
         return {"tools": list(self.tools), "max_steps": self.config.max_steps}
@@ -76,16 +77,22 @@ class FunctionCallingBackend(Backend):
         """The engine config: declarations of allowlisted tools only; ``final`` forbids further calls."""
         from google.genai import types
 
+        # Built once per kind: the same (unmodified) config serves every request.
+        cached = self._configs.get(final)
+        if cached is not None:
+            return cached
         if final:
             mode = types.FunctionCallingConfigMode.NONE
         else:
             mode = types.FunctionCallingConfigMode(self.config.tool_mode.upper())
-        return self.config.generation.to_genai(
+        config = self.config.generation.to_genai(
             system=self.config.system,
             tools=[types.Tool(function_declarations=[t.declaration() for t in self.tools.values()])],
             tool_config=types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode=mode)),
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         )
+        self._configs[final] = config
+        return config
 
     async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:
         async for item in self._loop(request, ctx, stream=False):
