@@ -3,6 +3,19 @@
 Each model turn may ask for tools; allowlisted ones run concurrently with validated arguments, a per-tool
 timeout and the request deadline, and every outcome (result, error, timeout, invalid or disallowed call)
 goes back to the model as a ``function_response`` so a bad tool never crashes the request.
+
+A call to a tool that is not on the backend's allowlist is never run, whatever the model was told
+(including by a tool's own output); the model gets an error naming the tools it may use::
+
+    backends:
+      assistant:
+        kind: function_calling
+        engine: gemini
+        model: gemini-2.5-flash
+        tools: [get_weather]          # allowlist: names from Router.from_config(..., tools={...})
+        max_steps: 4                  # model turns whose tool calls are run
+        tool_timeout_s: 5
+        on_max_steps: answer          # or raise ToolLoopExceeded
 """
 
 from __future__ import annotations
