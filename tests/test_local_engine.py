@@ -1,0 +1,230 @@
+"""The local llama.cpp engine with the real bundled Gemma 3 270M (google-genai types in and out)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+from google.genai import types
+
+from genroute.engines.local import LocalEngine
+from genroute.engines.local_prompt import Defaults, function_call_schema, prepare
+from genroute.errors import BackendRejected, ConfigError, UsageError
+
+pytest.importorskip("llama_cpp")
+
+WEATHER = types.FunctionDeclaration(
+    name="get_weather", description="Current weather in a city",
+    parameters_json_schema={"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
+                            "required": ["city"]},
+)
+TIME = types.FunctionDeclaration(
+    name="get_time", description="Current time in a timezone",
+    parameters=types.Schema(type="OBJECT", properties={"timezone": types.Schema(type="STRING")},
+                            required=["timezone"]),
+)
+TOOLS = [types.Tool(function_declarations=[WEATHER, TIME])]
+
+
+def user(text: str) -> list[types.Content]:
+    return [types.Content(role="user", parts=[types.Part(text=text)])]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """One engine (one loaded model) for the whole module; each test drives it from its own loop."""
+    # One thread: on a shared 2-core machine, 2 llama.cpp threads per process were 10x slower.
+    engine = LocalEngine("local", {"pool_size": 1, "n_threads": 1})
+    yield engine
+    asyncio.run(engine.aclose())
+
+
+# -- translation (no model) ------------------------------------------------------------------------
+
+
+def test_prepare_renders_a_transcript_and_maps_sampling() -> None:
+    contents = user("Hi") + [types.Content(role="model", parts=[types.Part(text="Hello!")])] + user("Bye")
+    config = types.GenerateContentConfig(system_instruction="Be brief.", temperature=0.7, top_p=0.5, top_k=7,
+                                         max_output_tokens=9, stop_sequences=["END"], seed=3)
+    prep = prepare(contents, config, Defaults())
+    assert prep.prompt == "Be brief.\n\nUser: Hi\nAssistant: Hello!\nUser: Bye\nAssistant:"
+    s = prep.sampling
+    assert (s.temperature, s.top_p, s.top_k, s.max_tokens, s.seed) == (0.7, 0.5, 7, 9, 3)
+    assert s.stop[0] == "END" and "\nUser:" in s.stop
+    assert prep.schema is None
+
+
+def test_prepare_gemma_template() -> None:
+    prep = prepare(user("Hi"), types.GenerateContentConfig(system_instruction="Sys"), Defaults(prompt_format="gemma"))
+    assert prep.prompt == "<start_of_turn>user\nSys\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+    assert prep.sampling.stop == ("<end_of_turn>",)
+
+
+def test_function_call_schema_ties_args_to_the_name() -> None:
+    schema = function_call_schema([WEATHER, TIME])
+    names = [o["properties"]["name"]["const"] for o in schema["oneOf"]]
+    assert names == ["get_weather", "get_time"]
+    assert schema["oneOf"][1]["properties"]["args"]["properties"]["timezone"]["type"] == "string"
+
+
+def test_function_calling_modes() -> None:
+    call = prepare(user("Weather in Oslo?"), types.GenerateContentConfig(tools=TOOLS), Defaults())
+    assert call.function_call and call.prompt.endswith("User: Weather in Oslo?\nFunction call:")
+    answered = user("Weather in Oslo?") + [
+        types.Content(role="model", parts=[types.Part(function_call=types.FunctionCall(name="get_weather", args={"city": "Oslo"}))]),
+        types.Content(role="user", parts=[types.Part(function_response=types.FunctionResponse(name="get_weather", response={"temp_c": 3}))]),
+    ]
+    text = prepare(answered, types.GenerateContentConfig(tools=TOOLS), Defaults())
+    assert not text.function_call and text.schema is None
+    assert 'Function result (get_weather): {"temp_c": 3}' in text.prompt
+    none = types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode="NONE"))
+    assert not prepare(user("x"), types.GenerateContentConfig(tools=TOOLS, tool_config=none), Defaults()).function_call
+
+
+def test_caller_mistakes_are_usage_errors() -> None:
+    with pytest.raises(UsageError):
+        prepare([], None, Defaults())
+    with pytest.raises(UsageError):
+        prepare(user("x"), types.GenerateContentConfig(candidate_count=2), Defaults())
+    with pytest.raises(ConfigError):
+        LocalEngine("bad", {"pool_size": 0})
+    with pytest.raises(ConfigError) as info:
+        LocalEngine("bad", {"kind": "local", "unknown": 1})
+    assert info.value.field == "engines.bad.unknown"
+
+
+# -- the real model --------------------------------------------------------------------------------
+
+
+@pytest.mark.local
+async def test_generation_with_usage(engine: LocalEngine) -> None:
+    r = await engine.generate("gemma-3-270m", user("What is the capital of France?"),
+                              types.GenerateContentConfig(max_output_tokens=16))
+    assert r.text and r.text == r.text.strip()
+    assert r.candidates[0].finish_reason in (types.FinishReason.STOP, types.FinishReason.MAX_TOKENS)
+    usage = r.usage_metadata
+    assert usage.prompt_token_count >= 10 and 0 < usage.candidates_token_count <= 16
+    assert usage.total_token_count == usage.prompt_token_count + usage.candidates_token_count
+    assert r.model_version == "gemma-3-270m-q4_k_m"
+    assert engine.pricing_model("gemma-3-270m") is None and engine.reference_model == "gemini-2.5-flash"
+
+
+@pytest.mark.local
+async def test_max_tokens_and_greedy_determinism(engine: LocalEngine) -> None:
+    config = types.GenerateContentConfig(max_output_tokens=3, stop_sequences=["\n"])
+    first = await engine.generate("m", user("Count: one two three four five six"), config)
+    second = await engine.generate("m", user("Count: one two three four five six"), config)
+    assert first.text == second.text
+    assert first.usage_metadata.candidates_token_count <= 3
+
+
+@pytest.mark.local
+async def test_constrained_json_matches_the_schema(engine: LocalEngine) -> None:
+    schema = types.Schema(type="OBJECT", properties={"name": types.Schema(type="STRING", max_length=20),
+                                                     "age": types.Schema(type="INTEGER")},
+                          required=["name", "age"])
+    r = await engine.generate("m", user("Ann is 31 years old. Give her as JSON."),
+                              types.GenerateContentConfig(response_mime_type="application/json",
+                                                          response_schema=schema, max_output_tokens=40))
+    data = json.loads(r.text)
+    assert set(data) == {"name", "age"} and isinstance(data["name"], str) and isinstance(data["age"], int)
+
+
+@pytest.mark.local
+async def test_function_call_parses_with_valid_args(engine: LocalEngine) -> None:
+    r = await engine.generate("m", user("What's the weather like in Paris?"),
+                              types.GenerateContentConfig(tools=TOOLS, max_output_tokens=40))
+    (call,) = r.function_calls
+    assert call.name in {"get_weather", "get_time"}
+    expected = {"get_weather": {"city"}, "get_time": {"timezone"}}[call.name]
+    assert set(call.args) == expected and all(isinstance(v, str) for v in call.args.values())
+    assert r.candidates[0].finish_reason == types.FinishReason.STOP
+    # After the tool answered, AUTO mode lets the model reply in text.
+    followup = user("What's the weather like in Paris?") + [
+        types.Content(role="model", parts=[types.Part(function_call=call)]),
+        types.Content(role="user", parts=[types.Part(function_response=types.FunctionResponse(
+            name=call.name, response={"result": "sunny, 18 C"}))]),
+    ]
+    answer = await engine.generate("m", followup, types.GenerateContentConfig(tools=TOOLS, max_output_tokens=16))
+    assert not answer.function_calls and answer.text
+
+
+@pytest.mark.local
+async def test_streaming_concatenates_to_the_full_text(engine: LocalEngine) -> None:
+    config = types.GenerateContentConfig(max_output_tokens=24)
+    chunks = [c async for c in engine.stream("m", user("Name three colors."), config)]
+    full = await engine.generate("m", user("Name three colors."), config)
+    texts = [c.text for c in chunks if c.text]
+    assert len(texts) >= 3
+    assert "".join(texts) == full.text
+    last = chunks[-1]
+    assert last.candidates[0].finish_reason is not None
+    assert last.usage_metadata.candidates_token_count == full.usage_metadata.candidates_token_count
+    assert all(c.usage_metadata is None for c in chunks[:-1])
+
+
+@pytest.mark.local
+async def test_stream_stopped_early_frees_the_model(engine: LocalEngine) -> None:
+    async with asyncio.timeout(60):
+        stream = engine.stream("m", user("Tell me a long story."), types.GenerateContentConfig(max_output_tokens=200))
+        async for _ in stream:
+            break
+        await stream.aclose()
+        r = await engine.generate("m", user("Hi"), types.GenerateContentConfig(max_output_tokens=4))
+    assert r.usage_metadata.candidates_token_count <= 4
+
+
+@pytest.mark.local
+async def test_prompt_longer_than_the_context_is_rejected() -> None:
+    small = LocalEngine("small", {"n_ctx": 64, "n_threads": 1})
+    try:
+        with pytest.raises(BackendRejected):
+            await small.generate("m", user("word " * 200))
+    finally:
+        await small.aclose()
+
+
+@pytest.mark.local
+async def test_concurrent_requests_from_asyncio(engine: LocalEngine) -> None:
+    config = types.GenerateContentConfig(max_output_tokens=6)
+    prompts = ["Hello", "What is 2 + 2?", "Name a fruit.", "Say yes."]
+    results = await asyncio.gather(*(engine.generate("m", user(p), config) for p in prompts))
+    alone = await engine.generate("m", user(prompts[1]), config)
+    assert all(r.usage_metadata.candidates_token_count > 0 for r in results)
+    assert results[1].text == alone.text  # serialized access: no cross-talk between requests
+
+
+@pytest.mark.local
+def test_concurrent_requests_from_threads(engine: LocalEngine) -> None:
+    config = types.GenerateContentConfig(max_output_tokens=6)
+    results: dict[int, types.GenerateContentResponse] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            results[i] = asyncio.run(engine.generate("m", user(f"Say the number {i}."), config))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
+    assert sorted(results) == [0, 1, 2, 3]
+    assert all(r.usage_metadata.candidates_token_count > 0 for r in results.values())
+
+
+@pytest.mark.local
+async def test_a_pool_of_two_instances_serves_concurrent_requests() -> None:
+    pooled = LocalEngine("pooled", {"pool_size": 2, "n_threads": 1})
+    try:
+        config = types.GenerateContentConfig(max_output_tokens=4)
+        results = await asyncio.gather(*(pooled.generate("m", user(p), config) for p in ("Hi", "Yes", "No")))
+        assert all(r.usage_metadata.candidates_token_count > 0 for r in results)
+        assert len(pooled._instances) <= 2
+    finally:
+        await pooled.aclose()
