@@ -173,6 +173,8 @@ class Router:
                                  field=next(iter(fields)))
             request = input
         else:
+            if input is not None and "input" in fields:
+                raise UsageError("input given both positionally and as a keyword", field="input")
             try:
                 request = GenerateRequest(**({"input": input} if input is not None else {}), **fields)
             except ValidationError as exc:
