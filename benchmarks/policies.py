@@ -1,6 +1,6 @@
 """Decision latency of every routing policy (p50/p95), with the semantic policy at 10,000 utterances.
 
-    python benchmarks/policies.py [--n 2000] [--utterances 10000]
+    python benchmarks/policies.py [--n 2000] [--utterances 10000] [--quality]
 
 Embedding the request dominates the semantic and learned policies, so it is measured on its own and the
 nearest-route search is measured without it (numpy matrix vs a Chroma HNSW query). The 10k utterances are
@@ -67,6 +67,7 @@ def timed_interleaved(fns: dict[str, Callable[[], Any]], n: int) -> list[tuple[s
 
 
 def utterances(count: int) -> list[tuple[str, str]]:
+    """``(backend, text)`` pairs: every distinct input of the public sets, padded to ``count`` (0: no padding)."""
     pairs: dict[str, str] = {}  # text -> backend; distinct texts only
     for name, backend in SETS.items():
         for line in (DATA / name).read_text().splitlines():
@@ -79,7 +80,8 @@ def utterances(count: int) -> list[tuple[str, str]]:
         text, backend = base[i % len(base)]
         pairs.setdefault(prefixes[(i // len(base)) % len(prefixes)] + text, backend)
         i += 1
-    return [(b, t) for t, b in list(pairs.items())[:count]]
+    items = list(pairs.items())
+    return [(b, t) for t, b in (items if count <= 0 else items[:count])]
 
 
 def main() -> None:
@@ -87,6 +89,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="decisions per cheap policy")
     parser.add_argument("--n-embed", type=int, default=300, help="decisions per embedding policy")
     parser.add_argument("--utterances", type=int, default=10000)
+    parser.add_argument("--quality", action="store_true", help="also measure held-out routing accuracy")
     args = parser.parse_args()
     rng = random.Random(0)
 
@@ -181,6 +184,8 @@ def main() -> None:
         "learned decide (embed + kNN)": lambda: learned.decide(GenerateRequest(input=fresh()), ctx),
     }, args.n_embed)
 
+    quality = routing_quality(semantic, embedder, tmp) if args.quality else []
+
     print(f"\nsemantic store build/load: {build_s:.1f} s for {len(semantic.backends)} utterances "
           f"(first run embeds them; later runs load from Chroma)")
     print(f"learned (synthetic outcomes): held-out routing accuracy {report.routing_accuracy:.3f} "
@@ -188,6 +193,49 @@ def main() -> None:
     print(f"| policy | p50 ms | p95 ms |\n|---|---:|---:|")
     for label, p50, p95 in rows:
         print(f"| {label} | {p50:.3f} | {p95:.3f} |")
+    if quality:
+        print("\nHeld-out routing accuracy (which public set a query comes from -> its backend; 80/20 split, "
+              "seed 0):\n\n| router | accuracy | held-out queries |\n|---|---:|---:|")
+        for label, accuracy, n in quality:
+            print(f"| {label} | {accuracy:.3f} | {n} |")
+
+
+class _Cached:
+    """An embedder answering from vectors already computed (the store's), so accuracy runs embed nothing."""
+
+    def __init__(self, known: dict[str, np.ndarray], embedder: Any) -> None:
+        self.known, self.embedder, self.model = known, embedder, embedder.model
+
+    def embed_array(self, texts: list[str]) -> np.ndarray:
+        missing = [t for t in texts if t not in self.known]
+        if missing:
+            self.known.update(zip(missing, self.embedder.embed_array(missing)))
+        return np.stack([self.known[t] for t in texts])
+
+
+def routing_quality(semantic: SemanticPolicy, embedder: Any, tmp: Path) -> list[tuple[str, float, int]]:
+    """Semantic (top-1, top-5 vote) and learned (kNN, logreg) routers on queries none of them saw."""
+    known = dict(zip(semantic.utterances, semantic.matrix))
+    base = utterances(0)  # the public sets' own inputs, no padded variants
+    order = np.random.default_rng(0).permutation(len(base))
+    cut = int(0.8 * len(base))
+    fit, held = [base[i] for i in order[:cut]], [base[i] for i in order[cut:]]
+    cached = _Cached(known, embedder)
+    vectors = cached.embed_array([t for _, t in held])
+    results = []
+    for k in (1, 5):
+        policy = SemanticPolicy(SemanticConfig(kind="semantic", routes=_routes(fit), threshold=-1.0, top_k=k,
+                                               default="prompt"), embedder=cached)
+        hits = [policy.nearest(v)[0] == b for v, (b, _) in zip(vectors, held)]
+        results.append((f"semantic nearest route, top_k={k} ({len(fit)} utterances)", float(np.mean(hits)),
+                        len(held)))
+    # The learned router's label here is the set's backend (one backend is right, all cost the same).
+    outcomes = [{"id": str(i), "input": t, "backend": b2, "score": float(b2 == b), "cost_usd": 0.0}
+                for i, (b, t) in enumerate(base) for b2 in sorted(set(SETS.values()))]
+    for method in ("knn", "logreg"):
+        report = train(outcomes, tmp / f"{method}.npz", embedder=cached, method=method, test_share=0.2)
+        results.append((f"learned {method} (train() report)", report.routing_accuracy, report.n_test))
+    return results
 
 
 def _routes(pairs: list[tuple[str, str]]) -> dict[str, tuple[str, ...]]:

@@ -74,7 +74,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _fit_logreg(x: np.ndarray, y: np.ndarray, classes: int, *, epochs: int = 400, lr: float = 0.5,
+def _fit_logreg(x: np.ndarray, y: np.ndarray, classes: int, *, epochs: int = 400, lr: float = 4.0,
                 l2: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     w = np.zeros((x.shape[1], classes), dtype=np.float32)
     b = np.zeros(classes, dtype=np.float32)
