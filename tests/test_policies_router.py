@@ -65,3 +65,17 @@ def test_unknown_backend_in_policy_fails_at_build(gemini_server):
     with pytest.raises(ConfigError) as err:
         Router.from_config(two_backends(gemini_server, policy))
     assert err.value.field == "policy.rungs.1.backend"
+
+
+def test_budget_reject_raises_budget_exceeded(gemini_server, otel):
+    from genroute.errors import BudgetExceeded
+
+    policy = {"kind": "budget", "inner": {"kind": "static", "backend": "big"}, "budget_usd": 0.015,
+              "per": "tenant", "costs": {"big": 0.012}}
+    gemini_server.reply_text("first", usage=(1000, 1000))  # ~$0.011 spent: $0.004 left < $0.012 held
+    with Router.from_config(two_backends(gemini_server, policy), **otel.providers) as router:
+        router.generate("one", metadata={"tenant": "acme"}, key="u1")
+        with pytest.raises(BudgetExceeded, match="tenant:acme"):
+            router.generate("two", metadata={"tenant": "acme"}, key="u2")
+        router_requests = len(gemini_server.requests)
+    assert router_requests == 1  # the refused request never reached the wire
