@@ -35,6 +35,10 @@ class BackendStats(BaseModel):
     latency_p95_s: float = Field(ge=0.0)
     cost_per_request_usd: float = Field(ge=0.0)
     failures: int = Field(default=0, ge=0, description="Records that ended in an error.")
+    latency_p99_s: float | None = Field(default=None, ge=0.0)
+    time_to_first_token_p50_s: float | None = Field(default=None, ge=0.0)
+    input_tokens_mean: float | None = Field(default=None, ge=0.0)
+    output_tokens_mean: float | None = Field(default=None, ge=0.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> BackendStats:
