@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-from genroute.engines.base import Engine
 from genroute.errors import UsageError
 from genroute.knowledge.embedders import GeminiEmbedder, LocalEmbedder, register_with_chroma, weights_dir
 
@@ -141,38 +140,28 @@ def test_chroma_collection_reopens_in_a_new_process(embedder: LocalEmbedder, tmp
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [["paris"]]
 
 
-class _VectorEngine(Engine):
-    """A stand-in engine whose embeddings are the texts' lengths (the embedder only forwards)."""
+def _gemini_engine(server):
+    from genroute.engines.gemini import GeminiEngine
 
-    kind = "vector-test"
-    provider = "gcp.gemini"
-
-    def __init__(self) -> None:
-        super().__init__("vec", None)
-        self.calls: list[tuple[str, list[str]]] = []
-
-    async def generate(self, model, contents, config=None, *, timeout_s=None):  # pragma: no cover
-        raise NotImplementedError
-
-    def stream(self, model, contents, config=None, *, timeout_s=None):  # pragma: no cover
-        raise NotImplementedError
-
-    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
-        self.calls.append((model, texts))
-        return [[float(len(t)), 1.0] for t in texts]
+    return GeminiEngine("gemini", {"base_url": server.base_url, "api_key": "test-key-0123456789"})
 
 
-async def test_gemini_embedder_forwards_to_the_engine(otel) -> None:
-    engine = _VectorEngine()
-    emb = GeminiEmbedder(engine, tracer_provider=otel.tracer_provider)
-    assert await emb.aembed(["ab", "c"]) == [[2.0, 1.0], [1.0, 1.0]]
-    assert engine.calls == [("gemini-embedding-001", ["ab", "c"])]
+async def test_gemini_embedder_over_the_wire(gemini_server, otel) -> None:
+    engine = _gemini_engine(gemini_server)
+    emb = GeminiEmbedder(engine, dimension=gemini_server.embedding_dim, tracer_provider=otel.tracer_provider)
+    try:
+        vectors = await emb.aembed(["ab", "c"])
+    finally:
+        await engine.aclose()
+    assert len(vectors) == 2 and all(len(v) == emb.dimension for v in vectors)
     (span,) = otel.spans("embeddings")
     assert span.name == "embeddings gemini-embedding-001"
-    assert span.attributes["gen_ai.provider.name"] == "gcp.gemini"
+    assert span.attributes["gen_ai.provider.name"] == engine.provider
     with pytest.raises(UsageError):
         emb.embed(["inside a loop"])
 
 
-def test_gemini_embedder_sync_outside_a_loop() -> None:
-    assert GeminiEmbedder(_VectorEngine()).embed(["abc"]) == [[3.0, 1.0]]
+def test_gemini_embedder_sync_outside_a_loop(gemini_server) -> None:
+    engine = _gemini_engine(gemini_server)
+    (vector,) = GeminiEmbedder(engine).embed(["abc"])
+    assert len(vector) == gemini_server.embedding_dim
