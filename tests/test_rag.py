@@ -194,3 +194,19 @@ def test_pack_keeps_rank_order_and_truncates_only_the_first() -> None:
     docs, cites = pack([hit(1, 30), hit(2, 200), hit(3, 20)], budget=90)
     assert [c.chunk_id for c in cites] == ["c1", "c3"]  # c2 skipped, the shorter c3 still fits
     assert [d["n"] for d in docs] == [1, 2]
+
+
+@pytest.mark.local
+async def test_local_model_answers_from_retrieved_context(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python comes with the local extra")
+    from .chroma_fixtures import Knowledge
+
+    knowledge = Knowledge("embedded", {"path": str(tmp_path / "chroma")})
+    await ingest_docs(knowledge, tmp_path, "facts")
+    config = {"engines": {"local": {"kind": "local", "n_threads": 2}}, "knowledge": knowledge.config,
+              "backends": {"rag": {"kind": "rag", "engine": "local", "model": "gemma-3-270m", "collection": "facts",
+                                   "k": 2, "generation": {"max_output_tokens": 24}}}}
+    async with Router.from_config(config) as r:
+        result = await r.agenerate("In which year was the Zorblax fusion reactor commissioned?")
+    assert result.citations and result.citations[0].title == "reactor"
+    assert result.text and result.usage.input_tokens > 60
