@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from genroute.bench import (
-    BenchRecord, ResultsLog, abench, arun_bench, compile_policy, load_records, markdown_table, resolve_scorer, summarize,
-    write_report,
+    BenchRecord, ResultsLog, abench, arun_bench, compile_policy, load_records, markdown_table, resolve_scorer,
+    summarize, write_report,
 )
 from genroute.bench.harness import ingest_corpus
 from genroute.router.router import Router
@@ -81,7 +81,7 @@ def task_backends(task: str) -> tuple[dict[str, dict[str, Any]], str]:
                     "query_template": "Question: {{ input }}\nIntent:", "stop": ["\nQuestion:"]},
         }, "label_accuracy"
     if task == "xquad":
-        answer = {"max_output_tokens": 16}
+        answer = {"max_output_tokens": 16, "stop_sequences": ["\n"]}
         return {
             "prompt_template": {**base, "kind": "prompt_template", "generation": answer,
                                 "template": "Question: {{ input }}\nShort answer:"},
@@ -94,8 +94,9 @@ def task_backends(task: str) -> tuple[dict[str, dict[str, Any]], str]:
                                 "Question: {{ input }}\nShort answer (copied from the text above):"},
         }, "token_f1"
     if task == "bfcl":
-        calls = {"type": "array", "items": {"type": "object", "required": ["name", "arguments"],
-                                            "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}}}}
+        call = {"type": "object", "required": ["name", "arguments"],
+                "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}}}
+        calls = {"type": "array", "items": call}
         return {
             "prompt_template": {**base, "kind": "prompt_template",
                                 "generation": {"max_output_tokens": 96, "response_schema": calls},

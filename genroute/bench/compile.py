@@ -202,7 +202,8 @@ def _oracle(by_backend: Mapping[str, Outcome], cloud: bool) -> str:
 
 def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_set: set[str],
              held_records: Sequence[BenchRecord], table: Mapping[str, Mapping[str, Outcome]], out: Path,
-             default: str, *, seed: int, embedder: Any, cloud: bool) -> tuple[str | None, str | None, HeldOutRow | None]:
+             default: str, *, seed: int, embedder: Any, cloud: bool
+             ) -> tuple[str | None, str | None, HeldOutRow | None]:
     """Train ``learned`` on the training split (if the policies module has ``train``) and evaluate it."""
     try:
         from genroute.policies.learned import LearnedConfig, LearnedPolicy, train

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, advise
 from genroute.bench.compile import CompileReport, compile_policy
-from genroute.bench.datasets import BenchRecord, load_records
+from genroute.bench.datasets import BenchRecord, load_records, sample
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
 from genroute.bench.runner import POLICY_TARGET, Outcome, arun_bench, write_manifest
 from genroute.bench.scorers import resolve_scorer
@@ -65,17 +65,18 @@ async def abench(
     embedder: Any = None,
 ) -> BenchReport:
     """Benchmark ``backends`` (and the router's policy end to end if ``policy``) on a dataset; write reports."""
-    records = list(data) if not isinstance(data, str | Path) else load_records(data, limit=limit, seed=seed, task=task)
-    if not isinstance(data, str | Path) and limit is not None:
-        from genroute.bench.datasets import sample
-
-        records = sample(records, limit, seed=seed)
+    from_file = isinstance(data, str | Path)
+    if from_file:
+        records = load_records(data, limit=limit, seed=seed, task=task)  # type: ignore[arg-type]
+    else:
+        records = sample(list(data), limit, seed=seed)  # type: ignore[arg-type]
+    source = str(data) if from_file else None
     out = Path(out_dir)
     if corpus is not None:
         await ingest_corpus(router, corpus, collection)
     chosen = resolve_scorer(scorer, records)
     targets = [*backends, *([POLICY_TARGET] if policy else [])]
-    write_manifest(out, data=str(data) if isinstance(data, str | Path) else "<records>", backends=list(backends),
+    write_manifest(out, data=source or "<records>", backends=list(backends),
                    policy=policy, scorer=chosen.name, limit=limit, seed=seed, concurrency=concurrency,
                    command=command)
     outcomes = await arun_bench(router, records, targets, chosen, out_dir=out, concurrency=concurrency,
@@ -84,8 +85,7 @@ async def abench(
     kinds = {name: getattr(b, "kind", "") for name, b in router.backends.items()}
     compiled = None
     if compile and len([t for t in targets if t != POLICY_TARGET]) >= 1 and len(records) >= 2:
-        compiled = compile_policy(outcomes, records, out, seed=seed, source=str(data) if isinstance(data, str | Path)
-                                  else None, embedder=embedder)
+        compiled = compile_policy(outcomes, records, out, seed=seed, source=source, embedder=embedder)
     advice = advise(summaries, advisor, kinds=kinds)
     sections = []
     if command:
@@ -97,8 +97,8 @@ async def abench(
     failures = _failure_examples(outcomes)
     if failures:
         sections.append(("Failures (first of each type)", failures))
-    files = write_report(out, summaries, title=f"genroute bench: {Path(str(data)).name if isinstance(data, str | Path) else 'records'}",
-                         sections=sections)
+    title = f"genroute bench: {Path(source).name if source else 'records'}"
+    files = write_report(out, summaries, title=title, sections=sections)
     files["results"] = out / "results.jsonl"
     return BenchReport(out_dir=str(out), summaries=tuple(summaries), outcomes=tuple(outcomes),
                        files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice)
