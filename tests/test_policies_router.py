@@ -79,3 +79,21 @@ def test_budget_reject_raises_budget_exceeded(gemini_server, otel):
             router.generate("two", metadata={"tenant": "acme"}, key="u2")
         router_requests = len(gemini_server.requests)
     assert router_requests == 1  # the refused request never reached the wire
+
+
+def test_policy_from_a_yaml_file(gemini_server, otel, tmp_path):
+    import yaml
+
+    config = two_backends(gemini_server, {
+        "kind": "split", "salt": "exp-1",
+        "arms": [{"name": "control", "weight": 50, "backend": "small"},
+                 {"name": "ladder", "weight": 50, "policy": {"kind": "ladder", "cascade": True}}]})
+    path = tmp_path / "genroute.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with Router.from_config(path, **otel.providers) as router:
+        arms = {router.decide("hi", key=f"user-{i}").reason.split(" (")[0] for i in range(40)}
+    assert arms == {"split: arm control", "split: arm ladder"}
+    path.write_text(path.read_text().replace("weight: 50", "weight: -1", 1))
+    with pytest.raises(ConfigError) as err:
+        Router.from_config(path)
+    assert err.value.field == "policy.arms.0.weight"
