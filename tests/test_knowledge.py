@@ -250,3 +250,27 @@ async def test_sigkill_mid_ingest_then_rerun_leaves_exactly_one_copy(knowledge: 
     assert report.skipped >= done and report.added + report.skipped == len(want)
     assert await store.count(collection, kind="documents") == len(want)
     assert {h.id for h in await store.get_all(collection, kind="documents")} == want
+
+
+def test_ingest_paths_is_the_cli_entry_point(tmp_path: Path) -> None:
+    from genroute.knowledge import ingest_paths
+
+    config = {"path": str(tmp_path / "c")}
+    paths = [str(p) for p in write_corpus(tmp_path / "docs", docs=5)]
+    report = ingest_paths(paths, "docs", store_config=config, chunk_tokens=256, overlap=32, progress=True)
+    assert report.added == report.chunks > 0 and report.chunks_per_s > 0
+    examples = tmp_path / "ex.jsonl"
+    examples.write_text('{"input": "hi", "output": "greeting"}\n{"input": "bye", "output": "farewell"}\n')
+    report = ingest_paths([str(examples)], "examples", store_config=config, kind="examples", progress=False)
+    assert (report.chunks, report.added) == (2, 2)
+    with pytest.raises(UsageError) as err:
+        ingest_paths([str(tmp_path / "nope.md")], "docs", store_config=config)
+    assert err.value.field == "paths"
+
+
+async def test_sync_ingest_refuses_a_running_loop(tmp_path: Path) -> None:
+    from genroute.knowledge import ingest
+
+    with pytest.raises(UsageError) as err:
+        ingest(build_store({"path": str(tmp_path)}, engines={}), [tmp_path], collection="docs")
+    assert "running event loop" in str(err.value)

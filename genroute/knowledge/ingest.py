@@ -233,9 +233,11 @@ def run_sync(coro: Any, what: str) -> Any:
 
 
 def _check_chunk_size(store: KnowledgeStore, chunk_tokens: int) -> None:
+    # The embedder reads max_length positions including [CLS]/[SEP]; a couple of tokens past that
+    # only go unembedded (the stored text stays whole), anything longer would be a silent loss.
     limit = getattr(store.embedder, "max_length", None)
-    if limit is not None and chunk_tokens > limit - 2:  # [CLS] and [SEP] take two positions
-        raise UsageError(f"{chunk_tokens} exceeds what the embedder reads ({limit - 2} tokens); "
+    if limit is not None and chunk_tokens > limit:
+        raise UsageError(f"{chunk_tokens} exceeds what the embedder reads ({limit} tokens); "
                          "the rest of each chunk would be ignored", field="chunk_tokens")
 
 
