@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -120,3 +121,16 @@ async def test_aclose_flushes_too(gemini_server):
         await router.agenerate("g")
     assert [s.name for s in exporter.get_finished_spans()].count("genroute.generate") == 1
     provider.shutdown()
+
+
+def test_a_stream_abandoned_after_its_first_chunk_is_closed_at_once_and_cleanly(gemini_server, otel, caplog):
+    gemini_server.reply_text("one two three four five six", usage=(5, 6), chunks=3)
+    with caplog.at_level(logging.WARNING), Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        stream = router.stream("count")
+        assert next(stream).text  # the first chunk arrived...
+        stream.close()  # ...and the caller walks away (what `break` and garbage collection do)
+        # Every layer was closed in order, right away: both spans ended, nothing waits for the GC.
+        assert [s.name for s in otel.spans()] == ["generate_content gemini-2.5-flash", "genroute.generate"]
+        assert router.generate("still works").text
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert problems == []  # no "Failed to detach context", no "Task was destroyed but it is pending"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -150,13 +151,15 @@ class SingleCallBackend(Backend):
         prepared = await self.prepare(request, ctx)
         parts: list[str] = []
         reason = None
-        async for response in ctx.stream(self.engine, prepared.model, prepared.contents, prepared.config,
-                                         price_as=prepared.price_as):
-            delta = response_text(response)
-            reason = finish_reason(response) or reason
-            if delta:
-                parts.append(delta)
-                yield delta
+        stream = ctx.stream(self.engine, prepared.model, prepared.contents, prepared.config,
+                            price_as=prepared.price_as)
+        async with aclosing(stream) as responses:  # closed now if our consumer stops early, not by the GC
+            async for response in responses:
+                delta = response_text(response)
+                reason = finish_reason(response) or reason
+                if delta:
+                    parts.append(delta)
+                    yield delta
         yield self._output(prepared, "".join(parts), reason)
 
     def _output(self, prepared: Prepared, text: str, reason: str | None) -> BackendOutput:

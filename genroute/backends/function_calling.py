@@ -24,6 +24,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -114,8 +115,9 @@ class FunctionCallingBackend(Backend):
         raise AssertionError("unreachable")  # pragma: no cover - the loop always ends with an output
 
     async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
-        async for item in self._loop(request, ctx, stream=True):
-            yield item
+        async with aclosing(self._loop(request, ctx, stream=True)) as items:
+            async for item in items:
+                yield item
 
     async def _loop(self, request: GenerateRequest, ctx: RunContext, *,
                     stream: bool) -> AsyncIterator[str | BackendOutput]:
@@ -133,9 +135,10 @@ class FunctionCallingBackend(Backend):
             config = self.generate_config(final=final)
             turn = _Turn(separator="\n\n" if said else "")
             if stream:
-                async for chunk in ctx.stream(self.engine, self.config.model, contents, config):
-                    for delta in turn.add(chunk):
-                        yield delta
+                async with aclosing(ctx.stream(self.engine, self.config.model, contents, config)) as chunks:
+                    async for chunk in chunks:
+                        for delta in turn.add(chunk):
+                            yield delta
             else:
                 for delta in turn.add(await ctx.generate(self.engine, self.config.model, contents, config)):
                     yield delta

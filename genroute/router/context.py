@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -94,13 +95,15 @@ class RunContext:
             start = time.perf_counter()
             last = None
             try:
-                async for response in engine.stream(model, contents, config, timeout_s=self.remaining_s()):
-                    if self.time_to_first_token_s is None:
-                        self.time_to_first_token_s = time.perf_counter() - start
-                        span.set_attribute("gen_ai.response.time_to_first_chunk", self.time_to_first_token_s)
-                    if response.usage_metadata is not None or last is None:
-                        last = response
-                    yield response
+                stream = engine.stream(model, contents, config, timeout_s=self.remaining_s())
+                async with aclosing(stream) as responses:  # type: ignore[type-var]
+                    async for response in responses:
+                        if self.time_to_first_token_s is None:
+                            self.time_to_first_token_s = time.perf_counter() - start
+                            span.set_attribute("gen_ai.response.time_to_first_chunk", self.time_to_first_token_s)
+                        if response.usage_metadata is not None or last is None:
+                            last = response
+                        yield response
             except GenrouteError as exc:
                 self._fail(span, attrs, exc, start)
                 raise

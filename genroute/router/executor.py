@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -117,16 +118,17 @@ class Executor:
             rung_start = time.perf_counter()
             try:
                 token = self.policy.reserve(request, decision, rung.backend)
-                async for item in self.backends[rung.backend].stream(request, ctx):
-                    if isinstance(item, BackendOutput):
-                        output = item
-                    elif buffered:
-                        pending.append(item)
-                    else:
-                        if first_chunk_s is None:
-                            first_chunk_s = time.perf_counter() - start
-                        sent = True
-                        yield GenerateChunk(text=item)
+                async with aclosing(self.backends[rung.backend].stream(request, ctx)) as items:
+                    async for item in items:
+                        if isinstance(item, BackendOutput):
+                            output = item
+                        elif buffered:
+                            pending.append(item)
+                        else:
+                            if first_chunk_s is None:
+                                first_chunk_s = time.perf_counter() - start
+                            sent = True
+                            yield GenerateChunk(text=item)
                 assert output is not None, "backend stream ended without its final output"
                 reason = self._check(rung, request, output)
                 if reason is not None:

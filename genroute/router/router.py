@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,8 +111,10 @@ class Router:
         """Stream one answer (async): text chunks, then a ``done`` chunk carrying the full result."""
         request = self._request(input, fields)
         with self._root_span(request) as (span, decision, start, deadline):
-            async for chunk in self._executor.stream(request, decision, span, start, deadline):
-                yield chunk
+            # aclosing: a caller that stops early closes every inner stream now, in this context.
+            async with aclosing(self._executor.stream(request, decision, span, start, deadline)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     def stream(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Iterator[GenerateChunk]:
         """Stream one answer (sync; not from inside a running event loop)."""
