@@ -290,3 +290,29 @@ async def test_bench_on_the_local_model(tmp_path: Path) -> None:
     assert summary.cost_per_request_usd == 0.0  # local is free...
     assert (summary.cloud_equivalent_per_request_usd or 0.0) > 0.0  # ...but the cloud price is shown
     assert Path(report.files["png"]).exists() and "<td>pt</td>" in Path(report.files["html"]).read_text()
+
+
+def test_cli_ingests_the_corpus_for_rag(gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    passages = [{"id": "p1", "title": "Reactor", "text": "The Zorblax reactor in Tromsø opened in 1987."},
+                {"id": "p2", "title": "Bakery", "text": "Marta's bakery in Porto bakes rye bread at four."}]
+    corpus.write_text("".join(json.dumps(p) + "\n" for p in passages))
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"input": "When did the Zorblax reactor open?", "output": "1987",
+                                "metadata": {"id": "q1", "answers": [{"text": "1987"}]}}) + "\n")
+    gemini_server.reply_text("1987")
+    cfg = config(gemini_server)
+    cfg["knowledge"] = {"path": str(tmp_path / "chroma")}
+    cfg["backends"] = {"rag": {"kind": "rag", "engine": "gemini", "model": "gemini-2.5-flash", "k": 1,
+                               "collection": "bench-corpus"}}
+    cfg["policy"] = {"kind": "static", "backend": "rag"}
+    (tmp_path / "genroute.yaml").write_text(yaml.safe_dump(cfg))
+    argv = [str(data), "--config", str(tmp_path / "genroute.yaml"), "--backends", "rag", "--corpus", str(corpus),
+            "--collection", "bench-corpus", "--out", str(tmp_path / "out"), "--quiet"]
+    assert bench_main(argv) == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert row["scorer"] == "token_f1" and row["score"] == 1.0
+    (request,) = [r for r in gemini_server.requests if r.action in ("generateContent", "streamGenerateContent")]
+    assert "Zorblax reactor in Tromsø opened in 1987" in " ".join(texts_in(request.body))
+    no_collection = [a for a in argv if a not in ("--collection", "bench-corpus")]
+    assert bench_main(no_collection) == 2
