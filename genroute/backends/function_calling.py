@@ -109,9 +109,10 @@ class FunctionCallingBackend(Backend):
         return config
 
     async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:
-        async for item in self._loop(request, ctx, stream=False):
-            if isinstance(item, BackendOutput):
-                return item
+        async with aclosing(self._loop(request, ctx, stream=False)) as items:
+            async for item in items:
+                if isinstance(item, BackendOutput):
+                    return item
         raise AssertionError("unreachable")  # pragma: no cover - the loop always ends with an output
 
     async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
