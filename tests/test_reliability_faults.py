@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,3 +184,15 @@ def test_a_closed_port_is_a_typed_error_not_a_hang(gemini_server, mode):
     out = call(config, mode)
     assert isinstance(out.error, BackendUnavailable), repr(out.error)
     assert out.result is None and not out.done_seen
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_retry_after_beyond_the_deadline_ends_the_request_instead_of_sleeping_past_it(gemini_server, mode):
+    gemini_server.fault(Fault.status(429, retry_after=120), times=5)
+    gemini_server.reply_text(ANSWER)
+    started = time.monotonic()
+    out = call(gemini_config(gemini_server), mode, timeout_s=DEADLINE_S)
+    assert time.monotonic() - started < 60  # a hang check: it did not wait out the 120 s Retry-After
+    assert isinstance(out.error, BackendUnavailable) and out.error.status == 429
+    assert out.error.retry_after_s == 120  # the caller learns when to come back
+    assert len(gemini_server.requests) == 1  # no retry that could only fail again

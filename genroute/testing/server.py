@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import struct
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -67,6 +68,12 @@ class _HTTPServer(ThreadingHTTPServer):
     block_on_close = False
     # socketserver's default backlog of 5 drops connections when hundreds of clients connect at once.
     request_queue_size = 1024
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up (its timeout, a cancelled stream) is routine here, not a server bug to print.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = super().get_request()
