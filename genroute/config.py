@@ -61,7 +61,8 @@ def config_error(exc: ValidationError, prefix: str | None) -> ConfigError:
     """A ``ConfigError`` naming the first invalid field of ``exc`` (and counting the rest)."""
     errors = exc.errors()
     first = errors[0]
-    loc = ".".join(str(part) for part in first["loc"])
+    # pydantic reports a bad mapping key as a location part "[key]": the field is the mapping entry itself.
+    loc = ".".join(str(part) for part in first["loc"] if part != "[key]")
     field = ".".join(p for p in (prefix, loc) if p) or None
     more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
     return ConfigError(f"{first['msg']}{more}", field=field)

