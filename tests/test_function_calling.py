@@ -328,3 +328,17 @@ def test_tool_mode_any_needs_a_final_answer(gemini_server: GeminiTestServer, ote
         make_router(gemini_server, otel, Tools().as_dict(), ["add"], tool_mode="any")
     assert (info.value.field or "").startswith("backends.chat")
     make_router(gemini_server, otel, Tools().as_dict(), ["add"], tool_mode="any", on_max_steps="answer").close()
+
+
+async def test_huge_tool_results_reach_the_model_cut_short(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    def dump() -> dict:
+        """Returns a lot."""
+        return {"rows": ["x" * 100] * 100}
+
+    gemini_server.reply_function_call("dump", {})
+    gemini_server.reply_text("ok")
+    async with make_router(gemini_server, otel, {"dump": dump}, ["dump"], max_result_chars=500) as router:
+        result = await router.agenerate("dump it")
+    assert result.tool_calls[0].result == dump()  # the caller gets everything
+    sent = function_responses(bodies(gemini_server)[1])[0]["response"]["output"]
+    assert isinstance(sent, str) and len(sent) < 600 and sent.endswith("more characters]")

@@ -49,6 +49,9 @@ class FunctionCallingConfig(BackendConfig):
     tools: tuple[str, ...] = Field(min_length=1, description="Allowlist: names of tools this backend may run.")
     max_steps: int = Field(default=5, ge=1, description="Most model turns whose tool calls are run.")
     tool_timeout_s: float = Field(default=10.0, gt=0, description="Limit for one tool call.")
+    max_result_chars: int = Field(
+        default=20_000, gt=0, description="Longer tool results reach the model cut short (JSON text)."
+    )
     on_max_steps: Literal["raise", "answer"] = Field(
         default="raise",
         description="At the step limit: raise ToolLoopExceeded, or ask once more with tools disabled.",
@@ -197,7 +200,10 @@ class FunctionCallingBackend(Backend):
             elif ctx.capture_content:
                 span.set_attribute("gen_ai.tool.call.result", _dumps(record.result))
             ctx.telemetry.duration.record(duration, metric_attrs)
-        payload = {"output": record.result} if record.outcome == "ok" else {"error": record.error}
+        if record.outcome == "ok":
+            payload = {"output": _bounded(record.result, self.config.max_result_chars)}
+        else:
+            payload = {"error": record.error}
         part = types.Part(function_response=types.FunctionResponse(id=call.id, name=name, response=payload))
         return record, part
 
@@ -267,6 +273,15 @@ class _Turn:
 
 def _plain_text(part: types.Part) -> bool:
     return part.text is not None and not part.thought and part.thought_signature is None
+
+
+def _bounded(result: Any, limit: int) -> Any:
+    """``result``, or its JSON text cut to ``limit`` characters: one huge tool answer must not flood the
+    model's context (and the bill); the caller still gets the whole result in ``tool_calls``."""
+    text = _dumps(result)
+    if len(text) <= limit:
+        return result
+    return f"{text[:limit]}... [truncated: {len(text) - limit} more characters]"
 
 
 def _dumps(value: Any) -> str:
