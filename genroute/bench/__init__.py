@@ -1,7 +1,7 @@
 """The benchmark harness: datasets, scorers, a resumable runner, reports, policy compilation, graduation advice."""
 
 from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, advise
-from genroute.bench.command import add_arguments, bench_main, run_bench_cli
+from genroute.bench.cli import add_arguments, bench_main, run_bench_cli
 from genroute.bench.compile import CompileReport, compile_policy, stats_from
 from genroute.bench.datasets import BenchRecord, load_corpus, load_records, split_ids
 from genroute.bench.harness import BenchReport, abench, bench
