@@ -1,4 +1,23 @@
-"""The benchmark harness: datasets, scorers, a resumable runner, reports, policy compilation, graduation advice."""
+"""The benchmark harness: datasets, scorers, a resumable runner, reports, policy compilation, graduation advice.
+
+Command line (``genroute bench`` delegates to ``genroute.bench.cli.bench_main``)::
+
+    genroute bench data.jsonl --config genroute.yaml --backends prompt,icl,rag [--policy] [--scorer NAME]
+        [--limit N] [--concurrency N] [--seed S] [--out DIR] [--corpus CORPUS.jsonl --collection NAME]
+        [--monthly-requests N] [--tuning-cost USD]
+
+Python::
+
+    from genroute.bench import abench
+    async with Router.from_config("genroute.yaml") as router:
+        report = await abench(router, "data.jsonl", backends=["prompt", "icl"], out_dir="bench-out")
+    print(report.markdown())
+
+``DIR`` receives ``results.jsonl`` (one row per backend and record; rerunning skips rows already there),
+``report.md``, ``report.html`` (self-contained), ``pareto.png``, ``summary.json``, ``run.json``, the
+``stats.json`` that the ``cost_aware`` policy reads (``stats_path``) and ``learned.npz`` for ``learned``
+(``model_path``).
+"""
 
 from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, advise
 from genroute.bench.cli import add_arguments, bench_main, run_bench_cli
