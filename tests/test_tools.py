@@ -9,6 +9,8 @@ from enum import Enum
 from typing import Annotated, Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from genroute.errors import ConfigError
@@ -148,3 +150,25 @@ def test_jsonable() -> None:
     assert jsonable(Address(street="s", city="c")) == {"street": "s", "city": "c"}
     assert jsonable(date(2026, 1, 1)) == "2026-01-01"
     assert jsonable(object()).startswith("<object object")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+_TOOLS = (tool_from_callable(get_weather), tool_from_callable(ship))
+
+
+@settings(max_examples=150, deadline=None)
+@given(args=st.dictionaries(st.sampled_from(["city", "unit", "days", "to", "express", "on", "x"]), json_values))
+def test_any_model_arguments_are_validated_or_rejected_cleanly(args: dict) -> None:
+    # Arguments come from a model (untrusted): validation either passes or raises InvalidToolArgs.
+    for tool in _TOOLS:
+        try:
+            kwargs = tool.validate(args)
+        except InvalidToolArgs:
+            continue
+        assert set(kwargs) == set(tool.schema["properties"])
