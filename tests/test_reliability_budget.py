@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from genroute import BudgetExceeded, GenerateResult, Router
-from genroute.testing import Reply
+from genroute.testing import Fault, Reply
 
 from .conftest import gemini_config
 
@@ -73,3 +73,22 @@ def test_500_concurrent_requests_downgrade_once_the_budget_is_spent(gemini_serve
         by_backend[result.backend] += 1
     assert by_backend["chat"] == 40 and by_backend["cheap"] == REQUESTS - 40
     assert sum(r.cost_usd for r in outcomes) <= BUDGET
+
+
+def test_cancelled_requests_release_their_reservations(gemini_server):
+    gemini_server.fault(Fault.delay(30), times=50)
+
+    async def main() -> dict[str, Any]:
+        async with Router.from_config(_budget_config(gemini_server)) as router:
+            tasks = [asyncio.create_task(router.agenerate(f"r{i}", timeout_s=60)) for i in range(50)]
+            while len(gemini_server.requests) < 40:  # most are on the wire, holding their reservations
+                await asyncio.sleep(0.02)
+            assert router.policy.ledger.snapshot()["*"]["reserved"] > 0
+            for task in tasks:
+                task.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            assert all(isinstance(o, asyncio.CancelledError | BudgetExceeded) for o in outcomes)
+            return router.policy.ledger.snapshot()["*"]
+
+    ledger = asyncio.run(asyncio.wait_for(main(), 120))
+    assert ledger == {"spent": 0.0, "reserved": 0.0}  # nothing held by requests that will never finish
