@@ -109,14 +109,20 @@ async def main() -> None:
             script()
             await fn()
         results: dict[str, list[float]] = {name: [] for name in contenders}
+        calls: dict[str, int] = dict.fromkeys(contenders, 0)
         for _ in range(args.rounds):
             for name, fn in contenders.items():
+                before = len(server.requests)
                 results[name].append(await _median_ms(fn, args.n, script))
+                calls[name] += len(server.requests) - before
+        assert not server._replies, "a contender left scripted replies unused"  # every loop made both calls
         print(f"tool loop (2 model calls + 1 tool), median of {args.rounds} rounds x {args.n} requests:")
         base = statistics.median(results["genai manual"])
         for name, values in results.items():
             med = statistics.median(values)
-            print(f"  {name:13s} {med:7.2f} ms/request   ({med - base:+.2f} ms vs genai manual)")
+            per = calls[name] / (args.rounds * args.n)
+            print(f"  {name:13s} {med:7.2f} ms/request   ({med - base:+.2f} ms vs genai manual; "
+                  f"{per:.1f} HTTP calls/request)")
 
         calls = [{"functionCall": {"name": f"slow_{c}", "args": {"n": i}}} for i, c in enumerate("abcd")]
 
