@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--collection", default=None, help="collection to ingest the corpus into")
     parser.add_argument("--monthly-requests", type=int, default=100_000, help="graduation advisor volume")
     parser.add_argument("--tuning-cost", type=float, default=None, help="USD; default: estimated")
+    parser.add_argument("--min-quality", type=float, default=None,
+                        help="cost_aware quality floor for the held-out comparison (default: 95%% of the best)")
+    parser.add_argument("--holdout", type=float, default=0.3, help="share of records held out when compiling")
     parser.add_argument("--no-compile", action="store_true", help="skip stats file / learned policy")
     parser.add_argument("--no-stream", action="store_true", help="call generate, not stream (no TTFT)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -52,7 +55,8 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
                     router, args.data, backends=backends, policy=args.policy, scorer=args.scorer,
                     limit=args.limit, concurrency=args.concurrency, seed=args.seed, out_dir=args.out,
                     task=args.task, corpus=args.corpus, collection=args.collection,
-                    compile=not args.no_compile, advisor=advisor, stream=not args.no_stream,
+                    compile=not args.no_compile, advisor=advisor, min_quality=args.min_quality,
+                    holdout=args.holdout, stream=not args.no_stream,
                     progress=not args.quiet, command=command)
 
         report = asyncio.run(main())

@@ -59,6 +59,8 @@ async def abench(
     collection: str | None = None,
     compile: bool = True,  # noqa: A002 - the verb the issue uses
     advisor: AdvisorSettings | None = None,
+    min_quality: float | None = None,
+    holdout: float = 0.3,
     stream: bool = True,
     progress: bool = True,
     command: str | None = None,
@@ -85,7 +87,8 @@ async def abench(
     kinds = {name: getattr(b, "kind", "") for name, b in router.backends.items()}
     compiled = None
     if compile and len([t for t in targets if t != POLICY_TARGET]) >= 1 and len(records) >= 2:
-        compiled = compile_policy(outcomes, records, out, seed=seed, source=source, embedder=embedder)
+        compiled = compile_policy(outcomes, records, out, seed=seed, source=source, embedder=embedder,
+                                  min_quality=min_quality, holdout=holdout)
     advice = advise(summaries, advisor, kinds=kinds)
     sections = []
     if command:
