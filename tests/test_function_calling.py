@@ -342,3 +342,23 @@ async def test_huge_tool_results_reach_the_model_cut_short(gemini_server: Gemini
     assert result.tool_calls[0].result == dump()  # the caller gets everything
     sent = function_responses(bodies(gemini_server)[1])[0]["response"]["output"]
     assert isinstance(sent, str) and len(sent) < 600 and sent.endswith("more characters]")
+
+
+async def test_max_parallel_bounds_concurrent_calls(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    running = peak = 0
+
+    async def probe(n: int) -> int:
+        """Counts how many probes run at once."""
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return n
+
+    gemini_server.reply_parts([{"functionCall": {"name": "probe", "args": {"n": i}}} for i in range(6)])
+    gemini_server.reply_text("done")
+    async with make_router(gemini_server, otel, {"probe": probe}, ["probe"], max_parallel=2) as router:
+        result = await router.agenerate("go")
+    assert [c.result for c in result.tool_calls] == list(range(6))
+    assert peak == 2

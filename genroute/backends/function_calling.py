@@ -49,6 +49,7 @@ class FunctionCallingConfig(BackendConfig):
     tools: tuple[str, ...] = Field(min_length=1, description="Allowlist: names of tools this backend may run.")
     max_steps: int = Field(default=5, ge=1, description="Most model turns whose tool calls are run.")
     tool_timeout_s: float = Field(default=10.0, gt=0, description="Limit for one tool call.")
+    max_parallel: int = Field(default=8, ge=1, description="Most tool calls of one turn running at once.")
     max_result_chars: int = Field(
         default=20_000, gt=0, description="Longer tool results reach the model cut short (JSON text)."
     )
@@ -158,8 +159,15 @@ class FunctionCallingBackend(Backend):
                 )
             # The model's own turn goes back verbatim (with any thought signatures it carries).
             contents.append(types.Content(role="model", parts=turn.parts))
+            # A model may ask for many calls at once: run them concurrently, but only so many at a time.
+            gate = asyncio.Semaphore(self.config.max_parallel)
+
+            async def gated(call: types.FunctionCall, call_id: str) -> tuple[ToolCall, types.Part]:
+                async with gate:
+                    return await self._execute(call, call_id, ctx)
+
             results = await asyncio.gather(
-                *(self._execute(call, f"call_{step}_{i}", ctx) for i, call in enumerate(turn.calls))
+                *(gated(call, f"call_{step}_{i}") for i, call in enumerate(turn.calls))
             )
             calls_made.extend(record for record, _ in results)
             contents.append(types.Content(role="user", parts=[part for _, part in results]))
