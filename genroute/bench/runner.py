@@ -129,7 +129,7 @@ async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scor
     base = {"backend": target, "record_id": record.id, "task": record.task, "scorer": scorer.name}
     try:
         result = await _answer(router, request, stream)
-    except GenrouteError as exc:
+    except Exception as exc:  # noqa: BLE001 - one bad record must not end a long run; the type is reported
         return Outcome(**base, ok=False, error_type=type(exc).__name__, error=str(exc)[:500],
                        latency_s=time.perf_counter() - start)
     score, judge_cost = await scorer.score(record, result, router)
