@@ -227,3 +227,49 @@ async def test_local_base_model_answers_with_a_label(tmp_path: Path) -> None:
     # A 270M base model is not accurate, but with the dialogue format it answers in the examples' shape.
     assert result.text and "\n" not in result.text and "User:" not in result.text
     assert result.usage.input_tokens > 50 and result.cost_usd == 0.0
+
+
+async def test_fixed_prefix_uses_gemini_context_cache(gemini_server: GeminiTestServer, otel: Otel,
+                                                     knowledge: Knowledge, tmp_path: Path) -> None:
+    from genroute.router.pricing import DEFAULT_PRICES
+    from genroute.types import Usage
+
+    collection, _ = await loaded(knowledge, tmp_path)
+    created: list[dict[str, Any]] = []
+
+    def create(server: Any, request: Any, match: Any) -> dict[str, Any]:
+        created.append(request.body)
+        return {"name": f"cachedContents/c{len(created)}", "model": "models/gemini-2.5-flash",
+                "usageMetadata": {"totalTokenCount": 300}}
+
+    gemini_server.route("POST", r".*/cachedContents$", create)
+    for _ in range(2):
+        gemini_server.reply_json({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": "pin"}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 310, "candidatesTokenCount": 1, "cachedContentTokenCount": 300,
+                              "totalTokenCount": 311},
+            "modelVersion": "gemini-2.5-flash"})
+    async with router(gemini_server, otel, knowledge, collection=collection, selector="fixed", k=8,
+                      system="Label the intent.", context_cache={"min_tokens": 20, "ttl_s": 600}) as r:
+        first = await r.agenerate("I forgot my PIN")
+        second = await r.agenerate("Where is my card?")
+    assert first.text == second.text == "pin"
+    (body,) = created  # one cache, reused by the second request
+    assert field_of(body, "systemInstruction")["parts"][0]["text"] == "Label the intent."
+    assert len(field_of(body, "contents")) == 16 and field_of(body, "ttl") == "600s"
+    calls = [q for q in gemini_server.requests if q.action == "generateContent"]
+    assert [field_of(q.body, "cachedContent") for q in calls] == ["cachedContents/c1"] * 2
+    assert field_of(calls[1].body, "contents") == [{"role": "user", "parts": [{"text": "Where is my card?"}]}]
+    assert field_of(calls[1].body, "systemInstruction") is None
+    usage = Usage(input_tokens=310, output_tokens=1, cached_input_tokens=300)
+    assert second.usage.cached_input_tokens == 300
+    price = DEFAULT_PRICES["gemini-2.5-flash"]
+    assert second.cost_usd == pytest.approx(price.cost(usage)) and second.cost_usd < price.cost(
+        Usage(input_tokens=310, output_tokens=1))
+
+
+def test_context_cache_needs_the_fixed_selector() -> None:
+    from genroute.backends.icl import IclConfig
+
+    with pytest.raises(ValueError, match="selector: fixed"):
+        IclConfig(engine="g", model="m", collection="abc", context_cache={"min_tokens": 10})

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genroute.backends.base import BackendConfig, BackendOutput, Prepared, SingleCallBackend, user_content
 from genroute.errors import ConfigError, UsageError
@@ -29,6 +29,16 @@ if TYPE_CHECKING:
     from genroute.router.context import RunContext
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+class ContextCacheSettings(BaseModel):
+    """Gemini context caching of a static example prefix (``selector: fixed`` only)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_tokens: int = Field(default=2048, ge=1, description="Cache only prefixes at least this long "
+                            "(Gemini refuses small caches: 1,024 tokens on 2.5 Flash, 4,096 on 2.5 Pro).")
+    ttl_s: int = Field(default=3600, ge=60, description="Cache lifetime; a new cache is made after it.")
 
 
 class IclConfig(BackendConfig):
@@ -56,8 +66,14 @@ class IclConfig(BackendConfig):
         description="`text`: one user turn of rendered examples; `turns`: each example as a user/model turn pair.",
     )
 
+    context_cache: ContextCacheSettings | None = Field(
+        default=None, description="Cache the fixed example prefix on Gemini (`client.caches`); off by default.",
+    )
+
     @model_validator(mode="after")
     def _templates_compile(self) -> IclConfig:
+        if self.context_cache is not None and self.selector != "fixed":
+            raise ValueError("context_cache needs selector: fixed (other selectors change the prefix per request)")
         for name in ("example_template", "query_template"):
             try:
                 _ENV.parse(getattr(self, name))
@@ -74,6 +90,10 @@ class IclBackend(SingleCallBackend):
     capabilities: ClassVar[frozenset[str]] = frozenset({"examples"})
 
     config: IclConfig
+
+    def __init__(self, name: str, config: BackendConfig, resources: Any) -> None:
+        super().__init__(name, config, resources)
+        self._caches: dict[str, tuple[str, float]] = {}
 
     @cached_property
     def examples(self) -> ExampleStore:
@@ -135,22 +155,26 @@ class IclBackend(SingleCallBackend):
             kept.append((ex, block))
         return kept[::-1] if cfg.order == "nearest_last" else kept
 
-    def contents(self, request: GenerateRequest, shown: list[tuple[ExampleRecord, str]]) -> list[types.Content]:
-        """The request as one user turn of rendered examples (``text``), or as user/model turn pairs (``turns``)."""
+    def contents(self, request: GenerateRequest, shown: list[tuple[ExampleRecord, str]], *,
+                 split: bool = False) -> tuple[list[types.Content], list[types.Content]]:
+        """(static prefix, per-request tail): examples as user/model turn pairs (``turns``) or one rendered
+        user turn (``text``; with ``split`` the examples and the query become two turns, for caching)."""
         from google.genai import types
 
         cfg = self.config
         if cfg.format == "turns":
-            turns: list[types.Content] = []
+            prefix: list[types.Content] = []
             for ex, _ in shown:
-                turns.append(user_content(ex.input))
-                turns.append(types.Content(role="model", parts=[types.Part(text=ex.output)]))
-            return turns + [user_content(request.input)]
+                prefix.append(user_content(ex.input))
+                prefix.append(types.Content(role="model", parts=[types.Part(text=ex.output)]))
+            return prefix, [user_content(request.input)]
         query = self._render(self._templates[1], {"input": request.input, "task": request.task,
                                                   "metadata": request.metadata, "variables": request.variables},
                              "query_template")
-        parts = ([cfg.instructions] if cfg.instructions else []) + [block for _, block in shown] + [query]
-        return [user_content(cfg.separator.join(parts))]
+        head = ([cfg.instructions] if cfg.instructions else []) + [block for _, block in shown]
+        if split and head:
+            return [user_content(cfg.separator.join(head))], [user_content(query)]
+        return [], [user_content(cfg.separator.join(head + [query]))]
 
     def _render(self, template: Any, scope: dict[str, Any], name: str) -> str:
         try:
@@ -168,9 +192,48 @@ class IclBackend(SingleCallBackend):
             system = "\n\n".join(t for t in (cfg.system, cfg.instructions) if t) or None
         else:
             stops = tuple(dict.fromkeys(stops + cfg.stop))[:5]  # Gemini accepts at most five
+        prefix, tail = self.contents(request, shown, split=cfg.context_cache is not None)
+        extra: dict[str, Any] = {"examples": [ex.id for ex, _ in shown]}
+        cache = await self._context_cache(prefix, system) if cfg.context_cache is not None else None
+        if cache is not None:
+            # The system instruction lives in the cache; Gemini rejects it next to cached_content.
+            config = cfg.generation.to_genai(stop_sequences=list(stops) or None, cached_content=cache)
+            extra["cached_content"] = cache
+            return Prepared(model=cfg.model, contents=tail, config=config, extra=extra)
         config = cfg.generation.to_genai(system=system, stop_sequences=list(stops) or None)
-        return Prepared(model=cfg.model, contents=self.contents(request, shown), config=config,
-                        extra={"examples": [ex.id for ex, _ in shown]})
+        return Prepared(model=cfg.model, contents=prefix + tail, config=config, extra=extra)
+
+    async def _context_cache(self, prefix: list[types.Content], system: str | None) -> str | None:
+        """The name of a Gemini cache holding ``prefix`` (made on first use), or ``None`` to send it inline."""
+        import hashlib
+        import json
+        import time
+
+        from google.genai import types
+
+        from genroute.knowledge.chunking import token_counter
+
+        settings = self.config.context_cache
+        client = getattr(self.engine, "client", None)
+        if settings is None or not prefix or client is None or not hasattr(client, "aio"):
+            return None
+        text = "\n".join(p.text or "" for c in prefix for p in c.parts or ()) + (system or "")
+        if token_counter().count(text) < settings.min_tokens:
+            return None
+        key = hashlib.sha256(json.dumps([self.config.model, system, text]).encode()).hexdigest()
+        name, expires = self._caches.get(key, (None, 0.0))
+        if name is not None and expires > time.monotonic() + 60:
+            return name
+        try:
+            cache = await client.aio.caches.create(model=self.config.model, config=types.CreateCachedContentConfig(
+                contents=prefix, system_instruction=system, ttl=f"{settings.ttl_s}s",
+                display_name=f"genroute-{self.name}"))
+        except Exception:  # caching only saves money: on any failure the prefix goes out inline
+            return None
+        if not cache.name:
+            return None
+        self._caches[key] = (cache.name, time.monotonic() + settings.ttl_s)
+        return cache.name
 
     def _output(self, prepared: Prepared, text: str, reason: str | None) -> BackendOutput:
         # Base models often lead with a space after "Output:" and trail a newline before the stop.
