@@ -146,6 +146,7 @@ def pareto_png(summaries: Sequence[Summary], path: str | Path) -> Path:
 
     matplotlib.use("Agg")  # no display here; also safe when a caller already chose Agg
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -166,6 +167,7 @@ def pareto_png(summaries: Sequence[Summary], path: str | Path) -> Path:
         line = sorted((x, q) for name, x, q in points if name in front)
         if len(line) > 1:
             ax.plot(*zip(*line, strict=True), color="tab:blue", alpha=0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # long $ tick labels overlap otherwise
         ax.set_xlabel(label)
         ax.set_ylabel(summaries[0].metric if summaries else "quality")
         ax.grid(alpha=0.3)
