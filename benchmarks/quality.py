@@ -52,7 +52,8 @@ def choice(labels: tuple[str, ...]) -> dict[str, Any]:
 def engine_config(args: argparse.Namespace, lora: str | None = None) -> dict[str, Any]:
     engine: dict[str, Any] = {"kind": "local", "n_threads": args.threads, "max_output_tokens": 64}
     if lora:
-        engine["lora_path"] = lora
+        # The local LoRA trainer renders prompts with the Gemma chat template; serve them the same way.
+        engine.update(lora_path=lora, prompt_format="gemma")
     return engine
 
 
@@ -114,8 +115,7 @@ def config(args: argparse.Namespace, task: str, store: Path) -> tuple[dict[str, 
     if lora:
         engines["tuned"] = engine_config(args, lora)
         backends["tuned"] = {"kind": "tuned", "engine": "tuned", "model": "gemma-3-270m-tuned",
-                             "base_model": "gemma-3-270m",
-                             "generation": choice(SENTIMENT if task == "sentiment" else BANKING)}
+                             "base_model": "gemma-3-270m", "generation": {"max_output_tokens": 8}}
     first = next(iter(backends))
     return {"engines": engines, "backends": backends, "knowledge": {"path": str(store)},
             "policy": {"kind": "static", "backend": first}}, scorer
