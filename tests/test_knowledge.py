@@ -274,3 +274,14 @@ async def test_sync_ingest_refuses_a_running_loop(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as err:
         ingest(build_store({"path": str(tmp_path)}, engines={}), [tmp_path], collection="docs")
     assert "running event loop" in str(err.value)
+
+
+async def test_unreachable_server_is_backend_unavailable() -> None:
+    from genroute.errors import BackendUnavailable
+
+    from .chroma_fixtures import free_port
+
+    store = build_store({"host": "127.0.0.1", "port": free_port()}, engines={})
+    with pytest.raises(BackendUnavailable) as err:
+        await store.query("docs", "anything", kind="documents", k=1)
+    assert "127.0.0.1" in str(err.value)

@@ -136,7 +136,8 @@ def _markdown_documents(path: Path, text: str) -> Iterator[Document]:
                        section=match.group(2) if match else None, offset=start)
 
 
-def chunk_documents(docs: Iterator[Document], *, chunk_tokens: int, overlap: int) -> Iterator[tuple[Chunk, dict[str, Any]]]:
+def chunk_documents(docs: Iterator[Document], *, chunk_tokens: int,
+                    overlap: int) -> Iterator[tuple[Chunk, dict[str, Any]]]:
     """Chunks of ``docs`` with their metadata (source, title, doc id, section, offsets)."""
     counter = token_counter()
     for doc in docs:

@@ -95,7 +95,8 @@ class Hit:
         return 1.0 - self.distance
 
 
-def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine], field: str = "knowledge") -> KnowledgeStore:
+def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine],
+                field: str = "knowledge") -> KnowledgeStore:
     """A ``KnowledgeStore`` from the config section ``raw`` (nothing is opened yet)."""
     try:
         config = StoreConfig.model_validate(dict(raw or {}))
