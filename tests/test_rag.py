@@ -157,6 +157,10 @@ async def test_budget_filter_and_streaming(gemini_server: GeminiTestServer, otel
     final = chunks[-1].result
     assert final is not None and final.text == "eight percent"
     assert [c.source for c in final.citations] == [str(paths["glacier.txt"])]
+    async with router(gemini_server, otel, knowledge, collection=collection, where={"source": {"$like": "x"}}) as r:
+        with pytest.raises(UsageError) as err:
+            await r.agenerate("Tromsø reactor")
+    assert err.value.field == "backends.rag.where"
 
 
 async def test_empty_unknown_and_missing_store(gemini_server: GeminiTestServer, otel: Otel,
