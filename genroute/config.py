@@ -99,7 +99,10 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
 def _read_file(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist", field="path")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path.name}: {exc}", field="path") from None
     suffix = path.suffix.lower()
     try:
         if suffix in {".yaml", ".yml"}:

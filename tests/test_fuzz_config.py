@@ -175,3 +175,32 @@ def test_random_requests_get_an_answer_or_an_error_naming_the_field(gemini_serve
             assert isinstance(result, GenerateResult)
 
         check()
+
+
+def test_random_config_files_fail_only_with_errors_naming_the_field(gemini_server: GeminiTestServer) -> None:
+    import json
+
+    import yaml
+
+    root = tempfile.mkdtemp(prefix="genroute-fuzz-files-")
+    valid = base_configs(gemini_server.base_url)[0]
+    renderings = {".yaml": lambda c: yaml.safe_dump(c), ".json": lambda c: json.dumps(c)}
+
+    @SETTINGS
+    @given(suffix=st.sampled_from([".yaml", ".yml", ".json", ".toml", ".ini", ""]),
+           body=st.text(max_size=200) | st.binary(max_size=200), data=st.data())
+    def check(suffix: str, body: str | bytes, data: st.DataObject) -> None:
+        path = os.path.join(root, "genroute" + suffix)
+        if data.draw(st.booleans(), label="mutate a valid file") and suffix in renderings:
+            cut = data.draw(st.integers(0, 400), label="cut")  # a valid file truncated or with junk appended
+            body = renderings[suffix](_mutate(valid, data))[:cut] + (body if isinstance(body, str) else "")
+        with open(path, "wb") as handle:
+            handle.write(body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body)
+        try:
+            Router.from_config(path, tools=TOOLS).close()
+        except UsageError as exc:
+            _check_error(exc)
+        except Exception as exc:  # noqa: BLE001
+            raise AssertionError(f"untyped failure for {body!r}: {type(exc).__name__}: {exc}") from exc
+
+    check()

@@ -81,3 +81,14 @@ def test_a_write_that_fails_at_the_last_step_leaves_the_old_config_untouched(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p for p in ("genroute.yaml", "adapter.gguf") if (tmp_path / p).exists())
 
+
+
+def test_a_config_that_is_not_utf8_is_refused_before_anything_is_written(tmp_path):
+    from genroute.errors import ConfigError
+    from genroute.tuning.config_file import register_tuned_backend
+
+    path = tmp_path / "genroute.yaml"
+    path.write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(ConfigError) as info:
+        register_tuned_backend(path, "tuned", engine="g", model="m", base_model="gemini-2.5-flash")
+    assert info.value.field == "config" and path.read_bytes() == b"\xff\xfe not utf-8"

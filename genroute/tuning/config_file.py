@@ -86,7 +86,10 @@ def write_atomic(path: Path, text: str) -> None:
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist", field="config")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path.name}: {exc}", field="config") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
