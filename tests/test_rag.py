@@ -161,6 +161,9 @@ async def test_budget_filter_and_streaming(gemini_server: GeminiTestServer, otel
         with pytest.raises(UsageError) as err:
             await r.agenerate("Tromsø reactor")
     assert err.value.field == "backends.rag.where"
+    async with router(gemini_server, otel, knowledge, collection=collection, where={"source": "nowhere"}) as r:
+        with pytest.raises(NoRelevantContext):  # a filter that matches nothing is not an empty collection
+            await r.agenerate("Tromsø reactor")
 
 
 async def test_empty_unknown_and_missing_store(gemini_server: GeminiTestServer, otel: Otel,

@@ -112,10 +112,11 @@ class RagBackend(SingleCallBackend):
         field = f"backends.{self.name}.collection"
         store = self.store
         with retrieval_span(ctx.tracer, store, cfg.collection, cfg.k) as span:
-            if await store.count(cfg.collection, kind="documents", field=field) == 0:
-                raise ConfigError(f"collection {cfg.collection!r} is empty; ingest documents first", field=field)
             hits = await store.query(cfg.collection, request.input, kind="documents", k=cfg.k, where=cfg.where,
                                      field=field)
+            # Counting only when nothing came back keeps the common path at one Chroma call.
+            if not hits and await store.count(cfg.collection, kind="documents", field=field) == 0:
+                raise ConfigError(f"collection {cfg.collection!r} is empty; ingest documents first", field=field)
             record_hits(span, hits, capture=ctx.capture_content, query=request.input)
             kept = [h for h in hits if cfg.max_distance is None or h.distance <= cfg.max_distance]
             span.set_attribute("genroute.retrieval.kept", len(kept))
