@@ -3,7 +3,8 @@
 Each fault is injected by the loopback Gemini server in front of the real google-genai client, through
 all four entry points (``generate``, ``agenerate``, ``stream``, ``astream``). A fault injected once is
 retried away; a fault that persists ends in a typed ``GenrouteError``. A stream cut after its first
-chunk is never passed off as a complete answer: the ``done`` chunk never arrives.
+chunk is never passed off as a complete answer: the ``done`` chunk never arrives. A server that goes
+silent mid-answer (connection open, nothing more sent) is cut off at the request's deadline.
 
 The hard caps below are hang checks (deadline plus generous slack on a busy 2-core machine), not timings.
 """
@@ -11,9 +12,11 @@ The hard caps below are hang checks (deadline plus generous slack on a busy 2-co
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -196,3 +199,59 @@ def test_a_retry_after_beyond_the_deadline_ends_the_request_instead_of_sleeping_
     assert isinstance(out.error, BackendUnavailable) and out.error.status == 429
     assert out.error.retry_after_s == 120  # the caller learns when to come back
     assert len(gemini_server.requests) == 1  # no retry that could only fail again
+
+
+class _Stall(BaseHTTPRequestHandler):
+    """Starts a good answer (headers and the first SSE event, or half a JSON body), then goes silent."""
+
+    protocol_version = "HTTP/1.1"
+    release = threading.Event()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"candidates": [{"content": {"role": "model", "parts": [{"text": "alpha "}]}}]}).encode()
+        try:
+            self.send_response(200)
+            if "streamGenerateContent" in self.path:
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                frame = b"data: " + body + b"\r\n\r\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+            else:
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+        except OSError:
+            return
+        self.release.wait(60)  # silent, connection open: only the client's own deadline can end this
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_server_that_goes_silent_mid_answer_is_cut_off_at_the_deadline(mode):
+    release = threading.Event()
+    handler = type("Stall", (_Stall,), {"release": release})  # a fresh "silence" for each test
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = {
+            "engines": {"gemini": {"kind": "gemini", "api_key": "k", "timeout_s": 30,
+                                   "base_url": f"http://127.0.0.1:{server.server_address[1]}",
+                                   "retry": {"attempts": 3, "initial_backoff_s": 0.01, "jitter_s": 0.0}}},
+            "backends": {"chat": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}},
+        }
+        out = call(config, mode, timeout_s=2.0)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert isinstance(out.error, BackendUnavailable | StreamInterrupted), repr(out.error)
+    assert out.result is None and not out.done_seen
+    if mode in ("stream", "astream"):
+        assert _streamed_text(out) == "alpha "  # what arrived before the silence, never passed off as complete
