@@ -92,3 +92,22 @@ def test_cancelled_requests_release_their_reservations(gemini_server):
 
     ledger = asyncio.run(asyncio.wait_for(main(), 120))
     assert ledger == {"spent": 0.0, "reserved": 0.0}  # nothing held by requests that will never finish
+
+
+def test_500_sync_calls_from_50_threads_never_spend_more_than_the_budget(gemini_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": "ok"},), usage=USAGE)
+
+    def one(router: Router, i: int) -> GenerateResult | BaseException:
+        try:
+            return router.generate(f"request {i}", timeout_s=60)
+        except BudgetExceeded as exc:
+            return exc
+
+    with Router.from_config(_budget_config(gemini_server)) as router, ThreadPoolExecutor(50) as pool:
+        outcomes = list(pool.map(lambda i: one(router, i), range(REQUESTS), timeout=240))
+        ledger = router.policy.ledger.snapshot()["*"]
+    answered = [o for o in outcomes if isinstance(o, GenerateResult)]
+    assert len(answered) == 40 and sum(r.cost_usd for r in answered) <= BUDGET
+    assert ledger["reserved"] == 0.0 and ledger["spent"] <= BUDGET
