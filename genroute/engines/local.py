@@ -40,7 +40,7 @@ class LocalEngineConfig(BaseModel):
     kind: Literal["local"] = "local"
     model_path: str | None = Field(default=None, description="GGUF file; default: the bundled Gemma 3 270M.")
     n_ctx: int = Field(default=2048, ge=64)
-    n_threads: int | None = Field(default=None, ge=1, description="Default: os.cpu_count().")
+    n_threads: int | None = Field(default=None, ge=1, description="Generation and prompt threads; default os.cpu_count().")
     seed: int = 0
     lora_path: str | None = Field(default=None, description="LoRA adapter (GGUF) applied at load.")
     reference_model: str = Field(default="gemini-2.5-flash", description="Cloud model for the cloud-equivalent cost.")
@@ -130,14 +130,17 @@ class LocalEngine(Engine):
             from llama_cpp import Llama
         except ImportError as exc:
             raise ConfigError("llama-cpp-python is not installed: pip install 'genroute[local]'",
-                              field="kind") from exc
+                              field=f"engines.{self.name}.kind") from exc
         cfg = self.config
         path = Path(cfg.model_path) if cfg.model_path else default_model_path()
         if not path.is_file():
-            raise ConfigError(f"no model file at {path}", field="model_path")
+            raise ConfigError(f"no model file at {path}", field=f"engines.{self.name}.model_path")
         if cfg.lora_path and not Path(cfg.lora_path).is_file():
-            raise ConfigError(f"no LoRA adapter at {cfg.lora_path}", field="lora_path")
-        llm = Llama(model_path=str(path), n_ctx=cfg.n_ctx, n_threads=cfg.n_threads or os.cpu_count(),
+            raise ConfigError(f"no LoRA adapter at {cfg.lora_path}", field=f"engines.{self.name}.lora_path")
+        threads = cfg.n_threads or os.cpu_count()
+        # n_threads_batch too: left at its default (all cores) it oversubscribes a shared machine,
+        # and a 20-token prompt then took seconds.
+        llm = Llama(model_path=str(path), n_ctx=cfg.n_ctx, n_threads=threads, n_threads_batch=threads,
                     seed=cfg.seed, lora_path=cfg.lora_path, verbose=False)
         self.model_version = path.stem.removesuffix(".gguf") + (
             f"+{Path(cfg.lora_path).stem}" if cfg.lora_path else "")
@@ -164,6 +167,8 @@ class LocalEngine(Engine):
                 grammar = LlamaGrammar.from_json_schema(key, verbose=False)
             except Exception as exc:  # noqa: BLE001 - the converter raises bare exceptions
                 raise UsageError(f"llama.cpp cannot compile this JSON schema: {exc}", field="config") from exc
+            if len(self._grammars) >= 64:  # schemas usually come from a few configs; bound the odd churn
+                self._grammars.clear()
             self._grammars[key] = grammar
         return grammar
 
