@@ -2,6 +2,7 @@
 
     python benchmarks/retrieval.py                       # 10k and 100k chunks, 200 queries
     python benchmarks/retrieval.py --sizes 10000 --queries 100 --json out.json
+    python benchmarks/retrieval.py --host 127.0.0.1 --port 8123 --sizes 10000 --skip ingest,icl  # server mode
 
 What is measured (wall clock, this machine, nothing mocked):
 
@@ -101,7 +102,7 @@ async def fill(store: Any, collection: str, size: int, texts: list[str], base: n
 
 async def bench_retrieval(store: Any, sizes: list[int], queries: list[str], results: dict[str, Any]) -> None:
     texts = corpus_texts()[: max(sizes)]
-    cached = Path(store.config.path or ".") / "base-vectors.npy"
+    cached = Path(tempfile.gettempdir()) / f"genroute-bench-vectors-{len(texts[:10_000])}.npy"
     if cached.exists():
         base = np.load(cached)
     else:
@@ -159,16 +160,18 @@ async def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--path", default=None, help="Chroma dir (default: a temp dir)")
+    parser.add_argument("--host", default=None, help="use a `chroma run` server at this host instead")
+    parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--skip", default="", help="comma list of ingest,retrieval,icl to skip")
     args = parser.parse_args()
     from genroute.knowledge import build_store
 
     path = args.path or tempfile.mkdtemp(prefix="genroute-bench-")
-    store = build_store({"path": path}, engines={})
+    store = build_store({"host": args.host, "port": args.port} if args.host else {"path": path}, engines={})
     with (DATA / "xquad_en.jsonl").open(encoding="utf-8") as fh:
         questions = [json.loads(line)["input"] for line in fh if line.strip()][: args.queries]
-    results: dict[str, Any] = {"chroma_path": path, "queries": len(questions)}
+    results: dict[str, Any] = {"chroma": store.location, "queries": len(questions)}
     skip = set(filter(None, args.skip.split(",")))
     if "ingest" not in skip:
         await bench_ingest(store, results)

@@ -124,6 +124,9 @@ def test_store_config_errors_name_the_field() -> None:
         build_store({"port": 0}, engines={})
     assert err.value.field == "knowledge.port"
     with pytest.raises(ConfigError) as err:
+        build_store("/some/path", engines={})  # type: ignore[arg-type]
+    assert err.value.field == "knowledge"
+    with pytest.raises(ConfigError) as err:
         build_store({"embedder": {"kind": "bogus"}}, engines={})
     assert err.value.field.startswith("knowledge.embedder")
 

@@ -128,7 +128,7 @@ class IclBackend(SingleCallBackend):
         if ctx is None or cfg.selector in ("fixed", "random"):
             return await self.examples.select(request.input, strategy=cfg.selector, k=cfg.k, seed=cfg.seed,
                                               fetch_k=cfg.fetch_k, mmr_lambda=cfg.mmr_lambda)
-        from genroute.knowledge.store import record_hits, retrieval_span
+        from genroute.knowledge.telemetry import record_hits, retrieval_span
 
         with retrieval_span(ctx.tracer, self.examples.store, cfg.collection, cfg.k) as span:
             chosen = await self.examples.select(request.input, strategy=cfg.selector, k=cfg.k, seed=cfg.seed,

@@ -106,7 +106,7 @@ class RagBackend(SingleCallBackend):
 
     async def retrieve(self, request: GenerateRequest, ctx: RunContext) -> list[Hit]:
         """Top-k chunks for the request, those over the distance threshold dropped."""
-        from genroute.knowledge.store import record_hits, retrieval_span
+        from genroute.knowledge.telemetry import record_hits, retrieval_span
 
         cfg = self.config
         field = f"backends.{self.name}.collection"

@@ -1,0 +1,44 @@
+"""The ``retrieval {collection}`` span (OpenTelemetry GenAI conventions) shared by RAG and ICL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from genroute.knowledge.store import Hit, KnowledgeStore
+
+
+@contextmanager
+def retrieval_span(tracer: Any, store: KnowledgeStore, collection: str, k: int) -> Iterator[Any]:
+    """A ``retrieval {collection}`` CLIENT span (GenAI conventions); errors set ``error.type``."""
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    attrs: dict[str, Any] = {"gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": collection,
+                             "gen_ai.request.top_k": float(k), "gen_ai.request.model": store.embedder.model,
+                             "db.system.name": "chroma"}
+    if store.config.host is not None:
+        attrs["server.address"] = store.config.host
+        attrs["server.port"] = store.config.port
+    with tracer.start_as_current_span(f"retrieval {collection}", kind=SpanKind.CLIENT, attributes=attrs,
+                                      record_exception=False, set_status_on_exception=False) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__qualname__)
+            span.set_status(StatusCode.ERROR, type(exc).__qualname__)
+            raise
+
+
+def record_hits(span: Any, hits: Sequence[Hit], *, capture: bool, query: str | None = None) -> None:
+    """Returned count and top score on a retrieval span; ids and scores only when content capture is on."""
+    span.set_attribute("genroute.retrieval.returned", len(hits))
+    if hits:
+        span.set_attribute("genroute.retrieval.top_score", max(h.score for h in hits))
+    if capture:
+        span.set_attribute("gen_ai.retrieval.documents",
+                           json.dumps([{"id": h.id, "score": round(h.score, 6)} for h in hits]))
+        if query is not None:
+            span.set_attribute("gen_ai.retrieval.query.text", query)
