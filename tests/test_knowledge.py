@@ -288,3 +288,42 @@ async def test_unreachable_server_is_backend_unavailable() -> None:
     with pytest.raises(BackendUnavailable) as err:
         await store.query("docs", "anything", kind="documents", k=1)
     assert "127.0.0.1" in str(err.value)
+
+
+def minimal_pdf(pages: list[str]) -> bytes:
+    """A valid PDF with one line of Helvetica text per page (no PDF writer needed)."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>",
+               f"<< /Type /Pages /Kids [{' '.join(f'{3 + 2 * i} 0 R' for i in range(len(pages)))}] "
+               f"/Count {len(pages)} >>"]
+    font = 3 + 2 * len(pages)
+    for i, text in enumerate(pages):
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {4 + 2 * i} 0 R "
+                       f"/Resources << /Font << /F1 {font} 0 R >> >> >>")
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+    objects.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for n, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{n} 0 obj\n{body}\nendobj\n".encode("latin-1")
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out
+
+
+def test_pdf_pages_become_documents(tmp_path: Path) -> None:
+    pytest.importorskip("pypdf", reason="PDF ingestion needs the pdf extra")
+    pdf = tmp_path / "manual.pdf"
+    pdf.write_bytes(minimal_pdf(["The boiler pressure must stay under two bar.", "", "Bleed the radiators yearly."]))
+    docs = list(read_documents(pdf))
+    assert [(d.section, d.title) for d in docs] == [("page 1", "manual"), ("page 3", "manual")]
+    assert "boiler pressure" in docs[0].text and "radiators" in docs[1].text
+    assert expand_paths([tmp_path]) == [pdf]
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4 not really")
+    with pytest.raises(UsageError) as err:
+        list(read_documents(broken))
+    assert err.value.field == "paths"

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".rst"})
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
-SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | JSONL_SUFFIXES
+PDF_SUFFIXES = frozenset({".pdf"})
+SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | JSONL_SUFFIXES | PDF_SUFFIXES
 DEFAULT_BATCH = 256
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 
@@ -87,8 +88,11 @@ def expand_paths(paths: Sequence[str | Path], *, field: str = "paths") -> list[P
 
 
 def read_documents(path: Path, *, text_field: str = "text") -> Iterator[Document]:
-    """The documents in one file: a text file, Markdown sections, or JSONL records with ``text_field``."""
+    """The documents in one file: text, Markdown sections, JSONL records with ``text_field``, or PDF pages."""
     suffix = path.suffix.lower()
+    if suffix in PDF_SUFFIXES:
+        yield from _pdf_documents(path)
+        return
     try:
         if suffix in JSONL_SUFFIXES:
             yield from _jsonl_documents(path, text_field)
@@ -119,6 +123,24 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
             title = record.get("title")
             yield Document(text=text, source=str(path), title=str(title) if title is not None else None,
                            doc_id=str(doc_id) if doc_id is not None else f"line {lineno}")
+
+
+def _pdf_documents(path: Path) -> Iterator[Document]:
+    """One document per page with text (``section`` = ``page N``); needs the ``pdf`` extra (pypdf)."""
+    try:
+        from pypdf import PdfReader
+        from pypdf.errors import PdfReadError
+    except ImportError:
+        raise UsageError(f"{path}: reading PDF needs pypdf (pip install 'genroute[pdf]')", field="paths") from None
+    try:
+        reader = PdfReader(path)
+        title = (reader.metadata.title if reader.metadata else None) or path.stem
+        pages = [(n, page.extract_text() or "") for n, page in enumerate(reader.pages, start=1)]
+    except (PdfReadError, ValueError, KeyError) as exc:
+        raise UsageError(f"{path} is not a readable PDF ({exc})", field="paths") from None
+    for n, text in pages:
+        if text.strip():
+            yield Document(text=text, source=str(path), title=str(title), section=f"page {n}")
 
 
 def _markdown_documents(path: Path, text: str) -> Iterator[Document]:
