@@ -191,6 +191,7 @@ async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
     stats = BenchStats.load(report.compiled.stats_path)
     entry = stats.get("sentiment", "smart")
     assert entry is not None and entry.quality == 1.0 and entry.n == 10 and entry.metric == "label_accuracy"
+    assert entry.latency_p99_s is not None and (entry.input_tokens_mean or 0) > 0
     policy = {"kind": "cost_aware", "stats_path": report.compiled.stats_path, "default": "cheap"}
     strict = Router.from_config(config(server, policy={**policy, "min_quality": 0.9}))
     lax = Router.from_config(config(server, policy={**policy, "min_quality": 0.4}))

@@ -80,9 +80,16 @@ def stats_from(outcomes: Sequence[Outcome], *, source: str | None = None, seed: 
             tasks[task][s.backend] = BackendStats(
                 n=s.n, quality=s.quality, quality_ci=s.quality_ci, metric=s.metric,
                 latency_p50_s=s.latency_p50_s, latency_p95_s=s.latency_p95_s,
-                cost_per_request_usd=cost, failures=s.failure_count)
+                cost_per_request_usd=cost, failures=s.failure_count, **_extra_fields(s))
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return BenchStats(created_at=created, source=source, tasks=tasks)
+
+
+def _extra_fields(s: Any) -> dict[str, Any]:
+    """p99, TTFT and token means, when this version of ``BackendStats`` has those fields."""
+    extra = {"latency_p99_s": s.latency_p99_s, "time_to_first_token_p50_s": s.ttft_p50_s,
+             "input_tokens_mean": s.input_tokens, "output_tokens_mean": s.output_tokens}
+    return {k: v for k, v in extra.items() if k in BackendStats.model_fields}
 
 
 def _table(outcomes: Sequence[Outcome]) -> dict[str, dict[str, Outcome]]:
