@@ -73,6 +73,24 @@ async def bench_ingest(store: Any, results: dict[str, Any]) -> None:
           f"= {report.chunks_per_s:.1f} chunks/s; re-ingest {again.seconds:.2f} s, {again.added} added")
 
 
+async def bench_recall(store: Any, results: dict[str, Any], k: int = 4) -> None:
+    """Does retrieval find the passage a question was written from? (XQuAD, all 762 questions)."""
+    with (DATA / "xquad_en.jsonl").open(encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    at1 = atk = within = 0
+    for row in rows:
+        hits = await store.query("ingest-bench", row["input"], kind="documents", k=k)
+        gold = [h for h in hits if h.metadata.get("doc_id") == row["metadata"]["passage_id"]]
+        at1 += bool(hits) and hits[0].metadata.get("doc_id") == row["metadata"]["passage_id"]
+        atk += bool(gold)
+        within += bool(gold) and gold[0].distance <= 0.7
+    n = len(rows)
+    results["recall"] = {"questions": n, "recall_at_1": round(at1 / n, 3), f"recall_at_{k}": round(atk / n, 3),
+                         "gold_within_0.7": round(within / n, 3)}
+    print(f"recall on XQuAD ({n} questions, 200-token chunks): @1 {at1 / n:.3f}, @{k} {atk / n:.3f}; "
+          f"gold chunk in top-{k} and within the default max_distance 0.7: {within / n:.3f}")
+
+
 async def fill(store: Any, collection: str, size: int, texts: list[str], base: np.ndarray,
                results: dict[str, Any]) -> None:
     """Grow ``collection`` to ``size`` records: real texts/vectors first, then noisy copies."""
@@ -175,6 +193,7 @@ async def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     if "ingest" not in skip:
         await bench_ingest(store, results)
+        await bench_recall(store, results)
     if "retrieval" not in skip:
         await bench_retrieval(store, [int(s) for s in args.sizes.split(",")], questions, results)
     if "icl" not in skip:
