@@ -163,8 +163,11 @@ def test_spans_and_metrics_arrive_over_otlp_with_the_genai_attributes(gemini_ser
 def test_with_the_collector_down_requests_are_unaffected_and_drops_are_counted(gemini_server):
     expected = _baseline(gemini_server)
     pipeline = _pipeline(_closed_port(), timeout_s=1)
-    got = _run(gemini_server, pipeline.providers)  # close() flushes: the failed exports happen here
+    got = _run(gemini_server, pipeline.providers)
     assert got == expected  # same answers, usage and cost as with no telemetry at all
+    # close() flushed with a bound; wait here for every export attempt to have failed before counting
+    pipeline.tracer_provider.force_flush()
+    pipeline.meter_provider.force_flush()
     exported = pipeline.sdk_counts("otel.sdk.exporter.span.exported")
     failed = sum(n for kind, n in exported.items() if kind is not None)
     assert failed == 2 * REQUESTS and exported.get(None, 0) == 0  # a root and an inference span each, all counted
