@@ -120,7 +120,10 @@ def test_a_transient_fault_is_retried_and_the_answer_arrives_intact(gemini_serve
     assert out.result.text == ANSWER
     if mode in ("stream", "astream"):
         assert _streamed_text(out) == ANSWER and out.chunks[-1].done
-    assert len(gemini_server.requests) == 2  # the faulted attempt, then the good one
+    if name == "slow-past-timeout":  # on a loaded machine the good retry may itself time out once more
+        assert len(gemini_server.requests) >= 2
+    else:
+        assert len(gemini_server.requests) == 2  # the faulted attempt, then the good one
 
 
 # (id, fault, error types allowed): the fault never stops, so the request must end in a typed error.
