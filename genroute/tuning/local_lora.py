@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -251,12 +251,14 @@ def register_tuned_backend(
     base_model_path: str | Path | None = None,
     *,
     tasks: Sequence[str] = (),
+    engine_options: Mapping[str, Any] | None = None,
     replace: bool = False,
 ) -> dict[str, Any]:
     """Add ``engines.<name>_engine`` (local + LoRA) and ``backends.<name>`` (tuned) to a YAML/JSON config.
 
-    The file is rewritten atomically (temp file + ``os.replace``); YAML comments are not kept. A missing
-    file is created. Returns the updated config mapping.
+    ``engine_options`` adds local-engine fields (e.g. ``n_threads``, ``max_output_tokens``). The file is
+    rewritten atomically (temp file + ``os.replace``); YAML comments are not kept. A missing file is
+    created. Returns the updated config mapping.
     """
     import os
 
@@ -278,7 +280,8 @@ def register_tuned_backend(
     engine_name = f"{name}_engine"
     if not replace and (name in backends or engine_name in engines):
         raise UsageError(f"{name!r} is already configured; pass replace=True to overwrite", field="name")
-    engine: dict[str, Any] = {"kind": "local", "lora_path": str(adapter), "prompt_format": "gemma"}
+    engine: dict[str, Any] = {**(engine_options or {}), "kind": "local", "lora_path": str(adapter),
+                              "prompt_format": "gemma"}
     if base_model_path is not None:
         engine["model_path"] = str(Path(base_model_path).resolve())
     backend: dict[str, Any] = {

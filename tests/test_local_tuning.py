@@ -1,0 +1,290 @@
+"""Local LoRA tuning: the shared JSONL checks, the GGUF adapter writer, a tiny real training run served by
+llama.cpp through the router, and tuned-backend registration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from genroute.errors import UsageError
+from genroute.tuning.data import Example, load_examples, split
+from genroute.tuning.local_lora import format_prompt, format_target
+
+from .conftest import Otel
+
+# -- the shared example format ------------------------------------------------------------------
+
+GOOD = {"input": "I loved it", "output": "positive"}
+
+
+def write_lines(path: Path, lines: list[Any]) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
+    return path
+
+
+def test_load_examples_reads_every_field(tmp_path: Path) -> None:
+    rows = [GOOD, "", {"input": "meh", "output": "neutral", "label": "neutral", "metadata": {"id": 7}}]
+    examples = load_examples(write_lines(tmp_path / "d.jsonl", rows))
+    assert examples == [Example(**GOOD), Example(input="meh", output="neutral", label="neutral", metadata={"id": 7})]
+
+
+@pytest.mark.parametrize(("lines", "field", "message"), [
+    ([GOOD, "{not json"], "line 2", "invalid JSON"),
+    ([GOOD, "", {"input": "x"}], "line 3", "missing field 'output'"),
+    ([{"input": "  ", "output": "y"}], "line 1", "field 'input' is empty"),
+    ([{"input": 3, "output": "y"}], "line 1", "must be a string"),
+    ([GOOD, {"input": "x", "ouput": "y"}], "line 2", "unknown keys"),
+    ([GOOD, [1, 2]], "line 2", "JSON object"),
+    ([GOOD, {"input": "x", "output": "y", "label": 1}], "line 2", "'label' must be a string"),
+    ([GOOD, {"input": "x", "output": "y", "metadata": []}], "line 2", "'metadata' must be an object"),
+    ([GOOD, {"input": "x" * 50, "output": "y"}], "line 2", "limit is 40"),
+])
+def test_bad_lines_are_named(tmp_path: Path, lines: list[Any], field: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        load_examples(write_lines(tmp_path / "d.jsonl", lines), max_chars=40)
+    assert info.value.field == field
+
+
+def test_empty_missing_and_too_small_files(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="holds no examples"):
+        load_examples(write_lines(tmp_path / "empty.jsonl", ["", "  "]))
+    with pytest.raises(UsageError, match="no such file"):
+        load_examples(tmp_path / "nope.jsonl")
+    with pytest.raises(UsageError, match="at least 3 are needed"):
+        load_examples(write_lines(tmp_path / "two.jsonl", [GOOD, GOOD]), min_examples=3)
+
+
+def test_split_is_seeded_and_keeps_both_sides() -> None:
+    examples = [Example(input=f"q{i}", output="a") for i in range(20)]
+    train, val = split(examples, 0.25, seed=1)
+    assert (len(train), len(val)) == (15, 5)
+    assert split(examples, 0.25, seed=1) == (train, val)
+    assert split(examples, 0.25, seed=2) != (train, val)
+    assert sorted(e.input for e in train + val) == sorted(e.input for e in examples)
+    assert split(examples[:2], 0.01, seed=0)[1] != []  # a positive fraction keeps one validation row
+    assert split(examples, 0.0)[1] == []
+    with pytest.raises(UsageError):
+        split(examples, 1.0)
+
+
+def test_prompt_format_is_the_gemma_single_user_turn() -> None:
+    # The local engine's ``prompt_format: gemma`` renders a bare user turn exactly like this.
+    assert format_prompt("hi") == "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+    assert format_target("ok") == "ok<end_of_turn>"
+
+
+def test_prompt_matches_the_local_engine_rendering() -> None:
+    from google.genai import types
+
+    from genroute.engines.local_prompt import Defaults, prepare
+
+    prepared = prepare([types.Content(role="user", parts=[types.Part(text="Where is my card?")])], None,
+                       Defaults(prompt_format="gemma"))
+    assert prepared.prompt == format_prompt("Where is my card?")
+    assert "<end_of_turn>" in prepared.sampling.stop
+
+
+# -- the GGUF adapter writer --------------------------------------------------------------------
+
+
+def random_pairs(rank: int = 4, seed: int = 0, scale: float = 0.01) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    shapes = {"self_attn.q_proj": (640, 1024), "self_attn.v_proj": (640, 256), "mlp.down_proj": (2048, 640)}
+    return {f"model.layers.{layer}.{module}": (rng.normal(size=(rank, n_in)) * scale,
+                                              rng.normal(size=(n_out, rank)) * scale)
+            for layer in (0, 17) for module, (n_in, n_out) in shapes.items()}
+
+
+def test_adapter_gguf_layout(tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf", reason="the gguf package comes with the tune-local extra")
+    from genroute.tuning.gguf_adapter import read_lora_adapter, write_lora_adapter
+
+    pairs = random_pairs()
+    path = write_lora_adapter(tmp_path / "a.gguf", pairs, alpha=8.0)
+    meta, arrays = read_lora_adapter(path)
+    assert meta == {"general.architecture": "gemma3", "general.type": "adapter", "adapter.type": "lora",
+                    "adapter.lora.alpha": 8.0}
+    a, b = pairs["model.layers.17.self_attn.q_proj"]
+    np.testing.assert_array_equal(arrays["blk.17.attn_q.weight.lora_a"], a.astype(np.float32))
+    np.testing.assert_array_equal(arrays["blk.17.attn_q.weight.lora_b"], b.astype(np.float32))
+    # GGUF lists dims innermost first: lora_a is ne=[in, r], lora_b ne=[r, out], as llama.cpp checks.
+    shapes = {t.name: [int(d) for d in t.shape] for t in gguf.GGUFReader(str(path)).tensors}
+    assert shapes["blk.0.ffn_down.weight.lora_a"] == [2048, 4]
+    assert shapes["blk.0.ffn_down.weight.lora_b"] == [4, 640]
+    assert write_lora_adapter(tmp_path / "b.gguf", pairs, alpha=8.0).read_bytes() == path.read_bytes()
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_adapter_writer_rejects_bad_input(tmp_path: Path) -> None:
+    pytest.importorskip("gguf", reason="the gguf package comes with the tune-local extra")
+    from genroute.tuning.gguf_adapter import gguf_tensor_name, write_lora_adapter
+
+    assert gguf_tensor_name("base_model.model.model.layers.3.mlp.gate_proj") == "blk.3.ffn_gate.weight"
+    with pytest.raises(UsageError, match="cannot map"):
+        gguf_tensor_name("model.layers.3.self_attn.q_norm")
+    with pytest.raises(UsageError, match="do not pair"):
+        mismatched = (np.zeros((4, 640)), np.zeros((1024, 2)))
+        write_lora_adapter(tmp_path / "x.gguf", {"model.layers.0.self_attn.q_proj": mismatched}, alpha=1)
+    with pytest.raises(UsageError, match="no LoRA tensors"):
+        write_lora_adapter(tmp_path / "x.gguf", {}, alpha=1)
+
+
+@pytest.mark.local
+def test_llama_cpp_loads_our_adapter_and_a_zero_adapter_changes_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("gguf", reason="the gguf package comes with the tune-local extra")
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python comes with the local extra")
+    from genroute.tuning.gguf_adapter import write_lora_adapter
+    from genroute.tuning.local_lora import resolve_base_model
+
+    base = resolve_base_model(None)
+    zero = {k: (a, np.zeros_like(b)) for k, (a, b) in random_pairs().items()}
+    tokens = [2, 818, 5279, 529, 7001, 563]  # "<bos>The capital of France is"
+    logits = {}
+    for label, pairs in (("base", None), ("zero", zero), ("random", random_pairs(scale=0.5))):
+        lora = str(write_lora_adapter(tmp_path / f"{label}.gguf", pairs, alpha=4.0)) if pairs else None
+        llm = llama_cpp.Llama(model_path=str(base), lora_path=lora, n_ctx=64, n_threads=2, logits_all=True,
+                              verbose=False)
+        llm.eval(tokens)
+        logits[label] = np.array(llm.scores[len(tokens) - 1])
+        llm.close()
+    np.testing.assert_allclose(logits["zero"], logits["base"], atol=1e-3)
+    assert np.abs(logits["random"] - logits["base"]).max() > 0.1
+
+
+# -- a tiny real training run -------------------------------------------------------------------
+
+TINY_INPUTS = ["I love this film", "The weather is nice today", "Where is my parcel?", "Book a table for two",
+               "What time is it?", "My card was declined", "Tell me a joke", "How tall is Everest?",
+               "Translate hello to French", "Is it going to rain?", "Cancel my order", "Play some music"]
+TARGET = "zebra"
+
+
+def tiny_config(**overrides: Any) -> Any:
+    from genroute.tuning.local_lora import LocalTuneConfig
+
+    values = {"rank": 4, "alpha": 8.0, "epochs": 10, "max_steps": 6, "learning_rate": 3e-3, "batch_size": 4,
+              "validation_fraction": 0.25, "seed": 0, "threads": 1, "progress": False}
+    return LocalTuneConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    for module, why in (("torch", "torch"), ("transformers", "transformers"), ("peft", "peft"), ("gguf", "gguf")):
+        pytest.importorskip(module, reason=f"{why} is not installed: local tuning needs the tune-local extra")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (local extra)")
+    from genroute.tuning.local_lora import tune_local
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = write_lines(root / "tiny.jsonl", [{"input": x, "output": TARGET} for x in TINY_INPUTS])
+    return data, tune_local(data, root / "run1", config=tiny_config())
+
+
+def target_logprob(base: Path, lora: Path | None, text: str, target: str) -> float:
+    """log p(target<end_of_turn> | prompt) under llama.cpp, with or without the adapter."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(base), lora_path=str(lora) if lora else None, n_ctx=128, n_threads=2,
+                          logits_all=True, verbose=False)
+    prompt = llm.tokenize(format_prompt(text).encode(), add_bos=True, special=True)
+    answer = llm.tokenize(format_target(target).encode(), add_bos=False, special=True)
+    llm.eval(prompt + answer)
+    scores = np.array(llm.scores[:len(prompt) + len(answer)], dtype=np.float64)
+    llm.close()
+    total = 0.0
+    for i, token in enumerate(answer):
+        row = scores[len(prompt) + i - 1]
+        total += row[token] - (row.max() + np.log(np.exp(row - row.max()).sum()))
+    return total
+
+
+@pytest.mark.slow
+@pytest.mark.local
+def test_tiny_training_moves_llama_cpp_towards_the_target(tiny_run: Any) -> None:
+    _, result = tiny_run
+    assert result.steps == 6 and result.train_examples == 9 and result.validation_examples == 3
+    assert result.validation_loss < result.initial_validation_loss
+    assert result.adapter_path.name == "adapter.gguf" and result.adapter_bytes > 0
+    assert json.loads((result.adapter_path.parent / "tune_result.json").read_text())["adapter_sha256"] == \
+        result.adapter_sha256
+    unseen = "Where is the nearest train station?"
+    before = target_logprob(result.base_model_path, None, unseen, TARGET)
+    after = target_logprob(result.base_model_path, result.adapter_path, unseen, TARGET)
+    assert after > before + 5.0, (before, after)
+
+
+@pytest.mark.slow
+@pytest.mark.local
+def test_same_seed_and_data_give_the_same_adapter(tiny_run: Any, tmp_path: Path) -> None:
+    from genroute.tuning.local_lora import tune_local
+
+    data, first = tiny_run
+    again = tune_local(data, tmp_path / "run2", config=tiny_config())
+    assert again.adapter_sha256 == first.adapter_sha256
+
+
+@pytest.mark.slow
+@pytest.mark.local
+async def test_tuned_backend_answers_through_the_router(tiny_run: Any, tmp_path: Path, otel: Otel) -> None:
+    from genroute.router.router import Router
+    from genroute.tuning.local_lora import register_tuned_backend
+
+    _, result = tiny_run
+    config = tmp_path / "genroute.yaml"
+    # One llama.cpp thread: CI machines are shared, and spinning threads slow down badly when oversubscribed.
+    register_tuned_backend(config, "tuned", result.adapter_path, result.base_model_path,
+                           engine_options={"n_threads": 1, "max_output_tokens": 4})
+    async with Router.from_config(config, **otel.providers) as router:
+        answer = await router.agenerate("Where is the nearest train station?")
+    assert answer.backend == "tuned"
+    # A few steps teach the label but not yet the end-of-turn token, so only the start is checked.
+    assert answer.text.strip().lower().startswith(TARGET), answer.text
+    assert otel.spans("genroute.generate")[0].attributes["genroute.backend"] == "tuned"
+    (span,) = otel.spans("generate_content")
+    assert span.attributes["gen_ai.provider.name"] == "genroute.local"
+
+
+# -- registering a tuned backend ----------------------------------------------------------------
+
+
+def test_register_tuned_backend_rewrites_the_config(tmp_path: Path) -> None:
+    from genroute.config import load_config
+    from genroute.tuning.local_lora import register_tuned_backend
+
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"GGUF")
+    config = tmp_path / "genroute.yaml"
+    config.write_text(yaml.safe_dump({"backends": {"plain": {"kind": "prompt_template", "engine": "local",
+                                                             "model": "gemma-3-270m", "template": "{{ input }}"}},
+                                      "engines": {"local": {"kind": "local"}}}))
+    register_tuned_backend(config, "sentiment", adapter, tasks=["sentiment"])
+    loaded = load_config(config)
+    assert loaded.engines["sentiment_engine"] == {"kind": "local", "lora_path": str(adapter.resolve()),
+                                                  "prompt_format": "gemma"}
+    assert loaded.backends["sentiment"]["kind"] == "tuned"
+    assert loaded.backends["sentiment"]["engine"] == "sentiment_engine"
+    assert loaded.backends["sentiment"]["tasks"] == ["sentiment"]
+    assert "plain" in loaded.backends and "local" in loaded.engines
+    with pytest.raises(UsageError, match="already configured"):
+        register_tuned_backend(config, "sentiment", adapter)
+    register_tuned_backend(config, "sentiment", adapter, replace=True)
+    with pytest.raises(UsageError) as info:
+        register_tuned_backend(config, "other", tmp_path / "missing.gguf")
+    assert info.value.field == "adapter_path"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.gguf", "genroute.yaml"]
+
+
+def test_register_creates_a_json_config(tmp_path: Path) -> None:
+    from genroute.tuning.local_lora import register_tuned_backend
+
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"GGUF")
+    config = tmp_path / "sub" / "router.json"
+    register_tuned_backend(config, "t", adapter, tmp_path / "base.gguf")
+    data = json.loads(config.read_text())
+    assert data["engines"]["t_engine"]["model_path"] == str((tmp_path / "base.gguf").resolve())
+    assert data["backends"]["t"]["model"] == "gemma-3-270m"
