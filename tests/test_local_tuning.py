@@ -269,7 +269,7 @@ def test_register_tuned_backend_rewrites_the_config(tmp_path: Path) -> None:
     assert loaded.backends["sentiment"]["engine"] == "sentiment_engine"
     assert loaded.backends["sentiment"]["tasks"] == ["sentiment"]
     assert "plain" in loaded.backends and "local" in loaded.engines
-    with pytest.raises(UsageError, match="already configured"):
+    with pytest.raises(UsageError, match="already exists"):
         register_tuned_backend(config, "sentiment", adapter)
     register_tuned_backend(config, "sentiment", adapter, replace=True)
     with pytest.raises(UsageError) as info:

@@ -257,29 +257,28 @@ def register_tuned_backend(
     """Add ``engines.<name>_engine`` (local + LoRA) and ``backends.<name>`` (tuned) to a YAML/JSON config.
 
     ``engine_options`` adds local-engine fields (e.g. ``n_threads``, ``max_output_tokens``). The file is
-    rewritten atomically (temp file + ``os.replace``); YAML comments are not kept. A missing file is
+    rewritten atomically (``config_file.write_atomic``); YAML comments are not kept. A missing file is
     created. Returns the updated config mapping.
     """
-    import os
-
     import yaml
 
     from genroute.backends.tuned import TunedConfig
-    from genroute.config import _read_file
+    from genroute.config import load_config
     from genroute.engines.local import LocalEngineConfig
+    from genroute.tuning.config_file import check_target, write_atomic
 
     path = Path(config_path)
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise UsageError(f"backend name {name!r} must be letters, digits, '-' or '_'", field="name")
+    if path.suffix.lower() not in {".yaml", ".yml", ".json"}:
+        raise UsageError(f"cannot write tuned backends into {path.name}: use a .yaml or .json config",
+                         field="config")
     adapter = Path(adapter_path).resolve()
     if not adapter.is_file():
         raise UsageError(f"no adapter at {adapter}", field="adapter_path")
-    data: dict[str, Any] = dict(_read_file(path)) if path.exists() else {}
+    data = check_target(path, name, replace=replace) if path.exists() else {}
     engines = dict(data.get("engines") or {})
-    backends = dict(data.get("backends") or {})
     engine_name = f"{name}_engine"
-    if not replace and (name in backends or engine_name in engines):
-        raise UsageError(f"{name!r} is already configured; pass replace=True to overwrite", field="name")
+    if not replace and engine_name in engines:
+        raise UsageError(f"engine {engine_name!r} already exists in {path.name}", field="name")
     engine: dict[str, Any] = {**(engine_options or {}), "kind": "local", "lora_path": str(adapter),
                               "prompt_format": "gemma"}
     if base_model_path is not None:
@@ -293,21 +292,13 @@ def register_tuned_backend(
     # Validate with the real config models so a bad entry never reaches the file.
     LocalEngineConfig.model_validate(engine)
     TunedConfig.model_validate(backend)
-    engines[engine_name] = engine
-    backends[name] = backend
-    data["engines"] = engines
-    data["backends"] = backends
+    data["engines"] = {**engines, engine_name: engine}
+    data["backends"] = {**(data.get("backends") or {}), name: backend}
+    load_config(data)
     if path.suffix.lower() == ".json":
-        text = json.dumps(data, indent=2) + "\n"
-    elif path.suffix.lower() in {".yaml", ".yml"}:
-        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     else:
-        raise UsageError(f"cannot rewrite {path.name}: use a .yaml, .yml or .json config", field="config_path")
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, text)
     return data
