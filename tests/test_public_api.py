@@ -1,0 +1,31 @@
+"""The public API: everything in ``__all__`` resolves, and importing genroute stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import genroute
+
+
+def test_every_public_name_resolves():
+    for name in genroute.__all__:
+        assert getattr(genroute, name) is not None, name
+    assert sorted(dir(genroute)) == sorted(genroute.__all__)
+
+
+def test_errors_form_one_tree():
+    for name in genroute.__all__:
+        obj = getattr(genroute, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, genroute.GenrouteError), name
+    assert issubclass(genroute.ConfigError, genroute.UsageError)
+    assert not issubclass(genroute.UsageError, genroute.BackendError)
+
+
+def test_import_does_not_load_heavy_dependencies():
+    probe = ("import sys, genroute; from genroute import Router, GenerateRequest; "
+             "print(','.join(m for m in ('chromadb', 'llama_cpp', 'google.genai', 'onnxruntime', 'torch', "
+             "'opentelemetry.sdk', 'jinja2', 'tenacity') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""
