@@ -95,30 +95,41 @@ class ExampleStore:
         self.collection = collection
         self.field = field
         self._pool: list[ExampleRecord] | None = None
+        self._count: int | None = None
         self._lock = asyncio.Lock()
 
     @property
     def count(self) -> int | None:
-        """Number of stored examples, once loaded (``None`` before)."""
-        return None if self._pool is None else len(self._pool)
+        """Number of stored examples, once known (``None`` before the first selection)."""
+        return self._count
+
+    async def size(self) -> int:
+        """Number of stored examples (counted once); an empty collection is a ``ConfigError``."""
+        if self._count is None:
+            count = await self.store.count(self.collection, kind="examples", field=self.field)
+            if count == 0:
+                raise ConfigError(f"example collection {self.collection!r} is empty; load examples "
+                                  "first (genroute ingest --kind examples)", field=self.field)
+            self._count = count
+        return self._count
 
     async def pool(self) -> list[ExampleRecord]:
-        """Every example in file order (cached; examples are few and static while serving)."""
+        """Every example in file order (cached; fixed and random selection need them all)."""
         if self._pool is None:
             async with self._lock:
                 if self._pool is None:
+                    await self.size()
                     hits = await self.store.get_all(self.collection, kind="examples", field=self.field)
-                    if not hits:
-                        raise ConfigError(f"example collection {self.collection!r} is empty; load examples "
-                                          "first (genroute ingest --kind examples)", field=self.field)
                     records = [_record(h) for h in hits]
                     records.sort(key=lambda r: r.metadata.get("ord", 0))
                     self._pool = records
+                    self._count = len(records)
         return self._pool
 
     def refresh(self) -> None:
-        """Forget the cached pool (after loading more examples)."""
+        """Forget the cached pool and count (after loading more examples)."""
         self._pool = None
+        self._count = None
 
     async def select(self, text: str, *, strategy: Strategy, k: int, seed: int = 0, fetch_k: int | None = None,
                      mmr_lambda: float = 0.5) -> list[ExampleRecord]:
@@ -128,22 +139,21 @@ class ExampleStore:
         if k <= 0:
             return []
         key = input_key(text)
-        pool = await self.pool()  # also checks the collection exists and is not empty
         if strategy == "fixed":
-            return [r for r in pool if r.metadata.get("input_key") != key][:k]
+            return [r for r in await self.pool() if r.metadata.get("input_key") != key][:k]
         if strategy == "random":
             rng = random.Random(f"{seed}:{key}")  # reproducible per (seed, request)
-            eligible = [r for r in pool if r.metadata.get("input_key") != key]
+            eligible = [r for r in await self.pool() if r.metadata.get("input_key") != key]
             return rng.sample(eligible, min(k, len(eligible)))
-        want = fetch_k or (k if strategy == "knn" else max(4 * k, 20))
-        want = min(want, len(pool))
+        size = await self.size()  # the index is queried directly: no need to hold every example
+        want = min(fetch_k or (k if strategy == "knn" else max(4 * k, 20)), size)
         vector = (await self.store.embedder.aembed([text]))[0]
         mmr_needs = strategy == "mmr"
         # A metadata filter makes Chroma search several times slower, so over-fetch a little and drop
         # leaks here; only if more than the slack leaked (many copies of the input) query with the filter.
         slack = 2
         hits = await self.store.query_vector(self.collection, vector, kind="examples",
-                                             k=min(want + slack, len(pool)), include_embeddings=mmr_needs,
+                                             k=min(want + slack, size), include_embeddings=mmr_needs,
                                              field=self.field)
         kept = [h for h in hits if h.metadata.get("input_key") != key]
         if len(kept) < want and len(kept) < len(hits) and len(hits) == want + slack:
