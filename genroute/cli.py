@@ -32,8 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--collection", required=True)
     ingest.add_argument("--config", help="router config whose `knowledge` section names the store")
-    ingest.add_argument("--chunk-tokens", type=int, default=256)
-    ingest.add_argument("--overlap", type=int, default=32)
+    ingest.add_argument("--kind", choices=["documents", "examples"], default="documents",
+                        help="documents to chunk for RAG, or JSONL examples for ICL")
+    ingest.add_argument("--chunk-tokens", type=int, default=200)
+    ingest.add_argument("--overlap", type=int, default=40)
+    ingest.add_argument("--text-field", default="text", help="JSONL field holding the text")
 
     sub.add_parser("bench", help="compare backends on a labeled JSONL set (see `genroute bench --help`)",
                    add_help=False)
@@ -104,13 +107,18 @@ def _generate(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace) -> int:
     from genroute.knowledge.ingest import ingest_paths
 
-    store_config = None
+    store_config, engines = None, {}
     if args.config:
-        from genroute.config import load_config
+        from genroute.config import load_config, validate_kind
 
-        store_config = load_config(args.config).knowledge
-    report = ingest_paths(args.paths, args.collection, store_config=store_config,
-                          chunk_tokens=args.chunk_tokens, overlap=args.overlap)
+        config = load_config(args.config)
+        store_config = config.knowledge
+        # Only engines the store's embedder may need (a Gemini embedder names one); nothing is sent here.
+        for name, raw in config.engines.items():
+            engine_cls, engine_config = validate_kind("engines", raw, field=f"engines.{name}")
+            engines[name] = engine_cls(name, engine_config)
+    report = ingest_paths(args.paths, args.collection, store_config=store_config, engines=engines, kind=args.kind,
+                          chunk_tokens=args.chunk_tokens, overlap=args.overlap, text_field=args.text_field)
     print(report)
     return 0
 

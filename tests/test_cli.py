@@ -1,0 +1,56 @@
+"""The `genroute` command: generate against the loopback wire, ingest into embedded Chroma, typed errors."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from genroute.cli import main
+
+from .conftest import gemini_config
+
+
+def _write_config(tmp_path, server, **extra):
+    config = {**gemini_config(server), **extra}
+    path = tmp_path / "genroute.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_generate_prints_the_answer_and_json(tmp_path, gemini_server, capsys):
+    path = _write_config(tmp_path, gemini_server)
+    gemini_server.reply_text("Paris.", usage=(5, 2))
+    assert main(["generate", "Capital of France?", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == "Paris."
+    gemini_server.reply_text("Lyon.", usage=(5, 2))
+    assert main(["generate", "Second city?", "--config", str(path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["text"] == "Lyon." and result["backend"] == "chat" and result["cost_usd"] > 0
+
+
+def test_generate_stream(tmp_path, gemini_server, capsys):
+    path = _write_config(tmp_path, gemini_server)
+    gemini_server.reply_text("one two three", chunks=3)
+    assert main(["generate", "count", "--config", str(path), "--stream"]) == 0
+    assert capsys.readouterr().out.strip() == "one two three"
+
+
+def test_errors_exit_2_with_the_field(tmp_path, gemini_server, capsys):
+    path = _write_config(tmp_path, gemini_server)
+    assert main(["generate", "hi", "--config", str(path), "--backend", "ghost"]) == 2
+    assert "backend" in capsys.readouterr().err
+    assert main(["generate", "hi", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "path" in capsys.readouterr().err
+    assert gemini_server.requests == []
+
+
+def test_ingest_is_idempotent(tmp_path, gemini_server, capsys):
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Title\n\nThe Nimbus Kettle has a warranty of 3 years.\n\n## Care\n\nDescale monthly.\n")
+    path = _write_config(tmp_path, gemini_server, knowledge={"path": str(tmp_path / "chroma")})
+    assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(path)]) == 0
+    first = capsys.readouterr().out
+    assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(path)]) == 0
+    second = capsys.readouterr().out
+    assert "added=2" in first and "added=0" in second and "skipped=2" in second
