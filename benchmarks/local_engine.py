@@ -51,12 +51,15 @@ def main() -> None:
     config = types.GenerateContentConfig(max_output_tokens=args.max_tokens, temperature=0.0)
     json_config = config.model_copy(update={"response_json_schema": SCHEMA})
     # The engine renders a transcript; the raw calls get the very same prompt text.
-    rendered = [prepare(_contents(p), config, Defaults()).prompt for p in PROMPTS]
+    prepared = [prepare(_contents(p), config, Defaults()) for p in PROMPTS]
+    rendered = [p.prompt for p in prepared]
+    stops = list(prepared[0].sampling.stop)  # the same turn-end stops, so both produce the same tokens
     grammar = LlamaGrammar.from_json_schema(json.dumps(SCHEMA), verbose=False)
 
     def raw_completion(prompt: str, grammar_: object = None) -> int:
         out = raw.create_completion(prompt, max_tokens=args.max_tokens, temperature=0.0, top_k=64, top_p=0.95,
-                                    min_p=0.0, repeat_penalty=1.0, grammar=grammar_)
+                                    min_p=0.0, repeat_penalty=1.0, grammar=grammar_,
+                                    stop=None if grammar_ is not None else stops)
         return out["usage"]["completion_tokens"]
 
     async def via_engine(prompt: str, cfg: types.GenerateContentConfig) -> int:
@@ -81,6 +84,7 @@ def main() -> None:
     raw_completion(rendered[0])
     best: dict[str, float] = {m: 0.0 for m in modes}
     best_cpu: dict[str, float] = {m: 0.0 for m in modes}
+    counts: dict[str, int] = {}
     for _ in range(args.rounds):
         tokens = {m: 0 for m in modes}
         seconds = {m: 0.0 for m in modes}
@@ -93,14 +97,15 @@ def main() -> None:
                 tokens[mode] += run(i)
                 seconds[mode] += time.perf_counter() - start
                 cpu[mode] += time.process_time() - start_cpu
+        counts = tokens
         for mode in modes:  # best of N rounds: noise only ever slows a round down
             best[mode] = max(best[mode], tokens[mode] / seconds[mode])
             best_cpu[mode] = max(best_cpu[mode], tokens[mode] / cpu[mode])
     base, base_cpu = best["raw create_completion"], best_cpu["raw create_completion"]
     print(f"model={os.path.basename(path)} threads={threads} max_tokens={args.max_tokens} rounds={args.rounds}")
-    print(f"{'mode':40s} {'wall tok/s':>10s} {'% raw':>7s} {'CPU tok/s':>10s} {'% raw':>7s}")
+    print(f"{'mode':40s} {'tokens':>6s} {'wall tok/s':>10s} {'% raw':>7s} {'CPU tok/s':>10s} {'% raw':>7s}")
     for mode in modes:
-        print(f"{mode:40s} {best[mode]:10.1f} {100 * best[mode] / base:6.1f}% "
+        print(f"{mode:40s} {counts[mode]:6d} {best[mode]:10.1f} {100 * best[mode] / base:6.1f}% "
               f"{best_cpu[mode]:10.1f} {100 * best_cpu[mode] / base_cpu:6.1f}%")
     if args.json:
         for label, table in (("wall", best), ("CPU", best_cpu)):

@@ -115,6 +115,7 @@ async def test_generation_with_usage(engine: LocalEngine) -> None:
 async def test_max_tokens_and_greedy_determinism(engine: LocalEngine) -> None:
     config = types.GenerateContentConfig(max_output_tokens=3, stop_sequences=["\n"])
     first = await engine.generate("m", user("Count: one two three four five six"), config)
+    await engine.generate("m", user("Count: seven eight"), config)  # a different request in between
     second = await engine.generate("m", user("Count: one two three four five six"), config)
     assert first.text == second.text
     assert first.usage_metadata.candidates_token_count <= 3
@@ -228,3 +229,25 @@ async def test_a_pool_of_two_instances_serves_concurrent_requests() -> None:
         assert len(pooled._instances) <= 2
     finally:
         await pooled.aclose()
+
+
+@pytest.mark.local
+async def test_lazy_grammar_sampling_matches_llama_cpp_full_grammar(engine: LocalEngine) -> None:
+    """Greedy output under our lazy grammar check equals llama-cpp-python's own grammar sampling."""
+    from llama_cpp import Llama, LlamaGrammar
+
+    from genroute.engines.local import default_model_path
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+              "required": ["name", "tags"]}
+    config = types.GenerateContentConfig(response_json_schema=schema, max_output_tokens=24)
+    ours = await engine.generate("m", user("List the planets."), config)
+    raw = Llama(model_path=str(default_model_path()), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
+    try:
+        prompt = prepare(user("List the planets."), config, Defaults()).prompt
+        theirs = raw.create_completion(prompt, max_tokens=24, temperature=0.0, min_p=0.0, repeat_penalty=1.0,
+                                       grammar=LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False))
+    finally:
+        raw.close()
+    assert ours.text == theirs["choices"][0]["text"].strip()
+    assert ours.usage_metadata.candidates_token_count == theirs["usage"]["completion_tokens"]

@@ -48,6 +48,10 @@ class LocalEngineConfig(BaseModel):
     prompt_format: PromptFormat = Field(default="plain", description="'plain' transcript (base models) or 'gemma' chat template.")
     temperature: float = Field(default=0.0, ge=0.0, description="Used when a request sets none (greedy by default).")
     max_output_tokens: int = Field(default=256, ge=1, description="Used when a request sets none.")
+    reuse_kv_prefix: bool = Field(default=False, description=(
+        "Reuse the KV cache for a prompt prefix shared with the previous call: faster for shared "
+        "prefixes, but batch-split rounding can flip near-tied greedy tokens, so answers then depend "
+        "on the previous request."))
 
 
 def default_model_path() -> Path:
@@ -160,7 +164,7 @@ class LocalEngine(Engine):
     def _grammar(self, schema: dict[str, Any]) -> Any:
         from llama_cpp import LlamaGrammar
 
-        key = json.dumps(schema, sort_keys=True)
+        key = json.dumps(schema)  # not sort_keys: the grammar emits properties in the schema's order
         grammar = self._grammars.get(key)
         if grammar is None:
             try:
@@ -193,6 +197,8 @@ class LocalEngine(Engine):
                                   backend=self.name, status=400)
         max_tokens = min(s.max_tokens, room)
         llm.set_seed(s.seed)
+        if not self.config.reuse_kv_prefix:
+            llm.reset()  # same request, same answer, whatever ran before
         if grammar is not None:
             tokens = constrained_tokens(llm, prompt_tokens, grammar, temp=s.temperature, top_k=s.top_k, top_p=s.top_p)
         else:  # min_p=0 and repeat_penalty=1: plain top-k/top-p sampling as Gemini's parameters describe
