@@ -14,12 +14,11 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genroute.backends.base import BackendConfig, BackendOutput, Prepared, SingleCallBackend, user_content
-from genroute.errors import ConfigError, UsageError
+from genroute.backends.templating import check_template, compile_template, render
+from genroute.errors import ConfigError
 from genroute.types import GenerateRequest
 
 if TYPE_CHECKING:
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     from genroute.knowledge.examples import ExampleRecord, ExampleStore
     from genroute.router.context import RunContext
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 class ContextCacheSettings(BaseModel):
@@ -75,10 +73,7 @@ class IclConfig(BackendConfig):
         if self.context_cache is not None and self.selector != "fixed":
             raise ValueError("context_cache needs selector: fixed (other selectors change the prefix per request)")
         for name in ("example_template", "query_template"):
-            try:
-                _ENV.parse(getattr(self, name))
-            except TemplateError as exc:
-                raise ValueError(f"{name} does not compile: {exc}") from None
+            check_template(getattr(self, name), name=name)
         return self
 
 
@@ -108,7 +103,7 @@ class IclBackend(SingleCallBackend):
 
     @cached_property
     def _templates(self) -> tuple[Any, Any]:
-        return _ENV.from_string(self.config.example_template), _ENV.from_string(self.config.query_template)
+        return compile_template(self.config.example_template), compile_template(self.config.query_template)
 
     def facts(self) -> dict[str, Any]:
         """Collection, selector, k and ``example_count`` (counted once, blocking; 0 if unavailable)."""
@@ -177,11 +172,7 @@ class IclBackend(SingleCallBackend):
         return [], [user_content(cfg.separator.join(head + [query]))]
 
     def _render(self, template: Any, scope: dict[str, Any], name: str) -> str:
-        try:
-            return template.render(scope)
-        except TemplateError as exc:
-            raise UsageError(f"{name} of backend {self.name!r} failed: {exc}",
-                             field=f"backends.{self.name}.{name}") from None
+        return render(template, scope, backend=self.name, field=f"backends.{self.name}.{name}")
 
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
         cfg = self.config

@@ -5,16 +5,14 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, Literal
 
-from jinja2 import StrictUndefined, TemplateError, meta
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, user_content
+from genroute.backends.templating import check_template, compile_template, render
 from genroute.errors import UsageError
 from genroute.types import GenerateRequest
 
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 class VariableSpec(BaseModel):
@@ -37,14 +35,9 @@ class PromptTemplateConfig(BackendConfig):
 
     @model_validator(mode="after")
     def _template_compiles(self) -> PromptTemplateConfig:
-        for field, source in (("template", self.template), ("system", self.system or "")):
-            try:
-                names = meta.find_undeclared_variables(_ENV.parse(source))
-            except TemplateError as exc:
-                raise ValueError(f"{field} does not compile: {exc}") from None
-            undeclared = names - set(self.variables) - {"input", "task", "metadata"}
-            if undeclared:
-                raise ValueError(f"{field} uses undeclared variable(s): {', '.join(sorted(undeclared))}")
+        allowed = {*self.variables, "input", "task", "metadata"}
+        check_template(self.template, name="template", allowed=allowed)
+        check_template(self.system or "", name="system", allowed=allowed)
         return self
 
 
@@ -57,7 +50,7 @@ class PromptTemplateBackend(SingleCallBackend):
     @cached_property
     def _templates(self) -> tuple[Any, Any]:
         config = self.config
-        return _ENV.from_string(config.template), _ENV.from_string(config.system) if config.system else None
+        return compile_template(config.template), compile_template(config.system) if config.system else None
 
     @cached_property
     def _variables_model(self) -> type[BaseModel]:
@@ -78,10 +71,10 @@ class PromptTemplateBackend(SingleCallBackend):
             raise UsageError(f"{message} (backend {self.name!r})", field=f"variables.{name}") from None
         scope = {**variables, "input": request.input, "task": request.task, "metadata": request.metadata}
         user, system = self._templates
-        try:
-            return user.render(scope), system.render(scope) if system is not None else None
-        except TemplateError as exc:
-            raise UsageError(f"template of backend {self.name!r} failed: {exc}", field="variables") from None
+        prompt = render(user, scope, backend=self.name, field=f"backends.{self.name}.template")
+        if system is None:
+            return prompt, None
+        return prompt, render(system, scope, backend=self.name, field=f"backends.{self.name}.system")
 
     async def prepare(self, request: GenerateRequest, ctx: Any) -> Prepared:
         prompt, system = self.render(request)

@@ -286,7 +286,7 @@ class KnowledgeStore:
     async def query(self, name: str, text: str, *, kind: Kind, k: int, where: Mapping[str, Any] | None = None,
                     include_embeddings: bool = False, field: str = "collection") -> list[Hit]:
         """The ``k`` records nearest to ``text`` (embedded with this store's embedder)."""
-        col = await self.collection(name, kind=kind, field=field)
+        await self.collection(name, kind=kind, field=field)  # an unknown collection fails before embedding
         vector = (await self.embedder.aembed([text]))[0]
         return await self.query_vector(name, vector, kind=kind, k=k, where=where,
                                        include_embeddings=include_embeddings, field=field)

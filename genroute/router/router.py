@@ -17,7 +17,6 @@ from genroute.errors import BackendUnavailable, GenrouteError, UsageError
 from genroute.policies.base import BackendInfo, Policy, PolicyContext
 from genroute.router.executor import Executor
 from genroute.router.portal import Portal
-from genroute.router.pricing import Pricing
 from genroute.router.telemetry import Telemetry
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult
 

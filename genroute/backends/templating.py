@@ -1,0 +1,39 @@
+"""The one Jinja2 sandbox every backend renders prompts with, and its compile/render error handling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from jinja2 import StrictUndefined, Template, TemplateError, meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from genroute.errors import UsageError
+
+#: Sandboxed (no attribute escapes, no mutation of inputs), strict (an undefined name is an error).
+ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+def check_template(source: str, *, name: str, allowed: Iterable[str] | None = None) -> None:
+    """Raise ``ValueError`` (for a pydantic validator) if ``source`` does not compile or uses names not allowed."""
+    try:
+        names = meta.find_undeclared_variables(ENV.parse(source))
+    except TemplateError as exc:
+        raise ValueError(f"{name} does not compile: {exc}") from None
+    if allowed is not None:
+        undeclared = names - set(allowed)
+        if undeclared:
+            raise ValueError(f"{name} uses undeclared variable(s): {', '.join(sorted(undeclared))}")
+
+
+def compile_template(source: str) -> Template:
+    """A template object from checked ``source``."""
+    return ENV.from_string(source)
+
+
+def render(template: Template, scope: Mapping[str, Any], *, backend: str, field: str) -> str:
+    """Render ``template``; a failure is a ``UsageError`` naming ``field`` (a sandbox violation included)."""
+    try:
+        return template.render(scope)
+    except TemplateError as exc:
+        raise UsageError(f"template of backend {backend!r} failed: {exc}", field=field) from None
