@@ -115,7 +115,10 @@ def config(args: argparse.Namespace, task: str, store: Path) -> tuple[dict[str, 
     if lora:
         engines["tuned"] = engine_config(args, lora)
         backends["tuned"] = {"kind": "tuned", "engine": "tuned", "model": "gemma-3-270m-tuned",
-                             "base_model": "gemma-3-270m", "generation": {"max_output_tokens": 8}}
+                             "base_model": "gemma-3-270m",
+                             # Same constrained label set as the other backends: a briefly tuned 270M model
+                             # learns the label before it learns to stop.
+                             "generation": choice(SENTIMENT if task == "sentiment" else BANKING)}
     first = next(iter(backends))
     return {"engines": engines, "backends": backends, "knowledge": {"path": str(store)},
             "policy": {"kind": "static", "backend": first}}, scorer

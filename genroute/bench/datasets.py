@@ -64,13 +64,18 @@ def load_records(
 
 
 def sample(records: Sequence[BenchRecord], limit: int | None, *, seed: int = 0) -> list[BenchRecord]:
-    """``limit`` records drawn with ``seed`` (same seed, same sample), in their original order."""
+    """``limit`` records drawn with ``seed``, in their original order.
+
+    A larger ``limit`` with the same seed draws a superset, so a bigger rerun into the same output directory
+    only runs the added records.
+    """
     if limit is None or limit >= len(records):
         return list(records)
     if limit < 1:
         raise UsageError("limit must be >= 1", field="limit")
-    chosen = sorted(random.Random(seed).sample(range(len(records)), limit))
-    return [records[i] for i in chosen]
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    return [records[i] for i in sorted(order[:limit])]
 
 
 def split_ids(ids: Sequence[str], *, holdout: float = 0.3, seed: int = 0) -> tuple[list[str], list[str]]:
