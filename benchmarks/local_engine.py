@@ -57,6 +57,7 @@ def main() -> None:
     grammar = LlamaGrammar.from_json_schema(json.dumps(SCHEMA), verbose=False)
 
     def raw_completion(prompt: str, grammar_: object = None) -> int:
+        raw.reset()  # the engine re-evaluates every prompt (reuse_kv_prefix=False); so does the baseline
         out = raw.create_completion(prompt, max_tokens=args.max_tokens, temperature=0.0, top_k=64, top_p=0.95,
                                     min_p=0.0, repeat_penalty=1.0, grammar=grammar_,
                                     stop=None if grammar_ is not None else stops)

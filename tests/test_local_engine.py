@@ -251,3 +251,14 @@ async def test_lazy_grammar_sampling_matches_llama_cpp_full_grammar(engine: Loca
         raw.close()
     assert ours.text == theirs["choices"][0]["text"].strip()
     assert ours.usage_metadata.candidates_token_count == theirs["usage"]["completion_tokens"]
+
+
+@pytest.mark.local
+async def test_streamed_function_call_arrives_whole(engine: LocalEngine) -> None:
+    any_mode = types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode="ANY"))
+    chunks = [c async for c in engine.stream("m", user("What's the weather like in Rome?"),
+                                             types.GenerateContentConfig(tools=TOOLS, tool_config=any_mode,
+                                                                         max_output_tokens=40))]
+    assert [c.function_calls for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    (call,) = chunks[-1].function_calls
+    assert call.name in {"get_weather", "get_time"} and call.args
