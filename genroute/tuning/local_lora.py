@@ -8,6 +8,11 @@ Prompts are tokenized by llama.cpp's own tokenizer (``vocab_only``), so the toke
 ids the tuned backend feeds at inference: ``format_prompt(input)`` with BOS, then ``output<end_of_turn>``.
 The loss covers only the output tokens, and logits are computed only at those positions (the 262k-word
 vocabulary projection would otherwise dominate the cost of a step).
+
+The result is a GGUF LoRA adapter (``gguf_adapter``), not a merged model: a rank-8 q/k/v/o adapter is
+~3 MB next to the shared 253 MB Q4_K_M base, loads in under a second with it, and decodes at the base
+speed. A merged model would have to be re-quantized to stay that small, and the ``gguf`` package cannot
+write K-quants: merged F16 would be ~540 MB (Q8_0 ~290 MB) per tuned backend.
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ class LocalTuneConfig(BaseModel):
     alpha: float = Field(default=16.0, gt=0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    epochs: int = Field(default=2, ge=1)
-    learning_rate: float = Field(default=2e-4, gt=0)
+    epochs: int = Field(default=3, ge=1)
+    # 1e-3 with rank 8 took a 5-intent BANKING77 slice from 2% (zero-shot) to 93% held-out accuracy.
+    learning_rate: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     max_seq_len: int = Field(default=256, ge=16)
     batch_size: int = Field(default=8, ge=1)
