@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None, help="n_threads for both (default: cpu count)")
+    parser.add_argument("--threads", type=int, default=None, help="n_threads for both (default: half the cores, as the engine)")
     parser.add_argument("--json", action="store_true", help="also benchmark JSON-schema constrained output")
     args = parser.parse_args()
 
@@ -44,7 +44,7 @@ def main() -> None:
 
     from llama_cpp import Llama, LlamaGrammar
 
-    threads = args.threads or os.cpu_count()
+    threads = args.threads or max(1, (os.cpu_count() or 2) // 2)  # the engine's default
     path = str(default_model_path())
     raw = Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False)
     engine = LocalEngine("bench", {"n_threads": threads})

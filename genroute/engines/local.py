@@ -40,7 +40,7 @@ class LocalEngineConfig(BaseModel):
     kind: Literal["local"] = "local"
     model_path: str | None = Field(default=None, description="GGUF file; default: the bundled Gemma 3 270M.")
     n_ctx: int = Field(default=2048, ge=64)
-    n_threads: int | None = Field(default=None, ge=1, description="Generation and prompt threads; default os.cpu_count().")
+    n_threads: int | None = Field(default=None, ge=1, description="Generation and prompt threads; default half the cores.")
     seed: int = 0
     lora_path: str | None = Field(default=None, description="LoRA adapter (GGUF) applied at load.")
     reference_model: str = Field(default="gemini-2.5-flash", description="Cloud model for the cloud-equivalent cost.")
@@ -141,9 +141,10 @@ class LocalEngine(Engine):
             raise ConfigError(f"no model file at {path}", field=f"engines.{self.name}.model_path")
         if cfg.lora_path and not Path(cfg.lora_path).is_file():
             raise ConfigError(f"no LoRA adapter at {cfg.lora_path}", field=f"engines.{self.name}.lora_path")
-        threads = cfg.n_threads or os.cpu_count()
-        # n_threads_batch too: left at its default (all cores) it oversubscribes a shared machine,
-        # and a 20-token prompt then took seconds.
+        # Half the cores (llama-cpp-python's own default): llama.cpp threads spin while they wait,
+        # so every core busy collapses under any other load (2 cores, load ~5: 2 threads gave
+        # 2 tok/s, 1 thread 63 tok/s). n_threads_batch too: its default is all cores.
+        threads = cfg.n_threads or max(1, (os.cpu_count() or 2) // 2)
         llm = Llama(model_path=str(path), n_ctx=cfg.n_ctx, n_threads=threads, n_threads_batch=threads,
                     seed=cfg.seed, lora_path=cfg.lora_path, verbose=False)
         self.model_version = path.stem.removesuffix(".gguf") + (
