@@ -248,6 +248,27 @@ async def test_tuned_backend_answers_through_the_router(tiny_run: Any, tmp_path:
     assert span.attributes["gen_ai.provider.name"] == "genroute.local"
 
 
+def test_bad_data_is_rejected_before_training(tmp_path: Path) -> None:
+    from genroute.tuning.local_lora import tune_local
+
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, {"input": "x", "output": ""}])
+    with pytest.raises(UsageError) as info:
+        tune_local(data, tmp_path / "out", config=tiny_config())
+    assert info.value.field == "line 2"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_longer_than_max_seq_len_is_named(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="local tuning needs the tune-local extra")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (local extra)")
+    from genroute.tuning.local_lora import tune_local
+
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD, {"input": "x", "output": "word " * 40}])
+    with pytest.raises(UsageError, match="example 3") as info:
+        tune_local(data, tmp_path / "out", config=tiny_config(max_seq_len=32))
+    assert info.value.field == "max_seq_len"
+
+
 # -- registering a tuned backend ----------------------------------------------------------------
 
 

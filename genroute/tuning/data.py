@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,7 @@ from genroute.errors import UsageError
 DEFAULT_MAX_CHARS = 20_000
 DEFAULT_MIN_EXAMPLES = 1
 _KNOWN_KEYS = frozenset({"input", "output", "label", "metadata"})
+T = TypeVar("T")
 
 
 class Example(BaseModel):
@@ -95,9 +96,7 @@ def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS) ->
     return Example(input=record["input"], output=record["output"], label=label, metadata=metadata)
 
 
-def split(
-    examples: list[Example], validation_fraction: float, seed: int = 0
-) -> tuple[list[Example], list[Example]]:
+def split(examples: list[T], validation_fraction: float, seed: int = 0) -> tuple[list[T], list[T]]:
     """Shuffle with ``seed`` and split into (train, validation); the same inputs give the same split.
 
     A positive fraction keeps at least one validation example and at least one training example.

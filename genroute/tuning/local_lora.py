@@ -106,10 +106,9 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
     base_path = resolve_base_model(config.base_model_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train, val = split(list(examples), config.validation_fraction, config.seed)
-    encoder = PromptEncoder(base_path, config.max_seq_len)
-    train_rows = encoder.encode_all(train)
-    val_rows = encoder.encode_all(val)
+    # Encode in file order (so a too-long example is named by its position), then split the rows.
+    rows = PromptEncoder(base_path, config.max_seq_len).encode_all(examples)
+    train_rows, val_rows = split(rows, config.validation_fraction, config.seed)
 
     started = time.perf_counter()
     model = load_base_model(base_path)
@@ -176,8 +175,8 @@ class PromptEncoder:
         target = self._vocab.tokenize(format_target(example.output).encode(), add_bos=False, special=True)
         room = self.max_seq_len - len(target)
         if room < 8:
-            raise UsageError(f"example {index + 1}: the output is {len(target)} tokens; max_seq_len "
-                             f"{self.max_seq_len} leaves no room for the input", field="max_seq_len")
+            raise UsageError(f"example {index + 1} (non-blank line): the output is {len(target)} tokens; "
+                             f"max_seq_len {self.max_seq_len} leaves no room for the input", field="max_seq_len")
         if len(prompt) > room:
             # Keep BOS and the end of the prompt, where the turn markers and the latest text are.
             prompt = prompt[:1] + prompt[len(prompt) - room + 1:]
