@@ -40,7 +40,7 @@ def demo_config(cache: Path, adapter: Path | None) -> dict[str, Any]:
         "knowledge": {"path": str(cache / "chroma")},
         "backends": {
             "template": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
-                         "template": "Question: {{ input }}\nAnswer:", "generation": gen},
+                         "system": "Answer in one short sentence.", "template": "{{ input }}", "generation": gen},
             "few_shot": {"kind": "icl", "engine": "local", "model": "gemma-3-270m", "collection": EXAMPLES,
                          "selector": "knn", "k": 4, "tasks": ["sentiment"],
                          "generation": {**gen, "max_output_tokens": 4}},
