@@ -160,6 +160,9 @@ def stub_tool(decl: dict[str, Any]) -> Any:
         if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
             return None
         kind = _TYPES.get(str(spec.get("type", "any")), Any)
+        item = _TYPES.get(str((spec.get("items") or {}).get("type")))
+        if kind is list and item is not None and item is not Any:
+            kind = list[item]  # a typed array, as BFCL declares it (a bare list gives an open `items: {}`)
         notes[name] = kind if name in required else kind | None
         sig.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
                                      default=inspect.Parameter.empty if name in required else None,

@@ -90,7 +90,8 @@ def summarize(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000)
             input_tokens=mean([r.input_tokens for r in ok]), output_tokens=mean([r.output_tokens for r in ok]),
             cached_input_tokens=mean([r.cached_input_tokens for r in ok]),
             cost_per_request_usd=mean([r.cost_usd for r in rows]),
-            cloud_equivalent_per_request_usd=mean(clouds) if len(clouds) == len(rows) else None,
+            # Failed requests have no usage to price: they count as 0, like their measured cost.
+            cloud_equivalent_per_request_usd=sum(clouds) / len(rows) if clouds else None,
             judge_cost_usd=sum(r.judge_cost_usd for r in rows),
             failures=dict(Counter(r.error_type or "error" for r in rows if not r.ok)),
         ))
