@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     cloud.add_argument("--dry-run", metavar="DIR", help="write the converted train/validation JSONL to DIR and stop")
     local = p.add_argument_group("--local")
     local.add_argument("--out", help="directory for the adapter (default: .genroute/tuned/NAME next to the config)")
-    local.add_argument("--rank", type=int, default=8)
-    local.add_argument("--learning-rate", type=float, default=2e-4)
+    local.add_argument("--rank", type=int, help="LoRA rank (default: LocalTuneConfig, 8)")
+    local.add_argument("--learning-rate", type=float, help="(default: LocalTuneConfig, 1e-3)")
     local.add_argument("--max-steps", type=int)
     return p
 
