@@ -89,20 +89,21 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
     """Read and validate a router config from a YAML/TOML/JSON file, a mapping, or a ``RouterConfig``."""
     if isinstance(source, RouterConfig):
         return source
-    raw = source if isinstance(source, Mapping) else _read_file(Path(source))
+    raw = source if isinstance(source, Mapping) else read_config_file(Path(source))
     try:
         return RouterConfig.model_validate(dict(raw))
     except ValidationError as exc:
         raise config_error(exc, None) from None
 
 
-def _read_file(path: Path) -> Mapping[str, Any]:
+def read_config_file(path: Path, *, field: str = "path") -> Mapping[str, Any]:
+    """The mapping in a YAML, TOML or JSON file; ``ConfigError`` naming ``field`` if it cannot be had."""
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist", field="path")
+        raise ConfigError(f"config file {str(path)!r} does not exist", field=field)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path.name}: {exc}", field="path") from None
+        raise ConfigError(f"cannot read {path.name}: {exc}", field=field) from None
     suffix = path.suffix.lower()
     try:
         if suffix in {".yaml", ".yml"}:
@@ -116,13 +117,13 @@ def _read_file(path: Path) -> Mapping[str, Any]:
         elif suffix == ".json":
             data = json.loads(text)
         else:
-            raise ConfigError(f"unsupported config file type {suffix!r} (use .yaml, .toml or .json)", field="path")
+            raise ConfigError(f"unsupported config file type {suffix!r} (use .yaml, .toml or .json)", field=field)
     except ConfigError:
         raise
     except Exception as exc:  # parser errors differ per format; all mean the same to the caller
-        raise ConfigError(f"cannot parse {path.name}: {exc}", field="path") from None
+        raise ConfigError(f"cannot parse {path.name}: {exc}", field=field) from None
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path.name} must hold a mapping at the top level", field="path")
+        raise ConfigError(f"{path.name} must hold a mapping at the top level", field=field)
     return data
 
 

@@ -84,21 +84,6 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist", field="config")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path.name}: {exc}", field="config") from None
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    from genroute.config import read_config_file
 
-            data = yaml.safe_load(text)
-    except Exception as exc:  # each parser has its own error type; all mean "unreadable config"
-        raise ConfigError(f"cannot parse {path.name}: {exc}", field="config") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path.name} must hold a mapping at the top level", field="config")
-    return data
+    return dict(read_config_file(path, field="config"))
