@@ -96,3 +96,27 @@ def test_pricing_overrides_and_tiers():
                                               tiers=(PriceTier(above_input_tokens=10, input=3.0, output=4.0),))})
     assert pricing.cost("my-model", Usage(input_tokens=10, output_tokens=1)) == pytest.approx((10 + 2) / 1e6)
     assert pricing.cost("my-model", Usage(input_tokens=11, output_tokens=1)) == pytest.approx((33 + 4) / 1e6)
+
+
+def test_embedding_and_retrieval_spans_join_the_request_trace(gemini_server, otel, tmp_path):
+    import asyncio
+
+    from genroute.knowledge.ingest import aingest
+
+    doc = tmp_path / "kettle.md"
+    doc.write_text("# Kettle\n\nThe Nimbus Kettle has a warranty of 3 years.\n")
+    config = gemini_config(gemini_server)
+    config["knowledge"] = {"path": str(tmp_path / "chroma")}
+    config["backends"]["chat"] = {"kind": "rag", "engine": "gemini", "model": "gemini-2.5-flash",
+                                  "collection": "kettle", "k": 1}
+    with Router.from_config(config, **otel.providers) as router:
+        asyncio.run(aingest(router.resources.knowledge, [str(doc)], collection="kettle"))
+        otel.exporter.clear()
+        gemini_server.reply_text("3 years [1]")
+        result = router.generate("How long is the warranty?")
+    root = otel.spans("genroute.generate")[0]
+    embedding = otel.spans("embeddings")[0]
+    retrieval = otel.spans("retrieval")[0]
+    assert embedding.context.trace_id == root.context.trace_id == retrieval.context.trace_id
+    assert embedding.attributes["gen_ai.operation.name"] == "embeddings"
+    assert result.citations

@@ -59,8 +59,12 @@ class Embedder(ABC):
         raise UsageError("embed() called inside a running event loop; await aembed() instead")
 
     def _span(self, kind: trace.SpanKind = trace.SpanKind.CLIENT) -> trace.Span:
-        tracer = _tracer if self.tracer_provider is None else trace.get_tracer(
-            "genroute", tracer_provider=self.tracer_provider)
+        from genroute.router.telemetry import active_tracer
+
+        if self.tracer_provider is not None:
+            tracer = trace.get_tracer("genroute", tracer_provider=self.tracer_provider)
+        else:  # inside a router request: the router's own tracer (it may have been given a provider)
+            tracer = active_tracer(_tracer)
         span = tracer.start_span(f"embeddings {self.model}", kind=kind)
         span.set_attribute("gen_ai.operation.name", "embeddings")
         span.set_attribute("gen_ai.request.model", self.model)

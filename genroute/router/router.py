@@ -17,7 +17,7 @@ from genroute.errors import BackendUnavailable, GenrouteError, UsageError
 from genroute.policies.base import BackendInfo, Policy, PolicyContext
 from genroute.router.executor import Executor
 from genroute.router.portal import Portal
-from genroute.router.telemetry import Telemetry
+from genroute.router.telemetry import _ACTIVE_TRACER, Telemetry
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult
 
 if TYPE_CHECKING:
@@ -219,6 +219,7 @@ class _RootSpan:
             "genroute.generate", kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False)
         span = self._cm.__enter__()
         self.span = span
+        self._tracer_token = _ACTIVE_TRACER.set(router.telemetry.tracer)
         try:
             decision = await router._adecide(request)
         except BaseException as exc:
@@ -243,6 +244,10 @@ class _RootSpan:
         self.__exit(exc)
 
     def __exit(self, exc: BaseException | None) -> None:
+        try:
+            _ACTIVE_TRACER.reset(self._tracer_token)
+        except ValueError:  # an abandoned stream finalized in another context: nothing of ours is set there
+            pass
         if exc is not None:
             kind = type(exc).__name__
             self.span.set_attribute("error.type", kind)

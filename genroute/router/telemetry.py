@@ -6,6 +6,7 @@ Library code uses the OTel API only: with no SDK configured every call here is a
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
@@ -22,6 +23,16 @@ DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
 
 CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+
+#: The tracer of the router whose request is running, so spans made deep inside a request (embeddings) go to
+#: the same provider as the request's other spans even when the router was given its own provider.
+_ACTIVE_TRACER: ContextVar[trace.Tracer | None] = ContextVar("genroute_active_tracer", default=None)
+
+
+def active_tracer(default: trace.Tracer) -> trace.Tracer:
+    """The running request's router tracer, else ``default``."""
+    return _ACTIVE_TRACER.get() or default
 
 
 def capture_from_env() -> bool:
