@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genroute.errors import UsageError
+from genroute.jsonl import iter_records
 
 
 class BenchRecord(BaseModel):
@@ -36,28 +37,22 @@ def load_records(
 ) -> list[BenchRecord]:
     """Read a JSONL dataset; with ``limit``, a seeded sample of that size (kept in file order)."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"dataset {str(path)!r} does not exist", field=field)
     records: list[BenchRecord] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-                meta = raw.get("metadata") or {}
-                rid = str(raw.get("id") or meta.get("id") or f"line-{lineno}")
-                record = BenchRecord(
-                    id=rid, input=raw["input"], output=_text(raw.get("output", "")), label=raw.get("label"),
-                    task=raw.get("task") or meta.get("task") or task, metadata=meta,
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValidationError) as exc:
-                raise UsageError(f"{path.name}:{lineno}: not a valid record ({exc})", field=field) from None
-            if rid in seen:
-                raise UsageError(f"{path.name}:{lineno}: duplicate record id {rid!r}", field=field)
-            seen.add(rid)
-            records.append(record)
+    for lineno, raw in iter_records(path, field=field, what="dataset"):
+        try:
+            meta = raw.get("metadata") or {}
+            rid = str(raw.get("id") or meta.get("id") or f"line-{lineno}")
+            record = BenchRecord(
+                id=rid, input=raw["input"], output=_text(raw.get("output", "")), label=raw.get("label"),
+                task=raw.get("task") or meta.get("task") or task, metadata=meta,
+            )
+        except (KeyError, TypeError, AttributeError, ValidationError) as exc:
+            raise UsageError(f"{path.name}:{lineno}: not a valid record ({exc})", field=field) from None
+        if rid in seen:
+            raise UsageError(f"{path.name}:{lineno}: duplicate record id {rid!r}", field=field)
+        seen.add(rid)
+        records.append(record)
     if not records:
         raise UsageError(f"dataset {path.name} holds no records", field=field)
     return sample(records, limit, seed=seed)
@@ -91,20 +86,11 @@ def split_ids(ids: Sequence[str], *, holdout: float = 0.3, seed: int = 0) -> tup
 def load_corpus(path: str | Path, *, field: str = "corpus") -> list[dict[str, Any]]:
     """Read a corpus JSONL (``{"id", "title"?, "text"}`` per line) for RAG ingestion."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"corpus {str(path)!r} does not exist", field=field)
     docs = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-                if not isinstance(doc.get("text"), str):
-                    raise TypeError("missing 'text'")
-            except (json.JSONDecodeError, TypeError, AttributeError) as exc:
-                raise UsageError(f"{path.name}:{lineno}: not a corpus record ({exc})", field=field) from None
-            docs.append(doc)
+    for lineno, doc in iter_records(path, field=field, what="corpus"):
+        if not isinstance(doc.get("text"), str):
+            raise UsageError(f"{path.name}:{lineno}: not a corpus record (missing 'text')", field=field)
+        docs.append(doc)
     return docs
 
 

@@ -8,7 +8,6 @@ stored are skipped before embedding, which makes the re-run cheap as well as cor
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -107,22 +106,16 @@ def read_documents(path: Path, *, text_field: str = "text") -> Iterator[Document
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{lineno}: not JSON ({exc.msg})", field="paths") from None
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise UsageError(f"{path}:{lineno}: record has no string field {text_field!r}",
-                                 field="text_field") from None
-            doc_id = record.get("id")
-            title = record.get("title")
-            yield Document(text=text, source=str(path), title=str(title) if title is not None else None,
-                           doc_id=str(doc_id) if doc_id is not None else f"line {lineno}")
+    from genroute.jsonl import iter_records
+
+    for lineno, record in iter_records(path, field="paths"):
+        text = record.get(text_field)
+        if not isinstance(text, str):
+            raise UsageError(f"{path}:{lineno}: record has no string field {text_field!r}", field="text_field")
+        doc_id = record.get("id")
+        title = record.get("title")
+        yield Document(text=text, source=str(path), title=str(title) if title is not None else None,
+                       doc_id=str(doc_id) if doc_id is not None else f"line {lineno}")
 
 
 def _pdf_documents(path: Path) -> Iterator[Document]:

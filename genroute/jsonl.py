@@ -1,0 +1,30 @@
+"""Reading JSONL files of records, with errors that name the file, the line and the caller's field."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from genroute.errors import UsageError
+
+
+def iter_records(path: str | Path, *, field: str, what: str = "file") -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line; a missing file, bad JSON or a non-object line is a
+    ``UsageError`` naming ``field`` and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} {str(path)!r} does not exist", field=field)
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path.name}:{lineno}: not JSON ({exc.msg})", field=field) from None
+            if not isinstance(record, dict):
+                raise UsageError(f"{path.name}:{lineno}: expected a JSON object, got {type(record).__name__}",
+                                 field=field)
+            yield lineno, record
