@@ -63,7 +63,8 @@ class PromptTemplateBackend(SingleCallBackend):
     def render(self, request: GenerateRequest) -> tuple[str, str | None]:
         """The (user prompt, system instruction) for ``request``; ``UsageError`` names a bad variable."""
         try:
-            variables = self._variables_model.model_validate(request.variables).model_dump()
+            variables = (self._variables_model.model_validate(request.variables).model_dump()
+                         if request.variables or self.config.variables else {})
         except ValidationError as exc:
             error = exc.errors()[0]
             name = ".".join(str(p) for p in error["loc"])
@@ -78,6 +79,16 @@ class PromptTemplateBackend(SingleCallBackend):
 
     async def prepare(self, request: GenerateRequest, ctx: Any) -> Prepared:
         prompt, system = self.render(request)
-        return Prepared(model=self.config.model, contents=[user_content(prompt)],
-                        config=self.config.generation.to_genai(system=system))
+        return Prepared(model=self.config.model, contents=[user_content(prompt)], config=self._genai_config(system))
+
+    def _genai_config(self, system: str | None) -> Any:
+        # Building a GenerateContentConfig costs tens of µs per request; most backends have one system line.
+        # Engines treat the config as read-only (they copy before adding per-call options).
+        cache = self.__dict__.setdefault("_config_cache", {})
+        config = cache.get(system)
+        if config is None:
+            if len(cache) >= 64:
+                cache.clear()
+            config = cache[system] = self.config.generation.to_genai(system=system)
+        return config
 
