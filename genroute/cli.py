@@ -18,6 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run every backend once on the embedded local model (offline, no key)")
     demo.add_argument("--cache-dir", help="where the demo keeps its model and Chroma store")
     demo.add_argument("--no-trace", action="store_true", help="do not print the span tree")
+    demo.add_argument("--no-tune", action="store_true", help="do not train the tuned backend's LoRA adapter")
 
     gen = sub.add_parser("generate", help="answer one request with a configured router")
     gen.add_argument("input")
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from genroute.demo import run_demo
 
-            return run_demo(cache_dir=args.cache_dir, show_trace=not args.no_trace)
+            return run_demo(cache_dir=args.cache_dir, show_trace=not args.no_trace, tune=not args.no_tune)
         if args.command == "generate":
             return _generate(args)
         return _ingest(args)

@@ -7,6 +7,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from genroute.demo.tune import TRAIN_DATA, adapter_path, summary_line, train_review_adapter, tuning_available
+
 DATA = files("genroute.demo") / "data"
 DOCS = "demo_handbook"
 EXAMPLES = "demo_sentiment"
@@ -18,7 +20,8 @@ REQUESTS: list[tuple[dict[str, Any], str]] = [
     ({"input": "How long is the warranty of the Nimbus Kettle?", "metadata": {"needs_knowledge": True}},
      "grounded in documents"),
     ({"input": "What is the weather in Paris?", "metadata": {"needs_tools": True}}, "calls a tool"),
-    ({"input": "Rate this review: the lid broke on day one.", "task": "review_rating"}, "tuned model"),
+    # A bare review, no instructions: the LoRA-tuned model answers with the label word alone.
+    ({"input": "The lid cracked after a week and the kettle now leaks.", "task": "review_rating"}, "tuned model"),
 ]
 
 
@@ -55,8 +58,12 @@ def demo_config(cache: Path, adapter: Path | None) -> dict[str, Any]:
     }
 
 
-def run_demo(cache_dir: str | None = None, show_trace: bool = True) -> int:
-    """Run the demo and print a table of decisions, answers, latency, tokens and cost, then the span tree."""
+def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool = True) -> int:
+    """Run the demo and print a table of decisions, answers, latency, tokens and cost, then the span tree.
+
+    With ``tune`` and the ``tune-local`` extra installed, the tuned backend's LoRA adapter is trained
+    on first run (once per cache directory); otherwise that backend runs the base model.
+    """
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -69,12 +76,17 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True) -> int:
     console = Console(width=None if Console().is_terminal else 150)
     cache = Path(cache_dir) if cache_dir else default_cache("demo")
     cache.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]genroute demo[/] — local Gemma 3 270M, embedded Chroma at {cache / 'chroma'}")
     adapter = _find_adapter(cache)
+    can_tune = tuning_available()
+    if adapter is None and tune and can_tune:
+        adapter = _train_adapter(console, cache)
+    elif adapter is not None:
+        console.print(f"[dim]tuned backend: LoRA adapter {adapter} (delete it to train again)[/]")
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     config = demo_config(cache, adapter)
-    console.print(f"[bold]genroute demo[/] — local Gemma 3 270M, embedded Chroma at {cache / 'chroma'}")
     with Router.from_config(config, tools={"get_weather": get_weather}, tracer_provider=provider) as router:
         with console.status("loading the bundled documents and examples into Chroma"):
             asyncio.run(_load_knowledge(router.resources.knowledge))
@@ -85,8 +97,9 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True) -> int:
                 rows.append((fields, shows, router.generate(**fields)))
     console.print(results_table(rows))
     if adapter is None:
-        console.print("[dim]note: no LoRA adapter found, so the tuned backend runs the base model; train one with "
-                      "`genroute tune --local DATA.jsonl` (extra `tune-local`).[/]")
+        how = ("run `genroute demo` without --no-tune to train it" if can_tune else
+               "train one with `genroute tune --local DATA.jsonl` (extra `tune-local`)")
+        console.print(f"[dim]note: no LoRA adapter found, so the tuned backend runs the base model; {how}.[/]")
     if show_trace:
         console.print(span_tree(exporter.get_finished_spans()))
     return 0
@@ -102,8 +115,24 @@ async def _load_knowledge(store: Any) -> None:
 
 
 def _find_adapter(cache: Path) -> Path | None:
-    adapter = cache / "review-lora.gguf"
+    adapter = adapter_path(cache)
     return adapter if adapter.is_file() else None
+
+
+def _train_adapter(console: Any, cache: Path) -> Path | None:
+    """Train the review adapter with a progress bar; on failure say why and go on with the base model."""
+    from genroute.errors import GenrouteError
+
+    console.print(f"training a LoRA adapter for review_rating on {TRAIN_DATA} (once; cached at "
+                  f"{adapter_path(cache)})")
+    try:
+        summary = train_review_adapter(cache)
+    except (GenrouteError, ImportError, OSError, RuntimeError) as exc:
+        # The other four backends do not need the adapter: the demo still runs, minus the tuning.
+        console.print(f"[yellow]LoRA training failed ({type(exc).__name__}: {exc})[/]")
+        return None
+    console.print(summary_line(summary))
+    return adapter_path(cache)
 
 
 if __name__ == "__main__":  # pragma: no cover
