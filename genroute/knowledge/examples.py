@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.errors import ConfigError
-from genroute.knowledge.ingest import DEFAULT_BATCH, IngestReport, _progress, expand_paths
+from genroute.knowledge.ingest import IngestReport, expand_paths, upsert_missing
 
 if TYPE_CHECKING:
     from genroute.knowledge.store import Hit, KnowledgeStore
@@ -68,23 +68,10 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
                     "metadata": json.dumps(ex.metadata, sort_keys=True) if ex.metadata else None}
             records.setdefault(rid, (ex.input, meta))
             total += 1
-    await store.collection(collection, kind="examples", create=True)
-    limit = await asyncio.to_thread(store.max_batch_size)
-    size = max(1, min(limit, batch_size or DEFAULT_BATCH))
-    ids = list(records)
-    added = batches = 0
-    with _progress(progress, len(ids), collection) as advance:
-        for start in range(0, len(ids), size):
-            batch = ids[start:start + size]
-            present = await store.existing_ids(collection, batch, kind="examples")
-            todo = [i for i in batch if i not in present]
-            await store.upsert(collection, todo, [records[i][0] for i in todo], [records[i][1] for i in todo],
-                               kind="examples")
-            added += len(todo)
-            batches += 1
-            advance(len(batch))
-    return IngestReport(collection=collection, files=len(files), documents=total, chunks=len(ids), added=added,
-                        skipped=len(ids) - added, batches=batches, seconds=time.perf_counter() - started)
+    added, batches = await upsert_missing(store, collection, records, kind="examples", batch_size=batch_size,
+                                          progress=progress)
+    return IngestReport(collection=collection, files=len(files), documents=total, chunks=len(records), added=added,
+                        skipped=len(records) - added, batches=batches, seconds=time.perf_counter() - started)
 
 
 class ExampleStore:

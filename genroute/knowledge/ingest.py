@@ -187,26 +187,46 @@ async def aingest(
             chunks.setdefault(chunk.id, (chunk.text, meta))  # identical text in two places: stored once
     if not chunks:
         raise UsageError("the files hold no text to ingest", field="paths")
-    await store.collection(collection, kind="documents", create=True)
+    added, batches = await upsert_missing(store, collection, chunks, kind="documents", batch_size=batch_size,
+                                          progress=progress, on_batch=on_batch)
+    return IngestReport(collection=collection, files=len(files), documents=documents, chunks=len(chunks),
+                        added=added, skipped=len(chunks) - added, batches=batches,
+                        seconds=time.perf_counter() - started)
+
+
+async def upsert_missing(
+    store: KnowledgeStore,
+    collection: str,
+    records: Mapping[str, tuple[str, dict[str, Any]]],
+    *,
+    kind: Literal["documents", "examples"],
+    batch_size: int | None = None,
+    progress: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> tuple[int, int]:
+    """Upsert ``records`` (id -> (text, metadata)) batch by batch, skipping ids already stored.
+
+    Each batch is one Chroma upsert, so a run killed half-way leaves whole batches, and a re-run adds exactly
+    what is missing. Returns (records added, batches written).
+    """
+    await store.collection(collection, kind=kind, create=True)
     limit = await asyncio.to_thread(store.max_batch_size)
     size = max(1, min(limit, batch_size or DEFAULT_BATCH))
-    ids = list(chunks)
-    added = skipped = batches = 0
+    ids = list(records)
+    added = batches = 0
     with _progress(progress, len(ids), collection) as advance:
         for start in range(0, len(ids), size):
             batch = ids[start:start + size]
-            present = await store.existing_ids(collection, batch, kind="documents")
+            present = await store.existing_ids(collection, batch, kind=kind)
             todo = [i for i in batch if i not in present]
-            await store.upsert(collection, todo, [chunks[i][0] for i in todo], [chunks[i][1] for i in todo],
-                               kind="documents")
+            await store.upsert(collection, todo, [records[i][0] for i in todo], [records[i][1] for i in todo],
+                               kind=kind)
             added += len(todo)
-            skipped += len(batch) - len(todo)
             batches += 1
             advance(len(batch))
             if on_batch is not None:
                 on_batch(batches, start + len(batch))
-    return IngestReport(collection=collection, files=len(files), documents=documents, chunks=len(ids),
-                        added=added, skipped=skipped, batches=batches, seconds=time.perf_counter() - started)
+    return added, batches
 
 
 def ingest(store: KnowledgeStore, paths: Sequence[str | Path], *, collection: str, **kwargs: Any) -> IngestReport:
