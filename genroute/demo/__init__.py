@@ -123,8 +123,7 @@ def _train_adapter(console: Any, cache: Path) -> Path | None:
     """Train the review adapter with a progress bar; on failure say why and go on with the base model."""
     from genroute.errors import GenrouteError
 
-    console.print(f"training a LoRA adapter for review_rating on {TRAIN_DATA} (once; cached at "
-                  f"{adapter_path(cache)})")
+    console.print(f"training the review_rating LoRA adapter on {TRAIN_DATA} (once, ~2 min on 2 cores)")
     try:
         summary = train_review_adapter(cache)
     except (GenrouteError, ImportError, OSError, RuntimeError) as exc:
