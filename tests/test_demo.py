@@ -11,7 +11,7 @@ from importlib.resources import files
 
 import pytest
 
-from genroute.demo.tune import TRAIN_DATA, summary_line
+from genroute.demo.tune import ADAPTER_NAME, TRAIN_DATA, summary_line
 from genroute.tuning.data import load_examples
 
 DATA = files("genroute.demo") / "data"
@@ -32,7 +32,7 @@ def test_demo_runs_all_five_backends_offline(tmp_path):
     for backend in ("template", "few_shot", "docs", "tools", "tuned"):
         assert f"│ {backend}" in out, f"backend {backend} missing from the demo table"
     assert "genroute.generate" in out and "execute_tool get_weather" in out and "retrieval demo_handbook" in out
-    assert "no LoRA adapter found" in out and not (tmp_path / "demo" / "review-lora.gguf").exists()
+    assert "no LoRA adapter found" in out and not list((tmp_path / "demo").glob("review-lora*.gguf"))
 
 
 def test_review_training_data_is_binary_balanced_and_attributed():
@@ -47,5 +47,5 @@ def test_review_training_data_is_binary_balanced_and_attributed():
 def test_summary_line_names_size_time_and_validation_loss():
     summary = json.loads('{"adapter_bytes": 2959104, "train_seconds": 61.9, "steps": 39, "train_examples": 101,'
                          ' "validation_loss": 0.263, "initial_validation_loss": 20.1}')
-    assert summary_line(summary) == ("trained review-lora.gguf: 3.0 MB, 62 s training (39 steps on 101 reviews), "
+    assert summary_line(summary) == (f"trained {ADAPTER_NAME}: 3.0 MB, 62 s training (39 steps on 101 reviews), "
                                      "validation loss 0.263 (before: 20.10)")

@@ -2,7 +2,7 @@
 
 The adapter is trained on first use when the ``tune-local`` extra is installed (about a minute or two on
 two cores, plus ~40 s the very first time to dequantize the base model) and published atomically as
-``<cache>/review-lora.gguf``; later runs find it and skip training.
+``<cache>/review-lora-<settings>.gguf``; later runs find it and skip training.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
-ADAPTER_NAME = "review-lora.gguf"
-SUMMARY_NAME = "review-lora.json"
 TRAIN_DATA = "review_sentiment.jsonl"
 #: Module names of the ``tune-local`` extra; all must be importable for the demo to train.
 TUNE_MODULES = ("torch", "transformers", "peft", "gguf")
@@ -27,6 +25,10 @@ TUNE_MODULES = ("torch", "transformers", "peft", "gguf")
 #: lr 5e-4: 3 epochs 75% (59/93), 4 epochs 84% (89/78), the only balanced one. The base model: 0%.
 EPOCHS = 4
 LEARNING_RATE = 5e-4
+#: The settings are part of the cache name, so changing them retrains instead of reusing a stale adapter.
+_TAG = f"e{EPOCHS}-lr{LEARNING_RATE:g}-d1"
+ADAPTER_NAME = f"review-lora-{_TAG}.gguf"
+SUMMARY_NAME = f"review-lora-{_TAG}.json"
 
 
 def adapter_path(cache: Path) -> Path:
