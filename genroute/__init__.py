@@ -7,6 +7,7 @@ Heavy modules (google-genai, chromadb, llama_cpp, the router itself) load on fir
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -25,6 +26,10 @@ from genroute.errors import (
     UsageError,
     ValidationFailed,
 )
+
+# A library leaves output to the application: without a configured handler, genroute's logs (llama.cpp's native
+# lines included, see engines/llama_logs.py) go nowhere rather than to stderr.
+logging.getLogger("genroute").addHandler(logging.NullHandler())
 
 _LAZY: dict[str, str] = {
     "Router": "genroute.router.router",

@@ -135,6 +135,9 @@ class LocalEngine(Engine):
         except ImportError as exc:
             raise ConfigError("llama-cpp-python is not installed: pip install 'genroute[local]'",
                               field=f"engines.{self.name}.kind") from exc
+        from genroute.engines.llama_logs import route_llama_logs
+
+        route_llama_logs()
         cfg = self.config
         path = Path(cfg.model_path) if cfg.model_path else default_model_path()
         if not path.is_file():
