@@ -80,13 +80,11 @@ class Executor:
             try:
                 token = self.policy.reserve(request, decision, rung.backend)
                 output = await self.backends[rung.backend].run(request, ctx)
-                reason = self._check(rung, request, output)
-                if reason is not None:
-                    raise ValidationFailed(f"{rung.backend}: {reason}", backend=rung.backend)
+                self._validate(rung, request, output)
             except BackendError as exc:
                 last_error = exc
                 self._record(span, ledger, ctx, rung, index, rung_start, exc)
-                if isinstance(exc, BackendRejected) and not rung.fall_through_on_rejected:
+                if _final(exc, rung):
                     break
                 continue
             finally:
@@ -130,9 +128,7 @@ class Executor:
                             sent = True
                             yield GenerateChunk(text=item)
                 assert output is not None, "backend stream ended without its final output"
-                reason = self._check(rung, request, output)
-                if reason is not None:
-                    raise ValidationFailed(f"{rung.backend}: {reason}", backend=rung.backend)
+                self._validate(rung, request, output)
             except BackendError as exc:
                 last_error = exc
                 self._record(span, ledger, ctx, rung, index, rung_start, exc)
@@ -140,7 +136,7 @@ class Executor:
                     raise StreamInterrupted(
                         f"stream from {rung.backend!r} failed after output was sent: {exc}", backend=rung.backend
                     ) from exc
-                if isinstance(exc, BackendRejected) and not rung.fall_through_on_rejected:
+                if _final(exc, rung):
                     break
                 continue
             finally:
@@ -161,12 +157,12 @@ class Executor:
     def _context(self, request: GenerateRequest, backend: str, deadline: float | None) -> RunContext:
         return RunContext(request, backend, telemetry=self.telemetry, pricing=self.pricing, deadline=deadline)
 
-    def _check(self, rung: Rung, request: GenerateRequest, output: BackendOutput) -> str | None:
+    def _validate(self, rung: Rung, request: GenerateRequest, output: BackendOutput) -> None:
+        """Raise ``ValidationFailed`` with the first validator's reason for rejecting ``output``."""
         for name in rung.validators:
             reason = resolve(name, self.validators, field=f"rungs.{rung.backend}.validators")(request, output)
             if reason is not None:
-                return reason
-        return None
+                raise ValidationFailed(f"{rung.backend}: {reason}", backend=rung.backend)
 
     def _record(self, span: trace.Span, ledger: _Ledger, ctx: RunContext, rung: Rung, index: int,
                 rung_start: float, error: GenrouteError | None) -> None:
@@ -266,3 +262,7 @@ class Executor:
         for task in pending:
             task.cancel()
 
+
+def _final(error: GenrouteError, rung: Rung) -> bool:
+    """Whether ``error`` ends the decision instead of falling through to the next rung."""
+    return isinstance(error, BackendRejected) and not rung.fall_through_on_rejected
