@@ -26,12 +26,33 @@ def check_template(source: str, *, name: str, allowed: Iterable[str] | None = No
             raise ValueError(f"{name} uses undeclared variable(s): {', '.join(sorted(undeclared))}")
 
 
-def compile_template(source: str) -> Template:
-    """A template object from checked ``source``."""
+class _Literal:
+    """A template without Jinja syntax: renders to its own text (no Jinja work in the hot path)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def render(self, scope: Mapping[str, Any]) -> str:
+        return self.text
+
+
+class _InputOnly:
+    """The default ``{{ input }}`` template: the request input as it is."""
+
+    def render(self, scope: Mapping[str, Any]) -> str:
+        return str(scope["input"])
+
+
+def compile_template(source: str) -> Template | _Literal | _InputOnly:
+    """A template object from checked ``source`` (plain text and bare ``{{ input }}`` skip Jinja)."""
+    if source == "{{ input }}":
+        return _InputOnly()
+    if "{" not in source:  # Jinja syntax always starts with {{, {% or {#
+        return _Literal(source)
     return ENV.from_string(source)
 
 
-def render(template: Template, scope: Mapping[str, Any], *, backend: str, field: str) -> str:
+def render(template: Template | _Literal | _InputOnly, scope: Mapping[str, Any], *, backend: str, field: str) -> str:
     """Render ``template``; a failure is a ``UsageError`` naming ``field`` (a sandbox violation included)."""
     try:
         return template.render(scope)

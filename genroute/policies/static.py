@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Literal
 
 from pydantic import Field
@@ -27,6 +28,11 @@ class StaticPolicy(Policy):
     config: StaticConfig
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
+        return self._decision
+
+    @cached_property
+    def _decision(self) -> Decision:
+        # Decisions are frozen: the one answer this policy gives is built once.
         return Decision.single(self.name, self.config.backend, f"static: always {self.config.backend}")
 
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
