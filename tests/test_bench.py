@@ -158,6 +158,22 @@ async def test_failures_are_counted_by_error_type(server: GeminiTestServer, tmp_
     assert summary.failures == {"BackendRejected": 2} and summary.quality == 0.5
 
 
+async def test_a_scorer_error_fails_that_row_and_the_run_goes_on(server: GeminiTestServer) -> None:
+    # The regex scorer compiles each record's output: an invalid pattern raises inside the scorer.
+    data = [*records()[:4], records()[5].model_copy(update={"output": "nega(tive"})]
+    async with Router.from_config(config(server)) as router:
+        outcomes = await arun_bench(router, data, ["smart"], resolve_scorer("regex"), concurrency=2,
+                                    progress=False)
+    assert len(outcomes) == 5
+    (bad,) = [o for o in outcomes if not o.ok]
+    assert bad.record_id == "r5" and bad.error_type == "ScorerError" and "nega(tive" not in bad.answer
+    assert bad.answer == "negative" and bad.cost_usd > 0 and bad.input_tokens > 0  # the answer is kept
+    assert "missing )" in (bad.error or "")
+    (summary,) = summarize(outcomes)
+    assert summary.failures == {"ScorerError": 1} and summary.quality == pytest.approx(0.8)
+    assert summary.input_tokens > 0 and summary.latency_p50_s > 0
+
+
 async def test_judge_scorer_cost_is_counted_apart(server: GeminiTestServer) -> None:
     async with Router.from_config(config(server)) as router:
         outcomes = await arun_bench(router, records(), ["cheap"], resolve_scorer("judge:smart"), progress=False)

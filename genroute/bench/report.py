@@ -28,7 +28,7 @@ class Summary(BaseModel):
     latency_p95_s: float
     latency_p99_s: float
     ttft_p50_s: float | None = None
-    input_tokens: float = Field(description="Mean per successful request.")
+    input_tokens: float = Field(description="Mean per answered request.")
     output_tokens: float
     cached_input_tokens: float
     cost_per_request_usd: float = Field(description="Mean over all requests (failures cost what they cost).")
@@ -72,7 +72,8 @@ def summarize(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000)
         by_target.setdefault(outcome.backend, []).append(outcome)
     summaries = []
     for target, rows in by_target.items():
-        ok = [r for r in rows if r.ok]
+        # Latency and tokens of every answer the backend gave, including answers the scorer then failed on.
+        ok = [r for r in rows if r.answered]
         scores = [r.score if r.ok else 0.0 for r in rows]
         latencies = [r.latency_s for r in ok] or [0.0]
         ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]

@@ -26,6 +26,8 @@ POLICY_TARGET = "@policy"
 RESULTS_FILE = "results.jsonl"
 #: Metadata keys that hold the gold answer: never sent to the backend under test.
 GOLD_KEYS = frozenset({"possible_answer", "answers", "label_vote_counts", "gold", "output", "label"})
+#: Error types of outcomes whose backend answered but whose answer could not be scored.
+SCORING_ERRORS = frozenset({"ScorerError", "JudgeError"})
 
 
 class Outcome(BaseModel):
@@ -54,11 +56,17 @@ class Outcome(BaseModel):
     cost_usd: float = 0.0
     cloud_equivalent_cost_usd: float | None = None
     judge_cost_usd: float = 0.0
+    judge_error_type: str | None = Field(default=None, description="Why the judge could not grade the answer.")
 
     @property
     def key(self) -> tuple[str, str]:
         """The resume key: (target, record id)."""
         return self.backend, self.record_id
+
+    @property
+    def answered(self) -> bool:
+        """Whether the backend answered (its latency and tokens are real), even if scoring then failed."""
+        return self.ok or self.error_type in SCORING_ERRORS
 
 
 class ResultsLog:
@@ -132,18 +140,24 @@ async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scor
     except Exception as exc:  # noqa: BLE001 - one bad record must not end a long run; the type is reported
         return Outcome(**base, ok=False, error_type=type(exc).__name__, error=str(exc)[:500],
                        latency_s=time.perf_counter() - start)
-    score, judge_cost = await scorer.score(record, result, router)
     usage = result.usage
-    return Outcome(
-        **base, ok=True, score=score, answer=result.text,
-        tool_calls=[{"name": c.name, "args": c.args} for c in result.tool_calls],
+    answer = dict(
+        answer=result.text, tool_calls=[{"name": c.name, "args": c.args} for c in result.tool_calls],
         routed_backend=result.backend, model=result.model,
         latency_s=result.latency_s or (time.perf_counter() - start), ttft_s=result.time_to_first_token_s,
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
         cached_input_tokens=usage.cached_input_tokens, thinking_tokens=usage.thinking_tokens,
         cost_usd=result.cost_usd, cloud_equivalent_cost_usd=result.cloud_equivalent_cost_usd,
-        judge_cost_usd=judge_cost,
     )
+    try:
+        score, judge_cost = await scorer.score(record, result, router)
+    except Exception as exc:  # noqa: BLE001 - a scorer failing on one answer (bad JSON, a judge outage)
+        # must not cancel every other request; the answer and its cost are kept, the row counts as failed.
+        judged = scorer.judge is not None
+        return Outcome(**base, **answer, ok=False, error_type="JudgeError" if judged else "ScorerError",
+                       error=f"{type(exc).__name__}: {exc}"[:500],
+                       judge_error_type=type(exc).__name__ if judged else None)
+    return Outcome(**base, **answer, ok=True, score=score, judge_cost_usd=judge_cost)
 
 
 async def _answer(router: Router, request: GenerateRequest, stream: bool) -> GenerateResult:

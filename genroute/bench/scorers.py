@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from genroute.errors import GenrouteError, UsageError
+from genroute.errors import UsageError
 
 if TYPE_CHECKING:
     from genroute.bench.datasets import BenchRecord
@@ -298,7 +298,7 @@ class Scorer:
     judge: str | None = None
 
     async def score(self, record: BenchRecord, result: GenerateResult, router: Any = None) -> tuple[float, float]:
-        """``(score, judge cost in USD)`` for one answer."""
+        """``(score, judge cost in USD)`` for one answer; raises whatever the scorer or the judge raised."""
         if self.fn is not None:
             value = self.fn(record, result)
             return float(value), 0.0
@@ -308,10 +308,8 @@ class Scorer:
 
         prompt = _JUDGE_PROMPT.format(question=record.input, reference=record.label or record.output,
                                       answer=result.text)
-        try:
-            verdict = await router.agenerate(GenerateRequest(input=prompt, backend=self.judge, task="judge"))
-        except GenrouteError:
-            return 0.0, 0.0
+        # A judge failure propagates: the runner records it as a JudgeError instead of a silent 0.
+        verdict = await router.agenerate(GenerateRequest(input=prompt, backend=self.judge, task="judge"))
         return float(normalize(verdict.text).startswith("yes")), verdict.cost_usd
 
 
