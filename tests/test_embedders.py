@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from genroute.errors import UsageError
+from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.embedders import GeminiEmbedder, LocalEmbedder, register_with_chroma, weights_dir
 
 SENTENCES = [
@@ -150,13 +150,19 @@ def _gemini_engine(server):
 
 
 async def test_gemini_embedder_over_the_wire(gemini_server, otel) -> None:
+    from genroute.testing.replies import field_of
+
     engine = _gemini_engine(gemini_server)
-    emb = GeminiEmbedder(engine, dimension=gemini_server.embedding_dim, tracer_provider=otel.tracer_provider)
+    # Not the server's default width: the vectors can only be 256 wide if the request asked for 256.
+    emb = GeminiEmbedder(engine, dimension=256, tracer_provider=otel.tracer_provider)
     try:
         vectors = await emb.aembed(["ab", "c"])
     finally:
         await engine.aclose()
-    assert len(vectors) == 2 and all(len(v) == emb.dimension for v in vectors)
+    assert len(vectors) == 2 and all(len(v) == 256 for v in vectors)
+    (request,) = gemini_server.requests
+    assert request.action == "batchEmbedContents"
+    assert [field_of(r, "outputDimensionality") for r in field_of(request.body, "requests")] == [256, 256]
     (span,) = otel.spans("embeddings")
     assert span.name == "embeddings gemini-embedding-001"
     assert span.attributes["gen_ai.provider.name"] == engine.provider
@@ -167,4 +173,21 @@ async def test_gemini_embedder_over_the_wire(gemini_server, otel) -> None:
 def test_gemini_embedder_sync_outside_a_loop(gemini_server) -> None:
     engine = _gemini_engine(gemini_server)
     (vector,) = GeminiEmbedder(engine).embed(["abc"])
-    assert len(vector) == gemini_server.embedding_dim
+    assert len(vector) == 3072  # the default dimension, sent as outputDimensionality
+
+
+async def test_gemini_vectors_of_the_wrong_width_are_a_config_error(gemini_server, otel) -> None:
+    engine = _gemini_engine(gemini_server)
+    emb = GeminiEmbedder(engine, dimension=768, tracer_provider=otel.tracer_provider)
+    # A model that ignores outputDimensionality: 768 asked, 4 and 768 returned.
+    gemini_server.reply_json({"embeddings": [{"values": [0.5] * 4}, {"values": [0.1] * 768}]},
+                             path=r".*:batchEmbedContents")
+    try:
+        with pytest.raises(ConfigError) as err:
+            await emb.aembed(["a", "b"])
+    finally:
+        await engine.aclose()
+    assert err.value.field == "knowledge.embedder.dimension" and "4-wide" in str(err.value)
+    (span,) = otel.spans("embeddings")
+    assert span.attributes["error.type"] == "ConfigError"
+    assert span.attributes["gen_ai.embeddings.dimension.count"] == 768

@@ -15,6 +15,7 @@ from genroute.errors import ConfigError, UsageError
 from genroute.knowledge import aingest, build_store
 from genroute.knowledge.chunking import chunk_id, chunk_text, token_counter
 from genroute.knowledge.ingest import chunk_documents, expand_paths, read_documents
+from genroute.testing.replies import field_of
 
 from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
 
@@ -157,6 +158,25 @@ async def test_reingest_is_idempotent(knowledge: Knowledge, tmp_path: Path) -> N
     assert stored == want
 
 
+async def test_a_missing_or_bad_file_among_good_ones_writes_nothing(knowledge: Knowledge, tmp_path: Path) -> None:
+    good = write_corpus(tmp_path / "docs", docs=5)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "a fine first record"}) + "\n" + json.dumps({"body": "no text"}) + "\n")
+    store = knowledge.store()
+    fresh = knowledge.name("fresh")
+    for paths in (good + [tmp_path / "missing.txt"], good + [bad]):
+        with pytest.raises(UsageError) as err:
+            await aingest(store, paths, collection=fresh, chunk_tokens=30, overlap=6)
+        assert err.value.field in ("paths", "text_field")
+    assert fresh not in await store.collections()  # no collection, not even an empty one
+    existing = knowledge.name("docs")
+    first = await aingest(store, good[:1], collection=existing, chunk_tokens=30, overlap=6)
+    with pytest.raises(UsageError) as err:
+        await aingest(store, good[1:] + [bad], collection=existing, chunk_tokens=30, overlap=6)
+    assert "bad.jsonl:2" in str(err.value)
+    assert await store.count(existing, kind="documents") == first.added  # nothing from the good files either
+
+
 async def test_query_returns_nearest_with_metadata(knowledge: Knowledge, tmp_path: Path) -> None:
     paths = write_corpus(tmp_path / "docs")
     collection = knowledge.name("docs")
@@ -211,6 +231,14 @@ async def test_gemini_embedder_store_and_mismatch(tmp_path: Path, gemini_server)
     with pytest.raises(ConfigError) as err:
         await local.query("docs", "tide pools", kind="documents", k=2)
     assert err.value.field == "knowledge.embedder" and "gemini-embedding-001" in str(err.value)
+    narrow = build_store({**config, "embedder": {**config["embedder"], "dimension": 256}},
+                         engines={"gemini": engine})
+    with pytest.raises(ConfigError) as err:  # Chroma's own dimension error would come from the query
+        await narrow.query("docs", "tide pools", kind="documents", k=2)
+    assert err.value.field == "knowledge.embedder.dimension" and "768" in str(err.value)
+    sent = [field_of(r, "outputDimensionality") for q in gemini_server.requests
+            if q.action == "batchEmbedContents" for r in field_of(q.body, "requests")]
+    assert sent and set(sent) == {768}
     await engine.aclose()
 
 
@@ -327,3 +355,20 @@ def test_pdf_pages_become_documents(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as err:
         list(read_documents(broken))
     assert err.value.field == "paths"
+
+
+def test_a_missing_chroma_cli_fails_server_tests_when_required(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    from . import chroma_fixtures
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # no `chroma` beside it
+    monkeypatch.setenv("PATH", str(tmp_path))  # nor on PATH
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("GENROUTE_REQUIRE_CHROMA_SERVER", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        chroma_fixtures._chroma_cli()
+    for var, value in (("CI", "true"), ("GENROUTE_REQUIRE_CHROMA_SERVER", "1")):
+        with monkeypatch.context() as env:
+            env.setenv(var, value)
+            with pytest.raises(pytest.fail.Exception, match="server mode is untested"):
+                chroma_fixtures._chroma_cli()

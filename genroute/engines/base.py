@@ -52,8 +52,9 @@ class Engine(ABC):
     ) -> AsyncIterator[types.GenerateContentResponse]:
         """Generate a response as a stream of partial responses."""
 
-    async def embed(self, model: str, texts: list[str]) -> list[list[float]]:
-        """Embed texts; engines without embeddings raise ``UsageError``."""
+    async def embed(self, model: str, texts: list[str], *,
+                    output_dimensionality: int | None = None) -> list[list[float]]:
+        """Embed texts (``output_dimensionality`` wide if given); engines without embeddings raise ``UsageError``."""
         from genroute.errors import UsageError
 
         raise UsageError(f"engine {self.name!r} ({self.kind}) does not embed")

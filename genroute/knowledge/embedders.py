@@ -94,17 +94,33 @@ class GeminiEmbedder(Embedder):
         return "genroute_gemini"
 
     async def aembed(self, texts: list[str]) -> list[list[float]]:
-        """Embed ``texts`` with one ``engine.embed`` call."""
+        """Embed ``texts`` with one ``engine.embed`` call, asking for ``dimension``-wide vectors."""
+        if isinstance(texts, str):
+            raise UsageError("embed() takes a list of texts, not a str", field="texts")
         span = self._span()
+        span.set_attribute("gen_ai.embeddings.dimension.count", self.dimension)
         try:
             with trace.use_span(span, end_on_exit=False):
-                vectors = await self.engine.embed(self.model, list(texts))
+                vectors = await self.engine.embed(self.model, list(texts),
+                                                  output_dimensionality=self.dimension)
+                self._check_widths(vectors)
         except BaseException as exc:
             _record_error(span, exc)
             raise
         finally:
             span.end()
         return vectors
+
+    def _check_widths(self, vectors: list[list[float]]) -> None:
+        # A model that ignores output_dimensionality would otherwise fill a collection with vectors
+        # Chroma rejects later (or, worse, that other vectors cannot be compared with).
+        for n, vector in enumerate(vectors):
+            if len(vector) != self.dimension:
+                raise ConfigError(
+                    f"{self.model} returned a {len(vector)}-wide vector (text {n}) but the embedder is "
+                    f"configured for {self.dimension}; set the model's width as the dimension",
+                    field="knowledge.embedder.dimension",
+                )
 
 
 def weights_dir() -> Path:

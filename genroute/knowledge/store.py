@@ -233,6 +233,14 @@ class KnowledgeStore:
                 f"{self.embedder.model!r} (re-ingest, or configure the same embedder)",
                 field="knowledge.embedder",
             )
+        width = meta.get(_META_DIMENSION)
+        if width is not None and width != self.embedder.dimension:
+            # Caught here, not as Chroma's dimension error on the first query or write.
+            raise ConfigError(
+                f"collection {col.name!r} holds {width}-wide vectors of {have or 'its embedder'}; this store "
+                f"embeds {self.embedder.dimension}-wide (set the same dimension, or re-ingest)",
+                field="knowledge.embedder.dimension",
+            )
 
     async def collection(self, name: str, *, kind: Kind, create: bool = False, field: str = "collection") -> Any:
         """Async twin of ``collection_sync``."""
