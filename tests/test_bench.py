@@ -139,6 +139,61 @@ async def test_interrupted_run_resumes_without_duplicates(server: GeminiTestServ
     assert generate_calls(server) == calls and len(again) == 20
 
 
+async def test_a_rerun_made_differently_is_refused_naming_the_field(server: GeminiTestServer,
+                                                                     tmp_path: Path) -> None:
+    from genroute.errors import UsageError
+
+    run = {"backends": ["smart"], "out_dir": tmp_path, "progress": False, "compile": False, "limit": 6}
+    async with Router.from_config(config(server)) as router:
+        await abench(router, records(), scorer="label_accuracy", **run)
+        calls = generate_calls(server)
+        for change, field in (({"scorer": "exact"}, "scorer"), ({"seed": 1}, "seed")):
+            with pytest.raises(UsageError) as err:
+                await abench(router, records(), **{"scorer": "label_accuracy", **run, **change})
+            assert err.value.field == field
+        edited = [*records()[:9], records()[9].model_copy(update={"input": "The service was slow."})]
+        with pytest.raises(UsageError) as err:
+            await abench(router, edited, scorer="label_accuracy", **run)
+        assert err.value.field == "data"
+        # A larger limit (same seed) and a new backend only add rows.
+        grown = await abench(router, records(), scorer="label_accuracy",
+                             **{**run, "limit": 8, "backends": ["smart", "cheap"]})
+        assert len(grown.outcomes) == 16 and generate_calls(server) == calls + 2 + 8
+    changed = config(server)
+    changed["backends"]["smart"]["template"] = "Answer positive or negative.\n{{ input }}"
+    async with Router.from_config(changed) as router:
+        with pytest.raises(UsageError) as err:
+            await abench(router, records(), scorer="label_accuracy", **run)
+    assert err.value.field == "backends.smart" and "'smart'" in str(err.value)
+    # Transport settings (the server's address, retries) do not decide an answer: they may change.
+    moved = config(server)
+    moved["engines"]["gemini"]["retry"] = {"attempts": 2}
+    async with Router.from_config(moved) as router:
+        again = await abench(router, records(), scorer="label_accuracy", **run)
+    assert len(again.outcomes) == 6
+    stored = json.loads((tmp_path / "run.json").read_text())
+    assert stored["scorer"] == "label_accuracy" and set(stored["targets"]) == {"smart", "cheap"}
+
+
+async def test_retry_failed_reruns_only_the_failed_rows(server: GeminiTestServer, tmp_path: Path) -> None:
+    from genroute.testing import Fault
+
+    server.fault(Fault.status(400), times=2)
+    data, run = records()[:5], {"backends": ["smart"], "out_dir": tmp_path, "progress": False, "compile": False,
+                                "concurrency": 1}
+    async with Router.from_config(config(server)) as router:
+        first = await abench(router, data, **run)
+        assert first.summaries[0].failures == {"BackendRejected": 2}
+        calls = generate_calls(server)
+        plain = await abench(router, data, **run)  # a plain resume keeps the failures
+        assert generate_calls(server) == calls and plain.summaries[0].failures == {"BackendRejected": 2}
+        retried = await abench(router, data, retry_failed=True, **run)
+    assert generate_calls(server) == calls + 2
+    assert retried.summaries[0].failure_count == 0 and retried.summaries[0].quality == 1.0
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and all(r["ok"] for r in rows)  # superseded failures were dropped
+
+
 def test_a_cut_last_line_is_dropped_on_resume(tmp_path: Path) -> None:
     good = ('{"backend": "b", "record_id": "r1", "ok": true, "score": 1.0, "scorer": "exact"}\n')
     (tmp_path / "results.jsonl").write_text(good + '{"backend": "b", "record_id": "r2", "o')

@@ -3,8 +3,8 @@
 Command line (``genroute bench`` delegates to ``genroute.bench.cli.bench_main``)::
 
     genroute bench data.jsonl --config genroute.yaml --backends prompt,icl,rag [--policy] [--scorer NAME]
-        [--limit N] [--concurrency N] [--seed S] [--out DIR] [--corpus CORPUS.jsonl --collection NAME]
-        [--monthly-requests N] [--tuning-cost USD]
+        [--limit N] [--concurrency N] [--seed S] [--out DIR] [--retry-failed]
+        [--corpus CORPUS.jsonl --collection NAME] [--monthly-requests N] [--tuning-cost USD]
 
 Python::
 
@@ -13,8 +13,9 @@ Python::
         report = await abench(router, "data.jsonl", backends=["prompt", "icl"], out_dir="bench-out")
     print(report.markdown())
 
-``DIR`` receives ``results.jsonl`` (one row per backend and record; rerunning skips rows already there),
-``report.md``, ``report.html`` (self-contained), ``pareto.png``, ``summary.json``, ``run.json``, the
+``DIR`` receives ``results.jsonl`` (one row per backend and record; rerunning skips rows already there, and
+``--retry-failed`` reruns failed ones), ``report.md``, ``report.html`` (self-contained), ``pareto.png``,
+``summary.json``, ``run.json`` (a rerun with other data, scorer, seed or backend configs is refused), the
 ``stats.json`` that the ``cost_aware`` policy reads (``stats_path``) and ``learned.npz`` for ``learned``
 (``model_path``).
 """

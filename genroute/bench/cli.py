@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench-out", help="output directory (rerun to resume)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="on resume, also rerun the pairs that failed before")
     parser.add_argument("--task", default=None, help="task name for records without one")
     parser.add_argument("--corpus", default=None, help="RAG corpus JSONL to ingest first")
     parser.add_argument("--collection", default=None, help="collection to ingest the corpus into")
@@ -56,7 +58,7 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
                     limit=args.limit, concurrency=args.concurrency, seed=args.seed, out_dir=args.out,
                     task=args.task, corpus=args.corpus, collection=args.collection,
                     compile=not args.no_compile, advisor=advisor, min_quality=args.min_quality,
-                    holdout=args.holdout, stream=not args.no_stream,
+                    holdout=args.holdout, stream=not args.no_stream, retry_failed=args.retry_failed,
                     progress=not args.quiet, command=command)
 
         report = asyncio.run(main())

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict
 from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, advise
 from genroute.bench.compile import CompileReport, compile_policy
 from genroute.bench.datasets import BenchRecord, load_records, sample
+from genroute.bench.manifest import RunManifest, check_and_write, file_digest, records_digest, target_digests
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
-from genroute.bench.runner import POLICY_TARGET, Outcome, arun_bench, write_manifest
+from genroute.bench.runner import POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_targets
 from genroute.bench.scorers import resolve_scorer
 from genroute.errors import UsageError
 
@@ -65,24 +66,32 @@ async def abench(
     progress: bool = True,
     command: str | None = None,
     embedder: Any = None,
+    retry_failed: bool = False,
 ) -> BenchReport:
-    """Benchmark ``backends`` (and the router's policy end to end if ``policy``) on a dataset; write reports."""
+    """Benchmark ``backends`` (and the router's policy end to end if ``policy``) on a dataset; write reports.
+
+    Rerunning into the same ``out_dir`` resumes: rows already there are reused (``retry_failed``: except
+    failed ones) once ``run.json`` shows they were made with the same data, scorer, seed and configs.
+    """
     from_file = isinstance(data, str | Path)
-    if from_file:
-        records = load_records(data, limit=limit, seed=seed, task=task)  # type: ignore[arg-type]
-    else:
-        records = sample(list(data), limit, seed=seed)  # type: ignore[arg-type]
+    pool = load_records(data, task=task) if from_file else list(data)  # type: ignore[arg-type]
+    records = sample(pool, limit, seed=seed)
     source = str(data) if from_file else None
     out = Path(out_dir)
-    if corpus is not None:
-        await ingest_corpus(router, corpus, collection)
     chosen = resolve_scorer(scorer, records)
     targets = [*backends, *([POLICY_TARGET] if policy else [])]
-    write_manifest(out, data=source or "<records>", backends=list(backends),
-                   policy=policy, scorer=chosen.name, limit=limit, seed=seed, concurrency=concurrency,
-                   command=command)
+    check_targets(router, targets, chosen)
+    manifest = RunManifest(
+        data=source or "<records>", data_sha256=records_digest(pool), scorer=chosen.name, seed=seed, limit=limit,
+        corpus=str(corpus) if corpus is not None else None,
+        corpus_sha256=file_digest(corpus) if corpus is not None else None,
+        targets=target_digests(router, targets, POLICY_TARGET), policy=policy, concurrency=concurrency,
+        command=command)
+    check_and_write(out, manifest, results=out / RESULTS_FILE)
+    if corpus is not None:
+        await ingest_corpus(router, corpus, collection)
     outcomes = await arun_bench(router, records, targets, chosen, out_dir=out, concurrency=concurrency,
-                                stream=stream, progress=progress)
+                                stream=stream, progress=progress, retry_failed=retry_failed)
     summaries = summarize(outcomes, seed=seed)
     kinds = {name: getattr(b, "kind", "") for name, b in router.backends.items()}
     compiled = None
@@ -102,7 +111,7 @@ async def abench(
         sections.append(("Failures (first of each type)", failures))
     title = f"genroute bench: {Path(source).name if source else 'records'}"
     files = write_report(out, summaries, title=title, sections=sections)
-    files["results"] = out / "results.jsonl"
+    files["results"] = out / RESULTS_FILE
     return BenchReport(out_dir=str(out), summaries=tuple(summaries), outcomes=tuple(outcomes),
                        files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice)
 

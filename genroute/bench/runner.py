@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -77,6 +76,7 @@ class ResultsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.outcomes: dict[tuple[str, str], Outcome] = {}
         self._fh: Any = None
+        self._superseded = False
         self._load()
 
     def _load(self) -> None:
@@ -98,13 +98,18 @@ class ResultsLog:
                                  field="out") from None
             self.outcomes[outcome.key] = outcome
 
-    def done(self, key: tuple[str, str]) -> bool:
-        """Whether ``key`` already has an outcome."""
-        return key in self.outcomes
+    def done(self, key: tuple[str, str], *, retry_failed: bool = False) -> bool:
+        """Whether ``key`` already has an outcome (with ``retry_failed``: a successful one)."""
+        outcome = self.outcomes.get(key)
+        return outcome is not None and (outcome.ok or not retry_failed)
 
-    def append(self, outcome: Outcome) -> None:
-        """Write one row and flush it to disk before returning (an interrupted run keeps it)."""
-        if outcome.key in self.outcomes:
+    def append(self, outcome: Outcome, *, replace: bool = False) -> None:
+        """Write one row and flush it to disk before returning (an interrupted run keeps it).
+
+        A row for a key already stored is ignored unless ``replace`` (a retried failure): then it is
+        appended too, the last row of a key wins on reading, and ``close`` drops the superseded rows.
+        """
+        if outcome.key in self.outcomes and not replace:
             return
         if self._fh is None:
             self._fh = self.path.open("a", encoding="utf-8")
@@ -112,13 +117,22 @@ class ResultsLog:
         self._fh.write(outcome.model_dump_json() + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
+        self._superseded |= outcome.key in self.outcomes
         self.outcomes[outcome.key] = outcome
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file; rewrite it with one row per key if retried rows superseded older ones."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._superseded:
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            with tmp.open("w", encoding="utf-8") as fh:
+                fh.writelines(o.model_dump_json() + "\n" for o in self.outcomes.values())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)  # atomic: a crash leaves the old file (whose last rows win) or the new
+            self._superseded = False
 
 
 def request_metadata(record: BenchRecord) -> dict[str, Any]:
@@ -172,6 +186,18 @@ async def _answer(router: Router, request: GenerateRequest, stream: bool) -> Gen
     return result
 
 
+def check_targets(router: Router, targets: Sequence[str], scorer: Scorer) -> None:
+    """``UsageError`` unless every target (and the judge) is a configured backend or the policy."""
+    if not targets:
+        raise UsageError("name at least one backend (or the policy)", field="backends")
+    for target in targets:
+        if target != POLICY_TARGET and target not in router.backends:
+            known = ", ".join(sorted(router.backends))
+            raise UsageError(f"unknown backend {target!r} (known: {known})", field="backends")
+    if scorer.judge is not None and scorer.judge not in router.backends:
+        raise UsageError(f"judge backend {scorer.judge!r} is not configured", field="scorer")
+
+
 async def arun_bench(
     router: Router,
     records: Sequence[BenchRecord],
@@ -183,26 +209,24 @@ async def arun_bench(
     stream: bool = True,
     progress: bool = True,
     on_outcome: Callable[[Outcome], None] | None = None,
+    retry_failed: bool = False,
 ) -> list[Outcome]:
     """Run each record through each target; with ``out_dir``, skip done (target, id) pairs and append new ones.
+
+    ``retry_failed`` also reruns pairs whose stored outcome failed, replacing it. The caller checks that the
+    stored rows were made the same way (``abench`` does, through ``run.json``).
 
     Returns every outcome for these records and targets (earlier runs' included), target by target in
     record order.
     """
     if concurrency < 1:
         raise UsageError("concurrency must be >= 1", field="concurrency")
-    if not targets:
-        raise UsageError("name at least one backend (or the policy)", field="backends")
-    for target in targets:
-        if target != POLICY_TARGET and target not in router.backends:
-            known = ", ".join(sorted(router.backends))
-            raise UsageError(f"unknown backend {target!r} (known: {known})", field="backends")
-    if scorer.judge is not None and scorer.judge not in router.backends:
-        raise UsageError(f"judge backend {scorer.judge!r} is not configured", field="scorer")
+    check_targets(router, targets, scorer)
     log = ResultsLog(out_dir) if out_dir is not None else None
     fresh: dict[tuple[str, str], Outcome] = {}
     # Records outer, targets inner: a partial run has covered every target on the same records.
-    todo = [(t, r) for r in records for t in targets if log is None or not log.done((t, r.id))]
+    todo = [(t, r) for r in records for t in targets
+            if log is None or not log.done((t, r.id), retry_failed=retry_failed)]
     semaphore = asyncio.Semaphore(concurrency)
     bar = _progress(progress, total=len(records) * len(targets), initial=len(records) * len(targets) - len(todo))
 
@@ -210,7 +234,7 @@ async def arun_bench(
         async with semaphore:
             outcome = await run_one(router, target, record, scorer, stream=stream)
         if log is not None:
-            log.append(outcome)
+            log.append(outcome, replace=retry_failed)
         fresh[outcome.key] = outcome
         bar.update(1)
         if on_outcome is not None:
@@ -232,14 +256,6 @@ def load_outcomes(out_dir: str | Path) -> list[Outcome]:
     """Every outcome stored in ``out_dir/results.jsonl``."""
     log = ResultsLog(out_dir)
     return list(log.outcomes.values())
-
-
-def write_manifest(out_dir: str | Path, **fields: Any) -> Path:
-    """Record how the run was invoked (``run.json``), for the report and for humans."""
-    path = Path(out_dir) / "run.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(fields, indent=2, default=str) + "\n", encoding="utf-8")
-    return path
 
 
 class _NoProgress:

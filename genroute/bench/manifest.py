@@ -1,0 +1,131 @@
+"""``run.json``: what produced the rows of an output directory, checked before a rerun reuses them.
+
+A rerun into the same directory skips (target, record) pairs already there, which is only right if those
+rows were produced the same way. The manifest holds a fingerprint of everything that decides a row — the
+dataset's content, the scorer, the sampling seed, the RAG corpus and each target's configuration — and a
+rerun that differs in any of them is refused with a ``UsageError`` naming the field. ``limit`` is recorded
+but not checked: a larger limit with the same seed draws a superset (see ``datasets.sample``), so it only
+adds rows. New targets are welcome; a target whose configuration changed is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.errors import UsageError
+
+if TYPE_CHECKING:
+    from genroute.bench.datasets import BenchRecord
+    from genroute.router.router import Router
+
+MANIFEST_FILE = "run.json"
+#: Engine settings that change how an answer is fetched, not what it is: editing them keeps old rows valid.
+_TRANSPORT_KEYS = frozenset({"api_key", "api_key_env", "base_url", "timeout_s", "retry", "embed_batch_size",
+                             "n_threads", "pool_size"})
+#: Run-level fields a rerun must match, with the option that sets each (for the error's ``field``).
+_CHECKED = {"data_sha256": "data", "scorer": "scorer", "seed": "seed", "corpus_sha256": "corpus"}
+
+
+class RunManifest(BaseModel):
+    """How a benchmark run was invoked, and the fingerprint its rows depend on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: str = Field(description="The dataset path (or <records> for records passed in Python).")
+    data_sha256: str = Field(description="Hash of every loaded record, before sampling.")
+    scorer: str
+    seed: int
+    limit: int | None = None
+    corpus: str | None = None
+    corpus_sha256: str | None = None
+    targets: dict[str, str] = Field(default_factory=dict, description="Target -> configuration hash.")
+    policy: bool = False
+    concurrency: int = 4
+    command: str | None = None
+
+
+def digest(value: Any) -> str:
+    """A short stable hash of JSON-able ``value`` (keys sorted)."""
+    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def records_digest(records: Iterable[BenchRecord]) -> str:
+    """Hash of the records' content (ids, inputs, gold answers, tasks, metadata)."""
+    return digest([r.model_dump(mode="json") for r in records])
+
+
+def file_digest(path: str | Path) -> str:
+    """Hash of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _dump(config: Any) -> Any:
+    dump = getattr(config, "model_dump", None)
+    return dump(mode="json") if dump is not None else repr(config)
+
+
+def target_digests(router: Router, targets: Iterable[str], policy_target: str) -> dict[str, str]:
+    """Each target's configuration hash: the backend's config and what its engine answers with."""
+    def backend(name: str) -> Any:
+        b = router.backends[name]
+        engine = router.resources.engines.get(getattr(b.config, "engine", ""))
+        settings = _dump(engine.config) if engine is not None else None
+        if isinstance(settings, dict):
+            settings = {k: v for k, v in settings.items() if k not in _TRANSPORT_KEYS}
+        return {"backend": _dump(b.config), "engine": settings}
+
+    out = {}
+    for target in targets:
+        if target == policy_target:  # the policy end to end depends on it and on every backend it may pick
+            out[target] = digest({"policy": _dump(router.policy.config),
+                                  "backends": {n: backend(n) for n in sorted(router.backends)}})
+        else:
+            out[target] = digest(backend(target))
+    return out
+
+
+def check_and_write(out_dir: str | Path, manifest: RunManifest, *, results: Path) -> Path:
+    """Refuse a rerun whose fingerprint differs from the stored one; then write the merged manifest."""
+    path = Path(out_dir) / MANIFEST_FILE
+    stored = _read(path) if path.exists() else {}
+    targets = dict(manifest.targets)
+    if stored and results.exists() and results.stat().st_size > 0:
+        _check(path, stored, manifest)
+        # Targets of earlier runs stay recorded, so a later rerun of them is still checked.
+        targets = {**(stored.get("targets") or {}), **targets}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    final = manifest.model_copy(update={"targets": targets})
+    path.write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable run manifest ({exc}); use another --out", field="out") from None
+    return stored if isinstance(stored, dict) else {}
+
+
+def _check(path: Path, stored: Mapping[str, Any], current: RunManifest) -> None:
+    # Fields a manifest of an older version lacks cannot be compared: only present ones are checked.
+    for key, option in _CHECKED.items():
+        old, new = stored.get(key), getattr(current, key)
+        if old is not None and new is not None and old != new:
+            raise UsageError(
+                f"{path.parent} holds results made with a different {option} ({key} {old!r}, now {new!r}); "
+                f"rerun with the same {option} or use another --out", field=option)
+    for target, new in current.targets.items():
+        old = (stored.get("targets") or {}).get(target)
+        if old is not None and old != new:
+            field = "policy" if target.startswith("@") else f"backends.{target}"
+            raise UsageError(
+                f"{path.parent} holds results of {target!r} made with a different configuration "
+                f"({old} vs {new}); restore it or use another --out", field=field)
