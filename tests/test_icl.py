@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from genroute.errors import ConfigError, UsageError
 from genroute.knowledge import ExampleStore, aload_examples
 from genroute.knowledge.embedders import LocalEmbedder
 from genroute.router.router import Router
-from genroute.testing import GeminiTestServer
+from genroute.testing import CacheRoutes, Fault, GeminiTestServer
 from genroute.testing.replies import field_of
 
 from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
@@ -229,43 +230,118 @@ async def test_local_base_model_answers_with_a_label(tmp_path: Path) -> None:
     assert result.usage.input_tokens > 50 and result.cost_usd == 0.0
 
 
+# -- Gemini context caching of the fixed prefix ----------------------------------------------------
+
+
+def cached_router(server: GeminiTestServer, otel: Otel, knowledge: Knowledge, collection: str,
+                  **cache: Any) -> Router:
+    return router(server, otel, knowledge, collection=collection, selector="fixed", k=8, system="Label the intent.",
+                  context_cache={"min_tokens": 20, "ttl_s": 600, **cache})
+
+
+def generate_calls(server: GeminiTestServer) -> list[Any]:
+    return [q for q in server.requests if q.action in ("generateContent", "streamGenerateContent")]
+
+
 async def test_fixed_prefix_uses_gemini_context_cache(gemini_server: GeminiTestServer, otel: Otel,
                                                      knowledge: Knowledge, tmp_path: Path) -> None:
     from genroute.router.pricing import DEFAULT_PRICES
     from genroute.types import Usage
 
     collection, _ = await loaded(knowledge, tmp_path)
-    created: list[dict[str, Any]] = []
-
-    def create(server: Any, request: Any, match: Any) -> dict[str, Any]:
-        created.append(request.body)
-        return {"name": f"cachedContents/c{len(created)}", "model": "models/gemini-2.5-flash",
-                "usageMetadata": {"totalTokenCount": 300}}
-
-    gemini_server.route("POST", r".*/cachedContents$", create)
-    for _ in range(2):
-        gemini_server.reply_json({
-            "candidates": [{"content": {"role": "model", "parts": [{"text": "pin"}]}, "finishReason": "STOP"}],
-            "usageMetadata": {"promptTokenCount": 310, "candidatesTokenCount": 1, "cachedContentTokenCount": 300,
-                              "totalTokenCount": 311},
-            "modelVersion": "gemini-2.5-flash"})
-    async with router(gemini_server, otel, knowledge, collection=collection, selector="fixed", k=8,
-                      system="Label the intent.", context_cache={"min_tokens": 20, "ttl_s": 600}) as r:
+    caches = CacheRoutes(gemini_server)
+    gemini_server.reply_text("pin", usage=(10, 1), times=2)
+    async with cached_router(gemini_server, otel, knowledge, collection) as r:
         first = await r.agenerate("I forgot my PIN")
         second = await r.agenerate("Where is my card?")
     assert first.text == second.text == "pin"
-    (body,) = created  # one cache, reused by the second request
-    assert field_of(body, "systemInstruction")["parts"][0]["text"] == "Label the intent."
-    assert len(field_of(body, "contents")) == 16 and field_of(body, "ttl") == "600s"
-    calls = [q for q in gemini_server.requests if q.action == "generateContent"]
+    (create,) = caches.creates  # one cache, reused by the second request
+    assert field_of(create.body, "systemInstruction")["parts"][0]["text"] == "Label the intent."
+    assert len(field_of(create.body, "contents")) == 16 and field_of(create.body, "ttl") == "600s"
+    calls = generate_calls(gemini_server)
     assert [field_of(q.body, "cachedContent") for q in calls] == ["cachedContents/c1"] * 2
     assert field_of(calls[1].body, "contents") == [{"role": "user", "parts": [{"text": "Where is my card?"}]}]
     assert field_of(calls[1].body, "systemInstruction") is None
-    usage = Usage(input_tokens=310, output_tokens=1, cached_input_tokens=300)
-    assert second.usage.cached_input_tokens == 300
+    cached = caches.caches["cachedContents/c1"].tokens
+    assert second.usage.cached_input_tokens == cached and second.usage.input_tokens == 10 + cached
     price = DEFAULT_PRICES["gemini-2.5-flash"]
-    assert second.cost_usd == pytest.approx(price.cost(usage)) and second.cost_usd < price.cost(
-        Usage(input_tokens=310, output_tokens=1))
+    assert second.cost_usd == pytest.approx(price.cost(Usage(input_tokens=10 + cached, output_tokens=1,
+                                                             cached_input_tokens=cached)))
+    assert second.cost_usd < price.cost(Usage(input_tokens=10 + cached, output_tokens=1))  # cache reads are cheaper
+    (span,) = otel.spans("create_cached_content")
+    assert span.attributes["gen_ai.request.model"] == "gemini-2.5-flash"
+    assert span.attributes["genroute.cache.name"] == "cachedContents/c1"
+    (root,) = [s for s in otel.spans("genroute.generate") if s.context.trace_id == span.context.trace_id]
+    assert root.attributes["genroute.backend"] == "icl"
+
+
+async def test_prefix_below_the_threshold_goes_inline(gemini_server: GeminiTestServer, otel: Otel,
+                                                      knowledge: Knowledge, tmp_path: Path) -> None:
+    collection, _ = await loaded(knowledge, tmp_path)
+    caches = CacheRoutes(gemini_server)
+    async with cached_router(gemini_server, otel, knowledge, collection, min_tokens=100_000) as r:
+        await r.agenerate("I forgot my PIN")
+    assert caches.creates == [] and otel.spans("create_cached_content") == []
+    (call,) = generate_calls(gemini_server)
+    assert field_of(call.body, "cachedContent") is None and len(field_of(call.body, "contents")) == 17
+    assert field_of(call.body, "systemInstruction")["parts"][0]["text"] == "Label the intent."
+
+
+async def test_failed_create_goes_inline_and_is_not_retried_per_request(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path) -> None:
+    collection, _ = await loaded(knowledge, tmp_path)
+    caches = CacheRoutes(gemini_server)
+    gemini_server.fault(Fault.status(500))  # the first request to reach the server is the create
+    async with cached_router(gemini_server, otel, knowledge, collection) as r:
+        results = [await r.agenerate(q) for q in ("I forgot my PIN", "Where is my card?", "Fees?")]
+    assert [x.text for x in results] == ["echo: I forgot my PIN", "echo: Where is my card?", "echo: Fees?"]
+    assert len(caches.creates) == 1 and caches.caches == {}  # one attempt, remembered as failed
+    calls = generate_calls(gemini_server)
+    assert len(calls) == 3 and all(field_of(q.body, "cachedContent") is None for q in calls)
+    assert all(len(field_of(q.body, "contents")) == 17 for q in calls)
+    (span,) = otel.spans("create_cached_content")
+    assert span.attributes["error.type"] == "BackendUnavailable"
+
+
+async def test_expired_cache_is_answered_inline_then_recreated(gemini_server: GeminiTestServer, otel: Otel,
+                                                               knowledge: Knowledge, tmp_path: Path) -> None:
+    collection, _ = await loaded(knowledge, tmp_path)
+    caches = CacheRoutes(gemini_server)
+    async with cached_router(gemini_server, otel, knowledge, collection) as r:
+        await r.agenerate("first")
+        caches.expire()  # gone on the server while the backend still holds its name
+        gone = await r.agenerate("second")
+        await r.agenerate("third")
+        caches.expire()
+        chunks = [c async for c in r.astream("fourth")]
+    assert gone.text == "echo: second" and gone.backend == "icl"
+    assert chunks[-1].done and chunks[-1].result.text == "echo: fourth"
+    sent = [(field_of(q.body, "cachedContent"), len(field_of(q.body, "contents")))
+            for q in generate_calls(gemini_server)]
+    assert sent == [("cachedContents/c1", 1),
+                    ("cachedContents/c1", 1), (None, 17),  # 403 from the server, then the same request inline
+                    ("cachedContents/c2", 1),              # the next request made a new cache
+                    ("cachedContents/c2", 1), (None, 17)]  # and a stream falls back the same way
+    assert len(caches.creates) == 2
+
+
+async def test_concurrent_first_requests_make_one_cache(gemini_server: GeminiTestServer, otel: Otel,
+                                                        knowledge: Knowledge, tmp_path: Path) -> None:
+    collection, _ = await loaded(knowledge, tmp_path)
+    caches = CacheRoutes(gemini_server)
+    gemini_server.fault(Fault.delay(0.3))  # a slow create: the other requests arrive while it runs
+    async with cached_router(gemini_server, otel, knowledge, collection) as r:
+        results = await asyncio.gather(*(r.agenerate(f"question {n}") for n in range(4)))
+    assert sorted(x.text for x in results) == [f"echo: question {n}" for n in range(4)]
+    assert len(caches.creates) == 1
+    assert [field_of(q.body, "cachedContent") for q in generate_calls(gemini_server)] == ["cachedContents/c1"] * 4
+
+
+def test_reuse_margin_fits_short_ttls() -> None:
+    from genroute.backends.icl import ContextCacheSettings, PrefixCaches
+
+    assert PrefixCaches(ContextCacheSettings(ttl_s=60)).margin_s == 6.0  # a 60 s margin would never reuse it
+    assert PrefixCaches(ContextCacheSettings(ttl_s=3600)).margin_s == 60.0
 
 
 def test_context_cache_needs_the_fixed_selector() -> None:

@@ -142,13 +142,22 @@ class SingleCallBackend(Backend):
         """Build the one engine call for this request."""
 
     async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:
-        prepared = await self.prepare(request, ctx)
+        return await self.run_prepared(await self.prepare(request, ctx), ctx)
+
+    async def run_prepared(self, prepared: Prepared, ctx: RunContext) -> BackendOutput:
+        """Make the prepared call (a subclass may re-send a changed call after a failure)."""
         response = await ctx.generate(self.engine, prepared.model, prepared.contents, prepared.config,
                                       price_as=prepared.price_as)
         return self._output(prepared, response_text(response), finish_reason(response))
 
     async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
         prepared = await self.prepare(request, ctx)
+        async with aclosing(self.stream_prepared(prepared, ctx)) as items:
+            async for item in items:
+                yield item
+
+    async def stream_prepared(self, prepared: Prepared, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
+        """Stream the prepared call: text deltas, then the final ``BackendOutput``."""
         parts: list[str] = []
         reason = None
         stream = ctx.stream(self.engine, prepared.model, prepared.contents, prepared.config,

@@ -7,10 +7,18 @@ every engine renders that as a dialogue, which the base local Gemma 3 270M conti
 ``\\nInput:``, for engines that pass a single turn through verbatim. Measured on dynasent with the local
 engine: ``text`` gave no valid label in 20 requests (the transcript wrapper breaks the pattern),
 ``turns`` a valid label every time.
+
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -18,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genroute.backends.base import BackendConfig, BackendOutput, Prepared, SingleCallBackend, user_content
 from genroute.backends.templating import check_template, compile_template, render
-from genroute.errors import ConfigError
+from genroute.errors import BackendRejected, ConfigError, GenrouteError
 from genroute.types import GenerateRequest
 
 if TYPE_CHECKING:
@@ -27,6 +35,9 @@ if TYPE_CHECKING:
     from genroute.knowledge.examples import ExampleRecord, ExampleStore
     from genroute.router.context import RunContext
 
+# Gemini answers a request naming an expired or deleted cache with e.g. 403 "CachedContent not found
+# (or permission denied)"; other wordings seen mention "cached content" too.
+_CACHE_GONE = re.compile(r"cached[\s_]?content", re.IGNORECASE)
 
 
 class ContextCacheSettings(BaseModel):
@@ -37,6 +48,65 @@ class ContextCacheSettings(BaseModel):
     min_tokens: int = Field(default=2048, ge=1, description="Cache only prefixes at least this long "
                             "(Gemini refuses small caches: 1,024 tokens on 2.5 Flash, 4,096 on 2.5 Pro).")
     ttl_s: int = Field(default=3600, ge=60, description="Cache lifetime; a new cache is made after it.")
+    retry_after_s: int = Field(default=600, ge=0, description="After a failed create, send the prefix inline "
+                               "this long before trying to create a cache again.")
+
+
+class PrefixCaches:
+    """Gemini context caches of example prefixes, one per key: made once, reused until shortly before expiry.
+
+    A failed create is remembered for ``retry_after_s`` (every request in between sends the prefix
+    inline instead of paying another failing round trip), and concurrent first requests for a key wait
+    for one create rather than each making a cache.
+    """
+
+    def __init__(self, settings: ContextCacheSettings) -> None:
+        self.settings = settings
+        #: key -> (cache name, or None after a failed create; monotonic time the entry stops being used)
+        self._entries: dict[str, tuple[str | None, float]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def margin_s(self) -> float:
+        """How long before expiry a cache stops being handed out (a request needs it to outlive the call)."""
+        return min(60.0, self.settings.ttl_s / 10)
+
+    def _fresh(self, key: str) -> tuple[bool, str | None]:
+        name, until = self._entries.get(key, (None, 0.0))
+        margin = self.margin_s if name is not None else 0.0
+        return until - margin > time.monotonic(), name
+
+    async def name(self, parts: Any, create: Callable[[], Awaitable[Any]]) -> str | None:
+        """The cache for ``parts`` (hashed into the key); ``create()`` makes one when there is none."""
+        key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+        fresh, name = self._fresh(key)
+        if fresh:
+            return name
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            fresh, name = self._fresh(key)  # another request may have made it while this one waited
+            if fresh:
+                return name
+            try:
+                cache = await create()
+            except GenrouteError:  # caching only saves money: the prefix goes out inline
+                self._entries[key] = (None, time.monotonic() + self.settings.retry_after_s)
+                return None
+            if not cache.name:
+                self._entries[key] = (None, time.monotonic() + self.settings.retry_after_s)
+                return None
+            self._entries[key] = (cache.name, time.monotonic() + self.settings.ttl_s)
+            return str(cache.name)
+
+    def forget(self, name: str) -> None:
+        """Stop using cache ``name`` (the server said it is gone)."""
+        for key, (have, _) in list(self._entries.items()):
+            if have == name:
+                del self._entries[key]
+
+
+def cache_gone(exc: BackendRejected) -> bool:
+    """Whether a 4xx says the request's cached content no longer exists (expired or deleted)."""
+    return exc.status in (400, 403, 404) and _CACHE_GONE.search(str(exc)) is not None
 
 
 class IclConfig(BackendConfig):
@@ -88,7 +158,8 @@ class IclBackend(SingleCallBackend):
 
     def __init__(self, name: str, config: BackendConfig, resources: Any) -> None:
         super().__init__(name, config, resources)
-        self._caches: dict[str, tuple[str, float]] = {}
+        settings = self.config.context_cache
+        self._caches = PrefixCaches(settings or ContextCacheSettings())
 
     @cached_property
     def examples(self) -> ExampleStore:
@@ -106,16 +177,21 @@ class IclBackend(SingleCallBackend):
         return compile_template(self.config.example_template), compile_template(self.config.query_template)
 
     def facts(self) -> dict[str, Any]:
-        """Collection, selector, k and ``example_count`` (counted once, blocking; 0 if unavailable)."""
-        count = self.examples.count if "examples" in self.__dict__ else None
-        if count is None:
-            try:
-                count = self.examples.store.count_sync(
-                    self.config.collection, kind="examples", field=f"backends.{self.name}.collection")
-            except Exception:  # facts must never fail router construction; the first request reports it
-                count = 0
+        """Collection, selector, k, ``example_count`` and ``example_counts`` per task (read from the store,
+        blocking; zero and empty if it is unavailable)."""
+        try:
+            col = self.examples.store.collection_sync(self.config.collection, kind="examples",
+                                                      field=f"backends.{self.name}.collection")
+            metadatas = col.get(include=["metadatas"])["metadatas"] or []
+        except Exception:  # facts must never fail router construction; the first request reports it
+            metadatas = []
         return {"collection": self.config.collection, "selector": self.config.selector, "k": self.config.k,
-                "example_count": count}
+                "example_count": len(metadatas), "example_counts": task_counts(metadatas, self.config.tasks)}
+
+    def refresh(self) -> None:
+        """Forget the cached example pool (``Router.refresh`` calls it after examples were loaded)."""
+        if "examples" in self.__dict__:
+            self.examples.refresh()
 
     async def select(self, request: GenerateRequest, ctx: RunContext | None = None) -> list[ExampleRecord]:
         """The examples this request will be shown, best first (before the token budget)."""
@@ -185,50 +261,89 @@ class IclBackend(SingleCallBackend):
             stops = tuple(dict.fromkeys(stops + cfg.stop))[:5]  # Gemini accepts at most five
         prefix, tail = self.contents(request, shown, split=cfg.context_cache is not None)
         extra: dict[str, Any] = {"examples": [ex.id for ex, _ in shown]}
-        cache = await self._context_cache(prefix, system) if cfg.context_cache is not None else None
-        if cache is not None:
-            # The system instruction lives in the cache; Gemini rejects it next to cached_content.
-            config = cfg.generation.to_genai(stop_sequences=list(stops) or None, cached_content=cache)
-            extra["cached_content"] = cache
-            return Prepared(model=cfg.model, contents=tail, config=config, extra=extra)
         config = cfg.generation.to_genai(system=system, stop_sequences=list(stops) or None)
-        return Prepared(model=cfg.model, contents=prefix + tail, config=config, extra=extra)
+        inline = Prepared(model=cfg.model, contents=prefix + tail, config=config, extra=extra)
+        cache = await self._context_cache(prefix, system, ctx) if cfg.context_cache is not None else None
+        if cache is None:
+            return inline
+        # The system instruction lives in the cache; Gemini rejects it next to cached_content.
+        config = cfg.generation.to_genai(stop_sequences=list(stops) or None, cached_content=cache)
+        return Prepared(model=cfg.model, contents=tail, config=config,
+                        extra={**extra, "cached_content": cache, "inline": inline})
 
-    async def _context_cache(self, prefix: list[types.Content], system: str | None) -> str | None:
+    async def _context_cache(self, prefix: list[types.Content], system: str | None,
+                             ctx: RunContext) -> str | None:
         """The name of a Gemini cache holding ``prefix`` (made on first use), or ``None`` to send it inline."""
-        import hashlib
-        import json
-        import time
-
-        from google.genai import types
-
         from genroute.knowledge.chunking import token_counter
 
         settings = self.config.context_cache
-        client = getattr(self.engine, "client", None)
-        if settings is None or not prefix or client is None or not hasattr(client, "aio"):
+        create = getattr(self.engine, "create_cache", None)
+        if settings is None or not prefix or create is None:
             return None
         text = "\n".join(p.text or "" for c in prefix for p in c.parts or ()) + (system or "")
         if token_counter().count(text) < settings.min_tokens:
             return None
-        key = hashlib.sha256(json.dumps([self.config.model, system, text]).encode()).hexdigest()
-        name, expires = self._caches.get(key, (None, 0.0))
-        if name is not None and expires > time.monotonic() + 60:
-            return name
+        return await self._caches.name(
+            (self.config.model, system, text),
+            lambda: create(self.config.model, prefix, system=system, ttl_s=settings.ttl_s,
+                           display_name=f"genroute-{self.name}", timeout_s=ctx.remaining_s()),
+        )
+
+    async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:
+        prepared = await self.prepare(request, ctx)
         try:
-            cache = await client.aio.caches.create(model=self.config.model, config=types.CreateCachedContentConfig(
-                contents=prefix, system_instruction=system, ttl=f"{settings.ttl_s}s",
-                display_name=f"genroute-{self.name}"))
-        except Exception:  # caching only saves money: on any failure the prefix goes out inline
-            return None
-        if not cache.name:
-            return None
-        self._caches[key] = (cache.name, time.monotonic() + settings.ttl_s)
-        return cache.name
+            return await self.run_prepared(prepared, ctx)
+        except BackendRejected as exc:
+            return await self.run_prepared(self._inline_after(prepared, exc), ctx)
+
+    async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
+        prepared = await self.prepare(request, ctx)
+        sent = False
+        try:
+            async with aclosing(self.stream_prepared(prepared, ctx)) as items:
+                async for item in items:
+                    sent = True
+                    yield item
+            return
+        except BackendRejected as exc:
+            if sent:
+                raise
+            prepared = self._inline_after(prepared, exc)
+        async with aclosing(self.stream_prepared(prepared, ctx)) as items:
+            async for item in items:
+                yield item
+
+    def _inline_after(self, prepared: Prepared, exc: BackendRejected) -> Prepared:
+        """The same call with the prefix inline, if ``exc`` says its cache is gone; else re-raise ``exc``."""
+        inline = prepared.extra.get("inline")
+        if inline is None or not cache_gone(exc):
+            raise exc
+        # Expired or deleted early: forget it (the next request makes a new one) and answer this one inline.
+        self._caches.forget(prepared.extra["cached_content"])
+        return inline
 
     def _output(self, prepared: Prepared, text: str, reason: str | None) -> BackendOutput:
         # Base models often lead with a space after "Output:" and trail a newline before the stop.
         return super()._output(prepared, text.strip(), reason)
+
+
+def task_counts(metadatas: list[Any], tasks: tuple[str, ...]) -> dict[str, int]:
+    """Examples per task: an example's own ``metadata.task`` if it has one, else each of the backend's
+    configured ``tasks`` (a collection made for those tasks). Untagged examples of a backend without
+    tasks count for no task: nothing says which task they teach."""
+    import json
+
+    counts = dict.fromkeys(tasks, 0)
+    for meta in metadatas:
+        raw = (meta or {}).get("metadata")
+        try:
+            extra = json.loads(raw) if isinstance(raw, str) else {}
+        except json.JSONDecodeError:
+            extra = {}
+        task = extra.get("task") if isinstance(extra, dict) else None
+        for name in [str(task)] if task is not None else tasks:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _as_hit(example: ExampleRecord) -> Any:

@@ -279,6 +279,45 @@ class GeminiEngine(Engine):
 
         return await call_with_retry(attempt, self.config.retry)
 
+    async def create_cache(self, model: str, contents: list[types.Content], *, ttl_s: int,
+                           system: str | None = None, display_name: str | None = None,
+                           timeout_s: float | None = None) -> types.CachedContent:
+        """A context cache of ``contents`` (and ``system``) for ``model``, in a ``create_cached_content`` span.
+
+        One attempt, no retries: a cache only saves money, so a caller that cannot get one sends the
+        prefix inline at once rather than waiting through backoffs.
+        """
+        from google.genai import types
+        from opentelemetry import trace
+
+        from genroute.router.telemetry import TRACER_NAME, active_tracer
+
+        seconds = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
+        cfg = types.CreateCachedContentConfig(
+            contents=contents, system_instruction=system, ttl=f"{ttl_s}s", display_name=display_name,
+            http_options=types.HttpOptions(timeout=_timeout_ms(seconds)),
+        )
+        tracer = active_tracer(trace.get_tracer(TRACER_NAME))
+        with tracer.start_as_current_span(
+            f"create_cached_content {model}", kind=trace.SpanKind.CLIENT, record_exception=False,
+            set_status_on_exception=False,
+            attributes={"gen_ai.operation.name": "create_cached_content", "gen_ai.provider.name": self.provider,
+                        "gen_ai.request.model": model, "genroute.cache.ttl_s": ttl_s},
+        ) as span:
+            try:
+                async with asyncio.timeout(seconds):
+                    cache = await self.client.aio.caches.create(model=model, config=cfg)
+            except Exception as exc:
+                mapped = self._map(exc)
+                span.set_attribute("error.type", type(mapped).__name__)
+                span.set_status(trace.StatusCode.ERROR, str(mapped))
+                raise mapped from exc
+            if cache.name:
+                span.set_attribute("genroute.cache.name", cache.name)
+            if cache.usage_metadata is not None and cache.usage_metadata.total_token_count is not None:
+                span.set_attribute("genroute.cache.tokens", cache.usage_metadata.total_token_count)
+        return cache
+
     async def aclose(self) -> None:
         """Close the client's HTTP sessions."""
         if self._client is not None:

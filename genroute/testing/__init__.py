@@ -56,6 +56,8 @@ faulted request does not use up a queued reply (except ``delay`` and ``cut_strea
 
 Every request is recorded in ``srv.requests`` (``RecordedRequest``: method, path, query, lower-cased
 headers, parsed JSON ``body``, ``raw_body``, and the derived ``model``, ``action``, ``stream``).
+``CacheRoutes(srv)`` adds context caches (``cachedContents`` create/get/delete; generate requests naming a
+missing cache get the API's 403, cached tokens show in usage; ``expire()`` drops caches).
 Also here: ``TuningRoutes(srv)`` adds Vertex tuning-job create/get routes with scripted states, and
 ``OtlpReceiver`` is a loopback OTLP/HTTP collector that decodes exported spans and metrics (with
 ``hang()``/``fail()`` to test that telemetry never hurts requests).
@@ -63,11 +65,12 @@ Also here: ``TuningRoutes(srv)`` adds Vertex tuning-job create/get routes with s
 The server sets ``TCP_NODELAY`` on accepted sockets (Nagle would add ~40 ms per call).
 """
 
+from genroute.testing.cache_routes import CacheRoutes
 from genroute.testing.faults import Fault
 from genroute.testing.replies import Reply, Response, fake_embedding
 from genroute.testing.otlp import OtlpReceiver
 from genroute.testing.server import GeminiTestServer, RecordedRequest
 from genroute.testing.tuning_routes import TuningRoutes
 
-__all__ = ["Fault", "GeminiTestServer", "OtlpReceiver", "RecordedRequest", "Reply", "Response", "TuningRoutes",
-           "fake_embedding"]
+__all__ = ["CacheRoutes", "Fault", "GeminiTestServer", "OtlpReceiver", "RecordedRequest", "Reply", "Response",
+           "TuningRoutes", "fake_embedding"]

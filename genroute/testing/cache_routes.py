@@ -1,0 +1,112 @@
+"""Gemini context caches (``cachedContents``) on a ``GeminiTestServer``.
+
+``CacheRoutes(srv)`` adds create, get and delete, and makes generate requests that name a
+``cachedContent`` behave as the API does: an unknown or expired cache is answered 403
+``CachedContent not found (or permission denied)``, and a known one is billed in the reply's usage
+(``promptTokenCount`` includes the cached tokens, ``cachedContentTokenCount`` counts them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from genroute.testing.replies import Response, error_body, field_of, prompt_tokens, render_generate
+
+if TYPE_CHECKING:
+    from genroute.testing.server import GeminiTestServer, RecordedRequest
+
+_PARENT = r"/[^/]+/(?:projects/[^/]+/locations/[^/]+/)?cachedContents"
+_NAME = r"/[^/]+/(?P<name>(?:projects/[^/]+/locations/[^/]+/)?cachedContents/[^/:]+)"
+GONE_MESSAGE = "CachedContent not found (or permission denied)"
+
+
+@dataclass(frozen=True)
+class StoredCache:
+    """One cache the server holds."""
+
+    name: str
+    model: str
+    tokens: int
+    body: Any
+
+
+class CacheRoutes:
+    """Context-cache routes on ``server``; ``min_tokens`` makes smaller creates fail as the API's do (400)."""
+
+    def __init__(self, server: GeminiTestServer, *, min_tokens: int = 0) -> None:
+        self.server = server
+        self.min_tokens = min_tokens
+        self.caches: dict[str, StoredCache] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        server.route("POST", _PARENT, self._create)
+        server.route("GET", _NAME, self._get)
+        server.route("DELETE", _NAME, self._delete)
+        server.route("POST", r"/[^/]+/[^:]+:(generateContent|streamGenerateContent)", self._generate)
+
+    @property
+    def creates(self) -> list[RecordedRequest]:
+        """Every create request received (failed ones included), oldest first."""
+        return [r for r in self.server.requests if r.method == "POST" and re.fullmatch(_PARENT, r.path)]
+
+    def expire(self, name: str | None = None) -> None:
+        """Drop cache ``name`` (every cache if ``None``), as its TTL running out would."""
+        with self._lock:
+            if name is None:
+                self.caches.clear()
+            else:
+                self.caches.pop(name, None)
+
+    def _create(self, server: GeminiTestServer, request: RecordedRequest, match: re.Match[str]) -> Response:
+        tokens = prompt_tokens({"contents": field_of(request.body, "contents"),
+                                "system": field_of(request.body, "systemInstruction")})
+        if tokens < self.min_tokens:
+            message = (f"The cached content is of {tokens} tokens. The minimum token count to start caching "
+                       f"is {self.min_tokens}.")
+            return Response(status=400, body=error_body(400, message))
+        model = str(field_of(request.body, "model") or "")
+        prefix = request.path.split("/", 2)[2].rsplit("cachedContents", 1)[0]
+        cache = StoredCache(name=f"{prefix}cachedContents/c{next(self._ids)}", model=model, tokens=tokens,
+                            body=request.body)
+        with self._lock:
+            self.caches[cache.name] = cache
+        return Response(body=self._describe(cache, field_of(request.body, "ttl")))
+
+    def _get(self, server: GeminiTestServer, request: RecordedRequest, match: re.Match[str]) -> Response:
+        cache = self.caches.get(match["name"])
+        if cache is None:
+            return Response(status=403, body=error_body(403, GONE_MESSAGE))
+        return Response(body=self._describe(cache, None))
+
+    def _delete(self, server: GeminiTestServer, request: RecordedRequest, match: re.Match[str]) -> Response:
+        with self._lock:
+            gone = self.caches.pop(match["name"], None)
+        return Response(body={}) if gone else Response(status=403, body=error_body(403, GONE_MESSAGE))
+
+    def _generate(self, server: GeminiTestServer, request: RecordedRequest, match: re.Match[str]) -> Response:
+        name = field_of(request.body, "cachedContent")
+        cache = self.caches.get(name) if name else None
+        if name and cache is None:
+            return Response(status=403, body=error_body(403, GONE_MESSAGE))
+        model = (request.model or "").rsplit("/", 1)[-1]
+        reply = server.next_reply(request)
+        response = render_generate(reply, request.body, model, server.next_id(), stream=request.stream)
+        if cache is not None and reply.raw is None:
+            last = response.events[-1] if response.events else response.body
+            usage = last["usageMetadata"]
+            usage["promptTokenCount"] += cache.tokens
+            usage["totalTokenCount"] += cache.tokens
+            usage["cachedContentTokenCount"] = cache.tokens
+        return response
+
+    @staticmethod
+    def _describe(cache: StoredCache, ttl: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": cache.name, "model": cache.model,
+                                "usageMetadata": {"totalTokenCount": cache.tokens}}
+        if ttl:
+            body["ttl"] = ttl
+        return body
