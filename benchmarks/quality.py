@@ -8,8 +8,8 @@ Tasks (data in benchmarks/data/, see its README for sources and licenses):
 - sentiment: DynaSent round 2, binary — prompt-template vs ICL (kNN, 4 shots) [vs tuned with --tuned];
 - banking77: five intents — prompt-template (labels listed) vs ICL (kNN, 4 shots);
 - xquad: extractive QA — closed-book prompt-template vs ICL (kNN, 2 shots) vs RAG over the 240-passage corpus;
-- bfcl: function calling — function-calling backend (the record's tools as stubs, schema-constrained call)
-  vs prompt-template asking for a JSON call list.
+- bfcl: function calling — function-calling backend (the harness gives it each record's tools as stubs;
+  schema-constrained call) vs prompt-template asking for a JSON call list.
 
 Each task runs through ``genroute.bench`` (resumable: rerun with the same --out to continue), compiles the
 cost_aware stats file and the learned policy, and compares them with each single backend on a held-out
@@ -20,19 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
-import json
-import keyword
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from genroute.bench import (
-    BenchRecord, ResultsLog, abench, arun_bench, compile_policy, load_records, markdown_table, resolve_scorer,
-    summarize, write_report,
-)
+from genroute.bench import abench
 from genroute.bench.harness import ingest_corpus
+from genroute.bench.record_tools import placeholder
 from genroute.router.router import Router
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -99,6 +94,10 @@ def task_backends(task: str) -> tuple[dict[str, dict[str, Any]], str]:
                 "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}}}
         calls = {"type": "array", "items": call}
         return {
+            # The harness gives this backend each record's own tools (schema-only stubs that record the
+            # call); its configured tool is a placeholder. One step: BFCL scores the first turn's calls.
+            "function_calling": {**base, "kind": "function_calling", "tools": ["placeholder"], "max_steps": 1,
+                                 "on_max_steps": "answer", "generation": {"max_output_tokens": 96}},
             "prompt_template": {**base, "kind": "prompt_template",
                                 "generation": {"max_output_tokens": 96, "response_schema": calls},
                                 "template": "Functions: {{ metadata.tools | tojson }}\n"
@@ -128,8 +127,8 @@ async def run_task(args: argparse.Namespace, task: str) -> str:
     out = Path(args.out) / task
     cfg, scorer = config(args, task, Path(args.store))
     limit = args.bfcl_limit if task == "bfcl" and args.bfcl_limit is not None else args.limit
-    records = load_records(DATA / task / "eval.jsonl", limit=limit, seed=args.seed, task=task)
-    async with Router.from_config(cfg) as router:
+    tools = {"placeholder": placeholder} if task == "bfcl" else None
+    async with Router.from_config(cfg, tools=tools) as router:
         if "icl" in cfg["backends"]:
             from genroute.knowledge.examples import aload_examples
 
@@ -137,87 +136,12 @@ async def run_task(args: argparse.Namespace, task: str) -> str:
                                  collection=cfg["backends"]["icl"]["collection"])
         if task == "xquad":
             await ingest_corpus(router, DATA / task / "corpus.jsonl", "bench-xquad-corpus")
-        if task == "bfcl":
-            return await run_bfcl(args, router, records, out, scorer)
-        report = await abench(router, records, backends=list(cfg["backends"]), scorer=scorer, out_dir=out,
+        # The path and limit go to the harness, so a rerun with a larger --limit only adds records.
+        report = await abench(router, DATA / task / "eval.jsonl", limit=limit, task=task,
+                              backends=list(cfg["backends"]), scorer=scorer, out_dir=out,
                               concurrency=args.concurrency, seed=args.seed, progress=not args.quiet,
                               command=" ".join(sys.argv))
     return report.markdown()
-
-
-# -- BFCL: every record brings its own tools ------------------------------------------------------------
-
-_TYPES = {"integer": int, "number": float, "float": float, "string": str, "boolean": bool, "array": list,
-          "dict": dict, "object": dict, "tuple": list, "any": Any}
-
-
-def stub_tool(decl: dict[str, Any]) -> Any:
-    """A Python callable whose signature mirrors a BFCL function schema (it only acknowledges the call)."""
-    params = decl.get("parameters", {})
-    required = set(params.get("required", ()))
-    sig, notes = [], {}
-    for name, spec in params.get("properties", {}).items():
-        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
-            return None
-        kind = _TYPES.get(str(spec.get("type", "any")), Any)
-        item = _TYPES.get(str((spec.get("items") or {}).get("type")))
-        if kind is list and item is not None and item is not Any:
-            kind = list[item]  # a typed array, as BFCL declares it (a bare list gives an open `items: {}`)
-        notes[name] = kind if name in required else kind | None
-        sig.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                                     default=inspect.Parameter.empty if name in required else None,
-                                     annotation=notes[name]))
-
-    def tool(**kwargs: Any) -> dict[str, Any]:
-        return {"status": "ok"}
-
-    tool.__signature__ = inspect.Signature(sorted(sig, key=lambda p: p.default is not inspect.Parameter.empty))
-    tool.__annotations__ = notes
-    tool.__doc__ = decl.get("description", "")
-    return tool
-
-
-def record_router(main: Router, record: BenchRecord) -> Router | None:
-    """A router with one function_calling backend allowed exactly this record's tools."""
-    from genroute.backends.function_calling import FunctionCallingBackend, FunctionCallingConfig
-    from genroute.resources import Resources
-
-    tools = {}
-    for decl in record.metadata["tools"]:
-        stub = stub_tool(decl)
-        if stub is None:
-            return None
-        tools[decl["name"].replace(".", "_")] = stub  # Gemini function names cannot hold dots
-    resources = Resources(main.resources.engines, tools=tools, pricing=main.resources.pricing)
-    fc = FunctionCallingConfig(engine="local", model="gemma-3-270m", tools=tuple(tools), max_steps=1,
-                               on_max_steps="answer", generation={"max_output_tokens": 96})
-    return Router({"function_calling": FunctionCallingBackend("function_calling", fc, resources)},
-                  resources=resources)
-
-
-async def run_bfcl(args: argparse.Namespace, router: Router, records: list[BenchRecord], out: Path,
-                   scorer_name: str) -> str:
-    scorer = resolve_scorer(scorer_name)
-    usable = []
-    for record in records:
-        sub = record_router(router, record)
-        if sub is None:
-            continue
-        usable.append(record)
-        # Not closed: it shares the main router's engine, which the main router closes.
-        await arun_bench(sub, [record], ["function_calling"], scorer, out_dir=out, progress=False)
-    await arun_bench(router, usable, ["prompt_template"], scorer, out_dir=out, concurrency=args.concurrency,
-                     progress=not args.quiet)
-    done = ResultsLog(out).outcomes
-    outcomes = [done[(t, r.id)] for t in ("prompt_template", "function_calling") for r in usable if (t, r.id) in done]
-    summaries = summarize(outcomes, seed=args.seed)
-    compiled = compile_policy(outcomes, usable, out, seed=args.seed, source="benchmarks/data/bfcl/eval.jsonl")
-    skipped = len(records) - len(usable)
-    note = f"{len(usable)} records ({skipped} skipped: parameter names that are not Python identifiers)."
-    write_report(out, summaries, title="genroute bench: bfcl", sections=[
-        ("Command", " ".join(sys.argv)), ("Records", note),
-        ("Compiled policy (held-out split)", compiled.markdown())])
-    return markdown_table(summaries) + "\n" + note + "\n\n" + compiled.markdown()
 
 
 def main() -> None:

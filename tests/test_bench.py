@@ -317,6 +317,59 @@ def test_cli_writes_reports_and_names_bad_input(server: GeminiTestServer, tmp_pa
     assert "unknown backend 'nope'" in capsys.readouterr().err
 
 
+BFCL_RECORDS = [
+    {"input": "Run a t-test on 1 and 2.", "output": "",
+     "metadata": {"id": "t1", "tools": [{"name": "stats.t_test", "description": "Two-sample t-test.",
+                                         "parameters": {"type": "dict", "required": ["array-1"], "properties": {
+                                             "array-1": {"type": "array", "items": {"type": "integer"}},
+                                             "alpha": {"type": "float"}}}}],
+                  "possible_answer": [{"stats.t_test": {"array-1": [[1, 2]], "alpha": [0.05, ""]}}]}},
+    {"input": "Weather in Paris?", "output": "",
+     "metadata": {"id": "w1", "tools": [{"name": "get_weather", "parameters": {
+                      "type": "dict", "properties": {"city": {"type": "string"}}, "required": ["city"]}}],
+                  "possible_answer": [{"get_weather": {"city": ["Paris"]}}]}},
+]
+
+
+def declared(request: Any) -> list[dict[str, Any]]:
+    return [d for tool in field_of(request.body, "tools") or [] for d in field_of(tool, "functionDeclarations") or []]
+
+
+def test_cli_runs_function_calling_records_with_their_own_tools(gemini_server: GeminiTestServer,
+                                                                 tmp_path: Path) -> None:
+    def answer(request: Any) -> Reply:
+        decls = declared(request)
+        if not decls or "functionResponse" in json.dumps(request.body) or "function_response" in json.dumps(
+                request.body):
+            return Reply(parts=({"text": "done"},))
+        name = field_of(decls[0], "name")
+        args = {"array-1": [1, 2]} if name == "stats_t_test" else {"city": "Paris"}
+        return Reply(parts=({"functionCall": {"name": name, "args": args}},))
+
+    gemini_server.default_reply = answer
+    data = tmp_path / "bfcl.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in BFCL_RECORDS))
+    cfg = config(gemini_server)
+    cfg["tools"] = {"placeholder": "genroute.bench.record_tools:placeholder"}
+    cfg["backends"]["fc"] = {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-flash",
+                             "tools": ["placeholder"], "max_steps": 1, "on_max_steps": "answer"}
+    (tmp_path / "genroute.yaml").write_text(yaml.safe_dump(cfg))
+    argv = [str(data), "--config", str(tmp_path / "genroute.yaml"), "--backends", "fc,cheap",
+            "--out", str(tmp_path / "out"), "--quiet", "--no-compile"]
+    assert bench_main(argv) == 0
+    rows = {(r["backend"], r["record_id"]): r
+            for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
+    assert rows[("fc", "t1")]["scorer"] == "function_call"
+    assert rows[("fc", "t1")]["tool_calls"] == [{"name": "stats_t_test", "args": {"array-1": [1, 2]}}]
+    assert rows[("fc", "t1")]["score"] == rows[("fc", "w1")]["score"] == 1.0
+    assert rows[("cheap", "t1")]["score"] == 0.0  # the prompt-template backend made no call
+    first_turns = [declared(r) for r in gemini_server.requests if declared(r)]
+    schemas = {field_of(d, "name"): field_of(d, "parametersJsonSchema") for turn in first_turns for d in turn}
+    assert set(schemas) == {"stats_t_test", "get_weather"}  # the record's tools, never the placeholder
+    assert schemas["stats_t_test"] == {"type": "object", "required": ["array-1"], "properties": {
+        "array-1": {"type": "array", "items": {"type": "integer"}}, "alpha": {"type": "number"}}}
+
+
 def test_seeded_sampling_is_stable(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({"input": f"q{i}", "output": "a"}) + "\n" for i in range(50)))

@@ -18,6 +18,9 @@ Python::
 ``summary.json``, ``run.json`` (a rerun with other data, scorer, seed or backend configs is refused), the
 ``stats.json`` that the ``cost_aware`` policy reads (``stats_path``) and ``learned.npz`` for ``learned``
 (``model_path``).
+
+Function-calling datasets whose records declare their own tools (``metadata.tools``, BFCL-style) are
+answered by the ``function_calling`` backends with those tools as schema-only stubs (``record_tools``).
 """
 
 from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, advise

@@ -1,0 +1,120 @@
+"""Per-record tools: function-calling datasets (BFCL-style) bring each record's own tool declarations.
+
+A record whose ``metadata.tools`` is a list of declarations (``{"name", "description"?, "parameters"?}``,
+parameters in JSON Schema or BFCL's dialect of it) is answered by the ``function_calling`` backends with
+exactly those tools instead of their configured ones. The tools are schema-only stubs: the model sees each
+declaration as written, every call it makes is recorded in the result's ``tool_calls`` (which the
+``function_call`` scorer compares with the gold calls), and the stub answers ``{"status": "ok"}`` without
+checking the arguments — judging them is the scorer's job. Configure such a backend with ``max_steps: 1``
+and ``on_max_steps: answer`` to score the first turn's calls, as BFCL does; its configured ``tools`` are
+placeholders (any tool will do, e.g. ``genroute.bench.record_tools:placeholder``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ConfigDict, create_model
+
+from genroute.errors import UsageError
+from genroute.tools import Tool
+
+if TYPE_CHECKING:
+    from genroute.backends.base import Backend
+    from genroute.bench.datasets import BenchRecord
+    from genroute.router.router import Router
+
+#: BFCL writes Python type names where JSON Schema has its own.
+_TYPES = {"dict": "object", "float": "number", "tuple": "array", "int": "integer", "str": "string",
+          "bool": "boolean", "list": "array"}
+
+
+async def placeholder() -> dict[str, str]:
+    """A do-nothing tool to put in a function-calling backend's allowlist when records bring their tools."""
+    return {"status": "ok"}
+
+
+def declarations(record: BenchRecord) -> list[dict[str, Any]] | None:
+    """The record's tool declarations, or None when its metadata declares none."""
+    tools = record.metadata.get("tools")
+    if not isinstance(tools, list) or not tools or not all(isinstance(t, dict) for t in tools):
+        return None
+    for i, decl in enumerate(tools):
+        if not isinstance(decl.get("name"), str) or not decl["name"]:
+            raise UsageError(f"record {record.id}: tool declaration {i} has no name", field=f"metadata.tools[{i}]")
+    return tools
+
+
+def json_schema(node: Any) -> Any:
+    """A declaration's parameter schema as JSON Schema (BFCL's ``dict``/``float``/``tuple``/``any`` mapped)."""
+    if not isinstance(node, Mapping):
+        return node
+    out = dict(node)
+    kind = out.get("type")
+    if isinstance(kind, str):
+        if kind == "any":
+            del out["type"]
+        else:
+            out["type"] = _TYPES.get(kind, kind)
+    if isinstance(out.get("properties"), Mapping):  # keys are parameter names, not schema keywords
+        out["properties"] = {name: json_schema(spec) for name, spec in out["properties"].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), Mapping):
+            out[key] = json_schema(out[key])
+    for key in ("anyOf", "oneOf", "allOf"):
+        if isinstance(out.get(key), list):
+            out[key] = [json_schema(s) for s in out[key]]
+    return out
+
+
+def tool_name(name: str) -> str:
+    """The declared name as a Gemini function name (no dots); the scorer matches either spelling."""
+    return name.replace(".", "_")
+
+
+def stub_tool(decl: Mapping[str, Any]) -> Tool:
+    """A schema-only tool: the model sees ``decl``; a call is acknowledged, its arguments left to the scorer."""
+    name = tool_name(decl["name"])
+    schema = json_schema(decl.get("parameters") or {"type": "object", "properties": {}})
+    # Any arguments pass: an invalid call is still a call the scorer must see and mark wrong.
+    args = create_model(f"{name}_args", __config__=ConfigDict(extra="allow"))
+    return Tool(name=name, description=str(decl.get("description") or ""), fn=placeholder, schema=schema,
+                args_model=args)
+
+
+def record_router(router: Router, record: BenchRecord, target: str, policy_target: str) -> Router | None:
+    """A router like ``router`` whose function-calling backends use ``record``'s tools; None if not needed.
+
+    Not needed when the record declares no tools, or ``target`` is neither a function-calling backend nor
+    the policy. The router shares the engines, knowledge store and pricing of ``router`` (which closes them)
+    and its policy, stats and timeout; telemetry goes to the global providers.
+    """
+    decls = declarations(record)
+    if decls is None:
+        return None
+    calling = [n for n, b in router.backends.items() if getattr(b, "kind", None) == "function_calling"]
+    swap = calling if target == policy_target else [n for n in calling if n == target]
+    if not swap:
+        return None
+    from genroute.resources import Resources
+    from genroute.router.router import Router as RouterClass
+
+    tools = {tool_name(d["name"]): stub_tool(d) for d in decls}
+    shared = router.resources
+    resources = Resources(shared.engines, tools=dict.fromkeys(tools, placeholder), knowledge=shared.knowledge,
+                          pricing=shared.pricing)
+    backends = {n: _with_tools(b, tools, resources) if n in swap else b for n, b in router.backends.items()}
+    return RouterClass(backends, router.policy, resources=resources, timeout_s=router.timeout_s,
+                       stats=router.context.stats, capture_content=router.telemetry.capture_content)
+
+
+def _with_tools(backend: Backend, tools: Mapping[str, Tool], resources: Any) -> Backend:
+    config = backend.config.model_copy(update={"tools": tuple(tools)})
+    clone = type(backend)(backend.name, config, resources)
+    # The backend describes tools from Python signatures; these come as JSON schemas (names need not be
+    # identifiers), so the schema-only tools replace the placeholders it was built with. It reads
+    # ``tools`` when it builds its request config, which it has not done yet.
+    clone.tools = dict(tools)  # type: ignore[attr-defined]
+    return clone
+
