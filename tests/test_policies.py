@@ -22,6 +22,8 @@ def req(text: str = "hello", **fields: Any) -> GenerateRequest:
 CATALOGUE = {
     "prompt": BackendInfo("prompt", "prompt_template"),
     "icl": BackendInfo("icl", "icl", frozenset({"examples"}), facts={"example_counts": {"bank": 40, "rare": 3}}),
+    # A general ICL backend that reports only a total: it says nothing about any one task.
+    "icl_total": BackendInfo("icl_total", "icl", frozenset({"examples"}), facts={"example_count": 500}),
     "rag": BackendInfo("rag", "rag", frozenset({"knowledge"}), tasks=("qa",), facts={"collection": "docs"}),
     "tools": BackendInfo("tools", "function_calling", frozenset({"tools"})),
     "tuned": BackendInfo("tuned", "tuned", frozenset({"tuned"}), tasks=("sentiment",)),
@@ -89,9 +91,10 @@ def test_rules_validators_and_explain() -> None:
 # -- ladder ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("request_", "expected", "signal"), [
-    (req(), ["prompt"], "prompt_template (prompt)"),
-    (req(task="bank"), ["icl"], "40 labeled examples >= 8"),
-    (req(task="rare"), ["prompt"], "prompt_template"),
+    (req(), ["prompt"], "prompt_template (prompt): no stronger signal (request has no task for few-shot"),
+    (req(task="bank"), ["icl"], "icl (icl): task 'bank' has 40 labeled examples >= 8"),
+    (req(task="rare"), ["prompt"], "no stronger signal (task 'rare' has 3 labeled examples < 8)"),
+    (req(task="unknown"), ["prompt"], "(task 'unknown' has 0 labeled examples < 8)"),
     (req(task="sentiment"), ["tuned"], "task 'sentiment' has a tuned backend"),
     (req(task="qa"), ["rag"], "grounded on collection 'docs'"),
     (req(metadata={"needs_knowledge": True}), ["rag"], "request needs knowledge"),
@@ -121,6 +124,9 @@ def test_ladder_cascade_climbs(request_: GenerateRequest, expected: list[str]) -
 
 def test_ladder_min_examples_and_pins() -> None:
     assert rungs(build_policy({"kind": "ladder", "min_examples": 2}), req(task="rare")) == ["icl"]
+    assert rungs(build_policy({"kind": "ladder", "min_examples": 1}), req()) == ["prompt"]  # no task, no ICL
+    pinned_icl = build_policy({"kind": "ladder", "backends": {"icl": "icl_total"}})
+    assert rungs(pinned_icl, req(task="bank")) == ["prompt"]  # a total says nothing about task 'bank'
     pinned = build_policy({"kind": "ladder", "backends": {"prompt_template": "big"}})
     assert rungs(pinned, req()) == ["big"]
     with pytest.raises(ConfigError) as err:

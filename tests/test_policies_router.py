@@ -97,3 +97,44 @@ def test_policy_from_a_yaml_file(gemini_server, otel, tmp_path):
     with pytest.raises(ConfigError) as err:
         Router.from_config(path)
     assert err.value.field == "policy.arms.0.weight"
+
+
+def test_ladder_on_facts_from_a_real_icl_backend(gemini_server, otel, tmp_path):
+    """The ICL facts come from a real IclBackend over embedded Chroma: per-task counts from the examples'
+    ``metadata.task``, untagged examples counting for the backend's own ``tasks``."""
+    import asyncio
+    import json
+
+    from genroute.knowledge.examples import aload_examples
+
+    rows = [{"input": f"where is card {i}", "output": "card_arrival", "metadata": {"task": "bank"}} for i in range(9)]
+    rows += [{"input": f"nice product {i}", "output": "positive", "metadata": {"task": "sentiment"}} for i in range(3)]
+    rows += [{"input": f"awful product {i}", "output": "negative"} for i in range(6)]  # untagged
+    path = tmp_path / "examples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = gemini_config(gemini_server)
+    config["knowledge"] = {"path": str(tmp_path / "chroma")}
+    icl = {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash", "collection": "ladder-examples"}
+    config["backends"].update({"few_shot": icl, "reviews": {**icl, "tasks": ["sentiment"]}})
+    config["policy"] = {"kind": "ladder", "min_examples": 8}
+    with Router.from_config(config, **otel.providers) as router:
+        before = router.decide("where is card 42", task="bank")
+        asyncio.run(aload_examples(router.resources.knowledge, [path], collection="ladder-examples"))
+        router.refresh()
+        facts = {name: router.catalogue[name].facts for name in ("few_shot", "reviews")}
+        decisions = {task: router.decide("where is card 42", task=task)
+                     for task in (None, "bank", "sentiment", "weather")}
+        result = router.generate("where is card 42", task="bank")
+    assert before.rungs[0].backend == "chat" and "'bank' has 0 labeled examples < 8" in before.reason
+    assert facts["few_shot"]["example_count"] == 18
+    assert facts["few_shot"]["example_counts"] == {"bank": 9, "sentiment": 3}
+    assert facts["reviews"]["example_counts"] == {"bank": 9, "sentiment": 9}  # 3 tagged + 6 untagged
+    routed = {task: d.rungs[0].backend for task, d in decisions.items()}
+    assert routed == {None: "chat", "bank": "few_shot", "sentiment": "reviews", "weather": "chat"}
+    assert "request has no task for few-shot examples" in decisions[None].reason
+    assert "icl (few_shot): task 'bank' has 9 labeled examples >= 8" in decisions["bank"].reason
+    assert "icl (reviews): task 'sentiment' has 9 labeled examples >= 8" in decisions["sentiment"].reason
+    assert "task 'weather' has 0 labeled examples < 8" in decisions["weather"].reason
+    assert result.backend == "few_shot"
+    sent = [p["text"] for c in gemini_server.requests[-1].body["contents"] for p in c["parts"]]
+    assert "card_arrival" in sent  # the examples were really shown

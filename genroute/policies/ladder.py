@@ -32,11 +32,14 @@ class LadderConfig(PolicyConfig):
                                         description="Validators on every cascade rung but the last.")
 
 
-def _example_count(info: BackendInfo, task: str | None) -> int:
+def _example_count(info: BackendInfo, task: str) -> int:
+    """Labeled examples ``info`` holds for ``task`` (0 when it cannot say)."""
     per_task = info.facts.get("example_counts")
-    if isinstance(per_task, Mapping) and task in per_task:
-        return int(per_task[task])
-    return int(info.facts.get("example_count", 0) or 0)
+    if isinstance(per_task, Mapping):
+        return int(per_task.get(task, 0) or 0)
+    # A backend that reports only a total (e.g. a plugin): the total is evidence only for the tasks it was
+    # made for; for a general backend it says nothing about this task.
+    return int(info.facts.get("example_count", 0) or 0) if task in info.tasks else 0
 
 
 class LadderPolicy(Policy):
@@ -78,12 +81,26 @@ class LadderPolicy(Policy):
             if step == "tuned":
                 return info.name, f"task {task!r} has a tuned backend"
             if step == "icl":
+                if task is None:  # examples teach a task: a request without one gives ICL nothing to go on
+                    return None
                 count = _example_count(info, task)
                 if count >= self.config.min_examples:
-                    return info.name, f"{count} labeled examples >= {self.config.min_examples}"
+                    return info.name, f"task {task!r} has {count} labeled examples >= {self.config.min_examples}"
             if step == "prompt_template":
-                return info.name, "no stronger signal"
+                return info.name, "no stronger signal" + self._icl_shortfall(task, catalogue)
         return None
+
+    def _icl_shortfall(self, task: str | None, catalogue: Mapping[str, BackendInfo]) -> str:
+        """Why ICL was passed over for ``task`` ('' if there is no ICL backend to mention)."""
+        candidates = self._candidates("icl", catalogue, task)
+        if not candidates:
+            return ""
+        if task is None:
+            return " (request has no task for few-shot examples)"
+        count = max(_example_count(i, task) for i in candidates)
+        if count >= self.config.min_examples:  # ICL applies (a cascade climbs to it from here)
+            return ""
+        return f" (task {task!r} has {count} labeled examples < {self.config.min_examples})"
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
         catalogue = context.catalogue
