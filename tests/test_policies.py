@@ -216,6 +216,7 @@ def test_stats_round_trip(tmp_path: Path) -> None:
     path = STATS.save(tmp_path / "s" / "stats.json")
     assert BenchStats.load(path) == STATS
     assert STATS.cost("icl", "bank") == 0.0004 and STATS.cost("icl", "nope") == 0.0004
+    assert STATS.cost_bound("icl", "bank", margin=2) == 0.0008 and STATS.cost_bound("ghost") is None
     assert STATS.get("bank", "missing") is None
     path.write_text('{"version": 1, "tasks": {"t": {"b": {"n": 1}}}}')
     with pytest.raises(ConfigError) as err:
@@ -240,7 +241,11 @@ def test_stats_round_trip(tmp_path: Path) -> None:
     ({"kind": "split", "arms": [{"weight": 0, "backend": "a"}]}, "policy.arms.0.weight"),
     ({"kind": "split", "arms": [{"weight": 1, "policy": {"kind": "static"}}]}, "policy.arms.0.policy.backend"),
     ({"kind": "cost_aware", "stats_path": "/nonexistent/stats.json", "default": "p"}, "policy.stats_path"),
-    ({"kind": "budget", "inner": {"kind": "static", "backend": "a"}, "budget_usd": 1}, "policy"),
+    ({"kind": "budget", "inner": {"kind": "static", "backend": "a"}, "budget_usd": 1}, "policy.costs"),
+    ({"kind": "budget", "inner": {"kind": "static", "backend": "a"}, "budget_usd": 1, "costs": {"a": 0.1},
+      "on_exhausted": "downgrade"}, "policy.downgrade_to"),
+    ({"kind": "budget", "inner": {"kind": "static", "backend": "a"}, "budget_usd": 1, "costs": {"a": 0.1},
+      "cost_margin": 0.5}, "policy.cost_margin"),
     ({"kind": "budget", "inner": {"kind": "static"}, "budget_usd": 1, "max_cost_per_request": 0.1},
      "policy.inner.backend"),
     ({"kind": "learned", "model_path": "/nonexistent/router.npz", "default": "p"}, "policy.model_path"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,13 +161,89 @@ def test_estimates_from_stats(tmp_path: Path) -> None:
     policy: Any = build_policy({"kind": "budget", "inner": {"kind": "static", "backend": "big"},
                                 "budget_usd": 1.0, "stats_path": str(path)})
     assert isinstance(policy, BudgetPolicy)
-    assert policy.estimate("big", "bank") == 0.25
+    # A mean is not an upper bound: the hold is the mean times cost_margin (2 by default).
+    assert policy.estimate("big", "bank") == 0.5 and policy.estimate("big", "other-task") == 0.5
     request = GenerateRequest(input="x", task="bank", key="k")
     decision = policy.decide(request, CTX)
-    for _ in range(4):
+    for _ in range(3):  # $0.5 held each time; $0.25 spent each time
         policy.settle(policy.reserve(request, decision, "big"), 0.25)
-    with pytest.raises(BudgetExceeded):
+    with pytest.raises(BudgetExceeded):  # $0.75 spent + $0.5 held > $1
         policy.reserve(request, decision, "big")
+
+
+@pytest.mark.parametrize(("extra", "margin", "expected"), [
+    ({}, 1.0, 0.25),
+    ({}, 3.0, 0.75),
+    ({"cost_p95_usd": 0.4}, 3.0, 0.4),
+    ({"cost_p95_usd": 0.4, "cost_max_usd": 0.9}, 3.0, 0.9),
+])
+def test_stats_cost_bound(tmp_path: Path, extra: dict[str, float], margin: float, expected: float) -> None:
+    entry = BackendStats(n=10, quality=0.9, latency_p50_s=0.1, latency_p95_s=0.2, cost_per_request_usd=0.25,
+                         **extra)
+    path = BenchStats(tasks={"bank": {"big": entry}}).save(tmp_path / "stats.json")
+    policy: Any = build_policy({"kind": "budget", "inner": {"kind": "static", "backend": "big"},
+                                "budget_usd": 1.0, "stats_path": str(path), "cost_margin": margin})
+    assert policy.estimate("big", "bank") == pytest.approx(expected)
+    assert BenchStats.load(path).cost("big", "bank") == 0.25  # the mean itself is still there
+
+
+def test_stats_cost_max_below_p95_is_rejected() -> None:
+    with pytest.raises(ValueError, match="cost_max_usd"):
+        BackendStats(n=1, quality=1.0, latency_p50_s=0.1, latency_p95_s=0.1, cost_per_request_usd=0.1,
+                     cost_p95_usd=0.3, cost_max_usd=0.2)
+
+
+def test_overruns_are_charged_and_bounded_by_the_requests_in_flight() -> None:
+    """Every request costs 3x what it reserved, 64 threads at once. The actual cost is charged, so the
+    overspend is bounded by the overruns of the requests in flight when the last one was admitted, and
+    once the spend passes the budget nothing more is admitted (the overspend does not compound)."""
+    ledger = BudgetLedger(window_s=3600)
+    hold, actual, limit = 0.01, 0.03, 1.0
+    book = threading.Lock()  # keeps the test's own record of who is in flight consistent with the ledger
+    in_flight: set[int] = set()
+    at_last_admission: set[int] = set()
+    admitted: list[int] = []
+    barrier = threading.Barrier(64)
+
+    def one(i: int) -> None:
+        if i < 64:
+            barrier.wait()
+        with book:
+            try:
+                held = ledger.reserve("k", hold, limit)
+            except BudgetExceeded:
+                return
+            admitted.append(i)
+            in_flight.add(i)
+            at_last_admission.clear()
+            at_last_admission.update(in_flight)
+        time.sleep(random.Random(i).uniform(0, 0.002))  # the rung "runs"; others reserve meanwhile
+        with book:
+            ledger.settle(held, actual)
+            in_flight.discard(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(500)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spent = ledger.snapshot()["k"]["spent"]
+    assert spent == pytest.approx(len(admitted) * actual)  # charged in full, not capped at the hold
+    assert spent <= limit + len(at_last_admission) * (actual - hold) + 1e-9
+    assert spent > limit  # the overrun really happened: this is the case the bound is about
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve("k", hold, limit)
+
+
+def test_settling_in_a_later_window_charges_the_cost_there() -> None:
+    now = [1000.0]
+    ledger = BudgetLedger(window_s=60, clock=lambda: now[0])
+    held = ledger.reserve("k", 0.4, 1.0)
+    now[0] += 60  # the request outlives its window
+    ledger.settle(held, 0.7)
+    assert ledger.snapshot()["k"] == {"spent": 0.7, "reserved": 0.0}
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve("k", 0.4, 1.0)
 
 
 def test_split_arms_delegate_reserve_to_their_budget() -> None:

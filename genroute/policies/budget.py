@@ -1,9 +1,22 @@
 """``budget``: per-key, per-tenant or global USD budgets over a time window, enforced by reservations.
 
 The executor calls ``reserve`` before each rung and ``settle`` after it. A reservation holds the rung's
-estimated cost (an upper bound: ``costs``, ``max_cost_per_request`` or the stats file) until it is settled
-with the actual cost, so concurrent requests can never together spend more than the budget as long as
-actual costs stay within their estimates. The ledger lives in this process.
+estimated cost until it is settled with the actual cost. The estimate is meant as an upper bound: the
+configured ``costs`` or ``max_cost_per_request`` as given, or from a stats file the measured maximum (or
+p95) cost per request, else its mean times ``cost_margin``. A request is admitted only while
+``spent + held + its estimate <= budget``, and ``settle`` charges the actual cost even when it is larger
+than what was held, so once the spend reaches the budget every later request is refused.
+
+What this guarantees, precisely: let the last request admitted in a window be admitted while the set
+``F`` of requests (it included) holds reservations. Every request admitted before it has either settled
+(its actual cost is in ``spent``) or is in ``F``, so the final spend is at most::
+
+    budget + sum over r in F of max(0, actual(r) - reserved(r))
+
+With estimates that are true upper bounds that sum is 0: concurrent requests never overspend. When some
+requests cost more than estimated, the overspend is bounded by the overruns of the requests in flight
+together at that one moment (at most ``c * d`` for ``c`` concurrent requests each overrunning by at most
+``d``), and it does not compound: nothing is admitted after it. The ledger lives in this process.
 """
 
 from __future__ import annotations
@@ -15,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from genroute.errors import BudgetExceeded, ConfigError
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
@@ -71,15 +84,20 @@ class BudgetLedger:
             return Reservation(key, account.window, amount)
 
     def settle(self, reservation: Reservation, cost_usd: float) -> None:
-        """Replace the hold with the actual cost (0 for a rung that failed before spending)."""
+        """Replace the hold with the actual cost (0 for a rung that failed before spending).
+
+        The whole actual cost is charged, even above the hold. A request reserved in one window and
+        settled in the next is charged to the window it settles in: the money is spent now, and the
+        old window's account (and its hold) is gone.
+        """
         with self._lock:
             if reservation.settled:
                 return
             reservation.settled = True
-            account = self._accounts.get(reservation.key)
-            if account is not None and account.window == reservation.window:
+            account = self._account(reservation.key)
+            if account.window == reservation.window:
                 account.reserved = max(0.0, account.reserved - reservation.amount)
-                account.spent += cost_usd
+            account.spent += cost_usd
 
     def remaining(self, key: str, limit: float) -> float:
         """Budget left for ``key`` in the current window (reservations count as spent)."""
@@ -104,18 +122,32 @@ class BudgetConfig(PolicyConfig):
     tenant_field: str = Field(default="tenant", description="Metadata key naming the tenant (per: tenant).")
     limits: dict[str, float] = Field(default_factory=dict, description="Budget overrides per key.")
     on_exhausted: Literal["reject", "downgrade"] = "reject"
-    downgrade_to: str | None = Field(default=None, description="The cheaper backend used when exhausted.")
-    max_cost_per_request: float | None = Field(default=None, ge=0.0)
-    costs: dict[str, float] = Field(default_factory=dict, description="Estimated max USD per request by backend.")
+    downgrade_to: str | None = Field(default=None, validate_default=True,
+                                     description="The cheaper backend used when exhausted.")
+    max_cost_per_request: float | None = Field(default=None, ge=0.0,
+                                               description="Max USD per request for backends not in `costs`.")
     stats_path: str | None = Field(default=None, description="Stats file for cost estimates.")
+    cost_margin: float = Field(default=2.0, ge=1.0, description="Multiplier on a stats file's mean cost "
+                               "per request when it has no max or p95 figure (a mean is not an upper bound).")
+    # Declared after the other estimate sources so that its validator sees them.
+    costs: dict[str, float] = Field(default_factory=dict, validate_default=True,
+                                    description="Max USD per request by backend.")
 
-    @model_validator(mode="after")
-    def _consistent(self) -> BudgetConfig:
-        if self.on_exhausted == "downgrade" and self.downgrade_to is None:
-            raise ValueError("on_exhausted: downgrade needs `downgrade_to`")
-        if self.max_cost_per_request is None and not self.costs and self.stats_path is None:
-            raise ValueError("set `max_cost_per_request`, `costs` or `stats_path` to estimate request costs")
-        return self
+    # Cross-field checks as field validators, so the error names the field to fix, not the whole policy.
+    @field_validator("downgrade_to")
+    @classmethod
+    def _downgrade_target(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("on_exhausted") == "downgrade":
+            raise ValueError("on_exhausted: downgrade needs `downgrade_to` (the cheaper backend)")
+        return value
+
+    @field_validator("costs")
+    @classmethod
+    def _some_estimate(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        if not value and info.data.get("max_cost_per_request") is None and info.data.get("stats_path") is None:
+            raise ValueError("no way to estimate request costs: set `costs`, `max_cost_per_request` or "
+                             "`stats_path`")
+        return value
 
 
 class BudgetPolicy(Policy):
@@ -150,12 +182,13 @@ class BudgetPolicy(Policy):
         return self.config.limits.get(key, self.config.limits.get(bare, self.config.budget_usd))
 
     def estimate(self, backend: str, task: str | None = None) -> float:
-        """The cost held for one run of ``backend`` (the most conservative known figure)."""
+        """The cost held for one run of ``backend``: configured, else a conservative figure from stats."""
         if backend in self.config.costs:
             return self.config.costs[backend]
         if self.config.max_cost_per_request is not None:
             return self.config.max_cost_per_request
-        measured = self._stats.cost(backend, task) if self._stats is not None else None
+        measured = self._stats.cost_bound(backend, task, margin=self.config.cost_margin) \
+            if self._stats is not None else None
         if measured is not None:
             return measured
         known = list(self.config.costs.values())

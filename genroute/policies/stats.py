@@ -5,7 +5,8 @@ Written by the benchmark harness (``BenchStats.save``), read by ``cost_aware`` a
     {"version": 1, "created_at": "...", "source": "...",
      "tasks": {"banking77": {"icl": {"n": 200, "quality": 0.81, "quality_ci": [0.75, 0.86],
                                       "metric": "label_accuracy", "latency_p50_s": 0.4,
-                                      "latency_p95_s": 0.9, "cost_per_request_usd": 0.00012}}}}
+                                      "latency_p95_s": 0.9, "cost_per_request_usd": 0.00012,
+                                      "cost_p95_usd": 0.0002, "cost_max_usd": 0.0004}}}}
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ class BackendStats(BaseModel):
     metric: str | None = Field(default=None, description="Scorer name, e.g. label_accuracy.")
     latency_p50_s: float = Field(ge=0.0)
     latency_p95_s: float = Field(ge=0.0)
-    cost_per_request_usd: float = Field(ge=0.0)
+    cost_per_request_usd: float = Field(ge=0.0, description="Mean cost per request.")
     failures: int = Field(default=0, ge=0, description="Records that ended in an error.")
     latency_p99_s: float | None = Field(default=None, ge=0.0)
     time_to_first_token_p50_s: float | None = Field(default=None, ge=0.0)
     input_tokens_mean: float | None = Field(default=None, ge=0.0)
     output_tokens_mean: float | None = Field(default=None, ge=0.0)
+    cost_p95_usd: float | None = Field(default=None, ge=0.0, description="95th percentile cost per request.")
+    cost_max_usd: float | None = Field(default=None, ge=0.0, description="Highest cost of one request.")
 
     @model_validator(mode="after")
     def _ordered(self) -> BackendStats:
@@ -46,7 +49,17 @@ class BackendStats(BaseModel):
             raise ValueError("latency_p95_s must be >= latency_p50_s")
         if self.quality_ci is not None and self.quality_ci[0] > self.quality_ci[1]:
             raise ValueError("quality_ci must be (low, high)")
+        if self.cost_p95_usd is not None and self.cost_max_usd is not None and self.cost_max_usd < self.cost_p95_usd:
+            raise ValueError("cost_max_usd must be >= cost_p95_usd")
         return self
+
+    def cost_bound(self, margin: float = 1.0) -> float:
+        """A cost per request that (almost) no request exceeds: the max, else the p95, else mean x ``margin``."""
+        if self.cost_max_usd is not None:
+            return self.cost_max_usd
+        if self.cost_p95_usd is not None:
+            return self.cost_p95_usd
+        return self.cost_per_request_usd * margin
 
 
 class BenchStats(BaseModel):
@@ -69,12 +82,20 @@ class BenchStats(BaseModel):
         return found if found is not None else self.tasks.get(ANY_TASK, {})
 
     def cost(self, backend: str, task: str | None = None) -> float | None:
-        """Cost per request of ``backend`` on ``task``, else the highest over all tasks (a safe estimate)."""
+        """Mean cost per request of ``backend`` on ``task``, else the highest mean over all tasks."""
         entry = self.get(task, backend)
         if entry is not None:
             return entry.cost_per_request_usd
         costs = [by[backend].cost_per_request_usd for by in self.tasks.values() if backend in by]
         return max(costs) if costs else None
+
+    def cost_bound(self, backend: str, task: str | None = None, *, margin: float = 1.0) -> float | None:
+        """``BackendStats.cost_bound`` of ``backend`` on ``task``, else the highest over all tasks."""
+        entry = self.get(task, backend)
+        if entry is not None:
+            return entry.cost_bound(margin)
+        bounds = [by[backend].cost_bound(margin) for by in self.tasks.values() if backend in by]
+        return max(bounds) if bounds else None
 
     def merged(self, other: BenchStats) -> BenchStats:
         """A copy with ``other``'s entries added (``other`` wins per task and backend)."""

@@ -15,7 +15,8 @@ from opentelemetry.trace import Status, StatusCode
 
 from genroute.backends.base import BackendOutput
 from genroute.errors import (
-    AllRungsFailed, BackendError, BackendRejected, GenrouteError, StreamInterrupted, ValidationFailed,
+    AllRungsFailed, BackendError, BackendRejected, BudgetExceeded, GenrouteError, StreamInterrupted,
+    ValidationFailed,
 )
 from genroute.router.context import RunContext
 from genroute.router.validators import Validator, resolve
@@ -220,7 +221,9 @@ class Executor:
             "genroute.rungs_tried": len(ledger.attempts),
             "gen_ai.usage.cost.amount": ledger.cost_usd, "gen_ai.usage.cost.currency": "USD",
         })
-        if len(decision.rungs) == 1 and last_error is not None:
+        # One rung, or every rung refused by a budget: the caller gets that typed error, not a wrapper.
+        if last_error is not None and (len(decision.rungs) == 1 or all(
+                a.error_type == BudgetExceeded.__name__ for a in ledger.attempts)):
             return last_error
         tried = "; ".join(f"{a.backend}: {a.error_type}" for a in ledger.attempts)
         error = AllRungsFailed(f"every rung failed ({tried})", attempts=list(ledger.attempts))
