@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 from genroute.config import RouterConfig, import_object, load_config, validate_kind
 from genroute.resources import Resources
 from genroute.router.pricing import Pricing
+from genroute.router.validators import from_config
 
 if TYPE_CHECKING:
     from genroute.policies.base import Policy
     from genroute.router.router import Router
-    from genroute.router.validators import Validator
+    from genroute.router.validators import Judge, Validator
 
 
 def build_router(
@@ -21,7 +22,7 @@ def build_router(
     source: str | Path | Mapping[str, Any] | RouterConfig,
     *,
     tools: Mapping[str, Callable[..., Any]] | None = None,
-    validators: Mapping[str, Validator] | None = None,
+    validators: Mapping[str, Validator | Judge] | None = None,
     engine_options: Mapping[str, Mapping[str, Any]] | None = None,
     policy: Policy | None = None,
     **router_kwargs: Any,
@@ -39,8 +40,7 @@ def build_router(
         engines[name] = engine_cls(name, engine_config, **dict((engine_options or {}).get(name, {})))
     all_tools = {name: import_object(target, field=f"tools.{name}") for name, target in config.tools.items()}
     all_tools.update(tools or {})
-    all_validators = {name: import_object(target, field=f"validators.{name}")
-                      for name, target in config.validators.items()}
+    all_validators = {name: from_config(raw, field=f"validators.{name}") for name, raw in config.validators.items()}
     all_validators.update(validators or {})
     pricing = Pricing(config.pricing)
     knowledge = None

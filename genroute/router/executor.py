@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -19,7 +21,7 @@ from genroute.errors import (
     ValidationFailed,
 )
 from genroute.router.context import RunContext
-from genroute.router.validators import Validator, resolve
+from genroute.router.validators import Check, Judge, Validator, named_in, resolve
 from genroute.types import (
     Decision, DecisionRecord, GenerateChunk, GenerateRequest, GenerateResult, Rung, RungAttempt, Usage,
 )
@@ -29,6 +31,13 @@ if TYPE_CHECKING:
     from genroute.policies.base import Policy
     from genroute.router.pricing import Pricing
     from genroute.router.telemetry import Telemetry
+
+_log = logging.getLogger(__name__)
+
+#: How long a shadow run may take when neither the request nor the router sets a timeout.
+SHADOW_TIMEOUT_S = 60.0
+#: Shadow runs in flight per router; more are dropped (and counted), never queued.
+MAX_SHADOWS = 16
 
 
 @dataclass
@@ -58,14 +67,27 @@ class Executor:
         *,
         telemetry: Telemetry,
         pricing: Pricing,
-        validators: Mapping[str, Validator] | None = None,
+        validators: Mapping[str, Validator | Judge] | None = None,
+        timeout_s: float | None = None,
+        max_shadows: int = MAX_SHADOWS,
     ) -> None:
         self.backends = backends
         self.policy = policy
         self.telemetry = telemetry
         self.pricing = pricing
         self.validators = dict(validators or {})
+        #: The router's default deadline; shadows use it too (else ``SHADOW_TIMEOUT_S``).
+        self.timeout_s = timeout_s
+        self.max_shadows = max_shadows
+        #: Shadow runs dropped because ``max_shadows`` were already in flight.
+        self.shadows_dropped = 0
         self._shadows: set[asyncio.Task[Any]] = set()
+        # Every validator name is resolved now, so a typo fails the build instead of a paid-for request.
+        self._checks: dict[str, Check] = {}
+        for name in self.validators:
+            self._check(name, f"validators.{name}")
+        for name, field in named_in(getattr(policy, "config", None), policy.field):
+            self._check(name, field)
 
     # -- complete answers ------------------------------------------------------------------------------
 
@@ -75,21 +97,23 @@ class Executor:
         ledger = _Ledger()
         last_error: GenrouteError | None = None
         for index, rung in enumerate(decision.rungs):
+            checks = self._checks_for(rung, index) if rung.validators else ()
             ctx = self._context(request, rung.backend, deadline)
-            token = None
             rung_start = time.perf_counter()
             try:
                 token = self.policy.reserve(request, decision, rung.backend)
-                output = await self.backends[rung.backend].run(request, ctx)
-                self._validate(rung, request, output)
+                try:
+                    output = await self.backends[rung.backend].run(request, ctx)
+                finally:
+                    self.policy.settle(token, ctx.cost_usd)
+                if checks:
+                    await self._validate(rung, checks, request, decision, output, ctx)
             except BackendError as exc:
                 last_error = exc
                 self._record(span, ledger, ctx, rung, index, rung_start, exc)
                 if _final(exc, rung):
                     break
                 continue
-            finally:
-                self.policy.settle(token, ctx.cost_usd)
             self._record(span, ledger, ctx, rung, index, rung_start, None)
             self._start_shadows(request, decision, span)
             return self._result(decision, ledger, ctx, output, span, start, None)
@@ -108,28 +132,34 @@ class Executor:
         last_error: GenrouteError | None = None
         first_chunk_s: float | None = None
         for index, rung in enumerate(decision.rungs):
-            buffered = bool(rung.validators) and index < len(decision.rungs) - 1
+            checks = self._checks_for(rung, index) if rung.validators else ()
+            buffered = bool(checks) and index < len(decision.rungs) - 1
             ctx = self._context(request, rung.backend, deadline)
-            token = None
             sent = False
             pending: list[str] = []
             output: BackendOutput | None = None
             rung_start = time.perf_counter()
             try:
                 token = self.policy.reserve(request, decision, rung.backend)
-                async with aclosing(self.backends[rung.backend].stream(request, ctx)) as items:
-                    async for item in items:
-                        if isinstance(item, BackendOutput):
-                            output = item
-                        elif buffered:
-                            pending.append(item)
-                        else:
-                            if first_chunk_s is None:
-                                first_chunk_s = time.perf_counter() - start
-                            sent = True
-                            yield GenerateChunk(text=item)
-                assert output is not None, "backend stream ended without its final output"
-                self._validate(rung, request, output)
+                try:
+                    async with aclosing(self.backends[rung.backend].stream(request, ctx)) as items:
+                        async for item in items:
+                            if isinstance(item, BackendOutput):
+                                output = item
+                            elif buffered:
+                                pending.append(item)
+                            else:
+                                if first_chunk_s is None:
+                                    first_chunk_s = time.perf_counter() - start
+                                sent = True
+                                yield GenerateChunk(text=item)
+                finally:
+                    self.policy.settle(token, ctx.cost_usd)
+                if output is None:
+                    raise StreamInterrupted(f"stream from {rung.backend!r} ended without its final output",
+                                            backend=rung.backend)
+                if checks:
+                    await self._validate(rung, checks, request, decision, output, ctx)
             except BackendError as exc:
                 last_error = exc
                 self._record(span, ledger, ctx, rung, index, rung_start, exc)
@@ -140,8 +170,6 @@ class Executor:
                 if _final(exc, rung):
                     break
                 continue
-            finally:
-                self.policy.settle(token, ctx.cost_usd)
             for text in pending:
                 if first_chunk_s is None:
                     first_chunk_s = time.perf_counter() - start
@@ -158,12 +186,43 @@ class Executor:
     def _context(self, request: GenerateRequest, backend: str, deadline: float | None) -> RunContext:
         return RunContext(request, backend, telemetry=self.telemetry, pricing=self.pricing, deadline=deadline)
 
-    def _validate(self, rung: Rung, request: GenerateRequest, output: BackendOutput) -> None:
-        """Raise ``ValidationFailed`` with the first validator's reason for rejecting ``output``."""
-        for name in rung.validators:
-            reason = resolve(name, self.validators, field=f"rungs.{rung.backend}.validators")(request, output)
+    def _check(self, name: str, field: str) -> Check:
+        check = self._checks.get(name)
+        if check is None:
+            check = self._checks[name] = resolve(name, self.validators, backends=self.backends, field=field)
+        return check
+
+    def _checks_for(self, rung: Rung, index: int) -> list[Check]:
+        # Names a policy makes up per request (not in its config) are resolved here, still before any spend.
+        return [self._check(name, f"decision.rungs.{index}.validators") for name in rung.validators]
+
+    async def _validate(self, rung: Rung, checks: list[Check], request: GenerateRequest, decision: Decision,
+                        output: BackendOutput, ctx: RunContext) -> None:
+        """Raise ``ValidationFailed`` with the first check's reason for rejecting ``output``."""
+        run = functools.partial(self._run_for_check, request, decision, ctx)
+        for check in checks:
+            reason = await check(request, output, run)
             if reason is not None:
                 raise ValidationFailed(f"{rung.backend}: {reason}", backend=rung.backend)
+
+    async def _run_for_check(self, request: GenerateRequest, decision: Decision, ctx: RunContext,
+                             backend: str, check_request: GenerateRequest) -> BackendOutput:
+        """Run ``backend`` for a check (a judge) of the rung ``ctx`` accounts: own reservation, cost in the rung."""
+        side = self._context(check_request, backend, ctx.deadline)
+        try:
+            token = self.policy.reserve(request, decision, backend)
+            try:
+                return await self.backends[backend].run(check_request, side)
+            finally:
+                self.policy.settle(token, side.cost_usd)
+        except BackendError as exc:  # an answer that could not be checked is not accepted
+            raise ValidationFailed(f"{ctx.backend}: validator backend {backend!r} failed: {exc}",
+                                   backend=ctx.backend) from exc
+        finally:
+            ctx.usage = ctx.usage + side.usage
+            ctx.cost_usd += side.cost_usd
+            if side.cloud_equivalent_cost_usd is not None:
+                ctx.cloud_equivalent_cost_usd = (ctx.cloud_equivalent_cost_usd or 0.0) + side.cloud_equivalent_cost_usd
 
     def _record(self, span: trace.Span, ledger: _Ledger, ctx: RunContext, rung: Rung, index: int,
                 rung_start: float, error: GenrouteError | None) -> None:
@@ -226,36 +285,63 @@ class Executor:
                 a.error_type == BudgetExceeded.__name__ for a in ledger.attempts)):
             return last_error
         tried = "; ".join(f"{a.backend}: {a.error_type}" for a in ledger.attempts)
-        error = AllRungsFailed(f"every rung failed ({tried})", attempts=list(ledger.attempts))
+        untried = len(decision.rungs) - len(ledger.attempts)
+        what = f"a final error ended the decision, {untried} rung(s) not tried" if untried else "every rung failed"
+        error = AllRungsFailed(f"{what} ({tried})", attempts=list(ledger.attempts))
         error.__cause__ = last_error
         return error
 
     # -- shadows ---------------------------------------------------------------------------------------
 
     def _start_shadows(self, request: GenerateRequest, decision: Decision, span: trace.Span) -> None:
+        if not decision.shadow or (decision.shadow_rate < 1.0 and random.random() >= decision.shadow_rate):
+            return
+        timeout_s = request.timeout_s or self.timeout_s or SHADOW_TIMEOUT_S
+        dropped = 0
         for backend in decision.shadow:
-            if backend in self.backends and random.random() < decision.shadow_rate:
-                task = asyncio.get_running_loop().create_task(self._shadow(request, backend, span))
-                self._shadows.add(task)
-                task.add_done_callback(self._shadows.discard)
+            if backend not in self.backends:
+                continue
+            if len(self._shadows) >= self.max_shadows:
+                dropped += 1
+                continue
+            task = asyncio.get_running_loop().create_task(self._shadow(request, decision, backend, span, timeout_s))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+        if dropped:
+            self.shadows_dropped += dropped
+            span.set_attribute("genroute.shadow.dropped", dropped)
+            _log.warning("dropped %d shadow run(s): %d already in flight", dropped, self.max_shadows)
 
-    async def _shadow(self, request: GenerateRequest, backend: str, parent: trace.Span) -> None:
-        """Run a shadow backend for telemetry only; its outcome never reaches the caller."""
+    async def _shadow(self, request: GenerateRequest, decision: Decision, backend: str, parent: trace.Span,
+                      timeout_s: float) -> None:
+        """Run a shadow backend for telemetry only; its outcome never reaches the caller.
+
+        It reserves and settles through the policy like a rung (so budgets count it) and is skipped when the
+        reservation is refused.
+        """
         link = trace.Link(parent.get_span_context())
         with self.telemetry.tracer.start_as_current_span(
             "genroute.shadow", context=trace.set_span_in_context(trace.INVALID_SPAN), links=[link],
             attributes={"genroute.backend": backend, "genroute.shadow": True},
             record_exception=False, set_status_on_exception=False,
         ) as span:
-            ctx = self._context(request, backend, None)
+            ctx = self._context(request, backend, time.monotonic() + timeout_s)
             try:
-                output = await self.backends[backend].run(request, ctx)
+                token = self.policy.reserve(request, decision, backend)
+            except Exception as exc:  # e.g. BudgetExceeded: a shadow never spends what the budget refuses
+                span.set_attribute("genroute.shadow.skipped", type(exc).__name__)
+                return
+            try:
+                async with asyncio.timeout(timeout_s):
+                    output = await self.backends[backend].run(request, ctx)
             except Exception as exc:  # a shadow must never surface; it is only measured
                 span.set_attribute("error.type", type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 return
-            span.set_attributes({"gen_ai.usage.cost.amount": ctx.cost_usd, "gen_ai.usage.cost.currency": "USD",
-                                 "genroute.shadow.chars": len(output.text)})
+            finally:
+                self.policy.settle(token, ctx.cost_usd)
+                span.set_attributes({"gen_ai.usage.cost.amount": ctx.cost_usd, "gen_ai.usage.cost.currency": "USD"})
+            span.set_attribute("genroute.shadow.chars", len(output.text))
 
     async def drain_shadows(self, timeout_s: float = 5.0) -> None:
         """Wait for running shadow tasks (at shutdown), cancelling what outlives ``timeout_s``."""
@@ -264,6 +350,8 @@ class Executor:
         done, pending = await asyncio.wait(set(self._shadows), timeout=timeout_s)
         for task in pending:
             task.cancel()
+        if pending:  # let the cancelled runs settle their reservations and end their spans
+            await asyncio.wait(pending, timeout=1.0)
 
 
 def _final(error: GenrouteError, rung: Rung) -> bool:

@@ -66,7 +66,7 @@ class Router:
         self.policy.validate_against(self.catalogue)
         self.context = PolicyContext(catalogue=self.catalogue, stats=stats)
         self._executor = Executor(self.backends, self.policy, telemetry=self.telemetry,
-                                  pricing=self.resources.pricing, validators=validators)
+                                  pricing=self.resources.pricing, validators=validators, timeout_s=timeout_s)
         self._portal = Portal()
         self._closed = False
 
@@ -195,10 +195,17 @@ class Router:
             return Decision.single("override", request.backend, f"explicit backend={request.backend!r}")
         return self.policy.decide(request, self.context)
 
-    async def _adecide(self, request: GenerateRequest) -> Decision:
+    async def _adecide(self, request: GenerateRequest, deadline: float | None = None) -> Decision:
         # Policies that embed the request (semantic, learned) would stall the event loop: run them off it.
         if self.policy.blocking and request.backend is None:
-            return await asyncio.to_thread(self._decide, request)
+            decide = asyncio.to_thread(self._decide, request)
+            if deadline is None:
+                return await decide
+            try:
+                return await asyncio.wait_for(decide, max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise BackendUnavailable(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded "
+                                         f"while the {self.policy.name!r} policy decided") from None
         return self._decide(request)
 
     def _root_span(self, request: GenerateRequest) -> _RootSpan:
@@ -220,8 +227,11 @@ class _RootSpan:
         span = self._cm.__enter__()
         self.span = span
         self._tracer_token = _ACTIVE_TRACER.set(router.telemetry.tracer)
+        # The deadline starts before the policy decides: a slow decision spends the request's time too.
+        timeout = request.timeout_s or router.timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            decision = await router._adecide(request)
+            decision = await router._adecide(request, deadline)
         except BaseException as exc:
             self.__exit(exc)
             raise
@@ -236,8 +246,6 @@ class _RootSpan:
             if router.telemetry.capture_content:
                 attrs["gen_ai.input.messages"] = request.input
             span.set_attributes(attrs)
-        timeout = request.timeout_s or router.timeout_s
-        deadline = None if timeout is None else time.monotonic() + timeout
         return span, decision, self.start, deadline
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:

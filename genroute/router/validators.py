@@ -1,17 +1,39 @@
-"""Answer validators a rung can require; a failing validator makes the executor try the next rung."""
+"""Answer validators a rung can require; a failing validator makes the executor try the next rung.
+
+A validator is a callable ``(request, output) -> reason | None`` (``None``: accepted), or one returning an
+awaitable of that. A rung names its validators; every name is resolved once, when the router is built:
+
+- ``nonempty``, ``json``, ``has_context``: built in;
+- ``regex:<pattern>``: the answer matches the pattern;
+- ``json_schema:<path>``: the answer is JSON valid against the schema in that file (JSON or YAML);
+- ``judge:<backend>``: the executor asks ``backend`` whether the answer satisfies the request (PASS/FAIL);
+  its cost counts in the rung's cost;
+- any name from the config's ``validators`` section (an import path, or ``{kind: json_schema, schema: ...}``
+  / ``{kind: judge, backend: ...}``) or the router's ``validators=`` argument.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from genroute.backends.base import BackendOutput
 from genroute.errors import ConfigError
 from genroute.types import GenerateRequest
 
 #: A validator returns ``None`` when the answer is acceptable, otherwise the reason it is not.
-Validator = Callable[[GenerateRequest, BackendOutput], "str | None"]
+Validator = Callable[[GenerateRequest, BackendOutput], "str | None | Awaitable[str | None]"]
+#: Runs a backend on a request as part of validating a rung (the executor accounts it to that rung).
+RunBackend = Callable[[str, GenerateRequest], Awaitable[BackendOutput]]
+#: A resolved validator, as the executor calls it.
+Check = Callable[[GenerateRequest, BackendOutput, RunBackend], Awaitable["str | None"]]
 
 
 def nonempty(request: GenerateRequest, output: BackendOutput) -> str | None:
@@ -36,17 +58,189 @@ def has_context(request: GenerateRequest, output: BackendOutput) -> str | None:
 BUILTIN: dict[str, Validator] = {"nonempty": nonempty, "json": is_json, "has_context": has_context}
 
 
-def resolve(name: str, custom: Mapping[str, Validator], *, field: str) -> Validator:
-    """The validator called ``name``: custom, built-in, or ``regex:<pattern>``."""
+class JsonSchema:
+    """The answer is JSON that validates against a JSON schema."""
+
+    def __init__(self, schema: Mapping[str, Any], *, field: str) -> None:
+        from jsonschema import exceptions, validators
+
+        cls = validators.validator_for(schema)
+        try:
+            cls.check_schema(schema)
+        except exceptions.SchemaError as exc:
+            raise ConfigError(f"invalid JSON schema: {exc.message}", field=field) from None
+        self._validator = cls(schema)
+        self._best_match = exceptions.best_match
+
+    @classmethod
+    def from_file(cls, path: str, *, field: str) -> JsonSchema:
+        """The schema stored at ``path`` (JSON, or YAML for ``.yaml``/``.yml``)."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read JSON schema {path!r}: {exc.strerror or exc}", field=field) from None
+        try:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+
+                schema = yaml.safe_load(text)
+            else:
+                schema = json.loads(text)
+        except Exception as exc:  # JSON's ValueError or YAML's own error tree
+            raise ConfigError(f"JSON schema {path!r} does not parse: {exc}", field=field) from None
+        if not isinstance(schema, dict | bool):
+            raise ConfigError(f"JSON schema {path!r} must hold an object", field=field)
+        return cls(schema, field=field)
+
+    def __call__(self, request: GenerateRequest, output: BackendOutput) -> str | None:
+        try:
+            value = json.loads(output.text)
+        except ValueError as exc:
+            return f"answer is not JSON: {exc}"
+        error = self._best_match(self._validator.iter_errors(value))
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        return f"answer does not match the JSON schema at {where}: {error.message}"
+
+
+JUDGE_PROMPT = (
+    "You check answers. Reply PASS if the answer fully and correctly satisfies the request, otherwise FAIL, "
+    "then one short reason.\n\n<request>\n{request}\n</request>\n\n<answer>\n{answer}\n</answer>\n\nVerdict:"
+)
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Asks the ``backend`` model whether an answer satisfies the request; PASS accepts, anything else rejects."""
+
+    backend: str
+    prompt: str = JUDGE_PROMPT
+
+    async def check(self, request: GenerateRequest, output: BackendOutput, run: RunBackend) -> str | None:
+        """Run the judge through ``run`` and read its verdict."""
+        prompt = self.prompt.format(request=request.input, answer=output.text)
+        verdict = (await run(self.backend, GenerateRequest(input=prompt))).text.strip()
+        word = re.match(r"[\W_]*(\w+)", verdict)
+        if word is not None and word.group(1).upper() == "PASS":
+            return None
+        if word is not None and word.group(1).upper() == "FAIL":
+            return f"judge {self.backend!r} said FAIL: {verdict[:200]}"
+        return f"judge {self.backend!r} gave no PASS/FAIL verdict: {verdict[:200]!r}"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class JsonSchemaSpec(_Spec):
+    """Config form of a JSON-schema validator: the schema inline or a path to it."""
+
+    kind: Literal["json_schema"]
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    path: str | None = None
+
+
+class JudgeSpec(_Spec):
+    """Config form of a judge validator; ``prompt`` has ``{request}`` and ``{answer}`` placeholders."""
+
+    kind: Literal["judge"]
+    backend: str = Field(min_length=1)
+    prompt: str = JUDGE_PROMPT
+
+
+_SPEC: TypeAdapter[JsonSchemaSpec | JudgeSpec] = TypeAdapter(
+    Annotated[JsonSchemaSpec | JudgeSpec, Field(discriminator="kind")])
+
+
+def from_config(raw: str | Mapping[str, Any], *, field: str) -> Validator | Judge:
+    """The validator a config ``validators`` entry describes: an import path or a ``kind`` mapping."""
+    if isinstance(raw, str):
+        from genroute.config import import_object
+
+        return import_object(raw, field=field)  # type: ignore[no-any-return]
+    try:
+        spec = _SPEC.validate_python(raw)
+    except ValidationError as exc:
+        from genroute.config import config_error
+
+        raise config_error(exc, field) from None
+    if isinstance(spec, JudgeSpec):
+        return _judge(spec.backend, spec.prompt, field=f"{field}.prompt")
+    if (spec.schema_ is None) == (spec.path is None):
+        raise ConfigError("give exactly one of `schema` and `path`", field=field)
+    if spec.path is not None:
+        return JsonSchema.from_file(spec.path, field=f"{field}.path")
+    return JsonSchema(spec.schema_ or {}, field=f"{field}.schema")
+
+
+def _judge(backend: str, prompt: str, *, field: str) -> Judge:
+    try:
+        prompt.format(request="", answer="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"prompt may use only {{request}} and {{answer}} placeholders ({exc!r})",
+                          field=field) from None
+    return Judge(backend, prompt)
+
+
+def resolve(name: str, custom: Mapping[str, Validator | Judge], *, backends: Mapping[str, Any],
+            field: str) -> Check:
+    """The check called ``name``: custom, built-in, ``regex:``, ``json_schema:`` or ``judge:``."""
+    validator: Validator | Judge
     if name in custom:
-        return custom[name]
-    if name in BUILTIN:
-        return BUILTIN[name]
-    if name.startswith("regex:"):
+        validator = custom[name]
+    elif name in BUILTIN:
+        validator = BUILTIN[name]
+    elif name.startswith("regex:"):
         try:
             pattern = re.compile(name.removeprefix("regex:"))
         except re.error as exc:
-            raise ConfigError(f"invalid regex: {exc}", field=field) from None
-        return lambda _request, output: None if pattern.search(output.text) else f"answer does not match {pattern.pattern!r}"
-    known = ", ".join(sorted({*BUILTIN, *custom})) + ", regex:<pattern>"
-    raise ConfigError(f"unknown validator {name!r} (known: {known})", field=field)
+            raise ConfigError(f"invalid regex in {name!r}: {exc}", field=field) from None
+        validator = _Regex(pattern)
+    elif name.startswith("json_schema:"):
+        validator = JsonSchema.from_file(name.removeprefix("json_schema:"), field=field)
+    elif name.startswith("judge:"):
+        validator = Judge(name.removeprefix("judge:"))
+    else:
+        known = ", ".join(sorted({*BUILTIN, *custom})) + ", regex:<pattern>, json_schema:<path>, judge:<backend>"
+        raise ConfigError(f"unknown validator {name!r} (known: {known})", field=field)
+    if isinstance(validator, Judge):
+        if validator.backend not in backends:
+            raise ConfigError(f"validator {name!r}: unknown judge backend {validator.backend!r} "
+                              f"(known: {', '.join(sorted(backends))})", field=field)
+        return validator.check
+    return _plain(validator)
+
+
+@dataclass(frozen=True)
+class _Regex:
+    pattern: re.Pattern[str]
+
+    def __call__(self, request: GenerateRequest, output: BackendOutput) -> str | None:
+        return None if self.pattern.search(output.text) else f"answer does not match {self.pattern.pattern!r}"
+
+
+def _plain(validator: Validator) -> Check:
+    """A ``(request, output)`` validator, sync or async, as a check."""
+
+    async def check(request: GenerateRequest, output: BackendOutput, run: RunBackend) -> str | None:
+        reason = validator(request, output)
+        return await reason if inspect.isawaitable(reason) else reason
+
+    return check
+
+
+def named_in(config: Any, field: str) -> Iterator[tuple[str, str]]:
+    """Every validator name a policy config lists (any ``validators`` entry, at any depth), with its field."""
+    if isinstance(config, BaseModel):
+        config = config.model_dump()
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            path = f"{field}.{key}"
+            if key == "validators" and isinstance(value, list | tuple):
+                yield from ((name, path) for name in value if isinstance(name, str))
+            else:
+                yield from named_in(value, path)
+    elif isinstance(config, list | tuple):
+        for index, value in enumerate(config):
+            yield from named_in(value, f"{field}.{index}")

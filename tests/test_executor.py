@@ -1,0 +1,433 @@
+"""The executor on the loopback wire: shadows, validators (JSON schema, judge), fall-through and stream boundaries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+
+from genroute import (
+    AllRungsFailed, BackendRejected, BackendUnavailable, ConfigError, Decision, GenerateRequest, Router,
+    StreamInterrupted,
+)
+from genroute.backends.base import BackendOutput
+from genroute.backends.prompt_template import PromptTemplateBackend
+from genroute.policies.base import Policy, PolicyConfig
+from genroute.testing import Fault
+from genroute.testing.replies import Response, error_body
+
+from .conftest import gemini_config
+
+FLASH = (0.30, 2.50)
+PRO = (1.25, 10.0)
+LITE = (0.10, 0.40)
+
+
+def cost(price: tuple[float, float], usage: tuple[int, int]) -> float:
+    return usage[0] * price[0] / 1e6 + usage[1] * price[1] / 1e6
+
+
+def config(server, policy, **extra):
+    """Backends ``chat`` (flash), ``pro`` (pro) and ``judge`` (flash-lite) on ``server``, under ``policy``."""
+    cfg = gemini_config(server)
+    chat = cfg["backends"]["chat"]
+    cfg["backends"].update(pro={**chat, "model": "gemini-2.5-pro"}, judge={**chat, "model": "gemini-2.5-flash-lite"})
+    cfg["policy"] = policy
+    cfg.update(extra)
+    return cfg
+
+
+def to(server, model):
+    """Requests the server received for ``model``."""
+    return [r for r in server.requests if r.model and r.model.endswith(model)]
+
+
+class Gate:
+    """A server route for one model that blocks until released (or answers with an error)."""
+
+    def __init__(self, server, model, *, status=None):
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.finished = threading.Event()
+        self.status = status
+        server.route("POST", rf"/v1/models/{model}:generateContent", self._handle)
+
+    def _handle(self, server, request, match):
+        self.entered.set()
+        try:
+            if self.status is not None:
+                return Response(status=self.status, body=error_body(self.status))
+            self.release.wait(10)
+            return {"candidates": [{"content": {"role": "model", "parts": [{"text": "shadow says hi"}]},
+                                    "finishReason": "STOP"}],
+                    "usageMetadata": {"promptTokenCount": 100, "candidatesTokenCount": 10, "totalTokenCount": 110}}
+        finally:
+            self.finished.set()
+
+
+SHADOWED = {"kind": "cascade", "rungs": [{"backend": "chat"}], "shadow": ["pro"]}
+
+# -- shadows ----------------------------------------------------------------------------------------------
+
+
+def test_failing_shadow_changes_nothing_and_is_recorded(gemini_server, otel):
+    gate = Gate(gemini_server, "gemini-2.5-pro", status=400)
+    gemini_server.reply_text("Paris.", usage=(100, 10))
+    router = Router.from_config(config(gemini_server, SHADOWED), **otel.providers)
+    with router:
+        result = router.generate("Capital of France?")
+    assert gate.entered.is_set()  # the shadow ran (close waited for it)
+    assert (result.text, result.backend) == ("Paris.", "chat")
+    assert result.cost_usd == pytest.approx(cost(FLASH, (100, 10)))
+    assert [a.backend for a in result.decision.rungs_tried] == ["chat"]
+    (shadow,) = otel.spans("genroute.shadow")
+    assert shadow.attributes["error.type"] == "BackendRejected"
+    root = otel.spans("genroute.generate")[0]
+    assert root.status.is_ok and "error.type" not in root.attributes
+
+
+def test_slow_shadow_does_not_delay_the_caller_and_links_to_the_request(gemini_server, otel):
+    gate = Gate(gemini_server, "gemini-2.5-pro")
+    gemini_server.reply_text("Paris.", usage=(100, 10))
+    router = Router.from_config(config(gemini_server, SHADOWED), **otel.providers)
+    try:
+        result = router.generate("Capital of France?")
+        # The answer came back while the shadow's server call was still blocked.
+        assert gate.entered.wait(5) and not gate.finished.is_set()
+        assert result.text == "Paris." and result.cost_usd == pytest.approx(cost(FLASH, (100, 10)))
+    finally:
+        gate.release.set()
+        router.close()
+    (shadow,) = otel.spans("genroute.shadow")
+    root = otel.spans("genroute.generate")[0]
+    assert shadow.status.is_ok and shadow.attributes["genroute.backend"] == "pro"
+    assert shadow.attributes["gen_ai.usage.cost.amount"] == pytest.approx(cost(PRO, (100, 10)))
+    assert [link.context.span_id for link in shadow.links] == [root.context.span_id]
+    assert shadow.parent is None  # its own trace: a slow shadow never stretches the request's trace
+
+
+def test_shadow_is_ended_by_its_deadline(gemini_server, otel):
+    router = Router.from_config(config(gemini_server, SHADOWED, timeout_s=1.0), **otel.providers)
+    gate = None
+    try:
+        # Build the client first (an explicit backend has no shadows): the first call can take seconds.
+        router.generate("warm up", backend="chat", timeout_s=60)
+        gate = Gate(gemini_server, "gemini-2.5-pro")
+        gemini_server.reply_text("Paris.")
+        assert router.generate("Capital?").text == "Paris."
+        # The shadow's server call blocks for 10 s; the router's 1 s timeout is the shadow's deadline.
+        bound = time.monotonic() + 8
+        while not otel.spans("genroute.shadow") and time.monotonic() < bound:
+            time.sleep(0.05)
+        assert gate.entered.is_set() and not gate.finished.is_set()
+    finally:
+        if gate is not None:
+            gate.release.set()
+        router.close()
+    (shadow,) = otel.spans("genroute.shadow")
+    assert shadow.attributes["error.type"] in ("BackendUnavailable", "TimeoutError")
+
+
+@pytest.mark.parametrize(("rate", "expected"), [(0.0, 0), (1.0, 6)])
+def test_shadow_rate_samples_requests(gemini_server, rate, expected):
+    policy = {**SHADOWED, "shadow_rate": rate}
+    with Router.from_config(config(gemini_server, policy)) as router:
+        for i in range(6):
+            assert router.generate(f"q{i}").backend == "chat"
+    assert len(to(gemini_server, "gemini-2.5-flash")) == 6
+    assert len(to(gemini_server, "gemini-2.5-pro")) == expected
+
+
+def test_shadows_beyond_the_cap_are_dropped_and_counted(gemini_server, otel):
+    gate = Gate(gemini_server, "gemini-2.5-pro")
+    router = Router.from_config(config(gemini_server, SHADOWED), **otel.providers)
+    router._executor.max_shadows = 1  # no public knob: the default cap is too large to fill in a test
+    try:
+        router.generate("one")
+        assert gate.entered.wait(5)
+        router.generate("two")
+        router.generate("three")
+    finally:
+        gate.release.set()
+        router.close()
+    assert len(to(gemini_server, "gemini-2.5-pro")) == 1
+    assert router._executor.shadows_dropped == 2
+    roots = sorted(otel.spans("genroute.generate"), key=lambda s: s.start_time)
+    assert [r.attributes.get("genroute.shadow.dropped") for r in roots] == [None, 1, 1]
+
+
+def _budgeted(costs, budget=1.0):
+    return {"kind": "budget", "inner": SHADOWED, "budget_usd": budget, "per": "global", "costs": costs}
+
+
+def test_budget_counts_a_shadow_spend(gemini_server):
+    gemini_server.reply_text("Paris.", usage=(1000, 100))
+    gemini_server.reply_text("Paris, France.", usage=(1000, 200))  # the shadow's answer
+    router = Router.from_config(config(gemini_server, _budgeted({"chat": 0.01, "pro": 0.01})))
+    with router:
+        result = router.generate("Capital of France?")
+    ledger = router.policy.ledger.snapshot()["*"]
+    assert result.cost_usd == pytest.approx(cost(FLASH, (1000, 100)))
+    assert ledger["spent"] == pytest.approx(cost(FLASH, (1000, 100)) + cost(PRO, (1000, 200)))
+    assert ledger["reserved"] == 0
+
+
+def test_shadow_is_skipped_when_the_budget_refuses_it(gemini_server, otel):
+    gemini_server.reply_text("Paris.", usage=(1000, 100))
+    router = Router.from_config(config(gemini_server, _budgeted({"chat": 0.01, "pro": 0.05}, budget=0.02)),
+                                **otel.providers)
+    with router:
+        assert router.generate("Capital of France?").text == "Paris."
+    assert to(gemini_server, "gemini-2.5-pro") == []
+    (shadow,) = otel.spans("genroute.shadow")
+    assert shadow.attributes["genroute.shadow.skipped"] == "BudgetExceeded"
+    assert router.policy.ledger.snapshot()["*"]["spent"] == pytest.approx(cost(FLASH, (1000, 100)))
+
+
+# -- validators ---------------------------------------------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+          "required": ["city", "population"]}
+
+
+def test_json_schema_file_rejects_and_the_next_rung_answers(gemini_server, tmp_path):
+    path = tmp_path / "city.schema.json"
+    path.write_text(json.dumps(SCHEMA))
+    policy = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": [f"json_schema:{path}"]},
+                                           {"backend": "pro"}]}
+    gemini_server.reply_text('{"city": "Paris", "population": "lots"}')
+    gemini_server.reply_text('{"city": "Paris", "population": 2100000}')
+    with Router.from_config(config(gemini_server, policy)) as router:
+        result = router.generate("Paris as JSON")
+    assert result.backend == "pro" and json.loads(result.text)["population"] == 2100000
+    first = result.decision.rungs_tried[0]
+    assert first.outcome == "rejected_by_validator" and "population" in first.error
+
+
+def test_json_schema_from_config_accepts_a_valid_answer(gemini_server):
+    policy = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["city"]}, {"backend": "pro"}]}
+    cfg = config(gemini_server, policy, validators={"city": {"kind": "json_schema", "schema": SCHEMA}})
+    gemini_server.reply_text('{"city": "Lyon", "population": 520000}')
+    with Router.from_config(cfg) as router:
+        result = router.generate("Lyon as JSON")
+    assert result.backend == "chat" and [a.outcome for a in result.decision.rungs_tried] == ["ok"]
+    assert len(gemini_server.requests) == 1
+
+
+@pytest.mark.parametrize(("validators", "rung_validator", "field"), [
+    ({"city": {"kind": "json_schema", "schema": {"type": "no-such-type"}}}, "city", "validators.city.schema"),
+    ({"city": {"kind": "json_schema"}}, "city", "validators.city"),
+    ({"city": {"kind": "judge", "backend": "ghost"}}, "city", "validators.city"),
+    ({"city": {"kind": "judge", "backend": "judge", "prompt": "{nope}"}}, "city", "validators.city.prompt"),
+    ({}, "json_schema:/no/such/schema.json", "policy.rungs.0.validators"),
+    ({}, "judge:ghost", "policy.rungs.0.validators"),
+    ({}, "regex:(", "policy.rungs.0.validators"),
+    ({}, "no_such_validator", "policy.rungs.0.validators"),
+])
+def test_validator_mistakes_fail_the_build(gemini_server, validators, rung_validator, field):
+    policy = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": [rung_validator]}, {"backend": "pro"}]}
+    with pytest.raises(ConfigError) as err:
+        Router.from_config(config(gemini_server, policy, validators=validators))
+    assert err.value.field == field
+    assert gemini_server.requests == []
+
+
+@pytest.mark.parametrize(("policy", "field"), [
+    ({"kind": "rules", "default": "chat", "rules": [{"backend": "pro", "validators": ["nonempty", "typo"]}]},
+     "policy.rules.0.validators"),
+    ({"kind": "budget", "budget_usd": 1.0, "max_cost_per_request": 0.1,
+      "inner": {"kind": "cascade", "rungs": [{"backend": "chat"}, {"backend": "pro", "validators": ["typo"]}]}},
+     "policy.inner.rungs.1.validators"),
+])
+def test_unknown_validator_anywhere_in_the_policy_fails_the_build(gemini_server, policy, field):
+    with pytest.raises(ConfigError, match="unknown validator 'typo'") as err:
+        Router.from_config(config(gemini_server, policy))
+    assert err.value.field == field
+
+
+def test_validator_a_policy_makes_up_is_refused_before_any_spend(gemini_server):
+    class MadeUp(Policy):
+        kind = "made_up"
+        Config = PolicyConfig
+
+        def decide(self, request, context):
+            return Decision(policy="made_up", reason="test", rungs=(
+                {"backend": "chat", "validators": (f"typo-{request.input}",)}, {"backend": "pro"}))
+
+    with Router.from_config(config(gemini_server, None), policy=MadeUp(PolicyConfig(kind="made_up"))) as router:
+        with pytest.raises(ConfigError, match="typo-x") as err:
+            router.generate("x")
+    assert err.value.field == "decision.rungs.0.validators"
+    assert gemini_server.requests == []
+
+
+JUDGED = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["judge:judge"]}, {"backend": "pro"}]}
+
+
+def test_judge_pass_accepts_and_its_cost_counts_in_the_rung(gemini_server, otel):
+    gemini_server.reply_text("Paris.", usage=(100, 10))
+    gemini_server.reply_text("PASS - correct capital", usage=(300, 5))
+    with Router.from_config(config(gemini_server, JUDGED), **otel.providers) as router:
+        result = router.generate("Capital of France?")
+    assert (result.text, result.backend) == ("Paris.", "chat")
+    rung_cost = cost(FLASH, (100, 10)) + cost(LITE, (300, 5))
+    assert result.decision.rungs_tried[0].cost_usd == pytest.approx(rung_cost)
+    assert result.cost_usd == pytest.approx(rung_cost)
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (400, 15)
+    assert result.model.startswith("gemini-2.5-flash") and "lite" not in result.model
+    judged = to(gemini_server, "gemini-2.5-flash-lite")[0].body["contents"][0]["parts"][0]["text"]
+    assert "Capital of France?" in judged and "Paris." in judged and "PASS" in judged
+    assert len(otel.spans("generate_content gemini-2.5-flash-lite")) == 1
+
+
+def test_judge_fail_falls_through_and_every_call_is_paid_for(gemini_server):
+    gemini_server.reply_text("Lyon.", usage=(100, 10))
+    gemini_server.reply_text("FAIL: the capital is Paris", usage=(300, 5))
+    gemini_server.reply_text("Paris.", usage=(100, 10))
+    with Router.from_config(config(gemini_server, JUDGED)) as router:
+        result = router.generate("Capital of France?")
+    assert (result.text, result.backend) == ("Paris.", "pro")
+    first = result.decision.rungs_tried[0]
+    assert first.outcome == "rejected_by_validator" and "the capital is Paris" in first.error
+    assert first.cost_usd == pytest.approx(cost(FLASH, (100, 10)) + cost(LITE, (300, 5)))
+    assert result.cost_usd == pytest.approx(first.cost_usd + cost(PRO, (100, 10)))
+
+
+def test_judge_from_config_with_a_failing_judge_rejects_the_answer(gemini_server):
+    policy = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["strict"]}, {"backend": "pro"}]}
+    cfg = config(gemini_server, policy, validators={
+        "strict": {"kind": "judge", "backend": "judge", "prompt": "Q: {request}\nA: {answer}\nPASS or FAIL?"}})
+    judge = Gate(gemini_server, "gemini-2.5-flash-lite", status=400)
+    gemini_server.reply_text("Lyon.")
+    gemini_server.reply_text("Paris.")
+    with Router.from_config(cfg) as router:
+        result = router.generate("Capital of France?")
+    assert result.backend == "pro" and judge.entered.is_set()
+    assert "validator backend 'judge' failed" in result.decision.rungs_tried[0].error
+    assert to(gemini_server, "gemini-2.5-flash-lite")[0].body["contents"][0]["parts"][0]["text"] == \
+        "Q: Capital of France?\nA: Lyon.\nPASS or FAIL?"
+
+
+def test_async_python_validators_are_awaited(gemini_server):
+    async def mentions_paris(request: GenerateRequest, output: BackendOutput) -> str | None:
+        await asyncio.sleep(0)
+        return None if "Paris" in output.text else "no Paris"
+
+    policy = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["paris"]}, {"backend": "pro"}]}
+    gemini_server.reply_text("Lyon.")
+    gemini_server.reply_text("Paris.")
+    with Router.from_config(config(gemini_server, policy), validators={"paris": mentions_paris}) as router:
+        result = router.generate("Capital of France?")
+    assert result.backend == "pro" and result.decision.rungs_tried[0].error == "chat: no Paris"
+
+
+# -- rejected (4xx) rungs ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fall_through", [False, True])
+def test_a_4xx_stops_at_the_first_rung_unless_configured(gemini_server, fall_through):
+    policy = {"kind": "cascade", "rungs": [{"backend": "chat", "fall_through_on_rejected": fall_through},
+                                           {"backend": "pro"}]}
+    gemini_server.fault(Fault.status(400))
+    gemini_server.reply_text("from pro")
+    with Router.from_config(config(gemini_server, policy)) as router:
+        if fall_through:
+            assert router.generate("hi").backend == "pro"
+        else:
+            with pytest.raises(AllRungsFailed) as err:
+                router.generate("hi")
+            assert [a.backend for a in err.value.attempts] == ["chat"] and "1 rung(s) not tried" in str(err.value)
+            assert isinstance(err.value.__cause__, BackendRejected)
+    assert len(gemini_server.requests) == (2 if fall_through else 1)
+
+
+# -- stream fallback boundary -------------------------------------------------------------------------------
+
+TWO = {"kind": "cascade", "rungs": [{"backend": "chat"}, {"backend": "pro"}]}
+
+
+def test_stream_falls_back_when_the_first_rung_fails_before_any_chunk(gemini_server):
+    gemini_server.fault(Fault.status(503), times=3)  # every attempt of the first rung
+    gemini_server.reply_text("from the second rung", chunks=3)
+    with Router.from_config(config(gemini_server, TWO)) as router:
+        chunks = list(router.stream("hi"))
+    assert "".join(c.text for c in chunks if not c.done) == "from the second rung"
+    result = chunks[-1].result
+    assert result.backend == "pro" and [a.outcome for a in result.decision.rungs_tried] == ["error", "ok"]
+    assert len(to(gemini_server, "gemini-2.5-flash")) == 3 and len(to(gemini_server, "gemini-2.5-pro")) == 1
+
+
+def test_stream_failing_after_a_chunk_is_interrupted_and_never_falls_back(gemini_server):
+    gemini_server.fault(Fault.status(500, after_chunks=1))
+    gemini_server.reply_text("one two three four", chunks=3)
+    received = []
+    with Router.from_config(config(gemini_server, TWO)) as router:
+        with pytest.raises(StreamInterrupted) as err:
+            for chunk in router.stream("hi"):
+                received.append(chunk)
+    assert err.value.backend == "chat"
+    assert received and not any(c.done for c in received)
+    assert to(gemini_server, "gemini-2.5-pro") == []
+    assert len(gemini_server.requests) == 1
+
+
+def test_stream_buffers_a_validated_rung_so_a_rejection_sends_nothing_of_it(gemini_server):
+    policy = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["regex:^OK"]}, {"backend": "pro"}]}
+    gemini_server.reply_text("not ok at all, sorry", chunks=3)
+    gemini_server.reply_text("OK here it is", chunks=3)
+    with Router.from_config(config(gemini_server, policy)) as router:
+        chunks = list(router.stream("hi"))
+    texts = [c.text for c in chunks if not c.done]
+    assert "".join(texts) == "OK here it is" and len(texts) >= 2
+    assert [a.outcome for a in chunks[-1].result.decision.rungs_tried] == ["rejected_by_validator", "ok"]
+
+
+class _NoFinalOutput(PromptTemplateBackend):
+    """A broken backend: streams its text but never yields the final ``BackendOutput``."""
+
+    async def stream(self, request, ctx):
+        async for item in super().stream(request, ctx):
+            if isinstance(item, str):
+                yield item
+
+
+@pytest.mark.parametrize("policy", [{"kind": "static", "backend": "chat"}, TWO])
+async def test_stream_without_final_output_is_a_typed_interruption(gemini_server, policy):
+    base = Router.from_config(config(gemini_server, policy))
+    backends = {**base.backends, "chat": _NoFinalOutput("chat", base.backends["chat"].config, base.resources)}
+    gemini_server.reply_text("half an answer", chunks=2)
+    router = Router(backends, base.policy, resources=base.resources)
+    async with router:
+        with pytest.raises(StreamInterrupted, match="without its final output") as err:
+            async for _ in router.astream("hi"):
+                pass
+    assert err.value.backend == "chat"
+    assert to(gemini_server, "gemini-2.5-pro") == []
+
+
+# -- the request deadline --------------------------------------------------------------------------------------
+
+class _SlowPolicy(Policy):
+    kind = "slow"
+    Config = PolicyConfig
+
+    def __init__(self, config, *, blocking):
+        super().__init__(config)
+        self.blocking = blocking
+
+    def decide(self, request, context):
+        time.sleep(0.4)
+        return Decision.single("slow", "chat", "slow on purpose")
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_a_slow_decision_counts_toward_the_deadline(gemini_server, blocking):
+    gemini_server.reply_text("in time")
+    policy = _SlowPolicy(PolicyConfig(kind="slow"), blocking=blocking)
+    with Router.from_config(config(gemini_server, None), policy=policy) as router:
+        # Warm up first: the client is built on the first call, which must not be what runs out the clock.
+        assert router.generate("hi", timeout_s=5).text == "in time"
+        with pytest.raises(BackendUnavailable, match="deadline"):
+            router.generate("hi", timeout_s=0.2)
