@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from genroute.bench import (
-    POLICY_TARGET, BenchRecord, ResultsLog, abench, arun_bench, bench_main, load_records, resolve_scorer,
-    summarize, write_report,
+    POLICY_TARGET, BenchRecord, ResultsLog, abench, arun_bench, bench_main, load_records, markdown_table,
+    resolve_scorer, summarize, write_report,
 )
 from genroute.bench.advisor import AdvisorSettings, advise
 from genroute.bench.report import Summary, bootstrap_ci
@@ -231,13 +231,42 @@ async def test_a_scorer_error_fails_that_row_and_the_run_goes_on(server: GeminiT
 
 async def test_judge_scorer_cost_is_counted_apart(server: GeminiTestServer) -> None:
     async with Router.from_config(config(server)) as router:
-        outcomes = await arun_bench(router, records(), ["cheap"], resolve_scorer("judge:smart"), progress=False)
-    (summary,) = summarize(outcomes)
+        plain = await arun_bench(router, records(), ["cheap"], resolve_scorer("exact"), progress=False)
+        judged = await arun_bench(router, records(), ["cheap"], resolve_scorer("judge:smart"), progress=False)
+    (summary,) = summarize(judged)
     assert summary.metric == "judge:smart" and summary.quality == 1.0  # cheap always says positive: judged yes
-    assert summary.judge_cost_usd > 0
-    assert all(o.cost_usd < o.cost_usd + o.judge_cost_usd for o in outcomes)
+    # Each row's cost is the benchmarked backend's alone, exactly what it costs without a judge.
+    assert [o.cost_usd for o in judged] == [o.cost_usd for o in plain] and all(o.cost_usd > 0 for o in plain)
+    assert all(o.judge_cost_usd > 0 for o in judged) and all(o.judge_cost_usd == 0 for o in plain)
+    assert summary.judge_cost_usd == pytest.approx(sum(o.judge_cost_usd for o in judged))
     judge_calls = [r for r in server.requests if "Is the answer correct?" in " ".join(texts_in(r.body))]
-    assert len(judge_calls) == 10
+    assert len(judge_calls) == 10 and all("lite" not in (r.model or "") for r in judge_calls)
+
+
+async def test_judge_errors_are_counted_and_the_judge_spend_is_a_column(server: GeminiTestServer) -> None:
+    answer = server.default_reply
+
+    def judge_fails_on_broken(request: Any) -> Reply:
+        text = " ".join(texts_in(request.body))
+        if "Is the answer correct?" in text and "broken" in text:
+            raise RuntimeError("judge down")  # the loopback server answers 500
+        return answer(request)
+
+    server.default_reply = judge_fails_on_broken
+    async with Router.from_config(config(server)) as router:
+        outcomes = await arun_bench(router, records(), ["cheap"], resolve_scorer("judge:smart"), progress=False)
+    (bad,) = [o for o in outcomes if not o.ok]
+    assert bad.error_type == "JudgeError" and bad.judge_error_type is not None and bad.judge_cost_usd == 0
+    assert bad.answer == "positive" and bad.cost_usd > 0  # the benchmarked answer is kept
+    (summary,) = summarize(outcomes)
+    assert summary.failures == {"JudgeError": 1} and summary.judge_failures == {bad.judge_error_type: 1}
+    assert summary.quality == pytest.approx(0.9)
+    table = markdown_table([summary])
+    header, _, row = table.splitlines()
+    assert "| judge $ |" in header
+    cells = dict(zip(*([c.strip() for c in line.strip("|").split("|")] for line in (header, row)), strict=True))
+    assert cells["judge $"] == f"${summary.judge_cost_usd:.6f}"
+    assert cells["failures"] == f"JudgeError: 1 (judge: {bad.judge_error_type}: 1)"
 
 
 def test_report_files_are_well_formed(tmp_path: Path) -> None:
@@ -253,7 +282,7 @@ def test_report_files_are_well_formed(tmp_path: Path) -> None:
     assert image.ndim == 3 and image.shape[0] > 100
     page = files["html"].read_text()
     assert '<table id="summary">' in page and "<td>icl</td>" in page and "data:image/png;base64," in page
-    assert "hello &lt;world&gt;" in page
+    assert "hello &lt;world&gt;" in page and "<th>judge $</th>" in page
     md = files["markdown"].read_text()
     assert "| backend | n | exact (95% CI) |" in md and "| icl | 6 | 1.000 [1.000, 1.000] |" in md
     summary = json.loads(files["summary"].read_text())

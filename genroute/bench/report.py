@@ -33,8 +33,9 @@ class Summary(BaseModel):
     cached_input_tokens: float
     cost_per_request_usd: float = Field(description="Mean over all requests (failures cost what they cost).")
     cloud_equivalent_per_request_usd: float | None = None
-    judge_cost_usd: float = 0.0
+    judge_cost_usd: float = Field(default=0.0, description="Total spent on the judge, apart from the cost above.")
     failures: dict[str, int] = Field(default_factory=dict)
+    judge_failures: dict[str, int] = Field(default_factory=dict, description="Why the judge failed (JudgeError).")
 
     @property
     def cost_per_1k_usd(self) -> float:
@@ -95,6 +96,7 @@ def summarize(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000)
             cloud_equivalent_per_request_usd=sum(clouds) / len(rows) if clouds else None,
             judge_cost_usd=sum(r.judge_cost_usd for r in rows),
             failures=dict(Counter(r.error_type or "error" for r in rows if not r.ok)),
+            judge_failures=dict(Counter(r.judge_error_type for r in rows if r.judge_error_type)),
         ))
     return summaries
 
@@ -104,7 +106,7 @@ def _money(value: float | None) -> str:
 
 
 COLUMNS = ("backend", "n", "quality (95% CI)", "p50 s", "p95 s", "p99 s", "TTFT p50 s", "in tok", "out tok",
-           "cached tok", "$/request", "$/1k", "cloud-eq $/1k", "failures")
+           "cached tok", "$/request", "$/1k", "cloud-eq $/1k", "judge $", "failures")
 
 
 def table_rows(summaries: Sequence[Summary]) -> list[list[str]]:
@@ -112,13 +114,17 @@ def table_rows(summaries: Sequence[Summary]) -> list[list[str]]:
     rows = []
     for s in summaries:
         fails = ", ".join(f"{k}: {v}" for k, v in sorted(s.failures.items())) or "0"
+        if s.judge_failures:
+            fails += " (judge: " + ", ".join(f"{k}: {v}" for k, v in sorted(s.judge_failures.items())) + ")"
+        judged = s.metric.startswith("judge:") or s.judge_cost_usd > 0
         cloud = None if s.cloud_equivalent_per_request_usd is None else s.cloud_equivalent_per_request_usd * 1000
         rows.append([
             s.backend, str(s.n), f"{s.quality:.3f} [{s.quality_ci[0]:.3f}, {s.quality_ci[1]:.3f}]",
             f"{s.latency_p50_s:.3f}", f"{s.latency_p95_s:.3f}", f"{s.latency_p99_s:.3f}",
             "–" if s.ttft_p50_s is None else f"{s.ttft_p50_s:.3f}",
             f"{s.input_tokens:.1f}", f"{s.output_tokens:.1f}", f"{s.cached_input_tokens:.1f}",
-            _money(s.cost_per_request_usd), _money(s.cost_per_1k_usd), _money(cloud), fails,
+            _money(s.cost_per_request_usd), _money(s.cost_per_1k_usd), _money(cloud),
+            _money(s.judge_cost_usd if judged else None), fails,
         ])
     return rows
 
