@@ -59,4 +59,31 @@ def load(group: Group, kind: str, *, field: str) -> type:
     plugin = _plugins(group).get(kind)
     if plugin is None:
         raise ConfigError(f"unknown kind {kind!r}; known: {', '.join(kinds(group))}", field=field)
-    return plugin.load()
+    where = f"entry point {plugin.value!r} in group genroute.{group}, from " \
+            f"{getattr(plugin.dist, 'name', None) or 'an installed package'}"
+    try:
+        # A third-party module can fail to import in any way (a missing dependency, a bug at import time).
+        cls = plugin.load()
+    except Exception as exc:
+        raise ConfigError(f"kind {kind!r} ({where}) failed to load: {type(exc).__name__}: {exc}",
+                          field=field) from exc
+    base = _base(group)
+    if not (isinstance(cls, type) and issubclass(cls, base) and isinstance(getattr(cls, "Config", None), type)):
+        raise ConfigError(f"kind {kind!r} ({where}) is not a {base.__name__} subclass with a `Config` model",
+                          field=field)
+    return cls
+
+
+def _base(group: Group) -> type:
+    """The extension point a plugin of ``group`` implements."""
+    if group == "engines":
+        from genroute.engines.base import Engine
+
+        return Engine
+    if group == "backends":
+        from genroute.backends.base import Backend
+
+        return Backend
+    from genroute.policies.base import Policy
+
+    return Policy

@@ -116,13 +116,55 @@ async def test_loading_is_idempotent_and_bad_files_are_named(knowledge: Knowledg
     assert (again.added, again.skipped) == (0, len(EXAMPLES))
     assert len(await examples.pool()) == len(EXAMPLES)
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"input": "a", "output": "b"}\n{"input": "only input"}\n')
+    bad.write_text('{"input": "a new example", "output": "b"}\n{"input": "only input"}\n')
     with pytest.raises(UsageError) as err:
         await aload_examples(knowledge.store(), [bad], collection=collection)
-    assert err.value.field == "line 2"
+    assert err.value.field == f"{bad}:2" and str(err.value).startswith(f"{bad}:2: ")
     with pytest.raises(UsageError) as err:
         await aload_examples(knowledge.store(), [tmp_path / "missing.jsonl"], collection=collection)
     assert err.value.field == "paths"
+    # The good first line of the bad file was not written: all or nothing.
+    assert await knowledge.store().count(collection, kind="examples") == len(EXAMPLES)
+
+
+async def test_a_bad_file_among_good_ones_writes_nothing(knowledge: Knowledge, tmp_path: Path) -> None:
+    good = write_examples(tmp_path / "good.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "fine", "output": "ok"}\n{"input": "no output here"}\n')
+    store = knowledge.store()
+    fresh = knowledge.name("fresh")
+    for paths, field in (([good, tmp_path / "missing.jsonl"], "paths"), ([good, bad], f"{bad}:2")):
+        with pytest.raises(UsageError) as err:
+            await aload_examples(store, paths, collection=fresh)
+        assert err.value.field == field
+    assert fresh not in await store.collections()  # not even an empty collection
+
+
+async def test_fixed_selector_keeps_load_order_across_loads(knowledge: Knowledge, tmp_path: Path) -> None:
+    store = knowledge.store()
+    collection = knowledge.name("order")
+    # Reversed first half, then the second half: content ids sort differently from either.
+    first, second = EXAMPLES[:6][::-1], EXAMPLES[6:]
+    await aload_examples(store, [write_examples(tmp_path / "a.jsonl", first)], collection=collection)
+    report = await aload_examples(store, [write_examples(tmp_path / "b.jsonl", first[:2] + second)],
+                                  collection=collection)
+    assert (report.added, report.skipped) == (len(second), 2)
+    chosen = await ExampleStore(store, collection).select("unrelated", strategy="fixed", k=len(EXAMPLES))
+    assert [e.input for e in chosen] == [t for t, _ in first + second]
+    assert [e.metadata["ord"] for e in chosen] == sorted(e.metadata["ord"] for e in chosen)
+
+
+async def test_example_metadata_is_at_the_top_level_of_the_template(gemini_server: GeminiTestServer, otel: Otel,
+                                                                    knowledge: Knowledge, tmp_path: Path) -> None:
+    collection, examples = await loaded(knowledge, tmp_path)
+    (one,) = await examples.select("x", strategy="fixed", k=1)
+    assert one.metadata["src"] == "t" and one.metadata["extra"] == {"src": "t"}  # the old place still works
+    async with router(gemini_server, otel, knowledge, collection=collection, selector="fixed", k=2,
+                      format="text", example_template="[{{ metadata.src }}/{{ metadata.extra.src }}] {{ input }}",
+                      query_template="{{ input }}", separator="\n") as r:
+        await r.agenerate("where is my card")
+    text = field_of(gemini_server.requests[0].body, "contents")[0]["parts"][0]["text"]
+    assert text.split("\n") == [f"[t/t] {EXAMPLES[1][0]}", f"[t/t] {EXAMPLES[0][0]}", "where is my card"]
 
 
 # -- backend through the router ----------------------------------------------------------------

@@ -1,28 +1,34 @@
-"""A policy kind from an installed third-party package, named in config through its entry point.
+"""Policy, backend and engine kinds from an installed third-party package, named in config through their
+entry points (``genroute.policies``, ``genroute.backends``, ``genroute.engines``) and run by a Router.
 
-The package lives in ``tests/plugin_pkg``; CI installs it with
-``pip install --no-build-isolation --no-deps -e tests/plugin_pkg``.
+The package lives in ``tests/plugin_pkg``; ``scripts/install.sh`` installs it with
+``pip install --no-deps -e tests/plugin_pkg`` (re-run that after changing its entry points).
 """
 
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from typing import Any
 
 import pytest
 
+from genroute import Router
 from genroute.errors import ConfigError
 from genroute.policies import build_policy
 from genroute.policies.base import BackendInfo, PolicyContext
 from genroute.registry import kinds
 from genroute.types import GenerateRequest
 
-INSTALL = "pip install --no-build-isolation --no-deps -e tests/plugin_pkg"
+from .conftest import gemini_config
+
+INSTALL = "pip install --no-deps -e tests/plugin_pkg"
 
 
 @pytest.fixture(autouse=True)
 def _installed() -> None:
-    names = {ep.name for ep in entry_points(group="genroute.policies")}
-    assert "shortest_name" in names, f"the example plugin is not installed; run: {INSTALL}"
+    for group, name in (("policies", "shortest_name"), ("backends", "shout"), ("engines", "echo")):
+        names = {ep.name for ep in entry_points(group=f"genroute.{group}")}
+        assert name in names, f"the example plugin (0.2+) is not installed; run: {INSTALL}"
 
 
 def test_plugin_kind_is_listed_and_builds_from_config() -> None:
@@ -44,3 +50,73 @@ def test_plugin_kind_nests_inside_builtin_policies() -> None:
     catalogue = {n: BackendInfo(n, "prompt_template") for n in ("long-name", "x")}
     decision = split.decide(GenerateRequest(input="hi", key="k"), PolicyContext(catalogue=catalogue))
     assert decision.rungs[0].backend == "x"
+
+
+# -- backend and engine kinds ---------------------------------------------------------------------------
+
+def plugin_config(server: Any) -> dict[str, Any]:
+    """The plugin's engine and backend next to built-in ones, each combination once."""
+    config = gemini_config(server)
+    config["engines"]["echo"] = {"kind": "echo", "prefix": "echo: "}
+    config["backends"].update({
+        "loud": {"kind": "shout", "engine": "echo", "model": "echo-1", "suffix": "!!"},   # plugin on plugin
+        "plain": {"kind": "prompt_template", "engine": "echo", "model": "echo-1",          # built-in on plugin
+                  "system": "be brief"},
+        "loud_gemini": {"kind": "shout", "engine": "gemini", "model": "gemini-2.5-flash"},  # plugin on built-in
+    })
+    config["policy"] = {"kind": "rules", "rules": [{"when": {"task": "shout"}, "backend": "loud"}],
+                        "default": "plain"}
+    return config
+
+
+def test_plugin_backend_and_engine_run_through_a_router(gemini_server, otel) -> None:
+    assert {"shout"} <= set(kinds("backends")) and {"echo"} <= set(kinds("engines"))
+    gemini_server.reply_text("heard you", usage=(3, 2))
+    with Router.from_config(plugin_config(gemini_server), **otel.providers) as router:
+        loud = router.generate("hello there", task="shout")
+        plain = router.generate("hello there")
+        via_gemini = router.generate("hello there", backend="loud_gemini")
+        chunks = list(router.stream("one two three", task="shout"))
+        facts = router.catalogue["loud"].facts
+    assert loud.backend == "loud" and loud.text == "echo: HELLO THERE!!" and loud.cost_usd == 0.0
+    assert loud.usage.input_tokens == 2 and loud.usage.output_tokens == 3  # words, the engine's own count
+    assert plain.backend == "plain" and plain.text == "echo: [be brief] hello there"
+    assert via_gemini.text == "heard you" and via_gemini.cost_usd > 0
+    sent = gemini_server.requests[-1].body["contents"][-1]["parts"][0]["text"]
+    assert sent == "HELLO THERE!"  # the plugin backend built the call the built-in engine sent
+    assert [c.text for c in chunks[:-1]] == ["echo:", " ONE", " TWO", " THREE!!"]
+    assert chunks[-1].done and chunks[-1].result.text == "echo: ONE TWO THREE!!"
+    assert facts == {"suffix": "!!"}
+    providers = {s.attributes.get("gen_ai.provider.name") for s in otel.spans("generate_content")}
+    assert "example.echo" in providers
+
+
+def test_plugin_backend_config_errors_name_the_field(gemini_server) -> None:
+    config = plugin_config(gemini_server)
+    config["backends"]["loud"]["sufix"] = "?"
+    with pytest.raises(ConfigError) as err:
+        Router.from_config(config)
+    assert err.value.field == "backends.loud.sufix"
+    config = plugin_config(gemini_server)
+    config["engines"]["echo"]["prefix"] = 3
+    with pytest.raises(ConfigError) as err:
+        Router.from_config(config)
+    assert err.value.field == "engines.echo.prefix"
+
+
+def test_a_plugin_that_fails_to_import_is_a_config_error(gemini_server) -> None:
+    config = plugin_config(gemini_server)
+    config["backends"]["loud"]["kind"] = "needs_missing"
+    with pytest.raises(ConfigError) as err:
+        Router.from_config(config)
+    assert err.value.field == "backends.loud.kind"
+    message = str(err.value)
+    assert "needs_missing" in message and "genroute-plugin-example" in message
+    assert "ModuleNotFoundError" in message and "genroute_plugin_example_missing_dependency" in message
+    assert isinstance(err.value.__cause__, ModuleNotFoundError)
+
+
+def test_a_plugin_that_is_not_the_right_class_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not a Policy subclass") as err:
+        build_policy({"kind": "not_a_policy"}, field="policy.inner")
+    assert err.value.field == "policy.inner.kind"

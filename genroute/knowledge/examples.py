@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from genroute.errors import ConfigError
+from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.ingest import IngestReport, expand_paths, upsert_missing
 
 if TYPE_CHECKING:
@@ -53,25 +53,44 @@ def example_id(inp: str, out: str, label: str | None) -> str:
 
 async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, collection: str,
                          batch_size: int | None = None, progress: bool = False) -> IngestReport:
-    """Load JSONL example files into ``collection`` (idempotent: content ids, stored ones skipped)."""
-    from genroute.tuning.data import load_examples
+    """Load JSONL example files into ``collection`` (idempotent: content ids, stored ones skipped).
 
+    Every file is read and checked before anything is written, so a bad line anywhere (named as
+    ``path:line`` in the ``UsageError``'s field) leaves the collection as it was.
+    """
     started = time.perf_counter()
     files = expand_paths(paths)
     records: dict[str, tuple[str, dict[str, Any]]] = {}
     total = 0
     for path in files:
-        for ex in load_examples(path):
+        for ex in _read_examples(path):
             rid = example_id(ex.input, ex.output, ex.label)
             meta = {"output": ex.output, "label": ex.label, "input_key": input_key(ex.input),
                     "ord": len(records), "source": str(path),
                     "metadata": json.dumps(ex.metadata, sort_keys=True) if ex.metadata else None}
             records.setdefault(rid, (ex.input, meta))
             total += 1
+    # New examples go after the stored ones, so the fixed selector keeps load order across loads
+    # (examples already stored are skipped and keep their place).
+    base = await store.count(collection, kind="examples") if collection in await store.collections() else 0
+    for _, meta in records.values():
+        meta["ord"] += base
     added, batches = await upsert_missing(store, collection, records, kind="examples", batch_size=batch_size,
                                           progress=progress)
     return IngestReport(collection=collection, files=len(files), documents=total, chunks=len(records), added=added,
                         skipped=len(records) - added, batches=batches, seconds=time.perf_counter() - started)
+
+
+def _read_examples(path: Path) -> list[Any]:
+    """The examples of one JSONL file; a bad line is a ``UsageError`` whose field is ``path:line``."""
+    from genroute.tuning.data import load_examples
+
+    try:
+        return load_examples(path)
+    except UsageError as exc:
+        line = exc.field[len("line "):] if exc.field and exc.field.startswith("line ") else None
+        message = str(exc).removeprefix(f"{exc.field}: ") if exc.field else str(exc)
+        raise UsageError(message, field=f"{path}:{line}" if line else "paths") from None
 
 
 class ExampleStore:
@@ -198,10 +217,14 @@ def _record(hit: Hit, *, scored: bool = False) -> ExampleRecord:
         extra = json.loads(raw_meta) if isinstance(raw_meta, str) else {}
     except json.JSONDecodeError:
         extra = {}
+    if not isinstance(extra, dict):
+        extra = {}
+    # The file's own metadata at the top level ({{ metadata.topic }} in a template), and still under
+    # "extra" as before; genroute's bookkeeping keys win a clash (selection depends on them).
     return ExampleRecord(
         id=hit.id, input=hit.text, output=str(meta.get("output", "")), label=meta.get("label"),
-        metadata={"ord": meta.get("ord", 0), "input_key": meta.get("input_key"), "source": meta.get("source"),
-                  **({"extra": extra} if extra else {})},
+        metadata={**extra, "ord": meta.get("ord", 0), "input_key": meta.get("input_key"),
+                  "source": meta.get("source"), **({"extra": extra} if extra else {})},
         score=hit.score if scored else None,
         embedding=hit.embedding,
     )

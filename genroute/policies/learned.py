@@ -51,7 +51,9 @@ class TrainReport(BaseModel):
     success_rate: float
     mean_cost_usd: float
     oracle_success_rate: float
-    #: The same two figures for sending every held-out record to one backend.
+    #: Baseline: routing accuracy of always choosing the training split's most common best backend.
+    majority_routing_accuracy: float
+    #: Baselines: success rate, mean cost and routing accuracy of sending every held-out record to one backend.
     single_backend: dict[str, dict[str, float]]
 
 
@@ -173,10 +175,13 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
 
     success, cost = figures([backends[c] for c in chosen])
     oracle, _ = figures([best_backend(by, pass_score) for by in held])
-    single = {b: dict(zip(("success_rate", "mean_cost_usd"), figures([b] * len(held)))) for b in backends}
+    single = {b: {**dict(zip(("success_rate", "mean_cost_usd"), figures([b] * len(held)))),
+                  "routing_accuracy": float(np.mean(labels[test] == i))} for i, b in enumerate(backends)}
+    majority = int(np.bincount(labels[fit], minlength=len(backends)).argmax()) if len(fit) else 0
     return TrainReport(model_path=str(path), method=method, backends=tuple(backends), n_train=len(fit),
                        n_test=len(test), routing_accuracy=float(np.mean(chosen == labels[test])),
                        success_rate=success, mean_cost_usd=cost, oracle_success_rate=oracle,
+                       majority_routing_accuracy=float(np.mean(labels[test] == majority)),
                        single_backend=single)
 
 

@@ -1,4 +1,5 @@
-"""An example third-party policy registered through the ``genroute.policies`` entry-point group."""
+"""An example third-party plugin: the ``shortest_name`` policy here, the ``shout`` backend in ``backend``
+and the ``echo`` engine in ``engine``, each registered through its entry-point group."""
 
 from __future__ import annotations
 
