@@ -8,6 +8,9 @@ every engine renders that as a dialogue, which the base local Gemma 3 270M conti
 engine: ``text`` gave no valid label in 20 requests (the transcript wrapper breaks the pattern),
 ``turns`` a valid label every time.
 
+Stored examples are untrusted data, as retrieved chunks are for RAG: their input, output and label go
+into the prompt with turn and block markers defused (``defused``), and the backend never sends tools,
+so an example that says "call delete_all" can only be imitated as text, never executed.
 """
 
 from __future__ import annotations
@@ -209,7 +212,7 @@ class IclBackend(SingleCallBackend):
         return chosen
 
     def fit(self, chosen: list[ExampleRecord]) -> list[tuple[ExampleRecord, str]]:
-        """Examples (with their rendered text) that fit the token budget, in prompt order."""
+        """Examples (defused, with their rendered text) that fit the token budget, in prompt order."""
         from genroute.knowledge.chunking import token_counter
 
         cfg = self.config
@@ -217,6 +220,7 @@ class IclBackend(SingleCallBackend):
         kept: list[tuple[ExampleRecord, str]] = []
         used = 0
         for n, ex in enumerate(chosen, start=1):
+            ex = defused(ex)
             block = self._render(self._templates[0], {"input": ex.input, "output": ex.output, "label": ex.label,
                                                       "metadata": ex.metadata, "n": n}, "example_template")
             cost = counter.count(block)
@@ -344,6 +348,21 @@ def task_counts(metadatas: list[Any], tasks: tuple[str, ...]) -> dict[str, int]:
         for name in [str(task)] if task is not None else tasks:
             counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def defused(example: ExampleRecord) -> ExampleRecord:
+    """``example`` with turn and block markers in its input, output and label neutralised.
+
+    Stored examples are data like retrieved chunks: one must not be able to end its turn early or
+    pose as another turn (``genroute.knowledge.hygiene``).
+    """
+    from dataclasses import replace
+
+    from genroute.knowledge.hygiene import neutralise_turns
+
+    label = neutralise_turns(example.label) if example.label is not None else None
+    return replace(example, input=neutralise_turns(example.input), output=neutralise_turns(example.output),
+                   label=label)
 
 
 def _as_hit(example: ExampleRecord) -> Any:

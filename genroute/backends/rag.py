@@ -1,14 +1,14 @@
 """RAG backend: retrieve from a Chroma collection, pack chunks under a token budget, answer with citations.
 
 Retrieved text is untrusted: it goes into the prompt inside ``<document>`` blocks with any block
-delimiters in it neutralised, under an instruction that documents are data, not instructions.
+delimiters and chat-template turn markers in it neutralised (``genroute.knowledge.hygiene``), under an
+instruction that documents are data, not instructions.
 When nothing passes the distance threshold the backend never invents context: it raises
 ``NoRelevantContext`` (default, so a policy can escalate) or asks the model to say it cannot answer.
 """
 
 from __future__ import annotations
 
-import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -45,10 +45,6 @@ Question: {{ input }}"""
 # The templates end at the question: engines add their own answer cue (the local engine's transcript
 # ends in "Assistant:"); a trailing "Answer:" before it made the local Gemma 270M emit an empty line
 # (2 of 2 demo questions empty, vs. the correct "3 years" answer without it).
-
-# Anything that could close or open a block early, and attribute-breaking quotes.
-_DELIMITER = re.compile(r"<\s*/?\s*document\b", re.IGNORECASE)
-
 
 class RagConfig(BackendConfig):
     """Config of a ``rag`` backend."""
@@ -142,11 +138,6 @@ class RagBackend(SingleCallBackend):
         return render(template, scope, backend=self.name, field=f"backends.{self.name}.template")
 
 
-def neutralise(text: str) -> str:
-    """``text`` with document delimiters defused so a chunk cannot close its block or open another."""
-    return _DELIMITER.sub(lambda m: m.group(0).replace("<", "&lt;"), text)
-
-
 def _attr(value: Any) -> str:
     return str(value).replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -154,6 +145,7 @@ def _attr(value: Any) -> str:
 def pack(hits: list[Hit], budget: int) -> tuple[list[dict[str, Any]], list[Citation]]:
     """Chunks in rank order that fit ``budget`` tokens (the best one truncated if it alone is too long)."""
     from genroute.knowledge.chunking import token_counter, truncate_to_tokens
+    from genroute.knowledge.hygiene import neutralise
 
     counter = token_counter()
     docs: list[dict[str, Any]] = []

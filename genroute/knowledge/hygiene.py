@@ -1,0 +1,29 @@
+"""Defusing untrusted text (retrieved chunks, stored few-shot examples) before it enters a prompt.
+
+Such text is data. It must not be able to close the block it is quoted in, open another, or pose as
+a turn of the conversation: ``<document>`` delimiters and chat-template markers (Gemma's
+``<start_of_turn>``/``<end_of_turn>``) lose their ``<``, and a line that starts like a transcript
+turn or an example field (``User:``, ``Assistant:``, ``Input:``, ``Output:``...) gets a backslash in
+front, so the local engine's transcript and the ``text`` example format cannot be forged from inside.
+The words themselves stay readable: the model sees what the data says, not an instruction slot.
+"""
+
+from __future__ import annotations
+
+import re
+
+_TAGS = re.compile(r"<\s*/?\s*(?:document|start_of_turn|end_of_turn)\b", re.IGNORECASE)
+_TURN_LINES = re.compile(
+    r"^([ \t]*)(?=(?:user|assistant|model|system|function call|function result|input|output)[ \t]*:)",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def neutralise(text: str) -> str:
+    """``text`` with document delimiters and chat-template turn markers defused (``<`` → ``&lt;``)."""
+    return _TAGS.sub(lambda m: m.group(0).replace("<", "&lt;"), text)
+
+
+def neutralise_turns(text: str) -> str:
+    """``neutralise(text)``, and lines that look like a turn or an example field escaped with ``\\``."""
+    return _TURN_LINES.sub(lambda m: m.group(1) + "\\", neutralise(text))
