@@ -10,9 +10,12 @@ from collections import Counter
 from importlib.resources import files
 
 import pytest
+from rich.console import Console
 
+from genroute.demo.render import results_table
 from genroute.demo.tune import ADAPTER_NAME, TRAIN_DATA, summary_line
 from genroute.tuning.data import load_examples
+from genroute.types import Citation, DecisionRecord, GenerateResult, ToolCall
 
 DATA = files("genroute.demo") / "data"
 
@@ -33,6 +36,36 @@ def test_demo_runs_all_five_backends_offline(tmp_path):
         assert f"│ {backend}" in out, f"backend {backend} missing from the demo table"
     assert "genroute.generate" in out and "execute_tool get_weather" in out and "retrieval demo_handbook" in out
     assert "no LoRA adapter found" in out and not list((tmp_path / "demo").glob("review-lora*.gguf"))
+    # The tool call and the citations are printed as text, not swallowed as rich markup.
+    assert "[tools: get_weather(" in out and "→ ok]" in out
+    assert "[cited: " in out
+
+
+def rendered(table: object) -> str:
+    console = Console(record=True, width=400, color_system=None)
+    console.print(table)
+    return console.export_text()
+
+
+def test_table_prints_model_text_tool_calls_and_citations_literally():
+    decision = DecisionRecord(policy="ladder", reason="needs_tools [/bold] set")
+    hostile = GenerateResult(
+        text="Use [/x] and [bold]not bold[/bold]", backend="tools", model="m", decision=decision,
+        tool_calls=(ToolCall(name="get_weather", args={"city": "[Paris]"}),),
+        citations=(Citation(chunk_id="abcdef0123456789", source="doc.md", score=0.1),),
+    )
+    out = rendered(results_table([({"input": "Weather [in] Paris?"}, "calls a tool", hostile)]))
+    assert "[tools: get_weather({'city': '[Paris]'}) → ok] Use [/x] and [bold]not bold[/bold]" in out
+    assert "[cited: abcdef01]" in out
+    assert "Weather [in] Paris?" in out and "needs_tools [/bold] set" in out
+
+
+def test_long_answers_are_clipped_but_keep_citations():
+    result = GenerateResult(text="word " * 100, backend="docs", model="m",
+                            decision=DecisionRecord(policy="ladder", reason="r"),
+                            citations=(Citation(chunk_id="0123456789", source="d", score=0.1),))
+    out = rendered(results_table([({"input": "q"}, "grounded", result)]))
+    assert "…" in out and "[cited: 01234567]" in out
 
 
 def test_review_training_data_is_binary_balanced_and_attributed():

@@ -68,6 +68,7 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from rich.console import Console
+    from rich.markup import escape
 
     from genroute.cache import cache_dir as default_cache
     from genroute.demo.render import results_table, span_tree
@@ -76,13 +77,14 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
     console = Console(width=None if Console().is_terminal else 150)
     cache = Path(cache_dir) if cache_dir else default_cache("demo")
     cache.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]genroute demo[/] — local Gemma 3 270M, embedded Chroma at {cache / 'chroma'}")
+    # Paths, requests and error messages go through escape(): they are data, and "[" starts rich markup.
+    console.print(f"[bold]genroute demo[/] — local Gemma 3 270M, embedded Chroma at {escape(str(cache / 'chroma'))}")
     adapter = _find_adapter(cache)
     can_tune = tuning_available()
     if adapter is None and tune and can_tune:
         adapter = _train_adapter(console, cache)
     elif adapter is not None:
-        console.print(f"[dim]tuned backend: LoRA adapter {adapter} (delete it to train again)[/]")
+        console.print(f"[dim]tuned backend: LoRA adapter {escape(str(adapter))} (delete it to train again)[/]")
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -93,7 +95,7 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
             router.refresh()
         rows = []
         for fields, shows in REQUESTS:
-            with console.status(f"{shows}: {fields['input']}"):
+            with console.status(escape(f"{shows}: {fields['input']}")):
                 rows.append((fields, shows, router.generate(**fields)))
     console.print(results_table(rows))
     if adapter is None:
@@ -121,6 +123,8 @@ def _find_adapter(cache: Path) -> Path | None:
 
 def _train_adapter(console: Any, cache: Path) -> Path | None:
     """Train the review adapter with a progress bar; on failure say why and go on with the base model."""
+    from rich.markup import escape
+
     from genroute.errors import GenrouteError
 
     console.print(f"training the review_rating LoRA adapter on {TRAIN_DATA} (once, ~2 min on 2 cores)")
@@ -128,9 +132,9 @@ def _train_adapter(console: Any, cache: Path) -> Path | None:
         summary = train_review_adapter(cache)
     except (GenrouteError, ImportError, OSError, RuntimeError) as exc:
         # The other four backends do not need the adapter: the demo still runs, minus the tuning.
-        console.print(f"[yellow]LoRA training failed ({type(exc).__name__}: {exc})[/]")
+        console.print(f"[yellow]LoRA training failed ({type(exc).__name__}: {escape(str(exc))})[/]")
         return None
-    console.print(summary_line(summary))
+    console.print(escape(summary_line(summary)))
     return adapter_path(cache)
 
 

@@ -5,12 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
+
+#: Characters of model text shown per row; tool calls and citations are shown in full after it.
+ANSWER_CHARS = 120
 
 
 def _usd(value: float | None) -> str:
     return "—" if value is None else f"${value:.6f}"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= ANSWER_CHARS else text[:ANSWER_CHARS - 1] + "…"
 
 
 def results_table(rows: Sequence[tuple[dict[str, Any], str, Any]]) -> Table:
@@ -20,14 +29,17 @@ def results_table(rows: Sequence[tuple[dict[str, Any], str, Any]]) -> Table:
                    "on gemini"):
         table.add_column(column, overflow="fold")
     for fields, shows, result in rows:
-        answer = result.text.strip().replace("\n", " ")
+        # Model output, tool arguments and reasons are data, not markup: a stray "[/x]" in an answer would
+        # otherwise be parsed as a closing tag (MarkupError) and "[tools: ...]" eaten as a style.
+        answer = Text(_clip(result.text.strip().replace("\n", " ")))
         if result.tool_calls:
             calls = ", ".join(f"{c.name}({c.args}) → {c.outcome}" for c in result.tool_calls)
-            answer = f"[tools: {calls}] {answer}"
+            answer = Text.assemble((f"[tools: {calls}] ", "magenta"), answer)
         if result.citations:
-            answer += " [cited: " + ", ".join(c.chunk_id[:8] for c in result.citations) + "]"
+            answer.append(" [cited: " + ", ".join(c.chunk_id[:8] for c in result.citations) + "]", style="green")
+        request = Text.assemble(fields["input"], "\n", (f"({shows})", "dim"))
         table.add_row(
-            f"{fields['input']}\n[dim]({shows})[/]", result.backend, result.decision.reason, answer[:160],
+            request, Text(result.backend), Text(result.decision.reason), answer,
             f"{result.latency_s * 1000:.0f} ms",
             f"{result.usage.input_tokens}/{result.usage.output_tokens}",
             _usd(result.cost_usd), _usd(result.cloud_equivalent_cost_usd),
@@ -48,7 +60,7 @@ def span_tree(spans: Sequence[Any]) -> Tree:
         keys = ("genroute.backend", "genroute.policy", "gen_ai.provider.name", "gen_ai.usage.input_tokens",
                 "gen_ai.usage.output_tokens", "gen_ai.usage.cost.amount", "error.type")
         attrs = " ".join(f"{k.split('.')[-1]}={span.attributes[k]}" for k in keys if k in span.attributes)
-        branch = node.add(f"{span.name} [cyan]{ms:.1f} ms[/] [dim]{attrs}[/]")
+        branch = node.add(f"{escape(span.name)} [cyan]{ms:.1f} ms[/] [dim]{escape(attrs)}[/]")
         for child in sorted(children.get(span.context.span_id, []), key=lambda s: s.start_time):
             add(branch, child)
 
