@@ -83,6 +83,19 @@ def test_function_calling_modes() -> None:
     assert not prepare(user("x"), types.GenerateContentConfig(tools=TOOLS, tool_config=none), Defaults()).function_call
 
 
+def test_stop_sequences_are_ignored_under_a_schema() -> None:
+    # JSON may contain any stop text (newlines between tokens, anything inside strings): only the grammar ends it.
+    stops = ["\n", "}"]
+    call = prepare(user("Weather in Oslo?"), types.GenerateContentConfig(tools=TOOLS, stop_sequences=stops),
+                   Defaults())
+    assert call.function_call and call.sampling.stop == ()
+    as_json = prepare(user("x"), types.GenerateContentConfig(response_mime_type="application/json",
+                                                             stop_sequences=stops), Defaults())
+    assert as_json.schema == {} and as_json.sampling.stop == ()
+    text = prepare(user("x"), types.GenerateContentConfig(stop_sequences=stops), Defaults())
+    assert text.schema is None and text.sampling.stop[:2] == ("\n", "}")
+
+
 def test_caller_mistakes_are_usage_errors() -> None:
     with pytest.raises(UsageError):
         prepare([], None, Defaults())

@@ -206,14 +206,17 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
         schema = {}  # any JSON value
     prompt, format_stops = render(contents, config, defaults.prompt_format, tools_text,
                                   "Function call" if call else "Assistant")
+    # Under a schema the grammar decides where the output ends, and any stop sequence (the caller's, or a
+    # turn marker) can occur inside valid JSON: JSON allows newlines between tokens and any text in
+    # strings, so a backend's stop "\n" cut function calls short (MALFORMED_FUNCTION_CALL). Stops are
+    # for free text only.
     sampling = Sampling(
         temperature=defaults.temperature if config.temperature is None else config.temperature,
         top_p=defaults.top_p if config.top_p is None else config.top_p,
         top_k=defaults.top_k if config.top_k is None else int(config.top_k),
         max_tokens=config.max_output_tokens or defaults.max_output_tokens,
         seed=defaults.seed if config.seed is None else config.seed,
-        # The grammar ends constrained output itself; turn markers would cut JSON strings short.
-        stop=tuple(config.stop_sequences or ()) + (() if schema is not None else format_stops),
+        stop=() if schema is not None else tuple(config.stop_sequences or ()) + format_stops,
     )
     return Prepared(prompt=prompt, sampling=sampling, schema=schema, function_call=call,
                     function_names=tuple(d.name for d in decls))
