@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from genroute.errors import UsageError
+from genroute.errors import ConfigError, UsageError
 from genroute.tuning.data import Example, load_examples, split
 from genroute.tuning.local_lora import format_prompt, format_target
 
@@ -30,7 +30,25 @@ def write_lines(path: Path, lines: list[Any]) -> Path:
 def test_load_examples_reads_every_field(tmp_path: Path) -> None:
     rows = [GOOD, "", {"input": "meh", "output": "neutral", "label": "neutral", "metadata": {"id": 7}}]
     examples = load_examples(write_lines(tmp_path / "d.jsonl", rows))
-    assert examples == [Example(**GOOD), Example(input="meh", output="neutral", label="neutral", metadata={"id": 7})]
+    assert examples == [Example(**GOOD, line=1),
+                        Example(input="meh", output="neutral", label="neutral", metadata={"id": 7}, line=3)]
+
+
+def test_a_bench_file_is_a_tuning_file(tmp_path: Path) -> None:
+    from genroute.bench.datasets import load_records
+
+    call = {"name": "get_weather", "args": {"city": "Paris"}}
+    rows = [{"id": "r1", "task": "weather", "input": "Weather in Paris?", "output": call},
+            {"id": 2, "input": "hi", "output": "hello", "metadata": {"id": "inner", "src": "x"}}]
+    path = write_lines(tmp_path / "bench.jsonl", rows)
+    records = load_records(path)
+    examples = load_examples(path)
+    # The same text to learn as the bench scores against; id and task kept where the bench reader looks too.
+    assert [e.output for e in examples] == [r.output for r in records]
+    assert json.loads(examples[0].output) == call
+    assert examples[0].metadata == {"id": "r1", "task": "weather"}
+    assert examples[1].metadata == {"id": 2, "src": "x"}  # the top-level id wins, as in the bench reader
+    assert [r.id for r in records] == ["r1", "2"]
 
 
 @pytest.mark.parametrize(("lines", "field", "message"), [
@@ -42,6 +60,8 @@ def test_load_examples_reads_every_field(tmp_path: Path) -> None:
     ([GOOD, [1, 2]], "line 2", "JSON object"),
     ([GOOD, {"input": "x", "output": "y", "label": 1}], "line 2", "'label' must be a string"),
     ([GOOD, {"input": "x", "output": "y", "metadata": []}], "line 2", "'metadata' must be an object"),
+    ([GOOD, {"input": "x", "output": "y", "task": 3}], "line 2", "'task' must be a string"),
+    ([GOOD, {"input": "x", "output": None}], "line 2", "missing field 'output'"),
     ([GOOD, {"input": "x" * 50, "output": "y"}], "line 2", "limit is 40"),
 ])
 def test_bad_lines_are_named(tmp_path: Path, lines: list[Any], field: str, message: str) -> None:
@@ -132,6 +152,16 @@ def test_adapter_writer_rejects_bad_input(tmp_path: Path) -> None:
         write_lora_adapter(tmp_path / "x.gguf", {"model.layers.0.self_attn.q_proj": mismatched}, alpha=1)
     with pytest.raises(UsageError, match="no LoRA tensors"):
         write_lora_adapter(tmp_path / "x.gguf", {}, alpha=1)
+
+
+def test_a_failed_adapter_write_leaves_no_files(tmp_path: Path) -> None:
+    pytest.importorskip("gguf", reason="the gguf package comes with the tune-local extra")
+    from genroute.tuning.gguf_adapter import write_lora_adapter
+
+    # A lone surrogate cannot be encoded: the writer fails after it has opened and begun the file.
+    with pytest.raises(UnicodeEncodeError):
+        write_lora_adapter(tmp_path / "x.gguf", random_pairs(), alpha=1, name="\ud800")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.local
@@ -263,10 +293,41 @@ def test_an_output_longer_than_max_seq_len_is_named(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (local extra)")
     from genroute.tuning.local_lora import tune_local
 
-    data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD, {"input": "x", "output": "word " * 40}])
-    with pytest.raises(UsageError, match="example 3") as info:
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD, "", {"input": "x", "output": "word " * 40}])
+    with pytest.raises(UsageError, match="max_seq_len 32") as info:
         tune_local(data, tmp_path / "out", config=tiny_config(max_seq_len=32))
-    assert info.value.field == "max_seq_len"
+    assert info.value.field == "line 4"  # the file's line, blank lines counted
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("targets", [("attn_q",), ("q_proj", "q_norm"), ("model.layers.0.self_attn.q_norm",), ()])
+def test_unmappable_target_modules_fail_at_config_validation(targets: tuple[str, ...]) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="target_modules"):
+        tiny_config(target_modules=targets)
+
+
+def test_mappable_target_modules_in_any_peft_spelling() -> None:
+    targets = ("q_proj", "self_attn.v_proj", "mlp.down_proj", "gate_proj", "model.layers.3.mlp.up_proj")
+    assert tiny_config(target_modules=targets).target_modules == targets
+
+
+def test_a_base_model_that_is_not_gemma3_is_refused_before_training(tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf", reason="the gguf package comes with the tune-local extra")
+    from genroute.tuning.local_lora import tune_local
+
+    other = tmp_path / "llama.gguf"
+    writer = gguf.GGUFWriter(str(other), "llama")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD])
+    with pytest.raises(UsageError, match="llama model") as info:
+        tune_local(data, tmp_path / "out", config=tiny_config(base_model_path=other))
+    assert info.value.field == "base_model_path"
+    assert not (tmp_path / "out").exists()
 
 
 # -- registering a tuned backend ----------------------------------------------------------------
@@ -309,3 +370,21 @@ def test_register_creates_a_json_config(tmp_path: Path) -> None:
     data = json.loads(config.read_text())
     assert data["engines"]["t_engine"]["model_path"] == str((tmp_path / "base.gguf").resolve())
     assert data["backends"]["t"]["model"] == "gemma-3-270m"
+
+
+def test_register_refuses_to_overwrite_an_engine_and_writes_nothing(tmp_path: Path) -> None:
+    from genroute.tuning.config_file import write_atomic
+    from genroute.tuning.local_lora import register_tuned_backend
+
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"GGUF")
+    config = tmp_path / "genroute.json"
+    write_atomic(config, json.dumps({"engines": {"t_engine": {"kind": "local"}}}))
+    before = config.read_bytes()
+    with pytest.raises(UsageError, match="engine 't_engine' already exists"):
+        register_tuned_backend(config, "t", adapter)
+    with pytest.raises(ConfigError) as info:  # validated by the engine kind's own config model
+        register_tuned_backend(config, "u", adapter, engine_options={"n_ctx": 1})
+    assert info.value.field == "engines.u_engine.n_ctx"
+    assert config.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.gguf", "genroute.json"]

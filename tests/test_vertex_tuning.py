@@ -238,6 +238,8 @@ async def test_timeout_then_resume(gemini_server: GeminiTestServer, jobs: Tuning
     result = await resume_vertex(name, settings(), config_path=config_path, credentials=Credentials(token="test"),
                                  console=quiet())
     assert result.endpoint == f"{LOCATION}/endpoints/1001"
+    # This process never saw the job's data: unknown, not zero.
+    assert (result.train_examples, result.validation_examples) == (None, None)
     assert yaml.safe_load(config_path.read_text())["backends"]["sentiment"]["tuning_job"] == name
 
 

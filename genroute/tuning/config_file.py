@@ -9,53 +9,58 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from pydantic import ValidationError
 
 from genroute.errors import ConfigError, UsageError
 
 _WRITABLE = {".yaml", ".yml", ".json"}
 
 
-def check_target(config_path: str | Path, name: str, *, replace: bool = False) -> dict[str, Any]:
-    """Fail now, before anything is trained or sent, if ``name`` cannot be written into the config."""
+def check_target(config_path: str | Path, name: str, *, replace: bool = False, engines: Sequence[str] = (),
+                 missing_ok: bool = False) -> dict[str, Any]:
+    """Fail now, before anything is trained or sent, if ``name`` (and ``engines``) cannot be written into
+    the config; return the config's mapping (``{}`` for a missing file when ``missing_ok``)."""
     path = Path(config_path)
     if path.suffix.lower() not in _WRITABLE:
         raise UsageError(f"cannot write tuned backends into {path.name}: use a .yaml or .json config",
                          field="config")
+    if missing_ok and not path.exists():
+        return {}
     raw = _read(path)
-    backends = raw.get("backends")
-    if backends is not None and not isinstance(backends, dict):
-        raise ConfigError("must be a mapping", field="backends")
-    if not replace and name in (backends or {}):
-        raise UsageError(f"backend {name!r} already exists in {path.name}; pick another name or replace it",
-                         field="name")
+    for section, names, what in (("backends", [name], "backend"), ("engines", list(engines), "engine")):
+        present = raw.get(section)
+        if present is not None and not isinstance(present, dict):
+            raise ConfigError("must be a mapping", field=section)
+        for entry in names:
+            if not replace and entry in (present or {}):
+                raise UsageError(f"{what} {entry!r} already exists in {path.name}; pick another name or "
+                                 "replace it", field="name")
     if not os.access(path.parent, os.W_OK):
         raise UsageError(f"cannot write to {path.parent}", field="config")
     return raw
 
 
-def register_tuned_backend(config_path: str | Path, name: str, *, engine: str, model: str, base_model: str,
-                           system: str | None = None, tuning_job: str | None = None,
-                           replace: bool = False) -> dict[str, Any]:
-    """Add ``backends.<name>`` (``kind: tuned``) to the config file atomically; return the entry."""
-    from genroute.backends.tuned import TunedConfig
-    from genroute.config import load_config
+def write_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str, Any], *,
+                        engines: Mapping[str, Mapping[str, Any]] | None = None, replace: bool = False,
+                        missing_ok: bool = False) -> dict[str, Any]:
+    """Add ``backends.<name>`` (and ``engines``) to a YAML/JSON config atomically; return the new mapping.
+
+    Each entry is validated by its kind's config model and the whole file by ``load_config`` before
+    anything is written, so an invalid entry never reaches the file.
+    """
+    from genroute.config import load_config, validate_kind
 
     path = Path(config_path)
-    raw = check_target(path, name, replace=replace)
-    entry: dict[str, Any] = {"kind": "tuned", "engine": engine, "model": model, "base_model": base_model}
-    if system:
-        entry["system"] = system
-    if tuning_job:
-        entry["tuning_job"] = tuning_job
-    try:
-        TunedConfig.model_validate(entry)
-    except ValidationError as exc:
-        raise ConfigError(str(exc.errors()[0]["msg"]), field=f"backends.{name}") from None
-    raw["backends"] = {**(raw.get("backends") or {}), name: entry}
+    engines = dict(engines or {})
+    raw = check_target(path, name, replace=replace, engines=list(engines), missing_ok=missing_ok)
+    for engine_name, engine in engines.items():
+        validate_kind("engines", engine, field=f"engines.{engine_name}")
+    validate_kind("backends", backend, field=f"backends.{name}")
+    if engines:
+        raw["engines"] = {**(raw.get("engines") or {}), **{k: dict(v) for k, v in engines.items()}}
+    raw["backends"] = {**(raw.get("backends") or {}), name: dict(backend)}
     load_config(raw)  # the file we write must still load
     if path.suffix.lower() == ".json":
         text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
@@ -63,7 +68,21 @@ def register_tuned_backend(config_path: str | Path, name: str, *, engine: str, m
         import yaml
 
         text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, text)
+    return raw
+
+
+def register_tuned_backend(config_path: str | Path, name: str, *, engine: str, model: str, base_model: str,
+                           system: str | None = None, tuning_job: str | None = None,
+                           replace: bool = False) -> dict[str, Any]:
+    """Add ``backends.<name>`` (``kind: tuned``) served by ``engine`` to the config file; return the entry."""
+    entry: dict[str, Any] = {"kind": "tuned", "engine": engine, "model": model, "base_model": base_model}
+    if system:
+        entry["system"] = system
+    if tuning_job:
+        entry["tuning_job"] = tuning_job
+    write_tuned_backend(config_path, name, entry, replace=replace)
     return entry
 
 
@@ -81,6 +100,21 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable: until the directory is synced, a crash can bring the old file back."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # e.g. Windows cannot open a directory; the rename is as durable as it gets there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -1,7 +1,12 @@
-"""The shared JSONL example format (``{"input", "output", "label"?, "metadata"?}``): loading, checks, split.
+"""The shared JSONL example format (``{"input", "output", "label"?, "metadata"?, "id"?, "task"?}``): loading,
+checks, split.
 
 Used by local LoRA tuning and by cloud tuning jobs alike, so bad data is rejected before anything is
 trained or sent, with the offending line named in ``UsageError.field`` (``"line N"``, 1-based).
+
+It is the format ``genroute bench`` reads too, so a benchmark file with outputs is a tuning file: a
+top-level ``id`` or ``task`` is kept in ``metadata`` (where the bench reader also looks for them), and
+a structured output (a function call, a JSON frame) becomes its JSON text, as the bench reader makes it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from genroute.errors import UsageError
 
 DEFAULT_MAX_CHARS = 20_000
 DEFAULT_MIN_EXAMPLES = 1
-_KNOWN_KEYS = frozenset({"input", "output", "label", "metadata"})
+_KNOWN_KEYS = frozenset({"input", "output", "label", "metadata", "id", "task"})
+#: Top-level keys the bench reader takes that tuning keeps in ``metadata``.
+_METADATA_KEYS = ("id", "task")
 T = TypeVar("T")
 
 
@@ -30,6 +37,7 @@ class Example(BaseModel):
     output: str = Field(min_length=1)
     label: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    line: int | None = Field(default=None, ge=1, description="1-based line in the file it was read from.")
 
 
 def load_examples(
@@ -75,25 +83,35 @@ def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS) ->
         raise UsageError(f"expected a JSON object, got {type(record).__name__}", field=where)
     unknown = sorted(set(record) - _KNOWN_KEYS)
     if unknown:
-        raise UsageError(f"unknown keys {unknown}; expected input, output, label, metadata", field=where)
+        raise UsageError(f"unknown keys {unknown}; expected input, output, label, metadata, id, task",
+                         field=where)
+    texts: dict[str, str] = {}
     for key in ("input", "output"):
         value = record.get(key)
         if value is None:
             raise UsageError(f"missing field {key!r}", field=where)
+        if key == "output" and not isinstance(value, str):
+            value = json.dumps(value, ensure_ascii=False)  # a structured gold output, as the bench reads it
         if not isinstance(value, str):
             raise UsageError(f"field {key!r} must be a string, got {type(value).__name__}", field=where)
         if not value.strip():
             raise UsageError(f"field {key!r} is empty", field=where)
+        texts[key] = value
     label = record.get("label")
     if label is not None and not isinstance(label, str):
         raise UsageError(f"field 'label' must be a string, got {type(label).__name__}", field=where)
     metadata = record.get("metadata", {})
     if not isinstance(metadata, dict):
         raise UsageError(f"field 'metadata' must be an object, got {type(metadata).__name__}", field=where)
-    size = len(record["input"]) + len(record["output"])
+    task = record.get("task")
+    if task is not None and not isinstance(task, str):
+        raise UsageError(f"field 'task' must be a string, got {type(task).__name__}", field=where)
+    # The top-level key wins over the same key inside metadata, as in the bench reader.
+    metadata = {**metadata, **{k: record[k] for k in _METADATA_KEYS if record.get(k) is not None}}
+    size = len(texts["input"]) + len(texts["output"])
     if size > max_chars:
         raise UsageError(f"example is {size} characters; the limit is {max_chars}", field=where)
-    return Example(input=record["input"], output=record["output"], label=label, metadata=metadata)
+    return Example(input=texts["input"], output=texts["output"], label=label, metadata=metadata, line=lineno)
 
 
 def split(examples: list[T], validation_fraction: float, seed: int = 0) -> tuple[list[T], list[T]]:

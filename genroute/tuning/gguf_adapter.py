@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,39 @@ _GEMMA3_NAMES = {
     "mlp.down_proj": "ffn_down",
 }
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
+#: The only base architecture whose tensor names this writer knows (``general.architecture`` in the GGUF).
+ARCHITECTURE = "gemma3"
+
+
+def unmappable_targets(names: Sequence[str]) -> list[str]:
+    """The PEFT ``target_modules`` entries that select no module this writer can map to a GGUF tensor.
+
+    PEFT matches a name against a module path's dotted suffixes, so ``q_proj``, ``self_attn.q_proj`` and
+    ``model.layers.3.self_attn.q_proj`` are all fine; ``attn_q`` (a GGUF name) or ``q_norm`` are not.
+    """
+    def ok(name: str) -> bool:
+        match = _LAYER.search(name)
+        if match is not None:
+            return match.group(2) in _GEMMA3_NAMES
+        return any(known == name or known.endswith("." + name) for known in _GEMMA3_NAMES)
+
+    return [name for name in names if not ok(name)]
+
+
+def lora_targets() -> list[str]:
+    """The module names LoRA may target (short PEFT spelling)."""
+    return sorted(known.rsplit(".", 1)[-1] for known in _GEMMA3_NAMES)
+
+
+def gguf_architecture(path: str | Path) -> str | None:
+    """``general.architecture`` of a GGUF file (``None`` if it has none); reads the header only."""
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(str(path)).fields.get("general.architecture")
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{path} is not a readable GGUF file: {exc}", field="base_model_path") from None
+    return None if field is None else str(field.contents())
 
 
 def gguf_tensor_name(hf_module: str) -> str:
@@ -75,21 +108,23 @@ def write_lora_adapter(
         tensors[f"{base}.lora_b"] = np.ascontiguousarray(lora_b, dtype=np_dtype)
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), architecture)
+    # One try around everything that touches ``tmp``: a failure while writing (full disk, a bad tensor)
+    # or renaming leaves neither a temp file nor a half adapter behind.
     try:
-        writer.add_type(gguf.GGUFType.ADAPTER)
-        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
-        if name:
-            writer.add_name(name)
-        for tensor_name in sorted(tensors):
-            writer.add_tensor(tensor_name, tensors[tensor_name])
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    try:
+        writer = gguf.GGUFWriter(str(tmp), architecture)
+        try:
+            writer.add_type(gguf.GGUFType.ADAPTER)
+            writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+            writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+            if name:
+                writer.add_name(name)
+            for tensor_name in sorted(tensors):
+                writer.add_tensor(tensor_name, tensors[tensor_name])
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genroute.errors import UsageError
 from genroute.tuning.data import DEFAULT_MAX_CHARS, Example, load_examples, split
@@ -53,7 +53,7 @@ class LocalTuneConfig(BaseModel):
     rank: int = Field(default=8, ge=1, le=256)
     alpha: float = Field(default=16.0, gt=0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_modules: tuple[str, ...] = Field(default=("q_proj", "k_proj", "v_proj", "o_proj"), min_length=1)
     epochs: int = Field(default=3, ge=1)
     # 1e-3 with rank 8 took a 5-intent BANKING77 slice from 2% (zero-shot) to 93% held-out accuracy.
     learning_rate: float = Field(default=1e-3, gt=0)
@@ -69,6 +69,17 @@ class LocalTuneConfig(BaseModel):
     threads: int | None = Field(default=None, ge=1, description="torch threads (None: torch's default).")
     adapter_dtype: str = Field(default="f32", pattern="^(f32|f16)$")
     progress: bool = True
+
+    @field_validator("target_modules")
+    @classmethod
+    def _writable_targets(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        # Checked here, not when the adapter is written: otherwise a typo costs the whole training run.
+        from genroute.tuning.gguf_adapter import lora_targets, unmappable_targets
+
+        bad = unmappable_targets(names)
+        if bad:
+            raise ValueError(f"the GGUF adapter writer cannot map {bad}; use some of {lora_targets()}")
+        return names
 
 
 class LocalTuneResult(BaseModel):
@@ -102,13 +113,14 @@ def tune_local(data_path: str | Path, out_dir: str | Path, *, config: LocalTuneC
 def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, config: LocalTuneConfig
                         ) -> LocalTuneResult:
     """``tune_local`` on examples already loaded and checked."""
-    torch = _import_torch()
     base_path = resolve_base_model(config.base_model_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # Encode in file order (so a too-long example is named by its position), then split the rows.
+    check_base_architecture(base_path)
+    torch = _import_torch()
+    # Encode in file order (so a too-long example is named by its line), then split the rows.
     rows = PromptEncoder(base_path, config.max_seq_len).encode_all(examples)
     train_rows, val_rows = split(rows, config.validation_fraction, config.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
     model = load_base_model(base_path)
@@ -157,6 +169,20 @@ def resolve_base_model(path: Path | None) -> Path:
     return default_model_path()
 
 
+def check_base_architecture(base_path: Path) -> None:
+    """Refuse, before training, a base GGUF whose tensors the adapter writer cannot name (not Gemma 3)."""
+    from genroute.tuning.gguf_adapter import ARCHITECTURE, gguf_architecture
+
+    try:
+        found = gguf_architecture(base_path)
+    except ImportError:
+        raise UsageError("local tuning needs the tune-local extra (gguf): pip install 'genroute[tune-local]'",
+                         field="tune-local") from None
+    if found != ARCHITECTURE:
+        raise UsageError(f"{base_path} is a {found or 'unnamed'} model; local LoRA tuning writes "
+                         f"{ARCHITECTURE} (Gemma 3) adapters only", field="base_model_path")
+
+
 class PromptEncoder:
     """Turns examples into (token ids, labels) with llama.cpp's tokenizer; prompt tokens get label -100."""
 
@@ -175,8 +201,9 @@ class PromptEncoder:
         target = self._vocab.tokenize(format_target(example.output).encode(), add_bos=False, special=True)
         room = self.max_seq_len - len(target)
         if room < 8:
-            raise UsageError(f"example {index + 1} (non-blank line): the output is {len(target)} tokens; "
-                             f"max_seq_len {self.max_seq_len} leaves no room for the input", field="max_seq_len")
+            where = f"line {example.line}" if example.line is not None else f"example {index + 1}"
+            raise UsageError(f"the output is {len(target)} tokens; max_seq_len {self.max_seq_len} leaves no "
+                             "room for the input (raise max_seq_len or shorten the output)", field=where)
         if len(prompt) > room:
             # Keep BOS and the end of the prompt, where the turn markers and the latest text are.
             prompt = prompt[:1] + prompt[len(prompt) - room + 1:]
@@ -265,52 +292,27 @@ def register_tuned_backend(
     """Add ``engines.<name>_engine`` (local + LoRA) and ``backends.<name>`` (tuned) to a YAML/JSON config.
 
     ``engine_options`` adds local-engine fields (e.g. ``n_threads``, ``max_output_tokens``). The file is
-    rewritten atomically (``config_file.write_atomic``); YAML comments are not kept. A missing file is
-    created. Returns the updated config mapping.
+    rewritten atomically by ``config_file.write_tuned_backend``; YAML comments are not kept. A missing file
+    is created. Returns the updated config mapping.
     """
-    import yaml
+    from genroute.tuning.config_file import write_tuned_backend
 
-    from genroute.backends.tuned import TunedConfig
-    from genroute.config import load_config
-    from genroute.engines.local import LocalEngineConfig
-    from genroute.tuning.config_file import check_target, write_atomic
-
-    path = Path(config_path)
-    if path.suffix.lower() not in {".yaml", ".yml", ".json"}:
-        raise UsageError(f"cannot write tuned backends into {path.name}: use a .yaml or .json config",
-                         field="config")
     adapter = Path(adapter_path).resolve()
     if not adapter.is_file():
         raise UsageError(f"no adapter at {adapter}", field="adapter_path")
-    data = check_target(path, name, replace=replace) if path.exists() else {}
-    engines = dict(data.get("engines") or {})
-    engine_name = f"{name}_engine"
-    if not replace and engine_name in engines:
-        raise UsageError(f"engine {engine_name!r} already exists in {path.name}", field="name")
     engine: dict[str, Any] = {**(engine_options or {}), "kind": "local", "lora_path": str(adapter),
                               "prompt_format": "gemma"}
     if base_model_path is not None and Path(base_model_path).resolve() != _default_base():
         # The bundled base is left implicit so the config stays valid on other machines.
         engine["model_path"] = str(Path(base_model_path).resolve())
     backend: dict[str, Any] = {
-        "kind": "tuned", "engine": engine_name, "model": BASE_MODEL_NAME, "base_model": BASE_MODEL_NAME,
+        "kind": "tuned", "engine": f"{name}_engine", "model": BASE_MODEL_NAME, "base_model": BASE_MODEL_NAME,
         "description": f"Gemma 3 270M + local LoRA adapter {adapter.name}",
     }
     if tasks:
         backend["tasks"] = list(tasks)
-    # Validate with the real config models so a bad entry never reaches the file.
-    LocalEngineConfig.model_validate(engine)
-    TunedConfig.model_validate(backend)
-    data["engines"] = {**engines, engine_name: engine}
-    data["backends"] = {**(data.get("backends") or {}), name: backend}
-    load_config(data)
-    if path.suffix.lower() == ".json":
-        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    else:
-        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, text)
-    return data
+    return write_tuned_backend(config_path, name, backend, engines={f"{name}_engine": engine}, replace=replace,
+                               missing_ok=True)
 
 
 def _default_base() -> Path | None:

@@ -86,8 +86,9 @@ class TuningResult:
     backend: str
     model: str | None
     endpoint: str | None
-    train_examples: int
-    validation_examples: int
+    #: ``None`` when not known: ``resume_vertex`` waits for a job whose data this process never saw.
+    train_examples: int | None
+    validation_examples: int | None
     config_path: Path | None
 
 
@@ -269,7 +270,7 @@ async def resume_vertex(job: str, settings: VertexTuningSettings, *, config_path
     """Wait for a job started earlier (e.g. after ``timeout_s``) and register its model like ``tune_vertex``."""
     engine, owned = _engine(settings, config_path, engine, credentials)
     try:
-        return await _finish(engine, job, settings, config_path, console, counts=(0, 0))
+        return await _finish(engine, job, settings, config_path, console, counts=(None, None))
     finally:
         if owned:
             await engine.aclose()
@@ -307,7 +308,7 @@ def _engine(settings: VertexTuningSettings, config_path: str | Path | None, engi
 
 async def _finish(engine: GeminiEngine, name: str, settings: VertexTuningSettings,
                   config_path: str | Path | None, console: Console | None, *,
-                  counts: tuple[int, int]) -> TuningResult:
+                  counts: tuple[int | None, int | None]) -> TuningResult:
     """Wait for the job; on success register its endpoint (or model) as a tuned backend."""
     job = await wait_for_job(engine.client, name, poll_interval_s=settings.poll_interval_s,
                              timeout_s=settings.timeout_s, console=console)
