@@ -300,7 +300,7 @@ async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
         server: GeminiTestServer, tmp_path: Path) -> None:
     async with Router.from_config(config(server)) as router:
         report = await abench(router, records(), backends=["cheap", "smart"], out_dir=tmp_path, progress=False,
-                              embedder=_TinyEmbedder())
+                              embedder=_ToneEmbedder())
     assert report.compiled is not None
     stats = BenchStats.load(report.compiled.stats_path)
     entry = stats.get("sentiment", "smart")
@@ -314,8 +314,42 @@ async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
     rows = {r.name: r for r in report.compiled.rows}
     assert rows["compiled cost_aware"].quality == rows["smart"].quality == 1.0
     assert rows["compiled cost_aware"].picks == {"smart": report.compiled.n_held_out}
-    assert "compiled learned" in rows and Path(report.compiled.learned_model_path or "").exists()
     assert "Held-out split" in Path(report.files["markdown"]).read_text()
+    # The shipped learned model: trained on every record but the one train() keeps for its own check, and
+    # a router loads it through the learned policy and decides with it.
+    from genroute.policies.learned import LearnedConfig, LearnedPolicy, RouterModel
+
+    assert "compiled learned" in rows and report.compiled.learned_model_path is not None
+    assert RouterModel.load(report.compiled.learned_model_path).meta["n_train"] == len(records()) - 1
+    learned = LearnedPolicy(LearnedConfig(model_path=report.compiled.learned_model_path, default="smart"),
+                            embedder=_ToneEmbedder())
+    async with Router.from_config(config(server), policy=learned) as router:
+        picks = {r.input: router.decide(r.input, task="sentiment") for r in records()}
+    assert all(d.reason.startswith("learned: knn predicts") for d in picks.values())
+    # Positive reviews: cheap is right and cheaper; negative ones: only smart is right.
+    chosen = {text: d.rungs[0].backend for text, d in picks.items()}
+    assert chosen == {r.input: "cheap" if r.label == "positive" else "smart" for r in records()}
+
+
+async def test_compiled_cost_aware_floor_is_per_task(server: GeminiTestServer, tmp_path: Path) -> None:
+    from genroute.bench import compile_policy, split_ids
+
+    # "easy": both backends say positive and 6 of 10 labels are positive: both score 0.6. One global floor
+    # (95% of smart's 1.0 on sentiment) would rule both out there; a per-task floor keeps the cheaper one.
+    easy = [BenchRecord(id=f"e{i}", input=f"Item number {i} arrived.", output=label, label=label, task="easy")
+            for i, label in enumerate(["positive"] * 6 + ["negative"] * 4)]
+    data = records() + easy
+    async with Router.from_config(config(server)) as router:
+        outcomes = await arun_bench(router, data, ["cheap", "smart"], resolve_scorer("label_accuracy"),
+                                    progress=False)
+    compiled = compile_policy(outcomes, data, tmp_path, learned=False)
+    assert set(compiled.floors) == {"sentiment", "easy"} and compiled.floors["sentiment"] == pytest.approx(0.95)
+    assert compiled.floors["easy"] < 0.95
+    _, held = split_ids([r.id for r in data])  # the split compile_policy made (same holdout and seed)
+    n_easy = sum(r.id in held for r in easy)
+    row = {r.name: r for r in compiled.rows}["compiled cost_aware"]
+    assert row.picks.get("cheap", 0) == n_easy > 0 and row.picks.get("smart", 0) == compiled.n_held_out - n_easy
+    assert f"easy {compiled.floors['easy']:.3f}" in compiled.markdown()
 
 
 async def test_policy_target_runs_end_to_end(server: GeminiTestServer, tmp_path: Path) -> None:
@@ -430,19 +464,16 @@ def test_graduation_advisor_break_even() -> None:
     assert stand_in is not None and not stand_in.tuned_measured and stand_in.tuning_cost_usd > 0
 
 
-class _TinyEmbedder:
-    """Deterministic bag-of-words vectors: enough for the learned policy's kNN in a unit test."""
+class _ToneEmbedder:
+    """Vectors that set negative reviews apart from the rest, so a trained router has something to learn."""
 
-    model = "tiny-test"
+    model = "tone-test"
 
     def embed_array(self, texts: list[str]) -> Any:
         import numpy as np
 
-        out = np.zeros((len(texts), 64), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in text.lower().split():
-                out[row, sum(map(ord, word)) % 64] += 1.0
-        return out + 1e-3
+        return np.array([[1.0, 0.05] if any(w in t for w in NEGATIVE) else [0.05, 1.0] for t in texts],
+                        dtype=np.float32)
 
 
 @pytest.mark.local

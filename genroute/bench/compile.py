@@ -6,6 +6,7 @@ record's routed answer is looked up among the measured outcomes, no model is cal
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -42,15 +43,17 @@ class CompileReport(BaseModel):
     cost_basis: str = Field(default="measured", description="measured, or cloud-equivalent for free local models.")
     learned_model_path: str | None = None
     learned_note: str | None = None
-    min_quality: float
+    min_quality: float | None = Field(default=None, description="The floor the caller set for every task.")
+    floors: dict[str, float] = Field(default_factory=dict, description="cost_aware quality floor per task.")
     n_train: int
     n_held_out: int
     rows: tuple[HeldOutRow, ...]
 
     def markdown(self) -> str:
         """The held-out comparison as Markdown."""
+        floors = ", ".join(f"{t} {f:.3f}" for t, f in sorted(self.floors.items()))
         lines = [f"Held-out split: {self.n_held_out} records (stats from {self.n_train} others); "
-                 f"cost_aware quality floor {self.min_quality:.3f}; {self.cost_basis} cost. "
+                 f"cost_aware quality floor per task: {floors}; {self.cost_basis} cost. "
                  f"Stats file: `{self.stats_path}`"
                  + (f"; learned model: `{self.learned_model_path}`" if self.learned_model_path else "") + ".",
                  "", "| router | quality | $/request | p50 s | routed to |", "|---|---|---|---|---|"]
@@ -147,11 +150,14 @@ def compile_policy(
 ) -> CompileReport:
     """Write ``stats.json`` (all records) and ``learned.npz``; compare compiled policies on a held-out split.
 
-    The cost_aware floor defaults to ``relative_floor`` x the best backend's quality on the training split.
+    The cost_aware floor of each task defaults to ``relative_floor`` x the best backend's quality on that
+    task's training records (one global floor would hold an easy task to a hard task's level, or the reverse).
+    ``learned.npz`` is trained on the training split for the held-out comparison, then again on every record
+    for the file written.
     ``use_cloud_equivalent`` (default: when every measured cost is zero, i.e. a local model) prices by the
     cloud-equivalent cost, so fewer tokens still count as cheaper.
     """
-    from genroute.policies.cost_aware import CostAwareConfig, CostAwarePolicy
+    from genroute.policies.cost_aware import CostAwareConfig, CostAwarePolicy, Targets
 
     out = Path(out_dir)
     table = _table(outcomes)
@@ -172,10 +178,14 @@ def compile_policy(
     stats_path = full.save(out / "stats.json")
     train_stats = stats_from(train_rows, source=source, seed=seed, use_cloud_equivalent=cloud)
 
-    best = max((s for by in train_stats.tasks.values() for s in by.values()), key=lambda s: s.quality)
-    floor = min_quality if min_quality is not None else relative_floor * best.quality
+    floors = {task: min_quality if min_quality is not None else relative_floor * max(s.quality for s in by.values())
+              for task, by in train_stats.tasks.items()}
+    # Requests whose task has no entry of its own use the records without a task, else the strictest floor.
+    fallback = floors.get(ANY_TASK, max(floors.values()))
     default = max(backends, key=lambda b: _mean_quality(train_stats, b))
-    policy = CostAwarePolicy(CostAwareConfig(min_quality=floor, default=default))
+    policy = CostAwarePolicy(CostAwareConfig(
+        min_quality=fallback, default=default,
+        tasks={t: Targets(min_quality=f) for t, f in floors.items() if t != ANY_TASK}))
     context = _context(backends, train_stats)
 
     def cost_aware(record: BenchRecord) -> str:
@@ -194,7 +204,7 @@ def compile_policy(
                          cloud=cloud))
     return CompileReport(stats_path=str(stats_path), cost_basis="cloud-equivalent" if cloud else "measured",
                          learned_model_path=learned_path, learned_note=note,
-                         min_quality=floor, n_train=len(train_ids), n_held_out=len(held_ids), rows=tuple(rows))
+                         min_quality=min_quality, floors=floors, n_train=len(train_ids), n_held_out=len(held_ids), rows=tuple(rows))
 
 
 def _mean_quality(stats: BenchStats, backend: str) -> float:
@@ -211,7 +221,8 @@ def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_
              held_records: Sequence[BenchRecord], table: Mapping[str, Mapping[str, Outcome]], out: Path,
              default: str, *, seed: int, embedder: Any, cloud: bool
              ) -> tuple[str | None, str | None, HeldOutRow | None]:
-    """Train ``learned`` on the training split (if the policies module has ``train``) and evaluate it."""
+    """Train ``learned`` on the training split, evaluate it on the held-out one, then train the shipped
+    ``learned.npz`` on every record (the held-out figures describe a model that never saw those records)."""
     try:
         from genroute.policies.learned import LearnedConfig, LearnedPolicy, train
     except ImportError as exc:
@@ -219,21 +230,28 @@ def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_
     inputs = {r.id: r.input for r in records}
     rows = [{"input": inputs[o.record_id], "backend": o.backend, "score": o.score if o.ok else 0.0,
              "cost_usd": cost_of(o, cloud), "record_id": o.record_id, "task": o.task}
-            for o in outcomes if o.record_id in train_set and o.backend != POLICY_TARGET and o.record_id in inputs]
+            for o in outcomes if o.backend != POLICY_TARGET and o.record_id in inputs]
     path = out / "learned.npz"
+    context = _context(sorted({b for by in table.values() for b in by}))
     try:
-        report = train(rows, path, embedder=embedder, seed=seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            held_model = Path(tmp) / "learned-train.npz"
+            report = train([r for r in rows if r["record_id"] in train_set], held_model, embedder=embedder,
+                           seed=seed)
+            policy = LearnedPolicy(LearnedConfig(model_path=str(held_model), default=default), embedder=embedder)
+
+            def choose(record: BenchRecord) -> str:
+                return policy.decide(GenerateRequest(input=record.input, task=record.task), context).rungs[0].backend
+
+            row = evaluate("compiled learned", choose, held_records, table, cloud=cloud)
+        # test_share=0: train keeps back a single record for its own check; every other one trains the file.
+        shipped = train(rows, path, embedder=embedder, seed=seed, test_share=0.0)
     except GenrouteError as exc:  # e.g. too few training records: report it, keep the rest of the compile
         return None, f"learned policy not trained: {exc}", None
-    policy = LearnedPolicy(LearnedConfig(model_path=str(path), default=default), embedder=embedder)
-    context = _context(sorted({b for by in table.values() for b in by}))
-
-    def choose(record: BenchRecord) -> str:
-        return policy.decide(GenerateRequest(input=record.input, task=record.task), context).rungs[0].backend
-
     note = (f"learned ({report.method}): routing accuracy {report.routing_accuracy:.3f} on its own "
-            f"{report.n_test}-record validation split of the training records.")
-    return str(path), note, evaluate("compiled learned", choose, held_records, table, cloud=cloud)
+            f"{report.n_test}-record validation split of the training records; `{path.name}` was then "
+            f"trained on {shipped.n_train} of all {shipped.n_train + shipped.n_test} records.")
+    return str(path), note, row
 
 
 def _context(backends: Sequence[str], stats: BenchStats | None = None) -> Any:
