@@ -361,6 +361,43 @@ async def test_policy_target_runs_end_to_end(server: GeminiTestServer, tmp_path:
     assert len(policy_rows) == 3 and {o.routed_backend for o in policy_rows} == {"smart"}
 
 
+SCORING_THREADS: list[str] = []
+
+
+def thread_scorer(record: BenchRecord, result: Any) -> float:
+    """A custom scorer that notes which thread the benchmark ran it on."""
+    import threading
+
+    SCORING_THREADS.append(threading.current_thread().name)
+    return 1.0
+
+
+def test_sync_bench_runs_on_the_routers_loop(server: GeminiTestServer, tmp_path: Path) -> None:
+    from genroute.bench import bench
+
+    SCORING_THREADS.clear()
+    with Router.from_config(config(server)) as router:
+        assert router.generate("The service was great.", backend="smart").text == "positive"
+        report = bench(router, records()[:4], backends=["smart"], out_dir=tmp_path, progress=False, compile=False,
+                       scorer="tests.test_bench:thread_scorer")
+        assert report.summaries[0].n == 4 and report.summaries[0].failure_count == 0
+        # Scoring runs inside the benchmark's requests: on the loop thread the router's sync API uses.
+        assert SCORING_THREADS == ["genroute-loop"] * 4
+        # The engine's client still works from the router's sync API after the benchmark.
+        assert router.generate("The service was awful.", backend="smart").text == "negative"
+        assert [c.text for c in router.stream("The service was rude.", backend="smart") if not c.done] == ["negative"]
+
+
+async def test_sync_bench_refuses_a_running_loop(server: GeminiTestServer, tmp_path: Path) -> None:
+    from genroute.bench import bench
+    from genroute.errors import UsageError
+
+    async with Router.from_config(config(server)) as router:
+        with pytest.raises(UsageError, match="abench"):
+            bench(router, records()[:1], backends=["smart"], out_dir=tmp_path, progress=False)
+    assert generate_calls(server) == 0
+
+
 def test_cli_writes_reports_and_names_bad_input(server: GeminiTestServer, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data.jsonl"

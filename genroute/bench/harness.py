@@ -17,6 +17,7 @@ from genroute.bench.report import Summary, markdown_table, summarize, write_repo
 from genroute.bench.runner import POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_targets
 from genroute.bench.scorers import resolve_scorer
 from genroute.errors import UsageError
+from genroute.router.portal import Portal
 
 if TYPE_CHECKING:
     from genroute.router.router import Router
@@ -117,14 +118,11 @@ async def abench(
 
 
 def bench(router: Router, data: str | Path | Sequence[BenchRecord], **kwargs: Any) -> BenchReport:
-    """Sync ``abench`` (not from inside a running event loop)."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(abench(router, data, **kwargs))
-    raise UsageError("bench() called inside a running event loop; await abench() instead")
+    """Sync ``abench``, run on the router's own loop thread (not from inside a running event loop)."""
+    Portal.refuse_inside_loop("bench")
+    # The router's sync API runs on its private loop, and its engines' clients belong to that loop: a fresh
+    # loop (asyncio.run) would use them from the wrong loop and leave them broken for later sync calls.
+    return router._portal.call(abench(router, data, **kwargs))  # noqa: SLF001 - the router's sync bridge
 
 
 async def ingest_corpus(router: Router, corpus: str | Path, collection: str | None) -> None:
