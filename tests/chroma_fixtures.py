@@ -1,18 +1,24 @@
 """Chroma in both modes for knowledge tests: an embedded store in a temp dir, or a real `chroma run` server.
 
 Import the fixtures into a test module (``from .chroma_fixtures import chroma_server, knowledge  # noqa``);
-``knowledge`` is parametrized over both modes, the server one marked ``chroma_server``.
+``knowledge`` is parametrized over both modes, the server one marked ``chroma_server``; ``chroma_proxy``
+sits in front of the server and can answer chosen requests with an error.
 """
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import itertools
+import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -90,6 +96,80 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaSe
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class ChromaFaultProxy:
+    """A loopback HTTP proxy in front of a real Chroma server that answers chosen requests with an error.
+
+    Only the wire is faked: the Chroma client, its error parsing and genroute's mapping all run for real.
+    """
+
+    def __init__(self, upstream: ChromaServer) -> None:
+        self.upstream = upstream
+        self.faults: list[tuple[re.Pattern[str], int, bytes]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fault = proxy._take(self.path)
+                if fault is not None:
+                    status, data, ctype = fault[1], fault[2], "application/json"
+                else:
+                    conn = http.client.HTTPConnection(upstream.host, upstream.port, timeout=30)
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    answer = conn.getresponse()
+                    status, data = answer.status, answer.read()
+                    ctype = answer.getheader("Content-Type") or "application/json"
+                    conn.close()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def fail(self, status: int, body: Any, *, path: str = ".*") -> None:
+        """Answer the next request whose path matches ``path`` with ``status`` and ``body`` (JSON unless bytes)."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        with self.lock:
+            self.faults.append((re.compile(path), status, data))
+
+    def _take(self, path: str) -> tuple[re.Pattern[str], int, bytes] | None:
+        with self.lock:
+            for n, fault in enumerate(self.faults):
+                if fault[0].search(path):
+                    return self.faults.pop(n)
+        return None
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def chroma_proxy(chroma_server: ChromaServer) -> Iterator[ChromaFaultProxy]:
+    """A fault-injecting proxy in front of the session's Chroma server."""
+    proxy = ChromaFaultProxy(chroma_server)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 @dataclass

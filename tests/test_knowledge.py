@@ -17,7 +17,7 @@ from genroute.knowledge.chunking import chunk_id, chunk_text, token_counter
 from genroute.knowledge.ingest import chunk_documents, expand_paths, read_documents
 from genroute.testing.replies import field_of
 
-from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
+from .chroma_fixtures import ChromaFaultProxy, Knowledge, chroma_proxy, chroma_server, knowledge  # noqa: F401
 
 TOPICS = ["volcanoes", "sourdough bread", "chess openings", "jazz piano", "tide pools", "rust compilers"]
 
@@ -316,6 +316,42 @@ async def test_unreachable_server_is_backend_unavailable() -> None:
     with pytest.raises(BackendUnavailable) as err:
         await store.query("docs", "anything", kind="documents", k=1)
     assert "127.0.0.1" in str(err.value)
+
+
+@pytest.mark.chroma_server
+async def test_chroma_server_failures_are_typed(chroma_proxy: ChromaFaultProxy, tmp_path: Path) -> None:
+    from genroute.errors import BackendUnavailable
+
+    store = build_store({"host": "127.0.0.1", "port": chroma_proxy.port}, engines={})
+    collection = f"failures-{os.getpid()}"
+    await aingest(store, write_corpus(tmp_path / "docs", docs=4), collection=collection, chunk_tokens=30, overlap=6)
+    cases = [
+        (500, {"error": "InternalError", "message": "boom"}, BackendUnavailable),
+        (502, b"<html><body>502 Bad Gateway</body></html>", BackendUnavailable),  # not Chroma's JSON
+        (429, {"error": "RateLimitError", "message": "slow down"}, BackendUnavailable),
+        (403, {"error": "AuthError", "message": "who are you"}, ConfigError),
+        (400, {"error": "InvalidArgumentError", "message": "bad include"}, UsageError),
+    ]
+    for status, body, kind in cases:
+        chroma_proxy.fail(status, body, path=r"/query$")
+        with pytest.raises((UsageError, BackendUnavailable)) as err:
+            await store.query(collection, "tide pools", kind="documents", k=2)
+        assert type(err.value) is kind, (status, err.value)
+        assert "127.0.0.1" in str(err.value)
+    assert getattr(err.value, "field", None) is None
+    hits = await store.query(collection, "tide pools", kind="documents", k=2)  # faults used up: works again
+    assert len(hits) == 2
+
+
+async def test_chroma_rejections_are_usage_errors(knowledge: Knowledge, tmp_path: Path) -> None:
+    store = knowledge.store()
+    collection = knowledge.name("docs")
+    await aingest(store, write_corpus(tmp_path / "docs", docs=4), collection=collection, chunk_tokens=30, overlap=6)
+    with pytest.raises(UsageError) as err:  # 3-wide vectors into a 384-wide collection
+        await store.upsert(collection, ["x"], ["text"], [{"source": "x"}], kind="documents",
+                           embeddings=[[0.1, 0.2, 0.3]])
+    assert type(err.value) is UsageError and "dimension" in str(err.value).lower()
+    assert await store.count(collection, kind="documents") > 0
 
 
 def minimal_pdf(pages: list[str]) -> bytes:

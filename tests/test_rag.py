@@ -16,7 +16,7 @@ from genroute.router.router import Router
 from genroute.testing import GeminiTestServer
 from genroute.testing.replies import field_of
 
-from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
+from .chroma_fixtures import ChromaFaultProxy, Knowledge, chroma_proxy, chroma_server, knowledge  # noqa: F401
 from .conftest import Otel, gemini_config
 
 DOCS = {
@@ -120,6 +120,24 @@ async def test_nothing_relevant_raises_so_a_cascade_falls_through(gemini_server:
         result = await r.agenerate("What is the best way to learn the cello?")
     assert result.backend == "chat" and result.text == "general answer" and result.citations == ()
     assert [a.error_type for a in result.decision.rungs_tried] == ["NoRelevantContext", None]
+
+
+@pytest.mark.chroma_server
+async def test_a_failing_chroma_server_falls_through_to_the_next_rung(gemini_server: GeminiTestServer, otel: Otel,
+                                                                      chroma_proxy: ChromaFaultProxy,
+                                                                      tmp_path: Path) -> None:
+    proxied = Knowledge("server", {"host": "127.0.0.1", "port": chroma_proxy.port})
+    collection = proxied.name("rag")
+    await ingest_docs(proxied, tmp_path, collection)
+    chroma_proxy.fail(500, {"error": "InternalError", "message": "compaction failed"}, path=r"/query$")
+    gemini_server.reply_text("general answer")
+    cascade = {"kind": "cascade", "rungs": [{"backend": "rag"}, {"backend": "chat"}]}
+    async with router(gemini_server, otel, proxied, collection=collection, policy=cascade) as r:
+        result = await r.agenerate("When was the Zorblax reactor commissioned?")
+    assert result.backend == "chat" and result.text == "general answer"
+    assert [a.error_type for a in result.decision.rungs_tried] == ["BackendUnavailable", None]
+    (span,) = otel.spans("retrieval")
+    assert span.attributes["error.type"] == "BackendUnavailable"
 
 
 async def test_answer_mode_says_nothing_was_found(gemini_server: GeminiTestServer, otel: Otel,

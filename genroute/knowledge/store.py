@@ -5,6 +5,10 @@ texts itself (so Gemini and local embedders work alike and each call gets an ``e
 hands Chroma vectors; a collection records which embedder filled it, and reopening it with another
 one is a ``ConfigError`` rather than silently meaningless distances. Chroma is blocking: every call
 runs in a worker thread, and ``import chromadb`` (~2 s) happens on first use, not at import.
+
+Chroma failures leave as genroute errors: unreachable, overloaded or failing (429/5xx) →
+``BackendUnavailable`` (a policy can fall through); refused credentials → ``ConfigError``; anything
+else Chroma rejects (bad arguments, wrong dimensions, batch too large) → ``UsageError``.
 """
 
 from __future__ import annotations
@@ -19,17 +23,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from genroute.errors import BackendUnavailable, ConfigError, UsageError
+from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError
 
 if TYPE_CHECKING:
     from genroute.engines.base import Engine
     from genroute.knowledge.embedders import Embedder
 
 T = TypeVar("T")
-Kind = Literal["documents", "examples"]
+Kind = Literal["documents", "examples", "routes"]
 
 _META_KIND = "genroute.kind"
 _META_EMBEDDER = "genroute.embedder"
+_META_EMBEDDER_KIND = "genroute.embedder_kind"
 _META_DIMENSION = "genroute.dimension"
 
 
@@ -181,12 +186,20 @@ class KnowledgeStore:
     def _guard(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
-        except (UsageError, BackendUnavailable):
+        except GenrouteError:
             raise
         except Exception as exc:
-            if self.config.host is not None and _is_connection_error(exc):
-                raise BackendUnavailable(f"{self.location}: {exc}", backend="knowledge") from exc
-            raise
+            from chromadb.errors import NotFoundError
+
+            from genroute.knowledge.chroma_errors import map_chroma_error
+
+            if isinstance(exc, NotFoundError):
+                self._collections.clear()  # deleted behind our back: reopen (and report it) next time
+            mapped = map_chroma_error(exc, location=self.location, server=self.config.host is not None)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
 
     # -- collections -------------------------------------------------------------------------
 
@@ -208,8 +221,8 @@ class KnowledgeStore:
                                  field=field) from exc
             col = client.get_or_create_collection(
                 name, embedding_function=None, configuration=self._configuration(),
-                metadata={_META_KIND: kind, _META_EMBEDDER: self.embedder.model,
-                          _META_DIMENSION: self.embedder.dimension},
+                metadata={_META_KIND: kind, _META_EMBEDDER_KIND: self.embedder.name(),
+                          _META_EMBEDDER: self.embedder.model, _META_DIMENSION: self.embedder.dimension},
             )
         self._check(col, kind, field)
         self._collections[name] = col
@@ -226,6 +239,13 @@ class KnowledgeStore:
         have_kind = meta.get(_META_KIND)
         if have_kind is not None and have_kind != kind:
             raise UsageError(f"collection {col.name!r} holds {have_kind}, not {kind}", field=field)
+        have_embedder = meta.get(_META_EMBEDDER_KIND)
+        if have_embedder is not None and have_embedder != self.embedder.name():
+            raise ConfigError(
+                f"collection {col.name!r} was embedded by {have_embedder!r}; this store embeds with "
+                f"{self.embedder.name()!r} (re-ingest, or configure the same embedder)",
+                field="knowledge.embedder.kind",
+            )
         have = meta.get(_META_EMBEDDER)
         if have is not None and have != self.embedder.model:
             raise ConfigError(
@@ -254,11 +274,14 @@ class KnowledgeStore:
         """Delete ``name`` if it exists."""
         from chromadb.errors import NotFoundError
 
+        def run() -> None:
+            try:
+                self.client().delete_collection(name)
+            except (NotFoundError, ValueError):
+                pass
+
         self._collections.pop(name, None)
-        try:
-            await self._run(self.client().delete_collection, name)
-        except (NotFoundError, ValueError):
-            pass
+        await self._run(run)
 
     def count_sync(self, name: str, *, kind: Kind, field: str = "collection") -> int:
         """Records in ``name`` (blocking)."""
@@ -368,10 +391,3 @@ def _sibling(field: str, name: str) -> str:
 def _check_name(name: str, field: str) -> None:
     if not 3 <= len(name) <= 512:
         raise UsageError(f"collection names must be 3-512 characters, got {name!r}", field=field)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
-    return bool(names & {"ConnectError", "ConnectTimeout", "ReadTimeout", "RemoteProtocolError",
-                         "ConnectionError", "ConnectionRefusedError"}) or "Could not connect" in str(exc)
-

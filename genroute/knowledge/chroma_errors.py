@@ -1,0 +1,50 @@
+"""The one place Chroma failures become genroute errors.
+
+    refused/reset connections, timeouts (server mode)      -> BackendUnavailable
+    ChromaError 429 (RateLimitError), >= 500 (InternalError,
+    VersionMismatchError)                                  -> BackendUnavailable (status set)
+    ChromaError 401/403 (AuthorizationError, AuthError)    -> ConfigError (knowledge.headers)
+    other ChromaError (InvalidArgumentError, InvalidDimension,
+    DuplicateID, BatchSizeExceededError, NotFoundError...) -> UsageError
+    ValueError / TypeError (the client's own checks)       -> UsageError
+    bare Exception from the HTTP client (an error body it
+    could not parse: a crashed server's or proxy's page)   -> BackendUnavailable (server mode)
+    anything else                                          -> not mapped (a bug: let it through)
+"""
+
+from __future__ import annotations
+
+from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError
+
+_CONNECTION_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout",
+                                "RemoteProtocolError", "ReadError", "WriteError", "ConnectionError",
+                                "ConnectionRefusedError", "ConnectionResetError"})
+
+
+def map_chroma_error(exc: BaseException, *, location: str, server: bool) -> GenrouteError | None:
+    """The genroute error for ``exc`` raised by Chroma at ``location``, or ``None`` if it is not Chroma's."""
+    from chromadb.errors import ChromaError
+
+    if isinstance(exc, GenrouteError):
+        return exc
+    if server and is_connection_error(exc):
+        return BackendUnavailable(f"{location}: {exc}", backend="knowledge")
+    if isinstance(exc, ChromaError):
+        code = exc.code()
+        text = f"{location}: {exc.name()}: {exc}"
+        if code == 429 or code >= 500:  # overloaded or failing: a policy may fall through to another rung
+            return BackendUnavailable(text, backend="knowledge", status=code)
+        if code in (401, 403):
+            return ConfigError(text, field="knowledge.headers")
+        return UsageError(text)
+    if isinstance(exc, ValueError | TypeError):
+        return UsageError(f"{location}: {exc}")
+    if server and type(exc) is Exception:
+        return BackendUnavailable(f"{location}: {str(exc)[:500]}", backend="knowledge")
+    return None
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a failure to reach or keep talking to a server."""
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    return bool(names & _CONNECTION_ERRORS) or "Could not connect" in str(exc)
