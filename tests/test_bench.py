@@ -103,6 +103,37 @@ async def quiet_count(server: GeminiTestServer) -> int:
     return count
 
 
+async def test_concurrency_bounds_the_requests_in_flight(server: GeminiTestServer) -> None:
+    import threading
+
+    answer, bound = server.default_reply, 4  # 20 requests: five full rounds
+    seen = threading.Condition()
+    in_flight = most = 0
+
+    def counting(request: Any) -> Reply:
+        nonlocal in_flight, most
+        with seen:
+            in_flight += 1
+            most = max(most, in_flight)
+            seen.notify_all()
+            # Hold each request until `bound` are in flight, then a moment more: a runner that let more
+            # through would have them in flight together here, and `most` would exceed the bound.
+            seen.wait_for(lambda: in_flight >= bound, timeout=2)
+            seen.wait_for(lambda: in_flight > bound, timeout=0.1)
+        try:
+            return answer(request)
+        finally:
+            with seen:
+                in_flight -= 1
+
+    server.default_reply = counting
+    async with Router.from_config(config(server)) as router:
+        outcomes = await arun_bench(router, records(), ["cheap", "smart"], resolve_scorer("label_accuracy"),
+                                    concurrency=bound, progress=False)
+    assert len(outcomes) == 20 and all(o.ok for o in outcomes)
+    assert most == bound
+
+
 async def test_interrupted_run_resumes_without_duplicates(server: GeminiTestServer, tmp_path: Path) -> None:
     data, scorer, targets = records(), resolve_scorer("label_accuracy"), ["cheap", "smart"]
     async with Router.from_config(config(server)) as router:
@@ -468,6 +499,43 @@ def test_cli_runs_function_calling_records_with_their_own_tools(gemini_server: G
     assert set(schemas) == {"stats_t_test", "get_weather"}  # the record's tools, never the placeholder
     assert schemas["stats_t_test"] == {"type": "object", "required": ["array-1"], "properties": {
         "array-1": {"type": "array", "items": {"type": "integer"}}, "alpha": {"type": "number"}}}
+
+
+def test_cli_report_has_the_graduation_advisor(server: GeminiTestServer, tmp_path: Path) -> None:
+    from genroute.knowledge import aload_examples
+
+    cfg = config(server)
+    cfg["knowledge"] = {"path": str(tmp_path / "chroma"), "embedder": {"kind": "gemini", "engine": "gemini"}}
+    cfg["backends"] = {
+        "icl": {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash", "collection": "bench-examples",
+                "selector": "fixed", "k": 4},
+        "tuned": {"kind": "tuned", "engine": "gemini", "model": "tunedModels/sentiment-abc",
+                  "base_model": "gemini-2.5-flash"},
+    }
+    cfg["policy"] = {"kind": "static", "backend": "tuned"}
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text("".join(json.dumps({"input": f"The food was {w}.", "output": "positive" if w in POSITIVE
+                                            else "negative"}) + "\n" for w in ("tasty", "cold", "fresh", "bland")))
+
+    async def load() -> None:
+        async with Router.from_config(cfg) as router:
+            await aload_examples(router.resources.knowledge, [examples], collection="bench-examples")
+
+    asyncio.run(load())
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"input": r.input, "output": r.output, "label": r.label,
+                                        "metadata": {"id": r.id}}) + "\n" for r in records()[:4]))
+    (tmp_path / "genroute.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    argv = [str(data), "--config", str(tmp_path / "genroute.yaml"), "--backends", "icl,tuned", "--out", str(out),
+            "--quiet", "--no-compile", "--monthly-requests", "50000", "--tuning-cost", "10"]
+    assert bench_main(argv) == 0
+    report = (out / "report.md").read_text()
+    assert "## Graduation advisor" in report
+    advice = report.split("## Graduation advisor", 1)[1].split("\n## ", 1)[0]
+    assert "ICL (icl) sends" in advice and "for tuned:" in advice and "Tuning estimated at $10.00" in advice
+    assert "At 50,000 requests/month it saves" in advice and "pays back after" in advice
+    assert "<h2>Graduation advisor</h2>" in (out / "report.html").read_text()
 
 
 def test_seeded_sampling_is_stable(tmp_path: Path) -> None:
