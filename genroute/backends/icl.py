@@ -90,15 +90,12 @@ class PrefixCaches:
             if fresh:
                 return name
             try:
-                cache = await create()
+                name = (await create()).name or None
             except GenrouteError:  # caching only saves money: the prefix goes out inline
-                self._entries[key] = (None, time.monotonic() + self.settings.retry_after_s)
-                return None
-            if not cache.name:
-                self._entries[key] = (None, time.monotonic() + self.settings.retry_after_s)
-                return None
-            self._entries[key] = (cache.name, time.monotonic() + self.settings.ttl_s)
-            return str(cache.name)
+                name = None
+            lifetime = self.settings.ttl_s if name else self.settings.retry_after_s
+            self._entries[key] = (name, time.monotonic() + lifetime)
+            return name
 
     def forget(self, name: str) -> None:
         """Stop using cache ``name`` (the server said it is gone)."""
