@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from functools import cached_property
@@ -67,7 +68,9 @@ class PrefixCaches:
         self.settings = settings
         #: key -> (cache name, or None after a failed create; monotonic time the entry stops being used)
         self._entries: dict[str, tuple[str | None, float]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        # Per event loop: a router may serve several loops, and an asyncio.Lock belongs to one.
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+            weakref.WeakKeyDictionary())
 
     @property
     def margin_s(self) -> float:
@@ -85,7 +88,8 @@ class PrefixCaches:
         fresh, name = self._fresh(key)
         if fresh:
             return name
-        async with self._locks.setdefault(key, asyncio.Lock()):
+        locks = self._locks.setdefault(asyncio.get_running_loop(), {})
+        async with locks.setdefault(key, asyncio.Lock()):
             fresh, name = self._fresh(key)  # another request may have made it while this one waited
             if fresh:
                 return name
