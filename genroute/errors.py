@@ -65,7 +65,11 @@ class NoRelevantContext(BackendError):
 
 
 class ToolLoopExceeded(BackendError):
-    """The function-calling loop reached its step limit or deadline."""
+    """The function-calling loop reached its step limit or deadline; ``tool_calls`` lists the calls made."""
+
+    def __init__(self, message: str, *, backend: str | None = None, tool_calls: tuple[Any, ...] = ()) -> None:
+        self.tool_calls = tuple(tool_calls)
+        super().__init__(message, backend=backend)
 
 
 class ValidationFailed(BackendError):

@@ -8,6 +8,8 @@ can never disagree.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import typing
 from collections.abc import Callable, Mapping
@@ -20,6 +22,8 @@ from pydantic_core import to_jsonable_python
 from genroute.errors import ConfigError
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from google.genai import types
 
 
@@ -63,12 +67,25 @@ class Tool:
         # Attribute access (not model_dump) keeps pydantic-model parameters as model instances.
         return {field: getattr(parsed, field) for field in type(parsed).model_fields}
 
-    async def call(self, kwargs: dict[str, Any], *, timeout_s: float | None) -> Any:
-        """Run the tool with validated ``kwargs``; sync tools run in a worker thread."""
-        if self.is_async:
-            return await asyncio.wait_for(self.fn(**kwargs), timeout_s)
-        # A timed-out sync tool keeps running in its thread; Python cannot stop it, only stop waiting.
-        return await asyncio.wait_for(asyncio.to_thread(self.fn, **kwargs), timeout_s)
+    async def call(self, kwargs: dict[str, Any], *, timeout_s: float | None,
+                   executor: Executor | None = None) -> Any:
+        """Run the tool with validated ``kwargs`` within ``timeout_s``; sync tools run on ``executor``.
+
+        ``executor`` should be a pool of the caller's own (the loop's default pool when None): a timed-out
+        sync tool keeps its thread, since Python cannot stop a thread, only stop waiting for it, so hung
+        tools on a shared pool would starve unrelated work queued behind them.
+        """
+        async with asyncio.timeout(timeout_s):
+            if self.is_async:
+                return await self.fn(**kwargs)
+            loop = asyncio.get_running_loop()
+            # The tool sees the caller's context variables (the current span, for instance).
+            call = functools.partial(contextvars.copy_context().run, functools.partial(self.fn, **kwargs))
+            result = await loop.run_in_executor(executor, call)
+            if inspect.isawaitable(result):
+                # A sync wrapper around async code (a lambda, a decorator) hands back the awaitable.
+                result = await result
+            return result
 
 
 def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field: str = "tools") -> Tool:

@@ -111,6 +111,40 @@ def test_sync_and_async_timeouts() -> None:
             asyncio.run(tool.call({}, timeout_s=0.01))
 
 
+def test_sync_tool_runs_on_the_given_pool_with_the_callers_context() -> None:
+    import contextvars
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+
+    def where() -> str:
+        """Where am I?"""
+        return f"{threading.current_thread().name}:{request_id.get()}"
+
+    async def main() -> str:
+        request_id.set("r-42")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="own-pool") as pool:
+            return await tool_from_callable(where).call({}, timeout_s=5, executor=pool)
+
+    thread, seen = asyncio.run(main()).split(":")
+    assert thread.startswith("own-pool") and seen == "r-42"
+
+
+def test_sync_callable_returning_an_awaitable_is_awaited() -> None:
+    async def double(n: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * n
+
+    def later(n: int):  # noqa: ANN202 - a plain function that hands back a coroutine
+        """Double, eventually."""
+        return double(n)
+
+    tool = tool_from_callable(later)
+    assert not tool.is_async
+    assert asyncio.run(tool.call(tool.validate({"n": 21}), timeout_s=5)) == 42
+
+
 def test_callable_object_and_explicit_name() -> None:
     class Lookup:
         async def __call__(self, key: Literal["a", "b"]) -> int:

@@ -15,7 +15,13 @@ A call to a tool that is not on the backend's allowlist is never run, whatever t
         tools: [get_weather]          # allowlist: names from Router.from_config(..., tools={...})
         max_steps: 4                  # model turns whose tool calls are run
         tool_timeout_s: 5
+        deadline_s: 20                # the whole loop, model turns included
         on_max_steps: answer          # or raise ToolLoopExceeded
+
+The loop stops with ``ToolLoopExceeded`` (its ``tool_calls`` list the calls made so far) at ``deadline_s``
+or shortly before the request's own deadline, whichever comes first, so that a caller with a deadline
+learns what the tools did rather than getting a bare timeout. Sync tools run on the backend's own pool of
+``max_parallel`` threads: a hung tool keeps its thread, and on a shared pool it would starve unrelated work.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import Field, model_validator
@@ -41,6 +48,13 @@ if TYPE_CHECKING:
     from genroute.resources import Resources
     from genroute.router.context import RunContext
 
+_T = TypeVar("_T")
+
+#: How long before the request's deadline the loop gives up: the router enforces that deadline by cancelling
+#: the request, and the loop must stop first for its ToolLoopExceeded (with the calls made) to reach the caller.
+_DEADLINE_MARGIN_S = 0.2
+_DEADLINE_MARGIN_FRACTION = 0.1
+
 
 class FunctionCallingConfig(BackendConfig):
     """A model that may call the allowlisted tools, in a bounded loop."""
@@ -49,7 +63,15 @@ class FunctionCallingConfig(BackendConfig):
     tools: tuple[str, ...] = Field(min_length=1, description="Allowlist: names of tools this backend may run.")
     max_steps: int = Field(default=5, ge=1, description="Most model turns whose tool calls are run.")
     tool_timeout_s: float = Field(default=10.0, gt=0, description="Limit for one tool call.")
-    max_parallel: int = Field(default=8, ge=1, description="Most tool calls of one turn running at once.")
+    deadline_s: float | None = Field(
+        default=None, gt=0, description="Limit for the whole loop (model turns and tools); the request's "
+        "own deadline applies too.",
+    )
+    max_parallel: int = Field(
+        default=8, ge=1,
+        description="Most tool calls of one turn running at once; also the size of the backend's thread pool "
+        "for sync tools (shared by concurrent requests; waiting for a thread counts against a call's timeout).",
+    )
     max_result_chars: int = Field(
         default=20_000, gt=0, description="Longer tool results reach the model cut short (JSON text)."
     )
@@ -87,9 +109,15 @@ class FunctionCallingBackend(Backend):
             for tool_name in config.tools
         }
         self._configs: dict[bool, types.GenerateContentConfig] = {}
+        # Threads start on demand, so a backend with only async tools never starts one.
+        self._pool = ThreadPoolExecutor(max_workers=config.max_parallel, thread_name_prefix=f"genroute-tool-{name}")
 
     def facts(self) -> dict[str, Any]:
         return {"tools": list(self.tools), "max_steps": self.config.max_steps}
+
+    async def aclose(self) -> None:
+        """Stop the tool threads; a hung tool cannot be stopped, so close does not wait for it."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def generate_config(self, *, final: bool = False) -> types.GenerateContentConfig:
         """The engine config: declarations of allowlisted tools only; ``final`` forbids further calls."""
@@ -132,20 +160,25 @@ class FunctionCallingBackend(Backend):
         contents: list[types.Content] = [user_content(request.input)]
         calls_made: list[ToolCall] = []
         said: list[str] = []  # text of every turn, including any preamble before a tool call
+        deadline = self._deadline(ctx)
         steps = self.config.max_steps
         for step in range(steps + 1):
             final = step == steps and self.config.on_max_steps == "answer"
-            if ctx.remaining_s() == 0.0:
-                raise ToolLoopExceeded(f"deadline reached after {step} tool step(s)", backend=self.name)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self._exceeded(f"deadline reached after {step} tool step(s)", calls_made)
             config = self.generate_config(final=final)
             turn = _Turn(separator="\n\n" if said else "")
             if stream:
                 async with aclosing(ctx.stream(self.engine, self.config.model, contents, config)) as chunks:
-                    async for chunk in chunks:
+                    # Bounded chunk by chunk: a deadline scope must not stay open across a yield to our caller.
+                    while (chunk := await self._until(deadline, anext(chunks, None), step, calls_made)) is not None:
                         for delta in turn.add(chunk):
                             yield delta
             else:
-                for delta in turn.add(await ctx.generate(self.engine, self.config.model, contents, config)):
+                response = await self._until(
+                    deadline, ctx.generate(self.engine, self.config.model, contents, config), step, calls_made
+                )
+                for delta in turn.add(response):
                     yield delta
             if turn.text:
                 said.append(turn.text)
@@ -154,26 +187,61 @@ class FunctionCallingBackend(Backend):
                                     tool_calls=tuple(calls_made))
                 return
             if step == steps:
-                raise ToolLoopExceeded(
-                    f"the model still asked for tools after {steps} step(s) (max_steps)", backend=self.name
-                )
+                raise self._exceeded(f"the model still asked for tools after {steps} step(s) (max_steps)", calls_made)
             # The model's own turn goes back verbatim (with any thought signatures it carries).
             contents.append(types.Content(role="model", parts=turn.parts))
-            # A model may ask for many calls at once: run them concurrently, but only so many at a time.
-            gate = asyncio.Semaphore(self.config.max_parallel)
-
-            async def gated(call: types.FunctionCall, call_id: str) -> tuple[ToolCall, types.Part]:
-                async with gate:
-                    return await self._execute(call, call_id, ctx)
-
-            results = await asyncio.gather(
-                *(gated(call, f"call_{step}_{i}") for i, call in enumerate(turn.calls))
-            )
+            results = await self._run_calls(turn.calls, step, ctx, deadline)
             calls_made.extend(record for record, _ in results)
             contents.append(types.Content(role="user", parts=[part for _, part in results]))
 
-    async def _execute(self, call: types.FunctionCall, fallback_id: str,
-                       ctx: RunContext) -> tuple[ToolCall, types.Part]:
+    def _deadline(self, ctx: RunContext) -> float | None:
+        """When the loop stops (``time.monotonic``): ``deadline_s`` from now, or just before the request's."""
+        now = time.monotonic()
+        limits = [] if self.config.deadline_s is None else [now + self.config.deadline_s]
+        remaining = ctx.remaining_s()
+        if remaining is not None:
+            limits.append(now + remaining - min(_DEADLINE_MARGIN_S, remaining * _DEADLINE_MARGIN_FRACTION))
+        return min(limits, default=None)
+
+    def _exceeded(self, message: str, calls_made: list[ToolCall]) -> ToolLoopExceeded:
+        return ToolLoopExceeded(message, backend=self.name, tool_calls=tuple(calls_made))
+
+    async def _until(self, deadline: float | None, awaitable: Awaitable[_T], step: int,
+                     calls_made: list[ToolCall]) -> _T:
+        """Await a model call (or chunk) until the loop's deadline; past it, ``ToolLoopExceeded``."""
+        if deadline is None:
+            return await awaitable
+        loop = asyncio.get_running_loop()
+        scope = asyncio.timeout_at(loop.time() + (deadline - time.monotonic()))
+        try:
+            async with scope:
+                return await awaitable
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise self._exceeded(f"deadline reached waiting for the model after {step} tool step(s)",
+                                 calls_made) from None
+
+    async def _run_calls(self, calls: list[types.FunctionCall], step: int, ctx: RunContext,
+                         deadline: float | None) -> list[tuple[ToolCall, types.Part]]:
+        """Run one turn's calls concurrently, at most ``max_parallel`` at a time; results in call order."""
+        gate = asyncio.Semaphore(self.config.max_parallel)
+
+        async def gated(call: types.FunctionCall, call_id: str) -> tuple[ToolCall, types.Part]:
+            async with gate:
+                return await self._execute(call, call_id, ctx, deadline)
+
+        try:
+            # A TaskGroup rather than gather: an unexpected failure cancels the sibling calls at once.
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(gated(call, f"call_{step}_{i}")) for i, call in enumerate(calls)]
+        except BaseExceptionGroup as errors:
+            # Tool failures are outcomes, never raised; what arrives here is unexpected: surface it as it is.
+            raise errors.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    async def _execute(self, call: types.FunctionCall, fallback_id: str, ctx: RunContext,
+                       deadline: float | None) -> tuple[ToolCall, types.Part]:
         """Run one call (or refuse it) inside an ``execute_tool`` span; never raises for tool failures."""
         from google.genai import types
 
@@ -191,16 +259,23 @@ class FunctionCallingBackend(Backend):
             attrs["gen_ai.tool.description"] = tool.description
         if ctx.capture_content:
             attrs["gen_ai.tool.call.arguments"] = _dumps(args)
+        metric_attrs = {k: attrs[k] for k in ("gen_ai.operation.name", "gen_ai.tool.name")}
         start = time.perf_counter()
         with ctx.tracer.start_as_current_span(
             f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attrs,
             record_exception=False, set_status_on_exception=False,
         ) as span:
-            record, error_kind = await self._outcome(tool, name, args, call_id, ctx)
+            try:
+                record, error_kind = await self._outcome(tool, name, args, call_id, deadline)
+            except asyncio.CancelledError:
+                # The request was cancelled (its deadline, the caller, or a failing sibling call).
+                span.set_attributes({"error.type": "cancelled", "genroute.tool.outcome": "cancelled"})
+                span.set_status(Status(StatusCode.ERROR, "cancelled"))
+                ctx.telemetry.duration.record(time.perf_counter() - start, {**metric_attrs, "error.type": "cancelled"})
+                raise
             duration = time.perf_counter() - start
             span.set_attribute("genroute.tool.outcome", record.outcome)
             span.set_attribute("genroute.tool.duration_s", duration)
-            metric_attrs = {k: attrs[k] for k in ("gen_ai.operation.name", "gen_ai.tool.name")}
             if error_kind is not None:
                 span.set_attribute("error.type", error_kind)
                 span.set_status(Status(StatusCode.ERROR, error_kind))
@@ -216,7 +291,7 @@ class FunctionCallingBackend(Backend):
         return record, part
 
     async def _outcome(self, tool: Tool | None, name: str, args: dict[str, Any], call_id: str,
-                       ctx: RunContext) -> tuple[ToolCall, str | None]:
+                       deadline: float | None) -> tuple[ToolCall, str | None]:
         """The call's record and its ``error.type`` (None when it succeeded)."""
 
         def done(outcome: str, error_kind: str | None = None, **kwargs: Any) -> tuple[ToolCall, str | None]:
@@ -234,18 +309,15 @@ class FunctionCallingBackend(Backend):
         except InvalidToolArgs as exc:
             return done("invalid_args", "invalid_arguments", error=f"invalid arguments for {name}: {exc}")
         timeout = self.config.tool_timeout_s
-        remaining = ctx.remaining_s()
-        if remaining is not None:
-            timeout = min(timeout, remaining)
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
         try:
-            result = await tool.call(kwargs, timeout_s=timeout)
+            result = await tool.call(kwargs, timeout_s=timeout, executor=self._pool)
         except TimeoutError:
             return done("timeout", "timeout", error=f"tool {name} did not finish within {timeout:.3g} s")
         except Exception as exc:  # a failing tool is reported to the model, not raised
             return done("error", type(exc).__qualname__, error=f"{type(exc).__name__}: {exc}")
         return done("ok", result=jsonable(result))
-
-
 
 
 class _Turn:

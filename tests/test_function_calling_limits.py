@@ -1,0 +1,168 @@
+"""Function calling under stress: hung sync tools, sibling failures and the loop's total deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from genroute.errors import ToolLoopExceeded
+from genroute.router.router import Router
+from genroute.testing import Fault, GeminiTestServer
+
+from .conftest import Otel, gemini_config
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """An event hung tools wait on; set at teardown so their threads end and the test process can exit."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def two_backend_router(server: GeminiTestServer, otel: Otel, tools: dict[str, Any], **chat: Any) -> Router:
+    """``chat`` may call ``hang``; ``other`` may call ``ping``; both are function-calling backends."""
+    config = gemini_config(server, kind="function_calling", tools=["hang"], **chat)
+    config["backends"]["other"] = {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-flash",
+                                   "tools": ["ping"]}
+    return Router.from_config(config, tools=tools, **otel.providers)
+
+
+async def test_hung_sync_tools_do_not_starve_other_work(gemini_server: GeminiTestServer, otel: Otel,
+                                                        release: threading.Event) -> None:
+    # More hung calls than the event loop's default pool has threads: on that pool they would block
+    # every later to_thread call (Chroma, embeddings, blocking policies) until they returned.
+    default_pool_size = min(32, (os.cpu_count() or 1) + 4)
+    hung = default_pool_size + 1
+    started = threading.Semaphore(0)
+
+    def hang(n: int) -> int:
+        """Never returns while the test runs."""
+        started.release()
+        release.wait()
+        return n
+
+    def ping() -> str:
+        """Answers at once."""
+        return f"pong from {threading.current_thread().name}"
+
+    gemini_server.reply_parts([{"functionCall": {"name": "hang", "args": {"n": i}}} for i in range(hung)])
+    gemini_server.reply_text("the tools hung")
+    async with two_backend_router(gemini_server, otel, {"hang": hang, "ping": ping}, max_parallel=hung,
+                                  tool_timeout_s=0.2) as router:
+        result = await router.agenerate("go")
+        assert [c.outcome for c in result.tool_calls] == ["timeout"] * hung
+        for _ in range(hung):  # every hung call holds a thread now
+            assert started.acquire(timeout=10)
+
+        # An unrelated blocking call on the default pool still runs...
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 10) == "free"
+        # ...and so do another backend's sync tools, on that backend's own threads.
+        gemini_server.reply_function_call("ping", {})
+        gemini_server.reply_text("pinged")
+        other = await asyncio.wait_for(router.agenerate("ping", backend="other"), 10)
+    assert other.text == "pinged"
+    (call,) = other.tool_calls
+    assert call.outcome == "ok" and call.result.startswith("pong from genroute-tool-other")
+
+
+async def test_an_unexpected_failure_cancels_the_sibling_calls(gemini_server: GeminiTestServer,
+                                                                otel: Otel) -> None:
+    class Abort(BaseException):
+        """Not an Exception: tools' ordinary failures are answered to the model, this one is not."""
+
+    finished: list[str] = []
+
+    async def explode() -> str:
+        """Aborts."""
+        await asyncio.sleep(0.05)
+        raise Abort("stop everything")
+
+    async def slow() -> str:
+        """Would take long."""
+        await asyncio.sleep(30)
+        finished.append("slow")
+        return "late"
+
+    gemini_server.reply_parts([{"functionCall": {"name": "explode", "args": {}}},
+                               {"functionCall": {"name": "slow", "args": {}}}])
+    config = gemini_config(gemini_server, kind="function_calling", tools=["explode", "slow"], tool_timeout_s=60)
+    async with Router.from_config(config, tools={"explode": explode, "slow": slow}, **otel.providers) as router:
+        with pytest.raises(Abort):
+            await asyncio.wait_for(router.agenerate("go"), 10)
+    assert finished == []
+    slow_span = [s for s in otel.spans("execute_tool") if s.attributes["gen_ai.tool.name"] == "slow"][0]
+    assert slow_span.attributes["error.type"] == "cancelled"
+    assert not slow_span.status.is_ok
+
+
+async def test_request_timeout_ends_with_the_calls_made(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    async def slow(seconds: float) -> str:
+        """Takes its time."""
+        await asyncio.sleep(seconds)
+        return "late"
+
+    gemini_server.reply_function_call("slow", {"seconds": 60}, call_id="s1")
+    config = gemini_config(gemini_server, kind="function_calling", tools=["slow"], tool_timeout_s=60)
+    async with Router.from_config(config, tools={"slow": slow}, **otel.providers) as router:
+        with pytest.raises(ToolLoopExceeded, match="deadline") as info:
+            await router.agenerate("hurry", timeout_s=2)
+    (call,) = info.value.tool_calls
+    assert (call.name, call.call_id, call.outcome) == ("slow", "s1", "timeout")
+    assert info.value.backend == "chat"
+    assert len(gemini_server.requests) == 1  # the loop stopped instead of asking the model again
+    (span,) = otel.spans("execute_tool")
+    assert span.attributes["error.type"] == "timeout"
+    root = otel.spans("genroute.generate")[0]
+    assert root.attributes["error.type"] == "ToolLoopExceeded"
+
+
+async def test_deadline_while_waiting_for_the_model(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    def lookup(key: str) -> str:
+        """Looks a key up, and makes the model's next answer slow."""
+        gemini_server.fault(Fault.delay(30))
+        return key.upper()
+
+    gemini_server.reply_function_call("lookup", {"key": "a"})
+    config = gemini_config(gemini_server, kind="function_calling", tools=["lookup"])
+    async with Router.from_config(config, tools={"lookup": lookup}, **otel.providers) as router:
+        with pytest.raises(ToolLoopExceeded, match="waiting for the model") as info:
+            await router.agenerate("look a up", timeout_s=2)
+    (call,) = info.value.tool_calls
+    assert (call.name, call.outcome, call.result) == ("lookup", "ok", "A")
+    assert len(gemini_server.requests) == 2
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
+async def test_deadline_s_bounds_the_loop_without_a_request_timeout(gemini_server: GeminiTestServer, otel: Otel,
+                                                                    stream: bool) -> None:
+    async def slow() -> str:
+        """Takes its time."""
+        await asyncio.sleep(60)
+        return "late"
+
+    gemini_server.reply_function_call("slow", {})
+    config = gemini_config(gemini_server, kind="function_calling", tools=["slow"], tool_timeout_s=60,
+                           deadline_s=3)
+    async with Router.from_config(config, tools={"slow": slow}, **otel.providers) as router:
+        with pytest.raises(ToolLoopExceeded, match="deadline") as info:
+            if stream:
+                async for _ in router.astream("hurry"):
+                    pass
+            else:
+                await asyncio.wait_for(router.agenerate("hurry"), 30)
+    assert [c.outcome for c in info.value.tool_calls] == ["timeout"]
+
+
+def test_deadline_s_must_be_positive(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    from genroute.errors import ConfigError
+
+    config = gemini_config(gemini_server, kind="function_calling", tools=["t"], deadline_s=0)
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(config, tools={"t": lambda: None}, **otel.providers)
+    assert info.value.field == "backends.chat.deadline_s"
