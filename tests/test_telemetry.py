@@ -98,6 +98,60 @@ def test_pricing_overrides_and_tiers():
     assert pricing.cost("my-model", Usage(input_tokens=11, output_tokens=1)) == pytest.approx((33 + 4) / 1e6)
 
 
+@pytest.mark.parametrize(("model", "priced_as"), [
+    ("gemini-2.5-flash-001", "gemini-2.5-flash"),
+    ("gemini-2.5-flash-preview-05-20", "gemini-2.5-flash"),
+    ("gemini-2.5-flash-latest", "gemini-2.5-flash"),
+    ("models/gemini-2.0-flash-exp-1206", "gemini-2.0-flash"),
+    ("publishers/google/models/gemini-2.5-pro", "gemini-2.5-pro"),
+    ("gemini-2.5-flash-lite", "gemini-2.5-flash-lite"),
+    # A variant is another model with other prices, not a version of the one its name starts with.
+    ("gemini-2.5-flash-image", None),
+    ("gemini-2.5-flash-preview-tts", None),
+    ("gemini-2.5-flashy", None),
+    ("projects/p/locations/l/endpoints/123", None),
+])
+def test_price_lookup_accepts_versions_not_variants(model, priced_as):
+    pricing = Pricing()
+    expected = None if priced_as is None else pricing.lookup(priced_as)
+    assert pricing.lookup(model) == expected
+    assert priced_as is None or expected is not None
+
+
+@pytest.mark.parametrize("model", [
+    "projects/p/locations/l/endpoints/123",
+    "tunedModels/sentiment-abc",
+    "projects/p/locations/l/publishers/google/models/gemini-2.5-flash",
+])
+def test_price_overrides_are_found_under_the_full_name(model):
+    own = ModelPrice(input=7.0, output=9.0)
+    pricing = Pricing({model: own})
+    assert pricing.lookup(model) == own and pricing.overrides(model)
+    assert pricing.cost(model, Usage(input_tokens=1_000_000)) == pytest.approx(7.0)
+    # The full name does not leak to other models sharing its last segment.
+    assert pricing.lookup(model.rsplit("/", 1)[-1]) != own
+
+
+def test_routers_built_in_code_check_prices_too(gemini_server):
+    from genroute import ConfigError
+    from genroute.backends.prompt_template import PromptTemplateBackend, PromptTemplateConfig
+    from genroute.engines.gemini import GeminiEngine
+    from genroute.resources import Resources
+
+    engine = GeminiEngine("g", {"base_url": gemini_server.base_url, "api_key": "test"})
+    config = PromptTemplateConfig(engine="g", model="acme-llm-9")
+    resources = Resources({"g": engine})
+    with pytest.raises(ConfigError) as info:
+        Router({"chat": PromptTemplateBackend("chat", config, resources)}, resources=resources)
+    assert info.value.field == "backends.chat.model" and "acme-llm-9" in str(info.value)
+    assert gemini_server.requests == []
+
+    priced = Resources({"g": engine}, pricing=Pricing({"acme-llm-9": ModelPrice(input=1.0, output=2.0)}))
+    gemini_server.reply_text("hi", usage=(1_000_000, 0))
+    with Router({"chat": PromptTemplateBackend("chat", config, priced)}, resources=priced) as router:
+        assert router.generate("hello").cost_usd == pytest.approx(1.0)
+
+
 def test_embedding_and_retrieval_spans_join_the_request_trace(gemini_server, otel, tmp_path):
     import asyncio
 

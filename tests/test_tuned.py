@@ -92,8 +92,41 @@ def test_unknown_base_model_price_is_a_config_error(gemini_server: GeminiTestSer
                                "vertex": {"project": "p", "location": "l"}}},
         "backends": {"tuned": {"kind": "tuned", "engine": "vertex", "model": ENDPOINT, "base_model": "mystery-1"}},
     }
-    with pytest.raises(ConfigError, match="mystery-1"):
+    with pytest.raises(ConfigError, match="mystery-1") as info:
         Router.from_config(config, **otel.providers)
+    assert info.value.field == "backends.tuned.base_model"
+
+
+@pytest.mark.parametrize("model", [ENDPOINT, "projects/test-proj/locations/us-central1/models/987@1"])
+async def test_pricing_for_the_tuned_model_itself_wins(gemini_server: GeminiTestServer, otel: Otel,
+                                                       model: str) -> None:
+    # Priced under its full resource name, the tuned model needs no known base model.
+    config = {
+        "engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
+                               "vertex": {"project": "test-proj", "location": "us-central1"}}},
+        "backends": {"tuned": {"kind": "tuned", "engine": "vertex", "model": model, "base_model": "mystery-1"}},
+        "pricing": {model: {"input": 4.0, "output": 8.0}},
+    }
+    gemini_server.reply_text("positive", usage=(1000, 10))
+    options = {"vertex": {"credentials": Credentials(token="test")}}
+    async with Router.from_config(config, engine_options=options, **otel.providers) as router:
+        result = await router.agenerate("great")
+    assert result.cost_usd == pytest.approx((1000 * 4.0 + 10 * 8.0) / 1e6)
+
+
+async def test_developer_api_tuned_model_priced_by_name(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    config = {
+        "engines": {"gemini": {"kind": "gemini", "base_url": gemini_server.base_url, "api_key": TEST_KEY}},
+        "backends": {"tuned": {"kind": "tuned", "engine": "gemini", "model": "tunedModels/sentiment-abc",
+                               "base_model": "gemini-2.0-flash"}},
+        "pricing": {"tunedModels/sentiment-abc": {"input": 1.0, "output": 1.0}},
+    }
+    gemini_server.reply_text("negative", usage=(500, 500))
+    async with Router.from_config(config, **otel.providers) as router:
+        result = await router.agenerate("meh")
+    assert result.cost_usd == pytest.approx(1000 / 1e6)
+    (span,) = otel.spans("generate_content")
+    assert span.attributes["gen_ai.usage.cost.amount"] == pytest.approx(1000 / 1e6)
 
 
 def test_facts(gemini_server: GeminiTestServer, otel: Otel) -> None:

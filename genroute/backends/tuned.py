@@ -3,6 +3,9 @@
 The model is a Vertex AI tuned endpoint (``projects/P/locations/L/endpoints/E``), a tuned model resource,
 or, on the local engine, a model name whose engine carries a LoRA adapter. SFT taught the model the task,
 so no instructions or examples are sent: the short prompt is the saving that tuning buys.
+
+Calls are priced at ``base_model``'s rates unless ``pricing`` names the tuned model itself (by its full
+resource name, e.g. ``projects/P/locations/L/endpoints/E`` or ``tunedModels/x``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from genroute.errors import ConfigError
 if TYPE_CHECKING:
     from genroute.resources import Resources
     from genroute.router.context import RunContext
+    from genroute.router.pricing import Pricing
     from genroute.types import GenerateRequest
 
 
@@ -51,6 +55,13 @@ class TunedBackend(SingleCallBackend):
     def facts(self) -> dict[str, Any]:
         return {"model": self.config.model, "base_model": self.config.base_model}
 
+    def billed_as(self, pricing: Pricing) -> tuple[str, str]:
+        """The model calls are priced as, and its config field: the tuned model if ``pricing`` names it,
+        else the base model."""
+        if pricing.overrides(self.config.model):
+            return self.config.model, f"backends.{self.name}.model"
+        return self.config.base_model, f"backends.{self.name}.base_model"
+
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
         # One user turn holding the input verbatim: the same shape the model was trained on
         # (Vertex SFT rows and the local LoRA chat template both use a single user turn).
@@ -58,5 +69,5 @@ class TunedBackend(SingleCallBackend):
             model=self.config.model,
             contents=[user_content(request.input)],
             config=self.config.generation.to_genai(system=self.config.system),
-            price_as=self.config.base_model,
+            price_as=self.billed_as(ctx.pricing)[0],
         )

@@ -52,15 +52,8 @@ def build_router(
     backends = {}
     for name, raw in config.backends.items():
         backend_cls, backend_config = validate_kind("backends", raw, field=f"backends.{name}")
-        backend = backend_cls(name, backend_config, resources)
-        engine = backend.engine  # raises ConfigError naming backends.<name>.engine if unknown
-        priced = engine.pricing_model(getattr(backend_config, "base_model", None) or backend_config.model)
-        if priced is not None:
-            pricing.require(priced, field=f"backends.{name}.model")
-        reference = getattr(engine, "reference_model", None)
-        if priced is None and reference:
-            pricing.require(reference, field=f"engines.{backend_config.engine}.reference_model")
-        backends[name] = backend
+        # Router.__init__ checks each backend's engine and prices (for routers built in code too).
+        backends[name] = backend_cls(name, backend_config, resources)
     if policy is None and config.policy is not None:
         from genroute.policies import build_policy
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.errors import ConfigError
 from genroute.types import Usage
+
+if TYPE_CHECKING:
+    from genroute.backends.base import Backend
 
 
 class PriceTier(BaseModel):
@@ -68,19 +73,34 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
 }
 
 
+#: What may follow a known model name and still be that model: versions and dates (``-001``,
+#: ``-preview-05-20``, ``-latest``, ``-exp-1206``), never a variant such as ``-image`` or ``-tts``.
+_VERSION_SUFFIX = re.compile(r"(?:-(?:\d+|preview|exp|latest))+")
+
+
 class Pricing:
-    """A price table: defaults overridden by config, looked up by exact name or longest known prefix."""
+    """A price table: defaults overridden by config, looked up by exact name or by name plus a version suffix."""
 
     def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
-        self._prices = {**DEFAULT_PRICES, **dict(overrides or {})}
+        self._overrides = dict(overrides or {})
+        self._prices = {**DEFAULT_PRICES, **self._overrides}
         self._by_length = sorted(self._prices, key=len, reverse=True)
 
     def lookup(self, model: str) -> ModelPrice | None:
-        """The price of ``model`` (``models/`` prefix and version suffixes tolerated), or None."""
-        name = model.removeprefix("models/").rsplit("/", 1)[-1]
-        if name in self._prices:
-            return self._prices[name]
-        return next((self._prices[k] for k in self._by_length if name.startswith(k)), None)
+        """The price of ``model`` or None: the exact name (a tuned endpoint may be priced under its full
+        resource name), then without its resource path, then a known name followed by a version suffix."""
+        for name in _names(model):
+            if name in self._prices:
+                return self._prices[name]
+        name = _names(model)[-1]
+        for known in self._by_length:
+            if name.startswith(known) and _VERSION_SUFFIX.fullmatch(name, len(known)):
+                return self._prices[known]
+        return None
+
+    def overrides(self, model: str) -> bool:
+        """Whether the configured prices name ``model`` itself (exactly or without its resource path)."""
+        return any(name in self._overrides for name in _names(model))
 
     def require(self, model: str, *, field: str) -> ModelPrice:
         """The price of ``model``; ``ConfigError`` naming ``field`` if it is unknown."""
@@ -97,3 +117,26 @@ class Pricing:
             return 0.0
         price = self.lookup(model)
         return 0.0 if price is None else price.cost(usage)
+
+
+def require_prices(backends: Mapping[str, Backend], pricing: Pricing) -> None:
+    """``ConfigError`` naming the config field when a backend's calls could not be priced (they would
+    silently cost 0), for routers built from config and in code alike; nothing is sent."""
+    for backend in backends.values():
+        engine = backend.engine  # ConfigError naming backends.<name>.engine if there is no such engine
+        # A backend may bill as another model (a tuned one at its base model's rates) and name that field.
+        billed_as = getattr(backend, "billed_as", None)
+        model, field = billed_as(pricing) if billed_as else (backend.config.model, f"backends.{backend.name}.model")
+        priced = engine.pricing_model(model)
+        if priced is not None:
+            pricing.require(priced, field=field)
+            continue
+        reference = getattr(engine, "reference_model", None)
+        if reference:  # a free local engine still reports what its calls would cost in the cloud
+            pricing.require(reference, field=f"engines.{backend.config.engine}.reference_model")
+
+
+def _names(model: str) -> tuple[str, ...]:
+    """``model`` as given, without a ``models/`` prefix, and its last path segment (most specific first)."""
+    bare = model.removeprefix("models/")
+    return tuple(dict.fromkeys((model, bare, bare.rsplit("/", 1)[-1])))

@@ -17,6 +17,7 @@ from genroute.errors import BackendUnavailable, GenrouteError, UsageError
 from genroute.policies.base import BackendInfo, Policy, PolicyContext
 from genroute.router.executor import Executor
 from genroute.router.portal import Portal
+from genroute.router.pricing import require_prices
 from genroute.router.telemetry import _ACTIVE_TRACER, Telemetry
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult
 
@@ -56,6 +57,7 @@ class Router:
             raise UsageError("a router needs at least one backend", field="backends")
         self.backends = dict(backends)
         self.resources = resources or Resources({})
+        require_prices(self.backends, self.resources.pricing)  # unknown models would silently cost 0
         self.policy = policy or _default_policy(self.backends)
         self.timeout_s = timeout_s
         self.telemetry = Telemetry(capture_content=capture_content, tracer_provider=tracer_provider,
