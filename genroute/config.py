@@ -63,7 +63,9 @@ def config_error(exc: ValidationError, prefix: str | None) -> ConfigError:
     first = errors[0]
     # pydantic reports a bad mapping key as a location part "[key]": the field is the mapping entry itself.
     loc = ".".join(str(part) for part in first["loc"] if part != "[key]")
-    field = ".".join(p for p in (prefix, loc) if p) or None
+    # A model validator (which checks fields together) names the one at fault on its error, if it can.
+    culprit = getattr((first.get("ctx") or {}).get("error"), "field", None)
+    field = ".".join(p for p in (prefix, loc, culprit) if isinstance(p, str) and p) or None
     more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
     return ConfigError(f"{first['msg']}{more}", field=field)
 

@@ -42,8 +42,10 @@ def test_yaml_toml_and_json_files_load(gemini_server, tmp_path):
     (lambda c: c["backends"]["chat"].update(model="acme-llm-9"), "backends.chat.model"),
     (lambda c: c["backends"]["chat"].update(temperature=0.2), "backends.chat.temperature"),
     (lambda c: c["backends"]["chat"].update(generation={"temperature": 9}), "backends.chat.generation.temperature"),
-    (lambda c: c["backends"]["chat"].update(template="{{ nope }}"), "backends.chat"),
-    (lambda c: c["backends"]["chat"].update(template="{% if %}"), "backends.chat"),
+    (lambda c: c["backends"]["chat"].update(template="{{ nope }}"), "backends.chat.template"),
+    (lambda c: c["backends"]["chat"].update(template="{% if %}"), "backends.chat.template"),
+    (lambda c: c["backends"]["chat"].update(system="You are {{ nope }}."), "backends.chat.system"),
+    (lambda c: c["backends"]["chat"].update(system="{{ unclosed"), "backends.chat.system"),
     (lambda c: c["engines"]["gemini"].update(timeout_s=-1), "engines.gemini.timeout_s"),
     (lambda c: c.update(backends={}), "backends"),
     (lambda c: c.update(surprise=1), "surprise"),
@@ -94,6 +96,18 @@ def test_template_renders_declared_variables_and_defaults(gemini_server):
     assert body["contents"][0]["parts"][0]["text"] == "[en] hello"
     system = body.get("systemInstruction") or body.get("system_instruction")
     assert system["parts"][0]["text"] == "You are terse."
+
+
+def test_optional_variable_without_a_value_renders_empty(gemini_server):
+    config = gemini_config(gemini_server, template="{{ input }}[{{ note }}]{% if note %} noted{% endif %}"
+                                                   "{% if note is defined %} defined{% endif %}",
+                           variables={"note": {"type": "str", "required": False}})
+    with Router.from_config(config) as router:
+        router.generate("hello")
+        router.generate(GenerateRequest(input="hi", variables={"note": "n"}))
+    first, second = (r.body["contents"][0]["parts"][0]["text"] for r in gemini_server.requests)
+    assert first == "hello[]"
+    assert second == "hi[n] noted defined"
 
 
 def test_sandbox_blocks_unsafe_template_access(gemini_server):

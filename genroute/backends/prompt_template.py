@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, user_content
-from genroute.backends.templating import check_template, compile_template, render
+from genroute.backends.templating import absent, check_template, compile_template, render
 from genroute.errors import UsageError
 from genroute.types import GenerateRequest
 
@@ -70,6 +70,8 @@ class PromptTemplateBackend(SingleCallBackend):
             name = ".".join(str(p) for p in error["loc"])
             message = "unexpected variable" if error["type"] == "extra_forbidden" else error["msg"]
             raise UsageError(f"{message} (backend {self.name!r})", field=f"variables.{name}") from None
+        # An optional variable without a value is absent from the prompt, not the word "None".
+        variables = {name: absent(name) if value is None else value for name, value in variables.items()}
         scope = {**variables, "input": request.input, "task": request.task, "metadata": request.metadata}
         user, system = self._templates
         prompt = render(user, scope, backend=self.name, field=f"backends.{self.name}.template")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError, meta
+from jinja2 import StrictUndefined, Template, TemplateError, Undefined, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from genroute.errors import UsageError
@@ -14,16 +14,36 @@ from genroute.errors import UsageError
 ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
+class TemplateCheckFailed(ValueError):
+    """A template does not compile or uses names not allowed; ``field`` is the config field holding it.
+
+    Raised inside a config's model validator (which sees every field, and so cannot name one by its
+    location): ``genroute.config.config_error`` appends ``field`` to the config's path.
+    """
+
+    def __init__(self, message: str, *, field: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
 def check_template(source: str, *, name: str, allowed: Iterable[str] | None = None) -> None:
-    """Raise ``ValueError`` (for a pydantic validator) if ``source`` does not compile or uses names not allowed."""
+    """Raise ``TemplateCheckFailed`` naming field ``name`` if ``source`` does not compile or uses names not
+    allowed."""
     try:
         names = meta.find_undeclared_variables(ENV.parse(source))
     except TemplateError as exc:
-        raise ValueError(f"{name} does not compile: {exc}") from None
+        raise TemplateCheckFailed(f"{name} does not compile: {exc}", field=name) from None
     if allowed is not None:
         undeclared = names - set(allowed)
         if undeclared:
-            raise ValueError(f"{name} uses undeclared variable(s): {', '.join(sorted(undeclared))}")
+            raise TemplateCheckFailed(f"{name} uses undeclared variable(s): {', '.join(sorted(undeclared))}",
+                                      field=name)
+
+
+def absent(name: str) -> Undefined:
+    """The value of a declared optional variable that has no value: it renders empty, is false, and fails
+    ``is defined`` (unlike a Python None, which would render as the text "None")."""
+    return Undefined(name=name)
 
 
 class _Literal:
