@@ -327,6 +327,22 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_mean() -> None:
     assert low < 0.6 < high and high - low < 0.4
 
 
+def test_bootstrap_ci_of_many_scores_resamples_in_bounded_memory() -> None:
+    import tracemalloc
+
+    import numpy as np
+
+    scores = (np.arange(50_000) % 4 == 0).astype(float).tolist()  # mean 0.25
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc
+    try:
+        low, high = bootstrap_ci(scores, n_boot=400, seed=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert low < 0.25 < high and high - low < 0.02
+    assert peak < 40_000_000  # one 400 x 50,000 index array alone would be 160 MB
+
+
 async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
         server: GeminiTestServer, tmp_path: Path) -> None:
     async with Router.from_config(config(server)) as router:

@@ -83,17 +83,6 @@ def split_ids(ids: Sequence[str], *, holdout: float = 0.3, seed: int = 0) -> tup
     return sorted(order[n_held:]), sorted(order[:n_held])
 
 
-def load_corpus(path: str | Path, *, field: str = "corpus") -> list[dict[str, Any]]:
-    """Read a corpus JSONL (``{"id", "title"?, "text"}`` per line) for RAG ingestion."""
-    path = Path(path)
-    docs = []
-    for lineno, doc in iter_records(path, field=field, what="corpus"):
-        if not isinstance(doc.get("text"), str):
-            raise UsageError(f"{path.name}:{lineno}: not a corpus record (missing 'text')", field=field)
-        docs.append(doc)
-    return docs
-
-
 def _text(value: Any) -> str:
     # Structured gold outputs (function calls, JSON frames) are kept as JSON text, as the shared format says.
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
