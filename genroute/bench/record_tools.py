@@ -12,7 +12,8 @@ placeholders (any tool will do, e.g. ``genroute.bench.record_tools:placeholder``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ConfigDict, create_model
@@ -83,20 +84,21 @@ def stub_tool(decl: Mapping[str, Any]) -> Tool:
                 args_model=args)
 
 
-def record_router(router: Router, record: BenchRecord, target: str, policy_target: str) -> Router | None:
-    """A router like ``router`` whose function-calling backends use ``record``'s tools; None if not needed.
+@asynccontextmanager
+async def answering_router(router: Router, record: BenchRecord, target: str,
+                           policy_target: str) -> AsyncIterator[Router]:
+    """``router``, or for a record that declares tools, a router like it whose function-calling backends use
+    them (only when ``target`` is such a backend or the policy).
 
-    Not needed when the record declares no tools, or ``target`` is neither a function-calling backend nor
-    the policy. The router shares the engines, knowledge store and pricing of ``router`` (which closes them)
-    and its policy, stats and timeout; telemetry goes to the global providers.
+    That router shares the engines, knowledge store and pricing of ``router`` (which closes them) and its
+    policy, stats and timeout; telemetry goes to the global providers. Its own backends close on exit.
     """
     decls = declarations(record)
-    if decls is None:
-        return None
     calling = [n for n, b in router.backends.items() if getattr(b, "kind", None) == "function_calling"]
     swap = calling if target == policy_target else [n for n in calling if n == target]
-    if not swap:
-        return None
+    if decls is None or not swap:
+        yield router
+        return
     from genroute.resources import Resources
     from genroute.router.router import Router as RouterClass
 
@@ -104,9 +106,14 @@ def record_router(router: Router, record: BenchRecord, target: str, policy_targe
     shared = router.resources
     resources = Resources(shared.engines, tools=dict.fromkeys(tools, placeholder), knowledge=shared.knowledge,
                           pricing=shared.pricing)
-    backends = {n: _with_tools(b, tools, resources) if n in swap else b for n, b in router.backends.items()}
-    return RouterClass(backends, router.policy, resources=resources, timeout_s=router.timeout_s,
-                       stats=router.context.stats, capture_content=router.telemetry.capture_content)
+    own = {n: _with_tools(router.backends[n], tools, resources) for n in swap}
+    try:
+        yield RouterClass({**router.backends, **own}, router.policy, resources=resources,
+                          timeout_s=router.timeout_s, stats=router.context.stats,
+                          capture_content=router.telemetry.capture_content)
+    finally:
+        for backend in own.values():
+            await backend.aclose()
 
 
 def _with_tools(backend: Backend, tools: Mapping[str, Tool], resources: Any) -> Backend:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from genroute.bench.record_tools import record_router
+from genroute.bench.record_tools import answering_router
 from genroute.errors import GenrouteError, UsageError
 from genroute.types import GenerateRequest
 
@@ -151,9 +151,9 @@ async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scor
     start = time.perf_counter()
     base = {"backend": target, "record_id": record.id, "task": record.task, "scorer": scorer.name}
     try:
-        # Records that declare their own tools are answered with them (None: the router as configured).
-        answering = record_router(router, record, target, POLICY_TARGET) or router
-        result = await _answer(answering, request, stream)
+        # Records that declare their own tools are answered with them (else by the router as configured).
+        async with answering_router(router, record, target, POLICY_TARGET) as answering:
+            result = await _answer(answering, request, stream)
     except Exception as exc:  # noqa: BLE001 - one bad record must not end a long run; the type is reported
         return Outcome(**base, ok=False, error_type=type(exc).__name__, error=str(exc)[:500],
                        latency_s=time.perf_counter() - start)
