@@ -500,8 +500,9 @@ def test_cli_runs_function_calling_records_with_their_own_tools(gemini_server: G
     cfg["tools"] = {"placeholder": "genroute.bench.record_tools:placeholder"}
     cfg["backends"]["fc"] = {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-flash",
                              "tools": ["placeholder"], "max_steps": 1, "on_max_steps": "answer"}
+    cfg["policy"] = {"kind": "static", "backend": "fc"}
     (tmp_path / "genroute.yaml").write_text(yaml.safe_dump(cfg))
-    argv = [str(data), "--config", str(tmp_path / "genroute.yaml"), "--backends", "fc,cheap",
+    argv = [str(data), "--config", str(tmp_path / "genroute.yaml"), "--backends", "fc,cheap", "--policy",
             "--out", str(tmp_path / "out"), "--quiet", "--no-compile"]
     assert bench_main(argv) == 0
     rows = {(r["backend"], r["record_id"]): r
@@ -509,6 +510,7 @@ def test_cli_runs_function_calling_records_with_their_own_tools(gemini_server: G
     assert rows[("fc", "t1")]["scorer"] == "function_call"
     assert rows[("fc", "t1")]["tool_calls"] == [{"name": "stats_t_test", "args": {"array-1": [1, 2]}}]
     assert rows[("fc", "t1")]["score"] == rows[("fc", "w1")]["score"] == 1.0
+    assert rows[("@policy", "w1")]["score"] == 1.0 and rows[("@policy", "w1")]["routed_backend"] == "fc"
     assert rows[("cheap", "t1")]["score"] == 0.0  # the prompt-template backend made no call
     first_turns = [declared(r) for r in gemini_server.requests if declared(r)]
     schemas = {field_of(d, "name"): field_of(d, "parametersJsonSchema") for turn in first_turns for d in turn}

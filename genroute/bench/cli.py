@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--monthly-requests", type=int, default=100_000, help="graduation advisor volume")
     parser.add_argument("--tuning-cost", type=float, default=None, help="USD; default: estimated")
     parser.add_argument("--min-quality", type=float, default=None,
-                        help="cost_aware quality floor for the held-out comparison (default: 95%% of the best, per task)")
+                        help="cost_aware quality floor for the held-out comparison "
+                             "(default: 95%% of each task's best)")
     parser.add_argument("--holdout", type=float, default=0.3, help="share of records held out when compiling")
     parser.add_argument("--no-compile", action="store_true", help="skip stats file / learned policy")
     parser.add_argument("--no-stream", action="store_true", help="call generate, not stream (no TTFT)")

@@ -204,7 +204,8 @@ def compile_policy(
                          cloud=cloud))
     return CompileReport(stats_path=str(stats_path), cost_basis="cloud-equivalent" if cloud else "measured",
                          learned_model_path=learned_path, learned_note=note,
-                         min_quality=min_quality, floors=floors, n_train=len(train_ids), n_held_out=len(held_ids), rows=tuple(rows))
+                         min_quality=min_quality, floors=floors, n_train=len(train_ids),
+                         n_held_out=len(held_ids), rows=tuple(rows))
 
 
 def _mean_quality(stats: BenchStats, backend: str) -> float:
