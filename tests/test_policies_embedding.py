@@ -1,4 +1,4 @@
-"""Semantic and learned policies on the real offline MiniLM embedder (and real Chroma for the store)."""
+"""Semantic and learned policies on the real offline MiniLM embedder (and real Chroma for the stored routes)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,42 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from genroute.errors import ConfigError
+from genroute import Router
+from genroute.backends.prompt_template import PromptTemplateBackend, PromptTemplateConfig
+from genroute.engines.gemini import GeminiEngine
+from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.embedders import LocalEmbedder
+from genroute.knowledge.store import KnowledgeStore, StoreConfig
 from genroute.policies.base import BackendInfo, PolicyContext
 from genroute.policies.learned import LearnedConfig, LearnedPolicy, Outcome, RouterModel, best_backend, train
-from genroute.policies.semantic import SemanticConfig, SemanticPolicy
+from genroute.policies.semantic import SemanticConfig, SemanticPolicy, utterance_id
+from genroute.resources import Resources
+from genroute.testing import GeminiTestServer
 from genroute.types import GenerateRequest
+
+from .conftest import TEST_KEY
 
 CTX = PolicyContext(catalogue={})
 
 
+class CountingEmbedder(LocalEmbedder):
+    """The real offline MiniLM, remembering every text it was asked to embed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+
+    def embed_array(self, texts: list[str]) -> np.ndarray:
+        self.texts += texts
+        return super().embed_array(texts)
+
+
 @pytest.fixture(scope="module")
-def embedder() -> LocalEmbedder:
-    return LocalEmbedder()
+def embedder() -> CountingEmbedder:
+    return CountingEmbedder()
 
 
 ROUTES = {
@@ -28,21 +49,23 @@ ROUTES = {
     "rag": ("what does the employee handbook say about parental leave", "find the refund policy document"),
     "icl": ("classify the sentiment of this review", "is this tweet positive or negative"),
 }
+#: (request, backend it must route to with ROUTES at threshold 0.35); the last matches nothing -> default.
+TABLE = [
+    ("will it rain in London tomorrow?", "tools"),
+    ("reserve a table for four people at 8pm", "tools"),
+    ("handbook rules on parental leave", "rag"),
+    ("the sentiment of this movie review: loved it", "icl"),
+    ("zxq vlorp 42 kk", "prompt"),
+]
 
 
-def semantic(embedder: LocalEmbedder, **overrides: Any) -> SemanticPolicy:
+def semantic(embedder: Any, **overrides: Any) -> SemanticPolicy:
     config = SemanticConfig.model_validate({"kind": "semantic", "routes": ROUTES, "threshold": 0.35,
                                             "default": "prompt", **overrides})
     return SemanticPolicy(config, embedder=embedder)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("will it rain in London tomorrow?", "tools"),
-    ("reserve a table for four people at 8pm", "tools"),
-    ("handbook rules on parental leave", "rag"),
-    ("the sentiment of this movie review: loved it", "icl"),
-    ("zxq vlorp 42 kk", "prompt"),  # nothing near -> default
-])
+@pytest.mark.parametrize(("text", "expected"), TABLE)
 def test_semantic_nearest_route(embedder: LocalEmbedder, text: str, expected: str) -> None:
     decision = semantic(embedder).decide(GenerateRequest(input=text), CTX)
     assert decision.rungs[0].backend == expected
@@ -56,17 +79,174 @@ def test_semantic_top_k_vote(embedder: LocalEmbedder) -> None:
     assert policy.decide(GenerateRequest(input="what's the weather like in Rome"), CTX).rungs[0].backend == "tools"
 
 
-def test_semantic_store_persists_and_reopens(embedder: LocalEmbedder, tmp_path: Path) -> None:
-    store = {"path": str(tmp_path / "chroma"), "collection": "routes-test"}
-    first = semantic(embedder, store=store)
-    assert first.matrix.shape == (7, 384)
-    # A config without routes reads every utterance back from the store, without embedding them again.
-    reopened = SemanticPolicy(SemanticConfig(kind="semantic", store=store, default="prompt", threshold=0.35),
-                              embedder=embedder)
-    assert sorted(reopened.utterances) == sorted(u for us in ROUTES.values() for u in us)
-    via_chroma = semantic(embedder, store=store, search="chroma")
-    text = GenerateRequest(input="find the document about refunds")
-    assert via_chroma.decide(text, CTX).rungs[0].backend == reopened.decide(text, CTX).rungs[0].backend == "rag"
+# -- routes stored in the router's knowledge store ----------------------------------------------------------
+
+
+def start_router(server: GeminiTestServer, store: KnowledgeStore, routes: dict[str, Any], **policy: Any) -> Router:
+    """A router over four prompt backends on the loopback wire, deciding with a semantic policy over ``routes``."""
+    engine = GeminiEngine("g", {"base_url": server.base_url, "api_key": TEST_KEY})
+    resources = Resources({"g": engine}, knowledge=store)
+    backends = {name: PromptTemplateBackend(name, PromptTemplateConfig(engine="g", model="gemini-2.5-flash"),
+                                            resources) for name in ("tools", "rag", "icl", "prompt")}
+    config = SemanticConfig.model_validate({"kind": "semantic", "routes": routes, "threshold": 0.35,
+                                            "default": "prompt", **policy})
+    return Router(backends, SemanticPolicy(config), resources=resources)
+
+
+def stored(path: Path, collection: str) -> dict[str, Any]:
+    """What Chroma holds in ``collection``, read back with a client of its own."""
+    import chromadb
+    from chromadb.config import Settings
+
+    # Chroma shares one system per directory, and it must be opened with the store's settings.
+    col = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False)) \
+        .get_collection(collection)
+    got = col.get(include=["documents", "metadatas"])
+    return {"metadata": col.metadata,
+            "routes": sorted((m["backend"], d) for m, d in zip(got["metadatas"], got["documents"])),
+            "ids": set(got["ids"])}
+
+
+def all_routes(routes: dict[str, Any]) -> list[tuple[str, str]]:
+    return sorted((b, u) for b, us in routes.items() for u in us)
+
+
+def test_second_start_embeds_nothing_and_decides_alike(gemini_server: GeminiTestServer, embedder: CountingEmbedder,
+                                                       tmp_path: Path) -> None:
+    path = tmp_path / "chroma"
+    embedder.texts.clear()
+    with start_router(gemini_server, KnowledgeStore(StoreConfig(path=str(path)), embedder=embedder),
+                      ROUTES) as first:
+        assert sorted(embedder.texts) == sorted(u for _, u in all_routes(ROUTES))  # each utterance once
+        assert [first.decide(text).rungs[0].backend for text, _ in TABLE] == [b for _, b in TABLE]
+    held = stored(path, "genroute-routes-policy")
+    assert held["routes"] == all_routes(ROUTES)
+    assert held["ids"] == {utterance_id(b, u) for b, u in all_routes(ROUTES)}  # keyed by content
+    assert held["metadata"]["genroute.kind"] == "routes"
+    assert (held["metadata"]["genroute.embedder_kind"], held["metadata"]["genroute.embedder"],
+            held["metadata"]["genroute.dimension"]) == ("genroute_local_minilm", "all-MiniLM-L6-v2", 384)
+
+    embedder.texts.clear()
+    gemini_server.reply_text("from the handbook")
+    # A new store object on the same directory: what a restarted process sees.
+    with start_router(gemini_server, KnowledgeStore(StoreConfig(path=str(path)), embedder=embedder),
+                      ROUTES) as second:
+        assert embedder.texts == []  # nothing re-embedded at start
+        assert sorted(zip(second.policy.backends, second.policy.utterances)) == all_routes(ROUTES)
+        decisions = [second.decide(text) for text, _ in TABLE]
+        result = second.generate("handbook rules on parental leave")
+    assert [d.rungs[0].backend for d in decisions] == [b for _, b in TABLE]  # the decision table still holds
+    assert "-> default prompt" in decisions[-1].reason and "similarity" in decisions[0].reason
+    assert result.backend == "rag" and result.text == "from the handbook"
+    assert embedder.texts == [text for text, _ in TABLE]  # only requests were embedded (the last one cached)
+
+
+def test_changed_utterances_are_added_and_removed(gemini_server: GeminiTestServer, embedder: CountingEmbedder,
+                                                  tmp_path: Path) -> None:
+    path = tmp_path / "chroma"
+    start_router(gemini_server, KnowledgeStore(StoreConfig(path=str(path)), embedder=embedder), ROUTES).close()
+    changed = {**ROUTES, "rag": ("what does the employee handbook say about parental leave",
+                                 "show me the travel expense guidelines"),
+               "icl": ("is this tweet positive or negative",)}
+    embedder.texts.clear()
+    with start_router(gemini_server, KnowledgeStore(StoreConfig(path=str(path)), embedder=embedder),
+                      changed) as router:
+        assert embedder.texts == ["show me the travel expense guidelines"]  # only the new utterance
+        assert sorted(zip(router.policy.backends, router.policy.utterances)) == all_routes(changed)
+        expenses = router.decide("how do I claim travel expenses?")
+        refund = router.decide("find the refund policy document")
+    assert stored(path, "genroute-routes-policy")["routes"] == all_routes(changed)  # removed ones deleted
+    assert expenses.rungs[0].backend == "rag" and "travel expense guidelines" in expenses.reason
+    assert "refund" not in refund.reason  # the deleted utterance can no longer be the nearest route
+
+
+def test_routes_from_config_persist_per_policy_field(gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    # Nested in a split arm: the router hands its knowledge store down, the collection is named by the field.
+    config = {"engines": {"g": {"kind": "gemini", "base_url": gemini_server.base_url, "api_key": TEST_KEY}},
+              "backends": {b: {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}
+                           for b in ("tools", "rag", "icl", "prompt")},
+              "knowledge": {"path": str(tmp_path / "chroma")},
+              "policy": {"kind": "split", "arms": [{"weight": 1, "policy": {
+                  "kind": "semantic", "routes": ROUTES, "threshold": 0.35, "default": "prompt"}}]}}
+    with Router.from_config(config) as router:
+        decision = router.decide("handbook rules on parental leave")
+    assert decision.rungs[0].backend == "rag"
+    assert stored(tmp_path / "chroma", "genroute-routes-policy.arms.0.policy")["routes"] == all_routes(ROUTES)
+    assert gemini_server.requests == []  # embedding is local; deciding calls no model
+
+    # Without routes in config the policy serves whatever the collection holds; a backend the router
+    # lacks is named by the collection field.
+    config["backends"].pop("icl")
+    config["policy"] = {"kind": "semantic", "collection": "genroute-routes-policy.arms.0.policy", "default": "prompt"}
+    with pytest.raises(ConfigError) as err:
+        Router.from_config(config)
+    assert err.value.field == "policy.collection" and "icl" in str(err.value)
+
+
+def test_embedder_mismatch_is_a_config_error(gemini_server: GeminiTestServer, embedder: CountingEmbedder,
+                                             tmp_path: Path) -> None:
+    path = tmp_path / "chroma"
+    start_router(gemini_server, KnowledgeStore(StoreConfig(path=str(path)), embedder=embedder), ROUTES).close()
+    before = stored(path, "genroute-routes-policy")
+    config = {"engines": {"g": {"kind": "gemini", "base_url": gemini_server.base_url, "api_key": TEST_KEY}},
+              "backends": {b: {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}
+                           for b in ("tools", "rag", "icl", "prompt")},
+              # Same width as MiniLM, so only the recorded embedder kind and model can tell the vectors apart.
+              "knowledge": {"path": str(path), "embedder": {"kind": "gemini", "engine": "g", "dimension": 384}},
+              "policy": {"kind": "semantic", "routes": ROUTES, "default": "prompt"}}
+    with pytest.raises(ConfigError) as err:
+        Router.from_config(config)
+    assert err.value.field == "knowledge.embedder"
+    assert "'all-MiniLM-L6-v2' (genroute_local_minilm)" in str(err.value) and "(genroute_gemini)" in str(err.value)
+    assert "policy.collection" in str(err.value)  # the remedy that keeps the stored routes
+    assert gemini_server.requests == []  # refused before embedding anything
+    assert stored(path, "genroute-routes-policy") == before  # and the collection is left as it was
+
+
+async def test_gemini_embedded_routes_in_async_code(gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    # Built inside a running event loop, with an embedder that only has the async API at heart.
+    config = {"engines": {"g": {"kind": "gemini", "base_url": gemini_server.base_url, "api_key": TEST_KEY}},
+              "backends": {b: {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}
+                           for b in ("tools", "rag", "icl", "prompt")},
+              "knowledge": {"path": str(tmp_path / "chroma"),
+                            "embedder": {"kind": "gemini", "engine": "g", "dimension": 64}},
+              "policy": {"kind": "semantic", "routes": ROUTES, "threshold": 0.99, "default": "prompt"}}
+    gemini_server.reply_text("booked")
+    gemini_server.reply_text("hello")
+    router = Router.from_config(config)
+    try:
+        # The loopback server's vectors are hashes of the text: an utterance is identical only to itself.
+        same = await router.agenerate("book a table for two tonight")
+        other = await router.agenerate("something else entirely")
+    finally:
+        await router.aclose()
+    assert (same.backend, same.text, other.backend, other.text) == ("tools", "booked", "prompt", "hello")
+    embeds = [r for r in gemini_server.requests if r.action in ("batchEmbedContents", "embedContent")]
+    assert len(embeds) == 3  # the seven utterances in one call, then each request
+    assert stored(tmp_path / "chroma", "genroute-routes-policy")["metadata"]["genroute.dimension"] == 64
+
+    sent = len(gemini_server.requests)
+    config["knowledge"] = {"path": str(tmp_path / "chroma"), "embedder": {"kind": "gemini", "engine": "g",
+                                                                          "dimension": 32}}
+    with pytest.raises(ConfigError) as err:  # the same model at another width refuses them
+        Router.from_config(config)
+    assert err.value.field == "knowledge.embedder.dimension" and "64" in str(err.value)
+    config["knowledge"] = {"path": str(tmp_path / "chroma")}
+    with pytest.raises(ConfigError) as err:  # and so does the local embedder
+        Router.from_config(config)
+    assert err.value.field == "knowledge.embedder"
+    assert len(gemini_server.requests) == sent  # neither embedded anything
+
+
+def test_store_embedder_is_the_one_used(embedder: CountingEmbedder, tmp_path: Path) -> None:
+    store = KnowledgeStore(StoreConfig(path=str(tmp_path / "chroma")))  # its own (default) embedder
+    with pytest.raises(UsageError) as err:
+        semantic(embedder).bind(Resources({}, knowledge=store))
+    assert err.value.field == "policy" and "KnowledgeStore" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # nothing in config, nothing stored
+        SemanticPolicy(SemanticConfig(kind="semantic", default="prompt")).bind(
+            Resources({}, knowledge=KnowledgeStore(StoreConfig(path=str(tmp_path / "chroma")), embedder=embedder)))
+    assert err.value.field == "policy.routes" and "empty" in str(err.value)
 
 
 def test_semantic_routes_file_and_unknown_backend(embedder: LocalEmbedder, tmp_path: Path) -> None:
@@ -81,6 +261,9 @@ def test_semantic_routes_file_and_unknown_backend(embedder: LocalEmbedder, tmp_p
     with pytest.raises(ConfigError, match="line 1") as err:
         SemanticPolicy(SemanticConfig(kind="semantic", routes_file=str(path), default="p"), embedder=embedder)
     assert err.value.field == "policy.routes_file"
+    with pytest.raises(ConfigError) as err:  # no store to read routes from either
+        SemanticPolicy(SemanticConfig(kind="semantic", default="p"), embedder=embedder).bind(Resources({}))
+    assert err.value.field == "policy.routes"
 
 
 # -- learned --------------------------------------------------------------------------------------------

@@ -239,18 +239,12 @@ class KnowledgeStore:
         have_kind = meta.get(_META_KIND)
         if have_kind is not None and have_kind != kind:
             raise UsageError(f"collection {col.name!r} holds {have_kind}, not {kind}", field=field)
-        have_embedder = meta.get(_META_EMBEDDER_KIND)
-        if have_embedder is not None and have_embedder != self.embedder.name():
-            raise ConfigError(
-                f"collection {col.name!r} was embedded by {have_embedder!r}; this store embeds with "
-                f"{self.embedder.name()!r} (re-ingest, or configure the same embedder)",
-                field="knowledge.embedder.kind",
-            )
         have = meta.get(_META_EMBEDDER)
-        if have is not None and have != self.embedder.model:
+        made_by = meta.get(_META_EMBEDDER_KIND, self.embedder.name())  # older collections lack it
+        if (have is not None and have != self.embedder.model) or made_by != self.embedder.name():
             raise ConfigError(
-                f"collection {col.name!r} was embedded with {have!r}; this store embeds with "
-                f"{self.embedder.model!r} (re-ingest, or configure the same embedder)",
+                f"collection {col.name!r} was embedded with {have!r} ({made_by}); this store embeds with "
+                f"{self.embedder.model!r} ({self.embedder.name()}) (re-ingest, or configure the same embedder)",
                 field="knowledge.embedder",
             )
         width = meta.get(_META_DIMENSION)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from genroute.types import Decision, GenerateRequest
+
+if TYPE_CHECKING:
+    from genroute.resources import Resources
 
 
 class PolicyConfig(BaseModel):
@@ -66,6 +69,10 @@ class Policy(ABC):
     @abstractmethod
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
         """Return the decision for ``request``; must be pure and fast."""
+
+    def bind(self, resources: Resources) -> None:
+        """Called once by the router, before ``validate_against``, with what its backends share (engines, the
+        knowledge store); a policy that keeps state there (the semantic policy's routes) opens it here."""
 
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         """Raise ``ConfigError`` if the policy names backends the router lacks (called once at build)."""

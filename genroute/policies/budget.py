@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -35,6 +35,9 @@ from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyCont
 from genroute.policies.static import check_backends
 from genroute.policies.stats import BenchStats
 from genroute.types import Decision, GenerateRequest, Rung
+
+if TYPE_CHECKING:
+    from genroute.resources import Resources
 
 
 @dataclass
@@ -234,6 +237,9 @@ class BudgetPolicy(Policy):
         held, inner = token
         self.ledger.settle(held, cost_usd)
         self.inner.settle(inner, cost_usd)
+
+    def bind(self, resources: Resources) -> None:
+        self.inner.bind(resources)
 
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         named = [(b, f"{self.field}.costs.{b}") for b in self.config.costs]

@@ -1,22 +1,30 @@
 """``semantic``: route to the backend whose example utterances are nearest to the request.
 
-Utterance embeddings are computed once at build (persisted in a Chroma collection when ``store`` is set, so
-a restart embeds only new utterances) and held as a normalised numpy matrix: a decision is one request
-embedding plus one matrix-vector product.
+When the router has a ``knowledge`` store, the route utterances live in a Chroma collection of that
+store (kind ``routes``), keyed by content: a restart embeds only utterances it has not stored yet, and
+utterances no longer in the config are deleted. The store records which embedder filled the collection
+(kind, model, dimension) and refuses to reopen it with another one (``ConfigError`` naming
+``knowledge.embedder...``), as it does for documents and examples. Without a store the utterances are
+embedded at every start. Either way the decision searches an in-memory normalised numpy matrix (one
+request embedding plus one matrix-vector product): Chroma's HNSW query costs more and is approximate.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from genroute.errors import ConfigError
+from genroute.errors import ConfigError, UsageError
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest
@@ -24,37 +32,34 @@ from genroute.types import Decision, GenerateRequest
 if TYPE_CHECKING:
     import numpy as np
 
-
-class RouteStore(BaseModel):
-    """Where utterance embeddings persist: an embedded Chroma directory and a collection name."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    path: str
-    collection: str = Field(default="genroute-semantic-routes", min_length=3, max_length=512)
+    from genroute.knowledge.store import KnowledgeStore
+    from genroute.resources import Resources
 
 
 class SemanticConfig(PolicyConfig):
-    """Config of ``SemanticPolicy``: utterances per backend (inline, JSONL file, or an existing store)."""
+    """Config of ``SemanticPolicy``: utterances per backend (inline, a JSONL file, or the stored collection)."""
 
     kind: Literal["semantic"] = "semantic"
     routes: dict[str, tuple[str, ...]] = Field(default_factory=dict, description="Backend -> utterances.")
     routes_file: str | None = Field(default=None, description='JSONL of {"backend": ..., "utterance": ...}.')
-    store: RouteStore | None = None
+    collection: str | None = Field(
+        default=None, min_length=3, max_length=512,
+        description="Collection of the router's knowledge store holding the utterances "
+                    "(default genroute-routes-<policy field>, e.g. genroute-routes-policy).")
     threshold: float = Field(default=0.5, ge=-1.0, le=1.0, description="Minimum cosine similarity.")
     top_k: int = Field(default=1, ge=1, description="Neighbours that vote (weighted by similarity).")
-    search: Literal["numpy", "chroma"] = Field(default="numpy", description="chroma needs `store`.")
     default: str = Field(min_length=1, description="Used when nothing is similar enough.")
     cache_size: int = Field(default=1024, ge=0, description="Request embeddings remembered (repeated inputs).")
 
 
 @cache
 def default_embedder() -> Any:
-    """One offline MiniLM per process for every policy: each onnxruntime session keeps its own thread
-    pool, and two pools busy-waiting on the same cores slow each other down (measured: +20 ms a decision)."""
-    from genroute.knowledge.embedders import LocalEmbedder
+    """The offline MiniLM of a default knowledge store, shared by every policy and store in the process: each
+    onnxruntime session keeps its own thread pool, and two pools busy on the same cores slow each other
+    down (measured: +20 ms a decision)."""
+    from genroute.knowledge.store import KnowledgeStore
 
-    return LocalEmbedder()
+    return KnowledgeStore().embedder
 
 
 def utterance_id(backend: str, text: str) -> str:
@@ -80,6 +85,25 @@ def read_routes_file(path: str, *, field: str) -> list[tuple[str, str]]:
     return pairs
 
 
+@dataclass(frozen=True)
+class RouteIndex:
+    """The searchable routes: backend and text per row of a unit-length embedding matrix."""
+
+    backends: list[str]
+    utterances: list[str]
+    matrix: np.ndarray
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What opening the stored routes did: utterances embedded and added, deleted, and loaded."""
+
+    collection: str
+    added: int
+    deleted: int
+    loaded: int
+
+
 class SemanticPolicy(Policy):
     """Nearest route by embedding, with a similarity threshold and a default."""
 
@@ -90,91 +114,156 @@ class SemanticPolicy(Policy):
 
     def __init__(self, config: SemanticConfig, *, embedder: Any = None) -> None:
         super().__init__(config)
-        if config.search == "chroma" and config.store is None:
-            raise ConfigError("search: chroma needs `store`", field=f"{self.field}.search")
-        self.embedder = embedder if embedder is not None else default_embedder()
-        self._embed_request = lru_cache(maxsize=config.cache_size)(lambda text: self._embed([text])[0])
+        self._given_embedder = embedder
+        self.embedder = embedder
         pairs = [(b, u) for b, utterances in config.routes.items() for u in utterances]
         if config.routes_file:
             pairs += read_routes_file(config.routes_file, field=f"{self.field}.routes_file")
-        self._collection: Any = None
-        if config.store is not None:
-            self.backends, self.utterances, self.matrix = self._sync_store(pairs)
-        elif pairs:
-            self.backends = [b for b, _ in pairs]
-            self.utterances = [u for _, u in pairs]
-            self.matrix = self._embed(self.utterances)
-        else:
-            raise ConfigError("no utterances: set `routes`, `routes_file` or an existing `store`",
-                              field=f"{self.field}.routes")
+        #: id -> (backend, utterance): what the config names (empty: use whatever the collection holds).
+        self.wanted = {utterance_id(b, u): (b, u) for b, u in pairs}
+        self.store: KnowledgeStore | None = None
+        self.last_sync: SyncReport | None = None
+        self._index: RouteIndex | None = None
+        self._lock = threading.Lock()
+        self._embed_request = lru_cache(maxsize=config.cache_size)(lambda text: self._embed([text])[0])
+
+    # -- building the index ------------------------------------------------------------------------
+
+    @property
+    def collection_name(self) -> str:
+        """The collection the routes persist in when the router has a knowledge store."""
+        # Derived from the field by default, so two semantic policies in one router (split arms) never
+        # overwrite each other's routes.
+        return self.config.collection or f"genroute-routes-{self.field}"
+
+    def bind(self, resources: Resources) -> None:
+        """Load the routes: from the router's knowledge store (synced with the config), else embedded now."""
+        store = resources.knowledge
+        with self._lock:
+            if store is None:
+                self.store = None
+                self._use_embedder(self._given_embedder)
+                self._index = self._embed_routes()
+                return
+            if self._given_embedder is not None and self._given_embedder is not store.embedder:
+                # The collection records the store's embedder; vectors from another would be silently wrong.
+                raise UsageError("with a knowledge store the semantic policy embeds with the store's embedder; "
+                                 "pass the embedder to the KnowledgeStore instead", field=self.field)
+            self.store = store
+            self._use_embedder(store.embedder)
+            self._index = self._sync_store(store)
+
+    def _use_embedder(self, embedder: Any) -> None:
+        embedder = embedder if embedder is not None else default_embedder()
+        if embedder is not self.embedder:
+            self._embed_request.cache_clear()  # vectors of another embedder are not comparable
+        self.embedder = embedder
+
+    @property
+    def index(self) -> RouteIndex:
+        """The routes being searched; a policy used without a router embeds its config's utterances."""
+        index = self._index
+        if index is None:
+            with self._lock:
+                if self._index is None:
+                    self._use_embedder(self._given_embedder)
+                    self._index = self._embed_routes()
+                index = self._index
+        return index
+
+    @property
+    def backends(self) -> list[str]:
+        """Backend of each route utterance."""
+        return self.index.backends
+
+    @property
+    def utterances(self) -> list[str]:
+        """Every route utterance, in matrix row order."""
+        return self.index.utterances
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """Unit-length utterance embeddings, one row per utterance."""
+        return self.index.matrix
+
+    def _embed_routes(self) -> RouteIndex:
+        if not self.wanted:
+            raise ConfigError("no utterances: set `routes` or `routes_file` (or give the router a `knowledge` "
+                              "store whose collection holds them)", field=f"{self.field}.routes")
+        pairs = list(self.wanted.values())
+        return RouteIndex([b for b, _ in pairs], [u for _, u in pairs], self._embed([u for _, u in pairs]))
+
+    def _sync_store(self, store: KnowledgeStore) -> RouteIndex:
+        """Make the collection hold exactly the configured utterances (embedding only new ones), then load it."""
+        import numpy as np
+
+        name = self.collection_name
+        try:  # opening checks the embedder kind, model and dimension the collection was made with
+            col = store.collection_sync(name, kind="routes", create=True, field=f"{self.field}.collection")
+        except ConfigError as exc:
+            if not (exc.field or "").startswith("knowledge.embedder"):
+                raise
+            message = str(exc).removeprefix(f"{exc.field}: ")
+            raise ConfigError(f"{message}; or give the routes a new collection ({self.field}.collection): "
+                              "they are embedded again from the config", field=exc.field) from exc
+        added = deleted = 0
+        if self.wanted:
+            stored = set(store._guard(col.get, include=[])["ids"])
+            stale = sorted(stored - self.wanted.keys())
+            missing = [i for i in self.wanted if i not in stored]
+            size = store.max_batch_size()
+            for start in range(0, len(stale), size):
+                store._guard(col.delete, ids=stale[start:start + size])
+            for start in range(0, len(missing), size):
+                ids = missing[start:start + size]
+                texts = [self.wanted[i][1] for i in ids]
+                store._guard(col.upsert, ids=ids, embeddings=self._embed(texts), documents=texts,
+                             metadatas=[{"backend": self.wanted[i][0]} for i in ids])
+            added, deleted = len(missing), len(stale)
+        got = store._guard(col.get, include=["embeddings", "metadatas", "documents"])
+        rows = [n for n, i in enumerate(got["ids"]) if not self.wanted or i in self.wanted]
+        if not rows:
+            raise ConfigError(f"no utterances: collection {name!r} in {store.location} is empty and the config "
+                              "names none", field=f"{self.field}.routes")
+        matrix = np.asarray(got["embeddings"], dtype=np.float32)[rows]
+        self.last_sync = SyncReport(collection=name, added=added, deleted=deleted, loaded=len(rows))
+        return RouteIndex([str(got["metadatas"][n]["backend"]) for n in rows],
+                          [str(got["documents"][n]) for n in rows], _unit(matrix))
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         import numpy as np
 
-        vectors = np.asarray(self.embedder.embed_array(texts) if hasattr(self.embedder, "embed_array")
-                             else self.embedder.embed(texts), dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+        embed_array = getattr(self.embedder, "embed_array", None)
+        if embed_array is not None:
+            vectors = embed_array(texts)
+        else:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                vectors = self.embedder.embed(texts)
+            else:  # a router built inside async code: Embedder.embed refuses a running loop, a worker has none
+                with ThreadPoolExecutor(1) as pool:
+                    vectors = pool.submit(self.embedder.embed, texts).result()
+        return _unit(np.asarray(vectors, dtype=np.float32))
 
-    def _sync_store(self, pairs: list[tuple[str, str]]) -> tuple[list[str], list[str], np.ndarray]:
-        """Add utterances the store lacks (embedding only those), then load the ones this config names."""
-        import chromadb
-        import numpy as np
-
-        store = self.config.store
-        assert store is not None
-        from genroute.knowledge.embedders import LocalEmbedder, register_with_chroma
-
-        extra: dict[str, Any] = {}
-        if isinstance(self.embedder, LocalEmbedder):
-            # Recorded in the collection so other processes can reopen it and query by text.
-            register_with_chroma()
-            extra["embedding_function"] = self.embedder
-        client = chromadb.PersistentClient(path=store.path)
-        collection = client.get_or_create_collection(store.collection, metadata={"hnsw:space": "cosine"},
-                                                     **extra)
-        self._collection = collection
-        ids = [utterance_id(b, u) for b, u in pairs]
-        unique = dict(zip(ids, pairs))
-        if unique:
-            have = set(collection.get(ids=list(unique), include=[])["ids"])
-            missing = [i for i in unique if i not in have]
-            for start in range(0, len(missing), 1000):  # Chroma caps the batch size
-                batch = missing[start:start + 1000]
-                texts = [unique[i][1] for i in batch]
-                collection.add(ids=batch, embeddings=self._embed(texts), documents=texts,
-                               metadatas=[{"backend": unique[i][0]} for i in batch])
-        got = collection.get(ids=list(unique) if unique else None, include=["embeddings", "metadatas",
-                                                                             "documents"])
-        if not got["ids"]:
-            raise ConfigError(f"store collection {store.collection!r} holds no utterances",
-                              field=f"{self.field}.store")
-        matrix = np.asarray(got["embeddings"], dtype=np.float32)
-        backends = [m["backend"] for m in got["metadatas"]]
-        return backends, list(got["documents"]), matrix
+    # -- deciding ----------------------------------------------------------------------------------
 
     def nearest(self, vector: np.ndarray) -> tuple[str, float, str]:
         """``(backend, similarity, utterance)`` of the winning route for a normalised request vector."""
+        return self._nearest(self.index, vector)
+
+    def _nearest(self, index: RouteIndex, vector: np.ndarray) -> tuple[str, float, str]:
         import numpy as np
 
-        if self.config.search == "chroma":
-            return self._nearest_chroma(vector)
         # einsum runs in this thread; a BLAS matvec wakes BLAS worker threads that fight onnxruntime's
         # (measured: +28 ms p50 right after an embedding on 2 busy cores, vs +0.3 ms for einsum).
-        sims = np.einsum("ij,j->i", self.matrix, vector)
+        sims = np.einsum("ij,j->i", index.matrix, vector)
         k = min(self.config.top_k, len(sims))
         if k == 1:
             best = int(np.argmax(sims))
-            return self.backends[best], float(sims[best]), self.utterances[best]
+            return index.backends[best], float(sims[best]), index.utterances[best]
         top = np.argpartition(-sims, k - 1)[:k]
-        return self._vote([(self.backends[i], float(sims[i]), self.utterances[i]) for i in top])
-
-    def _nearest_chroma(self, vector: np.ndarray) -> tuple[str, float, str]:
-        got = self._collection.query(query_embeddings=[vector], n_results=self.config.top_k,
-                                     include=["metadatas", "distances", "documents"])
-        hits = [(m["backend"], 1.0 - d, doc) for m, d, doc in
-                zip(got["metadatas"][0], got["distances"][0], got["documents"][0])]
-        return self._vote(hits)
+        return self._vote([(index.backends[i], float(sims[i]), index.utterances[i]) for i in top])
 
     @staticmethod
     def _vote(hits: list[tuple[str, float, str]]) -> tuple[str, float, str]:
@@ -182,12 +271,11 @@ class SemanticPolicy(Policy):
         for backend, sim, _ in hits:
             score[backend] = score.get(backend, 0.0) + sim
         winner = max(score, key=score.__getitem__)
-        best = max((h for h in hits if h[0] == winner), key=lambda h: h[1])
-        return best
+        return max((h for h in hits if h[0] == winner), key=lambda h: h[1])
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
-        vector = self._embed_request(request.input)
-        backend, sim, utterance = self.nearest(vector)
+        index = self.index  # first: without a router this builds the routes and chooses the embedder
+        backend, sim, utterance = self._nearest(index, self._embed_request(request.input))
         quoted = utterance if len(utterance) <= 60 else utterance[:57] + "..."
         if sim < self.config.threshold:
             return Decision.single(self.name, self.config.default,
@@ -199,6 +287,12 @@ class SemanticPolicy(Policy):
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         named = [(self.config.default, f"{self.field}.default")]
         named += [(b, f"{self.field}.routes.{b}") for b in self.config.routes]
-        source = "routes_file" if self.config.routes_file else "store"
+        source = "routes_file" if self.config.routes_file else "collection"
         named += [(b, f"{self.field}.{source}") for b in sorted(set(self.backends)) if b not in self.config.routes]
         check_backends(catalogue, named)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

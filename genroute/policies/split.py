@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest
+
+if TYPE_CHECKING:
+    from genroute.resources import Resources
 
 
 class Arm(BaseModel):
@@ -95,6 +98,11 @@ class SplitPolicy(Policy):
         if token is not None:
             inner, inner_token = token
             inner.settle(inner_token, cost_usd)
+
+    def bind(self, resources: Resources) -> None:
+        for inner in self._inner:
+            if inner is not None:
+                inner.bind(resources)
 
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         check_backends(catalogue, [(arm.backend, f"{self.field}.arms.{i}.backend")

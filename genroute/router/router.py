@@ -65,6 +65,7 @@ class Router:
         # Flushed at close: batching processors and periodic readers would otherwise lose the last requests.
         self._providers = [p for p in (tracer_provider, meter_provider) if p is not None]
         self.catalogue = {name: _info(name, b) for name, b in self.backends.items()}
+        self.policy.bind(self.resources)
         self.policy.validate_against(self.catalogue)
         self.context = PolicyContext(catalogue=self.catalogue, stats=stats)
         self._executor = Executor(self.backends, self.policy, telemetry=self.telemetry,
