@@ -1,23 +1,30 @@
 """Bad input fuzzing: mutated configs and random requests fail only with typed errors that name the field.
 
 Hypothesis mutates valid router configs (wrong types, missing keys, extra keys, unknown or swapped kinds,
-nested junk) and sends requests with random fields and values. Whatever it finds, the caller sees either
-a working router / an answer, or a ``UsageError``/``ConfigError`` whose ``field`` is set and leads its
-message — never a bare ``KeyError``/``TypeError``/``AttributeError`` or a dependency's traceback.
+nested junk) and sends requests with random fields and values (invalid Unicode included) through all four
+entry points. A mutated config that still builds a router is used: one request runs through it. Whatever
+it finds, the caller sees either a working router / an answer, or a ``UsageError``/``ConfigError`` whose
+``field`` is set and leads its message, or a run-time ``BackendError`` that really happened at run time —
+never a bare ``KeyError``/``TypeError``/``AttributeError``, and never a dependency's own exception
+dressed up as a ``BackendRejected`` the provider never sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from genroute import BackendError, GenerateResult, Router, UsageError
+from genroute import (
+    AllRungsFailed, BackendError, BackendRejected, BackendUnavailable, GenerateResult, GenrouteError, Router, UsageError,
+)
 from genroute.testing import GeminiTestServer
 
 from .conftest import TEST_KEY
@@ -38,8 +45,10 @@ TOOLS = {"get_weather": get_weather}
 
 KINDS = ["gemini", "local", "prompt_template", "icl", "rag", "function_calling", "tuned", "static", "rules",
          "ladder", "semantic", "cost_aware", "split", "budget", "learned", "cascade", "", "nope", "Gemini"]
+# Any code point, lone surrogates included: text that is not valid Unicode must be refused by name too.
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=8)
 SCALARS = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True)
-           | st.text(max_size=8) | st.sampled_from(KINDS))
+           | st.text(max_size=8) | ANY_TEXT | st.sampled_from(KINDS))
 JUNK = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
                     | st.dictionaries(st.text(max_size=6) | st.sampled_from(["kind", "engine", "model", "backend"]),
                                       inner, max_size=3), max_leaves=6)
@@ -120,14 +129,116 @@ def _check_error(exc: BaseException) -> None:
     assert str(exc).startswith(exc.field), f"the message does not lead with the field: {exc}"
 
 
+def _dependency_error(exc: BaseException) -> BaseException | None:
+    """A dependency's own exception surfacing in ``exc``'s chain as a ``BackendRejected``, if any.
+
+    A ``BackendRejected`` the provider sent carries its HTTP status. One without a status that wraps a
+    non-genroute exception (say the SDK's ``ValueError``) is a caller mistake that was not refused by name
+    at the entry, or a bug: the failure this fuzzing exists to find.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        cause = seen.__cause__
+        if isinstance(seen, BackendRejected) and seen.status is None and cause is not None \
+                and not isinstance(cause, GenrouteError):
+            return cause
+        seen = cause
+    return None
+
+
+def _check_run_failure(exc: BaseException, what: str) -> None:
+    """A request failed: a caller mistake named by field, or a genuine run-time error (never a dependency's own exception)."""
+    if isinstance(exc, UsageError):
+        _check_error(exc)
+        return
+    assert isinstance(exc, BackendError), f"{what}: untyped failure {type(exc).__name__}: {exc}"
+    cause = _dependency_error(exc)
+    assert cause is None, f"{what}: a dependency's {type(cause).__name__} surfaced as {type(exc).__name__}: {exc}"
+
+
+def _each_mode(**fixed: Any) -> Any:
+    """Hypothesis ``@example`` of ``fixed`` in every mode: these run on every test run, before the search."""
+    def decorate(test: Any) -> Any:
+        for mode in MODES:
+            test = example(**fixed, mode=mode)(test)
+        return test
+    return decorate
+
+
+def _valid_unicode(body: Any, what: str) -> None:
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise AssertionError(f"{what}: invalid Unicode was sent instead of refused by name: {exc}") from None
+
+
+MODES = ("generate", "agenerate", "stream", "astream")
+
+
+def _final(chunks: list[Any]) -> GenerateResult:
+    """The result a complete stream ends with; its text is what the chunks before it carried."""
+    assert chunks and chunks[-1].done and not any(c.done for c in chunks[:-1])
+    result = chunks[-1].result
+    assert "".join(c.text for c in chunks[:-1]) == result.text
+    return result
+
+
+async def _acall(router: Router, mode: str, text: Any, kwargs: dict[str, Any]) -> GenerateResult:
+    if mode == "agenerate":
+        return await router.agenerate(text, **kwargs)
+    return _final([chunk async for chunk in router.astream(text, **kwargs)])
+
+
+class Caller:
+    """Sends a request in any of the four modes.
+
+    Sync calls go to one router; async calls go to a second router on a private loop, reused for every
+    example, because a router's async HTTP clients belong to the loop they first ran on.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.sync = Router.from_config(config, tools=TOOLS)
+        self.aio = Router.from_config(config, tools=TOOLS)
+        self.loop = asyncio.new_event_loop()
+
+    def __call__(self, mode: str, text: Any, kwargs: dict[str, Any]) -> GenerateResult:
+        if mode == "generate":
+            return self.sync.generate(text, **kwargs)
+        if mode == "stream":
+            return _final(list(self.sync.stream(text, **kwargs)))
+        return self.loop.run_until_complete(_acall(self.aio, mode, text, kwargs))
+
+    def close(self) -> None:
+        self.sync.close()
+        self.loop.run_until_complete(self.aio.aclose())
+        self.aio.close()
+        self.loop.close()
+
+
+def _run_once(router: Router, mode: str) -> GenerateResult:
+    """One request through a freshly built ``router`` in ``mode`` (async modes on a throwaway loop)."""
+    if mode == "generate":
+        return router.generate("What is the weather in Paris?", timeout_s=5)
+    if mode == "stream":
+        return _final(list(router.stream("What is the weather in Paris?", timeout_s=5)))
+
+    async def main() -> GenerateResult:
+        try:
+            return await _acall(router, mode, "What is the weather in Paris?", {"timeout_s": 5})
+        finally:
+            await router.aclose()
+    return asyncio.run(main())
+
+
 def test_mutated_configs_fail_only_with_errors_naming_the_field(gemini_server: GeminiTestServer) -> None:
     bases = base_configs(gemini_server.base_url)
     for base in bases:  # the unmutated bases are valid
         Router.from_config(base, tools=TOOLS).close()
+    built = {mode: 0 for mode in MODES}
 
     @SETTINGS
-    @given(index=st.integers(0, len(bases) - 1), data=st.data())
-    def check(index: int, data: st.DataObject) -> None:
+    @given(index=st.integers(0, len(bases) - 1), data=st.data(), mode=st.sampled_from(MODES))
+    def check(index: int, data: st.DataObject, mode: str) -> None:
         config = _mutate(bases[index], data)
         try:
             router = Router.from_config(config, tools=TOOLS)
@@ -136,9 +247,18 @@ def test_mutated_configs_fail_only_with_errors_naming_the_field(gemini_server: G
             return
         except Exception as exc:  # noqa: BLE001 - the point: anything untyped fails the test
             raise AssertionError(f"untyped failure for {config!r}: {type(exc).__name__}: {exc}") from exc
-        router.close()
+        built[mode] += 1
+        try:  # a config that builds must also run: its mistakes may only show on the first request
+            result = _run_once(router, mode)
+        except Exception as exc:  # noqa: BLE001
+            _check_run_failure(exc, f"{mode} on {config!r}")
+        else:
+            assert isinstance(result, GenerateResult) and result.text
+        finally:
+            router.close()
 
     check()
+    assert all(built.values()), f"some mode never ran a request on a mutated config: {built}"
 
 
 REQUEST_FIELDS = ["input", "task", "backend", "variables", "metadata", "key", "timeout_s", "model", "stream", "x"]
@@ -149,37 +269,56 @@ def test_random_requests_get_an_answer_or_an_error_naming_the_field(gemini_serve
     config["policy"]["rungs"][0]["validators"] = []
     fields = st.dictionaries(st.sampled_from(REQUEST_FIELDS), JUNK | st.sampled_from(["chat", "pro", "tone"]),
                              max_size=4)
+    # Mostly well-formed requests too, so that many reach the wire rather than failing on the first field.
+    plausible = st.fixed_dictionaries({}, optional={
+        "task": st.sampled_from(["chat", "summarize"]) | ANY_TEXT, "key": st.text(max_size=8) | ANY_TEXT,
+        "backend": st.sampled_from(["chat", "pro"]), "timeout_s": st.floats(0.001, 30),
+        "metadata": st.dictionaries(st.text(max_size=5), JUNK, max_size=2)})
     variables = st.dictionaries(st.sampled_from(["tone", "mood", ""]), JUNK, max_size=2)
+    caller = Caller(config)
+    outcomes = {mode: {"answered": 0, "refused": 0} for mode in MODES}
 
-    with Router.from_config(config, tools=TOOLS) as router:
-        @SETTINGS
-        @given(text=st.none() | st.text(max_size=30) | JUNK, extra=fields, variables=st.none() | variables,
-               stream=st.booleans())
-        def check(text: Any, extra: dict[str, Any], variables: Any, stream: bool) -> None:
-            kwargs = dict(extra)
-            if variables is not None:
-                kwargs["variables"] = variables
-            try:
-                if stream:
-                    result = list(router.stream(text, **kwargs))[-1].result
-                else:
-                    result = router.generate(text, **kwargs)
-            except UsageError as exc:
-                _check_error(exc)
-                return
-            except BackendError:  # a valid request whose run failed (e.g. a tiny deadline): typed, not a crash
-                return
-            except Exception as exc:  # noqa: BLE001
-                raise AssertionError(f"untyped failure for {text!r}, {kwargs!r}: {type(exc).__name__}: {exc}") \
-                    from exc
-            assert isinstance(result, GenerateResult)
+    @SETTINGS
+    @given(text=st.none() | st.text(min_size=1, max_size=30) | ANY_TEXT | JUNK, extra=fields | plausible,
+           variables=st.none() | variables | st.fixed_dictionaries({"tone": ANY_TEXT}), mode=st.sampled_from(MODES))
+    @_each_mode(text="Capital of France?", extra={"task": "chat"}, variables={"tone": "dry"})
+    @_each_mode(text="Capital of France?", extra={}, variables={"tone": "dry \udcff"})  # a lone surrogate
+    @_each_mode(text="Capital of France?", extra={"metadata": {"user": "\ud800"}}, variables=None)
+    def check(text: Any, extra: dict[str, Any], variables: Any, mode: str) -> None:
+        kwargs = dict(extra)
+        if variables is not None:
+            kwargs["variables"] = variables
+        what = f"{mode}({text!r}, **{kwargs!r})"
+        sent = len(gemini_server.requests)
+        try:
+            result = caller(mode, text, kwargs)
+        except UsageError as exc:
+            _check_error(exc)
+            assert len(gemini_server.requests) == sent, f"{what}: refused only after sending it"
+            outcomes[mode]["refused"] += 1
+            return
+        except Exception as exc:  # noqa: BLE001
+            _check_run_failure(exc, what)
+            # The loopback answers every valid request: only a deadline too short for it can fail one.
+            assert kwargs.get("timeout_s") is not None, f"{what}: a valid request failed: {exc!r}"
+            tried = exc.attempts if isinstance(exc, AllRungsFailed) else []
+            assert isinstance(exc, BackendUnavailable) or all(
+                a.error_type == "BackendUnavailable" for a in tried), f"{what}: {exc!r}"
+            return
+        assert isinstance(result, GenerateResult) and result.text, what
+        for request in gemini_server.requests[sent:]:  # the real API refuses invalid Unicode with a bare 400
+            _valid_unicode(request.body, what)
+        outcomes[mode]["answered"] += 1
 
+    try:
         check()
+    finally:
+        caller.close()
+    # every mode both answered valid requests and refused invalid ones, by name
+    assert all(o["answered"] and o["refused"] for o in outcomes.values()), outcomes
 
 
 def test_random_config_files_fail_only_with_errors_naming_the_field(gemini_server: GeminiTestServer) -> None:
-    import json
-
     import yaml
 
     root = tempfile.mkdtemp(prefix="genroute-fuzz-files-")
@@ -204,3 +343,32 @@ def test_random_config_files_fail_only_with_errors_naming_the_field(gemini_serve
             raise AssertionError(f"untyped failure for {body!r}: {type(exc).__name__}: {exc}") from exc
 
     check()
+
+
+def test_an_empty_inline_key_is_refused_by_name_before_any_request(gemini_server: GeminiTestServer) -> None:
+    config = base_configs(gemini_server.base_url)[0]
+    config["engines"]["g"]["api_key"] = ""  # the SDK would raise a bare ValueError on the first request
+    try:
+        Router.from_config(config, tools=TOOLS).close()
+    except UsageError as exc:
+        _check_error(exc)
+        assert exc.field == "engines.g.api_key"
+    else:
+        raise AssertionError("an empty api_key was accepted")
+    assert not gemini_server.requests
+
+
+def test_a_dependency_error_never_passes_for_the_providers_refusal() -> None:
+    from google import genai
+
+    from genroute.engines.errors import map_error
+
+    try:
+        genai.Client(api_key="")
+    except ValueError as exc:
+        cause = exc
+        mapped = map_error(exc, backend="g")
+    assert isinstance(mapped, BackendRejected) and mapped.status is None  # no provider answered
+    assert str(mapped).startswith("unexpected ValueError raised in google.genai"), str(mapped)
+    mapped.__cause__ = cause  # as the engine raises it: ``raise mapped from exc``
+    assert _dependency_error(mapped) is cause  # and the fuzzing above would report it

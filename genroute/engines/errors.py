@@ -7,8 +7,14 @@
     cut bodies, malformed JSON (JSONDecodeError, UnknownApiResponseError)
                                              -> BackendUnavailable
     google.auth TransportError               -> BackendUnavailable; RefreshError -> BackendRejected
-    SDK argument errors (ValueError, TypeError, pydantic ValidationError) and anything unknown
-                                             -> BackendRejected (final: retrying cannot help)
+    anything else (an SDK ValueError, TypeError, pydantic ValidationError...)
+                                             -> BackendRejected with ``status=None`` (final: retrying
+                                                cannot help), its message naming the exception type and
+                                                the library it came from; the original is ``__cause__``
+
+A ``BackendRejected`` the provider sent always carries its HTTP status; one without a status did not come
+from the provider. Caller mistakes never get here: requests and configs are validated when they enter
+genroute, and a mistake is a ``UsageError``/``ConfigError`` naming the field before anything is sent.
 
 Messages are scrubbed of API keys (the configured one and anything shaped like a Google key).
 """
@@ -66,7 +72,20 @@ def map_error(exc: BaseException, *, backend: str | None = None,
     if _is_transport_error(exc):
         detail = str(exc) or type(exc).__name__
         return BackendUnavailable(msg(f"{type(exc).__name__}: {detail}"), backend=backend)
-    return BackendRejected(msg(f"{type(exc).__name__}: {exc}"), backend=backend)
+    # Not a provider answer but a library's own exception (an argument it refused, or a bug): say so, so
+    # that it cannot pass for the provider's refusal of the request.
+    return BackendRejected(
+        msg(f"unexpected {type(exc).__name__} raised in {_origin(exc)}, not by the provider: {exc}"),
+        backend=backend)
+
+
+def _origin(exc: BaseException) -> str:
+    """The module whose code raised ``exc`` (its innermost traceback frame), else its type's module."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    name = tb.tb_frame.f_globals.get("__name__") if tb is not None else None
+    return name if isinstance(name, str) else type(exc).__module__
 
 
 def _is_transport_error(exc: BaseException) -> bool:
