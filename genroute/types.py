@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class _Frozen(BaseModel):
@@ -28,6 +28,37 @@ class GenerateRequest(_Frozen):
         if not value.strip():
             raise ValueError("input must not be blank")
         return value
+
+    @field_validator("task", "backend", "key", "variables", "metadata")
+    @classmethod
+    def _valid_unicode(cls, value: Any, info: ValidationInfo) -> Any:
+        # Templates put these into prompts and spans: a lone surrogate would fail later, at the provider
+        # or the exporter, without naming the field.
+        where = _invalid_text(value, info.field_name or "")
+        if where is not None:
+            raise ValueError(f"{where} is not valid Unicode text (it holds a lone surrogate)")
+        return value
+
+
+def _invalid_text(value: Any, path: str) -> str | None:
+    """The path of the first string in ``value`` that cannot be encoded as UTF-8, else ``None``."""
+    stack, seen = [(value, path)], set()
+    while stack:  # a loop, not recursion: metadata may be deeply nested or even hold itself
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return where
+        elif isinstance(item, dict | list | tuple) and id(item) not in seen:
+            seen.add(id(item))
+            if isinstance(item, dict):
+                for key, inner in item.items():
+                    stack += [(inner, f"{where}[{key!r}]"), (key, f"{where}[{key!r}] (its key)")]
+            else:
+                stack += [(inner, f"{where}[{index}]") for index, inner in enumerate(item)]
+    return None
 
 
 class Usage(_Frozen):

@@ -36,7 +36,9 @@ class GeminiEngineConfig(BaseModel):
 
     kind: Literal["gemini"] = "gemini"
     api_key_env: str = Field(default="GEMINI_API_KEY", description="Env var holding the key; GOOGLE_API_KEY is the fallback.")
-    api_key: SecretStr | None = Field(default=None, description="Inline key (discouraged: prefer api_key_env).")
+    # min_length: the SDK raises a bare ValueError for an empty key, on the first request.
+    api_key: SecretStr | None = Field(default=None, min_length=1,
+                                      description="Inline key (discouraged: prefer api_key_env).")
     vertex: VertexConfig | None = None
     base_url: str | None = Field(default=None, description="Overrides GOOGLE_GEMINI_BASE_URL / GOOGLE_VERTEX_BASE_URL.")
     api_version: str | None = None
