@@ -105,6 +105,15 @@ class Tally:
     def accounted(self) -> int:
         return sum(self.outcomes.values())
 
+    def rss_growth(self) -> tuple[float, float]:
+        """RSS growth (MiB) over the first half of the run (start -> middle) and the second (middle -> end).
+
+        The first half includes one-time costs (lazy imports, connection pools, caches filling); a leak
+        shows as growth in the second half too, so memory is stable when middle -> end is near zero.
+        """
+        rss = {label: value for label, value, _ in self.memory}
+        return rss["middle"] - rss["start"], rss["end"] - rss["middle"]
+
 
 def sample(label: str, tally: Tally) -> None:
     """Record RSS (MiB) and, when tracing, Python heap in use (MiB)."""
@@ -198,6 +207,8 @@ def report(tally: Tally, server: FaultyServer, requests: int, concurrency: int) 
     for label, rss, traced in tally.memory:
         heap = f", traced heap {traced:.1f} MiB" if traced is not None else ""
         print(f"memory {label:<6} RSS {rss:.1f} MiB{heap}")
+    first, second = tally.rss_growth()
+    print(f"memory growth: start -> middle {first:+.1f} MiB, middle -> end {second:+.1f} MiB (plateau when near 0)")
     print(f"accounted for: {tally.accounted}/{requests}")
 
 
