@@ -6,7 +6,9 @@ which decodes the protobuf. With the collector healthy, the GenAI attributes arr
 answer, usage and cost, because the BatchSpanProcessor exports off the request path. What could not be
 exported is counted by the OTel SDK's own self-observability metrics (``otel.sdk.exporter.span.exported``
 and ``otel.sdk.processor.span.processed`` with ``error.type``, enabled by
-``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED=true``) and is never raised to the caller.
+``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED=true``) and is never raised to the caller. Those counters and the
+``meter_provider=`` argument of the exporters and the batch processor need opentelemetry-sdk and the
+OTLP/HTTP exporter 1.42 or newer (the floor in the ``dev`` and ``otlp`` extras).
 """
 
 from __future__ import annotations
