@@ -98,6 +98,9 @@ class GeminiEngine(Engine):
         self.provider = "gcp.vertex_ai" if config.vertex is not None else "gcp.gemini"
         self._credentials = credentials
         self._client: genai.Client | None = None
+        # Import the SDK (1-4 s) now, while the router is built, not inside the first request: there it would
+        # block the event loop and eat that request's deadline.
+        import google.genai  # noqa: F401
 
     def __repr__(self) -> str:
         return f"GeminiEngine(name={self.name!r}, provider={self.provider!r}, base_url={self.base_url!r})"
