@@ -11,7 +11,9 @@ from google.genai import types
 
 from genroute.engines.local import LocalEngine
 from genroute.engines.local_prompt import Defaults, function_call_schema, prepare
-from genroute.errors import BackendRejected, ConfigError, UsageError
+from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
+
+from .conftest import Otel
 
 pytest.importorskip("llama_cpp")
 
@@ -212,13 +214,15 @@ async def test_concurrent_requests_from_asyncio(engine: LocalEngine) -> None:
 
 @pytest.mark.local
 def test_concurrent_requests_from_threads(engine: LocalEngine) -> None:
-    config = types.GenerateContentConfig(max_output_tokens=6)
+    config = types.GenerateContentConfig(max_output_tokens=6, temperature=0.0)
+    prompts = [f"Say the number {i}." for i in range(4)]
+    one_at_a_time = [asyncio.run(engine.generate("m", user(p), config)).text for p in prompts]
     results: dict[int, types.GenerateContentResponse] = {}
     errors: list[BaseException] = []
 
     def worker(i: int) -> None:
         try:
-            results[i] = asyncio.run(engine.generate("m", user(f"Say the number {i}."), config))
+            results[i] = asyncio.run(engine.generate("m", user(prompts[i]), config))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -230,6 +234,66 @@ def test_concurrent_requests_from_threads(engine: LocalEngine) -> None:
     assert not errors
     assert sorted(results) == [0, 1, 2, 3]
     assert all(r.usage_metadata.candidates_token_count > 0 for r in results.values())
+    # Greedy decoding and a reset context per call: each thread's answer is the one it gets alone.
+    assert [results[i].text for i in range(4)] == one_at_a_time
+    assert len(set(one_at_a_time)) > 1  # the prompts differ in their answers, so a mix-up would show
+
+
+@pytest.mark.local
+async def test_router_on_the_local_engine_keeps_the_loop_free_and_states_the_cloud_cost(otel: Otel) -> None:
+    from genroute.router.pricing import DEFAULT_PRICES
+    from genroute.router.router import Router
+
+    config = {"engines": {"local": {"kind": "local", "n_threads": 1}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
+                                    "generation": {"max_output_tokens": 4}}},
+              "policy": {"kind": "static", "backend": "chat"}}
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    async with Router.from_config(config, **otel.providers) as router:
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        # A fresh engine: loading the model (~1 s) and decoding both happen while the ticker runs.
+        result = await router.agenerate("What is the capital of France?")
+        seen = ticks
+        ticking.cancel()
+    # Had loading or decoding run on the loop, the ticker would have ticked about once.
+    assert seen >= 10, seen
+    assert result.backend == "chat" and result.usage.output_tokens > 0
+    expected = DEFAULT_PRICES["gemini-2.5-flash"].cost(result.usage)
+    assert result.cost_usd == 0.0
+    assert expected > 0 and result.cloud_equivalent_cost_usd == pytest.approx(expected)
+    (call,) = otel.spans("generate_content")
+    assert call.attributes["gen_ai.provider.name"] == "genroute.local"
+    assert call.attributes["gen_ai.usage.cost.amount"] == 0.0
+    assert call.attributes["genroute.cloud_equivalent.cost.amount"] == pytest.approx(expected)
+    assert call.attributes["genroute.cloud_equivalent.model"] == "gemini-2.5-flash"
+    (root,) = otel.spans("genroute.generate")
+    assert root.attributes["genroute.cloud_equivalent.cost.amount"] == pytest.approx(expected)
+
+
+@pytest.mark.local
+async def test_aclose_stops_an_in_flight_generation() -> None:
+    closing = LocalEngine("closing", {"n_threads": 1, "prompt_format": "gemma"})
+    # The base model rambles on in the chat template, so only max_output_tokens would end this.
+    config = types.GenerateContentConfig(max_output_tokens=1500)
+    stream = closing.stream("m", user("Write a very long story about a dragon."), config)
+    chunks: list[str] = []
+    with pytest.raises(BackendUnavailable, match="closed during the generation"):
+        async with asyncio.timeout(600):  # a hang bound only
+            async for chunk in stream:
+                if not chunks:  # generating now: close the engine under it
+                    closer = asyncio.create_task(closing.aclose())
+                chunks.append(chunk.text)
+    await closer
+    assert closing._instances == []
+    assert 0 < len(chunks) < 1500
 
 
 @pytest.mark.local

@@ -80,7 +80,7 @@ class _Outcome:
     text: str
     prompt_tokens: int
     output_tokens: int
-    finish: str  # "STOP" | "MAX_TOKENS"
+    finish: str  # "STOP" | "MAX_TOKENS" | "CANCELLED" (stopped by ``cancel``: the engine closed, or nobody waits)
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
@@ -120,6 +120,8 @@ class LocalEngine(Engine):
         self._instances: list[Any] = []
         self._load_lock = threading.Lock()
         self._grammars: dict[str, Any] = {}
+        #: Cancel events of the generations running now, so ``aclose`` can stop them between tokens.
+        self._running: set[threading.Event] = set()
         self._closed = False
         self.model_version: str | None = None
 
@@ -182,11 +184,17 @@ class LocalEngine(Engine):
 
     def _run(self, prep: Prepared, emit: Callable[[str], None] | None, cancel: threading.Event) -> _Outcome:
         """Generate on a borrowed instance; ``emit`` receives text deltas that are final."""
-        llm = self._borrow()
+        self._running.add(cancel)
+        if self._closed:  # aclose ran between submit and here: it will not see this event
+            cancel.set()
         try:
-            return self._generate_on(llm, prep, emit, cancel)
+            llm = self._borrow()
+            try:
+                return self._generate_on(llm, prep, emit, cancel)
+            finally:
+                self._idle.put(llm)
         finally:
-            self._idle.put(llm)
+            self._running.discard(cancel)
 
     def _generate_on(self, llm: Any, prep: Prepared, emit: Callable[[str], None] | None,
                      cancel: threading.Event) -> _Outcome:
@@ -235,7 +243,10 @@ class LocalEngine(Engine):
             if hit >= 0:
                 text, finish = text[:hit], "STOP"
                 break
-            if count >= max_tokens or cancel.is_set():
+            if count >= max_tokens:
+                break
+            if cancel.is_set():
+                finish = "CANCELLED"
                 break
             if emit is not None:
                 # Text is left-stripped (the prompt ends "Assistant:"), and anything that may yet
@@ -297,7 +308,7 @@ class LocalEngine(Engine):
             raise BackendUnavailable(f"local generation exceeded {timeout_s}s", backend=self.name) from None
         finally:
             cancel.set()  # stops the worker if we were cancelled or timed out
-        return self._response(prep, outcome)
+        return self._response(prep, self._finished(outcome))
 
     async def stream(self, model: str, contents: list[types.Content],
                      config: types.GenerateContentConfig | None = None, *,
@@ -327,7 +338,7 @@ class LocalEngine(Engine):
                         model_version=self.model_version)
                     continue
                 getter.cancel()
-                outcome = job.result()
+                outcome = self._finished(job.result())
                 # call_soon_threadsafe callbacks scheduled before the job finished have already run.
                 while not deltas.empty():
                     yield types.GenerateContentResponse(
@@ -338,9 +349,18 @@ class LocalEngine(Engine):
         finally:
             cancel.set()
 
+    def _finished(self, outcome: _Outcome) -> _Outcome:
+        """``outcome``, unless ``aclose`` stopped it half-way: then the caller gets a retryable error."""
+        if outcome.finish == "CANCELLED":
+            raise BackendUnavailable(f"engine {self.name!r} was closed during the generation", backend=self.name)
+        return outcome
+
     async def aclose(self) -> None:
-        """Stop the workers and free every model instance."""
+        """Stop the workers (in-flight generations stop at their next token) and free every model instance."""
         self._closed = True
+        # Without this, shutdown waits for every running generation to reach its max_output_tokens.
+        for cancel in list(self._running):
+            cancel.set()
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         for llm in self._instances:
             llm.close()
