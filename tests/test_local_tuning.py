@@ -265,17 +265,69 @@ async def test_tuned_backend_answers_through_the_router(tiny_run: Any, tmp_path:
 
     _, result = tiny_run
     config = tmp_path / "genroute.yaml"
+    # A router that already serves the base model; the policy sends task "label" to the tuned backend.
     # One llama.cpp thread: CI machines are shared, and spinning threads slow down badly when oversubscribed.
-    register_tuned_backend(config, "tuned", result.adapter_path, result.base_model_path,
-                           engine_options={"n_threads": 1, "max_output_tokens": 4})
+    small = {"n_threads": 1, "max_output_tokens": 4}
+    config.write_text(yaml.safe_dump({
+        "engines": {"base": {"kind": "local", **small}},
+        "backends": {"plain": {"kind": "prompt_template", "engine": "base", "model": "gemma-3-270m"}},
+        "policy": {"kind": "rules", "rules": [{"name": "labels", "when": {"task": "label"}, "backend": "tuned"}],
+                   "default": "plain"},
+    }))
+    register_tuned_backend(config, "tuned", result.adapter_path, result.base_model_path, engine_options=small)
+    question = "Where is the nearest train station?"
     async with Router.from_config(config, **otel.providers) as router:
-        answer = await router.agenerate("Where is the nearest train station?")
-    assert answer.backend == "tuned"
+        answer = await router.agenerate(question, task="label")
+        untuned = await router.agenerate(question)
+    assert answer.backend == "tuned" and "labels" in answer.decision.reason
     # A few steps teach the label but not yet the end-of-turn token, so only the start is checked.
     assert answer.text.strip().lower().startswith(TARGET), answer.text
-    assert otel.spans("genroute.generate")[0].attributes["genroute.backend"] == "tuned"
-    (span,) = otel.spans("generate_content")
-    assert span.attributes["gen_ai.provider.name"] == "genroute.local"
+    assert untuned.backend == "plain" and not untuned.text.strip().lower().startswith(TARGET), untuned.text
+    roots = otel.spans("genroute.generate")
+    assert [span.attributes["genroute.backend"] for span in roots] == ["tuned", "plain"]
+    calls = otel.spans("generate_content")
+    assert [span.attributes["gen_ai.provider.name"] for span in calls] == ["genroute.local"] * 2
+
+
+@pytest.mark.slow
+@pytest.mark.local
+def test_cli_tunes_locally_and_registers_the_backend(tiny_run: Any, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from genroute.cli import main
+    from genroute.config import load_config
+
+    data, first = tiny_run
+    config = tmp_path / "genroute.yaml"  # does not exist yet: the CLI creates it
+    code = main(["tune", "--local", str(data), "--config", str(config), "--name", "zebra", "--out",
+                 str(tmp_path / "adapter"), "--rank", "2", "--alpha", "4", "--target-modules", "q_proj,v_proj",
+                 "--max-seq-len", "64", "--batch-size", "4", "--threads", "1", "--max-steps", "2",
+                 "--epochs", "1", "--learning-rate", "3e-3"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "adapter" / "tune_result.json").read_text())
+    assert saved["steps"] == 2
+    assert {k: saved["config"][k] for k in ("rank", "alpha", "target_modules", "max_seq_len", "batch_size",
+                                            "threads")} == {"rank": 2, "alpha": 4.0,
+                                                            "target_modules": ["q_proj", "v_proj"],
+                                                            "max_seq_len": 64, "batch_size": 4, "threads": 1}
+    adapter = tmp_path / "adapter" / "adapter.gguf"
+    assert saved["adapter_sha256"] != first.adapter_sha256  # different settings, different adapter
+    loaded = load_config(config)
+    assert loaded.backends["zebra"]["kind"] == "tuned" and loaded.backends["zebra"]["engine"] == "zebra_engine"
+    assert loaded.engines["zebra_engine"]["lora_path"] == str(adapter.resolve())
+    assert "-> backend 'zebra'" in capsys.readouterr().err
+
+
+def test_cli_rejects_unmappable_target_modules_before_training(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from genroute.cli import main
+
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD])
+    code = main(["tune", "--local", str(data), "--config", str(tmp_path / "c.yaml"), "--name", "t",
+                 "--target-modules", "q_proj,attn_q"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--target-modules" in err and "attn_q" in err
+    assert list(tmp_path.iterdir()) == [data]
 
 
 def test_bad_data_is_rejected_before_training(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@
         --staging-uri gs://BUCKET/tuning
     genroute tune --resume projects/P/locations/L/tuningJobs/J --base-model ... --config ... --name ...
     genroute tune DATA.jsonl --dry-run OUT_DIR ...      # check, split and convert only; nothing is sent
-    genroute tune --local DATA.jsonl --config genroute.yaml --name sentiment
+    genroute tune --local DATA.jsonl --config genroute.yaml --name sentiment [--rank 4 --alpha 8 \\
+        --target-modules q_proj,v_proj --max-seq-len 128 --batch-size 4 --threads 1]
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     local = p.add_argument_group("--local")
     local.add_argument("--out", help="directory for the adapter (default: .genroute/tuned/NAME next to the config)")
     local.add_argument("--rank", type=int, help="LoRA rank (default: LocalTuneConfig, 8)")
+    local.add_argument("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha/rank (default 16)")
+    local.add_argument("--target-modules", help="comma-separated, e.g. q_proj,v_proj (default: q,k,v,o_proj)")
     local.add_argument("--learning-rate", type=float, help="(default: LocalTuneConfig, 1e-3)")
+    local.add_argument("--max-seq-len", type=int, help="tokens per example; longer inputs are cut (default 256)")
+    local.add_argument("--batch-size", type=int, help="(default: LocalTuneConfig, 8)")
+    local.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     local.add_argument("--max-steps", type=int)
     return p
 
@@ -94,10 +100,15 @@ def _local(args: argparse.Namespace) -> int:
 
     if not args.data:
         raise UsageError("a JSONL data file is required", field="data")
-    check_target(args.config, args.name, replace=args.replace)  # before minutes of training, not after
+    targets = None if args.target_modules is None else tuple(
+        name.strip() for name in args.target_modules.split(",") if name.strip())
     fields = {"validation_fraction": args.validation_fraction, "seed": args.seed, "epochs": args.epochs,
-              "rank": args.rank, "learning_rate": args.learning_rate, "max_steps": args.max_steps}
+              "rank": args.rank, "alpha": args.alpha, "target_modules": targets,
+              "learning_rate": args.learning_rate, "max_seq_len": args.max_seq_len, "batch_size": args.batch_size,
+              "threads": args.threads, "max_steps": args.max_steps}
     config = _settings(LocalTuneConfig, {k: v for k, v in fields.items() if v is not None})
+    # Before minutes of training, not after; a config file that does not exist yet is created.
+    check_target(args.config, args.name, replace=args.replace, engines=[f"{args.name}_engine"], missing_ok=True)
     out = Path(args.out) if args.out else Path(args.config).resolve().parent / ".genroute" / "tuned" / args.name
     result = tune_local(args.data, out, config=config)
     register_tuned_backend(args.config, args.name, result.adapter_path, result.base_model_path,
