@@ -174,3 +174,17 @@ def test_embedding_and_retrieval_spans_join_the_request_trace(gemini_server, ote
     assert embedding.context.trace_id == root.context.trace_id == retrieval.context.trace_id
     assert embedding.attributes["gen_ai.operation.name"] == "embeddings"
     assert result.citations
+
+
+def test_streams_record_time_to_first_token(gemini_server, otel):
+    gemini_server.fault(Fault.delay(0.3))
+    gemini_server.reply_text("one two three", usage=(6, 3), chunks=3)
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        chunks = list(router.stream("count"))
+    result = chunks[-1].result
+    assert 0.3 <= result.time_to_first_token_s <= result.latency_s
+    root = otel.spans("genroute.generate")[0].attributes
+    call = otel.spans("generate_content")[0].attributes
+    assert root["genroute.time_to_first_token_s"] == pytest.approx(result.time_to_first_token_s)
+    assert 0.3 <= call["gen_ai.response.time_to_first_chunk"] <= root["genroute.time_to_first_token_s"]
+    assert call["genroute.stream"] is True
