@@ -13,7 +13,7 @@ import pytest
 
 from genroute.errors import ConfigError, UsageError
 from genroute.knowledge import aingest, build_store
-from genroute.knowledge.chunking import chunk_id, chunk_text, token_counter
+from genroute.knowledge.chunking import chunk_id, chunk_text, stored_chunk_id, token_counter
 from genroute.knowledge.ingest import chunk_documents, expand_paths, read_documents
 from genroute.testing.replies import field_of
 
@@ -41,8 +41,8 @@ def write_corpus(root: Path, docs: int = 6, sentences: int = 12) -> list[Path]:
 def expected_ids(paths: list[Path], chunk_tokens: int, overlap: int) -> set[str]:
     ids = set()
     for path in paths:
-        for chunk, _ in chunk_documents(read_documents(path), chunk_tokens=chunk_tokens, overlap=overlap):
-            ids.add(chunk.id)
+        for chunk, meta in chunk_documents(read_documents(path), chunk_tokens=chunk_tokens, overlap=overlap):
+            ids.add(stored_chunk_id(meta["source"], chunk.text))
     return ids
 
 
@@ -156,6 +156,25 @@ async def test_reingest_is_idempotent(knowledge: Knowledge, tmp_path: Path) -> N
     assert await store.count(collection, kind="documents") == len(want)
     stored = {h.id for h in await store.get_all(collection, kind="documents")}
     assert stored == want
+
+
+async def test_reingesting_an_edited_file_replaces_its_chunks_only(knowledge: Knowledge, tmp_path: Path) -> None:
+    shared = "The shared paragraph says the same thing in both files, word for word, to the letter."
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(f"Apples ripen in autumn.\n\n{shared}", encoding="utf-8")
+    b.write_text(f"Bananas ripen in summer.\n\n{shared}", encoding="utf-8")
+    store, collection = knowledge.store(), knowledge.name("edits")
+    first = await aingest(store, [a, b], collection=collection, chunk_tokens=20, overlap=0)
+    assert first.removed == 0
+    a.write_text("Apples ripen in late autumn, after the first frost.", encoding="utf-8")  # edited: shared text gone
+    again = await aingest(store, [a], collection=collection, chunk_tokens=20, overlap=0)
+    assert again.removed >= 1 and again.added >= 1
+    stored = await store.get_all(collection, kind="documents")
+    texts = {(h.metadata["source"], " ".join(h.text.split())) for h in stored}
+    assert not any(src == str(a) and ("in autumn." in t or "shared" in t) for src, t in texts)  # a's old text gone
+    assert any(src == str(a) and "first frost" in t for src, t in texts)
+    assert any(src == str(b) and "shared paragraph" in t for src, t in texts)  # b's copy of the shared text stays
+    assert {h.id for h in stored} == expected_ids([a, b], 20, 0)
 
 
 async def test_a_missing_or_bad_file_among_good_ones_writes_nothing(knowledge: Knowledge, tmp_path: Path) -> None:

@@ -85,6 +85,15 @@ def chunk_id(text: str) -> str:
     return hashlib.sha256(normal.encode("utf-8")).hexdigest()[:32]
 
 
+def stored_chunk_id(source: str, text: str) -> str:
+    """The id a document chunk is stored under: its source and its content.
+
+    Keyed by source too, so that re-ingesting an edited file can drop that file's old chunks without touching a
+    chunk another file shares.
+    """
+    return chunk_id(f"{source}\x00{text}")
+
+
 def chunk_text(
     text: str,
     *,

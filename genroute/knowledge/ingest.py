@@ -1,8 +1,9 @@
 """Ingestion: files → documents → token-aware chunks → Chroma, idempotent and resumable.
 
-Chunk ids are content hashes and each batch is one Chroma upsert (written whole or not at all), so
-a run killed half-way and run again ends with exactly one copy of every chunk. Chunks already
-stored are skipped before embedding, which makes the re-run cheap as well as correct.
+Chunk ids are hashes of a chunk's source and text, and each batch is one Chroma upsert (written whole or not at
+all), so a run killed half-way and run again ends with exactly one copy of every chunk. Chunks already stored are
+skipped before embedding, which makes the re-run cheap as well as correct; chunks a re-ingested file no longer
+produces are deleted after the new ones are in.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from genroute.errors import UsageError
-from genroute.knowledge.chunking import Chunk, chunk_text, token_counter
+from genroute.knowledge.chunking import Chunk, chunk_text, stored_chunk_id, token_counter
 
 if TYPE_CHECKING:
     from genroute.engines.base import Engine
@@ -46,6 +47,7 @@ class IngestReport(BaseModel):
     skipped: int
     batches: int
     seconds: float
+    removed: int = 0
 
     @property
     def chunks_per_s(self) -> float:
@@ -174,7 +176,12 @@ async def aingest(
     progress: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
-    """Chunk ``paths`` into ``collection``: skip chunks already stored, upsert the rest batch by batch."""
+    """Chunk ``paths`` into ``collection``: skip chunks already stored, upsert the rest batch by batch.
+
+    Then drop the chunks an earlier run stored for these same sources that the files no longer produce (an
+    edited file leaves no stale text behind). New chunks are written before old ones are removed, so a run killed
+    part-way loses nothing, and a re-run finishes the job.
+    """
     started = time.perf_counter()
     files = expand_paths(paths)
     _check_chunk_size(store, chunk_tokens)
@@ -184,13 +191,19 @@ async def aingest(
         docs = list(read_documents(path, text_field=text_field))
         documents += len(docs)
         for chunk, meta in chunk_documents(iter(docs), chunk_tokens=chunk_tokens, overlap=overlap):
-            chunks.setdefault(chunk.id, (chunk.text, meta))  # identical text in two places: stored once
+            # identical text twice in one file: stored once
+            chunks.setdefault(stored_chunk_id(meta["source"], chunk.text), (chunk.text, meta))
     if not chunks:
         raise UsageError("the files hold no text to ingest", field="paths")
     added, batches = await upsert_missing(store, collection, chunks, kind="documents", batch_size=batch_size,
                                           progress=progress, on_batch=on_batch)
+    removed = 0
+    for source in sorted({meta["source"] for _, meta in chunks.values()}):
+        stale = await store.ids_where(collection, {"source": source}, kind="documents") - chunks.keys()
+        await store.delete(collection, sorted(stale), kind="documents")
+        removed += len(stale)
     return IngestReport(collection=collection, files=len(files), documents=documents, chunks=len(chunks),
-                        added=added, skipped=len(chunks) - added, batches=batches,
+                        added=added, skipped=len(chunks) - added, batches=batches, removed=removed,
                         seconds=time.perf_counter() - started)
 
 

@@ -297,6 +297,22 @@ class KnowledgeStore:
         got = await self._run(col.get, ids=list(ids), include=[])
         return set(got["ids"])
 
+    async def ids_where(self, name: str, where: Mapping[str, Any], *, kind: Kind) -> set[str]:
+        """The ids of the records whose metadata matches ``where``."""
+        col = await self.collection(name, kind=kind)
+        got = await self._run(col.get, where=dict(where), include=[])
+        return set(got["ids"])
+
+    async def delete(self, name: str, ids: Sequence[str], *, kind: Kind) -> None:
+        """Delete ``ids`` in batches Chroma accepts."""
+        if not ids:
+            return
+        col = await self.collection(name, kind=kind)
+        size = await self._run(self.max_batch_size)
+        ids = list(ids)
+        for start in range(0, len(ids), size):
+            await self._run(col.delete, ids=ids[start:start + size])
+
     async def upsert(self, name: str, ids: Sequence[str], texts: Sequence[str],
                      metadatas: Sequence[Mapping[str, Any]], *, kind: Kind,
                      embeddings: Sequence[Sequence[float]] | None = None) -> None:
