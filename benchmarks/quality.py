@@ -2,11 +2,16 @@
 
     python benchmarks/quality.py --limit 20                 # a few minutes on 2 cores
     python benchmarks/quality.py --limit 150 --tasks sentiment,banking77   # the slow full run, by hand
+    python benchmarks/quality.py --limit 50 --bfcl-limit 30 --tuned sentiment=S.gguf --tuned banking77=B.gguf
+
+A tuned adapter is trained on the task's ``examples.jsonl`` (the pool ICL draws from, disjoint from eval), e.g.
+``genroute tune --local benchmarks/data/sentiment/examples.jsonl --config C.yaml --name s --out DIR
+--epochs 4 --learning-rate 5e-4 --threads 1`` (banking77: ``--epochs 5 --learning-rate 1e-3``).
 
 Tasks (data in benchmarks/data/, see its README for sources and licenses):
 
 - sentiment: DynaSent round 2, binary — prompt-template vs ICL (kNN, 4 shots) [vs tuned with --tuned];
-- banking77: five intents — prompt-template (labels listed) vs ICL (kNN, 4 shots);
+- banking77: five intents — prompt-template (labels listed) vs ICL (kNN, 4 shots) [vs tuned with --tuned];
 - xquad: extractive QA — closed-book prompt-template vs ICL (kNN, 2 shots) vs RAG over the 240-passage corpus;
 - bfcl: function calling — function-calling backend (the harness gives it each record's tools as stubs;
   schema-constrained call) vs prompt-template asking for a JSON call list.
@@ -14,18 +19,23 @@ Tasks (data in benchmarks/data/, see its README for sources and licenses):
 Each task runs through ``genroute.bench`` (resumable: rerun with the same --out to continue), compiles the
 cost_aware stats file and the learned policy, and compares them with each single backend on a held-out
 split. Local calls are free, so costs are the cloud-equivalent (same tokens on gemini-2.5-flash).
+At the end it prints (and writes to OUT/summary.md) two cross-task tables ready for RESULTS.md: every
+backend with latency p50/p95 and time to first token, and every task's compiled policies against every
+single backend on the held-out split.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from genroute.bench import abench
+from genroute.bench import BenchReport, abench
 from genroute.bench.harness import ingest_corpus
 from genroute.bench.record_tools import placeholder
 from genroute.router.router import Router
@@ -45,7 +55,9 @@ def choice(labels: tuple[str, ...]) -> dict[str, Any]:
 
 
 def engine_config(args: argparse.Namespace, lora: str | None = None) -> dict[str, Any]:
-    engine: dict[str, Any] = {"kind": "local", "n_threads": args.threads, "max_output_tokens": 64}
+    engine: dict[str, Any] = {"kind": "local", "max_output_tokens": 64}
+    if args.threads:
+        engine["n_threads"] = args.threads
     if lora:
         # The local LoRA trainer renders prompts with the Gemma chat template; serve them the same way.
         engine.update(lora_path=lora, prompt_format="gemma")
@@ -123,7 +135,7 @@ def config(args: argparse.Namespace, task: str, store: Path) -> tuple[dict[str, 
             "policy": {"kind": "static", "backend": first}}, scorer
 
 
-async def run_task(args: argparse.Namespace, task: str) -> str:
+async def run_task(args: argparse.Namespace, task: str) -> BenchReport:
     out = Path(args.out) / task
     cfg, scorer = config(args, task, Path(args.store))
     limit = args.bfcl_limit if task == "bfcl" and args.bfcl_limit is not None else args.limit
@@ -141,7 +153,52 @@ async def run_task(args: argparse.Namespace, task: str) -> str:
                               backends=list(cfg["backends"]), scorer=scorer, out_dir=out,
                               concurrency=args.concurrency, seed=args.seed, progress=not args.quiet,
                               command=" ".join(sys.argv))
-    return report.markdown()
+    return report
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _per_1k(value: float | None) -> str:
+    return "–" if value is None else f"{value * 1000:.4f}"
+
+
+def backends_table(reports: Sequence[tuple[str, BenchReport]]) -> str:
+    """Every backend of every task: quality, latency p50/p95, TTFT, tokens, cloud-equivalent cost, failures."""
+    lines = ["| task | backend | n | quality (95 % CI) | p50 s | p95 s | TTFT p50 s | input tokens | "
+             "cloud-equivalent $/1k | failures |", "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for task, report in reports:
+        for i, s in enumerate(report.summaries):
+            fails = ", ".join(f"{k}: {v}" for k, v in sorted(s.failures.items())) or "0"
+            lines.append(f"| {f'{task} ({s.metric})' if i == 0 else ''} | {s.backend} | {s.n} | "
+                         f"{s.quality:.3f} [{s.quality_ci[0]:.3f}, {s.quality_ci[1]:.3f}] | "
+                         f"{s.latency_p50_s:.3f} | {s.latency_p95_s:.3f} | {_seconds(s.ttft_p50_s)} | "
+                         f"{s.input_tokens:.1f} | {_per_1k(s.cloud_equivalent_per_request_usd)} | {fails} |")
+    return "\n".join(lines) + "\n"
+
+
+def compiled_table(reports: Sequence[tuple[str, BenchReport]]) -> str:
+    """Per task, on its held-out split: every single backend, the compiled policies and the oracle."""
+    lines = ["| task (held-out n) | router | quality | cost $/1k | p50 s | routed to |",
+             "|---|---|---:|---:|---:|---|"]
+    for task, report in reports:
+        compiled = report.compiled
+        if compiled is None:
+            lines.append(f"| {task} | not compiled (too few records) | | | | |")
+            continue
+        for i, row in enumerate(compiled.rows):
+            picks = ", ".join(f"{b}: {n}" for b, n in sorted(row.picks.items())) or "–"
+            lines.append(f"| {f'{task} ({compiled.n_held_out})' if i == 0 else ''} | {row.name} | "
+                         f"{row.quality:.3f} | {row.cost_per_request_usd * 1000:.4f} | {row.latency_p50_s:.3f} | "
+                         f"{picks} |")
+    basis = {r.compiled.cost_basis for _, r in reports if r.compiled is not None}
+    return "\n".join(lines) + f"\n\nCost basis: {', '.join(sorted(basis)) or '–'}.\n"
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages, for the record: timings on a shared machine depend on them."""
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def main() -> None:
@@ -152,7 +209,9 @@ def main() -> None:
     parser.add_argument("--tasks", default="sentiment,banking77,xquad,bfcl")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=1, help="the local engine runs one call at a time")
-    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
+    # Not 2 by default: on 2 busy cores a 2-thread llama.cpp took ~2.5 s per decoded token (1 thread: ~50 ms),
+    # which made a schema-constrained BFCL call take minutes. The engine's default is half the cores.
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the engine's)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "quality"))
     parser.add_argument("--store", default=None, help="Chroma directory (default: OUT/chroma)")
     parser.add_argument("--tuned", action="append", default=[], metavar="TASK=LORA.gguf",
@@ -160,13 +219,30 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     args.store = args.store or str(Path(args.out) / "chroma")
-    print(f"# command: python benchmarks/quality.py {' '.join(sys.argv[1:])}\n")
-    for task in args.tasks.split(","):
+    command = f"python benchmarks/quality.py {' '.join(sys.argv[1:])}"
+    print(f"# command: {command}\n\nload average at start (1/5/15 min): {load()}\n")
+    reports: list[tuple[str, BenchReport]] = []
+    notes = []
+    begun = time.perf_counter()
+    for task in (t.strip() for t in args.tasks.split(",")):
         started = time.perf_counter()
-        text = asyncio.run(run_task(args, task.strip()))
+        report = asyncio.run(run_task(args, task))
         limit = args.bfcl_limit if task == "bfcl" and args.bfcl_limit is not None else args.limit
-        print(f"## {task} (limit {limit}, seed {args.seed}; {time.perf_counter() - started:.0f} s)\n")
-        print(text, flush=True)
+        note = f"{task}: limit {limit}, seed {args.seed}, {time.perf_counter() - started:.0f} s, load after {load()}"
+        notes.append(note)
+        print(f"## {note}\n")
+        print(report.markdown(), flush=True)
+        reports.append((task, report))
+    advice = [f"- {task}: {r.advice.text}" for task, r in reports if r.advice is not None]
+    summary = (f"`{command}` — {time.perf_counter() - begun:.0f} s wall; load average at the end {load()}.\n\n"
+               + "".join(f"- {n}\n" for n in notes)
+               + "\n" + backends_table(reports)
+               + "\nCompiled policies against every single backend, on each task's held-out split:\n\n"
+               + compiled_table(reports)
+               + ("\nGraduation advisor:\n\n" + "\n".join(advice) + "\n" if advice else ""))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "summary.md").write_text(summary, encoding="utf-8")
+    print("# Summary (also in OUT/summary.md)\n\n" + summary)
 
 
 if __name__ == "__main__":
