@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model, model_validator
 
 from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, user_content
 from genroute.backends.templating import absent, check_template, compile_template, render
@@ -24,6 +24,15 @@ class VariableSpec(BaseModel):
     required: bool = True
     default: Any = None
     description: str | None = None
+
+    @model_validator(mode="after")
+    def _default_has_the_type(self) -> VariableSpec:
+        if self.default is not None:
+            try:
+                TypeAdapter(_TYPES[self.type]).validate_python(self.default, strict=self.type != "float")
+            except ValidationError:
+                raise ValueError(f"default {self.default!r} is not of type {self.type}") from None
+        return self
 
 
 class PromptTemplateConfig(BackendConfig):
