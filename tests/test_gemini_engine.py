@@ -383,3 +383,24 @@ async def test_api_version_and_config_object(srv):
         await eng.aclose()
     assert srv.requests[0].path == f"/v1beta/models/{MODEL}:generateContent"
     assert eng.config is config
+
+
+def test_vertex_without_a_project_is_a_config_error(srv, monkeypatch):
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    with pytest.raises(ConfigError) as err:
+        GeminiEngine("vx", {"vertex": {"location": "europe-west4"}, "base_url": srv.base_url})
+    assert err.value.field == "engines.vx.vertex.project"
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "from-env")
+    assert GeminiEngine("vx", {"vertex": {"location": "europe-west4"}, "base_url": srv.base_url}).provider == \
+        "gcp.vertex_ai"
+
+
+async def test_vertex_without_credentials_is_a_config_error_and_sends_nothing(srv, monkeypatch, tmp_path):
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud user credentials either
+    engine = GeminiEngine("vx", {"vertex": {"project": "p", "location": "europe-west4"}, "base_url": srv.base_url})
+    before = len(srv.requests)
+    with pytest.raises(ConfigError) as err:
+        await engine.generate(MODEL, user("x"))
+    assert err.value.field == "engines.vx.vertex"
+    assert len(srv.requests) == before

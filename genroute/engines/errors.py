@@ -7,6 +7,7 @@
     cut bodies, malformed JSON (JSONDecodeError, UnknownApiResponseError)
                                              -> BackendUnavailable
     google.auth TransportError               -> BackendUnavailable; RefreshError -> BackendRejected
+    google.auth DefaultCredentialsError      -> ConfigError naming ``engines.<name>.vertex`` (no credentials)
     anything else (an SDK ValueError, TypeError, pydantic ValidationError...)
                                              -> BackendRejected with ``status=None`` (final: retrying
                                                 cannot help), its message naming the exception type and
@@ -30,7 +31,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from genroute.errors import BackendRejected, BackendUnavailable, GenrouteError
+from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, GenrouteError
 
 _GOOGLE_KEY = re.compile(r"AIza[0-9A-Za-z_\-]{20,}")
 _KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&\s'\"]+")
@@ -65,6 +66,10 @@ def map_error(exc: BaseException, *, backend: str | None = None,
         if code in (408, 429) or (code is not None and code >= 500) or isinstance(exc, genai_errors.ServerError):
             return BackendUnavailable(text, backend=backend, status=code, retry_after_s=_retry_after(exc))
         return BackendRejected(text, backend=backend, status=code)
+    auth = sys.modules.get("google.auth.exceptions")
+    if auth is not None and isinstance(exc, auth.DefaultCredentialsError):
+        return ConfigError(msg(f"no Google Cloud credentials for Vertex AI: {exc}"),
+                           field=f"engines.{backend}.vertex" if backend else None)
     if isinstance(exc, (json.JSONDecodeError, genai_errors.UnknownApiResponseError)):
         return BackendUnavailable(msg(f"malformed response body: {exc}"), backend=backend)
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):

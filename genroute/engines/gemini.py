@@ -96,6 +96,10 @@ class GeminiEngine(Engine):
         super().__init__(name, config)
         self.config: GeminiEngineConfig = config
         self.provider = "gcp.vertex_ai" if config.vertex is not None else "gcp.gemini"
+        if config.vertex is not None and not (config.vertex.project or os.environ.get("GOOGLE_CLOUD_PROJECT")):
+            # Without a project the SDK builds a URL with no path and sends the request to "/".
+            raise ConfigError("Vertex AI needs a project: set vertex.project or GOOGLE_CLOUD_PROJECT",
+                              field=f"engines.{name}.vertex.project")
         self._credentials = credentials
         self._client: genai.Client | None = None
         # Import the SDK (1-4 s) now, while the router is built, not inside the first request: there it would
