@@ -90,8 +90,8 @@ async def answering_router(router: Router, record: BenchRecord, target: str,
     """``router``, or for a record that declares tools, a router like it whose function-calling backends use
     them (only when ``target`` is such a backend or the policy).
 
-    That router shares the engines, knowledge store and pricing of ``router`` (which closes them) and its
-    policy, stats and timeout; telemetry goes to the global providers. Its own backends close on exit.
+    That router is ``router.replacing(...)``: the same policy, validators, telemetry, engines, knowledge store
+    and pricing, nothing rebuilt per record. The swapped-in backends close on exit.
     """
     decls = declarations(record)
     calling = [n for n, b in router.backends.items() if getattr(b, "kind", None) == "function_calling"]
@@ -100,7 +100,6 @@ async def answering_router(router: Router, record: BenchRecord, target: str,
         yield router
         return
     from genroute.resources import Resources
-    from genroute.router.router import Router as RouterClass
 
     tools = {tool_name(d["name"]): stub_tool(d) for d in decls}
     shared = router.resources
@@ -108,9 +107,7 @@ async def answering_router(router: Router, record: BenchRecord, target: str,
                           pricing=shared.pricing)
     own = {n: _with_tools(router.backends[n], tools, resources) for n in swap}
     try:
-        yield RouterClass({**router.backends, **own}, router.policy, resources=resources,
-                          timeout_s=router.timeout_s, stats=router.context.stats,
-                          capture_content=router.telemetry.capture_content)
+        yield router.replacing(own)
     finally:
         for backend in own.values():
             await backend.aclose()

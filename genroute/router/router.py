@@ -137,6 +137,27 @@ class Router:
         self.catalogue = {name: _info(name, b) for name, b in self.backends.items()}
         self.context = PolicyContext(catalogue=self.catalogue, stats=self.context.stats, budgets=self.context.budgets)
 
+    def replacing(self, backends: Mapping[str, Backend]) -> Router:
+        """This router with the named backends swapped for ``backends``; nothing else is rebuilt or re-read.
+
+        The copy shares this router's policy, telemetry, validators, resources and loop thread (the benchmark
+        uses it to give a function-calling backend one record's tools). Close this router, not the copy; the
+        swapped-in backends are the caller's to close.
+        """
+        import copy
+
+        unknown = sorted(set(backends) - set(self.backends))
+        if unknown:
+            raise UsageError(f"unknown backend {unknown[0]!r}", field="backends")
+        clone = copy.copy(self)
+        clone.backends = {**self.backends, **backends}
+        clone.catalogue = {**self.catalogue, **{name: _info(name, b) for name, b in backends.items()}}
+        clone.context = PolicyContext(catalogue=clone.catalogue, stats=self.context.stats,
+                                      budgets=self.context.budgets)
+        clone._executor = copy.copy(self._executor)  # shares resolved validators and the shadow task set
+        clone._executor.backends = clone.backends
+        return clone
+
     # -- lifecycle -------------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
