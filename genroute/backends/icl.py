@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genroute.backends.base import BackendConfig, BackendOutput, Prepared, SingleCallBackend, user_content
 from genroute.backends.templating import check_template, compile_template, render
-from genroute.errors import BackendRejected, ConfigError, GenrouteError
+from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, GenrouteError
 from genroute.types import GenerateRequest
 
 if TYPE_CHECKING:
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 # Gemini answers a request naming an expired or deleted cache with e.g. 403 "CachedContent not found
 # (or permission denied)"; other wordings seen mention "cached content" too.
 _CACHE_GONE = re.compile(r"cached[\s_]?content", re.IGNORECASE)
+#: How long a cache create that timed out or met an outage is not tried again.
+_TRANSIENT_RETRY_S = 30.0
 
 
 class ContextCacheSettings(BaseModel):
@@ -59,8 +61,8 @@ class ContextCacheSettings(BaseModel):
 class PrefixCaches:
     """Gemini context caches of example prefixes, one per key: made once, reused until shortly before expiry.
 
-    A failed create is remembered for ``retry_after_s`` (every request in between sends the prefix
-    inline instead of paying another failing round trip), and concurrent first requests for a key wait
+    A refused create is remembered for ``retry_after_s``, a timed-out one for at most 30 s (every request in
+    between sends the prefix inline instead of paying another failing round trip), and concurrent first requests for a key wait
     for one create rather than each making a cache.
     """
 
@@ -95,9 +97,14 @@ class PrefixCaches:
                 return name
             try:
                 name = (await create()).name or None
-            except GenrouteError:  # caching only saves money: the prefix goes out inline
+                lifetime = self.settings.ttl_s if name else self.settings.retry_after_s
+            except GenrouteError as exc:  # caching only saves money: the prefix goes out inline
                 name = None
-            lifetime = self.settings.ttl_s if name else self.settings.retry_after_s
+                # A refusal stands for retry_after_s; a timeout or outage (often a request near its own deadline)
+                # must not switch caching off for everyone that long.
+                lifetime = self.settings.retry_after_s
+                if isinstance(exc, BackendUnavailable):
+                    lifetime = min(lifetime, _TRANSIENT_RETRY_S)
             self._entries[key] = (name, time.monotonic() + lifetime)
             return name
 
