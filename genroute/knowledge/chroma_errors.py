@@ -6,7 +6,7 @@
     ChromaError 401/403 (AuthorizationError, AuthError)    -> ConfigError (knowledge.headers)
     other ChromaError (InvalidArgumentError, InvalidDimension,
     DuplicateID, BatchSizeExceededError, NotFoundError...) -> UsageError
-    ValueError / TypeError (the client's own checks)       -> UsageError
+    ValueError / TypeError raised in chromadb's code       -> UsageError (the client's own checks)
     bare Exception from the HTTP client (an error body it
     could not parse: a crashed server's or proxy's page)   -> BackendUnavailable (server mode)
     anything else                                          -> not mapped (a bug: let it through)
@@ -37,7 +37,7 @@ def map_chroma_error(exc: BaseException, *, location: str, server: bool) -> Genr
         if code in (401, 403):
             return ConfigError(text, field="knowledge.headers")
         return UsageError(text)
-    if isinstance(exc, ValueError | TypeError):
+    if isinstance(exc, ValueError | TypeError) and _raised_in_chromadb(exc):  # not genroute's own bugs
         return UsageError(f"{location}: {exc}")
     if server and type(exc) is Exception:
         return BackendUnavailable(f"{location}: {str(exc)[:500]}", backend="knowledge")
@@ -48,3 +48,12 @@ def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is a failure to reach or keep talking to a server."""
     names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
     return bool(names & _CONNECTION_ERRORS) or "Could not connect" in str(exc)
+
+
+def _raised_in_chromadb(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` is chromadb's code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return isinstance(module, str) and module.split(".")[0] == "chromadb"

@@ -200,7 +200,6 @@ class KnowledgeStore:
                 raise
             raise mapped from exc
 
-
     # -- collections -------------------------------------------------------------------------
 
     def collection_sync(self, name: str, *, kind: Kind, create: bool = False, field: str = "collection") -> Any:
