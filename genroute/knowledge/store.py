@@ -302,15 +302,18 @@ class KnowledgeStore:
         got = await self._run(col.get, where=dict(where), include=[])
         return set(got["ids"])
 
-    async def delete(self, name: str, ids: Sequence[str], *, kind: Kind) -> None:
-        """Delete ``ids`` in batches Chroma accepts."""
+    def delete_sync(self, name: str, ids: Sequence[str], *, kind: Kind) -> None:
+        """Delete ``ids`` in batches Chroma accepts (blocking)."""
         if not ids:
             return
-        col = await self.collection(name, kind=kind)
-        size = await self._run(self.max_batch_size)
-        ids = list(ids)
+        col = self.collection_sync(name, kind=kind)
+        size, ids = self.max_batch_size(), list(ids)
         for start in range(0, len(ids), size):
-            await self._run(col.delete, ids=ids[start:start + size])
+            self._guard(col.delete, ids=ids[start:start + size])
+
+    async def delete(self, name: str, ids: Sequence[str], *, kind: Kind) -> None:
+        """Delete ``ids`` in batches Chroma accepts."""
+        await self._run(self.delete_sync, name, ids, kind=kind)
 
     async def upsert(self, name: str, ids: Sequence[str], texts: Sequence[str],
                      metadatas: Sequence[Mapping[str, Any]], *, kind: Kind,

@@ -211,9 +211,8 @@ class SemanticPolicy(Policy):
             stored = set(store._guard(col.get, include=[])["ids"])
             stale = sorted(stored - self.wanted.keys())
             missing = [i for i in self.wanted if i not in stored]
+            store.delete_sync(name, stale, kind="routes")
             size = store.max_batch_size()
-            for start in range(0, len(stale), size):
-                store._guard(col.delete, ids=stale[start:start + size])
             for start in range(0, len(missing), size):
                 ids = missing[start:start + size]
                 texts = [self.wanted[i][1] for i in ids]
