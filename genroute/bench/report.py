@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench.runner import Outcome
+from genroute.bench.stats import bootstrap_ci
 
 
 class Summary(BaseModel):
@@ -46,30 +47,6 @@ class Summary(BaseModel):
     def failure_count(self) -> int:
         """Requests that ended in an error."""
         return sum(self.failures.values())
-
-
-#: Most resampled values held at once by ``bootstrap_ci`` (8 MB of indices, 8 MB of scores).
-_BOOTSTRAP_CELLS = 1_000_000
-
-
-def bootstrap_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (seeded: the same scores always give the same interval)."""
-    import numpy as np
-
-    if not scores:
-        return 0.0, 0.0
-    data = np.asarray(scores, dtype=float)
-    if len(data) == 1 or np.all(data == data[0]):
-        return float(data[0]), float(data[0])
-    rng = np.random.default_rng(seed)
-    n = len(data)
-    # Resample a chunk of rows at a time: one (n_boot x n) index array is 1.6 GB at n = 100k.
-    rows = max(1, _BOOTSTRAP_CELLS // n)
-    means = np.concatenate([data[rng.integers(0, n, size=(min(rows, n_boot - start), n))].mean(axis=1)
-                            for start in range(0, n_boot, rows)])
-    alpha = (1 - level) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
 def summarize(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000) -> list[Summary]:
