@@ -102,6 +102,19 @@ def test_template_renders_declared_variables_and_defaults(gemini_server):
     assert system["parts"][0]["text"] == "You are terse."
 
 
+def test_a_variable_with_a_default_is_optional(gemini_server):
+    config = gemini_config(gemini_server, system="Tone: {{ tone }}.", variables={"tone": {"type": "str",
+                                                                                          "default": "plain"}})
+    with Router.from_config(config) as router:
+        router.generate("hello")
+    system = gemini_server.requests[-1].body["systemInstruction"]
+    assert system["parts"][0]["text"] == "Tone: plain."
+    contradiction = gemini_config(gemini_server, variables={"tone": {"default": "plain", "required": True}})
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(contradiction)
+    assert info.value.field == "backends.chat.variables.tone"
+
+
 def test_optional_variable_without_a_value_renders_empty(gemini_server):
     config = gemini_config(gemini_server, template="{{ input }}[{{ note }}]{% if note %} noted{% endif %}"
                                                    "{% if note is defined %} defined{% endif %}",

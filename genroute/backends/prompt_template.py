@@ -16,18 +16,26 @@ _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool,
 
 
 class VariableSpec(BaseModel):
-    """A declared template variable."""
+    """A declared template variable: required unless it has a ``default`` or says ``required: false``."""
 
     model_config = {"frozen": True, "extra": "forbid"}
 
     type: Literal["str", "int", "float", "bool", "list", "dict"] = "str"
-    required: bool = True
+    #: ``None``: required exactly when there is no default.
+    required: bool | None = None
     default: Any = None
     description: str | None = None
+
+    @property
+    def is_required(self) -> bool:
+        """Whether a request must give this variable."""
+        return self.default is None if self.required is None else self.required
 
     @model_validator(mode="after")
     def _default_has_the_type(self) -> VariableSpec:
         if self.default is not None:
+            if self.required:
+                raise ValueError("a variable with a default is not required (drop `required: true` or the default)")
             try:
                 TypeAdapter(_TYPES[self.type]).validate_python(self.default, strict=self.type != "float")
             except ValidationError:
@@ -66,7 +74,7 @@ class PromptTemplateBackend(SingleCallBackend):
         fields: dict[str, Any] = {}
         for name, spec in self.config.variables.items():
             annotation = _TYPES[spec.type]
-            fields[name] = (annotation, ...) if spec.required else (annotation | None, spec.default)
+            fields[name] = (annotation, ...) if spec.is_required else (annotation | None, spec.default)
         return create_model(f"{self.name}_variables", __config__={"extra": "forbid"}, **fields)
 
     def render(self, request: GenerateRequest) -> tuple[str, str | None]:

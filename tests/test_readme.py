@@ -1,0 +1,286 @@
+"""Every Python and YAML block of README.md runs here, so the README cannot drift from the code.
+
+How blocks are run:
+
+- A ```python block is executed as a script in a fresh temporary working directory (top-level ``await`` is
+  allowed: such a block runs under ``asyncio.run``). It passes when it raises nothing.
+- A ```yaml (or ```yml) block is a router configuration: it is loaded and a router is built from it
+  (``Router.from_config``), so every section is validated exactly as an application's config would be, and
+  then closed. Nothing is sent to a model.
+
+A block that needs something around it says so in an HTML comment on the line just above its fence (it does
+not show on the rendered page)::
+
+    <!-- readme-test: setup=gemini,app file=genroute.yaml -->
+
+with any of these space-separated directives:
+
+- ``setup=NAME[,NAME...]``: run the block inside the named setups of ``SETUPS`` below —
+  ``gemini`` (a loopback Gemini server; ``GOOGLE_GEMINI_BASE_URL`` and ``GEMINI_API_KEY`` point at it; any
+  request gets a default answer), ``app`` (the application files the README's configuration names:
+  ``myapp/tools.py`` with ``get_weather`` and ``schemas/answer.json``, importable from the working directory),
+  ``redis`` (a real ``redis-server`` on a free loopback port, its URL in ``REDIS_URL``; missing is a failure)
+  and ``local`` (marks the block ``local``: it uses the real local model). Add a setup here when a new README
+  section needs one.
+- ``file=PATH``: the block is also written to ``PATH`` (relative) in the working directory of every block
+  (before or after it: a README may use ``genroute.yaml`` before it shows it), so a block can load the
+  configuration or import a module the README showed.
+- ``continue``: a Python block that runs right after the Python block before it, in the same namespace and
+  working directory (for a section that goes on with the objects the previous block made).
+- ``not-config``: a YAML block that is data, not a router configuration (it is only parsed).
+
+There is no "skip": a block that cannot run as written is a README bug. Blocks in other languages (bash,
+plain text) are not run here; the commands in the Quickstart are what ``.ci/run`` itself runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import inspect
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+_FENCE = re.compile(r"^```(\w*)\s*$")
+_DIRECTIVE = re.compile(r"^<!--\s*readme-test:(?P<body>.*?)-->\s*$")
+_KNOWN = {"setup", "file", "continue", "not-config"}
+
+
+@dataclass
+class Block:
+    """One fenced code block of the README and the directives above it."""
+
+    line: int
+    lang: str
+    code: str
+    setups: tuple[str, ...] = ()
+    file: str | None = None
+    cont: bool = False
+    config: bool = True
+    previous: Block | None = field(default=None, repr=False)
+
+
+def readme_blocks(text: str) -> list[Block]:
+    """The Python and YAML blocks of ``text``, in order, with their directives (bad directives raise)."""
+    lines = text.splitlines()
+    blocks: list[Block] = []
+    last_python: Block | None = None
+    i = 0
+    while i < len(lines):
+        match = _FENCE.match(lines[i])
+        if not match:
+            i += 1
+            continue
+        lang, start = match.group(1).lower(), i
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), None)
+        if end is None:
+            raise ValueError(f"README.md:{i + 1}: unclosed code fence")
+        i = end + 1
+        directives = _directives(lines, start)
+        if lang not in {"python", "py", "yaml", "yml"}:
+            if directives:
+                raise ValueError(f"README.md:{start + 1}: readme-test directive above a {lang or 'plain'} block")
+            continue
+        block = Block(line=start + 1, lang="python" if lang in {"python", "py"} else "yaml",
+                      code="\n".join(lines[start + 1:end]) + "\n")
+        for name, value in directives:
+            if name == "setup":
+                block.setups = tuple(s for s in value.split(",") if s)
+                unknown = set(block.setups) - set(SETUPS)
+                if unknown:
+                    raise ValueError(f"README.md:{block.line}: unknown setup {sorted(unknown)} (see {__file__})")
+            elif name == "file":
+                block.file = value
+            elif name == "continue":
+                if block.lang != "python" or last_python is None:
+                    raise ValueError(f"README.md:{block.line}: `continue` needs a Python block before it")
+                block.cont, block.previous = True, last_python
+            elif name == "not-config":
+                block.config = False
+        if block.lang == "python":
+            last_python = block
+        blocks.append(block)
+    return blocks
+
+
+def _directives(lines: list[str], fence: int) -> list[tuple[str, str]]:
+    """The directives of the comment right above line ``fence`` (blank lines between are allowed)."""
+    j = fence - 1
+    while j >= 0 and not lines[j].strip():
+        j -= 1
+    match = _DIRECTIVE.match(lines[j].strip()) if j >= 0 else None
+    if match is None:
+        return []
+    found = []
+    for item in match["body"].split():
+        name, _, value = item.partition("=")
+        if name not in _KNOWN:
+            raise ValueError(f"README.md:{j + 1}: unknown readme-test directive {name!r} (known: {sorted(_KNOWN)})")
+        found.append((name, value))
+    return found
+
+
+# -- setups ---------------------------------------------------------------------------------------------
+
+Setup = Callable[[Path, pytest.MonkeyPatch], contextlib.AbstractContextManager[Any]]
+
+
+@contextlib.contextmanager
+def _gemini(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from genroute.testing import GeminiTestServer
+
+    with GeminiTestServer() as server:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
+        monkeypatch.setenv("GEMINI_API_KEY", "readme-test-key")
+        yield server
+
+
+_APP_TOOLS = '''\
+def get_weather(city: str) -> str:
+    """The weather in ``city``."""
+    return f"Sunny in {city}"
+'''
+
+
+@contextlib.contextmanager
+def _app(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    (workdir / "myapp").mkdir(exist_ok=True)
+    (workdir / "myapp" / "__init__.py").write_text("")
+    (workdir / "myapp" / "tools.py").write_text(_APP_TOOLS)
+    (workdir / "schemas").mkdir(exist_ok=True)
+    (workdir / "schemas" / "answer.json").write_text('{"type": "object", "required": ["answer"]}\n')
+    monkeypatch.syspath_prepend(str(workdir))
+    try:
+        yield
+    finally:
+        for name in [m for m in sys.modules if m == "myapp" or m.startswith("myapp.")]:
+            del sys.modules[name]
+
+
+@contextlib.contextmanager
+def _redis(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed, and a README block needs it (apt-get install redis-server)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("redis-server did not start within 10 s")
+                time.sleep(0.05)
+        url = f"redis://127.0.0.1:{port}/0"
+        monkeypatch.setenv("REDIS_URL", url)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def _local(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    yield  # the block is marked `local`; the model itself comes from the installed weights package
+
+
+SETUPS: dict[str, Setup] = {"gemini": _gemini, "app": _app, "redis": _redis, "local": _local}
+
+
+# -- the tests ------------------------------------------------------------------------------------------
+
+BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
+
+
+def _params() -> list[Any]:
+    return [pytest.param(b, id=f"line{b.line}-{b.lang}",
+                         marks=[pytest.mark.local] if "local" in b.setups else []) for b in BLOCKS]
+
+
+def test_the_readme_has_python_and_yaml_blocks() -> None:
+    langs = {b.lang for b in BLOCKS}
+    assert langs == {"python", "yaml"}, langs
+
+
+@pytest.mark.parametrize("block", _params())
+def test_readme_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for other in BLOCKS:
+        if other.file:
+            target = tmp_path / other.file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(other.code)
+    chain = [block]
+    while chain[0].cont:
+        assert chain[0].previous is not None
+        chain.insert(0, chain[0].previous)
+    setups = list(dict.fromkeys(s for b in chain for s in b.setups))
+    with contextlib.ExitStack() as stack:
+        for name in setups:
+            stack.enter_context(SETUPS[name](tmp_path, monkeypatch))
+        if block.lang == "yaml":
+            _check_yaml(block)
+            return
+        namespace: dict[str, Any] = {"__name__": "__readme__"}
+        for b in chain:
+            _run_python(b, namespace)
+
+
+def _check_yaml(block: Block) -> None:
+    data = yaml.safe_load(block.code)
+    if not block.config:
+        return
+    from genroute import Router
+
+    # A file-backed block is built from its file, so relative paths resolve as they would for the user.
+    source: Any = Path(block.file) if block.file and block.file.endswith((".yaml", ".yml")) else data
+    router = Router.from_config(source)
+    router.close()
+
+
+def _run_python(block: Block, namespace: dict[str, Any]) -> None:
+    filename = f"README.md:{block.line}"
+    # Line numbers in tracebacks point into README.md.
+    source = "\n" * block.line + block.code
+    code = compile(source, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    result = eval(code, namespace)  # noqa: S307 - the README's own code
+    if inspect.iscoroutine(result):
+        asyncio.run(result)
+
+
+def test_directives_are_parsed() -> None:
+    text = ("<!-- readme-test: setup=gemini,app file=cfg.yaml -->\n```yaml\na: 1\n```\n\n"
+            "```python\nx = 1\n```\n<!-- readme-test: continue -->\n```python\nassert x == 1\n```\n"
+            "```bash\nls\n```\n")
+    first, second, third = readme_blocks(text)
+    assert (first.lang, first.setups, first.file, first.config) == ("yaml", ("gemini", "app"), "cfg.yaml", True)
+    assert third.cont and third.previous is second
+    with pytest.raises(ValueError, match="unknown readme-test directive"):
+        readme_blocks("<!-- readme-test: skip -->\n```python\npass\n```\n")
+    with pytest.raises(ValueError, match="unknown setup"):
+        readme_blocks("<!-- readme-test: setup=nope -->\n```python\npass\n```\n")
+
+
+def test_environment_is_restored() -> None:
+    # The setups use monkeypatch, so nothing of one block leaks into the next test.
+    assert "GOOGLE_GEMINI_BASE_URL" not in os.environ
