@@ -45,13 +45,17 @@ _LAZY: dict[str, str] = {
     "load_config": "genroute.config",
     "Pricing": "genroute.router.pricing",
     "ModelPrice": "genroute.router.pricing",
+    "OutcomeSettings": "genroute.outcomes.settings",
+    "OutcomeRecord": "genroute.outcomes.records",
+    "side_effect_free": "genroute.tools",
 }
 
 __all__ = [
     "AllRungsFailed", "BackendError", "BackendRejected", "BackendUnavailable", "BudgetExceeded", "Citation",
     "ConfigError", "Decision", "GenerateChunk", "GenerateRequest", "GenerateResult", "GenrouteError",
-    "ModelPrice", "NoRelevantContext", "Pricing", "Router", "RouterConfig", "Rung", "StreamInterrupted",
-    "ToolCall", "ToolLoopExceeded", "Usage", "UsageError", "ValidationFailed", "load_config", "__version__",
+    "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings", "Pricing", "Router", "RouterConfig", "Rung", "StreamInterrupted",
+    "ToolCall", "ToolLoopExceeded", "Usage", "UsageError", "ValidationFailed", "load_config", "side_effect_free",
+    "__version__",
 ]
 
 
@@ -70,8 +74,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from genroute.config import RouterConfig, load_config
+    from genroute.outcomes.records import OutcomeRecord
+    from genroute.outcomes.settings import OutcomeSettings
     from genroute.router.pricing import ModelPrice, Pricing
     from genroute.router.router import Router
+    from genroute.tools import side_effect_free
     from genroute.types import (
         Citation, Decision, GenerateChunk, GenerateRequest, GenerateResult, Rung, ToolCall, Usage,
     )

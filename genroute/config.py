@@ -39,6 +39,8 @@ class RouterConfig(_Frozen):
     validators: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
     #: Default per-request deadline in seconds.
     timeout_s: float | None = Field(default=None, gt=0)
+    #: Outcome recording, shadow scoring, opt-in capture and policy refresh (``genroute.outcomes.OutcomeSettings``).
+    outcomes: dict[str, Any] | None = None
 
     def __repr_args__(self) -> Any:
         # Engine and knowledge sections stay raw mappings until built: keep inline keys out of reprs and logs.

@@ -21,6 +21,8 @@ from pydantic_core import to_jsonable_python
 
 from genroute.errors import ConfigError
 
+F = typing.TypeVar("F", bound=Callable[..., Any])
+
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
@@ -40,6 +42,8 @@ class Tool:
     fn: Callable[..., Any]
     schema: dict[str, Any]
     args_model: type[BaseModel]
+    #: Declared with ``side_effect_free``: running it twice changes nothing (a shadow may run it).
+    side_effect_free: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -115,7 +119,19 @@ def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field
         raise ConfigError(f"tool {name!r}: cannot build a JSON schema: {exc}", field=field) from None
     schema.pop("title", None)
     description = inspect.cleandoc(inspect.getdoc(fn) or "").split("\n\n")[0].strip()
-    return Tool(name=name, description=description, fn=fn, schema=schema, args_model=model)
+    return Tool(name=name, description=description, fn=fn, schema=schema, args_model=model,
+                side_effect_free=bool(getattr(fn, SIDE_EFFECT_FREE, False)))
+
+
+#: The attribute ``side_effect_free`` sets on a tool callable.
+SIDE_EFFECT_FREE = "__genroute_side_effect_free__"
+
+
+def side_effect_free(fn: F) -> F:
+    """Declare a tool side-effect-free (it only reads): a function-calling backend whose tools all are may be
+    shadowed, since running it a second time repeats nothing in the world."""
+    setattr(fn, SIDE_EFFECT_FREE, True)
+    return fn
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

@@ -158,6 +158,8 @@ class GenerateResult(_Frozen):
     citations: tuple[Citation, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()
     trace_id: str | None = None
+    #: What ``Router.feedback`` takes: the trace id, or (untraced) a random id; set when outcomes are recorded.
+    outcome_id: str | None = None
 
 
 class GenerateChunk(_Frozen):

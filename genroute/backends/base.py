@@ -130,6 +130,10 @@ class Backend(ABC):
         """Facts policies may read (collection name, example count, tools); must not call a model."""
         return {}
 
+    def side_effects(self) -> tuple[str, ...]:
+        """What running this backend again would repeat in the world (tool names); empty: safe to shadow."""
+        return ()
+
     async def aclose(self) -> None:
         """Release anything the backend holds."""
 

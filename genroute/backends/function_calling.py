@@ -116,6 +116,10 @@ class FunctionCallingBackend(Backend):
     def facts(self) -> dict[str, Any]:
         return {"tools": list(self.tools), "max_steps": self.config.max_steps}
 
+    def side_effects(self) -> tuple[str, ...]:
+        """The allowlisted tools not declared side-effect-free (``genroute.side_effect_free``)."""
+        return tuple(name for name, tool in self.tools.items() if not tool.side_effect_free)
+
     async def aclose(self) -> None:
         """Stop the tool threads; a hung tool cannot be stopped, so close does not wait for it."""
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -60,4 +60,5 @@ def build_router(
         policy = build_policy(config.policy, field="policy")
     router_kwargs.setdefault("capture_content", config.telemetry.capture_content)
     router_kwargs.setdefault("timeout_s", config.timeout_s)
+    router_kwargs.setdefault("outcomes", config.outcomes)
     return cls(backends, policy, resources=resources, validators=all_validators, **router_kwargs)

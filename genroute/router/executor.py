@@ -7,6 +7,7 @@ import functools
 import logging
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from genroute.types import (
 
 if TYPE_CHECKING:
     from genroute.backends.base import Backend
+    from genroute.outcomes.recorder import OutcomeRecorder
     from genroute.policies.base import Policy
     from genroute.router.pricing import Pricing
     from genroute.router.telemetry import Telemetry
@@ -70,6 +72,8 @@ class Executor:
         validators: Mapping[str, Validator | Judge] | None = None,
         timeout_s: float | None = None,
         max_shadows: int = MAX_SHADOWS,
+        outcomes: OutcomeRecorder | None = None,
+        unsafe_shadows: frozenset[str] = frozenset(),
     ) -> None:
         self.backends = backends
         self.policy = policy
@@ -79,6 +83,10 @@ class Executor:
         #: The router's default deadline; shadows use it too (else ``SHADOW_TIMEOUT_S``).
         self.timeout_s = timeout_s
         self.max_shadows = max_shadows
+        #: Writes served and shadow outcomes (``None``: outcomes are not recorded).
+        self.outcomes = outcomes
+        #: Backends that may never be shadowed (tools with side effects).
+        self.unsafe_shadows = unsafe_shadows
         #: Shadow runs dropped because ``max_shadows`` were already in flight.
         self.shadows_dropped = 0
         self._shadows: set[asyncio.Task[Any]] = set()
@@ -115,8 +123,9 @@ class Executor:
                     break
                 continue
             self._record(span, ledger, ctx, rung, index, rung_start, None)
-            self._start_shadows(request, decision, span)
-            return self._result(decision, ledger, ctx, output, span, start, None)
+            result = self._result(decision, ledger, ctx, output, span, start, None)
+            self._served(request, decision, span, result, output)
+            return result
         raise self._failure(decision, ledger, last_error, span)
 
     # -- streams ---------------------------------------------------------------------------------------
@@ -175,8 +184,8 @@ class Executor:
                     first_chunk_s = time.perf_counter() - start
                 yield GenerateChunk(text=text)
             self._record(span, ledger, ctx, rung, index, rung_start, None)
-            self._start_shadows(request, decision, span)
             result = self._result(decision, ledger, ctx, output, span, start, first_chunk_s)
+            self._served(request, decision, span, result, output)
             yield GenerateChunk(done=True, result=result)
             return
         raise self._failure(decision, ledger, last_error, span)
@@ -185,6 +194,10 @@ class Executor:
 
     def _context(self, request: GenerateRequest, backend: str, deadline: float | None) -> RunContext:
         return RunContext(request, backend, telemetry=self.telemetry, pricing=self.pricing, deadline=deadline)
+
+    def resolve_check(self, name: str, field: str) -> Check:
+        """The check a validator name resolves to (``ConfigError`` naming ``field`` if unknown)."""
+        return self._check(name, field)
 
     def _check(self, name: str, field: str) -> Check:
         check = self._checks.get(name)
@@ -261,6 +274,8 @@ class Executor:
             span.set_attribute("genroute.cloud_equivalent.cost.amount", ledger.cloud_equivalent_cost_usd)
         if first_chunk_s is not None:
             span.set_attribute("genroute.time_to_first_token_s", first_chunk_s)
+        context = span.get_span_context()
+        trace_id = format(context.trace_id, "032x") if context.is_valid else None
         return GenerateResult(
             text=output.text, backend=backend, model=ctx.model or output.model,
             usage=ledger.usage, cost_usd=ledger.cost_usd,
@@ -270,8 +285,8 @@ class Executor:
             finish_reason=output.finish_reason,
             decision=DecisionRecord(policy=decision.policy, reason=decision.reason,
                                     rungs_tried=tuple(ledger.attempts), shadow=decision.shadow),
-            citations=output.citations, tool_calls=output.tool_calls,
-            trace_id=format(span.get_span_context().trace_id, "032x") if span.get_span_context().is_valid else None,
+            citations=output.citations, tool_calls=output.tool_calls, trace_id=trace_id,
+            outcome_id=None if self.outcomes is None else trace_id or uuid.uuid4().hex,
         )
 
     def _failure(self, decision: Decision, ledger: _Ledger, last_error: GenrouteError | None,
@@ -293,7 +308,16 @@ class Executor:
 
     # -- shadows ---------------------------------------------------------------------------------------
 
-    def _start_shadows(self, request: GenerateRequest, decision: Decision, span: trace.Span) -> None:
+    def _served(self, request: GenerateRequest, decision: Decision, span: trace.Span, result: GenerateResult,
+                output: BackendOutput) -> None:
+        """Hand the served answer to the outcome recorder (if any), then start the decision's shadows."""
+        if self.outcomes is not None and result.outcome_id is not None:
+            self.outcomes.served(result.outcome_id, request, result, output)
+        if decision.shadow:
+            self._start_shadows(request, decision, span, result)
+
+    def _start_shadows(self, request: GenerateRequest, decision: Decision, span: trace.Span,
+                       served: GenerateResult) -> None:
         if not decision.shadow or (decision.shadow_rate < 1.0 and random.random() >= decision.shadow_rate):
             return
         timeout_s = request.timeout_s or self.timeout_s or SHADOW_TIMEOUT_S
@@ -301,10 +325,14 @@ class Executor:
         for backend in decision.shadow:
             if backend not in self.backends:
                 continue
+            if backend in self.unsafe_shadows:  # a policy named it per request: never repeat side effects
+                span.set_attribute("genroute.shadow.refused", backend)
+                continue
             if len(self._shadows) >= self.max_shadows:
                 dropped += 1
                 continue
-            task = asyncio.get_running_loop().create_task(self._shadow(request, decision, backend, span, timeout_s))
+            task = asyncio.get_running_loop().create_task(
+                self._shadow(request, decision, backend, span, timeout_s, served))
             self._shadows.add(task)
             task.add_done_callback(self._shadows.discard)
         if dropped:
@@ -313,8 +341,9 @@ class Executor:
             _log.warning("dropped %d shadow run(s): %d already in flight", dropped, self.max_shadows)
 
     async def _shadow(self, request: GenerateRequest, decision: Decision, backend: str, parent: trace.Span,
-                      timeout_s: float) -> None:
-        """Run a shadow backend for telemetry only; its outcome never reaches the caller.
+                      timeout_s: float, served: GenerateResult) -> None:
+        """Run a shadow backend; its answer never reaches the caller, it is measured (and, with an outcome
+        recorder, scored against the served answer and stored as a paired outcome).
 
         It reserves and settles through the policy like a rung (so budgets count it) and is skipped when the
         reservation is refused.
@@ -331,6 +360,7 @@ class Executor:
             except Exception as exc:  # e.g. BudgetExceeded: a shadow never spends what the budget refuses
                 span.set_attribute("genroute.shadow.skipped", type(exc).__name__)
                 return
+            started = time.perf_counter()
             try:
                 async with asyncio.timeout(timeout_s):
                     output = await self.backends[backend].run(request, ctx)
@@ -342,6 +372,38 @@ class Executor:
                 self.policy.settle(token, ctx.cost_usd)
                 span.set_attributes({"gen_ai.usage.cost.amount": ctx.cost_usd, "gen_ai.usage.cost.currency": "USD"})
             span.set_attribute("genroute.shadow.chars", len(output.text))
+            if self.outcomes is not None and served.outcome_id is not None:
+                await self._record_shadow(request, decision, backend, output, ctx, started, served, span)
+
+    async def _record_shadow(self, request: GenerateRequest, decision: Decision, backend: str,
+                             output: BackendOutput, ctx: RunContext, started: float, served: GenerateResult,
+                             span: trace.Span) -> None:
+        """Score the shadow's answer and store the paired outcome; a failure here is counted, never raised."""
+        from genroute.outcomes.records import Side
+
+        assert self.outcomes is not None and served.outcome_id is not None
+        side = Side(role="shadow", cost_usd=ctx.cost_usd, latency_s=time.perf_counter() - started,
+                    cloud_equivalent_cost_usd=ctx.cloud_equivalent_cost_usd,
+                    input_tokens=ctx.usage.input_tokens, output_tokens=ctx.usage.output_tokens)
+        judge = functools.partial(self.run_judge, request, decision, ctx.deadline)
+        try:
+            record = await self.outcomes.shadow(served.outcome_id, request, backend, output, side, judge)
+            if record is not None:
+                span.set_attribute("genroute.outcome.id", record.id)
+                score = record.outcomes[backend].agreement
+                if score is not None:
+                    span.set_attribute("genroute.shadow.agreement", score)
+        except Exception as exc:  # a scorer or judge that failed loses this outcome, not the process
+            self.outcomes.write_errors += 1
+            span.set_attribute("genroute.outcome.error", type(exc).__name__)
+            _log.warning("shadow outcome of %s not recorded: %s", backend, type(exc).__name__)
+
+    async def run_judge(self, request: GenerateRequest, decision: Decision, deadline: float | None,
+                        backend: str, judge_request: GenerateRequest) -> tuple[BackendOutput, float]:
+        """Run a scoring judge through the check path (own reservation); its answer and cost."""
+        accounted = self._context(request, backend, deadline)
+        output = await self._run_for_check(request, decision, accounted, backend, judge_request)
+        return output, accounted.cost_usd
 
     async def drain_shadows(self, timeout_s: float = 5.0) -> None:
         """Wait for running shadow tasks (at shutdown), cancelling what outlives ``timeout_s``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
     from genroute.backends.base import Backend
     from genroute.config import RouterConfig
+    from genroute.outcomes.records import OutcomeRecord
+    from genroute.outcomes.settings import OutcomeSettings, ScrubHook
     from genroute.resources import Resources
     from genroute.router.validators import Validator
 
@@ -50,8 +53,12 @@ class Router:
         stats: Any = None,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        outcomes: OutcomeSettings | Mapping[str, Any] | None = None,
+        scrub: ScrubHook | None = None,
     ) -> None:
+        from genroute.outcomes.settings import settings_from
         from genroute.resources import Resources
+        from genroute.router.outcome_setup import check_shadows, unsafe_backends
 
         if not backends:
             raise UsageError("a router needs at least one backend", field="backends")
@@ -67,9 +74,18 @@ class Router:
         self.catalogue = {name: _info(name, b) for name, b in self.backends.items()}
         self.policy.bind(self.resources)
         self.policy.validate_against(self.catalogue)
+        self._unsafe = unsafe_backends(self.backends)
+        check_shadows(self.policy, self._unsafe)  # a shadow must never repeat a tool's side effects
         self.context = PolicyContext(catalogue=self.catalogue, stats=stats)
         self._executor = Executor(self.backends, self.policy, telemetry=self.telemetry,
-                                  pricing=self.resources.pricing, validators=validators, timeout_s=timeout_s)
+                                  pricing=self.resources.pricing, validators=validators, timeout_s=timeout_s,
+                                  unsafe_shadows=frozenset(self._unsafe))
+        self.outcome_settings = settings_from(outcomes)
+        if self.outcome_settings is not None:
+            from genroute.router.outcome_setup import build_recorder, engine_secrets
+
+            self._executor.outcomes = build_recorder(self.outcome_settings, self._executor, scrub=scrub,
+                                                     secrets=engine_secrets(self.resources))
         self._portal = Portal()
         self._closed = False
 
@@ -123,6 +139,41 @@ class Router:
         Portal.refuse_inside_loop("stream")
         request = self._request(input, fields)
         return self._portal.iterate(self.astream(request))
+
+    async def afeedback(self, result: GenerateResult | str, /, *, score: float | None = None,
+                        label: str | None = None, input: str | None = None) -> OutcomeRecord:
+        """Record how a served answer turned out (async): a ``score`` in [0, 1] and/or the right ``label``.
+
+        ``result`` is the ``GenerateResult`` or its ``outcome_id`` (the trace id when traced). With
+        ``outcomes.capture`` on, the input and the accepted output (the label, else the answer when ``score``
+        passes) are kept as a labeled example after the scrub hook; otherwise no text is stored.
+        ``input`` supplies the request text for a result this process no longer remembers.
+        """
+        from genroute.outcomes.feedback import Feedback
+
+        recorder = self._executor.outcomes
+        if recorder is None:
+            raise UsageError("feedback needs an `outcomes` section (or Router(outcomes=...))", field="outcomes")
+        args = Feedback.parse(result, score=score, label=label, input=input)
+        judge = functools.partial(self._executor.run_judge, GenerateRequest(input="feedback"),
+                                  Decision.single("feedback", next(iter(self.backends)), "feedback"), None)
+        return await recorder.feedback(args.result, score=args.score, label=args.label, input=args.input,
+                                       run_judge=judge)
+
+    def feedback(self, result: GenerateResult | str, /, *, score: float | None = None, label: str | None = None,
+                 input: str | None = None) -> OutcomeRecord:
+        """Sync ``afeedback`` (not from inside a running event loop)."""
+        Portal.refuse_inside_loop("feedback")
+        return self._portal.call(self.afeedback(result, score=score, label=label, input=input))
+
+    async def adrain(self, timeout_s: float = 60.0) -> None:
+        """Wait until the shadow runs in flight (and their outcome records) are done, at most ``timeout_s``."""
+        await self._executor.drain_shadows(timeout_s)
+
+    def drain(self, timeout_s: float = 60.0) -> None:
+        """Sync ``adrain``."""
+        Portal.refuse_inside_loop("drain")
+        self._portal.call(self.adrain(timeout_s))
 
     def decide(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Decision:
         """What the policy would decide for this request, without running anything."""

@@ -1,0 +1,52 @@
+"""Validation of ``Router.feedback`` arguments (a typed ``UsageError`` naming the field)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from genroute.errors import UsageError
+from genroute.types import GenerateResult
+
+
+class Feedback(BaseModel):
+    """How a served answer turned out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    result: GenerateResult | str
+    score: float | None = Field(default=None, ge=0.0, le=1.0)
+    label: str | None = Field(default=None, min_length=1)
+    input: str | None = Field(default=None, min_length=1)
+
+    @field_validator("score")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("score must be a finite number")
+        return value
+
+    @field_validator("result")
+    @classmethod
+    def _id(cls, value: GenerateResult | str) -> GenerateResult | str:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("an outcome id must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> Feedback:
+        if self.score is None and self.label is None:
+            raise ValueError("give a score, a label or both")
+        return self
+
+    @classmethod
+    def parse(cls, result: Any, **fields: Any) -> Feedback:
+        """Validated feedback; ``UsageError`` naming the first bad field."""
+        try:
+            return cls(result=result, **fields)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-")) or "score"
+            raise UsageError(error["msg"], field=field.split(".")[0]) from None

@@ -1,0 +1,190 @@
+"""The outcome recorder: turns served answers, shadow answers and user feedback into outcome records.
+
+The executor hands it each served result (kept in memory, bounded, so that feedback and shadows can find the
+request) and each finished shadow run; ``Router.feedback`` hands it the user's verdict. Shadow and feedback may
+arrive in either order; each writes what it knows and the store merges them under the request's id.
+
+Text is kept only with ``capture`` on, only for an accepted answer (a label, or a score >= ``pass_score``), and
+only after the scrub hook and the secret filter ran. Without capture a record holds scores, costs, latencies
+and token counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from genroute.errors import UsageError
+from genroute.outcomes.records import OutcomeRecord, Side
+from genroute.outcomes.settings import OutcomeSettings, ScrubHook, redact_secrets
+
+if TYPE_CHECKING:
+    from genroute.backends.base import BackendOutput
+    from genroute.outcomes.scoring import RunJudge, ShadowScorer
+    from genroute.outcomes.store import OutcomeStore
+    from genroute.types import GenerateRequest, GenerateResult
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    """What is remembered of a served request until its feedback (memory only, never stored as such)."""
+
+    request: GenerateRequest
+    backend: str
+    output: BackendOutput
+    side: Side
+    trace_id: str | None = None
+    shadows: dict[str, BackendOutput] = field(default_factory=dict)
+    label: str | None = None
+
+
+class OutcomeRecorder:
+    """Writes outcome records to the store; one per router."""
+
+    def __init__(self, settings: OutcomeSettings, store: OutcomeStore, scorer: ShadowScorer, *,
+                 scrub: ScrubHook | None = None, secrets: tuple[str, ...] = ()) -> None:
+        self.settings = settings
+        self.store = store
+        self.scorer = scorer
+        self.scrub = scrub
+        self._secrets = secrets
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        #: Writes that failed (the request was answered; only its outcome was lost). Logged too.
+        self.write_errors = 0
+
+    # -- from the executor ----------------------------------------------------------------------------
+
+    def served(self, id: str, request: GenerateRequest, result: GenerateResult, output: BackendOutput) -> None:
+        """Remember a served answer (bounded: the oldest is forgotten first)."""
+        self._pending[id] = _Pending(request, result.backend, output, served_side(result), result.trace_id)
+        if len(self._pending) > self.settings.max_pending:
+            self._pending.popitem(last=False)
+
+    async def shadow(self, id: str, request: GenerateRequest, backend: str, output: BackendOutput, side: Side,
+                     run_judge: RunJudge) -> OutcomeRecord | None:
+        """Score a finished shadow run against the served answer (or the label) and store the pair."""
+        pending = self._pending.get(id)
+        sides: dict[str, Side] = {}
+        judge_cost = 0.0
+        if pending is not None:
+            pending.shadows[backend] = output
+            reference = pending.label
+            agreement = None
+            if self.scorer.needs_reference:
+                scored = await self.scorer.score(request, output, pending.output.text, run_judge)
+                agreement = None if scored is None else scored.score
+                judge_cost += 0.0 if scored is None else scored.cost_usd
+            truth = await self.scorer.score(request, output, reference, run_judge) \
+                if reference is not None or not self.scorer.needs_reference else None
+            judge_cost += 0.0 if truth is None else truth.cost_usd
+            update: dict[str, Any] = {} if agreement is None else {"agreement": agreement}
+            if truth is not None:
+                update["score"] = truth.score
+            sides[backend] = side.model_copy(update=update)
+            served = pending.side
+            if not self.scorer.needs_reference and served.score is None:
+                own = await self.scorer.score(pending.request, pending.output, None, run_judge)
+                served = pending.side = served.model_copy(update={"score": None if own is None else own.score})
+            sides[pending.backend] = served
+        else:
+            sides[backend] = side
+        metadata = self._metadata(id, request, pending)
+        if judge_cost:
+            metadata["scoring_cost_usd"] = judge_cost
+        return await self._write(OutcomeRecord(metadata=metadata, outcomes=sides))
+
+    # -- from the user --------------------------------------------------------------------------------
+
+    async def feedback(self, target: GenerateResult | str, *, score: float | None, label: str | None,
+                       input: str | None, run_judge: RunJudge) -> OutcomeRecord:
+        """Record how a served answer turned out; with ``capture``, keep the accepted example."""
+        id = target if isinstance(target, str) else (target.outcome_id or target.trace_id)
+        if not id:
+            raise UsageError("this result has no id to attach feedback to (was it served by this router?)",
+                             field="result")
+        pending = self._pending.get(id)
+        if pending is None and isinstance(target, str) and await self.store.get(id) is None:
+            raise UsageError(f"no request with id {id!r} is known to this router or its outcome store",
+                             field="result")
+        if pending is not None:
+            pending.label = label if label is not None else pending.label
+        request = pending.request if pending is not None else None
+        served_backend = pending.backend if pending is not None else (
+            None if isinstance(target, str) else target.backend)
+        sides: dict[str, Side] = {}
+        if served_backend is not None:
+            served = pending.side if pending is not None else served_side(target)  # type: ignore[arg-type]
+            served_score = score
+            if served_score is None and label is not None and pending is not None:
+                scored = await self.scorer.score(pending.request, pending.output, label, run_judge)
+                served_score = None if scored is None else scored.score
+            if served_score is not None:
+                served = served.model_copy(update={"score": served_score})
+                if pending is not None:
+                    pending.side = served
+            sides[served_backend] = served
+        if pending is not None and label is not None:
+            for backend, output in pending.shadows.items():
+                scored = await self.scorer.score(pending.request, output, label, run_judge)
+                if scored is not None:
+                    sides[backend] = Side.model_validate({"score": scored.score})
+        metadata = self._metadata(id, request, pending)
+        metadata["feedback"] = {"score": score, "label_given": label is not None, "at": time.time()}
+        text_in, text_out = self._capture(
+            request.input if request is not None else input,
+            label if label is not None else (None if score is None or score < self.settings.pass_score else (
+                pending.output.text if pending is not None else
+                (None if isinstance(target, str) else target.text))),
+            metadata.get("task"))
+        return await self._write(OutcomeRecord(input=text_in, output=text_out, metadata=metadata, outcomes=sides),
+                                 raise_errors=True)
+
+    # -- pieces ---------------------------------------------------------------------------------------
+
+    def _metadata(self, id: str, request: GenerateRequest | None, pending: _Pending | None) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"id": id, "source": "production", "scorer": self.scorer.name}
+        if pending is not None and pending.trace_id is not None:
+            metadata["trace_id"] = pending.trace_id
+        if request is not None:
+            metadata["task"] = request.task
+            metadata["features"] = {"input_chars": len(request.input)}
+        if pending is not None:
+            metadata["served"] = pending.backend
+            metadata.setdefault("features", {})["input_tokens"] = pending.side.input_tokens
+        return metadata
+
+    def _capture(self, input: str | None, output: str | None, task: str | None) -> tuple[str | None, str | None]:
+        """The example to keep, scrubbed, or ``(None, None)``: only with capture, only when accepted."""
+        if not self.settings.capture or input is None or output is None:
+            return None, None
+        example: dict[str, Any] | None = {"input": input, "output": output, "task": task}
+        if self.scrub is not None:
+            example = self.scrub(dict(example))  # type: ignore[arg-type]
+            if example is None:
+                return None, None
+        text_in, text_out = example.get("input"), example.get("output")
+        if not isinstance(text_in, str) or not isinstance(text_out, str) or not text_in.strip():
+            return None, None
+        return redact_secrets(text_in, self._secrets), redact_secrets(text_out, self._secrets)
+
+    async def _write(self, record: OutcomeRecord, *, raise_errors: bool = False) -> OutcomeRecord | None:
+        try:
+            return await self.store.upsert(record)
+        except Exception as exc:  # an outcome lost must not fail the request it describes
+            if raise_errors:
+                raise
+            self.write_errors += 1
+            _log.warning("outcome for %s not stored: %s", record.id, type(exc).__name__)
+            return None
+
+
+def served_side(result: GenerateResult) -> Side:
+    """The served backend's side of a record, from its result."""
+    return Side(role="served", cost_usd=result.cost_usd, latency_s=result.latency_s,
+                cloud_equivalent_cost_usd=result.cloud_equivalent_cost_usd,
+                input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens)

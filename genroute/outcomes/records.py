@@ -1,0 +1,83 @@
+"""The outcome record: one request answered by one or more backends, in the shape benchmarks use too.
+
+Benchmark rows, public outcome matrices, shadow comparisons and user feedback share one shape, so the
+same compile step trains policies from any of them::
+
+    {"input": str | None, "output": str | None,
+     "metadata": {"id", "task", "trace_id", "source", "served", "features", "feedback", ...},
+     "outcomes": {backend: {"score", "cost_usd", "latency_s", ...}}}
+
+``input`` and ``output`` hold text only when the application opted in to ``capture`` (and after its scrub
+hook ran); otherwise a production record carries scores, costs, latencies and token counts, never text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Side(BaseModel):
+    """How one backend did on the record's request."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    score: float | None = Field(default=None, description="None until a scorer or feedback scored it.")
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    cloud_equivalent_cost_usd: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    role: Literal["served", "shadow", "bench"] = "bench"
+    #: For a shadow: how its answer compared with the served one (the configured scorer, served as reference).
+    agreement: float | None = None
+
+
+class OutcomeRecord(BaseModel):
+    """One record of the outcome store (and one line of an outcome matrix; other top-level keys are ignored)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    input: str | None = None
+    output: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    outcomes: dict[str, Side] = Field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """The record's id (a trace id for production records)."""
+        return str(self.metadata.get("id", ""))
+
+    @property
+    def task(self) -> str | None:
+        """The request's task, if it had one."""
+        task = self.metadata.get("task")
+        return None if task is None else str(task)
+
+    def merged(self, other: OutcomeRecord) -> OutcomeRecord:
+        """This record with ``other``'s fields added: per backend, ``other``'s set values win."""
+        outcomes = dict(self.outcomes)
+        for backend, side in other.outcomes.items():
+            old = outcomes.get(backend)
+            if old is None:
+                outcomes[backend] = side
+            else:
+                update = side.model_dump(exclude_unset=True)
+                outcomes[backend] = Side.model_validate({**old.model_dump(), **update})
+        metadata = {**self.metadata, **other.metadata}
+        for key in ("features", "feedback"):
+            if isinstance(self.metadata.get(key), dict) and isinstance(other.metadata.get(key), dict):
+                metadata[key] = {**self.metadata[key], **other.metadata[key]}
+        return OutcomeRecord(
+            input=other.input if other.input is not None else self.input,
+            output=other.output if other.output is not None else self.output,
+            metadata=metadata, outcomes=outcomes,
+        )
+
+    def line(self) -> dict[str, Any]:
+        """The record as a JSON-ready mapping (unset sides' fields left out)."""
+        return {
+            "input": self.input, "output": self.output, "metadata": self.metadata,
+            "outcomes": {b: s.model_dump(exclude_none=True) for b, s in self.outcomes.items()},
+        }

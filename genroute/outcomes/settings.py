@@ -1,0 +1,80 @@
+"""The ``outcomes`` config section: where outcomes go, how shadows are scored, and what (if anything) is captured."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.errors import ConfigError
+
+#: Scrub hook: gets ``{"input": str, "output": str, "task": str | None}``, returns it cleaned, or ``None`` to drop it.
+ScrubHook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
+class OutcomeSettings(BaseModel):
+    """Outcome recording, shadow scoring, opt-in capture of labeled examples, and policy refresh."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str | None = Field(default=None, description="SQLite file; default: <cache dir>/outcomes/outcomes.db.")
+    scorer: str = Field(
+        default="normalized_exact",
+        description="How a shadow's answer is scored against the served one (and both against a feedback label): "
+                    "a bench scorer name, module:function, judge:BACKEND, or validator:NAME (scores each side alone).")
+    pass_score: float = Field(default=0.5, ge=0.0, le=1.0, description="Feedback score that accepts an answer.")
+    capture: bool = Field(default=False, description="Keep input + accepted output as a labeled example (opt-in).")
+    scrub: str | None = Field(default=None, description="module:callable scrub hook applied before anything is kept.")
+    refresh_every_s: float | None = Field(default=None, gt=0, description="Refresh policies from outcomes this often.")
+    min_n: int = Field(default=20, ge=1, description="Outcome stats replace benchmark stats from this many records.")
+    max_pending: int = Field(default=10_000, ge=1, description="Recent requests kept in memory for feedback.")
+
+
+#: Secrets a scrubbed example must never keep (API keys, bearer tokens, private keys, passwords in URLs).
+_SECRETS = re.compile(
+    r"AIza[0-9A-Za-z_\-]{20,}"                      # Google API keys
+    r"|\bsk-[A-Za-z0-9_\-]{16,}"                     # common provider keys
+    r"|\b(?:ya29|gho|ghp|xox[abp])[._\-][A-Za-z0-9._\-]{10,}"  # OAuth / GitHub / Slack tokens
+    r"|(?i:bearer)\s+[A-Za-z0-9._\-+/=]{16,}"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"               # user:password@ in URLs
+)
+REDACTED = "[REDACTED]"
+
+
+def redact_secrets(text: str, extra: tuple[str, ...] = ()) -> str:
+    """``text`` with anything that looks like a credential (and every string in ``extra``) replaced."""
+    for secret in extra:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return _SECRETS.sub(REDACTED, text)
+
+
+def resolve_scrub(settings: OutcomeSettings, scrub: ScrubHook | None) -> ScrubHook | None:
+    """The scrub hook: the one passed in code, else the one the config names."""
+    if scrub is not None:
+        return scrub
+    if settings.scrub is None:
+        return None
+    from genroute.config import import_object
+
+    hook = import_object(settings.scrub, field="outcomes.scrub")
+    if not callable(hook):
+        raise ConfigError(f"{settings.scrub!r} is not callable", field="outcomes.scrub")
+    return hook  # type: ignore[no-any-return]
+
+
+def settings_from(raw: OutcomeSettings | Mapping[str, Any] | None) -> OutcomeSettings | None:
+    """Validated settings (``ConfigError`` naming ``outcomes.<field>``)."""
+    if raw is None or isinstance(raw, OutcomeSettings):
+        return raw
+    from pydantic import ValidationError
+
+    from genroute.config import config_error
+
+    try:
+        return OutcomeSettings.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise config_error(exc, "outcomes") from None

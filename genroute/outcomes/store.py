@@ -1,0 +1,162 @@
+"""The outcome store: a local SQLite file (stdlib ``sqlite3``), safe for several processes on one machine.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction (read, merge, write), so a shadow's result and the user's
+feedback for the same trace can arrive in either order, from different processes, and both survive. The
+async methods run the SQLite work on a worker thread: the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from genroute.errors import ConfigError, UsageError
+from genroute.outcomes.records import OutcomeRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outcomes (
+    id TEXT PRIMARY KEY,
+    task TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    captured INTEGER NOT NULL DEFAULT 0,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outcomes_task ON outcomes (task, created_at);
+"""
+
+
+class OutcomeStore:
+    """Outcome records keyed by id (a trace id for production records), in one SQLite file."""
+
+    def __init__(self, path: str | Path, *, field: str = "outcomes.path") -> None:
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot open the outcome store {str(self.path)!r}: {exc}", field=field) from None
+        # One writer per process at a time (SQLite's own lock covers other processes).
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            yield db
+        finally:
+            db.close()
+
+    # -- sync core (runs on a worker thread when called through the async methods) ------------------
+
+    def upsert_sync(self, record: OutcomeRecord) -> OutcomeRecord:
+        """Merge ``record`` into the stored one with its id (or insert it); return what is stored now."""
+        if not record.id:
+            raise UsageError("an outcome record needs metadata.id", field="metadata.id")
+        now = time.time()
+        with self._lock, self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT record, created_at FROM outcomes WHERE id = ?", (record.id,)).fetchone()
+                merged = record if row is None else OutcomeRecord.model_validate_json(row[0]).merged(record)
+                created = now if row is None else row[1]
+                db.execute(
+                    "INSERT OR REPLACE INTO outcomes (id, task, created_at, updated_at, captured, record) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (merged.id, merged.task, created, now, int(merged.input is not None and merged.output is not None),
+                     json.dumps(merged.line(), ensure_ascii=False)))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return merged
+
+    def get_sync(self, id: str) -> OutcomeRecord | None:
+        """The record with ``id``, or ``None``."""
+        with self._connect() as db:
+            row = db.execute("SELECT record FROM outcomes WHERE id = ?", (id,)).fetchone()
+        return None if row is None else OutcomeRecord.model_validate_json(row[0])
+
+    def records_sync(self, *, task: str | None = None, captured: bool | None = None,
+                     since: float | None = None) -> list[OutcomeRecord]:
+        """Stored records, oldest first; filtered by task, by whether text was captured, by creation time."""
+        where, args = [], []
+        if task is not None:
+            where.append("task = ?")
+            args.append(task)
+        if captured is not None:
+            where.append("captured = ?")
+            args.append(int(captured))
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since)
+        sql = "SELECT record FROM outcomes" + (f" WHERE {' AND '.join(where)}" if where else "")
+        with self._connect() as db:
+            rows = db.execute(sql + " ORDER BY created_at, id", args).fetchall()
+        return [OutcomeRecord.model_validate_json(r[0]) for r in rows]
+
+    def count_sync(self, *, task: str | None = None) -> int:
+        """How many records are stored (for ``task``)."""
+        with self._connect() as db:
+            if task is None:
+                return int(db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
+            return int(db.execute("SELECT COUNT(*) FROM outcomes WHERE task = ?", (task,)).fetchone()[0])
+
+    def export_jsonl(self, path: str | Path, *, task: str | None = None) -> int:
+        """Write the records as an outcome matrix (one JSON line each); return how many."""
+        records = self.records_sync(task=task)
+        write_jsonl(path, (r.line() for r in records))
+        return len(records)
+
+    # -- async twins: the same work, off the event loop ---------------------------------------------
+
+    async def upsert(self, record: OutcomeRecord) -> OutcomeRecord:
+        """``upsert_sync`` on a worker thread."""
+        return await asyncio.to_thread(self.upsert_sync, record)
+
+    async def get(self, id: str) -> OutcomeRecord | None:
+        """``get_sync`` on a worker thread."""
+        return await asyncio.to_thread(self.get_sync, id)
+
+    async def records(self, **filters: object) -> list[OutcomeRecord]:
+        """``records_sync`` on a worker thread."""
+        return await asyncio.to_thread(lambda: self.records_sync(**filters))  # type: ignore[arg-type]
+
+
+def write_jsonl(path: str | Path, lines: Iterable[dict[str, object]]) -> Path:
+    """Write JSON lines atomically (readers see the old file or the new one)."""
+    from genroute.cache import atomic_write_bytes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode())
+    return path
+
+
+def read_outcome_file(path: str | Path, *, field: str = "outcomes") -> list[OutcomeRecord]:
+    """Outcome records from a store file (``.db``/``.sqlite``) or an outcome-matrix JSONL file."""
+    from pydantic import ValidationError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no outcome file at {str(path)!r}", field=field)
+    if path.suffix in {".db", ".sqlite", ".sqlite3"}:
+        return OutcomeStore(path, field=field).records_sync()
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(OutcomeRecord.model_validate_json(line))
+        except ValidationError as exc:
+            raise UsageError(f"{path.name}:{lineno}: not an outcome record ({exc.errors()[0]['msg']})",
+                             field=field) from None
+    return records

@@ -1,0 +1,87 @@
+"""What a router needs to learn from production: the outcome recorder, and the shadow-safety check."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from genroute.errors import ConfigError
+
+if TYPE_CHECKING:
+    from genroute.backends.base import Backend
+    from genroute.outcomes.recorder import OutcomeRecorder
+    from genroute.outcomes.settings import OutcomeSettings, ScrubHook
+    from genroute.policies.base import Policy
+    from genroute.router.executor import Executor
+
+
+def build_recorder(settings: OutcomeSettings, executor: Executor, *, scrub: ScrubHook | None,
+                   secrets: tuple[str, ...]) -> OutcomeRecorder:
+    """The recorder for ``settings``: store opened, scorer and scrub hook resolved (``ConfigError`` if not)."""
+    from genroute.cache import cache_dir
+    from genroute.outcomes.recorder import OutcomeRecorder
+    from genroute.outcomes.scoring import resolve_shadow_scorer
+    from genroute.outcomes.settings import resolve_scrub
+    from genroute.outcomes.store import OutcomeStore
+
+    store = OutcomeStore(settings.path or cache_dir("outcomes") / "outcomes.db")
+    scorer = resolve_shadow_scorer(settings.scorer, resolve_check=executor.resolve_check,
+                                   backends=executor.backends)
+    return OutcomeRecorder(settings, store, scorer, scrub=resolve_scrub(settings, scrub), secrets=secrets)
+
+
+def unsafe_backends(backends: Mapping[str, Backend]) -> dict[str, tuple[str, ...]]:
+    """Backends that must never be shadowed, with the tools that make them so."""
+    found = {name: backend.side_effects() for name, backend in backends.items()}
+    return {name: tools for name, tools in found.items() if tools}
+
+
+def check_shadows(policy: Policy, unsafe: Mapping[str, tuple[str, ...]]) -> None:
+    """``ConfigError`` if the policy's config shadows a backend whose tools have side effects."""
+    for name, field in shadowed_in(getattr(policy, "config", None), policy.field):
+        refuse(name, unsafe, field=field)
+
+
+def refuse(name: str, unsafe: Mapping[str, tuple[str, ...]], *, field: str) -> None:
+    """``ConfigError`` naming ``field`` if shadowing ``name`` would repeat side effects."""
+    tools = unsafe.get(name)
+    if tools:
+        raise ConfigError(
+            f"backend {name!r} cannot be shadowed: its tools {', '.join(tools)} are not declared "
+            "side-effect-free (decorate read-only tools with genroute.side_effect_free)", field=field)
+
+
+def shadowed_in(config: Any, field: str) -> Iterator[tuple[str, str]]:
+    """Every backend name a policy config lists under a ``shadow`` key (at any depth), with its field."""
+    if isinstance(config, BaseModel):
+        config = config.model_dump()
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            path = f"{field}.{key}"
+            if key == "shadow" and isinstance(value, list | tuple):
+                yield from ((name, f"{path}.{i}") for i, name in enumerate(value) if isinstance(name, str))
+            elif key == "shadow" and isinstance(value, str):
+                yield value, path
+            else:
+                yield from shadowed_in(value, path)
+    elif isinstance(config, list | tuple):
+        for index, value in enumerate(config):
+            yield from shadowed_in(value, f"{field}.{index}")
+
+
+def engine_secrets(resources: Any) -> tuple[str, ...]:
+    """Literal credentials in engine configs, so captured text can never keep one."""
+    found = []
+    for engine in getattr(resources, "engines", {}).values():
+        config = getattr(engine, "config", None)
+        value = getattr(config, "api_key", None)
+        secret = getattr(value, "get_secret_value", None)
+        values = [secret() if callable(secret) else value]
+        env = getattr(config, "api_key_env", None)
+        if isinstance(env, str):
+            values += [os.environ.get(env), os.environ.get("GOOGLE_API_KEY")]
+        found += [v for v in values if isinstance(v, str) and len(v) >= 8]
+    return tuple(found)

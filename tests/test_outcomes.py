@@ -1,0 +1,165 @@
+"""Outcomes from production: shadows scored against the served answer, feedback, opt-in capture, shadow safety."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from genroute import ConfigError, Router, UsageError, side_effect_free
+from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
+
+from .conftest import TEST_KEY, gemini_config
+
+FLASH = (0.30, 2.50)
+PRO = (1.25, 10.0)
+SHADOWED = {"kind": "cascade", "rungs": [{"backend": "chat"}], "shadow": ["pro"]}
+
+
+def cost(price, usage):
+    return usage[0] * price[0] / 1e6 + usage[1] * price[1] / 1e6
+
+
+def config(server, tmp_path, policy=SHADOWED, **outcomes):
+    cfg = gemini_config(server)
+    cfg["backends"]["pro"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-pro"}
+    cfg["policy"] = policy
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "scorer": "label_accuracy", **outcomes}
+    return cfg
+
+
+def stored(tmp_path):
+    return OutcomeStore(tmp_path / "outcomes.db").records_sync()
+
+
+def test_shadow_outcome_row_has_both_sides_costs_latencies_and_the_trace(gemini_server, otel, tmp_path):
+    gemini_server.reply_text("positive", usage=(100, 5))   # served (flash)
+    gemini_server.reply_text("negative", usage=(120, 6))   # shadow (pro)
+    with Router.from_config(config(gemini_server, tmp_path), **otel.providers) as router:
+        result = router.generate("The food was great.", task="sentiment")
+        router.drain()
+        (record,) = stored(tmp_path)
+        assert record.id == result.outcome_id == result.trace_id
+        assert record.metadata["trace_id"] == result.trace_id and record.metadata["served"] == "chat"
+        assert record.metadata["task"] == "sentiment" and record.metadata["features"]["input_tokens"] == 100
+        served, shadow = record.outcomes["chat"], record.outcomes["pro"]
+        assert (served.role, shadow.role) == ("served", "shadow")
+        assert served.cost_usd == pytest.approx(cost(FLASH, (100, 5)))
+        assert shadow.cost_usd == pytest.approx(cost(PRO, (120, 6)))
+        assert served.latency_s > 0 and shadow.latency_s > 0
+        assert shadow.agreement == 0.0            # scored against the served answer
+        assert served.score is None and shadow.score is None   # no truth yet
+        assert record.input is None and record.output is None  # no capture: no text
+        # The user's label turns the pair into scores of both sides against the truth.
+        record = router.feedback(result, label="positive")
+        assert record.outcomes["chat"].score == 1.0 and record.outcomes["pro"].score == 0.0
+        assert record.outcomes["pro"].cost_usd == pytest.approx(cost(PRO, (120, 6)))  # merged, not replaced
+    (span,) = otel.spans("genroute.shadow")
+    assert span.attributes["genroute.outcome.id"] == result.trace_id
+    assert span.attributes["genroute.shadow.agreement"] == 0.0
+
+
+def test_feedback_without_capture_stores_no_text(gemini_server, tmp_path):
+    gemini_server.reply_text("positive", usage=(10, 1))
+    gemini_server.reply_text("positive", usage=(10, 1))
+    secret_input = "My order number is ZX-99812 and the parcel never came"
+    with Router.from_config(config(gemini_server, tmp_path)) as router:
+        result = router.generate(secret_input, task="sentiment")
+        router.drain()
+        record = router.feedback(result.outcome_id, label="negative-and-angry", score=0.0)
+    assert record.input is None and record.output is None
+    assert record.metadata["feedback"]["label_given"] is True and record.metadata["feedback"]["score"] == 0.0
+    assert record.outcomes["chat"].score == 0.0
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("outcomes.db*"))
+    assert b"ZX-99812" not in raw and b"negative-and-angry" not in raw and b"parcel" not in raw
+
+
+def scrub(example):
+    if "do-not-keep" in example["input"]:
+        return None
+    return {**example, "input": example["input"].replace("jane@example.com", "<email>")}
+
+
+def test_capture_keeps_accepted_examples_scrubbed_and_without_secrets(gemini_server, tmp_path):
+    cfg = config(gemini_server, tmp_path, policy={"kind": "static", "backend": "chat"}, capture=True)
+    with Router.from_config(cfg, scrub=scrub) as router:
+        kept = router.generate(f"Mail jane@example.com, key {TEST_KEY} and AIzaSyB-another-key-12345678901", task="t")
+        labeled = router.feedback(kept, label="positive")
+        assert labeled.input == "Mail <email>, key [REDACTED] and [REDACTED]"
+        assert labeled.output == "positive"
+        passed = router.generate("Lovely staff", task="t")
+        accepted = router.feedback(passed, score=1.0)        # no label: the accepted answer is the served one
+        assert (accepted.input, accepted.output) == ("Lovely staff", passed.text)
+        failed = router.generate("Terrible staff", task="t")
+        assert router.feedback(failed, score=0.0).input is None   # rejected answers are not examples
+        dropped = router.generate("do-not-keep this one", task="t")
+        assert router.feedback(dropped, label="negative").input is None   # the scrub hook dropped it
+    captured = OutcomeStore(tmp_path / "outcomes.db").records_sync(captured=True)
+    assert sorted(r.output for r in captured) == sorted(["positive", passed.text])
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("outcomes.db*"))
+    assert TEST_KEY.encode() not in raw and b"jane@example.com" not in raw
+
+
+def test_feedback_is_validated_and_needs_outcomes(gemini_server, tmp_path):
+    with Router.from_config(config(gemini_server, tmp_path)) as router:
+        result = router.generate("hi")
+        with pytest.raises(UsageError) as exc:
+            router.feedback(result, score=2.0)
+        assert exc.value.field == "score"
+        with pytest.raises(UsageError) as exc:
+            router.feedback(result)
+        assert exc.value.field == "score" and "label" in str(exc.value)
+        with pytest.raises(UsageError, match="no request with id"):
+            router.feedback("0" * 32, score=1.0)
+    cfg = gemini_config(gemini_server)
+    with Router.from_config(cfg) as router:
+        with pytest.raises(UsageError) as exc:
+            router.feedback(router.generate("hi"), score=1.0)
+        assert exc.value.field == "outcomes"
+
+
+def test_async_feedback_is_the_same_path_and_untraced_requests_get_an_id(gemini_server, tmp_path):
+    cfg = config(gemini_server, tmp_path, policy={"kind": "static", "backend": "chat"})
+
+    async def main():
+        async with Router.from_config(cfg) as router:   # no tracer provider: no trace id
+            result = await router.agenerate("hi", task="t")
+            assert result.trace_id is None and len(result.outcome_id) == 32
+            return await router.afeedback(result, score=0.75)
+
+    record = asyncio.run(main())
+    assert record.outcomes["chat"].score == 0.75 and "trace_id" not in record.metadata
+
+
+def test_a_side_effecting_tool_backend_cannot_be_shadowed(gemini_server, tmp_path):
+    def send_email(to: str) -> str:
+        """Send an email."""
+        return "sent"
+
+    @side_effect_free
+    def get_weather(city: str) -> str:
+        """Read the weather."""
+        return "sunny"
+
+    cfg = config(gemini_server, tmp_path)
+    cfg["backends"]["pro"] = {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-pro",
+                              "tools": ["send_email", "get_weather"]}
+    with pytest.raises(ConfigError, match="send_email") as exc:
+        Router.from_config(cfg, tools={"send_email": send_email, "get_weather": get_weather})
+    assert exc.value.field == "policy.shadow.0"
+    # The same backend with only read-only tools may be shadowed.
+    cfg["backends"]["pro"]["tools"] = ["get_weather"]
+    Router.from_config(cfg, tools={"send_email": send_email, "get_weather": get_weather}).close()
+
+
+def test_store_merges_writes_from_either_side_in_any_order(tmp_path):
+    store = OutcomeStore(tmp_path / "o.db")
+    store.upsert_sync(OutcomeRecord(metadata={"id": "a", "task": "t"}, outcomes={"x": Side(score=1.0)}))
+    store.upsert_sync(OutcomeRecord(metadata={"id": "a"}, outcomes={"x": Side(cost_usd=0.5), "y": Side(score=0.0)}))
+    (record,) = store.records_sync(task="t")
+    assert record.outcomes["x"].score == 1.0 and record.outcomes["x"].cost_usd == 0.5
+    assert record.outcomes["y"].score == 0.0
+    with sqlite3.connect(tmp_path / "o.db") as db:
+        assert db.execute("select count(*) from outcomes").fetchone()[0] == 1
+    assert store.export_jsonl(tmp_path / "m.jsonl") == 1
