@@ -73,7 +73,8 @@ def call(name: str, **args: Any) -> dict[str, Any]:
 CALL_CASES = [
     (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10, height=5)]), 1.0),  # optional arg left out
     (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10, height=5, unit="units")]), 1.0),
-    (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10.0, height=5)]), 1.0),  # 10.0 == 10
+    # No declaration: the type comes from the accepted values, and a float for an int is a type error (BFCL).
+    (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10.0, height=5)]), 0.0),
     (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10)]), 0.0),  # required arg missing
     (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10, height=6)]), 0.0),
     (TRIANGLE, json.dumps([call("calculate_triangle_area", base=10, height=5, colour="red")]), 0.0),
@@ -81,6 +82,7 @@ CALL_CASES = [
     (TRIANGLE, "calculate_triangle_area(base=10, height=5)", 1.0),  # Python call syntax
     (TRIANGLE, json.dumps({"calculate_triangle_area": {"base": 10, "height": 5}}), 1.0),
     (TRIANGLE, "I cannot help", 0.0),
+    ([], "I cannot help with that: no tool fits.", 1.0),  # a refusal in prose on an irrelevance record
     (PARALLEL, json.dumps([call("em", b=5, d=10), call("em", b=5, d=4)]), 1.0),  # any order
     (PARALLEL, json.dumps([call("em", b=5, d=10), call("em", b=5, d=10)]), 0.0),  # one gold used twice
     (PARALLEL, json.dumps([call("em", b=5, d=10)]), 0.0),

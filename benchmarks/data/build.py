@@ -1,6 +1,8 @@
 """Rebuild the small benchmark subsets in this directory from the shared public data (seeded, deterministic).
 
-    python benchmarks/data/build.py [--source /work/shared/data]
+    python benchmarks/data/build.py [--source DIR]
+
+``--source`` defaults to ``../shared/data`` next to the repository (the shared converted copies).
 
 Each subset is split into an ``*_eval.jsonl`` (what the benchmark scores) and, where few-shot ICL needs a
 pool, an ``*_examples.jsonl`` with other records of the same set (never the evaluated ones).
@@ -15,6 +17,8 @@ import shutil
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: The shared data directory beside the repository checkout: <repo>/../shared/data.
+SHARED = HERE.parents[1].parent / "shared" / "data"
 BANKING_LABELS = ("card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "cash_withdrawal_charge")
 
 
@@ -37,8 +41,9 @@ def split(rows: list[dict], n_eval: int, n_pool: int, seed: int = 0) -> tuple[li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--source", default="/work/shared/data")
+    parser = argparse.ArgumentParser(description="Rebuild the benchmark subsets from the shared public data.")
+    parser.add_argument("--source", default=str(SHARED), help="shared data directory (default: ../shared/data "
+                                                                "beside the repository)")
     src = Path(parser.parse_args().source)
 
     # Sentiment: DynaSent round 2, binary (neutral dropped).

@@ -1,14 +1,15 @@
 """Scorers: how well one answer matches one record, as a number in [0, 1].
 
-Built in: ``exact``, ``normalized_exact``, ``token_f1``, ``label_accuracy``, ``json_schema``,
-``function_call`` (BFCL ``possible_answer`` semantics), ``regex`` / ``regex:PATTERN``, a custom
+Built in: ``exact``, ``normalized_exact`` and ``token_f1`` (SQuAD v1.1's official normalisation and F1, max
+over all gold answers in ``metadata.answers``), ``label_accuracy``, ``json_schema``, ``function_call`` (BFCL's
+AST checker semantics, see ``genroute.bench.calls``), ``frame_f1`` / ``frame_exact`` (JSON frames
+``{"intents": [...], "slots": {...}}`` as in NLU++), ``regex`` / ``regex:PATTERN``, a custom
 ``module:function`` (called with ``(record, result)``), and ``judge:BACKEND`` (a configured backend grades the
 answer; its cost is counted apart from the benchmarked backend's). ``auto`` picks one from the records.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import string
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from genroute.bench.calls import function_call, parse_json
 from genroute.errors import UsageError
 
 if TYPE_CHECKING:
@@ -26,14 +28,19 @@ if TYPE_CHECKING:
 ScoreFn = Callable[["BenchRecord", "GenerateResult"], float]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
+_PUNCTUATION = frozenset(string.punctuation)
 
 
 def normalize(text: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces; ``_`` counts as a space."""
-    text = text.lower().replace("_", " ")
-    text = "".join(ch for ch in text if ch not in string.punctuation)
+    """SQuAD v1.1's official normalisation: lower case, punctuation deleted (``_`` too), then articles, then
+    runs of whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _label_normalize(text: str) -> str:
+    # Labels such as card_arrival: "card arrival" names the label, so "_" counts as a space here.
+    return normalize(text.replace("_", " "))
 
 
 def _golds(record: BenchRecord) -> list[str]:
@@ -53,10 +60,8 @@ def normalized_exact(record: BenchRecord, result: GenerateResult) -> float:
 
 
 def f1(prediction: str, gold: str) -> float:
-    """Token F1 between two strings after normalisation."""
+    """SQuAD v1.1 token F1 after normalisation (0 when nothing is shared, both sides empty included)."""
     pred, ref = normalize(prediction).split(), normalize(gold).split()
-    if not pred or not ref:
-        return float(pred == ref)
     common = sum((Counter(pred) & Counter(ref)).values())
     if common == 0:
         return 0.0
@@ -72,9 +77,9 @@ def token_f1(record: BenchRecord, result: GenerateResult) -> float:
 def label_accuracy(record: BenchRecord, result: GenerateResult) -> float:
     """1 if the answer is the label, or names it and no other label of ``metadata.label_set``."""
     label = record.label if record.label is not None else record.output
-    if not normalize(label):
+    if not _label_normalize(label):
         return 0.0
-    if normalize(result.text) == normalize(label):
+    if _label_normalize(result.text) == _label_normalize(label):
         return 1.0
     # Mentions keep "_" as a word character, so "card_arrival_date" does not mention "card_arrival".
     answer, gold = _light(result.text), _light(label)
@@ -93,22 +98,6 @@ def _mentions(text: str, phrase: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
 
 
-def parse_json(text: str) -> Any:
-    """The JSON value in ``text`` (code fences and surrounding prose tolerated); ``ValueError`` if none."""
-    text = _FENCE.sub("", text.strip())
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    starts = [i for i in (text.find("["), text.find("{")) if i >= 0]
-    if starts:
-        try:
-            return json.JSONDecoder().raw_decode(text[min(starts):])[0]
-        except json.JSONDecodeError:
-            pass
-    raise ValueError("no JSON value found")
-
-
 def json_schema(record: BenchRecord, result: GenerateResult) -> float:
     """1 if the answer is JSON valid against ``metadata.json_schema`` (or ``schema``); any JSON without one."""
     import jsonschema
@@ -123,139 +112,58 @@ def json_schema(record: BenchRecord, result: GenerateResult) -> float:
     return float(jsonschema.Draft202012Validator(schema).is_valid(value))
 
 
-# -- function calls -------------------------------------------------------------------------------------
+# -- structured output: JSON frames (NLU++) ---------------------------------------------------------------
 
-def predicted_calls(result: GenerateResult) -> list[tuple[str, dict[str, Any]]] | None:
-    """Calls the answer made: the tool loop's calls, else JSON or Python call syntax in the text."""
-    if result.tool_calls:
-        return [(c.name, dict(c.args)) for c in result.tool_calls]
-    text = result.text.strip()
-    if not text:
-        return []
-    try:
-        value = parse_json(text)
-    except ValueError:
-        return _python_calls(text)
-    items = value if isinstance(value, list) else [value]
-    calls = []
-    for item in items:
-        if not isinstance(item, dict):
-            return None
-        if "name" in item:
-            args = item.get("arguments", item.get("args", {}))
-            if isinstance(args, str):
-                try:
-                    args = json.loads(args)
-                except json.JSONDecodeError:
-                    return None
-            calls.append((str(item["name"]), args if isinstance(args, dict) else {}))
-        elif len(item) == 1 and isinstance(next(iter(item.values())), dict):  # {"fn": {args}}
-            name, args = next(iter(item.items()))
-            calls.append((name, args))
-        else:
-            return None
-    return calls
+def frame_items(value: Any) -> set[tuple[str, ...]] | None:
+    """A frame ``{"intents": [...], "slots": {name: value}}`` as a set of items; None if it is not one.
 
-
-def _python_calls(text: str) -> list[tuple[str, dict[str, Any]]] | None:
-    try:
-        tree = ast.parse(_FENCE.sub("", text).strip(), mode="eval").body
-    except SyntaxError:
+    Intents are compared as a set; a slot is its name and its SQuAD-normalised value ("25 to 7 p.m." matches
+    "25 to 7 pm").
+    """
+    if not isinstance(value, dict) or not ("intents" in value or "slots" in value):
         return None
-    nodes = tree.elts if isinstance(tree, ast.List | ast.Tuple) else [tree]
-    calls = []
-    for node in nodes:
-        if not isinstance(node, ast.Call) or node.args:
-            return None
-        try:
-            args = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
-        except ValueError:
-            return None
-        calls.append((ast.unparse(node.func), args))
-    return calls
+    intents, slots = value.get("intents", []), value.get("slots", {})
+    if not isinstance(intents, list) or not isinstance(slots, dict):
+        return None
+    items = {("intent", str(i).strip().lower()) for i in intents}
+    return items | {("slot", str(k).strip().lower(), normalize(str(v))) for k, v in slots.items()}
 
 
-def gold_calls(record: BenchRecord) -> list[dict[str, dict[str, list[Any]]]]:
-    """Accepted calls: BFCL ``possible_answer`` (``[{name: {arg: [accepted...]}}]``), else from ``output``."""
-    possible = record.metadata.get("possible_answer")
-    if possible is not None:
-        return list(possible)
+def _frames(record: BenchRecord, result: GenerateResult) -> tuple[set[tuple[str, ...]], set[tuple[str, ...]] | None]:
     try:
-        calls = parse_json(record.output) if record.output.strip() else []
+        gold = frame_items(json.loads(record.output))
+    except json.JSONDecodeError:
+        gold = None
+    if gold is None:
+        raise UsageError(f"record {record.id}: output is not a JSON frame with intents and slots", field="scorer")
+    try:
+        answer = frame_items(parse_json(result.text))
     except ValueError:
-        raise UsageError(f"record {record.id}: output is not a JSON call list", field="scorer") from None
-    calls = calls if isinstance(calls, list) else [calls]
-    return [{c["name"]: {k: [v] for k, v in (c.get("arguments") or c.get("args") or {}).items()}} for c in calls]
+        answer = None
+    return gold, answer
 
 
-def _std(value: Any) -> Any:
-    # BFCL's checker ignores case, spaces and some punctuation in strings.
-    if isinstance(value, str):
-        return re.sub(r"[ ,./\-_*^]", "", value).lower().replace("'", '"')
-    if isinstance(value, list | tuple):
-        return [_std(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _std(v) for k, v in value.items()}
-    return value
+def frame_f1(record: BenchRecord, result: GenerateResult) -> float:
+    """F1 over the frame's items (each intent, each slot name with its value); 1 when both frames are empty.
+
+    An answer that is not a frame scores 0.
+    """
+    gold, answer = _frames(record, result)
+    if answer is None:
+        return 0.0
+    if not gold and not answer:
+        return 1.0  # "no intent, no slot" answered correctly
+    common = len(gold & answer)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(answer), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
 
 
-def _value_ok(value: Any, accepted: Sequence[Any]) -> bool:
-    for option in accepted:
-        if isinstance(option, dict) and isinstance(value, dict):
-            if _args_ok(value, {k: v if isinstance(v, list) else [v] for k, v in option.items()}):
-                return True
-        elif isinstance(option, bool) or isinstance(value, bool):
-            if option is value:
-                return True
-        elif isinstance(option, int | float) and isinstance(value, int | float):
-            if float(option) == float(value):
-                return True
-        elif _std(option) == _std(value):
-            return True
-    return False
-
-
-def _args_ok(args: dict[str, Any], accepted: dict[str, list[Any]]) -> bool:
-    if any(name not in accepted for name in args):
-        return False
-    for name, options in accepted.items():
-        if name not in args:
-            if "" not in options:  # "" among the accepted values marks an optional argument
-                return False
-        elif not _value_ok(args[name], [o for o in options if o != ""] or options):
-            return False
-    return True
-
-
-def _name_ok(name: str, gold: str) -> bool:
-    # Gemini function names cannot contain dots, so a tool named math.factorial may come back as math_factorial.
-    return name == gold or name.replace(".", "_") == gold.replace(".", "_")
-
-
-def calls_match(calls: Sequence[tuple[str, dict[str, Any]]], golds: Sequence[dict[str, dict[str, list[Any]]]]) -> bool:
-    """Whether ``calls`` match ``golds`` one to one, in any order (BFCL parallel semantics)."""
-    if len(calls) != len(golds):
-        return False
-
-    def assign(i: int, used: frozenset[int]) -> bool:
-        if i == len(calls):
-            return True
-        name, args = calls[i]
-        for j, gold in enumerate(golds):
-            if j in used:
-                continue
-            (gname, accepted), = gold.items()
-            if _name_ok(name, gname) and _args_ok(args, accepted) and assign(i + 1, used | {j}):
-                return True
-        return False
-
-    return assign(0, frozenset())
-
-
-def function_call(record: BenchRecord, result: GenerateResult) -> float:
-    """1 if the calls made match the gold calls (names and every argument among its accepted values)."""
-    calls = predicted_calls(result)
-    return float(calls is not None and calls_match(calls, gold_calls(record)))
+def frame_exact(record: BenchRecord, result: GenerateResult) -> float:
+    """1 if the answer's intent set and slots (normalised values) equal the gold frame's."""
+    gold, answer = _frames(record, result)
+    return float(answer is not None and answer == gold)
 
 
 def regex_scorer(pattern: str | None) -> ScoreFn:
@@ -276,6 +184,8 @@ BUILTIN: dict[str, ScoreFn] = {
     "label_accuracy": label_accuracy,
     "json_schema": json_schema,
     "function_call": function_call,
+    "frame_f1": frame_f1,
+    "frame_exact": frame_exact,
 }
 
 
@@ -342,7 +252,8 @@ def resolve_scorer(spec: str | None, records: Sequence[BenchRecord] = ()) -> Sco
 
 
 def default_scorer(records: Sequence[BenchRecord]) -> str:
-    """The natural scorer for a dataset: labels → label_accuracy, gold calls → function_call, else token_f1."""
+    """The natural scorer for a dataset: labels → label_accuracy, gold calls → function_call, JSON frames →
+    frame_f1, else token_f1."""
     if not records:
         return "normalized_exact"
     first = records[0]
@@ -352,4 +263,9 @@ def default_scorer(records: Sequence[BenchRecord]) -> str:
         return "function_call"
     if "json_schema" in first.metadata or "schema" in first.metadata:
         return "json_schema"
+    try:
+        if frame_items(json.loads(first.output)) is not None:
+            return "frame_f1"
+    except json.JSONDecodeError:
+        pass
     return "token_f1"
