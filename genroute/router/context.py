@@ -12,7 +12,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from genroute.errors import GenrouteError
-from genroute.router.telemetry import Telemetry, error_type, usage_attributes, usage_of
+from genroute.router.telemetry import CurrentSpan, Telemetry, error_type, usage_attributes, usage_of
 from genroute.types import GenerateRequest, Usage
 
 if TYPE_CHECKING:
@@ -168,8 +168,7 @@ class _SpanScope:
     """Starts a CLIENT span as current and yields it with the metric attributes."""
 
     def __init__(self, tracer: trace.Tracer, name: str, span_attrs: dict[str, Any], attrs: dict[str, Any]) -> None:
-        self._cm = tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=span_attrs,
-                                                record_exception=False, set_status_on_exception=False)
+        self._cm = CurrentSpan(tracer, name, kind=SpanKind.CLIENT, attributes=span_attrs)
         self._attrs = attrs
 
     def __enter__(self) -> tuple[trace.Span, dict[str, Any]]:

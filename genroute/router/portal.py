@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -20,11 +21,15 @@ class Portal:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
+        self._waiting: set[concurrent.futures.Future[Any]] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The portal's loop, started on first use."""
         with self._lock:
+            if self._closed:
+                raise UsageError("the router is closed")
             if self._loop is None:
                 ready = threading.Event()
                 self._loop = asyncio.new_event_loop()
@@ -48,9 +53,39 @@ class Portal:
             return
         raise UsageError(f"{api}() is synchronous and cannot run inside a running event loop; use a{api}()")
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the portal loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+    def call(self, coro: Coroutine[Any, Any, T], *, timeout_s: float | None = None) -> T:
+        """Run ``coro`` on the portal loop and wait for its result (``TimeoutError`` after ``timeout_s``)."""
+        try:
+            loop = self.loop
+        except UsageError:
+            coro.close()
+            raise
+        return self._wait(asyncio.run_coroutine_threadsafe(coro, loop), timeout_s)
+
+    @staticmethod
+    def _submit(make: Any, loop: asyncio.AbstractEventLoop) -> concurrent.futures.Future[Any]:
+        if loop.is_closed():
+            raise UsageError("the router was closed while this stream was open")
+        coro = make()
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # closed between the check and the call
+            coro.close()
+            raise UsageError("the router was closed while this stream was open") from None
+
+    def _wait(self, future: concurrent.futures.Future[T], timeout_s: float | None = None) -> T:
+        with self._lock:
+            self._waiting.add(future)
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.CancelledError:  # close() stopped the loop under this call
+            raise UsageError("the router was closed while this request was in flight") from None
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"no result within {timeout_s}s") from None
+        finally:
+            with self._lock:
+                self._waiting.discard(future)
 
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """Drive an async iterator from sync code, one item at a time."""
@@ -64,22 +99,48 @@ class Portal:
 
         try:
             while True:
+                if self._closed:
+                    raise UsageError("the router was closed while this stream was open")
                 try:
-                    yield asyncio.run_coroutine_threadsafe(step(agen.__anext__()), loop).result()
+                    yield self._wait(self._submit(lambda: step(agen.__anext__()), loop))
                 except StopAsyncIteration:
                     return
         finally:
             aclose = getattr(agen, "aclose", None)
-            if aclose is not None and loop.is_running():
-                asyncio.run_coroutine_threadsafe(step(aclose()), loop).result()
+            if aclose is not None and loop.is_running() and not self._closed:
+                self._wait(asyncio.run_coroutine_threadsafe(step(aclose()), loop))
 
     def close(self) -> None:
-        """Stop the loop thread (pending callbacks are finished first)."""
+        """Stop the loop thread: tasks still on it are cancelled, and every thread waiting on one is woken.
+
+        Takes at most about 6 s even if the loop thread is stuck in blocking code: those waiting then get
+        ``UsageError`` and the (daemon) thread is left to finish on its own.
+        """
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
+            self._closed = True
         if loop is None or thread is None:
             return
+        if loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(_cancel_all(1.0), loop).result(timeout=2.0)
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, RuntimeError):
+                pass
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
-        loop.close()
+        with self._lock:
+            waiting = list(self._waiting)
+        for future in waiting:
+            future.cancel()
+        if not thread.is_alive():
+            loop.close()
+
+
+async def _cancel_all(timeout_s: float) -> None:
+    """Cancel every other task on this loop and give them ``timeout_s`` to unwind."""
+    tasks = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout_s)

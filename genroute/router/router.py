@@ -11,15 +11,16 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 from pydantic import ValidationError
 
 from genroute.errors import BackendUnavailable, GenrouteError, UsageError
 from genroute.policies.base import BackendInfo, Policy, PolicyContext
 from genroute.router.executor import Executor
+from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
 from genroute.router.portal import Portal
 from genroute.router.pricing import require_prices
-from genroute.router.telemetry import _ACTIVE_TRACER, Telemetry
+from genroute.router.telemetry import CurrentSpan, Telemetry
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 #: How long ``close`` waits for the telemetry providers it was given to export what they hold.
 _FLUSH_TIMEOUT_MS = 5000
+#: How long ``close`` lets requests in flight finish before it cancels them.
+CLOSE_DRAIN_S = 5.0
 
 
 class Router:
@@ -87,6 +90,7 @@ class Router:
             self._executor.outcomes = build_recorder(self.outcome_settings, self._executor, scrub=scrub,
                                                      secrets=engine_secrets(self.resources))
         self._portal = Portal()
+        self._inflight = InFlight()
         self._closed = False
 
     @classmethod
@@ -108,6 +112,9 @@ class Router:
     async def agenerate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
         """Answer one request (async)."""
         request = self._request(input, fields)
+        return await self._inflight.run(self._agenerate(request))
+
+    async def _agenerate(self, request: GenerateRequest) -> GenerateResult:
         async with self._root_span(request) as (span, decision, start, deadline):
             if deadline is None:
                 return await self._executor.run(request, decision, span, start, deadline)
@@ -124,9 +131,12 @@ class Router:
         request = self._request(input, fields)
         return self._portal.call(self.agenerate(request))
 
-    async def astream(self, input: str | GenerateRequest | None = None, /, **fields: Any
-                      ) -> AsyncIterator[GenerateChunk]:
+    def astream(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> RouterStream:
         """Stream one answer (async): text chunks, then a ``done`` chunk carrying the full result."""
+        return self._inflight.stream(self._astream(input, fields))
+
+    async def _astream(self, input: str | GenerateRequest | None, fields: dict[str, Any]
+                       ) -> AsyncIterator[GenerateChunk]:
         request = self._request(input, fields)
         async with self._root_span(request) as (span, decision, start, deadline):
             # aclosing: a caller that stops early closes every inner stream now, in this context.
@@ -211,22 +221,37 @@ class Router:
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    async def aclose(self) -> None:
-        """Wait for shadow runs, close backends and engines, and flush telemetry providers we were given."""
+    async def aclose(self, *, drain_s: float = CLOSE_DRAIN_S) -> None:
+        """Stop taking requests, let those in flight finish, close backends and engines, flush telemetry.
+
+        Requests and stream steps still running after ``drain_s`` seconds are cancelled, and streams left
+        open between chunks are closed: each of their callers gets ``UsageError`` (the router was closed)
+        within about ``drain_s + 2`` seconds of this call, and their budget holds are settled.
+        """
         if self._closed:
             return
         self._closed = True
+        await self._inflight.close(drain_s)
         await self._executor.drain_shadows()
         for backend in self.backends.values():
             await backend.aclose()
         await self.resources.aclose()
         await _flush(self._providers, _FLUSH_TIMEOUT_MS / 1000)
 
-    def close(self) -> None:
-        """Sync ``aclose`` (also stops the router's private loop thread)."""
+    def close(self, *, drain_s: float = CLOSE_DRAIN_S) -> None:
+        """Sync ``aclose`` (also stops the router's private loop thread).
+
+        Bounded even if a backend wedges the loop thread: after ``drain_s`` plus the time backends, shadows
+        and telemetry are given to close, the loop is stopped and every sync caller still waiting on it gets
+        ``UsageError``.
+        """
         Portal.refuse_inside_loop("close")
         if not self._closed:
-            self._portal.call(self.aclose())
+            bound = drain_s + UNWIND_S + 5.0 + _FLUSH_TIMEOUT_MS / 1000 + 5.0  # drain, unwind, shadows, flush, backends
+            try:
+                self._portal.call(self.aclose(drain_s=drain_s), timeout_s=bound)
+            except TimeoutError:
+                self._closed = True
         self._portal.close()
 
     def __enter__(self) -> Router:
@@ -297,11 +322,8 @@ class _RootSpan:
     async def __aenter__(self) -> tuple[Any, Decision, float, float | None]:
         router, request = self.router, self.request
         self.start = time.perf_counter()
-        self._cm = router.telemetry.tracer.start_as_current_span(
-            "genroute.generate", kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False)
-        span = self._cm.__enter__()
-        self.span = span
-        self._tracer_token = _ACTIVE_TRACER.set(router.telemetry.tracer)
+        self._cm = CurrentSpan(router.telemetry.tracer, "genroute.generate", active=router.telemetry.tracer)
+        span = self.span = self._cm.__enter__()
         # The deadline starts before the policy decides: a slow decision spends the request's time too.
         timeout = request.timeout_s or router.timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -327,10 +349,6 @@ class _RootSpan:
         self.__exit(exc)
 
     def __exit(self, exc: BaseException | None) -> None:
-        try:
-            _ACTIVE_TRACER.reset(self._tracer_token)
-        except ValueError:  # an abandoned stream finalized in another context: nothing of ours is set there
-            pass
         if exc is not None:
             kind = type(exc).__name__
             self.span.set_attribute("error.type", kind)

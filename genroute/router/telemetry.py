@@ -35,6 +35,45 @@ def active_tracer(default: trace.Tracer) -> trace.Tracer:
     return _ACTIVE_TRACER.get() or default
 
 
+class CurrentSpan:
+    """A span (and optionally the active tracer) made current for a block that may end in another context.
+
+    A stream's spans stay open across its yields; a stream abandoned without ``aclose`` is finalized by the
+    event loop in a fresh context, and one closed by ``Router.close`` in the closing task's. There
+    OpenTelemetry's ``start_as_current_span`` would fail to detach its token and log an ERROR traceback. Here
+    the span is ended wherever the block ends, and detached only in the context that attached it (elsewhere
+    nothing of it is current, so there is nothing to undo).
+    """
+
+    def __init__(self, tracer: trace.Tracer, name: str, *, kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+                 attributes: dict[str, Any] | None = None, active: trace.Tracer | None = None) -> None:
+        self._tracer = tracer
+        self._name = name
+        self._kind = kind
+        self._attributes = attributes
+        self._active = active
+
+    def __enter__(self) -> trace.Span:
+        from opentelemetry import context
+
+        self.span = self._tracer.start_span(self._name, kind=self._kind, attributes=self._attributes,
+                                            record_exception=False, set_status_on_exception=False)
+        self._token = context.attach(trace.set_span_in_context(self.span))
+        self._mark = _ACTIVE_TRACER.set(self._active if self._active is not None else _ACTIVE_TRACER.get())
+        return self.span
+
+    def __exit__(self, *exc: Any) -> None:
+        from opentelemetry import context
+
+        try:
+            _ACTIVE_TRACER.reset(self._mark)  # ValueError in a context other than the one we entered in
+        except (ValueError, RuntimeError):
+            pass
+        else:
+            context.detach(self._token)
+        self.span.end()
+
+
 def capture_from_env() -> bool:
     """Whether the standard env var opts in to recording prompts and completions."""
     return os.environ.get(CAPTURE_ENV, "").strip().lower() in {"1", "true", "yes"}

@@ -1,0 +1,174 @@
+"""Requests and streams in flight on a router, so that closing it ends each of them in a bounded time.
+
+``Router.aclose`` first lets in-flight work finish for up to ``drain_s``; then it cancels every request
+still running (on whichever event loop it runs) and closes every stream left open between two chunks. Each
+of those callers gets ``UsageError("the router was closed ...")`` instead of a hang, a bare
+``CancelledError`` or a stream that just stops; their budget holds are settled by the executor's own
+``finally`` blocks as the cancellation unwinds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from genroute.errors import UsageError
+
+T = TypeVar("T")
+
+#: How long cancelled requests and closed streams get to unwind (settle holds, end spans) after the drain.
+UNWIND_S = 2.0
+_POLL_S = 0.01
+_CLOSED = "the router was closed while this request was in flight"
+
+
+class InFlight:
+    """The router's running requests (by task, with the loop each runs on) and its open streams."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: dict[asyncio.Task[Any], list[Any]] = {}  # task -> [loop, depth]
+        self._cancelled: set[asyncio.Task[Any]] = set()
+        self._streams: weakref.WeakKeyDictionary[RouterStream, asyncio.AbstractEventLoop] = (
+            weakref.WeakKeyDictionary())
+        self._closers: set[Any] = set()
+        self.closed = False
+
+    async def run(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` as tracked work; a cancellation by ``close`` becomes ``UsageError``."""
+        task = asyncio.current_task()
+        assert task is not None
+        with self._lock:
+            if self.closed:
+                if asyncio.iscoroutine(awaitable):
+                    awaitable.close()
+                raise UsageError(_CLOSED)
+            entry = self._tasks.setdefault(task, [asyncio.get_running_loop(), 0])
+            entry[1] += 1
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            with self._lock:
+                ours = task in self._cancelled
+                self._cancelled.discard(task)
+            if ours and task.uncancel() == 0:  # cancelled by close alone (not also by its caller)
+                raise UsageError(_CLOSED) from None
+            raise
+        finally:
+            with self._lock:
+                entry = self._tasks.get(task)
+                if entry is not None:
+                    entry[1] -= 1
+                    if entry[1] <= 0:
+                        del self._tasks[task]
+
+    def stream(self, chunks: AsyncIterator[T]) -> RouterStream:
+        """``chunks`` wrapped so that each step is tracked and a closed router ends it with ``UsageError``."""
+        return RouterStream(chunks, self)
+
+    async def close(self, drain_s: float) -> None:
+        """Wait up to ``drain_s`` for in-flight work, then cancel what runs and close what is open.
+
+        Returns once everything has unwound or ``UNWIND_S`` more seconds have passed.
+        """
+        end = time.monotonic() + drain_s
+        while self._busy_running() and time.monotonic() < end:
+            await asyncio.sleep(_POLL_S)
+        with self._lock:
+            self.closed = True
+            tasks = [(task, entry[0]) for task, entry in self._tasks.items()]
+            streams = list(self._streams.items())
+        for task, loop in tasks:
+            _soon(loop, self._cancel, task)
+        for stream, loop in streams:
+            _soon(loop, self._close_stream, stream)
+        end = time.monotonic() + UNWIND_S
+        while time.monotonic() < end:
+            with self._lock:
+                if not self._tasks and not self._closers:
+                    return
+            await asyncio.sleep(_POLL_S)
+
+    def _busy_running(self) -> bool:
+        # Streams idle between chunks do not hold the drain: their consumer may never come back.
+        with self._lock:
+            return bool(self._tasks)
+
+    def _cancel(self, task: asyncio.Task[Any]) -> None:
+        """On ``task``'s own loop: cancel it if it is still inside tracked work (else it has left)."""
+        with self._lock:
+            if task not in self._tasks:
+                return
+            self._cancelled.add(task)
+        task.cancel("the router was closed")
+
+    def _close_stream(self, stream: RouterStream) -> None:
+        """On the stream's loop: close it unless a step is running (that step's task is cancelled instead)."""
+        if stream.stepping or stream.finished:
+            return
+        stream.closed_by_router = True
+        task = asyncio.get_running_loop().create_task(stream.aclose_inner())
+        with self._lock:
+            self._closers.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            with self._lock:
+                self._closers.discard(t)
+
+        task.add_done_callback(done)
+
+    def _register(self, stream: RouterStream) -> None:
+        with self._lock:
+            if stream not in self._streams:
+                self._streams[stream] = asyncio.get_running_loop()
+
+
+class RouterStream:
+    """What ``Router.astream`` returns: an async iterator of chunks, closed with an error if the router is."""
+
+    def __init__(self, chunks: AsyncIterator[Any], inflight: InFlight) -> None:
+        self._chunks = chunks
+        self._inflight = inflight
+        self.stepping = False
+        self.finished = False
+        self.closed_by_router = False
+
+    def __aiter__(self) -> RouterStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.closed_by_router:
+            raise UsageError("the router was closed while this stream was open")
+        if self.finished:
+            raise StopAsyncIteration
+        self._inflight._register(self)
+        self.stepping = True
+        try:
+            return await self._inflight.run(self._chunks.__anext__())
+        except BaseException:
+            self.finished = True
+            raise
+        finally:
+            self.stepping = False
+
+    async def aclose(self) -> None:
+        """Close the stream now: its backend's stream is closed and its budget hold settled."""
+        self.finished = True
+        await self.aclose_inner()
+
+    async def aclose_inner(self) -> None:
+        """Close the underlying generator (idempotent)."""
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # that loop is closed: nothing runs there any more
+        pass

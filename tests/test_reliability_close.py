@@ -1,0 +1,187 @@
+"""Closing a router with work in flight: every caller gets a result or a typed error within a bound.
+
+The loopback server holds each answer (``Fault.delay``) far longer than the close drain, so the requests
+are still waiting on the wire when ``close``/``aclose`` runs. Requests that finish within the drain keep
+their answer; the rest get ``UsageError`` (the router was closed) within ``drain_s + UNWIND_S`` plus fixed
+slack for a busy machine; nothing hangs and every budget hold is settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from genroute import GenerateResult, Router, UsageError
+from genroute.router.inflight import UNWIND_S
+from genroute.testing import Fault, Reply
+
+from .conftest import gemini_config
+
+DRAIN_S = 0.5
+SLACK_S = 5.0  # thread hand-offs and client teardown on a loaded 2-core machine; a hang takes forever
+HANG_CAP_S = 60.0
+COST = 0.001
+
+
+def _config(server: Any) -> dict[str, Any]:
+    config = gemini_config(server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": 1.0, "costs": {"chat": COST}}
+    return config
+
+
+def _held(router: Router) -> float:
+    return router.policy.ledger.snapshot()["*"]["reserved"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _sdk_imported() -> None:
+    from google import genai  # noqa: F401
+
+
+def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = fn()
+        except BaseException as exc:  # judged by the test
+            out["error"] = exc
+        out["ended"] = time.monotonic()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _wait_for_requests(server: Any, n: int) -> None:
+    end = time.monotonic() + 30
+    while len([r for r in server.requests if r.action in ("generateContent", "streamGenerateContent")]) < n:
+        assert time.monotonic() < end, "the requests never reached the server"
+        time.sleep(0.02)
+
+
+def test_close_with_sync_calls_in_flight_ends_every_caller_with_a_typed_error(gemini_server):
+    gemini_server.fault(Fault.delay(30), times=4)
+    router = Router.from_config(_config(gemini_server))
+    calls = [_in_thread(lambda: router.generate("hi", timeout_s=60)) for _ in range(4)]
+    _wait_for_requests(gemini_server, 4)
+    assert _held(router) == pytest.approx(4 * COST)
+    started = time.monotonic()
+    router.close(drain_s=DRAIN_S)
+    for thread, _ in calls:
+        thread.join(HANG_CAP_S)
+        assert not thread.is_alive(), "a caller is still blocked after close()"
+    for _, out in calls:
+        assert isinstance(out.get("error"), UsageError), out
+        assert "closed" in str(out["error"])
+        assert out["ended"] - started <= DRAIN_S + UNWIND_S + SLACK_S
+    assert _held(router) == 0.0  # every hold settled
+
+
+def test_close_lets_a_request_that_finishes_within_the_drain_keep_its_answer(gemini_server):
+    gemini_server.fault(Fault.delay(0.3))
+    gemini_server.reply_text("on time")
+    router = Router.from_config(_config(gemini_server))
+    thread, out = _in_thread(lambda: router.generate("hi", timeout_s=60))
+    _wait_for_requests(gemini_server, 1)
+    router.close(drain_s=10.0)
+    thread.join(HANG_CAP_S)
+    assert isinstance(out.get("result"), GenerateResult) and out["result"].text == "on time", out
+    assert _held(router) == 0.0
+
+
+def test_sync_stream_mid_step_and_idle_both_end_with_a_typed_error(gemini_server, caplog):
+    gemini_server.reply(Reply(parts=({"text": "one two three four"},), usage=(10, 4), chunks=4))
+    router = Router.from_config(_config(gemini_server))
+    idle = router.stream("first", timeout_s=60)
+    first = next(idle)  # this stream is now open between chunks, its hold taken
+    assert first.text
+    gemini_server.fault(Fault.delay(30))  # the second stream waits on the wire
+    busy, out = _in_thread(lambda: list(router.stream("second", timeout_s=60)))
+    _wait_for_requests(gemini_server, 2)
+    router.close(drain_s=DRAIN_S)
+    busy.join(HANG_CAP_S)
+    assert isinstance(out.get("error"), UsageError), out
+    with pytest.raises(UsageError, match="closed"):
+        next(idle)
+    assert _held(router) == 0.0
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text  # closed quietly
+
+
+def test_aclose_with_async_calls_in_flight(gemini_server):
+    gemini_server.fault(Fault.delay(30), times=3)
+
+    async def main() -> tuple[list[Any], float, float]:
+        router = Router.from_config(_config(gemini_server))
+
+        async def stream() -> list[Any]:
+            return [c async for c in router.astream("hi", timeout_s=60)]
+
+        tasks = [asyncio.create_task(router.agenerate("hi", timeout_s=60)) for _ in range(2)]
+        tasks.append(asyncio.create_task(stream()))
+        while len(gemini_server.requests) < 3:
+            await asyncio.sleep(0.02)
+        started = time.monotonic()
+        await router.aclose(drain_s=DRAIN_S)
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), HANG_CAP_S)
+        return outcomes, time.monotonic() - started, _held(router)
+
+    outcomes, elapsed, held = asyncio.run(main())
+    assert all(isinstance(o, UsageError) for o in outcomes), outcomes
+    assert elapsed <= DRAIN_S + UNWIND_S + SLACK_S
+    assert held == 0.0
+
+
+def test_a_caller_that_cancels_its_own_request_still_gets_cancelled_error(gemini_server):
+    gemini_server.fault(Fault.delay(30))
+
+    async def main() -> None:
+        async with Router.from_config(_config(gemini_server)) as router:
+            task = asyncio.create_task(router.agenerate("hi", timeout_s=60))
+            while not gemini_server.requests:
+                await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert _held(router) == 0.0
+
+    asyncio.run(main())
+
+
+def test_calls_after_close_are_refused_and_start_no_loop(gemini_server):
+    router = Router.from_config(_config(gemini_server))
+    router.close()
+    with pytest.raises(UsageError, match="closed"):
+        router.generate("hi")
+    with pytest.raises(UsageError, match="closed"):
+        list(router.stream("hi"))
+    assert router._portal._loop is None
+
+
+def test_an_astream_abandoned_without_aclosing_closes_quietly(gemini_server, caplog, otel):
+    """Finalized by the loop in another context: no "Failed to detach context" ERROR, spans still end."""
+    import gc
+
+    gemini_server.reply(Reply(parts=({"text": "one two three four"},), usage=(10, 4), chunks=4))
+
+    async def main() -> float:
+        async with Router.from_config(_config(gemini_server), **otel.providers) as router:
+            stream = router.astream("hi", timeout_s=60)
+            async for chunk in stream:
+                assert chunk.text
+                break  # abandoned: no aclose, no aclosing
+            del stream, chunk
+            gc.collect()
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+            return _held(router)
+
+    assert asyncio.run(main()) == 0.0
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    names = {s.name for s in otel.spans()}
+    assert "genroute.generate" in names and "generate_content gemini-2.5-flash" in names
