@@ -33,7 +33,7 @@ from genroute.policies.base import BackendInfo, PolicyContext
 from genroute.policies.learned import train
 from genroute.policies.semantic import SemanticConfig, SemanticPolicy, default_embedder
 from genroute.policies.stats import BackendStats, BenchStats
-from genroute.resources import Resources
+from genroute.runtime.resources import Resources
 from genroute.types import GenerateRequest
 
 DATA = Path("/work/shared/data")

@@ -43,8 +43,8 @@ _LAZY: dict[str, str] = {
     "ToolCall": "genroute.types",
     "RouterConfig": "genroute.config",
     "load_config": "genroute.config",
-    "Pricing": "genroute.router.pricing",
-    "ModelPrice": "genroute.router.pricing",
+    "Pricing": "genroute.runtime.pricing",
+    "ModelPrice": "genroute.runtime.pricing",
     "OutcomeSettings": "genroute.outcomes.settings",
     "OutcomeRecord": "genroute.outcomes.records",
     "side_effect_free": "genroute.tools",
@@ -76,7 +76,7 @@ if TYPE_CHECKING:
     from genroute.config import RouterConfig, load_config
     from genroute.outcomes.records import OutcomeRecord
     from genroute.outcomes.settings import OutcomeSettings
-    from genroute.router.pricing import ModelPrice, Pricing
+    from genroute.runtime.pricing import ModelPrice, Pricing
     from genroute.router.router import Router
     from genroute.tools import side_effect_free
     from genroute.types import (

@@ -106,7 +106,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from genroute.knowledge.ingest import ingest_paths
+    from genroute.knowledge.ingest_command import ingest_paths
 
     store_config, engines = None, {}
     if args.config:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genroute.errors import ConfigError
 from genroute.registry import Group, load
-from genroute.router.pricing import ModelPrice
+from genroute.runtime.pricing import ModelPrice
 
 
 class _Frozen(BaseModel):

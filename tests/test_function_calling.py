@@ -246,9 +246,9 @@ async def test_max_steps_answer_asks_once_more_without_tools(gemini_server: Gemi
 
 
 async def test_deadline_stops_the_loop(gemini_server: GeminiTestServer, otel: Otel) -> None:
-    from genroute.router.context import RunContext
-    from genroute.router.pricing import Pricing
-    from genroute.router.telemetry import Telemetry
+    from genroute.runtime.context import RunContext
+    from genroute.runtime.pricing import Pricing
+    from genroute.runtime.telemetry import Telemetry
     from genroute.types import GenerateRequest
 
     tools = Tools()

@@ -340,7 +340,7 @@ def generate_calls(server: GeminiTestServer) -> list[Any]:
 
 async def test_fixed_prefix_uses_gemini_context_cache(gemini_server: GeminiTestServer, otel: Otel,
                                                      knowledge: Knowledge, tmp_path: Path) -> None:
-    from genroute.router.pricing import DEFAULT_PRICES
+    from genroute.runtime.pricing import DEFAULT_PRICES
     from genroute.types import Usage
 
     collection, _ = await loaded(knowledge, tmp_path)

@@ -241,7 +241,7 @@ def test_concurrent_requests_from_threads(engine: LocalEngine) -> None:
 
 @pytest.mark.local
 async def test_router_on_the_local_engine_keeps_the_loop_free_and_states_the_cloud_cost(otel: Otel) -> None:
-    from genroute.router.pricing import DEFAULT_PRICES
+    from genroute.runtime.pricing import DEFAULT_PRICES
     from genroute.router.router import Router
 
     config = {"engines": {"local": {"kind": "local", "n_threads": 1}},

@@ -18,7 +18,7 @@ from genroute.knowledge.store import KnowledgeStore, StoreConfig
 from genroute.policies.base import BackendInfo, PolicyContext
 from genroute.policies.learned import LearnedConfig, LearnedPolicy, Outcome, RouterModel, best_backend, train
 from genroute.policies.semantic import SemanticConfig, SemanticPolicy, utterance_id
-from genroute.resources import Resources
+from genroute.runtime.resources import Resources
 from genroute.testing import GeminiTestServer
 from genroute.types import GenerateRequest
 

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from genroute import Router
-from genroute.router.telemetry import DURATION_BUCKETS
+from genroute.runtime.telemetry import DURATION_BUCKETS
 from genroute.testing.otlp import OtlpReceiver
 
 from .conftest import gemini_config

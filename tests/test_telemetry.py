@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from genroute import Router
-from genroute.router.pricing import ModelPrice, Pricing, PriceTier
-from genroute.router.telemetry import DURATION_BUCKETS, TOKEN_BUCKETS
+from genroute.runtime.pricing import ModelPrice, Pricing, PriceTier
+from genroute.runtime.telemetry import DURATION_BUCKETS, TOKEN_BUCKETS
 from genroute.testing import Fault
 from genroute.types import Usage
 
@@ -136,7 +136,7 @@ def test_routers_built_in_code_check_prices_too(gemini_server):
     from genroute import ConfigError
     from genroute.backends.prompt_template import PromptTemplateBackend, PromptTemplateConfig
     from genroute.engines.gemini import GeminiEngine
-    from genroute.resources import Resources
+    from genroute.runtime.resources import Resources
 
     engine = GeminiEngine("g", {"base_url": gemini_server.base_url, "api_key": "test"})
     config = PromptTemplateConfig(engine="g", model="acme-llm-9")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from google.oauth2.credentials import Credentials
 
-from genroute.router.pricing import DEFAULT_PRICES
+from genroute.runtime.pricing import DEFAULT_PRICES
 from genroute.router.router import Router
 from genroute.testing import GeminiTestServer
 from genroute.testing.replies import field_of

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from google.genai import types
 
     from genroute.engines.base import Engine
-    from genroute.resources import Resources
-    from genroute.router.context import RunContext
+    from genroute.runtime.resources import Resources
+    from genroute.runtime.context import RunContext
 
 
 class GenerationSettings(BaseModel):

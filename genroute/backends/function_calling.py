@@ -45,8 +45,8 @@ from genroute.types import GenerateRequest, ToolCall
 if TYPE_CHECKING:
     from google.genai import types
 
-    from genroute.resources import Resources
-    from genroute.router.context import RunContext
+    from genroute.runtime.resources import Resources
+    from genroute.runtime.context import RunContext
 
 _T = TypeVar("_T")
 

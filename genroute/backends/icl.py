@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from google.genai import types
 
     from genroute.knowledge.examples import ExampleRecord, ExampleStore
-    from genroute.router.context import RunContext
+    from genroute.runtime.context import RunContext
 
 # Gemini answers a request naming an expired or deleted cache with e.g. 403 "CachedContent not found
 # (or permission denied)"; other wordings seen mention "cached content" too.

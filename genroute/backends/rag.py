@@ -21,7 +21,7 @@ from genroute.types import Citation, GenerateRequest
 
 if TYPE_CHECKING:
     from genroute.knowledge.store import Hit, KnowledgeStore
-    from genroute.router.context import RunContext
+    from genroute.runtime.context import RunContext
 
 
 DEFAULT_TEMPLATE = """\

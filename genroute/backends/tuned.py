@@ -18,9 +18,9 @@ from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, u
 from genroute.errors import ConfigError
 
 if TYPE_CHECKING:
-    from genroute.resources import Resources
-    from genroute.router.context import RunContext
-    from genroute.router.pricing import Pricing
+    from genroute.runtime.resources import Resources
+    from genroute.runtime.context import RunContext
+    from genroute.runtime.pricing import Pricing
     from genroute.types import GenerateRequest
 
 

@@ -17,7 +17,7 @@ from genroute.bench.report import Summary, markdown_table, summarize, write_repo
 from genroute.bench.runner import POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_targets
 from genroute.bench.scorers import resolve_scorer
 from genroute.errors import UsageError
-from genroute.router.portal import Portal
+from genroute.runtime.portal import Portal
 
 if TYPE_CHECKING:
     from genroute.router.router import Router

@@ -99,7 +99,7 @@ async def answering_router(router: Router, record: BenchRecord, target: str,
     if decls is None or not swap:
         yield router
         return
-    from genroute.resources import Resources
+    from genroute.runtime.resources import Resources
 
     tools = {tool_name(d["name"]): stub_tool(d) for d in decls}
     shared = router.resources

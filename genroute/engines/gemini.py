@@ -299,7 +299,7 @@ class GeminiEngine(Engine):
         from google.genai import types
         from opentelemetry import trace
 
-        from genroute.router.telemetry import TRACER_NAME, active_tracer
+        from genroute.runtime.telemetry import TRACER_NAME, active_tracer
 
         seconds = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
         cfg = types.CreateCachedContentConfig(

@@ -6,7 +6,8 @@ Importing this package is cheap; Chroma and onnxruntime load on first use.
 from __future__ import annotations
 
 from genroute.knowledge.examples import ExampleRecord, ExampleStore, aload_examples
-from genroute.knowledge.ingest import IngestReport, aingest, ingest, ingest_paths
+from genroute.knowledge.ingest import IngestReport, aingest, ingest
+from genroute.knowledge.ingest_command import ingest_paths
 from genroute.knowledge.store import Hit, KnowledgeStore, StoreConfig, build_store
 
 __all__ = [

@@ -59,7 +59,7 @@ class Embedder(ABC):
         raise UsageError("embed() called inside a running event loop; await aembed() instead")
 
     def _span(self, kind: trace.SpanKind = trace.SpanKind.CLIENT) -> trace.Span:
-        from genroute.router.telemetry import active_tracer
+        from genroute.runtime.telemetry import active_tracer
 
         if self.tracer_provider is not None:
             tracer = trace.get_tracer("genroute", tracer_provider=self.tracer_provider)

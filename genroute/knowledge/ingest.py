@@ -22,7 +22,6 @@ from genroute.errors import UsageError
 from genroute.knowledge.chunking import Chunk, chunk_text, stored_chunk_id, token_counter
 
 if TYPE_CHECKING:
-    from genroute.engines.base import Engine
     from genroute.knowledge.store import KnowledgeStore
 
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".rst"})
@@ -245,30 +244,6 @@ async def upsert_missing(
 def ingest(store: KnowledgeStore, paths: Sequence[str | Path], *, collection: str, **kwargs: Any) -> IngestReport:
     """Sync twin of ``aingest``; refuses to run inside a running event loop."""
     return run_sync(aingest(store, paths, collection=collection, **kwargs), "ingest")
-
-
-def ingest_paths(
-    paths: list[str],
-    collection: str,
-    *,
-    store_config: Mapping[str, Any] | None = None,
-    engines: Mapping[str, Engine] | None = None,
-    kind: Literal["documents", "examples"] = "documents",
-    chunk_tokens: int = 200,
-    overlap: int = 40,
-    text_field: str = "text",
-    progress: bool = True,
-) -> IngestReport:
-    """What ``genroute ingest PATH... --collection NAME`` runs: build the store from config, ingest, report."""
-    from genroute.knowledge.store import build_store
-
-    store = build_store(store_config, engines=engines or {})
-    if kind == "examples":
-        from genroute.knowledge.examples import aload_examples
-
-        return run_sync(aload_examples(store, paths, collection=collection, progress=progress), "ingest")
-    return ingest(store, paths, collection=collection, chunk_tokens=chunk_tokens, overlap=overlap,
-                  text_field=text_field, progress=progress)
 
 
 def run_sync(coro: Any, what: str) -> Any:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
-    from genroute.resources import Resources
+    from genroute.runtime.resources import Resources
 
 
 class PolicyConfig(BaseModel):

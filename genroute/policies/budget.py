@@ -37,7 +37,7 @@ from genroute.policies.stats import BenchStats
 from genroute.types import Decision, GenerateRequest, Rung
 
 if TYPE_CHECKING:
-    from genroute.resources import Resources
+    from genroute.runtime.resources import Resources
 
 
 @dataclass

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from genroute.knowledge.store import KnowledgeStore
-    from genroute.resources import Resources
+    from genroute.runtime.resources import Resources
 
 
 class SemanticConfig(PolicyConfig):

@@ -13,7 +13,7 @@ from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
-    from genroute.resources import Resources
+    from genroute.runtime.resources import Resources
 
 
 class Arm(BaseModel):

@@ -1,24 +1,27 @@
-"""Building a Router from configuration: engines, knowledge, tools, backends, policy."""
+"""Building a Router from configuration (engines, knowledge, tools, backends, policy), and the price check
+every router makes however it was built."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.config import RouterConfig, import_object, load_config, validate_kind
-from genroute.resources import Resources
-from genroute.router.pricing import Pricing
+from genroute.runtime.resources import Resources
+from genroute.runtime.pricing import Pricing
 from genroute.router.validators import from_config
 
 if TYPE_CHECKING:
+    from genroute.backends.base import Backend
     from genroute.policies.base import Policy
-    from genroute.router.router import Router
     from genroute.router.validators import Judge, Validator
+
+R = TypeVar("R")
 
 
 def build_router(
-    cls: type[Router],
+    cls: Callable[..., R],
     source: str | Path | Mapping[str, Any] | RouterConfig,
     *,
     tools: Mapping[str, Callable[..., Any]] | None = None,
@@ -26,7 +29,7 @@ def build_router(
     engine_options: Mapping[str, Mapping[str, Any]] | None = None,
     policy: Policy | None = None,
     **router_kwargs: Any,
-) -> Router:
+) -> R:
     """Validate ``source`` and assemble the router it describes (nothing is sent to any model).
 
     ``tools`` and ``validators`` add Python callables to those named in config; ``policy`` replaces the
@@ -62,3 +65,20 @@ def build_router(
     router_kwargs.setdefault("timeout_s", config.timeout_s)
     router_kwargs.setdefault("outcomes", config.outcomes)
     return cls(backends, policy, resources=resources, validators=all_validators, **router_kwargs)
+
+
+def require_prices(backends: Mapping[str, Backend], pricing: Pricing) -> None:
+    """``ConfigError`` naming the config field when a backend's calls could not be priced (they would
+    silently cost 0), for routers built from config and in code alike; nothing is sent."""
+    for backend in backends.values():
+        engine = backend.engine  # ConfigError naming backends.<name>.engine if there is no such engine
+        # A backend may bill as another model (a tuned one at its base model's rates) and name that field.
+        billed_as = getattr(backend, "billed_as", None)
+        model, field = billed_as(pricing) if billed_as else (backend.config.model, f"backends.{backend.name}.model")
+        priced = engine.pricing_model(model)
+        if priced is not None:
+            pricing.require(priced, field=field)
+            continue
+        reference = getattr(engine, "reference_model", None)
+        if reference:  # a free local engine still reports what its calls would cost in the cloud
+            pricing.require(reference, field=f"engines.{backend.config.engine}.reference_model")

@@ -21,7 +21,7 @@ from genroute.errors import (
     AllRungsFailed, BackendError, BackendRejected, BudgetExceeded, GenrouteError, StreamInterrupted,
     ValidationFailed,
 )
-from genroute.router.context import RunContext
+from genroute.runtime.context import RunContext
 from genroute.router.validators import Check, Judge, Validator, named_in, resolve
 from genroute.types import (
     Decision, DecisionRecord, GenerateChunk, GenerateRequest, GenerateResult, Rung, RungAttempt, Usage,
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from genroute.backends.base import Backend
     from genroute.outcomes.recorder import OutcomeRecorder
     from genroute.policies.base import Policy
-    from genroute.router.pricing import Pricing
-    from genroute.router.telemetry import Telemetry
+    from genroute.runtime.pricing import Pricing
+    from genroute.runtime.telemetry import Telemetry
 
 _log = logging.getLogger(__name__)
 

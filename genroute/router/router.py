@@ -18,9 +18,9 @@ from genroute.errors import BackendUnavailable, GenrouteError, UsageError
 from genroute.policies.base import BackendInfo, Policy, PolicyContext
 from genroute.router.executor import Executor
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
-from genroute.router.portal import Portal
-from genroute.router.pricing import require_prices
-from genroute.router.telemetry import CurrentSpan, Telemetry
+from genroute.runtime.portal import Portal
+from genroute.router.build import require_prices
+from genroute.runtime.telemetry import CurrentSpan, Telemetry
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from genroute.config import RouterConfig
     from genroute.outcomes.records import OutcomeRecord
     from genroute.outcomes.settings import OutcomeSettings, ScrubHook
-    from genroute.resources import Resources
+    from genroute.runtime.resources import Resources
     from genroute.router.validators import Validator
 
 
@@ -60,7 +60,7 @@ class Router:
         scrub: ScrubHook | None = None,
     ) -> None:
         from genroute.outcomes.settings import settings_from
-        from genroute.resources import Resources
+        from genroute.runtime.resources import Resources
         from genroute.router.outcome_setup import check_shadows, unsafe_backends
 
         if not backends:

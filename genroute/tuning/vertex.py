@@ -280,7 +280,7 @@ def run_vertex_tuning(data: str | Path | None, settings: VertexTuningSettings, *
                       config_path: str | Path | None = None, resume: str | None = None, credentials: Any = None,
                       console: Console | None = None) -> TuningResult:
     """Sync ``tune_vertex`` (or ``resume_vertex`` when ``resume`` names a job) for the CLI."""
-    from genroute.router.portal import Portal
+    from genroute.runtime.portal import Portal
 
     Portal.refuse_inside_loop("run_vertex_tuning")
     if resume is not None:

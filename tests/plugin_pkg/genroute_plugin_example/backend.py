@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, user_content
-from genroute.router.context import RunContext
 from genroute.types import GenerateRequest
+
+if TYPE_CHECKING:
+    from genroute.runtime.context import RunContext
 
 
 class ShoutConfig(BackendConfig):

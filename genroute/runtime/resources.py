@@ -6,10 +6,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from genroute.errors import ConfigError
+from genroute.runtime.pricing import Pricing
 
 if TYPE_CHECKING:
     from genroute.engines.base import Engine
-    from genroute.router.pricing import Pricing
 
 
 class Resources:
@@ -23,8 +23,6 @@ class Resources:
         knowledge: Any = None,
         pricing: Pricing | None = None,
     ) -> None:
-        from genroute.router.pricing import Pricing
-
         self.engines = dict(engines)
         self.tools = dict(tools or {})
         self.knowledge = knowledge

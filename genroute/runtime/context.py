@@ -12,14 +12,14 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from genroute.errors import GenrouteError
-from genroute.router.telemetry import CurrentSpan, Telemetry, error_type, usage_attributes, usage_of
+from genroute.runtime.telemetry import CurrentSpan, Telemetry, error_type, usage_attributes, usage_of
 from genroute.types import GenerateRequest, Usage
 
 if TYPE_CHECKING:
     from google.genai import types
 
     from genroute.engines.base import Engine
-    from genroute.router.pricing import Pricing
+    from genroute.runtime.pricing import Pricing
 
 
 class RunContext:

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.errors import ConfigError
 from genroute.types import Usage
-
-if TYPE_CHECKING:
-    from genroute.backends.base import Backend
 
 
 class PriceTier(BaseModel):
@@ -117,23 +113,6 @@ class Pricing:
             return 0.0
         price = self.lookup(model)
         return 0.0 if price is None else price.cost(usage)
-
-
-def require_prices(backends: Mapping[str, Backend], pricing: Pricing) -> None:
-    """``ConfigError`` naming the config field when a backend's calls could not be priced (they would
-    silently cost 0), for routers built from config and in code alike; nothing is sent."""
-    for backend in backends.values():
-        engine = backend.engine  # ConfigError naming backends.<name>.engine if there is no such engine
-        # A backend may bill as another model (a tuned one at its base model's rates) and name that field.
-        billed_as = getattr(backend, "billed_as", None)
-        model, field = billed_as(pricing) if billed_as else (backend.config.model, f"backends.{backend.name}.model")
-        priced = engine.pricing_model(model)
-        if priced is not None:
-            pricing.require(priced, field=field)
-            continue
-        reference = getattr(engine, "reference_model", None)
-        if reference:  # a free local engine still reports what its calls would cost in the cloud
-            pricing.require(reference, field=f"engines.{backend.config.engine}.reference_model")
 
 
 def _names(model: str) -> tuple[str, ...]:

@@ -1,0 +1,37 @@
+"""What ``genroute ingest PATH... --collection NAME`` runs: documents (RAG) or examples (ICL) into a store.
+
+Apart from ``ingest`` so that example loading (which reuses ingestion's pieces) and ingestion do not import
+each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from genroute.knowledge.examples import aload_examples
+from genroute.knowledge.ingest import IngestReport, ingest, run_sync
+from genroute.knowledge.store import build_store
+
+if TYPE_CHECKING:
+    from genroute.engines.base import Engine
+
+
+def ingest_paths(
+    paths: list[str],
+    collection: str,
+    *,
+    store_config: Mapping[str, Any] | None = None,
+    engines: Mapping[str, Engine] | None = None,
+    kind: Literal["documents", "examples"] = "documents",
+    chunk_tokens: int = 200,
+    overlap: int = 40,
+    text_field: str = "text",
+    progress: bool = True,
+) -> IngestReport:
+    """What ``genroute ingest PATH... --collection NAME`` runs: build the store from config, ingest, report."""
+    store = build_store(store_config, engines=engines or {})
+    if kind == "examples":
+        return run_sync(aload_examples(store, paths, collection=collection, progress=progress), "ingest")
+    return ingest(store, paths, collection=collection, chunk_tokens=chunk_tokens, overlap=overlap,
+                  text_field=text_field, progress=progress)
