@@ -22,7 +22,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("genroute.config",),
     ("genroute.engines",),
     # Labeled data and scorers are leaves the outcome scoring shares with the benchmark.
-    ("genroute.knowledge", "genroute.tuning", "genroute.bench.datasets", "genroute.bench.scorers"),
+    ("genroute.knowledge", "genroute.tuning", "genroute.bench.datasets", "genroute.bench.scorers",
+     "genroute.bench.calls"),
     ("genroute.backends", "genroute.policies"),
     ("genroute.router", "genroute.outcomes"),
     ("genroute.bench",),
