@@ -1,4 +1,4 @@
-"""Command line: ``genroute demo | generate | ingest | bench | tune``."""
+"""Command line: ``genroute demo | generate | ingest | bench | tune | compile | graduate``."""
 
 from __future__ import annotations
 
@@ -43,9 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("tune", help="supervised fine-tuning: Vertex AI job or --local LoRA (see `genroute tune --help`)",
                    add_help=False)
+    sub.add_parser("compile", help="stats file and learned model from outcome records (see `genroute compile --help`)",
+                   add_help=False)
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in {"bench", "tune"}:
+    if argv and argv[0] in {"bench", "tune", "compile"}:
         return _delegate(argv[0], argv[1:])
     args = parser.parse_args(argv)
     try:
@@ -67,6 +69,10 @@ def _delegate(command: str, rest: list[str]) -> int:
             from genroute.bench.cli import bench_main
 
             return bench_main(rest)
+        if command == "compile":
+            from genroute.outcomes.cli import compile_main
+
+            return compile_main(rest)
         from genroute.tuning.cli import tune_main
 
         return tune_main(rest)

@@ -33,6 +33,8 @@ BUILTIN: dict[str, dict[str, str]] = {
         "budget": "genroute.policies.budget:BudgetPolicy",
         "learned": "genroute.policies.learned:LearnedPolicy",
         "cascade": "genroute.policies.cascade:CascadePolicy",
+        "explore": "genroute.policies.explore:ExplorePolicy",
+        "challenger": "genroute.policies.challenger:ChallengerPolicy",
     },
 }
 

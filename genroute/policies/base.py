@@ -48,6 +48,18 @@ class PolicyContext:
     budgets: Any = None
 
 
+@dataclass(frozen=True)
+class PolicyUpdate:
+    """What ``Router.refresh`` hands a policy: statistics and training rows from accumulated outcomes."""
+
+    #: ``BenchStats`` per task and backend, measured on outcomes (entries below ``min_n`` records left out).
+    stats: Any
+    #: ``learned.train`` rows (input, backend, score, cost_usd, record_id, task) from records with captured input.
+    rows: list[dict[str, Any]]
+    context: PolicyContext
+    min_n: int = 20
+
+
 class Policy(ABC):
     """Decides which backends answer a request, in which order, and why. Never calls a model."""
 
@@ -76,6 +88,11 @@ class Policy(ABC):
 
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         """Raise ``ConfigError`` if the policy names backends the router lacks (called once at build)."""
+
+    def refreshed(self, update: PolicyUpdate) -> Policy | None:
+        """A new policy that decides on ``update`` as well as what this one knew; ``None``: nothing to learn
+        (the default). Policies stay pure: the router swaps the returned policy in."""
+        return None
 
     def reserve(self, request: GenerateRequest, decision: Decision, backend: str) -> Any:
         """Called by the executor before a rung runs; may raise ``BudgetExceeded``. Returns a token."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
+from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
 from genroute.policies.static import check_backends
 from genroute.policies.stats import BackendStats, BenchStats
 from genroute.types import Decision, GenerateRequest, Rung
@@ -88,6 +89,16 @@ class CostAwarePolicy(Policy):
                   f"{floor:g}{slo_text}, ${entry.cost_per_request_usd:.6g}/request "
                   f"(cheapest of {len(eligible)} eligible)")
         return Decision(policy=self.name, rungs=rungs, reason=reason)
+
+    def refreshed(self, update: PolicyUpdate) -> CostAwarePolicy | None:
+        """A copy whose statistics are these with the outcome statistics merged in (outcomes win per task and
+        backend once measured on ``min_n`` records)."""
+        if not update.stats.tasks:
+            return None
+        base = self._stats if self._stats is not None else update.context.stats
+        new = copy.copy(self)
+        new._stats = (base if isinstance(base, BenchStats) else BenchStats()).merged(update.stats)
+        return new
 
     def _default(self, why: str) -> Decision:
         return Decision.single(self.name, self.config.default, f"cost_aware: {why} -> default {self.config.default}")

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.errors import ConfigError
-from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
+from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest, Rung
 
@@ -234,6 +234,22 @@ class LearnedPolicy(Policy):
         picks = [self.model.backends[int(i)] for i in ranked[: 1 + self.config.fallbacks]]
         return Decision(policy=self.name, rungs=tuple(Rung(backend=b) for b in picks),
                         reason=f"learned: {self.model.method} predicts {best} (confidence {confidence:.2f})")
+
+    def refreshed(self, update: PolicyUpdate) -> LearnedPolicy | None:
+        """A policy retrained on the outcomes' captured inputs (written next to ``model_path`` as
+        ``<name>.refreshed.npz``); ``None`` below ``min_n`` records or with fewer than two backends scored."""
+        records = {row["record_id"] for row in update.rows}
+        if len(records) < max(2, update.min_n) or len({row["backend"] for row in update.rows}) < 2:
+            return None
+        path = Path(self.config.model_path)
+        path = path.with_name(path.name.removesuffix(".npz").removesuffix(".refreshed") + ".refreshed.npz")
+        train(update.rows, path, embedder=self.embedder, method=self.model.method,  # type: ignore[arg-type]
+              k=int(self.model.meta.get("k", 7)), pass_score=float(self.model.meta.get("pass_score", 0.5)),
+              test_share=0.0)
+        new = LearnedPolicy.__new__(LearnedPolicy)
+        new.field = self.field
+        new.__init__(self.config.model_copy(update={"model_path": str(path)}), embedder=self.embedder)
+        return new
 
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         named = [(self.config.default, f"{self.field}.default")]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
+from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest
 
@@ -98,6 +99,15 @@ class SplitPolicy(Policy):
         if token is not None:
             inner, inner_token = token
             inner.settle(inner_token, cost_usd)
+
+    def refreshed(self, update: PolicyUpdate) -> SplitPolicy | None:
+        """A copy whose nested policies are refreshed (``None`` if none of them learned anything)."""
+        inners = [None if p is None else p.refreshed(update) for p in self._inner]
+        if all(p is None for p in inners):
+            return None
+        new = copy.copy(self)
+        new._inner = [old if fresh is None else fresh for old, fresh in zip(self._inner, inners, strict=True)]
+        return new
 
     def bind(self, resources: Resources) -> None:
         for inner in self._inner:

@@ -195,6 +195,12 @@ class Executor:
     def _context(self, request: GenerateRequest, backend: str, deadline: float | None) -> RunContext:
         return RunContext(request, backend, telemetry=self.telemetry, pricing=self.pricing, deadline=deadline)
 
+    def use_policy(self, policy: Policy) -> None:
+        """Decide with ``policy`` from now on (its validator names are resolved first)."""
+        for name, field in named_in(getattr(policy, "config", None), policy.field):
+            self._check(name, field)
+        self.policy = policy
+
     def resolve_check(self, name: str, field: str) -> Check:
         """The check a validator name resolves to (``ConfigError`` naming ``field`` if unknown)."""
         return self._check(name, field)

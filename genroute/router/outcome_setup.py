@@ -59,6 +59,8 @@ def shadowed_in(config: Any, field: str) -> Iterator[tuple[str, str]]:
     if isinstance(config, BaseModel):
         config = config.model_dump()
     if isinstance(config, Mapping):
+        if config.get("kind") == "challenger" and config.get("mode", "shadow") == "shadow":
+            yield str(config.get("backend")), f"{field}.backend"
         for key, value in config.items():
             path = f"{field}.{key}"
             if key == "shadow" and isinstance(value, list | tuple):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -15,12 +14,13 @@ from opentelemetry.trace import Status, StatusCode
 from pydantic import ValidationError
 
 from genroute.errors import BackendUnavailable, GenrouteError, UsageError
-from genroute.policies.base import BackendInfo, Policy, PolicyContext
+from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
 from genroute.runtime.portal import Portal
 from genroute.router.build import require_prices
 from genroute.runtime.telemetry import CurrentSpan, Telemetry
+from genroute.router.learning import Learning, backend_info
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
     from genroute.backends.base import Backend
     from genroute.config import RouterConfig
-    from genroute.outcomes.records import OutcomeRecord
     from genroute.outcomes.settings import OutcomeSettings, ScrubHook
     from genroute.runtime.resources import Resources
     from genroute.router.validators import Validator
@@ -41,7 +40,7 @@ _FLUSH_TIMEOUT_MS = 5000
 CLOSE_DRAIN_S = 5.0
 
 
-class Router:
+class Router(Learning):
     """Routes each request to a backend chosen by a policy, and records why, how long and how much."""
 
     def __init__(
@@ -74,7 +73,7 @@ class Router:
                                    meter_provider=meter_provider)
         # Flushed at close: batching processors and periodic readers would otherwise lose the last requests.
         self._providers = [p for p in (tracer_provider, meter_provider) if p is not None]
-        self.catalogue = {name: _info(name, b) for name, b in self.backends.items()}
+        self.catalogue = {name: backend_info(name, b) for name, b in self.backends.items()}
         self.policy.bind(self.resources)
         self.policy.validate_against(self.catalogue)
         self._unsafe = unsafe_backends(self.backends)
@@ -92,6 +91,7 @@ class Router:
         self._portal = Portal()
         self._inflight = InFlight()
         self._closed = False
+        self._refresher: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(
@@ -150,52 +150,17 @@ class Router:
         request = self._request(input, fields)
         return self._portal.iterate(self.astream(request))
 
-    async def afeedback(self, result: GenerateResult | str, /, *, score: float | None = None,
-                        label: str | None = None, input: str | None = None) -> OutcomeRecord:
-        """Record how a served answer turned out (async): a ``score`` in [0, 1] and/or the right ``label``.
-
-        ``result`` is the ``GenerateResult`` or its ``outcome_id`` (the trace id when traced). With
-        ``outcomes.capture`` on, the input and the accepted output (the label, else the answer when ``score``
-        passes) are kept as a labeled example after the scrub hook; otherwise no text is stored.
-        ``input`` supplies the request text for a result this process no longer remembers.
-        """
-        from genroute.outcomes.feedback import Feedback
-
-        recorder = self._executor.outcomes
-        if recorder is None:
-            raise UsageError("feedback needs an `outcomes` section (or Router(outcomes=...))", field="outcomes")
-        args = Feedback.parse(result, score=score, label=label, input=input)
-        judge = functools.partial(self._executor.run_judge, GenerateRequest(input="feedback"),
-                                  Decision.single("feedback", next(iter(self.backends)), "feedback"), None)
-        return await recorder.feedback(args.result, score=args.score, label=args.label, input=args.input,
-                                       run_judge=judge)
-
-    def feedback(self, result: GenerateResult | str, /, *, score: float | None = None, label: str | None = None,
-                 input: str | None = None) -> OutcomeRecord:
-        """Sync ``afeedback`` (not from inside a running event loop)."""
-        Portal.refuse_inside_loop("feedback")
-        return self._portal.call(self.afeedback(result, score=score, label=label, input=input))
-
-    async def adrain(self, timeout_s: float = 60.0) -> None:
-        """Wait until the shadow runs in flight (and their outcome records) are done, at most ``timeout_s``."""
-        await self._executor.drain_shadows(timeout_s)
-
-    def drain(self, timeout_s: float = 60.0) -> None:
-        """Sync ``adrain``."""
-        Portal.refuse_inside_loop("drain")
-        self._portal.call(self.adrain(timeout_s))
-
     def decide(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Decision:
         """What the policy would decide for this request, without running anything."""
         return self._decide(self._request(input, fields))
 
-    def refresh(self) -> None:
+    def _refresh_facts(self) -> None:
         """Re-read every backend's facts (e.g. after loading examples) so policies decide on current data."""
         for backend in self.backends.values():
             refresh = getattr(backend, "refresh", None)
             if refresh is not None:
                 refresh()
-        self.catalogue = {name: _info(name, b) for name, b in self.backends.items()}
+        self.catalogue = {name: backend_info(name, b) for name, b in self.backends.items()}
         self.context = PolicyContext(catalogue=self.catalogue, stats=self.context.stats, budgets=self.context.budgets)
 
     def replacing(self, backends: Mapping[str, Backend]) -> Router:
@@ -212,7 +177,7 @@ class Router:
             raise UsageError(f"unknown backend {unknown[0]!r}", field="backends")
         clone = copy.copy(self)
         clone.backends = {**self.backends, **backends}
-        clone.catalogue = {**self.catalogue, **{name: _info(name, b) for name, b in backends.items()}}
+        clone.catalogue = {**self.catalogue, **{name: backend_info(name, b) for name, b in backends.items()}}
         clone.context = PolicyContext(catalogue=clone.catalogue, stats=self.context.stats,
                                       budgets=self.context.budgets)
         clone._executor = copy.copy(self._executor)  # shares resolved validators and the shadow task set
@@ -231,6 +196,7 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        await self._stop_refresher()
         await self._inflight.close(drain_s)
         await self._executor.drain_shadows()
         for backend in self.backends.values():
@@ -309,6 +275,8 @@ class Router:
         return self._decide(request)
 
     def _root_span(self, request: GenerateRequest) -> _RootSpan:
+        if self._refresher is None and self.outcome_settings is not None:
+            self._start_refresher()
         return _RootSpan(self, request)
 
 
@@ -388,15 +356,6 @@ async def _flush(providers: list[Any], timeout_s: float) -> None:
         waits.append(done)
     if waits:
         await asyncio.wait(waits, timeout=timeout_s)
-
-
-def _info(name: str, backend: Backend) -> BackendInfo:
-    config = backend.config
-    engine = backend.resources.engines.get(config.engine)
-    return BackendInfo(
-        name=name, kind=backend.kind, capabilities=backend.capabilities, tasks=tuple(config.tasks),
-        provider=getattr(engine, "provider", "unknown"), model=config.model, facts=backend.facts(),
-    )
 
 
 def _default_policy(backends: Mapping[str, Backend]) -> Policy:

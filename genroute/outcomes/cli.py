@@ -1,0 +1,61 @@
+"""``genroute compile --outcomes FILE``: the cost_aware stats file and the learned model from outcome records.
+
+``FILE`` is an outcome store (``.db``) or an outcome-matrix JSONL file (benchmark rows, a public matrix, or
+``OutcomeStore.export_jsonl``): the same compile step whatever the records came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from genroute.errors import GenrouteError
+
+
+def compile_main(argv: Sequence[str]) -> int:
+    """Run ``genroute compile``; 0 on success, 2 on a usage error."""
+    parser = argparse.ArgumentParser(prog="genroute compile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--outcomes", required=True, help="outcome store (.db) or outcome-matrix JSONL")
+    parser.add_argument("--out", required=True, help="directory for stats.json (and learned.npz)")
+    parser.add_argument("--min-n", type=int, default=1, help="leave out entries scored on fewer records")
+    parser.add_argument("--task", default=None, help="only records of this task")
+    parser.add_argument("--no-learned", action="store_true", help="do not train learned.npz")
+    args = parser.parse_args(list(argv))
+    try:
+        return _compile(args)
+    except GenrouteError as exc:
+        print(f"genroute compile: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from genroute.outcomes.stats import outcome_stats, training_rows
+    from genroute.outcomes.store import read_outcome_file
+
+    records = read_outcome_file(args.outcomes, field="--outcomes")
+    if args.task is not None:
+        records = [r for r in records if r.task == args.task]
+    out = Path(args.out)
+    stats = outcome_stats(records, min_n=args.min_n, source=str(args.outcomes))
+    path = stats.save(out / "stats.json")
+    entries = sum(len(by) for by in stats.tasks.values())
+    print(f"{len(records)} records -> {path} ({entries} task/backend entries)")
+    for task, by in sorted(stats.tasks.items()):
+        for backend, entry in sorted(by.items()):
+            print(f"  {task} / {backend}: n={entry.n} quality={entry.quality:.3f} "
+                  f"${entry.cost_per_request_usd:.6f}/request p50={entry.latency_p50_s:.3f}s")
+    rows = training_rows(records)
+    if args.no_learned:
+        return 0
+    if len({r["backend"] for r in rows}) < 2 or len({r["record_id"] for r in rows}) < 2:
+        print("learned.npz not trained: it needs records with their input and two or more scored backends")
+        return 0
+    from genroute.policies.learned import train
+
+    report = train(rows, out / "learned.npz")
+    print(f"{report.model_path}: {report.method} on {report.n_train} records, routing accuracy "
+          f"{report.routing_accuracy:.3f} on {report.n_test} held out")
+    return 0

@@ -1,0 +1,201 @@
+"""The router's learning side: feedback, refresh from outcomes, challengers and promotion.
+
+A mixin of ``Router`` (kept apart so the request path stays one short module); every sync method is its async
+twin run through the router's one sync bridge (``Portal``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from genroute.errors import UsageError
+from genroute.runtime.portal import Portal
+from genroute.types import Decision, GenerateRequest, GenerateResult
+
+if TYPE_CHECKING:
+    from genroute.backends.base import Backend
+    from genroute.outcomes.records import OutcomeRecord
+    from genroute.outcomes.settings import OutcomeSettings
+    from genroute.policies.base import BackendInfo, Policy, PolicyContext
+    from genroute.router.executor import Executor
+
+_log = logging.getLogger(__name__)
+
+
+class Learning:
+    """Feedback, refresh, challengers and promotion (mixed into ``Router``)."""
+
+    backends: dict[str, Backend]
+    policy: Policy
+    context: PolicyContext
+    catalogue: dict[str, BackendInfo]
+    outcome_settings: OutcomeSettings | None
+    _executor: Executor
+    _portal: Portal
+    _unsafe: dict[str, tuple[str, ...]]
+    _refresher: asyncio.Task[None] | None
+
+    def _refresh_facts(self) -> None: ...
+
+    # -- feedback --------------------------------------------------------------------------------------
+
+    async def afeedback(self, result: GenerateResult | str, /, *, score: float | None = None,
+                        label: str | None = None, input: str | None = None) -> OutcomeRecord:
+        """Record how a served answer turned out (async): a ``score`` in [0, 1] and/or the right ``label``.
+
+        ``result`` is the ``GenerateResult`` or its ``outcome_id`` (the trace id when traced). With
+        ``outcomes.capture`` on, the input and the accepted output (the label, else the answer when ``score``
+        passes) are kept as a labeled example after the scrub hook; otherwise no text is stored.
+        ``input`` supplies the request text for a result this process no longer remembers.
+        """
+        import functools
+
+        from genroute.outcomes.feedback import Feedback
+
+        recorder = self._executor.outcomes
+        if recorder is None:
+            raise UsageError("feedback needs an `outcomes` section (or Router(outcomes=...))", field="outcomes")
+        args = Feedback.parse(result, score=score, label=label, input=input)
+        judge = functools.partial(self._executor.run_judge, GenerateRequest(input="feedback"),
+                                  Decision.single("feedback", next(iter(self.backends)), "feedback"), None)
+        return await recorder.feedback(args.result, score=args.score, label=args.label, input=args.input,
+                                       run_judge=judge)
+
+    def feedback(self, result: GenerateResult | str, /, *, score: float | None = None, label: str | None = None,
+                 input: str | None = None) -> OutcomeRecord:
+        """Sync ``afeedback`` (not from inside a running event loop)."""
+        Portal.refuse_inside_loop("feedback")
+        return self._portal.call(self.afeedback(result, score=score, label=label, input=input))
+
+    async def adrain(self, timeout_s: float = 60.0) -> None:
+        """Wait until the shadow runs in flight (and their outcome records) are done, at most ``timeout_s``."""
+        await self._executor.drain_shadows(timeout_s)
+
+    def drain(self, timeout_s: float = 60.0) -> None:
+        """Sync ``adrain``."""
+        Portal.refuse_inside_loop("drain")
+        self._portal.call(self.adrain(timeout_s))
+
+    # -- refresh ---------------------------------------------------------------------------------------
+
+    async def arefresh(self) -> bool:
+        """Re-read backend facts; with an outcome store, refresh the policy from accumulated outcomes.
+
+        ``cost_aware`` (and ``explore``) merge the outcome statistics over their benchmark ones (per task and
+        backend, once scored on ``outcomes.min_n`` records); ``learned`` retrains on records with captured input.
+        Returns whether the policy changed.
+        """
+        self._refresh_facts()
+        recorder = self._executor.outcomes
+        if recorder is None or self.outcome_settings is None:
+            return False
+        from genroute.outcomes.stats import outcome_stats, training_rows
+        from genroute.policies.base import PolicyUpdate
+
+        settings = self.outcome_settings
+        records = await recorder.store.records()
+
+        def build() -> Policy | None:  # training embeds inputs: off the event loop
+            update = PolicyUpdate(stats=outcome_stats(records, min_n=settings.min_n), rows=training_rows(records),
+                                  context=self.context, min_n=settings.min_n)
+            return self.policy.refreshed(update)
+
+        policy = await asyncio.to_thread(build)
+        if policy is None:
+            return False
+        self._use_policy(policy)
+        return True
+
+    def refresh(self) -> bool:
+        """Sync ``arefresh`` (not from inside a running event loop)."""
+        Portal.refuse_inside_loop("refresh")
+        return self._portal.call(self.arefresh())
+
+    def _start_refresher(self) -> None:
+        """Refresh every ``outcomes.refresh_every_s`` on the running loop (started by the first request)."""
+        every = self.outcome_settings.refresh_every_s if self.outcome_settings is not None else None
+        if every is None or self._refresher is not None:
+            return
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every)
+                try:
+                    await self.arefresh()
+                except Exception as exc:  # a failed refresh keeps the current policy; the next one retries
+                    _log.warning("scheduled refresh failed: %s: %s", type(exc).__name__, exc)
+
+        self._refresher = asyncio.get_running_loop().create_task(loop())
+
+    async def _stop_refresher(self) -> None:
+        task, self._refresher = self._refresher, None
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- challengers -----------------------------------------------------------------------------------
+
+    def add_challenger(self, name: str, backend: Backend, *, task: str, mode: Literal["shadow", "split"] = "shadow",
+                       share: float = 1.0) -> None:
+        """Add ``backend`` as ``name`` and route ``task`` to it as a shadow (measured) or a split arm."""
+        from genroute.policies.challenger import ChallengerConfig, ChallengerPolicy
+        from genroute.router.outcome_setup import refuse, unsafe_backends
+
+        if name in self.backends:
+            raise UsageError(f"backend {name!r} already exists", field="name")
+        unsafe = unsafe_backends({name: backend})
+        if mode == "shadow":
+            refuse(name, unsafe, field="backend")
+        config = ChallengerConfig(policy=self.policy.config.model_dump(), task=task, backend=name, mode=mode,
+                                  share=share)
+        self._add_backend(name, backend, unsafe)
+        self._use_policy(ChallengerPolicy(config, inner=self.policy))
+
+    def promote(self, task: str, backend: str) -> None:
+        """Send ``task`` to ``backend`` first from now on (the incumbent's rungs stay as fallbacks)."""
+        from genroute.policies.challenger import ChallengerConfig, ChallengerPolicy
+
+        if backend not in self.backends:
+            raise UsageError(f"unknown backend {backend!r}", field="backend")
+        current = self.policy
+        if isinstance(current, ChallengerPolicy) and current.config.task == task:
+            config = current.config.model_copy(update={"backend": backend, "promoted": True})
+            self._use_policy(ChallengerPolicy(config, inner=current.inner))
+            return
+        config = ChallengerConfig(policy=current.config.model_dump(), task=task, backend=backend, promoted=True)
+        self._use_policy(ChallengerPolicy(config, inner=current))
+
+    def _add_backend(self, name: str, backend: Backend, unsafe: Mapping[str, tuple[str, ...]]) -> None:
+        from genroute.policies.base import PolicyContext
+        from genroute.router.build import require_prices
+
+        require_prices({name: backend}, self._executor.pricing)
+        self.backends[name] = backend  # the executor holds this same mapping
+        self._unsafe.update(unsafe)
+        self._executor.unsafe_shadows = frozenset(self._unsafe)
+        self.catalogue = {**self.catalogue, name: backend_info(name, backend)}
+        self.context = PolicyContext(catalogue=self.catalogue, stats=self.context.stats, budgets=self.context.budgets)
+
+    def _use_policy(self, policy: Policy) -> None:
+        """Swap the policy in (checked first): decisions from now on are the new policy's."""
+        from genroute.router.outcome_setup import check_shadows
+
+        policy.validate_against(self.catalogue)
+        check_shadows(policy, self._unsafe)
+        self._executor.use_policy(policy)
+        self.policy = policy
+
+
+def backend_info(name: str, backend: Backend) -> BackendInfo:
+    """What policies may know about ``backend`` (its catalogue entry)."""
+    from genroute.policies.base import BackendInfo
+
+    config = backend.config
+    engine = backend.resources.engines.get(config.engine)
+    return BackendInfo(
+        name=name, kind=backend.kind, capabilities=backend.capabilities, tasks=tuple(config.tasks),
+        provider=getattr(engine, "provider", "unknown"), model=config.model, facts=backend.facts(),
+    )

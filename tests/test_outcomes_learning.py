@@ -1,0 +1,158 @@
+"""Policies that learn from outcomes: refresh (cost_aware, learned), exploration within its share, challengers,
+promotion, and ``genroute compile --outcomes``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from genroute import Router
+from genroute.cli import main as cli
+from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
+from genroute.policies import build_policy
+from genroute.policies.base import BackendInfo, PolicyContext
+from genroute.policies.stats import BackendStats, BenchStats
+from genroute.types import GenerateRequest
+
+from .conftest import gemini_config
+
+
+def router_config(server, tmp_path, policy, **outcomes):
+    cfg = gemini_config(server)
+    cfg["backends"]["pro"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-pro"}
+    cfg["policy"] = policy
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "min_n": 20, **outcomes}
+    return cfg
+
+
+def fill(tmp_path, n, sides, *, task="t", inputs=None):
+    """``n`` production records of ``task`` with the given per-backend (score, cost) sides."""
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for i in range(n):
+        store.upsert_sync(OutcomeRecord(
+            input=None if inputs is None else inputs[i % len(inputs)],
+            output=None if inputs is None else "x",
+            metadata={"id": f"{task}-{i}", "task": task},
+            outcomes={b: Side(score=score(i) if callable(score) else score, cost_usd=cost, latency_s=0.1 + i / 1000)
+                      for b, (score, cost) in sides.items()}))
+
+
+def bench_stats(tmp_path, chat_quality):
+    stats = BenchStats(tasks={"t": {
+        "chat": BackendStats(n=50, quality=chat_quality, latency_p50_s=0.1, latency_p95_s=0.2,
+                             cost_per_request_usd=0.0001),
+        "pro": BackendStats(n=50, quality=0.95, latency_p50_s=0.3, latency_p95_s=0.6, cost_per_request_usd=0.001)}})
+    return str(stats.save(tmp_path / "stats.json"))
+
+
+def test_refresh_changes_a_cost_aware_decision_when_outcomes_say_so(gemini_server, tmp_path):
+    policy = {"kind": "cost_aware", "stats_path": bench_stats(tmp_path, 0.5), "min_quality": 0.8, "default": "pro"}
+    with Router.from_config(router_config(gemini_server, tmp_path, policy)) as router:
+        assert router.decide("hi", task="t").rungs[0].backend == "pro"   # the benchmark: chat too weak
+        fill(tmp_path, 10, {"chat": (1.0, 0.0001), "pro": (1.0, 0.001)})
+        assert router.refresh() is False or router.decide("hi", task="t").rungs[0].backend == "pro"  # 10 < min_n
+        fill(tmp_path, 30, {"chat": (lambda i: float(i % 10 != 0), 0.0001), "pro": (1.0, 0.001)})
+        assert router.refresh() is True
+        decision = router.decide("hi", task="t")
+        assert decision.rungs[0].backend == "chat" and "quality 0.9 >= 0.8" in decision.reason
+        assert router.decide("hi", task="other").rungs[0].backend == "pro"   # other tasks: unchanged
+
+
+def test_refresh_retrains_the_learned_policy_from_captured_outcomes(gemini_server, tmp_path):
+    from genroute.policies.learned import train
+
+    texts = [f"where is my card number {i}" for i in range(12)] + [f"what fee did you charge me {i}" for i in range(12)]
+    # The benchmark said: pro for everything. Production says: chat is right (and cheaper) for card questions.
+    train([{"input": t, "backend": b, "score": 1.0 if b == "pro" else 0.0, "cost_usd": c, "record_id": t}
+           for t in texts for b, c in (("chat", 0.0001), ("pro", 0.001))], tmp_path / "learned.npz")
+    policy = {"kind": "learned", "model_path": str(tmp_path / "learned.npz"), "default": "pro"}
+    with Router.from_config(router_config(gemini_server, tmp_path, policy)) as router:
+        assert router.decide("where is my card number 99").rungs[0].backend == "pro"
+        fill(tmp_path, 24, {"chat": (lambda i: float(i < 12), 0.0001), "pro": (1.0, 0.001)}, task="bank",
+             inputs=texts)
+        assert router.refresh() is True
+        assert router.decide("where is my card number 99").rungs[0].backend == "chat"
+        assert router.decide("what fee did you charge me 99").rungs[0].backend == "pro"
+    assert (tmp_path / "learned.refreshed.npz").is_file() and (tmp_path / "learned.npz").is_file()
+
+
+CTX = PolicyContext(catalogue={b: BackendInfo(name=b, kind="x") for b in ("icl", "tuned", "prompt")})
+
+
+def explore(share, stats=None):
+    policy = build_policy({"kind": "explore", "policy": {"kind": "static", "backend": "icl"}, "share": share,
+                           "candidates": ["icl", "tuned"], "cost_weight": 100.0})
+    return policy, PolicyContext(catalogue=CTX.catalogue, stats=stats)
+
+
+@pytest.mark.parametrize("share", [0.05, 0.2])
+def test_exploration_stays_within_its_share(share):
+    policy, context = explore(share)
+    n = 4000
+    decisions = [policy.decide(GenerateRequest(input="review", key=f"user-{i}"), context) for i in range(n)]
+    explored = [d for d in decisions if d.rungs[0].backend != "icl"]
+    # Eligibility is a hash below `share`: a binomial count, so allow 3 standard deviations, never more.
+    assert 0 < len(explored) <= n * share + 3 * (n * share * (1 - share)) ** 0.5
+    assert all(d.rungs[1].backend == "icl" and d.reason.startswith("explore: Thompson") for d in explored)
+    again = [policy.decide(GenerateRequest(input="review", key=f"user-{i}"), context) for i in range(200)]
+    assert again == decisions[:200]   # pure: the same request, the same decision
+
+
+def test_exploration_follows_the_evidence_and_the_cost_term():
+    def stats(tuned_quality, tuned_cost):
+        return BenchStats(tasks={"*": {
+            "icl": BackendStats(n=500, quality=0.8, latency_p50_s=1, latency_p95_s=1, cost_per_request_usd=0.001),
+            "tuned": BackendStats(n=500, quality=tuned_quality, latency_p50_s=1, latency_p95_s=1,
+                                  cost_per_request_usd=tuned_cost)}})
+
+    def explored(s):
+        policy, context = explore(0.5, s)
+        return sum(policy.decide(GenerateRequest(input="r", key=str(i)), context).rungs[0].backend == "tuned"
+                   for i in range(1000))
+
+    assert explored(stats(0.5, 0.0002)) == 0          # clearly worse: never sent traffic
+    assert explored(stats(0.8, 0.0002)) > 400         # as good and cheaper: nearly every eligible request
+    assert explored(stats(0.8, 0.003)) == 0           # as good but dearer by more than the cost term allows
+
+
+def test_challenger_shadow_split_and_promotion(gemini_server, tmp_path):
+    from genroute.backends.prompt_template import PromptTemplateBackend, PromptTemplateConfig
+
+    cfg = router_config(gemini_server, tmp_path, {"kind": "static", "backend": "chat"})
+    with Router.from_config(cfg) as router:
+        challenger = PromptTemplateBackend(
+            "lite", PromptTemplateConfig(kind="prompt_template", engine="gemini", model="gemini-2.5-flash-lite"),
+            router.resources)
+        router.add_challenger("lite", challenger, task="sentiment")
+        decision = router.decide("good", task="sentiment")
+        assert decision.rungs[0].backend == "chat" and decision.shadow == ("lite",)
+        assert router.decide("good", task="other").shadow == ()
+        gemini_server.reply_text("positive")
+        gemini_server.reply_text("positive")
+        result = router.generate("good", task="sentiment")
+        router.drain()
+        record = OutcomeStore(tmp_path / "outcomes.db").records_sync()[0]
+        assert record.id == result.outcome_id and record.outcomes["lite"].agreement == 1.0
+        router.promote("sentiment", "lite")
+        promoted = router.decide("good", task="sentiment")
+        assert [r.backend for r in promoted.rungs] == ["lite", "chat"] and promoted.shadow == ()
+        assert "promoted" in promoted.reason
+    split = build_policy({"kind": "challenger", "policy": {"kind": "static", "backend": "icl"}, "task": "t",
+                          "backend": "tuned", "mode": "split", "share": 0.25})
+    firsts = [split.decide(GenerateRequest(input="x", task="t", key=str(i)), CTX).rungs[0].backend
+              for i in range(2000)]
+    assert 0.2 < firsts.count("tuned") / 2000 < 0.3
+
+
+def test_compile_from_outcomes(tmp_path, capsys):
+    fill(tmp_path, 30, {"chat": (lambda i: float(i % 2), 0.0001), "pro": (1.0, 0.001)})
+    OutcomeStore(tmp_path / "outcomes.db").export_jsonl(tmp_path / "matrix.jsonl")
+    for source in ("outcomes.db", "matrix.jsonl"):
+        assert cli(["compile", "--outcomes", str(tmp_path / source), "--out", str(tmp_path / source[:3])]) == 0
+        stats = BenchStats.load(tmp_path / source[:3] / "stats.json")
+        assert stats.tasks["t"]["chat"].quality == 0.5 and stats.tasks["t"]["pro"].n == 30
+    assert "learned.npz not trained" in capsys.readouterr().out   # no captured inputs
+    assert cli(["compile", "--outcomes", str(tmp_path / "missing.db"), "--out", str(tmp_path)]) == 2
+    line = json.loads((tmp_path / "matrix.jsonl").read_text().splitlines()[0])
+    assert set(line) == {"input", "output", "metadata", "outcomes"} and line["metadata"]["task"] == "t"
