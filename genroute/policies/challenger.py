@@ -13,18 +13,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
+from genroute.policies.nested import NestedPolicy
 from genroute.policies.split import bucket
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest, Rung
-
-if TYPE_CHECKING:
-    from genroute.runtime.resources import Resources
-
 
 class ChallengerConfig(PolicyConfig):
     """Config of ``ChallengerPolicy``."""
@@ -39,7 +36,7 @@ class ChallengerConfig(PolicyConfig):
     salt: str = ""
 
 
-class ChallengerPolicy(Policy):
+class ChallengerPolicy(NestedPolicy):
     """Route one task's challenger as a shadow, a split arm, or (promoted) first."""
 
     kind = "challenger"
@@ -76,15 +73,6 @@ class ChallengerPolicy(Policy):
         inner = self.inner.refreshed(update)
         return None if inner is None else ChallengerPolicy(self.config, inner=inner)
 
-    def reserve(self, request: GenerateRequest, decision: Decision, backend: str) -> Any:
-        return self.inner.reserve(request, decision, backend)
-
-    def settle(self, token: Any, cost_usd: float) -> None:
-        self.inner.settle(token, cost_usd)
-
-    def bind(self, resources: Resources) -> None:
-        self.inner.bind(resources)
-
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         check_backends(catalogue, [(self.config.backend, f"{self.field}.backend")])
-        self.inner.validate_against(catalogue)
+        super().validate_against(catalogue)

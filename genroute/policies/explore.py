@@ -14,19 +14,16 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
+from genroute.policies.base import BackendInfo, PolicyConfig, PolicyContext, PolicyUpdate
+from genroute.policies.nested import NestedPolicy
 from genroute.policies.split import bucket
 from genroute.policies.static import check_backends
 from genroute.policies.stats import BenchStats
 from genroute.types import Decision, GenerateRequest, Rung
-
-if TYPE_CHECKING:
-    from genroute.runtime.resources import Resources
-
 
 class ExploreConfig(PolicyConfig):
     """Config of ``ExplorePolicy``."""
@@ -40,7 +37,7 @@ class ExploreConfig(PolicyConfig):
     salt: str = ""
 
 
-class ExplorePolicy(Policy):
+class ExplorePolicy(NestedPolicy):
     """Thompson sampling with a cost term, bounded by a traffic share, over a nested policy."""
 
     kind = "explore"
@@ -94,16 +91,7 @@ class ExplorePolicy(Policy):
         new.inner = self.inner.refreshed(update) or self.inner
         return new
 
-    def reserve(self, request: GenerateRequest, decision: Decision, backend: str) -> Any:
-        return self.inner.reserve(request, decision, backend)
-
-    def settle(self, token: Any, cost_usd: float) -> None:
-        self.inner.settle(token, cost_usd)
-
-    def bind(self, resources: Resources) -> None:
-        self.inner.bind(resources)
-
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         check_backends(catalogue, [(b, f"{self.field}.candidates.{i}")
                                    for i, b in enumerate(self.config.candidates or ())])
-        self.inner.validate_against(catalogue)
+        super().validate_against(catalogue)
