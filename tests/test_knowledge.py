@@ -427,3 +427,70 @@ def test_a_missing_chroma_cli_fails_server_tests_when_required(monkeypatch: pyte
             env.setenv(var, value)
             with pytest.raises(pytest.fail.Exception, match="server mode is untested"):
                 chroma_fixtures._chroma_cli()
+
+
+# -- overlapping runs and path spellings -------------------------------------------------------
+
+PAUSED_CHILD = """
+import json, pathlib, sys, time
+from genroute.knowledge import build_store, ingest
+cfg, path, collection, go = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], pathlib.Path(sys.argv[4])
+def pause(n, done):
+    print("written", flush=True)  # its chunks are in; it has not yet deleted the stale ones
+    while not go.exists():
+        time.sleep(0.02)
+ingest(build_store(cfg, engines={}), [path], collection=collection, chunk_tokens=20, overlap=0, on_batch=pause)
+print("finished", flush=True)
+"""
+
+
+def _version(n: int) -> str:
+    kept = " ".join(f"Kept sentence {j} stays the same in every version of the file." for j in range(6))
+    changed = " ".join(f"Version {n} sentence {j} exists only in version {n}." for j in range(6))
+    return f"{kept}\n\n{changed}"
+
+
+async def test_an_older_overlapping_ingest_never_deletes_a_newer_ones_chunks(knowledge: Knowledge,
+                                                                             tmp_path: Path) -> None:
+    """Run A (another process) reads v1 and writes; the file becomes v2 and run B ingests it whole; then A
+    finishes. A must not delete B's chunks as stale (it did: the current file lost its new chunks)."""
+    doc, go = tmp_path / "doc.txt", tmp_path / "go"
+    doc.write_text(_version(1), encoding="utf-8")
+    collection = knowledge.name("overlap")
+    child = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_CHILD, json.dumps(knowledge.config), str(doc), collection, str(go)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "written", child.stderr.read() if child.stderr else ""
+    doc.write_text(_version(2), encoding="utf-8")
+    store = knowledge.store()
+    await aingest(store, [doc], collection=collection, chunk_tokens=20, overlap=0)
+    go.touch()
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0 and "finished" in out, err
+    stored = {h.id for h in await store.get_all(collection, kind="documents")}
+    assert stored == expected_ids([doc], 20, 0)  # v2's chunks all there; v1's own chunks gone
+
+
+async def test_one_file_is_one_source_however_its_path_is_spelled(knowledge: Knowledge, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    doc = corpus / "doc01.md"
+    doc.write_text("# Doc\n\n" + _version(1), encoding="utf-8")
+    (tmp_path / "link.md").symlink_to(doc)
+    monkeypatch.chdir(tmp_path)
+    store, collection = knowledge.store(), knowledge.name("spell")
+    spellings = [Path("corpus/doc01.md"), doc.absolute(), Path("corpus/../corpus/doc01.md"), Path("link.md")]
+    for spelling in spellings:
+        await aingest(store, [spelling], collection=collection, chunk_tokens=20, overlap=0)
+    report = await aingest(store, spellings, collection=collection, chunk_tokens=20, overlap=0)
+    assert report.files == 1
+    want = expected_ids([doc], 20, 0)
+    assert {h.id for h in await store.get_all(collection, kind="documents")} == want
+    doc.write_text("# Doc\n\n" + _version(2), encoding="utf-8")  # an edit under one spelling replaces it for all
+    await aingest(store, [Path("link.md")], collection=collection, chunk_tokens=20, overlap=0)
+    stored = await store.get_all(collection, kind="documents")
+    assert {h.id for h in stored} == expected_ids([doc], 20, 0) != want
+    assert {h.metadata["source"] for h in stored} == {str(doc.resolve())}

@@ -4,6 +4,15 @@ Chunk ids are hashes of a chunk's source and text, and each batch is one Chroma 
 all), so a run killed half-way and run again ends with exactly one copy of every chunk. Chunks already stored are
 skipped before embedding, which makes the re-run cheap as well as correct; chunks a re-ingested file no longer
 produces are deleted after the new ones are in.
+
+A source is keyed by its resolved path (symlinks and ``..`` resolved, absolute), so one file is stored once
+however it is spelled. Runs may overlap (two processes, or two machines on one ``chroma run`` server): each
+chunk carries a generation stamp (``genroute.generation``: the wall-clock ns at which its file was read), and a
+run deletes only stale chunks older than its own reading of that file. So a run that read the file before it
+was edited can never delete the chunks of a run that read it after, whichever finishes first. A lock was the
+other choice; Chroma has none, and a file lock would not reach other machines sharing a server, while stamped
+deletes need nothing but Chroma. (If an older run's writes land after a newer run has finished, its leftover
+chunks stay until the file is next ingested; nothing current is ever lost.)
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 PDF_SUFFIXES = frozenset({".pdf"})
 SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | JSONL_SUFFIXES | PDF_SUFFIXES
 DEFAULT_BATCH = 256
+#: Metadata key of a chunk's generation stamp: when (wall-clock ns) the run that last wrote it read its file.
+GENERATION = "genroute.generation"
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 
 
@@ -72,23 +83,27 @@ def expand_paths(paths: Sequence[str | Path], *, field: str = "paths") -> list[P
         raise UsageError("pass a list of paths, not one path", field=field)
     if not paths:
         raise UsageError("no paths given", field=field)
-    files: list[Path] = []
+    files: dict[Path, None] = {}  # resolved, each once, in the order given
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
             if not found:
                 raise UsageError(f"{path} holds no {', '.join(sorted(SUFFIXES))} files", field=field)
-            files.extend(found)
+            files.update(dict.fromkeys(p.resolve() for p in found))
         elif path.is_file():
-            files.append(path)
+            files[path.resolve()] = None
         else:
             raise UsageError(f"no such file or directory: {path}", field=field)
-    return files
+    return list(files)
 
 
 def read_documents(path: Path, *, text_field: str = "text") -> Iterator[Document]:
-    """The documents in one file: text, Markdown sections, JSONL records with ``text_field``, or PDF pages."""
+    """The documents in one file: text, Markdown sections, JSONL records with ``text_field``, or PDF pages.
+
+    Their ``source`` is the file's resolved path: however the file is named, it is one source.
+    """
+    path = path.resolve()
     suffix = path.suffix.lower()
     if suffix in PDF_SUFFIXES:
         yield from _pdf_documents(path)
@@ -185,25 +200,51 @@ async def aingest(
     files = expand_paths(paths)
     _check_chunk_size(store, chunk_tokens)
     chunks: dict[str, tuple[str, dict[str, Any]]] = {}
+    generations: dict[str, int] = {}
     documents = 0
     for path in files:
+        generation = time.time_ns()
         docs = list(read_documents(path, text_field=text_field))
         documents += len(docs)
         for chunk, meta in chunk_documents(iter(docs), chunk_tokens=chunk_tokens, overlap=overlap):
+            generations[meta["source"]] = generation
             # identical text twice in one file: stored once
-            chunks.setdefault(stored_chunk_id(meta["source"], chunk.text), (chunk.text, meta))
+            chunks.setdefault(stored_chunk_id(meta["source"], chunk.text), (chunk.text, {**meta, GENERATION: generation}))
     if not chunks:
         raise UsageError("the files hold no text to ingest", field="paths")
     added, batches = await upsert_missing(store, collection, chunks, kind="documents", batch_size=batch_size,
                                           progress=progress, on_batch=on_batch)
     removed = 0
-    for source in sorted({meta["source"] for _, meta in chunks.values()}):
-        stale = await store.ids_where(collection, {"source": source}, kind="documents") - chunks.keys()
-        await store.delete(collection, sorted(stale), kind="documents")
-        removed += len(stale)
+    for source, generation in sorted(generations.items()):
+        removed += await _settle_source(store, collection, source, generation, chunks)
     return IngestReport(collection=collection, files=len(files), documents=documents, chunks=len(chunks),
                         added=added, skipped=len(chunks) - added, batches=batches, removed=removed,
                         seconds=time.perf_counter() - started)
+
+
+async def _settle_source(store: KnowledgeStore, collection: str, source: str, generation: int,
+                         chunks: Mapping[str, tuple[str, dict[str, Any]]]) -> int:
+    """After this run's writes: stamp its kept chunks, delete older stale ones, re-add any an older run removed.
+
+    Returns how many stale chunks were deleted.
+    """
+    mine = {i for i, (_, meta) in chunks.items() if meta["source"] == source}
+    stored = await store.metadatas_where(collection, {"source": source}, kind="documents")
+    stamps = {i: int(meta.get(GENERATION, 0)) for i, meta in stored.items()}
+    # Chunks an earlier run wrote and this one kept are this reading's now: an overlapping older run
+    # (which only deletes below its own stamp) must not take them.
+    restamp = sorted(i for i in mine if i in stamps and stamps[i] < generation)
+    await store.update_metadatas(collection, restamp, [chunks[i][1] for i in restamp], kind="documents")
+    stale = sorted(i for i, stamp in stamps.items() if i not in mine and stamp < generation)
+    unstamped = [i for i in stale if GENERATION not in stored[i]]  # written before stamps existed
+    await store.delete(collection, unstamped, kind="documents")
+    # ``where`` re-checks the stamp at delete time: a newer run may have taken the chunk since the read above.
+    await store.delete(collection, [i for i in stale if GENERATION in stored[i]], kind="documents",
+                       where={GENERATION: {"$lt": generation}})
+    if max(stamps.values(), default=0) <= generation:  # still the newest reading of this file
+        # An older run may have deleted a kept chunk between its read and our restamp: put it back.
+        await upsert_missing(store, collection, {i: chunks[i] for i in sorted(mine)}, kind="documents")
+    return len(stale)
 
 
 async def upsert_missing(

@@ -298,22 +298,34 @@ class KnowledgeStore:
 
     async def ids_where(self, name: str, where: Mapping[str, Any], *, kind: Kind) -> set[str]:
         """The ids of the records whose metadata matches ``where``."""
-        col = await self.collection(name, kind=kind)
-        got = await self._run(col.get, where=dict(where), include=[])
-        return set(got["ids"])
+        return set(await self.metadatas_where(name, where, kind=kind))
 
-    def delete_sync(self, name: str, ids: Sequence[str], *, kind: Kind) -> None:
-        """Delete ``ids`` in batches Chroma accepts (blocking)."""
+    async def metadatas_where(self, name: str, where: Mapping[str, Any], *, kind: Kind) -> dict[str, dict[str, Any]]:
+        """Id -> metadata of the records whose metadata matches ``where``."""
+        col = await self.collection(name, kind=kind)
+        got = await self._run(col.get, where=dict(where), include=["metadatas"])
+        return {i: dict(m or {}) for i, m in zip(got["ids"], got["metadatas"] or [None] * len(got["ids"]))}
+
+    async def update_metadatas(self, name: str, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]], *,
+                               kind: Kind) -> None:
+        """Replace the metadata of stored ``ids`` (texts and vectors stay; ids no longer stored are skipped)."""
+        if not ids:
+            return
+        col = await self.collection(name, kind=kind)
+        await self._run(col.update, ids=list(ids), metadatas=[clean_metadata(m) for m in metadatas])
+
+    def delete_sync(self, name: str, ids: Sequence[str], *, kind: Kind, where: Mapping[str, Any] | None = None) -> None:
+        """Delete ``ids`` (those also matching ``where``, if given) in batches Chroma accepts (blocking)."""
         if not ids:
             return
         col = self.collection_sync(name, kind=kind)
         size, ids = self.max_batch_size(), list(ids)
         for start in range(0, len(ids), size):
-            self._guard(col.delete, ids=ids[start:start + size])
+            self._guard(col.delete, ids=ids[start:start + size], where=dict(where) if where else None)
 
-    async def delete(self, name: str, ids: Sequence[str], *, kind: Kind) -> None:
-        """Delete ``ids`` in batches Chroma accepts."""
-        await self._run(self.delete_sync, name, ids, kind=kind)
+    async def delete(self, name: str, ids: Sequence[str], *, kind: Kind, where: Mapping[str, Any] | None = None) -> None:
+        """Delete ``ids`` (those also matching ``where``, if given) in batches Chroma accepts."""
+        await self._run(self.delete_sync, name, ids, kind=kind, where=where)
 
     async def upsert(self, name: str, ids: Sequence[str], texts: Sequence[str],
                      metadatas: Sequence[Mapping[str, Any]], *, kind: Kind,
