@@ -39,7 +39,16 @@ class ConfigError(UsageError):
 
 
 class BackendError(GenrouteError):
-    """A backend or engine failed at run time."""
+    """A backend or engine failed at run time.
+
+    When the router raises it, ``cost_usd`` is what the failed request cost (every rung tried: calls that
+    timed out, were cancelled or cut short cost what the provider bills for them), ``usage`` their tokens
+    (a ``genroute.Usage``) and ``cost_estimated`` whether part of that is genroute's estimate.
+    """
+
+    cost_usd: float = 0.0
+    usage: Any = None
+    cost_estimated: bool = False
 
     def __init__(self, message: str, *, backend: str | None = None, status: int | None = None) -> None:
         self.backend = backend

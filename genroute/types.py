@@ -123,14 +123,17 @@ class Decision(_Frozen):
 
 
 class RungAttempt(_Frozen):
-    """How one rung went: its outcome, latency and cost."""
+    """How one rung went: its outcome, latency and cost (a failed or cancelled rung's too)."""
 
     backend: str
-    outcome: Literal["ok", "error", "rejected_by_validator", "skipped"]
+    outcome: Literal["ok", "error", "rejected_by_validator", "skipped", "cancelled"]
     error_type: str | None = None
     error: str | None = None
     latency_s: float = 0.0
     cost_usd: float = 0.0
+    usage: Usage = Usage()
+    cost_estimated: bool = Field(default=False, description="Part of the cost is genroute's estimate, not "
+                                 "the provider's final usage (a call timed out, was cancelled or cut short).")
 
 
 class DecisionRecord(_Frozen):
@@ -149,7 +152,11 @@ class GenerateResult(_Frozen):
     backend: str
     model: str
     usage: Usage = Usage()
-    cost_usd: float = 0.0
+    cost_usd: float = Field(default=0.0, description="USD over every rung tried, failed ones included.")
+    cost_estimated: bool = Field(default=False, description="Part of ``cost_usd`` is genroute's estimate: some "
+                                 "call timed out, was cancelled or cut short before the provider reported usage.")
+    cache_storage_cost_usd: float = Field(default=0.0, description="Part of ``cost_usd``: context-cache storage "
+                                          "this request paid for (tokens x TTL hours) when it created a cache.")
     cloud_equivalent_cost_usd: float | None = None
     latency_s: float = 0.0
     time_to_first_token_s: float | None = None

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from genroute.engines.base import Engine
+from genroute.runtime.billing import bill, estimate_input, processed
 from genroute.engines.errors import map_error
 from genroute.engines.retry import RetryConfig, call_with_retry
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted
+from genroute.types import Usage
 
 if TYPE_CHECKING:
     from google import genai
@@ -158,6 +160,13 @@ class GeminiEngine(Engine):
     def _map(self, exc: Exception) -> GenrouteError:
         return map_error(exc, backend=self.name, secrets=self._secrets())
 
+    @staticmethod
+    def _bill_lost(exc: BaseException, contents: list[types.Content],
+                   config: types.GenerateContentConfig | None) -> None:
+        """Bill the input of an attempt that failed with ``exc`` if the provider processed it anyway."""
+        if processed(exc):
+            bill(Usage(input_tokens=estimate_input(contents, config)))
+
     def _attempt_timeout(self, remaining_s: float) -> tuple[float, float | None]:
         """This attempt's timeout, and the same if it must override the client's default (else ``None``)."""
         if remaining_s >= self.config.timeout_s:
@@ -182,7 +191,10 @@ class GeminiEngine(Engine):
                     return await models.generate_content(
                         model=model, contents=contents, config=_with_timeout(config, override)
                     )
-            except Exception as exc:
+            except BaseException as exc:
+                self._bill_lost(exc, contents, config)
+                if not isinstance(exc, Exception):
+                    raise  # a cancellation: the caller is going away
                 raise self._map(exc) from exc
 
         return await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
@@ -211,9 +223,12 @@ class GeminiEngine(Engine):
                     first = await anext(chunks, None)
                 if first is None:
                     raise BackendUnavailable("stream ended before its first chunk", backend=self.name)
-            except Exception as exc:
+            except BaseException as exc:
                 if chunks is not None:
                     await _close_quietly(chunks)
+                self._bill_lost(exc, contents, config)
+                if not isinstance(exc, Exception):
+                    raise
                 raise self._map(exc) from exc
             return chunks, first, end
 

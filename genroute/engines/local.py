@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.engines.base import Engine
+from genroute.runtime.billing import bill, estimate_input
 from genroute.engines.local_prompt import Defaults, Prepared, PromptFormat, prepare
 from genroute.engines.local_sampling import constrained_tokens
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
+from genroute.types import Usage
 
 if TYPE_CHECKING:
     from google.genai import types
@@ -304,7 +306,10 @@ class LocalEngine(Engine):
         cancel = threading.Event()
         try:
             outcome = await asyncio.wait_for(self._submit(self._run, prep, None, cancel), timeout_s)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            bill(Usage(input_tokens=estimate_input(contents, config)))  # the prompt was (being) evaluated
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             raise BackendUnavailable(f"local generation exceeded {timeout_s}s", backend=self.name) from None
         finally:
             cancel.set()  # stops the worker if we were cancelled or timed out
@@ -324,6 +329,7 @@ class LocalEngine(Engine):
         emit = None if prep.function_call else (lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
         job = self._submit(self._run, prep, emit, cancel)
         deadline = None if timeout_s is None else loop.time() + timeout_s
+        deltas_seen = 0
         try:
             while True:
                 getter = asyncio.ensure_future(deltas.get())
@@ -331,8 +337,11 @@ class LocalEngine(Engine):
                 done, _ = await asyncio.wait({getter, job}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 if not done:
                     getter.cancel()
+                    if deltas_seen == 0:  # nothing reached the caller, who charges what it received
+                        bill(Usage(input_tokens=estimate_input(contents, config)))
                     raise BackendUnavailable(f"local generation exceeded {timeout_s}s", backend=self.name)
                 if getter in done:
+                    deltas_seen += 1
                     yield types.GenerateContentResponse(
                         candidates=[types.Candidate(content=types.Content(role="model", parts=[types.Part(text=getter.result())]), index=0)],
                         model_version=self.model_version)

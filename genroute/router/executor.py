@@ -43,20 +43,43 @@ MAX_SHADOWS = 16
 
 
 @dataclass
-class _Ledger:
-    """What the rungs of one request added up to."""
+class Ledger:
+    """What the rungs of one request added up to (failed, cancelled and abandoned ones included)."""
 
     attempts: list[RungAttempt] = field(default_factory=list)
     usage: Usage = Usage()
     cost_usd: float = 0.0
+    cost_estimated: bool = False
+    cache_storage_cost_usd: float = 0.0
     cloud_equivalent_cost_usd: float | None = None
 
     def add(self, attempt: RungAttempt, ctx: RunContext) -> None:
         self.attempts.append(attempt)
         self.usage = self.usage + ctx.usage
         self.cost_usd += ctx.cost_usd
+        self.cost_estimated = self.cost_estimated or ctx.cost_estimated
+        self.cache_storage_cost_usd += ctx.cache_storage_cost_usd
         if ctx.cloud_equivalent_cost_usd is not None:
             self.cloud_equivalent_cost_usd = (self.cloud_equivalent_cost_usd or 0.0) + ctx.cloud_equivalent_cost_usd
+
+    def charge(self, error: BaseException, span: trace.Span | None = None) -> None:
+        """Put the summed cost on ``error`` (a genroute error) and on the root ``span``."""
+        if isinstance(error, BackendError):
+            error.cost_usd, error.usage, error.cost_estimated = self.cost_usd, self.usage, self.cost_estimated
+        if span is not None:
+            span.set_attributes(self.span_attributes())
+
+    def span_attributes(self) -> dict[str, Any]:
+        """The root span's cost attributes."""
+        attrs: dict[str, Any] = {"genroute.rungs_tried": len(self.attempts),
+                                 "gen_ai.usage.cost.amount": self.cost_usd, "gen_ai.usage.cost.currency": "USD"}
+        if self.cost_estimated:
+            attrs["genroute.cost.estimated"] = True
+        if self.cache_storage_cost_usd:
+            attrs["genroute.cost.cache_storage.amount"] = self.cache_storage_cost_usd
+        if self.cloud_equivalent_cost_usd is not None:
+            attrs["genroute.cloud_equivalent.cost.amount"] = self.cloud_equivalent_cost_usd
+        return attrs
 
 
 class Executor:
@@ -100,9 +123,13 @@ class Executor:
     # -- complete answers ------------------------------------------------------------------------------
 
     async def run(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
-                  deadline: float | None) -> GenerateResult:
-        """Run rungs until one answers acceptably; raise a typed error when none does."""
-        ledger = _Ledger()
+                  deadline: float | None, ledger: Ledger | None = None) -> GenerateResult:
+        """Run rungs until one answers acceptably; raise a typed error when none does.
+
+        ``ledger`` (a fresh one if not given) sums what every rung cost, so a caller that times the whole
+        request out can still say what it cost.
+        """
+        ledger = ledger if ledger is not None else Ledger()
         last_error: GenrouteError | None = None
         for index, rung in enumerate(decision.rungs):
             checks = self._checks_for(rung, index) if rung.validators else ()
@@ -122,6 +149,10 @@ class Executor:
                 if _final(exc, rung):
                     break
                 continue
+            except BaseException as exc:  # cancelled (or the request's deadline): what was spent still counts
+                self._record(span, ledger, ctx, rung, index, rung_start, exc)
+                ledger.charge(exc, span)
+                raise
             self._record(span, ledger, ctx, rung, index, rung_start, None)
             result = self._result(decision, ledger, ctx, output, span, start, None)
             self._served(request, decision, span, result, output)
@@ -137,7 +168,7 @@ class Executor:
         A rung with validators that is not the last one is buffered (validated before anything is sent), so
         that a rejected answer can still fall through; the last rung streams live.
         """
-        ledger = _Ledger()
+        ledger = Ledger()
         last_error: GenrouteError | None = None
         first_chunk_s: float | None = None
         for index, rung in enumerate(decision.rungs):
@@ -173,12 +204,17 @@ class Executor:
                 last_error = exc
                 self._record(span, ledger, ctx, rung, index, rung_start, exc)
                 if sent:
-                    raise StreamInterrupted(
-                        f"stream from {rung.backend!r} failed after output was sent: {exc}", backend=rung.backend
-                    ) from exc
+                    interrupted = StreamInterrupted(
+                        f"stream from {rung.backend!r} failed after output was sent: {exc}", backend=rung.backend)
+                    ledger.charge(interrupted, span)
+                    raise interrupted from exc
                 if _final(exc, rung):
                     break
                 continue
+            except BaseException as exc:  # the consumer stopped reading or was cancelled: charged all the same
+                self._record(span, ledger, ctx, rung, index, rung_start, exc)
+                ledger.charge(exc, span)
+                raise
             for text in pending:
                 if first_chunk_s is None:
                     first_chunk_s = time.perf_counter() - start
@@ -240,51 +276,54 @@ class Executor:
         finally:
             ctx.usage = ctx.usage + side.usage
             ctx.cost_usd += side.cost_usd
+            ctx.cost_estimated = ctx.cost_estimated or side.cost_estimated
+            ctx.cache_storage_cost_usd += side.cache_storage_cost_usd
             if side.cloud_equivalent_cost_usd is not None:
                 ctx.cloud_equivalent_cost_usd = (ctx.cloud_equivalent_cost_usd or 0.0) + side.cloud_equivalent_cost_usd
 
-    def _record(self, span: trace.Span, ledger: _Ledger, ctx: RunContext, rung: Rung, index: int,
-                rung_start: float, error: GenrouteError | None) -> None:
+    def _record(self, span: trace.Span, ledger: Ledger, ctx: RunContext, rung: Rung, index: int,
+                rung_start: float, error: BaseException | None) -> None:
         if error is None:
             outcome = "ok"
         elif isinstance(error, ValidationFailed):
             outcome = "rejected_by_validator"
-        else:
+        elif isinstance(error, GenrouteError):
             outcome = "error"
+        else:
+            outcome = "cancelled"
         attempt = RungAttempt(
             backend=rung.backend, outcome=outcome,
             error_type=None if error is None else type(error).__name__,
             error=None if error is None else str(error),
             latency_s=time.perf_counter() - rung_start, cost_usd=ctx.cost_usd,
+            usage=ctx.usage, cost_estimated=ctx.cost_estimated,
         )
         ledger.add(attempt, ctx)
         event: dict[str, Any] = {
             "genroute.rung.index": index, "genroute.backend": rung.backend, "genroute.rung.outcome": outcome,
             "genroute.rung.latency_s": attempt.latency_s, "gen_ai.usage.cost.amount": attempt.cost_usd,
         }
+        if attempt.cost_estimated:
+            event["genroute.cost.estimated"] = True
         if error is not None:
             event["error.type"] = attempt.error_type
         span.add_event("genroute.rung", event)
 
-    def _result(self, decision: Decision, ledger: _Ledger, ctx: RunContext, output: BackendOutput,
+    def _result(self, decision: Decision, ledger: Ledger, ctx: RunContext, output: BackendOutput,
                 span: trace.Span, start: float, first_chunk_s: float | None) -> GenerateResult:
         backend = ledger.attempts[-1].backend
         span.set_attributes({
-            "genroute.backend": backend,
-            "genroute.rungs_tried": len(ledger.attempts),
-            "gen_ai.usage.cost.amount": ledger.cost_usd,
-            "gen_ai.usage.cost.currency": "USD",
+            "genroute.backend": backend, **ledger.span_attributes(),
             **({"gen_ai.response.model": output.model} if output.model else {}),
         })
-        if ledger.cloud_equivalent_cost_usd is not None:
-            span.set_attribute("genroute.cloud_equivalent.cost.amount", ledger.cloud_equivalent_cost_usd)
         if first_chunk_s is not None:
             span.set_attribute("genroute.time_to_first_token_s", first_chunk_s)
         context = span.get_span_context()
         trace_id = format(context.trace_id, "032x") if context.is_valid else None
         return GenerateResult(
             text=output.text, backend=backend, model=ctx.model or output.model,
-            usage=ledger.usage, cost_usd=ledger.cost_usd,
+            usage=ledger.usage, cost_usd=ledger.cost_usd, cost_estimated=ledger.cost_estimated,
+            cache_storage_cost_usd=ledger.cache_storage_cost_usd,
             cloud_equivalent_cost_usd=ledger.cloud_equivalent_cost_usd,
             latency_s=time.perf_counter() - start,
             time_to_first_token_s=first_chunk_s,
@@ -295,21 +334,20 @@ class Executor:
             outcome_id=None if self.outcomes is None else trace_id or uuid.uuid4().hex,
         )
 
-    def _failure(self, decision: Decision, ledger: _Ledger, last_error: GenrouteError | None,
+    def _failure(self, decision: Decision, ledger: Ledger, last_error: GenrouteError | None,
                  span: trace.Span) -> GenrouteError:
-        span.set_attributes({
-            "genroute.rungs_tried": len(ledger.attempts),
-            "gen_ai.usage.cost.amount": ledger.cost_usd, "gen_ai.usage.cost.currency": "USD",
-        })
+        span.set_attributes(ledger.span_attributes())
         # One rung, or every rung refused by a budget: the caller gets that typed error, not a wrapper.
         if last_error is not None and (len(decision.rungs) == 1 or all(
                 a.error_type == BudgetExceeded.__name__ for a in ledger.attempts)):
+            ledger.charge(last_error)
             return last_error
         tried = "; ".join(f"{a.backend}: {a.error_type}" for a in ledger.attempts)
         untried = len(decision.rungs) - len(ledger.attempts)
         what = f"a final error ended the decision, {untried} rung(s) not tried" if untried else "every rung failed"
         error = AllRungsFailed(f"{what} ({tried})", attempts=list(ledger.attempts))
         error.__cause__ = last_error
+        ledger.charge(error)
         return error
 
     # -- shadows ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from genroute.errors import BackendUnavailable, GenrouteError, UsageError
 from genroute.policies.base import Policy, PolicyContext
-from genroute.router.executor import Executor
+from genroute.router.executor import Executor, Ledger
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
 from genroute.runtime.portal import Portal
 from genroute.router.build import require_prices
@@ -118,12 +118,15 @@ class Router(Learning):
         async with self._root_span(request) as (span, decision, start, deadline):
             if deadline is None:
                 return await self._executor.run(request, decision, span, start, deadline)
+            ledger = Ledger()
             try:
                 async with asyncio.timeout_at(asyncio.get_running_loop().time() + (deadline - time.monotonic())):
-                    return await self._executor.run(request, decision, span, start, deadline)
+                    return await self._executor.run(request, decision, span, start, deadline, ledger)
             except TimeoutError:
-                raise BackendUnavailable(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded",
-                                         backend=decision.rungs[0].backend) from None
+                error = BackendUnavailable(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded",
+                                           backend=decision.rungs[0].backend)
+                ledger.charge(error)  # what the timed-out attempts cost the provider still counts
+                raise error from None
 
     def generate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
         """Answer one request (sync; not from inside a running event loop)."""

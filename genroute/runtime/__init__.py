@@ -9,7 +9,7 @@ It sits below every package that does the work and imports none of them::
     knowledge, tuning    Chroma collections and embedders; tuning jobs; labeled data and scorers
     engines              model runtimes
     config               configuration models and loading
-    runtime              run context, resources, pricing, telemetry, the sync bridge (with
+    runtime              run context, resources, pricing, billing of lost attempts, telemetry, the sync bridge (with
                          engines/base.py, the engine interface they are written against)
     errors, types, ...   leaves
 

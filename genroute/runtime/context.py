@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from genroute.runtime.billing import Meter, estimate_input, estimate_tokens, metering, output_chars
 from genroute.errors import GenrouteError
 from genroute.runtime.telemetry import CurrentSpan, Telemetry, error_type, usage_attributes, usage_of
 from genroute.types import GenerateRequest, Usage
@@ -42,6 +43,10 @@ class RunContext:
         self.usage = Usage()
         self.cost_usd = 0.0
         self.cloud_equivalent_cost_usd: float | None = None
+        #: Whether part of ``cost_usd`` is an estimate (a call lost, cut short or reporting no usage).
+        self.cost_estimated = False
+        #: The part of ``cost_usd`` paid for storing context caches this rung created.
+        self.cache_storage_cost_usd = 0.0
         self.model: str | None = None
         self.time_to_first_token_s: float | None = None
 
@@ -70,15 +75,20 @@ class RunContext:
         *,
         price_as: str | None = None,
     ) -> types.GenerateContentResponse:
-        """One instrumented, accounted engine call."""
+        """One instrumented, accounted engine call; attempts lost on the way are charged too."""
         with self._span(engine, model, config) as (span, attrs):
             start = time.perf_counter()
+            meter = Meter()
             try:
-                response = await engine.generate(model, contents, config, timeout_s=self.remaining_s())
-            except GenrouteError as exc:
+                with metering(meter):
+                    response = await engine.generate(model, contents, config, timeout_s=self.remaining_s())
+            except BaseException as exc:
                 self._fail(span, attrs, exc, start)
+                self._charge(engine, span, attrs, model, meter.usage, meter.estimated, price_as=price_as)
                 raise
-            self._account(engine, span, attrs, model, response, start, price_as=price_as)
+            usage, estimated = _reported(response, contents, config)
+            self._account(engine, span, attrs, model, response, start, usage + meter.usage,
+                          estimated or meter.estimated, price_as=price_as)
             return response
 
     async def stream(
@@ -90,25 +100,53 @@ class RunContext:
         *,
         price_as: str | None = None,
     ) -> AsyncIterator[types.GenerateContentResponse]:
-        """An instrumented, accounted streaming engine call; records time to first token."""
+        """An instrumented, accounted streaming engine call; records time to first token.
+
+        However the stream ends (completed, cut, failed, or its consumer stopped reading) it is charged at the
+        usage received so far (the latest chunk's usage, plus an estimate for text that arrived after it, or
+        the input estimate when no chunk carried usage), and attempts lost before the first chunk on top.
+        """
         with self._span(engine, model, config, stream=True) as (span, attrs):
             start = time.perf_counter()
-            last = None
+            meter = Meter()
+            received = _Received()
+            complete = False
             try:
                 stream = engine.stream(model, contents, config, timeout_s=self.remaining_s())
                 async with aclosing(stream) as responses:  # type: ignore[type-var]
-                    async for response in responses:
+                    while True:
+                        with metering(meter):  # around each step only: never across our own yield
+                            response = await anext(responses, None)
+                        if response is None:
+                            break
                         if self.time_to_first_token_s is None:
                             self.time_to_first_token_s = time.perf_counter() - start
                             span.set_attribute("gen_ai.response.time_to_first_chunk", self.time_to_first_token_s)
-                        if response.usage_metadata is not None or last is None:
-                            last = response
+                        received.add(response)
                         yield response
+                complete = True
             except GenrouteError as exc:
                 self._fail(span, attrs, exc, start)
                 raise
-            if last is not None:
-                self._account(engine, span, attrs, model, last, start, price_as=price_as)
+            finally:
+                usage, estimated = received.usage(contents, config, complete=complete)
+                usage, estimated = usage + meter.usage, estimated or meter.estimated
+                if complete and received.last is not None:
+                    self._account(engine, span, attrs, model, received.last, start, usage, estimated,
+                                  price_as=price_as)
+                else:
+                    self._charge(engine, span, attrs, model, usage, estimated, price_as=price_as)
+
+    def charge_cache_storage(self, engine: Engine, model: str, tokens: int, ttl_s: float) -> float:
+        """Charge this rung for storing a context cache of ``tokens`` for ``ttl_s`` (priced per token-hour)."""
+        priced = engine.pricing_model(model)
+        cost = self.pricing.storage_cost(priced, tokens, ttl_s) if priced is not None else 0.0
+        self.cost_usd += cost
+        self.cache_storage_cost_usd += cost
+        if cost:
+            self.telemetry.cost.add(cost, {"gen_ai.operation.name": "create_cached_content",
+                                           "gen_ai.provider.name": engine.provider, "gen_ai.request.model": model})
+        return cost
 
     def _span(self, engine: Engine, model: str, config: Any, *, stream: bool = False) -> Any:
         attrs: dict[str, Any] = {
@@ -129,19 +167,23 @@ class RunContext:
         return _SpanScope(self.tracer, f"generate_content {model}", span_attrs, attrs)
 
     def _fail(self, span: trace.Span, attrs: dict[str, Any], exc: BaseException, start: float) -> None:
+        if not isinstance(exc, GenrouteError):  # a cancellation: no error of the call's own
+            return
         kind = error_type(exc)
         span.set_attribute("error.type", kind)
         span.set_status(Status(StatusCode.ERROR, kind))
         self.telemetry.record_call({**attrs, "error.type": kind}, None, time.perf_counter() - start)
 
-    def _account(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
-                 response: types.GenerateContentResponse, start: float, *, price_as: str | None) -> None:
-        usage = usage_of(response) or Usage()
+    def _charge(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str, usage: Usage,
+                estimated: bool, *, price_as: str | None) -> None:
+        """Add ``usage`` and its cost to this rung and to the call's span."""
+        if usage == Usage() and not estimated:
+            return
         priced = engine.pricing_model(price_as or model)
         cost = self.pricing.cost(priced, usage)
         self.usage = self.usage + usage
         self.cost_usd += cost
-        self.model = response.model_version or model
+        self.cost_estimated = self.cost_estimated or estimated
         reference = getattr(engine, "reference_model", None)
         if priced is None and reference:
             extra = self.pricing.cost(reference, usage)
@@ -151,6 +193,16 @@ class RunContext:
         span.set_attributes(usage_attributes(usage))
         span.set_attribute("gen_ai.usage.cost.amount", cost)
         span.set_attribute("gen_ai.usage.cost.currency", "USD")
+        if estimated:
+            span.set_attribute("genroute.cost.estimated", True)
+        if cost:
+            self.telemetry.cost.add(cost, {**attrs, "gen_ai.response.model": self.model or model})
+
+    def _account(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
+                 response: types.GenerateContentResponse, start: float, usage: Usage, estimated: bool, *,
+                 price_as: str | None) -> None:
+        self.model = response.model_version or model
+        self._charge(engine, span, attrs, model, usage, estimated, price_as=price_as)
         span.set_attribute("gen_ai.response.model", self.model)
         reasons = [str(getattr(c.finish_reason, "value", c.finish_reason)).lower()
                    for c in (response.candidates or []) if c.finish_reason is not None]
@@ -158,10 +210,51 @@ class RunContext:
             span.set_attribute("gen_ai.response.finish_reasons", reasons)
         if self.capture_content:
             span.set_attribute("gen_ai.output.messages", _dump(response.candidates))
-        call_attrs = {**attrs, "gen_ai.response.model": self.model}
-        self.telemetry.record_call(call_attrs, usage, time.perf_counter() - start)
-        if cost:
-            self.telemetry.cost.add(cost, call_attrs)
+        self.telemetry.record_call({**attrs, "gen_ai.response.model": self.model}, usage, time.perf_counter() - start)
+
+
+def _reported(response: types.GenerateContentResponse, contents: list[types.Content],
+              config: types.GenerateContentConfig | None) -> tuple[Usage, bool]:
+    """The usage a complete response reports, or an estimate (and ``True``) when it reports none."""
+    usage = usage_of(response)
+    if usage is not None:
+        return usage, False
+    return Usage(input_tokens=estimate_input(contents, config),
+                 output_tokens=estimate_tokens(output_chars(response))), True
+
+
+class _Received:
+    """What a stream delivered: the latest usage it reported and the output that arrived after it."""
+
+    def __init__(self) -> None:
+        self.last: types.GenerateContentResponse | None = None
+        self.reported: Usage | None = None
+        self.chars_after = 0
+        self.chunks = 0
+
+    def add(self, response: types.GenerateContentResponse) -> None:
+        self.chunks += 1
+        usage = usage_of(response)
+        if usage is not None:  # Gemini's usage is cumulative: each chunk's replaces the one before
+            self.reported, self.chars_after, self.last = usage, 0, response
+        else:
+            self.chars_after += output_chars(response)
+            if self.last is None:
+                self.last = response
+
+    def usage(self, contents: list[types.Content], config: types.GenerateContentConfig | None, *,
+              complete: bool) -> tuple[Usage, bool]:
+        """The usage to charge, and whether any of it is estimated (always, for a stream that did not finish)."""
+        if self.chunks == 0:
+            return Usage(), False  # nothing arrived: lost attempts, if any, were billed by the engine
+        usage = self.reported or Usage()
+        estimated = not complete or self.reported is None or self.chars_after > 0
+        if usage.input_tokens == 0:
+            usage = usage.model_copy(update={"input_tokens": estimate_input(contents, config)})
+        extra = estimate_tokens(self.chars_after)
+        if extra:
+            usage = usage.model_copy(update={"output_tokens": usage.output_tokens + extra})
+        return usage, estimated
 
 
 class _SpanScope:

@@ -23,13 +23,16 @@ class PriceTier(BaseModel):
 
 
 class ModelPrice(BaseModel):
-    """USD per 1M tokens: input, output (thinking tokens bill as output) and cached input."""
+    """USD per 1M tokens: input, output (thinking tokens bill as output), cached input (explicit caches and
+    Gemini's implicit cache hits alike) and context-cache storage per hour."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+    cache_storage: float | None = Field(default=None, ge=0,
+                                        description="USD per 1M tokens per hour a context cache is stored.")
     tiers: tuple[PriceTier, ...] = ()
 
     def cost(self, usage: Usage) -> float:
@@ -48,21 +51,22 @@ class ModelPrice(BaseModel):
         return total / 1_000_000
 
 
-def _p(inp: float, out: float, cached: float | None, *tiers: tuple[int, float, float, float | None]) -> ModelPrice:
+def _p(inp: float, out: float, cached: float | None, *tiers: tuple[int, float, float, float | None],
+       storage: float | None = None) -> ModelPrice:
     return ModelPrice(
-        input=inp, output=out, cached_input=cached,
+        input=inp, output=out, cached_input=cached, cache_storage=storage,
         tiers=tuple(PriceTier(above_input_tokens=a, input=i, output=o, cached_input=c) for a, i, o, c in tiers),
     )
 
 
 #: Gemini Developer API list prices (text, standard tier) as published in 2025–2026.
 DEFAULT_PRICES: dict[str, ModelPrice] = {
-    "gemini-3-pro-preview": _p(2.00, 12.00, 0.20, (200_000, 4.00, 18.00, 0.40)),
-    "gemini-3-flash-preview": _p(0.50, 3.00, 0.05),
-    "gemini-2.5-pro": _p(1.25, 10.00, 0.125, (200_000, 2.50, 15.00, 0.25)),
-    "gemini-2.5-flash": _p(0.30, 2.50, 0.03),
-    "gemini-2.5-flash-lite": _p(0.10, 0.40, 0.01),
-    "gemini-2.0-flash": _p(0.10, 0.40, 0.025),
+    "gemini-3-pro-preview": _p(2.00, 12.00, 0.20, (200_000, 4.00, 18.00, 0.40), storage=4.50),
+    "gemini-3-flash-preview": _p(0.50, 3.00, 0.05, storage=1.00),
+    "gemini-2.5-pro": _p(1.25, 10.00, 0.125, (200_000, 2.50, 15.00, 0.25), storage=4.50),
+    "gemini-2.5-flash": _p(0.30, 2.50, 0.03, storage=1.00),
+    "gemini-2.5-flash-lite": _p(0.10, 0.40, 0.01, storage=1.00),
+    "gemini-2.0-flash": _p(0.10, 0.40, 0.025, storage=1.00),
     "gemini-2.0-flash-lite": _p(0.075, 0.30, None),
     "gemini-embedding-001": _p(0.15, 0.0, None),
     "text-embedding-004": _p(0.0, 0.0, None),
@@ -113,6 +117,13 @@ class Pricing:
             return 0.0
         price = self.lookup(model)
         return 0.0 if price is None else price.cost(usage)
+
+    def storage_cost(self, model: str | None, tokens: int, seconds: float) -> float:
+        """USD for storing a context cache of ``tokens`` on ``model`` for ``seconds`` (0 if unpriced)."""
+        price = self.lookup(model) if model is not None else None
+        if price is None or not price.cache_storage:
+            return 0.0
+        return tokens * (seconds / 3600) * price.cache_storage / 1_000_000
 
 
 def _names(model: str) -> tuple[str, ...]:

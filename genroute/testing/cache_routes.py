@@ -96,11 +96,11 @@ class CacheRoutes:
         reply = server.next_reply(request)
         response = render_generate(reply, request.body, model, server.next_id(), stream=request.stream)
         if cache is not None and reply.raw is None:
-            last = response.events[-1] if response.events else response.body
-            usage = last["usageMetadata"]
-            usage["promptTokenCount"] += cache.tokens
-            usage["totalTokenCount"] += cache.tokens
-            usage["cachedContentTokenCount"] = cache.tokens
+            for body in response.events or [response.body]:
+                usage = body["usageMetadata"]
+                usage["promptTokenCount"] += cache.tokens
+                usage["totalTokenCount"] += cache.tokens
+                usage["cachedContentTokenCount"] = cache.tokens
         return response
 
     @staticmethod

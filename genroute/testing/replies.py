@@ -141,7 +141,12 @@ def render_generate(reply: Reply, request_body: Any, model: str, response_id: st
         return Response(body=_body(list(reply.parts), model, response_id, **final))
     n = reply.chunks if reply.chunks is not None else min(3, max(1, len(text.split())))
     pieces = split_text(text, n) if text else []
-    events = [_body([{"text": piece}], model, response_id) for piece in pieces[:-1]]
+    # As the API does, every event carries the usage so far: the whole prompt and the output sent until then.
+    events, sent = [], 0
+    for piece in pieces[:-1]:
+        sent += len(piece)
+        so_far = _usage(usage["promptTokenCount"], round(usage["candidatesTokenCount"] * sent / len(text)))
+        events.append(_body([{"text": piece}], model, response_id, usageMetadata=so_far))
     last_parts = ([{"text": pieces[-1]}] if pieces else []) + others
     events.append(_body(last_parts, model, response_id, **final))
     return Response(events=events)

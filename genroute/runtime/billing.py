@@ -1,0 +1,144 @@
+"""What the provider bills for engine attempts whose answer the caller never sees, and token estimates.
+
+An attempt that times out, is cancelled, or whose connection breaks after the request went out has usually
+been processed by the provider, which bills it although no answer arrives; an error answer from the provider
+(4xx/5xx) is not billed, and neither is a request that never left (a refused connection). An engine reports
+each processed-but-lost attempt with ``bill`` (its input tokens, estimated); whoever runs the engine call
+(``RunContext``) collects the reports with ``metering`` and charges them, marked estimated, whether the call
+then succeeds on a retry or fails. Usage the caller does see (stream chunks received before a cut) is
+charged by the caller from the chunks themselves, never billed here twice.
+
+Estimates use Gemini's own rule of thumb (about four characters per token), the same the loopback test
+server uses for its counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from genroute.errors import GenrouteError
+from genroute.types import Usage
+
+if TYPE_CHECKING:
+    from google.genai import types
+
+CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class Meter:
+    """Usage billed for attempts whose answer was lost, summed over one engine call."""
+
+    usage: Usage = Usage()
+    #: Whether any of ``usage`` is an estimate (it always is for a lost attempt).
+    estimated: bool = False
+
+    def add(self, usage: Usage, *, estimated: bool = True) -> None:
+        """Count ``usage`` as billed."""
+        self.usage = self.usage + usage
+        self.estimated = self.estimated or estimated
+
+
+_METER: ContextVar[Meter | None] = ContextVar("genroute_meter", default=None)
+
+
+@contextmanager
+def metering(meter: Meter) -> Iterator[Meter]:
+    """Collect what engine calls made inside the block ``bill`` into ``meter``.
+
+    Set and reset without a ``yield`` of an async generator in between (a context variable set across a
+    yield would leak into the consumer's context).
+    """
+    token = _METER.set(meter)
+    try:
+        yield meter
+    finally:
+        _METER.reset(token)
+
+
+def bill(usage: Usage, *, estimated: bool = True) -> None:
+    """Report ``usage`` the provider bills for an attempt whose answer the caller will not see."""
+    meter = _METER.get()
+    if meter is not None and usage != Usage():
+        meter.add(usage, estimated=estimated)
+
+
+def estimate_tokens(text: str | int) -> int:
+    """Tokens in ``text`` (or in that many characters) by Gemini's rule of thumb, 0 for nothing."""
+    chars = text if isinstance(text, int) else len(text)
+    return math.ceil(chars / CHARS_PER_TOKEN) if chars > 0 else 0
+
+
+def estimate_input(contents: list[types.Content], config: types.GenerateContentConfig | None = None) -> int:
+    """Estimated prompt tokens of a request: its contents, system instruction and tool declarations."""
+    chars = sum(_content_chars(c) for c in contents or ())
+    if config is not None:
+        system = config.system_instruction
+        if isinstance(system, str):
+            chars += len(system)
+        elif system is not None and hasattr(system, "parts"):
+            chars += _content_chars(system)
+        for tool in config.tools or ():
+            dump = getattr(tool, "model_dump", None)
+            if dump is not None:
+                chars += len(json.dumps(dump(mode="json", exclude_none=True)))
+    return estimate_tokens(chars)
+
+
+def output_chars(response: types.GenerateContentResponse) -> int:
+    """Characters of output in a response (text, thoughts and function calls of its first candidate)."""
+    if not response.candidates or response.candidates[0].content is None:
+        return 0
+    return _content_chars(response.candidates[0].content)
+
+
+def _content_chars(content: Any) -> int:
+    chars = 0
+    for part in getattr(content, "parts", None) or ():
+        if part.text:
+            chars += len(part.text)
+        for payload in (part.function_call, part.function_response):
+            if payload is not None:
+                chars += len(json.dumps(payload.model_dump(mode="json", exclude_none=True), default=str))
+    return chars
+
+
+def processed(exc: BaseException) -> bool:
+    """Whether an attempt that failed with ``exc`` was probably processed (and billed) by the provider.
+
+    Yes for timeouts, cancellation, connections broken after sending and unreadable bodies; no for the
+    provider's own error answers, connections that were never made, and errors raised before sending.
+    """
+    if isinstance(exc, asyncio.CancelledError | TimeoutError):
+        return True
+    if isinstance(exc, GenrouteError):
+        return False
+    genai_errors = sys.modules.get("google.genai.errors")
+    if genai_errors is not None and isinstance(exc, genai_errors.APIError):
+        return False  # the provider answered with an error: not billed
+    if isinstance(exc, ConnectionRefusedError):
+        return False
+    httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return False
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientConnectorError):
+        return False
+    if isinstance(exc, json.JSONDecodeError | ConnectionError | EOFError):
+        return True
+    if genai_errors is not None and isinstance(exc, genai_errors.UnknownApiResponseError):
+        return True
+    if httpx is not None and isinstance(exc, httpx.TransportError | httpx.DecodingError):
+        return True
+    return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
+
+
+__all__ = ["Meter", "bill", "estimate_input", "estimate_tokens", "metering", "output_chars", "processed"]

@@ -1,0 +1,224 @@
+"""Cost of every call: failed, timed-out, cancelled, cut and abandoned calls cost what the provider bills.
+
+Every test runs the real google-genai client against the loopback server; usage arrives on the wire as
+Gemini sends it (each stream chunk carries the usage so far), and budgets settle at the cost genroute
+reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from genroute import BackendUnavailable, BudgetExceeded, Router, StreamInterrupted
+from genroute.testing import Fault, Reply
+
+from .conftest import gemini_config
+
+USAGE = (1000, 500)
+IN_PRICE, OUT_PRICE = 0.30 / 1e6, 2.50 / 1e6  # gemini-2.5-flash list prices per token
+ANSWER = USAGE[0] * IN_PRICE + USAGE[1] * OUT_PRICE
+TEXT = " ".join(f"word{i:02d}" for i in range(30))  # three chunks of ten equal words
+
+
+def _output_so_far(chunks: int) -> int:
+    """Output tokens the ``chunks``-th event of TEXT reports: the server's share by characters sent."""
+    from genroute.testing.replies import split_text
+
+    sent = sum(len(p) for p in split_text(TEXT, 3)[:chunks])
+    return round(USAGE[1] * sent / len(TEXT))
+
+
+def _budget_config(server: Any, answers: float = 3) -> dict[str, Any]:
+    config = gemini_config(server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": answers * ANSWER, "costs": {"chat": ANSWER}}
+    return config
+
+
+def test_thirty_abandoned_streams_spend_the_budget_and_are_then_refused(gemini_server):
+    # The probe of issue 17: a budget for three answers admitted thirty streams stopped after one chunk,
+    # and the ledger said `spent 0.0` although the chunks received carried usageMetadata.
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": TEXT},), usage=USAGE, chunks=3)
+
+    async def main() -> tuple[list[Any], dict[str, float]]:
+        outcomes: list[Any] = []
+        async with Router.from_config(_budget_config(gemini_server)) as router:
+            for i in range(30):
+                try:
+                    async with contextlib.aclosing(router.astream(f"question {i}")) as chunks:
+                        async for chunk in chunks:
+                            outcomes.append(chunk.text)
+                            break
+                except BudgetExceeded as exc:
+                    outcomes.append(exc)
+            return outcomes, router.policy.ledger.snapshot()["*"]
+
+    outcomes, ledger = asyncio.run(main())
+    admitted = [o for o in outcomes if isinstance(o, str)]
+    refused = [o for o in outcomes if isinstance(o, BudgetExceeded)]
+    first_chunk = USAGE[0] * IN_PRICE + _output_so_far(1) * OUT_PRICE  # usage so far: input + a third
+    assert ledger["reserved"] == 0.0
+    assert ledger["spent"] == pytest.approx(len(admitted) * first_chunk, rel=0.05)
+    assert len(refused) > 0 and len(admitted) < 30
+    assert ledger["spent"] <= 3 * ANSWER + ANSWER  # at most one request's overrun past the budget
+
+
+def _router(server: Any, otel: Any | None = None, *, attempt_s: float | None = None, **extra: Any) -> Router:
+    config = gemini_config(server)
+    if attempt_s is not None:
+        config["engines"]["gemini"]["timeout_s"] = attempt_s
+    config.update(extra)
+    return Router.from_config(config, **(otel.providers if otel is not None else {}))
+
+
+def _input_cost(server: Any, index: int = -1) -> float:
+    """The input cost of the ``index``-th request the server received, at its own token count."""
+    from genroute.testing.replies import prompt_tokens
+
+    return prompt_tokens(server.requests[index].body) * IN_PRICE
+
+
+def test_attempts_that_time_out_are_charged_their_input_and_the_error_says_what_the_call_cost(gemini_server, otel):
+    gemini_server.fault(Fault.delay(4), times=3)  # every attempt outlives its 1 s: the server still works on it
+
+    with _router(gemini_server, otel, attempt_s=1.0) as router, pytest.raises(BackendUnavailable) as caught:
+        router.generate("how long is a piece of string? " * 10, timeout_s=20)
+
+    assert len(gemini_server.requests) == 3
+    each = _input_cost(gemini_server)
+    assert each > 0
+    error = caught.value
+    assert error.cost_usd == pytest.approx(3 * each) and error.cost_estimated
+    assert error.usage.input_tokens == 3 * round(each / IN_PRICE) and error.usage.output_tokens == 0
+    (root,) = otel.spans("genroute.generate")
+    assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(3 * each)
+    assert root.attributes["genroute.cost.estimated"] is True
+    (rung,) = [e for e in root.events if e.name == "genroute.rung"]
+    assert rung.attributes["gen_ai.usage.cost.amount"] == pytest.approx(3 * each)
+    (call,) = otel.spans("generate_content")
+    assert call.attributes["gen_ai.usage.cost.amount"] == pytest.approx(3 * each)
+
+
+def test_a_timed_out_attempt_is_charged_on_top_of_the_answer_that_followed(gemini_server):
+    gemini_server.fault(Fault.delay(4))
+    gemini_server.reply_text("fine", usage=USAGE)
+
+    with _router(gemini_server, attempt_s=1.0) as router:
+        result = router.generate("a question", timeout_s=20)
+
+    assert result.text == "fine"
+    assert result.cost_usd == pytest.approx(ANSWER + _input_cost(gemini_server, 0))
+    assert result.cost_estimated
+    assert result.usage.input_tokens == USAGE[0] + round(_input_cost(gemini_server, 0) / IN_PRICE)
+
+
+def test_the_request_deadline_error_carries_the_cost_of_the_attempt_it_cut(gemini_server, otel):
+    gemini_server.fault(Fault.delay(5))
+
+    with _router(gemini_server, otel) as router, pytest.raises(BackendUnavailable, match="deadline") as caught:
+        router.generate("a question that takes too long", timeout_s=0.5)
+
+    assert caught.value.cost_usd == pytest.approx(_input_cost(gemini_server)) and caught.value.cost_estimated
+    (root,) = otel.spans("genroute.generate")
+    assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(_input_cost(gemini_server))
+
+
+def test_a_cancelled_call_is_charged_its_input_on_the_root_span_and_the_budget(gemini_server, otel):
+    gemini_server.fault(Fault.delay(5))
+
+    async def main() -> dict[str, float]:
+        async with Router.from_config(_budget_config(gemini_server), **otel.providers) as router:
+            task = asyncio.create_task(router.agenerate("please wait for this"))
+            while not gemini_server.requests:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return router.policy.ledger.snapshot()["*"]
+
+    ledger = asyncio.run(main())
+    cost = _input_cost(gemini_server)
+    assert ledger == {"spent": pytest.approx(cost), "reserved": 0.0}
+    (root,) = otel.spans("genroute.generate")
+    assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(cost)
+    (rung,) = [e for e in root.events if e.name == "genroute.rung"]
+    assert rung.attributes["genroute.rung.outcome"] == "cancelled"
+
+
+@pytest.mark.parametrize("fault, chunks_received", [
+    (Fault.cut_stream(after_chunks=1), 1),
+    (Fault.status(500, after_chunks=2), 2),
+])
+def test_a_stream_cut_or_failing_midway_costs_the_usage_received_so_far(gemini_server, otel, fault, chunks_received):
+    gemini_server.reply_text(TEXT, usage=USAGE, chunks=3)
+    gemini_server.fault(fault)
+    received: list[str] = []
+
+    with _router(gemini_server, otel) as router, pytest.raises(StreamInterrupted) as caught:
+        for chunk in router.stream("tell me a long story", timeout_s=20):
+            received.append(chunk.text)
+
+    assert len(received) == chunks_received
+    output = _output_so_far(chunks_received)
+    expected = USAGE[0] * IN_PRICE + output * OUT_PRICE
+    assert caught.value.cost_usd == pytest.approx(expected) and caught.value.cost_estimated
+    assert caught.value.usage.output_tokens == output
+    (root,) = otel.spans("genroute.generate")
+    assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(expected)
+
+
+def test_a_stream_without_usage_on_its_chunks_is_charged_the_input_and_the_text_received_estimated(gemini_server):
+    events = [{"candidates": [{"content": {"role": "model", "parts": [{"text": "x" * 40}]}, "index": 0}]},
+              {"candidates": [{"content": {"role": "model", "parts": [{"text": "y" * 40}]}, "index": 0}]}]
+    gemini_server.reply_json(events)
+    gemini_server.fault(Fault.cut_stream(after_chunks=1))
+
+    with _router(gemini_server) as router, pytest.raises(StreamInterrupted) as caught:
+        for _ in router.stream("tell me", timeout_s=20):
+            pass
+
+    assert caught.value.usage.output_tokens == 10  # 40 characters received
+    assert caught.value.cost_usd == pytest.approx(_input_cost(gemini_server) + 10 * OUT_PRICE)
+
+
+def test_an_abandoned_astream_without_aclosing_settles_the_budget_once_it_is_collected(gemini_server):
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": TEXT},), usage=USAGE, chunks=3)
+
+    async def main() -> dict[str, float]:
+        async with Router.from_config(_budget_config(gemini_server)) as router:
+            async for _ in router.astream("question"):
+                break  # no aclosing: the generator is finalized by the event loop's hook
+            for _ in range(50):
+                if router.policy.ledger.snapshot()["*"]["reserved"] == 0.0:
+                    break
+                await asyncio.sleep(0.01)
+            return router.policy.ledger.snapshot()["*"]
+
+    ledger = asyncio.run(main())
+    first_chunk = USAGE[0] * IN_PRICE + _output_so_far(1) * OUT_PRICE
+    assert ledger == {"spent": pytest.approx(first_chunk), "reserved": 0.0}
+
+
+def test_failed_rungs_count_in_the_summed_cost_of_the_answer(gemini_server, otel):
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"]["timeout_s"] = 1.0
+    config["engines"]["gemini"]["retry"]["attempts"] = 1
+    config["backends"]["backup"] = dict(config["backends"]["chat"])
+    config["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat"}, {"backend": "backup"}]}
+    gemini_server.fault(Fault.delay(4))
+    gemini_server.reply_text("backup answer", usage=USAGE)
+
+    with Router.from_config(config, **otel.providers) as router:
+        result = router.generate("a question", timeout_s=20)
+
+    lost = _input_cost(gemini_server, 0)
+    first, second = result.decision.rungs_tried
+    assert first.outcome == "error" and first.cost_usd == pytest.approx(lost) and first.cost_estimated
+    assert second.cost_usd == pytest.approx(ANSWER) and not second.cost_estimated
+    assert result.cost_usd == pytest.approx(lost + ANSWER) and result.cost_estimated
+    (root,) = otel.spans("genroute.generate")
+    assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(lost + ANSWER)
