@@ -222,3 +222,22 @@ def test_failed_rungs_count_in_the_summed_cost_of_the_answer(gemini_server, otel
     assert result.cost_usd == pytest.approx(lost + ANSWER) and result.cost_estimated
     (root,) = otel.spans("genroute.generate")
     assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(lost + ANSWER)
+
+
+def test_implicit_cache_hits_are_priced_as_cached_input(gemini_server, otel):
+    # Gemini reports implicit cache hits (no cachedContent in the request) as cachedContentTokenCount.
+    usage = {"promptTokenCount": 5000, "candidatesTokenCount": 100, "cachedContentTokenCount": 4096,
+             "totalTokenCount": 5100}
+    body = {"candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]}, "finishReason": "STOP",
+                            "index": 0}], "usageMetadata": usage, "modelVersion": "gemini-2.5-flash"}
+    gemini_server.reply_json(body)
+
+    with _router(gemini_server, otel) as router:
+        result = router.generate("a long shared prefix, then a question")
+
+    assert "cachedContent" not in gemini_server.requests[0].body
+    assert result.usage.cached_input_tokens == 4096 and not result.cost_estimated
+    cached_price = 0.03 / 1e6  # gemini-2.5-flash cached input
+    assert result.cost_usd == pytest.approx((5000 - 4096) * IN_PRICE + 4096 * cached_price + 100 * OUT_PRICE)
+    (call,) = otel.spans("generate_content")
+    assert call.attributes["gen_ai.usage.cache_read.input_tokens"] == 4096

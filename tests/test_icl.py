@@ -363,11 +363,18 @@ async def test_fixed_prefix_uses_gemini_context_cache(gemini_server: GeminiTestS
     assert second.cost_usd == pytest.approx(price.cost(Usage(input_tokens=10 + cached, output_tokens=1,
                                                              cached_input_tokens=cached)))
     assert second.cost_usd < price.cost(Usage(input_tokens=10 + cached, output_tokens=1))  # cache reads are cheaper
+    # The request that made the cache pays its storage for the TTL (10 minutes) as its own cost line.
+    storage = cached * (600 / 3600) * price.cache_storage / 1e6
+    assert first.cache_storage_cost_usd == pytest.approx(storage) and second.cache_storage_cost_usd == 0.0
+    assert first.cost_usd == pytest.approx(storage + price.cost(Usage(input_tokens=10 + cached, output_tokens=1,
+                                                                      cached_input_tokens=cached)))
     (span,) = otel.spans("create_cached_content")
     assert span.attributes["gen_ai.request.model"] == "gemini-2.5-flash"
     assert span.attributes["genroute.cache.name"] == "cachedContents/c1"
     (root,) = [s for s in otel.spans("genroute.generate") if s.context.trace_id == span.context.trace_id]
     assert root.attributes["genroute.backend"] == "icl"
+    assert root.attributes["genroute.cost.cache_storage.amount"] == pytest.approx(storage)
+    assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(first.cost_usd)
 
 
 async def test_prefix_below_the_threshold_goes_inline(gemini_server: GeminiTestServer, otel: Otel,

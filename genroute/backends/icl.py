@@ -295,11 +295,17 @@ class IclBackend(SingleCallBackend):
         text = "\n".join(p.text or "" for c in prefix for p in c.parts or ()) + (system or "")
         if token_counter().count(text) < settings.min_tokens:
             return None
-        return await self._caches.name(
-            (self.config.model, system, text),
-            lambda: create(self.config.model, prefix, system=system, ttl_s=settings.ttl_s,
-                           display_name=f"genroute-{self.name}", timeout_s=ctx.remaining_s()),
-        )
+        async def create_and_pay() -> Any:
+            cache = await create(self.config.model, prefix, system=system, ttl_s=settings.ttl_s,
+                                 display_name=f"genroute-{self.name}", timeout_s=ctx.remaining_s())
+            # Storage is billed per token-hour for the cache's lifetime; the request that made it pays.
+            meta = cache.usage_metadata
+            tokens = meta.total_token_count if meta is not None and meta.total_token_count else None
+            ctx.charge_cache_storage(self.engine, self.config.model, tokens or token_counter().count(text),
+                                     settings.ttl_s)
+            return cache
+
+        return await self._caches.name((self.config.model, system, text), create_and_pay)
 
     async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:
         prepared = await self.prepare(request, ctx)

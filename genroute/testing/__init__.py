@@ -32,8 +32,10 @@ Scripting:
 
 - ``reply_text(text, usage=(prompt, output), chunks=N)``, ``reply_function_call(name, args)``,
   ``reply_parts([...wire parts...])`` and ``reply(Reply(...))`` queue answers for generate/stream
-  requests, oldest first. Streams split the text into ``chunks`` SSE events (default: up to 3); the last
-  event carries ``finishReason`` and ``usageMetadata``.
+  requests, oldest first. Streams split the text into ``chunks`` SSE events (default: up to 3); as the API
+  does, every event carries ``usageMetadata`` so far (the whole prompt, the output sent until then) and the
+  last one the ``finishReason`` and the full usage. ``Fault.cut_stream(after_chunks=N)`` after such events
+  leaves a client holding the usage of N chunks.
 - ``reply_json(body)`` queues a raw response body (a list: one SSE event per item);
   ``reply_json(body, path=regex, method="GET", status=200)`` answers the next request(s) to any path.
 - ``route(method, path_regex, handler)`` adds a handler ``handler(server, request, match)`` that returns a
