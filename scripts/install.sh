@@ -5,6 +5,15 @@
 # build flags, so later installs take well under a minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# System programs the tests drive: headless Chromium renders the HTML bench report (tests/test_bench_html.py).
+# Installed with apt-get when this runs as root on Debian/Ubuntu; elsewhere install them yourself (CI fails,
+# not skips, without them).
+missing=()
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate

@@ -16,6 +16,7 @@ from genroute.bench import (
 )
 from genroute.bench.advisor import AdvisorSettings, advise
 from genroute.bench.report import Summary, bootstrap_ci
+from genroute.bench.runner import Outcome
 from genroute.policies.stats import BenchStats
 from genroute.router.router import Router
 from genroute.testing import GeminiTestServer, Reply
@@ -361,7 +362,19 @@ async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
     rows = {r.name: r for r in report.compiled.rows}
     assert rows["compiled cost_aware"].quality == rows["smart"].quality == 1.0
     assert rows["compiled cost_aware"].picks == {"smart": report.compiled.n_held_out}
-    assert "Held-out split" in Path(report.files["markdown"]).read_text()
+    text = Path(report.files["markdown"]).read_text()
+    assert "Held-out split" in text
+    # A handful of held-out records: the differences are shown, paired, but no verdict is printed.
+    n = report.compiled.n_held_out
+    assert f"the held-out split has n = {n} records, below the minimum of 100" in text
+    assert report.compiled_comparisons and all(c.decision == "no_verdict" for c in report.compiled_comparisons)
+    assert {(c.a, c.b) for c in report.compiled_comparisons} >= {("compiled cost_aware", "cheap"),
+                                                                 ("compiled cost_aware", "smart")}
+    assert all(c.n == n for c in report.compiled_comparisons)
+    assert "no verdict (n < 100)" in text
+    # All records: cheap vs smart, paired on the same records.
+    (pair,) = report.comparisons
+    assert (pair.a, pair.b, pair.n) == ("cheap", "smart", len(records()))
     # The shipped learned model: trained on every record but the one train() keeps for its own check, and
     # a router loads it through the learned policy and decides with it.
     from genroute.policies.learned import LearnedConfig, LearnedPolicy, RouterModel
@@ -551,8 +564,10 @@ def test_cli_report_has_the_graduation_advisor(server: GeminiTestServer, tmp_pat
     report = (out / "report.md").read_text()
     assert "## Graduation advisor" in report
     advice = report.split("## Graduation advisor", 1)[1].split("\n## ", 1)[0]
-    assert "ICL (icl) sends" in advice and "for tuned:" in advice and "Tuning estimated at $10.00" in advice
+    assert "ICL (icl) sends" in advice and "for tuned:" in advice and "Tuning cost: $10.00 as given" in advice
     assert "At 50,000 requests/month it saves" in advice and "pays back after" in advice
+    # Four records cannot resolve a quality difference: the advisor says so instead of recommending.
+    assert "Verdict: inconclusive" in advice and "no difference detected at n = 4" in advice
     assert "<h2>Graduation advisor</h2>" in (out / "report.html").read_text()
 
 
@@ -580,11 +595,73 @@ def test_graduation_advisor_break_even() -> None:
     assert advice.break_even_months == pytest.approx(10.0)
     assert advice.break_even_requests == pytest.approx(1_000_000)
     assert "pays back after 10.0 months" in advice.text
+    # No outcomes to pair: the quality difference is unknown, so no recommendation.
+    assert advice.quality is None and advice.verdict == "inconclusive"
     never = advise([icl, tuned], AdvisorSettings(monthly_requests=100, tuning_cost_usd=294.0,
                                                  tuned_monthly_fixed_usd=50.0))
     assert never is not None and never.break_even_months is None and "never pays back" in never.text
     stand_in = advise([icl, summary("prompt", 20, 1.1e-5)], kinds={"icl": "icl", "prompt": "prompt_template"})
-    assert stand_in is not None and not stand_in.tuned_measured and stand_in.tuning_cost_usd > 0
+    assert stand_in is not None and not stand_in.tuned_measured and stand_in.verdict == "inconclusive"
+    assert stand_in.tuning_cost_usd is None and "unknown" in stand_in.tuning_cost_basis
+
+
+def _outcomes(backend: str, scores: list[float]) -> list[Outcome]:
+    return [Outcome(backend=backend, record_id=f"r{i}", ok=True, score=s, scorer="exact") for i, s in enumerate(scores)]
+
+
+def test_graduation_advisor_tuning_cost_comes_from_the_pricing_table_or_is_unknown() -> None:
+    from genroute.bench.advisor import TunedInfo
+    from genroute.router.pricing import Pricing
+
+    icl, tuned = summary("icl", 1000, 3.05e-4), summary("tuned", 20, 1.1e-5)  # 22 tokens per request measured
+    price = Pricing().training_price("gemini-2.5-flash")
+    assert price == ("gemini-2.5-flash", 5.0)
+    vertex = TunedInfo(where="vertex", base_model="gemini-2.5-flash")
+    told = AdvisorSettings(training_examples=1000, epochs=3)
+    advice = advise([icl, tuned], told, tuned_info=vertex, training_price=price)
+    assert advice is not None
+    assert advice.tuning_cost_usd == pytest.approx(5.0 * 1000 * 22 * 3 / 1e6)
+    assert "pricing table: gemini-2.5-flash" in advice.tuning_cost_basis and "3 epochs" in advice.tuning_cost_basis
+    # Nothing assumed: without the epochs or the training set size the cost is unknown, and the text says why.
+    no_epochs = advise([icl, tuned], AdvisorSettings(training_examples=1000), tuned_info=vertex, training_price=price)
+    assert no_epochs is not None and no_epochs.tuning_cost_usd is None and "--epochs" in no_epochs.text
+    no_size = advise([icl, tuned], AdvisorSettings(epochs=3), tuned_info=vertex, training_price=price)
+    assert no_size is not None and no_size.tuning_cost_usd is None and "--training-examples" in no_size.text
+    assert no_size.monthly_requests is None and "saves $0.2940 per 1k requests" in no_size.text
+    unpriced = advise([icl, tuned], told, tuned_info=TunedInfo(where="vertex", base_model="my-model"))
+    assert unpriced is not None and "no training price for my-model" in unpriced.tuning_cost_basis
+
+
+def test_graduation_advisor_prices_local_tuning_by_measured_cpu_time(tmp_path: Path) -> None:
+    from genroute.bench.advisor import TunedInfo
+
+    result = tmp_path / "tune_result.json"
+    result.write_text(json.dumps({"train_seconds": 400.0, "train_cpu_seconds": 720.0}))
+    icl, tuned = summary("icl", 1000, 0.0), summary("tuned", 20, 0.0)
+    icl = icl.model_copy(update={"cloud_equivalent_per_request_usd": 3.05e-4})
+    tuned = tuned.model_copy(update={"cloud_equivalent_per_request_usd": 1.1e-5})
+    local = TunedInfo(where="local", tune_result=str(result))
+    priced = advise([icl, tuned], AdvisorSettings(cpu_usd_per_hour=0.05), tuned_info=local)
+    assert priced is not None and priced.cost_basis == "cloud-equivalent"
+    assert priced.tuning_cost_usd == pytest.approx(720 / 3600 * 0.05)
+    assert "720 CPU-seconds measured (tune_result.json)" in priced.tuning_cost_basis
+    unpriced = advise([icl, tuned], AdvisorSettings(), tuned_info=local)
+    assert unpriced is not None and unpriced.tuning_cost_usd is None and "--cpu-usd-per-hour" in unpriced.text
+
+
+def test_graduation_verdict_follows_the_paired_quality_difference() -> None:
+    icl, tuned = summary("icl", 1000, 3.05e-4), summary("tuned", 20, 1.1e-5)
+    settings = AdvisorSettings(tuning_cost_usd=10.0, monthly_requests=10_000)
+    better = [*_outcomes("icl", [1.0] * 60 + [0.0] * 40), *_outcomes("tuned", [1.0] * 90 + [0.0] * 10)]
+    advice = advise([icl, tuned], settings, outcomes=better)
+    assert advice is not None and advice.verdict == "graduate" and advice.quality is not None
+    assert advice.quality.a == "tuned" and advice.quality.difference == pytest.approx(0.3)
+    worse = [*_outcomes("icl", [1.0] * 90 + [0.0] * 10), *_outcomes("tuned", [1.0] * 60 + [0.0] * 40)]
+    advice = advise([icl, tuned], settings, outcomes=worse)
+    assert advice is not None and advice.verdict == "stay with ICL" and "scores lower" in advice.text
+    unresolved = [*_outcomes("icl", [1.0, 0.0] * 10), *_outcomes("tuned", [0.0, 1.0] * 10)]
+    advice = advise([icl, tuned], settings, outcomes=unresolved)
+    assert advice is not None and advice.verdict == "inconclusive" and "no difference detected at n = 20" in advice.text
 
 
 class _ToneEmbedder:

@@ -122,3 +122,12 @@ def test_below_the_minimum_n_no_verdict_unless_forced() -> None:
 def test_align_pairs_by_record_id() -> None:
     ids, a, b = align({"r2": 1.0, "r1": 0.0, "r3": 1.0}, {"r1": 1.0, "r2": 1.0, "r9": 0.0})
     assert ids == ["r1", "r2"] and a == [0.0, 1.0] and b == [1.0, 1.0]
+
+
+def test_decision_and_short_verdicts() -> None:
+    win = compare_paired([1] * 50, [0] * 50, a="x", b="y")
+    assert (win.decision, win.short) == ("win", "x wins")
+    none = compare_paired([1, 0] * 50, [0, 1] * 50)
+    assert (none.decision, none.short) == ("no_difference", "no difference detected")
+    refused = compare_paired([1] * 50, [0] * 50, min_n=100)
+    assert (refused.decision, refused.short) == ("no_verdict", "no verdict (n < 100)")

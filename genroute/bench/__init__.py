@@ -4,7 +4,9 @@ Command line (``genroute bench`` delegates to ``genroute.bench.cli.bench_main``)
 
     genroute bench data.jsonl --config genroute.yaml --backends prompt,icl,rag [--policy] [--scorer NAME]
         [--limit N] [--concurrency N] [--seed S] [--out DIR] [--retry-failed]
-        [--corpus CORPUS.jsonl --collection NAME] [--monthly-requests N] [--tuning-cost USD]
+        [--corpus CORPUS.jsonl --collection NAME] [--min-verdict-n N] [--force-verdict]
+        [--monthly-requests N] [--tuning-cost USD | --training-examples N --epochs E [--tuning-price USD]
+         | --cpu-usd-per-hour USD]
 
 Python::
 
@@ -13,7 +15,8 @@ Python::
         report = await abench(router, "data.jsonl", backends=["prompt", "icl"], out_dir="bench-out")
     print(report.markdown())
 
-``DIR`` receives ``results.jsonl`` (one row per backend and record; rerunning skips rows already there, and
+Every "A vs B" in the report is a paired comparison on the same records (``genroute.bench.stats``): a win only
+when the paired bootstrap 95 % CI excludes 0. ``DIR`` receives ``results.jsonl`` (one row per backend and record; rerunning skips rows already there, and
 ``--retry-failed`` reruns failed ones), ``report.md``, ``report.html`` (self-contained), ``pareto.png``,
 ``summary.json``, ``run.json`` (a rerun with other data, scorer, seed or backend configs is refused), the
 ``stats.json`` that the ``cost_aware`` policy reads (``stats_path``) and ``learned.npz`` for ``learned``

@@ -28,8 +28,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--task", default=None, help="task name for records without one")
     parser.add_argument("--corpus", default=None, help="RAG corpus JSONL to ingest first")
     parser.add_argument("--collection", default=None, help="collection to ingest the corpus into")
-    parser.add_argument("--monthly-requests", type=int, default=100_000, help="graduation advisor volume")
-    parser.add_argument("--tuning-cost", type=float, default=None, help="USD; default: estimated")
+    advisor = parser.add_argument_group("graduation advisor (what it is not told it measures or reports as unknown)")
+    advisor.add_argument("--monthly-requests", type=int, default=None, help="expected requests per month")
+    advisor.add_argument("--tuning-cost", type=float, default=None, help="tuning cost in USD, if known")
+    advisor.add_argument("--tuning-price", type=float, default=None,
+                         help="USD per 1M training tokens (default: the pricing table's, for a Vertex tuned model)")
+    advisor.add_argument("--training-examples", type=int, default=None, help="tuning examples (Vertex estimate)")
+    advisor.add_argument("--training-tokens", type=int, default=None, help="training tokens per epoch (Vertex)")
+    advisor.add_argument("--epochs", type=int, default=None, help="tuning epochs (Vertex estimate)")
+    advisor.add_argument("--tuning-cpu-seconds", type=float, default=None,
+                         help="local tuning CPU time (default: measured, tune_result.json beside the adapter)")
+    advisor.add_argument("--cpu-usd-per-hour", type=float, default=None, help="price of a CPU-hour (local tuning)")
+    parser.add_argument("--min-verdict-n", type=int, default=100,
+                        help="held-out records needed before compiled policies get a verdict (default 100)")
+    parser.add_argument("--force-verdict", action="store_true", help="print verdicts below --min-verdict-n")
     parser.add_argument("--min-quality", type=float, default=None,
                         help="cost_aware quality floor for the held-out comparison "
                              "(default: 95%% of each task's best)")
@@ -49,7 +61,11 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     command = command_line(argv) if argv is not None else None
     try:
-        advisor = AdvisorSettings(monthly_requests=args.monthly_requests, tuning_cost_usd=args.tuning_cost)
+        advisor = AdvisorSettings(
+            monthly_requests=args.monthly_requests, tuning_cost_usd=args.tuning_cost,
+            tuning_usd_per_1m_tokens=args.tuning_price, training_examples=args.training_examples,
+            training_tokens=args.training_tokens, epochs=args.epochs, tuning_cpu_seconds=args.tuning_cpu_seconds,
+            cpu_usd_per_hour=args.cpu_usd_per_hour)
         router = Router.from_config(args.config)
 
         async def main() -> object:
@@ -60,7 +76,8 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
                     task=args.task, corpus=args.corpus, collection=args.collection,
                     compile=not args.no_compile, advisor=advisor, min_quality=args.min_quality,
                     holdout=args.holdout, stream=not args.no_stream, retry_failed=args.retry_failed,
-                    progress=not args.quiet, command=command)
+                    progress=not args.quiet, command=command, min_verdict_n=args.min_verdict_n,
+                    force_verdict=args.force_verdict)
 
         report = asyncio.run(main())
     except GenrouteError as exc:

@@ -32,6 +32,8 @@ class HeldOutRow(BaseModel):
     cost_per_request_usd: float
     latency_p50_s: float
     picks: dict[str, int] = Field(default_factory=dict, description="Backends a policy routed to.")
+    scores: dict[str, float] = Field(default_factory=dict, description="Score per held-out record id, for "
+                                                                       "paired comparisons.")
 
 
 class CompileReport(BaseModel):
@@ -118,6 +120,7 @@ def _row(name: str, picked: Sequence[Outcome], cloud: bool) -> HeldOutRow:
         cost_per_request_usd=float(np.mean([cost_of(o, cloud) for o in picked])),
         latency_p50_s=float(np.median([o.latency_s for o in picked])),
         picks=dict(Counter(o.backend for o in picked)) if name.startswith(("compiled", "oracle")) else {},
+        scores={o.record_id: o.score if o.ok else 0.0 for o in picked},
     )
 
 

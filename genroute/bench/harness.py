@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, advise
+from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, TunedInfo, advise
 from genroute.bench.compile import CompileReport, compile_policy
 from genroute.bench.datasets import BenchRecord, load_records, sample
 from genroute.bench.manifest import RunManifest, check_and_write, file_digest, records_digest, target_digests
+from genroute.bench.paired import MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
 from genroute.bench.runner import POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_targets
 from genroute.bench.scorers import resolve_scorer
+from genroute.bench.stats import PairedComparison
 from genroute.errors import UsageError
 from genroute.runtime.portal import Portal
 
@@ -34,12 +36,17 @@ class BenchReport(BaseModel):
     files: dict[str, str]
     compiled: CompileReport | None = None
     advice: GraduationAdvice | None = None
+    comparisons: tuple[PairedComparison, ...] = ()
+    compiled_comparisons: tuple[PairedComparison, ...] = ()
+    min_verdict_n: int = MIN_VERDICT_N
 
     def markdown(self) -> str:
-        """The main table (and the compile and advisor sections) as Markdown."""
+        """The main table, the paired differences, the compile and advisor sections as Markdown."""
         text = markdown_table(self.summaries)
+        if self.comparisons:
+            text += "\n" + comparison_markdown(self.comparisons)
         if self.compiled is not None:
-            text += "\n" + self.compiled.markdown()
+            text += "\n" + compiled_markdown(self.compiled, self.compiled_comparisons, self.min_verdict_n)
         if self.advice is not None:
             text += "\n" + self.advice.text + "\n"
         return text
@@ -68,11 +75,15 @@ async def abench(
     command: str | None = None,
     embedder: Any = None,
     retry_failed: bool = False,
+    min_verdict_n: int = MIN_VERDICT_N,
+    force_verdict: bool = False,
 ) -> BenchReport:
     """Benchmark ``backends`` (and the router's policy end to end if ``policy``) on a dataset; write reports.
 
     Rerunning into the same ``out_dir`` resumes: rows already there are reused (``retry_failed``: except
     failed ones) once ``run.json`` shows they were made with the same data, scorer, seed and configs.
+    Every "A vs B" in the report is paired on the same records; compiled policies get a verdict only when the
+    held-out split has at least ``min_verdict_n`` records, unless ``force_verdict``.
     """
     from_file = isinstance(data, str | Path)
     pool = load_records(data, task=task) if from_file else list(data)  # type: ignore[arg-type]
@@ -99,22 +110,67 @@ async def abench(
     if compile and len([t for t in targets if t != POLICY_TARGET]) >= 1 and len(records) >= 2:
         compiled = compile_policy(outcomes, records, out, seed=seed, source=source, embedder=embedder,
                                   min_quality=min_quality, holdout=holdout)
-    advice = advise(summaries, advisor, kinds=kinds)
+    comparisons = backend_comparisons(outcomes, seed=seed)
+    held_out = (compiled_comparisons(compiled, min_n=min_verdict_n, force=force_verdict, seed=seed)
+                if compiled is not None else [])
+    advice = advise(summaries, advisor, kinds=kinds, outcomes=outcomes, seed=seed,
+                    **_tuned_details(router, summaries, kinds))
     sections = []
     if command:
-        sections.append(("Command", command))
+        sections.append(("Command", _code(command)))
+    if comparisons:
+        sections.append(("Paired differences (all records)", explain() + "\n\n" + comparison_markdown(comparisons)))
     if compiled is not None:
-        sections.append(("Compiled policy (held-out split)", compiled.markdown()))
+        sections.append(("Compiled policy (held-out split)", compiled_markdown(compiled, held_out, min_verdict_n)))
     if advice is not None:
         sections.append(("Graduation advisor", advice.text))
     failures = _failure_examples(outcomes)
     if failures:
-        sections.append(("Failures (first of each type)", failures))
+        sections.append(("Failures (first of each type)", _code(failures)))
     title = f"genroute bench: {Path(source).name if source else 'records'}"
-    files = write_report(out, summaries, title=title, sections=sections)
+    files = write_report(out, summaries, title=title, sections=sections, records=records, outcomes=outcomes)
     files["results"] = out / RESULTS_FILE
     return BenchReport(out_dir=str(out), summaries=tuple(summaries), outcomes=tuple(outcomes),
-                       files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice)
+                       files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice,
+                       comparisons=tuple(comparisons), compiled_comparisons=tuple(held_out),
+                       min_verdict_n=min_verdict_n)
+
+
+def compiled_markdown(compiled: CompileReport, comparisons: Sequence[PairedComparison], min_n: int) -> str:
+    """The held-out comparison, its n against the minimum for a verdict, and the paired differences."""
+    n = compiled.n_held_out
+    if n < min_n and not any(c.decision != "no_verdict" for c in comparisons):
+        status = (f"**No verdict:** the held-out split has n = {n} records, below the minimum of {min_n} for "
+                  "deciding between policies (benchmark more records, or force one with --force-verdict). The "
+                  "differences below are printed for information only.")
+    else:
+        status = f"Held-out n = {n} (minimum for a verdict: {min_n})."
+    text = compiled.markdown() + "\n" + status + "\n"
+    if comparisons:
+        text += "\n" + explain(min_n) + "\n\n" + comparison_markdown(comparisons)
+    return text
+
+
+def _code(text: str) -> str:
+    fence = "````" if "```" in text else "```"
+    return f"{fence}\n{text}\n{fence}"
+
+
+def _tuned_details(router: Router, summaries: Sequence[Summary], kinds: dict[str, str]) -> dict[str, Any]:
+    """The tuned backend's engine (Vertex or a local LoRA), its base model and its training price."""
+    tuned = next((s.backend for s in summaries if kinds.get(s.backend) == "tuned"), None)
+    if tuned is None:
+        return {}
+    backend = router.backends[tuned]
+    base = getattr(backend.config, "base_model", None)
+    engine = router.resources.engines.get(backend.config.engine)
+    lora = getattr(getattr(engine, "config", None), "lora_path", None)
+    if getattr(engine, "kind", None) == "local":
+        result = Path(lora).parent / "tune_result.json" if lora else None
+        return {"tuned_info": TunedInfo(where="local", base_model=base,
+                                        tune_result=str(result) if result is not None else None)}
+    price = router.resources.pricing.training_price(base) if base else None
+    return {"tuned_info": TunedInfo(where="vertex", base_model=base), "training_price": price}
 
 
 def bench(router: Router, data: str | Path | Sequence[BenchRecord], **kwargs: Any) -> BenchReport:

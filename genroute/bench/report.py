@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench.runner import Outcome
 from genroute.bench.stats import bootstrap_ci
+
+if TYPE_CHECKING:
+    from genroute.bench.datasets import BenchRecord
 
 
 class Summary(BaseModel):
@@ -173,30 +175,31 @@ def pareto_png(summaries: Sequence[Summary], path: str | Path) -> Path:
 
 
 def html_report(summaries: Sequence[Summary], png: Path | None, *, title: str = "genroute bench",
-                sections: Sequence[tuple[str, str]] = ()) -> str:
-    """A self-contained HTML page: the table, the chart embedded as base64, extra (title, text) sections."""
+                sections: Sequence[tuple[str, str]] = (), out_dir: Path | None = None,
+                records: Sequence[BenchRecord] | None = None, outcomes: Sequence[Outcome] | None = None) -> str:
+    """A self-contained HTML page: the summary table, the Pareto chart, every (title, Markdown) section with its
+    tables as tables and its images embedded, and (given records and outcomes) where the backends disagree."""
+    from genroute.bench.html_report import disagreement_view, page, table_html
+
     metric = summaries[0].metric if summaries else "score"
-    head = "".join(f"<th>{html.escape(c if c != 'quality (95% CI)' else metric + ' (95% CI)')}</th>"
-                   for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-                   for row in table_rows(summaries))
-    image = ""
-    if png is not None and png.exists():
-        data = base64.b64encode(png.read_bytes()).decode()
-        image = f'<img alt="Pareto chart" src="data:image/png;base64,{data}">'
-    extra = "".join(f"<h2>{html.escape(t)}</h2><pre>{html.escape(text)}</pre>" for t, text in sections)
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
-             "img{max-width:100%}pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}")
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<table id=\"summary\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-            f"{image}{extra}</body></html>\n")
+    columns = [c if c != "quality (95% CI)" else f"{metric} (95% CI)" for c in COLUMNS]
+    summary = table_html(columns, table_rows(summaries), table_id="summary")
+    view = disagreement_view(records, outcomes) if records is not None and outcomes is not None else None
+    return page(title, summary, png, sections, out_dir=out_dir, per_record=view)
+
+
+#: The cost–quality curve's file, when the compile step or ``--outcomes`` drew one into the output directory.
+CURVE_PNG = "curve.png"
 
 
 def write_report(out_dir: str | Path, summaries: Sequence[Summary], *, title: str = "genroute bench",
-                 sections: Sequence[tuple[str, str]] = ()) -> dict[str, Path]:
-    """Write ``report.md``, ``pareto.png``, ``report.html`` and ``summary.json`` into ``out_dir``."""
+                 sections: Sequence[tuple[str, str]] = (), records: Sequence[BenchRecord] | None = None,
+                 outcomes: Sequence[Outcome] | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``pareto.png``, ``report.html`` and ``summary.json`` into ``out_dir``.
+
+    ``sections`` are (title, Markdown) pairs. A ``curve.png`` in ``out_dir`` that no section shows gets its own
+    section. With ``records`` and ``outcomes`` the HTML page also shows, record by record, where they disagree.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = None
@@ -205,13 +208,17 @@ def write_report(out_dir: str | Path, summaries: Sequence[Summary], *, title: st
             png = pareto_png(summaries, out / "pareto.png")
         except ImportError:  # matplotlib comes with the bench extra; the tables do not need it
             png = None
+    sections = list(sections)
+    if (out / CURVE_PNG).is_file() and not any(f"({CURVE_PNG})" in text for _, text in sections):
+        sections.append(("Cost–quality curve", f"![cost-quality curve]({CURVE_PNG})"))
     md = [f"# {title}\n", markdown_table(summaries)]
     md += [f"\n## {t}\n\n{text}\n" for t, text in sections]
     if png is not None:
         md.append("\n![Pareto chart](pareto.png)\n")
     paths = {"markdown": out / "report.md", "html": out / "report.html", "summary": out / "summary.json"}
     paths["markdown"].write_text("".join(md), encoding="utf-8")
-    paths["html"].write_text(html_report(summaries, png, title=title, sections=sections), encoding="utf-8")
+    paths["html"].write_text(html_report(summaries, png, title=title, sections=sections, out_dir=out,
+                                         records=records, outcomes=outcomes), encoding="utf-8")
     paths["summary"].write_text(json.dumps([s.model_dump(mode="json") for s in summaries], indent=2) + "\n",
                                 encoding="utf-8")
     if png is not None:

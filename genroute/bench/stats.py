@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -123,7 +124,18 @@ class PairedComparison(BaseModel):
     min_n: int = 0
     resolved: bool = Field(description="The CI excludes 0.")
     winner: str | None = Field(description="The better side when resolved and a verdict is given.")
+    decision: Literal["win", "no_difference", "no_verdict"] = Field(
+        description="win: the CI excludes 0; no_difference: it does not; no_verdict: n below min_n, not forced.")
     verdict: str
+
+    @property
+    def short(self) -> str:
+        """The verdict in a few words, for a table cell."""
+        if self.decision == "win":
+            return f"{self.winner} wins"
+        if self.decision == "no_verdict":
+            return f"no verdict (n < {self.min_n})"
+        return "no difference detected"
 
 
 def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: str = "A", b: str = "B",
@@ -147,15 +159,15 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
     pct = f"{level:.0%}"
     mde_text = "∞" if math.isinf(mde) else f"{mde:.3f}"
     if n < min_n and not force:
-        winner = None
+        winner, decision = None, "no_verdict"
         verdict = (f"no verdict: n = {n} is below the minimum of {min_n} records for a decision "
                    f"(difference {diff:+.3f}, {pct} CI [{ci[0]:+.3f}, {ci[1]:+.3f}]; smallest detectable "
                    f"{mde_text}); force it to print one anyway")
     elif resolved:
-        winner = a if ci[0] > 0 else b
+        winner, decision = (a if ci[0] > 0 else b), "win"
         verdict = f"{winner} wins: {a} - {b} = {diff:+.3f}, {pct} CI [{ci[0]:+.3f}, {ci[1]:+.3f}], n = {n}"
     else:
-        winner = None
+        winner, decision = None, "no_difference"
         verdict = (f"no difference detected at n = {n} ({a} - {b} = {diff:+.3f}, {pct} CI "
                    f"[{ci[0]:+.3f}, {ci[1]:+.3f}]; smallest detectable difference {mde_text})")
     if mcn is not None:
@@ -164,7 +176,7 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
         a=a, b=b, n=n, mean_a=mean_a, mean_b=mean_b, difference=diff, ci=ci, level=level,
         mcnemar_p=None if mcn is None else mcn.p_value, a_only=None if mcn is None else mcn.a_only,
         b_only=None if mcn is None else mcn.b_only, min_detectable=mde, min_n=min_n, resolved=resolved,
-        winner=winner, verdict=verdict,
+        winner=winner, decision=decision, verdict=verdict,
     )
 
 

@@ -73,6 +73,17 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
 }
 
 
+#: Vertex AI supervised tuning list prices, USD per 1M training tokens (billed per epoch), as published in 2025.
+#: Used by the graduation advisor; pass your own (``genroute bench --tuning-price``) when yours differ.
+TRAINING_PRICES: dict[str, float] = {
+    "gemini-2.5-pro": 25.0,
+    "gemini-2.5-flash": 5.0,
+    "gemini-2.5-flash-lite": 1.5,
+    "gemini-2.0-flash": 3.0,
+    "gemini-2.0-flash-lite": 1.0,
+}
+
+
 #: What may follow a known model name and still be that model: versions and dates (``-001``,
 #: ``-preview-05-20``, ``-latest``, ``-exp-1206``), never a variant such as ``-image`` or ``-tts``.
 _VERSION_SUFFIX = re.compile(r"(?:-(?:\d+|preview|exp|latest))+")
@@ -89,14 +100,13 @@ class Pricing:
     def lookup(self, model: str) -> ModelPrice | None:
         """The price of ``model`` or None: the exact name (a tuned endpoint may be priced under its full
         resource name), then without its resource path, then a known name followed by a version suffix."""
-        for name in _names(model):
-            if name in self._prices:
-                return self._prices[name]
-        name = _names(model)[-1]
-        for known in self._by_length:
-            if name.startswith(known) and _VERSION_SUFFIX.fullmatch(name, len(known)):
-                return self._prices[known]
-        return None
+        known = _known_name(model, self._by_length)
+        return None if known is None else self._prices[known]
+
+    def training_price(self, model: str) -> tuple[str, float] | None:
+        """``(priced name, USD per 1M training tokens)`` for supervised tuning of ``model``, or None."""
+        known = _known_name(model, sorted(TRAINING_PRICES, key=len, reverse=True))
+        return None if known is None else (known, TRAINING_PRICES[known])
 
     def overrides(self, model: str) -> bool:
         """Whether the configured prices name ``model`` itself (exactly or without its resource path)."""
@@ -124,6 +134,18 @@ class Pricing:
         if price is None or not price.cache_storage:
             return 0.0
         return tokens * (seconds / 3600) * price.cache_storage / 1_000_000
+
+
+def _known_name(model: str, known_longest_first: list[str]) -> str | None:
+    """The known name ``model`` is: itself, without its resource path, or a known name plus a version suffix."""
+    for name in _names(model):
+        if name in known_longest_first:
+            return name
+    name = _names(model)[-1]
+    for known in known_longest_first:
+        if name.startswith(known) and _VERSION_SUFFIX.fullmatch(name, len(known)):
+            return known
+    return None
 
 
 def _names(model: str) -> tuple[str, ...]:

@@ -100,6 +100,7 @@ class LocalTuneResult(BaseModel):
     validation_loss: float | None
     load_seconds: float
     train_seconds: float
+    train_cpu_seconds: float | None = None  # process CPU time of training (all threads); prices local tuning
 
 
 def tune_local(data_path: str | Path, out_dir: str | Path, *, config: LocalTuneConfig | None = None
@@ -128,10 +129,11 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
 
     from genroute.tuning._trainer import train_lora
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with torch.random.fork_rng(devices=[]):
         outcome = train_lora(model, train_rows, val_rows, config)
     train_seconds = time.perf_counter() - started
+    train_cpu_seconds = time.process_time() - cpu_started
 
     from genroute.tuning.gguf_adapter import write_lora_adapter
 
@@ -151,6 +153,7 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
         validation_loss=outcome.validation_loss,
         load_seconds=round(load_seconds, 3),
         train_seconds=round(train_seconds, 3),
+        train_cpu_seconds=round(train_cpu_seconds, 3),
     )
     (out / "tune_result.json").write_text(
         json.dumps({**result.model_dump(mode="json"), "config": config.model_dump(mode="json")}, indent=2)

@@ -1,0 +1,91 @@
+"""Paired comparisons in reports: every "A vs B" on the same records, with ``genroute.bench.stats``.
+
+- ``backend_comparisons``: every pair of benchmarked backends on the records both answered (a failed request
+  scores 0, as in the summaries);
+- ``compiled_comparisons``: each compiled policy against every single backend (and baseline) on the held-out
+  split, refusing a verdict below ``min_n`` held-out records unless forced;
+- ``comparison_markdown``: the paired-difference table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from itertools import combinations
+from typing import TYPE_CHECKING
+
+from genroute.bench.runner import POLICY_TARGET, Outcome
+from genroute.bench.stats import PairedComparison, align, compare_paired
+
+if TYPE_CHECKING:
+    from genroute.bench.compile import CompileReport
+
+#: Held-out records below which a compiled-policy comparison prints no verdict unless forced.
+MIN_VERDICT_N = 100
+
+
+def scores_by_target(outcomes: Sequence[Outcome]) -> dict[str, dict[str, float]]:
+    """``{target: {record_id: score}}`` (failed requests score 0)."""
+    table: dict[str, dict[str, float]] = {}
+    for o in outcomes:
+        table.setdefault(o.backend, {})[o.record_id] = o.score if o.ok else 0.0
+    return table
+
+
+def compare_named(a: str, b: str, scores: Mapping[str, Mapping[str, float]], *, min_n: int = 0,
+                  force: bool = False, seed: int = 0, n_boot: int = 2000) -> PairedComparison:
+    """``a`` vs ``b`` on the records both have scores for."""
+    _, xs, ys = align(scores[a], scores[b])
+    return compare_paired(xs, ys, a=a, b=b, min_n=min_n, force=force, seed=seed, n_boot=n_boot)
+
+
+def backend_comparisons(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000,
+                        min_n: int = 0, force: bool = False) -> list[PairedComparison]:
+    """Every pair of targets (backends and ``@policy``), in the order they first appear, on shared records."""
+    scores = scores_by_target(outcomes)
+    names = list(scores)
+    return [compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot)
+            for a, b in combinations(names, 2) if set(scores[a]) & set(scores[b])]
+
+
+def compiled_comparisons(report: CompileReport, *, min_n: int = MIN_VERDICT_N, force: bool = False,
+                         seed: int = 0, n_boot: int = 2000) -> list[PairedComparison]:
+    """Each compiled policy against every other row that is not a compiled policy or the oracle."""
+    scores = {row.name: row.scores for row in report.rows if row.scores}
+    compiled = [n for n in scores if n.startswith("compiled")]
+    others = [n for n in scores if not n.startswith(("compiled", "oracle")) and n != POLICY_TARGET]
+    return [compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot)
+            for a in compiled for b in others]
+
+
+COLUMNS = ("A", "B", "n", "mean A", "mean B", "A − B [95 % CI]", "McNemar p", "smallest detectable", "verdict")
+
+
+def comparison_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
+    """The paired-difference table's cells."""
+    rows = []
+    for c in comparisons:
+        rows.append([
+            c.a, c.b, str(c.n), f"{c.mean_a:.3f}", f"{c.mean_b:.3f}",
+            f"{c.difference:+.3f} [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}]",
+            "–" if c.mcnemar_p is None else f"{c.mcnemar_p:.3g}",
+            "∞" if math.isinf(c.min_detectable) else f"{c.min_detectable:.3f}", c.short,
+        ])
+    return rows
+
+
+def comparison_markdown(comparisons: Sequence[PairedComparison]) -> str:
+    """The paired differences as a Markdown table."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in comparison_rows(comparisons)]
+    return "\n".join(lines) + "\n"
+
+
+def explain(min_n: int | None = None) -> str:
+    """The sentence that says how to read the table."""
+    text = ("Paired on the same records: A − B with a paired bootstrap 95 % CI (McNemar's exact test when all "
+            "scores are 0/1). A win is called only when the CI excludes 0; otherwise no difference was detected "
+            "at that n, and \"smallest detectable\" is the difference that n would detect with 80 % power.")
+    if min_n:
+        text += f" Compiled-policy verdicts need at least {min_n} held-out records."
+    return text
