@@ -611,7 +611,7 @@ def _outcomes(backend: str, scores: list[float]) -> list[Outcome]:
 
 def test_graduation_advisor_tuning_cost_comes_from_the_pricing_table_or_is_unknown() -> None:
     from genroute.bench.advisor import TunedInfo
-    from genroute.router.pricing import Pricing
+    from genroute.runtime.pricing import Pricing
 
     icl, tuned = summary("icl", 1000, 3.05e-4), summary("tuned", 20, 1.1e-5)  # 22 tokens per request measured
     price = Pricing().training_price("gemini-2.5-flash")
