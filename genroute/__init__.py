@@ -19,6 +19,7 @@ from genroute.errors import (
     BackendUnavailable,
     BudgetExceeded,
     ConfigError,
+    DeadlineExceeded,
     GenrouteError,
     NoRelevantContext,
     StreamInterrupted,
@@ -52,10 +53,10 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "AllRungsFailed", "BackendError", "BackendRejected", "BackendUnavailable", "BudgetExceeded", "Citation",
-    "ConfigError", "Decision", "GenerateChunk", "GenerateRequest", "GenerateResult", "GenrouteError",
-    "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings", "Pricing", "Router", "RouterConfig", "Rung", "StreamInterrupted",
-    "ToolCall", "ToolLoopExceeded", "Usage", "UsageError", "ValidationFailed", "load_config", "side_effect_free",
-    "__version__",
+    "ConfigError", "DeadlineExceeded", "Decision", "GenerateChunk", "GenerateRequest", "GenerateResult",
+    "GenrouteError", "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings", "Pricing", "Router",
+    "RouterConfig", "Rung", "StreamInterrupted", "ToolCall", "ToolLoopExceeded", "Usage", "UsageError",
+    "ValidationFailed", "load_config", "side_effect_free", "__version__",
 ]
 
 

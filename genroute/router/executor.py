@@ -42,6 +42,10 @@ SHADOW_TIMEOUT_S = 60.0
 MAX_SHADOWS = 16
 
 
+#: What ends a rung and lets the next one try: a backend failure, or a budget refusing that rung.
+_RUNG_ERRORS = (BackendError, BudgetExceeded)
+
+
 @dataclass
 class Ledger:
     """What the rungs of one request added up to (failed, cancelled and abandoned ones included)."""
@@ -64,7 +68,7 @@ class Ledger:
 
     def charge(self, error: BaseException, span: trace.Span | None = None) -> None:
         """Put the summed cost on ``error`` (a genroute error) and on the root ``span``."""
-        if isinstance(error, BackendError):
+        if isinstance(error, GenrouteError):
             error.cost_usd, error.usage, error.cost_estimated = self.cost_usd, self.usage, self.cost_estimated
         if span is not None:
             span.set_attributes(self.span_attributes())
@@ -143,7 +147,7 @@ class Executor:
                     self.policy.settle(token, ctx.cost_usd)
                 if checks:
                     await self._validate(rung, checks, request, decision, output, ctx)
-            except BackendError as exc:
+            except _RUNG_ERRORS as exc:
                 last_error = exc
                 self._record(span, ledger, ctx, rung, index, rung_start, exc)
                 if _final(exc, rung):
@@ -200,7 +204,7 @@ class Executor:
                                             backend=rung.backend)
                 if checks:
                     await self._validate(rung, checks, request, decision, output, ctx)
-            except BackendError as exc:
+            except _RUNG_ERRORS as exc:
                 last_error = exc
                 self._record(span, ledger, ctx, rung, index, rung_start, exc)
                 if sent:
@@ -270,7 +274,7 @@ class Executor:
                 return await self.backends[backend].run(check_request, side)
             finally:
                 self.policy.settle(token, side.cost_usd)
-        except BackendError as exc:  # an answer that could not be checked is not accepted
+        except _RUNG_ERRORS as exc:  # an answer that could not be checked is not accepted
             raise ValidationFailed(f"{ctx.backend}: validator backend {backend!r} failed: {exc}",
                                    backend=ctx.backend) from exc
         finally:
