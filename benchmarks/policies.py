@@ -15,6 +15,7 @@ The ICL backend reports labeled examples per task (``example_counts``), as the r
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import statistics
@@ -150,8 +151,22 @@ def main() -> None:
     ladder_mix = Counter(ladder.decide(r, ctx).rungs[0].backend for r in requests)
     budget = build_policy(configs["budget(ladder)"])
     decision = budget.decide(requests[0], ctx)
-    rows.append(("budget reserve+settle", *timed(lambda: budget.settle(budget.reserve(requests[0], decision, "icl"),
-                                                                         0.0005), args.n)))
+    # The budget's admission gate on the in-process store (benchmarks/admission.py compares Redis).
+    from opentelemetry import trace
+
+    from genroute.admission import Attempt, Outcome
+    from genroute.state.memory import MemoryStateStore
+
+    (gate,) = budget.gates(MemoryStateStore())
+    attempt = Attempt(requests[0], decision, "icl", None, trace.INVALID_SPAN)
+
+    async def admit_once() -> None:
+        await gate.exit(attempt, await gate.enter(attempt), Outcome(cost_usd=0.0005))
+
+    loop = asyncio.new_event_loop()
+    rows.append(("budget gate enter+exit (memory, incl. run_until_complete)",
+                 *timed(lambda: loop.run_until_complete(admit_once()), args.n)))
+    loop.close()
 
     embedder = default_embedder()  # the one the policies share
     queries = [f"{t} (asked again)" for t in texts]  # unseen strings

@@ -18,10 +18,12 @@ from genroute.errors import (
     BackendRejected,
     BackendUnavailable,
     BudgetExceeded,
+    CircuitOpen,
     ConfigError,
-    DeadlineExceeded,
     GenrouteError,
     NoRelevantContext,
+    RateLimited,
+    StateUnavailable,
     StreamInterrupted,
     ToolLoopExceeded,
     UsageError,
@@ -52,11 +54,11 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
-    "AllRungsFailed", "BackendError", "BackendRejected", "BackendUnavailable", "BudgetExceeded", "Citation",
-    "ConfigError", "DeadlineExceeded", "Decision", "GenerateChunk", "GenerateRequest", "GenerateResult",
-    "GenrouteError", "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings", "Pricing", "Router",
-    "RouterConfig", "Rung", "StreamInterrupted", "ToolCall", "ToolLoopExceeded", "Usage", "UsageError",
-    "ValidationFailed", "load_config", "side_effect_free", "__version__",
+    "AllRungsFailed", "BackendError", "BackendRejected", "BackendUnavailable", "BudgetExceeded", "CircuitOpen",
+    "Citation", "ConfigError", "Decision", "GenerateChunk", "GenerateRequest", "GenerateResult", "GenrouteError",
+    "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings", "Pricing", "RateLimited", "Router",
+    "RouterConfig", "Rung", "StateUnavailable", "StreamInterrupted", "ToolCall", "ToolLoopExceeded", "Usage",
+    "UsageError", "ValidationFailed", "load_config", "side_effect_free", "__version__",
 ]
 
 

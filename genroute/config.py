@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from genroute.errors import ConfigError
 from genroute.registry import Group, load
 from genroute.runtime.pricing import ModelPrice
+from genroute.state import MemoryStateConfig, StateConfig
 
 
 class _Frozen(BaseModel):
@@ -41,6 +42,8 @@ class RouterConfig(_Frozen):
     timeout_s: float | None = Field(default=None, gt=0)
     #: Outcome recording, shadow scoring, opt-in capture and policy refresh (``genroute.outcomes.OutcomeSettings``).
     outcomes: dict[str, Any] | None = None
+    #: Where budgets, rate limits and breakers keep their counts: this process, or Redis shared by many.
+    state: StateConfig = MemoryStateConfig()
 
     def __repr_args__(self) -> Any:
         # Engine and knowledge sections stay raw mappings until built: keep inline keys out of reprs and logs.

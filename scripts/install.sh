@@ -6,11 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System programs the tests drive: headless Chromium renders the HTML bench report (tests/test_bench_html.py).
+# System programs the tests drive: headless Chromium renders the HTML bench report (tests/test_bench_html.py);
+# redis-server holds shared state (`state: {kind: redis}`) in the Redis tests (pip cannot install a server).
 # Installed with apt-get when this runs as root on Debian/Ubuntu; elsewhere install them yourself (CI fails,
 # not skips, without them).
 missing=()
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

@@ -77,3 +77,15 @@ def gemini_config(server: GeminiTestServer, **backend: Any) -> dict[str, Any]:
         "backends": {"chat": chat},
         "policy": {"kind": "static", "backend": "chat"},
     }
+
+
+def budget_usage(router: Any, key: str = "*", field: str = "policy") -> dict[str, float]:
+    """Spent and reserved USD of a router's budget ``key`` now (from sync code, or async code on a thread)."""
+    import asyncio
+    import threading
+
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: out.update(asyncio.run(router.admission.budget(field).usage(key))))
+    thread.start()
+    thread.join()
+    return out

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from genroute import (
-    AllRungsFailed, BackendRejected, BackendUnavailable, ConfigError, DeadlineExceeded, Decision, GenerateRequest,
-    Router, StreamInterrupted,
+    AllRungsFailed, BackendRejected, BackendUnavailable, ConfigError, Decision, GenerateRequest, Router,
+    StreamInterrupted,
 )
 from genroute.backends.base import BackendOutput
 from genroute.backends.prompt_template import PromptTemplateBackend
@@ -19,7 +19,7 @@ from genroute.policies.base import Policy, PolicyConfig
 from genroute.testing import Fault
 from genroute.testing.replies import Response, error_body
 
-from .conftest import gemini_config
+from .conftest import budget_usage, gemini_config
 
 FLASH = (0.30, 2.50)
 PRO = (1.25, 10.0)
@@ -169,7 +169,7 @@ def test_budget_counts_a_shadow_spend(gemini_server):
     router = Router.from_config(config(gemini_server, _budgeted({"chat": 0.01, "pro": 0.01})))
     with router:
         result = router.generate("Capital of France?")
-    ledger = router.policy.ledger.snapshot()["*"]
+    ledger = budget_usage(router)
     assert result.cost_usd == pytest.approx(cost(FLASH, (1000, 100)))
     assert ledger["spent"] == pytest.approx(cost(FLASH, (1000, 100)) + cost(PRO, (1000, 200)))
     assert ledger["reserved"] == 0
@@ -184,7 +184,7 @@ def test_shadow_is_skipped_when_the_budget_refuses_it(gemini_server, otel):
     assert to(gemini_server, "gemini-2.5-pro") == []
     (shadow,) = otel.spans("genroute.shadow")
     assert shadow.attributes["genroute.shadow.skipped"] == "BudgetExceeded"
-    assert router.policy.ledger.snapshot()["*"]["spent"] == pytest.approx(cost(FLASH, (1000, 100)))
+    assert budget_usage(router)["spent"] == pytest.approx(cost(FLASH, (1000, 100)))
 
 
 # -- validators ---------------------------------------------------------------------------------------------
@@ -429,5 +429,5 @@ def test_a_slow_decision_counts_toward_the_deadline(gemini_server, blocking):
     with Router.from_config(config(gemini_server, None), policy=policy) as router:
         # Warm up first: the client is built on the first call, which must not be what runs out the clock.
         assert router.generate("hi", timeout_s=5).text == "in time"
-        with pytest.raises(DeadlineExceeded, match="deadline"):
+        with pytest.raises(BackendUnavailable, match="deadline"):
             router.generate("hi", timeout_s=0.2)

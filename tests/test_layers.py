@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("genroute.errors", "genroute.types", "genroute.jsonl", "genroute.cache", "genroute.tools",
      "genroute.registry", "genroute.testing"),
     # The engine interface imports nothing of genroute: the run context is written against it.
-    ("genroute.runtime", "genroute.engines.base"),
+    ("genroute.runtime", "genroute.engines.base", "genroute.state", "genroute.admission"),
     ("genroute.config",),
     ("genroute.engines",),
     # Labeled data and scorers are leaves the outcome scoring shares with the benchmark.

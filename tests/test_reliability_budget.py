@@ -18,7 +18,7 @@ import pytest
 from genroute import BudgetExceeded, GenerateResult, Router
 from genroute.testing import Fault, Reply
 
-from .conftest import gemini_config
+from .conftest import budget_usage, gemini_config
 
 REQUESTS = 500
 USAGE = (1000, 500)
@@ -47,7 +47,7 @@ def test_500_concurrent_requests_never_spend_more_than_the_budget(gemini_server)
 
     async def main() -> tuple[list[Any], Any]:
         async with Router.from_config(_budget_config(gemini_server)) as router:
-            return await _burst(router), router.policy.ledger.snapshot()
+            return await _burst(router), {"*": await router.admission.budget().usage("*")}
 
     outcomes, ledger = asyncio.run(main())
     answered = [o for o in outcomes if isinstance(o, GenerateResult)]
@@ -86,12 +86,12 @@ def test_cancelled_requests_release_their_reservations(gemini_server):
             tasks = [asyncio.create_task(router.agenerate(f"r{i}", timeout_s=60)) for i in range(50)]
             while len(gemini_server.requests) < 40:  # most are on the wire, holding their reservations
                 await asyncio.sleep(0.02)
-            assert router.policy.ledger.snapshot()["*"]["reserved"] > 0
+            assert (await router.admission.budget().usage("*"))["reserved"] > 0
             for task in tasks:
                 task.cancel()
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
             assert all(isinstance(o, asyncio.CancelledError | BudgetExceeded) for o in outcomes)
-            return router.policy.ledger.snapshot()["*"], sum(isinstance(o, asyncio.CancelledError) for o in outcomes)
+            return (await router.admission.budget().usage("*")), sum(isinstance(o, asyncio.CancelledError) for o in outcomes)
 
     ledger, cancelled = asyncio.run(asyncio.wait_for(main(), 120))
     assert ledger["reserved"] == 0.0  # nothing held by requests that will never finish
@@ -113,7 +113,7 @@ def test_500_sync_calls_from_50_threads_never_spend_more_than_the_budget(gemini_
 
     with Router.from_config(_budget_config(gemini_server)) as router, ThreadPoolExecutor(50) as pool:
         outcomes = list(pool.map(lambda i: one(router, i), range(REQUESTS), timeout=240))
-        ledger = router.policy.ledger.snapshot()["*"]
+        ledger = budget_usage(router)
     answered = [o for o in outcomes if isinstance(o, GenerateResult)]
     assert len(answered) == 40 and sum(r.cost_usd for r in answered) <= BUDGET
     assert ledger["reserved"] == 0.0 and ledger["spent"] <= BUDGET
@@ -136,7 +136,7 @@ def test_500_concurrent_requests_costing_twice_the_mean_stay_within_the_budget(g
     async def main() -> tuple[list[Any], Any]:
         config = _budget_config(gemini_server, costs={}, stats_path=_stats_file(tmp_path, COST / 2))
         async with Router.from_config(config) as router:
-            return await _burst(router), router.policy.ledger.snapshot()["*"]
+            return await _burst(router), (await router.admission.budget().usage("*"))
 
     outcomes, ledger = asyncio.run(main())
     answered = [o for o in outcomes if isinstance(o, GenerateResult)]
@@ -175,7 +175,7 @@ def test_overruns_beyond_the_hold_are_charged_and_bounded_by_one_wave_in_flight(
                 after = None
             except BudgetExceeded as exc:
                 after = exc
-            return outcomes, router.policy.ledger.snapshot()["*"], after
+            return outcomes, (await router.admission.budget().usage("*")), after
 
     try:
         outcomes, ledger, after = asyncio.run(main())

@@ -19,7 +19,7 @@ from genroute import GenerateResult, Router, UsageError
 from genroute.router.inflight import UNWIND_S
 from genroute.testing import Fault, Reply
 
-from .conftest import gemini_config
+from .conftest import budget_usage, gemini_config
 
 DRAIN_S = 0.5
 SLACK_S = 5.0  # thread hand-offs and client teardown on a loaded 2-core machine; a hang takes forever
@@ -35,7 +35,7 @@ def _config(server: Any) -> dict[str, Any]:
 
 
 def _held(router: Router) -> float:
-    return router.policy.ledger.snapshot()["*"]["reserved"]
+    return budget_usage(router)["reserved"]
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict
 from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
+    from genroute.admission import Gate
     from genroute.runtime.resources import Resources
+    from genroute.state import StateStore
 
 
 class PolicyConfig(BaseModel):
@@ -44,8 +46,13 @@ class PolicyContext:
     catalogue: Mapping[str, BackendInfo]
     #: Benchmark statistics (``genroute.bench`` writes them), keyed however the reader needs.
     stats: Any = None
-    #: Budget state (read-only view); the router reserves and settles.
-    budgets: Any = None
+    #: Budget state read by the executor before deciding, by budget policy field (``policy``,
+    #: ``policy.arms.0.policy``...): a ``genroute.policies.budget.BudgetView``. Only for policies that
+    #: ask for it (``reads_state``); the admission gates reserve and settle.
+    budgets: Mapping[str, Any] | None = None
+    #: Circuit breakers that are not closed, by backend: seconds until the breaker half-opens (<= 0: half-open,
+    #: one probe may pass). The router drops rungs whose breaker is open after the policy decided.
+    health: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,13 @@ class Policy(ABC):
         (the default). Policies stay pure: the router swaps the returned policy in."""
         return None
 
-    def reserve(self, request: GenerateRequest, decision: Decision, backend: str) -> Any:
-        """Called by the executor before a rung runs; may raise ``BudgetExceeded``. Returns a token."""
-        return None
+    @property
+    def reads_state(self) -> bool:
+        """Whether ``decide`` needs budget state in its context (the executor then reads it first)."""
+        return False
 
-    def settle(self, token: Any, cost_usd: float) -> None:
-        """Called by the executor after a rung ran (``token`` from ``reserve``) with its actual cost."""
+    def gates(self, store: StateStore) -> list[Gate]:
+        """The admission gates this policy provides (a budget's), bound to the router's state store.
+
+        The executor enters them around every attempt; the policy itself keeps no state."""
+        return []

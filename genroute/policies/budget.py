@@ -1,35 +1,40 @@
 """``budget``: per-key, per-tenant or global USD budgets over a time window, enforced by reservations.
 
-The executor calls ``reserve`` before each rung and ``settle`` after it. A reservation holds the rung's
-estimated cost until it is settled with the actual cost. The estimate is meant as an upper bound: the
-configured ``costs`` or ``max_cost_per_request`` as given, or from a stats file the measured maximum (or
-p95) cost per request, else its mean times ``cost_margin``. A request is admitted only while
-``spent + held + its estimate <= budget``, and ``settle`` charges the actual cost even when it is larger
-than what was held, so once the spend reaches the budget every later request is refused.
+The policy decides (it lets ``inner`` decide and names the budget key); the admission gate it provides,
+``BudgetGate``, holds each attempt's estimated cost in the router's state store before the attempt runs and
+settles the actual cost after it. The estimate is meant as an upper bound: the configured ``costs`` or
+``max_cost_per_request`` as given, or from a stats file the measured maximum (or p95) cost per request,
+else its mean times ``cost_margin``. An attempt is admitted only while ``spent + held + its estimate <=
+budget`` (one atomic store operation: a Lua script in Redis), and the settle charges the actual cost even
+when it is larger than what was held, so once the spend reaches the budget every later attempt is refused.
 
-What this guarantees, precisely: let the last request admitted in a window be admitted while the set
-``F`` of requests (it included) holds reservations. Every request admitted before it has either settled
+What this guarantees, precisely: let the last attempt admitted in a window be admitted while the set
+``F`` of attempts (it included) holds reservations. Every attempt admitted before it has either settled
 (its actual cost is in ``spent``) or is in ``F``, so the final spend is at most::
 
     budget + sum over r in F of max(0, actual(r) - reserved(r))
 
-With estimates that are true upper bounds that sum is 0: concurrent requests never overspend. When some
-requests cost more than estimated, the overspend is bounded by the overruns of the requests in flight
-together at that one moment (at most ``c * d`` for ``c`` concurrent requests each overrunning by at most
-``d``), and it does not compound: nothing is admitted after it. The ledger lives in this process.
+With estimates that are true upper bounds that sum is 0: concurrent requests never overspend, in one
+process or, with ``state: {kind: redis}``, across all processes sharing the store. When some requests cost
+more than estimated, the overspend is bounded by the overruns of the attempts in flight together at that one
+moment (at most ``c * d`` for ``c`` concurrent attempts each overrunning by at most ``d``), and it does not
+compound: nothing is admitted after it. A hold lapses ``HOLD_MARGIN_S`` after the request's deadline (or
+after ``DEFAULT_HOLD_TTL_S`` without one), so a process killed while holding one does not keep it.
 """
 
 from __future__ import annotations
 
+import calendar
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from genroute.admission import Attempt, Gate, Outcome, hold_ttl_s
 from genroute.errors import BudgetExceeded, ConfigError
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
@@ -38,80 +43,24 @@ from genroute.types import Decision, GenerateRequest, Rung
 
 if TYPE_CHECKING:
     from genroute.runtime.resources import Resources
+    from genroute.state import StateStore
+
+#: Budgets are kept in the store as integer nano-USD: sums are exact, in memory and in Redis alike.
+UNITS_PER_USD = 1_000_000_000
 
 
-@dataclass
-class Reservation:
-    """A hold on part of one key's budget in one window (a token for ``settle``)."""
+def to_units(usd: float) -> int:
+    """``usd`` in store units (nano-USD)."""
+    return round(usd * UNITS_PER_USD)
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """What a budget policy may read of its state when it decides (handed in through ``PolicyContext``)."""
 
     key: str
-    window: int
-    amount: float
-    settled: bool = False
-
-
-@dataclass
-class _Account:
-    window: int
-    spent: float = 0.0
-    reserved: float = 0.0
-
-
-class BudgetLedger:
-    """Spend and outstanding reservations per key in fixed windows; thread-safe and asyncio-safe."""
-
-    def __init__(self, window_s: float, *, clock: Callable[[], float] = time.time) -> None:
-        self.window_s = window_s
-        self._clock = clock
-        # A plain lock, never held across an await: safe from threads and from coroutines alike.
-        self._lock = threading.Lock()
-        self._accounts: dict[str, _Account] = {}
-
-    def _account(self, key: str) -> _Account:
-        window = math.floor(self._clock() / self.window_s)
-        account = self._accounts.get(key)
-        if account is None or account.window != window:
-            account = self._accounts[key] = _Account(window)
-        return account
-
-    def reserve(self, key: str, amount: float, limit: float) -> Reservation:
-        """Hold ``amount`` of ``key``'s budget; ``BudgetExceeded`` if spent + held + amount > ``limit``."""
-        with self._lock:
-            account = self._account(key)
-            left = limit - account.spent - account.reserved
-            # A tiny tolerance so that float sums of equal shares do not refuse the last one.
-            if amount > left + 1e-12:
-                raise BudgetExceeded(f"budget {key!r}: ${max(left, 0.0):.6g} left of ${limit:.6g}, "
-                                     f"request needs up to ${amount:.6g}")
-            account.reserved += amount
-            return Reservation(key, account.window, amount)
-
-    def settle(self, reservation: Reservation, cost_usd: float) -> None:
-        """Replace the hold with the actual cost (0 for a rung that failed before spending).
-
-        The whole actual cost is charged, even above the hold. A request reserved in one window and
-        settled in the next is charged to the window it settles in: the money is spent now, and the
-        old window's account (and its hold) is gone.
-        """
-        with self._lock:
-            if reservation.settled:
-                return
-            reservation.settled = True
-            account = self._account(reservation.key)
-            if account.window == reservation.window:
-                account.reserved = max(0.0, account.reserved - reservation.amount)
-            account.spent += cost_usd
-
-    def remaining(self, key: str, limit: float) -> float:
-        """Budget left for ``key`` in the current window (reservations count as spent)."""
-        with self._lock:
-            account = self._account(key)
-            return limit - account.spent - account.reserved
-
-    def snapshot(self) -> dict[str, dict[str, float]]:
-        """Spent and reserved per key in the current window (read-only copy)."""
-        with self._lock:
-            return {k: {"spent": a.spent, "reserved": a.reserved} for k, a in self._accounts.items()}
+    left_usd: float
+    limit_usd: float
 
 
 class BudgetConfig(PolicyConfig):
@@ -120,7 +69,9 @@ class BudgetConfig(PolicyConfig):
     kind: Literal["budget"] = "budget"
     inner: dict[str, Any] = Field(description="The policy whose decisions the budget limits.")
     budget_usd: float = Field(gt=0.0, description="USD per key per window.")
-    window_s: float = Field(default=86400.0, gt=0.0)
+    window: Literal["day", "month"] | None = Field(
+        default=None, description="Calendar window (UTC day or month); when unset, fixed `window_s` windows.")
+    window_s: float = Field(default=86400.0, gt=0.0, description="Window length in seconds (no `window`).")
     per: Literal["key", "tenant", "global"] = "key"
     tenant_field: str = Field(default="tenant", description="Metadata key naming the tenant (per: tenant).")
     limits: dict[str, float] = Field(default_factory=dict, description="Budget overrides per key.")
@@ -154,24 +105,23 @@ class BudgetConfig(PolicyConfig):
 
 
 class BudgetPolicy(Policy):
-    """Let ``inner`` decide; reserve each rung's estimated cost against the request's budget key."""
+    """Let ``inner`` decide and name the budget key; ``gates`` provides the gate that enforces the budget."""
 
     kind = "budget"
     Config = BudgetConfig
     config: BudgetConfig
 
-    def __init__(self, config: BudgetConfig, *, ledger: BudgetLedger | None = None) -> None:
+    def __init__(self, config: BudgetConfig) -> None:
         from genroute.policies import build_policy
 
         super().__init__(config)
         self.inner = build_policy(config.inner, field=f"{self.field}.inner")
         self.blocking = self.inner.blocking
-        self.ledger = ledger or BudgetLedger(config.window_s)
         self._stats = BenchStats.load(config.stats_path, field=f"{self.field}.stats_path") \
             if config.stats_path else None
 
     def budget_key(self, request: GenerateRequest) -> str:
-        """The ledger key a request is charged to."""
+        """The key a request is charged to."""
         if self.config.per == "global":
             return "*"
         if self.config.per == "tenant":
@@ -199,44 +149,51 @@ class BudgetPolicy(Policy):
             raise ConfigError(f"no cost estimate for backend {backend!r}", field=f"{self.field}.costs")
         return max(known)
 
+    def window(self, now: float) -> tuple[str, float]:
+        """The window containing ``now`` (epoch seconds): its id and the seconds until it ends."""
+        if self.config.window is None:
+            index = math.floor(now / self.config.window_s)
+            return str(index), (index + 1) * self.config.window_s - now
+        day = datetime.fromtimestamp(now, UTC)
+        if self.config.window == "day":
+            end = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() + 86400
+            return day.strftime("%Y-%m-%d"), end - now
+        days = calendar.monthrange(day.year, day.month)[1]
+        end = datetime(day.year, day.month, 1, tzinfo=UTC).timestamp() + days * 86400
+        return day.strftime("%Y-%m"), end - now
+
+    @property
+    def reads_state(self) -> bool:
+        """Whether ``decide`` needs this budget's state in its context (only to downgrade)."""
+        return self.config.on_exhausted == "downgrade"
+
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
         decision = self.inner.decide(request, context)
         key = self.budget_key(request)
-        limit = self.limit(key)
+        view: BudgetView | None = (context.budgets or {}).get(self.field)
+        per = self.config.window or f"{self.config.window_s:g} s"
+        if view is None:
+            reason = f"{decision.reason}; budget {key}: ${self.limit(key):.6g} per {per}"
+        else:
+            reason = f"{decision.reason}; budget {key}: ${max(view.left_usd, 0.0):.6g} of ${view.limit_usd:.6g} left"
         cheap = self.config.downgrade_to
-        left = self.ledger.remaining(key, limit)
-        reason = f"{decision.reason}; budget {key}: ${max(left, 0.0):.6g} of ${limit:.6g} left"
         if self.config.on_exhausted == "reject" or cheap is None:
             return decision.model_copy(update={"policy": self.name, "budget_key": key, "reason": reason})
         first = decision.rungs[0].backend
         need = self.estimate(first, request.task)
-        if need > left and first != cheap:
+        if view is not None and need > view.left_usd and first != cheap:
             return Decision(policy=self.name, rungs=(Rung(backend=cheap),), budget_key=key,
-                            reason=f"budget: {key} has ${max(left, 0.0):.6g} left < ${need:.6g} for {first}; "
-                                   f"downgraded to {cheap} (was: {decision.reason})")
-        # Another request may take the rest of the budget between now and ``reserve``: keep the cheap rung
+                            reason=f"budget: {key} has ${max(view.left_usd, 0.0):.6g} left < ${need:.6g} for "
+                                   f"{first}; downgraded to {cheap} (was: {decision.reason})")
+        # Another request may take the rest of the budget between now and admission: keep the cheap rung
         # as the last resort so the executor can still step down to it.
         rungs = decision.rungs if any(r.backend == cheap for r in decision.rungs) else \
             (*decision.rungs, Rung(backend=cheap))
         return decision.model_copy(update={"policy": self.name, "budget_key": key, "rungs": rungs,
                                            "reason": reason})
 
-    def reserve(self, request: GenerateRequest, decision: Decision, backend: str) -> Any:
-        key = decision.budget_key or self.budget_key(request)
-        held = self.ledger.reserve(key, self.estimate(backend, request.task), self.limit(key))
-        try:
-            inner = self.inner.reserve(request, decision, backend)
-        except BaseException:
-            self.ledger.settle(held, 0.0)
-            raise
-        return (held, inner)
-
-    def settle(self, token: Any, cost_usd: float) -> None:
-        if token is None:
-            return
-        held, inner = token
-        self.ledger.settle(held, cost_usd)
-        self.inner.settle(inner, cost_usd)
+    def gates(self, store: StateStore) -> list[Gate]:
+        return [BudgetGate(self, store), *self.inner.gates(store)]
 
     def bind(self, resources: Resources) -> None:
         self.inner.bind(resources)
@@ -247,3 +204,51 @@ class BudgetPolicy(Policy):
             named.append((self.config.downgrade_to, f"{self.field}.downgrade_to"))
         check_backends(catalogue, named)
         self.inner.validate_against(catalogue)
+
+
+class BudgetGate(Gate):
+    """Holds an attempt's estimated cost against its budget key's window and settles the actual cost."""
+
+    def __init__(self, policy: BudgetPolicy, store: StateStore, *, clock: Callable[[], float] = time.time) -> None:
+        self.policy = policy
+        self.store = store
+        #: The budget policy's config path: its view in ``PolicyContext.budgets`` is keyed by it.
+        self.field = policy.field
+        self._clock = clock
+
+    def account(self, key: str) -> tuple[str, float]:
+        """The store account of ``key`` in the current window, and how long to keep it."""
+        window, left_s = self.policy.window(self._clock())
+        # Kept a day past its window: a late settle still finds its hold, and reads see the closed window.
+        return f"budget:{self.policy.field}:{key}:{window}", left_s + 86400
+
+    async def view(self, request: GenerateRequest) -> BudgetView:
+        """The request's budget key and what is left of it now."""
+        key = self.policy.budget_key(request)
+        spent, held = await self.store.usage(self.account(key)[0])
+        limit = self.policy.limit(key)
+        return BudgetView(key, limit - (spent + held) / UNITS_PER_USD, limit)
+
+    async def usage(self, key: str) -> dict[str, float]:
+        """Spent and held USD of ``key`` in the current window."""
+        spent, held = await self.store.usage(self.account(key)[0])
+        return {"spent": spent / UNITS_PER_USD, "reserved": held / UNITS_PER_USD}
+
+    async def enter(self, attempt: Attempt) -> tuple[str, str | None]:
+        request = attempt.request
+        key = self.policy.budget_key(request)
+        limit = self.policy.limit(key)
+        amount = self.policy.estimate(attempt.backend, request.task)
+        account, keep_s = self.account(key)
+        hold_id, left = await self.store.hold(account, to_units(amount), to_units(limit),
+                                              ttl_s=hold_ttl_s(attempt.deadline), keep_s=keep_s)
+        if hold_id is None:
+            raise BudgetExceeded(f"budget {key!r}: ${max(left / UNITS_PER_USD, 0.0):.6g} left of ${limit:.6g}, "
+                                 f"request needs up to ${amount:.6g}", backend=attempt.backend)
+        return account, hold_id
+
+    async def exit(self, attempt: Attempt, token: tuple[str, str | None], outcome: Outcome) -> None:
+        account, hold_id = token
+        # Money is spent when it is spent: an attempt that outlived its window is charged to the current one.
+        current, keep_s = self.account(self.policy.budget_key(attempt.request))
+        await self.store.settle(account, hold_id, to_units(outcome.cost_usd), charge=current, keep_s=keep_s)

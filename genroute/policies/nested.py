@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from genroute.policies.base import BackendInfo, Policy
-from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
+    from genroute.admission import Gate
     from genroute.runtime.resources import Resources
+    from genroute.state import StateStore
 
 
 class NestedPolicy(Policy):
@@ -17,11 +18,12 @@ class NestedPolicy(Policy):
 
     inner: Policy
 
-    def reserve(self, request: GenerateRequest, decision: Decision, backend: str) -> Any:
-        return self.inner.reserve(request, decision, backend)
+    @property
+    def reads_state(self) -> bool:
+        return self.inner.reads_state
 
-    def settle(self, token: Any, cost_usd: float) -> None:
-        self.inner.settle(token, cost_usd)
+    def gates(self, store: StateStore) -> list[Gate]:
+        return self.inner.gates(store)
 
     def bind(self, resources: Resources) -> None:
         self.inner.bind(resources)

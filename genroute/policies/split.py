@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from genroute.admission import Attempt, Gate, Outcome
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
     from genroute.runtime.resources import Resources
+    from genroute.state import StateStore
 
 
 class Arm(BaseModel):
@@ -91,14 +93,14 @@ class SplitPolicy(Policy):
         decision = inner.decide(request, context)
         return decision.model_copy(update={"policy": self.name, "reason": f"{signal}; {decision.reason}"})
 
-    def reserve(self, request: GenerateRequest, decision: Decision, backend: str) -> Any:
-        inner = self._inner[self._arm(request)[0]]
-        return None if inner is None else (inner, inner.reserve(request, decision, backend))
+    @property
+    def reads_state(self) -> bool:
+        return any(p.reads_state for p in self._inner if p is not None)
 
-    def settle(self, token: Any, cost_usd: float) -> None:
-        if token is not None:
-            inner, inner_token = token
-            inner.settle(inner_token, cost_usd)
+    def gates(self, store: StateStore) -> list[Gate]:
+        # An arm's gates (its budget) apply only to the requests that hash to that arm.
+        return [_ArmGate(gate, self, i) for i, inner in enumerate(self._inner) if inner is not None
+                for gate in inner.gates(store)]
 
     def refreshed(self, update: PolicyUpdate) -> SplitPolicy | None:
         """A copy whose nested policies are refreshed (``None`` if none of them learned anything)."""
@@ -120,3 +122,25 @@ class SplitPolicy(Policy):
         for inner in self._inner:
             if inner is not None:
                 inner.validate_against(catalogue)
+
+
+class _ArmGate(Gate):
+    """A gate of one arm's policy, entered only by requests of that arm."""
+
+    def __init__(self, gate: Gate, split: SplitPolicy, arm: int) -> None:
+        self.gate, self.split, self.arm = gate, split, arm
+
+    def __getattr__(self, name: str) -> Any:  # view(), usage() of the wrapped gate
+        return getattr(self.gate, name)
+
+    async def enter(self, attempt: Attempt) -> Any:
+        if self.split._arm(attempt.request)[0] != self.arm:
+            return _SKIPPED
+        return await self.gate.enter(attempt)
+
+    async def exit(self, attempt: Attempt, token: Any, outcome: Outcome) -> None:
+        if token is not _SKIPPED:
+            await self.gate.exit(attempt, token, outcome)
+
+
+_SKIPPED = object()

@@ -64,6 +64,7 @@ def build_router(
     router_kwargs.setdefault("capture_content", config.telemetry.capture_content)
     router_kwargs.setdefault("timeout_s", config.timeout_s)
     router_kwargs.setdefault("outcomes", config.outcomes)
+    router_kwargs.setdefault("state", config.state)
     return cls(backends, policy, resources=resources, validators=all_validators, **router_kwargs)
 
 

@@ -22,12 +22,14 @@ from genroute.errors import (
     ValidationFailed,
 )
 from genroute.runtime.context import RunContext
+from genroute.router.attempt import AdmittedAttempt
 from genroute.router.validators import Check, Judge, Validator, named_in, resolve
 from genroute.types import (
     Decision, DecisionRecord, GenerateChunk, GenerateRequest, GenerateResult, Rung, RungAttempt, Usage,
 )
 
 if TYPE_CHECKING:
+    from genroute.admission import Admission
     from genroute.backends.base import Backend
     from genroute.outcomes.recorder import OutcomeRecorder
     from genroute.policies.base import Policy
@@ -40,10 +42,6 @@ _log = logging.getLogger(__name__)
 SHADOW_TIMEOUT_S = 60.0
 #: Shadow runs in flight per router; more are dropped (and counted), never queued.
 MAX_SHADOWS = 16
-
-
-#: What ends a rung and lets the next one try: a backend failure, or a budget refusing that rung.
-_RUNG_ERRORS = (BackendError, BudgetExceeded)
 
 
 @dataclass
@@ -68,7 +66,7 @@ class Ledger:
 
     def charge(self, error: BaseException, span: trace.Span | None = None) -> None:
         """Put the summed cost on ``error`` (a genroute error) and on the root ``span``."""
-        if isinstance(error, GenrouteError):
+        if isinstance(error, BackendError):
             error.cost_usd, error.usage, error.cost_estimated = self.cost_usd, self.usage, self.cost_estimated
         if span is not None:
             span.set_attributes(self.span_attributes())
@@ -101,9 +99,12 @@ class Executor:
         max_shadows: int = MAX_SHADOWS,
         outcomes: OutcomeRecorder | None = None,
         unsafe_shadows: frozenset[str] = frozenset(),
+        admission: Admission | None = None,
     ) -> None:
         self.backends = backends
         self.policy = policy
+        #: The gates (budgets, rate limits, breakers) every attempt enters and exits; None: none.
+        self.admission = admission
         self.telemetry = telemetry
         self.pricing = pricing
         self.validators = dict(validators or {})
@@ -124,7 +125,7 @@ class Executor:
         for name, field in named_in(getattr(policy, "config", None), policy.field):
             self._check(name, field)
 
-    # -- complete answers ------------------------------------------------------------------------------
+    # -- the one loop over rungs ------------------------------------------------------------------------
 
     async def run(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
                   deadline: float | None, ledger: Ledger | None = None) -> GenerateResult:
@@ -133,80 +134,63 @@ class Executor:
         ``ledger`` (a fresh one if not given) sums what every rung cost, so a caller that times the whole
         request out can still say what it cost.
         """
-        ledger = ledger if ledger is not None else Ledger()
-        last_error: GenrouteError | None = None
-        for index, rung in enumerate(decision.rungs):
-            checks = self._checks_for(rung, index) if rung.validators else ()
-            ctx = self._context(request, rung.backend, deadline)
-            rung_start = time.perf_counter()
-            try:
-                token = self.policy.reserve(request, decision, rung.backend)
-                try:
-                    output = await self.backends[rung.backend].run(request, ctx)
-                finally:
-                    self.policy.settle(token, ctx.cost_usd)
-                if checks:
-                    await self._validate(rung, checks, request, decision, output, ctx)
-            except _RUNG_ERRORS as exc:
-                last_error = exc
-                self._record(span, ledger, ctx, rung, index, rung_start, exc)
-                if _final(exc, rung):
-                    break
-                continue
-            except BaseException as exc:  # cancelled (or the request's deadline): what was spent still counts
-                self._record(span, ledger, ctx, rung, index, rung_start, exc)
-                ledger.charge(exc, span)
-                raise
-            self._record(span, ledger, ctx, rung, index, rung_start, None)
-            result = self._result(decision, ledger, ctx, output, span, start, None)
-            self._served(request, decision, span, result, output)
-            return result
-        raise self._failure(decision, ledger, last_error, span)
+        rungs = self._rungs(request, decision, span, start, deadline, live=False, ledger=ledger)
+        async with aclosing(rungs) as chunks:
+            async for chunk in chunks:
+                if chunk.result is not None:
+                    return chunk.result
+        raise AssertionError("the rung loop ended without a result or an error")  # pragma: no cover
 
-    # -- streams ---------------------------------------------------------------------------------------
-
-    async def stream(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
-                     deadline: float | None) -> AsyncIterator[GenerateChunk]:
+    def stream(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
+               deadline: float | None) -> AsyncIterator[GenerateChunk]:
         """Stream the first rung that produces output; fall back only before the first chunk is sent.
 
         A rung with validators that is not the last one is buffered (validated before anything is sent), so
         that a rejected answer can still fall through; the last rung streams live.
         """
-        ledger = Ledger()
+        return self._rungs(request, decision, span, start, deadline, live=True)
+
+    async def _rungs(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
+                     deadline: float | None, *, live: bool, ledger: Ledger | None = None
+                     ) -> AsyncIterator[GenerateChunk]:
+        """Run and stream alike: each rung is one admitted attempt; only a stream yields text as it comes."""
+        ledger = ledger if ledger is not None else Ledger()
         last_error: GenrouteError | None = None
         first_chunk_s: float | None = None
         for index, rung in enumerate(decision.rungs):
             checks = self._checks_for(rung, index) if rung.validators else ()
-            buffered = bool(checks) and index < len(decision.rungs) - 1
+            passes = live and not (checks and index < len(decision.rungs) - 1)
             ctx = self._context(request, rung.backend, deadline)
             sent = False
             pending: list[str] = []
             output: BackendOutput | None = None
             rung_start = time.perf_counter()
+            attempt = AdmittedAttempt(self.admission, request, decision, rung.backend, ctx, span)
             try:
-                token = self.policy.reserve(request, decision, rung.backend)
-                try:
-                    async with aclosing(self.backends[rung.backend].stream(request, ctx)) as items:
-                        async for item in items:
-                            if isinstance(item, BackendOutput):
-                                output = item
-                            elif buffered:
-                                pending.append(item)
-                            else:
-                                if first_chunk_s is None:
-                                    first_chunk_s = time.perf_counter() - start
-                                sent = True
-                                yield GenerateChunk(text=item)
-                finally:
-                    self.policy.settle(token, ctx.cost_usd)
-                if output is None:
-                    raise StreamInterrupted(f"stream from {rung.backend!r} ended without its final output",
-                                            backend=rung.backend)
+                async with attempt:
+                    backend = self.backends[rung.backend]
+                    if live:
+                        async with aclosing(backend.stream(request, ctx)) as items:
+                            async for item in items:
+                                if isinstance(item, BackendOutput):
+                                    output = item
+                                elif passes:
+                                    if first_chunk_s is None:
+                                        first_chunk_s = time.perf_counter() - start
+                                    sent = True
+                                    yield GenerateChunk(text=item)
+                                else:
+                                    pending.append(item)
+                        if output is None:
+                            raise StreamInterrupted(f"stream from {rung.backend!r} ended without its final output",
+                                                    backend=rung.backend)
+                    else:
+                        output = await backend.run(request, ctx)
                 if checks:
                     await self._validate(rung, checks, request, decision, output, ctx)
-            except _RUNG_ERRORS as exc:
+            except BackendError as exc:
                 last_error = exc
-                self._record(span, ledger, ctx, rung, index, rung_start, exc)
+                self._record(span, ledger, ctx, rung, index, rung_start, exc, admitted=attempt.admitted)
                 if sent:
                     interrupted = StreamInterrupted(
                         f"stream from {rung.backend!r} failed after output was sent: {exc}", backend=rung.backend)
@@ -215,8 +199,8 @@ class Executor:
                 if _final(exc, rung):
                     break
                 continue
-            except BaseException as exc:  # the consumer stopped reading or was cancelled: charged all the same
-                self._record(span, ledger, ctx, rung, index, rung_start, exc)
+            except BaseException as exc:  # cancelled, the deadline, or a consumer that stopped: charged all the same
+                self._record(span, ledger, ctx, rung, index, rung_start, exc, admitted=attempt.admitted)
                 ledger.charge(exc, span)
                 raise
             for text in pending:
@@ -266,15 +250,12 @@ class Executor:
 
     async def _run_for_check(self, request: GenerateRequest, decision: Decision, ctx: RunContext,
                              backend: str, check_request: GenerateRequest) -> BackendOutput:
-        """Run ``backend`` for a check (a judge) of the rung ``ctx`` accounts: own reservation, cost in the rung."""
+        """Run ``backend`` for a check (a judge) of the rung ``ctx`` accounts: own admission, cost in the rung."""
         side = self._context(check_request, backend, ctx.deadline)
         try:
-            token = self.policy.reserve(request, decision, backend)
-            try:
+            async with AdmittedAttempt(self.admission, request, decision, backend, side, trace.get_current_span()):
                 return await self.backends[backend].run(check_request, side)
-            finally:
-                self.policy.settle(token, side.cost_usd)
-        except _RUNG_ERRORS as exc:  # an answer that could not be checked is not accepted
+        except BackendError as exc:  # an answer that could not be checked is not accepted
             raise ValidationFailed(f"{ctx.backend}: validator backend {backend!r} failed: {exc}",
                                    backend=ctx.backend) from exc
         finally:
@@ -286,9 +267,11 @@ class Executor:
                 ctx.cloud_equivalent_cost_usd = (ctx.cloud_equivalent_cost_usd or 0.0) + side.cloud_equivalent_cost_usd
 
     def _record(self, span: trace.Span, ledger: Ledger, ctx: RunContext, rung: Rung, index: int,
-                rung_start: float, error: BaseException | None) -> None:
+                rung_start: float, error: BaseException | None, *, admitted: bool = True) -> None:
         if error is None:
             outcome = "ok"
+        elif not admitted:  # refused by a budget, a rate limit or an open breaker: nothing was sent
+            outcome = "skipped"
         elif isinstance(error, ValidationFailed):
             outcome = "rejected_by_validator"
         elif isinstance(error, GenrouteError):
@@ -393,8 +376,8 @@ class Executor:
         """Run a shadow backend; its answer never reaches the caller, it is measured (and, with an outcome
         recorder, scored against the served answer and stored as a paired outcome).
 
-        It reserves and settles through the policy like a rung (so budgets count it) and is skipped when the
-        reservation is refused.
+        It passes admission like a rung (budgets count it, rate limits and breakers apply) and is skipped
+        when admission refuses it.
         """
         link = trace.Link(parent.get_span_context())
         with self.telemetry.tracer.start_as_current_span(
@@ -403,21 +386,19 @@ class Executor:
             record_exception=False, set_status_on_exception=False,
         ) as span:
             ctx = self._context(request, backend, time.monotonic() + timeout_s)
-            try:
-                token = self.policy.reserve(request, decision, backend)
-            except Exception as exc:  # e.g. BudgetExceeded: a shadow never spends what the budget refuses
-                span.set_attribute("genroute.shadow.skipped", type(exc).__name__)
-                return
+            attempt = AdmittedAttempt(self.admission, request, decision, backend, ctx, span)
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(timeout_s):
+                async with attempt, asyncio.timeout(timeout_s):
                     output = await self.backends[backend].run(request, ctx)
             except Exception as exc:  # a shadow must never surface; it is only measured
+                if not attempt.admitted:  # e.g. BudgetExceeded: a shadow never spends what the budget refuses
+                    span.set_attribute("genroute.shadow.skipped", type(exc).__name__)
+                    return
                 span.set_attribute("error.type", type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 return
             finally:
-                self.policy.settle(token, ctx.cost_usd)
                 span.set_attributes({"gen_ai.usage.cost.amount": ctx.cost_usd, "gen_ai.usage.cost.currency": "USD"})
             span.set_attribute("genroute.shadow.chars", len(output.text))
             if self.outcomes is not None and served.outcome_id is not None:
@@ -460,7 +441,7 @@ class Executor:
         done, pending = await asyncio.wait(set(self._shadows), timeout=timeout_s)
         for task in pending:
             task.cancel()
-        if pending:  # let the cancelled runs settle their reservations and end their spans
+        if pending:  # let the cancelled runs settle their admission and end their spans
             await asyncio.wait(pending, timeout=1.0)
 
 

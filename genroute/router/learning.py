@@ -186,6 +186,7 @@ class Learning:
         policy.validate_against(self.catalogue)
         check_shadows(policy, self._unsafe)
         self._executor.use_policy(policy)
+        self._executor.admission = self.admission = self._admission(policy)  # the new policy's budget gates
         self.policy = policy
 
 

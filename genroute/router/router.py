@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import Status, StatusCode
 from pydantic import ValidationError
 
-from genroute.errors import (
-    BackendError, DeadlineExceeded, GenrouteError, StreamInterrupted, ToolLoopExceeded, UsageError,
-)
+from genroute.admission import Admission, Instruments
+from genroute.errors import BackendUnavailable, GenrouteError, UsageError
 from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor, Ledger
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
@@ -23,6 +22,7 @@ from genroute.runtime.portal import Portal
 from genroute.router.build import require_prices
 from genroute.runtime.telemetry import CurrentSpan, Telemetry
 from genroute.router.learning import Learning, backend_info
+from genroute.state import StateStore, build_state
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from genroute.outcomes.settings import OutcomeSettings, ScrubHook
     from genroute.runtime.resources import Resources
     from genroute.router.validators import Validator
+    from genroute.state import StateConfig
 
 
 #: How long ``close`` waits for the telemetry providers it was given to export what they hold.
@@ -59,6 +60,7 @@ class Router(Learning):
         meter_provider: MeterProvider | None = None,
         outcomes: OutcomeSettings | Mapping[str, Any] | None = None,
         scrub: ScrubHook | None = None,
+        state: StateStore | Mapping[str, Any] | StateConfig | None = None,
     ) -> None:
         from genroute.outcomes.settings import settings_from
         from genroute.runtime.resources import Resources
@@ -81,9 +83,14 @@ class Router(Learning):
         self._unsafe = unsafe_backends(self.backends)
         check_shadows(self.policy, self._unsafe)  # a shadow must never repeat a tool's side effects
         self.context = PolicyContext(catalogue=self.catalogue, stats=stats)
+        #: Where admission keeps its counts (``state`` config: process memory unless Redis is configured).
+        self.state = build_state(state)
+        self._owns_state = not isinstance(state, StateStore)
+        self._instruments = Instruments(self.telemetry.meter)
+        self.admission = self._admission(self.policy)
         self._executor = Executor(self.backends, self.policy, telemetry=self.telemetry,
                                   pricing=self.resources.pricing, validators=validators, timeout_s=timeout_s,
-                                  unsafe_shadows=frozenset(self._unsafe))
+                                  unsafe_shadows=frozenset(self._unsafe), admission=self.admission)
         self.outcome_settings = settings_from(outcomes)
         if self.outcome_settings is not None:
             from genroute.router.outcome_setup import build_recorder, engine_secrets
@@ -125,13 +132,10 @@ class Router(Learning):
                 async with asyncio.timeout_at(asyncio.get_running_loop().time() + (deadline - time.monotonic())):
                     return await self._executor.run(request, decision, span, start, deadline, ledger)
             except TimeoutError:
-                error = self._expired(request, decision)
+                error = BackendUnavailable(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded",
+                                           backend=decision.rungs[0].backend)
                 ledger.charge(error)  # what the timed-out attempts cost the provider still counts
                 raise error from None
-            except BackendError as exc:
-                if not _ended_by(deadline, exc):
-                    raise
-                raise self._expired(request, decision, exc) from exc
 
     def generate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
         """Answer one request (sync; not from inside a running event loop)."""
@@ -147,15 +151,10 @@ class Router(Learning):
                        ) -> AsyncIterator[GenerateChunk]:
         request = self._request(input, fields)
         async with self._root_span(request) as (span, decision, start, deadline):
-            try:
-                # aclosing: a caller that stops early closes every inner stream now, in this context.
-                async with aclosing(self._executor.stream(request, decision, span, start, deadline)) as chunks:
-                    async for chunk in chunks:
-                        yield chunk
-            except BackendError as exc:
-                if _ended_by(deadline, exc):
-                    raise self._expired(request, decision, exc) from exc
-                raise
+            # aclosing: a caller that stops early closes every inner stream now, in this context.
+            async with aclosing(self._executor.stream(request, decision, span, start, deadline)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     def stream(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Iterator[GenerateChunk]:
         """Stream one answer (sync; not from inside a running event loop)."""
@@ -215,6 +214,8 @@ class Router(Learning):
         for backend in self.backends.values():
             await backend.aclose()
         await self.resources.aclose()
+        if self._owns_state:
+            await self.state.aclose()
         await _flush(self._providers, _FLUSH_TIMEOUT_MS / 1000)
 
     def close(self, *, drain_s: float = CLOSE_DRAIN_S) -> None:
@@ -269,32 +270,31 @@ class Router(Learning):
             raise UsageError("the router is closed")
         return request
 
-    def _decide(self, request: GenerateRequest) -> Decision:
+    def _decide(self, request: GenerateRequest, context: PolicyContext | None = None) -> Decision:
         if request.backend is not None:
             return Decision.single("override", request.backend, f"explicit backend={request.backend!r}")
-        return self.policy.decide(request, self.context)
+        return self.policy.decide(request, context or self.context)
 
     async def _adecide(self, request: GenerateRequest, deadline: float | None = None) -> Decision:
+        context = self.context
+        if self.policy.reads_state and request.backend is None and self.admission is not None:
+            context = await self.admission.context(request, context)
         # Policies that embed the request (semantic, learned) would stall the event loop: run them off it.
         if self.policy.blocking and request.backend is None:
-            decide = asyncio.to_thread(self._decide, request)
+            decide = asyncio.to_thread(self._decide, request, context)
             if deadline is None:
                 return await decide
             try:
                 return await asyncio.wait_for(decide, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                raise DeadlineExceeded(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded "
-                                       f"while the {self.policy.name!r} policy decided") from None
-        return self._decide(request)
+                raise BackendUnavailable(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded "
+                                         f"while the {self.policy.name!r} policy decided") from None
+        return self._decide(request, context)
 
-    def _expired(self, request: GenerateRequest, decision: Decision,
-                 cause: GenrouteError | None = None) -> DeadlineExceeded:
-        """The request's ``DeadlineExceeded``, carrying what ``cause`` (the failure it replaces) cost."""
-        error = DeadlineExceeded(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded",
-                                 backend=decision.rungs[0].backend)
-        if cause is not None:
-            error.cost_usd, error.usage, error.cost_estimated = cause.cost_usd, cause.usage, cause.cost_estimated
-        return error
+    def _admission(self, policy: Policy) -> Admission | None:
+        """The gates every attempt passes: the policy's (a budget's); None when there are none."""
+        gates = policy.gates(self.state)
+        return Admission(gates, self.state, self._instruments) if gates else None
 
     def _root_span(self, request: GenerateRequest) -> _RootSpan:
         if self._refresher is None and self.outcome_settings is not None:
@@ -346,20 +346,6 @@ class _RootSpan:
             if not isinstance(exc, GenrouteError | GeneratorExit):
                 self.span.record_exception(exc)
         self._cm.__exit__(None, None, None)
-
-
-#: An engine bounds its attempts by the time left and its timer may fire a hair before the router's would.
-_DEADLINE_SLACK_S = 0.05
-
-
-def _ended_by(deadline: float | None, exc: BackendError) -> bool:
-    """Whether the request's deadline, not the backend, ended it: ``exc`` came at (or past) the deadline.
-
-    A stream cut after its first chunk stays ``StreamInterrupted`` and a tool loop ``ToolLoopExceeded``: the
-    caller must know that output was sent, or which tools ran.
-    """
-    return (deadline is not None and not isinstance(exc, StreamInterrupted | ToolLoopExceeded)
-            and time.monotonic() >= deadline - _DEADLINE_SLACK_S)
 
 
 async def _flush(providers: list[Any], timeout_s: float) -> None:

@@ -93,7 +93,7 @@ class Telemetry:
 
         self.capture_content = capture_from_env() if capture_content is None else capture_content
         self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider=tracer_provider)
-        meter = metrics.get_meter(TRACER_NAME, __version__, meter_provider=meter_provider)
+        meter = self.meter = metrics.get_meter(TRACER_NAME, __version__, meter_provider=meter_provider)
         self.duration = meter.create_histogram(
             "gen_ai.client.operation.duration", unit="s",
             description="GenAI operation duration",

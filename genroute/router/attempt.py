@@ -1,0 +1,55 @@
+"""The one path of every attempt — a rung, a shadow run, a judge's call: admission in, the backend, admission out."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from genroute.admission import Outcome
+
+if TYPE_CHECKING:
+    from opentelemetry import trace
+
+    from genroute.admission import Admission
+    from genroute.runtime.context import RunContext
+    from genroute.types import Decision, GenerateRequest
+
+_log = logging.getLogger(__name__)
+
+
+class AdmittedAttempt:
+    """The one admission path of every attempt (rung, shadow, judge): enter the gates, run, settle.
+
+    ``async with`` enters the router's admission gates (a refusal raises before anything is sent, with
+    ``admitted`` still False) and, however the body ends (answer, error, cancellation, a stream closed
+    early), exits them with the cost the attempt's ``RunContext`` reports: that figure, whatever produced it
+    (usage the provider reported or an estimate for a failed or cut call), is what budgets and token rate
+    limits settle at.
+    """
+
+    __slots__ = ("admission", "request", "decision", "backend", "ctx", "span", "admitted", "_ticket")
+
+    def __init__(self, admission: Admission | None, request: GenerateRequest, decision: Decision, backend: str,
+                 ctx: RunContext, span: trace.Span) -> None:
+        self.admission, self.request, self.decision, self.backend = admission, request, decision, backend
+        self.ctx, self.span = ctx, span
+        self.admitted = False
+        self._ticket: Any = None
+
+    async def __aenter__(self) -> AdmittedAttempt:
+        admission = self.admission
+        if admission is not None:
+            self._ticket = await admission.enter(self.request, self.decision, self.backend, self.ctx.deadline,
+                                                 self.span)
+        self.admitted = True
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if self._ticket is None:
+            return
+        ticket, self._ticket = self._ticket, None
+        outcome = Outcome(cost_usd=self.ctx.cost_usd, input_tokens=self.ctx.usage.input_tokens, error=exc)
+        try:
+            await self.admission.exit(ticket, outcome)  # type: ignore[union-attr]
+        except Exception as error:  # the answer stands; an unsettled hold lapses with its TTL
+            _log.warning("could not settle admission for %r: %s: %s", self.backend, type(error).__name__, error)

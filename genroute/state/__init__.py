@@ -1,0 +1,153 @@
+"""Shared state: where budgets, rate limits and circuit breakers keep their counts.
+
+``StateStore`` is a small set of atomic async operations; ``MemoryStateStore`` keeps them in this process
+(the default) and ``RedisStateStore`` in Redis or Valkey, so that several processes or replicas share one
+budget, one rate limit and one view of each backend's health. The budget, rate-limit and breaker logic
+(``genroute.admission``, ``genroute.policies.budget``) is written once against this interface: the store is
+the only thing that differs.
+
+The operations, all atomic per call:
+
+- ``hold`` / ``settle`` / ``usage`` — an *account* of integer units (nano-USD for budgets, requests or
+  tokens for rate limits) with ``spent`` and outstanding *holds*. ``hold`` admits ``amount`` only while
+  ``spent + held + amount <= limit``; a hold lapses after ``ttl_s`` (so a process killed while holding one
+  frees it); ``settle`` drops a hold and charges the actual amount, possibly to another account (the
+  current window). Accounts expire ``keep_s`` after their last write.
+- ``breaker_fail`` / ``breaker_open`` / ``breaker_close`` / ``breaker_probe`` / ``breakers`` — circuit
+  breaker state: failures counted in a window, an ``open until`` time, and one half-open probe at a time.
+- ``append`` / ``items`` — an append-only list of byte strings (for records other parts keep).
+
+Configured by the router's ``state`` section: ``{kind: memory}`` or ``{kind: redis, url, prefix, on_error}``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genroute.errors import ConfigError
+
+
+class StateStore(ABC):
+    """Atomic counters that budgets, rate limits and breakers share (see the module docstring)."""
+
+    #: True while a shared store is unreachable and this process answers from its own memory.
+    degraded: bool = False
+    #: Called with the operation's name each time a call is answered from fallback memory (a metric).
+    on_fallback: Callable[[str], None] | None = None
+
+    # -- accounts with holds ---------------------------------------------------------------------------
+
+    @abstractmethod
+    async def hold(self, account: str, amount: int, limit: int, *, ttl_s: float, keep_s: float
+                   ) -> tuple[str | None, int]:
+        """Hold ``amount`` if ``spent + held + amount <= limit``: (hold id or None if refused, units left)."""
+
+    @abstractmethod
+    async def settle(self, account: str, hold_id: str | None, amount: int, *, charge: str | None = None,
+                     keep_s: float) -> None:
+        """Drop hold ``hold_id`` (if still there) and add ``amount`` to the spend of ``charge`` (default: the
+        same account)."""
+
+    @abstractmethod
+    async def usage(self, account: str) -> tuple[int, int]:
+        """(spent, held) of ``account`` now; expired holds are not counted."""
+
+    # -- circuit breakers ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def breaker_fail(self, name: str, *, threshold: int, window_s: float, open_s: float) -> bool:
+        """Count one failure; open the breaker for ``open_s`` when ``threshold`` fell within ``window_s``.
+        True when this call opened it."""
+
+    @abstractmethod
+    async def breaker_open(self, name: str, open_s: float) -> bool:
+        """Open the breaker for at least ``open_s`` from now; True if it was not open already."""
+
+    @abstractmethod
+    async def breaker_close(self, name: str) -> bool:
+        """Close the breaker and forget its failures; True if it was open or half-open."""
+
+    @abstractmethod
+    async def breaker_probe(self, name: str, ttl_s: float) -> bool:
+        """Claim the one half-open probe (held for at most ``ttl_s``); False if another holds it."""
+
+    @abstractmethod
+    async def breakers(self, names: Iterable[str]) -> dict[str, float]:
+        """Seconds until each non-closed breaker in ``names`` half-opens (<= 0: half-open now)."""
+
+    # -- lists -----------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def append(self, key: str, value: bytes) -> None:
+        """Append ``value`` to the list ``key``."""
+
+    @abstractmethod
+    async def items(self, key: str, start: int = 0) -> list[bytes]:
+        """The list ``key`` from index ``start`` on."""
+
+    async def aclose(self) -> None:
+        """Release connections (nothing for the memory store)."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MemoryStateConfig(_Frozen):
+    """State in this process's memory (the default): nothing is shared between processes."""
+
+    kind: Literal["memory"] = "memory"
+
+
+class RedisStateConfig(_Frozen):
+    """State in Redis or Valkey, shared by every process that names the same ``url`` and ``prefix``."""
+
+    kind: Literal["redis"]
+    url: str = Field(default="redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://",
+                     description="redis://host:port/db, rediss:// for TLS, or unix:///path.sock")
+    prefix: str = Field(default="genroute:", description="Key prefix: routers that share it share state.")
+    on_error: Literal["open", "closed"] = Field(
+        default="open", description="Store unreachable: `open` uses this process's memory meanwhile (counted, "
+        "logged), `closed` refuses requests with StateUnavailable (nothing is sent).")
+    timeout_s: float = Field(default=1.0, gt=0, description="Per-command socket timeout.")
+    connect_timeout_s: float = Field(default=2.0, gt=0, description="Timeout to open a connection.")
+    max_connections: int = Field(default=64, ge=1, description="Connections per process and event loop.")
+    retry_s: float = Field(default=1.0, gt=0, description="After a failure, how long to stay on the fallback "
+                           "before trying the store again.")
+
+
+StateConfig = Annotated[MemoryStateConfig | RedisStateConfig, Field(discriminator="kind")]
+
+
+def build_state(config: StateStore | Mapping[str, Any] | BaseModel | None, *, field: str = "state"
+                ) -> StateStore:
+    """The store a ``state`` config section (or ``None``: memory) describes."""
+    from pydantic import TypeAdapter
+
+    from genroute.state.memory import MemoryStateStore
+
+    if isinstance(config, StateStore):
+        return config
+    if config is None:
+        return MemoryStateStore()
+    if not isinstance(config, BaseModel):
+        try:
+            config = TypeAdapter(StateConfig).validate_python(dict(config))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in (field, *first["loc"][1:]))  # loc[0] is the union member's tag
+            raise ConfigError(first["msg"], field=where) from None
+    if isinstance(config, RedisStateConfig):
+        from genroute.state.redis_store import RedisStateStore
+
+        return RedisStateStore(config)
+    if isinstance(config, MemoryStateConfig):
+        return MemoryStateStore()
+    raise ConfigError(f"unknown state config {type(config).__name__}", field=field)
+
+
+__all__ = ["MemoryStateConfig", "RedisStateConfig", "StateConfig", "StateStore", "build_state"]

@@ -1,0 +1,103 @@
+"""A real ``redis-server`` for shared-state tests, on a free loopback port, started and stopped by a fixture.
+
+Import into a test module (``from .redis_fixtures import redis_server  # noqa: F401``). Without
+``redis-server`` on PATH the tests skip, unless CI or ``GENROUTE_REQUIRE_REDIS=1`` requires it: then they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .chroma_fixtures import free_port
+
+
+def redis_required() -> bool:
+    """Whether a missing ``redis-server`` fails the tests (CI, or GENROUTE_REQUIRE_REDIS=1)."""
+    return bool(os.environ.get("CI")) or os.environ.get("GENROUTE_REQUIRE_REDIS") == "1"
+
+
+@dataclass
+class RedisServer:
+    """A running ``redis-server`` process (no persistence: a restart starts empty)."""
+
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server (again) on its port and wait until it answers PING."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            message = "redis-server is not installed (scripts/install.sh installs it with apt-get)"
+            if redis_required():
+                pytest.fail(message + " (CI or GENROUTE_REQUIRE_REDIS=1 requires it)")
+            pytest.skip(message)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--protected-mode", "no"], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not self.ping():
+            if self.process.poll() is not None:
+                pytest.fail(f"redis-server exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not answer in 20 s: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL)."""
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def flush(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(b"FLUSHALL\r\n")
+            sock.recv(16)
+
+
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis") / "redis.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(redis_session: RedisServer) -> Iterator[RedisServer]:
+    """The session's Redis, emptied for this test (restarted first if a test stopped it)."""
+    if redis_session.process is None or redis_session.process.poll() is not None:
+        redis_session.start()
+    redis_session.flush()
+    yield redis_session

@@ -1,0 +1,49 @@
+"""A separate process for the shared-state tests: hammers one Redis account, or holds and waits to be killed.
+
+    python -m tests.state_worker burst URL PREFIX TASKS AMOUNT LIMIT  -> "ready"; on a line in: holds admitted
+    python -m tests.state_worker hold URL PREFIX AMOUNT LIMIT TTL_S    -> holds, prints "held", sleeps
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+
+from genroute.state import RedisStateConfig
+from genroute.state.redis_store import RedisStateStore
+
+ACCOUNT = "shared"
+
+
+async def burst(store: RedisStateStore, tasks: int, amount: int, limit: int) -> int:
+    async def one(i: int) -> int:
+        hold_id, _ = await store.hold(ACCOUNT, amount, limit, ttl_s=60, keep_s=600)
+        if hold_id is None:
+            return 0
+        await asyncio.sleep(random.Random(i).uniform(0, 0.003))  # the attempt "runs"; others hold meanwhile
+        await store.settle(ACCOUNT, hold_id, amount, keep_s=600)
+        return 1
+
+    return sum(await asyncio.gather(*(one(i) for i in range(tasks))))
+
+
+async def main(argv: list[str]) -> None:
+    mode, url, prefix = argv[:3]
+    store = RedisStateStore(RedisStateConfig(kind="redis", url=url, prefix=prefix, on_error="closed"))
+    if mode == "burst":
+        tasks, amount, limit = map(int, argv[3:6])
+        await store.usage(ACCOUNT)  # connect first, then start when the test says go (all together)
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        print(await burst(store, tasks, amount, limit), flush=True)
+    elif mode == "hold":
+        amount, limit = int(argv[3]), int(argv[4])
+        hold_id, _ = await store.hold(ACCOUNT, amount, limit, ttl_s=float(argv[5]), keep_s=600)
+        print("held" if hold_id else "refused", flush=True)
+        await asyncio.sleep(3600)
+    await store.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))

@@ -1,0 +1,224 @@
+"""State stores: the same atomic operations in process memory and in a real Redis, shared across processes.
+
+Nothing here fakes Redis: the ``redis`` cases run against a ``redis-server`` the fixture starts, and the
+sharing claims are checked with real subprocesses (one killed with SIGKILL while it holds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genroute.errors import ConfigError, StateUnavailable
+from genroute.state import RedisStateConfig, StateStore, build_state
+from genroute.state.memory import MemoryStateStore
+from genroute.state.redis_store import RedisStateStore
+
+from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _redis(server: RedisServer, **config: Any) -> RedisStateStore:
+    return RedisStateStore(RedisStateConfig(kind="redis", url=server.url, prefix=f"t{os.getpid()}:", **config))
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> StateStore:
+    if request.param == "memory":
+        return MemoryStateStore()
+    return _redis(request.getfixturevalue("redis_server"), on_error="closed")
+
+
+# -- accounts ---------------------------------------------------------------------------------------------
+
+async def test_concurrent_holds_never_exceed_the_limit(store: StateStore) -> None:
+    async def one(i: int) -> bool:
+        hold_id, _ = await store.hold("acct", 3, 500, ttl_s=60, keep_s=600)
+        if hold_id is None:
+            return False
+        await asyncio.sleep((i % 7) / 1000)
+        await store.settle("acct", hold_id, 3, keep_s=600)
+        return True
+
+    admitted = sum(await asyncio.gather(*(one(i) for i in range(400))))
+    assert admitted == 500 // 3  # every hold that fits is admitted, and not one more
+    assert await store.usage("acct") == (admitted * 3, 0)
+    await store.aclose()
+
+
+async def test_settle_charges_the_actual_amount_to_the_charged_account(store: StateStore) -> None:
+    hold_id, left = await store.hold("w1", 40, 100, ttl_s=60, keep_s=600)
+    assert hold_id is not None and left == 60
+    assert (await store.hold("w1", 61, 100, ttl_s=60, keep_s=600))[0] is None
+    await store.settle("w1", hold_id, 75, charge="w2", keep_s=600)  # settled in the next window, above its hold
+    assert await store.usage("w1") == (0, 0)
+    assert await store.usage("w2") == (75, 0)
+    await store.settle("w1", hold_id, 0, keep_s=600)  # a second settle of the same hold holds nothing
+    assert await store.usage("w1") == (0, 0)
+    await store.aclose()
+
+
+async def test_holds_lapse_after_their_ttl(store: StateStore) -> None:
+    assert (await store.hold("ttl", 90, 100, ttl_s=0.2, keep_s=600))[0] is not None
+    assert (await store.hold("ttl", 20, 100, ttl_s=60, keep_s=600))[0] is None
+    await asyncio.sleep(0.3)
+    assert await store.usage("ttl") == (0, 0)
+    assert (await store.hold("ttl", 20, 100, ttl_s=60, keep_s=600))[0] is not None
+    await store.aclose()
+
+
+async def test_lists_append_and_read(store: StateStore) -> None:
+    for value in (b"a", b"b", b"c"):
+        await store.append("log", value)
+    assert await store.items("log") == [b"a", b"b", b"c"]
+    assert await store.items("log", 1) == [b"b", b"c"]
+    await store.aclose()
+
+
+# -- breakers ---------------------------------------------------------------------------------------------
+
+async def test_breaker_opens_after_threshold_then_one_probe_then_closes(store: StateStore) -> None:
+    assert not await store.breaker_fail("b", threshold=3, window_s=10, open_s=0.2)
+    assert not await store.breaker_fail("b", threshold=3, window_s=10, open_s=0.2)
+    assert await store.breakers(["b"]) == {}  # failures alone do not open it
+    assert await store.breaker_fail("b", threshold=3, window_s=10, open_s=0.2)
+    (left,) = (await store.breakers(["b", "other"])).values()
+    assert 0 < left <= 0.2
+    assert not await store.breaker_probe("b", 5)  # open: no probe yet
+    await asyncio.sleep(0.25)
+    assert (await store.breakers(["b"]))["b"] <= 0  # half-open
+    assert await store.breaker_probe("b", 5)
+    assert not await store.breaker_probe("b", 5)  # only one probe at a time
+    assert await store.breaker_close("b")
+    assert await store.breakers(["b"]) == {}
+    assert await store.breaker_probe("b", 5)  # closed: everything passes
+    await store.aclose()
+
+
+async def test_breaker_open_for_a_given_time(store: StateStore) -> None:
+    assert await store.breaker_open("r", 30)
+    assert not await store.breaker_open("r", 1)  # already open; never shortened
+    assert 29 < (await store.breakers(["r"]))["r"] <= 30
+    await store.aclose()
+
+
+# -- across processes (real Redis only) -------------------------------------------------------------------
+
+def _worker(*args: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "tests.state_worker", *map(str, args)], cwd=ROOT, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_four_processes_share_one_limit(redis_server: RedisServer) -> None:
+    prefix = f"mp{os.getpid()}:"
+    workers = [_worker("burst", redis_server.url, prefix, 150, 7, 1000) for _ in range(4)]
+    for worker in workers:  # all four connected: start them together
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    counts = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        counts.append(int(out))
+    assert sum(counts) == 1000 // 7  # 600 attempts in 4 processes; exactly what fits was admitted
+    assert all(c > 0 for c in counts)  # and the processes really competed
+    store = _redis(redis_server)
+    store.prefix = prefix
+    assert asyncio.run(store.usage("shared")) == (142 * 7, 0)
+
+
+def test_a_hold_of_a_killed_process_lapses(redis_server: RedisServer) -> None:
+    prefix = f"kill{os.getpid()}:"
+    holder = _worker("hold", redis_server.url, prefix, 90, 100, 1.0)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    finally:
+        holder.kill()
+    store = _redis(redis_server)
+    store.prefix = prefix
+
+    async def check() -> tuple[Any, ...]:
+        refused = await store.hold("shared", 20, 100, ttl_s=60, keep_s=600)
+        await asyncio.sleep(1.1)
+        admitted = await store.hold("shared", 20, 100, ttl_s=60, keep_s=600)
+        return refused, admitted
+
+    refused, admitted = asyncio.run(check())
+    assert refused[0] is None and admitted[0] is not None  # the dead process's 90 were freed by the TTL
+
+
+# -- the store down ---------------------------------------------------------------------------------------
+
+async def test_store_down_fail_open_uses_memory_then_recovers(redis_server: RedisServer,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    store = _redis(redis_server, on_error="open", retry_s=0.2, timeout_s=0.3, connect_timeout_s=0.3)
+    seen: list[str] = []
+    store.on_fallback = seen.append
+    held, _ = await store.hold("acct", 10, 100, ttl_s=60, keep_s=600)
+    redis_server.stop()
+    try:
+        down, _ = await store.hold("acct", 10, 100, ttl_s=60, keep_s=600)
+        assert down is not None and store.degraded and seen == ["hold"]
+        await store.settle("acct", down, 10, keep_s=600)  # settled in memory, where it was held
+        await store.settle("acct", held, 10, keep_s=600)  # held in Redis: charged in memory meanwhile
+        assert store.fallbacks == 2  # the memory hold is settled in memory without trying Redis
+        warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(warnings) == 1  # logged once per interval, not once per call
+        assert "127.0.0.1" in warnings[0].getMessage()
+    finally:
+        redis_server.start()  # an empty server: no persistence
+    await asyncio.sleep(0.25)
+    assert await store.usage("acct") == (0, 0)  # Redis again (empty after the restart), same client
+    assert not store.degraded
+    await store.aclose()
+
+
+async def test_store_down_fail_closed_raises(redis_server: RedisServer) -> None:
+    store = _redis(redis_server, on_error="closed", retry_s=0.2, timeout_s=0.3, connect_timeout_s=0.3)
+    await store.usage("acct")
+    redis_server.stop()
+    try:
+        with pytest.raises(StateUnavailable, match="unreachable"):
+            await store.hold("acct", 10, 100, ttl_s=60, keep_s=600)
+        with pytest.raises(StateUnavailable):  # within retry_s: refused without trying again
+            await store.usage("acct")
+    finally:
+        redis_server.start()
+    await asyncio.sleep(0.25)
+    assert (await store.hold("acct", 10, 100, ttl_s=60, keep_s=600))[0] is not None
+    await store.aclose()
+
+
+# -- config -----------------------------------------------------------------------------------------------
+
+def test_state_config_errors_name_the_field() -> None:
+    assert isinstance(build_state(None), MemoryStateStore)
+    assert isinstance(build_state({"kind": "memory"}), MemoryStateStore)
+    with pytest.raises(ConfigError, match="state.url"):
+        build_state({"kind": "redis", "url": "http://x"})
+    with pytest.raises(ConfigError, match="state.on_error"):
+        build_state({"kind": "redis", "on_error": "maybe"})
+    with pytest.raises(ConfigError, match="state"):
+        build_state({"kind": "etcd"})
+
+
+def test_a_password_in_the_url_never_reaches_an_error(redis_server: RedisServer) -> None:
+    store = RedisStateStore(RedisStateConfig(kind="redis", url="redis://:hunter2@127.0.0.1:1/0", on_error="closed",
+                                             timeout_s=0.2, connect_timeout_s=0.2))
+    with pytest.raises(StateUnavailable) as caught:
+        asyncio.run(store.usage("x"))
+    assert "hunter2" not in str(caught.value) and "127.0.0.1:1" in str(caught.value)

@@ -1,0 +1,101 @@
+"""Shared state end to end: routers in separate processes share one budget through a real Redis; the store
+going down fails open (memory, counted) or closed (typed error, nothing sent), and recovers after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genroute import GenerateResult, Router, StateUnavailable
+from genroute.testing import Reply
+
+from .conftest import gemini_config
+from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+USAGE = (1000, 500)
+COST = 1000 * 0.30 / 1e6 + 500 * 2.50 / 1e6  # gemini-2.5-flash list prices
+BUDGET = 30 * COST + COST / 2  # room for 30 answers, across all processes
+
+
+def _config(server: Any, state: dict[str, Any]) -> dict[str, Any]:
+    config = gemini_config(server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": BUDGET, "costs": {"chat": COST}, "window": "day"}
+    config["state"] = state
+    return config
+
+
+def test_three_processes_share_one_budget_through_redis(gemini_server, redis_server: RedisServer) -> None:
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": "ok"},), usage=USAGE)
+    config = _config(gemini_server, {"kind": "redis", "url": redis_server.url, "prefix": f"r{os.getpid()}:"})
+    start_at = time.time() + 4
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [subprocess.Popen([sys.executable, "-m", "tests.router_worker", json.dumps(config), "40", str(start_at)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(3)]
+    results = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err[-3000:]
+        results.append(json.loads(out))
+    assert all(set(r) <= {"answered", "BudgetExceeded", "cost_usd"} for r in results), results  # 0 lost
+    assert sum(r.get("answered", 0) + r.get("BudgetExceeded", 0) for r in results) == 120
+    assert sum(r.get("answered", 0) for r in results) == 30  # one budget for all: not 30 per process
+    assert sum(r["cost_usd"] for r in results) <= BUDGET
+    assert len([r for r in gemini_server.requests if r.action == "generateContent"]) == 30
+
+
+def test_store_down_fail_open_answers_and_counts_it(gemini_server, redis_server: RedisServer, otel) -> None:
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": "ok"},), usage=USAGE)
+    state = {"kind": "redis", "url": redis_server.url, "on_error": "open", "retry_s": 0.2, "timeout_s": 0.3,
+             "connect_timeout_s": 0.3}
+
+    async def main() -> list[Any]:
+        async with Router.from_config(_config(gemini_server, state), **otel.providers) as router:
+            first = await router.agenerate("before")
+            redis_server.stop()
+            try:
+                during = await router.agenerate("during")
+            finally:
+                redis_server.start()
+            await asyncio.sleep(0.3)
+            after = await router.agenerate("after")
+            return [first, during, after, await router.admission.budget().usage("*")]
+
+    first, during, after, usage = asyncio.run(main())
+    assert all(isinstance(r, GenerateResult) for r in (first, during, after))
+    assert usage == {"spent": pytest.approx(COST), "reserved": 0.0}  # Redis again (empty after its restart)
+    roots = sorted(otel.spans("genroute.generate"), key=lambda s: s.start_time)
+    assert [r.attributes.get("genroute.state.fallback") for r in roots] == [None, True, None]
+    fallbacks = otel.metrics()["genroute.state.fallbacks"]
+    assert sum(p.value for p in fallbacks.data.data_points) == 1  # the hold (settled in memory, where it is)
+
+
+def test_store_down_fail_closed_sends_nothing(gemini_server, redis_server: RedisServer) -> None:
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": "ok"},), usage=USAGE)
+    state = {"kind": "redis", "url": redis_server.url, "on_error": "closed", "retry_s": 0.2, "timeout_s": 0.3,
+             "connect_timeout_s": 0.3}
+
+    async def main() -> Any:
+        async with Router.from_config(_config(gemini_server, state)) as router:
+            await router.agenerate("before")
+            redis_server.stop()
+            try:
+                with pytest.raises(StateUnavailable):
+                    await router.agenerate("during")
+            finally:
+                redis_server.start()
+            await asyncio.sleep(0.3)
+            return await router.agenerate("after")
+
+    assert isinstance(asyncio.run(main()), GenerateResult)
+    assert len([r for r in gemini_server.requests if r.action == "generateContent"]) == 2
