@@ -48,7 +48,10 @@ class Fault:
 
     @classmethod
     def cut_stream(cls, after_chunks: int = 1) -> Fault:
-        """Send ``after_chunks`` events (or bytes of a plain body), then drop the connection."""
+        """Send ``after_chunks`` events (or bytes of a plain body), then drop the connection.
+
+        Each event sent carries the usage so far, so the client holds the usage of ``after_chunks`` chunks.
+        """
         return cls("cut_stream", after_chunks=after_chunks)
 
     @classmethod
