@@ -4,7 +4,8 @@
     python benchmarks/demo_tuning.py --epochs 3             # another epoch count (same data, same seed)
     python benchmarks/demo_tuning.py --adapter ~/.cache/genroute/demo/review-lora.gguf   # evaluate only
 
-Held out: the binary DynaSent round-2 rows of ``/work/shared/data/dynasent_r2.jsonl`` (or ``--data``) that
+Held out: the binary DynaSent round-2 rows of ``dynasent_r2.jsonl`` in the shared data directory (``--shared-data``,
+default ../shared/data beside the repository; or ``--data FILE``) that
 pass the bundled set's filter (<= 90 characters, all five annotators agree) and are not in it. Both models
 get the bare review in the Gemma user turn, as the tuned backend sends it; greedy, at most 8 tokens.
 """
@@ -19,7 +20,7 @@ from collections import Counter
 from importlib.resources import files
 from pathlib import Path
 
-DEFAULT_DATA = Path("/work/shared/data/dynasent_r2.jsonl")
+import shared_data
 
 
 def held_out(data: Path) -> list[dict]:
@@ -65,12 +66,15 @@ def evaluate(adapter: Path | None, rows: list[dict], threads: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=None, help="default: dynasent_r2.jsonl of --shared-data")
+    shared_data.add_option(parser)
     parser.add_argument("--adapter", type=Path, help="evaluate this adapter instead of training one")
     parser.add_argument("--epochs", type=int, help="override the demo's epoch count")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads for the evaluation")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.data is None:
+        args.data = shared_data.resolve(args.shared_data, "dynasent_r2.jsonl") / "dynasent_r2.jsonl"
 
     from genroute.demo.tune import TRAIN_DATA, tune_options
     from genroute.tuning.local_lora import LocalTuneConfig, tune_local

@@ -4,7 +4,8 @@
     python benchmarks/local_tuning.py                      # defaults below; prints figures and a JSON line
     python benchmarks/local_tuning.py --epochs 3 --threads 2 --json /tmp/local_tuning.json
 
-Needs the ``tune-local`` extra. Data: ``/work/shared/data/banking77.jsonl`` or ``--data`` (shared format).
+Needs the ``tune-local`` extra. Data: ``banking77.jsonl`` of the shared data directory (``--shared-data``, default
+../shared/data beside the repository) or ``--data FILE`` (shared format).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-DEFAULT_DATA = Path("/work/shared/data/banking77.jsonl")
+import shared_data
+
 DEFAULT_LABELS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "cash_withdrawal_charge",
                   "cancel_transfer"]
 
@@ -87,7 +89,8 @@ def decode_speeds(models: dict, n_tokens: int = 64, repeats: int = 3) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=None, help="default: banking77.jsonl of --shared-data")
+    shared_data.add_option(parser)
     parser.add_argument("--labels", default=",".join(DEFAULT_LABELS))
     parser.add_argument("--train-per-label", type=int, default=20)
     parser.add_argument("--shots-per-label", type=int, default=2)
@@ -100,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", type=Path, help="copy the adapter and tune_result.json into this directory")
     args = parser.parse_args(argv)
+    if args.data is None:
+        args.data = shared_data.resolve(args.shared_data, "banking77.jsonl") / "banking77.jsonl"
 
     import llama_cpp
 

@@ -1,12 +1,13 @@
 """Decision latency of every routing policy (p50/p95), with the semantic policy at 10,000 utterances.
 
-    python benchmarks/policies.py [--n 2000] [--utterances 10000] [--quality]
+    python benchmarks/policies.py [--n 2000] [--utterances 10000] [--quality] [--shared-data DIR] [--out DIR]
 
 Embedding the request dominates the semantic and learned policies, so it is measured on its own and the
 nearest-route search is measured without it (numpy matrix vs a Chroma HNSW query). The 10k utterances are
-the inputs of the public sets in /work/shared/data (each set routed to one backend), padded with prefixed
+the inputs of the public sets in the shared data directory (``--shared-data``, default ../shared/data
+beside the repository; each set routed to one backend), padded with prefixed
 variants to the requested count; the semantic policy keeps them in a knowledge store (embedded Chroma)
-under benchmarks/out/: the first run embeds them, later runs (and the timed restart) load them.
+under ``--out`` (default benchmarks/out/): the first run embeds them, later runs (and the timed restart) load them.
 
 The ICL backend reports labeled examples per task (``example_counts``), as the real one does: enough for
 ``bank``, too few for ``other``, so the ladder's ICL rung and its shortfall reason are both exercised.
@@ -37,7 +38,9 @@ from genroute.policies.stats import BackendStats, BenchStats
 from genroute.runtime.resources import Resources
 from genroute.types import GenerateRequest
 
-DATA = Path("/work/shared/data")
+import shared_data
+
+DATA = shared_data.default_dir()  # main() sets it from --shared-data
 OUT = Path(__file__).parent / "out"
 #: Which backend each public set's utterances route to.
 SETS = {"banking77.jsonl": "icl", "nlupp.jsonl": "tuned", "dynasent_r2.jsonl": "prompt",
@@ -92,12 +95,16 @@ def utterances(count: int) -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    global DATA  # noqa: PLW0603 - the scripts' functions read the data directory chosen here
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="decisions per cheap policy")
     parser.add_argument("--n-embed", type=int, default=300, help="decisions per embedding policy")
     parser.add_argument("--utterances", type=int, default=10000)
     parser.add_argument("--quality", action="store_true", help="also measure held-out routing accuracy")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the semantic routes' store is kept")
+    shared_data.add_option(parser)
     args = parser.parse_args()
+    DATA = shared_data.resolve(args.shared_data, *SETS)
     rng = random.Random(0)
 
     catalogue = {
@@ -177,7 +184,7 @@ def main() -> None:
                                    collection=f"bench-semantic-routes-{args.utterances}")
     starts = []
     for _ in range(2):  # the first start embeds what the store lacks (everything on a first run); a restart nothing
-        store = KnowledgeStore(StoreConfig(path=str(OUT / "semantic-routes")))  # a new store: as a new process
+        store = KnowledgeStore(StoreConfig(path=str(args.out / "semantic-routes")))  # a new store: as a new process
         assert store.embedder is embedder
         semantic = SemanticPolicy(routes_config)
         start = time.perf_counter()

@@ -40,7 +40,7 @@ from genroute.bench.harness import ingest_corpus
 from genroute.bench.record_tools import placeholder
 from genroute.router.router import Router
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parent / "data"  # the default of --data
 BANKING = ("card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "cash_withdrawal_charge")
 SENTIMENT = ("negative", "positive")
 
@@ -144,12 +144,12 @@ async def run_task(args: argparse.Namespace, task: str) -> BenchReport:
         if "icl" in cfg["backends"]:
             from genroute.knowledge.examples import aload_examples
 
-            await aload_examples(router.resources.knowledge, [DATA / task / "examples.jsonl"],
+            await aload_examples(router.resources.knowledge, [args.data / task / "examples.jsonl"],
                                  collection=cfg["backends"]["icl"]["collection"])
         if task == "xquad":
-            await ingest_corpus(router, DATA / task / "corpus.jsonl", "bench-xquad-corpus")
+            await ingest_corpus(router, args.data / task / "corpus.jsonl", "bench-xquad-corpus")
         # The path and limit go to the harness, so a rerun with a larger --limit only adds records.
-        report = await abench(router, DATA / task / "eval.jsonl", limit=limit, task=task,
+        report = await abench(router, args.data / task / "eval.jsonl", limit=limit, task=task,
                               backends=list(cfg["backends"]), scorer=scorer, out_dir=out,
                               concurrency=args.concurrency, seed=args.seed, progress=not args.quiet,
                               command=" ".join(sys.argv))
@@ -196,6 +196,20 @@ def compiled_table(reports: Sequence[tuple[str, BenchReport]]) -> str:
     return "\n".join(lines) + f"\n\nCost basis: {', '.join(sorted(basis)) or '–'}.\n"
 
 
+def paired_table(reports: Sequence[tuple[str, BenchReport]]) -> str:
+    """Per task, every backend pair on all its records and each compiled policy vs every single backend on the
+    held-out split: paired difference, 95 % CI, McNemar p, smallest detectable difference, verdict."""
+    lines = ["| task | split (n) | A | B | A − B [95 % CI] | McNemar p | smallest detectable | verdict |",
+             "|---|---|---|---|---|---:|---:|---|"]
+    for task, report in reports:
+        for split, comparisons in (("all", report.comparisons), ("held-out", report.compiled_comparisons)):
+            for c in comparisons:
+                p = "–" if c.mcnemar_p is None else f"{c.mcnemar_p:.3g}"
+                lines.append(f"| {task} | {split} ({c.n}) | {c.a} | {c.b} | {c.difference:+.3f} "
+                             f"[{c.ci[0]:+.3f}, {c.ci[1]:+.3f}] | {p} | {c.min_detectable:.3f} | {c.short} |")
+    return "\n".join(lines) + "\n"
+
+
 def load() -> str:
     """The 1/5/15-minute load averages, for the record: timings on a shared machine depend on them."""
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
@@ -207,6 +221,8 @@ def main() -> None:
     parser.add_argument("--bfcl-limit", type=int, default=None,
                         help="records for bfcl (schema-constrained calls are slow on CPU; default: --limit)")
     parser.add_argument("--tasks", default="sentiment,banking77,xquad,bfcl")
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="task sets: DIR/TASK/{eval,examples}.jsonl (default: benchmarks/data in the repository)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=1, help="the local engine runs one call at a time")
     # Not 2 by default: on 2 busy cores a 2-thread llama.cpp took ~2.5 s per decoded token (1 thread: ~50 ms),
@@ -237,6 +253,8 @@ def main() -> None:
     summary = (f"`{command}` — {time.perf_counter() - begun:.0f} s wall; load average at the end {load()}.\n\n"
                + "".join(f"- {n}\n" for n in notes)
                + "\n" + backends_table(reports)
+               + "\nPaired differences on the same records (a win only when the 95 % CI excludes 0):\n\n"
+               + paired_table(reports)
                + "\nCompiled policies against every single backend, on each task's held-out split:\n\n"
                + compiled_table(reports)
                + ("\nGraduation advisor:\n\n" + "\n".join(advice) + "\n" if advice else ""))

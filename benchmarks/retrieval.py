@@ -33,7 +33,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-DATA = Path("/work/shared/data")
+import shared_data
+
+DATA = shared_data.default_dir()  # main() sets it from --shared-data
 
 
 def pct(values: list[float], q: float) -> float:
@@ -182,7 +184,11 @@ async def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--skip", default="", help="comma list of ingest,retrieval,icl to skip")
+    shared_data.add_option(parser)
     args = parser.parse_args()
+    global DATA  # noqa: PLW0603 - the scripts' functions read the data directory chosen here
+    DATA = shared_data.resolve(args.shared_data, "xquad_en.jsonl", "xquad_en_corpus.jsonl", "banking77.jsonl",
+                               "nlupp.jsonl", "dynasent_r2.jsonl", "bfcl_v4.jsonl")
     from genroute.knowledge import build_store
 
     path = args.path or tempfile.mkdtemp(prefix="genroute-bench-")

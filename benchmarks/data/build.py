@@ -2,7 +2,8 @@
 
     python benchmarks/data/build.py [--source DIR]
 
-``--source`` defaults to ``../shared/data`` next to the repository (the shared converted copies).
+``--source`` defaults to ``$GENROUTE_SHARED_DATA``, else ``../shared/data`` beside the repository (the shared
+converted copies).
 
 Each subset is split into an ``*_eval.jsonl`` (what the benchmark scores) and, where few-shot ICL needs a
 pool, an ``*_examples.jsonl`` with other records of the same set (never the evaluated ones).
@@ -14,11 +15,13 @@ import argparse
 import json
 import random
 import shutil
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-#: The shared data directory beside the repository checkout: <repo>/../shared/data.
-SHARED = HERE.parents[1].parent / "shared" / "data"
+sys.path.insert(0, str(HERE.parent))  # benchmarks/, for shared_data
+
+import shared_data  # noqa: E402
 BANKING_LABELS = ("card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "cash_withdrawal_charge")
 
 
@@ -42,9 +45,10 @@ def split(rows: list[dict], n_eval: int, n_pool: int, seed: int = 0) -> tuple[li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Rebuild the benchmark subsets from the shared public data.")
-    parser.add_argument("--source", default=str(SHARED), help="shared data directory (default: ../shared/data "
-                                                                "beside the repository)")
-    src = Path(parser.parse_args().source)
+    parser.add_argument("--source", type=Path, default=None, help="shared data directory (default: "
+                        "$GENROUTE_SHARED_DATA, else ../shared/data beside the repository)")
+    src = shared_data.resolve(parser.parse_args().source, "dynasent_r2.jsonl", "banking77.jsonl", "xquad_en.jsonl",
+                              "bfcl_v4.jsonl", "licenses")
 
     # Sentiment: DynaSent round 2, binary (neutral dropped).
     binary = [{**r, "metadata": {**r["metadata"], "label_set": ["negative", "positive"]}}

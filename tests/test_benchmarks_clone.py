@@ -1,0 +1,108 @@
+"""The benchmark scripts run from a clone: ``--help`` of each, and a tiny run of the cheap ones.
+
+The repository's files (what ``git ls-files`` lists, committed or not yet) are copied into a temporary
+directory and the scripts run there, from another working directory, with that copy first on ``PYTHONPATH``:
+nothing may depend on a path of this machine. Data comes from the copy's ``benchmarks/data`` or from the shared
+data directory passed as ``--shared-data`` (``../shared/data`` beside the repository; missing is a failure).
+Heavy local-model runs stay out of CI; ``quality.py`` gets a two-record run on the embedded model (local).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = ("quality.py", "policies.py", "retrieval.py", "local_tuning.py", "demo_tuning.py", "data/build.py")
+
+
+def shared_data() -> Path:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import shared_data as sd
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    path = sd.default_dir()
+    if not (path / "banking77.jsonl").is_file():
+        pytest.fail(f"the shared data directory is missing ({path}); set {sd.ENV} or put it at ../shared/data")
+    return path
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    root = tmp_path_factory.mktemp("clone") / "genroute"
+    for name in filter(None, listed):
+        src = REPO / name
+        if src.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / name)
+    return root
+
+
+def run(clone: Path, cwd: Path, script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(clone)}
+    env.pop("GENROUTE_SHARED_DATA", None)  # the scripts must take the directory from the option here
+    return subprocess.run([sys.executable, str(clone / "benchmarks" / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_benchmark_explains_itself_from_a_clone(clone: Path, tmp_path: Path, script: str) -> None:
+    done = run(clone, tmp_path, script, "--help", timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "usage:" in done.stdout
+    assert "--data" in done.stdout or "--shared-data" in done.stdout or "--source" in done.stdout
+
+
+def test_no_benchmark_names_a_machine_path() -> None:
+    for script in [*SCRIPTS, "shared_data.py"]:
+        text = (REPO / "benchmarks" / script).read_text(encoding="utf-8")
+        assert "/work/" not in text and "/home/" not in text, script
+
+
+def test_missing_shared_data_is_a_clear_error(clone: Path, tmp_path: Path) -> None:
+    done = run(clone, tmp_path, "policies.py", "--shared-data", str(tmp_path / "nowhere"), timeout=120)
+    assert done.returncode != 0 and "shared data not found" in done.stderr and "--shared-data" in done.stderr
+
+
+def test_the_task_subsets_rebuild_byte_for_byte(clone: Path, tmp_path: Path) -> None:
+    done = run(clone, tmp_path, "data/build.py", "--source", str(shared_data()))
+    assert done.returncode == 0, done.stderr[-3000:]
+    built = clone / "benchmarks" / "data"
+    files = [p.relative_to(built) for p in built.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".json")]
+    assert len(files) >= 8
+    for rel in files:
+        assert filecmp.cmp(built / rel, REPO / "benchmarks" / "data" / rel, shallow=False), rel
+
+
+def test_policies_tiny_run(clone: Path, tmp_path: Path) -> None:
+    done = run(clone, tmp_path, "policies.py", "--n", "5", "--n-embed", "2", "--utterances", "60",
+               "--out", str(tmp_path / "out"), "--shared-data", str(shared_data()))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| policy | p50 ms | p95 ms |" in done.stdout and "| ladder |" in done.stdout
+
+
+def test_retrieval_tiny_run(clone: Path, tmp_path: Path) -> None:
+    done = run(clone, tmp_path, "retrieval.py", "--sizes", "200", "--queries", "3", "--skip", "ingest,icl",
+               "--path", str(tmp_path / "chroma"), "--json", str(tmp_path / "r.json"),
+               "--shared-data", str(shared_data()))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "r.json").is_file()
+
+
+@pytest.mark.local
+def test_quality_two_record_run_on_the_embedded_model(clone: Path, tmp_path: Path) -> None:
+    done = run(clone, tmp_path, "quality.py", "--limit", "2", "--tasks", "sentiment", "--quiet",
+               "--out", str(tmp_path / "q"), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = (tmp_path / "q" / "summary.md").read_text()
+    assert "| sentiment (label_accuracy) | prompt_template | 2 |" in summary
+    assert "Paired differences on the same records" in summary
