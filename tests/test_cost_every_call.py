@@ -241,3 +241,37 @@ def test_implicit_cache_hits_are_priced_as_cached_input(gemini_server, otel):
     assert result.cost_usd == pytest.approx((5000 - 4096) * IN_PRICE + 4096 * cached_price + 100 * OUT_PRICE)
     (call,) = otel.spans("generate_content")
     assert call.attributes["gen_ai.usage.cache_read.input_tokens"] == 4096
+
+
+def test_an_abandoned_stream_puts_its_cost_on_the_root_span_and_its_rung_event(gemini_server, otel):
+    gemini_server.reply_text(TEXT, usage=USAGE, chunks=3)
+
+    async def main() -> None:
+        async with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+            async with contextlib.aclosing(router.astream("question")) as chunks:
+                async for _ in chunks:
+                    break
+
+    asyncio.run(main())
+    first_chunk = USAGE[0] * IN_PRICE + _output_so_far(1) * OUT_PRICE
+    (root,) = otel.spans("genroute.generate")
+    assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(first_chunk)
+    assert root.attributes["genroute.cost.estimated"] is True
+    (rung,) = [e for e in root.events if e.name == "genroute.rung"]
+    assert rung.attributes["genroute.rung.outcome"] == "cancelled"
+    assert rung.attributes["gen_ai.usage.cost.amount"] == pytest.approx(first_chunk)
+    (call,) = otel.spans("generate_content")
+    assert call.attributes["gen_ai.usage.output_tokens"] == _output_so_far(1)
+
+
+def test_a_sync_stream_left_after_one_chunk_settles_the_budget(gemini_server):
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": TEXT},), usage=USAGE, chunks=3)
+
+    with Router.from_config(_budget_config(gemini_server)) as router:
+        stream = router.stream("question")
+        next(stream)
+        stream.close()
+    ledger = asyncio.run(router.admission.budget().usage("*"))  # the memory store outlives the router's loop
+
+    first_chunk = USAGE[0] * IN_PRICE + _output_so_far(1) * OUT_PRICE
+    assert ledger == {"spent": pytest.approx(first_chunk), "reserved": 0.0}

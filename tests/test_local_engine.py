@@ -339,3 +339,25 @@ async def test_streamed_function_call_arrives_whole(engine: LocalEngine) -> None
     assert [c.function_calls for c in chunks[:-1]] == [None] * (len(chunks) - 1)
     (call,) = chunks[-1].function_calls
     assert call.name in {"get_weather", "get_time"} and call.args
+
+
+@pytest.mark.local
+async def test_a_local_stream_abandoned_early_states_the_cloud_cost_of_what_it_produced(otel: Otel) -> None:
+    from contextlib import aclosing
+
+    from genroute.router.router import Router
+
+    config = {"engines": {"local": {"kind": "local", "n_threads": 1, "prompt_format": "gemma"}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
+                                    "generation": {"max_output_tokens": 200}}},
+              "policy": {"kind": "static", "backend": "chat"}}
+    async with Router.from_config(config, **otel.providers) as router:
+        async with aclosing(router.astream("Write a long story about a dragon.")) as chunks:
+            async for chunk in chunks:
+                assert chunk.text
+                break
+    (root,) = otel.spans("genroute.generate")
+    # Free here, but what it would have cost in the cloud is estimated from the prompt and the text received.
+    assert root.attributes["gen_ai.usage.cost.amount"] == 0.0
+    assert root.attributes["genroute.cloud_equivalent.cost.amount"] > 0
+    assert root.attributes["genroute.cost.estimated"] is True
