@@ -275,3 +275,64 @@ def test_a_sync_stream_left_after_one_chunk_settles_the_budget(gemini_server):
 
     first_chunk = USAGE[0] * IN_PRICE + _output_so_far(1) * OUT_PRICE
     assert ledger == {"spent": pytest.approx(first_chunk), "reserved": 0.0}
+
+
+def test_what_counts_as_processed_by_the_provider():
+    import json
+
+    import httpx
+    from google.genai import errors as genai_errors
+
+    from genroute.runtime.billing import processed
+
+    request = httpx.Request("POST", "http://127.0.0.1/")
+    billed = [TimeoutError(), asyncio.CancelledError(), httpx.ReadTimeout("slow", request=request),
+              httpx.ReadError("reset", request=request), httpx.RemoteProtocolError("cut", request=request),
+              json.JSONDecodeError("bad", "{", 1), ConnectionResetError()]
+    free = [genai_errors.ServerError(503, {"error": {"code": 503, "message": "busy"}}),
+            genai_errors.ClientError(429, {"error": {"code": 429, "message": "quota"}}),
+            httpx.ConnectError("refused", request=request), httpx.ConnectTimeout("no route", request=request),
+            ConnectionRefusedError(), ValueError("the SDK refused an argument"), BackendUnavailable("ours")]
+    assert [processed(e) for e in billed] == [True] * len(billed)
+    assert [processed(e) for e in free] == [False] * len(free)
+
+
+def test_input_estimate_counts_contents_system_and_tools():
+    from google.genai import types
+
+    from genroute.runtime.billing import estimate_input
+
+    contents = [types.Content(role="user", parts=[types.Part(text="x" * 40)])]
+    assert estimate_input(contents) == 10
+    config = types.GenerateContentConfig(system_instruction="y" * 40)
+    assert estimate_input(contents, config) == 20
+    tool = types.Tool(function_declarations=[types.FunctionDeclaration(name="get_weather", description="d" * 100)])
+    assert estimate_input(contents, types.GenerateContentConfig(tools=[tool])) > 10 + 25
+
+
+def test_errors_the_provider_answered_and_refused_connections_cost_nothing(gemini_server):
+    import socket
+
+    gemini_server.fault(Fault.status(503), times=3)
+    with _router(gemini_server) as router, pytest.raises(BackendUnavailable) as caught:
+        router.generate("a question", timeout_s=20)
+    assert len(gemini_server.requests) == 3 and caught.value.cost_usd == 0.0 and not caught.value.cost_estimated
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"]["base_url"] = f"http://127.0.0.1:{port}"
+    with Router.from_config(config) as router, pytest.raises(BackendUnavailable) as caught:
+        router.generate("a question", timeout_s=20)
+    assert caught.value.cost_usd == 0.0
+
+
+def test_a_connection_reset_after_the_request_was_read_is_charged_its_input(gemini_server):
+    # The server read the request before it reset the connection: it may have processed it, so it counts.
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"]["retry"]["attempts"] = 1
+    gemini_server.fault(Fault.reset())
+    with Router.from_config(config) as router, pytest.raises(BackendUnavailable) as caught:
+        router.generate("a question", timeout_s=20)
+    assert caught.value.cost_usd == pytest.approx(_input_cost(gemini_server)) and caught.value.cost_estimated

@@ -127,7 +127,7 @@ def processed(exc: BaseException) -> bool:
     if isinstance(exc, ConnectionRefusedError):
         return False
     httpx = sys.modules.get("httpx")
-    if httpx is not None and isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+    if httpx is not None and isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
         return False
     aiohttp = sys.modules.get("aiohttp")
     if aiohttp is not None and isinstance(exc, aiohttp.ClientConnectorError):
