@@ -45,9 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("compile", help="stats file and learned model from outcome records (see `genroute compile --help`)",
                    add_help=False)
+    sub.add_parser("graduate", help="graduate a task from few-shot to a tuned model (see `genroute graduate --help`)",
+                   add_help=False)
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in {"bench", "tune", "compile"}:
+    if argv and argv[0] in {"bench", "tune", "compile", "graduate"}:
         return _delegate(argv[0], argv[1:])
     args = parser.parse_args(argv)
     try:
@@ -73,6 +75,10 @@ def _delegate(command: str, rest: list[str]) -> int:
             from genroute.outcomes.cli import compile_main
 
             return compile_main(rest)
+        if command == "graduate":
+            from genroute.graduation.cli import graduate_main
+
+            return graduate_main(rest)
         from genroute.tuning.cli import tune_main
 
         return tune_main(rest)

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
      "genroute.bench.calls", "genroute.bench.stats"),
     ("genroute.backends", "genroute.policies"),
     ("genroute.router", "genroute.outcomes"),
+    ("genroute.graduation",),
     ("genroute.bench",),
     ("genroute.demo", "genroute.cli", "genroute"),
 ]

@@ -147,7 +147,7 @@ class OutcomeRecorder:
     # -- pieces ---------------------------------------------------------------------------------------
 
     def _metadata(self, id: str, request: GenerateRequest | None, pending: _Pending | None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"id": id, "source": "production", "scorer": self.scorer.name}
+        metadata: dict[str, Any] = {"id": id, "source": "production", "scorer": self.scorer.name, "at": time.time()}
         if pending is not None and pending.trace_id is not None:
             metadata["trace_id"] = pending.trace_id
         if request is not None:

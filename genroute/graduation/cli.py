@@ -1,0 +1,139 @@
+"""``genroute graduate``: graduate a task from few-shot to a tuned model, on a YAML/JSON router config.
+
+    genroute graduate --task sentiment --config app.yaml --out grad/           # export, tune --local, challenger
+    ... the application serves traffic; feedback with labels accumulates paired outcomes ...
+    genroute graduate --task sentiment --config app.yaml --out grad/ --decide  # promote, or say why not
+
+The first form exports the task's captured examples from the config's outcome store, LoRA-tunes the embedded
+model on them (``--vertex`` is not offered here: use ``genroute tune`` for Vertex and register its backend with
+``--challenger NAME --register-only``), writes the tuned backend into the config and wraps the config's policy in
+a ``challenger`` policy (``--mode shadow|split``). ``--decide`` reads the paired outcomes and, when the rule
+holds, sets ``promoted: true`` in the config; the report says why not otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from genroute.errors import GenrouteError, UsageError
+
+
+def graduate_main(argv: Sequence[str]) -> int:
+    """Run ``genroute graduate``; 0 on success, 2 on a usage error."""
+    parser = argparse.ArgumentParser(prog="genroute graduate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--config", required=True, help="router config (.yaml or .json) with an outcomes section")
+    parser.add_argument("--out", required=True, help="work directory (tuning set, adapter, graduation.json)")
+    parser.add_argument("--name", default=None, help="tuned backend name (default: <task>_tuned)")
+    parser.add_argument("--mode", choices=["shadow", "split"], default="shadow")
+    parser.add_argument("--share", type=float, default=1.0, help="shadow rate or split share")
+    parser.add_argument("--min-examples", type=int, default=20)
+    parser.add_argument("--eval-share", type=float, default=0.0, help="captured examples kept out of tuning")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--decide", action="store_true", help="decide on promotion from the paired outcomes")
+    parser.add_argument("--challenger", default=None, help="with --decide or --register-only: the tuned backend")
+    parser.add_argument("--register-only", action="store_true",
+                        help="wrap the policy with --challenger (a backend already in the config), no tuning")
+    parser.add_argument("--incumbent", default=None, help="default: the backend that served the task most")
+    parser.add_argument("--margin", type=float, default=0.05)
+    parser.add_argument("--min-n", type=int, default=100)
+    parser.add_argument("--tuning-cost", type=float, default=None, help="USD, for the advisor's pay-back")
+    args = parser.parse_args(list(argv))
+    try:
+        report = asyncio.run(_run(args))
+    except GenrouteError as exc:
+        print(f"genroute graduate: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.text(), end="")
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> Any:
+    from genroute.graduation.run import GraduationReport, adecide, agraduate
+    from genroute.router.router import Router
+
+    out = Path(args.out)
+    saved = out / "graduation.json"
+    name = args.challenger or args.name or f"{args.task}_tuned"
+    if args.register_only:
+        write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
+        return GraduationReport(task=args.task, challenger=name, lines=(
+            f"register: {name} is the challenger for task {args.task!r} ({args.mode}) in {args.config}",))
+    async with Router.from_config(args.config) as router:
+        if args.decide:
+            report = GraduationReport.model_validate_json(saved.read_text()) if saved.is_file() else None
+            report = await adecide(router, args.task, challenger=name, incumbent=args.incumbent, margin=args.margin,
+                                   min_n=args.min_n, promote=False, tuning_cost_usd=args.tuning_cost, report=report)
+            if report.promotion is not None and report.promotion.promote:
+                write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share,
+                                 promoted=True)
+                report = report.model_copy(update={"lines": (
+                    *report.lines[:-2], f"promote: {args.config} now sends task {args.task!r} to {name} first",
+                    report.lines[-1])})
+        else:
+            from genroute.tuning.local_lora import LocalTuneConfig, register_tuned_backend
+
+            tune = LocalTuneConfig(epochs=args.epochs, learning_rate=args.learning_rate, rank=args.rank,
+                                   max_steps=args.max_steps, threads=args.threads, progress=False)
+            report = await agraduate(router, args.task, out_dir=out, name=name, tune=tune, mode=args.mode,
+                                     share=args.share, eval_share=args.eval_share, min_examples=args.min_examples,
+                                     register=False)
+            assert report.adapter_path is not None
+            options = {"n_threads": args.threads} if args.threads else None
+            register_tuned_backend(args.config, name, report.adapter_path, tasks=[args.task], engine_options=options)
+            write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
+            report = report.model_copy(update={"lines": (
+                *report.lines, f"register: {name} written to {args.config} as the challenger for task "
+                               f"{args.task!r} ({args.mode}, share {args.share:.0%})")})
+    out.mkdir(parents=True, exist_ok=True)
+    # The tuning step's report is kept for every later --decide (its CPU time feeds the advisor).
+    (out / ("decision.json" if args.decide else "graduation.json")).write_text(
+        report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: str, share: float,
+                     promoted: bool = False) -> dict[str, Any]:
+    """Wrap the config's policy in a ``challenger`` policy for ``task`` (or update the one there); atomic."""
+    from genroute.config import load_config, read_config_file
+    from genroute.policies import build_policy
+    from genroute.tuning.config_file import check_target, write_atomic
+
+    path = Path(config_path)
+    check_target(path, backend, replace=True)  # a writable YAML/JSON file
+    raw = dict(read_config_file(path, field="config"))
+    if backend not in (raw.get("backends") or {}):
+        raise UsageError(f"backend {backend!r} is not in {path.name}", field="challenger")
+    policy = raw.get("policy")
+    if isinstance(policy, dict) and policy.get("kind") == "challenger" and policy.get("task") == task:
+        policy = {**policy, "backend": backend, "mode": mode, "share": share, "promoted": promoted}
+    else:
+        if policy is None:
+            incumbents = [b for b in raw["backends"] if b != backend]
+            if len(incumbents) != 1:
+                raise UsageError("the config has no policy and several backends: add a policy first", field="policy")
+            policy = {"kind": "static", "backend": incumbents[0]}
+        policy = {"kind": "challenger", "task": task, "backend": backend, "mode": mode, "share": share,
+                  "promoted": promoted, "policy": policy}
+    raw["policy"] = policy
+    load_config(raw)
+    build_policy(policy)  # the policy we write must build
+    if path.suffix.lower() == ".json":
+        text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
+    else:
+        import yaml
+
+        text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+    write_atomic(path, text)
+    return raw

@@ -1,0 +1,182 @@
+"""Graduating a task from few-shot to a tuned model on live traffic: export -> tune -> challenger -> decide.
+
+Each step is a span (``genroute.graduate.<step>``) and a line of the report. ``agraduate`` runs the first three
+on a router whose outcome store holds captured, labeled traffic and leaves the tuned backend as a challenger
+(shadow or split); traffic then accumulates paired outcomes, and ``adecide`` promotes it when the paired quality
+difference's 95 % CI lower bound is above ``-margin`` and it is cheaper, or reports why not. The advisor line
+uses what was measured: the traffic volume and token counts in the store and the tuning run's own CPU time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.errors import UsageError
+from genroute.graduation.export import TuningSet, export_tuning_set
+from genroute.graduation.promote import Promotion, decide_promotion
+
+if TYPE_CHECKING:
+    from genroute.outcomes.records import OutcomeRecord
+    from genroute.outcomes.store import OutcomeStore
+    from genroute.router.router import Router
+    from genroute.tuning.local_lora import LocalTuneConfig
+
+
+class GraduationReport(BaseModel):
+    """What each step did, one line each."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    lines: tuple[str, ...] = ()
+    tuning_set: TuningSet | None = None
+    adapter_path: str | None = None
+    challenger: str | None = None
+    tuning_cpu_s: float | None = None
+    tuning_wall_s: float | None = None
+    promotion: Promotion | None = None
+    advice: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def text(self) -> str:
+        """The report as text."""
+        return "\n".join(self.lines) + "\n"
+
+
+def _store(router: Router) -> OutcomeStore:
+    recorder = router._executor.outcomes
+    if recorder is None:
+        raise UsageError("graduation needs an `outcomes` section with capture on", field="outcomes")
+    return recorder.store
+
+
+async def agraduate(router: Router, task: str, *, out_dir: str | Path, name: str | None = None,
+                    tune: LocalTuneConfig | None = None, mode: Literal["shadow", "split"] = "shadow",
+                    share: float = 1.0, eval_share: float = 0.2, min_examples: int = 20, seed: int = 0,
+                    engine_options: dict[str, Any] | None = None, backend_options: dict[str, Any] | None = None,
+                    register: bool = True) -> GraduationReport:
+    """Export ``task``'s captured examples, LoRA-tune the local model on them, add it as a challenger
+    (``register=False``: leave the router as it is; ``genroute graduate`` writes the config file instead)."""
+    from genroute.tuning.data import load_examples
+    from genroute.tuning.local_lora import LocalTuneConfig, tune_local_examples
+
+    name = name or f"{task}_tuned"
+    out = Path(out_dir)
+    tracer = router.telemetry.tracer
+    lines: list[str] = []
+    with tracer.start_as_current_span("genroute.graduate", attributes={"genroute.task": task}):
+        with tracer.start_as_current_span("genroute.graduate.export") as span:
+            records = await _store(router).records(task=task)
+            tuning_set = await asyncio.to_thread(export_tuning_set, records, task, out, eval_share=eval_share,
+                                                 seed=seed, min_examples=min_examples)
+            span.set_attributes({"genroute.graduate.train": tuning_set.train, "genroute.graduate.eval": tuning_set.eval})
+            lines.append(tuning_set.line())
+        with tracer.start_as_current_span("genroute.graduate.tune") as span:
+            examples = load_examples(tuning_set.train_path)  # checked as `genroute tune` checks its files
+            config = tune or LocalTuneConfig(progress=False)
+            cpu0, wall0 = _cpu_s(), time.perf_counter()
+            result = await asyncio.to_thread(tune_local_examples, examples, out / "adapter", config=config)
+            cpu_s, wall_s = _cpu_s() - cpu0, time.perf_counter() - wall0
+            span.set_attributes({"genroute.graduate.cpu_s": cpu_s, "genroute.graduate.train_tokens": result.train_tokens})
+            lines.append(f"tune: local LoRA on {result.train_examples} examples ({result.validation_examples} "
+                         f"validation), {result.steps} steps, {result.train_tokens} training tokens, "
+                         f"{wall_s:.0f} s wall / {cpu_s:.0f} CPU-s, validation loss "
+                         f"{_loss(result.initial_validation_loss)} -> {_loss(result.validation_loss)}; "
+                         f"{result.adapter_path} ({result.adapter_bytes / 1e6:.1f} MB)")
+        if register:
+            with tracer.start_as_current_span("genroute.graduate.register") as span:
+                register_local(router, name, result.adapter_path, task=task, mode=mode, share=share,
+                               engine_options=engine_options, backend_options=backend_options)
+                span.set_attributes({"genroute.backend": name, "genroute.graduate.mode": mode})
+                lines.append(f"register: {name} is the challenger for task {task!r} ({mode}, share {share:.0%})")
+    return GraduationReport(task=task, lines=tuple(lines), tuning_set=tuning_set,
+                            adapter_path=str(result.adapter_path), challenger=name, tuning_cpu_s=cpu_s,
+                            tuning_wall_s=wall_s)
+
+
+def register_local(router: Router, name: str, adapter: str | Path, *, task: str, mode: Literal["shadow", "split"],
+                   share: float, engine_options: dict[str, Any] | None = None,
+                   backend_options: dict[str, Any] | None = None) -> None:
+    """Add a tuned backend serving ``adapter`` on the local engine, as ``task``'s challenger."""
+    from genroute.backends.tuned import TunedBackend, TunedConfig
+    from genroute.engines.local import LocalEngine, LocalEngineConfig
+    from genroute.tuning.local_lora import BASE_MODEL_NAME
+
+    engine_name = f"{name}_engine"
+    if engine_name in router.resources.engines:
+        raise UsageError(f"engine {engine_name!r} already exists", field="name")
+    engine_config = LocalEngineConfig(**{**(engine_options or {}), "lora_path": str(adapter), "prompt_format": "gemma"})
+    router.resources.engines[engine_name] = LocalEngine(engine_name, engine_config)
+    config = TunedConfig.model_validate({**(backend_options or {}), "kind": "tuned", "engine": engine_name,
+                                         "model": BASE_MODEL_NAME, "base_model": BASE_MODEL_NAME, "tasks": [task]})
+    router.add_challenger(name, TunedBackend(name, config, router.resources), task=task, mode=mode, share=share)
+
+
+async def adecide(router: Router, task: str, *, challenger: str, incumbent: str | None = None,
+                  margin: float = 0.05, min_n: int = 100, promote: bool = True,
+                  tuning_cost_usd: float | None = None, report: GraduationReport | None = None) -> GraduationReport:
+    """Decide on the paired outcomes in the store; promote the challenger when the rule says so."""
+    tracer = router.telemetry.tracer
+    report = report or GraduationReport(task=task, challenger=challenger)
+    with tracer.start_as_current_span("genroute.graduate.decide", attributes={"genroute.task": task}) as span:
+        records = await _store(router).records(task=task)
+        incumbent = incumbent or _incumbent(records, challenger)
+        promotion = decide_promotion(records, task, incumbent=incumbent, challenger=challenger, margin=margin,
+                                     min_n=min_n)
+        span.set_attributes({"genroute.graduate.n": promotion.n, "genroute.graduate.promote": promotion.promote,
+                             "genroute.graduate.ci_low": promotion.comparison.ci[0],
+                             "genroute.graduate.ci_high": promotion.comparison.ci[1]})
+        if promotion.promote and promote:
+            router.promote(task, challenger)
+    advice = advise(records, promotion, tuning_cost_usd=tuning_cost_usd, tuning_cpu_s=report.tuning_cpu_s)
+    lines = (*report.lines, promotion.line(),
+             f"promote: {challenger} now answers task {task!r} first ({incumbent} as fallback)"
+             if promotion.promote and promote else f"promote: not promoted; {incumbent} keeps task {task!r}",
+             f"advisor: {advice}")
+    return report.model_copy(update={"lines": lines, "promotion": promotion, "advice": advice})
+
+
+def advise(records: list[OutcomeRecord], promotion: Promotion, *, tuning_cost_usd: float | None,
+           tuning_cpu_s: float | None) -> str:
+    """Break-even from measured volume, measured per-request costs and the actual tuning cost."""
+    times = sorted(float(r.metadata["at"]) for r in records if isinstance(r.metadata.get("at"), int | float))
+    span_s = times[-1] - times[0] if len(times) > 1 else 0.0
+    monthly = len(times) / span_s * 30 * 86400 if span_s > 0 else None
+    saving = promotion.incumbent_cost_usd - promotion.challenger_cost_usd
+    volume = (f"measured volume {len(records)} requests in {span_s / 3600:.2f} h"
+              + (f" (~{monthly:,.0f}/month at that rate)" if monthly else ""))
+    tokens = (f"input tokens per request {promotion.incumbent_input_tokens:.0f} ({promotion.incumbent}) vs "
+              f"{promotion.challenger_input_tokens:.0f} ({promotion.challenger})")
+    if tuning_cost_usd is None:
+        cost = (f"tuning took {tuning_cpu_s:.0f} CPU-s on this machine (give its price to compute a pay-back)"
+                if tuning_cpu_s is not None else "tuning cost not given")
+        return f"{volume}; {tokens}; saving ${saving * 1000:.4f} per 1k requests ({promotion.cost_basis}); {cost}"
+    if saving <= 0 or not monthly:
+        return f"{volume}; {tokens}; tuning ${tuning_cost_usd:.4f}: never pays back at this volume and saving"
+    months = tuning_cost_usd / (saving * monthly)
+    return (f"{volume}; {tokens}; saving ${saving * 1000:.4f} per 1k requests; tuning ${tuning_cost_usd:.4f} pays "
+            f"back in {months * 30 * 24:.1f} hours of this traffic")
+
+
+def _incumbent(records: list[OutcomeRecord], challenger: str) -> str:
+    served = Counter(str(r.metadata.get("served")) for r in records
+                     if r.metadata.get("served") not in (None, challenger))
+    if not served:
+        raise UsageError("no served outcomes to compare the challenger with", field="incumbent")
+    return served.most_common(1)[0][0]
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

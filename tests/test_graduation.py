@@ -1,0 +1,137 @@
+"""Graduation: the tuning-set export, the promotion rule, ``genroute graduate`` on a config, and the small
+end-to-end run on the embedded model (ICL -> feedback -> LoRA -> shadow -> decision)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genroute import Router, UsageError
+from genroute.cli import main as cli
+from genroute.graduation import adecide, decide_promotion, export_tuning_set
+from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
+
+from .conftest import gemini_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def captured(i, text, label, task="t"):
+    return OutcomeRecord(input=text, output=label, metadata={"id": f"r{i}", "task": task},
+                         outcomes={"icl": Side(score=1.0)})
+
+
+def test_export_deduplicates_drops_conflicts_validates_and_splits(tmp_path):
+    records = [captured(i, f"review number {i}", "positive" if i % 2 else "negative") for i in range(40)]
+    records += [captured(100, "Review  NUMBER 3", "positive"),            # a duplicate of r3 (same label)
+                captured(101, "split decision", "positive"), captured(102, "split decision", "negative"),
+                captured(103, "other task", "positive", task="u"),
+                OutcomeRecord(metadata={"id": "nocap", "task": "t"}, outcomes={"icl": Side(score=1.0)})]
+    tuning = export_tuning_set(records, "t", tmp_path, eval_share=0.25, seed=1, min_examples=10)
+    assert (tuning.captured, tuning.unique, tuning.conflicting) == (43, 41, 1)
+    assert (tuning.train, tuning.eval) == (30, 10)
+    train = [json.loads(line) for line in Path(tuning.train_path).read_text().splitlines()]
+    evals = [json.loads(line) for line in Path(tuning.eval_path).read_text().splitlines()]
+    assert not {r["input"] for r in train} & {r["input"] for r in evals}
+    assert all(r["metadata"]["task"] == "t" and r["output"] in ("positive", "negative") for r in train + evals)
+    with pytest.raises(UsageError, match="at least 50") as exc:
+        export_tuning_set(records, "t", tmp_path, min_examples=50)
+    assert exc.value.field == "task"
+
+
+def paired(n, challenger_wrong, incumbent_wrong, *, costs=(0.0001, 0.001), task="t"):
+    """``n`` records with both sides scored: the challenger wrong on ``challenger_wrong`` indexes, etc."""
+    return [OutcomeRecord(metadata={"id": str(i), "task": task, "served": "icl"}, outcomes={
+        "icl": Side(score=float(i not in incumbent_wrong), cost_usd=costs[1], latency_s=0.9, role="served"),
+        "lora": Side(score=float(i not in challenger_wrong), cost_usd=costs[0], latency_s=0.3, role="shadow")})
+        for i in range(n)]
+
+
+def test_promotion_accepted_when_the_ci_is_resolved_above_minus_margin_and_cheaper():
+    records = paired(300, challenger_wrong=set(range(0, 60)), incumbent_wrong=set(range(2, 64)))
+    decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", margin=0.05, min_n=100)
+    assert decision.n == 300 and decision.promote and decision.reasons == ()
+    assert decision.comparison.ci[0] > -0.05 and decision.comparison.mcnemar_p is not None
+    assert decision.challenger_cost_usd < decision.incumbent_cost_usd
+    assert decision.line().endswith("-> PROMOTE")
+
+
+def test_promotion_refused_when_the_ci_is_unresolved_too_small_or_not_cheaper():
+    # 40 pairs, equal means, many disagreements: the CI reaches far below -margin.
+    wide = paired(40, challenger_wrong=set(range(0, 10)), incumbent_wrong=set(range(10, 20)))
+    decision = decide_promotion(wide, "t", incumbent="icl", challenger="lora", margin=0.05, min_n=20)
+    assert not decision.promote and decision.comparison.ci[0] <= -0.05
+    assert "not ruled out" in decision.reasons[0] and "keep the incumbent" in decision.line()
+    few = decide_promotion(wide[:10], "t", incumbent="icl", challenger="lora", min_n=100)
+    assert not few.promote and few.reasons[0] == "only 10 paired outcomes; the decision needs 100"
+    dear = paired(300, set(range(60)), set(range(2, 64)), costs=(0.002, 0.001))
+    refused = decide_promotion(dear, "t", incumbent="icl", challenger="lora", min_n=100)
+    assert not refused.promote and refused.reasons[0].startswith("not cheaper")
+
+
+def test_graduate_cli_registers_a_challenger_and_promotes_it_on_the_outcomes(gemini_server, tmp_path, otel):
+    cfg = gemini_config(gemini_server)
+    cfg["backends"]["lora"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db")}
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    base = ["graduate", "--task", "t", "--config", str(config), "--out", str(tmp_path / "grad")]
+    assert cli([*base, "--register-only", "--challenger", "lora"]) == 0
+    policy = yaml.safe_load(config.read_text())["policy"]
+    assert policy["kind"] == "challenger" and policy["policy"] == {"kind": "static", "backend": "chat"}
+    with Router.from_config(config) as router:
+        assert router.decide("x", task="t").shadow == ("lora",)
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for record in paired(40, set(range(10)), set(range(10, 20))):   # unresolved: stays
+        store.upsert_sync(record.model_copy(update={"metadata": {**record.metadata, "served": "chat"},
+                                                    "outcomes": {"chat": record.outcomes["icl"],
+                                                                 "lora": record.outcomes["lora"]}}))
+    assert cli([*base, "--decide", "--challenger", "lora", "--min-n", "20"]) == 0
+    assert yaml.safe_load(config.read_text())["policy"]["promoted"] is False
+    for record in paired(300, set(range(60)), set(range(2, 64))):    # resolved, cheaper: promoted
+        store.upsert_sync(record.model_copy(update={"metadata": {**record.metadata, "id": f"b{record.id}",
+                                                                 "served": "chat"},
+                                                    "outcomes": {"chat": record.outcomes["icl"],
+                                                                 "lora": record.outcomes["lora"]}}))
+    assert cli([*base, "--decide", "--challenger", "lora"]) == 0
+    assert yaml.safe_load(config.read_text())["policy"]["promoted"] is True
+    with Router.from_config(config, **otel.providers) as router:
+        assert [r.backend for r in router.decide("x", task="t").rungs] == ["lora", "chat"]
+        report = router._portal.call(adecide(router, "t", challenger="lora", min_n=100))
+    (span,) = otel.spans("genroute.graduate.decide")
+    assert span.attributes["genroute.graduate.n"] == 340 and span.attributes["genroute.graduate.promote"] is True
+    assert [line.split(":")[0] for line in report.lines] == ["decide", "promote", "advisor"]
+
+
+@pytest.mark.local
+def test_small_graduation_end_to_end_on_the_embedded_model(tmp_path):
+    """The benchmark's run at CI size: ICL serves, labeled feedback is captured, a tiny LoRA adapter is trained,
+    shadows it on fresh traffic, and a decision is made with its statistics."""
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "benchmarks" / "graduation.py"),
+               "--data", str(ROOT / "benchmarks" / "data" / "sentiment" / "eval.jsonl"),
+               "--train", "12", "--shadow", "6", "--after", "3", "--epochs", "1", "--max-steps", "2", "--rank", "2",
+               "--min-n", "5", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "summary.json").read_text())
+    steps = [line.split(":")[0] for line in report["lines"]]
+    assert steps == ["export", "tune", "register", "decide", "promote", "advisor"]
+    assert report["tuning_set"]["train"] == 12 and Path(report["adapter_path"]).is_file()
+    promotion = report["promotion"]
+    assert promotion["n"] == 6 and promotion["incumbent"] == "icl" and promotion["challenger"] == "sentiment_lora"
+    assert promotion["challenger_input_tokens"] < promotion["incumbent_input_tokens"]   # the bare prompt
+    assert promotion["challenger_cost_usd"] < promotion["incumbent_cost_usd"]
+    ci_low = promotion["comparison"]["ci"][0]
+    assert promotion["promote"] == (ci_low > -promotion["margin"])   # cheaper and n >= min_n hold here
+    summary = (out / "summary.md").read_text()
+    assert "| shadow phase: shadow | sentiment_lora | 6 |" in summary
+    records = OutcomeStore(out / "outcomes.db").records_sync(task="sentiment")
+    assert sum(r.input is not None for r in records) == 21   # capture kept every labeled request
