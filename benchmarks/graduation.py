@@ -2,7 +2,7 @@
 gets labeled feedback (DynaSent reviews standing in for users), graduates the task to a local LoRA adapter,
 measures it as a shadow on live traffic, decides on promotion with paired statistics, and serves with it.
 
-    python benchmarks/graduation.py --data ../shared/data/dynasent_r2.jsonl   # 300 feedback / 150 shadow / 50 after
+    python benchmarks/graduation.py [--shared-data ../shared/data]   # 300 feedback / 150 shadow / 50 after
     python benchmarks/graduation.py --train 40 --shadow 20 --after 10 --epochs 1 --max-steps 4   # a smoke run
 
 Phases (disjoint records, seeded): (1) ``--train`` requests served by ICL, each followed by
@@ -12,9 +12,9 @@ captured examples (deduplicated, validated), LoRA-tune, add the tuned backend as
 latency is not inflated by the served call) and labeled feedback: paired outcomes; (4) ``adecide``: promote when
 the paired quality difference's 95 % CI lower bound is above ``-margin`` and it is cheaper; (5) ``--after``
 requests served by whatever the router now routes to. Local calls cost $0; costs are cloud-equivalent (the same
-tokens on gemini-2.5-flash). Data: ``../shared/data/dynasent_r2.jsonl`` (relative to the repository; neutral rows
-dropped) by default, or ``--data``; ICL examples from ``benchmarks/data/sentiment/examples.jsonl``, which traffic
-never repeats.
+tokens on gemini-2.5-flash). Data: ``dynasent_r2.jsonl`` of the shared data (``--shared-data``, see
+``benchmarks/shared_data.py``; neutral rows dropped) by default, or ``--data``; ICL examples from
+``benchmarks/data/sentiment/examples.jsonl``, which traffic never repeats.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benchmarks" / "data" / "sentiment"
-SHARED = ROOT.parent / "shared" / "data" / "dynasent_r2.jsonl"
 LABELS = ("negative", "positive")
 
 
@@ -57,6 +56,10 @@ def traffic(args: argparse.Namespace) -> list[dict[str, Any]]:
     pool = [json.loads(line) for line in (DATA / "examples.jsonl").read_text().splitlines() if line.strip()]
     seen_ids = {r["metadata"]["id"] for r in pool}
     seen_text = {" ".join(r["input"].lower().split()) for r in pool}
+    if args.data is None:
+        import shared_data
+
+        args.data = str(shared_data.resolve(args.shared_data, "dynasent_r2.jsonl") / "dynasent_r2.jsonl")
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("label") in LABELS and r["metadata"].get("id") not in seen_ids
             and " ".join(r["input"].lower().split()) not in seen_text]
@@ -65,7 +68,6 @@ def traffic(args: argparse.Namespace) -> list[dict[str, Any]]:
     need = args.train + args.shadow + args.after
     if len(unique) < need:
         raise SystemExit(f"{args.data} has {len(unique)} usable records; {need} are needed")
-    # The smaller CI version may use benchmarks/data/sentiment/eval.jsonl (150 records, also outside the pool).
     return unique
 
 
@@ -158,10 +160,13 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    import shared_data
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(SHARED),
-                        help="labeled sentiment JSONL standing in for users (default: ../shared/data/dynasent_r2.jsonl "
-                             "beside the repository; 509 binary records outside the ICL pool)")
+    parser.add_argument("--data", default=None,
+                        help="labeled sentiment JSONL standing in for users (default: dynasent_r2.jsonl of the shared "
+                             "data: 509 binary records outside the ICL pool)")
+    shared_data.add_option(parser)
     parser.add_argument("--train", type=int, default=300, help="requests whose feedback is captured for tuning")
     parser.add_argument("--shadow", type=int, default=150, help="requests with the tuned model shadowing")
     parser.add_argument("--after", type=int, default=50, help="requests served after the decision")

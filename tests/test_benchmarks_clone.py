@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("quality.py", "policies.py", "retrieval.py", "local_tuning.py", "demo_tuning.py", "data/build.py")
+SCRIPTS = ("quality.py", "policies.py", "retrieval.py", "local_tuning.py", "demo_tuning.py", "data/build.py",
+           "graduation.py")
 
 
 def shared_data() -> Path:
