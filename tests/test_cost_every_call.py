@@ -101,6 +101,8 @@ def test_attempts_that_time_out_are_charged_their_input_and_the_error_says_what_
     assert rung.attributes["gen_ai.usage.cost.amount"] == pytest.approx(3 * each)
     (call,) = otel.spans("generate_content")
     assert call.attributes["gen_ai.usage.cost.amount"] == pytest.approx(3 * each)
+    (point,) = otel.metrics()["genroute.cost"].data.data_points
+    assert point.value == pytest.approx(3 * each) and point.attributes["genroute.cost.estimated"] is True
 
 
 def test_a_timed_out_attempt_is_charged_on_top_of_the_answer_that_followed(gemini_server):

@@ -195,8 +195,9 @@ class RunContext:
         span.set_attribute("gen_ai.usage.cost.currency", "USD")
         if estimated:
             span.set_attribute("genroute.cost.estimated", True)
-        if cost:
-            self.telemetry.cost.add(cost, {**attrs, "gen_ai.response.model": self.model or model})
+        if cost:  # estimates apart, so that a dashboard can tell billed usage from genroute's estimates
+            self.telemetry.cost.add(cost, {**attrs, "gen_ai.response.model": self.model or model,
+                                           **({"genroute.cost.estimated": True} if estimated else {})})
 
     def _account(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
                  response: types.GenerateContentResponse, start: float, usage: Usage, estimated: bool, *,
