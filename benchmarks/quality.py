@@ -1,7 +1,7 @@
 """Quality, latency and cost of each technique on the embedded Gemma 3 270M, per public task.
 
     python benchmarks/quality.py --limit 20                 # a few minutes on 2 cores
-    python benchmarks/quality.py --limit 150 --tasks sentiment,banking77   # the slow full run, by hand
+    python benchmarks/quality.py --limit 340 --tasks sentiment,banking77   # the slow full run, by hand
     python benchmarks/quality.py --limit 50 --bfcl-limit 30 --tuned sentiment=S.gguf --tuned banking77=B.gguf
 
 A tuned adapter is trained on the task's ``examples.jsonl`` (the pool ICL draws from, disjoint from eval), e.g.
@@ -11,10 +11,12 @@ A tuned adapter is trained on the task's ``examples.jsonl`` (the pool ICL draws 
 Tasks (data in benchmarks/data/, see its README for sources and licenses):
 
 - sentiment: DynaSent round 2, binary — prompt-template vs ICL (kNN, 4 shots) [vs tuned with --tuned];
-- banking77: five intents — prompt-template (labels listed) vs ICL (kNN, 4 shots) [vs tuned with --tuned];
+- banking77: 20 intents — prompt-template (labels listed) vs ICL (kNN, 4 shots) [vs tuned with --tuned];
 - xquad: extractive QA — closed-book prompt-template vs ICL (kNN, 2 shots) vs RAG over the 240-passage corpus;
 - bfcl: function calling — function-calling backend (the harness gives it each record's tools as stubs;
-  schema-constrained call) vs prompt-template asking for a JSON call list.
+  schema-constrained call) vs prompt-template asking for a JSON call list;
+- nlupp: text -> JSON frame ``{"intents": [...], "slots": {...}}`` (NLU++ banking and hotels) — prompt-template
+  vs ICL (kNN, 4 shots), both schema-constrained to the intent and slot names; scored by ``frame_f1``.
 
 Each task runs through ``genroute.bench`` (resumable: rerun with the same --out to continue), compiles the
 cost_aware stats file and the learned policy, and compares them with each single backend on a held-out
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -41,8 +44,27 @@ from genroute.bench.record_tools import placeholder
 from genroute.router.router import Router
 
 DATA = Path(__file__).resolve().parent / "data"  # the default of --data
-BANKING = ("card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "cash_withdrawal_charge")
 SENTIMENT = ("negative", "positive")
+
+
+def label_set(data: Path, task: str) -> tuple[str, ...]:
+    """The task's labels, as its eval records list them (``metadata.label_set``)."""
+    with (data / task / "eval.jsonl").open(encoding="utf-8") as fh:
+        return tuple(json.loads(fh.readline())["metadata"]["label_set"])
+
+
+def frame_schema(data: Path) -> dict[str, Any]:
+    """A JSON schema for NLU++ frames: the intents and slot names the task's records use."""
+    intents, slots = set(), set()
+    for name in ("eval.jsonl", "examples.jsonl"):
+        for line in (data / "nlupp" / name).read_text(encoding="utf-8").splitlines():
+            frame = json.loads(json.loads(line)["output"])
+            intents.update(frame["intents"])
+            slots.update(frame["slots"])
+    return {"type": "object", "required": ["intents", "slots"], "properties": {
+        "intents": {"type": "array", "items": {"type": "string", "enum": sorted(intents)}},
+        "slots": {"type": "object", "properties": {s: {"type": "string"} for s in sorted(slots)},
+                  "additionalProperties": False}}}
 
 
 def choice(labels: tuple[str, ...]) -> dict[str, Any]:
@@ -64,7 +86,7 @@ def engine_config(args: argparse.Namespace, lora: str | None = None) -> dict[str
     return engine
 
 
-def task_backends(task: str) -> tuple[dict[str, dict[str, Any]], str]:
+def task_backends(task: str, data: Path = DATA) -> tuple[dict[str, dict[str, Any]], str]:
     """(backends, scorer) of one task; every backend runs on the ``local`` engine."""
     base = {"engine": "local", "model": "gemma-3-270m"}
     if task == "sentiment":
@@ -78,12 +100,13 @@ def task_backends(task: str) -> tuple[dict[str, dict[str, Any]], str]:
                     "query_template": "Review: {{ input }}\nSentiment:", "stop": ["\nReview:"]},
         }, "label_accuracy"
     if task == "banking77":
-        labels = ", ".join(BANKING)
+        banking = label_set(data, task)
+        labels = ", ".join(banking)
         return {
-            "prompt_template": {**base, "kind": "prompt_template", "generation": choice(BANKING),
+            "prompt_template": {**base, "kind": "prompt_template", "generation": choice(banking),
                                 "template": f"Intents: {labels}.\nQuestion: {{{{ input }}}}\nIntent:"},
             "icl": {**base, "kind": "icl", "collection": "bench-banking77-examples", "k": 4,
-                    "generation": choice(BANKING),
+                    "generation": choice(banking),
                     "instructions": f"Intents: {labels}.",
                     "example_template": "Question: {{ input }}\nIntent: {{ output }}",
                     "query_template": "Question: {{ input }}\nIntent:", "stop": ["\nQuestion:"]},
@@ -116,20 +139,30 @@ def task_backends(task: str) -> tuple[dict[str, dict[str, Any]], str]:
                                             "Request: {{ input }}\nCalls as JSON [{\"name\", \"arguments\"}] "
                                             "([] if no function fits):"},
         }, "function_call"
+    if task == "nlupp":
+        frame = {"max_output_tokens": 96, "response_schema": frame_schema(data)}
+        ask = "Intents and slots as JSON {\"intents\": [...], \"slots\": {...}}"
+        return {
+            "prompt_template": {**base, "kind": "prompt_template", "generation": frame,
+                                "template": f"Message: {{{{ input }}}}\n{ask}:"},
+            "icl": {**base, "kind": "icl", "collection": "bench-nlupp-examples", "k": 4, "generation": frame,
+                    "example_template": "Message: {{ input }}\nFrame: {{ output }}",
+                    "query_template": "Message: {{ input }}\nFrame:", "stop": ["\nMessage:"]},
+        }, "frame_f1"
     raise SystemExit(f"unknown task {task!r}")
 
 
 def config(args: argparse.Namespace, task: str, store: Path) -> tuple[dict[str, Any], str]:
-    backends, scorer = task_backends(task)
+    backends, scorer = task_backends(task, args.data)
     engines = {"local": engine_config(args)}
     lora = dict(item.split("=", 1) for item in args.tuned).get(task)
     if lora:
         engines["tuned"] = engine_config(args, lora)
+        # Same constrained output as the other backends: a briefly tuned 270M model learns the label before it
+        # learns to stop.
+        generation = next(iter(backends.values())).get("generation")
         backends["tuned"] = {"kind": "tuned", "engine": "tuned", "model": "gemma-3-270m-tuned",
-                             "base_model": "gemma-3-270m",
-                             # Same constrained label set as the other backends: a briefly tuned 270M model
-                             # learns the label before it learns to stop.
-                             "generation": choice(SENTIMENT if task == "sentiment" else BANKING)}
+                             "base_model": "gemma-3-270m", **({"generation": generation} if generation else {})}
     first = next(iter(backends))
     return {"engines": engines, "backends": backends, "knowledge": {"path": str(store)},
             "policy": {"kind": "static", "backend": first}}, scorer
@@ -220,7 +253,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=20, help="records per task (seeded sample)")
     parser.add_argument("--bfcl-limit", type=int, default=None,
                         help="records for bfcl (schema-constrained calls are slow on CPU; default: --limit)")
-    parser.add_argument("--tasks", default="sentiment,banking77,xquad,bfcl")
+    parser.add_argument("--tasks", default="sentiment,banking77,xquad,bfcl,nlupp")
     parser.add_argument("--data", type=Path, default=DATA,
                         help="task sets: DIR/TASK/{eval,examples}.jsonl (default: benchmarks/data in the repository)")
     parser.add_argument("--seed", type=int, default=0)

@@ -107,3 +107,20 @@ def test_quality_two_record_run_on_the_embedded_model(clone: Path, tmp_path: Pat
     summary = (tmp_path / "q" / "summary.md").read_text()
     assert "| sentiment (label_accuracy) | prompt_template | 2 |" in summary
     assert "Paired differences on the same records" in summary
+
+
+def test_task_sets_decide_and_never_evaluate_what_ICL_or_tuning_saw() -> None:
+    import json
+
+    data = REPO / "benchmarks" / "data"
+    for task in ("sentiment", "banking77", "xquad", "bfcl", "nlupp"):
+        evaluated = [json.loads(line) for line in (data / task / "eval.jsonl").read_text().splitlines()]
+        assert len(evaluated) >= 300 and int(0.3 * len(evaluated)) >= 100, task
+        pool = data / task / "examples.jsonl"
+        if pool.exists():
+            seen = {json.loads(line)["input"] for line in pool.read_text().splitlines()}
+            assert not seen & {r["input"] for r in evaluated}, task
+    demo = REPO / "genroute" / "demo" / "data" / "review_sentiment.jsonl"
+    tuned_on = {json.loads(line)["metadata"]["id"] for line in demo.read_text().splitlines()}
+    sentiment = (data / "sentiment" / "eval.jsonl").read_text().splitlines()
+    assert not tuned_on & {json.loads(line)["metadata"]["id"] for line in sentiment}
