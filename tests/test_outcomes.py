@@ -11,6 +11,7 @@ from genroute import ConfigError, Router, UsageError, side_effect_free
 from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
 
 from .conftest import TEST_KEY, gemini_config
+from .redis_fixtures import redis_server, redis_session  # noqa: F401
 
 FLASH = (0.30, 2.50)
 PRO = (1.25, 10.0)
@@ -163,3 +164,29 @@ def test_store_merges_writes_from_either_side_in_any_order(tmp_path):
     with sqlite3.connect(tmp_path / "o.db") as db:
         assert db.execute("select count(*) from outcomes").fetchone()[0] == 1
     assert store.export_jsonl(tmp_path / "m.jsonl") == 1
+
+
+def test_outcomes_go_to_the_shared_state_store_and_every_router_sees_them(gemini_server, tmp_path, redis_server):
+    cfg = config(gemini_server, tmp_path)
+    del cfg["outcomes"]["path"]
+    cfg["state"] = {"kind": "redis", "url": redis_server.url, "prefix": "outcomes-test:", "on_error": "closed"}
+    gemini_server.reply_text("positive", usage=(100, 5))
+    gemini_server.reply_text("negative", usage=(120, 6))
+    with Router.from_config(cfg) as serving, Router.from_config(cfg) as other:
+        result = serving.generate("The food was great.", task="sentiment")
+        serving.drain()
+        # Another router (another process, in production) knows the request only through the shared store.
+        record = other.feedback(result.outcome_id, score=1.0)
+        assert record.outcomes["chat"].score == 1.0 and record.outcomes["pro"].agreement == 0.0
+        assert record.outcomes["pro"].cost_usd == pytest.approx(cost(PRO, (120, 6)))
+
+        async def seen():
+            return await serving._executor.outcomes.store.records(task="sentiment")
+
+        (merged,) = serving._portal.call(seen())
+        assert merged.outcomes["chat"].score == 1.0 and merged.metadata["feedback"]["score"] == 1.0
+    assert not list(tmp_path.glob("*.db"))   # nothing went to a local file
+    cfg["outcomes"]["path"] = str(tmp_path / "o.db")
+    with pytest.raises(ConfigError) as exc:
+        Router.from_config(cfg)
+    assert exc.value.field == "outcomes.path"

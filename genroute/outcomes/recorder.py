@@ -24,6 +24,7 @@ from genroute.outcomes.settings import OutcomeSettings, ScrubHook, redact_secret
 if TYPE_CHECKING:
     from genroute.backends.base import BackendOutput
     from genroute.outcomes.scoring import RunJudge, ShadowScorer
+    from genroute.outcomes.shared import SharedOutcomeStore
     from genroute.outcomes.store import OutcomeStore
     from genroute.types import GenerateRequest, GenerateResult
 
@@ -46,7 +47,7 @@ class _Pending:
 class OutcomeRecorder:
     """Writes outcome records to the store; one per router."""
 
-    def __init__(self, settings: OutcomeSettings, store: OutcomeStore, scorer: ShadowScorer, *,
+    def __init__(self, settings: OutcomeSettings, store: OutcomeStore | SharedOutcomeStore, scorer: ShadowScorer, *,
                  scrub: ScrubHook | None = None, secrets: tuple[str, ...] = ()) -> None:
         self.settings = settings
         self.store = store
@@ -108,17 +109,26 @@ class OutcomeRecorder:
             raise UsageError("this result has no id to attach feedback to (was it served by this router?)",
                              field="result")
         pending = self._pending.get(id)
-        if pending is None and isinstance(target, str) and await self.store.get(id) is None:
-            raise UsageError(f"no request with id {id!r} is known to this router or its outcome store",
-                             field="result")
+        stored = None
+        if pending is None and isinstance(target, str):
+            stored = await self.store.get(id)  # served by another process (or forgotten here)
+            if stored is None:
+                raise UsageError(f"no request with id {id!r} is known to this router or its outcome store",
+                                 field="result")
         if pending is not None:
             pending.label = label if label is not None else pending.label
         request = pending.request if pending is not None else None
-        served_backend = pending.backend if pending is not None else (
-            None if isinstance(target, str) else target.backend)
+        if pending is not None:
+            served_backend: str | None = pending.backend
+            served = pending.side
+        elif stored is not None:
+            served_backend = stored.metadata.get("served")
+            served = Side.model_validate({})  # what the store holds stays; only the score is added
+        else:
+            served_backend = target.backend  # type: ignore[union-attr]
+            served = served_side(target)  # type: ignore[arg-type]
         sides: dict[str, Side] = {}
         if served_backend is not None:
-            served = pending.side if pending is not None else served_side(target)  # type: ignore[arg-type]
             served_score = score
             if served_score is None and label is not None and pending is not None:
                 scored = await self.scorer.score(pending.request, pending.output, label, run_judge)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,9 @@ class OutcomeSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     path: str | None = Field(default=None, description="SQLite file; default: <cache dir>/outcomes/outcomes.db.")
+    store: Literal["auto", "sqlite", "state"] = Field(
+        default="auto", description="auto: the shared state store when the router's `state` is shared (Redis), "
+                                    "else the SQLite file; sqlite or state to choose.")
     scorer: str = Field(
         default="normalized_exact",
         description="How a shadow's answer is scored against the served one (and both against a feedback label): "

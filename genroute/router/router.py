@@ -96,7 +96,7 @@ class Router(Learning):
             from genroute.router.outcome_setup import build_recorder, engine_secrets
 
             self._executor.outcomes = build_recorder(self.outcome_settings, self._executor, scrub=scrub,
-                                                     secrets=engine_secrets(self.resources))
+                                                     secrets=engine_secrets(self.resources), state=self.state)
         self._portal = Portal()
         self._inflight = InFlight()
         self._closed = False
