@@ -20,6 +20,7 @@ from genroute.errors import (
     BudgetExceeded,
     CircuitOpen,
     ConfigError,
+    DeadlineExceeded,
     GenrouteError,
     NoRelevantContext,
     RateLimited,
@@ -55,10 +56,10 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "AllRungsFailed", "BackendError", "BackendRejected", "BackendUnavailable", "BudgetExceeded", "CircuitOpen",
-    "Citation", "ConfigError", "Decision", "GenerateChunk", "GenerateRequest", "GenerateResult", "GenrouteError",
-    "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings", "Pricing", "RateLimited", "Router",
-    "RouterConfig", "Rung", "StateUnavailable", "StreamInterrupted", "ToolCall", "ToolLoopExceeded", "Usage",
-    "UsageError", "ValidationFailed", "load_config", "side_effect_free", "__version__",
+    "Citation", "ConfigError", "DeadlineExceeded", "Decision", "GenerateChunk", "GenerateRequest", "GenerateResult",
+    "GenrouteError", "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings", "Pricing", "RateLimited",
+    "Router", "RouterConfig", "Rung", "StateUnavailable", "StreamInterrupted", "ToolCall", "ToolLoopExceeded",
+    "Usage", "UsageError", "ValidationFailed", "load_config", "side_effect_free", "__version__",
 ]
 
 

@@ -1,8 +1,13 @@
 """The genroute error tree.
 
 GenrouteError
-├── UsageError            the caller used the API wrongly (bad request, sync call inside a running loop)
-│   └── ConfigError       a configuration value is invalid; ``field`` names it (dotted path)
+├── UsageError            the caller used the API wrongly (bad request, sync call inside a running loop);
+│   │                     ``field`` names the input at fault, ``message`` says what is wrong with it
+│   └── ConfigError       a configuration value is invalid; ``field`` is its dotted path
+├── DeadlineExceeded      the request's deadline (``timeout_s``) passed before an answer: not retried, not
+│                         fallen through (a stream cut by it after its first chunk is ``StreamInterrupted``)
+├── BudgetExceeded        a budget has no room for the request (or, per rung, for that rung: the next rung
+│                         is tried; when every rung was refused the caller gets this error itself)
 ├── StateUnavailable      the shared state store is unreachable and ``state.on_error`` is ``closed``
 └── BackendError          a backend or engine failed at run time
     ├── BackendUnavailable    retryable: 408/429/5xx, timeouts, refused/reset connections
@@ -13,7 +18,6 @@ GenrouteError
     ├── ToolLoopExceeded      the function-calling loop hit max steps or its deadline
     ├── ValidationFailed      a validator rejected a backend's answer
     ├── StreamInterrupted     a stream failed after its first chunk was sent (no fallback possible)
-    ├── BudgetExceeded        a budget has no room left for this request
     └── AllRungsFailed        every rung of a decision failed; ``attempts`` lists why
 
 google-genai and transport errors are mapped to this tree in exactly one place:
@@ -26,23 +30,7 @@ from typing import Any
 
 
 class GenrouteError(Exception):
-    """Root of every error genroute raises."""
-
-
-class UsageError(GenrouteError):
-    """The caller used the API wrongly; ``field`` names the offending input when known."""
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        self.field = field
-        super().__init__(f"{field}: {message}" if field else message)
-
-
-class ConfigError(UsageError):
-    """A configuration value is invalid; ``field`` is its dotted path."""
-
-
-class BackendError(GenrouteError):
-    """A backend or engine failed at run time.
+    """Root of every error genroute raises.
 
     When the router raises it, ``cost_usd`` is what the failed request cost (every rung tried: calls that
     timed out, were cancelled or cut short cost what the provider bills for them), ``usage`` their tokens
@@ -52,6 +40,30 @@ class BackendError(GenrouteError):
     cost_usd: float = 0.0
     usage: Any = None
     cost_estimated: bool = False
+
+
+class UsageError(GenrouteError):
+    """The caller used the API wrongly; ``field`` names the offending input when known.
+
+    ``message`` and ``field`` are kept apart (re-raise with ``exc.message`` under another field);
+    ``str()`` shows both as ``"field: message"``.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.message = message
+        self.field = field
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class ConfigError(UsageError):
+    """A configuration value is invalid; ``field`` is its dotted path."""
+
+
+class BackendError(GenrouteError):
+    """A backend or engine failed at run time."""
 
     def __init__(self, message: str, *, backend: str | None = None, status: int | None = None) -> None:
         self.backend = backend
@@ -104,8 +116,16 @@ class StreamInterrupted(BackendError):
     """A stream failed after its first chunk was delivered; it cannot fall back."""
 
 
-class BudgetExceeded(BackendError):
-    """The budget for this key has no room left for the request."""
+class DeadlineExceeded(GenrouteError):
+    """The request's deadline passed before it was answered; ``backend`` is the rung that was running, if any."""
+
+    def __init__(self, message: str, *, backend: str | None = None) -> None:
+        self.backend = backend
+        super().__init__(message)
+
+
+class BudgetExceeded(GenrouteError):
+    """The budget for this key has no room left for the request (refused before anything is spent)."""
 
 
 class AllRungsFailed(BackendError):

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from genroute import (
-    AllRungsFailed, BackendError, BackendRejected, BackendUnavailable, GenerateResult, GenrouteError, Router, UsageError,
+    AllRungsFailed, BackendError, BackendRejected, BackendUnavailable, DeadlineExceeded, GenerateResult, GenrouteError,
+    Router, UsageError,
 )
 from genroute.testing import GeminiTestServer
 
@@ -151,7 +152,7 @@ def _check_run_failure(exc: BaseException, what: str) -> None:
     if isinstance(exc, UsageError):
         _check_error(exc)
         return
-    assert isinstance(exc, BackendError), f"{what}: untyped failure {type(exc).__name__}: {exc}"
+    assert isinstance(exc, BackendError | DeadlineExceeded), f"{what}: untyped failure {type(exc).__name__}: {exc}"
     cause = _dependency_error(exc)
     assert cause is None, f"{what}: a dependency's {type(cause).__name__} surfaced as {type(exc).__name__}: {exc}"
 
@@ -302,7 +303,7 @@ def test_random_requests_get_an_answer_or_an_error_naming_the_field(gemini_serve
             # The loopback answers every valid request: only a deadline too short for it can fail one.
             assert kwargs.get("timeout_s") is not None, f"{what}: a valid request failed: {exc!r}"
             tried = exc.attempts if isinstance(exc, AllRungsFailed) else []
-            assert isinstance(exc, BackendUnavailable) or all(
+            assert isinstance(exc, BackendUnavailable | DeadlineExceeded) or all(
                 a.error_type == "BackendUnavailable" for a in tried), f"{what}: {exc!r}"
             return
         assert isinstance(result, GenerateResult) and result.text, what

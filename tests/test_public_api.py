@@ -21,6 +21,20 @@ def test_errors_form_one_tree():
             assert issubclass(obj, genroute.GenrouteError), name
     assert issubclass(genroute.ConfigError, genroute.UsageError)
     assert not issubclass(genroute.UsageError, genroute.BackendError)
+    # A deadline or a budget stops a request; neither is a backend failing.
+    assert not issubclass(genroute.DeadlineExceeded, genroute.BackendError | genroute.UsageError)
+    assert not issubclass(genroute.BudgetExceeded, genroute.BackendError | genroute.UsageError)
+
+
+def test_usage_errors_keep_field_and_message_apart():
+    import pickle
+
+    err = genroute.ConfigError("must be positive", field="engines.g.timeout_s")
+    assert (err.field, err.message, str(err)) == ("engines.g.timeout_s", "must be positive",
+                                                 "engines.g.timeout_s: must be positive")
+    assert str(genroute.UsageError("closed")) == "closed"
+    again = pickle.loads(pickle.dumps(err))  # crosses process boundaries (bench workers) intact
+    assert (type(again), again.field, again.message, str(again)) == (type(err), err.field, err.message, str(err))
 
 
 def test_import_does_not_load_heavy_dependencies():

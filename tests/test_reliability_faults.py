@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from genroute import BackendUnavailable, GenrouteError, Router, StreamInterrupted
+from genroute import BackendUnavailable, DeadlineExceeded, GenrouteError, Router, StreamInterrupted
 from genroute.testing import Fault
 
 from .conftest import gemini_config
@@ -166,12 +166,14 @@ def test_a_transient_fault_is_retried_and_the_answer_arrives_intact(gemini_serve
         assert len(gemini_server.requests) == 2  # the faulted attempt, then the good one
 
 
-# (id, fault, error types allowed): the fault never stops, so the request must end in a typed error.
+# (id, fault, error types allowed): the fault never stops, so the request must end in a typed error. Retries
+# with backoff may or may not reach the 2 s deadline on a loaded machine; a slow answer always does.
+_GIVEN_UP = (BackendUnavailable, DeadlineExceeded)
 PERSISTENT = [
-    ("429-retry-after", Fault.status(429, retry_after=0.05), (BackendUnavailable,)),
-    ("500", Fault.status(500), (BackendUnavailable,)),
-    ("503", Fault.status(503), (BackendUnavailable,)),
-    ("slow-past-deadline", Fault.delay(30), (BackendUnavailable,)),
+    ("429-retry-after", Fault.status(429, retry_after=0.05), _GIVEN_UP),
+    ("500", Fault.status(500), _GIVEN_UP),
+    ("503", Fault.status(503), _GIVEN_UP),
+    ("slow-past-deadline", Fault.delay(30), (DeadlineExceeded,)),
     ("connection-reset", Fault.reset(), (BackendUnavailable,)),
     ("malformed-json", Fault.malformed_json(), (BackendUnavailable,)),
 ]
@@ -207,7 +209,8 @@ def test_retries_that_could_go_on_for_ever_stop_at_the_request_deadline(gemini_s
     out = call(config, mode, timeout_s=2.0)
     assert_within_deadline(out, 2.0, f"{name}/{mode}")
     assert_cut_short(out, f"{name}/{mode}")
-    assert isinstance(out.error, BackendUnavailable), f"{name}/{mode}: {out.error!r}"
+    assert isinstance(out.error, DeadlineExceeded), f"{name}/{mode}: {out.error!r}"
+    assert isinstance(out.error.__cause__, BackendUnavailable | None), repr(out.error.__cause__)
     assert len(gemini_server.requests) >= 2  # it did retry, and the deadline, not the attempt count, ended it
 
 
@@ -322,4 +325,4 @@ def test_a_server_that_goes_silent_mid_answer_is_cut_off_at_the_deadline(mode):
     if mode in ("stream", "astream"):
         assert _streamed_text(out) == "alpha "  # what arrived before the silence, never passed off as complete
     else:
-        assert isinstance(out.error, BackendUnavailable), repr(out.error)  # half a body is retried, then given up
+        assert isinstance(out.error, DeadlineExceeded), repr(out.error)  # half a body is retried until the deadline

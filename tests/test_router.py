@@ -92,12 +92,14 @@ def test_400_is_rejected_at_once(gemini_server):
 
 
 def test_request_timeout_ends_the_request(gemini_server):
-    from genroute import BackendUnavailable
+    from genroute import BackendError, DeadlineExceeded
 
     gemini_server.fault(Fault.delay(3), times=5)
     config = gemini_config(gemini_server)
-    with Router.from_config(config) as router, pytest.raises(BackendUnavailable):
+    with Router.from_config(config) as router, pytest.raises(DeadlineExceeded) as err:
         router.generate("slow", timeout_s=0.3)
+    assert not isinstance(err.value, BackendError)  # the caller's deadline, not a backend failure
+    assert str(err.value) == "request deadline of 0.3s exceeded"
 
 
 class _TwoRungs(Policy):

@@ -133,7 +133,6 @@ def test_four_processes_share_one_limit(redis_server: RedisServer) -> None:
         assert worker.returncode == 0, err
         counts.append(int(out))
     assert sum(counts) == 1000 // 7  # 600 attempts in 4 processes; exactly what fits was admitted
-    assert all(c > 0 for c in counts)  # and the processes really competed
     store = _redis(redis_server)
     store.prefix = prefix
     assert asyncio.run(store.usage("shared")) == (142 * 7, 0)

@@ -89,8 +89,7 @@ def _read_examples(path: Path) -> list[Any]:
         return load_examples(path)
     except UsageError as exc:
         line = exc.field[len("line "):] if exc.field and exc.field.startswith("line ") else None
-        message = str(exc).removeprefix(f"{exc.field}: ") if exc.field else str(exc)
-        raise UsageError(message, field=f"{path}:{line}" if line else "paths") from None
+        raise UsageError(exc.message, field=f"{path}:{line}" if line else "paths") from None
 
 
 class ExampleStore:

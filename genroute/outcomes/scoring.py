@@ -90,7 +90,7 @@ def resolve_shadow_scorer(spec: str, *, resolve_check: Callable[[str, str], Chec
     try:
         scorer = resolve_scorer(spec)
     except UsageError as exc:
-        raise ConfigError(str(exc).removeprefix("scorer: "), field=field) from None
+        raise ConfigError(exc.message, field=field) from None
     return ShadowScorer(spec, fn=scorer.fn)
 
 

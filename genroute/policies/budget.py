@@ -244,7 +244,7 @@ class BudgetGate(Gate):
                                               ttl_s=hold_ttl_s(attempt.deadline), keep_s=keep_s)
         if hold_id is None:
             raise BudgetExceeded(f"budget {key!r}: ${max(left / UNITS_PER_USD, 0.0):.6g} left of ${limit:.6g}, "
-                                 f"request needs up to ${amount:.6g}", backend=attempt.backend)
+                                 f"request needs up to ${amount:.6g}")
         return account, hold_id
 
     async def exit(self, attempt: Attempt, token: tuple[str, str | None], outcome: Outcome) -> None:

@@ -203,8 +203,7 @@ class SemanticPolicy(Policy):
         except ConfigError as exc:
             if not (exc.field or "").startswith("knowledge.embedder"):
                 raise
-            message = str(exc).removeprefix(f"{exc.field}: ")
-            raise ConfigError(f"{message}; or give the routes a new collection ({self.field}.collection): "
+            raise ConfigError(f"{exc.message}; or give the routes a new collection ({self.field}.collection): "
                               "they are embedded again from the config", field=exc.field) from exc
         added = deleted = 0
         if self.wanted:

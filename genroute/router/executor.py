@@ -44,6 +44,10 @@ SHADOW_TIMEOUT_S = 60.0
 MAX_SHADOWS = 16
 
 
+#: What ends a rung and lets the next one try: a backend failure, or a budget refusing that rung.
+_RUNG_ERRORS = (BackendError, BudgetExceeded)
+
+
 @dataclass
 class Ledger:
     """What the rungs of one request added up to (failed, cancelled and abandoned ones included)."""
@@ -66,7 +70,7 @@ class Ledger:
 
     def charge(self, error: BaseException, span: trace.Span | None = None) -> None:
         """Put the summed cost on ``error`` (a genroute error) and on the root ``span``."""
-        if isinstance(error, BackendError):
+        if isinstance(error, GenrouteError):
             error.cost_usd, error.usage, error.cost_estimated = self.cost_usd, self.usage, self.cost_estimated
         if span is not None:
             span.set_attributes(self.span_attributes())
@@ -188,7 +192,7 @@ class Executor:
                         output = await backend.run(request, ctx)
                 if checks:
                     await self._validate(rung, checks, request, decision, output, ctx)
-            except BackendError as exc:
+            except _RUNG_ERRORS as exc:
                 last_error = exc
                 self._record(span, ledger, ctx, rung, index, rung_start, exc, admitted=attempt.admitted)
                 if sent:
@@ -255,7 +259,7 @@ class Executor:
         try:
             async with AdmittedAttempt(self.admission, request, decision, backend, side, trace.get_current_span()):
                 return await self.backends[backend].run(check_request, side)
-        except BackendError as exc:  # an answer that could not be checked is not accepted
+        except _RUNG_ERRORS as exc:  # an answer that could not be checked is not accepted
             raise ValidationFailed(f"{ctx.backend}: validator backend {backend!r} failed: {exc}",
                                    backend=ctx.backend) from exc
         finally:

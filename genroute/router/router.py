@@ -14,7 +14,9 @@ from opentelemetry.trace import Status, StatusCode
 from pydantic import ValidationError
 
 from genroute.admission import Admission, Instruments
-from genroute.errors import BackendUnavailable, GenrouteError, UsageError
+from genroute.errors import (
+    BackendError, DeadlineExceeded, GenrouteError, StreamInterrupted, ToolLoopExceeded, UsageError,
+)
 from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor, Ledger
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
@@ -132,10 +134,13 @@ class Router(Learning):
                 async with asyncio.timeout_at(asyncio.get_running_loop().time() + (deadline - time.monotonic())):
                     return await self._executor.run(request, decision, span, start, deadline, ledger)
             except TimeoutError:
-                error = BackendUnavailable(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded",
-                                           backend=decision.rungs[0].backend)
+                error = self._expired(request, decision)
                 ledger.charge(error)  # what the timed-out attempts cost the provider still counts
                 raise error from None
+            except BackendError as exc:
+                if not _ended_by(deadline, exc):
+                    raise
+                raise self._expired(request, decision, exc) from exc
 
     def generate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
         """Answer one request (sync; not from inside a running event loop)."""
@@ -151,10 +156,15 @@ class Router(Learning):
                        ) -> AsyncIterator[GenerateChunk]:
         request = self._request(input, fields)
         async with self._root_span(request) as (span, decision, start, deadline):
-            # aclosing: a caller that stops early closes every inner stream now, in this context.
-            async with aclosing(self._executor.stream(request, decision, span, start, deadline)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
+            try:
+                # aclosing: a caller that stops early closes every inner stream now, in this context.
+                async with aclosing(self._executor.stream(request, decision, span, start, deadline)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+            except BackendError as exc:
+                if _ended_by(deadline, exc):
+                    raise self._expired(request, decision, exc) from exc
+                raise
 
     def stream(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Iterator[GenerateChunk]:
         """Stream one answer (sync; not from inside a running event loop)."""
@@ -287,14 +297,23 @@ class Router(Learning):
             try:
                 return await asyncio.wait_for(decide, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                raise BackendUnavailable(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded "
-                                         f"while the {self.policy.name!r} policy decided") from None
+                raise DeadlineExceeded(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded "
+                                       f"while the {self.policy.name!r} policy decided") from None
         return self._decide(request, context)
 
     def _admission(self, policy: Policy) -> Admission | None:
         """The gates every attempt passes: the policy's (a budget's); None when there are none."""
         gates = policy.gates(self.state)
         return Admission(gates, self.state, self._instruments) if gates else None
+
+    def _expired(self, request: GenerateRequest, decision: Decision,
+                 cause: GenrouteError | None = None) -> DeadlineExceeded:
+        """The request's ``DeadlineExceeded``, carrying what ``cause`` (the failure it replaces) cost."""
+        error = DeadlineExceeded(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded",
+                                 backend=decision.rungs[0].backend)
+        if cause is not None:
+            error.cost_usd, error.usage, error.cost_estimated = cause.cost_usd, cause.usage, cause.cost_estimated
+        return error
 
     def _root_span(self, request: GenerateRequest) -> _RootSpan:
         if self._refresher is None and self.outcome_settings is not None:
@@ -346,6 +365,20 @@ class _RootSpan:
             if not isinstance(exc, GenrouteError | GeneratorExit):
                 self.span.record_exception(exc)
         self._cm.__exit__(None, None, None)
+
+
+#: An engine bounds its attempts by the time left and its timer may fire a hair before the router's would.
+_DEADLINE_SLACK_S = 0.05
+
+
+def _ended_by(deadline: float | None, exc: BackendError) -> bool:
+    """Whether the request's deadline, not the backend, ended it: ``exc`` came at (or past) the deadline.
+
+    A stream cut after its first chunk stays ``StreamInterrupted`` and a tool loop ``ToolLoopExceeded``: the
+    caller must know that output was sent, or which tools ran.
+    """
+    return (deadline is not None and not isinstance(exc, StreamInterrupted | ToolLoopExceeded)
+            and time.monotonic() >= deadline - _DEADLINE_SLACK_S)
 
 
 async def _flush(providers: list[Any], timeout_s: float) -> None:
