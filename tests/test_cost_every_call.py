@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from genroute import BackendUnavailable, BudgetExceeded, Router, StreamInterrupted
+from genroute import BackendUnavailable, BudgetExceeded, DeadlineExceeded, Router, StreamInterrupted
 from genroute.testing import Fault, Reply
 
 from .conftest import gemini_config
@@ -121,12 +121,22 @@ def test_a_timed_out_attempt_is_charged_on_top_of_the_answer_that_followed(gemin
 def test_the_request_deadline_error_carries_the_cost_of_the_attempt_it_cut(gemini_server, otel):
     gemini_server.fault(Fault.delay(5))
 
-    with _router(gemini_server, otel) as router, pytest.raises(BackendUnavailable, match="deadline") as caught:
+    with _router(gemini_server, otel) as router, pytest.raises(DeadlineExceeded, match="deadline") as caught:
         router.generate("a question that takes too long", timeout_s=0.5)
 
     assert caught.value.cost_usd == pytest.approx(_input_cost(gemini_server)) and caught.value.cost_estimated
     (root,) = otel.spans("genroute.generate")
     assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(_input_cost(gemini_server))
+
+
+def test_a_stream_ended_by_the_deadline_before_its_first_chunk_raises_deadline_exceeded_with_its_cost(
+        gemini_server, otel):
+    gemini_server.fault(Fault.delay(5))
+
+    with _router(gemini_server, otel) as router, pytest.raises(DeadlineExceeded, match="deadline") as caught:
+        list(router.stream("a question that takes too long", timeout_s=0.5))
+
+    assert caught.value.cost_usd == pytest.approx(_input_cost(gemini_server)) and caught.value.cost_estimated
 
 
 def test_a_cancelled_call_is_charged_its_input_on_the_root_span_and_the_budget(gemini_server, otel):
