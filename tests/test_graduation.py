@@ -135,3 +135,42 @@ def test_small_graduation_end_to_end_on_the_embedded_model(tmp_path):
     assert "| shadow phase: shadow | sentiment_lora | 6 |" in summary
     records = OutcomeStore(out / "outcomes.db").records_sync(task="sentiment")
     assert sum(r.input is not None for r in records) == 21   # capture kept every labeled request
+
+
+def test_graduation_with_a_vertex_tuning_job_on_the_loopback_server(gemini_server, tmp_path, monkeypatch, otel):
+    from google.oauth2.credentials import Credentials
+
+    from genroute.graduation import agraduate
+    from genroute.testing.tuning_routes import TuningRoutes
+    from genroute.tuning.vertex import VertexTuningSettings
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gemini_server.base_url)
+    TuningRoutes(gemini_server)
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump({
+        "engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
+                               "vertex": {"project": "test-proj", "location": "us-central1"}}},
+        "backends": {"chat": {"kind": "prompt_template", "engine": "vertex", "model": "gemini-2.5-flash"}},
+        "policy": {"kind": "static", "backend": "chat"},
+        "outcomes": {"path": str(tmp_path / "outcomes.db"), "capture": True}}))
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for i in range(30):
+        store.upsert_sync(captured(i, f"review number {i}: {'great' if i % 2 else 'awful'}",
+                                   "positive" if i % 2 else "negative"))
+    credentials = Credentials(token="test")
+    settings = VertexTuningSettings(base_model="gemini-2.5-flash", name="sentiment", staging_uri="gs://b/runs",
+                                    poll_interval_s=0.01, epochs=3, min_examples=10)
+    with Router.from_config(config, engine_options={"vertex": {"credentials": credentials}},
+                            **otel.providers) as router:
+        report = router._portal.call(agraduate(router, "t", out_dir=tmp_path / "grad", vertex=settings,
+                                               config_path=config, credentials=credentials, eval_share=0.0))
+        decision = router.decide("x", task="t")
+    assert [line.split(":")[0] for line in report.lines] == ["export", "tune", "register"]
+    assert "JOB_STATE_SUCCEEDED" in report.lines[1] and "x $5/1M (gemini-2.5-flash)" in report.lines[1]
+    assert report.extra["tuning_cost_usd"] > 0
+    assert decision.shadow == ("sentiment",)
+    written = yaml.safe_load(config.read_text())["backends"]["sentiment"]
+    assert written["kind"] == "tuned" and written["model"].endswith("/endpoints/1001")
+    names = {s.name for s in otel.spans()}
+    assert {"genroute.graduate", "genroute.graduate.export", "genroute.graduate.tune",
+            "genroute.graduate.register"} <= names

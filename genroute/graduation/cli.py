@@ -5,9 +5,10 @@
     genroute graduate --task sentiment --config app.yaml --out grad/ --decide  # promote, or say why not
 
 The first form exports the task's captured examples from the config's outcome store, LoRA-tunes the embedded
-model on them (``--vertex`` is not offered here: use ``genroute tune`` for Vertex and register its backend with
-``--challenger NAME --register-only``), writes the tuned backend into the config and wraps the config's policy in
-a ``challenger`` policy (``--mode shadow|split``). ``--decide`` reads the paired outcomes and, when the rule
+model on them (or, with ``--vertex --base-model M --staging-uri gs://B/P``, runs a Vertex AI tuning job with the
+application's default Google Cloud credentials), writes the tuned backend into the config and wraps the config's
+policy in a ``challenger`` policy (``--mode shadow|split``). ``--register-only --challenger NAME`` wraps the
+policy around a backend already in the config (e.g. from ``genroute tune``). ``--decide`` reads the paired outcomes and, when the rule
 holds, sets ``promoted: true`` in the config; the report says why not otherwise.
 """
 
@@ -41,6 +42,9 @@ def graduate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--vertex", action="store_true", help="tune on Vertex AI instead of locally")
+    parser.add_argument("--base-model", default="gemini-2.5-flash", help="with --vertex: the model to tune")
+    parser.add_argument("--staging-uri", default=None, help="with --vertex: gs://bucket/prefix for the data")
     parser.add_argument("--decide", action="store_true", help="decide on promotion from the paired outcomes")
     parser.add_argument("--challenger", default=None, help="with --decide or --register-only: the tuned backend")
     parser.add_argument("--register-only", action="store_true",
@@ -81,6 +85,18 @@ async def _run(args: argparse.Namespace) -> Any:
                 report = report.model_copy(update={"lines": (
                     *report.lines[:-2], f"promote: {args.config} now sends task {args.task!r} to {name} first",
                     report.lines[-1])})
+        elif args.vertex:
+            from genroute.tuning.vertex import VertexTuningSettings
+
+            settings = VertexTuningSettings(base_model=args.base_model, name=name, staging_uri=args.staging_uri,
+                                            epochs=args.epochs, seed=0)
+            report = await agraduate(router, args.task, out_dir=out, vertex=settings, config_path=args.config,
+                                     mode=args.mode, share=args.share, eval_share=args.eval_share,
+                                     min_examples=args.min_examples, register=False)
+            write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
+            report = report.model_copy(update={"lines": (
+                *report.lines, f"register: {name} written to {args.config} as the challenger for task "
+                               f"{args.task!r} ({args.mode}, share {args.share:.0%})")})
         else:
             from genroute.tuning.local_lora import LocalTuneConfig, register_tuned_backend
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from genroute.outcomes.store import OutcomeStore
     from genroute.router.router import Router
     from genroute.tuning.local_lora import LocalTuneConfig
+    from genroute.tuning.vertex import VertexTuningSettings
 
 
 class GraduationReport(BaseModel):
@@ -61,23 +62,29 @@ async def agraduate(router: Router, task: str, *, out_dir: str | Path, name: str
                     tune: LocalTuneConfig | None = None, mode: Literal["shadow", "split"] = "shadow",
                     share: float = 1.0, eval_share: float = 0.2, min_examples: int = 20, seed: int = 0,
                     engine_options: dict[str, Any] | None = None, backend_options: dict[str, Any] | None = None,
-                    register: bool = True) -> GraduationReport:
-    """Export ``task``'s captured examples, LoRA-tune the local model on them, add it as a challenger
-    (``register=False``: leave the router as it is; ``genroute graduate`` writes the config file instead)."""
+                    register: bool = True, vertex: VertexTuningSettings | None = None,
+                    config_path: str | Path | None = None, credentials: Any = None) -> GraduationReport:
+    """Export ``task``'s captured examples, tune on them, add the tuned model as a challenger.
+
+    Local LoRA on the embedded model by default (``tune``); with ``vertex`` settings a Vertex AI tuning job whose
+    endpoint is written into ``config_path`` (as ``genroute tune`` does). ``register=False`` leaves the router as
+    it is (``genroute graduate`` writes the config file instead).
+    """
     from genroute.tuning.data import load_examples
     from genroute.tuning.local_lora import LocalTuneConfig, tune_local_examples
+
+    if vertex is not None:
+        return await _agraduate_vertex(router, task, out_dir=Path(out_dir), settings=vertex, mode=mode,
+                                       share=share, eval_share=eval_share, min_examples=min_examples, seed=seed,
+                                       config_path=config_path, credentials=credentials, register=register)
 
     name = name or f"{task}_tuned"
     out = Path(out_dir)
     tracer = router.telemetry.tracer
     lines: list[str] = []
     with tracer.start_as_current_span("genroute.graduate", attributes={"genroute.task": task}):
-        with tracer.start_as_current_span("genroute.graduate.export") as span:
-            records = await _store(router).records(task=task)
-            tuning_set = await asyncio.to_thread(export_tuning_set, records, task, out, eval_share=eval_share,
-                                                 seed=seed, min_examples=min_examples)
-            span.set_attributes({"genroute.graduate.train": tuning_set.train, "genroute.graduate.eval": tuning_set.eval})
-            lines.append(tuning_set.line())
+        tuning_set = await _export(router, task, out, eval_share=eval_share, seed=seed, min_examples=min_examples)
+        lines.append(tuning_set.line())
         with tracer.start_as_current_span("genroute.graduate.tune") as span:
             examples = load_examples(tuning_set.train_path)  # checked as `genroute tune` checks its files
             config = tune or LocalTuneConfig(progress=False)
@@ -99,6 +106,59 @@ async def agraduate(router: Router, task: str, *, out_dir: str | Path, name: str
     return GraduationReport(task=task, lines=tuple(lines), tuning_set=tuning_set,
                             adapter_path=str(result.adapter_path), challenger=name, tuning_cpu_s=cpu_s,
                             tuning_wall_s=wall_s)
+
+
+async def _export(router: Router, task: str, out: Path, *, eval_share: float, seed: int,
+                  min_examples: int) -> TuningSet:
+    with router.telemetry.tracer.start_as_current_span("genroute.graduate.export") as span:
+        records = await _store(router).records(task=task)
+        tuning_set = await asyncio.to_thread(export_tuning_set, records, task, out, eval_share=eval_share,
+                                             seed=seed, min_examples=min_examples)
+        span.set_attributes({"genroute.graduate.train": tuning_set.train, "genroute.graduate.eval": tuning_set.eval})
+    return tuning_set
+
+
+async def _agraduate_vertex(router: Router, task: str, *, out_dir: Path, settings: VertexTuningSettings,
+                            mode: Literal["shadow", "split"], share: float, eval_share: float, min_examples: int,
+                            seed: int, config_path: str | Path | None, credentials: Any,
+                            register: bool) -> GraduationReport:
+    """``agraduate`` with a Vertex AI tuning job: cost = training tokens x epochs x the list training price."""
+    from genroute.backends.tuned import TunedBackend, TunedConfig
+    from genroute.tuning.data import load_examples
+    from genroute.tuning.vertex import tune_vertex
+
+    tracer = router.telemetry.tracer
+    with tracer.start_as_current_span("genroute.graduate", attributes={"genroute.task": task}):
+        tuning_set = await _export(router, task, out_dir, eval_share=eval_share, seed=seed, min_examples=min_examples)
+        with tracer.start_as_current_span("genroute.graduate.tune") as span:
+            wall0 = time.perf_counter()
+            result = await tune_vertex(tuning_set.train_path, settings, config_path=config_path,
+                                       credentials=credentials)
+            wall_s = time.perf_counter() - wall0
+            # Vertex bills the tokens it counts; here they are estimated at 4 characters per token.
+            chars = sum(len(e.input) + len(e.output) for e in load_examples(tuning_set.train_path))
+            tokens = chars / 4 * (settings.epochs or 1)
+            price = router.resources.pricing.training_price(settings.base_model)
+            cost = None if price is None else tokens * price[1] / 1e6
+            span.set_attributes({"genroute.graduate.job": result.job, "genroute.graduate.wall_s": wall_s})
+        serve = result.endpoint or result.model or ""
+        engine = settings.engine or next(n for n, e in router.resources.engines.items()
+                                         if getattr(e, "provider", "").startswith("gcp"))
+        lines = [tuning_set.line(),
+                 f"tune: Vertex AI job {result.job} {result.state} in {wall_s:.0f} s -> {serve}; ~{tokens:,.0f} "
+                 f"training tokens (estimated, {settings.epochs or 1} epoch(s))"
+                 + (f" x ${price[1]:g}/1M ({price[0]}) = ${cost:.4f}" if price and cost is not None else
+                    f"; no training price known for {settings.base_model}")]
+        if register:
+            with tracer.start_as_current_span("genroute.graduate.register"):
+                config = TunedConfig(kind="tuned", engine=engine, model=serve, base_model=settings.base_model,
+                                     tasks=[task], system=settings.system)
+                router.add_challenger(settings.name, TunedBackend(settings.name, config, router.resources), task=task,
+                                      mode=mode, share=share)
+                lines.append(f"register: {settings.name} is the challenger for task {task!r} ({mode}, share "
+                             f"{share:.0%})")
+    return GraduationReport(task=task, lines=tuple(lines), tuning_set=tuning_set, challenger=settings.name,
+                            tuning_wall_s=wall_s, extra={"tuning_cost_usd": cost, "job": result.job})
 
 
 def register_local(router: Router, name: str, adapter: str | Path, *, task: str, mode: Literal["shadow", "split"],
@@ -135,6 +195,8 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
                              "genroute.graduate.ci_high": promotion.comparison.ci[1]})
         if promotion.promote and promote:
             router.promote(task, challenger)
+    if tuning_cost_usd is None:
+        tuning_cost_usd = report.extra.get("tuning_cost_usd")
     advice = advise(records, promotion, tuning_cost_usd=tuning_cost_usd, tuning_cpu_s=report.tuning_cpu_s)
     lines = (*report.lines, promotion.line(),
              f"promote: {challenger} now answers task {task!r} first ({incumbent} as fallback)"
