@@ -22,10 +22,13 @@ from genroute.outcomes.records import OutcomeRecord, Side
 from genroute.outcomes.settings import OutcomeSettings, ScrubHook, redact_secrets
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from genroute.backends.base import BackendOutput
     from genroute.outcomes.scoring import RunJudge, ShadowScorer
     from genroute.outcomes.shared import SharedOutcomeStore
     from genroute.outcomes.store import OutcomeStore
+    from genroute.runtime.context import RunContext
     from genroute.types import GenerateRequest, GenerateResult
 
 _log = logging.getLogger(__name__)
@@ -98,6 +101,26 @@ class OutcomeRecorder:
         if judge_cost:
             metadata["scoring_cost_usd"] = judge_cost
         return await self._write(OutcomeRecord(metadata=metadata, outcomes=sides))
+
+    async def shadow_run(self, id: str, request: GenerateRequest, backend: str, output: BackendOutput,
+                         ctx: RunContext, latency_s: float, span: Span, run_judge: RunJudge) -> None:
+        """``shadow`` for a finished shadow run (its context holds cost and tokens); failures are counted on the
+        span and logged, never raised: a lost outcome must not fail anything else."""
+        side = Side(role="shadow", cost_usd=ctx.cost_usd, latency_s=latency_s,
+                    cloud_equivalent_cost_usd=ctx.cloud_equivalent_cost_usd,
+                    input_tokens=ctx.usage.input_tokens, output_tokens=ctx.usage.output_tokens)
+        try:
+            record = await self.shadow(id, request, backend, output, side, run_judge)
+        except Exception as exc:  # a scorer or judge that failed
+            self.write_errors += 1
+            span.set_attribute("genroute.outcome.error", type(exc).__name__)
+            _log.warning("shadow outcome of %s not recorded: %s", backend, type(exc).__name__)
+            return
+        if record is not None:
+            span.set_attribute("genroute.outcome.id", record.id)
+            agreement = record.outcomes[backend].agreement
+            if agreement is not None:
+                span.set_attribute("genroute.shadow.agreement", agreement)
 
     # -- from the user --------------------------------------------------------------------------------
 

@@ -406,30 +406,9 @@ class Executor:
                 span.set_attributes({"gen_ai.usage.cost.amount": ctx.cost_usd, "gen_ai.usage.cost.currency": "USD"})
             span.set_attribute("genroute.shadow.chars", len(output.text))
             if self.outcomes is not None and served.outcome_id is not None:
-                await self._record_shadow(request, decision, backend, output, ctx, started, served, span)
-
-    async def _record_shadow(self, request: GenerateRequest, decision: Decision, backend: str,
-                             output: BackendOutput, ctx: RunContext, started: float, served: GenerateResult,
-                             span: trace.Span) -> None:
-        """Score the shadow's answer and store the paired outcome; a failure here is counted, never raised."""
-        from genroute.outcomes.records import Side
-
-        assert self.outcomes is not None and served.outcome_id is not None
-        side = Side(role="shadow", cost_usd=ctx.cost_usd, latency_s=time.perf_counter() - started,
-                    cloud_equivalent_cost_usd=ctx.cloud_equivalent_cost_usd,
-                    input_tokens=ctx.usage.input_tokens, output_tokens=ctx.usage.output_tokens)
-        judge = functools.partial(self.run_judge, request, decision, ctx.deadline)
-        try:
-            record = await self.outcomes.shadow(served.outcome_id, request, backend, output, side, judge)
-            if record is not None:
-                span.set_attribute("genroute.outcome.id", record.id)
-                score = record.outcomes[backend].agreement
-                if score is not None:
-                    span.set_attribute("genroute.shadow.agreement", score)
-        except Exception as exc:  # a scorer or judge that failed loses this outcome, not the process
-            self.outcomes.write_errors += 1
-            span.set_attribute("genroute.outcome.error", type(exc).__name__)
-            _log.warning("shadow outcome of %s not recorded: %s", backend, type(exc).__name__)
+                judge = functools.partial(self.run_judge, request, decision, ctx.deadline)
+                await self.outcomes.shadow_run(served.outcome_id, request, backend, output, ctx,
+                                               time.perf_counter() - started, span, judge)
 
     async def run_judge(self, request: GenerateRequest, decision: Decision, deadline: float | None,
                         backend: str, judge_request: GenerateRequest) -> tuple[BackendOutput, float]:
