@@ -19,7 +19,7 @@ from genroute.bench.runner import POLICY_TARGET, RESULTS_FILE, Outcome, arun_ben
 from genroute.bench.scorers import resolve_scorer
 from genroute.bench.stats import PairedComparison
 from genroute.errors import UsageError
-from genroute.runtime.portal import Portal
+from genroute.runtime.portal import run_sync
 
 if TYPE_CHECKING:
     from genroute.router.router import Router
@@ -175,10 +175,9 @@ def _tuned_details(router: Router, summaries: Sequence[Summary], kinds: dict[str
 
 def bench(router: Router, data: str | Path | Sequence[BenchRecord], **kwargs: Any) -> BenchReport:
     """Sync ``abench``, run on the router's own loop thread (not from inside a running event loop)."""
-    Portal.refuse_inside_loop("bench")
     # The router's sync API runs on its private loop, and its engines' clients belong to that loop: a fresh
     # loop (asyncio.run) would use them from the wrong loop and leave them broken for later sync calls.
-    return router._portal.call(abench(router, data, **kwargs))  # noqa: SLF001 - the router's sync bridge
+    return run_sync(abench(router, data, **kwargs), "bench", portal=router._portal)  # noqa: SLF001
 
 
 async def ingest_corpus(router: Router, corpus: str | Path, collection: str | None) -> None:

@@ -54,11 +54,9 @@ class Embedder(ABC):
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Embed ``texts`` from sync code; refuses to run inside a running event loop."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.aembed(texts))
-        raise UsageError("embed() called inside a running event loop; await aembed() instead")
+        from genroute.runtime.portal import run_sync
+
+        return run_sync(self.aembed(texts), "embed")
 
     def _span(self, kind: trace.SpanKind = trace.SpanKind.CLIENT) -> trace.Span:
         from genroute.runtime.telemetry import active_tracer

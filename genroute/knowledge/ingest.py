@@ -284,17 +284,9 @@ async def upsert_missing(
 
 def ingest(store: KnowledgeStore, paths: Sequence[str | Path], *, collection: str, **kwargs: Any) -> IngestReport:
     """Sync twin of ``aingest``; refuses to run inside a running event loop."""
+    from genroute.runtime.portal import run_sync
+
     return run_sync(aingest(store, paths, collection=collection, **kwargs), "ingest")
-
-
-def run_sync(coro: Any, what: str) -> Any:
-    """Run ``coro`` to completion from sync code; ``UsageError`` inside a running loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    coro.close()
-    raise UsageError(f"{what}() called inside a running event loop; await its async twin instead")
 
 
 def _check_chunk_size(store: KnowledgeStore, chunk_tokens: int) -> None:

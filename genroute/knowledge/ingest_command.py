@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.knowledge.examples import aload_examples
-from genroute.knowledge.ingest import IngestReport, ingest, run_sync
+from genroute.knowledge.ingest import IngestReport, ingest
 from genroute.knowledge.store import build_store
+from genroute.runtime.portal import run_sync
 
 if TYPE_CHECKING:
     from genroute.engines.base import Engine
@@ -32,6 +33,7 @@ def ingest_paths(
     """What ``genroute ingest PATH... --collection NAME`` runs: build the store from config, ingest, report."""
     store = build_store(store_config, engines=engines or {})
     if kind == "examples":
-        return run_sync(aload_examples(store, paths, collection=collection, progress=progress), "ingest")
+        return run_sync(aload_examples(store, paths, collection=collection, progress=progress), "ingest_paths",
+                        instead="aload_examples")
     return ingest(store, paths, collection=collection, chunk_tokens=chunk_tokens, overlap=overlap,
                   text_field=text_field, progress=progress)

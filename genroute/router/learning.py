@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.errors import UsageError
-from genroute.runtime.portal import Portal
+from genroute.runtime.portal import Portal, run_sync
 from genroute.types import Decision, GenerateRequest, GenerateResult
 
 if TYPE_CHECKING:
@@ -67,8 +67,8 @@ class Learning:
     def feedback(self, result: GenerateResult | str, /, *, score: float | None = None, label: str | None = None,
                  input: str | None = None) -> OutcomeRecord:
         """Sync ``afeedback`` (not from inside a running event loop)."""
-        Portal.refuse_inside_loop("feedback")
-        return self._portal.call(self.afeedback(result, score=score, label=label, input=input))
+        return run_sync(self.afeedback(result, score=score, label=label, input=input), "feedback",
+                        portal=self._portal)
 
     async def adrain(self, timeout_s: float = 60.0) -> None:
         """Wait until the shadow runs in flight (and their outcome records) are done, at most ``timeout_s``."""
@@ -76,8 +76,7 @@ class Learning:
 
     def drain(self, timeout_s: float = 60.0) -> None:
         """Sync ``adrain``."""
-        Portal.refuse_inside_loop("drain")
-        self._portal.call(self.adrain(timeout_s))
+        run_sync(self.adrain(timeout_s), "drain", portal=self._portal)
 
     # -- refresh ---------------------------------------------------------------------------------------
 
@@ -111,8 +110,7 @@ class Learning:
 
     def refresh(self) -> bool:
         """Sync ``arefresh`` (not from inside a running event loop)."""
-        Portal.refuse_inside_loop("refresh")
-        return self._portal.call(self.arefresh())
+        return run_sync(self.arefresh(), "refresh", portal=self._portal)
 
     def _start_refresher(self) -> None:
         """Refresh every ``outcomes.refresh_every_s`` on the running loop (started by the first request)."""

@@ -20,7 +20,7 @@ from genroute.errors import (
 from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor, Ledger
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
-from genroute.runtime.portal import Portal
+from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
 from genroute.router.build import require_prices
 from genroute.runtime.telemetry import CurrentSpan, Telemetry
 from genroute.router.learning import Learning, backend_info
@@ -144,9 +144,7 @@ class Router(Learning):
 
     def generate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
         """Answer one request (sync; not from inside a running event loop)."""
-        Portal.refuse_inside_loop("generate")
-        request = self._request(input, fields)
-        return self._portal.call(self.agenerate(request))
+        return run_sync(self.agenerate(input, **fields), "generate", portal=self._portal)
 
     def astream(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> RouterStream:
         """Stream one answer (async): text chunks, then a ``done`` chunk carrying the full result."""
@@ -168,7 +166,7 @@ class Router(Learning):
 
     def stream(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Iterator[GenerateChunk]:
         """Stream one answer (sync; not from inside a running event loop)."""
-        Portal.refuse_inside_loop("stream")
+        refuse_inside_loop("stream")
         request = self._request(input, fields)
         return self._portal.iterate(self.astream(request))
 
@@ -235,7 +233,7 @@ class Router(Learning):
         and telemetry are given to close, the loop is stopped and every sync caller still waiting on it gets
         ``UsageError``.
         """
-        Portal.refuse_inside_loop("close")
+        refuse_inside_loop("close")
         if not self._closed:
             bound = drain_s + UNWIND_S + 5.0 + _FLUSH_TIMEOUT_MS / 1000 + 5.0  # drain, unwind, shadows, flush, backends
             try:

@@ -1,4 +1,9 @@
-"""A private event loop on a daemon thread, so sync entry points can drive the async core."""
+"""The one sync bridge: how every sync entry point drives the async core.
+
+``refuse_inside_loop`` is the one check that a sync API is not called from a running event loop (it would
+block that loop); ``run_sync`` runs a one-shot coroutine (ingestion, embedding, tuning, a benchmark) after that
+check; a ``Portal`` keeps one loop on a daemon thread for objects whose clients belong to a loop (a router).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,32 @@ from typing import Any, TypeVar
 from genroute.errors import UsageError
 
 T = TypeVar("T")
+
+
+def refuse_inside_loop(api: str, instead: str | None = None) -> None:
+    """Raise ``UsageError`` when the sync ``api`` is called from a thread running an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise UsageError(f"{api}() is synchronous and cannot run inside a running event loop; "
+                     f"await {instead or 'a' + api}() instead")
+
+
+def run_sync(coro: Coroutine[Any, Any, T], api: str, *, instead: str | None = None,
+             portal: Portal | None = None) -> T:
+    """Run ``coro`` to completion for the sync ``api`` (on ``portal``'s loop if given, else a fresh one).
+
+    Inside a running event loop ``coro`` is closed unawaited and ``UsageError`` names the async twin.
+    """
+    try:
+        refuse_inside_loop(api, instead)
+    except UsageError:
+        coro.close()
+        raise
+    if portal is not None:
+        return portal.call(coro)
+    return asyncio.run(coro)
 
 
 class Portal:
@@ -43,15 +74,6 @@ class Portal:
         asyncio.set_event_loop(self._loop)
         self._loop.call_soon(ready.set)
         self._loop.run_forever()
-
-    @staticmethod
-    def refuse_inside_loop(api: str) -> None:
-        """Raise ``UsageError`` when a sync API is called from a thread running an event loop."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        raise UsageError(f"{api}() is synchronous and cannot run inside a running event loop; use a{api}()")
 
     def call(self, coro: Coroutine[Any, Any, T], *, timeout_s: float | None = None) -> T:
         """Run ``coro`` on the portal loop and wait for its result (``TimeoutError`` after ``timeout_s``)."""

@@ -280,16 +280,16 @@ def run_vertex_tuning(data: str | Path | None, settings: VertexTuningSettings, *
                       config_path: str | Path | None = None, resume: str | None = None, credentials: Any = None,
                       console: Console | None = None) -> TuningResult:
     """Sync ``tune_vertex`` (or ``resume_vertex`` when ``resume`` names a job) for the CLI."""
-    from genroute.runtime.portal import Portal
+    from genroute.runtime.portal import refuse_inside_loop, run_sync
 
-    Portal.refuse_inside_loop("run_vertex_tuning")
+    refuse_inside_loop("run_vertex_tuning", instead="tune_vertex")
     if resume is not None:
-        return asyncio.run(resume_vertex(resume, settings, config_path=config_path, credentials=credentials,
-                                         console=console))
+        return run_sync(resume_vertex(resume, settings, config_path=config_path, credentials=credentials,
+                                      console=console), "run_vertex_tuning", instead="resume_vertex")
     if data is None:
         raise UsageError("a JSONL data file is required", field="data")
-    return asyncio.run(tune_vertex(data, settings, config_path=config_path, credentials=credentials,
-                                   console=console))
+    return run_sync(tune_vertex(data, settings, config_path=config_path, credentials=credentials, console=console),
+                    "run_vertex_tuning", instead="tune_vertex")
 
 
 def _engine(settings: VertexTuningSettings, config_path: str | Path | None, engine: GeminiEngine | None,

@@ -1,0 +1,241 @@
+"""Sync/async parity: every sync API behaves as its async twin (after simonw/llm's tests/test_async_parity.py).
+
+Each sync entry point is its async twin run through the one sync bridge (``genroute.runtime.portal``): same
+parameters, same answers, same spans, same errors, and inside a running event loop a ``UsageError`` that
+names the twin to await instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from genroute import DeadlineExceeded, GenerateResult, Router, UsageError
+from genroute.bench import harness
+from genroute.knowledge import ExampleStore, KnowledgeStore, aingest, build_store, ingest
+from genroute.knowledge.embedders import Embedder, GeminiEmbedder, LocalEmbedder
+from genroute.testing import Fault
+
+from .conftest import gemini_config
+
+#: Where sync/async twins live. Every public ``aX`` with a public ``X`` beside it must be in ``PAIRS``.
+OWNERS: list[Any] = [Router, KnowledgeStore, ExampleStore, Embedder, harness]
+PAIRS: list[tuple[Any, str, str]] = [
+    (Router, "generate", "agenerate"),
+    (Router, "stream", "astream"),
+    (Router, "close", "aclose"),
+    (Router, "feedback", "afeedback"),
+    (Router, "drain", "adrain"),
+    (Router, "refresh", "arefresh"),
+    (Embedder, "embed", "aembed"),
+    (harness, "bench", "abench"),
+]
+
+
+def _discovered() -> set[tuple[Any, str, str]]:
+    found = set()
+    for owner in OWNERS:
+        names = {n for n in dir(owner) if not n.startswith("_")}
+        for name in names:
+            if name.startswith("a") and name[1:] in names and callable(getattr(owner, name)):
+                found.add((owner, name[1:], name))
+    return found
+
+
+def test_every_twin_pair_is_checked():
+    assert _discovered() <= set(PAIRS), sorted((o.__name__, s) for o, s, _ in _discovered() - set(PAIRS))
+
+
+def _assert_same_parameters(sync_fn: Any, async_fn: Any) -> None:
+    """``sync_fn`` takes what ``async_fn`` takes: the same parameters, or the same ones up to ``**kwargs``
+    that it forwards (every keyword-only parameter of the twin then goes through)."""
+    sync = inspect.signature(sync_fn).parameters
+    forwards = any(p.kind is p.VAR_KEYWORD for p in sync.values())
+    twin = inspect.signature(async_fn).parameters
+    for name, param in twin.items():
+        if name in sync:
+            assert (sync[name].kind, sync[name].default) == (param.kind, param.default), name
+        else:
+            assert forwards and param.kind in (param.KEYWORD_ONLY, param.VAR_KEYWORD), name
+    assert set(sync) - set(twin) <= {n for n, p in sync.items() if p.kind is p.VAR_KEYWORD}
+
+
+@pytest.mark.parametrize(("owner", "sync", "async_"), PAIRS, ids=[f"{o.__name__}.{s}" for o, s, _ in PAIRS])
+def test_the_sync_twin_takes_the_same_parameters(owner, sync, async_):
+    _assert_same_parameters(getattr(owner, sync), getattr(owner, async_))
+
+
+def test_ingest_takes_what_aingest_takes():
+    _assert_same_parameters(ingest, aingest)
+
+
+# -- the router ----------------------------------------------------------------------------------------------
+
+
+def _shape(result: GenerateResult) -> dict[str, Any]:
+    """What must not depend on sync vs async: everything but timings, ids and the trace."""
+    return {
+        "text": result.text, "backend": result.backend, "model": result.model, "usage": result.usage,
+        "cost_usd": result.cost_usd, "finish_reason": result.finish_reason,
+        "decision": (result.decision.policy, result.decision.reason,
+                     [(a.backend, a.outcome, a.error_type) for a in result.decision.rungs_tried]),
+    }
+
+
+def _span_shape(otel: Any) -> list[tuple[str, tuple[str, ...]]]:
+    spans = otel.exporter.get_finished_spans()
+    otel.exporter.clear()
+    return sorted((s.name, tuple(sorted(k for k in s.attributes if "latency" not in k))) for s in spans)
+
+
+def test_generate_and_agenerate_answer_alike(gemini_server, otel):
+    gemini_server.reply_text("same answer", usage=(7, 3))
+    gemini_server.reply_text("same answer", usage=(7, 3))
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        sync = router.generate("hello", task="greet")
+        sync_spans = _span_shape(otel)
+
+        async def main() -> GenerateResult:
+            async with Router.from_config(gemini_config(gemini_server), **otel.providers) as twin:
+                return await twin.agenerate("hello", task="greet")
+
+        async_ = asyncio.run(main())
+        assert _shape(sync) == _shape(async_)
+        assert sync_spans == _span_shape(otel)
+    assert gemini_server.requests[0].body == gemini_server.requests[1].body
+
+
+def test_stream_and_astream_yield_alike(gemini_server):
+    for _ in range(2):
+        gemini_server.reply_text("one two three", usage=(5, 3), chunks=3)
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        sync = list(router.stream("hi"))
+
+    async def main() -> list[Any]:
+        async with Router.from_config(gemini_config(gemini_server)) as router:
+            return [chunk async for chunk in router.astream("hi")]
+
+    async_ = asyncio.run(main())
+    assert [c.text for c in sync] == [c.text for c in async_] and len(sync) >= 3
+    assert _shape(sync[-1].result) == _shape(async_[-1].result)
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"input": ""}, "input"),
+    ({"input": "hi", "backend": "nope"}, "backend"),
+    ({"input": "hi", "timeout_s": -1}, "timeout_s"),
+])
+def test_bad_input_is_the_same_usage_error_both_ways(gemini_server, fields, field):
+    def sync_error() -> UsageError:
+        with Router.from_config(gemini_config(gemini_server)) as router, pytest.raises(UsageError) as err:
+            router.generate(**fields)
+        return err.value
+
+    async def async_error() -> UsageError:
+        async with Router.from_config(gemini_config(gemini_server)) as router:
+            with pytest.raises(UsageError) as err:
+                await router.agenerate(**fields)
+            with pytest.raises(UsageError) as streamed:
+                [c async for c in router.astream(**fields)]
+            assert (streamed.value.field, streamed.value.message) == (err.value.field, err.value.message)
+            return err.value
+
+    sync, async_ = sync_error(), asyncio.run(async_error())
+    assert (type(sync), sync.field, sync.message) == (type(async_), async_.field, async_.message)
+    assert sync.field == field
+    assert not gemini_server.requests
+
+
+def test_a_deadline_is_the_same_error_both_ways(gemini_server):
+    gemini_server.fault(Fault.delay(5), times=10)
+    with Router.from_config(gemini_config(gemini_server)) as router, pytest.raises(DeadlineExceeded) as sync:
+        router.generate("slow", timeout_s=0.3)
+
+    async def main() -> DeadlineExceeded:
+        async with Router.from_config(gemini_config(gemini_server)) as router:
+            with pytest.raises(DeadlineExceeded) as err:
+                await router.agenerate("slow", timeout_s=0.3)
+            return err.value
+
+    async_ = asyncio.run(main())
+    assert str(sync.value) == str(async_) and sync.value.backend == async_.backend
+
+
+# -- inside a running loop every sync twin refuses, names its twin and leaks nothing -------------------------
+
+
+async def test_sync_twins_refuse_a_running_loop_and_name_their_async_twin(gemini_server, tmp_path: Path):
+    router = Router.from_config(gemini_config(gemini_server))
+    store = build_store({"path": str(tmp_path / "chroma")}, engines={})
+    calls = {
+        "agenerate": lambda: router.generate("hi"),
+        "astream": lambda: router.stream("hi"),
+        "aclose": router.close,
+        "afeedback": lambda: router.feedback("an-outcome-id", score=1.0),
+        "adrain": router.drain,
+        "arefresh": router.refresh,
+        "aingest": lambda: ingest(store, [tmp_path], collection="docs"),
+        # LocalEmbedder.embed is CPU work that is safe anywhere; an engine's embeddings are not.
+        "aembed": lambda: GeminiEmbedder(router.resources.engines["gemini"]).embed(["hi"]),
+        "abench": lambda: harness.bench(router, [], backends=["chat"]),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a coroutine left unawaited would warn here
+        for twin, call in calls.items():
+            with pytest.raises(UsageError, match=rf"running event loop; await {twin}\(\) instead"):
+                call()
+    await router.aclose()
+    assert not gemini_server.requests
+
+
+# -- knowledge -----------------------------------------------------------------------------------------------
+
+
+def _docs(root: Path) -> list[Path]:
+    root.mkdir()
+    paths = []
+    for i in range(3):
+        path = root / f"doc{i}.md"
+        path.write_text(f"# Doc {i}\n\nParagraph {i} about routing requests to techniques. " * 5)
+        paths.append(path)
+    return paths
+
+
+def test_ingest_and_aingest_report_alike(tmp_path: Path):
+    paths = _docs(tmp_path / "docs")
+    sync = ingest(build_store({"path": str(tmp_path / "a")}, engines={}), paths, collection="docs",
+                  chunk_tokens=64, overlap=8, progress=False)
+
+    async def main() -> Any:
+        store = build_store({"path": str(tmp_path / "b")}, engines={})
+        return await aingest(store, paths, collection="docs", chunk_tokens=64, overlap=8, progress=False)
+
+    async_ = asyncio.run(main())
+    assert (sync.documents, sync.chunks, sync.added, sync.skipped) == \
+        (async_.documents, async_.chunks, async_.added, async_.skipped)
+    assert sync.added > 0
+
+
+def test_embed_and_aembed_give_the_same_vectors(gemini_server):
+    router = Router.from_config(gemini_config(gemini_server))
+    embedder = GeminiEmbedder(router.resources.engines["gemini"])
+    texts = ["route this request", "a second sentence"]
+    sync = embedder.embed(texts)
+    async_ = asyncio.run(embedder.aembed(texts))
+    assert len(sync) == 2 and sync == async_
+    assert len(gemini_server.requests) == 2  # each went over the wire
+    router.close()
+
+
+def test_local_embed_and_aembed_give_the_same_vectors():
+    embedder = LocalEmbedder()
+    texts = ["route this request", "a second, longer sentence to embed"]
+    sync = embedder.embed(texts)
+    async_ = asyncio.run(embedder.aembed(texts))
+    assert len(sync) == 2 and np.allclose(sync, async_)
