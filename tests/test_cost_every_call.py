@@ -348,3 +348,19 @@ def test_a_connection_reset_after_the_request_was_read_is_charged_its_input(gemi
     with Router.from_config(config) as router, pytest.raises(BackendUnavailable) as caught:
         router.generate("a question", timeout_s=20)
     assert caught.value.cost_usd == pytest.approx(_input_cost(gemini_server)) and caught.value.cost_estimated
+
+
+def test_lost_attempts_are_priced_each_at_its_own_prompt_size_tier(gemini_server):
+    # Three timed-out attempts of ~60 tokens each: their sum crosses a 100-token tier, none of them does.
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"]["timeout_s"] = 1.0
+    config["pricing"] = {"gemini-2.5-flash": {"input": 1.0, "output": 1.0, "tiers": [
+        {"above_input_tokens": 100, "input": 1000.0, "output": 1000.0}]}}
+    gemini_server.fault(Fault.delay(4), times=3)
+
+    with Router.from_config(config) as router, pytest.raises(BackendUnavailable) as caught:
+        router.generate("x" * 240, timeout_s=20)
+
+    tokens = round(_input_cost(gemini_server) / IN_PRICE)
+    assert tokens <= 100 < 3 * tokens
+    assert caught.value.cost_usd == pytest.approx(3 * tokens * 1.0 / 1e6)

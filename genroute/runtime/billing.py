@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from genroute.errors import GenrouteError
@@ -35,15 +35,16 @@ CHARS_PER_TOKEN = 4
 
 @dataclass
 class Meter:
-    """Usage billed for attempts whose answer was lost, summed over one engine call."""
+    """Usage billed for the attempts of one engine call whose answer was lost, one entry per attempt (each is
+    priced on its own: a prompt-size price tier applies per request, not to their sum)."""
 
-    usage: Usage = Usage()
-    #: Whether any of ``usage`` is an estimate (it always is for a lost attempt).
+    attempts: list[Usage] = field(default_factory=list)
+    #: Whether any of it is an estimate (it always is for a lost attempt).
     estimated: bool = False
 
     def add(self, usage: Usage, *, estimated: bool = True) -> None:
         """Count ``usage`` as billed."""
-        self.usage = self.usage + usage
+        self.attempts.append(usage)
         self.estimated = self.estimated or estimated
 
 

@@ -84,10 +84,10 @@ class RunContext:
                     response = await engine.generate(model, contents, config, timeout_s=self.remaining_s())
             except BaseException as exc:
                 self._fail(span, attrs, exc, start)
-                self._charge(engine, span, attrs, model, meter.usage, meter.estimated, price_as=price_as)
+                self._charge(engine, span, attrs, model, meter.attempts, meter.estimated, price_as=price_as)
                 raise
             usage, estimated = _reported(response, contents, config)
-            self._account(engine, span, attrs, model, response, start, usage + meter.usage,
+            self._account(engine, span, attrs, model, response, start, [usage, *meter.attempts],
                           estimated or meter.estimated, price_as=price_as)
             return response
 
@@ -130,12 +130,12 @@ class RunContext:
                 raise
             finally:
                 usage, estimated = received.usage(contents, config, complete=complete)
-                usage, estimated = usage + meter.usage, estimated or meter.estimated
+                calls, estimated = [usage, *meter.attempts], estimated or meter.estimated
                 if complete and received.last is not None:
-                    self._account(engine, span, attrs, model, received.last, start, usage, estimated,
+                    self._account(engine, span, attrs, model, received.last, start, calls, estimated,
                                   price_as=price_as)
                 else:
-                    self._charge(engine, span, attrs, model, usage, estimated, price_as=price_as)
+                    self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as)
 
     def charge_cache_storage(self, engine: Engine, model: str, tokens: int, ttl_s: float) -> float:
         """Charge this rung for storing a context cache of ``tokens`` for ``ttl_s`` (priced per token-hour)."""
@@ -174,19 +174,21 @@ class RunContext:
         span.set_status(Status(StatusCode.ERROR, kind))
         self.telemetry.record_call({**attrs, "error.type": kind}, None, time.perf_counter() - start)
 
-    def _charge(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str, usage: Usage,
-                estimated: bool, *, price_as: str | None) -> None:
-        """Add ``usage`` and its cost to this rung and to the call's span."""
+    def _charge(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str, calls: list[Usage],
+                estimated: bool, *, price_as: str | None) -> Usage:
+        """Add the usage of ``calls`` (the answer and any lost attempts, each priced on its own) and its cost to
+        this rung and to the call's span; return the summed usage."""
+        usage = sum(calls, Usage())
         if usage == Usage() and not estimated:
-            return
+            return usage
         priced = engine.pricing_model(price_as or model)
-        cost = self.pricing.cost(priced, usage)
+        cost = sum(self.pricing.cost(priced, call) for call in calls)
         self.usage = self.usage + usage
         self.cost_usd += cost
         self.cost_estimated = self.cost_estimated or estimated
         reference = getattr(engine, "reference_model", None)
         if priced is None and reference:
-            extra = self.pricing.cost(reference, usage)
+            extra = sum(self.pricing.cost(reference, call) for call in calls)
             self.cloud_equivalent_cost_usd = (self.cloud_equivalent_cost_usd or 0.0) + extra
             span.set_attribute("genroute.cloud_equivalent.cost.amount", extra)
             span.set_attribute("genroute.cloud_equivalent.model", reference)
@@ -198,12 +200,13 @@ class RunContext:
         if cost:  # estimates apart, so that a dashboard can tell billed usage from genroute's estimates
             self.telemetry.cost.add(cost, {**attrs, "gen_ai.response.model": self.model or model,
                                            **({"genroute.cost.estimated": True} if estimated else {})})
+        return usage
 
     def _account(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
-                 response: types.GenerateContentResponse, start: float, usage: Usage, estimated: bool, *,
+                 response: types.GenerateContentResponse, start: float, calls: list[Usage], estimated: bool, *,
                  price_as: str | None) -> None:
         self.model = response.model_version or model
-        self._charge(engine, span, attrs, model, usage, estimated, price_as=price_as)
+        usage = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as)
         span.set_attribute("gen_ai.response.model", self.model)
         reasons = [str(getattr(c.finish_reason, "value", c.finish_reason)).lower()
                    for c in (response.candidates or []) if c.finish_reason is not None]
