@@ -44,6 +44,11 @@ class RouterConfig(_Frozen):
     outcomes: dict[str, Any] | None = None
     #: Where budgets, rate limits and breakers keep their counts: this process, or Redis shared by many.
     state: StateConfig = MemoryStateConfig()
+    #: Requests and input tokens per minute, per engine (and model), backend or budget key
+    #: (``genroute.admission.ratelimit.RateLimitConfig``); shared through ``state``.
+    rate_limits: list[dict[str, Any]] = Field(default_factory=list)
+    #: Circuit breakers per backend and engine+model (``genroute.admission.breaker.BreakerConfig``); off if unset.
+    breakers: dict[str, Any] | None = None
 
     def __repr_args__(self) -> Any:
         # Engine and knowledge sections stay raw mappings until built: keep inline keys out of reprs and logs.

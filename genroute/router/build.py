@@ -65,6 +65,8 @@ def build_router(
     router_kwargs.setdefault("timeout_s", config.timeout_s)
     router_kwargs.setdefault("outcomes", config.outcomes)
     router_kwargs.setdefault("state", config.state)
+    router_kwargs.setdefault("rate_limits", config.rate_limits)
+    router_kwargs.setdefault("breakers", config.breakers)
     return cls(backends, policy, resources=resources, validators=all_validators, **router_kwargs)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from opentelemetry.trace import Status, StatusCode
 from pydantic import ValidationError
 
 from genroute.admission import Admission, Instruments
+from genroute.admission.breaker import skip_open
+from genroute.admission.build import router_gates
 from genroute.errors import (
     BackendError, DeadlineExceeded, GenrouteError, StreamInterrupted, ToolLoopExceeded, UsageError,
 )
@@ -63,6 +66,8 @@ class Router(Learning):
         outcomes: OutcomeSettings | Mapping[str, Any] | None = None,
         scrub: ScrubHook | None = None,
         state: StateStore | Mapping[str, Any] | StateConfig | None = None,
+        rate_limits: Sequence[Mapping[str, Any]] = (),
+        breakers: Mapping[str, Any] | None = None,
     ) -> None:
         from genroute.outcomes.settings import settings_from
         from genroute.runtime.resources import Resources
@@ -89,6 +94,9 @@ class Router(Learning):
         self.state = build_state(state)
         self._owns_state = not isinstance(state, StateStore)
         self._instruments = Instruments(self.telemetry.meter)
+        targets = {name: (b.config.engine, b.config.model) for name, b in self.backends.items()}
+        self._gates, self._breakers = router_gates(targets, self.state, self._instruments,
+                                                   rate_limits=rate_limits, breakers=breakers)
         self.admission = self._admission(self.policy)
         self._executor = Executor(self.backends, self.policy, telemetry=self.telemetry,
                                   pricing=self.resources.pricing, validators=validators, timeout_s=timeout_s,
@@ -284,9 +292,17 @@ class Router(Learning):
         return self.policy.decide(request, context or self.context)
 
     async def _adecide(self, request: GenerateRequest, deadline: float | None = None) -> Decision:
+        # What the policy may know of the shared state is read here and handed in: policies stay pure.
         context = self.context
+        if self._breakers is not None:
+            context = dataclasses.replace(context, health=await self._breakers.health())
         if self.policy.reads_state and request.backend is None and self.admission is not None:
             context = await self.admission.context(request, context)
+        decision = await self._policy_decision(request, context, deadline)
+        return skip_open(decision, context.health)  # open breakers: those rungs are not tried
+
+    async def _policy_decision(self, request: GenerateRequest, context: PolicyContext,
+                               deadline: float | None) -> Decision:
         # Policies that embed the request (semantic, learned) would stall the event loop: run them off it.
         if self.policy.blocking and request.backend is None:
             decide = asyncio.to_thread(self._decide, request, context)
@@ -300,8 +316,8 @@ class Router(Learning):
         return self._decide(request, context)
 
     def _admission(self, policy: Policy) -> Admission | None:
-        """The gates every attempt passes: the policy's (a budget's); None when there are none."""
-        gates = policy.gates(self.state)
+        """The gates every attempt passes: breakers, rate limits, then the policy's (a budget's); None if none."""
+        gates = [*self._gates, *policy.gates(self.state)]
         return Admission(gates, self.state, self._instruments) if gates else None
 
     def _expired(self, request: GenerateRequest, decision: Decision,

@@ -1,0 +1,160 @@
+"""Circuit breakers per backend and per engine+model, shared through the state store.
+
+After ``failures`` retryable failures (5xx, 429, timeouts, refused connections, or an attempt still running
+when its request's deadline passed) within ``window_s``, a breaker opens for ``cooldown_s``; a 429 with
+``Retry-After`` opens it for that long. While a breaker is open the router drops its backend's rungs from
+the decision (``skip_open``; the reason says so) and nothing is sent to it. When the cool-down ends the
+breaker is half-open: one attempt (the probe) is let through; its success closes the breaker, its failure
+opens it again. Every process reads the shared state at most ``refresh_s`` after its last read, so a
+breaker another process opened is seen within ``refresh_s`` (plus one store round trip).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.admission import Attempt, Gate, Instruments, Outcome
+from genroute.errors import BackendUnavailable, CircuitOpen, RateLimited
+
+if TYPE_CHECKING:
+    from genroute.state import StateStore
+    from genroute.types import Decision
+
+#: How long a half-open probe is held when its request has no deadline.
+PROBE_TTL_S = 60.0
+
+
+class BreakerConfig(BaseModel):
+    """The router's ``breakers`` section: when a backend (or an engine's model) counts as unhealthy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    failures: int = Field(default=5, ge=1, description="Retryable failures within `window_s` that open it.")
+    window_s: float = Field(default=60.0, gt=0, description="Window the failures are counted in.")
+    cooldown_s: float = Field(default=30.0, gt=0, description="How long it stays open before a probe.")
+    refresh_s: float = Field(default=0.5, gt=0, le=60, description="How stale this process's view may be.")
+
+
+class BreakerGate(Gate):
+    """Refuses attempts on open breakers, lets one probe through half-open ones, counts failures."""
+
+    def __init__(self, config: BreakerConfig, targets: Mapping[str, tuple[str, str]], store: StateStore,
+                 instruments: Instruments) -> None:
+        self.config = config
+        self.store = store
+        self.instruments = instruments
+        #: backend -> the breakers guarding it: its own and its engine's model's.
+        self.names = {b: (f"backend:{b}", f"model:{engine}:{model}") for b, (engine, model) in targets.items()}
+        self._all = sorted({n for names in self.names.values() for n in names})
+        self._until: dict[str, float] = {}  # breaker -> time.monotonic() it half-opens (absent: closed)
+        self._read_at = -float("inf")
+
+    # -- the view policies and the decision filter read ------------------------------------------------
+
+    async def health(self) -> dict[str, float]:
+        """Backends whose breaker is not closed: seconds until it half-opens (<= 0: half-open now)."""
+        if time.monotonic() - self._read_at >= self.config.refresh_s:
+            self._read_at = time.monotonic()  # before the await: concurrent requests do not all re-read
+            found = await self.store.breakers(self._all)
+            now = time.monotonic()
+            self._until = {name: now + left for name, left in found.items()}
+        return self.view()
+
+    def view(self) -> dict[str, float]:
+        """``health`` from this process's last read, without reading the store."""
+        if not self._until:
+            return {}
+        now = time.monotonic()
+        out = {}
+        for backend, names in self.names.items():
+            lefts = [self._until[n] - now for n in names if n in self._until]
+            if lefts:
+                out[backend] = max(lefts)
+        return out
+
+    # -- the gate ---------------------------------------------------------------------------------------
+
+    async def enter(self, attempt: Attempt) -> list[str]:
+        probes: list[str] = []
+        now = time.monotonic()
+        for name in self.names.get(attempt.backend, ()):
+            until = self._until.get(name)
+            if until is None:
+                continue
+            if until > now:
+                raise CircuitOpen(f"circuit breaker {name} is open for {until - now:.1f} s more (nothing was sent)",
+                                  backend=attempt.backend, retry_after_s=until - now)
+            ttl = PROBE_TTL_S if attempt.deadline is None else max(1.0, attempt.deadline - now)
+            if not await self.store.breaker_probe(name, ttl):
+                raise CircuitOpen(f"circuit breaker {name} is half-open and its one probe is in flight "
+                                  "(nothing was sent)", backend=attempt.backend)
+            probes.append(name)
+        return probes
+
+    async def exit(self, attempt: Attempt, token: list[str], outcome: Outcome) -> None:
+        if not outcome.sent:
+            return
+        error = outcome.error
+        if error is None:
+            for name in token:  # the probe answered: close
+                if await self.store.breaker_close(name):
+                    self._until.pop(name, None)
+                    self._event(attempt, name, "closed", "the half-open probe succeeded")
+            return
+        if not _unhealthy(error, attempt):
+            return
+        retry_after = getattr(error, "retry_after_s", None) if getattr(error, "status", None) == 429 else None
+        for name in self.names.get(attempt.backend, ()):
+            if retry_after:
+                opened, open_s, why = await self.store.breaker_open(name, retry_after), retry_after, \
+                    f"429 with Retry-After {retry_after:g} s"
+            elif name in token:
+                opened, open_s, why = await self.store.breaker_open(name, self.config.cooldown_s), \
+                    self.config.cooldown_s, f"the half-open probe failed ({type(error).__name__})"
+            else:
+                opened = await self.store.breaker_fail(name, threshold=self.config.failures,
+                                                       window_s=self.config.window_s, open_s=self.config.cooldown_s)
+                open_s, why = self.config.cooldown_s, \
+                    f"{self.config.failures} retryable failures within {self.config.window_s:g} s " \
+                    f"(last: {type(error).__name__})"
+            if opened:
+                self._until[name] = max(self._until.get(name, 0.0), time.monotonic() + open_s)
+                self.instruments.opens.add(1, {"genroute.breaker": name})
+                self._event(attempt, name, "open", why)
+
+    def _event(self, attempt: Attempt, name: str, state: str, reason: str) -> None:
+        attempt.span.add_event("genroute.breaker", {"genroute.breaker": name, "genroute.breaker.state": state,
+                                                    "genroute.breaker.reason": reason})
+
+
+def _unhealthy(error: BaseException, attempt: Attempt) -> bool:
+    """Whether ``error`` says the backend is unhealthy (not our own refusals, not the caller's mistakes)."""
+    if isinstance(error, RateLimited | CircuitOpen):
+        return False
+    if isinstance(error, BackendUnavailable):
+        return True
+    # Cancelled by the request's deadline: the backend did not answer in time.
+    return attempt.deadline is not None and time.monotonic() >= attempt.deadline - 0.01
+
+
+def skip_open(decision: Decision, health: Mapping[str, float]) -> Decision:
+    """``decision`` without the rungs whose breaker is open (half-open ones stay: one may probe).
+
+    Pure: the health view is read by the router and handed in. ``CircuitOpen`` if no rung is left."""
+    if not health:
+        return decision
+    kept = [r for r in decision.rungs if health.get(r.backend, 0.0) <= 0.0]
+    if len(kept) == len(decision.rungs):
+        return decision
+    skipped = ", ".join(f"{r.backend} (open {health[r.backend]:.1f} s more)" for r in decision.rungs
+                        if r not in kept)
+    if not kept:
+        first = decision.rungs[0].backend
+        raise CircuitOpen(f"every rung's circuit breaker is open: {skipped} (nothing was sent)", backend=first,
+                          retry_after_s=min(health[r.backend] for r in decision.rungs))
+    return decision.model_copy(update={"rungs": tuple(kept),
+                                       "reason": f"{decision.reason}; breaker open, skipped: {skipped}"})
