@@ -716,3 +716,23 @@ def test_cli_ingests_the_corpus_for_rag(gemini_server: GeminiTestServer, tmp_pat
     assert "Zorblax reactor in Tromsø opened in 1987" in " ".join(texts_in(request.body))
     no_collection = [a for a in argv if a not in ("--collection", "bench-corpus")]
     assert bench_main(no_collection) == 2
+
+
+def test_the_harness_tells_the_advisor_where_the_tuned_model_runs(tmp_path: Path) -> None:
+    """A local LoRA's measured tune_result.json beside its adapter; a Vertex model's training price."""
+    from genroute.bench.harness import _tuned_details
+
+    (tmp_path / "adapter.gguf").write_bytes(b"")
+    (tmp_path / "tune_result.json").write_text(json.dumps({"train_cpu_seconds": 100.0}))
+    cfg = {"engines": {"lora": {"kind": "local", "lora_path": str(tmp_path / "adapter.gguf"), "prompt_format": "gemma"},
+                       "gemini": {"kind": "gemini", "api_key": "k", "base_url": "http://127.0.0.1:9"}},
+           "backends": {"local": {"kind": "tuned", "engine": "lora", "model": "gemma-tuned", "base_model": "gemma"},
+                        "vertex": {"kind": "tuned", "engine": "gemini", "model": "tunedModels/x",
+                                   "base_model": "gemini-2.5-flash"}},
+           "policy": {"kind": "static", "backend": "local"}}
+    with Router.from_config(cfg) as router:
+        local = _tuned_details(router, [summary("local", 20, 0.0)], {"local": "tuned"})
+        vertex = _tuned_details(router, [summary("vertex", 20, 1e-5)], {"vertex": "tuned"})
+    assert local["tuned_info"].where == "local"
+    assert local["tuned_info"].tune_result == str(tmp_path / "tune_result.json")
+    assert vertex["tuned_info"].where == "vertex" and vertex["training_price"] == ("gemini-2.5-flash", 5.0)

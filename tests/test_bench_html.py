@@ -166,3 +166,18 @@ def test_the_per_record_view_filters_by_task(tmp_path: Path) -> None:
     hidden = [cells for attrs, cells in rows if "display: none" in (attrs.get("style") or "")]
     assert shown and hidden
     assert {c[0] for c in shown} == {"sentiment"} and {c[0] for c in hidden} == {"intent"}
+
+
+def test_compiled_section_refuses_or_forces_a_verdict_below_the_minimum(tmp_path: Path) -> None:
+    records = [BenchRecord(id=f"r{i}", input=f"q{i}", output="a") for i in range(20)]
+    outcomes = [Outcome(backend=b, record_id=r.id, ok=True, scorer="exact", cost_usd=c,
+                        score=float(b == "good" or i % 2 == 0))
+                for i, r in enumerate(records) for b, c in (("good", 2e-5), ("cheap", 1e-5))]
+    compiled = compile_policy(outcomes, records, tmp_path, learned=False)
+    refused = compiled_markdown(compiled, compiled_comparisons(compiled, min_n=100), 100)
+    assert f"the held-out split has n = {compiled.n_held_out} records, below the minimum of 100" in refused
+    assert "wins" not in refused
+    forced = compiled_markdown(compiled, compiled_comparisons(compiled, min_n=100, force=True), 100)
+    assert "were forced (--force-verdict)" in forced and "no verdict" not in forced
+    enough = compiled_comparisons(compiled, min_n=compiled.n_held_out)
+    assert all(c.decision != "no_verdict" for c in enough)

@@ -143,6 +143,9 @@ def compiled_markdown(compiled: CompileReport, comparisons: Sequence[PairedCompa
         status = (f"**No verdict:** the held-out split has n = {n} records, below the minimum of {min_n} for "
                   "deciding between policies (benchmark more records, or force one with --force-verdict). The "
                   "differences below are printed for information only.")
+    elif n < min_n:
+        status = (f"Held-out n = {n}, below the minimum of {min_n} for a verdict: the verdicts below were forced "
+                  "(--force-verdict) and may not hold on more data.")
     else:
         status = f"Held-out n = {n} (minimum for a verdict: {min_n})."
     text = compiled.markdown() + "\n" + status + "\n"

@@ -77,7 +77,8 @@ def comparison_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
 def comparison_markdown(comparisons: Sequence[PairedComparison]) -> str:
     """The paired differences as a Markdown table."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in comparison_rows(comparisons)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+              for row in comparison_rows(comparisons)]
     return "\n".join(lines) + "\n"
 
 
