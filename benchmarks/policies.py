@@ -211,7 +211,7 @@ def main() -> None:
     report = train(outcomes, tmp / "router.npz", embedder=embedder, method="knn")
     learned = build_policy({"kind": "learned", "model_path": report.model_path, "default": "prompt"})
     rows.append((f"learned kNN model only ({report.n_train} rows)",
-                 *timed(lambda: learned.model.scores(vectors[next(v_iter) % 200][None, :]), args.n)))
+                 *timed(lambda: learned.model.predict(vectors[next(v_iter) % 200][None, :]), args.n)))
     def fresh() -> str:  # never seen before, so no embedding cache can answer
         i = next(q_iter)
         return f"{queries[i % len(queries)]} #{i}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,12 +12,13 @@ from genroute.errors import UsageError
 
 
 def iter_records(path: str | Path, *, field: str, what: str = "file") -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line; a missing file, bad JSON or a non-object line is a
-    ``UsageError`` naming ``field`` and the line."""
+    """``(line number, object)`` for each non-blank line (``.gz`` files are read through gzip); a missing file,
+    bad JSON or a non-object line is a ``UsageError`` naming ``field`` and the line."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{what} {str(path)!r} does not exist", field=field)
-    with path.open(encoding="utf-8") as fh:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue

@@ -315,21 +315,23 @@ def test_learned_train_and_route(embedder: LocalEmbedder, tmp_path: Path, method
     pricey = report.single_backend["pricey"]
     assert pricey["success_rate"] == 1.0 and report.success_rate >= 0.8
     assert report.mean_cost_usd < 0.75 * pricey["mean_cost_usd"]
+    # Cost weight 0.3: 0.3 of predicted quality is worth the pricey backend's cost (cheap vs mid: 0.06).
     policy = LearnedPolicy(LearnedConfig(kind="learned", model_path=report.model_path, default="pricey",
-                                         fallbacks=1), embedder=embedder)
+                                         fallbacks=1, cost_weight=0.3), embedder=embedder)
     card = policy.decide(GenerateRequest(input="has my card been posted yet?"), CTX)
     fee = policy.decide(GenerateRequest(input="why is there a fee on my account?"), CTX)
     assert card.rungs[0].backend == "cheap" and len(card.rungs) == 2
     assert fee.rungs[0].backend == "pricey"
-    assert card.reason.startswith(f"learned: {method} predicts cheap (confidence")
+    assert card.reason.startswith(f"learned: {method} predicts cheap (quality")
 
 
 def test_learned_min_confidence_and_model_file_errors(embedder: LocalEmbedder, tmp_path: Path) -> None:
     path = tmp_path / "router.npz"
     train(outcomes(), path, embedder=embedder, method="logreg")
-    # A softmax over two classes trained briefly never reaches certainty: the default must answer.
+    # A high cost weight picks the cheap backend, right only on card questions: its predicted quality on
+    # an unrelated question is below the floor, so the default must answer.
     policy = LearnedPolicy(LearnedConfig(kind="learned", model_path=str(path), default="prompt",
-                                         min_confidence=0.9999), embedder=embedder)
+                                         min_confidence=0.99, cost_weight=100.0), embedder=embedder)
     decision = policy.decide(GenerateRequest(input="a question about nothing in particular"), CTX)
     assert decision.rungs[0].backend == "prompt" and "-> default prompt" in decision.reason
     with pytest.raises(ConfigError) as err:

@@ -160,8 +160,6 @@ def compile_policy(
     ``use_cloud_equivalent`` (default: when every measured cost is zero, i.e. a local model) prices by the
     cloud-equivalent cost, so fewer tokens still count as cheaper.
     """
-    from genroute.policies.cost_aware import CostAwareConfig, CostAwarePolicy, Targets
-
     out = Path(out_dir)
     table = _table(outcomes)
     backends = sorted({b for by in table.values() for b in by})
@@ -181,15 +179,10 @@ def compile_policy(
     stats_path = full.save(out / "stats.json")
     train_stats = stats_from(train_rows, source=source, seed=seed, use_cloud_equivalent=cloud)
 
-    floors = {task: min_quality if min_quality is not None else relative_floor * max(s.quality for s in by.values())
-              for task, by in train_stats.tasks.items()}
-    # Requests whose task has no entry of its own use the records without a task, else the strictest floor.
-    fallback = floors.get(ANY_TASK, max(floors.values()))
-    default = max(backends, key=lambda b: _mean_quality(train_stats, b))
-    policy = CostAwarePolicy(CostAwareConfig(
-        min_quality=fallback, default=default,
-        tasks={t: Targets(min_quality=f) for t, f in floors.items() if t != ANY_TASK}))
-    context = _context(backends, train_stats)
+    policy, floors = cost_aware_policy(train_stats, backends, min_quality=min_quality,
+                                       relative_floor=relative_floor)
+    default = policy.config.default
+    context = policy_context(backends, train_stats)
 
     def cost_aware(record: BenchRecord) -> str:
         decision = policy.decide(GenerateRequest(input=record.input, task=record.task), context)
@@ -209,6 +202,23 @@ def compile_policy(
                          learned_model_path=learned_path, learned_note=note,
                          min_quality=min_quality, floors=floors, n_train=len(train_ids),
                          n_held_out=len(held_ids), rows=tuple(rows))
+
+
+def cost_aware_policy(train_stats: BenchStats, backends: Sequence[str], *, min_quality: float | None = None,
+                      relative_floor: float = 0.95) -> tuple[Any, dict[str, float]]:
+    """The compiled ``cost_aware`` policy and its floor per task: ``min_quality``, else ``relative_floor`` x
+    the task's best training quality (one global floor would hold an easy task to a hard task's level)."""
+    from genroute.policies.cost_aware import CostAwareConfig, CostAwarePolicy, Targets
+
+    floors = {task: min_quality if min_quality is not None else relative_floor * max(s.quality for s in by.values())
+              for task, by in train_stats.tasks.items()}
+    # Requests whose task has no entry of its own use the records without a task, else the strictest floor.
+    fallback = floors.get(ANY_TASK, max(floors.values()))
+    default = max(backends, key=lambda b: _mean_quality(train_stats, b))
+    policy = CostAwarePolicy(CostAwareConfig(
+        min_quality=fallback, default=default,
+        tasks={t: Targets(min_quality=f) for t, f in floors.items() if t != ANY_TASK}))
+    return policy, floors
 
 
 def _mean_quality(stats: BenchStats, backend: str) -> float:
@@ -236,7 +246,7 @@ def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_
              "cost_usd": cost_of(o, cloud), "record_id": o.record_id, "task": o.task}
             for o in outcomes if o.backend != POLICY_TARGET and o.record_id in inputs]
     path = out / "learned.npz"
-    context = _context(sorted({b for by in table.values() for b in by}))
+    context = policy_context(sorted({b for by in table.values() for b in by}))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             held_model = Path(tmp) / "learned-train.npz"
@@ -258,7 +268,7 @@ def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_
     return str(path), note, row
 
 
-def _context(backends: Sequence[str], stats: BenchStats | None = None) -> Any:
+def policy_context(backends: Sequence[str], stats: BenchStats | None = None) -> Any:
     """A policy context whose catalogue holds the benchmarked backends."""
     from genroute.policies.base import BackendInfo, PolicyContext
 

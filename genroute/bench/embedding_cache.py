@@ -1,0 +1,47 @@
+"""Request embeddings computed once and kept on disk, keyed by the embedder and each text's content."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class CachedEmbedder:
+    """Wraps an embedder (``embed_array``, ``model``): texts embedded before are read from ``cache_dir``."""
+
+    def __init__(self, embedder: Any, cache_dir: str | Path) -> None:
+        self.embedder = embedder
+        self.model = getattr(embedder, "model", "unknown")
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(self.model))
+        self.path = Path(cache_dir) / f"embeddings-{safe}.npz"
+        self._vectors: dict[str, np.ndarray] = {}
+        if self.path.exists():
+            with np.load(self.path, allow_pickle=False) as data:
+                self._vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+
+    @staticmethod
+    def key(text: str) -> str:
+        """The content key of ``text``."""
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of ``texts``; new ones are computed in one batch and saved."""
+        keys = [self.key(t) for t in texts]
+        todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self._vectors}.items())
+        if todo:
+            vectors = np.asarray(self.embedder.embed_array([t for _, t in todo]), dtype=np.float32)
+            self._vectors.update(zip([k for k, _ in todo], vectors, strict=True))
+            self._save()
+        return np.stack([self._vectors[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as fh:
+            np.savez(fh, keys=np.array(list(self._vectors)), vectors=np.stack(list(self._vectors.values())))
+        os.replace(tmp, self.path)

@@ -1,0 +1,230 @@
+"""Compiling and judging routing policies on an outcome matrix, without calling any model.
+
+``compile_outcomes(FILE)`` splits the records (seeded, by input text so that a repeated question never sits
+on both sides), compiles on the training part — ``stats.json`` and the ``cost_aware`` policy, the ``learned``
+router with and without the task label — and scores every policy and baseline on the held-out part;
+``eval_source`` scores them on another file instead (refused if it shares a record with the training file).
+It writes ``compiled.json`` (every row: router, quality, cost per request, n, candidates routed to; the
+curves and their metrics; the paired comparisons), ``curve.png``, the learned models and the usual report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from genroute.bench import curves as cq
+from genroute.bench import matrix_routers as mr
+from genroute.bench.outcomes import OutcomeMatrix, Pricing, load_matrix
+from genroute.errors import UsageError
+
+#: Estimators compared for the learned router (chosen per run on a validation part of the training records).
+DEFAULT_SPECS: tuple[dict[str, Any], ...] = (
+    {"method": "knn", "k": 10}, {"method": "knn", "k": 40}, {"method": "logreg"}, {"method": "mlp"})
+
+
+class CurveSummary(BaseModel):
+    """A router's cost–quality curve on the evaluation records and the field's metrics on it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    knob: str
+    points: list[tuple[float, float, float]]  # (knob, cost per request, quality)
+    aiq: float
+    apgr: float | None
+    cost_saved_at_95: float | None
+    cost_at_best_single_quality: float | None
+    quality_at_best_single_cost: float
+
+
+class Comparison(BaseModel):
+    """A router against a baseline on the same records: paired quality difference and cost."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    router: str
+    baseline: str
+    n: int
+    quality_difference: float
+    ci: tuple[float, float]
+    verdict: str
+    cost_ratio: float | None
+    cost_difference_ci: tuple[float, float]
+
+
+class OfflineReport(BaseModel):
+    """Everything ``compile_outcomes`` measured."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str
+    evaluated_on: str
+    n_train: int
+    n_eval: int
+    dropped: int
+    candidates: list[str]
+    cost_basis: str
+    rows: list[mr.RouterRow]
+    curves: list[CurveSummary]
+    comparisons: list[Comparison]
+    methods: dict[str, list[dict[str, Any]]]
+    seconds: float
+    files: dict[str, str]
+
+    def markdown(self) -> str:
+        """The comparison as Markdown (rows, curve metrics, paired differences)."""
+        from genroute.bench.offline_report import markdown
+
+        return markdown(self)
+
+
+def compile_outcomes(
+    source: str | Path | Iterable[Mapping[str, Any]] | OutcomeMatrix,
+    *,
+    out_dir: str | Path,
+    eval_source: str | Path | Iterable[Mapping[str, Any]] | OutcomeMatrix | None = None,
+    pricing: Pricing | None = None,
+    holdout: float = 0.3,
+    seed: int = 0,
+    embedder: Any = None,
+    cache_dir: str | Path | None = None,
+    specs: Sequence[dict[str, Any]] = DEFAULT_SPECS,
+    min_n: int = 100,
+    title: str | None = None,
+) -> OfflineReport:
+    """Compile policies on ``source`` and judge them and every baseline on held-out records (see module)."""
+    from genroute.bench.embedding_cache import CachedEmbedder
+    from genroute.bench.offline_report import write_outputs
+
+    start = time.perf_counter()
+    out = Path(out_dir)
+    full = source if isinstance(source, OutcomeMatrix) else load_matrix(source, pricing=pricing)
+    if eval_source is not None:
+        held = eval_source if isinstance(eval_source, OutcomeMatrix) else \
+            load_matrix(eval_source, pricing=pricing, candidates=full.candidates, field="eval_outcomes")
+        if held.candidates != full.candidates:
+            raise UsageError(f"the evaluation file's candidates differ ({', '.join(held.candidates)})",
+                             field="eval_outcomes")
+        train, where = full, f"{held.source or 'records'} (another file)"
+    else:
+        train, held = split_by_text(full, holdout=holdout, seed=seed)
+        where = f"held-out {holdout:.0%} of {full.source or 'the records'} (seed {seed}, split by input text)"
+    mr.check_disjoint(train, held)
+    if len(train.records) < 10:
+        raise UsageError(f"compiling needs at least 10 training records (got {len(train.records)})",
+                         field="outcomes")
+    if embedder is None:
+        from genroute.policies.semantic import default_embedder
+
+        embedder = default_embedder()
+    cached = CachedEmbedder(embedder, cache_dir if cache_dir is not None else out / "embeddings")
+    x_train = cached.embed_array([r.input for r in train.records])
+    x_held = cached.embed_array([r.input for r in held.records])
+
+    choices = mr.baselines(train, held, seed=seed)
+    rows = [mr.row(name, held, c) for name, c in choices.items()]
+    floors = [(f, mr.cost_aware_choices(train, held, f)) for f in mr.FLOORS]
+    choices["cost_aware (task label)"] = dict(floors)[0.95]
+    rows.append(mr.row("cost_aware (task label)", held, choices["cost_aware (task label)"], knob=0.95))
+    sweeps = {"cost_aware (task label)": ("floor share of each task's best", floors)}
+    methods: dict[str, list[dict[str, Any]]] = {}
+    models: dict[str, Any] = {}
+    for use_task in (True, False):
+        if use_task and all(t is None for t in train.tasks):
+            continue
+        fitted = mr.learned_fit(train, held, x_train, x_held, use_task=use_task, specs=specs, seed=seed)
+        methods[fitted.name] = fitted.methods
+        models[fitted.name] = fitted.model
+        for label, weight in (("at best-single quality", fitted.cost_weight_match),
+                              ("at per-task-best cost", fitted.cost_weight_budget)):
+            name = f"{fitted.name} {label}"
+            choices[name] = fitted.model.choose(fitted.predicted, weight)
+            rows.append(mr.row(name, held, choices[name], knob=weight))
+        sweeps[fitted.name] = ("cost weight", [(w, fitted.model.choose(fitted.predicted, w))
+                                               for w in mr.COST_WEIGHTS])
+    curves = _curves(train, held, sweeps)
+    comparisons = _comparisons(held, choices, min_n=min_n, seed=seed)
+    report = OfflineReport(
+        source=full.source or "records", evaluated_on=where, n_train=len(train.records), n_eval=len(held.records),
+        dropped=full.dropped + (held.dropped if eval_source is not None else 0), candidates=list(full.candidates),
+        cost_basis=full.cost_basis, rows=rows, curves=curves, comparisons=comparisons, methods=methods,
+        seconds=0.0, files={})
+    files = write_outputs(report, train, held, models, out, title=title)
+    report = report.model_copy(update={"files": files, "seconds": time.perf_counter() - start})
+    from genroute.cache import atomic_write_bytes
+
+    atomic_write_bytes(Path(files["compiled"]), to_json(report).encode())
+    return report
+
+
+def split_by_text(matrix: OutcomeMatrix, *, holdout: float, seed: int) -> tuple[OutcomeMatrix, OutcomeMatrix]:
+    """A seeded (train, held-out) split in which records with the same input text stay together."""
+    from genroute.bench.datasets import split_ids
+
+    texts = sorted({r.input for r in matrix.records})
+    if len(texts) < 2:
+        raise UsageError("a held-out split needs at least two distinct inputs", field="outcomes")
+    keys = {t: f"{i:09d}" for i, t in enumerate(texts)}
+    _, held_keys = split_ids(list(keys.values()), holdout=holdout, seed=seed)
+    held_set = set(held_keys)
+    held_ids = [r.id for r in matrix.records if keys[r.input] in held_set]
+    train_ids = [r.id for r in matrix.records if keys[r.input] not in held_set]
+    return matrix.subset(train_ids), matrix.subset(held_ids)
+
+
+def _curves(train: OutcomeMatrix, held: OutcomeMatrix,
+            sweeps: Mapping[str, tuple[str, Sequence[tuple[float, np.ndarray]]]]) -> list[CurveSummary]:
+    best, weak = mr.best_single(train), mr.cheapest(train)
+    best_pt = (float(held.costs[:, best].mean()), float(held.scores[:, best].mean()))
+    weak_pt = (float(held.costs[:, weak].mean()), float(held.scores[:, weak].mean()))
+    mean_costs = held.costs.mean(axis=0)
+    out = []
+    for name, (knob, choices) in sweeps.items():
+        points = mr.curve(held, choices)
+        xy = [(c, q) for _, c, q in points]
+        out.append(CurveSummary(
+            name=name, knob=knob, points=points, aiq=cq.aiq(xy, float(mean_costs.min()), float(mean_costs.max())),
+            apgr=cq.apgr(xy, weak_pt, best_pt), cost_saved_at_95=cq.cost_saved(xy, best_pt, 0.95),
+            cost_at_best_single_quality=cq.cost_at_quality(xy, best_pt[1]),
+            quality_at_best_single_cost=cq.quality_at_cost(xy, best_pt[0])))
+    return out
+
+
+#: (router, baseline) pairs compared on the same records, when both were run.
+PAIRS = (("learned (text + task) at best-single quality", "best single (train)"),
+         ("learned (text + task) at per-task-best cost", "per-task best (train)"),
+         ("learned (text only) at best-single quality", "best single (train)"),
+         ("learned (text only) at per-task-best cost", "per-task best (train)"),
+         ("cost_aware (task label)", "best single (train)"),
+         ("cost_aware (task label)", "per-task best (train)"),
+         ("learned (text only) at best-single quality", "random"))
+
+
+def _comparisons(held: OutcomeMatrix, choices: Mapping[str, np.ndarray], *, min_n: int, seed: int
+                 ) -> list[Comparison]:
+    from genroute.bench.stats import compare_paired, paired_bootstrap_ci
+
+    out = []
+    for a, b in PAIRS:
+        if a not in choices or b not in choices:
+            continue
+        qa, qb = mr.picked_scores(held, choices[a]), mr.picked_scores(held, choices[b])
+        ca, cb = mr.picked_costs(held, choices[a]), mr.picked_costs(held, choices[b])
+        result = compare_paired(qa.tolist(), qb.tolist(), a=a, b=b, min_n=min_n, seed=seed)
+        out.append(Comparison(
+            router=a, baseline=b, n=result.n, quality_difference=result.difference, ci=result.ci,
+            verdict=result.verdict, cost_ratio=float(ca.mean() / cb.mean()) if cb.mean() > 0 else None,
+            cost_difference_ci=paired_bootstrap_ci(ca.tolist(), cb.tolist(), seed=seed)))
+    return out
+
+
+def to_json(report: OfflineReport) -> str:
+    """``compiled.json``: the report as JSON."""
+    return json.dumps(report.model_dump(mode="json"), indent=2) + "\n"

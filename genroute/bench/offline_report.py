@@ -1,0 +1,142 @@
+"""What ``compile_outcomes`` writes: the Markdown sections, the cost–quality curve PNG, the compiled files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from genroute.bench import matrix_routers as mr
+
+if TYPE_CHECKING:
+    from genroute.bench.offline import OfflineReport
+    from genroute.bench.outcomes import OutcomeMatrix
+
+
+def _money(value: float | None) -> str:
+    return "–" if value is None else f"${value * 1000:.4f}"
+
+
+def _share(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.1%}"
+
+
+def rows_table(report: OfflineReport) -> str:
+    """Every router and baseline: quality, cost, n, candidates routed to."""
+    lines = ["| router | quality | $ per 1k requests | n | knob | routed to |", "|---|---|---|---|---|---|"]
+    for r in report.rows:
+        picks = ", ".join(f"{c}: {n}" for c, n in sorted(r.picks.items(), key=lambda kv: -kv[1]))
+        knob = "–" if r.knob is None else f"{r.knob:.3g}"
+        lines.append(f"| {r.name} | {r.quality:.3f} | {_money(r.cost_per_request_usd)} | {r.n} | {knob} | "
+                     f"{picks if r.name.startswith(('learned', 'cost_aware', 'oracle', 'per-task', 'random')) else '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def curves_table(report: OfflineReport) -> str:
+    """Curve metrics: AIQ, APGR, cost saved at 95 % of the best single, readings at the best single."""
+    best = next(r for r in report.rows if r.name == "best single (train)")
+    lines = [f"Best single candidate (chosen on the training records): quality {best.quality:.3f} at "
+             f"{_money(best.cost_per_request_usd)} per 1k requests.", "",
+             "| router | knob swept | AIQ | APGR (cheapest → best) | cost saved at ≥ 95 % of best quality | "
+             "cost at best-single quality | quality at best-single cost |", "|---|---|---|---|---|---|---|"]
+    for c in report.curves:
+        at_best = "not reached" if c.cost_at_best_single_quality is None else \
+            f"{_money(c.cost_at_best_single_quality)} ({c.cost_at_best_single_quality / best.cost_per_request_usd:.1%})" \
+            if best.cost_per_request_usd > 0 else _money(c.cost_at_best_single_quality)
+        apgr = "–" if c.apgr is None else f"{c.apgr:.3f}"
+        lines.append(f"| {c.name} | {c.knob} | {c.aiq:.3f} | {apgr} | {_share(c.cost_saved_at_95)} | {at_best} | "
+                     f"{c.quality_at_best_single_cost:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def comparisons_table(report: OfflineReport) -> str:
+    """Paired differences on the same records."""
+    lines = ["| router | vs | n | quality difference [95 % CI] | cost ratio | verdict |", "|---|---|---|---|---|---|"]
+    for c in report.comparisons:
+        ratio = "–" if c.cost_ratio is None else f"{c.cost_ratio:.1%}"
+        lines.append(f"| {c.router} | {c.baseline} | {c.n} | {c.quality_difference:+.3f} "
+                     f"[{c.ci[0]:+.3f}, {c.ci[1]:+.3f}] | {ratio} | {c.verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def methods_table(report: OfflineReport) -> str:
+    """The estimators compared for the learned router (validation AIQ on the training records)."""
+    lines = ["| router | estimator | validation AIQ |", "|---|---|---|"]
+    for name, results in report.methods.items():
+        top = max(r["validation_aiq"] for r in results)
+        for r in results:
+            mark = " (chosen)" if r["validation_aiq"] == top else ""
+            lines.append(f"| {name} | {r['spec']}{mark} | {r['validation_aiq']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(report: OfflineReport) -> str:
+    """The whole comparison as Markdown."""
+    head = (f"Compiled on {report.n_train} records of {report.source}; evaluated on {report.n_eval} records: "
+            f"{report.evaluated_on}. Candidates: {len(report.candidates)}. {report.cost_basis}."
+            + (f" {report.dropped} record(s) lacking some candidate's outcome were left out." if report.dropped
+               else ""))
+    return "\n".join([head, "", rows_table(report), curves_table(report), comparisons_table(report),
+                      "Learned router estimators (chosen on a validation part of the training records):", "",
+                      methods_table(report)])
+
+
+def curve_png(report: OfflineReport, path: Path) -> Path | None:
+    """Cost–quality curves of the swept routers, the single candidates and the baselines as points."""
+    try:
+        import matplotlib
+    except ImportError:  # the bench extra brings matplotlib; the tables do not need it
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for curve in report.curves:
+        pts = sorted((c * 1000, q) for _, c, q in curve.points)
+        ax.plot(*zip(*pts, strict=True), marker=".", label=f"{curve.name} (AIQ {curve.aiq:.3f})")
+    for r in report.rows:
+        if r.name.startswith("single "):
+            ax.scatter([r.cost_per_request_usd * 1000], [r.quality], color="gray", zorder=3)
+            ax.annotate(r.name.removeprefix("single "), (r.cost_per_request_usd * 1000, r.quality), fontsize=7,
+                        textcoords="offset points", xytext=(4, 3))
+        elif r.name in ("random", "per-task best (train)", "oracle", "best single (train)"):
+            ax.scatter([r.cost_per_request_usd * 1000], [r.quality], marker="*", s=120, zorder=4, label=r.name)
+    ax.set_xlabel("$ per 1k requests")
+    ax.set_ylabel("quality (mean score)")
+    ax.set_title(f"Cost–quality on {report.n_eval} evaluation records")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(report: OfflineReport, train: OutcomeMatrix, held: OutcomeMatrix, models: Mapping[str, Any],
+                  out: Path, *, title: str | None = None) -> dict[str, str]:
+    """``stats.json`` and the learned models (from the training records), ``curve.png``, ``report.md/html``."""
+    from genroute.bench.compile import stats_from
+    from genroute.bench.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"stats": str(stats_from(train.outcomes(), source=report.source).save(out / "stats.json"))}
+    for name, model in models.items():
+        slug = "learned-task" if "task" in name else "learned-text"
+        files[slug] = str(model.save(out / f"{slug}.npz"))
+    png = curve_png(report, out / "curve.png")
+    sections = [("Router evaluation on the outcome matrix", markdown(report))]
+    if png is not None:
+        files["curve"] = str(png)
+        sections.append(("Cost–quality curve", f"![cost-quality curve]({png.name})"))
+    written = write_report(out, candidate_summaries(held), title=title or "genroute bench --outcomes", sections=sections)
+    files.update({k: str(v) for k, v in written.items()})
+    files["compiled"] = str(out / "compiled.json")
+    return files
+
+
+def candidate_summaries(held: OutcomeMatrix) -> list[Any]:
+    """The report's main table: each candidate on the evaluation records."""
+    from genroute.bench.report import summarize
+
+    return summarize(held.outcomes())

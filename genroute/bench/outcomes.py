@@ -1,0 +1,238 @@
+"""Outcome matrices: each record's outcome under every candidate, read from a file instead of calling models.
+
+Record shape (one JSON object a line; ``.jsonl.gz`` is read through gzip), the same one production outcome
+stores write, so one compile step trains from a benchmark, a published matrix or production::
+
+    {"input": "...", "output": "gold (optional)", "metadata": {"task": "...", "id": "...", ...},
+     "outcomes": {"candidate": {"score": 0.0..1.0, "cost_usd": 0.0001?, "latency_s": 0.8?}, ...}}
+
+The candidates become backends: ``OutcomeMatrix.outcomes()`` gives the bench's own ``Outcome`` rows, so the
+summaries, the report and the compile step treat them like measured backends. Costs come from the records'
+``cost_usd``, else from a ``Pricing`` (USD per 1M input/output tokens per candidate, with a stated token
+estimate), else they are 0 and only quality is compared.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genroute.bench.datasets import BenchRecord
+from genroute.bench.runner import Outcome
+from genroute.errors import UsageError
+from genroute.jsonl import iter_records
+
+#: The scorer name recorded on rows read from a matrix (the file's own metric, whatever it was).
+MATRIX_SCORER = "outcome-matrix"
+
+
+class CandidateOutcome(BaseModel):
+    """One candidate's outcome on one record."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    score: float = Field(ge=0.0, le=1.0)
+    cost_usd: float | None = Field(default=None, ge=0.0)
+    latency_s: float | None = Field(default=None, ge=0.0)
+
+
+class OutcomeRecord(BaseModel):
+    """One record of an outcome matrix."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    input: str = Field(min_length=1)
+    output: Any = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    outcomes: dict[str, CandidateOutcome] = Field(min_length=1)
+
+
+class CandidatePrice(BaseModel):
+    """A candidate's list price."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_usd_per_1m: float = Field(ge=0.0)
+    output_usd_per_1m: float = Field(ge=0.0)
+
+
+class Pricing(BaseModel):
+    """Per-request cost from list prices and a token estimate that is the same for every candidate.
+
+    Input tokens: the query's whitespace-separated words (LLMRouter's own estimate for this data); output
+    tokens: ``output_tokens`` per request. Neither published matrix has per-query token counts.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prices: dict[str, CandidatePrice] = Field(min_length=1)
+    output_tokens: int = Field(default=256, ge=0)
+    basis: str = Field(default="list prices", description="Where the prices come from, for the report.")
+
+    def input_tokens(self, text: str) -> int:
+        """The input token estimate for ``text``."""
+        return len(text.split())
+
+    def cost(self, text: str, candidate: str) -> float:
+        """USD for one request of ``text`` to ``candidate``."""
+        price = self.prices[candidate]
+        return (self.input_tokens(text) * price.input_usd_per_1m
+                + self.output_tokens * price.output_usd_per_1m) / 1e6
+
+    def describe(self) -> str:
+        """The cost model in one sentence."""
+        return (f"cost = {self.basis} x (query words as input tokens + {self.output_tokens} output tokens), "
+                "the same token estimate for every candidate")
+
+
+def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_billion: float | None = None,
+                 field: str = "prices") -> Pricing:
+    """Read ``{candidate: {"input_usd_per_1m", "output_usd_per_1m"} | {"size": "7B"} | {"params_b": 7}}``.
+
+    Entries with only a size are priced at ``usd_per_1m_per_billion`` x billions of parameters (input and
+    output alike): price proportional to parameter count, for matrices published without prices.
+    """
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"prices file {str(path)!r} does not exist", field=field) from None
+    except ValueError as exc:
+        raise UsageError(f"prices file {str(path)!r} is not JSON ({exc})", field=field) from None
+    if not isinstance(raw, dict) or not raw:
+        raise UsageError("prices file must map candidate names to prices", field=field)
+    prices, sized = {}, False
+    for name, entry in raw.items():
+        entry = entry if isinstance(entry, dict) else {}
+        if "input_usd_per_1m" in entry and usd_per_1m_per_billion is None:
+            prices[name] = CandidatePrice(input_usd_per_1m=entry["input_usd_per_1m"],
+                                          output_usd_per_1m=entry.get("output_usd_per_1m", entry["input_usd_per_1m"]))
+            continue
+        billions = _billions(entry.get("params_b", entry.get("size")))
+        if billions is None or usd_per_1m_per_billion is None:
+            raise UsageError(f"{name}: needs input_usd_per_1m/output_usd_per_1m, or a size with "
+                             "usd_per_1m_per_billion", field=f"{field}.{name}")
+        prices[name] = CandidatePrice(input_usd_per_1m=billions * usd_per_1m_per_billion,
+                                      output_usd_per_1m=billions * usd_per_1m_per_billion)
+        sized = True
+    basis = (f"${usd_per_1m_per_billion:g} per 1M tokens per billion parameters" if sized
+             else f"list prices from {Path(path).name}")
+    return Pricing(prices=prices, output_tokens=output_tokens, basis=basis)
+
+
+def _billions(size: Any) -> float | None:
+    if isinstance(size, int | float):
+        return float(size)
+    match = re.fullmatch(r"\s*(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)\s*[bB]\s*", str(size or ""))
+    if not match:
+        return None
+    return float(match.group(2)) * (int(match.group(1)) if match.group(1) else 1)
+
+
+@dataclass(frozen=True)
+class OutcomeMatrix:
+    """Records and, per record and candidate, a score, a cost and a latency (arrays of shape (n, C))."""
+
+    records: tuple[BenchRecord, ...]
+    candidates: tuple[str, ...]
+    scores: np.ndarray
+    costs: np.ndarray
+    latencies: np.ndarray
+    cost_basis: str
+    source: str | None = None
+    dropped: int = 0
+
+    @property
+    def ids(self) -> list[str]:
+        """Record ids, in order."""
+        return [r.id for r in self.records]
+
+    @property
+    def tasks(self) -> list[str | None]:
+        """Record tasks, in order."""
+        return [r.task for r in self.records]
+
+    def subset(self, ids: Iterable[str]) -> OutcomeMatrix:
+        """The records whose id is in ``ids`` (in this matrix's order)."""
+        wanted = set(ids)
+        rows = [i for i, r in enumerate(self.records) if r.id in wanted]
+        return replace(self, records=tuple(self.records[i] for i in rows), scores=self.scores[rows],
+                       costs=self.costs[rows], latencies=self.latencies[rows])
+
+    def outcomes(self) -> list[Outcome]:
+        """The bench's ``Outcome`` rows, one per candidate and record (candidates are the backends)."""
+        return [Outcome(backend=c, record_id=r.id, task=r.task, ok=True, score=float(self.scores[i, j]),
+                        scorer=MATRIX_SCORER, cost_usd=float(self.costs[i, j]),
+                        latency_s=float(self.latencies[i, j]))
+                for j, c in enumerate(self.candidates) for i, r in enumerate(self.records)]
+
+
+def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | OutcomeRecord], *,
+                         field: str = "outcomes") -> Iterable[tuple[str, OutcomeRecord]]:
+    """``(where, record)`` for each record of a file or an iterable; invalid records are a ``UsageError``."""
+    if isinstance(source, str | Path):
+        name = Path(source).name
+        items: Iterable[tuple[str, Any]] = ((f"{name}:{n}", raw) for n, raw in
+                                            iter_records(source, field=field, what="outcome file"))
+    else:
+        items = ((f"record {n}", raw) for n, raw in enumerate(source, start=1))
+    for where, raw in items:
+        if isinstance(raw, OutcomeRecord):
+            yield where, raw
+            continue
+        try:
+            yield where, OutcomeRecord.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise UsageError(f"{where}: {loc}: {first['msg']}", field=field) from None
+
+
+def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | OutcomeRecord], *,
+                pricing: Pricing | None = None, candidates: Sequence[str] | None = None,
+                field: str = "outcomes") -> OutcomeMatrix:
+    """An ``OutcomeMatrix`` from a file or records; records missing a candidate's outcome are dropped
+    (counted in ``dropped``): a router can only be scored where every candidate's outcome is known."""
+    parsed: list[tuple[str, OutcomeRecord]] = list(read_outcome_records(source, field=field))
+    if not parsed:
+        raise UsageError("the outcome matrix holds no records", field=field)
+    names = tuple(candidates) if candidates else tuple(sorted({c for _, r in parsed for c in r.outcomes}))
+    if pricing is not None and (missing := [c for c in names if c not in pricing.prices]):
+        raise UsageError(f"no price for candidate(s) {', '.join(missing)}", field="prices")
+    records, rows, seen, dropped = [], [], set(), 0
+    for n, (where, rec) in enumerate(parsed, start=1):
+        if any(c not in rec.outcomes for c in names):
+            dropped += 1
+            continue
+        rid = str(rec.metadata.get("id") or f"record-{n}")
+        if rid in seen:
+            raise UsageError(f"{where}: duplicate record id {rid!r}", field=field)
+        seen.add(rid)
+        output = rec.output if isinstance(rec.output, str) or rec.output is None else json.dumps(rec.output)
+        task = rec.metadata.get("task")
+        records.append(BenchRecord(id=rid, input=rec.input, output=output or "", metadata=rec.metadata,
+                                   task=str(task) if task is not None else None))
+        rows.append([rec.outcomes[c] for c in names])
+    if not records:
+        raise UsageError(f"no record has an outcome for every candidate ({len(names)})", field=field)
+    given = [o.cost_usd is not None for row in rows for o in row]
+    if pricing is None and any(given) and not all(given):
+        raise UsageError("some outcomes have cost_usd and others not: give every one, or a pricing",
+                         field=field)
+    costs = [[o.cost_usd if o.cost_usd is not None else
+              (pricing.cost(rec.input, c) if pricing is not None else 0.0) for o, c in zip(row, names, strict=True)]
+             for row, rec in zip(rows, records, strict=True)]
+    basis = ("cost_usd from the file" if all(given) else pricing.describe() if pricing is not None
+             else "no costs (quality only)")
+    return OutcomeMatrix(
+        records=tuple(records), candidates=names,
+        scores=np.array([[o.score for o in row] for row in rows], dtype=np.float64),
+        costs=np.array(costs, dtype=np.float64),
+        latencies=np.array([[o.latency_s or 0.0 for o in row] for row in rows], dtype=np.float64),
+        cost_basis=basis, source=str(source) if isinstance(source, str | Path) else None, dropped=dropped)

@@ -1,0 +1,205 @@
+"""The estimators behind ``learned``: predict each backend's quality on a request from its features (numpy).
+
+Features are the request's unit-length embedding, optionally followed by a one-hot of its task. Targets are
+the benchmark scores (0..1) of every backend on every training record. Three estimators:
+
+- ``knn``: similarity-weighted mean score of the ``k`` nearest training records, per backend;
+- ``logreg``: one logistic regression per backend (soft targets, L2, Adam, full batch);
+- ``mlp``: one hidden ReLU layer shared by every backend, a sigmoid output per backend (Adam, mini-batches).
+
+A decision maximises ``predicted quality - cost_weight x cost / dearest backend's cost`` (``choose``): the
+cost term is applied when deciding, so one trained model serves every point of the cost–quality curve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from genroute.errors import ConfigError
+
+Method = Literal["knn", "logreg", "mlp"]
+METHODS: tuple[str, ...] = ("knn", "logreg", "mlp")
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def features(embeddings: np.ndarray, tasks: Sequence[str | None] | None, vocabulary: Sequence[str],
+             task_weight: float = 1.0) -> np.ndarray:
+    """Unit embeddings, followed by a one-hot of each row's task over ``vocabulary`` (if it is not empty).
+
+    An unseen task (or none) gets no task feature: the text alone decides.
+    """
+    x = normalise(np.asarray(embeddings, dtype=np.float32))
+    if not vocabulary:
+        return x
+    onehot = np.zeros((len(x), len(vocabulary)), dtype=np.float32)
+    index = {t: i for i, t in enumerate(vocabulary)}
+    for row, task in enumerate(tasks or [None] * len(x)):
+        if task in index:
+            onehot[row, index[task]] = task_weight
+    return np.concatenate([x, onehot], axis=1)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
+
+
+class _Adam:
+    """Adam over a list of arrays, updated in place."""
+
+    def __init__(self, params: list[np.ndarray], lr: float) -> None:
+        self.params, self.lr, self.t = params, lr, 0
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+
+    def step(self, grads: Sequence[np.ndarray]) -> None:
+        self.t += 1
+        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            m *= 0.9
+            m += 0.1 * g
+            v *= 0.999
+            v += 0.001 * g * g
+            p -= self.lr * (m / (1 - 0.9 ** self.t)) / (np.sqrt(v / (1 - 0.999 ** self.t)) + 1e-8)
+
+
+def _fit_logreg(x: np.ndarray, s: np.ndarray, *, epochs: int, lr: float, l2: float) -> dict[str, np.ndarray]:
+    w = np.zeros((x.shape[1], s.shape[1]), dtype=np.float32)
+    b = np.log(np.clip(s.mean(axis=0), 1e-3, 1 - 1e-3) / np.clip(1 - s.mean(axis=0), 1e-3, 1)).astype(np.float32)
+    adam = _Adam([w, b], lr)
+    for _ in range(epochs):
+        grad = (_sigmoid(x @ w + b) - s) / len(x)  # cross-entropy with soft targets
+        adam.step([x.T @ grad + l2 * w, grad.sum(axis=0)])
+    return {"w": w, "b": b}
+
+
+def _fit_mlp(x: np.ndarray, s: np.ndarray, *, hidden: int, epochs: int, lr: float, l2: float, seed: int
+             ) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((x.shape[1], hidden)) * np.sqrt(2.0 / x.shape[1])).astype(np.float32)
+    b1 = np.zeros(hidden, dtype=np.float32)
+    w2 = (rng.standard_normal((hidden, s.shape[1])) * np.sqrt(1.0 / hidden)).astype(np.float32)
+    b2 = np.zeros(s.shape[1], dtype=np.float32)
+    adam = _Adam([w1, b1, w2, b2], lr)
+    batch = min(128, len(x))
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        for start in range(0, len(x), batch):
+            idx = order[start:start + batch]
+            h = np.maximum(x[idx] @ w1 + b1, 0.0)
+            grad = (_sigmoid(h @ w2 + b2) - s[idx]) / len(idx)
+            dh = (grad @ w2.T) * (h > 0)
+            adam.step([x[idx].T @ dh + l2 * w1, dh.sum(axis=0), h.T @ grad + l2 * w2, grad.sum(axis=0)])
+    return {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
+
+
+class RouterModel:
+    """A trained router: predicted quality per backend for feature rows, and the cost-aware choice."""
+
+    def __init__(self, method: str, backends: list[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]):
+        if method not in METHODS:
+            raise ConfigError(f"unknown learned method {method!r} (known: {', '.join(METHODS)})", field="method")
+        self.method = method
+        self.backends = backends
+        self.arrays = arrays
+        self.meta = meta
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task names of the one-hot task features (empty: the model sees only the text)."""
+        return list(self.meta.get("tasks") or [])
+
+    @property
+    def relative_cost(self) -> np.ndarray:
+        """Each backend's mean training cost divided by the dearest one's (zeros when all are free)."""
+        cost = np.asarray(self.meta.get("cost") or [0.0] * len(self.backends), dtype=np.float64)
+        return cost / cost.max() if cost.max() > 0 else np.zeros_like(cost)
+
+    def features(self, embeddings: np.ndarray, tasks: Sequence[str | None] | None = None) -> np.ndarray:
+        """Feature rows for this model: ``features(embeddings, tasks, self.tasks)``."""
+        return features(embeddings, tasks, self.tasks, float(self.meta.get("task_weight", 1.0)))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predicted quality (0..1) of every backend for each feature row: shape ``(len(x), backends)``."""
+        a = self.arrays
+        if self.method == "logreg":
+            return _sigmoid(x @ a["w"] + a["b"])
+        if self.method == "mlp":
+            return _sigmoid(np.maximum(x @ a["w1"] + a["b1"], 0.0) @ a["w2"] + a["b2"])
+        k = min(int(self.meta["k"]), len(a["x"]))
+        # One row (a decision): einsum, not BLAS — see SemanticPolicy.nearest. Many rows (evaluation): BLAS.
+        sims = np.einsum("id,jd->ij", x, a["x"]) if len(x) == 1 else x @ a["x"].T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        # Similarity-weighted mean; clipped so that dissimilar neighbours do not vote negatively.
+        weights = np.maximum(np.take_along_axis(sims, top, axis=1), 1e-6)
+        return np.einsum("ik,ikc->ic", weights, a["s"][top]) / weights.sum(axis=1, keepdims=True)
+
+    def utility(self, predicted: np.ndarray, cost_weight: float) -> np.ndarray:
+        """``predicted - cost_weight x relative cost``: what a decision maximises."""
+        return predicted - cost_weight * self.relative_cost
+
+    def choose(self, predicted: np.ndarray, cost_weight: float) -> np.ndarray:
+        """The chosen backend index per row (ties: the cheaper backend)."""
+        util = self.utility(predicted, cost_weight)
+        # Break ties towards lower cost: a tiny cost term below any real difference in predicted quality.
+        return np.argmax(util - 1e-9 * self.relative_cost, axis=1)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model file atomically (``.npz``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        meta = {**self.meta, "method": self.method, "backends": self.backends}
+        with tmp.open("wb") as fh:
+            np.savez(fh, meta=np.array(json.dumps(meta)), **self.arrays)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, field: str = "model_path") -> RouterModel:
+        """Read a model file written by ``save``."""
+        try:
+            with np.load(Path(path), allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                arrays = {k: data[k] for k in data.files if k != "meta"}
+            method, backends = meta.pop("method"), meta.pop("backends")
+        except FileNotFoundError:
+            raise ConfigError(f"model file {str(path)!r} does not exist", field=field) from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot read model file {str(path)!r}: {exc}", field=field) from None
+        if method == "knn" and "s" not in arrays:
+            raise ConfigError(f"model file {str(path)!r} was written by an older genroute (kNN labels, not "
+                              "scores); train it again", field=field)
+        return cls(method, backends, arrays, meta)
+
+
+def fit(x: np.ndarray, scores: np.ndarray, backends: Sequence[str], *, method: str = "knn",
+        cost: Sequence[float] | None = None, tasks: Sequence[str] = (), k: int = 7, seed: int = 0,
+        cost_weight: float = 0.1, meta: dict[str, Any] | None = None, **options: Any) -> RouterModel:
+    """Fit ``method`` on feature rows ``x`` (from ``RouterModel.features``) and their backends' scores."""
+    s = np.clip(np.asarray(scores, dtype=np.float32), 0.0, 1.0)
+    x = np.asarray(x, dtype=np.float32)
+    if len(x) != len(s) or s.shape[1] != len(backends) or len(x) == 0:
+        raise ConfigError("need one score per backend for every training record", field="outcomes")
+    info = {"k": k, "cost": [float(c) for c in (cost if cost is not None else [0.0] * len(backends))],
+            "tasks": list(tasks), "task_weight": 1.0, "cost_weight": cost_weight, "n_train": int(len(x)),
+            "options": options, **(meta or {})}
+    if method == "logreg":
+        arrays = _fit_logreg(x, s, epochs=options.get("epochs", 300), lr=options.get("lr", 0.05),
+                             l2=options.get("l2", 1e-4))
+    elif method == "mlp":
+        arrays = _fit_mlp(x, s, hidden=options.get("hidden", 128), epochs=options.get("epochs", 40),
+                          lr=options.get("lr", 3e-3), l2=options.get("l2", 1e-4), seed=seed)
+    elif method == "knn":
+        arrays = {"x": x, "s": s}
+    else:
+        raise ConfigError(f"unknown learned method {method!r} (known: {', '.join(METHODS)})", field="method")
+    return RouterModel(method, list(backends), arrays, info)
