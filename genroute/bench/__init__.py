@@ -22,6 +22,12 @@ record; rerunning skips rows already there, and ``--retry-failed`` reruns failed
 ``stats.json`` that the ``cost_aware`` policy reads (``stats_path``) and ``learned.npz`` for ``learned``
 (``model_path``).
 
+Outcome matrices (no model calls; ``genroute bench --outcomes FILE [--eval-outcomes FILE]``)::
+
+    from genroute.bench import compile_outcomes
+    report = compile_outcomes("matrix.jsonl", out_dir="out")   # or any iterable of outcome records
+    print(report.markdown())                                    # also OUT/compiled.json, OUT/curve.png
+
 Function-calling datasets whose records declare their own tools (``metadata.tools``, BFCL-style) are
 answered by the ``function_calling`` backends with those tools as schema-only stubs (``record_tools``).
 """
@@ -31,6 +37,9 @@ from genroute.bench.cli import add_arguments, bench_main, run_bench_cli
 from genroute.bench.compile import CompileReport, compile_policy, stats_from
 from genroute.bench.datasets import BenchRecord, load_records, split_ids
 from genroute.bench.harness import BenchReport, abench, bench
+from genroute.bench.offline import compile_outcomes
+from genroute.bench.offline_report import OfflineReport
+from genroute.bench.outcomes import OutcomeMatrix, Pricing, load_matrix, load_pricing
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
 from genroute.bench.runner import POLICY_TARGET, Outcome, ResultsLog, arun_bench, load_outcomes
 from genroute.bench.scorers import BUILTIN as SCORERS
@@ -49,5 +58,5 @@ __all__ = [
     "add_arguments", "advise", "arun_bench", "bench", "bench_main", "bootstrap_ci", "compare_paired",
     "compile_policy", "load_outcomes", "load_records", "markdown_table", "mcnemar_exact",
     "paired_bootstrap_ci", "resolve_scorer", "run_bench_cli", "split_ids", "stats_from", "summarize",
-    "write_report",
+    "write_report", "OfflineReport", "OutcomeMatrix", "Pricing", "compile_outcomes", "load_matrix", "load_pricing",
 ]

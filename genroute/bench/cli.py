@@ -12,9 +12,9 @@ from genroute.errors import GenrouteError
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``bench`` options to ``parser`` (a sub-command parser of the main CLI)."""
-    parser.add_argument("data", help="dataset JSONL: {input, output, label?, metadata?} per line")
-    parser.add_argument("--config", required=True, help="router config (YAML/TOML/JSON)")
-    parser.add_argument("--backends", required=True, help="comma-separated backend names")
+    parser.add_argument("data", nargs="?", help="dataset JSONL: {input, output, label?, metadata?} per line")
+    parser.add_argument("--config", help="router config (YAML/TOML/JSON); required unless --outcomes")
+    parser.add_argument("--backends", help="comma-separated backend names; required unless --outcomes")
     parser.add_argument("--policy", action="store_true", help="also run the config's policy end to end")
     parser.add_argument("--scorer", default=None,
                         help="exact | normalized_exact | token_f1 | label_accuracy | json_schema | function_call "
@@ -49,11 +49,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-compile", action="store_true", help="skip stats file / learned policy")
     parser.add_argument("--no-stream", action="store_true", help="call generate, not stream (no TTFT)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    matrix = parser.add_argument_group("outcome matrices (no model calls)")
+    matrix.add_argument("--outcomes", default=None,
+                        help="outcome matrix JSONL(.gz): {input, metadata: {task, id}, outcomes: {candidate: "
+                             "{score, cost_usd?}}}; compile on a seeded split and judge on the rest")
+    matrix.add_argument("--eval-outcomes", default=None,
+                        help="judge on this outcome file instead of a split of --outcomes (shares no record)")
+    matrix.add_argument("--prices", default=None,
+                        help="JSON {candidate: {input_usd_per_1m, output_usd_per_1m} | {size}} for outcomes "
+                             "without cost_usd")
+    matrix.add_argument("--output-tokens", type=int, default=256,
+                        help="output tokens per request in the cost estimate (input: the query's words)")
+    matrix.add_argument("--usd-per-billion", type=float, default=None,
+                        help="price sized candidates at this USD per 1M tokens per billion parameters")
+    matrix.add_argument("--embedding-cache", default=None, help="directory for cached embeddings (default OUT)")
+    matrix.add_argument("--min-n", type=int, default=100, help="fewest evaluation records for a verdict")
     return parser
 
 
 def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """Run ``genroute bench`` from parsed arguments; print the report; 0 on success, 2 on a usage error."""
+    if args.outcomes is not None:
+        return run_outcomes_cli(args)
+    if args.data is None or args.config is None or args.backends is None:
+        print("genroute bench: error: give DATA, --config and --backends (or --outcomes FILE)", file=sys.stderr)
+        return 2
     from genroute.bench.advisor import AdvisorSettings
     from genroute.bench.harness import abench, command_line
     from genroute.router.router import Router
@@ -89,6 +109,26 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
     print(report.markdown())  # type: ignore[attr-defined]
     files = report.files  # type: ignore[attr-defined]
     print(f"Reports: {files.get('markdown')}, {files.get('html')}, {files.get('png')}; results: {files['results']}")
+    return 0
+
+
+def run_outcomes_cli(args: argparse.Namespace) -> int:
+    """``genroute bench --outcomes FILE``: compile and judge routing policies on an outcome matrix."""
+    from genroute.bench.offline import compile_outcomes
+    from genroute.bench.outcomes import load_pricing
+
+    try:
+        pricing = None if args.prices is None else load_pricing(
+            args.prices, output_tokens=args.output_tokens, usd_per_1m_per_billion=args.usd_per_billion)
+        report = compile_outcomes(args.outcomes, eval_source=args.eval_outcomes, out_dir=args.out,
+                                  pricing=pricing, holdout=args.holdout, seed=args.seed,
+                                  cache_dir=args.embedding_cache, min_n=args.min_n)
+    except GenrouteError as exc:
+        print(f"genroute bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.markdown())
+    print(f"Rows: {report.files['compiled']}; report: {report.files['markdown']}, {report.files['html']}; "
+          f"curve: {report.files.get('curve', '-')}")
     return 0
 
 

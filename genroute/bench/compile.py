@@ -69,7 +69,7 @@ class CompileReport(BaseModel):
 
 
 def stats_from(outcomes: Sequence[Outcome], *, source: str | None = None, seed: int = 0,
-               use_cloud_equivalent: bool = False) -> BenchStats:
+               use_cloud_equivalent: bool = False, n_boot: int = 2000) -> BenchStats:
     """``BenchStats`` per task and backend (``@policy`` rows left out); records without a task go under ``*``."""
     by_task: dict[str, list[Outcome]] = {}
     for o in outcomes:
@@ -78,7 +78,7 @@ def stats_from(outcomes: Sequence[Outcome], *, source: str | None = None, seed: 
     tasks: dict[str, dict[str, BackendStats]] = {}
     for task, rows in by_task.items():
         tasks[task] = {}
-        for s in summarize(rows, seed=seed):
+        for s in summarize(rows, seed=seed, n_boot=n_boot):
             cost = s.cost_per_request_usd
             if use_cloud_equivalent and s.cloud_equivalent_per_request_usd is not None:
                 cost = s.cloud_equivalent_per_request_usd
@@ -119,7 +119,7 @@ def _row(name: str, picked: Sequence[Outcome], cloud: bool) -> HeldOutRow:
         name=name, quality=float(np.mean([o.score if o.ok else 0.0 for o in picked])),
         cost_per_request_usd=float(np.mean([cost_of(o, cloud) for o in picked])),
         latency_p50_s=float(np.median([o.latency_s for o in picked])),
-        picks=dict(Counter(o.backend for o in picked)) if name.startswith(("compiled", "oracle")) else {},
+        picks=dict(Counter(o.backend for o in picked)),
         scores={o.record_id: o.score if o.ok else 0.0 for o in picked},
     )
 
@@ -196,8 +196,7 @@ def compile_policy(
                                            seed=seed, embedder=embedder, cloud=cloud)
         if row is not None:
             rows.append(row)
-    rows.append(evaluate("oracle (cheapest correct)", lambda r: _oracle(table[r.id], cloud), held_records, table,
-                         cloud=cloud))
+    rows += _baseline_rows(scored, train_set, held_records, table, backends, cloud=cloud, seed=seed)
     return CompileReport(stats_path=str(stats_path), cost_basis="cloud-equivalent" if cloud else "measured",
                          learned_model_path=learned_path, learned_note=note,
                          min_quality=min_quality, floors=floors, n_train=len(train_ids),
@@ -226,9 +225,22 @@ def _mean_quality(stats: BenchStats, backend: str) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _oracle(by_backend: Mapping[str, Outcome], cloud: bool) -> str:
-    return min(by_backend, key=lambda b: (-(by_backend[b].score if by_backend[b].ok else 0.0),
-                                          cost_of(by_backend[b], cloud), b))
+def _baseline_rows(scored: Sequence[BenchRecord], train_set: set[str], held_records: Sequence[BenchRecord],
+                   table: Mapping[str, Mapping[str, Outcome]], backends: Sequence[str], *, cloud: bool, seed: int
+                   ) -> list[HeldOutRow]:
+    """Random, the best single and the per-task best backend (both chosen on the training records), and the
+    cost-quality oracle, on the held-out records (the single backends have their rows already)."""
+    from genroute.bench.baselines import baselines
+    from genroute.bench.outcomes import matrix_from_table
+
+    train = matrix_from_table([r for r in scored if r.id in train_set], table, backends, cloud=cloud)
+    held = matrix_from_table(held_records, table, backends, cloud=cloud)
+    rows = []
+    for name, choice in baselines(train, held, seed=seed).items():
+        if not name.startswith("single "):
+            picked = [table[r.id][backends[int(c)]] for r, c in zip(held_records, choice, strict=True)]
+            rows.append(_row(name, picked, cloud))
+    return rows
 
 
 def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_set: set[str],

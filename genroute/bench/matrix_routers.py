@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from genroute.bench.baselines import best_single, per_task_best
 from genroute.bench.outcomes import OutcomeMatrix
 from genroute.errors import UsageError
 from genroute.types import GenerateRequest
@@ -65,111 +66,86 @@ def picked_costs(matrix: OutcomeMatrix, choice: np.ndarray) -> np.ndarray:
     return matrix.costs[np.arange(len(choice)), choice]
 
 
-def best_single(train: OutcomeMatrix) -> int:
-    """The candidate with the best mean training score (ties: the cheaper)."""
-    return int(min(range(len(train.candidates)),
-                   key=lambda j: (-train.scores[:, j].mean(), train.costs[:, j].mean(), j)))
-
-
-def cheapest(train: OutcomeMatrix) -> int:
-    """The candidate with the lowest mean training cost (ties: the better)."""
-    return int(min(range(len(train.candidates)),
-                   key=lambda j: (train.costs[:, j].mean(), -train.scores[:, j].mean(), j)))
-
-
-def per_task_best(train: OutcomeMatrix, held: OutcomeMatrix) -> np.ndarray:
-    """Each record's task's best training candidate (tasks unseen in training: the best single)."""
-    fallback = best_single(train)
-    tasks = np.array([t or "" for t in train.tasks])
-    best = {task: best_single(train.subset(np.array(train.ids)[tasks == task])) for task in set(tasks)}
-    return np.array([best.get(t or "", fallback) for t in held.tasks], dtype=int)
-
-
-def oracle(held: OutcomeMatrix) -> np.ndarray:
-    """The cost-quality oracle: each record's best-scoring candidate, the cheapest among equals."""
-    best = held.scores.max(axis=1, keepdims=True)
-    costs = np.where(held.scores >= best, held.costs, np.inf)
-    return costs.argmin(axis=1)
-
-
-def baselines(train: OutcomeMatrix, held: OutcomeMatrix, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """Every baseline's picks on ``held``, each chosen on ``train`` only (the oracle sees the answers)."""
-    n = len(held.records)
-    out = {"random": np.random.default_rng(seed).integers(0, len(held.candidates), size=n)}
-    out |= {f"single {c}": np.full(n, j) for j, c in enumerate(held.candidates)}
-    out["best single (train)"] = np.full(n, best_single(train))
-    out["per-task best (train)"] = per_task_best(train, held)
-    out["oracle"] = oracle(held)
-    return out
-
-
-def cost_aware_choices(train: OutcomeMatrix, held: OutcomeMatrix, floor: float) -> np.ndarray:
-    """The compiled ``cost_aware`` policy (stats and floors from ``train``) deciding every held record."""
+def cost_aware_choices(train: OutcomeMatrix, held: OutcomeMatrix, floors: Sequence[float]
+                       ) -> list[tuple[float, np.ndarray]]:
+    """The compiled ``cost_aware`` policy (stats and floors from ``train``) deciding every held record, at
+    each floor share of the task's best training quality."""
     from genroute.bench.compile import cost_aware_policy, policy_context, stats_from
 
-    stats = stats_from(train.outcomes())
-    policy, _ = cost_aware_policy(stats, list(train.candidates), relative_floor=floor)
+    stats = stats_from(train.outcomes(), n_boot=200)
     context = policy_context(list(train.candidates), stats)
-    decided: dict[str | None, int] = {}  # the policy keys on the task alone: decide once per task
-    for task in set(held.tasks):
-        request = GenerateRequest(input="x", task=task)
-        decided[task] = held.candidates.index(policy.decide(request, context).rungs[0].backend)
-    return np.array([decided[t] for t in held.tasks], dtype=int)
+    out = []
+    for floor in floors:
+        policy, _ = cost_aware_policy(stats, list(train.candidates), relative_floor=floor)
+        decided: dict[str | None, int] = {}  # the policy keys on the task alone: decide once per task
+        for task in set(held.tasks):
+            request = GenerateRequest(input="x", task=task)
+            decided[task] = held.candidates.index(policy.decide(request, context).rungs[0].backend)
+        out.append((floor, np.array([decided[t] for t in held.tasks], dtype=int)))
+    return out
 
 
 @dataclass
 class LearnedFit:
-    """The learned router chosen on a validation part of the training records, refitted on all of them."""
+    """The learned router chosen by cross-validation on the training records, refitted on all of them."""
 
     name: str
     spec: dict[str, Any]
     model: Any
     predicted: np.ndarray  # (held records, candidates)
-    cost_weight_match: float  # cheapest weight reaching the best single's validation quality
-    cost_weight_budget: float  # best validation quality at no more than per-task-best's validation cost
+    cost_weight_match: float  # cheapest weight whose out-of-fold quality reaches the best single's
+    cost_weight_budget: float  # best out-of-fold quality at no more than per-task-best's cost
+    #: share of the best single's cost -> best out-of-fold quality at no more than that cost
+    cost_weight_shares: dict[float, float] = field(default_factory=dict)
     methods: list[dict[str, Any]] = field(default_factory=list)
 
 
 def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, x_held: np.ndarray, *,
-                use_task: bool, specs: Sequence[dict[str, Any]], seed: int = 0, validation: float = 0.2
-                ) -> LearnedFit:
-    """Pick the estimator and the two operating points on a validation split of ``train``; refit on all of
+                use_task: bool, specs: Sequence[dict[str, Any]], seed: int = 0, folds: int = 5,
+                cost_shares: Sequence[float] = (0.5, 0.4)) -> LearnedFit:
+    """Pick the estimator and the two operating points on out-of-fold predictions for ``train`` (``folds``-fold
+    cross-validation: every training record is predicted by a model that did not see it); refit on all of
     ``train``; predict ``held``. ``x_*`` are raw embeddings (task features are added here if ``use_task``)."""
     from genroute.bench.curves import aiq
-    from genroute.bench.datasets import split_ids
     from genroute.policies.router_models import features, fit
 
-    fit_ids, val_ids = split_ids(train.ids, holdout=validation, seed=seed + 1)
-    index = {rid: i for i, rid in enumerate(train.ids)}
-    fit_rows, val_rows = [index[i] for i in fit_ids], [index[i] for i in val_ids]
-    inner, val = train.subset(fit_ids), train.subset(val_ids)
     vocab = sorted({t for t in train.tasks if t is not None}) if use_task else []
     x_tr = features(x_train, train.tasks, vocab)
     x_he = features(x_held, held.tasks, vocab)
     cost = train.costs.mean(axis=0)
-    target_q = val.scores[:, best_single(inner)].mean()
-    budget = picked_costs(val, per_task_best(inner, val)).mean()
-    lo, hi = val.costs.mean(axis=0).min(), val.costs.mean(axis=0).max()
+    fold_of = np.random.default_rng(seed + 1).permutation(len(train.records)) % max(2, folds)
+    # The targets the operating points must meet, measured on the same (training) records.
+    target_q = train.scores[:, best_single(train)].mean()
+    best_cost = train.costs[:, best_single(train)].mean()
+    budget = picked_costs(train, per_task_best(train, train)).mean()
+    lo, hi = cost.min(), cost.max()
     results = []
     for spec in specs:
-        model = fit(x_tr[fit_rows], inner.scores, train.candidates, cost=inner.costs.mean(axis=0),
-                    tasks=vocab, seed=seed, **spec)
-        predicted = model.predict(x_tr[val_rows])
-        points = [(w, *_point(val, model.choose(predicted, w))) for w in COST_WEIGHTS]
+        predicted = np.zeros_like(train.scores)
+        for k in range(max(2, folds)):
+            part, out = fold_of != k, fold_of == k
+            model = fit(x_tr[part], train.scores[part], train.candidates, cost=cost, tasks=vocab, seed=seed, **spec)
+            predicted[out] = model.predict(x_tr[out])
+        points = [(w, *_point(train, model.choose(predicted, w))) for w in COST_WEIGHTS]
         results.append({"spec": spec, "validation_aiq": aiq([(c, q) for _, c, q in points], lo, hi),
                         "points": points})
     best = max(results, key=lambda r: r["validation_aiq"])
     points = best["points"]
     reaching = [w for w, _, q in points if q >= target_q]
     match = max(reaching) if reaching else 0.0
-    affordable = [(q, w) for w, c, q in points if c <= budget]
-    budget_w = max(affordable)[1] if affordable else max(COST_WEIGHTS)
+    def within(limit: float) -> float:  # the weight with the best quality at no more than ``limit``
+        affordable = [(q, w) for w, c, q in points if c <= limit]
+        return max(affordable)[1] if affordable else max(COST_WEIGHTS)
+
+    budget_w = within(budget)
     model = fit(x_tr, train.scores, train.candidates, cost=cost, tasks=vocab, seed=seed, cost_weight=match,
                 **best["spec"])
     name = "learned " + ("(text + task)" if use_task else "(text only)")
-    methods = [{"spec": _spec_name(r["spec"]), "validation_aiq": r["validation_aiq"]} for r in results]
+    methods = [{"spec": _spec_name(r["spec"]), "validation_aiq": r["validation_aiq"], "chosen": r is best}
+               for r in results]
     return LearnedFit(name=name, spec=best["spec"], model=model, predicted=model.predict(x_he),
-                      cost_weight_match=match, cost_weight_budget=budget_w, methods=methods)
+                      cost_weight_match=match, cost_weight_budget=budget_w, methods=methods,
+                      cost_weight_shares={share: within(share * best_cost) for share in cost_shares})
 
 
 def _point(matrix: OutcomeMatrix, choice: np.ndarray) -> tuple[float, float]:

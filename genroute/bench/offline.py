@@ -17,72 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from genroute.bench import curves as cq
+from genroute.bench import baselines as bl
 from genroute.bench import matrix_routers as mr
+from genroute.bench.offline_report import Comparison, CurveSummary, OfflineReport, write_outputs
 from genroute.bench.outcomes import OutcomeMatrix, Pricing, load_matrix
 from genroute.errors import UsageError
 
-#: Estimators compared for the learned router (chosen per run on a validation part of the training records).
+#: Estimators compared for the learned router (chosen per run by cross-validation on the training records).
 DEFAULT_SPECS: tuple[dict[str, Any], ...] = (
-    {"method": "knn", "k": 10}, {"method": "knn", "k": 40}, {"method": "logreg"}, {"method": "mlp"})
-
-
-class CurveSummary(BaseModel):
-    """A router's cost–quality curve on the evaluation records and the field's metrics on it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    knob: str
-    points: list[tuple[float, float, float]]  # (knob, cost per request, quality)
-    aiq: float
-    apgr: float | None
-    cost_saved_at_95: float | None
-    cost_at_best_single_quality: float | None
-    quality_at_best_single_cost: float
-
-
-class Comparison(BaseModel):
-    """A router against a baseline on the same records: paired quality difference and cost."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    router: str
-    baseline: str
-    n: int
-    quality_difference: float
-    ci: tuple[float, float]
-    verdict: str
-    cost_ratio: float | None
-    cost_difference_ci: tuple[float, float]
-
-
-class OfflineReport(BaseModel):
-    """Everything ``compile_outcomes`` measured."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    source: str
-    evaluated_on: str
-    n_train: int
-    n_eval: int
-    dropped: int
-    candidates: list[str]
-    cost_basis: str
-    rows: list[mr.RouterRow]
-    curves: list[CurveSummary]
-    comparisons: list[Comparison]
-    methods: dict[str, list[dict[str, Any]]]
-    seconds: float
-    files: dict[str, str]
-
-    def markdown(self) -> str:
-        """The comparison as Markdown (rows, curve metrics, paired differences)."""
-        from genroute.bench.offline_report import markdown
-
-        return markdown(self)
+    {"method": "knn", "k": 10}, {"method": "knn", "k": 40}, {"method": "knn", "k": 100}, {"method": "knn", "k": 250},
+    {"method": "logreg"},
+    {"method": "logreg", "l2": 1e-2}, {"method": "mlp"}, {"method": "blend", "k": 40})
 
 
 def compile_outcomes(
@@ -101,7 +48,6 @@ def compile_outcomes(
 ) -> OfflineReport:
     """Compile policies on ``source`` and judge them and every baseline on held-out records (see module)."""
     from genroute.bench.embedding_cache import CachedEmbedder
-    from genroute.bench.offline_report import write_outputs
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -128,9 +74,9 @@ def compile_outcomes(
     x_train = cached.embed_array([r.input for r in train.records])
     x_held = cached.embed_array([r.input for r in held.records])
 
-    choices = mr.baselines(train, held, seed=seed)
+    choices = bl.baselines(train, held, seed=seed)
     rows = [mr.row(name, held, c) for name, c in choices.items()]
-    floors = [(f, mr.cost_aware_choices(train, held, f)) for f in mr.FLOORS]
+    floors = mr.cost_aware_choices(train, held, mr.FLOORS)
     choices["cost_aware (task label)"] = dict(floors)[0.95]
     rows.append(mr.row("cost_aware (task label)", held, choices["cost_aware (task label)"], knob=0.95))
     sweeps = {"cost_aware (task label)": ("floor share of each task's best", floors)}
@@ -142,8 +88,10 @@ def compile_outcomes(
         fitted = mr.learned_fit(train, held, x_train, x_held, use_task=use_task, specs=specs, seed=seed)
         methods[fitted.name] = fitted.methods
         models[fitted.name] = fitted.model
-        for label, weight in (("at best-single quality", fitted.cost_weight_match),
-                              ("at per-task-best cost", fitted.cost_weight_budget)):
+        points = [("at best-single quality", fitted.cost_weight_match),
+                  *[(f"at {share:.0%} of best-single cost", w) for share, w in fitted.cost_weight_shares.items()],
+                  ("at per-task-best cost", fitted.cost_weight_budget)]
+        for label, weight in points:
             name = f"{fitted.name} {label}"
             choices[name] = fitted.model.choose(fitted.predicted, weight)
             rows.append(mr.row(name, held, choices[name], knob=weight))
@@ -181,10 +129,11 @@ def split_by_text(matrix: OutcomeMatrix, *, holdout: float, seed: int) -> tuple[
 
 def _curves(train: OutcomeMatrix, held: OutcomeMatrix,
             sweeps: Mapping[str, tuple[str, Sequence[tuple[float, np.ndarray]]]]) -> list[CurveSummary]:
-    best, weak = mr.best_single(train), mr.cheapest(train)
+    best, weak = bl.best_single(train), bl.cheapest(train)
     best_pt = (float(held.costs[:, best].mean()), float(held.scores[:, best].mean()))
     weak_pt = (float(held.costs[:, weak].mean()), float(held.scores[:, weak].mean()))
     mean_costs = held.costs.mean(axis=0)
+    per_task_cost = float(mr.picked_costs(held, bl.per_task_best(train, held)).mean())
     out = []
     for name, (knob, choices) in sweeps.items():
         points = mr.curve(held, choices)
@@ -193,14 +142,17 @@ def _curves(train: OutcomeMatrix, held: OutcomeMatrix,
             name=name, knob=knob, points=points, aiq=cq.aiq(xy, float(mean_costs.min()), float(mean_costs.max())),
             apgr=cq.apgr(xy, weak_pt, best_pt), cost_saved_at_95=cq.cost_saved(xy, best_pt, 0.95),
             cost_at_best_single_quality=cq.cost_at_quality(xy, best_pt[1]),
-            quality_at_best_single_cost=cq.quality_at_cost(xy, best_pt[0])))
+            quality_at_best_single_cost=cq.quality_at_cost(xy, best_pt[0]),
+            quality_at_per_task_best_cost=cq.quality_at_cost(xy, per_task_cost)))
     return out
 
 
 #: (router, baseline) pairs compared on the same records, when both were run.
 PAIRS = (("learned (text + task) at best-single quality", "best single (train)"),
+         ("learned (text + task) at 50% of best-single cost", "best single (train)"),
          ("learned (text + task) at per-task-best cost", "per-task best (train)"),
          ("learned (text only) at best-single quality", "best single (train)"),
+         ("learned (text only) at 40% of best-single cost", "best single (train)"),
          ("learned (text only) at per-task-best cost", "per-task best (train)"),
          ("cost_aware (task label)", "best single (train)"),
          ("cost_aware (task label)", "per-task best (train)"),

@@ -28,30 +28,10 @@ from genroute.bench.datasets import BenchRecord
 from genroute.bench.runner import Outcome
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
+from genroute.outcomes.records import OutcomeRecord
 
 #: The scorer name recorded on rows read from a matrix (the file's own metric, whatever it was).
 MATRIX_SCORER = "outcome-matrix"
-
-
-class CandidateOutcome(BaseModel):
-    """One candidate's outcome on one record."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    score: float = Field(ge=0.0, le=1.0)
-    cost_usd: float | None = Field(default=None, ge=0.0)
-    latency_s: float | None = Field(default=None, ge=0.0)
-
-
-class OutcomeRecord(BaseModel):
-    """One record of an outcome matrix."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    input: str = Field(min_length=1)
-    output: Any = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    outcomes: dict[str, CandidateOutcome] = Field(min_length=1)
 
 
 class CandidatePrice(BaseModel):
@@ -96,7 +76,7 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
                  field: str = "prices") -> Pricing:
     """Read ``{candidate: {"input_usd_per_1m", "output_usd_per_1m"} | {"size": "7B"} | {"params_b": 7}}``.
 
-    Entries with only a size are priced at ``usd_per_1m_per_billion`` x billions of parameters (input and
+    Keys starting with ``_`` are notes. Entries with only a size are priced at ``usd_per_1m_per_billion`` x billions of parameters (input and
     output alike): price proportional to parameter count, for matrices published without prices.
     """
     try:
@@ -107,12 +87,15 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
         raise UsageError(f"prices file {str(path)!r} is not JSON ({exc})", field=field) from None
     if not isinstance(raw, dict) or not raw:
         raise UsageError("prices file must map candidate names to prices", field=field)
-    prices, sized = {}, False
+    prices, sized, listed = {}, False, False
     for name, entry in raw.items():
+        if name.startswith("_"):  # notes
+            continue
         entry = entry if isinstance(entry, dict) else {}
-        if "input_usd_per_1m" in entry and usd_per_1m_per_billion is None:
+        if "input_usd_per_1m" in entry:
             prices[name] = CandidatePrice(input_usd_per_1m=entry["input_usd_per_1m"],
                                           output_usd_per_1m=entry.get("output_usd_per_1m", entry["input_usd_per_1m"]))
+            listed = True
             continue
         billions = _billions(entry.get("params_b", entry.get("size")))
         if billions is None or usd_per_1m_per_billion is None:
@@ -121,9 +104,9 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
         prices[name] = CandidatePrice(input_usd_per_1m=billions * usd_per_1m_per_billion,
                                       output_usd_per_1m=billions * usd_per_1m_per_billion)
         sized = True
-    basis = (f"${usd_per_1m_per_billion:g} per 1M tokens per billion parameters" if sized
-             else f"list prices from {Path(path).name}")
-    return Pricing(prices=prices, output_tokens=output_tokens, basis=basis)
+    parts = ([f"${usd_per_1m_per_billion:g} per 1M tokens per billion parameters"] if sized else []) + \
+        ([f"list prices from {Path(path).name}"] if listed else [])
+    return Pricing(prices=prices, output_tokens=output_tokens, basis=" and ".join(parts))
 
 
 def _billions(size: Any) -> float | None:
@@ -173,9 +156,10 @@ class OutcomeMatrix:
                 for j, c in enumerate(self.candidates) for i, r in enumerate(self.records)]
 
 
-def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | OutcomeRecord], *,
+def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
                          field: str = "outcomes") -> Iterable[tuple[str, OutcomeRecord]]:
-    """``(where, record)`` for each record of a file or an iterable; invalid records are a ``UsageError``."""
+    """``(where, record)`` for each record of a file or an iterable (mappings or ``OutcomeRecord``s, e.g. an
+    ``OutcomeStore``'s); an invalid record is a ``UsageError`` naming where it is."""
     if isinstance(source, str | Path):
         name = Path(source).name
         items: Iterable[tuple[str, Any]] = ((f"{name}:{n}", raw) for n, raw in
@@ -183,18 +167,24 @@ def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | Outco
     else:
         items = ((f"record {n}", raw) for n, raw in enumerate(source, start=1))
     for where, raw in items:
-        if isinstance(raw, OutcomeRecord):
-            yield where, raw
-            continue
         try:
-            yield where, OutcomeRecord.model_validate(raw)
+            record = raw if isinstance(raw, OutcomeRecord) else OutcomeRecord.model_validate(
+                raw.model_dump() if isinstance(raw, BaseModel) else raw)
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
             raise UsageError(f"{where}: {loc}: {first['msg']}", field=field) from None
+        if not (record.input or "").strip():
+            raise UsageError(f"{where}: input: a router needs the request text (record without captured input)",
+                             field=field)
+        for name, side in record.outcomes.items():
+            if side.score is not None and not 0.0 <= side.score <= 1.0:
+                raise UsageError(f"{where}: outcomes.{name}.score: must be between 0 and 1 (got {side.score})",
+                                 field=field)
+        yield where, record
 
 
-def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | OutcomeRecord], *,
+def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
                 pricing: Pricing | None = None, candidates: Sequence[str] | None = None,
                 field: str = "outcomes") -> OutcomeMatrix:
     """An ``OutcomeMatrix`` from a file or records; records missing a candidate's outcome are dropped
@@ -207,25 +197,23 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | OutcomeRecord]
         raise UsageError(f"no price for candidate(s) {', '.join(missing)}", field="prices")
     records, rows, seen, dropped = [], [], set(), 0
     for n, (where, rec) in enumerate(parsed, start=1):
-        if any(c not in rec.outcomes for c in names):
+        if any(c not in rec.outcomes or rec.outcomes[c].score is None for c in names):
             dropped += 1
             continue
         rid = str(rec.metadata.get("id") or f"record-{n}")
         if rid in seen:
             raise UsageError(f"{where}: duplicate record id {rid!r}", field=field)
         seen.add(rid)
-        output = rec.output if isinstance(rec.output, str) or rec.output is None else json.dumps(rec.output)
-        task = rec.metadata.get("task")
-        records.append(BenchRecord(id=rid, input=rec.input, output=output or "", metadata=rec.metadata,
-                                   task=str(task) if task is not None else None))
+        records.append(BenchRecord(id=rid, input=rec.input or "", output=rec.output or "", metadata=rec.metadata,
+                                   task=rec.task))
         rows.append([rec.outcomes[c] for c in names])
     if not records:
         raise UsageError(f"no record has an outcome for every candidate ({len(names)})", field=field)
-    given = [o.cost_usd is not None for row in rows for o in row]
+    given = ["cost_usd" in o.model_fields_set for row in rows for o in row]
     if pricing is None and any(given) and not all(given):
         raise UsageError("some outcomes have cost_usd and others not: give every one, or a pricing",
                          field=field)
-    costs = [[o.cost_usd if o.cost_usd is not None else
+    costs = [[o.cost_usd if "cost_usd" in o.model_fields_set else
               (pricing.cost(rec.input, c) if pricing is not None else 0.0) for o, c in zip(row, names, strict=True)]
              for row, rec in zip(rows, records, strict=True)]
     basis = ("cost_usd from the file" if all(given) else pricing.describe() if pricing is not None
@@ -234,5 +222,21 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | OutcomeRecord]
         records=tuple(records), candidates=names,
         scores=np.array([[o.score for o in row] for row in rows], dtype=np.float64),
         costs=np.array(costs, dtype=np.float64),
-        latencies=np.array([[o.latency_s or 0.0 for o in row] for row in rows], dtype=np.float64),
+        latencies=np.array([[o.latency_s for o in row] for row in rows], dtype=np.float64),
         cost_basis=basis, source=str(source) if isinstance(source, str | Path) else None, dropped=dropped)
+
+
+def matrix_from_table(records: Sequence[BenchRecord], table: Mapping[str, Mapping[str, Outcome]],
+                      backends: Sequence[str], *, cloud: bool = False) -> OutcomeMatrix:
+    """A live benchmark's outcomes (``table[record id][backend]``) as a matrix: failures score 0; cost is the
+    measured one, or the cloud-equivalent one with ``cloud``."""
+    def cost(o: Outcome) -> float:
+        return (o.cloud_equivalent_cost_usd or 0.0) if cloud else o.cost_usd
+
+    cells = [[table[r.id][b] for b in backends] for r in records]
+    return OutcomeMatrix(
+        records=tuple(records), candidates=tuple(backends),
+        scores=np.array([[o.score if o.ok else 0.0 for o in row] for row in cells], dtype=np.float64).reshape(-1, len(backends)),
+        costs=np.array([[cost(o) for o in row] for row in cells], dtype=np.float64).reshape(-1, len(backends)),
+        latencies=np.array([[o.latency_s for o in row] for row in cells], dtype=np.float64).reshape(-1, len(backends)),
+        cost_basis="cloud-equivalent" if cloud else "measured")

@@ -5,7 +5,8 @@ the benchmark scores (0..1) of every backend on every training record. Three est
 
 - ``knn``: similarity-weighted mean score of the ``k`` nearest training records, per backend;
 - ``logreg``: one logistic regression per backend (soft targets, L2, Adam, full batch);
-- ``mlp``: one hidden ReLU layer shared by every backend, a sigmoid output per backend (Adam, mini-batches).
+- ``mlp``: one hidden ReLU layer shared by every backend, a sigmoid output per backend (Adam, mini-batches);
+- ``blend``: the mean of the kNN and the logistic regression predictions.
 
 A decision maximises ``predicted quality - cost_weight x cost / dearest backend's cost`` (``choose``): the
 cost term is applied when deciding, so one trained model serves every point of the cost–quality curve.
@@ -23,8 +24,8 @@ import numpy as np
 
 from genroute.errors import ConfigError
 
-Method = Literal["knn", "logreg", "mlp"]
-METHODS: tuple[str, ...] = ("knn", "logreg", "mlp")
+Method = Literal["knn", "logreg", "mlp", "blend"]
+METHODS: tuple[str, ...] = ("knn", "logreg", "mlp", "blend")
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -134,6 +135,12 @@ class RouterModel:
             return _sigmoid(x @ a["w"] + a["b"])
         if self.method == "mlp":
             return _sigmoid(np.maximum(x @ a["w1"] + a["b1"], 0.0) @ a["w2"] + a["b2"])
+        if self.method == "blend":
+            return (_sigmoid(x @ a["w"] + a["b"]) + self._knn(x)) / 2
+        return self._knn(x)
+
+    def _knn(self, x: np.ndarray) -> np.ndarray:
+        a = self.arrays
         k = min(int(self.meta["k"]), len(a["x"]))
         # One row (a decision): einsum, not BLAS — see SemanticPolicy.nearest. Many rows (evaluation): BLAS.
         sims = np.einsum("id,jd->ij", x, a["x"]) if len(x) == 1 else x @ a["x"].T
@@ -175,7 +182,7 @@ class RouterModel:
             raise ConfigError(f"model file {str(path)!r} does not exist", field=field) from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"cannot read model file {str(path)!r}: {exc}", field=field) from None
-        if method == "knn" and "s" not in arrays:
+        if method in ("knn", "blend") and "s" not in arrays:
             raise ConfigError(f"model file {str(path)!r} was written by an older genroute (kNN labels, not "
                               "scores); train it again", field=field)
         return cls(method, backends, arrays, meta)
@@ -192,9 +199,11 @@ def fit(x: np.ndarray, scores: np.ndarray, backends: Sequence[str], *, method: s
     info = {"k": k, "cost": [float(c) for c in (cost if cost is not None else [0.0] * len(backends))],
             "tasks": list(tasks), "task_weight": 1.0, "cost_weight": cost_weight, "n_train": int(len(x)),
             "options": options, **(meta or {})}
-    if method == "logreg":
+    if method in ("logreg", "blend"):
         arrays = _fit_logreg(x, s, epochs=options.get("epochs", 300), lr=options.get("lr", 0.05),
                              l2=options.get("l2", 1e-4))
+        if method == "blend":
+            arrays |= {"x": x, "s": s}
     elif method == "mlp":
         arrays = _fit_mlp(x, s, hidden=options.get("hidden", 128), epochs=options.get("epochs", 40),
                           lr=options.get("lr", 3e-3), l2=options.get("l2", 1e-4), seed=seed)

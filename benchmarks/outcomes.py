@@ -1,0 +1,94 @@
+"""Routers judged on public outcome matrices (no model calls): LLMRouter's dcrouter set and MMLU-Pro.
+
+    python benchmarks/outcomes.py                       # both sets; ~10 min on 2 cores, embeddings cached
+    python benchmarks/outcomes.py --sets dcrouter --data-dir ../shared/data
+
+Each set goes through ``genroute.bench.compile_outcomes`` (what ``genroute bench --outcomes`` runs): a seeded
+70/30 split by input text; stats, the cost_aware policy and the learned router (kNN, logistic regression and
+an MLP on MiniLM embeddings, with and without the task label; estimator and operating points chosen on a
+5-fold cross-validation on the training records) compiled on the 70 %; every policy and baseline scored on the 30 %.
+
+Cost models (neither set has per-query token counts): input tokens = the query's whitespace words (LLMRouter's
+own estimate), output tokens = ``--output-tokens`` (256) per request, the same for every candidate.
+dcrouter: its candidates' list prices. MMLU-Pro: ``benchmarks/data/router/mmlu_pro_prices.json`` — open
+models at $0.01 per 1M tokens per billion parameters, Gemini 1.5 Flash/Pro at their list prices.
+
+Prints, per set, the rows, curves and paired comparisons, and the goal lines for RESULTS.md; writes
+OUT/<set>/ (compiled.json, curve.png, report.md/html, models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from genroute.bench.offline import OfflineReport, compile_outcomes
+from genroute.bench.outcomes import load_pricing
+
+REPO = Path(__file__).resolve().parent.parent
+SETS = {
+    "dcrouter": ("router/dcrouter_train.jsonl", "router/dcrouter_candidates.json", 0.5, 0.4),
+    "mmlu_pro": ("router/mmlu_pro.jsonl.gz", str(REPO / "benchmarks/data/router/mmlu_pro_prices.json"), None, None),
+}
+
+
+def goal_lines(name: str, report: OfflineReport, max_share_task: float | None, max_share_text: float | None) -> list[str]:
+    """The issue's goals, each with its paired comparison."""
+    rows = {r.name: r for r in report.rows}
+    best, per_task = rows["best single (train)"], rows["per-task best (train)"]
+    lines = [f"{name}: n_eval = {report.n_eval}; best single {best.quality:.3f} at ${best.cost_per_request_usd * 1000:.4f}"
+             f"/1k; per-task best {per_task.quality:.3f} at ${per_task.cost_per_request_usd * 1000:.4f}/1k"]
+    for comp in report.comparisons:
+        share = {"best single (train)": max_share_task if "task" in comp.router else max_share_text}.get(comp.baseline)
+        ratio = "–" if comp.cost_ratio is None else f"{comp.cost_ratio:.1%}"
+        target = f" (goal: quality >= baseline at <= {share:.0%} cost)" if share else ""
+        lines.append(f"  {comp.router} vs {comp.baseline}: quality {comp.quality_difference:+.3f} "
+                     f"[{comp.ci[0]:+.3f}, {comp.ci[1]:+.3f}] at {ratio} of its cost{target}")
+    for curve in report.curves:
+        reach = curve.cost_at_best_single_quality
+        lines.append(f"  curve {curve.name}: AIQ {curve.aiq:.3f}, APGR {curve.apgr if curve.apgr is None else round(curve.apgr, 3)}, "
+                     f"cost saved at 95% {curve.cost_saved_at_95 if curve.cost_saved_at_95 is None else f'{curve.cost_saved_at_95:.1%}'}, "
+                     f"cost at best-single quality "
+                     f"{'not reached' if reach is None else f'{reach / best.cost_per_request_usd:.1%} of best single'}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
+                        help="the shared data folder (default: ../shared/data next to the repository)")
+    parser.add_argument("--sets", default="dcrouter,mmlu_pro")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "outcomes"))
+    parser.add_argument("--embedding-cache", default=None, help="default: OUT/embeddings (shared by the sets)")
+    parser.add_argument("--output-tokens", type=int, default=256)
+    parser.add_argument("--usd-per-billion", type=float, default=0.01)
+    parser.add_argument("--holdout", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="first N records of each set (a quick check)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    cache = Path(args.embedding_cache) if args.embedding_cache else out / "embeddings"
+    summary = []
+    for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
+        data, prices, share_task, share_text = SETS[name]
+        prices_path = Path(prices) if Path(prices).is_absolute() else Path(args.data_dir) / prices
+        pricing = load_pricing(prices_path, output_tokens=args.output_tokens,
+                               usd_per_1m_per_billion=args.usd_per_billion)
+        source: object = Path(args.data_dir) / data
+        if args.limit:
+            from genroute.bench.outcomes import read_outcome_records
+
+            source = [r for _, r in zip(range(args.limit), read_outcome_records(source))]  # type: ignore[arg-type]
+        start = time.perf_counter()
+        report = compile_outcomes(source, out_dir=out / name, pricing=pricing, holdout=args.holdout,  # type: ignore[arg-type]
+                                  seed=args.seed, cache_dir=cache, title=f"genroute bench --outcomes {name}")
+        wall = time.perf_counter() - start
+        print(f"\n## {name} ({wall:.0f} s)\n")
+        print(report.markdown())
+        summary += goal_lines(name, report, share_task, share_text) + [f"  wall time {wall:.0f} s", ""]
+    print("\n".join(["", "## Goals", "", *summary]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Outcome matrices: loading, curve metrics against hand-computed cases, offline compile on a synthetic matrix
+whose right routing is known, the refusal to judge on training records, and `genroute bench --outcomes`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from genroute.bench import curves
+from genroute.bench.cli import bench_main
+from genroute.bench.embedding_cache import CachedEmbedder
+from genroute.bench.offline import compile_outcomes
+from genroute.bench.outcomes import load_matrix, load_pricing
+from genroute.errors import UsageError
+from genroute.knowledge.embedders import LocalEmbedder
+
+#: Two estimators keep the tests quick (the default compares seven, by 5-fold cross-validation).
+SPECS = ({"method": "knn", "k": 5}, {"method": "logreg"})
+BOOKS = ["Hamlet", "the Odyssey", "Don Quixote", "War and Peace", "Faust", "Ulysses", "Moby Dick", "Dracula",
+         "Emma", "Beloved", "Candide", "Lolita"]
+
+
+def synthetic(n: int = 40, seed: int = 0, prefix: str = "") -> list[dict[str, Any]]:
+    """Math questions: only A (cheap) and C (dear) are right. Trivia: only B (cheap) and C. The oracle sends
+    math to A and trivia to B, at a tenth of C's cost."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b, op = rng.randint(2, 999), rng.randint(2, 999), rng.choice("+*-")
+        rows.append({"input": f"{prefix}Compute {a} {op} {b} and give the number.",
+                     "metadata": {"task": "math", "id": f"{prefix}m{i}"},
+                     "outcomes": {"A": {"score": 1.0, "cost_usd": 0.001}, "B": {"score": 0.0, "cost_usd": 0.001},
+                                  "C": {"score": 1.0, "cost_usd": 0.01}}})
+        rows.append({"input": f"{prefix}Trivia {i}: who wrote {rng.choice(BOOKS)}? (ref {rng.randint(1, 10**6)})",
+                     "metadata": {"task": "trivia", "id": f"{prefix}t{i}"},
+                     "outcomes": {"A": {"score": 0.0, "cost_usd": 0.001}, "B": {"score": 1.0, "cost_usd": 0.001},
+                                  "C": {"score": 1.0, "cost_usd": 0.01}}})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def embedder() -> LocalEmbedder:
+    return LocalEmbedder()
+
+
+# -- metrics, by hand ------------------------------------------------------------------------------------
+
+def test_hull_drops_dominated_and_concave_points() -> None:
+    # (2, 0.6) lies under the chord from (1, 0.5) to (3, 0.9) (0.7 there); (2.5, 0.4) is dominated.
+    assert curves.hull([(2, 0.6), (1, 0.5), (3, 0.9), (2.5, 0.4), (3, 0.8)]) == [(1, 0.5), (3, 0.9)]
+
+
+def test_aiq_apgr_cost_saved_by_hand() -> None:
+    points = [(1, 0.5), (2, 0.6), (3, 0.9)]
+    # Hull (1, .5)-(3, .9): mean over [1, 3] is 0.7; over [1, 5] it runs flat at 0.9 after 3: (1.4 + 1.8) / 4.
+    assert curves.aiq(points, 1, 3) == pytest.approx(0.7)
+    assert curves.aiq(points, 1, 5) == pytest.approx((1.4 + 1.8) / 4)
+    # Below the router's cheapest point it reaches nothing: over [0, 2] only [1, 2] counts, 0.5..0.7 -> 0.6/2.
+    assert curves.aiq(points, 0, 2) == pytest.approx(0.3)
+    assert curves.quality_at_cost(points, 2) == pytest.approx(0.7)
+    assert curves.cost_at_quality(points, 0.8) == pytest.approx(2.5)
+    assert curves.cost_at_quality(points, 0.95) is None
+    # APGR between weak (1, 0.5) and strong (3, 0.9): (0.7 - 0.5) / (0.9 - 0.5) = 0.5 (a straight line).
+    assert curves.apgr(points, (1, 0.5), (3, 0.9)) == pytest.approx(0.5)
+    # A router reaching the strong quality at once recovers the whole gap on the way.
+    assert curves.apgr([(1, 0.9)], (1, 0.5), (3, 0.9)) == pytest.approx(1.0)
+    assert curves.apgr(points, (1, 0.9), (3, 0.5)) is None  # the "strong" one is worse: no gap to recover
+    # 95 % of the best single (4, 1.0) is 0.95 — not on the hull; 0.855 of (4, 0.9) is at 2.775: 30.6 % saved.
+    assert curves.cost_saved(points, (4, 1.0)) is None
+    assert curves.cost_saved(points, (4, 0.9)) == pytest.approx(1 - (1 + 2 * (0.855 - 0.5) / 0.4) / 4)
+
+
+# -- loading ---------------------------------------------------------------------------------------------
+
+def test_load_matrix_gz_missing_candidates_and_pricing(tmp_path: Path) -> None:
+    rows = synthetic(3)
+    for r in rows:
+        for o in r["outcomes"].values():
+            del o["cost_usd"]
+    rows.append({"input": "partial", "metadata": {"id": "p"}, "outcomes": {"A": {"score": 1.0}}})
+    path = write_jsonl(tmp_path / "m.jsonl.gz", rows)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"A": {"size": "7B"}, "B": {"params_b": 14}, "C": {"size": "8x7B"}}))
+    pricing = load_pricing(prices, output_tokens=100, usd_per_1m_per_billion=0.01)
+    matrix = load_matrix(path, pricing=pricing)
+    assert matrix.candidates == ("A", "B", "C") and len(matrix.records) == 6 and matrix.dropped == 1
+    words = len(matrix.records[0].input.split())
+    assert matrix.costs[0, 0] == pytest.approx((words + 100) * 0.07 / 1e6)
+    assert matrix.costs[0, 2] == pytest.approx(8 * matrix.costs[0, 0])
+    assert "per billion parameters" in matrix.cost_basis and matrix.records[0].task == "math"
+    outcome = matrix.outcomes()[0]
+    assert (outcome.backend, outcome.ok, outcome.scorer) == ("A", True, "outcome-matrix")
+    with pytest.raises(UsageError) as err:
+        load_matrix([{"input": "x", "outcomes": {"A": {"score": 2.0}}}])
+    assert err.value.field == "outcomes" and "score" in str(err.value)
+    with pytest.raises(UsageError) as err:
+        load_matrix(path)  # no costs in the file, no pricing: fine (quality only) ...
+        load_matrix(path, pricing=load_pricing(prices, usd_per_1m_per_billion=None))
+    assert err.value.field == "prices.A"
+
+
+def test_embedding_cache_embeds_each_text_once(embedder: LocalEmbedder, tmp_path: Path) -> None:
+    first = CachedEmbedder(embedder, tmp_path)
+    a = first.embed_array(["one", "two"])
+    again = CachedEmbedder(_Refusing(embedder.model), tmp_path)  # a new process: reads the file, embeds nothing
+    assert np.array_equal(again.embed_array(["two", "one"]), a[::-1])
+
+
+class _Refusing:
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def embed_array(self, texts: list[str]) -> np.ndarray:
+        raise AssertionError(f"embedded again: {texts}")
+
+
+# -- compiling on a matrix -------------------------------------------------------------------------------
+
+def test_compile_routes_math_to_a_and_trivia_to_b(embedder: LocalEmbedder, tmp_path: Path) -> None:
+    report = compile_outcomes(synthetic(), out_dir=tmp_path, embedder=embedder, min_n=10, specs=SPECS)
+    rows = {r.name: r for r in report.rows}
+    oracle = rows["oracle"]
+    assert oracle.quality == 1.0 and set(oracle.picks) == {"A", "B"}
+    assert rows["best single (train)"].picks == {"C": 24} and rows["best single (train)"].quality == 1.0
+    for name in ("cost_aware (task label)", "learned (text + task) at best-single quality",
+                 "learned (text only) at best-single quality"):
+        assert rows[name].quality == 1.0, name
+        assert rows[name].picks == oracle.picks, name  # math -> A, trivia -> B: the oracle's routing
+        assert rows[name].cost_per_request_usd == pytest.approx(0.001)
+    text_only = next(c for c in report.curves if c.name == "learned (text only)")
+    assert text_only.aiq == pytest.approx(1.0) and text_only.cost_saved_at_95 == pytest.approx(0.9)
+    saved = json.loads(Path(report.files["compiled"]).read_text())
+    assert {"name", "quality", "cost_per_request_usd", "n", "picks"} <= set(saved["rows"][0])
+    assert saved["n_eval"] == report.n_eval == 24 and saved["n_train"] == 56
+    for name in ("curve", "stats", "learned-text", "learned-task", "markdown", "html"):
+        assert Path(report.files[name]).exists(), name
+    assert "Cost–quality curve" in Path(report.files["markdown"]).read_text()
+
+
+def test_refuses_to_judge_on_training_records(embedder: LocalEmbedder, tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", synthetic(20))
+    overlapping = write_jsonl(tmp_path / "later.jsonl", synthetic(20, seed=1, prefix="x")[:10] + synthetic(20)[:1])
+    with pytest.raises(UsageError) as err:
+        compile_outcomes(train, eval_source=overlapping, out_dir=tmp_path / "o", embedder=embedder, specs=SPECS)
+    assert err.value.field == "eval_outcomes" and "compiled from" in str(err.value)
+    # Same text under another id is the same record too.
+    renamed = synthetic(20)[:1]
+    renamed[0]["metadata"]["id"] = "new-id"
+    with pytest.raises(UsageError, match="1 input"):
+        compile_outcomes(train, eval_source=renamed, out_dir=tmp_path / "o", embedder=embedder, specs=SPECS)
+    later = write_jsonl(tmp_path / "later2.jsonl", synthetic(10, seed=1, prefix="x"))
+    report = compile_outcomes(train, eval_source=later, out_dir=tmp_path / "ok", embedder=embedder, min_n=10,
+                              specs=SPECS)
+    assert report.n_train == 40 and report.n_eval == 20 and "another file" in report.evaluated_on
+
+
+def test_cli_outcomes_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))
+    out = tmp_path / "out"
+    assert bench_main(["--outcomes", str(data), "--out", str(out), "--min-n", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "per-task best (train)" in printed and "AIQ" in printed and "compiled.json" in printed
+    rows = json.loads((out / "compiled.json").read_text())["rows"]
+    assert {r["name"] for r in rows} >= {"random", "single A", "best single (train)", "oracle",
+                                         "learned (text only) at best-single quality"}
+    assert bench_main(["--outcomes", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert bench_main(["--out", str(out)]) == 2  # neither a dataset nor --outcomes
