@@ -440,7 +440,7 @@ async def test_concurrent_first_requests_make_one_cache(gemini_server: GeminiTes
 
 
 def test_reuse_margin_fits_short_ttls() -> None:
-    from genroute.backends.icl import ContextCacheSettings, PrefixCaches
+    from genroute.engines.gemini_cache import ContextCacheSettings, PrefixCaches
 
     assert PrefixCaches(ContextCacheSettings(ttl_s=60)).margin_s == 6.0  # a 60 s margin would never reuse it
     assert PrefixCaches(ContextCacheSettings(ttl_s=3600)).margin_s == 60.0

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from genroute.engines.base import Engine
     from genroute.runtime.resources import Resources
     from genroute.runtime.context import RunContext
+    from genroute.runtime.pricing import Pricing
 
 
 class GenerationSettings(BaseModel):
@@ -129,6 +130,14 @@ class Backend(ABC):
     def facts(self) -> dict[str, Any]:
         """Facts policies may read (collection name, example count, tools); must not call a model."""
         return {}
+
+    def refresh(self) -> None:
+        """Forget what the backend cached about its data (``Router.refresh`` calls it after data changed)."""
+
+    def billed_as(self, pricing: Pricing) -> tuple[str, str]:
+        """The model this backend's calls are priced as, and the config field naming it (default: its model;
+        a tuned backend bills at its base model's rates unless ``pricing`` names the tuned model)."""
+        return self.config.model, f"backends.{self.name}.model"
 
     def side_effects(self) -> tuple[str, ...]:
         """What running this backend again would repeat in the world (tool names); empty: safe to shadow."""

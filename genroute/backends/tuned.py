@@ -43,10 +43,9 @@ class TunedBackend(SingleCallBackend):
     def __init__(self, name: str, config: TunedConfig, resources: Resources) -> None:
         super().__init__(name, config, resources)
         engine = resources.engines.get(config.engine)
-        engine_config = getattr(engine, "config", None)
         # A local LoRA adapter learned the Gemma chat template around one user turn; any other
         # rendering of the prompt silently degrades it.
-        if getattr(engine_config, "lora_path", None) and getattr(engine_config, "prompt_format", None) != "gemma":
+        if engine is not None and engine.lora_path and getattr(engine.config, "prompt_format", None) != "gemma":
             raise ConfigError(
                 "a LoRA adapter was trained on the Gemma chat template: set prompt_format: gemma",
                 field=f"engines.{config.engine}.prompt_format",

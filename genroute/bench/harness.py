@@ -167,7 +167,7 @@ def _tuned_details(router: Router, summaries: Sequence[Summary], kinds: dict[str
     backend = router.backends[tuned]
     base = getattr(backend.config, "base_model", None)
     engine = router.resources.engines.get(backend.config.engine)
-    lora = getattr(getattr(engine, "config", None), "lora_path", None)
+    lora = engine.lora_path if engine is not None else None
     if getattr(engine, "kind", None) == "local":
         result = Path(lora).parent / "tune_result.json" if lora else None
         return {"tuned_info": TunedInfo(where="local", base_model=base,

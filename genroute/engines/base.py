@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from google.genai import types
+    from opentelemetry import trace
 
 
 class Engine(ABC):
@@ -25,6 +26,9 @@ class Engine(ABC):
 
     #: ``gen_ai.provider.name`` for spans: ``gcp.gemini``, ``gcp.vertex_ai`` or ``genroute.local``.
     provider: str = "unknown"
+    #: For a free engine (``pricing_model`` is ``None``): the cloud model its calls are compared against, whose
+    #: price becomes the result's ``cloud_equivalent_cost_usd``. ``None``: no comparison.
+    reference_model: str | None = None
 
     def __init__(self, name: str, config: Any) -> None:
         self.name = name
@@ -62,6 +66,24 @@ class Engine(ABC):
     def pricing_model(self, model: str) -> str | None:
         """The model name to price calls at (``None``: free, e.g. local)."""
         return model
+
+    #: Whether ``create_cache`` makes context caches (Gemini); backends send their prefix inline otherwise.
+    context_caching: ClassVar[bool] = False
+
+    async def create_cache(self, model: str, contents: list[types.Content], *, ttl_s: int,
+                           system: str | None = None, display_name: str | None = None,
+                           timeout_s: float | None = None, tracer: trace.Tracer | None = None,
+                           ) -> types.CachedContent:
+        """A context cache of ``contents`` (and ``system``) for ``model`` living ``ttl_s``; its span goes to
+        ``tracer`` (the request's). Engines without ``context_caching`` raise ``UsageError``."""
+        from genroute.errors import UsageError
+
+        raise UsageError(f"engine {self.name!r} ({self.kind}) has no context caching")
+
+    @property
+    def lora_path(self) -> str | None:
+        """The LoRA adapter this engine applies to every call (a locally tuned model), if any."""
+        return None
 
     async def aclose(self) -> None:
         """Release clients, threads and files."""

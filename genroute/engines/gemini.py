@@ -20,6 +20,7 @@ from genroute.types import Usage
 if TYPE_CHECKING:
     from google import genai
     from google.genai import types
+    from opentelemetry import trace
 
 
 class VertexConfig(BaseModel):
@@ -303,9 +304,12 @@ class GeminiEngine(Engine):
 
         return await call_with_retry(attempt, self.config.retry)
 
+    context_caching = True
+
     async def create_cache(self, model: str, contents: list[types.Content], *, ttl_s: int,
                            system: str | None = None, display_name: str | None = None,
-                           timeout_s: float | None = None) -> types.CachedContent:
+                           timeout_s: float | None = None, tracer: trace.Tracer | None = None,
+                           ) -> types.CachedContent:
         """A context cache of ``contents`` (and ``system``) for ``model``, in a ``create_cached_content`` span.
 
         One attempt, no retries: a cache only saves money, so a caller that cannot get one sends the
@@ -314,14 +318,14 @@ class GeminiEngine(Engine):
         from google.genai import types
         from opentelemetry import trace
 
-        from genroute.runtime.telemetry import TRACER_NAME, active_tracer
+        from genroute.runtime.telemetry import TRACER_NAME
 
         seconds = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
         cfg = types.CreateCachedContentConfig(
             contents=contents, system_instruction=system, ttl=f"{ttl_s}s", display_name=display_name,
             http_options=types.HttpOptions(timeout=_timeout_ms(seconds)),
         )
-        tracer = active_tracer(trace.get_tracer(TRACER_NAME))
+        tracer = tracer or trace.get_tracer(TRACER_NAME)
         with tracer.start_as_current_span(
             f"create_cached_content {model}", kind=trace.SpanKind.CLIENT, record_exception=False,
             set_status_on_exception=False,

@@ -127,6 +127,11 @@ class LocalEngine(Engine):
         self._closed = False
         self.model_version: str | None = None
 
+    @property
+    def lora_path(self) -> str | None:
+        """The LoRA adapter (GGUF) applied at load, if any."""
+        return self.config.lora_path
+
     def pricing_model(self, model: str) -> str | None:
         """Local calls are free; ``reference_model`` prices the cloud equivalent."""
         return None

@@ -40,6 +40,8 @@ class Embedder(ABC):
     model: str
     provider: str
     dimension: int
+    #: Tokens the embedder reads of each text (longer ones are cut); ``None``: no known limit.
+    max_length: int | None = None
     #: Where spans go; ``None``: the global tracer provider.
     tracer_provider: trace.TracerProvider | None = None
 

@@ -292,7 +292,7 @@ def ingest(store: KnowledgeStore, paths: Sequence[str | Path], *, collection: st
 def _check_chunk_size(store: KnowledgeStore, chunk_tokens: int) -> None:
     # The embedder reads max_length positions including [CLS]/[SEP]; a couple of tokens past that
     # only go unembedded (the stored text stays whole), anything longer would be a silent loss.
-    limit = getattr(store.embedder, "max_length", None)
+    limit = store.embedder.max_length
     if limit is not None and chunk_tokens > limit:
         raise UsageError(f"{chunk_tokens} exceeds what the embedder reads ({limit} tokens); "
                          "the rest of each chunk would be ignored", field="chunk_tokens")

@@ -76,12 +76,11 @@ def require_prices(backends: Mapping[str, Backend], pricing: Pricing) -> None:
     for backend in backends.values():
         engine = backend.engine  # ConfigError naming backends.<name>.engine if there is no such engine
         # A backend may bill as another model (a tuned one at its base model's rates) and name that field.
-        billed_as = getattr(backend, "billed_as", None)
-        model, field = billed_as(pricing) if billed_as else (backend.config.model, f"backends.{backend.name}.model")
+        model, field = backend.billed_as(pricing)
         priced = engine.pricing_model(model)
         if priced is not None:
             pricing.require(priced, field=field)
             continue
-        reference = getattr(engine, "reference_model", None)
+        reference = engine.reference_model
         if reference:  # a free local engine still reports what its calls would cost in the cloud
             pricing.require(reference, field=f"engines.{backend.config.engine}.reference_model")

@@ -185,9 +185,7 @@ class Router(Learning):
     def _refresh_facts(self) -> None:
         """Re-read every backend's facts (e.g. after loading examples) so policies decide on current data."""
         for backend in self.backends.values():
-            refresh = getattr(backend, "refresh", None)
-            if refresh is not None:
-                refresh()
+            backend.refresh()
         self.catalogue = {name: backend_info(name, b) for name, b in self.backends.items()}
         self.context = PolicyContext(catalogue=self.catalogue, stats=self.context.stats, budgets=self.context.budgets)
 

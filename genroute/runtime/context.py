@@ -186,7 +186,7 @@ class RunContext:
         self.usage = self.usage + usage
         self.cost_usd += cost
         self.cost_estimated = self.cost_estimated or estimated
-        reference = getattr(engine, "reference_model", None)
+        reference = engine.reference_model
         if priced is None and reference:
             extra = sum(self.pricing.cost(reference, call) for call in calls)
             self.cloud_equivalent_cost_usd = (self.cloud_equivalent_cost_usd or 0.0) + extra

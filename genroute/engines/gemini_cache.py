@@ -1,0 +1,100 @@
+"""Gemini context caching: a cache per static prompt prefix, made once and reused until shortly before it expires.
+
+The engine makes a cache (``GeminiEngine.create_cache``); ``PrefixCaches`` decides when to make one and when a
+request sends its prefix inline instead (a backend such as ICL's fixed examples holds one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.errors import BackendRejected, BackendUnavailable, GenrouteError
+
+# Gemini answers a request naming an expired or deleted cache with e.g. 403 "CachedContent not found
+# (or permission denied)"; other wordings seen mention "cached content" too.
+_CACHE_GONE = re.compile(r"cached[\s_]?content", re.IGNORECASE)
+#: How long a cache create that timed out or met an outage is not tried again.
+_TRANSIENT_RETRY_S = 30.0
+
+
+class ContextCacheSettings(BaseModel):
+    """Gemini context caching of a static example prefix (``selector: fixed`` only)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_tokens: int = Field(default=2048, ge=1, description="Cache only prefixes at least this long "
+                            "(Gemini refuses small caches: 1,024 tokens on 2.5 Flash, 4,096 on 2.5 Pro).")
+    ttl_s: int = Field(default=3600, ge=60, description="Cache lifetime; a new cache is made after it.")
+    retry_after_s: int = Field(default=600, ge=0, description="After a failed create, send the prefix inline "
+                               "this long before trying to create a cache again.")
+
+
+class PrefixCaches:
+    """Gemini context caches of example prefixes, one per key: made once, reused until shortly before expiry.
+
+    A refused create is remembered for ``retry_after_s``, a timed-out one for at most 30 s (every request in
+    between sends the prefix inline instead of paying another failing round trip), and concurrent first requests for a key wait
+    for one create rather than each making a cache.
+    """
+
+    def __init__(self, settings: ContextCacheSettings) -> None:
+        self.settings = settings
+        #: key -> (cache name, or None after a failed create; monotonic time the entry stops being used)
+        self._entries: dict[str, tuple[str | None, float]] = {}
+        # Per event loop: a router may serve several loops, and an asyncio.Lock belongs to one.
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+            weakref.WeakKeyDictionary())
+
+    @property
+    def margin_s(self) -> float:
+        """How long before expiry a cache stops being handed out (a request needs it to outlive the call)."""
+        return min(60.0, self.settings.ttl_s / 10)
+
+    def _fresh(self, key: str) -> tuple[bool, str | None]:
+        name, until = self._entries.get(key, (None, 0.0))
+        margin = self.margin_s if name is not None else 0.0
+        return until - margin > time.monotonic(), name
+
+    async def name(self, parts: Any, create: Callable[[], Awaitable[Any]]) -> str | None:
+        """The cache for ``parts`` (hashed into the key); ``create()`` makes one when there is none."""
+        key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+        fresh, name = self._fresh(key)
+        if fresh:
+            return name
+        locks = self._locks.setdefault(asyncio.get_running_loop(), {})
+        async with locks.setdefault(key, asyncio.Lock()):
+            fresh, name = self._fresh(key)  # another request may have made it while this one waited
+            if fresh:
+                return name
+            try:
+                name = (await create()).name or None
+                lifetime = self.settings.ttl_s if name else self.settings.retry_after_s
+            except GenrouteError as exc:  # caching only saves money: the prefix goes out inline
+                name = None
+                # A refusal stands for retry_after_s; a timeout or outage (often a request near its own deadline)
+                # must not switch caching off for everyone that long.
+                lifetime = self.settings.retry_after_s
+                if isinstance(exc, BackendUnavailable):
+                    lifetime = min(lifetime, _TRANSIENT_RETRY_S)
+            self._entries[key] = (name, time.monotonic() + lifetime)
+            return name
+
+    def forget(self, name: str) -> None:
+        """Stop using cache ``name`` (the server said it is gone)."""
+        for key, (have, _) in list(self._entries.items()):
+            if have == name:
+                del self._entries[key]
+
+
+def cache_gone(exc: BackendRejected) -> bool:
+    """Whether a 4xx says the request's cached content no longer exists (expired or deleted)."""
+    return exc.status in (400, 403, 404) and _CACHE_GONE.search(str(exc)) is not None
