@@ -10,7 +10,7 @@ import pytest
 from google.genai import types
 
 from genroute.engines.local import LocalEngine
-from genroute.engines.local_prompt import Defaults, function_call_schema, prepare
+from genroute.engines.local_prompt import ANSWER_SCHEMA, Defaults, function_call_schema, prepare
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
 
 from .conftest import Otel
@@ -72,17 +72,41 @@ def test_function_call_schema_ties_args_to_the_name() -> None:
 
 
 def test_function_calling_modes() -> None:
-    call = prepare(user("Weather in Oslo?"), types.GenerateContentConfig(tools=TOOLS), Defaults())
-    assert call.function_call and call.prompt.endswith("User: Weather in Oslo?\nFunction call:")
     answered = user("Weather in Oslo?") + [
         types.Content(role="model", parts=[types.Part(function_call=types.FunctionCall(name="get_weather", args={"city": "Oslo"}))]),
         types.Content(role="user", parts=[types.Part(function_response=types.FunctionResponse(name="get_weather", response={"temp_c": 3}))]),
     ]
-    text = prepare(answered, types.GenerateContentConfig(tools=TOOLS), Defaults())
+    # AUTO, "always" (the old behaviour): a call is forced until a function result comes back, then text.
+    always = Defaults(auto_calls="always")
+    call = prepare(user("Weather in Oslo?"), types.GenerateContentConfig(tools=TOOLS), always)
+    assert call.function_call and not call.may_answer and call.prompt.endswith("User: Weather in Oslo?\nFunction call:")
+    text = prepare(answered, types.GenerateContentConfig(tools=TOOLS), always)
     assert not text.function_call and text.schema is None
     assert 'Function result (get_weather): {"temp_c": 3}' in text.prompt
     none = types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode="NONE"))
     assert not prepare(user("x"), types.GenerateContentConfig(tools=TOOLS, tool_config=none), Defaults()).function_call
+    forced = types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode="ANY"))
+    any_call = prepare(user("x"), types.GenerateContentConfig(tools=TOOLS, tool_config=forced), Defaults())
+    assert any_call.function_call and not any_call.may_answer
+
+
+def test_auto_mode_lets_the_model_choose_a_call_or_an_answer() -> None:
+    # One schema admits every call and {"answer": text}; the model picks, before and after a tool result,
+    # so a loop can go on calling or stop with an answer.
+    choose = Defaults(call_bias=1.5)
+    first = prepare(user("Weather in Oslo?"), types.GenerateContentConfig(tools=TOOLS), choose)
+    assert first.function_call and first.may_answer and first.call_bias == 1.5
+    options = first.schema["anyOf"]
+    assert [o["properties"].get("name", {}).get("const") for o in options] == ["get_weather", "get_time", None]
+    assert options[-1] == ANSWER_SCHEMA
+    assert first.prompt.endswith("User: Weather in Oslo?\nAssistant:")
+    after = user("Weather in Oslo?") + [
+        types.Content(role="model", parts=[types.Part(function_call=types.FunctionCall(name="get_weather", args={"city": "Oslo"}))]),
+        types.Content(role="user", parts=[types.Part(function_response=types.FunctionResponse(name="get_weather", response={"temp_c": 3}))]),
+    ]
+    again = prepare(after, types.GenerateContentConfig(tools=TOOLS), choose)
+    assert again.may_answer and again.schema == first.schema
+    assert again.call_bias == 0.0  # calibrated on first steps; after a result the model's own odds decide
 
 
 def test_stop_sequences_are_ignored_under_a_schema() -> None:
@@ -157,14 +181,30 @@ async def test_function_call_parses_with_valid_args(engine: LocalEngine) -> None
     expected = {"get_weather": {"city"}, "get_time": {"timezone"}}[call.name]
     assert set(call.args) == expected and all(isinstance(v, str) for v in call.args.values())
     assert r.candidates[0].finish_reason == types.FinishReason.STOP
-    # After the tool answered, AUTO mode lets the model reply in text.
+    # After the tool answered, AUTO "always" mode makes the model reply in text.
+    always = LocalEngine("always", {"pool_size": 1, "n_threads": 1, "auto_calls": "always"})
     followup = user("What's the weather like in Paris?") + [
         types.Content(role="model", parts=[types.Part(function_call=call)]),
         types.Content(role="user", parts=[types.Part(function_response=types.FunctionResponse(
             name=call.name, response={"result": "sunny, 18 C"}))]),
     ]
-    answer = await engine.generate("m", followup, types.GenerateContentConfig(tools=TOOLS, max_output_tokens=16))
+    try:
+        answer = await always.generate("m", followup, types.GenerateContentConfig(tools=TOOLS, max_output_tokens=16))
+    finally:
+        await always.aclose()
     assert not answer.function_calls and answer.text
+
+
+@pytest.mark.local
+async def test_auto_mode_calls_for_relevant_requests_and_answers_the_rest(engine: LocalEngine) -> None:
+    config = types.GenerateContentConfig(tools=TOOLS, max_output_tokens=40)
+    for request in ("What's the weather like in Paris?", "Is it raining in Oslo?"):
+        reply = await engine.generate("m", user(request), config)
+        assert [c.name for c in reply.function_calls or []] == ["get_weather"], request
+    for request in ("Who wrote Hamlet?", "Tell me a joke about cats."):
+        reply = await engine.generate("m", user(request), config)
+        assert not reply.function_calls and reply.text and not reply.text.startswith("{"), request
+        assert reply.candidates[0].finish_reason == types.FinishReason.STOP
 
 
 @pytest.mark.local

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.engines.base import Engine
 from genroute.runtime.billing import bill, estimate_input
-from genroute.engines.local_prompt import Defaults, Prepared, PromptFormat, prepare
+from genroute.engines.local_prompt import AutoCalls, Defaults, Prepared, PromptFormat, prepare
 from genroute.engines.local_sampling import constrained_tokens
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
 from genroute.types import Usage
@@ -50,6 +50,13 @@ class LocalEngineConfig(BaseModel):
     prompt_format: PromptFormat = Field(default="plain", description="'plain' transcript (base models) or 'gemma' chat template.")
     temperature: float = Field(default=0.0, ge=0.0, description="Used when a request sets none (greedy by default).")
     max_output_tokens: int = Field(default=256, ge=1, description="Used when a request sets none.")
+    auto_calls: AutoCalls = Field(default="choose", description=(
+        "AUTO function calling: 'choose' lets the model call a function or answer in text; 'always' forces "
+        "a call until a function result comes back."))
+    call_bias: float = Field(default=1.5, description=(
+        "In 'choose' mode, added to the model's log-odds of calling a function rather than answering on a "
+        "turn's first step (after a function result the model's own odds decide); benchmarks/"
+        "local_tool_choice.py calibrates it."))
     reuse_kv_prefix: bool = Field(default=False, description=(
         "Reuse the KV cache for a prompt prefix shared with the previous call: faster for shared "
         "prefixes, but batch-split rounding can flip near-tied greedy tokens, so answers then depend "
@@ -116,7 +123,8 @@ class LocalEngine(Engine):
         super().__init__(name, config)
         self.reference_model = config.reference_model
         self._defaults = Defaults(temperature=config.temperature, max_output_tokens=config.max_output_tokens,
-                                  seed=config.seed, prompt_format=config.prompt_format)
+                                  seed=config.seed, prompt_format=config.prompt_format,
+                                  auto_calls=config.auto_calls, call_bias=config.call_bias)
         self._executor = ThreadPoolExecutor(config.pool_size, thread_name_prefix=f"genroute-local-{name}")
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._instances: list[Any] = []
@@ -219,7 +227,11 @@ class LocalEngine(Engine):
         if not self.config.reuse_kv_prefix:
             llm.reset()  # same request, same answer, whatever ran before
         if grammar is not None:
-            tokens = constrained_tokens(llm, prompt_tokens, grammar, temp=s.temperature, top_k=s.top_k, top_p=s.top_p)
+            # Where the model chooses, the first key decides: "name" (a call) or "answer".
+            bias = ({llm.tokenize(b"name", add_bos=False)[0]: prep.call_bias,
+                     llm.tokenize(b"answer", add_bos=False)[0]: 0.0} if prep.may_answer else None)
+            tokens = constrained_tokens(llm, prompt_tokens, grammar, temp=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                        first_choice_bias=bias)
         else:  # min_p=0 and repeat_penalty=1: plain top-k/top-p sampling as Gemini's parameters describe
             tokens = llm.generate(prompt_tokens, top_k=s.top_k, top_p=s.top_p, min_p=0.0, temp=s.temperature,
                                   repeat_penalty=1.0)
@@ -287,8 +299,11 @@ class LocalEngine(Engine):
         if prep.function_call and text is None:
             try:
                 call = json.loads(outcome.text)
-                parts.append(types.Part(function_call=types.FunctionCall(
-                    id=f"call_{uuid.uuid4().hex[:12]}", name=call["name"], args=call.get("args") or {})))
+                if prep.may_answer and "answer" in call:  # the model chose to answer in text
+                    parts.append(types.Part(text=str(call["answer"])))
+                else:
+                    parts.append(types.Part(function_call=types.FunctionCall(
+                        id=f"call_{uuid.uuid4().hex[:12]}", name=call["name"], args=call.get("args") or {})))
             except (ValueError, KeyError, TypeError):
                 parts.append(types.Part(text=outcome.text))  # cut off by max tokens: not a valid call
                 finish = types.FinishReason.MALFORMED_FUNCTION_CALL

@@ -20,6 +20,21 @@ if TYPE_CHECKING:
     from google.genai import types
 
 PromptFormat = Literal["plain", "gemma"]
+#: In AUTO function-calling mode: ``choose`` lets the model call a function or answer in text (one schema
+#: covers both); ``always`` forces a call unless a function result just came back (then text).
+AutoCalls = Literal["choose", "always"]
+
+#: The text answer the model may give instead of a call in AUTO mode.
+ANSWER_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"answer": {"type": "string"}},
+                                 "required": ["answer"], "additionalProperties": False}
+#: Shown in AUTO ``choose`` mode: one reply of each kind, with functions that are not on offer (a base model
+#: copies the format it is shown; with only instructions the 270M model called a function for everything).
+CHOICE_EXAMPLES = (
+    '\nReply with {"name": ..., "args": {...}} to call a function, or {"answer": "..."} when no function fits.\n'
+    "Examples with other functions:\n"
+    'User: Who painted the Mona Lisa?\nAssistant: {"answer": "Leonardo da Vinci."}\n'
+    'User: What is the stock price of Apple?\nAssistant: {"name": "get_stock_price", "args": {"symbol": "AAPL"}}'
+)
 
 
 @dataclass(frozen=True)
@@ -42,8 +57,12 @@ class Prepared:
     sampling: Sampling
     #: JSON schema the output must match (JSON mode or a function call), or ``None`` for free text.
     schema: dict[str, Any] | None = None
-    #: Whether the constrained output is a ``{"name", "args"}`` function call.
+    #: Whether the constrained output is a ``{"name", "args"}`` function call (or, with ``may_answer``,
+    #: either that or ``{"answer": text}``).
     function_call: bool = False
+    may_answer: bool = False
+    #: Added to the log-odds of calling over answering where the model chooses (``may_answer``).
+    call_bias: float = 0.0
     function_names: tuple[str, ...] = field(default=())
 
 
@@ -57,6 +76,8 @@ class Defaults:
     max_output_tokens: int = 256
     seed: int = 0
     prompt_format: PromptFormat = "plain"
+    auto_calls: AutoCalls = "choose"
+    call_bias: float = 0.0
 
 
 def to_json_schema(schema: Any, *, field_name: str) -> dict[str, Any]:
@@ -162,19 +183,27 @@ def render(contents: list[types.Content], config: types.GenerateContentConfig, f
     return "\n".join(lines) + f"\n{answer_label}:", ("\nUser:", "\nAssistant:", "\nFunction result")
 
 
-def _wants_call(config: types.GenerateContentConfig, contents: list[types.Content]) -> bool:
+def _call_mode(config: types.GenerateContentConfig, contents: list[types.Content],
+               auto_calls: AutoCalls) -> Literal["call", "choose", "text"]:
+    """Whether the output must be a call, may be a call or a text answer, or must be text."""
     from google.genai import types
 
     fc = config.tool_config.function_calling_config if config.tool_config else None
     mode = fc.mode if fc and fc.mode else types.FunctionCallingConfigMode.AUTO
     if mode == types.FunctionCallingConfigMode.NONE:
-        return False
+        return "text"
     if mode in (types.FunctionCallingConfigMode.ANY, types.FunctionCallingConfigMode.VALIDATED):
-        return True
-    # AUTO: a 270M model cannot judge whether a call is needed, so call unless a function result
-    # just came back — then answer in text, which ends the function-calling loop.
+        return "call"
+    if auto_calls == "choose":
+        return "choose"
+    # ``always``: call unless a function result just came back — then answer in text, ending the loop.
+    return "text" if _after_result(contents) else "call"
+
+
+def _after_result(contents: list[types.Content]) -> bool:
+    """Whether a function result just came back (the last turn carries one)."""
     last = contents[-1] if contents else None
-    return not (last and any(p.function_response is not None for p in last.parts or ()))
+    return bool(last and any(p.function_response is not None for p in last.parts or ()))
 
 
 def prepare(contents: list[types.Content], config: types.GenerateContentConfig | None,
@@ -192,11 +221,16 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
     if fc and fc.allowed_function_names:
         decls = [d for d in decls if d.name in fc.allowed_function_names]
     schema: dict[str, Any] | None = None
-    call = bool(decls) and _wants_call(config, contents)
+    mode = _call_mode(config, contents, defaults.auto_calls) if decls else "text"
+    call = mode != "text"
     tools_text = ""
     if decls:
         tools_text = "Available functions:\n" + "\n".join(_describe(d) for d in decls)
-    if call:
+    if mode == "choose":
+        tools_text += CHOICE_EXAMPLES
+        calls = function_call_schema(decls)
+        schema = {"anyOf": [*calls.get("oneOf", [calls]), ANSWER_SCHEMA]}
+    elif call:
         schema = function_call_schema(decls)
     elif config.response_json_schema is not None:
         schema = to_json_schema(config.response_json_schema, field_name="config.response_json_schema")
@@ -205,7 +239,7 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
     elif config.response_mime_type == "application/json":
         schema = {}  # any JSON value
     prompt, format_stops = render(contents, config, defaults.prompt_format, tools_text,
-                                  "Function call" if call else "Assistant")
+                                  "Function call" if mode == "call" else "Assistant")
     # Under a schema the grammar decides where the output ends, and any stop sequence (the caller's, or a
     # turn marker) can occur inside valid JSON: JSON allows newlines between tokens and any text in
     # strings, so a backend's stop "\n" cut function calls short (MALFORMED_FUNCTION_CALL). Stops are
@@ -219,4 +253,5 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
         stop=() if schema is not None else tuple(config.stop_sequences or ()) + format_stops,
     )
     return Prepared(prompt=prompt, sampling=sampling, schema=schema, function_call=call,
+                    may_answer=mode == "choose", call_bias=0.0 if _after_result(contents) else defaults.call_bias,
                     function_names=tuple(d.name for d in decls))

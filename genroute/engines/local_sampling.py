@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -32,8 +32,12 @@ def _evaluate_prompt(llm: Any, tokens: list[int]) -> None:
 
 
 def constrained_tokens(llm: Any, tokens: list[int], grammar: Any, *, temp: float, top_k: int,
-                       top_p: float) -> Iterator[int]:
-    """Yield sampled tokens that the ``LlamaGrammar`` accepts, like ``Llama.generate`` (unbounded)."""
+                       top_p: float, first_choice_bias: Mapping[int, float] | None = None) -> Iterator[int]:
+    """Yield sampled tokens that the ``LlamaGrammar`` accepts, like ``Llama.generate`` (unbounded).
+
+    ``first_choice_bias`` adds to those tokens' logits until one of them is sampled (a choice made once,
+    such as the first key of a reply that may be a call or an answer).
+    """
     import llama_cpp as C
 
     n_vocab = llm.n_vocab()
@@ -42,9 +46,14 @@ def constrained_tokens(llm: Any, tokens: list[int], grammar: Any, *, temp: float
     one = (C.llama_token_data * 1)()
     one_array = C.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
     full: Any = None
+    pending = dict(first_choice_bias or {})
     try:
         _evaluate_prompt(llm, tokens)
         while True:
+            if pending:
+                logits = np.ctypeslib.as_array(C.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,))  # noqa: SLF001
+                for token_id, bias in pending.items():
+                    logits[token_id] += bias
             token = C.llama_sampler_sample(chain.sampler, llm._ctx.ctx, -1)  # noqa: SLF001
             one[0].id, one[0].logit, one[0].p = token, 1.0, 0.0
             one_array.size, one_array.selected = 1, -1
@@ -61,6 +70,8 @@ def constrained_tokens(llm: Any, tokens: list[int], grammar: Any, *, temp: float
                 C.llama_sampler_apply(chain.sampler, ctypes.byref(array))
                 token = full[array.selected].id
             C.llama_sampler_accept(checker, token)
+            if token in pending:
+                pending = {}
             yield token
             llm.eval([token])
     finally:
