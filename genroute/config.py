@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from genroute.config_parse import DuplicateKey, parse_json, parse_yaml
 from genroute.errors import ConfigError
 from genroute.registry import Group, load
 from genroute.runtime.pricing import ModelPrice
@@ -39,7 +39,7 @@ class RouterConfig(_Frozen):
     #: Validator name -> "module:callable" import path, or {kind: json_schema | judge, ...}.
     validators: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
     #: Default per-request deadline in seconds.
-    timeout_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     #: Outcome recording, shadow scoring, opt-in capture and policy refresh (``genroute.outcomes.OutcomeSettings``).
     outcomes: dict[str, Any] | None = None
     #: Where budgets, rate limits and breakers keep their counts: this process, or Redis shared by many.
@@ -102,10 +102,21 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
     if isinstance(source, RouterConfig):
         return source
     raw = source if isinstance(source, Mapping) else read_config_file(Path(source))
+    check_config_size(raw)
     try:
         return RouterConfig.model_validate(dict(raw))
     except ValidationError as exc:
         raise config_error(exc, None) from None
+
+
+def check_config_size(raw: Mapping[str, Any]) -> None:
+    """``ConfigError`` if ``raw`` written out (aliases expanded) is too large or deep; names the section."""
+    from genroute.bounds import CONFIG, TooLarge, check
+
+    try:
+        check(raw, field="", limits=CONFIG, name_depth=4)
+    except TooLarge as exc:
+        raise ConfigError(str(exc), field=exc.field or None) from None
 
 
 def read_config_file(path: Path, *, field: str = "path") -> Mapping[str, Any]:
@@ -119,19 +130,19 @@ def read_config_file(path: Path, *, field: str = "path") -> Mapping[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix in {".yaml", ".yml"}:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = parse_yaml(text)
         elif suffix == ".toml":
             import tomllib
 
             data = tomllib.loads(text)
         elif suffix == ".json":
-            data = json.loads(text)
+            data = parse_json(text)
         else:
             raise ConfigError(f"unsupported config file type {suffix!r} (use .yaml, .toml or .json)", field=field)
     except ConfigError:
         raise
+    except DuplicateKey as exc:
+        raise ConfigError(f"{path.name}: {exc}", field=exc.field) from None
     except Exception as exc:  # parser errors differ per format; all mean the same to the caller
         raise ConfigError(f"cannot parse {path.name}: {exc}", field=field) from None
     if not isinstance(data, Mapping):

@@ -14,13 +14,16 @@ class _Frozen(BaseModel):
 class GenerateRequest(_Frozen):
     """One request to the router."""
 
+    # hide_input: printing refused metadata (a shared-reference bomb) would write it out after all.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
     input: str = Field(min_length=1, description="The user's input text.")
     task: str | None = Field(default=None, description="Task name policies and templates key on.")
     backend: str | None = Field(default=None, description="Explicit backend override; bypasses the policy.")
     variables: dict[str, Any] = Field(default_factory=dict, description="Template variables.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form routing metadata.")
     key: str | None = Field(default=None, description="Stable request key (A/B splits, budgets, tenants).")
-    timeout_s: float | None = Field(default=None, gt=0, description="Per-request deadline in seconds.")
+    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="Per-request deadline in seconds.")
 
     @field_validator("input")
     @classmethod
@@ -34,6 +37,11 @@ class GenerateRequest(_Frozen):
     def _valid_unicode(cls, value: Any, info: ValidationInfo) -> Any:
         # Templates put these into prompts and spans: a lone surrogate would fail later, at the provider
         # or the exporter, without naming the field.
+        if isinstance(value, dict):
+            # Templates write these out on the event loop: shared references must not multiply them unbounded.
+            from genroute.bounds import REQUEST, check
+
+            check(value, field="", limits=REQUEST)
         where = _invalid_text(value, info.field_name or "")
         if where is not None:
             raise ValueError(f"{where} is not valid Unicode text (it holds a lone surrogate)")

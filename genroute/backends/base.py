@@ -8,7 +8,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genroute.types import Citation, GenerateRequest, ToolCall
 
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 class GenerationSettings(BaseModel):
     """Sampling and output settings passed to the engine."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input: printing a refused alias bomb would write it out after all.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -34,6 +35,16 @@ class GenerationSettings(BaseModel):
     seed: int | None = None
     response_mime_type: str | None = None
     response_schema: dict[str, Any] | None = None
+
+    @field_validator("response_schema")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # The SDK writes the schema out on the event loop at every request: an alias bomb must stop here.
+        if value is not None:
+            from genroute.bounds import SCHEMA, check
+
+            check(value, field="", limits=SCHEMA)
+        return value
 
     def to_genai(self, *, system: str | None = None, **extra: Any) -> types.GenerateContentConfig:
         """The equivalent ``GenerateContentConfig`` (automatic function calling off)."""

@@ -63,9 +63,9 @@ class FunctionCallingConfig(BackendConfig):
     kind: Literal["function_calling"] = "function_calling"
     tools: tuple[str, ...] = Field(min_length=1, description="Allowlist: names of tools this backend may run.")
     max_steps: int = Field(default=5, ge=1, description="Most model turns whose tool calls are run.")
-    tool_timeout_s: float = Field(default=10.0, gt=0, description="Limit for one tool call.")
+    tool_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False, description="Limit for one tool call.")
     deadline_s: float | None = Field(
-        default=None, gt=0, description="Limit for the whole loop (model turns and tools); the request's "
+        default=None, gt=0, allow_inf_nan=False, description="Limit for the whole loop (model turns and tools); the request's "
         "own deadline applies too.",
     )
     max_parallel: int = Field(

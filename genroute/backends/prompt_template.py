@@ -91,10 +91,11 @@ class PromptTemplateBackend(SingleCallBackend):
         variables = {name: absent(name) if value is None else value for name, value in variables.items()}
         scope = {**variables, "input": request.input, "task": request.task, "metadata": request.metadata}
         user, system = self._templates
-        prompt = render(user, scope, backend=self.name, field=f"backends.{self.name}.template")
+        names = {name: f"variables.{name}" for name in variables}
+        prompt = render(user, scope, backend=self.name, field=f"backends.{self.name}.template", names=names)
         if system is None:
             return prompt, None
-        return prompt, render(system, scope, backend=self.name, field=f"backends.{self.name}.system")
+        return prompt, render(system, scope, backend=self.name, field=f"backends.{self.name}.system", names=names)
 
     async def prepare(self, request: GenerateRequest, ctx: Any) -> Prepared:
         prompt, system = self.render(request)

@@ -26,13 +26,22 @@ class TemplateCheckFailed(ValueError):
         super().__init__(message)
 
 
+#: The longest template accepted, in characters (prompts are far shorter; compile time grows with length).
+MAX_TEMPLATE_CHARS = 200_000
+
+
 def check_template(source: str, *, name: str, allowed: Iterable[str] | None = None) -> None:
-    """Raise ``TemplateCheckFailed`` naming field ``name`` if ``source`` does not compile or uses names not
-    allowed."""
+    """Raise ``TemplateCheckFailed`` naming field ``name`` if ``source`` is too long, does not compile or uses
+    names not allowed."""
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise TemplateCheckFailed(f"{name} is too large: {len(source):,} characters (at most "
+                                  f"{MAX_TEMPLATE_CHARS:,})", field=name)
     try:
         names = meta.find_undeclared_variables(ENV.parse(source))
     except TemplateError as exc:
         raise TemplateCheckFailed(f"{name} does not compile: {exc}", field=name) from None
+    except RecursionError:  # blocks nested thousands deep overflow Jinja's recursive parser
+        raise TemplateCheckFailed(f"{name} does not compile: its blocks are nested too deep", field=name) from None
     if allowed is not None:
         undeclared = names - set(allowed)
         if undeclared:
@@ -72,9 +81,32 @@ def compile_template(source: str) -> Template | _Literal | _InputOnly:
     return ENV.from_string(source)
 
 
-def render(template: Template | _Literal | _InputOnly, scope: Mapping[str, Any], *, backend: str, field: str) -> str:
-    """Render ``template``; a failure is a ``UsageError`` naming ``field`` (a sandbox violation included)."""
+def render(template: Template | _Literal | _InputOnly, scope: Mapping[str, Any], *, backend: str, field: str,
+           names: Mapping[str, str] | None = None) -> str:
+    """Render ``template``; any failure is a ``UsageError`` naming the variable that caused it, else ``field``.
+
+    Jinja's own errors (a sandbox violation included) and whatever a value raises while it is written out (a
+    ``__str__`` that raises, ``RecursionError`` from data nested thousands deep) alike. ``names`` maps scope
+    names to the request fields they come from (``tone`` -> ``variables.tone``); others are named as they are.
+    """
     try:
         return template.render(scope)
     except TemplateError as exc:
         raise UsageError(f"template of backend {backend!r} failed: {exc}", field=field) from None
+    except Exception as exc:
+        culprit = _culprit(scope, names or {})
+        what = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RecursionError) else "it is nested too deep"
+        if culprit is None:
+            raise UsageError(f"template of backend {backend!r} failed: {what}", field=field) from None
+        raise UsageError(f"template of backend {backend!r} cannot write out {culprit}: {what}",
+                         field=culprit) from None
+
+
+def _culprit(scope: Mapping[str, Any], names: Mapping[str, str]) -> str | None:
+    """The field of the first scope value that cannot be written out as text, if any."""
+    for name, value in scope.items():
+        try:
+            str(value)
+        except Exception:
+            return names.get(name, name)
+    return None

@@ -45,7 +45,7 @@ class GeminiEngineConfig(BaseModel):
     vertex: VertexConfig | None = None
     base_url: str | None = Field(default=None, description="Overrides GOOGLE_GEMINI_BASE_URL / GOOGLE_VERTEX_BASE_URL.")
     api_version: str | None = None
-    timeout_s: float = Field(default=60.0, gt=0, description="Per-attempt HTTP timeout.")
+    timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False, description="Per-attempt HTTP timeout.")
     retry: RetryConfig = RetryConfig()
     embed_batch_size: int = Field(default=100, ge=1, le=250, description="Texts per embedding request.")
 

@@ -25,7 +25,7 @@ _MIN_ATTEMPT_S = 0.01  # less time than this left: no attempt could succeed
 class RetryConfig(BaseModel):
     """How an engine retries retryable failures (408/429/5xx, timeouts, connection errors)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     attempts: int = Field(default=3, ge=1, description="Attempts in total, the first one included.")
     initial_backoff_s: float = Field(default=0.5, ge=0, description="Wait before the first retry.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -79,6 +80,8 @@ class Router(Learning):
         self.resources = resources or Resources({})
         require_prices(self.backends, self.resources.pricing)  # unknown models would silently cost 0
         self.policy = policy or _default_policy(self.backends)
+        if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise UsageError(f"must be a finite number of seconds > 0, got {timeout_s!r}", field="timeout_s")
         self.timeout_s = timeout_s
         self.telemetry = Telemetry(capture_content=capture_content, tracer_provider=tracer_provider,
                                    meter_provider=meter_provider)

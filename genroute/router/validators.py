@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from genroute.backends.base import BackendOutput
+from genroute.config_parse import parse_json, parse_yaml
 from genroute.errors import ConfigError
 from genroute.types import GenerateRequest
 
@@ -64,6 +65,12 @@ class JsonSchema:
     def __init__(self, schema: Mapping[str, Any], *, field: str) -> None:
         from jsonschema import exceptions, validators
 
+        from genroute.bounds import SCHEMA, TooLarge, check
+
+        try:
+            check(schema, field=field, limits=SCHEMA)
+        except TooLarge as exc:
+            raise ConfigError(str(exc), field=exc.field) from None
         cls = validators.validator_for(schema)
         try:
             cls.check_schema(schema)
@@ -80,13 +87,8 @@ class JsonSchema:
         except OSError as exc:
             raise ConfigError(f"cannot read JSON schema {path!r}: {exc.strerror or exc}", field=field) from None
         try:
-            if path.endswith((".yaml", ".yml")):
-                import yaml
-
-                schema = yaml.safe_load(text)
-            else:
-                schema = json.loads(text)
-        except Exception as exc:  # JSON's ValueError or YAML's own error tree
+            schema = parse_yaml(text) if path.endswith((".yaml", ".yml")) else parse_json(text)
+        except Exception as exc:  # JSON's ValueError or YAML's own error tree (and duplicate keys)
             raise ConfigError(f"JSON schema {path!r} does not parse: {exc}", field=field) from None
         if not isinstance(schema, dict | bool):
             raise ConfigError(f"JSON schema {path!r} must hold an object", field=field)

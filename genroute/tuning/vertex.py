@@ -62,8 +62,8 @@ class VertexTuningSettings(BaseModel):
     epochs: int | None = Field(default=None, gt=0)
     learning_rate_multiplier: float | None = Field(default=None, gt=0)
     adapter_size: AdapterSize | None = Field(default=None, description="LoRA adapter size (Vertex AI).")
-    poll_interval_s: float = Field(default=30.0, gt=0)
-    timeout_s: float | None = Field(default=None, gt=0, description="Stop waiting (the job keeps running).")
+    poll_interval_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="Stop waiting (the job keeps running).")
     replace: bool = Field(default=False, description="Overwrite an existing backend of the same name.")
 
 

@@ -1,0 +1,92 @@
+"""Size and depth bounds on nested structures users hand genroute: configs, schemas, request variables.
+
+A YAML alias, or a Python object referenced twice, is a shared node: small to hold, but whatever serialises it
+(the SDK turning a response schema into JSON, a template printing metadata) writes it out once per reference.
+Nine levels of nine aliases is ~600 bytes of YAML and 387 million values written out, on the event loop. So
+sizes here are counted as they will be written out, and the walk stops the moment a limit is passed (it never
+does more than ``limits.nodes`` steps). A structure that holds itself is caught by the depth limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How large a structure may be once written out: values, nesting depth, characters of text."""
+
+    nodes: int
+    depth: int
+    chars: int
+
+
+#: A whole router config file or mapping.
+CONFIG = Limits(nodes=200_000, depth=64, chars=10_000_000)
+#: One JSON schema (a response schema): far beyond any real one, far below what hurts.
+SCHEMA = Limits(nodes=20_000, depth=32, chars=1_000_000)
+#: A request's ``variables`` or ``metadata``.
+REQUEST = Limits(nodes=100_000, depth=64, chars=10_000_000)
+
+
+class TooLarge(ValueError):
+    """A structure passes a bound; ``field`` is the dotted path of the part named (see ``check``)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def check(value: Any, *, field: str, limits: Limits, name_depth: int | None = None) -> None:
+    """Raise ``TooLarge`` if ``value`` written out passes ``limits``.
+
+    The error names ``field``, or, with ``name_depth``, the first ``name_depth`` parts of the path where the
+    limit was passed (``backends.chat.generation.response_schema`` for a whole config walked with 4).
+    """
+    nodes = chars = 0
+    # (value, depth, path): the path is a linked list (key, parent) so that only an error pays to spell it.
+    stack: list[tuple[Any, int, Any]] = [(value, 0, None)]
+    while stack:
+        item, depth, path = stack.pop()
+        nodes += 1
+        if nodes > limits.nodes:
+            raise _too_large(f"more than {limits.nodes:,} values once aliases and shared references are "
+                             "written out", field, path, name_depth)
+        if depth > limits.depth:
+            raise _too_large(f"nested more than {limits.depth} deep (at {_spell(path, 8)}...)", field, path,
+                             name_depth)
+        if isinstance(item, str):
+            chars += len(item)
+            if chars > limits.chars:
+                raise _too_large(f"more than {limits.chars:,} characters of text once written out", field, path,
+                                 name_depth)
+        elif isinstance(item, Mapping):
+            for key, inner in item.items():
+                if isinstance(key, str):
+                    chars += len(key)
+                stack.append((inner, depth + 1, (key, path)))
+        elif isinstance(item, list | tuple | set | frozenset):
+            for index, inner in enumerate(item):
+                stack.append((inner, depth + 1, (index, path)))
+
+
+def _parts(path: Any) -> list[str]:
+    parts: list[str] = []
+    while path is not None:
+        key, path = path
+        parts.append(str(key))
+    return parts[::-1]
+
+
+def _spell(path: Any, most: int) -> str:
+    return ".".join(_parts(path)[:most])
+
+
+def _too_large(what: str, field: str, path: Any, name_depth: int | None) -> TooLarge:
+    if name_depth is not None:
+        named = ".".join(p for p in (field, _spell(path, name_depth)) if p)
+    else:
+        named = field
+    return TooLarge(f"too large: {what}", field=named)
