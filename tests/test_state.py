@@ -172,17 +172,19 @@ async def test_store_down_fail_open_uses_memory_then_recovers(redis_server: Redi
     try:
         down, _ = await store.hold("acct", 10, 100, ttl_s=60, keep_s=600)
         assert down is not None and store.degraded and seen == ["hold"]
-        await store.settle("acct", down, 10, keep_s=600)  # settled in memory, where it was held
+        await store.settle("acct", down, 10, keep_s=600)  # released in memory, where it was held
         await store.settle("acct", held, 10, keep_s=600)  # held in Redis: charged in memory meanwhile
-        assert store.fallbacks == 2  # the memory hold is settled in memory without trying Redis
+        assert store.fallbacks == 3
+        assert await store.usage("acct") == (20, 0)  # this process's view during the outage
         warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
         assert len(warnings) == 1  # logged once per interval, not once per call
         assert "127.0.0.1" in warnings[0].getMessage()
     finally:
         redis_server.start()  # an empty server: no persistence
     await asyncio.sleep(0.25)
-    assert await store.usage("acct") == (0, 0)  # Redis again (empty after the restart), same client
-    assert not store.degraded
+    # Redis again (emptied by the restart), same client: the settles made meanwhile were replayed to it.
+    assert await store.usage("acct") == (20, 0)
+    assert not store.degraded and not store._unsettled
     await store.aclose()
 
 
@@ -221,3 +223,14 @@ def test_a_password_in_the_url_never_reaches_an_error(redis_server: RedisServer)
     with pytest.raises(StateUnavailable) as caught:
         asyncio.run(store.usage("x"))
     assert "hunter2" not in str(caught.value) and "127.0.0.1:1" in str(caught.value)
+
+
+async def test_a_replayed_settle_counts_once(redis_server: RedisServer) -> None:
+    store = _redis(redis_server)
+    hold_id, _ = await store.hold("once", 10, 100, ttl_s=60, keep_s=600)
+    client, scripts = store._client()
+    args = ("once", hold_id, 10, None, 600.0, "settle-1")
+    await store._settle_remote(scripts, *args)
+    await store._settle_remote(scripts, *args)  # e.g. it timed out on the way back and was replayed
+    assert await store.usage("once") == (10, 0)
+    await store.aclose()

@@ -5,7 +5,10 @@ Every operation is one Lua script, so it is atomic on the server; scripts read t
 
 When Redis cannot be reached (refused, reset, timed out) the store either answers from this process's
 memory (``on_error: open``; each such call is counted and the condition logged once per minute) or raises
-``StateUnavailable`` (``on_error: closed``). For ``retry_s`` after a failure it does not try Redis again,
+``StateUnavailable`` (``on_error: closed``). A settle answered from memory is also kept and replayed to Redis
+once it answers again (each settle at most once: it carries an id), so the shared spend is complete after
+an outage; holds taken meanwhile live in memory, and Redis holds whose settle was lost lapse with their TTL.
+For ``retry_s`` after a failure it does not try Redis again,
 so a dead server costs one timeout per ``retry_s``, not one per request; after that the next call
 reconnects (redis-py's pool opens a new connection), so a restarted server is used again without a
 router restart. A hold taken from the fallback memory is settled there.
@@ -18,6 +21,7 @@ import logging
 import os
 import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,6 +37,8 @@ _log = logging.getLogger(__name__)
 #: At most one "state store unreachable" warning per this many seconds.
 LOG_INTERVAL_S = 60.0
 _FALLBACK_ID = "m:"
+#: Settles kept for replay while Redis is unreachable (beyond this, the oldest are only in memory).
+MAX_UNSETTLED = 100_000
 #: How long a call may wait for a free pooled connection before the store counts as unreachable.
 POOL_WAIT_S = 5.0
 
@@ -72,8 +78,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {1, left - amount}
 """
 
-# KEYS: account, holds, charged account; ARGV: id, amount, keep_ms
+# KEYS: account, holds, charged account, settled marker; ARGV: id, amount, keep_ms
+# The marker makes a settle idempotent: one replayed after a timeout (that Redis may have applied) counts once.
 _SETTLE = """
+if not redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[3]) then return 0 end
 if ARGV[1] ~= '' then
   local a = redis.call('HGET', KEYS[1], 'h:' .. ARGV[1])
   if a then
@@ -185,6 +193,8 @@ class RedisStateStore(StateStore):
         #: Calls answered by ``fallback`` because Redis was unreachable.
         self.fallbacks = 0
         self._down_until = 0.0
+        #: Settles answered from memory while Redis was unreachable, replayed to Redis when it is back.
+        self._unsettled: deque[tuple[str, str | None, int, str | None, float, str]] = deque()
         self._logged_at = -LOG_INTERVAL_S
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = \
             weakref.WeakKeyDictionary()
@@ -215,6 +225,8 @@ class RedisStateStore(StateStore):
         if now >= self._down_until:
             client, scripts = self._client()
             try:
+                if self._unsettled:
+                    await self._replay(scripts)
                 result = await remote(scripts, client)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
                 self._down_until = time.monotonic() + self.config.retry_s
@@ -262,18 +274,35 @@ class RedisStateStore(StateStore):
 
     async def settle(self, account: str, hold_id: str | None, amount: int, *, charge: str | None = None,
                      keep_s: float) -> None:
-        if hold_id is not None and hold_id.startswith(_FALLBACK_ID):  # held from memory: settled there
+        held_here = hold_id is not None and hold_id.startswith(_FALLBACK_ID)
+        if held_here:  # held from memory during an outage: released there, charged to Redis (now or later)
             await self.fallback.settle(account, hold_id[len(_FALLBACK_ID):], amount, charge=charge, keep_s=keep_s)
-            return
+            hold_id = None
+        args = (account, hold_id, amount, charge, keep_s, os.urandom(8).hex())
 
         async def remote(s: dict[str, Any], _: Any) -> None:
-            await s["settle"](keys=[self._k("a", account), self._k("h", account), self._k("a", charge or account)],
-                              args=[hold_id or "", amount, _ms(keep_s)])
+            await self._settle_remote(s, *args)
 
         async def local() -> None:
-            await self.fallback.settle(account, None, amount, charge=charge, keep_s=keep_s)
+            # Replayed to Redis when it answers again (the settle may also have reached Redis before the
+            # failure: the replay then counts nothing), and charged here for this process's view meanwhile.
+            if len(self._unsettled) < MAX_UNSETTLED:
+                self._unsettled.append(args)
+            if not held_here:
+                await self.fallback.settle(account, None, amount, charge=charge, keep_s=keep_s)
 
         await self._run("settle", remote, local)
+
+    async def _settle_remote(self, scripts: dict[str, Any], account: str, hold_id: str | None, amount: int,
+                             charge: str | None, keep_s: float, settle_id: str) -> None:
+        keys = [self._k("a", account), self._k("h", account), self._k("a", charge or account), self._k("s", settle_id)]
+        await scripts["settle"](keys=keys, args=[hold_id or "", amount, _ms(max(keep_s, 3600.0))])
+
+    async def _replay(self, scripts: dict[str, Any]) -> None:
+        """Send the settles made while Redis was unreachable (oldest first), so its spend is complete again."""
+        while self._unsettled:
+            await self._settle_remote(scripts, *self._unsettled[0])
+            self._unsettled.popleft()
 
     async def usage(self, account: str) -> tuple[int, int]:
         async def remote(s: dict[str, Any], _: Any) -> tuple[int, int]:
@@ -336,11 +365,20 @@ class RedisStateStore(StateStore):
         return await self._run("items", remote, lambda: self.fallback.items(key, start))
 
     async def aclose(self) -> None:
-        """Close the connection pools of this loop (others close with their loop)."""
+        """Send settles still kept from an outage, then close this loop's pool (others close with their loop)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        found = self._clients.get(loop)
+        if found is not None and self._unsettled and time.monotonic() >= self._down_until:
+            import redis.exceptions
+
+            try:  # the last settles of an outage go to Redis before the process lets go of it
+                await self._replay(found[1])
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                _log.warning("%d settle(s) made during a state store outage were not sent: %s",
+                             len(self._unsettled), type(exc).__name__)
         found = self._clients.pop(loop, None)
         if found is not None:
             await found[0].aclose()
