@@ -13,6 +13,7 @@ from genroute.bench.stats import (
     min_detectable_difference,
     paired_bootstrap_ci,
 )
+from genroute.errors import UsageError
 
 Z = 1.959963984540054 + 0.8416212335729143  # z(0.975) + z(0.80)
 
@@ -35,10 +36,12 @@ def test_mcnemar_exact_matches_the_binomial_by_hand(a_only: int, b_only: int, p:
 
 
 def test_mcnemar_refuses_graded_scores_and_unpaired_lists() -> None:
-    with pytest.raises(ValueError, match="0/1"):
+    with pytest.raises(UsageError, match="0/1") as err:
         mcnemar_exact([0.5, 1], [0, 1])
-    with pytest.raises(ValueError, match="equal lengths"):
-        mcnemar_exact([1, 0], [1])
+    assert err.value.field == "scores"
+    with pytest.raises(UsageError, match="equal lengths") as err:
+        compare_paired([1, 0], [1])
+    assert err.value.field == "b_scores"
 
 
 def test_paired_bootstrap_ci_by_enumeration() -> None:

@@ -24,6 +24,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genroute.errors import UsageError
+
 #: Most resampled values held at once by ``bootstrap_ci`` (8 MB of indices, 8 MB of scores).
 _BOOTSTRAP_CELLS = 1_000_000
 
@@ -50,7 +52,7 @@ def bootstrap_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 
 
 def _pairs(a: Sequence[float], b: Sequence[float]) -> list[float]:
     if len(a) != len(b):
-        raise ValueError(f"paired scores need equal lengths (got {len(a)} and {len(b)})")
+        raise UsageError(f"paired scores need equal lengths (got {len(a)} and {len(b)})", field="b_scores")
     return [float(x) - float(y) for x, y in zip(a, b, strict=True)]
 
 
@@ -79,7 +81,7 @@ def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> McNemar:
     """Exact two-sided McNemar test for 0/1 scores: ``min(1, 2 * P(X <= min(a_only, b_only)))``, X ~ Bin(d, ½)."""
     _pairs(a, b)
     if not (is_binary(a) and is_binary(b)):
-        raise ValueError("McNemar's test needs 0/1 scores")
+        raise UsageError("McNemar's test needs 0/1 scores", field="scores")
     a_only = sum(1 for x, y in zip(a, b, strict=True) if x == 1 and y == 0)
     b_only = sum(1 for x, y in zip(a, b, strict=True) if x == 0 and y == 1)
     d = a_only + b_only
