@@ -75,14 +75,14 @@ def test_wait_for_the_next_window_within_the_deadline(gemini_server, otel, state
     async def main() -> list[Any]:
         async with Router.from_config(_config(gemini_server, rate_limits=[limit], state=state),
                                       **otel.providers) as router:
-            return await asyncio.gather(*(router.agenerate(f"q{i}", timeout_s=10) for i in range(4)))
+            return await asyncio.gather(*(router.agenerate(f"q{i}", timeout_s=10) for i in range(6)))
 
     started = time.monotonic()
     results = asyncio.run(main())
     assert all(r.backend == "chat" for r in results)  # every request waited its turn instead of falling through
     assert time.monotonic() - started >= 0.01
     waits = [s.attributes.get("genroute.ratelimit.wait_s", 0.0) for s in otel.spans("genroute.generate")]
-    assert sum(w > 0 for w in waits) >= 2
+    assert sum(w > 0 for w in waits) >= 2  # six requests need three windows: at least two waited
     histogram = otel.metrics()["genroute.ratelimit.wait_s"]
     assert sum(p.count for p in histogram.data.data_points) >= 2
 

@@ -15,6 +15,7 @@ may read of this state (budget left, open breakers) is handed to them in their `
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from abc import ABC, abstractmethod
@@ -136,15 +137,21 @@ class Admission:
         self._mark(attempt)
 
     async def _exit(self, attempt: Attempt, outcome: Outcome) -> None:
-        error: BaseException | None = None
-        for gate, token in reversed(list(zip(self.gates, attempt.tokens, strict=False))):
-            try:
-                await gate.exit(attempt, token, outcome)
-            except BaseException as exc:  # every gate settles even if one fails (e.g. store closed mid-way)
-                error = error or exc
+        entered = list(zip(self.gates, attempt.tokens, strict=False))
         attempt.tokens.clear()
-        if error is not None:
-            raise error
+        if self.store.remote and len(entered) > 1:  # settles are independent: one round trip's wait, not several
+            results = await asyncio.gather(*(gate.exit(attempt, token, outcome) for gate, token in entered),
+                                           return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+        else:
+            errors = []
+            for gate, token in reversed(entered):
+                try:
+                    await gate.exit(attempt, token, outcome)
+                except BaseException as exc:  # every gate settles even if one fails (e.g. store closed mid-way)
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def _mark(self, attempt: Attempt) -> None:
         if self.store.degraded and attempt.span.is_recording():

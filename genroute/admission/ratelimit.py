@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,6 +27,7 @@ from genroute.errors import ConfigError, RateLimited
 if TYPE_CHECKING:
     from genroute.state import StateStore
 
+T = TypeVar("T")
 #: How long a window's counts outlive it (a long attempt settles into its own window).
 KEEP_AFTER_S = 600.0
 #: A waiter wakes this long after the window turns, so that the new window is surely the current one.
@@ -125,16 +126,14 @@ class RateLimitGate(Gate):
             account = f"ratelimit:{scope}:{window}"
             keep = 2 * limit.window_s + KEEP_AFTER_S
             ttl = hold_ttl_s(attempt.deadline)
-            rpm = tpm = None
-            if limit.rpm is not None:
-                rpm, _ = await self.store.hold(account + ":rpm", 1, limit.rpm, ttl_s=ttl, keep_s=keep)
-            if limit.tpm is not None and (limit.rpm is None or rpm is not None):
-                tpm, _ = await self.store.hold(account + ":tpm", tokens, limit.tpm, ttl_s=ttl, keep_s=keep)
-                if tpm is None and rpm is not None:  # the request fit, its tokens did not: give the request back
-                    await self.store.settle(account + ":rpm", rpm, 0, keep_s=keep)
-                    rpm = None
+            holds = [(account + ":rpm", 1, limit.rpm), (account + ":tpm", tokens, limit.tpm)]
+            found = await self._gather(self.store.hold(name, amount, cap, ttl_s=ttl, keep_s=keep)
+                                       for name, amount, cap in holds if cap is not None)
+            rpm = found.pop(0)[0] if limit.rpm is not None else None
+            tpm = found.pop(0)[0] if limit.tpm is not None else None
             if (limit.rpm is None or rpm is not None) and (limit.tpm is None or tpm is not None):
                 return account, rpm, tpm, keep
+            await self._release([(account, rpm, tpm, keep)], 0, sent=False)  # the half that fit goes back
             wait_s = (window + 1) * limit.window_s - now + _WAKE_LATE_S
             left_s = None if attempt.deadline is None else attempt.deadline - time.monotonic()
             what = "requests" if limit.rpm is not None and rpm is None else "tokens"
@@ -152,11 +151,16 @@ class RateLimitGate(Gate):
                 attempt.span.set_attribute("genroute.ratelimit.wait_s", attempt.waited_s)
 
     async def _release(self, held: list[_Held], tokens: int, *, sent: bool) -> None:
-        for account, rpm, tpm, keep in held:
-            if rpm is not None:
-                await self.store.settle(account + ":rpm", rpm, 1 if sent else 0, keep_s=keep)
-            if tpm is not None:
-                await self.store.settle(account + ":tpm", tpm, tokens if sent else 0, keep_s=keep)
+        await self._gather(self.store.settle(f"{account}:{kind}", hold_id, amount if sent else 0, keep_s=keep)
+                           for account, rpm, tpm, keep in held
+                           for kind, hold_id, amount in (("rpm", rpm, 1), ("tpm", tpm, tokens)) if hold_id is not None)
+
+    async def _gather(self, calls: Iterable[Awaitable[T]]) -> list[T]:
+        """Await independent store calls: concurrently on a networked store (one round trip's wait)."""
+        pending = list(calls)
+        if self.store.remote and len(pending) > 1:
+            return list(await asyncio.gather(*pending))
+        return [await call for call in pending]
 
 
 def rate_limit_gate(raw: Sequence[RateLimitConfig | Mapping[str, object]], targets: Mapping[str, tuple[str, str]],

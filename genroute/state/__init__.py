@@ -36,6 +36,8 @@ class StateStore(ABC):
 
     #: True while a shared store is unreachable and this process answers from its own memory.
     degraded: bool = False
+    #: True when calls go over the network (independent ones are then sent concurrently).
+    remote: bool = False
     #: Called with the operation's name each time a call is answered from fallback memory (a metric).
     on_fallback: Callable[[str], None] | None = None
 

@@ -179,6 +179,8 @@ def _ms(seconds: float) -> int:
 class RedisStateStore(StateStore):
     """State in Redis through redis-py's asyncio client (one connection pool per event loop)."""
 
+    remote = True
+
     def __init__(self, config: RedisStateConfig) -> None:
         try:
             import redis.asyncio  # noqa: F401 - fail at build, not at the first request
