@@ -286,7 +286,8 @@ def main() -> None:
     summary = (f"`{command}` — {time.perf_counter() - begun:.0f} s wall; load average at the end {load()}.\n\n"
                + "".join(f"- {n}\n" for n in notes)
                + "\n" + backends_table(reports)
-               + "\nPaired differences on the same records (a win only when the 95 % CI excludes 0):\n\n"
+               + "\nPaired differences on the same records (a win only when the 95 % CI excludes 0 and, for 0/1 "
+                 "scores, McNemar agrees):\n\n"
                + paired_table(reports)
                + "\nCompiled policies against every single backend, on each task's held-out split:\n\n"
                + compiled_table(reports)

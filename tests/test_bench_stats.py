@@ -134,3 +134,15 @@ def test_decision_and_short_verdicts() -> None:
     assert (none.decision, none.short) == ("no_difference", "no difference detected")
     refused = compare_paired([1] * 50, [0] * 50, min_n=100)
     assert (refused.decision, refused.short) == ("no_verdict", "no verdict (n < 100)")
+
+
+def test_few_discordant_pairs_need_mcnemar_to_agree() -> None:
+    # 5 of 10 records won by B, none by A: every bootstrap resample has a difference <= 0 and the 95 % CI is
+    # clear of 0, but the exact test gives p = 2 / 2^5 = 0.0625: not a win at the 5 % level.
+    a, b = [0] * 5 + [1] * 5, [1] * 5 + [1] * 5
+    cmp = compare_paired(a, b, a="cheap", b="smart")
+    assert cmp.ci[1] < 0 and cmp.mcnemar_p == pytest.approx(0.0625)
+    assert not cmp.resolved and cmp.decision == "no_difference"
+    # One more such record and both agree (p = 2 / 2^6 = 0.03125).
+    cmp = compare_paired([0] * 6 + [1] * 4, [1] * 10, a="cheap", b="smart")
+    assert cmp.resolved and cmp.winner == "smart"

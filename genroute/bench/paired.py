@@ -85,8 +85,9 @@ def comparison_markdown(comparisons: Sequence[PairedComparison]) -> str:
 def explain(min_n: int | None = None) -> str:
     """The sentence that says how to read the table."""
     text = ("Paired on the same records: A − B with a paired bootstrap 95 % CI (McNemar's exact test when all "
-            "scores are 0/1). A win is called only when the CI excludes 0; otherwise no difference was detected "
-            "at that n, and \"smallest detectable\" is the difference that n would detect with 80 % power.")
+            "scores are 0/1). A win is called only when the CI excludes 0 (for 0/1 scores, and McNemar's p < 0.05); "
+            "otherwise no difference was detected at that n, and \"smallest detectable\" is the difference that n "
+            "would detect with 80 % power.")
     if min_n:
         text += f" Compiled-policy verdicts need at least {min_n} held-out records."
     return text
