@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
 from genroute.config_parse import DuplicateKey, parse_json, parse_yaml
 from genroute.errors import ConfigError
@@ -55,8 +55,13 @@ class RouterConfig(_Frozen):
         for name, value in super().__repr_args__():
             yield name, _redacted(value) if name in ("engines", "knowledge") else value
 
+    @field_serializer("engines", "knowledge")
+    def _dump_redacted(self, value: Any) -> Any:
+        # ...and out of every dump (model_dump, model_dump_json): a dumped config is for reading, not for keys.
+        return _redacted(value)
 
-_SECRET_KEYS = ("key", "secret", "token", "password", "credential")
+
+_SECRET_KEYS = ("key", "secret", "token", "password", "credential", "authorization")
 
 
 def _redacted(value: Any) -> Any:

@@ -175,3 +175,37 @@ def test_an_explicit_false_in_config_beats_the_env_var(gemini_server, monkeypatc
         router.generate(PROMPT)
     exported = _exported(otel)
     assert PROMPT not in exported and COMPLETION not in exported
+
+
+def test_a_key_echoed_by_the_server_is_scrubbed_from_the_whole_exception_chain(gemini_server, logs):
+    """A provider (or proxy) that quotes the key in its error body: the chained SDK exception held it too."""
+    config = gemini_config(gemini_server)
+    errors: list[BaseException] = []
+    with Router.from_config(config) as router:
+        for status in (400, 500):
+            gemini_server.fault(Fault.status(status, message=f"API key {TEST_KEY} not valid"), times=5)
+            try:
+                router.generate(PROMPT, timeout_s=5)
+            except GenrouteError as exc:
+                errors.append(exc)
+                logging.getLogger("app").exception("request failed")
+    assert len(errors) == 2 and all(e.__cause__ is not None for e in errors)  # the chain is kept...
+    assert "not valid" in _errors_text(errors)  # ...with the provider's words
+    text = _errors_text(errors) + "\n".join(logs.lines)
+    for exc in errors:  # the SDK's own fields, not only its message
+        cause = exc.__cause__
+        text += repr(vars(cause)) + repr(cause.args)
+    assert TEST_KEY not in text
+
+
+def test_no_serialisation_of_the_config_prints_an_inline_key():
+    config = load_config({
+        "engines": {"gemini": {"kind": "gemini", "api_key": TEST_KEY}},
+        "backends": {"chat": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}},
+        "knowledge": {"host": "127.0.0.1", "port": 8000, "headers": {"Authorization": f"Bearer {TEST_KEY}"}},
+    })
+    dumps = [config.model_dump_json(), repr(config.model_dump()), str(config.model_dump(mode="json")),
+             repr(config), str(config)]
+    for text in dumps:
+        assert TEST_KEY not in text
+    assert config.engines["gemini"]["api_key"] == TEST_KEY  # the loaded config still works

@@ -289,10 +289,10 @@ def defused(example: ExampleRecord) -> ExampleRecord:
     """
     from dataclasses import replace
 
-    from genroute.knowledge.hygiene import neutralise_turns
+    from genroute.knowledge.hygiene import defuse
 
-    label = neutralise_turns(example.label) if example.label is not None else None
-    return replace(example, input=neutralise_turns(example.input), output=neutralise_turns(example.output),
+    label = defuse(example.label) if example.label is not None else None
+    return replace(example, input=defuse(example.input), output=defuse(example.output),
                    label=label)
 
 

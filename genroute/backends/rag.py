@@ -139,13 +139,15 @@ class RagBackend(SingleCallBackend):
 
 
 def _attr(value: Any) -> str:
-    return str(value).replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+    # One line: a title or source with a line break could otherwise start a forged turn.
+    text = " ".join(str(value).splitlines())
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def pack(hits: list[Hit], budget: int) -> tuple[list[dict[str, Any]], list[Citation]]:
     """Chunks in rank order that fit ``budget`` tokens (the best one truncated if it alone is too long)."""
     from genroute.knowledge.chunking import token_counter, truncate_to_tokens
-    from genroute.knowledge.hygiene import neutralise
+    from genroute.knowledge.hygiene import defuse
 
     counter = token_counter()
     docs: list[dict[str, Any]] = []
@@ -153,7 +155,7 @@ def pack(hits: list[Hit], budget: int) -> tuple[list[dict[str, Any]], list[Citat
     used = 0
     overhead = 16  # tokens of the <document ...> wrapper, roughly
     for hit in hits:
-        text = neutralise(hit.text)
+        text = defuse(hit.text)
         cost = counter.count(text) + overhead
         if used + cost > budget:
             if docs:

@@ -17,7 +17,10 @@ A ``BackendRejected`` the provider sent always carries its HTTP status; one with
 from the provider. Caller mistakes never get here: requests and configs are validated when they enter
 genroute, and a mistake is a ``UsageError``/``ConfigError`` naming the field before anything is sent.
 
-Messages are scrubbed of API keys (the configured one and anything shaped like a Google key).
+Messages are scrubbed of API keys (the configured one and anything shaped like a Google key), and so is the
+original exception and every exception chained to it, in place: a server that echoes the key in its error
+body must not get it printed by ``logger.exception`` through ``__cause__`` (their HTTP response and request
+objects, which hold the key's header, are dropped).
 """
 
 from __future__ import annotations
@@ -49,10 +52,56 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
 
 def map_error(exc: BaseException, *, backend: str | None = None,
               secrets: Iterable[str | None] = ()) -> GenrouteError:
-    """The genroute error for ``exc``; ``secrets`` are scrubbed from its message."""
+    """The genroute error for ``exc``; ``secrets`` are scrubbed from its message and from ``exc``'s chain."""
     if isinstance(exc, GenrouteError):
         return exc
     secrets = tuple(secrets)
+    mapped = _map(exc, backend, secrets)
+    scrub(exc, secrets)
+    return mapped
+
+
+#: Attributes of SDK and HTTP-library exceptions that hold the request or response (and so the key header).
+_CARRIERS = ("response", "request", "_request", "request_info", "headers", "_response")
+
+
+def scrub(exc: BaseException, secrets: Iterable[str | None] = ()) -> None:
+    """Redact secrets in place from ``exc`` and every exception chained to it; drop their HTTP objects."""
+    secrets = tuple(secrets)
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        try:
+            item.args = tuple(_scrubbed(a, secrets) for a in item.args)
+        except Exception:  # an exotic exception type that refuses it: the message check below still holds
+            pass
+        attrs = getattr(item, "__dict__", {})
+        for name in list(attrs):
+            try:
+                if name in _CARRIERS:
+                    setattr(item, name, None)
+                elif isinstance(attrs[name], str | dict | list | tuple):
+                    setattr(item, name, _scrubbed(attrs[name], secrets))
+            except Exception:  # read-only properties and the like
+                pass
+        stack += [item.__cause__, item.__context__]
+
+
+def _scrubbed(value: Any, secrets: tuple[str | None, ...]) -> Any:
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrubbed(v, secrets) for v in value) if not hasattr(value, "_fields") else value
+    return value
+
+
+def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...]) -> GenrouteError:
 
     def msg(text: str) -> str:
         text = redact(text, secrets)
@@ -155,4 +204,4 @@ def _retry_info_delay(details: Any) -> float | None:
     return None
 
 
-__all__ = ["map_error", "parse_retry_after", "redact"]
+__all__ = ["map_error", "parse_retry_after", "redact", "scrub"]

@@ -19,11 +19,9 @@ _TURN_LINES = re.compile(
 )
 
 
-def neutralise(text: str) -> str:
-    """``text`` with document delimiters and chat-template turn markers defused (``<`` → ``&lt;``)."""
-    return _TAGS.sub(lambda m: m.group(0).replace("<", "&lt;"), text)
-
-
-def neutralise_turns(text: str) -> str:
-    """``neutralise(text)``, and lines that look like a turn or an example field escaped with ``\\``."""
-    return _TURN_LINES.sub(lambda m: m.group(1) + "\\", neutralise(text))
+def defuse(text: str) -> str:
+    """``text`` with document delimiters and chat-template turn markers defused (``<`` → ``&lt;``), and lines
+    that look like a turn or an example field escaped with ``\\``: the one defuse for every untrusted text
+    (retrieved chunks and stored examples alike), whatever engine the prompt goes to."""
+    tags = _TAGS.sub(lambda m: m.group(0).replace("<", "&lt;"), text)
+    return _TURN_LINES.sub(lambda m: m.group(1) + "\\", tags)
