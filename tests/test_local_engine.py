@@ -401,3 +401,28 @@ async def test_a_local_stream_abandoned_early_states_the_cloud_cost_of_what_it_p
     assert root.attributes["gen_ai.usage.cost.amount"] == 0.0
     assert root.attributes["genroute.cloud_equivalent.cost.amount"] > 0
     assert root.attributes["genroute.cost.estimated"] is True
+
+
+@pytest.mark.local
+async def test_requests_queued_when_the_engine_closes_get_a_typed_error() -> None:
+    """pool_size 1: one generation runs, two wait in the queue (a generate and a stream); aclose cancels the
+    queued ones, which must end in BackendUnavailable, not a bare CancelledError their callers never asked for."""
+    queued = LocalEngine("queued", {"pool_size": 1, "n_threads": 1, "prompt_format": "gemma"})
+    long = types.GenerateContentConfig(max_output_tokens=1500)
+    first = queued.stream("m", user("Write a very long story about a dragon."), long)
+
+    async def consume_stream() -> list[str]:
+        return [c.text async for c in queued.stream("m", user("Hi"), types.GenerateContentConfig(max_output_tokens=4))]
+
+    async with asyncio.timeout(600):  # a hang bound only
+        await anext(first)  # the only worker is busy now
+        waiting = [asyncio.create_task(queued.generate("m", user("Hi"), types.GenerateContentConfig(max_output_tokens=4))),
+                   asyncio.create_task(consume_stream())]
+        await asyncio.sleep(0.2)  # both submitted to the executor's queue
+        await queued.aclose()
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        with pytest.raises(BackendUnavailable):
+            async for _ in first:
+                pass
+    for outcome in outcomes:
+        assert isinstance(outcome, BackendUnavailable) and "closed" in str(outcome), repr(outcome)

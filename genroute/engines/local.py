@@ -324,9 +324,11 @@ class LocalEngine(Engine):
         """Generate one complete response (``model`` is informational: the engine serves one model)."""
         prep = prepare(contents, config, self._defaults)
         cancel = threading.Event()
+        job = self._submit(self._run, prep, None, cancel)
         try:
-            outcome = await asyncio.wait_for(self._submit(self._run, prep, None, cancel), timeout_s)
+            outcome = await asyncio.wait_for(job, timeout_s)
         except (TimeoutError, asyncio.CancelledError) as exc:
+            self._raise_if_dropped(job)
             bill(Usage(input_tokens=estimate_input(contents, config)))  # the prompt was (being) evaluated
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -367,6 +369,7 @@ class LocalEngine(Engine):
                         model_version=self.model_version)
                     continue
                 getter.cancel()
+                self._raise_if_dropped(job)
                 outcome = self._finished(job.result())
                 # call_soon_threadsafe callbacks scheduled before the job finished have already run.
                 while not deltas.empty():
@@ -377,6 +380,13 @@ class LocalEngine(Engine):
                 return
         finally:
             cancel.set()
+
+    def _raise_if_dropped(self, job: asyncio.Future[Any]) -> None:
+        """A job ``aclose`` took off the queue before it started is a typed error, not a bare cancellation."""
+        task = asyncio.current_task()
+        if job.cancelled() and self._closed and not (task is not None and task.cancelling()):
+            raise BackendUnavailable(f"engine {self.name!r} was closed before the generation started",
+                                     backend=self.name)
 
     def _finished(self, outcome: _Outcome) -> _Outcome:
         """``outcome``, unless ``aclose`` stopped it half-way: then the caller gets a retryable error."""
