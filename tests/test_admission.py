@@ -255,3 +255,28 @@ def test_policies_receive_breaker_state_in_their_context(gemini_server) -> None:
         for i in range(3):
             router.generate(f"q{i}")
     assert seen[0].health == {} and 0 < seen[2].health["chat"] <= 60
+
+
+def test_decide_leaves_out_what_this_process_saw_open(gemini_server) -> None:
+    _fail_chat(gemini_server, times=2)
+    with Router.from_config(_config(gemini_server, breakers={**BREAKERS, "cooldown_s": 60})) as router:
+        assert [r.backend for r in router.decide("q").rungs] == ["chat", "cheap"]
+        for i in range(2):
+            router.generate(f"q{i}")
+        decision = router.decide("q")
+    assert [r.backend for r in decision.rungs] == ["cheap"] and "breaker open" in decision.reason
+
+
+def test_a_challenger_added_later_is_covered_by_rate_limits(gemini_server) -> None:
+    from genroute.backends.prompt_template import PromptTemplateBackend
+
+    limit = {"engine": "gemini", "rpm": 1, "on_limit": "fall_through", "window_s": 3600}
+    config = _config(gemini_server, rate_limits=[limit])
+    config["policy"] = {"kind": "static", "backend": "cheap"}
+    with Router.from_config(config) as router:
+        chat = router.backends["chat"]
+        extra = PromptTemplateBackend("extra", chat.config, chat.resources)
+        router.add_challenger("extra", extra, task="t", mode="split", share=1.0)
+        assert router.generate("first", task="t").backend == "extra"
+        with pytest.raises(RateLimited):  # its engine's limit applies to it too (one request per hour)
+            router.generate("second", task="t", backend="extra")

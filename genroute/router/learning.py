@@ -176,6 +176,7 @@ class Learning:
         self._executor.unsafe_shadows = frozenset(self._unsafe)
         self.catalogue = {**self.catalogue, name: backend_info(name, backend)}
         self.context = PolicyContext(catalogue=self.catalogue, stats=self.context.stats, budgets=self.context.budgets)
+        self._build_gates()  # rate limits and breakers cover the new backend (_use_policy puts them in place)
 
     def _use_policy(self, policy: Policy) -> None:
         """Swap the policy in (checked first): decisions from now on are the new policy's."""

@@ -97,9 +97,8 @@ class Router(Learning):
         self.state = build_state(state)
         self._owns_state = not isinstance(state, StateStore)
         self._instruments = Instruments(self.telemetry.meter)
-        targets = {name: (b.config.engine, b.config.model) for name, b in self.backends.items()}
-        self._gates, self._breakers = router_gates(targets, self.state, self._instruments,
-                                                   rate_limits=rate_limits, breakers=breakers)
+        self._gate_config = (rate_limits, breakers)
+        self._build_gates()
         self.admission = self._admission(self.policy)
         self._executor = Executor(self.backends, self.policy, telemetry=self.telemetry,
                                   pricing=self.resources.pricing, validators=validators, timeout_s=timeout_s,
@@ -182,8 +181,10 @@ class Router(Learning):
         return self._portal.iterate(self.astream(request))
 
     def decide(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Decision:
-        """What the policy would decide for this request, without running anything."""
-        return self._decide(self._request(input, fields))
+        """What the policy would decide for this request, without running anything (nor reading shared state:
+        open breakers are those this process last saw)."""
+        decision = self._decide(self._request(input, fields))
+        return decision if self._breakers is None else skip_open(decision, self._breakers.view())
 
     def _refresh_facts(self) -> None:
         """Re-read every backend's facts (e.g. after loading examples) so policies decide on current data."""
@@ -315,6 +316,13 @@ class Router(Learning):
                 raise DeadlineExceeded(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded "
                                        f"while the {self.policy.name!r} policy decided") from None
         return self._decide(request, context)
+
+    def _build_gates(self) -> None:
+        """The router's own gates (breakers, rate limits) for its current backends."""
+        targets = {name: (b.config.engine, b.config.model) for name, b in self.backends.items()}
+        rate_limits, breakers = self._gate_config
+        self._gates, self._breakers = router_gates(targets, self.state, self._instruments,
+                                                   rate_limits=rate_limits, breakers=breakers)
 
     def _admission(self, policy: Policy) -> Admission | None:
         """The gates every attempt passes: breakers, rate limits, then the policy's (a budget's); None if none."""
