@@ -22,28 +22,18 @@ BOMB_LEVELS = 9
 
 
 def _alias_bomb_yaml(base_url: str) -> str:
-    """~600 bytes of YAML: 9 levels of 9 aliases under generation.response_schema (387 million values)."""
-    lines = ["bombs:", '  l0: &l0 {type: string, description: "xxxxxxxx"}']
-    for level in range(1, BOMB_LEVELS):
-        refs = ", ".join(f"p{i}: *l{level - 1}" for i in range(9))
-        lines.append(f"  l{level}: &l{level} {{type: object, properties: {{{refs}}}}}")
-    return "\n".join([
-        "engines:",
-        f"  gemini: {{kind: gemini, base_url: '{base_url}', api_key: AIzaSy-test-key-0123456789-secret}}",
-        "backends:",
-        "  chat:",
-        "    kind: prompt_template",
-        "    engine: gemini",
-        "    model: gemini-2.5-flash",
-        f"    generation: {{response_schema: *l{BOMB_LEVELS - 1}}}",
-    ]).replace("backends:", "\n".join(lines) + "\nbackends:", 1)
+    """~1 KB of YAML: 9 levels of 9 aliases, anchors and all, inside generation.response_schema."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from hostile_probe import alias_bomb_yaml
+
+    return alias_bomb_yaml(base_url, "AIzaSy-test-key-0123456789-secret", BOMB_LEVELS)
 
 
 def test_a_yaml_alias_bomb_in_a_response_schema_is_refused_at_build(gemini_server, tmp_path: Path):
     path = tmp_path / "bomb.yaml"
-    text = _alias_bomb_yaml(gemini_server.base_url).replace("bombs:", "x-bombs:")
-    # ``x-bombs`` is not a config section: the anchors live in the file, the aliases in the schema.
-    path.write_text(text, encoding="utf-8")
+    path.write_text(_alias_bomb_yaml(gemini_server.base_url), encoding="utf-8")
     assert len(path.read_bytes()) < 1500
     with pytest.raises(ConfigError) as err:
         Router.from_config(path)
@@ -78,8 +68,8 @@ def test_a_shared_reference_bomb_given_in_code_is_refused_too(gemini_server):
 
 def test_a_json_schema_validator_file_is_bounded_too(gemini_server, tmp_path: Path):
     path = tmp_path / "schema.yaml"
-    path.write_text(_alias_bomb_yaml("x").split("backends:")[0].replace("bombs:", "definitions:")
-                    + f"type: object\nproperties: {{a: *l{BOMB_LEVELS - 1}}}\n", encoding="utf-8")
+    schema = _alias_bomb_yaml("x").split("      response_schema:\n")[1]
+    path.write_text("\n".join(line[8:] for line in schema.splitlines()) + "\n", encoding="utf-8")
     config = gemini_config(gemini_server)
     config["validators"] = {"shape": {"kind": "json_schema", "path": str(path)}}
     with pytest.raises(ConfigError, match="too large") as err:
