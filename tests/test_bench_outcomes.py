@@ -176,6 +176,10 @@ def test_cli_outcomes_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     rows = json.loads((out / "compiled.json").read_text())["rows"]
     assert {r["name"] for r in rows} >= {"random", "single A", "best single (train)", "oracle",
                                          "learned (text only) at best-single quality"}
+    # --candidates routes between the named ones only.
+    assert bench_main(["--outcomes", str(data), "--out", str(tmp_path / "ab"), "--candidates", "A,B"]) == 0
+    assert json.loads((tmp_path / "ab" / "compiled.json").read_text())["candidates"] == ["A", "B"]
+    capsys.readouterr()
     assert bench_main(["--outcomes", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert bench_main(["--out", str(out)]) == 2  # neither a dataset nor --outcomes

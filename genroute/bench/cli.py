@@ -62,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="output tokens per request in the cost estimate (input: the query's words)")
     matrix.add_argument("--usd-per-billion", type=float, default=None,
                         help="price sized candidates at this USD per 1M tokens per billion parameters")
+    matrix.add_argument("--candidates", default=None,
+                        help="comma-separated candidates to route between (default: all in the file)")
     matrix.add_argument("--embedding-cache", default=None, help="directory for cached embeddings (default OUT)")
     matrix.add_argument("--min-n", type=int, default=100, help="fewest evaluation records for a verdict")
     return parser
@@ -122,6 +124,8 @@ def run_outcomes_cli(args: argparse.Namespace) -> int:
             args.prices, output_tokens=args.output_tokens, usd_per_1m_per_billion=args.usd_per_billion)
         report = compile_outcomes(args.outcomes, eval_source=args.eval_outcomes, out_dir=args.out,
                                   pricing=pricing, holdout=args.holdout, seed=args.seed,
+                                  candidates=[c.strip() for c in args.candidates.split(",") if c.strip()]
+                                  if args.candidates else None,
                                   cache_dir=args.embedding_cache, min_n=args.min_n)
     except GenrouteError as exc:
         print(f"genroute bench: error: {exc}", file=sys.stderr)

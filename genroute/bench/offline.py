@@ -38,6 +38,7 @@ def compile_outcomes(
     out_dir: str | Path,
     eval_source: str | Path | Iterable[Mapping[str, Any]] | OutcomeMatrix | None = None,
     pricing: Pricing | None = None,
+    candidates: Sequence[str] | None = None,
     holdout: float = 0.3,
     seed: int = 0,
     embedder: Any = None,
@@ -46,12 +47,17 @@ def compile_outcomes(
     min_n: int = 100,
     title: str | None = None,
 ) -> OfflineReport:
-    """Compile policies on ``source`` and judge them and every baseline on held-out records (see module)."""
+    """Compile policies on ``source`` and judge them and every baseline on held-out records (see module).
+
+    ``candidates`` limits the matrix to those candidates (default: every one in the file); records lacking the
+    outcome of one of them are left out and counted in ``dropped``.
+    """
     from genroute.bench.embedding_cache import CachedEmbedder
 
     start = time.perf_counter()
     out = Path(out_dir)
-    full = source if isinstance(source, OutcomeMatrix) else load_matrix(source, pricing=pricing)
+    full = source if isinstance(source, OutcomeMatrix) else load_matrix(source, pricing=pricing,
+                                                                        candidates=candidates)
     if eval_source is not None:
         held = eval_source if isinstance(eval_source, OutcomeMatrix) else \
             load_matrix(eval_source, pricing=pricing, candidates=full.candidates, field="eval_outcomes")

@@ -167,7 +167,7 @@ def curve_png(report: OfflineReport, path: Path) -> Path | None:
     ax.set_ylabel("quality (mean score)")
     ax.set_title(f"Cost–quality on {report.n_eval} evaluation records")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
