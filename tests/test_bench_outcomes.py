@@ -19,6 +19,9 @@ from genroute.bench.offline import compile_outcomes
 from genroute.bench.outcomes import load_matrix, load_pricing
 from genroute.errors import UsageError
 from genroute.knowledge.embedders import LocalEmbedder
+from genroute.policies.base import PolicyContext
+from genroute.policies.learned import LearnedConfig, LearnedPolicy
+from genroute.types import GenerateRequest
 
 #: Two estimators keep the tests quick (the default compares seven, by 5-fold cross-validation).
 SPECS = ({"method": "knn", "k": 5}, {"method": "logreg"})
@@ -148,6 +151,12 @@ def test_compile_routes_math_to_a_and_trivia_to_b(embedder: LocalEmbedder, tmp_p
     for name in ("curve", "stats", "learned-text", "learned-task", "markdown", "html"):
         assert Path(report.files[name]).exists(), name
     assert "Cost–quality curve" in Path(report.files["markdown"]).read_text()
+    # The compiled model file is a learned policy a router loads: it decides as the comparison did.
+    policy = LearnedPolicy(LearnedConfig(model_path=report.files["learned-text"], default="C"), embedder=embedder)
+    context = PolicyContext(catalogue={})
+    assert policy.decide(GenerateRequest(input="Compute 31 * 7 and give the number."), context).rungs[0].backend == "A"
+    trivia = GenerateRequest(input="Trivia 99: who wrote Emma? (ref 5)")
+    assert policy.decide(trivia, context).rungs[0].backend == "B"
 
 
 def test_refuses_to_judge_on_training_records(embedder: LocalEmbedder, tmp_path: Path) -> None:
