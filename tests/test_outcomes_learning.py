@@ -156,3 +156,17 @@ def test_compile_from_outcomes(tmp_path, capsys):
     assert cli(["compile", "--outcomes", str(tmp_path / "missing.db"), "--out", str(tmp_path)]) == 2
     line = json.loads((tmp_path / "matrix.jsonl").read_text().splitlines()[0])
     assert set(line) == {"input", "output", "metadata", "outcomes"} and line["metadata"]["task"] == "t"
+
+
+def test_scheduled_refresh_picks_up_outcomes_without_a_call(gemini_server, tmp_path):
+    import time
+
+    policy = {"kind": "cost_aware", "stats_path": bench_stats(tmp_path, 0.5), "min_quality": 0.8, "default": "pro"}
+    cfg = router_config(gemini_server, tmp_path, policy, refresh_every_s=0.2)
+    with Router.from_config(cfg) as router:
+        router.generate("start the schedule", task="t")   # the first request starts the refresher
+        fill(tmp_path, 30, {"chat": (1.0, 0.0001), "pro": (1.0, 0.001)})
+        deadline = time.monotonic() + 10
+        while router.decide("hi", task="t").rungs[0].backend != "chat" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert router.decide("hi", task="t").rungs[0].backend == "chat"
