@@ -3,9 +3,12 @@
 A ``Gate`` is one kind of check — a budget (provided by a budget policy), a rate limit, a circuit breaker.
 ``Admission`` runs the router's gates around every attempt (a rung, a shadow run, a judge's call)::
 
-    ticket = await admission.enter(request, decision, backend, deadline, span)   # may raise; nothing sent
+    attempt = await admission.enter(request, decision, backend, deadline, span)  # may raise; nothing sent
     ... the backend runs ...
-    await admission.exit(ticket, cost_usd=..., input_tokens=..., error=...)       # always, even if cancelled
+    await admission.exit(attempt, Outcome(cost_usd, input_tokens, error))       # always, even if cancelled
+
+``genroute.router.attempt.AdmittedAttempt`` is that path; ``cost_usd`` is whatever the attempt's run context
+reports (the provider's usage, or genroute's estimate for a call that failed, timed out or was cut).
 
 Gates keep their counts in a ``StateStore`` (process memory or Redis), so the same code enforces a limit in
 one process or across many. A gate that refuses raises a typed error (``BudgetExceeded``, ``RateLimited``,
