@@ -121,8 +121,10 @@ def test_a_timed_out_attempt_is_charged_on_top_of_the_answer_that_followed(gemin
 def test_the_request_deadline_error_carries_the_cost_of_the_attempt_it_cut(gemini_server, otel):
     gemini_server.fault(Fault.delay(5))
 
+    # 2 s, not less: on a loaded machine a fresh client may need a second to get the request onto the wire,
+    # and a request the server never received is (rightly) not charged.
     with _router(gemini_server, otel) as router, pytest.raises(DeadlineExceeded, match="deadline") as caught:
-        router.generate("a question that takes too long", timeout_s=0.5)
+        router.generate("a question that takes too long", timeout_s=2)
 
     assert caught.value.cost_usd == pytest.approx(_input_cost(gemini_server)) and caught.value.cost_estimated
     (root,) = otel.spans("genroute.generate")
@@ -134,7 +136,7 @@ def test_a_stream_ended_by_the_deadline_before_its_first_chunk_raises_deadline_e
     gemini_server.fault(Fault.delay(5))
 
     with _router(gemini_server, otel) as router, pytest.raises(DeadlineExceeded, match="deadline") as caught:
-        list(router.stream("a question that takes too long", timeout_s=0.5))
+        list(router.stream("a question that takes too long", timeout_s=2))
 
     assert caught.value.cost_usd == pytest.approx(_input_cost(gemini_server)) and caught.value.cost_estimated
 
