@@ -190,3 +190,28 @@ def test_outcomes_go_to_the_shared_state_store_and_every_router_sees_them(gemini
     with pytest.raises(ConfigError) as exc:
         Router.from_config(cfg)
     assert exc.value.field == "outcomes.path"
+
+
+def test_feedback_before_the_shadow_finishes_scores_the_shadow_against_the_label(gemini_server, tmp_path):
+    import threading
+
+    release = threading.Event()
+
+    def slow_pro(server, request, match):
+        release.wait(10)
+        return {"candidates": [{"content": {"role": "model", "parts": [{"text": "negative"}]},
+                                "finishReason": "STOP"}],
+                "usageMetadata": {"promptTokenCount": 50, "candidatesTokenCount": 1, "totalTokenCount": 51}}
+
+    gemini_server.route("POST", r"/v1/models/gemini-2.5-pro:generateContent", slow_pro)
+    gemini_server.reply_text("positive", usage=(40, 1))
+    with Router.from_config(config(gemini_server, tmp_path)) as router:
+        result = router.generate("Meh, it was bad.", task="sentiment")
+        early = router.feedback(result, label="negative")      # the shadow is still waiting for its answer
+        assert early.outcomes["chat"].score == 0.0 and "pro" not in early.outcomes
+        release.set()
+        router.drain()
+    (record,) = stored(tmp_path)
+    assert record.outcomes["chat"].score == 0.0
+    assert record.outcomes["pro"].score == 1.0 and record.outcomes["pro"].agreement == 0.0
+    assert record.outcomes["pro"].cost_usd == pytest.approx(cost(PRO, (50, 1)))
