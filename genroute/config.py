@@ -105,6 +105,7 @@ def validate_kind(group: Group, raw: Mapping[str, Any] | BaseModel, *, field: st
 def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> RouterConfig:
     """Read and validate a router config from a YAML/TOML/JSON file, a mapping, or a ``RouterConfig``."""
     if isinstance(source, RouterConfig):
+        check_config_size(dict(source))  # built in code: its raw sections may share references too
         return source
     raw = source if isinstance(source, Mapping) else read_config_file(Path(source))
     check_config_size(raw)

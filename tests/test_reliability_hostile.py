@@ -52,9 +52,14 @@ def _bomb(levels: int = BOMB_LEVELS) -> dict[str, Any]:
 def test_a_shared_reference_bomb_given_in_code_is_refused_too(gemini_server):
     from genroute.backends.base import GenerationSettings
 
+    from genroute.config import RouterConfig
+
     config = gemini_config(gemini_server, generation={"response_schema": _bomb()})
     with pytest.raises(ConfigError) as err:
         Router.from_config(config)
+    assert err.value.field.startswith("backends.chat.generation.response_schema")
+    with pytest.raises(ConfigError) as err:  # a RouterConfig built in code (its sections stay raw mappings)
+        Router.from_config(RouterConfig.model_validate(config))
     assert err.value.field.startswith("backends.chat.generation.response_schema")
     with pytest.raises(ValueError, match="too large"):
         GenerationSettings(response_schema=_bomb())
