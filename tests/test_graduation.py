@@ -104,7 +104,10 @@ def test_graduate_cli_registers_a_challenger_and_promotes_it_on_the_outcomes(gem
     with Router.from_config(config, **otel.providers) as router:
         assert [r.backend for r in router.decide("x", task="t").rungs] == ["lora", "chat"]
         report = router._portal.call(adecide(router, "t", challenger="lora", min_n=100))
-    (span,) = otel.spans("genroute.graduate.decide")
+        priced = router._portal.call(adecide(router, "t", challenger="lora", min_n=100, cpu_usd_per_hour=0.04,
+                                             report=report.model_copy(update={"lines": (), "tuning_cpu_s": 360.0})))
+    assert "tuning $0.0040: no request times" in priced.advice   # 360 CPU-s at $0.04/h; the test rows have no times
+    (span, _) = otel.spans("genroute.graduate.decide")
     assert span.attributes["genroute.graduate.n"] == 340 and span.attributes["genroute.graduate.promote"] is True
     assert [line.split(":")[0] for line in report.lines] == ["decide", "promote", "advisor"]
 
@@ -174,3 +177,15 @@ def test_graduation_with_a_vertex_tuning_job_on_the_loopback_server(gemini_serve
     names = {s.name for s in otel.spans()}
     assert {"genroute.graduate", "genroute.graduate.export", "genroute.graduate.tune",
             "genroute.graduate.register"} <= names
+
+
+def test_the_advisor_uses_measured_volume_tokens_and_tuning_cost():
+    from genroute.graduation.run import advise
+
+    records = [r.model_copy(update={"metadata": {**r.metadata, "at": 1000.0 + 36 * i}})
+               for i, r in enumerate(paired(100, set(range(20)), set(range(2, 22))))]   # 100 requests per hour
+    decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=50)
+    text = advise(records, decision, tuning_cost_usd=0.09, tuning_cpu_s=None)
+    # saving $0.0009 per request x 100 requests an hour pays $0.09 back in one hour (of 3564 s measured: 1.0 h)
+    assert "measured volume 100 requests in 0.99 h" in text and "pays back in 1.0 hours" in text
+    assert "saving $0.9000 per 1k requests" in text

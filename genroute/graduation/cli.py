@@ -53,6 +53,8 @@ def graduate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--margin", type=float, default=0.05)
     parser.add_argument("--min-n", type=int, default=100)
     parser.add_argument("--tuning-cost", type=float, default=None, help="USD, for the advisor's pay-back")
+    parser.add_argument("--cpu-usd-per-hour", type=float, default=None,
+                        help="price of a CPU-hour: the local tuning cost is its measured CPU time at this price")
     args = parser.parse_args(list(argv))
     try:
         report = asyncio.run(_run(args))
@@ -78,7 +80,8 @@ async def _run(args: argparse.Namespace) -> Any:
         if args.decide:
             report = GraduationReport.model_validate_json(saved.read_text()) if saved.is_file() else None
             report = await adecide(router, args.task, challenger=name, incumbent=args.incumbent, margin=args.margin,
-                                   min_n=args.min_n, promote=False, tuning_cost_usd=args.tuning_cost, report=report)
+                                   min_n=args.min_n, promote=False, tuning_cost_usd=args.tuning_cost,
+                                   cpu_usd_per_hour=args.cpu_usd_per_hour, report=report)
             if report.promotion is not None and report.promotion.promote:
                 write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share,
                                  promoted=True)

@@ -181,8 +181,12 @@ def register_local(router: Router, name: str, adapter: str | Path, *, task: str,
 
 async def adecide(router: Router, task: str, *, challenger: str, incumbent: str | None = None,
                   margin: float = 0.05, min_n: int = 100, promote: bool = True,
-                  tuning_cost_usd: float | None = None, report: GraduationReport | None = None) -> GraduationReport:
-    """Decide on the paired outcomes in the store; promote the challenger when the rule says so."""
+                  tuning_cost_usd: float | None = None, cpu_usd_per_hour: float | None = None,
+                  report: GraduationReport | None = None) -> GraduationReport:
+    """Decide on the paired outcomes in the store; promote the challenger when the rule says so.
+
+    The advisor's tuning cost: ``tuning_cost_usd`` if given, else a Vertex job's priced tokens, else the local run's
+    measured CPU time x ``cpu_usd_per_hour`` (without a price it reports the CPU time and no pay-back)."""
     tracer = router.telemetry.tracer
     report = report or GraduationReport(task=task, challenger=challenger)
     with tracer.start_as_current_span("genroute.graduate.decide", attributes={"genroute.task": task}) as span:
@@ -197,6 +201,8 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
             router.promote(task, challenger)
     if tuning_cost_usd is None:
         tuning_cost_usd = report.extra.get("tuning_cost_usd")
+    if tuning_cost_usd is None and cpu_usd_per_hour is not None and report.tuning_cpu_s is not None:
+        tuning_cost_usd = report.tuning_cpu_s / 3600 * cpu_usd_per_hour
     advice = advise(records, promotion, tuning_cost_usd=tuning_cost_usd, tuning_cpu_s=report.tuning_cpu_s)
     lines = (*report.lines, promotion.line(),
              f"promote: {challenger} now answers task {task!r} first ({incumbent} as fallback)"
@@ -220,8 +226,10 @@ def advise(records: list[OutcomeRecord], promotion: Promotion, *, tuning_cost_us
         cost = (f"tuning took {tuning_cpu_s:.0f} CPU-s on this machine (give its price to compute a pay-back)"
                 if tuning_cpu_s is not None else "tuning cost not given")
         return f"{volume}; {tokens}; saving ${saving * 1000:.4f} per 1k requests ({promotion.cost_basis}); {cost}"
-    if saving <= 0 or not monthly:
-        return f"{volume}; {tokens}; tuning ${tuning_cost_usd:.4f}: never pays back at this volume and saving"
+    if not monthly:
+        return f"{volume}; {tokens}; tuning ${tuning_cost_usd:.4f}: no request times to measure a volume from"
+    if saving <= 0:
+        return f"{volume}; {tokens}; tuning ${tuning_cost_usd:.4f}: never pays back (the tuned model saves nothing)"
     months = tuning_cost_usd / (saving * monthly)
     return (f"{volume}; {tokens}; saving ${saving * 1000:.4f} per 1k requests; tuning ${tuning_cost_usd:.4f} pays "
             f"back in {months * 30 * 24:.1f} hours of this traffic")
