@@ -219,7 +219,7 @@ def finish_reason(response: types.GenerateContentResponse) -> str | None:
 
 
 def user_content(text: str) -> types.Content:
-    """A single user turn."""
+    """A single user turn (built without re-validating a str: this runs on every request)."""
     from google.genai import types
 
-    return types.Content(role="user", parts=[types.Part(text=text)])
+    return types.Content.model_construct(role="user", parts=[types.Part.model_construct(text=text)])

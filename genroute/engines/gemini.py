@@ -54,14 +54,34 @@ def _timeout_ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+#: A deadline must undercut the client's own timeout by more than this before an attempt sends per-request HTTP
+#: options: ``asyncio.timeout`` enforces it either way, and the SDK's merge of per-request options cost ~25 % of its
+#: throughput at 1,000 concurrent requests (``benchmarks/throughput.py``) for a router deadline a hair under it.
+_OVERRIDE_MARGIN_S = 1.0
+
+
+def _sdk_contents(contents: list[types.Content]) -> Any:
+    """``contents`` in the cheapest form the SDK accepts: one user turn of plain text goes as the string itself
+    (the SDK builds the same request from it with less work than it spends on a ``Content`` list)."""
+    if len(contents) == 1:
+        content = contents[0]
+        parts = content.parts
+        if content.role == "user" and parts is not None and len(parts) == 1:
+            part = parts[0]
+            if part.text is not None and part.model_fields_set == {"text"}:
+                return part.text
+    return contents
+
+
 def _with_timeout(config: types.GenerateContentConfig | None, seconds: float | None) -> Any:
     """``config`` with its HTTP timeout set (keeping the caller's other HTTP options).
 
     ``None`` keeps ``config`` as it is: the client's own timeout (the engine's ``timeout_s``) applies,
-    and the SDK skips merging per-request options, which costs tens of microseconds per call.
+    and the SDK skips merging per-request options. A config that sets nothing goes as ``None``: the SDK
+    deep-copies and converts any config object it is given, empty or not.
     """
     if seconds is None:
-        return config
+        return config if config is not None and config.model_fields_set else None
     from google.genai import types
 
     http = config.http_options if config is not None and config.http_options is not None else types.HttpOptions()
@@ -169,9 +189,12 @@ class GeminiEngine(Engine):
             bill(Usage(input_tokens=estimate_input(contents, config)))
 
     def _attempt_timeout(self, remaining_s: float) -> tuple[float, float | None]:
-        """This attempt's timeout, and the same if it must override the client's default (else ``None``)."""
+        """This attempt's timeout, and the same if it must override the client's default (else ``None``: the
+        deadline is not shorter than the client's timeout by more than ``_OVERRIDE_MARGIN_S``)."""
         if remaining_s >= self.config.timeout_s:
             return self.config.timeout_s, None
+        if remaining_s > self.config.timeout_s - _OVERRIDE_MARGIN_S:
+            return remaining_s, None
         return remaining_s, remaining_s
 
     async def generate(
@@ -190,7 +213,7 @@ class GeminiEngine(Engine):
             try:
                 async with asyncio.timeout(seconds):
                     return await models.generate_content(
-                        model=model, contents=contents, config=_with_timeout(config, override)
+                        model=model, contents=_sdk_contents(contents), config=_with_timeout(config, override)
                     )
             except BaseException as exc:
                 self._bill_lost(exc, contents, config)
@@ -219,7 +242,7 @@ class GeminiEngine(Engine):
             try:
                 async with asyncio.timeout_at(end):
                     chunks = await models.generate_content_stream(
-                        model=model, contents=contents, config=_with_timeout(config, override)
+                        model=model, contents=_sdk_contents(contents), config=_with_timeout(config, override)
                     )
                     first = await anext(chunks, None)
                 if first is None:

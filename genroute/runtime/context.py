@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from genroute.runtime.pricing import Pricing
 
 
+#: Usage is frozen: one zero for every rung that has not spent anything yet.
+_NO_USAGE = Usage()
+
+
 class RunContext:
     """Per-rung state: wraps every engine call in a GenAI span and sums usage and cost."""
 
@@ -40,7 +44,7 @@ class RunContext:
         self.telemetry = telemetry
         self.pricing = pricing
         self.deadline = deadline
-        self.usage = Usage()
+        self.usage = _NO_USAGE
         self.cost_usd = 0.0
         self.cloud_equivalent_cost_usd: float | None = None
         #: Whether part of ``cost_usd`` is an estimate (a call lost, cut short or reporting no usage).
@@ -178,8 +182,8 @@ class RunContext:
                 estimated: bool, *, price_as: str | None) -> Usage:
         """Add the usage of ``calls`` (the answer and any lost attempts, each priced on its own) and its cost to
         this rung and to the call's span; return the summed usage."""
-        usage = sum(calls, Usage())
-        if usage == Usage() and not estimated:
+        usage = calls[0] if len(calls) == 1 else sum(calls, _NO_USAGE)
+        if usage == _NO_USAGE and not estimated:
             return usage
         priced = engine.pricing_model(price_as or model)
         cost = sum(self.pricing.cost(priced, call) for call in calls)

@@ -1,0 +1,156 @@
+"""Throughput at high concurrency: genroute's ``agenerate`` vs a raw google-genai ``client.aio`` call, one run.
+
+    python benchmarks/throughput.py [--requests 2000] [--concurrency 1000] [--rounds 3]
+
+Measured as a new user would: the loopback Gemini server (``genroute.testing``) runs in its own process, the
+router is built from config with ``timeout_s: 60`` (the engine's default per-attempt timeout is 60 s too), and
+the raw contender is what the SDK's quick start does, ``client.aio.models.generate_content(model=...,
+contents="...")``. ``--concurrency`` tasks share ``--requests`` requests; rounds interleave the contenders so
+machine noise hits each alike. Also shown, to see where the SDK's own time goes: the raw call with a
+per-request ``http_options`` timeout and with a ``Content`` list, and genroute with an OTel SDK tracer provider
+(spans discarded) instead of the API's no-op one. Figures are requests per second (median of rounds) and each
+contender's ratio to the raw call of the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MODEL = "gemini-2.5-flash"
+KEY = "bench-key"
+
+
+def _serve(urls: Any, stop: Any) -> None:
+    from genroute.testing import GeminiTestServer
+
+    with GeminiTestServer() as server:
+        urls.put(server.base_url)
+        stop.wait()
+
+
+async def _drive(call: Callable[[int], Awaitable[Any]], requests: int, concurrency: int) -> tuple[float, float]:
+    """Requests per second for ``requests`` calls made by ``concurrency`` tasks (every call must succeed), and
+    this process's CPU time per request in µs (what the client side spends, less moved by other load)."""
+    counter = iter(range(requests))
+
+    async def worker() -> None:
+        for i in counter:
+            await call(i)
+
+    start, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return requests / (time.perf_counter() - start), (time.process_time() - cpu) / requests * 1e6
+
+
+def _contenders(base_url: str) -> dict[str, Callable[[], Any]]:
+    """Each contender: a factory of (async setup -> call, async teardown)."""
+    from google import genai
+    from google.genai import types
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    from genroute import Router
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    def raw(**kwargs: Any) -> Callable[[], Any]:
+        def make() -> Any:
+            client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=base_url))
+            models = client.aio.models
+            contents: Any = [types.Content(role="user", parts=[types.Part(text="hello")])] \
+                if kwargs.get("content_list") else "hello"
+            config = types.GenerateContentConfig(http_options=types.HttpOptions(timeout=59_999)) \
+                if kwargs.get("per_request_timeout") else None
+
+            async def call(i: int) -> Any:
+                return await models.generate_content(model=MODEL, contents=contents, config=config)
+
+            async def close() -> None:
+                await client.aio.aclose()
+
+            return call, close
+        return make
+
+    def routed(traced: bool) -> Callable[[], Any]:
+        def make() -> Any:
+            config = {"engines": {"g": {"kind": "gemini", "api_key": KEY, "base_url": base_url}},
+                      "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": MODEL}},
+                      "timeout_s": 60}
+            kwargs: dict[str, Any] = {}
+            if traced:
+                provider = TracerProvider()
+                provider.add_span_processor(SimpleSpanProcessor(Discard()))
+                kwargs["tracer_provider"] = provider
+            router = Router.from_config(config, **kwargs)
+
+            async def call(i: int) -> Any:
+                return await router.agenerate("hello")
+
+            return call, router.aclose
+        return make
+
+    return {
+        "raw client.aio": raw(),
+        "raw + per-request timeout": raw(per_request_timeout=True),
+        "raw + Content list": raw(content_list=True),
+        "genroute agenerate": routed(False),
+        "genroute agenerate, SDK tracer": routed(True),
+    }
+
+
+async def _round(contenders: dict[str, Callable[[], Any]], requests: int, concurrency: int
+                 ) -> dict[str, tuple[float, float]]:
+    out = {}
+    for name, make in contenders.items():
+        call, close = make()
+        await _drive(call, 50, 50)  # warm-up: connections, imports, the router's first decision
+        out[name] = await _drive(call, requests, concurrency)
+        await close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    ctx = multiprocessing.get_context("spawn")
+    urls, stop = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=_serve, args=(urls, stop), daemon=True)
+    server.start()
+    try:
+        contenders = _contenders(urls.get(timeout=60))
+        rounds = []
+        for n in range(args.rounds):
+            got = asyncio.run(_round(contenders, args.requests, args.concurrency))
+            rounds.append(got)
+            print(f"round {n + 1}: " + ", ".join(f"{k} {v:.0f} req/s {c:.0f} µs" for k, (v, c) in got.items()),
+                  flush=True)
+    finally:
+        stop.set()
+        server.join(10)
+    print(f"\n{args.requests} requests, {args.concurrency} concurrent, {args.rounds} rounds: req/s (median), its "
+          "ratio to raw client.aio in the same round (median), client CPU µs per request (median) and its ratio")
+    for name in contenders:
+        rate = statistics.median(r[name][0] for r in rounds)
+        ratio = statistics.median(r[name][0] / r["raw client.aio"][0] for r in rounds)
+        cpu = statistics.median(r[name][1] for r in rounds)
+        cpu_ratio = statistics.median(r["raw client.aio"][1] / r[name][1] for r in rounds)
+        print(f"  {name:34} {rate:8.0f} req/s  {ratio:6.1%}   {cpu:7.0f} µs CPU  {cpu_ratio:6.1%}")
+
+
+if __name__ == "__main__":
+    main()
