@@ -1,7 +1,7 @@
 """Routers judged on public outcome matrices (no model calls): LLMRouter's dcrouter set and MMLU-Pro.
 
-    python benchmarks/outcomes.py                       # both sets; ~10 min on 2 cores, embeddings cached
-    python benchmarks/outcomes.py --sets dcrouter --data-dir ../shared/data
+    python benchmarks/outcomes.py                       # both sets; embeddings cached in OUT/embeddings
+    python benchmarks/outcomes.py --sets dcrouter --shared-data ../shared/data --limit 200   # a quick check
 
 Each set goes through ``genroute.bench.compile_outcomes`` (what ``genroute bench --outcomes`` runs): a seeded
 70/30 split by input text; stats, the cost_aware policy and the learned router (kNN, logistic regression and
@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+
+import shared_data
 
 from genroute.bench.offline import OfflineReport, compile_outcomes
 from genroute.bench.outcomes import load_pricing
@@ -60,8 +62,7 @@ def goal_lines(name: str, report: OfflineReport, max_share_task: float | None, m
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
-                        help="the shared data folder (default: ../shared/data next to the repository)")
+    shared_data.add_option(parser)
     parser.add_argument("--sets", default="dcrouter,mmlu_pro")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "outcomes"))
     parser.add_argument("--embedding-cache", default=None, help="default: OUT/embeddings (shared by the sets)")
@@ -71,19 +72,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="first N records of each set (a quick check)")
     args = parser.parse_args()
+    names = [s.strip() for s in args.sets.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SETS]
+    if unknown:
+        parser.error(f"unknown set(s) {', '.join(unknown)} (known: {', '.join(SETS)})")
+    data_dir = shared_data.resolve(args.shared_data, *(SETS[n][0] for n in names))
     out = Path(args.out)
     cache = Path(args.embedding_cache) if args.embedding_cache else out / "embeddings"
     summary = []
-    for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
+    for name in names:
         data, prices, share_task, share_text = SETS[name]
-        prices_path = Path(prices) if Path(prices).is_absolute() else Path(args.data_dir) / prices
+        prices_path = Path(prices) if Path(prices).is_absolute() else data_dir / prices
         pricing = load_pricing(prices_path, output_tokens=args.output_tokens,
                                usd_per_1m_per_billion=args.usd_per_billion)
-        source: object = Path(args.data_dir) / data
+        source: object = data_dir / data
         if args.limit:
             from genroute.bench.outcomes import read_outcome_records
 
-            source = [r for _, r in zip(range(args.limit), read_outcome_records(source))]  # type: ignore[arg-type]
+            records = read_outcome_records(source)  # type: ignore[arg-type]
+            source = [record for _, (_, record) in zip(range(args.limit), records)]
         start = time.perf_counter()
         # The MMLU-Pro prices file lists exactly its 29 models; dcrouter's lists more models than the data has.
         candidates = [c for c in pricing.prices if c not in EXCLUDE[name]] if name in EXCLUDE else None

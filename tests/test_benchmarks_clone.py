@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("quality.py", "policies.py", "retrieval.py", "local_tuning.py", "demo_tuning.py", "data/build.py",
-           "graduation.py")
+           "graduation.py", "outcomes.py")
 
 
 def shared_data() -> Path:
@@ -97,6 +97,14 @@ def test_retrieval_tiny_run(clone: Path, tmp_path: Path) -> None:
                "--shared-data", str(shared_data()))
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "r.json").is_file()
+
+
+def test_outcomes_tiny_run(clone: Path, tmp_path: Path) -> None:
+    done = run(clone, tmp_path, "outcomes.py", "--sets", "dcrouter", "--limit", "60", "--out", str(tmp_path / "o"),
+               "--shared-data", str(shared_data()))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "per-task best (train)" in done.stdout and "## Goals" in done.stdout
+    assert (tmp_path / "o" / "dcrouter" / "compiled.json").is_file()
 
 
 @pytest.mark.local
