@@ -179,7 +179,7 @@ def test_refuses_to_judge_on_training_records(embedder: LocalEmbedder, tmp_path:
 def test_cli_outcomes_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))
     out = tmp_path / "out"
-    assert bench_main(["--outcomes", str(data), "--out", str(out), "--min-n", "5"]) == 0
+    assert bench_main(["--outcomes", str(data), "--out", str(out), "--min-verdict-n", "5"]) == 0
     printed = capsys.readouterr().out
     assert "per-task best (train)" in printed and "AIQ" in printed and "compiled.json" in printed
     rows = json.loads((out / "compiled.json").read_text())["rows"]

@@ -65,7 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     matrix.add_argument("--candidates", default=None,
                         help="comma-separated candidates to route between (default: all in the file)")
     matrix.add_argument("--embedding-cache", default=None, help="directory for cached embeddings (default OUT)")
-    matrix.add_argument("--min-n", type=int, default=100, help="fewest evaluation records for a verdict")
     return parser
 
 
@@ -126,7 +125,8 @@ def run_outcomes_cli(args: argparse.Namespace) -> int:
                                   pricing=pricing, holdout=args.holdout, seed=args.seed,
                                   candidates=[c.strip() for c in args.candidates.split(",") if c.strip()]
                                   if args.candidates else None,
-                                  cache_dir=args.embedding_cache, min_n=args.min_n)
+                                  cache_dir=args.embedding_cache, min_n=args.min_verdict_n,
+                                  force_verdict=args.force_verdict)
     except GenrouteError as exc:
         print(f"genroute bench: error: {exc}", file=sys.stderr)
         return 2

@@ -14,8 +14,9 @@ import numpy as np
 class CachedEmbedder:
     """Wraps an embedder (``embed_array``, ``model``): texts embedded before are read from ``cache_dir``."""
 
-    def __init__(self, embedder: Any, cache_dir: str | Path) -> None:
+    def __init__(self, embedder: Any, cache_dir: str | Path, *, chunk: int = 2048) -> None:
         self.embedder = embedder
+        self.chunk = chunk
         self.model = getattr(embedder, "model", "unknown")
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(self.model))
         self.path = Path(cache_dir) / f"embeddings-{safe}.npz"
@@ -30,12 +31,13 @@ class CachedEmbedder:
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
     def embed_array(self, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of ``texts``; new ones are computed in one batch and saved."""
+        """Embeddings of ``texts``; new ones are computed and saved ``chunk`` texts at a time."""
         keys = [self.key(t) for t in texts]
         todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self._vectors}.items())
-        if todo:
-            vectors = np.asarray(self.embedder.embed_array([t for _, t in todo]), dtype=np.float32)
-            self._vectors.update(zip([k for k, _ in todo], vectors, strict=True))
+        for start in range(0, len(todo), self.chunk):  # saved chunk by chunk: a stopped run keeps its progress
+            part = todo[start:start + self.chunk]
+            vectors = np.asarray(self.embedder.embed_array([t for _, t in part]), dtype=np.float32)
+            self._vectors.update(zip([k for k, _ in part], vectors, strict=True))
             self._save()
         return np.stack([self._vectors[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
 

@@ -45,10 +45,12 @@ def compile_outcomes(
     cache_dir: str | Path | None = None,
     specs: Sequence[dict[str, Any]] = DEFAULT_SPECS,
     min_n: int = 100,
+    force_verdict: bool = False,
     title: str | None = None,
 ) -> OfflineReport:
     """Compile policies on ``source`` and judge them and every baseline on held-out records (see module).
 
+    Paired comparisons give no verdict below ``min_n`` evaluation records unless ``force_verdict``.
     ``candidates`` limits the matrix to those candidates (default: every one in the file); records lacking the
     outcome of one of them are left out and counted in ``dropped``.
     """
@@ -104,7 +106,7 @@ def compile_outcomes(
         sweeps[fitted.name] = ("cost weight", [(w, fitted.model.choose(fitted.predicted, w))
                                                for w in mr.COST_WEIGHTS])
     curves = _curves(train, held, sweeps)
-    comparisons = _comparisons(held, choices, min_n=min_n, seed=seed)
+    comparisons = _comparisons(held, choices, min_n=min_n, force=force_verdict, seed=seed)
     report = OfflineReport(
         source=full.source or "records", evaluated_on=where, n_train=len(train.records), n_eval=len(held.records),
         dropped=full.dropped + (held.dropped if eval_source is not None else 0), candidates=list(full.candidates),
@@ -165,7 +167,7 @@ PAIRS = (("learned (text + task) at best-single quality", "best single (train)")
          ("learned (text only) at best-single quality", "random"))
 
 
-def _comparisons(held: OutcomeMatrix, choices: Mapping[str, np.ndarray], *, min_n: int, seed: int
+def _comparisons(held: OutcomeMatrix, choices: Mapping[str, np.ndarray], *, min_n: int, force: bool, seed: int
                  ) -> list[Comparison]:
     from genroute.bench.stats import compare_paired, paired_bootstrap_ci
 
@@ -175,7 +177,7 @@ def _comparisons(held: OutcomeMatrix, choices: Mapping[str, np.ndarray], *, min_
             continue
         qa, qb = mr.picked_scores(held, choices[a]), mr.picked_scores(held, choices[b])
         ca, cb = mr.picked_costs(held, choices[a]), mr.picked_costs(held, choices[b])
-        result = compare_paired(qa.tolist(), qb.tolist(), a=a, b=b, min_n=min_n, seed=seed)
+        result = compare_paired(qa.tolist(), qb.tolist(), a=a, b=b, min_n=min_n, force=force, seed=seed)
         out.append(Comparison(
             router=a, baseline=b, n=result.n, quality_difference=result.difference, ci=result.ci,
             verdict=result.verdict, cost_ratio=float(ca.mean() / cb.mean()) if cb.mean() > 0 else None,
