@@ -189,6 +189,7 @@ def main() -> None:
         semantic = SemanticPolicy(routes_config)
         start = time.perf_counter()
         semantic.bind(Resources({}, knowledge=store))
+        store.routes.sync()  # what the router does once its policy is bound
         starts.append((time.perf_counter() - start, semantic.last_sync))
     vectors = embedder.embed_array(queries[:200])
     v_iter = iter(range(10**9))

@@ -243,10 +243,27 @@ def test_store_embedder_is_the_one_used(embedder: CountingEmbedder, tmp_path: Pa
     with pytest.raises(UsageError) as err:
         semantic(embedder).bind(Resources({}, knowledge=store))
     assert err.value.field == "policy" and "KnowledgeStore" in str(err.value)
-    with pytest.raises(ConfigError) as err:  # nothing in config, nothing stored
-        SemanticPolicy(SemanticConfig(kind="semantic", default="prompt")).bind(
-            Resources({}, knowledge=KnowledgeStore(StoreConfig(path=str(tmp_path / "chroma")), embedder=embedder)))
+    store = KnowledgeStore(StoreConfig(path=str(tmp_path / "chroma")), embedder=embedder)
+    SemanticPolicy(SemanticConfig(kind="semantic", default="prompt")).bind(Resources({}, knowledge=store))
+    with pytest.raises(ConfigError) as err:  # nothing in config, nothing stored: the store's sync says so
+        store.routes.sync()
     assert err.value.field == "policy.routes" and "empty" in str(err.value)
+
+
+def test_binding_a_semantic_policy_writes_nothing_until_the_store_syncs(embedder: CountingEmbedder,
+                                                                       tmp_path: Path) -> None:
+    store = KnowledgeStore(StoreConfig(path=str(tmp_path / "chroma")), embedder=embedder)
+    policy = semantic(embedder)
+    embedder.texts.clear()
+    policy.bind(Resources({}, knowledge=store))  # the policy only asks for its routes
+    assert embedder.texts == []
+    with pytest.raises(UsageError, match="unknown collection"):  # nothing was created
+        store.count_sync(policy.collection_name, kind="routes")
+    with pytest.raises(UsageError, match="not loaded yet"):
+        policy.backends
+    (synced,) = store.routes.sync()  # the store writes them and hands them back
+    assert synced.added == len(policy.wanted) == len(policy.backends)
+    assert store.count_sync(policy.collection_name, kind="routes") == len(policy.wanted)
 
 
 def test_semantic_routes_file_and_unknown_backend(embedder: LocalEmbedder, tmp_path: Path) -> None:

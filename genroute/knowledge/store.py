@@ -18,7 +18,7 @@ import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError
 
 if TYPE_CHECKING:
+    from genroute.knowledge.routes import RouteSync
     from genroute.engines.base import Engine
     from genroute.knowledge.embedders import Embedder
 
@@ -134,6 +135,13 @@ class KnowledgeStore:
         self._lock = threading.Lock()
 
     # -- opening -----------------------------------------------------------------------------
+
+    @cached_property
+    def routes(self) -> RouteSync:
+        """Route collections policies asked for; the router has them written (``routes.sync()``) once built."""
+        from genroute.knowledge.routes import RouteSync
+
+        return RouteSync(self)
 
     @property
     def embedder(self) -> Embedder:

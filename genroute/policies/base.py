@@ -91,7 +91,8 @@ class Policy(ABC):
 
     def bind(self, resources: Resources) -> None:
         """Called once by the router, before ``validate_against``, with what its backends share (engines, the
-        knowledge store); a policy that keeps state there (the semantic policy's routes) opens it here."""
+        knowledge store). Read only: a policy that keeps state in the store (the semantic policy's routes) asks
+        for it here (``store.routes.want``) and the router has the store write it afterwards."""
 
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         """Raise ``ConfigError`` if the policy names backends the router lacks (called once at build)."""

@@ -2,7 +2,8 @@
 
 When the router has a ``knowledge`` store, the route utterances live in a Chroma collection of that
 store (kind ``routes``), keyed by content: a restart embeds only utterances it has not stored yet, and
-utterances no longer in the config are deleted. The store records which embedder filled the collection
+utterances no longer in the config are deleted. The policy only asks for its routes (``bind``); the store
+writes them when the router syncs it (``genroute.knowledge.routes``), so deciding stays pure. The store records which embedder filled the collection
 (kind, model, dimension) and refuses to reopen it with another one (``ConfigError`` naming
 ``knowledge.embedder...``), as it does for documents and examples. Without a store the utterances are
 embedded at every start. Either way the decision searches an in-memory normalised numpy matrix (one
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from genroute.errors import ConfigError, UsageError
+from genroute.knowledge.routes import RouteSet
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest
@@ -32,6 +34,7 @@ from genroute.types import Decision, GenerateRequest
 if TYPE_CHECKING:
     import numpy as np
 
+    from genroute.knowledge.routes import StoredRoutes
     from genroute.knowledge.store import KnowledgeStore
     from genroute.runtime.resources import Resources
 
@@ -137,7 +140,8 @@ class SemanticPolicy(Policy):
         return self.config.collection or f"genroute-routes-{self.field}"
 
     def bind(self, resources: Resources) -> None:
-        """Load the routes: from the router's knowledge store (synced with the config), else embedded now."""
+        """Without a knowledge store, embed the configured routes now; with one, ask the store for them: it
+        writes them when the router syncs it (``store.routes.sync()``) and hands back what it holds."""
         store = resources.knowledge
         with self._lock:
             if store is None:
@@ -151,7 +155,8 @@ class SemanticPolicy(Policy):
                                  "pass the embedder to the KnowledgeStore instead", field=self.field)
             self.store = store
             self._use_embedder(store.embedder)
-            self._index = self._sync_store(store)
+            self._index = None
+        store.routes.want(RouteSet(self.collection_name, self.wanted, self.field, self._embed, self._load))
 
     def _use_embedder(self, embedder: Any) -> None:
         embedder = embedder if embedder is not None else default_embedder()
@@ -164,6 +169,9 @@ class SemanticPolicy(Policy):
         """The routes being searched; a policy used without a router embeds its config's utterances."""
         index = self._index
         if index is None:
+            if self.store is not None:
+                raise UsageError("the routes are not loaded yet: the router syncs them (store.routes.sync()) "
+                                 "once its policy is bound", field=self.field)
             with self._lock:
                 if self._index is None:
                     self._use_embedder(self._given_embedder)
@@ -193,40 +201,15 @@ class SemanticPolicy(Policy):
         pairs = list(self.wanted.values())
         return RouteIndex([b for b, _ in pairs], [u for _, u in pairs], self._embed([u for _, u in pairs]))
 
-    def _sync_store(self, store: KnowledgeStore) -> RouteIndex:
-        """Make the collection hold exactly the configured utterances (embedding only new ones), then load it."""
+    def _load(self, stored: StoredRoutes) -> None:
+        """Search what the store holds after syncing this policy's routes (the store delivers it)."""
         import numpy as np
 
-        name = self.collection_name
-        try:  # opening checks the embedder kind, model and dimension the collection was made with
-            col = store.collection_sync(name, kind="routes", create=True, field=f"{self.field}.collection")
-        except ConfigError as exc:
-            if not (exc.field or "").startswith("knowledge.embedder"):
-                raise
-            raise ConfigError(f"{exc.message}; or give the routes a new collection ({self.field}.collection): "
-                              "they are embedded again from the config", field=exc.field) from exc
-        added = deleted = 0
-        if self.wanted:
-            stored = set(store._guard(col.get, include=[])["ids"])
-            stale = sorted(stored - self.wanted.keys())
-            missing = [i for i in self.wanted if i not in stored]
-            store.delete_sync(name, stale, kind="routes")
-            size = store.max_batch_size()
-            for start in range(0, len(missing), size):
-                ids = missing[start:start + size]
-                texts = [self.wanted[i][1] for i in ids]
-                store._guard(col.upsert, ids=ids, embeddings=self._embed(texts), documents=texts,
-                             metadatas=[{"backend": self.wanted[i][0]} for i in ids])
-            added, deleted = len(missing), len(stale)
-        got = store._guard(col.get, include=["embeddings", "metadatas", "documents"])
-        rows = [n for n, i in enumerate(got["ids"]) if not self.wanted or i in self.wanted]
-        if not rows:
-            raise ConfigError(f"no utterances: collection {name!r} in {store.location} is empty and the config "
-                              "names none", field=f"{self.field}.routes")
-        matrix = np.asarray(got["embeddings"], dtype=np.float32)[rows]
-        self.last_sync = SyncReport(collection=name, added=added, deleted=deleted, loaded=len(rows))
-        return RouteIndex([str(got["metadatas"][n]["backend"]) for n in rows],
-                          [str(got["documents"][n]) for n in rows], _unit(matrix))
+        matrix = _unit(np.asarray(stored.vectors, dtype=np.float32))
+        with self._lock:
+            self._index = RouteIndex(stored.backends, stored.utterances, matrix)
+            self.last_sync = SyncReport(collection=stored.collection, added=stored.added, deleted=stored.deleted,
+                                        loaded=len(stored.backends))
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         import numpy as np

@@ -89,6 +89,8 @@ class Router(Learning):
         self._providers = [p for p in (tracer_provider, meter_provider) if p is not None]
         self.catalogue = {name: backend_info(name, b) for name, b in self.backends.items()}
         self.policy.bind(self.resources)
+        if self.resources.knowledge is not None:  # the store writes the routes policies asked for; they only read
+            self.resources.knowledge.routes.sync()
         self.policy.validate_against(self.catalogue)
         self._unsafe = unsafe_backends(self.backends)
         check_shadows(self.policy, self._unsafe)  # a shadow must never repeat a tool's side effects
