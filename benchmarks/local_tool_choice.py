@@ -4,7 +4,8 @@
 
 Per category (BFCL ``irrelevance``, where the right reply is no call, and ``simple_python``, one call), the
 records are shuffled with a fixed seed and split: the first ``--dev`` calibrate ``call_bias`` (the log-odds
-added to calling over answering) among ``--biases``; the next ``--n`` — never seen by the calibration — compare
+added to calling over answering) among ``--biases`` — the best balanced accuracy among the biases that lose at
+most ``--tolerance`` on the call categories against ``always``; the next ``--n`` — never seen by the calibration — compare
 ``always`` (the old behaviour: AUTO always calls) with ``choose`` at the calibrated bias, paired per record,
 with BFCL's own AST scoring (``function_call`` scorer) through ``genroute.bench``. Prints accuracy per category
 and mode and a paired bootstrap CI of each difference.
@@ -81,7 +82,9 @@ async def main() -> None:
     parser.add_argument("--categories", default="irrelevance,simple_python")
     parser.add_argument("--n", type=int, default=60, help="evaluation records per category")
     parser.add_argument("--dev", type=int, default=20, help="calibration records per category")
-    parser.add_argument("--biases", default="0,1.5,3", help="call_bias values tried on the calibration records")
+    parser.add_argument("--biases", default="3,4.5,6", help="call_bias values tried on the calibration records")
+    parser.add_argument("--tolerance", type=float, default=0.05,
+                        help="how much accuracy on call categories a bias may lose against always")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench-out/local_tool_choice")
@@ -93,17 +96,25 @@ async def main() -> None:
     biases = [float(b) for b in args.biases.split(",")]
     best = biases[0]
     if len(biases) > 1:
-        modes = {f"choose_{b:g}".replace(".", "_"): {"auto_calls": "choose", "call_bias": b} for b in biases}
+        # "always" is calibrated alongside: a bias may not give up calls the forced mode gets right.
+        modes = {"always": {"auto_calls": "always"},
+                 **{f"choose_{b:g}".replace(".", "_"): {"auto_calls": "choose", "call_bias": b} for b in biases}}
         dev_scores = await run(calibration, modes, Path(args.out) / "calibration", args)
-        print(f"calibration ({args.dev} per category), balanced accuracy over categories:")
-        balanced = {}
-        for (mode, settings), scores in zip(modes.items(), dev_scores.values()):
+        print(f"calibration ({args.dev} per category): accuracy per category, balanced = their mean")
+        per_mode = {}
+        for mode, scores in dev_scores.items():
             cats = by_category(scores, calibration)
-            per = {c: sum(scores[i] for i in ids) / len(ids) for c, ids in cats.items()}
-            balanced[settings["call_bias"]] = sum(per.values()) / len(per)
-            print(f"  call_bias {settings['call_bias']:g}: " + ", ".join(f"{c} {v:.3f}" for c, v in per.items())
-                  + f"; balanced {balanced[settings['call_bias']]:.3f}")
-        best = max(balanced, key=lambda b: balanced[b])
+            per_mode[mode] = {c: sum(scores[i] for i in ids) / len(ids) for c, ids in cats.items()}
+            per = per_mode[mode]
+            print(f"  {mode:10s} " + ", ".join(f"{c} {v:.3f}" for c, v in per.items())
+                  + f"; balanced {sum(per.values()) / len(per):.3f}")
+        calls = [c for c in categories if c != "irrelevance"]
+        floor = {c: per_mode["always"][c] - args.tolerance for c in calls}
+        keep = [b for b in biases if all(per_mode[f"choose_{b:g}".replace(".", "_")][c] >= floor[c] for c in calls)]
+        candidates = keep or [max(biases)]
+        best = max(candidates, key=lambda b: sum(per_mode[f"choose_{b:g}".replace(".", "_")].values()))
+        print(f"  chosen call_bias {best:g}: best balanced accuracy among biases within {args.tolerance} of "
+              f"always on {', '.join(calls)}" + ("" if keep else " (none was: the largest bias)"))
     print(f"evaluation ({args.n} per category, disjoint from calibration): always vs choose (call_bias {best:g})")
     modes = {"always": {"auto_calls": "always"}, "choose": {"auto_calls": "choose", "call_bias": best}}
     scores = await run(evaluation, modes, Path(args.out) / "evaluation", args)

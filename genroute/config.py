@@ -108,7 +108,9 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
         check_config_size(dict(source))  # built in code: its raw sections may share references too
         return source
     raw = source if isinstance(source, Mapping) else read_config_file(Path(source))
-    check_config_size(raw)
+    check_config_size(raw)  # before anchoring, which copies: an alias bomb must not be expanded first
+    if not isinstance(source, Mapping):
+        raw = anchor_paths(raw, Path(source))
     try:
         return RouterConfig.model_validate(dict(raw))
     except ValidationError as exc:
@@ -123,6 +125,37 @@ def check_config_size(raw: Mapping[str, Any]) -> None:
         check(raw, field="", limits=CONFIG, name_depth=4)
     except TooLarge as exc:
         raise ConfigError(str(exc), field=exc.field or None) from None
+
+
+def anchor_paths(raw: Mapping[str, Any], config_file: Path) -> dict[str, Any]:
+    """``raw`` as read from ``config_file``, with its file paths made independent of the working directory.
+
+    A relative value of a key named ``path`` or ending in ``_path`` or ``_file`` (``knowledge.path``,
+    ``engines.*.model_path``, ``validators.*.path``, ``policy.routes_file``...) resolves against the file's
+    directory, and a ``knowledge`` section with neither ``path`` nor ``host`` gets ``<file stem>-chroma``
+    beside the file. ``tools`` and string validators are import paths, not files, and stay as they are.
+    """
+    base = config_file.expanduser().resolve().parent
+    out = {key: value if key == "tools" else _anchor(value, base) for key, value in raw.items()}
+    knowledge = out.get("knowledge")
+    if isinstance(knowledge, Mapping) and knowledge.get("path") is None and knowledge.get("host") is None:
+        out["knowledge"] = {**knowledge, "path": str(base / f"{config_file.stem}-chroma")}
+    return out
+
+
+def _anchor(value: Any, base: Path) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _anchor_one(k, v, base) if isinstance(v, str) else _anchor(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_anchor(v, base) for v in value]
+    return value
+
+
+def _anchor_one(key: Any, value: str, base: Path) -> str:
+    if not (isinstance(key, str) and (key == "path" or key.endswith(("_path", "_file")))):
+        return value
+    path = Path(value).expanduser()
+    return value if path.is_absolute() else str(base / path)
 
 
 def read_config_file(path: Path, *, field: str = "path") -> Mapping[str, Any]:

@@ -67,7 +67,8 @@ EmbedderSpec = Annotated[LocalEmbedderSpec | GeminiEmbedderSpec, Field(discrimin
 class StoreConfig(_Frozen):
     """Where the knowledge lives (``path`` for embedded, ``host``/``port`` for a server) and how it is embedded."""
 
-    path: str | None = Field(default=None, description="Directory of an embedded Chroma (default: cache dir).")
+    path: str | None = Field(default=None, description=(
+        "Directory of an embedded Chroma (a config file without one gets `<file stem>-chroma` beside it)."))
     host: str | None = Field(default=None, description="Host of a `chroma run` server.")
     port: int = Field(default=8000, ge=1, le=65535)
     ssl: bool = False
@@ -111,6 +112,9 @@ def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine],
         err = exc.errors()[0]
         where = ".".join(str(p) for p in (field, *err["loc"]))
         raise ConfigError(err["msg"], field=where) from None
+    if config.path is None and config.host is None:
+        # Embedded Chroma is not safe across processes: one shared default directory would be a trap.
+        raise _no_place(field)
     embedder = None
     if isinstance(config.embedder, GeminiEmbedderSpec):
         from genroute.knowledge.embedders import GeminiEmbedder
@@ -157,14 +161,12 @@ class KnowledgeStore:
         """Where the store lives, for messages."""
         if self.config.host is not None:
             return f"chroma server {self.config.host}:{self.config.port}"
-        return f"embedded chroma at {self._path()}"
+        return f"embedded chroma at {self.config.path}"
 
     def _path(self) -> str:
-        if self.config.path is not None:
-            return self.config.path
-        from genroute.cache import cache_dir
-
-        return str(cache_dir("chroma"))
+        if self.config.path is None:
+            raise _no_place()
+        return self.config.path
 
     def client(self) -> Any:
         """The Chroma client, created on first use (blocking)."""
@@ -394,6 +396,12 @@ class KnowledgeStore:
         """Forget the client; Chroma flushes each write itself."""
         self._collections.clear()
         self._client_obj = None
+
+
+def _no_place(field: str = "knowledge") -> ConfigError:
+    return ConfigError("the knowledge store needs a place: `path` (a directory for an embedded Chroma; a config "
+                       "file without one gets `<file stem>-chroma` beside it) or `host` (a `chroma run` server)",
+                       field=f"{field}.path")
 
 
 @lru_cache(maxsize=4)

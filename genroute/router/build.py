@@ -3,11 +3,14 @@ every router makes however it was built."""
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.config import RouterConfig, import_object, load_config, validate_kind
+from genroute.runtime.portal import Portal
 from genroute.runtime.resources import Resources
 from genroute.runtime.pricing import Pricing
 from genroute.router.validators import from_config
@@ -20,7 +23,19 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 
-def build_router(
+def build_router(cls: Callable[..., R], source: str | Path | Mapping[str, Any] | RouterConfig, **kwargs: Any) -> R:
+    """``abuild_router`` run through the sync bridge: on the loop thread the router then keeps for its sync API."""
+    portal = Portal()
+    try:
+        router = portal.call(abuild_router(cls, source, **kwargs))
+    except BaseException:
+        portal.close()
+        raise
+    adopt_portal(router, portal)
+    return router
+
+
+async def abuild_router(
     cls: Callable[..., R],
     source: str | Path | Mapping[str, Any] | RouterConfig,
     *,
@@ -34,40 +49,69 @@ def build_router(
 
     ``tools`` and ``validators`` add Python callables to those named in config; ``policy`` replaces the
     configured policy with a policy object; ``engine_options`` pass extra constructor arguments per engine
-    (e.g. Vertex ``credentials``).
+    (e.g. Vertex ``credentials``). Every step that reads files, imports modules, resolves credentials,
+    embeds or reads a store runs in a worker thread: a running event loop never waits on construction.
     """
-    config = load_config(source)
+    config = await asyncio.to_thread(load_config, source)
     engines = {}
     for name, raw in config.engines.items():
-        engine_cls, engine_config = validate_kind("engines", raw, field=f"engines.{name}")
-        engines[name] = engine_cls(name, engine_config, **dict((engine_options or {}).get(name, {})))
-    all_tools = {name: import_object(target, field=f"tools.{name}") for name, target in config.tools.items()}
-    all_tools.update(tools or {})
-    all_validators = {name: from_config(raw, field=f"validators.{name}") for name, raw in config.validators.items()}
-    all_validators.update(validators or {})
-    pricing = Pricing(config.pricing)
-    knowledge = None
-    if config.knowledge is not None:
-        from genroute.knowledge import build_store
-
-        knowledge = build_store(config.knowledge, engines=engines, field="knowledge")
-    resources = Resources(engines, tools=all_tools, knowledge=knowledge, pricing=pricing)
+        options = dict((engine_options or {}).get(name, {}))
+        engines[name] = await asyncio.to_thread(_engine, name, raw, options)
+    resources, all_validators = await asyncio.to_thread(_resources, config, engines, tools, validators)
     backends = {}
     for name, raw in config.backends.items():
-        backend_cls, backend_config = validate_kind("backends", raw, field=f"backends.{name}")
-        # Router.__init__ checks each backend's engine and prices (for routers built in code too).
-        backends[name] = backend_cls(name, backend_config, resources)
+        backends[name] = await asyncio.to_thread(_backend, name, raw, resources)
     if policy is None and config.policy is not None:
         from genroute.policies import build_policy
 
-        policy = build_policy(config.policy, field="policy")
+        policy = await asyncio.to_thread(build_policy, config.policy, field="policy")
     router_kwargs.setdefault("capture_content", config.telemetry.capture_content)
     router_kwargs.setdefault("timeout_s", config.timeout_s)
     router_kwargs.setdefault("outcomes", config.outcomes)
     router_kwargs.setdefault("state", config.state)
     router_kwargs.setdefault("rate_limits", config.rate_limits)
     router_kwargs.setdefault("breakers", config.breakers)
-    return cls(backends, policy, resources=resources, validators=all_validators, **router_kwargs)
+    # The router binds its policy (semantic routes embed utterances) and reads backend facts (ICL example
+    # counts from the store) as it is made.
+    return await asyncio.to_thread(lambda: cls(backends, policy, resources=resources, validators=all_validators,
+                                               **router_kwargs))
+
+
+def _engine(name: str, raw: Any, options: dict[str, Any]) -> Any:
+    engine_cls, engine_config = validate_kind("engines", raw, field=f"engines.{name}")
+    return engine_cls(name, engine_config, **options)
+
+
+def _resources(config: RouterConfig, engines: dict[str, Any], tools: Mapping[str, Callable[..., Any]] | None,
+               validators: Mapping[str, Validator | Judge] | None) -> tuple[Resources, dict[str, Any]]:
+    all_tools = {name: import_object(target, field=f"tools.{name}") for name, target in config.tools.items()}
+    all_tools.update(tools or {})
+    all_validators = {name: from_config(raw, field=f"validators.{name}") for name, raw in config.validators.items()}
+    all_validators.update(validators or {})
+    knowledge = None
+    if config.knowledge is not None:
+        from genroute.knowledge import build_store
+
+        knowledge = build_store(config.knowledge, engines=engines, field="knowledge")
+    return Resources(engines, tools=all_tools, knowledge=knowledge, pricing=Pricing(config.pricing)), all_validators
+
+
+def _backend(name: str, raw: Any, resources: Resources) -> Backend:
+    backend_cls, backend_config = validate_kind("backends", raw, field=f"backends.{name}")
+    # Router.__init__ checks each backend's engine and prices (for routers built in code too).
+    return backend_cls(name, backend_config, resources)
+
+
+def adopt_portal(router: Any, portal: Portal) -> None:
+    """Give ``router`` the loop thread it was built on, stopped when the router is closed or collected."""
+    router._portal.close()  # never started: nothing ran on it yet
+    router._portal = portal
+    release_on_collect(router, portal)
+
+
+def release_on_collect(router: Any, portal: Portal) -> None:
+    """Stop ``portal``'s loop thread when ``router`` is garbage-collected unclosed, or at interpreter exit."""
+    weakref.finalize(router, portal.close)
 
 
 def require_prices(backends: Mapping[str, Backend], pricing: Pricing) -> None:

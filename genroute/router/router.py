@@ -24,8 +24,8 @@ from genroute.errors import (
 from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor, Ledger
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
+from genroute.router.build import release_on_collect, require_prices
 from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
-from genroute.router.build import require_prices
 from genroute.runtime.telemetry import CurrentSpan, Telemetry
 from genroute.router.learning import Learning, backend_info
 from genroute.state import StateStore, build_state
@@ -112,6 +112,7 @@ class Router(Learning):
             self._executor.outcomes = build_recorder(self.outcome_settings, self._executor, scrub=scrub,
                                                      secrets=engine_secrets(self.resources), state=self.state)
         self._portal = Portal()
+        release_on_collect(self, self._portal)  # its loop thread (if the sync API starts one) ends with us
         self._inflight = InFlight()
         self._closed = False
         self._refresher: asyncio.Task[None] | None = None
@@ -125,10 +126,26 @@ class Router(Learning):
         validators: Mapping[str, Validator] | None = None,
         **kwargs: Any,
     ) -> Router:
-        """Build a router from a YAML/TOML/JSON file, a mapping or a ``RouterConfig``."""
+        """Build a router from a YAML/TOML/JSON file, a mapping or a ``RouterConfig`` (blocking: in async
+        code use ``await Router.acreate(...)``)."""
         from genroute.router.build import build_router
 
         return build_router(cls, source, tools=tools, validators=validators, **kwargs)
+
+    @classmethod
+    async def acreate(
+        cls,
+        source: str | Path | Mapping[str, Any] | RouterConfig,
+        *,
+        tools: Mapping[str, Callable[..., Any]] | None = None,
+        validators: Mapping[str, Validator] | None = None,
+        **kwargs: Any,
+    ) -> Router:
+        """``from_config`` for async code: file reads, imports, credentials, embedding and store reads run in
+        worker threads, so the event loop keeps serving while the router is built."""
+        from genroute.router.build import abuild_router
+
+        return await abuild_router(cls, source, tools=tools, validators=validators, **kwargs)
 
     # -- the API ---------------------------------------------------------------------------------------
 
@@ -237,6 +254,8 @@ class Router(Learning):
         if self._owns_state:
             await self.state.aclose()
         await _flush(self._providers, _FLUSH_TIMEOUT_MS / 1000)
+        if not self._portal.owns_running_loop():  # closed from async code: stop the loop thread too
+            await asyncio.to_thread(self._portal.close)
 
     def close(self, *, drain_s: float = CLOSE_DRAIN_S) -> None:
         """Sync ``aclose`` (also stops the router's private loop thread).

@@ -132,6 +132,10 @@ class Portal:
             if aclose is not None and loop.is_running() and not self._closed:
                 self._wait(asyncio.run_coroutine_threadsafe(step(aclose()), loop))
 
+    def owns_running_loop(self) -> bool:
+        """Whether the caller runs on this portal's loop thread."""
+        return self._thread is not None and self._thread is threading.current_thread()
+
     def close(self) -> None:
         """Stop the loop thread: tasks still on it are cancelled, and every thread waiting on one is woken.
 
@@ -143,6 +147,9 @@ class Portal:
             self._loop = self._thread = None
             self._closed = True
         if loop is None or thread is None:
+            return
+        if thread is threading.current_thread():  # e.g. collected on its own thread: it cannot join itself
+            loop.call_soon(loop.stop)
             return
         if loop.is_running():
             try:

@@ -1,0 +1,244 @@
+"""Building a router: ``acreate`` keeps a running event loop free; paths in a config file resolve against the
+file; the knowledge store lives where the config says (never a shared home-cache directory); a router's loop
+thread ends with the router."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from genroute import ConfigError, Router
+from genroute.knowledge import aload_examples, build_store
+from genroute.policies.semantic import SemanticPolicy
+
+from .conftest import TEST_KEY, gemini_config
+
+EXAMPLES = [("I love it", "positive"), ("Terrible, broke at once", "negative"), ("Works fine", "positive")]
+
+
+class ProbingSemantic(SemanticPolicy):
+    """The semantic policy (it embeds its routes when bound), plus a probe: does ``loop`` run meanwhile?"""
+
+    def __init__(self, config: Any, loop: asyncio.AbstractEventLoop, wait_s: float) -> None:
+        super().__init__(config)
+        self.loop, self.wait_s = loop, wait_s
+        self.loop_ran: bool | None = None
+
+    def bind(self, resources: Any) -> None:
+        ran = threading.Event()
+        self.loop.call_soon_threadsafe(ran.set)
+        self.loop_ran = ran.wait(self.wait_s)
+        super().bind(resources)
+
+
+async def _examples(path: Path) -> None:
+    data = path / "examples.jsonl"
+    data.write_text("".join(json.dumps({"input": t, "output": label, "metadata": {"task": "sentiment"}}) + "\n"
+                            for t, label in EXAMPLES))
+    await aload_examples(build_store({"path": str(path / "kb")}, engines={}), [data], collection="shots")
+
+
+def _config(gemini_server: Any, path: Path) -> dict[str, Any]:
+    vertex = {"kind": "gemini", "vertex": {"project": "proj", "location": "europe-west4"},
+              "base_url": gemini_server.base_url}
+    return {
+        "engines": {"vertex": vertex},
+        "knowledge": {"path": str(path / "kb")},
+        "backends": {
+            "chat": {"kind": "prompt_template", "engine": "vertex", "model": "gemini-2.5-flash"},
+            "shots": {"kind": "icl", "engine": "vertex", "model": "gemini-2.5-flash", "collection": "shots",
+                      "tasks": ["sentiment"]},
+        },
+    }
+
+
+def _policy(loop: asyncio.AbstractEventLoop, wait_s: float) -> ProbingSemantic:
+    routes = {"shots": ("Is this review positive or negative?", "Classify the sentiment of this text"),
+              "chat": ("What is the capital of France?", "Tell me a story")}
+    return ProbingSemantic(SemanticPolicy.Config(kind="semantic", routes=routes, default="chat"), loop, wait_s)
+
+
+async def _build_measuring_ticks(build: Any) -> tuple[Any, float, int]:
+    """Run ``build()`` while a ticker sleeps 5 ms at a time; the router, the longest gap between ticks, ticks."""
+    loop = asyncio.get_running_loop()
+    done = False
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        while not done:
+            start = loop.time()
+            await asyncio.sleep(0.005)
+            gaps.append(loop.time() - start - 0.005)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    try:
+        router = await build()
+    finally:
+        done = True
+        await task
+    return router, max(gaps, default=0.0), len(gaps)
+
+
+async def test_acreate_keeps_the_event_loop_running(gemini_server, tmp_path, monkeypatch, capsys):
+    from google.oauth2.credentials import Credentials
+
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    await _examples(tmp_path)
+    loop = asyncio.get_running_loop()
+    options = {"engine_options": {"vertex": {"credentials": Credentials(token="test")}}}
+    # A router with semantic routes (embedded as it is built), an ICL backend (its examples counted from the
+    # store) and a Vertex engine. While the policy binds, the loop must get to run a callback.
+    policy = _policy(loop, wait_s=10.0)
+    router, gap, ticks = await _build_measuring_ticks(
+        lambda: Router.acreate(_config(gemini_server, tmp_path), policy=policy, **options))
+    async with router:
+        assert policy.loop_ran is True
+        assert router.catalogue["shots"].facts["example_count"] == len(EXAMPLES)
+        assert router.decide("Classify the sentiment: I love it").rungs[0].backend == "shots"
+    # The same construction run by the blocking from_config inside the loop holds the loop the whole time.
+    blocked = _policy(loop, wait_s=1.0)
+
+    async def blocking() -> Router:
+        return Router.from_config(_config(gemini_server, tmp_path), policy=blocked, **options)
+
+    sync_router, sync_gap, sync_ticks = await _build_measuring_ticks(blocking)
+    await sync_router.aclose()
+    assert blocked.loop_ran is False
+    # Once imports are warm (first-import CPU work holds the GIL, which no thread hides), acreate again.
+    again, warm_gap, warm_ticks = await _build_measuring_ticks(
+        lambda: Router.acreate(_config(gemini_server, tmp_path), policy=_policy(loop, wait_s=10.0), **options))
+    await again.aclose()
+    with capsys.disabled():
+        print(f"\nconstruction, longest loop gap: acreate (cold imports) {gap * 1000:.0f} ms over {ticks} ticks; "
+              f"from_config inside the loop {sync_gap * 1000:.0f} ms ({sync_ticks} ticks); "
+              f"acreate again {warm_gap * 1000:.0f} ms ({warm_ticks} ticks)")
+
+
+def test_from_config_inside_a_loop_and_outside_build_the_same_router(gemini_server):
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        assert router.generate("hi").text
+
+    async def inside() -> str:
+        async with await Router.acreate(gemini_config(gemini_server)) as router:
+            return (await router.agenerate("hi")).text
+
+    assert asyncio.run(inside())
+
+
+# -- paths -----------------------------------------------------------------------------------------
+
+
+def _write(path: Path, config: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_relative_paths_resolve_against_the_config_file(gemini_server, tmp_path, monkeypatch):
+    app = tmp_path / "app"
+    (app / "schemas").mkdir(parents=True)
+    (app / "schemas" / "answer.json").write_text('{"type": "object"}')
+    config = gemini_config(gemini_server)
+    config["knowledge"] = {"path": "data/chroma"}
+    config["validators"] = {"shape": {"kind": "json_schema", "path": "schemas/answer.json"}}
+    config["engines"]["local"] = {"kind": "local", "model_path": "models/m.gguf", "lora_path": "/abs/l.gguf"}
+    config["tools"] = {"read_file": "json:loads"}  # an import path, not a file: left alone
+    path = _write(app / "genroute.yaml", config)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with Router.from_config("../app/genroute.yaml") as router:
+        assert router.resources.knowledge.config.path == str(app / "data" / "chroma")
+        assert router.resources.engines["local"].config.model_path == str(app / "models" / "m.gguf")
+        assert router.resources.engines["local"].config.lora_path == "/abs/l.gguf"
+        assert router.resources.tools["read_file"] is json.loads
+    assert path.exists()
+
+
+def test_a_knowledge_section_without_a_place_gets_a_store_beside_the_file(gemini_server, tmp_path):
+    config = gemini_config(gemini_server)
+    config["knowledge"] = {"embedder": {"kind": "local"}}
+    path = _write(tmp_path / "conf" / "shop.yaml", config)
+    with Router.from_config(path) as router:
+        assert router.resources.knowledge.config.path == str(tmp_path / "conf" / "shop-chroma")
+
+
+def test_a_store_with_no_place_and_no_file_is_a_config_error(gemini_server, tmp_path):
+    config = gemini_config(gemini_server)
+    config["knowledge"] = {}
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(config)
+    assert info.value.field == "knowledge.path"
+    assert "beside it" in str(info.value)
+
+
+# -- the loop thread ---------------------------------------------------------------------------------
+
+
+def _loop_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "genroute-loop" and t.is_alive())
+
+
+def _wait_for(predicate: Any, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_the_loop_thread_ends_with_the_router(gemini_server):
+    before = _loop_threads()
+    router = Router.from_config(gemini_config(gemini_server))
+    router.generate("hi")
+    assert _loop_threads() == before + 1
+    router.close()
+    assert _wait_for(lambda: _loop_threads() == before)
+
+    async def used_async() -> None:
+        built = Router.from_config(gemini_config(gemini_server))  # built on its own loop thread
+        await built.agenerate("hi")
+        await built.aclose()
+
+    asyncio.run(used_async())
+    assert _wait_for(lambda: _loop_threads() == before)
+
+    forgotten = Router.from_config(gemini_config(gemini_server))
+    forgotten.generate("hi")
+    del forgotten
+    gc.collect()
+    assert _wait_for(lambda: _loop_threads() == before)
+
+
+def test_the_loop_thread_ends_at_interpreter_exit(gemini_server, tmp_path):
+    import subprocess
+    import sys
+
+    # weakref finalizers run newest first at exit: this report, made before the router, runs after its finalizer.
+    script = (
+        "import sys, threading, weakref\n"
+        "class Sentinel: pass\n"
+        "keep = Sentinel()\n"
+        "def report():\n"
+        "    alive = [t for t in threading.enumerate() if t.name == 'genroute-loop' and t.is_alive()]\n"
+        "    sys.stdout.write('loop threads at exit: %d\\n' % len(alive))\n"
+        "weakref.finalize(keep, report)\n"
+        "from genroute import Router\n"
+        f"router = Router.from_config({json.dumps(gemini_config(gemini_server))})\n"
+        "router.generate('hi')\n"
+        "sys.stdout.write('loop threads before exit: %d\\n' % sum(t.name == 'genroute-loop' for t in threading.enumerate()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "loop threads before exit: 1" in out.stdout and "loop threads at exit: 0" in out.stdout, out.stdout
+    assert "Task was destroyed" not in out.stderr and "Traceback" not in out.stderr, out.stderr
