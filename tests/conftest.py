@@ -14,6 +14,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from genroute.testing import GeminiTestServer
 
+# The CI skip guard's hooks (see tests/skip_guard.py).
+from .skip_guard import (  # noqa: F401
+    pytest_collectreport,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
+
 TEST_KEY = "AIzaSy-test-key-0123456789-secret"
 
 

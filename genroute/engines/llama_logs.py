@@ -2,6 +2,9 @@
 
 llama-cpp-python prints some load-time lines (SWA cache, LoRA buffer fallbacks) straight to stderr even with
 ``verbose=False``; an application should decide what its users see, so they go to logging like everything else.
+llama.cpp has one process-wide log callback: genroute takes it over only from llama.cpp's own default or
+llama-cpp-python's stderr printer, never from another library that installed its own (unless asked with
+``route_llama_logs(replace=True)``).
 """
 
 from __future__ import annotations
@@ -20,21 +23,58 @@ _last_level = logging.DEBUG
 _lock = threading.Lock()
 
 
-def route_llama_logs() -> None:
-    """Install the logging callback once per process (idempotent, thread-safe)."""
+def route_llama_logs(*, replace: bool = False) -> bool:
+    """Send llama.cpp's log lines to the ``genroute.llama_cpp`` logger; whether genroute's callback is installed.
+
+    Leaves a callback another library installed in place unless ``replace`` (thread-safe, idempotent).
+    """
     global _callback
     with _lock:
-        if _callback is not None:
-            return
         import llama_cpp
 
-        @llama_cpp.llama_log_callback
-        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-            global _last_level
-            level_no = _last_level if level == _CONT else _LEVELS.get(level, logging.DEBUG)
-            _last_level = level_no
-            if _logger.isEnabledFor(level_no):
-                _logger.log(level_no, text.decode("utf-8", "replace").rstrip())
+        current = _installed(llama_cpp)
+        if _callback is not None and current == _address(_callback):
+            return True
+        if not replace and current not in _defaults(llama_cpp):
+            _logger.debug("another library's llama.cpp log callback is installed; leaving it in place")
+            return False
+        if _callback is None:
+            _callback = _make_callback(llama_cpp)
+        llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+        return True
 
-        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-        _callback = callback
+
+def _address(callback: Any) -> int | None:
+    return ctypes.cast(callback, ctypes.c_void_p).value
+
+
+def _installed(llama_cpp: Any) -> int | None:
+    """The address of the log callback llama.cpp calls now (``None``: its own stderr default)."""
+    callback = llama_cpp.llama_log_callback()
+    user_data = ctypes.c_void_p()
+    llama_cpp.llama_log_get(ctypes.byref(callback), ctypes.byref(user_data))
+    return _address(callback)
+
+
+def _defaults(llama_cpp: Any) -> set[int | None]:
+    """Callbacks that only print to stderr: llama.cpp's default and llama-cpp-python's own."""
+    defaults: set[int | None] = {None}
+    try:
+        from llama_cpp import _logger as printer
+
+        defaults.add(_address(printer.llama_log_callback))
+    except (ImportError, AttributeError):
+        pass
+    return defaults
+
+
+def _make_callback(llama_cpp: Any) -> Any:
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        global _last_level
+        level_no = _last_level if level == _CONT else _LEVELS.get(level, logging.DEBUG)
+        _last_level = level_no
+        if _logger.isEnabledFor(level_no):
+            _logger.log(level_no, text.decode("utf-8", "replace").rstrip())
+
+    return callback

@@ -112,9 +112,6 @@ def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine],
         err = exc.errors()[0]
         where = ".".join(str(p) for p in (field, *err["loc"]))
         raise ConfigError(err["msg"], field=where) from None
-    if config.path is None and config.host is None:
-        # Embedded Chroma is not safe across processes: one shared default directory would be a trap.
-        raise _no_place(field)
     embedder = None
     if isinstance(config.embedder, GeminiEmbedderSpec):
         from genroute.knowledge.embedders import GeminiEmbedder
@@ -125,6 +122,9 @@ def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine],
             raise ConfigError(f"unknown engine {config.embedder.engine!r} (known: {known})",
                               field=f"{field}.embedder.engine")
         embedder = GeminiEmbedder(engine, config.embedder.model, dimension=config.embedder.dimension)
+    if config.path is None and config.host is None:
+        # Embedded Chroma is not safe across processes: one shared default directory would be a trap.
+        raise _no_place(field)
     return KnowledgeStore(config, embedder=embedder)
 
 
