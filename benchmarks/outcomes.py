@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--usd-per-billion", type=float, default=0.01)
     parser.add_argument("--holdout", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-learned", action="store_true",
+                        help="baselines and cost_aware only (no embeddings, a minute per set)")
     parser.add_argument("--limit", type=int, default=None, help="first N records of each set (a quick check)")
     args = parser.parse_args()
     names = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -95,7 +97,7 @@ def main() -> None:
         # The MMLU-Pro prices file lists exactly its 29 models; dcrouter's lists more models than the data has.
         candidates = [c for c in pricing.prices if c not in EXCLUDE[name]] if name in EXCLUDE else None
         report = compile_outcomes(source, out_dir=out / name, pricing=pricing, holdout=args.holdout,  # type: ignore[arg-type]
-                                  candidates=candidates, seed=args.seed, cache_dir=cache,
+                                  candidates=candidates, seed=args.seed, cache_dir=cache, learned=not args.no_learned,
                                   title=f"genroute bench --outcomes {name}")
         wall = time.perf_counter() - start
         print(f"\n## {name} ({wall:.0f} s)\n")

@@ -189,6 +189,10 @@ def test_cli_outcomes_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert bench_main(["--outcomes", str(data), "--out", str(tmp_path / "ab"), "--candidates", "A,B"]) == 0
     assert json.loads((tmp_path / "ab" / "compiled.json").read_text())["candidates"] == ["A", "B"]
     capsys.readouterr()
+    # The baselines and cost_aware alone need no embeddings.
+    report = compile_outcomes(data, out_dir=tmp_path / "nl", learned=False, min_n=5)
+    assert not report.methods and not any(r.name.startswith("learned") for r in report.rows)
+    assert "cost_aware (task label)" in report.markdown() and "estimators" not in report.markdown()
     assert bench_main(["--outcomes", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert bench_main(["--out", str(out)]) == 2  # neither a dataset nor --outcomes

@@ -46,10 +46,12 @@ def compile_outcomes(
     specs: Sequence[dict[str, Any]] = DEFAULT_SPECS,
     min_n: int = 100,
     force_verdict: bool = False,
+    learned: bool = True,
     title: str | None = None,
 ) -> OfflineReport:
     """Compile policies on ``source`` and judge them and every baseline on held-out records (see module).
 
+    ``learned=False`` skips the learned router (no embeddings: the baselines and ``cost_aware`` only).
     Paired comparisons give no verdict below ``min_n`` evaluation records unless ``force_verdict``.
     ``candidates`` limits the matrix to those candidates (default: every one in the file); records lacking the
     outcome of one of them are left out and counted in ``dropped``.
@@ -74,13 +76,14 @@ def compile_outcomes(
     if len(train.records) < 10:
         raise UsageError(f"compiling needs at least 10 training records (got {len(train.records)})",
                          field="outcomes")
-    if embedder is None:
-        from genroute.policies.semantic import default_embedder
+    if learned:
+        if embedder is None:
+            from genroute.policies.semantic import default_embedder
 
-        embedder = default_embedder()
-    cached = CachedEmbedder(embedder, cache_dir if cache_dir is not None else out / "embeddings")
-    x_train = cached.embed_array([r.input for r in train.records])
-    x_held = cached.embed_array([r.input for r in held.records])
+            embedder = default_embedder()
+        cached = CachedEmbedder(embedder, cache_dir if cache_dir is not None else out / "embeddings")
+        x_train = cached.embed_array([r.input for r in train.records])
+        x_held = cached.embed_array([r.input for r in held.records])
 
     choices = bl.baselines(train, held, seed=seed)
     rows = [mr.row(name, held, c) for name, c in choices.items()]
@@ -90,7 +93,7 @@ def compile_outcomes(
     sweeps = {"cost_aware (task label)": ("floor share of each task's best", floors)}
     methods: dict[str, list[dict[str, Any]]] = {}
     models: dict[str, Any] = {}
-    for use_task in (True, False):
+    for use_task in (True, False) if learned else ():
         if use_task and all(t is None for t in train.tasks):
             continue
         fitted = mr.learned_fit(train, held, x_train, x_held, use_task=use_task, specs=specs, seed=seed)

@@ -137,10 +137,11 @@ def markdown(report: OfflineReport) -> str:
             f"{report.evaluated_on}. Candidates: {len(report.candidates)}. {report.cost_basis}."
             + (f" {report.dropped} record(s) lacking some candidate's outcome were left out." if report.dropped
                else ""))
-    return "\n".join([head, "", rows_table(report), curves_table(report), comparisons_table(report),
-                      "Learned router estimators (chosen by 5-fold cross-validation on the training records; AIQ of the "
-                      "out-of-fold predictions):", "",
-                      methods_table(report)])
+    parts = [head, "", rows_table(report), curves_table(report), comparisons_table(report)]
+    if report.methods:
+        parts += ["Learned router estimators (chosen by 5-fold cross-validation on the training records; AIQ of "
+                  "the out-of-fold predictions):", "", methods_table(report)]
+    return "\n".join(parts)
 
 
 def curve_png(report: OfflineReport, path: Path) -> Path | None:
