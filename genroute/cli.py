@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ingest = sub.add_parser("ingest", help="chunk, embed and store documents in a Chroma collection")
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--collection", required=True)
-    ingest.add_argument("--config", help="router config whose `knowledge` section names the store")
+    ingest.add_argument("--config", required=True, help="router config whose `knowledge` section names the store")
     ingest.add_argument("--kind", choices=["documents", "examples"], default="documents",
                         help="documents to chunk for RAG, or JSONL examples for ICL")
     ingest.add_argument("--chunk-tokens", type=int, default=200)

@@ -196,15 +196,20 @@ async def test_function_call_parses_with_valid_args(engine: LocalEngine) -> None
 
 
 @pytest.mark.local
-async def test_auto_mode_calls_for_relevant_requests_and_answers_the_rest(engine: LocalEngine) -> None:
+async def test_auto_mode_calls_for_relevant_requests_and_answers_the_rest() -> None:
+    # call_bias 1.5: where these two short tools' requests separate (the default is calibrated on BFCL).
+    engine = LocalEngine("choose", {"pool_size": 1, "n_threads": 1, "call_bias": 1.5})
     config = types.GenerateContentConfig(tools=TOOLS, max_output_tokens=40)
-    for request in ("What's the weather like in Paris?", "Is it raining in Oslo?"):
-        reply = await engine.generate("m", user(request), config)
-        assert [c.name for c in reply.function_calls or []] == ["get_weather"], request
-    for request in ("Who wrote Hamlet?", "Tell me a joke about cats."):
-        reply = await engine.generate("m", user(request), config)
-        assert not reply.function_calls and reply.text and not reply.text.startswith("{"), request
-        assert reply.candidates[0].finish_reason == types.FinishReason.STOP
+    try:
+        for request in ("What's the weather like in Paris?", "Is it raining in Oslo?"):
+            reply = await engine.generate("m", user(request), config)
+            assert [c.name for c in reply.function_calls or []] == ["get_weather"], request
+        for request in ("Who wrote Hamlet?", "Tell me a joke about cats."):
+            reply = await engine.generate("m", user(request), config)
+            assert not reply.function_calls and reply.text and not reply.text.startswith("{"), request
+            assert reply.candidates[0].finish_reason == types.FinishReason.STOP
+    finally:
+        await engine.aclose()
 
 
 @pytest.mark.local
