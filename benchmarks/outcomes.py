@@ -60,6 +60,18 @@ def goal_lines(name: str, report: OfflineReport, max_share_task: float | None, m
     return lines
 
 
+def estimators(text: str) -> list[dict[str, object]]:
+    """``knn:K``, ``logreg[:L2]``, ``mlp``, ``blend:K`` -> estimator specs."""
+    specs: list[dict[str, object]] = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        method, _, value = item.partition(":")
+        spec: dict[str, object] = {"method": method}
+        if value:
+            spec["l2" if method == "logreg" else "k"] = float(value) if method == "logreg" else int(value)
+        specs.append(spec)
+    return specs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     shared_data.add_option(parser)
@@ -73,6 +85,11 @@ def main() -> None:
     parser.add_argument("--no-learned", action="store_true",
                         help="baselines and cost_aware only (no embeddings, a minute per set)")
     parser.add_argument("--limit", type=int, default=None, help="first N records of each set (a quick check)")
+    parser.add_argument("--sample", type=int, default=None,
+                        help="a seeded random sample of N records of each set (fewer embeddings to compute)")
+    parser.add_argument("--estimators", default=None,
+                        help="comma-separated learned estimators, e.g. knn:100,logreg:0.01,blend:40 "
+                             "(default: the eight compile_outcomes compares)")
     args = parser.parse_args()
     names = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [n for n in names if n not in SETS]
@@ -88,16 +105,22 @@ def main() -> None:
         pricing = load_pricing(prices_path, output_tokens=args.output_tokens,
                                usd_per_1m_per_billion=args.usd_per_billion)
         source: object = data_dir / data
-        if args.limit:
+        if args.limit or args.sample:
+            import random
+
             from genroute.bench.outcomes import read_outcome_records
 
-            records = read_outcome_records(source)  # type: ignore[arg-type]
-            source = [record for _, (_, record) in zip(range(args.limit), records)]
+            records = [record for _, record in read_outcome_records(source)]  # type: ignore[arg-type]
+            if args.sample and args.sample < len(records):  # seeded, kept in file order
+                keep = sorted(random.Random(args.seed).sample(range(len(records)), args.sample))
+                records = [records[i] for i in keep]
+            source = records[: args.limit] if args.limit else records
         start = time.perf_counter()
         # The MMLU-Pro prices file lists exactly its 29 models; dcrouter's lists more models than the data has.
         candidates = [c for c in pricing.prices if c not in EXCLUDE[name]] if name in EXCLUDE else None
         report = compile_outcomes(source, out_dir=out / name, pricing=pricing, holdout=args.holdout,  # type: ignore[arg-type]
                                   candidates=candidates, seed=args.seed, cache_dir=cache, learned=not args.no_learned,
+                                  **({"specs": estimators(args.estimators)} if args.estimators else {}),
                                   title=f"genroute bench --outcomes {name}")
         wall = time.perf_counter() - start
         print(f"\n## {name} ({wall:.0f} s)\n")
