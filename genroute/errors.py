@@ -72,7 +72,13 @@ class BackendError(GenrouteError):
 
 
 class BackendUnavailable(BackendError):
-    """Retryable failure: rate limit, server error, timeout or connection failure."""
+    """Retryable failure: rate limit, server error, timeout or connection failure.
+
+    ``out_of_time`` is set when retries stopped because another attempt could not finish before the
+    request's deadline: the router then raises ``DeadlineExceeded`` (the deadline, not the backend, ended it).
+    """
+
+    out_of_time: bool = False
 
     def __init__(self, message: str, *, backend: str | None = None, status: int | None = None,
                  retry_after_s: float | None = None) -> None:

@@ -326,3 +326,26 @@ def test_a_server_that_goes_silent_mid_answer_is_cut_off_at_the_deadline(mode):
         assert _streamed_text(out) == "alpha "  # what arrived before the silence, never passed off as complete
     else:
         assert isinstance(out.error, DeadlineExceeded), repr(out.error)  # half a body is retried until the deadline
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_retries_that_stop_early_because_no_attempt_fits_before_the_deadline_say_deadline(gemini_server, mode):
+    # The next wait (1 s) would cross the 2 s deadline at about 1 s: retries stop a whole backoff early, so the
+    # clock alone cannot tell the router that the deadline ended the request; the retry layer says so.
+    gemini_server.fault(Fault.status(503), times=10_000)
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"]["retry"] = {"attempts": 10_000, "initial_backoff_s": 1.0, "max_backoff_s": 1.0,
+                                            "jitter_s": 0.0}
+    out = call(config, mode, timeout_s=2.0)
+    assert isinstance(out.error, DeadlineExceeded), f"{mode}: {out.error!r}"
+    assert isinstance(out.error.__cause__, BackendUnavailable), repr(out.error.__cause__)
+
+
+def test_retries_bounded_by_the_engines_own_retry_budget_stay_backend_unavailable(gemini_server):
+    # The engine's retry deadline (not the request's) ran out: a backend failure the policy may fall through.
+    gemini_server.fault(Fault.status(503), times=10_000)
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"]["retry"] = {"attempts": 10_000, "initial_backoff_s": 0.2, "max_backoff_s": 0.2,
+                                            "jitter_s": 0.0, "deadline_s": 0.5}
+    out = call(config, "generate", timeout_s=20.0)
+    assert isinstance(out.error, BackendUnavailable) and not out.error.out_of_time, repr(out.error)

@@ -61,6 +61,8 @@ async def call_with_retry(
     or when the next wait would cross the deadline.
     """
     deadline = min(config.deadline_s, deadline_s) if deadline_s is not None else config.deadline_s
+    # Whether the request's deadline (not the engine's own retry budget) bounds the retries.
+    request_bound = deadline_s is not None and deadline_s <= config.deadline_s
     start = time.monotonic()
     try:
         # The happy path pays for no retry machinery (~0.1 ms): tenacity starts after a failure.
@@ -68,21 +70,42 @@ async def call_with_retry(
     except BackendUnavailable as exc:
         first = exc
     wait = backoff_s(config, 1, first)
-    if config.attempts == 1 or time.monotonic() - start + wait >= deadline:
+    if config.attempts == 1:
+        raise first
+    if time.monotonic() - start + wait >= deadline:
+        _out_of_time(first, config, request_bound, time.monotonic() - start, deadline)
         raise first
     logger.info("retrying after attempt 1 in %.2fs: %s", wait, first)
     await asyncio.sleep(wait)
-    return await _retry(attempt, config, deadline, start, first)
+    return await _retry(attempt, config, deadline, start, first, request_bound)
+
+
+def _out_of_time(exc: BackendUnavailable, config: RetryConfig, request_bound: bool, elapsed: float,
+                 deadline: float) -> None:
+    """Mark ``exc`` when retries stop because the request's deadline leaves no room for another attempt.
+
+    Not when the provider's own Retry-After says it is back only after the deadline (or "not soon"): that is
+    the backend being unavailable, which a policy may fall through.
+    """
+    retry_after = exc.retry_after_s
+    exc.out_of_time = request_bound and (retry_after is None or (
+        retry_after <= config.max_retry_after_s and elapsed + retry_after < deadline))
 
 
 async def _retry(attempt: Callable[[float], Awaitable[T]], config: RetryConfig, deadline: float,
-                 start: float, first: BackendUnavailable) -> T:
+                 start: float, first: BackendUnavailable, request_bound: bool) -> T:
     """Attempts 2..n under tenacity; ``start`` is when attempt 1 began."""
     import tenacity  # lazily: ~20 ms to import, and only needed once something failed
 
     def stop(state: tenacity.RetryCallState) -> bool:
-        made = state.attempt_number + 1
-        return made >= config.attempts or time.monotonic() - start + state.upcoming_sleep >= deadline
+        if state.attempt_number + 1 >= config.attempts:
+            return True
+        if time.monotonic() - start + state.upcoming_sleep < deadline:
+            return False
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, BackendUnavailable):
+            _out_of_time(exc, config, request_bound, time.monotonic() - start, deadline)
+        return True
 
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -102,6 +125,7 @@ async def _retry(attempt: Callable[[float], Awaitable[T]], config: RetryConfig, 
             remaining = deadline - (time.monotonic() - start)
             if remaining <= _MIN_ATTEMPT_S:
                 # Timers may fire a hair early, so the stop check can still see room; the last error says more.
+                _out_of_time(last, config, request_bound, time.monotonic() - start, deadline)
                 raise last
             try:
                 return await attempt(remaining)

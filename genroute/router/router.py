@@ -19,7 +19,8 @@ from genroute.admission import Admission, Instruments
 from genroute.admission.breaker import skip_open
 from genroute.admission.build import router_gates
 from genroute.errors import (
-    BackendError, DeadlineExceeded, GenrouteError, StreamInterrupted, ToolLoopExceeded, UsageError,
+    AllRungsFailed, BackendError, BackendUnavailable, DeadlineExceeded, GenrouteError, StreamInterrupted,
+    ToolLoopExceeded, UsageError,
 )
 from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor, Ledger
@@ -421,8 +422,12 @@ def _ended_by(deadline: float | None, exc: BackendError) -> bool:
     A stream cut after its first chunk stays ``StreamInterrupted`` and a tool loop ``ToolLoopExceeded``: the
     caller must know that output was sent, or which tools ran.
     """
-    return (deadline is not None and not isinstance(exc, StreamInterrupted | ToolLoopExceeded)
-            and time.monotonic() >= deadline - _DEADLINE_SLACK_S)
+    if deadline is None or isinstance(exc, StreamInterrupted | ToolLoopExceeded):
+        return False
+    # Retries that stopped because no attempt could finish in time say so (they stop up to a backoff early).
+    last = exc.__cause__ if isinstance(exc, AllRungsFailed) else exc
+    return ((isinstance(last, BackendUnavailable) and last.out_of_time)
+            or time.monotonic() >= deadline - _DEADLINE_SLACK_S)
 
 
 async def _flush(providers: list[Any], timeout_s: float) -> None:
