@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model, model_validator
 
@@ -11,6 +11,9 @@ from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, u
 from genroute.backends.templating import absent, check_template, compile_template, render
 from genroute.errors import UsageError
 from genroute.types import GenerateRequest
+
+if TYPE_CHECKING:
+    from genroute.runtime.context import RunContext
 
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
 
@@ -97,7 +100,7 @@ class PromptTemplateBackend(SingleCallBackend):
             return prompt, None
         return prompt, render(system, scope, backend=self.name, field=f"backends.{self.name}.system", names=names)
 
-    async def prepare(self, request: GenerateRequest, ctx: Any) -> Prepared:
+    async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
         prompt, system = self.render(request)
         return Prepared(model=self.config.model, contents=[user_content(prompt)], config=self._genai_config(system))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
 
@@ -30,7 +30,7 @@ class Engine(ABC):
     #: price becomes the result's ``cloud_equivalent_cost_usd``. ``None``: no comparison.
     reference_model: str | None = None
 
-    def __init__(self, name: str, config: Any) -> None:
+    def __init__(self, name: str, config: BaseModel) -> None:
         self.name = name
         self.config = config
 
