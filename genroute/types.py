@@ -78,8 +78,7 @@ class Usage(_Frozen):
     thinking_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
-        # Sums of validated counts need no validation again (this runs several times per request).
-        return Usage.model_construct(
+        return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,

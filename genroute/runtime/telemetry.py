@@ -121,7 +121,7 @@ def usage_of(response: types.GenerateContentResponse) -> Usage | None:
     meta = response.usage_metadata
     if meta is None:
         return None
-    return Usage.model_construct(  # the SDK validated these counts already
+    return Usage(
         input_tokens=meta.prompt_token_count or 0,
         output_tokens=meta.candidates_token_count or 0,
         cached_input_tokens=meta.cached_content_token_count or 0,
