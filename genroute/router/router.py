@@ -217,8 +217,9 @@ class Router(Learning):
         """This router with the named backends swapped for ``backends``; nothing else is rebuilt or re-read.
 
         The copy shares this router's policy, telemetry, validators, resources and loop thread (the benchmark
-        uses it to give a function-calling backend one record's tools). Close this router, not the copy; the
-        swapped-in backends are the caller's to close.
+        uses it to give a function-calling backend one record's tools). Close this router, not the copy, and keep
+        it referenced while the copy is in use (its loop thread stops when it is collected); the swapped-in
+        backends are the caller's to close.
         """
         import copy
 
