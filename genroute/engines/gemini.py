@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -16,6 +16,8 @@ from genroute.engines.errors import map_error
 from genroute.engines.retry import RetryConfig, call_with_retry
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted
 from genroute.types import Usage
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from google import genai
@@ -181,6 +183,23 @@ class GeminiEngine(Engine):
     def _map(self, exc: Exception) -> GenrouteError:
         return map_error(exc, backend=self.name, secrets=self._secrets())
 
+    async def _call(self, call: Callable[[], Awaitable[_T]], seconds: float,
+                    lost: Callable[[BaseException], None] | None = None) -> _T:
+        """One SDK call bounded by ``seconds``, its failure mapped to genroute's error tree.
+
+        The one place every engine call gets its timeout and error mapping; ``lost`` sees any failure first
+        (to bill an attempt the provider processed). A cancellation passes through unmapped.
+        """
+        try:
+            async with asyncio.timeout(seconds):
+                return await call()
+        except BaseException as exc:
+            if lost is not None:
+                lost(exc)
+            if not isinstance(exc, Exception):
+                raise  # a cancellation: the caller is going away
+            raise self._map(exc) from exc
+
     @staticmethod
     def _bill_lost(exc: BaseException, contents: list[types.Content],
                    config: types.GenerateContentConfig | None) -> None:
@@ -210,16 +229,10 @@ class GeminiEngine(Engine):
 
         async def attempt(remaining_s: float) -> types.GenerateContentResponse:
             seconds, override = self._attempt_timeout(remaining_s)
-            try:
-                async with asyncio.timeout(seconds):
-                    return await models.generate_content(
-                        model=model, contents=_sdk_contents(contents), config=_with_timeout(config, override)
-                    )
-            except BaseException as exc:
-                self._bill_lost(exc, contents, config)
-                if not isinstance(exc, Exception):
-                    raise  # a cancellation: the caller is going away
-                raise self._map(exc) from exc
+            return await self._call(
+                lambda: models.generate_content(model=model, contents=_sdk_contents(contents),
+                                                config=_with_timeout(config, override)),
+                seconds, lambda exc: self._bill_lost(exc, contents, config))
 
         return await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
 
@@ -239,21 +252,23 @@ class GeminiEngine(Engine):
             seconds, override = self._attempt_timeout(remaining_s)
             end = loop.time() + seconds
             chunks = None
-            try:
-                async with asyncio.timeout_at(end):
-                    chunks = await models.generate_content_stream(
-                        model=model, contents=_sdk_contents(contents), config=_with_timeout(config, override)
-                    )
-                    first = await anext(chunks, None)
+
+            async def first_chunk() -> types.GenerateContentResponse:
+                nonlocal chunks
+                chunks = await models.generate_content_stream(
+                    model=model, contents=_sdk_contents(contents), config=_with_timeout(config, override)
+                )
+                first = await anext(chunks, None)
                 if first is None:
                     raise BackendUnavailable("stream ended before its first chunk", backend=self.name)
-            except BaseException as exc:
+                return first
+
+            try:
+                first = await self._call(first_chunk, seconds, lambda exc: self._bill_lost(exc, contents, config))
+            except BaseException:
                 if chunks is not None:
                     await _close_quietly(chunks)
-                self._bill_lost(exc, contents, config)
-                if not isinstance(exc, Exception):
-                    raise
-                raise self._map(exc) from exc
+                raise
             return chunks, first, end
 
         chunks, chunk, end = await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
@@ -296,11 +311,8 @@ class GeminiEngine(Engine):
                     task_type=task_type, output_dimensionality=output_dimensionality,
                     http_options=types.HttpOptions(timeout=_timeout_ms(seconds)),
                 )
-                try:
-                    async with asyncio.timeout(seconds):
-                        return await models.embed_content(model=model, contents=batch, config=cfg)
-                except Exception as exc:
-                    raise self._map(exc) from exc
+                return await self._call(lambda: models.embed_content(model=model, contents=batch, config=cfg),
+                                        seconds)
 
             response = await call_with_retry(attempt, self.config.retry)
             got = [list(e.values or ()) for e in response.embeddings or ()]
@@ -318,11 +330,8 @@ class GeminiEngine(Engine):
         async def attempt(remaining_s: float) -> int:
             seconds, _ = self._attempt_timeout(remaining_s)
             cfg = types.CountTokensConfig(http_options=types.HttpOptions(timeout=_timeout_ms(seconds)))
-            try:
-                async with asyncio.timeout(seconds):
-                    result = await self.client.aio.models.count_tokens(model=model, contents=contents, config=cfg)
-            except Exception as exc:
-                raise self._map(exc) from exc
+            result = await self._call(
+                lambda: self.client.aio.models.count_tokens(model=model, contents=contents, config=cfg), seconds)
             return int(result.total_tokens or 0)
 
         return await call_with_retry(attempt, self.config.retry)
@@ -356,13 +365,11 @@ class GeminiEngine(Engine):
                         "gen_ai.request.model": model, "genroute.cache.ttl_s": ttl_s},
         ) as span:
             try:
-                async with asyncio.timeout(seconds):
-                    cache = await self.client.aio.caches.create(model=model, config=cfg)
-            except Exception as exc:
-                mapped = self._map(exc)
-                span.set_attribute("error.type", type(mapped).__name__)
-                span.set_status(trace.StatusCode.ERROR, str(mapped))
-                raise mapped from exc
+                cache = await self._call(lambda: self.client.aio.caches.create(model=model, config=cfg), seconds)
+            except GenrouteError as exc:
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(trace.StatusCode.ERROR, str(exc))
+                raise
             if cache.name:
                 span.set_attribute("genroute.cache.name", cache.name)
             if cache.usage_metadata is not None and cache.usage_metadata.total_token_count is not None:
