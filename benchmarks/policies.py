@@ -88,7 +88,8 @@ def utterances(count: int) -> list[tuple[str, str]]:
     i = 0
     while len(pairs) < count:
         text, backend = base[i % len(base)]
-        pairs.setdefault(prefixes[(i // len(base)) % len(prefixes)] + text, backend)
+        round_ = i // len(base)  # prefixes repeat once they run out: a small data set still reaches ``count``
+        pairs.setdefault(prefixes[round_ % len(prefixes)] * (round_ // len(prefixes) + 1) + text, backend)
         i += 1
     items = list(pairs.items())
     return [(b, t) for t, b in (items if count <= 0 else items[:count])]
