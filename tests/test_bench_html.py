@@ -181,3 +181,49 @@ def test_compiled_section_refuses_or_forces_a_verdict_below_the_minimum(tmp_path
     assert "were forced (--force-verdict)" in forced and "no verdict" not in forced
     enough = compiled_comparisons(compiled, min_n=compiled.n_held_out)
     assert all(c.decision != "no_verdict" for c in enough)
+
+
+def outcomes_report(tmp_path: Path) -> Path:
+    """``genroute bench --outcomes`` on a matrix where the best single candidate (C) misses a third of the
+    trivia that B gets right: the per-task rule and cost_aware route differently from it there."""
+    from genroute.bench.offline import compile_outcomes
+    from tests.test_bench_outcomes import synthetic
+
+    rows = synthetic(30)
+    for n, row in enumerate(r for r in rows if r["metadata"]["task"] == "trivia"):
+        if n % 3 == 0:
+            row["outcomes"]["C"]["score"] = 0.0
+    report = compile_outcomes(rows, out_dir=tmp_path / "outcomes", learned=False, min_n=10)
+    return Path(report.files["html"])
+
+
+def test_the_outcomes_report_shows_per_record_scores_and_routes(tmp_path: Path) -> None:
+    dom = parse(dump_dom(outcomes_report(tmp_path), tmp_path))
+    assert "|---" not in dom.pre_text
+    view = dom.tables["routing"]
+    assert view[0][1] == ["task", "record", "query", "gold", "A", "B", "C", "routed by best single (train)",
+                          "routed by per-task best (train)", "routed by cost_aware (task label)"]
+    rows = view[1:]
+    assert rows and all(attrs.get("style") in (None, "") for attrs, _ in rows)
+    for attrs, cells in rows:
+        scores = [float(c) for c in cells[4:7]]
+        routed = {c.split()[1]: float(c.split()[0]) for c in cells[7:]}  # "1.00 A" -> candidate and its score
+        assert all(routed[name] == scores["ABC".index(name)] for name in routed)
+        if cells[0] == "math":
+            assert cells[7].endswith(" C") and cells[8].endswith(" A") and cells[9].endswith(" A")
+        differ = len(set(routed.values())) > 1
+        assert attrs.get("data-differ") == str(int(differ))
+    differing = [cells for attrs, cells in rows if attrs.get("data-differ") == "1"]
+    assert differing and {c[0] for c in differing} == {"trivia"}
+    assert rows[: len(differing)] == [(a, c) for a, c in rows if a.get("data-differ") == "1"]  # listed first
+    assert all(c[7] == "0.00 C" and c[8] == "1.00 B" for c in differing)
+
+
+def test_the_outcomes_per_record_view_filters_by_task_and_disagreement(tmp_path: Path) -> None:
+    page = outcomes_report(tmp_path)
+    rows = parse(dump_dom(page, tmp_path, "#task=math")).tables["routing"][1:]
+    shown = [cells for attrs, cells in rows if "display: none" not in (attrs.get("style") or "")]
+    assert shown and {c[0] for c in shown} == {"math"} and len(shown) < len(rows)
+    rows = parse(dump_dom(page, tmp_path, "#differ=1")).tables["routing"][1:]
+    shown = [attrs for attrs, _ in rows if "display: none" not in (attrs.get("style") or "")]
+    assert shown and all(a.get("data-differ") == "1" for a in shown) and len(shown) < len(rows)

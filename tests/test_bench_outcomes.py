@@ -21,6 +21,7 @@ from genroute.errors import UsageError
 from genroute.knowledge.embedders import LocalEmbedder
 from genroute.policies.base import PolicyContext
 from genroute.policies.learned import LearnedConfig, LearnedPolicy
+from genroute.policies.semantic import SemanticConfig, SemanticPolicy
 from genroute.types import GenerateRequest
 
 #: Two estimators keep the tests quick (the default compares seven, by 5-fold cross-validation).
@@ -139,7 +140,7 @@ def test_compile_routes_math_to_a_and_trivia_to_b(embedder: LocalEmbedder, tmp_p
     assert oracle.quality == 1.0 and set(oracle.picks) == {"A", "B"}
     assert rows["best single (train)"].picks == {"C": 24} and rows["best single (train)"].quality == 1.0
     for name in ("cost_aware (task label)", "learned (text + task) at best-single quality",
-                 "learned (text only) at best-single quality"):
+                 "learned (text only) at best-single quality", "semantic routes (text only) at best-single quality"):
         assert rows[name].quality == 1.0, name
         assert rows[name].picks == oracle.picks, name  # math -> A, trivia -> B: the oracle's routing
         assert rows[name].cost_per_request_usd == pytest.approx(0.001)
@@ -157,6 +158,17 @@ def test_compile_routes_math_to_a_and_trivia_to_b(embedder: LocalEmbedder, tmp_p
     assert policy.decide(GenerateRequest(input="Compute 31 * 7 and give the number."), context).rungs[0].backend == "A"
     trivia = GenerateRequest(input="Trivia 99: who wrote Emma? (ref 5)")
     assert policy.decide(trivia, context).rungs[0].backend == "B"
+    # The compiled semantic routes are a semantic policy config a person reads: training queries per candidate.
+    semantic = json.loads(Path(report.files["semantic"]).read_text())
+    assert semantic["kind"] == "semantic" and semantic["default"] == "C" and set(semantic["routes"]) == {"A", "B"}
+    assert all(u.startswith("Compute") for u in semantic["routes"]["A"])
+    assert all(u.startswith("Trivia") for u in semantic["routes"]["B"])
+    routes = SemanticPolicy(SemanticConfig.model_validate(semantic), embedder=embedder)
+    assert routes.decide(GenerateRequest(input="Compute 31 * 7 and give the number."), context).rungs[0].backend == "A"
+    assert routes.decide(trivia, context).rungs[0].backend == "B"
+    assert "Compiled semantic routes" in report.markdown()
+    assert any(m["spec"].startswith("semantic routes (") and m["chosen"]
+               for m in report.methods["semantic routes (text only)"])
 
 
 def test_refuses_to_judge_on_training_records(embedder: LocalEmbedder, tmp_path: Path) -> None:

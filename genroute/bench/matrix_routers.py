@@ -130,14 +130,7 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
         results.append({"spec": spec, "validation_aiq": aiq([(c, q) for _, c, q in points], lo, hi),
                         "points": points})
     best = max(results, key=lambda r: r["validation_aiq"])
-    points = best["points"]
-    reaching = [w for w, _, q in points if q >= target_q]
-    match = max(reaching) if reaching else 0.0
-    def within(limit: float) -> float:  # the weight with the best quality at no more than ``limit``
-        affordable = [(q, w) for w, c, q in points if c <= limit]
-        return max(affordable)[1] if affordable else max(COST_WEIGHTS)
-
-    budget_w = within(budget)
+    match, budget_w, shares = operating_points(best["points"], target_q, budget, best_cost, cost_shares)
     model = fit(x_tr, train.scores, train.candidates, cost=cost, tasks=vocab, seed=seed, cost_weight=match,
                 **best["spec"])
     name = "learned " + ("(text + task)" if use_task else "(text only)")
@@ -145,7 +138,22 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
                for r in results]
     return LearnedFit(name=name, spec=best["spec"], model=model, predicted=model.predict(x_he),
                       cost_weight_match=match, cost_weight_budget=budget_w, methods=methods,
-                      cost_weight_shares={share: within(share * best_cost) for share in cost_shares})
+                      cost_weight_shares=shares)
+
+
+def operating_points(points: Sequence[tuple[float, float, float]], target_quality: float, budget: float,
+                     best_cost: float, shares: Sequence[float]) -> tuple[float, float, dict[float, float]]:
+    """Knob values read off ``(weight, cost, quality)`` points measured on training records: the largest
+    weight still reaching ``target_quality``; the best quality at no more than ``budget``; and at no more than
+    each share of ``best_cost``."""
+    reaching = [w for w, _, q in points if q >= target_quality]
+
+    def within(limit: float) -> float:  # the weight with the best quality at no more than ``limit``
+        affordable = [(q, w) for w, c, q in points if c <= limit]
+        return max(affordable)[1] if affordable else max(COST_WEIGHTS)
+
+    return (max(reaching) if reaching else 0.0, within(budget),
+            {share: within(share * best_cost) for share in shares})
 
 
 def _point(matrix: OutcomeMatrix, choice: np.ndarray) -> tuple[float, float]:

@@ -108,19 +108,70 @@ def compile_outcomes(
             rows.append(mr.row(name, held, choices[name], knob=weight))
         sweeps[fitted.name] = ("cost weight", [(w, fitted.model.choose(fitted.predicted, w))
                                                for w in mr.COST_WEIGHTS])
+    routes_md, semantic_file = "", None
+    if learned:
+        routes_md, semantic_file, sem_methods = _semantic(train, held, x_train, x_held, cached, out, choices,
+                                                          rows, sweeps, seed=seed)
+        methods["semantic routes (text only)"] = sem_methods
     curves = _curves(train, held, sweeps)
     comparisons = _comparisons(held, choices, min_n=min_n, force=force_verdict, seed=seed)
     report = OfflineReport(
         source=full.source or "records", evaluated_on=where, n_train=len(train.records), n_eval=len(held.records),
         dropped=full.dropped + (held.dropped if eval_source is not None else 0), candidates=list(full.candidates),
         cost_basis=full.cost_basis, rows=rows, curves=curves, comparisons=comparisons, methods=methods,
-        seconds=0.0, files={})
-    files = write_outputs(report, train, held, models, out, title=title)
+        routes=routes_md, seconds=0.0, files={})
+    files = write_outputs(report, train, held, models, out, title=title, choices=choices)
+    if semantic_file is not None:
+        files["semantic"] = str(semantic_file)
     report = report.model_copy(update={"files": files, "seconds": time.perf_counter() - start})
     from genroute.cache import atomic_write_bytes
 
     atomic_write_bytes(Path(files["compiled"]), to_json(report).encode())
     return report
+
+
+#: The semantic routes' operating point written to ``semantic.json`` (and its row's name).
+SEMANTIC = "semantic routes (text only) at best-single quality"
+
+
+def _semantic(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, x_held: np.ndarray, embedder: Any,
+              out: Path, choices: dict[str, np.ndarray], rows: list[mr.RouterRow],
+              sweeps: dict[str, tuple[str, Sequence[tuple[float, np.ndarray]]]], *, seed: int
+              ) -> tuple[str, Path, list[dict[str, Any]]]:
+    """Compile semantic routes on ``train`` (``semantic_routes``), write ``semantic.json``, and score the
+    ``semantic`` policy that config builds on every held record, beside the routes' curve."""
+    from genroute.bench import semantic_routes as sr
+    from genroute.bench.compile import policy_context
+    from genroute.policies.router_models import normalise
+    from genroute.policies.semantic import SemanticConfig, SemanticPolicy
+    from genroute.types import GenerateRequest
+
+    u_train, u_held = normalise(x_train), normalise(x_held)
+    fitted = sr.fit(train, u_train, mr.COST_WEIGHTS, seed=seed)
+    best = bl.best_single(train)
+    match, budget_w, shares = mr.operating_points(
+        fitted.predicted_points, float(train.scores[:, best].mean()),
+        float(mr.picked_costs(train, bl.per_task_best(train, train)).mean()), float(train.costs[:, best].mean()),
+        (0.4,))
+    default = train.candidates[best]
+    path = sr.write_config(out / "semantic.json", fitted.routes, train, match, default=default)
+    policy = SemanticPolicy(SemanticConfig.model_validate(json.loads(path.read_text(encoding="utf-8"))),
+                            embedder=embedder)
+    context = policy_context(list(train.candidates))
+    choices[SEMANTIC] = np.array([held.candidates.index(policy.decide(GenerateRequest(input=r.input), context)
+                                                        .rungs[0].backend) for r in held.records], dtype=int)
+    rows.append(mr.row(SEMANTIC, held, choices[SEMANTIC], knob=match))
+    for label, weight in (("at 40% of best-single cost", shares[0.4]), ("at per-task-best cost", budget_w)):
+        name = f"semantic routes (text only) {label}"
+        choices[name] = fitted.routes.route(u_train, u_held, weight)
+        rows.append(mr.row(name, held, choices[name], knob=weight))
+    sweeps["semantic routes (text only)"] = ("cost weight", [(w, fitted.routes.route(u_train, u_held, w))
+                                                             for w in mr.COST_WEIGHTS])
+    table = (f"{len(fitted.routes.members)} routes over the training queries (clusters chosen by 5-fold "
+             f"cross-validation on the training records), each sent to its candidate at cost weight {match:.3g} "
+             f"(the operating point reaching the best single's quality out of fold); `{path.name}` is the "
+             "`semantic` policy config they make.\n\n" + sr.route_table(fitted.routes, train, match))
+    return table, path, fitted.methods
 
 
 def split_by_text(matrix: OutcomeMatrix, *, holdout: float, seed: int) -> tuple[OutcomeMatrix, OutcomeMatrix]:
@@ -167,7 +218,11 @@ PAIRS = (("learned (text + task) at best-single quality", "best single (train)")
          ("learned (text only) at per-task-best cost", "per-task best (train)"),
          ("cost_aware (task label)", "best single (train)"),
          ("cost_aware (task label)", "per-task best (train)"),
-         ("learned (text only) at best-single quality", "random"))
+         ("learned (text only) at best-single quality", "random"),
+         (SEMANTIC, "best single (train)"),
+         ("semantic routes (text only) at 40% of best-single cost", "best single (train)"),
+         ("semantic routes (text only) at per-task-best cost", "per-task best (train)"),
+         (SEMANTIC, "learned (text only) at best-single quality"))
 
 
 def _comparisons(held: OutcomeMatrix, choices: Mapping[str, np.ndarray], *, min_n: int, force: bool, seed: int

@@ -62,6 +62,7 @@ class OfflineReport(BaseModel):
     curves: list[CurveSummary]
     comparisons: list[Comparison]
     methods: dict[str, list[dict[str, Any]]]
+    routes: str = ""  # the compiled semantic routes, as Markdown (empty: none compiled)
     seconds: float
     files: dict[str, str]
 
@@ -85,7 +86,7 @@ def rows_table(report: OfflineReport) -> str:
         picks = ", ".join(f"{c}: {n}" for c, n in sorted(r.picks.items(), key=lambda kv: -kv[1]))
         knob = "–" if r.knob is None else f"{r.knob:.3g}"
         lines.append(f"| {r.name} | {r.quality:.3f} | {_money(r.cost_per_request_usd)} | {r.n} | {knob} | "
-                     f"{picks if r.name.startswith(('learned', 'cost_aware', 'oracle', 'per-task', 'random')) else '–'} |")
+                     f"{picks if r.name.startswith(('learned', 'semantic', 'cost_aware', 'oracle', 'per-task', 'random')) else '–'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -139,8 +140,10 @@ def markdown(report: OfflineReport) -> str:
                else ""))
     parts = [head, "", rows_table(report), curves_table(report), comparisons_table(report)]
     if report.methods:
-        parts += ["Learned router estimators (chosen by 5-fold cross-validation on the training records; AIQ of "
-                  "the out-of-fold predictions):", "", methods_table(report)]
+        parts += ["Learned router estimators and semantic route cluster counts (chosen by 5-fold cross-validation "
+                  "on the training records; AIQ of the out-of-fold routing):", "", methods_table(report)]
+    if report.routes:
+        parts += ["Compiled semantic routes:", "", report.routes]
     return "\n".join(parts)
 
 
@@ -176,9 +179,20 @@ def curve_png(report: OfflineReport, path: Path) -> Path | None:
     return path
 
 
+#: Rows shown in the HTML report's per-record view: the compiled policies' main operating points and the rules
+#: chosen on the training records (the other operating points are in the tables).
+PER_RECORD = ("best single (train)", "per-task best (train)", "cost_aware (task label)",
+              "learned (text + task) at best-single quality", "learned (text only) at best-single quality",
+              "semantic routes (text only) at best-single quality")
+
+
 def write_outputs(report: OfflineReport, train: OutcomeMatrix, held: OutcomeMatrix, models: Mapping[str, Any],
-                  out: Path, *, title: str | None = None) -> dict[str, str]:
-    """``stats.json`` and the learned models (from the training records), ``curve.png``, ``report.md/html``."""
+                  out: Path, *, title: str | None = None, choices: Mapping[str, Any] | None = None
+                  ) -> dict[str, str]:
+    """``stats.json`` and the learned models (from the training records), ``curve.png``, ``report.md/html``
+    (whose per-record view shows, for the ``choices`` of ``PER_RECORD``, where each routed every record)."""
+    from genroute.bench.html_report import routing_view
+
     from genroute.bench.compile import stats_from
     from genroute.bench.report import write_report
 
@@ -192,7 +206,10 @@ def write_outputs(report: OfflineReport, train: OutcomeMatrix, held: OutcomeMatr
     if png is not None:
         files["curve"] = str(png)
         sections.append(("Cost–quality curve", f"![cost-quality curve]({png.name})"))
-    written = write_report(out, candidate_summaries(held), title=title or "genroute bench --outcomes", sections=sections)
+    shown = {name: choices[name] for name in PER_RECORD if name in (choices or {})}
+    view = ("Per record: each candidate's score and where each compiled policy routed it", routing_view(held, shown))
+    written = write_report(out, candidate_summaries(held), title=title or "genroute bench --outcomes",
+                           sections=sections, per_record=view)
     files.update({k: str(v) for k, v in written.items()})
     files["compiled"] = str(out / "compiled.json")
     return files

@@ -176,14 +176,19 @@ def pareto_png(summaries: Sequence[Summary], path: str | Path) -> Path:
 
 def html_report(summaries: Sequence[Summary], png: Path | None, *, title: str = "genroute bench",
                 sections: Sequence[tuple[str, str]] = (), out_dir: Path | None = None,
-                records: Sequence[BenchRecord] | None = None, outcomes: Sequence[Outcome] | None = None) -> str:
+                records: Sequence[BenchRecord] | None = None, outcomes: Sequence[Outcome] | None = None,
+                per_record: tuple[str, str] | None = None) -> str:
     """A self-contained HTML page: the summary table, the Pareto chart, every (title, Markdown) section with its
-    tables as tables and its images embedded, and (given records and outcomes) where the backends disagree."""
+    tables as tables and its images embedded, and a per-record view: ``per_record`` (title, HTML), else
+    (given records and outcomes) where the backends disagree."""
     from genroute.bench.html_report import disagreement_view, page, table_html
 
     metric = summaries[0].metric if summaries else "score"
     columns = [c if c != "quality (95% CI)" else f"{metric} (95% CI)" for c in COLUMNS]
     summary = table_html(columns, table_rows(summaries), table_id="summary")
+    if per_record is not None:
+        return page(title, summary, png, sections, out_dir=out_dir, per_record=per_record[1],
+                    per_record_title=per_record[0])
     view = disagreement_view(records, outcomes) if records is not None and outcomes is not None else None
     return page(title, summary, png, sections, out_dir=out_dir, per_record=view)
 
@@ -194,11 +199,13 @@ CURVE_PNG = "curve.png"
 
 def write_report(out_dir: str | Path, summaries: Sequence[Summary], *, title: str = "genroute bench",
                  sections: Sequence[tuple[str, str]] = (), records: Sequence[BenchRecord] | None = None,
-                 outcomes: Sequence[Outcome] | None = None) -> dict[str, Path]:
+                 outcomes: Sequence[Outcome] | None = None, per_record: tuple[str, str] | None = None
+                 ) -> dict[str, Path]:
     """Write ``report.md``, ``pareto.png``, ``report.html`` and ``summary.json`` into ``out_dir``.
 
     ``sections`` are (title, Markdown) pairs. A ``curve.png`` in ``out_dir`` that no section shows gets its own
-    section. With ``records`` and ``outcomes`` the HTML page also shows, record by record, where they disagree.
+    section. With ``records`` and ``outcomes`` the HTML page also shows, record by record, where they disagree;
+    ``per_record`` (title, HTML) is a per-record view built by the caller instead.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +225,8 @@ def write_report(out_dir: str | Path, summaries: Sequence[Summary], *, title: st
     paths = {"markdown": out / "report.md", "html": out / "report.html", "summary": out / "summary.json"}
     paths["markdown"].write_text("".join(md), encoding="utf-8")
     paths["html"].write_text(html_report(summaries, png, title=title, sections=sections, out_dir=out,
-                                         records=records, outcomes=outcomes), encoding="utf-8")
+                                         records=records, outcomes=outcomes, per_record=per_record),
+                               encoding="utf-8")
     paths["summary"].write_text(json.dumps([s.model_dump(mode="json") for s in summaries], indent=2) + "\n",
                                 encoding="utf-8")
     if png is not None:
