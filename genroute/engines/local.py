@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.engines.base import Engine
 from genroute.runtime.billing import bill, estimate_input
-from genroute.engines.local_prompt import AutoCalls, Defaults, Prepared, PromptFormat, prepare
+from genroute.engines.local_prompt import AutoCalls, Defaults, Prepared, PromptFormat, prepare, tokenize
 from genroute.engines.local_sampling import constrained_tokens
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
 from genroute.types import Usage
@@ -134,6 +134,8 @@ class LocalEngine(Engine):
         self._running: set[threading.Event] = set()
         self._closed = False
         self.model_version: str | None = None
+        #: The token ids of the latest prompt this engine sent to llama.cpp (BOS first): what the model saw.
+        self.last_prompt_tokens: tuple[int, ...] = ()
 
     @property
     def lora_path(self) -> str | None:
@@ -215,7 +217,8 @@ class LocalEngine(Engine):
                      cancel: threading.Event) -> _Outcome:
         s = prep.sampling
         grammar = self._grammar(prep.schema) if prep.schema is not None else None
-        prompt_tokens = llm.tokenize(prep.prompt.encode("utf-8"), add_bos=True, special=True)
+        prompt_tokens = tokenize(llm, prep.pieces)
+        self.last_prompt_tokens = tuple(prompt_tokens)
         # llama.cpp rounds n_ctx up (to 256) but llama-cpp-python sizes its buffers by the request.
         n_ctx = min(llm.n_ctx(), self.config.n_ctx)
         room = n_ctx - len(prompt_tokens)

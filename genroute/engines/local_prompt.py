@@ -1,6 +1,6 @@
 """google-genai request types → a prompt, sampling settings and an optional JSON schema for llama.cpp.
 
-Pure functions (no model needed), so the translation is testable on its own.
+Pure functions (no model needed but for ``tokenize``'s tokenizer), so the translation is testable on its own.
 
 The bundled Gemma 3 270M is a *base* model: it continues text and does not follow the Gemma chat
 template (measured: the template produced unrelated text, a ``User:``/``Assistant:`` transcript gave
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from google.genai import types
 
 PromptFormat = Literal["plain", "gemma"]
+#: The Gemma chat template's turn markers (control tokens of its vocabulary).
+START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
 #: In AUTO function-calling mode: ``choose`` lets the model call a function or answer in text (one schema
 #: covers both); ``always`` forces a call unless a function result just came back (then text).
 AutoCalls = Literal["choose", "always"]
@@ -49,11 +51,16 @@ class Sampling:
     stop: tuple[str, ...] = ()
 
 
+#: A piece of the prompt and whether it is one of the format's own control tokens (``<start_of_turn>``):
+#: only those are tokenized as control tokens; every text (request, document, example) is plain text.
+Piece = tuple[str, bool]
+
+
 @dataclass(frozen=True)
 class Prepared:
     """Everything the worker thread needs: the prompt, sampling, and the output constraint."""
 
-    prompt: str
+    pieces: tuple[Piece, ...]
     sampling: Sampling
     #: JSON schema the output must match (JSON mode or a function call), or ``None`` for free text.
     schema: dict[str, Any] | None = None
@@ -64,6 +71,11 @@ class Prepared:
     #: Added to the log-odds of calling over answering where the model chooses (``may_answer``).
     call_bias: float = 0.0
     function_names: tuple[str, ...] = field(default=())
+
+    @property
+    def prompt(self) -> str:
+        """The prompt as one string (control tokens written out)."""
+        return "".join(text for text, _ in self.pieces)
 
 
 @dataclass(frozen=True)
@@ -168,19 +180,32 @@ def _system_text(config: types.GenerateContentConfig) -> str:
 
 
 def render(contents: list[types.Content], config: types.GenerateContentConfig, fmt: PromptFormat,
-           tools_text: str, answer_label: str) -> tuple[str, tuple[str, ...]]:
-    """The prompt text and the stop sequences that end the model's turn."""
+           tools_text: str, answer_label: str) -> tuple[tuple[Piece, ...], tuple[str, ...]]:
+    """The prompt's pieces and the stop sequences that end the model's turn."""
     preamble = "\n\n".join(t for t in (_system_text(config), tools_text) if t)
     turns = [(c.role or "user", "\n".join(_part_text(p) for p in c.parts or ())) for c in contents]
     if fmt == "gemma":
-        body = "".join(f"<start_of_turn>{'model' if r == 'model' else 'user'}\n{t}<end_of_turn>\n" for r, t in turns)
-        if preamble and body.startswith("<start_of_turn>user\n"):
-            body = body.replace("<start_of_turn>user\n", f"<start_of_turn>user\n{preamble}\n\n", 1)
-        return body + "<start_of_turn>model\n", ("<end_of_turn>",)
+        pieces: list[Piece] = []
+        for i, (role, text) in enumerate(turns):
+            head = f"{'model' if role == 'model' else 'user'}\n"
+            if i == 0 and preamble and role != "model":
+                head += f"{preamble}\n\n"
+            pieces += [(START_OF_TURN, True), (head + text, False), (END_OF_TURN, True), ("\n", False)]
+        return (*pieces, (START_OF_TURN, True), ("model\n", False)), (END_OF_TURN,)
     lines = [preamble + "\n"] if preamble else []
     lines += [f"{'Assistant' if r == 'model' else 'User'}: {t}" for r, t in turns]
     # A base model keeps writing the transcript: stop where it starts the next turn.
-    return "\n".join(lines) + f"\n{answer_label}:", ("\nUser:", "\nAssistant:", "\nFunction result")
+    return (("\n".join(lines) + f"\n{answer_label}:", False),), ("\nUser:", "\nAssistant:", "\nFunction result")
+
+
+def tokenize(llm: Any, pieces: tuple[Piece, ...], *, bos: bool = True) -> list[int]:
+    """The token ids of ``pieces`` (after BOS if ``bos``) with ``llm``'s tokenizer. Only the format's own markers
+    become control tokens: a request, document or example that writes ``<start_of_turn>`` or ``<eos>`` reaches
+    the model as those characters, never as the token (the same split llama.cpp makes around special tokens)."""
+    tokens: list[int] = []
+    for i, (text, control) in enumerate(pieces):
+        tokens += llm.tokenize(text.encode("utf-8"), add_bos=bos and i == 0, special=control)
+    return tokens
 
 
 def _call_mode(config: types.GenerateContentConfig, contents: list[types.Content],
@@ -238,7 +263,7 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
         schema = to_json_schema(config.response_schema, field_name="config.response_schema")
     elif config.response_mime_type == "application/json":
         schema = {}  # any JSON value
-    prompt, format_stops = render(contents, config, defaults.prompt_format, tools_text,
+    pieces, format_stops = render(contents, config, defaults.prompt_format, tools_text,
                                   "Function call" if mode == "call" else "Assistant")
     # Under a schema the grammar decides where the output ends, and any stop sequence (the caller's, or a
     # turn marker) can occur inside valid JSON: JSON allows newlines between tokens and any text in
@@ -252,6 +277,6 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
         seed=defaults.seed if config.seed is None else config.seed,
         stop=() if schema is not None else tuple(config.stop_sequences or ()) + format_stops,
     )
-    return Prepared(prompt=prompt, sampling=sampling, schema=schema, function_call=call,
+    return Prepared(pieces=pieces, sampling=sampling, schema=schema, function_call=call,
                     may_answer=mode == "choose", call_bias=0.0 if _after_result(contents) else defaults.call_bias,
                     function_names=tuple(d.name for d in decls))

@@ -2,7 +2,7 @@
 
 Such text is data. It must not be able to close the block it is quoted in, open another, or pose as
 a turn of the conversation: ``<document>`` delimiters and chat-template markers (Gemma's
-``<start_of_turn>``/``<end_of_turn>``) lose their ``<``, and a line that starts like a transcript
+``<start_of_turn>``/``<end_of_turn>``) lose their ``<``, and a line (after any line break) that starts like a transcript
 turn or an example field (``User:``, ``Assistant:``, ``Input:``, ``Output:``...) gets a backslash in
 front, so the local engine's transcript and the ``text`` example format cannot be forged from inside.
 The words themselves stay readable: the model sees what the data says, not an instruction slot.
@@ -13,9 +13,14 @@ from __future__ import annotations
 import re
 
 _TAGS = re.compile(r"<\s*/?\s*(?:document|start_of_turn|end_of_turn)\b", re.IGNORECASE)
+#: A line starts after any break ``str.splitlines`` knows (``\r``, U+2028... not just ``\n``), past blanks and
+#: zero-width characters; a full-width colon counts as a colon.
+_BREAK = "\n\r\v\f\x1c-\x1e\x85\u2028\u2029"
 _TURN_LINES = re.compile(
-    r"^([ \t]*)(?=(?:user|assistant|model|system|function call|function result|input|output)[ \t]*:)",
-    re.IGNORECASE | re.MULTILINE,
+    rf"(?:^|(?<=[{_BREAK}]))((?:[^\S{_BREAK}]|[\u200b-\u200d\u2060\ufeff])*)"
+    rf"(?=(?:user|assistant|model|system|function call|function result|input|output)[^\S{_BREAK}]*"
+    rf"(?:\([^{_BREAK})]*\)[^\S{_BREAK}]*)?[:\uff1a])",  # "Function result (name):" is a local-engine turn
+    re.IGNORECASE,
 )
 
 

@@ -200,8 +200,15 @@ class PromptEncoder:
 
     def encode(self, example: Example, index: int) -> tuple[list[int], list[int]]:
         """Ids and labels for one example; the prompt is cut from the left if the pair is too long."""
-        prompt = self._vocab.tokenize(format_prompt(example.input).encode(), add_bos=True, special=True)
-        target = self._vocab.tokenize(format_target(example.output).encode(), add_bos=False, special=True)
+        from google.genai import types
+
+        from genroute.engines.local_prompt import Defaults, prepare, tokenize
+
+        # The engine's own rendering and tokenization: the ids trained on are the ids served, and markers
+        # written inside an example's text stay text (as they do at inference).
+        turn = [types.Content(role="user", parts=[types.Part(text=example.input)])]
+        prompt = tokenize(self._vocab, prepare(turn, None, Defaults(prompt_format="gemma")).pieces)
+        target = tokenize(self._vocab, ((example.output, False), (END_OF_TURN, True)), bos=False)
         room = self.max_seq_len - len(target)
         if room < 8:
             where = f"line {example.line}" if example.line is not None else f"example {index + 1}"
