@@ -1,7 +1,7 @@
 """Shared state across processes: one budget for four processes, admission overhead, a hanging backend.
 
     python benchmarks/shared_state.py budget   [--processes 4 --requests 200]   # redis vs memory state
-    python benchmarks/shared_state.py overhead [--n 3000]                        # µs per request, vs a bare span
+    python benchmarks/shared_state.py overhead [--n 3000 --baseline DIR]         # µs per request, vs a bare span
     python benchmarks/shared_state.py breaker  [--seconds 10 --clients 20]       # req/s with/without breakers
 
 Each starts its own ``redis-server`` (Debian's package; ``scripts/install.sh`` installs it) on a free port and
@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+# A worker may run another checkout's code (``overhead --baseline``): that checkout comes first on the path.
+sys.path.insert(0, os.environ.get("GENROUTE_BENCH_CODE", str(HERE.parent)))
 
 from genroute import BudgetExceeded, GenrouteError, Router  # noqa: E402
 from genroute.testing import GeminiTestServer, Reply  # noqa: E402
@@ -191,6 +192,48 @@ async def _admission_us(router: Router, n: int) -> list[float]:
     return samples
 
 
+def overhead_config(server: GeminiTestServer, state: dict[str, Any]) -> dict[str, Any]:
+    """A budget, one rate limit (rpm and tpm) and breakers: every gate an admission can pass."""
+    config = base_config(server, state)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"},
+                        "per": "global", "budget_usd": 1e9, "costs": {"chat": 0.01}}
+    config["rate_limits"] = [{"engine": "gemini", "model": "gemini-2.5-flash", "rpm": 10**9, "tpm": 10**12}]
+    config["breakers"] = {}
+    return config
+
+
+def overhead_worker(config: dict[str, Any]) -> None:
+    """Measure admission in this process (with whatever genroute is first on the path): one line in, samples out."""
+    loop = asyncio.new_event_loop()
+    router = Router.from_config(config)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        print(json.dumps(loop.run_until_complete(_admission_us(router, int(line)))), flush=True)
+    loop.run_until_complete(router.aclose())
+    loop.close()
+
+
+class OverheadWorker:
+    """``overhead_worker`` in its own process, with the code of ``tree`` (a checkout of genroute)."""
+
+    def __init__(self, tree: Path, config: dict[str, Any]) -> None:
+        env = {**os.environ, "PYTHONPATH": str(tree), "GENROUTE_BENCH_CODE": str(tree)}
+        self.process = subprocess.Popen([sys.executable, __file__, "worker", "overhead", json.dumps(config)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "ready"
+
+    def samples(self, n: int) -> list[float]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{n}\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def stop(self) -> None:
+        self.process.communicate("\n", timeout=60)
+
+
 def bench_overhead(args: argparse.Namespace) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -204,39 +247,34 @@ def bench_overhead(args: argparse.Namespace) -> None:
     tracer = provider.get_tracer("bench")
     attrs = {f"attr.{i}": i for i in range(10)}
     redis = RedisProcess()
+    remote: dict[str, OverheadWorker] = {}
     try:
         with GeminiTestServer() as server:
-            routers = {}
             redis_state = {"kind": "redis", "url": redis.url}
-            for kind, state in (("memory", {"kind": "memory"}), ("redis", redis_state),
-                                ("redis, settles one by one", redis_state)):
-                config = base_config(server, state)
-                config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"},
-                                    "per": "global", "budget_usd": 1e9, "costs": {"chat": 0.01}}
-                config["rate_limits"] = [{"engine": "gemini", "model": "gemini-2.5-flash", "rpm": 10**9,
-                                          "tpm": 10**12}]
-                config["breakers"] = {}
-                routers[kind] = Router.from_config(config)
-                if "one by one" in kind:
-                    routers[kind].state.remote = False  # what the concurrent settles save, in the same run
-            loop = asyncio.new_event_loop()
-            rounds: dict[str, list[float]] = {"bare OTel SDK span (10 attrs)": [], **{k: [] for k in routers}}
-            for _ in range(5):  # interleaved rounds: load on the shared machine hits all alike
-                for kind, router in routers.items():
-                    rounds[kind] += loop.run_until_complete(_admission_us(router, args.n // 5))
-                for _ in range(args.n // 5):
+            trees = {"": HERE.parent}
+            if args.baseline:
+                trees[f", baseline ({args.baseline_label or Path(args.baseline).name})"] = Path(args.baseline)
+            for i, (label, tree) in enumerate(trees.items()):  # each in its own process; redis: own key prefix
+                remote[f"memory{label}"] = OverheadWorker(tree, overhead_config(server, {"kind": "memory"}))
+                remote[f"redis{label}"] = OverheadWorker(tree, overhead_config(server, {**redis_state,
+                                                                                      "prefix": f"o{i}:"}))
+            rounds: dict[str, list[float]] = {"bare OTel SDK span (10 attrs)": [], **{k: [] for k in remote}}
+            for _ in range(args.rounds):  # interleaved rounds: load on the shared machine hits all alike
+                for kind, worker in remote.items():
+                    rounds[kind] += worker.samples(args.n // args.rounds)
+                for _ in range(args.n // args.rounds):
                     start = time.perf_counter()
                     tracer.start_span("bare", attributes=attrs).end()
                     rounds["bare OTel SDK span (10 attrs)"].append((time.perf_counter() - start) * 1e6)
-            print(f"admission per request (breaker view + budget hold/settle + rpm/tpm holds/settles), n={args.n}")
-            print(f"{'':32} {'p50 µs':>9} {'p99 µs':>9}")
+            print(f"admission per request (breaker view + budget hold/settle + rpm/tpm holds/settles), n={args.n}, "
+                  f"load {os.getloadavg()[0]:.1f}")
+            print(f"{'':56} {'p50 µs':>9} {'p90 µs':>9} {'p99 µs':>9}")
             for kind, samples in rounds.items():
                 q = statistics.quantiles(samples, n=100)
-                print(f"{kind:32} {statistics.median(samples):9.1f} {q[98]:9.1f}")
-            for router in routers.values():
-                loop.run_until_complete(router.aclose())
-            loop.close()
+                print(f"{kind:56} {statistics.median(samples):9.1f} {q[89]:9.1f} {q[98]:9.1f}")
     finally:
+        for worker in remote.values():
+            worker.stop()
         redis.stop()
 
 
@@ -347,6 +385,10 @@ def main() -> None:
     b.add_argument("--requests", type=int, default=200)
     o = sub.add_parser("overhead")
     o.add_argument("--n", type=int, default=3000)
+    o.add_argument("--rounds", type=int, default=5)
+    o.add_argument("--baseline", help="a checkout of genroute to compare with, side by side (e.g. a `git worktree "
+                   "add` of the commit before a change); its redis admission runs in its own process")
+    o.add_argument("--baseline-label", help="the baseline's name in the table (default: its directory name)")
     h = sub.add_parser("breaker")
     h.add_argument("--seconds", type=float, default=10.0)
     h.add_argument("--clients", type=int, default=20)
@@ -357,6 +399,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "worker":
         config = json.loads(args.config)
+        if args.mode == "overhead":
+            overhead_worker(config)
+            return
         if args.mode == "budget":
             coro = budget_worker(config, int(args.extra[0]))
         elif args.mode == "load":

@@ -280,3 +280,63 @@ def test_a_challenger_added_later_is_covered_by_rate_limits(gemini_server) -> No
         assert router.generate("first", task="t").backend == "extra"
         with pytest.raises(RateLimited):  # its engine's limit applies to it too (one request per hour)
             router.generate("second", task="t", backend="extra")
+
+
+def test_an_admission_is_one_store_call_in_and_one_out(gemini_server, redis_server: RedisServer) -> None:
+    """A budget, a rate limit (rpm and tpm) and two breakers: one Lua script run before the attempt, one after."""
+    import redis
+    from opentelemetry import trace
+
+    from genroute.admission import Outcome
+    from genroute.types import GenerateRequest
+
+    config = _config(gemini_server, breakers=BREAKERS, state={"kind": "redis", "url": redis_server.url},
+                     rate_limits=[{"engine": "gemini", "model": "gemini-2.5-flash", "rpm": 100, "tpm": 10**6}])
+    config["policy"] = {"kind": "budget", "inner": CASCADE, "per": "global", "budget_usd": 1.0,
+                        "costs": {"chat": 0.01, "cheap": 0.001}}
+    client = redis.Redis.from_url(redis_server.url)
+
+    def scripts_run() -> int:
+        stats = client.info("commandstats")
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+    def tokens_spent() -> int:  # this minute's and the last (the test may straddle a minute)
+        window = int(time.time() // 60)
+        return sum(int(client.hget(f"genroute:a:ratelimit:engine:gemini:gemini-2.5-flash:{w}:tpm", "spent") or 0)
+                   for w in (window - 1, window))
+
+    async def main() -> tuple[int, int, int, dict[str, float]]:
+        async with Router.from_config(config) as router:
+            await router.agenerate("warm up")  # the script is loaded, the breaker view read
+            assert router.admission is not None
+            request = GenerateRequest(input="q" * 40)
+            decision = router.decide(request)
+            before, tokens = scripts_run(), tokens_spent()
+            attempt = await router.admission.enter(request, decision, "chat", time.monotonic() + 30,
+                                                   trace.INVALID_SPAN)
+            entered = scripts_run()
+            await router.admission.exit(attempt, Outcome(cost_usd=0.002, input_tokens=12))
+            calls = (entered - before, scripts_run() - entered)
+            return *calls, tokens_spent() - tokens, await router.admission.budget().usage("*")
+
+    calls_in, calls_out, tokens, usage = asyncio.run(main())
+    assert (calls_in, calls_out) == (1, 1)
+    assert tokens == 12  # settled at what was reported, not the estimate (10)
+    assert usage["reserved"] == 0.0 and usage["spent"] > 0.002  # the warm-up answer and this settle
+
+
+def test_admission_checks_breakers_in_the_store_even_when_this_process_saw_them_closed(
+        gemini_server, redis_server: RedisServer) -> None:
+    state = {"kind": "redis", "url": redis_server.url, "prefix": "stale-view:"}
+    config = _config(gemini_server, breakers={**BREAKERS, "cooldown_s": 30, "refresh_s": 60}, state=state)
+    with Router.from_config(config) as one, Router.from_config(config) as other:
+        assert other.generate("before").backend == "chat"  # read the breakers once: closed for 60 s
+        _fail_chat(gemini_server, times=2)
+        for i in range(2):
+            one.generate(f"q{i}")
+        sent = _models(gemini_server).count("gemini-2.5-flash")
+        result = other.generate("after")  # its view is stale; its admission is not
+    assert result.backend == "cheap" and "breaker open" not in result.decision.reason
+    tried = result.decision.rungs_tried[0]
+    assert (tried.backend, tried.outcome, tried.error_type) == ("chat", "skipped", "CircuitOpen")
+    assert _models(gemini_server).count("gemini-2.5-flash") == sent  # nothing was sent to the open one

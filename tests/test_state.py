@@ -19,6 +19,7 @@ import pytest
 from genroute.errors import ConfigError, StateUnavailable
 from genroute.state import RedisStateConfig, StateStore, build_state
 from genroute.state.memory import MemoryStateStore
+from genroute.state.ops import Checked, Close, Fail, Held, Hold, Open, Probe, Settle
 from genroute.state.redis_store import RedisStateStore
 
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
@@ -107,6 +108,40 @@ async def test_breaker_open_for_a_given_time(store: StateStore) -> None:
     assert await store.breaker_open("r", 30)
     assert not await store.breaker_open("r", 1)  # already open; never shortened
     assert 29 < (await store.breakers(["r"]))["r"] <= 30
+    await store.aclose()
+
+
+# -- one call per admission: all or none -------------------------------------------------------------------
+
+async def test_admit_takes_every_claim_or_none(store: StateStore) -> None:
+    assert await store.breaker_open("half", 0.05)
+    await asyncio.sleep(0.1)  # half-open: the next admission is its probe
+    claims = [Probe("half", 5), Hold("a", 40, 100, ttl_s=60, keep_s=600), Hold("b", 30, 20, ttl_s=60, keep_s=600)]
+    results, refused = await store.admit(claims)
+    assert refused == 2 and results[1].passed and results[2] == Held(None, 20)
+    assert results[0] == Checked(True, probing=True)
+    # Nothing was held: not the first hold, not the probe (another attempt may claim it).
+    assert await store.usage("a") == (0, 0)
+    assert await store.breaker_probe("half", 5)
+    results, refused = await store.admit([Probe("half", 5), Hold("a", 40, 100, ttl_s=60, keep_s=600)])
+    assert refused == 0 and results == [Checked(False, False, 0.0)]  # its probe is in flight
+    assert await store.usage("a") == (0, 0)
+    await store.aclose()
+
+
+async def test_admit_reports_an_open_breaker_and_apply_settles_all_at_once(store: StateStore) -> None:
+    await store.breaker_open("b", 30)
+    results, refused = await store.admit([Hold("a", 1, 10, ttl_s=60, keep_s=600), Probe("b", 5)])
+    assert refused == 1 and not results[1].passed and 29 < results[1].open_s <= 30
+    results, refused = await store.admit([Hold("a", 4, 10, ttl_s=60, keep_s=600), Probe("closed", 5),
+                                          Hold("r", 1, 1, ttl_s=60, keep_s=600)])
+    assert refused is None and results[1] == Checked(True) and results[2].left == 0
+    answers = await store.apply([Settle("a", results[0].hold_id, 7, keep_s=600),
+                                 Settle("r", results[2].hold_id, 1, charge="r2", keep_s=600),
+                                 Fail("f", 1, 10, 30), Open("b", 1), Close("b")])
+    assert answers == [None, None, True, False, True]
+    assert await store.usage("a") == (7, 0) and await store.usage("r") == (0, 0) and await store.usage("r2") == (1, 0)
+    assert set(await store.breakers(["b", "f"])) == {"f"}
     await store.aclose()
 
 
@@ -228,9 +263,9 @@ def test_a_password_in_the_url_never_reaches_an_error(redis_server: RedisServer)
 async def test_a_replayed_settle_counts_once(redis_server: RedisServer) -> None:
     store = _redis(redis_server)
     hold_id, _ = await store.hold("once", 10, 100, ttl_s=60, keep_s=600)
-    client, scripts = store._client()
-    args = ("once", hold_id, 10, None, 600.0, "settle-1")
-    await store._settle_remote(scripts, *args)
-    await store._settle_remote(scripts, *args)  # e.g. it timed out on the way back and was replayed
+    _, script = store._client()
+    settle = Settle("once", hold_id, 10, keep_s=600)
+    await store._call(script, "apply", [settle], ["settle-1"])
+    await store._call(script, "apply", [settle], ["settle-1"])  # e.g. it timed out on the way back and was replayed
     assert await store.usage("once") == (10, 0)
     await store.aclose()

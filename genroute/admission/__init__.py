@@ -7,6 +7,9 @@ A ``Gate`` is one kind of check — a budget (provided by a budget policy), a ra
     ... the backend runs ...
     await admission.exit(attempt, Outcome(cost_usd, input_tokens, error))       # always, even if cancelled
 
+Each gate states its checks as state store operations (``genroute.state.ops``), so that an admission is one
+store call in and one out, whatever gates take part: with Redis, one Lua script run each way.
+
 ``genroute.router.attempt.AdmittedAttempt`` is that path; ``cost_usd`` is whatever the attempt's run context
 reports (the provider's usage, or genroute's estimate for a call that failed, timed out or was cut).
 
@@ -18,7 +21,6 @@ may read of this state (budget left, open breakers) is handed to them in their `
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from abc import ABC, abstractmethod
@@ -30,6 +32,7 @@ from opentelemetry import metrics, trace
 
 if TYPE_CHECKING:
     from genroute.state import StateStore
+    from genroute.state.ops import Claim, Settlement
     from genroute.types import Decision, GenerateRequest
 
 
@@ -73,15 +76,74 @@ class Outcome:
 
 
 class Gate(ABC):
-    """One admission check around every attempt; ``enter`` may wait or refuse, ``exit`` always runs."""
+    """One admission check around every attempt, stated as state store operations.
+
+    Before the attempt, ``claims`` says what it must take from the store (holds, a breaker check); the claims
+    of all the router's gates are taken in one atomic ``StateStore.admit`` call, all or none. If one does not
+    pass, its gate's ``refused`` raises the typed refusal or waits (then all are claimed again). After the
+    attempt, ``settlements`` says what to settle, and all gates' settlements go in one ``StateStore.apply``
+    call; ``settled`` reads the answers. ``enter``/``exit`` run one gate alone the same way."""
+
+    store: StateStore
 
     @abstractmethod
+    def claims(self, attempt: Attempt) -> Sequence[Claim]:
+        """What ``attempt`` must take from the store; may raise a refusal known without asking the store."""
+
+    def admitted(self, attempt: Attempt, claims: Sequence[Claim], results: Sequence[Any]) -> Any:
+        """The token ``settlements`` will get, from this gate's claims and the store's answers (all passed)."""
+        return [(claim, result) for claim, result in zip(claims, results, strict=True)]
+
+    @abstractmethod
+    async def refused(self, attempt: Attempt, claim: Claim, result: Any) -> None:
+        """``claim`` did not pass (nothing is held): raise the typed refusal, or wait and return (claim again)."""
+
+    @abstractmethod
+    def settlements(self, attempt: Attempt, token: Any, outcome: Outcome) -> Sequence[Settlement]:
+        """What to settle after the attempt, at its real (or estimated) cost."""
+
+    def settled(self, attempt: Attempt, token: Any, outcome: Outcome, results: Sequence[Any]) -> None:
+        """The store's answers to ``settlements`` (e.g. a breaker this attempt opened)."""
+
     async def enter(self, attempt: Attempt) -> Any:
-        """Admit ``attempt`` (returning a token for ``exit``) or raise a typed refusal."""
+        """Pass this gate alone (``Admission`` passes all of a router's gates in one store call)."""
+        return (await enter_gates((self,), self.store, attempt))[0]
 
-    @abstractmethod
     async def exit(self, attempt: Attempt, token: Any, outcome: Outcome) -> None:
-        """Settle what ``enter`` held, at the attempt's real (or estimated) cost."""
+        """Settle this gate alone."""
+        await exit_gates(((self, token),), self.store, attempt, outcome)
+
+
+async def enter_gates(gates: Sequence[Gate], store: StateStore, attempt: Attempt) -> list[Any]:
+    """Every gate's claims in one ``store.admit`` call: their tokens, or the first refusal (nothing held)."""
+    while True:
+        claimed = [gate.claims(attempt) for gate in gates]
+        flat = [claim for claims in claimed for claim in claims]
+        results, refused = await store.admit(flat) if flat else ([], None)
+        if refused is None:
+            tokens, start = [], 0
+            for gate, claims in zip(gates, claimed, strict=True):
+                tokens.append(gate.admitted(attempt, claims, results[start:start + len(claims)]))
+                start += len(claims)
+            return tokens
+        start = 0
+        for gate, claims in zip(gates, claimed, strict=True):
+            if refused < start + len(claims):
+                await gate.refused(attempt, flat[refused], results[refused])  # raises, or waited: claim again
+                break
+            start += len(claims)
+
+
+async def exit_gates(entered: Sequence[tuple[Gate, Any]], store: StateStore, attempt: Attempt,
+                     outcome: Outcome) -> None:
+    """Every entered gate's settlements in one ``store.apply`` call."""
+    planned = [gate.settlements(attempt, token, outcome) for gate, token in entered]
+    flat = [op for ops in planned for op in ops]
+    results = await store.apply(flat) if flat else []
+    start = 0
+    for (gate, token), ops in zip(entered, planned, strict=True):
+        gate.settled(attempt, token, outcome, results[start:start + len(ops)])
+        start += len(ops)
 
 
 class Instruments:
@@ -122,43 +184,26 @@ class Admission:
 
     async def enter(self, request: GenerateRequest, decision: Decision, backend: str, deadline: float | None,
                     span: trace.Span) -> Attempt:
-        """Pass every gate or raise the first refusal (after releasing what earlier gates held)."""
+        """Pass every gate (one store call) or raise the first refusal (nothing is then held)."""
         attempt = Attempt(request, decision, backend, deadline, span)
-        for gate in self.gates:
-            try:
-                attempt.tokens.append(await gate.enter(attempt))
-            except BaseException:
-                await self._exit(attempt, Outcome(sent=False))
-                self._mark(attempt)
-                raise
-        self._mark(attempt)
+        try:
+            attempt.tokens = await enter_gates(self.gates, self.store, attempt)
+        finally:
+            self._mark(attempt)
         return attempt
 
     async def exit(self, attempt: Attempt, outcome: Outcome) -> None:
-        """Settle every gate the attempt entered."""
-        await self._exit(attempt, outcome)
-        self._mark(attempt)
-
-    async def _exit(self, attempt: Attempt, outcome: Outcome) -> None:
+        """Settle every gate the attempt entered (one store call)."""
         entered = list(zip(self.gates, attempt.tokens, strict=False))
-        attempt.tokens.clear()
-        if self.store.remote and len(entered) > 1:  # settles are independent: one round trip's wait, not several
-            results = await asyncio.gather(*(gate.exit(attempt, token, outcome) for gate, token in entered),
-                                           return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
-        else:
-            errors = []
-            for gate, token in reversed(entered):
-                try:
-                    await gate.exit(attempt, token, outcome)
-                except BaseException as exc:  # every gate settles even if one fails (e.g. store closed mid-way)
-                    errors.append(exc)
-        if errors:
-            raise errors[0]
+        attempt.tokens = []
+        try:
+            await exit_gates(entered, self.store, attempt, outcome)
+        finally:
+            self._mark(attempt)
 
     def _mark(self, attempt: Attempt) -> None:
         if self.store.degraded and attempt.span.is_recording():
             attempt.span.set_attribute("genroute.state.fallback", True)
 
 
-__all__ = ["Admission", "Attempt", "Gate", "Instruments", "Outcome", "hold_ttl_s"]
+__all__ = ["Admission", "Attempt", "Gate", "Instruments", "Outcome", "enter_gates", "exit_gates", "hold_ttl_s"]

@@ -5,20 +5,22 @@ when its request's deadline passed) within ``window_s``, a breaker opens for ``c
 ``Retry-After`` opens it for that long. While a breaker is open the router drops its backend's rungs from
 the decision (``skip_open``; the reason says so) and nothing is sent to it. When the cool-down ends the
 breaker is half-open: one attempt (the probe) is let through; its success closes the breaker, its failure
-opens it again. Every process reads the shared state at most ``refresh_s`` after its last read, so a
-breaker another process opened is seen within ``refresh_s`` (plus one store round trip).
+opens it again. Each attempt's breakers are checked in the store as part of its admission's one store call,
+so an attempt never passes a breaker another process opened; the decision's view (which rungs to leave out)
+is read from the store at most ``refresh_s`` after the last read.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.admission import Attempt, Gate, Instruments, Outcome
 from genroute.errors import BackendUnavailable, CircuitOpen, RateLimited
+from genroute.state.ops import Claim, Close, Fail, Open, Probe, Settlement
 
 if TYPE_CHECKING:
     from genroute.state import StateStore
@@ -78,57 +80,89 @@ class BreakerGate(Gate):
 
     # -- the gate ---------------------------------------------------------------------------------------
 
-    async def enter(self, attempt: Attempt) -> list[str]:
-        probes: list[str] = []
+    def claims(self, attempt: Attempt) -> list[Probe]:
+        # What this process saw open refuses at once; the store checks the rest (and claims a half-open
+        # breaker's one probe) in the admission's one call, so a breaker another process opened is seen there.
         now = time.monotonic()
-        for name in self.names.get(attempt.backend, ()):
+        ttl = PROBE_TTL_S if attempt.deadline is None else max(1.0, attempt.deadline - now)
+        names = self.names.get(attempt.backend, ())
+        for name in names:
             until = self._until.get(name)
-            if until is None:
-                continue
-            if until > now:
+            if until is not None and until > now:
                 raise CircuitOpen(f"circuit breaker {name} is open for {until - now:.1f} s more (nothing was sent)",
                                   backend=attempt.backend, retry_after_s=until - now)
-            ttl = PROBE_TTL_S if attempt.deadline is None else max(1.0, attempt.deadline - now)
-            if not await self.store.breaker_probe(name, ttl):
-                raise CircuitOpen(f"circuit breaker {name} is half-open and its one probe is in flight "
-                                  "(nothing was sent)", backend=attempt.backend)
-            probes.append(name)
+        return [Probe(name, ttl) for name in names]
+
+    def admitted(self, attempt: Attempt, claims: Sequence[Claim], results: Sequence[Any]) -> list[str]:
+        probes = []
+        for claim, checked in zip(claims, results, strict=True):
+            if checked.probing:
+                probes.append(claim.name)
+            else:  # closed in the store (e.g. another process's probe closed it)
+                self._until.pop(claim.name, None)
         return probes
 
-    async def exit(self, attempt: Attempt, token: list[str], outcome: Outcome) -> None:
+    async def refused(self, attempt: Attempt, claim: Claim, result: Any) -> None:
+        name = claim.name  # type: ignore[union-attr]
+        if result.open_s > 0:
+            self._until[name] = time.monotonic() + result.open_s
+            raise CircuitOpen(f"circuit breaker {name} is open for {result.open_s:.1f} s more (nothing was sent)",
+                              backend=attempt.backend, retry_after_s=result.open_s)
+        self._until.setdefault(name, time.monotonic())
+        raise CircuitOpen(f"circuit breaker {name} is half-open and its one probe is in flight "
+                          "(nothing was sent)", backend=attempt.backend)
+
+    def settlements(self, attempt: Attempt, token: list[str], outcome: Outcome) -> list[Settlement]:
         if not outcome.sent:
-            return
+            return []
         error = outcome.error
         if error is None:
-            for name in token:  # the probe answered: close
-                if await self.store.breaker_close(name):
+            return [Close(name) for name in token]  # the probe answered: close
+        if not _unhealthy(error, attempt):
+            return []
+        retry_after = _retry_after(error)
+        ops: list[Settlement] = []
+        for name in self.names.get(attempt.backend, ()):
+            if retry_after:
+                ops.append(Open(name, retry_after))
+            elif name in token:
+                ops.append(Open(name, self.config.cooldown_s))
+            else:
+                ops.append(Fail(name, self.config.failures, self.config.window_s, self.config.cooldown_s))
+        return ops
+
+    def settled(self, attempt: Attempt, token: list[str], outcome: Outcome, results: Sequence[Any]) -> None:
+        if outcome.error is None:
+            for name, closed in zip(token, results, strict=False):
+                if closed:
                     self._until.pop(name, None)
                     self._event(attempt, name, "closed", "the half-open probe succeeded")
             return
-        if not _unhealthy(error, attempt):
-            return
-        retry_after = getattr(error, "retry_after_s", None) if getattr(error, "status", None) == 429 else None
-        for name in self.names.get(attempt.backend, ()):
+        error = outcome.error
+        retry_after = _retry_after(error)
+        for name, opened in zip(self.names.get(attempt.backend, ()), results, strict=False):
+            if not opened:
+                continue
             if retry_after:
-                opened, open_s, why = await self.store.breaker_open(name, retry_after), retry_after, \
-                    f"429 with Retry-After {retry_after:g} s"
+                open_s, why = retry_after, f"429 with Retry-After {retry_after:g} s"
             elif name in token:
-                opened, open_s, why = await self.store.breaker_open(name, self.config.cooldown_s), \
-                    self.config.cooldown_s, f"the half-open probe failed ({type(error).__name__})"
+                open_s, why = self.config.cooldown_s, f"the half-open probe failed ({type(error).__name__})"
             else:
-                opened = await self.store.breaker_fail(name, threshold=self.config.failures,
-                                                       window_s=self.config.window_s, open_s=self.config.cooldown_s)
                 open_s, why = self.config.cooldown_s, \
                     f"{self.config.failures} retryable failures within {self.config.window_s:g} s " \
                     f"(last: {type(error).__name__})"
-            if opened:
-                self._until[name] = max(self._until.get(name, 0.0), time.monotonic() + open_s)
-                self.instruments.opens.add(1, {"genroute.breaker": name})
-                self._event(attempt, name, "open", why)
+            self._until[name] = max(self._until.get(name, 0.0), time.monotonic() + open_s)
+            self.instruments.opens.add(1, {"genroute.breaker": name})
+            self._event(attempt, name, "open", why)
 
     def _event(self, attempt: Attempt, name: str, state: str, reason: str) -> None:
         attempt.span.add_event("genroute.breaker", {"genroute.breaker": name, "genroute.breaker.state": state,
                                                     "genroute.breaker.reason": reason})
+
+
+def _retry_after(error: BaseException) -> float | None:
+    """A 429's ``Retry-After`` in seconds (None: not a 429, or none given)."""
+    return getattr(error, "retry_after_s", None) if getattr(error, "status", None) == 429 else None
 
 
 def _unhealthy(error: BaseException, attempt: Attempt) -> bool:

@@ -16,18 +16,18 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genroute.admission import Attempt, Gate, Instruments, Outcome, hold_ttl_s
 from genroute.errors import ConfigError, RateLimited
+from genroute.state.ops import Claim, Held, Hold, Settle
 
 if TYPE_CHECKING:
     from genroute.state import StateStore
 
-T = TypeVar("T")
 #: How long a window's counts outlive it (a long attempt settles into its own window).
 KEEP_AFTER_S = 600.0
 #: A waiter wakes this long after the window turns, so that the new window is surely the current one.
@@ -72,10 +72,6 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
-#: One limit's holds: (account, request hold, token hold, how long the account is kept).
-_Held = tuple[str, str | None, str | None, float]
-
-
 class RateLimitGate(Gate):
     """Holds each attempt's request and estimated tokens against the limits that cover its backend."""
 
@@ -95,72 +91,53 @@ class RateLimitGate(Gate):
                 if limit.backend == backend or (limit.engine == engine and limit.model in (None, model)):
                     self._covering.setdefault(backend, []).append(limit)
 
-    async def enter(self, attempt: Attempt) -> list[_Held]:
+    def claims(self, attempt: Attempt) -> list[Hold]:
         limits = self._covering.get(attempt.backend)
         if not limits:
             return []
         tokens = estimate_tokens(attempt.request.input)
-        held: list[_Held] = []
-        try:
-            for limit in limits:
-                held.append(await self._hold(attempt, limit, tokens))
-        except BaseException:
-            await self._release(held, 0, sent=False)
-            raise
-        return held
-
-    async def exit(self, attempt: Attempt, token: list[_Held],
-                   outcome: Outcome) -> None:
-        if token:
-            tokens = outcome.input_tokens or estimate_tokens(attempt.request.input)
-            await self._release(token, tokens, sent=outcome.sent)
-
-    async def _hold(self, attempt: Attempt, limit: RateLimitConfig, tokens: int) -> _Held:
-        """Hold a request and ``tokens`` in the current window, waiting for a later one if allowed."""
-        scope = limit.scope()
-        if limit.per == "budget_key":
-            scope += f":{attempt.decision.budget_key or attempt.request.key or '-'}"
-        while True:
-            now = time.time()
+        now = time.time()
+        ttl = hold_ttl_s(attempt.deadline)
+        claims = []
+        for limit in limits:
+            scope = limit.scope()
+            if limit.per == "budget_key":
+                scope += f":{attempt.decision.budget_key or attempt.request.key or '-'}"
             window = math.floor(now / limit.window_s)
             account = f"ratelimit:{scope}:{window}"
             keep = 2 * limit.window_s + KEEP_AFTER_S
-            ttl = hold_ttl_s(attempt.deadline)
-            holds = [(account + ":rpm", 1, limit.rpm), (account + ":tpm", tokens, limit.tpm)]
-            found = await self._gather(self.store.hold(name, amount, cap, ttl_s=ttl, keep_s=keep)
-                                       for name, amount, cap in holds if cap is not None)
-            rpm = found.pop(0)[0] if limit.rpm is not None else None
-            tpm = found.pop(0)[0] if limit.tpm is not None else None
-            if (limit.rpm is None or rpm is not None) and (limit.tpm is None or tpm is not None):
-                return account, rpm, tpm, keep
-            await self._release([(account, rpm, tpm, keep)], 0, sent=False)  # the half that fit goes back
-            wait_s = (window + 1) * limit.window_s - now + _WAKE_LATE_S
-            left_s = None if attempt.deadline is None else attempt.deadline - time.monotonic()
-            what = "requests" if limit.rpm is not None and rpm is None else "tokens"
-            if limit.on_limit == "fall_through" or (left_s is not None and wait_s >= left_s):
-                self.instruments.limited.add(1, {"genroute.ratelimit.scope": limit.scope()})
-                why = "" if limit.on_limit == "fall_through" else f"; the next window opens after the deadline"
-                raise RateLimited(f"rate limit {scope}: no room for these {what} in this minute{why} "
-                                  f"(nothing was sent)", backend=attempt.backend, retry_after_s=wait_s)
-            started = time.monotonic()
-            await asyncio.sleep(wait_s)
-            waited = time.monotonic() - started
-            attempt.waited_s += waited
-            self.instruments.wait.record(waited, {"genroute.ratelimit.scope": limit.scope()})
-            if attempt.span.is_recording():
-                attempt.span.set_attribute("genroute.ratelimit.wait_s", attempt.waited_s)
+            tag = (limit, scope, (window + 1) * limit.window_s)  # the limit, its scope, when the window turns
+            if limit.rpm is not None:
+                claims.append(Hold(account + ":rpm", 1, limit.rpm, ttl, keep, tag))
+            if limit.tpm is not None:
+                claims.append(Hold(account + ":tpm", tokens, limit.tpm, ttl, keep, tag))
+        return claims
 
-    async def _release(self, held: list[_Held], tokens: int, *, sent: bool) -> None:
-        await self._gather(self.store.settle(f"{account}:{kind}", hold_id, amount if sent else 0, keep_s=keep)
-                           for account, rpm, tpm, keep in held
-                           for kind, hold_id, amount in (("rpm", rpm, 1), ("tpm", tpm, tokens)) if hold_id is not None)
+    async def refused(self, attempt: Attempt, claim: Claim, result: Any) -> None:
+        """No room in this window: fall through (``RateLimited``), or wait for the next window if allowed."""
+        limit, scope, turns_at = claim.tag
+        wait_s = turns_at - time.time() + _WAKE_LATE_S
+        left_s = None if attempt.deadline is None else attempt.deadline - time.monotonic()
+        what = "requests" if claim.account.endswith(":rpm") else "tokens"  # type: ignore[union-attr]
+        if limit.on_limit == "fall_through" or (left_s is not None and wait_s >= left_s):
+            self.instruments.limited.add(1, {"genroute.ratelimit.scope": limit.scope()})
+            why = "" if limit.on_limit == "fall_through" else "; the next window opens after the deadline"
+            raise RateLimited(f"rate limit {scope}: no room for these {what} in this minute{why} "
+                              f"(nothing was sent)", backend=attempt.backend, retry_after_s=wait_s)
+        started = time.monotonic()
+        await asyncio.sleep(max(0.0, wait_s))
+        waited = time.monotonic() - started
+        attempt.waited_s += waited
+        self.instruments.wait.record(waited, {"genroute.ratelimit.scope": limit.scope()})
+        if attempt.span.is_recording():
+            attempt.span.set_attribute("genroute.ratelimit.wait_s", attempt.waited_s)
 
-    async def _gather(self, calls: Iterable[Awaitable[T]]) -> list[T]:
-        """Await independent store calls: concurrently on a networked store (one round trip's wait)."""
-        pending = list(calls)
-        if self.store.remote and len(pending) > 1:
-            return list(await asyncio.gather(*pending))
-        return [await call for call in pending]
+    def settlements(self, attempt: Attempt, token: list[tuple[Hold, Held]], outcome: Outcome) -> list[Settle]:
+        if not token:
+            return []
+        tokens = outcome.input_tokens or estimate_tokens(attempt.request.input) if outcome.sent else 0
+        return [Settle(hold.account, held.hold_id, (1 if outcome.sent else 0) if hold.account.endswith(":rpm")
+                       else tokens, keep_s=hold.keep_s) for hold, held in token]
 
 
 def rate_limit_gate(raw: Sequence[RateLimitConfig | Mapping[str, object]], targets: Mapping[str, tuple[str, str]],

@@ -39,6 +39,7 @@ from genroute.errors import BudgetExceeded, ConfigError
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
 from genroute.policies.stats import BenchStats
+from genroute.state.ops import Claim, Held, Hold, Settle
 from genroute.types import Decision, GenerateRequest, Rung
 
 if TYPE_CHECKING:
@@ -234,21 +235,22 @@ class BudgetGate(Gate):
         spent, held = await self.store.usage(self.account(key)[0])
         return {"spent": spent / UNITS_PER_USD, "reserved": held / UNITS_PER_USD}
 
-    async def enter(self, attempt: Attempt) -> tuple[str, str | None]:
+    def claims(self, attempt: Attempt) -> list[Hold]:
         request = attempt.request
         key = self.policy.budget_key(request)
         limit = self.policy.limit(key)
         amount = self.policy.estimate(attempt.backend, request.task)
         account, keep_s = self.account(key)
-        hold_id, left = await self.store.hold(account, to_units(amount), to_units(limit),
-                                              ttl_s=hold_ttl_s(attempt.deadline), keep_s=keep_s)
-        if hold_id is None:
-            raise BudgetExceeded(f"budget {key!r}: ${max(left / UNITS_PER_USD, 0.0):.6g} left of ${limit:.6g}, "
-                                 f"request needs up to ${amount:.6g}")
-        return account, hold_id
+        return [Hold(account, to_units(amount), to_units(limit), hold_ttl_s(attempt.deadline), keep_s,
+                     (key, limit, amount))]
 
-    async def exit(self, attempt: Attempt, token: tuple[str, str | None], outcome: Outcome) -> None:
-        account, hold_id = token
+    async def refused(self, attempt: Attempt, claim: Claim, result: Any) -> None:
+        key, limit, amount = claim.tag
+        raise BudgetExceeded(f"budget {key!r}: ${max(result.left / UNITS_PER_USD, 0.0):.6g} left of ${limit:.6g}, "
+                             f"request needs up to ${amount:.6g}")
+
+    def settlements(self, attempt: Attempt, token: list[tuple[Hold, Held]], outcome: Outcome) -> list[Settle]:
+        ((hold, held),) = token
         # Money is spent when it is spent: an attempt that outlived its window is charged to the current one.
         current, keep_s = self.account(self.policy.budget_key(attempt.request))
-        await self.store.settle(account, hold_id, to_units(outcome.cost_usd), charge=current, keep_s=keep_s)
+        return [Settle(hold.account, held.hold_id, to_units(outcome.cost_usd), current, keep_s)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,6 +17,7 @@ from genroute.types import Decision, GenerateRequest
 if TYPE_CHECKING:
     from genroute.runtime.resources import Resources
     from genroute.state import StateStore
+    from genroute.state.ops import Claim, Settlement
 
 
 class Arm(BaseModel):
@@ -133,14 +134,24 @@ class _ArmGate(Gate):
     def __getattr__(self, name: str) -> Any:  # view(), usage() of the wrapped gate
         return getattr(self.gate, name)
 
-    async def enter(self, attempt: Attempt) -> Any:
-        if self.split._arm(attempt.request)[0] != self.arm:
-            return _SKIPPED
-        return await self.gate.enter(attempt)
+    def _mine(self, attempt: Attempt) -> bool:
+        return self.split._arm(attempt.request)[0] == self.arm
 
-    async def exit(self, attempt: Attempt, token: Any, outcome: Outcome) -> None:
+    def claims(self, attempt: Attempt) -> Sequence[Claim]:
+        return self.gate.claims(attempt) if self._mine(attempt) else ()
+
+    def admitted(self, attempt: Attempt, claims: Sequence[Claim], results: Sequence[Any]) -> Any:
+        return self.gate.admitted(attempt, claims, results) if self._mine(attempt) else _SKIPPED
+
+    async def refused(self, attempt: Attempt, claim: Claim, result: Any) -> None:
+        await self.gate.refused(attempt, claim, result)
+
+    def settlements(self, attempt: Attempt, token: Any, outcome: Outcome) -> Sequence[Settlement]:
+        return () if token is _SKIPPED else self.gate.settlements(attempt, token, outcome)
+
+    def settled(self, attempt: Attempt, token: Any, outcome: Outcome, results: Sequence[Any]) -> None:
         if token is not _SKIPPED:
-            await self.gate.exit(attempt, token, outcome)
+            self.gate.settled(attempt, token, outcome, results)
 
 
 _SKIPPED = object()

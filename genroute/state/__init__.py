@@ -8,6 +8,9 @@ the only thing that differs.
 
 The operations, all atomic per call:
 
+- ``admit`` / ``apply`` — the two calls of an attempt's admission (``genroute.state.ops``): every gate's claims
+  (holds, a breaker check) taken in one call, all or none, and every gate's settlements in one call after
+  it. In Redis each is one Lua script run. The single operations below are one-item ``admit``/``apply`` calls.
 - ``hold`` / ``settle`` / ``usage`` — an *account* of integer units (nano-USD for budgets, requests or
   tokens for rate limits) with ``spent`` and outstanding *holds*. ``hold`` admits ``amount`` only while
   ``spent + held + amount <= limit``; a hold lapses after ``ttl_s`` (so a process killed while holding one
@@ -23,12 +26,13 @@ Configured by the router's ``state`` section: ``{kind: memory}`` or ``{kind: red
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genroute.errors import ConfigError
+from genroute.state.ops import Admitted, Claim, Close, Fail, Held, Hold, Open, Probe, Settle, Settlement
 
 
 class StateStore(ABC):
@@ -36,23 +40,32 @@ class StateStore(ABC):
 
     #: True while a shared store is unreachable and this process answers from its own memory.
     degraded: bool = False
-    #: True when calls go over the network (independent ones are then sent concurrently).
-    remote: bool = False
     #: Called with the operation's name each time a call is answered from fallback memory (a metric).
     on_fallback: Callable[[str], None] | None = None
 
+    # -- the two calls of an admission ------------------------------------------------------------------
+
+    @abstractmethod
+    async def admit(self, claims: Sequence[Claim]) -> Admitted:
+        """Take every claim (holds, breaker probes) in one atomic call, or none: the answers in order, and the
+        index of the first claim that did not pass (None: all passed). Nothing is held after a refusal."""
+
+    @abstractmethod
+    async def apply(self, settlements: Sequence[Settlement]) -> list[Any]:
+        """Apply settlements (settles, breaker failures, opens, closes) in one atomic call: their answers."""
+
     # -- accounts with holds ---------------------------------------------------------------------------
 
-    @abstractmethod
-    async def hold(self, account: str, amount: int, limit: int, *, ttl_s: float, keep_s: float
-                   ) -> tuple[str | None, int]:
+    async def hold(self, account: str, amount: int, limit: int, *, ttl_s: float, keep_s: float) -> Held:
         """Hold ``amount`` if ``spent + held + amount <= limit``: (hold id or None if refused, units left)."""
+        results, _ = await self.admit((Hold(account, amount, limit, ttl_s, keep_s),))
+        return results[0]
 
-    @abstractmethod
     async def settle(self, account: str, hold_id: str | None, amount: int, *, charge: str | None = None,
                      keep_s: float) -> None:
         """Drop hold ``hold_id`` (if still there) and add ``amount`` to the spend of ``charge`` (default: the
         same account)."""
+        await self.apply((Settle(account, hold_id, amount, charge, keep_s),))
 
     @abstractmethod
     async def usage(self, account: str) -> tuple[int, int]:
@@ -60,22 +73,23 @@ class StateStore(ABC):
 
     # -- circuit breakers ------------------------------------------------------------------------------
 
-    @abstractmethod
     async def breaker_fail(self, name: str, *, threshold: int, window_s: float, open_s: float) -> bool:
         """Count one failure; open the breaker for ``open_s`` when ``threshold`` fell within ``window_s``.
         True when this call opened it."""
+        return bool((await self.apply((Fail(name, threshold, window_s, open_s),)))[0])
 
-    @abstractmethod
     async def breaker_open(self, name: str, open_s: float) -> bool:
         """Open the breaker for at least ``open_s`` from now; True if it was not open already."""
+        return bool((await self.apply((Open(name, open_s),)))[0])
 
-    @abstractmethod
     async def breaker_close(self, name: str) -> bool:
         """Close the breaker and forget its failures; True if it was open or half-open."""
+        return bool((await self.apply((Close(name),)))[0])
 
-    @abstractmethod
     async def breaker_probe(self, name: str, ttl_s: float) -> bool:
-        """Claim the one half-open probe (held for at most ``ttl_s``); False if another holds it."""
+        """Claim the one half-open probe (held for at most ``ttl_s``); False if open or another holds it."""
+        results, _ = await self.admit((Probe(name, ttl_s),))
+        return bool(results[0].passed)
 
     @abstractmethod
     async def breakers(self, names: Iterable[str]) -> dict[str, float]:

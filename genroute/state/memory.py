@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from genroute.state import StateStore
+from genroute.state.ops import Admitted, Checked, Claim, Close, Held, Hold, Open, Probe, Settle, Settlement
 
 
 @dataclass
@@ -51,71 +53,82 @@ class MemoryStateStore(StateStore):
                 account.held -= account.holds.pop(hold_id)[0]
         return account
 
-    async def hold(self, account: str, amount: int, limit: int, *, ttl_s: float, keep_s: float
-                   ) -> tuple[str | None, int]:
+    async def admit(self, claims: Sequence[Claim]) -> Admitted:
         with self._lock:
             now = self._clock()
-            acc = self._account(account, now)
-            left = limit - acc.spent - acc.held
-            if amount > left:
-                return None, left
-            hold_id = str(next(self._ids))
-            acc.holds[hold_id] = (amount, now + ttl_s)
-            acc.held += amount
-            acc.expires = now + keep_s
-            return hold_id, left - amount
+            results: list[Any] = []
+            for index, claim in enumerate(claims):
+                result = self._hold(claim, now) if isinstance(claim, Hold) else self._probe(claim, now)
+                results.append(result)
+                if not result.passed:  # all or none: give back what this call took
+                    for taken, answer in zip(claims[:index], results, strict=False):
+                        self._undo(taken, answer)
+                    return results, index
+            return results, None
 
-    async def settle(self, account: str, hold_id: str | None, amount: int, *, charge: str | None = None,
-                     keep_s: float) -> None:
+    async def apply(self, settlements: Sequence[Settlement]) -> list[Any]:
         with self._lock:
             now = self._clock()
-            acc = self._account(account, now)
-            if hold_id is not None and hold_id in acc.holds:
-                acc.held -= acc.holds.pop(hold_id)[0]
-            target = acc if charge is None or charge == account else self._account(charge, now)
-            target.spent += amount
-            target.expires = now + keep_s
+            return [self._apply(op, now) for op in settlements]
+
+    def _hold(self, claim: Hold, now: float) -> Held:
+        acc = self._account(claim.account, now)
+        left = claim.limit - acc.spent - acc.held
+        if claim.amount > left:
+            return Held(None, left)
+        hold_id = str(next(self._ids))
+        acc.holds[hold_id] = (claim.amount, now + claim.ttl_s)
+        acc.held += claim.amount
+        acc.expires = now + claim.keep_s
+        return Held(hold_id, left - claim.amount)
+
+    def _probe(self, claim: Probe, now: float) -> Checked:
+        b = self._breakers.get(claim.name)
+        if b is None or b.open_until == 0:
+            return Checked(True)  # closed: nothing to probe
+        if now < b.open_until:
+            return Checked(False, open_s=b.open_until - now)
+        if b.probe_until > now:
+            return Checked(False)  # half-open, and another request is probing
+        b.probe_until = now + claim.ttl_s
+        return Checked(True, probing=True)
+
+    def _undo(self, claim: Claim, answer: Any) -> None:
+        if isinstance(claim, Hold):
+            acc = self._accounts[claim.account]
+            acc.held -= acc.holds.pop(answer.hold_id)[0]
+        elif answer.probing:
+            self._breakers[claim.name].probe_until = 0.0
+
+    def _apply(self, op: Settlement, now: float) -> Any:
+        if isinstance(op, Settle):
+            acc = self._account(op.account, now)
+            if op.hold_id is not None and op.hold_id in acc.holds:
+                acc.held -= acc.holds.pop(op.hold_id)[0]
+            target = acc if op.charge is None or op.charge == op.account else self._account(op.charge, now)
+            target.spent += op.amount
+            target.expires = now + op.keep_s
+            return None
+        if isinstance(op, Close):
+            b = self._breakers.pop(op.name, None)
+            return b is not None and b.open_until > 0
+        b = self._breakers.setdefault(op.name, _Breaker())
+        if isinstance(op, Open):
+            was_open = b.open_until > now
+            b.open_until, b.failures, b.probe_until = max(b.open_until, now + op.open_s), 0, 0.0
+            return not was_open
+        if now - b.window_start > op.window_s:  # Fail
+            b.window_start, b.failures = now, 0
+        b.failures += 1
+        if b.failures >= op.threshold and b.open_until <= now:
+            b.open_until, b.failures, b.probe_until = now + op.open_s, 0, 0.0
+            return True
+        return False
 
     async def usage(self, account: str) -> tuple[int, int]:
         with self._lock:
             acc = self._account(account, self._clock())
             return acc.spent, acc.held
-
-    async def breaker_fail(self, name: str, *, threshold: int, window_s: float, open_s: float) -> bool:
-        with self._lock:
-            now = self._clock()
-            b = self._breakers.setdefault(name, _Breaker())
-            if now - b.window_start > window_s:
-                b.window_start, b.failures = now, 0
-            b.failures += 1
-            if b.failures >= threshold and b.open_until <= now:
-                b.open_until, b.failures, b.probe_until = now + open_s, 0, 0.0
-                return True
-            return False
-
-    async def breaker_open(self, name: str, open_s: float) -> bool:
-        with self._lock:
-            now = self._clock()
-            b = self._breakers.setdefault(name, _Breaker())
-            was_open = b.open_until > now
-            b.open_until, b.failures, b.probe_until = max(b.open_until, now + open_s), 0, 0.0
-            return not was_open
-
-    async def breaker_close(self, name: str) -> bool:
-        with self._lock:
-            b = self._breakers.pop(name, None)
-            return b is not None and b.open_until > 0
-
-    async def breaker_probe(self, name: str, ttl_s: float) -> bool:
-        with self._lock:
-            now = self._clock()
-            b = self._breakers.get(name)
-            if b is None or b.open_until == 0:
-                return True  # closed: nothing to probe
-            if now < b.open_until or b.probe_until > now:
-                return False  # still open, or another request is probing
-            b.probe_until = now + ttl_s
-            return True
 
     async def breakers(self, names: Iterable[str]) -> dict[str, float]:
         with self._lock:

@@ -1,0 +1,237 @@
+"""The one Lua script behind every ``RedisStateStore`` operation, and the encoding of operations for it.
+
+A call is a list of operations run in one script run (atomic on the server, one round trip). Each operation
+is an opcode in ARGV followed by its arguments, and takes a fixed number of keys from KEYS in order::
+
+    h  hold    KEYS account, holds            ARGV amount, limit, ttl_ms, keep_ms, id   -> {passed, left}
+    p  probe   KEYS breaker, probe            ARGV ttl_ms                  -> {1, 0} closed, {1, 1} probing,
+                                                                              {0, ms} open, {0, 0} probe taken
+    s  settle  KEYS account, holds, charged, settled-marker   ARGV id, amount, keep_ms          -> {applied}
+    f  fail    KEYS breaker, probe            ARGV threshold, window_ms, open_ms                -> {opened}
+    o  open    KEYS breaker, probe            ARGV open_ms                                      -> {opened}
+    c  close   KEYS breaker, probe                                                              -> {was open}
+    u  usage   KEYS account, holds                                                              -> {spent, held}
+    b  until   KEYS breaker                                                 -> {0} closed, {1, ms to half-open}
+
+ARGV[1] is the mode: ``admit`` stops at the first hold or probe that does not pass and undoes what the call
+took before it (all or none); ``apply`` runs every operation. The reply is ``{refused index or 0, answers...}``.
+Times come from the server's clock (``TIME``), so lapses do not depend on the processes' clocks. A settle's
+marker key makes it idempotent: one replayed after a timeout (that Redis may have applied) counts once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from genroute.state.ops import Checked, Close, Fail, Held, Hold, Open, Probe, Settle
+
+SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local KEEP_MS = 600000
+
+local function purge(acct, holds)
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+  for _, id in ipairs(expired) do
+    local amount = redis.call('HGET', acct, 'h:' .. id)
+    if amount then
+      redis.call('HDEL', acct, 'h:' .. id)
+      if amount ~= '0' then redis.call('HINCRBY', acct, 'held', '-' .. amount) end
+    end
+  end
+  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', holds, '-inf', now) end
+end
+
+local function drop(acct, holds, id)
+  local a = redis.call('HGET', acct, 'h:' .. id)
+  if a then
+    redis.call('HDEL', acct, 'h:' .. id)
+    redis.call('ZREM', holds, id)
+    if a ~= '0' then redis.call('HINCRBY', acct, 'held', '-' .. a) end
+  end
+end
+
+local function hold(k, a)
+  local acct, holds = KEYS[k], KEYS[k + 1]
+  purge(acct, holds)
+  local v = redis.call('HMGET', acct, 'spent', 'held')
+  local left = tonumber(ARGV[a + 1]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
+  local amount = tonumber(ARGV[a])
+  if amount > left then return {0, left} end
+  if amount > 0 then
+    redis.call('HINCRBY', acct, 'held', ARGV[a])
+    redis.call('HSET', acct, 'h:' .. ARGV[a + 4], ARGV[a])
+    redis.call('ZADD', holds, now + tonumber(ARGV[a + 2]), ARGV[a + 4])
+    redis.call('PEXPIRE', holds, ARGV[a + 3])
+  end
+  redis.call('PEXPIRE', acct, ARGV[a + 3])
+  return {1, left - amount}
+end
+
+local function probe(k, a)
+  local u = tonumber(redis.call('HGET', KEYS[k], 'until') or '0')
+  if u == 0 then return {1, 0} end
+  if now < u then return {0, u - now} end
+  if redis.call('SET', KEYS[k + 1], '1', 'NX', 'PX', ARGV[a]) then return {1, 1} end
+  return {0, 0}
+end
+
+local function undo(op, k, a, r)
+  if op == 'h' then drop(KEYS[k], KEYS[k + 1], ARGV[a + 4])
+  elseif r[2] == 1 then redis.call('DEL', KEYS[k + 1]) end
+end
+
+local function settle(k, a)
+  if not redis.call('SET', KEYS[k + 3], '1', 'NX', 'PX', ARGV[a + 2]) then return {0} end
+  if ARGV[a] ~= '' then drop(KEYS[k], KEYS[k + 1], ARGV[a]) end
+  if ARGV[a + 1] ~= '0' then redis.call('HINCRBY', KEYS[k + 2], 'spent', ARGV[a + 1]) end
+  redis.call('PEXPIRE', KEYS[k + 2], ARGV[a + 2])
+  return {1}
+end
+
+local function fail(k, a)
+  local v = redis.call('HMGET', KEYS[k], 'ws', 'n', 'until')
+  local ws, n, u = tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0')
+  if now - ws > tonumber(ARGV[a + 1]) then ws = now; n = 0 end
+  n = n + 1
+  local opened = 0
+  if n >= tonumber(ARGV[a]) and u <= now then
+    u = now + tonumber(ARGV[a + 2]); n = 0; opened = 1
+    redis.call('DEL', KEYS[k + 1])
+  end
+  redis.call('HSET', KEYS[k], 'ws', ws, 'n', n, 'until', u)
+  redis.call('PEXPIRE', KEYS[k], math.max(tonumber(ARGV[a + 1]), u - now) + KEEP_MS)
+  return {opened}
+end
+
+local function open(k, a)
+  local u = tonumber(redis.call('HGET', KEYS[k], 'until') or '0')
+  local was = u > now
+  u = math.max(u, now + tonumber(ARGV[a]))
+  redis.call('HSET', KEYS[k], 'until', u, 'n', 0, 'ws', now)
+  redis.call('DEL', KEYS[k + 1])
+  redis.call('PEXPIRE', KEYS[k], u - now + KEEP_MS)
+  if was then return {0} end
+  return {1}
+end
+
+local function close(k, a)
+  local u = tonumber(redis.call('HGET', KEYS[k], 'until') or '0')
+  redis.call('DEL', KEYS[k], KEYS[k + 1])
+  if u > 0 then return {1} end
+  return {0}
+end
+
+local function usage(k, a)
+  purge(KEYS[k], KEYS[k + 1])
+  local v = redis.call('HMGET', KEYS[k], 'spent', 'held')
+  return {tonumber(v[1] or '0'), tonumber(v[2] or '0')}
+end
+
+local function breaker_until(k, a)
+  local u = tonumber(redis.call('HGET', KEYS[k], 'until') or '0')
+  if u > 0 then return {1, u - now} end
+  return {0}
+end
+
+-- opcode -> {keys taken, arguments taken, function}
+local OPS = {h = {2, 5, hold}, p = {2, 1, probe}, s = {4, 3, settle}, f = {2, 3, fail}, o = {2, 1, open},
+             c = {2, 0, close}, u = {2, 0, usage}, b = {1, 0, breaker_until}}
+local admit = ARGV[1] == 'admit'
+local out = {0}
+local taken = {}
+local k, a = 1, 2
+while a <= #ARGV do
+  local code = ARGV[a]
+  local op = OPS[code]
+  local r = op[3](k, a + 1)
+  out[#out + 1] = r
+  if admit then
+    if r[1] == 0 then
+      for i = #taken, 1, -1 do undo(unpack(taken[i])) end
+      out[1] = #out - 1
+      return out
+    end
+    taken[#taken + 1] = {code, k, a + 1, r}
+  end
+  k = k + op[1]
+  a = a + 1 + op[2]
+end
+return out
+"""
+
+
+class Usage:
+    """Read (spent, held) of an account (only the Redis store reads through the script)."""
+
+    __slots__ = ("account",)
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+
+
+class Until:
+    """Read how long a breaker stays open (None: closed)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def encode(mode: str, ops: Sequence[Any], prefix: str, ids: Sequence[str | None]) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for ``ops``; ``ids[i]`` is the id of a ``Hold`` or the settle id of a ``Settle``."""
+    keys: list[str] = []
+    args: list[Any] = [mode]
+    for op, op_id in zip(ops, ids, strict=True):
+        if isinstance(op, Hold):
+            keys += (f"{prefix}a:{op.account}", f"{prefix}h:{op.account}")
+            args += ("h", op.amount, op.limit, _ms(op.ttl_s), _ms(op.keep_s), op_id)
+        elif isinstance(op, Settle):
+            keys += (f"{prefix}a:{op.account}", f"{prefix}h:{op.account}", f"{prefix}a:{op.charge or op.account}",
+                     f"{prefix}s:{op_id}")
+            args += ("s", op.hold_id or "", op.amount, _ms(max(op.keep_s, 3600.0)))
+        elif isinstance(op, Usage):
+            keys += (f"{prefix}a:{op.account}", f"{prefix}h:{op.account}")
+            args.append("u")
+        elif isinstance(op, Until):
+            keys.append(f"{prefix}b:{op.name}")
+            args.append("b")
+        else:
+            keys += (f"{prefix}b:{op.name}", f"{prefix}p:{op.name}")
+            if isinstance(op, Probe):
+                args += ("p", _ms(op.ttl_s))
+            elif isinstance(op, Fail):
+                args += ("f", op.threshold, _ms(op.window_s), _ms(op.open_s))
+            elif isinstance(op, Open):
+                args += ("o", _ms(op.open_s))
+            elif isinstance(op, Close):
+                args.append("c")
+            else:
+                raise TypeError(f"not a state operation: {op!r}")
+    return keys, args
+
+
+def decode(ops: Sequence[Any], reply: list[Any], ids: Sequence[str | None]) -> tuple[list[Any], int | None]:
+    """The answers to ``ops`` (see ``genroute.state.ops``) and the refused index (None: none refused)."""
+    refused = int(reply[0]) - 1
+    answers: list[Any] = []
+    for op, op_id, r in zip(ops, ids, reply[1:], strict=False):
+        if isinstance(op, Hold):
+            answers.append(Held(op_id if r[0] else None, int(r[1])))
+        elif isinstance(op, Probe):
+            answers.append(Checked(True, r[1] == 1) if r[0] else Checked(False, False, int(r[1]) / 1000))
+        elif isinstance(op, Settle):
+            answers.append(None)
+        elif isinstance(op, Usage):
+            answers.append((int(r[0]), int(r[1])))
+        elif isinstance(op, Until):
+            answers.append(int(r[1]) / 1000 if r[0] else None)
+        else:
+            answers.append(bool(r[0]))
+    return answers, (None if refused < 0 else refused)
