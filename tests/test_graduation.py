@@ -189,3 +189,72 @@ def test_the_advisor_uses_measured_volume_tokens_and_tuning_cost():
     # saving $0.0009 per request x 100 requests an hour pays $0.09 back in one hour (of 3564 s measured: 1.0 h)
     assert "measured volume 100 requests in 0.99 h" in text and "pays back in 1.0 hours" in text
     assert "saving $0.9000 per 1k requests" in text
+
+
+def test_graduate_vertex_cli_end_to_end_on_the_loopback_server(gemini_server, tmp_path, monkeypatch, capsys):
+    """`genroute graduate --vertex` as a user runs it: application-default credentials (a credentials file, as
+    `gcloud auth application-default login` writes), the data uploaded to Cloud Storage, a tuning job polled to success,
+    the tuned endpoint and the challenger policy written into the config, and graduation.json for --decide."""
+    from genroute.testing.credentials import ACCESS_TOKEN, write_credentials
+    from genroute.testing.tuning_routes import TuningRoutes
+
+    jobs = TuningRoutes(gemini_server)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(write_credentials(tmp_path / "adc.json")))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gemini_server.base_url)
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump({
+        "engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
+                               "vertex": {"project": "test-proj", "location": "us-central1"}}},
+        "backends": {"chat": {"kind": "prompt_template", "engine": "vertex", "model": "gemini-2.5-flash"}},
+        "policy": {"kind": "static", "backend": "chat"},
+        "outcomes": {"path": "outcomes.db", "capture": True}}))   # relative: beside the config
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for i in range(30):
+        store.upsert_sync(captured(i, f"review number {i}: {'great' if i % 2 else 'awful'}",
+                                   "positive" if i % 2 else "negative"))
+    out = tmp_path / "grad"
+    args = ["graduate", "--task", "t", "--config", str(config), "--out", str(out), "--vertex",
+            "--base-model", "gemini-2.5-flash", "--staging-uri", "gs://bucket/runs", "--name", "sentiment",
+            "--epochs", "2", "--min-examples", "10", "--poll-interval", "0.01", "--mode", "split", "--share", "0.2"]
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert [line.split(":")[0] for line in printed.splitlines()] == ["export", "tune", "register"]
+    assert "JOB_STATE_SUCCEEDED" in printed and "x $5/1M (gemini-2.5-flash)" in printed
+
+    # What was sent: the training rows to Cloud Storage, one job for the base model, every call authorized.
+    train, validation = sorted(jobs.uploads, key=lambda u: "validation" in u)
+    assert train.startswith("gs://bucket/runs/sentiment-") and train.endswith("-train.jsonl")
+    rows = {u: [json.loads(line) for line in jobs.uploads[u].splitlines()] for u in (train, validation)}
+    assert (len(rows[train]), len(rows[validation])) == (27, 3)   # the tuning job's 10 % validation split
+    assert {r["contents"][1]["parts"][0]["text"] for r in rows[train]} == {"positive", "negative"}
+    (job,) = jobs.created
+    spec = job["supervisedTuningSpec"]
+    assert job["baseModel"] == "gemini-2.5-flash"
+    assert (spec["trainingDatasetUri"], spec["validationDatasetUri"]) == (train, validation)
+    assert spec["hyperParameters"]["epochCount"] in (2, "2")
+    assert {r.headers.get("authorization") for r in gemini_server.requests} == {f"Bearer {ACCESS_TOKEN}"}
+
+    # What was written: the tuned endpoint as a backend, the challenger around the old policy, the report.
+    written = yaml.safe_load(config.read_text())
+    tuned = written["backends"]["sentiment"]
+    assert tuned["kind"] == "tuned" and tuned["engine"] == "vertex" and tuned["base_model"] == "gemini-2.5-flash"
+    assert tuned["model"] == "projects/test-proj/locations/us-central1/endpoints/1001"
+    assert written["policy"] == {"kind": "challenger", "task": "t", "backend": "sentiment", "mode": "split",
+                                 "share": 0.2, "promoted": False,
+                                 "policy": {"kind": "static", "backend": "chat"}}
+    report = json.loads((out / "graduation.json").read_text())
+    assert report["challenger"] == "sentiment" and report["extra"]["tuning_cost_usd"] > 0
+    assert report["extra"]["job"] == "projects/test-proj/locations/us-central1/tuningJobs/1001"
+    with Router.from_config(config) as router:   # the written config builds and splits the task's traffic
+        firsts = [router.decide("x", task="t", key=str(i)).rungs[0].backend for i in range(100)]
+    assert 5 <= firsts.count("sentiment") <= 40 and set(firsts) == {"sentiment", "chat"}
+
+
+def test_graduate_vertex_cli_names_a_bad_flag_before_sending(gemini_server, tmp_path, capsys):
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(gemini_config(gemini_server)))
+    args = ["graduate", "--task", "t", "--config", str(config), "--out", str(tmp_path / "g"), "--vertex",
+            "--staging-uri", "gs://b/p", "--poll-interval", "0"]
+    assert cli(args) == 2
+    assert "--poll-interval" in capsys.readouterr().err
+    assert gemini_server.requests == []

@@ -45,6 +45,8 @@ def graduate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--vertex", action="store_true", help="tune on Vertex AI instead of locally")
     parser.add_argument("--base-model", default="gemini-2.5-flash", help="with --vertex: the model to tune")
     parser.add_argument("--staging-uri", default=None, help="with --vertex: gs://bucket/prefix for the data")
+    parser.add_argument("--poll-interval", type=float, default=30.0,
+                        help="with --vertex: seconds between status checks of the tuning job")
     parser.add_argument("--decide", action="store_true", help="decide on promotion from the paired outcomes")
     parser.add_argument("--challenger", default=None, help="with --decide or --register-only: the tuned backend")
     parser.add_argument("--register-only", action="store_true",
@@ -89,10 +91,12 @@ async def _run(args: argparse.Namespace) -> Any:
                     *report.lines[:-2], f"promote: {args.config} now sends task {args.task!r} to {name} first",
                     report.lines[-1])})
         elif args.vertex:
+            from genroute.tuning.cli import settings_from_flags
             from genroute.tuning.vertex import VertexTuningSettings
 
-            settings = VertexTuningSettings(base_model=args.base_model, name=name, staging_uri=args.staging_uri,
-                                            epochs=args.epochs, seed=0)
+            settings = settings_from_flags(VertexTuningSettings, {
+                "base_model": args.base_model, "name": name, "staging_uri": args.staging_uri, "epochs": args.epochs,
+                "seed": 0, "poll_interval_s": args.poll_interval})
             report = await agraduate(router, args.task, out_dir=out, vertex=settings, config_path=args.config,
                                      mode=args.mode, share=args.share, eval_share=args.eval_share,
                                      min_examples=args.min_examples, register=False)
@@ -101,10 +105,12 @@ async def _run(args: argparse.Namespace) -> Any:
                 *report.lines, f"register: {name} written to {args.config} as the challenger for task "
                                f"{args.task!r} ({args.mode}, share {args.share:.0%})")})
         else:
+            from genroute.tuning.cli import settings_from_flags
             from genroute.tuning.local_lora import LocalTuneConfig, register_tuned_backend
 
-            tune = LocalTuneConfig(epochs=args.epochs, learning_rate=args.learning_rate, rank=args.rank,
-                                   max_steps=args.max_steps, threads=args.threads, progress=False)
+            tune = settings_from_flags(LocalTuneConfig, {
+                "epochs": args.epochs, "learning_rate": args.learning_rate, "rank": args.rank,
+                "max_steps": args.max_steps, "threads": args.threads, "progress": False})
             report = await agraduate(router, args.task, out_dir=out, name=name, tune=tune, mode=args.mode,
                                      share=args.share, eval_share=args.eval_share, min_examples=args.min_examples,
                                      register=False)

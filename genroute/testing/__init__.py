@@ -60,7 +60,8 @@ Every request is recorded in ``srv.requests`` (``RecordedRequest``: method, path
 headers, parsed JSON ``body``, ``raw_body``, and the derived ``model``, ``action``, ``stream``).
 ``CacheRoutes(srv)`` adds context caches (``cachedContents`` create/get/delete; generate requests naming a
 missing cache get the API's 403, cached tokens show in usage; ``expire()`` drops caches).
-Also here: ``TuningRoutes(srv)`` adds Vertex tuning-job create/get routes with scripted states, and
+Also here: ``TuningRoutes(srv)`` adds Vertex tuning-job create/get routes with scripted states,
+``credentials.write_credentials(path)`` writes application-default credentials for code that finds its own, and
 ``OtlpReceiver`` is a loopback OTLP/HTTP collector that decodes exported spans and metrics (with
 ``hang()``/``fail()`` to test that telemetry never hurts requests).
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from genroute.errors import UsageError
 
@@ -74,7 +75,7 @@ def _vertex(args: argparse.Namespace) -> int:
         "learning_rate_multiplier": args.learning_rate_multiplier, "adapter_size": args.adapter_size,
         "poll_interval_s": args.poll_interval, "timeout_s": args.timeout, "replace": args.replace,
     }
-    settings = _settings(VertexTuningSettings, {k: v for k, v in fields.items() if v is not None})
+    settings = settings_from_flags(VertexTuningSettings, {k: v for k, v in fields.items() if v is not None})
     console = Console(stderr=True)
     if args.dry_run:
         if not args.data:
@@ -106,7 +107,7 @@ def _local(args: argparse.Namespace) -> int:
               "rank": args.rank, "alpha": args.alpha, "target_modules": targets,
               "learning_rate": args.learning_rate, "max_seq_len": args.max_seq_len, "batch_size": args.batch_size,
               "threads": args.threads, "max_steps": args.max_steps}
-    config = _settings(LocalTuneConfig, {k: v for k, v in fields.items() if v is not None})
+    config = settings_from_flags(LocalTuneConfig, {k: v for k, v in fields.items() if v is not None})
     # Before minutes of training, not after; a config file that does not exist yet is created.
     check_target(args.config, args.name, replace=args.replace, engines=[f"{args.name}_engine"], missing_ok=True)
     out = Path(args.out) if args.out else Path(args.config).resolve().parent / ".genroute" / "tuned" / args.name
@@ -123,7 +124,8 @@ def _local(args: argparse.Namespace) -> int:
 _FLAGS = {"poll_interval_s": "--poll-interval", "timeout_s": "--timeout"}
 
 
-def _settings(cls: type, fields: dict[str, object]) -> object:
+def settings_from_flags(cls: type, fields: dict[str, object]) -> Any:
+    """``cls(**fields)``; a bad value is a ``UsageError`` naming the command-line flag it came from."""
     from pydantic import ValidationError
 
     try:

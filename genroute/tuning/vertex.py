@@ -178,7 +178,9 @@ async def start_job(client: genai.Client, settings: VertexTuningSettings, *, tra
 async def wait_for_job(client: genai.Client, name: str, *, poll_interval_s: float = 30.0,
                        timeout_s: float | None = None, console: Console | None = None,
                        max_poll_failures: int = 5) -> types.TuningJob:
-    """Poll a tuning job until it ends, showing its state; transient poll failures are tolerated."""
+    """Poll a tuning job until it ends, showing its state (on stderr unless ``console`` says otherwise: stdout is
+    the caller's, e.g. ``genroute graduate``'s report); transient poll failures are tolerated."""
+    from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from genroute.engines.errors import map_error
@@ -187,7 +189,7 @@ async def wait_for_job(client: genai.Client, name: str, *, poll_interval_s: floa
     failures = 0
     last_state: str | None = None
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+                  console=console or Console(stderr=True), transient=False) as progress:
         task = progress.add_task(f"tuning job {name}: submitted", total=None)
         while True:
             try:
