@@ -140,6 +140,22 @@ def test_small_graduation_end_to_end_on_the_embedded_model(tmp_path):
     assert sum(r.input is not None for r in records) == 21   # capture kept every labeled request
 
 
+def vertex_app(server, tmp_path, outcomes):
+    """app.yaml serving task t on a Vertex engine at ``server``, with 30 captured, labeled examples."""
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump({
+        "engines": {"vertex": {"kind": "gemini", "base_url": server.base_url,
+                               "vertex": {"project": "test-proj", "location": "us-central1"}}},
+        "backends": {"chat": {"kind": "prompt_template", "engine": "vertex", "model": "gemini-2.5-flash"}},
+        "policy": {"kind": "static", "backend": "chat"},
+        "outcomes": {"path": outcomes, "capture": True}}))
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for i in range(30):
+        store.upsert_sync(captured(i, f"review number {i}: {'great' if i % 2 else 'awful'}",
+                                   "positive" if i % 2 else "negative"))
+    return config
+
+
 def test_graduation_with_a_vertex_tuning_job_on_the_loopback_server(gemini_server, tmp_path, monkeypatch, otel):
     from google.oauth2.credentials import Credentials
 
@@ -149,17 +165,7 @@ def test_graduation_with_a_vertex_tuning_job_on_the_loopback_server(gemini_serve
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gemini_server.base_url)
     TuningRoutes(gemini_server)
-    config = tmp_path / "app.yaml"
-    config.write_text(yaml.safe_dump({
-        "engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
-                               "vertex": {"project": "test-proj", "location": "us-central1"}}},
-        "backends": {"chat": {"kind": "prompt_template", "engine": "vertex", "model": "gemini-2.5-flash"}},
-        "policy": {"kind": "static", "backend": "chat"},
-        "outcomes": {"path": str(tmp_path / "outcomes.db"), "capture": True}}))
-    store = OutcomeStore(tmp_path / "outcomes.db")
-    for i in range(30):
-        store.upsert_sync(captured(i, f"review number {i}: {'great' if i % 2 else 'awful'}",
-                                   "positive" if i % 2 else "negative"))
+    config = vertex_app(gemini_server, tmp_path, str(tmp_path / "outcomes.db"))
     credentials = Credentials(token="test")
     settings = VertexTuningSettings(base_model="gemini-2.5-flash", name="sentiment", staging_uri="gs://b/runs",
                                     poll_interval_s=0.01, epochs=3, min_examples=10)
@@ -201,17 +207,7 @@ def test_graduate_vertex_cli_end_to_end_on_the_loopback_server(gemini_server, tm
     jobs = TuningRoutes(gemini_server)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(write_credentials(tmp_path / "adc.json")))
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gemini_server.base_url)
-    config = tmp_path / "app.yaml"
-    config.write_text(yaml.safe_dump({
-        "engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
-                               "vertex": {"project": "test-proj", "location": "us-central1"}}},
-        "backends": {"chat": {"kind": "prompt_template", "engine": "vertex", "model": "gemini-2.5-flash"}},
-        "policy": {"kind": "static", "backend": "chat"},
-        "outcomes": {"path": "outcomes.db", "capture": True}}))   # relative: beside the config
-    store = OutcomeStore(tmp_path / "outcomes.db")
-    for i in range(30):
-        store.upsert_sync(captured(i, f"review number {i}: {'great' if i % 2 else 'awful'}",
-                                   "positive" if i % 2 else "negative"))
+    config = vertex_app(gemini_server, tmp_path, "outcomes.db")   # relative: beside the config
     out = tmp_path / "grad"
     args = ["graduate", "--task", "t", "--config", str(config), "--out", str(out), "--vertex",
             "--base-model", "gemini-2.5-flash", "--staging-uri", "gs://bucket/runs", "--name", "sentiment",
