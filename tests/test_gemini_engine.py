@@ -360,6 +360,22 @@ async def test_call_with_retry_only_retries_unavailable():
     assert len(calls) == 1
 
 
+async def test_call_with_retry_makes_exactly_the_configured_attempts():
+    for attempts in (1, 2, 4):
+        calls = 0
+
+        async def busy(remaining: float) -> None:
+            nonlocal calls
+            calls += 1
+            raise BackendUnavailable("busy")
+
+        config = RetryConfig(attempts=attempts, initial_backoff_s=0.001, max_backoff_s=0.001, jitter_s=0)
+        with pytest.raises(BackendUnavailable, match="busy") as caught:
+            await call_with_retry(busy, config)
+        assert calls == attempts
+        assert not caught.value.out_of_time  # attempts ran out, not time
+
+
 async def test_call_with_retry_stops_before_the_deadline():
     calls = 0
 
