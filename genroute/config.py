@@ -132,8 +132,8 @@ def anchor_paths(raw: Mapping[str, Any], config_file: Path) -> dict[str, Any]:
 
     A relative value of a key named ``path`` or ending in ``_path`` or ``_file`` (``knowledge.path``,
     ``engines.*.model_path``, ``validators.*.path``, ``policy.routes_file``...) resolves against the file's
-    directory, and a ``knowledge`` section with neither ``path`` nor ``host`` gets ``<file stem>-chroma``
-    beside the file. ``tools`` and string validators are import paths, not files, and stay as they are.
+    directory, as does the file of a rung's ``json_schema:<path>`` validator name, and a ``knowledge`` section with
+    neither ``path`` nor ``host`` gets ``<file stem>-chroma`` beside the file. ``tools`` and string validators are import paths, not files, and stay as they are.
     """
     base = config_file.expanduser().resolve().parent
     out = {key: value if key == "tools" else _anchor(value, base) for key, value in raw.items()}
@@ -145,10 +145,19 @@ def anchor_paths(raw: Mapping[str, Any], config_file: Path) -> dict[str, Any]:
 
 def _anchor(value: Any, base: Path) -> Any:
     if isinstance(value, Mapping):
-        return {k: _anchor_one(k, v, base) if isinstance(v, str) else _anchor(v, base) for k, v in value.items()}
+        return {k: _anchor_one(k, v, base) if isinstance(v, str)
+                else _anchor_validators(v, base) if k == "validators" and isinstance(v, list)
+                else _anchor(v, base) for k, v in value.items()}
     if isinstance(value, list):
         return [_anchor(v, base) for v in value]
     return value
+
+
+def _anchor_validators(names: list[Any], base: Path) -> list[Any]:
+    """A rung's validator names, with the file of each ``json_schema:<path>`` anchored like any other path."""
+    prefix = "json_schema:"
+    return [prefix + _anchor_one("path", name.removeprefix(prefix), base)
+            if isinstance(name, str) and name.startswith(prefix) else name for name in names]
 
 
 def _anchor_one(key: Any, value: str, base: Path) -> str:

@@ -164,6 +164,54 @@ def test_relative_paths_resolve_against_the_config_file(gemini_server, tmp_path,
     assert path.exists()
 
 
+CITY = {"type": "object", "properties": {"population": {"type": "integer"}}, "required": ["population"]}
+
+
+def schema_cascade(gemini_server: Any, validator: str) -> dict[str, Any]:
+    config = gemini_config(gemini_server)
+    config["backends"]["pro"] = {**config["backends"]["chat"], "model": "gemini-2.5-pro"}
+    config["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["nonempty", validator]},
+                                                     {"backend": "pro"}]}
+    return config
+
+
+def test_a_json_schema_validator_name_resolves_against_the_config_file(gemini_server, tmp_path, monkeypatch):
+    app = tmp_path / "app"
+    (app / "schemas").mkdir(parents=True)
+    (app / "schemas" / "city.yaml").write_text(yaml.safe_dump(CITY))
+    path = _write(app / "genroute.yaml", schema_cascade(gemini_server, "json_schema:schemas/city.yaml"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    gemini_server.reply_text('{"population": "lots"}')
+    gemini_server.reply_text('{"population": 2100000}')
+    with Router.from_config("../app/genroute.yaml") as router:   # the schema is beside the file, not the CWD
+        result = router.generate("Paris as JSON")
+    assert result.backend == "pro"
+    first = result.decision.rungs_tried[0]
+    assert first.outcome == "rejected_by_validator" and "population" in first.error
+    assert yaml.safe_load(path.read_text())["policy"]["rungs"][0]["validators"][1] == "json_schema:schemas/city.yaml"
+
+    # A config given as a dict has no file: its relative paths are the working directory's.
+    monkeypatch.chdir(app)
+    gemini_server.reply_text('{"population": 2100000}')
+    with Router.from_config(schema_cascade(gemini_server, "json_schema:schemas/city.yaml")) as router:
+        assert router.generate("Paris as JSON").backend == "chat"
+
+
+def test_a_missing_json_schema_file_is_named_where_it_was_looked_for(gemini_server, tmp_path, monkeypatch):
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "city.yaml").write_text(yaml.safe_dump(CITY))   # in the CWD, not beside the file
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "conf" / "genroute.yaml", schema_cascade(gemini_server, "json_schema:schemas/city.yaml"))
+    with pytest.raises(ConfigError) as err:
+        Router.from_config("conf/genroute.yaml")
+    assert err.value.field == "policy.rungs.0.validators"
+    assert str(tmp_path / "conf" / "schemas" / "city.yaml") in err.value.message
+    assert "cannot read JSON schema" in err.value.message
+    assert gemini_server.requests == []
+
+
 def test_a_knowledge_section_without_a_place_gets_a_store_beside_the_file(gemini_server, tmp_path):
     config = gemini_config(gemini_server)
     config["knowledge"] = {"embedder": {"kind": "local"}}

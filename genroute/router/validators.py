@@ -83,7 +83,7 @@ class JsonSchema:
     def from_file(cls, path: str, *, field: str) -> JsonSchema:
         """The schema stored at ``path`` (JSON, or YAML for ``.yaml``/``.yml``)."""
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).expanduser().read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read JSON schema {path!r}: {exc.strerror or exc}", field=field) from None
         try:
