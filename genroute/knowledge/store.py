@@ -19,11 +19,12 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError
+from genroute.knowledge.store_config import GeminiEmbedderSpec, LocalEmbedderSpec, StoreConfig, no_place
 
 if TYPE_CHECKING:
     from genroute.knowledge.routes import RouteSync
@@ -37,52 +38,6 @@ _META_KIND = "genroute.kind"
 _META_EMBEDDER = "genroute.embedder"
 _META_EMBEDDER_KIND = "genroute.embedder_kind"
 _META_DIMENSION = "genroute.dimension"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class LocalEmbedderSpec(_Frozen):
-    """The offline all-MiniLM-L6-v2 (int8) embedder (default)."""
-
-    kind: Literal["local"] = "local"
-    intra_op_threads: int = Field(default=2, ge=1)
-    max_length: int = Field(default=256, ge=8, le=512)
-    batch_size: int = Field(default=32, ge=1)
-
-
-class GeminiEmbedderSpec(_Frozen):
-    """Gemini ``embed_content`` through a configured engine."""
-
-    kind: Literal["gemini"]
-    engine: str = Field(description="Name of an engine in the config's `engines`.")
-    model: str = "gemini-embedding-001"
-    dimension: int = Field(default=3072, ge=1)
-
-
-EmbedderSpec = Annotated[LocalEmbedderSpec | GeminiEmbedderSpec, Field(discriminator="kind")]
-
-
-class StoreConfig(_Frozen):
-    """Where the knowledge lives (``path`` for embedded, ``host``/``port`` for a server) and how it is embedded."""
-
-    path: str | None = Field(default=None, description=(
-        "Directory of an embedded Chroma (a config file without one gets `<file stem>-chroma` beside it)."))
-    host: str | None = Field(default=None, description="Host of a `chroma run` server.")
-    port: int = Field(default=8000, ge=1, le=65535)
-    ssl: bool = False
-    headers: dict[str, str] = Field(default_factory=dict)
-    tenant: str = "default_tenant"
-    database: str = "default_database"
-    embedder: EmbedderSpec = LocalEmbedderSpec()
-    ef_search: int | None = Field(default=None, ge=1, description="HNSW ef for new collections.")
-
-    @model_validator(mode="after")
-    def _one_place(self) -> StoreConfig:
-        if self.path is not None and self.host is not None:
-            raise ValueError("set either path (embedded) or host (server), not both")
-        return self
 
 
 @dataclass(frozen=True)
@@ -124,7 +79,7 @@ def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine],
         embedder = GeminiEmbedder(engine, config.embedder.model, dimension=config.embedder.dimension)
     if config.path is None and config.host is None:
         # Embedded Chroma is not safe across processes: one shared default directory would be a trap.
-        raise _no_place(field)
+        raise no_place(field)
     return KnowledgeStore(config, embedder=embedder)
 
 
@@ -165,7 +120,7 @@ class KnowledgeStore:
 
     def _path(self) -> str:
         if self.config.path is None:
-            raise _no_place()
+            raise no_place()
         return self.config.path
 
     def client(self) -> Any:
@@ -396,12 +351,6 @@ class KnowledgeStore:
         """Forget the client; Chroma flushes each write itself."""
         self._collections.clear()
         self._client_obj = None
-
-
-def _no_place(field: str = "knowledge") -> ConfigError:
-    return ConfigError("the knowledge store needs a place: `path` (a directory for an embedded Chroma; a config "
-                       "file without one gets `<file stem>-chroma` beside it) or `host` (a `chroma run` server)",
-                       field=f"{field}.path")
 
 
 @lru_cache(maxsize=4)

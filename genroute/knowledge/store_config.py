@@ -1,0 +1,62 @@
+"""What a knowledge store is configured with: where Chroma lives and which embedder fills its collections."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from genroute.errors import ConfigError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LocalEmbedderSpec(_Frozen):
+    """The offline all-MiniLM-L6-v2 (int8) embedder (default)."""
+
+    kind: Literal["local"] = "local"
+    intra_op_threads: int = Field(default=2, ge=1)
+    max_length: int = Field(default=256, ge=8, le=512)
+    batch_size: int = Field(default=32, ge=1)
+
+
+class GeminiEmbedderSpec(_Frozen):
+    """Gemini ``embed_content`` through a configured engine."""
+
+    kind: Literal["gemini"]
+    engine: str = Field(description="Name of an engine in the config's `engines`.")
+    model: str = "gemini-embedding-001"
+    dimension: int = Field(default=3072, ge=1)
+
+
+EmbedderSpec = Annotated[LocalEmbedderSpec | GeminiEmbedderSpec, Field(discriminator="kind")]
+
+
+class StoreConfig(_Frozen):
+    """Where the knowledge lives (``path`` for embedded, ``host``/``port`` for a server) and how it is embedded."""
+
+    path: str | None = Field(default=None, description=(
+        "Directory of an embedded Chroma (a config file without one gets `<file stem>-chroma` beside it)."))
+    host: str | None = Field(default=None, description="Host of a `chroma run` server.")
+    port: int = Field(default=8000, ge=1, le=65535)
+    ssl: bool = False
+    headers: dict[str, str] = Field(default_factory=dict)
+    tenant: str = "default_tenant"
+    database: str = "default_database"
+    embedder: EmbedderSpec = LocalEmbedderSpec()
+    ef_search: int | None = Field(default=None, ge=1, description="HNSW ef for new collections.")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> StoreConfig:
+        if self.path is not None and self.host is not None:
+            raise ValueError("set either path (embedded) or host (server), not both")
+        return self
+
+
+def no_place(field: str = "knowledge") -> ConfigError:
+    """The error for a store configured with neither a path nor a host."""
+    return ConfigError("the knowledge store needs a place: `path` (a directory for an embedded Chroma; a config "
+                       "file without one gets `<file stem>-chroma` beside it) or `host` (a `chroma run` server)",
+                       field=f"{field}.path")
