@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -132,15 +133,32 @@ def anchor_paths(raw: Mapping[str, Any], config_file: Path) -> dict[str, Any]:
 
     A relative value of a key named ``path`` or ending in ``_path`` or ``_file`` (``knowledge.path``,
     ``engines.*.model_path``, ``validators.*.path``, ``policy.routes_file``...) resolves against the file's
-    directory, as does the file of a rung's ``json_schema:<path>`` validator name, and a ``knowledge`` section with
-    neither ``path`` nor ``host`` gets ``<file stem>-chroma`` beside the file. ``tools`` and string validators are import paths, not files, and stay as they are.
+    directory, as does the file of a rung's ``json_schema:<path>`` validator name; a ``knowledge`` section with
+    neither ``path`` nor ``host`` gets ``<file stem>-chroma`` beside the file, and an ``outcomes`` section kept in
+    SQLite with no ``path`` (and no ``$GENROUTE_OUTCOMES_PATH``) gets ``<file stem>-outcomes.db`` beside it. ``tools`` and string validators are import paths, not files, and stay as they are.
     """
     base = config_file.expanduser().resolve().parent
     out = {key: value if key == "tools" else _anchor(value, base) for key, value in raw.items()}
     knowledge = out.get("knowledge")
     if isinstance(knowledge, Mapping) and knowledge.get("path") is None and knowledge.get("host") is None:
         out["knowledge"] = {**knowledge, "path": str(base / f"{config_file.stem}-chroma")}
+    outcomes = out.get("outcomes")
+    if (isinstance(outcomes, Mapping) and outcomes.get("path") is None and not os.environ.get(OUTCOMES_PATH_ENV)
+            and _sqlite_outcomes(outcomes, out.get("state"))):
+        out["outcomes"] = {**outcomes, "path": str(base / f"{config_file.stem}-outcomes.db")}
     return out
+
+
+#: Environment variable naming the outcome store's SQLite file when the ``outcomes`` section names none.
+OUTCOMES_PATH_ENV = "GENROUTE_OUTCOMES_PATH"
+
+
+def _sqlite_outcomes(outcomes: Mapping[str, Any], state: Any) -> bool:
+    """Whether the outcome store is a SQLite file: ``store: sqlite``, or ``auto`` with this process's memory as
+    the state store (with Redis, ``auto`` keeps outcomes in the shared state store, as ``store: state`` does)."""
+    store = outcomes.get("store", "auto")
+    kind = state.get("kind", "memory") if isinstance(state, Mapping) else "memory"
+    return store == "sqlite" or (store == "auto" and kind == "memory")
 
 
 def _anchor(value: Any, base: Path) -> Any:

@@ -29,7 +29,7 @@ TEST_KEY = "AIzaSy-test-key-0123456789-secret"
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No real keys or endpoints leak in; caches go to a per-session temp dir unless one is set."""
     for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "GOOGLE_VERTEX_BASE_URL",
-                "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"):
+                "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "GENROUTE_OUTCOMES_PATH"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_GCE_CHECK", "true")
 

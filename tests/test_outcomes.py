@@ -215,3 +215,57 @@ def test_feedback_before_the_shadow_finishes_scores_the_shadow_against_the_label
     assert record.outcomes["chat"].score == 0.0
     assert record.outcomes["pro"].score == 1.0 and record.outcomes["pro"].agreement == 0.0
     assert record.outcomes["pro"].cost_usd == pytest.approx(cost(PRO, (50, 1)))
+
+
+# -- where the SQLite outcome store lives ------------------------------------------------------------
+
+
+def _served_and_stored(config_source, path):
+    """Serve one request with feedback through ``config_source``; the records the store at ``path`` holds."""
+    with Router.from_config(config_source) as router:
+        result = router.generate("Loved it", task="sentiment")
+        router.feedback(result, score=1.0)
+    return OutcomeStore(path).records_sync()
+
+
+def test_a_config_file_keeps_outcomes_beside_it_unless_told_otherwise(gemini_server, tmp_path, monkeypatch):
+    import yaml
+
+    cfg = config(gemini_server, tmp_path, policy={"kind": "static", "backend": "chat"})
+    del cfg["outcomes"]["path"]
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shop.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    (record,) = _served_and_stored("app/shop.yaml", app / "shop-outcomes.db")   # the default: beside the file
+    assert record.metadata["task"] == "sentiment" and record.outcomes["chat"].score == 1.0
+
+    monkeypatch.setenv("GENROUTE_OUTCOMES_PATH", str(tmp_path / "env" / "all.db"))   # the environment's choice
+    assert len(_served_and_stored("app/shop.yaml", tmp_path / "env" / "all.db")) == 1
+
+    cfg["outcomes"]["path"] = "kept/here.db"   # the config's own path wins, relative to the file
+    (app / "shop.yaml").write_text(yaml.safe_dump(cfg))
+    assert len(_served_and_stored("app/shop.yaml", app / "kept" / "here.db")) == 1
+    assert len(OutcomeStore(app / "shop-outcomes.db").records_sync()) == 1   # nothing more went to the default
+
+
+def test_a_dict_config_must_say_where_outcomes_go(gemini_server, tmp_path, monkeypatch):
+    cfg = config(gemini_server, tmp_path, policy={"kind": "static", "backend": "chat"})
+    del cfg["outcomes"]["path"]
+    with pytest.raises(ConfigError, match="GENROUTE_OUTCOMES_PATH") as err:
+        Router.from_config(cfg)
+    assert err.value.field == "outcomes.path" and gemini_server.requests == []
+    monkeypatch.setenv("GENROUTE_OUTCOMES_PATH", str(tmp_path / "env.db"))
+    assert len(_served_and_stored(cfg, tmp_path / "env.db")) == 1
+
+
+def test_outcomes_in_the_state_store_need_no_file(gemini_server, tmp_path):
+    import yaml
+
+    cfg = config(gemini_server, tmp_path, policy={"kind": "static", "backend": "chat"}, store="state")
+    del cfg["outcomes"]["path"]
+    (tmp_path / "shared.yaml").write_text(yaml.safe_dump(cfg))
+    with Router.from_config(tmp_path / "shared.yaml") as router:
+        result = router.generate("Loved it", task="sentiment")
+        assert router.feedback(result, score=1.0).outcomes["chat"].score == 1.0
+    assert not (tmp_path / "shared-outcomes.db").exists()

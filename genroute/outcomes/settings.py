@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -19,7 +20,9 @@ class OutcomeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    path: str | None = Field(default=None, description="SQLite file; default: <cache dir>/outcomes/outcomes.db.")
+    path: str | None = Field(default=None, description=(
+        "SQLite file. Default: $GENROUTE_OUTCOMES_PATH, else (in a config file) <file stem>-outcomes.db beside "
+        "the file; a config given as a dict must name one."))
     store: Literal["auto", "sqlite", "state"] = Field(
         default="auto", description="auto: the shared state store when the router's `state` is shared (Redis), "
                                     "else the SQLite file; sqlite or state to choose.")
@@ -53,6 +56,18 @@ def redact_secrets(text: str, extra: tuple[str, ...] = ()) -> str:
         if secret:
             text = text.replace(secret, REDACTED)
     return _SECRETS.sub(REDACTED, text)
+
+
+def sqlite_path(settings: OutcomeSettings) -> str:
+    """The outcome store's SQLite file: ``outcomes.path``, else ``$GENROUTE_OUTCOMES_PATH``; ``ConfigError`` naming
+    ``outcomes.path`` when neither says (no default shared by every application on the machine)."""
+    from genroute.config import OUTCOMES_PATH_ENV
+
+    path = settings.path or os.environ.get(OUTCOMES_PATH_ENV)
+    if not path:
+        raise ConfigError(f"say where outcomes are kept: set `path` (a SQLite file) or {OUTCOMES_PATH_ENV}; a config "
+                          "file has the default <file stem>-outcomes.db beside it", field="outcomes.path")
+    return path
 
 
 def resolve_scrub(settings: OutcomeSettings, scrub: ScrubHook | None) -> ScrubHook | None:

@@ -22,10 +22,9 @@ if TYPE_CHECKING:
 def build_recorder(settings: OutcomeSettings, executor: Executor, *, scrub: ScrubHook | None,
                    secrets: tuple[str, ...], state: StateStore) -> OutcomeRecorder:
     """The recorder for ``settings``: store opened, scorer and scrub hook resolved (``ConfigError`` if not)."""
-    from genroute.cache import cache_dir
     from genroute.outcomes.recorder import OutcomeRecorder
     from genroute.outcomes.scoring import resolve_shadow_scorer
-    from genroute.outcomes.settings import resolve_scrub
+    from genroute.outcomes.settings import resolve_scrub, sqlite_path
     from genroute.outcomes.shared import SharedOutcomeStore
     from genroute.outcomes.store import OutcomeStore
     from genroute.state.memory import MemoryStateStore
@@ -34,8 +33,7 @@ def build_recorder(settings: OutcomeSettings, executor: Executor, *, scrub: Scru
     if shared and settings.path is not None:
         raise ConfigError("the outcome store is the shared state store here: drop `path` or set store: sqlite",
                           field="outcomes.path")
-    store = SharedOutcomeStore(state) if shared else \
-        OutcomeStore(settings.path or cache_dir("outcomes") / "outcomes.db")
+    store = SharedOutcomeStore(state) if shared else OutcomeStore(sqlite_path(settings))
     scorer = resolve_shadow_scorer(settings.scorer, resolve_check=executor.resolve_check,
                                    backends=executor.backends)
     return OutcomeRecorder(settings, store, scorer, scrub=resolve_scrub(settings, scrub), secrets=secrets)
