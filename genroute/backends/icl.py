@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from genroute.backends.base import BackendConfig, BackendOutput, Prepared, SingleCallBackend, user_content
 from genroute.backends.templating import check_template, compile_template, render
 from genroute.engines.gemini_cache import ContextCacheSettings, PrefixCaches, cache_gone
-from genroute.errors import BackendRejected, ConfigError
+from genroute.errors import BackendRejected
 from genroute.types import GenerateRequest
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from genroute.knowledge.examples import ExampleRecord, ExampleStore
     from genroute.runtime.context import RunContext
+    from genroute.runtime.resources import Resources
 
 class IclConfig(BackendConfig):
     """Config of an ``icl`` backend."""
@@ -82,7 +83,7 @@ class IclBackend(SingleCallBackend):
 
     config: IclConfig
 
-    def __init__(self, name: str, config: BackendConfig, resources: Any) -> None:
+    def __init__(self, name: str, config: BackendConfig, resources: Resources) -> None:
         super().__init__(name, config, resources)
         settings = self.config.context_cache
         self._caches = PrefixCaches(settings or ContextCacheSettings())
@@ -92,10 +93,9 @@ class IclBackend(SingleCallBackend):
         """The example store over this backend's collection."""
         from genroute.knowledge.examples import ExampleStore
 
-        store = self.resources.knowledge
-        if store is None:
-            raise ConfigError(f"backend {self.name!r} needs a `knowledge` section (a Chroma store)",
-                              field="knowledge")
+        from genroute.knowledge.store import require_store
+
+        store = require_store(self.resources.knowledge, who=f"backend {self.name!r}")
         return ExampleStore(store, self.config.collection, field=f"backends.{self.name}.collection")
 
     @cached_property

@@ -83,11 +83,9 @@ class RagBackend(SingleCallBackend):
     @property
     def store(self) -> KnowledgeStore:
         """The knowledge store from the router's resources."""
-        store = self.resources.knowledge
-        if store is None:
-            raise ConfigError(f"backend {self.name!r} needs a `knowledge` section (a Chroma store)",
-                              field="knowledge")
-        return store
+        from genroute.knowledge.store import require_store
+
+        return require_store(self.resources.knowledge, who=f"backend {self.name!r}")
 
     @cached_property
     def _templates(self) -> tuple[Any, Any]:

@@ -13,7 +13,7 @@ import sys
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import trace
 
@@ -32,6 +32,17 @@ WEIGHTS_VERSION = "1.0.0"
 #: int8 weights: vectors within cosine 0.998 of the float model's, but not the same vectors, so
 #: collections record this name and a store filled by the float model is not silently mixed with it.
 LOCAL_MODEL = "all-MiniLM-L6-v2-int8"
+
+
+class ArrayEmbedder(Protocol):
+    """What the learned policy and the offline benchmark embed with: texts in, one row per text out
+    (``LocalEmbedder``, or a cache in front of one)."""
+
+    model: str
+
+    def embed_array(self, texts: list[str]) -> np.ndarray:
+        """Embed ``texts`` into a float array of shape ``(len(texts), dimension)``."""
+        ...
 
 
 class Embedder(ABC):

@@ -27,9 +27,12 @@ from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, Usag
 from genroute.knowledge.store_config import GeminiEmbedderSpec, LocalEmbedderSpec, StoreConfig, no_place
 
 if TYPE_CHECKING:
-    from genroute.knowledge.routes import RouteSync
+    from opentelemetry import trace
+
     from genroute.engines.base import Engine
     from genroute.knowledge.embedders import Embedder
+    from genroute.knowledge.routes import RouteSync
+    from genroute.runtime.resources import KnowledgeBase
 
 T = TypeVar("T")
 Kind = Literal["documents", "examples", "routes"]
@@ -351,6 +354,16 @@ class KnowledgeStore:
         """Forget the client; Chroma flushes each write itself."""
         self._collections.clear()
         self._client_obj = None
+
+
+def require_store(knowledge: KnowledgeBase | None, *, who: str) -> KnowledgeStore:
+    """The router's knowledge store, which ``who`` (``backend 'docs'``) queries; ``ConfigError`` if there is none."""
+    if knowledge is None:
+        raise ConfigError(f"{who} needs a `knowledge` section (a Chroma store)", field="knowledge")
+    if not isinstance(knowledge, KnowledgeStore):
+        raise ConfigError(f"{who} needs a genroute KnowledgeStore, got {type(knowledge).__name__}",
+                          field="knowledge")
+    return knowledge
 
 
 @lru_cache(maxsize=4)

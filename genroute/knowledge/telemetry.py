@@ -8,11 +8,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from opentelemetry import trace
+
     from genroute.knowledge.store import Hit, KnowledgeStore
 
 
 @contextmanager
-def retrieval_span(tracer: Any, store: KnowledgeStore, collection: str, k: int) -> Iterator[Any]:
+def retrieval_span(tracer: trace.Tracer, store: KnowledgeStore, collection: str, k: int) -> Iterator[trace.Span]:
     """A ``retrieval {collection}`` CLIENT span (GenAI conventions); errors set ``error.type``."""
     from opentelemetry.trace import SpanKind, StatusCode
 
@@ -32,7 +34,7 @@ def retrieval_span(tracer: Any, store: KnowledgeStore, collection: str, k: int) 
             raise
 
 
-def record_hits(span: Any, hits: Sequence[Hit], *, capture: bool, query: str | None = None) -> None:
+def record_hits(span: trace.Span, hits: Sequence[Hit], *, capture: bool, query: str | None = None) -> None:
     """Returned count and top score on a retrieval span; ids and scores only when content capture is on."""
     span.set_attribute("genroute.retrieval.returned", len(hits))
     if hits:

@@ -13,6 +13,7 @@ from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
     from genroute.admission import Gate
+    from genroute.policies.stats import BenchStats
     from genroute.runtime.resources import Resources
     from genroute.state import StateStore
 
@@ -40,16 +41,25 @@ class BackendInfo:
 
 
 @dataclass(frozen=True)
+class BudgetView:
+    """What a budget policy may read of its state when it decides (handed in through ``PolicyContext``)."""
+
+    key: str
+    left_usd: float
+    limit_usd: float
+
+
+@dataclass(frozen=True)
 class PolicyContext:
     """Read-only facts a policy decides on."""
 
     catalogue: Mapping[str, BackendInfo]
-    #: Benchmark statistics (``genroute.bench`` writes them), keyed however the reader needs.
-    stats: Any = None
+    #: Benchmark statistics per task and backend (``genroute bench`` writes them; ``Router(stats=...)``).
+    stats: BenchStats | None = None
     #: Budget state read by the executor before deciding, by budget policy field (``policy``,
-    #: ``policy.arms.0.policy``...): a ``genroute.policies.budget.BudgetView``. Only for policies that
-    #: ask for it (``reads_state``); the admission gates reserve and settle.
-    budgets: Mapping[str, Any] | None = None
+    #: ``policy.arms.0.policy``...). Only for policies that ask for it (``reads_state``); the admission gates
+    #: reserve and settle.
+    budgets: Mapping[str, BudgetView] | None = None
     #: Circuit breakers that are not closed, by backend: seconds until the breaker half-opens (<= 0: half-open,
     #: one probe may pass). The router drops rungs whose breaker is open after the policy decided.
     health: Mapping[str, float] = field(default_factory=dict)
@@ -59,8 +69,8 @@ class PolicyContext:
 class PolicyUpdate:
     """What ``Router.refresh`` hands a policy: statistics and training rows from accumulated outcomes."""
 
-    #: ``BenchStats`` per task and backend, measured on outcomes (entries below ``min_n`` records left out).
-    stats: Any
+    #: Statistics per task and backend, measured on outcomes (entries below ``min_n`` records left out).
+    stats: BenchStats
     #: ``learned.train`` rows (input, backend, score, cost_usd, record_id, task) from records with captured input.
     rows: list[dict[str, Any]]
     context: PolicyContext

@@ -28,7 +28,6 @@ import calendar
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,7 +35,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from genroute.admission import Attempt, Gate, Outcome, hold_ttl_s
 from genroute.errors import BudgetExceeded, ConfigError
-from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
+from genroute.policies.base import BackendInfo, BudgetView, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
 from genroute.policies.stats import BenchStats
 from genroute.state.ops import Claim, Held, Hold, Settle
@@ -53,15 +52,6 @@ UNITS_PER_USD = 1_000_000_000
 def to_units(usd: float) -> int:
     """``usd`` in store units (nano-USD)."""
     return round(usd * UNITS_PER_USD)
-
-
-@dataclass(frozen=True)
-class BudgetView:
-    """What a budget policy may read of its state when it decides (handed in through ``PolicyContext``)."""
-
-    key: str
-    left_usd: float
-    limit_usd: float
 
 
 class BudgetConfig(PolicyConfig):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +20,9 @@ from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyCont
 from genroute.policies.router_models import RouterModel, features, fit
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest, Rung
+
+if TYPE_CHECKING:
+    from genroute.knowledge.embedders import ArrayEmbedder
 
 
 class Outcome(BaseModel):
@@ -72,7 +75,7 @@ def best_backend(by_backend: Mapping[str, Outcome], pass_score: float) -> str:
     return min(by_backend, key=lambda b: (by_backend[b].score < pass_score, by_backend[b].cost_usd, b))
 
 
-def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, embedder: Any = None,
+def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, embedder: ArrayEmbedder | None = None,
           method: str = "knn", k: int = 7, pass_score: float = 0.5, test_share: float = 0.2, seed: int = 0,
           use_task: bool = False, cost_weight: float = 0.1, **options: Any) -> TrainReport:
     """Train on a seeded split of the records, write the model file, report held-out figures.
@@ -119,10 +122,13 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
                        single_backend=single)
 
 
-def _default_embedder() -> Any:
+def _default_embedder() -> ArrayEmbedder:
+    from genroute.knowledge.embedders import LocalEmbedder
     from genroute.policies.semantic import default_embedder
 
-    return default_embedder()
+    embedder = default_embedder()
+    assert isinstance(embedder, LocalEmbedder)  # a default store embeds with the offline MiniLM
+    return embedder
 
 
 class LearnedConfig(PolicyConfig):
@@ -150,7 +156,7 @@ class LearnedPolicy(Policy):
     config: LearnedConfig
     blocking = True  # embeds the request
 
-    def __init__(self, config: LearnedConfig, *, embedder: Any = None) -> None:
+    def __init__(self, config: LearnedConfig, *, embedder: ArrayEmbedder | None = None) -> None:
         super().__init__(config)
         self.model = RouterModel.load(config.model_path, field=f"{self.field}.model_path")
         self.embedder = embedder or _default_embedder()

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
@@ -34,6 +34,7 @@ from genroute.types import Decision, GenerateRequest
 if TYPE_CHECKING:
     import numpy as np
 
+    from genroute.knowledge.embedders import Embedder
     from genroute.knowledge.routes import StoredRoutes
     from genroute.knowledge.store import KnowledgeStore
     from genroute.runtime.resources import Resources
@@ -56,7 +57,7 @@ class SemanticConfig(PolicyConfig):
 
 
 @cache
-def default_embedder() -> Any:
+def default_embedder() -> Embedder:
     """The offline MiniLM of a default knowledge store, shared by every policy and store in the process: each
     onnxruntime session keeps its own thread pool, and two pools busy on the same cores slow each other
     down (measured: +20 ms a decision)."""
@@ -115,7 +116,7 @@ class SemanticPolicy(Policy):
     config: SemanticConfig
     blocking = True  # embeds the request
 
-    def __init__(self, config: SemanticConfig, *, embedder: Any = None) -> None:
+    def __init__(self, config: SemanticConfig, *, embedder: Embedder | None = None) -> None:
         super().__init__(config)
         self._given_embedder = embedder
         self.embedder = embedder
@@ -142,7 +143,10 @@ class SemanticPolicy(Policy):
     def bind(self, resources: Resources) -> None:
         """Without a knowledge store, embed the configured routes now; with one, ask the store for them: it
         writes them when the router syncs it (``store.routes.sync()``) and hands back what it holds."""
-        store = resources.knowledge
+        from genroute.knowledge.store import require_store
+
+        knowledge = resources.knowledge
+        store = None if knowledge is None else require_store(knowledge, who=f"policy {self.field!r}")
         with self._lock:
             if store is None:
                 self.store = None
@@ -158,7 +162,7 @@ class SemanticPolicy(Policy):
             self._index = None
         store.routes.want(RouteSet(self.collection_name, self.wanted, self.field, self._embed, self._load))
 
-    def _use_embedder(self, embedder: Any) -> None:
+    def _use_embedder(self, embedder: Embedder | None) -> None:
         embedder = embedder if embedder is not None else default_embedder()
         if embedder is not self.embedder:
             self._embed_request.cache_clear()  # vectors of another embedder are not comparable

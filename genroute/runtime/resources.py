@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from genroute.errors import ConfigError
 from genroute.runtime.pricing import Pricing
 
 if TYPE_CHECKING:
     from genroute.engines.base import Engine
+
+
+class RouteWrites(Protocol):
+    """The route collections policies asked a store for (``genroute.knowledge.routes.RouteSync``)."""
+
+    def sync(self) -> object:
+        """Write what was asked for and hand each policy what its collection holds."""
+        ...
+
+
+class KnowledgeBase(Protocol):
+    """What the router needs of its knowledge store (``genroute.knowledge.KnowledgeStore``): the route
+    collections its policies asked for, and closing. Backends that query the store get the store itself
+    through ``genroute.knowledge.store.require_store``."""
+
+    @property
+    def routes(self) -> RouteWrites:
+        """Route collections policies asked for while they were bound."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's client."""
+        ...
 
 
 class Resources:
@@ -20,7 +43,7 @@ class Resources:
         engines: Mapping[str, Engine],
         *,
         tools: Mapping[str, Callable[..., Any]] | None = None,
-        knowledge: Any = None,
+        knowledge: KnowledgeBase | None = None,
         pricing: Pricing | None = None,
     ) -> None:
         self.engines = dict(engines)
@@ -48,6 +71,5 @@ class Resources:
         """Close every engine and the knowledge store."""
         for engine in self.engines.values():
             await engine.aclose()
-        close = getattr(self.knowledge, "aclose", None)
-        if close is not None:
-            await close()
+        if self.knowledge is not None:
+            await self.knowledge.aclose()
