@@ -120,18 +120,21 @@ def _generate(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace) -> int:
     from genroute.knowledge.ingest_command import ingest_paths
 
-    store_config, engines = None, {}
+    store_config, engines, pricing = None, {}, None
     if args.config:
         from genroute.config import load_config, validate_kind
+        from genroute.runtime.pricing import Pricing
 
         config = load_config(args.config)
         store_config = config.knowledge
+        pricing = Pricing(config.pricing)  # the embeddings are priced as the router would price them
         # Only engines the store's embedder may need (a Gemini embedder names one); nothing is sent here.
         for name, raw in config.engines.items():
             engine_cls, engine_config = validate_kind("engines", raw, field=f"engines.{name}")
             engines[name] = engine_cls(name, engine_config)
     report = ingest_paths(args.paths, args.collection, store_config=store_config, engines=engines, kind=args.kind,
-                          chunk_tokens=args.chunk_tokens, overlap=args.overlap, text_field=args.text_field)
+                          chunk_tokens=args.chunk_tokens, overlap=args.overlap, text_field=args.text_field,
+                          pricing=pricing)
     print(report)
     return 0
 

@@ -127,7 +127,7 @@ class IclBackend(SingleCallBackend):
                                               fetch_k=cfg.fetch_k, mmr_lambda=cfg.mmr_lambda)
         from genroute.knowledge.telemetry import record_hits, retrieval_span
 
-        with retrieval_span(ctx.tracer, self.examples.store, cfg.collection, cfg.k) as span:
+        with retrieval_span(ctx.tracer, self.examples.store, cfg.collection, cfg.k) as span, ctx.charged():
             chosen = await self.examples.select(request.input, strategy=cfg.selector, k=cfg.k, seed=cfg.seed,
                                                 fetch_k=cfg.fetch_k, mmr_lambda=cfg.mmr_lambda)
             span.set_attribute("genroute.icl.selector", cfg.selector)

@@ -102,7 +102,7 @@ class RagBackend(SingleCallBackend):
         cfg = self.config
         field = f"backends.{self.name}.collection"
         store = self.store
-        with retrieval_span(ctx.tracer, store, cfg.collection, cfg.k) as span:
+        with retrieval_span(ctx.tracer, store, cfg.collection, cfg.k) as span, ctx.charged():  # the embedding
             hits = await store.query(cfg.collection, request.input, kind="documents", k=cfg.k, where=cfg.where,
                                      field=field)
             # Counting only when nothing came back keeps the common path at one Chroma call.

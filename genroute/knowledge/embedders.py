@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from genroute.engines.base import Engine
+    from genroute.runtime.pricing import Pricing
 
 _tracer = trace.get_tracer("genroute")
 
@@ -94,9 +95,11 @@ class GeminiEmbedder(Embedder):
     """Embeddings from an engine's ``embed`` (e.g. ``gemini-embedding-001`` on a Gemini engine)."""
 
     def __init__(self, engine: Engine, model: str = "gemini-embedding-001", *, dimension: int = 3072,
-                 tracer_provider: trace.TracerProvider | None = None) -> None:
+                 tracer_provider: trace.TracerProvider | None = None, pricing: Pricing | None = None) -> None:
         self.engine = engine
         self.tracer_provider = tracer_provider
+        #: Prices the calls (the router's table, with its overrides; default: the built-in list prices).
+        self.pricing = pricing
         self.model = model
         self.provider = engine.provider
         self.dimension = dimension
@@ -107,22 +110,52 @@ class GeminiEmbedder(Embedder):
         return "genroute_gemini"
 
     async def aembed(self, texts: list[str]) -> list[list[float]]:
-        """Embed ``texts`` with one ``engine.embed`` call, asking for ``dimension``-wide vectors."""
+        """Embed ``texts`` with one ``engine.embed`` call, asking for ``dimension``-wide vectors.
+
+        The call is priced (input tokens at the model's input price) on its span and charged to whoever
+        collects charges around it (``genroute.runtime.billing.charging``: the rung, the request's
+        decision or the ingest run); attempts lost on the way are charged too."""
+        from genroute.runtime.billing import Meter, metering
+
         if isinstance(texts, str):
             raise UsageError("embed() takes a list of texts, not a str", field="texts")
         span = self._span()
         span.set_attribute("gen_ai.embeddings.dimension.count", self.dimension)
+        meter = Meter()
+        answered = False
         try:
-            with trace.use_span(span, end_on_exit=False):
+            with trace.use_span(span, end_on_exit=False), metering(meter):
                 vectors = await self.engine.embed(self.model, list(texts),
                                                   output_dimensionality=self.dimension)
+                answered = True  # billed, whether or not the widths are right
                 self._check_widths(vectors)
         except BaseException as exc:
             _record_error(span, exc)
             raise
         finally:
+            self._charge(span, texts if answered else [], meter)
             span.end()
         return vectors
+
+    def _charge(self, span: trace.Span, texts: list[str], meter: Any) -> None:
+        # The Gemini API's batchEmbedContents reports no token counts: the answered texts are estimated like
+        # a lost attempt's input (four characters a token), and marked so.
+        from genroute.runtime.billing import charge, estimate_tokens
+        from genroute.runtime.pricing import Pricing
+        from genroute.types import Usage
+
+        calls = [Usage(input_tokens=sum(estimate_tokens(t) for t in texts))] if texts else []
+        calls += meter.attempts
+        if not calls:
+            return
+        if self.pricing is None:
+            self.pricing = Pricing()
+        priced = self.engine.pricing_model(self.model)
+        cost = sum(self.pricing.cost(priced, call) for call in calls)
+        span.set_attributes({"gen_ai.usage.input_tokens": sum(c.input_tokens for c in calls),
+                             "gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD",
+                             "genroute.cost.estimated": True})
+        charge(cost, estimated=True)
 
     def _check_widths(self, vectors: list[list[float]]) -> None:
         # A model that ignores output_dimensionality would otherwise fill a collection with vectors

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.ingest import IngestReport, expand_paths, upsert_missing
+from genroute.runtime.billing import Charges, charging
 
 if TYPE_CHECKING:
     from genroute.knowledge.store import Hit, KnowledgeStore
@@ -75,10 +76,12 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
     base = await store.count(collection, kind="examples") if collection in await store.collections() else 0
     for _, meta in records.values():
         meta["ord"] += base
-    added, batches = await upsert_missing(store, collection, records, kind="examples", batch_size=batch_size,
-                                          progress=progress)
+    with charging(Charges()) as charges:  # what embedding the new examples costs
+        added, batches = await upsert_missing(store, collection, records, kind="examples", batch_size=batch_size,
+                                              progress=progress)
     return IngestReport(collection=collection, files=len(files), documents=total, chunks=len(records), added=added,
-                        skipped=len(records) - added, batches=batches, seconds=time.perf_counter() - started)
+                        skipped=len(records) - added, batches=batches, seconds=time.perf_counter() - started,
+                        cost_usd=charges.cost_usd, cost_estimated=charges.estimated)
 
 
 def _read_examples(path: Path) -> list[Any]:

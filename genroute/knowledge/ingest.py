@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from genroute.errors import UsageError
 from genroute.knowledge.chunking import Chunk, chunk_text, stored_chunk_id, token_counter
+from genroute.runtime.billing import Charges, charging
 
 if TYPE_CHECKING:
     from genroute.knowledge.store import KnowledgeStore
@@ -58,6 +59,9 @@ class IngestReport(BaseModel):
     batches: int
     seconds: float
     removed: int = 0
+    #: What the run's embedding calls cost (0 for the offline embedder; Gemini embeddings are estimated).
+    cost_usd: float = 0.0
+    cost_estimated: bool = False
 
     @property
     def chunks_per_s(self) -> float:
@@ -212,14 +216,16 @@ async def aingest(
             chunks.setdefault(stored_chunk_id(meta["source"], chunk.text), (chunk.text, {**meta, GENERATION: generation}))
     if not chunks:
         raise UsageError("the files hold no text to ingest", field="paths")
-    added, batches = await upsert_missing(store, collection, chunks, kind="documents", batch_size=batch_size,
-                                          progress=progress, on_batch=on_batch)
+    with charging(Charges()) as charges:  # what embedding the new chunks costs
+        added, batches = await upsert_missing(store, collection, chunks, kind="documents", batch_size=batch_size,
+                                              progress=progress, on_batch=on_batch)
     removed = 0
     for source, generation in sorted(generations.items()):
         removed += await _settle_source(store, collection, source, generation, chunks)
     return IngestReport(collection=collection, files=len(files), documents=documents, chunks=len(chunks),
                         added=added, skipped=len(chunks) - added, batches=batches, removed=removed,
-                        seconds=time.perf_counter() - started)
+                        seconds=time.perf_counter() - started, cost_usd=charges.cost_usd,
+                        cost_estimated=charges.estimated)
 
 
 async def _settle_source(store: KnowledgeStore, collection: str, source: str, generation: int,

@@ -16,6 +16,7 @@ from genroute.runtime.portal import run_sync
 
 if TYPE_CHECKING:
     from genroute.engines.base import Engine
+    from genroute.runtime.pricing import Pricing
 
 
 def ingest_paths(
@@ -29,9 +30,11 @@ def ingest_paths(
     overlap: int = 40,
     text_field: str = "text",
     progress: bool = True,
+    pricing: Pricing | None = None,
 ) -> IngestReport:
-    """What ``genroute ingest PATH... --collection NAME`` runs: build the store from config, ingest, report."""
-    store = build_store(store_config, engines=engines or {})
+    """What ``genroute ingest PATH... --collection NAME`` runs: build the store from config, ingest, report
+    (with what the embeddings cost, priced from ``pricing``)."""
+    store = build_store(store_config, engines=engines or {}, pricing=pricing)
     if kind == "examples":
         return run_sync(aload_examples(store, paths, collection=collection, progress=progress), "ingest_paths",
                         instead="aload_examples")

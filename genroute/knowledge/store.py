@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from genroute.knowledge.embedders import Embedder
     from genroute.knowledge.routes import RouteSync
     from genroute.runtime.resources import KnowledgeBase
+    from genroute.runtime.pricing import Pricing
 
 T = TypeVar("T")
 Kind = Literal["documents", "examples", "routes"]
@@ -60,8 +61,9 @@ class Hit:
 
 
 def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine],
-                field: str = "knowledge") -> KnowledgeStore:
-    """A ``KnowledgeStore`` from the config section ``raw`` (nothing is opened yet)."""
+                field: str = "knowledge", pricing: Pricing | None = None) -> KnowledgeStore:
+    """A ``KnowledgeStore`` from the config section ``raw`` (nothing is opened yet); a Gemini embedder's
+    calls are priced from ``pricing`` (default: the built-in list prices), which must know its model."""
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigError(f"expected a mapping (path, or host and port), got {type(raw).__name__}", field=field)
     try:
@@ -79,7 +81,13 @@ def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine],
             known = ", ".join(sorted(engines)) or "none"
             raise ConfigError(f"unknown engine {config.embedder.engine!r} (known: {known})",
                               field=f"{field}.embedder.engine")
-        embedder = GeminiEmbedder(engine, config.embedder.model, dimension=config.embedder.dimension)
+        from genroute.runtime.pricing import Pricing
+
+        pricing = pricing if pricing is not None else Pricing()
+        priced = engine.pricing_model(config.embedder.model)
+        if priced is not None:  # embeddings are billed: an unpriced model would silently cost 0
+            pricing.require(priced, field=f"{field}.embedder.model")
+        embedder = GeminiEmbedder(engine, config.embedder.model, dimension=config.embedder.dimension, pricing=pricing)
     if config.path is None and config.host is None:
         # Embedded Chroma is not safe across processes: one shared default directory would be a trap.
         raise no_place(field)

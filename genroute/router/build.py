@@ -89,11 +89,12 @@ def _resources(config: RouterConfig, engines: dict[str, Any], tools: Mapping[str
     all_validators = {name: from_config(raw, field=f"validators.{name}") for name, raw in config.validators.items()}
     all_validators.update(validators or {})
     knowledge = None
+    pricing = Pricing(config.pricing)
     if config.knowledge is not None:
         from genroute.knowledge import build_store
 
-        knowledge = build_store(config.knowledge, engines=engines, field="knowledge")
-    return Resources(engines, tools=all_tools, knowledge=knowledge, pricing=Pricing(config.pricing)), all_validators
+        knowledge = build_store(config.knowledge, engines=engines, field="knowledge", pricing=pricing)
+    return Resources(engines, tools=all_tools, knowledge=knowledge, pricing=pricing), all_validators
 
 
 def _backend(name: str, raw: Any, resources: Resources) -> Backend:

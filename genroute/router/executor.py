@@ -146,13 +146,13 @@ class Executor:
         raise AssertionError("the rung loop ended without a result or an error")  # pragma: no cover
 
     def stream(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
-               deadline: float | None) -> AsyncIterator[GenerateChunk]:
+               deadline: float | None, ledger: Ledger | None = None) -> AsyncIterator[GenerateChunk]:
         """Stream the first rung that produces output; fall back only before the first chunk is sent.
 
         A rung with validators that is not the last one is buffered (validated before anything is sent), so
         that a rejected answer can still fall through; the last rung streams live.
         """
-        return self._rungs(request, decision, span, start, deadline, live=True)
+        return self._rungs(request, decision, span, start, deadline, live=True, ledger=ledger)
 
     async def _rungs(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
                      deadline: float | None, *, live: bool, ledger: Ledger | None = None

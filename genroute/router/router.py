@@ -27,6 +27,7 @@ from genroute.router.executor import Executor, Ledger
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
 from genroute.router.build import release_on_collect, require_prices
 from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
+from genroute.runtime.billing import Charges, charging
 from genroute.runtime.telemetry import CurrentSpan, Telemetry
 from genroute.router.learning import Learning, backend_info
 from genroute.state import StateStore, build_state
@@ -156,10 +157,9 @@ class Router(Learning):
         return await self._inflight.run(self._agenerate(request))
 
     async def _agenerate(self, request: GenerateRequest) -> GenerateResult:
-        async with self._root_span(request) as (span, decision, start, deadline):
+        async with self._root_span(request) as (span, decision, start, deadline, ledger):
             if deadline is None:
-                return await self._executor.run(request, decision, span, start, deadline)
-            ledger = Ledger()
+                return await self._executor.run(request, decision, span, start, deadline, ledger)
             try:
                 async with asyncio.timeout_at(asyncio.get_running_loop().time() + (deadline - time.monotonic())):
                     return await self._executor.run(request, decision, span, start, deadline, ledger)
@@ -183,10 +183,11 @@ class Router(Learning):
     async def _astream(self, input: str | GenerateRequest | None, fields: dict[str, Any]
                        ) -> AsyncIterator[GenerateChunk]:
         request = self._request(input, fields)
-        async with self._root_span(request) as (span, decision, start, deadline):
+        async with self._root_span(request) as (span, decision, start, deadline, ledger):
             try:
                 # aclosing: a caller that stops early closes every inner stream now, in this context.
-                async with aclosing(self._executor.stream(request, decision, span, start, deadline)) as chunks:
+                chunks = self._executor.stream(request, decision, span, start, deadline, ledger)
+                async with aclosing(chunks) as chunks:
                     async for chunk in chunks:
                         yield chunk
             except BackendError as exc:
@@ -374,7 +375,7 @@ class _RootSpan:
         self.router = router
         self.request = request
 
-    async def __aenter__(self) -> tuple[Any, Decision, float, float | None]:
+    async def __aenter__(self) -> tuple[Any, Decision, float, float | None, Ledger]:
         router, request = self.router, self.request
         self.start = time.perf_counter()
         self._cm = CurrentSpan(router.telemetry.tracer, "genroute.generate", active=router.telemetry.tracer)
@@ -383,7 +384,8 @@ class _RootSpan:
         timeout = request.timeout_s or router.timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            decision = await router._adecide(request, deadline)
+            with charging(Charges()) as charges:  # a decision may embed the request (semantic routing)
+                decision = await router._adecide(request, deadline)
         except BaseException as exc:
             self.__exit(exc)
             raise
@@ -398,7 +400,9 @@ class _RootSpan:
             if router.telemetry.capture_content:
                 attrs["gen_ai.input.messages"] = request.input
             span.set_attributes(attrs)
-        return span, decision, self.start, deadline
+        # The request's ledger starts with what deciding cost; the rungs add theirs.
+        return span, decision, self.start, deadline, Ledger(cost_usd=charges.cost_usd,
+                                                           cost_estimated=charges.estimated)
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self.__exit(exc)

@@ -1,4 +1,5 @@
-"""What the provider bills for engine attempts whose answer the caller never sees, and token estimates.
+"""What the provider bills for engine attempts whose answer the caller never sees, calls made outside engine
+calls (embeddings: ``charging``/``charge``), and token estimates.
 
 An attempt that times out, is cancelled, or whose connection breaks after the request went out has usually
 been processed by the provider, which bills it although no answer arrives; an error answer from the provider
@@ -72,6 +73,45 @@ def bill(usage: Usage, *, estimated: bool = True) -> None:
         meter.add(usage, estimated=estimated)
 
 
+@dataclass
+class Charges:
+    """What calls made outside an engine call's own accounting (embeddings) cost, summed for whoever made
+    them: a rung (retrieval, example selection), a request's decision (semantic routing), an ingest run."""
+
+    cost_usd: float = 0.0
+    #: Whether any of it is an estimate.
+    estimated: bool = False
+
+    def add(self, cost_usd: float, *, estimated: bool) -> None:
+        """Count ``cost_usd``."""
+        self.cost_usd += cost_usd
+        self.estimated = self.estimated or estimated
+
+
+_CHARGES: ContextVar[Charges | None] = ContextVar("genroute_charges", default=None)
+
+
+@contextmanager
+def charging(charges: Charges) -> Iterator[Charges]:
+    """Collect what calls made inside the block ``charge`` into ``charges`` (the innermost block wins, so a
+    call is counted once). Worker threads started inside (``asyncio.to_thread``) inherit it.
+
+    Set and reset without a ``yield`` of an async generator in between (see ``metering``).
+    """
+    token = _CHARGES.set(charges)
+    try:
+        yield charges
+    finally:
+        _CHARGES.reset(token)
+
+
+def charge(cost_usd: float, *, estimated: bool) -> None:
+    """Report ``cost_usd`` billed by a call made outside an engine call's accounting (an embedding)."""
+    charges = _CHARGES.get()
+    if charges is not None:
+        charges.add(cost_usd, estimated=estimated)
+
+
 def estimate_tokens(text: str | int) -> int:
     """Tokens in ``text`` (or in that many characters) by Gemini's rule of thumb, 0 for nothing."""
     chars = text if isinstance(text, int) else len(text)
@@ -142,4 +182,5 @@ def processed(exc: BaseException) -> bool:
     return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
 
 
-__all__ = ["Meter", "bill", "estimate_input", "estimate_tokens", "metering", "output_chars", "processed"]
+__all__ = ["Charges", "Meter", "bill", "charge", "charging", "estimate_input", "estimate_tokens", "metering",
+           "output_chars", "processed"]

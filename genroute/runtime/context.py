@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from genroute.runtime.billing import Meter, estimate_input, estimate_tokens, metering, output_chars
+from genroute.runtime.billing import (Charges, Meter, charging, estimate_input, estimate_tokens, metering,
+                                      output_chars)
 from genroute.errors import GenrouteError
 from genroute.runtime.telemetry import CurrentSpan, Telemetry, error_type, usage_attributes, usage_of
 from genroute.types import GenerateRequest, Usage
@@ -140,6 +141,18 @@ class RunContext:
                                   price_as=price_as)
                 else:
                     self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as)
+
+    @contextmanager
+    def charged(self) -> Iterator[None]:
+        """Charge this rung for what calls inside the block cost outside engine calls (a retrieval's or an
+        example selection's embedding), so that its cost, the request's and its budget settle include them."""
+        charges = Charges()
+        try:
+            with charging(charges):
+                yield
+        finally:
+            self.cost_usd += charges.cost_usd
+            self.cost_estimated = self.cost_estimated or charges.estimated
 
     def charge_cache_storage(self, engine: Engine, model: str, tokens: int, ttl_s: float) -> float:
         """Charge this rung for storing a context cache of ``tokens`` for ``ttl_s`` (priced per token-hour)."""

@@ -1,0 +1,137 @@
+"""Gemini embedding calls are costed: in a request (retrieval, example selection, semantic routing), in ingest.
+
+Everything runs over the loopback Gemini server and a real embedded Chroma. The Gemini API's
+``batchEmbedContents`` reports no token counts, so an embedding is priced at its estimated input tokens (four
+characters a token) at ``gemini-embedding-001``'s input price, and the cost is marked estimated.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genroute import ConfigError, Router
+from genroute.knowledge import aingest, aload_examples
+from genroute.runtime.billing import estimate_tokens
+from genroute.runtime.pricing import DEFAULT_PRICES
+from genroute.testing import GeminiTestServer, Reply
+
+from .conftest import TEST_KEY, Otel, budget_usage
+
+EMBED = DEFAULT_PRICES["gemini-embedding-001"].input / 1e6  # USD per input token
+FLASH_IN, FLASH_OUT = (DEFAULT_PRICES["gemini-2.5-flash"].input / 1e6, DEFAULT_PRICES["gemini-2.5-flash"].output / 1e6)
+USAGE = (100, 10)  # what the loopback server reports for every answer
+ANSWER = USAGE[0] * FLASH_IN + USAGE[1] * FLASH_OUT
+DOCS = {"bakery.txt": "Marta's bakery in Porto bakes rye sourdough every morning at four o'clock.",
+        "glacier.txt": "The Vatnajokull glacier covers about eight percent of Iceland."}
+
+
+def _config(server: GeminiTestServer, tmp_path: Path, **sections: Any) -> dict[str, Any]:
+    server.default_reply = lambda request: Reply(parts=({"text": "ok [1]"},), usage=USAGE)
+    flash = {"engine": "g", "model": "gemini-2.5-flash"}
+    return {"engines": {"g": {"kind": "gemini", "base_url": server.base_url, "api_key": TEST_KEY}},
+            "knowledge": {"path": str(tmp_path / "chroma"), "embedder": {"kind": "gemini", "engine": "g",
+                                                                         "dimension": 64}},
+            "backends": {"rag": {"kind": "rag", "collection": "docs", "max_distance": None, **flash},
+                         "icl": {"kind": "icl", "collection": "shots", "selector": "knn", "k": 2, **flash},
+                         "chat": {"kind": "prompt_template", **flash}},
+            "policy": {"kind": "static", "backend": "rag"}, **sections}
+
+
+def _embedded(server: GeminiTestServer) -> list[str]:
+    """Every text the server was asked to embed, in order."""
+    texts = []
+    for request in server.requests:
+        if request.action == "batchEmbedContents":
+            body = request.body
+            texts += [part["text"] for r in body["requests"] for part in r["content"]["parts"]]
+    return texts
+
+
+async def _fill(router: Router, tmp_path: Path) -> tuple[Any, Any]:
+    store = router.resources.knowledge
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    examples = tmp_path / "shots.jsonl"
+    examples.write_text("".join(json.dumps({"input": f"is {w} good?", "output": w}) + "\n"
+                                for w in ("rye", "spelt", "oat")), encoding="utf-8")
+    return (await aingest(store, [docs], collection="docs", chunk_tokens=64, overlap=8),
+            await aload_examples(store, [examples], collection="shots"))
+
+
+async def test_ingest_reports_what_its_embeddings_cost(gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    router = Router.from_config(_config(gemini_server, tmp_path))
+    try:
+        docs, shots = await _fill(router, tmp_path)
+        texts = _embedded(gemini_server)
+        again, _ = await aingest(router.resources.knowledge, [tmp_path / "docs"], collection="docs",
+                                 chunk_tokens=64, overlap=8), None
+    finally:
+        await router.aclose()
+    assert len(texts) == 2 + 3  # two chunks, three examples
+    assert docs.cost_usd == pytest.approx(sum(estimate_tokens(t) for t in texts[:2]) * EMBED)
+    assert shots.cost_usd == pytest.approx(sum(estimate_tokens(t) for t in texts[2:]) * EMBED)
+    assert docs.cost_usd > 0 and docs.cost_estimated and shots.cost_estimated
+    assert again.added == 0 and again.cost_usd == 0.0 and not again.cost_estimated  # nothing new: nothing embedded
+
+
+@pytest.mark.parametrize("backend", ["rag", "icl"])
+async def test_a_requests_embedding_is_in_its_cost_span_and_budget(gemini_server: GeminiTestServer, tmp_path: Path,
+                                                                   otel: Otel, backend: str) -> None:
+    config = _config(gemini_server, tmp_path, policy={"kind": "budget", "per": "global", "budget_usd": 1.0,
+                                                      "inner": {"kind": "static", "backend": backend},
+                                                      "costs": {backend: 0.01}})
+    router = Router.from_config(config, **otel.providers)
+    try:
+        await _fill(router, tmp_path)
+        before = len(_embedded(gemini_server))
+        question = "when does the bakery bake rye bread?"
+        result = await router.agenerate(question)
+        spent = budget_usage(router)["spent"]
+    finally:
+        await router.aclose()
+    assert _embedded(gemini_server)[before:] == [question]  # one embedding: the request's
+    embedding = estimate_tokens(question) * EMBED
+    assert result.cost_usd == pytest.approx(ANSWER + embedding) and result.cost_estimated
+    assert result.decision.rungs_tried[-1].cost_usd == pytest.approx(ANSWER + embedding)
+    (root,) = otel.spans("genroute.generate")
+    assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(ANSWER + embedding)
+    (span,) = [s for s in otel.spans("embeddings") if s.parent and s.parent.trace_id == root.context.trace_id]
+    assert span.attributes["gen_ai.usage.cost.amount"] == pytest.approx(embedding)
+    assert span.attributes["gen_ai.usage.input_tokens"] == estimate_tokens(question)
+    assert spent == pytest.approx(ANSWER + embedding)  # the budget settled the rung at its whole cost
+    assert result.usage.input_tokens == USAGE[0]  # embedding tokens are not the model's input tokens
+
+
+async def test_a_semantic_decisions_embedding_is_in_the_requests_cost(gemini_server: GeminiTestServer,
+                                                                      tmp_path: Path, otel: Otel) -> None:
+    routes = {"rag": ["bake bread", "rye sourdough"]}
+    config = _config(gemini_server, tmp_path, policy={"kind": "semantic", "routes": routes, "default": "chat"})
+    router = Router.from_config(config, **otel.providers)
+    try:
+        before = len(_embedded(gemini_server))
+        result = await router.agenerate("something else entirely")
+        repeated = await router.agenerate("something else entirely")  # its embedding is reused: not billed again
+    finally:
+        await router.aclose()
+    assert _embedded(gemini_server)[before:] == ["something else entirely"]
+    embedding = estimate_tokens("something else entirely") * EMBED
+    assert result.cost_usd == pytest.approx(ANSWER + embedding) and result.cost_estimated
+    assert repeated.cost_usd == pytest.approx(ANSWER)
+    first = min(otel.spans("genroute.generate"), key=lambda s: s.start_time)
+    assert first.attributes["gen_ai.usage.cost.amount"] == pytest.approx(ANSWER + embedding)
+
+
+def test_an_unpriced_embedding_model_is_a_config_error(gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    config = _config(gemini_server, tmp_path)
+    config["knowledge"]["embedder"]["model"] = "my-embedder-9"
+    with pytest.raises(ConfigError) as caught:
+        Router.from_config(config)
+    assert caught.value.field == "knowledge.embedder.model" and "my-embedder-9" in str(caught.value)
+    config["pricing"] = {"my-embedder-9": {"input": 0.2, "output": 0.0}}
+    Router.from_config(config).close()
