@@ -30,7 +30,8 @@ with any of these space-separated directives:
 - ``not-config``: a YAML block that is data, not a router configuration (it is only parsed).
 
 There is no "skip": a block that cannot run as written is a README bug. Blocks in other languages (bash,
-plain text) are not run here; the commands in the Quickstart are what ``.ci/run`` itself runs.
+plain text) are not run here; the commands in the Quickstart are what ``.ci/run`` itself runs, and every flag the
+plain ``genroute ...`` command blocks show is checked against that command's own parser.
 """
 
 from __future__ import annotations
@@ -284,3 +285,41 @@ def test_directives_are_parsed() -> None:
 def test_environment_is_restored() -> None:
     # The setups use monkeypatch, so nothing of one block leaks into the next test.
     assert "GOOGLE_GEMINI_BASE_URL" not in os.environ
+
+
+def _command_lines(text: str) -> dict[str, set[str]]:
+    """Every ``--flag`` the README's plain command blocks show, per ``genroute`` subcommand (continuation lines,
+    indented, belong to the command above them; ``# comments`` are left out)."""
+    flags: dict[str, set[str]] = {}
+    fenced, plain, command = False, False, None
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced, plain, command = not fenced, not fenced and line.strip() == "```", None
+            continue
+        if not plain:
+            continue
+        code = line.split("#", 1)[0]
+        match = re.match(r"genroute (\w+)", code)
+        if match:
+            command = match.group(1)
+        elif not code.startswith(" "):
+            command = None
+        if command is not None:
+            flags.setdefault(command, set()).update(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", code))
+    return flags
+
+
+def test_every_command_line_flag_the_readme_shows_exists(capsys: pytest.CaptureFixture[str]) -> None:
+    """The plain ``genroute ...`` blocks are not run (they need data and models), but every flag they show must be
+    one the command takes."""
+    from genroute.cli import main
+
+    shown = _command_lines(README.read_text(encoding="utf-8"))
+    assert {"demo", "generate", "ingest", "bench", "tune", "compile", "graduate"} <= set(shown)
+    for command, flags in sorted(shown.items()):
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        usage = capsys.readouterr().out
+        missing = sorted(flag for flag in flags if not re.search(rf"{re.escape(flag)}(?![\w-])", usage))
+        assert not missing, f"README shows `genroute {command}` with {missing}, which it does not take"
