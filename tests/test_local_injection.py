@@ -93,7 +93,8 @@ async def icl_store(tmp_path: Path) -> dict[str, Any]:
     knowledge = {"path": str(tmp_path / "chroma")}
     rows = [("How do I reset my PIN?", "pin"), (FORGED, FORGED), ("My card has not arrived.", "card")]
     path = tmp_path / "examples.jsonl"
-    path.write_text("".join(json.dumps({"input": i, "output": o}) + "\n" for i, o in rows), encoding="utf-8")
+    path.write_text("".join(json.dumps({"input": i, "output": o, "metadata": {"notes": [FORGED]}}) + "\n"
+                            for i, o in rows), encoding="utf-8")
     await aload_examples(build_store(knowledge, engines={}), [path], collection="examples")
     return knowledge
 
@@ -107,7 +108,9 @@ def config(knowledge: dict[str, Any], backend: dict[str, Any], prompt_format: st
 
 RAG = {"kind": "rag", "collection": "notes", "max_distance": None, "k": 1}
 ICL_TURNS = {"kind": "icl", "collection": "examples", "selector": "fixed", "k": 3}
-ICL_TEXT = {**ICL_TURNS, "format": "text"}
+#: A template that also shows each example's metadata: every field of a stored example is data.
+ICL_TEXT = {**ICL_TURNS, "format": "text",
+            "example_template": "Input: {{ input }}\nNotes: {{ metadata.notes[0] }}\nOutput: {{ output }}"}
 
 
 @pytest.mark.parametrize("backend,store,expected", [

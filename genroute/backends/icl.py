@@ -282,18 +282,27 @@ def task_counts(metadatas: list[Any], tasks: tuple[str, ...]) -> dict[str, int]:
 
 
 def defused(example: ExampleRecord) -> ExampleRecord:
-    """``example`` with turn and block markers in its input, output and label neutralised.
+    """``example`` with turn and block markers in its input, output, label and metadata neutralised.
 
     Stored examples are data like retrieved chunks: one must not be able to end its turn early or
-    pose as another turn (``genroute.knowledge.hygiene``).
+    pose as another turn (``genroute.knowledge.hygiene``), whichever of its fields a template shows.
     """
     from dataclasses import replace
 
     from genroute.knowledge.hygiene import defuse
 
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return defuse(value)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(clean(v) for v in value)
+        return value
+
     label = defuse(example.label) if example.label is not None else None
     return replace(example, input=defuse(example.input), output=defuse(example.output),
-                   label=label)
+                   label=label, metadata=clean(example.metadata))
 
 
 def _as_hit(example: ExampleRecord) -> Any:
