@@ -17,10 +17,11 @@ A ``BackendRejected`` the provider sent always carries its HTTP status; one with
 from the provider. Caller mistakes never get here: requests and configs are validated when they enter
 genroute, and a mistake is a ``UsageError``/``ConfigError`` naming the field before anything is sent.
 
-Messages are scrubbed of API keys (the configured one and anything shaped like a Google key), and so is the
-original exception and every exception chained to it, in place: a server that echoes the key in its error
-body must not get it printed by ``logger.exception`` through ``__cause__`` (their HTTP response and request
-objects, which hold the key's header, are dropped).
+Messages are scrubbed of API keys (the configured one and anything shaped like a Google key) and of credentials
+in URLs, and so is the original exception and every exception chained to it, in place: a server that echoes
+the key in its error body must not get it printed by ``logger.exception`` through ``__cause__`` (their HTTP
+response and request objects, which hold the key's header, are dropped). The Chroma server path
+(``genroute.knowledge.chroma_errors``) scrubs its errors with the same ``redact`` and ``scrub``.
 """
 
 from __future__ import annotations
@@ -38,15 +39,19 @@ from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, Ge
 
 _GOOGLE_KEY = re.compile(r"AIza[0-9A-Za-z_\-]{20,}")
 _KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&\s'\"]+")
+#: The user (and password) part of a URL: ``https://user:secret@host`` -> ``https://***@host``.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@'\"]+@")
 _MAX_MESSAGE = 500
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with the given secrets and anything that looks like a Google API key replaced."""
+    """``text`` with the given secrets, anything that looks like a Google API key and the credentials of URLs
+    replaced."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
     text = _GOOGLE_KEY.sub("***", text)
+    text = _URL_USERINFO.sub(r"\1***@", text)
     return _KEY_PARAM.sub(r"\1***", text)
 
 

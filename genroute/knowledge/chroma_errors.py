@@ -10,10 +10,19 @@
     bare Exception from the HTTP client (an error body it
     could not parse: a crashed server's or proxy's page)   -> BackendUnavailable (server mode)
     anything else                                          -> not mapped (a bug: let it through)
+
+Secrets are scrubbed as on the Gemini path (``genroute.engines.errors.redact``/``scrub``): the values of the
+client's configured headers (an auth token, with or without its ``Bearer`` word) and the credentials of any URL
+are replaced in the mapped message and, in place, in the original exception and everything chained to it
+(their HTTP request and response objects, which hold the headers, are dropped), so a server or proxy that
+echoes them cannot get them into a log through ``__cause__``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+
+from genroute.engines.errors import redact, scrub
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError
 
 _CONNECTION_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout",
@@ -21,26 +30,52 @@ _CONNECTION_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "ReadTimeout",
                                 "ConnectionRefusedError", "ConnectionResetError"})
 
 
-def map_chroma_error(exc: BaseException, *, location: str, server: bool) -> GenrouteError | None:
-    """The genroute error for ``exc`` raised by Chroma at ``location``, or ``None`` if it is not Chroma's."""
-    from chromadb.errors import ChromaError
+def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The secrets a Chroma client's headers hold: each value, and the credential of ``Scheme credential``."""
+    found: list[str] = []
+    for value in headers.values():
+        parts = value.split()
+        found += [value, parts[-1]] if len(parts) > 1 else [value]
+    return tuple(v for v in found if len(v) >= 4)  # a one-letter value would blank out every message
 
+
+def map_chroma_error(exc: BaseException, *, location: str, server: bool,
+                     secrets: Iterable[str] = ()) -> GenrouteError | None:
+    """The genroute error for ``exc`` raised by Chroma at ``location``, or ``None`` if it is not Chroma's.
+
+    ``secrets`` (and URL credentials) are scrubbed from its message and, in place, from ``exc``'s chain."""
     if isinstance(exc, GenrouteError):
         return exc
+    secrets = tuple(secrets)
+    mapped = _map(exc, location, server, lambda text: redact(text, secrets))
+    scrub(exc, secrets)
+    return mapped
+
+
+def unreachable(exc: BaseException, *, location: str, headers: Mapping[str, str]) -> BackendUnavailable:
+    """The error for a server the client could not reach when it was made, scrubbed like the others."""
+    secrets = header_secrets(headers)
+    scrub(exc, secrets)
+    return BackendUnavailable(redact(f"cannot reach {location}: {exc}", secrets), backend="knowledge")
+
+
+def _map(exc: BaseException, location: str, server: bool, clean: Callable[[str], str]) -> GenrouteError | None:
+    from chromadb.errors import ChromaError
+
     if server and is_connection_error(exc):
-        return BackendUnavailable(f"{location}: {exc}", backend="knowledge")
+        return BackendUnavailable(clean(f"{location}: {exc}"), backend="knowledge")
     if isinstance(exc, ChromaError):
         code = exc.code()
-        text = f"{location}: {exc.name()}: {exc}"
+        text = clean(f"{location}: {exc.name()}: {exc}")
         if code == 429 or code >= 500:  # overloaded or failing: a policy may fall through to another rung
             return BackendUnavailable(text, backend="knowledge", status=code)
         if code in (401, 403):
             return ConfigError(text, field="knowledge.headers")
         return UsageError(text)
     if isinstance(exc, ValueError | TypeError) and _raised_in_chromadb(exc):  # not genroute's own bugs
-        return UsageError(f"{location}: {exc}")
+        return UsageError(clean(f"{location}: {exc}"))
     if server and type(exc) is Exception:
-        return BackendUnavailable(f"{location}: {str(exc)[:500]}", backend="knowledge")
+        return BackendUnavailable(clean(f"{location}: {exc}")[:500], backend="knowledge")
     return None
 
 

@@ -154,7 +154,9 @@ class KnowledgeStore:
             return chromadb.HttpClient(host=cfg.host, port=cfg.port, ssl=cfg.ssl, headers=cfg.headers or None,
                                        settings=settings, tenant=cfg.tenant, database=cfg.database)
         except Exception as exc:  # connection failures surface here as assorted httpx/ValueError types
-            raise BackendUnavailable(f"cannot reach {self.location}: {exc}", backend="knowledge") from exc
+            from genroute.knowledge.chroma_errors import unreachable
+
+            raise unreachable(exc, location=self.location, headers=cfg.headers) from exc
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(self._guard, fn, *args, **kwargs)
@@ -167,11 +169,12 @@ class KnowledgeStore:
         except Exception as exc:
             from chromadb.errors import NotFoundError
 
-            from genroute.knowledge.chroma_errors import map_chroma_error
+            from genroute.knowledge.chroma_errors import header_secrets, map_chroma_error
 
             if isinstance(exc, NotFoundError):
                 self._collections.clear()  # deleted behind our back: reopen (and report it) next time
-            mapped = map_chroma_error(exc, location=self.location, server=self.config.host is not None)
+            mapped = map_chroma_error(exc, location=self.location, server=self.config.host is not None,
+                                      secrets=header_secrets(self.config.headers))
             if mapped is None:
                 raise
             raise mapped from exc
