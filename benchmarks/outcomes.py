@@ -28,6 +28,7 @@ import shared_data
 
 from genroute.bench.offline import OfflineReport, compile_outcomes
 from genroute.bench.outcomes import load_pricing
+from genroute.knowledge.embedders import LocalEmbedder
 
 REPO = Path(__file__).resolve().parent.parent
 SETS = {
@@ -61,13 +62,18 @@ def goal_lines(name: str, report: OfflineReport, max_share_task: float | None, m
 
 
 def estimators(text: str) -> list[dict[str, object]]:
-    """``knn:K``, ``logreg[:L2]``, ``mlp``, ``blend:K`` -> estimator specs."""
+    """``knn:K``, ``logreg[:L2]``, ``mlp``, ``blend:K``, ``pairwise[:L2]``, each optionally followed by
+    ``@front`` (choose among the training cost–quality front only) -> estimator specs."""
     specs: list[dict[str, object]] = []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
+        item, front, _ = item.partition("@front")
         method, _, value = item.partition(":")
         spec: dict[str, object] = {"method": method}
         if value:
-            spec["l2" if method == "logreg" else "k"] = float(value) if method == "logreg" else int(value)
+            l2 = method in ("logreg", "pairwise")
+            spec["l2" if l2 else "k"] = float(value) if l2 else int(value)
+        if front:
+            spec["candidates"] = "front"
         specs.append(spec)
     return specs
 
@@ -88,8 +94,10 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=None,
                         help="a seeded random sample of N records of each set (fewer embeddings to compute)")
     parser.add_argument("--estimators", default=None,
-                        help="comma-separated learned estimators, e.g. knn:100,logreg:0.01,blend:40 "
-                             "(default: the eight compile_outcomes compares)")
+                        help="comma-separated learned estimators, e.g. knn:100,logreg:0.01,blend:40,pairwise,"
+                             "knn:250@front (default: the ones compile_outcomes compares)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="onnxruntime threads of the embedder (the machine is shared: default 1)")
     args = parser.parse_args()
     names = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [n for n in names if n not in SETS]
@@ -120,6 +128,7 @@ def main() -> None:
         candidates = [c for c in pricing.prices if c not in EXCLUDE[name]] if name in EXCLUDE else None
         report = compile_outcomes(source, out_dir=out / name, pricing=pricing, holdout=args.holdout,  # type: ignore[arg-type]
                                   candidates=candidates, seed=args.seed, cache_dir=cache, learned=not args.no_learned,
+                                  embedder=None if args.no_learned else LocalEmbedder(intra_op_threads=args.threads),
                                   **({"specs": estimators(args.estimators)} if args.estimators else {}),
                                   title=f"genroute bench --outcomes {name}")
         wall = time.perf_counter() - start

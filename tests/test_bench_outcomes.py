@@ -208,3 +208,30 @@ def test_cli_outcomes_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert bench_main(["--outcomes", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert bench_main(["--out", str(out)]) == 2  # neither a dataset nor --outcomes
+
+
+# -- estimators limited to the cost-quality front ------------------------------------------------------------
+
+def test_pairwise_and_front_choose_only_on_the_cost_quality_front(tmp_path: Path) -> None:
+    from genroute.policies.router_models import RouterModel, cost_quality_front, fit
+
+    rng = np.random.default_rng(0)
+    hard = np.arange(400) % 2 == 0
+    x = np.where(hard[:, None], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]).astype(np.float32)
+    x[:, 2] = rng.normal(0, 0.05, 400)
+    # tiny: cheapest, rarely right; cheap: right on the easy half; strong: right on all; dear: dominated.
+    scores = np.stack([rng.random(400) < 0.1, ~hard, np.ones(400, bool), rng.random(400) < 0.6], axis=1)
+    cost = [0.5, 1.0, 10.0, 12.0]
+    names = ["tiny", "cheap", "strong", "dear"]
+    assert cost_quality_front(scores.mean(axis=0), np.array(cost)) == [0, 1, 2]
+    front = fit(x, scores, names, method="knn", k=20, cost=cost, candidates="front")
+    assert front.meta["allowed"] == [0, 1, 2]
+    assert 3 not in set(front.choose(front.predict(x), 0.0))
+    pair = fit(x, scores, names, method="pairwise", cost=cost)
+    assert pair.meta["pair"] == [1, 2]  # the best candidate below the strong one on the front, and the strong one
+    predicted = pair.predict(x)
+    picks = pair.choose(predicted, 0.3)  # strong on the hard half (gain ~1 > 0.3 x 0.75), cheap on the easy one
+    assert np.array_equal(picks, np.where(hard, 2, 1))
+    assert set(pair.choose(predicted, 5.0)) == {1}  # the strong one's gain is never worth that much
+    loaded = RouterModel.load(pair.save(tmp_path / "pair.npz"))
+    assert np.array_equal(loaded.choose(loaded.predict(x), 0.3), picks)

@@ -29,7 +29,8 @@ from genroute.errors import UsageError
 DEFAULT_SPECS: tuple[dict[str, Any], ...] = (
     {"method": "knn", "k": 10}, {"method": "knn", "k": 40}, {"method": "knn", "k": 100}, {"method": "knn", "k": 250},
     {"method": "logreg"},
-    {"method": "logreg", "l2": 1e-2}, {"method": "mlp"}, {"method": "blend", "k": 40})
+    {"method": "logreg", "l2": 1e-2}, {"method": "mlp"}, {"method": "blend", "k": 40},
+    {"method": "knn", "k": 100, "candidates": "front"}, {"method": "pairwise"})
 
 
 def compile_outcomes(

@@ -174,5 +174,6 @@ def write_config(path: Path, routes: Routes, train: OutcomeMatrix, cost_weight: 
     from genroute.cache import atomic_write_bytes
 
     body = config(routes, train, cost_weight, default=default)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
     return path

@@ -6,10 +6,17 @@ the benchmark scores (0..1) of every backend on every training record. Three est
 - ``knn``: similarity-weighted mean score of the ``k`` nearest training records, per backend;
 - ``logreg``: one logistic regression per backend (soft targets, L2, Adam, full batch);
 - ``mlp``: one hidden ReLU layer shared by every backend, a sigmoid output per backend (Adam, mini-batches);
-- ``blend``: the mean of the kNN and the logistic regression predictions.
+- ``blend``: the mean of the kNN and the logistic regression predictions;
+- ``pairwise``: a cascade-style choice between two candidates of the training records' cost–quality front —
+  the best one and the ``rank``-th cheaper one below it (1: the next): a logistic regression predicts the cheap
+  one's quality, two more the chance that the two disagree and that the strong one is the one right when they
+  do; the strong one's predicted quality is the cheap one's plus that expected gain. Noisy 0/1 outcomes over
+  many candidates make an argmax over all of them chase noise; one predicted gain between two is steadier.
 
 A decision maximises ``predicted quality - cost_weight x cost / dearest backend's cost`` (``choose``): the
 cost term is applied when deciding, so one trained model serves every point of the cost–quality curve.
+``candidates="front"`` (any method) limits the choice to the training records' cost–quality front (no
+candidate both cheaper and better on average); ``pairwise`` chooses between its two only.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ import numpy as np
 
 from genroute.errors import ConfigError
 
-Method = Literal["knn", "logreg", "mlp", "blend"]
-METHODS: tuple[str, ...] = ("knn", "logreg", "mlp", "blend")
+Method = Literal["knn", "logreg", "mlp", "blend", "pairwise"]
+METHODS: tuple[str, ...] = ("knn", "logreg", "mlp", "blend", "pairwise")
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -137,6 +144,13 @@ class RouterModel:
             return _sigmoid(np.maximum(x @ a["w1"] + a["b1"], 0.0) @ a["w2"] + a["b2"])
         if self.method == "blend":
             return (_sigmoid(x @ a["w"] + a["b"]) + self._knn(x)) / 2
+        if self.method == "pairwise":
+            cheap, strong = (int(i) for i in self.meta["pair"])
+            out = np.zeros((len(x), len(self.backends)))
+            p = _sigmoid(x @ a["w"] + a["b"])  # columns: cheap right, they disagree, strong right given that
+            out[:, cheap] = p[:, 0]
+            out[:, strong] = np.clip(p[:, 0] + p[:, 1] * (2 * p[:, 2] - 1), 0.0, 1.0)
+            return out
         return self._knn(x)
 
     def _knn(self, x: np.ndarray) -> np.ndarray:
@@ -150,8 +164,13 @@ class RouterModel:
         return np.einsum("ik,ikc->ic", weights, a["s"][top]) / weights.sum(axis=1, keepdims=True)
 
     def utility(self, predicted: np.ndarray, cost_weight: float) -> np.ndarray:
-        """``predicted - cost_weight x relative cost``: what a decision maximises."""
-        return predicted - cost_weight * self.relative_cost
+        """``predicted - cost_weight x relative cost``: what a decision maximises (``-inf`` for a candidate
+        the model does not choose)."""
+        util = predicted - cost_weight * self.relative_cost
+        allowed = self.meta.get("allowed")
+        if allowed is not None:
+            util = np.where(np.isin(np.arange(len(self.backends)), allowed), util, -np.inf)
+        return util
 
     def choose(self, predicted: np.ndarray, cost_weight: float) -> np.ndarray:
         """The chosen backend index per row (ties: the cheaper backend)."""
@@ -188,6 +207,13 @@ class RouterModel:
         return cls(method, backends, arrays, meta)
 
 
+def cost_quality_front(quality: np.ndarray, cost: np.ndarray) -> list[int]:
+    """Indices of the candidates no other one beats on both mean quality and mean cost."""
+    n = len(quality)
+    return [i for i in range(n) if not any(cost[j] <= cost[i] and quality[j] >= quality[i]
+                                           and (cost[j] < cost[i] or quality[j] > quality[i]) for j in range(n))]
+
+
 def fit(x: np.ndarray, scores: np.ndarray, backends: Sequence[str], *, method: str = "knn",
         cost: Sequence[float] | None = None, tasks: Sequence[str] = (), k: int = 7, seed: int = 0,
         cost_weight: float = 0.1, meta: dict[str, Any] | None = None, **options: Any) -> RouterModel:
@@ -199,7 +225,28 @@ def fit(x: np.ndarray, scores: np.ndarray, backends: Sequence[str], *, method: s
     info = {"k": k, "cost": [float(c) for c in (cost if cost is not None else [0.0] * len(backends))],
             "tasks": list(tasks), "task_weight": 1.0, "cost_weight": cost_weight, "n_train": int(len(x)),
             "options": options, **(meta or {})}
-    if method in ("logreg", "blend"):
+    mean_cost = np.asarray(info["cost"], dtype=np.float64)
+    if options.get("candidates") == "front" or method == "pairwise":
+        info["allowed"] = cost_quality_front(s.mean(axis=0), mean_cost)
+    if method == "pairwise":
+        front = info["allowed"]
+        strong = max(front, key=lambda j: (s[:, j].mean(), -mean_cost[j]))
+        below = sorted((j for j in front if mean_cost[j] < mean_cost[strong]), key=lambda j: -s[:, j].mean())
+        if not below:
+            raise ConfigError("pairwise needs a cheaper candidate on the cost-quality front", field="method")
+        cheap = below[min(int(options.get("rank", 1)), len(below)) - 1]
+        info["pair"] = info["allowed"] = [int(cheap), int(strong)]
+        gap = s[:, strong] - s[:, cheap]
+        l2, epochs = options.get("l2", 1e-2), options.get("epochs", 300)
+        heads = [_fit_logreg(x, s[:, [cheap]], epochs=epochs, lr=0.05, l2=l2),
+                 _fit_logreg(x, (gap != 0).astype(np.float32)[:, None], epochs=epochs, lr=0.05, l2=l2)]
+        split = gap != 0
+        heads.append(_fit_logreg(x[split], (gap[split] > 0).astype(np.float32)[:, None], epochs=epochs, lr=0.05,
+                                 l2=l2) if split.any() else {"w": np.zeros((x.shape[1], 1), np.float32),
+                                                             "b": np.zeros(1, np.float32)})
+        arrays = {"w": np.concatenate([h["w"] for h in heads], axis=1),
+                  "b": np.concatenate([h["b"] for h in heads])}
+    elif method in ("logreg", "blend"):
         arrays = _fit_logreg(x, s, epochs=options.get("epochs", 300), lr=options.get("lr", 0.05),
                              l2=options.get("l2", 1e-4))
         if method == "blend":
