@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from opentelemetry import trace
 import pytest
 
 from genroute import Router
@@ -34,9 +35,9 @@ class CountingEmbedder(LocalEmbedder):
         super().__init__()
         self.texts: list[str] = []
 
-    def embed_array(self, texts: list[str]) -> np.ndarray:
+    def embed_array(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> np.ndarray:
         self.texts += texts
-        return super().embed_array(texts)
+        return super().embed_array(texts, tracer=tracer)
 
 
 @pytest.fixture(scope="module")
@@ -359,3 +360,23 @@ def test_learned_min_confidence_and_model_file_errors(embedder: LocalEmbedder, t
     with pytest.raises(ConfigError) as err:
         LearnedPolicy(LearnedConfig(kind="learned", model_path=str(path), default="p"), embedder=embedder)
     assert err.value.field == "policy.model_path"
+
+
+def test_request_embeddings_of_a_semantic_policy_go_to_the_routers_tracer(gemini_server: GeminiTestServer,
+                                                                          embedder: CountingEmbedder,
+                                                                          otel: Any) -> None:
+    # The router hands its tracer over explicitly (Resources.tracer, read when the policy is bound): the
+    # request's embedding span joins the request's trace in the router's own provider, not the global one.
+    engine = GeminiEngine("g", {"base_url": gemini_server.base_url, "api_key": TEST_KEY})
+    resources = Resources({"g": engine})
+    backends = {name: PromptTemplateBackend(name, PromptTemplateConfig(engine="g", model="gemini-2.5-flash"),
+                                            resources) for name in ("tools", "prompt")}
+    config = SemanticConfig(kind="semantic", routes={"tools": ROUTES["tools"]}, threshold=0.35, default="prompt")
+    gemini_server.reply_text("sunny")
+    with Router(backends, SemanticPolicy(config, embedder=embedder), resources=resources, **otel.providers) as router:
+        result = router.generate("will it rain in Lyon tomorrow?")
+    assert result.backend == "tools"
+    root = otel.spans("genroute.generate")[0]
+    request_embedding = [s for s in otel.spans("embeddings") if s.parent is not None]
+    assert len(request_embedding) == 1 and request_embedding[0].context.trace_id == root.context.trace_id
+    assert request_embedding[0].parent.span_id == root.context.span_id

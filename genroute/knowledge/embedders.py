@@ -1,7 +1,8 @@
 """Text embedders: offline all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime (default) and Gemini embeddings.
 
 Both share one small interface (``embed`` / ``aembed`` / ``dimension`` / ``name()``) and emit an
-``embeddings {model}`` span per call. ``LocalEmbedder`` is also a Chroma ``EmbeddingFunction``; call
+``embeddings {model}`` span per call, with the tracer the caller passes (a router's backend passes its request's),
+else one from the embedder's own ``tracer_provider``, else the global provider's. ``LocalEmbedder`` is also a Chroma ``EmbeddingFunction``; call
 ``register_with_chroma()`` before reopening a collection that was created with it.
 """
 
@@ -54,7 +55,7 @@ class Embedder(ABC):
     dimension: int
     #: Tokens the embedder reads of each text (longer ones are cut); ``None``: no known limit.
     max_length: int | None = None
-    #: Where spans go; ``None``: the global tracer provider.
+    #: Where spans go when a call passes no tracer; ``None``: the global tracer provider.
     tracer_provider: trace.TracerProvider | None = None
 
     @staticmethod
@@ -63,22 +64,19 @@ class Embedder(ABC):
         """A stable name for this kind of embedder."""
 
     @abstractmethod
-    async def aembed(self, texts: list[str]) -> list[list[float]]:
-        """Embed ``texts`` (one vector per text, in order)."""
+    async def aembed(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> list[list[float]]:
+        """Embed ``texts`` (one vector per text, in order); the ``embeddings`` span goes to ``tracer``."""
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
+    def embed(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> list[list[float]]:
         """Embed ``texts`` from sync code; refuses to run inside a running event loop."""
         from genroute.runtime.portal import run_sync
 
-        return run_sync(self.aembed(texts), "embed")
+        return run_sync(self.aembed(texts, tracer=tracer), "embed")
 
-    def _span(self, kind: trace.SpanKind = trace.SpanKind.CLIENT) -> trace.Span:
-        from genroute.runtime.telemetry import active_tracer
-
-        if self.tracer_provider is not None:
-            tracer = trace.get_tracer("genroute", tracer_provider=self.tracer_provider)
-        else:  # inside a router request: the router's own tracer (it may have been given a provider)
-            tracer = active_tracer(_tracer)
+    def _span(self, tracer: trace.Tracer | None, kind: trace.SpanKind = trace.SpanKind.CLIENT) -> trace.Span:
+        if tracer is None:
+            tracer = (_tracer if self.tracer_provider is None
+                      else trace.get_tracer("genroute", tracer_provider=self.tracer_provider))
         span = tracer.start_span(f"embeddings {self.model}", kind=kind)
         span.set_attribute("gen_ai.operation.name", "embeddings")
         span.set_attribute("gen_ai.request.model", self.model)
@@ -109,7 +107,7 @@ class GeminiEmbedder(Embedder):
         """The kind name."""
         return "genroute_gemini"
 
-    async def aembed(self, texts: list[str]) -> list[list[float]]:
+    async def aembed(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> list[list[float]]:
         """Embed ``texts`` with one ``engine.embed`` call, asking for ``dimension``-wide vectors.
 
         The call is priced (input tokens at the model's input price) on its span and charged to whoever
@@ -119,7 +117,7 @@ class GeminiEmbedder(Embedder):
 
         if isinstance(texts, str):
             raise UsageError("embed() takes a list of texts, not a str", field="texts")
-        span = self._span()
+        span = self._span(tracer)
         span.set_attribute("gen_ai.embeddings.dimension.count", self.dimension)
         meter = Meter()
         answered = False
@@ -239,14 +237,14 @@ class LocalEmbedder(Embedder):
             self._tokenizer = tokenizer
             self._session = session
 
-    def embed_array(self, texts: list[str]) -> np.ndarray:
+    def embed_array(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> np.ndarray:
         """Embed ``texts`` into a float32 array of shape ``(len(texts), 384)``."""
         import numpy as np
 
         if isinstance(texts, str):
             raise UsageError("embed() takes a list of texts, not a str", field="texts")
         self._load()
-        span = self._span(trace.SpanKind.INTERNAL)
+        span = self._span(tracer, trace.SpanKind.INTERNAL)
         try:
             out = np.empty((len(texts), self.dimension), dtype=np.float32)
             # Sorting by length keeps padding (wasted compute) small within each batch.
@@ -269,13 +267,13 @@ class LocalEmbedder(Embedder):
             span.end()
         return out
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
+    def embed(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> list[list[float]]:
         """Embed ``texts`` (sync; safe from any thread)."""
-        return self.embed_array(texts).tolist()
+        return self.embed_array(texts, tracer=tracer).tolist()
 
-    async def aembed(self, texts: list[str]) -> list[list[float]]:
+    async def aembed(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> list[list[float]]:
         """Embed ``texts`` in a worker thread so the event loop keeps running."""
-        return await asyncio.to_thread(self.embed, texts)
+        return await asyncio.to_thread(self.embed, texts, tracer=tracer)
 
     # -- Chroma EmbeddingFunction protocol ---------------------------------------------------
 

@@ -23,6 +23,8 @@ from genroute.knowledge.ingest import IngestReport, expand_paths, upsert_missing
 from genroute.runtime.billing import Charges, charging
 
 if TYPE_CHECKING:
+    from opentelemetry import trace
+
     from genroute.knowledge.store import Hit, KnowledgeStore
 
 Strategy = Literal["fixed", "random", "knn", "mmr", "balanced"]
@@ -140,8 +142,9 @@ class ExampleStore:
         self._count = None
 
     async def select(self, text: str, *, strategy: Strategy, k: int, seed: int = 0, fetch_k: int | None = None,
-                     mmr_lambda: float = 0.5) -> list[ExampleRecord]:
-        """Up to ``k`` examples for the request input ``text``, best first, never one with the same input."""
+                     mmr_lambda: float = 0.5, tracer: trace.Tracer | None = None) -> list[ExampleRecord]:
+        """Up to ``k`` examples for the request input ``text``, best first, never one with the same input
+        (``text`` is embedded, if the strategy needs it, in a span sent to ``tracer``)."""
         if strategy not in STRATEGIES:
             raise ConfigError(f"unknown selector {strategy!r}; known: {', '.join(STRATEGIES)}", field="selector")
         if k <= 0:
@@ -155,7 +158,7 @@ class ExampleStore:
             return rng.sample(eligible, min(k, len(eligible)))
         size = await self.size()  # the index is queried directly: no need to hold every example
         want = min(fetch_k or (k if strategy == "knn" else max(4 * k, 20)), size)
-        vector = (await self.store.embedder.aembed([text]))[0]
+        vector = (await self.store.embedder.aembed([text], tracer=tracer))[0]
         mmr_needs = strategy == "mmr"
         # A metadata filter makes Chroma search several times slower, so over-fetch a little and drop
         # leaks here; only if more than the slack leaked (many copies of the input) query with the filter.

@@ -318,10 +318,11 @@ class KnowledgeStore:
                         metadatas=[clean_metadata(m) for m in metadatas])
 
     async def query(self, name: str, text: str, *, kind: Kind, k: int, where: Mapping[str, Any] | None = None,
-                    include_embeddings: bool = False, field: str = "collection") -> list[Hit]:
-        """The ``k`` records nearest to ``text`` (embedded with this store's embedder)."""
+                    include_embeddings: bool = False, field: str = "collection",
+                    tracer: trace.Tracer | None = None) -> list[Hit]:
+        """The ``k`` records nearest to ``text`` (embedded with this store's embedder, its span to ``tracer``)."""
         await self.collection(name, kind=kind, field=field)  # an unknown collection fails before embedding
-        vector = (await self.embedder.aembed([text]))[0]
+        vector = (await self.embedder.aembed([text], tracer=tracer))[0]
         return await self.query_vector(name, vector, kind=kind, k=k, where=where,
                                        include_embeddings=include_embeddings, field=field)
 

@@ -34,6 +34,8 @@ from genroute.types import Decision, GenerateRequest
 if TYPE_CHECKING:
     import numpy as np
 
+    from opentelemetry import trace
+
     from genroute.knowledge.embedders import Embedder
     from genroute.knowledge.routes import StoredRoutes
     from genroute.knowledge.store import KnowledgeStore
@@ -126,6 +128,8 @@ class SemanticPolicy(Policy):
         #: id -> (backend, utterance): what the config names (empty: use whatever the collection holds).
         self.wanted = {utterance_id(b, u): (b, u) for b, u in pairs}
         self.store: KnowledgeStore | None = None
+        #: Where embedding spans go: the binding router's tracer (``None``: the embedder's own, or the global).
+        self.tracer: trace.Tracer | None = None
         self.last_sync: SyncReport | None = None
         self._index: RouteIndex | None = None
         self._lock = threading.Lock()
@@ -146,6 +150,7 @@ class SemanticPolicy(Policy):
         from genroute.knowledge.store import require_store
 
         knowledge = resources.knowledge
+        self.tracer = resources.tracer
         store = None if knowledge is None else require_store(knowledge, who=f"policy {self.field!r}")
         with self._lock:
             if store is None:
@@ -218,17 +223,20 @@ class SemanticPolicy(Policy):
     def _embed(self, texts: list[str]) -> np.ndarray:
         import numpy as np
 
+        # The tracer only when a router bound the policy: array embedders used on their own (the offline
+        # benchmark's cache) need not take one.
+        traced = {"tracer": self.tracer} if self.tracer is not None else {}
         embed_array = getattr(self.embedder, "embed_array", None)
         if embed_array is not None:
-            vectors = embed_array(texts)
+            vectors = embed_array(texts, **traced)
         else:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
-                vectors = self.embedder.embed(texts)
+                vectors = self.embedder.embed(texts, **traced)
             else:  # a router built inside async code: Embedder.embed refuses a running loop, a worker has none
                 with ThreadPoolExecutor(1) as pool:
-                    vectors = pool.submit(self.embedder.embed, texts).result()
+                    vectors = pool.submit(self.embedder.embed, texts, **traced).result()
         return _unit(np.asarray(vectors, dtype=np.float32))
 
     # -- deciding ----------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ class Router(Learning):
         # Flushed at close: batching processors and periodic readers would otherwise lose the last requests.
         self._providers = [p for p in (tracer_provider, meter_provider) if p is not None]
         self.catalogue = {name: backend_info(name, b) for name, b in self.backends.items()}
+        self.resources.tracer = self.telemetry.tracer  # spans a policy makes (embeddings) join this router's
         self.policy.bind(self.resources)
         if self.resources.knowledge is not None:  # the store writes the routes policies asked for; they only read
             self.resources.knowledge.routes.sync()
@@ -378,7 +379,7 @@ class _RootSpan:
     async def __aenter__(self) -> tuple[Any, Decision, float, float | None, Ledger]:
         router, request = self.router, self.request
         self.start = time.perf_counter()
-        self._cm = CurrentSpan(router.telemetry.tracer, "genroute.generate", active=router.telemetry.tracer)
+        self._cm = CurrentSpan(router.telemetry.tracer, "genroute.generate")
         span = self.span = self._cm.__enter__()
         # The deadline starts before the policy decides: a slow decision spends the request's time too.
         timeout = request.timeout_s or router.timeout_s

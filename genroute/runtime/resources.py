@@ -9,6 +9,8 @@ from genroute.errors import ConfigError
 from genroute.runtime.pricing import Pricing
 
 if TYPE_CHECKING:
+    from opentelemetry import trace
+
     from genroute.engines.base import Engine
 
 
@@ -45,11 +47,15 @@ class Resources:
         tools: Mapping[str, Callable[..., Any]] | None = None,
         knowledge: KnowledgeBase | None = None,
         pricing: Pricing | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.engines = dict(engines)
         self.tools = dict(tools or {})
         self.knowledge = knowledge
         self.pricing = pricing or Pricing()
+        #: Where spans made with these resources outside a rung's run context go (a policy embedding
+        #: requests and routes); ``None``: the global provider. A router sets its own before binding its policy.
+        self.tracer = tracer
 
     def engine(self, name: str, *, field: str) -> Engine:
         """The engine called ``name``; ``ConfigError`` naming ``field`` if there is none."""

@@ -25,18 +25,13 @@ TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 
-#: The tracer of the router whose request is running, so spans made deep inside a request (embeddings) go to
-#: the same provider as the request's other spans even when the router was given its own provider.
-_ACTIVE_TRACER: ContextVar[trace.Tracer | None] = ContextVar("genroute_active_tracer", default=None)
-
-
-def active_tracer(default: trace.Tracer) -> trace.Tracer:
-    """The running request's router tracer, else ``default``."""
-    return _ACTIVE_TRACER.get() or default
+#: Carries nothing: setting it on entry and resetting it on exit is Python's only test of whether a block ends in
+#: the Context it began in (a reset elsewhere raises ValueError, even in a copy holding the same values).
+_ENTERED: ContextVar[bool] = ContextVar("genroute_span_entered", default=False)
 
 
 class CurrentSpan:
-    """A span (and optionally the active tracer) made current for a block that may end in another context.
+    """A span made current for a block that may end in another context.
 
     A stream's spans stay open across its yields; a stream abandoned without ``aclose`` is finalized by the
     event loop in a fresh context, and one closed by ``Router.close`` in the closing task's. There
@@ -46,12 +41,11 @@ class CurrentSpan:
     """
 
     def __init__(self, tracer: trace.Tracer, name: str, *, kind: trace.SpanKind = trace.SpanKind.INTERNAL,
-                 attributes: dict[str, Any] | None = None, active: trace.Tracer | None = None) -> None:
+                 attributes: dict[str, Any] | None = None) -> None:
         self._tracer = tracer
         self._name = name
         self._kind = kind
         self._attributes = attributes
-        self._active = active
 
     def __enter__(self) -> trace.Span:
         from opentelemetry import context
@@ -59,16 +53,16 @@ class CurrentSpan:
         self.span = self._tracer.start_span(self._name, kind=self._kind, attributes=self._attributes,
                                             record_exception=False, set_status_on_exception=False)
         self._token = context.attach(trace.set_span_in_context(self.span))
-        self._mark = _ACTIVE_TRACER.set(self._active if self._active is not None else _ACTIVE_TRACER.get())
+        self._mark = _ENTERED.set(True)
         return self.span
 
     def __exit__(self, *exc: Any) -> None:
         from opentelemetry import context
 
         try:
-            _ACTIVE_TRACER.reset(self._mark)  # ValueError in a context other than the one we entered in
+            _ENTERED.reset(self._mark)
         except (ValueError, RuntimeError):
-            pass
+            pass  # another context, where none of it is current: nothing to undo
         else:
             context.detach(self._token)
         self.span.end()
