@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench.baselines import best_single, per_task_best
 from genroute.bench.outcomes import OutcomeMatrix
-from genroute.errors import UsageError
+from genroute.errors import ConfigError, UsageError
 from genroute.types import GenerateRequest
 
 #: Cost weights swept for the learned policy's curve (0: best predicted quality at any cost).
@@ -119,23 +119,39 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
     best_cost = train.costs[:, best_single(train)].mean()
     budget = picked_costs(train, per_task_best(train, train)).mean()
     lo, hi = cost.min(), cost.max()
-    results = []
+    results, skipped = [], []
     for spec in specs:
+        try:
+            folds_fitted = [(fold_of == k, fit(x_tr[fold_of != k], train.scores[fold_of != k], train.candidates,
+                                               cost=cost, tasks=vocab, seed=seed, **spec))
+                            for k in range(max(2, folds))]
+        except ConfigError as exc:  # e.g. pairwise with no cheaper candidate on the front: not applicable here
+            skipped.append({"spec": _spec_name(spec), "validation_aiq": None, "chosen": False, "note": str(exc)})
+            continue
         predicted = np.zeros_like(train.scores)
-        for k in range(max(2, folds)):
-            part, out = fold_of != k, fold_of == k
-            model = fit(x_tr[part], train.scores[part], train.candidates, cost=cost, tasks=vocab, seed=seed, **spec)
+        for out, model in folds_fitted:
             predicted[out] = model.predict(x_tr[out])
-        points = [(w, *_point(train, model.choose(predicted, w))) for w in COST_WEIGHTS]
+
+        def choose(w: float, fitted: list[tuple[np.ndarray, Any]] = folds_fitted,
+                   p: np.ndarray = predicted) -> np.ndarray:  # each fold decided by its own model
+            picks = np.zeros(len(p), dtype=int)
+            for out, model in fitted:
+                picks[out] = model.choose(p[out], w)
+            return picks
+
+        points = [(w, *_point(train, choose(w))) for w in COST_WEIGHTS]
         results.append({"spec": spec, "validation_aiq": aiq([(c, q) for _, c, q in points], lo, hi),
                         "points": points})
+    if not results:
+        raise UsageError("no learned estimator applies to these records: " + "; ".join(
+            f"{s['spec']}: {s['note']}" for s in skipped), field="outcomes")
     best = max(results, key=lambda r: r["validation_aiq"])
     match, budget_w, shares = operating_points(best["points"], target_q, budget, best_cost, cost_shares)
     model = fit(x_tr, train.scores, train.candidates, cost=cost, tasks=vocab, seed=seed, cost_weight=match,
                 **best["spec"])
     name = "learned " + ("(text + task)" if use_task else "(text only)")
     methods = [{"spec": _spec_name(r["spec"]), "validation_aiq": r["validation_aiq"], "chosen": r is best}
-               for r in results]
+               for r in results] + skipped
     return LearnedFit(name=name, spec=best["spec"], model=model, predicted=model.predict(x_he),
                       cost_weight_match=match, cost_weight_budget=budget_w, methods=methods,
                       cost_weight_shares=shares)

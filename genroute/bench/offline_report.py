@@ -128,7 +128,8 @@ def methods_table(report: OfflineReport) -> str:
     for name, results in report.methods.items():
         for r in results:
             mark = " (chosen)" if r.get("chosen") else ""
-            lines.append(f"| {name} | {r['spec']}{mark} | {r['validation_aiq']:.3f} |")
+            aiq = "not applicable: " + r.get("note", "") if r["validation_aiq"] is None else f"{r['validation_aiq']:.3f}"
+            lines.append(f"| {name} | {r['spec']}{mark} | {aiq} |")
     return "\n".join(lines) + "\n"
 
 
