@@ -78,6 +78,11 @@ class Usage(_Frozen):
     thinking_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
+        # Most sums add a zero (a rung or a call that spent nothing): frozen, so either side can be the sum.
+        if not (other.input_tokens or other.output_tokens or other.cached_input_tokens or other.thinking_tokens):
+            return self
+        if not (self.input_tokens or self.output_tokens or self.cached_input_tokens or self.thinking_tokens):
+            return other
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,

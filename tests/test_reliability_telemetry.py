@@ -142,7 +142,7 @@ def test_spans_and_metrics_arrive_over_otlp_with_the_genai_attributes(gemini_ser
     root = receiver.spans("genroute.generate")[0]
     assert root.attributes["genroute.policy"] == "static" and root.attributes["genroute.backend"] == "chat"
     assert root.attributes["gen_ai.usage.cost.currency"] == "USD" and root.attributes["gen_ai.usage.cost.amount"] > 0
-    assert [name for name, _ in root.events] == ["genroute.rung"]
+    assert not root.events  # a request its first rung served: the root span's attributes say it all
     call = receiver.spans("generate_content")[0]
     assert call.name == "generate_content gemini-2.5-flash" and call.parent_span_id == root.span_id
     assert call.kind == 3  # SPAN_KIND_CLIENT

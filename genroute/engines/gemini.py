@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -183,19 +183,20 @@ class GeminiEngine(Engine):
     def _map(self, exc: Exception) -> GenrouteError:
         return map_error(exc, backend=self.name, secrets=self._secrets())
 
-    async def _call(self, call: Callable[[], Awaitable[_T]], seconds: float,
-                    lost: Callable[[BaseException], None] | None = None) -> _T:
-        """One SDK call bounded by ``seconds``, its failure mapped to genroute's error tree.
+    async def _call(self, call: Awaitable[_T], seconds: float, billed: list[types.Content] | None = None,
+                    config: types.GenerateContentConfig | None = None) -> _T:
+        """Await one SDK call bounded by ``seconds``, its failure mapped to genroute's error tree.
 
-        The one place every engine call gets its timeout and error mapping; ``lost`` sees any failure first
-        (to bill an attempt the provider processed). A cancellation passes through unmapped.
+        The one place every engine call gets its timeout and error mapping; a failed call that sent ``billed``
+        (with ``config``) is billed first if the provider processed it anyway. A cancellation passes through
+        unmapped.
         """
         try:
             async with asyncio.timeout(seconds):
-                return await call()
+                return await call
         except BaseException as exc:
-            if lost is not None:
-                lost(exc)
+            if billed is not None:
+                self._bill_lost(exc, billed, config)
             if not isinstance(exc, Exception):
                 raise  # a cancellation: the caller is going away
             raise self._map(exc) from exc
@@ -230,9 +231,9 @@ class GeminiEngine(Engine):
         async def attempt(remaining_s: float) -> types.GenerateContentResponse:
             seconds, override = self._attempt_timeout(remaining_s)
             return await self._call(
-                lambda: models.generate_content(model=model, contents=_sdk_contents(contents),
-                                                config=_with_timeout(config, override)),
-                seconds, lambda exc: self._bill_lost(exc, contents, config))
+                models.generate_content(model=model, contents=_sdk_contents(contents),
+                                        config=_with_timeout(config, override)),
+                seconds, contents, config)
 
         return await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
 
@@ -264,7 +265,7 @@ class GeminiEngine(Engine):
                 return first
 
             try:
-                first = await self._call(first_chunk, seconds, lambda exc: self._bill_lost(exc, contents, config))
+                first = await self._call(first_chunk(), seconds, contents, config)
             except BaseException:
                 if chunks is not None:
                     await _close_quietly(chunks)
@@ -311,8 +312,7 @@ class GeminiEngine(Engine):
                     task_type=task_type, output_dimensionality=output_dimensionality,
                     http_options=types.HttpOptions(timeout=_timeout_ms(seconds)),
                 )
-                return await self._call(lambda: models.embed_content(model=model, contents=batch, config=cfg),
-                                        seconds)
+                return await self._call(models.embed_content(model=model, contents=batch, config=cfg), seconds)
 
             response = await call_with_retry(attempt, self.config.retry)
             got = [list(e.values or ()) for e in response.embeddings or ()]
@@ -331,7 +331,7 @@ class GeminiEngine(Engine):
             seconds, _ = self._attempt_timeout(remaining_s)
             cfg = types.CountTokensConfig(http_options=types.HttpOptions(timeout=_timeout_ms(seconds)))
             result = await self._call(
-                lambda: self.client.aio.models.count_tokens(model=model, contents=contents, config=cfg), seconds)
+                self.client.aio.models.count_tokens(model=model, contents=contents, config=cfg), seconds)
             return int(result.total_tokens or 0)
 
         return await call_with_retry(attempt, self.config.retry)
@@ -365,7 +365,7 @@ class GeminiEngine(Engine):
                         "gen_ai.request.model": model, "genroute.cache.ttl_s": ttl_s},
         ) as span:
             try:
-                cache = await self._call(lambda: self.client.aio.caches.create(model=model, config=cfg), seconds)
+                cache = await self._call(self.client.aio.caches.create(model=model, config=cfg), seconds)
             except GenrouteError as exc:
                 span.set_attribute("error.type", type(exc).__name__)
                 span.set_status(trace.StatusCode.ERROR, str(exc))

@@ -7,10 +7,8 @@ import functools
 import logging
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -18,15 +16,13 @@ from opentelemetry.trace import Status, StatusCode
 
 from genroute.backends.base import BackendOutput
 from genroute.errors import (
-    AllRungsFailed, BackendError, BackendRejected, BudgetExceeded, GenrouteError, StreamInterrupted,
-    ValidationFailed,
+    BackendError, BackendRejected, BudgetExceeded, GenrouteError, StreamInterrupted, ValidationFailed,
 )
 from genroute.runtime.context import RunContext
 from genroute.router.attempt import AdmittedAttempt
+from genroute.router.ledger import Ledger
 from genroute.router.validators import Check, Judge, Validator, named_in, resolve
-from genroute.types import (
-    Decision, DecisionRecord, GenerateChunk, GenerateRequest, GenerateResult, Rung, RungAttempt, Usage,
-)
+from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult, Rung
 
 if TYPE_CHECKING:
     from genroute.admission import Admission
@@ -46,46 +42,6 @@ MAX_SHADOWS = 16
 
 #: What ends a rung and lets the next one try: a backend failure, or a budget refusing that rung.
 _RUNG_ERRORS = (BackendError, BudgetExceeded)
-
-
-@dataclass
-class Ledger:
-    """What the rungs of one request added up to (failed, cancelled and abandoned ones included)."""
-
-    attempts: list[RungAttempt] = field(default_factory=list)
-    usage: Usage = Usage()
-    cost_usd: float = 0.0
-    cost_estimated: bool = False
-    cache_storage_cost_usd: float = 0.0
-    cloud_equivalent_cost_usd: float | None = None
-
-    def add(self, attempt: RungAttempt, ctx: RunContext) -> None:
-        self.attempts.append(attempt)
-        self.usage = self.usage + ctx.usage
-        self.cost_usd += ctx.cost_usd
-        self.cost_estimated = self.cost_estimated or ctx.cost_estimated
-        self.cache_storage_cost_usd += ctx.cache_storage_cost_usd
-        if ctx.cloud_equivalent_cost_usd is not None:
-            self.cloud_equivalent_cost_usd = (self.cloud_equivalent_cost_usd or 0.0) + ctx.cloud_equivalent_cost_usd
-
-    def charge(self, error: BaseException, span: trace.Span | None = None) -> None:
-        """Put the summed cost on ``error`` (a genroute error) and on the root ``span``."""
-        if isinstance(error, GenrouteError):
-            error.cost_usd, error.usage, error.cost_estimated = self.cost_usd, self.usage, self.cost_estimated
-        if span is not None:
-            span.set_attributes(self.span_attributes())
-
-    def span_attributes(self) -> dict[str, Any]:
-        """The root span's cost attributes."""
-        attrs: dict[str, Any] = {"genroute.rungs_tried": len(self.attempts),
-                                 "gen_ai.usage.cost.amount": self.cost_usd, "gen_ai.usage.cost.currency": "USD"}
-        if self.cost_estimated:
-            attrs["genroute.cost.estimated"] = True
-        if self.cache_storage_cost_usd:
-            attrs["genroute.cost.cache_storage.amount"] = self.cache_storage_cost_usd
-        if self.cloud_equivalent_cost_usd is not None:
-            attrs["genroute.cloud_equivalent.cost.amount"] = self.cloud_equivalent_cost_usd
-        return attrs
 
 
 class Executor:
@@ -139,15 +95,17 @@ class Executor:
         request out can still say what it cost.
         """
         rungs = self._rungs(request, decision, span, start, deadline, live=False, ledger=ledger)
-        async with aclosing(rungs) as chunks:
-            async for chunk in chunks:
-                if chunk.result is not None:
-                    return chunk.result
-        raise AssertionError("the rung loop ended without a result or an error")  # pragma: no cover
+        try:
+            result = await anext(rungs)  # run mode yields nothing but the result (or raises)
+        finally:
+            await rungs.aclose()
+        assert isinstance(result, GenerateResult)
+        return result
 
     def stream(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
-               deadline: float | None, ledger: Ledger | None = None) -> AsyncIterator[GenerateChunk]:
-        """Stream the first rung that produces output; fall back only before the first chunk is sent.
+               deadline: float | None, ledger: Ledger | None = None) -> AsyncIterator[GenerateChunk | GenerateResult]:
+        """Stream the first rung that produces output (text chunks, then the result); fall back only before the
+        first chunk is sent.
 
         A rung with validators that is not the last one is buffered (validated before anything is sent), so
         that a rejected answer can still fall through; the last rung streams live.
@@ -156,8 +114,11 @@ class Executor:
 
     async def _rungs(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
                      deadline: float | None, *, live: bool, ledger: Ledger | None = None
-                     ) -> AsyncIterator[GenerateChunk]:
-        """Run and stream alike: each rung is one admitted attempt; only a stream yields text as it comes."""
+                     ) -> AsyncIterator[GenerateChunk | GenerateResult]:
+        """Run and stream alike: each rung is one admitted attempt; only a stream yields text as it comes.
+
+        The last item is the ``GenerateResult`` itself (``run`` needs no chunk around it).
+        """
         ledger = ledger if ledger is not None else Ledger()
         last_error: GenrouteError | None = None
         first_chunk_s: float | None = None
@@ -194,7 +155,7 @@ class Executor:
                     await self._validate(rung, checks, request, decision, output, ctx)
             except _RUNG_ERRORS as exc:
                 last_error = exc
-                self._record(span, ledger, ctx, rung, index, rung_start, exc, admitted=attempt.admitted)
+                ledger.record(span, ctx, rung.backend, index, rung_start, exc, admitted=attempt.admitted)
                 if sent:
                     interrupted = StreamInterrupted(
                         f"stream from {rung.backend!r} failed after output was sent: {exc}", backend=rung.backend)
@@ -204,19 +165,20 @@ class Executor:
                     break
                 continue
             except BaseException as exc:  # cancelled, the deadline, or a consumer that stopped: charged all the same
-                self._record(span, ledger, ctx, rung, index, rung_start, exc, admitted=attempt.admitted)
+                ledger.record(span, ctx, rung.backend, index, rung_start, exc, admitted=attempt.admitted)
                 ledger.charge(exc, span)
                 raise
             for text in pending:
                 if first_chunk_s is None:
                     first_chunk_s = time.perf_counter() - start
                 yield GenerateChunk(text=text)
-            self._record(span, ledger, ctx, rung, index, rung_start, None)
-            result = self._result(decision, ledger, ctx, output, span, start, first_chunk_s)
+            ledger.record(span, ctx, rung.backend, index, rung_start, None)
+            result = ledger.result(decision, ctx, output, span, start, first_chunk_s,
+                                   outcome_ids=self.outcomes is not None)
             self._served(request, decision, span, result, output)
-            yield GenerateChunk(done=True, result=result)
+            yield result
             return
-        raise self._failure(decision, ledger, last_error, span)
+        raise ledger.failure(decision, last_error, span)
 
     # -- pieces ----------------------------------------------------------------------------------------
 
@@ -269,77 +231,6 @@ class Executor:
             ctx.cache_storage_cost_usd += side.cache_storage_cost_usd
             if side.cloud_equivalent_cost_usd is not None:
                 ctx.cloud_equivalent_cost_usd = (ctx.cloud_equivalent_cost_usd or 0.0) + side.cloud_equivalent_cost_usd
-
-    def _record(self, span: trace.Span, ledger: Ledger, ctx: RunContext, rung: Rung, index: int,
-                rung_start: float, error: BaseException | None, *, admitted: bool = True) -> None:
-        if error is None:
-            outcome = "ok"
-        elif not admitted:  # refused by a budget, a rate limit or an open breaker: nothing was sent
-            outcome = "skipped"
-        elif isinstance(error, ValidationFailed):
-            outcome = "rejected_by_validator"
-        elif isinstance(error, GenrouteError):
-            outcome = "error"
-        else:
-            outcome = "cancelled"
-        attempt = RungAttempt(
-            backend=rung.backend, outcome=outcome,
-            error_type=None if error is None else type(error).__name__,
-            error=None if error is None else str(error),
-            latency_s=time.perf_counter() - rung_start, cost_usd=ctx.cost_usd,
-            usage=ctx.usage, cost_estimated=ctx.cost_estimated,
-        )
-        ledger.add(attempt, ctx)
-        event: dict[str, Any] = {
-            "genroute.rung.index": index, "genroute.backend": rung.backend, "genroute.rung.outcome": outcome,
-            "genroute.rung.latency_s": attempt.latency_s, "gen_ai.usage.cost.amount": attempt.cost_usd,
-        }
-        if attempt.cost_estimated:
-            event["genroute.cost.estimated"] = True
-        if error is not None:
-            event["error.type"] = attempt.error_type
-        span.add_event("genroute.rung", event)
-
-    def _result(self, decision: Decision, ledger: Ledger, ctx: RunContext, output: BackendOutput,
-                span: trace.Span, start: float, first_chunk_s: float | None) -> GenerateResult:
-        backend = ledger.attempts[-1].backend
-        span.set_attributes({
-            "genroute.backend": backend, **ledger.span_attributes(),
-            **({"gen_ai.response.model": output.model} if output.model else {}),
-        })
-        if first_chunk_s is not None:
-            span.set_attribute("genroute.time_to_first_token_s", first_chunk_s)
-        context = span.get_span_context()
-        trace_id = format(context.trace_id, "032x") if context.is_valid else None
-        return GenerateResult(
-            text=output.text, backend=backend, model=ctx.model or output.model,
-            usage=ledger.usage, cost_usd=ledger.cost_usd, cost_estimated=ledger.cost_estimated,
-            cache_storage_cost_usd=ledger.cache_storage_cost_usd,
-            cloud_equivalent_cost_usd=ledger.cloud_equivalent_cost_usd,
-            latency_s=time.perf_counter() - start,
-            time_to_first_token_s=first_chunk_s,
-            finish_reason=output.finish_reason,
-            decision=DecisionRecord(policy=decision.policy, reason=decision.reason,
-                                    rungs_tried=tuple(ledger.attempts), shadow=decision.shadow),
-            citations=output.citations, tool_calls=output.tool_calls, trace_id=trace_id,
-            outcome_id=None if self.outcomes is None else trace_id or uuid.uuid4().hex,
-        )
-
-    def _failure(self, decision: Decision, ledger: Ledger, last_error: GenrouteError | None,
-                 span: trace.Span) -> GenrouteError:
-        span.set_attributes(ledger.span_attributes())
-        # One rung, or every rung refused by a budget: the caller gets that typed error, not a wrapper.
-        if last_error is not None and (len(decision.rungs) == 1 or all(
-                a.error_type == BudgetExceeded.__name__ for a in ledger.attempts)):
-            ledger.charge(last_error)
-            return last_error
-        tried = "; ".join(f"{a.backend}: {a.error_type}" for a in ledger.attempts)
-        untried = len(decision.rungs) - len(ledger.attempts)
-        what = f"a final error ended the decision, {untried} rung(s) not tried" if untried else "every rung failed"
-        error = AllRungsFailed(f"{what} ({tried})", attempts=list(ledger.attempts))
-        error.__cause__ = last_error
-        ledger.charge(error)
-        return error
 
     # -- shadows ---------------------------------------------------------------------------------------
 

@@ -40,31 +40,30 @@ class InFlight:
 
     async def run(self, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` as tracked work; a cancellation by ``close`` becomes ``UsageError``."""
+        try:
+            tracked = self.track()
+        except UsageError:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise
+        with tracked:
+            return await awaitable
+
+    def track(self) -> Tracked:
+        """A ``with`` block of tracked work in the running task (``UsageError`` at once if closed).
+
+        A plain context manager, not a wrapping coroutine: a request in flight holds no extra frame for it.
+        """
         task = asyncio.current_task()
         assert task is not None
         with self._lock:
             if self.closed:
-                if asyncio.iscoroutine(awaitable):
-                    awaitable.close()
                 raise UsageError(_CLOSED)
-            entry = self._tasks.setdefault(task, [asyncio.get_running_loop(), 0])
+            entry = self._tasks.get(task)
+            if entry is None:
+                entry = self._tasks[task] = [asyncio.get_running_loop(), 0]
             entry[1] += 1
-        try:
-            return await awaitable
-        except asyncio.CancelledError:
-            with self._lock:
-                ours = task in self._cancelled
-                self._cancelled.discard(task)
-            if ours and task.uncancel() == 0:  # cancelled by close alone (not also by its caller)
-                raise UsageError(_CLOSED) from None
-            raise
-        finally:
-            with self._lock:
-                entry = self._tasks.get(task)
-                if entry is not None:
-                    entry[1] -= 1
-                    if entry[1] <= 0:
-                        del self._tasks[task]
+        return Tracked(self, task)
 
     def stream(self, chunks: AsyncIterator[T]) -> RouterStream:
         """``chunks`` wrapped so that each step is tracked and a closed router ends it with ``UsageError``."""
@@ -125,6 +124,34 @@ class InFlight:
         with self._lock:
             if stream not in self._streams:
                 self._streams[stream] = asyncio.get_running_loop()
+
+
+class Tracked:
+    """One tracked block of work (see ``InFlight.track``): leaving it untracks the task; a cancellation that
+    came from ``InFlight.close`` alone leaves it as ``UsageError``."""
+
+    __slots__ = ("_inflight", "_task")
+
+    def __init__(self, inflight: InFlight, task: asyncio.Task[Any]) -> None:
+        self._inflight, self._task = inflight, task
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        inflight, task = self._inflight, self._task
+        with inflight._lock:
+            entry = inflight._tasks.get(task)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del inflight._tasks[task]
+            ours = (exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
+                    and task in inflight._cancelled)
+            if ours:
+                inflight._cancelled.discard(task)
+        if ours and task.uncancel() == 0:  # cancelled by close alone (not also by its caller)
+            raise UsageError(_CLOSED) from None
 
 
 class RouterStream:

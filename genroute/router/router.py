@@ -5,30 +5,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import Status, StatusCode
-from pydantic import ValidationError
-
 from genroute.admission import Admission, Instruments
 from genroute.admission.breaker import skip_open
 from genroute.admission.build import router_gates
-from genroute.errors import (
-    AllRungsFailed, BackendError, BackendUnavailable, DeadlineExceeded, GenrouteError, StreamInterrupted,
-    ToolLoopExceeded, UsageError,
-)
+from genroute.errors import BackendError, DeadlineExceeded, GenrouteError, UsageError
 from genroute.policies.base import Policy, PolicyContext
-from genroute.router.executor import Executor, Ledger
+from genroute.router.executor import Executor
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
 from genroute.router.build import release_on_collect, require_prices
+from genroute.router.scope import RootSpan, ended_by, parse_request
 from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
-from genroute.runtime.billing import Charges, charging
-from genroute.runtime.telemetry import CurrentSpan, Telemetry
+from genroute.runtime.telemetry import Telemetry, flush_providers
 from genroute.router.learning import Learning, backend_info
 from genroute.state import StateStore, build_state
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult
@@ -155,23 +148,21 @@ class Router(Learning):
     async def agenerate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
         """Answer one request (async)."""
         request = self._request(input, fields)
-        return await self._inflight.run(self._agenerate(request))
-
-    async def _agenerate(self, request: GenerateRequest) -> GenerateResult:
-        async with self._root_span(request) as (span, decision, start, deadline, ledger):
-            if deadline is None:
-                return await self._executor.run(request, decision, span, start, deadline, ledger)
-            try:
-                async with asyncio.timeout_at(asyncio.get_running_loop().time() + (deadline - time.monotonic())):
+        with self._inflight.track():
+            async with self._root_span(request) as (span, decision, start, deadline, ledger):
+                if deadline is None:
                     return await self._executor.run(request, decision, span, start, deadline, ledger)
-            except TimeoutError:
-                error = self._expired(request, decision)
-                ledger.charge(error)  # what the timed-out attempts cost the provider still counts
-                raise error from None
-            except BackendError as exc:
-                if not _ended_by(deadline, exc):
-                    raise
-                raise self._expired(request, decision, exc) from exc
+                try:
+                    async with asyncio.timeout_at(asyncio.get_running_loop().time() + (deadline - time.monotonic())):
+                        return await self._executor.run(request, decision, span, start, deadline, ledger)
+                except TimeoutError:
+                    error = self._expired(request, decision)
+                    ledger.charge(error)  # what the timed-out attempts cost the provider still counts
+                    raise error from None
+                except BackendError as exc:
+                    if not ended_by(deadline, exc):
+                        raise
+                    raise self._expired(request, decision, exc) from exc
 
     def generate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
         """Answer one request (sync; not from inside a running event loop)."""
@@ -190,9 +181,9 @@ class Router(Learning):
                 chunks = self._executor.stream(request, decision, span, start, deadline, ledger)
                 async with aclosing(chunks) as chunks:
                     async for chunk in chunks:
-                        yield chunk
+                        yield chunk if type(chunk) is GenerateChunk else GenerateChunk(done=True, result=chunk)
             except BackendError as exc:
-                if _ended_by(deadline, exc):
+                if ended_by(deadline, exc):
                     raise self._expired(request, decision, exc) from exc
                 raise
 
@@ -257,7 +248,7 @@ class Router(Learning):
         await self.resources.aclose()
         if self._owns_state:
             await self.state.aclose()
-        await _flush(self._providers, _FLUSH_TIMEOUT_MS / 1000)
+        await flush_providers(self._providers, _FLUSH_TIMEOUT_MS / 1000)
         if not self._portal.owns_running_loop():  # closed from async code: stop the loop thread too
             await asyncio.to_thread(self._portal.close)
 
@@ -292,23 +283,7 @@ class Router(Learning):
     # -- internals -------------------------------------------------------------------------------------
 
     def _request(self, input: str | GenerateRequest | None, fields: dict[str, Any]) -> GenerateRequest:
-        if isinstance(input, GenerateRequest):
-            if fields:
-                raise UsageError(f"pass either a GenerateRequest or fields, not both ({', '.join(fields)})",
-                                 field=next(iter(fields)))
-            request = input
-        else:
-            if input is not None and "input" in fields:
-                raise UsageError("input given both positionally and as a keyword", field="input")
-            try:
-                request = GenerateRequest(**({"input": input} if input is not None else {}), **fields)
-            except ValidationError as exc:
-                error = exc.errors()[0]
-                field = ".".join(str(p) for p in error["loc"]) or None
-                raise UsageError(error["msg"], field=field) from None
-        if request.backend is not None and request.backend not in self.backends:
-            raise UsageError(f"unknown backend {request.backend!r} (known: {', '.join(sorted(self.backends))})",
-                             field="backend")
+        request = parse_request(input, fields, self.backends)
         if self._closed:
             raise UsageError("the router is closed")
         return request
@@ -363,109 +338,10 @@ class Router(Learning):
             error.cost_usd, error.usage, error.cost_estimated = cause.cost_usd, cause.usage, cause.cost_estimated
         return error
 
-    def _root_span(self, request: GenerateRequest) -> _RootSpan:
+    def _root_span(self, request: GenerateRequest) -> RootSpan:
         if self._refresher is None and self.outcome_settings is not None:
             self._start_refresher()
-        return _RootSpan(self, request)
-
-
-class _RootSpan:
-    """The ``genroute.generate`` span: decides inside it and records the decision on it."""
-
-    def __init__(self, router: Router, request: GenerateRequest) -> None:
-        self.router = router
-        self.request = request
-
-    async def __aenter__(self) -> tuple[Any, Decision, float, float | None, Ledger]:
-        router, request = self.router, self.request
-        self.start = time.perf_counter()
-        self._cm = CurrentSpan(router.telemetry.tracer, "genroute.generate")
-        span = self.span = self._cm.__enter__()
-        # The deadline starts before the policy decides: a slow decision spends the request's time too.
-        timeout = request.timeout_s or router.timeout_s
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            with charging(Charges()) as charges:  # a decision may embed the request (semantic routing)
-                decision = await router._adecide(request, deadline)
-        except BaseException as exc:
-            self.__exit(exc)
-            raise
-        if span.is_recording():
-            attrs: dict[str, Any] = {
-                "genroute.policy": decision.policy,
-                "genroute.reason": decision.reason,
-                "genroute.rungs": [r.backend for r in decision.rungs],
-            }
-            if request.task:
-                attrs["genroute.task"] = request.task
-            if router.telemetry.capture_content:
-                attrs["gen_ai.input.messages"] = request.input
-            span.set_attributes(attrs)
-        # The request's ledger starts with what deciding cost; the rungs add theirs.
-        return span, decision, self.start, deadline, Ledger(cost_usd=charges.cost_usd,
-                                                           cost_estimated=charges.estimated)
-
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.__exit(exc)
-
-    def __exit(self, exc: BaseException | None) -> None:
-        if exc is not None:
-            kind = type(exc).__name__
-            self.span.set_attribute("error.type", kind)
-            self.span.set_status(Status(StatusCode.ERROR, kind))
-            if not isinstance(exc, GenrouteError | GeneratorExit):
-                self.span.record_exception(exc)
-        self._cm.__exit__(None, None, None)
-
-
-#: An engine bounds its attempts by the time left and its timer may fire a hair before the router's would.
-_DEADLINE_SLACK_S = 0.05
-
-
-def _ended_by(deadline: float | None, exc: BackendError) -> bool:
-    """Whether the request's deadline, not the backend, ended it: ``exc`` came at (or past) the deadline.
-
-    A stream cut after its first chunk stays ``StreamInterrupted`` and a tool loop ``ToolLoopExceeded``: the
-    caller must know that output was sent, or which tools ran.
-    """
-    if deadline is None or isinstance(exc, StreamInterrupted | ToolLoopExceeded):
-        return False
-    # Retries that stopped because no attempt could finish in time say so (they stop up to a backoff early).
-    last = exc.__cause__ if isinstance(exc, AllRungsFailed) else exc
-    return ((isinstance(last, BackendUnavailable) and last.out_of_time)
-            or time.monotonic() >= deadline - _DEADLINE_SLACK_S)
-
-
-async def _flush(providers: list[Any], timeout_s: float) -> None:
-    """``force_flush`` each provider on its own daemon thread, waiting at most ``timeout_s`` in all.
-
-    The SDK's batch span processor exports inline on flush and ignores the timeout, so an exporter stuck
-    on a hanging collector would hold ``close`` (and, in the default executor, interpreter exit) for its
-    full retry budget; a daemon thread lets ``close`` return on time and the export finish or fail later.
-    """
-    loop = asyncio.get_running_loop()
-    waits: list[asyncio.Future[None]] = []
-    for provider in providers:
-        flush = getattr(provider, "force_flush", None)  # the API's no-op providers have none
-        if flush is None:
-            continue
-        done: asyncio.Future[None] = loop.create_future()
-
-        def run(flush: Any = flush, done: asyncio.Future[None] = done) -> None:
-            try:
-                flush(int(timeout_s * 1000))
-            except Exception:  # telemetry must never fail a close
-                pass
-            finally:
-                try:
-                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
-                except RuntimeError:  # the loop is gone: nobody is waiting any more
-                    pass
-
-        threading.Thread(target=run, name="genroute-telemetry-flush", daemon=True).start()
-        waits.append(done)
-    if waits:
-        await asyncio.wait(waits, timeout=timeout_s)
+        return RootSpan(self.telemetry, request, self.timeout_s, self._adecide)
 
 
 def _default_policy(backends: Mapping[str, Backend]) -> Policy:

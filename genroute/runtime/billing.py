@@ -19,8 +19,6 @@ import asyncio
 import json
 import math
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -52,18 +50,24 @@ class Meter:
 _METER: ContextVar[Meter | None] = ContextVar("genroute_meter", default=None)
 
 
-@contextmanager
-def metering(meter: Meter) -> Iterator[Meter]:
+class metering:  # noqa: N801 - used as a function-style context manager, like contextlib's
     """Collect what engine calls made inside the block ``bill`` into ``meter``.
 
     Set and reset without a ``yield`` of an async generator in between (a context variable set across a
-    yield would leak into the consumer's context).
+    yield would leak into the consumer's context). A class, not a generator: it is entered on every call.
     """
-    token = _METER.set(meter)
-    try:
-        yield meter
-    finally:
-        _METER.reset(token)
+
+    __slots__ = ("_meter", "_token")
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = meter
+
+    def __enter__(self) -> Meter:
+        self._token = _METER.set(self._meter)
+        return self._meter
+
+    def __exit__(self, *exc: Any) -> None:
+        _METER.reset(self._token)
 
 
 def bill(usage: Usage, *, estimated: bool = True) -> None:
@@ -91,18 +95,25 @@ class Charges:
 _CHARGES: ContextVar[Charges | None] = ContextVar("genroute_charges", default=None)
 
 
-@contextmanager
-def charging(charges: Charges) -> Iterator[Charges]:
+class charging:  # noqa: N801 - a function-style context manager, like metering
     """Collect what calls made inside the block ``charge`` into ``charges`` (the innermost block wins, so a
     call is counted once). Worker threads started inside (``asyncio.to_thread``) inherit it.
 
-    Set and reset without a ``yield`` of an async generator in between (see ``metering``).
+    Set and reset without a ``yield`` of an async generator in between (see ``metering``). A class, not a
+    generator: every request enters one.
     """
-    token = _CHARGES.set(charges)
-    try:
-        yield charges
-    finally:
-        _CHARGES.reset(token)
+
+    __slots__ = ("_charges", "_token")
+
+    def __init__(self, charges: Charges) -> None:
+        self._charges = charges
+
+    def __enter__(self) -> Charges:
+        self._token = _CHARGES.set(self._charges)
+        return self._charges
+
+    def __exit__(self, *exc: Any) -> None:
+        _CHARGES.reset(self._token)
 
 
 def charge(cost_usd: float, *, estimated: bool) -> None:

@@ -81,7 +81,9 @@ class RunContext:
         price_as: str | None = None,
     ) -> types.GenerateContentResponse:
         """One instrumented, accounted engine call; attempts lost on the way are charged too."""
-        with self._span(engine, model, config) as (span, attrs):
+        attrs = self.telemetry.call_attributes(engine.provider, model)
+        with CurrentSpan(self.tracer, f"generate_content {model}", kind=SpanKind.CLIENT,
+                         attributes=_span_attributes(attrs, config), same_context=True) as span:
             start = time.perf_counter()
             meter = Meter()
             try:
@@ -92,7 +94,8 @@ class RunContext:
                 self._charge(engine, span, attrs, model, meter.attempts, meter.estimated, price_as=price_as)
                 raise
             usage, estimated = _reported(response, contents, config)
-            self._account(engine, span, attrs, model, response, start, [usage, *meter.attempts],
+            self._account(engine, span, attrs, model, response, start,
+                          [usage, *meter.attempts] if meter.attempts else [usage],
                           estimated or meter.estimated, price_as=price_as)
             return response
 
@@ -111,7 +114,9 @@ class RunContext:
         usage received so far (the latest chunk's usage, plus an estimate for text that arrived after it, or
         the input estimate when no chunk carried usage), and attempts lost before the first chunk on top.
         """
-        with self._span(engine, model, config, stream=True) as (span, attrs):
+        attrs = self.telemetry.call_attributes(engine.provider, model)
+        with CurrentSpan(self.tracer, f"generate_content {model}", kind=SpanKind.CLIENT,
+                         attributes=_span_attributes(attrs, config, stream=True)) as span:
             start = time.perf_counter()
             meter = Meter()
             received = _Received()
@@ -165,24 +170,6 @@ class RunContext:
                                            "gen_ai.provider.name": engine.provider, "gen_ai.request.model": model})
         return cost
 
-    def _span(self, engine: Engine, model: str, config: Any, *, stream: bool = False) -> Any:
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "generate_content",
-            "gen_ai.provider.name": engine.provider,
-            "gen_ai.request.model": model,
-        }
-        span_attrs = dict(attrs)
-        if config is not None:
-            for key, attr in (("temperature", "gen_ai.request.temperature"),
-                              ("max_output_tokens", "gen_ai.request.max_tokens"),
-                              ("top_p", "gen_ai.request.top_p"), ("top_k", "gen_ai.request.top_k")):
-                value = getattr(config, key, None)
-                if value is not None:
-                    span_attrs[attr] = value
-        if stream:
-            span_attrs["genroute.stream"] = True
-        return _SpanScope(self.tracer, f"generate_content {model}", span_attrs, attrs)
-
     def _fail(self, span: trace.Span, attrs: dict[str, Any], exc: BaseException, start: float) -> None:
         if not isinstance(exc, GenrouteError):  # a cancellation: no error of the call's own
             return
@@ -192,46 +179,77 @@ class RunContext:
         self.telemetry.record_call({**attrs, "error.type": kind}, None, time.perf_counter() - start)
 
     def _charge(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str, calls: list[Usage],
-                estimated: bool, *, price_as: str | None) -> Usage:
+                estimated: bool, *, price_as: str | None, answer: dict[str, Any] | None = None) -> Usage:
         """Add the usage of ``calls`` (the answer and any lost attempts, each priced on its own) and its cost to
-        this rung and to the call's span; return the summed usage."""
+        this rung and to the call's span (with ``answer``'s attributes, in one go); return the summed usage."""
         usage = calls[0] if len(calls) == 1 else sum(calls, _NO_USAGE)
         if usage == _NO_USAGE and not estimated:
+            if answer:
+                span.set_attributes(answer)
             return usage
         priced = engine.pricing_model(price_as or model)
-        cost = sum(self.pricing.cost(priced, call) for call in calls)
+        cost = self.pricing.cost(priced, usage) if len(calls) == 1 else sum(
+            self.pricing.cost(priced, call) for call in calls)
         self.usage = self.usage + usage
         self.cost_usd += cost
         self.cost_estimated = self.cost_estimated or estimated
+        span_attrs = usage_attributes(usage)
         reference = engine.reference_model
         if priced is None and reference:
             extra = sum(self.pricing.cost(reference, call) for call in calls)
             self.cloud_equivalent_cost_usd = (self.cloud_equivalent_cost_usd or 0.0) + extra
-            span.set_attribute("genroute.cloud_equivalent.cost.amount", extra)
-            span.set_attribute("genroute.cloud_equivalent.model", reference)
-        span.set_attributes(usage_attributes(usage))
-        span.set_attribute("gen_ai.usage.cost.amount", cost)
-        span.set_attribute("gen_ai.usage.cost.currency", "USD")
+            span_attrs["genroute.cloud_equivalent.cost.amount"] = extra
+            span_attrs["genroute.cloud_equivalent.model"] = reference
+        span_attrs["gen_ai.usage.cost.amount"] = cost
+        span_attrs["gen_ai.usage.cost.currency"] = "USD"
         if estimated:
-            span.set_attribute("genroute.cost.estimated", True)
+            span_attrs["genroute.cost.estimated"] = True
+        if answer:
+            span_attrs.update(answer)
+        span.set_attributes(span_attrs)
         if cost:  # estimates apart, so that a dashboard can tell billed usage from genroute's estimates
-            self.telemetry.cost.add(cost, {**attrs, "gen_ai.response.model": self.model or model,
-                                           **({"genroute.cost.estimated": True} if estimated else {})})
+            if estimated or self.model is None:
+                self.telemetry.cost.add(cost, {**attrs, "gen_ai.response.model": self.model or model,
+                                               **({"genroute.cost.estimated": True} if estimated else {})})
+            else:
+                self.telemetry.cost.add(cost, self.telemetry.answered_attributes(
+                    engine.provider, model, self.model)[0])
         return usage
 
     def _account(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
                  response: types.GenerateContentResponse, start: float, calls: list[Usage], estimated: bool, *,
                  price_as: str | None) -> None:
         self.model = response.model_version or model
-        usage = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as)
-        span.set_attribute("gen_ai.response.model", self.model)
+        answer: dict[str, Any] = {"gen_ai.response.model": self.model}
         reasons = [str(getattr(c.finish_reason, "value", c.finish_reason)).lower()
                    for c in (response.candidates or []) if c.finish_reason is not None]
         if reasons:
-            span.set_attribute("gen_ai.response.finish_reasons", reasons)
+            answer["gen_ai.response.finish_reasons"] = reasons
         if self.capture_content:
-            span.set_attribute("gen_ai.output.messages", _dump(response.candidates))
-        self.telemetry.record_call({**attrs, "gen_ai.response.model": self.model}, usage, time.perf_counter() - start)
+            answer["gen_ai.output.messages"] = _dump(response.candidates)
+        usage = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer)
+        points = self.telemetry.answered_attributes(engine.provider, model, self.model)
+        self.telemetry.record_call(points[0], usage, time.perf_counter() - start, points[1:])
+
+
+def _span_attributes(attrs: dict[str, Any], config: types.GenerateContentConfig | None, *,
+                     stream: bool = False) -> dict[str, Any]:
+    """An inference span's starting attributes: the call's own, the request's sampling settings, streaming."""
+    span_attrs = attrs
+    if config is not None:
+        for key, attr in _REQUEST_SETTINGS:
+            value = getattr(config, key, None)
+            if value is not None:
+                if span_attrs is attrs:
+                    span_attrs = dict(attrs)
+                span_attrs[attr] = value
+    if stream:
+        span_attrs = {**span_attrs, "genroute.stream": True}
+    return span_attrs
+
+
+_REQUEST_SETTINGS = (("temperature", "gen_ai.request.temperature"), ("max_output_tokens", "gen_ai.request.max_tokens"),
+                     ("top_p", "gen_ai.request.top_p"), ("top_k", "gen_ai.request.top_k"))
 
 
 def _reported(response: types.GenerateContentResponse, contents: list[types.Content],
@@ -276,20 +294,6 @@ class _Received:
         if extra:
             usage = usage.model_copy(update={"output_tokens": usage.output_tokens + extra})
         return usage, estimated
-
-
-class _SpanScope:
-    """Starts a CLIENT span as current and yields it with the metric attributes."""
-
-    def __init__(self, tracer: trace.Tracer, name: str, span_attrs: dict[str, Any], attrs: dict[str, Any]) -> None:
-        self._cm = CurrentSpan(tracer, name, kind=SpanKind.CLIENT, attributes=span_attrs)
-        self._attrs = attrs
-
-    def __enter__(self) -> tuple[trace.Span, dict[str, Any]]:
-        return self._cm.__enter__(), self._attrs
-
-    def __exit__(self, *exc: Any) -> None:
-        self._cm.__exit__(*exc)
 
 
 def _dump(value: Any) -> str:

@@ -5,10 +5,13 @@ Library code uses the OTel API only: with no SDK configured every call here is a
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
 from genroute.types import Usage
@@ -24,6 +27,8 @@ TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 
 CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
+_MAX_CACHED_ATTRIBUTES = 512
+
 
 #: Carries nothing: setting it on entry and resetting it on exit is Python's only test of whether a block ends in
 #: the Context it began in (a reset elsewhere raises ValueError, even in a copy holding the same values).
@@ -37,34 +42,36 @@ class CurrentSpan:
     event loop in a fresh context, and one closed by ``Router.close`` in the closing task's. There
     OpenTelemetry's ``start_as_current_span`` would fail to detach its token and log an ERROR traceback. Here
     the span is ended wherever the block ends, and detached only in the context that attached it (elsewhere
-    nothing of it is current, so there is nothing to undo).
+    nothing of it is current, so there is nothing to undo). A block that always ends where it began (a plain
+    coroutine's, ``same_context=True``) skips that test.
     """
 
+    __slots__ = ("_tracer", "_name", "_kind", "_attributes", "_probe", "span", "_token", "_mark")
+
     def __init__(self, tracer: trace.Tracer, name: str, *, kind: trace.SpanKind = trace.SpanKind.INTERNAL,
-                 attributes: dict[str, Any] | None = None) -> None:
+                 attributes: dict[str, Any] | None = None, same_context: bool = False) -> None:
         self._tracer = tracer
         self._name = name
         self._kind = kind
         self._attributes = attributes
+        self._probe = not same_context
 
     def __enter__(self) -> trace.Span:
-        from opentelemetry import context
-
         self.span = self._tracer.start_span(self._name, kind=self._kind, attributes=self._attributes,
                                             record_exception=False, set_status_on_exception=False)
-        self._token = context.attach(trace.set_span_in_context(self.span))
-        self._mark = _ENTERED.set(True)
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        if self._probe:
+            self._mark = _ENTERED.set(True)
         return self.span
 
     def __exit__(self, *exc: Any) -> None:
-        from opentelemetry import context
-
-        try:
-            _ENTERED.reset(self._mark)
-        except (ValueError, RuntimeError):
-            pass  # another context, where none of it is current: nothing to undo
-        else:
-            context.detach(self._token)
+        if self._probe:
+            try:
+                _ENTERED.reset(self._mark)
+            except (ValueError, RuntimeError):  # another context, where none of it is current: nothing to undo
+                self.span.end()
+                return
+        otel_context.detach(self._token)
         self.span.end()
 
 
@@ -102,12 +109,46 @@ class Telemetry:
             "genroute.cost", unit="USD", description="Cost of model calls in USD",
         )
 
-    def record_call(self, attrs: dict[str, Any], usage: Usage | None, duration_s: float) -> None:
-        """Record the duration and token metrics of one model call."""
+        # Attribute dicts that are the same for every call to a model, built once (the SDK copies what it keeps).
+        self._attributes: dict[tuple[str, ...], Any] = {}
+
+    def call_attributes(self, provider: str, model: str) -> dict[str, Any]:
+        """What every span and metric point of a ``generate_content`` call to ``model`` carries (a shared dict:
+        read it, never change it)."""
+        key = (provider, model)
+        attrs = self._attributes.get(key)
+        if attrs is None:
+            attrs = self._cache(key, {"gen_ai.operation.name": "generate_content", "gen_ai.provider.name": provider,
+                                      "gen_ai.request.model": model})
+        return attrs
+
+    def answered_attributes(self, provider: str, model: str, response_model: str
+                            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The metric attributes of an answered call: its own, and those of its input and output token points."""
+        key = (provider, model, response_model)
+        points = self._attributes.get(key)
+        if points is None:
+            base = {**self.call_attributes(provider, model), "gen_ai.response.model": response_model}
+            points = self._cache(key, (base, {**base, "gen_ai.token.type": "input"},
+                                       {**base, "gen_ai.token.type": "output"}))
+        return points
+
+    def _cache(self, key: tuple[str, ...], value: Any) -> Any:
+        if len(self._attributes) >= _MAX_CACHED_ATTRIBUTES:  # model names come from configs: this rarely fills
+            self._attributes.clear()
+        self._attributes[key] = value
+        return value
+
+    def record_call(self, attrs: dict[str, Any], usage: Usage | None, duration_s: float,
+                    tokens: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
+        """Record the duration and token metrics of one model call (``tokens``: the input and output points'
+        attributes, else built from ``attrs``)."""
         self.duration.record(duration_s, attrs)
         if usage is not None:
-            self.tokens.record(usage.input_tokens, {**attrs, "gen_ai.token.type": "input"})
-            self.tokens.record(usage.output_tokens + usage.thinking_tokens, {**attrs, "gen_ai.token.type": "output"})
+            if tokens is None:
+                tokens = {**attrs, "gen_ai.token.type": "input"}, {**attrs, "gen_ai.token.type": "output"}
+            self.tokens.record(usage.input_tokens, tokens[0])
+            self.tokens.record(usage.output_tokens + usage.thinking_tokens, tokens[1])
 
 
 def usage_of(response: types.GenerateContentResponse) -> Usage | None:
@@ -130,6 +171,38 @@ def usage_attributes(usage: Usage) -> dict[str, int]:
         "gen_ai.usage.output_tokens": usage.output_tokens + usage.thinking_tokens,
         "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
     }
+
+
+async def flush_providers(providers: list[Any], timeout_s: float) -> None:
+    """``force_flush`` each provider on its own daemon thread, waiting at most ``timeout_s`` in all.
+
+    The SDK's batch span processor exports inline on flush and ignores the timeout, so an exporter stuck
+    on a hanging collector would hold ``close`` (and, in the default executor, interpreter exit) for its
+    full retry budget; a daemon thread lets ``close`` return on time and the export finish or fail later.
+    """
+    loop = asyncio.get_running_loop()
+    waits: list[asyncio.Future[None]] = []
+    for provider in providers:
+        flush = getattr(provider, "force_flush", None)  # the API's no-op providers have none
+        if flush is None:
+            continue
+        done: asyncio.Future[None] = loop.create_future()
+
+        def run(flush: Any = flush, done: asyncio.Future[None] = done) -> None:
+            try:
+                flush(int(timeout_s * 1000))
+            except Exception:  # telemetry must never fail a close
+                pass
+            finally:
+                try:
+                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                except RuntimeError:  # the loop is gone: nobody is waiting any more
+                    pass
+
+        threading.Thread(target=run, name="genroute-telemetry-flush", daemon=True).start()
+        waits.append(done)
+    if waits:
+        await asyncio.wait(waits, timeout=timeout_s)
 
 
 def error_type(exc: BaseException) -> str:

@@ -1,0 +1,137 @@
+"""What the rungs of one request added up to, and the result or the error the caller gets from it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from genroute.errors import AllRungsFailed, BudgetExceeded, GenrouteError, ValidationFailed
+from genroute.types import DecisionRecord, GenerateResult, RungAttempt, Usage
+
+if TYPE_CHECKING:
+    from opentelemetry import trace
+
+    from genroute.backends.base import BackendOutput
+    from genroute.runtime.context import RunContext
+    from genroute.types import Decision
+
+#: Usage is frozen: one zero for every ledger that has not added a rung yet.
+_NO_USAGE = Usage()
+
+
+class Ledger:
+    """What the rungs of one request added up to (failed, cancelled and abandoned ones included)."""
+
+    __slots__ = ("attempts", "usage", "cost_usd", "cost_estimated", "cache_storage_cost_usd",
+                 "cloud_equivalent_cost_usd")
+
+    def __init__(self, *, cost_usd: float = 0.0, cost_estimated: bool = False) -> None:
+        self.attempts: list[RungAttempt] = []
+        self.usage: Usage = _NO_USAGE
+        self.cost_usd = cost_usd
+        self.cost_estimated = cost_estimated
+        self.cache_storage_cost_usd = 0.0
+        self.cloud_equivalent_cost_usd: float | None = None
+
+    def record(self, span: trace.Span, ctx: RunContext, backend: str, index: int, started: float,
+               error: BaseException | None, *, admitted: bool = True) -> None:
+        """Add the rung ``ctx`` accounted to the ledger, with a ``genroute.rung`` event on the root span.
+
+        A request its first rung served records no event: the root span's own attributes (backend, rungs tried,
+        cost) already say all of it, and that is the hot path.
+        """
+        if error is None:
+            outcome = "ok"
+        elif not admitted:  # refused by a budget, a rate limit or an open breaker: nothing was sent
+            outcome = "skipped"
+        elif isinstance(error, ValidationFailed):
+            outcome = "rejected_by_validator"
+        elif isinstance(error, GenrouteError):
+            outcome = "error"
+        else:
+            outcome = "cancelled"
+        latency_s = time.perf_counter() - started
+        error_type = None if error is None else type(error).__name__
+        attempt = RungAttempt(backend=backend, outcome=outcome, error_type=error_type,
+                              error=None if error is None else str(error), latency_s=latency_s,
+                              cost_usd=ctx.cost_usd, usage=ctx.usage, cost_estimated=ctx.cost_estimated)
+        if error is not None or self.attempts:
+            event: dict[str, Any] = {
+                "genroute.rung.index": index, "genroute.backend": backend, "genroute.rung.outcome": outcome,
+                "genroute.rung.latency_s": latency_s, "gen_ai.usage.cost.amount": ctx.cost_usd,
+            }
+            if ctx.cost_estimated:
+                event["genroute.cost.estimated"] = True
+            if error_type is not None:
+                event["error.type"] = error_type
+            span.add_event("genroute.rung", event)
+        self.attempts.append(attempt)
+        self.usage = self.usage + ctx.usage
+        self.cost_usd += ctx.cost_usd
+        self.cost_estimated = self.cost_estimated or ctx.cost_estimated
+        self.cache_storage_cost_usd += ctx.cache_storage_cost_usd
+        if ctx.cloud_equivalent_cost_usd is not None:
+            self.cloud_equivalent_cost_usd = (self.cloud_equivalent_cost_usd or 0.0) + ctx.cloud_equivalent_cost_usd
+
+    def charge(self, error: BaseException, span: trace.Span | None = None) -> None:
+        """Put the summed cost on ``error`` (a genroute error) and on the root ``span``."""
+        if isinstance(error, GenrouteError):
+            error.cost_usd, error.usage, error.cost_estimated = self.cost_usd, self.usage, self.cost_estimated
+        if span is not None:
+            span.set_attributes(self.span_attributes())
+
+    def span_attributes(self) -> dict[str, Any]:
+        """The root span's cost attributes."""
+        attrs: dict[str, Any] = {"genroute.rungs_tried": len(self.attempts),
+                                 "gen_ai.usage.cost.amount": self.cost_usd, "gen_ai.usage.cost.currency": "USD"}
+        if self.cost_estimated:
+            attrs["genroute.cost.estimated"] = True
+        if self.cache_storage_cost_usd:
+            attrs["genroute.cost.cache_storage.amount"] = self.cache_storage_cost_usd
+        if self.cloud_equivalent_cost_usd is not None:
+            attrs["genroute.cloud_equivalent.cost.amount"] = self.cloud_equivalent_cost_usd
+        return attrs
+
+    def result(self, decision: Decision, ctx: RunContext, output: BackendOutput, span: trace.Span, start: float,
+               first_chunk_s: float | None, *, outcome_ids: bool) -> GenerateResult:
+        """The caller's result, the serving rung being the last one recorded; its attributes go on ``span``."""
+        backend = self.attempts[-1].backend
+        attrs = self.span_attributes()
+        attrs["genroute.backend"] = backend
+        if output.model:
+            attrs["gen_ai.response.model"] = output.model
+        if first_chunk_s is not None:
+            attrs["genroute.time_to_first_token_s"] = first_chunk_s
+        span.set_attributes(attrs)
+        context = span.get_span_context()
+        trace_id = format(context.trace_id, "032x") if context.is_valid else None
+        return GenerateResult(
+            text=output.text, backend=backend, model=ctx.model or output.model,
+            usage=self.usage, cost_usd=self.cost_usd, cost_estimated=self.cost_estimated,
+            cache_storage_cost_usd=self.cache_storage_cost_usd,
+            cloud_equivalent_cost_usd=self.cloud_equivalent_cost_usd,
+            latency_s=time.perf_counter() - start,
+            time_to_first_token_s=first_chunk_s,
+            finish_reason=output.finish_reason,
+            decision=DecisionRecord(policy=decision.policy, reason=decision.reason,
+                                    rungs_tried=tuple(self.attempts), shadow=decision.shadow),
+            citations=output.citations, tool_calls=output.tool_calls, trace_id=trace_id,
+            outcome_id=(trace_id or uuid.uuid4().hex) if outcome_ids else None,
+        )
+
+    def failure(self, decision: Decision, last_error: GenrouteError | None, span: trace.Span) -> GenrouteError:
+        """The error the caller gets when no rung served: the last one's, or ``AllRungsFailed``."""
+        span.set_attributes(self.span_attributes())
+        # One rung, or every rung refused by a budget: the caller gets that typed error, not a wrapper.
+        if last_error is not None and (len(decision.rungs) == 1 or all(
+                a.error_type == BudgetExceeded.__name__ for a in self.attempts)):
+            self.charge(last_error)
+            return last_error
+        tried = "; ".join(f"{a.backend}: {a.error_type}" for a in self.attempts)
+        untried = len(decision.rungs) - len(self.attempts)
+        what = f"a final error ended the decision, {untried} rung(s) not tried" if untried else "every rung failed"
+        error = AllRungsFailed(f"{what} ({tried})", attempts=list(self.attempts))
+        error.__cause__ = last_error
+        self.charge(error)
+        return error

@@ -1,0 +1,112 @@
+"""One request's scope: its validated input, its root span with the decision on it, and its deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from opentelemetry.trace import Status, StatusCode
+from pydantic import ValidationError
+
+from genroute.errors import (
+    AllRungsFailed, BackendError, BackendUnavailable, GenrouteError, StreamInterrupted, ToolLoopExceeded, UsageError,
+)
+from genroute.router.ledger import Ledger
+from genroute.runtime.billing import Charges, charging
+from genroute.runtime.telemetry import CurrentSpan, Telemetry
+from genroute.types import Decision, GenerateRequest
+
+
+def parse_request(input: str | GenerateRequest | None, fields: dict[str, Any], backends: Mapping[str, Any]
+                  ) -> GenerateRequest:
+    """The request the public entry points were given, validated; ``UsageError`` names the bad field."""
+    if isinstance(input, GenerateRequest):
+        if fields:
+            raise UsageError(f"pass either a GenerateRequest or fields, not both ({', '.join(fields)})",
+                             field=next(iter(fields)))
+        request = input
+    else:
+        if input is not None and "input" in fields:
+            raise UsageError("input given both positionally and as a keyword", field="input")
+        try:
+            request = GenerateRequest(**({"input": input} if input is not None else {}), **fields)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"]) or None
+            raise UsageError(error["msg"], field=field) from None
+    if request.backend is not None and request.backend not in backends:
+        raise UsageError(f"unknown backend {request.backend!r} (known: {', '.join(sorted(backends))})",
+                         field="backend")
+    return request
+
+
+class RootSpan:
+    """The ``genroute.generate`` span: ``decide`` runs inside it and the decision is recorded on it."""
+
+    __slots__ = ("telemetry", "request", "timeout_s", "decide", "start", "span", "_cm")
+
+    def __init__(self, telemetry: Telemetry, request: GenerateRequest, timeout_s: float | None,
+                 decide: Callable[[GenerateRequest, float | None], Awaitable[Decision]]) -> None:
+        self.telemetry = telemetry
+        self.request = request
+        self.timeout_s = timeout_s
+        self.decide = decide
+
+    async def __aenter__(self) -> tuple[Any, Decision, float, float | None, Ledger]:
+        request, telemetry = self.request, self.telemetry
+        self.start = time.perf_counter()
+        self._cm = CurrentSpan(telemetry.tracer, "genroute.generate")
+        span = self.span = self._cm.__enter__()
+        # The deadline starts before the policy decides: a slow decision spends the request's time too.
+        timeout = request.timeout_s or self.timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with charging(Charges()) as charges:  # a decision may embed the request (semantic routing)
+                decision = await self.decide(request, deadline)
+        except BaseException as exc:
+            self.__exit(exc)
+            raise
+        if span.is_recording():
+            attrs: dict[str, Any] = {
+                "genroute.policy": decision.policy,
+                "genroute.reason": decision.reason,
+                "genroute.rungs": [r.backend for r in decision.rungs],
+            }
+            if request.task:
+                attrs["genroute.task"] = request.task
+            if telemetry.capture_content:
+                attrs["gen_ai.input.messages"] = request.input
+            span.set_attributes(attrs)
+        # The request's ledger starts with what deciding cost; the rungs add theirs.
+        return span, decision, self.start, deadline, Ledger(cost_usd=charges.cost_usd, cost_estimated=charges.estimated)
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit(exc)
+
+    def __exit(self, exc: BaseException | None) -> None:
+        if exc is not None:
+            kind = type(exc).__name__
+            self.span.set_attribute("error.type", kind)
+            self.span.set_status(Status(StatusCode.ERROR, kind))
+            if not isinstance(exc, GenrouteError | GeneratorExit):
+                self.span.record_exception(exc)
+        self._cm.__exit__(None, None, None)
+
+
+#: An engine bounds its attempts by the time left and its timer may fire a hair before the router's would.
+_DEADLINE_SLACK_S = 0.05
+
+
+def ended_by(deadline: float | None, exc: BackendError) -> bool:
+    """Whether the request's deadline, not the backend, ended it: ``exc`` came at (or past) the deadline.
+
+    A stream cut after its first chunk stays ``StreamInterrupted`` and a tool loop ``ToolLoopExceeded``: the
+    caller must know that output was sent, or which tools ran.
+    """
+    if deadline is None or isinstance(exc, StreamInterrupted | ToolLoopExceeded):
+        return False
+    # Retries that stopped because no attempt could finish in time say so (they stop up to a backoff early).
+    last = exc.__cause__ if isinstance(exc, AllRungsFailed) else exc
+    return ((isinstance(last, BackendUnavailable) and last.out_of_time)
+            or time.monotonic() >= deadline - _DEADLINE_SLACK_S)
