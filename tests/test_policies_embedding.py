@@ -380,3 +380,23 @@ def test_request_embeddings_of_a_semantic_policy_go_to_the_routers_tracer(gemini
     request_embedding = [s for s in otel.spans("embeddings") if s.parent is not None]
     assert len(request_embedding) == 1 and request_embedding[0].context.trace_id == root.context.trace_id
     assert request_embedding[0].parent.span_id == root.context.span_id
+
+
+def test_request_embeddings_of_a_learned_policy_go_to_the_routers_tracer(gemini_server: GeminiTestServer,
+                                                                         embedder: CountingEmbedder,
+                                                                         otel: Any, tmp_path: Path) -> None:
+    outcomes = [{"input": text, "backend": backend, "score": float(backend == want), "cost_usd": 0.0}
+                for text, want in [(u, "tools") for u in ROUTES["tools"]] + [(u, "prompt") for u in ROUTES["rag"]]
+                for backend in ("tools", "prompt")]
+    train(outcomes, tmp_path / "m.npz", embedder=embedder, test_share=0.0, k=1)
+    engine = GeminiEngine("g", {"base_url": gemini_server.base_url, "api_key": TEST_KEY})
+    resources = Resources({"g": engine})
+    backends = {name: PromptTemplateBackend(name, PromptTemplateConfig(engine="g", model="gemini-2.5-flash"),
+                                            resources) for name in ("tools", "prompt")}
+    policy = LearnedPolicy(LearnedConfig(model_path=str(tmp_path / "m.npz"), default="prompt"), embedder=embedder)
+    gemini_server.reply_text("ok")
+    with Router(backends, policy, resources=resources, **otel.providers) as router:
+        router.generate("is it going to snow in Oslo?")
+    root = otel.spans("genroute.generate")[0]
+    (request_embedding,) = otel.spans("embeddings")
+    assert request_embedding.parent.span_id == root.context.span_id

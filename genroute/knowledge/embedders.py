@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from genroute.engines.base import Engine
+    from genroute.runtime.billing import Meter
     from genroute.runtime.pricing import Pricing
 
 _tracer = trace.get_tracer("genroute")
@@ -84,6 +85,12 @@ class Embedder(ABC):
         return span
 
 
+def traced(embedder: object, tracer: trace.Tracer | None) -> dict[str, trace.Tracer]:
+    """The keyword that hands ``tracer`` to ``embedder``: for a genroute ``Embedder`` when there is a tracer;
+    nothing for an array embedder of the caller's own (a cache, a test double), which need not take one."""
+    return {"tracer": tracer} if tracer is not None and isinstance(embedder, Embedder) else {}
+
+
 def _record_error(span: trace.Span, exc: BaseException) -> None:
     span.set_attribute("error.type", type(exc).__qualname__)
     span.set_status(trace.StatusCode.ERROR, str(exc))
@@ -135,7 +142,7 @@ class GeminiEmbedder(Embedder):
             span.end()
         return vectors
 
-    def _charge(self, span: trace.Span, texts: list[str], meter: Any) -> None:
+    def _charge(self, span: trace.Span, texts: list[str], meter: Meter) -> None:
         # The Gemini API's batchEmbedContents reports no token counts: the answered texts are estimated like
         # a lost attempt's input (four characters a token), and marked so.
         from genroute.runtime.billing import charge, estimate_tokens

@@ -16,13 +16,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.errors import ConfigError
+from genroute.knowledge.embedders import traced
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
 from genroute.policies.router_models import RouterModel, features, fit
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest, Rung
 
 if TYPE_CHECKING:
+    from opentelemetry import trace
+
     from genroute.knowledge.embedders import ArrayEmbedder
+    from genroute.runtime.resources import Resources
 
 
 class Outcome(BaseModel):
@@ -162,12 +166,19 @@ class LearnedPolicy(Policy):
         self.embedder = embedder or _default_embedder()
         self.cost_weight = config.cost_weight if config.cost_weight is not None else \
             float(self.model.meta.get("cost_weight", 0.0))
+        #: Where request embedding spans go: the binding router's tracer (``None``: the embedder's own).
+        self.tracer: trace.Tracer | None = None
         self._embed_request = lru_cache(maxsize=config.cache_size)(
-            lambda text: np.asarray(self.embedder.embed_array([text]), dtype=np.float32))
+            lambda text: np.asarray(self.embedder.embed_array([text], **traced(self.embedder, self.tracer)),
+                                    dtype=np.float32))
         trained_on = self.model.meta.get("embedder")
         if trained_on not in (None, "unknown", getattr(self.embedder, "model", trained_on)):
             raise ConfigError(f"model was trained on {trained_on!r} embeddings, the embedder is "
                               f"{self.embedder.model!r}", field=f"{self.field}.model_path")
+
+    def bind(self, resources: Resources) -> None:
+        """Keep the router's tracer for the spans of request embeddings."""
+        self.tracer = resources.tracer
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
         predicted = self.model.predict(self.model.features(self._embed_request(request.input), [request.task]))
@@ -198,6 +209,7 @@ class LearnedPolicy(Policy):
         new = LearnedPolicy.__new__(LearnedPolicy)
         new.field = self.field
         new.__init__(self.config.model_copy(update={"model_path": str(path)}), embedder=self.embedder)
+        new.tracer = self.tracer
         return new
 
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:

@@ -223,9 +223,9 @@ class SemanticPolicy(Policy):
     def _embed(self, texts: list[str]) -> np.ndarray:
         import numpy as np
 
-        # The tracer only when a router bound the policy: array embedders used on their own (the offline
-        # benchmark's cache) need not take one.
-        traced = {"tracer": self.tracer} if self.tracer is not None else {}
+        from genroute.knowledge.embedders import traced as tracing
+
+        traced = tracing(self.embedder, self.tracer)
         embed_array = getattr(self.embedder, "embed_array", None)
         if embed_array is not None:
             vectors = embed_array(texts, **traced)
