@@ -118,13 +118,16 @@ async def enter_gates(gates: Sequence[Gate], store: StateStore, attempt: Attempt
     """Every gate's claims in one ``store.admit`` call: their tokens, or the first refusal (nothing held)."""
     while True:
         claimed = [gate.claims(attempt) for gate in gates]
-        flat = [claim for claims in claimed for claim in claims]
+        flat = claimed[0] if len(claimed) == 1 else [claim for claims in claimed for claim in claims]
         results, refused = await store.admit(flat) if flat else ([], None)
         if refused is None:
+            if len(gates) == 1:
+                return [gates[0].admitted(attempt, flat, results)]
             tokens, start = [], 0
             for gate, claims in zip(gates, claimed, strict=True):
-                tokens.append(gate.admitted(attempt, claims, results[start:start + len(claims)]))
-                start += len(claims)
+                end = start + len(claims)
+                tokens.append(gate.admitted(attempt, claims, results[start:end]))
+                start = end
             return tokens
         start = 0
         for gate, claims in zip(gates, claimed, strict=True):
@@ -138,12 +141,13 @@ async def exit_gates(entered: Sequence[tuple[Gate, Any]], store: StateStore, att
                      outcome: Outcome) -> None:
     """Every entered gate's settlements in one ``store.apply`` call."""
     planned = [gate.settlements(attempt, token, outcome) for gate, token in entered]
-    flat = [op for ops in planned for op in ops]
+    flat = planned[0] if len(planned) == 1 else [op for ops in planned for op in ops]
     results = await store.apply(flat) if flat else []
     start = 0
     for (gate, token), ops in zip(entered, planned, strict=True):
-        gate.settled(attempt, token, outcome, results[start:start + len(ops)])
-        start += len(ops)
+        end = start + len(ops)
+        gate.settled(attempt, token, outcome, results if len(planned) == 1 else results[start:end])
+        start = end
 
 
 class Instruments:

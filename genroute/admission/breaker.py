@@ -5,9 +5,9 @@ when its request's deadline passed) within ``window_s``, a breaker opens for ``c
 ``Retry-After`` opens it for that long. While a breaker is open the router drops its backend's rungs from
 the decision (``skip_open``; the reason says so) and nothing is sent to it. When the cool-down ends the
 breaker is half-open: one attempt (the probe) is let through; its success closes the breaker, its failure
-opens it again. Each attempt's breakers are checked in the store as part of its admission's one store call,
-so an attempt never passes a breaker another process opened; the decision's view (which rungs to leave out)
-is read from the store at most ``refresh_s`` after the last read.
+opens it again. With a shared store (Redis) each attempt's breakers are checked in the store as part of its
+admission's one store call, so an attempt never passes a breaker another process opened; the decision's view
+(which rungs to leave out) is read from the store at most ``refresh_s`` after the last read.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ class BreakerGate(Gate):
             if until is not None and until > now:
                 raise CircuitOpen(f"circuit breaker {name} is open for {until - now:.1f} s more (nothing was sent)",
                                   backend=attempt.backend, retry_after_s=until - now)
+        if not self.store.shared:  # this process's view is the whole state: only a half-open one needs a probe
+            return [Probe(name, ttl) for name in names if name in self._until]
         return [Probe(name, ttl) for name in names]
 
     def admitted(self, attempt: Attempt, claims: Sequence[Claim], results: Sequence[Any]) -> list[str]:

@@ -40,6 +40,8 @@ class StateStore(ABC):
 
     #: True while a shared store is unreachable and this process answers from its own memory.
     degraded: bool = False
+    #: True when other processes change the state too (so this process's own view of it may be stale).
+    shared: bool = False
     #: Called with the operation's name each time a call is answered from fallback memory (a metric).
     on_fallback: Callable[[str], None] | None = None
 

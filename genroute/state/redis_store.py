@@ -50,6 +50,8 @@ REPLAY_BATCH = 100
 class RedisStateStore(StateStore):
     """State in Redis through redis-py's asyncio client (one connection pool per event loop)."""
 
+    shared = True
+
     def __init__(self, config: RedisStateConfig) -> None:
         try:
             import redis.asyncio  # noqa: F401 - fail at build, not at the first request
