@@ -30,7 +30,9 @@ async def burst(store: RedisStateStore, tasks: int, amount: int, limit: int) -> 
 
 async def main(argv: list[str]) -> None:
     mode, url, prefix = argv[:3]
-    store = RedisStateStore(RedisStateConfig(kind="redis", url=url, prefix=prefix, on_error="closed"))
+    # Generous timeouts: on a loaded machine opening the pool's connections may take seconds.
+    store = RedisStateStore(RedisStateConfig(kind="redis", url=url, prefix=prefix, on_error="closed", timeout_s=20,
+                                             connect_timeout_s=20))
     if mode == "burst":
         tasks, amount, limit = map(int, argv[3:6])
         await store.usage(ACCOUNT)  # connect first, then start when the test says go (all together)
