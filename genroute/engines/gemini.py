@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Mapping
@@ -226,16 +227,17 @@ class GeminiEngine(Engine):
         timeout_s: float | None = None,
     ) -> types.GenerateContentResponse:
         """One complete response, retried on retryable failures within ``timeout_s``."""
-        models = self.client.aio.models
-
-        async def attempt(remaining_s: float) -> types.GenerateContentResponse:
-            seconds, override = self._attempt_timeout(remaining_s)
-            return await self._call(
-                models.generate_content(model=model, contents=_sdk_contents(contents),
-                                        config=_with_timeout(config, override)),
-                seconds, contents, config)
-
+        # A partial, not a closure: fewer objects held by each request in flight.
+        attempt = functools.partial(self._generate_once, self.client.aio.models, model, contents, config)
         return await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
+
+    async def _generate_once(self, models: Any, model: str, contents: list[types.Content],
+                             config: types.GenerateContentConfig | None, remaining_s: float
+                             ) -> types.GenerateContentResponse:
+        seconds, override = self._attempt_timeout(remaining_s)
+        call = models.generate_content(model=model, contents=_sdk_contents(contents),
+                                       config=_with_timeout(config, override))
+        return await self._call(call, seconds, contents, config)
 
     async def stream(
         self,

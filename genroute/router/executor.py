@@ -122,9 +122,11 @@ class Executor:
         ledger = ledger if ledger is not None else Ledger()
         last_error: GenrouteError | None = None
         first_chunk_s: float | None = None
-        for index, rung in enumerate(decision.rungs):
+        rungs = decision.rungs
+        for index in range(len(rungs)):  # not enumerate: a request in flight holds one object less
+            rung = rungs[index]
             checks = self._checks_for(rung, index) if rung.validators else ()
-            passes = live and not (checks and index < len(decision.rungs) - 1)
+            passes = live and not (checks and index < len(rungs) - 1)
             ctx = self._context(request, rung.backend, deadline)
             sent = False
             pending: list[str] = []

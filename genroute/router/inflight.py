@@ -31,7 +31,7 @@ class InFlight:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tasks: dict[asyncio.Task[Any], list[Any]] = {}  # task -> [loop, depth]
+        self._tasks: dict[asyncio.Task[Any], int] = {}  # task -> depth of tracked blocks it is in
         self._cancelled: set[asyncio.Task[Any]] = set()
         self._streams: weakref.WeakKeyDictionary[RouterStream, asyncio.AbstractEventLoop] = (
             weakref.WeakKeyDictionary())
@@ -41,29 +41,50 @@ class InFlight:
     async def run(self, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` as tracked work; a cancellation by ``close`` becomes ``UsageError``."""
         try:
-            tracked = self.track()
+            self.__enter__()
         except UsageError:
             if asyncio.iscoroutine(awaitable):
                 awaitable.close()
             raise
-        with tracked:
-            return await awaitable
+        try:
+            result = await awaitable
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, None)
+            raise
+        self.__exit__(None, None, None)
+        return result
 
-    def track(self) -> Tracked:
-        """A ``with`` block of tracked work in the running task (``UsageError`` at once if closed).
+    def track(self) -> InFlight:
+        """``with inflight.track():`` tracks the block as work of the running task (``UsageError`` at once if
+        closed; a cancellation by ``close`` alone leaves it as ``UsageError``).
 
-        A plain context manager, not a wrapping coroutine: a request in flight holds no extra frame for it.
+        A plain context manager, and the tracker itself: a request in flight holds no extra object for it.
         """
+        return self
+
+    def __enter__(self) -> None:
         task = asyncio.current_task()
         assert task is not None
         with self._lock:
             if self.closed:
                 raise UsageError(_CLOSED)
-            entry = self._tasks.get(task)
-            if entry is None:
-                entry = self._tasks[task] = [asyncio.get_running_loop(), 0]
-            entry[1] += 1
-        return Tracked(self, task)
+            self._tasks[task] = self._tasks.get(task, 0) + 1
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        with self._lock:
+            depth = self._tasks.get(task, 0) - 1
+            if depth > 0:
+                self._tasks[task] = depth
+            else:
+                self._tasks.pop(task, None)
+            ours = (exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
+                    and task in self._cancelled)
+            if ours:
+                self._cancelled.discard(task)
+        if ours and task.uncancel() == 0:  # cancelled by close alone (not also by its caller)
+            raise UsageError(_CLOSED) from None
 
     def stream(self, chunks: AsyncIterator[T]) -> RouterStream:
         """``chunks`` wrapped so that each step is tracked and a closed router ends it with ``UsageError``."""
@@ -79,7 +100,7 @@ class InFlight:
             await asyncio.sleep(_POLL_S)
         with self._lock:
             self.closed = True
-            tasks = [(task, entry[0]) for task, entry in self._tasks.items()]
+            tasks = [(task, task.get_loop()) for task in self._tasks]
             streams = list(self._streams.items())
         for task, loop in tasks:
             _soon(loop, self._cancel, task)
@@ -124,34 +145,6 @@ class InFlight:
         with self._lock:
             if stream not in self._streams:
                 self._streams[stream] = asyncio.get_running_loop()
-
-
-class Tracked:
-    """One tracked block of work (see ``InFlight.track``): leaving it untracks the task; a cancellation that
-    came from ``InFlight.close`` alone leaves it as ``UsageError``."""
-
-    __slots__ = ("_inflight", "_task")
-
-    def __init__(self, inflight: InFlight, task: asyncio.Task[Any]) -> None:
-        self._inflight, self._task = inflight, task
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        inflight, task = self._inflight, self._task
-        with inflight._lock:
-            entry = inflight._tasks.get(task)
-            if entry is not None:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    del inflight._tasks[task]
-            ours = (exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
-                    and task in inflight._cancelled)
-            if ours:
-                inflight._cancelled.discard(task)
-        if ours and task.uncancel() == 0:  # cancelled by close alone (not also by its caller)
-            raise UsageError(_CLOSED) from None
 
 
 class RouterStream:

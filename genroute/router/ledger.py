@@ -27,7 +27,7 @@ class Ledger:
                  "cloud_equivalent_cost_usd")
 
     def __init__(self, *, cost_usd: float = 0.0, cost_estimated: bool = False) -> None:
-        self.attempts: list[RungAttempt] = []
+        self.attempts: tuple[RungAttempt, ...] = ()
         self.usage: Usage = _NO_USAGE
         self.cost_usd = cost_usd
         self.cost_estimated = cost_estimated
@@ -66,7 +66,7 @@ class Ledger:
             if error_type is not None:
                 event["error.type"] = error_type
             span.add_event("genroute.rung", event)
-        self.attempts.append(attempt)
+        self.attempts = (*self.attempts, attempt)
         self.usage = self.usage + ctx.usage
         self.cost_usd += ctx.cost_usd
         self.cost_estimated = self.cost_estimated or ctx.cost_estimated
@@ -115,7 +115,7 @@ class Ledger:
             time_to_first_token_s=first_chunk_s,
             finish_reason=output.finish_reason,
             decision=DecisionRecord(policy=decision.policy, reason=decision.reason,
-                                    rungs_tried=tuple(self.attempts), shadow=decision.shadow),
+                                    rungs_tried=self.attempts, shadow=decision.shadow),
             citations=output.citations, tool_calls=output.tool_calls, trace_id=trace_id,
             outcome_id=(trace_id or uuid.uuid4().hex) if outcome_ids else None,
         )

@@ -41,13 +41,14 @@ def parse_request(input: str | GenerateRequest | None, fields: dict[str, Any], b
     return request
 
 
-class RootSpan:
+class RootSpan(CurrentSpan):
     """The ``genroute.generate`` span: ``decide`` runs inside it and the decision is recorded on it."""
 
-    __slots__ = ("telemetry", "request", "timeout_s", "decide", "start", "span", "_cm")
+    __slots__ = ("telemetry", "request", "timeout_s", "decide", "start")
 
     def __init__(self, telemetry: Telemetry, request: GenerateRequest, timeout_s: float | None,
                  decide: Callable[[GenerateRequest, float | None], Awaitable[Decision]]) -> None:
+        super().__init__(telemetry.tracer, "genroute.generate")
         self.telemetry = telemetry
         self.request = request
         self.timeout_s = timeout_s
@@ -56,8 +57,7 @@ class RootSpan:
     async def __aenter__(self) -> tuple[Any, Decision, float, float | None, Ledger]:
         request, telemetry = self.request, self.telemetry
         self.start = time.perf_counter()
-        self._cm = CurrentSpan(telemetry.tracer, "genroute.generate")
-        span = self.span = self._cm.__enter__()
+        span = self.__enter__()
         # The deadline starts before the policy decides: a slow decision spends the request's time too.
         timeout = request.timeout_s or self.timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -65,7 +65,7 @@ class RootSpan:
             with charging(Charges()) as charges:  # a decision may embed the request (semantic routing)
                 decision = await self.decide(request, deadline)
         except BaseException as exc:
-            self.__exit(exc)
+            self._end(exc)
             raise
         if span.is_recording():
             attrs: dict[str, Any] = {
@@ -82,16 +82,16 @@ class RootSpan:
         return span, decision, self.start, deadline, Ledger(cost_usd=charges.cost_usd, cost_estimated=charges.estimated)
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        self.__exit(exc)
+        self._end(exc)
 
-    def __exit(self, exc: BaseException | None) -> None:
+    def _end(self, exc: BaseException | None) -> None:
         if exc is not None:
             kind = type(exc).__name__
             self.span.set_attribute("error.type", kind)
             self.span.set_status(Status(StatusCode.ERROR, kind))
             if not isinstance(exc, GenrouteError | GeneratorExit):
                 self.span.record_exception(exc)
-        self._cm.__exit__(None, None, None)
+        self.__exit__(None, None, None)
 
 
 #: An engine bounds its attempts by the time left and its timer may fire a hair before the router's would.

@@ -32,42 +32,41 @@ if TYPE_CHECKING:
 CHARS_PER_TOKEN = 4
 
 
-@dataclass
 class Meter:
     """Usage billed for the attempts of one engine call whose answer was lost, one entry per attempt (each is
-    priced on its own: a prompt-size price tier applies per request, not to their sum)."""
+    priced on its own: a prompt-size price tier applies per request, not to their sum).
 
-    attempts: list[Usage] = field(default_factory=list)
-    #: Whether any of it is an estimate (it always is for a lost attempt).
-    estimated: bool = False
+    ``with meter:`` (or ``with metering(meter):``) collects what engine calls made inside the block ``bill``.
+    Set and reset without a ``yield`` of an async generator in between (a context variable set across a yield
+    would leak into the consumer's context). Its own context manager: every engine call enters one.
+    """
+
+    __slots__ = ("attempts", "estimated", "_token")
+
+    def __init__(self) -> None:
+        self.attempts: tuple[Usage, ...] = ()
+        #: Whether any of it is an estimate (it always is for a lost attempt).
+        self.estimated = False
 
     def add(self, usage: Usage, *, estimated: bool = True) -> None:
         """Count ``usage`` as billed."""
-        self.attempts.append(usage)
+        self.attempts = (*self.attempts, usage)
         self.estimated = self.estimated or estimated
+
+    def __enter__(self) -> Meter:
+        self._token = _METER.set(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _METER.reset(self._token)
 
 
 _METER: ContextVar[Meter | None] = ContextVar("genroute_meter", default=None)
 
 
-class metering:  # noqa: N801 - used as a function-style context manager, like contextlib's
-    """Collect what engine calls made inside the block ``bill`` into ``meter``.
-
-    Set and reset without a ``yield`` of an async generator in between (a context variable set across a
-    yield would leak into the consumer's context). A class, not a generator: it is entered on every call.
-    """
-
-    __slots__ = ("_meter", "_token")
-
-    def __init__(self, meter: Meter) -> None:
-        self._meter = meter
-
-    def __enter__(self) -> Meter:
-        self._token = _METER.set(self._meter)
-        return self._meter
-
-    def __exit__(self, *exc: Any) -> None:
-        _METER.reset(self._token)
+def metering(meter: Meter) -> Meter:
+    """``with metering(meter):`` collects what engine calls made inside the block ``bill`` into ``meter``."""
+    return meter
 
 
 def bill(usage: Usage, *, estimated: bool = True) -> None:

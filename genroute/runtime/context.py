@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +87,7 @@ class RunContext:
             start = time.perf_counter()
             meter = Meter()
             try:
-                with metering(meter):
+                with meter:
                     response = await engine.generate(model, contents, config, timeout_s=self.remaining_s())
             except BaseException as exc:
                 self._fail(span, attrs, exc, start)
@@ -178,7 +178,7 @@ class RunContext:
         span.set_status(Status(StatusCode.ERROR, kind))
         self.telemetry.record_call({**attrs, "error.type": kind}, None, time.perf_counter() - start)
 
-    def _charge(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str, calls: list[Usage],
+    def _charge(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str, calls: Sequence[Usage],
                 estimated: bool, *, price_as: str | None, answer: dict[str, Any] | None = None) -> Usage:
         """Add the usage of ``calls`` (the answer and any lost attempts, each priced on its own) and its cost to
         this rung and to the call's span (with ``answer``'s attributes, in one go); return the summed usage."""
@@ -217,7 +217,7 @@ class RunContext:
         return usage
 
     def _account(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
-                 response: types.GenerateContentResponse, start: float, calls: list[Usage], estimated: bool, *,
+                 response: types.GenerateContentResponse, start: float, calls: Sequence[Usage], estimated: bool, *,
                  price_as: str | None) -> None:
         self.model = response.model_version or model
         answer: dict[str, Any] = {"gen_ai.response.model": self.model}
