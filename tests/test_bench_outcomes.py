@@ -199,11 +199,13 @@ def test_cli_outcomes_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
                                          "learned (text only) at best-single quality"}
     # --candidates routes between the named ones only.
     assert bench_main(["--outcomes", str(data), "--out", str(tmp_path / "ab"), "--candidates", "A,B"]) == 0
-    ab = json.loads((tmp_path / "ab" / "compiled.json").read_text())
-    assert ab["candidates"] == ["A", "B"]
+    assert json.loads((tmp_path / "ab" / "compiled.json").read_text())["candidates"] == ["A", "B"]
     # A and B cost the same: the front has one candidate, so the pairwise estimator does not apply, and says so.
-    pairwise = [m for m in ab["methods"]["learned (text only)"] if m["spec"] == "pairwise"]
+    ab = compile_outcomes(data, out_dir=tmp_path / "ab2", candidates=["A", "B"], min_n=5,
+                          specs=({"method": "knn", "k": 5}, {"method": "pairwise"}))
+    pairwise = [m for m in ab.methods["learned (text only)"] if m["spec"] == "pairwise"]
     assert pairwise and pairwise[0]["validation_aiq"] is None and "cheaper candidate" in pairwise[0]["note"]
+    assert "not applicable" in ab.markdown()
     capsys.readouterr()
     # The baselines and cost_aware alone need no embeddings.
     report = compile_outcomes(data, out_dir=tmp_path / "nl", learned=False, min_n=5)
