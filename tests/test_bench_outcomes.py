@@ -194,6 +194,7 @@ def test_cli_outcomes_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert bench_main(["--outcomes", str(data), "--out", str(out), "--min-verdict-n", "5"]) == 0
     printed = capsys.readouterr().out
     assert "per-task best (train)" in printed and "AIQ" in printed and "compiled.json" in printed
+    assert "semantic.json (semantic)" in printed and "learned-text.npz (learned)" in printed
     rows = json.loads((out / "compiled.json").read_text())["rows"]
     assert {r["name"] for r in rows} >= {"random", "single A", "best single (train)", "oracle",
                                          "learned (text only) at best-single quality"}

@@ -132,7 +132,9 @@ def run_outcomes_cli(args: argparse.Namespace) -> int:
         return 2
     print(report.markdown())
     print(f"Rows: {report.files['compiled']}; report: {report.files['markdown']}, {report.files['html']}; "
-          f"curve: {report.files.get('curve', '-')}")
+          f"curve: {report.files.get('curve', '-')}; compiled policies: {report.files['stats']} (cost_aware)"
+          + "".join(f", {report.files[k]} ({what})" for k, what in (("learned-task", "learned"),
+                    ("learned-text", "learned"), ("semantic", "semantic")) if k in report.files))
     return 0
 
 
