@@ -83,14 +83,19 @@ class BreakerGate(Gate):
     def claims(self, attempt: Attempt) -> list[Probe]:
         # What this process saw open refuses at once; the store checks the rest (and claims a half-open
         # breaker's one probe) in the admission's one call, so a breaker another process opened is seen there.
-        now = time.monotonic()
-        ttl = PROBE_TTL_S if attempt.deadline is None else max(1.0, attempt.deadline - now)
         names = self.names.get(attempt.backend, ())
+        if not self._until:  # this process saw them all closed
+            if not self.store.shared:  # and its view is the whole state
+                return []
+            ttl = PROBE_TTL_S if attempt.deadline is None else max(1.0, attempt.deadline - time.monotonic())
+            return [Probe(name, ttl) for name in names]
+        now = time.monotonic()
         for name in names:
             until = self._until.get(name)
             if until is not None and until > now:
                 raise CircuitOpen(f"circuit breaker {name} is open for {until - now:.1f} s more (nothing was sent)",
                                   backend=attempt.backend, retry_after_s=until - now)
+        ttl = PROBE_TTL_S if attempt.deadline is None else max(1.0, attempt.deadline - now)
         if not self.store.shared:  # this process's view is the whole state: only a half-open one needs a probe
             return [Probe(name, ttl) for name in names if name in self._until]
         return [Probe(name, ttl) for name in names]

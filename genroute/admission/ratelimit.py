@@ -80,7 +80,8 @@ class RateLimitGate(Gate):
         """``targets``: backend name -> (engine name, model) of every backend of the router."""
         self.store = store
         self.instruments = instruments
-        self._covering: dict[str, list[RateLimitConfig]] = {}
+        #: backend -> the limits that cover it, each with its scope (its name in keys and errors).
+        self._covering: dict[str, list[tuple[RateLimitConfig, str]]] = {}
         for index, limit in enumerate(limits):
             field = f"rate_limits.{index}"
             if limit.backend is not None and limit.backend not in targets:
@@ -89,7 +90,7 @@ class RateLimitGate(Gate):
                 raise ConfigError(f"no backend uses engine {limit.engine!r}", field=f"{field}.engine")
             for backend, (engine, model) in targets.items():
                 if limit.backend == backend or (limit.engine == engine and limit.model in (None, model)):
-                    self._covering.setdefault(backend, []).append(limit)
+                    self._covering.setdefault(backend, []).append((limit, limit.scope()))
 
     def claims(self, attempt: Attempt) -> list[Hold]:
         limits = self._covering.get(attempt.backend)
@@ -99,8 +100,7 @@ class RateLimitGate(Gate):
         now = time.time()
         ttl = hold_ttl_s(attempt.deadline)
         claims = []
-        for limit in limits:
-            scope = limit.scope()
+        for limit, scope in limits:
             if limit.per == "budget_key":
                 scope += f":{attempt.decision.budget_key or attempt.request.key or '-'}"
             window = math.floor(now / limit.window_s)
