@@ -184,15 +184,18 @@ class GeminiEngine(Engine):
     def _map(self, exc: Exception) -> GenrouteError:
         return map_error(exc, backend=self.name, secrets=self._secrets())
 
-    async def _call(self, call: Awaitable[_T], seconds: float, billed: list[types.Content] | None = None,
+    async def _call(self, call: Awaitable[_T], seconds: float | None, billed: list[types.Content] | None = None,
                     config: types.GenerateContentConfig | None = None) -> _T:
-        """Await one SDK call bounded by ``seconds``, its failure mapped to genroute's error tree.
+        """Await one SDK call bounded by ``seconds`` (``None``: by the client's own HTTP timeout), its failure
+        mapped to genroute's error tree.
 
         The one place every engine call gets its timeout and error mapping; a failed call that sent ``billed``
         (with ``config``) is billed first if the provider processed it anyway. A cancellation passes through
         unmapped.
         """
         try:
+            if seconds is None:
+                return await call
             async with asyncio.timeout(seconds):
                 return await call
         except BaseException as exc:
@@ -237,7 +240,10 @@ class GeminiEngine(Engine):
         seconds, override = self._attempt_timeout(remaining_s)
         call = models.generate_content(model=model, contents=_sdk_contents(contents),
                                        config=_with_timeout(config, override))
-        return await self._call(call, seconds, contents, config)
+        # Without an override the client's own HTTP timeout bounds the whole call (the body read included), at
+        # most _OVERRIDE_MARGIN_S past the deadline, which a router enforces with its own timer: a second timer
+        # per request would only add work (and objects a request in flight holds).
+        return await self._call(call, None if override is None else seconds, contents, config)
 
     async def stream(
         self,
