@@ -63,7 +63,8 @@ async def call_with_retry(
     Every attempt runs on the one line below and every failure goes to tenacity, which decides whether to
     retry, how long to wait and when to stop. The loop is ``AsyncRetrying.__call__`` without its opening
     step (which only runs ``before`` hooks, of which there are none): tenacity's state is built at the first
-    failure, so an answer on the first try costs no more than the call itself (~110k instructions less).
+    failure, so an answer on the first try costs no more than the call itself (``AsyncRetrying`` wrapped
+    around every call measured 110-140k instructions more per first-try success, about a bare span).
     """
     deadline = min(config.deadline_s, deadline_s) if deadline_s is not None else config.deadline_s
     # Whether the request's deadline (not the engine's own retry budget) bounds the retries.
