@@ -1,6 +1,7 @@
 """``learned``: a router trained on benchmark outcomes. It predicts every backend's quality on the request
-(kNN, logistic regression or an MLP over the request's embedding, optionally with its task; see
-``router_models``) and picks the best predicted quality net of a cost term applied at decision time.
+(kNN, logistic regression, an MLP or a blend over the request's embedding, optionally with its task, or the
+cascade-style ``pairwise`` model between two candidates; see ``router_models``) and picks the best predicted
+quality net of a cost term applied at decision time.
 
 ``train(outcomes, path)`` writes the model file and reports held-out routing accuracy; the policy loads it.
 """
