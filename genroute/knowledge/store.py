@@ -21,10 +21,14 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import ValidationError
-
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError
-from genroute.knowledge.store_config import GeminiEmbedderSpec, LocalEmbedderSpec, StoreConfig, no_place
+from genroute.knowledge.store_config import (
+    LocalEmbedderSpec,
+    StoreConfig,
+    gemini_embedder,
+    no_place,
+    parse_store_config,
+)
 
 if TYPE_CHECKING:
     from opentelemetry import trace
@@ -64,30 +68,8 @@ def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine],
                 field: str = "knowledge", pricing: Pricing | None = None) -> KnowledgeStore:
     """A ``KnowledgeStore`` from the config section ``raw`` (nothing is opened yet); a Gemini embedder's
     calls are priced from ``pricing`` (default: the built-in list prices), which must know its model."""
-    if raw is not None and not isinstance(raw, Mapping):
-        raise ConfigError(f"expected a mapping (path, or host and port), got {type(raw).__name__}", field=field)
-    try:
-        config = StoreConfig.model_validate(dict(raw or {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in (field, *err["loc"]))
-        raise ConfigError(err["msg"], field=where) from None
-    embedder = None
-    if isinstance(config.embedder, GeminiEmbedderSpec):
-        from genroute.knowledge.embedders import GeminiEmbedder
-
-        engine = engines.get(config.embedder.engine)
-        if engine is None:
-            known = ", ".join(sorted(engines)) or "none"
-            raise ConfigError(f"unknown engine {config.embedder.engine!r} (known: {known})",
-                              field=f"{field}.embedder.engine")
-        from genroute.runtime.pricing import Pricing
-
-        pricing = pricing if pricing is not None else Pricing()
-        priced = engine.pricing_model(config.embedder.model)
-        if priced is not None:  # embeddings are billed: an unpriced model would silently cost 0
-            pricing.require(priced, field=f"{field}.embedder.model")
-        embedder = GeminiEmbedder(engine, config.embedder.model, dimension=config.embedder.dimension, pricing=pricing)
+    config = parse_store_config(raw, field=field)
+    embedder = gemini_embedder(config, engines=engines, field=field, pricing=pricing)
     if config.path is None and config.host is None:
         # Embedded Chroma is not safe across processes: one shared default directory would be a trap.
         raise no_place(field)

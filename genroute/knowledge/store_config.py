@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from genroute.errors import ConfigError
+
+if TYPE_CHECKING:
+    from genroute.engines.base import Engine
+    from genroute.knowledge.embedders import GeminiEmbedder
+    from genroute.runtime.pricing import Pricing
 
 
 class _Frozen(BaseModel):
@@ -60,3 +66,35 @@ def no_place(field: str = "knowledge") -> ConfigError:
     return ConfigError("the knowledge store needs a place: `path` (a directory for an embedded Chroma; a config "
                        "file without one gets `<file stem>-chroma` beside it) or `host` (a `chroma run` server)",
                        field=f"{field}.path")
+
+
+def parse_store_config(raw: Mapping[str, Any] | None, *, field: str = "knowledge") -> StoreConfig:
+    """The config section ``raw`` validated; ``ConfigError`` naming the offending field."""
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"expected a mapping (path, or host and port), got {type(raw).__name__}", field=field)
+    try:
+        return StoreConfig.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in (field, *err["loc"]))
+        raise ConfigError(err["msg"], field=where) from None
+
+
+def gemini_embedder(config: StoreConfig, *, engines: Mapping[str, Engine], field: str = "knowledge",
+                    pricing: Pricing | None = None) -> GeminiEmbedder | None:
+    """The Gemini embedder ``config`` names (``None`` for the local default), priced from ``pricing``."""
+    if not isinstance(config.embedder, GeminiEmbedderSpec):
+        return None
+    from genroute.knowledge.embedders import GeminiEmbedder
+    from genroute.runtime.pricing import Pricing
+
+    engine = engines.get(config.embedder.engine)
+    if engine is None:
+        known = ", ".join(sorted(engines)) or "none"
+        raise ConfigError(f"unknown engine {config.embedder.engine!r} (known: {known})",
+                          field=f"{field}.embedder.engine")
+    pricing = pricing if pricing is not None else Pricing()
+    priced = engine.pricing_model(config.embedder.model)
+    if priced is not None:  # embeddings are billed: an unpriced model would silently cost 0
+        pricing.require(priced, field=f"{field}.embedder.model")
+    return GeminiEmbedder(engine, config.embedder.model, dimension=config.embedder.dimension, pricing=pricing)
