@@ -1,0 +1,108 @@
+"""Client work per request at high concurrency, counted in CPU instructions (valgrind), so load cannot move it.
+
+    python benchmarks/throughput_instructions.py [--requests 1000] [--concurrency 500]   # ~10-15 min
+
+``benchmarks/throughput.py`` measures requests per second at 1,000 concurrent requests, which swing by 2x on the
+shared machines. This counts what the client process executes instead: each contender runs ``--requests``
+calls from ``--concurrency`` tasks in a child under ``valgrind --tool=callgrind`` (the loopback Gemini server
+runs in its own, untraced, process), and a child that makes no measured calls gives the baseline. At this
+concurrency every request in flight holds its objects while the others run, so the counts include the garbage
+collector's work that grows with them (what a one-call count cannot show). The ratio raw/genroute is the
+throughput a CPU-bound client would reach relative to the raw SDK call.
+
+Contenders: ``raw`` (google-genai's ``client.aio`` quick start: a string, no per-request config) and ``routed``
+(``router.agenerate`` on a router built from config with ``timeout_s: 60``, no SDK tracer provider), both
+against the same server; each child warms up both, so the baseline cancels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import KEY, MODEL, _serve  # noqa: E402 - the same server and model as the wall-clock benchmark
+
+
+async def _child(mode: str, base_url: str, requests: int, concurrency: int) -> None:
+    from google import genai
+    from google.genai import types
+
+    from genroute import Router
+
+    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=base_url))
+    config = {"engines": {"g": {"kind": "gemini", "api_key": KEY, "base_url": base_url}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": MODEL}}, "timeout_s": 60}
+    router = await Router.acreate(config)
+
+    async def raw(i: int) -> Any:
+        return await client.aio.models.generate_content(model=MODEL, contents="hello")
+
+    async def routed(i: int) -> Any:
+        return await router.agenerate("hello")
+
+    async def drive(call: Any, n: int, c: int) -> None:
+        counter = iter(range(n))
+
+        async def worker() -> None:
+            for i in counter:
+                await call(i)
+
+        await asyncio.gather(*(worker() for _ in range(c)))
+
+    for call in (raw, routed):  # the same warm-up in every child, so baselines cancel
+        await drive(call, 50, 50)
+    if mode != "baseline":
+        await drive(raw if mode == "raw" else routed, requests, concurrency)
+    await router.aclose()
+    await client.aio.aclose()
+
+
+def _count(mode: str, base_url: str, requests: int, concurrency: int) -> int:
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+         "--child", mode, "--url", base_url, "--requests", str(requests), "--concurrency", str(concurrency)],
+        capture_output=True, text=True, check=False)
+    found = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"{mode}: valgrind run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=500)
+    parser.add_argument("--child")
+    parser.add_argument("--url")
+    args = parser.parse_args()
+    if args.child:
+        asyncio.run(_child(args.child, args.url, args.requests, args.concurrency))
+        return
+    ctx = multiprocessing.get_context("spawn")
+    urls, stop = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=_serve, args=(urls, stop), daemon=True)
+    server.start()
+    try:
+        url = urls.get(timeout=60)
+        counts = {mode: _count(mode, url, args.requests, args.concurrency) for mode in ("baseline", "raw", "routed")}
+    finally:
+        stop.set()
+        server.join(10)
+    per = {mode: (counts[mode] - counts["baseline"]) / args.requests for mode in ("raw", "routed")}
+    print(f"{args.requests} requests, {args.concurrency} concurrent; client instructions per request:")
+    for mode, value in per.items():
+        print(f"  {mode:8} {value / 1e3:10.1f} k")
+    print(f"raw / genroute: {per['raw'] / per['routed']:.1%} (the throughput ratio of a CPU-bound client)")
+
+
+if __name__ == "__main__":
+    main()
