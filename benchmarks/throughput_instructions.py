@@ -7,8 +7,9 @@ shared machines. This counts what the client process executes instead: each cont
 calls from ``--concurrency`` tasks in a child under ``valgrind --tool=callgrind`` (the loopback Gemini server
 runs in its own, untraced, process), and a child that makes no measured calls gives the baseline. At this
 concurrency every request in flight holds its objects while the others run, so the counts include the garbage
-collector's work that grows with them (what a one-call count cannot show). The ratio raw/genroute is the
-throughput a CPU-bound client would reach relative to the raw SDK call.
+collector's work that grows with them (what a one-call count cannot show). The ratio raw/genroute is meant as
+the throughput a CPU-bound client would reach relative to the raw SDK call; caveat (RESULTS, "Second step"): the
+routed count moved by ~3.8 M instructions a request between 60 s and 3,600 s timeouts, not yet explained.
 
 Contenders: ``raw`` (google-genai's ``client.aio`` quick start: a string, no per-request config) and ``routed``
 (``router.agenerate`` on a router built from config, no SDK tracer provider), both
