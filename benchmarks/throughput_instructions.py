@@ -1,6 +1,6 @@
 """Client work per request at high concurrency, counted in CPU instructions (valgrind), so load cannot move it.
 
-    python benchmarks/throughput_instructions.py [--requests 1000] [--concurrency 500]   # ~10-15 min
+    python benchmarks/throughput_instructions.py [--requests 1000] [--concurrency 500] [--timeout-s 60]  # ~15 min
 
 ``benchmarks/throughput.py`` measures requests per second at 1,000 concurrent requests, which swing by 2x on the
 shared machines. This counts what the client process executes instead: each contender runs ``--requests``
@@ -9,7 +9,7 @@ runs in its own, untraced, process), and a child that makes no measured calls gi
 concurrency every request in flight holds its objects while the others run, so the counts include the garbage
 collector's work that grows with them (what a one-call count cannot show). The ratio raw/genroute is meant as
 the throughput a CPU-bound client would reach relative to the raw SDK call; caveat (RESULTS, "Second step"): the
-routed count moved by ~3.8 M instructions a request between 60 s and 3,600 s timeouts, not yet explained.
+routed count moved by ~3.8 M instructions a request between 60 s and 3,600 s timeouts (natively too: ~+30 % CPU).
 
 Contenders: ``raw`` (google-genai's ``client.aio`` quick start: a string, no per-request config) and ``routed``
 (``router.agenerate`` on a router built from config, no SDK tracer provider), both
@@ -33,17 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import KEY, MODEL, _serve  # noqa: E402 - the same server and model as the wall-clock benchmark
 
 
-async def _child(mode: str, base_url: str, requests: int, concurrency: int) -> None:
+async def _child(mode: str, base_url: str, requests: int, concurrency: int, timeout_s: float) -> None:
     from google import genai
     from google.genai import types
 
     from genroute import Router
 
     client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=base_url))
-    # Under valgrind a request at this concurrency waits minutes: 3,600 s for both the engine's timeout and the
-    # router's deadline keeps a new user's regime (60 and 60: the deadline a hair under the engine's timeout).
-    config = {"engines": {"g": {"kind": "gemini", "api_key": KEY, "base_url": base_url, "timeout_s": 3600}},
-              "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": MODEL}}, "timeout_s": 3600}
+    # The engine's timeout and the router's deadline alike (a new user's 60 and 60: the deadline a hair under the
+    # engine's timeout). Under valgrind a request waits about (concurrency x its instructions) / ~50 M a second.
+    config = {"engines": {"g": {"kind": "gemini", "api_key": KEY, "base_url": base_url, "timeout_s": timeout_s}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": MODEL}},
+              "timeout_s": timeout_s}
     router = await Router.acreate(config)
 
     async def raw(i: int) -> Any:
@@ -69,10 +70,11 @@ async def _child(mode: str, base_url: str, requests: int, concurrency: int) -> N
     await client.aio.aclose()
 
 
-def _count(mode: str, base_url: str, requests: int, concurrency: int) -> int:
+def _count(mode: str, base_url: str, requests: int, concurrency: int, timeout_s: float) -> int:
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-         "--child", mode, "--url", base_url, "--requests", str(requests), "--concurrency", str(concurrency)],
+         "--child", mode, "--url", base_url, "--requests", str(requests), "--concurrency", str(concurrency),
+         "--timeout-s", str(timeout_s)],
         capture_output=True, text=True, check=False)
     found = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
     if proc.returncode != 0 or not found:
@@ -84,11 +86,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=500)
+    parser.add_argument("--timeout-s", type=float, default=60.0,
+                        help="engine timeout and router deadline (raise it if valgrind's slowness hits it)")
     parser.add_argument("--child")
     parser.add_argument("--url")
     args = parser.parse_args()
     if args.child:
-        asyncio.run(_child(args.child, args.url, args.requests, args.concurrency))
+        asyncio.run(_child(args.child, args.url, args.requests, args.concurrency, args.timeout_s))
         return
     ctx = multiprocessing.get_context("spawn")
     urls, stop = ctx.Queue(), ctx.Event()
@@ -96,7 +100,8 @@ def main() -> None:
     server.start()
     try:
         url = urls.get(timeout=60)
-        counts = {mode: _count(mode, url, args.requests, args.concurrency) for mode in ("baseline", "raw", "routed")}
+        counts = {mode: _count(mode, url, args.requests, args.concurrency, args.timeout_s)
+                  for mode in ("baseline", "raw", "routed")}
     finally:
         stop.set()
         server.join(10)
