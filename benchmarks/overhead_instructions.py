@@ -24,9 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import subprocess
-import sys
+
+from callgrind import instructions
 from concurrent.futures import ThreadPoolExecutor
 
 MODES = ("direct", "routed", "bare_span", "mandated", "direct_sync", "litellm")
@@ -107,16 +106,7 @@ def _child(mode: str, n: int) -> None:
 
 
 def _count(mode: str, n: int) -> int | None:
-    proc = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-         "--child", mode, "--n", str(n)],
-        capture_output=True, text=True, check=False)
-    if proc.returncode == 3:
-        return None
-    found = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
-    if proc.returncode != 0 or not found:
-        raise RuntimeError(f"{mode}: valgrind run failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return int(found.group(1))
+    return instructions([__file__, "--child", mode, "--n", str(n)], label=mode, not_applicable=3)
 
 
 def main() -> None:

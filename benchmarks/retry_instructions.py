@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
-import subprocess
-import sys
+
+from callgrind import instructions
 
 
 async def _calls(n: int, wrapped: bool) -> None:
@@ -49,13 +48,9 @@ async def _calls(n: int, wrapped: bool) -> None:
 
 
 def _count(n: int, wrapped: bool) -> int:
-    argv = [sys.executable, __file__, "--child", str(n)] + (["--wrapped"] if wrapped else [])
-    proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
-                          capture_output=True, text=True, check=False)
-    found = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
-    if proc.returncode != 0 or not found:
-        raise RuntimeError(f"valgrind run failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return int(found.group(1))
+    count = instructions([__file__, "--child", str(n)] + (["--wrapped"] if wrapped else []))
+    assert count is not None
+    return count
 
 
 def main() -> None:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from callgrind import instructions  # noqa: E402 - the shared callgrind counter
 from throughput import KEY, MODEL, _serve  # noqa: E402 - the same server and model as the wall-clock benchmark
 
 
@@ -71,15 +70,10 @@ async def _child(mode: str, base_url: str, requests: int, concurrency: int, time
 
 
 def _count(mode: str, base_url: str, requests: int, concurrency: int, timeout_s: float) -> int:
-    proc = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-         "--child", mode, "--url", base_url, "--requests", str(requests), "--concurrency", str(concurrency),
-         "--timeout-s", str(timeout_s)],
-        capture_output=True, text=True, check=False)
-    found = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
-    if proc.returncode != 0 or not found:
-        raise RuntimeError(f"{mode}: valgrind run failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return int(found.group(1))
+    count = instructions([__file__, "--child", mode, "--url", base_url, "--requests", str(requests),
+                          "--concurrency", str(concurrency), "--timeout-s", str(timeout_s)], label=mode)
+    assert count is not None
+    return count
 
 
 def main() -> None:

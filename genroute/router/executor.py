@@ -18,7 +18,7 @@ from genroute.backends.base import BackendOutput
 from genroute.errors import (
     BackendError, BackendRejected, BudgetExceeded, GenrouteError, StreamInterrupted, ValidationFailed,
 )
-from genroute.runtime.context import RunContext
+from genroute.runtime.context import RunContext, add_spend
 from genroute.router.attempt import AdmittedAttempt
 from genroute.router.ledger import Ledger
 from genroute.router.validators import Check, Judge, Validator, named_in, resolve
@@ -227,12 +227,7 @@ class Executor:
             raise ValidationFailed(f"{ctx.backend}: validator backend {backend!r} failed: {exc}",
                                    backend=ctx.backend) from exc
         finally:
-            ctx.usage = ctx.usage + side.usage
-            ctx.cost_usd += side.cost_usd
-            ctx.cost_estimated = ctx.cost_estimated or side.cost_estimated
-            ctx.cache_storage_cost_usd += side.cache_storage_cost_usd
-            if side.cloud_equivalent_cost_usd is not None:
-                ctx.cloud_equivalent_cost_usd = (ctx.cloud_equivalent_cost_usd or 0.0) + side.cloud_equivalent_cost_usd
+            add_spend(ctx, side)
 
     # -- shadows ---------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from genroute.errors import AllRungsFailed, BudgetExceeded, GenrouteError, ValidationFailed
+from genroute.runtime.context import add_spend
 from genroute.types import DecisionRecord, GenerateResult, RungAttempt, Usage
 
 if TYPE_CHECKING:
@@ -67,12 +68,7 @@ class Ledger:
                 event["error.type"] = error_type
             span.add_event("genroute.rung", event)
         self.attempts = (*self.attempts, attempt)
-        self.usage = self.usage + ctx.usage
-        self.cost_usd += ctx.cost_usd
-        self.cost_estimated = self.cost_estimated or ctx.cost_estimated
-        self.cache_storage_cost_usd += ctx.cache_storage_cost_usd
-        if ctx.cloud_equivalent_cost_usd is not None:
-            self.cloud_equivalent_cost_usd = (self.cloud_equivalent_cost_usd or 0.0) + ctx.cloud_equivalent_cost_usd
+        add_spend(self, ctx)
 
     def charge(self, error: BaseException, span: trace.Span | None = None) -> None:
         """Put the summed cost on ``error`` (a genroute error) and on the root ``span``."""

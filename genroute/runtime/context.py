@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -26,6 +26,26 @@ if TYPE_CHECKING:
 
 #: Usage is frozen: one zero for every rung that has not spent anything yet.
 _NO_USAGE = Usage()
+
+
+class Spend(Protocol):
+    """What a rung spent, or a sum of such: a ``RunContext`` or a request's ledger."""
+
+    usage: Usage
+    cost_usd: float
+    cost_estimated: bool
+    cache_storage_cost_usd: float
+    cloud_equivalent_cost_usd: float | None
+
+
+def add_spend(total: Spend, part: Spend) -> None:
+    """Add ``part``'s usage and costs to ``total`` (a rung's to its request's ledger, a validator's to its rung)."""
+    total.usage = total.usage + part.usage
+    total.cost_usd += part.cost_usd
+    total.cost_estimated = total.cost_estimated or part.cost_estimated
+    total.cache_storage_cost_usd += part.cache_storage_cost_usd
+    if part.cloud_equivalent_cost_usd is not None:
+        total.cloud_equivalent_cost_usd = (total.cloud_equivalent_cost_usd or 0.0) + part.cloud_equivalent_cost_usd
 
 
 class RunContext:
