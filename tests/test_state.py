@@ -9,23 +9,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from genroute.errors import ConfigError, StateUnavailable
-from genroute.state import RedisStateConfig, StateStore, build_state
+from genroute.state import ListRead, RedisStateConfig, StateStore, build_state
 from genroute.state.memory import MemoryStateStore
 from genroute.state.ops import Checked, Close, Fail, Held, Hold, Open, Probe, Settle
 from genroute.state.redis_store import RedisStateStore
 
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from .state_worker import run_together, spawn
 
 def _redis(server: RedisServer, **config: Any) -> RedisStateStore:
     return RedisStateStore(RedisStateConfig(kind="redis", url=server.url, prefix=f"t{os.getpid()}:", **config))
@@ -77,10 +72,53 @@ async def test_holds_lapse_after_their_ttl(store: StateStore) -> None:
 
 
 async def test_lists_append_and_read(store: StateStore) -> None:
-    for value in (b"a", b"b", b"c"):
+    for value in (b"a", b"b", b"12|c"):  # a value may look like the stored stamp: it comes back as written
         await store.append("log", value)
-    assert await store.items("log") == [b"a", b"b", b"c"]
-    assert await store.items("log", 1) == [b"b", b"c"]
+    assert await store.items("log") == ListRead(0, [b"a", b"b", b"12|c"])
+    assert await store.items("log", 1) == ListRead(1, [b"b", b"12|c"])
+    assert await store.items("log", 1, limit=1) == ListRead(1, [b"b"])
+    assert await store.items("log", 3) == ListRead(3, [])
+    assert await store.items("none") == ListRead(0, [])
+    await store.aclose()
+
+
+async def test_a_capped_list_keeps_positions_absolute(store: StateStore) -> None:
+    for i in range(10):
+        await store.append("log", b"%d" % i, max_items=4)
+    assert await store.items("log") == ListRead(6, [b"6", b"7", b"8", b"9"])  # 0-5 trimmed: the reader skips
+    assert await store.items("log", 8) == ListRead(8, [b"8", b"9"])
+    assert await store.items("log", 10) == ListRead(10, [])
+    # An offset past the end: the list was emptied (a server restart without persistence) -> from its head.
+    assert await store.items("log", 50) == ListRead(6, [b"6", b"7", b"8", b"9"])
+    await store.append("log", b"10")  # no bound on this append: nothing trimmed
+    assert await store.items("log", 6, limit=2) == ListRead(6, [b"6", b"7"])
+    assert (await store.items("log")).start == 6 and len((await store.items("log")).items) == 5
+    await store.aclose()
+
+
+async def test_a_list_drops_items_older_than_its_max_age(store: StateStore) -> None:
+    await store.append("log", b"old-1")
+    await store.append("log", b"old-2")
+    await asyncio.sleep(0.3)
+    await store.append("log", b"new", max_age_s=0.2)  # drops both old items, atomically with the append
+    assert await store.items("log") == ListRead(2, [b"new"])
+    await asyncio.sleep(0.3)
+    await store.append("log", b"newer", max_age_s=5, max_items=10)
+    assert await store.items("log", 2) == ListRead(2, [b"new", b"newer"])
+    await store.aclose()
+
+
+async def test_list_items_written_before_stamps_are_read_and_age_out(redis_server: RedisServer) -> None:
+    import redis.asyncio
+
+    store = _redis(redis_server)
+    raw = redis.asyncio.Redis.from_url(redis_server.url)
+    await raw.rpush(f"{store.prefix}l:log", b'{"old": 1}')  # as the store wrote items before this change
+    await store.append("log", b"new")
+    assert await store.items("log") == ListRead(0, [b'{"old": 1}', b"new"])
+    await store.append("log", b"newer", max_age_s=3600)  # an unstamped item counts as old
+    assert await store.items("log") == ListRead(1, [b"new", b"newer"])
+    await raw.aclose()
     await store.aclose()
 
 
@@ -147,26 +185,10 @@ async def test_admit_reports_an_open_breaker_and_apply_settles_all_at_once(store
 
 # -- across processes (real Redis only) -------------------------------------------------------------------
 
-def _worker(*args: Any) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "tests.state_worker", *map(str, args)], cwd=ROOT, env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def test_four_processes_share_one_limit(redis_server: RedisServer) -> None:
     prefix = f"mp{os.getpid()}:"
-    workers = [_worker("burst", redis_server.url, prefix, 150, 7, 1000) for _ in range(4)]
-    for worker in workers:  # all four connected: start them together
-        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
-    for worker in workers:
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
-    counts = []
-    for worker in workers:
-        out, err = worker.communicate(timeout=60)
-        assert worker.returncode == 0, err
-        counts.append(int(out))
+    counts = [int(out) for out in run_together([spawn("burst", redis_server.url, prefix, 150, 7, 1000)
+                                                for _ in range(4)])]
     assert sum(counts) == 1000 // 7  # 600 attempts in 4 processes; exactly what fits was admitted
     store = _redis(redis_server)
     store.prefix = prefix
@@ -175,7 +197,7 @@ def test_four_processes_share_one_limit(redis_server: RedisServer) -> None:
 
 def test_a_hold_of_a_killed_process_lapses(redis_server: RedisServer) -> None:
     prefix = f"kill{os.getpid()}:"
-    holder = _worker("hold", redis_server.url, prefix, 90, 100, 1.0)
+    holder = spawn("hold", redis_server.url, prefix, 90, 100, 1.0)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         holder.send_signal(signal.SIGKILL)

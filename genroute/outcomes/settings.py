@@ -26,6 +26,11 @@ class OutcomeSettings(BaseModel):
     store: Literal["auto", "sqlite", "state"] = Field(
         default="auto", description="auto: the shared state store when the router's `state` is shared (Redis), "
                                     "else the SQLite file; sqlite or state to choose.")
+    shared_max_items: int | None = Field(
+        default=100_000, ge=1, description="In the shared state store: writes its list keeps (a shadow's pair and a "
+        "feedback are one write each); each append trims the oldest beyond this on the server. None: no cap.")
+    shared_max_age_s: float | None = Field(
+        default=None, gt=0, description="In the shared state store: also trim writes older than this many seconds.")
     scorer: str = Field(
         default="normalized_exact",
         description="How a shadow's answer is scored against the served one (and both against a feedback label): "

@@ -1,41 +1,69 @@
 """The outcome store on the shared state store (Redis when the router's ``state`` section names one).
 
-Records go into one append-only list of the state store, one JSON line per write (a shadow's pair, a feedback):
-an append is atomic on the server, so writes from every process land, in order. Readers replay the list and merge
-the writes per id exactly as the SQLite store merges them, keeping their place so that later reads fetch only what
-was appended since. The same async methods as ``OutcomeStore``.
+Records go into one list of the state store, one JSON line per write (a shadow's pair, a feedback): an append is
+atomic on the server, so writes from every process land, in order. Readers replay the list and merge the writes
+per id exactly as the SQLite store merges them, keeping their place so that later reads fetch only what was
+appended since.
+
+The list is bounded: each append drops, in the same atomic call, the oldest writes beyond ``max_items`` (and, if
+set, those older than ``max_age_s``). Positions stay absolute, so a reader's place survives the trim; a reader
+that fell more than ``max_items`` writes behind skips what was trimmed (counted in ``skipped`` and logged, not an
+error); a process that starts reads from the oldest write kept. What a process has read stays merged in its
+memory, bounded the same way (the newest ``max_items`` records), so its view never holds less than the list does
+and never grows without limit; the full history is not kept here (``outcomes.store: sqlite`` keeps every record). The same async methods as ``OutcomeStore``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
+import time
 from typing import TYPE_CHECKING
 
 from genroute.errors import UsageError
 from genroute.outcomes.records import OutcomeRecord
+from genroute.outcomes.settings import OutcomeSettings
 
 if TYPE_CHECKING:
     from genroute.state import StateStore
 
+_log = logging.getLogger(__name__)
+#: Writes kept by default (``outcomes.shared_max_items``); see benchmarks/RESULTS.md for the memory it takes.
+DEFAULT_MAX_ITEMS = OutcomeSettings.model_fields["shared_max_items"].default
+#: Writes fetched per round trip when catching up.
+PAGE = 5_000
+
 
 class SharedOutcomeStore:
-    """Outcome records in a ``StateStore`` list (``key``), merged per id on read."""
+    """Outcome records in a bounded ``StateStore`` list (``key``), merged per id on read."""
 
-    def __init__(self, state: StateStore, *, key: str = "outcomes") -> None:
+    def __init__(self, state: StateStore, *, key: str = "outcomes", max_items: int | None = DEFAULT_MAX_ITEMS,
+                 max_age_s: float | None = None) -> None:
         self.state = state
         self.key = key
+        self.max_items = max_items
+        self.max_age_s = max_age_s
         self.path = None  # no local file
         self._merged: dict[str, OutcomeRecord] = {}
-        self._seen = 0
+        self._seen = 0  # absolute position of the next write to read
+        self._started = False  # a new process starts from the oldest write kept: not a skip
+        #: Writes trimmed from the list before this process read them (it fell ``max_items`` behind).
+        self.skipped = 0
+        #: Times the list turned out shorter than this process's place (emptied: a restart without persistence).
+        self.resets = 0
         self._lock = asyncio.Lock()
 
     async def upsert(self, record: OutcomeRecord) -> OutcomeRecord:
         """Append ``record``; return the merged record with its id as the store now holds it."""
         if not record.id:
             raise UsageError("an outcome record needs metadata.id", field="metadata.id")
-        await self.state.append(self.key, record.model_dump_json().encode())
+        # Unset fields stay out of the line, so a partial write (a feedback's score) merges as SQLite merges it
+        # instead of resetting the other fields to their defaults.
+        await self.state.append(self.key, record.model_dump_json(exclude_unset=True).encode(), max_items=self.max_items,
+                                max_age_s=self.max_age_s)
         await self._catch_up()
-        return self._merged[record.id]
+        return self._merged.get(record.id, record)
 
     async def get(self, id: str) -> OutcomeRecord | None:
         """The merged record with ``id``, or ``None``."""
@@ -57,9 +85,39 @@ class SharedOutcomeStore:
 
     async def _catch_up(self) -> None:
         async with self._lock:  # one replay at a time: each appended line is merged exactly once
-            lines = await self.state.items(self.key, self._seen)
-            for line in lines:
-                record = OutcomeRecord.model_validate_json(line)
-                old = self._merged.get(record.id)
-                self._merged[record.id] = record if old is None else old.merged(record)
-            self._seen += len(lines)
+            while True:
+                read = await self.state.items(self.key, self._seen, limit=PAGE)
+                if read.start > self._seen and self._started:
+                    self.skipped += read.start - self._seen
+                    _log.warning("%d outcome write(s) were trimmed from the shared list (outcomes.shared_max_items="
+                                 "%s, shared_max_age_s=%s) before this process read them: they are not in its "
+                                 "records (%d so far)", read.start - self._seen, self.max_items, self.max_age_s,
+                                 self.skipped)
+                elif read.start < self._seen:
+                    self.resets += 1
+                    _log.warning("the shared outcome list is shorter than this process has read (was the store "
+                                 "emptied or restarted without persistence?): reading it from position %d",
+                                 read.start)
+                for line in read.items:
+                    record = OutcomeRecord.model_validate_json(line)
+                    old = self._merged.get(record.id)
+                    self._merged[record.id] = record if old is None else old.merged(record)
+                self._seen = read.start + len(read.items)
+                self._started = True
+                if len(read.items) < PAGE:
+                    break
+            self._bound()
+
+    def _bound(self) -> None:
+        """Forget the oldest records beyond ``max_items``, and those last written before ``max_age_s`` ago."""
+        drop = []
+        if self.max_items is not None and len(self._merged) > self.max_items:
+            drop = list(itertools.islice(self._merged, len(self._merged) - self.max_items))
+        if self.max_age_s is not None:
+            cutoff = time.time() - self.max_age_s
+            for id, record in itertools.islice(self._merged.items(), len(drop), None):
+                if float(record.metadata.get("at", 0.0)) >= cutoff:
+                    break
+                drop.append(id)
+        for id in drop:
+            del self._merged[id]

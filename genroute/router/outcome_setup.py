@@ -33,7 +33,8 @@ def build_recorder(settings: OutcomeSettings, executor: Executor, *, scrub: Scru
     if shared and settings.path is not None:
         raise ConfigError("the outcome store is the shared state store here: drop `path` or set store: sqlite",
                           field="outcomes.path")
-    store = SharedOutcomeStore(state) if shared else OutcomeStore(sqlite_path(settings))
+    store = SharedOutcomeStore(state, max_items=settings.shared_max_items, max_age_s=settings.shared_max_age_s) \
+        if shared else OutcomeStore(sqlite_path(settings))
     scorer = resolve_shadow_scorer(settings.scorer, resolve_check=executor.resolve_check,
                                    backends=executor.backends)
     return OutcomeRecorder(settings, store, scorer, scrub=resolve_scrub(settings, scrub), secrets=secrets)

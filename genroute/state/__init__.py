@@ -18,7 +18,10 @@ The operations, all atomic per call:
   current window). Accounts expire ``keep_s`` after their last write.
 - ``breaker_fail`` / ``breaker_open`` / ``breaker_close`` / ``breaker_probe`` / ``breakers`` — circuit
   breaker state: failures counted in a window, an ``open until`` time, and one half-open probe at a time.
-- ``append`` / ``items`` — an append-only list of byte strings (for records other parts keep).
+- ``append`` / ``items`` — an append-only list of byte strings (for records other parts keep), optionally
+  bounded: an append drops the oldest items beyond ``max_items`` or older than ``max_age_s`` in the same atomic
+  call. Positions are absolute (a trimmed item keeps its number), so a reader keeps its offset across trims; one
+  whose offset was trimmed reads from the oldest item kept (``ListRead.start`` says where that is).
 
 Configured by the router's ``state`` section: ``{kind: memory}`` or ``{kind: redis, url, prefix, on_error}``.
 """
@@ -27,12 +30,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genroute.errors import ConfigError
 from genroute.state.ops import Admitted, Claim, Close, Fail, Held, Hold, Open, Probe, Settle, Settlement
+
+
+class ListRead(NamedTuple):
+    """Items of a list from absolute position ``start`` on (``start`` > the position asked for: items were trimmed
+    before they were read; ``start`` < it: the list is shorter than that position, i.e. it was emptied, e.g. by a
+    server restart without persistence, and is read from its head again)."""
+
+    start: int
+    items: list[bytes]
 
 
 class StateStore(ABC):
@@ -100,12 +112,14 @@ class StateStore(ABC):
     # -- lists -----------------------------------------------------------------------------------------
 
     @abstractmethod
-    async def append(self, key: str, value: bytes) -> None:
-        """Append ``value`` to the list ``key``."""
+    async def append(self, key: str, value: bytes, *, max_items: int | None = None,
+                     max_age_s: float | None = None) -> None:
+        """Append ``value`` to the list ``key`` and, in the same atomic call, drop its oldest items beyond
+        ``max_items`` and those older than ``max_age_s`` (``None``: no bound). The new item is always kept."""
 
     @abstractmethod
-    async def items(self, key: str, start: int = 0) -> list[bytes]:
-        """The list ``key`` from index ``start`` on."""
+    async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
+        """At most ``limit`` items of the list ``key`` from absolute position ``start`` on (see ``ListRead``)."""
 
     async def aclose(self) -> None:
         """Release connections (nothing for the memory store)."""
@@ -169,4 +183,4 @@ def build_state(config: StateStore | Mapping[str, Any] | BaseModel | None, *, fi
     raise ConfigError(f"unknown state config {type(config).__name__}", field=field)
 
 
-__all__ = ["MemoryStateConfig", "RedisStateConfig", "StateConfig", "StateStore", "build_state"]
+__all__ = ["ListRead", "MemoryStateConfig", "RedisStateConfig", "StateConfig", "StateStore", "build_state"]

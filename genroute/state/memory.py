@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from genroute.state import StateStore
+from genroute.state import ListRead, StateStore
 from genroute.state.ops import Admitted, Checked, Claim, Close, Held, Hold, Open, Probe, Settle, Settlement
 
 
@@ -20,6 +21,14 @@ class _Account:
     #: hold id -> (amount, expires at)
     holds: dict[str, tuple[int, float]] = field(default_factory=dict)
     expires: float = float("inf")
+
+
+@dataclass
+class _List:
+    #: Items trimmed so far: the absolute position of ``items[0]``.
+    base: int = 0
+    #: (appended at, value), oldest first
+    items: deque[tuple[float, bytes]] = field(default_factory=deque)
 
 
 @dataclass
@@ -38,7 +47,7 @@ class MemoryStateStore(StateStore):
         self._lock = threading.Lock()
         self._accounts: dict[str, _Account] = {}
         self._breakers: dict[str, _Breaker] = {}
-        self._lists: dict[str, list[bytes]] = {}
+        self._lists: dict[str, _List] = {}
         self._ids = itertools.count()
 
     def _account(self, name: str, now: float) -> _Account:
@@ -136,10 +145,24 @@ class MemoryStateStore(StateStore):
             return {n: b.open_until - now for n in names
                     if (b := self._breakers.get(n)) is not None and b.open_until > 0}
 
-    async def append(self, key: str, value: bytes) -> None:
+    async def append(self, key: str, value: bytes, *, max_items: int | None = None,
+                     max_age_s: float | None = None) -> None:
         with self._lock:
-            self._lists.setdefault(key, []).append(bytes(value))
+            now = self._clock()
+            found = self._lists.setdefault(key, _List())
+            found.items.append((now, bytes(value)))
+            drop = 0 if max_items is None else max(0, len(found.items) - max_items)
+            if max_age_s is not None:
+                while drop < len(found.items) - 1 and found.items[drop][0] < now - max_age_s:
+                    drop += 1
+            for _ in range(drop):
+                found.items.popleft()
+            found.base += drop
 
-    async def items(self, key: str, start: int = 0) -> list[bytes]:
+    async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
         with self._lock:
-            return list(self._lists.get(key, ())[start:])
+            found = self._lists.get(key) or _List()
+            end = found.base + len(found.items)
+            first = found.base if start < found.base or start > end else start
+            stop = end if limit is None else min(end, first + limit)
+            return ListRead(first, [v for _, v in itertools.islice(found.items, first - found.base, stop - found.base)])

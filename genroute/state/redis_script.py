@@ -12,18 +12,23 @@ is an opcode in ARGV followed by its arguments, and takes a fixed number of keys
     c  close   KEYS breaker, probe                                                              -> {was open}
     u  usage   KEYS account, holds                                                              -> {spent, held}
     b  until   KEYS breaker                                                 -> {0} closed, {1, ms to half-open}
+    l  push    KEYS list, trimmed count       ARGV value, max items (0: none), max age ms (0: none)  -> {length}
+    r  range   KEYS list, trimmed count       ARGV start, limit (0: none)       -> {first position, {items}}
 
 ARGV[1] is the mode: ``admit`` stops at the first hold or probe that does not pass and undoes what the call
 took before it (all or none); ``apply`` runs every operation. The reply is ``{refused index or 0, answers...}``.
 Times come from the server's clock (``TIME``), so lapses do not depend on the processes' clocks. A settle's
 marker key makes it idempotent: one replayed after a timeout (that Redis may have applied) counts once.
+A list item is stored as ``<server ms>|<value>`` so that a push can drop items by age; the trimmed count beside
+the list keeps positions absolute (position = trimmed count + index), so readers' offsets survive a trim.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+from genroute.state import ListRead
 from genroute.state.ops import Checked, Close, Fail, Held, Hold, Open, Probe, Settle
 
 SCRIPT = """
@@ -135,9 +140,41 @@ local function breaker_until(k, a)
   return {0}
 end
 
+-- The push and its trim in one run; age is checked from the head, at most 1000 items a push (amortized).
+local function push(k, a)
+  local list = KEYS[k]
+  local n = redis.call('RPUSH', list, now .. '|' .. ARGV[a])
+  local cap, age = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local drop = 0
+  if cap > 0 and n > cap then drop = n - cap end
+  if age > 0 then
+    local limit = math.min(n - 1, drop + 1000)
+    while drop < limit do
+      local at = tonumber(string.match(redis.call('LINDEX', list, drop), '^(%d+)|') or '0')
+      if at >= now - age then break end
+      drop = drop + 1
+    end
+  end
+  if drop > 0 then
+    redis.call('LTRIM', list, drop, -1)
+    redis.call('INCRBY', KEYS[k + 1], drop)
+  end
+  return {n - drop}
+end
+
+local function range(k, a)
+  local trimmed = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+  local n = redis.call('LLEN', KEYS[k])
+  local start = tonumber(ARGV[a])
+  if start < trimmed or start > trimmed + n then start = trimmed end
+  local stop = -1
+  if tonumber(ARGV[a + 1]) > 0 then stop = start - trimmed + tonumber(ARGV[a + 1]) - 1 end
+  return {start, redis.call('LRANGE', KEYS[k], start - trimmed, stop)}
+end
+
 -- opcode -> {keys taken, arguments taken, function}
 local OPS = {h = {2, 5, hold}, p = {2, 1, probe}, s = {4, 3, settle}, f = {2, 3, fail}, o = {2, 1, open},
-             c = {2, 0, close}, u = {2, 0, usage}, b = {1, 0, breaker_until}}
+             c = {2, 0, close}, u = {2, 0, usage}, b = {1, 0, breaker_until}, l = {2, 3, push}, r = {2, 2, range}}
 local admit = ARGV[1] == 'admit'
 local out = {0}
 local taken = {}
@@ -180,6 +217,23 @@ class Until:
         self.name = name
 
 
+class Push(NamedTuple):
+    """Append to a list and trim it (``StateStore.append``)."""
+
+    key: str
+    value: bytes
+    max_items: int | None
+    max_age_s: float | None
+
+
+class Range(NamedTuple):
+    """Read a list from an absolute position (``StateStore.items``)."""
+
+    key: str
+    start: int
+    limit: int | None
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -202,6 +256,12 @@ def encode(mode: str, ops: Sequence[Any], prefix: str, ids: Sequence[str | None]
         elif isinstance(op, Until):
             keys.append(f"{prefix}b:{op.name}")
             args.append("b")
+        elif isinstance(op, Push):
+            keys += (f"{prefix}l:{op.key}", f"{prefix}lt:{op.key}")
+            args += ("l", op.value, op.max_items or 0, 0 if op.max_age_s is None else _ms(op.max_age_s))
+        elif isinstance(op, Range):
+            keys += (f"{prefix}l:{op.key}", f"{prefix}lt:{op.key}")
+            args += ("r", max(0, op.start), op.limit or 0)
         else:
             keys += (f"{prefix}b:{op.name}", f"{prefix}p:{op.name}")
             if isinstance(op, Probe):
@@ -232,6 +292,16 @@ def decode(ops: Sequence[Any], reply: list[Any], ids: Sequence[str | None]) -> t
             answers.append((int(r[0]), int(r[1])))
         elif isinstance(op, Until):
             answers.append(int(r[1]) / 1000 if r[0] else None)
+        elif isinstance(op, Push):
+            answers.append(None)
+        elif isinstance(op, Range):
+            answers.append(ListRead(int(r[0]), [_value(item) for item in r[1]]))
         else:
             answers.append(bool(r[0]))
     return answers, (None if refused < 0 else refused)
+
+
+def _value(item: bytes) -> bytes:
+    """A list item without its ``<ms>|`` stamp (items pushed before stamps existed have none)."""
+    stamp, sep, value = item.partition(b"|")
+    return value if sep and stamp.isdigit() else item

@@ -27,10 +27,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.errors import StateUnavailable
-from genroute.state import RedisStateConfig, StateStore
+from genroute.state import ListRead, RedisStateConfig, StateStore
 from genroute.state.memory import MemoryStateStore
 from genroute.state.ops import Admitted, Claim, Held, Hold, Settle, Settlement, op_name
-from genroute.state.redis_script import SCRIPT, Until, Usage, decode, encode
+from genroute.state.redis_script import SCRIPT, Push, Range, Until, Usage, decode, encode
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -203,17 +203,22 @@ class RedisStateStore(StateStore):
 
     # -- lists -----------------------------------------------------------------------------------------
 
-    async def append(self, key: str, value: bytes) -> None:
-        async def remote(_: Any, client: Any) -> None:
-            await client.rpush(self._k("l", key), value)
+    async def append(self, key: str, value: bytes, *, max_items: int | None = None,
+                     max_age_s: float | None = None) -> None:
+        push = Push(key, value, max_items, max_age_s)
 
-        await self._run("append", remote, lambda: self.fallback.append(key, value))
+        async def remote(script: Any, _: Any) -> None:
+            await self._call(script, "apply", [push], [None])
 
-    async def items(self, key: str, start: int = 0) -> list[bytes]:
-        async def remote(_: Any, client: Any) -> list[bytes]:
-            return list(await client.lrange(self._k("l", key), start, -1))
+        await self._run("append", remote,
+                        lambda: self.fallback.append(key, value, max_items=max_items, max_age_s=max_age_s))
 
-        return await self._run("items", remote, lambda: self.fallback.items(key, start))
+    async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
+        async def remote(script: Any, _: Any) -> ListRead:
+            found, _ = await self._call(script, "read", [Range(key, start, limit)], [None])
+            return found[0]  # type: ignore[no-any-return]
+
+        return await self._run("items", remote, lambda: self.fallback.items(key, start, limit=limit))
 
     async def aclose(self) -> None:
         """Send settles still kept from an outage, then close this loop's pool (others close with their loop)."""
