@@ -11,7 +11,9 @@ Each gate states its checks as state store operations (``genroute.state.ops``), 
 store call in and one out, whatever gates take part: with Redis, one Lua script run each way.
 
 ``genroute.router.attempt.AdmittedAttempt`` is that path; ``cost_usd`` is whatever the attempt's run context
-reports (the provider's usage, or genroute's estimate for a call that failed, timed out or was cut).
+reports (the provider's usage, or genroute's estimate for a call that failed, timed out or was cut). What a
+request costs outside any attempt — the decision's embedding of the request (semantic routing) — is spent
+once with ``admission.spend(request, cost_usd)`` (one store call; budgets count it, nothing is held first).
 
 Gates keep their counts in a ``StateStore`` (process memory or Redis), so the same code enforces a limit in
 one process or across many. A gate that refuses raises a typed error (``BudgetExceeded``, ``RateLimited``,
@@ -104,6 +106,11 @@ class Gate(ABC):
 
     def settled(self, attempt: Attempt, token: Any, outcome: Outcome, results: Sequence[Any]) -> None:
         """The store's answers to ``settlements`` (e.g. a breaker this attempt opened)."""
+
+    def spent(self, request: GenerateRequest, cost_usd: float) -> Sequence[Settlement]:
+        """What to settle for ``cost_usd`` the request spent outside any attempt (its decision's embedding):
+        nothing, unless the gate counts spend (a budget)."""
+        return ()
 
     async def enter(self, attempt: Attempt) -> Any:
         """Pass this gate alone (``Admission`` passes all of a router's gates in one store call)."""
@@ -204,6 +211,13 @@ class Admission:
             await exit_gates(entered, self.store, attempt, outcome)
         finally:
             self._mark(attempt)
+
+    async def spend(self, request: GenerateRequest, cost_usd: float) -> None:
+        """Count ``cost_usd`` spent by ``request`` outside any attempt (its decision's embedding) in every gate
+        that counts spend: one store call, nothing held first (the money is already spent)."""
+        ops = [op for gate in self.gates for op in gate.spent(request, cost_usd)]
+        if ops:
+            await self.store.apply(ops)
 
     def _mark(self, attempt: Attempt) -> None:
         if self.store.degraded and attempt.span.is_recording():

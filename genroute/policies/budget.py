@@ -18,7 +18,9 @@ With estimates that are true upper bounds that sum is 0: concurrent requests nev
 process or, with ``state: {kind: redis}``, across all processes sharing the store. When some requests cost
 more than estimated, the overspend is bounded by the overruns of the attempts in flight together at that one
 moment (at most ``c * d`` for ``c`` concurrent attempts each overrunning by at most ``d``), and it does not
-compound: nothing is admitted after it. A hold lapses ``HOLD_MARGIN_S`` after the request's deadline (or
+compound: nothing is admitted after it. What a request spends outside its attempts — a semantic policy's
+embedding of the request, made while deciding — is added to the spend once the decision ends, without a hold
+(it is spent before anything could be held), so it counts like an overrun. A hold lapses ``HOLD_MARGIN_S`` after the request's deadline (or
 after ``DEFAULT_HOLD_TTL_S`` without one), so a process killed while holding one does not keep it.
 """
 
@@ -244,3 +246,8 @@ class BudgetGate(Gate):
         # Money is spent when it is spent: an attempt that outlived its window is charged to the current one.
         current, keep_s = self.account(self.policy.budget_key(attempt.request))
         return [Settle(hold.account, held.hold_id, to_units(outcome.cost_usd), current, keep_s)]
+
+    def spent(self, request: GenerateRequest, cost_usd: float) -> list[Settle]:
+        # No hold to drop: a settle without one only adds to the spend of the current window.
+        account, keep_s = self.account(self.policy.budget_key(request))
+        return [Settle(account, None, to_units(cost_usd), None, keep_s)]

@@ -19,6 +19,7 @@ from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
 from genroute.router.build import release_on_collect, require_prices
+from genroute.router.deciding import CostedDecisions
 from genroute.router.scope import RootSpan, ended_by, parse_request
 from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
 from genroute.runtime.telemetry import Telemetry, flush_providers
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
 #: How long ``close`` waits for the telemetry providers it was given to export what they hold.
 _FLUSH_TIMEOUT_MS = 5000
+#: How long ``close`` waits for decisions that outlived their requests to spend what they cost.
+_LATE_SPEND_S = 2.0
 #: How long ``close`` lets requests in flight finish before it cancels them.
 CLOSE_DRAIN_S = 5.0
 
@@ -112,6 +115,7 @@ class Router(Learning):
         self._inflight = InFlight()
         self._closed = False
         self._refresher: asyncio.Task[None] | None = None
+        self._decisions = CostedDecisions(lambda: self.admission)
 
     @classmethod
     def from_config(
@@ -243,6 +247,7 @@ class Router(Learning):
         await self._stop_refresher()
         await self._inflight.close(drain_s)
         await self._executor.drain_shadows()
+        await self._decisions.finish(_LATE_SPEND_S)
         for backend in self.backends.values():
             await backend.aclose()
         await self.resources.aclose()
@@ -261,7 +266,8 @@ class Router(Learning):
         """
         refuse_inside_loop("close")
         if not self._closed:
-            bound = drain_s + UNWIND_S + 5.0 + _FLUSH_TIMEOUT_MS / 1000 + 5.0  # drain, unwind, shadows, flush, backends
+            # drain, unwind, shadows, late decisions' spends, flush, backends
+            bound = drain_s + UNWIND_S + 5.0 + _LATE_SPEND_S + _FLUSH_TIMEOUT_MS / 1000 + 5.0
             try:
                 self._portal.call(self.aclose(drain_s=drain_s), timeout_s=bound)
             except TimeoutError:
@@ -300,22 +306,12 @@ class Router(Learning):
             context = dataclasses.replace(context, health=await self._breakers.health())
         if self.policy.reads_state and request.backend is None and self.admission is not None:
             context = await self.admission.context(request, context)
-        decision = await self._policy_decision(request, context, deadline)
+        if self.policy.blocking and request.backend is None:  # it embeds the request: off the loop, costed
+            decision = await self._decisions.run(lambda: self._decide(request, context), request, deadline,
+                                                 lambda: self._expired_deciding(request))
+        else:
+            decision = self._decide(request, context)
         return skip_open(decision, context.health)  # open breakers: those rungs are not tried
-
-    async def _policy_decision(self, request: GenerateRequest, context: PolicyContext,
-                               deadline: float | None) -> Decision:
-        # Policies that embed the request (semantic, learned) would stall the event loop: run them off it.
-        if self.policy.blocking and request.backend is None:
-            decide = asyncio.to_thread(self._decide, request, context)
-            if deadline is None:
-                return await decide
-            try:
-                return await asyncio.wait_for(decide, max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise DeadlineExceeded(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded "
-                                       f"while the {self.policy.name!r} policy decided") from None
-        return self._decide(request, context)
 
     def _build_gates(self) -> None:
         """The router's own gates (breakers, rate limits) for its current backends."""
@@ -328,6 +324,10 @@ class Router(Learning):
         """The gates every attempt passes: breakers, rate limits, then the policy's (a budget's); None if none."""
         gates = [*self._gates, *policy.gates(self.state)]
         return Admission(gates, self.state, self._instruments) if gates else None
+
+    def _expired_deciding(self, request: GenerateRequest) -> DeadlineExceeded:
+        return DeadlineExceeded(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded "
+                                f"while the {self.policy.name!r} policy decided")
 
     def _expired(self, request: GenerateRequest, decision: Decision,
                  cause: GenrouteError | None = None) -> DeadlineExceeded:

@@ -61,10 +61,13 @@ class RootSpan(CurrentSpan):
         # The deadline starts before the policy decides: a slow decision spends the request's time too.
         timeout = request.timeout_s or self.timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
+        charges = Charges()
         try:
-            with charging(Charges()) as charges:  # a decision may embed the request (semantic routing)
+            with charging(charges):  # a decision may embed the request (semantic routing)
                 decision = await self.decide(request, deadline)
         except BaseException as exc:
+            if charges.cost_usd:  # a decision that failed after embedding: the error carries what that cost
+                Ledger(cost_usd=charges.cost_usd, cost_estimated=charges.estimated).charge(exc, span)
             self._end(exc)
             raise
         if span.is_recording():
