@@ -109,6 +109,27 @@ async def test_an_emptied_list_is_read_again_from_its_head(redis_server: RedisSe
     await state.aclose()
 
 
+async def test_an_archive_keeps_every_write_the_list_trimmed(stores, tmp_path) -> None:
+    from genroute.outcomes import OutcomeStore
+    from genroute.outcomes.stats import outcome_stats
+
+    writer = SharedOutcomeStore(stores[0], max_items=3, archive=OutcomeStore(tmp_path / "a.db"))
+    for i in range(10):
+        await writer.upsert(record(f"r{i}", cost_usd=0.5))
+    await writer.upsert(record("r0", score=1.0))  # feedback for a record trimmed from the list long ago
+    found = await writer.records()
+    assert [r.id for r in found] == [f"r{i}" for i in range(10)]  # the file has them all, in order, once
+    assert found[0].outcomes["chat"].score == 1.0 and found[0].outcomes["chat"].cost_usd == 0.5
+    assert (await writer.get("r1")).outcomes["chat"].cost_usd == 0.5  # gone from list and view: from the file
+    assert [r.id for r in writer._merged.values()] == ["r8", "r9", "r0"]  # memory stays bounded
+    # Another process of the machine archiving into the same file: merging the writes again changes nothing.
+    other = SharedOutcomeStore(stores[1], max_items=3, archive=OutcomeStore(tmp_path / "a.db"))
+    assert await other.records() == found
+    assert outcome_stats(found).tasks["t"]["chat"].n == 1  # the statistics still see the early feedback
+    for state in set(stores):
+        await state.aclose()
+
+
 def _write_together(server: RedisServer, prefix: str, n: int, cap: int, names: tuple[str, str]) -> list[int]:
     """Two writer processes, started together: the writes each found trimmed before it read them."""
     return [int(out) for out in run_together([spawn("outcomes", server.url, prefix, name, n, cap) for name in names],
@@ -164,6 +185,18 @@ def test_the_cap_is_config_and_validated(gemini_server, tmp_path, redis_server: 
     fresh = SharedOutcomeStore(_redis(redis_server, "cap-test:"))
     (last,) = asyncio.run(fresh.records())
     assert last.id == ids[2] and last.outcomes["chat"].score == 1.0 and last.outcomes["pro"].agreement == 0.0
+    # `path` beside a shared store: the file keeps every write the router read (the full history), refresh reads it.
+    archived_cfg = {**cfg, "outcomes": {**cfg["outcomes"], "path": str(tmp_path / "archive.db")},
+                    "state": {**cfg["state"], "prefix": "archive-test:"}}
+    with Router.from_config(archived_cfg) as archived:
+        archived_ids = []
+        for _ in range(3):
+            gemini_server.reply_text("positive", usage=(100, 5))
+            gemini_server.reply_text("negative", usage=(120, 6))
+            archived_ids.append(archived.generate("The food was great.", task="sentiment").outcome_id)
+            archived.drain()
+        assert [r.id for r in archived._portal.call(seen(archived))] == archived_ids
+        assert len(archived._executor.outcomes.store._merged) == 2
     for field, value in (("shared_max_items", 0), ("shared_max_age_s", -1), ("shared_max_items", "many")):
         with pytest.raises(ConfigError) as err:
             Router.from_config({**cfg, "outcomes": {**cfg["outcomes"], field: value}})

@@ -22,7 +22,8 @@ class OutcomeSettings(BaseModel):
 
     path: str | None = Field(default=None, description=(
         "SQLite file. Default: $GENROUTE_OUTCOMES_PATH, else (in a config file) <file stem>-outcomes.db beside "
-        "the file; a config given as a dict must name one."))
+        "the file; a config given as a dict must name one. With the shared state store: optional, an archive of "
+        "every write this process reads (the full history; refresh and graduation read it)."))
     store: Literal["auto", "sqlite", "state"] = Field(
         default="auto", description="auto: the shared state store when the router's `state` is shared (Redis), "
                                     "else the SQLite file; sqlite or state to choose.")

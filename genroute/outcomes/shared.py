@@ -10,7 +10,11 @@ set, those older than ``max_age_s``). Positions stay absolute, so a reader's pla
 that fell more than ``max_items`` writes behind skips what was trimmed (counted in ``skipped`` and logged, not an
 error); a process that starts reads from the oldest write kept. What a process has read stays merged in its
 memory, bounded the same way (the newest ``max_items`` records), so its view never holds less than the list does
-and never grows without limit; the full history is not kept here (``outcomes.store: sqlite`` keeps every record). The same async methods as ``OutcomeStore``.
+and never grows without limit. With an ``archive`` (``outcomes.path`` beside a shared store) every write this
+process reads is also merged into that SQLite file, in one transaction a batch, and ``records`` and ``get`` read
+the file: the full history, for as long as the process reads at least once every ``max_items`` writes (each of its
+own writes and each refresh reads). Several processes on one machine may share the file: merging a write twice
+changes nothing. The same async methods as ``OutcomeStore``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from genroute.outcomes.records import OutcomeRecord
 from genroute.outcomes.settings import OutcomeSettings
 
 if TYPE_CHECKING:
+    from genroute.outcomes.store import OutcomeStore
     from genroute.state import StateStore
 
 _log = logging.getLogger(__name__)
@@ -39,12 +44,14 @@ class SharedOutcomeStore:
     """Outcome records in a bounded ``StateStore`` list (``key``), merged per id on read."""
 
     def __init__(self, state: StateStore, *, key: str = "outcomes", max_items: int | None = DEFAULT_MAX_ITEMS,
-                 max_age_s: float | None = None) -> None:
+                 max_age_s: float | None = None, archive: OutcomeStore | None = None) -> None:
         self.state = state
         self.key = key
         self.max_items = max_items
         self.max_age_s = max_age_s
-        self.path = None  # no local file
+        #: The SQLite store that keeps every write read here (None: only the bounded view in memory).
+        self.archive = archive
+        self.path = None if archive is None else archive.path
         self._merged: dict[str, OutcomeRecord] = {}
         self._seen = 0  # absolute position of the next write to read
         self._started = False  # a new process starts from the oldest write kept: not a skip
@@ -68,12 +75,17 @@ class SharedOutcomeStore:
     async def get(self, id: str) -> OutcomeRecord | None:
         """The merged record with ``id``, or ``None``."""
         await self._catch_up()
-        return self._merged.get(id)
+        found = self._merged.get(id)
+        if found is None and self.archive is not None:
+            found = await self.archive.get(id)
+        return found
 
     async def records(self, *, task: str | None = None, captured: bool | None = None,
                       since: float | None = None) -> list[OutcomeRecord]:
-        """Merged records in order of first write, filtered like ``OutcomeStore.records``."""
+        """Merged records in order of first write, filtered like ``OutcomeStore.records`` (from the archive if any)."""
         await self._catch_up()
+        if self.archive is not None:
+            return await self.archive.records(task=task, captured=captured, since=since)
         found = list(self._merged.values())
         if task is not None:
             found = [r for r in found if r.task == task]
@@ -98,8 +110,10 @@ class SharedOutcomeStore:
                     _log.warning("the shared outcome list is shorter than this process has read (was the store "
                                  "emptied or restarted without persistence?): reading it from position %d",
                                  read.start)
-                for line in read.items:
-                    record = OutcomeRecord.model_validate_json(line)
+                written = [OutcomeRecord.model_validate_json(line) for line in read.items]
+                if self.archive is not None and written:  # first: a failed write is read again next time
+                    await asyncio.to_thread(self.archive.upsert_many_sync, written)
+                for record in written:
                     old = self._merged.get(record.id)
                     self._merged[record.id] = record if old is None else old.merged(record)
                 self._seen = read.start + len(read.items)

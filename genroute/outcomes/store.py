@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,25 +59,34 @@ class OutcomeStore:
 
     def upsert_sync(self, record: OutcomeRecord) -> OutcomeRecord:
         """Merge ``record`` into the stored one with its id (or insert it); return what is stored now."""
-        if not record.id:
-            raise UsageError("an outcome record needs metadata.id", field="metadata.id")
+        return self.upsert_many_sync([record])[0]
+
+    def upsert_many_sync(self, records: Sequence[OutcomeRecord]) -> list[OutcomeRecord]:
+        """``upsert_sync`` for each record in order, in one transaction (all or none)."""
+        for record in records:
+            if not record.id:
+                raise UsageError("an outcome record needs metadata.id", field="metadata.id")
         now = time.time()
+        stored = []
         with self._lock, self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute("SELECT record, created_at FROM outcomes WHERE id = ?", (record.id,)).fetchone()
-                merged = record if row is None else OutcomeRecord.model_validate_json(row[0]).merged(record)
-                created = now if row is None else row[1]
-                db.execute(
-                    "INSERT OR REPLACE INTO outcomes (id, task, created_at, updated_at, captured, record) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (merged.id, merged.task, created, now, int(merged.input is not None and merged.output is not None),
-                     json.dumps(merged.line(), ensure_ascii=False)))
+                for record in records:
+                    row = db.execute("SELECT record, created_at FROM outcomes WHERE id = ?", (record.id,)).fetchone()
+                    merged = record if row is None else OutcomeRecord.model_validate_json(row[0]).merged(record)
+                    created = now if row is None else row[1]
+                    db.execute(
+                        "INSERT OR REPLACE INTO outcomes (id, task, created_at, updated_at, captured, record) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (merged.id, merged.task, created, now,
+                         int(merged.input is not None and merged.output is not None),
+                         json.dumps(merged.line(), ensure_ascii=False)))
+                    stored.append(merged)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        return merged
+        return stored
 
     def get_sync(self, id: str) -> OutcomeRecord | None:
         """The record with ``id``, or ``None``."""

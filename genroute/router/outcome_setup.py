@@ -30,11 +30,12 @@ def build_recorder(settings: OutcomeSettings, executor: Executor, *, scrub: Scru
     from genroute.state.memory import MemoryStateStore
 
     shared = settings.store == "state" or (settings.store == "auto" and not isinstance(state, MemoryStateStore))
-    if shared and settings.path is not None:
-        raise ConfigError("the outcome store is the shared state store here: drop `path` or set store: sqlite",
-                          field="outcomes.path")
-    store = SharedOutcomeStore(state, max_items=settings.shared_max_items, max_age_s=settings.shared_max_age_s) \
-        if shared else OutcomeStore(sqlite_path(settings))
+    if shared:  # `path` beside a shared store: the SQLite file archives every write this process reads
+        archive = None if settings.path is None else OutcomeStore(settings.path)
+        store: OutcomeStore | SharedOutcomeStore = SharedOutcomeStore(
+            state, max_items=settings.shared_max_items, max_age_s=settings.shared_max_age_s, archive=archive)
+    else:
+        store = OutcomeStore(sqlite_path(settings))
     scorer = resolve_shadow_scorer(settings.scorer, resolve_check=executor.resolve_check,
                                    backends=executor.backends)
     return OutcomeRecorder(settings, store, scorer, scrub=resolve_scrub(settings, scrub), secrets=secrets)
