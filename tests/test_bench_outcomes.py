@@ -140,7 +140,9 @@ def test_compile_routes_math_to_a_and_trivia_to_b(embedder: LocalEmbedder, tmp_p
     assert oracle.quality == 1.0 and set(oracle.picks) == {"A", "B"}
     assert rows["best single (train)"].picks == {"C": 24} and rows["best single (train)"].quality == 1.0
     for name in ("cost_aware (task label)", "learned (text + task) at best-single quality",
-                 "learned (text only) at best-single quality", "semantic routes (text only) at best-single quality"):
+                 "learned (text only) at best-single quality", "semantic routes (text only) at best-single quality",
+                 "learned (text + task) at CV-chosen cost weight (resolved)",
+                 "learned (text only) at CV-chosen cost weight (one_se)"):
         assert rows[name].quality == 1.0, name
         assert rows[name].picks == oracle.picks, name  # math -> A, trivia -> B: the oracle's routing
         assert rows[name].cost_per_request_usd == pytest.approx(0.001)
@@ -152,8 +154,10 @@ def test_compile_routes_math_to_a_and_trivia_to_b(embedder: LocalEmbedder, tmp_p
     for name in ("curve", "stats", "learned-text", "learned-task", "markdown", "html"):
         assert Path(report.files[name]).exists(), name
     assert "Cost–quality curve" in Path(report.files["markdown"]).read_text()
-    # The compiled model file is a learned policy a router loads: it decides as the comparison did.
+    # The compiled model file is a learned policy a router loads: it decides as the comparison did, at the cost
+    # weight the default rule (resolved) chose by cross-validation.
     policy = LearnedPolicy(LearnedConfig(model_path=report.files["learned-text"], default="C"), embedder=embedder)
+    assert policy.cost_weight == rows["learned (text only) at CV-chosen cost weight (resolved)"].knob
     context = PolicyContext(catalogue={})
     assert policy.decide(GenerateRequest(input="Compute 31 * 7 and give the number."), context).rungs[0].backend == "A"
     trivia = GenerateRequest(input="Trivia 99: who wrote Emma? (ref 5)")

@@ -46,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="cost_aware quality floor for the held-out comparison "
                              "(default: 95%% of each task's best)")
     parser.add_argument("--holdout", type=float, default=0.3, help="share of records held out when compiling")
+    parser.add_argument("--cost-weight-rule", default="resolved",
+                        help="how the compiled learned policy's cost weight is chosen by cross-validation: resolved "
+                             "(default: the cheapest weight not resolved worse than the best at 95 %%), one_se (within "
+                             "one paired standard error), best (best mean quality), or fixed (0.1; not with --outcomes)")
     parser.add_argument("--no-compile", action="store_true", help="skip stats file / learned policy")
     parser.add_argument("--no-stream", action="store_true", help="call generate, not stream (no TTFT)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -98,7 +102,8 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
                     compile=not args.no_compile, advisor=advisor, min_quality=args.min_quality,
                     holdout=args.holdout, stream=not args.no_stream, retry_failed=args.retry_failed,
                     progress=not args.quiet, command=command, min_verdict_n=args.min_verdict_n,
-                    force_verdict=args.force_verdict)
+                    force_verdict=args.force_verdict,
+                    cost_weight_rule=None if args.cost_weight_rule == "fixed" else args.cost_weight_rule)
 
         report = asyncio.run(main())
     except GenrouteError as exc:
@@ -126,7 +131,7 @@ def run_outcomes_cli(args: argparse.Namespace) -> int:
                                   candidates=[c.strip() for c in args.candidates.split(",") if c.strip()]
                                   if args.candidates else None,
                                   cache_dir=args.embedding_cache, min_n=args.min_verdict_n,
-                                  force_verdict=args.force_verdict)
+                                  force_verdict=args.force_verdict, cost_weight_rule=args.cost_weight_rule)
     except GenrouteError as exc:
         print(f"genroute bench: error: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,9 @@ from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.errors import GenrouteError, UsageError
 from genroute.policies.stats import ANY_TASK, BackendStats, BenchStats
 from genroute.types import GenerateRequest
+
+if TYPE_CHECKING:
+    from genroute.policies.cost_weight import CostWeightRule
 
 
 class HeldOutRow(BaseModel):
@@ -34,6 +37,8 @@ class HeldOutRow(BaseModel):
     picks: dict[str, int] = Field(default_factory=dict, description="Backends a policy routed to.")
     scores: dict[str, float] = Field(default_factory=dict, description="Score per held-out record id, for "
                                                                        "paired comparisons.")
+    costs: dict[str, float] = Field(default_factory=dict, description="Cost per held-out record id, for paired "
+                                                                      "comparisons.")
 
 
 class CompileReport(BaseModel):
@@ -45,6 +50,9 @@ class CompileReport(BaseModel):
     cost_basis: str = Field(default="measured", description="measured, or cloud-equivalent for free local models.")
     learned_model_path: str | None = None
     learned_note: str | None = None
+    learned_cost_weight: float | None = Field(default=None, description="Cost weight of the held-out model.")
+    learned_cost_weight_choice: dict[str, Any] | None = Field(
+        default=None, description="How the rule chose it (`CostWeightChoice` fields), when a rule did.")
     min_quality: float | None = Field(default=None, description="The floor the caller set for every task.")
     floors: dict[str, float] = Field(default_factory=dict, description="cost_aware quality floor per task.")
     n_train: int
@@ -121,6 +129,7 @@ def _row(name: str, picked: Sequence[Outcome], cloud: bool) -> HeldOutRow:
         latency_p50_s=float(np.median([o.latency_s for o in picked])),
         picks=dict(Counter(o.backend for o in picked)),
         scores={o.record_id: o.score if o.ok else 0.0 for o in picked},
+        costs={o.record_id: cost_of(o, cloud) for o in picked},
     )
 
 
@@ -150,6 +159,7 @@ def compile_policy(
     use_cloud_equivalent: bool | None = None,
     learned: bool = True,
     embedder: Any = None,
+    cost_weight_rule: CostWeightRule | str | Mapping[str, Any] | None = "resolved",
 ) -> CompileReport:
     """Write ``stats.json`` (all records) and ``learned.npz``; compare compiled policies on a held-out split.
 
@@ -159,7 +169,13 @@ def compile_policy(
     for the file written.
     ``use_cloud_equivalent`` (default: when every measured cost is zero, i.e. a local model) prices by the
     cloud-equivalent cost, so fewer tokens still count as cheaper.
+    ``cost_weight_rule`` chooses the learned model's cost weight by cross-validation on the records it is
+    trained on (``"resolved"``, ``"one_se"``, ``"best"``, a ``CostWeightRule`` or its fields; ``None``: the fixed
+    0.1 of ``train``); see ``genroute.policies.cost_weight``.
     """
+    from genroute.policies.cost_weight import as_rule
+
+    rule = as_rule(cost_weight_rule)
     out = Path(out_dir)
     table = _table(outcomes)
     backends = sorted({b for by in table.values() for b in by})
@@ -190,15 +206,17 @@ def compile_policy(
 
     rows = [evaluate(b, lambda _r, b=b: b, held_records, table, cloud=cloud) for b in backends]
     rows.append(evaluate("compiled cost_aware", cost_aware, held_records, table, cloud=cloud))
-    learned_path, note = None, None
+    learned_path, note, weight = None, None, None
     if learned and len(backends) > 1:
-        learned_path, note, row = _learned(outcomes, records, train_set, held_records, table, out, default,
-                                           seed=seed, embedder=embedder, cloud=cloud)
+        learned_path, note, row, weight = _learned(outcomes, records, train_set, held_records, table, out, default,
+                                           seed=seed, embedder=embedder, cloud=cloud, rule=rule)
         if row is not None:
             rows.append(row)
     rows += _baseline_rows(scored, train_set, held_records, table, backends, cloud=cloud, seed=seed)
     return CompileReport(stats_path=str(stats_path), cost_basis="cloud-equivalent" if cloud else "measured",
                          learned_model_path=learned_path, learned_note=note,
+                         learned_cost_weight=weight[0] if weight else None,
+                         learned_cost_weight_choice=weight[1] if weight else None,
                          min_quality=min_quality, floors=floors, n_train=len(train_ids),
                          n_held_out=len(held_ids), rows=tuple(rows))
 
@@ -245,14 +263,14 @@ def _baseline_rows(scored: Sequence[BenchRecord], train_set: set[str], held_reco
 
 def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_set: set[str],
              held_records: Sequence[BenchRecord], table: Mapping[str, Mapping[str, Outcome]], out: Path,
-             default: str, *, seed: int, embedder: Any, cloud: bool
-             ) -> tuple[str | None, str | None, HeldOutRow | None]:
+             default: str, *, seed: int, embedder: Any, cloud: bool, rule: CostWeightRule | None = None
+             ) -> tuple[str | None, str | None, HeldOutRow | None, tuple[float, dict[str, Any] | None] | None]:
     """Train ``learned`` on the training split, evaluate it on the held-out one, then train the shipped
     ``learned.npz`` on every record (the held-out figures describe a model that never saw those records)."""
     try:
         from genroute.policies.learned import LearnedConfig, LearnedPolicy, train
     except ImportError as exc:
-        return None, f"learned policy not trained: {exc}", None
+        return None, f"learned policy not trained: {exc}", None, None
     inputs = {r.id: r.input for r in records}
     rows = [{"input": inputs[o.record_id], "backend": o.backend, "score": o.score if o.ok else 0.0,
              "cost_usd": cost_of(o, cloud), "record_id": o.record_id, "task": o.task}
@@ -263,7 +281,7 @@ def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_
         with tempfile.TemporaryDirectory() as tmp:
             held_model = Path(tmp) / "learned-train.npz"
             report = train([r for r in rows if r["record_id"] in train_set], held_model, embedder=embedder,
-                           seed=seed)
+                           seed=seed, cost_weight_rule=rule)
             policy = LearnedPolicy(LearnedConfig(model_path=str(held_model), default=default), embedder=embedder)
 
             def choose(record: BenchRecord) -> str:
@@ -271,13 +289,18 @@ def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_
 
             row = evaluate("compiled learned", choose, held_records, table, cloud=cloud)
         # test_share=0: train keeps back a single record for its own check; every other one trains the file.
-        shipped = train(rows, path, embedder=embedder, seed=seed, test_share=0.0)
+        shipped = train(rows, path, embedder=embedder, seed=seed, test_share=0.0, cost_weight_rule=rule)
     except GenrouteError as exc:  # e.g. too few training records: report it, keep the rest of the compile
-        return None, f"learned policy not trained: {exc}", None
+        return None, f"learned policy not trained: {exc}", None, None
     note = (f"learned ({report.method}): routing accuracy {report.routing_accuracy:.3f} on its own "
             f"{report.n_test}-record validation split of the training records; `{path.name}` was then "
             f"trained on {shipped.n_train} of all {shipped.n_train + shipped.n_test} records.")
-    return str(path), note, row
+    for what, trained in (("held-out model", report), (f"`{path.name}`", shipped)):
+        choice = trained.cost_weight_choice
+        note += (f" {what}: {choice.summary()}." if choice is not None
+                 else f" {what}: fixed cost weight {trained.cost_weight:g}.")
+    choice = report.cost_weight_choice
+    return str(path), note, row, (report.cost_weight, choice.model_dump() if choice is not None else None)
 
 
 def policy_context(backends: Sequence[str], stats: BenchStats | None = None) -> Any:

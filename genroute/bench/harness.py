@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from genroute.bench.runner import POLICY_TARGET, RESULTS_FILE, Outcome, arun_ben
 from genroute.bench.scorers import resolve_scorer
 from genroute.bench.stats import PairedComparison
 from genroute.errors import UsageError
+from genroute.policies.cost_weight import CostWeightRule, as_rule
 from genroute.runtime.portal import run_sync
 
 if TYPE_CHECKING:
@@ -77,14 +78,17 @@ async def abench(
     retry_failed: bool = False,
     min_verdict_n: int = MIN_VERDICT_N,
     force_verdict: bool = False,
+    cost_weight_rule: CostWeightRule | str | Mapping[str, Any] | None = "resolved",
 ) -> BenchReport:
     """Benchmark ``backends`` (and the router's policy end to end if ``policy``) on a dataset; write reports.
 
     Rerunning into the same ``out_dir`` resumes: rows already there are reused (``retry_failed``: except
     failed ones) once ``run.json`` shows they were made with the same data, scorer, seed and configs.
     Every "A vs B" in the report is paired on the same records; compiled policies get a verdict only when the
-    held-out split has at least ``min_verdict_n`` records, unless ``force_verdict``.
+    held-out split has at least ``min_verdict_n`` records, unless ``force_verdict``. ``cost_weight_rule``: how
+    the compiled learned policy's cost weight is chosen (``compile_policy``).
     """
+    rule = as_rule(cost_weight_rule)  # checked before anything runs or is written
     from_file = isinstance(data, str | Path)
     pool = load_records(data, task=task) if from_file else list(data)  # type: ignore[arg-type]
     records = sample(pool, limit, seed=seed)
@@ -109,7 +113,7 @@ async def abench(
     compiled = None
     if compile and len([t for t in targets if t != POLICY_TARGET]) >= 1 and len(records) >= 2:
         compiled = compile_policy(outcomes, records, out, seed=seed, source=source, embedder=embedder,
-                                  min_quality=min_quality, holdout=holdout)
+                                  min_quality=min_quality, holdout=holdout, cost_weight_rule=rule)
     comparisons = backend_comparisons(outcomes, seed=seed)
     held_out = (compiled_comparisons(compiled, min_n=min_verdict_n, force=force_verdict, seed=seed)
                 if compiled is not None else [])

@@ -15,10 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.bench.baselines import best_single, per_task_best
 from genroute.bench.outcomes import OutcomeMatrix
 from genroute.errors import ConfigError, UsageError
+from genroute.policies.cost_weight import WEIGHTS, CostWeightChoice, CostWeightRule, choose, fold_of
 from genroute.types import GenerateRequest
 
 #: Cost weights swept for the learned policy's curve (0: best predicted quality at any cost).
-COST_WEIGHTS: tuple[float, ...] = (0.0, *[float(w) for w in np.geomspace(0.002, 5.0, 48)], 1e6)
+COST_WEIGHTS: tuple[float, ...] = WEIGHTS
+#: The cost-weight rules reported side by side (the compiled file uses the one asked for).
+RULES: tuple[str, ...] = ("best", "one_se", "resolved")
 #: cost_aware floors (share of each task's best training quality) swept for its curve.
 FLOORS: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
 
@@ -98,14 +101,20 @@ class LearnedFit:
     #: share of the best single's cost -> best out-of-fold quality at no more than that cost
     cost_weight_shares: dict[float, float] = field(default_factory=dict)
     methods: list[dict[str, Any]] = field(default_factory=list)
+    #: rule -> the weight it chose from the chosen estimator's out-of-fold routing (``cost_weight``)
+    cost_weight_choices: dict[str, CostWeightChoice] = field(default_factory=dict)
+    #: the weight written into the model file: the asked-for rule's choice
+    cost_weight: float = 0.0
 
 
 def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, x_held: np.ndarray, *,
                 use_task: bool, specs: Sequence[dict[str, Any]], seed: int = 0, folds: int = 5,
-                cost_shares: Sequence[float] = (0.5, 0.4)) -> LearnedFit:
-    """Pick the estimator and the two operating points on out-of-fold predictions for ``train`` (``folds``-fold
+                cost_shares: Sequence[float] = (0.5, 0.4), rule: CostWeightRule | None = None) -> LearnedFit:
+    """Pick the estimator and the operating points on out-of-fold predictions for ``train`` (``folds``-fold
     cross-validation: every training record is predicted by a model that did not see it); refit on all of
-    ``train``; predict ``held``. ``x_*`` are raw embeddings (task features are added here if ``use_task``)."""
+    ``train``; predict ``held``. ``x_*`` are raw embeddings (task features are added here if ``use_task``).
+    Each of ``RULES`` chooses a cost weight from the same out-of-fold routing; the model file gets ``rule``'s
+    (default: ``CostWeightRule()``)."""
     from genroute.bench.curves import aiq
     from genroute.policies.router_models import features, fit
 
@@ -113,7 +122,9 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
     x_tr = features(x_train, train.tasks, vocab)
     x_he = features(x_held, held.tasks, vocab)
     cost = train.costs.mean(axis=0)
-    fold_of = np.random.default_rng(seed + 1).permutation(len(train.records)) % max(2, folds)
+    rule = rule or CostWeightRule()
+    folds = max(2, folds)
+    fold = fold_of(len(train.records), folds, seed)
     # The targets the operating points must meet, measured on the same (training) records.
     target_q = train.scores[:, best_single(train)].mean()
     best_cost = train.costs[:, best_single(train)].mean()
@@ -122,9 +133,9 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
     results, skipped = [], []
     for spec in specs:
         try:
-            folds_fitted = [(fold_of == k, fit(x_tr[fold_of != k], train.scores[fold_of != k], train.candidates,
-                                               cost=cost, tasks=vocab, seed=seed, **spec))
-                            for k in range(max(2, folds))]
+            folds_fitted = [(fold == k, fit(x_tr[fold != k], train.scores[fold != k], train.candidates,
+                                            cost=cost, tasks=vocab, seed=seed, **spec))
+                            for k in range(folds)]
         except ConfigError as exc:  # e.g. pairwise with no cheaper candidate on the front: not applicable here
             skipped.append({"spec": _spec_name(spec), "validation_aiq": None, "chosen": False, "note": str(exc)})
             continue
@@ -132,29 +143,35 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
         for out, model in folds_fitted:
             predicted[out] = model.predict(x_tr[out])
 
-        def choose(w: float, fitted: list[tuple[np.ndarray, Any]] = folds_fitted,
-                   p: np.ndarray = predicted) -> np.ndarray:  # each fold decided by its own model
+        def choose_at(w: float, fitted: list[tuple[np.ndarray, Any]] = folds_fitted,
+                      p: np.ndarray = predicted) -> np.ndarray:  # each fold decided by its own model
             picks = np.zeros(len(p), dtype=int)
             for out, model in fitted:
                 picks[out] = model.choose(p[out], w)
             return picks
 
-        points = [(w, *_point(train, choose(w))) for w in COST_WEIGHTS]
+        picks = [choose_at(w) for w in COST_WEIGHTS]
+        points = [(w, *_point(train, p)) for w, p in zip(COST_WEIGHTS, picks, strict=True)]
         results.append({"spec": spec, "validation_aiq": aiq([(c, q) for _, c, q in points], lo, hi),
-                        "points": points})
+                        "points": points, "picks": picks})
     if not results:
         raise UsageError("no learned estimator applies to these records: " + "; ".join(
             f"{s['spec']}: {s['note']}" for s in skipped), field="outcomes")
     best = max(results, key=lambda r: r["validation_aiq"])
     match, budget_w, shares = operating_points(best["points"], target_q, budget, best_cost, cost_shares)
-    model = fit(x_tr, train.scores, train.candidates, cost=cost, tasks=vocab, seed=seed, cost_weight=match,
+    oof_s = np.stack([picked_scores(train, p) for p in best["picks"]], axis=1)
+    oof_c = np.stack([picked_costs(train, p) for p in best["picks"]], axis=1)
+    choices = {r: choose(oof_s, oof_c, COST_WEIGHTS, rule.model_copy(update={"rule": r}), folds=folds)
+               for r in RULES}
+    weight = choices[rule.rule].weight
+    model = fit(x_tr, train.scores, train.candidates, cost=cost, tasks=vocab, seed=seed, cost_weight=weight,
                 **best["spec"])
     name = "learned " + ("(text + task)" if use_task else "(text only)")
     methods = [{"spec": _spec_name(r["spec"]), "validation_aiq": r["validation_aiq"], "chosen": r is best}
                for r in results] + skipped
     return LearnedFit(name=name, spec=best["spec"], model=model, predicted=model.predict(x_he),
                       cost_weight_match=match, cost_weight_budget=budget_w, methods=methods,
-                      cost_weight_shares=shares)
+                      cost_weight_shares=shares, cost_weight_choices=choices, cost_weight=weight)
 
 
 def operating_points(points: Sequence[tuple[float, float, float]], target_quality: float, budget: float,

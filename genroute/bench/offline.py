@@ -24,6 +24,7 @@ from genroute.bench import matrix_routers as mr
 from genroute.bench.offline_report import Comparison, CurveSummary, OfflineReport, write_outputs
 from genroute.bench.outcomes import OutcomeMatrix, Pricing, load_matrix
 from genroute.errors import UsageError
+from genroute.policies.cost_weight import CostWeightRule, as_rule
 
 #: Estimators compared for the learned router (chosen per run by cross-validation on the training records).
 DEFAULT_SPECS: tuple[dict[str, Any], ...] = (
@@ -50,6 +51,7 @@ def compile_outcomes(
     force_verdict: bool = False,
     learned: bool = True,
     title: str | None = None,
+    cost_weight_rule: CostWeightRule | str | Mapping[str, Any] = "resolved",
 ) -> OfflineReport:
     """Compile policies on ``source`` and judge them and every baseline on held-out records (see module).
 
@@ -57,9 +59,12 @@ def compile_outcomes(
     Paired comparisons give no verdict below ``min_n`` evaluation records unless ``force_verdict``.
     ``candidates`` limits the matrix to those candidates (default: every one in the file); records lacking the
     outcome of one of them are left out and counted in ``dropped``.
+    ``cost_weight_rule`` chooses the cost weight written into the learned model files from out-of-fold routing
+    (``genroute.policies.cost_weight``); every rule's choice is scored as a row.
     """
     from genroute.bench.embedding_cache import CachedEmbedder
 
+    rule = as_rule(cost_weight_rule) or CostWeightRule()
     start = time.perf_counter()
     out = Path(out_dir)
     full = source if isinstance(source, OutcomeMatrix) else load_matrix(source, pricing=pricing,
@@ -98,12 +103,13 @@ def compile_outcomes(
     for use_task in (True, False) if learned else ():
         if use_task and all(t is None for t in train.tasks):
             continue
-        fitted = mr.learned_fit(train, held, x_train, x_held, use_task=use_task, specs=specs, seed=seed)
+        fitted = mr.learned_fit(train, held, x_train, x_held, use_task=use_task, specs=specs, seed=seed, rule=rule)
         methods[fitted.name] = fitted.methods
         models[fitted.name] = fitted.model
         points = [("at best-single quality", fitted.cost_weight_match),
                   *[(f"at {share:.0%} of best-single cost", w) for share, w in fitted.cost_weight_shares.items()],
-                  ("at per-task-best cost", fitted.cost_weight_budget)]
+                  ("at per-task-best cost", fitted.cost_weight_budget),
+                  *[(f"at CV-chosen cost weight ({r})", c.weight) for r, c in fitted.cost_weight_choices.items()]]
         for label, weight in points:
             name = f"{fitted.name} {label}"
             choices[name] = fitted.model.choose(fitted.predicted, weight)
@@ -224,7 +230,9 @@ PAIRS = (("learned (text + task) at best-single quality", "best single (train)")
          (SEMANTIC, "best single (train)"),
          ("semantic routes (text only) at 40% of best-single cost", "best single (train)"),
          ("semantic routes (text only) at per-task-best cost", "per-task best (train)"),
-         (SEMANTIC, "learned (text only) at best-single quality"))
+         (SEMANTIC, "learned (text only) at best-single quality"),
+         *[(f"learned ({what}) at CV-chosen cost weight ({rule})", "best single (train)")
+           for what in ("text + task", "text only") for rule in mr.RULES])
 
 
 def _comparisons(held: OutcomeMatrix, choices: Mapping[str, np.ndarray], *, min_n: int, force: bool, seed: int

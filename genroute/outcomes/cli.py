@@ -23,6 +23,9 @@ def compile_main(argv: Sequence[str]) -> int:
     parser.add_argument("--min-n", type=int, default=1, help="leave out entries scored on fewer records")
     parser.add_argument("--task", default=None, help="only records of this task")
     parser.add_argument("--no-learned", action="store_true", help="do not train learned.npz")
+    parser.add_argument("--cost-weight-rule", default="resolved",
+                        help="how learned.npz's cost weight is chosen by cross-validation: resolved (default: the "
+                             "cheapest weight not resolved worse than the best at 95 %%), one_se, best, or fixed (0.1)")
     args = parser.parse_args(list(argv))
     try:
         return _compile(args)
@@ -34,6 +37,9 @@ def compile_main(argv: Sequence[str]) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from genroute.outcomes.stats import outcome_stats, training_rows
     from genroute.outcomes.store import read_outcome_file
+    from genroute.policies.cost_weight import as_rule
+
+    rule = None if args.cost_weight_rule == "fixed" else as_rule(args.cost_weight_rule, field="--cost-weight-rule")
 
     records = read_outcome_file(args.outcomes, field="--outcomes")
     if args.task is not None:
@@ -55,7 +61,9 @@ def _compile(args: argparse.Namespace) -> int:
         return 0
     from genroute.policies.learned import train
 
-    report = train(rows, out / "learned.npz")
+    report = train(rows, out / "learned.npz", cost_weight_rule=rule)
     print(f"{report.model_path}: {report.method} on {report.n_train} records, routing accuracy "
-          f"{report.routing_accuracy:.3f} on {report.n_test} held out")
+          f"{report.routing_accuracy:.3f} on {report.n_test} held out; "
+          + (report.cost_weight_choice.summary() if report.cost_weight_choice else
+             f"fixed cost weight {report.cost_weight:g}"))
     return 0

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.errors import ConfigError
 from genroute.knowledge.embedders import traced
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
+from genroute.policies.cost_weight import CostWeightChoice, CostWeightRule, as_rule, cross_validate
 from genroute.policies.router_models import RouterModel, features, fit
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest, Rung
@@ -63,6 +64,9 @@ class TrainReport(BaseModel):
     majority_routing_accuracy: float
     #: Baselines: success rate, mean cost and routing accuracy of sending every held-out record to one backend.
     single_backend: dict[str, dict[str, float]]
+    #: The cost weight stored in the model file (the policy's default), and how a rule chose it, if one did.
+    cost_weight: float = 0.1
+    cost_weight_choice: CostWeightChoice | None = None
 
 
 def _group(outcomes: Iterable[Outcome | Mapping[str, Any]]) -> list[tuple[str, str | None, dict[str, Outcome]]]:
@@ -82,12 +86,16 @@ def best_backend(by_backend: Mapping[str, Outcome], pass_score: float) -> str:
 
 def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, embedder: ArrayEmbedder | None = None,
           method: str = "knn", k: int = 7, pass_score: float = 0.5, test_share: float = 0.2, seed: int = 0,
-          use_task: bool = False, cost_weight: float = 0.1, **options: Any) -> TrainReport:
+          use_task: bool = False, cost_weight: float = 0.1,
+          cost_weight_rule: CostWeightRule | str | Mapping[str, Any] | None = None, **options: Any) -> TrainReport:
     """Train on a seeded split of the records, write the model file, report held-out figures.
 
     Records that lack an outcome of some backend are left out (a score matrix has no holes). ``use_task``
-    adds the records' task as a feature; ``cost_weight`` is stored as the policy's default trade-off.
+    adds the records' task as a feature; ``cost_weight`` is stored as the policy's default trade-off, unless
+    ``cost_weight_rule`` (``"resolved"``, ``"one_se"``, ``"best"`` or a ``CostWeightRule``) chooses it by
+    cross-validation on the training part (see ``genroute.policies.cost_weight``).
     """
+    rule = as_rule(cost_weight_rule)
     grouped = _group(outcomes)
     backends = sorted({b for _, _, by in grouped for b in by})
     records = [r for r in grouped if len(r[2]) == len(backends)]
@@ -105,6 +113,17 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
     test, part = order[:n_test], order[n_test:]
     vocabulary = sorted({task_names[i] for i in part if task_names[i] is not None}) if use_task else []
     x = features(vectors, task_names, vocabulary)
+    choice = None
+    if rule is not None:
+        def fit_fold(tr: np.ndarray, te: np.ndarray) -> Any:
+            rows_tr, rows_te = part[tr], part[te]
+            fold = fit(x[rows_tr], scores[rows_tr], backends, method=method, cost=costs[rows_tr].mean(axis=0),
+                       tasks=vocabulary, k=k, seed=seed, **options)
+            predicted = fold.predict(x[rows_te])
+            return lambda w: fold.choose(predicted, w)
+
+        choice = cross_validate(scores[part], costs[part], rule, seed=seed, fit_fold=fit_fold)
+        cost_weight = choice.weight
     model = fit(x[part], scores[part], backends, method=method, cost=costs[part].mean(axis=0), tasks=vocabulary,
                 k=k, seed=seed, cost_weight=cost_weight,
                 meta={"pass_score": pass_score, "embedder": getattr(embedder, "model", "unknown")}, **options)
@@ -124,7 +143,7 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
                        n_test=len(test), routing_accuracy=float(np.mean(chosen == labels[test])),
                        success_rate=success, mean_cost_usd=cost, oracle_success_rate=oracle,
                        majority_routing_accuracy=float(np.mean(labels[test] == majority)),
-                       single_backend=single)
+                       single_backend=single, cost_weight=cost_weight, cost_weight_choice=choice)
 
 
 def _default_embedder() -> ArrayEmbedder:

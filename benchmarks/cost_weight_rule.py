@@ -1,0 +1,103 @@
+"""The learned policy's compiled cost weight under each selection rule, on recorded per-record outcomes (no model
+calls): what ``genroute bench`` compiles after a run, re-compiled from its ``results.jsonl``.
+
+    python benchmarks/cost_weight_rule.py --runs DIR [--prefix q340-] [--tasks bfcl,nlupp] [--limit 340]
+
+``DIR/<prefix><task>/<task>/results.jsonl`` are the outcomes ``benchmarks/quality.py --out DIR/<prefix><task>``
+wrote; the records are ``benchmarks/data/<task>/eval.jsonl`` sampled as that run sampled them (``--limit``,
+``--seed``; refused when the data differ from the run's, by ``run.json``'s digest). Each rule compiles on the
+same seeded training split and is judged on the same held-out records: the compiled learned policy against the
+best single backend chosen on the training split, paired (bootstrap 95 % CI, 2,000 resamples), with the cost
+ratio and a paired CI of the cost difference. ``fixed`` is the cost weight 0.1 compiled before the rules existed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RULES = ("fixed", "best", "one_se", "resolved")
+
+
+def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]:
+    from genroute.bench.compile import compile_policy
+    from genroute.bench.datasets import load_records, sample
+    from genroute.bench.manifest import records_digest
+    from genroute.bench.runner import load_outcomes
+    from genroute.bench.stats import compare_paired, paired_bootstrap_ci
+
+    run_dir = args.runs / f"{args.prefix}{task}" / task
+    pool = load_records(args.data / task / "eval.jsonl", task=task)
+    manifest = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    if manifest["data_sha256"] != records_digest(pool):
+        raise SystemExit(f"{task}: {args.data / task / 'eval.jsonl'} is not the data of {run_dir} (digest)")
+    records = sample(pool, args.limit, seed=args.seed)
+    outcomes = load_outcomes(run_dir)
+    lines: list[str] = []
+    details: list[str] = []
+    for rule in args.rules:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            report = compile_policy(outcomes, records, tmp, seed=args.seed, embedder=embedder,
+                                    cost_weight_rule=None if rule == "fixed" else rule)
+            seconds = time.perf_counter() - start
+        rows = {r.name: r for r in report.rows}
+        learned, best = rows["compiled learned"], rows["best single (train)"]
+        ids = sorted(best.scores)
+        a, b = [learned.scores[i] for i in ids], [best.scores[i] for i in ids]
+        cmp = compare_paired(a, b, a="learned", b="best single", seed=args.seed)
+        cost_ci = paired_bootstrap_ci([learned.costs[i] for i in ids], [best.costs[i] for i in ids], seed=args.seed)
+        share = learned.cost_per_request_usd / best.cost_per_request_usd if best.cost_per_request_usd else float("nan")
+        verdict = "resolved" if cmp.ci[0] > 0 or cmp.ci[1] < 0 else "not resolved"
+        picks = ", ".join(f"{k} {v}" for k, v in sorted(learned.picks.items()))
+        weight = f"{report.learned_cost_weight:.3g}" if report.learned_cost_weight is not None else "–"
+        choice = report.learned_cost_weight_choice
+        if choice is not None:
+            details.append(f"{task} {rule}: out of fold (n = {choice['n']}) chosen {choice['quality']:.3f} at "
+                           f"${choice['cost_usd'] * 1000:.4f}/1k; best {choice['best_quality']:.3f} at "
+                           f"${choice['best_cost_usd'] * 1000:.4f}/1k (weight {choice['best_weight']:.3g}); "
+                           f"paired SE {choice['standard_error']:.3f}")
+        lines.append(f"| {task} | {rule} | {weight} | {cmp.n} | {learned.quality:.3f} | {best.quality:.3f} | "
+                     f"{cmp.difference:+.3f} [{cmp.ci[0]:+.3f}, {cmp.ci[1]:+.3f}] {verdict} | {share:.0%} | "
+                     f"{(cost_ci[0]) * 1000:+.4f}, {(cost_ci[1]) * 1000:+.4f} | {picks} | {seconds:.0f} s |")
+        print(lines[-1], flush=True)
+    for line in details:
+        print(f"<!-- {line} -->")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, required=True, help="directory of the quality.py runs")
+    parser.add_argument("--prefix", default="q340-", help="run directory prefix before the task name")
+    parser.add_argument("--data", type=Path, default=REPO / "benchmarks" / "data")
+    parser.add_argument("--tasks", default="sentiment,banking77,xquad,bfcl,nlupp")
+    parser.add_argument("--rules", default=",".join(RULES))
+    parser.add_argument("--limit", type=int, default=340)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=None, help="embedding cache (default: a temporary one)")
+    args = parser.parse_args()
+    args.rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    unknown = [r for r in args.rules if r not in RULES]
+    if unknown:
+        parser.error(f"unknown rule(s) {', '.join(unknown)} (known: {', '.join(RULES)})")
+    from genroute.bench.embedding_cache import CachedEmbedder
+    from genroute.knowledge.embedders import LocalEmbedder
+
+    cache = args.cache or Path(tempfile.mkdtemp(prefix="cwr-emb-"))
+    embedder = CachedEmbedder(LocalEmbedder(intra_op_threads=1), cache)
+    print("| task | rule | cost weight (held-out model) | n held out | learned | best single | learned − best single "
+          "[95 % CI] | cost share of best single | cost difference $/1k [95 % CI] | routed to | compile |")
+    print("|---|---|---|---:|---:|---:|---|---:|---|---|---:|")
+    for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+        run_task(task, args, embedder)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Choosing the ``learned`` policy's compiled cost weight from cross-validation, without paying for noise.
+
+A learned router predicts each backend's quality and picks the best ``predicted - cost_weight x relative cost``.
+Compiling sweeps the cost weight over ``WEIGHTS`` and routes every training record with a model that did not
+see it (``folds``-fold cross-validation), which gives, per weight, each record's score and cost. Picking the
+weight with the best mean out-of-fold quality (rule ``best``) chases noise: on a few hundred 0/1 outcomes a dearer
+setting often looks a little better by chance, and the compiled policy then pays up to twice the best single
+backend's cost for a gain that does not hold. The other rules are the statistician's answer:
+
+- ``resolved`` (default): the cheapest weight (by mean out-of-fold cost) whose quality is not resolved below the
+  best's — ``best - it`` within the ``confidence`` (95 %) normal interval of the per-record difference, paired on
+  the same records. A dearer weight is paid for only when cross-validation resolves its gain;
+- ``one_se``: the cheapest weight (by mean out-of-fold cost) whose quality is within one standard error
+  of the best — the standard error of the per-record difference to the best weight, paired on the same records
+  (Breiman's one-standard-error rule, with cost in the place of model size): less strict, it keeps a dearer
+  weight whose gain is between one and two standard errors.
+
+Measured on the embedded-model runs and both public outcome matrices: see ``benchmarks/RESULTS.md``.
+
+Folds hold at least two records each; below four records cross-validation says nothing and the largest weight
+(always the cheapest backend) is chosen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from statistics import NormalDist
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genroute.errors import ConfigError
+
+#: Cost weights swept (0: best predicted quality at any cost; 1e6: always the cheapest backend).
+WEIGHTS: tuple[float, ...] = (0.0, *[float(w) for w in np.geomspace(0.002, 5.0, 48)], 1e6)
+
+Rule = Literal["resolved", "one_se", "best"]
+
+
+class CostWeightRule(BaseModel):
+    """How compiling chooses the learned policy's cost weight from out-of-fold quality and cost."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rule: Rule = Field(default="resolved", description="resolved (the cheapest weight not resolved worse than the "
+                                                       "best at `confidence`), one_se (the cheapest within one paired "
+                                                       "standard error of the best) or best (best mean out-of-fold "
+                                                       "quality).")
+    folds: int = Field(default=5, ge=2, le=50, description="Cross-validation folds over the training records.")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Two-sided level of `resolved`'s interval.")
+
+    @property
+    def margin(self) -> float:
+        """Standard errors a cheaper weight may trail the best by: 0 (best), 1 (one_se) or the normal quantile."""
+        if self.rule == "best":
+            return 0.0
+        return 1.0 if self.rule == "one_se" else NormalDist().inv_cdf((1 + self.confidence) / 2)
+
+
+class CostWeightChoice(BaseModel):
+    """The weight a rule chose and what cross-validation measured for it and for the best weight."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rule: Rule
+    weight: float
+    n: int = Field(description="Training records routed out of fold.")
+    folds: int
+    quality: float = Field(description="Mean out-of-fold quality at the chosen weight.")
+    cost_usd: float = Field(description="Mean out-of-fold cost per request at the chosen weight.")
+    best_weight: float
+    best_quality: float
+    best_cost_usd: float
+    standard_error: float = Field(description="Paired standard error of best - chosen quality, per record.")
+
+    def summary(self) -> str:
+        """One sentence for reports."""
+        head = (f"cost weight {self.weight:.3g} by rule `{self.rule}` ({self.folds}-fold cross-validation on "
+                f"{self.n} training records): out-of-fold quality {self.quality:.3f} at ${self.cost_usd * 1000:.4f}/1k")
+        if self.weight == self.best_weight:
+            return head + " (the best out-of-fold quality)"
+        return (head + f"; the best, {self.best_quality:.3f} at ${self.best_cost_usd * 1000:.4f}/1k (weight "
+                f"{self.best_weight:.3g}), is {self.best_quality - self.quality:+.3f} better, paired standard error "
+                f"{self.standard_error:.3f}: not worth its cost")
+
+
+def as_rule(value: CostWeightRule | str | Mapping[str, Any] | None, *, field: str = "cost_weight_rule"
+            ) -> CostWeightRule | None:
+    """``value`` validated: a rule name, a mapping of ``CostWeightRule`` fields, a rule, or ``None`` (no rule:
+    a fixed cost weight). Raises ``ConfigError`` naming the field."""
+    if value is None or isinstance(value, CostWeightRule):
+        return value
+    try:
+        return CostWeightRule.model_validate({"rule": value} if isinstance(value, str) else value)
+    except ValidationError as exc:
+        from genroute.config import config_error
+
+        raise config_error(exc, field) from None
+
+
+def choose(scores: np.ndarray, costs: np.ndarray, weights: Sequence[float], rule: CostWeightRule, *,
+           folds: int) -> CostWeightChoice:
+    """Apply ``rule`` to out-of-fold per-record ``scores`` and ``costs`` of shape ``(records, weights)``."""
+    scores, costs = np.asarray(scores, dtype=np.float64), np.asarray(costs, dtype=np.float64)
+    n = len(scores)
+    if scores.shape != costs.shape or scores.ndim != 2 or scores.shape[1] != len(weights) or not len(weights):
+        raise ConfigError("need one score and one cost per record and cost weight", field="cost_weight_rule")
+    quality, cost = scores.mean(axis=0), costs.mean(axis=0)
+    order = list(range(len(weights)))
+    # Ties: the cheaper setting, then the larger weight (the same picks, held more firmly towards cheap).
+    best = max(order, key=lambda j: (quality[j], -cost[j], weights[j]))
+    if n >= 2:
+        diff = scores[:, [best]] - scores
+        se = diff.std(axis=0, ddof=1) / math.sqrt(n)
+    else:
+        se = np.zeros(len(weights))
+    # Within the margin (a float tolerance keeps a setting tied with the best, whose paired SE is 0, eligible).
+    eligible = [j for j in order if quality[best] - quality[j] <= rule.margin * se[j] + 1e-12]
+    pick = min(eligible, key=lambda j: (cost[j], -quality[j], -weights[j]))
+    return CostWeightChoice(rule=rule.rule, weight=float(weights[pick]), n=n, folds=folds,
+                            quality=float(quality[pick]), cost_usd=float(cost[pick]), best_weight=float(weights[best]),
+                            best_quality=float(quality[best]), best_cost_usd=float(cost[best]),
+                            standard_error=float(se[pick]))
+
+
+def fold_of(n: int, folds: int, seed: int) -> np.ndarray:
+    """Each record's fold: a seeded permutation, dealt round-robin."""
+    return np.random.default_rng(seed + 1).permutation(n) % folds
+
+
+def out_of_fold(scores: np.ndarray, costs: np.ndarray, folds: np.ndarray, weights: Sequence[float],
+                fit_fold: Callable[[np.ndarray, np.ndarray], Callable[[float], np.ndarray]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-record score and cost of the backend chosen at each weight by a model fitted without the record's fold.
+
+    ``fit_fold(train_mask, test_mask)`` fits on the training rows and returns ``weight -> chosen backend index of
+    every test row``.
+    """
+    picked_s = np.zeros((len(scores), len(weights)))
+    picked_c = np.zeros((len(scores), len(weights)))
+    for k in np.unique(folds):
+        test = folds == k
+        rows = np.flatnonzero(test)
+        decide = fit_fold(~test, test)
+        for j, w in enumerate(weights):
+            pick = decide(w)
+            picked_s[rows, j] = scores[rows, pick]
+            picked_c[rows, j] = costs[rows, pick]
+    return picked_s, picked_c
+
+
+def cross_validate(scores: np.ndarray, costs: np.ndarray, rule: CostWeightRule, *, seed: int,
+                   fit_fold: Callable[[np.ndarray, np.ndarray], Callable[[float], np.ndarray]],
+                   weights: Sequence[float] = WEIGHTS) -> CostWeightChoice:
+    """Route the records out of fold at every weight and apply ``rule`` (``rule.folds``, fewer when there are
+    fewer than two records a fold; below four records, the largest weight: the cheapest backend)."""
+    n = len(scores)
+    if n == 0:
+        raise ConfigError("cross-validating the cost weight needs training records", field="outcomes")
+    folds = min(rule.folds, n // 2)
+    if folds < 2:  # every weight scored as "always the cheapest backend": the largest weight wins the ties
+        cheap = [int(np.argmin(np.asarray(costs).mean(axis=0)))] * len(weights)
+        return choose(np.asarray(scores)[:, cheap], np.asarray(costs)[:, cheap], weights, rule, folds=0)
+    picked_s, picked_c = out_of_fold(scores, costs, fold_of(n, folds, seed), weights, fit_fold)
+    return choose(picked_s, picked_c, weights, rule, folds=folds)

@@ -1,0 +1,191 @@
+"""The compiled cost weight's selection rule: tables of constructed out-of-fold outcomes whose answer is known,
+the option's validation, and compiling a learned policy from benchmark outcomes where a dearer backend's edge is
+noise (the rule must not pay for it) or real (it must)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genroute.bench.cli import bench_main
+from genroute.bench.compile import compile_policy
+from genroute.bench.datasets import BenchRecord
+from genroute.bench.runner import Outcome
+from genroute.errors import ConfigError, UsageError
+from genroute.policies.cost_weight import CostWeightRule, as_rule, choose, cross_validate
+from genroute.policies.learned import train
+
+WEIGHTS = (0.0, 1e6)  # column 0: a dear setting, column 1: always the cheap backend
+
+
+def _columns(n: int, extra_right: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cheap setting right on the first half; the dear one on the same records plus ``extra_right`` more."""
+    cheap = np.zeros(n)
+    cheap[: n // 2] = 1
+    dear = cheap.copy()
+    dear[n // 2: n // 2 + extra_right] = 1
+    costs = np.column_stack([np.full(n, 3.0), np.full(n, 1.0)])
+    return np.column_stack([dear, cheap]), costs
+
+
+def _se(n: int, k: int) -> float:
+    """Paired standard error of a difference that is 1 on k of n records and 0 elsewhere."""
+    p = k / n
+    return math.sqrt(p * (1 - p) * n / (n - 1) / n)
+
+
+@pytest.mark.parametrize(("extra", "rule", "weight"), [
+    # 3 of 100 extra: +0.03, 1.75 paired SEs — beyond one SE, inside the 95 % interval (1.96 SEs).
+    (3, "best", 0.0), (3, "one_se", 0.0), (3, "resolved", 1e6),
+    # 10 of 100 extra: +0.10, 3.3 SEs — resolved: every rule pays for it.
+    (10, "best", 0.0), (10, "one_se", 0.0), (10, "resolved", 0.0),
+    # 0 extra: a tie, and the cheaper setting wins every rule.
+    (0, "best", 1e6), (0, "one_se", 1e6), (0, "resolved", 1e6),
+])
+def test_rule_picks_the_known_weight(extra: int, rule: str, weight: float) -> None:
+    scores, costs = _columns(100, extra)
+    choice = choose(scores, costs, WEIGHTS, CostWeightRule(rule=rule), folds=5)  # type: ignore[arg-type]
+    assert choice.weight == weight
+    assert choice.best_quality == pytest.approx(0.5 + extra / 100) and choice.n == 100
+    if weight == 1e6 and extra:
+        assert choice.standard_error == pytest.approx(_se(100, extra))
+        assert choice.quality == 0.5 and choice.cost_usd == 1.0 and "not worth its cost" in choice.summary()
+
+
+def test_one_se_is_one_standard_error_and_resolved_follows_the_confidence() -> None:
+    scores, costs = _columns(100, 3)  # 1.75 SEs apart
+    assert choose(scores, costs, WEIGHTS, CostWeightRule(rule="resolved", confidence=0.9), folds=5).weight == 0.0
+    assert choose(scores, costs, WEIGHTS, CostWeightRule(rule="resolved", confidence=0.95), folds=5).weight == 1e6
+    assert CostWeightRule(rule="one_se").margin == 1.0
+    assert CostWeightRule().rule == "resolved" and CostWeightRule().margin == pytest.approx(1.959964, abs=1e-6)
+
+
+def test_the_cheapest_eligible_weight_is_chosen_by_cost_not_by_position() -> None:
+    # Three settings within noise of each other; the middle one is the cheapest.
+    scores = np.column_stack([np.r_[np.ones(50), np.zeros(50)]] * 3)
+    costs = np.column_stack([np.full(100, 2.0), np.full(100, 0.5), np.full(100, 1.0)])
+    assert choose(scores, costs, (0.0, 0.3, 1e6), CostWeightRule(), folds=5).weight == 0.3
+
+
+@pytest.mark.parametrize(("value", "field"), [
+    ("cheapest", "cost_weight_rule.rule"),
+    ({"rule": "one_se", "confidence": 1.5}, "cost_weight_rule.confidence"),
+    ({"folds": 1}, "cost_weight_rule.folds"),
+    ({"rule": "best", "margin": 2}, "cost_weight_rule.margin"),
+])
+def test_bad_rule_is_a_typed_error_naming_the_field(value: object, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        as_rule(value)  # type: ignore[arg-type]
+    assert info.value.field == field and isinstance(info.value, UsageError)
+
+
+def test_rule_values_accepted() -> None:
+    assert as_rule(None) is None
+    assert as_rule("one_se") == CostWeightRule(rule="one_se")
+    assert as_rule({"rule": "best", "folds": 3}) == CostWeightRule(rule="best", folds=3)
+
+
+def test_cross_validate_routes_each_record_by_a_model_that_did_not_see_it() -> None:
+    scores, costs = _columns(40, 0)
+    seen: list[tuple[int, int]] = []
+
+    def fit_fold(train_mask: np.ndarray, test_mask: np.ndarray):  # type: ignore[no-untyped-def]
+        assert not (train_mask & test_mask).any() and (train_mask | test_mask).all()
+        seen.append((int(train_mask.sum()), int(test_mask.sum())))
+        return lambda w: np.full(int(test_mask.sum()), 0 if w < 1 else 1)
+
+    choice = cross_validate(scores, costs, CostWeightRule(folds=4), seed=0, fit_fold=fit_fold, weights=WEIGHTS)
+    assert seen == [(30, 10)] * 4 and choice.folds == 4 and choice.weight == 1e6  # a tie: the cheap one
+    # Too few records for two folds of two: no cross-validation, the largest weight.
+    tiny = cross_validate(scores[:3], costs[:3], CostWeightRule(), seed=0, fit_fold=fit_fold, weights=WEIGHTS)
+    assert tiny.folds == 0 and tiny.weight == 1e6 and len(seen) == 4
+
+
+class _WordsEmbedder:
+    """Hashed bag of words: inputs that share words are near each other."""
+
+    model = "words-test"
+
+    def embed_array(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), 32), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in text.lower().split():
+                out[i, int(hashlib.sha256(word.encode()).hexdigest(), 16) % 32] += 1.0
+        return out
+
+
+def _bench(n: int, *, dear_edge: str) -> tuple[list[Outcome], list[BenchRecord]]:
+    """Two backends on ``n`` records. ``dear_edge="noise"``: the dear one is right where the cheap one is, plus
+    on 2 scattered records; ``"real"``: the cheap one fails every "hard" record, the dear one none."""
+    rng = random.Random(1)
+    records, outcomes = [], []
+    for i in range(n):
+        hard = i % 2 == 1
+        text = (f"hard riddle number {rng.randint(0, 9999)} about knots" if hard else
+                f"easy sum {rng.randint(0, 99)} plus {rng.randint(0, 99)}")
+        records.append(BenchRecord(id=f"r{i}", input=text, output="x", task="t"))
+        if dear_edge == "real":
+            cheap, dear = (0.0 if hard else 1.0), 1.0
+        else:
+            cheap = float(rng.random() < 0.5)
+            dear = 1.0 if i in (7, 61) else cheap
+        for backend, score, cost in (("cheap", cheap, 0.0001), ("dear", dear, 0.0003)):
+            outcomes.append(Outcome(backend=backend, record_id=f"r{i}", task="t", ok=True, score=score,
+                                    scorer="exact", cost_usd=cost, latency_s=0.1))
+    return outcomes, records
+
+
+def test_compile_does_not_pay_for_noise(tmp_path: Path) -> None:
+    outcomes, records = _bench(200, dear_edge="noise")
+    report = compile_policy(outcomes, records, tmp_path, embedder=_WordsEmbedder(), learned=True)
+    rows = {r.name: r for r in report.rows}
+    held = report.n_held_out
+    # The dear backend's edge is 2 records in 200: never resolved, so the compiled weight is "always cheap".
+    assert report.learned_cost_weight == 1e6 and report.learned_cost_weight_choice is not None
+    assert report.learned_cost_weight_choice["rule"] == "resolved"
+    assert rows["compiled learned"].picks == {"cheap": held}
+    assert set(rows["compiled learned"].costs) == set(rows["compiled learned"].scores) and len(rows["compiled learned"].costs) == held
+    assert "by rule `resolved`" in (report.learned_note or "")
+    # The file the compile ships carries the same kind of choice (made on every record).
+    from genroute.policies.router_models import RouterModel
+
+    assert RouterModel.load(report.learned_model_path).meta["cost_weight"] == 1e6  # type: ignore[arg-type]
+    # Without a rule: the fixed 0.1 of before.
+    fixed = compile_policy(outcomes, records, tmp_path / "fixed", embedder=_WordsEmbedder(), cost_weight_rule=None)
+    assert fixed.learned_cost_weight == 0.1 and fixed.learned_cost_weight_choice is None
+
+
+def test_compile_pays_for_a_resolved_gain(tmp_path: Path) -> None:
+    outcomes, records = _bench(200, dear_edge="real")
+    report = compile_policy(outcomes, records, tmp_path, embedder=_WordsEmbedder())
+    rows = {r.name: r for r in report.rows}
+    assert report.learned_cost_weight is not None and report.learned_cost_weight < 1e6
+    learned = rows["compiled learned"]
+    assert learned.quality == 1.0 and set(learned.picks) == {"cheap", "dear"}  # hard -> dear, easy -> cheap
+    assert learned.cost_per_request_usd < rows["dear"].cost_per_request_usd
+
+
+def test_train_reports_the_rule_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    outcomes, records = _bench(60, dear_edge="real")
+    inputs = {r.id: r.input for r in records}
+    rows = [{"input": inputs[o.record_id], "backend": o.backend, "score": o.score, "cost_usd": o.cost_usd,
+             "record_id": o.record_id} for o in outcomes]
+    report = train(rows, tmp_path / "m.npz", embedder=_WordsEmbedder(), cost_weight_rule="one_se")
+    assert report.cost_weight_choice is not None and report.cost_weight_choice.rule == "one_se"
+    assert report.cost_weight == report.cost_weight_choice.weight
+    with pytest.raises(ConfigError) as info:
+        train(rows, tmp_path / "bad.npz", embedder=_WordsEmbedder(), cost_weight_rule={"rule": "one_se", "folds": 0})
+    assert info.value.field == "cost_weight_rule.folds" and not (tmp_path / "bad.npz").exists()
+
+
+def test_cli_refuses_a_bad_rule_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    matrix = tmp_path / "m.jsonl"
+    matrix.write_text('{"input": "q", "metadata": {"id": "a"}, "outcomes": {"x": {"score": 1}}}\n')
+    code = bench_main(["--outcomes", str(matrix), "--out", str(tmp_path / "out"), "--cost-weight-rule", "cheapest"])
+    assert code == 2 and "cost_weight_rule.rule" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
