@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from google.genai import types
     from opentelemetry import trace
+
+
+class Embeddings(list):  # type: ignore[type-arg]  # list[list[float]]
+    """What ``Engine.embed`` returns: the vectors, in order (it is their list), with the input tokens the provider
+    bills for them — as it reported them, or ``estimated`` (about four characters a token) where it reported
+    none, as the Gemini Developer API does. ``input_tokens`` ``None``: the engine does not say."""
+
+    def __init__(self, vectors: Any = (), *, input_tokens: int | None = None, estimated: bool = False) -> None:
+        super().__init__(vectors)
+        self.input_tokens = input_tokens
+        self.estimated = estimated
 
 
 class Engine(ABC):
@@ -58,7 +69,10 @@ class Engine(ABC):
 
     async def embed(self, model: str, texts: list[str], *,
                     output_dimensionality: int | None = None) -> list[list[float]]:
-        """Embed texts (``output_dimensionality`` wide if given); engines without embeddings raise ``UsageError``."""
+        """Embed texts (``output_dimensionality`` wide if given); engines without embeddings raise ``UsageError``.
+
+        An engine that knows what the call is billed returns ``Embeddings``; for a plain list the caller
+        estimates it from the texts."""
         from genroute.errors import UsageError
 
         raise UsageError(f"engine {self.name!r} ({self.kind}) does not embed")

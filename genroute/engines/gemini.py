@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from genroute.engines.base import Engine
+from genroute.engines.base import Embeddings, Engine
 from genroute.runtime.billing import bill, estimate_input, processed
 from genroute.engines.errors import map_error
 from genroute.engines.retry import RetryConfig, call_with_retry
@@ -304,31 +304,34 @@ class GeminiEngine(Engine):
             await _close_quietly(chunks)
 
     async def embed(self, model: str, texts: list[str], *, task_type: str | None = None,
-                    output_dimensionality: int | None = None) -> list[list[float]]:
-        """Embeddings of ``texts`` in order, ``embed_batch_size`` texts per request."""
+                    output_dimensionality: int | None = None) -> Embeddings:
+        """Embeddings of ``texts`` in order, ``embed_batch_size`` texts per request, with the input tokens they
+        are billed (reported by Vertex AI, estimated for the Developer API: ``genroute.engines.gemini_embed``)."""
         from google.genai import types
 
+        from genroute.engines.gemini_embed import billed_if_lost, billing_answered, count
+
         models = self.client.aio.models
-        vectors: list[list[float]] = []
         size = self.config.embed_batch_size
-        for start in range(0, len(texts), size):
-            batch = texts[start : start + size]
+        with billing_answered(Embeddings(input_tokens=0)) as vectors:
+            for start in range(0, len(texts), size):
+                batch = texts[start : start + size]
 
-            async def attempt(remaining_s: float, batch: list[str] = batch) -> types.EmbedContentResponse:
-                seconds, _ = self._attempt_timeout(remaining_s)
-                cfg = types.EmbedContentConfig(
-                    task_type=task_type, output_dimensionality=output_dimensionality,
-                    http_options=types.HttpOptions(timeout=_timeout_ms(seconds)),
-                )
-                return await self._call(models.embed_content(model=model, contents=batch, config=cfg), seconds)
+                async def attempt(remaining_s: float, batch: list[str] = batch) -> types.EmbedContentResponse:
+                    seconds, _ = self._attempt_timeout(remaining_s)
+                    cfg = types.EmbedContentConfig(
+                        task_type=task_type, output_dimensionality=output_dimensionality,
+                        http_options=types.HttpOptions(timeout=_timeout_ms(seconds)),
+                    )
+                    sent = models.embed_content(model=model, contents=batch, config=cfg)
+                    return await self._call(billed_if_lost(sent, batch), seconds)
 
-            response = await call_with_retry(attempt, self.config.retry)
-            got = [list(e.values or ()) for e in response.embeddings or ()]
-            if len(got) != len(batch):
-                raise BackendUnavailable(
-                    f"embedding response has {len(got)} vectors for {len(batch)} texts", backend=self.name
-                )
-            vectors.extend(got)
+                got = count(vectors, await call_with_retry(attempt, self.config.retry), batch)
+                if len(got) != len(batch):
+                    raise BackendUnavailable(
+                        f"embedding response has {len(got)} vectors for {len(batch)} texts", backend=self.name
+                    )
+                vectors.extend(got)
         return vectors
 
     async def count_tokens(self, model: str, contents: list[types.Content]) -> int:

@@ -119,7 +119,7 @@ class GeminiEmbedder(Embedder):
 
         The call is priced (input tokens at the model's input price) on its span and charged to whoever
         collects charges around it (``genroute.runtime.billing.charging``: the rung, the request's
-        decision or the ingest run); attempts lost on the way are charged too."""
+        decision, the route sync or the ingest run); attempts lost on the way are charged too."""
         from genroute.runtime.billing import Meter, metering
 
         if isinstance(texts, str):
@@ -127,40 +127,48 @@ class GeminiEmbedder(Embedder):
         span = self._span(tracer)
         span.set_attribute("gen_ai.embeddings.dimension.count", self.dimension)
         meter = Meter()
-        answered = False
+        vectors: list[list[float]] | None = None
         try:
             with trace.use_span(span, end_on_exit=False), metering(meter):
                 vectors = await self.engine.embed(self.model, list(texts),
                                                   output_dimensionality=self.dimension)
-                answered = True  # billed, whether or not the widths are right
-                self._check_widths(vectors)
+                self._check_widths(vectors)  # billed, whether or not the widths are right
         except BaseException as exc:
             _record_error(span, exc)
             raise
         finally:
-            self._charge(span, texts if answered else [], meter)
+            self._charge(span, texts, vectors, meter)
             span.end()
         return vectors
 
-    def _charge(self, span: trace.Span, texts: list[str], meter: Meter) -> None:
-        # The Gemini API's batchEmbedContents reports no token counts: the answered texts are estimated like
-        # a lost attempt's input (four characters a token), and marked so.
+    def _charge(self, span: trace.Span, texts: list[str], vectors: list[list[float]] | None, meter: Meter) -> None:
+        # What the answer was billed as the engine reports it (Vertex AI counts tokens; for the Gemini API, which
+        # does not, the engine estimates them at four characters a token), else estimated here from the texts;
+        # plus attempts lost on the way. Estimates are marked.
         from genroute.runtime.billing import charge, estimate_tokens
         from genroute.runtime.pricing import Pricing
         from genroute.types import Usage
 
-        calls = [Usage(input_tokens=sum(estimate_tokens(t) for t in texts))] if texts else []
-        calls += meter.attempts
+        calls = list(meter.attempts)
+        estimated = meter.estimated
+        if vectors is not None:
+            tokens = getattr(vectors, "input_tokens", None)
+            if tokens is None:  # an engine that does not say (a plain list)
+                tokens, estimated = sum(estimate_tokens(t) for t in texts), True
+            estimated = estimated or getattr(vectors, "estimated", True)
+            calls.insert(0, Usage(input_tokens=tokens))
         if not calls:
             return
         if self.pricing is None:
             self.pricing = Pricing()
         priced = self.engine.pricing_model(self.model)
         cost = sum(self.pricing.cost(priced, call) for call in calls)
-        span.set_attributes({"gen_ai.usage.input_tokens": sum(c.input_tokens for c in calls),
-                             "gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD",
-                             "genroute.cost.estimated": True})
-        charge(cost, estimated=True)
+        attrs: dict[str, Any] = {"gen_ai.usage.input_tokens": sum(c.input_tokens for c in calls),
+                                 "gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD"}
+        if estimated:
+            attrs["genroute.cost.estimated"] = True
+        span.set_attributes(attrs)
+        charge(cost, estimated=estimated)
 
     def _check_widths(self, vectors: list[list[float]]) -> None:
         # A model that ignores output_dimensionality would otherwise fill a collection with vectors

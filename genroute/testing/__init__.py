@@ -26,7 +26,10 @@ Routes served (any API version prefix, Developer API and Vertex resource names a
   or a tuned endpoint ``projects/P/locations/L/endpoints/E``;
 - ``:countTokens`` (``{"totalTokens": n}``, about four characters per token);
 - ``:embedContent``, ``:batchEmbedContents`` and Vertex ``:predict``: deterministic unit vectors from a
-  hash of each text, ``embedding_dim`` (768) wide unless the request sets ``outputDimensionality``.
+  hash of each text, ``embedding_dim`` (768) wide unless the request sets ``outputDimensionality``. Answers
+  to Vertex AI paths report each text's tokens (``statistics.token_count``; ``usageMetadata`` for a single
+  ``embedContent``) as ``srv.embed_tokens(text)`` counts them (default: about four characters a token);
+  the Developer API's ``batchEmbedContents`` answer reports none, as the real one does.
 
 Scripting:
 

@@ -6,7 +6,7 @@ import hashlib
 import math
 import random
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,13 +161,18 @@ def fake_embedding(text: str, dim: int) -> list[float]:
     return [round(v / norm, 7) for v in values]
 
 
-def embed_response(action: str, body: Any, default_dim: int) -> dict[str, Any]:
-    """The wire response for ``embedContent``, ``batchEmbedContents`` or Vertex ``predict``."""
+def embed_response(action: str, body: Any, default_dim: int, *, vertex: bool = False,
+                   tokens: Callable[[str], int] = estimate_tokens) -> dict[str, Any]:
+    """The wire response for ``embedContent``, ``batchEmbedContents`` or Vertex ``predict``.
+
+    Vertex AI answers carry each text's token count (``tokens(text)``); the Developer API's batch answer
+    carries none, as the real one does."""
 
     def dim_of(item: Any) -> int:
         params = field_of(body, "parameters")
         return int(
             field_of(item, "outputDimensionality")
+            or field_of(field_of(item, "embedContentConfig"), "outputDimensionality")  # Vertex AI
             or field_of(body, "outputDimensionality")
             or field_of(params, "outputDimensionality")
             or default_dim
@@ -179,18 +184,26 @@ def embed_response(action: str, body: Any, default_dim: int) -> dict[str, Any]:
             return content
         return "".join(texts_in(content))
 
+    def stats(text: str) -> dict[str, Any]:
+        return {"token_count": tokens(text), "truncated": False}  # snake_case on the wire, as Vertex sends it
+
     if action == "batchEmbedContents":
-        requests = field_of(body, "requests") or []
-        return {"embeddings": [{"values": fake_embedding(text_of(r), dim_of(r))} for r in requests]}
+        texts = [text_of(r) for r in field_of(body, "requests") or []]
+        dims = [dim_of(r) for r in field_of(body, "requests") or []]
+        if vertex:
+            return {"embeddings": [{"values": fake_embedding(t, d), "statistics": stats(t)}
+                                   for t, d in zip(texts, dims, strict=True)]}
+        return {"embeddings": [{"values": fake_embedding(t, d)} for t, d in zip(texts, dims, strict=True)]}
     if action == "predict":
         predictions = []
+        chars = 0
         for inst in field_of(body, "instances") or []:
             text = text_of(inst)
-            stats = {"token_count": estimate_tokens(text), "truncated": False}
-            predictions.append({"embeddings": {"values": fake_embedding(text, dim_of(inst)), "statistics": stats}})
-        return {"predictions": predictions, "metadata": {"billableCharacterCount": 0}}
+            chars += len(text)
+            predictions.append({"embeddings": {"values": fake_embedding(text, dim_of(inst)), "statistics": stats(text)}})
+        return {"predictions": predictions, "metadata": {"billableCharacterCount": chars}}
     text = text_of(body)
     return {
         "embedding": {"values": fake_embedding(text, dim_of(body))},
-        "usageMetadata": {"promptTokenCount": estimate_tokens(text)},
+        "usageMetadata": {"promptTokenCount": tokens(text)},
     }

@@ -22,6 +22,7 @@ from genroute.testing.replies import (
     default_text,
     embed_response,
     error_body,
+    estimate_tokens,
     field_of,
     prompt_tokens,
     render_generate,
@@ -102,6 +103,8 @@ class GeminiTestServer:
                  api_key: str | None = None) -> None:
         self.embedding_dim = embedding_dim
         self.api_key = api_key
+        #: Tokens a Vertex AI embedding answer reports for a text (default: about four characters a token).
+        self.embed_tokens: Callable[[str], int] = estimate_tokens
         self.default_reply: Callable[[RecordedRequest], Reply] = lambda req: Reply(
             parts=({"text": default_text(req.body)},)
         )
@@ -318,7 +321,9 @@ def _count_tokens(server: GeminiTestServer, request: RecordedRequest, match: re.
 
 
 def _embed(server: GeminiTestServer, request: RecordedRequest, match: re.Match[str]) -> dict[str, Any]:
-    return embed_response(request.action or "", request.body, server.embedding_dim)
+    vertex = "/projects/" in request.path  # a Vertex AI resource name: counts come with the answer
+    return embed_response(request.action or "", request.body, server.embedding_dim, vertex=vertex,
+                          tokens=server.embed_tokens)
 
 
 def _encode(item: Any) -> bytes:

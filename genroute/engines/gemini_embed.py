@@ -1,0 +1,69 @@
+"""Gemini embeddings: texts in batches, with the input tokens the provider bills for them.
+
+Vertex AI reports each text's tokens (``statistics.token_count``; a single-text ``embedContent`` its
+``usageMetadata``, which the SDK turns into the same); the Gemini Developer API reports none, so there they are
+estimated at about four characters a token (from the billable characters if the answer gives them, else from
+the texts) and marked estimated. An attempt lost after it was sent (a timeout, a broken connection) is billed at
+its estimated input, and batches answered before a later one failed are billed as what they were: the caller
+never gets their vectors, but the provider charged for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+from genroute.engines.base import Embeddings
+from genroute.runtime.billing import bill, estimate_tokens, processed
+from genroute.types import Usage
+
+if TYPE_CHECKING:
+    from google.genai import types
+
+_T = TypeVar("_T")
+
+
+@contextmanager
+def billing_answered(out: Embeddings) -> Iterator[Embeddings]:
+    """Collect batches into ``out`` (``count``); if the block fails, bill the batches already answered: the
+    caller never gets their vectors, but the provider charged for them."""
+    try:
+        yield out
+    except BaseException:
+        if out.input_tokens:
+            bill(Usage(input_tokens=out.input_tokens), estimated=out.estimated)
+        raise
+
+
+def count(out: Embeddings, response: types.EmbedContentResponse, texts: list[str]) -> list[list[float]]:
+    """Add what one answer is billed to ``out``; the answer's vectors."""
+    tokens, reported = billed_tokens(response, texts)
+    out.input_tokens = (out.input_tokens or 0) + tokens
+    out.estimated = out.estimated or not reported
+    return [list(e.values or ()) for e in response.embeddings or ()]
+
+
+def billed_tokens(response: types.EmbedContentResponse, texts: list[str]) -> tuple[int, bool]:
+    """The input tokens one embedding answer is billed, and whether the provider reported them (else estimated)."""
+    embeddings = response.embeddings or []
+    counts = [e.statistics.token_count if e.statistics is not None else None for e in embeddings]
+    if counts and all(c is not None for c in counts):
+        return round(sum(counts)), True  # type: ignore[arg-type]
+    usage = response.usage_metadata
+    if usage is not None and usage.prompt_token_count:
+        return usage.prompt_token_count, True
+    metadata = response.metadata
+    if metadata is not None and metadata.billable_character_count:
+        return estimate_tokens(metadata.billable_character_count), False
+    return sum(estimate_tokens(t) for t in texts), False
+
+
+async def billed_if_lost(call: Awaitable[_T], texts: list[str]) -> _T:
+    """``call``; if it fails after the request went out (the provider processed it), its input is billed."""
+    try:
+        return await call
+    except BaseException as exc:
+        if processed(exc):
+            bill(Usage(input_tokens=sum(estimate_tokens(t) for t in texts)))
+        raise
