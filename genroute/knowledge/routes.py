@@ -3,15 +3,25 @@
 A policy asks for its routes while it is bound (``store.routes.want``); the router, once its policy is bound,
 has the store write them (``store.routes.sync``: the configured utterances are stored, embedding only new
 ones, stale ones deleted) and hands each policy what the collection holds. Policies never write.
+
+Embedding routes is billed like any embedding (Gemini embeddings are priced): each sync runs in a
+``genroute.routes.sync`` span (the embeddings spans are its children) that carries what it embedded and cost,
+the cost is in ``StoredRoutes`` (and so in the policy's ``last_sync``), and it is passed on to whoever collects
+charges around the sync (the router's ``build_cost_usd``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from opentelemetry import trace
+
 from genroute.errors import ConfigError
+from genroute.runtime.billing import Charges, charge, charging
 
 
 class RouteStore(Protocol):
@@ -35,6 +45,9 @@ class StoredRoutes:
     vectors: Any
     added: int
     deleted: int
+    #: What embedding the added utterances cost (0 for the offline embedder), and whether it is an estimate.
+    cost_usd: float = 0.0
+    cost_estimated: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,8 @@ class RouteSet:
     field: str
     embed: Callable[[list[str]], Any]
     deliver: Callable[[StoredRoutes], None]
+    #: Where the sync's span goes (the router's tracer; ``None``: the global provider's).
+    tracer: trace.Tracer | None = None
 
 
 class RouteSync:
@@ -73,6 +88,37 @@ class RouteSync:
 
 def sync_routes(store: RouteStore, routes: RouteSet) -> StoredRoutes:
     """Store exactly ``routes.wanted`` in its collection (embedding only the new ones), then load the collection."""
+    with costing_routes(routes.tracer, routes.field, routes.collection) as (charges, span):
+        stored = _sync(store, routes)
+        span.set_attributes({"genroute.routes.added": stored.added, "genroute.routes.deleted": stored.deleted,
+                             "genroute.routes.loaded": len(stored.backends)})
+    return dataclasses.replace(stored, cost_usd=charges.cost_usd, cost_estimated=charges.estimated)
+
+
+@contextmanager
+def costing_routes(tracer: trace.Tracer | None, field: str, collection: str | None
+                   ) -> Iterator[tuple[Charges, trace.Span]]:
+    """Collect what embedding a policy's routes costs, on a ``genroute.routes.sync`` span, then pass it on to
+    the enclosing collector (a router's build)."""
+    charges = Charges()
+    attrs: dict[str, Any] = {"genroute.policy.field": field}
+    if collection is not None:
+        attrs["genroute.routes.collection"] = collection
+    with (tracer or trace.get_tracer("genroute")).start_as_current_span("genroute.routes.sync",
+                                                                       attributes=attrs) as span:
+        try:
+            with charging(charges):
+                yield charges, span
+        finally:  # a sync that failed half-way was billed for what it embedded before
+            cost: dict[str, Any] = {"gen_ai.usage.cost.amount": charges.cost_usd,
+                                    "gen_ai.usage.cost.currency": "USD"}
+            if charges.estimated:
+                cost["genroute.cost.estimated"] = True
+            span.set_attributes(cost)
+            charge(charges.cost_usd, estimated=charges.estimated)
+
+
+def _sync(store: RouteStore, routes: RouteSet) -> StoredRoutes:
     name, wanted = routes.collection, routes.wanted
     try:  # opening checks the embedder kind, model and dimension the collection was made with
         col = store.collection_sync(name, kind="routes", create=True, field=f"{routes.field}.collection")

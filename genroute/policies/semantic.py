@@ -6,13 +6,15 @@ utterances no longer in the config are deleted. The policy only asks for its rou
 writes them when the router syncs it (``genroute.knowledge.routes``), so deciding stays pure. The store records which embedder filled the collection
 (kind, model, dimension) and refuses to reopen it with another one (``ConfigError`` naming
 ``knowledge.embedder...``), as it does for documents and examples. Without a store the utterances are
-embedded at every start. Either way the decision searches an in-memory normalised numpy matrix (one
+embedded at every start. Either way what embedding them cost is in ``last_sync`` (and on a
+``genroute.routes.sync`` span, and in the router's ``build_cost_usd``), and the decision searches an in-memory normalised numpy matrix (one
 request embedding plus one matrix-vector product): Chroma's HNSW query costs more and is approximate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import threading
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from genroute.errors import ConfigError, UsageError
-from genroute.knowledge.routes import RouteSet
+from genroute.knowledge.routes import RouteSet, costing_routes
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest
@@ -102,12 +104,15 @@ class RouteIndex:
 
 @dataclass(frozen=True)
 class SyncReport:
-    """What opening the stored routes did: utterances embedded and added, deleted, and loaded."""
+    """What making the routes did: utterances embedded and added, deleted, and loaded, and what the embedding
+    cost (``collection`` ``None``: no knowledge store, every utterance was embedded at start)."""
 
-    collection: str
+    collection: str | None
     added: int
     deleted: int
     loaded: int
+    cost_usd: float = 0.0
+    cost_estimated: bool = False
 
 
 class SemanticPolicy(Policy):
@@ -165,7 +170,8 @@ class SemanticPolicy(Policy):
             self.store = store
             self._use_embedder(store.embedder)
             self._index = None
-        store.routes.want(RouteSet(self.collection_name, self.wanted, self.field, self._embed, self._load))
+        store.routes.want(RouteSet(self.collection_name, self.wanted, self.field, self._embed, self._load,
+                                   tracer=self.tracer))
 
     def _use_embedder(self, embedder: Embedder | None) -> None:
         embedder = embedder if embedder is not None else default_embedder()
@@ -208,7 +214,12 @@ class SemanticPolicy(Policy):
             raise ConfigError("no utterances: set `routes` or `routes_file` (or give the router a `knowledge` "
                               "store whose collection holds them)", field=f"{self.field}.routes")
         pairs = list(self.wanted.values())
-        return RouteIndex([b for b, _ in pairs], [u for _, u in pairs], self._embed([u for _, u in pairs]))
+        with costing_routes(self.tracer, self.field, None) as (charges, span):
+            matrix = self._embed([u for _, u in pairs])
+            span.set_attributes({"genroute.routes.added": len(pairs), "genroute.routes.loaded": len(pairs)})
+        self.last_sync = SyncReport(collection=None, added=len(pairs), deleted=0, loaded=len(pairs),
+                                    cost_usd=charges.cost_usd, cost_estimated=charges.estimated)
+        return RouteIndex([b for b, _ in pairs], [u for _, u in pairs], matrix)
 
     def _load(self, stored: StoredRoutes) -> None:
         """Search what the store holds after syncing this policy's routes (the store delivers it)."""
@@ -218,7 +229,8 @@ class SemanticPolicy(Policy):
         with self._lock:
             self._index = RouteIndex(stored.backends, stored.utterances, matrix)
             self.last_sync = SyncReport(collection=stored.collection, added=stored.added, deleted=stored.deleted,
-                                        loaded=len(stored.backends))
+                                        loaded=len(stored.backends), cost_usd=stored.cost_usd,
+                                        cost_estimated=stored.cost_estimated)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         import numpy as np
@@ -235,8 +247,9 @@ class SemanticPolicy(Policy):
             except RuntimeError:
                 vectors = self.embedder.embed(texts, **traced)
             else:  # a router built inside async code: Embedder.embed refuses a running loop, a worker has none
-                with ThreadPoolExecutor(1) as pool:
-                    vectors = pool.submit(self.embedder.embed, texts, **traced).result()
+                with ThreadPoolExecutor(1) as pool:  # in this context: its spans and charges are this call's
+                    run = contextvars.copy_context().run
+                    vectors = pool.submit(run, self.embedder.embed, texts, **traced).result()
         return _unit(np.asarray(vectors, dtype=np.float32))
 
     # -- deciding ----------------------------------------------------------------------------------

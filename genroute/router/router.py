@@ -21,6 +21,7 @@ from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
 from genroute.router.build import release_on_collect, require_prices
 from genroute.router.deciding import CostedDecisions
 from genroute.router.scope import RootSpan, ended_by, parse_request
+from genroute.runtime.billing import Charges, charging
 from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
 from genroute.runtime.telemetry import Telemetry, flush_providers
 from genroute.router.learning import Learning, backend_info
@@ -87,9 +88,13 @@ class Router(Learning):
         self._providers = [p for p in (tracer_provider, meter_provider) if p is not None]
         self.catalogue = {name: backend_info(name, b) for name, b in self.backends.items()}
         self.resources.tracer = self.telemetry.tracer  # spans a policy makes (embeddings) join this router's
-        self.policy.bind(self.resources)
-        if self.resources.knowledge is not None:  # the store writes the routes policies asked for; they only read
-            self.resources.knowledge.routes.sync()
+        with charging(Charges()) as built:  # what embedding semantic routes costs
+            self.policy.bind(self.resources)
+            if self.resources.knowledge is not None:  # the store writes the routes policies asked for; they read
+                self.resources.knowledge.routes.sync()
+        #: What building the router cost: embedding semantic routes (0 for the offline embedder, or when every
+        #: utterance was stored already), and whether that figure is an estimate.
+        self.build_cost_usd, self.build_cost_estimated = built.cost_usd, built.estimated
         self.policy.validate_against(self.catalogue)
         self._unsafe = unsafe_backends(self.backends)
         check_shadows(self.policy, self._unsafe)  # a shadow must never repeat a tool's side effects
