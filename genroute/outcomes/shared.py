@@ -55,6 +55,7 @@ class SharedOutcomeStore:
         self._merged: dict[str, OutcomeRecord] = {}
         self._seen = 0  # absolute position of the next write to read
         self._started = False  # a new process starts from the oldest write kept: not a skip
+        self._epoch = ""  # the incarnation of the list read so far (see ``ListRead.epoch``)
         #: Writes trimmed from the list before this process read them (it fell ``max_items`` behind).
         self.skipped = 0
         #: Times the list turned out shorter than this process's place (emptied: a restart without persistence).
@@ -99,17 +100,17 @@ class SharedOutcomeStore:
         async with self._lock:  # one replay at a time: each appended line is merged exactly once
             while True:
                 read = await self.state.items(self.key, self._seen, limit=PAGE)
-                if read.start > self._seen and self._started:
+                if self._started and read.epoch and self._epoch and read.epoch != self._epoch:
+                    read = await self.state.items(self.key, 0, limit=PAGE)  # another list now: from its head
+                    self._reset(read.start)
+                elif read.start < self._seen:
+                    self._reset(read.start)
+                elif read.start > self._seen and self._started:
                     self.skipped += read.start - self._seen
                     _log.warning("%d outcome write(s) were trimmed from the shared list (outcomes.shared_max_items="
                                  "%s, shared_max_age_s=%s) before this process read them: they are not in its "
                                  "records (%d so far)", read.start - self._seen, self.max_items, self.max_age_s,
                                  self.skipped)
-                elif read.start < self._seen:
-                    self.resets += 1
-                    _log.warning("the shared outcome list is shorter than this process has read (was the store "
-                                 "emptied or restarted without persistence?): reading it from position %d",
-                                 read.start)
                 written = [OutcomeRecord.model_validate_json(line) for line in read.items]
                 if self.archive is not None and written:  # first: a failed write is read again next time
                     await asyncio.to_thread(self.archive.upsert_many_sync, written)
@@ -117,10 +118,17 @@ class SharedOutcomeStore:
                     old = self._merged.get(record.id)
                     self._merged[record.id] = record if old is None else old.merged(record)
                 self._seen = read.start + len(read.items)
+                self._epoch = read.epoch
                 self._started = True
                 if len(read.items) < PAGE:
                     break
             self._bound()
+
+    def _reset(self, start: int) -> None:
+        self.resets += 1
+        _log.warning("the shared outcome list is not the one this process read before (the store was emptied or "
+                     "restarted without persistence, or is unreachable and this process uses its own memory "
+                     "meanwhile): reading it from position %d", start)
 
     def _bound(self) -> None:
         """Forget the oldest records beyond ``max_items``, and those last written before ``max_age_s`` ago."""

@@ -41,10 +41,12 @@ from genroute.state.ops import Admitted, Claim, Close, Fail, Held, Hold, Open, P
 class ListRead(NamedTuple):
     """Items of a list from absolute position ``start`` on (``start`` > the position asked for: items were trimmed
     before they were read; ``start`` < it: the list is shorter than that position, i.e. it was emptied, e.g. by a
-    server restart without persistence, and is read from its head again)."""
+    server restart without persistence, and is read from its head again). ``epoch`` names this incarnation of the
+    list (set by its first append; ``""`` before): a reader that sees it change reads the new list from its head."""
 
     start: int
     items: list[bytes]
+    epoch: str = ""
 
 
 class StateStore(ABC):

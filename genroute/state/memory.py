@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections import deque
@@ -29,6 +30,7 @@ class _List:
     base: int = 0
     #: (appended at, value), oldest first
     items: deque[tuple[float, bytes]] = field(default_factory=deque)
+    epoch: str = field(default_factory=lambda: os.urandom(6).hex())
 
 
 @dataclass
@@ -151,7 +153,7 @@ class MemoryStateStore(StateStore):
             now = self._clock()
             found = self._lists.setdefault(key, _List())
             found.items.append((now, bytes(value)))
-            drop = 0 if max_items is None else max(0, len(found.items) - max_items)
+            drop = max(0, len(found.items) - max_items) if max_items else 0  # 0, like None: no cap (as in Redis)
             if max_age_s is not None:
                 while drop < len(found.items) - 1 and found.items[drop][0] < now - max_age_s:
                     drop += 1
@@ -161,8 +163,11 @@ class MemoryStateStore(StateStore):
 
     async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
         with self._lock:
-            found = self._lists.get(key) or _List()
+            found = self._lists.get(key)
+            if found is None:
+                return ListRead(0, [])
             end = found.base + len(found.items)
             first = found.base if start < found.base or start > end else start
             stop = end if limit is None else min(end, first + limit)
-            return ListRead(first, [v for _, v in itertools.islice(found.items, first - found.base, stop - found.base)])
+            return ListRead(first, [v for _, v in itertools.islice(found.items, first - found.base, stop - found.base)],
+                            found.epoch)

@@ -12,15 +12,16 @@ is an opcode in ARGV followed by its arguments, and takes a fixed number of keys
     c  close   KEYS breaker, probe                                                              -> {was open}
     u  usage   KEYS account, holds                                                              -> {spent, held}
     b  until   KEYS breaker                                                 -> {0} closed, {1, ms to half-open}
-    l  push    KEYS list, trimmed count       ARGV value, max items (0: none), max age ms (0: none)  -> {length}
-    r  range   KEYS list, trimmed count       ARGV start, limit (0: none)       -> {first position, {items}}
+    l  push    KEYS list, list meta           ARGV value, max items (0: none), max age ms (0: none)  -> {length}
+    r  range   KEYS list, list meta           ARGV start, limit (0: none)  -> {first position, {items}, epoch}
 
 ARGV[1] is the mode: ``admit`` stops at the first hold or probe that does not pass and undoes what the call
 took before it (all or none); ``apply`` runs every operation. The reply is ``{refused index or 0, answers...}``.
 Times come from the server's clock (``TIME``), so lapses do not depend on the processes' clocks. A settle's
 marker key makes it idempotent: one replayed after a timeout (that Redis may have applied) counts once.
-A list item is stored as ``<server ms>|<value>`` so that a push can drop items by age; the trimmed count beside
-the list keeps positions absolute (position = trimmed count + index), so readers' offsets survive a trim.
+A list item is stored as ``<server ms>|<value>`` so that a push can drop items by age; the list's meta hash keeps
+its trimmed count ``t`` (position = trimmed count + index, so readers' offsets survive a trim) and its epoch ``e``
+(the server time of the first push: a list emptied by a restart gets a new one).
 """
 
 from __future__ import annotations
@@ -155,21 +156,23 @@ local function push(k, a)
       drop = drop + 1
     end
   end
+  redis.call('HSETNX', KEYS[k + 1], 'e', now)
   if drop > 0 then
     redis.call('LTRIM', list, drop, -1)
-    redis.call('INCRBY', KEYS[k + 1], drop)
+    redis.call('HINCRBY', KEYS[k + 1], 't', drop)
   end
   return {n - drop}
 end
 
 local function range(k, a)
-  local trimmed = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+  local meta = redis.call('HMGET', KEYS[k + 1], 't', 'e')
+  local trimmed = tonumber(meta[1] or '0')
   local n = redis.call('LLEN', KEYS[k])
   local start = tonumber(ARGV[a])
   if start < trimmed or start > trimmed + n then start = trimmed end
   local stop = -1
   if tonumber(ARGV[a + 1]) > 0 then stop = start - trimmed + tonumber(ARGV[a + 1]) - 1 end
-  return {start, redis.call('LRANGE', KEYS[k], start - trimmed, stop)}
+  return {start, redis.call('LRANGE', KEYS[k], start - trimmed, stop), meta[2] or ''}
 end
 
 -- opcode -> {keys taken, arguments taken, function}
@@ -257,10 +260,10 @@ def encode(mode: str, ops: Sequence[Any], prefix: str, ids: Sequence[str | None]
             keys.append(f"{prefix}b:{op.name}")
             args.append("b")
         elif isinstance(op, Push):
-            keys += (f"{prefix}l:{op.key}", f"{prefix}lt:{op.key}")
+            keys += (f"{prefix}l:{op.key}", f"{prefix}lm:{op.key}")
             args += ("l", op.value, op.max_items or 0, 0 if op.max_age_s is None else _ms(op.max_age_s))
         elif isinstance(op, Range):
-            keys += (f"{prefix}l:{op.key}", f"{prefix}lt:{op.key}")
+            keys += (f"{prefix}l:{op.key}", f"{prefix}lm:{op.key}")
             args += ("r", max(0, op.start), op.limit or 0)
         else:
             keys += (f"{prefix}b:{op.name}", f"{prefix}p:{op.name}")
@@ -295,7 +298,7 @@ def decode(ops: Sequence[Any], reply: list[Any], ids: Sequence[str | None]) -> t
         elif isinstance(op, Push):
             answers.append(None)
         elif isinstance(op, Range):
-            answers.append(ListRead(int(r[0]), [_value(item) for item in r[1]]))
+            answers.append(ListRead(int(r[0]), [_value(item) for item in r[1]], r[2].decode()))
         else:
             answers.append(bool(r[0]))
     return answers, (None if refused < 0 else refused)
