@@ -163,3 +163,22 @@ def test_two_routers_spend_their_decisions_in_one_redis_budget(gemini_server: Ge
             router.close()
     expected = 2 * ANSWER + sum(map(_embedding, questions)) + _embedding("a refused question about bread")
     assert shared == [pytest.approx(expected)] * 2  # one account, seen alike from both routers
+
+
+async def test_a_cancelled_request_spends_its_decision_once(gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    question = "rye bread for a cancelled caller"
+    router = Router.from_config(_config(gemini_server, tmp_path))
+    gemini_server.fault(Fault.delay(1.0))  # the decision's embedding is slow; the caller gives up first
+    try:
+        sent = len(gemini_server.requests)  # the routes' embedding, when the router was built
+        task = asyncio.create_task(router.agenerate(question))
+        while len(gemini_server.requests) == sent:  # until the decision's embedding is on its way
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        spent = await _wait_for_spend(router, _embedding(question))
+    finally:
+        await router.aclose()
+    assert _generates(gemini_server) == 0
+    assert spent == pytest.approx(_embedding(question))

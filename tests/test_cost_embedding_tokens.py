@@ -147,3 +147,12 @@ async def test_a_router_on_vertex_embeddings_costs_requests_as_reported(srv: Gem
     answer = (100 * flash.input + 10 * flash.output) / 1e6
     assert result.cost_usd == pytest.approx(answer + counted(question) * EMBED)
     assert not result.cost_estimated  # every figure was reported by the provider
+
+
+async def test_billable_characters_without_token_counts_are_estimated_from_them(srv: GeminiTestServer,
+                                                                                vertex: GeminiEngine) -> None:
+    # An answer with no token counts but the characters Vertex AI bills: those, at four characters a token.
+    srv.reply_json({"predictions": [{"embeddings": {"values": [0.1] * 8}} for _ in TEXTS],
+                    "metadata": {"billableCharacterCount": 41}}, path=r".*:predict")
+    vectors = await vertex.embed("text-embedding-005", TEXTS, output_dimensionality=8)
+    assert vectors.input_tokens == estimate_tokens(41) == 11 and vectors.estimated
