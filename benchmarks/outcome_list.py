@@ -7,8 +7,8 @@ recorder's shadow records (ids, task, features, a served and a shadow side with 
 as the code before the cap wrote them (full JSON, RPUSH, no bound), through ``SharedOutcomeStore`` with no cap,
 with ``--cap``, and ``2 x --n`` with the default cap. For each it prints the list's ``MEMORY USAGE`` (SAMPLES 0:
 every node counted), its length, appends per second (and the server's own µs per append call from
-``INFO commandstats``), and how long a new process takes to read and merge it (best
-of 3).
+``INFO commandstats``), how long a new process takes to read and merge it (best of 3) and the memory its merged
+view holds.
 """
 
 from __future__ import annotations
@@ -84,13 +84,33 @@ async def measure(url: str, name: str, records: list[OutcomeRecord], *, cap: int
     catch_up = float("inf")
     for _ in range(3):  # best of 3 new readers
         start = time.perf_counter()
-        merged = len(await SharedOutcomeStore(store, max_items=cap).records())
+        reader = SharedOutcomeStore(store, max_items=cap)
+        merged = len(await reader.records())
         catch_up = min(catch_up, time.perf_counter() - start)
+    view = view_bytes(reader)
     await client.delete(key, f"{prefix}lm:outcomes")
     await store.aclose()
     return {"case": name, "writes": len(records), "cap": cap, "length": length, "memory_mb": memory / 1e6,
             "bytes_per_item": memory / max(length, 1), "line_bytes": sum(map(len, lines)) / len(lines),
-            "appends_per_s": rate, "server_us": server_us, "catch_up_s": catch_up, "records_read": merged}
+            "appends_per_s": rate, "server_us": server_us, "catch_up_s": catch_up, "records_read": merged,
+            "view_mb": view / 1e6}
+
+
+def view_bytes(reader: SharedOutcomeStore) -> int:
+    """Bytes a reader's merged view holds: the dict, its ids and its JSON lines."""
+    return sys.getsizeof(reader._merged) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in reader._merged.items())
+
+
+def parsed_bytes_per_record(records: list[OutcomeRecord]) -> float:
+    """What one record takes held as parsed models instead (as the view kept them before), by tracemalloc."""
+    import tracemalloc
+
+    lines = [r.model_dump_json(exclude_unset=True).encode() for r in records]
+    tracemalloc.start()
+    held = [OutcomeRecord.model_validate_json(line) for line in lines]
+    size = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return size / len(held)
 
 
 async def run(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
@@ -101,8 +121,11 @@ async def run(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
              ("after: shared_max_items null", records[:args.n], None, False),
              (f"after: shared_max_items {args.cap}", records[:args.n], args.cap, False),
              (f"after: default cap {DEFAULT_MAX_ITEMS}", records, DEFAULT_MAX_ITEMS, False)]
-    return [await measure(url, f"c{i}", chosen, cap=cap, legacy=legacy, concurrency=args.concurrency)
+    rows = [await measure(url, f"c{i}", chosen, cap=cap, legacy=legacy, concurrency=args.concurrency)
             | {"case": name} for i, (name, chosen, cap, legacy) in enumerate(cases)]
+    print(f"one record held parsed (OutcomeRecord): {parsed_bytes_per_record(records[:10_000]):,.0f} bytes; "
+          f"as the view holds it (id + JSON line): {rows[1]['view_mb'] * 1e6 / rows[1]['records_read']:,.0f} bytes")
+    return rows
 
 
 def main() -> None:
@@ -117,12 +140,13 @@ def main() -> None:
     finally:
         redis.stop()
     print("| case | writes | list length | MEMORY USAGE | bytes/item | mean line | appends/s | server µs/append | "
-          "new reader: read + merge |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "new reader: read + merge | its view |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['writes']:,} | {r['length']:,} | {r['memory_mb']:.1f} MB | "
               f"{r['bytes_per_item']:.0f} | {r['line_bytes']:.0f} B | {r['appends_per_s']:,.0f} | "
-              f"{r['server_us']:.1f} | {r['catch_up_s']:.2f} s ({r['records_read']:,} records) |")
+              f"{r['server_us']:.1f} | {r['catch_up_s']:.2f} s ({r['records_read']:,} records) | "
+              f"{r['view_mb']:.1f} MB |")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ The list is bounded: each append drops, in the same atomic call, the oldest writ
 set, those older than ``max_age_s``). Positions stay absolute, so a reader's place survives the trim; a reader
 that fell more than ``max_items`` writes behind skips what was trimmed (counted in ``skipped`` and logged, not an
 error); a process that starts reads from the oldest write kept. What a process has read stays merged in its
-memory, bounded the same way (the newest ``max_items`` records), so its view never holds less than the list does
-and never grows without limit. With an ``archive`` (``outcomes.path`` beside a shared store) every write this
+memory as compact JSON, bounded the same way (the newest ``max_items`` records), so its view never holds less than
+the list does and never grows without limit. With an ``archive`` (``outcomes.path`` beside a shared store) every write this
 process reads is also merged into that SQLite file, in one transaction a batch, and ``records`` and ``get`` read
 the file: the full history, for as long as the process reads at least once every ``max_items`` writes (each of its
 own writes and each refresh reads). Several processes on one machine may share the file: merging a write twice
@@ -52,13 +52,14 @@ class SharedOutcomeStore:
         #: The SQLite store that keeps every write read here (None: only the bounded view in memory).
         self.archive = archive
         self.path = None if archive is None else archive.path
-        self._merged: dict[str, OutcomeRecord] = {}
+        #: id -> the merged record as JSON: ~0.7 KB a record where the parsed model takes ~4 KB (RESULTS.md)
+        self._merged: dict[str, bytes] = {}
         self._seen = 0  # absolute position of the next write to read
         self._started = False  # a new process starts from the oldest write kept: not a skip
         self._epoch = ""  # the incarnation of the list read so far (see ``ListRead.epoch``)
         #: Writes trimmed from the list before this process read them (it fell ``max_items`` behind).
         self.skipped = 0
-        #: Times the list turned out shorter than this process's place (emptied: a restart without persistence).
+        #: Times the list was another than the one read before (emptied by a restart, or the fallback memory).
         self.resets = 0
         self._lock = asyncio.Lock()
 
@@ -66,20 +67,19 @@ class SharedOutcomeStore:
         """Append ``record``; return the merged record with its id as the store now holds it."""
         if not record.id:
             raise UsageError("an outcome record needs metadata.id", field="metadata.id")
-        # Unset fields stay out of the line, so a partial write (a feedback's score) merges as SQLite merges it
-        # instead of resetting the other fields to their defaults.
-        await self.state.append(self.key, record.model_dump_json(exclude_unset=True).encode(), max_items=self.max_items,
+        await self.state.append(self.key, _dump(record), max_items=self.max_items,
                                 max_age_s=self.max_age_s)
         await self._catch_up()
-        return self._merged.get(record.id, record)
+        found = self._merged.get(record.id)
+        return record if found is None else _load(found)
 
     async def get(self, id: str) -> OutcomeRecord | None:
         """The merged record with ``id``, or ``None``."""
         await self._catch_up()
         found = self._merged.get(id)
         if found is None and self.archive is not None:
-            found = await self.archive.get(id)
-        return found
+            return await self.archive.get(id)
+        return None if found is None else _load(found)
 
     async def records(self, *, task: str | None = None, captured: bool | None = None,
                       since: float | None = None) -> list[OutcomeRecord]:
@@ -87,7 +87,7 @@ class SharedOutcomeStore:
         await self._catch_up()
         if self.archive is not None:
             return await self.archive.records(task=task, captured=captured, since=since)
-        found = list(self._merged.values())
+        found = [_load(line) for line in self._merged.values()]
         if task is not None:
             found = [r for r in found if r.task == task]
         if captured is not None:
@@ -116,7 +116,7 @@ class SharedOutcomeStore:
                     await asyncio.to_thread(self.archive.upsert_many_sync, written)
                 for record in written:
                     old = self._merged.get(record.id)
-                    self._merged[record.id] = record if old is None else old.merged(record)
+                    self._merged[record.id] = _dump(record if old is None else _load(old).merged(record))
                 self._seen = read.start + len(read.items)
                 self._epoch = read.epoch
                 self._started = True
@@ -137,9 +137,19 @@ class SharedOutcomeStore:
             drop = list(itertools.islice(self._merged, len(self._merged) - self.max_items))
         if self.max_age_s is not None:
             cutoff = time.time() - self.max_age_s
-            for id, record in itertools.islice(self._merged.items(), len(drop), None):
-                if float(record.metadata.get("at", 0.0)) >= cutoff:
+            for id, line in itertools.islice(self._merged.items(), len(drop), None):
+                if float(_load(line).metadata.get("at", 0.0)) >= cutoff:
                     break
                 drop.append(id)
         for id in drop:
             del self._merged[id]
+
+
+def _dump(record: OutcomeRecord) -> bytes:
+    """``record`` as one JSON line. Unset fields stay out, so a partial write (a feedback's score) merges as SQLite
+    merges it instead of resetting the record's other fields to their defaults."""
+    return record.model_dump_json(exclude_unset=True).encode()
+
+
+def _load(line: bytes) -> OutcomeRecord:
+    return OutcomeRecord.model_validate_json(line)
