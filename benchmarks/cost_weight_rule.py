@@ -40,6 +40,7 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
     outcomes = load_outcomes(run_dir)
     lines: list[str] = []
     details: list[str] = []
+    before = None  # the fixed weight's row: "after - before", paired
     for rule in args.rules:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
@@ -55,6 +56,13 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
         share = learned.cost_per_request_usd / best.cost_per_request_usd if best.cost_per_request_usd else float("nan")
         verdict = "resolved" if cmp.ci[0] > 0 or cmp.ci[1] < 0 else "not resolved"
         picks = ", ".join(f"{k} {v}" for k, v in sorted(learned.picks.items()))
+        if rule == "fixed":
+            before = learned
+        vs_fixed = "–"
+        if before is not None and rule != "fixed":
+            d = compare_paired(a, [before.scores[i] for i in ids], a=rule, b="fixed", seed=args.seed)
+            vs_fixed = (f"{d.difference:+.3f} [{d.ci[0]:+.3f}, {d.ci[1]:+.3f}], cost "
+                        f"{learned.cost_per_request_usd / before.cost_per_request_usd:.0%} of fixed")
         weight = f"{report.learned_cost_weight:.3g}" if report.learned_cost_weight is not None else "–"
         choice = report.learned_cost_weight_choice
         if choice is not None:
@@ -64,7 +72,7 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
                            f"paired SE {choice['standard_error']:.3f}")
         lines.append(f"| {task} | {rule} | {weight} | {cmp.n} | {learned.quality:.3f} | {best.quality:.3f} | "
                      f"{cmp.difference:+.3f} [{cmp.ci[0]:+.3f}, {cmp.ci[1]:+.3f}] {verdict} | {share:.0%} | "
-                     f"{(cost_ci[0]) * 1000:+.4f}, {(cost_ci[1]) * 1000:+.4f} | {picks} | {seconds:.0f} s |")
+                     f"[{(cost_ci[0]) * 1000:+.4f}, {(cost_ci[1]) * 1000:+.4f}] | {vs_fixed} | {picks} | {seconds:.0f} s |")
         print(lines[-1], flush=True)
     for line in details:
         print(f"<!-- {line} -->")
@@ -92,8 +100,9 @@ def main() -> None:
     cache = args.cache or Path(tempfile.mkdtemp(prefix="cwr-emb-"))
     embedder = CachedEmbedder(LocalEmbedder(intra_op_threads=1), cache)
     print("| task | rule | cost weight (held-out model) | n held out | learned | best single | learned − best single "
-          "[95 % CI] | cost share of best single | cost difference $/1k [95 % CI] | routed to | compile |")
-    print("|---|---|---|---:|---:|---:|---|---:|---|---|---:|")
+          "[95 % CI] | cost share of best single | cost difference $/1k [95 % CI] | vs fixed 0.1 (before) [95 % CI] | "
+          "routed to | compile |")
+    print("|---|---|---|---:|---:|---:|---|---:|---|---|---|---:|")
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         run_task(task, args, embedder)
     sys.stdout.flush()

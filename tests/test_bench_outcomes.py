@@ -158,6 +158,8 @@ def test_compile_routes_math_to_a_and_trivia_to_b(embedder: LocalEmbedder, tmp_p
     # weight the default rule (resolved) chose by cross-validation.
     policy = LearnedPolicy(LearnedConfig(model_path=report.files["learned-text"], default="C"), embedder=embedder)
     assert policy.cost_weight == rows["learned (text only) at CV-chosen cost weight (resolved)"].knob
+    assert report.cost_weights["learned (text only)"]["resolved"]["weight"] == policy.cost_weight
+    assert "by rule `resolved`" in report.markdown()
     context = PolicyContext(catalogue={})
     assert policy.decide(GenerateRequest(input="Compute 31 * 7 and give the number."), context).rungs[0].backend == "A"
     trivia = GenerateRequest(input="Trivia 99: who wrote Emma? (ref 5)")

@@ -99,12 +99,14 @@ def compile_outcomes(
     rows.append(mr.row("cost_aware (task label)", held, choices["cost_aware (task label)"], knob=0.95))
     sweeps = {"cost_aware (task label)": ("floor share of each task's best", floors)}
     methods: dict[str, list[dict[str, Any]]] = {}
+    cost_weights: dict[str, dict[str, dict[str, Any]]] = {}
     models: dict[str, Any] = {}
     for use_task in (True, False) if learned else ():
         if use_task and all(t is None for t in train.tasks):
             continue
         fitted = mr.learned_fit(train, held, x_train, x_held, use_task=use_task, specs=specs, seed=seed, rule=rule)
         methods[fitted.name] = fitted.methods
+        cost_weights[fitted.name] = {r: c.model_dump() for r, c in fitted.cost_weight_choices.items()}
         models[fitted.name] = fitted.model
         points = [("at best-single quality", fitted.cost_weight_match),
                   *[(f"at {share:.0%} of best-single cost", w) for share, w in fitted.cost_weight_shares.items()],
@@ -127,6 +129,7 @@ def compile_outcomes(
         source=full.source or "records", evaluated_on=where, n_train=len(train.records), n_eval=len(held.records),
         dropped=full.dropped + (held.dropped if eval_source is not None else 0), candidates=list(full.candidates),
         cost_basis=full.cost_basis, rows=rows, curves=curves, comparisons=comparisons, methods=methods,
+        cost_weights=cost_weights,
         routes=routes_md, seconds=0.0, files={})
     files = write_outputs(report, train, held, models, out, title=title, choices=choices)
     if semantic_file is not None:
@@ -232,7 +235,10 @@ PAIRS = (("learned (text + task) at best-single quality", "best single (train)")
          ("semantic routes (text only) at per-task-best cost", "per-task best (train)"),
          (SEMANTIC, "learned (text only) at best-single quality"),
          *[(f"learned ({what}) at CV-chosen cost weight ({rule})", "best single (train)")
-           for what in ("text + task", "text only") for rule in mr.RULES])
+           for what in ("text + task", "text only") for rule in mr.RULES],
+         # What a rule gives up or saves against the best mean out-of-fold quality (the weight that chases noise).
+         *[(f"learned ({what}) at CV-chosen cost weight ({rule})", f"learned ({what}) at CV-chosen cost weight (best)")
+           for what in ("text + task", "text only") for rule in mr.RULES if rule != "best"])
 
 
 def _comparisons(held: OutcomeMatrix, choices: Mapping[str, np.ndarray], *, min_n: int, force: bool, seed: int

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench import matrix_routers as mr
+from genroute.policies.cost_weight import CostWeightChoice
 
 if TYPE_CHECKING:
     from genroute.bench.outcomes import OutcomeMatrix
@@ -62,6 +63,8 @@ class OfflineReport(BaseModel):
     curves: list[CurveSummary]
     comparisons: list[Comparison]
     methods: dict[str, list[dict[str, Any]]]
+    #: learned router -> rule -> how the rule chose its cost weight (``CostWeightChoice`` fields)
+    cost_weights: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     routes: str = ""  # the compiled semantic routes, as Markdown (empty: none compiled)
     seconds: float
     files: dict[str, str]
@@ -143,6 +146,11 @@ def markdown(report: OfflineReport) -> str:
     if report.methods:
         parts += ["Learned router estimators and semantic route cluster counts (chosen by 5-fold cross-validation "
                   "on the training records; AIQ of the out-of-fold routing):", "", methods_table(report)]
+    if report.cost_weights:
+        parts += ["Cost weight by each rule, from the chosen estimator's out-of-fold routing (the model files carry "
+                  "the asked-for rule's):", ""]
+        parts += [f"- {name}: " + "; ".join(CostWeightChoice.model_validate(c).summary() for c in by.values())
+                  for name, by in report.cost_weights.items()] + [""]
     if report.routes:
         parts += ["Compiled semantic routes:", "", report.routes]
     return "\n".join(parts)
