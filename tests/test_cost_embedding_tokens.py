@@ -156,3 +156,21 @@ async def test_billable_characters_without_token_counts_are_estimated_from_them(
                     "metadata": {"billableCharacterCount": 41}}, path=r".*:predict")
     vectors = await vertex.embed("text-embedding-005", TEXTS, output_dimensionality=8)
     assert vectors.input_tokens == estimate_tokens(41) == 11 and vectors.estimated
+
+
+class PlainListEngine(GeminiEngine):
+    """An engine plugin written before ``Embeddings``: its ``embed`` answers a plain list of vectors."""
+
+    async def embed(self, model: str, texts: list[str], **options: Any) -> list[list[float]]:  # type: ignore[override]
+        return list(await super().embed(model, texts, **options))
+
+
+async def test_an_engine_that_returns_a_plain_list_is_priced_at_an_estimate(srv: GeminiTestServer) -> None:
+    engine = PlainListEngine("vx", {"vertex": {"project": "proj", "location": "europe-west4"},
+                                    "base_url": srv.base_url}, credentials=Credentials(token="test"))
+    try:
+        with charging(Charges()) as charges:
+            await GeminiEmbedder(engine, dimension=8).aembed(TEXTS)
+    finally:
+        await engine.aclose()
+    assert charges.cost_usd == pytest.approx(sum(estimate_tokens(t) for t in TEXTS) * EMBED) and charges.estimated

@@ -153,10 +153,12 @@ class GeminiEmbedder(Embedder):
         estimated = meter.estimated
         if vectors is not None:
             tokens = getattr(vectors, "input_tokens", None)
+            guessed = tokens is None or getattr(vectors, "estimated", True)
             if tokens is None:  # an engine that does not say (a plain list)
-                tokens, estimated = sum(estimate_tokens(t) for t in texts), True
-            estimated = estimated or getattr(vectors, "estimated", True)
-            calls.insert(0, Usage(input_tokens=tokens))
+                tokens = sum(estimate_tokens(t) for t in texts)
+            if tokens:
+                calls.insert(0, Usage(input_tokens=tokens))
+                estimated = estimated or guessed
         if not calls:
             return
         if self.pricing is None:
