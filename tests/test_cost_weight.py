@@ -189,3 +189,13 @@ def test_cli_refuses_a_bad_rule_before_writing(tmp_path: Path, capsys: pytest.Ca
     code = bench_main(["--outcomes", str(matrix), "--out", str(tmp_path / "out"), "--cost-weight-rule", "cheapest"])
     assert code == 2 and "cost_weight_rule.rule" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_genroute_compile_refuses_a_bad_rule_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from genroute.cli import main as cli
+
+    matrix = tmp_path / "m.jsonl"
+    matrix.write_text('{"input": "q", "metadata": {"id": "a", "task": "t"}, "outcomes": {"x": {"score": 1}}}\n')
+    assert cli(["compile", "--outcomes", str(matrix), "--out", str(tmp_path / "out"),
+                "--cost-weight-rule", "cheapest"]) == 2
+    assert "--cost-weight-rule.rule" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.bench.baselines import best_single, per_task_best
 from genroute.bench.outcomes import OutcomeMatrix
 from genroute.errors import ConfigError, UsageError
-from genroute.policies.cost_weight import WEIGHTS, CostWeightChoice, CostWeightRule, choose, fold_of
+from genroute.policies.cost_weight import WEIGHTS, CostWeightChoice, CostWeightRule, choose, fold_of, out_of_fold
 from genroute.types import GenerateRequest
 
 #: Cost weights swept for the learned policy's curve (0: best predicted quality at any cost).
@@ -132,36 +132,25 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
     lo, hi = cost.min(), cost.max()
     results, skipped = [], []
     for spec in specs:
+        def fit_fold(tr: np.ndarray, te: np.ndarray, spec: dict[str, Any] = spec) -> Any:
+            model = fit(x_tr[tr], train.scores[tr], train.candidates, cost=cost, tasks=vocab, seed=seed, **spec)
+            predicted = model.predict(x_tr[te])
+            return lambda w: model.choose(predicted, w)  # each fold decided by its own model
+
         try:
-            folds_fitted = [(fold == k, fit(x_tr[fold != k], train.scores[fold != k], train.candidates,
-                                            cost=cost, tasks=vocab, seed=seed, **spec))
-                            for k in range(folds)]
+            oof_s, oof_c = out_of_fold(train.scores, train.costs, fold, COST_WEIGHTS, fit_fold)
         except ConfigError as exc:  # e.g. pairwise with no cheaper candidate on the front: not applicable here
             skipped.append({"spec": _spec_name(spec), "validation_aiq": None, "chosen": False, "note": str(exc)})
             continue
-        predicted = np.zeros_like(train.scores)
-        for out, model in folds_fitted:
-            predicted[out] = model.predict(x_tr[out])
-
-        def choose_at(w: float, fitted: list[tuple[np.ndarray, Any]] = folds_fitted,
-                      p: np.ndarray = predicted) -> np.ndarray:  # each fold decided by its own model
-            picks = np.zeros(len(p), dtype=int)
-            for out, model in fitted:
-                picks[out] = model.choose(p[out], w)
-            return picks
-
-        picks = [choose_at(w) for w in COST_WEIGHTS]
-        points = [(w, *_point(train, p)) for w, p in zip(COST_WEIGHTS, picks, strict=True)]
+        points = [(w, float(oof_c[:, j].mean()), float(oof_s[:, j].mean())) for j, w in enumerate(COST_WEIGHTS)]
         results.append({"spec": spec, "validation_aiq": aiq([(c, q) for _, c, q in points], lo, hi),
-                        "points": points, "picks": picks})
+                        "points": points, "oof": (oof_s, oof_c)})
     if not results:
         raise UsageError("no learned estimator applies to these records: " + "; ".join(
             f"{s['spec']}: {s['note']}" for s in skipped), field="outcomes")
     best = max(results, key=lambda r: r["validation_aiq"])
     match, budget_w, shares = operating_points(best["points"], target_q, budget, best_cost, cost_shares)
-    oof_s = np.stack([picked_scores(train, p) for p in best["picks"]], axis=1)
-    oof_c = np.stack([picked_costs(train, p) for p in best["picks"]], axis=1)
-    choices = {r: choose(oof_s, oof_c, COST_WEIGHTS, rule.model_copy(update={"rule": r}), folds=folds)
+    choices = {r: choose(*best["oof"], COST_WEIGHTS, rule.model_copy(update={"rule": r}), folds=folds)
                for r in RULES}
     weight = choices[rule.rule].weight
     model = fit(x_tr, train.scores, train.candidates, cost=cost, tasks=vocab, seed=seed, cost_weight=weight,
