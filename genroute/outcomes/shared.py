@@ -23,7 +23,8 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from genroute.errors import UsageError
 from genroute.outcomes.records import OutcomeRecord
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from genroute.state import StateStore
 
 _log = logging.getLogger(__name__)
+A = TypeVar("A")
+T = TypeVar("T")
 #: Writes kept by default (``outcomes.shared_max_items``); see benchmarks/RESULTS.md for the memory it takes.
 DEFAULT_MAX_ITEMS = OutcomeSettings.model_fields["shared_max_items"].default
 #: Writes fetched per round trip when catching up.
@@ -87,7 +90,7 @@ class SharedOutcomeStore:
         await self._catch_up()
         if self.archive is not None:
             return await self.archive.records(task=task, captured=captured, since=since)
-        found = [_load(line) for line in self._merged.values()]
+        found = await _run(len(self._merged) > 100, _load_all, list(self._merged.values()))
         if task is not None:
             found = [r for r in found if r.task == task]
         if captured is not None:
@@ -111,18 +114,22 @@ class SharedOutcomeStore:
                                  "%s, shared_max_age_s=%s) before this process read them: they are not in its "
                                  "records (%d so far)", read.start - self._seen, self.max_items, self.max_age_s,
                                  self.skipped)
-                written = [OutcomeRecord.model_validate_json(line) for line in read.items]
+                big = len(read.items) > 100  # a start or a long lag: parsed and merged off the event loop
+                written = await _run(big, _load_all, read.items)
                 if self.archive is not None and written:  # first: a failed write is read again next time
                     await asyncio.to_thread(self.archive.upsert_many_sync, written)
-                for record in written:
-                    old = self._merged.get(record.id)
-                    self._merged[record.id] = _dump(record if old is None else _load(old).merged(record))
+                await _run(big, self._merge, list(zip(written, read.items, strict=True)))
                 self._seen = read.start + len(read.items)
                 self._epoch = read.epoch
                 self._started = True
                 if len(read.items) < PAGE:
                     break
             self._bound()
+
+    def _merge(self, written: list[tuple[OutcomeRecord, bytes]]) -> None:
+        for record, line in written:
+            old = self._merged.get(record.id)
+            self._merged[record.id] = line if old is None else _dump(_load(old).merged(record))
 
     def _reset(self, start: int) -> None:
         self.resets += 1
@@ -153,3 +160,12 @@ def _dump(record: OutcomeRecord) -> bytes:
 
 def _load(line: bytes) -> OutcomeRecord:
     return OutcomeRecord.model_validate_json(line)
+
+
+def _load_all(lines: list[bytes]) -> list[OutcomeRecord]:
+    return [_load(line) for line in lines]
+
+
+async def _run(big: bool, work: Callable[[A], T], arg: A) -> T:
+    """``work(arg)``: on a worker thread when ``big`` (100k records parse in seconds), else here."""
+    return await asyncio.to_thread(work, arg) if big else work(arg)
