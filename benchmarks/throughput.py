@@ -9,13 +9,16 @@ contents="...")``. ``--concurrency`` tasks share ``--requests`` requests; rounds
 machine noise hits each alike. Also shown, to see where the SDK's own time goes: the raw call with a
 per-request ``http_options`` timeout and with a ``Content`` list, and genroute with an OTel SDK tracer provider
 (spans discarded) instead of the API's no-op one. Figures are requests per second (median of rounds) and each
-contender's ratio to the raw call of the same round.
+contender's ratio to the raw call of the same round, the client's CPU per request, and the garbage collector's
+share of it (collections of each generation and their CPU time, from ``gc.callbacks``): at this concurrency every
+object a request holds in flight is found by young collections and promoted, so how much of the gap is GC shows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing
 import statistics
 import sys
@@ -38,18 +41,45 @@ def _serve(urls: Any, stop: Any) -> None:
         stop.wait()
 
 
-async def _drive(call: Callable[[int], Awaitable[Any]], requests: int, concurrency: int) -> tuple[float, float]:
-    """Requests per second for ``requests`` calls made by ``concurrency`` tasks (every call must succeed), and
-    this process's CPU time per request in µs (what the client side spends, less moved by other load)."""
+class GcWatch:
+    """Collections of each generation and the CPU time they took while it is entered (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.cpu_s = 0.0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+        else:
+            self.cpu_s += time.process_time() - self._started
+            self.collections[info["generation"]] += 1
+
+    def __enter__(self) -> GcWatch:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+async def _drive(call: Callable[[int], Awaitable[Any]], requests: int, concurrency: int
+                 ) -> tuple[float, float, GcWatch]:
+    """Requests per second for ``requests`` calls made by ``concurrency`` tasks (every call must succeed),
+    this process's CPU time per request in µs (what the client side spends, less moved by other load), and the
+    garbage collections that ran meanwhile."""
     counter = iter(range(requests))
 
     async def worker() -> None:
         for i in counter:
             await call(i)
 
-    start, cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return requests / (time.perf_counter() - start), (time.process_time() - cpu) / requests * 1e6
+    with GcWatch() as watch:
+        start, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return requests / wall, cpu / requests * 1e6, watch
 
 
 def _contenders(base_url: str) -> dict[str, Callable[[], Any]]:
@@ -111,7 +141,7 @@ def _contenders(base_url: str) -> dict[str, Callable[[], Any]]:
 
 
 async def _round(contenders: dict[str, Callable[[], Any]], requests: int, concurrency: int
-                 ) -> dict[str, tuple[float, float]]:
+                 ) -> dict[str, tuple[float, float, GcWatch]]:
     out = {}
     for name, make in contenders.items():
         call, close = make()
@@ -137,19 +167,33 @@ def main() -> None:
         for n in range(args.rounds):
             got = asyncio.run(_round(contenders, args.requests, args.concurrency))
             rounds.append(got)
-            print(f"round {n + 1}: " + ", ".join(f"{k} {v:.0f} req/s {c:.0f} µs" for k, (v, c) in got.items()),
+            print(f"round {n + 1}: " + ", ".join(f"{k} {v:.0f} req/s {c:.0f} µs" for k, (v, c, _) in got.items()),
                   flush=True)
     finally:
         stop.set()
         server.join(10)
     print(f"\n{args.requests} requests, {args.concurrency} concurrent, {args.rounds} rounds: req/s (median), its "
-          "ratio to raw client.aio in the same round (median), client CPU µs per request (median) and its ratio")
+          "ratio to raw client.aio in the same round (median), client CPU µs per request (median) and its ratio; "
+          "then the garbage collector in the same runs (medians): young/middle/full collections, the CPU µs a "
+          "request spent in them, their share of its CPU, and the CPU ratio to raw with GC time taken out")
     for name in contenders:
         rate = statistics.median(r[name][0] for r in rounds)
         ratio = statistics.median(r[name][0] / r["raw client.aio"][0] for r in rounds)
         cpu = statistics.median(r[name][1] for r in rounds)
         cpu_ratio = statistics.median(r["raw client.aio"][1] / r[name][1] for r in rounds)
-        print(f"  {name:34} {rate:8.0f} req/s  {ratio:6.1%}   {cpu:7.0f} µs CPU  {cpu_ratio:6.1%}")
+        young, middle, full = (statistics.median(r[name][2].collections[g] for r in rounds) for g in range(3))
+        gc_us = statistics.median(r[name][2].cpu_s / args.requests * 1e6 for r in rounds)
+        gc_share = statistics.median(r[name][2].cpu_s / args.requests * 1e6 / r[name][1] for r in rounds)
+        no_gc = statistics.median(_without_gc(r["raw client.aio"], args.requests)
+                                  / _without_gc(r[name], args.requests) for r in rounds)
+        print(f"  {name:34} {rate:8.0f} req/s  {ratio:6.1%}   {cpu:7.0f} µs CPU  {cpu_ratio:6.1%}   "
+              f"GC {young:4.0f}/{middle:3.0f}/{full:2.0f}  {gc_us:5.0f} µs  {gc_share:6.1%}   "
+              f"CPU ratio without GC {no_gc:6.1%}")
+
+
+def _without_gc(run: tuple[float, float, GcWatch], requests: int) -> float:
+    """A run's client CPU µs per request less what its garbage collections took."""
+    return run[1] - run[2].cpu_s / requests * 1e6
 
 
 if __name__ == "__main__":
