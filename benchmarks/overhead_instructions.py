@@ -1,12 +1,23 @@
 """Per-request overhead counted in CPU instructions (valgrind), so a busy shared machine cannot move the figures.
 
-    python benchmarks/overhead_instructions.py [--n 100] [--jobs 2]   # ~15-20 min: each contender under callgrind
+    python benchmarks/overhead_instructions.py [--n 100] [--jobs 2]   # ~10-20 min: each contender under callgrind
 
 Wall-clock overhead (``benchmarks/overhead.py``) swings by 5x on these shared 2-core machines; instruction counts
-repeat to within a fraction of a percent. Each contender runs ``--n`` calls in a child process under
-``valgrind --tool=callgrind``; a child that makes no measured calls gives the baseline, and the difference divided
-by ``--n`` is the cost of one call. LiteLLM is imported only in its own children (its background logging threads
-would otherwise count against every contender), with its own baseline. Contenders:
+do not. Each contender runs ``--n`` calls in a child process under ``valgrind --tool=callgrind``, and only a
+measured window is counted (``callgrind.in_window``: the main thread's instructions between its start and end, not
+imports, warm-up, shutdown, the in-process loopback server's thread or LiteLLM's logging threads). A child whose
+window makes no calls gives the baseline (the window's fixed cost), and the difference divided by ``--n`` is the
+cost of one call.
+
+The garbage collector is made deterministic, and still paid for: in every child (baselines too), after the same
+warm-up, ``gc.collect()`` and ``gc.freeze()`` (what start-up and warm-up left is not scanned again), automatic
+collection off during the window, and one ``gc.collect()`` at the window's end, inside the count: the cyclic
+garbage and survivors the calls created are traversed once. (With automatic collection, whether a young or full
+collection fell inside a child's 30 calls moved a per-call figure by 100-400 k instructions.) A full collection
+traverses what the calls left alive; young collections at high concurrency are what ``throughput*.py`` measure.
+Per contender it also prints the GC-tracked objects a call leaves alive, the cyclic garbage it leaves to the
+collector, and the net GC-tracked allocations before the end-of-window collection. Children run with
+``PYTHONHASHSEED=0``. LiteLLM is imported only in its own children, with its own baseline. Contenders:
 
 - ``direct``: google-genai's async ``generate_content`` against the loopback Gemini server, as its quick start
   writes it (a string, no per-request config);
@@ -23,10 +34,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import json
 import os
-
-from callgrind import instructions
 from concurrent.futures import ThreadPoolExecutor
+
+from callgrind import in_window, run
+
+GC_LINE = "gc-stats "
 
 MODES = ("direct", "routed", "bare_span", "mandated", "direct_sync", "litellm")
 
@@ -99,14 +114,34 @@ def _child(mode: str, n: int) -> None:
         for fn in calls.values():  # the same warm-up in every child, so baselines cancel exactly
             for _ in range(5):
                 fn()
-        for _ in range(n):
-            calls[mode]()
+        stats = {"pending": 0}
+
+        def window() -> None:
+            for _ in range(n):
+                calls[mode]()
+            stats["pending"] = gc.get_count()[0]  # net GC-tracked allocations since the window began
+            gc.collect()
+
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        collected = sum(generation["collected"] for generation in gc.get_stats())
+        in_window(window)
+        stats["collected"] = sum(generation["collected"] for generation in gc.get_stats()) - collected
+        stats["alive"] = len(gc.get_objects())  # frozen objects are not listed: what the window left
+        print(GC_LINE + json.dumps(stats), flush=True)
+        gc.enable()
         loop.run_until_complete(router.aclose())
         loop.close()
 
 
-def _count(mode: str, n: int) -> int | None:
-    return instructions([__file__, "--child", mode, "--n", str(n)], label=mode, not_applicable=3)
+def _count(mode: str, n: int) -> tuple[int, dict[str, int]] | None:
+    result = run([__file__, "--child", mode, "--n", str(n)], label=mode, not_applicable=3, window=True)
+    if result is None:
+        return None
+    count, stdout = result
+    line = [line for line in stdout.splitlines() if line.startswith(GC_LINE)][-1]
+    return count, json.loads(line.removeprefix(GC_LINE))
 
 
 def main() -> None:
@@ -122,13 +157,17 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         counts = dict(zip(runs, pool.map(lambda run: _count(*run), runs)))
     per_call: dict[str, float] = {}
+    print(f"{'':12} {'instructions':>16} {'GC-tracked objects per call:':>30}")
+    print(f"{'per call':12} {'':>16} {'left alive':>12} {'cyclic garbage':>15} {'net allocated':>14}")
     for mode in MODES:
         total, base = counts[(mode, args.n)], counts[("litellm" if mode == "litellm" else "direct", 0)]
         if total is None or base is None:
             print(f"{mode}: not measured (litellm is not importable here)")
             continue
-        per_call[mode] = (total - base) / args.n
-        print(f"{mode:12} {per_call[mode] / 1e3:10.1f} k instructions per call")
+        per_call[mode] = (total[0] - base[0]) / args.n
+        objects = {key: (total[1][key] - base[1][key]) / args.n for key in ("alive", "collected", "pending")}
+        print(f"{mode:12} {per_call[mode] / 1e3:14.1f} k {objects['alive']:12.1f} {objects['collected']:15.1f} "
+              f"{objects['pending']:14.1f}")
     span = per_call["bare_span"]
     over = per_call["routed"] - per_call["direct"]
     print(f"\ngenroute overhead (async): {over / 1e3:.1f} k instructions = {over / span:.2f} bare spans")
