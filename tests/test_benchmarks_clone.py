@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("quality.py", "policies.py", "retrieval.py", "local_tuning.py", "demo_tuning.py", "data/build.py",
-           "graduation.py", "outcomes.py")
+           "graduation.py", "outcomes.py", "cost_weight_rule.py")
 
 
 #: An evenly spaced sample of the shared data, committed (see its README): the tiny runs need nothing outside
