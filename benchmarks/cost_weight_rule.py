@@ -72,7 +72,8 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
                            f"paired SE {choice['standard_error']:.3f}")
         lines.append(f"| {task} | {rule} | {weight} | {cmp.n} | {learned.quality:.3f} | {best.quality:.3f} | "
                      f"{cmp.difference:+.3f} [{cmp.ci[0]:+.3f}, {cmp.ci[1]:+.3f}] {verdict} | {share:.0%} | "
-                     f"[{(cost_ci[0]) * 1000:+.4f}, {(cost_ci[1]) * 1000:+.4f}] | {vs_fixed} | {picks} | {seconds:.0f} s |")
+                     f"[{(cost_ci[0]) * 1000:+.4f}, {(cost_ci[1]) * 1000:+.4f}] | {vs_fixed} | {picks} | "
+                     f"{seconds:.0f} s |")
         print(lines[-1], flush=True)
     for line in details:
         print(f"<!-- {line} -->")

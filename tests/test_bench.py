@@ -391,6 +391,18 @@ async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
     assert chosen == {r.input: "cheap" if r.label == "positive" else "smart" for r in records()}
 
 
+async def test_a_bad_cost_weight_rule_is_refused_before_anything_runs(server: GeminiTestServer,
+                                                                      tmp_path: Path) -> None:
+    from genroute.errors import ConfigError
+
+    async with Router.from_config(config(server)) as router:
+        with pytest.raises(ConfigError) as info:
+            await abench(router, records(), backends=["cheap", "smart"], out_dir=tmp_path / "out", progress=False,
+                         cost_weight_rule={"rule": "resolved", "confidence": 0.3})
+    assert info.value.field == "cost_weight_rule.confidence"
+    assert not (tmp_path / "out").exists() and not server.requests
+
+
 async def test_compiled_cost_aware_floor_is_per_task(server: GeminiTestServer, tmp_path: Path) -> None:
     from genroute.bench import compile_policy, split_ids
 

@@ -149,7 +149,8 @@ def test_compile_does_not_pay_for_noise(tmp_path: Path) -> None:
     assert report.learned_cost_weight == 1e6 and report.learned_cost_weight_choice is not None
     assert report.learned_cost_weight_choice["rule"] == "resolved"
     assert rows["compiled learned"].picks == {"cheap": held}
-    assert set(rows["compiled learned"].costs) == set(rows["compiled learned"].scores) and len(rows["compiled learned"].costs) == held
+    learned = rows["compiled learned"]
+    assert set(learned.costs) == set(learned.scores) and len(learned.costs) == held
     assert "by rule `resolved`" in (report.learned_note or "")
     # The file the compile ships carries the same kind of choice (made on every record).
     from genroute.policies.router_models import RouterModel

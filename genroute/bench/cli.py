@@ -48,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--holdout", type=float, default=0.3, help="share of records held out when compiling")
     parser.add_argument("--cost-weight-rule", default="resolved",
                         help="how the compiled learned policy's cost weight is chosen by cross-validation: resolved "
-                             "(default: the cheapest weight not resolved worse than the best at 95 %%), one_se (within "
-                             "one paired standard error), best (best mean quality), or fixed (0.1; not with --outcomes)")
+                             "(default: the cheapest weight not resolved worse than the best at 95 %%), one_se "
+                             "(within one paired standard error), best (best mean quality), or fixed (0.1; not with "
+                             "--outcomes)")
     parser.add_argument("--no-compile", action="store_true", help="skip stats file / learned policy")
     parser.add_argument("--no-stream", action="store_true", help="call generate, not stream (no TTFT)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
