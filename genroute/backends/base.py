@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from genroute.runtime.telemetry import reason_name
 from genroute.types import Citation, GenerateRequest, ToolCall
 
 if TYPE_CHECKING:
@@ -213,10 +214,10 @@ def response_text(response: types.GenerateContentResponse) -> str:
 
 def finish_reason(response: types.GenerateContentResponse) -> str | None:
     """The first candidate's finish reason as a lower-case string (semconv style)."""
-    if not response.candidates or response.candidates[0].finish_reason is None:
+    candidates = response.candidates
+    if not candidates or candidates[0].finish_reason is None:
         return None
-    reason = response.candidates[0].finish_reason
-    return str(getattr(reason, "value", reason)).lower()
+    return reason_name(candidates[0].finish_reason)
 
 
 def user_content(text: str) -> types.Content:

@@ -346,7 +346,7 @@ class Router(Learning):
     def _root_span(self, request: GenerateRequest) -> RootSpan:
         if self._refresher is None and self.outcome_settings is not None:
             self._start_refresher()
-        return RootSpan(self.telemetry, request, self.timeout_s, self._adecide)
+        return RootSpan(self.telemetry, request, self.timeout_s, self._adecide, costed=self.policy.blocking)
 
 
 def _default_policy(backends: Mapping[str, Backend]) -> Policy:

@@ -41,18 +41,25 @@ def parse_request(input: str | GenerateRequest | None, fields: dict[str, Any], b
     return request
 
 
+#: What a decision that cannot cost anything cost (never entered with ``charging``, so never written).
+_NO_CHARGES = Charges()
+
+
 class RootSpan(CurrentSpan):
     """The ``genroute.generate`` span: ``decide`` runs inside it and the decision is recorded on it."""
 
-    __slots__ = ("telemetry", "request", "timeout_s", "decide", "start")
+    __slots__ = ("telemetry", "request", "timeout_s", "decide", "costed", "start")
 
     def __init__(self, telemetry: Telemetry, request: GenerateRequest, timeout_s: float | None,
-                 decide: Callable[[GenerateRequest, float | None], Awaitable[Decision]]) -> None:
+                 decide: Callable[[GenerateRequest, float | None], Awaitable[Decision]], *, costed: bool = True
+                 ) -> None:
         super().__init__(telemetry.tracer, "genroute.generate")
         self.telemetry = telemetry
         self.request = request
         self.timeout_s = timeout_s
         self.decide = decide
+        #: Whether deciding may cost something (a policy that embeds the request); else nothing is collected.
+        self.costed = costed
 
     async def __aenter__(self) -> tuple[Any, Decision, float, float | None, Ledger]:
         request, telemetry = self.request, self.telemetry
@@ -61,9 +68,12 @@ class RootSpan(CurrentSpan):
         # The deadline starts before the policy decides: a slow decision spends the request's time too.
         timeout = request.timeout_s or self.timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
-        charges = Charges()
+        charges = Charges() if self.costed else _NO_CHARGES
         try:
-            with charging(charges):  # a decision may embed the request (semantic routing)
+            if self.costed:
+                with charging(charges):  # the decision embeds the request (semantic routing)
+                    decision = await self.decide(request, deadline)
+            else:
                 decision = await self.decide(request, deadline)
         except BaseException as exc:
             if charges.cost_usd:  # a decision that failed after embedding: the error carries what that cost

@@ -14,7 +14,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from genroute.runtime.billing import (Charges, Meter, charging, estimate_input, estimate_tokens, metering,
                                       output_chars)
 from genroute.errors import GenrouteError
-from genroute.runtime.telemetry import CurrentSpan, Telemetry, error_type, usage_attributes, usage_of
+from genroute.runtime.telemetry import (CurrentSpan, Telemetry, error_type, reason_name, usage_attributes,
+                                       usage_of)
 from genroute.types import GenerateRequest, Usage
 
 if TYPE_CHECKING:
@@ -199,11 +200,15 @@ class RunContext:
         self.telemetry.record_call({**attrs, "error.type": kind}, None, time.perf_counter() - start)
 
     def _charge(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str, calls: Sequence[Usage],
-                estimated: bool, *, price_as: str | None, answer: dict[str, Any] | None = None) -> Usage:
+                estimated: bool, *, price_as: str | None, answer: dict[str, Any] | None = None,
+                answered: dict[str, Any] | None = None) -> Usage:
         """Add the usage of ``calls`` (the answer and any lost attempts, each priced on its own) and its cost to
-        this rung and to the call's span (with ``answer``'s attributes, in one go); return the summed usage."""
+        this rung and to the call's span (with ``answer``'s attributes, in one go); return the summed usage.
+
+        ``answered``: the metric attributes of the answered call, when there is one."""
         usage = calls[0] if len(calls) == 1 else sum(calls, _NO_USAGE)
-        if usage == _NO_USAGE and not estimated:
+        if not estimated and not (usage.input_tokens or usage.output_tokens or usage.cached_input_tokens
+                                  or usage.thinking_tokens):
             if answer:
                 span.set_attributes(answer)
             return usage
@@ -228,12 +233,11 @@ class RunContext:
             span_attrs.update(answer)
         span.set_attributes(span_attrs)
         if cost:  # estimates apart, so that a dashboard can tell billed usage from genroute's estimates
-            if estimated or self.model is None:
+            if estimated or answered is None:
                 self.telemetry.cost.add(cost, {**attrs, "gen_ai.response.model": self.model or model,
                                                **({"genroute.cost.estimated": True} if estimated else {})})
             else:
-                self.telemetry.cost.add(cost, self.telemetry.answered_attributes(
-                    engine.provider, model, self.model)[0])
+                self.telemetry.cost.add(cost, answered)
         return usage
 
     def _account(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
@@ -241,14 +245,14 @@ class RunContext:
                  price_as: str | None) -> None:
         self.model = response.model_version or model
         answer: dict[str, Any] = {"gen_ai.response.model": self.model}
-        reasons = [str(getattr(c.finish_reason, "value", c.finish_reason)).lower()
-                   for c in (response.candidates or []) if c.finish_reason is not None]
+        reasons = [reason_name(c.finish_reason) for c in (response.candidates or []) if c.finish_reason is not None]
         if reasons:
             answer["gen_ai.response.finish_reasons"] = reasons
         if self.capture_content:
             answer["gen_ai.output.messages"] = _dump(response.candidates)
-        usage = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer)
         points = self.telemetry.answered_attributes(engine.provider, model, self.model)
+        usage = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer,
+                             answered=points[0])
         self.telemetry.record_call(points[0], usage, time.perf_counter() - start, points[1:])
 
 

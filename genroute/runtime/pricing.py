@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genroute.errors import ConfigError
 from genroute.types import Usage
@@ -35,10 +35,15 @@ class ModelPrice(BaseModel):
                                         description="USD per 1M tokens per hour a context cache is stored.")
     tiers: tuple[PriceTier, ...] = ()
 
+    @field_validator("tiers")
+    @classmethod
+    def _by_threshold(cls, tiers: tuple[PriceTier, ...]) -> tuple[PriceTier, ...]:
+        return tuple(sorted(tiers, key=lambda t: t.above_input_tokens))
+
     def cost(self, usage: Usage) -> float:
         """The USD cost of ``usage`` at these prices, picking the prompt-size tier."""
         price: ModelPrice | PriceTier = self
-        for tier in sorted(self.tiers, key=lambda t: t.above_input_tokens):
+        for tier in self.tiers:  # sorted by threshold (validated)
             if usage.input_tokens > tier.above_input_tokens:
                 price = tier
         cached = min(usage.cached_input_tokens, usage.input_tokens)
@@ -89,6 +94,9 @@ TRAINING_PRICES: dict[str, float] = {
 _VERSION_SUFFIX = re.compile(r"(?:-(?:\d+|preview|exp|latest))+")
 
 
+_MAX_RESOLVED = 1024
+
+
 class Pricing:
     """A price table: defaults overridden by config, looked up by exact name or by name plus a version suffix."""
 
@@ -96,12 +104,22 @@ class Pricing:
         self._overrides = dict(overrides or {})
         self._prices = {**DEFAULT_PRICES, **self._overrides}
         self._by_length = sorted(self._prices, key=len, reverse=True)
+        #: Every name looked up, resolved once: the table never changes, and every call is priced.
+        self._resolved: dict[str, ModelPrice | None] = {}
 
     def lookup(self, model: str) -> ModelPrice | None:
         """The price of ``model`` or None: the exact name (a tuned endpoint may be priced under its full
         resource name), then without its resource path, then a known name followed by a version suffix."""
+        try:
+            return self._resolved[model]
+        except KeyError:
+            pass
         known = _known_name(model, self._by_length)
-        return None if known is None else self._prices[known]
+        price = None if known is None else self._prices[known]
+        if len(self._resolved) >= _MAX_RESOLVED:  # names come from configs and responses: this rarely fills
+            self._resolved.clear()
+        self._resolved[model] = price
+        return price
 
     def training_price(self, model: str) -> tuple[str, float] | None:
         """``(priced name, USD per 1M training tokens)`` for supervised tuning of ``model``, or None."""

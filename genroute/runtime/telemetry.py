@@ -164,6 +164,22 @@ def usage_of(response: types.GenerateContentResponse) -> Usage | None:
     )
 
 
+_REASONS: dict[Any, str] = {}
+
+
+def reason_name(reason: Any) -> str:
+    """A finish reason (the SDK's enum, or a string) as a lower-case string, semconv style (``"stop"``)."""
+    try:
+        return _REASONS[reason]
+    except KeyError:
+        name = str(getattr(reason, "value", reason)).lower()
+        if len(_REASONS) < _MAX_CACHED_ATTRIBUTES:  # the enum's members, and any string a server invents
+            _REASONS[reason] = name
+        return name
+    except TypeError:  # unhashable: not something the SDK returns
+        return str(getattr(reason, "value", reason)).lower()
+
+
 def usage_attributes(usage: Usage) -> dict[str, int]:
     """GenAI semconv attributes for ``usage``."""
     return {
