@@ -7,6 +7,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from genroute.errors import AllRungsFailed, BudgetExceeded, GenrouteError, ValidationFailed
+from genroute.construct import trusted
 from genroute.runtime.context import add_spend
 from genroute.types import DecisionRecord, GenerateResult, RungAttempt, Usage
 
@@ -54,9 +55,9 @@ class Ledger:
             outcome = "cancelled"
         latency_s = time.perf_counter() - started
         error_type = None if error is None else type(error).__name__
-        attempt = RungAttempt(backend=backend, outcome=outcome, error_type=error_type,
-                              error=None if error is None else str(error), latency_s=latency_s,
-                              cost_usd=ctx.cost_usd, usage=ctx.usage, cost_estimated=ctx.cost_estimated)
+        attempt = trusted(RungAttempt, backend=backend, outcome=outcome, error_type=error_type,
+                          error=None if error is None else str(error), latency_s=latency_s,
+                          cost_usd=float(ctx.cost_usd), usage=ctx.usage, cost_estimated=ctx.cost_estimated)
         if error is not None or self.attempts:
             event: dict[str, Any] = {
                 "genroute.rung.index": index, "genroute.backend": backend, "genroute.rung.outcome": outcome,
@@ -102,17 +103,21 @@ class Ledger:
         span.set_attributes(attrs)
         context = span.get_span_context()
         trace_id = format(context.trace_id, "032x") if context.is_valid else None
-        return GenerateResult(
+        # Every value is already validated (the request, the policy's decision, the backend's output, the SDK's
+        # usage) or genroute's own sum: built without validating it all again (genroute/construct.py).
+        cloud = self.cloud_equivalent_cost_usd
+        return trusted(
+            GenerateResult,
             text=output.text, backend=backend, model=ctx.model or output.model,
-            usage=self.usage, cost_usd=self.cost_usd, cost_estimated=self.cost_estimated,
-            cache_storage_cost_usd=self.cache_storage_cost_usd,
-            cloud_equivalent_cost_usd=self.cloud_equivalent_cost_usd,
+            usage=self.usage, cost_usd=float(self.cost_usd), cost_estimated=self.cost_estimated,
+            cache_storage_cost_usd=float(self.cache_storage_cost_usd),
+            cloud_equivalent_cost_usd=None if cloud is None else float(cloud),
             latency_s=time.perf_counter() - start,
             time_to_first_token_s=first_chunk_s,
             finish_reason=output.finish_reason,
-            decision=DecisionRecord(policy=decision.policy, reason=decision.reason,
-                                    rungs_tried=self.attempts, shadow=decision.shadow),
-            citations=output.citations, tool_calls=output.tool_calls, trace_id=trace_id,
+            decision=trusted(DecisionRecord, policy=decision.policy, reason=decision.reason,
+                             rungs_tried=self.attempts, shadow=decision.shadow),
+            citations=tuple(output.citations), tool_calls=tuple(output.tool_calls), trace_id=trace_id,
             outcome_id=(trace_id or uuid.uuid4().hex) if outcome_ids else None,
         )
 

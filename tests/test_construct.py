@@ -1,0 +1,69 @@
+"""genroute.construct builds the same models validation would, for the models the hot path builds that way."""
+
+from __future__ import annotations
+
+import pytest
+from google.genai import types
+from pydantic import BaseModel
+
+from genroute import Router
+from genroute.backends.base import user_content
+from genroute.construct import replaced, trusted
+from genroute.testing import GeminiTestServer
+from genroute.types import Citation, DecisionRecord, GenerateResult, RungAttempt, ToolCall, Usage
+
+
+def _same(built: BaseModel, validated: BaseModel) -> None:
+    assert type(built) is type(validated)
+    assert built == validated
+    assert built.model_fields_set == validated.model_fields_set
+    assert built.model_dump() == validated.model_dump()
+    assert built.model_dump_json() == validated.model_dump_json()
+    assert repr(built) == repr(validated)
+
+
+def test_trusted_equals_validated_for_every_result_model() -> None:
+    usage = Usage(input_tokens=3, output_tokens=5, thinking_tokens=1)
+    rung = dict(backend="chat", outcome="ok", error_type=None, error=None, latency_s=0.25, cost_usd=1e-6,
+                usage=usage, cost_estimated=False)
+    _same(trusted(RungAttempt, **rung), RungAttempt(**rung))
+    attempt = RungAttempt(**rung)
+    decision = dict(policy="static", reason="static backend 'chat'", rungs_tried=(attempt,), shadow=("b",))
+    _same(trusted(DecisionRecord, **decision), DecisionRecord(**decision))
+    result = dict(text="hi", backend="chat", model="gemini-2.5-flash", usage=usage, cost_usd=2e-6,
+                  cost_estimated=True, cache_storage_cost_usd=0.0, cloud_equivalent_cost_usd=None, latency_s=0.5,
+                  time_to_first_token_s=0.1, finish_reason="stop", decision=DecisionRecord(**decision),
+                  citations=(Citation(chunk_id="c1", source="s", score=0.5),),
+                  tool_calls=(ToolCall(name="add", args={"a": 1}),), trace_id="ab" * 16, outcome_id="ab" * 16)
+    _same(trusted(GenerateResult, **result), GenerateResult(**result))
+    # Fields left out take their defaults, and are not in the fields set, as with validation.
+    _same(trusted(DecisionRecord, policy="p", reason="r"), DecisionRecord(policy="p", reason="r"))
+
+
+def test_trusted_refuses_a_model_with_a_mutable_default() -> None:
+    class Listed(BaseModel):
+        items: list[int] = []
+
+    with pytest.raises(TypeError, match="mutable default"):
+        trusted(Listed)
+
+
+def test_replaced_equals_model_copy_and_user_content_equals_a_validated_turn() -> None:
+    part = types.Part(text="")
+    _same(replaced(part, text="hello"), part.model_copy(update={"text": "hello"}))
+    _same(user_content("hello"), types.Content(role="user", parts=[types.Part(text="hello")]))
+    first, second = user_content("a"), user_content("b")
+    assert first.parts[0].text == "a" and second.parts[0].text == "b"  # no shared state between copies
+    assert first.parts is not second.parts
+
+
+def test_a_routed_result_is_what_validation_would_build() -> None:
+    with GeminiTestServer() as server:
+        config = {"engines": {"g": {"kind": "gemini", "api_key": "k", "base_url": server.base_url}},
+                  "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}}}
+        with Router.from_config(config) as router:
+            result = router.generate("hello")
+    _same(result, GenerateResult.model_validate(result.model_dump()))
+    assert result.model_fields_set == set(GenerateResult.model_fields)
+    for attempt in result.decision.rungs_tried:
+        _same(attempt, RungAttempt.model_validate(attempt.model_dump()))
