@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from genroute.construct import trusted
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -83,7 +85,8 @@ class Usage(_Frozen):
             return self
         if not (self.input_tokens or self.output_tokens or self.cached_input_tokens or self.thinking_tokens):
             return other
-        return Usage(
+        return trusted(  # sums of ints
+            Usage,
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,

@@ -67,3 +67,13 @@ def test_a_routed_result_is_what_validation_would_build() -> None:
     assert result.model_fields_set == set(GenerateResult.model_fields)
     for attempt in result.decision.rungs_tried:
         _same(attempt, RungAttempt.model_validate(attempt.model_dump()))
+
+
+def test_usage_sums_and_reported_usage_equal_validated_usage() -> None:
+    from genroute.runtime.telemetry import usage_of
+
+    a, b = Usage(input_tokens=3, output_tokens=5), Usage(input_tokens=1, cached_input_tokens=1, thinking_tokens=2)
+    _same(a + b, Usage(input_tokens=4, output_tokens=5, cached_input_tokens=1, thinking_tokens=2))
+    response = types.GenerateContentResponse(usage_metadata=types.GenerateContentResponseUsageMetadata(
+        prompt_token_count=7, candidates_token_count=2, thoughts_token_count=None))
+    _same(usage_of(response), Usage(input_tokens=7, output_tokens=2))

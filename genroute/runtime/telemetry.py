@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
+from genroute.construct import trusted
 from genroute.types import Usage
 
 if TYPE_CHECKING:
@@ -156,7 +157,8 @@ def usage_of(response: types.GenerateContentResponse) -> Usage | None:
     meta = response.usage_metadata
     if meta is None:
         return None
-    return Usage(
+    return trusted(  # the SDK validated these counts (ints or None)
+        Usage,
         input_tokens=meta.prompt_token_count or 0,
         output_tokens=meta.candidates_token_count or 0,
         cached_input_tokens=meta.cached_content_token_count or 0,
