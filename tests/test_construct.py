@@ -76,4 +76,4 @@ def test_usage_sums_and_reported_usage_equal_validated_usage() -> None:
     _same(a + b, Usage(input_tokens=4, output_tokens=5, cached_input_tokens=1, thinking_tokens=2))
     response = types.GenerateContentResponse(usage_metadata=types.GenerateContentResponseUsageMetadata(
         prompt_token_count=7, candidates_token_count=2, thoughts_token_count=None))
-    _same(usage_of(response), Usage(input_tokens=7, output_tokens=2))
+    _same(usage_of(response), Usage(input_tokens=7, output_tokens=2, cached_input_tokens=0, thinking_tokens=0))
