@@ -128,7 +128,10 @@ class Backend(ABC):
     @property
     def engine(self) -> Engine:
         """The engine this backend calls."""
-        return self.resources.engine(self.config.engine, field=f"backends.{self.name}.engine")
+        engine = self.resources.engines.get(self.config.engine)
+        if engine is None:  # the error names the field; building its name is for that case only
+            return self.resources.engine(self.config.engine, field=f"backends.{self.name}.engine")
+        return engine
 
     @abstractmethod
     async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:

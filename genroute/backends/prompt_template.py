@@ -82,23 +82,30 @@ class PromptTemplateBackend(SingleCallBackend):
 
     def render(self, request: GenerateRequest) -> tuple[str, str | None]:
         """The (user prompt, system instruction) for ``request``; ``UsageError`` names a bad variable."""
-        try:
-            variables = (self._variables_model.model_validate(request.variables).model_dump()
-                         if request.variables or self.config.variables else {})
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            name = ".".join(str(p) for p in error["loc"])
-            message = "unexpected variable" if error["type"] == "extra_forbidden" else error["msg"]
-            raise UsageError(f"{message} (backend {self.name!r})", field=f"variables.{name}") from None
-        # An optional variable without a value is absent from the prompt, not the word "None".
-        variables = {name: absent(name) if value is None else value for name, value in variables.items()}
-        scope = {**variables, "input": request.input, "task": request.task, "metadata": request.metadata}
+        scope = {"input": request.input, "task": request.task, "metadata": request.metadata}
+        names: dict[str, str] = {}
+        if request.variables or self.config.variables:
+            try:
+                variables = self._variables_model.model_validate(request.variables).model_dump()
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                name = ".".join(str(p) for p in error["loc"])
+                message = "unexpected variable" if error["type"] == "extra_forbidden" else error["msg"]
+                raise UsageError(f"{message} (backend {self.name!r})", field=f"variables.{name}") from None
+            # An optional variable without a value is absent from the prompt, not the word "None".
+            scope = {**{name: absent(name) if value is None else value for name, value in variables.items()},
+                     **scope}
+            names = {name: f"variables.{name}" for name in variables}
         user, system = self._templates
-        names = {name: f"variables.{name}" for name in variables}
-        prompt = render(user, scope, backend=self.name, field=f"backends.{self.name}.template", names=names)
+        template_field, system_field = self._fields
+        prompt = render(user, scope, backend=self.name, field=template_field, names=names)
         if system is None:
             return prompt, None
-        return prompt, render(system, scope, backend=self.name, field=f"backends.{self.name}.system", names=names)
+        return prompt, render(system, scope, backend=self.name, field=system_field, names=names)
+
+    @cached_property
+    def _fields(self) -> tuple[str, str]:
+        return f"backends.{self.name}.template", f"backends.{self.name}.system"
 
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
         prompt, system = self.render(request)
@@ -108,10 +115,13 @@ class PromptTemplateBackend(SingleCallBackend):
         # Building a GenerateContentConfig costs tens of µs per request; most backends have one system line.
         # Engines treat the config as read-only (they copy before adding per-call options).
         cache = self.__dict__.setdefault("_config_cache", {})
-        config = cache.get(system)
-        if config is None:
+        try:
+            return cache[system]
+        except KeyError:
             if len(cache) >= 64:
                 cache.clear()
-            config = cache[system] = self.config.generation.to_genai(system=system)
+            config = self.config.generation.to_genai(system=system)
+            # A config that sets nothing goes as None: nothing to read, copy or send for it on each request.
+            config = cache[system] = config if config.model_fields_set else None
         return config
 
