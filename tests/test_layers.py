@@ -15,7 +15,8 @@ ROOT = Path(genroute.__file__).parent
 
 #: Lowest first. A module may import its own layer and those below it. Longest prefix wins.
 LAYERS: list[tuple[str, ...]] = [
-    ("genroute.errors", "genroute.types", "genroute.jsonl", "genroute.cache", "genroute.tools", "genroute.bounds",
+    ("genroute.errors", "genroute.types", "genroute.construct", "genroute.jsonl", "genroute.cache", "genroute.tools",
+     "genroute.bounds",
      "genroute.config_parse",
      "genroute.registry", "genroute.testing"),
     # The engine interface imports nothing of genroute: the run context is written against it.

@@ -12,7 +12,7 @@ It sits below every package that does the work and imports none of them::
     runtime              run context, resources, pricing, billing of lost attempts, telemetry, the sync bridge (with
                          engines/base.py, the engine interface they are written against); state
                          (memory | Redis store) and admission (the gates around every attempt)
-    errors, types, ...   leaves
+    errors, types, construct, ...   leaves
 
 ``tests/test_layers.py`` walks the imports and fails on a cycle or on a module importing a layer above its own.
 """
