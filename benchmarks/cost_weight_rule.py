@@ -1,11 +1,14 @@
 """The learned policy's compiled cost weight under each selection rule, on recorded per-record outcomes (no model
 calls): what ``genroute bench`` compiles after a run, re-compiled from its ``results.jsonl``.
 
-    python benchmarks/cost_weight_rule.py --runs DIR [--prefix q340-] [--tasks bfcl,nlupp] [--limit 340]
+    python benchmarks/cost_weight_rule.py [--runs DIR [--prefix P]] [--tasks bfcl,nlupp] [--limit 340]
 
-``DIR/<prefix><task>/<task>/results.jsonl`` are the outcomes ``benchmarks/quality.py --out DIR/<prefix><task>``
-wrote; the records are ``benchmarks/data/<task>/eval.jsonl`` sampled as that run sampled them (``--limit``,
-``--seed``; refused when the data differ from the run's, by ``run.json``'s digest). Each rule compiles on the
+By default it reads the outcomes of the 2026-12-05 340-record runs kept in the repository,
+``benchmarks/data/q340/<task>/`` (``results.jsonl.gz`` and ``run.json``; see the README there). ``--runs DIR``
+reads another ``benchmarks/quality.py --out DIR`` directory: ``DIR/<task>/results.jsonl``; with ``--prefix P``,
+runs made one task at a time with ``--out DIR/P<task>``: ``DIR/P<task>/<task>/results.jsonl``. The records are
+``benchmarks/data/<task>/eval.jsonl`` sampled as that run sampled them (``--limit``, ``--seed``; refused when the
+data differ from the run's, by ``run.json``'s digest). Each rule compiles on the
 same seeded training split and is judged on the same held-out records: the compiled learned policy against the
 best single backend chosen on the training split, paired (bootstrap 95 % CI, 2,000 resamples), with the cost
 ratio and a paired CI of the cost difference. ``fixed`` is the cost weight 0.1 compiled before the rules existed.
@@ -22,6 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = ("fixed", "best", "one_se", "resolved")
+#: The per-record outcomes of the 2026-12-05 runs behind RESULTS.md's "All five tasks at n = 340" (default --runs).
+RUNS = REPO / "benchmarks" / "data" / "q340"
 
 
 def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]:
@@ -31,7 +36,7 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
     from genroute.bench.runner import load_outcomes
     from genroute.bench.stats import compare_paired, paired_bootstrap_ci
 
-    run_dir = args.runs / f"{args.prefix}{task}" / task
+    run_dir = args.runs / f"{args.prefix}{task}" / task if args.prefix else args.runs / task
     pool = load_records(args.data / task / "eval.jsonl", task=task)
     manifest = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     if manifest["data_sha256"] != records_digest(pool):
@@ -82,8 +87,10 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, required=True, help="directory of the quality.py runs")
-    parser.add_argument("--prefix", default="q340-", help="run directory prefix before the task name")
+    parser.add_argument("--runs", type=Path, default=RUNS,
+                        help="a quality.py --out directory (default: the 340-record runs kept in the repository)")
+    parser.add_argument("--prefix", default="",
+                        help="runs made one task at a time, each with --out DIR/<prefix><task>")
     parser.add_argument("--data", type=Path, default=REPO / "benchmarks" / "data")
     parser.add_argument("--tasks", default="sentiment,banking77,xquad,bfcl,nlupp")
     parser.add_argument("--rules", default=",".join(RULES))

@@ -234,6 +234,30 @@ def test_a_cut_last_line_is_dropped_on_resume(tmp_path: Path) -> None:
     assert (tmp_path / "results.jsonl").read_text() == good
 
 
+def test_load_outcomes_reads_plain_or_gzip_rows_and_writes_nothing(tmp_path: Path) -> None:
+    import gzip
+
+    from genroute.bench import load_outcomes
+    from genroute.errors import UsageError
+
+    rows = ('{"backend": "b", "record_id": "r1", "ok": true, "score": 1.0, "scorer": "exact"}\n'
+            '{"backend": "b", "record_id": "r2", "ok": false, "scorer": "exact", "error_type": "X"}\n')
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / "results.jsonl.gz").write_bytes(gzip.compress((rows + '{"backend": "b", "rec').encode()))
+    before = sorted(p.name for p in packed.iterdir())
+    loaded = load_outcomes(packed)
+    assert [(o.record_id, o.ok, o.score) for o in loaded] == [("r1", True, 1.0), ("r2", False, 0.0)]
+    assert sorted(p.name for p in packed.iterdir()) == before  # read only: nothing written, nothing cut
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "results.jsonl").write_text(rows)
+    assert load_outcomes(plain) == loaded
+    with pytest.raises(UsageError, match="no results.jsonl") as missing:
+        load_outcomes(tmp_path / "nowhere")
+    assert missing.value.field == "out" and not (tmp_path / "nowhere").exists()
+
+
 async def test_failures_are_counted_by_error_type(server: GeminiTestServer, tmp_path: Path) -> None:
     from genroute.testing import Fault
 

@@ -122,6 +122,20 @@ def test_outcomes_tiny_run(clone: Path, tmp_path: Path) -> None:
     assert (tmp_path / "o" / "dcrouter" / "compiled.json").is_file()
 
 
+def test_cost_weight_rule_reproduces_results_from_the_outcomes_kept_in_the_repository(clone: Path,
+                                                                                      tmp_path: Path) -> None:
+    # benchmarks/data/q340 holds the 340-record runs' per-record outcomes; RESULTS.md's bfcl rows come from them.
+    done = run(clone, tmp_path, "cost_weight_rule.py", "--tasks", "bfcl", "--rules", "fixed,resolved")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ")[:8] for line in done.stdout.splitlines() if line.startswith("| bfcl |")]
+    assert rows == [
+        ["| bfcl", "fixed", "0.1", "102", "0.186", "0.157", "+0.029 [-0.029, +0.088] not resolved", "194%"],
+        ["| bfcl", "resolved", "1e+06", "102", "0.157", "0.157", "+0.000 [+0.000, +0.000] not resolved", "100%"]]
+    text = (REPO / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
+    assert "python benchmarks/cost_weight_rule.py   # reads benchmarks/data/q340" in text
+    assert "/work/wt/q340" not in text
+
+
 @pytest.mark.local
 def test_quality_two_record_run_on_the_embedded_model(clone: Path, tmp_path: Path) -> None:
     done = run(clone, tmp_path, "quality.py", "--limit", "2", "--tasks", "sentiment", "--quiet",

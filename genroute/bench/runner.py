@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -89,15 +90,7 @@ class ResultsLog:
             # A run killed mid-write leaves a partial last line: drop it so appends start on a clean line.
             with self.path.open("r+b") as fh:
                 fh.truncate(end)
-        for lineno, line in enumerate(data[:end].splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                outcome = Outcome.model_validate_json(line)
-            except ValidationError as exc:
-                raise UsageError(f"{self.path}:{lineno}: not a results row ({exc.errors()[0]['msg']})",
-                                 field="out") from None
-            self.outcomes[outcome.key] = outcome
+        self.outcomes = parse_outcomes(data[:end], self.path)
 
     def done(self, key: tuple[str, str], *, retry_failed: bool = False) -> bool:
         """Whether ``key`` already has an outcome (with ``retry_failed``: a successful one)."""
@@ -255,10 +248,37 @@ async def arun_bench(
     return [known[(t, r.id)] for t in targets for r in records if (t, r.id) in known]
 
 
+def parse_outcomes(data: bytes, path: Path) -> dict[tuple[str, str], Outcome]:
+    """The outcomes of ``results.jsonl`` lines, by key (the last row of a key wins); ``path`` names errors."""
+    outcomes: dict[tuple[str, str], Outcome] = {}
+    for lineno, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            outcome = Outcome.model_validate_json(line)
+        except ValidationError as exc:
+            raise UsageError(f"{path}:{lineno}: not a results row ({exc.errors()[0]['msg']})",
+                             field="out") from None
+        outcomes[outcome.key] = outcome
+    return outcomes
+
+
 def load_outcomes(out_dir: str | Path) -> list[Outcome]:
-    """Every outcome stored in ``out_dir/results.jsonl``."""
-    log = ResultsLog(out_dir)
-    return list(log.outcomes.values())
+    """Every outcome stored in ``out_dir/results.jsonl`` (or, if only that exists, ``results.jsonl.gz``).
+
+    Read only: unlike resuming a run, loading never creates, truncates or rewrites anything, so it can read
+    a copy kept in a repository (``benchmarks/data/q340``, gzip-compressed there).
+    """
+    plain = Path(out_dir) / RESULTS_FILE
+    packed = plain.with_name(RESULTS_FILE + ".gz")
+    if plain.is_file():
+        path, data = plain, plain.read_bytes()
+    elif packed.is_file():
+        path, data = packed, gzip.decompress(packed.read_bytes())
+    else:
+        raise UsageError(f"no {RESULTS_FILE} (or {RESULTS_FILE}.gz) in {out_dir}", field="out")
+    # A run killed mid-write leaves a partial last line: it is not an outcome.
+    return list(parse_outcomes(data[:data.rfind(b"\n") + 1], path).values())
 
 
 class _NoProgress:
