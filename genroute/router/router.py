@@ -158,7 +158,7 @@ class Router(Learning):
         """Answer one request (async)."""
         request = self._request(input, fields)
         with self._inflight.track():
-            async with self._root_span(request) as (span, decision, start, deadline, ledger):
+            async with self._root_span(request, same_context=True) as (span, decision, start, deadline, ledger):
                 if deadline is None:
                     return await self._executor.run(request, decision, span, start, deadline, ledger)
                 try:
@@ -343,10 +343,11 @@ class Router(Learning):
             error.cost_usd, error.usage, error.cost_estimated = cause.cost_usd, cause.usage, cause.cost_estimated
         return error
 
-    def _root_span(self, request: GenerateRequest) -> RootSpan:
+    def _root_span(self, request: GenerateRequest, *, same_context: bool = False) -> RootSpan:
         if self._refresher is None and self.outcome_settings is not None:
             self._start_refresher()
-        return RootSpan(self.telemetry, request, self.timeout_s, self._adecide, costed=self.policy.blocking)
+        return RootSpan(self.telemetry, request, self.timeout_s, self._adecide, costed=self.policy.blocking,
+                        same_context=same_context)
 
 
 def _default_policy(backends: Mapping[str, Backend]) -> Policy:

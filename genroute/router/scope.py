@@ -51,9 +51,10 @@ class RootSpan(CurrentSpan):
     __slots__ = ("telemetry", "request", "timeout_s", "decide", "costed", "start")
 
     def __init__(self, telemetry: Telemetry, request: GenerateRequest, timeout_s: float | None,
-                 decide: Callable[[GenerateRequest, float | None], Awaitable[Decision]], *, costed: bool = True
-                 ) -> None:
-        super().__init__(telemetry.tracer, "genroute.generate")
+                 decide: Callable[[GenerateRequest, float | None], Awaitable[Decision]], *, costed: bool = True,
+                 same_context: bool = False) -> None:
+        # same_context: entered and left by one coroutine (``agenerate``), never across a stream's yields.
+        super().__init__(telemetry.tracer, "genroute.generate", same_context=same_context)
         self.telemetry = telemetry
         self.request = request
         self.timeout_s = timeout_s
