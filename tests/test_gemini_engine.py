@@ -77,6 +77,21 @@ async def test_timeout_is_always_sent(srv, engine):
     assert [r.headers["x-server-timeout"] for r in srv.requests] == ["10", "5"]  # min(engine timeout 60 s, retry deadline 10 s), then the request's 5 s
 
 
+async def test_a_long_engine_timeout_is_bounded_by_the_retry_budget_without_per_request_options(srv):
+    # An attempt never outlives the retry budget (120 s by default): that is the client's own timeout, so an
+    # engine with timeout_s 3600 sends no per-request HTTP options (the SDK's costly merge) on every attempt.
+    eng = GeminiEngine("gem", {"api_key": KEY, "base_url": srv.base_url, "timeout_s": 3600})
+    try:
+        assert eng._attempt_timeout(120.0) == (120.0, None)
+        assert eng._attempt_timeout(30.0) == (30.0, 30.0)  # a shorter deadline still overrides
+        await eng.generate(MODEL, user("x"))
+        await eng.generate(MODEL, user("x"), timeout_s=3600)
+        await eng.generate(MODEL, user("x"), timeout_s=30)
+    finally:
+        await eng.aclose()
+    assert [r.headers["x-server-timeout"] for r in srv.requests] == ["120", "120", "30"]
+
+
 async def test_caller_http_options_are_kept(srv, engine):
     config = types.GenerateContentConfig(http_options=types.HttpOptions(headers={"x-extra": "1"}))
     await engine.generate(MODEL, user("x"), config, timeout_s=3)
