@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import multiprocessing
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,20 @@ def _serve(urls: Any, stop: Any) -> None:
     with GeminiTestServer() as server:
         urls.put(server.base_url)
         stop.wait()
+
+
+@contextlib.contextmanager
+def loopback_server() -> Iterator[str]:
+    """The loopback Gemini server in a process of its own (its CPU is not the client's); its URL in the block."""
+    ctx = multiprocessing.get_context("spawn")
+    urls, stop = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=_serve, args=(urls, stop), daemon=True)
+    server.start()
+    try:
+        yield urls.get(timeout=60)
+    finally:
+        stop.set()
+        server.join(10)
 
 
 class GcWatch:
@@ -157,21 +172,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    ctx = multiprocessing.get_context("spawn")
-    urls, stop = ctx.Queue(), ctx.Event()
-    server = ctx.Process(target=_serve, args=(urls, stop), daemon=True)
-    server.start()
-    try:
-        contenders = _contenders(urls.get(timeout=60))
+    with loopback_server() as url:
+        contenders = _contenders(url)
         rounds = []
         for n in range(args.rounds):
             got = asyncio.run(_round(contenders, args.requests, args.concurrency))
             rounds.append(got)
             print(f"round {n + 1}: " + ", ".join(f"{k} {v:.0f} req/s {c:.0f} µs" for k, (v, c, _) in got.items()),
                   flush=True)
-    finally:
-        stop.set()
-        server.join(10)
     print(f"\n{args.requests} requests, {args.concurrency} concurrent, {args.rounds} rounds: req/s (median), its "
           "ratio to raw client.aio in the same round (median), client CPU µs per request (median) and its ratio; "
           "then the garbage collector in the same runs (medians): young/middle/full collections, the CPU µs a "

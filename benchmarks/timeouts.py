@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import multiprocessing
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import KEY, MODEL, GcWatch, _serve  # noqa: E402 - the same server, model and GC counter
+from throughput import KEY, MODEL, GcWatch, loopback_server  # noqa: E402 - the same server, model and GC counter
 
 # name: (contender, engine or client timeout_s, router timeout_s, engine retry.deadline_s)
 CONFIGS: dict[str, tuple[str, float | None, float | None, float | None]] = {
@@ -112,19 +111,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    ctx = multiprocessing.get_context("spawn")
-    urls, stop = ctx.Queue(), ctx.Event()
-    server = ctx.Process(target=_serve, args=(urls, stop), daemon=True)
-    server.start()
     runs: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    try:
-        url = urls.get(timeout=60)
+    with loopback_server() as url:
         for _ in range(args.rounds):
             for name in CONFIGS:
                 runs[name].append(asyncio.run(_run(name, url, args.requests, args.concurrency)))
-    finally:
-        stop.set()
-        server.join(10)
     print(f"{args.requests} requests, {args.concurrency} concurrent, {args.rounds} rounds (medians); timeouts "
           "engine / router in s")
     print(f"{'':46} {'CPU µs/req':>10} {'timers a request':>34} {'heap':>6} {'cancelled':>9} "
