@@ -17,7 +17,6 @@ ratio and a paired CI of the cost difference. ``fixed`` is the cost weight 0.1 c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -25,24 +24,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = ("fixed", "best", "one_se", "resolved")
-#: The per-record outcomes of the 2026-12-05 runs behind RESULTS.md's "All five tasks at n = 340" (default --runs).
-RUNS = REPO / "benchmarks" / "data" / "q340"
 
 
 def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]:
     from genroute.bench.compile import compile_policy
-    from genroute.bench.datasets import load_records, sample
-    from genroute.bench.manifest import records_digest
-    from genroute.bench.runner import load_outcomes
     from genroute.bench.stats import compare_paired, paired_bootstrap_ci
+    from quality_report import recorded_run
 
-    run_dir = args.runs / f"{args.prefix}{task}" / task if args.prefix else args.runs / task
-    pool = load_records(args.data / task / "eval.jsonl", task=task)
-    manifest = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    if manifest["data_sha256"] != records_digest(pool):
-        raise SystemExit(f"{task}: {args.data / task / 'eval.jsonl'} is not the data of {run_dir} (digest)")
-    records = sample(pool, args.limit, seed=args.seed)
-    outcomes = load_outcomes(run_dir)
+    _, _, records, outcomes = recorded_run(args.runs, task, prefix=args.prefix, data=args.data, limit=args.limit,
+                                           seed=args.seed)
     lines: list[str] = []
     details: list[str] = []
     before = None  # the fixed weight's row: "after - before", paired
@@ -87,7 +77,7 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=RUNS,
+    parser.add_argument("--runs", type=Path, default=REPO / "benchmarks" / "data" / "q340",
                         help="a quality.py --out directory (default: the 340-record runs kept in the repository)")
     parser.add_argument("--prefix", default="",
                         help="runs made one task at a time, each with --out DIR/<prefix><task>")

@@ -415,6 +415,24 @@ async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
     assert chosen == {r.input: "cheap" if r.label == "positive" else "smart" for r in records()}
 
 
+async def test_the_report_rebuilt_from_recorded_outcomes_is_the_runs(server: GeminiTestServer,
+                                                                       tmp_path: Path) -> None:
+    from genroute.bench import load_outcomes, report_outcomes
+
+    async with Router.from_config(config(server)) as router:
+        ran = await abench(router, records(), backends=["cheap", "smart"], out_dir=tmp_path / "run", progress=False,
+                           embedder=_ToneEmbedder(), force_verdict=True)
+    calls = generate_calls(server)
+    again = report_outcomes(load_outcomes(tmp_path / "run"), records(), tmp_path / "again",
+                            kinds={"cheap": "prompt_template", "smart": "prompt_template"}, embedder=_ToneEmbedder(),
+                            force_verdict=True)
+    assert generate_calls(server) == calls  # no model call
+    assert again.markdown() == ran.markdown().replace(str(tmp_path / "run"), str(tmp_path / "again"))
+    assert again.compiled is not None and again.advice is None  # no ICL backend: no advice, as in the run
+    assert [r.quality for r in again.compiled.rows] == [r.quality for r in ran.compiled.rows]
+    assert (tmp_path / "again" / "report.md").is_file() and "results" not in again.files
+
+
 async def test_a_bad_cost_weight_rule_is_refused_before_anything_runs(server: GeminiTestServer,
                                                                       tmp_path: Path) -> None:
     from genroute.errors import ConfigError
@@ -767,8 +785,8 @@ def test_the_harness_tells_the_advisor_where_the_tuned_model_runs(tmp_path: Path
                                    "base_model": "gemini-2.5-flash"}},
            "policy": {"kind": "static", "backend": "local"}}
     with Router.from_config(cfg) as router:
-        local = _tuned_details(router, [summary("local", 20, 0.0)], {"local": "tuned"})
-        vertex = _tuned_details(router, [summary("vertex", 20, 1e-5)], {"vertex": "tuned"})
+        local = _tuned_details(router, ["local"], {"local": "tuned"})
+        vertex = _tuned_details(router, ["vertex"], {"vertex": "tuned"})
     assert local["tuned_info"].where == "local"
     assert local["tuned_info"].tune_result == str(tmp_path / "tune_result.json")
     assert vertex["tuned_info"].where == "vertex" and vertex["training_price"] == ("gemini-2.5-flash", 5.0)

@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("quality.py", "policies.py", "retrieval.py", "local_tuning.py", "demo_tuning.py", "data/build.py",
-           "graduation.py", "outcomes.py", "cost_weight_rule.py")
+           "graduation.py", "outcomes.py", "cost_weight_rule.py", "quality_report.py")
 
 
 #: An evenly spaced sample of the shared data, committed (see its README): the tiny runs need nothing outside
@@ -134,6 +134,22 @@ def test_cost_weight_rule_reproduces_results_from_the_outcomes_kept_in_the_repos
     text = (REPO / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
     assert "python benchmarks/cost_weight_rule.py   # reads benchmarks/data/q340" in text
     assert "/work/wt/q340" not in text
+
+
+def test_quality_report_rebuilds_the_recorded_runs_tables_from_a_clone(clone: Path, tmp_path: Path) -> None:
+    # RESULTS.md's sentiment tables at n = 340 (compiled with the fixed cost weight those runs used), and the
+    # advisor's measured tuning time from the tune_result.json kept beside the outcomes.
+    done = run(clone, tmp_path, "quality_report.py", "--tasks", "sentiment", "--cost-weight-rule", "fixed",
+               "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    for row in ("| sentiment (label_accuracy) | prompt_template | 340 | 0.524 [0.471, 0.576] | 2.295 | 3.830 |",
+                "|  | tuned | 340 | 0.753 [0.709, 0.797] | 1.680 | 2.539 | 1.010 | 26.1 | 0.0153 | 0 |",
+                "| sentiment | all (340) | icl | tuned | -0.159 [-0.218, -0.109] | 2.71e-08 | 0.077 | tuned wins |",
+                "|  | compiled learned | 0.716 | 0.0167 | 1.696 | icl: 2, prompt_template: 13, tuned: 87 |"):
+        assert any(line.startswith(row) for line in lines), row
+    assert "Tuning cost: 330 CPU-seconds measured (tune_result.json)" in done.stdout
+    assert "tuned wins: tuned - icl = +0.159, 95% CI [+0.109, +0.218], n = 340" in done.stdout
 
 
 @pytest.mark.local

@@ -21,7 +21,8 @@ when the paired bootstrap 95 % CI excludes 0 (and McNemar agrees for 0/1 scores)
 reruns failed ones), ``report.md``, ``report.html`` (self-contained), ``pareto.png``,
 ``summary.json``, ``run.json`` (a rerun with other data, scorer, seed or backend configs is refused), the
 ``stats.json`` that the ``cost_aware`` policy reads (``stats_path``) and ``learned.npz`` for ``learned``
-(``model_path``).
+(``model_path``). ``report_outcomes(load_outcomes(DIR), records, OUT, kinds=...)`` rebuilds that report from
+recorded outcomes alone (no router, no model call).
 
 Outcome matrices (no model calls; ``genroute bench --outcomes FILE [--eval-outcomes FILE]``)::
 
@@ -37,7 +38,7 @@ from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, advise
 from genroute.bench.cli import add_arguments, bench_main, run_bench_cli
 from genroute.bench.compile import CompileReport, compile_policy, stats_from
 from genroute.bench.datasets import BenchRecord, load_records, split_ids
-from genroute.bench.harness import BenchReport, abench, bench
+from genroute.bench.harness import BenchReport, abench, bench, report_outcomes
 from genroute.bench.offline import compile_outcomes
 from genroute.bench.offline_report import OfflineReport
 from genroute.bench.outcomes import OutcomeMatrix, Pricing, load_matrix, load_pricing
@@ -58,6 +59,6 @@ __all__ = [
     "GraduationAdvice", "Outcome", "PairedComparison", "ResultsLog", "Scorer", "Summary", "abench",
     "add_arguments", "advise", "arun_bench", "bench", "bench_main", "bootstrap_ci", "compare_paired",
     "compile_policy", "load_outcomes", "load_records", "markdown_table", "mcnemar_exact",
-    "paired_bootstrap_ci", "resolve_scorer", "run_bench_cli", "split_ids", "stats_from", "summarize",
+    "paired_bootstrap_ci", "report_outcomes", "resolve_scorer", "run_bench_cli", "split_ids", "stats_from", "summarize",
     "write_report", "OfflineReport", "OutcomeMatrix", "Pricing", "compile_outcomes", "load_matrix", "load_pricing",
 ]

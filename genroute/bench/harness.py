@@ -108,17 +108,50 @@ async def abench(
         await ingest_corpus(router, corpus, collection)
     outcomes = await arun_bench(router, records, targets, chosen, out_dir=out, concurrency=concurrency,
                                 stream=stream, progress=progress, retry_failed=retry_failed)
-    summaries = summarize(outcomes, seed=seed)
     kinds = {name: getattr(b, "kind", "") for name, b in router.backends.items()}
+    tuned = _tuned_details(router, targets, kinds)
+    return report_outcomes(outcomes, records, out, kinds=kinds, source=source, seed=seed,
+                           compile=compile and any(t != POLICY_TARGET for t in targets), advisor=advisor,
+                           min_quality=min_quality, holdout=holdout, command=command, embedder=embedder,
+                           min_verdict_n=min_verdict_n, force_verdict=force_verdict, cost_weight_rule=rule,
+                           **tuned)
+
+
+def report_outcomes(
+    outcomes: Sequence[Outcome],
+    records: Sequence[BenchRecord],
+    out_dir: str | Path,
+    *,
+    kinds: dict[str, str],
+    source: str | None = None,
+    seed: int = 0,
+    compile: bool = True,  # noqa: A002 - as abench
+    advisor: AdvisorSettings | None = None,
+    tuned_info: TunedInfo | None = None,
+    training_price: tuple[str, float] | None = None,
+    min_quality: float | None = None,
+    holdout: float = 0.3,
+    command: str | None = None,
+    embedder: Any = None,
+    min_verdict_n: int = MIN_VERDICT_N,
+    force_verdict: bool = False,
+    cost_weight_rule: CostWeightRule | str | Mapping[str, Any] | None = "resolved",
+) -> BenchReport:
+    """What ``abench`` reports after its run, from outcomes already recorded (no model call): the summaries,
+    paired differences, compiled policies on the held-out split and the graduation advice; writes the reports
+    (and the compiled files) into ``out_dir``. ``kinds``: backend name -> kind, for the advisor.
+    """
+    out = Path(out_dir)
+    summaries = summarize(outcomes, seed=seed)
     compiled = None
-    if compile and len([t for t in targets if t != POLICY_TARGET]) >= 1 and len(records) >= 2:
+    if compile and len(records) >= 2:
         compiled = compile_policy(outcomes, records, out, seed=seed, source=source, embedder=embedder,
-                                  min_quality=min_quality, holdout=holdout, cost_weight_rule=rule)
+                                  min_quality=min_quality, holdout=holdout, cost_weight_rule=cost_weight_rule)
     comparisons = backend_comparisons(outcomes, seed=seed)
     held_out = (compiled_comparisons(compiled, min_n=min_verdict_n, force=force_verdict, seed=seed)
                 if compiled is not None else [])
-    advice = advise(summaries, advisor, kinds=kinds, outcomes=outcomes, seed=seed,
-                    **_tuned_details(router, summaries, kinds))
+    advice = advise(summaries, advisor, kinds=kinds, outcomes=outcomes, seed=seed, tuned_info=tuned_info,
+                    training_price=training_price)
     sections = []
     if command:
         sections.append(("Command", _code(command)))
@@ -133,7 +166,8 @@ async def abench(
         sections.append(("Failures (first of each type)", _code(failures)))
     title = f"genroute bench: {Path(source).name if source else 'records'}"
     files = write_report(out, summaries, title=title, sections=sections, records=records, outcomes=outcomes)
-    files["results"] = out / RESULTS_FILE
+    if (out / RESULTS_FILE).is_file():  # not when reporting outcomes recorded elsewhere
+        files["results"] = out / RESULTS_FILE
     return BenchReport(out_dir=str(out), summaries=tuple(summaries), outcomes=tuple(outcomes),
                        files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice,
                        comparisons=tuple(comparisons), compiled_comparisons=tuple(held_out),
@@ -163,9 +197,9 @@ def _code(text: str) -> str:
     return f"{fence}\n{text}\n{fence}"
 
 
-def _tuned_details(router: Router, summaries: Sequence[Summary], kinds: dict[str, str]) -> dict[str, Any]:
+def _tuned_details(router: Router, targets: Sequence[str], kinds: dict[str, str]) -> dict[str, Any]:
     """The tuned backend's engine (Vertex or a local LoRA), its base model and its training price."""
-    tuned = next((s.backend for s in summaries if kinds.get(s.backend) == "tuned"), None)
+    tuned = next((t for t in targets if kinds.get(t) == "tuned"), None)
     if tuned is None:
         return {}
     backend = router.backends[tuned]
