@@ -92,6 +92,23 @@ async def test_a_long_engine_timeout_is_bounded_by_the_retry_budget_without_per_
     assert [r.headers["x-server-timeout"] for r in srv.requests] == ["120", "120", "30"]
 
 
+async def test_a_router_deadline_sizes_the_client_timeout(srv):
+    # A router's timeout_s shorter than the engine's: the client's own timeout is the router's, so requests with
+    # that deadline send no per-request HTTP options; one with a longer deadline still gets the engine's bound.
+    from genroute import Router
+
+    config = {"engines": {"g": {"kind": "gemini", "api_key": KEY, "base_url": srv.base_url}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": MODEL}}, "timeout_s": 30}
+    async with Router.from_config(config) as router:
+        engine = router.resources.engines["g"]
+        assert engine._attempt_timeout(29.99) == (29.99, None)
+        assert engine._attempt_timeout(90.0) == (60.0, 60.0)
+        await router.agenerate("x")
+        await router.agenerate("x", timeout_s=90)
+        await router.agenerate("x", timeout_s=5)
+    assert [r.headers["x-server-timeout"] for r in srv.requests] == ["30", "60", "5"]
+
+
 async def test_caller_http_options_are_kept(srv, engine):
     config = types.GenerateContentConfig(http_options=types.HttpOptions(headers={"x-extra": "1"}))
     await engine.generate(MODEL, user("x"), config, timeout_s=3)

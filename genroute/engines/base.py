@@ -77,6 +77,11 @@ class Engine(ABC):
 
         raise UsageError(f"engine {self.name!r} ({self.kind}) does not embed")
 
+    def expect_deadline(self, seconds: float | None) -> None:
+        """The time most calls will have left (a router's ``timeout_s``; None: no deadline). A hint, given before
+        the first call: an engine may size what it sets once per client by it, so that calls with that much time
+        left need nothing per call. Default: ignored."""
+
     def pricing_model(self, model: str) -> str | None:
         """The model name to price calls at (``None``: free, e.g. local)."""
         return model

@@ -128,6 +128,7 @@ class GeminiEngine(Engine):
                               field=f"engines.{name}.vertex.project")
         self._credentials = credentials
         self._client: genai.Client | None = None
+        self._expected_s: float | None = None
         # Import the SDK (1-4 s) now, while the router is built, not inside the first request: there it would
         # block the event loop and eat that request's deadline.
         import google.genai  # noqa: F401
@@ -168,7 +169,7 @@ class GeminiEngine(Engine):
             http = types.HttpOptions(
                 base_url=self.base_url,
                 api_version=self.config.api_version,
-                timeout=_timeout_ms(self._attempt_bound_s),
+                timeout=_timeout_ms(self._client_timeout_s),
                 # Retries live in genroute.engines.retry; one attempt here also stops the SDK's
                 # implicit sleep-and-retry on connection errors.
                 retry_options=types.HttpRetryOptions(attempts=1),
@@ -215,19 +216,29 @@ class GeminiEngine(Engine):
     def _attempt_timeout(self, remaining_s: float) -> tuple[float, float | None]:
         """This attempt's timeout, and the same if it must override the client's default (else ``None``: the
         deadline is not shorter than the client's timeout by more than ``_OVERRIDE_MARGIN_S``)."""
+        seconds = min(self._attempt_bound_s, remaining_s)
+        # The client's own timeout serves if it ends the attempt on time or at most _OVERRIDE_MARGIN_S late.
+        return seconds, None if 0 <= self._client_timeout_s - seconds <= _OVERRIDE_MARGIN_S else seconds
+
+    def expect_deadline(self, seconds: float | None) -> None:
+        """Size the client's HTTP timeout to a router's deadline where that is shorter than an attempt's bound, so
+        that its requests send no per-request HTTP options (the SDK's merge of them costs ~30 % of a request's
+        CPU, ``benchmarks/timeouts.py``); a request with another deadline still gets its own. Before the client
+        is built only (a later hint is ignored)."""
+        if self._client is None:
+            self._expected_s = seconds
+
+    @property
+    def _client_timeout_s(self) -> float:
+        """The client's own HTTP timeout: an attempt's bound, or the expected deadline where that is shorter."""
         bound = self._attempt_bound_s
-        if remaining_s >= bound:
-            return bound, None
-        if remaining_s > bound - _OVERRIDE_MARGIN_S:
-            return remaining_s, None
-        return remaining_s, remaining_s
+        return bound if self._expected_s is None else min(bound, self._expected_s)
 
     @property
     def _attempt_bound_s(self) -> float:
-        """The longest an attempt can take, and the client's own HTTP timeout: the engine's ``timeout_s``, or the
-        retry budget where that is shorter (an attempt never outlives it). With the client's timeout at the budget,
-        an engine with a long ``timeout_s`` sends no per-request HTTP options on every attempt (the SDK's merge of
-        them cost ~30 % of a request's CPU, ``benchmarks/timeouts.py``)."""
+        """The longest an attempt can take: the engine's ``timeout_s``, or the retry budget where that is shorter (an
+        attempt never outlives it; with the client's timeout at most this, an engine with a long ``timeout_s``
+        sends no per-request HTTP options on every attempt)."""
         return min(self.config.timeout_s, self.config.retry.deadline_s)
 
     async def generate(

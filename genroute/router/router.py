@@ -82,6 +82,8 @@ class Router(Learning):
         if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
             raise UsageError(f"must be a finite number of seconds > 0, got {timeout_s!r}", field="timeout_s")
         self.timeout_s = timeout_s
+        for engine in self.resources.engines.values():  # most requests have this long: sized once, not per call
+            engine.expect_deadline(timeout_s)
         self.telemetry = Telemetry(capture_content=capture_content, tracer_provider=tracer_provider,
                                    meter_provider=meter_provider)
         # Flushed at close: batching processors and periodic readers would otherwise lose the last requests.
