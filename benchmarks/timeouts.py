@@ -36,6 +36,7 @@ CONFIGS: dict[str, tuple[str, float | None, float | None, float | None]] = {
     "genroute, engine 120, router 3600": ("routed", 120, 3600, None),
     "genroute, engine 60, router 3600": ("routed", 60, 3600, None),
     "genroute, engine 3600, router 60": ("routed", 3600, 60, None),
+    "genroute, engine 60, router 30 (the README's)": ("routed", 60, 30, None),
     "raw client.aio, client timeout 60": ("raw", 60, None, None),
     "raw client.aio, client timeout 3600": ("raw", 3600, None, None),
 }
