@@ -254,16 +254,18 @@ class GeminiEngine(Engine):
         attempt = functools.partial(self._generate_once, self.client.aio.models, model, contents, config)
         return await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
 
-    async def _generate_once(self, models: Any, model: str, contents: list[types.Content],
-                             config: types.GenerateContentConfig | None, remaining_s: float
-                             ) -> types.GenerateContentResponse:
+    def _generate_once(self, models: Any, model: str, contents: list[types.Content],
+                       config: types.GenerateContentConfig | None, remaining_s: float
+                       ) -> Awaitable[types.GenerateContentResponse]:
+        """One attempt: ``_call`` around the SDK call (returned, not awaited here: a request in flight holds one
+        coroutine less)."""
         seconds, override = self._attempt_timeout(remaining_s)
         call = models.generate_content(model=model, contents=_sdk_contents(contents),
                                        config=_with_timeout(config, override))
         # Without an override the client's own HTTP timeout bounds the whole call (the body read included), at
         # most _OVERRIDE_MARGIN_S past the deadline, which a router enforces with its own timer: a second timer
         # per request would only add work (and objects a request in flight holds).
-        return await self._call(call, None if override is None else seconds, contents, config)
+        return self._call(call, None if override is None else seconds, contents, config)
 
     async def stream(
         self,
