@@ -131,6 +131,9 @@ class Decision(_Frozen):
     shadow: tuple[str, ...] = ()
     shadow_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     budget_key: str | None = None
+    cost_usd: float = Field(default=0.0, ge=0.0, description="What deciding cost (a semantic or learned policy "
+                            "embeds the request), set by ``Router.decide``; a request's is in its result's cost.")
+    cost_estimated: bool = Field(default=False, description="Part of ``cost_usd`` is genroute's estimate.")
 
     @classmethod
     def single(cls, policy: str, backend: str, reason: str, **kwargs: Any) -> Decision:

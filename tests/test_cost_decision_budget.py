@@ -182,3 +182,32 @@ async def test_a_cancelled_request_spends_its_decision_once(gemini_server: Gemin
         await router.aclose()
     assert _generates(gemini_server) == 0
     assert spent == pytest.approx(_embedding(question))
+
+
+def test_a_preview_carries_what_deciding_cost_and_spends_nothing(gemini_server: GeminiTestServer, tmp_path: Path,
+                                                                 otel: Otel) -> None:
+    question = "how long should rye dough proof?"
+    with Router.from_config(_config(gemini_server, tmp_path), **otel.providers) as router:
+        routes = len(otel.spans("embeddings"))  # the routes' own embeddings, made when the router was built
+        decision = router.decide(question)
+        again = router.decide(question)  # the policy remembers the embedding: nothing more to pay
+        chosen = router.decide(question + " today", backend="other")  # an explicit backend: the policy is not asked
+        spent = budget_usage(router)["spent"]
+    assert _generates(gemini_server) == 0  # a preview generates nothing
+    embedding = _embedding(question)
+    assert decision.rungs[0].backend == "chat"
+    assert decision.cost_usd == pytest.approx(embedding) and decision.cost_estimated  # the API counts no tokens
+    assert (again.cost_usd, again.cost_estimated) == (0.0, False)
+    assert (chosen.rungs[0].backend, chosen.cost_usd, chosen.cost_estimated) == ("other", 0.0, False)
+    assert spent == 0.0  # a preview is not a request: the budget is untouched
+    (embedded,) = otel.spans("embeddings")[routes:]
+    assert embedded.attributes["gen_ai.usage.cost.amount"] == pytest.approx(decision.cost_usd)
+
+
+def test_a_preview_of_a_policy_that_embeds_nothing_costs_nothing(gemini_server: GeminiTestServer,
+                                                                 tmp_path: Path) -> None:
+    config = _config(gemini_server, tmp_path)
+    config["policy"] = {"kind": "static", "backend": "other"}
+    with Router.from_config(config) as router:
+        decision = router.decide("how long should rye dough proof?")
+    assert (decision.rungs[0].backend, decision.cost_usd, decision.cost_estimated) == ("other", 0.0, False)

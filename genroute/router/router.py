@@ -207,8 +207,19 @@ class Router(Learning):
 
     def decide(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Decision:
         """What the policy would decide for this request, without running anything (nor reading shared state:
-        open breakers are those this process last saw)."""
-        decision = self._decide(self._request(input, fields))
+        open breakers are those this process last saw).
+
+        A semantic or learned policy embeds the request to decide: what that cost is the decision's
+        ``cost_usd`` (``cost_estimated`` if part of it is an estimate), on the embedding's span too. A preview
+        is not a request: it is not spent in the router's budgets.
+        """
+        request = self._request(input, fields)
+        charges = Charges()
+        with charging(charges):
+            decision = self._decide(request)
+        if charges.cost_usd or charges.estimated:
+            decision = decision.model_copy(update={"cost_usd": charges.cost_usd,
+                                                   "cost_estimated": charges.estimated})
         return decision if self._breakers is None else skip_open(decision, self._breakers.view())
 
     def _refresh_facts(self) -> None:
