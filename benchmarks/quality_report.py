@@ -50,7 +50,10 @@ def recorded_run(runs: Path, task: str, *, prefix: str = "", data: Path = DATA, 
         raise SystemExit(f"{task}: {data / task / 'eval.jsonl'} is not the data of {run_dir} (digest)")
     records = sample(pool, manifest["limit"] if limit is None else limit,
                      seed=manifest["seed"] if seed is None else seed)
-    return run_dir, manifest, records, load_outcomes(run_dir)
+    # In the order the run reported them (target by target, record by record), not the order calls ended in.
+    known = {o.key: o for o in load_outcomes(run_dir)}
+    targets = [*manifest["targets"], *sorted({backend for backend, _ in known} - set(manifest["targets"]))]
+    return run_dir, manifest, records, [known[(t, r.id)] for t in targets for r in records if (t, r.id) in known]
 
 
 def main() -> None:

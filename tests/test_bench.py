@@ -423,7 +423,10 @@ async def test_the_report_rebuilt_from_recorded_outcomes_is_the_runs(server: Gem
         ran = await abench(router, records(), backends=["cheap", "smart"], out_dir=tmp_path / "run", progress=False,
                            embedder=_ToneEmbedder(), force_verdict=True)
     calls = generate_calls(server)
-    again = report_outcomes(load_outcomes(tmp_path / "run"), records(), tmp_path / "again",
+    # The run lists outcomes target by target, record by record; the file, in the order the calls ended.
+    ids = [r.id for r in records()]
+    recorded = sorted(load_outcomes(tmp_path / "run"), key=lambda o: (o.backend, ids.index(o.record_id)))
+    again = report_outcomes(recorded, records(), tmp_path / "again",
                             kinds={"cheap": "prompt_template", "smart": "prompt_template"}, embedder=_ToneEmbedder(),
                             force_verdict=True)
     assert generate_calls(server) == calls  # no model call
