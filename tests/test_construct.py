@@ -77,3 +77,28 @@ def test_usage_sums_and_reported_usage_equal_validated_usage() -> None:
     response = types.GenerateContentResponse(usage_metadata=types.GenerateContentResponseUsageMetadata(
         prompt_token_count=7, candidates_token_count=2, thoughts_token_count=None))
     _same(usage_of(response), Usage(input_tokens=7, output_tokens=2, cached_input_tokens=0, thinking_tokens=0))
+
+
+def test_a_plugin_output_of_other_types_is_validated_into_the_result() -> None:
+    # BackendOutput is a plain dataclass: a plugin backend may fill it with a list of dicts. The result is then
+    # validated (the dicts become Citations), as it always was, instead of built from the values as they are.
+    from opentelemetry.trace import INVALID_SPAN
+
+    from genroute.backends.base import BackendOutput
+    from genroute.router.ledger import Ledger, _as_declared
+    from genroute.runtime.context import RunContext
+    from genroute.runtime.pricing import Pricing
+    from genroute.runtime.telemetry import Telemetry
+    from genroute.types import Decision, GenerateRequest
+
+    citation = {"chunk_id": "c1", "source": "s", "score": 0.5}
+    loose = BackendOutput(text="hi", model="m", citations=[citation])
+    assert not _as_declared(loose)
+    assert _as_declared(BackendOutput(text="hi", model="m", citations=(Citation(**citation),)))
+    ctx = RunContext(GenerateRequest(input="x"), "chat", telemetry=Telemetry(), pricing=Pricing())
+    ledger = Ledger()
+    ledger.record(INVALID_SPAN, ctx, "chat", 0, 0.0, None)
+    result = ledger.result(Decision.single("static", "chat", "r"), ctx, loose, INVALID_SPAN, 0.0, None,
+                           outcome_ids=False)
+    assert result.citations == (Citation(**citation),)
+    _same(result, GenerateResult.model_validate(result.model_dump()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from genroute.errors import AllRungsFailed, BudgetExceeded, GenrouteError, ValidationFailed
 from genroute.construct import trusted
 from genroute.runtime.context import add_spend
-from genroute.types import DecisionRecord, GenerateResult, RungAttempt, Usage
+from genroute.types import Citation, DecisionRecord, GenerateResult, RungAttempt, ToolCall, Usage
 
 if TYPE_CHECKING:
     from opentelemetry import trace
@@ -103,11 +104,12 @@ class Ledger:
         span.set_attributes(attrs)
         context = span.get_span_context()
         trace_id = format(context.trace_id, "032x") if context.is_valid else None
-        # Every value is already validated (the request, the policy's decision, the backend's output, the SDK's
-        # usage) or genroute's own sum: built without validating it all again (genroute/construct.py).
+        # Every value is already validated (the request, the policy's decision, the SDK's usage) or genroute's own
+        # sum: built without validating it all again (genroute/construct.py), unless the backend's output (a
+        # plain dataclass a plugin may fill as it likes) holds other types than declared: then it is validated.
         cloud = self.cloud_equivalent_cost_usd
-        return trusted(
-            GenerateResult,
+        build = functools.partial(trusted, GenerateResult) if _as_declared(output) else GenerateResult
+        return build(
             text=output.text, backend=backend, model=ctx.model or output.model,
             usage=self.usage, cost_usd=float(self.cost_usd), cost_estimated=self.cost_estimated,
             cache_storage_cost_usd=float(self.cache_storage_cost_usd),
@@ -136,3 +138,11 @@ class Ledger:
         error.__cause__ = last_error
         self.charge(error)
         return error
+
+
+def _as_declared(output: BackendOutput) -> bool:
+    """Whether ``output`` holds exactly the types ``BackendOutput`` declares (what genroute's backends build)."""
+    return (type(output.text) is str and type(output.model) is str
+            and (output.finish_reason is None or type(output.finish_reason) is str)
+            and all(type(c) is Citation for c in output.citations)
+            and all(type(c) is ToolCall for c in output.tool_calls))
