@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -108,8 +107,7 @@ class Ledger:
         # sum: built without validating it all again (genroute/construct.py), unless the backend's output (a
         # plain dataclass a plugin may fill as it likes) holds other types than declared: then it is validated.
         cloud = self.cloud_equivalent_cost_usd
-        build = functools.partial(trusted, GenerateResult) if _as_declared(output) else GenerateResult
-        return build(
+        fields = dict(
             text=output.text, backend=backend, model=ctx.model or output.model,
             usage=self.usage, cost_usd=float(self.cost_usd), cost_estimated=self.cost_estimated,
             cache_storage_cost_usd=float(self.cache_storage_cost_usd),
@@ -122,6 +120,7 @@ class Ledger:
             citations=tuple(output.citations), tool_calls=tuple(output.tool_calls), trace_id=trace_id,
             outcome_id=(trace_id or uuid.uuid4().hex) if outcome_ids else None,
         )
+        return trusted(GenerateResult, **fields) if _as_declared(output) else GenerateResult(**fields)
 
     def failure(self, decision: Decision, last_error: GenrouteError | None, span: trace.Span) -> GenrouteError:
         """The error the caller gets when no rung served: the last one's, or ``AllRungsFailed``."""
@@ -142,7 +141,8 @@ class Ledger:
 
 def _as_declared(output: BackendOutput) -> bool:
     """Whether ``output`` holds exactly the types ``BackendOutput`` declares (what genroute's backends build)."""
+    citations, calls = output.citations, output.tool_calls
     return (type(output.text) is str and type(output.model) is str
             and (output.finish_reason is None or type(output.finish_reason) is str)
-            and all(type(c) is Citation for c in output.citations)
-            and all(type(c) is ToolCall for c in output.tool_calls))
+            and (not citations or all(type(c) is Citation for c in citations))
+            and (not calls or all(type(c) is ToolCall for c in calls)))
