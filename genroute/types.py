@@ -79,11 +79,16 @@ class Usage(_Frozen):
     cached_input_tokens: int = 0
     thinking_tokens: int = 0
 
+    @property
+    def is_zero(self) -> bool:
+        """Whether no token of any kind was counted."""
+        return not (self.input_tokens or self.output_tokens or self.cached_input_tokens or self.thinking_tokens)
+
     def __add__(self, other: Usage) -> Usage:
         # Most sums add a zero (a rung or a call that spent nothing): frozen, so either side can be the sum.
-        if not (other.input_tokens or other.output_tokens or other.cached_input_tokens or other.thinking_tokens):
+        if other.is_zero:
             return self
-        if not (self.input_tokens or self.output_tokens or self.cached_input_tokens or self.thinking_tokens):
+        if self.is_zero:
             return other
         return trusted(  # sums of ints
             Usage,
@@ -92,6 +97,10 @@ class Usage(_Frozen):
             cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
             thinking_tokens=self.thinking_tokens + other.thinking_tokens,
         )
+
+
+#: Usage is frozen: the one zero every rung, ledger and sum that has not spent anything yet starts from.
+NO_USAGE = Usage()
 
 
 class Citation(_Frozen):

@@ -102,3 +102,11 @@ def test_a_plugin_output_of_other_types_is_validated_into_the_result() -> None:
                            outcome_ids=False)
     assert result.citations == (Citation(**citation),)
     _same(result, GenerateResult.model_validate(result.model_dump()))
+
+
+def test_usage_is_zero_only_without_any_token() -> None:
+    from genroute.types import NO_USAGE
+
+    assert NO_USAGE.is_zero and Usage().is_zero
+    for field in ("input_tokens", "output_tokens", "cached_input_tokens", "thinking_tokens"):
+        assert not Usage(**{field: 1}).is_zero

@@ -214,8 +214,8 @@ class GeminiEngine(Engine):
             bill(Usage(input_tokens=estimate_input(contents, config)))
 
     def _attempt_timeout(self, remaining_s: float) -> tuple[float, float | None]:
-        """This attempt's timeout, and the same if it must override the client's default (else ``None``: the
-        deadline is not shorter than the client's timeout by more than ``_OVERRIDE_MARGIN_S``)."""
+        """This attempt's timeout, and the same if it must override the client's own (else ``None``: the client's
+        timeout ends the attempt on time or at most ``_OVERRIDE_MARGIN_S`` late; a longer one also overrides)."""
         seconds = min(self._attempt_bound_s, remaining_s)
         # The client's own timeout serves if it ends the attempt on time or at most _OVERRIDE_MARGIN_S late.
         return seconds, None if 0 <= self._client_timeout_s - seconds <= _OVERRIDE_MARGIN_S else seconds

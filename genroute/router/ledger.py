@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from genroute.errors import AllRungsFailed, BudgetExceeded, GenrouteError, ValidationFailed
 from genroute.construct import trusted
 from genroute.runtime.context import add_spend
-from genroute.types import Citation, DecisionRecord, GenerateResult, RungAttempt, ToolCall, Usage
+from genroute.types import NO_USAGE, Citation, DecisionRecord, GenerateResult, RungAttempt, ToolCall, Usage
 
 if TYPE_CHECKING:
     from opentelemetry import trace
@@ -17,9 +17,6 @@ if TYPE_CHECKING:
     from genroute.backends.base import BackendOutput
     from genroute.runtime.context import RunContext
     from genroute.types import Decision
-
-#: Usage is frozen: one zero for every ledger that has not added a rung yet.
-_NO_USAGE = Usage()
 
 
 class Ledger:
@@ -30,7 +27,7 @@ class Ledger:
 
     def __init__(self, *, cost_usd: float = 0.0, cost_estimated: bool = False) -> None:
         self.attempts: tuple[RungAttempt, ...] = ()
-        self.usage: Usage = _NO_USAGE
+        self.usage: Usage = NO_USAGE
         self.cost_usd = cost_usd
         self.cost_estimated = cost_estimated
         self.cache_storage_cost_usd = 0.0

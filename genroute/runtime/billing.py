@@ -72,7 +72,7 @@ def metering(meter: Meter) -> Meter:
 def bill(usage: Usage, *, estimated: bool = True) -> None:
     """Report ``usage`` the provider bills for an attempt whose answer the caller will not see."""
     meter = _METER.get()
-    if meter is not None and usage != Usage():
+    if meter is not None and not usage.is_zero:
         meter.add(usage, estimated=estimated)
 
 

@@ -16,7 +16,7 @@ from genroute.runtime.billing import (Charges, Meter, charging, estimate_input, 
 from genroute.errors import GenrouteError
 from genroute.runtime.telemetry import (CurrentSpan, Telemetry, error_type, reason_name, usage_attributes,
                                        usage_of)
-from genroute.types import GenerateRequest, Usage
+from genroute.types import NO_USAGE, GenerateRequest, Usage
 
 if TYPE_CHECKING:
     from google.genai import types
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from genroute.runtime.pricing import Pricing
 
 
-#: Usage is frozen: one zero for every rung that has not spent anything yet.
-_NO_USAGE = Usage()
 
 
 class Spend(Protocol):
@@ -66,7 +64,7 @@ class RunContext:
         self.telemetry = telemetry
         self.pricing = pricing
         self.deadline = deadline
-        self.usage = _NO_USAGE
+        self.usage = NO_USAGE
         self.cost_usd = 0.0
         self.cloud_equivalent_cost_usd: float | None = None
         #: Whether part of ``cost_usd`` is an estimate (a call lost, cut short or reporting no usage).
@@ -206,9 +204,8 @@ class RunContext:
         this rung and to the call's span (with ``answer``'s attributes, in one go); return the summed usage.
 
         ``answered``: the metric attributes of the answered call, when there is one."""
-        usage = calls[0] if len(calls) == 1 else sum(calls, _NO_USAGE)
-        if not estimated and not (usage.input_tokens or usage.output_tokens or usage.cached_input_tokens
-                                  or usage.thinking_tokens):
+        usage = calls[0] if len(calls) == 1 else sum(calls, NO_USAGE)
+        if not estimated and usage.is_zero:
             if answer:
                 span.set_attributes(answer)
             return usage

@@ -6,6 +6,7 @@ Library code uses the OTel API only: with no SDK configured every call here is a
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 from contextvars import ContextVar
@@ -166,20 +167,10 @@ def usage_of(response: types.GenerateContentResponse) -> Usage | None:
     )
 
 
-_REASONS: dict[Any, str] = {}
-
-
+@functools.lru_cache(maxsize=_MAX_CACHED_ATTRIBUTES)  # the enum's members, and any string a server invents
 def reason_name(reason: Any) -> str:
     """A finish reason (the SDK's enum, or a string) as a lower-case string, semconv style (``"stop"``)."""
-    try:
-        return _REASONS[reason]
-    except KeyError:
-        name = str(getattr(reason, "value", reason)).lower()
-        if len(_REASONS) < _MAX_CACHED_ATTRIBUTES:  # the enum's members, and any string a server invents
-            _REASONS[reason] = name
-        return name
-    except TypeError:  # unhashable: not something the SDK returns
-        return str(getattr(reason, "value", reason)).lower()
+    return str(getattr(reason, "value", reason)).lower()
 
 
 def usage_attributes(usage: Usage) -> dict[str, int]:
