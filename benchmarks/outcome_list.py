@@ -52,7 +52,7 @@ def shadow_record(i: int, rng: random.Random) -> OutcomeRecord:
 async def fill(store: RedisStateStore, lines: list[bytes], *, cap: int | None, legacy: bool,
                concurrency: int) -> float:
     """Write ``lines``, ``concurrency`` appends in flight; return appends per second."""
-    client, _ = store._client()
+    client = store._client().client
     key = f"{store.prefix}l:outcomes"
 
     async def one(line: bytes) -> None:
@@ -71,7 +71,7 @@ async def measure(url: str, name: str, records: list[OutcomeRecord], *, cap: int
                   concurrency: int) -> dict[str, Any]:
     prefix = f"{name}:"
     store = RedisStateStore(RedisStateConfig(kind="redis", url=url, prefix=prefix, timeout_s=30))
-    client, _ = store._client()
+    client = store._client().client
     lines = [r.model_dump_json().encode() if legacy else r.model_dump_json(exclude_unset=True).encode()
              for r in records]
     await client.config_resetstat()

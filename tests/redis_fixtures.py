@@ -28,11 +28,13 @@ def redis_required() -> bool:
 
 @dataclass
 class RedisServer:
-    """A running ``redis-server`` process (no persistence: a restart starts empty)."""
+    """A running ``redis-server`` process (no persistence: a restart starts empty; with ``data_dir``, every write is
+    in its append-only file before the reply, so even a killed server restarts with all it answered)."""
 
     port: int
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    data_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -46,9 +48,11 @@ class RedisServer:
             if redis_required():
                 pytest.fail(message + " (CI or GENROUTE_REQUIRE_REDIS=1 requires it)")
             pytest.skip(message)
+        persist = ["--appendonly", "no"] if self.data_dir is None else \
+            ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persist,
                  "--protected-mode", "no"], stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not self.ping():
@@ -58,11 +62,11 @@ class RedisServer:
                 pytest.fail(f"redis-server did not answer in 20 s: {self.log.read_text()[-2000:]}")
             time.sleep(0.05)
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL)."""
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server (SIGTERM, then SIGKILL; ``kill``: SIGKILL at once)."""
         if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

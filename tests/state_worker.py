@@ -4,11 +4,14 @@
     python -m tests.state_worker hold URL PREFIX AMOUNT LIMIT TTL_S    -> holds, prints "held", sleeps
     python -m tests.state_worker outcomes URL PREFIX NAME N MAX_ITEMS   -> "ready"; on a line in: writes N outcome
         records (ids NAME-0 .. NAME-N-1) through a SharedOutcomeStore capped at MAX_ITEMS, prints its skipped count
+    python -m tests.state_worker log URL PREFIX  -> one JSON line: {"log": the outcome list's writes as stored,
+        "records": the records a new SharedOutcomeStore merges from them}
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import subprocess
@@ -81,6 +84,13 @@ async def main(argv: list[str]) -> None:
             await outcomes.upsert(OutcomeRecord(metadata={"id": f"{name}-{i}", "task": "t", "writer": name, "i": i},
                                                 outcomes={"chat": Side(score=1.0)}))
         print(outcomes.skipped, flush=True)
+    elif mode == "log":
+        from genroute.outcomes.shared import SharedOutcomeStore
+
+        written = (await store.items("outcomes")).items
+        records = await SharedOutcomeStore(store).records()
+        print(json.dumps({"log": [json.loads(line) for line in written], "records": [r.line() for r in records]}),
+              flush=True)
     elif mode == "hold":
         amount, limit = int(argv[3]), int(argv[4])
         hold_id, _ = await store.hold(ACCOUNT, amount, limit, ttl_s=float(argv[5]), keep_s=600)

@@ -145,6 +145,10 @@ async def test_outcomes_written_while_redis_is_down_and_after_its_restart_are_re
     assert (await outcomes.upsert(record("after", score=0.0))).id == "after"
     assert [r.id for r in await outcomes.records()] == ["a0", "a1", "a2", "down", "after"]
     assert outcomes.resets == 2  # into the fallback's list, and into the restarted server's
+    # The write made during the outage was replayed to the restarted server: another process reads it there.
+    fresh = SharedOutcomeStore(_redis(redis_server, "down:"), max_items=100)
+    assert [r.id for r in await fresh.records()] == ["down", "after"] and outcomes.replayed == 1
+    await fresh.state.aclose()
     await state.aclose()
 
 

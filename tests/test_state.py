@@ -250,7 +250,7 @@ async def test_store_down_fail_open_uses_memory_then_recovers(redis_server: Redi
     await asyncio.sleep(0.25)
     # Redis again (emptied by the restart), same client: the settles made meanwhile were replayed to it.
     assert await store.usage("acct") == (20, 0)
-    assert not store.degraded and not store._unsettled
+    assert not store.degraded and not store._unsent
     await store.aclose()
 
 
@@ -294,7 +294,7 @@ def test_a_password_in_the_url_never_reaches_an_error(redis_server: RedisServer)
 async def test_a_replayed_settle_counts_once(redis_server: RedisServer) -> None:
     store = _redis(redis_server)
     hold_id, _ = await store.hold("once", 10, 100, ttl_s=60, keep_s=600)
-    _, script = store._client()
+    script = store._client().script
     settle = Settle("once", hold_id, 10, keep_s=600)
     await store._call(script, "apply", [settle], ["settle-1"])
     await store._call(script, "apply", [settle], ["settle-1"])  # e.g. it timed out on the way back and was replayed

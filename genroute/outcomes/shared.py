@@ -15,6 +15,12 @@ process reads is also merged into that SQLite file, in one transaction a batch, 
 the file: the full history, for as long as the process reads at least once every ``max_items`` writes (each of its
 own writes and each refresh reads). Several processes on one machine may share the file: merging a write twice
 changes nothing. The same async methods as ``OutcomeStore``.
+
+When the state store is unreachable and answers from its fallback memory (``on_error: open``), writes go to that
+memory's list, which readers here read meanwhile; the state store replays them to the shared list when it answers
+again (each once, in order: ``replayed``, and ``dropped`` beyond its bound), and readers here go back to the
+shared list where they left it, so they read the replayed writes there once more (merging a write again changes
+nothing) and the writes other processes made meanwhile.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ T = TypeVar("T")
 DEFAULT_MAX_ITEMS = OutcomeSettings.model_fields["shared_max_items"].default
 #: Writes fetched per round trip when catching up.
 PAGE = 5_000
+#: Other incarnations of the list (the shared one, the fallback memory's) whose read position is remembered.
+MAX_PLACES = 8
 
 
 class SharedOutcomeStore:
@@ -60,11 +68,22 @@ class SharedOutcomeStore:
         self._seen = 0  # absolute position of the next write to read
         self._started = False  # a new process starts from the oldest write kept: not a skip
         self._epoch = ""  # the incarnation of the list read so far (see ``ListRead.epoch``)
+        self._places: dict[str, int] = {}  # other incarnations read before -> where reading them stopped
         #: Writes trimmed from the list before this process read them (it fell ``max_items`` behind).
         self.skipped = 0
         #: Times the list was another than the one read before (emptied by a restart, or the fallback memory).
         self.resets = 0
         self._lock = asyncio.Lock()
+
+    @property
+    def replayed(self) -> int:
+        """Writes made in the state store's fallback memory during an outage and replayed to the shared list."""
+        return self.state.replays(self.key).replayed
+
+    @property
+    def dropped(self) -> int:
+        """Writes made in fallback memory during an outage and never replayed (beyond the bound kept for it)."""
+        return self.state.replays(self.key).dropped
 
     async def upsert(self, record: OutcomeRecord) -> OutcomeRecord:
         """Append ``record``; return the merged record with its id as the store now holds it."""
@@ -103,16 +122,21 @@ class SharedOutcomeStore:
         async with self._lock:  # one replay at a time: each appended line is merged exactly once
             while True:
                 read = await self.state.items(self.key, self._seen, limit=PAGE)
+                wanted = self._seen
                 if self._started and read.epoch and self._epoch and read.epoch != self._epoch:
-                    read = await self.state.items(self.key, 0, limit=PAGE)  # another list now: from its head
+                    # Another list now: one read before (back from the fallback memory) from where this process
+                    # left it, else from its head.
+                    wanted = self._switch(read.epoch)
+                    read = await self.state.items(self.key, wanted or 0, limit=PAGE)
                     self._reset(read.start)
                 elif read.start < self._seen:
                     self._reset(read.start)
-                elif read.start > self._seen and self._started:
-                    self.skipped += read.start - self._seen
+                    wanted = None
+                if wanted is not None and read.start > wanted and self._started:
+                    self.skipped += read.start - wanted
                     _log.warning("%d outcome write(s) were trimmed from the shared list (outcomes.shared_max_items="
                                  "%s, shared_max_age_s=%s) before this process read them: they are not in its "
-                                 "records (%d so far)", read.start - self._seen, self.max_items, self.max_age_s,
+                                 "records (%d so far)", read.start - wanted, self.max_items, self.max_age_s,
                                  self.skipped)
                 big = len(read.items) > 100  # a start or a long lag: parsed and merged off the event loop
                 written = await _run(big, _load_all, read.items)
@@ -130,6 +154,13 @@ class SharedOutcomeStore:
         for record, line in written:
             old = self._merged.get(record.id)
             self._merged[record.id] = line if old is None else _dump(_load(old).merged(record))
+
+    def _switch(self, epoch: str) -> int | None:
+        """Leave the list read so far for the one named ``epoch``: where reading it stopped before, if it was."""
+        self._places[self._epoch] = self._seen
+        if len(self._places) > MAX_PLACES:
+            del self._places[next(iter(self._places))]
+        return self._places.pop(epoch, None)
 
     def _reset(self, start: int) -> None:
         self.resets += 1

@@ -46,6 +46,7 @@ class OutcomeStore:
             raise ConfigError(f"cannot open the outcome store {str(self.path)!r}: {exc}", field=field) from None
         # One writer per process at a time (SQLite's own lock covers other processes).
         self._lock = threading.Lock()
+        self._created = 0.0  # the last creation time given: each new record's is later, so a batch keeps its order
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -74,7 +75,10 @@ class OutcomeStore:
                 for record in records:
                     row = db.execute("SELECT record, created_at FROM outcomes WHERE id = ?", (record.id,)).fetchone()
                     merged = record if row is None else OutcomeRecord.model_validate_json(row[0]).merged(record)
-                    created = now if row is None else row[1]
+                    if row is None:
+                        self._created = created = max(now, self._created + 1e-6)
+                    else:
+                        created = row[1]
                     db.execute(
                         "INSERT OR REPLACE INTO outcomes (id, task, created_at, updated_at, captured, record) "
                         "VALUES (?, ?, ?, ?, ?, ?)",

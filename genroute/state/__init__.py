@@ -21,7 +21,9 @@ The operations, all atomic per call:
 - ``append`` / ``items`` — an append-only list of byte strings (for records other parts keep), optionally
   bounded: an append drops the oldest items beyond ``max_items`` or older than ``max_age_s`` in the same atomic
   call. Positions are absolute (a trimmed item keeps its number), so a reader keeps its offset across trims; one
-  whose offset was trimmed reads from the oldest item kept (``ListRead.start`` says where that is).
+  whose offset was trimmed reads from the oldest item kept (``ListRead.start`` says where that is). A shared store
+  that answered appends from its fallback memory replays them to the shared list when it answers again
+  (``replays`` counts them).
 
 Configured by the router's ``state`` section: ``{kind: memory}`` or ``{kind: redis, url, prefix, on_error}``.
 """
@@ -47,6 +49,16 @@ class ListRead(NamedTuple):
     start: int
     items: list[bytes]
     epoch: str = ""
+
+
+class ListReplay(NamedTuple):
+    """Appends to one list that a shared store answered from its fallback memory while it was unreachable:
+    ``replayed`` to the shared list since, ``dropped`` instead (beyond the bound kept for replay, or older than the
+    list's ``max_age_s``), ``waiting`` to be replayed."""
+
+    replayed: int = 0
+    dropped: int = 0
+    waiting: int = 0
 
 
 class StateStore(ABC):
@@ -123,6 +135,10 @@ class StateStore(ABC):
     async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
         """At most ``limit`` items of the list ``key`` from absolute position ``start`` on (see ``ListRead``)."""
 
+    def replays(self, key: str) -> ListReplay:
+        """What became of the appends to ``key`` made in fallback memory (none without a shared store)."""
+        return ListReplay()
+
     async def aclose(self) -> None:
         """Release connections (nothing for the memory store)."""
 
@@ -185,4 +201,4 @@ def build_state(config: StateStore | Mapping[str, Any] | BaseModel | None, *, fi
     raise ConfigError(f"unknown state config {type(config).__name__}", field=field)
 
 
-__all__ = ["ListRead", "MemoryStateConfig", "RedisStateConfig", "StateConfig", "StateStore", "build_state"]
+__all__ = ["ListRead", "ListReplay", "MemoryStateConfig", "RedisStateConfig", "StateConfig", "StateStore", "build_state"]

@@ -13,12 +13,14 @@ is an opcode in ARGV followed by its arguments, and takes a fixed number of keys
     u  usage   KEYS account, holds                                                              -> {spent, held}
     b  until   KEYS breaker                                                 -> {0} closed, {1, ms to half-open}
     l  push    KEYS list, list meta           ARGV value, max items (0: none), max age ms (0: none)  -> {length}
+    L  push once  KEYS list, list meta, pushed-marker   ARGV as push, marker ms   -> {pushed} (0: pushed before)
     r  range   KEYS list, list meta           ARGV start, limit (0: none)  -> {first position, {items}, epoch}
 
 ARGV[1] is the mode: ``admit`` stops at the first hold or probe that does not pass and undoes what the call
 took before it (all or none); ``apply`` runs every operation. The reply is ``{refused index or 0, answers...}``.
 Times come from the server's clock (``TIME``), so lapses do not depend on the processes' clocks. A settle's
-marker key makes it idempotent: one replayed after a timeout (that Redis may have applied) counts once.
+marker key makes it idempotent: one replayed after a timeout (that Redis may have applied) counts once; a push
+replayed after an outage carries such a marker too (``L``), so an interrupted replay sent again appends it once.
 A list item is stored as ``<server ms>|<value>`` so that a push can drop items by age; the list's meta hash keeps
 its trimmed count ``t`` (position = trimmed count + index, so readers' offsets survive a trim) and its epoch ``e``
 (the server time of the first push: a list emptied by a restart gets a new one).
@@ -164,6 +166,12 @@ local function push(k, a)
   return {n - drop}
 end
 
+local function push_once(k, a)
+  if not redis.call('SET', KEYS[k + 2], '1', 'NX', 'PX', ARGV[a + 3]) then return {0} end
+  push(k, a)
+  return {1}
+end
+
 local function range(k, a)
   local meta = redis.call('HMGET', KEYS[k + 1], 't', 'e')
   local trimmed = tonumber(meta[1] or '0')
@@ -177,7 +185,8 @@ end
 
 -- opcode -> {keys taken, arguments taken, function}
 local OPS = {h = {2, 5, hold}, p = {2, 1, probe}, s = {4, 3, settle}, f = {2, 3, fail}, o = {2, 1, open},
-             c = {2, 0, close}, u = {2, 0, usage}, b = {1, 0, breaker_until}, l = {2, 3, push}, r = {2, 2, range}}
+             c = {2, 0, close}, u = {2, 0, usage}, b = {1, 0, breaker_until}, l = {2, 3, push}, r = {2, 2, range},
+             L = {3, 4, push_once}}
 local admit = ARGV[1] == 'admit'
 local out = {0}
 local taken = {}
@@ -221,7 +230,7 @@ class Until:
 
 
 class Push(NamedTuple):
-    """Append to a list and trim it (``StateStore.append``)."""
+    """Append to a list and trim it (``StateStore.append``); with an id in ``encode``, at most once per id."""
 
     key: str
     value: bytes
@@ -235,6 +244,10 @@ class Range(NamedTuple):
     key: str
     start: int
     limit: int | None
+
+
+#: How long Redis remembers a replayed push's id: a replay sent again within this time appends nothing twice.
+PUSHED_MARKER_S = 86_400.0
 
 
 def _ms(seconds: float) -> int:
@@ -261,7 +274,11 @@ def encode(mode: str, ops: Sequence[Any], prefix: str, ids: Sequence[str | None]
             args.append("b")
         elif isinstance(op, Push):
             keys += (f"{prefix}l:{op.key}", f"{prefix}lm:{op.key}")
-            args += ("l", op.value, op.max_items or 0, 0 if op.max_age_s is None else _ms(op.max_age_s))
+            args += ("l" if op_id is None else "L", op.value, op.max_items or 0,
+                     0 if op.max_age_s is None else _ms(op.max_age_s))
+            if op_id is not None:
+                keys.append(f"{prefix}w:{op_id}")
+                args.append(_ms(PUSHED_MARKER_S))
         elif isinstance(op, Range):
             keys += (f"{prefix}l:{op.key}", f"{prefix}lm:{op.key}")
             args += ("r", max(0, op.start), op.limit or 0)

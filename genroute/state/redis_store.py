@@ -6,9 +6,12 @@ settlements together, so it is atomic on the server and one round trip; the scri
 
 When Redis cannot be reached (refused, reset, timed out) the store either answers from this process's
 memory (``on_error: open``; each such call is counted and the condition logged once per minute) or raises
-``StateUnavailable`` (``on_error: closed``). A settle answered from memory is also kept and replayed to Redis
-once it answers again (each settle at most once: it carries an id), so the shared spend is complete after
-an outage; holds taken meanwhile live in memory, and Redis holds whose settle was lost lapse with their TTL.
+``StateUnavailable`` (``on_error: closed``). A settle or a list append answered from memory is also kept and
+replayed to Redis once it answers again, oldest first, before the call that found it back (each at most once:
+it carries an id that the script marks, so a replay interrupted and sent again applies nothing twice), so the
+shared spend and the shared lists (the outcome log) are complete after an outage; what is kept is bounded
+(``genroute.state.unsent``). Holds taken meanwhile live in memory, and Redis holds whose settle was lost lapse
+with their TTL.
 For ``retry_s`` after a failure it does not try Redis again,
 so a dead server costs one timeout per ``retry_s``, not one per request; after that the next call
 reconnects (redis-py's pool opens a new connection), so a restarted server is used again without a
@@ -22,15 +25,15 @@ import logging
 import os
 import time
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from genroute.errors import StateUnavailable
-from genroute.state import ListRead, RedisStateConfig, StateStore
+from genroute.state import ListRead, ListReplay, RedisStateConfig, StateStore
 from genroute.state.memory import MemoryStateStore
 from genroute.state.ops import Admitted, Claim, Held, Hold, Settle, Settlement, op_name
 from genroute.state.redis_script import SCRIPT, Push, Range, Until, Usage, decode, encode
+from genroute.state.unsent import UnsentWrites
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -40,12 +43,19 @@ _log = logging.getLogger(__name__)
 #: At most one "state store unreachable" warning per this many seconds.
 LOG_INTERVAL_S = 60.0
 _FALLBACK_ID = "m:"
-#: Settles kept for replay while Redis is unreachable (beyond this, the oldest are only in memory).
-MAX_UNSETTLED = 100_000
 #: How long a call may wait for a free pooled connection before the store counts as unreachable.
 POOL_WAIT_S = 5.0
-#: Settles replayed in one call after an outage.
+#: Writes (settles, appends) replayed in one call after an outage.
 REPLAY_BATCH = 100
+
+
+class _Connection(NamedTuple):
+    """One event loop's client, its script handle, and the lock that lets one call at a time replay."""
+
+    client: Any
+    script: Any
+    replaying: asyncio.Lock
+
 
 class RedisStateStore(StateStore):
     """State in Redis through redis-py's asyncio client (one connection pool per event loop)."""
@@ -66,15 +76,15 @@ class RedisStateStore(StateStore):
         #: Calls answered by ``fallback`` because Redis was unreachable.
         self.fallbacks = 0
         self._down_until = 0.0
-        #: Settles answered from memory while Redis was unreachable, replayed to Redis when it is back.
-        self._unsettled: deque[tuple[Settle, str]] = deque()
+        #: Settles and appends answered from memory while Redis was unreachable, replayed to Redis when it is back.
+        self._unsent = UnsentWrites()
         self._logged_at = -LOG_INTERVAL_S
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = \
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = \
             weakref.WeakKeyDictionary()
 
     # -- plumbing --------------------------------------------------------------------------------------
 
-    def _client(self) -> tuple[redis.asyncio.Redis, Any]:
+    def _client(self) -> _Connection:
         loop = asyncio.get_running_loop()
         found = self._clients.get(loop)
         if found is None:
@@ -85,7 +95,7 @@ class RedisStateStore(StateStore):
                 self.config.url, max_connections=self.config.max_connections, timeout=POOL_WAIT_S,
                 socket_timeout=self.config.timeout_s, socket_connect_timeout=self.config.connect_timeout_s)
             client = redis.asyncio.Redis(connection_pool=pool, retry=None)
-            found = self._clients[loop] = (client, client.register_script(SCRIPT))
+            found = self._clients[loop] = _Connection(client, client.register_script(SCRIPT), asyncio.Lock())
         return found
 
     async def _run(self, op: str, remote: Callable[[Any, Any], Awaitable[T]],
@@ -96,11 +106,10 @@ class RedisStateStore(StateStore):
         now = time.monotonic()
         cause: BaseException | None = None
         if now >= self._down_until:
-            client, script = self._client()
+            connection = self._client()
             try:
-                if self._unsettled:
-                    await self._replay(script)
-                result = await remote(script, client)
+                await self._replay(connection)
+                result = await remote(connection.script, connection.client)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
                 self._down_until = time.monotonic() + self.config.retry_s
                 self._down(op, exc)
@@ -165,8 +174,8 @@ class RedisStateStore(StateStore):
             # failure: the replay then counts nothing), and charged here for this process's view meanwhile.
             kept = [i for i, op in enumerate(ops) if not (isinstance(op, Settle) and i in charged_here)]
             for op, settle_id in zip(ops, ids, strict=True):
-                if isinstance(op, Settle) and len(self._unsettled) < MAX_UNSETTLED:
-                    self._unsettled.append((op, settle_id))  # type: ignore[arg-type]
+                if isinstance(op, Settle):
+                    self._unsent.settle(op, settle_id)  # type: ignore[arg-type]
             answers = await self.fallback.apply([ops[i] for i in kept])
             out: list[Any] = [None] * len(ops)
             for i, answer in zip(kept, answers, strict=True):
@@ -175,14 +184,28 @@ class RedisStateStore(StateStore):
 
         return await self._run(op_name(ops, "settle"), remote, local)
 
-    async def _replay(self, script: Any) -> None:
-        """Send the settles made while Redis was unreachable (oldest first, a batch a call), so its spend is
-        complete again."""
-        while self._unsettled:
-            batch = [self._unsettled[i] for i in range(min(REPLAY_BATCH, len(self._unsettled)))]
-            await self._call(script, "apply", [op for op, _ in batch], [settle_id for _, settle_id in batch])
-            for _ in batch:
-                self._unsettled.popleft()
+    async def _replay(self, connection: _Connection) -> None:
+        """Send the settles and appends made while Redis was unreachable (oldest first, a batch a call), so its
+        spend and its lists are complete again. Calls that find a replay running wait for it, so that their own
+        writes land after the ones made before them."""
+        if not self._unsent and not connection.replaying.locked():
+            return
+        import redis.exceptions
+
+        async with connection.replaying:
+            if time.monotonic() < self._down_until:  # the replay this call waited for failed: Redis is down again
+                raise redis.exceptions.ConnectionError("the replay after an outage failed in another call")
+            while batch := self._unsent.take(REPLAY_BATCH):
+                try:
+                    await self._call(connection.script, "apply", [entry[0] for entry in batch],
+                                     [entry[1] for entry in batch])
+                except BaseException:
+                    self._unsent.give_back(batch)  # sent again next time: the markers keep it from counting twice
+                    raise
+                self._unsent.sent(batch)
+
+    def replays(self, key: str) -> ListReplay:
+        return self._unsent.counts(key)
 
     async def usage(self, account: str) -> tuple[int, int]:
         async def remote(script: Any, _: Any) -> tuple[int, int]:
@@ -210,8 +233,11 @@ class RedisStateStore(StateStore):
         async def remote(script: Any, _: Any) -> None:
             await self._call(script, "apply", [push], [None])
 
-        await self._run("append", remote,
-                        lambda: self.fallback.append(key, value, max_items=max_items, max_age_s=max_age_s))
+        async def local() -> None:
+            await self.fallback.append(key, value, max_items=max_items, max_age_s=max_age_s)
+            self._unsent.push(push, os.urandom(8).hex())  # for Redis, when it answers again
+
+        await self._run("append", remote, local)
 
     async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
         async def remote(script: Any, _: Any) -> ListRead:
@@ -221,24 +247,24 @@ class RedisStateStore(StateStore):
         return await self._run("items", remote, lambda: self.fallback.items(key, start, limit=limit))
 
     async def aclose(self) -> None:
-        """Send settles still kept from an outage, then close this loop's pool (others close with their loop)."""
+        """Send writes still kept from an outage, then close this loop's pool (others close with their loop)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
         found = self._clients.get(loop)
-        if found is not None and self._unsettled and time.monotonic() >= self._down_until:
+        if found is not None and self._unsent and time.monotonic() >= self._down_until:
             import redis.exceptions
 
-            try:  # the last settles of an outage go to Redis before the process lets go of it
-                await self._replay(found[1])
+            try:  # the last writes of an outage go to Redis before the process lets go of it
+                await self._replay(found)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-                _log.warning("%d settle(s) made during a state store outage were not sent: %s",
-                             len(self._unsettled), type(exc).__name__)
+                _log.warning("%d write(s) made during a state store outage were not sent: %s",
+                             self._unsent.waiting(), type(exc).__name__)
         found = self._clients.pop(loop, None)
         if found is not None:
-            await found[0].aclose()
-            await found[0].connection_pool.disconnect()
+            await found.client.aclose()
+            await found.client.connection_pool.disconnect()
 
 
 def _where(url: str) -> str:

@@ -1,0 +1,111 @@
+"""``UnsentWrites``: what a shared state store answered from its fallback memory and still owes the shared store.
+
+Two kinds of write are kept for replay once the store answers again: settles (so the shared spend is complete)
+and list appends (so the shared outcome log has every record). Each carries an id that the store's script turns
+into a marker, so a batch sent again after an interrupted replay applies nothing twice. A batch is taken off
+the queue while it is sent and given back, in front and in order, if sending it failed.
+
+Bounds: at most ``MAX_UNSETTLED`` settles (beyond that, a settle is charged in this process's memory only) and,
+per list, at most ``MAX_UNPUSHED`` appends or the list's own ``max_items``, whichever is smaller (more could not
+stay in the list anyway). Beyond that the oldest waiting append is dropped; so is one older than the list's
+``max_age_s`` when its turn comes. Dropped appends are counted per list and logged (at most once a minute).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from genroute.state import ListReplay
+from genroute.state.ops import Settle
+from genroute.state.redis_script import Push
+
+_log = logging.getLogger("genroute.state.redis_store")
+#: Settles kept for replay (beyond this, the newest are charged in memory only).
+MAX_UNSETTLED = 100_000
+#: Appends kept for replay per list, at most (the list's ``max_items`` bounds it further).
+MAX_UNPUSHED = 100_000
+#: At most one "dropped" warning per this many seconds.
+LOG_INTERVAL_S = 60.0
+
+#: A waiting write: (settle, id) or (push, id, monotonic time it was made).
+Entry = tuple[Settle, str] | tuple[Push, str, float]
+
+
+class UnsentWrites:
+    """Settles and list appends made in fallback memory, oldest first, waiting to be sent to the shared store."""
+
+    def __init__(self) -> None:
+        self.settles: deque[tuple[Settle, str]] = deque()
+        self.pushes: dict[str, deque[tuple[Push, str, float]]] = {}
+        #: Appends per list sent to the shared store after an outage / dropped instead.
+        self.replayed: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self._logged_at = -LOG_INTERVAL_S
+
+    def __bool__(self) -> bool:
+        return bool(self.settles) or any(self.pushes.values())
+
+    def settle(self, op: Settle, settle_id: str) -> None:
+        """Keep a settle answered from memory (unless ``MAX_UNSETTLED`` are waiting already)."""
+        if len(self.settles) < MAX_UNSETTLED:
+            self.settles.append((op, settle_id))
+
+    def push(self, op: Push, push_id: str) -> None:
+        """Keep an append answered from memory; drop the oldest waiting append of its list beyond the bound."""
+        queue = self.pushes.setdefault(op.key, deque())
+        queue.append((op, push_id, time.monotonic()))
+        bound = min(op.max_items or MAX_UNPUSHED, MAX_UNPUSHED)
+        if len(queue) > bound:
+            over = len(queue) - bound
+            for _ in range(over):
+                queue.popleft()
+            self._drop(op.key, over, f"more than {bound} waiting")
+
+    def take(self, size: int) -> list[Entry]:
+        """The next batch to send (settles first, then one list's appends, oldest first), taken off the queue."""
+        if self.settles:
+            return [self.settles.popleft() for _ in range(min(size, len(self.settles)))]
+        now = time.monotonic()
+        for key, queue in self.pushes.items():
+            batch: list[Entry] = []
+            while queue and len(batch) < size:
+                entry = queue.popleft()
+                max_age_s = entry[0].max_age_s
+                if max_age_s is not None and now - entry[2] > max_age_s:
+                    self._drop(key, 1, f"older than the list's max age, {max_age_s} s")
+                else:
+                    batch.append(entry)
+            if batch:
+                return batch
+        return []
+
+    def give_back(self, batch: list[Entry]) -> None:
+        """Put a batch that was not sent back in front of the queue, in its order."""
+        for entry in reversed(batch):
+            if len(entry) == 2:
+                self.settles.appendleft(entry)  # type: ignore[arg-type]
+            else:
+                self.pushes.setdefault(entry[0].key, deque()).appendleft(entry)  # type: ignore[arg-type,union-attr]
+
+    def sent(self, batch: list[Entry]) -> None:
+        """Count the appends of a batch the shared store took."""
+        for entry in batch:
+            if len(entry) == 3:
+                self.replayed[entry[0].key] += 1  # type: ignore[union-attr]
+
+    def counts(self, key: str) -> ListReplay:
+        """The replay counts of list ``key``."""
+        return ListReplay(self.replayed[key], self.dropped[key], len(self.pushes.get(key, ())))
+
+    def waiting(self) -> int:
+        """Writes waiting to be sent."""
+        return len(self.settles) + sum(len(q) for q in self.pushes.values())
+
+    def _drop(self, key: str, n: int, why: str) -> None:
+        self.dropped[key] += n
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_INTERVAL_S:
+            self._logged_at = now
+            _log.warning("an append to the list %r made while the state store was unreachable will not be replayed "
+                         "to it (%s): %d dropped so far", key, why, self.dropped[key])

@@ -1,0 +1,207 @@
+"""Outcomes written while Redis is unreachable reach the shared log once it answers again: each once, in order.
+
+Real parts only: a real ``redis-server`` (CI fails without it), a loopback TCP proxy in front of it for a network
+partition and for a reply lost on the way back (the server ran the script, the client never heard of it), a
+server killed with SIGKILL and restarted from its append-only file, and another process reading the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genroute import Router
+from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
+from genroute.outcomes.shared import SharedOutcomeStore
+from genroute.state import ListReplay, RedisStateConfig
+from genroute.state.redis_store import REPLAY_BATCH, RedisStateStore
+
+from .chroma_fixtures import free_port
+from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
+from .state_worker import spawn
+from .tcp_proxy import tcp_proxy
+from .test_outcomes import config
+
+RETRY_S = 0.2
+
+
+def _store(url: str, prefix: str, on_error: str = "open") -> RedisStateStore:
+    return RedisStateStore(RedisStateConfig(kind="redis", url=url, prefix=prefix, on_error=on_error,
+                                            retry_s=RETRY_S, timeout_s=0.3, connect_timeout_s=0.3))
+
+
+def served(id: str) -> OutcomeRecord:
+    return OutcomeRecord(metadata={"id": id, "task": "t", "served": "chat", "at": time.time()},
+                         outcomes={"chat": Side(cost_usd=0.5)})
+
+
+def feedback(id: str, score: float) -> OutcomeRecord:
+    return OutcomeRecord(metadata={"id": id, "feedback": {"score": score}}, outcomes={"chat": Side(score=score)})
+
+
+def shared_log(server: RedisServer, prefix: str) -> tuple[list[tuple[str, bool]], list[dict[str, Any]]]:
+    """Another process's view: the log's writes as (id, is feedback), and the records it merges from them."""
+    worker = spawn("log", server.url, prefix)
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    found = json.loads(out)
+    return [(w["metadata"]["id"], "feedback" in w["metadata"]) for w in found["log"]], found["records"]
+
+
+async def test_writes_made_during_a_partition_reach_the_shared_log_once_in_order(redis_server: RedisServer) -> None:
+    with tcp_proxy(redis_server.port) as proxy:
+        state = _store(proxy.url, "part:")
+        outcomes = SharedOutcomeStore(state, max_items=100)
+        other_state = _store(redis_server.url, "part:", on_error="closed")
+        other = SharedOutcomeStore(other_state, max_items=100)  # another router on the same Redis
+        for id in ("a0", "a1"):
+            await outcomes.upsert(served(id))
+        proxy.partition()
+        await outcomes.upsert(served("d0"))
+        await outcomes.upsert(feedback("a1", 1.0))  # feedback during the outage, for a record written before it
+        await outcomes.upsert(served("d1"))
+        await outcomes.upsert(feedback("d0", 0.0))  # and for one written during it
+        await other.upsert(served("c0"))  # the other router goes on writing meanwhile
+        assert state.degraded and state.replays("outcomes") == ListReplay(0, 0, 4)
+        assert [r.id for r in await outcomes.records()] == ["a0", "a1", "d0", "d1"]  # its own view meanwhile
+        proxy.heal()
+        await asyncio.sleep(RETRY_S + 0.05)
+        await outcomes.upsert(served("after"))
+        assert not state.degraded and (outcomes.replayed, outcomes.dropped) == (4, 0)
+        mine = await outcomes.records()
+        theirs = await other.records()
+        await state.aclose()
+        await other_state.aclose()
+    log, records = shared_log(redis_server, "part:")
+    assert log == [("a0", False), ("a1", False), ("c0", False), ("d0", False), ("a1", True), ("d1", False),
+                   ("d0", True), ("after", False)]  # each write once, this process's in the order it made them
+    assert [r["metadata"]["id"] for r in records] == ["a0", "a1", "c0", "d0", "d1", "after"]
+    assert [r.line() for r in theirs] == records
+    scores = {r["metadata"]["id"]: r["outcomes"]["chat"].get("score") for r in records}
+    assert scores == {"a0": None, "a1": 1.0, "c0": None, "d0": 0.0, "d1": None, "after": None}
+    # This process read its outage writes from memory first: the same records, each once, in that order.
+    assert [r.id for r in mine] == ["a0", "a1", "d0", "d1", "c0", "after"]
+    assert {r.id: r.line() for r in mine} == {r["metadata"]["id"]: r for r in records}
+    # It went back to the shared list where it left it: nothing read twice from its head, nothing skipped.
+    assert outcomes.resets == 2 and outcomes.skipped == 0
+
+
+@pytest.mark.parametrize("cut", [1, 2], ids=["first-batch", "second-batch"])
+async def test_a_replay_cut_off_by_a_second_outage_sends_each_write_once(redis_server: RedisServer, cut: int) -> None:
+    n = 2 * REPLAY_BATCH + 50  # three batches
+    with tcp_proxy(redis_server.port) as proxy:
+        state = _store(proxy.url, "cut:")
+        outcomes = SharedOutcomeStore(state, max_items=1000)
+        await outcomes.upsert(served("before"))
+        proxy.partition()
+        for i in range(n):
+            await outcomes.upsert(served(f"d{i}"))
+        proxy.heal()
+        await asyncio.sleep(RETRY_S + 0.05)
+        # The server runs the `cut`-th batch of the replay, but its reply is lost: a second outage, mid-replay.
+        proxy.cut_reply(cut)
+        await outcomes.upsert(feedback("d0", 1.0))
+        assert proxy.cuts == 1 and state.degraded
+        sent = (cut - 1) * REPLAY_BATCH  # the batches acknowledged before the cut
+        assert state.replays("outcomes") == ListReplay(sent, 0, n - sent + 1)  # the cut batch was kept
+        await asyncio.sleep(RETRY_S + 0.05)
+        await outcomes.upsert(served("after"))
+        assert state.replays("outcomes") == ListReplay(n + 1, 0, 0)
+        assert [r.id for r in await outcomes.records()] == ["before", *(f"d{i}" for i in range(n)), "after"]
+        await state.aclose()
+    log, records = shared_log(redis_server, "cut:")
+    # The cut batch ran twice on the server; its writes are in the log once (their ids were marked).
+    assert log == [("before", False), *((f"d{i}", False) for i in range(n)), ("d0", True), ("after", False)]
+    assert records[1]["outcomes"]["chat"]["score"] == 1.0
+
+
+async def test_what_is_kept_for_replay_is_bounded_and_what_is_dropped_is_counted(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    with tcp_proxy(redis_server.port) as proxy:
+        state = _store(proxy.url, "bound:")
+        capped = SharedOutcomeStore(state, max_items=3)
+        aged = SharedOutcomeStore(state, key="aged", max_items=None, max_age_s=1.0)
+        proxy.partition()
+        with caplog.at_level(logging.WARNING, logger="genroute.state.redis_store"):
+            for i in range(5):  # the list keeps 3: so does what waits for it
+                await capped.upsert(served(f"d{i}"))
+            await aged.upsert(served("old"))
+            await asyncio.sleep(1.1)
+            await aged.upsert(served("new"))
+        assert state.replays("outcomes") == ListReplay(0, 2, 3)
+        assert "will not be replayed to it (more than 3 waiting)" in caplog.text
+        proxy.heal()
+        await asyncio.sleep(RETRY_S + 0.05)
+        assert [r.id for r in await capped.records()] == ["d2", "d3", "d4"]
+        assert (capped.replayed, capped.dropped) == (3, 2)
+        assert [r.id for r in await aged.records()] == ["new"]  # "old" would have aged out of the list by now
+        assert (aged.replayed, aged.dropped) == (1, 1)
+        await state.aclose()
+    log, _ = shared_log(redis_server, "bound:")
+    assert log == [("d2", False), ("d3", False), ("d4", False)]
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of its own that writes every change to its append-only file before answering."""
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(free_port(), tmp_path / "redis.log", data_dir=tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_router_s_outcomes_and_feedback_during_an_outage_reach_other_routers_and_the_archive_once(
+        gemini_server, tmp_path: Path, persistent_redis: RedisServer) -> None:
+    cfg = config(gemini_server, tmp_path)  # chat served, pro shadowed, label_accuracy scorer
+    cfg["outcomes"]["path"] = str(tmp_path / "archive.db")
+    cfg["state"] = {"kind": "redis", "url": persistent_redis.url, "prefix": "kill:", "on_error": "open",
+                    "retry_s": RETRY_S, "timeout_s": 0.3, "connect_timeout_s": 0.3}
+
+    def ask(router: Router) -> str:
+        gemini_server.reply_text("positive", usage=(100, 5))  # served (flash)
+        gemini_server.reply_text("negative", usage=(120, 6))  # shadow (pro)
+        result = router.generate("The food was great.", task="sentiment")
+        router.drain()
+        return result.outcome_id
+
+    with Router.from_config(cfg) as router:
+        before = ask(router)
+        persistent_redis.stop(kill=True)  # SIGKILL: what it answered is in its append-only file
+        try:
+            during = [ask(router), ask(router)]
+            router.feedback(during[0], label="positive")
+            router.feedback(before, score=0.0)
+        finally:
+            persistent_redis.start()
+        time.sleep(RETRY_S + 0.1)
+        after = ask(router)
+        store = router._executor.outcomes.store
+        assert (store.replayed, store.dropped) == (4, 0)  # two shadow pairs and two feedbacks
+        mine = router._portal.call(store.records())
+    ids = [before, *during, after]
+    log, records = shared_log(persistent_redis, "kill:")
+    assert log == [(before, False), (during[0], False), (during[1], False), (during[0], True), (before, True),
+                   (after, False)]
+    assert [r["metadata"]["id"] for r in records] == ids
+    scores = [(r["outcomes"]["chat"].get("score"), r["outcomes"]["pro"].get("score")) for r in records]
+    assert scores == [(0.0, None), (1.0, 0.0), (None, None), (None, None)]
+    # The archive beside the shared store: every record once, merged as the log merges them.
+    archive = OutcomeStore(tmp_path / "archive.db")
+    assert archive.count_sync() == 4 and [r.line() for r in archive.records_sync()] == records
+    assert [r.line() for r in mine] == records
+    # Another router started now (its own archive) reads the same from the shared log.
+    other_cfg = {**cfg, "outcomes": {**cfg["outcomes"], "path": str(tmp_path / "other.db")}}
+    with Router.from_config(other_cfg) as other:
+        theirs = other._portal.call(other._executor.outcomes.store.records())
+    assert [r.line() for r in theirs] == records
+    assert OutcomeStore(tmp_path / "other.db").count_sync() == 4
