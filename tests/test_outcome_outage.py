@@ -161,7 +161,7 @@ def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def test_a_router_s_outcomes_and_feedback_during_an_outage_reach_other_routers_and_the_archive_once(
-        gemini_server, tmp_path: Path, persistent_redis: RedisServer) -> None:
+        gemini_server, otel, tmp_path: Path, persistent_redis: RedisServer) -> None:
     cfg = config(gemini_server, tmp_path)  # chat served, pro shadowed, label_accuracy scorer
     cfg["outcomes"]["path"] = str(tmp_path / "archive.db")
     cfg["state"] = {"kind": "redis", "url": persistent_redis.url, "prefix": "kill:", "on_error": "open",
@@ -174,7 +174,7 @@ def test_a_router_s_outcomes_and_feedback_during_an_outage_reach_other_routers_a
         router.drain()
         return result.outcome_id
 
-    with Router.from_config(cfg) as router:
+    with Router.from_config(cfg, **otel.providers) as router:
         before = ask(router)
         persistent_redis.stop(kill=True)  # SIGKILL: what it answered is in its append-only file
         try:
@@ -188,6 +188,9 @@ def test_a_router_s_outcomes_and_feedback_during_an_outage_reach_other_routers_a
         store = router._executor.outcomes.store
         assert (store.replayed, store.dropped) == (4, 0)  # two shadow pairs and two feedbacks
         mine = router._portal.call(store.records())
+    (point,) = otel.metrics()["genroute.state.replays"].data.data_points
+    assert point.value == 4 and dict(point.attributes) == {"genroute.state.list": "outcomes",
+                                                           "genroute.state.replay": "replayed"}
     ids = [before, *during, after]
     log, records = shared_log(persistent_redis, "kill:")
     assert log == [(before, False), (during[0], False), (during[1], False), (during[0], True), (before, True),
@@ -205,3 +208,30 @@ def test_a_router_s_outcomes_and_feedback_during_an_outage_reach_other_routers_a
         theirs = other._portal.call(other._executor.outcomes.store.records())
     assert [r.line() for r in theirs] == records
     assert OutcomeStore(tmp_path / "other.db").count_sync() == 4
+
+
+async def test_writes_racing_the_replay_land_after_it_and_a_closing_store_sends_what_waits(
+        redis_server: RedisServer) -> None:
+    with tcp_proxy(redis_server.port) as proxy:
+        state = _store(proxy.url, "race:")
+        outcomes = SharedOutcomeStore(state, max_items=1000)
+        await outcomes.upsert(served("before"))
+        proxy.partition()
+        for i in range(2 * REPLAY_BATCH):
+            await outcomes.upsert(served(f"d{i}"))
+        proxy.heal()
+        await asyncio.sleep(RETRY_S + 0.05)
+        # Twenty writes at once: one of them replays (two batches), the others wait for it, then append.
+        await asyncio.gather(*(outcomes.upsert(served(f"r{i}")) for i in range(20)))
+        log, _ = shared_log(redis_server, "race:")
+        assert log[:1 + 2 * REPLAY_BATCH] == [("before", False), *((f"d{i}", False) for i in range(2 * REPLAY_BATCH))]
+        assert sorted(log[1 + 2 * REPLAY_BATCH:]) == sorted((f"r{i}", False) for i in range(20))
+        # Another outage; Redis is back by the time the router closes: what waits is sent then.
+        proxy.partition()
+        await outcomes.upsert(served("last"))
+        proxy.heal()
+        await asyncio.sleep(RETRY_S + 0.05)
+        await state.aclose()
+        assert state.replays("outcomes") == ListReplay(2 * REPLAY_BATCH + 1, 0, 0)
+    log, _ = shared_log(redis_server, "race:")
+    assert len(log) == len(set(log)) == 1 + 2 * REPLAY_BATCH + 20 + 1 and log[-1] == ("last", False)

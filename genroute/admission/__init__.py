@@ -170,6 +170,14 @@ class Instruments:
         self.fallbacks = meter.create_counter("genroute.state.fallbacks", unit="{call}",
                                               description="State store calls answered from process memory "
                                                           "because the shared store was unreachable")
+        self.replays = meter.create_counter("genroute.state.replays", unit="{write}",
+                                            description="List appends (outcome writes) made in process memory while "
+                                                        "the shared store was unreachable, then replayed to it or "
+                                                        "dropped (genroute.state.replay)")
+
+    def replayed(self, key: str, fate: str, n: int) -> None:
+        """Count ``n`` appends to list ``key`` replayed to the shared store or dropped (``fate``)."""
+        self.replays.add(n, {"genroute.state.list": key, "genroute.state.replay": fate})
 
 
 class Admission:

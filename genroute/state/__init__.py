@@ -70,6 +70,9 @@ class StateStore(ABC):
     shared: bool = False
     #: Called with the operation's name each time a call is answered from fallback memory (a metric).
     on_fallback: Callable[[str], None] | None = None
+    #: Called with (list key, ``"replayed"`` or ``"dropped"``, how many) as appends made in fallback memory are
+    #: replayed to the shared store or dropped instead (a metric).
+    on_replay: Callable[[str, str, int], None] | None = None
 
     # -- the two calls of an admission ------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ class RedisStateStore(StateStore):
         self.fallbacks = 0
         self._down_until = 0.0
         #: Settles and appends answered from memory while Redis was unreachable, replayed to Redis when it is back.
-        self._unsent = UnsentWrites()
+        self._unsent = UnsentWrites(self._replayed)
         self._logged_at = -LOG_INTERVAL_S
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = \
             weakref.WeakKeyDictionary()
@@ -206,6 +206,10 @@ class RedisStateStore(StateStore):
 
     def replays(self, key: str) -> ListReplay:
         return self._unsent.counts(key)
+
+    def _replayed(self, key: str, fate: str, n: int) -> None:
+        if self.on_replay is not None:
+            self.on_replay(key, fate, n)
 
     async def usage(self, account: str) -> tuple[int, int]:
         async def remote(script: Any, _: Any) -> tuple[int, int]:

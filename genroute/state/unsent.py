@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from genroute.state import ListReplay
 from genroute.state.ops import Settle
 from genroute.state.redis_script import Push
@@ -35,7 +36,8 @@ Entry = tuple[Settle, str] | tuple[Push, str, float]
 class UnsentWrites:
     """Settles and list appends made in fallback memory, oldest first, waiting to be sent to the shared store."""
 
-    def __init__(self) -> None:
+    def __init__(self, report: Callable[[str, str, int], None]) -> None:
+        self._report = report  # (list key, "replayed" or "dropped", how many): for the metric
         self.settles: deque[tuple[Settle, str]] = deque()
         self.pushes: dict[str, deque[tuple[Push, str, float]]] = {}
         #: Appends per list sent to the shared store after an outage / dropped instead.
@@ -90,9 +92,10 @@ class UnsentWrites:
 
     def sent(self, batch: list[Entry]) -> None:
         """Count the appends of a batch the shared store took."""
-        for entry in batch:
-            if len(entry) == 3:
-                self.replayed[entry[0].key] += 1  # type: ignore[union-attr]
+        sent = Counter(entry[0].key for entry in batch if len(entry) == 3)  # type: ignore[union-attr]
+        self.replayed.update(sent)
+        for key, n in sent.items():
+            self._report(key, "replayed", n)
 
     def counts(self, key: str) -> ListReplay:
         """The replay counts of list ``key``."""
@@ -104,6 +107,7 @@ class UnsentWrites:
 
     def _drop(self, key: str, n: int, why: str) -> None:
         self.dropped[key] += n
+        self._report(key, "dropped", n)
         now = time.monotonic()
         if now - self._logged_at >= LOG_INTERVAL_S:
             self._logged_at = now
