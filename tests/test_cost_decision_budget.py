@@ -137,11 +137,11 @@ async def test_a_decision_that_outlives_its_request_is_spent_when_it_ends(gemini
         # The embedding is still on its way: it is spent when it is answered, after the request gave up.
         spent = await _wait_for_spend(router, _embedding(question))
         await asyncio.sleep(0.2)
-        again = (await router.admission.budget().usage("*"))["spent"]
+        again = await router.admission.budget().usage("*")
     finally:
         await router.aclose()
     assert spent == pytest.approx(_embedding(question))
-    assert again == spent  # once
+    assert again == {"spent": spent, "reserved": 0.0}  # once, and its hold released
 
 
 def test_two_routers_spend_their_decisions_in_one_redis_budget(gemini_server: GeminiTestServer, tmp_path: Path,
@@ -178,10 +178,12 @@ async def test_a_cancelled_request_spends_its_decision_once(gemini_server: Gemin
         with pytest.raises(asyncio.CancelledError):
             await task
         spent = await _wait_for_spend(router, _embedding(question))
+        reserved = (await router.admission.budget().usage("*"))["reserved"]
     finally:
         await router.aclose()
     assert _generates(gemini_server) == 0
     assert spent == pytest.approx(_embedding(question))
+    assert reserved == 0.0  # the decision's hold is settled, not left to lapse
 
 
 def test_a_preview_carries_what_deciding_cost_and_spends_nothing(gemini_server: GeminiTestServer, tmp_path: Path,
@@ -192,14 +194,14 @@ def test_a_preview_carries_what_deciding_cost_and_spends_nothing(gemini_server: 
         decision = router.decide(question)
         again = router.decide(question)  # the policy remembers the embedding: nothing more to pay
         chosen = router.decide(question + " today", backend="other")  # an explicit backend: the policy is not asked
-        spent = budget_usage(router)["spent"]
+        usage = budget_usage(router)
     assert _generates(gemini_server) == 0  # a preview generates nothing
     embedding = _embedding(question)
     assert decision.rungs[0].backend == "chat"
     assert decision.cost_usd == pytest.approx(embedding) and decision.cost_estimated  # the API counts no tokens
     assert (again.cost_usd, again.cost_estimated) == (0.0, False)
     assert (chosen.rungs[0].backend, chosen.cost_usd, chosen.cost_estimated) == ("other", 0.0, False)
-    assert spent == 0.0  # a preview is not a request: the budget is untouched
+    assert usage == {"spent": 0.0, "reserved": 0.0}  # a preview is not a request: nothing held, nothing spent
     (embedded,) = otel.spans("embeddings")[routes:]
     assert embedded.attributes["gen_ai.usage.cost.amount"] == pytest.approx(decision.cost_usd)
 

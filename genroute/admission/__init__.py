@@ -12,8 +12,12 @@ store call in and one out, whatever gates take part: with Redis, one Lua script 
 
 ``genroute.router.attempt.AdmittedAttempt`` is that path; ``cost_usd`` is whatever the attempt's run context
 reports (the provider's usage, or genroute's estimate for a call that failed, timed out or was cut). What a
-request costs outside any attempt — the decision's embedding of the request (semantic routing) — is spent
-once with ``admission.spend(request, cost_usd)`` (one store call; budgets count it, nothing is held first).
+request costs outside any attempt — the decision's embedding of the request (semantic routing) — is held and
+settled the same way, in the gates that count spend (budgets), by ``genroute.router.deciding``::
+
+    reserved = await admission.reserve(request, estimate_usd, deadline)  # may raise BudgetExceeded; nothing held
+    ... the policy embeds the request and decides ...
+    await admission.spend(request, cost_usd, reserved)                   # once, however deciding ended
 
 Gates keep their counts in a ``StateStore`` (process memory or Redis), so the same code enforces a limit in
 one process or across many. A gate that refuses raises a typed error (``BudgetExceeded``, ``RateLimited``,
@@ -42,6 +46,8 @@ if TYPE_CHECKING:
 HOLD_MARGIN_S = 2.0
 #: How long a hold lives when its request has no deadline.
 DEFAULT_HOLD_TTL_S = 600.0
+#: What ``Admission.reserve`` held: each holding gate with its claims and the store's answers.
+Reserved = tuple[tuple["Gate", Any], ...]
 
 
 def hold_ttl_s(deadline: float | None) -> float:
@@ -107,9 +113,20 @@ class Gate(ABC):
     def settled(self, attempt: Attempt, token: Any, outcome: Outcome, results: Sequence[Any]) -> None:
         """The store's answers to ``settlements`` (e.g. a breaker this attempt opened)."""
 
-    def spent(self, request: GenerateRequest, cost_usd: float) -> Sequence[Settlement]:
-        """What to settle for ``cost_usd`` the request spent outside any attempt (its decision's embedding):
-        nothing, unless the gate counts spend (a budget)."""
+    def holds(self, request: GenerateRequest, amount_usd: float, deadline: float | None) -> Sequence[Claim]:
+        """What to hold before ``request`` spends an estimated ``amount_usd`` outside any attempt (its decision's
+        embedding): nothing, unless the gate counts spend (a budget). A gate that holds says why it refused in
+        ``refusal``."""
+        return ()
+
+    def refusal(self, claim: Claim, result: Any) -> Exception:
+        """The typed error for a claim of ``holds`` that did not pass (nothing is held)."""
+        raise NotImplementedError(f"{type(self).__name__} holds spend but does not say why it refused")
+
+    def spent(self, request: GenerateRequest, cost_usd: float, held: Any = None) -> Sequence[Settlement]:
+        """What to settle for ``cost_usd`` the request spent outside any attempt (its decision's embedding);
+        ``held`` is this gate's claims of ``holds`` with the store's answers (None: nothing was held). Nothing,
+        unless the gate counts spend (a budget)."""
         return ()
 
     async def enter(self, attempt: Attempt) -> Any:
@@ -220,10 +237,29 @@ class Admission:
         finally:
             self._mark(attempt)
 
-    async def spend(self, request: GenerateRequest, cost_usd: float) -> None:
+    async def reserve(self, request: GenerateRequest, amount_usd: float, deadline: float | None) -> Reserved:
+        """Hold ``amount_usd`` that ``request`` is about to spend outside any attempt (its decision's embedding,
+        estimated) in every gate that counts spend, in one store call, all or none: a gate without room raises
+        its refusal (``BudgetExceeded``) and nothing is held. ``spend`` settles what this returns."""
+        claimed = [(gate, claims) for gate in self.gates if (claims := gate.holds(request, amount_usd, deadline))]
+        if not claimed:
+            return ()
+        flat = [claim for _, claims in claimed for claim in claims]
+        results, refused = await self.store.admit(flat)
+        reserved, start = [], 0
+        for gate, claims in claimed:
+            end = start + len(claims)
+            if refused is not None and refused < end:
+                raise gate.refusal(flat[refused], results[refused])
+            reserved.append((gate, list(zip(claims, results[start:end], strict=True))))
+            start = end
+        return tuple(reserved)
+
+    async def spend(self, request: GenerateRequest, cost_usd: float, reserved: Reserved = ()) -> None:
         """Count ``cost_usd`` spent by ``request`` outside any attempt (its decision's embedding) in every gate
-        that counts spend: one store call, nothing held first (the money is already spent)."""
-        ops = [op for gate in self.gates for op in gate.spent(request, cost_usd)]
+        that counts spend, releasing what ``reserve`` held for it: one store call."""
+        held = dict(reserved)
+        ops = [op for gate in self.gates for op in gate.spent(request, cost_usd, held.get(gate))]
         if ops:
             await self.store.apply(ops)
 
@@ -232,4 +268,5 @@ class Admission:
             attempt.span.set_attribute("genroute.state.fallback", True)
 
 
-__all__ = ["Admission", "Attempt", "Gate", "Instruments", "Outcome", "enter_gates", "exit_gates", "hold_ttl_s"]
+__all__ = ["Admission", "Attempt", "Gate", "Instruments", "Outcome", "Reserved", "enter_gates", "exit_gates",
+           "hold_ttl_s"]

@@ -74,6 +74,10 @@ class Embedder(ABC):
 
         return run_sync(self.aembed(texts, tracer=tracer), "embed")
 
+    def cost_estimate(self, texts: list[str]) -> float:
+        """What embedding ``texts`` is estimated to cost in USD, before it is done (0: the embedder is free)."""
+        return 0.0
+
     def _span(self, tracer: trace.Tracer | None, kind: trace.SpanKind = trace.SpanKind.CLIENT) -> trace.Span:
         if tracer is None:
             tracer = (_tracer if self.tracer_provider is None
@@ -141,12 +145,27 @@ class GeminiEmbedder(Embedder):
             span.end()
         return vectors
 
+    def cost_estimate(self, texts: list[str]) -> float:
+        """The model's input price for ``texts`` at about four characters a token (what ``aembed`` charges when
+        the engine does not count tokens); attempts lost and retried on the way may add to it."""
+        from genroute.runtime.billing import estimate_tokens
+        from genroute.types import Usage
+
+        tokens = sum(estimate_tokens(t) for t in texts)
+        return self._priced(Usage(input_tokens=tokens)) if tokens else 0.0
+
+    def _priced(self, usage: Any) -> float:
+        from genroute.runtime.pricing import Pricing
+
+        if self.pricing is None:
+            self.pricing = Pricing()
+        return self.pricing.cost(self.engine.pricing_model(self.model), usage)
+
     def _charge(self, span: trace.Span, texts: list[str], vectors: list[list[float]] | None, meter: Meter) -> None:
         # What the answer was billed as the engine reports it (Vertex AI counts tokens; for the Gemini API, which
         # does not, the engine estimates them at four characters a token), else estimated here from the texts;
         # plus attempts lost on the way. Estimates are marked.
         from genroute.runtime.billing import charge, estimate_tokens
-        from genroute.runtime.pricing import Pricing
         from genroute.types import Usage
 
         calls = list(meter.attempts)
@@ -161,10 +180,7 @@ class GeminiEmbedder(Embedder):
                 estimated = estimated or guessed
         if not calls:
             return
-        if self.pricing is None:
-            self.pricing = Pricing()
-        priced = self.engine.pricing_model(self.model)
-        cost = sum(self.pricing.cost(priced, call) for call in calls)
+        cost = sum(self._priced(call) for call in calls)
         attrs: dict[str, Any] = {"gen_ai.usage.input_tokens": sum(c.input_tokens for c in calls),
                                  "gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD"}
         if estimated:

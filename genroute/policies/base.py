@@ -117,6 +117,11 @@ class Policy(ABC):
         """Whether ``decide`` needs budget state in its context (the executor then reads it first)."""
         return False
 
+    def deciding_cost(self, request: GenerateRequest) -> float:
+        """What deciding ``request`` is estimated to cost in USD (a priced embedding of it), held in the router's
+        budgets before ``decide`` runs; 0 (the default): deciding costs nothing and nothing is held."""
+        return 0.0
+
     def gates(self, store: StateStore) -> list[Gate]:
         """The admission gates this policy provides (a budget's), bound to the router's state store.
 

@@ -19,9 +19,12 @@ process or, with ``state: {kind: redis}``, across all processes sharing the stor
 more than estimated, the overspend is bounded by the overruns of the attempts in flight together at that one
 moment (at most ``c * d`` for ``c`` concurrent attempts each overrunning by at most ``d``), and it does not
 compound: nothing is admitted after it. What a request spends outside its attempts — a semantic policy's
-embedding of the request, made while deciding — is added to the spend once the decision ends, without a hold
-(it is spent before anything could be held), so it counts like an overrun. A hold lapses ``HOLD_MARGIN_S`` after the request's deadline (or
-after ``DEFAULT_HOLD_TTL_S`` without one), so a process killed while holding one does not keep it.
+embedding of the request, made while deciding — is held the same way before the policy decides (its estimate:
+the request's text at about four characters a token, at the embedder's input price; ``Policy.deciding_cost``)
+and settled at its cost once the decision ends: a request the budget has no room to decide for is refused
+(``BudgetExceeded``) before anything is embedded, and that estimate counts in ``F`` like an attempt's. A hold
+lapses ``HOLD_MARGIN_S`` after the request's deadline (or after ``DEFAULT_HOLD_TTL_S`` without one), so a
+process killed while holding one does not keep it.
 """
 
 from __future__ import annotations
@@ -188,6 +191,9 @@ class BudgetPolicy(Policy):
     def gates(self, store: StateStore) -> list[Gate]:
         return [BudgetGate(self, store), *self.inner.gates(store)]
 
+    def deciding_cost(self, request: GenerateRequest) -> float:
+        return self.inner.deciding_cost(request)
+
     def bind(self, resources: Resources) -> None:
         self.inner.bind(resources)
 
@@ -237,9 +243,12 @@ class BudgetGate(Gate):
                      (key, limit, amount))]
 
     async def refused(self, attempt: Attempt, claim: Claim, result: Any) -> None:
-        key, limit, amount = claim.tag
-        raise BudgetExceeded(f"budget {key!r}: ${max(result.left / UNITS_PER_USD, 0.0):.6g} left of ${limit:.6g}, "
-                             f"request needs up to ${amount:.6g}")
+        raise self.refusal(claim, result)
+
+    def refusal(self, claim: Claim, result: Any) -> BudgetExceeded:
+        key, limit, amount, *what = claim.tag  # what: set for a hold outside the attempts (deciding)
+        return BudgetExceeded(f"budget {key!r}: ${max(result.left / UNITS_PER_USD, 0.0):.6g} left of "
+                              f"${limit:.6g}, {what[0] if what else 'request'} needs up to ${amount:.6g}")
 
     def settlements(self, attempt: Attempt, token: list[tuple[Hold, Held]], outcome: Outcome) -> list[Settle]:
         ((hold, held),) = token
@@ -247,7 +256,16 @@ class BudgetGate(Gate):
         current, keep_s = self.account(self.policy.budget_key(attempt.request))
         return [Settle(hold.account, held.hold_id, to_units(outcome.cost_usd), current, keep_s)]
 
-    def spent(self, request: GenerateRequest, cost_usd: float) -> list[Settle]:
-        # No hold to drop: a settle without one only adds to the spend of the current window.
+    def holds(self, request: GenerateRequest, amount_usd: float, deadline: float | None) -> list[Hold]:
+        key = self.policy.budget_key(request)
+        limit = self.policy.limit(key)
+        account, keep_s = self.account(key)
+        return [Hold(account, to_units(amount_usd), to_units(limit), hold_ttl_s(deadline), keep_s,
+                     (key, limit, amount_usd, "deciding (the policy embeds the request)"))]
+
+    def spent(self, request: GenerateRequest, cost_usd: float, held: Any = None) -> list[Settle]:
         account, keep_s = self.account(self.policy.budget_key(request))
-        return [Settle(account, None, to_units(cost_usd), None, keep_s)]
+        if not held:  # no hold to drop: a settle without one only adds to the spend of the current window
+            return [Settle(account, None, to_units(cost_usd), None, keep_s)]
+        ((hold, answer),) = held
+        return [Settle(hold.account, answer.hold_id, to_units(cost_usd), account, keep_s)]

@@ -200,6 +200,11 @@ class LearnedPolicy(Policy):
         """Keep the router's tracer for the spans of request embeddings."""
         self.tracer = resources.tracer
 
+    def deciding_cost(self, request: GenerateRequest) -> float:
+        """The request's embedding at the embedder's price (0 for the offline embedder)."""
+        estimate = getattr(self.embedder, "cost_estimate", None)
+        return 0.0 if estimate is None else estimate([request.input])
+
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
         predicted = self.model.predict(self.model.features(self._embed_request(request.input), [request.task]))
         utility = self.model.utility(predicted, self.cost_weight)[0]

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from genroute.admission import Gate
     from genroute.runtime.resources import Resources
     from genroute.state import StateStore
+    from genroute.types import GenerateRequest
 
 
 class NestedPolicy(Policy):
@@ -24,6 +25,9 @@ class NestedPolicy(Policy):
 
     def gates(self, store: StateStore) -> list[Gate]:
         return self.inner.gates(store)
+
+    def deciding_cost(self, request: GenerateRequest) -> float:
+        return self.inner.deciding_cost(request)
 
     def bind(self, resources: Resources) -> None:
         self.inner.bind(resources)

@@ -279,6 +279,11 @@ class SemanticPolicy(Policy):
         winner = max(score, key=score.__getitem__)
         return max((h for h in hits if h[0] == winner), key=lambda h: h[1])
 
+    def deciding_cost(self, request: GenerateRequest) -> float:
+        """The request's embedding at the embedder's price (a remembered one costs nothing: it is settled at 0)."""
+        estimate = getattr(self.embedder, "cost_estimate", None)
+        return 0.0 if estimate is None else estimate([request.input])
+
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
         index = self.index  # first: without a router this builds the routes and chooses the embedder
         backend, sim, utterance = self._nearest(index, self._embed_request(request.input))

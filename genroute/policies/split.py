@@ -98,6 +98,10 @@ class SplitPolicy(Policy):
     def reads_state(self) -> bool:
         return any(p.reads_state for p in self._inner if p is not None)
 
+    def deciding_cost(self, request: GenerateRequest) -> float:
+        inner = self._inner[self._arm(request)[0]]  # only the request's arm decides
+        return 0.0 if inner is None else inner.deciding_cost(request)
+
     def gates(self, store: StateStore) -> list[Gate]:
         # An arm's gates (its budget) apply only to the requests that hash to that arm.
         return [_ArmGate(gate, self, i) for i, inner in enumerate(self._inner) if inner is not None
@@ -136,6 +140,16 @@ class _ArmGate(Gate):
 
     def _mine(self, attempt: Attempt) -> bool:
         return self.split._arm(attempt.request)[0] == self.arm
+
+    def holds(self, request: GenerateRequest, amount_usd: float, deadline: float | None) -> Sequence[Claim]:
+        return self.gate.holds(request, amount_usd, deadline) if self.split._arm(request)[0] == self.arm else ()
+
+    def refusal(self, claim: Claim, result: Any) -> Exception:
+        return self.gate.refusal(claim, result)
+
+    def spent(self, request: GenerateRequest, cost_usd: float, held: Any = None) -> Sequence[Settlement]:
+        mine = self.split._arm(request)[0] == self.arm
+        return self.gate.spent(request, cost_usd, held) if mine else ()
 
     def claims(self, attempt: Attempt) -> Sequence[Claim]:
         return self.gate.claims(attempt) if self._mine(attempt) else ()

@@ -1,9 +1,13 @@
 """A blocking policy's decision (semantic, learned: they embed the request), run off the event loop and costed.
 
-What deciding cost (a priced embedding of the request) goes into the request's ledger — the root span, the
-result, the error — and is spent in the router's budgets once, when the decision ends. A request that gives up
-first (its deadline, a cancellation) leaves the worker thread embedding: what that costs is spent when it is
-done, and ``aclose`` waits a moment for such decisions so the state store is not closed under them.
+What deciding may cost (a priced embedding of the request: ``Policy.deciding_cost``, the request's text at the
+embedder's price) is held in the router's budgets before the policy decides, as a rung's estimate is before it
+runs: a request the budgets have no room to decide for is refused with ``BudgetExceeded`` and nothing is
+embedded. What deciding did cost goes into the request's ledger — the root span, the result, the error — and
+settles the hold once, when the decision ends. A request that gives up first (its deadline, a cancellation)
+leaves the worker thread embedding: its hold is settled at what that costs when it is done, and ``aclose`` waits
+a moment for such decisions so the state store is not closed under them. A decision that cannot cost anything
+(an offline embedder) holds nothing and makes no store call.
 """
 
 from __future__ import annotations
@@ -12,48 +16,54 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.runtime.billing import Charges, charge, charging
 
 if TYPE_CHECKING:
-    from genroute.admission import Admission
+    from genroute.admission import Admission, Reserved
     from genroute.errors import DeadlineExceeded
+    from genroute.policies.base import Policy
     from genroute.types import Decision, GenerateRequest
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class CostedDecisions:
-    """Runs a router's blocking decisions in worker threads and spends what each cost in its budgets, once."""
+    """Runs a router's blocking decisions in worker threads, what each may cost held in its budgets first and
+    settled at what it cost, once."""
 
-    def __init__(self, admission: Callable[[], Admission | None]) -> None:
+    def __init__(self, admission: Callable[[], Admission | None], policy: Callable[[], Policy]) -> None:
         #: The router's current admission (a promoted policy brings its own budgets).
         self.admission = admission
-        #: Decisions that outlived their request, and the spends they start when done.
+        #: The router's current policy (it estimates what deciding costs).
+        self.policy = policy
+        #: Decisions and holds that outlived their request, and the settles they start when done.
         self.late: set[asyncio.Future[Any]] = set()
 
     async def run(self, decide: Callable[[], Decision], request: GenerateRequest, deadline: float | None,
                   expired: Callable[[], DeadlineExceeded]) -> Decision:
-        """``decide()`` in a worker thread, bounded by ``deadline`` (then ``expired()`` is raised)."""
+        """``decide()`` in a worker thread, bounded by ``deadline`` (then ``expired()`` is raised); what it may
+        cost is held first (``BudgetExceeded`` when a budget has no room for it: ``decide`` is not run)."""
+        admission = self.admission()  # the one the hold is taken in is the one it is settled in
+        reserved: Reserved = ()
+        if admission is not None and (estimate := self.policy().deciding_cost(request)) > 0:
+            reserved = await self._reserve(admission, request, estimate, deadline, expired)
         charges = Charges()
         with charging(charges):  # the worker thread inherits it
             work = asyncio.ensure_future(asyncio.to_thread(decide))
         try:
-            if deadline is None:
-                return await asyncio.shield(work)
-            try:
-                return await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise expired() from None
+            return await _within(work, deadline, expired)
         finally:
             if work.done():
                 charge(charges.cost_usd, estimated=charges.estimated)  # into the request's ledger
-                await self._spend(request, charges)
+                if admission is not None and (charges.cost_usd or reserved):
+                    # Shielded: a caller cancelled now still has the hold settled, not left to lapse.
+                    await asyncio.shield(self._track(self._spend(admission, request, charges.cost_usd, reserved)))
             else:
-                self.late.add(work)
-                work.add_done_callback(self.late.discard)
-                work.add_done_callback(lambda _: self._spend_later(request, charges))
+                self._track(work).add_done_callback(
+                    lambda _: self._settle_later(admission, request, charges.cost_usd, reserved))
 
     async def finish(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s``) for decisions still running after their request gave up, and their spends."""
@@ -62,17 +72,44 @@ class CostedDecisions:
         while self.late and (left := end - loop.time()) > 0:
             await asyncio.wait(set(self.late), timeout=left)
 
-    async def _spend(self, request: GenerateRequest, charges: Charges) -> None:
-        admission = self.admission()
-        if not charges.cost_usd or admission is None:
-            return
+    async def _reserve(self, admission: Admission, request: GenerateRequest, estimate: float,
+                       deadline: float | None, expired: Callable[[], DeadlineExceeded]) -> Reserved:
+        holding = asyncio.ensure_future(admission.reserve(request, estimate, deadline))
         try:
-            await admission.spend(request, charges.cost_usd)
-        except Exception as error:  # the request goes on; the spend is lost, as an unsettled hold would be
+            return await _within(holding, deadline, expired)
+        except BaseException:
+            if not holding.done():  # the request gave up while the store was asked: release what it holds
+                self._track(holding).add_done_callback(lambda done: self._release(admission, request, done))
+            raise
+
+    def _release(self, admission: Admission, request: GenerateRequest, holding: asyncio.Future[Reserved]) -> None:
+        if not holding.cancelled() and holding.exception() is None and holding.result():
+            self._settle_later(admission, request, 0.0, holding.result())
+
+    async def _spend(self, admission: Admission, request: GenerateRequest, cost_usd: float,
+                     reserved: Reserved) -> None:
+        try:
+            await admission.spend(request, cost_usd, reserved)
+        except Exception as error:  # the request goes on; the spend is lost, and the hold lapses with its TTL
             _log.warning("could not spend a decision's cost in the budget: %s: %s", type(error).__name__, error)
 
-    def _spend_later(self, request: GenerateRequest, charges: Charges) -> None:
-        if charges.cost_usd:
-            task = asyncio.get_running_loop().create_task(self._spend(request, charges))
-            self.late.add(task)
-            task.add_done_callback(self.late.discard)
+    def _settle_later(self, admission: Admission | None, request: GenerateRequest, cost_usd: float,
+                      reserved: Reserved) -> None:
+        if admission is not None and (cost_usd or reserved):
+            self._track(asyncio.get_running_loop().create_task(self._spend(admission, request, cost_usd, reserved)))
+
+    def _track(self, work: asyncio.Future[_T] | Any) -> asyncio.Future[_T]:
+        work = asyncio.ensure_future(work)
+        self.late.add(work)
+        work.add_done_callback(self.late.discard)
+        return work
+
+
+async def _within(work: asyncio.Future[_T], deadline: float | None, expired: Callable[[], DeadlineExceeded]) -> _T:
+    """``work``'s result, waited for until ``deadline`` (then ``expired()`` is raised); ``work`` goes on either way."""
+    if deadline is None:
+        return await asyncio.shield(work)
+    try:
+        return await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise expired() from None

@@ -123,7 +123,7 @@ class Router(Learning):
         self._inflight = InFlight()
         self._closed = False
         self._refresher: asyncio.Task[None] | None = None
-        self._decisions = CostedDecisions(lambda: self.admission)
+        self._decisions = CostedDecisions(lambda: self.admission, lambda: self.policy)
 
     @classmethod
     def from_config(

@@ -1,0 +1,242 @@
+"""What deciding may cost is held in the budget before the policy embeds the request, and settled once after.
+
+A semantic policy embeds the request with Gemini embeddings (the loopback server; a real embedded Chroma holds
+the routes), so deciding is priced; a budget policy wraps it. The budget holds the embedding's estimate before
+the request is embedded: a request it has no room for is refused (``BudgetExceeded`` naming the decision) with
+nothing embedded, concurrent requests cannot all embed past the limit, and every hold is settled at the real
+cost — in process memory and, shared by two routers, in a real Redis. A decision that cannot cost (the offline
+embedder) asks the store for nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genroute import BackendRejected, BudgetExceeded, DeadlineExceeded, Router
+from genroute.policies import build_policy
+from genroute.policies.challenger import ChallengerPolicy
+from genroute.state.memory import MemoryStateStore
+from genroute.testing import GeminiTestServer
+from genroute.testing.replies import embed_response
+
+from .conftest import budget_usage
+from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
+from .test_cost_decision_budget import _config, _embedding
+
+QUESTIONS = ["rye bread recipe one?", "rye bread recipe two?", "rye bread recipe 3rd?", "rye bread recipe 4th?"]
+
+
+def _embeds(server: GeminiTestServer) -> int:
+    return sum(1 for r in server.requests if r.action in ("batchEmbedContents", "embedContent"))
+
+
+def _budget(config: dict[str, Any], usd: float) -> dict[str, Any]:
+    # Rungs held at 0 and refused by the provider (not billed): the budget then counts the decisions alone.
+    config["policy"].update(budget_usd=usd, costs={"chat": 0.0, "other": 0.0})
+    return config
+
+
+def _refuse_answers(server: GeminiTestServer, times: int) -> None:
+    server.reply_json({"error": {"code": 400, "message": "no", "status": "INVALID_ARGUMENT"}},
+                      path=r".*:generateContent", status=400, times=times)
+
+
+@pytest.fixture
+def held_embeddings(gemini_server: GeminiTestServer) -> Iterator[threading.Event]:
+    """Install with ``hold()``: embedding answers then wait until the event is set (set at the end regardless)."""
+    gate = threading.Event()
+
+    def answer(server: GeminiTestServer, request: Any, match: Any) -> dict[str, Any]:
+        gate.wait(30)
+        return embed_response(request.action or "", request.body, server.embedding_dim, tokens=server.embed_tokens)
+
+    gate.hold = lambda: gemini_server.route("POST", r"/[^/]+/[^:]+:(embedContent|batchEmbedContents)", answer)
+    try:
+        yield gate
+    finally:
+        gate.set()
+
+
+async def _until(predicate: Any, seconds: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while not predicate():
+        assert loop.time() < end, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_request_the_budget_cannot_decide_for_is_refused_before_embedding(
+        gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    question = QUESTIONS[0]
+    router = Router.from_config(_budget(_config(gemini_server, tmp_path), 0.5 * _embedding(question)))
+    try:
+        embeds = _embeds(gemini_server)  # the routes', when the router was built
+        with pytest.raises(BudgetExceeded, match=r"deciding \(the policy embeds the request\) needs up to") as caught:
+            await router.agenerate(question)
+        usage = budget_usage(router)
+    finally:
+        await router.aclose()
+    assert _embeds(gemini_server) == embeds  # refused before the request was embedded
+    assert caught.value.cost_usd == 0.0
+    assert usage == {"spent": 0.0, "reserved": 0.0}
+
+
+async def test_concurrent_decisions_cannot_embed_past_the_budget(gemini_server: GeminiTestServer, tmp_path: Path,
+                                                                 held_embeddings: Any) -> None:
+    embedding = _embedding(QUESTIONS[0])
+    assert {_embedding(q) for q in QUESTIONS} == {embedding}  # one estimate for all four
+    router = Router.from_config(_budget(_config(gemini_server, tmp_path), 2.5 * embedding))
+    try:
+        embeds = _embeds(gemini_server)
+        held_embeddings.hold()
+        _refuse_answers(gemini_server, times=2)
+        tasks = [asyncio.create_task(router.agenerate(q)) for q in QUESTIONS]
+        await _until(lambda: _embeds(gemini_server) == embeds + 2 and sum(t.done() for t in tasks) == 2)
+        during = await router.admission.budget().usage("*")  # two decisions embedding: their estimates held
+        held_embeddings.set()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        after = await router.admission.budget().usage("*")
+    finally:
+        await router.aclose()
+    refused = [o for o in outcomes if isinstance(o, BudgetExceeded)]
+    decided = [o for o in outcomes if isinstance(o, BackendRejected)]
+    assert len(refused) == 2 and all("deciding" in str(o) for o in refused)
+    assert len(decided) == 2 and all(o.cost_usd == pytest.approx(embedding) for o in decided)
+    assert _embeds(gemini_server) == embeds + 2  # the two refused were never embedded
+    assert during == {"spent": 0.0, "reserved": pytest.approx(2 * embedding)}
+    assert after == {"spent": pytest.approx(2 * embedding), "reserved": 0.0}  # settled at the real cost, once
+
+
+async def test_two_routers_hold_decisions_in_one_redis_budget(gemini_server: GeminiTestServer, tmp_path: Path,
+                                                              redis_server: RedisServer, held_embeddings: Any) -> None:
+    state = {"kind": "redis", "url": redis_server.url, "prefix": f"h{os.getpid()}:", "timeout_s": 20,
+             "connect_timeout_s": 20}
+    first, second = QUESTIONS[:2]
+    embedding = _embedding(first)
+    routers = [Router.from_config(_budget(_config(gemini_server, tmp_path / str(n), state=state), 1.5 * embedding))
+               for n in range(2)]
+    try:
+        embeds = _embeds(gemini_server)
+        held_embeddings.hold()
+        _refuse_answers(gemini_server, times=1)
+        deciding = asyncio.create_task(routers[0].agenerate(first))
+        await _until(lambda: _embeds(gemini_server) == embeds + 1)
+        seen = await routers[1].admission.budget().usage("*")  # the other process sees the hold
+        with pytest.raises(BudgetExceeded, match="deciding"):
+            await routers[1].agenerate(second)
+        held_embeddings.set()
+        with pytest.raises(BackendRejected) as caught:
+            await deciding
+        shared = [await router.admission.budget().usage("*") for router in routers]
+    finally:
+        held_embeddings.set()
+        for router in routers:
+            await router.aclose()
+    assert _embeds(gemini_server) == embeds + 1  # the second router's request was not embedded
+    assert seen == {"spent": 0.0, "reserved": pytest.approx(embedding)}
+    assert caught.value.cost_usd == pytest.approx(embedding)
+    assert shared == [{"spent": pytest.approx(embedding), "reserved": 0.0}] * 2
+
+
+class CountingStore(MemoryStateStore):
+    """The process-memory store, counting its admission calls (one per hold taken)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.admits = 0
+
+    async def admit(self, claims: Any) -> Any:
+        self.admits += 1
+        return await super().admit(claims)
+
+
+class SlowStore(MemoryStateStore):
+    """The process-memory store answering holds after ``delay_s`` (a slow network to a shared store)."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def admit(self, claims: Any) -> Any:
+        await asyncio.sleep(self.delay_s)
+        return await super().admit(claims)
+
+
+@pytest.mark.parametrize("ends", ["deadline", "cancelled"])
+async def test_a_request_that_gives_up_while_its_decision_is_held_releases_the_hold(
+        gemini_server: GeminiTestServer, tmp_path: Path, ends: str) -> None:
+    store = SlowStore(0.6)
+    router = Router.from_config(_config(gemini_server, tmp_path, timeout_s=0.3 if ends == "deadline" else None),
+                                state=store)
+    try:
+        embeds = _embeds(gemini_server)
+        task = asyncio.create_task(router.agenerate(QUESTIONS[0]))
+        if ends == "deadline":
+            with pytest.raises(DeadlineExceeded, match="policy decided"):
+                await task
+        else:
+            await asyncio.sleep(0.2)  # the store is taking the hold
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0.6)  # the hold is taken, after the request gave up ...
+        await router._decisions.finish(5.0)  # ... and released
+        usage = await router.admission.budget().usage("*")
+    finally:
+        await router.aclose()
+    assert _embeds(gemini_server) == embeds  # never embedded
+    assert usage == {"spent": 0.0, "reserved": 0.0}
+
+
+def test_a_decision_that_cannot_cost_holds_nothing(gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    config = _config(gemini_server, tmp_path)
+    del config["knowledge"]  # the semantic policy embeds with the offline embedder: deciding is free
+    store = CountingStore()
+    with Router.from_config(config, state=store) as router:
+        assert router.policy.blocking and router.policy.deciding_cost(router._request("rye?", {})) == 0.0
+        router.generate("how do I bake rye bread?")
+        usage = budget_usage(router)
+    assert store.admits == 1  # the rung's hold only
+    assert usage["reserved"] == 0.0 and usage["spent"] > 0.0
+
+
+def test_a_priced_decision_holds_once_per_request(gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    store = CountingStore()
+    with Router.from_config(_config(gemini_server, tmp_path), state=store) as router:
+        router.generate(QUESTIONS[0])
+        usage = budget_usage(router)
+    assert store.admits == 2  # the decision's hold, then the rung's
+    assert usage["reserved"] == 0.0
+
+
+def test_wrapping_policies_estimate_what_their_inner_decision_costs(gemini_server: GeminiTestServer,
+                                                                    tmp_path: Path) -> None:
+    question = QUESTIONS[0]
+    with Router.from_config(_config(gemini_server, tmp_path)) as router:
+        request = router._request(question, {})
+        budget = router.policy
+        challenger = ChallengerPolicy(ChallengerPolicy.Config(policy={"kind": "static", "backend": "chat"},
+                                                              task="t", backend="other"), inner=budget)
+        static = build_policy({"kind": "static", "backend": "chat"})
+        assert budget.inner.deciding_cost(request) == pytest.approx(_embedding(question))  # the semantic policy
+        assert budget.deciding_cost(request) == challenger.deciding_cost(request) == budget.inner.deciding_cost(request)
+        assert static.deciding_cost(request) == 0.0
+
+
+def test_a_split_arms_budget_holds_and_spends_that_arms_decision(gemini_server: GeminiTestServer,
+                                                                 tmp_path: Path) -> None:
+    question, field = QUESTIONS[0], "policy.arms.0.policy"
+    config = _config(gemini_server, tmp_path)
+    config["policy"] = {"kind": "split", "arms": [{"weight": 1, "policy": config["policy"]}]}
+    with Router.from_config(config) as router:
+        result = router.generate(question)
+        usage = budget_usage(router, field=field)
+    assert result.cost_usd > _embedding(question)
+    assert usage == {"spent": pytest.approx(result.cost_usd), "reserved": 0.0}  # the decision and the rung, once
