@@ -88,6 +88,21 @@ async def test_a_request_the_budget_cannot_decide_for_is_refused_before_embeddin
     assert usage == {"spent": 0.0, "reserved": 0.0}
 
 
+async def test_a_downgrading_budget_without_room_to_decide_answers_with_its_cheap_backend(
+        gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    question = QUESTIONS[0]
+    config = _budget(_config(gemini_server, tmp_path), 0.5 * _embedding(question))
+    config["policy"].update(on_exhausted="downgrade", downgrade_to="other")
+    router = Router.from_config(config)
+    try:
+        embeds = _embeds(gemini_server)
+        result = await router.agenerate(question)
+    finally:
+        await router.aclose()
+    assert _embeds(gemini_server) == embeds  # not embedded: the budget could not hold it
+    assert result.backend == "other" and "no room to decide" in result.decision.reason
+
+
 async def test_concurrent_decisions_cannot_embed_past_the_budget(gemini_server: GeminiTestServer, tmp_path: Path,
                                                                  held_embeddings: Any) -> None:
     embedding = _embedding(QUESTIONS[0])

@@ -13,6 +13,7 @@ from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
     from genroute.admission import Gate
+    from genroute.errors import BudgetExceeded
     from genroute.policies.stats import BenchStats
     from genroute.runtime.resources import Resources
     from genroute.state import StateStore
@@ -121,6 +122,11 @@ class Policy(ABC):
         """What deciding ``request`` is estimated to cost in USD (a priced embedding of it), held in the router's
         budgets before ``decide`` runs; 0 (the default): deciding costs nothing and nothing is held."""
         return 0.0
+
+    def undecided(self, request: GenerateRequest, refused: BudgetExceeded) -> Decision | None:
+        """The decision for ``request`` when a budget had no room for what deciding costs (``refused``, nothing
+        was embedded); ``None`` (the default): the refusal stands (a budget that downgrades answers instead)."""
+        return None
 
     def gates(self, store: StateStore) -> list[Gate]:
         """The admission gates this policy provides (a budget's), bound to the router's state store.

@@ -22,7 +22,8 @@ compound: nothing is admitted after it. What a request spends outside its attemp
 embedding of the request, made while deciding — is held the same way before the policy decides (its estimate:
 the request's text at about four characters a token, at the embedder's input price; ``Policy.deciding_cost``)
 and settled at its cost once the decision ends: a request the budget has no room to decide for is refused
-(``BudgetExceeded``) before anything is embedded, and that estimate counts in ``F`` like an attempt's. A hold
+(``BudgetExceeded``; with ``on_exhausted: downgrade``, sent to ``downgrade_to`` undecided) before anything is
+embedded, and that estimate counts in ``F`` like an attempt's. A hold
 lapses ``HOLD_MARGIN_S`` after the request's deadline (or after ``DEFAULT_HOLD_TTL_S`` without one), so a
 process killed while holding one does not keep it.
 """
@@ -193,6 +194,14 @@ class BudgetPolicy(Policy):
 
     def deciding_cost(self, request: GenerateRequest) -> float:
         return self.inner.deciding_cost(request)
+
+    def undecided(self, request: GenerateRequest, refused: BudgetExceeded) -> Decision | None:
+        """With ``on_exhausted: downgrade``, the cheap backend: the budget has no room for the decision either."""
+        cheap = self.config.downgrade_to
+        if self.config.on_exhausted != "downgrade" or cheap is None:
+            return self.inner.undecided(request, refused)
+        return Decision.single(self.name, cheap, f"budget: no room to decide ({refused}); downgraded to {cheap}",
+                               budget_key=self.budget_key(request))
 
     def bind(self, resources: Resources) -> None:
         self.inner.bind(resources)

@@ -9,9 +9,10 @@ from genroute.policies.base import BackendInfo, Policy
 
 if TYPE_CHECKING:
     from genroute.admission import Gate
+    from genroute.errors import BudgetExceeded
     from genroute.runtime.resources import Resources
     from genroute.state import StateStore
-    from genroute.types import GenerateRequest
+    from genroute.types import Decision, GenerateRequest
 
 
 class NestedPolicy(Policy):
@@ -28,6 +29,9 @@ class NestedPolicy(Policy):
 
     def deciding_cost(self, request: GenerateRequest) -> float:
         return self.inner.deciding_cost(request)
+
+    def undecided(self, request: GenerateRequest, refused: BudgetExceeded) -> Decision | None:
+        return self.inner.undecided(request, refused)
 
     def bind(self, resources: Resources) -> None:
         self.inner.bind(resources)

@@ -15,6 +15,7 @@ from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
+    from genroute.errors import BudgetExceeded
     from genroute.runtime.resources import Resources
     from genroute.state import StateStore
     from genroute.state.ops import Claim, Settlement
@@ -101,6 +102,10 @@ class SplitPolicy(Policy):
     def deciding_cost(self, request: GenerateRequest) -> float:
         inner = self._inner[self._arm(request)[0]]  # only the request's arm decides
         return 0.0 if inner is None else inner.deciding_cost(request)
+
+    def undecided(self, request: GenerateRequest, refused: BudgetExceeded) -> Decision | None:
+        inner = self._inner[self._arm(request)[0]]
+        return None if inner is None else inner.undecided(request, refused)
 
     def gates(self, store: StateStore) -> list[Gate]:
         # An arm's gates (its budget) apply only to the requests that hash to that arm.

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from genroute.errors import BudgetExceeded
 from genroute.runtime.billing import Charges, charge, charging
 
 if TYPE_CHECKING:
@@ -45,11 +46,18 @@ class CostedDecisions:
     async def run(self, decide: Callable[[], Decision], request: GenerateRequest, deadline: float | None,
                   expired: Callable[[], DeadlineExceeded]) -> Decision:
         """``decide()`` in a worker thread, bounded by ``deadline`` (then ``expired()`` is raised); what it may
-        cost is held first (``BudgetExceeded`` when a budget has no room for it: ``decide`` is not run)."""
+        cost is held first (``BudgetExceeded`` when a budget has no room for it: ``decide`` is not run, and the
+        policy's ``undecided`` decision, if any, is returned instead)."""
         admission = self.admission()  # the one the hold is taken in is the one it is settled in
         reserved: Reserved = ()
-        if admission is not None and (estimate := self.policy().deciding_cost(request)) > 0:
-            reserved = await self._reserve(admission, request, estimate, deadline, expired)
+        if admission is not None and (estimate := (policy := self.policy()).deciding_cost(request)) > 0:
+            try:
+                reserved = await self._reserve(admission, request, estimate, deadline, expired)
+            except BudgetExceeded as refused:
+                undecided = policy.undecided(request, refused)  # a budget that downgrades
+                if undecided is None:
+                    raise
+                return undecided
         charges = Charges()
         with charging(charges):  # the worker thread inherits it
             work = asyncio.ensure_future(asyncio.to_thread(decide))
