@@ -40,16 +40,21 @@ MAX_COST = 1000 * IN + 500 * OUT  # the most one answer costs here (1,000 tokens
 
 # -- helpers --------------------------------------------------------------------------------------------
 
+def free_port() -> int:
+    """A TCP port nothing listens on (now) on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class RedisProcess:
     """A throwaway redis-server on a free loopback port (no persistence)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             sys.exit("redis-server is not installed (scripts/install.sh installs it)")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port() if port is None else port
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                          "--appendonly", "no"], stdout=subprocess.DEVNULL)

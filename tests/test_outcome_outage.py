@@ -235,3 +235,30 @@ async def test_writes_racing_the_replay_land_after_it_and_a_closing_store_sends_
         assert state.replays("outcomes") == ListReplay(2 * REPLAY_BATCH + 1, 0, 0)
     log, _ = shared_log(redis_server, "race:")
     assert len(log) == len(set(log)) == 1 + 2 * REPLAY_BATCH + 20 + 1 and log[-1] == ("last", False)
+
+
+async def test_a_second_outage_does_not_merge_the_first_one_s_writes_again(redis_server: RedisServer) -> None:
+    with tcp_proxy(redis_server.port) as proxy:
+        state = _store(proxy.url, "twice:")
+        outcomes = SharedOutcomeStore(state, max_items=100)
+        other_state = _store(redis_server.url, "twice:", on_error="closed")
+        other = SharedOutcomeStore(other_state, max_items=100)
+        await outcomes.upsert(served("x"))
+        proxy.partition()
+        await outcomes.upsert(feedback("x", 1.0))  # into memory (and replayed later)
+        proxy.heal()
+        await asyncio.sleep(RETRY_S + 0.05)
+        assert (await outcomes.get("x")).outcomes["chat"].score == 1.0
+        await other.upsert(feedback("x", 0.0))  # a later verdict, from another router
+        assert (await outcomes.get("x")).outcomes["chat"].score == 0.0
+        proxy.partition()  # back in memory: only what is new there is read, not the first outage's feedback
+        assert (await outcomes.get("x")).outcomes["chat"].score == 0.0
+        await outcomes.upsert(served("y"))
+        assert [r.id for r in await outcomes.records()] == ["x", "y"]
+        assert (await outcomes.get("x")).outcomes["chat"].score == 0.0
+        proxy.heal()
+        await asyncio.sleep(RETRY_S + 0.05)
+        await outcomes.records()  # its next call to Redis replays first
+        assert [r.id for r in await other.records()] == ["x", "y"] and outcomes.replayed == 2
+        await state.aclose()
+        await other_state.aclose()
