@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.errors import BudgetExceeded
@@ -49,8 +49,9 @@ class CostedDecisions:
         cost is held first (``BudgetExceeded`` when a budget has no room for it: ``decide`` is not run, and the
         policy's ``undecided`` decision, if any, is returned instead)."""
         admission = self.admission()  # the one the hold is taken in is the one it is settled in
+        policy = self.policy()
         reserved: Reserved = ()
-        if admission is not None and (estimate := (policy := self.policy()).deciding_cost(request)) > 0:
+        if admission is not None and (estimate := policy.deciding_cost(request)) > 0:
             try:
                 reserved = await self._reserve(admission, request, estimate, deadline, expired)
             except BudgetExceeded as refused:
@@ -106,11 +107,12 @@ class CostedDecisions:
         if admission is not None and (cost_usd or reserved):
             self._track(asyncio.get_running_loop().create_task(self._spend(admission, request, cost_usd, reserved)))
 
-    def _track(self, work: asyncio.Future[_T] | Any) -> asyncio.Future[_T]:
-        work = asyncio.ensure_future(work)
-        self.late.add(work)
-        work.add_done_callback(self.late.discard)
-        return work
+    def _track(self, work: Awaitable[_T]) -> asyncio.Future[_T]:
+        """``work`` as a future kept in ``late`` until it is done (``finish`` waits for it)."""
+        future = asyncio.ensure_future(work)
+        self.late.add(future)
+        future.add_done_callback(self.late.discard)
+        return future
 
 
 async def _within(work: asyncio.Future[_T], deadline: float | None, expired: Callable[[], DeadlineExceeded]) -> _T:
