@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from genroute import BackendRejected, BudgetExceeded, DeadlineExceeded, Router
+from genroute import BackendRejected, BudgetExceeded, DeadlineExceeded, GenrouteError, Router
 from genroute.policies import build_policy
 from genroute.policies.challenger import ChallengerPolicy
 from genroute.state.memory import MemoryStateStore
@@ -28,7 +28,7 @@ from genroute.testing.replies import embed_response
 
 from .conftest import budget_usage
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
-from .test_cost_decision_budget import _config, _embedding
+from .test_cost_decision_budget import _config, _embedding, _generates
 
 QUESTIONS = ["rye bread recipe one?", "rye bread recipe two?", "rye bread recipe 3rd?", "rye bread recipe 4th?"]
 
@@ -101,6 +101,21 @@ async def test_a_downgrading_budget_without_room_to_decide_answers_with_its_chea
         await router.aclose()
     assert _embeds(gemini_server) == embeds  # not embedded: the budget could not hold it
     assert result.backend == "other" and "no room to decide" in result.decision.reason
+
+
+async def test_a_decision_whose_embedding_fails_releases_its_hold(gemini_server: GeminiTestServer,
+                                                                 tmp_path: Path) -> None:
+    router = Router.from_config(_config(gemini_server, tmp_path))
+    gemini_server.reply_json({"error": {"code": 400, "message": "no", "status": "INVALID_ARGUMENT"}},
+                             path=r".*:batchEmbedContents", status=400)
+    try:
+        with pytest.raises(GenrouteError) as caught:
+            await router.agenerate(QUESTIONS[0])
+        usage = await router.admission.budget().usage("*")
+    finally:
+        await router.aclose()
+    assert _generates(gemini_server) == 0 and caught.value.cost_usd == 0.0  # refused by the provider: not billed
+    assert usage == {"spent": 0.0, "reserved": 0.0}
 
 
 async def test_concurrent_decisions_cannot_embed_past_the_budget(gemini_server: GeminiTestServer, tmp_path: Path,
