@@ -262,3 +262,32 @@ async def test_a_second_outage_does_not_merge_the_first_one_s_writes_again(redis
         assert [r.id for r in await other.records()] == ["x", "y"] and outcomes.replayed == 2
         await state.aclose()
         await other_state.aclose()
+
+
+async def test_only_appends_wait_for_a_replay_running_in_another_call(redis_server: RedisServer) -> None:
+    with tcp_proxy(redis_server.port) as proxy:
+        state = _store(proxy.url, "nowait:")
+        outcomes = SharedOutcomeStore(state, max_items=10_000)
+        await outcomes.upsert(served("before"))
+        proxy.partition()
+        for i in range(20 * REPLAY_BATCH):  # twenty batches to replay
+            await outcomes.upsert(served(f"d{i}"))
+        proxy.heal()
+        await asyncio.sleep(RETRY_S + 0.05)
+        client = state._client().client
+        await asyncio.gather(client.ping(), client.ping())  # two pooled connections (sent past the store: no replay)
+
+        async def admission() -> bool:  # a budget read while the replay runs: answered without waiting for it
+            await state.usage("tenant")
+            return state._client().replaying.locked()
+
+        async def append() -> bool:  # an outcome write: after the replay
+            await state.append("outcomes", served("late").model_dump_json(exclude_unset=True).encode(),
+                               max_items=10_000)
+            return state._client().replaying.locked()
+
+        _, answered_during, appended_during = await asyncio.gather(outcomes.records(), admission(), append())
+        assert answered_during and not appended_during
+        await state.aclose()
+    log, _ = shared_log(redis_server, "nowait:")
+    assert log == [("before", False), *((f"d{i}", False) for i in range(20 * REPLAY_BATCH)), ("late", False)]

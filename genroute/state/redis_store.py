@@ -99,8 +99,9 @@ class RedisStateStore(StateStore):
         return found
 
     async def _run(self, op: str, remote: Callable[[Any, Any], Awaitable[T]],
-                   local: Callable[[], Awaitable[T]]) -> T:
-        """``remote`` against Redis; when Redis is unreachable, ``local`` (open) or ``StateUnavailable``."""
+                   local: Callable[[], Awaitable[T]], *, ordered: bool = False) -> T:
+        """``remote`` against Redis; when Redis is unreachable, ``local`` (open) or ``StateUnavailable``.
+        ``ordered``: after a replay another call is running (an append must land after the writes before it)."""
         import redis.exceptions
 
         now = time.monotonic()
@@ -108,7 +109,7 @@ class RedisStateStore(StateStore):
         if now >= self._down_until:
             connection = self._client()
             try:
-                await self._replay(connection)
+                await self._replay(connection, wait=ordered)
                 result = await remote(connection.script, connection.client)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
                 self._down_until = time.monotonic() + self.config.retry_s
@@ -184,10 +185,12 @@ class RedisStateStore(StateStore):
 
         return await self._run(op_name(ops, "settle"), remote, local)
 
-    async def _replay(self, connection: _Connection) -> None:
+    async def _replay(self, connection: _Connection, *, wait: bool = True) -> None:
         """Send the settles and appends made while Redis was unreachable (oldest first, a batch a call), so its
-        spend and its lists are complete again. Calls that find a replay running wait for it, so that their own
-        writes land after the ones made before them."""
+        spend and its lists are complete again. A call that finds a replay running waits for it if ``wait`` (an
+        append: so that it lands after the writes made before it); others go on meanwhile."""
+        if connection.replaying.locked() and not wait:
+            return
         if not self._unsent and not connection.replaying.locked():
             return
         import redis.exceptions
@@ -241,7 +244,7 @@ class RedisStateStore(StateStore):
             await self.fallback.append(key, value, max_items=max_items, max_age_s=max_age_s)
             self._unsent.push(push, os.urandom(8).hex())  # for Redis, when it answers again
 
-        await self._run("append", remote, local)
+        await self._run("append", remote, local, ordered=True)
 
     async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
         async def remote(script: Any, _: Any) -> ListRead:
