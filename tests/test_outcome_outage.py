@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,3 +292,52 @@ async def test_only_appends_wait_for_a_replay_running_in_another_call(redis_serv
         await state.aclose()
     log, _ = shared_log(redis_server, "nowait:")
     assert log == [("before", False), *((f"d{i}", False) for i in range(20 * REPLAY_BATCH)), ("late", False)]
+
+
+def test_the_waiting_writes_are_shared_safely_by_threads() -> None:
+    """A store used from several event loops (threads) shares one queue: nothing taken twice, nothing lost."""
+    import threading
+
+    from genroute.state.redis_script import Push
+    from genroute.state.unsent import UnsentWrites
+
+    reported: list[tuple[str, str, int]] = []
+    unsent = UnsentWrites(lambda key, fate, n: reported.append((key, fate, n)))
+    taken: list[str] = []
+    errors: list[BaseException] = []
+
+    def write(name: str) -> None:
+        for i in range(5_000):
+            unsent.push(Push("outcomes", b"x", None, None), f"{name}-{i}")
+
+    def send() -> None:
+        try:
+            drain()
+        except BaseException as exc:  # a thread's error is not the test's otherwise
+            errors.append(exc)
+
+    def drain() -> None:
+        for _ in range(400):
+            batch = unsent.take(REPLAY_BATCH)
+            if len(batch) % 2:  # give some back, as a failed send does
+                unsent.give_back(batch[:1])
+                batch = batch[1:]
+            unsent.sent(batch)
+            taken.extend(entry[1] for entry in batch)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in "abcd"] + [threading.Thread(target=send)
+                                                                            for _ in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can: races show
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    left = [entry[1] for entry in unsent.take(10 ** 6)]
+    assert len(taken) + len(left) == 20_000 and len(set(taken + left)) == 20_000
+    assert unsent.counts("outcomes") == ListReplay(len(taken), 0, 0)
+    assert sum(n for _, fate, n in reported if fate == "replayed") == len(taken)

@@ -9,11 +9,13 @@ Bounds: at most ``MAX_UNSETTLED`` settles (beyond that, a settle is charged in t
 per list, at most ``MAX_UNPUSHED`` appends or the list's own ``max_items``, whichever is smaller (more could not
 stay in the list anyway). Beyond that the oldest waiting append is dropped; so is one older than the list's
 ``max_age_s`` when its turn comes. Dropped appends are counted per list and logged (at most once a minute).
+Thread-safe: a store used from several event loops (each with its own connections) shares one queue.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -44,56 +46,64 @@ class UnsentWrites:
         self.replayed: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self._logged_at = -LOG_INTERVAL_S
+        self._lock = threading.Lock()  # never held across an await
 
     def __bool__(self) -> bool:
         return bool(self.settles) or any(self.pushes.values())
 
     def settle(self, op: Settle, settle_id: str) -> None:
         """Keep a settle answered from memory (unless ``MAX_UNSETTLED`` are waiting already)."""
-        if len(self.settles) < MAX_UNSETTLED:
-            self.settles.append((op, settle_id))
+        with self._lock:
+            if len(self.settles) < MAX_UNSETTLED:
+                self.settles.append((op, settle_id))
 
     def push(self, op: Push, push_id: str) -> None:
         """Keep an append answered from memory; drop the oldest waiting append of its list beyond the bound."""
-        queue = self.pushes.setdefault(op.key, deque())
-        queue.append((op, push_id, time.monotonic()))
         bound = min(op.max_items or MAX_UNPUSHED, MAX_UNPUSHED)
-        if len(queue) > bound:
-            over = len(queue) - bound
+        with self._lock:
+            queue = self.pushes.setdefault(op.key, deque())
+            queue.append((op, push_id, time.monotonic()))
+            over = max(0, len(queue) - bound)
             for _ in range(over):
                 queue.popleft()
+        if over:
             self._drop(op.key, over, f"more than {bound} waiting")
 
     def take(self, size: int) -> list[Entry]:
         """The next batch to send (settles first, then one list's appends, oldest first), taken off the queue."""
-        if self.settles:
-            return [self.settles.popleft() for _ in range(min(size, len(self.settles)))]
         now = time.monotonic()
-        for key, queue in self.pushes.items():
-            batch: list[Entry] = []
-            while queue and len(batch) < size:
-                entry = queue.popleft()
-                max_age_s = entry[0].max_age_s
-                if max_age_s is not None and now - entry[2] > max_age_s:
-                    self._drop(key, 1, f"older than the list's max age, {max_age_s} s")
-                else:
-                    batch.append(entry)
-            if batch:
-                return batch
-        return []
+        batch: list[Entry] = []
+        aged: Counter[str] = Counter()
+        with self._lock:
+            if self.settles:
+                return [self.settles.popleft() for _ in range(min(size, len(self.settles)))]
+            for key, queue in self.pushes.items():
+                while queue and len(batch) < size:
+                    entry = queue.popleft()
+                    if entry[0].max_age_s is not None and now - entry[2] > entry[0].max_age_s:
+                        aged[key] += 1  # the list would have trimmed it by now
+                    else:
+                        batch.append(entry)
+                if batch:
+                    break
+        for key, n in aged.items():
+            self._drop(key, n, "older than the list's max age")
+        return batch
 
     def give_back(self, batch: list[Entry]) -> None:
         """Put a batch that was not sent back in front of the queue, in its order."""
-        for entry in reversed(batch):
-            if len(entry) == 2:
-                self.settles.appendleft(entry)  # type: ignore[arg-type]
-            else:
-                self.pushes.setdefault(entry[0].key, deque()).appendleft(entry)  # type: ignore[arg-type,union-attr]
+        with self._lock:
+            for entry in reversed(batch):
+                if len(entry) == 2:
+                    self.settles.appendleft(entry)  # type: ignore[arg-type]
+                else:
+                    self.pushes.setdefault(entry[0].key, deque()).appendleft(entry)  # type: ignore[arg-type,union-attr]
 
     def sent(self, batch: list[Entry]) -> None:
         """Count the appends of a batch the shared store took."""
         sent = Counter(entry[0].key for entry in batch if len(entry) == 3)  # type: ignore[union-attr]
-        self.replayed.update(sent)
+        with self._lock:
+            self.replayed.update(sent)
         for key, n in sent.items():
             self._report(key, "replayed", n)
 
@@ -106,7 +116,8 @@ class UnsentWrites:
         return len(self.settles) + sum(len(q) for q in self.pushes.values())
 
     def _drop(self, key: str, n: int, why: str) -> None:
-        self.dropped[key] += n
+        with self._lock:
+            self.dropped[key] += n
         self._report(key, "dropped", n)
         now = time.monotonic()
         if now - self._logged_at >= LOG_INTERVAL_S:
