@@ -222,6 +222,46 @@ async def test_delay_past_timeout_is_unavailable_within_deadline(srv, engine):
     assert len(srv.requests) == 1
 
 
+async def test_an_attempt_is_bounded_by_the_engine_timeout_without_a_deadline(srv):
+    # The client sets no HTTP timeout (aiohttp would schedule a timer per request): the engine's own timer ends an
+    # attempt at the engine's timeout_s when no caller's deadline does.
+    srv.fault(Fault.delay(30))
+    srv.reply_text("second")
+    eng = GeminiEngine("gem", {"api_key": KEY, "base_url": srv.base_url, "retry": FAST_RETRY, "timeout_s": 0.3})
+    try:
+        started = time.monotonic()
+        assert (await eng.generate(MODEL, user("x"))).text == "second"
+    finally:
+        await eng.aclose()
+    assert time.monotonic() - started < 10  # not a timing benchmark: the 30 s delay was cut, then retried
+    assert [r.headers["x-server-timeout"] for r in srv.requests] == ["1", "1"]  # the server is still told
+
+
+async def test_a_bounded_call_leaves_its_deadline_to_the_caller(srv, engine):
+    # bounded=True: the caller (a router's timer) cancels the call at timeout_s, so the engine sets no timer for
+    # it; the server is still told the deadline.
+    assert GeminiEngine.caller_bounded
+    srv.fault(Fault.delay(0.6))
+    assert (await engine.generate(MODEL, user("x"), timeout_s=0.2, bounded=True)).text
+    srv.fault(Fault.delay(30), times=3)
+    with pytest.raises(BackendUnavailable, match="timed out"):  # not bounded: the engine's own timer ends it
+        await engine.generate(MODEL, user("x"), timeout_s=0.2)
+    assert [r.headers["x-server-timeout"] for r in srv.requests] == ["1", "1"]
+
+
+async def test_a_bounded_call_still_times_out_attempts_shorter_than_its_deadline(srv):
+    # The engine's timeout_s (0.3 s) is shorter than the caller's deadline (5 s): that bound is the engine's to
+    # enforce, and the attempt it cut is retried within the deadline.
+    srv.fault(Fault.delay(30))
+    srv.reply_text("retried")
+    eng = GeminiEngine("gem", {"api_key": KEY, "base_url": srv.base_url, "retry": FAST_RETRY, "timeout_s": 0.3})
+    try:
+        assert (await eng.generate(MODEL, user("x"), timeout_s=5, bounded=True)).text == "retried"
+    finally:
+        await eng.aclose()
+    assert len(srv.requests) == 2
+
+
 async def test_malformed_json_is_typed(srv, engine):
     srv.fault(Fault.malformed_json(), times=3)
     with pytest.raises(BackendUnavailable, match="malformed"):

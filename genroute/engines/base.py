@@ -77,6 +77,11 @@ class Engine(ABC):
 
         raise UsageError(f"engine {self.name!r} ({self.kind}) does not embed")
 
+    #: Whether ``generate`` takes a keyword ``bounded=True``, sent when the caller itself cancels the call once
+    #: ``timeout_s`` runs out (a router's deadline timer): an engine may then skip a timer of its own for that
+    #: deadline. Default: not taken (never sent).
+    caller_bounded: ClassVar[bool] = False
+
     def expect_deadline(self, seconds: float | None) -> None:
         """The time most calls will have left (a router's ``timeout_s``; None: no deadline). A hint, given before
         the first call: an engine may size what it sets once per client by it, so that calls with that much time

@@ -53,14 +53,13 @@ class GeminiEngineConfig(BaseModel):
     embed_batch_size: int = Field(default=100, ge=1, le=250, description="Texts per embedding request.")
 
 
-def _timeout_ms(seconds: float) -> int:
-    return max(1, math.ceil(seconds * 1000))
-
-
-#: A deadline must undercut the client's own timeout by more than this before an attempt sends per-request HTTP
-#: options: ``asyncio.timeout`` enforces it either way, and the SDK's merge of per-request options cost ~25 % of its
-#: throughput at 1,000 concurrent requests (``benchmarks/throughput.py``) for a router deadline a hair under it.
+#: A deadline must undercut the client's server-side deadline (its ``X-Server-Timeout`` header) by more than this
+#: before an attempt sends its own: an ``asyncio`` timer enforces the deadline either way, and the SDK's merge of
+#: per-request options cost ~25 % of its throughput at 1,000 concurrent requests (``benchmarks/throughput.py``).
 _OVERRIDE_MARGIN_S = 1.0
+
+#: The header that tells the server how long the client waits (the SDK derives it from an HTTP timeout).
+_SERVER_TIMEOUT = "X-Server-Timeout"
 
 
 def _sdk_contents(contents: list[types.Content]) -> Any:
@@ -76,19 +75,23 @@ def _sdk_contents(contents: list[types.Content]) -> Any:
     return contents
 
 
-def _with_timeout(config: types.GenerateContentConfig | None, seconds: float | None) -> Any:
-    """``config`` with its HTTP timeout set (keeping the caller's other HTTP options).
+def _server_timeout(seconds: float) -> dict[str, str]:
+    return {_SERVER_TIMEOUT: str(math.ceil(seconds))}
 
-    ``None`` keeps ``config`` as it is: the client's own timeout (the engine's ``timeout_s``) applies,
-    and the SDK skips merging per-request options. A config that sets nothing goes as ``None``: the SDK
-    deep-copies and converts any config object it is given, empty or not.
+
+def _with_timeout(config: types.GenerateContentConfig | None, seconds: float | None) -> Any:
+    """``config`` telling the server the attempt's own deadline (keeping the caller's other HTTP options).
+
+    ``None`` keeps ``config`` as it is: the client's header applies, and the SDK skips merging per-request
+    options. A config that sets nothing goes as ``None``: the SDK deep-copies and converts any config object it
+    is given, empty or not. Only the header: an ``asyncio`` timer, not an HTTP timeout, ends the attempt.
     """
     if seconds is None:
         return config if config is not None and config.model_fields_set else None
     from google.genai import types
 
     http = config.http_options if config is not None and config.http_options is not None else types.HttpOptions()
-    http = http.model_copy(update={"timeout": _timeout_ms(seconds)})
+    http = http.model_copy(update={"headers": {**(http.headers or {}), **_server_timeout(seconds)}})
     if config is None:
         return types.GenerateContentConfig(http_options=http)
     return config.model_copy(update={"http_options": http})
@@ -114,6 +117,7 @@ class GeminiEngine(Engine):
 
     kind: ClassVar[str] = "gemini"
     Config: ClassVar[type[BaseModel]] = GeminiEngineConfig
+    caller_bounded: ClassVar[bool] = True
 
     def __init__(self, name: str, config: GeminiEngineConfig | Mapping[str, Any] | None = None, *,
                  credentials: Any = None) -> None:
@@ -166,10 +170,13 @@ class GeminiEngine(Engine):
             from google import genai
             from google.genai import types
 
+            # No HTTP timeout: aiohttp would schedule a timer for every request, which a request in flight holds
+            # (with its context) until its time comes. An attempt is bounded by its caller's deadline timer (a
+            # router's) or by one of its own (``_call``); the server still learns how long the client waits.
             http = types.HttpOptions(
                 base_url=self.base_url,
                 api_version=self.config.api_version,
-                timeout=_timeout_ms(self._client_timeout_s),
+                headers=_server_timeout(self._client_timeout_s),
                 # Retries live in genroute.engines.retry; one attempt here also stops the SDK's
                 # implicit sleep-and-retry on connection errors.
                 retry_options=types.HttpRetryOptions(attempts=1),
@@ -187,8 +194,8 @@ class GeminiEngine(Engine):
 
     async def _call(self, call: Awaitable[_T], seconds: float | None, billed: list[types.Content] | None = None,
                     config: types.GenerateContentConfig | None = None) -> _T:
-        """Await one SDK call bounded by ``seconds`` (``None``: by the client's own HTTP timeout), its failure
-        mapped to genroute's error tree.
+        """Await one SDK call bounded by ``seconds`` (``None``: by the caller's own timer), its failure mapped to
+        genroute's error tree.
 
         The one place every engine call gets its timeout and error mapping; a failed call that sent ``billed``
         (with ``config``) is billed first if the provider processed it anyway. A cancellation passes through
@@ -214,23 +221,24 @@ class GeminiEngine(Engine):
             bill(Usage(input_tokens=estimate_input(contents, config)))
 
     def _attempt_timeout(self, remaining_s: float) -> tuple[float, float | None]:
-        """This attempt's timeout, and the same if it must override the client's own (else ``None``: the client's
-        timeout ends the attempt on time or at most ``_OVERRIDE_MARGIN_S`` late; a longer one also overrides)."""
+        """This attempt's timeout, and the same if the server must be told it (else ``None``: the client's
+        ``X-Server-Timeout`` is the attempt's, or at most ``_OVERRIDE_MARGIN_S`` longer; a longer deadline is
+        also told)."""
         seconds = min(self._attempt_bound_s, remaining_s)
-        # The client's own timeout serves if it ends the attempt on time or at most _OVERRIDE_MARGIN_S late.
         return seconds, None if 0 <= self._client_timeout_s - seconds <= _OVERRIDE_MARGIN_S else seconds
 
     def expect_deadline(self, seconds: float | None) -> None:
-        """Size the client's HTTP timeout to a router's deadline where that is shorter than an attempt's bound, so
-        that its requests send no per-request HTTP options (the SDK's merge of them costs ~30 % of a request's
-        CPU, ``benchmarks/timeouts.py``); a request with another deadline still gets its own. Before the client
-        is built only (a later hint is ignored)."""
+        """Size the client's server-side deadline (``X-Server-Timeout``) to a router's deadline where that is
+        shorter than an attempt's bound, so that its requests send no per-request HTTP options (the SDK's merge
+        of them costs ~30 % of a request's CPU, ``benchmarks/timeouts.py``); a request with another deadline
+        still tells its own. Before the client is built only (a later hint is ignored)."""
         if self._client is None:
             self._expected_s = seconds
 
     @property
     def _client_timeout_s(self) -> float:
-        """The client's own HTTP timeout: an attempt's bound, or the expected deadline where that is shorter."""
+        """The client's server-side deadline: an attempt's bound, or the expected deadline where that is
+        shorter."""
         bound = self._attempt_bound_s
         return bound if self._expected_s is None else min(bound, self._expected_s)
 
@@ -248,24 +256,30 @@ class GeminiEngine(Engine):
         config: types.GenerateContentConfig | None = None,
         *,
         timeout_s: float | None = None,
+        bounded: bool = False,
     ) -> types.GenerateContentResponse:
-        """One complete response, retried on retryable failures within ``timeout_s``."""
+        """One complete response, retried on retryable failures within ``timeout_s``.
+
+        ``bounded``: the caller cancels the call when ``timeout_s`` runs out (``Engine.caller_bounded``), so an
+        attempt that may last that long sets no timer of its own.
+        """
+        # Only when the request's deadline (not the engine's shorter retry budget) bounds the retries.
+        bounded = bounded and timeout_s is not None and timeout_s <= self.config.retry.deadline_s
         # A partial, not a closure: fewer objects held by each request in flight.
-        attempt = functools.partial(self._generate_once, self.client.aio.models, model, contents, config)
+        attempt = functools.partial(self._generate_once, self.client.aio.models, model, contents, config, bounded)
         return await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
 
     def _generate_once(self, models: Any, model: str, contents: list[types.Content],
-                       config: types.GenerateContentConfig | None, remaining_s: float
+                       config: types.GenerateContentConfig | None, bounded: bool, remaining_s: float
                        ) -> Awaitable[types.GenerateContentResponse]:
         """One attempt: ``_call`` around the SDK call (returned, not awaited here: a request in flight holds one
         coroutine less)."""
         seconds, override = self._attempt_timeout(remaining_s)
         call = models.generate_content(model=model, contents=_sdk_contents(contents),
                                        config=_with_timeout(config, override))
-        # Without an override the client's own HTTP timeout bounds the whole call (the body read included), at
-        # most _OVERRIDE_MARGIN_S past the deadline, which a router enforces with its own timer: a second timer
-        # per request would only add work (and objects a request in flight holds).
-        return self._call(call, None if override is None else seconds, contents, config)
+        # An attempt the caller's timer ends on time needs no timer of its own (one more per request would only
+        # add work, and objects a request in flight holds); a shorter bound, or no caller's timer, needs one.
+        return self._call(call, None if bounded and seconds >= remaining_s else seconds, contents, config)
 
     async def stream(
         self,
@@ -343,7 +357,7 @@ class GeminiEngine(Engine):
                     seconds, _ = self._attempt_timeout(remaining_s)
                     cfg = types.EmbedContentConfig(
                         task_type=task_type, output_dimensionality=output_dimensionality,
-                        http_options=types.HttpOptions(timeout=_timeout_ms(seconds)),
+                        http_options=types.HttpOptions(headers=_server_timeout(seconds)),
                     )
                     sent = models.embed_content(model=model, contents=batch, config=cfg)
                     return await self._call(billed_if_lost(sent, batch), seconds)
@@ -362,7 +376,7 @@ class GeminiEngine(Engine):
 
         async def attempt(remaining_s: float) -> int:
             seconds, _ = self._attempt_timeout(remaining_s)
-            cfg = types.CountTokensConfig(http_options=types.HttpOptions(timeout=_timeout_ms(seconds)))
+            cfg = types.CountTokensConfig(http_options=types.HttpOptions(headers=_server_timeout(seconds)))
             result = await self._call(
                 self.client.aio.models.count_tokens(model=model, contents=contents, config=cfg), seconds)
             return int(result.total_tokens or 0)
@@ -388,7 +402,7 @@ class GeminiEngine(Engine):
         seconds = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
         cfg = types.CreateCachedContentConfig(
             contents=contents, system_instruction=system, ttl=f"{ttl_s}s", display_name=display_name,
-            http_options=types.HttpOptions(timeout=_timeout_ms(seconds)),
+            http_options=types.HttpOptions(headers=_server_timeout(seconds)),
         )
         tracer = tracer or trace.get_tracer(TRACER_NAME)
         with tracer.start_as_current_span(

@@ -88,13 +88,13 @@ class Executor:
     # -- the one loop over rungs ------------------------------------------------------------------------
 
     async def run(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
-                  deadline: float | None, ledger: Ledger | None = None) -> GenerateResult:
+                  deadline: float | None, ledger: Ledger | None = None, *, bounded: bool = False) -> GenerateResult:
         """Run rungs until one answers acceptably; raise a typed error when none does.
 
         ``ledger`` (a fresh one if not given) sums what every rung cost, so a caller that times the whole
-        request out can still say what it cost.
+        request out can still say what it cost. ``bounded``: the caller cancels the run at ``deadline``.
         """
-        rungs = self._rungs(request, decision, span, start, deadline, live=False, ledger=ledger)
+        rungs = self._rungs(request, decision, span, start, deadline, live=False, ledger=ledger, bounded=bounded)
         try:
             result = await anext(rungs)  # run mode yields nothing but the result (or raises)
         finally:
@@ -113,7 +113,7 @@ class Executor:
         return self._rungs(request, decision, span, start, deadline, live=True, ledger=ledger)
 
     async def _rungs(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
-                     deadline: float | None, *, live: bool, ledger: Ledger | None = None
+                     deadline: float | None, *, live: bool, ledger: Ledger | None = None, bounded: bool = False
                      ) -> AsyncIterator[GenerateChunk | GenerateResult]:
         """Run and stream alike: each rung is one admitted attempt; only a stream yields text as it comes.
 
@@ -127,7 +127,7 @@ class Executor:
             rung = rungs[index]
             checks = self._checks_for(rung, index) if rung.validators else ()
             passes = live and not (checks and index < len(rungs) - 1)
-            ctx = self._context(request, rung.backend, deadline)
+            ctx = self._context(request, rung.backend, deadline, bounded)
             sent = False
             pending: list[str] = []
             output: BackendOutput | None = None
@@ -184,8 +184,10 @@ class Executor:
 
     # -- pieces ----------------------------------------------------------------------------------------
 
-    def _context(self, request: GenerateRequest, backend: str, deadline: float | None) -> RunContext:
-        return RunContext(request, backend, telemetry=self.telemetry, pricing=self.pricing, deadline=deadline)
+    def _context(self, request: GenerateRequest, backend: str, deadline: float | None,
+                 bounded: bool = False) -> RunContext:
+        return RunContext(request, backend, telemetry=self.telemetry, pricing=self.pricing, deadline=deadline,
+                          bounded=bounded)
 
     def use_policy(self, policy: Policy) -> None:
         """Decide with ``policy`` from now on (its validator names are resolved first)."""
@@ -219,7 +221,7 @@ class Executor:
     async def _run_for_check(self, request: GenerateRequest, decision: Decision, ctx: RunContext,
                              backend: str, check_request: GenerateRequest) -> BackendOutput:
         """Run ``backend`` for a check (a judge) of the rung ``ctx`` accounts: own admission, cost in the rung."""
-        side = self._context(check_request, backend, ctx.deadline)
+        side = self._context(check_request, backend, ctx.deadline, ctx.bounded)
         try:
             async with AdmittedAttempt(self.admission, request, decision, backend, side, trace.get_current_span()):
                 return await self.backends[backend].run(check_request, side)
@@ -277,7 +279,7 @@ class Executor:
             attributes={"genroute.backend": backend, "genroute.shadow": True},
             record_exception=False, set_status_on_exception=False,
         ) as span:
-            ctx = self._context(request, backend, time.monotonic() + timeout_s)
+            ctx = self._context(request, backend, time.monotonic() + timeout_s, True)  # the timer below ends it
             attempt = AdmittedAttempt(self.admission, request, decision, backend, ctx, span)
             started = time.perf_counter()
             try:

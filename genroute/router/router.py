@@ -167,7 +167,8 @@ class Router(Learning):
                 try:
                     async with asyncio.timeout_at(None) as timeout:
                         arm(timeout, deadline)
-                        return await self._executor.run(request, decision, span, start, deadline, ledger)
+                        return await self._executor.run(request, decision, span, start, deadline, ledger,
+                                                        bounded=True)
                 except TimeoutError:
                     error = self._expired(request, decision)
                     ledger.charge(error)  # what the timed-out attempts cost the provider still counts

@@ -58,12 +58,16 @@ class RunContext:
         telemetry: Telemetry,
         pricing: Pricing,
         deadline: float | None = None,
+        bounded: bool = False,
     ) -> None:
         self.request = request
         self.backend = backend
         self.telemetry = telemetry
         self.pricing = pricing
         self.deadline = deadline
+        #: Whether the caller cancels the rung at ``deadline`` (a router's timer), so that engines that can
+        #: (``Engine.caller_bounded``) need no timer of their own for it.
+        self.bounded = bounded
         self.usage = NO_USAGE
         self.cost_usd = 0.0
         self.cloud_equivalent_cost_usd: float | None = None
@@ -107,7 +111,10 @@ class RunContext:
             meter = Meter()
             try:
                 with meter:
-                    response = await engine.generate(model, contents, config, timeout_s=self.remaining_s())
+                    response = await (
+                        engine.generate(model, contents, config, timeout_s=self.remaining_s(), bounded=True)
+                        if self.bounded and engine.caller_bounded else
+                        engine.generate(model, contents, config, timeout_s=self.remaining_s()))
             except BaseException as exc:
                 self._fail(span, attrs, exc, start)
                 self._charge(engine, span, attrs, model, meter.attempts, meter.estimated, price_as=price_as)

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 #: Storage API root; ``STORAGE_EMULATOR_HOST`` (the google-cloud-storage convention) overrides it.
 _STORAGE_ROOT = "https://storage.googleapis.com"
 _CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+#: How long one call to the tuning API may take (the engine's client sets no HTTP timeout of its own).
+_CALL_TIMEOUT_S = 120.0
 
 AdapterSize = Literal["ADAPTER_SIZE_ONE", "ADAPTER_SIZE_TWO", "ADAPTER_SIZE_FOUR", "ADAPTER_SIZE_EIGHT",
                       "ADAPTER_SIZE_SIXTEEN", "ADAPTER_SIZE_THIRTY_TWO"]
@@ -168,9 +170,10 @@ async def start_job(client: genai.Client, settings: VertexTuningSettings, *, tra
         with warnings.catch_warnings():
             # The SDK flags tuning as experimental on every call; say it once in the docs, not per job.
             warnings.filterwarnings("ignore", message=".*tuning implementation is experimental")
-            return await client.aio.tunings.tune(base_model=settings.base_model,
-                                                 training_dataset=types.TuningDataset(gcs_uri=training_uri),
-                                                 config=job_config)
+            async with asyncio.timeout(_CALL_TIMEOUT_S):
+                return await client.aio.tunings.tune(base_model=settings.base_model,
+                                                     training_dataset=types.TuningDataset(gcs_uri=training_uri),
+                                                     config=job_config)
     except Exception as exc:
         raise map_error(exc, backend=settings.name) from exc
 
@@ -193,7 +196,8 @@ async def wait_for_job(client: genai.Client, name: str, *, poll_interval_s: floa
         task = progress.add_task(f"tuning job {name}: submitted", total=None)
         while True:
             try:
-                job = await client.aio.tunings.get(name=name)
+                async with asyncio.timeout(_CALL_TIMEOUT_S):
+                    job = await client.aio.tunings.get(name=name)
                 failures = 0
             except Exception as exc:
                 error = map_error(exc)
