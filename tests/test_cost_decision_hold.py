@@ -187,41 +187,55 @@ class CountingStore(MemoryStateStore):
         return await super().admit(claims)
 
 
-class SlowStore(MemoryStateStore):
-    """The process-memory store answering holds after ``delay_s`` (a slow network to a shared store)."""
+class GatedStore(MemoryStateStore):
+    """The process-memory store answering holds only once ``answer`` is set (a slow network to a shared store);
+    ``asked`` is set when a hold is asked for, ``answered`` (if given) runs just before the answer is returned."""
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.delay_s = delay_s
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+        self.answered: Any = None
 
     async def admit(self, claims: Any) -> Any:
-        await asyncio.sleep(self.delay_s)
-        return await super().admit(claims)
+        self.asked.set()
+        await self.answer.wait()
+        result = await super().admit(claims)
+        if self.answered is not None:
+            self.answered()
+        return result
 
 
-@pytest.mark.parametrize("ends", ["deadline", "cancelled"])
+@pytest.mark.parametrize("ends", ["deadline", "cancelled", "cancelled-as-held"])
 async def test_a_request_that_gives_up_while_its_decision_is_held_releases_the_hold(
         gemini_server: GeminiTestServer, tmp_path: Path, ends: str) -> None:
-    store = SlowStore(0.6)
+    store = GatedStore()
     router = Router.from_config(_config(gemini_server, tmp_path, timeout_s=0.3 if ends == "deadline" else None),
                                 state=store)
     try:
         embeds = _embeds(gemini_server)
         task = asyncio.create_task(router.agenerate(QUESTIONS[0]))
-        if ends == "deadline":
+        if ends == "deadline":  # the store answers only after the request's deadline
             with pytest.raises(DeadlineExceeded, match="policy decided"):
-                await task
-        else:
-            await asyncio.sleep(0.2)  # the store is taking the hold
+                await asyncio.wait_for(task, 60)
+            store.answer.set()
+        elif ends == "cancelled":  # the caller gives up while the store is taking the hold
+            await asyncio.wait_for(store.asked.wait(), 60)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        await asyncio.sleep(0.6)  # the hold is taken, after the request gave up ...
-        await router._decisions.finish(5.0)  # ... and released
+            store.answer.set()
+        else:  # the caller gives up as the store answers: the hold is taken, the request has not seen it yet
+            store.answered = task.cancel
+            store.answer.set()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 60)
+        await router._decisions.finish(60.0)  # the hold is taken after the request gave up, and released
         usage = await router.admission.budget().usage("*")
     finally:
+        store.answer.set()
         await router.aclose()
-    assert _embeds(gemini_server) == embeds  # never embedded
+    assert store.asked.is_set() and _embeds(gemini_server) == embeds  # held, never embedded
     assert usage == {"spent": 0.0, "reserved": 0.0}
 
 

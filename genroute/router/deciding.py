@@ -87,8 +87,9 @@ class CostedDecisions:
         try:
             return await _within(holding, deadline, expired)
         except BaseException:
-            if not holding.done():  # the request gave up while the store was asked: release what it holds
-                self._track(holding).add_done_callback(lambda done: self._release(admission, request, done))
+            # The request gave up (its deadline, a cancellation) while the store was asked, or just as it answered:
+            # what the store holds (now or when it answers) is released, since nothing else will settle it.
+            self._track(holding).add_done_callback(lambda done: self._release(admission, request, done))
             raise
 
     def _release(self, admission: Admission, request: GenerateRequest, holding: asyncio.Future[Reserved]) -> None:
