@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import pytest
 from genroute import BackendRejected, DeadlineExceeded, Router
 from genroute.runtime.billing import estimate_tokens
 from genroute.runtime.pricing import DEFAULT_PRICES
-from genroute.testing import Fault, GeminiTestServer, Reply
+from genroute.testing import GeminiTestServer, Reply
+from genroute.testing.replies import embed_response
 
 from .conftest import TEST_KEY, Otel, budget_usage
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
@@ -56,17 +58,32 @@ def _config(server: GeminiTestServer, tmp_path: Path, *, state: dict[str, Any] |
     return config
 
 
+@pytest.fixture
+def held_embeddings(gemini_server: GeminiTestServer) -> Iterator[threading.Event]:
+    """Install with ``hold()``: embedding answers then wait until the event is set (set at the end regardless)."""
+    gate = threading.Event()
+
+    def answer(server: GeminiTestServer, request: Any, match: Any) -> dict[str, Any]:
+        gate.wait(60)  # bounds a hang only
+        return embed_response(request.action or "", request.body, server.embedding_dim, tokens=server.embed_tokens)
+
+    gate.hold = lambda: gemini_server.route("POST", r"/[^/]+/[^:]+:(embedContent|batchEmbedContents)", answer)
+    try:
+        yield gate
+    finally:
+        gate.set()
+
+
+async def _until(predicate: Any, seconds: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while not predicate():
+        assert loop.time() < end, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
 def _generates(server: GeminiTestServer) -> int:
     return sum(1 for r in server.requests if r.action == "generateContent")
-
-
-async def _wait_for_spend(router: Router, at_least: float, seconds: float = 20.0) -> float:
-    end = time.monotonic() + seconds
-    while True:
-        spent = (await router.admission.budget().usage("*"))["spent"]
-        if spent >= at_least * (1 - 1e-9) or time.monotonic() > end:
-            return spent
-        await asyncio.sleep(0.05)
 
 
 async def test_an_answered_requests_decision_is_spent_once(gemini_server: GeminiTestServer, tmp_path: Path,
@@ -109,13 +126,15 @@ async def test_a_refused_requests_decision_is_spent(gemini_server: GeminiTestSer
 async def test_a_request_timed_out_in_its_rung_spends_its_decision(gemini_server: GeminiTestServer,
                                                                    tmp_path: Path) -> None:
     question = "rye sourdough starter tips"
-    router = Router.from_config(_config(gemini_server, tmp_path, timeout_s=1.0))
-    gemini_server.default_reply = lambda request: (time.sleep(3), Reply(parts=({"text": "late"},), usage=USAGE))[1]
+    router = Router.from_config(_config(gemini_server, tmp_path, timeout_s=2.0))
+    answer = threading.Event()  # the answer comes after the request's deadline (set when the test ends)
+    gemini_server.default_reply = lambda request: (answer.wait(60), Reply(parts=({"text": "late"},), usage=USAGE))[1]
     try:
         with pytest.raises(DeadlineExceeded) as caught:
             await router.agenerate(question)
         spent = budget_usage(router)["spent"]
     finally:
+        answer.set()
         await router.aclose(drain_s=0.1)
     error = caught.value
     embedding = _embedding(question)
@@ -126,17 +145,19 @@ async def test_a_request_timed_out_in_its_rung_spends_its_decision(gemini_server
 
 
 async def test_a_decision_that_outlives_its_request_is_spent_when_it_ends(gemini_server: GeminiTestServer,
-                                                                         tmp_path: Path) -> None:
+                                                                         tmp_path: Path, held_embeddings: Any) -> None:
     question = "bake bread without yeast"
     router = Router.from_config(_config(gemini_server, tmp_path, timeout_s=0.5))
-    gemini_server.fault(Fault.delay(1.5))  # the next request is the decision's embedding
+    held_embeddings.hold()  # the decision's embedding is answered only after the request's deadline
     try:
         with pytest.raises(DeadlineExceeded, match="policy decided"):
             await router.agenerate(question)
         assert _generates(gemini_server) == 0
         # The embedding is still on its way: it is spent when it is answered, after the request gave up.
-        spent = await _wait_for_spend(router, _embedding(question))
-        await asyncio.sleep(0.2)
+        held_embeddings.set()
+        await router._decisions.finish(60.0)
+        spent = (await router.admission.budget().usage("*"))["spent"]
+        await router._decisions.finish(60.0)  # nothing else to wait for: spent once
         again = await router.admission.budget().usage("*")
     finally:
         await router.aclose()
@@ -165,19 +186,21 @@ def test_two_routers_spend_their_decisions_in_one_redis_budget(gemini_server: Ge
     assert shared == [pytest.approx(expected)] * 2  # one account, seen alike from both routers
 
 
-async def test_a_cancelled_request_spends_its_decision_once(gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+async def test_a_cancelled_request_spends_its_decision_once(gemini_server: GeminiTestServer, tmp_path: Path,
+                                                            held_embeddings: Any) -> None:
     question = "rye bread for a cancelled caller"
     router = Router.from_config(_config(gemini_server, tmp_path))
-    gemini_server.fault(Fault.delay(1.0))  # the decision's embedding is slow; the caller gives up first
+    held_embeddings.hold()  # the decision's embedding is answered after the caller gave up
     try:
         sent = len(gemini_server.requests)  # the routes' embedding, when the router was built
         task = asyncio.create_task(router.agenerate(question))
-        while len(gemini_server.requests) == sent:  # until the decision's embedding is on its way
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(gemini_server.requests) > sent)  # the decision's embedding is on its way
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        spent = await _wait_for_spend(router, _embedding(question))
+        held_embeddings.set()
+        await router._decisions.finish(60.0)
+        spent = (await router.admission.budget().usage("*"))["spent"]
         reserved = (await router.admission.budget().usage("*"))["reserved"]
     finally:
         await router.aclose()

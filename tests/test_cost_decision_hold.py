@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +22,10 @@ from genroute.policies import build_policy
 from genroute.policies.challenger import ChallengerPolicy
 from genroute.state.memory import MemoryStateStore
 from genroute.testing import GeminiTestServer
-from genroute.testing.replies import embed_response
 
 from .conftest import budget_usage
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
-from .test_cost_decision_budget import _config, _embedding, _generates
+from .test_cost_decision_budget import _config, _embedding, _generates, _until, held_embeddings  # noqa: F401
 
 QUESTIONS = ["rye bread recipe one?", "rye bread recipe two?", "rye bread recipe 3rd?", "rye bread recipe 4th?"]
 
@@ -46,30 +43,6 @@ def _budget(config: dict[str, Any], usd: float) -> dict[str, Any]:
 def _refuse_answers(server: GeminiTestServer, times: int) -> None:
     server.reply_json({"error": {"code": 400, "message": "no", "status": "INVALID_ARGUMENT"}},
                       path=r".*:generateContent", status=400, times=times)
-
-
-@pytest.fixture
-def held_embeddings(gemini_server: GeminiTestServer) -> Iterator[threading.Event]:
-    """Install with ``hold()``: embedding answers then wait until the event is set (set at the end regardless)."""
-    gate = threading.Event()
-
-    def answer(server: GeminiTestServer, request: Any, match: Any) -> dict[str, Any]:
-        gate.wait(30)
-        return embed_response(request.action or "", request.body, server.embedding_dim, tokens=server.embed_tokens)
-
-    gate.hold = lambda: gemini_server.route("POST", r"/[^/]+/[^:]+:(embedContent|batchEmbedContents)", answer)
-    try:
-        yield gate
-    finally:
-        gate.set()
-
-
-async def _until(predicate: Any, seconds: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while not predicate():
-        assert loop.time() < end, "timed out waiting"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_request_the_budget_cannot_decide_for_is_refused_before_embedding(
