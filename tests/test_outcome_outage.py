@@ -341,3 +341,41 @@ def test_the_waiting_writes_are_shared_safely_by_threads() -> None:
     assert len(taken) + len(left) == 20_000 and len(set(taken + left)) == 20_000
     assert unsent.counts("outcomes") == ListReplay(len(taken), 0, 0)
     assert sum(n for _, fate, n in reported if fate == "replayed") == len(taken)
+
+
+def test_looking_at_the_waiting_writes_is_safe_while_threads_add_lists() -> None:
+    """Whether writes wait, how many, and a list's counts are read while other threads start new lists' queues."""
+    import threading
+
+    from genroute.state.redis_script import Push
+    from genroute.state.unsent import UnsentWrites
+
+    unsent = UnsentWrites(lambda key, fate, n: None)
+    written = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        for i in range(20_000):
+            unsent.push(Push(f"list-{i}", b"x", None, None), str(i))
+        written.set()
+
+    def look() -> None:
+        try:
+            while not written.is_set():
+                bool(unsent)
+                unsent.waiting()
+                unsent.counts("list-0")
+        except BaseException as exc:  # a thread's error is not the test's otherwise
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=look)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == [] and unsent.waiting() == 20_000

@@ -9,7 +9,9 @@ Bounds: at most ``MAX_UNSETTLED`` settles (beyond that, a settle is charged in t
 per list, at most ``MAX_UNPUSHED`` appends or the list's own ``max_items``, whichever is smaller (more could not
 stay in the list anyway). Beyond that the oldest waiting append is dropped; so is one older than the list's
 ``max_age_s`` when its turn comes. Dropped appends are counted per list and logged (at most once a minute).
-Thread-safe: a store used from several event loops (each with its own connections) shares one queue.
+Thread-safe: a store used from several event loops (each with its own connections) shares one queue; every
+method takes its lock (never across an await), also those that only look (a list's queue may be created by another
+thread meanwhile).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+
 from genroute.state import ListReplay
 from genroute.state.ops import Settle
 from genroute.state.redis_script import Push
@@ -47,9 +50,12 @@ class UnsentWrites:
         self.dropped: Counter[str] = Counter()
         self._logged_at = -LOG_INTERVAL_S
         self._lock = threading.Lock()  # never held across an await
+        #: The clock a waiting append's age is measured on (``time.monotonic``; a test moves it forward).
+        self.clock: Callable[[], float] = time.monotonic
 
     def __bool__(self) -> bool:
-        return bool(self.settles) or any(self.pushes.values())
+        with self._lock:
+            return bool(self.settles) or any(self.pushes.values())
 
     def settle(self, op: Settle, settle_id: str) -> None:
         """Keep a settle answered from memory (unless ``MAX_UNSETTLED`` are waiting already)."""
@@ -62,7 +68,7 @@ class UnsentWrites:
         bound = min(op.max_items or MAX_UNPUSHED, MAX_UNPUSHED)
         with self._lock:
             queue = self.pushes.setdefault(op.key, deque())
-            queue.append((op, push_id, time.monotonic()))
+            queue.append((op, push_id, self.clock()))
             over = max(0, len(queue) - bound)
             for _ in range(over):
                 queue.popleft()
@@ -71,7 +77,7 @@ class UnsentWrites:
 
     def take(self, size: int) -> list[Entry]:
         """The next batch to send (settles first, then one list's appends, oldest first), taken off the queue."""
-        now = time.monotonic()
+        now = self.clock()
         batch: list[Entry] = []
         aged: Counter[str] = Counter()
         with self._lock:
@@ -109,11 +115,13 @@ class UnsentWrites:
 
     def counts(self, key: str) -> ListReplay:
         """The replay counts of list ``key``."""
-        return ListReplay(self.replayed[key], self.dropped[key], len(self.pushes.get(key, ())))
+        with self._lock:
+            return ListReplay(self.replayed[key], self.dropped[key], len(self.pushes.get(key, ())))
 
     def waiting(self) -> int:
         """Writes waiting to be sent."""
-        return len(self.settles) + sum(len(q) for q in self.pushes.values())
+        with self._lock:
+            return len(self.settles) + sum(len(q) for q in self.pushes.values())
 
     def _drop(self, key: str, n: int, why: str) -> None:
         with self._lock:
