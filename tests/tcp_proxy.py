@@ -23,7 +23,7 @@ class TcpProxy:
         self.port = self._listener.getsockname()[1]
         self._down = False
         self._cut_in = 0  # array replies until the cut (0: none armed)
-        #: Replies swallowed by ``cut_next_reply``.
+        #: Replies swallowed by ``cut_reply``.
         self.cuts = 0
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -35,14 +35,15 @@ class TcpProxy:
 
     def partition(self) -> None:
         """Close every connection and refuse new ones until ``heal``."""
-        self._down = True
-        with self._lock:
+        with self._lock:  # with the accepting thread's check: no connection opened meanwhile outlives the partition
+            self._down = True
             for sock in list(self._open):
                 _close(sock)
             self._open.clear()
 
     def heal(self) -> None:
-        self._down = False
+        with self._lock:
+            self._down = False
 
     def cut_reply(self, n: int = 1) -> None:
         """Swallow the ``n``-th array reply from the server from now on, and close that client's connection."""
@@ -79,7 +80,13 @@ class TcpProxy:
                 continue
             server.settimeout(None)
             with self._lock:
-                self._open.update((client, server))
+                down = self._down  # partitioned while this connection was being opened
+                if not down:
+                    self._open.update((client, server))
+            if down:
+                _close(client)
+                _close(server)
+                continue
             threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
