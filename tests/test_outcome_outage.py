@@ -8,11 +8,13 @@ server killed with SIGKILL and restarted from its append-only file, and another 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ from genroute import Router
 from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
 from genroute.outcomes.shared import SharedOutcomeStore
 from genroute.state import ListReplay, RedisStateConfig
+from genroute.state.redis_script import Push
 from genroute.state.redis_store import REPLAY_BATCH, RedisStateStore
+from genroute.state.unsent import UnsentWrites
 
 from .chroma_fixtures import free_port
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
@@ -294,81 +298,18 @@ async def test_only_appends_wait_for_a_replay_running_in_another_call(redis_serv
     assert log == [("before", False), *((f"d{i}", False) for i in range(2 * REPLAY_BATCH)), ("late", False)]
 
 
-def test_the_waiting_writes_are_shared_safely_by_threads() -> None:
-    """A store used from several event loops (threads) shares one queue: nothing taken twice, nothing lost."""
-    import threading
-
-    from genroute.state.redis_script import Push
-    from genroute.state.unsent import UnsentWrites
-
-    reported: list[tuple[str, str, int]] = []
-    unsent = UnsentWrites(lambda key, fate, n: reported.append((key, fate, n)))
-    taken: list[str] = []
+def _race(*work: Callable[[], None]) -> list[BaseException]:
+    """Run each of ``work`` in a thread of its own, switching threads as often as the interpreter can (races show);
+    what they raised."""
     errors: list[BaseException] = []
 
-    def write(name: str) -> None:
-        for i in range(5_000):
-            unsent.push(Push("outcomes", b"x", None, None), f"{name}-{i}")
-
-    def send() -> None:
+    def run(one: Callable[[], None]) -> None:
         try:
-            drain()
+            one()
         except BaseException as exc:  # a thread's error is not the test's otherwise
             errors.append(exc)
 
-    def drain() -> None:
-        for _ in range(400):
-            batch = unsent.take(REPLAY_BATCH)
-            if len(batch) % 2:  # give some back, as a failed send does
-                unsent.give_back(batch[:1])
-                batch = batch[1:]
-            unsent.sent(batch)
-            taken.extend(entry[1] for entry in batch)
-
-    threads = [threading.Thread(target=write, args=(n,)) for n in "abcd"] + [threading.Thread(target=send)
-                                                                            for _ in range(2)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can: races show
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
-    assert errors == []
-    left = [entry[1] for entry in unsent.take(10 ** 6)]
-    assert len(taken) + len(left) == 20_000 and len(set(taken + left)) == 20_000
-    assert unsent.counts("outcomes") == ListReplay(len(taken), 0, 0)
-    assert sum(n for _, fate, n in reported if fate == "replayed") == len(taken)
-
-
-def test_looking_at_the_waiting_writes_is_safe_while_threads_add_lists() -> None:
-    """Whether writes wait, how many, and a list's counts are read while other threads start new lists' queues."""
-    import threading
-
-    from genroute.state.redis_script import Push
-    from genroute.state.unsent import UnsentWrites
-
-    unsent = UnsentWrites(lambda key, fate, n: None)
-    written = threading.Event()
-    errors: list[BaseException] = []
-
-    def write() -> None:
-        for i in range(20_000):
-            unsent.push(Push(f"list-{i}", b"x", None, None), str(i))
-        written.set()
-
-    def look() -> None:
-        try:
-            while not written.is_set():
-                bool(unsent)
-                unsent.waiting()
-                unsent.counts("list-0")
-        except BaseException as exc:  # a thread's error is not the test's otherwise
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write), threading.Thread(target=look)]
+    threads = [threading.Thread(target=run, args=(one,)) for one in work]
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
@@ -378,4 +319,50 @@ def test_looking_at_the_waiting_writes_is_safe_while_threads_add_lists() -> None
             thread.join()
     finally:
         sys.setswitchinterval(interval)
-    assert errors == [] and unsent.waiting() == 20_000
+    return errors
+
+
+def test_the_waiting_writes_are_shared_safely_by_threads() -> None:
+    """A store used from several event loops (threads) shares one queue: nothing taken twice, nothing lost."""
+    reported: list[tuple[str, str, int]] = []
+    unsent = UnsentWrites(lambda key, fate, n: reported.append((key, fate, n)))
+    taken: list[str] = []
+
+    def write(name: str) -> None:
+        for i in range(5_000):
+            unsent.push(Push("outcomes", b"x", None, None), f"{name}-{i}")
+
+    def send() -> None:
+        for _ in range(400):
+            batch = unsent.take(REPLAY_BATCH)
+            if len(batch) % 2:  # give some back, as a failed send does
+                unsent.give_back(batch[:1])
+                batch = batch[1:]
+            unsent.sent(batch)
+            taken.extend(entry[1] for entry in batch)
+
+    assert _race(*(functools.partial(write, name) for name in "abcd"), send, send) == []
+    left = [entry[1] for entry in unsent.take(10 ** 6)]
+    assert len(taken) + len(left) == 20_000 and len(set(taken + left)) == 20_000
+    assert unsent.counts("outcomes") == ListReplay(len(taken), 0, 0)
+    assert sum(n for _, fate, n in reported if fate == "replayed") == len(taken)
+
+
+def test_looking_at_the_waiting_writes_is_safe_while_threads_add_lists() -> None:
+    """Whether writes wait, how many, and a list's counts are read while other threads start new lists' queues."""
+    unsent = UnsentWrites(lambda key, fate, n: None)
+    written = threading.Event()
+
+    def write() -> None:
+        for i in range(20_000):
+            unsent.push(Push(f"list-{i}", b"x", None, None), str(i))
+        written.set()
+
+    def look() -> None:
+        while not written.is_set():
+            bool(unsent)
+            unsent.waiting()
+            unsent.counts("list-0")
+
+    assert _race(write, look) == []
+    assert unsent.waiting() == 20_000
