@@ -10,7 +10,8 @@ memory (``on_error: open``; each such call is counted and the condition logged o
 replayed to Redis once it answers again, oldest first, before the call that found it back (each at most once:
 it carries an id that the script marks, so a replay interrupted and sent again applies nothing twice), so the
 shared spend and the shared lists (the outcome log) are complete after an outage; what is kept is bounded
-(``genroute.state.unsent``). Holds taken meanwhile live in memory, and Redis holds whose settle was lost lapse
+(``genroute.state.unsent``). One call per event loop replays at a time (the lock is the loop's): a store used from
+two loops may send their replays' batches interleaved, each still once. Holds taken meanwhile live in memory, and Redis holds whose settle was lost lapse
 with their TTL.
 For ``retry_s`` after a failure it does not try Redis again,
 so a dead server costs one timeout per ``retry_s``, not one per request; after that the next call
