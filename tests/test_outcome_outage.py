@@ -219,6 +219,23 @@ def test_a_router_s_outcomes_and_feedback_during_an_outage_reach_other_routers_a
     assert OutcomeStore(tmp_path / "other.db").count_sync() == 4
 
 
+async def test_a_write_whose_reply_was_lost_as_the_outage_began_is_merged_once(redis_server: RedisServer) -> None:
+    with tcp_proxy(redis_server.port) as proxy:
+        state = _store(proxy.url, "lost:")
+        outcomes = SharedOutcomeStore(state, max_items=100)
+        await outcomes.upsert(served("a"))
+        proxy.cut_reply(1)  # Redis appends "b"; the process never hears of it and keeps "b" for the replay
+        await outcomes.upsert(feedback("a", 1.0))
+        assert proxy.cuts == 1 and state.degraded
+        await asyncio.sleep(RETRY_S + 0.05)
+        await outcomes.upsert(served("c"))
+        await state.aclose()
+    log, records = shared_log(redis_server, "lost:")
+    # The first try carried no id (a marker a write would cost Redis memory for a day): the replay appends it again.
+    assert log == [("a", False), ("a", True), ("a", True), ("c", False)]
+    assert [(r["metadata"]["id"], r["outcomes"]["chat"].get("score")) for r in records] == [("a", 1.0), ("c", None)]
+
+
 async def test_writes_racing_the_replay_land_after_it_and_a_closing_store_sends_what_waits(
         redis_server: RedisServer) -> None:
     with tcp_proxy(redis_server.port) as proxy:

@@ -7,16 +7,19 @@ settlements together, so it is atomic on the server and one round trip; the scri
 When Redis cannot be reached (refused, reset, timed out) the store either answers from this process's
 memory (``on_error: open``; each such call is counted and the condition logged once per minute) or raises
 ``StateUnavailable`` (``on_error: closed``). A settle or a list append answered from memory is also kept and
-replayed to Redis once it answers again, oldest first, before the call that found it back (each at most once:
-it carries an id that the script marks, so a replay interrupted and sent again applies nothing twice), so the
-shared spend and the shared lists (the outcome log) are complete after an outage; what is kept is bounded
-(``genroute.state.unsent``). One call per event loop replays at a time (the lock is the loop's): a store used from
-two loops may send their replays' batches interleaved, each still once. Holds taken meanwhile live in memory, and Redis holds whose settle was lost lapse
-with their TTL.
-For ``retry_s`` after a failure it does not try Redis again,
-so a dead server costs one timeout per ``retry_s``, not one per request; after that the next call
-reconnects (redis-py's pool opens a new connection), so a restarted server is used again without a
-router restart. A hold taken from the fallback memory is settled there.
+replayed to Redis once it answers again, oldest first, by the first call that finds it back, so the shared spend
+and the shared lists (the outcome log) are complete after an outage; what is kept is bounded
+(``genroute.state.unsent``). Each replayed write applies once: it carries an id that the script marks, so a replay
+interrupted and sent again applies nothing twice (an append's first try carries none: one whose reply was lost as
+the outage began is in the list twice). An append that finds a replay running waits for it, so it lands after the
+writes made before it; other calls go on. One call per event loop replays at a time (the lock is the loop's): a
+store used from two loops may send their replays' batches interleaved, each still once. Holds taken meanwhile live
+in memory, and Redis holds whose settle was lost lapse with their TTL. A hold taken from the fallback memory is
+settled there.
+
+For ``retry_s`` after a failure it does not try Redis again, so a dead server costs one timeout per ``retry_s``,
+not one per request; after that the next call reconnects (redis-py's pool opens a new connection), so a restarted
+server is used again without a router restart.
 """
 
 from __future__ import annotations
