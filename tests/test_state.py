@@ -230,7 +230,8 @@ def test_a_hold_of_a_killed_process_lapses(redis_server: RedisServer) -> None:
 
 async def test_store_down_fail_open_uses_memory_then_recovers(redis_server: RedisServer,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    store = _redis(redis_server, on_error="open", retry_s=0.2, timeout_s=0.3, connect_timeout_s=0.3)
+    # Timeouts that bound a hang only: a stopped server refuses at once; a slow reply must not look like an outage.
+    store = _redis(redis_server, on_error="open", retry_s=0.2, timeout_s=20, connect_timeout_s=20)
     seen: list[str] = []
     store.on_fallback = seen.append
     held, _ = await store.hold("acct", 10, 100, ttl_s=60, keep_s=600)
@@ -255,7 +256,7 @@ async def test_store_down_fail_open_uses_memory_then_recovers(redis_server: Redi
 
 
 async def test_store_down_fail_closed_raises(redis_server: RedisServer) -> None:
-    store = _redis(redis_server, on_error="closed", retry_s=0.2, timeout_s=0.3, connect_timeout_s=0.3)
+    store = _redis(redis_server, on_error="closed", retry_s=0.2, timeout_s=20, connect_timeout_s=20)
     await store.usage("acct")
     redis_server.stop()
     try:
