@@ -204,4 +204,5 @@ def build_state(config: StateStore | Mapping[str, Any] | BaseModel | None, *, fi
     raise ConfigError(f"unknown state config {type(config).__name__}", field=field)
 
 
-__all__ = ["ListRead", "ListReplay", "MemoryStateConfig", "RedisStateConfig", "StateConfig", "StateStore", "build_state"]
+__all__ = ["ListRead", "ListReplay", "MemoryStateConfig", "RedisStateConfig", "StateConfig", "StateStore",
+           "build_state"]

@@ -190,7 +190,7 @@ class RedisStateStore(StateStore):
         return await self._run(op_name(ops, "settle"), remote, local)
 
     async def _replay(self, connection: _Connection, *, wait: bool = True) -> None:
-        """Send the settles and appends made while Redis was unreachable (oldest first, a batch a call), so its
+        """Send the settles and appends made while Redis was unreachable (oldest first, a batch a script run), so its
         spend and its lists are complete again. A call that finds a replay running waits for it if ``wait`` (an
         append: so that it lands after the writes made before it); others go on meanwhile."""
         if connection.replaying.locked() and not wait:
