@@ -20,6 +20,7 @@ import pytest
 from genroute import BackendRejected, BudgetExceeded, DeadlineExceeded, GenrouteError, Router
 from genroute.policies import build_policy
 from genroute.policies.challenger import ChallengerPolicy
+from genroute.policies.remembered import RememberedEmbeddings
 from genroute.state.memory import MemoryStateStore
 from genroute.testing import GeminiTestServer
 
@@ -228,8 +229,13 @@ def test_a_priced_decision_holds_once_per_request(gemini_server: GeminiTestServe
     store = CountingStore()
     with Router.from_config(_config(gemini_server, tmp_path), state=store) as router:
         router.generate(QUESTIONS[0])
+        first = store.admits
+        embeds = _embeds(gemini_server)
+        assert router.policy.deciding_cost(router._request(QUESTIONS[0], {})) == 0.0  # remembered: nothing to pay
+        router.generate(QUESTIONS[0])
         usage = budget_usage(router)
-    assert store.admits == 2  # the decision's hold, then the rung's
+    assert first == 2  # the decision's hold, then the rung's
+    assert store.admits == first + 1 and _embeds(gemini_server) == embeds  # again: the rung's hold only
     assert usage["reserved"] == 0.0
 
 
@@ -257,3 +263,14 @@ def test_a_split_arms_budget_holds_and_spends_that_arms_decision(gemini_server: 
         usage = budget_usage(router, field=field)
     assert result.cost_usd > _embedding(question)
     assert usage == {"spent": pytest.approx(result.cost_usd), "reserved": 0.0}  # the decision and the rung, once
+
+
+def test_remembered_embeddings_forget_the_least_recently_used() -> None:
+    made: list[str] = []
+    remembered = RememberedEmbeddings(lambda text: made.append(text) or text.upper(), size=2)
+    assert [remembered(t) for t in ("a", "b", "a", "c")] == ["A", "B", "A", "C"]  # "c" pushes "b" out, not "a"
+    assert made == ["a", "b", "c"] and remembered.known("a") and not remembered.known("b")
+    remembered.cache_clear()
+    assert not remembered.known("a") and not remembered.known("c")
+    nothing = RememberedEmbeddings(lambda text: made.append(text) or text, size=0)
+    assert nothing("x") == nothing("x") == "x" and made[-2:] == ["x", "x"] and not nothing.known("x")

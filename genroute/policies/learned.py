@@ -9,7 +9,6 @@ quality net of a cost term applied at decision time.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,6 +19,7 @@ from genroute.errors import ConfigError
 from genroute.knowledge.embedders import traced
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
 from genroute.policies.cost_weight import CostWeightChoice, CostWeightRule, as_rule, cross_validate
+from genroute.policies.remembered import RememberedEmbeddings, deciding_cost
 from genroute.policies.router_models import RouterModel, features, fit
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest, Rung
@@ -188,9 +188,9 @@ class LearnedPolicy(Policy):
             float(self.model.meta.get("cost_weight", 0.0))
         #: Where request embedding spans go: the binding router's tracer (``None``: the embedder's own).
         self.tracer: trace.Tracer | None = None
-        self._embed_request = lru_cache(maxsize=config.cache_size)(
+        self._embed_request = RememberedEmbeddings(
             lambda text: np.asarray(self.embedder.embed_array([text], **traced(self.embedder, self.tracer)),
-                                    dtype=np.float32))
+                                    dtype=np.float32), config.cache_size)
         trained_on = self.model.meta.get("embedder")
         if trained_on not in (None, "unknown", getattr(self.embedder, "model", trained_on)):
             raise ConfigError(f"model was trained on {trained_on!r} embeddings, the embedder is "
@@ -201,9 +201,8 @@ class LearnedPolicy(Policy):
         self.tracer = resources.tracer
 
     def deciding_cost(self, request: GenerateRequest) -> float:
-        """The request's embedding at the embedder's price (0 for the offline embedder)."""
-        estimate = getattr(self.embedder, "cost_estimate", None)
-        return 0.0 if estimate is None else estimate([request.input])
+        """The request's embedding at the embedder's price (0 for a remembered one, or the offline embedder)."""
+        return deciding_cost(self.embedder, self._embed_request, request.input)
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
         predicted = self.model.predict(self.model.features(self._embed_request(request.input), [request.task]))

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -30,6 +30,7 @@ from pydantic import Field
 from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.routes import RouteSet, costing_routes
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
+from genroute.policies.remembered import RememberedEmbeddings, deciding_cost
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest
 
@@ -138,7 +139,7 @@ class SemanticPolicy(Policy):
         self.last_sync: SyncReport | None = None
         self._index: RouteIndex | None = None
         self._lock = threading.Lock()
-        self._embed_request = lru_cache(maxsize=config.cache_size)(lambda text: self._embed([text])[0])
+        self._embed_request = RememberedEmbeddings(lambda text: self._embed([text])[0], config.cache_size)
 
     # -- building the index ------------------------------------------------------------------------
 
@@ -280,9 +281,8 @@ class SemanticPolicy(Policy):
         return max((h for h in hits if h[0] == winner), key=lambda h: h[1])
 
     def deciding_cost(self, request: GenerateRequest) -> float:
-        """The request's embedding at the embedder's price (a remembered one costs nothing: it is settled at 0)."""
-        estimate = getattr(self.embedder, "cost_estimate", None)
-        return 0.0 if estimate is None else estimate([request.input])
+        """The request's embedding at the embedder's price (0 for a remembered one, or the offline embedder)."""
+        return deciding_cost(self.embedder, self._embed_request, request.input)
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
         index = self.index  # first: without a router this builds the routes and chooses the embedder
