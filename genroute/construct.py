@@ -22,22 +22,29 @@ M = TypeVar("M", bound=BaseModel)
 
 _new = object.__new__
 _set = object.__setattr__
-_FIELDS: dict[type[BaseModel], tuple[tuple[str, ...], dict[str, Any]]] = {}
+_NAMES: dict[type[BaseModel], tuple[str, ...]] = {}
+_DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {}
 
 
-def trusted(cls: type[M], /, **values: Any) -> M:
-    """``cls(**values)`` without validating ``values`` (already of the fields' types; frozen models too)."""
-    known = _FIELDS.get(cls)
-    if known is None:
-        known = _FIELDS[cls] = (tuple(cls.model_fields), _defaults(cls))
-    names, defaults = known
+def trusted(cls: type[M], /, *, given_: set[str] | None = None, **values: Any) -> M:
+    """``cls(**values)`` without validating ``values`` (already of the fields' types; frozen models too).
+
+    ``given_``: the fields the caller gave (``model_fields_set``), where ``values`` also spells out defaults (e.g.
+    of a model whose defaults are mutable, which every build must get anew); by default, those in ``values``.
+    """
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(cls.model_fields)
     if tuple(values) != names:  # pydantic keeps (and serializes) fields in declaration order
+        defaults = _DEFAULTS.get(cls)
+        if defaults is None:
+            defaults = _DEFAULTS[cls] = _defaults(cls)
         values_in_order = {name: values[name] if name in values else defaults[name] for name in names}
     else:
         values_in_order = values
     model = _new(cls)
     _set(model, "__dict__", values_in_order)
-    _set(model, "__pydantic_fields_set__", set(values))
+    _set(model, "__pydantic_fields_set__", set(values) if given_ is None else given_)
     _set(model, "__pydantic_extra__", None)
     _set(model, "__pydantic_private__", None)
     return model

@@ -48,6 +48,23 @@ def test_trusted_refuses_a_model_with_a_mutable_default() -> None:
         trusted(Listed)
 
 
+def test_a_plain_text_request_equals_the_validated_request() -> None:
+    # The public entry points take a plain string without validating it again: the same request validation
+    # builds (fields set included), each with its own dicts; what validation refuses still goes to validation.
+    from genroute.errors import UsageError
+    from genroute.router.scope import parse_request
+    from genroute.types import GenerateRequest
+
+    built = parse_request("hello", {}, {})
+    _same(built, GenerateRequest(input="hello"))
+    assert built.variables is not parse_request("again", {}, {}).variables
+    for bad in ("", "   \n"):
+        with pytest.raises(UsageError) as info:
+            parse_request(bad, {}, {})
+        assert info.value.field == "input"
+    _same(parse_request("hi", {"task": "t"}, {}), GenerateRequest(input="hi", task="t"))
+
+
 def test_replaced_equals_model_copy_and_user_content_equals_a_validated_turn() -> None:
     part = types.Part(text="")
     _same(replaced(part, text="hello"), part.model_copy(update={"text": "hello"}))

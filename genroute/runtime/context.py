@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -104,9 +105,14 @@ class RunContext:
         price_as: str | None = None,
     ) -> types.GenerateContentResponse:
         """One instrumented, accounted engine call; attempts lost on the way are charged too."""
-        attrs = self.telemetry.call_attributes(engine.provider, model)
-        with CurrentSpan(self.tracer, f"generate_content {model}", kind=SpanKind.CLIENT,
-                         attributes=_span_attributes(attrs, config), same_context=True) as span:
+        telemetry = self.telemetry
+        attrs, name = telemetry.call(engine.provider, model)
+        # The span is current for the call and ended here, in the coroutine that began it (no context probe).
+        span = telemetry.tracer.start_span(name, kind=SpanKind.CLIENT,
+                                           attributes=attrs if config is None else _span_attributes(attrs, config),
+                                           record_exception=False, set_status_on_exception=False)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
             start = time.perf_counter()
             meter = Meter()
             try:
@@ -119,11 +125,11 @@ class RunContext:
                 self._fail(span, attrs, exc, start)
                 self._charge(engine, span, attrs, model, meter.attempts, meter.estimated, price_as=price_as)
                 raise
-            usage, estimated = _reported(response, contents, config)
-            self._account(engine, span, attrs, model, response, start,
-                          [usage, *meter.attempts] if meter.attempts else [usage],
-                          estimated or meter.estimated, price_as=price_as)
+            self._account(engine, span, attrs, model, response, contents, config, start, meter, price_as)
             return response
+        finally:
+            otel_context.detach(token)
+            span.end()
 
     async def stream(
         self,
@@ -140,8 +146,8 @@ class RunContext:
         usage received so far (the latest chunk's usage, plus an estimate for text that arrived after it, or
         the input estimate when no chunk carried usage), and attempts lost before the first chunk on top.
         """
-        attrs = self.telemetry.call_attributes(engine.provider, model)
-        with CurrentSpan(self.tracer, f"generate_content {model}", kind=SpanKind.CLIENT,
+        attrs, name = self.telemetry.call(engine.provider, model)
+        with CurrentSpan(self.tracer, name, kind=SpanKind.CLIENT,
                          attributes=_span_attributes(attrs, config, stream=True)) as span:
             start = time.perf_counter()
             meter = Meter()
@@ -168,8 +174,7 @@ class RunContext:
                 usage, estimated = received.usage(contents, config, complete=complete)
                 calls, estimated = [usage, *meter.attempts], estimated or meter.estimated
                 if complete and received.last is not None:
-                    self._account(engine, span, attrs, model, received.last, start, calls, estimated,
-                                  price_as=price_as)
+                    self._answered(engine, span, attrs, model, received.last, start, calls, estimated, price_as)
                 else:
                     self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as)
 
@@ -219,7 +224,7 @@ class RunContext:
         priced = engine.pricing_model(price_as or model)
         cost = self.pricing.cost(priced, usage) if len(calls) == 1 else sum(
             self.pricing.cost(priced, call) for call in calls)
-        self.usage = self.usage + usage
+        self.usage = usage if self.usage is NO_USAGE else self.usage + usage
         self.cost_usd += cost
         self.cost_estimated = self.cost_estimated or estimated
         span_attrs = usage_attributes(usage)
@@ -245,19 +250,37 @@ class RunContext:
         return usage
 
     def _account(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
-                 response: types.GenerateContentResponse, start: float, calls: Sequence[Usage], estimated: bool, *,
-                 price_as: str | None) -> None:
-        self.model = response.model_version or model
-        answer: dict[str, Any] = {"gen_ai.response.model": self.model}
-        reasons = [reason_name(c.finish_reason) for c in (response.candidates or []) if c.finish_reason is not None]
-        if reasons:
-            answer["gen_ai.response.finish_reasons"] = reasons
-        if self.capture_content:
-            answer["gen_ai.output.messages"] = _dump(response.candidates)
-        points = self.telemetry.answered_attributes(engine.provider, model, self.model)
+                 response: types.GenerateContentResponse, contents: list[types.Content],
+                 config: types.GenerateContentConfig | None, start: float, meter: Meter, price_as: str | None) -> None:
+        """Charge a complete response at the usage it reports (an estimate where it reports none), with the
+        attempts ``meter`` collected before it."""
+        usage = usage_of(response)
+        estimated = meter.estimated
+        if usage is None:
+            usage = Usage(input_tokens=estimate_input(contents, config),
+                          output_tokens=estimate_tokens(output_chars(response)))
+            estimated = True
+        calls = (usage, *meter.attempts) if meter.attempts else (usage,)
+        self._answered(engine, span, attrs, model, response, start, calls, estimated, price_as)
+
+    def _answered(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
+                  response: types.GenerateContentResponse, start: float, calls: Sequence[Usage], estimated: bool,
+                  price_as: str | None) -> None:
+        """Account an answered call: its response's attributes on its span, its usage charged, its metrics."""
+        self.model = response_model = response.model_version or model
+        answer: dict[str, Any] = {"gen_ai.response.model": response_model}
+        candidates = response.candidates
+        if candidates:
+            reasons = [reason_name(c.finish_reason) for c in candidates if c.finish_reason is not None]
+            if reasons:
+                answer["gen_ai.response.finish_reasons"] = reasons
+        telemetry = self.telemetry
+        if telemetry.capture_content:
+            answer["gen_ai.output.messages"] = _dump(candidates)
+        points = telemetry.answered_attributes(engine.provider, model, response_model)
         usage = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer,
                              answered=points[0])
-        self.telemetry.record_call(points[0], usage, time.perf_counter() - start, points[1:])
+        telemetry.record_call(points[0], usage, time.perf_counter() - start, points[1:])
 
 
 def _span_attributes(attrs: dict[str, Any], config: types.GenerateContentConfig | None, *,
@@ -278,16 +301,6 @@ def _span_attributes(attrs: dict[str, Any], config: types.GenerateContentConfig 
 
 _REQUEST_SETTINGS = (("temperature", "gen_ai.request.temperature"), ("max_output_tokens", "gen_ai.request.max_tokens"),
                      ("top_p", "gen_ai.request.top_p"), ("top_k", "gen_ai.request.top_k"))
-
-
-def _reported(response: types.GenerateContentResponse, contents: list[types.Content],
-              config: types.GenerateContentConfig | None) -> tuple[Usage, bool]:
-    """The usage a complete response reports, or an estimate (and ``True``) when it reports none."""
-    usage = usage_of(response)
-    if usage is not None:
-        return usage, False
-    return Usage(input_tokens=estimate_input(contents, config),
-                 output_tokens=estimate_tokens(output_chars(response))), True
 
 
 class _Received:

@@ -114,15 +114,15 @@ class Telemetry:
         # Attribute dicts that are the same for every call to a model, built once (the SDK copies what it keeps).
         self._attributes: dict[tuple[str, ...], Any] = {}
 
-    def call_attributes(self, provider: str, model: str) -> dict[str, Any]:
+    def call(self, provider: str, model: str) -> tuple[dict[str, Any], str]:
         """What every span and metric point of a ``generate_content`` call to ``model`` carries (a shared dict:
-        read it, never change it)."""
+        read it, never change it), and its span's name."""
         key = (provider, model)
-        attrs = self._attributes.get(key)
-        if attrs is None:
-            attrs = self._cache(key, {"gen_ai.operation.name": "generate_content", "gen_ai.provider.name": provider,
-                                      "gen_ai.request.model": model})
-        return attrs
+        call = self._attributes.get(key)
+        if call is None:
+            call = self._cache(key, ({"gen_ai.operation.name": "generate_content", "gen_ai.provider.name": provider,
+                                      "gen_ai.request.model": model}, f"generate_content {model}"))
+        return call
 
     def answered_attributes(self, provider: str, model: str, response_model: str
                             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -130,7 +130,7 @@ class Telemetry:
         key = (provider, model, response_model)
         points = self._attributes.get(key)
         if points is None:
-            base = {**self.call_attributes(provider, model), "gen_ai.response.model": response_model}
+            base = {**self.call(provider, model)[0], "gen_ai.response.model": response_model}
             points = self._cache(key, (base, {**base, "gen_ai.token.type": "input"},
                                        {**base, "gen_ai.token.type": "output"}))
         return points
