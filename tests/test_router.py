@@ -137,6 +137,7 @@ def test_validator_rejection_falls_through_and_both_rungs_are_recorded(gemini_se
     assert result.cost_usd == pytest.approx(flash + pro)
     root = otel.spans("genroute.generate")[0]
     assert root.attributes["genroute.rungs_tried"] == 2
+    assert list(root.attributes["genroute.rungs"]) == ["first", "second"]  # the ladder decided
     assert [e.attributes["genroute.backend"] for e in root.events] == ["first", "second"]
 
 

@@ -92,9 +92,7 @@ class Ledger:
         """The caller's result, the serving rung being the last one recorded; its attributes go on ``span``."""
         backend = self.attempts[-1].backend
         attrs = self.span_attributes()
-        attrs["genroute.backend"] = backend
-        if output.model:
-            attrs["gen_ai.response.model"] = output.model
+        attrs["genroute.backend"] = backend  # the model that answered is on its inference span
         if first_chunk_s is not None:
             attrs["genroute.time_to_first_token_s"] = first_chunk_s
         span.set_attributes(attrs)

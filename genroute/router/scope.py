@@ -88,11 +88,9 @@ class RootSpan(CurrentSpan):
             self._end(exc)
             raise
         if span.is_recording():
-            attrs: dict[str, Any] = {
-                "genroute.policy": decision.policy,
-                "genroute.reason": decision.reason,
-                "genroute.rungs": [r.backend for r in decision.rungs],
-            }
+            attrs: dict[str, Any] = {"genroute.policy": decision.policy, "genroute.reason": decision.reason}
+            if len(decision.rungs) > 1:  # a ladder: the rungs in order (one rung is genroute.backend)
+                attrs["genroute.rungs"] = [r.backend for r in decision.rungs]
             if request.task:
                 attrs["genroute.task"] = request.task
             if telemetry.capture_content:
