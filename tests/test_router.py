@@ -169,3 +169,34 @@ def test_api_key_never_reaches_spans_or_errors(gemini_server, otel):
     assert TEST_KEY not in str(info.value) and TEST_KEY not in repr(router.resources.engines["gemini"])
     for span in otel.spans():
         assert TEST_KEY not in str(span.to_json())
+
+
+class _PromotedWhileDeciding(Policy):
+    """A blocking policy (it would embed the request) during whose decision the router's policy is swapped: the
+    moment a promotion lands, right after this policy estimated what deciding costs."""
+
+    kind = "promoted_while_deciding"
+    Config = PolicyConfig
+    blocking = True
+    swap = None
+
+    def deciding_cost(self, request):
+        self.swap()
+        return 0.0
+
+    def decide(self, request, context):
+        return Decision.single(self.kind, "first", "the policy the request began deciding with")
+
+
+def test_a_policy_promoted_while_a_request_decides_applies_to_the_next_one(gemini_server):
+    # The policy, its cost estimate and its admission are read once per request: a swap meanwhile cannot give one
+    # request the estimate of one policy and the decision of another.
+    config = {**_two_backends(gemini_server), "rate_limits": [{"engine": "gemini", "rpm": 1000}]}  # an admission
+    policy = _PromotedWhileDeciding(PolicyConfig(kind="promoted_while_deciding"))
+    successor = _TwoRungs(PolicyConfig(kind="two_rungs"))
+    with Router.from_config(config, policy=policy) as router:
+        policy.swap = lambda: router._use_policy(successor)
+        gemini_server.reply_text("OK", times=2)
+        first = router.generate("hi")
+        assert (first.decision.policy, first.backend) == ("promoted_while_deciding", "first")
+        assert router.generate("hi").decision.policy == "two_rungs"

@@ -35,21 +35,20 @@ class CostedDecisions:
     """Runs a router's blocking decisions in worker threads, what each may cost held in its budgets first and
     settled at what it cost, once."""
 
-    def __init__(self, admission: Callable[[], Admission | None], policy: Callable[[], Policy]) -> None:
-        #: The router's current admission (a promoted policy brings its own budgets).
-        self.admission = admission
-        #: The router's current policy (it estimates what deciding costs).
-        self.policy = policy
+    def __init__(self) -> None:
         #: Decisions and holds that outlived their request, and the settles they start when done.
         self.late: set[asyncio.Future[Any]] = set()
 
     async def run(self, decide: Callable[[], Decision], request: GenerateRequest, deadline: float | None,
-                  expired: Callable[[], DeadlineExceeded]) -> Decision:
+                  expired: Callable[[], DeadlineExceeded], *, policy: Policy,
+                  admission: Admission | None) -> Decision:
         """``decide()`` in a worker thread, bounded by ``deadline`` (then ``expired()`` is raised); what it may
         cost is held first (``BudgetExceeded`` when a budget has no room for it: ``decide`` is not run, and the
-        policy's ``undecided`` decision, if any, is returned instead)."""
-        admission = self.admission()  # the one the hold is taken in is the one it is settled in
-        policy = self.policy()
+        policy's ``undecided`` decision, if any, is returned instead).
+
+        ``policy`` is the one ``decide`` decides with (it estimates the cost) and ``admission`` the one its
+        budgets are in: the router's of one moment, so that a policy promoted meanwhile cannot split them (the
+        hold is settled in the admission it was taken in)."""
         reserved: Reserved = ()
         if admission is not None and (estimate := policy.deciding_cost(request)) > 0:
             try:

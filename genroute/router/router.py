@@ -123,7 +123,7 @@ class Router(Learning):
         self._inflight = InFlight()
         self._closed = False
         self._refresher: asyncio.Task[None] | None = None
-        self._decisions = CostedDecisions(lambda: self.admission, lambda: self.policy)
+        self._decisions = CostedDecisions()
 
     @classmethod
     def from_config(
@@ -315,23 +315,27 @@ class Router(Learning):
             raise UsageError("the router is closed")
         return request
 
-    def _decide(self, request: GenerateRequest, context: PolicyContext | None = None) -> Decision:
+    def _decide(self, request: GenerateRequest, context: PolicyContext | None = None,
+                policy: Policy | None = None) -> Decision:
         if request.backend is not None:
             return Decision.single("override", request.backend, f"explicit backend={request.backend!r}")
-        return self.policy.decide(request, context or self.context)
+        return (policy or self.policy).decide(request, context or self.context)
 
     async def _adecide(self, request: GenerateRequest, deadline: float | None = None) -> Decision:
-        # What the policy may know of the shared state is read here and handed in: policies stay pure.
+        # What the policy may know of the shared state is read here and handed in: policies stay pure. The policy
+        # and its admission are read once: a promotion while this request decides applies to the next one.
+        policy, admission = self.policy, self.admission
         context = self.context
         if self._breakers is not None:
             context = dataclasses.replace(context, health=await self._breakers.health())
-        if self.policy.reads_state and request.backend is None and self.admission is not None:
-            context = await self.admission.context(request, context)
-        if self.policy.blocking and request.backend is None:  # it embeds the request: off the loop, costed
-            decision = await self._decisions.run(lambda: self._decide(request, context), request, deadline,
-                                                 lambda: self._expired_deciding(request))
+        if policy.reads_state and request.backend is None and admission is not None:
+            context = await admission.context(request, context)
+        if policy.blocking and request.backend is None:  # it embeds the request: off the loop, costed
+            decision = await self._decisions.run(lambda: self._decide(request, context, policy), request, deadline,
+                                                 lambda: self._expired_deciding(request), policy=policy,
+                                                 admission=admission)
         else:
-            decision = self._decide(request, context)
+            decision = self._decide(request, context, policy)
         return skip_open(decision, context.health)  # open breakers: those rungs are not tried
 
     def _build_gates(self) -> None:
