@@ -383,3 +383,19 @@ def test_looking_at_the_waiting_writes_is_safe_while_threads_add_lists() -> None
 
     assert _race(write, look) == []
     assert unsent.waiting() == 20_000
+
+
+def test_a_router_without_admission_gates_counts_its_state_fallbacks(gemini_server, tmp_path, otel) -> None:
+    # Outcome writes go through the state store too: a router with no budget, rate limit or breaker still counts
+    # the calls its unreachable Redis left to process memory (genroute.state.fallbacks).
+    cfg = config(gemini_server, tmp_path)  # a shadowed static policy: its shadow run writes the outcome record
+    cfg["state"] = {"kind": "redis", "url": f"redis://127.0.0.1:{free_port()}/0", "on_error": "open",
+                    "retry_s": RETRY_S, "timeout_s": TIMEOUT_S, "connect_timeout_s": TIMEOUT_S}  # nothing listens
+    gemini_server.reply_text("positive")
+    gemini_server.reply_text("negative")
+    with Router.from_config(cfg, **otel.providers) as router:
+        assert router.admission is None
+        router.generate("The food was great.", task="sentiment")
+        router.drain()
+    fallbacks = otel.metrics()["genroute.state.fallbacks"]
+    assert sum(p.value for p in fallbacks.data.data_points) >= 1

@@ -192,6 +192,10 @@ class Instruments:
                                                         "the shared store was unreachable, then replayed to it or "
                                                         "dropped (genroute.state.replay)")
 
+    def fell_back(self, op: str) -> None:
+        """Count one state store call (``op``) answered from process memory (the shared store unreachable)."""
+        self.fallbacks.add(1, {"genroute.state.operation": op})
+
     def replayed(self, key: str, fate: str, n: int) -> None:
         """Count ``n`` appends to list ``key`` replayed to the shared store or dropped (``fate``)."""
         self.replays.add(n, {"genroute.state.list": key, "genroute.state.replay": fate})
@@ -204,7 +208,6 @@ class Admission:
         self.gates = tuple(gates)
         self.store = store
         self.instruments = instruments
-        store.on_fallback = lambda op: instruments.fallbacks.add(1, {"genroute.state.operation": op})
 
     def budget(self, field: str = "policy") -> Any:
         """The gate of the budget policy at config path ``field`` (``usage(key)`` reads its spend)."""

@@ -105,7 +105,8 @@ class Router(Learning):
         self.state = build_state(state)
         self._owns_state = not isinstance(state, StateStore)
         self._instruments = Instruments(self.telemetry.meter)
-        self.state.on_replay = self._instruments.replayed
+        # Every router counts them (outcome writes use the store too, with or without admission gates).
+        self.state.on_fallback, self.state.on_replay = self._instruments.fell_back, self._instruments.replayed
         self._gate_config = (rate_limits, breakers)
         self._build_gates()
         self.admission = self._admission(self.policy)
