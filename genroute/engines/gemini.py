@@ -48,7 +48,7 @@ class GeminiEngineConfig(BaseModel):
     vertex: VertexConfig | None = None
     base_url: str | None = Field(default=None, description="Overrides GOOGLE_GEMINI_BASE_URL / GOOGLE_VERTEX_BASE_URL.")
     api_version: str | None = None
-    timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False, description="Per-attempt HTTP timeout.")
+    timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False, description="Per-attempt timeout (seconds).")
     retry: RetryConfig = RetryConfig()
     embed_batch_size: int = Field(default=100, ge=1, le=250, description="Texts per embedding request.")
 
@@ -245,8 +245,8 @@ class GeminiEngine(Engine):
     @property
     def _attempt_bound_s(self) -> float:
         """The longest an attempt can take: the engine's ``timeout_s``, or the retry budget where that is shorter (an
-        attempt never outlives it; with the client's timeout at most this, an engine with a long ``timeout_s``
-        sends no per-request HTTP options on every attempt)."""
+        attempt never outlives it; with the client's server-side deadline at most this, an engine with a long
+        ``timeout_s`` sends no per-request HTTP options on every attempt)."""
         return min(self.config.timeout_s, self.config.retry.deadline_s)
 
     async def generate(
