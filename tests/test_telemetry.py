@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from genroute import Router
@@ -190,3 +192,35 @@ def test_streams_record_time_to_first_token(gemini_server, otel):
     assert root["genroute.time_to_first_token_s"] == pytest.approx(result.time_to_first_token_s)
     assert 0.3 <= call["gen_ai.response.time_to_first_chunk"] <= root["genroute.time_to_first_token_s"]
     assert call["genroute.stream"] is True
+
+
+@pytest.mark.parametrize("genroute_traces", [True, False])
+def test_what_runs_inside_a_request_sees_its_span_or_the_callers_trace(gemini_server, otel, genroute_traces):
+    """With a tracer provider, genroute's root span is current inside the request (here in a validator); with
+    none, the caller's trace goes on inside it (what genroute starts there is the API's no-op span of it)."""
+    import asyncio
+
+    from opentelemetry import trace
+
+    seen: list[Any] = []
+
+    async def record(request: Any, output: Any) -> None:
+        seen.append(trace.get_current_span())
+
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["record"]}]}
+    provider = otel.tracer_provider if genroute_traces else trace.NoOpTracerProvider()
+    caller = otel.tracer_provider.get_tracer("app")
+
+    async def main() -> Any:
+        async with Router.from_config(config, validators={"record": record}, tracer_provider=provider) as router:
+            with caller.start_as_current_span("app.request") as span:
+                await router.agenerate("hi")
+                assert trace.get_current_span() is span
+        return span
+
+    span = asyncio.run(main())
+    if genroute_traces:
+        assert seen[0].name == "genroute.generate" and seen[0].parent.span_id == span.get_span_context().span_id
+    else:
+        assert seen[0].get_span_context() == span.get_span_context() and not seen[0].is_recording()

@@ -91,11 +91,12 @@ class Ledger:
                first_chunk_s: float | None, *, outcome_ids: bool) -> GenerateResult:
         """The caller's result, the serving rung being the last one recorded; its attributes go on ``span``."""
         backend = self.attempts[-1].backend
-        attrs = self.span_attributes()
-        attrs["genroute.backend"] = backend  # the model that answered is on its inference span
-        if first_chunk_s is not None:
-            attrs["genroute.time_to_first_token_s"] = first_chunk_s
-        span.set_attributes(attrs)
+        if span.is_recording():
+            attrs = self.span_attributes()
+            attrs["genroute.backend"] = backend  # the model that answered is on its inference span
+            if first_chunk_s is not None:
+                attrs["genroute.time_to_first_token_s"] = first_chunk_s
+            span.set_attributes(attrs)
         context = span.get_span_context()
         trace_id = format(context.trace_id, "032x") if context.is_valid else None
         # Every value is already validated (the request, the policy's decision, the SDK's usage) or genroute's own

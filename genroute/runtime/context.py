@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from genroute.runtime.billing import (Charges, Meter, charging, estimate_input, estimate_tokens, metering,
                                       output_chars)
 from genroute.errors import GenrouteError
-from genroute.runtime.telemetry import (CurrentSpan, Telemetry, error_type, reason_name, usage_attributes,
+from genroute.runtime.telemetry import (CurrentSpan, Telemetry, attach, error_type, reason_name, usage_attributes,
                                        usage_of)
 from genroute.types import NO_USAGE, GenerateRequest, Usage
 
@@ -111,7 +111,7 @@ class RunContext:
         span = telemetry.tracer.start_span(name, kind=SpanKind.CLIENT,
                                            attributes=attrs if config is None else _span_attributes(attrs, config),
                                            record_exception=False, set_status_on_exception=False)
-        token = otel_context.attach(trace.set_span_in_context(span))
+        token = attach(span)
         try:
             start = time.perf_counter()
             meter = Meter()
@@ -128,7 +128,8 @@ class RunContext:
             self._account(engine, span, attrs, model, response, contents, config, start, meter, price_as)
             return response
         finally:
-            otel_context.detach(token)
+            if token is not None:
+                otel_context.detach(token)
             span.end()
 
     async def stream(
@@ -227,20 +228,23 @@ class RunContext:
         self.usage = usage if self.usage is NO_USAGE else self.usage + usage
         self.cost_usd += cost
         self.cost_estimated = self.cost_estimated or estimated
-        span_attrs = usage_attributes(usage)
         reference = engine.reference_model
+        extra = None
         if priced is None and reference:
             extra = sum(self.pricing.cost(reference, call) for call in calls)
             self.cloud_equivalent_cost_usd = (self.cloud_equivalent_cost_usd or 0.0) + extra
-            span_attrs["genroute.cloud_equivalent.cost.amount"] = extra
-            span_attrs["genroute.cloud_equivalent.model"] = reference
-        span_attrs["gen_ai.usage.cost.amount"] = cost
-        span_attrs["gen_ai.usage.cost.currency"] = "USD"
-        if estimated:
-            span_attrs["genroute.cost.estimated"] = True
-        if answer:
-            span_attrs.update(answer)
-        span.set_attributes(span_attrs)
+        if span.is_recording():
+            span_attrs = usage_attributes(usage)
+            if extra is not None:
+                span_attrs["genroute.cloud_equivalent.cost.amount"] = extra
+                span_attrs["genroute.cloud_equivalent.model"] = reference
+            span_attrs["gen_ai.usage.cost.amount"] = cost
+            span_attrs["gen_ai.usage.cost.currency"] = "USD"
+            if estimated:
+                span_attrs["genroute.cost.estimated"] = True
+            if answer:
+                span_attrs.update(answer)
+            span.set_attributes(span_attrs)
         if cost:  # estimates apart, so that a dashboard can tell billed usage from genroute's estimates
             if estimated or answered is None:
                 self.telemetry.cost.add(cost, {**attrs, "gen_ai.response.model": self.model or model,
@@ -268,15 +272,17 @@ class RunContext:
                   price_as: str | None) -> None:
         """Account an answered call: its response's attributes on its span, its usage charged, its metrics."""
         self.model = response_model = response.model_version or model
-        answer: dict[str, Any] = {"gen_ai.response.model": response_model}
-        candidates = response.candidates
-        if candidates:
-            reasons = [reason_name(c.finish_reason) for c in candidates if c.finish_reason is not None]
-            if reasons:
-                answer["gen_ai.response.finish_reasons"] = reasons
         telemetry = self.telemetry
-        if telemetry.capture_content:
-            answer["gen_ai.output.messages"] = _dump(candidates)
+        answer: dict[str, Any] | None = None
+        if span.is_recording():  # what no exporter reads is not built
+            answer = {"gen_ai.response.model": response_model}
+            candidates = response.candidates
+            if candidates:
+                reasons = [reason_name(c.finish_reason) for c in candidates if c.finish_reason is not None]
+                if reasons:
+                    answer["gen_ai.response.finish_reasons"] = reasons
+            if telemetry.capture_content:
+                answer["gen_ai.output.messages"] = _dump(candidates)
         points = telemetry.answered_attributes(engine.provider, model, response_model)
         usage = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer,
                              answered=points[0])

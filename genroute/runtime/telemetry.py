@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
+from opentelemetry.trace import INVALID_SPAN
 
 from genroute.construct import trusted
 from genroute.types import Usage
@@ -59,14 +60,17 @@ class CurrentSpan:
         self._probe = not same_context
 
     def __enter__(self) -> trace.Span:
-        self.span = self._tracer.start_span(self._name, kind=self._kind, attributes=self._attributes,
-                                            record_exception=False, set_status_on_exception=False)
-        self._token = otel_context.attach(trace.set_span_in_context(self.span))
-        if self._probe:
+        span = self.span = self._tracer.start_span(self._name, kind=self._kind, attributes=self._attributes,
+                                                   record_exception=False, set_status_on_exception=False)
+        self._token = attach(span)
+        if self._probe and self._token is not None:
             self._mark = _ENTERED.set(True)
-        return self.span
+        return span
 
     def __exit__(self, *exc: Any) -> None:
+        if self._token is None:  # nothing was made current
+            self.span.end()
+            return
         if self._probe:
             try:
                 _ENTERED.reset(self._mark)
@@ -75,6 +79,12 @@ class CurrentSpan:
                 return
         otel_context.detach(self._token)
         self.span.end()
+
+
+def attach(span: trace.Span) -> object | None:
+    """Make ``span`` current; its token for ``detach``, or None for the API's no-op span of no trace (no tracer
+    provider and no caller's span): what is current already is that, so there is nothing to change."""
+    return None if span is INVALID_SPAN else otel_context.attach(trace.set_span_in_context(span))
 
 
 def capture_from_env() -> bool:
