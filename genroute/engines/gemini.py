@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from genroute.engines.base import Embeddings, Engine
 from genroute.runtime.billing import bill, estimate_input, processed
+from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import map_error
 from genroute.engines.retry import RetryConfig, call_with_retry
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted
@@ -54,7 +55,7 @@ class GeminiEngineConfig(BaseModel):
 
 
 #: A deadline must undercut the client's server-side deadline (its ``X-Server-Timeout`` header) by more than this
-#: before an attempt sends its own: an ``asyncio`` timer enforces the deadline either way, and the SDK's merge of
+#: before an attempt sends its own: a timer (``genroute.runtime.deadlines``) enforces the deadline either way, and the SDK's merge of
 #: per-request options cost ~25 % of its throughput at 1,000 concurrent requests (``benchmarks/throughput.py``).
 _OVERRIDE_MARGIN_S = 1.0
 
@@ -84,7 +85,7 @@ def _with_timeout(config: types.GenerateContentConfig | None, seconds: float | N
 
     ``None`` keeps ``config`` as it is: the client's header applies, and the SDK skips merging per-request
     options. A config that sets nothing goes as ``None``: the SDK deep-copies and converts any config object it
-    is given, empty or not. Only the header: an ``asyncio`` timer, not an HTTP timeout, ends the attempt.
+    is given, empty or not. Only the header: a timer, not an HTTP timeout, ends the attempt.
     """
     if seconds is None:
         return config if config is not None and config.model_fields_set else None
@@ -204,7 +205,7 @@ class GeminiEngine(Engine):
         try:
             if seconds is None:
                 return await call
-            async with asyncio.timeout(seconds):
+            with deadline_at(time.monotonic() + seconds):
                 return await call
         except BaseException as exc:
             if billed is not None:
@@ -291,11 +292,10 @@ class GeminiEngine(Engine):
     ) -> AsyncIterator[types.GenerateContentResponse]:
         """Partial responses; retried only until the first chunk, then failures are ``StreamInterrupted``."""
         models = self.client.aio.models
-        loop = asyncio.get_running_loop()
 
         async def attempt(remaining_s: float) -> tuple[Any, types.GenerateContentResponse, float]:
             seconds, override = self._attempt_timeout(remaining_s)
-            end = loop.time() + seconds
+            end = time.monotonic() + seconds
             chunks = None
 
             async def first_chunk() -> types.GenerateContentResponse:
@@ -322,7 +322,7 @@ class GeminiEngine(Engine):
             yield chunk
             while True:
                 try:
-                    async with asyncio.timeout_at(end):
+                    with deadline_at(end):
                         chunk = await anext(chunks, None)
                 except Exception as exc:
                     mapped = self._map(exc)

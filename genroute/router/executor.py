@@ -19,6 +19,7 @@ from genroute.errors import (
     BackendError, BackendRejected, BudgetExceeded, GenrouteError, StreamInterrupted, ValidationFailed,
 )
 from genroute.runtime.context import RunContext, add_spend
+from genroute.runtime.deadlines import deadline_at
 from genroute.router.attempt import AdmittedAttempt
 from genroute.router.ledger import Ledger
 from genroute.router.validators import Check, Judge, Validator, named_in, resolve
@@ -279,12 +280,13 @@ class Executor:
             attributes={"genroute.backend": backend, "genroute.shadow": True},
             record_exception=False, set_status_on_exception=False,
         ) as span:
-            ctx = self._context(request, backend, time.monotonic() + timeout_s, True)  # the timer below ends it
+            ctx = self._context(request, backend, time.monotonic() + timeout_s, True)  # the block below ends it
             attempt = AdmittedAttempt(self.admission, request, decision, backend, ctx, span)
             started = time.perf_counter()
             try:
-                async with attempt, asyncio.timeout(timeout_s):
-                    output = await self.backends[backend].run(request, ctx)
+                async with attempt:
+                    with deadline_at(ctx.deadline):
+                        output = await self.backends[backend].run(request, ctx)
             except Exception as exc:  # a shadow must never surface; it is only measured
                 if not attempt.admitted:  # e.g. BudgetExceeded: a shadow never spends what the budget refuses
                     span.set_attribute("genroute.shadow.skipped", type(exc).__name__)

@@ -20,7 +20,8 @@ from genroute.router.executor import Executor
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
 from genroute.router.build import release_on_collect, require_prices
 from genroute.router.deciding import CostedDecisions
-from genroute.router.scope import RootSpan, arm, ended_by, parse_request
+from genroute.runtime.deadlines import deadline_at
+from genroute.router.scope import RootSpan, ended_by, parse_request
 from genroute.runtime.billing import Charges, charging
 from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
 from genroute.runtime.telemetry import Telemetry, flush_providers
@@ -166,8 +167,7 @@ class Router(Learning):
                 if deadline is None:
                     return await self._executor.run(request, decision, span, start, deadline, ledger)
                 try:
-                    async with asyncio.timeout_at(None) as timeout:
-                        arm(timeout, deadline)
+                    with deadline_at(deadline):
                         return await self._executor.run(request, decision, span, start, deadline, ledger,
                                                         bounded=True)
                 except TimeoutError:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -110,19 +108,6 @@ class RootSpan(CurrentSpan):
             if not isinstance(exc, GenrouteError | GeneratorExit):
                 self.span.record_exception(exc)
         self.__exit__(None, None, None)
-
-
-def arm(timeout: asyncio.Timeout, deadline: float) -> None:
-    """Set an entered ``timeout`` to fire at ``deadline`` (a ``time.monotonic()`` instant), its timer scheduled
-    in an empty context.
-
-    A cancelled timer stays in the event loop's heap until its time comes (asyncio drops cancelled handles
-    lazily) and keeps the context it was scheduled in: in the request's, it would hold the request's ended spans
-    and accounting for the rest of its timeout — at 1,000 concurrent requests, thousands of finished requests
-    for the garbage collector to walk (``benchmarks/overhead_instructions.py``: objects a call leaves alive).
-    """
-    when = asyncio.get_running_loop().time() + (deadline - time.monotonic())
-    contextvars.Context().run(timeout.reschedule, when)
 
 
 #: An engine bounds its attempts by the time left and its timer may fire a hair before the router's would.

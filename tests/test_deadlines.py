@@ -1,0 +1,166 @@
+"""Request deadlines on shared timers (genroute/runtime/deadlines.py): asyncio.timeout_at's semantics, fewer timers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from genroute.runtime.deadlines import RESOLUTION_S, deadline_at
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts the deadline timers scheduled on it and those cancelled (not ``sleep``'s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduled = 0
+        self.cancelled = 0
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> asyncio.TimerHandle:
+        self.scheduled += _is_deadline(callback)
+        return super().call_at(when, callback, *args, context=context)
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        self.cancelled += _is_deadline(handle._callback)
+        super()._timer_handle_cancelled(handle)
+
+
+def _is_deadline(callback: Any) -> bool:
+    return getattr(callback, "__module__", None) == "genroute.runtime.deadlines"
+
+
+def run(coro: Any) -> Any:
+    loop = CountingLoop()
+    try:
+        return loop.run_until_complete(coro), loop
+    finally:
+        loop.close()
+
+
+def test_a_block_past_its_deadline_ends_with_timeout_error_never_before_it():
+    async def main() -> tuple[float, float]:
+        deadline = time.monotonic() + 0.05
+        with pytest.raises(TimeoutError):
+            with deadline_at(deadline) as block:
+                await asyncio.sleep(10)
+        assert block.expired()
+        return deadline, time.monotonic()
+
+    (deadline, ended), _ = run(main())
+    assert ended >= deadline
+
+
+def test_blocks_ending_in_time_share_one_timer_and_cancel_it():
+    async def one(deadline: float) -> str:
+        with deadline_at(deadline) as block:
+            await asyncio.sleep(0.01)
+        assert not block.expired()
+        return "answered"
+
+    async def main() -> list[str]:
+        deadline = time.monotonic() + 30
+        return await asyncio.gather(*(one(deadline) for _ in range(100)))
+
+    answers, loop = run(main())
+    assert answers == ["answered"] * 100
+    assert loop.scheduled == 1 and loop.cancelled == 1  # one slot's timer, cancelled by the last block to end
+
+
+def test_blocks_of_one_slot_all_expire_on_its_one_timer():
+    async def one(deadline: float) -> str:
+        try:
+            with deadline_at(deadline):
+                await asyncio.sleep(10)
+        except TimeoutError:
+            return "timed out"
+        return "answered"
+
+    async def main() -> list[str]:
+        deadline = time.monotonic() + 0.05
+        return await asyncio.gather(*(one(deadline) for _ in range(50)))
+
+    answers, loop = run(main())
+    assert answers == ["timed out"] * 50 and loop.scheduled == 1
+
+
+def test_a_cancellation_from_elsewhere_stays_a_cancellation():
+    async def main() -> None:
+        async def request() -> None:
+            with deadline_at(time.monotonic() + 30):
+                await asyncio.sleep(10)
+
+        task = asyncio.ensure_future(request())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(main())
+
+
+def test_a_cancellation_from_elsewhere_at_the_deadline_is_not_taken_for_the_deadline():
+    async def main() -> None:
+        async def request() -> None:
+            with deadline_at(time.monotonic()):  # already past: its timer fires on the next turn
+                await asyncio.sleep(10)
+
+        task = asyncio.ensure_future(request())
+        await asyncio.sleep(0)  # the request is now waiting inside its block
+        task.cancel()  # cancelled by its caller too, before the deadline's timer runs
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(main())
+
+
+def test_nested_blocks_end_the_inner_one_only():
+    async def main() -> str:
+        with deadline_at(time.monotonic() + 30) as outer:
+            with pytest.raises(TimeoutError):
+                with deadline_at(time.monotonic() + 0.02):
+                    await asyncio.sleep(10)
+            await asyncio.sleep(0.05)  # the outer block goes on, its task no longer cancelled
+            assert asyncio.current_task().cancelling() == 0
+        assert not outer.expired()
+        return "done"
+
+    assert run(main())[0] == "done"
+
+
+def test_a_block_that_swallows_the_cancellation_ends_normally():
+    async def main() -> str:
+        with deadline_at(time.monotonic() + 0.02) as block:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                pass
+        assert block.expired() and asyncio.current_task().cancelling() == 0
+        return "kept going"
+
+    assert run(main())[0] == "kept going"
+
+
+def test_no_deadline_schedules_nothing():
+    async def main() -> None:
+        with deadline_at(None) as block:
+            await asyncio.sleep(0.01)
+        assert not block.expired()
+
+    _, loop = run(main())
+    assert loop.scheduled == 0
+
+
+def test_deadlines_in_different_slots_get_their_own_timers():
+    async def one(deadline: float) -> None:
+        with deadline_at(deadline):
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        now = time.monotonic()
+        await asyncio.gather(one(now + 30), one(now + 30 + 3 * RESOLUTION_S))
+
+    _, loop = run(main())
+    assert loop.scheduled == 2 and loop.cancelled == 2
