@@ -6,7 +6,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -250,7 +250,7 @@ class GeminiEngine(Engine):
         ``timeout_s`` sends no per-request HTTP options on every attempt)."""
         return min(self.config.timeout_s, self.config.retry.deadline_s)
 
-    async def generate(
+    def generate(  # type: ignore[override]  # returns the retry loop's coroutine: awaited as the ABC's
         self,
         model: str,
         contents: list[types.Content],
@@ -258,8 +258,9 @@ class GeminiEngine(Engine):
         *,
         timeout_s: float | None = None,
         bounded: bool = False,
-    ) -> types.GenerateContentResponse:
-        """One complete response, retried on retryable failures within ``timeout_s``.
+    ) -> Coroutine[Any, Any, types.GenerateContentResponse]:
+        """One complete response, retried on retryable failures within ``timeout_s`` (awaited like the ABC's
+        ``async def``; the retry loop's own coroutine, so that a request in flight holds one coroutine less).
 
         ``bounded``: the caller cancels the call when ``timeout_s`` runs out (``Engine.caller_bounded``), so an
         attempt that may last that long sets no timer of its own.
@@ -268,7 +269,7 @@ class GeminiEngine(Engine):
         bounded = bounded and timeout_s is not None and timeout_s <= self.config.retry.deadline_s
         # A partial, not a closure: fewer objects held by each request in flight.
         attempt = functools.partial(self._generate_once, self.client.aio.models, model, contents, config, bounded)
-        return await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
+        return call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
 
     def _generate_once(self, models: Any, model: str, contents: list[types.Content],
                        config: types.GenerateContentConfig | None, bounded: bool, remaining_s: float

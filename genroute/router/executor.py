@@ -130,7 +130,7 @@ class Executor:
             passes = live and not (checks and index < len(rungs) - 1)
             ctx = self._context(request, rung.backend, deadline, bounded)
             sent = False
-            pending: list[str] = []
+            pending: list[str] | None = None  # text a buffered rung produced (made only for one)
             output: BackendOutput | None = None
             rung_start = time.perf_counter()
             attempt = AdmittedAttempt(self.admission, request, decision, rung.backend, ctx, span)
@@ -147,6 +147,8 @@ class Executor:
                                         first_chunk_s = time.perf_counter() - start
                                     sent = True
                                     yield GenerateChunk(text=item)
+                                elif pending is None:
+                                    pending = [item]
                                 else:
                                     pending.append(item)
                         if output is None:
@@ -171,7 +173,7 @@ class Executor:
                 ledger.record(span, ctx, rung.backend, index, rung_start, exc, admitted=attempt.admitted)
                 ledger.charge(exc, span)
                 raise
-            for text in pending:
+            for text in pending or ():
                 if first_chunk_s is None:
                     first_chunk_s = time.perf_counter() - start
                 yield GenerateChunk(text=text)

@@ -37,7 +37,16 @@ class _Slot(set["deadline_at"]):
 
     __slots__ = ("timers", "key", "timer")
 
+    timers: _Timers
+    key: int
     timer: asyncio.TimerHandle | None
+
+    def fire(self) -> None:
+        """End every block still in the slot: its deadline has passed."""
+        del self.timers.slots[self.key]
+        self.timer = None
+        for block in self:
+            block._expire()
 
 
 class _Timers:
@@ -56,15 +65,9 @@ class _Timers:
         if slot is None:
             slot = self.slots[key] = _Slot()
             slot.timers, slot.key = self, key
-            slot.timer = self.loop.call_at(key * RESOLUTION_S, self._fire, key, context=_EMPTY)
+            slot.timer = self.loop.call_at(key * RESOLUTION_S, slot.fire, context=_EMPTY)
         slot.add(block)
         return slot
-
-    def _fire(self, key: int) -> None:
-        slot = self.slots.pop(key)
-        slot.timer = None
-        for block in slot:
-            block._expire()
 
 
 class deadline_at:  # noqa: N801 - named like asyncio.timeout_at, which it stands in for
