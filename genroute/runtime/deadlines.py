@@ -3,7 +3,8 @@ at once (and a plain context manager: entering and leaving it awaits nothing).
 
 ``asyncio.timeout_at`` schedules a timer for every block, and a block that ends in time cancels it: the handle
 stays in the event loop's heap until its time comes or the heap is rebuilt, and every request pays for the timer,
-its heap push and its cancellation (~38 k instructions a request, ``benchmarks/deadline_instructions.py``).
+its heap push and its cancellation (35–42 k instructions a request; 19 k here for requests in flight together,
+``benchmarks/deadline_instructions.py``).
 Here the deadlines that fall in the same ``RESOLUTION_S`` slot of the loop's clock share one timer: requests
 arriving together with the same timeout (the common case: a router's ``timeout_s``) schedule one between them,
 and the last of them to end in time cancels it. A block ends at most ``RESOLUTION_S`` after its deadline, never
