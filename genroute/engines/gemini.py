@@ -55,8 +55,9 @@ class GeminiEngineConfig(BaseModel):
 
 
 #: A deadline must undercut the client's server-side deadline (its ``X-Server-Timeout`` header) by more than this
-#: before an attempt sends its own: a timer (``genroute.runtime.deadlines``) enforces the deadline either way, and the SDK's merge of
-#: per-request options cost ~25 % of its throughput at 1,000 concurrent requests (``benchmarks/throughput.py``).
+#: before an attempt sends its own: a timer (``genroute.runtime.deadlines``) enforces the deadline either way, and
+#: the SDK's merge of per-request options cost ~25 % of its throughput at 1,000 concurrent requests
+#: (``benchmarks/throughput.py``).
 _OVERRIDE_MARGIN_S = 1.0
 
 #: The header that tells the server how long the client waits (the SDK derives it from an HTTP timeout).

@@ -29,7 +29,7 @@ from typing import Any
 RESOLUTION_S = 0.01
 
 _EMPTY = contextvars.Context()
-#: Each thread's timers, for the loop it runs (``timers``).
+#: Each thread's timers, for the loop it runs (``timers``; kept, with that loop, until the thread runs another).
 _local = threading.local()
 
 
