@@ -274,3 +274,27 @@ def test_remembered_embeddings_forget_the_least_recently_used() -> None:
     assert not remembered.known("a") and not remembered.known("c")
     nothing = RememberedEmbeddings(lambda text: made.append(text) or text, size=0)
     assert nothing("x") == nothing("x") == "x" and made[-2:] == ["x", "x"] and not nothing.known("x")
+
+
+def test_closing_waits_only_for_late_work_of_its_own_loop():
+    """A router used from two loops (sync calls on its portal's, async ones on the application's) may hold late
+    decision work of each: ``finish`` waits for the running loop's and leaves the other's to that loop (it used to
+    wait on the other loop's too, which this loop never sees done: every close took its whole drain time)."""
+    from genroute.router.deciding import CostedDecisions
+
+    decisions = CostedDecisions()
+    other = asyncio.new_event_loop()
+    try:
+        decisions.late.add(other.create_future())  # still pending on a loop that is not running here
+
+        async def main() -> bool:
+            mine = asyncio.get_running_loop().create_future()
+            decisions._track(mine)
+            asyncio.get_running_loop().call_later(0.05, mine.set_result, None)
+            await asyncio.wait_for(decisions.finish(60.0), 10)  # returns when its own loop's work is done
+            return mine.done()
+
+        assert asyncio.run(main()) is True
+        assert len(decisions.late) == 1  # the other loop's, untouched
+    finally:
+        other.close()

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.errors import BudgetExceeded
 from genroute.runtime.billing import Charges, charge, charging
+from genroute.runtime.deadlines import deadline_at
 
 if TYPE_CHECKING:
     from genroute.admission import Admission, Reserved
@@ -74,11 +74,16 @@ class CostedDecisions:
                     lambda _: self._settle_later(admission, request, charges.cost_usd, reserved))
 
     async def finish(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s``) for decisions still running after their request gave up, and their spends."""
+        """Wait (at most ``timeout_s``) for decisions still running after their request gave up, and their spends.
+
+        Only those of the running loop: a router used from two loops (``generate`` on its portal's, ``agenerate`` on
+        the application's) has late work on each, and another loop's futures cannot be awaited here (that loop's
+        own shutdown ends them: the portal's ``close`` cancels what still runs on it).
+        """
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
-        while self.late and (left := end - loop.time()) > 0:
-            await asyncio.wait(set(self.late), timeout=left)
+        while (mine := {f for f in self.late if f.get_loop() is loop}) and (left := end - loop.time()) > 0:
+            await asyncio.wait(mine, timeout=left)
 
     async def _reserve(self, admission: Admission, request: GenerateRequest, estimate: float,
                        deadline: float | None, expired: Callable[[], DeadlineExceeded]) -> Reserved:
@@ -117,9 +122,8 @@ class CostedDecisions:
 
 async def _within(work: asyncio.Future[_T], deadline: float | None, expired: Callable[[], DeadlineExceeded]) -> _T:
     """``work``'s result, waited for until ``deadline`` (then ``expired()`` is raised); ``work`` goes on either way."""
-    if deadline is None:
-        return await asyncio.shield(work)
     try:
-        return await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
+        with deadline_at(deadline):
+            return await asyncio.shield(work)
     except TimeoutError:
         raise expired() from None
