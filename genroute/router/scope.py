@@ -62,12 +62,15 @@ class RootSpan(CurrentSpan):
         self.telemetry = telemetry
         self.request = request
         self.timeout_s = timeout_s
-        self.decide = decide
+        self.decide: Callable[[GenerateRequest, float | None], Awaitable[Decision]] | None = decide
         #: Whether deciding may cost something (a policy that embeds the request); else nothing is collected.
         self.costed = costed
 
     async def __aenter__(self) -> tuple[Any, Decision, float, float | None, Ledger]:
         request, telemetry = self.request, self.telemetry
+        decide = self.decide
+        assert decide is not None, "a RootSpan is entered once"
+        self.decide = None  # used once: a request in flight does not hold it
         self.start = time.perf_counter()
         span = self.__enter__()
         # The deadline starts before the policy decides: a slow decision spends the request's time too.
@@ -77,9 +80,9 @@ class RootSpan(CurrentSpan):
         try:
             if self.costed:
                 with charging(charges):  # the decision embeds the request (semantic routing)
-                    decision = await self.decide(request, deadline)
+                    decision = await decide(request, deadline)
             else:
-                decision = await self.decide(request, deadline)
+                decision = await decide(request, deadline)
         except BaseException as exc:
             if charges.cost_usd:  # a decision that failed after embedding: the error carries what that cost
                 Ledger(cost_usd=charges.cost_usd, cost_estimated=charges.estimated).charge(exc, span)
