@@ -164,3 +164,47 @@ def test_deadlines_in_different_slots_get_their_own_timers():
 
     _, loop = run(main())
     assert loop.scheduled == 2 and loop.cancelled == 2
+
+
+def test_loops_on_several_threads_expire_their_blocks_at_the_same_moments():
+    """A router's portal loop and an application's loop run deadlines on two threads at once: each loop's timers
+    run in a context of its own (a context entered by one thread cannot be entered by another meanwhile: a shared
+    one made timers fail, and their blocks ran on past their deadlines)."""
+    import sys
+    import threading
+
+    failures: list[Any] = []
+    timed_out: list[int] = []
+
+    def thread() -> None:
+        loop = asyncio.new_event_loop()
+        loop.set_exception_handler(lambda _, context: failures.append(context.get("exception")))
+
+        async def one(deadline: float) -> int:
+            try:
+                with deadline_at(deadline):
+                    await asyncio.sleep(5)
+            except TimeoutError:
+                return 1
+            return 0
+
+        async def main() -> int:
+            now = time.monotonic()
+            return sum(await asyncio.gather(*(one(now + RESOLUTION_S * (i % 50)) for i in range(2000))))
+
+        try:
+            timed_out.append(loop.run_until_complete(main()))
+        finally:
+            loop.close()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns as often as they can
+    try:
+        threads = [threading.Thread(target=thread) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == [] and timed_out == [2000] * 4

@@ -28,7 +28,6 @@ from typing import Any
 #: The width of a slot of deadlines sharing one timer: a block ends at most this long after its deadline.
 RESOLUTION_S = 0.01
 
-_EMPTY = contextvars.Context()
 #: Each thread's timers, for the loop it runs (``timers``; kept, with that loop, until the thread runs another).
 _local = threading.local()
 
@@ -53,11 +52,14 @@ class _Slot(set["deadline_at"]):
 class _Timers:
     """One event loop's slots, by the slot's number on the loop's clock."""
 
-    __slots__ = ("loop", "slots")
+    __slots__ = ("loop", "slots", "context")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.slots: dict[int, _Slot] = {}
+        #: The empty context the timers run in: this loop's own (a context can be entered by one thread at a
+        #: time, and another thread's loop may be running its timers at the same moment).
+        self.context = contextvars.Context()
 
     def join(self, block: deadline_at, when: float) -> _Slot:
         """Put ``block`` in the slot of ``when`` (the loop's clock), scheduling the slot's timer if it is new."""
@@ -66,7 +68,7 @@ class _Timers:
         if slot is None:
             slot = self.slots[key] = _Slot()
             slot.timers, slot.key = self, key
-            slot.timer = self.loop.call_at(key * RESOLUTION_S, slot.fire, context=_EMPTY)
+            slot.timer = self.loop.call_at(key * RESOLUTION_S, slot.fire, context=self.context)
         slot.add(block)
         return slot
 
