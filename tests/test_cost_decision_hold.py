@@ -298,3 +298,24 @@ def test_closing_waits_only_for_late_work_of_its_own_loop():
         assert len(decisions.late) == 1  # the other loop's, untouched
     finally:
         other.close()
+
+
+def test_a_decision_that_raises_timeout_error_of_its_own_is_not_taken_for_the_deadline():
+    """A decision whose own work times out (a socket timeout, say) raises that ``TimeoutError``: only the request's
+    deadline passing is ``expired()`` (a request with no deadline was told its deadline was exceeded)."""
+    import time
+
+    from genroute.router.deciding import CostedDecisions
+
+    def decide() -> Any:
+        raise TimeoutError("the decision's own call timed out")
+
+    def expired() -> DeadlineExceeded:
+        return DeadlineExceeded("deadline exceeded")
+
+    async def main(deadline: float | None) -> None:
+        with pytest.raises(TimeoutError, match="own call"):
+            await CostedDecisions().run(decide, None, deadline, expired, policy=None, admission=None)  # type: ignore[arg-type]
+
+    asyncio.run(main(None))
+    asyncio.run(main(time.monotonic() + 30))

@@ -123,7 +123,9 @@ class CostedDecisions:
 async def _within(work: asyncio.Future[_T], deadline: float | None, expired: Callable[[], DeadlineExceeded]) -> _T:
     """``work``'s result, waited for until ``deadline`` (then ``expired()`` is raised); ``work`` goes on either way."""
     try:
-        with deadline_at(deadline):
+        with deadline_at(deadline) as block:
             return await asyncio.shield(work)
     except TimeoutError:
+        if not block.expired():  # work's own TimeoutError (a socket timeout, say): not the request's deadline
+            raise
         raise expired() from None
