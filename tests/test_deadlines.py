@@ -208,3 +208,23 @@ def test_loops_on_several_threads_expire_their_blocks_at_the_same_moments():
     finally:
         sys.setswitchinterval(interval)
     assert failures == [] and timed_out == [2000] * 4
+
+
+def test_a_block_entered_again_raises_runtime_error_as_asyncio_timeout_does():
+    """Entered again inside itself, a block's inner exit cancelled the slot's timer and the outer block ran on
+    past its deadline; entered again after it expired, its exit uncancelled its task once more."""
+
+    async def main() -> None:
+        block = deadline_at(time.monotonic() + 0.05)
+        with pytest.raises(RuntimeError):
+            with block:
+                with block:
+                    pass
+        with pytest.raises(TimeoutError):
+            with deadline_at(time.monotonic() + 0.02) as expired:
+                await asyncio.sleep(10)
+        with pytest.raises(RuntimeError):
+            with expired:
+                pass
+
+    run(main())

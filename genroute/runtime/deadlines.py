@@ -85,6 +85,8 @@ class deadline_at:  # noqa: N801 - named like asyncio.timeout_at, which it stand
         self._expired = False
 
     def __enter__(self) -> deadline_at:
+        if self._slot is not None or self._expired:  # as asyncio.Timeout: entered again, it would lose its timer
+            raise RuntimeError("deadline_at has already been entered")
         if self._when is not None:
             task = asyncio.current_task()
             if task is None:
