@@ -431,3 +431,21 @@ def test_a_slow_decision_counts_toward_the_deadline(gemini_server, blocking):
         assert router.generate("hi", timeout_s=5).text == "in time"
         with pytest.raises(DeadlineExceeded, match="deadline"):
             router.generate("hi", timeout_s=0.2)
+
+
+def test_a_timeout_error_of_a_validators_own_is_not_the_requests_deadline(gemini_server):
+    """What runs inside a request may raise a ``TimeoutError`` of its own (here a validator's): that error is the
+    caller's, as it is with no deadline set, not ``DeadlineExceeded`` (the request's deadline has not passed)."""
+
+    async def slow_check(request: GenerateRequest, output: BackendOutput) -> str | None:
+        raise TimeoutError("the validator's own lookup timed out")
+
+    policy = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["slow"]}]}
+    for timeout_s in (None, 30):
+        cfg = config(gemini_server, policy)
+        if timeout_s is not None:
+            cfg["timeout_s"] = timeout_s
+        with Router.from_config(cfg, validators={"slow": slow_check}) as router:
+            with pytest.raises(TimeoutError, match="own lookup") as err:
+                router.generate("hi")
+        assert type(err.value) is TimeoutError

@@ -167,10 +167,12 @@ class Router(Learning):
                 if deadline is None:
                     return await self._executor.run(request, decision, span, start, deadline, ledger)
                 try:
-                    with deadline_at(deadline):
+                    with deadline_at(deadline) as block:
                         return await self._executor.run(request, decision, span, start, deadline, ledger,
                                                         bounded=True)
                 except TimeoutError:
+                    if not block.expired():  # a backend's own TimeoutError: not the request's deadline
+                        raise
                     error = self._expired(request, decision)
                     ledger.charge(error)  # what the timed-out attempts cost the provider still counts
                     raise error from None

@@ -102,7 +102,9 @@ class Portal:
             return future.result(timeout_s)
         except concurrent.futures.CancelledError:  # close() stopped the loop under this call
             raise UsageError("the router was closed while this request was in flight") from None
-        except concurrent.futures.TimeoutError:
+        except concurrent.futures.TimeoutError:  # the builtin TimeoutError since Python 3.11
+            if future.done():  # the coroutine's own TimeoutError, not this wait's
+                raise
             future.cancel()
             raise TimeoutError(f"no result within {timeout_s}s") from None
         finally:
