@@ -39,6 +39,7 @@ from pydantic import Field, model_validator
 
 from genroute.backends.base import Backend, BackendConfig, BackendOutput, finish_reason, user_content
 from genroute.errors import ConfigError, ToolLoopExceeded
+from genroute.runtime.deadlines import deadline_at
 from genroute.tools import InvalidToolArgs, Tool, jsonable, tool_from_callable
 from genroute.types import GenerateRequest, ToolCall
 
@@ -214,12 +215,8 @@ class FunctionCallingBackend(Backend):
     async def _until(self, deadline: float | None, awaitable: Awaitable[_T], step: int,
                      calls_made: list[ToolCall]) -> _T:
         """Await a model call (or chunk) until the loop's deadline; past it, ``ToolLoopExceeded``."""
-        if deadline is None:
-            return await awaitable
-        loop = asyncio.get_running_loop()
-        scope = asyncio.timeout_at(loop.time() + (deadline - time.monotonic()))
         try:
-            async with scope:
+            with deadline_at(deadline) as scope:
                 return await awaitable
         except TimeoutError:
             if not scope.expired():
