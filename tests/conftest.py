@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -97,3 +99,27 @@ def budget_usage(router: Any, key: str = "*", field: str = "policy") -> dict[str
     thread.start()
     thread.join()
     return out
+
+
+def race(*work: Callable[[], None]) -> list[BaseException]:
+    """Run each of ``work`` in a thread of its own, switching threads as often as the interpreter can (races show);
+    what they raised."""
+    errors: list[BaseException] = []
+
+    def run(one: Callable[[], None]) -> None:
+        try:
+            one()
+        except BaseException as exc:  # a thread's error is not the test's otherwise
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(one,)) for one in work]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    return errors

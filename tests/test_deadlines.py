@@ -10,6 +10,8 @@ import pytest
 
 from genroute.runtime.deadlines import RESOLUTION_S, deadline_at
 
+from .conftest import race
+
 
 class CountingLoop(asyncio.SelectorEventLoop):
     """An event loop that counts the deadline timers scheduled on it and those cancelled (not ``sleep``'s)."""
@@ -170,9 +172,6 @@ def test_loops_on_several_threads_expire_their_blocks_at_the_same_moments():
     """A router's portal loop and an application's loop run deadlines on two threads at once: each loop's timers
     run in a context of its own (a context entered by one thread cannot be entered by another meanwhile: a shared
     one made timers fail, and their blocks ran on past their deadlines)."""
-    import sys
-    import threading
-
     failures: list[Any] = []
     timed_out: list[int] = []
 
@@ -197,16 +196,7 @@ def test_loops_on_several_threads_expire_their_blocks_at_the_same_moments():
         finally:
             loop.close()
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # threads take turns as often as they can
-    try:
-        threads = [threading.Thread(target=thread) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    assert race(*(thread for _ in range(4))) == []  # threads take turns as often as they can
     assert failures == [] and timed_out == [2000] * 4
 
 

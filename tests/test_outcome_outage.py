@@ -11,10 +11,9 @@ import asyncio
 import functools
 import json
 import logging
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from genroute.state.redis_store import REPLAY_BATCH, RedisStateStore
 from genroute.state.unsent import UnsentWrites
 
 from .chroma_fixtures import free_port
+from .conftest import race
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
 from .state_worker import spawn
 from .tcp_proxy import tcp_proxy
@@ -315,30 +315,6 @@ async def test_only_appends_wait_for_a_replay_running_in_another_call(redis_serv
     assert log == [("before", False), *((f"d{i}", False) for i in range(2 * REPLAY_BATCH)), ("late", False)]
 
 
-def _race(*work: Callable[[], None]) -> list[BaseException]:
-    """Run each of ``work`` in a thread of its own, switching threads as often as the interpreter can (races show);
-    what they raised."""
-    errors: list[BaseException] = []
-
-    def run(one: Callable[[], None]) -> None:
-        try:
-            one()
-        except BaseException as exc:  # a thread's error is not the test's otherwise
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(one,)) for one in work]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
-    return errors
-
-
 def test_the_waiting_writes_are_shared_safely_by_threads() -> None:
     """A store used from several event loops (threads) shares one queue: nothing taken twice, nothing lost."""
     reported: list[tuple[str, str, int]] = []
@@ -358,7 +334,7 @@ def test_the_waiting_writes_are_shared_safely_by_threads() -> None:
             unsent.sent(batch)
             taken.extend(entry[1] for entry in batch)
 
-    assert _race(*(functools.partial(write, name) for name in "abcd"), send, send) == []
+    assert race(*(functools.partial(write, name) for name in "abcd"), send, send) == []
     left = [entry[1] for entry in unsent.take(10 ** 6)]
     assert len(taken) + len(left) == 20_000 and len(set(taken + left)) == 20_000
     assert unsent.counts("outcomes") == ListReplay(len(taken), 0, 0)
@@ -381,7 +357,7 @@ def test_looking_at_the_waiting_writes_is_safe_while_threads_add_lists() -> None
             unsent.waiting()
             unsent.counts("list-0")
 
-    assert _race(write, look) == []
+    assert race(write, look) == []
     assert unsent.waiting() == 20_000
 
 
