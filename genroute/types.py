@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from genroute.construct import trusted
+from genroute.construct import builder
 
 
 class _Frozen(BaseModel):
@@ -90,8 +90,7 @@ class Usage(_Frozen):
             return self
         if self.is_zero:
             return other
-        return trusted(  # sums of ints
-            Usage,
+        return _usage(  # sums of ints
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
@@ -101,6 +100,9 @@ class Usage(_Frozen):
 
 #: Usage is frozen: the one zero every rung, ledger and sum that has not spent anything yet starts from.
 NO_USAGE = Usage()
+
+
+_usage = builder(Usage)
 
 
 class Citation(_Frozen):

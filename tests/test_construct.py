@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from google.genai import types
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
 from genroute import Router
 from genroute.backends.base import user_content
-from genroute.construct import replaced, trusted
+from genroute.construct import builder, replaced
 from genroute.testing import GeminiTestServer
 from genroute.types import Citation, DecisionRecord, GenerateResult, RungAttempt, ToolCall, Usage
 
@@ -22,30 +22,40 @@ def _same(built: BaseModel, validated: BaseModel) -> None:
     assert repr(built) == repr(validated)
 
 
-def test_trusted_equals_validated_for_every_result_model() -> None:
+def test_built_equals_validated_for_every_result_model() -> None:
     usage = Usage(input_tokens=3, output_tokens=5, thinking_tokens=1)
     rung = dict(backend="chat", outcome="ok", error_type=None, error=None, latency_s=0.25, cost_usd=1e-6,
                 usage=usage, cost_estimated=False)
-    _same(trusted(RungAttempt, **rung), RungAttempt(**rung))
+    _same(builder(RungAttempt)(**rung), RungAttempt(**rung))
     attempt = RungAttempt(**rung)
     decision = dict(policy="static", reason="static backend 'chat'", rungs_tried=(attempt,), shadow=("b",))
-    _same(trusted(DecisionRecord, **decision), DecisionRecord(**decision))
+    _same(builder(DecisionRecord)(**decision), DecisionRecord(**decision))
     result = dict(text="hi", backend="chat", model="gemini-2.5-flash", usage=usage, cost_usd=2e-6,
                   cost_estimated=True, cache_storage_cost_usd=0.0, cloud_equivalent_cost_usd=None, latency_s=0.5,
                   time_to_first_token_s=0.1, finish_reason="stop", decision=DecisionRecord(**decision),
                   citations=(Citation(chunk_id="c1", source="s", score=0.5),),
                   tool_calls=(ToolCall(name="add", args={"a": 1}),), trace_id="ab" * 16, outcome_id="ab" * 16)
-    _same(trusted(GenerateResult, **result), GenerateResult(**result))
-    # Fields left out take their defaults, and are not in the fields set, as with validation.
-    _same(trusted(DecisionRecord, policy="p", reason="r"), DecisionRecord(policy="p", reason="r"))
+    _same(builder(GenerateResult)(**result), GenerateResult(**result))
+    # given: the fields the model says were set, where the caller spells out defaults, as validation says.
+    build = builder(DecisionRecord, given=("policy", "reason"))
+    _same(build(policy="p", reason="r", rungs_tried=(), shadow=()), DecisionRecord(policy="p", reason="r"))
+    first, second = build(policy="p", reason="r", rungs_tried=(), shadow=()), build(policy="p", reason="r",
+                                                                                    rungs_tried=(), shadow=())
+    assert first.model_fields_set is not second.model_fields_set  # each model its own (pydantic adds to it)
 
 
-def test_trusted_refuses_a_model_with_a_mutable_default() -> None:
-    class Listed(BaseModel):
-        items: list[int] = []
+def test_a_builder_takes_every_field_and_only_fields() -> None:
+    build = builder(DecisionRecord)
+    with pytest.raises(TypeError, match="rungs_tried"):
+        build(policy="p", reason="r", shadow=())  # a missing field is refused, not defaulted
+    with pytest.raises(TypeError, match="extra"):
+        build(policy="p", reason="r", rungs_tried=(), shadow=(), extra=1)
+    with pytest.raises(TypeError, match="no field 'nope'"):
+        builder(DecisionRecord, given=("nope",))
 
-    with pytest.raises(TypeError, match="mutable default"):
-        trusted(Listed)
+    # Field names become the generated function's parameters: a name that cannot be one is refused at once.
+    with pytest.raises(TypeError, match="cannot be a parameter"):
+        builder(create_model("Keyworded", **{"lambda": (int, 0)}))
 
 
 def test_a_plain_text_request_equals_the_validated_request() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from genroute.construct import replaced
+from genroute.construct import user_content  # backends build their user turns with it (public here)
 from genroute.runtime.telemetry import reason_name
 from genroute.types import Citation, GenerateRequest, ToolCall
 
@@ -103,7 +102,9 @@ class Prepared:
     """One engine call a single-call backend wants made."""
 
     model: str
-    contents: list[types.Content]
+    #: The turns to send; a ``str`` is one user turn of that text, sent as it is to engines that take text
+    #: (``Engine.takes_text``: the SDK builds that turn itself), as ``[user_content(text)]`` to others.
+    contents: list[types.Content] | str
     config: types.GenerateContentConfig | None
     citations: tuple[Citation, ...] = ()
     no_context: bool = False
@@ -222,23 +223,3 @@ def finish_reason(response: types.GenerateContentResponse) -> str | None:
     if not candidates or candidates[0].finish_reason is None:
         return None
     return reason_name(candidates[0].finish_reason)
-
-
-def user_content(text: str) -> types.Content:
-    """A single user turn."""
-    if type(text) is not str:  # what validation would refuse, it still refuses (with the SDK's own error)
-        from google.genai import types
-
-        return types.Content(role="user", parts=[types.Part(text=text)])
-    # A copy of one validated turn with the text swapped in: the same model as a validated construction at a
-    # fifth of its cost (these SDK models validate ~20 optional fields; model_construct is slower still).
-    content, part = _user_turn()
-    return replaced(content, parts=[replaced(part, text=text)])
-
-
-@functools.cache
-def _user_turn() -> tuple[types.Content, types.Part]:
-    from google.genai import types
-
-    part = types.Part(text="")
-    return types.Content(role="user", parts=[part]), part

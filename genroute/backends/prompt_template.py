@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model, model_validator
 
-from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, user_content
+from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend
 from genroute.backends.templating import absent, check_template, compile_template, render
 from genroute.errors import UsageError
 from genroute.types import GenerateRequest
@@ -109,7 +109,7 @@ class PromptTemplateBackend(SingleCallBackend):
 
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
         prompt, system = self.render(request)
-        return Prepared(model=self.config.model, contents=[user_content(prompt)], config=self._genai_config(system))
+        return Prepared(model=self.config.model, contents=prompt, config=self._genai_config(system))
 
     def _genai_config(self, system: str | None) -> Any:
         # Building a GenerateContentConfig costs tens of µs per request; most backends have one system line.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, user_content
+from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend
 from genroute.backends.templating import check_template, compile_template, render
 from genroute.errors import ConfigError, NoRelevantContext
 from genroute.types import Citation, GenerateRequest
@@ -124,10 +124,10 @@ class RagBackend(SingleCallBackend):
                     backend=self.name,
                 )
             prompt = self._render(self._templates[1], request, [])
-            return Prepared(model=self.config.model, contents=[user_content(prompt)], config=config,
+            return Prepared(model=self.config.model, contents=prompt, config=config,
                             no_context=True)
         prompt = self._render(self._templates[0], request, docs)
-        return Prepared(model=self.config.model, contents=[user_content(prompt)], config=config,
+        return Prepared(model=self.config.model, contents=prompt, config=config,
                         citations=tuple(citations))
 
     def _render(self, template: Any, request: GenerateRequest, docs: list[dict[str, Any]]) -> str:

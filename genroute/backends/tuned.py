@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, user_content
+from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend
 from genroute.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class TunedBackend(SingleCallBackend):
         # (Vertex SFT rows and the local LoRA chat template both use a single user turn).
         return Prepared(
             model=self.config.model,
-            contents=[user_content(request.input)],
+            contents=request.input,
             config=self.config.generation.to_genai(system=self.config.system),
             price_as=self.billed_as(ctx.pricing)[0],
         )

@@ -82,6 +82,11 @@ class Engine(ABC):
     #: deadline. Default: not taken (never sent).
     caller_bounded: ClassVar[bool] = False
 
+    #: Whether ``generate`` and ``stream`` take ``contents`` as a ``str`` too: one user turn of that text, as
+    #: google-genai takes it (it builds the turn itself, for less than a ``Content`` list costs it). Default: no;
+    #: the caller (``RunContext``) then sends that turn as ``[user_content(text)]``.
+    takes_text: ClassVar[bool] = False
+
     def expect_deadline(self, seconds: float | None) -> None:
         """The time most calls will have left (a router's ``timeout_s``; None: no deadline). A hint, given before
         the first call: an engine may size what it sets once per client by it, so that calls with that much time

@@ -64,9 +64,11 @@ _OVERRIDE_MARGIN_S = 1.0
 _SERVER_TIMEOUT = "X-Server-Timeout"
 
 
-def _sdk_contents(contents: list[types.Content]) -> Any:
+def _sdk_contents(contents: list[types.Content] | str) -> Any:
     """``contents`` in the cheapest form the SDK accepts: one user turn of plain text goes as the string itself
     (the SDK builds the same request from it with less work than it spends on a ``Content`` list)."""
+    if type(contents) is str:
+        return contents
     if len(contents) == 1:
         content = contents[0]
         parts = content.parts
@@ -120,6 +122,7 @@ class GeminiEngine(Engine):
     kind: ClassVar[str] = "gemini"
     Config: ClassVar[type[BaseModel]] = GeminiEngineConfig
     caller_bounded: ClassVar[bool] = True
+    takes_text: ClassVar[bool] = True
 
     def __init__(self, name: str, config: GeminiEngineConfig | Mapping[str, Any] | None = None, *,
                  credentials: Any = None) -> None:
@@ -194,7 +197,7 @@ class GeminiEngine(Engine):
     def _map(self, exc: Exception) -> GenrouteError:
         return map_error(exc, backend=self.name, secrets=self._secrets())
 
-    async def _call(self, call: Awaitable[_T], seconds: float | None, billed: list[types.Content] | None = None,
+    async def _call(self, call: Awaitable[_T], seconds: float | None, billed: list[types.Content] | str | None = None,
                     config: types.GenerateContentConfig | None = None) -> _T:
         """Await one SDK call bounded by ``seconds`` (``None``: by the caller's own timer), its failure mapped to
         genroute's error tree.
@@ -216,7 +219,7 @@ class GeminiEngine(Engine):
             raise self._map(exc) from exc
 
     @staticmethod
-    def _bill_lost(exc: BaseException, contents: list[types.Content],
+    def _bill_lost(exc: BaseException, contents: list[types.Content] | str,
                    config: types.GenerateContentConfig | None) -> None:
         """Bill the input of an attempt that failed with ``exc`` if the provider processed it anyway."""
         if processed(exc):
@@ -254,7 +257,7 @@ class GeminiEngine(Engine):
     def generate(  # type: ignore[override]  # returns the retry loop's coroutine: awaited as the ABC's
         self,
         model: str,
-        contents: list[types.Content],
+        contents: list[types.Content] | str,
         config: types.GenerateContentConfig | None = None,
         *,
         timeout_s: float | None = None,
@@ -272,7 +275,7 @@ class GeminiEngine(Engine):
         attempt = functools.partial(self._generate_once, self.client.aio.models, model, contents, config, bounded)
         return call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
 
-    def _generate_once(self, models: Any, model: str, contents: list[types.Content],
+    def _generate_once(self, models: Any, model: str, contents: list[types.Content] | str,
                        config: types.GenerateContentConfig | None, bounded: bool, remaining_s: float
                        ) -> Awaitable[types.GenerateContentResponse]:
         """One attempt: ``_call`` around the SDK call (returned, not awaited here: a request in flight holds one
@@ -287,7 +290,7 @@ class GeminiEngine(Engine):
     async def stream(
         self,
         model: str,
-        contents: list[types.Content],
+        contents: list[types.Content] | str,
         config: types.GenerateContentConfig | None = None,
         *,
         timeout_s: float | None = None,

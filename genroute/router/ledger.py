@@ -7,7 +7,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from genroute.errors import AllRungsFailed, BudgetExceeded, GenrouteError, ValidationFailed
-from genroute.construct import trusted
+from genroute.construct import builder
 from genroute.runtime.context import add_spend
 from genroute.types import NO_USAGE, Citation, DecisionRecord, GenerateResult, RungAttempt, ToolCall, Usage
 
@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from genroute.backends.base import BackendOutput
     from genroute.runtime.context import RunContext
     from genroute.types import Decision
+
+
+# What a request returns, built without validating it again (genroute/construct.py).
+_attempt, _decision, _result = builder(RungAttempt), builder(DecisionRecord), builder(GenerateResult)
 
 
 class Ledger:
@@ -52,9 +56,9 @@ class Ledger:
             outcome = "cancelled"
         latency_s = time.perf_counter() - started
         error_type = None if error is None else type(error).__name__
-        attempt = trusted(RungAttempt, backend=backend, outcome=outcome, error_type=error_type,
-                          error=None if error is None else str(error), latency_s=latency_s,
-                          cost_usd=float(ctx.cost_usd), usage=ctx.usage, cost_estimated=ctx.cost_estimated)
+        attempt = _attempt(backend=backend, outcome=outcome, error_type=error_type,
+                           error=None if error is None else str(error), latency_s=latency_s,
+                           cost_usd=float(ctx.cost_usd), usage=ctx.usage, cost_estimated=ctx.cost_estimated)
         if error is not None or self.attempts:
             event: dict[str, Any] = {
                 "genroute.rung.index": index, "genroute.backend": backend, "genroute.rung.outcome": outcome,
@@ -111,12 +115,12 @@ class Ledger:
             latency_s=time.perf_counter() - start,
             time_to_first_token_s=first_chunk_s,
             finish_reason=output.finish_reason,
-            decision=trusted(DecisionRecord, policy=decision.policy, reason=decision.reason,
-                             rungs_tried=self.attempts, shadow=decision.shadow),
+            decision=_decision(policy=decision.policy, reason=decision.reason, rungs_tried=self.attempts,
+                               shadow=decision.shadow),
             citations=tuple(output.citations), tool_calls=tuple(output.tool_calls), trace_id=trace_id,
             outcome_id=(trace_id or uuid.uuid4().hex) if outcome_ids else None,
         )
-        return trusted(GenerateResult, **fields) if _as_declared(output) else GenerateResult(**fields)
+        return _result(**fields) if _as_declared(output) else GenerateResult(**fields)
 
     def failure(self, decision: Decision, last_error: GenrouteError | None, span: trace.Span) -> GenrouteError:
         """The error the caller gets when no rung served: the last one's, or ``AllRungsFailed``."""

@@ -12,19 +12,23 @@ from pydantic import ValidationError
 from genroute.errors import (
     AllRungsFailed, BackendError, BackendUnavailable, GenrouteError, StreamInterrupted, ToolLoopExceeded, UsageError,
 )
-from genroute.construct import trusted
+from genroute.construct import builder
 from genroute.router.ledger import Ledger
 from genroute.runtime.billing import Charges, charging
 from genroute.runtime.telemetry import CurrentSpan, Telemetry
 from genroute.types import Decision, GenerateRequest
 
 
+#: A request of only its text, as ``GenerateRequest(input=...)`` builds it (its other fields defaults, not set).
+_text_request = builder(GenerateRequest, given=("input",))
+
+
 def parse_request(input: str | GenerateRequest | None, fields: dict[str, Any], backends: Mapping[str, Any]
                   ) -> GenerateRequest:
     """The request the public entry points were given, validated; ``UsageError`` names the bad field."""
     if type(input) is str and not fields and input.strip():  # what validation accepts as it is: not again
-        return trusted(GenerateRequest, given_={"input"}, input=input, task=None, backend=None, variables={},
-                       metadata={}, key=None, timeout_s=None)
+        return _text_request(input=input, task=None, backend=None, variables={}, metadata={}, key=None,
+                             timeout_s=None)
     if isinstance(input, GenerateRequest):
         if fields:
             raise UsageError(f"pass either a GenerateRequest or fields, not both ({', '.join(fields)})",

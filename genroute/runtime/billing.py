@@ -128,9 +128,10 @@ def estimate_tokens(text: str | int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN) if chars > 0 else 0
 
 
-def estimate_input(contents: list[types.Content], config: types.GenerateContentConfig | None = None) -> int:
-    """Estimated prompt tokens of a request: its contents, system instruction and tool declarations."""
-    chars = sum(_content_chars(c) for c in contents or ())
+def estimate_input(contents: list[types.Content] | str, config: types.GenerateContentConfig | None = None) -> int:
+    """Estimated prompt tokens of a request: its contents (a ``str``: one user turn), system instruction and tool
+    declarations."""
+    chars = len(contents) if type(contents) is str else sum(_content_chars(c) for c in contents or ())
     if config is not None:
         system = config.system_instruction
         if isinstance(system, str):

@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from genroute.runtime.billing import (Charges, Meter, charging, estimate_input, estimate_tokens, metering,
                                       output_chars)
+from genroute.construct import user_content
 from genroute.errors import GenrouteError
 from genroute.runtime.telemetry import (CurrentSpan, Telemetry, attach, error_type, reason_name, usage_attributes,
                                        usage_of)
@@ -99,12 +100,16 @@ class RunContext:
         self,
         engine: Engine,
         model: str,
-        contents: list[types.Content],
+        contents: list[types.Content] | str,
         config: types.GenerateContentConfig | None = None,
         *,
         price_as: str | None = None,
     ) -> types.GenerateContentResponse:
-        """One instrumented, accounted engine call; attempts lost on the way are charged too."""
+        """One instrumented, accounted engine call; attempts lost on the way are charged too.
+
+        ``contents``: the turns, or a ``str`` for one user turn (``Prepared.contents``)."""
+        if type(contents) is str and not engine.takes_text:
+            contents = [user_content(contents)]
         telemetry = self.telemetry
         attrs, name = telemetry.call(engine.provider, model)
         # The span is current for the call and ended here, in the coroutine that began it (no context probe).
@@ -136,7 +141,7 @@ class RunContext:
         self,
         engine: Engine,
         model: str,
-        contents: list[types.Content],
+        contents: list[types.Content] | str,
         config: types.GenerateContentConfig | None = None,
         *,
         price_as: str | None = None,
@@ -147,6 +152,8 @@ class RunContext:
         usage received so far (the latest chunk's usage, plus an estimate for text that arrived after it, or
         the input estimate when no chunk carried usage), and attempts lost before the first chunk on top.
         """
+        if type(contents) is str and not engine.takes_text:
+            contents = [user_content(contents)]
         attrs, name = self.telemetry.call(engine.provider, model)
         with CurrentSpan(self.tracer, name, kind=SpanKind.CLIENT,
                          attributes=_span_attributes(attrs, config, stream=True)) as span:
@@ -254,7 +261,7 @@ class RunContext:
         return usage
 
     def _account(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
-                 response: types.GenerateContentResponse, contents: list[types.Content],
+                 response: types.GenerateContentResponse, contents: list[types.Content] | str,
                  config: types.GenerateContentConfig | None, start: float, meter: Meter, price_as: str | None) -> None:
         """Charge a complete response at the usage it reports (an estimate where it reports none), with the
         attempts ``meter`` collected before it."""
@@ -328,7 +335,7 @@ class _Received:
             if self.last is None:
                 self.last = response
 
-    def usage(self, contents: list[types.Content], config: types.GenerateContentConfig | None, *,
+    def usage(self, contents: list[types.Content] | str, config: types.GenerateContentConfig | None, *,
               complete: bool) -> tuple[Usage, bool]:
         """The usage to charge, and whether any of it is estimated (always, for a stream that did not finish)."""
         if self.chunks == 0:

@@ -16,7 +16,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import INVALID_SPAN
 
-from genroute.construct import trusted
+from genroute.construct import builder
 from genroute.types import Usage
 
 if TYPE_CHECKING:
@@ -163,13 +163,15 @@ class Telemetry:
             self.tokens.record(usage.output_tokens + usage.thinking_tokens, tokens[1])
 
 
+_usage = builder(Usage)
+
+
 def usage_of(response: types.GenerateContentResponse) -> Usage | None:
     """Token usage reported by a response, if any."""
     meta = response.usage_metadata
     if meta is None:
         return None
-    return trusted(  # the SDK validated these counts (ints or None)
-        Usage,
+    return _usage(  # the SDK validated these counts (ints or None)
         input_tokens=meta.prompt_token_count or 0,
         output_tokens=meta.candidates_token_count or 0,
         cached_input_tokens=meta.cached_content_token_count or 0,
