@@ -7,7 +7,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -88,20 +88,18 @@ class Executor:
 
     # -- the one loop over rungs ------------------------------------------------------------------------
 
-    async def run(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
-                  deadline: float | None, ledger: Ledger | None = None, *, bounded: bool = False) -> GenerateResult:
-        """Run rungs until one answers acceptably; raise a typed error when none does.
+    def run(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
+            deadline: float | None, ledger: Ledger | None = None, *, bounded: bool = False
+            ) -> AsyncGenerator[GenerateResult, None]:
+        """Run rungs until one answers acceptably (the one item: the ``GenerateResult``); raise a typed error when
+        none does. The caller awaits ``anext`` of it and then closes it (``aclose``), in its own coroutine: a
+        request in flight holds no coroutine of the executor's around the rung loop.
 
         ``ledger`` (a fresh one if not given) sums what every rung cost, so a caller that times the whole
         request out can still say what it cost. ``bounded``: the caller cancels the run at ``deadline``.
         """
-        rungs = self._rungs(request, decision, span, start, deadline, live=False, ledger=ledger, bounded=bounded)
-        try:
-            result = await anext(rungs)  # run mode yields nothing but the result (or raises)
-        finally:
-            await rungs.aclose()
-        assert isinstance(result, GenerateResult)
-        return result
+        return self._rungs(request, decision, span, start, deadline,  # type: ignore[return-value]
+                           live=False, ledger=ledger, bounded=bounded)
 
     def stream(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
                deadline: float | None, ledger: Ledger | None = None) -> AsyncIterator[GenerateChunk | GenerateResult]:

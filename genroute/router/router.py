@@ -164,14 +164,16 @@ class Router(Learning):
         request = self._request(input, fields)
         with self._inflight.track():
             async with self._root_span(request, same_context=True) as (span, decision, start, deadline, ledger):
-                if deadline is None:
-                    return await self._executor.run(request, decision, span, start, deadline, ledger)
+                answers = self._executor.run(request, decision, span, start, deadline, ledger,
+                                             bounded=deadline is not None)
+                block = None
                 try:
+                    if deadline is None:
+                        return await anext(answers)
                     with deadline_at(deadline) as block:
-                        return await self._executor.run(request, decision, span, start, deadline, ledger,
-                                                        bounded=True)
+                        return await anext(answers)
                 except TimeoutError:
-                    if not block.expired():  # a backend's own TimeoutError: not the request's deadline
+                    if block is None or not block.expired():  # a backend's own TimeoutError: not the deadline
                         raise
                     error = self._expired(request, decision)
                     ledger.charge(error)  # what the timed-out attempts cost the provider still counts
@@ -180,6 +182,8 @@ class Router(Learning):
                     if not ended_by(deadline, exc):
                         raise
                     raise self._expired(request, decision, exc) from exc
+                finally:
+                    await answers.aclose()
 
     def generate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
         """Answer one request (sync; not from inside a running event loop)."""

@@ -52,6 +52,18 @@ def add_spend(total: Spend, part: Spend) -> None:
 class RunContext:
     """Per-rung state: wraps every engine call in a GenAI span and sums usage and cost."""
 
+    # What a rung starts with (class attributes: a rung sets its own only when it changes them).
+    usage: Usage = NO_USAGE
+    cost_usd: float = 0.0
+    cloud_equivalent_cost_usd: float | None = None
+    #: Whether part of ``cost_usd`` is an estimate (a call lost, cut short or reporting no usage).
+    cost_estimated: bool = False
+    #: The part of ``cost_usd`` paid for storing context caches this rung created.
+    cache_storage_cost_usd: float = 0.0
+    #: The model that answered (the response's version), once a call answered.
+    model: str | None = None
+    time_to_first_token_s: float | None = None
+
     def __init__(
         self,
         request: GenerateRequest,
@@ -70,15 +82,6 @@ class RunContext:
         #: Whether the caller cancels the rung at ``deadline`` (a router's timer), so that engines that can
         #: (``Engine.caller_bounded``) need no timer of their own for it.
         self.bounded = bounded
-        self.usage = NO_USAGE
-        self.cost_usd = 0.0
-        self.cloud_equivalent_cost_usd: float | None = None
-        #: Whether part of ``cost_usd`` is an estimate (a call lost, cut short or reporting no usage).
-        self.cost_estimated = False
-        #: The part of ``cost_usd`` paid for storing context caches this rung created.
-        self.cache_storage_cost_usd = 0.0
-        self.model: str | None = None
-        self.time_to_first_token_s: float | None = None
 
     @property
     def tracer(self) -> trace.Tracer:
