@@ -1,4 +1,5 @@
-"""Request deadlines on shared timers (genroute/runtime/deadlines.py): asyncio.timeout_at's semantics, fewer timers."""
+"""Request deadlines on one timer per loop (genroute/runtime/deadlines.py): asyncio.timeout_at's semantics, fewer
+timers."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_a_block_past_its_deadline_ends_with_timeout_error_never_before_it():
     assert ended >= deadline
 
 
-def test_blocks_ending_in_time_share_one_timer_and_cancel_it():
+def test_blocks_ending_in_time_share_one_timer_and_cancel_nothing():
     async def one(deadline: float) -> str:
         with deadline_at(deadline) as block:
             await asyncio.sleep(0.01)
@@ -68,7 +69,80 @@ def test_blocks_ending_in_time_share_one_timer_and_cancel_it():
 
     answers, loop = run(main())
     assert answers == ["answered"] * 100
-    assert loop.scheduled == 1 and loop.cancelled == 1  # one slot's timer, cancelled by the last block to end
+    assert loop.scheduled == 1 and loop.cancelled == 0  # one timer; the blocks that end in time just leave
+
+
+def test_requests_one_after_another_with_one_timeout_schedule_one_timer():
+    async def main() -> None:
+        for _ in range(20):  # each in a slot of its own, each later than the timer's
+            with deadline_at(time.monotonic() + 30):
+                await asyncio.sleep(RESOLUTION_S)
+
+    _, loop = run(main())
+    assert loop.scheduled == 1 and loop.cancelled == 0
+
+
+def test_an_earlier_deadline_takes_the_timer_and_gives_it_back():
+    async def long(deadline: float) -> str:
+        with deadline_at(deadline):
+            await asyncio.sleep(0.2)
+        return "answered"
+
+    async def short(deadline: float) -> float:
+        with pytest.raises(TimeoutError):
+            with deadline_at(deadline):
+                await asyncio.sleep(10)
+        return time.monotonic()
+
+    async def main() -> tuple[str, float, float]:
+        now = time.monotonic()
+        first = asyncio.ensure_future(long(now + 30))
+        await asyncio.sleep(0)
+        ended = await short(now + 0.05)
+        return await first, now + 0.05, ended
+
+    (answer, deadline, ended), loop = run(main())
+    assert answer == "answered" and ended >= deadline
+    # the 30 s slot's timer; the short one's, replacing it; the 30 s slot's again once the short one expired
+    assert loop.scheduled == 3 and loop.cancelled == 1
+
+
+def test_a_slot_emptied_in_time_hands_the_timer_to_the_next_slot():
+    async def quick(deadline: float) -> None:
+        with deadline_at(deadline):
+            await asyncio.sleep(0)
+
+    async def slow(deadline: float) -> float:
+        with pytest.raises(TimeoutError):
+            with deadline_at(deadline):
+                await asyncio.sleep(10)
+        return time.monotonic()
+
+    async def main() -> tuple[float, float]:
+        now = time.monotonic()
+        task = asyncio.ensure_future(slow(now + 0.08))  # enters its block once main waits
+        await quick(now + 0.02)  # the timer is set for this earlier slot, which empties at once
+        return now + 0.08, await task
+
+    (deadline, ended), loop = run(main())
+    assert ended >= deadline  # the timer fired for the emptied slot and was set again for the next one
+    assert loop.scheduled == 2 and loop.cancelled == 0  # quick's, then (fired for nothing) slow's
+
+
+def test_keys_of_slots_gone_do_not_pile_up():
+    from genroute.runtime import deadlines
+
+    async def main() -> tuple[int, int]:
+        for _ in range(30):
+            with deadline_at(time.monotonic() + 0.05):
+                await asyncio.sleep(0.002)
+        timers = deadlines._local.timers
+        queued = len(timers.keys)
+        await asyncio.sleep(0.15)  # past every deadline: the timer has passed every key
+        return queued, len(timers.keys) + len(timers.queued) + len(timers.slots)
+
+    (queued, left), _ = run(main())
+    assert 0 < queued <= 30 and left == 0
 
 
 def test_blocks_of_one_slot_all_expire_on_its_one_timer():
@@ -155,7 +229,7 @@ def test_no_deadline_schedules_nothing():
     assert loop.scheduled == 0
 
 
-def test_deadlines_in_different_slots_get_their_own_timers():
+def test_a_later_slot_waits_behind_the_timer_of_an_earlier_one():
     async def one(deadline: float) -> None:
         with deadline_at(deadline):
             await asyncio.sleep(0)
@@ -165,7 +239,7 @@ def test_deadlines_in_different_slots_get_their_own_timers():
         await asyncio.gather(one(now + 30), one(now + 30 + 3 * RESOLUTION_S))
 
     _, loop = run(main())
-    assert loop.scheduled == 2 and loop.cancelled == 2
+    assert loop.scheduled == 1 and loop.cancelled == 0
 
 
 def test_loops_on_several_threads_expire_their_blocks_at_the_same_moments():

@@ -1,31 +1,35 @@
-"""Request deadlines on shared timers: ``with deadline_at(when):`` is ``asyncio.timeout_at`` for many requests
-at once (and a plain context manager: entering and leaving it awaits nothing).
+"""Request deadlines on one timer per event loop: ``with deadline_at(when):`` is ``asyncio.timeout_at`` for many
+requests at once (and a plain context manager: entering and leaving it awaits nothing).
 
-``asyncio.timeout_at`` schedules a timer for every block, and a block that ends in time cancels it: the handle
-stays in the event loop's heap until its time comes or the heap is rebuilt, and every request pays for the timer,
-its heap push and its cancellation (35–42 k instructions a request; 19 k here for requests in flight together,
+``asyncio.timeout_at`` schedules a timer for every block, and a block that ends in time cancels it: every request
+pays for a timer handle, its heap push and its cancellation, and the cancelled handle stays in the event loop's
+heap until its time comes or the heap is rebuilt (35–42 k instructions a request,
 ``benchmarks/deadline_instructions.py``).
-Here the deadlines that fall in the same ``RESOLUTION_S`` slot of the loop's clock share one timer: requests
-arriving together with the same timeout (the common case: a router's ``timeout_s``) schedule one between them,
-and the last of them to end in time cancels it. A block ends at most ``RESOLUTION_S`` after its deadline, never
-before.
+Here the deadlines that fall in the same ``RESOLUTION_S`` slot of the loop's clock are one slot, and a loop has
+one timer, set for its earliest slot. A block that ends in time leaves its slot (the last one out drops it) and
+cancels nothing: the timer, when it fires, ends the blocks of every slot now due, skips the slots emptied
+meanwhile and is set again for the next one. Requests with the same timeout (a router's ``timeout_s``) arrive in
+the order of their deadlines, so each new slot is later than the timer's and schedules nothing: a steady stream
+of requests that end in time sets the timer about once a timeout. A block ends at most ``RESOLUTION_S`` after
+its deadline, never before.
 
 The semantics are ``asyncio.timeout``'s: at the deadline the task is cancelled, and the block's exit turns that
 cancellation into ``TimeoutError``, unless the task was cancelled from elsewhere too (``Task.cancelling`` and
 ``Task.uncancel``, as ``asyncio.Timeout`` counts them); a block that swallowed the cancellation ends normally.
-Timers run in an empty context: a slot's timer holds no request's context (spans, accounting) while it waits.
+The timer runs in an empty context: it holds no request's context (spans, accounting) while it waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import heapq
 import math
 import threading
 import time
 from typing import Any
 
-#: The width of a slot of deadlines sharing one timer: a block ends at most this long after its deadline.
+#: The width of a slot of deadlines: a block ends at most this long after its deadline.
 RESOLUTION_S = 0.01
 
 #: Each thread's timers, for the loop it runs (``timers``; kept, with that loop, until the thread runs another).
@@ -33,44 +37,67 @@ _local = threading.local()
 
 
 class _Slot(set["deadline_at"]):
-    """The blocks whose deadline falls in one slot, and the timer that ends them."""
+    """The blocks still running whose deadline falls in one slot."""
 
-    __slots__ = ("timers", "key", "timer")
+    __slots__ = ("timers", "key")
 
     timers: _Timers
     key: int
-    timer: asyncio.TimerHandle | None
-
-    def fire(self) -> None:
-        """End every block still in the slot: its deadline has passed."""
-        del self.timers.slots[self.key]
-        self.timer = None
-        for block in self:
-            block._expire()
 
 
 class _Timers:
-    """One event loop's slots, by the slot's number on the loop's clock."""
+    """One event loop's slots (by the slot's number on the loop's clock) and its one timer."""
 
-    __slots__ = ("loop", "slots", "context")
+    __slots__ = ("loop", "slots", "keys", "queued", "timer", "due", "context")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.slots: dict[int, _Slot] = {}
-        #: The empty context the timers run in: this loop's own (a context can be entered by one thread at a
-        #: time, and another thread's loop may be running its timers at the same moment).
+        #: A heap of the slots' keys, those of slots emptied since included until the timer passes them, each
+        #: once (``queued``: the same keys as a set). Ints: nothing the garbage collector traverses.
+        self.keys: list[int] = []
+        self.queued: set[int] = set()
+        self.timer: asyncio.TimerHandle | None = None
+        #: The key of the slot the timer is set for (``inf``: no timer).
+        self.due: float = math.inf
+        #: The empty context the timer runs in: this loop's own (a context can be entered by one thread at a
+        #: time, and another thread's loop may be running its timer at the same moment).
         self.context = contextvars.Context()
 
     def join(self, block: deadline_at, when: float) -> _Slot:
-        """Put ``block`` in the slot of ``when`` (the loop's clock), scheduling the slot's timer if it is new."""
+        """Put ``block`` in the slot of ``when`` (the loop's clock); the timer is set for it if it is the earliest."""
         key = math.ceil(when / RESOLUTION_S)
         slot = self.slots.get(key)
         if slot is None:
             slot = self.slots[key] = _Slot()
             slot.timers, slot.key = self, key
-            slot.timer = self.loop.call_at(key * RESOLUTION_S, slot.fire, context=self.context)
+            if key not in self.queued:  # else the slot was emptied and made again: the timer is due by then
+                self.queued.add(key)
+                heapq.heappush(self.keys, key)
+                if key < self.due:
+                    self._set(key)
         slot.add(block)
         return slot
+
+    def _set(self, key: int) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.due = key
+        self.timer = self.loop.call_at(key * RESOLUTION_S, self._fire, context=self.context)
+
+    def _fire(self) -> None:
+        """End the blocks of every slot due; set the timer for the next slot that still has blocks."""
+        due, keys, slots = self.due, self.keys, self.slots
+        self.timer, self.due = None, math.inf
+        while keys and (keys[0] <= due or keys[0] not in slots):
+            key = heapq.heappop(keys)
+            self.queued.discard(key)
+            slot = slots.pop(key, None)
+            if slot is not None:
+                for block in slot:
+                    block._expire()
+        if keys:
+            self._set(keys[0])
 
 
 class deadline_at:  # noqa: N801 - named like asyncio.timeout_at, which it stands in for
@@ -104,8 +131,7 @@ class deadline_at:  # noqa: N801 - named like asyncio.timeout_at, which it stand
         if slot is not None:
             self._slot = None
             slot.discard(self)
-            if not slot and slot.timer is not None:  # the last block of a slot still waiting: no timer needed
-                slot.timer.cancel()
+            if not slot:  # the last block out, in time: the slot goes (its key stays queued; no timer cancelled)
                 del slot.timers.slots[slot.key]
         if self._expired:
             if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
