@@ -8,7 +8,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,12 +49,14 @@ def backoff_s(config: RetryConfig, failures: int, exc: BaseException | None) -> 
 
 
 async def call_with_retry(
-    attempt: Callable[[float], Awaitable[T]],
+    attempt: Callable[..., Awaitable[T]],
     config: RetryConfig,
-    *,
+    *args: Any,
     deadline_s: float | None = None,
 ) -> T:
-    """Await ``attempt(remaining_s)`` until it succeeds, retrying ``BackendUnavailable`` only.
+    """Await ``attempt(*args, remaining_s)`` until it succeeds, retrying ``BackendUnavailable`` only.
+
+    (``args`` rather than a partial or a closure: a call in flight holds one object less.)
 
     ``remaining_s`` is the time left before the deadline (``min(config.deadline_s, deadline_s)``); an
     attempt should use it to bound its own timeout. The last error is re-raised when attempts run out,
@@ -74,7 +76,7 @@ async def call_with_retry(
     retrying: tenacity.AsyncRetrying | None = None
     while True:
         try:
-            return await attempt(remaining)
+            return await attempt(*args, remaining)
         except Exception as exc:
             last = exc
             if retrying is None:
