@@ -137,3 +137,45 @@ def test_usage_is_zero_only_without_any_token() -> None:
     assert NO_USAGE.is_zero and Usage().is_zero
     for field in ("input_tokens", "output_tokens", "cached_input_tokens", "thinking_tokens"):
         assert not Usage(**{field: 1}).is_zero
+
+
+def test_one_store_init_builds_what_the_dataclass_init_builds() -> None:
+    import dataclasses
+    import inspect
+
+    from genroute.backends.base import BackendOutput, Prepared
+    from genroute.construct import one_store_init
+
+    for cls in (Prepared, BackendOutput):
+        ours, theirs = inspect.signature(cls.__init__), inspect.signature(cls.__dataclass_init__)
+        assert [(p.name, p.kind) for p in ours.parameters.values()][1:] == [
+            (p.name, p.kind) for p in theirs.parameters.values()][1:]
+        for name, param in list(theirs.parameters.items())[1:]:
+            default = ours.parameters[name].default
+            assert default is param.default or (default is dataclasses.MISSING and
+                                                cls.__dataclass_fields__[name].default_factory is not dataclasses.MISSING)
+    cases = [(Prepared, ("m", "hello", None), {}), (Prepared, (), dict(model="m", contents="x", config=None,
+                                                                      price_as="base", extra={"k": 1})),
+             (BackendOutput, ("hi", "m"), {}), (BackendOutput, (), dict(text="hi", model="m", finish_reason="stop",
+                                                                        citations=(), no_context=True))]
+    for cls, args, kwargs in cases:
+        built, reference = cls(*args, **kwargs), object.__new__(cls)
+        cls.__dataclass_init__(reference, *args, **kwargs)
+        assert built == reference and repr(built) == repr(reference) and vars(built) == vars(reference)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            built.model = "other"  # type: ignore[misc]
+        assert dataclasses.replace(built, model="other").model == "other"
+    assert Prepared("m", "x", None).extra is not Prepared("m", "x", None).extra  # a factory's default, each its own
+    with pytest.raises(TypeError):
+        Prepared("m", "x")  # a required field missing, as before
+
+    @dataclasses.dataclass(frozen=True)
+    class Later:
+        a: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="plain dataclass fields"):
+        one_store_init(Later)
+

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from genroute.construct import user_content  # backends build their user turns with it (public here)
+from genroute.construct import one_store_init, user_content  # user_content: public here, backends use it
 from genroute.runtime.telemetry import reason_name
 from genroute.types import Citation, GenerateRequest, ToolCall
 
@@ -84,6 +84,7 @@ class BackendConfig(BaseModel):
     description: str | None = None
 
 
+@one_store_init  # built on every request: one store, not a setattr per field
 @dataclass(frozen=True)
 class BackendOutput:
     """What a backend produced, before the router adds usage, cost and decision."""
@@ -97,6 +98,7 @@ class BackendOutput:
     no_context: bool = False
 
 
+@one_store_init  # built on every request: one store, not a setattr per field
 @dataclass(frozen=True)
 class Prepared:
     """One engine call a single-call backend wants made."""
