@@ -107,7 +107,8 @@ class Ledger:
         # sum: built without validating it all again (genroute/construct.py), unless the backend's output (a
         # plain dataclass a plugin may fill as it likes) holds other types than declared: then it is validated.
         cloud = self.cloud_equivalent_cost_usd
-        fields = dict(
+        build = _result if _as_declared(output) else GenerateResult
+        return build(
             text=output.text, backend=backend, model=ctx.model or output.model,
             usage=self.usage, cost_usd=float(self.cost_usd), cost_estimated=self.cost_estimated,
             cache_storage_cost_usd=float(self.cache_storage_cost_usd),
@@ -120,7 +121,6 @@ class Ledger:
             citations=tuple(output.citations), tool_calls=tuple(output.tool_calls), trace_id=trace_id,
             outcome_id=(trace_id or uuid.uuid4().hex) if outcome_ids else None,
         )
-        return _result(**fields) if _as_declared(output) else GenerateResult(**fields)
 
     def failure(self, decision: Decision, last_error: GenrouteError | None, span: trace.Span) -> GenrouteError:
         """The error the caller gets when no rung served: the last one's, or ``AllRungsFailed``."""
