@@ -1,15 +1,16 @@
-"""Building pydantic models from values genroute has already validated, for less than validating them again.
+"""Building models from values genroute has already validated, for less than validating them again.
 
-Every request returns a ``GenerateResult`` holding a ``DecisionRecord`` and a ``RungAttempt`` per rung, and sends
-a user turn (google-genai's ``Content`` of one ``Part``). Their values are already checked — a validated request,
-usage the SDK parsed, a backend's output, numbers genroute summed — so these helpers do what pydantic's own
-``model_construct`` does for trusted data, without its per-field Python loop (which makes it *slower* than
-validation for these models): set the instance's ``__dict__``, ``__pydantic_fields_set__``,
-``__pydantic_extra__`` and ``__pydantic_private__``, the four attributes pydantic documents on every model.
-Per build (``python benchmarks/model_instructions.py``): ``GenerateResult`` 34.5 k instructions validated,
-57.2 k by ``model_construct``, 21.9 k here; a user turn 109 k validated, 41 k by ``model_copy``, 24 k here.
-``tests/test_construct.py`` checks each result equals the validated model's, so a pydantic release that changes
-what a model holds fails there rather than in a request.
+Every request returns a ``GenerateResult`` holding a ``DecisionRecord`` and a ``RungAttempt`` per rung (and, for an
+engine that takes no text, sends a user turn: google-genai's ``Content`` of one ``Part``). Their values are
+already checked — a validated request, usage the SDK parsed, a backend's output, numbers genroute summed — so
+these helpers do what pydantic's own ``model_construct`` does for trusted data, without its per-field Python
+loop (which makes it *slower* than validation for these models): set the instance's ``__dict__``,
+``__pydantic_fields_set__``, ``__pydantic_extra__`` and ``__pydantic_private__``, the four attributes pydantic
+documents on every model. ``builder`` generates that for one model class (its fields as keyword parameters),
+``replaced`` copies a model with some fields swapped, and ``one_store_init`` gives a frozen dataclass built on
+every request an ``__init__`` that stores its fields at once. Per build: ``python
+benchmarks/model_instructions.py``. ``tests/test_construct.py`` checks each result equals the validated
+model's, so a pydantic release that changes what a model holds fails there rather than in a request.
 """
 
 from __future__ import annotations
