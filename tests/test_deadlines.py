@@ -292,3 +292,25 @@ def test_a_block_entered_again_raises_runtime_error_as_asyncio_timeout_does():
                 pass
 
     run(main())
+
+
+def test_a_loop_that_ran_late_ends_every_block_now_due_at_once():
+    async def one(deadline: float) -> str:
+        try:
+            with deadline_at(deadline):
+                await asyncio.sleep(10)
+        except TimeoutError:
+            return "timed out"
+        return "answered"
+
+    async def main() -> list[str]:
+        now = time.monotonic()
+        tasks = [asyncio.ensure_future(one(now + k * 3 * RESOLUTION_S)) for k in (1, 2, 3)]
+        await asyncio.sleep(0)  # every block entered
+        time.sleep(12 * RESOLUTION_S)  # the loop is held past all three deadlines
+        return await asyncio.gather(*tasks)
+
+    answers, loop = run(main())
+    assert answers == ["timed out"] * 3
+    assert loop.scheduled == 1  # the first slot's timer ended all three: no timer set for slots already due
+

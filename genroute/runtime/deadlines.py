@@ -87,7 +87,9 @@ class _Timers:
 
     def _fire(self) -> None:
         """End the blocks of every slot due; set the timer for the next slot that still has blocks."""
-        due, keys, slots = self.due, self.keys, self.slots
+        keys, slots = self.keys, self.slots
+        # The slot it was set for, and any later one whose time has come too (a loop that ran late).
+        due = max(self.due, math.floor(self.loop.time() / RESOLUTION_S))
         self.timer, self.due = None, math.inf
         while keys and (keys[0] <= due or keys[0] not in slots):
             key = heapq.heappop(keys)
