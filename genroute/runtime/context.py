@@ -133,7 +133,16 @@ class RunContext:
                 self._fail(span, attrs, exc, start)
                 self._charge(engine, span, attrs, model, meter.attempts, meter.estimated, price_as=price_as)
                 raise
-            self._account(engine, span, attrs, model, response, contents, config, start, meter, price_as)
+            # Charged at the usage the response reports (an estimate where it reports none), with the attempts
+            # the meter collected before it.
+            usage = usage_of(response)
+            estimated = meter.estimated
+            if usage is None:
+                usage = Usage(input_tokens=estimate_input(contents, config),
+                              output_tokens=estimate_tokens(output_chars(response)))
+                estimated = True
+            calls = (usage, *meter.attempts) if meter.attempts else (usage,)
+            self._answered(engine, span, attrs, model, response, start, calls, estimated, price_as)
             return response
         finally:
             if token is not None:
@@ -262,20 +271,6 @@ class RunContext:
             else:
                 self.telemetry.cost.add(cost, answered)
         return usage
-
-    def _account(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
-                 response: types.GenerateContentResponse, contents: list[types.Content] | str,
-                 config: types.GenerateContentConfig | None, start: float, meter: Meter, price_as: str | None) -> None:
-        """Charge a complete response at the usage it reports (an estimate where it reports none), with the
-        attempts ``meter`` collected before it."""
-        usage = usage_of(response)
-        estimated = meter.estimated
-        if usage is None:
-            usage = Usage(input_tokens=estimate_input(contents, config),
-                          output_tokens=estimate_tokens(output_chars(response)))
-            estimated = True
-        calls = (usage, *meter.attempts) if meter.attempts else (usage,)
-        self._answered(engine, span, attrs, model, response, start, calls, estimated, price_as)
 
     def _answered(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
                   response: types.GenerateContentResponse, start: float, calls: Sequence[Usage], estimated: bool,
