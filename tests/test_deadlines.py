@@ -43,6 +43,16 @@ def run(coro: Any) -> Any:
         loop.close()
 
 
+async def _waits(deadline: float) -> str:
+    """A request that would wait 10 s, bounded by ``deadline``."""
+    try:
+        with deadline_at(deadline):
+            await asyncio.sleep(10)
+    except TimeoutError:
+        return "timed out"
+    return "answered"
+
+
 def test_a_block_past_its_deadline_ends_with_timeout_error_never_before_it():
     async def main() -> tuple[float, float]:
         deadline = time.monotonic() + 0.05
@@ -146,17 +156,9 @@ def test_keys_of_slots_gone_do_not_pile_up():
 
 
 def test_blocks_of_one_slot_all_expire_on_its_one_timer():
-    async def one(deadline: float) -> str:
-        try:
-            with deadline_at(deadline):
-                await asyncio.sleep(10)
-        except TimeoutError:
-            return "timed out"
-        return "answered"
-
     async def main() -> list[str]:
         deadline = time.monotonic() + 0.05
-        return await asyncio.gather(*(one(deadline) for _ in range(50)))
+        return await asyncio.gather(*(_waits(deadline) for _ in range(50)))
 
     answers, loop = run(main())
     assert answers == ["timed out"] * 50 and loop.scheduled == 1
@@ -295,17 +297,9 @@ def test_a_block_entered_again_raises_runtime_error_as_asyncio_timeout_does():
 
 
 def test_a_loop_that_ran_late_ends_every_block_now_due_at_once():
-    async def one(deadline: float) -> str:
-        try:
-            with deadline_at(deadline):
-                await asyncio.sleep(10)
-        except TimeoutError:
-            return "timed out"
-        return "answered"
-
     async def main() -> list[str]:
         now = time.monotonic()
-        tasks = [asyncio.ensure_future(one(now + k * 3 * RESOLUTION_S)) for k in (1, 2, 3)]
+        tasks = [asyncio.ensure_future(_waits(now + k * 3 * RESOLUTION_S)) for k in (1, 2, 3)]
         await asyncio.sleep(0)  # every block entered
         time.sleep(12 * RESOLUTION_S)  # the loop is held past all three deadlines
         return await asyncio.gather(*tasks)
