@@ -308,3 +308,26 @@ def test_a_loop_that_ran_late_ends_every_block_now_due_at_once():
     assert answers == ["timed out"] * 3
     assert loop.scheduled == 1  # the first slot's timer ended all three: no timer set for slots already due
 
+
+
+def test_a_block_that_ended_in_time_or_has_no_deadline_cannot_be_entered_again_either():
+    """asyncio.Timeout refuses any second entry (its state leaves CREATED once entered), not only one inside
+    itself or after it expired: a block that ended in time, or one without a deadline, is spent too."""
+
+    async def main() -> None:
+        block = deadline_at(time.monotonic() + 30)
+        with block:
+            await asyncio.sleep(0)
+        with pytest.raises(RuntimeError):
+            with block:
+                pass
+        never = deadline_at(None)
+        with pytest.raises(RuntimeError):
+            with never:
+                with never:
+                    pass
+        with pytest.raises(RuntimeError):
+            with never:
+                pass
+
+    run(main())

@@ -106,16 +106,20 @@ class deadline_at:  # noqa: N801 - named like asyncio.timeout_at, which it stand
     """``with deadline_at(when):`` (inside a task) ends the block with ``TimeoutError`` once ``when`` (a
     ``time.monotonic()`` instant; ``None``: never) has passed, within ``RESOLUTION_S``."""
 
-    __slots__ = ("_when", "_task", "_cancelling", "_slot", "_expired")
+    __slots__ = ("_when", "_task", "_cancelling", "_slot", "_expired", "_entered")
 
     def __init__(self, when: float | None) -> None:
         self._when = when
         self._slot: _Slot | None = None
         self._expired = False
+        self._entered = False
 
     def __enter__(self) -> deadline_at:
-        if self._slot is not None or self._expired:  # as asyncio.Timeout: entered again, it would lose its timer
+        # As asyncio.Timeout: once only (entered again inside itself it would lose its timer; after it expired,
+        # its exit would uncancel its task once more; after it ended in time, or without a deadline, it is spent).
+        if self._entered:
             raise RuntimeError("deadline_at has already been entered")
+        self._entered = True
         if self._when is not None:
             task = asyncio.current_task()
             if task is None:
