@@ -71,6 +71,21 @@ async def test_generate_text_with_usage(srv, engine):
     assert engine.provider == "gcp.gemini"
 
 
+async def test_one_user_turn_given_as_text_goes_as_the_same_request(srv, engine):
+    # Prepared.contents may be a str (one user turn): sent as the SDK sends a string, the same body as the
+    # Content list it stands for; a str subclass (e.g. a template engine's markup), of one character too, alike.
+    class Text(str):
+        pass
+
+    srv.reply_text("ok")
+    await engine.generate(MODEL, user("a"))
+    for text in ("a", Text("a")):
+        srv.reply_text("ok")
+        response = await engine.generate(MODEL, text)
+        assert response.text == "ok"
+        assert srv.requests[-1].body["contents"] == srv.requests[0].body["contents"]
+
+
 async def test_timeout_is_always_sent(srv, engine):
     await engine.generate(MODEL, user("x"))
     await engine.generate(MODEL, user("x"), timeout_s=5)

@@ -151,6 +151,28 @@ async def test_generation_with_usage(engine: LocalEngine) -> None:
 
 
 @pytest.mark.local
+async def test_a_text_turn_reaches_an_engine_that_takes_no_text_as_one_user_turn(engine: LocalEngine) -> None:
+    # Prepared.contents may be a str: RunContext hands an engine without takes_text the one-turn list instead.
+    from genroute.runtime.context import RunContext
+    from genroute.runtime.pricing import Pricing
+    from genroute.runtime.telemetry import Telemetry
+    from genroute.types import GenerateRequest
+
+    class Text(str):
+        pass
+
+    config = types.GenerateContentConfig(max_output_tokens=4, temperature=0.0)
+    question = "What is the capital of France?"
+    assert not engine.takes_text
+    reference = await engine.generate("gemma-3-270m", user(question), config)
+    for contents in (question, Text(question)):
+        ctx = RunContext(GenerateRequest(input=question), "local", telemetry=Telemetry(), pricing=Pricing())
+        response = await ctx.generate(engine, "gemma-3-270m", contents, config)
+        assert response.text == reference.text
+        assert response.usage_metadata.prompt_token_count == reference.usage_metadata.prompt_token_count
+
+
+@pytest.mark.local
 async def test_max_tokens_and_greedy_determinism(engine: LocalEngine) -> None:
     config = types.GenerateContentConfig(max_output_tokens=3, stop_sequences=["\n"])
     first = await engine.generate("m", user("Count: one two three four five six"), config)

@@ -66,8 +66,8 @@ _SERVER_TIMEOUT = "X-Server-Timeout"
 def _sdk_contents(contents: list[types.Content] | str) -> Any:
     """``contents`` in the cheapest form the SDK accepts: one user turn of plain text goes as the string itself
     (the SDK builds the same request from it with less work than it spends on a ``Content`` list)."""
-    if type(contents) is str:
-        return contents
+    if isinstance(contents, str):
+        return str(contents)  # a str subclass the SDK would send as an empty turn: as the plain str
     if len(contents) == 1:
         content = contents[0]
         parts = content.parts

@@ -131,7 +131,7 @@ def estimate_tokens(text: str | int) -> int:
 def estimate_input(contents: list[types.Content] | str, config: types.GenerateContentConfig | None = None) -> int:
     """Estimated prompt tokens of a request: its contents (a ``str``: one user turn), system instruction and tool
     declarations."""
-    chars = len(contents) if type(contents) is str else sum(_content_chars(c) for c in contents or ())
+    chars = len(contents) if isinstance(contents, str) else sum(_content_chars(c) for c in contents or ())
     if config is not None:
         system = config.system_instruction
         if isinstance(system, str):

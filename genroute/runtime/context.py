@@ -111,7 +111,7 @@ class RunContext:
         """One instrumented, accounted engine call; attempts lost on the way are charged too.
 
         ``contents``: the turns, or a ``str`` for one user turn (``Prepared.contents``)."""
-        if type(contents) is str and not engine.takes_text:
+        if isinstance(contents, str) and not engine.takes_text:
             contents = [user_content(contents)]
         telemetry = self.telemetry
         attrs, name = telemetry.call(engine.provider, model)
@@ -164,7 +164,7 @@ class RunContext:
         usage received so far (the latest chunk's usage, plus an estimate for text that arrived after it, or
         the input estimate when no chunk carried usage), and attempts lost before the first chunk on top.
         """
-        if type(contents) is str and not engine.takes_text:
+        if isinstance(contents, str) and not engine.takes_text:
             contents = [user_content(contents)]
         attrs, name = self.telemetry.call(engine.provider, model)
         with CurrentSpan(self.tracer, name, kind=SpanKind.CLIENT,
