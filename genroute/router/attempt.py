@@ -53,3 +53,31 @@ class AdmittedAttempt:
             await self.admission.exit(ticket, outcome)  # type: ignore[union-attr]
         except Exception as error:  # the answer stands; an unsettled hold lapses with its TTL
             _log.warning("could not settle admission for %r: %s: %s", self.backend, type(error).__name__, error)
+
+
+class _Ungated:
+    """The attempt of a router without gates: nothing to enter or settle (one shared object, holding nothing)."""
+
+    __slots__ = ()
+
+    #: Nothing can refuse it.
+    admitted = True
+
+    async def __aenter__(self) -> _Ungated:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        return None
+
+
+_UNGATED = _Ungated()
+
+
+def admitted(admission: Admission | None, request: GenerateRequest, decision: Decision, backend: str,
+             ctx: RunContext, span: trace.Span) -> AdmittedAttempt | _Ungated:
+    """The attempt to ``async with`` around a run of ``backend``: through the router's gates, or (a router
+    without any) one that enters and settles nothing, built once for all."""
+    if admission is None:
+        return _UNGATED
+    return AdmittedAttempt(admission, request, decision, backend, ctx, span)
+

@@ -20,7 +20,7 @@ from genroute.errors import (
 )
 from genroute.runtime.context import RunContext, add_spend
 from genroute.runtime.deadlines import deadline_at
-from genroute.router.attempt import AdmittedAttempt
+from genroute.router.attempt import admitted
 from genroute.router.ledger import Ledger
 from genroute.router.validators import Check, Judge, Validator, named_in, resolve
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult, Rung
@@ -132,7 +132,7 @@ class Executor:
             pending: list[str] | None = None  # text a buffered rung produced (made only for one)
             output: BackendOutput | None = None
             rung_start = time.perf_counter()
-            attempt = AdmittedAttempt(self.admission, request, decision, rung.backend, ctx, span)
+            attempt = admitted(self.admission, request, decision, rung.backend, ctx, span)
             try:
                 async with attempt:
                     backend = self.backends[rung.backend]
@@ -226,7 +226,7 @@ class Executor:
         """Run ``backend`` for a check (a judge) of the rung ``ctx`` accounts: own admission, cost in the rung."""
         side = self._context(check_request, backend, ctx.deadline, ctx.bounded)
         try:
-            async with AdmittedAttempt(self.admission, request, decision, backend, side, trace.get_current_span()):
+            async with admitted(self.admission, request, decision, backend, side, trace.get_current_span()):
                 return await self.backends[backend].run(check_request, side)
         except _RUNG_ERRORS as exc:  # an answer that could not be checked is not accepted
             raise ValidationFailed(f"{ctx.backend}: validator backend {backend!r} failed: {exc}",
@@ -283,7 +283,7 @@ class Executor:
             record_exception=False, set_status_on_exception=False,
         ) as span:
             ctx = self._context(request, backend, time.monotonic() + timeout_s, True)  # the block below ends it
-            attempt = AdmittedAttempt(self.admission, request, decision, backend, ctx, span)
+            attempt = admitted(self.admission, request, decision, backend, ctx, span)
             started = time.perf_counter()
             try:
                 async with attempt:

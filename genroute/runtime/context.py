@@ -41,7 +41,7 @@ class Spend(Protocol):
 
 def add_spend(total: Spend, part: Spend) -> None:
     """Add ``part``'s usage and costs to ``total`` (a rung's to its request's ledger, a validator's to its rung)."""
-    total.usage = total.usage + part.usage
+    total.usage = part.usage if total.usage is NO_USAGE else total.usage + part.usage
     total.cost_usd += part.cost_usd
     total.cost_estimated = total.cost_estimated or part.cost_estimated
     total.cache_storage_cost_usd += part.cache_storage_cost_usd

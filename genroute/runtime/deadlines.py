@@ -48,10 +48,12 @@ class _Slot(set["deadline_at"]):
 class _Timers:
     """One event loop's slots (by the slot's number on the loop's clock) and its one timer."""
 
-    __slots__ = ("loop", "slots", "keys", "queued", "timer", "due", "context")
+    __slots__ = ("loop", "monotonic", "slots", "keys", "queued", "timer", "due", "context")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        #: Whether the loop's clock is ``time.monotonic`` (asyncio's own loops): a deadline needs no conversion.
+        self.monotonic = type(loop).time is asyncio.BaseEventLoop.time
         self.slots: dict[int, _Slot] = {}
         #: A heap of the slots' keys, those of slots emptied since included until the timer passes them, each
         #: once (``queued``: the same keys as a set). Ints: nothing the garbage collector traverses.
@@ -129,7 +131,8 @@ class deadline_at:  # noqa: N801 - named like asyncio.timeout_at, which it stand
             timers: _Timers | None = getattr(_local, "timers", None)
             if timers is None or timers.loop is not loop:  # a thread's first loop, or a new one
                 timers = _local.timers = _Timers(loop)  # the old loop's timers go on with the blocks using them
-            self._slot = timers.join(self, loop.time() + (self._when - time.monotonic()))
+            when = self._when if timers.monotonic else loop.time() + (self._when - time.monotonic())
+            self._slot = timers.join(self, when)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
