@@ -331,3 +331,24 @@ def test_a_block_that_ended_in_time_or_has_no_deadline_cannot_be_entered_again_e
                 pass
 
     run(main())
+
+
+def test_a_loop_with_a_clock_of_its_own_ends_blocks_at_their_deadline_too():
+    """Deadlines are ``time.monotonic()`` instants; asyncio's own loops keep that clock (used as it is), a loop
+    with another clock gets them converted."""
+
+    class ShiftedClock(asyncio.SelectorEventLoop):
+        def time(self) -> float:
+            return super().time() + 1000.0
+
+    async def main() -> tuple[float, float]:
+        deadline = time.monotonic() + 0.05
+        assert await _waits(deadline) == "timed out"
+        return deadline, time.monotonic()
+
+    loop = ShiftedClock()
+    try:
+        deadline, ended = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert deadline <= ended < deadline + 1.0
