@@ -1,13 +1,14 @@
 """What bounding a request by its deadline costs, counted in CPU instructions (valgrind): ``asyncio.timeout_at``
-vs genroute's shared-timer ``deadline_at`` (``genroute/runtime/deadlines.py``).
+vs genroute's ``deadline_at`` (one timer per event loop) (``genroute/runtime/deadlines.py``).
 
     python benchmarks/deadline_instructions.py [--n 200]   # ~1 min
 
 Each contender awaits a trivial coroutine (one event-loop turn) ``--n`` times inside a block bounded 60 s ahead,
 in a child under ``valgrind --tool=callgrind`` counting only the measured window (``callgrind.in_window``); the
 same loop without a block is the baseline. ``alone``: the requests one after another, as a single caller (or a
-run under valgrind, where one request takes longer than a timer slot) sends them, so each schedules its own
-timer; ``together``: 100 requests in flight at once with the same deadline, as a server under load sends them.
+run under valgrind, where one request takes longer than a timer slot) sends them, each in a slot of its own
+(``asyncio.timeout_at`` schedules and cancels a timer for each; ``deadline_at`` sets its loop's one timer once);
+``together``: 100 requests in flight at once with the same deadline, as a server under load sends them.
 """
 
 from __future__ import annotations
