@@ -20,32 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from opentelemetry import context, trace
-from opentelemetry.trace import SpanKind
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _mandated(tracer: Any) -> None:
-    """The telemetry contract's spans, the cheapest way (as ``overhead_instructions.py`` makes them)."""
-    root = tracer.start_span("genroute.generate", kind=SpanKind.INTERNAL, attributes={
-        "genroute.policy": "static", "genroute.reason": "static backend 'chat'"},
-        record_exception=False, set_status_on_exception=False)
-    root_token = context.attach(trace.set_span_in_context(root))
-    call = tracer.start_span("generate_content gemini-2.5-flash", kind=SpanKind.CLIENT, attributes={
-        "gen_ai.operation.name": "generate_content", "gen_ai.provider.name": "gcp.gemini",
-        "gen_ai.request.model": "gemini-2.5-flash"}, record_exception=False, set_status_on_exception=False)
-    call_token = context.attach(trace.set_span_in_context(call))
-    call.set_attributes({
-        "gen_ai.usage.input_tokens": 5, "gen_ai.usage.output_tokens": 3, "gen_ai.usage.cache_read.input_tokens": 0,
-        "gen_ai.usage.cost.amount": 1e-6, "gen_ai.usage.cost.currency": "USD",
-        "gen_ai.response.model": "gemini-2.5-flash", "gen_ai.response.finish_reasons": ["stop"]})
-    context.detach(call_token)
-    call.end()
-    root.set_attributes({"genroute.backend": "chat", "genroute.rungs_tried": 1, "gen_ai.usage.cost.amount": 1e-6,
-                         "gen_ai.usage.cost.currency": "USD"})
-    context.detach(root_token)
-    root.end()
+from overhead_instructions import discarding_provider, mandated  # noqa: E402
 
 
 def _where(code: Any, by: str) -> str | None:
@@ -72,18 +50,11 @@ def main() -> None:
 
     from google import genai
     from google.genai import types
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
     from genroute import Router
     from genroute.testing import GeminiTestServer
 
-    class Discard(SpanExporter):
-        def export(self, spans: Any) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
-
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(Discard()))
+    provider = discarding_provider()
     tracer = provider.get_tracer("bench")
     counts: dict[str, collections.Counter[str]] = {}
     with GeminiTestServer() as server:
@@ -96,7 +67,7 @@ def main() -> None:
         calls = {
             "direct": lambda: loop.run_until_complete(
                 client.aio.models.generate_content(model="gemini-2.5-flash", contents="hello")),
-            "mandated": lambda: None if args.no_tracer else _mandated(tracer),
+            "mandated": lambda: None if args.no_tracer else mandated(tracer),
             "routed": lambda: loop.run_until_complete(router.agenerate("hello")),
         }
         for call in calls.values():
