@@ -90,7 +90,7 @@ class Usage(_Frozen):
             return self
         if self.is_zero:
             return other
-        return _usage(  # sums of ints
+        return built_usage(  # sums of ints
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
@@ -102,7 +102,8 @@ class Usage(_Frozen):
 NO_USAGE = Usage()
 
 
-_usage = builder(Usage)
+#: ``Usage`` from counts already checked (ints), built without validating them again (``genroute.construct``).
+built_usage = builder(Usage)
 
 
 class Citation(_Frozen):

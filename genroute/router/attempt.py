@@ -80,4 +80,3 @@ def admitted(admission: Admission | None, request: GenerateRequest, decision: De
     if admission is None:
         return _UNGATED
     return AdmittedAttempt(admission, request, decision, backend, ctx, span)
-

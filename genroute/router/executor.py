@@ -126,8 +126,7 @@ class Executor:
             rung = rungs[index]
             checks = self._checks_for(rung, index) if rung.validators else ()
             passes = live and not (checks and index < len(rungs) - 1)
-            ctx = RunContext(request, rung.backend, telemetry=self.telemetry, pricing=self.pricing, deadline=deadline,
-                             bounded=bounded)
+            ctx = self._context(request, rung.backend, deadline, bounded)
             sent = False
             pending: list[str] | None = None  # text a buffered rung produced (made only for one)
             output: BackendOutput | None = None
@@ -179,8 +178,7 @@ class Executor:
             ledger.record(span, ctx, rung.backend, index, rung_start, None)
             result = ledger.result(decision, ctx, output, span, start, first_chunk_s,
                                    outcome_ids=self.outcomes is not None)
-            if self.outcomes is not None or decision.shadow:
-                self._served(request, decision, span, result, output)
+            self._served(request, decision, span, result, output)
             yield result
             return
         raise ledger.failure(decision, last_error, span)

@@ -166,14 +166,11 @@ class Router(Learning):
             async with self._root_span(request, same_context=True) as (span, decision, start, deadline, ledger):
                 answers = self._executor.run(request, decision, span, start, deadline, ledger,
                                              bounded=deadline is not None)
-                block = None
                 try:
-                    if deadline is None:
-                        return await anext(answers)
-                    with deadline_at(deadline) as block:
+                    with deadline_at(deadline) as block:  # no deadline: no timer
                         return await anext(answers)
                 except TimeoutError:
-                    if block is None or not block.expired():  # a backend's own TimeoutError: not the deadline
+                    if not block.expired():  # a backend's own TimeoutError: not the request's deadline
                         raise
                     error = self._expired(request, decision)
                     ledger.charge(error)  # what the timed-out attempts cost the provider still counts

@@ -111,8 +111,7 @@ class RunContext:
         """One instrumented, accounted engine call; attempts lost on the way are charged too.
 
         ``contents``: the turns, or a ``str`` for one user turn (``Prepared.contents``)."""
-        if isinstance(contents, str) and not engine.takes_text:
-            contents = [user_content(contents)]
+        contents = _turns(engine, contents)
         telemetry = self.telemetry
         attrs, name = telemetry.call(engine.provider, model)
         # The span is current for the call and ended here, in the coroutine that began it (no context probe).
@@ -164,8 +163,7 @@ class RunContext:
         usage received so far (the latest chunk's usage, plus an estimate for text that arrived after it, or
         the input estimate when no chunk carried usage), and attempts lost before the first chunk on top.
         """
-        if isinstance(contents, str) and not engine.takes_text:
-            contents = [user_content(contents)]
+        contents = _turns(engine, contents)
         attrs, name = self.telemetry.call(engine.provider, model)
         with CurrentSpan(self.tracer, name, kind=SpanKind.CLIENT,
                          attributes=_span_attributes(attrs, config, stream=True)) as span:
@@ -292,6 +290,11 @@ class RunContext:
         usage = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer,
                              answered=points[0])
         telemetry.record_call(points[0], usage, time.perf_counter() - start, points[1:])
+
+
+def _turns(engine: Engine, contents: list[types.Content] | str) -> list[types.Content] | str:
+    """``contents`` as ``engine`` takes them: a ``str`` (one user turn) as it is only by an engine that takes text."""
+    return [user_content(contents)] if isinstance(contents, str) and not engine.takes_text else contents
 
 
 def _span_attributes(attrs: dict[str, Any], config: types.GenerateContentConfig | None, *,

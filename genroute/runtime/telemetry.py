@@ -16,8 +16,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import INVALID_SPAN
 
-from genroute.construct import builder
-from genroute.types import Usage
+from genroute.types import Usage, built_usage
 
 if TYPE_CHECKING:
     from google.genai import types
@@ -163,15 +162,12 @@ class Telemetry:
             self.tokens.record(usage.output_tokens + usage.thinking_tokens, tokens[1])
 
 
-_usage = builder(Usage)
-
-
 def usage_of(response: types.GenerateContentResponse) -> Usage | None:
     """Token usage reported by a response, if any."""
     meta = response.usage_metadata
     if meta is None:
         return None
-    return _usage(  # the SDK validated these counts (ints or None)
+    return built_usage(  # the SDK validated these counts (ints or None)
         input_tokens=meta.prompt_token_count or 0,
         output_tokens=meta.candidates_token_count or 0,
         cached_input_tokens=meta.cached_content_token_count or 0,
