@@ -224,3 +224,49 @@ def test_what_runs_inside_a_request_sees_its_span_or_the_callers_trace(gemini_se
         assert seen[0].name == "genroute.generate" and seen[0].parent.span_id == span.get_span_context().span_id
     else:
         assert seen[0].get_span_context() == span.get_span_context() and not seen[0].is_recording()
+
+
+_GLOBAL_METER_LATER = """
+import sys
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from genroute import Router
+from genroute.testing import GeminiTestServer
+
+with GeminiTestServer() as server:
+    config = {"engines": {"g": {"kind": "gemini", "api_key": "k", "base_url": server.base_url}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}}}
+    with Router.from_config(config) as router:  # no meter provider: the API's stand-in for the global one
+        assert not router.telemetry.metered  # nothing reads the points yet: none are built
+        router.generate("before")
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        assert router.telemetry.metered
+        router.generate("after")
+    found = {m.name: m for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics
+             for m in sm.metrics}
+    assert found["gen_ai.client.operation.duration"].data.data_points[0].count == 1, found
+    tokens = found["gen_ai.client.token.usage"].data.data_points
+    assert sorted(p.attributes["gen_ai.token.type"] for p in tokens) == ["input", "output"]
+    assert found["genroute.cost"].data.data_points[0].value > 0
+print("ok")
+"""
+
+
+def test_metrics_reach_a_global_meter_provider_set_after_the_router_was_built():
+    # Points are skipped while nothing reads them; a global provider set later gets every call from then on
+    # (a process of its own: the global meter provider can be set once per process).
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _GLOBAL_METER_LATER], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_no_op_meter_provider_reads_nothing(gemini_server):
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    with Router.from_config(gemini_config(gemini_server), meter_provider=NoOpMeterProvider()) as router:
+        assert not router.telemetry.metered
+        assert router.generate("hello").cost_usd > 0  # cost is still summed: only the metric points are skipped

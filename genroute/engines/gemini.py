@@ -136,7 +136,13 @@ class GeminiEngine(Engine):
                               field=f"engines.{name}.vertex.project")
         self._credentials = credentials
         self._client: genai.Client | None = None
-        self._expected_s: float | None = None
+        #: The longest an attempt can take: the engine's ``timeout_s``, or the retry budget where that is shorter
+        #: (an attempt never outlives it; with the client's server-side deadline at most this, an engine with a
+        #: long ``timeout_s`` sends no per-request HTTP options on every attempt).
+        self._attempt_bound_s = min(config.timeout_s, config.retry.deadline_s)
+        #: The client's server-side deadline: an attempt's bound, or a router's deadline where that is shorter
+        #: (``expect_deadline``).
+        self._client_timeout_s = self._attempt_bound_s
         # Import the SDK (1-4 s) now, while the router is built, not inside the first request: there it would
         # block the event loop and eat that request's deadline.
         import google.genai  # noqa: F401
@@ -237,21 +243,8 @@ class GeminiEngine(Engine):
         of them costs ~30 % of a request's CPU, ``benchmarks/timeouts.py``); a request with another deadline
         still tells its own. Before the client is built only (a later hint is ignored)."""
         if self._client is None:
-            self._expected_s = seconds
-
-    @property
-    def _client_timeout_s(self) -> float:
-        """The client's server-side deadline: an attempt's bound, or the expected deadline where that is
-        shorter."""
-        bound = self._attempt_bound_s
-        return bound if self._expected_s is None else min(bound, self._expected_s)
-
-    @property
-    def _attempt_bound_s(self) -> float:
-        """The longest an attempt can take: the engine's ``timeout_s``, or the retry budget where that is shorter (an
-        attempt never outlives it; with the client's server-side deadline at most this, an engine with a long
-        ``timeout_s`` sends no per-request HTTP options on every attempt)."""
-        return min(self.config.timeout_s, self.config.retry.deadline_s)
+            bound = self._attempt_bound_s
+            self._client_timeout_s = bound if seconds is None else min(bound, seconds)
 
     def generate(  # type: ignore[override]  # returns the retry loop's coroutine: awaited as the ABC's
         self,

@@ -214,7 +214,7 @@ class RunContext:
         cost = self.pricing.storage_cost(priced, tokens, ttl_s) if priced is not None else 0.0
         self.cost_usd += cost
         self.cache_storage_cost_usd += cost
-        if cost:
+        if cost and self.telemetry.metered:
             self.telemetry.cost.add(cost, {"gen_ai.operation.name": "create_cached_content",
                                            "gen_ai.provider.name": engine.provider, "gen_ai.request.model": model})
         return cost
@@ -225,15 +225,17 @@ class RunContext:
         kind = error_type(exc)
         span.set_attribute("error.type", kind)
         span.set_status(Status(StatusCode.ERROR, kind))
-        self.telemetry.record_call({**attrs, "error.type": kind}, None, time.perf_counter() - start)
+        if self.telemetry.metered:
+            self.telemetry.record_call({**attrs, "error.type": kind}, None, time.perf_counter() - start)
 
     def _charge(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str, calls: Sequence[Usage],
                 estimated: bool, *, price_as: str | None, answer: dict[str, Any] | None = None,
                 answered: dict[str, Any] | None = None) -> Usage:
         """Add the usage of ``calls`` (the answer and any lost attempts, each priced on its own) and its cost to
-        this rung and to the call's span (with ``answer``'s attributes, in one go); return the summed usage.
+        this rung, to the call's span (with ``answer``'s attributes, in one go) and to the cost counter; return the
+        summed usage.
 
-        ``answered``: the metric attributes of the answered call, when there is one."""
+        ``answered``: the metric attributes of the answered call, when there is one and metrics are read."""
         usage = calls[0] if len(calls) == 1 else sum(calls, NO_USAGE)
         if not estimated and usage.is_zero:
             if answer:
@@ -251,23 +253,24 @@ class RunContext:
             extra = sum(self.pricing.cost(reference, call) for call in calls)
             self.cloud_equivalent_cost_usd = (self.cloud_equivalent_cost_usd or 0.0) + extra
         if span.is_recording():
-            span_attrs = usage_attributes(usage)
+            span_attrs = {**usage_attributes(usage), "gen_ai.usage.cost.amount": cost,
+                          "gen_ai.usage.cost.currency": "USD"}
             if extra is not None:
                 span_attrs["genroute.cloud_equivalent.cost.amount"] = extra
                 span_attrs["genroute.cloud_equivalent.model"] = reference
-            span_attrs["gen_ai.usage.cost.amount"] = cost
-            span_attrs["gen_ai.usage.cost.currency"] = "USD"
             if estimated:
                 span_attrs["genroute.cost.estimated"] = True
             if answer:
                 span_attrs.update(answer)
             span.set_attributes(span_attrs)
-        if cost:  # estimates apart, so that a dashboard can tell billed usage from genroute's estimates
-            if estimated or answered is None:
-                self.telemetry.cost.add(cost, {**attrs, "gen_ai.response.model": self.model or model,
-                                               **({"genroute.cost.estimated": True} if estimated else {})})
-            else:
-                self.telemetry.cost.add(cost, answered)
+        if not cost:
+            return usage
+        # Estimates apart, so that a dashboard can tell billed usage from genroute's estimates.
+        if answered is not None and not estimated:
+            self.telemetry.cost.add(cost, answered)
+        elif answered is not None or self.telemetry.metered:
+            self.telemetry.cost.add(cost, {**attrs, "gen_ai.response.model": self.model or model,
+                                           **({"genroute.cost.estimated": True} if estimated else {})})
         return usage
 
     def _answered(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
@@ -286,6 +289,9 @@ class RunContext:
                     answer["gen_ai.response.finish_reasons"] = reasons
             if telemetry.capture_content:
                 answer["gen_ai.output.messages"] = _dump(candidates)
+        if not telemetry.metered:
+            self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer)
+            return
         points = telemetry.answered_attributes(engine.provider, model, response_model)
         usage = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer,
                              answered=points[0])

@@ -119,9 +119,19 @@ class Telemetry:
         self.cost = meter.create_counter(
             "genroute.cost", unit="USD", description="Cost of model calls in USD",
         )
+        self._noop_meter = isinstance(meter, metrics.NoOpMeter)
 
         # Attribute dicts that are the same for every call to a model, built once (the SDK copies what it keeps).
         self._attributes: dict[tuple[str, ...], Any] = {}
+
+    @property
+    def metered(self) -> bool:
+        """Whether anything reads this router's metrics; if not, their points are not built (per request).
+
+        Nothing does through the API's no-op meter, nor through its stand-in for the global meter provider
+        until an application sets one: that stand-in forwards to a real instrument from then on, so this is
+        asked on each call, not once."""
+        return not self._noop_meter and getattr(self.duration, "_real_instrument", True) is not None
 
     def call(self, provider: str, model: str) -> tuple[dict[str, Any], str]:
         """What every span and metric point of a ``generate_content`` call to ``model`` carries (a shared dict:
