@@ -65,26 +65,28 @@ class InFlight:
     def __enter__(self) -> None:
         task = asyncio.current_task()
         assert task is not None
-        with self._lock:
-            if self.closed:
-                raise UsageError(_CLOSED)
-            self._tasks[task] = self._tasks.get(task, 0) + 1
+        # No lock: only this task writes its own entry, and ``close`` sets ``closed`` before it lists the tasks, so
+        # a task missing from that list sees ``closed`` here (the GIL orders the two).
+        tasks = self._tasks
+        tasks[task] = tasks.get(task, 0) + 1
+        if self.closed:
+            self.__exit__(None, None, None)
+            raise UsageError(_CLOSED)
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         task = asyncio.current_task()
         assert task is not None
-        with self._lock:
-            depth = self._tasks.get(task, 0) - 1
-            if depth > 0:
-                self._tasks[task] = depth
-            else:
-                self._tasks.pop(task, None)
-            ours = (exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
-                    and task in self._cancelled)
-            if ours:
-                self._cancelled.discard(task)
-        if ours and task.uncancel() == 0:  # cancelled by close alone (not also by its caller)
-            raise UsageError(_CLOSED) from None
+        tasks = self._tasks
+        depth = tasks[task] - 1
+        if depth:
+            tasks[task] = depth
+        else:
+            del tasks[task]
+        # ``_cancel`` runs on this task's loop, as this does: no lock needed for ``_cancelled`` either.
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError) and task in self._cancelled:
+            self._cancelled.discard(task)
+            if task.uncancel() == 0:  # cancelled by close alone (not also by its caller)
+                raise UsageError(_CLOSED) from None
 
     def stream(self, chunks: AsyncIterator[T]) -> RouterStream:
         """``chunks`` wrapped so that each step is tracked and a closed router ends it with ``UsageError``."""
@@ -100,7 +102,7 @@ class InFlight:
             await asyncio.sleep(_POLL_S)
         with self._lock:
             self.closed = True
-            tasks = [(task, task.get_loop()) for task in self._tasks]
+            tasks = [(task, task.get_loop()) for task in list(self._tasks)]  # list: other threads add theirs
             streams = list(self._streams.items())
         for task, loop in tasks:
             _soon(loop, self._cancel, task)
@@ -120,10 +122,9 @@ class InFlight:
 
     def _cancel(self, task: asyncio.Task[Any]) -> None:
         """On ``task``'s own loop: cancel it if it is still inside tracked work (else it has left)."""
-        with self._lock:
-            if task not in self._tasks:
-                return
-            self._cancelled.add(task)
+        if task not in self._tasks:
+            return
+        self._cancelled.add(task)
         task.cancel("the router was closed")
 
     def _close_stream(self, stream: RouterStream) -> None:
