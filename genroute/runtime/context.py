@@ -130,7 +130,9 @@ class RunContext:
                         engine.generate(model, contents, config, timeout_s=self.remaining_s()))
             except BaseException as exc:
                 self._fail(span, attrs, exc, start)
-                self._charge(engine, span, attrs, model, meter.attempts, meter.estimated, price_as=price_as)
+                cost = self._charge(engine, span, attrs, model, meter.attempts, meter.estimated, price_as=price_as)[1]
+                if cost and telemetry.metered:
+                    self._count_cost(cost, attrs, model, meter.estimated)
                 raise
             # Charged at the usage the response reports (an estimate where it reports none), with the attempts
             # the meter collected before it.
@@ -194,7 +196,9 @@ class RunContext:
                 if complete and received.last is not None:
                     self._answered(engine, span, attrs, model, received.last, start, calls, estimated, price_as)
                 else:
-                    self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as)
+                    cost = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as)[1]
+                    if cost and self.telemetry.metered:
+                        self._count_cost(cost, attrs, model, estimated)
 
     @contextmanager
     def charged(self) -> Iterator[None]:
@@ -229,18 +233,15 @@ class RunContext:
             self.telemetry.record_call({**attrs, "error.type": kind}, None, time.perf_counter() - start)
 
     def _charge(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str, calls: Sequence[Usage],
-                estimated: bool, *, price_as: str | None, answer: dict[str, Any] | None = None,
-                answered: dict[str, Any] | None = None) -> Usage:
+                estimated: bool, *, price_as: str | None, answer: dict[str, Any] | None = None) -> tuple[Usage, float]:
         """Add the usage of ``calls`` (the answer and any lost attempts, each priced on its own) and its cost to
-        this rung, to the call's span (with ``answer``'s attributes, in one go) and to the cost counter; return the
-        summed usage.
-
-        ``answered``: the metric attributes of the answered call, when there is one and metrics are read."""
+        this rung and to the call's span (with ``answer``'s attributes, in one go); return the summed usage and
+        its cost."""
         usage = calls[0] if len(calls) == 1 else sum(calls, NO_USAGE)
         if not estimated and usage.is_zero:
             if answer:
                 span.set_attributes(answer)
-            return usage
+            return usage, 0.0
         priced = engine.pricing_model(price_as or model)
         cost = self.pricing.cost(priced, usage) if len(calls) == 1 else sum(
             self.pricing.cost(priced, call) for call in calls)
@@ -263,15 +264,17 @@ class RunContext:
             if answer:
                 span_attrs.update(answer)
             span.set_attributes(span_attrs)
-        if not cost:
-            return usage
-        # Estimates apart, so that a dashboard can tell billed usage from genroute's estimates.
+        return usage, cost
+
+    def _count_cost(self, cost: float, attrs: dict[str, Any], model: str, estimated: bool,
+                    answered: dict[str, Any] | None = None) -> None:
+        """Add ``cost`` to the cost counter: at the answered call's metric attributes (``answered``), or at the
+        call's own, estimates apart (so that a dashboard can tell billed usage from genroute's estimates)."""
         if answered is not None and not estimated:
             self.telemetry.cost.add(cost, answered)
-        elif answered is not None or self.telemetry.metered:
+        else:
             self.telemetry.cost.add(cost, {**attrs, "gen_ai.response.model": self.model or model,
                                            **({"genroute.cost.estimated": True} if estimated else {})})
-        return usage
 
     def _answered(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
                   response: types.GenerateContentResponse, start: float, calls: Sequence[Usage], estimated: bool,
@@ -289,13 +292,12 @@ class RunContext:
                     answer["gen_ai.response.finish_reasons"] = reasons
             if telemetry.capture_content:
                 answer["gen_ai.output.messages"] = _dump(candidates)
-        if not telemetry.metered:
-            self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer)
-            return
-        points = telemetry.answered_attributes(engine.provider, model, response_model)
-        usage = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer,
-                             answered=points[0])
-        telemetry.record_call(points[0], usage, time.perf_counter() - start, points[1:])
+        usage, cost = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer)
+        if telemetry.metered:
+            points = telemetry.answered_attributes(engine.provider, model, response_model)
+            if cost:
+                self._count_cost(cost, attrs, model, estimated, points[0])
+            telemetry.record_call(points[0], usage, time.perf_counter() - start, points[1:])
 
 
 def _turns(engine: Engine, contents: list[types.Content] | str) -> list[types.Content] | str:
