@@ -181,7 +181,7 @@ class SingleCallBackend(Backend):
         """Make the prepared call (a subclass may re-send a changed call after a failure)."""
         response = await ctx.generate(self.engine, prepared.model, prepared.contents, prepared.config,
                                       price_as=prepared.price_as)
-        return self._output(prepared, response_text(response), finish_reason(response))
+        return self._output(prepared, *text_and_reason(response))
 
     async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
         prepared = await self.prepare(request, ctx)
@@ -197,8 +197,8 @@ class SingleCallBackend(Backend):
                             price_as=prepared.price_as)
         async with aclosing(stream) as responses:  # closed now if our consumer stops early, not by the GC
             async for response in responses:
-                delta = response_text(response)
-                reason = finish_reason(response) or reason
+                delta, chunk_reason = text_and_reason(response)
+                reason = chunk_reason or reason
                 if delta:
                     parts.append(delta)
                     yield delta
@@ -209,14 +209,22 @@ class SingleCallBackend(Backend):
                              citations=prepared.citations, no_context=prepared.no_context)
 
 
-def response_text(response: types.GenerateContentResponse) -> str:
-    """Concatenated text parts of the first candidate (thought parts excluded)."""
-    if not response.candidates:
-        return ""
-    content = response.candidates[0].content
-    if content is None or not content.parts:
-        return ""
-    return "".join(p.text for p in content.parts if p.text and not p.thought)
+def text_and_reason(response: types.GenerateContentResponse) -> tuple[str, str | None]:
+    """The first candidate's text (its text parts joined, thought parts excluded) and its finish reason as a
+    lower-case string (semconv style)."""
+    candidates = response.candidates
+    if not candidates:
+        return "", None
+    first = candidates[0]
+    reason = None if first.finish_reason is None else reason_name(first.finish_reason)
+    content = first.content
+    parts = None if content is None else content.parts
+    if not parts:
+        return "", reason
+    if len(parts) == 1:  # the usual answer: one part, nothing to join
+        part = parts[0]
+        return (part.text if part.text and not part.thought else ""), reason
+    return "".join(p.text for p in parts if p.text and not p.thought), reason
 
 
 def finish_reason(response: types.GenerateContentResponse) -> str | None:
