@@ -77,11 +77,11 @@ class InFlight:
         task = asyncio.current_task()
         assert task is not None
         tasks = self._tasks
-        depth = tasks[task] - 1
-        if depth:
+        depth = tasks.get(task, 0) - 1
+        if depth > 0:
             tasks[task] = depth
         else:
-            del tasks[task]
+            tasks.pop(task, None)  # tolerant, as before: a block whose entry is gone leaves quietly
         # ``_cancel`` runs on this task's loop, as this does: no lock needed for ``_cancelled`` either.
         if exc_type is not None and issubclass(exc_type, asyncio.CancelledError) and task in self._cancelled:
             self._cancelled.discard(task)
