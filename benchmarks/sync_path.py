@@ -67,7 +67,10 @@ def main() -> None:
         plain = genai.Client(api_key="bench-key", http_options=http.model_copy(update={"aiohttp_client": session}))
         config = {"engines": {"g": {"kind": "gemini", "api_key": "bench-key", "base_url": server.base_url}},
                   "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": MODEL}}, "timeout_s": 60}
-        router = Router.from_config(config, tracer_provider=discarding_provider())
+        # One router a loop, as an application uses one (a router serving two loops keeps a session on each).
+        provider = discarding_provider()
+        router = Router.from_config(config, tracer_provider=provider)
+        router_sync = Router.from_config(config, tracer_provider=provider)
         portal = Portal()
 
         async def nothing() -> None:
@@ -80,7 +83,7 @@ def main() -> None:
             "direct async, trust_env=False": lambda: loop.run_until_complete(
                 plain.aio.models.generate_content(model=MODEL, contents="hello")),
             "router.agenerate": lambda: loop.run_until_complete(router.agenerate("hello")),
-            "router.generate": lambda: router.generate("hello"),
+            "router.generate": lambda: router_sync.generate("hello"),
             "portal round trip (no-op)": lambda: portal.call(nothing()),
         }
         for fn in contenders.values():  # warm up clients, pools and the loop thread
@@ -90,7 +93,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, fn in contenders.items():
                 rounds[name].append(_round(fn, args.n))
-        router.close()
+        loop.run_until_complete(router.aclose())
+        router_sync.close()
         portal.close()
         loop.run_until_complete(session.close())
         loop.close()
