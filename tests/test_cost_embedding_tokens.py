@@ -28,6 +28,8 @@ from .conftest import TEST_KEY, Otel
 EMBED = DEFAULT_PRICES["gemini-embedding-001"].input / 1e6
 TEXTS = ["rye sourdough bakes at four", "the glacier covers eight percent of Iceland"]
 FAST = {"attempts": 2, "initial_backoff_s": 0.01, "max_backoff_s": 0.02, "jitter_s": 0.0}
+#: The Vertex AI project the tests' engines name (their requests' URLs carry it).
+PROJECT = "proj"
 
 
 def counted(text: str) -> int:
@@ -42,7 +44,7 @@ def srv(gemini_server: GeminiTestServer) -> GeminiTestServer:
 
 
 def _vertex(srv: GeminiTestServer, **config: Any) -> GeminiEngine:
-    return GeminiEngine("vx", {"vertex": {"project": "proj", "location": "europe-west4"}, "base_url": srv.base_url,
+    return GeminiEngine("vx", {"vertex": {"project": PROJECT, "location": "europe-west4"}, "base_url": srv.base_url,
                                "retry": FAST, **config}, credentials=Credentials(token="test"))
 
 
@@ -73,7 +75,8 @@ async def test_vertex_reports_tokens_and_they_are_used(srv: GeminiTestServer, ve
                                                        texts: list[str], action: str) -> None:
     vectors = await vertex.embed(model, texts, output_dimensionality=8)
     (request,) = srv.requests
-    assert request.action == action and "/projects/proj/" in request.path
+    # Vertex AI's URL names the project: .../projects/{project}/locations/... (a URL path, not a file path)
+    assert request.action == action and f"/projects/{PROJECT}/" in request.path
     assert isinstance(vectors, Embeddings) and len(vectors) == len(texts) and len(vectors[0]) == 8
     assert vectors.input_tokens == sum(counted(t) for t in texts) and not vectors.estimated
 
@@ -129,7 +132,7 @@ async def test_batches_answered_before_a_failure_are_billed(srv: GeminiTestServe
 async def test_a_router_on_vertex_embeddings_costs_requests_as_reported(srv: GeminiTestServer, tmp_path: Path,
                                                                         otel: Otel) -> None:
     srv.default_reply = lambda request: Reply(parts=({"text": "ok"},), usage=(100, 10))
-    vx = {"kind": "gemini", "vertex": {"project": "proj", "location": "europe-west4"}, "base_url": srv.base_url}
+    vx = {"kind": "gemini", "vertex": {"project": PROJECT, "location": "europe-west4"}, "base_url": srv.base_url}
     config = {"engines": {"vx": vx},
               "knowledge": {"path": str(tmp_path / "chroma"), "embedder": {"kind": "gemini", "engine": "vx",
                                                                            "dimension": 16}},
@@ -166,7 +169,7 @@ class PlainListEngine(GeminiEngine):
 
 
 async def test_an_engine_that_returns_a_plain_list_is_priced_at_an_estimate(srv: GeminiTestServer) -> None:
-    engine = PlainListEngine("vx", {"vertex": {"project": "proj", "location": "europe-west4"},
+    engine = PlainListEngine("vx", {"vertex": {"project": PROJECT, "location": "europe-west4"},
                                     "base_url": srv.base_url}, credentials=Credentials(token="test"))
     try:
         with charging(Charges()) as charges:
