@@ -229,7 +229,4 @@ def text_and_reason(response: types.GenerateContentResponse) -> tuple[str, str |
 
 def finish_reason(response: types.GenerateContentResponse) -> str | None:
     """The first candidate's finish reason as a lower-case string (semconv style)."""
-    candidates = response.candidates
-    if not candidates or candidates[0].finish_reason is None:
-        return None
-    return reason_name(candidates[0].finish_reason)
+    return text_and_reason(response)[1]

@@ -130,9 +130,7 @@ class RunContext:
                         engine.generate(model, contents, config, timeout_s=self.remaining_s()))
             except BaseException as exc:
                 self._fail(span, attrs, exc, start)
-                cost = self._charge(engine, span, attrs, model, meter.attempts, meter.estimated, price_as=price_as)[1]
-                if cost and telemetry.metered:
-                    self._count_cost(cost, attrs, model, meter.estimated)
+                self._charge_unanswered(engine, span, attrs, model, meter.attempts, meter.estimated, price_as)
                 raise
             # Charged at the usage the response reports (an estimate where it reports none), with the attempts
             # the meter collected before it.
@@ -196,9 +194,7 @@ class RunContext:
                 if complete and received.last is not None:
                     self._answered(engine, span, attrs, model, received.last, start, calls, estimated, price_as)
                 else:
-                    cost = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as)[1]
-                    if cost and self.telemetry.metered:
-                        self._count_cost(cost, attrs, model, estimated)
+                    self._charge_unanswered(engine, span, attrs, model, calls, estimated, price_as)
 
     @contextmanager
     def charged(self) -> Iterator[None]:
@@ -265,6 +261,13 @@ class RunContext:
                 span_attrs.update(answer)
             span.set_attributes(span_attrs)
         return usage, cost
+
+    def _charge_unanswered(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
+                           calls: Sequence[Usage], estimated: bool, price_as: str | None) -> None:
+        """Charge a call that gave no whole answer (failed, cut or cancelled) for ``calls``; count the cost."""
+        cost = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as)[1]
+        if cost and self.telemetry.metered:
+            self._count_cost(cost, attrs, model, estimated)
 
     def _count_cost(self, cost: float, attrs: dict[str, Any], model: str, estimated: bool,
                     answered: dict[str, Any] | None = None) -> None:
