@@ -8,7 +8,9 @@ the raw contender is what the SDK's quick start does, ``client.aio.models.genera
 contents="...")``. ``--concurrency`` tasks share ``--requests`` requests; rounds interleave the contenders so
 machine noise hits each alike. Also shown, to see where the SDK's own time goes: the raw call with a
 per-request ``http_options`` timeout and with a ``Content`` list, and genroute with an OTel SDK tracer provider
-(spans discarded) instead of the API's no-op one. Figures are requests per second (median of rounds) and each
+(spans discarded) instead of the API's no-op one. The raw call on an aiohttp session like the one genroute's
+engine gives the SDK where the environment holds no proxy and no netrc (``genroute.engines.gemini_sessions``: no
+per-request reads of them) is the like-for-like contender: its CPU ratio is shown too. Figures are requests per second (median of rounds) and each
 contender's ratio to the raw call of the same round, the client's CPU per request, and the garbage collector's
 share of it (collections of each generation and their CPU time, from ``gc.callbacks``): at this concurrency every
 object a request holds in flight is found by young collections and promoted, so how much of the gap is GC shows.
@@ -31,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODEL = "gemini-2.5-flash"
+SAME_SESSION = "raw, session without env reads"
 KEY = "bench-key"
 
 
@@ -112,7 +115,16 @@ def _contenders(base_url: str) -> dict[str, Callable[[], Any]]:
 
     def raw(**kwargs: Any) -> Callable[[], Any]:
         def make() -> Any:
-            client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=base_url))
+            session = None
+            if kwargs.get("own_session"):  # as genroute's engine makes it (genroute.engines.gemini_sessions)
+                import aiohttp
+
+                from genroute.engines.gemini_sessions import READ_BUFFER_SIZE
+
+                session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False,
+                                                read_bufsize=READ_BUFFER_SIZE)
+            client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=base_url,
+                                                                                aiohttp_client=session))
             models = client.aio.models
             contents: Any = [types.Content(role="user", parts=[types.Part(text="hello")])] \
                 if kwargs.get("content_list") else "hello"
@@ -124,6 +136,8 @@ def _contenders(base_url: str) -> dict[str, Callable[[], Any]]:
 
             async def close() -> None:
                 await client.aio.aclose()
+                if session is not None:
+                    await session.close()
 
             return call, close
         return make
@@ -150,6 +164,7 @@ def _contenders(base_url: str) -> dict[str, Callable[[], Any]]:
         "raw client.aio": raw(),
         "raw + per-request timeout": raw(per_request_timeout=True),
         "raw + Content list": raw(content_list=True),
+        "raw, session without env reads": raw(own_session=True),
         "genroute agenerate": routed(False),
         "genroute agenerate, SDK tracer": routed(True),
     }
@@ -181,7 +196,8 @@ def main() -> None:
             print(f"round {n + 1}: " + ", ".join(f"{k} {v:.0f} req/s {c:.0f} µs" for k, (v, c, _) in got.items()),
                   flush=True)
     print(f"\n{args.requests} requests, {args.concurrency} concurrent, {args.rounds} rounds: req/s (median), its "
-          "ratio to raw client.aio in the same round (median), client CPU µs per request (median) and its ratio; "
+          "ratio to raw client.aio in the same round (median), client CPU µs per request (median) and its ratio, "
+          "and the CPU ratio to raw on the session genroute uses (no per-request environment reads); "
           "then the garbage collector in the same runs (medians): young/middle/full collections, the CPU µs a "
           "request spent in them, their share of its CPU, and the CPU ratio to raw with GC time taken out")
     for name in contenders:
@@ -189,12 +205,14 @@ def main() -> None:
         ratio = statistics.median(r[name][0] / r["raw client.aio"][0] for r in rounds)
         cpu = statistics.median(r[name][1] for r in rounds)
         cpu_ratio = statistics.median(r["raw client.aio"][1] / r[name][1] for r in rounds)
+        same_session = statistics.median(r[SAME_SESSION][1] / r[name][1] for r in rounds)
         young, middle, full = (statistics.median(r[name][2].collections[g] for r in rounds) for g in range(3))
         gc_us = statistics.median(r[name][2].cpu_s / args.requests * 1e6 for r in rounds)
         gc_share = statistics.median(r[name][2].cpu_s / args.requests * 1e6 / r[name][1] for r in rounds)
         no_gc = statistics.median(_without_gc(r["raw client.aio"], args.requests)
                                   / _without_gc(r[name], args.requests) for r in rounds)
-        print(f"  {name:34} {rate:8.0f} req/s  {ratio:6.1%}   {cpu:7.0f} µs CPU  {cpu_ratio:6.1%}   "
+        print(f"  {name:34} {rate:8.0f} req/s  {ratio:6.1%}   {cpu:7.0f} µs CPU  {cpu_ratio:6.1%}  "
+              f"{same_session:6.1%}   "
               f"GC {young:4.0f}/{middle:3.0f}/{full:2.0f}  {gc_us:5.0f} µs  {gc_share:6.1%}   "
               f"CPU ratio without GC {no_gc:6.1%}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
@@ -14,6 +15,7 @@ from genroute.engines.base import Embeddings, Engine
 from genroute.runtime.billing import bill, estimate_input, processed
 from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import map_error
+from genroute.engines.gemini_sessions import LoopClients, supported
 from genroute.engines.retry import RetryConfig, call_with_retry
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted
 from genroute.types import Usage
@@ -51,6 +53,11 @@ class GeminiEngineConfig(BaseModel):
     timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False, description="Per-attempt timeout (seconds).")
     retry: RetryConfig = RetryConfig()
     embed_batch_size: int = Field(default=100, ge=1, le=250, description="Texts per embedding request.")
+    trust_env: bool | None = Field(
+        default=None,
+        description="Whether async requests read proxy settings and netrc from the environment on every request "
+                    "(true), never (false), or only where some are set when an event loop makes its first call "
+                    "(null). Developer API only: Vertex AI always uses the SDK's own session.")
 
 
 #: A deadline must undercut the client's server-side deadline (its ``X-Server-Timeout`` header) by more than this
@@ -136,6 +143,8 @@ class GeminiEngine(Engine):
                               field=f"engines.{name}.vertex.project")
         self._credentials = credentials
         self._client: genai.Client | None = None
+        #: The HTTP options every client of this engine is made with (fixed when the first one is made).
+        self._http: types.HttpOptions | None = None
         #: The longest an attempt can take: the engine's ``timeout_s``, or the retry budget where that is shorter
         #: (an attempt never outlives it; with the client's server-side deadline at most this, an engine with a
         #: long ``timeout_s`` sends no per-request HTTP options on every attempt).
@@ -146,6 +155,11 @@ class GeminiEngine(Engine):
         # Import the SDK (1-4 s) now, while the router is built, not inside the first request: there it would
         # block the event loop and eat that request's deadline.
         import google.genai  # noqa: F401
+
+        #: Async requests go through a client per event loop whose session skips aiohttp's per-request reads of
+        #: the environment (``genroute.engines.gemini_sessions``); ``None``: through ``client``.
+        self._loops = (LoopClients(self._client_on, self._shared_client, trust_env=config.trust_env)
+                       if config.vertex is None and config.trust_env is not True and supported() else None)
 
     def __repr__(self) -> str:
         return f"GeminiEngine(name={self.name!r}, provider={self.provider!r}, base_url={self.base_url!r})"
@@ -173,17 +187,15 @@ class GeminiEngine(Engine):
         except ConfigError:
             return ()
 
-    @property
-    def client(self) -> genai.Client:
-        """The google-genai client, built on first use."""
-        if self._client is None:
-            from google import genai
+    def _http_options(self) -> types.HttpOptions:
+        """The HTTP options of this engine's clients, made on first use."""
+        if self._http is None:
             from google.genai import types
 
             # No HTTP timeout: aiohttp would schedule a timer for every request, which a request in flight holds
             # (with its context) until its time comes. An attempt is bounded by its caller's deadline timer (a
             # router's) or by one of its own (``_call``); the server still learns how long the client waits.
-            http = types.HttpOptions(
+            self._http = types.HttpOptions(
                 base_url=self.base_url,
                 api_version=self.config.api_version,
                 headers=_server_timeout(self._client_timeout_s),
@@ -191,6 +203,19 @@ class GeminiEngine(Engine):
                 # implicit sleep-and-retry on connection errors.
                 retry_options=types.HttpRetryOptions(attempts=1),
             )
+        return self._http
+
+    @property
+    def client(self) -> genai.Client:
+        """The google-genai client with the SDK's own sessions, built on first use.
+
+        Sync calls, Vertex AI and tuning use it; async Developer API calls may go through a client per event loop
+        instead (``trust_env``).
+        """
+        if self._client is None:
+            from google import genai
+
+            http = self._http_options()
             vertex = self.config.vertex
             if vertex is not None:
                 self._client = genai.Client(vertexai=True, project=vertex.project, location=vertex.location,
@@ -198,6 +223,26 @@ class GeminiEngine(Engine):
             else:
                 self._client = genai.Client(api_key=self._api_key(), http_options=http)
         return self._client
+
+    def _shared_client(self) -> genai.Client:
+        return self.client
+
+    def _client_on(self, session: Any, context: ssl.SSLContext) -> genai.Client:
+        """A Developer API client that sends through the aiohttp ``session`` (``LoopClients``), with ``context``
+        for its SSL."""
+        from google import genai
+
+        http = self._http_options().model_copy(update={
+            "aiohttp_client": session,
+            "client_args": {"verify": context},
+            "async_client_args": {"verify": context, "ssl": context},
+        })
+        return genai.Client(api_key=self._api_key(), http_options=http)
+
+    def _aio(self) -> Any:
+        """The SDK's async API for the running event loop."""
+        loops = self._loops
+        return self.client.aio if loops is None else loops.for_loop()
 
     def _map(self, exc: Exception) -> GenrouteError:
         return map_error(exc, backend=self.name, secrets=self._secrets())
@@ -241,8 +286,8 @@ class GeminiEngine(Engine):
         """Size the client's server-side deadline (``X-Server-Timeout``) to a router's deadline where that is
         shorter than an attempt's bound, so that its requests send no per-request HTTP options (the SDK's merge
         of them costs ~30 % of a request's CPU, ``benchmarks/timeouts.py``); a request with another deadline
-        still tells its own. Before the client is built only (a later hint is ignored)."""
-        if self._client is None:
+        still tells its own. Before the first client is built only (a later hint is ignored)."""
+        if self._http is None:
             bound = self._attempt_bound_s
             self._client_timeout_s = bound if seconds is None else min(bound, seconds)
 
@@ -265,16 +310,16 @@ class GeminiEngine(Engine):
         bounded = bounded and timeout_s is not None and timeout_s <= self.config.retry.deadline_s
         # The class's function and its arguments, not a bound method in a partial: fewer objects held by each
         # request in flight.
-        return call_with_retry(type(self)._generate_once, self.config.retry, self, self.client.aio.models, model,
-                               contents, config, bounded, deadline_s=timeout_s)
+        return call_with_retry(type(self)._generate_once, self.config.retry, self, model, contents, config, bounded,
+                               deadline_s=timeout_s)
 
-    def _generate_once(self, models: Any, model: str, contents: list[types.Content] | str,
+    def _generate_once(self, model: str, contents: list[types.Content] | str,
                        config: types.GenerateContentConfig | None, bounded: bool, remaining_s: float
                        ) -> Awaitable[types.GenerateContentResponse]:
         """One attempt: ``_call`` around the SDK call (returned, not awaited here: a request in flight holds one
         coroutine less)."""
         seconds, override = self._attempt_timeout(remaining_s)
-        call = models.generate_content(model=model, contents=_sdk_contents(contents),
+        call = self._aio().models.generate_content(model=model, contents=_sdk_contents(contents),
                                        config=_with_timeout(config, override))
         # An attempt the caller's timer ends on time needs no timer of its own (one more per request would only
         # add work, and objects a request in flight holds); a shorter bound, or no caller's timer, needs one.
@@ -289,7 +334,7 @@ class GeminiEngine(Engine):
         timeout_s: float | None = None,
     ) -> AsyncIterator[types.GenerateContentResponse]:
         """Partial responses; retried only until the first chunk, then failures are ``StreamInterrupted``."""
-        models = self.client.aio.models
+        models = self._aio().models
 
         async def attempt(remaining_s: float) -> tuple[Any, types.GenerateContentResponse, float]:
             seconds, override = self._attempt_timeout(remaining_s)
@@ -345,7 +390,7 @@ class GeminiEngine(Engine):
 
         from genroute.engines.gemini_embed import billed_if_lost, billing_answered, count
 
-        models = self.client.aio.models
+        models = self._aio().models
         size = self.config.embed_batch_size
         with billing_answered(Embeddings(input_tokens=0)) as vectors:
             for start in range(0, len(texts), size):
@@ -376,7 +421,7 @@ class GeminiEngine(Engine):
             seconds, _ = self._attempt_timeout(remaining_s)
             cfg = types.CountTokensConfig(http_options=types.HttpOptions(headers=_server_timeout(seconds)))
             result = await self._call(
-                self.client.aio.models.count_tokens(model=model, contents=contents, config=cfg), seconds)
+                self._aio().models.count_tokens(model=model, contents=contents, config=cfg), seconds)
             return int(result.total_tokens or 0)
 
         return await call_with_retry(attempt, self.config.retry)
@@ -410,7 +455,7 @@ class GeminiEngine(Engine):
                         "gen_ai.request.model": model, "genroute.cache.ttl_s": ttl_s},
         ) as span:
             try:
-                cache = await self._call(self.client.aio.caches.create(model=model, config=cfg), seconds)
+                cache = await self._call(self._aio().caches.create(model=model, config=cfg), seconds)
             except GenrouteError as exc:
                 span.set_attribute("error.type", type(exc).__name__)
                 span.set_status(trace.StatusCode.ERROR, str(exc))
@@ -422,7 +467,9 @@ class GeminiEngine(Engine):
         return cache
 
     async def aclose(self) -> None:
-        """Close the client's HTTP sessions."""
+        """Close the clients' HTTP sessions."""
+        if self._loops is not None:
+            await self._loops.aclose()
         if self._client is not None:
             client, self._client = self._client, None
             await client.aio.aclose()
