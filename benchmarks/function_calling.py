@@ -5,7 +5,8 @@
 One request = the model asks for ``get_weather``, the tool runs, the model answers (two HTTP calls).
 Contenders, interleaved per round:
 
-- ``genai manual``: google-genai async client, the loop written by hand (automatic calling off);
+- ``genai manual``: google-genai async client, the loop written by hand (automatic calling off), on the kind of
+  aiohttp session genroute's engine gives the SDK (``raw_sdk``), as is ``genai AFC``;
 - ``genai AFC``: google-genai's automatic function calling with the Python function as the tool;
 - ``genroute``: ``router.agenerate`` through the function-calling backend, OTel SDK recording every span
   (root, rung, 2 x generate_content, execute_tool).
@@ -23,7 +24,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 
-from google import genai
+import raw_sdk
 from google.genai import types
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -63,7 +64,7 @@ async def main() -> None:
 
     with GeminiTestServer() as server:
         os.environ["GEMINI_API_KEY"] = "bench-key"
-        client = genai.Client(api_key="bench-key", http_options=types.HttpOptions(base_url=server.base_url))
+        client, session = raw_sdk.client(server.base_url)  # on the kind of session the engine uses
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(_Discard()))
         config = {
@@ -135,6 +136,7 @@ async def main() -> None:
               "(sequential would be >= 200 ms of tool time)")
         await router.aclose()
         await client.aio.aclose()
+        await session.close()
 
     n = 2000
     start = time.perf_counter()

@@ -22,7 +22,8 @@ collector, and the net GC-tracked allocations before the end-of-window collectio
 ``PYTHONHASHSEED=0``. LiteLLM is imported only in its own children, with its own baseline. Contenders:
 
 - ``direct``: google-genai's async ``generate_content`` against the loopback Gemini server, as its quick start
-  writes it (a string, no per-request config);
+  writes it (a string, no per-request config), on the kind of aiohttp session genroute's engine gives the SDK
+  (``raw_sdk``: neither side reads proxy settings and netrc before each request);
 - ``routed``: ``router.agenerate`` on the same server, OTel SDK recording every span;
 - ``bare_span``: one OTel SDK span with 10 attributes (the unit of the issue's target);
 - ``mandated``: only the spans and attributes the telemetry contract (ARCHITECTURE.md, README "Telemetry") puts
@@ -46,6 +47,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import raw_sdk
 from callgrind import in_window, run
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -96,9 +98,6 @@ def mandated(tracer: Any) -> None:
 
 
 def _child(mode: str, n: int) -> None:
-    from google import genai
-    from google.genai import types
-
     from genroute import Router
     from genroute.testing import GeminiTestServer
 
@@ -113,8 +112,10 @@ def _child(mode: str, n: int) -> None:
         config = {"engines": {"g": {"kind": "gemini", "api_key": "bench-key", "base_url": server.base_url}},
                   "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}}}
         router = Router.from_config({**config, "timeout_s": 60}, tracer_provider=provider)
-        client = genai.Client(api_key="bench-key", http_options=types.HttpOptions(base_url=server.base_url))
         loop = asyncio.new_event_loop()
+        # The direct async call on the kind of session the engine uses (raw_sdk: no per-request proxy and netrc
+        # reads on either side); the direct sync call is the SDK's own.
+        client, session = raw_sdk.client(server.base_url, loop=loop)
 
         # The SDK's quick start: a string and no per-request config (a Content list or per-request http_options
         # cost the SDK itself more; genroute sends the same cheapest form when the request allows it).
@@ -161,6 +162,7 @@ def _child(mode: str, n: int) -> None:
         print(GC_LINE + json.dumps(stats), flush=True)
         gc.enable()
         loop.run_until_complete(router.aclose())
+        loop.run_until_complete(session.close())
         loop.close()
 
 

@@ -14,7 +14,7 @@ import asyncio
 import statistics
 import time
 
-from google import genai
+import raw_sdk
 from google.genai import types
 
 from genroute.engines.gemini import GeminiEngine
@@ -30,8 +30,8 @@ def pct(values: list[float], q: float) -> float:
 
 async def run(n: int) -> None:
     with GeminiTestServer() as srv:
-        client = genai.Client(api_key="bench-key", http_options=types.HttpOptions(
-            base_url=srv.base_url, retry_options=types.HttpRetryOptions(attempts=1), timeout=60_000))
+        client, session = raw_sdk.client(  # on the kind of session the engine uses
+            srv.base_url, retry_options=types.HttpRetryOptions(attempts=1), timeout=60_000)
         engine = GeminiEngine("bench", {"api_key": "bench-key", "base_url": srv.base_url})
         contents = [types.Content(role="user", parts=[types.Part(text="one two three four five")])]
 
@@ -66,6 +66,7 @@ async def run(n: int) -> None:
             print(f"{'overhead':14s} median of paired differences {overhead:+.3f} ms\n")
         await engine.aclose()
         await client.aio.aclose()
+        await session.close()
 
 
 def main() -> None:

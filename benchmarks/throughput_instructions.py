@@ -13,7 +13,8 @@ routed count moved by ~3.8 M instructions a request between 60 s and 3,600 s tim
 above the engine's retry budget (``retry.deadline_s``, 120 s) made every attempt send per-request HTTP options; with
 ``--timeout-s`` above 120 the engine's retry budget is raised to it as well, so that path is not measured.
 
-Contenders: ``raw`` (google-genai's ``client.aio`` quick start: a string, no per-request config) and ``routed``
+Contenders: ``raw`` (google-genai's ``client.aio`` quick start: a string, no per-request config; on the kind of
+aiohttp session genroute's engine gives the SDK, ``raw_sdk``) and ``routed``
 (``router.agenerate`` on a router built from config, no SDK tracer provider), both
 against the same server; each child warms up both, so the baseline cancels.
 """
@@ -30,18 +31,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import raw_sdk  # noqa: E402 - the raw contender on the engine's kind of session
 from callgrind import instructions  # noqa: E402 - the shared callgrind counter
 from throughput import KEY, MODEL, _serve  # noqa: E402 - the same server and model as the wall-clock benchmark
 
 
 async def _child(mode: str, base_url: str, requests: int, concurrency: int, timeout_s: float) -> None:
-    from google import genai
-    from google.genai import types
-
     from genroute import Router
     from genroute.engines.retry import RetryConfig
 
-    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=base_url))
+    client, session = raw_sdk.client(base_url, api_key=KEY)  # on the kind of session the engine uses
     # The engine's timeout and the router's deadline alike (a new user's 60 and 60: the deadline a hair under the
     # engine's timeout). Under valgrind a request waits about (concurrency x its instructions) / ~50 M a second.
     engine: dict[str, Any] = {"kind": "gemini", "api_key": KEY, "base_url": base_url, "timeout_s": timeout_s}
@@ -75,6 +74,7 @@ async def _child(mode: str, base_url: str, requests: int, concurrency: int, time
         await drive(raw if mode == "raw" else routed, requests, concurrency)
     await router.aclose()
     await client.aio.aclose()
+    await session.close()
 
 
 def _count(mode: str, base_url: str, requests: int, concurrency: int, timeout_s: float) -> int:

@@ -1,0 +1,41 @@
+"""The raw google-genai contender of the benchmarks that compare genroute with the SDK, like for like.
+
+genroute's Gemini engine gives the SDK an aiohttp session that skips aiohttp's per-request proxy and netrc reads
+where the environment holds neither (``genroute.engines.gemini_sessions``). A raw contender on the SDK's own
+session pays those reads (~250 µs of CPU a call, in worker threads) and would make genroute look that much cheaper
+than its own code is; ``client`` makes the raw contender on the same kind of session, so what is left between the
+two is genroute's. ``throughput.py`` and ``sync_path.py`` also show the SDK's quick start as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+def _session() -> Any:
+    import aiohttp
+
+    from genroute.engines.gemini_sessions import READ_BUFFER_SIZE
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False,
+                                 read_bufsize=READ_BUFFER_SIZE)
+
+
+def client(base_url: str, *, loop: asyncio.AbstractEventLoop | None = None, api_key: str = "bench-key",
+           **http: Any) -> tuple[Any, Any]:
+    """A google-genai client whose async calls go through a session like the engine's, and that session (close it
+    on its loop). The session belongs to ``loop`` (made there), else to the loop running now; ``http``: more
+    ``HttpOptions`` fields."""
+    from google import genai
+    from google.genai import types
+
+    if loop is not None:
+        async def made() -> Any:
+            return _session()
+
+        session = loop.run_until_complete(made())
+    else:
+        session = _session()
+    options = types.HttpOptions(base_url=base_url, aiohttp_client=session, **http)
+    return genai.Client(api_key=api_key, http_options=options), session
