@@ -23,6 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import raw_sdk  # noqa: E402
 from overhead_instructions import discarding_provider, mandated  # noqa: E402
 
 
@@ -48,9 +49,6 @@ def main() -> None:
     parser.add_argument("--no-tracer", action="store_true")
     args = parser.parse_args()
 
-    from google import genai
-    from google.genai import types
-
     from genroute import Router
     from genroute.testing import GeminiTestServer
 
@@ -62,8 +60,8 @@ def main() -> None:
                   "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}},
                   "timeout_s": 60}
         router = Router.from_config(config, tracer_provider=None if args.no_tracer else provider)
-        client = genai.Client(api_key="bench-key", http_options=types.HttpOptions(base_url=server.base_url))
         loop = asyncio.new_event_loop()
+        client, session = raw_sdk.client(server.base_url, loop=loop)  # on the kind of session the engine uses
         calls = {
             "direct": lambda: loop.run_until_complete(
                 client.aio.models.generate_content(model="gemini-2.5-flash", contents="hello")),
@@ -92,6 +90,7 @@ def main() -> None:
                 sys.settrace(None)
         loop.run_until_complete(router.aclose())
         loop.run_until_complete(client.aio.aclose())
+        loop.run_until_complete(session.close())
         loop.close()
     direct = counts["direct"] + counts["mandated"]
     routed = counts["routed"]
