@@ -145,6 +145,24 @@ def test_a_loop_per_call_keeps_one_session(gemini_server, no_env):
     assert last.closed and not loops._own
 
 
+def test_a_loop_stopped_at_close_keeps_its_session_until_it_closes(gemini_server, no_env):
+    eng = engine(gemini_server)
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(eng.generate(MODEL, "a")).text == "echo: a"
+        asyncio.run(eng.aclose())  # from another loop, while this one is stopped: left open for it
+        loops = eng._loops
+        assert loops is not None
+        (_, session), = loops._own.values()
+        assert not session.closed
+        assert loop.run_until_complete(eng.generate(MODEL, "b")).text == "echo: b"  # used again, as it was
+        assert loops._own[loop][1] is session
+        loop.run_until_complete(eng.aclose())  # on its own loop: closed there
+        assert session.closed and not loops._own
+    finally:
+        loop.close()
+
+
 def test_vertex_ai_keeps_the_sdks_own_session(gemini_server, no_env, monkeypatch):
     monkeypatch.setenv("NO_GCE_CHECK", "true")
     eng = GeminiEngine("vx", {"vertex": {"project": "proj", "location": "europe-west4"},
@@ -154,7 +172,8 @@ def test_vertex_ai_keeps_the_sdks_own_session(gemini_server, no_env, monkeypatch
 
 def test_no_unclosed_session_is_logged_at_exit(gemini_server, no_env):
     """A router used from sync code and from loops of its own, closed or never closed, exits without aiohttp's
-    "Unclosed client session" error (sessions whose loop is gone are marked closed)."""
+    "Unclosed client session" error or a task destroyed pending (sessions whose loop is gone are marked closed; one
+    whose loop is only stopped when the router closes waits for that loop to close)."""
     script = textwrap.dedent(f"""
         import asyncio, sys
         from genroute import Router
@@ -168,13 +187,20 @@ def test_no_unclosed_session_is_logged_at_exit(gemini_server, no_env):
             if sys.argv[1] == "aclose":
                 await router.aclose()
             return answer
-        print(router.generate("hi").text, asyncio.run(call()))
+        if sys.argv[1] == "own loop":  # a loop the caller drives and closes after the router
+            loop = asyncio.new_event_loop()
+            print(router.generate("hi").text, loop.run_until_complete(call()))
+            router.close()
+            loop.close()
+        else:
+            print(router.generate("hi").text, asyncio.run(call()))
         if sys.argv[1] == "close":
             router.close()
     """)
-    for how in ("never", "close", "aclose"):
+    for how in ("never", "close", "aclose", "own loop"):
         done = subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True, timeout=120,
                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["echo:", "hi", "echo:", "hi"], (how, done.stdout)
-        assert "Unclosed" not in done.stderr and "Traceback" not in done.stderr, (how, done.stderr)
+        for trouble in ("Unclosed", "Traceback", "destroyed but it is pending", "never awaited"):
+            assert trouble not in done.stderr, (how, done.stderr)

@@ -9,6 +9,11 @@ make them (``HttpOptions.aiohttp_client``, the SDK's documented hook), with the 
 connection limit and the same read buffer. Elsewhere (a proxy, a netrc file, ``trust_env: true``, Vertex AI with
 its own auth, an SDK without aiohttp) the engine uses the SDK's client and session as they are.
 
+``aclose`` closes each session on its own loop; a session whose loop is closed is marked closed without it (at
+``aclose``, when another loop makes its first call, and at exit), so aiohttp logs none as unclosed. A session whose
+loop is stopped but not closed when the engine is closed is left open for that loop, and marked closed once the loop
+is closed; a loop never closed at all leaves it to aiohttp's "Unclosed client session" message at exit.
+
 A session belongs to one event loop, so each loop gets a client of its own. The clients share one SSL context,
 made as the SDK makes it for aiohttp (``SSL_CERT_FILE``, else certifi's bundle; ``SSL_CERT_DIR``): a client then
 costs ~1 ms to make instead of the ~57 ms its three contexts would cost.
@@ -66,23 +71,27 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def _detach(session: Any) -> None:
-    """Mark a session whose loop is closed or stopped as closed, without that loop.
+    """Mark a session whose loop is closed as closed, without that loop.
 
     Its pooled connections are dropped for the garbage collector (as the SDK drops its own sessions of closed
-    loops), and aiohttp does not log it as unclosed when it is collected. ``close`` returns an awaitable that,
-    with the loop closed, has nothing to wait for: it is run to its end here; on a stopped loop it is a task that
-    finishes if the loop runs again.
+    loops), and aiohttp does not log it as unclosed when it is collected. ``close`` returns an awaitable that, with
+    the loop closed, has nothing to wait for: it is run to its end here.
     """
     steps = session.connector.close().__await__()
     with contextlib.suppress(StopIteration):
         next(steps)
 
 
-def _detach_idle(sessions: dict[asyncio.AbstractEventLoop, tuple[Any, Any]]) -> None:
-    """``_detach`` every session whose loop is not running (at exit, or when the clients are collected)."""
-    for loop, (_, session) in list(sessions.items()):
-        if not loop.is_running() and not session.closed:
-            _detach(session)
+def _release_closed(own: dict[asyncio.AbstractEventLoop, tuple[Any, Any]]) -> None:
+    """Take every client whose loop is closed out of ``own``, its session marked closed (``_detach``).
+
+    A session on a loop that is stopped but not closed stays: its loop may run again, and closing it now would leave
+    a task on that loop that is logged as destroyed if the loop is closed without running.
+    """
+    for loop in [loop for loop in list(own) if loop.is_closed()]:
+        client, session = own.pop(loop)
+        _detach(session)
+        client.close()
 
 
 class LoopClients:
@@ -103,9 +112,9 @@ class LoopClients:
         self.aio: dict[asyncio.AbstractEventLoop, Any] = {}
         #: The clients and sessions made here, by loop.
         self._own: dict[asyncio.AbstractEventLoop, tuple[genai.Client, Any]] = {}
-        # At exit (or when collected), sessions of loops that no longer run are marked closed, or aiohttp would
-        # log each as an unclosed session.
-        weakref.finalize(self, _detach_idle, self._own)
+        # At exit (or when collected), sessions of closed loops are marked closed, or aiohttp would log each as an
+        # unclosed session.
+        weakref.finalize(self, _release_closed, self._own)
 
     def for_loop(self) -> Any:
         """The SDK's async API (``client.aio``) for the running loop, made on the loop's first call."""
@@ -120,10 +129,11 @@ class LoopClients:
     def _add_locked(self, loop: asyncio.AbstractEventLoop) -> Any:
         for gone in [seen for seen in list(self.aio) if seen.is_closed()]:  # a loop per call (``asyncio.run``)
             del self.aio[gone]
-            client, session = self._own.pop(gone, (None, None))
-            if session is not None:
-                _detach(session)
-                client.close()
+        _release_closed(self._own)
+        parked = self._own.get(loop)
+        if parked is not None and not parked[1].closed:  # left open by ``aclose`` while this loop was stopped
+            self.aio[loop] = parked[0].aio
+            return parked[0].aio
         trusted = environment_applies() if self._trust_env is None else self._trust_env
         if trusted:
             aio = self._shared().aio
@@ -142,22 +152,26 @@ class LoopClients:
 
     async def aclose(self) -> None:
         """Close every session made here: on this loop, awaited; on a loop running in another thread, there
-        (bounded); on a loop closed or stopped, marked closed (``_detach``)."""
+        (bounded); on a closed loop, marked closed (``_detach``). A session on a loop that is stopped but not
+        closed is left open for that loop (``_release_closed``): it is marked closed once the loop is closed, or
+        used again if the engine is."""
         here = asyncio.get_running_loop()
         with self._lock:
-            own = dict(self._own)
-            self._own.clear()  # in place: the finalizer holds this dict
             self.aio.clear()
+            _release_closed(self._own)
+            own = {loop: pair for loop, pair in self._own.items() if loop is here or loop.is_running()}
+            for loop in own:
+                del self._own[loop]  # in place: the finalizer holds this dict
         for loop, (client, session) in own.items():
-            if loop is here:
-                await session.close()
-            elif loop.is_running():
+            if loop is not here:
                 try:
                     closing = asyncio.run_coroutine_threadsafe(session.close(), loop)
                     await asyncio.wait_for(asyncio.wrap_future(closing), 2.0)
-                except (RuntimeError, TimeoutError):  # the loop stopped or is stuck: let it go
-                    _detach_idle({loop: (client, session)})
+                except (RuntimeError, TimeoutError):  # the loop stopped or is stuck: leave it for that loop
+                    with self._lock:
+                        self._own.setdefault(loop, (client, session))
+                    continue
             else:
-                _detach(session)
+                await session.close()
             await client.aio.aclose()  # the SDK's unused httpx clients
             client.close()
