@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import os
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from google.genai import types
 
 from genroute.engines.gemini import GeminiEngine
 from genroute.errors import BackendUnavailable
-from genroute.testing import CacheRoutes
+from genroute.testing import CacheRoutes, Fault
 
 KEY = "AIzaSyLOOPBACK-test-key-0123456789abcdef"
 MODEL = "gemini-2.5-flash"
@@ -145,22 +146,80 @@ def test_a_loop_per_call_keeps_one_session(gemini_server, no_env):
     assert last.closed and not loops._own
 
 
-def test_a_loop_stopped_at_close_keeps_its_session_until_it_closes(gemini_server, no_env):
+def test_a_loop_stopped_at_close_closes_its_session_when_it_runs_again(gemini_server, no_env):
     eng = engine(gemini_server)
     loop = asyncio.new_event_loop()
     try:
         assert loop.run_until_complete(eng.generate(MODEL, "a")).text == "echo: a"
-        asyncio.run(eng.aclose())  # from another loop, while this one is stopped: left open for it
         loops = eng._loops
         assert loops is not None
         (_, session), = loops._own.values()
-        assert not session.closed
-        assert loop.run_until_complete(eng.generate(MODEL, "b")).text == "echo: b"  # used again, as it was
-        assert loops._own[loop][1] is session
-        loop.run_until_complete(eng.aclose())  # on its own loop: closed there
-        assert session.closed and not loops._own
+        asyncio.run(eng.aclose())  # from another loop, while this one is stopped
+        assert not session.closed  # nothing ran on its loop since
+        assert loop.run_until_complete(eng.generate(MODEL, "b")).text == "echo: b"  # on a new session
+        assert session.closed  # closed on its loop as soon as that ran
+        loop.run_until_complete(eng.aclose())
     finally:
         loop.close()
+
+
+def test_an_engine_collected_unclosed_closes_its_session_on_its_loop(gemini_server, no_env):
+    async def main() -> bool:
+        eng = engine(gemini_server)
+        await eng.generate(MODEL, "hello")
+        assert eng._loops is not None
+        (_, session), = eng._loops._own.values()
+        del eng
+        gc.collect()
+        await asyncio.sleep(0.05)  # the close runs on this loop
+        return session.closed
+
+    assert asyncio.run(main())
+
+
+def test_the_key_is_read_once(gemini_server, no_env, monkeypatch):
+    """Clients made for later loops send the key the engine first read (as its one SDK client did before)."""
+    monkeypatch.setenv("GENROUTE_TEST_KEY", KEY)
+    eng = GeminiEngine("gem", {"api_key_env": "GENROUTE_TEST_KEY", "base_url": gemini_server.base_url})
+
+    async def call() -> str:
+        return (await eng.generate(MODEL, "hello")).text
+
+    assert asyncio.run(call()) == "echo: hello"
+    monkeypatch.delenv("GENROUTE_TEST_KEY")
+    assert asyncio.run(call()) == "echo: hello"  # a new loop, a new client: the same key
+    assert {r.headers["x-goog-api-key"] for r in gemini_server.requests} == {KEY}
+
+
+def test_retries_after_aclose_go_through_a_new_session(gemini_server, no_env):
+    """``aclose`` during a retry's backoff: the next attempt takes the loop's client again (as the SDK's own session
+    would be made again), for every kind of call."""
+    eng = GeminiEngine("gem", {"api_key": KEY, "base_url": gemini_server.base_url, "embed_batch_size": 1,
+                               "retry": {"attempts": 3, "initial_backoff_s": 0.3, "max_backoff_s": 0.3,
+                                         "jitter_s": 0.0}})
+
+    async def stream() -> str:
+        return "".join([chunk.text async for chunk in eng.stream(MODEL, "hi")])
+
+    async def embed() -> int:
+        return len(await eng.embed("gemini-embedding-001", ["a", "b"]))
+
+    async def generate() -> str:
+        return (await eng.generate(MODEL, "hi")).text
+
+    async def main() -> dict[str, Any]:
+        await eng.generate(MODEL, "warm")
+        out = {}
+        for name, call in (("generate", generate), ("stream", stream), ("embed", embed)):
+            gemini_server.fault(Fault.status(503))
+            task = asyncio.create_task(call())
+            await asyncio.sleep(0.1)  # the first attempt failed: the retry is in its backoff
+            await eng.aclose()
+            out[name] = await task
+        await eng.aclose()
+        return out
+
+    assert asyncio.run(main()) == {"generate": "echo: hi", "stream": "echo: hi", "embed": 2}
 
 
 def test_vertex_ai_keeps_the_sdks_own_session(gemini_server, no_env, monkeypatch):
@@ -187,17 +246,18 @@ def test_no_unclosed_session_is_logged_at_exit(gemini_server, no_env):
             if sys.argv[1] == "aclose":
                 await router.aclose()
             return answer
-        if sys.argv[1] == "own loop":  # a loop the caller drives and closes after the router
+        if sys.argv[1].startswith("own loop"):  # a loop the caller drives (and closes after the router, or never)
             loop = asyncio.new_event_loop()
             print(router.generate("hi").text, loop.run_until_complete(call()))
             router.close()
-            loop.close()
+            if sys.argv[1] == "own loop":
+                loop.close()
         else:
             print(router.generate("hi").text, asyncio.run(call()))
         if sys.argv[1] == "close":
             router.close()
     """)
-    for how in ("never", "close", "aclose", "own loop"):
+    for how in ("never", "close", "aclose", "own loop", "own loop left open"):
         done = subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True, timeout=120,
                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert done.returncode == 0, done.stderr

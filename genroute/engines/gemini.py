@@ -143,6 +143,7 @@ class GeminiEngine(Engine):
                               field=f"engines.{name}.vertex.project")
         self._credentials = credentials
         self._client: genai.Client | None = None
+        self._key: str | None = None  # the key read from the environment, once
         #: The HTTP options every client of this engine is made with (fixed when the first one is made).
         self._http: types.HttpOptions | None = None
         #: The longest an attempt can take: the engine's ``timeout_s``, or the retry budget where that is shorter
@@ -171,6 +172,9 @@ class GeminiEngine(Engine):
         return self.config.base_url or os.environ.get(env) or None
 
     def _api_key(self) -> str:
+        """The key: inline, else read from the environment once (every client of this engine sends the same)."""
+        if self._key is not None:
+            return self._key
         if self.config.api_key is not None:
             return self.config.api_key.get_secret_value()
         key = os.environ.get(self.config.api_key_env) or os.environ.get("GOOGLE_API_KEY")
@@ -179,6 +183,7 @@ class GeminiEngine(Engine):
                 f"no API key: set {self.config.api_key_env} (or GOOGLE_API_KEY), or configure vertex",
                 field=f"engines.{self.name}.api_key_env",
             )
+        self._key = key
         return key
 
     def _secrets(self) -> tuple[str | None, ...]:
@@ -334,7 +339,6 @@ class GeminiEngine(Engine):
         timeout_s: float | None = None,
     ) -> AsyncIterator[types.GenerateContentResponse]:
         """Partial responses; retried only until the first chunk, then failures are ``StreamInterrupted``."""
-        models = self._aio().models
 
         async def attempt(remaining_s: float) -> tuple[Any, types.GenerateContentResponse, float]:
             seconds, override = self._attempt_timeout(remaining_s)
@@ -343,7 +347,7 @@ class GeminiEngine(Engine):
 
             async def first_chunk() -> types.GenerateContentResponse:
                 nonlocal chunks
-                chunks = await models.generate_content_stream(
+                chunks = await self._aio().models.generate_content_stream(
                     model=model, contents=_sdk_contents(contents), config=_with_timeout(config, override)
                 )
                 first = await anext(chunks, None)
@@ -390,7 +394,6 @@ class GeminiEngine(Engine):
 
         from genroute.engines.gemini_embed import billed_if_lost, billing_answered, count
 
-        models = self._aio().models
         size = self.config.embed_batch_size
         with billing_answered(Embeddings(input_tokens=0)) as vectors:
             for start in range(0, len(texts), size):
@@ -402,7 +405,7 @@ class GeminiEngine(Engine):
                         task_type=task_type, output_dimensionality=output_dimensionality,
                         http_options=types.HttpOptions(headers=_server_timeout(seconds)),
                     )
-                    sent = models.embed_content(model=model, contents=batch, config=cfg)
+                    sent = self._aio().models.embed_content(model=model, contents=batch, config=cfg)
                     return await self._call(billed_if_lost(sent, batch), seconds)
 
                 got = count(vectors, await call_with_retry(attempt, self.config.retry), batch)

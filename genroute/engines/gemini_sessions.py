@@ -9,19 +9,20 @@ make them (``HttpOptions.aiohttp_client``, the SDK's documented hook), with the 
 connection limit and the same read buffer. Elsewhere (a proxy, a netrc file, ``trust_env: true``, Vertex AI with
 its own auth, an SDK without aiohttp) the engine uses the SDK's client and session as they are.
 
-``aclose`` closes each session on its own loop; a session whose loop is closed is marked closed without it (at
-``aclose``, when another loop makes its first call, and at exit), so aiohttp logs none as unclosed. A session whose
-loop is stopped but not closed when the engine is closed is left open for that loop, and marked closed once the loop
-is closed; a loop never closed at all leaves it to aiohttp's "Unclosed client session" message at exit.
-
 A session belongs to one event loop, so each loop gets a client of its own. The clients share one SSL context,
 made as the SDK makes it for aiohttp (``SSL_CERT_FILE``, else certifi's bundle; ``SSL_CERT_DIR``): a client then
 costs ~1 ms to make instead of the ~57 ms its three contexts would cost.
+
+Closing: ``aclose`` closes each session on its own loop. A session the engine lets go of otherwise (the engine
+collected unclosed, a loop stopped when the engine closes) is closed on its loop when that loop next runs, marked
+closed without it once the loop is closed (as with a loop per call), and closed at exit at the latest
+(``_let_go``, ``_close_at_exit``): aiohttp logs none as unclosed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -51,7 +52,7 @@ def environment_applies() -> bool:
             path = str(Path.home() / ("_netrc" if os.name == "nt" else ".netrc"))
         except RuntimeError:  # no home directory to look in: aiohttp finds no netrc either
             return False
-    return os.path.isfile(path)
+    return os.path.exists(path)  # a file, or a FIFO such as NETRC=<(...): aiohttp reads either
 
 
 def supported() -> bool:
@@ -70,28 +71,94 @@ def _ssl_context() -> ssl.SSLContext:
                                       capath=os.environ.get("SSL_CERT_DIR"))
 
 
-def _detach(session: Any) -> None:
-    """Mark a session whose loop is closed as closed, without that loop.
-
-    Its pooled connections are dropped for the garbage collector (as the SDK drops its own sessions of closed
-    loops), and aiohttp does not log it as unclosed when it is collected. ``close`` returns an awaitable that, with
-    the loop closed, has nothing to wait for: it is run to its end here.
-    """
+def _detach(session: Any) -> asyncio.Future[Any] | None:
+    """Mark ``session`` closed now, on its own loop's thread or once that loop is closed: its connections are closed
+    on the loop (a task there waits for them) or, with the loop closed, dropped for the garbage collector (as the SDK
+    drops its own sessions of closed loops). ``close`` returns an awaitable that, with the loop closed or no
+    connection open, has nothing to wait for: it is run to its end here; else it yields the task that waits, which
+    the loop runs on its own (returned)."""
     steps = session.connector.close().__await__()
-    with contextlib.suppress(StopIteration):
-        next(steps)
+    try:
+        return next(steps)  # type: ignore[no-any-return]
+    except StopIteration:
+        return None
 
 
-def _release_closed(own: dict[asyncio.AbstractEventLoop, tuple[Any, Any]]) -> None:
-    """Take every client whose loop is closed out of ``own``, its session marked closed (``_detach``).
+#: Sessions let go of while their loop was not running here, with that loop: closed when the loop runs or at exit.
+_WAITING: dict[Any, asyncio.AbstractEventLoop] = {}
+#: Tasks waiting for closed sessions' connections to close, until they end (what exit waits for).
+_CLOSING: set[asyncio.Future[Any]] = set()
+_LOCK = threading.Lock()
 
-    A session on a loop that is stopped but not closed stays: its loop may run again, and closing it now would leave
-    a task on that loop that is logged as destroyed if the loop is closed without running.
-    """
-    for loop in [loop for loop in list(own) if loop.is_closed()]:
-        client, session = own.pop(loop)
+
+def _close_here(session: Any) -> None:
+    """Close ``session`` on the loop running this (its own)."""
+    with _LOCK:
+        _WAITING.pop(session, None)
+    if not session.closed:
+        closing = _detach(session)
+        if closing is not None:
+            _CLOSING.add(closing)
+            closing.add_done_callback(_CLOSING.discard)
+
+
+def _let_go(loop: asyncio.AbstractEventLoop, session: Any) -> None:
+    """Close ``session`` of ``loop`` without waiting for it: marked closed now if the loop is closed, else closed on
+    the loop when it next runs; until then it waits in ``_WAITING`` (``_sweep``, and at exit ``_close_at_exit``)."""
+    if loop.is_closed():
         _detach(session)
-        client.close()
+        return
+    with _LOCK:
+        _WAITING[session] = loop
+    with contextlib.suppress(RuntimeError):  # closed meanwhile: swept as closed
+        loop.call_soon_threadsafe(_close_here, session)
+
+
+def _sweep() -> None:
+    """Mark closed the waiting sessions whose loop has been closed since."""
+    with _LOCK:
+        gone = [session for session, loop in _WAITING.items() if loop.is_closed()]
+        for session in gone:
+            del _WAITING[session]
+    for session in gone:
+        _detach(session)
+
+
+async def _closed(session: Any) -> None:
+    """``session`` closed on this loop, and its connections too (with those of others closed here; 2 s at most)."""
+    await session.close()
+    here = asyncio.get_running_loop()
+    closing = [task for task in list(_CLOSING) if task.get_loop() is here]
+    if closing:
+        await asyncio.wait(closing, timeout=2.0)
+
+
+#: Every ``LoopClients`` alive, for ``_close_at_exit``.
+_LIVE: weakref.WeakSet[LoopClients] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """At exit: close every session still open on its loop, waiting at most 2 s for one on a running loop."""
+    for clients in list(_LIVE):
+        _let_go_all(clients._own)
+    _sweep()
+    with _LOCK:
+        waiting = list(_WAITING.items())
+        _WAITING.clear()
+    for session, loop in waiting:
+        with contextlib.suppress(Exception):  # a loop stuck or in use elsewhere, or a failing close: exit anyway
+            if loop.is_running():
+                asyncio.run_coroutine_threadsafe(_closed(session), loop).result(2.0)
+            else:
+                loop.run_until_complete(_closed(session))
+
+
+def _let_go_all(own: dict[asyncio.AbstractEventLoop, tuple[Any, Any]]) -> None:
+    """``_let_go`` every session in ``own`` (an engine collected without ``aclose``)."""
+    for loop, (_, session) in list(own.items()):
+        _let_go(loop, session)
+    own.clear()
 
 
 class LoopClients:
@@ -112,9 +179,10 @@ class LoopClients:
         self.aio: dict[asyncio.AbstractEventLoop, Any] = {}
         #: The clients and sessions made here, by loop.
         self._own: dict[asyncio.AbstractEventLoop, tuple[genai.Client, Any]] = {}
-        # At exit (or when collected), sessions of closed loops are marked closed, or aiohttp would log each as an
-        # unclosed session.
-        weakref.finalize(self, _release_closed, self._own)
+        # Collected without ``aclose``: each session is closed on its loop all the same (the dict, not self). At
+        # exit ``_close_at_exit`` does it instead, and waits for the closes.
+        weakref.finalize(self, _let_go_all, self._own).atexit = False
+        _LIVE.add(self)
 
     def for_loop(self) -> Any:
         """The SDK's async API (``client.aio``) for the running loop, made on the loop's first call."""
@@ -129,11 +197,11 @@ class LoopClients:
     def _add_locked(self, loop: asyncio.AbstractEventLoop) -> Any:
         for gone in [seen for seen in list(self.aio) if seen.is_closed()]:  # a loop per call (``asyncio.run``)
             del self.aio[gone]
-        _release_closed(self._own)
-        parked = self._own.get(loop)
-        if parked is not None and not parked[1].closed:  # left open by ``aclose`` while this loop was stopped
-            self.aio[loop] = parked[0].aio
-            return parked[0].aio
+            pair = self._own.pop(gone, None)
+            if pair is not None:
+                _detach(pair[1])
+                pair[0].close()
+        _sweep()
         trusted = environment_applies() if self._trust_env is None else self._trust_env
         if trusted:
             aio = self._shared().aio
@@ -144,7 +212,11 @@ class LoopClients:
                 self._ssl = _ssl_context()
             session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False,
                                             read_bufsize=READ_BUFFER_SIZE)
-            client = self._make(session, self._ssl)
+            try:
+                client = self._make(session, self._ssl)
+            except BaseException:
+                _detach(session)  # no connection yet: closed at once
+                raise
             self._own[loop] = (client, session)
             aio = client.aio
         self.aio[loop] = aio
@@ -152,26 +224,22 @@ class LoopClients:
 
     async def aclose(self) -> None:
         """Close every session made here: on this loop, awaited; on a loop running in another thread, there
-        (bounded); on a closed loop, marked closed (``_detach``). A session on a loop that is stopped but not
-        closed is left open for that loop (``_release_closed``): it is marked closed once the loop is closed, or
-        used again if the engine is."""
+        (bounded at 2 s); on any other loop, without waiting (``_let_go``)."""
         here = asyncio.get_running_loop()
         with self._lock:
+            own = dict(self._own)
+            self._own.clear()  # in place: the finalizer holds this dict
             self.aio.clear()
-            _release_closed(self._own)
-            own = {loop: pair for loop, pair in self._own.items() if loop is here or loop.is_running()}
-            for loop in own:
-                del self._own[loop]  # in place: the finalizer holds this dict
         for loop, (client, session) in own.items():
-            if loop is not here:
+            if loop is here:
+                await session.close()
+            elif loop.is_running():
                 try:
                     closing = asyncio.run_coroutine_threadsafe(session.close(), loop)
                     await asyncio.wait_for(asyncio.wrap_future(closing), 2.0)
-                except (RuntimeError, TimeoutError):  # the loop stopped or is stuck: leave it for that loop
-                    with self._lock:
-                        self._own.setdefault(loop, (client, session))
-                    continue
+                except (RuntimeError, TimeoutError):  # the loop stopped or is stuck: close it there later
+                    _let_go(loop, session)
             else:
-                await session.close()
+                _let_go(loop, session)
             await client.aio.aclose()  # the SDK's unused httpx clients
             client.close()
