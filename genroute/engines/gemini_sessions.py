@@ -77,6 +77,8 @@ def _detach(session: Any) -> asyncio.Future[Any] | None:
     drops its own sessions of closed loops). ``close`` returns an awaitable that, with the loop closed or no
     connection open, has nothing to wait for: it is run to its end here; else it yields the task that waits, which
     the loop runs on its own (returned)."""
+    if session.closed:
+        return None
     steps = session.connector.close().__await__()
     try:
         return next(steps)  # type: ignore[no-any-return]
@@ -95,11 +97,10 @@ def _close_here(session: Any) -> None:
     """Close ``session`` on the loop running this (its own)."""
     with _LOCK:
         _WAITING.pop(session, None)
-    if not session.closed:
-        closing = _detach(session)
-        if closing is not None:
-            _CLOSING.add(closing)
-            closing.add_done_callback(_CLOSING.discard)
+    closing = _detach(session)
+    if closing is not None:
+        _CLOSING.add(closing)
+        closing.add_done_callback(_CLOSING.discard)
 
 
 def _let_go(loop: asyncio.AbstractEventLoop, session: Any) -> None:
@@ -152,6 +153,17 @@ def _close_at_exit() -> None:
                 asyncio.run_coroutine_threadsafe(_closed(session), loop).result(2.0)
             else:
                 loop.run_until_complete(_closed(session))
+
+
+def _forget() -> None:
+    """In a forked child: the parent's sessions and connections are the parent's to close, not this process's."""
+    _WAITING.clear()
+    _CLOSING.clear()
+    _LIVE.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget)
 
 
 def _let_go_all(own: dict[asyncio.AbstractEventLoop, tuple[Any, Any]]) -> None:
