@@ -87,16 +87,16 @@ def _detach(session: Any) -> asyncio.Future[Any] | None:
 
 
 #: Sessions let go of while their loop was not running here, with that loop: closed when the loop runs or at exit.
+#: No lock guards it (nor ``_CLOSING``): a finalizer may add to it during a garbage collection in any thread, even
+#: one that is reading it; each single operation on a dict or set is atomic, and readers work on a ``copy()``.
 _WAITING: dict[Any, asyncio.AbstractEventLoop] = {}
 #: Tasks waiting for closed sessions' connections to close, until they end (what exit waits for).
 _CLOSING: set[asyncio.Future[Any]] = set()
-_LOCK = threading.Lock()
 
 
 def _close_here(session: Any) -> None:
     """Close ``session`` on the loop running this (its own)."""
-    with _LOCK:
-        _WAITING.pop(session, None)
+    _WAITING.pop(session, None)
     closing = _detach(session)
     if closing is not None:
         _CLOSING.add(closing)
@@ -109,27 +109,23 @@ def _let_go(loop: asyncio.AbstractEventLoop, session: Any) -> None:
     if loop.is_closed():
         _detach(session)
         return
-    with _LOCK:
-        _WAITING[session] = loop
+    _WAITING[session] = loop
     with contextlib.suppress(RuntimeError):  # closed meanwhile: swept as closed
         loop.call_soon_threadsafe(_close_here, session)
 
 
 def _sweep() -> None:
     """Mark closed the waiting sessions whose loop has been closed since."""
-    with _LOCK:
-        gone = [session for session, loop in _WAITING.items() if loop.is_closed()]
-        for session in gone:
-            del _WAITING[session]
-    for session in gone:
-        _detach(session)
+    for session, loop in _WAITING.copy().items():
+        if loop.is_closed() and _WAITING.pop(session, None) is not None:
+            _detach(session)
 
 
 async def _closed(session: Any) -> None:
     """``session`` closed on this loop, and its connections too (with those of others closed here; 2 s at most)."""
     await session.close()
     here = asyncio.get_running_loop()
-    closing = [task for task in list(_CLOSING) if task.get_loop() is here]
+    closing = [task for task in _CLOSING.copy() if task.get_loop() is here]
     if closing:
         await asyncio.wait(closing, timeout=2.0)
 
@@ -141,13 +137,12 @@ _LIVE: weakref.WeakSet[LoopClients] = weakref.WeakSet()
 @atexit.register
 def _close_at_exit() -> None:
     """At exit: close every session still open on its loop, waiting at most 2 s for one on a running loop."""
-    for clients in list(_LIVE):
+    for clients in _LIVE.copy():
         _let_go_all(clients._own)
     _sweep()
-    with _LOCK:
-        waiting = list(_WAITING.items())
-        _WAITING.clear()
-    for session, loop in waiting:
+    waiting = _WAITING.copy()
+    _WAITING.clear()
+    for session, loop in waiting.items():
         with contextlib.suppress(Exception):  # a loop stuck or in use elsewhere, or a failing close: exit anyway
             if loop.is_running():
                 asyncio.run_coroutine_threadsafe(_closed(session), loop).result(2.0)
@@ -167,10 +162,10 @@ if hasattr(os, "register_at_fork"):
 
 
 def _let_go_all(own: dict[asyncio.AbstractEventLoop, tuple[Any, Any]]) -> None:
-    """``_let_go`` every session in ``own`` (an engine collected without ``aclose``)."""
-    for loop, (_, session) in list(own.items()):
-        _let_go(loop, session)
-    own.clear()
+    """``_let_go`` every session in ``own`` (an engine collected without ``aclose``, or at exit)."""
+    for loop, (_, session) in own.copy().items():
+        if own.pop(loop, None) is not None:
+            _let_go(loop, session)
 
 
 class LoopClients:
