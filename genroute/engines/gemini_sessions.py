@@ -14,15 +14,17 @@ made as the SDK makes it for aiohttp (``SSL_CERT_FILE``, else certifi's bundle; 
 costs ~1 ms to make instead of the ~57 ms its three contexts would cost.
 
 Closing: ``aclose`` closes each session on its own loop. A session the engine lets go of otherwise (the engine
-collected unclosed, a loop stopped when the engine closes) is closed on its loop when that loop next runs, marked
-closed without it once the loop is closed (as with a loop per call), and closed at exit at the latest
-(``_let_go``, ``_close_at_exit``): aiohttp logs none as unclosed.
+collected unclosed, a loop stopped when the engine closes) is closed on its loop when that loop next runs, and
+marked closed without it once the loop is closed (as with a loop per call); at exit, sessions of loops still
+running in other threads are closed there (``_let_go``, ``_close_at_exit``). aiohttp then reports none unclosed,
+except a session whose loop was left stopped and never closed: genroute does not run an application's loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import importlib.util
 import os
@@ -121,40 +123,55 @@ def _sweep() -> None:
             _detach(session)
 
 
-async def _closed(session: Any) -> None:
-    """``session`` closed on this loop, and its connections too (with those of others closed here; 2 s at most)."""
-    await session.close()
+async def _closed(sessions: list[Any]) -> None:
+    """``sessions`` closed on this loop, with their connections (and those of others closed here)."""
+    for session in sessions:
+        await session.close()
     here = asyncio.get_running_loop()
     closing = [task for task in _CLOSING.copy() if task.get_loop() is here]
     if closing:
-        await asyncio.wait(closing, timeout=2.0)
+        await asyncio.wait(closing)
 
 
 #: Every ``LoopClients`` alive, for ``_close_at_exit``.
 _LIVE: weakref.WeakSet[LoopClients] = weakref.WeakSet()
+#: In a forked child, the parent's sessions: the parent's to close, kept from the collector (``_forget``).
+_INHERITED: list[Any] = []
 
 
 @atexit.register
 def _close_at_exit() -> None:
-    """At exit: close every session still open on its loop, waiting at most 2 s for one on a running loop."""
+    """At exit: close the sessions still open on loops that are running (in other threads), on those loops, 2 s at
+    most in all. A loop that is stopped is not run here (it may hold the application's own work): a session on it
+    is left as it is, and aiohttp reports it unclosed when it is collected, as for any session of a loop left open."""
     for clients in _LIVE.copy():
         _let_go_all(clients._own)
     _sweep()
-    waiting = _WAITING.copy()
-    _WAITING.clear()
-    for session, loop in waiting.items():
-        with contextlib.suppress(Exception):  # a loop stuck or in use elsewhere, or a failing close: exit anyway
-            if loop.is_running():
-                asyncio.run_coroutine_threadsafe(_closed(session), loop).result(2.0)
-            else:
-                loop.run_until_complete(_closed(session))
+    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+    for session, loop in _WAITING.copy().items():
+        if loop.is_running():
+            by_loop.setdefault(loop, []).append(session)
+    futures = []
+    for loop, sessions in by_loop.items():
+        closing = _closed(sessions)
+        try:
+            futures.append(asyncio.run_coroutine_threadsafe(closing, loop))
+        except RuntimeError:  # stopped meanwhile
+            closing.close()
+    concurrent.futures.wait(futures, timeout=2.0)
 
 
 def _forget() -> None:
-    """In a forked child: the parent's sessions and connections are the parent's to close, not this process's."""
+    """In a forked child: the parent's sessions and connections are the parent's to close, not this process's. The
+    engines the child inherited let go of them (kept, so that no close reaches the parent's connections before the
+    child exits) and make sessions of their own for the child's loops."""
     _WAITING.clear()
     _CLOSING.clear()
-    _LIVE.clear()
+    for clients in _LIVE.copy():
+        clients._lock = threading.Lock()  # another thread may have held it at the fork
+        _INHERITED.extend(clients._own.values())
+        clients._own.clear()
+        clients.aio.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -241,10 +258,13 @@ class LoopClients:
             if loop is here:
                 await session.close()
             elif loop.is_running():
+                closing = session.close()
                 try:
-                    closing = asyncio.run_coroutine_threadsafe(session.close(), loop)
-                    await asyncio.wait_for(asyncio.wrap_future(closing), 2.0)
-                except (RuntimeError, TimeoutError):  # the loop stopped or is stuck: close it there later
+                    await asyncio.wait_for(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(closing, loop)), 2.0)
+                except RuntimeError:  # the loop stopped meanwhile: closed there later
+                    closing.close()
+                    _let_go(loop, session)
+                except TimeoutError:  # the loop is stuck (this close was cancelled): closed there once it is free
                     _let_go(loop, session)
             else:
                 _let_go(loop, session)
