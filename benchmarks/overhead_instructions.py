@@ -5,11 +5,11 @@
 Wall-clock overhead (``benchmarks/overhead.py``) swings by 5x on these shared 2-core machines; instruction counts
 barely move. Barely: on a loaded machine the in-process loopback server answers later and the event loop turns more
 while it waits, which read ~20 k instructions a call (~0.1 bare span) more in runs made two at a time than in runs
-made one at a time (RESULTS, seventh step). Compare trees in runs made one at a time, alternating. Each contender runs ``--n`` calls in a child process under ``valgrind --tool=callgrind``, and only a
-measured window is counted (``callgrind.in_window``: the main thread's instructions between its start and end, not
-imports, warm-up, shutdown, the in-process loopback server's thread or LiteLLM's logging threads). A child whose
-window makes no calls gives the baseline (the window's fixed cost), and the difference divided by ``--n`` is the
-cost of one call.
+made one at a time (RESULTS, seventh step). Compare trees in runs made one at a time, alternating. Each contender
+runs ``--n`` calls in a child process under ``valgrind --tool=callgrind``, and only a measured window is counted
+(``callgrind.in_window``: the main thread's instructions between its start and end, not imports, warm-up,
+shutdown, the in-process loopback server's thread or LiteLLM's logging threads). A child whose window makes no
+calls gives the baseline (the window's fixed cost), and the difference divided by ``--n`` is the cost of one call.
 
 The garbage collector is made deterministic, and still paid for: in every child (baselines too), after the same
 warm-up, ``gc.collect()`` and ``gc.freeze()`` (what start-up and warm-up left is not scanned again), automatic

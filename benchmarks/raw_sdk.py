@@ -15,15 +15,6 @@ import sys
 from typing import Any
 
 
-def _session() -> Any:
-    import aiohttp
-
-    from genroute.engines.gemini_sessions import READ_BUFFER_SIZE
-
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False,
-                                 read_bufsize=READ_BUFFER_SIZE)
-
-
 class _SdkSession:
     """Stands for the SDK's own sessions, which the client closes itself."""
 
@@ -39,7 +30,7 @@ def client(base_url: str, *, loop: asyncio.AbstractEventLoop | None = None, api_
     from google import genai
     from google.genai import types
 
-    from genroute.engines.gemini_sessions import environment_applies, supported
+    from genroute.engines.gemini_sessions import environment_applies, new_session, supported
 
     if environment_applies() or not supported():  # the engine uses the SDK's own session here: so does raw
         print("(raw contender on the SDK's own session, as the engine's here: a proxy or netrc in the environment, "
@@ -48,10 +39,10 @@ def client(base_url: str, *, loop: asyncio.AbstractEventLoop | None = None, api_
             _SdkSession()
     if loop is not None:
         async def made() -> Any:
-            return _session()
+            return new_session()
 
         session = loop.run_until_complete(made())
     else:
-        session = _session()
+        session = new_session()
     options = types.HttpOptions(base_url=base_url, aiohttp_client=session, **http)
     return genai.Client(api_key=api_key, http_options=options), session

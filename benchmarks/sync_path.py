@@ -52,7 +52,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    import aiohttp
     from google import genai
     from google.genai import types
 
@@ -64,7 +63,7 @@ def main() -> None:
         http = types.HttpOptions(base_url=server.base_url)
         client = genai.Client(api_key="bench-key", http_options=http)
         loop = asyncio.new_event_loop()
-        session = loop.run_until_complete(_plain_session(aiohttp))
+        session = loop.run_until_complete(_plain_session())
         plain = genai.Client(api_key="bench-key", http_options=http.model_copy(update={"aiohttp_client": session}))
         config = {"engines": {"g": {"kind": "gemini", "api_key": "bench-key", "base_url": server.base_url}},
                   "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": MODEL}}, "timeout_s": 60}
@@ -118,12 +117,11 @@ def main() -> None:
         print(f"{label:50} {wall[a] - wall[b]:+8.1f} {cpu[a] - cpu[b]:+8.1f}")
 
 
-async def _plain_session(aiohttp: object) -> object:
-    """An aiohttp session as the engine makes it: like the SDK's own, but without ``trust_env``."""
-    from genroute.engines.gemini_sessions import READ_BUFFER_SIZE
+async def _plain_session() -> object:
+    """An aiohttp session as the engine makes it (on this loop): like the SDK's own, but without ``trust_env``."""
+    from genroute.engines.gemini_sessions import new_session
 
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False,  # type: ignore[attr-defined]
-                                 read_bufsize=READ_BUFFER_SIZE)
+    return new_session()
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ machine noise hits each alike. Also shown, to see where the SDK's own time goes:
 per-request ``http_options`` timeout and with a ``Content`` list, and genroute with an OTel SDK tracer provider
 (spans discarded) instead of the API's no-op one. The raw call on an aiohttp session like the one genroute's
 engine gives the SDK where the environment holds no proxy and no netrc (``genroute.engines.gemini_sessions``: no
-per-request reads of them) is the like-for-like contender: its CPU ratio is shown too. Figures are requests per second (median of rounds) and each
-contender's ratio to the raw call of the same round, the client's CPU per request, and the garbage collector's
-share of it (collections of each generation and their CPU time, from ``gc.callbacks``): at this concurrency every
-object a request holds in flight is found by young collections and promoted, so how much of the gap is GC shows.
+per-request reads of them) is the like-for-like contender: its CPU ratio is shown too. Figures are requests per
+second (median of rounds) and each contender's ratio to the raw call of the same round, the client's CPU per
+request, and the garbage collector's share of it (collections of each generation and their CPU time, from
+``gc.callbacks``): at this concurrency every object a request holds in flight is found by young collections and
+promoted, so how much of the gap is GC shows.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def _contenders(base_url: str) -> dict[str, Callable[[], Any]]:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
     from genroute import Router
+    from genroute.engines.gemini_sessions import new_session
 
     class Discard(SpanExporter):
         def export(self, spans: Any) -> SpanExportResult:
@@ -115,14 +117,8 @@ def _contenders(base_url: str) -> dict[str, Callable[[], Any]]:
 
     def raw(**kwargs: Any) -> Callable[[], Any]:
         def make() -> Any:
-            session = None
-            if kwargs.get("own_session"):  # as genroute's engine makes it (genroute.engines.gemini_sessions)
-                import aiohttp
-
-                from genroute.engines.gemini_sessions import READ_BUFFER_SIZE
-
-                session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False,
-                                                read_bufsize=READ_BUFFER_SIZE)
+            # The session genroute's engine makes where the environment holds no proxy and no netrc.
+            session = new_session() if kwargs.get("own_session") else None
             client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=base_url,
                                                                                 aiohttp_client=session))
             models = client.aio.models

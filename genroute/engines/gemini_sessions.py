@@ -57,6 +57,15 @@ def environment_applies() -> bool:
     return os.path.exists(path)  # a file, or a FIFO such as NETRC=<(...): aiohttp reads either
 
 
+def new_session() -> Any:
+    """An aiohttp session as the engine gives it to the SDK: the SDK's settings (no connection limit, its read
+    buffer), without ``trust_env``. Made on the loop it is for (the running one)."""
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False,
+                                 read_bufsize=READ_BUFFER_SIZE)
+
+
 def supported() -> bool:
     """Whether the SDK takes a session of the caller's (``HttpOptions.aiohttp_client``) and aiohttp is installed
     (the SDK sends async requests through aiohttp if it can import it, else through httpx)."""
@@ -230,12 +239,9 @@ class LoopClients:
         if trusted:
             aio = self._shared().aio
         else:
-            import aiohttp
-
             if self._ssl is None:
                 self._ssl = _ssl_context()
-            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False,
-                                            read_bufsize=READ_BUFFER_SIZE)
+            session = new_session()
             try:
                 client = self._make(session, self._ssl)
             except BaseException:
