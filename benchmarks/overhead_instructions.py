@@ -32,6 +32,9 @@ collector, and the net GC-tracked allocations before the end-of-window collectio
   its end, the span made current by ``context.attach``/``detach``, as genroute does: ``start_as_current_span``'s
   two generator context managers add ~25 k instructions a span) — the floor for any implementation of that
   contract;
+- ``floor``: the same request written as one straight-line coroutine doing what the router does for it (``Floor``:
+  the request built, an in-flight table, the deadline, the lost-attempt meter, usage priced, the result and its
+  records), the contract's spans included: the least genroute's own code could cost for this feature set;
 - ``direct_sync`` and ``litellm``: google-genai's sync call and LiteLLM's ``Router.completion`` on the same server
   (only where ``litellm`` is importable: install it in a separate venv, never in genroute's).
 """
@@ -40,10 +43,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import functools
 import gc
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -55,7 +60,7 @@ from opentelemetry.trace import SpanKind
 
 GC_LINE = "gc-stats "
 
-MODES = ("direct", "routed", "bare_span", "mandated", "direct_sync", "litellm")
+MODES = ("direct", "routed", "bare_span", "mandated", "floor", "direct_sync", "litellm")
 
 
 def discarding_provider() -> Any:
@@ -97,6 +102,103 @@ def mandated(tracer: Any) -> None:
     root.end()
 
 
+_METER: contextvars.ContextVar[Any] = contextvars.ContextVar("floor_meter", default=None)
+
+
+class Floor:
+    """What the router does for a request its first rung served, written as one straight-line coroutine: the least
+    code that does all of it, with genroute's own cheapest parts (its model builders, its shared deadline timer).
+
+    Per request: the text request built (``GenerateRequest``), the task entered in an in-flight table (so a close
+    can cancel it), the root span with the decision's attributes, a deadline (``deadline_at``, one timer a loop),
+    the call span, the meter for lost attempts (a context variable), the client of the running loop, usage read
+    from the response and priced, the text and finish reason, the root span's cost attributes, and the result
+    (``GenerateResult`` holding a ``DecisionRecord`` and one ``RungAttempt``) with its trace id. No layers
+    (backend, engine, retry, executor, ledger), no checks of what could differ per request (validators, gates,
+    shadows, content capture, price tiers, other engines): the floor of genroute's own code beyond the telemetry
+    contract for this feature set, not something genroute could ship.
+    """
+
+    def __init__(self, client: Any, tracer: Any, loop: asyncio.AbstractEventLoop) -> None:
+        from genroute.construct import builder
+        from genroute.runtime.pricing import DEFAULT_PRICES
+        from genroute.types import DecisionRecord, GenerateRequest, GenerateResult, RungAttempt
+
+        self.clients = {loop: client}
+        self.tracer = tracer
+        self.price = DEFAULT_PRICES["gemini-2.5-flash"]
+        self.inflight: dict[Any, int] = {}
+        self.request = builder(GenerateRequest, given=("input",))
+        self.attempt, self.decision, self.result = (
+            builder(RungAttempt), builder(DecisionRecord), builder(GenerateResult))
+
+    async def __call__(self, text: str) -> Any:
+        from genroute.runtime.deadlines import deadline_at
+        from genroute.types import built_usage
+
+        request = self.request(input=text, task=None, backend=None, variables={}, metadata={}, key=None,
+                               timeout_s=None)
+        task = asyncio.current_task()
+        self.inflight[task] = 1
+        start = time.perf_counter()
+        tracer = self.tracer
+        root = tracer.start_span("genroute.generate", kind=SpanKind.INTERNAL, attributes={
+            "genroute.policy": "static", "genroute.reason": "static: always chat"},
+            record_exception=False, set_status_on_exception=False)
+        root_token = otel_context.attach(trace.set_span_in_context(root))
+        try:
+            with deadline_at(time.monotonic() + 60):
+                call = tracer.start_span("generate_content gemini-2.5-flash", kind=SpanKind.CLIENT, attributes={
+                    "gen_ai.operation.name": "generate_content", "gen_ai.provider.name": "gcp.gemini",
+                    "gen_ai.request.model": "gemini-2.5-flash"}, record_exception=False,
+                    set_status_on_exception=False)
+                call_token = otel_context.attach(trace.set_span_in_context(call))
+                rung_start = time.perf_counter()
+                meter = _METER.set([])
+                try:
+                    response = await self.clients[asyncio.get_running_loop()].aio.models.generate_content(
+                        model="gemini-2.5-flash", contents=request.input)
+                finally:
+                    _METER.reset(meter)
+                meta = response.usage_metadata
+                usage = built_usage(input_tokens=meta.prompt_token_count or 0,
+                                    output_tokens=meta.candidates_token_count or 0,
+                                    cached_input_tokens=meta.cached_content_token_count or 0,
+                                    thinking_tokens=meta.thoughts_token_count or 0)
+                price = self.price
+                cost = (usage.input_tokens * price.input
+                        + (usage.output_tokens + usage.thinking_tokens) * price.output) / 1_000_000
+                first = response.candidates[0]
+                reason = first.finish_reason.value.lower()
+                output = first.content.parts[0].text
+                model = response.model_version or "gemini-2.5-flash"
+                call.set_attributes({
+                    "gen_ai.usage.input_tokens": usage.input_tokens,
+                    "gen_ai.usage.output_tokens": usage.output_tokens + usage.thinking_tokens,
+                    "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
+                    "gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD",
+                    "gen_ai.response.model": model, "gen_ai.response.finish_reasons": [reason]})
+                otel_context.detach(call_token)
+                call.end()
+            attempt = self.attempt(backend="chat", outcome="ok", error_type=None, error=None,
+                                   latency_s=time.perf_counter() - rung_start, cost_usd=cost, usage=usage,
+                                   cost_estimated=False)
+            root.set_attributes({"genroute.backend": "chat", "genroute.rungs_tried": 1,
+                                 "gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD"})
+            context = root.get_span_context()
+            return self.result(
+                text=output, backend="chat", model=model, usage=usage, cost_usd=cost, cost_estimated=False,
+                cache_storage_cost_usd=0.0, cloud_equivalent_cost_usd=None,
+                latency_s=time.perf_counter() - start, time_to_first_token_s=None, finish_reason=reason,
+                decision=self.decision(policy="static", reason="static: always chat", rungs_tried=(attempt,),
+                                       shadow=()),
+                citations=(), tool_calls=(), trace_id=format(context.trace_id, "032x"), outcome_id=None)
+        finally:
+            otel_context.detach(root_token)
+            root.end()
+            del self.inflight[task]
+
+
 def _child(mode: str, n: int) -> None:
     from genroute import Router
     from genroute.testing import GeminiTestServer
@@ -127,6 +229,8 @@ def _child(mode: str, n: int) -> None:
             "routed": lambda: loop.run_until_complete(router.agenerate("hello")),
             "bare_span": bare_span,
             "mandated": functools.partial(mandated, tracer),
+            "floor": functools.partial(lambda floor: loop.run_until_complete(floor("hello")),
+                                       Floor(client, tracer, loop)),
             "direct_sync": lambda: client.models.generate_content(model="gemini-2.5-flash", contents="hello"),
         }
         if mode == "litellm":
@@ -206,6 +310,8 @@ def main() -> None:
           f"{per_call['mandated'] / span:.2f} bare spans")
     print(f"genroute's own code:       {(over - per_call['mandated']) / 1e3:.1f} k instructions = "
           f"{(over - per_call['mandated']) / span:.2f} bare spans")
+    floor = per_call["floor"] - per_call["direct"] - per_call["mandated"]
+    print(f"the floor of its features: {floor / 1e3:.1f} k instructions = {floor / span:.2f} bare spans")
     if "litellm" in per_call:
         lite = per_call["litellm"] - per_call["direct_sync"]
         print(f"litellm overhead (sync):   {lite / 1e3:.1f} k instructions = {lite / over:.1f}x genroute's")
