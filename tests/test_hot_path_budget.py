@@ -1,0 +1,69 @@
+"""The hot path's budget: the bytecode genroute's own code runs for one request, counted exactly.
+
+An opcode count does not depend on the machine's speed or load (unlike a timing), so it can be held to a budget in
+CI. The request is the one ``benchmarks/own_opcodes.py`` and ``benchmarks/overhead_instructions.py`` measure (a
+``prompt_template`` backend on the loopback Gemini server, a static policy, ``timeout_s: 60``, an OTel SDK tracer);
+``python benchmarks/own_opcodes.py`` shows where the opcodes go, function by function. The budget is the count at
+the ninth step of issue 15 (2,440-2,530 on CPython 3.11: a slower run puts every request's deadline in a slot of
+its own, which costs ~40 more) plus ~5 %: a change that adds more to every request should say so here, with its
+figures in ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.trace import TracerProvider
+
+import genroute
+from genroute import Router
+from genroute.testing import GeminiTestServer
+
+BUDGET = 2_650
+_PACKAGE = str(Path(genroute.__file__).resolve().parent)
+
+
+def _own(code: Any) -> bool:
+    """Whether ``code`` is genroute's: a file of the package, or a function it generated (``genroute.construct``)."""
+    name = code.co_filename
+    return name.startswith("<genroute") or name.startswith(_PACKAGE)
+
+
+def test_one_request_runs_within_the_opcode_budget(gemini_server: GeminiTestServer) -> None:
+    config = {"engines": {"g": {"kind": "gemini", "api_key": "k", "base_url": gemini_server.base_url}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}},
+              "timeout_s": 60}
+    router = Router.from_config(config, tracer_provider=TracerProvider())
+    loop = asyncio.new_event_loop()
+    counted = [0]
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if not _own(frame.f_code):
+            return None  # no opcode events for frames not genroute's
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            counted[0] += 1
+        return trace
+
+    try:
+        for _ in range(10):  # warm: connections, caches, CPython's specialization of every function
+            assert loop.run_until_complete(router.agenerate("hello")).text == "echo: hello"
+        requests = 5
+        previous = sys.gettrace()
+        sys.settrace(trace)
+        try:
+            for _ in range(requests):
+                loop.run_until_complete(router.agenerate("hello"))
+        finally:
+            sys.settrace(previous)
+    finally:
+        loop.run_until_complete(router.aclose())
+        loop.close()
+    per_request = counted[0] / requests
+    assert per_request > 500, "nothing counted: is genroute imported from somewhere else?"
+    assert per_request <= BUDGET, (
+        f"genroute's own code ran {per_request:,.0f} opcodes a request, over its budget of {BUDGET:,}: "
+        f"`python benchmarks/own_opcodes.py` shows where")
