@@ -58,6 +58,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from genroute.runtime.deadlines import deadline_at
+from genroute.runtime.telemetry import attach
+from genroute.types import built_usage
+
 GC_LINE = "gc-stats "
 
 MODES = ("direct", "routed", "bare_span", "mandated", "floor", "direct_sync", "litellm")
@@ -133,9 +137,6 @@ class Floor:
             builder(RungAttempt), builder(DecisionRecord), builder(GenerateResult))
 
     async def __call__(self, text: str) -> Any:
-        from genroute.runtime.deadlines import deadline_at
-        from genroute.types import built_usage
-
         request = self.request(input=text, task=None, backend=None, variables={}, metadata={}, key=None,
                                timeout_s=None)
         task = asyncio.current_task()
@@ -145,14 +146,14 @@ class Floor:
         root = tracer.start_span("genroute.generate", kind=SpanKind.INTERNAL, attributes={
             "genroute.policy": "static", "genroute.reason": "static: always chat"},
             record_exception=False, set_status_on_exception=False)
-        root_token = otel_context.attach(trace.set_span_in_context(root))
+        root_token = attach(root)  # as genroute: nothing to attach for the API's no-op span
         try:
             with deadline_at(time.monotonic() + 60):
                 call = tracer.start_span("generate_content gemini-2.5-flash", kind=SpanKind.CLIENT, attributes={
                     "gen_ai.operation.name": "generate_content", "gen_ai.provider.name": "gcp.gemini",
                     "gen_ai.request.model": "gemini-2.5-flash"}, record_exception=False,
                     set_status_on_exception=False)
-                call_token = otel_context.attach(trace.set_span_in_context(call))
+                call_token = attach(call)
                 rung_start = time.perf_counter()
                 meter = _METER.set([])
                 try:
@@ -178,7 +179,8 @@ class Floor:
                     "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
                     "gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD",
                     "gen_ai.response.model": model, "gen_ai.response.finish_reasons": [reason]})
-                otel_context.detach(call_token)
+                if call_token is not None:
+                    otel_context.detach(call_token)
                 call.end()
             attempt = self.attempt(backend="chat", outcome="ok", error_type=None, error=None,
                                    latency_s=time.perf_counter() - rung_start, cost_usd=cost, usage=usage,
@@ -194,7 +196,8 @@ class Floor:
                                        shadow=()),
                 citations=(), tool_calls=(), trace_id=format(context.trace_id, "032x"), outcome_id=None)
         finally:
-            otel_context.detach(root_token)
+            if root_token is not None:
+                otel_context.detach(root_token)
             root.end()
             del self.inflight[task]
 

@@ -152,7 +152,7 @@ def main() -> None:
     print(f"opcodes a request: direct {sum(counts['direct'].values()) / args.n:,.0f}, telemetry contract "
           f"{sum(counts['mandated'].values()) / args.n:,.0f}, routed {sum(routed.values()) / args.n:,.0f}; "
           f"routed beyond both {(sum(routed.values()) - sum(direct.values())) / args.n:,.0f}; "
-          f"in genroute's own files {own / args.n:,.0f}; the floor of its features (``Floor``) beyond both "
+          f"in genroute's own files {own / args.n:,.0f}; the floor of its features (Floor) beyond both "
           f"{(sum(counts['floor'].values()) - sum(direct.values())) / args.n:,.0f}")
     diff = {k: (routed[k] - direct[k]) / args.n for k in set(routed) | set(direct)}
     if args.by == "part":

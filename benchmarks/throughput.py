@@ -8,7 +8,9 @@ the raw contender is what the SDK's quick start does, ``client.aio.models.genera
 contents="...")``. ``--concurrency`` tasks share ``--requests`` requests; rounds interleave the contenders so
 machine noise hits each alike. Also shown, to see where the SDK's own time goes: the raw call with a
 per-request ``http_options`` timeout and with a ``Content`` list, and genroute with an OTel SDK tracer provider
-(spans discarded) instead of the API's no-op one. The raw call on an aiohttp session like the one genroute's
+(spans discarded) instead of the API's no-op one, and ``Floor`` of ``overhead_instructions.py`` (the same request
+as one straight-line coroutine doing the router's whole job for it, no tracer provider: how close genroute's
+features alone come to raw). The raw call on an aiohttp session like the one genroute's
 engine gives the SDK where the environment holds no proxy and no netrc (``genroute.engines.gemini_sessions``: no
 per-request reads of them) is the like-for-like contender: its CPU ratio is shown too. Figures are requests per
 second (median of rounds) and each contender's ratio to the raw call of the same round, the client's CPU per
@@ -32,9 +34,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MODEL = "gemini-2.5-flash"
 SAME_SESSION = "raw, session without env reads"
+FLOOR = "floor of genroute's features"
 KEY = "bench-key"
 
 
@@ -156,6 +160,27 @@ def _contenders(base_url: str) -> dict[str, Callable[[], Any]]:
             return call, router.aclose
         return make
 
+    def floor() -> Callable[[], Any]:
+        def make() -> Any:
+            from opentelemetry.trace import NoOpTracer
+
+            from overhead_instructions import Floor
+
+            session = new_session()
+            client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=base_url,
+                                                                                aiohttp_client=session))
+            request = Floor(client, NoOpTracer(), asyncio.get_running_loop())
+
+            async def call(i: int) -> Any:
+                return await request("hello")
+
+            async def close() -> None:
+                await client.aio.aclose()
+                await session.close()
+
+            return call, close
+        return make
+
     return {
         "raw client.aio": raw(),
         "raw + per-request timeout": raw(per_request_timeout=True),
@@ -163,6 +188,7 @@ def _contenders(base_url: str) -> dict[str, Callable[[], Any]]:
         "raw, session without env reads": raw(own_session=True),
         "genroute agenerate": routed(False),
         "genroute agenerate, SDK tracer": routed(True),
+        FLOOR: floor(),
     }
 
 
