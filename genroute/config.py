@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
 from genroute.config_parse import DuplicateKey, parse_json, parse_yaml
-from genroute.errors import ConfigError
+from genroute.errors import ConfigError, UsageError, without_credentials
 from genroute.registry import Group, load
 from genroute.runtime.pricing import ModelPrice
 from genroute.state import MemoryStateConfig, StateConfig
@@ -66,11 +66,31 @@ _SECRET_KEYS = ("key", "secret", "token", "password", "credential", "authorizati
 
 
 def _redacted(value: Any) -> Any:
-    """``value`` with every mapping entry whose name looks secret (``api_key``, ``token``...) masked."""
+    """``value`` with every mapping entry whose name looks secret (``api_key``, ``token``...) masked, and the
+    credentials of URLs (``base_url: https://user:secret@host``) too."""
     if isinstance(value, Mapping):
         return {k: "**********" if isinstance(k, str) and any(s in k.lower() for s in _SECRET_KEYS)
                 and not k.lower().endswith("_env") else _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    if isinstance(value, str):
+        return without_credentials(value)
     return value
+
+
+def _parse_error(exc: Exception) -> str:
+    """What a parser said was wrong, and where, without the text around it: PyYAML quotes the offending line, which
+    may be a key's (an unclosed quote after ``api_key:``)."""
+    if getattr(exc, "problem_mark", None) is None:  # JSON and TOML say where, not what was there
+        return str(exc)
+    said = [f"{text} (line {mark.line + 1}, column {mark.column + 1})"
+            for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark))  # type: ignore[attr-defined]
+            if text and mark is not None]
+    return "; ".join(said) or type(exc).__name__
+
+
+#: ``RouterConfig`` fields validated as a union tagged by ``kind``: pydantic puts the tag in an error's location.
+_TAGGED = ("state",)
 
 
 def config_error(exc: ValidationError, prefix: str | None) -> ConfigError:
@@ -78,7 +98,10 @@ def config_error(exc: ValidationError, prefix: str | None) -> ConfigError:
     errors = exc.errors()
     first = errors[0]
     # pydantic reports a bad mapping key as a location part "[key]": the field is the mapping entry itself.
-    loc = ".".join(str(part) for part in first["loc"] if part != "[key]")
+    parts = [part for part in first["loc"] if part != "[key]"]
+    if prefix is None and len(parts) > 2 and parts[0] in _TAGGED:
+        del parts[1]  # the union member's tag (``state.redis.url``): not a key of the config (``state.url``)
+    loc = ".".join(str(part) for part in parts)
     # A model validator (which checks fields together) names the one at fault on its error, if it can.
     culprit = getattr((first.get("ctx") or {}).get("error"), "field", None)
     field = ".".join(p for p in (prefix, loc, culprit) if isinstance(p, str) and p) or None
@@ -108,6 +131,9 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
     if isinstance(source, RouterConfig):
         check_config_size(dict(source))  # built in code: its raw sections may share references too
         return source
+    if not isinstance(source, str | Path | Mapping):
+        raise UsageError(f"a config is a file path, a mapping or a RouterConfig, not {type(source).__name__}",
+                         field="source")
     raw = source if isinstance(source, Mapping) else read_config_file(Path(source))
     check_config_size(raw)  # before anchoring, which copies: an alias bomb must not be expanded first
     if not isinstance(source, Mapping):
@@ -210,7 +236,7 @@ def read_config_file(path: Path, *, field: str = "path") -> Mapping[str, Any]:
     except DuplicateKey as exc:
         raise ConfigError(f"{path.name}: {exc}", field=exc.field) from None
     except Exception as exc:  # parser errors differ per format; all mean the same to the caller
-        raise ConfigError(f"cannot parse {path.name}: {exc}", field=field) from None
+        raise ConfigError(f"cannot parse {path.name}: {_parse_error(exc)}", field=field) from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path.name} must hold a mapping at the top level", field=field)
     return data

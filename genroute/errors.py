@@ -26,7 +26,16 @@ google-genai and transport errors are mapped to this tree in exactly one place:
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+#: The user (and password) part of a URL: ``https://user:secret@host`` -> ``https://***@host``.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@'\"]+@")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the user and password of every URL in it replaced by ``***`` (for reprs, dumps and errors)."""
+    return _URL_USERINFO.sub(r"\1***@", text) if "@" in text else text
 
 
 class GenrouteError(Exception):

@@ -56,12 +56,46 @@ def test_yaml_toml_and_json_files_load(gemini_server, tmp_path):
     (lambda c: c["policy"].update(backend="ghost"), "policy.backend"),
     (lambda c: c.update(pricing={"x": {"input": -1, "output": 0}}), "pricing.x.input"),
     (lambda c: c.update(tools={"t": "no_such_module:fn"}), "tools.t"),
+    (lambda c: c["engines"]["gemini"].update(base_url="not a url"), "engines.gemini.base_url"),
+    (lambda c: c["engines"]["gemini"].update(base_url="ftp://127.0.0.1/"), "engines.gemini.base_url"),
+    (lambda c: c["engines"]["gemini"].update(base_url="http://"), "engines.gemini.base_url"),
+    # a union tagged by kind: the tag is not a key of the config
+    (lambda c: c.update(state={"kind": "redis", "url": "http://x"}), "state.url"),
+    (lambda c: c.update(state={"kind": "memory", "zz": 1}), "state.zz"),
 ])
 def test_config_errors_name_the_field(gemini_server, mutate, field):
     config = gemini_config(gemini_server)
     mutate(config)
     assert _error(config).field == field
     assert gemini_server.requests == []
+
+
+@pytest.mark.parametrize("source", [None, 42, ["x"]])
+def test_a_source_of_the_wrong_type_is_a_usage_error(source):
+    with pytest.raises(UsageError) as info:
+        Router.from_config(source)
+    assert info.value.field == "source"
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"timeout_s": "5"}, "timeout_s"),
+    ({"timeout_s": True}, "timeout_s"),
+    ({"tracer_provider": 5}, "tracer_provider"),
+    ({"meter_provider": object()}, "meter_provider"),
+    ({"tools": [print]}, "tools"),
+    ({"tools": {"t": "not callable"}}, "tools"),
+    ({"validators": ["v"]}, "validators"),
+])
+def test_bad_keyword_arguments_name_themselves(gemini_server, kwargs, field):
+    with pytest.raises(UsageError) as info:
+        Router.from_config(gemini_config(gemini_server), **kwargs)
+    assert info.value.field == field
+
+
+def test_a_state_of_the_wrong_type_names_state(gemini_server):
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(gemini_config(gemini_server), state=5)
+    assert info.value.field == "state"
 
 
 def test_missing_and_unparsable_files(tmp_path):
@@ -80,6 +114,8 @@ def test_missing_and_unparsable_files(tmp_path):
     ({"input": "hi", "variables": {"tone": 3}}, "variables.tone"),
     ({"input": "hi", "variables": {"extra": "x", "tone": "dry"}}, "variables.extra"),
     ({"input": "hi"}, "variables.tone"),
+    ({"input": "hi \ud800"}, "input"),  # a lone surrogate: would fail at the provider or the exporter
+    ({"input": "hi", "metadata": {1: "a"}}, "metadata.1"),  # a bad key: the entry, not pydantic's "[key]"
 ])
 def test_bad_requests_name_the_field_and_send_nothing(gemini_server, kwargs, field):
     config = gemini_config(gemini_server, template="{{ tone }}: {{ input }}", variables={"tone": {"type": "str"}})

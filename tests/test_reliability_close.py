@@ -163,6 +163,29 @@ def test_calls_after_close_are_refused_and_start_no_loop(gemini_server):
     assert router._portal._loop is None
 
 
+@pytest.mark.parametrize("drain_s", ["5", None, -1.0, float("inf"), float("nan"), True])
+def test_a_bad_drain_is_refused_before_anything_closes(gemini_server, drain_s):
+    router = Router.from_config(_config(gemini_server))
+    with pytest.raises(UsageError) as info:
+        router.close(drain_s=drain_s)
+    assert info.value.field == "drain_s"
+    with pytest.raises(UsageError) as info:
+        asyncio.run(router.aclose(drain_s=drain_s))
+    assert info.value.field == "drain_s"
+    assert router.generate("hi").text  # still open and serving: nothing was half closed
+    closed: list[bool] = []
+    engine = router.resources.engines["gemini"]
+    real = engine.aclose
+
+    async def spy() -> None:
+        closed.append(True)
+        await real()
+
+    engine.aclose = spy  # type: ignore[method-assign]
+    router.close()
+    assert closed == [True]  # a later close still closes the engines
+
+
 def test_an_astream_abandoned_without_aclosing_closes_quietly(gemini_server, caplog, otel):
     """Finalized by the loop in another context: no "Failed to detach context" ERROR, spans still end."""
     import gc

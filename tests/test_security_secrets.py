@@ -209,3 +209,35 @@ def test_no_serialisation_of_the_config_prints_an_inline_key():
     for text in dumps:
         assert TEST_KEY not in text
     assert config.engines["gemini"]["api_key"] == TEST_KEY  # the loaded config still works
+
+
+@pytest.mark.parametrize("line", [f'api_key: "{TEST_KEY}', f"api_key: {TEST_KEY} : x", f"api_key: [{TEST_KEY}"])
+def test_a_yaml_syntax_error_does_not_quote_the_key(tmp_path, line):
+    # PyYAML's own message quotes the offending line, which here holds the key.
+    path = tmp_path / "router.yaml"
+    path.write_text(f"engines:\n  gemini:\n    kind: gemini\n    {line}\nbackends: {{}}\n")
+    with pytest.raises(GenrouteError) as info:
+        Router.from_config(path)
+    assert info.value.field == "path"
+    assert "line" in str(info.value)  # it still says where
+    assert TEST_KEY not in str(info.value) and TEST_KEY not in repr(info.value)
+
+
+def test_passwords_in_urls_appear_in_no_repr_or_dump(gemini_server):
+    password = "PW-MARKER-51c2"
+    config = load_config({
+        "engines": {"gemini": {"kind": "gemini", "api_key": TEST_KEY,
+                               "base_url": gemini_server.base_url.replace("://", f"://user:{password}@")}},
+        "backends": {"chat": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}},
+        "state": {"kind": "redis", "url": f"redis://:{password}@127.0.0.1:6379/0"},
+    })
+    texts = [config.model_dump_json(), repr(config.model_dump()), repr(config), str(config), repr(config.state)]
+    router = Router.from_config({**config.model_dump(exclude={"state", "engines"}), "engines": {"gemini": {
+        "kind": "gemini", "api_key": TEST_KEY, "base_url": config.engines["gemini"]["base_url"]}}})
+    try:
+        texts.append(repr(router.resources.engines["gemini"]))
+    finally:
+        router.close()
+    for text in texts:
+        assert password not in text and TEST_KEY not in text
+    assert password in config.state.url  # the loaded config still connects

@@ -35,12 +35,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, GenrouteError
+from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, GenrouteError, without_credentials
 
 _GOOGLE_KEY = re.compile(r"AIza[0-9A-Za-z_\-]{20,}")
 _KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&\s'\"]+")
-#: The user (and password) part of a URL: ``https://user:secret@host`` -> ``https://***@host``.
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@'\"]+@")
 _MAX_MESSAGE = 500
 
 
@@ -51,7 +49,7 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
         if secret:
             text = text.replace(secret, "***")
     text = _GOOGLE_KEY.sub("***", text)
-    text = _URL_USERINFO.sub(r"\1***@", text)
+    text = without_credentials(text)
     return _KEY_PARAM.sub(r"\1***", text)
 
 

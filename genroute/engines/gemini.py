@@ -8,8 +8,9 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from genroute.engines.base import Embeddings, Engine
 from genroute.runtime.billing import bill, estimate_input, processed
@@ -17,7 +18,7 @@ from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import map_error
 from genroute.engines.gemini_sessions import LoopClients, supported
 from genroute.engines.retry import RetryConfig, call_with_retry
-from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted
+from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, without_credentials
 from genroute.types import Usage
 
 _T = TypeVar("_T")
@@ -58,6 +59,17 @@ class GeminiEngineConfig(BaseModel):
         description="Whether async requests read proxy settings and netrc from the environment on every request "
                     "(true), never (false), or only where some are set when an event loop makes its first call "
                     "(null). Developer API only: Vertex AI always uses the SDK's own session.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # Caught here, before anything is sent: the HTTP client would refuse it on every request, as a retryable
+        # transport error after the retries' waits.
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL with a host")
+        return value
 
 
 #: A deadline must undercut the client's server-side deadline (its ``X-Server-Timeout`` header) by more than this
@@ -163,7 +175,8 @@ class GeminiEngine(Engine):
                        if config.vertex is None and config.trust_env is not True and supported() else None)
 
     def __repr__(self) -> str:
-        return f"GeminiEngine(name={self.name!r}, provider={self.provider!r}, base_url={self.base_url!r})"
+        base_url = None if self.base_url is None else without_credentials(self.base_url)
+        return f"GeminiEngine(name={self.name!r}, provider={self.provider!r}, base_url={base_url!r})"
 
     @property
     def base_url(self) -> str | None:

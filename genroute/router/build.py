@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.config import RouterConfig, import_object, load_config, validate_kind
+from genroute.errors import UsageError
 from genroute.runtime.portal import Portal
 from genroute.runtime.resources import Resources
 from genroute.runtime.pricing import Pricing
@@ -52,6 +53,13 @@ async def abuild_router(
     (e.g. Vertex ``credentials``). Every step that reads files, imports modules, resolves credentials,
     embeds or reads a store runs in a worker thread: a running event loop never waits on construction.
     """
+    # Checked before any work: tools are callables by name, validators callables or judges by name.
+    if tools is not None and not (isinstance(tools, Mapping) and all(
+            isinstance(name, str) and callable(fn) for name, fn in tools.items())):
+        raise UsageError("must map tool names to Python callables", field="tools")
+    if validators is not None and not (isinstance(validators, Mapping) and all(
+            isinstance(name, str) for name in validators)):
+        raise UsageError("must map validator names to validators", field="validators")
     config = await asyncio.to_thread(load_config, source)
     engines = {}
     for name, raw in config.engines.items():

@@ -80,11 +80,12 @@ class Router(Learning):
         self.resources = resources or Resources({})
         require_prices(self.backends, self.resources.pricing)  # unknown models would silently cost 0
         self.policy = policy or _default_policy(self.backends)
-        if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
-            raise UsageError(f"must be a finite number of seconds > 0, got {timeout_s!r}", field="timeout_s")
+        if timeout_s is not None:
+            _check_seconds(timeout_s, "timeout_s")
         self.timeout_s = timeout_s
         for engine in self.resources.engines.values():  # most requests have this long: sized once, not per call
             engine.expect_deadline(timeout_s)
+        _check_providers(tracer_provider, meter_provider)
         self.telemetry = Telemetry(capture_content=capture_content, tracer_provider=tracer_provider,
                                    meter_provider=meter_provider)
         # Flushed at close: batching processors and periodic readers would otherwise lose the last requests.
@@ -266,6 +267,7 @@ class Router(Learning):
         open between chunks are closed: each of their callers gets ``UsageError`` (the router was closed)
         within about ``drain_s + 2`` seconds of this call, and their budget holds are settled.
         """
+        _check_seconds(drain_s, "drain_s", zero=True)  # before anything closes: a bad value leaves nothing half closed
         if self._closed:
             return
         self._closed = True
@@ -290,6 +292,7 @@ class Router(Learning):
         ``UsageError``.
         """
         refuse_inside_loop("close")
+        _check_seconds(drain_s, "drain_s", zero=True)
         if not self._closed:
             # drain, unwind, shadows, late decisions' spends, flush, backends
             bound = drain_s + UNWIND_S + 5.0 + _LATE_SPEND_S + _FLUSH_TIMEOUT_MS / 1000 + 5.0
@@ -372,6 +375,23 @@ class Router(Learning):
             self._start_refresher()
         return RootSpan(self.telemetry, request, self.timeout_s, self._adecide, costed=self.policy.blocking,
                         same_context=same_context)
+
+
+def _check_seconds(value: Any, field: str, *, zero: bool = False) -> None:
+    """``UsageError`` naming ``field`` unless ``value`` is a finite number of seconds > 0 (≥ 0 with ``zero``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and (value >= 0 if zero else value > 0)):
+        raise UsageError(f"must be a finite number of seconds {'>=' if zero else '>'} 0, got {value!r}", field=field)
+
+
+def _check_providers(tracer_provider: Any, meter_provider: Any) -> None:
+    """``UsageError`` naming the argument that is not an OpenTelemetry tracer (meter) provider."""
+    from opentelemetry import metrics, trace
+
+    for value, kind, field in ((tracer_provider, trace.TracerProvider, "tracer_provider"),
+                               (meter_provider, metrics.MeterProvider, "meter_provider")):
+        if value is not None and not isinstance(value, kind):
+            raise UsageError(f"must be an OpenTelemetry {kind.__name__}, not {type(value).__name__}", field=field)
 
 
 def _default_policy(backends: Mapping[str, Backend]) -> Policy:

@@ -26,7 +26,8 @@ _text_request = builder(GenerateRequest, given=("input",))
 def parse_request(input: str | GenerateRequest | None, fields: dict[str, Any], backends: Mapping[str, Any]
                   ) -> GenerateRequest:
     """The request the public entry points were given, validated; ``UsageError`` names the bad field."""
-    if type(input) is str and not fields and input.strip():  # what validation accepts as it is: not again
+    # What validation accepts as it is is not validated again: a non-blank text that encodes (no lone surrogate).
+    if type(input) is str and not fields and input.strip() and (input.isascii() or _encodes(input)):
         return _text_request(input=input, task=None, backend=None, variables={}, metadata={}, key=None,
                              timeout_s=None)
     if isinstance(input, GenerateRequest):
@@ -41,12 +42,22 @@ def parse_request(input: str | GenerateRequest | None, fields: dict[str, Any], b
             request = GenerateRequest(**({"input": input} if input is not None else {}), **fields)
         except ValidationError as exc:
             error = exc.errors()[0]
-            field = ".".join(str(p) for p in error["loc"]) or None
+            # A bad mapping key is reported at a location part "[key]": the field is the mapping entry itself.
+            field = ".".join(str(p) for p in error["loc"] if p != "[key]") or None
             raise UsageError(error["msg"], field=field) from None
     if request.backend is not None and request.backend not in backends:
         raise UsageError(f"unknown backend {request.backend!r} (known: {', '.join(sorted(backends))})",
                          field="backend")
     return request
+
+
+def _encodes(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8 (it holds no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 #: What a decision that cannot cost anything cost (never entered with ``charging``, so never written).

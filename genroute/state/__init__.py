@@ -34,9 +34,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
-from genroute.errors import ConfigError
+from genroute.errors import ConfigError, without_credentials
 from genroute.state.ops import Admitted, Claim, Close, Fail, Held, Hold, Open, Probe, Settle, Settlement
 
 
@@ -173,6 +173,16 @@ class RedisStateConfig(_Frozen):
     retry_s: float = Field(default=1.0, gt=0, description="After a failure, how long to stay on the fallback "
                            "before trying the store again.")
 
+    def __repr_args__(self) -> Any:
+        # The URL may carry a password (redis://:secret@host): never in a repr or a log.
+        for name, value in super().__repr_args__():
+            yield name, without_credentials(value) if name == "url" else value
+
+    @field_serializer("url")
+    def _dump_url(self, url: str) -> str:
+        # ...nor in a dump (model_dump, a bench manifest): a dumped config is for reading, not for passwords.
+        return without_credentials(url)
+
 
 StateConfig = Annotated[MemoryStateConfig | RedisStateConfig, Field(discriminator="kind")]
 
@@ -188,6 +198,9 @@ def build_state(config: StateStore | Mapping[str, Any] | BaseModel | None, *, fi
         return config
     if config is None:
         return MemoryStateStore()
+    if not isinstance(config, BaseModel | Mapping):
+        raise ConfigError(f"must be a mapping, a state config or a StateStore, not {type(config).__name__}",
+                          field=field)
     if not isinstance(config, BaseModel):
         try:
             config = TypeAdapter(StateConfig).validate_python(dict(config))
