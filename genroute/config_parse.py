@@ -38,12 +38,34 @@ def parse_yaml(text: str) -> Any:
             if key in seen:
                 mark = key_node.start_mark
                 raise DuplicateKey(f"duplicate key {key!r} (line {mark.line + 1}, column {mark.column + 1})",
-                                   field=str(key))
+                                   field=_yaml_path(text, key_node) or str(key))
             seen[key] = None
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _yaml_path(text: str, key_node: Any) -> str | None:
+    """The dotted path of the mapping key ``key_node`` in the YAML ``text`` (``backends.chat.model``)."""
+    import yaml
+
+    index = key_node.start_mark.index
+    stack: list[tuple[Any, tuple[str, ...]]] = [(yaml.compose(text, Loader=yaml.SafeLoader), ())]
+    seen: set[int] = set()
+    while stack:  # a loop, not recursion: anchors may nest deep
+        node, path = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.start_mark.index == index:
+                    return ".".join((*path, str(key.value)))
+                stack.append((value, (*path, str(key.value))))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*path, str(i))) for i, item in enumerate(node.value))
+    return None
 
 
 def parse_json(text: str) -> Any:
@@ -52,9 +74,27 @@ def parse_json(text: str) -> Any:
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in items:
-            if key in out:
-                raise DuplicateKey(f"duplicate key {key!r}", field=key)
+            if key in out:  # the object's place is known only once the whole text is read
+                repeated = _Repeated(out)
+                repeated.key = key
+                return repeated
             out[key] = value
         return out
 
-    return json.loads(text, object_pairs_hook=pairs)
+    data = json.loads(text, object_pairs_hook=pairs)
+    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, _Repeated):
+            raise DuplicateKey(f"duplicate key {value.key!r}", field=".".join((*path, value.key)))
+        if isinstance(value, dict):
+            stack.extend((item, (*path, str(key))) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, (*path, str(i))) for i, item in enumerate(value))
+    return data
+
+
+class _Repeated(dict[str, Any]):
+    """A JSON object that held ``key`` twice (its first keys only)."""
+
+    key: str

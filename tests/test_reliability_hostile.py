@@ -98,6 +98,20 @@ def test_duplicate_keys_in_a_config_file_are_refused(gemini_server, tmp_path: Pa
     assert err.value.field == "backends"
 
 
+@pytest.mark.parametrize(("suffix", "text"), [
+    (".yaml", "backends:\n  chat: {kind: prompt_template, engine: g, model: a, model: b}\n"),
+    (".yaml", "backends:\n  chat:\n    kind: prompt_template\n    model: a\n    model: b\n"),
+    (".json", '{"backends": {"chat": {"kind": "prompt_template", "model": "a", "model": "b"}}}'),
+    (".json", '{"rate_limits": [{"per": "x"}, {"per": "y", "per": "z"}]}'),
+])
+def test_a_nested_duplicate_key_is_named_by_its_path(tmp_path: Path, suffix: str, text: str):
+    path = tmp_path / f"dup{suffix}"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match="duplicate key") as err:
+        Router.from_config(path)
+    assert err.value.field == ("rate_limits.1.per" if "rate_limits" in text else "backends.chat.model")
+
+
 def test_yaml_merge_keys_may_still_be_overridden(gemini_server, tmp_path: Path):
     path = tmp_path / "merge.yaml"
     path.write_text(
