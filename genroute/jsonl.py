@@ -1,4 +1,5 @@
-"""Reading JSONL files of records, with errors that name the file, the line and the caller's field."""
+"""Reading JSONL files of records, with errors that name the file, the line and the caller's field; making the
+directory results are written to, with an error naming the caller's field when it cannot be."""
 
 from __future__ import annotations
 
@@ -18,15 +19,31 @@ def iter_records(path: str | Path, *, field: str, what: str = "file") -> Iterato
     if not path.is_file():
         raise UsageError(f"{what} {str(path)!r} does not exist", field=field)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path.name}:{lineno}: not JSON ({exc.msg})", field=field) from None
-            if not isinstance(record, dict):
-                raise UsageError(f"{path.name}:{lineno}: expected a JSON object, got {type(record).__name__}",
-                                 field=field)
-            yield lineno, record
+    lineno = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UsageError(f"{path.name}:{lineno}: not JSON ({exc.msg})", field=field) from None
+                if not isinstance(record, dict):
+                    raise UsageError(f"{path.name}:{lineno}: expected a JSON object, got {type(record).__name__}",
+                                     field=field)
+                yield lineno, record
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError) as exc:  # not text, or not (whole) gzip
+        kind = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"
+        raise UsageError(f"{path.name}:{lineno + 1}: {kind}", field=field) from None
+
+
+def output_dir(path: str | Path, *, field: str) -> Path:
+    """``path`` as a directory that exists (made with its parents if needed); ``UsageError`` naming ``field`` when
+    it cannot be (a file is there, no permission...), before anything is run or written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write results to {str(path)!r} ({exc.strerror or exc})", field=field) from None
+    return path

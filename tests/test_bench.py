@@ -15,6 +15,8 @@ from genroute.bench import (
     resolve_scorer, summarize, write_report,
 )
 from genroute.bench.advisor import AdvisorSettings, advise
+from genroute.bench.harness import bench
+from genroute.errors import UsageError
 from genroute.bench.report import Summary, bootstrap_ci
 from genroute.bench.runner import Outcome
 from genroute.policies.stats import BenchStats
@@ -793,3 +795,36 @@ def test_the_harness_tells_the_advisor_where_the_tuned_model_runs(tmp_path: Path
     assert local["tuned_info"].where == "local"
     assert local["tuned_info"].tune_result == str(tmp_path / "tune_result.json")
     assert vertex["tuned_info"].where == "vertex" and vertex["training_price"] == ("gemini-2.5-flash", 5.0)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"data": [*records(), records()[0]]}, "data.10"),  # a duplicate id: one row for two answers
+    ({"data": [{"id": "a", "input": "x"}]}, "data.0"),
+    ({"data": []}, "data"),
+    ({"holdout": 5}, "holdout"),  # checked before any model call, not after all of them
+    ({"corpus": "no-such-corpus.jsonl", "collection": "c"}, "corpus"),
+    ({"out_dir": "a-file"}, "out_dir"),
+])
+def test_bad_bench_input_is_refused_before_any_call(server: GeminiTestServer, tmp_path: Path,
+                                                    kwargs: dict[str, Any], field: str) -> None:
+    (tmp_path / "a-file").write_text("")
+    args = {"data": records(), "out_dir": tmp_path / "out", **kwargs}
+    if args["out_dir"] == "a-file":
+        args["out_dir"] = tmp_path / "a-file"
+    router = Router.from_config(config(server))
+    try:
+        with pytest.raises(UsageError) as err:
+            bench(router, backends=["cheap"], progress=False, **args)
+    finally:
+        router.close()
+    assert err.value.field == field
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(("name", "content"), [("binary.jsonl", b"\xff\xfe{}\n"), ("fake.jsonl.gz", b"not gzip")])
+def test_a_dataset_that_is_not_text_or_not_gzip_is_a_usage_error(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(UsageError) as err:
+        load_records(path)
+    assert err.value.field == "data" and name in str(err.value)

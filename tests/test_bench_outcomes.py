@@ -248,3 +248,40 @@ def test_pairwise_and_front_choose_only_on_the_cost_quality_front(tmp_path: Path
     assert set(pair.choose(predicted, 5.0)) == {1}  # the strong one's gain is never worth that much
     loaded = RouterModel.load(pair.save(tmp_path / "pair.npz"))
     assert np.array_equal(loaded.choose(loaded.predict(x), 0.3), picks)
+
+
+@pytest.mark.parametrize(("content", "field"), [
+    ({"a": {"input_usd_per_1m": -1}}, "prices.a.input_usd_per_1m"),
+    ({"a": {"input_usd_per_1m": "cheap"}}, "prices.a.input_usd_per_1m"),
+    (None, "prices"),  # a directory
+])
+def test_a_bad_prices_file_is_a_usage_error(tmp_path: Path, content: Any, field: str) -> None:
+    path = tmp_path / "prices.json"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(json.dumps(content))
+    with pytest.raises(UsageError) as err:
+        load_pricing(path)
+    assert err.value.field == field
+
+
+def test_compile_reads_a_gzipped_matrix_and_keeps_its_output_when_nothing_matches(tmp_path: Path, capsys) -> None:
+    from genroute.outcomes.cli import compile_main
+
+    rows = synthetic(15)
+    plain, packed = write_jsonl(tmp_path / "m.jsonl", rows), write_jsonl(tmp_path / "m.jsonl.gz", rows)
+    out = tmp_path / "out"
+    assert compile_main(["--outcomes", str(packed), "--out", str(out), "--no-learned"]) == 0
+    from_gz = json.loads((out / "stats.json").read_text())
+    assert compile_main(["--outcomes", str(plain), "--out", str(out), "--no-learned"]) == 0
+    stats = (out / "stats.json").read_text()
+    assert json.loads(stats)["tasks"] == from_gz["tasks"] and from_gz["tasks"]
+    capsys.readouterr()
+    # A task that matches nothing is refused; the stats an earlier run wrote stay as they were.
+    assert compile_main(["--outcomes", str(plain), "--out", str(out), "--task", "no-such-task"]) == 2
+    assert "--task" in capsys.readouterr().err
+    assert (out / "stats.json").read_text() == stats
+    (tmp_path / "a-file").write_text("")
+    assert compile_main(["--outcomes", str(plain), "--out", str(tmp_path / "a-file")]) == 2
+    assert "--out" in capsys.readouterr().err

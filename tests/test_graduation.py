@@ -254,3 +254,20 @@ def test_graduate_vertex_cli_names_a_bad_flag_before_sending(gemini_server, tmp_
     assert cli(args) == 2
     assert "--poll-interval" in capsys.readouterr().err
     assert gemini_server.requests == []
+
+
+def test_decide_names_a_corrupt_saved_report_instead_of_crashing(gemini_server, tmp_path, capsys):
+    from genroute.graduation.cli import graduate_main
+
+    from .conftest import gemini_config
+
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(gemini_config(gemini_server)))
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "graduation.json").write_text("{not json")
+    assert graduate_main(["--task", "t", "--config", str(config), "--out", str(out), "--decide",
+                          "--challenger", "chat"]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "graduation.json" in err and "Traceback" not in err
+    assert (out / "graduation.json").read_text() == "{not json"  # left for the user to look at

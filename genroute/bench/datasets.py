@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,32 @@ def load_records(
     return sample(records, limit, seed=seed)
 
 
+def check_records(records: Any, *, field: str = "data") -> list[BenchRecord]:
+    """``records`` given in code, held to what ``load_records`` holds a file to: ``BenchRecord`` objects with
+    distinct ids, at least one (``UsageError`` naming ``field`` and the record otherwise)."""
+    if isinstance(records, str | bytes | Mapping) or not isinstance(records, Iterable):
+        raise UsageError("must be a dataset path or an iterable of BenchRecord", field=field)
+    checked: list[BenchRecord] = []
+    seen: set[str] = set()
+    for index, record in enumerate(records):
+        if not isinstance(record, BenchRecord):
+            raise UsageError(f"record {index} is a {type(record).__name__}, not a BenchRecord",
+                             field=f"{field}.{index}")
+        if record.id in seen:
+            raise UsageError(f"record {index}: duplicate record id {record.id!r}", field=f"{field}.{index}")
+        seen.add(record.id)
+        checked.append(record)
+    if not checked:
+        raise UsageError("holds no records", field=field)
+    return checked
+
+
+def check_holdout(holdout: Any) -> None:
+    """``UsageError`` naming ``holdout`` unless it is a fraction strictly between 0 and 1."""
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0.0 < holdout < 1.0:
+        raise UsageError("holdout must be between 0 and 1", field="holdout")
+
+
 def sample(records: Sequence[BenchRecord], limit: int | None, *, seed: int = 0) -> list[BenchRecord]:
     """``limit`` records drawn with ``seed``, in their original order.
 
@@ -75,8 +101,7 @@ def sample(records: Sequence[BenchRecord], limit: int | None, *, seed: int = 0) 
 
 def split_ids(ids: Sequence[str], *, holdout: float = 0.3, seed: int = 0) -> tuple[list[str], list[str]]:
     """A seeded (train, held-out) split of record ids; both sides non-empty when there are >= 2 ids."""
-    if not 0.0 < holdout < 1.0:
-        raise UsageError("holdout must be between 0 and 1", field="holdout")
+    check_holdout(holdout)
     order = sorted(set(ids))
     random.Random(seed).shuffle(order)
     n_held = min(len(order) - 1, max(1, round(len(order) * holdout))) if len(order) >= 2 else 0

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, TunedInfo, advise
 from genroute.bench.compile import CompileReport, compile_policy
-from genroute.bench.datasets import BenchRecord, load_records, sample
+from genroute.bench.datasets import BenchRecord, check_holdout, check_records, load_records, sample
 from genroute.bench.manifest import RunManifest, check_and_write, file_digest, records_digest, target_digests
 from genroute.bench.paired import MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
@@ -19,6 +19,7 @@ from genroute.bench.runner import POLICY_TARGET, RESULTS_FILE, Outcome, arun_ben
 from genroute.bench.scorers import resolve_scorer
 from genroute.bench.stats import PairedComparison
 from genroute.errors import UsageError
+from genroute.jsonl import output_dir
 from genroute.policies.cost_weight import CostWeightRule, as_rule
 from genroute.runtime.portal import run_sync
 
@@ -89,11 +90,14 @@ async def abench(
     the compiled learned policy's cost weight is chosen (``compile_policy``).
     """
     rule = as_rule(cost_weight_rule)  # checked before anything runs or is written
+    check_holdout(holdout)
+    if corpus is not None and not Path(corpus).is_file():
+        raise UsageError(f"corpus {str(corpus)!r} does not exist", field="corpus")
     from_file = isinstance(data, str | Path)
-    pool = load_records(data, task=task) if from_file else list(data)  # type: ignore[arg-type]
+    pool = load_records(data, task=task) if from_file else check_records(data)
     records = sample(pool, limit, seed=seed)
     source = str(data) if from_file else None
-    out = Path(out_dir)
+    out = output_dir(out_dir, field="out_dir")
     chosen = resolve_scorer(scorer, records)
     targets = [*backends, *([POLICY_TARGET] if policy else [])]
     check_targets(router, targets, chosen)

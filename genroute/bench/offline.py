@@ -24,6 +24,7 @@ from genroute.bench import matrix_routers as mr
 from genroute.bench.offline_report import Comparison, CurveSummary, OfflineReport, write_outputs
 from genroute.bench.outcomes import OutcomeMatrix, Pricing, load_matrix
 from genroute.errors import UsageError
+from genroute.jsonl import output_dir
 from genroute.policies.cost_weight import CostWeightRule, as_rule
 
 #: Estimators compared for the learned router (chosen per run by cross-validation on the training records).
@@ -66,7 +67,6 @@ def compile_outcomes(
 
     rule = as_rule(cost_weight_rule) or CostWeightRule()
     start = time.perf_counter()
-    out = Path(out_dir)
     full = source if isinstance(source, OutcomeMatrix) else load_matrix(source, pricing=pricing,
                                                                         candidates=candidates)
     if eval_source is not None:
@@ -83,6 +83,7 @@ def compile_outcomes(
     if len(train.records) < 10:
         raise UsageError(f"compiling needs at least 10 training records (got {len(train.records)})",
                          field="outcomes")
+    out = output_dir(out_dir, field="out_dir")
     if learned:
         if embedder is None:
             from genroute.policies.semantic import default_embedder

@@ -83,8 +83,10 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"prices file {str(path)!r} does not exist", field=field) from None
-    except ValueError as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8 text
         raise UsageError(f"prices file {str(path)!r} is not JSON ({exc})", field=field) from None
+    except OSError as exc:  # a directory, no permission
+        raise UsageError(f"prices file {str(path)!r} cannot be read ({exc.strerror or exc})", field=field) from None
     if not isinstance(raw, dict) or not raw:
         raise UsageError("prices file must map candidate names to prices", field=field)
     prices, sized, listed = {}, False, False
@@ -93,20 +95,29 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
             continue
         entry = entry if isinstance(entry, dict) else {}
         if "input_usd_per_1m" in entry:
-            prices[name] = CandidatePrice(input_usd_per_1m=entry["input_usd_per_1m"],
-                                          output_usd_per_1m=entry.get("output_usd_per_1m", entry["input_usd_per_1m"]))
+            prices[name] = _price(entry["input_usd_per_1m"], entry.get("output_usd_per_1m", entry["input_usd_per_1m"]),
+                                  field=f"{field}.{name}")
             listed = True
             continue
         billions = _billions(entry.get("params_b", entry.get("size")))
         if billions is None or usd_per_1m_per_billion is None:
             raise UsageError(f"{name}: needs input_usd_per_1m/output_usd_per_1m, or a size with "
                              "usd_per_1m_per_billion", field=f"{field}.{name}")
-        prices[name] = CandidatePrice(input_usd_per_1m=billions * usd_per_1m_per_billion,
-                                      output_usd_per_1m=billions * usd_per_1m_per_billion)
+        prices[name] = _price(billions * usd_per_1m_per_billion, billions * usd_per_1m_per_billion,
+                              field=f"{field}.{name}")
         sized = True
     parts = ([f"${usd_per_1m_per_billion:g} per 1M tokens per billion parameters"] if sized else []) + \
         ([f"list prices from {Path(path).name}"] if listed else [])
     return Pricing(prices=prices, output_tokens=output_tokens, basis=" and ".join(parts))
+
+
+def _price(input_usd: Any, output_usd: Any, *, field: str) -> CandidatePrice:
+    """A candidate's price; ``UsageError`` naming ``field`` and the bad part if it is not two numbers >= 0."""
+    try:
+        return CandidatePrice(input_usd_per_1m=input_usd, output_usd_per_1m=output_usd)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise UsageError(error["msg"], field=".".join((field, *(str(p) for p in error["loc"])))) from None
 
 
 def _billions(size: Any) -> float | None:

@@ -67,6 +67,18 @@ def graduate_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _saved_report(model: Any, path: Path) -> Any:
+    """The graduation report an earlier run saved at ``path``; ``UsageError`` naming ``--out`` if it is not one."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as exc:
+        detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc.strerror or str(exc)
+        raise UsageError(f"{path} is not a graduation report ({detail}): move it away, or graduate again",
+                         field="--out") from None
+
+
 async def _run(args: argparse.Namespace) -> Any:
     from genroute.graduation.run import GraduationReport, adecide, agraduate
     from genroute.router.router import Router
@@ -80,7 +92,7 @@ async def _run(args: argparse.Namespace) -> Any:
             f"register: {name} is the challenger for task {args.task!r} ({args.mode}) in {args.config}",))
     async with Router.from_config(args.config) as router:
         if args.decide:
-            report = GraduationReport.model_validate_json(saved.read_text()) if saved.is_file() else None
+            report = _saved_report(GraduationReport, saved) if saved.is_file() else None
             report = await adecide(router, args.task, challenger=name, incumbent=args.incumbent, margin=args.margin,
                                    min_n=args.min_n, promote=False, tuning_cost_usd=args.tuning_cost,
                                    cpu_usd_per_hour=args.cpu_usd_per_hour, report=report)

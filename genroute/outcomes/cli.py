@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from genroute.errors import GenrouteError
+from genroute.errors import GenrouteError, UsageError
+from genroute.jsonl import output_dir
 
 
 def compile_main(argv: Sequence[str]) -> int:
@@ -44,7 +44,10 @@ def _compile(args: argparse.Namespace) -> int:
     records = read_outcome_file(args.outcomes, field="--outcomes")
     if args.task is not None:
         records = [r for r in records if r.task == args.task]
-    out = Path(args.out)
+    if not records:  # nothing to compile: what an earlier run wrote to --out stays as it was
+        raise UsageError(f"no outcome records{f' of task {args.task!r}' if args.task else ''} in {args.outcomes}",
+                         field="--task" if args.task else "--outcomes")
+    out = output_dir(args.out, field="--out")
     stats = outcome_stats(records, min_n=args.min_n, source=str(args.outcomes))
     path = stats.save(out / "stats.json")
     entries = sum(len(by) for by in stats.tasks.values())

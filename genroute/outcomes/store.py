@@ -163,12 +163,12 @@ def read_outcome_file(path: str | Path, *, field: str = "outcomes") -> list[Outc
         raise UsageError(f"no outcome file at {str(path)!r}", field=field)
     if path.suffix in {".db", ".sqlite", ".sqlite3"}:
         return OutcomeStore(path, field=field).records_sync()
+    from genroute.jsonl import iter_records
+
     records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, raw in iter_records(path, field=field, what="outcome file"):  # .jsonl or .jsonl.gz
         try:
-            records.append(OutcomeRecord.model_validate_json(line))
+            records.append(OutcomeRecord.model_validate(raw))
         except ValidationError as exc:
             raise UsageError(f"{path.name}:{lineno}: not an outcome record ({exc.errors()[0]['msg']})",
                              field=field) from None
