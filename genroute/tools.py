@@ -11,6 +11,8 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import math
+import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -92,9 +94,16 @@ class Tool:
             return result
 
 
+#: What a function declaration's name may be (Gemini's rule): a letter or underscore, then up to 63 more.
+_TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,63}")
+
+
 def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field: str = "tools") -> Tool:
     """Describe ``fn`` as a ``Tool``; ``ConfigError`` naming ``field`` if its signature cannot be described."""
-    name = name or getattr(fn, "__name__", None) or type(fn).__name__
+    name = name if name is not None else getattr(fn, "__name__", None) or type(fn).__name__
+    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        raise ConfigError(f"tool name {name!r} is not one a model accepts: a letter or _, then up to 63 letters, "
+                          "digits, _ . : or -", field=field)
     try:
         signature = inspect.signature(fn)
         target = fn if inspect.isroutine(fn) or inspect.isclass(fn) else type(fn).__call__
@@ -107,6 +116,10 @@ def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field
             raise ConfigError(f"tool {name!r}: *args/**kwargs cannot be described to a model", field=field)
         if param.kind is param.POSITIONAL_ONLY:
             raise ConfigError(f"tool {name!r}: positional-only parameter {param.name!r}", field=field)
+        if param.name.startswith("_") or param.name.startswith("model_"):
+            # pydantic keeps neither as a field: the model would be told of no such argument, and refused it.
+            raise ConfigError(f"tool {name!r}: parameter {param.name!r} cannot be described to a model (a name "
+                              "starting with _ or model_): rename it", field=field)
         annotation = hints.get(param.name, Any)
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (annotation, default)
@@ -156,8 +169,24 @@ def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` as JSON-compatible data (pydantic models, dataclasses, dates...), else its ``str``."""
+    """``value`` as JSON-compatible data (pydantic models, dataclasses, dates...), else its ``str``; floats that
+    JSON cannot hold (NaN, infinities) as their names (``"NaN"``, ``"Infinity"``), as a strict parser would
+    refuse the whole request otherwise."""
     try:
-        return to_jsonable_python(value)
+        data = to_jsonable_python(value)
     except Exception:  # a tool may return anything; the model only needs something readable
         return str(value)
+    try:
+        return _finite(data)
+    except RecursionError:  # nested deeper than Python recurses: readable is enough
+        return str(value)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else ("NaN" if data != data else "Infinity" if data > 0 else "-Infinity")
+    if isinstance(data, dict):
+        return {key: _finite(item) for key, item in data.items()}
+    if isinstance(data, list):
+        return [_finite(item) for item in data]
+    return data

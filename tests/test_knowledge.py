@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -494,3 +495,14 @@ async def test_one_file_is_one_source_however_its_path_is_spelled(knowledge: Kno
     stored = await store.get_all(collection, kind="documents")
     assert {h.id for h in stored} == expected_ids([doc], 20, 0) != want
     assert {h.metadata["source"] for h in stored} == {str(doc.resolve())}
+
+
+@pytest.mark.parametrize("name", [123, "my docs!", "ab", "-docs", "docs-", "a..b"])
+def test_a_collection_name_chroma_would_refuse_is_a_usage_error(tmp_path: Path, name: Any) -> None:
+    import asyncio
+
+    (tmp_path / "a.txt").write_text("hello")
+    store = build_store({"path": str(tmp_path / "kb")}, engines={})
+    with pytest.raises(UsageError) as err:
+        asyncio.run(aingest(store, [tmp_path / "a.txt"], collection=name))
+    assert err.value.field == "collection"

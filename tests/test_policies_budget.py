@@ -268,3 +268,18 @@ async def test_split_arms_delegate_to_their_budget() -> None:
 def test_policies_keep_no_state_and_have_no_reserve() -> None:
     policy = build_policy(BUDGET)
     assert not hasattr(policy, "reserve") and not hasattr(policy, "settle") and not hasattr(policy, "ledger")
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"costs": {"big": -1.0}}, "policy.costs.big"),  # a negative cost turned the budget off
+    ({"costs": {"big": float("nan")}}, "policy.costs.big"),
+    ({"budget_usd": float("inf")}, "policy.budget_usd"),  # built, then every request raised OverflowError
+    ({"limits": {"acme": -2.0}}, "policy.limits.acme"),
+    ({"max_cost_per_request": float("inf")}, "policy.max_cost_per_request"),
+])
+def test_budget_amounts_must_be_finite_and_not_negative(change: dict[str, Any], field: str) -> None:
+    from genroute.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        build_policy({**BUDGET, **change}, field="policy")
+    assert err.value.field == field

@@ -317,7 +317,13 @@ class FunctionCallingBackend(Backend):
             result = await tool.call(kwargs, timeout_s=timeout, executor=self._pool)
         except TimeoutError:
             return done("timeout", "timeout", error=f"tool {name} did not finish within {timeout:.3g} s")
-        except Exception as exc:  # a failing tool is reported to the model, not raised
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # the request is being cancelled: let it go
+                raise
+            return done("error", type(exc).__qualname__, error=f"{type(exc).__name__}: {exc}")  # the tool's own
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a failing tool is reported to the model:
+            # even one that exits, which would otherwise end the router's loop thread and hang every caller
             return done("error", type(exc).__qualname__, error=f"{type(exc).__name__}: {exc}")
         return done("ok", result=jsonable(result))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -384,6 +385,12 @@ def _sibling(field: str, name: str) -> str:
     return f"{head}{dot}{name}"
 
 
-def _check_name(name: str, field: str) -> None:
-    if not 3 <= len(name) <= 512:
-        raise UsageError(f"collection names must be 3-512 characters, got {name!r}", field=field)
+#: What Chroma accepts as a collection name: 3-512 of letters, digits, ``.``, ``_`` and ``-``, starting and ending
+#: with a letter or digit.
+_COLLECTION_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{1,510})[A-Za-z0-9]")
+
+
+def _check_name(name: Any, field: str) -> None:
+    if not isinstance(name, str) or not _COLLECTION_NAME.fullmatch(name) or ".." in name:
+        raise UsageError(f"collection names are 3-512 letters, digits, '.', '_' or '-', starting and ending with a "
+                         f"letter or digit; got {name!r}", field=field)

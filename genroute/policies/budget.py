@@ -35,7 +35,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -60,28 +60,33 @@ def to_units(usd: float) -> int:
     return round(usd * UNITS_PER_USD)
 
 
+#: A USD amount a budget counts with: finite and not negative (a negative cost would turn the budget off).
+_USD = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
 class BudgetConfig(PolicyConfig):
     """Config of ``BudgetPolicy``: wraps ``inner`` and limits what its decisions may spend."""
 
     kind: Literal["budget"] = "budget"
     inner: dict[str, Any] = Field(description="The policy whose decisions the budget limits.")
-    budget_usd: float = Field(gt=0.0, description="USD per key per window.")
+    budget_usd: float = Field(gt=0.0, allow_inf_nan=False, description="USD per key per window.")
     window: Literal["day", "month"] | None = Field(
         default=None, description="Calendar window (UTC day or month); when unset, fixed `window_s` windows.")
-    window_s: float = Field(default=86400.0, gt=0.0, description="Window length in seconds (no `window`).")
+    window_s: float = Field(default=86400.0, gt=0.0, allow_inf_nan=False, description="Window length in seconds (no `window`).")
     per: Literal["key", "tenant", "global"] = "key"
     tenant_field: str = Field(default="tenant", description="Metadata key naming the tenant (per: tenant).")
-    limits: dict[str, float] = Field(default_factory=dict, description="Budget overrides per key.")
+    limits: dict[str, Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="Budget overrides per key.")
     on_exhausted: Literal["reject", "downgrade"] = "reject"
     downgrade_to: str | None = Field(default=None, validate_default=True,
                                      description="The cheaper backend used when exhausted.")
-    max_cost_per_request: float | None = Field(default=None, ge=0.0,
+    max_cost_per_request: float | None = Field(default=None, ge=0.0, allow_inf_nan=False,
                                                description="Max USD per request for backends not in `costs`.")
     stats_path: str | None = Field(default=None, description="Stats file for cost estimates.")
     cost_margin: float = Field(default=2.0, ge=1.0, description="Multiplier on a stats file's mean cost "
                                "per request when it has no max or p95 figure (a mean is not an upper bound).")
     # Declared after the other estimate sources so that its validator sees them.
-    costs: dict[str, float] = Field(default_factory=dict, validate_default=True,
+    costs: dict[str, _USD] = Field(default_factory=dict, validate_default=True,
                                     description="Max USD per request by backend.")
 
     # Cross-field checks as field validators, so the error names the field to fix, not the whole policy.
