@@ -506,3 +506,11 @@ def test_a_collection_name_chroma_would_refuse_is_a_usage_error(tmp_path: Path, 
     with pytest.raises(UsageError) as err:
         asyncio.run(aingest(store, [tmp_path / "a.txt"], collection=name))
     assert err.value.field == "collection"
+
+
+def test_a_knowledge_path_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "kb"
+    blocker.write_text("")
+    with pytest.raises(ConfigError) as err:
+        build_store({"path": str(blocker)}, engines={})
+    assert err.value.field == "knowledge.path"

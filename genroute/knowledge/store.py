@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError
@@ -74,6 +75,10 @@ def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine],
     if config.path is None and config.host is None:
         # Embedded Chroma is not safe across processes: one shared default directory would be a trap.
         raise no_place(field)
+    if config.path is not None and Path(config.path).exists() and not Path(config.path).is_dir():
+        # Chroma would fail on the first request instead, as a retryable error naming nothing.
+        raise ConfigError(f"{config.path!r} is not a directory: an embedded store keeps its files in one",
+                          field=f"{field}.path")
     return KnowledgeStore(config, embedder=embedder)
 
 
