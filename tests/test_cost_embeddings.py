@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from genroute import ConfigError, Router
+from genroute import ConfigError, GenrouteError, Router
 from genroute.knowledge import aingest, aload_examples
 from genroute.runtime.billing import estimate_tokens
 from genroute.runtime.pricing import DEFAULT_PRICES
-from genroute.testing import GeminiTestServer, Reply
+from genroute.testing import Fault, GeminiTestServer, Reply
 
 from .conftest import TEST_KEY, Otel, budget_usage
 
@@ -78,6 +78,24 @@ async def test_ingest_reports_what_its_embeddings_cost(gemini_server: GeminiTest
     assert shots.cost_usd == pytest.approx(sum(estimate_tokens(t) for t in texts[2:]) * EMBED)
     assert docs.cost_usd > 0 and docs.cost_estimated and shots.cost_estimated
     assert again.added == 0 and again.cost_usd == 0.0 and not again.cost_estimated  # nothing new: nothing embedded
+
+
+async def test_an_ingest_that_fails_part_way_says_what_its_stored_batches_cost(gemini_server: GeminiTestServer,
+                                                                                 tmp_path: Path) -> None:
+    (tmp_path / "doc.txt").write_text("\n\n".join(
+        f"Paragraph {i}. " + " ".join(f"w{i}_{j}" for j in range(120)) for i in range(12)))
+    router = Router.from_config(_config(gemini_server, tmp_path))
+    try:
+        with pytest.raises(GenrouteError) as err:  # the embedding API refuses the second batch
+            await aingest(router.resources.knowledge, [tmp_path / "doc.txt"], collection="docs", batch_size=4,
+                          on_batch=lambda b, n: gemini_server.fault(Fault.status(400)) if b == 1 else None)
+        stored = await router.resources.knowledge.count("docs", kind="documents")
+    finally:
+        await router.aclose()
+    first = _embedded(gemini_server)[:4]
+    assert stored == 4  # whole batches stay: a re-run adds only what is missing (README, `rag`)
+    assert err.value.cost_usd == pytest.approx(sum(estimate_tokens(t) for t in first) * EMBED)
+    assert err.value.cost_estimated
 
 
 @pytest.mark.parametrize("backend", ["rag", "icl"])

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from genroute.errors import UsageError
+from genroute.errors import GenrouteError, UsageError
 from genroute.knowledge.chunking import Chunk, chunk_text, stored_chunk_id, token_counter
 from genroute.runtime.billing import Charges, charging
 
@@ -217,8 +217,13 @@ async def aingest(
     if not chunks:
         raise UsageError("the files hold no text to ingest", field="paths")
     with charging(Charges()) as charges:  # what embedding the new chunks costs
-        added, batches = await upsert_missing(store, collection, chunks, kind="documents", batch_size=batch_size,
-                                              progress=progress, on_batch=on_batch)
+        try:
+            added, batches = await upsert_missing(store, collection, chunks, kind="documents",
+                                                  batch_size=batch_size, progress=progress, on_batch=on_batch)
+        except GenrouteError as exc:  # the batches stored before it were paid for (a re-run skips them)
+            exc.cost_usd += charges.cost_usd
+            exc.cost_estimated = exc.cost_estimated or charges.estimated
+            raise
     removed = 0
     for source, generation in sorted(generations.items()):
         removed += await _settle_source(store, collection, source, generation, chunks)
