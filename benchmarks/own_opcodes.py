@@ -7,10 +7,10 @@ genroute's code) that needs no valgrind and takes seconds, so it shows which fun
 ``sys.settrace`` (``f_trace_opcodes``) counts every opcode of ``--n`` requests, after a warm-up, for
 ``router.agenerate`` on the loopback Gemini server (OTel SDK tracer, spans discarded; ``--no-tracer``: the API's
 no-op one) and for google-genai's async call plus the telemetry contract's spans made directly (``mandated`` of
-``overhead_instructions.py``). Printed: the opcodes a request of each, genroute's own files' total, what ``Floor`` (``overhead_instructions.py``:
-the same request as one straight-line coroutine doing what the router does for it) runs beyond the direct call and
-the contract, and the
-functions (or files) where the routed request runs more opcodes than the direct one, largest first.
+``overhead_instructions.py``). Printed: the opcodes a request of each, genroute's own files' total, what ``Floor``
+(``overhead_instructions.py``: the same request as one straight-line coroutine doing what the router does for it)
+runs beyond the direct call and the contract, and the functions (or files) where the routed request runs more
+opcodes than the direct one, largest first.
 ``--by part`` sums them by what the router does for a request (``PARTS``: parsing it, the root span and the
 decision, the deadline, the in-flight registry, ...), so that what each of those costs, and what a target would
 leave for the rest, can be read off one run.
@@ -47,11 +47,10 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
                              "genroute/runtime/telemetry.py:__init__", "genroute/runtime/telemetry.py:__enter__",
                              "genroute/runtime/telemetry.py:__exit__", "genroute/runtime/telemetry.py:attach",
                              "genroute/policies/*", "genroute/admission/*")),
-    ("rung loop, attempt (agenerate drains it)", ("genroute/router/router.py:agenerate", "genroute/router/executor.py:run",
-                                                  "genroute/router/executor.py:_rungs",
-                                                  "genroute/router/executor.py:_context", "genroute/router/attempt.py:*",
-                                                  "genroute/runtime/context.py:__init__", "_weakrefset.py:*",
-                                                  "asyncio/base_events.py:_asyncgen_firstiter_hook")),
+    ("rung loop, attempt (agenerate drains it)", (
+        "genroute/router/router.py:agenerate", "genroute/router/executor.py:run", "genroute/router/executor.py:_rungs",
+        "genroute/router/executor.py:_context", "genroute/router/attempt.py:*", "genroute/runtime/context.py:__init__",
+        "_weakrefset.py:*", "asyncio/base_events.py:_asyncgen_firstiter_hook")),
     ("backend: prompt, output", ("genroute/backends/*", "<genroute.construct.one_store_init *>:*")),
     ("engine: retry, timeout, errors, client", ("genroute/engines/*",)),
     ("call span, usage, cost", ("genroute/runtime/*", "<genroute.construct.builder Usage>:*", "genroute/types.py:*")),

@@ -83,8 +83,8 @@ def _parse_error(exc: Exception) -> str:
     may be a key's (an unclosed quote after ``api_key:``)."""
     if getattr(exc, "problem_mark", None) is None:  # JSON and TOML say where, not what was there
         return str(exc)
-    said = [f"{text} (line {mark.line + 1}, column {mark.column + 1})"
-            for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark))  # type: ignore[attr-defined]
+    marked = ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark))  # type: ignore[attr-defined]
+    said = [f"{text} (line {mark.line + 1}, column {mark.column + 1})" for text, mark in marked
             if text and mark is not None]
     return "; ".join(said) or type(exc).__name__
 

@@ -44,13 +44,13 @@ class GenerateRequest(_Frozen):
             from genroute.bounds import REQUEST, check
 
             check(value, field="", limits=REQUEST)
-        where = _invalid_text(value, info.field_name or "")
+        where = invalid_text(value, info.field_name or "")
         if where is not None:
             raise ValueError(f"{where} is not valid Unicode text (it holds a lone surrogate)")
         return value
 
 
-def _invalid_text(value: Any, path: str) -> str | None:
+def invalid_text(value: Any, path: str) -> str | None:
     """The path of the first string in ``value`` that cannot be encoded as UTF-8, else ``None``."""
     stack, seen = [(value, path)], set()
     while stack:  # a loop, not recursion: metadata may be deeply nested or even hold itself

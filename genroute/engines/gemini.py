@@ -175,7 +175,8 @@ class GeminiEngine(Engine):
                        if config.vertex is None and config.trust_env is not True and supported() else None)
 
     def __repr__(self) -> str:
-        base_url = None if self.base_url is None else without_credentials(self.base_url)
+        base_url = self.base_url
+        base_url = None if base_url is None else without_credentials(base_url)
         return f"GeminiEngine(name={self.name!r}, provider={self.provider!r}, base_url={base_url!r})"
 
     @property

@@ -72,7 +72,8 @@ class BudgetConfig(PolicyConfig):
     budget_usd: float = Field(gt=0.0, allow_inf_nan=False, description="USD per key per window.")
     window: Literal["day", "month"] | None = Field(
         default=None, description="Calendar window (UTC day or month); when unset, fixed `window_s` windows.")
-    window_s: float = Field(default=86400.0, gt=0.0, allow_inf_nan=False, description="Window length in seconds (no `window`).")
+    window_s: float = Field(default=86400.0, gt=0.0, allow_inf_nan=False,
+                            description="Window length in seconds (no `window`).")
     per: Literal["key", "tenant", "global"] = "key"
     tenant_field: str = Field(default="tenant", description="Metadata key naming the tenant (per: tenant).")
     limits: dict[str, Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(

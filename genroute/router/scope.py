@@ -16,7 +16,7 @@ from genroute.construct import builder
 from genroute.router.ledger import Ledger
 from genroute.runtime.billing import Charges, charging
 from genroute.runtime.telemetry import CurrentSpan, Telemetry
-from genroute.types import Decision, GenerateRequest
+from genroute.types import Decision, GenerateRequest, invalid_text
 
 
 #: A request of only its text, as ``GenerateRequest(input=...)`` builds it (its other fields defaults, not set).
@@ -27,7 +27,7 @@ def parse_request(input: str | GenerateRequest | None, fields: dict[str, Any], b
                   ) -> GenerateRequest:
     """The request the public entry points were given, validated; ``UsageError`` names the bad field."""
     # What validation accepts as it is is not validated again: a non-blank text that encodes (no lone surrogate).
-    if type(input) is str and not fields and input.strip() and (input.isascii() or _encodes(input)):
+    if type(input) is str and not fields and input.strip() and (input.isascii() or invalid_text(input, "") is None):
         return _text_request(input=input, task=None, backend=None, variables={}, metadata={}, key=None,
                              timeout_s=None)
     if isinstance(input, GenerateRequest):
@@ -49,15 +49,6 @@ def parse_request(input: str | GenerateRequest | None, fields: dict[str, Any], b
         raise UsageError(f"unknown backend {request.backend!r} (known: {', '.join(sorted(backends))})",
                          field="backend")
     return request
-
-
-def _encodes(text: str) -> bool:
-    """Whether ``text`` can be encoded as UTF-8 (it holds no lone surrogate)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 #: What a decision that cannot cost anything cost (never entered with ``charging``, so never written).
