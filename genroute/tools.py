@@ -81,17 +81,27 @@ class Tool:
         sync tool keeps its thread, since Python cannot stop a thread, only stop waiting for it, so hung
         tools on a shared pool would starve unrelated work queued behind them.
         """
-        async with asyncio.timeout(timeout_s):
-            if self.is_async:
-                return await self.fn(**kwargs)
-            loop = asyncio.get_running_loop()
-            # The tool sees the caller's context variables (the current span, for instance).
-            call = functools.partial(contextvars.copy_context().run, functools.partial(self.fn, **kwargs))
-            result = await loop.run_in_executor(executor, call)
-            if inspect.isawaitable(result):
-                # A sync wrapper around async code (a lambda, a decorator) hands back the awaitable.
-                result = await result
-            return result
+        timer = asyncio.timeout(timeout_s)
+        try:
+            async with timer:
+                if self.is_async:
+                    return await self.fn(**kwargs)
+                loop = asyncio.get_running_loop()
+                # The tool sees the caller's context variables (the current span, for instance).
+                call = functools.partial(contextvars.copy_context().run, functools.partial(self.fn, **kwargs))
+                result = await loop.run_in_executor(executor, call)
+                if inspect.isawaitable(result):
+                    # A sync wrapper around async code (a lambda, a decorator) hands back the awaitable.
+                    result = await result
+                return result
+        except TimeoutError as exc:
+            if timer.expired():  # else the tool raised a TimeoutError of its own: that is its error to report
+                raise ToolTimedOut(f"tool {self.name} did not finish within {timeout_s:.3g} s") from exc
+            raise
+
+
+class ToolTimedOut(TimeoutError):
+    """A tool call that ``Tool.call``'s own time limit ended (not a ``TimeoutError`` the tool raised)."""
 
 
 #: What a function declaration's name may be (Gemini's rule): a letter or underscore, then up to 63 more.

@@ -190,6 +190,28 @@ async def test_tool_error_and_timeout_go_back_to_the_model(gemini_server: Gemini
     assert not by_name["broken"].status.is_ok
 
 
+async def test_a_tools_own_timeout_error_is_its_error_not_the_time_limit(gemini_server: GeminiTestServer,
+                                                                          otel: Otel) -> None:
+    def lookup(city: str) -> str:
+        """Looks a city up on a service that times out."""
+        raise TimeoutError("the weather service timed out")
+
+    async def alookup(city: str) -> str:
+        """The same, async."""
+        raise TimeoutError("the async weather service timed out")
+
+    gemini_server.reply_parts([{"functionCall": {"name": "lookup", "args": {"city": "Oslo"}}},
+                               {"functionCall": {"name": "alookup", "args": {"city": "Oslo"}}}])
+    gemini_server.reply_text("The service is down.")
+    tools = {"lookup": lookup, "alookup": alookup}
+    async with make_router(gemini_server, otel, tools, list(tools), tool_timeout_s=30) as router:
+        result = await router.agenerate("weather?")
+    assert [(c.outcome, c.error) for c in result.tool_calls] == [
+        ("error", "TimeoutError: the weather service timed out"),
+        ("error", "TimeoutError: the async weather service timed out")]
+    assert {s.attributes["error.type"] for s in otel.spans("execute_tool")} == {"TimeoutError"}
+
+
 async def test_invalid_arguments_are_not_run(gemini_server: GeminiTestServer, otel: Otel) -> None:
     tools = Tools()
     gemini_server.reply_function_call("add", {"a": "two", "b": 3})

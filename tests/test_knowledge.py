@@ -159,6 +159,19 @@ async def test_reingest_is_idempotent(knowledge: Knowledge, tmp_path: Path) -> N
     assert stored == want
 
 
+@pytest.mark.parametrize("batch_size", [0, -5, 2.5, True, "8"])
+async def test_a_bad_batch_size_is_refused_before_anything_is_written(knowledge: Knowledge, tmp_path: Path,
+                                                                       batch_size: object) -> None:
+    paths = write_corpus(tmp_path / "docs")
+    collection = knowledge.name("docs")
+    store = knowledge.store()
+    with pytest.raises(UsageError) as err:
+        await aingest(store, paths, collection=collection, chunk_tokens=30, overlap=6,
+                      batch_size=batch_size)  # type: ignore[arg-type]
+    assert err.value.field == "batch_size"
+    assert collection not in await store.collections()
+
+
 async def test_reingesting_an_edited_file_replaces_its_chunks_only(knowledge: Knowledge, tmp_path: Path) -> None:
     shared = "The shared paragraph says the same thing in both files, word for word, to the letter."
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"

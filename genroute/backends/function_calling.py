@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 from genroute.backends.base import Backend, BackendConfig, BackendOutput, finish_reason, user_content
 from genroute.errors import ConfigError, ToolLoopExceeded
 from genroute.runtime.deadlines import deadline_at
-from genroute.tools import InvalidToolArgs, Tool, jsonable, tool_from_callable
+from genroute.tools import InvalidToolArgs, Tool, ToolTimedOut, jsonable, tool_from_callable
 from genroute.types import GenerateRequest, ToolCall
 
 if TYPE_CHECKING:
@@ -315,8 +315,8 @@ class FunctionCallingBackend(Backend):
             timeout = max(0.0, min(timeout, deadline - time.monotonic()))
         try:
             result = await tool.call(kwargs, timeout_s=timeout, executor=self._pool)
-        except TimeoutError:
-            return done("timeout", "timeout", error=f"tool {name} did not finish within {timeout:.3g} s")
+        except ToolTimedOut as exc:
+            return done("timeout", "timeout", error=str(exc))
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is None or task.cancelling():  # the request is being cancelled: let it go

@@ -273,6 +273,9 @@ async def upsert_missing(
     Each batch is one Chroma upsert, so a run killed half-way leaves whole batches, and a re-run adds exactly
     what is missing. Returns (records added, batches written).
     """
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise UsageError(f"must be a whole number >= 1 (or None for the default), got {batch_size!r}",
+                         field="batch_size")
     await store.collection(collection, kind=kind, create=True)
     limit = await asyncio.to_thread(store.max_batch_size)
     size = max(1, min(limit, batch_size or DEFAULT_BATCH))
