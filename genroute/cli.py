@@ -12,6 +12,14 @@ from genroute.errors import GenrouteError
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``genroute`` command."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (a bench run resumes where it stopped)
+        print("genroute: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="genroute", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -94,7 +102,7 @@ def _generate(args: argparse.Namespace) -> int:
     variables = {}
     for item in args.var:
         name, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not name:
             raise UsageError(f"expected NAME=VALUE, got {item!r}", field="--var")
         variables[name] = value
     fields = {"backend": args.backend, "task": args.task, "variables": variables}

@@ -534,6 +534,11 @@ def test_cli_writes_reports_and_names_bad_input(server: GeminiTestServer, tmp_pa
     assert json.loads((out / "run.json").read_text())["command"].startswith("genroute bench ")
     assert bench_main([*argv[:4], "cheap,nope", *argv[5:]]) == 2
     assert "unknown backend 'nope'" in capsys.readouterr().err
+    # An advisor option with a bad value is named as the option, in one line.
+    for option, value in (("--tuning-cost", "-5"), ("--tuning-cost", "inf"), ("--epochs", "0")):
+        assert bench_main([*argv, option, value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"genroute bench: error: {option}: ") and len(err.splitlines()) == 1
 
 
 BFCL_RECORDS = [
@@ -802,6 +807,8 @@ def test_the_harness_tells_the_advisor_where_the_tuned_model_runs(tmp_path: Path
     ({"data": [{"id": "a", "input": "x"}]}, "data.0"),
     ({"data": []}, "data"),
     ({"holdout": 5}, "holdout"),  # checked before any model call, not after all of them
+    ({"min_quality": 7}, "min_quality"),  # scores are in [0, 1]: no backend could ever meet it
+    ({"min_quality": -0.1}, "min_quality"),
     ({"corpus": "no-such-corpus.jsonl", "collection": "c"}, "corpus"),
     ({"out_dir": "a-file"}, "out_dir"),
 ])

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import yaml
 
 from genroute.cli import main
+from genroute.testing import Fault
 
 from .conftest import gemini_config
 
@@ -42,6 +49,8 @@ def test_errors_exit_2_with_the_field(tmp_path, gemini_server, capsys):
     assert "backend" in capsys.readouterr().err
     assert main(["generate", "hi", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "path" in capsys.readouterr().err
+    assert main(["generate", "hi", "--config", str(path), "--var", "=x"]) == 2  # a variable needs a name
+    assert "--var: expected NAME=VALUE, got '=x'" in capsys.readouterr().err
     assert gemini_server.requests == []
 
 
@@ -54,3 +63,19 @@ def test_ingest_is_idempotent(tmp_path, gemini_server, capsys):
     assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(path)]) == 0
     second = capsys.readouterr().out
     assert "added=2" in first and "added=0" in second and "skipped=2" in second
+
+
+def test_ctrl_c_ends_the_command_with_one_line_not_a_traceback(tmp_path, gemini_server):
+    path = _write_config(tmp_path, gemini_server)
+    gemini_server.fault(Fault.delay(30))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "genroute.cli", "generate", "hi", "--config", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    waited = 0.0
+    while not gemini_server.requests and waited < 60:  # the request is on the wire: the command is waiting
+        time.sleep(0.05)
+        waited += 0.05
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "genroute: interrupted" and "Traceback" not in err

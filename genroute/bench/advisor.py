@@ -34,7 +34,7 @@ from genroute.bench.stats import PairedComparison
 class AdvisorSettings(BaseModel):
     """What the advisor is told; anything left ``None`` is taken from measurements or reported as unknown."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     monthly_requests: int | None = Field(default=None, ge=1, description="Expected volume; else per-volume figures.")
     tuning_cost_usd: float | None = Field(default=None, ge=0, description="The tuning cost, if known.")

@@ -80,18 +80,13 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
     if args.data is None or args.config is None or args.backends is None:
         print("genroute bench: error: give DATA, --config and --backends (or --outcomes FILE)", file=sys.stderr)
         return 2
-    from genroute.bench.advisor import AdvisorSettings
     from genroute.bench.harness import abench, command_line
     from genroute.router.router import Router
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     command = command_line(argv) if argv is not None else None
     try:
-        advisor = AdvisorSettings(
-            monthly_requests=args.monthly_requests, tuning_cost_usd=args.tuning_cost,
-            tuning_usd_per_1m_tokens=args.tuning_price, training_examples=args.training_examples,
-            training_tokens=args.training_tokens, epochs=args.epochs, tuning_cpu_seconds=args.tuning_cpu_seconds,
-            cpu_usd_per_hour=args.cpu_usd_per_hour)
+        advisor = _advisor(args)
         router = Router.from_config(args.config)
 
         async def main() -> object:
@@ -110,13 +105,32 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
     except GenrouteError as exc:
         print(f"genroute bench: error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # pydantic validation of numeric options
-        print(f"genroute bench: error: {exc}", file=sys.stderr)
-        return 2
     print(report.markdown())  # type: ignore[attr-defined]
     files = report.files  # type: ignore[attr-defined]
     print(f"Reports: {files.get('markdown')}, {files.get('html')}, {files.get('png')}; results: {files['results']}")
     return 0
+
+
+#: The advisor's settings and the options that give them.
+_ADVISOR_OPTIONS = {"monthly_requests": "--monthly-requests", "tuning_cost_usd": "--tuning-cost",
+                    "tuning_usd_per_1m_tokens": "--tuning-price", "training_examples": "--training-examples",
+                    "training_tokens": "--training-tokens", "epochs": "--epochs",
+                    "tuning_cpu_seconds": "--tuning-cpu-seconds", "cpu_usd_per_hour": "--cpu-usd-per-hour"}
+
+
+def _advisor(args: argparse.Namespace) -> object:
+    """The advisor's settings from the options; ``UsageError`` names the option with a bad value."""
+    from pydantic import ValidationError
+
+    from genroute.bench.advisor import AdvisorSettings
+    from genroute.errors import UsageError
+
+    try:
+        return AdvisorSettings(**{name: getattr(args, option[2:].replace("-", "_"))
+                                  for name, option in _ADVISOR_OPTIONS.items()})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise UsageError(error["msg"], field=_ADVISOR_OPTIONS.get(str(error["loc"][0]), "advisor")) from None
 
 
 def run_outcomes_cli(args: argparse.Namespace) -> int:

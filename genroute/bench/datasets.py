@@ -84,6 +84,14 @@ def check_holdout(holdout: Any) -> None:
         raise UsageError("holdout must be between 0 and 1", field="holdout")
 
 
+def check_quality_floor(min_quality: Any) -> None:
+    """``UsageError`` naming ``min_quality`` unless it is None or a score a scorer can give (0 to 1)."""
+    if min_quality is not None and (isinstance(min_quality, bool) or not isinstance(min_quality, int | float)
+                                    or not 0.0 <= min_quality <= 1.0):
+        raise UsageError(f"must be a score between 0 and 1 (scorers score in [0, 1]), got {min_quality!r}",
+                         field="min_quality")
+
+
 def sample(records: Sequence[BenchRecord], limit: int | None, *, seed: int = 0) -> list[BenchRecord]:
     """``limit`` records drawn with ``seed``, in their original order.
 

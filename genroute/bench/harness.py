@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict
 
 from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, TunedInfo, advise
 from genroute.bench.compile import CompileReport, compile_policy
-from genroute.bench.datasets import BenchRecord, check_holdout, check_records, load_records, sample
+from genroute.bench.datasets import (
+    BenchRecord, check_holdout, check_quality_floor, check_records, load_records, sample,
+)
 from genroute.bench.manifest import RunManifest, check_and_write, file_digest, records_digest, target_digests
 from genroute.bench.paired import MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
@@ -91,6 +93,7 @@ async def abench(
     """
     rule = as_rule(cost_weight_rule)  # checked before anything runs or is written
     check_holdout(holdout)
+    check_quality_floor(min_quality)
     if corpus is not None and not Path(corpus).is_file():
         raise UsageError(f"corpus {str(corpus)!r} does not exist", field="corpus")
     from_file = isinstance(data, str | Path)
