@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 
+from genroute.errors import UsageError
+
 if TYPE_CHECKING:
     from genroute.state import StateStore
     from genroute.state.ops import Claim, Settlement
@@ -209,12 +211,16 @@ class Admission:
         self.store = store
         self.instruments = instruments
 
-    def budget(self, field: str = "policy") -> Any:
-        """The gate of the budget policy at config path ``field`` (``usage(key)`` reads its spend)."""
-        for gate in self.gates:
-            if getattr(gate, "field", None) == field:
-                return gate
-        raise KeyError(f"no budget at {field!r}")
+    def budget(self, name: str = "policy") -> Any:
+        """The gate of the budget whose ledger is ``name``, else of the budget at config path ``name``
+        (``usage(key)`` reads its spend). The default finds the config's top budget, wrapped by a challenger or not."""
+        budgets = [gate for gate in self.gates if getattr(gate, "ledger_name", None) is not None]
+        found = next((g for g in budgets if g.ledger_name == name), None) or \
+            next((g for g in budgets if g.field == name), None)
+        if found is None:
+            known = ", ".join(sorted({g.ledger_name for g in budgets})) or "none"
+            raise UsageError(f"no budget named {name!r} (ledgers: {known})", field="name")
+        return found
 
     async def context(self, request: GenerateRequest, context: Any) -> Any:
         """``context`` (a ``PolicyContext``) with the state its policy reads: each budget's view."""

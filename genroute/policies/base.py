@@ -85,6 +85,10 @@ class Policy(ABC):
     Config: ClassVar[type[PolicyConfig]]
     #: Dotted config path of this policy (``build_policy`` sets it) so errors name nested fields.
     field: str = "policy"
+    #: ``field`` without the hops of pass-through wrappers (``challenger``, ``explore``): ``policy`` for a budget a
+    #: challenger wraps, as for the same budget unwrapped. What must outlive such wrapping (a budget's ledger) is
+    #: named by it.
+    place: str = "policy"
     #: True when ``decide`` does CPU work worth moving off the event loop (e.g. embedding the request).
     blocking: bool = False
 

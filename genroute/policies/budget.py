@@ -78,6 +78,10 @@ class BudgetConfig(PolicyConfig):
     tenant_field: str = Field(default="tenant", description="Metadata key naming the tenant (per: tenant).")
     limits: dict[str, Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(
         default_factory=dict, description="Budget overrides per key.")
+    ledger: str | None = Field(default=None, min_length=1, description="Name of the budget's spend in the state "
+                               "store: budgets that name the same ledger share it. Default: where the policy sits in "
+                               "the config, not counting `challenger`/`explore` wrappers (`policy`, "
+                               "`policy.arms.0.policy`...), so a challenger wrapped around it keeps its spend.")
     on_exhausted: Literal["reject", "downgrade"] = "reject"
     downgrade_to: str | None = Field(default=None, validate_default=True,
                                      description="The cheaper backend used when exhausted.")
@@ -118,10 +122,15 @@ class BudgetPolicy(Policy):
         from genroute.policies import build_policy
 
         super().__init__(config)
-        self.inner = build_policy(config.inner, field=f"{self.field}.inner")
+        self.inner = build_policy(config.inner, field=f"{self.field}.inner", place=f"{self.place}.inner")
         self.blocking = self.inner.blocking
         self._stats = BenchStats.load(config.stats_path, field=f"{self.field}.stats_path") \
             if config.stats_path else None
+
+    @property
+    def ledger_name(self) -> str:
+        """The name of this budget's spend in the state store (its accounts are ``budget:{ledger}:{key}:{window}``)."""
+        return self.config.ledger if self.config.ledger is not None else self.place
 
     def budget_key(self, request: GenerateRequest) -> str:
         """The key a request is charged to."""
@@ -228,13 +237,16 @@ class BudgetGate(Gate):
         self.store = store
         #: The budget policy's config path: its view in ``PolicyContext.budgets`` is keyed by it.
         self.field = policy.field
+        #: The budget's ledger name (``Admission.budget`` finds the gate by it).
+        self.ledger_name = policy.ledger_name
         self._clock = clock
 
     def account(self, key: str) -> tuple[str, float]:
         """The store account of ``key`` in the current window, and how long to keep it."""
         window, left_s = self.policy.window(self._clock())
         # Kept a day past its window: a late settle still finds its hold, and reads see the closed window.
-        return f"budget:{self.policy.field}:{key}:{window}", left_s + 86400
+        # Named by the ledger, not the config path: wrapping the policy (a challenger) keeps the same spend.
+        return f"budget:{self.ledger_name}:{key}:{window}", left_s + 86400
 
     async def view(self, request: GenerateRequest) -> BudgetView:
         """The request's budget key and what is left of it now."""

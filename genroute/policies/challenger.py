@@ -47,7 +47,7 @@ class ChallengerPolicy(NestedPolicy):
         from genroute.policies import build_policy
 
         super().__init__(config)
-        self.inner = inner or build_policy(config.policy, field=f"{self.field}.policy")
+        self.inner = inner or build_policy(config.policy, field=f"{self.field}.policy", place=self.place)
         self.blocking = self.inner.blocking
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:

@@ -48,7 +48,7 @@ class ExplorePolicy(NestedPolicy):
         from genroute.policies import build_policy
 
         super().__init__(config)
-        self.inner = build_policy(config.policy, field=f"{self.field}.policy")
+        self.inner = build_policy(config.policy, field=f"{self.field}.policy", place=self.place)
         self.blocking = self.inner.blocking
         self._stats: BenchStats | None = None
 

@@ -73,7 +73,8 @@ class SplitPolicy(Policy):
         self._labels = [arm.name or arm.backend or f"arms[{i}]" for i, arm in enumerate(config.arms)]
         self._shares = [arm.weight / total for arm in config.arms]
         self._inner: list[Policy | None] = [
-            build_policy(arm.policy, field=f"{self.field}.arms.{i}.policy") if arm.policy is not None else None
+            build_policy(arm.policy, field=f"{self.field}.arms.{i}.policy",
+                         place=f"{self.place}.arms.{i}.policy") if arm.policy is not None else None
             for i, arm in enumerate(config.arms)
         ]
         self.blocking = any(p.blocking for p in self._inner if p is not None)
