@@ -8,7 +8,8 @@ GenrouteError
 │                         fallen through (a stream cut by it after its first chunk is ``StreamInterrupted``)
 ├── BudgetExceeded        a budget has no room for the request (or, per rung, for that rung: the next rung
 │                         is tried; when every rung was refused the caller gets this error itself)
-├── StateUnavailable      the shared state store is unreachable and ``state.on_error`` is ``closed``
+├── StateUnavailable      the shared state store is unreachable (or answers with an error) and ``state.on_error``
+│                         is ``closed``
 └── BackendError          a backend or engine failed at run time
     ├── BackendUnavailable    retryable: 408/429/5xx, timeouts, refused/reset connections
     │   ├── RateLimited       a configured rate limit has no room before the deadline (nothing was sent)
@@ -104,7 +105,8 @@ class CircuitOpen(BackendUnavailable):
 
 
 class StateUnavailable(GenrouteError):
-    """The shared state store cannot be reached and ``state.on_error`` is ``closed``: nothing was sent."""
+    """The shared state store cannot be reached, or answers with an error (out of memory, read-only), and
+    ``state.on_error`` is ``closed``: nothing was sent."""
 
 
 class BackendRejected(BackendError):

@@ -284,6 +284,15 @@ def test_state_config_errors_name_the_field() -> None:
         build_state({"kind": "etcd"})
 
 
+@pytest.mark.parametrize("url", ["redis://:s3cretpw@127.0.0.1:notaport/0", "redis://:s3cretpw@127.0.0.1:99999/0",
+                                 "redis://:s3cretpw@127.0.0.1:6379/0?db=x",
+                                 "redis://:s3cretpw@127.0.0.1:6379/0?nosuch=1"])  # each failed at the first call
+def test_a_url_redis_cannot_use_is_a_config_error_at_build(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_state({"kind": "redis", "url": url})
+    assert caught.value.field == "state.url" and "s3cretpw" not in str(caught.value)
+
+
 def test_a_password_in_the_url_never_reaches_an_error(redis_server: RedisServer) -> None:
     store = RedisStateStore(RedisStateConfig(kind="redis", url="redis://:hunter2@127.0.0.1:1/0", on_error="closed",
                                              timeout_s=0.2, connect_timeout_s=0.2))

@@ -104,3 +104,44 @@ def test_store_down_fail_closed_sends_nothing(gemini_server, redis_server: Redis
 
     assert isinstance(asyncio.run(main()), GenerateResult)
     assert len([r for r in gemini_server.requests if r.action == "generateContent"]) == 2
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+def test_an_error_reply_is_handled_like_an_outage(gemini_server, redis_server: RedisServer, otel,
+                                                  on_error: str) -> None:
+    import redis
+
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": "ok"},), usage=USAGE)
+    state = {"kind": "redis", "url": redis_server.url, "on_error": on_error, "retry_s": 0.2, "timeout_s": 20,
+             "connect_timeout_s": 20}
+    admin = redis.Redis.from_url(redis_server.url)
+
+    async def main() -> list[Any]:
+        async with Router.from_config(_config(gemini_server, state), **otel.providers) as router:
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)  # every write is refused: an OOM error reply, not an outage
+            try:
+                try:
+                    during: Any = await router.agenerate("during")
+                except StateUnavailable as exc:
+                    during = exc
+            finally:
+                admin.config_set("maxmemory", 0)
+            await asyncio.sleep(0.3)
+            return [during, await router.agenerate("after"), await router.admission.budget().usage("*")]
+
+    try:
+        during, after, usage = asyncio.run(main())
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+    sent = len([r for r in gemini_server.requests if r.action == "generateContent"])
+    if on_error == "closed":
+        assert isinstance(during, StateUnavailable) and "OutOfMemoryError" in str(during) and sent == 1  # nothing sent
+        assert usage == {"spent": pytest.approx(COST), "reserved": 0.0}
+    else:
+        assert isinstance(during, GenerateResult) and sent == 2
+        roots = sorted(otel.spans("genroute.generate"), key=lambda s: s.start_time)
+        assert [r.attributes.get("genroute.state.fallback") for r in roots] == [True, None]
+        assert usage == {"spent": pytest.approx(2 * COST), "reserved": 0.0}  # the settle made meanwhile replayed
+    assert isinstance(after, GenerateResult)

@@ -4,7 +4,8 @@ Every call is one run of one Lua script (``genroute.state.redis_script``): an ad
 settlements together, so it is atomic on the server and one round trip; the script reads the server's clock
 (``TIME``), so hold lapses and breaker cool-downs do not depend on the clocks of the processes.
 
-When Redis cannot be reached (refused, reset, timed out) the store either answers from this process's
+When Redis cannot be reached (refused, reset, timed out), or answers with an error (out of memory, a read-only
+replica, no permission, a key of another type under the prefix), the store either answers from this process's
 memory (``on_error: open``; each such call is counted and the condition logged once per minute) or raises
 ``StateUnavailable`` (``on_error: closed``). A settle or a list append answered from memory is also kept and
 replayed to Redis once it answers again, oldest first, by the first call that finds it back, so the shared spend
@@ -74,12 +75,15 @@ class RedisStateStore(StateStore):
 
             raise ConfigError("state kind redis needs redis-py: pip install 'genroute[redis]'",
                               field="state.kind") from None
+        _check_url(config.url)
         self.config = config
         self.prefix = config.prefix
         self.fallback = MemoryStateStore()
         #: Calls answered by ``fallback`` because Redis was unreachable.
         self.fallbacks = 0
         self._down_until = 0.0
+        #: How the last failed call failed (unreachable, or Redis's error reply), for the errors meanwhile.
+        self._failed = "is unreachable"
         #: Settles and appends answered from memory while Redis was unreachable, replayed to Redis when it is back.
         self._unsent = UnsentWrites(self._replayed)
         self._logged_at = -LOG_INTERVAL_S
@@ -104,7 +108,8 @@ class RedisStateStore(StateStore):
 
     async def _run(self, op: str, remote: Callable[[Any, Any], Awaitable[T]],
                    local: Callable[[], Awaitable[T]], *, ordered: bool = False) -> T:
-        """``remote`` against Redis; when Redis is unreachable, ``local`` (open) or ``StateUnavailable``.
+        """``remote`` against Redis; when Redis is unreachable or answers with an error, ``local`` (open) or
+        ``StateUnavailable``.
         ``ordered``: after a replay another call is running (an append must land after the writes before it)."""
         import redis.exceptions
 
@@ -115,15 +120,18 @@ class RedisStateStore(StateStore):
             try:
                 await self._replay(connection, wait=ordered)
                 result = await remote(connection.script, connection.client)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            # An error reply (out of memory, a read-only replica, no permission, a key of another type under the
+            # prefix) leaves the store as unusable as an outage does: the same fallback or refusal, never a raw error.
+            except (redis.exceptions.RedisError, OSError) as exc:
                 self._down_until = time.monotonic() + self.config.retry_s
+                self._failed = _failure(exc)
                 self._down(op, exc)
                 cause = exc
             else:
                 self.degraded = False
                 return result
         if self.config.on_error == "closed":
-            raise StateUnavailable(f"state store at {_where(self.config.url)} is unreachable (state.on_error: "
+            raise StateUnavailable(f"state store at {_where(self.config.url)} {self._failed} (state.on_error: "
                                    "closed): nothing was sent") from cause
         self.degraded = True
         self.fallbacks += 1
@@ -136,8 +144,8 @@ class RedisStateStore(StateStore):
         if now - self._logged_at >= LOG_INTERVAL_S:
             self._logged_at = now
             mode = "using this process's memory" if self.config.on_error == "open" else "refusing requests"
-            _log.warning("state store at %s unreachable during %s (%s): %s; retrying every %.1f s",
-                         _where(self.config.url), op, type(exc).__name__, mode, self.config.retry_s)
+            _log.warning("state store at %s %s during %s (%s): %s; retrying every %.1f s",
+                         _where(self.config.url), self._failed, op, type(exc).__name__, mode, self.config.retry_s)
 
     def _k(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
@@ -269,13 +277,39 @@ class RedisStateStore(StateStore):
 
             try:  # the last writes of an outage go to Redis before the process lets go of it
                 await self._replay(found)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            except (redis.exceptions.RedisError, OSError) as exc:
                 _log.warning("%d write(s) made during a state store outage were not sent: %s",
                              self._unsent.waiting(), type(exc).__name__)
         found = self._clients.pop(loop, None)
         if found is not None:
             await found.client.aclose()
             await found.client.connection_pool.disconnect()
+
+
+def _check_url(url: str) -> None:
+    """Raise ``ConfigError`` naming ``state.url`` unless redis-py can connect with ``url`` (checked at build: redis-py
+    itself reads it only at the first call). The message never holds the URL: it may carry a password."""
+    from redis.asyncio.connection import Connection, parse_url
+    from redis.exceptions import RedisError
+
+    from genroute.errors import ConfigError, without_credentials
+
+    try:
+        options = parse_url(url)
+        # What the pool does at the first call: an unknown query option fails here, not in a request.
+        options.pop("connection_class", Connection)(**options)
+    except (ValueError, TypeError, RedisError) as exc:
+        raise ConfigError(f"not a Redis URL redis-py can use: {without_credentials(str(exc))}",
+                          field="state.url") from None
+
+
+def _failure(exc: BaseException) -> str:
+    """How the store failed, for an error or a log line: unreachable, or the error reply (its first line)."""
+    import redis.exceptions
+
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return f"answered with an error ({type(exc).__name__}: {str(exc).split(chr(10), 1)[0][:200]})"
+    return "is unreachable"
 
 
 def _where(url: str) -> str:
