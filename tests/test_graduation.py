@@ -75,13 +75,18 @@ def test_promotion_refused_when_the_ci_is_unresolved_too_small_or_not_cheaper():
     assert not refused.promote and refused.reasons[0].startswith("not cheaper")
 
 
-def test_graduate_cli_registers_a_challenger_and_promotes_it_on_the_outcomes(gemini_server, tmp_path, otel):
-    cfg = gemini_config(gemini_server)
+def lora_app(server, tmp_path):
+    """A config file with a `lora` backend beside `chat`, and the `genroute graduate` arguments for it."""
+    cfg = gemini_config(server)
     cfg["backends"]["lora"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
     cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db")}
     config = tmp_path / "app.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    base = ["graduate", "--task", "t", "--config", str(config), "--out", str(tmp_path / "grad")]
+    return config, ["graduate", "--task", "t", "--config", str(config), "--out", str(tmp_path / "grad")]
+
+
+def test_graduate_cli_registers_a_challenger_and_promotes_it_on_the_outcomes(gemini_server, tmp_path, otel):
+    config, base = lora_app(gemini_server, tmp_path)
     assert cli([*base, "--register-only", "--challenger", "lora"]) == 0
     policy = yaml.safe_load(config.read_text())["policy"]
     assert policy["kind"] == "challenger" and policy["policy"] == {"kind": "static", "backend": "chat"}
@@ -271,3 +276,13 @@ def test_decide_names_a_corrupt_saved_report_instead_of_crashing(gemini_server, 
     err = capsys.readouterr().err
     assert "--out" in err and "graduation.json" in err and "Traceback" not in err
     assert (out / "graduation.json").read_text() == "{not json"  # left for the user to look at
+
+
+def test_decide_names_a_bad_margin_or_min_n_flag_and_leaves_the_config(gemini_server, tmp_path, capsys):
+    config, base = lora_app(gemini_server, tmp_path)
+    before = config.read_text()
+    assert cli([*base, "--decide", "--challenger", "lora", "--margin", "nan"]) == 2
+    assert "--margin" in capsys.readouterr().err
+    assert cli([*base, "--decide", "--challenger", "lora", "--min-n", "-3"]) == 2
+    assert "--min-n" in capsys.readouterr().err
+    assert config.read_text() == before and not (tmp_path / "grad").exists()

@@ -1,6 +1,7 @@
 """Paired statistics that decide whether backend A beats backend B on the same records.
 
-Every comparison is paired: ``a[i]`` and ``b[i]`` are the scores of the two backends on record ``i``.
+Every comparison is paired: ``a[i]`` and ``b[i]`` are the scores of the two backends on record ``i`` — except
+``compare_unpaired`` (``unpaired_bootstrap_ci``), for two arms of a split, each scored on its own records.
 
 - ``paired_bootstrap_ci``: percentile bootstrap 95 % CI of ``mean(a - b)`` (records resampled with
   replacement, the pair kept together; seeded, numpy).
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,14 +43,37 @@ def bootstrap_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 
     data = np.asarray(scores, dtype=float)
     if len(data) == 1 or np.all(data == data[0]):
         return float(data[0]), float(data[0])
-    rng = np.random.default_rng(seed)
+    return _percentiles(_bootstrap_means(data, n_boot, np.random.default_rng(seed)), level)
+
+
+def _bootstrap_means(data: Any, n_boot: int, rng: Any) -> Any:
+    """``n_boot`` means of ``data`` resampled with replacement (a numpy array)."""
+    import numpy as np
+
     n = len(data)
     # Resample a chunk of rows at a time: one (n_boot x n) index array is 1.6 GB at n = 100k.
     rows = max(1, _BOOTSTRAP_CELLS // n)
-    means = np.concatenate([data[rng.integers(0, n, size=(min(rows, n_boot - start), n))].mean(axis=1)
-                            for start in range(0, n_boot, rows)])
+    return np.concatenate([data[rng.integers(0, n, size=(min(rows, n_boot - start), n))].mean(axis=1)
+                           for start in range(0, n_boot, rows)])
+
+
+def _percentiles(values: Any, level: float) -> tuple[float, float]:
+    import numpy as np
+
     alpha = (1 - level) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def unpaired_bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, level: float = 0.95,
+                          seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``mean(a) - mean(b)`` for two independent samples (each resampled on its own)."""
+    import numpy as np
+
+    if len(a) == 0 or len(b) == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    xs, ys = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return _percentiles(_bootstrap_means(xs, n_boot, rng) - _bootstrap_means(ys, n_boot, rng), level)
 
 
 def _pairs(a: Sequence[float], b: Sequence[float]) -> list[float]:
@@ -108,19 +132,24 @@ def min_detectable_difference(a: Sequence[float], b: Sequence[float], *, power: 
     return max(z * sd / math.sqrt(n), z * z / (n + z * z))
 
 
-class PairedComparison(BaseModel):
-    """A vs B on the same records: difference ``mean(a) - mean(b)``, its CI, McNemar and a verdict."""
+class Difference(BaseModel):
+    """A's mean score minus B's, and a CI of that difference at ``level``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     a: str
     b: str
-    n: int
     mean_a: float
     mean_b: float
     difference: float = Field(description="mean(a) - mean(b)")
-    ci: tuple[float, float] = Field(description="Paired bootstrap CI of the difference.")
+    ci: tuple[float, float]
     level: float
+
+
+class PairedComparison(Difference):
+    """A vs B on the same records: difference ``mean(a) - mean(b)``, its paired bootstrap CI, McNemar, a verdict."""
+
+    n: int
     mcnemar_p: float | None = Field(default=None, description="Exact McNemar p-value when all scores are 0/1.")
     a_only: int | None = None
     b_only: int | None = None
@@ -183,6 +212,23 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
         b_only=None if mcn is None else mcn.b_only, min_detectable=mde, min_n=min_n, resolved=resolved,
         winner=winner, decision=decision, verdict=verdict,
     )
+
+
+class UnpairedComparison(Difference):
+    """A vs B on different records (two arms of a split): ``mean(a) - mean(b)`` and its two-sample bootstrap CI."""
+
+    n_a: int
+    n_b: int
+
+
+def compare_unpaired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: str = "A", b: str = "B",
+                     n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> UnpairedComparison:
+    """Compare two backends scored on different records (e.g. the two arms of a split): means, difference, CI."""
+    mean_a = sum(map(float, a_scores)) / len(a_scores) if a_scores else 0.0
+    mean_b = sum(map(float, b_scores)) / len(b_scores) if b_scores else 0.0
+    return UnpairedComparison(a=a, b=b, n_a=len(a_scores), n_b=len(b_scores), mean_a=mean_a, mean_b=mean_b,
+                              difference=mean_a - mean_b, level=level,
+                              ci=unpaired_bootstrap_ci(a_scores, b_scores, n_boot=n_boot, level=level, seed=seed))
 
 
 def align(a: Mapping[str, float], b: Mapping[str, float]) -> tuple[list[str], list[float], list[float]]:

@@ -1,15 +1,16 @@
 """``genroute graduate``: graduate a task from few-shot to a tuned model, on a YAML/JSON router config.
 
     genroute graduate --task sentiment --config app.yaml --out grad/           # export, tune --local, challenger
-    ... the application serves traffic; feedback with labels accumulates paired outcomes ...
+    ... the application serves traffic; feedback with labels accumulates outcomes ...
     genroute graduate --task sentiment --config app.yaml --out grad/ --decide  # promote, or say why not
 
 The first form exports the task's captured examples from the config's outcome store, LoRA-tunes the embedded
 model on them (or, with ``--vertex --base-model M --staging-uri gs://B/P``, runs a Vertex AI tuning job with the
 application's default Google Cloud credentials), writes the tuned backend into the config and wraps the config's
 policy in a ``challenger`` policy (``--mode shadow|split``). ``--register-only --challenger NAME`` wraps the
-policy around a backend already in the config (e.g. from ``genroute tune``). ``--decide`` reads the paired outcomes and, when the rule
-holds, sets ``promoted: true`` in the config; the report says why not otherwise.
+policy around a backend already in the config (e.g. from ``genroute tune``). ``--decide`` reads the
+outcomes (paired in shadow mode, the two split arms unpaired in split mode) and, when the rule holds, sets
+``promoted: true`` in the config; the report says why not otherwise.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def graduate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--staging-uri", default=None, help="with --vertex: gs://bucket/prefix for the data")
     parser.add_argument("--poll-interval", type=float, default=30.0,
                         help="with --vertex: seconds between status checks of the tuning job")
-    parser.add_argument("--decide", action="store_true", help="decide on promotion from the paired outcomes")
+    parser.add_argument("--decide", action="store_true", help="decide on promotion from the outcomes (paired; split arms unpaired)")
     parser.add_argument("--challenger", default=None, help="with --decide or --register-only: the tuned backend")
     parser.add_argument("--register-only", action="store_true",
                         help="wrap the policy with --challenger (a backend already in the config), no tuning")
@@ -80,9 +81,12 @@ def _saved_report(model: Any, path: Path) -> Any:
 
 
 async def _run(args: argparse.Namespace) -> Any:
+    from genroute.graduation.promote import check_rule
     from genroute.graduation.run import GraduationReport, adecide, agraduate
     from genroute.router.router import Router
 
+    if args.decide:
+        check_rule(args.margin, args.min_n, fields=("--margin", "--min-n"))
     out = Path(args.out)
     saved = out / "graduation.json"
     name = args.challenger or args.name or f"{args.task}_tuned"

@@ -1,16 +1,34 @@
-"""The promotion rule: promote a challenger when its paired quality difference to the incumbent has a 95 % CI
-lower bound above ``-margin`` and it is cheaper; otherwise say why not."""
+"""The promotion rule: promote a challenger when its quality difference to the incumbent has a 95 % CI lower bound
+above ``-margin`` on at least ``min_n`` records and it is cheaper; otherwise say why not.
+
+In shadow mode the two are compared on the same requests (paired). In split mode each request went to one arm, so
+the arms are compared unpaired: each arm's mean score over the requests routed to it (the arm a request was routed
+to, even when it fell back to the other backend: what its users got), a two-sample bootstrap CI of the difference,
+and each arm's cost per request from its own records.
+"""
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from genroute.bench.stats import PairedComparison, compare_paired
-from genroute.outcomes.records import OutcomeRecord
-from genroute.outcomes.stats import side_cost, uses_cloud_equivalent
+from genroute.bench.stats import PairedComparison, UnpairedComparison, compare_paired, compare_unpaired
+from genroute.errors import UsageError
+from genroute.outcomes.records import OutcomeRecord, Side
+from genroute.outcomes.stats import side_cost, sides_use_cloud_equivalent, uses_cloud_equivalent
+
+
+def check_rule(margin: float, min_n: int, *, fields: tuple[str, str] = ("margin", "min_n")) -> None:
+    """``UsageError`` unless ``margin`` is a finite number >= 0 and ``min_n`` an integer >= 1 (``fields`` names them)."""
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not math.isfinite(margin) or margin < 0:
+        raise UsageError(f"the margin must be a finite number >= 0 (got {margin!r})", field=fields[0])
+    if isinstance(min_n, bool) or not isinstance(min_n, int) or min_n < 1:
+        raise UsageError(f"the minimum number of outcomes must be an integer >= 1 (got {min_n!r})",
+                         field=fields[1])
 
 
 class Promotion(BaseModel):
@@ -23,7 +41,9 @@ class Promotion(BaseModel):
     challenger: str
     margin: float
     n: int
-    comparison: PairedComparison
+    comparison: PairedComparison | UnpairedComparison
+    #: paired: both scored on the same requests (shadow); unpaired: the two arms of a split.
+    design: Literal["paired", "unpaired"] = "paired"
     cost_basis: str
     incumbent_cost_usd: float
     challenger_cost_usd: float
@@ -37,10 +57,14 @@ class Promotion(BaseModel):
     def line(self) -> str:
         """One report line."""
         c = self.comparison
-        head = (f"decide: {self.challenger} vs {self.incumbent} on task {self.task!r}, n = {self.n} paired: quality "
+        if isinstance(c, UnpairedComparison):
+            sample = f"unpaired (split arms: {c.n_a} vs {c.n_b} requests)"
+        else:
+            sample = f"n = {self.n} paired"
+        head = (f"decide: {self.challenger} vs {self.incumbent} on task {self.task!r}, {sample}: quality "
                 f"{c.mean_a:.3f} vs {c.mean_b:.3f}, difference {c.difference:+.3f}, 95% CI [{c.ci[0]:+.3f}, "
                 f"{c.ci[1]:+.3f}] (margin {self.margin:g})"
-                + (f", McNemar p = {c.mcnemar_p:.3g}" if c.mcnemar_p is not None else "")
+                + (f", McNemar p = {c.mcnemar_p:.3g}" if getattr(c, "mcnemar_p", None) is not None else "")
                 + f"; ${self.challenger_cost_usd * 1000:.4f} vs ${self.incumbent_cost_usd * 1000:.4f} per 1k "
                   f"({self.cost_basis}); p50 {self.challenger_latency_p50_s:.3f}s vs "
                   f"{self.incumbent_latency_p50_s:.3f}s")
@@ -48,34 +72,76 @@ class Promotion(BaseModel):
 
 
 def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: str, challenger: str,
-                     margin: float = 0.05, min_n: int = 100, seed: int = 0) -> Promotion:
-    """Compare the two on every record of ``task`` where both were scored (shadow pairs, split or bench rows)."""
-    paired = [r for r in records if r.task == task and r.outcomes.get(incumbent) is not None
-              and r.outcomes.get(challenger) is not None and r.outcomes[incumbent].score is not None
-              and r.outcomes[challenger].score is not None]
+                     margin: float = 0.05, min_n: int = 100, seed: int = 0,
+                     mode: Literal["shadow", "split"] = "shadow") -> Promotion:
+    """Decide on ``task``'s records: paired where both were scored (``shadow``), or the two arms unpaired (``split``).
+
+    ``UsageError`` naming ``margin`` / ``min_n`` unless the margin is finite and >= 0 and ``min_n`` >= 1.
+    """
+    check_rule(margin, min_n)
+    if mode not in ("shadow", "split"):
+        raise UsageError(f"mode must be 'shadow' or 'split' (got {mode!r})", field="mode")
+    mine = [r for r in records if r.task == task]
+    if mode == "split":
+        return _decide_split(mine, task, incumbent=incumbent, challenger=challenger, margin=margin, min_n=min_n,
+                             seed=seed)
+    paired = [r for r in mine if _scored(r.outcomes.get(incumbent)) and _scored(r.outcomes.get(challenger))]
     a = [float(r.outcomes[challenger].score) for r in paired]  # type: ignore[arg-type]
     b = [float(r.outcomes[incumbent].score) for r in paired]  # type: ignore[arg-type]
     comparison = compare_paired(a, b, a=challenger, b=incumbent, min_n=min_n, seed=seed)
-    cloud = uses_cloud_equivalent(paired)
+    sides = {name: [r.outcomes[name] for r in paired] for name in (incumbent, challenger)}
+    reasons = [f"only {len(paired)} paired outcomes; the decision needs {min_n}"] if len(paired) < min_n else []
+    return _promotion(task, incumbent, challenger, margin, len(paired), comparison, sides, reasons,
+                      cloud=uses_cloud_equivalent(paired), design="paired")
+
+
+def _decide_split(records: list[OutcomeRecord], task: str, *, incumbent: str, challenger: str, margin: float,
+                  min_n: int, seed: int) -> Promotion:
+    """The split arms compared unpaired: each arm's served answers, scored, over the requests routed to it."""
+    arms: dict[str, list[Side]] = {incumbent: [], challenger: []}
+    for record in records:
+        served = record.metadata.get("served")
+        arm = record.metadata.get("arm", served)
+        side = record.outcomes.get(str(served))
+        if arm in arms and side is not None and _scored(side):
+            arms[str(arm)].append(side)
+    a = [float(s.score) for s in arms[challenger]]  # type: ignore[arg-type]
+    b = [float(s.score) for s in arms[incumbent]]  # type: ignore[arg-type]
+    comparison = compare_unpaired(a, b, a=challenger, b=incumbent, seed=seed)
+    n = min(len(a), len(b))
+    reasons = [f"only {len(a)} ({challenger}) and {len(b)} ({incumbent}) scored requests per split arm; the "
+               f"unpaired decision needs {min_n} in each"] if n < min_n else []
+    cloud = sides_use_cloud_equivalent(arms[incumbent] + arms[challenger])
+    return _promotion(task, incumbent, challenger, margin, n, comparison, arms, reasons, cloud=cloud,
+                      design="unpaired")
+
+
+def _promotion(task: str, incumbent: str, challenger: str, margin: float, n: int,
+               comparison: PairedComparison | UnpairedComparison, sides: dict[str, list[Side]],
+               reasons: list[str], *, cloud: bool, design: Literal["paired", "unpaired"]) -> Promotion:
+    """The rule applied to a comparison and each backend's sides (cost, latency and tokens per request)."""
 
     def mean(values: list[float]) -> float:
         return statistics.fmean(values) if values else 0.0
 
-    costs = {name: mean([side_cost(r.outcomes[name], cloud) for r in paired]) for name in (incumbent, challenger)}
-    latency = {name: statistics.median([r.outcomes[name].latency_s for r in paired]) if paired else 0.0
+    costs = {name: mean([side_cost(s, cloud) for s in sides[name]]) for name in (incumbent, challenger)}
+    latency = {name: statistics.median([s.latency_s for s in sides[name]]) if sides[name] else 0.0
                for name in (incumbent, challenger)}
-    tokens = {name: mean([float(r.outcomes[name].input_tokens) for r in paired]) for name in (incumbent, challenger)}
-    reasons = []
-    if len(paired) < min_n:
-        reasons.append(f"only {len(paired)} paired outcomes; the decision needs {min_n}")
-    elif comparison.ci[0] <= -margin:
-        reasons.append(f"a quality loss larger than the margin is not ruled out (CI lower bound "
+    tokens = {name: mean([float(s.input_tokens) for s in sides[name]]) for name in (incumbent, challenger)}
+    # Written so that a NaN bound fails closed: only a lower bound known to be above -margin passes.
+    if not reasons and not comparison.ci[0] > -margin:
+        what = "unpaired (split arms) " if design == "unpaired" else ""
+        reasons.append(f"a quality loss larger than the margin is not ruled out ({what}CI lower bound "
                        f"{comparison.ci[0]:+.3f} <= -{margin:g})")
-    if costs[challenger] >= costs[incumbent]:
+    if not costs[challenger] < costs[incumbent]:
         reasons.append(f"not cheaper (${costs[challenger]:.6g} vs ${costs[incumbent]:.6g} per request)")
     return Promotion(
-        task=task, incumbent=incumbent, challenger=challenger, margin=margin, n=len(paired), comparison=comparison,
-        cost_basis="cloud-equivalent" if cloud else "measured", incumbent_cost_usd=costs[incumbent],
+        task=task, incumbent=incumbent, challenger=challenger, margin=margin, n=n, comparison=comparison,
+        design=design, cost_basis="cloud-equivalent" if cloud else "measured", incumbent_cost_usd=costs[incumbent],
         challenger_cost_usd=costs[challenger], incumbent_latency_p50_s=latency[incumbent],
         challenger_latency_p50_s=latency[challenger], incumbent_input_tokens=tokens[incumbent],
         challenger_input_tokens=tokens[challenger], promote=not reasons, reasons=tuple(reasons))
+
+
+def _scored(side: Side | None) -> bool:
+    return side is not None and side.score is not None

@@ -2,9 +2,10 @@
 
 Each step is a span (``genroute.graduate.<step>``) and a line of the report. ``agraduate`` runs the first three
 on a router whose outcome store holds captured, labeled traffic and leaves the tuned backend as a challenger
-(shadow or split); traffic then accumulates paired outcomes, and ``adecide`` promotes it when the paired quality
-difference's 95 % CI lower bound is above ``-margin`` and it is cheaper, or reports why not. The advisor line
-uses what was measured: the traffic volume and token counts in the store and the tuning run's own CPU time.
+(shadow or split); traffic then accumulates outcomes, and ``adecide`` promotes it when the quality difference's
+95 % CI lower bound is above ``-margin`` and it is cheaper, or reports why not (paired in shadow mode, the two arms
+unpaired in split mode: ``promote.py``). The advisor line uses what was measured: the traffic volume and token
+counts in the store and the tuning run's own CPU time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.errors import UsageError
 from genroute.graduation.export import TuningSet, export_tuning_set
-from genroute.graduation.promote import Promotion, decide_promotion
+from genroute.graduation.promote import Promotion, check_rule, decide_promotion
 
 if TYPE_CHECKING:
     from genroute.outcomes.records import OutcomeRecord
@@ -73,6 +74,9 @@ async def agraduate(router: Router, task: str, *, out_dir: str | Path, name: str
     from genroute.tuning.data import load_examples
     from genroute.tuning.local_lora import LocalTuneConfig, tune_local_examples
 
+    # Before minutes of tuning: a challenger that could not be registered is refused now.
+    check_challenger(router, vertex.name if vertex is not None else (name or f"{task}_tuned"), task=task, mode=mode,
+                     share=share, new=register)
     if vertex is not None:
         return await _agraduate_vertex(router, task, out_dir=Path(out_dir), settings=vertex, mode=mode,
                                        share=share, eval_share=eval_share, min_examples=min_examples, seed=seed,
@@ -164,36 +168,76 @@ async def _agraduate_vertex(router: Router, task: str, *, out_dir: Path, setting
 def register_local(router: Router, name: str, adapter: str | Path, *, task: str, mode: Literal["shadow", "split"],
                    share: float, engine_options: dict[str, Any] | None = None,
                    backend_options: dict[str, Any] | None = None) -> None:
-    """Add a tuned backend serving ``adapter`` on the local engine, as ``task``'s challenger."""
+    """Add a tuned backend serving ``adapter`` on the local engine, as ``task``'s challenger.
+
+    Everything is checked before the router changes; a refused call leaves it as it was (``UsageError`` naming the
+    argument)."""
     from genroute.backends.tuned import TunedBackend, TunedConfig
     from genroute.engines.local import LocalEngine, LocalEngineConfig
     from genroute.tuning.local_lora import BASE_MODEL_NAME
 
+    check_challenger(router, name, task=task, mode=mode, share=share, new=True)
     engine_name = f"{name}_engine"
     if engine_name in router.resources.engines:
         raise UsageError(f"engine {engine_name!r} already exists", field="name")
-    engine_config = LocalEngineConfig(**{**(engine_options or {}), "lora_path": str(adapter), "prompt_format": "gemma"})
+    engine_config = _options(LocalEngineConfig, engine_options, "engine_options",
+                             {"lora_path": str(adapter), "prompt_format": "gemma"})
+    config = _options(TunedConfig, backend_options, "backend_options",
+                      {"kind": "tuned", "engine": engine_name, "model": BASE_MODEL_NAME,
+                       "base_model": BASE_MODEL_NAME, "tasks": [task]})
     router.resources.engines[engine_name] = LocalEngine(engine_name, engine_config)
-    config = TunedConfig.model_validate({**(backend_options or {}), "kind": "tuned", "engine": engine_name,
-                                         "model": BASE_MODEL_NAME, "base_model": BASE_MODEL_NAME, "tasks": [task]})
-    router.add_challenger(name, TunedBackend(name, config, router.resources), task=task, mode=mode, share=share)
+    try:
+        router.add_challenger(name, TunedBackend(name, config, router.resources), task=task, mode=mode, share=share)
+    except BaseException:
+        # Never used: its pool has started no thread and no model is loaded, so dropping it frees everything.
+        del router.resources.engines[engine_name]
+        raise
+
+
+def check_challenger(router: Router, name: Any, *, task: Any, mode: Any, share: Any, new: bool) -> None:
+    """``UsageError`` naming ``name``/``task``/``mode``/``share`` if they would not make a challenger (``new``:
+    ``name`` must not be a backend of ``router`` yet)."""
+    router._challenger_config({"task": task, "backend": name, "mode": mode, "share": share}, backend_arg="name")
+    if new and name in router.backends:
+        raise UsageError(f"backend {name!r} already exists", field="name")
+
+
+def _options(model: Any, options: Any, field: str, fixed: dict[str, Any]) -> Any:
+    """``model`` validated from the caller's ``options`` with ``fixed`` on top; ``UsageError`` naming ``field``."""
+    from collections.abc import Mapping
+
+    from pydantic import ValidationError
+
+    if options is not None and not isinstance(options, Mapping):
+        raise UsageError(f"must be a mapping, not {type(options).__name__}", field=field)
+    try:
+        return model.model_validate({**(options or {}), **fixed})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise UsageError(f"{where}: {error['msg']}" if where else error["msg"], field=field) from None
 
 
 async def adecide(router: Router, task: str, *, challenger: str, incumbent: str | None = None,
                   margin: float = 0.05, min_n: int = 100, promote: bool = True,
                   tuning_cost_usd: float | None = None, cpu_usd_per_hour: float | None = None,
-                  report: GraduationReport | None = None) -> GraduationReport:
-    """Decide on the paired outcomes in the store; promote the challenger when the rule says so.
+                  report: GraduationReport | None = None,
+                  mode: Literal["shadow", "split"] | None = None) -> GraduationReport:
+    """Decide on the outcomes in the store; promote the challenger when the rule says so.
 
-    The advisor's tuning cost: ``tuning_cost_usd`` if given, else a Vertex job's priced tokens, else the local run's
-    measured CPU time x ``cpu_usd_per_hour`` (without a price it reports the CPU time and no pay-back)."""
+    ``mode``: ``shadow`` compares paired outcomes, ``split`` the two arms unpaired; by default the mode of the
+    router's ``challenger`` policy for ``task`` (shadow without one). The advisor's tuning cost: ``tuning_cost_usd``
+    if given, else a Vertex job's priced tokens, else the local run's measured CPU time x ``cpu_usd_per_hour``
+    (without a price it reports the CPU time and no pay-back)."""
+    check_rule(margin, min_n)
+    mode = mode or challenger_mode(router.policy, task, challenger)
     tracer = router.telemetry.tracer
     report = report or GraduationReport(task=task, challenger=challenger)
     with tracer.start_as_current_span("genroute.graduate.decide", attributes={"genroute.task": task}) as span:
         records = await _store(router).records(task=task)
         incumbent = incumbent or _incumbent(records, challenger)
         promotion = decide_promotion(records, task, incumbent=incumbent, challenger=challenger, margin=margin,
-                                     min_n=min_n)
+                                     min_n=min_n, mode=mode)
         span.set_attributes({"genroute.graduate.n": promotion.n, "genroute.graduate.promote": promotion.promote,
                              "genroute.graduate.ci_low": promotion.comparison.ci[0],
                              "genroute.graduate.ci_high": promotion.comparison.ci[1]})
@@ -233,6 +277,18 @@ def advise(records: list[OutcomeRecord], promotion: Promotion, *, tuning_cost_us
     months = tuning_cost_usd / (saving * monthly)
     return (f"{volume}; {tokens}; saving ${saving * 1000:.4f} per 1k requests; tuning ${tuning_cost_usd:.4f} pays "
             f"back in {months * 30 * 24:.1f} hours of this traffic")
+
+
+def challenger_mode(policy: Any, task: str, challenger: str) -> Literal["shadow", "split"]:
+    """The mode of the ``challenger`` policy for ``task`` and ``challenger`` in ``policy`` (or nested in it)."""
+    from genroute.policies.challenger import ChallengerPolicy
+
+    while policy is not None:
+        if isinstance(policy, ChallengerPolicy) and policy.config.task == task \
+                and policy.config.backend == challenger:
+            return policy.config.mode
+        policy = getattr(policy, "inner", None)
+    return "shadow"
 
 
 def _incumbent(records: list[OutcomeRecord], challenger: str) -> str:

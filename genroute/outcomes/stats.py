@@ -21,7 +21,11 @@ def side_cost(side: Side, cloud: bool) -> float:
 
 def uses_cloud_equivalent(records: Sequence[OutcomeRecord]) -> bool:
     """True when every priced side is free but has a cloud-equivalent (local models): price by that instead."""
-    sides = [s for r in records for s in r.outcomes.values()]
+    return sides_use_cloud_equivalent([s for r in records for s in r.outcomes.values()])
+
+
+def sides_use_cloud_equivalent(sides: Sequence[Side]) -> bool:
+    """``uses_cloud_equivalent`` for a list of sides."""
     return bool(sides) and all(s.cost_usd == 0 and s.cloud_equivalent_cost_usd is not None for s in sides)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from genroute.outcomes.records import OutcomeRecord
     from genroute.outcomes.settings import OutcomeSettings
     from genroute.policies.base import BackendInfo, Policy, PolicyContext
+    from genroute.policies.challenger import ChallengerConfig
     from genroute.router.executor import Executor
 
 _log = logging.getLogger(__name__)
@@ -49,18 +51,22 @@ class Learning:
         ``result`` is the ``GenerateResult`` or its ``outcome_id`` (the trace id when traced). With
         ``outcomes.capture`` on, the input and the accepted output (the label, else the answer when ``score``
         passes) are kept as a labeled example after the scrub hook; otherwise no text is stored.
-        ``input`` supplies the request text for a result this process no longer remembers.
+        ``input`` supplies the request text for a result this process no longer remembers. A ``judge:`` scorer's
+        calls end at the router's ``timeout_s`` (else the shadows' default), as a request's would.
         """
         import functools
+        import time
 
         from genroute.outcomes.feedback import Feedback
+        from genroute.router.executor import SHADOW_TIMEOUT_S
 
         recorder = self._executor.outcomes
         if recorder is None:
             raise UsageError("feedback needs an `outcomes` section (or Router(outcomes=...))", field="outcomes")
         args = Feedback.parse(result, score=score, label=label, input=input)
+        deadline = time.monotonic() + (self._executor.timeout_s or SHADOW_TIMEOUT_S)
         judge = functools.partial(self._executor.run_judge, GenerateRequest(input="feedback"),
-                                  Decision.single("feedback", next(iter(self.backends)), "feedback"), None)
+                                  Decision.single("feedback", next(iter(self.backends)), "feedback"), deadline)
         return await recorder.feedback(args.result, score=args.score, label=args.label, input=args.input,
                                        run_judge=judge)
 
@@ -72,6 +78,7 @@ class Learning:
 
     async def adrain(self, timeout_s: float = 60.0) -> None:
         """Wait until the shadow runs in flight (and their outcome records) are done, at most ``timeout_s``."""
+        check_seconds(timeout_s, "timeout_s", zero=True)
         await self._executor.drain_shadows(timeout_s)
 
     def drain(self, timeout_s: float = 60.0) -> None:
@@ -139,32 +146,49 @@ class Learning:
     def add_challenger(self, name: str, backend: Backend, *, task: str, mode: Literal["shadow", "split"] = "shadow",
                        share: float = 1.0) -> None:
         """Add ``backend`` as ``name`` and route ``task`` to it as a shadow (measured) or a split arm."""
-        from genroute.policies.challenger import ChallengerConfig, ChallengerPolicy
+        from genroute.backends.base import Backend
+        from genroute.policies.challenger import ChallengerPolicy
         from genroute.router.outcome_setup import refuse, unsafe_backends
 
+        config = self._challenger_config({"task": task, "backend": name, "mode": mode, "share": share},
+                                         backend_arg="name")
         if name in self.backends:
             raise UsageError(f"backend {name!r} already exists", field="name")
+        if not isinstance(backend, Backend):
+            raise UsageError(f"must be a genroute Backend, not {type(backend).__name__}", field="backend")
         unsafe = unsafe_backends({name: backend})
         if mode == "shadow":
             refuse(name, unsafe, field="backend")
-        config = ChallengerConfig(policy=self.policy.config.model_dump(), task=task, backend=name, mode=mode,
-                                  share=share)
         self._add_backend(name, backend, unsafe)
         self._use_policy(ChallengerPolicy(config, inner=self.policy))
 
     def promote(self, task: str, backend: str) -> None:
         """Send ``task`` to ``backend`` first from now on (the incumbent's rungs stay as fallbacks)."""
-        from genroute.policies.challenger import ChallengerConfig, ChallengerPolicy
+        from genroute.policies.challenger import ChallengerPolicy
 
-        if backend not in self.backends:
+        if not isinstance(backend, str) or backend not in self.backends:
             raise UsageError(f"unknown backend {backend!r}", field="backend")
         current = self.policy
         if isinstance(current, ChallengerPolicy) and current.config.task == task:
             config = current.config.model_copy(update={"backend": backend, "promoted": True})
-            self._use_policy(ChallengerPolicy(config, inner=current.inner))
-            return
-        config = ChallengerConfig(policy=current.config.model_dump(), task=task, backend=backend, promoted=True)
-        self._use_policy(ChallengerPolicy(config, inner=current))
+            inner = current.inner
+        else:
+            config, inner = self._challenger_config({"task": task, "backend": backend, "promoted": True}), current
+        self._use_policy(ChallengerPolicy(config, inner=inner))
+
+    def _challenger_config(self, fields: dict[str, Any], *, backend_arg: str = "backend") -> ChallengerConfig:
+        """A ``challenger`` config around the current policy; ``UsageError`` naming the caller's bad argument
+        (``backend_arg``: the argument that gave the config's ``backend``)."""
+        from pydantic import ValidationError
+
+        from genroute.policies.challenger import ChallengerConfig
+
+        try:
+            return ChallengerConfig(policy=self.policy.config.model_dump(), **fields)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = str(error["loc"][0]) if error["loc"] else "task"
+            raise UsageError(error["msg"], field=backend_arg if field == "backend" else field) from None
 
     def _add_backend(self, name: str, backend: Backend, unsafe: Mapping[str, tuple[str, ...]]) -> None:
         from genroute.policies.base import PolicyContext
@@ -199,3 +223,10 @@ def backend_info(name: str, backend: Backend) -> BackendInfo:
         name=name, kind=backend.kind, capabilities=backend.capabilities, tasks=tuple(config.tasks),
         provider=getattr(engine, "provider", "unknown"), model=config.model, facts=backend.facts(),
     )
+
+
+def check_seconds(value: Any, field: str, *, zero: bool = False) -> None:
+    """``UsageError`` naming ``field`` unless ``value`` is a finite number of seconds > 0 (≥ 0 with ``zero``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and (value >= 0 if zero else value > 0)):
+        raise UsageError(f"must be a finite number of seconds {'>=' if zero else '>'} 0, got {value!r}", field=field)

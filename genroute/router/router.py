@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
@@ -25,7 +24,7 @@ from genroute.router.scope import RootSpan, ended_by, parse_request
 from genroute.runtime.billing import Charges, charging
 from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
 from genroute.runtime.telemetry import Telemetry, flush_providers
-from genroute.router.learning import Learning, backend_info
+from genroute.router.learning import Learning, backend_info, check_seconds
 from genroute.state import StateStore, build_state
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult
 
@@ -81,7 +80,7 @@ class Router(Learning):
         require_prices(self.backends, self.resources.pricing)  # unknown models would silently cost 0
         self.policy = policy or _default_policy(self.backends)
         if timeout_s is not None:
-            _check_seconds(timeout_s, "timeout_s")
+            check_seconds(timeout_s, "timeout_s")
         self.timeout_s = timeout_s
         for engine in self.resources.engines.values():  # most requests have this long: sized once, not per call
             engine.expect_deadline(timeout_s)
@@ -267,7 +266,7 @@ class Router(Learning):
         open between chunks are closed: each of their callers gets ``UsageError`` (the router was closed)
         within about ``drain_s + 2`` seconds of this call, and their budget holds are settled.
         """
-        _check_seconds(drain_s, "drain_s", zero=True)  # before anything closes: a bad value leaves nothing half closed
+        check_seconds(drain_s, "drain_s", zero=True)  # before anything closes: a bad value leaves nothing half closed
         if self._closed:
             return
         self._closed = True
@@ -292,7 +291,7 @@ class Router(Learning):
         ``UsageError``.
         """
         refuse_inside_loop("close")
-        _check_seconds(drain_s, "drain_s", zero=True)
+        check_seconds(drain_s, "drain_s", zero=True)
         if not self._closed:
             # drain, unwind, shadows, late decisions' spends, flush, backends
             bound = drain_s + UNWIND_S + 5.0 + _LATE_SPEND_S + _FLUSH_TIMEOUT_MS / 1000 + 5.0
@@ -375,13 +374,6 @@ class Router(Learning):
             self._start_refresher()
         return RootSpan(self.telemetry, request, self.timeout_s, self._adecide, costed=self.policy.blocking,
                         same_context=same_context)
-
-
-def _check_seconds(value: Any, field: str, *, zero: bool = False) -> None:
-    """``UsageError`` naming ``field`` unless ``value`` is a finite number of seconds > 0 (≥ 0 with ``zero``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            math.isfinite(value) and (value >= 0 if zero else value > 0)):
-        raise UsageError(f"must be a finite number of seconds {'>=' if zero else '>'} 0, got {value!r}", field=field)
 
 
 def _check_providers(tracer_provider: Any, meter_provider: Any) -> None:

@@ -1,0 +1,124 @@
+"""Graduation's rules: the margin and min_n it takes, split mode decided on the two arms unpaired, and challenger
+registration that checks its arguments and leaves nothing half made."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from genroute import Router, UsageError
+from genroute.bench.stats import compare_unpaired
+from genroute.graduation import adecide, decide_promotion, register_local
+from genroute.graduation.run import agraduate
+from genroute.outcomes import OutcomeRecord, Side
+
+from .conftest import gemini_config
+
+
+def paired(n, *, challenger_score, incumbent_score=1.0):
+    return [OutcomeRecord(metadata={"id": str(i), "task": "t", "served": "icl"}, outcomes={
+        "icl": Side(score=incumbent_score, cost_usd=0.01, role="served"),
+        "lora": Side(score=challenger_score, cost_usd=0.001, role="shadow")}) for i in range(n)]
+
+
+@pytest.mark.parametrize("margin", [math.nan, math.inf, -0.1, "0.05"])
+def test_a_margin_that_is_not_a_finite_number_ge_0_is_refused(margin):
+    always_wrong = paired(200, challenger_score=0.0)
+    with pytest.raises(UsageError) as exc:
+        decide_promotion(always_wrong, "t", incumbent="icl", challenger="lora", margin=margin, min_n=100)
+    assert exc.value.field == "margin"
+
+
+@pytest.mark.parametrize("min_n", [0, -3, 2.5, True])
+def test_min_n_below_1_is_refused(min_n):
+    with pytest.raises(UsageError) as exc:
+        decide_promotion(paired(10, challenger_score=1.0), "t", incumbent="icl", challenger="lora", min_n=min_n)
+    assert exc.value.field == "min_n"
+
+
+def arm(i, arm_name, served, score, cost):
+    return OutcomeRecord(metadata={"id": f"s{i}", "task": "t", "served": served, "arm": arm_name},
+                         outcomes={served: Side(score=score, cost_usd=cost, role="served")})
+
+
+def test_split_arms_are_compared_unpaired_counting_fallbacks_for_their_arm():
+    records = [arm(i, "lora", "lora", 1.0, 0.001) for i in range(60)]
+    records += [arm(100 + i, "icl", "icl", 1.0, 0.01) for i in range(60)]
+    decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=50, mode="split")
+    assert decision.design == "unpaired" and decision.promote and decision.n == 60
+    assert "unpaired" in decision.line()
+    assert decision.challenger_cost_usd == pytest.approx(0.001) and decision.incumbent_cost_usd == pytest.approx(0.01)
+    # Requests routed to the challenger that fell back to the incumbent, answered wrong: they count for the
+    # challenger's arm (what its users got), and now a loss beyond the margin is not ruled out.
+    records += [arm(200 + i, "lora", "icl", 0.0, 0.011) for i in range(20)]
+    decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=50, mode="split")
+    assert decision.comparison.n_a == 80 and decision.comparison.mean_a == pytest.approx(0.75)
+    assert not decision.promote and "unpaired" in decision.reasons[0]
+    few = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=100, mode="split")
+    assert not few.promote and "80 (lora) and 60 (icl)" in few.reasons[0]
+
+
+def test_the_unpaired_interval_covers_the_difference_of_means():
+    comparison = compare_unpaired([1.0] * 70 + [0.0] * 30, [1.0] * 50 + [0.0] * 50, a="a", b="b")
+    assert comparison.difference == pytest.approx(0.2)
+    low, high = comparison.ci
+    assert 0.05 < low < 0.2 < high < 0.35   # SE of the difference ~0.068: about +-0.13
+    assert compare_unpaired([], [1.0]).ci == (0.0, 0.0)
+
+
+def test_a_split_challenger_is_decided_end_to_end(gemini_server, tmp_path):
+    cfg = gemini_config(gemini_server)
+    cfg["backends"]["lite"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+    cfg["policy"] = {"kind": "challenger", "task": "t", "backend": "lite", "mode": "split", "share": 0.5,
+                     "policy": {"kind": "static", "backend": "chat"}}
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "scorer": "label_accuracy"}
+    with Router.from_config(cfg) as router:
+        served = []
+        for i in range(40):
+            result = router.generate(f"question {i}", task="t")
+            served.append(result.backend)
+            router.feedback(result, label=result.text)   # every answer right
+        report = router._portal.call(adecide(router, "t", challenger="lite", incumbent="chat", min_n=5))
+    promotion = report.promotion
+    assert promotion.design == "unpaired" and promotion.n == min(served.count("lite"), served.count("chat")) >= 5
+    assert 0 < promotion.challenger_cost_usd < promotion.incumbent_cost_usd
+    assert promotion.promote and "unpaired" in report.lines[0]
+
+
+def test_challenger_arguments_are_named(gemini_server, tmp_path):
+    cfg = gemini_config(gemini_server)
+    cfg["backends"]["pro"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-pro"}
+    with Router.from_config(cfg) as router:
+        pro = router.backends.pop("pro")
+        for kwargs, field in [({"share": 2}, "share"), ({"mode": "bogus"}, "mode"), ({"task": ""}, "task"),
+                              ({"name": ""}, "name"), ({"backend": "pro"}, "backend")]:
+            args = {"name": "new", "backend": pro, "task": "t", **kwargs}
+            with pytest.raises(UsageError) as exc:
+                router.add_challenger(args.pop("name"), args.pop("backend"), **args)
+            assert exc.value.field == field
+        for task in ("", None):
+            with pytest.raises(UsageError) as exc:
+                router.promote(task, "chat")
+            assert exc.value.field == "task"
+        assert sorted(router.backends) == ["chat"]
+
+
+def test_a_refused_register_local_leaves_the_router_as_it_was(gemini_server, tmp_path):
+    cfg = gemini_config(gemini_server)
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"not loaded until used")
+    with Router.from_config(cfg) as router:
+        for kwargs, field in [({"name": "chat"}, "name"), ({"share": 5}, "share"), ({"mode": "x"}, "mode"),
+                              ({"engine_options": {"bogus": 1}}, "engine_options"),
+                              ({"backend_options": {"temperature": "hot"}}, "backend_options")]:
+            args = {"name": "tuned", "task": "t", "mode": "shadow", "share": 1.0, **kwargs}
+            with pytest.raises(UsageError) as exc:
+                register_local(router, args.pop("name"), adapter, **args)
+            assert exc.value.field == field
+            assert sorted(router.resources.engines) == ["gemini"] and sorted(router.backends) == ["chat"]
+        register_local(router, "tuned", adapter, task="t", mode="shadow", share=1.0)   # the retry goes through
+        assert "tuned_engine" in router.resources.engines and router.decide("x", task="t").shadow == ("tuned",)
+        with pytest.raises(UsageError) as exc:   # checked before the export and minutes of tuning
+            router._portal.call(agraduate(router, "t", out_dir=tmp_path / "grad", name="other", share=5))
+        assert exc.value.field == "share" and not (tmp_path / "grad").exists()
