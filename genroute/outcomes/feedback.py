@@ -21,6 +21,13 @@ class Feedback(BaseModel):
     label: str | None = Field(default=None, min_length=1)
     input: str | None = Field(default=None, min_length=1)
 
+    @field_validator("score", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True is not a score of 1.0 by accident
+            raise ValueError("score must be a number in [0, 1], not a bool")
+        return value
+
     @field_validator("score")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:

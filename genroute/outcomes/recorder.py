@@ -4,9 +4,12 @@ The executor hands it each served result (kept in memory, bounded, so that feedb
 request) and each finished shadow run; ``Router.feedback`` hands it the user's verdict. Shadow and feedback may
 arrive in either order; each writes what it knows and the store merges them under the request's id.
 
-Text is kept only with ``capture`` on, only for an accepted answer (a label, or a score >= ``pass_score``), and
-only after the scrub hook and the secret filter ran. Without capture a record holds scores, costs, latencies
-and token counts.
+Text is kept only with ``capture`` on, and only after the scrub hook and the secret filter ran: the labeled example
+(the input and an accepted answer: a label, or a score >= ``pass_score``) in ``input``/``output``, and, in a
+shadow's paired record, the input and each side's answer in ``metadata.answered_input``/``metadata.answers`` (never
+an example), so that a label given to any replica sharing the store scores both sides. Without capture a record
+holds scores, costs, latencies and token counts, and a label given to a process that did not serve the request
+cannot be scored: it is noted (``metadata.feedback.label_scored: false``) and logged, not kept.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from genroute.errors import UsageError
+from genroute.errors import ConfigError, UsageError
 from genroute.outcomes.records import OutcomeRecord, Side
 from genroute.outcomes.settings import OutcomeSettings, ScrubHook, redact_secrets
 
@@ -45,6 +49,8 @@ class _Pending:
     trace_id: str | None = None
     shadows: dict[str, BackendOutput] = field(default_factory=dict)
     label: str | None = None
+    #: The backend the policy sent the request to first (its split arm, even when another rung answered).
+    arm: str | None = None
 
 
 class OutcomeRecorder:
@@ -65,7 +71,9 @@ class OutcomeRecorder:
 
     def served(self, id: str, request: GenerateRequest, result: GenerateResult, output: BackendOutput) -> None:
         """Remember a served answer (bounded: the oldest is forgotten first)."""
-        self._pending[id] = _Pending(request, result.backend, output, served_side(result), result.trace_id)
+        tried = result.decision.rungs_tried
+        self._pending[id] = _Pending(request, result.backend, output, served_side(result), result.trace_id,
+                                     arm=tried[0].backend if tried else result.backend)
         if len(self._pending) > self.settings.max_pending:
             self._pending.popitem(last=False)
 
@@ -98,6 +106,8 @@ class OutcomeRecorder:
         else:
             sides[backend] = side
         metadata = self._metadata(id, request, pending)
+        if pending is not None:
+            metadata.update(self._answers(pending, backend, output))
         if judge_cost:
             metadata["scoring_cost_usd"] = judge_cost
         return await self._write(OutcomeRecord(metadata=metadata, outcomes=sides))
@@ -133,49 +143,66 @@ class OutcomeRecorder:
                              field="result")
         pending = self._pending.get(id)
         stored = None
-        if pending is None and isinstance(target, str):
+        if pending is None and (isinstance(target, str) or label is not None):
             stored = await self.store.get(id)  # served by another process (or forgotten here)
-            if stored is None:
+            if stored is None and isinstance(target, str):
                 raise UsageError(f"no request with id {id!r} is known to this router or its outcome store",
                                  field="result")
-        if pending is not None:
-            pending.label = label if label is not None else pending.label
-        request = pending.request if pending is not None else None
+        # What the label scores: this process's memory of the request, else the answers the record kept.
+        known = _known(pending) if pending is not None else _kept(stored)
+        request = known[0] if known is not None else None
         if pending is not None:
             served_backend: str | None = pending.backend
             served = pending.side
-        elif stored is not None:
-            served_backend = stored.metadata.get("served")
-            served = Side.model_validate({})  # what the store holds stays; only the score is added
+        elif not isinstance(target, str):
+            served_backend, served = target.backend, served_side(target)
         else:
-            served_backend = target.backend  # type: ignore[union-attr]
-            served = served_side(target)  # type: ignore[arg-type]
+            served_backend = stored.metadata.get("served") if stored is not None else None
+            served = Side.model_validate({})  # what the store holds stays; only the score is added
+        served_text = known[1][served_backend].text if known is not None and served_backend in known[1] else \
+            (None if isinstance(target, str) else target.text)
+        passed = score is not None and score >= self.settings.pass_score
+        accepted = label if label is not None else (served_text if passed else None)
+        # Before anything changes: a scrub hook that fails refuses the call and loses nothing.
+        text_in, text_out = self._capture(
+            pending.request.input if pending is not None else (input or _input(request)),
+            accepted, request.task if request is not None else (stored.task if stored is not None else None))
+        scores = await self._label_scores(known, label, skip=served_backend if score is not None else None,
+                                          run_judge=run_judge)
+        if pending is not None:
+            pending.label = label if label is not None else pending.label
         sides: dict[str, Side] = {}
         if served_backend is not None:
-            served_score = score
-            if served_score is None and label is not None and pending is not None:
-                scored = await self.scorer.score(pending.request, pending.output, label, run_judge)
-                served_score = None if scored is None else scored.score
+            served_score = score if score is not None else scores.get(served_backend)
             if served_score is not None:
                 served = served.model_copy(update={"score": served_score})
                 if pending is not None:
                     pending.side = served
             sides[served_backend] = served
-        if pending is not None and label is not None:
-            for backend, output in pending.shadows.items():
-                scored = await self.scorer.score(pending.request, output, label, run_judge)
-                if scored is not None:
-                    sides[backend] = Side.model_validate({"score": scored.score})
-        metadata = self._metadata(id, request, pending)
+        sides.update({b: Side.model_validate({"score": v}) for b, v in scores.items() if b != served_backend})
+        metadata = self._metadata(id, request if pending is not None else None, pending)
         metadata["feedback"] = {"score": score, "label_given": label is not None, "at": time.time()}
-        text_in, text_out = self._capture(
-            request.input if request is not None else input,
-            label if label is not None else (None if score is None or score < self.settings.pass_score else (
-                pending.output.text if pending is not None else
-                (None if isinstance(target, str) else target.text))),
-            metadata.get("task"))
+        if label is not None and known is None:
+            metadata["feedback"]["label_scored"] = False
+            _log.warning("a label for %s was not scored: this process did not serve the request and its record keeps "
+                         "no answers to score (outcomes.capture is off, or the scrub hook dropped them); the label is not "
+                         "stored", id)
         return await self._write(OutcomeRecord(input=text_in, output=text_out, metadata=metadata, outcomes=sides),
                                  raise_errors=True)
+
+    async def _label_scores(self, known: tuple[GenerateRequest, dict[str, BackendOutput]] | None,
+                            label: str | None, *, skip: str | None, run_judge: RunJudge) -> dict[str, float]:
+        """Each known answer's score against ``label`` (``skip``: a side the caller scored itself)."""
+        if label is None or known is None:
+            return {}
+        request, outputs = known
+        scores = {}
+        for backend, output in outputs.items():
+            if backend != skip:
+                scored = await self.scorer.score(request, output, label, run_judge)
+                if scored is not None:
+                    scores[backend] = scored.score
+        return scores
 
     # -- pieces ---------------------------------------------------------------------------------------
 
@@ -188,6 +215,7 @@ class OutcomeRecorder:
             metadata["features"] = {"input_chars": len(request.input)}
         if pending is not None:
             metadata["served"] = pending.backend
+            metadata["arm"] = pending.arm
             metadata.setdefault("features", {})["input_tokens"] = pending.side.input_tokens
         return metadata
 
@@ -200,10 +228,29 @@ class OutcomeRecorder:
             example = self.scrub(dict(example))  # type: ignore[arg-type]
             if example is None:
                 return None, None
+            if not isinstance(example, Mapping):
+                raise ConfigError(f"the scrub hook must return a mapping or None, not {type(example).__name__}",
+                                  field="outcomes.scrub")
         text_in, text_out = example.get("input"), example.get("output")
         if not isinstance(text_in, str) or not isinstance(text_out, str) or not text_in.strip():
             return None, None
         return redact_secrets(text_in, self._secrets), redact_secrets(text_out, self._secrets)
+
+    def _answers(self, pending: _Pending, backend: str, output: BackendOutput) -> dict[str, Any]:
+        """With capture: the input and both answers of a shadow's pair, scrubbed, for a label given elsewhere."""
+        if not self.settings.capture:
+            return {}
+        kept: dict[str, Any] = {"answers": {}}
+        try:
+            for name, text in ((pending.backend, pending.output.text), (backend, output.text)):
+                text_in, text_out = self._capture(pending.request.input, text, pending.request.task)
+                if text_in is None:
+                    return {}  # the scrub hook dropped it
+                kept["answered_input"], kept["answers"][name] = text_in, text_out
+        except ConfigError as exc:  # the scores are still recorded; only the answers are not kept
+            _log.warning("answers of %s not kept: %s: %s", backend, exc.field, exc.message)
+            return {}
+        return kept
 
     async def _write(self, record: OutcomeRecord, *, raise_errors: bool = False) -> OutcomeRecord | None:
         try:
@@ -221,3 +268,25 @@ def served_side(result: GenerateResult) -> Side:
     return Side(role="served", cost_usd=result.cost_usd, latency_s=result.latency_s,
                 cloud_equivalent_cost_usd=result.cloud_equivalent_cost_usd,
                 input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens)
+
+
+def _known(pending: _Pending) -> tuple[GenerateRequest, dict[str, BackendOutput]]:
+    """The request and every answer this process remembers of it (served first)."""
+    return pending.request, {pending.backend: pending.output, **pending.shadows}
+
+
+def _kept(record: OutcomeRecord | None) -> tuple[GenerateRequest, dict[str, BackendOutput]] | None:
+    """The request and answers a record kept (``_answers``), or ``None`` when it kept none."""
+    from genroute.backends.base import BackendOutput
+    from genroute.types import GenerateRequest
+
+    meta = {} if record is None else record.metadata
+    text, answers = meta.get("answered_input"), meta.get("answers")
+    if not isinstance(text, str) or not isinstance(answers, dict) or not answers:
+        return None
+    request = GenerateRequest(input=text, task=record.task if record is not None else None)
+    return request, {str(b): BackendOutput(text=str(t), model="") for b, t in answers.items()}
+
+
+def _input(request: GenerateRequest | None) -> str | None:
+    return None if request is None else request.input

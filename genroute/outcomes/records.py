@@ -66,7 +66,7 @@ class OutcomeRecord(BaseModel):
                 update = side.model_dump(exclude_unset=True)
                 outcomes[backend] = Side.model_validate({**old.model_dump(), **update})
         metadata = {**self.metadata, **other.metadata}
-        for key in ("features", "feedback"):
+        for key in ("features", "feedback", "answers"):
             if isinstance(self.metadata.get(key), dict) and isinstance(other.metadata.get(key), dict):
                 metadata[key] = {**self.metadata[key], **other.metadata[key]}
         return OutcomeRecord(

@@ -1,0 +1,103 @@
+"""Feedback across replicas, a judge scorer under the router's deadline, a scrub hook that returns nonsense, and
+argument checks of ``feedback`` and ``drain``."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from genroute import ConfigError, GenrouteError, Router, UsageError
+from genroute.outcomes import OutcomeStore
+from genroute.testing import Fault
+
+from .conftest import gemini_config
+from .redis_fixtures import redis_server, redis_session  # noqa: F401
+
+
+def config(server, tmp_path, **outcomes):
+    cfg = gemini_config(server)
+    cfg["backends"]["pro"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-pro"}
+    cfg["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat"}], "shadow": ["pro"]}
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "scorer": "label_accuracy", **outcomes}
+    return cfg
+
+
+def shared(server, tmp_path, redis, *, capture):
+    cfg = config(server, tmp_path, capture=capture)
+    del cfg["outcomes"]["path"]
+    cfg["state"] = {"kind": "redis", "url": redis.url, "prefix": "xfeedback:", "on_error": "closed"}
+    return cfg
+
+
+def test_a_label_given_to_another_replica_scores_both_sides_with_capture(gemini_server, tmp_path, redis_server):
+    gemini_server.reply_text("positive")   # served (chat)
+    gemini_server.reply_text("negative")   # shadow (pro)
+    cfg = shared(gemini_server, tmp_path, redis_server, capture=True)
+    with Router.from_config(cfg, scrub=lambda ex: {**ex, "input": ex["input"].replace("Jane", "<name>")}) as a, \
+            Router.from_config(cfg) as b:
+        result = a.generate("Jane loved it", task="sentiment")
+        a.drain()
+        record = b.feedback(result.outcome_id, label="positive")   # b never saw the request
+    assert record.outcomes["chat"].score == 1.0 and record.outcomes["pro"].score == 0.0
+    assert (record.input, record.output) == ("<name> loved it", "positive")   # the example, scrubbed
+    assert record.metadata["answers"] == {"chat": "positive", "pro": "negative"}
+    assert "Jane" not in str(record.line())
+
+
+def test_without_capture_a_label_another_replica_cannot_score_is_noted_and_logged(gemini_server, tmp_path,
+                                                                                  redis_server, caplog):
+    gemini_server.reply_text("positive")
+    gemini_server.reply_text("negative")
+    cfg = shared(gemini_server, tmp_path, redis_server, capture=False)
+    with Router.from_config(cfg) as a, Router.from_config(cfg) as b:
+        result = a.generate("Loved it", task="sentiment")
+        a.drain()
+        with caplog.at_level(logging.WARNING, logger="genroute.outcomes.recorder"):
+            record = b.feedback(result.outcome_id, label="positive")
+    assert record.metadata["feedback"]["label_scored"] is False and record.metadata["feedback"]["label_given"]
+    assert record.outcomes["chat"].score is None and "answers" not in record.metadata
+    assert record.input is None and record.output is None and "positive" not in str(record.metadata)
+    assert any("was not scored" in r.getMessage() for r in caplog.records)
+
+
+def test_a_feedback_judge_ends_at_the_routers_timeout(gemini_server, tmp_path):
+    cfg = config(gemini_server, tmp_path, scorer="judge:pro")
+    cfg["policy"] = {"kind": "static", "backend": "chat"}
+    with Router.from_config(cfg, timeout_s=0.5) as router:
+        result = router.generate("hello", task="t")
+        gemini_server.fault(Fault.delay(5), times=5)   # the judge's server answers too late
+        with pytest.raises(GenrouteError) as exc:
+            router.feedback(result, label="hi")
+    assert "timed out" in str(exc.value) or "deadline" in str(exc.value)
+
+
+def test_a_scrub_hook_that_returns_no_mapping_is_named_and_loses_nothing(gemini_server, tmp_path):
+    gemini_server.reply_text("positive")
+    gemini_server.reply_text("negative")
+    with Router.from_config(config(gemini_server, tmp_path, capture=True), scrub=lambda ex: "cleaned") as router:
+        result = router.generate("Loved it", task="sentiment")
+        router.drain()   # the shadow's scores are stored; its answers are not kept
+        (pair,) = OutcomeStore(tmp_path / "outcomes.db").records_sync()
+        assert pair.outcomes["pro"].agreement == 0.0 and "answers" not in pair.metadata
+        with pytest.raises(ConfigError) as exc:
+            router.feedback(result, label="positive")
+        assert exc.value.field == "outcomes.scrub" and "mapping" in exc.value.message
+        (unchanged,) = OutcomeStore(tmp_path / "outcomes.db").records_sync()
+        assert unchanged == pair   # nothing written
+        router._executor.outcomes.scrub = None   # the hook fixed: the same feedback goes through
+        record = router.feedback(result, label="positive")
+    assert record.outcomes["chat"].score == 1.0 and record.outcomes["pro"].score == 0.0
+
+
+def test_feedback_refuses_a_bool_score_and_drain_a_bad_timeout(gemini_server, tmp_path):
+    with Router.from_config(config(gemini_server, tmp_path)) as router:
+        result = router.generate("hi")
+        with pytest.raises(UsageError) as exc:
+            router.feedback(result, score=True)
+        assert exc.value.field == "score"
+        for bad in ("x", -1, float("nan")):
+            with pytest.raises(UsageError) as exc:
+                router.drain(bad)
+            assert exc.value.field == "timeout_s"
+        router.drain(0)
