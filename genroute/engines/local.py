@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.engines.base import Engine
+from genroute.engines.gguf_header import check_lora_adapter
 from genroute.runtime.billing import bill, estimate_input
 from genroute.engines.local_prompt import AutoCalls, Defaults, Prepared, PromptFormat, prepare, tokenize
 from genroute.engines.local_sampling import constrained_tokens
@@ -161,14 +162,18 @@ class LocalEngine(Engine):
         path = Path(cfg.model_path) if cfg.model_path else default_model_path()
         if not path.is_file():
             raise ConfigError(f"no model file at {path}", field=f"engines.{self.name}.model_path")
-        if cfg.lora_path and not Path(cfg.lora_path).is_file():
-            raise ConfigError(f"no LoRA adapter at {cfg.lora_path}", field=f"engines.{self.name}.lora_path")
+        if cfg.lora_path:
+            check_lora_adapter(Path(cfg.lora_path), path, engine=self.name)
         # Half the cores (llama-cpp-python's own default): llama.cpp threads spin while they wait,
         # so every core busy collapses under any other load (2 cores, load ~5: 2 threads gave
         # 2 tok/s, 1 thread 63 tok/s). n_threads_batch too: its default is all cores.
         threads = cfg.n_threads or max(1, (os.cpu_count() or 2) // 2)
         llm = Llama(model_path=str(path), n_ctx=cfg.n_ctx, n_threads=threads, n_threads_batch=threads,
                     seed=cfg.seed, lora_path=cfg.lora_path, verbose=False)
+        if cfg.lora_path and not llm._lora_adapter:  # noqa: SLF001 - a NULL adapter llama-cpp-python let through
+            llm.close()  # (tensor shapes that do not fit the model): the first decode would crash the process
+            raise ConfigError(f"llama.cpp refused the LoRA adapter {cfg.lora_path} for {path}",
+                              field=f"engines.{self.name}.lora_path")
         self.model_version = path.stem.removesuffix(".gguf") + (
             f"+{Path(cfg.lora_path).stem}" if cfg.lora_path else "")
         return llm

@@ -58,13 +58,13 @@ def lora_targets() -> list[str]:
 
 def gguf_architecture(path: str | Path) -> str | None:
     """``general.architecture`` of a GGUF file (``None`` if it has none); reads the header only."""
-    import gguf
+    from genroute.engines.gguf_header import GGUFError, read_fields
 
     try:
-        field = gguf.GGUFReader(str(path)).fields.get("general.architecture")
-    except (ValueError, OSError) as exc:
+        found = read_fields(path, ("general.architecture",)).get("general.architecture")
+    except (GGUFError, OSError) as exc:
         raise UsageError(f"{path} is not a readable GGUF file: {exc}", field="base_model_path") from None
-    return None if field is None else str(field.contents())
+    return None if found is None else str(found)
 
 
 def gguf_tensor_name(hf_module: str) -> str:

@@ -176,11 +176,7 @@ def check_base_architecture(base_path: Path) -> None:
     """Refuse, before training, a base GGUF whose tensors the adapter writer cannot name (not Gemma 3)."""
     from genroute.tuning.gguf_adapter import ARCHITECTURE, gguf_architecture
 
-    try:
-        found = gguf_architecture(base_path)
-    except ImportError:
-        raise UsageError("local tuning needs the tune-local extra (gguf): pip install 'genroute[tune-local]'",
-                         field="tune-local") from None
+    found = gguf_architecture(base_path)
     if found != ARCHITECTURE:
         raise UsageError(f"{base_path} is a {found or 'unnamed'} model; local LoRA tuning writes "
                          f"{ARCHITECTURE} (Gemma 3) adapters only", field="base_model_path")
