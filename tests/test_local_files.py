@@ -150,3 +150,14 @@ def test_a_real_adapter_still_loads(tmp_path: Path) -> None:
     response = generate(lora_path=str(adapter))
     assert response.usage_metadata.candidates_token_count >= 1
     assert response.model_version == "gemma-3-270m-q4_k_m+real"
+
+
+@pytest.mark.local
+@pytest.mark.parametrize("content", [b"", b"GGUF\x03\0\0\0garbage", b"\x00" * 1000])
+def test_a_corrupt_model_file_is_a_config_error(tmp_path: Path, content: bytes) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python comes with the local extra")
+    model = tmp_path / "model.gguf"
+    model.write_bytes(content)
+    with pytest.raises(ConfigError, match="cannot load") as info:
+        generate(model_path=str(model))
+    assert info.value.field == "engines.loc.model_path"

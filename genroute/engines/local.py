@@ -168,8 +168,12 @@ class LocalEngine(Engine):
         # so every core busy collapses under any other load (2 cores, load ~5: 2 threads gave
         # 2 tok/s, 1 thread 63 tok/s). n_threads_batch too: its default is all cores.
         threads = cfg.n_threads or max(1, (os.cpu_count() or 2) // 2)
-        llm = Llama(model_path=str(path), n_ctx=cfg.n_ctx, n_threads=threads, n_threads_batch=threads,
-                    seed=cfg.seed, lora_path=cfg.lora_path, verbose=False)
+        try:
+            llm = Llama(model_path=str(path), n_ctx=cfg.n_ctx, n_threads=threads, n_threads_batch=threads,
+                        seed=cfg.seed, lora_path=cfg.lora_path, verbose=False)
+        except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+            raise ConfigError(f"llama.cpp cannot load {path}: {exc}",
+                              field=f"engines.{self.name}.model_path") from None
         if cfg.lora_path and not llm._lora_adapter:  # noqa: SLF001 - a NULL adapter llama-cpp-python let through
             llm.close()  # (tensor shapes that do not fit the model): the first decode would crash the process
             raise ConfigError(f"llama.cpp refused the LoRA adapter {cfg.lora_path} for {path}",
