@@ -42,6 +42,11 @@ def test_yaml_toml_and_json_files_load(gemini_server, tmp_path):
     (lambda c: c["backends"]["chat"].update(model="acme-llm-9"), "backends.chat.model"),
     (lambda c: c["backends"]["chat"].update(temperature=0.2), "backends.chat.temperature"),
     (lambda c: c["backends"]["chat"].update(generation={"temperature": 9}), "backends.chat.generation.temperature"),
+    # An empty stop sequence matches at once: every answer came back empty.
+    (lambda c: c["backends"]["chat"].update(generation={"stop_sequences": ["\n", ""]}),
+     "backends.chat.generation.stop_sequences"),
+    (lambda c: c["backends"]["chat"].update(generation={"temperature": float("nan")}),
+     "backends.chat.generation.temperature"),
     (lambda c: c["backends"]["chat"].update(template="{{ nope }}"), "backends.chat.template"),
     (lambda c: c["backends"]["chat"].update(template="{% if %}"), "backends.chat.template"),
     (lambda c: c["backends"]["chat"].update(system="You are {{ nope }}."), "backends.chat.system"),

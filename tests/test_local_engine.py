@@ -122,6 +122,34 @@ def test_stop_sequences_are_ignored_under_a_schema() -> None:
     assert text.schema is None and text.sampling.stop[:2] == ("\n", "}")
 
 
+@pytest.mark.parametrize(("setting", "value"), [
+    ("max_output_tokens", 0), ("max_output_tokens", -5), ("temperature", -1.0), ("temperature", 1e9),
+    ("temperature", float("nan")), ("temperature", float("inf")), ("top_p", 5.0), ("top_p", 0.0), ("top_k", -3),
+    ("stop_sequences", ["\n", ""]),
+])
+async def test_sampling_out_of_bounds_is_a_usage_error_naming_the_setting(engine: LocalEngine, setting: str,
+                                                                          value: object) -> None:
+    # The bounds of a backend's `generation` (SamplingSettings): a direct call must not run with 0 tokens
+    # becoming the default 256, a NaN temperature, or an empty stop that empties every answer.
+    config = types.GenerateContentConfig(**{setting: value})
+    with pytest.raises(UsageError) as info:
+        prepare(user("x"), config, Defaults())
+    assert info.value.field == f"config.{setting}" and not isinstance(info.value, ConfigError)
+    for call in (engine.generate("m", user("x"), config), anext(engine.stream("m", user("x"), config))):
+        with pytest.raises(UsageError) as info:
+            await call
+        assert info.value.field == f"config.{setting}"
+
+
+def test_unset_sampling_takes_the_defaults_and_set_sampling_is_kept() -> None:
+    defaults = Defaults(max_output_tokens=7, temperature=0.3)
+    unset = prepare(user("x"), types.GenerateContentConfig(), defaults).sampling
+    assert (unset.max_tokens, unset.temperature, unset.top_p, unset.top_k) == (7, 0.3, 0.95, 64)
+    edges = types.GenerateContentConfig(max_output_tokens=1, temperature=0.0, top_p=1.0, top_k=1)
+    kept = prepare(user("x"), edges, defaults).sampling
+    assert (kept.max_tokens, kept.temperature, kept.top_p, kept.top_k) == (1, 0.0, 1.0, 1)
+
+
 def test_caller_mistakes_are_usage_errors() -> None:
     with pytest.raises(UsageError):
         prepare([], None, Defaults())

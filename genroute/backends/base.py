@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genroute.construct import one_store_init, user_content  # user_content: public here, backends use it
+from genroute.engines.base import SamplingSettings
 from genroute.runtime.telemetry import reason_name
 from genroute.types import Citation, GenerateRequest, ToolCall
 
@@ -23,17 +24,12 @@ if TYPE_CHECKING:
     from genroute.runtime.pricing import Pricing
 
 
-class GenerationSettings(BaseModel):
-    """Sampling and output settings passed to the engine."""
+class GenerationSettings(SamplingSettings):
+    """Sampling and output settings passed to the engine (the sampling bounds are ``SamplingSettings``')."""
 
     # hide_input: printing a refused alias bomb would write it out after all.
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, gt=0)
-    max_output_tokens: int | None = Field(default=None, gt=0)
-    stop_sequences: tuple[str, ...] = ()
     seed: int | None = None
     response_mime_type: str | None = None
     response_schema: dict[str, Any] | None = None

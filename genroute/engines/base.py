@@ -6,11 +6,31 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from google.genai import types
     from opentelemetry import trace
+
+
+class SamplingSettings(BaseModel):
+    """The sampling settings of a call, within the bounds genroute accepts (a backend's ``generation`` config and
+    the local engine's check of a direct call share them)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, gt=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    stop_sequences: tuple[str, ...] = ()
+
+    @field_validator("stop_sequences")
+    @classmethod
+    def _no_empty_stop(cls, stops: tuple[str, ...]) -> tuple[str, ...]:
+        if "" in stops:  # it matches before the first character: every answer would come back empty
+            raise ValueError("a stop sequence must not be empty")
+        return stops
 
 
 class Embeddings(list):  # type: ignore[type-arg]  # list[list[float]]

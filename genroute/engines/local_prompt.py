@@ -231,6 +231,22 @@ def _after_result(contents: list[types.Content]) -> bool:
     return bool(last and any(p.function_response is not None for p in last.parts or ()))
 
 
+def check_sampling(config: types.GenerateContentConfig) -> None:
+    """Refuse sampling settings out of genroute's bounds (``SamplingSettings``): a direct call, or a backend built
+    in code, reaches the engine without a ``generation`` config's check."""
+    from pydantic import ValidationError
+
+    from genroute.config import config_error
+    from genroute.engines.base import SamplingSettings
+
+    try:
+        SamplingSettings(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                         max_output_tokens=config.max_output_tokens, stop_sequences=tuple(config.stop_sequences or ()))
+    except ValidationError as exc:
+        error = config_error(exc, "config")
+        raise UsageError(error.message, field=error.field) from None
+
+
 def prepare(contents: list[types.Content], config: types.GenerateContentConfig | None,
             defaults: Defaults) -> Prepared:
     """Translate one request; raises ``UsageError`` for settings the local engine cannot honour."""
@@ -241,6 +257,7 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
         raise UsageError("contents must not be empty", field="contents")
     if config.candidate_count not in (None, 1):
         raise UsageError("the local engine produces one candidate", field="config.candidate_count")
+    check_sampling(config)
     decls = _declarations(config)
     fc = config.tool_config.function_calling_config if config.tool_config else None
     if fc and fc.allowed_function_names:
@@ -273,7 +290,7 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
         temperature=defaults.temperature if config.temperature is None else config.temperature,
         top_p=defaults.top_p if config.top_p is None else config.top_p,
         top_k=defaults.top_k if config.top_k is None else int(config.top_k),
-        max_tokens=config.max_output_tokens or defaults.max_output_tokens,
+        max_tokens=defaults.max_output_tokens if config.max_output_tokens is None else config.max_output_tokens,
         seed=defaults.seed if config.seed is None else config.seed,
         stop=() if schema is not None else tuple(config.stop_sequences or ()) + format_stops,
     )
