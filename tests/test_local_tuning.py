@@ -3,7 +3,9 @@ llama.cpp through the router, and tuned-backend registration."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +351,62 @@ def test_cli_rejects_unmappable_target_modules_before_training(tmp_path: Path,
     assert code == 2
     err = capsys.readouterr().err
     assert "--target-modules" in err and "attn_q" in err
+    assert list(tmp_path.iterdir()) == [data]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--learning-rate", "inf"), ("--learning-rate", "nan"),
+                                           ("--alpha", "inf"), ("--alpha", "nan")])
+def test_cli_rejects_non_finite_hyper_parameters_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 flag: str, value: str) -> None:
+    from genroute.cli import main
+
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD])
+    code = main(["tune", "--local", str(data), "--config", str(tmp_path / "c.yaml"), "--name", "t", flag, value])
+    assert code == 2
+    assert f"{flag}: Input should be a finite number" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [data]
+
+
+def test_non_finite_settings_name_their_flag() -> None:
+    from genroute.tuning.cli import settings_from_flags
+    from genroute.tuning.local_lora import LocalTuneConfig
+
+    for key in ("weight_decay", "dropout", "learning_rate", "alpha", "validation_fraction"):
+        with pytest.raises(UsageError, match="finite") as info:
+            settings_from_flags(LocalTuneConfig, {key: float("inf")})
+        assert info.value.field == "--" + key.replace("_", "-")
+
+
+def test_a_diverged_run_writes_nothing() -> None:
+    from genroute.tuning._trainer import TrainOutcome  # torch is imported only when training runs
+    from genroute.tuning.local_lora import refuse_diverged
+
+    pairs = {"model.layers.0.self_attn.q_proj": (np.zeros((2, 4)), np.zeros((4, 2)))}
+    fine = TrainOutcome(pairs=pairs, steps=1, train_tokens=4, final_train_loss=1.0, initial_validation_loss=None,
+                        validation_loss=2.0)
+    refuse_diverged(fine)
+    for change in ({"final_train_loss": math.nan}, {"validation_loss": math.inf},
+                   {"pairs": {"m": (np.full((2, 4), np.nan), np.zeros((4, 2)))}}):
+        with pytest.raises(UsageError, match="diverged") as info:
+            refuse_diverged(dataclasses.replace(fine, **change))
+        assert info.value.field == "learning_rate"
+
+
+@pytest.mark.slow
+@pytest.mark.local
+def test_a_run_that_diverges_leaves_no_adapter_and_no_backend(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # Finite, but so large that one step overflows the weights: the losses come back NaN.
+    for module in ("torch", "transformers", "peft", "gguf", "llama_cpp"):
+        pytest.importorskip(module, reason="local tuning needs the tune-local and local extras")
+    from genroute.cli import main
+
+    data = write_lines(tmp_path / "d.jsonl", [{"input": x, "output": TARGET} for x in TINY_INPUTS])
+    code = main(["tune", "--local", str(data), "--config", str(tmp_path / "c.yaml"), "--name", "t",
+                 "--learning-rate", "1e25", "--max-steps", "1", "--threads", "1", "--batch-size", "2",
+                 "--rank", "2", "--max-seq-len", "32"])
+    assert code == 2
+    assert "learning_rate: training diverged" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [data]
 
 

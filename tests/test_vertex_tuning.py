@@ -214,6 +214,45 @@ def test_vertex_row_and_prepare(tmp_path: Path) -> None:
     assert first.train_rows == again.train_rows and len(first.validation) == 3
 
 
+async def test_an_unpriced_base_model_is_refused_before_anything_is_sent(
+    gemini_server: GeminiTestServer, jobs: TuningRoutes, config_path: Path, tmp_path: Path
+) -> None:
+    before = config_path.read_bytes()
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    with pytest.raises(UsageError, match="no price known for model 'no-such-model'") as info:
+        await tune_vertex(data, settings(base_model="no-such-model"), config_path=config_path,
+                          credentials=Credentials(token="t"), console=quiet())
+    assert info.value.field == "base_model" and not isinstance(info.value, ConfigError)
+    assert gemini_server.requests == [] and jobs.jobs == {}
+    assert config_path.read_bytes() == before
+    # Priced in the config's own `pricing`, the same base model is tuned and the config still builds.
+    priced = yaml.safe_load(before)
+    priced["pricing"] = {"no-such-model": {"input": 0.1, "output": 0.4}}
+    config_path.write_text(yaml.safe_dump(priced, sort_keys=False))
+    result = await tune_vertex(data, settings(base_model="no-such-model"), config_path=config_path,
+                               credentials=Credentials(token="t"), console=quiet())
+    async with Router.from_config(config_path, engine_options={"vertex": {"credentials": Credentials(token="t")}}):
+        pass  # it builds
+    assert yaml.safe_load(config_path.read_text())["backends"]["sentiment"]["model"] == result.endpoint
+
+
+def test_register_refuses_a_config_that_would_not_build(config_path: Path) -> None:
+    before = config_path.read_bytes()
+    endpoint = f"{LOCATION}/endpoints/7"
+    with pytest.raises(ConfigError, match="no price known") as info:
+        register_tuned_backend(config_path, "t", engine="vertex", model=endpoint, base_model="no-such-model")
+    assert info.value.field == "backends.t.base_model"
+    assert config_path.read_bytes() == before
+    assert sorted(p.name for p in config_path.parent.iterdir()) == ["genroute.yaml"]
+    # A price for the tuned endpoint itself is enough (it is then billed as itself).
+    priced = yaml.safe_load(before)
+    priced["pricing"] = {endpoint: {"input": 0.1, "output": 0.4}}
+    config_path.write_text(yaml.safe_dump(priced, sort_keys=False))
+    register_tuned_backend(config_path, "t", engine="vertex", model=endpoint, base_model="no-such-model")
+    with Router.from_config(config_path, engine_options={"vertex": {"credentials": Credentials(token="t")}}):
+        pass  # it builds
+
+
 def test_register_refuses_an_invalid_entry(config_path: Path) -> None:
     before = config_path.read_bytes()
     with pytest.raises(ConfigError):
@@ -264,6 +303,11 @@ def test_cli_dry_run_sends_nothing(gemini_server: GeminiTestServer, config_path:
         (["--name", "chat"], "already exists"),
         (["--name", "x", "--poll-interval", "0"], "--poll-interval"),
         (["--name", "x", "--staging-uri", "s3://nope"], "--staging-uri"),
+        # Not finite: it would be sent to Vertex as it is.
+        (["--name", "x", "--learning-rate-multiplier", "inf"], "--learning-rate-multiplier"),
+        (["--name", "x", "--learning-rate-multiplier", "nan"], "--learning-rate-multiplier"),
+        # Unpriced: the tuned backend would make the whole config fail to build.
+        (["--name", "x", "--staging-uri", "gs://b/p", "--base-model", "no-such-model"], "--base-model: no price"),
     ],
 )
 def test_cli_errors_exit_2_before_sending(gemini_server: GeminiTestServer, config_path: Path, tmp_path: Path,

@@ -57,9 +57,8 @@ class TunedBackend(SingleCallBackend):
     def billed_as(self, pricing: Pricing) -> tuple[str, str]:
         """The model calls are priced as, and its config field: the tuned model if ``pricing`` names it,
         else the base model."""
-        if pricing.overrides(self.config.model):
-            return self.config.model, f"backends.{self.name}.model"
-        return self.config.base_model, f"backends.{self.name}.base_model"
+        model, key = pricing.tuned_billed_as(self.config.model, self.config.base_model)
+        return model, f"backends.{self.name}.{key}"
 
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
         # One user turn holding the input verbatim: the same shape the model was trained on

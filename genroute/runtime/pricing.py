@@ -130,6 +130,12 @@ class Pricing:
         """Whether the configured prices name ``model`` itself (exactly or without its resource path)."""
         return any(name in self._overrides for name in _names(model))
 
+    def tuned_billed_as(self, model: str, base_model: str) -> tuple[str, str]:
+        """What a tuned ``model`` trained from ``base_model`` is priced as, and which of the two config fields
+        names it: the tuned model if the configured prices name it, else its base model (tuned calls bill at
+        base rates)."""
+        return (model, "model") if self.overrides(model) else (base_model, "base_model")
+
     def require(self, model: str, *, field: str) -> ModelPrice:
         """The price of ``model``; ``ConfigError`` naming ``field`` if it is unknown."""
         price = self.lookup(model)

@@ -87,7 +87,13 @@ def _vertex(args: argparse.Namespace) -> int:
         console.print(f"{len(prepared.train)} training and {len(prepared.validation)} validation examples "
                       f"written to {out} (nothing sent)")
         return 0
-    result = run_vertex_tuning(args.data, settings, config_path=args.config, resume=args.resume, console=console)
+    try:
+        result = run_vertex_tuning(args.data, settings, config_path=args.config, resume=args.resume,
+                                   console=console)
+    except UsageError as exc:  # a setting at fault is named as the flag that gave it
+        if exc.field in VertexTuningSettings.model_fields:
+            raise type(exc)(exc.message, field=_flag(exc.field)) from None
+        raise
     console.print(f"[green]tuned[/green] {result.endpoint or result.model} -> backend {result.backend!r} "
                   f"in {args.config} (job {result.job})")
     return 0
@@ -133,5 +139,9 @@ def settings_from_flags(cls: type, fields: dict[str, object]) -> Any:
     except ValidationError as exc:
         error = exc.errors()[0]
         key = str(error["loc"][0]) if error["loc"] else None
-        name = None if key is None else _FLAGS.get(key, "--" + key.replace("_", "-"))
-        raise UsageError(error["msg"], field=name) from None
+        raise UsageError(error["msg"], field=None if key is None else _flag(key)) from None
+
+
+def _flag(key: str) -> str:
+    """The command-line flag of the setting ``key``."""
+    return _FLAGS.get(key, "--" + key.replace("_", "-"))

@@ -11,9 +11,12 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genroute.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from genroute.config import RouterConfig
 
 _WRITABLE = {".yaml", ".yml", ".json"}
 
@@ -61,7 +64,7 @@ def write_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str
     if engines:
         raw["engines"] = {**(raw.get("engines") or {}), **{k: dict(v) for k, v in engines.items()}}
     raw["backends"] = {**(raw.get("backends") or {}), name: dict(backend)}
-    load_config(raw)  # the file we write must still load
+    require_price(load_config(raw), name, backend)  # the file we write must still load, and build
     if path.suffix.lower() == ".json":
         text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
     else:
@@ -71,6 +74,19 @@ def write_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, text)
     return raw
+
+
+def require_price(config: RouterConfig, name: str, backend: Mapping[str, Any]) -> None:
+    """``ConfigError`` if the router could not price the tuned backend ``name``: a config holding it would no
+    longer build (``router.build.require_prices``), so every backend in it would be lost."""
+    from genroute.runtime.pricing import Pricing
+
+    engine = config.engines.get(str(backend.get("engine"))) or {}
+    if backend.get("kind") != "tuned" or engine.get("kind") == "local":  # a local engine's calls are free
+        return
+    pricing = Pricing(config.pricing)
+    model, key = pricing.tuned_billed_as(backend["model"], backend["base_model"])
+    pricing.require(model, field=f"backends.{name}.{key}")
 
 
 def register_tuned_backend(config_path: str | Path, name: str, *, engine: str, model: str, base_model: str,

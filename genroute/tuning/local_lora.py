@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genroute.errors import UsageError
@@ -48,7 +50,7 @@ def format_target(output: str) -> str:
 class LocalTuneConfig(BaseModel):
     """Hyper-parameters of a local LoRA run; the defaults suit a few hundred short classification rows."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     rank: int = Field(default=8, ge=1, le=256)
     alpha: float = Field(default=16.0, gt=0)
@@ -120,8 +122,6 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
     # Encode in file order (so a too-long example is named by its line), then split the rows.
     rows = PromptEncoder(base_path, config.max_seq_len).encode_all(examples)
     train_rows, val_rows = split(rows, config.validation_fraction, config.seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
     model = load_base_model(base_path)
@@ -134,6 +134,9 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
         outcome = train_lora(model, train_rows, val_rows, config)
     train_seconds = time.perf_counter() - started
     train_cpu_seconds = time.process_time() - cpu_started
+    refuse_diverged(outcome)
+    out = Path(out_dir)  # made only now: a refused run leaves no files behind
+    out.mkdir(parents=True, exist_ok=True)
 
     from genroute.tuning.gguf_adapter import write_lora_adapter
 
@@ -159,6 +162,19 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
         json.dumps({**result.model_dump(mode="json"), "config": config.model_dump(mode="json")}, indent=2)
         + "\n", encoding="utf-8")
     return result
+
+
+def refuse_diverged(outcome: Any) -> None:
+    """Refuse a run whose losses or weights are not finite (e.g. an exploding learning rate): its adapter would
+    answer nonsense, and a NaN loss is not even valid JSON in ``tune_result.json``."""
+    losses = {"train": outcome.final_train_loss, "initial validation": outcome.initial_validation_loss,
+              "validation": outcome.validation_loss}
+    bad = [f"{what} loss {value}" for what, value in losses.items() if value is not None and not math.isfinite(value)]
+    if not all(np.isfinite(a).all() and np.isfinite(b).all() for a, b in outcome.pairs.values()):
+        bad.append("weights not finite")
+    if bad:
+        raise UsageError(f"training diverged ({', '.join(bad)}); no adapter was written: lower the learning rate",
+                         field="learning_rate")
 
 
 def resolve_base_model(path: Path | None) -> Path:

@@ -49,7 +49,8 @@ AdapterSize = Literal["ADAPTER_SIZE_ONE", "ADAPTER_SIZE_TWO", "ADAPTER_SIZE_FOUR
 class VertexTuningSettings(BaseModel):
     """What to tune and how: base model, backend name, data checks, split and hyperparameters."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Finite floats only: an infinite learning_rate_multiplier would be sent to Vertex as it is.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     base_model: str = Field(min_length=1, description="Model to tune, e.g. gemini-2.5-flash.")
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$", description="Backend (and tuned model) name.")
@@ -64,8 +65,8 @@ class VertexTuningSettings(BaseModel):
     epochs: int | None = Field(default=None, gt=0)
     learning_rate_multiplier: float | None = Field(default=None, gt=0)
     adapter_size: AdapterSize | None = Field(default=None, description="LoRA adapter size (Vertex AI).")
-    poll_interval_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
-    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="Stop waiting (the job keeps running).")
+    poll_interval_s: float = Field(default=30.0, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0, description="Stop waiting (the job keeps running).")
     replace: bool = Field(default=False, description="Overwrite an existing backend of the same name.")
 
 
@@ -303,6 +304,7 @@ def _engine(settings: VertexTuningSettings, config_path: str | Path | None, engi
     """The engine to tune with (and whether we built it); checks made before anything is sent."""
     if config_path is not None:
         check_target(config_path, settings.name, replace=settings.replace)
+        _require_base_price(config_path, settings.base_model)
     owned = engine is None
     if engine is None:
         if config_path is None:
@@ -338,6 +340,17 @@ async def _finish(engine: GeminiEngine, name: str, settings: VertexTuningSetting
         train_examples=counts[0], validation_examples=counts[1],
         config_path=Path(config_path) if config_path is not None else None,
     )
+
+
+def _require_base_price(config_path: str | Path, base_model: str) -> None:
+    """Refuse, before anything is sent, a base model the config cannot price: the tuned backend (billed at its
+    base model's rates) would make the whole config fail to build."""
+    from genroute.config import load_config
+    from genroute.runtime.pricing import Pricing
+
+    if Pricing(load_config(config_path).pricing).lookup(base_model) is None:
+        raise UsageError(f"no price known for model {base_model!r}, so the tuned backend could not be priced; "
+                         "add it under `pricing` in the config (USD per 1M tokens)", field="base_model")
 
 
 def _require_vertex(client: genai.Client) -> None:
