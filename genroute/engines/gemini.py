@@ -379,9 +379,12 @@ class GeminiEngine(Engine):
 
         chunks, chunk, end = await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
         try:
-            finished = _finished(chunk)
-            yield chunk
-            while True:
+            finished = False
+            while chunk is not None:
+                finished = finished or _finished(chunk)
+                held = time.monotonic()
+                yield chunk
+                end += time.monotonic() - held  # the time its reader held the chunk is not the attempt's
                 try:
                     with deadline_at(end):
                         chunk = await anext(chunks, None)
@@ -389,10 +392,6 @@ class GeminiEngine(Engine):
                     mapped = self._map(exc)
                     status = getattr(mapped, "status", None)
                     raise StreamInterrupted(str(mapped), backend=self.name, status=status) from exc
-                if chunk is None:
-                    break
-                finished = finished or _finished(chunk)
-                yield chunk
             if not finished:
                 # A connection closed cleanly mid-answer must not pass for a complete answer.
                 raise StreamInterrupted("stream ended without a finish reason", backend=self.name)

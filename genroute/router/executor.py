@@ -144,7 +144,10 @@ class Executor:
                                     if first_chunk_s is None:
                                         first_chunk_s = time.perf_counter() - start
                                     sent = True
+                                    held = time.monotonic()
                                     yield GenerateChunk(text=item)
+                                    if ctx.deadline is not None:  # the reader's time is not the request's (README)
+                                        ctx.deadline += time.monotonic() - held
                                 elif pending is None:
                                     pending = [item]
                                 else:

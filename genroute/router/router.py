@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 from genroute.admission import Admission, Instruments
 from genroute.admission.breaker import skip_open
 from genroute.admission.build import router_gates
-from genroute.errors import BackendError, DeadlineExceeded, GenrouteError, UsageError
+from genroute.errors import BackendError, DeadlineExceeded, GenrouteError, StreamInterrupted, UsageError
 from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
 from genroute.router.build import release_on_collect, require_prices
 from genroute.router.deciding import CostedDecisions
 from genroute.runtime.deadlines import deadline_at
-from genroute.router.scope import RootSpan, ended_by, parse_request
+from genroute.router.scope import RootSpan, ended_by, parse_request, within_deadline
 from genroute.runtime.billing import Charges, charging
 from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
 from genroute.runtime.telemetry import Telemetry, flush_providers
@@ -194,11 +194,20 @@ class Router(Learning):
                        ) -> AsyncIterator[GenerateChunk]:
         request = self._request(input, fields)
         async with self._root_span(request) as (span, decision, start, deadline, ledger):
+
+            def expired(sent: bool) -> GenrouteError:
+                # What the attempts the deadline cut cost still counts (the executor recorded them).
+                error = self._expired(request, decision) if not sent else StreamInterrupted(
+                    f"request deadline of {request.timeout_s or self.timeout_s}s exceeded after output was sent",
+                    backend=ledger.attempts[-1].backend if ledger.attempts else decision.rungs[0].backend)
+                ledger.charge(error, span)
+                return error
+
             try:
                 # aclosing: a caller that stops early closes every inner stream now, in this context.
                 chunks = self._executor.stream(request, decision, span, start, deadline, ledger)
-                async with aclosing(chunks) as chunks:
-                    async for chunk in chunks:
+                async with aclosing(chunks) as chunks, aclosing(within_deadline(chunks, deadline, expired)) as steps:
+                    async for chunk in steps:
                         yield chunk if type(chunk) is GenerateChunk else GenerateChunk(done=True, result=chunk)
             except BackendError as exc:
                 if ended_by(deadline, exc):

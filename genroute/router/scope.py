@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from opentelemetry.trace import Status, StatusCode
 from pydantic import ValidationError
@@ -15,9 +15,12 @@ from genroute.errors import (
 from genroute.construct import builder
 from genroute.router.ledger import Ledger
 from genroute.runtime.billing import Charges, charging
+from genroute.runtime.deadlines import deadline_at
 from genroute.runtime.telemetry import CurrentSpan, Telemetry
 from genroute.types import Decision, GenerateRequest, invalid_text
 
+
+T = TypeVar("T")
 
 #: A request of only its text, as ``GenerateRequest(input=...)`` builds it (its other fields defaults, not set).
 _text_request = builder(GenerateRequest, given=("input",))
@@ -135,3 +138,29 @@ def ended_by(deadline: float | None, exc: BackendError) -> bool:
     last = exc.__cause__ if isinstance(exc, AllRungsFailed) else exc
     return ((isinstance(last, BackendUnavailable) and last.out_of_time)
             or time.monotonic() >= deadline - _DEADLINE_SLACK_S)
+
+
+async def within_deadline(items: AsyncIterator[T], deadline: float | None,
+                          expired: Callable[[bool], GenrouteError]) -> AsyncIterator[T]:
+    """``items`` (a stream's steps), each step bounded by ``deadline``; at its expiry ``expired(sent)`` is raised
+    (``sent``: an item was yielded before).
+
+    The timer runs only while a step runs, never across a yield: the consumer's own time between items is neither
+    cancelled nor counted (the deadline moves on by that time), so the deadline bounds the time spent producing.
+    """
+    sent = False
+    while True:
+        try:
+            with deadline_at(deadline) as block:  # no deadline: no timer
+                item = await anext(items)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if not block.expired():  # a backend's or a validator's own TimeoutError: not the request's deadline
+                raise
+            raise expired(sent) from None
+        held = time.monotonic()
+        yield item
+        sent = True
+        if deadline is not None:
+            deadline += time.monotonic() - held
