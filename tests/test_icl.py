@@ -16,7 +16,7 @@ from genroute.knowledge import ExampleStore, aload_examples
 from genroute.knowledge.embedders import LocalEmbedder
 from genroute.router.router import Router
 from genroute.testing import CacheRoutes, Fault, GeminiTestServer
-from genroute.testing.replies import field_of
+from genroute.testing.replies import Reply, field_of
 
 from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
 from .conftest import Otel, gemini_config
@@ -200,6 +200,33 @@ async def test_prompt_is_few_shot_with_nearest_last(gemini_server: GeminiTestSer
     (span,) = otel.spans("retrieval")
     assert span.attributes["gen_ai.data_source.id"] == collection
     assert span.attributes["genroute.icl.selector"] == "knn" and span.attributes["genroute.retrieval.returned"] == 3
+
+
+def streamed_pieces(pieces: list[str]) -> Reply:
+    """A stream answer sent as exactly ``pieces``, one event each."""
+    bodies: list[dict[str, Any]] = [{"candidates": [{"content": {"role": "model", "parts": [{"text": p}]},
+                                                     "index": 0}]} for p in pieces]
+    bodies[-1]["candidates"][0]["finishReason"] = "STOP"
+    bodies[-1]["usageMetadata"] = {"promptTokenCount": 20, "candidatesTokenCount": 2, "totalTokenCount": 22}
+    return Reply(raw=bodies)
+
+
+@pytest.mark.parametrize("pieces", [[" positive", "\n"], [" ", "positive", "\n"], [" posi", "tive\n"],
+                                    ["\n", " two", " ", "words ", "\n\n"]])
+async def test_streamed_chunks_join_to_the_text_generate_returns(gemini_server: GeminiTestServer, otel: Otel,
+                                                                 knowledge: Knowledge, tmp_path: Path,
+                                                                 pieces: list[str]) -> None:
+    collection, _ = await loaded(knowledge, tmp_path)
+    gemini_server.reply_text("".join(pieces), usage=(20, 2))
+    gemini_server.reply(streamed_pieces(pieces))
+    async with router(gemini_server, otel, knowledge, collection=collection, k=3) as r:
+        generated = await r.agenerate("what a nice card")
+        chunks = [c async for c in r.astream("what a nice card")]
+    texts = [c.text for c in chunks if not c.done]
+    assert "".join(texts) == chunks[-1].result.text == generated.text == "".join(pieces).strip()
+    assert all(texts)  # no chunk of only held-back whitespace
+    assert chunks[-1].result.cost_usd == pytest.approx(generated.cost_usd)
+    assert chunks[-1].result.usage == generated.usage
 
 
 async def test_default_turns_format(gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge,

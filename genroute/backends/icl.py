@@ -257,6 +257,24 @@ class IclBackend(SingleCallBackend):
         self._caches.forget(prepared.extra["cached_content"])
         return inline
 
+    async def stream_prepared(self, prepared: Prepared, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
+        """The call's text deltas stripped as ``_output`` strips its text, so that they join to exactly that text."""
+        started = False
+        held = ""  # trailing whitespace: sent once more text follows it, dropped at the end
+        async with aclosing(super().stream_prepared(prepared, ctx)) as items:
+            async for item in items:
+                if not isinstance(item, str):
+                    yield item
+                    continue
+                if not started:
+                    item = item.lstrip()
+                    started = bool(item)
+                text = held + item
+                body = text.rstrip()
+                held = text[len(body):]
+                if body:
+                    yield body
+
     def _output(self, prepared: Prepared, text: str, reason: str | None) -> BackendOutput:
         # Base models often lead with a space after "Output:" and trail a newline before the stop.
         return super()._output(prepared, text.strip(), reason)
