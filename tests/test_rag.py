@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from genroute.backends.rag import pack
+from genroute.backends.rag import MIN_CONTEXT_TOKENS, WRAPPER_TOKENS, pack
 from genroute.errors import ConfigError, NoRelevantContext, UsageError
 from genroute.knowledge import aingest
 from genroute.knowledge.hygiene import defuse
@@ -208,6 +208,37 @@ async def test_empty_unknown_and_missing_store(gemini_server: GeminiTestServer, 
         with pytest.raises(ConfigError) as err:
             await r.agenerate("anything")
     assert err.value.field == "knowledge"
+    assert gemini_server.requests == []
+
+
+async def test_the_smallest_context_tokens_packs_the_best_chunk_truncated(gemini_server: GeminiTestServer,
+                                                                          otel: Otel, knowledge: Knowledge,
+                                                                          tmp_path: Path) -> None:
+    collection = knowledge.name("rag")
+    paths = await ingest_docs(knowledge, tmp_path, collection)
+    with pytest.raises(ConfigError) as err:  # refused at build: nothing could ever be packed
+        router(gemini_server, otel, knowledge, collection=collection, context_tokens=MIN_CONTEXT_TOKENS - 1)
+    assert err.value.field == "backends.rag.context_tokens"
+    gemini_server.reply_text("in 1987")
+    async with router(gemini_server, otel, knowledge, collection=collection, context_tokens=MIN_CONTEXT_TOKENS) as r:
+        result = await r.agenerate("When was the Zorblax reactor commissioned?")
+    assert [c.source for c in result.citations] == [str(paths["reactor.txt"])]
+    assert "The Zorblax fusion reactor" in prompt_of(gemini_server)
+    assert "northern grid" not in prompt_of(gemini_server)  # truncated to the budget
+
+
+async def test_chunks_retrieved_but_too_long_for_the_budget_are_not_blamed_on_distance(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path) -> None:
+    collection = knowledge.name("rag")
+    await ingest_docs(knowledge, tmp_path, collection)
+    async with router(gemini_server, otel, knowledge, collection=collection) as r:
+        # Below what the schema accepts (a config built without validation, as model_copy makes one): the
+        # wrapper alone fills the budget.
+        backend = r.backends["rag"]
+        backend.config = backend.config.model_copy(update={"context_tokens": WRAPPER_TOKENS})
+        with pytest.raises(NoRelevantContext) as err:
+            await r.agenerate("When was the Zorblax reactor commissioned?")
+    assert "but none fit context_tokens=16" in str(err.value) and "distance" not in str(err.value)
     assert gemini_server.requests == []
 
 

@@ -42,6 +42,11 @@ it from the available documents; do not guess.
 
 Question: {{ input }}"""
 
+#: Tokens of the ``<document ...>`` wrapper around each packed chunk, roughly.
+WRAPPER_TOKENS = 16
+#: The smallest ``context_tokens``: room for a wrapper and the first 16 tokens of the best chunk.
+MIN_CONTEXT_TOKENS = WRAPPER_TOKENS + 16
+
 # The templates end at the question: engines add their own answer cue (the local engine's transcript
 # ends in "Assistant:"); a trailing "Answer:" before it made the local Gemma 270M emit an empty line
 # (2 of 2 demo questions empty, vs. the correct "3 years" answer without it).
@@ -57,7 +62,8 @@ class RagConfig(BackendConfig):
         default=0.7, ge=0.0, le=2.0,
         description="Drop chunks farther than this cosine distance (0.7 suits the local MiniLM embedder).",
     )
-    context_tokens: int = Field(default=1500, ge=16, description="Token budget for the packed documents.")
+    context_tokens: int = Field(default=1500, ge=MIN_CONTEXT_TOKENS,
+                                description="Token budget for the packed documents (the best one truncated to fit).")
     template: str = Field(default=DEFAULT_TEMPLATE, description="Jinja2 prompt: input, documents, collection.")
     on_no_context: Literal["answer", "raise"] = Field(
         default="raise", description="Nothing relevant: raise NoRelevantContext, or answer with no_context_template.",
@@ -119,16 +125,21 @@ class RagBackend(SingleCallBackend):
         config = self.config.generation.to_genai(system=self.config.system)
         if not docs:
             if self.config.on_no_context == "raise":
-                raise NoRelevantContext(
-                    f"no chunk of {self.config.collection!r} within distance {self.config.max_distance}",
-                    backend=self.name,
-                )
+                raise NoRelevantContext(self._none_packed(hits), backend=self.name)
             prompt = self._render(self._templates[1], request, [])
             return Prepared(model=self.config.model, contents=prompt, config=config,
                             no_context=True)
         prompt = self._render(self._templates[0], request, docs)
         return Prepared(model=self.config.model, contents=prompt, config=config,
                         citations=tuple(citations))
+
+    def _none_packed(self, hits: list[Hit]) -> str:
+        """Why no document went into the prompt: none was close enough, or none fit the token budget."""
+        cfg = self.config
+        if hits:
+            return (f"retrieved {len(hits)} chunk(s) of {cfg.collection!r} but none fit "
+                    f"context_tokens={cfg.context_tokens}")
+        return f"no chunk of {cfg.collection!r} within distance {cfg.max_distance}"
 
     def _render(self, template: Any, request: GenerateRequest, docs: list[dict[str, Any]]) -> str:
         scope = {"input": request.input, "task": request.task, "metadata": request.metadata,
@@ -151,14 +162,13 @@ def pack(hits: list[Hit], budget: int) -> tuple[list[dict[str, Any]], list[Citat
     docs: list[dict[str, Any]] = []
     citations: list[Citation] = []
     used = 0
-    overhead = 16  # tokens of the <document ...> wrapper, roughly
     for hit in hits:
         text = defuse(hit.text)
-        cost = counter.count(text) + overhead
+        cost = counter.count(text) + WRAPPER_TOKENS
         if used + cost > budget:
             if docs:
                 continue  # a later, shorter chunk may still fit
-            text = truncate_to_tokens(text, budget - overhead, counter=counter)
+            text = truncate_to_tokens(text, budget - WRAPPER_TOKENS, counter=counter)
             cost = budget
             if not text:
                 break
