@@ -145,6 +145,35 @@ async def test_a_semantic_decisions_embedding_is_in_the_requests_cost(gemini_ser
     assert first.attributes["gen_ai.usage.cost.amount"] == pytest.approx(ANSWER + embedding)
 
 
+async def test_embedding_costs_are_on_the_cost_counter(gemini_server: GeminiTestServer, tmp_path: Path,
+                                                        otel: Otel) -> None:
+    routes = {"rag": ["bake bread", "rye sourdough"]}
+    config = _config(gemini_server, tmp_path, policy={"kind": "semantic", "routes": routes, "default": "chat"})
+    router = Router.from_config(config, **otel.providers)
+    try:
+        results = [await router.agenerate(text) for text in ("something else entirely", "bake me some bread")]
+    finally:
+        await router.aclose()
+    metrics = otel.metrics()
+    points = list(metrics["genroute.cost"].data.data_points)
+    # The counter sums every paid call: the routes embedded when the router was built, then each request's.
+    assert router.build_cost_usd > 0
+    assert sum(p.value for p in points) == pytest.approx(router.build_cost_usd + sum(r.cost_usd for r in results))
+    embedded = estimate_tokens("something else entirely") + estimate_tokens("bake me some bread")
+    (embeddings,) = [p for p in points if p.attributes["gen_ai.operation.name"] == "embeddings"]
+    assert embeddings.value == pytest.approx(router.build_cost_usd + embedded * EMBED)
+    assert dict(embeddings.attributes) == {"gen_ai.operation.name": "embeddings", "gen_ai.provider.name": "gcp.gemini",
+                                           "gen_ai.request.model": "gemini-embedding-001",
+                                           "genroute.cost.estimated": True}
+    tokens = [p for p in metrics["gen_ai.client.token.usage"].data.data_points
+              if p.attributes["gen_ai.operation.name"] == "embeddings"]
+    assert [p.attributes["gen_ai.token.type"] for p in tokens] == ["input"]
+    assert tokens[0].sum == sum(estimate_tokens(t) for t in _embedded(gemini_server))
+    (duration,) = [p for p in metrics["gen_ai.client.operation.duration"].data.data_points
+                   if p.attributes["gen_ai.operation.name"] == "embeddings"]
+    assert duration.count == 3  # the routes, then one per request
+
+
 def test_an_unpriced_embedding_model_is_a_config_error(gemini_server: GeminiTestServer, tmp_path: Path) -> None:
     config = _config(gemini_server, tmp_path)
     config["knowledge"]["embedder"]["model"] = "my-embedder-9"

@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import sys
 import threading
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from genroute.engines.base import Engine
     from genroute.runtime.billing import Meter
     from genroute.runtime.pricing import Pricing
+    from genroute.runtime.telemetry import Telemetry
 
 _tracer = trace.get_tracer("genroute")
 
@@ -58,6 +60,8 @@ class Embedder(ABC):
     max_length: int | None = None
     #: Where spans go when a call passes no tracer; ``None``: the global tracer provider.
     tracer_provider: trace.TracerProvider | None = None
+    #: Where paid calls' duration, token and cost metrics go (a router's); ``None``: not recorded.
+    telemetry: Telemetry | None = None
 
     @staticmethod
     @abstractmethod
@@ -132,16 +136,20 @@ class GeminiEmbedder(Embedder):
         span.set_attribute("gen_ai.embeddings.dimension.count", self.dimension)
         meter = Meter()
         vectors: list[list[float]] | None = None
+        error: BaseException | None = None
+        started = time.perf_counter()
         try:
             with trace.use_span(span, end_on_exit=False), metering(meter):
                 vectors = await self.engine.embed(self.model, list(texts),
                                                   output_dimensionality=self.dimension)
                 self._check_widths(vectors)  # billed, whether or not the widths are right
         except BaseException as exc:
+            error = exc
             _record_error(span, exc)
             raise
         finally:
-            self._charge(span, texts, vectors, meter)
+            charged = self._charge(span, texts, vectors, meter)
+            self._measure(time.perf_counter() - started, charged, error)
             span.end()
         return vectors
 
@@ -161,10 +169,12 @@ class GeminiEmbedder(Embedder):
             self.pricing = Pricing()
         return self.pricing.cost(self.engine.pricing_model(self.model), usage)
 
-    def _charge(self, span: trace.Span, texts: list[str], vectors: list[list[float]] | None, meter: Meter) -> None:
+    def _charge(self, span: trace.Span, texts: list[str], vectors: list[list[float]] | None, meter: Meter
+                ) -> tuple[int, float, bool] | None:
         # What the answer was billed as the engine reports it (Vertex AI counts tokens; for the Gemini API, which
         # does not, the engine estimates them at four characters a token), else estimated here from the texts;
-        # plus attempts lost on the way. Estimates are marked.
+        # plus attempts lost on the way. Estimates are marked. Returns the input tokens, cost and whether they
+        # are estimates (None: nothing was billed).
         from genroute.runtime.billing import charge, estimate_tokens
         from genroute.types import Usage
 
@@ -179,14 +189,40 @@ class GeminiEmbedder(Embedder):
                 calls.insert(0, Usage(input_tokens=tokens))
                 estimated = estimated or guessed
         if not calls:
-            return
+            return None
         cost = sum(self._priced(call) for call in calls)
-        attrs: dict[str, Any] = {"gen_ai.usage.input_tokens": sum(c.input_tokens for c in calls),
+        tokens = sum(c.input_tokens for c in calls)
+        attrs: dict[str, Any] = {"gen_ai.usage.input_tokens": tokens,
                                  "gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD"}
         if estimated:
             attrs["genroute.cost.estimated"] = True
         span.set_attributes(attrs)
         charge(cost, estimated=estimated)
+        return tokens, cost, estimated
+
+    def _measure(self, duration_s: float, charged: tuple[int, float, bool] | None,
+                 error: BaseException | None) -> None:
+        """Record the call on ``telemetry``'s metrics as a generate call is: its duration, the tokens of an
+        answered call, and its cost (of any call billed)."""
+        telemetry = self.telemetry
+        if telemetry is None or not telemetry.metered:
+            return
+        from genroute.errors import GenrouteError
+        from genroute.runtime.telemetry import error_type
+
+        attrs = {"gen_ai.operation.name": "embeddings", "gen_ai.provider.name": self.provider,
+                 "gen_ai.request.model": self.model}
+        if error is None:
+            telemetry.record_call(attrs, None, duration_s)
+        elif isinstance(error, GenrouteError):  # not a cancellation: the call's own failure
+            telemetry.record_call({**attrs, "error.type": error_type(error)}, None, duration_s)
+        if charged is None:
+            return
+        tokens, cost, estimated = charged
+        if error is None:  # as for generate calls: token points for answered calls only
+            telemetry.tokens.record(tokens, {**attrs, "gen_ai.token.type": "input"})
+        if cost:
+            telemetry.count_cost(cost, attrs, estimated=estimated)
 
     def _check_widths(self, vectors: list[list[float]]) -> None:
         # A model that ignores output_dimensionality would otherwise fill a collection with vectors

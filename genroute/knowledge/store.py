@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from genroute.knowledge.routes import RouteSync
     from genroute.runtime.resources import KnowledgeBase
     from genroute.runtime.pricing import Pricing
+    from genroute.runtime.telemetry import Telemetry
 
 T = TypeVar("T")
 Kind = Literal["documents", "examples", "routes"]
@@ -100,6 +101,11 @@ class KnowledgeStore:
         from genroute.knowledge.routes import RouteSync
 
         return RouteSync(self)
+
+    def use_telemetry(self, telemetry: Telemetry) -> None:
+        """Record the Gemini embedder's duration, token and cost metrics on ``telemetry`` (a router's)."""
+        if self._embedder is not None:  # else the offline default, made on first use: free, it records none
+            self._embedder.telemetry = telemetry
 
     @property
     def embedder(self) -> Embedder:

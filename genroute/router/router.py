@@ -90,7 +90,7 @@ class Router(Learning):
         # Flushed at close: batching processors and periodic readers would otherwise lose the last requests.
         self._providers = [p for p in (tracer_provider, meter_provider) if p is not None]
         self.catalogue = {name: backend_info(name, b) for name, b in self.backends.items()}
-        self.resources.tracer = self.telemetry.tracer  # spans a policy makes (embeddings) join this router's
+        self.resources.use_telemetry(self.telemetry)  # embeddings outside rungs join this router's spans and metrics
         with charging(Charges()) as built:  # what embedding semantic routes costs
             self.policy.bind(self.resources)
             if self.resources.knowledge is not None:  # the store writes the routes policies asked for; they read

@@ -276,8 +276,8 @@ class RunContext:
         if answered is not None and not estimated:
             self.telemetry.cost.add(cost, answered)
         else:
-            self.telemetry.cost.add(cost, {**attrs, "gen_ai.response.model": self.model or model,
-                                           **({"genroute.cost.estimated": True} if estimated else {})})
+            self.telemetry.count_cost(cost, {**attrs, "gen_ai.response.model": self.model or model},
+                                      estimated=estimated)
 
     def _answered(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
                   response: types.GenerateContentResponse, start: float, calls: Sequence[Usage], estimated: bool,

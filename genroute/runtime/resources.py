@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from opentelemetry import trace
 
     from genroute.engines.base import Engine
+    from genroute.runtime.telemetry import Telemetry
 
 
 class RouteWrites(Protocol):
@@ -36,6 +37,10 @@ class KnowledgeBase(Protocol):
         """Release the store's client."""
         ...
 
+    def use_telemetry(self, telemetry: Telemetry) -> None:
+        """Record the metrics of the store's paid calls (Gemini embeddings) on ``telemetry``."""
+        ...
+
 
 class Resources:
     """Named engines, tools and knowledge collections that backends look up by name."""
@@ -56,6 +61,13 @@ class Resources:
         #: Where spans made with these resources outside a rung's run context go (a policy embedding
         #: requests and routes); ``None``: the global provider. A router sets its own before binding its policy.
         self.tracer = tracer
+
+    def use_telemetry(self, telemetry: Telemetry) -> None:
+        """Send the spans and metrics of calls made with these resources outside a rung's run context (policies'
+        and the knowledge store's embeddings) to ``telemetry``: a router's, set before it binds its policy."""
+        self.tracer = telemetry.tracer
+        if self.knowledge is not None:
+            self.knowledge.use_telemetry(telemetry)
 
     def engine(self, name: str, *, field: str) -> Engine:
         """The engine called ``name``; ``ConfigError`` naming ``field`` if there is none."""

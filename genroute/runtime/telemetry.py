@@ -160,6 +160,11 @@ class Telemetry:
         self._attributes[key] = value
         return value
 
+    def count_cost(self, cost: float, attrs: dict[str, Any], *, estimated: bool) -> None:
+        """Add ``cost`` to the cost counter at ``attrs``, estimates apart (so that a dashboard can tell billed usage
+        from genroute's estimates)."""
+        self.cost.add(cost, {**attrs, "genroute.cost.estimated": True} if estimated else attrs)
+
     def record_call(self, attrs: dict[str, Any], usage: Usage | None, duration_s: float,
                     tokens: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
         """Record the duration and token metrics of one model call (``tokens``: the input and output points'
