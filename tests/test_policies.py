@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -275,3 +276,59 @@ def test_unknown_backends_name_the_field(raw: dict[str, Any], field: str) -> Non
     with pytest.raises(ConfigError) as err:
         policy.validate_against(CATALOGUE)
     assert err.value.field == field and "ghost" in str(err.value)
+
+
+# -- files and figures that cannot be used are config errors at build ----------------------------------
+
+def _stats_file(path: Path, quality: float) -> str:
+    entry = {"n": 10, "quality": quality, "latency_p50_s": 0.1, "latency_p95_s": 0.2, "cost_per_request_usd": 0.0}
+    path.write_text(json.dumps({"version": 1, "tasks": {"*": {"prompt": entry}}}), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("quality", [1.5, -1.0, float("nan"), float("inf")])
+def test_a_quality_outside_0_1_is_refused_when_stats_are_read(quality: float, tmp_path: Path) -> None:
+    path = _stats_file(tmp_path / "stats.json", quality)
+    with pytest.raises(ConfigError) as err:  # explore's Beta draw raised a raw ValueError on every request
+        build_policy({"kind": "cost_aware", "stats_path": path, "default": "prompt"})
+    assert err.value.field == "policy.stats_path" and "quality" in err.value.message
+
+
+def test_explore_draws_from_stats_built_without_validation() -> None:
+    entry = BackendStats.model_construct(n=10, quality=1.5, cost_per_request_usd=0.0)
+    nan = BackendStats.model_construct(n=10, quality=float("nan"), cost_per_request_usd=0.0)
+    ctx = PolicyContext(catalogue=CATALOGUE, stats=BenchStats.model_construct(tasks={"*": {"big": entry,
+                                                                                          "prompt": nan}}))
+    policy = build_policy({"kind": "explore", "share": 1.0, "candidates": ["big", "prompt"],
+                           "policy": {"kind": "static", "backend": "prompt"}})
+    picked = {rungs(policy, req(f"q{i}"), ctx)[0] for i in range(20)}
+    assert picked <= {"big", "prompt"} and "big" in picked
+
+
+def _unreadable(tmp_path: Path, what: str) -> str:
+    if what == "directory":
+        (tmp_path / "adir").mkdir()
+        return str(tmp_path / "adir")
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b'{"backend": "prompt", "utterance": "caf\xe9"}\n')  # not UTF-8
+    return str(path)
+
+
+@pytest.mark.parametrize("what", ["directory", "not UTF-8"])
+@pytest.mark.parametrize(("raw", "field"), [
+    ({"kind": "semantic", "default": "prompt"}, "routes_file"),
+    ({"kind": "cost_aware", "default": "prompt"}, "stats_path"),
+    ({"kind": "budget", "inner": {"kind": "static", "backend": "prompt"}, "budget_usd": 1}, "stats_path"),
+])
+def test_unreadable_files_are_config_errors(raw: dict[str, Any], field: str, what: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_policy({**raw, field: _unreadable(tmp_path, what)}, field="policy.arms.0.policy")
+    assert err.value.field == f"policy.arms.0.policy.{field}"
+
+
+def test_a_routes_row_without_a_backend_name_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "routes.jsonl"
+    path.write_text(json.dumps({"backend": None, "utterance": "hello"}) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:  # it became the backend 'None'
+        build_policy({"kind": "semantic", "default": "prompt", "routes_file": str(path)})
+    assert err.value.field == "policy.routes_file" and "line 1" in err.value.message

@@ -12,6 +12,7 @@ and the nested decision's rungs follow as fallbacks.
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -63,8 +64,10 @@ class ExplorePolicy(NestedPolicy):
         best, best_utility, drawn = None, float("-inf"), 0.0
         for backend in self._candidates(request, context):
             entry = measured.get(backend)
-            passes = entry.quality * entry.n if entry else 0.0
-            fails = (1.0 - entry.quality) * entry.n if entry else 0.0
+            # Stats are bounded when validated; stats built without validation must not crash the draw either.
+            n = entry.n if entry and not math.isnan(entry.quality) else 0
+            quality = min(max(entry.quality, 0.0), 1.0) if n else 0.0
+            passes, fails = quality * n, (1.0 - quality) * n
             theta = rng.betavariate(1.0 + passes, 1.0 + fails)
             utility = theta - self.config.cost_weight * (entry.cost_per_request_usd if entry else 0.0)
             if utility > best_utility:

@@ -83,12 +83,17 @@ def read_routes_file(path: str, *, field: str) -> list[tuple[str, str]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise ConfigError(f"routes file {path!r} does not exist", field=field) from None
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not UTF-8
+        raise ConfigError(f"cannot read routes file {path!r}: {exc}", field=field) from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            pairs.append((str(row["backend"]), str(row["utterance"])))
+            backend, utterance = row["backend"], row["utterance"]
+            if not isinstance(backend, str) or not isinstance(utterance, str):  # null would become 'None'
+                raise TypeError(f"backend and utterance must be strings, got {backend!r} and {utterance!r}")
+            pairs.append((backend, utterance))
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"line {n}: expected {{'backend', 'utterance'}}: {exc}", field=field) from None
     return pairs

@@ -29,7 +29,9 @@ class BackendStats(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     n: int = Field(ge=0, description="Records scored.")
-    quality: float = Field(description="Mean score (0..1 for the built-in scorers).")
+    # Bounded: ``explore`` draws from Beta(1 + quality x n, 1 + (1 - quality) x n), and ``cost_aware`` compares
+    # it with a floor (NaN would meet any floor).
+    quality: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="Mean score, in [0, 1].")
     quality_ci: tuple[float, float] | None = Field(default=None, description="Bootstrap CI (low, high).")
     metric: str | None = Field(default=None, description="Scorer name, e.g. label_accuracy.")
     latency_p50_s: float = Field(ge=0.0)
@@ -112,6 +114,8 @@ class BenchStats(BaseModel):
             return cls.model_validate_json(path.read_bytes())
         except FileNotFoundError:
             raise ConfigError(f"stats file {str(path)!r} does not exist", field=field) from None
+        except OSError as exc:  # a directory, no permission
+            raise ConfigError(f"cannot read stats file {str(path)!r}: {exc.strerror or exc}", field=field) from None
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
