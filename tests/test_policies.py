@@ -251,6 +251,14 @@ def test_stats_round_trip(tmp_path: Path) -> None:
      "policy.inner.backend"),
     ({"kind": "learned", "model_path": "/nonexistent/router.npz", "default": "p"}, "policy.model_path"),
     ({"kind": "semantic", "default": "p", "search": "chroma"}, "policy.search"),
+    # A rule that could never match.
+    ({"kind": "rules", "rules": [{"when": {"min_chars": 50, "max_chars": 10}, "backend": "x"}], "default": "p"},
+     "policy.rules.0.when.max_chars"),
+    # Infinite weights: the arm's edge was NaN and every request went to the other arm.
+    ({"kind": "split", "arms": [{"weight": float("inf"), "backend": "a"}, {"weight": 1, "backend": "b"}]},
+     "policy.arms.0.weight"),
+    ({"kind": "explore", "share": 0.5, "cost_weight": float("inf"), "policy": {"kind": "static", "backend": "a"}},
+     "policy.cost_weight"),
 ])
 def test_config_errors_name_the_field(raw: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as err:

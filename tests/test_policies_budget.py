@@ -276,6 +276,9 @@ def test_policies_keep_no_state_and_have_no_reserve() -> None:
     ({"budget_usd": float("inf")}, "policy.budget_usd"),  # built, then every request raised OverflowError
     ({"limits": {"acme": -2.0}}, "policy.limits.acme"),
     ({"max_cost_per_request": float("inf")}, "policy.max_cost_per_request"),
+    ({"cost_margin": float("inf")}, "policy.cost_margin"),  # built, then every request raised OverflowError
+    ({"window_s": 1e-300}, "policy.window_s"),  # so did this: now / window_s overflowed
+    ({"window_s": 0.5}, "policy.window_s"),
 ])
 def test_budget_amounts_must_be_finite_and_not_negative(change: dict[str, Any], field: str) -> None:
     from genroute.errors import ConfigError

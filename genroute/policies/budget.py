@@ -72,8 +72,9 @@ class BudgetConfig(PolicyConfig):
     budget_usd: float = Field(gt=0.0, allow_inf_nan=False, description="USD per key per window.")
     window: Literal["day", "month"] | None = Field(
         default=None, description="Calendar window (UTC day or month); when unset, fixed `window_s` windows.")
-    window_s: float = Field(default=86400.0, gt=0.0, allow_inf_nan=False,
-                            description="Window length in seconds (no `window`).")
+    # At least a second: a tiny window overflows the window's number (``now / window_s``).
+    window_s: float = Field(default=86400.0, ge=1.0, allow_inf_nan=False,
+                            description="Window length in seconds, at least 1 (no `window`).")
     per: Literal["key", "tenant", "global"] = "key"
     tenant_field: str = Field(default="tenant", description="Metadata key naming the tenant (per: tenant).")
     limits: dict[str, Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(
@@ -88,7 +89,7 @@ class BudgetConfig(PolicyConfig):
     max_cost_per_request: float | None = Field(default=None, ge=0.0, allow_inf_nan=False,
                                                description="Max USD per request for backends not in `costs`.")
     stats_path: str | None = Field(default=None, description="Stats file for cost estimates.")
-    cost_margin: float = Field(default=2.0, ge=1.0, description="Multiplier on a stats file's mean cost "
+    cost_margin: float = Field(default=2.0, ge=1.0, allow_inf_nan=False, description="Multiplier on a stats file's mean cost "
                                "per request when it has no max or p95 figure (a mean is not an upper bound).")
     # Declared after the other estimate sources so that its validator sees them.
     costs: dict[str, _USD] = Field(default_factory=dict, validate_default=True,

@@ -34,7 +34,8 @@ class ExploreConfig(PolicyConfig):
     share: float = Field(gt=0.0, le=1.0, description="Most traffic share that may be explored.")
     candidates: tuple[str, ...] | None = Field(default=None, description="Backends to explore (default: those "
                                                "serving the request's task).")
-    cost_weight: float = Field(default=0.0, ge=0.0, description="Quality points one USD per request costs.")
+    cost_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False,
+                               description="Quality points one USD per request costs.")
     salt: str = ""
 
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
@@ -38,6 +38,15 @@ class When(BaseModel):
     needs_tools: bool | None = None
     needs_knowledge: bool | None = None
     input_regex: str | None = Field(default=None, description="Python regex searched in the input.")
+
+    # A field validator, so the error names the field to fix.
+    @field_validator("max_chars")
+    @classmethod
+    def _not_below_min(cls, value: int | None, info: ValidationInfo) -> int | None:
+        low = info.data.get("min_chars")
+        if value is not None and low is not None and value < low:
+            raise ValueError(f"max_chars {value} is below min_chars {low}: the rule could never match")
+        return value
 
     @field_validator("input_regex")
     @classmethod

@@ -27,7 +27,7 @@ class Arm(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str | None = None
-    weight: float = Field(gt=0.0)
+    weight: float = Field(gt=0.0, allow_inf_nan=False)
     backend: str | None = None
     policy: dict[str, Any] | None = Field(default=None, description="A nested policy config.")
 
