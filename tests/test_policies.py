@@ -340,3 +340,44 @@ def test_a_routes_row_without_a_backend_name_is_a_config_error(tmp_path: Path) -
     with pytest.raises(ConfigError) as err:  # it became the backend 'None'
         build_policy({"kind": "semantic", "default": "prompt", "routes_file": str(path)})
     assert err.value.field == "policy.routes_file" and "line 1" in err.value.message
+
+
+def _model_file(tmp_path: Path, method: str = "knn", *, meta: Any = None, **arrays: Any) -> str:
+    """A model written by ``fit`` and ``save``, its meta or arrays then replaced."""
+    import numpy as np
+
+    from genroute.policies.router_models import fit
+
+    rng = np.random.default_rng(0)
+    saved = fit(rng.standard_normal((12, 4)), rng.random((12, 2)), ["prompt", "big"], method=method,
+                cost=[0.1, 1.0]).save(tmp_path / "model.npz")
+    with np.load(saved) as data:
+        stored = {k: data[k] for k in data.files}
+    if meta is not None:
+        stored["meta"] = np.array(json.dumps(meta(json.loads(str(stored["meta"])))))
+    np.savez(saved, **{**stored, **arrays})
+    return str(saved)
+
+
+def _without(key: str) -> Any:
+    return lambda meta: {k: v for k, v in meta.items() if k != key}
+
+
+@pytest.mark.parametrize(("method", "change"), [
+    ("knn", {"meta": lambda meta: {**meta, "method": "forest"}}),  # named the field 'method'
+    ("knn", {"meta": lambda meta: "hello"}),  # raw AttributeError
+    ("knn", {"meta": _without("k")}),  # built, then a raw KeyError at the first request
+    ("blend", {"meta": lambda meta: {**meta, "k": "7"}}),
+    ("knn", {"meta": _without("backends")}),
+    ("knn", {"meta": lambda meta: {**meta, "backends": ["prompt", None]}}),
+    ("knn", {"meta": lambda meta: {**meta, "cost": [0.1]}}),
+    ("pairwise", {"meta": lambda meta: {**meta, "pair": [0, 5]}}),
+    ("knn", {"s": [[0.5, 0.5, 0.5]] * 12}),  # three backends' scores for two backends
+    ("logreg", {"b": [0.0]}),
+    ("mlp", {"w2": [[0.0, 0.0]]}),  # one hidden unit where w1 has more
+])
+def test_malformed_model_files_are_config_errors(method: str, change: dict[str, Any], tmp_path: Path) -> None:
+    path = _model_file(tmp_path, method, **change)
+    with pytest.raises(ConfigError) as err:
+        build_policy({"kind": "learned", "model_path": path, "default": "prompt"}, field="policy.arms.0.policy")
+    assert err.value.field == "policy.arms.0.policy.model_path" and path in err.value.message

@@ -196,15 +196,69 @@ class RouterModel:
             with np.load(Path(path), allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 arrays = {k: data[k] for k in data.files if k != "meta"}
-            method, backends = meta.pop("method"), meta.pop("backends")
         except FileNotFoundError:
             raise ConfigError(f"model file {str(path)!r} does not exist", field=field) from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"cannot read model file {str(path)!r}: {exc}", field=field) from None
-        if method in ("knn", "blend") and "s" not in arrays:
+        if isinstance(meta, dict) and meta.get("method") in ("knn", "blend") and "s" not in arrays:
             raise ConfigError(f"model file {str(path)!r} was written by an older genroute (kNN labels, not "
                               "scores); train it again", field=field)
-        return cls(method, backends, arrays, meta)
+        problem = model_problem(meta, arrays)
+        if problem is not None:  # found now, not as a KeyError or a shape error at the first request
+            raise ConfigError(f"model file {str(path)!r} is malformed: {problem}", field=field)
+        meta = dict(meta)
+        return cls(meta.pop("method"), meta.pop("backends"), arrays, meta)
+
+
+#: The arrays each method predicts with, and their dimensions (``d``: feature width, ``B``: backends, ``n``: training
+#: records, ``h``: hidden units; ``3``: the pairwise heads).
+_SHAPES: dict[str, dict[str, tuple[str, ...]]] = {
+    "knn": {"x": ("n", "d"), "s": ("n", "B")},
+    "logreg": {"w": ("d", "B"), "b": ("B",)},
+    "blend": {"w": ("d", "B"), "b": ("B",), "x": ("n", "d"), "s": ("n", "B")},
+    "mlp": {"w1": ("d", "h"), "b1": ("h",), "w2": ("h", "B"), "b2": ("B",)},
+    "pairwise": {"w": ("d", "3"), "b": ("3",)},
+}
+
+
+def model_problem(meta: Any, arrays: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with a model file's ``meta`` and ``arrays`` for predicting, or ``None``."""
+    if not isinstance(meta, dict):
+        return f"meta is {type(meta).__name__}, not an object"
+    method, backends = meta.get("method"), meta.get("backends")
+    if method not in METHODS:
+        return f"unknown method {method!r} (known: {', '.join(METHODS)})"
+    if not isinstance(backends, list) or not backends or not all(isinstance(b, str) and b for b in backends):
+        return f"backends must be a list of backend names, got {backends!r}"
+    if method in ("knn", "blend") and (type(meta.get("k")) is not int or meta["k"] < 1):
+        return f"{method} needs k, a whole number >= 1, got {meta.get('k')!r}"
+    if method == "pairwise" and not _indices(meta.get("pair"), len(backends), size=2):
+        return f"pairwise needs pair, two backend indices, got {meta.get('pair')!r}"
+    if meta.get("allowed") is not None and not _indices(meta["allowed"], len(backends)):
+        return f"allowed must be backend indices, got {meta['allowed']!r}"
+    cost = meta.get("cost")
+    if cost is not None and (not isinstance(cost, list) or len(cost) != len(backends)
+                             or not all(isinstance(c, int | float) and 0 <= c < float("inf") for c in cost)):
+        return f"cost must be {len(backends)} finite costs >= 0, one per backend, got {cost!r}"
+    if not isinstance(meta.get("tasks") or [], list):
+        return f"tasks must be a list of task names, got {meta['tasks']!r}"
+    sizes: dict[str, int] = {"B": len(backends), "3": 3}
+    for name, dims in _SHAPES[method].items():
+        array = arrays.get(name)
+        if array is None:
+            return f"{method} needs the array {name!r}"
+        if array.ndim != len(dims):
+            return f"array {name!r} has {array.ndim} dimension(s), expected {len(dims)}"
+        for dim, size in zip(dims, array.shape, strict=True):
+            if sizes.setdefault(dim, size) != size:
+                return f"array {name!r} has shape {array.shape}, which does not fit the other arrays and backends"
+    return None
+
+
+def _indices(value: Any, n: int, *, size: int | None = None) -> bool:
+    """Whether ``value`` is a list of indices into ``n`` backends (of length ``size``, if given)."""
+    return (isinstance(value, list) and (size is None or len(value) == size)
+            and all(type(i) is int and 0 <= i < n for i in value))
 
 
 def cost_quality_front(quality: np.ndarray, cost: np.ndarray) -> list[int]:
