@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from genroute.knowledge.chunking import chunk_id, chunk_text, stored_chunk_id, t
 from genroute.knowledge.ingest import chunk_documents, expand_paths, read_documents
 from genroute.testing.replies import field_of
 
-from .chroma_fixtures import ChromaFaultProxy, Knowledge, chroma_proxy, chroma_server, knowledge  # noqa: F401
+from .chroma_fixtures import ChromaFaultProxy, ChromaServer, Knowledge, chroma_proxy, chroma_server, knowledge  # noqa: F401
 
 TOPICS = ["volcanoes", "sourdough bread", "chess openings", "jazz piano", "tide pools", "rust compilers"]
 
@@ -374,6 +375,42 @@ async def test_chroma_server_failures_are_typed(chroma_proxy: ChromaFaultProxy, 
     assert getattr(err.value, "field", None) is None
     hits = await store.query(collection, "tide pools", kind="documents", k=2)  # faults used up: works again
     assert len(hits) == 2
+
+
+@pytest.mark.chroma_server
+def test_a_stalled_chroma_server_is_backend_unavailable(chroma_server: ChromaServer, gemini_server: Any,
+                                                        tmp_path: Path) -> None:
+    from genroute import Router
+    from genroute.errors import BackendUnavailable
+    from genroute.knowledge import ingest
+    from genroute.testing import Reply
+
+    from .conftest import gemini_config
+
+    gemini_server.default_reply = lambda request: Reply(parts=({"text": "ok"},), usage=(10, 2))
+    collection = f"stalled-{os.getpid()}"
+    config = gemini_config(gemini_server)
+    config["knowledge"] = {"host": chroma_server.host, "port": chroma_server.port, "timeout_s": 1}
+    config["backends"]["rag"] = {**config["backends"]["chat"], "kind": "rag", "collection": collection,
+                                 "max_distance": None}
+    config["policy"] = {"kind": "cascade", "rungs": [{"backend": "rag"}, {"backend": "chat"}]}
+    semantic = {**config, "policy": {"kind": "semantic", "routes": {"rag": ["tides"]}, "default": "chat"}}
+    with Router.from_config(config) as router:
+        ingest(router.resources.knowledge, write_corpus(tmp_path / "docs", docs=4), collection=collection)
+        assert router.generate("what about tides?").backend == "rag"  # connected while the server answers
+        chroma_server.process.send_signal(signal.SIGSTOP)  # accepts connections, never answers
+        try:
+            with pytest.raises(BackendUnavailable) as built:  # hung for good: the client's first request
+                Router.from_config(semantic)
+            fell = router.generate("what about tides?")
+            with pytest.raises(BackendUnavailable) as queried:
+                asyncio.run(router.resources.knowledge.query(collection, "tides", kind="documents", k=1))
+        finally:
+            chroma_server.process.send_signal(signal.SIGCONT)
+    assert "no answer in 1 s" in str(built.value) and chroma_server.host in str(built.value)
+    assert fell.backend == "chat"  # the cascade fell through instead of hanging (or DeadlineExceeded)
+    assert [(r.backend, r.error_type) for r in fell.decision.rungs_tried][0] == ("rag", "BackendUnavailable")
+    assert chroma_server.host in str(queried.value)
 
 
 async def test_chroma_rejections_are_usage_errors(knowledge: Knowledge, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ hands Chroma vectors; a collection records which embedder filled it, and reopeni
 one is a ``ConfigError`` rather than silently meaningless distances. Chroma is blocking: every call
 runs in a worker thread, and ``import chromadb`` (~2 s) happens on first use, not at import.
 
-Chroma failures leave as genroute errors: unreachable, overloaded or failing (429/5xx) →
+Chroma failures leave as genroute errors: unreachable, silent past ``timeout_s``, overloaded or failing (429/5xx) →
 ``BackendUnavailable`` (a policy can fall through); refused credentials → ``ConfigError``; anything
 else Chroma rejects (bad arguments, wrong dimensions, batch too large) → ``UsageError``.
 """
@@ -144,13 +144,17 @@ class KnowledgeStore:
         if cfg.host is None:
             return chromadb.PersistentClient(path=self._path(), settings=settings,
                                              tenant=cfg.tenant, database=cfg.database)
-        try:
-            return chromadb.HttpClient(host=cfg.host, port=cfg.port, ssl=cfg.ssl, headers=cfg.headers or None,
-                                       settings=settings, tenant=cfg.tenant, database=cfg.database)
-        except Exception as exc:  # connection failures surface here as assorted httpx/ValueError types
-            from genroute.knowledge.chroma_errors import unreachable
+        from genroute.knowledge.chroma_errors import unreachable
+        from genroute.knowledge.chroma_timeouts import bound_requests, bounded
 
+        try:
+            client = bounded(lambda: chromadb.HttpClient(
+                host=cfg.host, port=cfg.port, ssl=cfg.ssl, headers=cfg.headers or None, settings=settings,
+                tenant=cfg.tenant, database=cfg.database), cfg.timeout_s)
+        except Exception as exc:  # connection failures surface here as assorted httpx/ValueError types
             raise unreachable(exc, location=self.location, headers=cfg.headers) from exc
+        bound_requests(client, cfg.timeout_s)
+        return client
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(self._guard, fn, *args, **kwargs)

@@ -53,6 +53,9 @@ class StoreConfig(_Frozen):
     database: str = "default_database"
     embedder: EmbedderSpec = LocalEmbedderSpec()
     ef_search: int | None = Field(default=None, ge=1, description="HNSW ef for new collections.")
+    timeout_s: float = Field(default=30.0, gt=0.0, allow_inf_nan=False, description=(
+        "Longest wait for a `chroma run` server's answer to one call (connecting included); past it the call is "
+        "`BackendUnavailable`, so a policy can fall through."))
 
     @model_validator(mode="after")
     def _one_place(self) -> StoreConfig:
