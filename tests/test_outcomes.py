@@ -265,3 +265,13 @@ def test_outcomes_in_the_state_store_need_no_file(gemini_server, tmp_path):
         result = router.generate("Loved it", task="sentiment")
         assert router.feedback(result, score=1.0).outcomes["chat"].score == 1.0
     assert not (tmp_path / "shared-outcomes.db").exists()
+
+
+@pytest.mark.parametrize("score", [7.0, -0.5, float("nan")])
+def test_outcome_scores_outside_0_1_are_refused_by_the_statistics(score: float) -> None:
+    from genroute.outcomes.stats import outcome_stats
+
+    records = [OutcomeRecord(task="t", outcomes={"chat": Side(score=score), "big": Side(score=1.0)})]
+    with pytest.raises(ConfigError) as err:  # a raw ValidationError from BenchStats; before, explore's draw raised
+        outcome_stats(records)
+    assert err.value.field == "outcomes.scorer" and "'chat'" in err.value.message

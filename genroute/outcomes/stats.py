@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from genroute.errors import ConfigError
 from genroute.outcomes.records import OutcomeRecord, Side
 from genroute.policies.stats import ANY_TASK, BackendStats, BenchStats
 
@@ -52,10 +53,14 @@ def outcome_stats(records: Sequence[OutcomeRecord], *, min_n: int = 1, source: s
             if len(sides) < min_n:
                 continue
             scores = [float(s.score) for s in sides]  # type: ignore[arg-type]
+            quality = float(np.mean(scores))
+            if not 0.0 <= quality <= 1.0:  # a scorer on another scale (0-10, BLEU x 100), or NaN
+                raise ConfigError(f"the outcome scores of {backend!r} on task {task!r} average {quality:g}: "
+                                  "scores must be in [0, 1]", field="outcomes.scorer")
             latency = np.asarray([s.latency_s for s in sides])
             costs = np.asarray([side_cost(s, cloud) for s in sides])
             tasks.setdefault(task, {})[backend] = BackendStats(
-                n=len(sides), quality=float(np.mean(scores)), quality_ci=bootstrap_ci(scores, seed=seed),
+                n=len(sides), quality=quality, quality_ci=bootstrap_ci(scores, seed=seed),
                 metric="outcomes", latency_p50_s=float(np.quantile(latency, 0.5)),
                 latency_p95_s=float(np.quantile(latency, 0.95)), cost_per_request_usd=float(costs.mean()),
                 cost_p95_usd=float(np.quantile(costs, 0.95)), cost_max_usd=float(costs.max()),
