@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from typing import Any
 
+import numpy as np
 import pytest
 
 from genroute.bench.datasets import BenchRecord
-from genroute.bench.scorers import resolve_scorer
+from genroute.bench.scorers import Scorer, resolve_scorer
 from genroute.errors import UsageError
 from genroute.types import DecisionRecord, GenerateResult, ToolCall
 
@@ -127,3 +130,19 @@ def test_auto_scorer_follows_the_data() -> None:
 def length_scorer(record: BenchRecord, result: GenerateResult) -> float:
     """A custom scorer: 1 if the answer is as long as the gold output."""
     return float(len(result.text) == len(record.output))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 1.5, -0.25, True, "0.5", None])
+def test_a_custom_scorer_must_return_a_score_in_0_1(value: Any) -> None:
+    # One NaN made a clear difference read "no difference detected"; a bool or 5.0 is no score either.
+    scorer = Scorer("myscorers:grade", lambda record, result: value)
+    with pytest.raises(UsageError) as err:
+        asyncio.run(scorer.score(rec("a"), res("a")))
+    assert err.value.field == "scorer"
+    assert "'myscorers:grade'" in err.value.message and "'r1'" in err.value.message
+
+
+@pytest.mark.parametrize("value", [0, 1, 0.25, np.float32(0.5), np.int64(1)])
+def test_numbers_in_0_1_are_scores(value: Any) -> None:
+    scorer = Scorer("myscorers:grade", lambda record, result: value)
+    assert asyncio.run(scorer.score(rec("a"), res("a"))) == (float(value), 0.0)

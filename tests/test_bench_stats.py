@@ -146,3 +146,114 @@ def test_few_discordant_pairs_need_mcnemar_to_agree() -> None:
     # One more such record and both agree (p = 2 / 2^6 = 0.03125).
     cmp = compare_paired([0] * 6 + [1] * 4, [1] * 10, a="cheap", b="smart")
     assert cmp.resolved and cmp.winner == "smart"
+
+
+# -- small n and graded scores (B1, B2) ----------------------------------------------------------------------
+
+def test_one_record_is_never_a_win() -> None:
+    # One record gives a zero-width bootstrap CI clear of 0; the sign-flip test has p = 1 there.
+    cmp = compare_paired([0.9], [0.4], a="tuned", b="icl")
+    assert cmp.ci == pytest.approx((0.5, 0.5)) and cmp.permutation_p == 1.0
+    assert not cmp.resolved and cmp.decision == "no_difference" and cmp.winner is None
+    assert "sign-flip permutation p = 1" in cmp.verdict
+
+
+@pytest.mark.parametrize(("n", "p"), [(2, 2 / 4), (3, 2 / 8), (5, 2 / 32)])
+def test_equal_differences_on_a_few_records_are_not_a_win(n: int, p: float) -> None:
+    # Every difference +0.5: the CI is the point, but only 2 of the 2^n sign flips reach |sum| = 0.5 n.
+    cmp = compare_paired([0.9] * n, [0.4] * n)
+    assert cmp.ci == pytest.approx((0.5, 0.5)) and cmp.permutation_p == pytest.approx(p)
+    assert not cmp.resolved and cmp.decision == "no_difference"
+
+
+def test_equal_differences_on_six_records_decide_as_mcnemar_does() -> None:
+    # 2 / 2^6 = 0.03125, the p McNemar gives 6 discordant pairs one way: both tests call it.
+    graded = compare_paired([0.9] * 6, [0.4] * 6, a="x", b="y")
+    binary = compare_paired([1] * 6, [0] * 6, a="x", b="y")
+    assert graded.permutation_p == pytest.approx(binary.mcnemar_p) == pytest.approx(2 / 64)
+    assert graded.winner == binary.winner == "x"
+    assert binary.permutation_p is None and graded.mcnemar_p is None
+
+
+def test_sign_flip_p_by_enumeration_and_by_draws() -> None:
+    from genroute.bench.stats import sign_flip_p
+
+    # Differences [3, 1, -1] (sum 3): flips with |sum| >= 3 are (+3 +1 -1), (+3 -1 +1), (+3 +1 +1) and their
+    # negatives: 6 of 8. Zeros flip to themselves and change nothing.
+    assert sign_flip_p([3, 1, 0, 0], [0, 0, 1, 0]) == pytest.approx(6 / 8)
+    assert sign_flip_p([0.5, 0.5], [0.5, 0.5]) == 1.0
+    # Above 16 non-zero differences: seeded draws, p = (1 + hits) / (1 + draws), close to the normal test's p.
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    a, b = rng.random(400).tolist(), rng.random(400).tolist()
+    p = sign_flip_p(a, b, seed=5)
+    assert p == sign_flip_p(a, b, seed=5)
+    d = np.asarray(a) - np.asarray(b)
+    z = abs(d.mean()) / (d.std(ddof=1) / math.sqrt(len(d)))
+    normal_p = 2 * (1 - 0.5 * (1 + math.erf(z / math.sqrt(2))))
+    assert p == pytest.approx(normal_p, abs=0.02)
+
+
+@pytest.mark.parametrize("n", [5, 10])
+def test_graded_scores_with_no_true_difference_are_rarely_a_win(n: int) -> None:
+    # A and B i.i.d. uniform on [0, 1]: the percentile bootstrap alone called 18 % (n = 5) and 10 % (n = 10) of
+    # these a win; with the exact sign-flip test required the share stays at the nominal 5 %.
+    import numpy as np
+
+    rng = np.random.default_rng(20261206)
+    sims = 1000  # the share's standard error is then ~0.007 around the exact test's 0.05
+    wins = sum(compare_paired(rng.random(n).tolist(), rng.random(n).tolist(), seed=s, n_boot=500).decision == "win"
+               for s in range(sims))
+    assert wins / sims <= 0.06
+
+
+def test_a_clear_graded_difference_is_still_a_win() -> None:
+    a = [0.6 + 0.01 * (i % 7) for i in range(30)]
+    b = [x - 0.2 + 0.05 * (i % 3) for i, x in enumerate(a)]
+    cmp = compare_paired(a, b, a="tuned", b="icl")
+    assert cmp.winner == "tuned" and cmp.permutation_p is not None and cmp.permutation_p < 0.001
+
+
+# -- arguments and scores that are refused (B3, nits) --------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_scores_are_refused(bad: float) -> None:
+    from genroute.bench.stats import compare_unpaired, sign_flip_p
+
+    a, b = [1.0] * 200, [0.0] * 199 + [bad]
+    for call in (lambda: compare_paired(a, b), lambda: paired_bootstrap_ci(a, b), lambda: sign_flip_p(a, b),
+                 lambda: min_detectable_difference(a, b), lambda: compare_unpaired(a, b)):
+        with pytest.raises(UsageError, match="b_scores\\[199\\]") as err:
+            call()
+        assert err.value.field == "scores"
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"level": 1.5}, "level"), ({"level": 0}, "level"), ({"level": math.nan}, "level"), ({"level": True}, "level"),
+    ({"n_boot": 0}, "n_boot"), ({"n_boot": 2.5}, "n_boot"), ({"power": 1.0}, "power"), ({"power": -0.2}, "power"),
+])
+def test_bad_statistics_arguments_are_named(kwargs: dict[str, object], field: str) -> None:
+    from genroute.bench.stats import bootstrap_ci, compare_unpaired
+
+    with pytest.raises(UsageError) as err:
+        compare_paired([1, 0, 1], [0, 0, 1], **kwargs)  # type: ignore[arg-type]
+    assert err.value.field == field
+    if field == "power":
+        with pytest.raises(UsageError) as err:
+            min_detectable_difference([1, 0, 1], [0, 0, 1], power=kwargs["power"])  # type: ignore[arg-type]
+        assert err.value.field == "power"
+    else:
+        for call in (bootstrap_ci, lambda s, **k: compare_unpaired(s, s, **k)):
+            with pytest.raises(UsageError) as err:
+                call([0.5, 1.0], **kwargs)  # type: ignore[operator]
+            assert err.value.field == field
+
+
+def test_the_explanation_states_the_level_it_was_given() -> None:
+    from genroute.bench.paired import explain
+
+    assert "95 % CI" in explain() and "p < 0.05" in explain()
+    text = explain(30, level=0.9, held_out=False)
+    assert "90 % CI" in text and "p < 0.1" in text and "95" not in text
+    assert "at least 30 shared records" in text and "not resolved" in text

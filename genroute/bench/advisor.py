@@ -13,7 +13,8 @@ number came from:
   LoRA the training CPU time measured by ``genroute tune --local`` (``tune_result.json`` beside the adapter, or
   ``tuning_cpu_seconds``) × ``cpu_usd_per_hour``. A missing input leaves the cost unknown and the text says which;
 - quality: the paired difference tuned − ICL on the same records (``genroute.bench.stats``); unresolved (the CI
-  holds 0) or not measured makes the verdict "inconclusive".
+  holds 0 or the exact test does not reject), not resolved for want of records (fewer than
+  ``paired.MIN_PAIRED_N`` shared records) or not measured makes the verdict "inconclusive".
 """
 
 from __future__ import annotations
@@ -218,12 +219,12 @@ def _payback(settings: AdvisorSettings, tuning: float | None, saving: float) -> 
 
 
 def _quality(outcomes: Sequence[Outcome], icl: str, tuned: str, *, seed: int) -> PairedComparison | None:
-    from genroute.bench.paired import compare_named, scores_by_target
+    from genroute.bench.paired import MIN_PAIRED_N, compare_named, scores_by_target
 
     scores: Mapping[str, Mapping[str, float]] = scores_by_target(outcomes)
     if tuned not in scores or icl not in scores or not set(scores[tuned]) & set(scores[icl]):
         return None
-    return compare_named(tuned, icl, scores, seed=seed)
+    return compare_named(tuned, icl, scores, seed=seed, min_n=MIN_PAIRED_N)
 
 
 def _verdict(quality: PairedComparison | None, measured: bool, tuned: str

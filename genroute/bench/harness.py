@@ -15,7 +15,9 @@ from genroute.bench.datasets import (
     BenchRecord, check_holdout, check_quality_floor, check_records, load_records, sample,
 )
 from genroute.bench.manifest import RunManifest, check_and_write, file_digest, records_digest, target_digests
-from genroute.bench.paired import MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain
+from genroute.bench.paired import (
+    MIN_PAIRED_N, MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain,
+)
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
 from genroute.bench.runner import POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_targets
 from genroute.bench.scorers import resolve_scorer
@@ -163,7 +165,8 @@ def report_outcomes(
     if command:
         sections.append(("Command", _code(command)))
     if comparisons:
-        sections.append(("Paired differences (all records)", explain() + "\n\n" + comparison_markdown(comparisons)))
+        sections.append(("Paired differences (all records)",
+                         explain(MIN_PAIRED_N, held_out=False) + "\n\n" + comparison_markdown(comparisons)))
     if compiled is not None:
         sections.append(("Compiled policy (held-out split)", compiled_markdown(compiled, held_out, min_verdict_n)))
     if advice is not None:

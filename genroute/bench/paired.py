@@ -1,7 +1,7 @@
 """Paired comparisons in reports: every "A vs B" on the same records, with ``genroute.bench.stats``.
 
 - ``backend_comparisons``: every pair of benchmarked backends on the records both answered (a failed request
-  scores 0, as in the summaries);
+  scores 0, as in the summaries), with no verdict below ``MIN_PAIRED_N`` shared records;
 - ``compiled_comparisons``: each compiled policy against every single backend (and baseline) on the held-out
   split, refusing a verdict below ``min_n`` held-out records unless forced;
 - ``comparison_markdown``: the paired-difference table.
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 #: Held-out records below which a compiled-policy comparison prints no verdict unless forced.
 MIN_VERDICT_N = 100
+#: Shared records below which an all-records comparison (and the graduation advisor's tuned vs ICL) gives no
+#: verdict: the difference is reported as not resolved. The exact tests hold their level at any n, but cannot
+#: reject at all below 6 records, and the bootstrap CI beside them is too narrow on a few records.
+MIN_PAIRED_N = 20
 
 
 def scores_by_target(outcomes: Sequence[Outcome]) -> dict[str, dict[str, float]]:
@@ -32,7 +36,7 @@ def scores_by_target(outcomes: Sequence[Outcome]) -> dict[str, dict[str, float]]
     return table
 
 
-def compare_named(a: str, b: str, scores: Mapping[str, Mapping[str, float]], *, min_n: int = 0,
+def compare_named(a: str, b: str, scores: Mapping[str, Mapping[str, float]], *, min_n: int = MIN_PAIRED_N,
                   force: bool = False, seed: int = 0, n_boot: int = 2000) -> PairedComparison:
     """``a`` vs ``b`` on the records both have scores for."""
     _, xs, ys = align(scores[a], scores[b])
@@ -40,7 +44,7 @@ def compare_named(a: str, b: str, scores: Mapping[str, Mapping[str, float]], *, 
 
 
 def backend_comparisons(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000,
-                        min_n: int = 0, force: bool = False) -> list[PairedComparison]:
+                        min_n: int = MIN_PAIRED_N, force: bool = False) -> list[PairedComparison]:
     """Every pair of targets (backends and ``@policy``), in the order they first appear, on shared records."""
     scores = scores_by_target(outcomes)
     names = list(scores)
@@ -58,7 +62,8 @@ def compiled_comparisons(report: CompileReport, *, min_n: int = MIN_VERDICT_N, f
             for a in compiled for b in others]
 
 
-COLUMNS = ("A", "B", "n", "mean A", "mean B", "A − B [95 % CI]", "McNemar p", "smallest detectable", "verdict")
+COLUMNS = ("A", "B", "n", "mean A", "mean B", "A − B [95 % CI]", "McNemar p", "sign-flip p", "smallest detectable",
+           "verdict")
 
 
 def comparison_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
@@ -69,6 +74,7 @@ def comparison_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
             c.a, c.b, str(c.n), f"{c.mean_a:.3f}", f"{c.mean_b:.3f}",
             f"{c.difference:+.3f} [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}]",
             "–" if c.mcnemar_p is None else f"{c.mcnemar_p:.3g}",
+            "–" if c.permutation_p is None else f"{c.permutation_p:.3g}",
             "∞" if math.isinf(c.min_detectable) else f"{c.min_detectable:.3f}", c.short,
         ])
     return rows
@@ -82,12 +88,14 @@ def comparison_markdown(comparisons: Sequence[PairedComparison]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def explain(min_n: int | None = None) -> str:
-    """The sentence that says how to read the table."""
-    text = ("Paired on the same records: A − B with a paired bootstrap 95 % CI (McNemar's exact test when all "
-            "scores are 0/1). A win is called only when the CI excludes 0 (for 0/1 scores, and McNemar's p < 0.05); "
-            "otherwise no difference was detected at that n, and \"smallest detectable\" is the difference that n "
-            "would detect with 80 % power.")
+def explain(min_n: int | None = None, *, level: float = 0.95, held_out: bool = True) -> str:
+    """The sentence that says how to read the table (``min_n``: below it no verdict; ``held_out``: of what)."""
+    text = (f"Paired on the same records: A − B with a paired bootstrap {level * 100:g} % CI. A win is called only when "
+            f"the CI excludes 0 and an exact test agrees at the same level (p < {1 - level:.2g}): McNemar's for 0/1 "
+            "scores, else the paired sign-flip permutation test. Otherwise no difference was detected at that n, "
+            "and \"smallest detectable\" is the difference that n would detect with 80 % power.")
     if min_n:
-        text += f" Compiled-policy verdicts need at least {min_n} held-out records."
+        what = "Compiled-policy verdicts need" if held_out else "A verdict needs"
+        text += (f" {what} at least {min_n} {'held-out' if held_out else 'shared'} records; below that a "
+                 "difference is reported as not resolved.")
     return text

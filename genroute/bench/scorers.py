@@ -11,6 +11,8 @@ answer; its cost is counted apart from the benchmarked backend's). ``auto`` pick
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import re
 import string
 from collections import Counter
@@ -208,10 +210,10 @@ class Scorer:
     judge: str | None = None
 
     async def score(self, record: BenchRecord, result: GenerateResult, router: Any = None) -> tuple[float, float]:
-        """``(score, judge cost in USD)`` for one answer; raises whatever the scorer or the judge raised."""
+        """``(score, judge cost in USD)`` for one answer; raises whatever the scorer or the judge raised, and
+        ``UsageError`` naming the scorer and the record when a function returns anything but a number in [0, 1]."""
         if self.fn is not None:
-            value = self.fn(record, result)
-            return float(value), 0.0
+            return self.checked(self.fn(record, result), record), 0.0
         if router is None:
             raise UsageError("a judge scorer needs the router", field="scorer")
         from genroute.types import GenerateRequest
@@ -221,6 +223,15 @@ class Scorer:
         # A judge failure propagates: the runner records it as a JudgeError instead of a silent 0.
         verdict = await router.agenerate(GenerateRequest(input=prompt, backend=self.judge, task="judge"))
         return float(normalize(verdict.text).startswith("yes")), verdict.cost_usd
+
+    def checked(self, value: Any, record: BenchRecord) -> float:
+        """``value`` as a score; a NaN, an infinity, a bool or a number outside [0, 1] would poison every mean and
+        CI computed from it (one NaN read as "no difference detected"), so it is refused."""
+        number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+        if number is None or not math.isfinite(number) or not 0.0 <= number <= 1.0:
+            raise UsageError(f"scorer {self.name!r} returned {value!r} for record {record.id!r}: a score must be a "
+                             "number in [0, 1]", field="scorer")
+        return number
 
 
 def resolve_scorer(spec: str | None, records: Sequence[BenchRecord] = ()) -> Scorer:

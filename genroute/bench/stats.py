@@ -12,10 +12,16 @@ Every comparison is paired: ``a[i]`` and ``b[i]`` are the scores of the two back
   differences. It is floored at ``z² / (n + z²)``: the difference detectable when every disagreement goes
   one way (a true difference d of 0/1 scores has a variance of at least d(1 - d)), so backends that agreed on
   every record in the sample are not credited with a resolution the sample cannot have.
-- ``compare_paired``: all of the above and a verdict that calls a win only when the CI excludes 0 — and, for
-  0/1 scores, McNemar's exact test agrees at the same level (the percentile bootstrap is too narrow on a few
-  discordant pairs: 5 of 10 records won one way give a CI clear of 0 but an exact p of 0.0625); below
-  ``min_n`` records it refuses to give one unless forced.
+- ``sign_flip_p``: the exact paired sign-flip permutation test of ``mean(a - b) = 0`` (every flip enumerated up to
+  16 non-zero differences, seeded Monte Carlo above; McNemar's test is this test on 0/1 scores).
+- ``compare_paired``: all of the above and a verdict that calls a win only when the CI excludes 0 and an exact
+  test agrees at the same level: McNemar's for 0/1 scores, the sign-flip test for any other scores. The
+  percentile bootstrap alone is too narrow at small n (5 of 10 records won one way give a CI clear of 0 but an
+  exact p of 0.0625; one record, or equal differences, give a zero-width CI; on continuous scores with no true
+  difference it called 18 % of n = 5 comparisons a win). Below ``min_n`` records it gives no verdict (not
+  resolved) unless forced.
+
+Scores must be finite (``UsageError`` naming ``scores``); ``level``, ``power`` and ``n_boot`` are checked too.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ def bootstrap_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 
     """Percentile bootstrap CI of the mean (seeded: the same scores always give the same interval)."""
     import numpy as np
 
+    check_level(level)
+    check_n_boot(n_boot)
     if len(scores) == 0:
         return 0.0, 0.0
     data = np.asarray(scores, dtype=float)
@@ -69,6 +77,10 @@ def unpaired_bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int
     """Percentile bootstrap CI of ``mean(a) - mean(b)`` for two independent samples (each resampled on its own)."""
     import numpy as np
 
+    check_level(level)
+    check_n_boot(n_boot)
+    finite_scores(a, "a_scores")
+    finite_scores(b, "b_scores")
     if len(a) == 0 or len(b) == 0:
         return 0.0, 0.0
     rng = np.random.default_rng(seed)
@@ -76,9 +88,30 @@ def unpaired_bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int
     return _percentiles(_bootstrap_means(xs, n_boot, rng) - _bootstrap_means(ys, n_boot, rng), level)
 
 
+def check_level(level: float, field: str = "level") -> None:
+    """``UsageError`` naming ``field`` unless ``level`` is a number strictly between 0 and 1."""
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
+        raise UsageError(f"must be a number strictly between 0 and 1 (got {level!r})", field=field)
+
+
+def check_n_boot(n_boot: int) -> None:
+    """``UsageError`` naming ``n_boot`` unless it is an integer >= 1."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise UsageError(f"the number of resamples must be an integer >= 1 (got {n_boot!r})", field="n_boot")
+
+
+def finite_scores(scores: Sequence[float], what: str) -> None:
+    """``UsageError`` naming ``scores`` if a score is NaN or infinite (one NaN turns every mean and CI into NaN)."""
+    bad = next((i for i, x in enumerate(scores) if not math.isfinite(float(x))), None)
+    if bad is not None:
+        raise UsageError(f"{what}[{bad}] is {float(scores[bad])}: scores must be finite numbers", field="scores")
+
+
 def _pairs(a: Sequence[float], b: Sequence[float]) -> list[float]:
     if len(a) != len(b):
         raise UsageError(f"paired scores need equal lengths (got {len(a)} and {len(b)})", field="b_scores")
+    finite_scores(a, "a_scores")
+    finite_scores(b, "b_scores")
     return [float(x) - float(y) for x, y in zip(a, b, strict=True)]
 
 
@@ -115,6 +148,39 @@ def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> McNemar:
     return McNemar(a_only=a_only, b_only=b_only, p_value=min(1.0, 2 * tail))
 
 
+#: Up to this many non-zero differences ``sign_flip_p`` enumerates every flip (2^16 sums); above, it draws them.
+EXACT_FLIPS = 16
+#: Random sign flips drawn above ``EXACT_FLIPS`` (seeded); p is then (1 + hits) / (1 + draws), never 0.
+N_FLIPS = 10_000
+
+
+def sign_flip_p(a: Sequence[float], b: Sequence[float], *, n_flips: int = N_FLIPS, seed: int = 0) -> float:
+    """Two-sided p of the paired sign-flip permutation test of ``mean(a - b) = 0``: the share of sign flips of
+    the differences whose sum is at least as far from 0 as the observed one (exact up to ``EXACT_FLIPS``
+    non-zero differences, seeded Monte Carlo above). With no true difference each difference is as likely
+    negative as positive, which is all the test assumes: it holds its level at any n (p = 1 at n = 1)."""
+    import numpy as np
+
+    diffs = np.asarray(_pairs(a, b), dtype=float)
+    diffs = diffs[diffs != 0]  # a zero flips to itself
+    m = len(diffs)
+    if m == 0:
+        return 1.0
+    observed = abs(float(diffs.sum()))
+    # Sums equal in exact arithmetic may differ in the last bits: count those as "at least as far".
+    threshold = observed - 1e-9 * float(np.abs(diffs).sum())
+    if m <= EXACT_FLIPS:
+        signs = ((np.arange(2 ** m)[:, None] >> np.arange(m)) & 1) * 2 - 1
+        return float(np.mean(np.abs(signs @ diffs) >= threshold))
+    rng = np.random.default_rng(seed)
+    rows = max(1, _BOOTSTRAP_CELLS // m)
+    hits = 0
+    for start in range(0, n_flips, rows):
+        signs = rng.integers(0, 2, size=(min(rows, n_flips - start), m), dtype=np.int8) * 2 - 1
+        hits += int(np.count_nonzero(np.abs(signs @ diffs) >= threshold))
+    return (1 + hits) / (1 + n_flips)
+
+
 def min_detectable_difference(a: Sequence[float], b: Sequence[float], *, power: float = 0.8,
                               level: float = 0.95) -> float:
     """Smallest mean difference detectable at ``power`` (two-sided, ``1 - level``), from the paired SD.
@@ -122,6 +188,8 @@ def min_detectable_difference(a: Sequence[float], b: Sequence[float], *, power: 
     ``z * sd / sqrt(n)`` with ``z = z(1 - alpha/2) + z(power)``, floored at ``z² / (n + z²)`` (see the module
     docstring); ``inf`` below 2 records.
     """
+    check_level(level)
+    check_level(power, "power")
     diffs = _pairs(a, b)
     n = len(diffs)
     if n < 2:
@@ -147,18 +215,23 @@ class Difference(BaseModel):
 
 
 class PairedComparison(Difference):
-    """A vs B on the same records: difference ``mean(a) - mean(b)``, its paired bootstrap CI, McNemar, a verdict."""
+    """A vs B on the same records: difference ``mean(a) - mean(b)``, its paired bootstrap CI, an exact test
+    (McNemar's for 0/1 scores, else the sign-flip permutation test), a verdict."""
 
     n: int
     mcnemar_p: float | None = Field(default=None, description="Exact McNemar p-value when all scores are 0/1.")
     a_only: int | None = None
     b_only: int | None = None
+    permutation_p: float | None = Field(default=None, description="Paired sign-flip permutation p-value when the "
+                                                                  "scores are not all 0/1.")
     min_detectable: float = Field(description="Smallest difference n could detect (80 % power, paired SD).")
     min_n: int = 0
-    resolved: bool = Field(description="The CI excludes 0 (and McNemar's p < 1 - level for 0/1 scores).")
+    resolved: bool = Field(description="The CI excludes 0 and the exact test (McNemar's for 0/1 scores, else the "
+                                       "sign-flip test) has p < 1 - level.")
     winner: str | None = Field(description="The better side when resolved and a verdict is given.")
     decision: Literal["win", "no_difference", "no_verdict"] = Field(
-        description="win: resolved; no_difference: not resolved; no_verdict: n below min_n, not forced.")
+        description="win: resolved; no_difference: not resolved; no_verdict: n below min_n, not forced (so not "
+                    "resolved either way).")
     verdict: str
 
     @property
@@ -176,27 +249,34 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
                    power: float = 0.8, seed: int = 0) -> PairedComparison:
     """Compare two backends' scores on the same records, in the same order.
 
-    A win is called only when the paired bootstrap CI excludes 0 (and, for 0/1 scores, McNemar's exact p is
-    below ``1 - level``); otherwise the verdict says no difference
-    was detected at this n and what the smallest detectable difference is. Below ``min_n`` records no
-    verdict is given (the numbers still are) unless ``force``.
+    A win is called only when the paired bootstrap CI excludes 0 and an exact test rejects at ``1 - level``:
+    McNemar's for 0/1 scores, else the paired sign-flip permutation test (``sign_flip_p``); otherwise the
+    verdict says no difference was detected at this n and what the smallest detectable difference is. Below
+    ``min_n`` records no verdict is given (the numbers still are) unless ``force``. ``UsageError`` for scores
+    that are not finite, or a ``level`` / ``power`` outside (0, 1) or ``n_boot`` < 1 (naming each).
     """
+    check_level(level)
+    check_level(power, "power")
+    check_n_boot(n_boot)
     diffs = _pairs(a_scores, b_scores)
     n = len(diffs)
     mean_a = sum(map(float, a_scores)) / n if n else 0.0
     mean_b = sum(map(float, b_scores)) / n if n else 0.0
     ci = bootstrap_ci(diffs, n_boot=n_boot, level=level, seed=seed)
-    mcn = mcnemar_exact(a_scores, b_scores) if n and is_binary(a_scores) and is_binary(b_scores) else None
+    binary = is_binary(a_scores) and is_binary(b_scores)
+    mcn = mcnemar_exact(a_scores, b_scores) if n and binary else None
+    perm = sign_flip_p(a_scores, b_scores, seed=seed) if n and not binary else None
+    exact_p = mcn.p_value if mcn is not None else perm
     mde = min_detectable_difference(a_scores, b_scores, power=power, level=level)
-    resolved = n > 0 and (ci[0] > 0 or ci[1] < 0) and (mcn is None or mcn.p_value < 1 - level)
+    resolved = n >= 2 and (ci[0] > 0 or ci[1] < 0) and exact_p is not None and exact_p < 1 - level
     diff = mean_a - mean_b
     pct = f"{level:.0%}"
     mde_text = "∞" if math.isinf(mde) else f"{mde:.3f}"
     if n < min_n and not force:
         winner, decision = None, "no_verdict"
-        verdict = (f"no verdict: n = {n} is below the minimum of {min_n} records for a decision "
-                   f"(difference {diff:+.3f}, {pct} CI [{ci[0]:+.3f}, {ci[1]:+.3f}]; smallest detectable "
-                   f"{mde_text}); force it to print one anyway")
+        verdict = (f"no verdict: n = {n} is below the minimum of {min_n} records for a decision, so the "
+                   f"difference is not resolved (difference {diff:+.3f}, {pct} CI [{ci[0]:+.3f}, {ci[1]:+.3f}]; "
+                   f"smallest detectable {mde_text})")
     elif resolved:
         winner, decision = (a if ci[0] > 0 else b), "win"
         verdict = f"{winner} wins: {a} - {b} = {diff:+.3f}, {pct} CI [{ci[0]:+.3f}, {ci[1]:+.3f}], n = {n}"
@@ -206,11 +286,13 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
                    f"[{ci[0]:+.3f}, {ci[1]:+.3f}]; smallest detectable difference {mde_text})")
     if mcn is not None:
         verdict += f"; McNemar exact p = {mcn.p_value:.3g} ({mcn.a_only} vs {mcn.b_only} discordant)"
+    if perm is not None:
+        verdict += f"; sign-flip permutation p = {perm:.3g}"
     return PairedComparison(
         a=a, b=b, n=n, mean_a=mean_a, mean_b=mean_b, difference=diff, ci=ci, level=level,
         mcnemar_p=None if mcn is None else mcn.p_value, a_only=None if mcn is None else mcn.a_only,
-        b_only=None if mcn is None else mcn.b_only, min_detectable=mde, min_n=min_n, resolved=resolved,
-        winner=winner, decision=decision, verdict=verdict,
+        b_only=None if mcn is None else mcn.b_only, permutation_p=perm, min_detectable=mde, min_n=min_n,
+        resolved=resolved, winner=winner, decision=decision, verdict=verdict,
     )
 
 
@@ -223,7 +305,11 @@ class UnpairedComparison(Difference):
 
 def compare_unpaired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: str = "A", b: str = "B",
                      n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> UnpairedComparison:
-    """Compare two backends scored on different records (e.g. the two arms of a split): means, difference, CI."""
+    """Compare two backends scored on different records (e.g. the two arms of a split): means, difference, CI.
+
+    No verdict is given here (graduation applies its own rule to the CI); scores must be finite and ``level`` /
+    ``n_boot`` valid, as for ``compare_paired`` (``UsageError`` naming ``scores`` / ``level`` / ``n_boot``).
+    """
     mean_a = sum(map(float, a_scores)) / len(a_scores) if a_scores else 0.0
     mean_b = sum(map(float, b_scores)) / len(b_scores) if b_scores else 0.0
     return UnpairedComparison(a=a, b=b, n_a=len(a_scores), n_b=len(b_scores), mean_a=mean_a, mean_b=mean_b,

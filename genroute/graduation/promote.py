@@ -65,6 +65,7 @@ class Promotion(BaseModel):
                 f"{c.mean_a:.3f} vs {c.mean_b:.3f}, difference {c.difference:+.3f}, 95% CI [{c.ci[0]:+.3f}, "
                 f"{c.ci[1]:+.3f}] (margin {self.margin:g})"
                 + (f", McNemar p = {c.mcnemar_p:.3g}" if getattr(c, "mcnemar_p", None) is not None else "")
+                + (f", sign-flip p = {c.permutation_p:.3g}" if getattr(c, "permutation_p", None) is not None else "")
                 + f"; ${self.challenger_cost_usd * 1000:.4f} vs ${self.incumbent_cost_usd * 1000:.4f} per 1k "
                   f"({self.cost_basis}); p50 {self.challenger_latency_p50_s:.3f}s vs "
                   f"{self.incumbent_latency_p50_s:.3f}s")
