@@ -135,14 +135,14 @@ def test_the_html_report_renders_its_tables_charts_and_per_record_view(tmp_path:
     summary = dom.tables["summary"]
     assert [cells[0] for _, cells in summary[1:]] == ["prompt", "icl", "tuned"]
     headers = {tuple(rows[0][1]) for rows in dom.tables.values() if rows}
-    paired_header = ("A", "B", "n", "mean A", "mean B", "A − B [95 % CI]", "McNemar p", "smallest detectable",
-                     "verdict")
+    paired_header = ("A", "B", "n", "mean A", "mean B", "A − B [95 % CI]", "McNemar p", "sign-flip p",
+                     "smallest detectable", "verdict")
     paired = [rows for rows in dom.tables.values() if rows and tuple(rows[0][1]) == paired_header]
     assert len(paired) == 2  # all records, and the compiled policy on the held-out split
     assert {(cells[0], cells[1]) for _, cells in paired[0][1:]} == {("prompt", "icl"), ("prompt", "tuned"),
                                                                      ("icl", "tuned")}
-    assert all(cells[8] == "no verdict (n < 100)" for _, cells in paired[1][1:])
-    assert ("router", "quality", "$/request", "p50 s", "routed to") in headers
+    assert all(cells[9] == "no verdict (n < 100)" for _, cells in paired[1][1:])
+    assert ("router", "n", "quality [95 % CI]", "$/request", "p50 s", "routed to") in headers
     # The charts: the Pareto chart and the cost–quality curve, embedded.
     alts = {img.get("alt"): img.get("src") or "" for img in dom.images}
     assert alts["Pareto chart"].startswith("data:image/png;base64,")
@@ -181,6 +181,11 @@ def test_compiled_section_refuses_or_forces_a_verdict_below_the_minimum(tmp_path
     assert "were forced (--force-verdict)" in forced and "no verdict" not in forced
     enough = compiled_comparisons(compiled, min_n=compiled.n_held_out)
     assert all(c.decision != "no_verdict" for c in enough)
+    # Each held-out row states its n and a 95 % bootstrap CI of its quality.
+    cheap = {row.name: row for row in compiled.rows}["cheap"]
+    low, high = cheap.quality_ci
+    assert low < cheap.quality < high
+    assert f"| cheap | {compiled.n_held_out} | {cheap.quality:.3f} [{low:.3f}, {high:.3f}] |" in refused
 
 
 def outcomes_report(tmp_path: Path) -> Path:

@@ -223,6 +223,54 @@ def test_cli_outcomes_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert bench_main(["--out", str(out)]) == 2  # neither a dataset nor --outcomes
 
 
+@pytest.mark.parametrize(("side", "where"), [
+    ({"score": 0.0, "cost_usd": -0.001}, "outcomes.b.cost_usd"),
+    ({"score": 0.0, "cost_usd": float("nan")}, "outcomes.b.cost_usd"),
+    ({"score": 0.0, "cost_usd": float("inf")}, "outcomes.b.cost_usd"),
+    ({"score": 0.0, "cost_usd": 0.001, "latency_s": -1.0}, "outcomes.b.latency_s"),
+    ({"score": 0.0, "cost_usd": 0.001, "latency_s": float("inf")}, "outcomes.b.latency_s"),
+    ({"score": True, "cost_usd": 0.001}, "outcomes.b.score"),
+])
+def test_a_bad_cost_latency_or_bool_score_names_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         side: dict[str, Any], where: str) -> None:
+    # A negative or NaN cost crashed deep in BackendStats (rc 1, a pydantic traceback); true was taken as 1.0.
+    rows = [{"input": f"q{i}", "metadata": {"id": f"q{i}"},
+             "outcomes": {"a": {"score": 1.0, "cost_usd": 0.01}, "b": {"score": 0.0, "cost_usd": 0.001}}}
+            for i in range(20)]
+    rows[2]["outcomes"]["b"] = side
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(UsageError) as err:
+        load_matrix(path)
+    assert err.value.field == "outcomes" and err.value.message.startswith(f"bad.jsonl:3: {where}:")
+    out = tmp_path / "out"
+    assert bench_main(["--outcomes", str(path), "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"genroute bench: error: outcomes: bad.jsonl:3: {where}:") and not out.exists()
+
+
+def test_a_matrix_naming_no_candidate_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_jsonl(tmp_path / "empty.jsonl", [{"input": f"q{i}", "outcomes": {}} for i in range(20)])
+    with pytest.raises(UsageError, match="names no candidate") as err:
+        load_matrix(path)
+    assert err.value.field == "outcomes"
+    assert bench_main(["--outcomes", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "names no candidate" in capsys.readouterr().err
+
+
+def test_negative_output_tokens_are_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"A": {"input_usd_per_1m": 1.0}, "B": {"input_usd_per_1m": 2.0},
+                                  "C": {"input_usd_per_1m": 3.0}}))
+    data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))
+    with pytest.raises(UsageError) as err:
+        load_pricing(prices, output_tokens=-5)
+    assert err.value.field == "output_tokens"
+    argv = ["--outcomes", str(data), "--prices", str(prices), "--output-tokens", "-5", "--out", str(tmp_path / "o")]
+    assert bench_main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("genroute bench: error: output_tokens:") and "-5" in line
+
+
 # -- estimators limited to the cost-quality front ------------------------------------------------------------
 
 def test_pairwise_and_front_choose_only_on_the_cost_quality_front(tmp_path: Path) -> None:
@@ -285,3 +333,19 @@ def test_compile_reads_a_gzipped_matrix_and_keeps_its_output_when_nothing_matche
     (tmp_path / "a-file").write_text("")
     assert compile_main(["--outcomes", str(plain), "--out", str(tmp_path / "a-file")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_report_rows_state_n_and_a_ci_and_curve_readings_are_point_estimates(tmp_path: Path) -> None:
+    report = compile_outcomes(write_jsonl(tmp_path / "m.jsonl", synthetic(15)), out_dir=tmp_path / "out",
+                              learned=False, min_n=5)
+    text = report.markdown()
+    assert "| router | quality [95 % CI] | $ per 1k requests | n |" in text
+    random_row = next(r for r in report.rows if r.name == "random")
+    low, high = random_row.quality_ci
+    assert low < random_row.quality < high  # a mix of right and wrong picks: the interval has width
+    assert f"| random | {random_row.quality:.3f} [{low:.3f}, {high:.3f}] |" in text
+    best = next(r for r in report.rows if r.name == "best single (train)")
+    assert best.quality_ci == (1.0, 1.0) and best.n == report.n_eval  # C is right everywhere
+    saved = json.loads((tmp_path / "out" / "compiled.json").read_text())["rows"]
+    assert next(r for r in saved if r["name"] == "random")["quality_ci"] == [low, high]
+    assert f"point estimates on the {report.n_eval} evaluation records" in text

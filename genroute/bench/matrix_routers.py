@@ -33,6 +33,7 @@ class RouterRow(BaseModel):
 
     name: str
     quality: float
+    quality_ci: tuple[float, float] = Field(default=(0.0, 0.0), description="95 % bootstrap CI of the quality.")
     cost_per_request_usd: float
     n: int
     picks: dict[str, int] = Field(default_factory=dict, description="Records routed to each candidate.")
@@ -51,10 +52,13 @@ def check_disjoint(train: OutcomeMatrix, evaluate: OutcomeMatrix, *, field: str 
 
 
 def row(name: str, matrix: OutcomeMatrix, choice: np.ndarray, knob: float | None = None) -> RouterRow:
-    """Quality, cost and picks of routing ``matrix``'s records to ``choice``."""
+    """Quality (with its 95 % bootstrap CI), cost and picks of routing ``matrix``'s records to ``choice``."""
+    from genroute.bench.stats import bootstrap_ci
+
     rows = np.arange(len(choice))
     counts = Counter(matrix.candidates[int(c)] for c in choice)
-    return RouterRow(name=name, quality=float(matrix.scores[rows, choice].mean()),
+    scores = matrix.scores[rows, choice]
+    return RouterRow(name=name, quality=float(scores.mean()), quality_ci=bootstrap_ci(scores.tolist()),
                      cost_per_request_usd=float(matrix.costs[rows, choice].mean()), n=len(choice),
                      picks=dict(sorted(counts.items())), knob=knob)
 

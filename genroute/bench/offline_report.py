@@ -83,25 +83,28 @@ def _share(value: float | None) -> str:
 
 
 def rows_table(report: OfflineReport) -> str:
-    """Every router and baseline: quality, cost, n, candidates routed to."""
-    lines = ["| router | quality | $ per 1k requests | n | knob | routed to |", "|---|---|---|---|---|---|"]
+    """Every router and baseline: quality with its 95 % bootstrap CI, cost, n, candidates routed to."""
+    lines = ["| router | quality [95 % CI] | $ per 1k requests | n | knob | routed to |", "|---|---|---|---|---|---|"]
     for r in report.rows:
         picks = ", ".join(f"{c}: {n}" for c, n in sorted(r.picks.items(), key=lambda kv: -kv[1]))
         knob = "–" if r.knob is None else f"{r.knob:.3g}"
-        lines.append(f"| {r.name} | {r.quality:.3f} | {_money(r.cost_per_request_usd)} | {r.n} | {knob} | "
+        quality = f"{r.quality:.3f} [{r.quality_ci[0]:.3f}, {r.quality_ci[1]:.3f}]"
+        lines.append(f"| {r.name} | {quality} | {_money(r.cost_per_request_usd)} | {r.n} | {knob} | "
                      f"{picks if r.name.startswith(('learned', 'semantic', 'cost_aware', 'oracle', 'per-task', 'random')) else '–'} |")
     return "\n".join(lines) + "\n"
 
 
 def curves_table(report: OfflineReport) -> str:
-    """Curve metrics: AIQ, APGR, cost saved at 95 % of the best single, readings at the best single."""
+    """Curve metrics (point estimates): AIQ, APGR, cost saved at 95 % of the best single, readings at the best
+    single."""
     best = next(r for r in report.rows if r.name == "best single (train)")
     per_task = next(r for r in report.rows if r.name == "per-task best (train)")
     lines = [f"Best single candidate (chosen on the training records): quality {best.quality:.3f} at "
              f"{_money(best.cost_per_request_usd)} per 1k requests; per-task best: {per_task.quality:.3f} at "
              f"{_money(per_task.cost_per_request_usd)}. Curve readings interpolate the hull on the evaluation "
              "records (a mix of two operating points); the rows above are single operating points chosen on the "
-             "training records.", "",
+             f"training records. The readings are point estimates on the {report.n_eval} evaluation records, "
+             "with no CI (the paired differences below have one).", "",
              "| router | knob swept | AIQ | APGR (cheapest → best) | cost saved at ≥ 95 % of best quality | "
              "cost at best-single quality | quality at best-single cost | quality at per-task-best cost |",
              "|---|---|---|---|---|---|---|---|"]

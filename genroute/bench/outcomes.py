@@ -15,6 +15,7 @@ estimate), else they are 0 and only quality is compared.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -78,7 +79,10 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
 
     Keys starting with ``_`` are notes. Entries with only a size are priced at ``usd_per_1m_per_billion`` x billions of parameters (input and
     output alike): price proportional to parameter count, for matrices published without prices.
+    ``UsageError`` naming ``output_tokens`` unless it is an integer >= 0.
     """
+    if isinstance(output_tokens, bool) or not isinstance(output_tokens, int) or output_tokens < 0:
+        raise UsageError(f"must be an integer >= 0 (got {output_tokens!r})", field="output_tokens")
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -188,11 +192,27 @@ def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | BaseM
         if not (record.input or "").strip():
             raise UsageError(f"{where}: input: a router needs the request text (record without captured input)",
                              field=field)
-        for name, side in record.outcomes.items():
-            if side.score is not None and not 0.0 <= side.score <= 1.0:
-                raise UsageError(f"{where}: outcomes.{name}.score: must be between 0 and 1 (got {side.score})",
-                                 field=field)
+        _check_sides(where, record, raw, field=field)
         yield where, record
+
+
+def _check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> None:
+    """``UsageError`` naming ``where`` and ``outcomes.NAME.FIELD`` for a score that is a JSON ``true``/``false`` or
+    outside [0, 1], or a cost or latency that is negative, NaN or infinite (they would poison every mean)."""
+    given = raw.get("outcomes") if isinstance(raw, Mapping) else None
+    for name, side in record.outcomes.items():
+        raw_side = given.get(name) if isinstance(given, Mapping) else None
+        if isinstance(raw_side, Mapping) and isinstance(raw_side.get("score"), bool):
+            raise UsageError(f"{where}: outcomes.{name}.score: must be a number between 0 and 1, not "
+                             f"{json.dumps(raw_side['score'])}", field=field)
+        if side.score is not None and not 0.0 <= side.score <= 1.0:
+            raise UsageError(f"{where}: outcomes.{name}.score: must be between 0 and 1 (got {side.score})",
+                             field=field)
+        for key in ("cost_usd", "latency_s"):
+            value = getattr(side, key)
+            if not math.isfinite(value) or value < 0:
+                raise UsageError(f"{where}: outcomes.{name}.{key}: must be a finite number >= 0 (got {value})",
+                                 field=field)
 
 
 def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
@@ -204,6 +224,8 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
     if not parsed:
         raise UsageError("the outcome matrix holds no records", field=field)
     names = tuple(candidates) if candidates else tuple(sorted({c for _, r in parsed for c in r.outcomes}))
+    if not names:
+        raise UsageError("the outcome matrix names no candidate (every record's outcomes are empty)", field=field)
     if pricing is not None and (missing := [c for c in names if c not in pricing.prices]):
         raise UsageError(f"no price for candidate(s) {', '.join(missing)}", field="prices")
     records, rows, seen, dropped = [], [], set(), 0
