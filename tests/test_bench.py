@@ -631,7 +631,9 @@ def test_cli_report_has_the_graduation_advisor(server: GeminiTestServer, tmp_pat
     assert "ICL (icl) sends" in advice and "for tuned:" in advice and "Tuning cost: $10.00 as given" in advice
     assert "At 50,000 requests/month it saves" in advice and "pays back after" in advice
     # Four records cannot resolve a quality difference: the advisor says so instead of recommending.
-    assert "Verdict: inconclusive" in advice and "no difference detected at n = 4" in advice
+    # 4 shared records are too few to decide (paired.MIN_PAIRED_N): not resolved, whatever the scores say.
+    assert "Verdict: inconclusive" in advice and "n = 4 is below the minimum of 20" in advice
+    assert "not resolved" in advice
     assert "<h2>Graduation advisor</h2>" in (out / "report.html").read_text()
 
 
@@ -835,3 +837,54 @@ def test_a_dataset_that_is_not_text_or_not_gzip_is_a_usage_error(tmp_path: Path,
     with pytest.raises(UsageError) as err:
         load_records(path)
     assert err.value.field == "data" and name in str(err.value)
+
+
+async def test_a_scorer_returning_nan_fails_its_row_naming_scorer_and_record(server: GeminiTestServer) -> None:
+    # tests.test_bench:nan_on_r2 returns NaN for r2: that row fails as a ScorerError; the quality stays a number.
+    async with Router.from_config(config(server)) as router:
+        outcomes = await arun_bench(router, records()[:4], ["smart"], resolve_scorer("tests.test_bench:nan_on_r2"),
+                                    concurrency=1, progress=False)
+    (bad,) = [o for o in outcomes if not o.ok]
+    assert bad.record_id == "r2" and bad.error_type == "ScorerError"
+    assert "'tests.test_bench:nan_on_r2' returned nan for record 'r2'" in (bad.error or "")
+    (summary,) = summarize(outcomes)
+    assert summary.quality == pytest.approx(0.75) and summary.failures == {"ScorerError": 1}
+
+
+def nan_on_r2(record: BenchRecord, result: Any) -> float:
+    """A custom scorer with a bug: NaN on record r2, else right or wrong by the label."""
+    return float("nan") if record.id == "r2" else float(result.text.strip() == record.output)
+
+
+def test_the_compile_split_keeps_a_repeated_input_on_one_side(tmp_path: Path) -> None:
+    from genroute.bench import compile_policy, split_ids
+    from genroute.bench.datasets import split_by_input
+
+    # 30 inputs, each under two ids (bfcl and nlupp have such records). Split by id, the held-out copy of a
+    # training question would be scored by a model that trained on it.
+    data = [BenchRecord(id=f"{tag}{i:02d}", input=f"question {i}?", output="a") for i in range(30) for tag in "xy"]
+    text = {r.id: r.input for r in data}
+    _, by_id = split_ids([r.id for r in data])
+    assert {text[i] for i in by_id} & {text[r.id] for r in data if r.id not in by_id}  # the old split leaked
+    outcomes = [Outcome(backend=b, record_id=r.id, ok=True, scorer="exact", cost_usd=c,
+                        score=float(b == "good" or i % 3 == 0))
+                for i, r in enumerate(data) for b, c in (("good", 2e-5), ("cheap", 1e-5))]
+    compiled = compile_policy(outcomes, data, tmp_path, learned=False)
+    held = set({r.name: r for r in compiled.rows}["good"].scores)
+    assert held and compiled.n_held_out == len(held) and compiled.n_train + compiled.n_held_out == 60
+    assert not {text[i] for i in held} & {text[r.id] for r in data if r.id not in held}
+    # All inputs distinct: exactly the split by id, so earlier results keep their numbers.
+    distinct = [r.model_copy(update={"input": f"question {r.id}?"}) for r in data]
+    for seed, holdout in [(0, 0.3), (1, 0.5), (7, 0.1)]:
+        assert split_by_input(distinct, holdout=holdout, seed=seed) == split_ids(
+            [r.id for r in distinct], holdout=holdout, seed=seed)
+    # A few records: both sides keep a record, whatever the ids' split held out.
+    few = [BenchRecord(id="a1", input="same", output="x"), BenchRecord(id="a2", input="same", output="x"),
+           BenchRecord(id="b", input="other", output="x")]
+    for seed in range(20):
+        train, held_ids = split_by_input(few, holdout=0.5, seed=seed)
+        assert train and held_ids and {"a1", "a2"} <= set(train) | set(held_ids)
+        assert ("a1" in train) == ("a2" in train)
+    with pytest.raises(UsageError) as err:
+        split_by_input(few[:2])
+    assert err.value.field == "holdout"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genroute.bench.datasets import BenchRecord, split_ids
+from genroute.bench.datasets import BenchRecord, split_by_input
 from genroute.bench.report import summarize
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.errors import GenrouteError, UsageError
@@ -32,6 +32,7 @@ class HeldOutRow(BaseModel):
 
     name: str
     quality: float
+    quality_ci: tuple[float, float] = Field(default=(0.0, 0.0), description="95 % bootstrap CI of the quality.")
     cost_per_request_usd: float
     latency_p50_s: float
     picks: dict[str, int] = Field(default_factory=dict, description="Backends a policy routed to.")
@@ -66,11 +67,12 @@ class CompileReport(BaseModel):
                  f"cost_aware quality floor per task: {floors}; {self.cost_basis} cost. "
                  f"Stats file: `{self.stats_path}`"
                  + (f"; learned model: `{self.learned_model_path}`" if self.learned_model_path else "") + ".",
-                 "", "| router | quality | $/request | p50 s | routed to |", "|---|---|---|---|---|"]
+                 "", "| router | n | quality [95 % CI] | $/request | p50 s | routed to |", "|---|---|---|---|---|---|"]
         for row in self.rows:
             picks = ", ".join(f"{b}: {n}" for b, n in sorted(row.picks.items())) or "–"
-            lines.append(f"| {row.name} | {row.quality:.3f} | ${row.cost_per_request_usd:.6f} | "
-                         f"{row.latency_p50_s:.3f} | {picks} |")
+            low, high = row.quality_ci
+            lines.append(f"| {row.name} | {len(row.scores)} | {row.quality:.3f} [{low:.3f}, {high:.3f}] | "
+                         f"${row.cost_per_request_usd:.6f} | {row.latency_p50_s:.3f} | {picks} |")
         if self.learned_note:
             lines += ["", self.learned_note]
         return "\n".join(lines) + "\n"
@@ -121,10 +123,13 @@ def cost_of(outcome: Outcome, cloud: bool) -> float:
 def _row(name: str, picked: Sequence[Outcome], cloud: bool) -> HeldOutRow:
     import numpy as np
 
+    from genroute.bench.stats import bootstrap_ci
+
     if not picked:
         return HeldOutRow(name=name, quality=0.0, cost_per_request_usd=0.0, latency_p50_s=0.0)
+    scores = [o.score if o.ok else 0.0 for o in picked]
     return HeldOutRow(
-        name=name, quality=float(np.mean([o.score if o.ok else 0.0 for o in picked])),
+        name=name, quality=float(np.mean(scores)), quality_ci=bootstrap_ci(scores),
         cost_per_request_usd=float(np.mean([cost_of(o, cloud) for o in picked])),
         latency_p50_s=float(np.median([o.latency_s for o in picked])),
         picks=dict(Counter(o.backend for o in picked)),
@@ -161,7 +166,8 @@ def compile_policy(
     embedder: Any = None,
     cost_weight_rule: CostWeightRule | str | Mapping[str, Any] | None = "resolved",
 ) -> CompileReport:
-    """Write ``stats.json`` (all records) and ``learned.npz``; compare compiled policies on a held-out split.
+    """Write ``stats.json`` (all records) and ``learned.npz``; compare compiled policies on a held-out split
+    (seeded, by input text: records sharing an input stay on one side; ``datasets.split_by_input``).
 
     The cost_aware floor of each task defaults to ``relative_floor`` x the best backend's quality on that
     task's training records (one global floor would hold an easy task to a hard task's level, or the reverse).
@@ -185,7 +191,8 @@ def compile_policy(
     cloud = use_cloud_equivalent
     if cloud is None:
         cloud = all(o.cost_usd == 0 and o.cloud_equivalent_cost_usd is not None for o in outcomes if o.ok)
-    train_ids, held_ids = split_ids([r.id for r in scored], holdout=holdout, seed=seed)
+    # Split by input text: a repeated question on both sides would score the learned model on what it trained on.
+    train_ids, held_ids = split_by_input(scored, holdout=holdout, seed=seed)
     train_set, held = set(train_ids), set(held_ids)
     train_rows = [o for o in outcomes if o.record_id in train_set]
     held_records = [r for r in scored if r.id in held]

@@ -116,6 +116,27 @@ def split_ids(ids: Sequence[str], *, holdout: float = 0.3, seed: int = 0) -> tup
     return sorted(order[n_held:]), sorted(order[:n_held])
 
 
+def split_by_input(records: Sequence[BenchRecord], *, holdout: float = 0.3, seed: int = 0
+                   ) -> tuple[list[str], list[str]]:
+    """``split_ids`` of the records' ids, then every record moved to the side of the smallest id sharing its input
+    text: a repeated input never sits on both sides (the held-out copy of a training question is no test), and
+    records whose inputs are all distinct are split exactly as ``split_ids`` splits them."""
+    train, held = split_ids([r.id for r in records], holdout=holdout, seed=seed)
+    groups: dict[str, list[str]] = {}
+    for record in records:
+        groups.setdefault(record.input, []).append(record.id)
+    if len(records) >= 2 and len(groups) < 2:
+        raise UsageError("a held-out split needs at least two distinct inputs", field="holdout")
+    held_set = set(held)
+    held_groups = [ids for ids in groups.values() if min(ids) in held_set]
+    if not held_groups and held:  # every held id repeats a training input: hold out the first one's group
+        held_groups = [next(ids for ids in groups.values() if held[0] in ids)]
+    elif len(held_groups) == len(groups) and train:  # the same, the other way round
+        held_groups = [ids for ids in held_groups if train[0] not in ids]
+    moved = {i for ids in held_groups for i in ids}
+    return sorted(r.id for r in records if r.id not in moved), sorted(moved)
+
+
 def _text(value: Any) -> str:
     # Structured gold outputs (function calls, JSON frames) are kept as JSON text, as the shared format says.
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
