@@ -35,8 +35,8 @@ Scripting:
 
 - ``reply_text(text, usage=(prompt, output), chunks=N)``, ``reply_function_call(name, args)``,
   ``reply_parts([...wire parts...])`` and ``reply(Reply(...))`` queue answers for generate/stream
-  requests, oldest first. Streams split the text into ``chunks`` SSE events (default: up to 3); as the API
-  does, every event carries ``usageMetadata`` so far (the whole prompt, the output sent until then) and the
+  requests, oldest first. Streams split the text into ``chunks`` SSE events (default: up to 3), each text
+  part on its own, so a piece keeps its part's ``thought`` / ``thoughtSignature``; as the API does, every event carries ``usageMetadata`` so far (the whole prompt, the output sent until then) and the
   last one the ``finishReason`` and the full usage. ``Fault.cut_stream(after_chunks=N)`` after such events
   leaves a client holding the usage of N chunks.
 - ``reply_json(body)`` queues a raw response body (a list: one SSE event per item);

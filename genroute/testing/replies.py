@@ -105,10 +105,7 @@ def error_body(code: int, message: str | None = None, retry_after: float | None 
 
 def split_text(text: str, n: int) -> list[str]:
     """``text`` cut at word boundaries into at most ``n`` non-empty pieces that join back to it."""
-    words = re.findall(r"\s*\S+\s*", text) or [text]
-    n = max(1, min(n, len(words)))
-    cuts = [round(i * len(words) / n) for i in range(n + 1)]
-    return ["".join(words[a:b]) for a, b in zip(cuts, cuts[1:])]
+    return [event[0]["text"] for event in split_parts([{"text": text}], n)]
 
 
 def _usage(prompt: int, output: int) -> dict[str, int]:
@@ -129,8 +126,9 @@ def render_generate(reply: Reply, request_body: Any, model: str, response_id: st
             return Response(events=list(reply.raw) if isinstance(reply.raw, list) else [reply.raw])
         return Response(body=reply.raw)
     model = reply.model_version or model
-    text = "".join(p.get("text", "") for p in reply.parts if "text" in p)
+    texts = [p for p in reply.parts if "text" in p]
     others = [p for p in reply.parts if "text" not in p]
+    text = "".join(p["text"] for p in texts)
     if reply.usage is not None:
         usage = _usage(*reply.usage)
     else:
@@ -140,16 +138,41 @@ def render_generate(reply: Reply, request_body: Any, model: str, response_id: st
     if not stream:
         return Response(body=_body(list(reply.parts), model, response_id, **final))
     n = reply.chunks if reply.chunks is not None else min(3, max(1, len(text.split())))
-    pieces = split_text(text, n) if text else []
+    pieces = split_parts(texts, n)
     # As the API does, every event carries the usage so far: the whole prompt and the output sent until then.
     events, sent = [], 0
     for piece in pieces[:-1]:
-        sent += len(piece)
+        sent += sum(len(p["text"]) for p in piece)
         so_far = _usage(usage["promptTokenCount"], round(usage["candidatesTokenCount"] * sent / len(text)))
-        events.append(_body([{"text": piece}], model, response_id, usageMetadata=so_far))
-    last_parts = ([{"text": pieces[-1]}] if pieces else []) + others
+        events.append(_body(piece, model, response_id, usageMetadata=so_far))
+    last_parts = (pieces[-1] if pieces else []) + others
     events.append(_body(last_parts, model, response_id, **final))
     return Response(events=events)
+
+
+def split_parts(parts: list[dict[str, Any]], n: int) -> list[list[dict[str, Any]]]:
+    """Text ``parts`` cut at word boundaries into at most ``n`` events' parts.
+
+    Each piece keeps its part's other keys (``thought``, ``thoughtSignature``), and pieces of different
+    parts are never merged, so a thought part stays a thought part and the answer text stays apart.
+    """
+    words = [(i, w) for i, p in enumerate(parts) for w in (re.findall(r"\s*\S+\s*", p["text"]) or [p["text"]])]
+    if not words:
+        return []
+    n = max(1, min(n, len(words)))
+    cuts = [round(i * len(words) / n) for i in range(n + 1)]
+    events = []
+    for a, b in zip(cuts, cuts[1:]):
+        owners: list[int] = []
+        event: list[dict[str, Any]] = []
+        for i, word in words[a:b]:
+            if owners and owners[-1] == i:
+                event[-1]["text"] += word
+            else:
+                owners.append(i)
+                event.append({**parts[i], "text": word})
+        events.append(event)
+    return events
 
 
 def fake_embedding(text: str, dim: int) -> list[float]:
