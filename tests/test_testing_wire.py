@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import http.client
+import json
+import re
 
 import pytest
 from google import genai
-from google.genai import types
+from google.genai import errors, types
 
-from genroute.testing import GeminiTestServer
+from genroute.testing import CacheRoutes, GeminiTestServer
 
 MODEL = "gemini-2.5-flash"
 THINKING = [{"text": "Let me think about it.", "thought": True},
@@ -36,6 +40,26 @@ def client(srv):
     )
     yield c
     c.close()
+
+
+@pytest.fixture
+def cached():
+    """A server of its own with cache routes, and a client of it."""
+    with GeminiTestServer() as srv:
+        CacheRoutes(srv)
+        c = genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=srv.base_url))
+        yield srv, c
+        c.close()
+
+
+def _call(srv: GeminiTestServer, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 def _parts(chunks):
@@ -71,3 +95,35 @@ def test_async_stream_keeps_thought_and_signature_of_each_part(srv, client):
     unary, chunks = asyncio.run(run())
     assert len(chunks) == 5
     _check_stream_keeps_thoughts(unary, chunks)
+
+
+def test_cache_resource_carries_times_and_display_name_not_ttl(cached):
+    srv, client = cached
+    config = types.CreateCachedContentConfig(contents=["long text " * 100], ttl="300.5s", display_name="faq")
+    made = client.caches.create(model=MODEL, config=config)
+    assert made.display_name == "faq"
+    assert made.create_time == made.update_time
+    assert made.expire_time - made.create_time == datetime.timedelta(seconds=300.5)
+    got = client.caches.get(name=made.name)
+    assert (got.create_time, got.expire_time, got.display_name) == (made.create_time, made.expire_time, "faq")
+    status, raw = _call(srv, "GET", f"/v1beta/{made.name}")
+    assert status == 200
+    assert "ttl" not in json.loads(raw)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", json.loads(raw)["expireTime"])
+
+
+def test_cache_expire_time_is_kept_and_default_ttl_is_an_hour(cached):
+    _, client = cached
+    when = datetime.datetime(2031, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    made = client.caches.create(model=MODEL, config=types.CreateCachedContentConfig(contents=["x"], expire_time=when))
+    assert made.expire_time == when
+    plain = client.caches.create(model=MODEL, config=types.CreateCachedContentConfig(contents=["x"]))
+    assert plain.expire_time - plain.create_time == datetime.timedelta(hours=1)
+    assert plain.display_name is None
+
+
+def test_cache_bad_ttl_is_invalid_argument(cached):
+    _, client = cached
+    with pytest.raises(errors.ClientError) as info:
+        client.caches.create(model=MODEL, config=types.CreateCachedContentConfig(contents=["x"], ttl="soon"))
+    assert (info.value.code, info.value.status) == (400, "INVALID_ARGUMENT")

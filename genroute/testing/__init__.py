@@ -61,7 +61,8 @@ faulted request does not use up a queued reply (except ``delay`` and ``cut_strea
 
 Every request is recorded in ``srv.requests`` (``RecordedRequest``: method, path, query, lower-cased
 headers, parsed JSON ``body``, ``raw_body``, and the derived ``model``, ``action``, ``stream``).
-``CacheRoutes(srv)`` adds context caches (``cachedContents`` create/get/delete; generate requests naming a
+``CacheRoutes(srv)`` adds context caches (``cachedContents`` create/get/delete, answered with ``createTime``,
+``expireTime`` and ``displayName``; generate requests naming a
 missing cache get the API's 403, cached tokens show in usage; ``expire()`` drops caches).
 Also here: ``TuningRoutes(srv)`` adds Vertex tuning-job create/get routes with scripted states,
 ``credentials.write_credentials(path)`` writes application-default credentials for code that finds its own, and

@@ -4,6 +4,10 @@
 ``cachedContent`` behave as the API does: an unknown or expired cache is answered 403
 ``CachedContent not found (or permission denied)``, and a known one is billed in the reply's usage
 (``promptTokenCount`` includes the cached tokens, ``cachedContentTokenCount`` counts them).
+Create and get answer the resource as the API does: ``name``, ``model``, ``displayName``, ``createTime``,
+``updateTime``, ``expireTime`` (the create time plus ``ttl``, default one hour, or the given ``expireTime``)
+and ``usageMetadata``; the input-only ``ttl`` is not echoed. Caches do not expire by the clock: ``expire()``
+drops them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import itertools
 import re
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from genroute.testing.replies import Response, error_body, field_of, prompt_tokens, render_generate
@@ -22,6 +27,8 @@ if TYPE_CHECKING:
 _PARENT = r"/[^/]+/(?:projects/[^/]+/locations/[^/]+/)?cachedContents"
 _NAME = r"/[^/]+/(?P<name>(?:projects/[^/]+/locations/[^/]+/)?cachedContents/[^/:]+)"
 GONE_MESSAGE = "CachedContent not found (or permission denied)"
+_DEFAULT_TTL = timedelta(hours=1)  # the API's lifetime for a cache created with neither ttl nor expireTime
+_DURATION = re.compile(r"(\d+(?:\.\d{1,9})?)s")  # google.protobuf.Duration in JSON
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,8 @@ class StoredCache:
     model: str
     tokens: int
     body: Any
+    created: datetime
+    expires: datetime
 
 
 class CacheRoutes:
@@ -68,19 +77,24 @@ class CacheRoutes:
             message = (f"The cached content is of {tokens} tokens. The minimum token count to start caching "
                        f"is {self.min_tokens}.")
             return Response(status=400, body=error_body(400, message))
+        created = datetime.now(timezone.utc)
+        try:
+            expires = expire_time(request.body, created)
+        except ValueError as exc:
+            return Response(status=400, body=error_body(400, str(exc)))
         model = str(field_of(request.body, "model") or "")
         prefix = request.path.split("/", 2)[2].rsplit("cachedContents", 1)[0]
         cache = StoredCache(name=f"{prefix}cachedContents/c{next(self._ids)}", model=model, tokens=tokens,
-                            body=request.body)
+                            body=request.body, created=created, expires=expires)
         with self._lock:
             self.caches[cache.name] = cache
-        return Response(body=self._describe(cache, field_of(request.body, "ttl")))
+        return Response(body=self._describe(cache))
 
     def _get(self, server: GeminiTestServer, request: RecordedRequest, match: re.Match[str]) -> Response:
         cache = self.caches.get(match["name"])
         if cache is None:
             return Response(status=403, body=error_body(403, GONE_MESSAGE))
-        return Response(body=self._describe(cache, None))
+        return Response(body=self._describe(cache))
 
     def _delete(self, server: GeminiTestServer, request: RecordedRequest, match: re.Match[str]) -> Response:
         with self._lock:
@@ -104,9 +118,33 @@ class CacheRoutes:
         return response
 
     @staticmethod
-    def _describe(cache: StoredCache, ttl: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"name": cache.name, "model": cache.model,
+    def _describe(cache: StoredCache) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": cache.name, "model": cache.model, "createTime": rfc3339(cache.created),
+                                "updateTime": rfc3339(cache.created), "expireTime": rfc3339(cache.expires),
                                 "usageMetadata": {"totalTokenCount": cache.tokens}}
-        if ttl:
-            body["ttl"] = ttl
+        display_name = field_of(cache.body, "displayName")
+        if display_name:
+            body["displayName"] = display_name
         return body
+
+
+def expire_time(body: Any, created: datetime) -> datetime:
+    """When a cache created at ``created`` expires: its ``expireTime``, or ``created`` plus its ``ttl``."""
+    given = field_of(body, "expireTime")
+    if given:
+        try:
+            return datetime.fromisoformat(str(given)).astimezone(timezone.utc)
+        except ValueError:
+            raise ValueError(f"Invalid value at 'cached_content.expire_time': {given!r}") from None
+    ttl = field_of(body, "ttl")
+    if not ttl:
+        return created + _DEFAULT_TTL
+    match = _DURATION.fullmatch(str(ttl))
+    if match is None:
+        raise ValueError(f"Invalid value at 'cached_content.ttl': {ttl!r}")
+    return created + timedelta(seconds=float(match[1]))
+
+
+def rfc3339(moment: datetime) -> str:
+    """``moment`` as the API writes timestamps: UTC, microseconds, a ``Z`` suffix."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
