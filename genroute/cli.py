@@ -24,7 +24,8 @@ def _main(argv: Sequence[str] | None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run every backend once on the embedded local model (offline, no key)")
-    demo.add_argument("--cache-dir", help="where the demo keeps its model and Chroma store")
+    demo.add_argument("--cache-dir", help="where the demo keeps its Chroma store and LoRA adapter (default: "
+                      "$GENROUTE_CACHE_DIR/demo; the model stays in $GENROUTE_CACHE_DIR/models)")
     demo.add_argument("--no-trace", action="store_true", help="do not print the span tree")
     demo.add_argument("--no-tune", action="store_true", help="do not train the tuned backend's LoRA adapter")
 

@@ -79,3 +79,17 @@ def test_ctrl_c_ends_the_command_with_one_line_not_a_traceback(tmp_path, gemini_
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == "genroute: interrupted" and "Traceback" not in err
+
+
+def test_demo_refuses_an_unusable_cache_dir_in_one_line(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "afile"
+    a_file.write_text("keep me")
+    for bad in (a_file, a_file / "sub", Path("/sys/genroute-demo")):  # sysfs refuses new directories, even root's
+        assert main(["demo", "--no-tune", "--cache-dir", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"genroute: ConfigError: --cache-dir: cannot use {bad} as a cache directory: ")
+        assert err.count("\n") == 1
+    assert a_file.read_text() == "keep me"
+    monkeypatch.setenv("GENROUTE_CACHE_DIR", "/sys/genroute-cache")
+    assert main(["demo", "--no-tune"]) == 2
+    assert capsys.readouterr().err.startswith("genroute: ConfigError: GENROUTE_CACHE_DIR: cannot use /sys/")

@@ -78,12 +78,15 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
     from rich.markup import escape
 
     from genroute.cache import cache_dir as default_cache
+    from genroute.cache import ensure_dir
     from genroute.demo.render import results_table, span_tree
     from genroute.router import Router
 
     console = Console(width=None if Console().is_terminal else 150)
-    cache = Path(cache_dir) if cache_dir else default_cache("demo")
-    cache.mkdir(parents=True, exist_ok=True)
+    if cache_dir:
+        cache = ensure_dir(Path(cache_dir), field="--cache-dir", writable=True)
+    else:
+        cache = ensure_dir(default_cache("demo"), field="GENROUTE_CACHE_DIR", writable=True)
     # Paths, requests and error messages go through escape(): they are data, and "[" starts rich markup.
     console.print(f"[bold]genroute demo[/] — local Gemma 3 270M, embedded Chroma at {escape(str(store_path(cache)))}")
     adapter = _find_adapter(cache)
