@@ -131,7 +131,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
     store_config, engines, pricing = None, {}, None
     if args.config:
-        from genroute.config import load_config, validate_kind
+        from genroute.config import build_kind, load_config, validate_kind
         from genroute.runtime.pricing import Pricing
 
         config = load_config(args.config)
@@ -140,7 +140,7 @@ def _ingest(args: argparse.Namespace) -> int:
         # Only engines the store's embedder may need (a Gemini embedder names one); nothing is sent here.
         for name, raw in config.engines.items():
             engine_cls, engine_config = validate_kind("engines", raw, field=f"engines.{name}")
-            engines[name] = engine_cls(name, engine_config)
+            engines[name] = build_kind(engine_cls, name, engine_config, field=f"engines.{name}")
     report = ingest_paths(args.paths, args.collection, store_config=store_config, engines=engines, kind=args.kind,
                           chunk_tokens=args.chunk_tokens, overlap=args.overlap, text_field=args.text_field,
                           pricing=pricing)

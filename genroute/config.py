@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 
 from genroute.config_parse import DuplicateKey, parse_json, parse_yaml
 from genroute.errors import ConfigError, UsageError, without_credentials
-from genroute.registry import Group, load
+from genroute.registry import Group, load, plugin_failures, plugin_origin
 from genroute.runtime.pricing import ModelPrice
 from genroute.state import MemoryStateConfig, StateConfig
 
@@ -120,10 +120,23 @@ def validate_kind(group: Group, raw: Mapping[str, Any] | BaseModel, *, field: st
     if not isinstance(kind, str) or not kind:
         raise ConfigError("`kind` is required", field=f"{field}.kind")
     cls = load(group, kind, field=f"{field}.kind")
-    try:
-        return cls, cls.Config.model_validate(dict(raw))
-    except ValidationError as exc:
-        raise config_error(exc, field) from None
+    with plugin_failures(cls, field=field):
+        try:
+            return cls, cls.Config.model_validate(dict(raw))
+        except ValidationError as exc:
+            error = config_error(exc, field)
+    origin = plugin_origin(cls)
+    if origin is not None and error.field == f"{field}.kind":
+        raise ConfigError(f"{origin}: its Config refuses its own name: {error.message}",
+                          field=error.field)
+    raise error
+
+
+def build_kind(cls: type, *args: Any, field: str, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)`` for a class ``validate_kind`` found: a plugin's failure is a ``ConfigError``
+    naming ``field`` and the plugin."""
+    with plugin_failures(cls, field=field):
+        return cls(*args, **kwargs)
 
 
 def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> RouterConfig:

@@ -1,13 +1,21 @@
-"""Kinds that config can name: built-ins plus entry points ``genroute.{engines,backends,policies}``."""
+"""Kinds that config can name: built-ins plus entry points ``genroute.{engines,backends,policies}``.
+
+A plugin cannot replace a built-in kind: naming a kind that is both is a ``ConfigError`` naming the plugin's
+package (running the built-in instead would silently ignore what the user installed).
+"""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
-from genroute.errors import ConfigError
+from pydantic import BaseModel
+
+from genroute.errors import ConfigError, GenrouteError
 
 Group = Literal["engines", "backends", "policies"]
 
@@ -39,9 +47,38 @@ BUILTIN: dict[str, dict[str, str]] = {
 }
 
 
+#: Each plugin class loaded so far -> its kind and where it comes from, for the errors it causes later.
+_ORIGINS: dict[type, str] = {}
+
+
 @lru_cache(maxsize=None)
 def _plugins(group: Group) -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=f"genroute.{group}")}
+
+
+def _where(plugin: Any, group: Group) -> str:
+    package = getattr(plugin.dist, "name", None) or "an installed package"
+    return f"entry point {plugin.value!r} in group genroute.{group}, from {package}"
+
+
+def plugin_origin(cls: type) -> str | None:
+    """``kind 'K' (entry point ..., from PACKAGE)`` for plugin class ``cls``; ``None`` for built-in kinds."""
+    return _ORIGINS.get(cls)
+
+
+@contextmanager
+def plugin_failures(cls: type, *, field: str) -> Iterator[None]:
+    """Run plugin ``cls``'s code (config validation, construction): whatever it raises becomes a ``ConfigError``
+    naming ``field`` and the plugin. genroute's typed errors, and every error of a built-in kind, pass unchanged."""
+    origin = plugin_origin(cls)
+    try:
+        yield
+    except GenrouteError:
+        raise
+    except Exception as exc:
+        if origin is None:
+            raise
+        raise ConfigError(f"{origin} failed: {type(exc).__name__}: {exc}", field=field) from exc
 
 
 def kinds(group: Group) -> list[str]:
@@ -52,17 +89,19 @@ def kinds(group: Group) -> list[str]:
 def load(group: Group, kind: str, *, field: str) -> type:
     """The class implementing ``kind`` in ``group``; ``field`` names the config key for errors."""
     target = BUILTIN[group].get(kind)
+    plugin = _plugins(group).get(kind)
+    if target is not None and plugin is not None and plugin.value != target:
+        raise ConfigError(f"kind {kind!r} is built in; the plugin at {_where(plugin, group)} cannot replace it "
+                          f"(register the plugin under another name, or uninstall it)", field=field)
     if target is not None:
         module, _, attr = target.partition(":")
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"kind {kind!r} is not available: {exc}", field=field) from exc
-    plugin = _plugins(group).get(kind)
     if plugin is None:
         raise ConfigError(f"unknown kind {kind!r}; known: {', '.join(kinds(group))}", field=field)
-    where = f"entry point {plugin.value!r} in group genroute.{group}, from " \
-            f"{getattr(plugin.dist, 'name', None) or 'an installed package'}"
+    where = _where(plugin, group)
     try:
         # A third-party module can fail to import in any way (a missing dependency, a bug at import time).
         cls = plugin.load()
@@ -70,9 +109,12 @@ def load(group: Group, kind: str, *, field: str) -> type:
         raise ConfigError(f"kind {kind!r} ({where}) failed to load: {type(exc).__name__}: {exc}",
                           field=field) from exc
     base = _base(group)
-    if not (isinstance(cls, type) and issubclass(cls, base) and isinstance(getattr(cls, "Config", None), type)):
-        raise ConfigError(f"kind {kind!r} ({where}) is not a {base.__name__} subclass with a `Config` model",
-                          field=field)
+    config = getattr(cls, "Config", None)
+    if not (isinstance(cls, type) and issubclass(cls, base)
+            and isinstance(config, type) and issubclass(config, BaseModel)):
+        raise ConfigError(f"kind {kind!r} ({where}) is not a {base.__name__} subclass with a `Config` model "
+                          f"(a pydantic BaseModel)", field=field)
+    _ORIGINS[cls] = f"kind {kind!r} ({where})"
     return cls
 
 

@@ -7,16 +7,18 @@ The package lives in ``tests/plugin_pkg``; ``scripts/install.sh`` installs it wi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from genroute import Router
+from genroute import Router, registry
 from genroute.errors import ConfigError
 from genroute.policies import build_policy
 from genroute.policies.base import BackendInfo, PolicyContext
-from genroute.registry import kinds
+from genroute.registry import kinds, plugin_failures
 from genroute.types import GenerateRequest
 
 from .conftest import gemini_config
@@ -120,3 +122,102 @@ def test_a_plugin_that_is_not_the_right_class_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="not a Policy subclass") as err:
         build_policy({"kind": "not_a_policy"}, field="policy.inner")
     assert err.value.field == "policy.inner.kind"
+
+
+# -- plugins that misbehave -----------------------------------------------------------------------------
+
+MISBEHAVING = "genroute-misbehaving-plugins"
+
+
+def _install(path: Path, monkeypatch: pytest.MonkeyPatch, entry_points_text: str) -> Iterator[None]:
+    """``entry_points_text`` as the entry points of package MISBEHAVING installed under ``path`` (a dist-info
+    on ``sys.path``, what pip writes), for one test."""
+    dist = path / "genroute_misbehaving_plugins-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {MISBEHAVING}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(entry_points_text)
+    monkeypatch.syspath_prepend(str(path))
+    registry._plugins.cache_clear()
+    yield
+    registry._plugins.cache_clear()
+
+
+@pytest.fixture
+def misbehaving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The plugins of ``tests/misbehaving_plugins.py``, installed."""
+    yield from _install(tmp_path, monkeypatch, (
+        "[genroute.policies]\n"
+        "dataclass_config = tests.misbehaving_plugins:DataclassConfigPolicy\n"
+        "validator_type_error = tests.misbehaving_plugins:TypeErrorPolicy\n"
+        "init_fails = tests.misbehaving_plugins:InitFailsPolicy\n"
+        "wrong_kind = genroute_plugin_example:ShortestNamePolicy\n"
+        "[genroute.engines]\n"
+        "exploding_engine = tests.misbehaving_plugins:ExplodingEngine\n"
+        "[genroute.backends]\n"
+        "exploding_backend = tests.misbehaving_plugins:ExplodingBackend\n"
+    ))
+
+
+@pytest.fixture
+def shadowing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Plugins installed under built-in kind names."""
+    yield from _install(tmp_path, monkeypatch, (
+        "[genroute.policies]\nladder = genroute_plugin_example:ShortestNamePolicy\n"
+        "[genroute.engines]\ngemini = genroute_plugin_example.engine:EchoEngine\n"
+    ))
+
+
+def _plugin_error(raw: dict[str, Any], field: str) -> ConfigError:
+    with pytest.raises(ConfigError) as err:
+        build_policy(raw)
+    assert err.value.field == field
+    assert f"'{raw['kind']}'" in err.value.message and MISBEHAVING in err.value.message
+    return err.value
+
+
+def test_a_plugin_config_that_is_not_a_pydantic_model_is_a_config_error(misbehaving) -> None:
+    error = _plugin_error({"kind": "dataclass_config"}, "policy.kind")
+    assert "pydantic" in error.message
+
+
+def test_a_plugin_failing_in_its_validator_or_init_is_a_config_error_naming_it(misbehaving) -> None:
+    error = _plugin_error({"kind": "validator_type_error", "prefix": "b"}, "policy")
+    assert "TypeError: prefix checker crashed" in error.message and isinstance(error.__cause__, TypeError)
+    error = _plugin_error({"kind": "init_fails"}, "policy")
+    assert "RuntimeError: policy init exploded" in error.message
+
+
+def test_a_plugin_whose_config_refuses_its_own_kind_name_is_named(misbehaving) -> None:
+    error = _plugin_error({"kind": "wrong_kind"}, "policy.kind")
+    assert "shortest_name" in error.message  # what its Config accepts instead
+
+
+def test_plugin_engine_and_backend_failing_to_build_name_the_section(misbehaving, gemini_server) -> None:
+    config = plugin_config(gemini_server)
+    config["engines"]["echo"]["kind"] = "exploding_engine"
+    with pytest.raises(ConfigError) as err:
+        Router.from_config(config)
+    assert err.value.field == "engines.echo"
+    assert "OSError: no such device" in err.value.message and MISBEHAVING in err.value.message
+    config = plugin_config(gemini_server)
+    config["backends"]["loud"]["kind"] = "exploding_backend"
+    with pytest.raises(ConfigError) as err:
+        Router.from_config(config)
+    assert err.value.field == "backends.loud"
+    assert "ValueError: backend init exploded" in err.value.message and MISBEHAVING in err.value.message
+
+
+def test_a_plugin_cannot_take_a_built_in_kind_name(shadowing, gemini_server) -> None:
+    error = _plugin_error({"kind": "ladder"}, "policy.kind")
+    assert "built in" in error.message
+    with pytest.raises(ConfigError) as err:
+        Router.from_config(gemini_config(gemini_server))  # its engine is kind "gemini"
+    assert err.value.field == "engines.gemini.kind" and MISBEHAVING in err.value.message
+    assert kinds("policies").count("ladder") == 1
+
+
+def test_built_in_kinds_failures_pass_through_unchanged() -> None:
+    from genroute.policies.ladder import LadderPolicy
+
+    with pytest.raises(RuntimeError, match="not wrapped"), plugin_failures(LadderPolicy, field="policy"):
+        raise RuntimeError("not wrapped")

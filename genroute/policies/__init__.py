@@ -14,11 +14,13 @@ def build_policy(raw: Mapping[str, Any] | PolicyConfig, *, field: str = "policy"
     """Validate ``raw`` against its kind's config model and build the policy; errors name ``field``. ``place``:
     ``Policy.place`` (default: ``field``; a pass-through wrapper hands down its own)."""
     from genroute.config import validate_kind
+    from genroute.registry import plugin_failures
 
     cls, config = validate_kind("policies", raw, field=field)
     # ``field`` is set before ``__init__`` so construction errors (stats files, nested policies) name it.
     policy = cls.__new__(cls)
     policy.field = field
     policy.place = field if place is None else place
-    policy.__init__(config)
+    with plugin_failures(cls, field=field):
+        policy.__init__(config)
     return policy

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from genroute.config import RouterConfig, import_object, load_config, validate_kind
+from genroute.config import RouterConfig, build_kind, import_object, load_config, validate_kind
 from genroute.errors import UsageError
 from genroute.runtime.portal import Portal
 from genroute.runtime.resources import Resources
@@ -87,7 +87,7 @@ async def abuild_router(
 
 def _engine(name: str, raw: Any, options: dict[str, Any]) -> Any:
     engine_cls, engine_config = validate_kind("engines", raw, field=f"engines.{name}")
-    return engine_cls(name, engine_config, **options)
+    return build_kind(engine_cls, name, engine_config, field=f"engines.{name}", **options)
 
 
 def _resources(config: RouterConfig, engines: dict[str, Any], tools: Mapping[str, Callable[..., Any]] | None,
@@ -108,7 +108,7 @@ def _resources(config: RouterConfig, engines: dict[str, Any], tools: Mapping[str
 def _backend(name: str, raw: Any, resources: Resources) -> Backend:
     backend_cls, backend_config = validate_kind("backends", raw, field=f"backends.{name}")
     # Router.__init__ checks each backend's engine and prices (for routers built in code too).
-    return backend_cls(name, backend_config, resources)
+    return build_kind(backend_cls, name, backend_config, resources, field=f"backends.{name}")
 
 
 def adopt_portal(router: Any, portal: Portal) -> None:
