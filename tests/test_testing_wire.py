@@ -7,12 +7,13 @@ import datetime
 import http.client
 import json
 import re
+import socket
 
 import pytest
 from google import genai
 from google.genai import errors, types
 
-from genroute.testing import CacheRoutes, GeminiTestServer
+from genroute.testing import CacheRoutes, Fault, GeminiTestServer
 
 MODEL = "gemini-2.5-flash"
 THINKING = [{"text": "Let me think about it.", "thought": True},
@@ -127,3 +128,48 @@ def test_cache_bad_ttl_is_invalid_argument(cached):
     with pytest.raises(errors.ClientError) as info:
         client.caches.create(model=MODEL, config=types.CreateCachedContentConfig(contents=["x"], ttl="soon"))
     assert (info.value.code, info.value.status) == (400, "INVALID_ARGUMENT")
+
+
+def test_cut_stream_sends_that_many_bytes_of_a_plain_body(srv):
+    srv.reply_text("x" * 400)
+    srv.fault(Fault.cut_stream(after_chunks=5))
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    with sock:
+        sock.sendall(b"POST /v1/models/m:generateContent HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 2\r\n\r\n{}")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+    assert len(body) == 5 < length
+
+
+@pytest.mark.parametrize(("seconds", "header", "delay"), [
+    (2, "2", "2s"), (1234567, "1234567", "1234567s"), (0.5, None, "0.5s"), (1.000000001, None, "1.000000001s"),
+])
+def test_retry_after_is_whole_seconds_in_the_header_and_a_duration_in_retry_info(srv, client, seconds, header, delay):
+    srv.fault(Fault.status(429, retry_after=seconds))
+    with pytest.raises(errors.ClientError) as info:
+        client.models.generate_content(model=MODEL, contents="x")
+    assert info.value.response.headers.get("Retry-After") == header
+    assert info.value.details["error"]["details"][0]["retryDelay"] == delay
+
+
+def test_a_body_that_is_not_json_is_invalid_argument(srv, client):
+    srv.reply_text("kept")
+    status, raw = _call(srv, "POST", f"/v1beta/models/{MODEL}:generateContent", b"{not json")
+    assert status == 400
+    assert json.loads(raw)["error"]["status"] == "INVALID_ARGUMENT"
+    assert client.models.generate_content(model=MODEL, contents="x").text == "kept"  # not used up by the 400
+
+
+def test_default_reply_echoes_the_last_user_text_only(srv, client):
+    contents = [
+        types.Content(role="user", parts=[types.Part(text="weather in Paris?")]),
+        types.Content(role="model", parts=[types.Part(function_call=types.FunctionCall(name="w", args={}))]),
+        types.Content(role="user", parts=[types.Part(function_response=types.FunctionResponse(
+            name="w", response={"text": "sunny"}))]),
+        types.Content(role="model", parts=[types.Part(text="model said this")]),
+    ]
+    assert client.models.generate_content(model=MODEL, contents=contents).text == "echo: weather in Paris?"

@@ -44,19 +44,23 @@ Scripting:
 - ``route(method, path_regex, handler)`` adds a handler ``handler(server, request, match)`` that returns a
   JSON body or a ``Response``; later routes win. Use it for APIs not built in: ``TuningRoutes(srv)``
   (``genroute.testing.tuning_routes``) adds Vertex tuning jobs and Cloud Storage uploads this way.
-- With nothing queued, generate answers ``"echo: <last user text>"`` with usage estimated from the
-  request size; replace ``srv.default_reply`` (a function of the request) to change that.
+- With nothing queued, generate answers ``"echo: <last user text>"`` (the last text part of a ``user`` turn;
+  model turns and function results are not echoed) with usage estimated from the request size; replace
+  ``srv.default_reply`` (a function of the request) to change that.
+- A generate, countTokens or embed request whose body is not JSON gets the API's 400 ``INVALID_ARGUMENT``.
 - ``api_key="k"`` makes the server answer 400 ``API key not valid`` to any other ``x-goog-api-key``.
 
 Faults (``srv.fault(fault, times=1)``) apply to the next requests on any path, before replies, and a
 faulted request does not use up a queued reply (except ``delay`` and ``cut_stream``, which answer):
 
-- ``Fault.status(code, retry_after=s, after_chunks=None)``: a Google error body (with ``Retry-After`` and
-  ``google.rpc.RetryInfo`` when ``retry_after`` is set); on a stream with ``after_chunks`` the error
+- ``Fault.status(code, retry_after=s, after_chunks=None)``: a Google error body (with a ``google.rpc.RetryInfo``
+  ``retryDelay`` such as ``"0.5s"`` when ``retry_after`` is set, and a ``Retry-After`` header when it is whole
+  seconds, the only form HTTP allows); on a stream with ``after_chunks`` the error
   arrives as an SSE ``{"error": ...}`` event after that many good events;
 - ``Fault.delay(seconds)``: a slow server; ``Fault.malformed_json()``: 200 with invalid JSON;
-- ``Fault.cut_stream(after_chunks=1)``: the connection drops mid-body (chunked encoding left
-  unterminated, so clients see an incomplete response rather than a short complete one);
+- ``Fault.cut_stream(after_chunks=1)``: the connection drops mid-body after that many SSE events, or that many
+  bytes of a plain body (at least one, never all): chunked encoding is left unterminated and a plain body falls
+  short of its ``Content-Length``, so clients see an incomplete response rather than a short complete one;
 - ``Fault.reset()``: the TCP connection is reset without an answer.
 
 Every request is recorded in ``srv.requests`` (``RecordedRequest``: method, path, query, lower-cased

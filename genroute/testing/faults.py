@@ -30,7 +30,8 @@ class Fault:
     ) -> Fault:
         """An HTTP error with a Google-style error body.
 
-        ``retry_after`` sets the ``Retry-After`` header and a ``google.rpc.RetryInfo`` detail.
+        ``retry_after`` sets a ``google.rpc.RetryInfo`` detail (``retryDelay``, e.g. ``"0.5s"``) and, when it is
+        whole seconds (the only form HTTP allows), the ``Retry-After`` header.
         ``after_chunks`` (streams only) sends that many normal SSE events first, then an
         ``{"error": ...}`` event, as the API does when a stream fails mid-way.
         """
@@ -48,7 +49,8 @@ class Fault:
 
     @classmethod
     def cut_stream(cls, after_chunks: int = 1) -> Fault:
-        """Send ``after_chunks`` events (or bytes of a plain body), then drop the connection.
+        """Send ``after_chunks`` events (or bytes of a plain body, at least one and never all), then drop the
+        connection.
 
         Each event sent carries the usage so far, so the client holds the usage of ``after_chunks`` chunks.
         """

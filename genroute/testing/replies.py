@@ -86,8 +86,11 @@ def prompt_tokens(body: Any) -> int:
 
 
 def default_text(body: Any) -> str:
-    """The answer when nothing is scripted: an echo of the last user text."""
-    texts = list(texts_in(field_of(body, "contents") or []))
+    """The answer when nothing is scripted: an echo of the last user text (not model turns or tool results)."""
+    contents = field_of(body, "contents")
+    turns = [c for c in contents if isinstance(c, Mapping)] if isinstance(contents, list) else []
+    texts = [p["text"] for c in turns if c.get("role", "user") == "user" for p in c.get("parts") or []
+             if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
     last = texts[-1] if texts else ""
     return f"echo: {last[:200]}"
 
@@ -98,9 +101,22 @@ def error_body(code: int, message: str | None = None, retry_after: float | None 
     error: dict[str, Any] = {"code": code, "message": message or f"loopback fault {code}", "status": status}
     if retry_after is not None:
         error["details"] = [
-            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after:g}s"}
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": duration(retry_after)}
         ]
     return {"error": error}
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a JSON ``google.protobuf.Duration``: ``"2s"``, ``"0.05s"`` (at most nine decimals)."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+
+
+def retry_after_header(seconds: float | None) -> dict[str, str]:
+    """A ``Retry-After`` header for ``seconds``: HTTP allows whole seconds only, so none for a fraction (the
+    ``RetryInfo`` detail still carries it)."""
+    if seconds is None or not math.isfinite(seconds) or seconds != int(seconds):
+        return {}
+    return {"Retry-After": str(int(seconds))}
 
 
 def split_text(text: str, n: int) -> list[str]:

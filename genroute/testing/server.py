@@ -23,12 +23,16 @@ from genroute.testing.replies import (
     embed_response,
     error_body,
     estimate_tokens,
+    retry_after_header,
     field_of,
     prompt_tokens,
     render_generate,
 )
 
 _MODEL_PATH = re.compile(r"/(?P<version>[^/]+)/(?P<resource>[^:]+):(?P<action>[A-Za-z]+)")
+#: Methods whose request body is JSON: any other body gets the API's 400 INVALID_ARGUMENT.
+_JSON_ACTIONS = frozenset({"generateContent", "streamGenerateContent", "countTokens", "embedContent",
+                           "batchEmbedContents", "predict"})
 
 
 @dataclass(frozen=True)
@@ -253,10 +257,7 @@ class GeminiTestServer:
         url = urlsplit(h.path)
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
+        body = _parse_json(raw)
         request = RecordedRequest(
             method=h.command, path=url.path, query=dict(parse_qsl(url.query)),
             headers={k.lower(): v for k, v in h.headers.items()}, body=body, raw_body=raw,
@@ -271,7 +272,7 @@ class GeminiTestServer:
             self._stopped.wait(fault.seconds)
             fault = None
         if fault is not None and fault.kind == "status" and not (request.stream and fault.after_chunks):
-            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            headers = retry_after_header(fault.retry_after)
             _send(h, Response(status=fault.code, body=error_body(fault.code, fault.message, fault.retry_after),
                               headers=headers))
             return
@@ -298,6 +299,8 @@ class GeminiTestServer:
                 if (method is None or method == request.method) and queue and pattern.fullmatch(request.path):
                     return queue.popleft()
             routes = list(self._routes)
+        if request.action in _JSON_ACTIONS and request.raw_body and request.body is None:
+            return Response(status=400, body=error_body(400, "Invalid JSON payload received."))
         for method, pattern, handler in routes:
             match = pattern.fullmatch(request.path)
             if method == request.method and match:
@@ -307,6 +310,14 @@ class GeminiTestServer:
                     return Response(status=500, body=error_body(500, f"handler failed: {exc!r}"))
                 return answer if isinstance(answer, Response) else Response(body=answer)
         return Response(status=404, body=error_body(404, f"no route for {request.method} {request.path}"))
+
+
+def _parse_json(raw: bytes) -> Any:
+    """The JSON value of a request body; ``None`` for an empty body or one that is not JSON."""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def _generate(server: GeminiTestServer, request: RecordedRequest, match: re.Match[str]) -> Response:
@@ -343,8 +354,8 @@ def _send(h: _RequestHandler, response: Response, *, cut_after: int | None = Non
             h.send_header("Content-Type", "application/json; charset=UTF-8")
             h.send_header("Content-Length", str(len(data)))
             h.end_headers()
-            if cut_after is not None:
-                h.wfile.write(data[: max(1, len(data) // 2)])
+            if cut_after is not None:  # that many bytes, but never the whole body: it must look cut
+                h.wfile.write(data[: max(1, min(cut_after, len(data) - 1))])
                 _drop(h)
                 return
             h.wfile.write(data)
