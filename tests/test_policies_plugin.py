@@ -192,19 +192,18 @@ def test_a_plugin_whose_config_refuses_its_own_kind_name_is_named(misbehaving) -
     assert "shortest_name" in error.message  # what its Config accepts instead
 
 
-def test_plugin_engine_and_backend_failing_to_build_name_the_section(misbehaving, gemini_server) -> None:
+@pytest.mark.parametrize(("section", "name", "kind", "error"), [
+    ("engines", "echo", "exploding_engine", "OSError: no such device"),
+    ("backends", "loud", "exploding_backend", "ValueError: backend init exploded"),
+])
+def test_plugin_engine_and_backend_failing_to_build_name_the_section(misbehaving, gemini_server, section, name,
+                                                                     kind, error) -> None:
     config = plugin_config(gemini_server)
-    config["engines"]["echo"]["kind"] = "exploding_engine"
+    config[section][name]["kind"] = kind
     with pytest.raises(ConfigError) as err:
         Router.from_config(config)
-    assert err.value.field == "engines.echo"
-    assert "OSError: no such device" in err.value.message and MISBEHAVING in err.value.message
-    config = plugin_config(gemini_server)
-    config["backends"]["loud"]["kind"] = "exploding_backend"
-    with pytest.raises(ConfigError) as err:
-        Router.from_config(config)
-    assert err.value.field == "backends.loud"
-    assert "ValueError: backend init exploded" in err.value.message and MISBEHAVING in err.value.message
+    assert err.value.field == f"{section}.{name}"
+    assert error in err.value.message and MISBEHAVING in err.value.message
 
 
 def test_a_plugin_cannot_take_a_built_in_kind_name(shadowing, gemini_server) -> None:

@@ -20,37 +20,24 @@ THINKING = [{"text": "Let me think about it.", "thought": True},
             {"text": "The answer is 42.", "thoughtSignature": "c2ln"}]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with GeminiTestServer() as srv:
-        yield srv
-
-
 @pytest.fixture
-def srv(server):
-    server.clear()
-    yield server
-    server.clear()
+def srv(gemini_server):
+    return gemini_server
 
 
 @pytest.fixture
 def client(srv):
-    c = genai.Client(
-        api_key="test-key",
-        http_options=types.HttpOptions(base_url=srv.base_url, retry_options=types.HttpRetryOptions(attempts=1)),
-    )
-    yield c
-    c.close()
+    """A google-genai client of ``srv`` that does not retry."""
+    with genai.Client(api_key="test-key", http_options=types.HttpOptions(
+            base_url=srv.base_url, retry_options=types.HttpRetryOptions(attempts=1))) as c:
+        yield c
 
 
 @pytest.fixture
-def cached():
-    """A server of its own with cache routes, and a client of it."""
-    with GeminiTestServer() as srv:
-        CacheRoutes(srv)
-        c = genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=srv.base_url))
-        yield srv, c
-        c.close()
+def cached(srv, client):
+    """``srv`` with cache routes, and a client of it."""
+    CacheRoutes(srv)
+    return srv, client
 
 
 def _call(srv: GeminiTestServer, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
