@@ -73,7 +73,13 @@ class ConfigError(UsageError):
 
 
 class BackendError(GenrouteError):
-    """A backend or engine failed at run time."""
+    """A backend or engine failed at run time.
+
+    ``tool_calls``: the tool calls a function-calling backend made before it failed (tools with side effects may
+    have run), empty otherwise.
+    """
+
+    tool_calls: tuple[Any, ...] = ()
 
     def __init__(self, message: str, *, backend: str | None = None, status: int | None = None) -> None:
         self.backend = backend

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from .conftest import Otel, gemini_config
 
-from genroute.errors import ConfigError, ToolLoopExceeded
+from genroute.errors import BackendRejected, ConfigError, StreamInterrupted, ToolLoopExceeded
 from genroute.router.router import Router
-from genroute.testing import GeminiTestServer
+from genroute.testing import Fault, GeminiTestServer
 from genroute.testing.replies import field_of
 from genroute.tools import tool_from_callable
 
@@ -438,3 +438,27 @@ def test_a_parameter_pydantic_would_drop_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="'_id'"):
         tool_from_callable(lookup)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
+async def test_a_failure_after_tools_ran_says_which_tools_ran(gemini_server: GeminiTestServer, otel: Otel,
+                                                             stream: bool) -> None:
+    booked: list[str] = []
+
+    def book(room: str) -> str:
+        """Books a room (a side effect)."""
+        booked.append(room)
+        gemini_server.fault(Fault.status(400))  # the model call after the tool fails for good
+        return "booked"
+
+    gemini_server.reply_parts([{"text": "Booking it."}, {"functionCall": {"name": "book", "args": {"room": "A"}}}])
+    async with make_router(gemini_server, otel, {"book": book}, ["book"]) as router:
+        if stream:
+            with pytest.raises(StreamInterrupted) as err:  # "Booking it." was sent before the failure
+                async for _ in router.astream("Book room A"):
+                    pass
+        else:
+            with pytest.raises(BackendRejected) as err:
+                await router.agenerate("Book room A")
+    assert booked == ["A"]
+    assert [(c.name, c.args, c.outcome) for c in err.value.tool_calls] == [("book", {"room": "A"}, "ok")]

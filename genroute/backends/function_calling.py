@@ -38,7 +38,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import Field, model_validator
 
 from genroute.backends.base import Backend, BackendConfig, BackendOutput, finish_reason, user_content
-from genroute.errors import ConfigError, ToolLoopExceeded
+from genroute.errors import BackendError, ConfigError, ToolLoopExceeded
 from genroute.runtime.deadlines import deadline_at
 from genroute.tools import InvalidToolArgs, Tool, ToolTimedOut, jsonable, tool_from_callable
 from genroute.types import GenerateRequest, ToolCall
@@ -167,38 +167,45 @@ class FunctionCallingBackend(Backend):
         calls_made: list[ToolCall] = []
         said: list[str] = []  # text of every turn, including any preamble before a tool call
         deadline = self._deadline(ctx)
-        steps = self.config.max_steps
-        for step in range(steps + 1):
-            final = step == steps and self.config.on_max_steps == "answer"
-            if deadline is not None and time.monotonic() >= deadline:
-                raise self._exceeded(f"deadline reached after {step} tool step(s)", calls_made)
-            config = self.generate_config(final=final)
-            turn = _Turn(separator="\n\n" if said else "")
-            if stream:
-                async with aclosing(ctx.stream(self.engine, self.config.model, contents, config)) as chunks:
-                    # Bounded chunk by chunk: a deadline scope must not stay open across a yield to our caller.
-                    while (chunk := await self._until(deadline, anext(chunks, None), step, calls_made)) is not None:
-                        for delta in turn.add(chunk):
-                            yield delta
-            else:
-                response = await self._until(
-                    deadline, ctx.generate(self.engine, self.config.model, contents, config), step, calls_made
-                )
-                for delta in turn.add(response):
-                    yield delta
-            if turn.text:
-                said.append(turn.text)
-            if not turn.calls or final:
-                yield BackendOutput(text="\n\n".join(said), model=self.config.model, finish_reason=turn.finish,
-                                    tool_calls=tuple(calls_made))
-                return
-            if step == steps:
-                raise self._exceeded(f"the model still asked for tools after {steps} step(s) (max_steps)", calls_made)
-            # The model's own turn goes back verbatim (with any thought signatures it carries).
-            contents.append(types.Content(role="model", parts=turn.parts))
-            results = await self._run_calls(turn.calls, step, ctx, deadline)
-            calls_made.extend(record for record, _ in results)
-            contents.append(types.Content(role="user", parts=[part for _, part in results]))
+        try:
+            steps = self.config.max_steps
+            for step in range(steps + 1):
+                final = step == steps and self.config.on_max_steps == "answer"
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise self._exceeded(f"deadline reached after {step} tool step(s)", calls_made)
+                config = self.generate_config(final=final)
+                turn = _Turn(separator="\n\n" if said else "")
+                if stream:
+                    async with aclosing(ctx.stream(self.engine, self.config.model, contents, config)) as chunks:
+                        # Bounded chunk by chunk: a deadline scope must not stay open across a yield to our caller.
+                        while (chunk := await self._until(deadline, anext(chunks, None), step,
+                                                          calls_made)) is not None:
+                            for delta in turn.add(chunk):
+                                yield delta
+                else:
+                    response = await self._until(
+                        deadline, ctx.generate(self.engine, self.config.model, contents, config), step, calls_made
+                    )
+                    for delta in turn.add(response):
+                        yield delta
+                if turn.text:
+                    said.append(turn.text)
+                if not turn.calls or final:
+                    yield BackendOutput(text="\n\n".join(said), model=self.config.model, finish_reason=turn.finish,
+                                        tool_calls=tuple(calls_made))
+                    return
+                if step == steps:
+                    raise self._exceeded(f"the model still asked for tools after {steps} step(s) (max_steps)",
+                                         calls_made)
+                # The model's own turn goes back verbatim (with any thought signatures it carries).
+                contents.append(types.Content(role="model", parts=turn.parts))
+                results = await self._run_calls(turn.calls, step, ctx, deadline)
+                calls_made.extend(record for record, _ in results)
+                contents.append(types.Content(role="user", parts=[part for _, part in results]))
+        except BackendError as exc:  # the caller must know which tools ran (and may have had side effects)
+            if calls_made and not exc.tool_calls:
+                exc.tool_calls = tuple(calls_made)
+            raise
 
     def _deadline(self, ctx: RunContext) -> float | None:
         """When the loop stops (``time.monotonic``): ``deadline_s`` from now, or just before the request's."""

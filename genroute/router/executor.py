@@ -165,6 +165,7 @@ class Executor:
                 if sent:
                     interrupted = StreamInterrupted(
                         f"stream from {rung.backend!r} failed after output was sent: {exc}", backend=rung.backend)
+                    interrupted.tool_calls = getattr(exc, "tool_calls", ())  # tools that ran before it failed
                     ledger.charge(interrupted, span)
                     raise interrupted from exc
                 if _final(exc, rung):
