@@ -262,6 +262,21 @@ async def test_budget_templates_and_fixed_selector(gemini_server: GeminiTestServ
     assert otel.spans("retrieval") == []  # fixed selection does not query the index
 
 
+async def test_the_example_budget_holds_for_text_the_tokenizer_cannot_split(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path) -> None:
+    thai = "ภาษาไทยเป็นภาษาที่ไม่มีการเว้นวรรคระหว่างคำซึ่งทำให้การตัดคำเป็นเรื่องยาก" * 10  # one 730-letter "word"
+    rows = [(f"{thai} {i}", "thai") for i in range(3)] + EXAMPLES[:3]
+    collection = knowledge.name("icl")
+    await aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl", rows)], collection=collection)
+    async with router(gemini_server, otel, knowledge, collection=collection, selector="fixed", k=6,
+                      format="text", example_tokens=60, example_template="Q: {{ input }} => {{ label }}",
+                      query_template="Q: {{ input }} =>", separator="\n", order="nearest_first") as r:
+        await r.agenerate("where is my card")
+    text = field_of(gemini_server.requests[0].body, "contents")[0]["parts"][0]["text"]
+    # Each Thai example is some 180 tokens at four letters a token: over the budget, so left out.
+    assert text.split("\n") == [f"Q: {t} => {label}" for t, label in EXAMPLES[:3]] + ["Q: where is my card =>"]
+
+
 async def test_empty_and_unknown_collections(gemini_server: GeminiTestServer, otel: Otel,
                                              knowledge: Knowledge) -> None:
     store = knowledge.store()

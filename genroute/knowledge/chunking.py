@@ -3,6 +3,10 @@
 Counting uses the MiniLM WordPiece tokenizer shipped with the offline embedder: it is what the
 local embedder truncates by, and a fair stand-in for other models' counts when budgeting prompts.
 Without that package a whitespace/punctuation splitter stands in (never a download).
+
+A word WordPiece cannot split (Thai and other unspaced scripts, emoji, any run over 100 characters) comes back
+as one ``[UNK]`` whatever its length; such a span is counted, split and truncated as pieces of about
+``CHARS_PER_TOKEN`` characters instead, so no text slips past a token budget as "one token".
 """
 
 from __future__ import annotations
@@ -10,13 +14,19 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from genroute.errors import ConfigError
+from genroute.runtime.billing import CHARS_PER_TOKEN
 
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+# WordPiece's max_input_chars_per_word: a longer word becomes one [UNK] (the fallback splitter treats it alike).
+_MAX_WORD = 100
+# Characters that belong to the one before them: a cut just before one would change that character.
+_JOINERS = frozenset("\u200c\u200d\ufe0e\ufe0f")
 # Where a chunk may end without cutting a sentence: after . ! ? or a newline.
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
 
@@ -47,15 +57,44 @@ class TokenCounter:
         return self._tokenizer
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
-        """Character ``(start, end)`` of every token in ``text``."""
+        """Character ``(start, end)`` of every token in ``text`` (an unknown word: one per few characters)."""
         tokenizer = self._load()
         if tokenizer is None:
-            return [m.span() for m in _WORD.finditer(text)]
-        return [span for span in tokenizer.encode(text, add_special_tokens=False).offsets if span[1] > span[0]]
+            tokens = [(m.span(), m.end() - m.start() > _MAX_WORD) for m in _WORD.finditer(text)]
+        else:
+            encoding = tokenizer.encode(text, add_special_tokens=False)
+            unk = tokenizer.token_to_id(tokenizer.model.unk_token)
+            tokens = [(span, i == unk) for span, i in zip(encoding.offsets, encoding.ids) if span[1] > span[0]]
+        spans: list[tuple[int, int]] = []
+        for span, unknown in tokens:
+            spans.extend(_char_spans(text, *span) if unknown else [span])
+        return spans
 
     def count(self, text: str) -> int:
         """Number of tokens in ``text``."""
         return len(self.offsets(text))
+
+
+def _char_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """``text[start:end]`` as pieces of about ``CHARS_PER_TOKEN`` characters, none cut before a mark or joiner."""
+    spans = []
+    while start < end:
+        cut = _extend(text, min(start + CHARS_PER_TOKEN, end), end, joined=True)
+        spans.append((start, cut))
+        start = cut
+    return spans
+
+
+def _extend(text: str, end: int, limit: int, *, joined: bool = False) -> int:
+    """``end`` moved (up to ``limit``) past the combining marks, joiners and variation selectors that belong before
+    it, and with ``joined`` past a character a zero-width joiner ties to the one before (an emoji sequence)."""
+    while end < limit and (_attached(text[end]) or (joined and text[end - 1] == "\u200d")):
+        end += 1
+    return end
+
+
+def _attached(char: str) -> bool:
+    return char in _JOINERS or unicodedata.category(char).startswith("M")
 
 
 @lru_cache(maxsize=1)
@@ -117,8 +156,8 @@ def chunk_text(
     while i < len(spans):
         j = min(i + chunk_tokens, len(spans))
         if j < len(spans):
-            j = _sentence_cut(text, spans, i, j)
-        start, end = spans[i][0], spans[j - 1][1]
+            j = _mark_cut(text, spans, i, _sentence_cut(text, spans, i, j))
+        start, end = spans[i][0], _end(text, spans, j)
         piece = text[start:end].strip()
         if piece:
             chunks.append(Chunk(piece, base_offset + start, base_offset + end, j - i))
@@ -126,7 +165,21 @@ def chunk_text(
             break
         # Advance at least half a window, so large overlaps and early sentence cuts cannot crawl.
         i = max(j - overlap, i + max(1, (j - i) // 2))
+        while i < j and _attached(text[spans[i][0]]):
+            i += 1  # a chunk starts with a whole character, never with a mark of the one before
     return chunks
+
+
+def _mark_cut(text: str, spans: list[tuple[int, int]], i: int, j: int) -> int:
+    """``j``, moved back while token ``j`` is a mark (a vowel sign, say) of the character before it."""
+    while j > i + 1 and _attached(text[spans[j][0]]):
+        j -= 1
+    return j
+
+
+def _end(text: str, spans: list[tuple[int, int]], j: int) -> int:
+    """Where the text of tokens ``[.., j)`` ends: after the marks the tokenizer dropped (accents, harakat)."""
+    return _extend(text, spans[j - 1][1], spans[j][0] if j < len(spans) else len(text))
 
 
 def _sentence_cut(text: str, spans: list[tuple[int, int]], i: int, j: int) -> int:
@@ -146,4 +199,5 @@ def truncate_to_tokens(text: str, max_tokens: int, *, counter: TokenCounter | No
         return text
     if max_tokens <= 0:
         return ""
-    return text[:spans[max_tokens - 1][1]]
+    n = _mark_cut(text, spans, -1, max_tokens)
+    return text[:_end(text, spans, n)] if n else ""

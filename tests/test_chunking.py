@@ -1,0 +1,76 @@
+"""Token counting, chunking and truncation of text the MiniLM tokenizer cannot split, and of combining marks."""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+
+import pytest
+
+from genroute.backends.rag import WRAPPER_TOKENS, pack
+from genroute.knowledge.chunking import chunk_text, token_counter, truncate_to_tokens
+from genroute.knowledge.store import Hit
+from genroute.runtime.billing import CHARS_PER_TOKEN
+
+THAI = "ภาษาไทยเป็นภาษาที่ไม่มีการเว้นวรรคระหว่างคำซึ่งทำให้การตัดคำเป็นเรื่องยาก" * 40
+EMOJI = "🎉🙂🔥" * 300
+LONG_RUN = "QUJD" * 250  # a base64-like run: one 1000-character "word"
+FAMILY = "👨\u200d👩\u200d👧\u200d👦" * 200  # emoji joined by ZWJ: no piece may end on a joiner
+
+
+@pytest.mark.parametrize("text", [EMOJI, LONG_RUN])
+def test_a_word_the_tokenizer_cannot_split_counts_a_token_per_few_characters(text: str) -> None:
+    assert token_counter().count(text) == math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+@pytest.mark.parametrize("text", [THAI, EMOJI, LONG_RUN, FAMILY])
+def test_unsplittable_text_is_chunked_and_truncated_within_the_budget(text: str) -> None:
+    counter = token_counter()
+    assert counter.count(text) >= len(text) / (2 * CHARS_PER_TOKEN)
+    chunks = chunk_text(text, chunk_tokens=50, overlap=0)
+    assert len(chunks) > 1
+    assert "".join(c.text for c in chunks) == text  # no overlap: the pieces are the text, nothing lost
+    for chunk in chunks:
+        assert chunk.tokens <= 50 and counter.count(chunk.text) <= 50
+        assert text[chunk.start:chunk.end] == chunk.text
+        assert not chunk.text.endswith("\u200d") and not chunk.text[-1:].isspace()
+    short = truncate_to_tokens(text, 10)
+    assert text.startswith(short) and 0 < len(short) <= 10 * 7  # 10 pieces (a piece: 4 characters, or one emoji)
+
+
+def test_ordinary_text_counts_as_wordpiece_does() -> None:
+    counter = token_counter()
+    # The counts WordPiece gives (and gave before unknown words were charged by length).
+    assert counter.count("This is an English sentence used for counting tokens.") == 11
+    assert counter.count("这是一个测试句子。") == 9
+    assert counter.count("هذه جملة اختبار باللغة العربية لفحص عدد الرموز.") == 40
+    assert counter.count("हिन्दी भाषा भारत की राजभाषा है") == 23
+    assert counter.count("Donaudampfschifffahrtsgesellschaftskapitänsmützenabzeichenherstellungsbetrieb") == 28
+    assert counter.count("ab🎉 x") == 2  # a short unknown word is still one token
+
+
+def test_rag_context_budget_holds_for_unsplittable_text() -> None:
+    docs, _ = pack([Hit(id="c1", text=THAI, metadata={"source": "s"}, distance=0.1)], budget=100)
+    (doc,) = docs
+    assert THAI.startswith(doc["text"]) and 0 < token_counter().count(doc["text"]) <= 100 - WRAPPER_TOKENS
+    assert len(doc["text"]) < 2 * (100 - WRAPPER_TOKENS) * CHARS_PER_TOKEN  # pieces of 4 letters and their marks
+
+
+@pytest.mark.parametrize("text", ["re\u0301sume\u0301", "यह है", "كَتَبَ", "ok \u263a\ufe0f", "नमस्ते"])
+def test_a_chunk_keeps_the_marks_at_its_end(text: str) -> None:
+    (chunk,) = chunk_text(text)
+    assert (chunk.text, chunk.start, chunk.end) == (text, 0, len(text))
+    assert truncate_to_tokens(text, token_counter().count(text)) == text
+
+
+def test_chunks_neither_end_before_nor_start_with_a_mark() -> None:
+    text = " ".join(f"वाक्य {i} यहाँ है और यह हिन्दी में लिखा गया है।" for i in range(60))
+    chunks = chunk_text(text, chunk_tokens=30, overlap=0)
+    assert len(chunks) > 2
+    assert "".join(c.text for c in chunks).replace(" ", "") == text.replace(" ", "")  # each character once
+    for chunk in chunks:
+        assert text[chunk.start:chunk.end] == chunk.text
+        assert not unicodedata.category(chunk.text[0]).startswith("M")
+        assert chunk.end == len(text) or not unicodedata.category(text[chunk.end]).startswith("M")
+    assert truncate_to_tokens("यह है और", 3) == "यह है"  # "है": one token and the vowel sign it drops
+    assert truncate_to_tokens("लिखा", 1) == ""  # "ल" alone would drop its vowel sign
