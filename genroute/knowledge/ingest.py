@@ -197,8 +197,9 @@ async def aingest(
     """Chunk ``paths`` into ``collection``: skip chunks already stored, upsert the rest batch by batch.
 
     Then drop the chunks an earlier run stored for these same sources that the files no longer produce (an
-    edited file leaves no stale text behind). New chunks are written before old ones are removed, so a run killed
-    part-way loses nothing, and a re-run finishes the job.
+    edited file leaves no stale text behind, an emptied one no text at all). New chunks are written before old ones
+    are removed, so a run killed part-way loses nothing, and a re-run finishes the job. Files that hold no text,
+    with no stored chunks of theirs to remove either, are a ``UsageError`` (nothing written, no collection made).
     """
     started = time.perf_counter()
     files = expand_paths(paths)
@@ -208,18 +209,21 @@ async def aingest(
     documents = 0
     for path in files:
         generation = time.time_ns()
+        # Every file read is settled, chunks or not: an emptied file's old chunks must go too.
+        generations[str(path.resolve())] = generation
         docs = list(read_documents(path, text_field=text_field))
         documents += len(docs)
         for chunk, meta in chunk_documents(iter(docs), chunk_tokens=chunk_tokens, overlap=overlap):
-            generations[meta["source"]] = generation
             # identical text twice in one file: stored once
             chunks.setdefault(stored_chunk_id(meta["source"], chunk.text), (chunk.text, {**meta, GENERATION: generation}))
-    if not chunks:
-        raise UsageError("the files hold no text to ingest", field="paths")
+    if not chunks and collection not in await store.collections():
+        raise _no_text()  # nothing stored to withdraw: refused, and no collection is made
+    added = batches = 0
     with charging(Charges()) as charges:  # what embedding the new chunks costs
         try:
-            added, batches = await upsert_missing(store, collection, chunks, kind="documents",
-                                                  batch_size=batch_size, progress=progress, on_batch=on_batch)
+            if chunks:
+                added, batches = await upsert_missing(store, collection, chunks, kind="documents",
+                                                      batch_size=batch_size, progress=progress, on_batch=on_batch)
         except GenrouteError as exc:  # the batches stored before it were paid for (a re-run skips them)
             exc.cost_usd += charges.cost_usd
             exc.cost_estimated = exc.cost_estimated or charges.estimated
@@ -227,10 +231,16 @@ async def aingest(
     removed = 0
     for source, generation in sorted(generations.items()):
         removed += await _settle_source(store, collection, source, generation, chunks)
+    if not chunks and not removed:
+        raise _no_text()  # the files were empty before too: nothing changed
     return IngestReport(collection=collection, files=len(files), documents=documents, chunks=len(chunks),
                         added=added, skipped=len(chunks) - added, batches=batches, removed=removed,
                         seconds=time.perf_counter() - started, cost_usd=charges.cost_usd,
                         cost_estimated=charges.estimated)
+
+
+def _no_text() -> UsageError:
+    return UsageError("the files hold no text to ingest", field="paths")
 
 
 async def _settle_source(store: KnowledgeStore, collection: str, source: str, generation: int,
