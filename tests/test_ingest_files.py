@@ -1,4 +1,4 @@
-"""Ingesting files as they are on disk: emptied files."""
+"""Ingesting files as they are on disk: emptied files, line endings, a BOM, Markdown code fences."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from genroute.errors import UsageError
 from genroute.knowledge import aingest
+from genroute.knowledge.ingest import chunk_documents, read_documents
 
 from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
 
@@ -43,3 +44,39 @@ async def test_empty_files_are_refused_with_nothing_written(knowledge: Knowledge
         await aingest(store, [empty], collection=collection)
     assert err.value.field == "paths"
     assert collection not in await store.collections()  # no collection, not even an empty one
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\r"])
+def test_offsets_index_the_file_whatever_its_line_endings(tmp_path: Path, newline: str) -> None:
+    lines = ["# Guide", "", "Line one is here.", "Line two follows.", "", "## Setup", "", "Paragraph two. " * 20]
+    for name in ("notes.txt", "guide.md"):
+        path = tmp_path / name
+        path.write_bytes(newline.join(lines * 3).encode("utf-8"))
+        raw = path.read_bytes().decode("utf-8")
+        docs = list(read_documents(path))
+        for doc in docs:
+            assert raw[doc.offset:doc.offset + len(doc.text)] == doc.text
+        chunks = list(chunk_documents(iter(docs), chunk_tokens=20, overlap=4))
+        assert len(chunks) > 3
+        for chunk, meta in chunks:
+            assert raw[meta["start"]:meta["end"]].strip() == chunk.text
+    assert [d.section for d in docs] == ["Guide", "Setup"] * 3 and docs[0].title == "Guide"
+
+
+def test_a_heading_inside_a_code_fence_is_code(tmp_path: Path) -> None:
+    path = tmp_path / "setup.md"
+    path.write_text("Setup guide.\n\n```bash\n# install the dependencies\npip install foo\n```\n\n"
+                    "~~~~\n# not a heading\n~~~\n## still code\n~~~~\n\n# Real Title\n\nBody.\n", encoding="utf-8")
+    docs = list(read_documents(path))
+    assert [(d.title, d.section) for d in docs] == [("Real Title", None), ("Real Title", "Real Title")]
+    assert "pip install foo\n```" in docs[0].text and "## still code" in docs[0].text
+
+
+def test_a_bom_does_not_hide_the_title(tmp_path: Path) -> None:
+    path = tmp_path / "bom.md"
+    path.write_bytes(b"\xef\xbb\xbf# Handbook\n\nBody text.\n\n## Part\n\nMore.\n")
+    docs = list(read_documents(path))
+    assert [(d.title, d.section) for d in docs] == [("Handbook", "Handbook"), ("Handbook", "Part")]
+    raw = path.read_bytes().decode("utf-8")
+    for doc in docs:
+        assert raw[doc.offset:doc.offset + len(doc.text)] == doc.text

@@ -42,7 +42,10 @@ SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | JSONL_SUFFIXES | PDF_SUFFIXES
 DEFAULT_BATCH = 256
 #: Metadata key of a chunk's generation stamp: when (wall-clock ns) the run that last wrote it read its file.
 GENERATION = "genroute.generation"
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+# Markdown lines end at \n, \r\n or a lone \r (CommonMark); a heading or fence is matched on a line without its end.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)?")
+_HEADING = re.compile(r"(#{1,6})[ \t]+(.+?)[ \t#]*")
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 
 
 class IngestReport(BaseModel):
@@ -105,7 +108,8 @@ def expand_paths(paths: Sequence[str | Path], *, field: str = "paths") -> list[P
 def read_documents(path: Path, *, text_field: str = "text") -> Iterator[Document]:
     """The documents in one file: text, Markdown sections, JSONL records with ``text_field``, or PDF pages.
 
-    Their ``source`` is the file's resolved path: however the file is named, it is one source.
+    Their ``source`` is the file's resolved path: however the file is named, it is one source. A text or Markdown
+    document's ``offset`` (and its chunks' offsets) index the file's characters as they are: CRLF and BOM included.
     """
     path = path.resolve()
     suffix = path.suffix.lower()
@@ -116,7 +120,8 @@ def read_documents(path: Path, *, text_field: str = "text") -> Iterator[Document
         if suffix in JSONL_SUFFIXES:
             yield from _jsonl_documents(path, text_field)
             return
-        text = path.read_text(encoding="utf-8")
+        # Bytes decoded as they are (no newline translation, BOM kept): chunk offsets index the file itself.
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path} is not UTF-8 text ({exc.reason})", field="paths") from None
     if suffix in MARKDOWN_SUFFIXES:
@@ -157,18 +162,35 @@ def _pdf_documents(path: Path) -> Iterator[Document]:
 
 
 def _markdown_documents(path: Path, text: str) -> Iterator[Document]:
-    """One document per heading section, titled by the first level-1 heading (else the file name)."""
-    headings = list(_HEADING.finditer(text))
-    h1 = next((m.group(2) for m in headings if len(m.group(1)) == 1), None)
-    title = h1 or path.stem
-    bounds = [0] + [m.start() for m in headings] + [len(text)]
-    for start, end in zip(bounds, bounds[1:]):
+    """One document per heading section, titled by the first level-1 heading (else the file name); a ``#`` line in
+    a fenced code block is code, not a heading."""
+    headings = _headings(text)
+    title = next((name for _, level, name in headings if level == 1), None) or path.stem
+    bounds = [(0, None)] + [(start, name) for start, _, name in headings] + [(len(text), None)]
+    for (start, section), (end, _) in zip(bounds, bounds[1:]):
         section_text = text[start:end]
-        if not section_text.strip():
-            continue
-        match = _HEADING.match(section_text)
-        yield Document(text=section_text, source=str(path), title=title,
-                       section=match.group(2) if match else None, offset=start)
+        if section_text.strip():
+            yield Document(text=section_text, source=str(path), title=title, section=section, offset=start)
+
+
+def _headings(text: str) -> list[tuple[int, int, str]]:
+    """``(offset, level, name)`` of each ATX heading of ``text``, skipping lines inside fenced code blocks."""
+    found: list[tuple[int, int, str]] = []
+    fence: str | None = None  # the open fence's marker (``` or ~~~, at least that long), if inside one
+    for line in _LINE.finditer(text):
+        content = line.group().rstrip("\r\n")
+        if line.start() == 0:
+            content = content.removeprefix("\ufeff")  # a BOM is not part of the first line's text
+        marker = _FENCE.match(content)
+        if fence is None:
+            if marker:
+                fence = marker.group(1)
+            elif heading := _HEADING.fullmatch(content):
+                found.append((line.start(), len(heading.group(1)), heading.group(2)))
+        elif (marker and marker.group(1)[0] == fence[0] and len(marker.group(1)) >= len(fence)
+              and not content[marker.end():].strip()):
+            fence = None  # a closing fence: same character, at least as long, nothing after it
+    return found
 
 
 def chunk_documents(docs: Iterator[Document], *, chunk_tokens: int,
