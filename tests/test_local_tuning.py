@@ -53,6 +53,19 @@ def test_a_bench_file_is_a_tuning_file(tmp_path: Path) -> None:
     assert [r.id for r in records] == ["r1", "2"]
 
 
+def test_raw_line_separators_inside_strings_are_text(tmp_path: Path) -> None:
+    from genroute.bench.datasets import load_records
+
+    # JSON allows U+2028, U+2029, U+0085 and \x1c-\x1e raw in a string; only "\n" ends a JSONL line.
+    rows = [{"input": "first line\u2028second line", "output": "a\x85b"}, {"input": "x\u2029y\x1cz", "output": "ok"}]
+    path = tmp_path / "raw.jsonl"
+    path.write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows).encode("utf-8"))
+    examples = load_examples(path)
+    assert [(e.input, e.output, e.line) for e in examples] == [(r["input"], r["output"], n)
+                                                               for n, r in enumerate(rows, start=1)]
+    assert [r.input for r in load_records(path)] == [e.input for e in examples]  # as the bench reads it
+
+
 @pytest.mark.parametrize(("lines", "field", "message"), [
     ([GOOD, "{not json"], "line 2", "invalid JSON"),
     ([GOOD, "", {"input": "x"}], "line 3", "missing field 'output'"),

@@ -48,7 +48,8 @@ def load_examples(
 ) -> list[Example]:
     """Read and check a JSONL file of examples; raise ``UsageError(field="line N")`` on the first bad line.
 
-    Blank lines are skipped (they still count for line numbers). ``max_chars`` bounds
+    Lines end at ``\\n`` only (a raw U+2028 or U+0085 is string content, as JSON allows). Blank lines are skipped
+    (they still count for line numbers). ``max_chars`` bounds
     ``len(input) + len(output)`` of one example.
     """
     path = Path(path)
@@ -60,7 +61,9 @@ def load_examples(
         raise UsageError(f"{path} is not UTF-8 text: {exc}", field="data") from None
     examples = [
         parse_line(line, lineno, max_chars=max_chars)
-        for lineno, line in enumerate(text.splitlines(), start=1)
+        # "\n" only, as genroute.jsonl.iter_records reads: splitlines() also breaks at U+2028, U+0085 and the
+        # like, which JSON allows raw inside strings. A CRLF line's "\r" is JSON whitespace.
+        for lineno, line in enumerate(text.split("\n"), start=1)
         if line.strip()
     ]
     if not examples:
