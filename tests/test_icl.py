@@ -72,6 +72,25 @@ async def test_knn_returns_the_nearest(knowledge: Knowledge, tmp_path: Path) -> 
     assert chosen[0].score == pytest.approx(float(vectors[1 + order[0]] @ vectors[0]), abs=1e-4)
 
 
+async def test_fetch_k_is_for_mmr_and_balanced_and_at_least_k(gemini_server: GeminiTestServer, otel: Otel,
+                                                                 knowledge: Knowledge, tmp_path: Path) -> None:
+    collection, examples = await loaded(knowledge, tmp_path)
+    query = "my new card never arrived"
+    knn = await examples.select(query, strategy="knn", k=6)
+    assert await examples.select(query, strategy="knn", k=6, fetch_k=2) == knn  # knn ignores fetch_k
+    for strategy in ("mmr", "balanced"):
+        with pytest.raises(ConfigError) as err:
+            await examples.select(query, strategy=strategy, k=6, fetch_k=2)
+        assert err.value.field == "fetch_k" and "at least k (6)" in err.value.message
+        assert len(await examples.select(query, strategy=strategy, k=6, fetch_k=6)) == 6
+    with pytest.raises(ConfigError) as err:
+        router(gemini_server, otel, knowledge, collection=collection, selector="mmr", k=6, fetch_k=2)
+    assert err.value.field == "backends.icl.fetch_k"
+    async with router(gemini_server, otel, knowledge, collection=collection, selector="knn", k=6, fetch_k=2) as r:
+        await r.agenerate(query)
+    assert len(field_of(gemini_server.requests[0].body, "contents")) == 2 * 6 + 1  # six example turn pairs
+
+
 async def test_mmr_is_more_diverse_than_knn(knowledge: Knowledge, tmp_path: Path) -> None:
     _, examples = await loaded(knowledge, tmp_path)
     query = "my card has still not arrived"

@@ -21,7 +21,7 @@ from contextlib import aclosing
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from genroute.backends.base import BackendConfig, BackendOutput, Prepared, SingleCallBackend, user_content
 from genroute.backends.templating import check_template, compile_template, render
@@ -44,7 +44,8 @@ class IclConfig(BackendConfig):
     selector: Literal["fixed", "random", "knn", "mmr", "balanced"] = "knn"
     k: int = Field(default=4, ge=0, le=64, description="Examples to show (fewer if the budget runs out).")
     seed: int = Field(default=0, description="Seed of the random selector (combined with the request).")
-    fetch_k: int | None = Field(default=None, ge=1, description="Candidates for mmr/balanced (default max(4k, 20)).")
+    fetch_k: int | None = Field(default=None, ge=1,
+                                description="Candidates for mmr/balanced, at least k (default max(4k, 20)).")
     mmr_lambda: float = Field(default=0.5, ge=0.0, le=1.0, description="MMR: 1 = pure similarity, 0 = pure diversity.")
     example_tokens: int = Field(default=1500, ge=0, description="Token budget for the rendered examples.")
     instructions: str | None = Field(default=None, description="Text before the examples, in the user turn.")
@@ -64,6 +65,14 @@ class IclConfig(BackendConfig):
     context_cache: ContextCacheSettings | None = Field(
         default=None, description="Cache the fixed example prefix on Gemini (`client.caches`); off by default.",
     )
+
+    @field_validator("fetch_k")
+    @classmethod
+    def _fetch_k_covers_k(cls, value: int | None, info: ValidationInfo) -> int | None:
+        k = info.data.get("k")
+        if value is not None and k is not None and info.data.get("selector") in ("mmr", "balanced") and value < k:
+            raise ValueError(f"must be at least k ({k}): the selector picks k of these candidates")
+        return value
 
     @model_validator(mode="after")
     def _templates_compile(self) -> IclConfig:

@@ -144,7 +144,8 @@ class ExampleStore:
     async def select(self, text: str, *, strategy: Strategy, k: int, seed: int = 0, fetch_k: int | None = None,
                      mmr_lambda: float = 0.5, tracer: trace.Tracer | None = None) -> list[ExampleRecord]:
         """Up to ``k`` examples for the request input ``text``, best first, never one with the same input
-        (``text`` is embedded, if the strategy needs it, in a span sent to ``tracer``)."""
+        (``text`` is embedded, if the strategy needs it, in a span sent to ``tracer``). ``fetch_k``: the candidates
+        mmr and balanced choose from (at least ``k``); other strategies ignore it."""
         if strategy not in STRATEGIES:
             raise ConfigError(f"unknown selector {strategy!r}; known: {', '.join(STRATEGIES)}", field="selector")
         if k <= 0:
@@ -156,8 +157,9 @@ class ExampleStore:
             rng = random.Random(f"{seed}:{key}")  # reproducible per (seed, request)
             eligible = [r for r in await self.pool() if r.metadata.get("input_key") != key]
             return rng.sample(eligible, min(k, len(eligible)))
+        fetch = k if strategy == "knn" else _candidates(k, fetch_k)
         size = await self.size()  # the index is queried directly: no need to hold every example
-        want = min(fetch_k or (k if strategy == "knn" else max(4 * k, 20)), size)
+        want = min(fetch, size)
         vector = (await self.store.embedder.aembed([text], tracer=tracer))[0]
         mmr_needs = strategy == "mmr"
         # A metadata filter makes Chroma search several times slower, so over-fetch a little and drop
@@ -177,6 +179,15 @@ class ExampleStore:
         if strategy == "mmr":
             return mmr(vector, candidates, k, mmr_lambda)
         return balanced(candidates, k)
+
+
+def _candidates(k: int, fetch_k: int | None) -> int:
+    """How many nearest examples mmr/balanced choose ``k`` from: ``fetch_k``, by default max(4k, 20)."""
+    if fetch_k is None:
+        return max(4 * k, 20)
+    if fetch_k < k:
+        raise ConfigError(f"must be at least k ({k}): the selector picks k of these candidates", field="fetch_k")
+    return fetch_k
 
 
 def mmr(query: Sequence[float], candidates: list[ExampleRecord], k: int, lambda_: float) -> list[ExampleRecord]:
