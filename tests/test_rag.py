@@ -254,6 +254,16 @@ def test_pack_keeps_rank_order_and_truncates_only_the_first() -> None:
     assert [d["n"] for d in docs] == [1, 2]
 
 
+def test_pack_leaves_out_a_passage_it_already_holds() -> None:
+    same = "The reactor was commissioned in 2019."
+    hits = [Hit(id="a", text=same, metadata={"source": "a.txt"}, distance=0.1),
+            Hit(id="b", text=same, metadata={"source": "copy-of-a.txt"}, distance=0.1),
+            Hit(id="c", text="It runs on deuterium.", metadata={"source": "b.txt"}, distance=0.2)]
+    docs, cites = pack(hits, budget=200)
+    assert [c.chunk_id for c in cites] == ["a", "c"]  # the copy spends no budget and is not cited twice
+    assert [d["n"] for d in docs] == [1, 2]
+
+
 @pytest.mark.local
 async def test_local_model_answers_from_retrieved_context(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python comes with the local extra")

@@ -154,15 +154,23 @@ def _attr(value: Any) -> str:
 
 
 def pack(hits: list[Hit], budget: int) -> tuple[list[dict[str, Any]], list[Citation]]:
-    """Chunks in rank order that fit ``budget`` tokens (the best one truncated if it alone is too long)."""
+    """Chunks in rank order that fit ``budget`` tokens (the best one truncated if it alone is too long).
+
+    A chunk whose text an earlier (better ranked) one already holds, such as the same paragraph in two files, is
+    left out: it would spend the budget twice and be cited twice for one passage.
+    """
     from genroute.knowledge.chunking import token_counter, truncate_to_tokens
     from genroute.knowledge.hygiene import defuse
 
     counter = token_counter()
     docs: list[dict[str, Any]] = []
     citations: list[Citation] = []
+    seen: set[str] = set()
     used = 0
     for hit in hits:
+        if hit.text in seen:
+            continue
+        seen.add(hit.text)
         text = defuse(hit.text)
         cost = counter.count(text) + WRAPPER_TOKENS
         if used + cost > budget:
