@@ -1,12 +1,13 @@
 """Kinds that config can name: built-ins plus entry points ``genroute.{engines,backends,policies}``.
 
-A plugin cannot replace a built-in kind: naming a kind that is both is a ``ConfigError`` naming the plugin's
-package (running the built-in instead would silently ignore what the user installed).
+A plugin cannot replace a built-in kind: the built-in runs, and the first use of such a name logs a warning naming
+the plugin's package (an installed package must not break a config that names a built-in, nor go unnoticed).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -16,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from genroute.errors import ConfigError, GenrouteError
+
+_log = logging.getLogger(__name__)
 
 Group = Literal["engines", "backends", "policies"]
 
@@ -86,13 +89,19 @@ def kinds(group: Group) -> list[str]:
     return sorted(set(BUILTIN[group]) | set(_plugins(group)))
 
 
+@lru_cache(maxsize=None)
+def _shadowed(group: Group, kind: str, where: str) -> None:
+    """Warn (once per kind) that a plugin registered a built-in kind's name: the built-in is what runs."""
+    _log.warning("kind %r is built in; the plugin at %s registered the same name and is not used (register it "
+                 "under another name to use it)", kind, where)
+
+
 def load(group: Group, kind: str, *, field: str) -> type:
     """The class implementing ``kind`` in ``group``; ``field`` names the config key for errors."""
     target = BUILTIN[group].get(kind)
     plugin = _plugins(group).get(kind)
     if target is not None and plugin is not None and plugin.value != target:
-        raise ConfigError(f"kind {kind!r} is built in; the plugin at {_where(plugin, group)} cannot replace it "
-                          f"(register the plugin under another name, or uninstall it)", field=field)
+        _shadowed(group, kind, _where(plugin, group))
     if target is not None:
         module, _, attr = target.partition(":")
         try:

@@ -7,6 +7,8 @@ The package lives in ``tests/plugin_pkg``; ``scripts/install.sh`` installs it wi
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -206,12 +208,18 @@ def test_plugin_engine_and_backend_failing_to_build_name_the_section(misbehaving
     assert error in err.value.message and MISBEHAVING in err.value.message
 
 
-def test_a_plugin_cannot_take_a_built_in_kind_name(shadowing, gemini_server) -> None:
-    error = _plugin_error({"kind": "ladder"}, "policy.kind")
-    assert "built in" in error.message
-    with pytest.raises(ConfigError) as err:
-        Router.from_config(gemini_config(gemini_server))  # its engine is kind "gemini"
-    assert err.value.field == "engines.gemini.kind" and MISBEHAVING in err.value.message
+def test_a_plugin_cannot_take_a_built_in_kind_name(shadowing, gemini_server, caplog) -> None:
+    from genroute.policies.ladder import LadderPolicy
+
+    with caplog.at_level(logging.WARNING, logger="genroute.registry"):
+        policy = build_policy({"kind": "ladder"})
+        build_policy({"kind": "ladder"})
+        with Router.from_config(gemini_config(gemini_server)) as router:  # its engine is kind "gemini"
+            gemini_server.reply_text("from the built-in engine")
+            assert router.generate("hi").text == "from the built-in engine"
+    assert type(policy) is LadderPolicy  # the built-in runs: an installed package cannot break a config
+    warnings = [r.getMessage() for r in caplog.records if "is built in" in r.getMessage()]
+    assert len(warnings) == 2 and all(MISBEHAVING in w for w in warnings)  # once per kind, naming the plugin
     assert kinds("policies").count("ladder") == 1
 
 

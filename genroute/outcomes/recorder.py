@@ -9,7 +9,8 @@ Text is kept only with ``capture`` on, and only after the scrub hook and the sec
 shadow's paired record, the input and each side's answer in ``metadata.answered_input``/``metadata.answers`` (never
 an example), so that a label given to any replica sharing the store scores both sides. Without capture a record
 holds scores, costs, latencies and token counts, and a label given to a process that did not serve the request
-cannot be scored: it is noted (``metadata.feedback.label_scored: false``) and logged, not kept.
+cannot be scored: it is noted (``metadata.feedback.label_scored: false``) and logged (with capture on it is still
+kept as the record's labeled example when the input is given).
 """
 
 from __future__ import annotations
@@ -184,9 +185,9 @@ class OutcomeRecorder:
         metadata["feedback"] = {"score": score, "label_given": label is not None, "at": time.time()}
         if label is not None and known is None:
             metadata["feedback"]["label_scored"] = False
-            _log.warning("a label for %s was not scored: this process did not serve the request and its record keeps "
-                         "no answers to score (outcomes.capture is off, or the scrub hook dropped them); the label is not "
-                         "stored", id)
+            _log.warning("a label for %s scored no answer: this process did not serve the request and its record "
+                         "keeps no answers to score (only a shadow's paired record keeps them, with outcomes.capture "
+                         "on, unless the scrub hook dropped them)", id)
         return await self._write(OutcomeRecord(input=text_in, output=text_out, metadata=metadata, outcomes=sides),
                                  raise_errors=True)
 
