@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -123,3 +124,20 @@ def race(*work: Callable[[], None]) -> list[BaseException]:
     finally:
         sys.setswitchinterval(interval)
     return errors
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """Start ``fn`` in a daemon thread; the thread, and what ``fn`` returned (``result``) or raised (``error``) and
+    when it ``ended`` (``time.monotonic()``), once it has."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = fn()
+        except BaseException as exc:  # judged by the test
+            out["error"] = exc
+        out["ended"] = time.monotonic()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out

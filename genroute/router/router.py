@@ -218,7 +218,7 @@ class Router(Learning):
         """Stream one answer (sync; not from inside a running event loop)."""
         refuse_inside_loop("stream")
         request = self._request(input, fields)
-        return self._portal.iterate(self.astream(request))
+        return self._portal.iterate(self.astream(request), owner=self)  # held until the stream ends
 
     def decide(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Decision:
         """What the policy would decide for this request, without running anything (nor reading shared state:

@@ -3,6 +3,10 @@
 ``refuse_inside_loop`` is the one check that a sync API is not called from a running event loop (it would
 block that loop); ``run_sync`` runs a one-shot coroutine (ingestion, embedding, tuning, a benchmark) after that
 check; a ``Portal`` keeps one loop on a daemon thread for objects whose clients belong to a loop (a router).
+
+A forked child does not inherit that thread: each portal forgets its parent's loop at the fork, and the child's
+first sync call starts a loop thread of its own. A sync call made while the same thread already waits on the
+same portal (from a signal handler, or a finalizer) gets ``UsageError`` instead of a deadlock.
 """
 
 from __future__ import annotations
@@ -10,13 +14,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import os
 import threading
+import weakref
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from genroute.errors import UsageError
 
 T = TypeVar("T")
+
+_REENTERED = ("a sync genroute call cannot run inside another one on the same thread (e.g. from a signal "
+              "handler that interrupted it)")
 
 
 def refuse_inside_loop(api: str, instead: str | None = None) -> None:
@@ -51,9 +60,29 @@ class Portal:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler may make a sync call while this thread holds it (it then gets UsageError).
+        self._lock = threading.RLock()
         self._closed = False
         self._waiting: set[concurrent.futures.Future[Any]] = set()
+        self._here = threading.local()  # ``waiting``: this thread waits on this portal now
+        _PORTALS.add(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's loop thread did not come along; the next call starts the child's own."""
+        if self._loop is not None:
+            _INHERITED.append(self._loop)  # never run nor closed here: closing it would touch the parent's fds
+        self._loop = self._thread = None
+        self._lock = threading.RLock()  # another thread may have held it at the fork
+        self._waiting = set()
+        self._here = threading.local()
+
+    def _refuse_reentry(self) -> None:
+        if getattr(self._here, "waiting", False):
+            raise UsageError(_REENTERED)
+
+    def _may_wait(self) -> bool:
+        """Whether this thread may block on the loop (it neither waits on it already nor runs it)."""
+        return not getattr(self._here, "waiting", False) and not self.owns_running_loop()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -78,6 +107,7 @@ class Portal:
     def call(self, coro: Coroutine[Any, Any, T], *, timeout_s: float | None = None) -> T:
         """Run ``coro`` on the portal loop and wait for its result (``TimeoutError`` after ``timeout_s``)."""
         try:
+            self._refuse_reentry()
             loop = self.loop
         except UsageError:
             coro.close()
@@ -96,6 +126,7 @@ class Portal:
             raise UsageError("the router was closed while this stream was open") from None
 
     def _wait(self, future: concurrent.futures.Future[T], timeout_s: float | None = None) -> T:
+        self._here.waiting = True  # before it is listed: a reentrant call must never wait on this thread
         with self._lock:
             self._waiting.add(future)
         try:
@@ -110,9 +141,15 @@ class Portal:
         finally:
             with self._lock:
                 self._waiting.discard(future)
+            self._here.waiting = False
 
-    def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
-        """Drive an async iterator from sync code, one item at a time."""
+    def iterate(self, agen: AsyncIterator[T], owner: object = None) -> Iterator[T]:
+        """Drive an async iterator from sync code, one item at a time.
+
+        ``owner`` (the router) is kept alive until the iteration ends: collected on the loop thread, as the
+        stream's last step finishes there, it would stop that loop under this iterator's own wait.
+        """
+        self._refuse_reentry()
         loop = self.loop
         # Every step runs in one context: spans entered in one step and exited in another (the stream's
         # root span) must see the same contextvars, or OpenTelemetry fails to detach them.
@@ -125,6 +162,7 @@ class Portal:
             while True:
                 if self._closed:
                     raise UsageError("the router was closed while this stream was open")
+                self._refuse_reentry()
                 try:
                     yield self._wait(self._submit(lambda: step(agen.__anext__()), loop))
                 except StopAsyncIteration:
@@ -132,7 +170,10 @@ class Portal:
         finally:
             aclose = getattr(agen, "aclose", None)
             if aclose is not None and loop.is_running() and not self._closed:
-                self._wait(asyncio.run_coroutine_threadsafe(step(aclose()), loop))
+                closing = asyncio.run_coroutine_threadsafe(step(aclose()), loop)
+                if self._may_wait():  # not when collected inside a wait, or on the loop thread itself
+                    self._wait(closing)
+            del owner  # only now may the router go (on this thread)
 
     def owns_running_loop(self) -> bool:
         """Whether the caller runs on this portal's loop thread."""
@@ -151,8 +192,18 @@ class Portal:
         if loop is None or thread is None:
             return
         if thread is threading.current_thread():  # e.g. collected on its own thread: it cannot join itself
-            loop.call_soon(loop.stop)
+            # Stopping the loop now would strand the callbacks that hand results to waiting threads; another
+            # thread stops it after them, as a close from outside does.
+            stopper = threading.Thread(target=self._stop, args=(loop, thread), name="genroute-loop-close", daemon=True)
+            try:
+                stopper.start()
+            except RuntimeError:  # at interpreter shutdown: no new thread; nothing will wait any more either
+                loop.call_soon(loop.stop)
             return
+        self._stop(loop, thread)
+
+    def _stop(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        """From another thread: cancel the loop's tasks, stop it, wake every waiter, close it."""
         if loop.is_running():
             try:
                 asyncio.run_coroutine_threadsafe(_cancel_all(1.0), loop).result(timeout=2.0)
@@ -166,6 +217,22 @@ class Portal:
             future.cancel()
         if not thread.is_alive():
             loop.close()
+
+
+#: Every portal alive, for ``_forget_parents``.
+_PORTALS: weakref.WeakSet[Portal] = weakref.WeakSet()
+#: In a forked child, the parent's loops: kept from the collector, which would try to close them.
+_INHERITED: list[asyncio.AbstractEventLoop] = []
+
+
+def _forget_parents() -> None:
+    """In a forked child: every portal drops its parent's loop thread (see ``Portal._forget_parent``)."""
+    for portal in list(_PORTALS):
+        portal._forget_parent()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents)
 
 
 async def _cancel_all(timeout_s: float) -> None:

@@ -1,0 +1,164 @@
+"""The sync bridge (a router's portal loop thread) across a fork, a stream that outlives its router's last
+reference, and a signal handler that calls in while the same thread waits in a sync call.
+
+Each case that used to hang runs in a process or thread of its own with a generous bound: a hang fails the test
+instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import json
+import os
+import signal
+import threading
+import time
+import weakref
+from typing import Any
+
+from genroute import Router, UsageError
+from genroute.runtime.portal import Portal
+from genroute.testing import Reply
+from genroute.testing.replies import default_text
+
+from .conftest import gemini_config, in_thread
+
+HANG_CAP_S = 60.0  # far beyond any answer on loopback: only a hang reaches it
+
+
+def _in_thread(fn: Any) -> dict[str, Any]:
+    """Run ``fn`` in a daemon thread; what it returned or raised (``{}``: it still ran after ``HANG_CAP_S``)."""
+    thread, out = in_thread(fn)
+    thread.join(HANG_CAP_S)
+    return out
+
+
+def _exit_code(pid: int) -> int | None:
+    """The child's exit code, or ``None`` (and the child killed) if it is still running after ``HANG_CAP_S``."""
+    end = time.monotonic() + HANG_CAP_S
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+def test_a_forked_child_starts_a_loop_thread_of_its_own(gemini_server):
+    router = Router.from_config(gemini_config(gemini_server))
+    try:
+        assert router.generate("parent").text == "echo: parent"  # the parent's loop thread is running
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child (pre-fork servers): answer, stream, close; report through the pipe
+            code = 1
+            try:
+                texts = [router.generate("child").text, "".join(c.text for c in router.stream("child stream"))]
+                router.close()
+                os.write(write, json.dumps(texts).encode())
+                code = 0
+            except BaseException as exc:  # reported to the parent
+                os.write(write, repr(exc).encode())
+            finally:
+                os._exit(code)
+        os.close(write)
+        code = _exit_code(pid)
+        report = os.read(read, 65536).decode()
+        os.close(read)
+        assert code is not None, "the forked child hung"
+        assert code == 0, report
+        assert json.loads(report) == ["echo: child", "echo: child stream"]
+        assert router.generate("parent again").text == "echo: parent again"  # the parent's thread is untouched
+    finally:
+        router.close()
+
+
+def _collected_on(router: Router) -> list[str]:
+    """The name of the thread ``router`` will be collected on, once it is."""
+    threads: list[str] = []
+    weakref.finalize(router, lambda: threads.append(threading.current_thread().name))
+    return threads
+
+
+def test_a_sync_stream_keeps_its_router_until_it_ends(gemini_server):
+    router = Router.from_config(gemini_config(gemini_server))
+    collected = _collected_on(router)
+    chunks = router.stream("hello world")
+    del router  # the stream is all that references it now
+
+    out = _in_thread(lambda: ([c.text for c in chunks], threading.current_thread().name))
+    assert "result" in out, out or "the stream hung"
+    texts, consumer = out["result"]
+    assert "".join(texts) == "echo: hello world"
+    # Let go on the consumer's thread as the stream ended, not on its loop thread as that handed over the last chunk.
+    assert collected == [consumer]
+
+
+def test_a_sync_stream_dropped_after_one_chunk_with_its_router_closes_it(gemini_server):
+    def drop() -> tuple[list[str], list[str], threading.Thread]:
+        router = Router.from_config(gemini_config(gemini_server))
+        collected = _collected_on(router)
+        chunks = router.stream("hello world")
+        first = next(chunks).text
+        loop_thread = router._portal._thread
+        del router, chunks  # closes the stream, then the router goes
+        return [first, threading.current_thread().name], collected, loop_thread
+
+    out = _in_thread(drop)
+    assert "result" in out, out or "dropping the stream hung"
+    (first, consumer), collected, loop_thread = out["result"]
+    assert first == "echo: "
+    assert collected == [consumer]
+    loop_thread.join(HANG_CAP_S)
+    assert not loop_thread.is_alive()  # the router's loop thread ended with it
+
+
+def test_a_portal_closed_on_its_own_loop_thread_still_answers_the_waiter():
+    portal = Portal()
+
+    async def collected_here() -> str:
+        portal.close()  # as a router collected on its loop thread does (its finalizer)
+        await asyncio.sleep(0)  # the answer is handed over a loop iteration later
+        return "answered"
+
+    out = _in_thread(lambda: portal.call(collected_here()))
+    assert out, "the waiter was stranded"
+    # Answered, or told the router was closed under it: either way woken.
+    assert out.get("result") == "answered" or isinstance(out.get("error"), UsageError), out
+
+
+def test_a_sync_call_from_a_signal_handler_inside_a_sync_call_is_refused(gemini_server):
+    router = Router.from_config(gemini_config(gemini_server))
+    sent = threading.Event()
+    nested: list[Any] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        for call in (lambda: router.generate("nested"), lambda: list(router.stream("nested"))):
+            try:
+                nested.append(call())
+            except UsageError as exc:
+                nested.append(exc.message)
+
+    def reply(request: Any) -> Reply:
+        if not sent.is_set():  # the outer call only: signal the main thread while it waits for this answer
+            sent.set()
+            while not router._portal._waiting:  # listed only once it is marked as waiting
+                time.sleep(0.001)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
+        return Reply(parts=({"text": default_text(request.body)},))
+
+    gemini_server.default_reply = reply
+    previous = signal.signal(signal.SIGALRM, handler)
+    faulthandler.dump_traceback_later(HANG_CAP_S, exit=True)  # signals need the main thread: a hang ends the run
+    try:
+        assert router.generate("outer").text == "echo: outer"
+        assert nested == ["a sync genroute call cannot run inside another one on the same thread (e.g. from a "
+                          "signal handler that interrupted it)"] * 2
+        assert router.generate("after").text == "echo: after"  # nothing was left locked
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        signal.signal(signal.SIGALRM, previous)
+        router.close()
