@@ -141,7 +141,7 @@ def test_shadow_rate_samples_requests(gemini_server, rate, expected):
     assert len(to(gemini_server, "gemini-2.5-pro")) == expected
 
 
-def test_shadows_beyond_the_cap_are_dropped_and_counted(gemini_server, otel):
+def test_shadows_beyond_the_cap_are_dropped_and_counted(gemini_server, otel, caplog):
     gate = Gate(gemini_server, "gemini-2.5-pro")
     router = Router.from_config(config(gemini_server, SHADOWED), **otel.providers)
     router._executor.max_shadows = 1  # no public knob: the default cap is too large to fill in a test
@@ -157,6 +157,39 @@ def test_shadows_beyond_the_cap_are_dropped_and_counted(gemini_server, otel):
     assert router._executor.shadows_dropped == 2
     roots = sorted(otel.spans("genroute.generate"), key=lambda s: s.start_time)
     assert [r.attributes.get("genroute.shadow.dropped") for r in roots] == [None, 1, 1]
+    warnings = [r.getMessage() for r in caplog.records if "shadow run" in r.getMessage()]
+    assert warnings == ["dropped 1 shadow run(s) so far: 1 were already in flight (logged once a minute)"]
+
+
+def test_aclose_cancels_shadows_running_on_another_threads_loop(gemini_server, otel):
+    """The application's loop (on its own thread, in asyncio debug mode) keeps running while another loop closes
+    the router: its shadows are cancelled on it, with no non-thread-safe call into it."""
+    gate = Gate(gemini_server, "gemini-2.5-pro")  # the shadows wait on the wire until the close cancels them
+    router = Router.from_config(config(gemini_server, SHADOWED), **otel.providers)
+    started, keep = threading.Event(), threading.Event()
+    shadows: list[asyncio.Task] = []
+    loop_errors: list[dict] = []
+
+    async def app() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: loop_errors.append(context))
+        for i in range(3):
+            await router.agenerate(f"q{i}")
+        shadows.extend(router._executor._shadows)
+        started.set()
+        await asyncio.to_thread(keep.wait, 60)
+
+    app_thread = threading.Thread(target=lambda: asyncio.run(app(), debug=True), daemon=True)
+    app_thread.start()
+    try:
+        assert started.wait(30)
+        asyncio.run(router.aclose(drain_s=0.1), debug=True)  # raised RuntimeError (non-thread-safe operation)
+        assert len(shadows) == 3 and all(task.done() for task in shadows)
+        assert len(otel.spans("genroute.shadow")) == 3  # each one ended, on its own loop
+    finally:
+        gate.release.set()
+        keep.set()
+        app_thread.join(30)
+    assert loop_errors == []
 
 
 def _budgeted(costs, budget=1.0):

@@ -21,6 +21,7 @@ from genroute.errors import (
 from genroute.runtime.context import RunContext, add_spend
 from genroute.runtime.deadlines import deadline_at
 from genroute.router.attempt import admitted
+from genroute.router.inflight import call_on, poll_until
 from genroute.router.ledger import Ledger
 from genroute.router.validators import Check, Judge, Validator, named_in, resolve
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult, Rung
@@ -39,6 +40,8 @@ _log = logging.getLogger(__name__)
 SHADOW_TIMEOUT_S = 60.0
 #: Shadow runs in flight per router; more are dropped (and counted), never queued.
 MAX_SHADOWS = 16
+#: Dropped shadow runs are logged at most this often (they are counted on each request's span).
+LOG_INTERVAL_S = 60.0
 
 
 #: What ends a rung and lets the next one try: a backend failure, or a budget refusing that rung.
@@ -78,6 +81,7 @@ class Executor:
         self.unsafe_shadows = unsafe_shadows
         #: Shadow runs dropped because ``max_shadows`` were already in flight.
         self.shadows_dropped = 0
+        self._dropped_logged_at = -LOG_INTERVAL_S
         self._shadows: set[asyncio.Task[Any]] = set()
         # Every validator name is resolved now, so a typo fails the build instead of a paid-for request.
         self._checks: dict[str, Check] = {}
@@ -268,7 +272,11 @@ class Executor:
         if dropped:
             self.shadows_dropped += dropped
             span.set_attribute("genroute.shadow.dropped", dropped)
-            _log.warning("dropped %d shadow run(s): %d already in flight", dropped, self.max_shadows)
+            now = time.monotonic()
+            if now - self._dropped_logged_at >= LOG_INTERVAL_S:  # under load that is every request
+                self._dropped_logged_at = now
+                _log.warning("dropped %d shadow run(s) so far: %d were already in flight (logged once a minute)",
+                             self.shadows_dropped, self.max_shadows)
 
     async def _shadow(self, request: GenerateRequest, decision: Decision, backend: str, parent: trace.Span,
                       timeout_s: float, served: GenerateResult) -> None:
@@ -314,14 +322,19 @@ class Executor:
         return output, accounted.cost_usd
 
     async def drain_shadows(self, timeout_s: float = 5.0) -> None:
-        """Wait for running shadow tasks (at shutdown), cancelling what outlives ``timeout_s``."""
-        if not self._shadows:
+        """Wait for running shadow tasks (at shutdown), cancelling what outlives ``timeout_s``.
+
+        A shadow runs on the loop of the request that started it, maybe another thread's: it is cancelled on
+        that loop and watched from here, never awaited across loops.
+        """
+        shadows = list(self._shadows)  # a copy: other threads' loops add and discard theirs meanwhile
+        if not shadows or await poll_until(lambda: all(task.done() for task in shadows), timeout_s):
             return
-        done, pending = await asyncio.wait(set(self._shadows), timeout=timeout_s)
+        pending = [task for task in shadows if not task.done()]
         for task in pending:
-            task.cancel()
-        if pending:  # let the cancelled runs settle their admission and end their spans
-            await asyncio.wait(pending, timeout=1.0)
+            call_on(task.get_loop(), task.cancel)
+        # Let the cancelled runs settle their admission and end their spans.
+        await poll_until(lambda: all(task.done() for task in pending), 1.0)
 
 
 def _final(error: GenrouteError, rung: Rung) -> bool:

@@ -13,7 +13,7 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from genroute.errors import UsageError
@@ -97,23 +97,20 @@ class InFlight:
 
         Returns once everything has unwound or ``UNWIND_S`` more seconds have passed.
         """
-        end = time.monotonic() + drain_s
-        while self._busy_running() and time.monotonic() < end:
-            await asyncio.sleep(_POLL_S)
+        await poll_until(lambda: not self._busy_running(), drain_s)
         with self._lock:
             self.closed = True
             tasks = [(task, task.get_loop()) for task in list(self._tasks)]  # list: other threads add theirs
             streams = list(self._streams.items())
         for task, loop in tasks:
-            _soon(loop, self._cancel, task)
+            call_on(loop, self._cancel, task)
         for stream, loop in streams:
-            _soon(loop, self._close_stream, stream)
-        end = time.monotonic() + UNWIND_S
-        while time.monotonic() < end:
-            with self._lock:
-                if not self._tasks and not self._closers:
-                    return
-            await asyncio.sleep(_POLL_S)
+            call_on(loop, self._close_stream, stream)
+        await poll_until(self._unwound, UNWIND_S)
+
+    def _unwound(self) -> bool:
+        with self._lock:
+            return not self._tasks and not self._closers
 
     def _busy_running(self) -> bool:
         # Streams idle between chunks do not hold the drain: their consumer may never come back.
@@ -188,7 +185,18 @@ class RouterStream:
             await aclose()
 
 
-def _soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+async def poll_until(done: Callable[[], bool], timeout_s: float) -> bool:
+    """Whether ``done()`` came true within ``timeout_s``, polled: work on other threads' loops cannot be awaited."""
+    end = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() >= end:
+            return False
+        await asyncio.sleep(_POLL_S)
+    return True
+
+
+def call_on(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    """Run ``fn(*args)`` soon on ``loop``, from any thread (nothing if that loop is closed)."""
     try:
         loop.call_soon_threadsafe(fn, *args)
     except RuntimeError:  # that loop is closed: nothing runs there any more
