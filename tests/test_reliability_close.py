@@ -9,7 +9,6 @@ slack for a busy machine; nothing hangs and every budget hold is settled.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ from genroute import GenerateResult, Router, UsageError
 from genroute.router.inflight import UNWIND_S
 from genroute.testing import Fault, Reply
 
-from .conftest import budget_usage, gemini_config
+from .conftest import budget_usage, gemini_config, in_thread
 
 DRAIN_S = 0.5
 SLACK_S = 5.0  # thread hand-offs and client teardown on a loaded 2-core machine; a hang takes forever
@@ -43,21 +42,6 @@ def _sdk_imported() -> None:
     from google import genai  # noqa: F401
 
 
-def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            out["result"] = fn()
-        except BaseException as exc:  # judged by the test
-            out["error"] = exc
-        out["ended"] = time.monotonic()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, out
-
-
 def _wait_for_requests(server: Any, n: int) -> None:
     end = time.monotonic() + 30
     while len([r for r in server.requests if r.action in ("generateContent", "streamGenerateContent")]) < n:
@@ -68,7 +52,7 @@ def _wait_for_requests(server: Any, n: int) -> None:
 def test_close_with_sync_calls_in_flight_ends_every_caller_with_a_typed_error(gemini_server):
     gemini_server.fault(Fault.delay(30), times=4)
     router = Router.from_config(_config(gemini_server))
-    calls = [_in_thread(lambda: router.generate("hi", timeout_s=60)) for _ in range(4)]
+    calls = [in_thread(lambda: router.generate("hi", timeout_s=60)) for _ in range(4)]
     _wait_for_requests(gemini_server, 4)
     assert _held(router) == pytest.approx(4 * COST)
     started = time.monotonic()
@@ -87,7 +71,7 @@ def test_close_lets_a_request_that_finishes_within_the_drain_keep_its_answer(gem
     gemini_server.fault(Fault.delay(0.3))
     gemini_server.reply_text("on time")
     router = Router.from_config(_config(gemini_server))
-    thread, out = _in_thread(lambda: router.generate("hi", timeout_s=60))
+    thread, out = in_thread(lambda: router.generate("hi", timeout_s=60))
     _wait_for_requests(gemini_server, 1)
     router.close(drain_s=10.0)
     thread.join(HANG_CAP_S)
@@ -102,7 +86,7 @@ def test_sync_stream_mid_step_and_idle_both_end_with_a_typed_error(gemini_server
     first = next(idle)  # this stream is now open between chunks, its hold taken
     assert first.text
     gemini_server.fault(Fault.delay(30))  # the second stream waits on the wire
-    busy, out = _in_thread(lambda: list(router.stream("second", timeout_s=60)))
+    busy, out = in_thread(lambda: list(router.stream("second", timeout_s=60)))
     _wait_for_requests(gemini_server, 2)
     router.close(drain_s=DRAIN_S)
     busy.join(HANG_CAP_S)
@@ -161,6 +145,25 @@ def test_calls_after_close_are_refused_and_start_no_loop(gemini_server):
     with pytest.raises(UsageError, match="closed"):
         list(router.stream("hi"))
     assert router._portal._loop is None
+
+
+def test_requests_started_after_close_are_told_the_router_is_closed(gemini_server):
+    """Not "closed while this request was in flight": they never were."""
+    router = Router.from_config(_config(gemini_server))
+    copy = router.replacing({})
+    router.close()
+
+    async def main() -> list[str]:
+        refused = []
+        for call in (lambda: anext(router.astream("hi")), lambda: copy.agenerate("hi"),
+                     lambda: anext(copy.astream("hi"))):
+            with pytest.raises(UsageError) as info:
+                await call()
+            refused.append(info.value.message)
+        return refused
+
+    assert asyncio.run(main()) == ["the router is closed"] * 3
+    assert gemini_server.requests == []
 
 
 @pytest.mark.parametrize("drain_s", ["5", None, -1.0, float("inf"), float("nan"), True])

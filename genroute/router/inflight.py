@@ -68,10 +68,11 @@ class InFlight:
         # No lock: only this task writes its own entry, and ``close`` sets ``closed`` before it lists the tasks, so
         # a task missing from that list sees ``closed`` here (the GIL orders the two).
         tasks = self._tasks
-        tasks[task] = tasks.get(task, 0) + 1
+        depth = tasks.get(task, 0)
+        tasks[task] = depth + 1
         if self.closed:
             self.__exit__(None, None, None)
-            raise UsageError(_CLOSED)
+            raise UsageError(_CLOSED if depth else "the router is closed")  # depth 0: it starts only now
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         task = asyncio.current_task()
