@@ -3,30 +3,66 @@
 Such text is data. It must not be able to close the block it is quoted in, open another, or pose as
 a turn of the conversation: ``<document>`` delimiters and chat-template markers (Gemma's
 ``<start_of_turn>``/``<end_of_turn>``) lose their ``<``, and a line (after any line break) that starts like a transcript
-turn or an example field (``User:``, ``Assistant:``, ``Input:``, ``Output:``...) gets a backslash in
-front, so the local engine's transcript and the ``text`` example format cannot be forged from inside.
-The words themselves stay readable: the model sees what the data says, not an instruction slot.
+turn or an example field (``User:``, ``Assistant:``, ``Function result (f):``, ``Input:``, ``Output:``...) gets a
+backslash in front, so the local engine's transcript and the ``text`` example format cannot be forged from inside.
+Both are matched on a folded view of the text: invisible characters (every format character such as zero-width
+spaces, bidi controls, the soft hyphen and tag characters, and variation selectors) are skipped wherever they stand,
+and compatibility forms are NFKC-folded, so ``\\u200eUser:``, ``U\\u200bser:``, ``Function\\xa0result``, full-width
+``Ｕｓｅｒ：`` and ``＜/document>`` are all caught. The words themselves stay readable: the model sees what the
+data says, not an instruction slot.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _TAGS = re.compile(r"<\s*/?\s*(?:document|start_of_turn|end_of_turn)\b", re.IGNORECASE)
-#: A line starts after any break ``str.splitlines`` knows (``\r``, U+2028... not just ``\n``), past blanks and
-#: zero-width characters; a full-width colon counts as a colon.
+#: A line starts after any break ``str.splitlines`` knows (``\r``, U+2028... not just ``\n``), past blanks.
 _BREAK = "\n\r\v\f\x1c-\x1e\x85\u2028\u2029"
+_SPACE = rf"[^\S{_BREAK}]"
+#: Colons after NFKC folding: ``:`` (full-width and small colons fold to it) and look-alikes that do not fold.
+_COLON = "[:\u02d0\u02f8\u0589\u2236\ua789]"
 _TURN_LINES = re.compile(
-    rf"(?:^|(?<=[{_BREAK}]))((?:[^\S{_BREAK}]|[\u200b-\u200d\u2060\ufeff])*)"
-    rf"(?=(?:user|assistant|model|system|function call|function result|input|output)[^\S{_BREAK}]*"
-    rf"(?:\([^{_BREAK})]*\)[^\S{_BREAK}]*)?[:\uff1a])",  # "Function result (name):" is a local-engine turn
+    rf"(?:^|(?<=[{_BREAK}])){_SPACE}*"
+    rf"(?=(?:user|assistant|model|system|function{_SPACE}+(?:call|result)|input|output){_SPACE}*"
+    rf"(?:\([^{_BREAK}]*\){_SPACE}*)?{_COLON})",  # "Function result (name):" is a local-engine turn
     re.IGNORECASE,
 )
+#: Invisible characters that are not format characters (category Cf): combining grapheme joiner, variation
+#: selectors, Hangul fillers.
+_INVISIBLE = re.compile("[\u034f\u115f\u1160\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
 
 
 def defuse(text: str) -> str:
     """``text`` with document delimiters and chat-template turn markers defused (``<`` → ``&lt;``), and lines
     that look like a turn or an example field escaped with ``\\``: the one defuse for every untrusted text
     (retrieved chunks and stored examples alike), whatever engine the prompt goes to."""
-    tags = _TAGS.sub(lambda m: m.group(0).replace("<", "&lt;"), text)
-    return _TURN_LINES.sub(lambda m: m.group(1) + "\\", tags)
+    folded, origin = _fold(text)
+    lts = {origin[m.start()] for m in _TAGS.finditer(folded)}
+    turns = {origin[m.end()] for m in _TURN_LINES.finditer(folded)}
+    if not lts and not turns:
+        return text
+    out = []
+    for i, char in enumerate(text):
+        if i in turns:
+            out.append("\\")
+        out.append("&lt;" if i in lts else char)
+    return "".join(out)
+
+
+def _fold(text: str) -> tuple[str, list[int]]:
+    """``text`` without invisible characters and NFKC-folded character by character, and for each character of
+    that the index in ``text`` it came from (plus one past the end, for a match that ends there)."""
+    if text.isascii():  # nothing to skip or fold
+        return text, list(range(len(text) + 1))
+    chars: list[str] = []
+    origin: list[int] = []
+    for i, char in enumerate(text):
+        if unicodedata.category(char) == "Cf" or _INVISIBLE.match(char):
+            continue
+        for piece in unicodedata.normalize("NFKC", char):
+            chars.append(piece)
+            origin.append(i)
+    origin.append(len(text))
+    return "".join(chars), origin
