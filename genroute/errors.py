@@ -30,13 +30,35 @@ from __future__ import annotations
 import re
 from typing import Any
 
-#: The user (and password) part of a URL: ``https://user:secret@host`` -> ``https://***@host``.
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@'\"]+@")
+#: The user (and password) part of a URL: ``https://user:secret@host`` -> ``https://***@host``. The user may be
+#: empty (``redis://:secret@host``) and the password may hold a ``/``.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)(?:[^/\s@'\":]+|[^/\s@'\":]*:[^\s@'\"]+)@")
+#: Text shaped like a credential wherever it stands: the one list every redaction (errors, captured outcomes) uses.
+_SECRETS = re.compile(
+    r"AIza[0-9A-Za-z_\-]{20,}"                      # Google API keys
+    r"|\bsk-[A-Za-z0-9_\-]{16,}"                     # common provider keys
+    r"|\bgithub_pat_[A-Za-z0-9_]{20,}"               # GitHub fine-grained tokens
+    r"|\b(?:ya29|gh[oprsu]|xox[abp])[._\-][A-Za-z0-9._\-]{10,}"  # Google OAuth / GitHub / Slack tokens
+    r"|(?i:bearer)\s+[A-Za-z0-9._\-+/=]{16,}"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+    r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"                # AWS access key ids
+    # AWS secret access keys: 40 base64 characters, after their name or alone with both cases and a digit
+    # (so a hex digest, all lower case, is not one).
+    r"|(?i:aws_?secret_?access_?key|secret_?access_?key)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+=]{40}"
+    r"|(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])(?=[A-Za-z0-9/+]{0,39}[0-9])"
+    r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+)
 
 
 def without_credentials(text: str) -> str:
     """``text`` with the user and password of every URL in it replaced by ``***`` (for reprs, dumps and errors)."""
     return _URL_USERINFO.sub(r"\1***@", text) if "@" in text else text
+
+
+def without_secrets(text: str, mask: str = "***") -> str:
+    """``text`` with anything shaped like a credential (API keys, tokens, private keys: ``mask``) and the
+    credentials of URLs (``***``) replaced."""
+    return without_credentials(_SECRETS.sub(mask, text))
 
 
 class GenrouteError(Exception):

@@ -102,6 +102,36 @@ def test_capture_keeps_accepted_examples_scrubbed_and_without_secrets(gemini_ser
     assert TEST_KEY.encode() not in raw and b"jane@example.com" not in raw
 
 
+#: Credentials a captured example must not keep, each in a form the capture filter once missed.
+SECRETS = {
+    "s3cretPW": "redis://:s3cretPW@cache.internal:6379/0",  # empty user name
+    "pa/ss": "postgres://app:pa/ss@db.internal/app",  # a slash in the password
+    "github_pat_11AAAAAAA0aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb": "",
+    "ya29.a0AfH6SMBxQw-xyzxyzxyzxyz": "",
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY": "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+}
+
+
+def test_capture_keeps_no_url_password_or_token_and_the_store_is_private(gemini_server, tmp_path):
+    import stat
+
+    cfg = config(gemini_server, tmp_path / "private" / "outcomes", policy={"kind": "static", "backend": "chat"},
+                 capture=True)
+    gemini_server.reply_text("Connect with redis://:hunter2@cache.internal:6379/0")
+    with Router.from_config(cfg) as router:
+        result = router.generate("My settings: " + " and ".join(form or secret for secret, form in SECRETS.items()))
+        record = router.feedback(result, score=1.0)
+    assert "redis://***@cache.internal:6379/0" in record.input and "postgres://***@db.internal/app" in record.input
+    assert record.output == "Connect with redis://***@cache.internal:6379/0"
+    store = tmp_path / "private" / "outcomes"
+    raw = b"".join(p.read_bytes() for p in store.glob("outcomes.db*"))
+    assert b"hunter2" not in raw
+    for secret in SECRETS:
+        assert secret.encode() not in raw and secret not in record.input
+    assert stat.S_IMODE((store / "outcomes.db").stat().st_mode) == 0o600  # captured text is the owner's only
+    assert stat.S_IMODE(store.stat().st_mode) == stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o700
+
+
 def test_feedback_is_validated_and_needs_outcomes(gemini_server, tmp_path):
     with Router.from_config(config(gemini_server, tmp_path)) as router:
         result = router.generate("hi")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genroute.errors import ConfigError
+from genroute.errors import ConfigError, without_secrets
 
 #: Scrub hook: gets ``{"input": str, "output": str, "task": str | None}``, returns it cleaned, or ``None`` to drop it.
 ScrubHook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -44,24 +43,16 @@ class OutcomeSettings(BaseModel):
     max_pending: int = Field(default=10_000, ge=1, description="Recent requests kept in memory for feedback.")
 
 
-#: Secrets a scrubbed example must never keep (API keys, bearer tokens, private keys, passwords in URLs).
-_SECRETS = re.compile(
-    r"AIza[0-9A-Za-z_\-]{20,}"                      # Google API keys
-    r"|\bsk-[A-Za-z0-9_\-]{16,}"                     # common provider keys
-    r"|\b(?:ya29|gho|ghp|xox[abp])[._\-][A-Za-z0-9._\-]{10,}"  # OAuth / GitHub / Slack tokens
-    r"|(?i:bearer)\s+[A-Za-z0-9._\-+/=]{16,}"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
-    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"               # user:password@ in URLs
-)
 REDACTED = "[REDACTED]"
 
 
 def redact_secrets(text: str, extra: tuple[str, ...] = ()) -> str:
-    """``text`` with anything that looks like a credential (and every string in ``extra``) replaced."""
+    """``text`` with anything that looks like a credential (API keys, tokens, private keys, URL user and password:
+    ``genroute.errors.without_secrets``) and every string in ``extra`` replaced."""
     for secret in extra:
         if secret:
             text = text.replace(secret, REDACTED)
-    return _SECRETS.sub(REDACTED, text)
+    return without_secrets(text, REDACTED)
 
 
 def sqlite_path(settings: OutcomeSettings) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -38,7 +39,7 @@ class OutcomeStore:
     def __init__(self, path: str | Path, *, field: str = "outcomes.path") -> None:
         self.path = Path(path).expanduser()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
             with self._connect() as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
@@ -142,6 +143,18 @@ class OutcomeStore:
     async def records(self, **filters: object) -> list[OutcomeRecord]:
         """``records_sync`` on a worker thread."""
         return await asyncio.to_thread(lambda: self.records_sync(**filters))  # type: ignore[arg-type]
+
+
+def _create_private(path: Path) -> None:
+    """Create the store file (and the directories up to it that are missing) readable by its owner only: it holds
+    captured inputs and outputs. SQLite gives its ``-wal``/``-shm`` files the database file's mode."""
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:  # an existing store keeps the mode its owner gave it
+        pass
 
 
 def write_jsonl(path: str | Path, lines: Iterable[dict[str, object]]) -> Path:
