@@ -241,3 +241,85 @@ def test_passwords_in_urls_appear_in_no_repr_or_dump(gemini_server):
     for text in texts:
         assert password not in text and TEST_KEY not in text
     assert password in config.state.url  # the loaded config still connects
+
+
+PRIVATE_KEY = ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC-PK-MARKER-0b7e\n"
+               "-----END PRIVATE KEY-----\n")
+
+
+def _reachable(exc: BaseException) -> str:
+    """Every text reachable from ``exc``: its chain (``__cause__``/``__context__``) and the arguments and attributes
+    of each error in it, nested containers and errors included (what an error reporter may serialise)."""
+    texts, seen, stack = [], set(), [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, BaseException):
+            texts += [str(item), repr(item)]
+            stack += [item.__cause__, item.__context__, *item.args, *getattr(item, "__dict__", {}).values()]
+        elif isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple | set):
+            stack += list(item)
+        else:
+            texts.append(item if isinstance(item, str) else repr(item))
+    return "\n".join(texts)
+
+
+@pytest.fixture
+def malformed_credentials(tmp_path, monkeypatch):
+    """GOOGLE_APPLICATION_CREDENTIALS names a service-account file with a private key and a trailing comma."""
+    import json
+
+    path = tmp_path / "adc.json"
+    path.write_text('{"type": "service_account", "private_key": %s, "client_email": "a@p.iam", "project_id": "p",}'
+                    % json.dumps(PRIVATE_KEY))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud user credentials either
+
+
+def test_a_malformed_credentials_file_leaves_its_private_key_nowhere_in_the_error(gemini_server, logs,
+                                                                                  malformed_credentials):
+    config = {"engines": {"vx": {"kind": "gemini", "base_url": gemini_server.base_url,
+                                 "vertex": {"project": "p", "location": "us-central1"}}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "vx", "model": "gemini-2.5-flash"}}}
+    with Router.from_config(config) as router:
+        with pytest.raises(GenrouteError) as info:
+            router.generate(PROMPT)
+        logging.getLogger("app").exception("request failed", exc_info=info.value)
+    assert info.value.field == "engines.vx.vertex" and "not a valid json file" in str(info.value)
+    text = _reachable(info.value) + "".join(traceback.format_exception(info.value)) + "\n".join(logs.lines)
+    assert "PK-MARKER" not in text and "BEGIN PRIVATE KEY" not in text
+
+
+async def test_a_malformed_credentials_file_leaves_its_private_key_out_of_a_tuning_error(gemini_server, tmp_path,
+                                                                                         malformed_credentials):
+    import json
+
+    from genroute.tuning.vertex import VertexTuningSettings, tune_vertex
+
+    config_path = tmp_path / "genroute.json"
+    config_path.write_text(json.dumps({
+        "engines": {"vx": {"kind": "gemini", "base_url": gemini_server.base_url,
+                           "vertex": {"project": "p", "location": "us-central1"}}},
+        "backends": {"chat": {"kind": "prompt_template", "engine": "vx", "model": "gemini-2.5-flash"}}}))
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"input": f"review {i}", "output": "positive"}) + "\n" for i in range(12)))
+    settings = VertexTuningSettings(base_model="gemini-2.5-flash", name="sentiment", staging_uri="gs://b/runs",
+                                    min_examples=10)
+    with pytest.raises(GenrouteError) as info:
+        await tune_vertex(data, settings, config_path=config_path)
+    assert info.value.field == "credentials"
+    assert "PK-MARKER" not in _reachable(info.value) and gemini_server.requests == []
+
+
+def test_engine_errors_redact_tokens_and_private_keys():
+    from genroute.engines.errors import redact
+
+    text = (f"token ya29.a0AfH6SMBxQw-xyzxyzxyz, github_pat_11AAAAAAA0aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbb, "
+            f"aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY, key {PRIVATE_KEY}, "
+            f"redis://:pa/ss@cache:6379/0, commit 9fceb02d0ae598e95dc970b74767f19372d61af8")
+    assert redact(text) == "token ***, ***, ***, key ***\n, redis://***@cache:6379/0, " \
+                           "commit 9fceb02d0ae598e95dc970b74767f19372d61af8"

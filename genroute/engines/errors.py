@@ -35,22 +35,19 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, GenrouteError, without_credentials
+from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, GenrouteError, without_secrets
 
-_GOOGLE_KEY = re.compile(r"AIza[0-9A-Za-z_\-]{20,}")
 _KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&\s'\"]+")
 _MAX_MESSAGE = 500
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with the given secrets, anything that looks like a Google API key and the credentials of URLs
-    replaced."""
+    """``text`` with the given secrets, anything that looks like a credential (API keys, tokens, private keys:
+    ``genroute.errors.without_secrets``) and the credentials of URLs replaced."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
-    text = _GOOGLE_KEY.sub("***", text)
-    text = without_credentials(text)
-    return _KEY_PARAM.sub(r"\1***", text)
+    return _KEY_PARAM.sub(r"\1***", without_secrets(text))
 
 
 def map_error(exc: BaseException, *, backend: str | None = None,
@@ -69,7 +66,9 @@ _CARRIERS = ("response", "request", "_request", "request_info", "headers", "_res
 
 
 def scrub(exc: BaseException, secrets: Iterable[str | None] = ()) -> None:
-    """Redact secrets in place from ``exc`` and every exception chained to it; drop their HTTP objects."""
+    """Redact secrets in place from ``exc`` and every exception chained to it or held in its arguments and
+    attributes; drop their HTTP objects, and the whole text a JSON parser was given (``JSONDecodeError.doc``: a
+    malformed credentials file, private key and all)."""
     secrets = tuple(secrets)
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
@@ -78,6 +77,8 @@ def scrub(exc: BaseException, secrets: Iterable[str | None] = ()) -> None:
         if item is None or id(item) in seen:
             continue
         seen.add(id(item))
+        if isinstance(item, json.JSONDecodeError):
+            item.doc = ""
         try:
             item.args = tuple(_scrubbed(a, secrets) for a in item.args)
         except Exception:  # an exotic exception type that refuses it: the message check below still holds
@@ -91,7 +92,8 @@ def scrub(exc: BaseException, secrets: Iterable[str | None] = ()) -> None:
                     setattr(item, name, _scrubbed(attrs[name], secrets))
             except Exception:  # read-only properties and the like
                 pass
-        stack += [item.__cause__, item.__context__]
+        held = [v for v in (*item.args, *attrs.values()) if isinstance(v, BaseException)]
+        stack += [item.__cause__, item.__context__, *held]
 
 
 def _scrubbed(value: Any, secrets: tuple[str | None, ...]) -> Any:
@@ -120,6 +122,7 @@ def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...
         return BackendRejected(text, backend=backend, status=code)
     auth = sys.modules.get("google.auth.exceptions")
     if auth is not None and isinstance(exc, auth.DefaultCredentialsError):
+        cut_credentials_chain(exc)
         return ConfigError(msg(f"no Google Cloud credentials for Vertex AI: {exc}"),
                            field=f"engines.{backend}.vertex" if backend else None)
     if isinstance(exc, (json.JSONDecodeError, genai_errors.UnknownApiResponseError)):
@@ -134,6 +137,14 @@ def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...
     return BackendRejected(
         msg(f"unexpected {type(exc).__name__} raised in {_origin(exc)}, not by the provider: {exc}"),
         backend=backend)
+
+
+def cut_credentials_chain(exc: BaseException) -> None:
+    """Detach ``exc``, a failure to load credentials, from the errors it was raised from, and scrub it: its cause is
+    the parser's error, which holds the file it could not read (a service account's private key)."""
+    exc.__cause__ = exc.__context__ = None
+    exc.__suppress_context__ = True
+    scrub(exc)
 
 
 def _origin(exc: BaseException) -> str:
@@ -207,4 +218,4 @@ def _retry_info_delay(details: Any) -> float | None:
     return None
 
 
-__all__ = ["map_error", "parse_retry_after", "redact", "scrub"]
+__all__ = ["cut_credentials_chain", "map_error", "parse_retry_after", "redact", "scrub"]

@@ -382,8 +382,11 @@ def _authorize(credentials: Any, headers: dict[str, str]) -> None:
 def _default_credentials() -> Any:
     import google.auth
 
+    from genroute.engines.errors import cut_credentials_chain
+
     try:
         credentials, _ = google.auth.default(scopes=[_CLOUD_SCOPE])
     except Exception as exc:  # DefaultCredentialsError and transport errors alike mean "not set up"
+        cut_credentials_chain(exc)  # ``from None`` still keeps it as the context
         raise ConfigError(f"no Google Cloud credentials for the upload: {exc}", field="credentials") from None
     return credentials
