@@ -367,6 +367,41 @@ def test_cli_rejects_unmappable_target_modules_before_training(tmp_path: Path,
     assert list(tmp_path.iterdir()) == [data]
 
 
+@pytest.mark.parametrize("name", ["../../escaped", "ABSOLUTE", "a/b", "a.b", "with space", "zebra\n", "",
+                                  "x" * 64])
+def test_cli_rejects_a_name_that_is_a_path_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           name: str) -> None:
+    """The name makes the adapter's directory and the backend's and engine's names: the Vertex AI pattern."""
+    from genroute.cli import main
+
+    data = write_lines(tmp_path / "d.jsonl", [GOOD] * 30)
+    config = tmp_path / "proj" / "c.yaml"
+    config.parent.mkdir()
+    config.write_text(yaml.safe_dump({"backends": {"plain": {"kind": "prompt_template", "engine": "local",
+                                                             "model": "gemma-3-270m"}}}))
+    before = config.read_bytes()
+    name = str(tmp_path / "escaped") if name == "ABSOLUTE" else name
+    code = main(["tune", "--local", str(data), "--config", str(config), "--name", name, "--max-steps", "1"])
+    assert code == 2
+    assert "--name: " in capsys.readouterr().err
+    assert config.read_bytes() == before
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["d.jsonl", "proj", "proj/c.yaml"]
+
+
+def test_the_python_api_refuses_a_name_that_is_a_path(tmp_path: Path) -> None:
+    from genroute.tuning.config_file import check_target
+    from genroute.tuning.local_lora import register_tuned_backend
+
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"GGUF")
+    for call in (lambda name: check_target(tmp_path / "c.yaml", name, missing_ok=True),
+                 lambda name: register_tuned_backend(tmp_path / "c.yaml", name, adapter)):
+        with pytest.raises(UsageError) as info:
+            call("../escaped")
+        assert info.value.field == "name" and "'../escaped'" in info.value.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.gguf"]
+
+
 @pytest.mark.parametrize(("flag", "value"), [("--learning-rate", "inf"), ("--learning-rate", "nan"),
                                            ("--alpha", "inf"), ("--alpha", "nan")])
 def test_cli_rejects_non_finite_hyper_parameters_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -115,7 +115,12 @@ def _local(args: argparse.Namespace) -> int:
               "threads": args.threads, "max_steps": args.max_steps}
     config = settings_from_flags(LocalTuneConfig, {k: v for k, v in fields.items() if v is not None})
     # Before minutes of training, not after; a config file that does not exist yet is created.
-    check_target(args.config, args.name, replace=args.replace, engines=[f"{args.name}_engine"], missing_ok=True)
+    try:
+        check_target(args.config, args.name, replace=args.replace, engines=[f"{args.name}_engine"], missing_ok=True)
+    except UsageError as exc:  # the name also makes the adapter's directory: named as the flag that gave it
+        if exc.field == "name":
+            raise type(exc)(exc.message, field="--name") from None
+        raise
     out = Path(args.out) if args.out else Path(args.config).resolve().parent / ".genroute" / "tuned" / args.name
     result = tune_local(args.data, out, config=config)
     register_tuned_backend(args.config, args.name, result.adapter_path, result.base_model_path,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,12 +20,23 @@ if TYPE_CHECKING:
     from genroute.config import RouterConfig
 
 _WRITABLE = {".yaml", ".yml", ".json"}
+#: A tuned backend's name: it also names its engine (``<name>_engine``), a local adapter's directory and a Vertex
+#: AI tuned model, so no path separators, dots or spaces.
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
+
+
+def check_name(name: str, *, field: str = "name") -> None:
+    """``UsageError`` naming ``field`` unless ``name`` can name a tuned backend (``NAME_PATTERN``)."""
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise UsageError(f"{name!r} is not a tuned backend name: a letter, then up to 62 letters, digits, _ or -",
+                         field=field)
 
 
 def check_target(config_path: str | Path, name: str, *, replace: bool = False, engines: Sequence[str] = (),
                  missing_ok: bool = False) -> dict[str, Any]:
     """Fail now, before anything is trained or sent, if ``name`` (and ``engines``) cannot be written into
     the config; return the config's mapping (``{}`` for a missing file when ``missing_ok``)."""
+    check_name(name)
     path = Path(config_path)
     if path.suffix.lower() not in _WRITABLE:
         raise UsageError(f"cannot write tuned backends into {path.name}: use a .yaml or .json config",

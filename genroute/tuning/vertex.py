@@ -26,7 +26,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.errors import BackendError, BackendRejected, BackendUnavailable, ConfigError, UsageError
-from genroute.tuning.config_file import check_target, register_tuned_backend
+from genroute.tuning.config_file import NAME_PATTERN, check_target, register_tuned_backend
 from genroute.tuning.data import DEFAULT_MAX_CHARS, Example, load_examples, split
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class VertexTuningSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     base_model: str = Field(min_length=1, description="Model to tune, e.g. gemini-2.5-flash.")
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$", description="Backend (and tuned model) name.")
+    name: str = Field(pattern=NAME_PATTERN, description="Backend (and tuned model) name.")
     engine: str | None = Field(default=None, description="Gemini engine in the config (default: the only one).")
     staging_uri: str | None = Field(default=None, pattern=r"^gs://[^/]+(/.*)?$",
                                     description="gs://bucket/prefix where Vertex datasets are uploaded.")
