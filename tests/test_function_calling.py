@@ -247,6 +247,30 @@ async def test_tool_output_cannot_make_a_disallowed_tool_run(gemini_server: Gemi
     assert span.attributes["error.type"] == "tool_not_allowed"
 
 
+async def test_a_made_up_tool_name_cannot_blow_up_telemetry(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    """A name the model invents (any length, any number of them) is one fixed value in metrics and span names."""
+    tools = Tools()
+    made_up = ["Get_Weather", "get_weather\u200b", "delete_all", "x" * 200_000]
+    gemini_server.reply_function_call("get_weather", {"city": "Oslo"})
+    for name in made_up:
+        gemini_server.reply_function_call(name, {})
+    gemini_server.reply_text("done")
+    async with make_router(gemini_server, otel, tools.as_dict(), ["get_weather"], max_steps=6) as router:
+        result = await router.agenerate("Weather?")
+    assert [c.outcome for c in result.tool_calls] == ["ok"] + ["not_allowed"] * 4
+    assert [name for name, _ in tools.calls] == ["get_weather"]
+    spans = otel.spans("execute_tool")
+    assert sorted(s.name for s in spans) == ["execute_tool _OTHER"] * 4 + ["execute_tool get_weather"]
+    assert all(len(str(v)) <= 100 for s in spans for v in s.attributes.values())
+    shown = {s.attributes["gen_ai.tool.name"] for s in spans}
+    assert shown == {"get_weather", "Get_Weather", "get_weather\u200b", "delete_all", "x" * 64 + "..."}
+    points = [p for p in otel.metrics()["gen_ai.client.operation.duration"].data.data_points
+              if p.attributes.get("gen_ai.operation.name") == "execute_tool"]
+    assert sorted((p.attributes["gen_ai.tool.name"], p.count) for p in points) == [("_OTHER", 4), ("get_weather", 1)]
+    refusal = function_responses(bodies(gemini_server)[-1])[-1]["response"]["error"]
+    assert len(refusal) < 200 and "x" * 64 + "..." in refusal and "get_weather" in refusal
+
+
 async def test_max_steps_raises(gemini_server: GeminiTestServer, otel: Otel) -> None:
     tools = Tools()
     gemini_server.reply_function_call("add", {"a": 1, "b": 1}, times=5)

@@ -56,6 +56,9 @@ _T = TypeVar("_T")
 #: Wide enough that an event loop stalled by a busy machine still runs the loop's timer before the router's.
 _DEADLINE_MARGIN_S = 1.0
 _DEADLINE_MARGIN_FRACTION = 0.25
+#: What metrics and span names record for a tool name that is not on the allowlist (OTel's value for "other").
+_OTHER = "_OTHER"
+_MAX_NAME = 64
 
 
 class FunctionCallingConfig(BackendConfig):
@@ -257,21 +260,24 @@ class FunctionCallingBackend(Backend):
         name = call.name or ""
         args = dict(call.args or {})
         call_id = call.id or fallback_id
+        tool = self.tools.get(name)
+        # A name the model made up is not on the allowlist: it could be anything, of any length, so metrics and
+        # span names get one fixed value (bounded cardinality) and the span a bounded copy.
+        known = name if tool is not None else _OTHER
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": name,
-            "gen_ai.tool.call.id": call_id,
+            "gen_ai.tool.name": name if tool is not None else _clipped(name),
+            "gen_ai.tool.call.id": _clipped(call_id),
             "gen_ai.tool.type": "function",
         }
-        tool = self.tools.get(name)
         if tool is not None and tool.description:
             attrs["gen_ai.tool.description"] = tool.description
         if ctx.capture_content:
             attrs["gen_ai.tool.call.arguments"] = _dumps(args)
-        metric_attrs = {k: attrs[k] for k in ("gen_ai.operation.name", "gen_ai.tool.name")}
+        metric_attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": known}
         start = time.perf_counter()
         with ctx.tracer.start_as_current_span(
-            f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attrs,
+            f"execute_tool {known}", kind=SpanKind.INTERNAL, attributes=attrs,
             record_exception=False, set_status_on_exception=False,
         ) as span:
             try:
@@ -312,7 +318,7 @@ class FunctionCallingBackend(Backend):
             # Whatever the model was told (including by a tool's own output), only the allowlist runs.
             allowed = ", ".join(self.tools)
             return done("not_allowed", "tool_not_allowed",
-                        error=f"tool {name!r} is not available; available tools: {allowed}")
+                        error=f"tool {_clipped(name)!r} is not available; available tools: {allowed}")
         try:
             kwargs = tool.validate(args)
         except InvalidToolArgs as exc:
@@ -368,6 +374,12 @@ class _Turn:
 
 def _plain_text(part: types.Part) -> bool:
     return part.text is not None and not part.thought and part.thought_signature is None
+
+
+def _clipped(name: str) -> str:
+    """``name`` cut to the longest a tool name may be (and a little): what telemetry and the model get back of a
+    name the model made up."""
+    return name if len(name) <= _MAX_NAME else f"{name[:_MAX_NAME]}..."
 
 
 def _bounded(result: Any, limit: int) -> Any:
