@@ -309,7 +309,7 @@ def task_counts(metadatas: list[Any], tasks: tuple[str, ...]) -> dict[str, int]:
 
 
 def defused(example: ExampleRecord) -> ExampleRecord:
-    """``example`` with turn and block markers in its input, output, label and metadata neutralised.
+    """``example`` with turn and block markers in its input, output, label and metadata (keys too) neutralised.
 
     Stored examples are data like retrieved chunks: one must not be able to end its turn early or
     pose as another turn (``genroute.knowledge.hygiene``), whichever of its fields a template shows.
@@ -322,7 +322,7 @@ def defused(example: ExampleRecord) -> ExampleRecord:
         if isinstance(value, str):
             return defuse(value)
         if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
+            return {clean(k): clean(v) for k, v in value.items()}  # a template may show the keys too
         if isinstance(value, list | tuple):
             return type(value)(clean(v) for v in value)
         return value
