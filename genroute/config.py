@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ class TelemetryConfig(_Frozen):
     """Telemetry switches; content capture is off unless opted in (here or by the standard env var)."""
 
     capture_content: bool | None = None
+
+
+#: ``RouterConfig`` sections kept as raw mappings (validated per ``kind`` when built), which reprs and dumps redact;
+#: in the named ones each entry's name is a name, not a setting.
+_RAW_SECTIONS = ("engines", "backends", "policy", "knowledge", "validators", "outcomes", "rate_limits", "breakers")
+_NAMED_SECTIONS = ("engines", "backends", "validators")
 
 
 class RouterConfig(_Frozen):
@@ -52,25 +59,45 @@ class RouterConfig(_Frozen):
     breakers: dict[str, Any] | None = None
 
     def __repr_args__(self) -> Any:
-        # Engine and knowledge sections stay raw mappings until built: keep inline keys out of reprs and logs.
+        # Sections stay raw mappings until built (a plugin kind may take a key anywhere): keep inline keys out of
+        # reprs and logs.
         for name, value in super().__repr_args__():
-            yield name, _redacted(value) if name in ("engines", "knowledge") else value
+            yield name, _section_redacted(name, value) if name in _RAW_SECTIONS else value
 
-    @field_serializer("engines", "knowledge")
-    def _dump_redacted(self, value: Any) -> Any:
+    @field_serializer(*_RAW_SECTIONS)
+    def _dump_redacted(self, value: Any, info: Any) -> Any:
         # ...and out of every dump (model_dump, model_dump_json): a dumped config is for reading, not for keys.
-        return _redacted(value)
+        return _section_redacted(info.field_name, value)
 
 
-_SECRET_KEYS = ("key", "secret", "token", "password", "credential", "authorization")
+#: Words of a setting's name that make its value a secret (``api_key``, ``X-Api-Key``, ``accessToken``), and
+#: fragments that do wherever they stand (``client_secret``, ``dbpassword``).
+_SECRET_WORDS = {"key", "token", "pat"}
+_SECRET_PARTS = ("secret", "password", "passwd", "credential", "authorization", "apikey")
+
+
+def _secret_name(name: Any) -> bool:
+    """Whether a setting called ``name`` holds a secret (``*_env`` names the variable that does, not the secret)."""
+    if not isinstance(name, str):
+        return False
+    lower = name.lower()
+    words = set(re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()))
+    return not lower.endswith("_env") and (bool(words & _SECRET_WORDS) or any(p in lower for p in _SECRET_PARTS))
+
+
+def _section_redacted(section: str, value: Any) -> Any:
+    """``_redacted`` for a config section; the entries of a named section (``engines.<name>``) are names, not
+    settings, and stay as they are."""
+    if section in _NAMED_SECTIONS and isinstance(value, Mapping):
+        return {name: _redacted(entry) for name, entry in value.items()}
+    return _redacted(value)
 
 
 def _redacted(value: Any) -> Any:
     """``value`` with every mapping entry whose name looks secret (``api_key``, ``token``...) masked, and the
     credentials of URLs (``base_url: https://user:secret@host``) too."""
     if isinstance(value, Mapping):
-        return {k: "**********" if isinstance(k, str) and any(s in k.lower() for s in _SECRET_KEYS)
-                and not k.lower().endswith("_env") else _redacted(v) for k, v in value.items()}
+        return {k: "**********" if _secret_name(k) else _redacted(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redacted(v) for v in value]
     if isinstance(value, str):

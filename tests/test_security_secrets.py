@@ -323,3 +323,28 @@ def test_engine_errors_redact_tokens_and_private_keys():
             f"redis://:pa/ss@cache:6379/0, commit 9fceb02d0ae598e95dc970b74767f19372d61af8")
     assert redact(text) == "token ***, ***, ***, key ***\n, redis://***@cache:6379/0, " \
                            "commit 9fceb02d0ae598e95dc970b74767f19372d61af8"
+
+
+def test_a_secret_looking_key_is_masked_in_every_section_of_the_config():
+    """Sections stay raw mappings until built, and a plugin kind may take a key in any of them."""
+    from genroute.config import RouterConfig
+
+    config = RouterConfig.model_validate({
+        "engines": {"token": {"kind": "gemini", "api_key": "ENGINE-SECRET", "max_output_tokens": 64}},
+        "backends": {"b": {"kind": "plugin_rag", "engine": "token", "accessToken": "BACKEND-SECRET",
+                           "generation": {"max_output_tokens": 32}, "X-Api-Key": "HEADER-SECRET"}},
+        "policy": {"kind": "plugin", "backend": "b", "api_key": "POLICY-SECRET", "url": "https://u:POLICY-PW@h/x"},
+        "outcomes": {"url": "redis://:OUTCOMES-PW@localhost:6379/0", "token": "OUTCOMES-SECRET"},
+        "validators": {"j": {"kind": "plugin_judge", "client_secret": "VALIDATOR-SECRET"}},
+        "breakers": {"github_pat": "BREAKER-SECRET"},
+        "rate_limits": [{"password": "LIMIT-SECRET", "api_key_env": "LIMIT_KEY"}],
+    })
+    texts = [repr(config), str(config), config.model_dump_json(), repr(config.model_dump()),
+             str(config.model_dump(mode="json"))]
+    for text in texts:
+        assert "SECRET" not in text and "-PW" not in text, text
+    dumped = config.model_dump()
+    assert list(dumped["engines"]) == ["token"] and dumped["engines"]["token"]["max_output_tokens"] == 64
+    assert dumped["backends"]["b"]["generation"] == {"max_output_tokens": 32}  # not secrets: shown
+    assert dumped["rate_limits"] == [{"password": "**********", "api_key_env": "LIMIT_KEY"}]
+    assert config.policy["api_key"] == "POLICY-SECRET"  # the loaded config still works
