@@ -286,3 +286,15 @@ def test_decide_names_a_bad_margin_or_min_n_flag_and_leaves_the_config(gemini_se
     assert cli([*base, "--decide", "--challenger", "lora", "--min-n", "-3"]) == 2
     assert "--min-n" in capsys.readouterr().err
     assert config.read_text() == before and not (tmp_path / "grad").exists()
+
+
+@pytest.mark.parametrize("task", ["a.b", "../x", "ünïcode"])
+def test_a_task_whose_default_challenger_name_the_config_cannot_take_is_refused_before_tuning(
+        gemini_server, tmp_path, capsys, task):
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(gemini_config(gemini_server)))
+    before = config.read_text()
+    args = ["graduate", "--task", task, "--config", str(config), "--out", str(tmp_path / "g"), "--max-steps", "1"]
+    assert cli(args) == 2  # refused before the export or any tuning starts
+    assert "--name" in capsys.readouterr().err
+    assert config.read_text() == before and not (tmp_path / "g").exists()

@@ -90,6 +90,10 @@ async def _run(args: argparse.Namespace) -> Any:
     out = Path(args.out)
     saved = out / "graduation.json"
     name = args.challenger or args.name or f"{args.task}_tuned"
+    if not args.decide:  # before minutes of tuning: a name the config could not take is refused now
+        from genroute.tuning.config_file import check_name
+
+        check_name(name, field="--challenger" if args.challenger else "--name")
     if args.register_only:
         write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
         return GraduationReport(task=args.task, challenger=name, lines=(
