@@ -310,3 +310,32 @@ async def test_a_replayed_settle_counts_once(redis_server: RedisServer) -> None:
     await store._call(script, "apply", [settle], ["settle-1"])  # e.g. it timed out on the way back and was replayed
     assert await store.usage("once") == (10, 0)
     await store.aclose()
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+async def test_a_write_redis_refuses_is_not_replayed(redis_server: RedisServer, on_error: str) -> None:
+    import redis.asyncio
+
+    store = _redis(redis_server, on_error=on_error, retry_s=60, timeout_s=20, connect_timeout_s=20)
+    raw = redis.asyncio.Redis.from_url(redis_server.url)
+    # Keys of another type under the prefix where a list and a spend account should be: WRONGTYPE error replies.
+    await raw.set(f"{store.prefix}l:poisoned", "a string")
+    await raw.set(f"{store.prefix}a:poisoned", "a string")
+    try:
+        if on_error == "open":
+            await store.append("poisoned", b"refused")  # answered from memory
+            await store.apply([Settle("acct", None, 7, "poisoned", keep_s=600)])
+            assert store.fallbacks == 2 and (await store.items("poisoned")).items == [b"refused"]
+        else:
+            with pytest.raises(StateUnavailable, match="WRONGTYPE"):
+                await store.append("poisoned", b"refused")
+        assert not store._unsent and store.replays("poisoned").waiting == 0  # kept for no replay
+        await raw.delete(f"{store.prefix}l:poisoned", f"{store.prefix}a:poisoned")
+        # Not an outage: the next call (within retry_s) asks Redis, and sends only its own write.
+        await store.append("poisoned", b"after")
+        assert [v.split(b"|", 1)[1] for v in await raw.lrange(f"{store.prefix}l:poisoned", 0, -1)] == [b"after"]
+        assert await store.usage("poisoned") == (0, 0) and not store.degraded
+        assert store.replays("poisoned") == (0, 0, 0)
+    finally:
+        await raw.aclose()
+        await store.aclose()

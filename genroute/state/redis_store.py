@@ -7,9 +7,11 @@ settlements together, so it is atomic on the server and one round trip; the scri
 When Redis cannot be reached (refused, reset, timed out), or answers with an error (out of memory, a read-only
 replica, no permission, a key of another type under the prefix), the store either answers from this process's
 memory (``on_error: open``; each such call is counted and the condition logged once per minute) or raises
-``StateUnavailable`` (``on_error: closed``). A settle or a list append answered from memory is also kept and
-replayed to Redis once it answers again, oldest first, by the first call that finds it back, so the shared spend
-and the shared lists (the outcome log) are complete after an outage; what is kept is bounded
+``StateUnavailable`` (``on_error: closed``). A settle or a list append answered from memory because Redis could
+not be reached is also kept and replayed to Redis once it answers again, oldest first, by the first call that
+finds it back, so the shared spend and the shared lists (the outcome log) are complete after an outage. One Redis
+refused with an error reply is not kept (a replay would be refused again, or leave its marker set without its
+write and count as done); nor does an error reply stop the calls after it from trying Redis. What is kept is bounded
 (``genroute.state.unsent``). Each replayed write applies once: it carries an id that the script marks, so a replay
 interrupted and sent again applies nothing twice (an append's first try carries none: one whose reply was lost as
 the outage began is in the list twice). An append that finds a replay running waits for it, so it lands after the
@@ -18,7 +20,7 @@ store used from two loops may send their replays' batches interleaved, each stil
 in memory, and Redis holds whose settle was lost lapse with their TTL. A hold taken from the fallback memory is
 settled there.
 
-For ``retry_s`` after a failure it does not try Redis again, so a dead server costs one timeout per ``retry_s``,
+For ``retry_s`` after Redis could not be reached it does not try Redis again, so a dead server costs one timeout per ``retry_s``,
 not one per request; after that the next call reconnects (redis-py's pool opens a new connection), so a restarted
 server is used again without a router restart.
 """
@@ -82,7 +84,7 @@ class RedisStateStore(StateStore):
         #: Calls answered by ``fallback`` because Redis was unreachable.
         self.fallbacks = 0
         self._down_until = 0.0
-        #: How the last failed call failed (unreachable, or Redis's error reply), for the errors meanwhile.
+        #: How the last outage began (unreachable, or an error reply to a replay), for the errors meanwhile.
         self._failed = "is unreachable"
         #: Settles and appends answered from memory while Redis was unreachable, replayed to Redis when it is back.
         self._unsent = UnsentWrites(self._replayed)
@@ -107,45 +109,60 @@ class RedisStateStore(StateStore):
         return found
 
     async def _run(self, op: str, remote: Callable[[Any, Any], Awaitable[T]],
-                   local: Callable[[], Awaitable[T]], *, ordered: bool = False) -> T:
+                   local: Callable[[], Awaitable[T]], *, ordered: bool = False,
+                   keep: Callable[[], None] | None = None) -> T:
         """``remote`` against Redis; when Redis is unreachable or answers with an error, ``local`` (open) or
-        ``StateUnavailable``.
+        ``StateUnavailable``. ``keep`` queues this call's writes for replay: only when Redis was not reached (an
+        error reply refused them; replayed, it would be refused again, or half-applied behind its marker).
         ``ordered``: after a replay another call is running (an append must land after the writes before it)."""
         import redis.exceptions
 
-        now = time.monotonic()
         cause: BaseException | None = None
-        if now >= self._down_until:
+        if time.monotonic() >= self._down_until:
             connection = self._client()
+            replayed = False
             try:
                 await self._replay(connection, wait=ordered)
+                replayed = True
                 result = await remote(connection.script, connection.client)
-            # An error reply (out of memory, a read-only replica, no permission, a key of another type under the
-            # prefix) leaves the store as unusable as an outage does: the same fallback or refusal, never a raw error.
             except (redis.exceptions.RedisError, OSError) as exc:
-                self._down_until = time.monotonic() + self.config.retry_s
-                self._failed = _failure(exc)
-                self._down(op, exc)
-                cause = exc
+                cause, failed = exc, _failure(exc)
+                # An error reply to this call's own script is a refusal, not an outage: Redis is asked again next
+                # call, and what it refused is not replayed. (One to a replay leaves this call's writes unsent.)
+                outage = not (replayed and isinstance(exc, redis.exceptions.ResponseError))
+                if outage:
+                    self._down_until = time.monotonic() + self.config.retry_s
+                    self._failed = failed
+                else:
+                    keep = None
+                self._down(op, exc, failed, outage=outage)
             else:
                 self.degraded = False
                 return result
+        else:
+            failed = self._failed
         if self.config.on_error == "closed":
-            raise StateUnavailable(f"state store at {_where(self.config.url)} {self._failed} (state.on_error: "
+            raise StateUnavailable(f"state store at {_where(self.config.url)} {failed} (state.on_error: "
                                    "closed): nothing was sent") from cause
         self.degraded = True
         self.fallbacks += 1
         if self.on_fallback is not None:
             self.on_fallback(op)
+        if keep is not None:
+            keep()
         return await local()
 
-    def _down(self, op: str, exc: BaseException) -> None:
+    def _down(self, op: str, exc: BaseException, failed: str, *, outage: bool) -> None:
         now = time.monotonic()
         if now - self._logged_at >= LOG_INTERVAL_S:
             self._logged_at = now
-            mode = "using this process's memory" if self.config.on_error == "open" else "refusing requests"
-            _log.warning("state store at %s %s during %s (%s): %s; retrying every %.1f s",
-                         _where(self.config.url), self._failed, op, type(exc).__name__, mode, self.config.retry_s)
+            if self.config.on_error == "closed":
+                mode = "refusing requests"
+            else:
+                mode = "using this process's memory" + ("" if outage else " (the refused writes are not replayed)")
+            again = f"; retrying every {self.config.retry_s:.1f} s" if outage else ""
+            _log.warning("state store at %s %s during %s (%s): %s%s",
+                         _where(self.config.url), failed, op, type(exc).__name__, mode, again)
 
     def _k(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
@@ -182,20 +199,23 @@ class RedisStateStore(StateStore):
         async def remote(script: Any, _: Any) -> list[Any]:
             return (await self._call(script, "apply", ops, ids))[0]
 
-        async def local() -> list[Any]:
-            # Settles are replayed to Redis when it answers again (one may also have reached Redis before the
-            # failure: the replay then counts nothing), and charged here for this process's view meanwhile.
-            kept = [i for i, op in enumerate(ops) if not (isinstance(op, Settle) and i in charged_here)]
+        def keep() -> None:
+            # Replayed to Redis when it answers again (one may also have reached Redis before the failure: the
+            # replay then counts nothing).
             for op, settle_id in zip(ops, ids, strict=True):
                 if isinstance(op, Settle):
                     self._unsent.settle(op, settle_id)  # type: ignore[arg-type]
+
+        async def local() -> list[Any]:
+            # Charged here for this process's view meanwhile.
+            kept = [i for i, op in enumerate(ops) if not (isinstance(op, Settle) and i in charged_here)]
             answers = await self.fallback.apply([ops[i] for i in kept])
             out: list[Any] = [None] * len(ops)
             for i, answer in zip(kept, answers, strict=True):
                 out[i] = answer
             return out
 
-        return await self._run(op_name(ops, "settle"), remote, local)
+        return await self._run(op_name(ops, "settle"), remote, local, keep=keep)
 
     async def _replay(self, connection: _Connection, *, wait: bool = True) -> None:
         """Send the settles and appends made while Redis was unreachable (oldest first, a batch a script run), so its
@@ -254,9 +274,9 @@ class RedisStateStore(StateStore):
 
         async def local() -> None:
             await self.fallback.append(key, value, max_items=max_items, max_age_s=max_age_s)
-            self._unsent.push(push, os.urandom(8).hex())  # for Redis, when it answers again
 
-        await self._run("append", remote, local, ordered=True)
+        await self._run("append", remote, local, ordered=True,
+                        keep=lambda: self._unsent.push(push, os.urandom(8).hex()))  # for Redis, when it is back
 
     async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
         async def remote(script: Any, _: Any) -> ListRead:
