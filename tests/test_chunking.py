@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 import unicodedata
 
@@ -18,9 +20,38 @@ LONG_RUN = "QUJD" * 250  # a base64-like run: one 1000-character "word"
 FAMILY = "👨\u200d👩\u200d👧\u200d👦" * 200  # emoji joined by ZWJ: no piece may end on a joiner
 
 
-@pytest.mark.parametrize("text", [EMOJI, LONG_RUN])
+@pytest.mark.parametrize("text", [EMOJI, "🎉🙂🔥" * 20])
 def test_a_word_the_tokenizer_cannot_split_counts_a_token_per_few_characters(text: str) -> None:
     assert token_counter().count(text) == math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+HEX = hashlib.sha512(b"genroute").hexdigest() * 2  # one 256-character word
+BASE64 = base64.b64encode(hashlib.sha512(b"a").digest() * 12).decode()  # words of all lengths between + and /
+URL = "https://example.com/assets/" + hashlib.sha256(b"u").hexdigest() * 5 + "/app.min.js?v=" + "9f3a" * 40
+LONG_WORDS = [HEX, BASE64, URL, LONG_RUN]
+
+
+@pytest.mark.parametrize("text", LONG_WORDS, ids=["hex", "base64", "url", "run"])
+def test_a_word_over_100_characters_counts_the_wordpieces_of_its_slices(text: str) -> None:
+    counter = token_counter()
+    whole = counter.count(text)
+    assert max(counter.count(text[:n]) for n in range(len(text) + 1)) == whole  # h[:100] counted 66, h 64
+    # The text up to the end of its k-th token is k tokens: counts grow with the prefix, token by token.
+    assert [counter.count(text[:end]) for _, end in counter.offsets(text)] == list(range(1, whole + 1))
+    assert counter.count(HEX) == sum(counter.count(HEX[n:n + 100]) for n in (0, 100, 200))
+
+
+@pytest.mark.parametrize("text", [*LONG_WORDS, THAI, EMOJI, FAMILY, THAI[:150] + HEX + " ok " + EMOJI[:120],
+                                  "This is an English sentence used for counting tokens. " * 20],
+                         ids=["hex", "base64", "url", "run", "thai", "emoji", "family", "mixed", "english"])
+def test_truncation_and_chunks_recount_within_their_budget(text: str) -> None:
+    counter = token_counter()
+    for n in range(0, counter.count(text) + 2):
+        assert counter.count(truncate_to_tokens(text, n)) <= n
+    if text is BASE64:  # a chunk that starts inside a short word recounts it from there (WordPiece: +1 at most)
+        return
+    for n in (8, 16, 50):
+        assert all(counter.count(chunk.text) <= n for chunk in chunk_text(text, chunk_tokens=n, overlap=n // 4))
 
 
 @pytest.mark.parametrize("text", [THAI, EMOJI, LONG_RUN, FAMILY])

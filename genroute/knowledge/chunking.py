@@ -4,9 +4,10 @@ Counting uses the MiniLM WordPiece tokenizer shipped with the offline embedder: 
 local embedder truncates by, and a fair stand-in for other models' counts when budgeting prompts.
 Without that package a whitespace/punctuation splitter stands in (never a download).
 
-A word WordPiece cannot split (Thai and other unspaced scripts, emoji, any run over 100 characters) comes back
-as one ``[UNK]`` whatever its length; such a span is counted, split and truncated as pieces of about
-``CHARS_PER_TOKEN`` characters instead, so no text slips past a token budget as "one token".
+A word WordPiece cannot split (Thai and other unspaced scripts, emoji) comes back as one ``[UNK]`` whatever its
+length; such a span is counted, split and truncated as pieces of about ``CHARS_PER_TOKEN`` characters instead, so
+no text slips past a token budget as "one token". A word over 100 characters (a hash, base64, a long URL path) is
+also one ``[UNK]``: it is encoded in slices of 100 characters instead, with WordPiece's own pieces and offsets.
 """
 
 from __future__ import annotations
@@ -58,16 +59,54 @@ class TokenCounter:
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
         """Character ``(start, end)`` of every token in ``text`` (an unknown word: one per few characters)."""
+        return self.pieces(text)[0]
+
+    def pieces(self, text: str) -> tuple[list[tuple[int, int]], list[bool]]:
+        """``offsets(text)``, and for each token whether it is a piece of a word WordPiece could not split whole (a
+        text cut inside such a word may recount otherwise: its slices or its unknown run begin elsewhere)."""
         tokenizer = self._load()
         if tokenizer is None:
             tokens = [(m.span(), m.end() - m.start() > _MAX_WORD) for m in _WORD.finditer(text)]
         else:
-            encoding = tokenizer.encode(text, add_special_tokens=False)
-            unk = tokenizer.token_to_id(tokenizer.model.unk_token)
-            tokens = [(span, i == unk) for span, i in zip(encoding.offsets, encoding.ids) if span[1] > span[0]]
+            tokens = self._wordpieces(tokenizer, text, 0)
         spans: list[tuple[int, int]] = []
+        cut: list[bool] = []
         for span, unknown in tokens:
-            spans.extend(_char_spans(text, *span) if unknown else [span])
+            if not unknown:
+                found = [span]
+            elif tokenizer is not None and span[1] - span[0] > _MAX_WORD:
+                found = self._long_word(tokenizer, text, *span)
+            else:
+                found = _char_spans(text, *span)
+            spans += found
+            cut += [unknown] * len(found)
+        return spans, cut
+
+    @staticmethod
+    def _wordpieces(tokenizer: Any, text: str, base: int) -> list[tuple[tuple[int, int], bool]]:
+        """WordPiece's ``((start, end), unknown)`` tokens of ``text``, offsets shifted by ``base``."""
+        encoding = tokenizer.encode(text, add_special_tokens=False)
+        unk = tokenizer.token_to_id(tokenizer.model.unk_token)
+        return [((base + a, base + b), i == unk) for (a, b), i in zip(encoding.offsets, encoding.ids) if b > a]
+
+    def _long_word(self, tokenizer: Any, text: str, start: int, end: int) -> list[tuple[int, int]]:
+        """The tokens of a word too long for WordPiece (a hash, base64, minified code): its slices of ``_MAX_WORD``
+        characters as WordPiece splits them (about 2.6 times as many tokens as 4-character pieces would be); the
+        runs of slices that still come back unknown (an unspaced script, emoji) in pieces of a few characters."""
+        tokens: list[tuple[tuple[int, int], bool]] = []
+        for cut in range(start, end, _MAX_WORD):
+            tokens += self._wordpieces(tokenizer, text[cut:min(cut + _MAX_WORD, end)], cut)
+        spans: list[tuple[int, int]] = []
+        unknown_from: int | None = None  # where the current run of unknown slices began
+        for (a, b), unknown in tokens + [((end, end), False)]:
+            if unknown:
+                unknown_from = a if unknown_from is None else unknown_from
+                continue
+            if unknown_from is not None:  # one run, split as a whole: the pieces the whole word gave before
+                spans += _char_spans(text, unknown_from, a)
+                unknown_from = None
+            if b > a:
+                spans.append((a, b))
         return spans
 
     def count(self, text: str) -> int:
@@ -150,13 +189,16 @@ def chunk_text(
         raise ConfigError("must be at least 8", field="chunk_tokens")
     if not 0 <= overlap < chunk_tokens:
         raise ConfigError(f"must be at least 0 and less than chunk_tokens ({chunk_tokens})", field="overlap")
-    spans = (counter or token_counter()).offsets(text)
+    counter = counter or token_counter()
+    spans, cut = counter.pieces(text)
     chunks: list[Chunk] = []
     i = 0
     while i < len(spans):
         j = min(i + chunk_tokens, len(spans))
         if j < len(spans):
             j = _mark_cut(text, spans, i, _sentence_cut(text, spans, i, j))
+        if cut[i] or cut[j - 1]:  # begins or ends inside a word WordPiece could not split whole
+            j = _fit(text, spans, i, j, chunk_tokens, counter)
         start, end = spans[i][0], _end(text, spans, j)
         piece = text[start:end].strip()
         if piece:
@@ -194,10 +236,20 @@ def _sentence_cut(text: str, spans: list[tuple[int, int]], i: int, j: int) -> in
 
 def truncate_to_tokens(text: str, max_tokens: int, *, counter: TokenCounter | None = None) -> str:
     """The longest prefix of ``text`` with at most ``max_tokens`` tokens."""
-    spans = (counter or token_counter()).offsets(text)
+    counter = counter or token_counter()
+    spans = counter.offsets(text)
     if len(spans) <= max_tokens:
         return text
     if max_tokens <= 0:
         return ""
-    n = _mark_cut(text, spans, -1, max_tokens)
+    n = _fit(text, spans, -1, _mark_cut(text, spans, -1, max_tokens), max_tokens, counter)
     return text[:_end(text, spans, n)] if n else ""
+
+
+def _fit(text: str, spans: list[tuple[int, int]], i: int, j: int, budget: int, counter: TokenCounter) -> int:
+    """``j``, moved back until tokens ``(i, j)`` recount within ``budget`` on their own: a piece cut out of a word
+    WordPiece could not split whole (a Thai run, say) may split, into more tokens than its few-character pieces."""
+    start = spans[i][0] if i >= 0 else 0
+    while j > i + 1 and (excess := counter.count(text[start:_end(text, spans, j)]) - budget) > 0:
+        j = _mark_cut(text, spans, i, max(i + 1, j - excess))
+    return j
