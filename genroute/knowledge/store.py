@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError
+from genroute.knowledge.chroma_timeouts import Connecting
 from genroute.knowledge.store_config import (
     LocalEmbedderSpec,
     StoreConfig,
@@ -92,6 +93,9 @@ class KnowledgeStore:
         self._client_obj: Any = None
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._connecting: Connecting[Any] = Connecting()
+        #: Each call's bound when chromadb's HTTP session could not be given a timeout (``chroma_timeouts``).
+        self._wait_s: float | None = None
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -145,19 +149,25 @@ class KnowledgeStore:
             return chromadb.PersistentClient(path=self._path(), settings=settings,
                                              tenant=cfg.tenant, database=cfg.database)
         from genroute.knowledge.chroma_errors import unreachable
-        from genroute.knowledge.chroma_timeouts import bound_requests, bounded
+        from genroute.knowledge.chroma_timeouts import bound_requests, http_client
 
         try:
-            client = bounded(lambda: chromadb.HttpClient(
-                host=cfg.host, port=cfg.port, ssl=cfg.ssl, headers=cfg.headers or None, settings=settings,
-                tenant=cfg.tenant, database=cfg.database), cfg.timeout_s)
+            client = self._connecting.result(lambda: http_client(
+                host=cfg.host, port=cfg.port, ssl=cfg.ssl, headers=cfg.headers, settings=settings, tenant=cfg.tenant,
+                database=cfg.database, timeout_s=cfg.timeout_s), cfg.timeout_s)
         except Exception as exc:  # connection failures surface here as assorted httpx/ValueError types
             raise unreachable(exc, location=self.location, headers=cfg.headers) from exc
-        bound_requests(client, cfg.timeout_s)
+        self._wait_s = None if bound_requests(client, cfg.timeout_s) else cfg.timeout_s
         return client
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.to_thread(self._guard, fn, *args, **kwargs)
+        call = asyncio.to_thread(self._guard, fn, *args, **kwargs)
+        if self._wait_s is None:
+            return await call
+        try:  # a chromadb whose session timeout could not be set: bounded here (its thread may stay blocked)
+            return await asyncio.wait_for(call, self._wait_s)
+        except TimeoutError:
+            raise BackendUnavailable(f"{self.location}: no answer in {self._wait_s:g} s", backend="knowledge") from None
 
     def _guard(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
