@@ -60,7 +60,7 @@ class Embedder(ABC):
     max_length: int | None = None
     #: Where spans go when a call passes no tracer; ``None``: the global tracer provider.
     tracer_provider: trace.TracerProvider | None = None
-    #: Where paid calls' duration, token and cost metrics go (a router's); ``None``: not recorded.
+    #: Where calls' duration, token and cost metrics go (a router's); ``None``: not recorded.
     telemetry: Telemetry | None = None
 
     @staticmethod
@@ -82,15 +82,39 @@ class Embedder(ABC):
         """What embedding ``texts`` is estimated to cost in USD, before it is done (0: the embedder is free)."""
         return 0.0
 
-    def _span(self, tracer: trace.Tracer | None, kind: trace.SpanKind = trace.SpanKind.CLIENT) -> trace.Span:
+    def _span(self, tracer: trace.Tracer | None) -> trace.Span:
+        # CLIENT for the local model too, as the local engine's inference spans are: one kind for every model call.
         if tracer is None:
             tracer = (_tracer if self.tracer_provider is None
                       else trace.get_tracer("genroute", tracer_provider=self.tracer_provider))
-        span = tracer.start_span(f"embeddings {self.model}", kind=kind)
-        span.set_attribute("gen_ai.operation.name", "embeddings")
-        span.set_attribute("gen_ai.request.model", self.model)
-        span.set_attribute("gen_ai.provider.name", self.provider)
-        return span
+        return tracer.start_span(f"embeddings {self.model}", kind=trace.SpanKind.CLIENT, attributes={
+            "gen_ai.operation.name": "embeddings", "gen_ai.request.model": self.model,
+            "gen_ai.provider.name": self.provider, "gen_ai.embeddings.dimension.count": self.dimension},
+            record_exception=False, set_status_on_exception=False)
+
+    def _measure(self, duration_s: float, charged: tuple[int, float, bool] | None,
+                 error: BaseException | None) -> None:
+        """Record the call on ``telemetry``'s metrics as a generate call is: its duration, the tokens of an
+        answered call when they are counted (an estimate is not reported as a count), and its cost (of any call
+        billed). ``charged``: the input tokens, cost and whether they are estimates (None: nothing billed)."""
+        telemetry = self.telemetry
+        if telemetry is None or not telemetry.metered:
+            return
+        from genroute.runtime.telemetry import error_type
+
+        attrs = {"gen_ai.operation.name": "embeddings", "gen_ai.provider.name": self.provider,
+                 "gen_ai.request.model": self.model}
+        if error is None:
+            telemetry.record_call(attrs, None, duration_s)
+        elif isinstance(error, Exception):  # not a cancellation: the call's own failure
+            telemetry.record_call({**attrs, "error.type": error_type(error)}, None, duration_s)
+        if charged is None:
+            return
+        tokens, cost, estimated = charged
+        if error is None and not estimated:  # as for generate calls: token points for answered calls only
+            telemetry.tokens.record(tokens, {**attrs, "gen_ai.token.type": "input"})
+        if cost:
+            telemetry.count_cost(cost, attrs, estimated=estimated)
 
 
 def traced(embedder: object, tracer: trace.Tracer | None) -> dict[str, trace.Tracer]:
@@ -100,8 +124,12 @@ def traced(embedder: object, tracer: trace.Tracer | None) -> dict[str, trace.Tra
 
 
 def _record_error(span: trace.Span, exc: BaseException) -> None:
-    span.set_attribute("error.type", type(exc).__qualname__)
-    span.set_status(trace.StatusCode.ERROR, str(exc))
+    # The class name only, as on every other span: a provider's message may echo what was sent.
+    from genroute.runtime.telemetry import error_type
+
+    kind = error_type(exc)
+    span.set_attribute("error.type", kind)
+    span.set_status(trace.StatusCode.ERROR, kind)
 
 
 class GeminiEmbedder(Embedder):
@@ -133,13 +161,13 @@ class GeminiEmbedder(Embedder):
         if isinstance(texts, str):
             raise UsageError("embed() takes a list of texts, not a str", field="texts")
         span = self._span(tracer)
-        span.set_attribute("gen_ai.embeddings.dimension.count", self.dimension)
         meter = Meter()
         vectors: list[list[float]] | None = None
         error: BaseException | None = None
         started = time.perf_counter()
         try:
-            with trace.use_span(span, end_on_exit=False), metering(meter):
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False), \
+                    metering(meter):
                 vectors = await self.engine.embed(self.model, list(texts),
                                                   output_dimensionality=self.dimension)
                 self._check_widths(vectors)  # billed, whether or not the widths are right
@@ -192,37 +220,14 @@ class GeminiEmbedder(Embedder):
             return None
         cost = sum(self._priced(call) for call in calls)
         tokens = sum(c.input_tokens for c in calls)
-        attrs: dict[str, Any] = {"gen_ai.usage.input_tokens": tokens,
-                                 "gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD"}
-        if estimated:
-            attrs["genroute.cost.estimated"] = True
+        # Token counts only when the provider counted them: an estimate is marked on the cost instead.
+        attrs: dict[str, Any] = ({"genroute.cost.estimated": True} if estimated
+                                 else {"gen_ai.usage.input_tokens": tokens})
+        attrs["gen_ai.usage.cost.amount"] = cost
+        attrs["gen_ai.usage.cost.currency"] = "USD"
         span.set_attributes(attrs)
         charge(cost, estimated=estimated)
         return tokens, cost, estimated
-
-    def _measure(self, duration_s: float, charged: tuple[int, float, bool] | None,
-                 error: BaseException | None) -> None:
-        """Record the call on ``telemetry``'s metrics as a generate call is: its duration, the tokens of an
-        answered call, and its cost (of any call billed)."""
-        telemetry = self.telemetry
-        if telemetry is None or not telemetry.metered:
-            return
-        from genroute.errors import GenrouteError
-        from genroute.runtime.telemetry import error_type
-
-        attrs = {"gen_ai.operation.name": "embeddings", "gen_ai.provider.name": self.provider,
-                 "gen_ai.request.model": self.model}
-        if error is None:
-            telemetry.record_call(attrs, None, duration_s)
-        elif isinstance(error, GenrouteError):  # not a cancellation: the call's own failure
-            telemetry.record_call({**attrs, "error.type": error_type(error)}, None, duration_s)
-        if charged is None:
-            return
-        tokens, cost, estimated = charged
-        if error is None:  # as for generate calls: token points for answered calls only
-            telemetry.tokens.record(tokens, {**attrs, "gen_ai.token.type": "input"})
-        if cost:
-            telemetry.count_cost(cost, attrs, estimated=estimated)
 
     def _check_widths(self, vectors: list[list[float]]) -> None:
         # A model that ignores output_dimensionality would otherwise fill a collection with vectors
@@ -313,12 +318,14 @@ class LocalEmbedder(Embedder):
         if isinstance(texts, str):
             raise UsageError("embed() takes a list of texts, not a str", field="texts")
         self._load()
-        span = self._span(tracer, trace.SpanKind.INTERNAL)
+        span = self._span(tracer)
+        error: BaseException | None = None
+        tokens = 0
+        started = time.perf_counter()
         try:
             out = np.empty((len(texts), self.dimension), dtype=np.float32)
             # Sorting by length keeps padding (wasted compute) small within each batch.
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-            tokens = 0
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 encodings = self._tokenizer.encode_batch([texts[i] for i in idx])
@@ -328,11 +335,14 @@ class LocalEmbedder(Embedder):
                 hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
                                                   "token_type_ids": np.zeros_like(ids)})[0]
                 out[idx] = _mean_pool_normalise(hidden, mask)
-            span.set_attribute("gen_ai.usage.input_tokens", tokens)
+            span.set_attribute("gen_ai.usage.input_tokens", tokens)  # the tokenizer's own count: exact
         except BaseException as exc:
+            error = exc
             _record_error(span, exc)
             raise
         finally:
+            # Free, and counted exactly: the tokens it read (truncation included), at no cost.
+            self._measure(time.perf_counter() - started, (tokens, 0.0, False) if tokens else None, error)
             span.end()
         return out
 

@@ -38,7 +38,7 @@ class KnowledgeBase(Protocol):
         ...
 
     def use_telemetry(self, telemetry: Telemetry) -> None:
-        """Record the metrics of the store's paid calls (Gemini embeddings) on ``telemetry``."""
+        """Record the metrics of the store's embedding calls on ``telemetry``."""
         ...
 
 
@@ -67,6 +67,9 @@ class Resources:
         and the knowledge store's embeddings) to ``telemetry``: a router's, set before it binds its policy."""
         self.tracer = telemetry.tracer
         if self.knowledge is not None:
+            # A store makes its offline embedder on first use (free: the model loads on its first call); made
+            # now, it records its calls' metrics here too.
+            getattr(self.knowledge, "embedder", None)
             self.knowledge.use_telemetry(telemetry)
 
     def engine(self, name: str, *, field: str) -> Engine:
