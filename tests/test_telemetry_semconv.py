@@ -67,6 +67,21 @@ def test_a_routers_local_embedder_records_on_its_meter(gemini_server: GeminiTest
     assert {p.attributes["gen_ai.request.model"] for p in durations} == {"all-MiniLM-L6-v2-int8"}
 
 
+def test_tool_durations_name_the_provider(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    def boom() -> str:
+        """Always fails."""
+        raise RuntimeError("no")
+
+    gemini_server.reply_function_call("boom", {}, usage=(5, 1))
+    gemini_server.reply_text("sorry", usage=(8, 1))
+    config = gemini_config(gemini_server, kind="function_calling", tools=["boom"])
+    with Router.from_config(config, tools={"boom": boom}, **otel.providers) as router:
+        router.generate("go")
+    (point,) = _points(otel, "gen_ai.client.operation.duration", "execute_tool")
+    assert point.attributes["gen_ai.provider.name"] == "gcp.gemini"
+    assert point.attributes["error.type"] == "RuntimeError"
+
+
 def test_an_embedding_error_is_its_class_name_only(gemini_server: GeminiTestServer, otel: Otel) -> None:
     from genroute.engines.gemini import GeminiEngine
     from genroute.errors import BackendRejected

@@ -274,7 +274,9 @@ class FunctionCallingBackend(Backend):
             attrs["gen_ai.tool.description"] = tool.description
         if ctx.capture_content:
             attrs["gen_ai.tool.call.arguments"] = _dumps(args)
-        metric_attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": known}
+        # Every gen_ai.client.operation.duration point requires a provider: the engine's that asked for the call.
+        metric_attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.provider.name": self.engine.provider,
+                        "gen_ai.tool.name": known}
         start = time.perf_counter()
         with ctx.tracer.start_as_current_span(
             f"execute_tool {known}", kind=SpanKind.INTERNAL, attributes=attrs,
