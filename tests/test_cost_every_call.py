@@ -275,7 +275,9 @@ def test_an_abandoned_stream_puts_its_cost_on_the_root_span_and_its_rung_event(g
     assert rung.attributes["genroute.rung.outcome"] == "cancelled"
     assert rung.attributes["gen_ai.usage.cost.amount"] == pytest.approx(first_chunk)
     (call,) = otel.spans("generate_content")
-    assert call.attributes["gen_ai.usage.output_tokens"] == _output_so_far(1)
+    # What a cut stream is billed is not known: its cost is an estimate, and no token count is reported.
+    assert call.attributes["genroute.cost.estimated"] is True
+    assert "gen_ai.usage.output_tokens" not in call.attributes
 
 
 def test_a_sync_stream_left_after_one_chunk_settles_the_budget(gemini_server):

@@ -76,7 +76,7 @@ class RootSpan(CurrentSpan):
         self.costed = costed
 
     async def __aenter__(self) -> tuple[Any, Decision, float, float | None, Ledger]:
-        request, telemetry = self.request, self.telemetry
+        request = self.request
         decide = self.decide
         assert decide is not None, "a RootSpan is entered once"
         self.decide = None  # used once: a request in flight does not hold it
@@ -103,8 +103,6 @@ class RootSpan(CurrentSpan):
                 attrs["genroute.rungs"] = [r.backend for r in decision.rungs]
             if request.task:
                 attrs["genroute.task"] = request.task
-            if telemetry.capture_content:
-                attrs["gen_ai.input.messages"] = request.input
             span.set_attributes(attrs)
         # The request's ledger starts with what deciding cost; the rungs add theirs.
         return span, decision, self.start, deadline, Ledger(cost_usd=charges.cost_usd, cost_estimated=charges.estimated)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, contextmanager
@@ -16,6 +15,8 @@ from genroute.runtime.billing import (Charges, Meter, charging, estimate_input, 
                                       output_chars)
 from genroute.construct import user_content
 from genroute.errors import GenrouteError
+from genroute.runtime.messages import output_messages, request_attributes
+from genroute.runtime.received import CapturedReceived, Received
 from genroute.runtime.telemetry import (CurrentSpan, Telemetry, attach, error_type, reason_name, usage_attributes,
                                        usage_of)
 from genroute.types import NO_USAGE, GenerateRequest, Usage
@@ -130,7 +131,8 @@ class RunContext:
                         engine.generate(model, contents, config, timeout_s=self.remaining_s()))
             except BaseException as exc:
                 self._fail(span, attrs, exc, start)
-                self._charge_unanswered(engine, span, attrs, model, meter.attempts, meter.estimated, price_as)
+                self._charge_unanswered(engine, span, attrs, model, meter.attempts, meter.estimated, price_as,
+                                        contents, config)
                 raise
             # Charged at the usage the response reports (an estimate where it reports none), with the attempts
             # the meter collected before it.
@@ -141,7 +143,7 @@ class RunContext:
                               output_tokens=estimate_tokens(output_chars(response)))
                 estimated = True
             calls = (usage, *meter.attempts) if meter.attempts else (usage,)
-            self._answered(engine, span, attrs, model, response, start, calls, estimated, price_as)
+            self._answered(engine, span, attrs, model, response, start, calls, estimated, price_as, contents, config)
             return response
         finally:
             if token is not None:
@@ -169,7 +171,7 @@ class RunContext:
                          attributes=_span_attributes(attrs, config, stream=True)) as span:
             start = time.perf_counter()
             meter = Meter()
-            received = _Received()
+            received = CapturedReceived() if self.telemetry.capture_content else Received()
             complete = False
             try:
                 stream = engine.stream(model, contents, config, timeout_s=self.remaining_s())
@@ -192,9 +194,10 @@ class RunContext:
                 usage, estimated = received.usage(contents, config, complete=complete)
                 calls, estimated = [usage, *meter.attempts], estimated or meter.estimated
                 if complete and received.last is not None:
-                    self._answered(engine, span, attrs, model, received.last, start, calls, estimated, price_as)
+                    self._answered(engine, span, attrs, model, received.last, start, calls, estimated, price_as,
+                                   contents, config, received)
                 else:
-                    self._charge_unanswered(engine, span, attrs, model, calls, estimated, price_as)
+                    self._charge_unanswered(engine, span, attrs, model, calls, estimated, price_as, contents, config)
 
     @contextmanager
     def charged(self) -> Iterator[None]:
@@ -250,21 +253,25 @@ class RunContext:
             extra = sum(self.pricing.cost(reference, call) for call in calls)
             self.cloud_equivalent_cost_usd = (self.cloud_equivalent_cost_usd or 0.0) + extra
         if span.is_recording():
-            span_attrs = {**usage_attributes(usage), "gen_ai.usage.cost.amount": cost,
-                          "gen_ai.usage.cost.currency": "USD"}
+            # Token counts only when they are the provider's: an estimate is marked on the cost, never reported
+            # as gen_ai.usage.* (the conventions forbid invented counts there).
+            span_attrs = {"genroute.cost.estimated": True} if estimated else usage_attributes(usage)
+            span_attrs["gen_ai.usage.cost.amount"] = cost
+            span_attrs["gen_ai.usage.cost.currency"] = "USD"
             if extra is not None:
                 span_attrs["genroute.cloud_equivalent.cost.amount"] = extra
                 span_attrs["genroute.cloud_equivalent.model"] = reference
-            if estimated:
-                span_attrs["genroute.cost.estimated"] = True
             if answer:
                 span_attrs.update(answer)
             span.set_attributes(span_attrs)
         return usage, cost
 
     def _charge_unanswered(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
-                           calls: Sequence[Usage], estimated: bool, price_as: str | None) -> None:
+                           calls: Sequence[Usage], estimated: bool, price_as: str | None,
+                           contents: list[types.Content] | str, config: types.GenerateContentConfig | None) -> None:
         """Charge a call that gave no whole answer (failed, cut or cancelled) for ``calls``; count the cost."""
+        if self.telemetry.capture_content and span.is_recording():
+            span.set_attributes(request_attributes(contents, config))
         cost = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as)[1]
         if cost and self.telemetry.metered:
             self._count_cost(cost, attrs, model, estimated)
@@ -281,26 +288,34 @@ class RunContext:
 
     def _answered(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
                   response: types.GenerateContentResponse, start: float, calls: Sequence[Usage], estimated: bool,
-                  price_as: str | None) -> None:
-        """Account an answered call: its response's attributes on its span, its usage charged, its metrics."""
+                  price_as: str | None, contents: list[types.Content] | str,
+                  config: types.GenerateContentConfig | None, received: Received | None = None) -> None:
+        """Account an answered call: its response's attributes on its span, its usage charged, its metrics
+        (``received``: what a stream delivered, for the answer it captures)."""
         self.model = response_model = response.model_version or model
         telemetry = self.telemetry
         answer: dict[str, Any] | None = None
         if span.is_recording():  # what no exporter reads is not built
             answer = {"gen_ai.response.model": response_model}
+            response_id = response.response_id
+            if response_id:
+                answer["gen_ai.response.id"] = response_id
             candidates = response.candidates
             if candidates:
                 reasons = [reason_name(c.finish_reason) for c in candidates if c.finish_reason is not None]
                 if reasons:
                     answer["gen_ai.response.finish_reasons"] = reasons
             if telemetry.capture_content:
-                answer["gen_ai.output.messages"] = _dump(candidates)
+                answer.update(request_attributes(contents, config))
+                answer["gen_ai.output.messages"] = output_messages(
+                    received.candidates() if isinstance(received, CapturedReceived) else candidates)
         usage, cost = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer)
         if telemetry.metered:
             points = telemetry.answered_attributes(engine.provider, model, response_model)
             if cost:
                 self._count_cost(cost, attrs, model, estimated, points[0])
-            telemetry.record_call(points[0], usage, time.perf_counter() - start, points[1:])
+            # No token points for an estimate: the conventions forbid invented counts (its cost is marked).
+            telemetry.record_call(points[0], None if estimated else usage, time.perf_counter() - start, points[1:])
 
 
 def _turns(engine: Engine, contents: list[types.Content] | str) -> list[types.Content] | str:
@@ -310,60 +325,33 @@ def _turns(engine: Engine, contents: list[types.Content] | str) -> list[types.Co
 
 def _span_attributes(attrs: dict[str, Any], config: types.GenerateContentConfig | None, *,
                      stream: bool = False) -> dict[str, Any]:
-    """An inference span's starting attributes: the call's own, the request's sampling settings, streaming."""
+    """An inference span's starting attributes: the call's own, the request's settings, streaming."""
     span_attrs = attrs
     if config is not None:
-        for key, attr in _REQUEST_SETTINGS:
-            value = getattr(config, key, None)
+        fields = config.model_fields_set  # only what the config sets is looked at
+        for key in fields & _SETTING_KEYS:
+            value = getattr(config, key)
             if value is not None:
                 if span_attrs is attrs:
                     span_attrs = dict(attrs)
-                span_attrs[attr] = value
+                span_attrs[_REQUEST_SETTINGS[key]] = value
+        if "response_mime_type" in fields:
+            output_type = _output_type(config.response_mime_type)
+            if output_type is not None:
+                span_attrs = {**span_attrs, "gen_ai.output.type": output_type}
     if stream:
         span_attrs = {**span_attrs, "genroute.stream": True}
     return span_attrs
 
 
-_REQUEST_SETTINGS = (("temperature", "gen_ai.request.temperature"), ("max_output_tokens", "gen_ai.request.max_tokens"),
-                     ("top_p", "gen_ai.request.top_p"), ("top_k", "gen_ai.request.top_k"))
+_REQUEST_SETTINGS = {"temperature": "gen_ai.request.temperature", "max_output_tokens": "gen_ai.request.max_tokens",
+                     "top_p": "gen_ai.request.top_p", "top_k": "gen_ai.request.top_k",
+                     "seed": "gen_ai.request.seed", "stop_sequences": "gen_ai.request.stop_sequences"}
+_SETTING_KEYS = frozenset(_REQUEST_SETTINGS)
 
 
-class _Received:
-    """What a stream delivered: the latest usage it reported and the output that arrived after it."""
-
-    def __init__(self) -> None:
-        self.last: types.GenerateContentResponse | None = None
-        self.reported: Usage | None = None
-        self.chars_after = 0
-        self.chunks = 0
-
-    def add(self, response: types.GenerateContentResponse) -> None:
-        self.chunks += 1
-        usage = usage_of(response)
-        if usage is not None:  # Gemini's usage is cumulative: each chunk's replaces the one before
-            self.reported, self.chars_after, self.last = usage, 0, response
-        else:
-            self.chars_after += output_chars(response)
-            if self.last is None:
-                self.last = response
-
-    def usage(self, contents: list[types.Content] | str, config: types.GenerateContentConfig | None, *,
-              complete: bool) -> tuple[Usage, bool]:
-        """The usage to charge, and whether any of it is estimated (always, for a stream that did not finish)."""
-        if self.chunks == 0:
-            return Usage(), False  # nothing arrived: lost attempts, if any, were billed by the engine
-        usage = self.reported or Usage()
-        estimated = not complete or self.reported is None or self.chars_after > 0
-        if usage.input_tokens == 0:
-            usage = usage.model_copy(update={"input_tokens": estimate_input(contents, config)})
-        extra = estimate_tokens(self.chars_after)
-        if extra:
-            usage = usage.model_copy(update={"output_tokens": usage.output_tokens + extra})
-        return usage, estimated
-
-
-def _dump(value: Any) -> str:
-    try:
-        return json.dumps([v.model_dump(mode="json", exclude_none=True) for v in value or []])
-    except Exception:  # content capture must never break a request
-        return str(value)
+def _output_type(mime_type: str | None) -> str | None:
+    """``gen_ai.output.type`` for a requested response MIME type (None: not a type the conventions name)."""
+    if mime_type == "application/json":
+        return "json"
+    return "text" if mime_type is not None and mime_type.startswith("text/") else None

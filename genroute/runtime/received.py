@@ -1,0 +1,74 @@
+"""What a stream delivered, for ``RunContext.stream`` to charge (and, with content capture on, to record)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from genroute.runtime.billing import estimate_input, estimate_tokens, output_chars
+from genroute.runtime.telemetry import usage_of
+from genroute.types import Usage
+
+if TYPE_CHECKING:
+    from google.genai import types
+
+
+class Received:
+    """What a stream delivered: the latest usage it reported and the output that arrived after it."""
+
+    def __init__(self) -> None:
+        self.last: types.GenerateContentResponse | None = None
+        self.reported: Usage | None = None
+        self.chars_after = 0
+        self.chunks = 0
+
+    def add(self, response: types.GenerateContentResponse) -> None:
+        self.chunks += 1
+        usage = usage_of(response)
+        if usage is not None:  # Gemini's usage is cumulative: each chunk's replaces the one before
+            self.reported, self.chars_after, self.last = usage, 0, response
+        else:
+            self.chars_after += output_chars(response)
+            if self.last is None:
+                self.last = response
+
+    def usage(self, contents: list[types.Content] | str, config: types.GenerateContentConfig | None, *,
+              complete: bool) -> tuple[Usage, bool]:
+        """The usage to charge, and whether any of it is estimated (always, for a stream that did not finish)."""
+        if self.chunks == 0:
+            return Usage(), False  # nothing arrived: lost attempts, if any, were billed by the engine
+        usage = self.reported or Usage()
+        estimated = not complete or self.reported is None or self.chars_after > 0
+        if usage.input_tokens == 0:
+            usage = usage.model_copy(update={"input_tokens": estimate_input(contents, config)})
+        extra = estimate_tokens(self.chars_after)
+        if extra:
+            usage = usage.model_copy(update={"output_tokens": usage.output_tokens + extra})
+        return usage, estimated
+
+
+class CapturedReceived(Received):
+    """What a stream delivered, its answer kept whole too: content capture records all of it, not the last
+    chunk's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunk_candidates: list[list[types.Candidate]] = []
+
+    def add(self, response: types.GenerateContentResponse) -> None:
+        super().add(response)
+        self.chunk_candidates.append(response.candidates or [])
+
+    def candidates(self) -> list[types.Candidate]:
+        """One candidate per index: its chunks' parts in order, and the latest finish reason."""
+        from google.genai import types
+
+        merged: dict[int, types.Candidate] = {}
+        for chunk in self.chunk_candidates:
+            for n, candidate in enumerate(chunk):
+                index = candidate.index if candidate.index is not None else n
+                parts = candidate.content.parts if candidate.content is not None else None
+                whole = merged.setdefault(index, types.Candidate(index=index, content=types.Content(parts=[])))
+                whole.content.parts.extend(parts or [])  # type: ignore[union-attr]
+                if candidate.finish_reason is not None:
+                    whole.finish_reason = candidate.finish_reason
+        return [merged[i] for i in sorted(merged)]
