@@ -107,8 +107,10 @@ class KnowledgeStore:
         return RouteSync(self)
 
     def use_telemetry(self, telemetry: Telemetry) -> None:
-        """Record the Gemini embedder's duration, token and cost metrics on ``telemetry`` (a router's)."""
-        if self._embedder is not None:  # else the offline default, made on first use: free, it records none
+        """Record the embedder's duration, token and cost metrics on ``telemetry`` (a router's). The offline
+        embedder is one per process for each setting (``_local_embedder``): with several routers alive, its points go
+        to the last one built."""
+        if self._embedder is not None:
             self._embedder.telemetry = telemetry
 
     @property
