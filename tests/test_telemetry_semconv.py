@@ -166,8 +166,7 @@ def test_rag_context_is_in_the_captured_input(gemini_server: GeminiTestServer, o
     assert "warranty of 3 years" in sent and "How long is the warranty?" in sent
 
 
-def test_request_settings_and_response_id_are_on_the_inference_span(gemini_server: GeminiTestServer,
-                                                                     otel: Otel) -> None:
+def test_request_settings_are_on_the_inference_span(gemini_server: GeminiTestServer, otel: Otel) -> None:
     gemini_server.reply_text('{"city": "Paris"}', usage=(10, 5))
     generation = {"seed": 7, "stop_sequences": ["END"], "temperature": 0.2,
                   "response_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -178,7 +177,8 @@ def test_request_settings_and_response_id_are_on_the_inference_span(gemini_serve
     assert a["gen_ai.request.seed"] == 7 and list(a["gen_ai.request.stop_sequences"]) == ["END"]
     assert a["gen_ai.request.temperature"] == 0.2
     assert a["gen_ai.output.type"] == "json"
-    assert a["gen_ai.response.id"].startswith("loopback-")
+    # Not gen_ai.response.id (recommended): ~300 opcodes a request in the SDK's attribute handling (issue 15).
+    assert "gen_ai.response.id" not in a
 
 
 def test_a_plain_request_names_no_settings_it_did_not_make(gemini_server: GeminiTestServer, otel: Otel) -> None:

@@ -297,9 +297,6 @@ class RunContext:
         answer: dict[str, Any] | None = None
         if span.is_recording():  # what no exporter reads is not built
             answer = {"gen_ai.response.model": response_model}
-            response_id = response.response_id
-            if response_id:
-                answer["gen_ai.response.id"] = response_id
             candidates = response.candidates
             if candidates:
                 reasons = [reason_name(c.finish_reason) for c in candidates if c.finish_reason is not None]
