@@ -93,7 +93,9 @@ def explain(min_n: int | None = None, *, level: float = 0.95, held_out: bool = T
     text = (f"Paired on the same records: A − B with a paired bootstrap {level * 100:g} % CI. A win is called only when "
             f"the CI excludes 0 and an exact test agrees at the same level (p < {1 - level:.2g}): McNemar's for 0/1 "
             "scores, else the paired sign-flip permutation test. Otherwise no difference was detected at that n, "
-            "and \"smallest detectable\" is the difference that n would detect with 80 % power.")
+            "and \"smallest detectable\" is the difference that n would detect with 80 % power. Each row is a test "
+            f"of its own at that level, not corrected for the number of rows: among k comparisons with no true "
+            f"difference, about k × {(1 - level) * 100:.2g} % would still read as a win.")
     if min_n:
         what = "Compiled-policy verdicts need" if held_out else "A verdict needs"
         text += (f" {what} at least {min_n} {'held-out' if held_out else 'shared'} records; below that a "
