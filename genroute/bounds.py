@@ -1,4 +1,5 @@
-"""Size and depth bounds on nested structures users hand genroute: configs, schemas, request variables.
+"""Bounds on what users hand genroute: the size and depth of nested structures (configs, schemas, request
+variables), and what counts as a number (``is_real``, ``is_whole``) for the arguments checked against a range.
 
 A YAML alias, or a Python object referenced twice, is a shared node: small to hold, but whatever serialises it
 (the SDK turning a response schema into JSON, a template printing metadata) writes it out once per reference.
@@ -12,6 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is an int or a float, not a bool (to Python ``True`` is 1; to a user it is no amount)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_whole(value: Any) -> bool:
+    """Whether ``value`` is an int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from genroute.bounds import is_real
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
 
@@ -80,14 +81,13 @@ def check_records(records: Any, *, field: str = "data") -> list[BenchRecord]:
 
 def check_holdout(holdout: Any) -> None:
     """``UsageError`` naming ``holdout`` unless it is a fraction strictly between 0 and 1."""
-    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0.0 < holdout < 1.0:
+    if not is_real(holdout) or not 0.0 < holdout < 1.0:
         raise UsageError("holdout must be between 0 and 1", field="holdout")
 
 
 def check_quality_floor(min_quality: Any) -> None:
     """``UsageError`` naming ``min_quality`` unless it is None or a score a scorer can give (0 to 1)."""
-    if min_quality is not None and (isinstance(min_quality, bool) or not isinstance(min_quality, int | float)
-                                    or not 0.0 <= min_quality <= 1.0):
+    if min_quality is not None and (not is_real(min_quality) or not 0.0 <= min_quality <= 1.0):
         raise UsageError(f"must be a score between 0 and 1 (scorers score in [0, 1]), got {min_quality!r}",
                          field="min_quality")
 

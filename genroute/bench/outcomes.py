@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from genroute.bounds import is_whole
 from genroute.bench.datasets import BenchRecord
 from genroute.bench.runner import Outcome
 from genroute.errors import UsageError
@@ -81,7 +82,7 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
     output alike): price proportional to parameter count, for matrices published without prices.
     ``UsageError`` naming ``output_tokens`` unless it is an integer >= 0.
     """
-    if isinstance(output_tokens, bool) or not isinstance(output_tokens, int) or output_tokens < 0:
+    if not is_whole(output_tokens) or output_tokens < 0:
         raise UsageError(f"must be an integer >= 0 (got {output_tokens!r})", field="output_tokens")
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genroute.bounds import is_real, is_whole
 from genroute.errors import UsageError
 
 #: Most resampled values held at once by ``bootstrap_ci`` (8 MB of indices, 8 MB of scores).
@@ -90,13 +91,13 @@ def unpaired_bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int
 
 def check_level(level: float, field: str = "level") -> None:
     """``UsageError`` naming ``field`` unless ``level`` is a number strictly between 0 and 1."""
-    if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
+    if not is_real(level) or not 0 < level < 1:
         raise UsageError(f"must be a number strictly between 0 and 1 (got {level!r})", field=field)
 
 
 def check_n_boot(n_boot: int) -> None:
     """``UsageError`` naming ``n_boot`` unless it is an integer >= 1."""
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+    if not is_whole(n_boot) or n_boot < 1:
         raise UsageError(f"the number of resamples must be an integer >= 1 (got {n_boot!r})", field="n_boot")
 
 

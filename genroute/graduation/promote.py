@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from genroute.bounds import is_real, is_whole
 from genroute.bench.stats import PairedComparison, UnpairedComparison, compare_paired, compare_unpaired
 from genroute.errors import UsageError
 from genroute.outcomes.records import OutcomeRecord, Side
@@ -24,9 +25,9 @@ from genroute.outcomes.stats import side_cost, sides_use_cloud_equivalent, uses_
 
 def check_rule(margin: float, min_n: int, *, fields: tuple[str, str] = ("margin", "min_n")) -> None:
     """``UsageError`` unless ``margin`` is a finite number >= 0 and ``min_n`` an integer >= 1 (``fields`` names them)."""
-    if isinstance(margin, bool) or not isinstance(margin, int | float) or not math.isfinite(margin) or margin < 0:
+    if not is_real(margin) or not math.isfinite(margin) or margin < 0:
         raise UsageError(f"the margin must be a finite number >= 0 (got {margin!r})", field=fields[0])
-    if isinstance(min_n, bool) or not isinstance(min_n, int) or min_n < 1:
+    if not is_whole(min_n) or min_n < 1:
         raise UsageError(f"the minimum number of outcomes must be an integer >= 1 (got {min_n!r})",
                          field=fields[1])
 

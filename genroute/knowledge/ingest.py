@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from genroute.bounds import is_whole
 from genroute.errors import GenrouteError, UsageError
 from genroute.knowledge.chunking import Chunk, chunk_text, stored_chunk_id, token_counter
 from genroute.runtime.billing import Charges, charging
@@ -305,7 +306,7 @@ async def upsert_missing(
     Each batch is one Chroma upsert, so a run killed half-way leaves whole batches, and a re-run adds exactly
     what is missing. Returns (records added, batches written).
     """
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (not is_whole(batch_size) or batch_size < 1):
         raise UsageError(f"must be a whole number >= 1 (or None for the default), got {batch_size!r}",
                          field="batch_size")
     await store.collection(collection, kind=kind, create=True)

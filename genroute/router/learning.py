@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
+from genroute.bounds import is_real
 from genroute.errors import UsageError
 from genroute.runtime.portal import Portal, run_sync
 from genroute.types import Decision, GenerateRequest, GenerateResult
@@ -227,6 +228,6 @@ def backend_info(name: str, backend: Backend) -> BackendInfo:
 
 def check_seconds(value: Any, field: str, *, zero: bool = False) -> None:
     """``UsageError`` naming ``field`` unless ``value`` is a finite number of seconds > 0 (≥ 0 with ``zero``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+    if not is_real(value) or not (
             math.isfinite(value) and (value >= 0 if zero else value > 0)):
         raise UsageError(f"must be a finite number of seconds {'>=' if zero else '>'} 0, got {value!r}", field=field)
