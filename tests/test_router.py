@@ -66,6 +66,31 @@ def test_stream_and_astream_agree(gemini_server, otel):
     assert gemini_server.requests[-1].stream
 
 
+def test_a_stream_the_caller_closes_early_is_not_an_error(gemini_server, otel):
+    """Stopping reading is the caller's choice: the root span says so and keeps its status unset (OK), with the
+    cost of what was received; the sync and async streams agree."""
+    config = gemini_config(gemini_server)
+    for _ in range(2):
+        gemini_server.reply_text("one two three four five six", usage=(8, 6), chunks=3)
+    with Router.from_config(config, **otel.providers) as router:
+        chunks = router.stream("count")
+        next(chunks)
+        chunks.close()
+    async def run():
+        async with Router.from_config(config, **otel.providers) as router:
+            chunks = router.astream("count")
+            await anext(chunks)
+            await chunks.aclose()
+    asyncio.run(run())
+    roots = otel.spans("genroute.generate")
+    assert len(roots) == 2
+    for root in roots:
+        assert root.attributes["genroute.stream.closed_early"] is True
+        assert "error.type" not in root.attributes
+        assert root.status.status_code.name == "UNSET"
+        assert root.attributes["gen_ai.usage.cost.amount"] > 0
+
+
 def test_sync_api_refuses_to_run_inside_an_event_loop(gemini_server):
     async def inside():
         with pytest.raises(UsageError, match="agenerate"):

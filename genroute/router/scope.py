@@ -111,11 +111,13 @@ class RootSpan(CurrentSpan):
         self._end(exc)
 
     def _end(self, exc: BaseException | None) -> None:
-        if exc is not None:
+        if type(exc) is GeneratorExit:  # the caller stopped reading a stream: its choice, not a failure
+            self.span.set_attribute("genroute.stream.closed_early", True)
+        elif exc is not None:
             kind = type(exc).__name__
             self.span.set_attribute("error.type", kind)
             self.span.set_status(Status(StatusCode.ERROR, kind))
-            if not isinstance(exc, GenrouteError | GeneratorExit):
+            if not isinstance(exc, GenrouteError):
                 self.span.record_exception(exc)
         self.__exit__(None, None, None)
 
