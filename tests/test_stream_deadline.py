@@ -162,3 +162,43 @@ def test_a_reader_slower_than_the_deadline_is_not_cut_while_each_step_is_quick(g
     texts = [c.text for c in chunks if not c.done]
     assert len(texts) == 3 and "".join(texts) == chunks[-1].result.text == "one two three"
     assert [a.outcome for a in chunks[-1].result.decision.rungs_tried] == ["ok"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_wire_stream_stalled_past_the_deadline_is_cut_by_it_with_what_was_received(gemini_server, mode):
+    """The server stalls mid-stream: the request's deadline (which bounds every step, so the engine sets no timer of
+    its own for it) cuts the stream long before the stall ends; the caller has what was sent and what it cost."""
+    from genroute.testing import Fault
+
+    gemini_server.fault(Fault.delay(SLOW_S, after_chunks=1))
+    gemini_server.reply_text("first second third", usage=(1000, 100), chunks=3)
+    with Router.from_config(config(gemini_server, [{"backend": "chat"}]), timeout_s=0.5) as router:
+        started = time.monotonic()
+        chunks, error = streamed(router, mode)
+        took = time.monotonic() - started
+
+    assert [c.text for c in chunks] == ["first "]
+    assert isinstance(error, StreamInterrupted) and "deadline of 0.5s" in str(error), repr(error)
+    assert error.cost_usd > 0 and error.cost_estimated
+    assert budget_usage(router) == {"spent": pytest.approx(error.cost_usd), "reserved": 0}
+    assert took < SLOW_S / 2  # a hang check, not a timing
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_engine_attempt_bound_shorter_than_the_deadline_still_cuts_a_stalled_stream(gemini_server, mode):
+    """The engine's own per-attempt ``timeout_s`` (shorter than the request's deadline) keeps its timer on each step."""
+    from genroute.testing import Fault
+
+    gemini_server.fault(Fault.delay(SLOW_S, after_chunks=1))
+    gemini_server.reply_text("first second third", usage=(1000, 100), chunks=3)
+    cfg = config(gemini_server, [{"backend": "chat"}])
+    cfg["engines"]["gemini"]["timeout_s"] = 0.5
+    with Router.from_config(cfg, timeout_s=SLOW_S * 2) as router:
+        started = time.monotonic()
+        chunks, error = streamed(router, mode)
+        took = time.monotonic() - started
+
+    assert [c.text for c in chunks] == ["first "]
+    assert isinstance(error, StreamInterrupted) and "deadline" not in str(error), repr(error)
+    assert error.cost_usd > 0
+    assert took < SLOW_S / 2  # a hang check, not a timing

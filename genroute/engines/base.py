@@ -97,9 +97,9 @@ class Engine(ABC):
 
         raise UsageError(f"engine {self.name!r} ({self.kind}) does not embed")
 
-    #: Whether ``generate`` takes a keyword ``bounded=True``, sent when the caller itself cancels the call once
-    #: ``timeout_s`` runs out (a router's deadline timer): an engine may then skip a timer of its own for that
-    #: deadline. Default: not taken (never sent).
+    #: Whether ``generate`` and ``stream`` take a keyword ``bounded=True``, sent when the caller itself cancels the
+    #: call (each step of a stream) once ``timeout_s`` runs out (a router's deadline timer): an engine may then
+    #: skip a timer of its own for that deadline. Default: not taken (never sent).
     caller_bounded: ClassVar[bool] = False
 
     #: Whether ``generate`` and ``stream`` take ``contents`` as a ``str`` too: one user turn of that text, as

@@ -351,12 +351,19 @@ class GeminiEngine(Engine):
         config: types.GenerateContentConfig | None = None,
         *,
         timeout_s: float | None = None,
+        bounded: bool = False,
     ) -> AsyncIterator[types.GenerateContentResponse]:
-        """Partial responses; retried only until the first chunk, then failures are ``StreamInterrupted``."""
+        """Partial responses; retried only until the first chunk, then failures are ``StreamInterrupted``.
 
-        async def attempt(remaining_s: float) -> tuple[Any, types.GenerateContentResponse, float]:
+        ``bounded``: the caller cancels each step of the stream when ``timeout_s`` runs out (the time its reader
+        holds a chunk not counted), so an attempt that may last that long sets no timer of its own.
+        """
+        bounded = bounded and timeout_s is not None and timeout_s <= self.config.retry.deadline_s
+
+        async def attempt(remaining_s: float) -> tuple[Any, types.GenerateContentResponse, float | None]:
             seconds, override = self._attempt_timeout(remaining_s)
-            end = time.monotonic() + seconds
+            # None: the caller's timer ends this attempt on time (as in ``_generate_once``).
+            end = None if bounded and seconds >= remaining_s else time.monotonic() + seconds
             chunks = None
 
             async def first_chunk() -> types.GenerateContentResponse:
@@ -370,7 +377,7 @@ class GeminiEngine(Engine):
                 return first
 
             try:
-                first = await self._call(first_chunk(), seconds, contents, config)
+                first = await self._call(first_chunk(), None if end is None else seconds, contents, config)
             except BaseException:
                 if chunks is not None:
                     await _close_quietly(chunks)
@@ -384,9 +391,10 @@ class GeminiEngine(Engine):
                 finished = finished or _finished(chunk)
                 held = time.monotonic()
                 yield chunk
-                end += time.monotonic() - held  # the time its reader held the chunk is not the attempt's
+                if end is not None:
+                    end += time.monotonic() - held  # the time its reader held the chunk is not the attempt's
                 try:
-                    with deadline_at(end):
+                    with deadline_at(end):  # None: no timer
                         chunk = await anext(chunks, None)
                 except Exception as exc:
                     mapped = self._map(exc)

@@ -106,14 +106,16 @@ class Executor:
                            live=False, ledger=ledger, bounded=bounded)
 
     def stream(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
-               deadline: float | None, ledger: Ledger | None = None) -> AsyncIterator[GenerateChunk | GenerateResult]:
+               deadline: float | None, ledger: Ledger | None = None, *, bounded: bool = False
+               ) -> AsyncIterator[GenerateChunk | GenerateResult]:
         """Stream the first rung that produces output (text chunks, then the result); fall back only before the
         first chunk is sent.
 
         A rung with validators that is not the last one is buffered (validated before anything is sent), so
-        that a rejected answer can still fall through; the last rung streams live.
+        that a rejected answer can still fall through; the last rung streams live. ``bounded``: the caller
+        cancels each step at ``deadline`` (moved on by the time its reader holds a chunk, as ``ctx.deadline``).
         """
-        return self._rungs(request, decision, span, start, deadline, live=True, ledger=ledger)
+        return self._rungs(request, decision, span, start, deadline, live=True, ledger=ledger, bounded=bounded)
 
     async def _rungs(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
                      deadline: float | None, *, live: bool, ledger: Ledger | None = None, bounded: bool = False

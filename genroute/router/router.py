@@ -205,7 +205,8 @@ class Router(Learning):
 
             try:
                 # aclosing: a caller that stops early closes every inner stream now, in this context.
-                chunks = self._executor.stream(request, decision, span, start, deadline, ledger)
+                chunks = self._executor.stream(request, decision, span, start, deadline, ledger,
+                                               bounded=deadline is not None)  # within_deadline bounds its steps
                 async with aclosing(chunks) as chunks, aclosing(within_deadline(chunks, deadline, expired)) as steps:
                     async for chunk in steps:
                         yield chunk if type(chunk) is GenerateChunk else GenerateChunk(done=True, result=chunk)

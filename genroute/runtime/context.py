@@ -174,7 +174,9 @@ class RunContext:
             received = CapturedReceived() if self.telemetry.capture_content else Received()
             complete = False
             try:
-                stream = engine.stream(model, contents, config, timeout_s=self.remaining_s())
+                stream = (engine.stream(model, contents, config, timeout_s=self.remaining_s(), bounded=True)
+                          if self.bounded and engine.caller_bounded else
+                          engine.stream(model, contents, config, timeout_s=self.remaining_s()))
                 async with aclosing(stream) as responses:  # type: ignore[type-var]
                     while True:
                         with metering(meter):  # around each step only: never across our own yield

@@ -57,7 +57,8 @@ faulted request does not use up a queued reply (except ``delay`` and ``cut_strea
   ``retryDelay`` such as ``"0.5s"`` when ``retry_after`` is set, and a ``Retry-After`` header when it is whole
   seconds, the only form HTTP allows); on a stream with ``after_chunks`` the error
   arrives as an SSE ``{"error": ...}`` event after that many good events;
-- ``Fault.delay(seconds)``: a slow server; ``Fault.malformed_json()``: 200 with invalid JSON;
+- ``Fault.delay(seconds)``: a slow server (``after_chunks=N``: a stream that stalls after N events, then goes
+  on); ``Fault.malformed_json()``: 200 with invalid JSON;
 - ``Fault.cut_stream(after_chunks=1)``: the connection drops mid-body after that many SSE events, or that many
   bytes of a plain body (at least one, never all): chunked encoding is left unterminated and a plain body falls
   short of its ``Content-Length``, so clients see an incomplete response rather than a short complete one;

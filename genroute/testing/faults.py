@@ -38,9 +38,13 @@ class Fault:
         return cls("status", code=code, retry_after=retry_after, message=message, after_chunks=after_chunks)
 
     @classmethod
-    def delay(cls, seconds: float) -> Fault:
-        """Sleep ``seconds`` before answering normally (a slow server; the reply is consumed)."""
-        return cls("delay", seconds=seconds)
+    def delay(cls, seconds: float, *, after_chunks: int | None = None) -> Fault:
+        """Sleep ``seconds`` before answering normally (a slow server; the reply is consumed).
+
+        ``after_chunks`` (streams only): send that many SSE events first, then stall ``seconds`` before the rest
+        (a stream that stops mid-way and resumes, unless the client gave up first).
+        """
+        return cls("delay", seconds=seconds, after_chunks=after_chunks)
 
     @classmethod
     def malformed_json(cls) -> Fault:

@@ -268,8 +268,12 @@ class GeminiTestServer:
         if fault is not None and fault.kind == "reset":
             _reset(h)
             return
+        stall: tuple[int, float] | None = None
         if fault is not None and fault.kind == "delay":
-            self._stopped.wait(fault.seconds)
+            if request.stream and fault.after_chunks:
+                stall = (fault.after_chunks, fault.seconds)
+            else:
+                self._stopped.wait(fault.seconds)
             fault = None
         if fault is not None and fault.kind == "status" and not (request.stream and fault.after_chunks):
             headers = retry_after_header(fault.retry_after)
@@ -287,7 +291,8 @@ class GeminiTestServer:
             events = list(response.events or [])[: fault.after_chunks]
             events.append(error_body(fault.code, fault.message, fault.retry_after))
             response = Response(events=events)
-        _send(h, response, cut_after=fault.after_chunks if fault is not None and fault.kind == "cut_stream" else None)
+        _send(h, response, cut_after=fault.after_chunks if fault is not None and fault.kind == "cut_stream" else None,
+              stall=None if stall is None else (stall[0], lambda: self._stopped.wait(stall[1])))
 
     def _route(self, request: RecordedRequest) -> Response:
         if self.api_key is not None:
@@ -343,8 +348,10 @@ def _encode(item: Any) -> bytes:
     return json.dumps(item, separators=(",", ":")).encode("utf-8")
 
 
-def _send(h: _RequestHandler, response: Response, *, cut_after: int | None = None) -> None:
-    """Write ``response``; ``cut_after`` drops the connection after that many events (or a partial body)."""
+def _send(h: _RequestHandler, response: Response, *, cut_after: int | None = None,
+          stall: tuple[int, Callable[[], object]] | None = None) -> None:
+    """Write ``response``; ``cut_after`` drops the connection after that many events (or a partial body);
+    ``stall`` (events, wait) calls ``wait`` after that many events of a stream."""
     try:
         h.send_response(response.status)
         for key, value in response.headers.items():
@@ -367,6 +374,8 @@ def _send(h: _RequestHandler, response: Response, *, cut_after: int | None = Non
             if cut_after is not None and index >= cut_after:
                 _drop(h)
                 return
+            if stall is not None and index == stall[0]:
+                stall[1]()
             frame = b"data: " + _encode(event) + b"\r\n\r\n"
             h.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
             h.wfile.flush()
