@@ -13,7 +13,7 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from genroute.errors import UsageError
@@ -37,22 +37,6 @@ class InFlight:
             weakref.WeakKeyDictionary())
         self._closers: set[Any] = set()
         self.closed = False
-
-    async def run(self, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable`` as tracked work; a cancellation by ``close`` becomes ``UsageError``."""
-        try:
-            self.__enter__()
-        except UsageError:
-            if asyncio.iscoroutine(awaitable):
-                awaitable.close()
-            raise
-        try:
-            result = await awaitable
-        except BaseException as exc:
-            self.__exit__(type(exc), exc, None)
-            raise
-        self.__exit__(None, None, None)
-        return result
 
     def track(self) -> InFlight:
         """``with inflight.track():`` tracks the block as work of the running task (``UsageError`` at once if
@@ -142,8 +126,7 @@ class InFlight:
 
     def _register(self, stream: RouterStream) -> None:
         with self._lock:
-            if stream not in self._streams:
-                self._streams[stream] = asyncio.get_running_loop()
+            self._streams[stream] = asyncio.get_running_loop()
 
 
 class RouterStream:
@@ -155,6 +138,8 @@ class RouterStream:
         self.stepping = False
         self.finished = False
         self.closed_by_router = False
+        #: Whether the router knows of it (on its first step's loop, where closing the router closes it).
+        self.registered = False
 
     def __aiter__(self) -> RouterStream:
         return self
@@ -164,10 +149,13 @@ class RouterStream:
             raise UsageError("the router was closed while this stream was open")
         if self.finished:
             raise StopAsyncIteration
-        self._inflight._register(self)
+        if not self.registered:
+            self._inflight._register(self)
+            self.registered = True
         self.stepping = True
         try:
-            return await self._inflight.run(self._chunks.__anext__())
+            with self._inflight.track():  # a step of the stream is work in flight; idle between steps is not
+                return await self._chunks.__anext__()
         except BaseException:
             self.finished = True
             raise
