@@ -16,16 +16,16 @@ class Received:
     """What a stream delivered: the latest usage it reported and the output that arrived after it."""
 
     def __init__(self) -> None:
+        #: The latest chunk that reported usage (else the first chunk).
         self.last: types.GenerateContentResponse | None = None
-        self.reported: Usage | None = None
+        self.reported = False
         self.chars_after = 0
         self.chunks = 0
 
     def add(self, response: types.GenerateContentResponse) -> None:
         self.chunks += 1
-        usage = usage_of(response)
-        if usage is not None:  # Gemini's usage is cumulative: each chunk's replaces the one before
-            self.reported, self.chars_after, self.last = usage, 0, response
+        if response.usage_metadata is not None:  # Gemini's usage is cumulative: each chunk's replaces the one before
+            self.reported, self.chars_after, self.last = True, 0, response  # read once, at the end
         else:
             self.chars_after += output_chars(response)
             if self.last is None:
@@ -36,8 +36,9 @@ class Received:
         """The usage to charge, and whether any of it is estimated (always, for a stream that did not finish)."""
         if self.chunks == 0:
             return Usage(), False  # nothing arrived: lost attempts, if any, were billed by the engine
-        usage = self.reported or Usage()
-        estimated = not complete or self.reported is None or self.chars_after > 0
+        usage = usage_of(self.last) if self.reported else None  # type: ignore[arg-type]
+        estimated = not complete or usage is None or self.chars_after > 0
+        usage = usage or Usage()
         if usage.input_tokens == 0:
             usage = usage.model_copy(update={"input_tokens": estimate_input(contents, config)})
         extra = estimate_tokens(self.chars_after)
