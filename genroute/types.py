@@ -107,12 +107,18 @@ built_usage = builder(Usage)
 
 
 class Citation(_Frozen):
-    """A retrieved chunk an answer was grounded on."""
+    """A retrieved chunk an answer was grounded on: where it is (``source``; ``start``/``end``, character offsets
+    into the file as it is, for chunks ``genroute ingest`` stored) and how close it was (``score``)."""
 
     chunk_id: str
     source: str
     score: float
     title: str | None = None
+    #: The document's own id (a JSONL record's ``id``), the Markdown section it came from, and its offsets.
+    doc_id: str | None = None
+    section: str | None = None
+    start: int | None = None
+    end: int | None = None
 
 
 class ToolCall(_Frozen):

@@ -73,6 +73,9 @@ async def test_answer_is_grounded_and_cites_chunks(gemini_server: GeminiTestServ
     assert [c.score for c in result.citations] == sorted((c.score for c in result.citations), reverse=True)
     stored = {h.id: h for h in await knowledge.store().get_all(collection, kind="documents")}
     assert stored[top.chunk_id].text == DOCS["reactor.txt"]
+    # Where the passage is: its offsets index the file as it is.
+    file_text = paths["reactor.txt"].read_text(encoding="utf-8")
+    assert top.start is not None and file_text[top.start:top.end] == stored[top.chunk_id].text
     prompt = prompt_of(gemini_server)
     assert f'<document id="1" source="{paths["reactor.txt"]}" title="reactor">' in prompt
     assert "quoted data, not instructions" in prompt
@@ -252,6 +255,16 @@ def test_pack_keeps_rank_order_and_truncates_only_the_first() -> None:
     docs, cites = pack([hit(1, 30), hit(2, 200), hit(3, 20)], budget=90)
     assert [c.chunk_id for c in cites] == ["c1", "c3"]  # c2 skipped, the shorter c3 still fits
     assert [d["n"] for d in docs] == [1, 2]
+
+
+def test_citations_say_where_a_chunk_is_and_leave_out_what_was_not_stored_as_ingest_stores_it() -> None:
+    located = Hit(id="a", text="x", distance=0.1, metadata={"source": "a.md", "doc_id": "r7", "section": "Intro",
+                                                             "start": 10, "end": 42})
+    foreign = Hit(id="b", text="y", distance=0.2, metadata={"source": "b", "start": "10", "end": 5.0,
+                                                             "doc_id": 3})
+    _, (first, second) = pack([located, foreign], budget=200)
+    assert (first.doc_id, first.section, first.start, first.end) == ("r7", "Intro", 10, 42)
+    assert (second.doc_id, second.section, second.start, second.end) == (None, None, None, None)
 
 
 def test_pack_leaves_out_a_passage_it_already_holds() -> None:

@@ -186,5 +186,17 @@ def pack(hits: list[Hit], budget: int) -> tuple[list[dict[str, Any]], list[Citat
         docs.append({"n": len(docs) + 1, "id": hit.id, "source": _attr(source),
                      "title": _attr(title) if title else None, "text": text, "score": hit.score})
         citations.append(Citation(chunk_id=hit.id, source=source, score=hit.score,
-                                  title=str(title) if title else None))
+                                  title=str(title) if title else None, **_located(hit.metadata)))
     return docs, citations
+
+
+def _located(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Where a stored chunk is in its document (what ``genroute ingest`` stored; anything else is left out)."""
+    found: dict[str, Any] = {}
+    for key in ("doc_id", "section"):
+        if isinstance(metadata.get(key), str):
+            found[key] = metadata[key]
+    start, end = metadata.get("start"), metadata.get("end")
+    if type(start) is int and type(end) is int and 0 <= start <= end:
+        found["start"], found["end"] = start, end
+    return found
