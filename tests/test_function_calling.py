@@ -486,3 +486,21 @@ async def test_a_failure_after_tools_ran_says_which_tools_ran(gemini_server: Gem
                 await router.agenerate("Book room A")
     assert booked == ["A"]
     assert [(c.name, c.args, c.outcome) for c in err.value.tool_calls] == [("book", {"room": "A"}, "ok")]
+
+
+async def test_a_python_tool_takes_the_place_of_the_config_tool_of_its_name(gemini_server: GeminiTestServer,
+                                                                             otel: Otel) -> None:
+    """``tools={...}`` wins over a config entry of the same name, whose import path is then never imported (a test
+    can stand in for a tool whose module is not installed there)."""
+    tools = Tools()
+    config = gemini_config(gemini_server, kind="function_calling", tools=["get_weather"])
+    config["tools"] = {"get_weather": "no_such_module_here:get_weather"}
+    gemini_server.reply_function_call("get_weather", {"city": "Oslo"}, call_id="c1", usage=(20, 5))
+    gemini_server.reply_text("Cold.", usage=(40, 2))
+    async with Router.from_config(config, tools={"get_weather": tools.get_weather}, **otel.providers) as router:
+        result = await router.agenerate("Weather in Oslo?")
+    assert result.text == "Cold." and tools.calls == [("get_weather", {"city": "Oslo", "unit": "celsius"})]
+    config["tools"]["get_weather"] = "no_such_module_here:get_weather"
+    with pytest.raises(ConfigError) as caught:  # without the Python tool the path is imported, and fails
+        Router.from_config(config)
+    assert caught.value.field == "tools.get_weather"

@@ -48,7 +48,8 @@ async def abuild_router(
 ) -> R:
     """Validate ``source`` and assemble the router it describes (nothing is sent to any model).
 
-    ``tools`` and ``validators`` add Python callables to those named in config; ``policy`` replaces the
+    ``tools`` and ``validators`` add Python callables to those named in config (one of a name the config uses
+    takes that entry's place: the entry is not imported or built); ``policy`` replaces the
     configured policy with a policy object; ``engine_options`` pass extra constructor arguments per engine
     (e.g. Vertex ``credentials``). Every step that reads files, imports modules, resolves credentials,
     embeds or reads a store runs in a worker thread: a running event loop never waits on construction.
@@ -92,10 +93,14 @@ def _engine(name: str, raw: Any, options: dict[str, Any]) -> Any:
 
 def _resources(config: RouterConfig, engines: dict[str, Any], tools: Mapping[str, Callable[..., Any]] | None,
                validators: Mapping[str, Validator | Judge] | None) -> tuple[Resources, dict[str, Any]]:
-    all_tools = {name: import_object(target, field=f"tools.{name}") for name, target in config.tools.items()}
-    all_tools.update(tools or {})
-    all_validators = {name: from_config(raw, field=f"validators.{name}") for name, raw in config.validators.items()}
-    all_validators.update(validators or {})
+    # A Python callable takes the place of a config entry of its name: that entry is not imported or built.
+    tools, validators = tools or {}, validators or {}
+    all_tools = {name: import_object(target, field=f"tools.{name}")
+                 for name, target in config.tools.items() if name not in tools}
+    all_tools.update(tools)
+    all_validators = {name: from_config(raw, field=f"validators.{name}")
+                      for name, raw in config.validators.items() if name not in validators}
+    all_validators.update(validators)
     knowledge = None
     pricing = Pricing(config.pricing)
     if config.knowledge is not None:
