@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 import pytest
@@ -81,6 +82,26 @@ async def test_writes_to_one_record_merge_and_nothing_is_lost_or_doubled_within_
         assert [r.outcomes["chat"].score for r in found] == [None if i % 2 == 0 else float(i % 3 == 0)
                                                              for i in range(30)]
     assert (await stores[0].items("outcomes")).start == 0  # 45 writes, cap 100: nothing trimmed
+    for state in set(stores):
+        await state.aclose()
+
+
+async def test_since_filters_on_when_a_record_was_first_written_as_the_sqlite_store_does(stores, tmp_path) -> None:
+    """A feedback written to an old record later does not make it new: ``since`` is its creation, in the shared view
+    and in the SQLite store alike."""
+    from genroute.outcomes.store import OutcomeStore
+
+    shared, archive = SharedOutcomeStore(stores[0], max_items=100), OutcomeStore(tmp_path / "o.db")
+    for store in (shared, archive):
+        await store.upsert(OutcomeRecord(metadata={"id": "old", "task": "t", "at": time.time()}))
+    await asyncio.sleep(0.01)
+    cut = time.time()
+    await asyncio.sleep(0.01)
+    for store in (shared, archive):
+        await store.upsert(OutcomeRecord(metadata={"id": "new", "task": "t", "at": time.time()}))
+        await store.upsert(OutcomeRecord(metadata={"id": "old", "at": time.time()}, outcomes={"chat": Side(score=1.0)}))
+        assert [r.id for r in await store.records(since=cut)] == ["new"]
+        assert [r.id for r in await store.records()] == ["old", "new"]
     for state in set(stores):
         await state.aclose()
 

@@ -65,6 +65,8 @@ class SharedOutcomeStore:
         self.path = None if archive is None else archive.path
         #: id -> the merged record as JSON: ~0.7 KB a record where the parsed model takes ~4 KB (RESULTS.md)
         self._merged: dict[str, bytes] = {}
+        #: id -> when its first write was made (``since`` filters on it, as the SQLite store filters on creation)
+        self._created: dict[str, float] = {}
         self._seen = 0  # absolute position of the next write to read
         self._started = False  # a new process starts from the oldest write kept: not a skip
         self._epoch = ""  # the incarnation of the list read so far (see ``ListRead.epoch``)
@@ -115,7 +117,7 @@ class SharedOutcomeStore:
         if captured is not None:
             found = [r for r in found if (r.input is not None and r.output is not None) == captured]
         if since is not None:
-            found = [r for r in found if float(r.metadata.get("at", 0.0)) >= since]
+            found = [r for r in found if self._created.get(r.id, 0.0) >= since]
         return found
 
     async def _catch_up(self) -> None:
@@ -153,6 +155,8 @@ class SharedOutcomeStore:
     def _merge(self, written: list[tuple[OutcomeRecord, bytes]]) -> None:
         for record, line in written:
             old = self._merged.get(record.id)
+            if old is None:
+                self._created[record.id] = _written_at(record)
             self._merged[record.id] = line if old is None else _dump(_load(old).merged(record))
 
     def _switch(self, epoch: str) -> int | None:
@@ -176,11 +180,12 @@ class SharedOutcomeStore:
         if self.max_age_s is not None:
             cutoff = time.time() - self.max_age_s
             for id, line in itertools.islice(self._merged.items(), len(drop), None):
-                if float(_load(line).metadata.get("at", 0.0)) >= cutoff:
+                if _written_at(_load(line)) >= cutoff:
                     break
                 drop.append(id)
         for id in drop:
             del self._merged[id]
+            self._created.pop(id, None)
 
 
 def _dump(record: OutcomeRecord) -> bytes:
@@ -200,3 +205,9 @@ def _load_all(lines: list[bytes]) -> list[OutcomeRecord]:
 async def _run(big: bool, work: Callable[[A], T], arg: A) -> T:
     """``work(arg)``: on a worker thread when ``big`` (100k records parse in seconds), else here."""
     return await asyncio.to_thread(work, arg) if big else work(arg)
+
+
+def _written_at(record: OutcomeRecord) -> float:
+    """When ``record``'s latest write was made (its ``metadata.at``; 0 if it has none a number)."""
+    at = record.metadata.get("at")
+    return float(at) if isinstance(at, int | float) and not isinstance(at, bool) else 0.0
