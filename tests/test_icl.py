@@ -183,7 +183,7 @@ async def test_example_metadata_is_at_the_top_level_of_the_template(gemini_serve
                       query_template="{{ input }}", separator="\n") as r:
         await r.agenerate("where is my card")
     text = field_of(gemini_server.requests[0].body, "contents")[0]["parts"][0]["text"]
-    assert text.split("\n") == [f"[t/t] {EXAMPLES[1][0]}", f"[t/t] {EXAMPLES[0][0]}", "where is my card"]
+    assert text.split("\n") == [f"[t/t] {EXAMPLES[0][0]}", f"[t/t] {EXAMPLES[1][0]}", "where is my card"]
 
 
 # -- backend through the router ----------------------------------------------------------------
@@ -264,13 +264,15 @@ async def test_default_turns_format(gemini_server: GeminiTestServer, otel: Otel,
     assert field_of(field_of(request.body, "generationConfig") or {}, "stopSequences") is None
 
 
+@pytest.mark.parametrize("order", ["nearest_first", "nearest_last"])
 async def test_budget_templates_and_fixed_selector(gemini_server: GeminiTestServer, otel: Otel,
-                                                   knowledge: Knowledge, tmp_path: Path) -> None:
+                                                   knowledge: Knowledge, tmp_path: Path, order: str) -> None:
+    """The fixed selector shows examples in the file's order, whatever ``order`` says of similarity."""
     collection, _ = await loaded(knowledge, tmp_path)
     async with router(gemini_server, otel, knowledge, collection=collection, selector="fixed", k=6,
                       format="text", example_tokens=30, instructions="Classify the intent.",
                       example_template="Q: {{ input }} => {{ label }}", query_template="Q: {{ input }} =>",
-                      separator="\n", order="nearest_first") as r:
+                      separator="\n", order=order) as r:
         await r.agenerate("where is my card")
     text = field_of(gemini_server.requests[0].body, "contents")[0]["parts"][0]["text"]
     lines = text.split("\n")

@@ -54,7 +54,9 @@ class IclConfig(BackendConfig):
     query_template: str = Field(default="Input: {{ input }}\nOutput:", description="Jinja2 for the request.")
     separator: str = "\n\n"
     order: Literal["nearest_last", "nearest_first"] = Field(
-        default="nearest_last", description="Where the most similar example goes (last = next to the request).",
+        default="nearest_last",
+        description="Where the most similar example goes (last = next to the request); `fixed` and `random` keep "
+                    "their own order (the file's; the draw's).",
     )
     stop: tuple[str, ...] = Field(default=("\nInput:",), description="Stop sequences added in `text` format.")
     format: Literal["text", "turns"] = Field(
@@ -160,7 +162,8 @@ class IclBackend(SingleCallBackend):
                 continue  # a shorter example further down may still fit
             used += cost
             kept.append((ex, block))
-        return kept[::-1] if cfg.order == "nearest_last" else kept
+        ranked = cfg.selector in ("knn", "mmr", "balanced")  # fixed and random rank nothing by similarity
+        return kept[::-1] if ranked and cfg.order == "nearest_last" else kept
 
     def contents(self, request: GenerateRequest, shown: list[tuple[ExampleRecord, str]], *,
                  split: bool = False) -> tuple[list[types.Content], list[types.Content]]:
