@@ -76,6 +76,43 @@ def test_a_forked_child_starts_a_loop_thread_of_its_own(gemini_server):
         router.close()
 
 
+def test_a_forked_child_does_not_wait_for_the_parents_requests_in_flight(gemini_server):
+    """A request the parent had in flight at the fork does not run in the child: the child's ``close`` has nothing
+    of it to drain (it waited out its whole drain and unwind bounds before)."""
+    from genroute.testing import Fault
+
+    router = Router.from_config(gemini_config(gemini_server))
+    try:
+        gemini_server.fault(Fault.delay(3.0))
+        slow, _ = in_thread(lambda: router.generate("slow"))
+        deadline = time.monotonic() + 10
+        while not router._inflight._tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert router._inflight._tasks, "the parent's request is in flight"
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                started = time.monotonic()
+                router.close(drain_s=60)
+                os.write(write, json.dumps(time.monotonic() - started).encode())
+                code = 0
+            except BaseException as exc:
+                os.write(write, repr(exc).encode())
+            finally:
+                os._exit(code)
+        os.close(write)
+        code = _exit_code(pid)
+        report = os.read(read, 65536).decode()
+        os.close(read)
+        assert code == 0, report or "the forked child hung"
+        assert json.loads(report) < 30  # a hang check: it would have drained for 60 s
+        slow.join(timeout=30)
+    finally:
+        router.close()
+
+
 def _collected_on(router: Router) -> list[str]:
     """The name of the thread ``router`` will be collected on, once it is."""
     threads: list[str] = []

@@ -10,6 +10,7 @@ of those callers gets ``UsageError("the router was closed ...")`` instead of a h
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import weakref
@@ -37,6 +38,14 @@ class InFlight:
             weakref.WeakKeyDictionary())
         self._closers: set[Any] = set()
         self.closed = False
+        _ALL.add(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's requests and streams do not run here (nor does a thread that may have
+        held the lock at the fork)."""
+        self._lock = threading.Lock()
+        self._tasks, self._cancelled, self._closers = {}, set(), set()
+        self._streams = weakref.WeakKeyDictionary()
 
     def track(self) -> InFlight:
         """``with inflight.track():`` tracks the block as work of the running task (``UsageError`` at once if
@@ -172,6 +181,20 @@ class RouterStream:
         aclose = getattr(self._chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+#: Every router's in-flight registry, for ``_forget_parents``.
+_ALL: weakref.WeakSet[InFlight] = weakref.WeakSet()
+
+
+def _forget_parents() -> None:
+    """In a forked child: every registry drops its parent's work (``InFlight._forget_parent``)."""
+    for inflight in list(_ALL):
+        inflight._forget_parent()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents)
 
 
 async def poll_until(done: Callable[[], bool], timeout_s: float) -> bool:
