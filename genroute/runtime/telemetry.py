@@ -178,12 +178,16 @@ class Telemetry:
 
 
 def usage_of(response: types.GenerateContentResponse) -> Usage | None:
-    """Token usage reported by a response, if any."""
+    """Token usage reported by a response, if any.
+
+    Input is the prompt plus the tool-use prompt (what a server-side tool such as Google Search or URL context
+    read): Gemini counts them apart, not one within the other, and bills both as input."""
     meta = response.usage_metadata
     if meta is None:
         return None
+    tool_use = meta.tool_use_prompt_token_count
     return built_usage(  # the SDK validated these counts (ints or None)
-        input_tokens=meta.prompt_token_count or 0,
+        input_tokens=(meta.prompt_token_count or 0) + tool_use if tool_use else meta.prompt_token_count or 0,
         output_tokens=meta.candidates_token_count or 0,
         cached_input_tokens=meta.cached_content_token_count or 0,
         thinking_tokens=meta.thoughts_token_count or 0,
