@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genroute.construct import one_store_init, user_content  # user_content: public here, backends use it
 from genroute.engines.base import SamplingSettings
-from genroute.runtime.telemetry import reason_name
+from genroute.runtime.telemetry import block_reason, reason_name
 from genroute.types import Citation, GenerateRequest, ToolCall
 
 if TYPE_CHECKING:
@@ -207,10 +207,11 @@ class SingleCallBackend(Backend):
 
 def text_and_reason(response: types.GenerateContentResponse) -> tuple[str, str | None]:
     """The first candidate's text (its text parts joined, thought parts excluded) and its finish reason as a
-    lower-case string (semconv style)."""
+    lower-case string (semconv style); a prompt the provider blocked has no candidate, and its block reason
+    (``promptFeedback.blockReason``) is the finish reason."""
     candidates = response.candidates
     if not candidates:
-        return "", None
+        return "", block_reason(response)
     first = candidates[0]
     reason = None if first.finish_reason is None else reason_name(first.finish_reason)
     content = first.content
@@ -226,3 +227,4 @@ def text_and_reason(response: types.GenerateContentResponse) -> tuple[str, str |
 def finish_reason(response: types.GenerateContentResponse) -> str | None:
     """The first candidate's finish reason as a lower-case string (semconv style)."""
     return text_and_reason(response)[1]
+

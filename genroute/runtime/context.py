@@ -17,8 +17,8 @@ from genroute.construct import user_content
 from genroute.errors import GenrouteError
 from genroute.runtime.messages import output_messages, request_attributes
 from genroute.runtime.received import CapturedReceived, Received
-from genroute.runtime.telemetry import (CurrentSpan, Telemetry, attach, error_type, reason_name, usage_attributes,
-                                       usage_of)
+from genroute.runtime.telemetry import (CurrentSpan, Telemetry, attach, block_reason, error_type, reason_name,
+                                       usage_attributes, usage_of)
 from genroute.types import NO_USAGE, GenerateRequest, Usage
 
 if TYPE_CHECKING:
@@ -304,6 +304,10 @@ class RunContext:
                 reasons = [reason_name(c.finish_reason) for c in candidates if c.finish_reason is not None]
                 if reasons:
                     answer["gen_ai.response.finish_reasons"] = reasons
+            else:  # a blocked prompt: no candidate, and the block reason is why the answer ended
+                blocked = block_reason(response)
+                if blocked is not None:
+                    answer["gen_ai.response.finish_reasons"] = [blocked]
             if telemetry.capture_content:
                 answer.update(request_attributes(contents, config))
                 answer["gen_ai.output.messages"] = output_messages(

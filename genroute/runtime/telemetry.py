@@ -200,6 +200,14 @@ def reason_name(reason: Any) -> str:
     return str(getattr(reason, "value", reason)).lower()
 
 
+def block_reason(response: types.GenerateContentResponse) -> str | None:
+    """Why the provider blocked the prompt (``promptFeedback.blockReason``, lower-case: ``"safety"``,
+    ``"prohibited_content"``...), or None."""
+    feedback = response.prompt_feedback
+    reason = None if feedback is None else feedback.block_reason
+    return None if reason is None else reason_name(reason)
+
+
 def usage_attributes(usage: Usage) -> dict[str, int]:
     """GenAI semconv attributes for ``usage``."""
     return {
