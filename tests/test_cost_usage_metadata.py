@@ -59,3 +59,51 @@ def test_a_streams_tool_use_prompt_tokens_are_billed_as_input(gemini_server):
 
     assert last.result is not None and last.result.cost_usd == pytest.approx(GROUNDED_COST)
     assert last.result.usage.input_tokens == 151 + 18329
+
+
+TEXT = "The answer came back in words that nobody counted."  # 51 characters: 13 tokens at four a token
+
+
+def test_text_without_an_output_count_is_charged_an_estimate(gemini_server):
+    # Gemini leaves zero counts out: text with no candidatesTokenCount was not counted, it was not free.
+    gemini_server.reply_json(_body({"promptTokenCount": 10, "totalTokenCount": 10}, TEXT))
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        result = router.generate("hello")
+
+    assert result.usage.input_tokens == 10 and result.usage.output_tokens == 13 and result.cost_estimated
+    assert result.cost_usd == pytest.approx(10 * IN_PRICE + 13 * OUT_PRICE)
+
+
+def test_an_answer_stopped_for_safety_with_no_text_costs_its_prompt_as_reported(gemini_server):
+    gemini_server.reply_json(_body({"promptTokenCount": 10, "totalTokenCount": 10}, None, "SAFETY"))
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        result = router.generate("hello")
+
+    assert result.finish_reason == "safety" and result.usage.output_tokens == 0 and not result.cost_estimated
+    assert result.cost_usd == pytest.approx(10 * IN_PRICE)
+
+
+def test_a_stream_whose_chunks_count_only_the_prompt_is_charged_its_text_estimated(gemini_server):
+    half = len(TEXT) // 2
+    prompt_only = {"promptTokenCount": 10, "totalTokenCount": 10}
+    gemini_server.reply(Reply(raw=[_body(prompt_only, TEXT[:half], finish=None), _body(prompt_only, TEXT[half:])]))
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        *_, last = router.stream("hello")
+
+    result = last.result
+    assert result is not None and result.text == TEXT and result.cost_estimated
+    assert result.usage.input_tokens == 10 and result.usage.output_tokens == 13
+
+
+def test_a_complete_stream_without_a_prompt_count_says_its_cost_is_estimated(gemini_server):
+    gemini_server.reply(Reply(raw=[_body({"candidatesTokenCount": 13, "totalTokenCount": 13}, TEXT)]))
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        *_, last = router.stream("hello")
+
+    result = last.result
+    assert result is not None and result.usage.input_tokens > 0 and result.usage.output_tokens == 13
+    assert result.cost_estimated

@@ -145,6 +145,23 @@ def estimate_input(contents: list[types.Content] | str, config: types.GenerateCo
     return estimate_tokens(chars)
 
 
+def filled_usage(usage: Usage | None, response: types.GenerateContentResponse,
+                 contents: list[types.Content] | str, config: types.GenerateContentConfig | None
+                 ) -> tuple[Usage, bool]:
+    """``usage`` as a response reported it, with the counts it left out estimated, and whether any was.
+
+    Gemini leaves a zero count out, so a prompt with no count, or text with no output or thinking count, was
+    not counted rather than free: the prompt is estimated from the request, the output from the text."""
+    reported = usage or Usage()
+    input_tokens = reported.input_tokens or estimate_input(contents, config)
+    output_tokens = reported.output_tokens
+    if not (output_tokens or reported.thinking_tokens):
+        output_tokens = estimate_tokens(output_chars(response))
+    if input_tokens == reported.input_tokens and output_tokens == reported.output_tokens:
+        return reported, usage is None
+    return reported.model_copy(update={"input_tokens": input_tokens, "output_tokens": output_tokens}), True
+
+
 def output_chars(response: types.GenerateContentResponse) -> int:
     """Characters of output in a response (text, thoughts and function calls of its first candidate)."""
     if not response.candidates or response.candidates[0].content is None:
@@ -193,5 +210,5 @@ def processed(exc: BaseException) -> bool:
     return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
 
 
-__all__ = ["Charges", "Meter", "bill", "charge", "charging", "estimate_input", "estimate_tokens", "metering",
-           "output_chars", "processed"]
+__all__ = ["Charges", "Meter", "bill", "charge", "charging", "estimate_input", "estimate_tokens", "filled_usage",
+           "metering", "output_chars", "processed"]

@@ -11,8 +11,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from genroute.runtime.billing import (Charges, Meter, charging, estimate_input, estimate_tokens, metering,
-                                      output_chars)
+from genroute.runtime.billing import Charges, Meter, charging, filled_usage, metering
 from genroute.construct import user_content
 from genroute.errors import GenrouteError
 from genroute.runtime.messages import output_messages, request_attributes
@@ -134,14 +133,13 @@ class RunContext:
                 self._charge_unanswered(engine, span, attrs, model, meter.attempts, meter.estimated, price_as,
                                         contents, config)
                 raise
-            # Charged at the usage the response reports (an estimate where it reports none), with the attempts
-            # the meter collected before it.
+            # Charged at the usage the response reports (an estimate where it leaves a count out), with the
+            # attempts the meter collected before it.
             usage = usage_of(response)
             estimated = meter.estimated
-            if usage is None:
-                usage = Usage(input_tokens=estimate_input(contents, config),
-                              output_tokens=estimate_tokens(output_chars(response)))
-                estimated = True
+            if usage is None or not usage.input_tokens or not (usage.output_tokens or usage.thinking_tokens):
+                usage, guessed = filled_usage(usage, response, contents, config)
+                estimated = estimated or guessed
             calls = (usage, *meter.attempts) if meter.attempts else (usage,)
             self._answered(engine, span, attrs, model, response, start, calls, estimated, price_as, contents, config)
             return response

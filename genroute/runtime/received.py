@@ -16,29 +16,33 @@ class Received:
     """What a stream delivered: the latest usage it reported and the output that arrived after it."""
 
     def __init__(self) -> None:
-        #: The latest chunk that reported usage (else the first chunk).
         self.last: types.GenerateContentResponse | None = None
-        self.reported = False
+        self.reported: Usage | None = None
         self.chars_after = 0
         self.chunks = 0
 
     def add(self, response: types.GenerateContentResponse) -> None:
         self.chunks += 1
-        if response.usage_metadata is not None:  # Gemini's usage is cumulative: each chunk's replaces the one before
-            self.reported, self.chars_after, self.last = True, 0, response  # read once, at the end
-        else:
-            self.chars_after += output_chars(response)
-            if self.last is None:
-                self.last = response
+        usage = usage_of(response)
+        if usage is not None and (usage.output_tokens or usage.thinking_tokens):
+            # Gemini's usage is cumulative: each chunk's replaces the one before
+            self.reported, self.chars_after, self.last = usage, 0, response
+            return
+        # No count of the output so far (Gemini leaves a zero count out): its text is estimated; a count of the
+        # prompt alone is kept only where none came before.
+        self.chars_after += output_chars(response)
+        if usage is not None and self.reported is None:
+            self.reported, self.last = usage, response
+        elif self.last is None:
+            self.last = response
 
     def usage(self, contents: list[types.Content] | str, config: types.GenerateContentConfig | None, *,
               complete: bool) -> tuple[Usage, bool]:
         """The usage to charge, and whether any of it is estimated (always, for a stream that did not finish)."""
         if self.chunks == 0:
             return Usage(), False  # nothing arrived: lost attempts, if any, were billed by the engine
-        usage = usage_of(self.last) if self.reported else None  # type: ignore[arg-type]
-        estimated = not complete or usage is None or self.chars_after > 0
-        usage = usage or Usage()
+        usage = self.reported or Usage()
+        estimated = not complete or self.reported is None or self.chars_after > 0 or usage.input_tokens == 0
         if usage.input_tokens == 0:
             usage = usage.model_copy(update={"input_tokens": estimate_input(contents, config)})
         extra = estimate_tokens(self.chars_after)
