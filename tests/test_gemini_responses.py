@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from genroute import Router
-from genroute.testing import Reply
+from genroute import Router, StreamInterrupted
+from genroute.testing import Fault, Reply
 
 from .conftest import gemini_config
 
@@ -36,3 +36,15 @@ def test_a_blocked_streamed_prompt_says_why_in_its_finish_reason(gemini_server):
         *_, last = router.stream("something refused")
 
     assert last.result is not None and last.result.finish_reason == "prohibited_content"
+
+
+@pytest.mark.parametrize("code", [400, 503])
+def test_a_stream_failing_after_output_keeps_the_providers_status(gemini_server, code):
+    gemini_server.reply_text("one two three four five six", chunks=3)
+    gemini_server.fault(Fault.status(code, after_chunks=1))
+
+    with Router.from_config(gemini_config(gemini_server)) as router, pytest.raises(StreamInterrupted) as caught:
+        for _ in router.stream("tell me"):
+            pass
+
+    assert caught.value.status == code and str(code) in str(caught.value)

@@ -169,8 +169,9 @@ class Executor:
                 last_error = exc
                 ledger.record(span, ctx, rung.backend, index, rung_start, exc, admitted=attempt.admitted)
                 if sent:
-                    interrupted = StreamInterrupted(
-                        f"stream from {rung.backend!r} failed after output was sent: {exc}", backend=rung.backend)
+                    interrupted = StreamInterrupted(  # with the provider's status, if it sent one
+                        f"stream from {rung.backend!r} failed after output was sent: {exc}", backend=rung.backend,
+                        status=getattr(exc, "status", None))
                     interrupted.tool_calls = getattr(exc, "tool_calls", ())  # tools that ran before it failed
                     ledger.charge(interrupted, span)
                     raise interrupted from exc
