@@ -48,3 +48,19 @@ def test_a_stream_failing_after_output_keeps_the_providers_status(gemini_server,
             pass
 
     assert caught.value.status == code and str(code) in str(caught.value)
+
+
+def test_a_streams_finish_reason_is_on_its_span_when_the_last_chunk_reports_no_usage(gemini_server, otel):
+    counted = {"promptTokenCount": 10, "candidatesTokenCount": 2, "totalTokenCount": 12}
+    first = {"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": "Hello "}]}}],
+             "usageMetadata": counted, "modelVersion": "gemini-2.5-flash"}
+    last = {"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": "world"}]},
+                            "finishReason": "MAX_TOKENS"}], "modelVersion": "gemini-2.5-flash"}
+    gemini_server.reply(Reply(raw=[first, last]))
+
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        *_, chunk = router.stream("hello")
+
+    assert chunk.result is not None and chunk.result.finish_reason == "max_tokens"
+    (call,) = otel.spans("generate_content")
+    assert tuple(call.attributes["gen_ai.response.finish_reasons"]) == ("max_tokens",)

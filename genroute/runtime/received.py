@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 
 class Received:
-    """What a stream delivered: the latest usage it reported and the output that arrived after it."""
+    """What a stream delivered: the latest usage it reported, the output that arrived after it, and the chunk
+    that describes the answer (``last``: the latest that counted its usage or had candidates)."""
 
     def __init__(self) -> None:
         self.last: types.GenerateContentResponse | None = None
@@ -32,8 +33,8 @@ class Received:
         # prompt alone is kept only where none came before.
         self.chars_after += output_chars(response)
         if usage is not None and self.reported is None:
-            self.reported, self.last = usage, response
-        elif self.last is None:
+            self.reported = usage
+        if self.last is None or response.candidates:  # the answer's latest candidates carry its finish reason
             self.last = response
 
     def usage(self, contents: list[types.Content] | str, config: types.GenerateContentConfig | None, *,
