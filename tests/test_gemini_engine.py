@@ -379,6 +379,18 @@ def test_config_is_validated():
     assert GeminiEngine.Config is GeminiEngineConfig and GeminiEngine.kind == "gemini"
 
 
+@pytest.mark.parametrize(("config", "field"), [
+    ({"apikey": KEY}, "engines.g.apikey"),                    # a misspelt field
+    ({"api_key": "k", "vertex": KEY}, "engines.g.vertex"),    # the key in the wrong field
+    ({"timeout_s": -1}, "engines.g.timeout_s"),
+])
+def test_an_engine_built_in_code_from_a_bad_config_is_a_config_error_without_the_input(config, field):
+    with pytest.raises(ConfigError) as info:
+        GeminiEngine("g", config)
+    assert info.value.field == field
+    assert KEY not in str(info.value) and KEY not in repr(info.value)
+
+
 # -- map_error and the retry layer without a server ------------------------------------------------
 
 

@@ -145,7 +145,14 @@ class GeminiEngine(Engine):
     def __init__(self, name: str, config: GeminiEngineConfig | Mapping[str, Any] | None = None, *,
                  credentials: Any = None) -> None:
         if not isinstance(config, GeminiEngineConfig):
-            config = GeminiEngineConfig.model_validate(dict(config or {}))
+            from pydantic import ValidationError
+
+            try:
+                config = GeminiEngineConfig.model_validate(dict(config or {}))
+            except ValidationError as exc:  # pydantic's own text would show the input: a misplaced key, say
+                from genroute.config import config_error
+
+                raise config_error(exc, f"engines.{name}") from None
         super().__init__(name, config)
         self.config: GeminiEngineConfig = config
         self.provider = "gcp.vertex_ai" if config.vertex is not None else "gcp.gemini"
