@@ -10,6 +10,7 @@ import pytest
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from genroute import Router
 from genroute.engines.errors import map_error, parse_retry_after, redact
 from genroute.engines.gemini import GeminiEngine, GeminiEngineConfig
 from genroute.engines.retry import RetryConfig, call_with_retry
@@ -369,6 +370,16 @@ async def test_missing_key_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError) as info:
         await eng.generate(MODEL, user("x"))
     assert info.value.field == "engines.nokey.api_key_env"
+
+
+def test_a_key_given_as_the_name_of_its_variable_is_refused_without_being_shown(srv):
+    config = {"engines": {"g": {"kind": "gemini", "api_key_env": KEY, "base_url": srv.base_url}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": MODEL}},
+              "policy": {"kind": "static", "backend": "chat"}}
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(config)
+    assert info.value.field == "engines.g.api_key_env"
+    assert KEY not in str(info.value) and KEY not in repr(info.value) and not srv.requests
 
 
 def test_config_is_validated():

@@ -18,7 +18,8 @@ from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import map_error
 from genroute.engines.gemini_sessions import LoopClients, supported
 from genroute.engines.retry import RetryConfig, call_with_retry
-from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, without_credentials
+from genroute.errors import (BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, without_credentials,
+                             without_secrets)
 from genroute.types import Usage
 
 _T = TypeVar("_T")
@@ -59,6 +60,15 @@ class GeminiEngineConfig(BaseModel):
         description="Whether async requests read proxy settings and netrc from the environment on every request "
                     "(true), never (false), or only where some are set when an event loop makes its first call "
                     "(null). Developer API only: Vertex AI always uses the SDK's own session.")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_name(cls, value: str) -> str:
+        # The key pasted here instead of the variable's name would be printed by the "no API key: set ..." error.
+        if without_secrets(value) != value:
+            raise ValueError("holds what looks like an API key, not the name of an environment variable: "
+                             "put the key in that variable (or in api_key)")
+        return value
 
     @field_validator("base_url")
     @classmethod
