@@ -382,6 +382,16 @@ def test_a_key_given_as_the_name_of_its_variable_is_refused_without_being_shown(
     assert KEY not in str(info.value) and KEY not in repr(info.value) and not srv.requests
 
 
+def test_an_embedding_batch_larger_than_the_developer_api_takes_is_a_config_error():
+    # The Developer API refuses a batchEmbedContents of more than 100 texts (400); Vertex AI takes 250.
+    with pytest.raises(ConfigError) as info:
+        GeminiEngine("g", {"api_key": "k", "embed_batch_size": 101})
+    assert info.value.field == "engines.g.embed_batch_size"
+    assert GeminiEngine("g", {"api_key": "k", "embed_batch_size": 100}).config.embed_batch_size == 100
+    vertex = GeminiEngine("v", {"vertex": {"project": "p", "location": "l"}, "embed_batch_size": 250})
+    assert vertex.config.embed_batch_size == 250
+
+
 def test_config_is_validated():
     with pytest.raises(ValueError):
         GeminiEngineConfig.model_validate({"kind": "gemini", "timeout_s": 0})

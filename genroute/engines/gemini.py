@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from genroute.engines.base import Embeddings, Engine
 from genroute.runtime.billing import bill, estimate_input, processed
@@ -39,6 +39,10 @@ class VertexConfig(BaseModel):
     location: str | None = None
 
 
+#: The most texts the Developer API's ``batchEmbedContents`` takes in one request.
+_DEVELOPER_EMBED_BATCH = 100
+
+
 class GeminiEngineConfig(BaseModel):
     """Config of a ``gemini`` engine (Developer API unless ``vertex`` is set)."""
 
@@ -54,12 +58,23 @@ class GeminiEngineConfig(BaseModel):
     api_version: str | None = None
     timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False, description="Per-attempt timeout (seconds).")
     retry: RetryConfig = RetryConfig()
-    embed_batch_size: int = Field(default=100, ge=1, le=250, description="Texts per embedding request.")
+    embed_batch_size: int = Field(default=100, ge=1, le=250, description="Texts per embedding request (at most "
+                                  "100 on the Developer API, 250 on Vertex AI).")
     trust_env: bool | None = Field(
         default=None,
         description="Whether async requests read proxy settings and netrc from the environment on every request "
                     "(true), never (false), or only where some are set when an event loop makes its first call "
                     "(null). Developer API only: Vertex AI always uses the SDK's own session.")
+
+    @field_validator("embed_batch_size")
+    @classmethod
+    def _batch_fits(cls, value: int, info: ValidationInfo) -> int:
+        # The Developer API answers a batchEmbedContents of more than 100 texts with 400 INVALID_ARGUMENT: every
+        # ingest would fail at its first batch.
+        if value > _DEVELOPER_EMBED_BATCH and info.data.get("vertex") is None:
+            raise ValueError(f"the Gemini Developer API embeds at most {_DEVELOPER_EMBED_BATCH} texts a request "
+                             "(Vertex AI: 250)")
+        return value
 
     @field_validator("api_key_env")
     @classmethod
