@@ -435,6 +435,19 @@ def test_map_error_table(exc, kind):
     assert mapped.backend == "b"
 
 
+@pytest.mark.parametrize(("status", "body", "headers", "message"), [
+    (503, b"", {}, "503: the response gave no error message"),
+    (413, b"", {"Content-Type": "text/html"}, "413 Request Entity Too Large: the response gave no error message"),
+    (504, b"upstream timeout", {"Content-Type": "text/plain"}, "504 Gateway Timeout: upstream timeout"),
+])
+async def test_an_error_answer_without_a_google_error_body_says_what_it_was(srv, engine, status, body, headers,
+                                                                           message):
+    srv.reply_json(body, path=r".*generateContent", status=status, headers=headers, times=3)
+    with pytest.raises((BackendUnavailable, BackendRejected)) as info:
+        await engine.generate(MODEL, user("x"))
+    assert str(info.value) == message and info.value.status == status
+
+
 def test_map_error_http_libraries():
     import aiohttp
     import httpx

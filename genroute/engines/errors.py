@@ -116,7 +116,8 @@ def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...
 
     if isinstance(exc, genai_errors.APIError):
         code = int(exc.code) if isinstance(exc.code, int) else None
-        text = msg(f"{code} {exc.status or ''}: {exc.message or exc.details}".strip())
+        head = " ".join(str(part) for part in (code, exc.status) if part)
+        text = msg(f"{head}: {exc.message or _other_details(exc.details) or 'the response gave no error message'}")
         if code in (408, 429) or (code is not None and code >= 500) or isinstance(exc, genai_errors.ServerError):
             return BackendUnavailable(text, backend=backend, status=code, retry_after_s=_retry_after(exc))
         return BackendRejected(text, backend=backend, status=code)
@@ -137,6 +138,13 @@ def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...
     return BackendRejected(
         msg(f"unexpected {type(exc).__name__} raised in {_origin(exc)}, not by the provider: {exc}"),
         backend=backend)
+
+
+def _other_details(details: Any) -> str:
+    """What an error body says beyond its (empty) message and status, as text; "" for nothing."""
+    if isinstance(details, dict):
+        details = {k: v for k, v in details.items() if v and k not in ("message", "status")}
+    return str(details) if details else ""
 
 
 def cut_credentials_chain(exc: BaseException) -> None:
