@@ -107,3 +107,13 @@ def test_a_complete_stream_without_a_prompt_count_says_its_cost_is_estimated(gem
     result = last.result
     assert result is not None and result.usage.input_tokens > 0 and result.usage.output_tokens == 13
     assert result.cost_estimated
+
+
+def test_an_output_count_given_as_zero_stands(gemini_server):
+    gemini_server.reply_json(_body({"promptTokenCount": 10, "candidatesTokenCount": 0, "totalTokenCount": 10}, TEXT))
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        result = router.generate("hello")
+
+    assert result.usage.output_tokens == 0 and not result.cost_estimated
+    assert result.cost_usd == pytest.approx(10 * IN_PRICE)

@@ -151,15 +151,25 @@ def filled_usage(usage: Usage | None, response: types.GenerateContentResponse,
     """``usage`` as a response reported it, with the counts it left out estimated, and whether any was.
 
     Gemini leaves a zero count out, so a prompt with no count, or text with no output or thinking count, was
-    not counted rather than free: the prompt is estimated from the request, the output from the text."""
+    not counted rather than free: the prompt is estimated from the request, the output from the text. A count
+    given as 0 stands."""
+    meta = response.usage_metadata
     reported = usage or Usage()
-    input_tokens = reported.input_tokens or estimate_input(contents, config)
-    output_tokens = reported.output_tokens
-    if not (output_tokens or reported.thinking_tokens):
-        output_tokens = estimate_tokens(output_chars(response))
-    if input_tokens == reported.input_tokens and output_tokens == reported.output_tokens:
-        return reported, usage is None
-    return reported.model_copy(update={"input_tokens": input_tokens, "output_tokens": output_tokens}), True
+    updates: dict[str, int] = {}
+    if meta is None or meta.prompt_token_count is None:
+        updates["input_tokens"] = reported.input_tokens + estimate_input(contents, config)
+    if not counts_output(meta):
+        chars = output_chars(response)
+        if chars:
+            updates["output_tokens"] = estimate_tokens(chars)
+    if not updates:
+        return reported, False
+    return reported.model_copy(update=updates), True
+
+
+def counts_output(meta: types.GenerateContentResponseUsageMetadata | None) -> bool:
+    """Whether a response's usage counts its output (Gemini leaves a zero count out: none, if it does not)."""
+    return meta is not None and (meta.candidates_token_count is not None or meta.thoughts_token_count is not None)
 
 
 def output_chars(response: types.GenerateContentResponse) -> int:
@@ -210,5 +220,5 @@ def processed(exc: BaseException) -> bool:
     return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
 
 
-__all__ = ["Charges", "Meter", "bill", "charge", "charging", "estimate_input", "estimate_tokens", "filled_usage",
-           "metering", "output_chars", "processed"]
+__all__ = ["Charges", "Meter", "bill", "charge", "charging", "counts_output", "estimate_input", "estimate_tokens",
+           "filled_usage", "metering", "output_chars", "processed"]

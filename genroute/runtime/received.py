@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from genroute.runtime.billing import estimate_input, estimate_tokens, output_chars
+from genroute.runtime.billing import counts_output, estimate_input, estimate_tokens, output_chars
 from genroute.runtime.telemetry import usage_of
 from genroute.types import Usage
 
@@ -24,16 +24,15 @@ class Received:
 
     def add(self, response: types.GenerateContentResponse) -> None:
         self.chunks += 1
-        usage = usage_of(response)
-        if usage is not None and (usage.output_tokens or usage.thinking_tokens):
+        if counts_output(response.usage_metadata):
             # Gemini's usage is cumulative: each chunk's replaces the one before
-            self.reported, self.chars_after, self.last = usage, 0, response
+            self.reported, self.chars_after, self.last = usage_of(response), 0, response
             return
         # No count of the output so far (Gemini leaves a zero count out): its text is estimated; a count of the
         # prompt alone is kept only where none came before.
         self.chars_after += output_chars(response)
-        if usage is not None and self.reported is None:
-            self.reported = usage
+        if self.reported is None and response.usage_metadata is not None:
+            self.reported = usage_of(response)
         if self.last is None or response.candidates:  # the answer's latest candidates carry its finish reason
             self.last = response
 
