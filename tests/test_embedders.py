@@ -85,6 +85,24 @@ def test_rejects_a_bare_string(embedder: LocalEmbedder) -> None:
         embedder.embed("not a list")  # type: ignore[arg-type]
 
 
+NOT_TEXTS = [([123], "texts.0"), (["ok", b"bytes"], "texts.1"), ([["nested"]], "texts.0"), (7, "texts")]
+
+
+@pytest.mark.parametrize(("texts", "field"), NOT_TEXTS)
+def test_items_that_are_not_str_are_a_usage_error_naming_them(embedder: LocalEmbedder, texts, field) -> None:
+    with pytest.raises(UsageError) as info:
+        embedder.embed(texts)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(("texts", "field"), NOT_TEXTS)
+def test_the_gemini_embedder_refuses_items_that_are_not_str_before_sending(gemini_server, texts, field) -> None:
+    # The SDK would take bytes, or a list as one text's parts, and embed them as something else.
+    with pytest.raises(UsageError) as info:
+        GeminiEmbedder(_gemini_engine(gemini_server)).embed(texts)
+    assert info.value.field == field and gemini_server.requests == []
+
+
 def test_span_per_call(otel) -> None:
     embedder = LocalEmbedder(tracer_provider=otel.tracer_provider)
     embedder.embed(SENTENCES[:2])

@@ -123,6 +123,21 @@ def traced(embedder: object, tracer: trace.Tracer | None) -> dict[str, trace.Tra
     return {"tracer": tracer} if tracer is not None and isinstance(embedder, Embedder) else {}
 
 
+def checked_texts(texts: Any) -> list[str]:
+    """``texts`` as a list of str; a ``UsageError`` naming ``texts`` (or the item, ``texts.<i>``) otherwise,
+    before anything is sent (a model's client would take bytes or a nested list as some other input)."""
+    if isinstance(texts, str):
+        raise UsageError("embed() takes a list of texts, not a str", field="texts")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise UsageError(f"embed() takes a list of texts, not {type(texts).__name__}", field="texts") from None
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise UsageError(f"must be a str, not {type(text).__name__}", field=f"texts.{i}")
+    return texts
+
+
 def _record_error(span: trace.Span, exc: BaseException) -> None:
     # The class name only, as on every other span: a provider's message may echo what was sent.
     from genroute.runtime.telemetry import error_type
@@ -158,8 +173,7 @@ class GeminiEmbedder(Embedder):
         decision, the route sync or the ingest run); attempts lost on the way are charged too."""
         from genroute.runtime.billing import Meter, metering
 
-        if isinstance(texts, str):
-            raise UsageError("embed() takes a list of texts, not a str", field="texts")
+        texts = checked_texts(texts)
         span = self._span(tracer)
         meter = Meter()
         vectors: list[list[float]] | None = None
@@ -315,8 +329,7 @@ class LocalEmbedder(Embedder):
         """Embed ``texts`` into a float32 array of shape ``(len(texts), 384)``."""
         import numpy as np
 
-        if isinstance(texts, str):
-            raise UsageError("embed() takes a list of texts, not a str", field="texts")
+        texts = checked_texts(texts)
         self._load()
         span = self._span(tracer)
         error: BaseException | None = None
