@@ -448,6 +448,26 @@ async def test_an_error_answer_without_a_google_error_body_says_what_it_was(srv,
     assert str(info.value) == message and info.value.status == status
 
 
+@pytest.mark.parametrize("status", [429, 503])
+async def test_an_error_body_whose_error_is_text_is_mapped_and_retried(srv, engine, status):
+    # Gateways in front of the API (a base_url proxy) answer {"error": "some text"}, not a google.rpc.Status.
+    srv.reply_json({"error": "quota exceeded"}, path=r".*generateContent", status=status, times=3)
+    with pytest.raises(BackendUnavailable) as info:
+        await engine.generate(MODEL, user("x"))
+    assert info.value.status == status and str(info.value) == f"{status}: quota exceeded"
+    assert len(srv.requests) == 3
+
+
+@pytest.mark.parametrize(("headers", "delay"), [({"Retry-After": "inf"}, None), ({}, "1e999s"), ({}, "nans")])
+async def test_a_retry_after_that_is_not_a_finite_number_is_ignored(srv, engine, headers, delay):
+    error: dict = {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}
+    if delay is not None:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]
+    srv.reply_json({"error": error}, path=r".*generateContent", status=429, headers=headers)
+    assert (await engine.generate(MODEL, user("x"))).text == "echo: x"  # retried after the usual backoff
+    assert parse_retry_after("inf") is None and parse_retry_after("nan") is None
+
+
 def test_map_error_http_libraries():
     import aiohttp
     import httpx

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import re
 import sys
 import time
@@ -142,6 +143,8 @@ def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...
 
 def _other_details(details: Any) -> str:
     """What an error body says beyond its (empty) message and status, as text; "" for nothing."""
+    if isinstance(details, dict) and isinstance(details.get("error"), str):
+        return details["error"]  # a proxy's {"error": "some text"}
     if isinstance(details, dict):
         details = {k: v for k, v in details.items() if v and k not in ("message", "status")}
     return str(details) if details else ""
@@ -201,7 +204,7 @@ def parse_retry_after(value: str) -> float | None:
     """Seconds from a ``Retry-After`` value: delta-seconds or an HTTP date."""
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        return _finite(float(value))
     except ValueError:
         pass
     try:
@@ -213,17 +216,24 @@ def parse_retry_after(value: str) -> float | None:
 
 def _retry_info_delay(details: Any) -> float | None:
     if isinstance(details, dict):
-        details = details.get("error", details).get("details")
+        error = details.get("error", details)  # a proxy may send {"error": "some text"}
+        details = error.get("details") if isinstance(error, dict) else None
     if not isinstance(details, list):
         return None
     for item in details:
         delay = item.get("retryDelay") if isinstance(item, dict) else None
         if isinstance(delay, str) and delay.endswith("s"):
             try:
-                return max(0.0, float(delay[:-1]))
+                return _finite(float(delay[:-1]))
             except ValueError:
                 return None
     return None
+
+
+def _finite(seconds: float) -> float | None:
+    """``seconds``, at least 0; None if not finite (an "inf" or "nan" would stop the retries, or open a circuit
+    breaker, for ever)."""
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 __all__ = ["cut_credentials_chain", "map_error", "parse_retry_after", "redact", "scrub"]
