@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from genroute import Router, StreamInterrupted
+from genroute import BackendUnavailable, Router, StreamInterrupted
+from genroute.runtime.billing import estimate_tokens
 from genroute.testing import Fault, Reply
 
 from .conftest import gemini_config
@@ -64,3 +65,18 @@ def test_a_streams_finish_reason_is_on_its_span_when_the_last_chunk_reports_no_u
     assert chunk.result is not None and chunk.result.finish_reason == "max_tokens"
     (call,) = otel.spans("generate_content")
     assert tuple(call.attributes["gen_ai.response.finish_reasons"]) == ("max_tokens",)
+
+
+@pytest.mark.parametrize("body", [{"candidates": [{"content": {"parts": "not a list"}}]},
+                                  {"usageMetadata": {"promptTokenCount": "many"}}])
+def test_an_answer_of_the_wrong_shape_is_a_malformed_body_retried_and_billed(gemini_server, body):
+    gemini_server.reply_json(body, path=r".*:generateContent", times=3)
+
+    with Router.from_config(gemini_config(gemini_server)) as router, pytest.raises(BackendUnavailable) as caught:
+        router.generate("what is this?")
+
+    assert str(caught.value).startswith("malformed response body: GenerateContentResponse.")
+    assert len(gemini_server.requests) == 3  # retried, as a body that is not JSON is
+    # Each attempt was answered, so processed: its input is billed, estimated.
+    assert caught.value.cost_estimated
+    assert caught.value.cost_usd == pytest.approx(3 * estimate_tokens("what is this?") * 0.30 / 1e6)

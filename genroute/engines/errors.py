@@ -4,7 +4,8 @@
     google.genai.errors.ClientError other    -> BackendRejected
     google.genai.errors.ServerError / 5xx    -> BackendUnavailable
     aiohttp / httpx transport errors, refused or reset connections, timeouts,
-    cut bodies, malformed JSON (JSONDecodeError, UnknownApiResponseError)
+    cut bodies, malformed JSON (JSONDecodeError, UnknownApiResponseError), an answer the SDK cannot read
+    as its type (a pydantic ValidationError of GenerateContentResponse...)
                                              -> BackendUnavailable
     google.auth TransportError               -> BackendUnavailable; RefreshError -> BackendRejected
     google.auth DefaultCredentialsError      -> ConfigError naming ``engines.<name>.vertex`` (no credentials)
@@ -37,6 +38,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, GenrouteError, without_secrets
+from genroute.runtime.billing import malformed_answer
 
 _KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&\s'\"]+")
 _MAX_MESSAGE = 500
@@ -129,6 +131,11 @@ def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...
                            field=f"engines.{backend}.vertex" if backend else None)
     if isinstance(exc, (json.JSONDecodeError, genai_errors.UnknownApiResponseError)):
         return BackendUnavailable(msg(f"malformed response body: {exc}"), backend=backend)
+    if malformed_answer(exc):
+        first = exc.errors()[0]  # its location and reason, not the input (which may echo what was sent)
+        where = ".".join(str(part) for part in first["loc"])
+        return BackendUnavailable(msg(f"malformed response body: {exc.title}.{where}: {first['msg']}"),
+                                  backend=backend)
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return BackendUnavailable("request timed out", backend=backend)
     if _is_transport_error(exc):

@@ -190,6 +190,18 @@ def _content_chars(content: Any) -> int:
     return chars
 
 
+#: The SDK's types of the answers genroute reads: one that fails to validate is an answer the provider (or a proxy
+#: before it) sent in the wrong shape, not a request the SDK refused.
+_ANSWERS = frozenset({"GenerateContentResponse", "EmbedContentResponse", "CountTokensResponse", "CachedContent"})
+
+
+def malformed_answer(exc: BaseException) -> bool:
+    """Whether ``exc`` is the SDK's refusal of an answer it received: JSON, but not of the answer's shape."""
+    pydantic_core = sys.modules.get("pydantic_core")
+    return (pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError)
+            and exc.title in _ANSWERS)
+
+
 def processed(exc: BaseException) -> bool:
     """Whether an attempt that failed with ``exc`` was probably processed (and billed) by the provider.
 
@@ -213,7 +225,7 @@ def processed(exc: BaseException) -> bool:
         return False
     if isinstance(exc, json.JSONDecodeError | ConnectionError | EOFError):
         return True
-    if genai_errors is not None and isinstance(exc, genai_errors.UnknownApiResponseError):
+    if genai_errors is not None and isinstance(exc, genai_errors.UnknownApiResponseError) or malformed_answer(exc):
         return True
     if httpx is not None and isinstance(exc, httpx.TransportError | httpx.DecodingError):
         return True
@@ -221,4 +233,4 @@ def processed(exc: BaseException) -> bool:
 
 
 __all__ = ["Charges", "Meter", "bill", "charge", "charging", "counts_output", "estimate_input", "estimate_tokens",
-           "filled_usage", "metering", "output_chars", "processed"]
+           "filled_usage", "malformed_answer", "metering", "output_chars", "processed"]
