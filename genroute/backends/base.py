@@ -227,4 +227,3 @@ def text_and_reason(response: types.GenerateContentResponse) -> tuple[str, str |
 def finish_reason(response: types.GenerateContentResponse) -> str | None:
     """The first candidate's finish reason as a lower-case string (semconv style)."""
     return text_and_reason(response)[1]
-
