@@ -18,7 +18,8 @@ class Received:
 
     def __init__(self) -> None:
         self.last: types.GenerateContentResponse | None = None
-        self.reported: Usage | None = None
+        #: The chunk whose usage is charged (read once, at the end: not a ``Usage`` built for every chunk).
+        self.reported: types.GenerateContentResponse | None = None
         self.chars_after = 0
         self.chunks = 0
 
@@ -26,13 +27,13 @@ class Received:
         self.chunks += 1
         if counts_output(response.usage_metadata):
             # Gemini's usage is cumulative: each chunk's replaces the one before
-            self.reported, self.chars_after, self.last = usage_of(response), 0, response
+            self.reported, self.chars_after, self.last = response, 0, response
             return
         # No count of the output so far (Gemini leaves a zero count out): its text is estimated; a count of the
         # prompt alone is kept only where none came before.
         self.chars_after += output_chars(response)
         if self.reported is None and response.usage_metadata is not None:
-            self.reported = usage_of(response)
+            self.reported = response
         if self.last is None or response.candidates:  # the answer's latest candidates carry its finish reason
             self.last = response
 
@@ -41,8 +42,9 @@ class Received:
         """The usage to charge, and whether any of it is estimated (always, for a stream that did not finish)."""
         if self.chunks == 0:
             return Usage(), False  # nothing arrived: lost attempts, if any, were billed by the engine
-        usage = self.reported or Usage()
-        estimated = not complete or self.reported is None or self.chars_after > 0 or usage.input_tokens == 0
+        reported = None if self.reported is None else usage_of(self.reported)
+        usage = reported or Usage()
+        estimated = not complete or reported is None or self.chars_after > 0 or usage.input_tokens == 0
         if usage.input_tokens == 0:
             usage = usage.model_copy(update={"input_tokens": estimate_input(contents, config)})
         extra = estimate_tokens(self.chars_after)
