@@ -466,6 +466,7 @@ async def test_failed_create_goes_inline_and_is_not_retried_per_request(
     assert all(len(field_of(q.body, "contents")) == 17 for q in calls)
     (span,) = otel.spans("create_cached_content")
     assert span.attributes["error.type"] == "BackendUnavailable"
+    assert span.status.description == "BackendUnavailable"  # the class name, never the provider's message
 
 
 async def test_expired_cache_is_answered_inline_then_recreated(gemini_server: GeminiTestServer, otel: Otel,

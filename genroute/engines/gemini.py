@@ -7,94 +7,25 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
-from urllib.parse import urlsplit
-
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from genroute.engines.base import Embeddings, Engine
 from genroute.runtime.billing import bill, estimate_input, processed
 from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import map_error
+from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig  # noqa: F401 - VertexConfig: re-exported
 from genroute.engines.gemini_sessions import LoopClients, supported
-from genroute.engines.retry import RetryConfig, call_with_retry
-from genroute.errors import (BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, without_credentials,
-                             without_secrets)
+from genroute.engines.retry import call_with_retry
+from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, without_credentials
 from genroute.types import Usage
 
 _T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from google import genai
+    from pydantic import BaseModel
     from google.genai import types
     from opentelemetry import trace
-
-
-class VertexConfig(BaseModel):
-    """Vertex AI location; ``None`` fields fall back to ``GOOGLE_CLOUD_PROJECT``/``GOOGLE_CLOUD_LOCATION``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    project: str | None = None
-    location: str | None = None
-
-
-#: The most texts the Developer API's ``batchEmbedContents`` takes in one request.
-_DEVELOPER_EMBED_BATCH = 100
-
-
-class GeminiEngineConfig(BaseModel):
-    """Config of a ``gemini`` engine (Developer API unless ``vertex`` is set)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["gemini"] = "gemini"
-    api_key_env: str = Field(default="GEMINI_API_KEY", description="Env var holding the key; GOOGLE_API_KEY is the fallback.")
-    # min_length: the SDK raises a bare ValueError for an empty key, on the first request.
-    api_key: SecretStr | None = Field(default=None, min_length=1,
-                                      description="Inline key (discouraged: prefer api_key_env).")
-    vertex: VertexConfig | None = None
-    base_url: str | None = Field(default=None, description="Overrides GOOGLE_GEMINI_BASE_URL / GOOGLE_VERTEX_BASE_URL.")
-    api_version: str | None = None
-    timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False, description="Per-attempt timeout (seconds).")
-    retry: RetryConfig = RetryConfig()
-    embed_batch_size: int = Field(default=100, ge=1, le=250, description="Texts per embedding request (at most "
-                                  "100 on the Developer API, 250 on Vertex AI).")
-    trust_env: bool | None = Field(
-        default=None,
-        description="Whether async requests read proxy settings and netrc from the environment on every request "
-                    "(true), never (false), or only where some are set when an event loop makes its first call "
-                    "(null). Developer API only: Vertex AI always uses the SDK's own session.")
-
-    @field_validator("embed_batch_size")
-    @classmethod
-    def _batch_fits(cls, value: int, info: ValidationInfo) -> int:
-        # The Developer API answers a batchEmbedContents of more than 100 texts with 400 INVALID_ARGUMENT: every
-        # ingest would fail at its first batch.
-        if value > _DEVELOPER_EMBED_BATCH and info.data.get("vertex") is None:
-            raise ValueError(f"the Gemini Developer API embeds at most {_DEVELOPER_EMBED_BATCH} texts a request "
-                             "(Vertex AI: 250)")
-        return value
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _a_name(cls, value: str) -> str:
-        # The key pasted here instead of the variable's name would be printed by the "no API key: set ..." error.
-        if without_secrets(value) != value:
-            raise ValueError("holds what looks like an API key, not the name of an environment variable: "
-                             "put the key in that variable (or in api_key)")
-        return value
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        # Caught here, before anything is sent: the HTTP client would refuse it on every request, as a retryable
-        # transport error after the retries' waits.
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("must be an http:// or https:// URL with a host")
-        return value
 
 
 #: A deadline must undercut the client's server-side deadline (its ``X-Server-Timeout`` header) by more than this
@@ -514,7 +445,7 @@ class GeminiEngine(Engine):
                 cache = await self._call(self._aio().caches.create(model=model, config=cfg), seconds)
             except GenrouteError as exc:
                 span.set_attribute("error.type", type(exc).__name__)
-                span.set_status(trace.StatusCode.ERROR, str(exc))
+                span.set_status(trace.StatusCode.ERROR, type(exc).__name__)  # never the provider's message
                 raise
             if cache.name:
                 span.set_attribute("genroute.cache.name", cache.name)
