@@ -88,7 +88,7 @@ class Tool:
                     return await self.fn(**kwargs)
                 loop = asyncio.get_running_loop()
                 # The tool sees the caller's context variables (the current span, for instance).
-                call = functools.partial(contextvars.copy_context().run, functools.partial(self.fn, **kwargs))
+                call = functools.partial(contextvars.copy_context().run, _run_sync, self.fn, kwargs)
                 result = await loop.run_in_executor(executor, call)
                 if inspect.isawaitable(result):
                     # A sync wrapper around async code (a lambda, a decorator) hands back the awaitable.
@@ -98,6 +98,18 @@ class Tool:
             if timer.expired():  # else the tool raised a TimeoutError of its own: that is its error to report
                 raise ToolTimedOut(f"tool {self.name} did not finish within {timeout_s:.3g} s") from exc
             raise
+
+
+def _run_sync(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """Call a sync tool; a ``StopIteration`` it raises comes out as ``RuntimeError``, as from a coroutine (PEP 479).
+
+    asyncio cannot set ``StopIteration`` on a future: the call waiting for the thread would never wake, and
+    the tool would be reported as timed out (``next(...)`` on an empty iterator is an ordinary mistake).
+    """
+    try:
+        return fn(**kwargs)
+    except StopIteration as exc:
+        raise RuntimeError("tool raised StopIteration") from exc
 
 
 class ToolTimedOut(TimeoutError):

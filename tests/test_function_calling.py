@@ -423,6 +423,11 @@ async def _cancels() -> str:
     raise asyncio.CancelledError
 
 
+def _finds_nothing() -> str:
+    """``next`` on an empty iterator: a StopIteration, which asyncio cannot carry out of a thread."""
+    return next(iter([]))
+
+
 def _ratio() -> dict[str, float]:
     """Numbers JSON cannot hold."""
     return {"nan": float("nan"), "up": float("inf"), "down": float("-inf"), "ok": 0.5}
@@ -431,6 +436,7 @@ def _ratio() -> dict[str, float]:
 @pytest.mark.parametrize(("tool", "outcome", "error"), [
     (_exits, "error", "SystemExit: 3"),  # it ended the router's loop thread: every later call hung
     (_cancels, "error", "CancelledError: "),  # it failed the request as "the router was closed", cost 0
+    (_finds_nothing, "error", "RuntimeError: tool raised StopIteration"),  # it hung, then "timeout"
     (_ratio, "ok", None),
 ])
 async def test_a_tool_that_exits_cancels_or_returns_nan_goes_back_to_the_model(
