@@ -149,7 +149,7 @@ def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field
         model = create_model(  # type: ignore[call-overload]
             f"{name}_args", __config__=ConfigDict(extra="forbid"), **fields
         )
-        schema = inline_refs(model.model_json_schema())
+        schema = _finite_only(inline_refs(model.model_json_schema()))
     except Exception as exc:  # pydantic raises several kinds for unsupported annotations
         raise ConfigError(f"tool {name!r}: cannot build a JSON schema: {exc}", field=field) from None
     schema.pop("title", None)
@@ -188,6 +188,18 @@ def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
         return node
 
     return resolve(schema, ())
+
+
+def _finite_only(schema: Any) -> Any:
+    """``schema`` without the keys whose value is a float JSON cannot hold (``limit: float = math.inf`` gives a
+    ``"default": Infinity``, which a strict parser, such as Gemini's, refuses with the whole request); without its
+    default the parameter is still optional, and without an infinite bound it is unbounded, as meant."""
+    if isinstance(schema, dict):
+        return {key: _finite_only(value) for key, value in schema.items()
+                if not (isinstance(value, float) and not math.isfinite(value))}
+    if isinstance(schema, list):
+        return [_finite_only(item) for item in schema]
+    return schema
 
 
 def jsonable(value: Any) -> Any:

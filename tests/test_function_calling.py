@@ -456,6 +456,26 @@ async def test_a_tool_that_exits_cancels_or_returns_nan_goes_back_to_the_model(
             "output": {"nan": "NaN", "up": "Infinity", "down": "-Infinity", "ok": 0.5}}
 
 
+async def test_a_parameter_with_an_infinite_default_is_declared_in_strict_json(gemini_server: GeminiTestServer,
+                                                                                otel: Otel) -> None:
+    def search(query: str, max_price: float = float("inf"), min_score: float = float("-inf")) -> str:
+        """Search the catalogue."""
+        return f"{query} under {max_price}"
+
+    gemini_server.reply_function_call("search", {"query": "lamp"})
+    gemini_server.reply_text("done")
+    async with make_router(gemini_server, otel, {"search": search}, ["search"]) as router:
+        result = await router.agenerate("find a lamp")
+    # "default": Infinity in the declaration: a real server refuses every request as invalid JSON.
+    json.dumps(bodies(gemini_server)[0], allow_nan=False)
+    (tool,) = field_of(bodies(gemini_server)[0], "tools")
+    (declaration,) = field_of(tool, "functionDeclarations")
+    schema = field_of(declaration, "parametersJsonSchema")
+    assert schema["required"] == ["query"] and schema["properties"]["max_price"] == {"title": "Max Price",
+                                                                                     "type": "number"}
+    assert result.tool_calls[0].result == "lamp under inf"
+
+
 @pytest.mark.parametrize("name", ["", "get weather", "1st/tool", "t" * 65])
 def test_a_tool_name_a_model_would_refuse_is_a_config_error(name: str) -> None:
     with pytest.raises(ConfigError, match="tool name"):
