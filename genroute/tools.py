@@ -122,13 +122,14 @@ _TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,63}")
 
 def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field: str = "tools") -> Tool:
     """Describe ``fn`` as a ``Tool``; ``ConfigError`` naming ``field`` if its signature cannot be described."""
-    name = name if name is not None else getattr(fn, "__name__", None) or type(fn).__name__
+    inner = _inner(fn)
+    name = name if name is not None else getattr(inner, "__name__", None) or type(inner).__name__
     if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
         raise ConfigError(f"tool name {name!r} is not one a model accepts: a letter or _, then up to 63 letters, "
                           "digits, _ . : or -", field=field)
     try:
         signature = inspect.signature(fn)
-        target = fn if inspect.isroutine(fn) or inspect.isclass(fn) else type(fn).__call__
+        target = inner if inspect.isroutine(inner) or inspect.isclass(inner) else type(inner).__call__
         hints = typing.get_type_hints(target, include_extras=True)
     except (TypeError, ValueError, NameError) as exc:
         raise ConfigError(f"cannot read the signature of tool {name!r}: {exc}", field=field) from None
@@ -153,9 +154,29 @@ def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field
     except Exception as exc:  # pydantic raises several kinds for unsupported annotations
         raise ConfigError(f"tool {name!r}: cannot build a JSON schema: {exc}", field=field) from None
     schema.pop("title", None)
-    description = inspect.cleandoc(inspect.getdoc(fn) or "").split("\n\n")[0].strip()
+    description = inspect.cleandoc(_own_doc(inner) or "").split("\n\n")[0].strip()
+    marked = (getattr(f, SIDE_EFFECT_FREE, False) for f in (fn, inner, getattr(inner, "__call__", None)))
     return Tool(name=name, description=description, fn=fn, schema=schema, args_model=model,
-                side_effect_free=bool(getattr(fn, SIDE_EFFECT_FREE, False)))
+                side_effect_free=any(marked))
+
+
+def _inner(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What a ``functools.partial`` calls (its type hints and docstring describe the tool, not functools')."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
+def _own_doc(fn: Callable[..., Any]) -> str | None:
+    """``fn``'s docstring; a class's or callable object's own (else its ``__call__``'s), never one inherited from
+    a base class (a pydantic model without a docstring would be described as pydantic's ``BaseModel``)."""
+    if inspect.isroutine(fn):
+        return inspect.getdoc(fn)
+    cls = fn if inspect.isclass(fn) else type(fn)
+    own = vars(cls).get("__doc__")
+    if own is None and not inspect.isclass(fn):
+        return inspect.getdoc(cls.__call__)
+    return own if isinstance(own, str) else None
 
 
 #: The attribute ``side_effect_free`` sets on a tool callable.

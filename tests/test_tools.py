@@ -155,6 +155,41 @@ def test_callable_object_and_explicit_name() -> None:
     assert tool.schema["properties"]["key"]["enum"] == ["a", "b"]
 
 
+def test_a_partial_is_described_by_the_function_it_calls() -> None:
+    from functools import partial
+
+    import genroute
+
+    @genroute.side_effect_free
+    def convert(amount: int, to: str, rounding: int = 2) -> str:
+        """Convert an amount."""
+        return f"{amount} {to}"
+
+    tool = tool_from_callable(partial(convert, rounding=0))
+    # Before: functools' own docstring as the description, no types (so "7" reached the tool as a string),
+    # a tool named "partial", and the side-effect-free mark unseen.
+    assert (tool.name, tool.description, tool.side_effect_free) == ("convert", "Convert an amount.", True)
+    assert tool.schema["properties"]["amount"]["type"] == "integer"
+    assert tool.validate({"amount": "7", "to": "EUR"}) == {"amount": 7, "to": "EUR", "rounding": 0}
+
+
+def test_descriptions_are_a_tools_own_docstring() -> None:
+    import genroute
+
+    class Query(BaseModel):  # no docstring: not pydantic's BaseModel's
+        text: str
+
+    class Search:
+        @genroute.side_effect_free
+        def __call__(self, query: str) -> str:
+            """Search the index."""
+            return query
+
+    assert tool_from_callable(Query).description == ""
+    tool = tool_from_callable(Search(), name="search")
+    assert (tool.description, tool.side_effect_free) == ("Search the index.", True)
+
+
 def test_untyped_parameter_accepts_anything() -> None:
     def echo(value):  # noqa: ANN001, ANN202 - deliberately untyped
         return value
