@@ -295,4 +295,7 @@ def import_object(target: str, *, field: str) -> Any:
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot import {target!r}: {exc}", field=field) from None
+    except (Exception, SystemExit) as exc:  # the module's own code failed (a SyntaxError, an error, an exit at
+        # import) or the path is relative: a config mistake all the same; the chain keeps the module's traceback
+        raise ConfigError(f"cannot import {target!r}: {type(exc).__name__}: {exc}", field=field) from exc
     return obj

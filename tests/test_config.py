@@ -75,6 +75,24 @@ def test_config_errors_name_the_field(gemini_server, mutate, field):
     assert gemini_server.requests == []
 
 
+@pytest.mark.parametrize(("source", "target", "raised"), [
+    ("def lookup(:\n", "{m}:lookup", "SyntaxError"),
+    ("raise RuntimeError('no database configured')\n", "{m}:lookup", "RuntimeError: no database configured"),
+    ("import sys\nsys.exit(2)\n", "{m}:lookup", "SystemExit: 2"),  # it ended the process
+    ("", "..{m}:lookup", "TypeError"),  # a relative module path
+])
+def test_a_tool_module_that_fails_to_import_is_a_config_error(gemini_server, tmp_path, monkeypatch, source, target,
+                                                              raised):
+    module = f"tool_module_{tmp_path.name}"  # one per case: a module imported once stays in sys.modules
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(tmp_path)
+    config = gemini_config(gemini_server, kind="function_calling", tools=["lookup"])
+    config["tools"] = {"lookup": target.format(m=module)}
+    error = _error(config)
+    assert error.field == "tools.lookup" and raised in error.message
+    assert gemini_server.requests == []
+
+
 @pytest.mark.parametrize("source", [None, 42, ["x"]])
 def test_a_source_of_the_wrong_type_is_a_usage_error(source):
     with pytest.raises(UsageError) as info:
