@@ -224,17 +224,31 @@ def _finite_only(schema: Any) -> Any:
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` as JSON-compatible data (pydantic models, dataclasses, dates...), else its ``str``; floats that
-    JSON cannot hold (NaN, infinities) as their names (``"NaN"``, ``"Infinity"``), as a strict parser would
-    refuse the whole request otherwise."""
+    """``value`` as JSON-compatible data (pydantic models, dataclasses, dates...), a part of it that is none of
+    these as its ``str``, or when it cannot be converted at all (a cycle), its ``str`` whole; floats that JSON cannot
+    hold (NaN, infinities) as their names (``"NaN"``, ``"Infinity"``), as a strict parser would refuse the whole
+    request otherwise. Never raises."""
     try:
-        data = to_jsonable_python(value)
+        data = to_jsonable_python(value, fallback=readable)
     except Exception:  # a tool may return anything; the model only needs something readable
-        return str(value)
+        return readable(value)
     try:
         return _finite(data)
     except RecursionError:  # nested deeper than Python recurses: readable is enough
+        return readable(value)
+
+
+def failure_text(exc: BaseException) -> str:
+    """What a model is told of a tool's exception: its type and message (even one whose ``str`` raises)."""
+    return f"{type(exc).__name__}: {readable(exc)}"
+
+
+def readable(value: Any) -> str:
+    """``str(value)``, or a placeholder naming its type when that raises (or recurses without end)."""
+    try:
         return str(value)
+    except Exception:  # noqa: BLE001 - a tool's value or exception may be anything
+        return f"<{type(value).__name__} that cannot be shown>"
 
 
 def _finite(data: Any) -> Any:

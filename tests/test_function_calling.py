@@ -428,6 +428,23 @@ def _finds_nothing() -> str:
     return next(iter([]))
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+    __repr__ = __str__
+
+
+def _raises_unprintable() -> str:
+    """Raises an exception that cannot be shown."""
+    raise _Unprintable
+
+
+def _returns_unprintable() -> dict[str, Any]:
+    """Returns a value that cannot be shown."""
+    return {"found": [_Unprintable()]}
+
+
 def _ratio() -> dict[str, float]:
     """Numbers JSON cannot hold."""
     return {"nan": float("nan"), "up": float("inf"), "down": float("-inf"), "ok": 0.5}
@@ -437,9 +454,12 @@ def _ratio() -> dict[str, float]:
     (_exits, "error", "SystemExit: 3"),  # it ended the router's loop thread: every later call hung
     (_cancels, "error", "CancelledError: "),  # it failed the request as "the router was closed", cost 0
     (_finds_nothing, "error", "RuntimeError: tool raised StopIteration"),  # it hung, then "timeout"
+    # Both failed the request with the ValueError their str() raised.
+    (_raises_unprintable, "error", "_Unprintable: <_Unprintable that cannot be shown>"),
+    (_returns_unprintable, "ok", None),
     (_ratio, "ok", None),
 ])
-async def test_a_tool_that_exits_cancels_or_returns_nan_goes_back_to_the_model(
+async def test_a_tool_that_misbehaves_goes_back_to_the_model(
         gemini_server: GeminiTestServer, otel: Otel, tool: Any, outcome: str, error: str | None) -> None:
     gemini_server.reply_parts([{"functionCall": {"name": "tool", "args": {}}}])
     gemini_server.reply_text("done")
@@ -451,6 +471,8 @@ async def test_a_tool_that_exits_cancels_or_returns_nan_goes_back_to_the_model(
     (call,) = result.tool_calls
     assert call.outcome == outcome and call.error == error
     json.dumps(bodies(gemini_server)[1], allow_nan=False)  # strict JSON, as a real server parses it
+    if tool is _returns_unprintable:
+        assert call.result == {"found": ["<_Unprintable that cannot be shown>"]}
     if tool is _ratio:
         assert function_responses(bodies(gemini_server)[1])[0]["response"] == {
             "output": {"nan": "NaN", "up": "Infinity", "down": "-Infinity", "ok": 0.5}}

@@ -220,6 +220,14 @@ def test_jsonable() -> None:
     assert jsonable(date(2026, 1, 1)) == "2026-01-01"
     assert jsonable(object()).startswith("<object object")
 
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque"
+
+    # One value pydantic cannot convert made the whole result its Python repr.
+    assert jsonable({"when": date(2026, 1, 1), "who": [Address(street="s", city="c"), Opaque()]}) == {
+        "when": "2026-01-01", "who": [{"street": "s", "city": "c"}, "opaque"]}
+
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

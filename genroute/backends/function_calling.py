@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 from genroute.backends.base import Backend, BackendConfig, BackendOutput, finish_reason, user_content
 from genroute.errors import BackendError, ConfigError, ToolLoopExceeded
 from genroute.runtime.deadlines import deadline_at
-from genroute.tools import InvalidToolArgs, Tool, ToolTimedOut, jsonable, tool_from_callable
+from genroute.tools import InvalidToolArgs, Tool, ToolTimedOut, failure_text, jsonable, tool_from_callable
 from genroute.types import GenerateRequest, ToolCall
 
 if TYPE_CHECKING:
@@ -336,10 +336,10 @@ class FunctionCallingBackend(Backend):
             task = asyncio.current_task()
             if task is None or task.cancelling():  # the request is being cancelled: let it go
                 raise
-            return done("error", type(exc).__qualname__, error=f"{type(exc).__name__}: {exc}")  # the tool's own
+            return done("error", type(exc).__qualname__, error=failure_text(exc))  # the tool's own
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a failing tool is reported to the model:
             # even one that exits, which would otherwise end the router's loop thread and hang every caller
-            return done("error", type(exc).__qualname__, error=f"{type(exc).__name__}: {exc}")
+            return done("error", type(exc).__qualname__, error=failure_text(exc))
         return done("ok", result=jsonable(result))
 
 
