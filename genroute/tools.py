@@ -118,15 +118,20 @@ class ToolTimedOut(TimeoutError):
 
 #: What a function declaration's name may be (Gemini's rule): a letter or underscore, then up to 63 more.
 _TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,63}")
+TOOL_NAME_RULE = "a letter or _, then up to 63 letters, digits, _ . : or -"
+
+
+def is_tool_name(name: Any) -> bool:
+    """Whether ``name`` is one a model accepts for a function (Gemini's rule)."""
+    return isinstance(name, str) and _TOOL_NAME.fullmatch(name) is not None
 
 
 def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field: str = "tools") -> Tool:
     """Describe ``fn`` as a ``Tool``; ``ConfigError`` naming ``field`` if its signature cannot be described."""
     inner = _inner(fn)
     name = name if name is not None else getattr(inner, "__name__", None) or type(inner).__name__
-    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
-        raise ConfigError(f"tool name {name!r} is not one a model accepts: a letter or _, then up to 63 letters, "
-                          "digits, _ . : or -", field=field)
+    if not is_tool_name(name):
+        raise ConfigError(f"tool name {name!r} is not one a model accepts: {TOOL_NAME_RULE}", field=field)
     try:
         signature = inspect.signature(fn)
         target = inner if inspect.isroutine(inner) or inspect.isclass(inner) else type(inner).__call__

@@ -596,6 +596,31 @@ def test_cli_runs_function_calling_records_with_their_own_tools(gemini_server: G
         "array-1": {"type": "array", "items": {"type": "integer"}}, "alpha": {"type": "number"}}}
 
 
+@pytest.mark.parametrize(("tools", "field"), [
+    ([{"name": "my search"}], "metadata.tools[0].name"),  # a name Gemini refuses
+    ([{"name": "geo.find"}, {"name": "geo_find", "description": "other"}], "metadata.tools[1].name"),
+    ([{"name": "find", "parameters": ["query"]}], "metadata.tools[0].parameters"),
+])
+def test_a_record_tool_the_model_cannot_take_fails_its_row_naming_it(gemini_server: GeminiTestServer,
+                                                                     tmp_path: Path, tools: list, field: str) -> None:
+    data = tmp_path / "bfcl.jsonl"
+    data.write_text(json.dumps({"input": "Find cafes.", "output": "", "metadata": {
+        "id": "r1", "tools": tools, "possible_answer": [{"find": {"query": ["cafes"]}}]}}) + "\n")
+    cfg = config(gemini_server)
+    cfg["tools"] = {"placeholder": "genroute.bench.record_tools:placeholder"}
+    cfg["backends"]["fc"] = {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-flash",
+                             "tools": ["placeholder"], "max_steps": 1, "on_max_steps": "answer"}
+    (tmp_path / "genroute.yaml").write_text(yaml.safe_dump(cfg))
+    argv = [str(data), "--config", str(tmp_path / "genroute.yaml"), "--backends", "fc,cheap",
+            "--out", str(tmp_path / "out"), "--quiet", "--no-compile"]
+    assert bench_main(argv) == 0
+    rows = {r["backend"]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
+    # The row blamed the backend's config (backends.fc.tools), or the model got what it cannot take.
+    assert rows["fc"]["error_type"] == "UsageError" and rows["fc"]["error"].startswith(f"{field}: record r1: ")
+    assert rows["cheap"]["ok"]  # a backend that takes no tools answers the record
+    assert [r.model for r in gemini_server.requests] == ["models/gemini-2.5-flash-lite"]  # nothing sent for fc
+
+
 def test_cli_report_has_the_graduation_advisor(server: GeminiTestServer, tmp_path: Path) -> None:
     from genroute.knowledge import aload_examples
 

@@ -7,7 +7,9 @@ declaration as written, every call it makes is recorded in the result's ``tool_c
 ``function_call`` scorer compares with the gold calls), and the stub answers ``{"status": "ok"}`` without
 checking the arguments — judging them is the scorer's job. Configure such a backend with ``max_steps: 1``
 and ``on_max_steps: answer`` to score the first turn's calls, as BFCL does; its configured ``tools`` are
-placeholders (any tool will do, e.g. ``genroute.bench.record_tools:placeholder``).
+placeholders (any tool will do, e.g. ``genroute.bench.record_tools:placeholder``). A declaration the model
+could not be given (a name it refuses, two names that become one, parameters that are no object) fails its
+record's row with a ``UsageError`` naming ``metadata.tools[i]``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ConfigDict, create_model
 
 from genroute.errors import UsageError
-from genroute.tools import Tool
+from genroute.tools import TOOL_NAME_RULE, Tool, is_tool_name
 
 if TYPE_CHECKING:
     from genroute.backends.base import Backend
@@ -41,10 +43,28 @@ def declarations(record: BenchRecord) -> list[dict[str, Any]] | None:
     tools = record.metadata.get("tools")
     if not isinstance(tools, list) or not tools or not all(isinstance(t, dict) for t in tools):
         return None
+    seen: dict[str, Mapping[str, Any]] = {}
     for i, decl in enumerate(tools):
-        if not isinstance(decl.get("name"), str) or not decl["name"]:
-            raise UsageError(f"record {record.id}: tool declaration {i} has no name", field=f"metadata.tools[{i}]")
+        _check(record, i, decl, seen)
     return tools
+
+
+def _check(record: BenchRecord, i: int, decl: Mapping[str, Any], seen: dict[str, Mapping[str, Any]]) -> None:
+    """``UsageError`` naming ``metadata.tools[i]`` if the model could not be given declaration ``decl``; checked
+    here, so that the record is named, not the backend whose placeholder tool it replaces."""
+    name = decl.get("name")
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"record {record.id}: tool declaration {i} has no name", field=f"metadata.tools[{i}]")
+    if not is_tool_name(tool_name(name)):
+        raise UsageError(f"record {record.id}: tool name {name!r} is not one a model accepts: {TOOL_NAME_RULE}",
+                         field=f"metadata.tools[{i}].name")
+    first = seen.setdefault(tool_name(name), decl)
+    if first != decl:  # the model could see and call only one of them
+        raise UsageError(f"record {record.id}: tools {first['name']!r} and {name!r} are both declared as "
+                         f"{tool_name(name)!r}", field=f"metadata.tools[{i}].name")
+    if not isinstance(decl.get("parameters") or {}, Mapping):
+        raise UsageError(f"record {record.id}: the parameters of tool {name!r} are not a JSON schema object",
+                         field=f"metadata.tools[{i}].parameters")
 
 
 def json_schema(node: Any) -> Any:
@@ -93,9 +113,9 @@ async def answering_router(router: Router, record: BenchRecord, target: str,
     That router is ``router.replacing(...)``: the same policy, validators, telemetry, engines, knowledge store
     and pricing, nothing rebuilt per record. The swapped-in backends close on exit.
     """
-    decls = declarations(record)
     calling = [n for n, b in router.backends.items() if getattr(b, "kind", None) == "function_calling"]
     swap = calling if target == policy_target else [n for n in calling if n == target]
+    decls = declarations(record) if swap else None  # a backend that takes no tools answers any record
     if decls is None or not swap:
         yield router
         return
