@@ -38,7 +38,7 @@ def _builders() -> dict[str, Callable[[], Any]]:
 
     usage = Usage(input_tokens=3, output_tokens=4)
     rung = dict(backend="chat", outcome="ok", error_type=None, error=None, latency_s=0.1, cost_usd=1e-6,
-                usage=usage, cost_estimated=False)
+                usage=usage, cost_estimated=False, tool_calls=())
     attempt = RungAttempt(**rung)
     record = dict(policy="static", reason="static backend 'chat'", rungs_tried=(attempt,), shadow=())
     result = dict(text="hi", backend="chat", model="gemini-2.5-flash", usage=usage, cost_usd=1e-6,

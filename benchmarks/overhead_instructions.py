@@ -184,7 +184,7 @@ class Floor:
                 call.end()
             attempt = self.attempt(backend="chat", outcome="ok", error_type=None, error=None,
                                    latency_s=time.perf_counter() - rung_start, cost_usd=cost, usage=usage,
-                                   cost_estimated=False)
+                                   cost_estimated=False, tool_calls=())
             root.set_attributes({"genroute.backend": "chat", "genroute.rungs_tried": 1,
                                  "gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD"})
             context = root.get_span_context()

@@ -171,6 +171,8 @@ class RungAttempt(_Frozen):
     usage: Usage = Usage()
     cost_estimated: bool = Field(default=False, description="Part of the cost is genroute's estimate, not "
                                  "the provider's final usage (a call timed out, was cancelled or cut short).")
+    tool_calls: tuple[ToolCall, ...] = Field(default=(), description="Tool calls a failed rung made before it "
+                                             "failed (their side effects happened even if another rung answered).")
 
 
 class DecisionRecord(_Frozen):

@@ -25,7 +25,7 @@ def _same(built: BaseModel, validated: BaseModel) -> None:
 def test_built_equals_validated_for_every_result_model() -> None:
     usage = Usage(input_tokens=3, output_tokens=5, thinking_tokens=1)
     rung = dict(backend="chat", outcome="ok", error_type=None, error=None, latency_s=0.25, cost_usd=1e-6,
-                usage=usage, cost_estimated=False)
+                usage=usage, cost_estimated=False, tool_calls=(ToolCall(name="book", args={"room": "A"}),))
     _same(builder(RungAttempt)(**rung), RungAttempt(**rung))
     attempt = RungAttempt(**rung)
     decision = dict(policy="static", reason="static backend 'chat'", rungs_tried=(attempt,), shadow=("b",))

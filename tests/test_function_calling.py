@@ -552,3 +552,29 @@ async def test_a_python_tool_takes_the_place_of_the_config_tool_of_its_name(gemi
     with pytest.raises(ConfigError) as caught:  # without the Python tool the path is imported, and fails
         Router.from_config(config)
     assert caught.value.field == "tools.get_weather"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
+async def test_a_rung_that_failed_after_tools_ran_lists_them_when_another_answers(
+        gemini_server: GeminiTestServer, otel: Otel, stream: bool) -> None:
+    def book(room: str) -> str:
+        """Books a room (a side effect)."""
+        gemini_server.fault(Fault.status(503), times=3)  # every attempt of the model call after the tool fails
+        return "booked"
+
+    gemini_server.reply_function_call("book", {"room": "A"})
+    gemini_server.reply_text("Sorry, try later.")
+    config = gemini_config(gemini_server, kind="function_calling", tools=["book"])
+    config["backends"]["plain"] = {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}
+    config["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat"}, {"backend": "plain"}]}
+    async with Router.from_config(config, tools={"book": book}, **otel.providers) as router:
+        if stream:
+            chunks = [chunk async for chunk in router.astream("Book room A")]
+            result = chunks[-1].result
+        else:
+            result = await router.agenerate("Book room A")
+    assert result.backend == "plain" and result.tool_calls == ()  # the answering rung called nothing
+    # Before, nothing in the result said that room A was booked.
+    failed, answered = result.decision.rungs_tried
+    assert failed.outcome == "error" and [(c.name, c.outcome) for c in failed.tool_calls] == [("book", "ok")]
+    assert answered.tool_calls == ()

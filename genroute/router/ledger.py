@@ -58,7 +58,8 @@ class Ledger:
         error_type = None if error is None else type(error).__name__
         attempt = _attempt(backend=backend, outcome=outcome, error_type=error_type,
                            error=None if error is None else str(error), latency_s=latency_s,
-                           cost_usd=float(ctx.cost_usd), usage=ctx.usage, cost_estimated=ctx.cost_estimated)
+                           cost_usd=float(ctx.cost_usd), usage=ctx.usage, cost_estimated=ctx.cost_estimated,
+                           tool_calls=() if error is None else tuple(getattr(error, "tool_calls", ())))
         if error is not None or self.attempts:
             event: dict[str, Any] = {
                 "genroute.rung.index": index, "genroute.backend": backend, "genroute.rung.outcome": outcome,
