@@ -393,6 +393,28 @@ async def test_huge_tool_results_reach_the_model_cut_short(gemini_server: Gemini
     assert isinstance(sent, str) and len(sent) < 600 and sent.endswith("more characters]")
 
 
+async def test_huge_tool_errors_reach_the_model_cut_short(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    def fetch(url: str) -> str:
+        """Fails with a whole error page."""
+        raise RuntimeError("HTTP 500: <html>" + "x" * 100_000)
+
+    def total(values: list[int]) -> int:
+        """Sums integers."""
+        return sum(values)
+
+    gemini_server.reply_parts([{"functionCall": {"name": "fetch", "args": {"url": "u"}}},
+                               {"functionCall": {"name": "total", "args": {"values": ["a"] * 5_000}}}])
+    gemini_server.reply_text("ok")
+    async with make_router(gemini_server, otel, {"fetch": fetch, "total": total}, ["fetch", "total"],
+                           max_result_chars=500) as router:
+        result = await router.agenerate("go")
+    assert [len(c.error) > 100_000 for c in result.tool_calls] == [True, True]  # the caller gets everything
+    # Before, both went to the model whole: 600 KB in the next request.
+    for response in function_responses(bodies(gemini_server)[1]):
+        sent = response["response"]["error"]
+        assert len(sent) < 600 and sent.endswith("more characters]")
+
+
 async def test_max_parallel_bounds_concurrent_calls(gemini_server: GeminiTestServer, otel: Otel) -> None:
     running = peak = 0
 

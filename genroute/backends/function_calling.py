@@ -78,7 +78,7 @@ class FunctionCallingConfig(BackendConfig):
         "for sync tools (shared by concurrent requests; waiting for a thread counts against a call's timeout).",
     )
     max_result_chars: int = Field(
-        default=20_000, gt=0, description="Longer tool results reach the model cut short (JSON text)."
+        default=20_000, gt=0, description="Longer tool results (JSON text) and errors reach the model cut short."
     )
     on_max_steps: Literal["raise", "answer"] = Field(
         default="raise",
@@ -303,7 +303,7 @@ class FunctionCallingBackend(Backend):
         if record.outcome == "ok":
             payload = {"output": _bounded(record.result, self.config.max_result_chars)}
         else:
-            payload = {"error": record.error}
+            payload = {"error": _cut(record.error or "", self.config.max_result_chars)}
         part = types.Part(function_response=types.FunctionResponse(id=call.id, name=name, response=payload))
         return record, part
 
@@ -388,9 +388,12 @@ def _bounded(result: Any, limit: int) -> Any:
     """``result``, or its JSON text cut to ``limit`` characters: one huge tool answer must not flood the
     model's context (and the bill); the caller still gets the whole result in ``tool_calls``."""
     text = _dumps(result)
-    if len(text) <= limit:
-        return result
-    return f"{text[:limit]}... [truncated: {len(text) - limit} more characters]"
+    return result if len(text) <= limit else _cut(text, limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how many more there were (an error, as long as any result)."""
+    return text if len(text) <= limit else f"{text[:limit]}... [truncated: {len(text) - limit} more characters]"
 
 
 def _dumps(value: Any) -> str:
