@@ -14,6 +14,7 @@ import inspect
 import math
 import re
 import typing
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -152,9 +153,13 @@ def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (annotation, default)
     try:
-        model = create_model(  # type: ignore[call-overload]
-            f"{name}_args", __config__=ConfigDict(extra="forbid"), **fields
-        )
+        with warnings.catch_warnings():
+            # A parameter named like a BaseModel method (schema, json, copy, validate) works as a field; pydantic's
+            # warning would name a model the user never wrote.
+            warnings.filterwarnings("ignore", "Field name .* shadows an attribute", UserWarning)
+            model = create_model(  # type: ignore[call-overload]
+                f"{name}_args", __config__=ConfigDict(extra="forbid"), **fields
+            )
         schema = _finite_only(inline_refs(model.model_json_schema()))
     except Exception as exc:  # pydantic raises several kinds for unsupported annotations
         raise ConfigError(f"tool {name!r}: cannot build a JSON schema: {exc}", field=field) from None

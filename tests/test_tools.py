@@ -190,6 +190,19 @@ def test_descriptions_are_a_tools_own_docstring() -> None:
     assert (tool.description, tool.side_effect_free) == ("Search the index.", True)
 
 
+def test_a_parameter_named_like_a_pydantic_method_is_a_plain_argument() -> None:
+    import warnings
+
+    def export(schema: str, copy: bool = False, validate: bool = True) -> str:
+        """Export a schema."""
+        return schema
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydantic warned that "export_args" shadows BaseModel attributes
+        tool = tool_from_callable(export)
+    assert tool.validate({"schema": "public", "copy": True}) == {"schema": "public", "copy": True, "validate": True}
+
+
 def test_untyped_parameter_accepts_anything() -> None:
     def echo(value):  # noqa: ANN001, ANN202 - deliberately untyped
         return value
