@@ -237,14 +237,12 @@ def jsonable(value: Any) -> Any:
     """``value`` as JSON-compatible data (pydantic models, dataclasses, dates...), a part of it that is none of
     these as its ``str``, or when it cannot be converted at all (a cycle), its ``str`` whole; floats that JSON cannot
     hold (NaN, infinities) as their names (``"NaN"``, ``"Infinity"``), as a strict parser would refuse the whole
-    request otherwise. Never raises."""
+    request otherwise, and lone surrogates (text decoded with ``surrogateescape``) as U+FFFD, which no UTF-8
+    encoder (a provider's, an OTLP exporter's) takes. Never raises."""
     try:
-        data = to_jsonable_python(value, fallback=readable)
-    except Exception:  # a tool may return anything; the model only needs something readable
-        return readable(value)
-    try:
-        return _finite(data)
-    except RecursionError:  # nested deeper than Python recurses: readable is enough
+        # Plain containers cleaned first: pydantic refuses a lone surrogate, and the whole value would be its str.
+        return _sendable(to_jsonable_python(_sendable(value), fallback=readable))
+    except Exception:  # a tool may return anything (a cycle, nesting deeper than Python recurses): readable is enough
         return readable(value)
 
 
@@ -254,18 +252,28 @@ def failure_text(exc: BaseException) -> str:
 
 
 def readable(value: Any) -> str:
-    """``str(value)``, or a placeholder naming its type when that raises (or recurses without end)."""
+    """``str(value)`` as UTF-8-encodable text, or a placeholder naming its type when ``str`` raises (or recurses
+    without end)."""
     try:
-        return str(value)
+        return _valid_text(str(value))
     except Exception:  # noqa: BLE001 - a tool's value or exception may be anything
         return f"<{type(value).__name__} that cannot be shown>"
 
 
-def _finite(data: Any) -> Any:
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_text(text: str) -> str:
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
+def _sendable(data: Any) -> Any:
+    if isinstance(data, str):
+        return _valid_text(data)
     if isinstance(data, float):
         return data if math.isfinite(data) else ("NaN" if data != data else "Infinity" if data > 0 else "-Infinity")
     if isinstance(data, dict):
-        return {key: _finite(item) for key, item in data.items()}
-    if isinstance(data, list):
-        return [_finite(item) for item in data]
+        return {_valid_text(key) if isinstance(key, str) else key: _sendable(item) for key, item in data.items()}
+    if isinstance(data, list | tuple):
+        return [_sendable(item) for item in data]
     return data

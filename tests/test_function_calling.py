@@ -467,6 +467,11 @@ def _returns_unprintable() -> dict[str, Any]:
     return {"found": [_Unprintable()]}
 
 
+def _reads_undecodable() -> dict[str, str]:
+    """Reads Latin-1 bytes as UTF-8, as ``open(..., errors="surrogateescape")`` does."""
+    return {"menu": b"caf\xe9 au lait".decode("utf-8", errors="surrogateescape")}
+
+
 def _ratio() -> dict[str, float]:
     """Numbers JSON cannot hold."""
     return {"nan": float("nan"), "up": float("inf"), "down": float("-inf"), "ok": 0.5}
@@ -479,6 +484,8 @@ def _ratio() -> dict[str, float]:
     # Both failed the request with the ValueError their str() raised.
     (_raises_unprintable, "error", "_Unprintable: <_Unprintable that cannot be shown>"),
     (_returns_unprintable, "ok", None),
+    # A lone surrogate in the next request, which no UTF-8 encoder takes.
+    (_reads_undecodable, "ok", None),
     (_ratio, "ok", None),
 ])
 async def test_a_tool_that_misbehaves_goes_back_to_the_model(
@@ -492,7 +499,10 @@ async def test_a_tool_that_misbehaves_goes_back_to_the_model(
     assert result.text == "done" and result.cost_usd > 0
     (call,) = result.tool_calls
     assert call.outcome == outcome and call.error == error
-    json.dumps(bodies(gemini_server)[1], allow_nan=False)  # strict JSON, as a real server parses it
+    # Strict JSON of valid Unicode, as a real server parses it.
+    json.dumps(bodies(gemini_server)[1], allow_nan=False, ensure_ascii=False).encode("utf-8")
+    if tool is _reads_undecodable:
+        assert call.result == {"menu": "caf\ufffd au lait"}
     if tool is _returns_unprintable:
         assert call.result == {"found": ["<_Unprintable that cannot be shown>"]}
     if tool is _ratio:

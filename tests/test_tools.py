@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from genroute.errors import ConfigError
-from genroute.tools import InvalidToolArgs, inline_refs, jsonable, tool_from_callable
+from genroute.tools import InvalidToolArgs, inline_refs, jsonable, readable, tool_from_callable
 
 
 class Unit(str, Enum):
@@ -237,6 +237,9 @@ def test_jsonable() -> None:
         def __str__(self) -> str:
             return "opaque"
 
+    # Text decoded with surrogateescape: no UTF-8 encoder (a provider's, an OTLP exporter's) takes it.
+    assert jsonable({"caf\udce9": ["caf\udce9", ("x\udce9",)]}) == {"caf\ufffd": ["caf\ufffd", ["x\ufffd"]]}
+    assert readable(RuntimeError("caf\udce9")) == "caf\ufffd"
     # One value pydantic cannot convert made the whole result its Python repr.
     assert jsonable({"when": date(2026, 1, 1), "who": [Address(street="s", city="c"), Opaque()]}) == {
         "when": "2026-01-01", "who": [{"street": "s", "city": "c"}, "opaque"]}
