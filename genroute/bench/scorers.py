@@ -40,9 +40,26 @@ def normalize(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
-def _label_normalize(text: str) -> str:
-    # Labels such as card_arrival: "card arrival" names the label, so "_" counts as a space here.
-    return normalize(text.replace("_", " "))
+#: Sentence punctuation around a label ("Positive.", "(A)", "**B**"): read as spaces. Signs and symbols are kept,
+#: since they tell labels apart ("+1" / "-1", "C++" / "C#", "4.5" / "45" once "." is a space, emoji).
+_LABEL_PUNCTUATION = str.maketrans({**{c: " " for c in ".,;:!?()[]{}<>*`\"“”«»"}, "'": None, "’": None})
+_ARTICLE_WORDS = frozenset({"a", "an", "the"})
+
+
+def _label_key(text: str) -> str:
+    """How a mention of a label is compared: case-folded, sentence punctuation as spaces, runs of whitespace."""
+    return " ".join(text.casefold().translate(_LABEL_PUNCTUATION).split())
+
+
+def _same_label(answer: str, label: str) -> bool:
+    """Whether the answer is the label: ``_label_key``s equal, "_" counting as a space ("card arrival" names
+    card_arrival), or equal once articles are dropped ("Beatles" names "The Beatles"). A label that is only an
+    article ("A", an answer letter) is compared as it is, never dropped to nothing."""
+    got, gold = (_label_key(t.replace("_", " ")).split() for t in (answer, label))
+    if got == gold:
+        return True
+    gold_words = [w for w in gold if w not in _ARTICLE_WORDS]
+    return bool(gold_words) and [w for w in got if w not in _ARTICLE_WORDS] == gold_words
 
 
 def _golds(record: BenchRecord) -> list[str]:
@@ -79,21 +96,19 @@ def token_f1(record: BenchRecord, result: GenerateResult) -> float:
 def label_accuracy(record: BenchRecord, result: GenerateResult) -> float:
     """1 if the answer is the label, or names it and no other label of ``metadata.label_set``."""
     label = record.label if record.label is not None else record.output
-    if not _label_normalize(label):
+    if not label.strip():
         return 0.0
-    if _label_normalize(result.text) == _label_normalize(label):
+    if _same_label(result.text, label):
         return 1.0
     # Mentions keep "_" as a word character, so "card_arrival_date" does not mention "card_arrival".
-    answer, gold = _light(result.text), _light(label)
-    if not _mentions(answer, gold):
+    answer, gold = _label_key(result.text), _label_key(label)
+    # "a" in prose is an article: only the label as written ("Answer: A") names such a label.
+    named = _mentions(result.text, label.strip()) if gold in _ARTICLE_WORDS else _mentions(answer, gold)
+    if not gold or not named:
         return 0.0
-    others = [_light(str(x)) for x in record.metadata.get("label_set") or () if _light(str(x)) != gold]
+    others = [_label_key(str(x)) for x in record.metadata.get("label_set") or () if _label_key(str(x)) != gold]
     # "positive, not negative" names two labels: ambiguous answers do not count.
     return float(not any(o and _mentions(answer, o) and o not in gold for o in others))
-
-
-def _light(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def _mentions(text: str, phrase: str) -> bool:
