@@ -855,6 +855,24 @@ def test_bad_bench_input_is_refused_before_any_call(server: GeminiTestServer, tm
     assert server.requests == []
 
 
+@pytest.mark.parametrize("scorer", [None, "label_accuracy", "exact", "regex"])
+def test_records_without_a_gold_answer_are_refused_before_any_call(server: GeminiTestServer, tmp_path: Path,
+                                                                   scorer: str | None) -> None:
+    """An unlabeled first record used to make the run token_f1 against empty outputs (0 for every backend), and
+    any scorer scored a record without a gold 0 (an empty regex pattern: 1), silently."""
+    labeled = [r.model_copy(update={"output": ""}) for r in records()]
+    data = [BenchRecord(id="u", input="The room was fine.", task="sentiment"), *labeled]
+    router = Router.from_config(config(server))
+    try:
+        with pytest.raises(UsageError) as err:
+            bench(router, data, backends=["cheap"], scorer=scorer, out_dir=tmp_path / "out", progress=False)
+    finally:
+        router.close()
+    assert err.value.field == "data" and "'u'" in err.value.message
+    assert (scorer or "label_accuracy") in err.value.message
+    assert server.requests == [] and not (tmp_path / "out" / "run.json").exists()
+
+
 @pytest.mark.parametrize(("name", "content"), [("binary.jsonl", b"\xff\xfe{}\n"), ("fake.jsonl.gz", b"not gzip")])
 def test_a_dataset_that_is_not_text_or_not_gzip_is_a_usage_error(tmp_path: Path, name: str, content: bytes) -> None:
     path = tmp_path / name

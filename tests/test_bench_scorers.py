@@ -140,6 +140,7 @@ def test_auto_scorer_follows_the_data() -> None:
     assert resolve_scorer(None, [rec("a", "a")]).name == "label_accuracy"
     assert resolve_scorer("auto", [rec("[]", possible_answer=[])]).name == "function_call"
     assert resolve_scorer(None, [rec("Paris")]).name == "token_f1"
+    assert resolve_scorer(None, [rec("Paris"), rec("", "positive")]).name == "label_accuracy"  # any record's label
 
 
 def length_scorer(record: BenchRecord, result: GenerateResult) -> float:

@@ -20,7 +20,7 @@ from genroute.bench.paired import (
 )
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
 from genroute.bench.runner import POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_targets
-from genroute.bench.scorers import resolve_scorer
+from genroute.bench.scorers import check_golds, resolve_scorer
 from genroute.bench.stats import PairedComparison
 from genroute.errors import UsageError
 from genroute.jsonl import output_dir
@@ -104,6 +104,7 @@ async def abench(
     source = str(data) if from_file else None
     out = output_dir(out_dir, field="out_dir")
     chosen = resolve_scorer(scorer, records)
+    check_golds(chosen, records)
     targets = [*backends, *([POLICY_TARGET] if policy else [])]
     check_targets(router, targets, chosen)
     manifest = RunManifest(

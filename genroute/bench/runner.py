@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genroute.bench.record_tools import answering_router
+from genroute.bench.scorers import check_golds
 from genroute.errors import GenrouteError, UsageError
 from genroute.types import GenerateRequest
 
@@ -218,6 +219,7 @@ async def arun_bench(
     if concurrency < 1:
         raise UsageError("concurrency must be >= 1", field="concurrency")
     check_targets(router, targets, scorer)
+    check_golds(scorer, records)
     log = ResultsLog(out_dir) if out_dir is not None else None
     fresh: dict[tuple[str, str], Outcome] = {}
     # Records outer, targets inner: a partial run has covered every target on the same records.

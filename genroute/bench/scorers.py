@@ -278,12 +278,12 @@ def resolve_scorer(spec: str | None, records: Sequence[BenchRecord] = ()) -> Sco
 
 
 def default_scorer(records: Sequence[BenchRecord]) -> str:
-    """The natural scorer for a dataset: labels → label_accuracy, gold calls → function_call, JSON frames →
-    frame_f1, else token_f1."""
+    """The natural scorer for a dataset: labels (on any record) → label_accuracy, gold calls → function_call,
+    JSON frames → frame_f1, else token_f1."""
     if not records:
         return "normalized_exact"
     first = records[0]
-    if first.label is not None:
+    if any(r.label is not None for r in records):  # not only the first: one unlabeled record must not decide
         return "label_accuracy"
     if "possible_answer" in first.metadata or "tools" in first.metadata:
         return "function_call"
@@ -295,3 +295,28 @@ def default_scorer(records: Sequence[BenchRecord]) -> str:
     except json.JSONDecodeError:
         pass
     return "token_f1"
+
+
+#: The built-in scorers that compare an answer with a gold one: where they read it, and what it is called.
+_GOLDS: dict[str, tuple[Callable[[BenchRecord], list[str]], str]] = {
+    "exact": (lambda r: [r.output], "output"),
+    "normalized_exact": (_golds, "output or metadata.answers"),
+    "token_f1": (_golds, "output or metadata.answers"),
+    "label_accuracy": (lambda r: [r.label if r.label is not None else r.output], "label, else output"),
+    "regex": (lambda r: [r.output], "output, the pattern"),
+}
+
+
+def check_golds(scorer: Scorer, records: Sequence[BenchRecord]) -> None:
+    """``UsageError`` naming ``data`` if ``scorer`` compares answers with a gold answer and a record has none: it
+    would score 0 on every backend, silently (an empty regex pattern would score 1)."""
+    gold = _GOLDS.get(scorer.name)
+    if gold is None:
+        return
+    read, where = gold
+    missing = [r.id for r in records if not any(g.strip() for g in read(r))]
+    if missing:
+        shown = ", ".join(repr(i) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise UsageError(f"{len(missing)} of {len(records)} records have no gold answer ({where}) for scorer "
+                         f"{scorer.name!r}: {shown}; give them one, leave them out or choose --scorer",
+                         field="data")
