@@ -257,6 +257,16 @@ def test_a_matrix_naming_no_candidate_is_refused(tmp_path: Path, capsys: pytest.
     assert "names no candidate" in capsys.readouterr().err
 
 
+def test_a_negative_seed_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))
+    with pytest.raises(UsageError) as err:
+        compile_outcomes(data, out_dir=tmp_path / "o", seed=-1, learned=False)
+    assert err.value.field == "seed" and not (tmp_path / "o").exists()
+    assert bench_main(["--outcomes", str(data), "--seed", "-1", "--out", str(tmp_path / "o")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("genroute bench: error: seed:") and not (tmp_path / "o").exists()
+
+
 def test_negative_output_tokens_are_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     prices = tmp_path / "prices.json"
     prices.write_text(json.dumps({"A": {"input_usd_per_1m": 1.0}, "B": {"input_usd_per_1m": 2.0},

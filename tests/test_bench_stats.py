@@ -232,6 +232,7 @@ def test_non_finite_scores_are_refused(bad: float) -> None:
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"level": 1.5}, "level"), ({"level": 0}, "level"), ({"level": math.nan}, "level"), ({"level": True}, "level"),
     ({"n_boot": 0}, "n_boot"), ({"n_boot": 2.5}, "n_boot"), ({"power": 1.0}, "power"), ({"power": -0.2}, "power"),
+    ({"seed": -1}, "seed"), ({"seed": 0.5}, "seed"),
 ])
 def test_bad_statistics_arguments_are_named(kwargs: dict[str, object], field: str) -> None:
     from genroute.bench.stats import bootstrap_ci, compare_unpaired

@@ -21,7 +21,8 @@ Every comparison is paired: ``a[i]`` and ``b[i]`` are the scores of the two back
   difference it called 18 % of n = 5 comparisons a win). Below ``min_n`` records it gives no verdict (not
   resolved) unless forced.
 
-Scores must be finite (``UsageError`` naming ``scores``); ``level``, ``power`` and ``n_boot`` are checked too.
+Scores must be finite (``UsageError`` naming ``scores``); ``level``, ``power``, ``n_boot`` and ``seed`` are checked
+too.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def bootstrap_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 
 
     check_level(level)
     check_n_boot(n_boot)
+    check_seed(seed)
     if len(scores) == 0:
         return 0.0, 0.0
     data = np.asarray(scores, dtype=float)
@@ -80,6 +82,7 @@ def unpaired_bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int
 
     check_level(level)
     check_n_boot(n_boot)
+    check_seed(seed)
     finite_scores(a, "a_scores")
     finite_scores(b, "b_scores")
     if len(a) == 0 or len(b) == 0:
@@ -93,6 +96,13 @@ def check_level(level: float, field: str = "level") -> None:
     """``UsageError`` naming ``field`` unless ``level`` is a number strictly between 0 and 1."""
     if not is_real(level) or not 0 < level < 1:
         raise UsageError(f"must be a number strictly between 0 and 1 (got {level!r})", field=field)
+
+
+def check_seed(seed: int) -> None:
+    """``UsageError`` naming ``seed`` unless it is an integer >= 0 (numpy's generators refuse a negative one; a
+    benchmark would otherwise fail at its report, after every model call was made)."""
+    if not is_whole(seed) or seed < 0:
+        raise UsageError(f"the seed must be an integer >= 0 (got {seed!r})", field="seed")
 
 
 def check_n_boot(n_boot: int) -> None:
@@ -259,6 +269,7 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
     check_level(level)
     check_level(power, "power")
     check_n_boot(n_boot)
+    check_seed(seed)
     diffs = _pairs(a_scores, b_scores)
     n = len(diffs)
     mean_a = sum(map(float, a_scores)) / n if n else 0.0
