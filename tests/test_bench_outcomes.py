@@ -257,6 +257,23 @@ def test_a_matrix_naming_no_candidate_is_refused(tmp_path: Path, capsys: pytest.
     assert "names no candidate" in capsys.readouterr().err
 
 
+def test_a_candidate_no_record_has_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in --candidates used to drop every record: "no record has an outcome for every candidate"."""
+    data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))
+    with pytest.raises(UsageError) as err:
+        load_matrix(data, candidates=["A", "Cc"])
+    assert err.value.field == "candidates" and "'Cc'" in err.value.message and "A, B, C" in err.value.message
+    assert bench_main(["--outcomes", str(data), "--candidates", "A,Cc", "--out", str(tmp_path / "o")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("genroute bench: error: candidates:") and not (tmp_path / "o").exists()
+    # An evaluation file without one of the training file's candidates is named as that file.
+    later = write_jsonl(tmp_path / "later.jsonl", [{**r, "outcomes": {k: v for k, v in r["outcomes"].items()
+                                                                      if k != "C"}} for r in synthetic(8, 1, "x")])
+    with pytest.raises(UsageError) as err:
+        compile_outcomes(data, eval_source=later, out_dir=tmp_path / "o", learned=False)
+    assert err.value.field == "eval_outcomes" and "'C'" in err.value.message
+
+
 def test_a_negative_seed_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))
     with pytest.raises(UsageError) as err:

@@ -73,7 +73,8 @@ def compile_outcomes(
                                                                         candidates=candidates)
     if eval_source is not None:
         held = eval_source if isinstance(eval_source, OutcomeMatrix) else \
-            load_matrix(eval_source, pricing=pricing, candidates=full.candidates, field="eval_outcomes")
+            load_matrix(eval_source, pricing=pricing, candidates=full.candidates, field="eval_outcomes",
+                        candidates_field="eval_outcomes")
         if held.candidates != full.candidates:
             raise UsageError(f"the evaluation file's candidates differ ({', '.join(held.candidates)})",
                              field="eval_outcomes")

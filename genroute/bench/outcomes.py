@@ -218,13 +218,18 @@ def _check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> 
 
 def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
                 pricing: Pricing | None = None, candidates: Sequence[str] | None = None,
-                field: str = "outcomes") -> OutcomeMatrix:
+                field: str = "outcomes", candidates_field: str = "candidates") -> OutcomeMatrix:
     """An ``OutcomeMatrix`` from a file or records; records missing a candidate's outcome are dropped
-    (counted in ``dropped``): a router can only be scored where every candidate's outcome is known."""
+    (counted in ``dropped``): a router can only be scored where every candidate's outcome is known. A name of
+    ``candidates`` that no record has is a ``UsageError`` naming ``candidates_field``."""
     parsed: list[tuple[str, OutcomeRecord]] = list(read_outcome_records(source, field=field))
     if not parsed:
         raise UsageError("the outcome matrix holds no records", field=field)
-    names = tuple(candidates) if candidates else tuple(sorted({c for _, r in parsed for c in r.outcomes}))
+    present = sorted({c for _, r in parsed for c in r.outcomes})
+    if candidates and (unknown := [c for c in candidates if c not in present]):
+        raise UsageError(f"no record has an outcome of {', '.join(map(repr, unknown))} (candidates in the file: "
+                         f"{', '.join(present) or 'none'})", field=candidates_field)
+    names = tuple(candidates) if candidates else tuple(present)
     if not names:
         raise UsageError("the outcome matrix names no candidate (every record's outcomes are empty)", field=field)
     if pricing is not None and (missing := [c for c in names if c not in pricing.prices]):
