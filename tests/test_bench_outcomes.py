@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,23 @@ def test_a_candidate_no_record_has_is_named(tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(UsageError) as err:
         compile_outcomes(data, eval_source=later, out_dir=tmp_path / "o", learned=False)
     assert err.value.field == "eval_outcomes" and "'C'" in err.value.message
+
+
+@pytest.mark.parametrize(("prices", "per_billion", "field"), [
+    ('{"A": {"input_usd_per_1m": Infinity}}', None, "prices.A.input_usd_per_1m"),
+    ('{"A": {"input_usd_per_1m": 1, "output_usd_per_1m": NaN}}', None, "prices.A.output_usd_per_1m"),
+    ('{"A": {"params_b": true}}', 0.1, "prices.A"),
+    ('{"A": {"params_b": 7}}', math.inf, "usd_per_billion"),
+    ('{"A": {"params_b": 7}}', -0.1, "usd_per_billion"),
+])
+def test_a_price_that_is_no_finite_amount_is_named(tmp_path: Path, prices: str, per_billion: float | None,
+                                                   field: str) -> None:
+    """An infinite price used to pass and fail the run at its statistics ("scores: a_scores[0] is inf")."""
+    path = tmp_path / "prices.json"
+    path.write_text(prices)
+    with pytest.raises(UsageError) as err:
+        load_pricing(path, usd_per_1m_per_billion=per_billion)
+    assert err.value.field == field
 
 
 def test_a_negative_seed_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

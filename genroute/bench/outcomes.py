@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from genroute.bounds import is_whole
+from genroute.bounds import is_real, is_whole
 from genroute.bench.datasets import BenchRecord
 from genroute.bench.runner import Outcome
 from genroute.errors import UsageError
@@ -41,8 +41,9 @@ class CandidatePrice(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input_usd_per_1m: float = Field(ge=0.0)
-    output_usd_per_1m: float = Field(ge=0.0)
+    # An infinite price would make every mean cost inf and fail the statistics far from the prices file.
+    input_usd_per_1m: float = Field(ge=0.0, allow_inf_nan=False)
+    output_usd_per_1m: float = Field(ge=0.0, allow_inf_nan=False)
 
 
 class Pricing(BaseModel):
@@ -80,10 +81,14 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
 
     Keys starting with ``_`` are notes. Entries with only a size are priced at ``usd_per_1m_per_billion`` x billions of parameters (input and
     output alike): price proportional to parameter count, for matrices published without prices.
-    ``UsageError`` naming ``output_tokens`` unless it is an integer >= 0.
+    ``UsageError`` naming ``output_tokens`` unless it is an integer >= 0, ``usd_per_billion`` unless that is a
+    finite number >= 0, and the candidate's price unless it is one (a bool is no size).
     """
     if not is_whole(output_tokens) or output_tokens < 0:
         raise UsageError(f"must be an integer >= 0 (got {output_tokens!r})", field="output_tokens")
+    if usd_per_1m_per_billion is not None and (not is_real(usd_per_1m_per_billion)
+                                               or not 0 <= usd_per_1m_per_billion < math.inf):
+        raise UsageError(f"must be a finite number >= 0 (got {usd_per_1m_per_billion!r})", field="usd_per_billion")
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -126,8 +131,10 @@ def _price(input_usd: Any, output_usd: Any, *, field: str) -> CandidatePrice:
 
 
 def _billions(size: Any) -> float | None:
-    if isinstance(size, int | float):
+    if is_real(size):
         return float(size)
+    if isinstance(size, bool):  # to Python True is 1; to a user it is no size
+        return None
     match = re.fullmatch(r"\s*(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)\s*[bB]\s*", str(size or ""))
     if not match:
         return None
