@@ -672,6 +672,20 @@ def test_seeded_sampling_is_stable(tmp_path: Path) -> None:
     assert set(first) <= {r.id for r in load_records(path, limit=25, seed=7)}  # a bigger limit extends the run
 
 
+def test_an_id_of_0_is_the_records_id(tmp_path: Path) -> None:
+    """A falsy id (0) used to be replaced by the line number, clashing with a record whose id was "line-1"."""
+    path = tmp_path / "d.jsonl"
+    rows = [{"id": 0, "input": "a", "output": "x"}, {"id": "line-1", "input": "b", "output": "y"},
+            {"metadata": {"id": 0.0}, "input": "c", "output": "z"}, {"id": "", "input": "d", "output": "w"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [r.id for r in load_records(path)] == ["0", "line-1", "0.0", "line-4"]
+    from genroute.bench.outcomes import load_matrix
+
+    matrix = load_matrix([{"input": "a", "metadata": {"id": 0}, "outcomes": {"m": {"score": 1.0}}},
+                          {"input": "b", "metadata": {"id": "record-1"}, "outcomes": {"m": {"score": 0.0}}}])
+    assert matrix.ids == ["0", "record-1"]
+
+
 def summary(name: str, in_tok: float, cost: float, quality: float = 0.8) -> Summary:
     return Summary(backend=name, n=100, metric="exact", quality=quality, quality_ci=(quality - 0.05, quality + 0.05),
                    latency_p50_s=0.1, latency_p95_s=0.2, latency_p99_s=0.3, input_tokens=in_tok,

@@ -43,7 +43,7 @@ def load_records(
     for lineno, raw in iter_records(path, field=field, what="dataset"):
         try:
             meta = raw.get("metadata") or {}
-            rid = str(raw.get("id") or meta.get("id") or f"line-{lineno}")
+            rid = given_id(raw.get("id"), meta.get("id")) or f"line-{lineno}"
             record = BenchRecord(
                 id=rid, input=raw["input"], output=_text(raw.get("output", "")), label=raw.get("label"),
                 task=raw.get("task") or meta.get("task") or task, metadata=meta,
@@ -57,6 +57,11 @@ def load_records(
     if not records:
         raise UsageError(f"dataset {path.name} holds no records", field=field)
     return sample(records, limit, seed=seed)
+
+
+def given_id(*candidates: Any) -> str | None:
+    """The first id a record gives (``0`` is one; ``None`` and ``""`` are not), as text."""
+    return next((str(c) for c in candidates if c is not None and c != ""), None)
 
 
 def check_records(records: Any, *, field: str = "data") -> list[BenchRecord]:

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genroute.bounds import is_real, is_whole
-from genroute.bench.datasets import BenchRecord
+from genroute.bench.datasets import BenchRecord, given_id
 from genroute.bench.runner import Outcome
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
@@ -246,7 +246,7 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
         if any(c not in rec.outcomes or rec.outcomes[c].score is None for c in names):
             dropped += 1
             continue
-        rid = str(rec.metadata.get("id") or f"record-{n}")
+        rid = given_id(rec.metadata.get("id")) or f"record-{n}"
         if rid in seen:
             raise UsageError(f"{where}: duplicate record id {rid!r}", field=field)
         seen.add(rid)
