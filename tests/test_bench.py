@@ -672,6 +672,27 @@ def test_seeded_sampling_is_stable(tmp_path: Path) -> None:
     assert set(first) <= {r.id for r in load_records(path, limit=25, seed=7)}  # a bigger limit extends the run
 
 
+@pytest.mark.parametrize(("row", "says"), [
+    ({"input": "q", "label": ["a", "b"]}, "d.jsonl:2: label: Input should be a valid string (got ['a', 'b'])"),
+    ({"input": "q", "label": 3}, "d.jsonl:2: label: Input should be a valid string (got 3)"),
+    ({"text": "q", "output": "a"}, "d.jsonl:2: input: missing"),
+    ({"input": "q", "metadata": "notes"}, "d.jsonl:2: metadata: must be a JSON object, got str"),
+])
+def test_a_bad_record_is_named_by_line_and_key(tmp_path: Path, row: dict[str, Any], says: str) -> None:
+    """These were "not a valid record (...)" with pydantic's whole report and its URL, or a Python AttributeError."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"input": "fine", "output": "a"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(UsageError) as err:
+        load_records(path)
+    assert err.value.field == "data" and err.value.message.startswith(says) and "pydantic" not in str(err.value)
+
+
+def test_an_output_of_null_is_no_output(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"input": "q", "output": None, "label": "positive"}) + "\n")
+    assert load_records(path)[0].output == ""  # not the gold answer "null"
+
+
 def test_an_id_of_0_is_the_records_id(tmp_path: Path) -> None:
     """A falsy id (0) used to be replaced by the line number, clashing with a record whose id was "line-1"."""
     path = tmp_path / "d.jsonl"

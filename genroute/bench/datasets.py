@@ -41,22 +41,32 @@ def load_records(
     records: list[BenchRecord] = []
     seen: set[str] = set()
     for lineno, raw in iter_records(path, field=field, what="dataset"):
-        try:
-            meta = raw.get("metadata") or {}
-            rid = given_id(raw.get("id"), meta.get("id")) or f"line-{lineno}"
-            record = BenchRecord(
-                id=rid, input=raw["input"], output=_text(raw.get("output", "")), label=raw.get("label"),
-                task=raw.get("task") or meta.get("task") or task, metadata=meta,
-            )
-        except (KeyError, TypeError, AttributeError, ValidationError) as exc:
-            raise UsageError(f"{path.name}:{lineno}: not a valid record ({exc})", field=field) from None
-        if rid in seen:
-            raise UsageError(f"{path.name}:{lineno}: duplicate record id {rid!r}", field=field)
-        seen.add(rid)
+        record = _record(raw, lineno, task, where=f"{path.name}:{lineno}", field=field)
+        if record.id in seen:
+            raise UsageError(f"{path.name}:{lineno}: duplicate record id {record.id!r}", field=field)
+        seen.add(record.id)
         records.append(record)
     if not records:
         raise UsageError(f"dataset {path.name} holds no records", field=field)
     return sample(records, limit, seed=seed)
+
+
+def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, field: str) -> BenchRecord:
+    """One line as a ``BenchRecord``; ``UsageError`` naming ``where`` and the record's bad key otherwise."""
+    meta = raw.get("metadata")
+    meta = {} if meta is None else meta
+    if not isinstance(meta, dict):
+        raise UsageError(f"{where}: metadata: must be a JSON object, got {type(meta).__name__}", field=field)
+    if "input" not in raw:
+        raise UsageError(f"{where}: input: missing (a record is {{input, output, label?, metadata?}})", field=field)
+    try:
+        return BenchRecord(id=given_id(raw.get("id"), meta.get("id")) or f"line-{lineno}", input=raw["input"],
+                           output=_text(raw.get("output")), label=raw.get("label"),
+                           task=raw.get("task") or meta.get("task") or task, metadata=meta)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = ".".join(str(p) for p in error["loc"])
+        raise UsageError(f"{where}: {loc}: {error['msg']} (got {error['input']!r:.60})", field=field) from None
 
 
 def given_id(*candidates: Any) -> str | None:
@@ -143,5 +153,8 @@ def split_by_input(records: Sequence[BenchRecord], *, holdout: float = 0.3, seed
 
 
 def _text(value: Any) -> str:
-    # Structured gold outputs (function calls, JSON frames) are kept as JSON text, as the shared format says.
+    # Structured gold outputs (function calls, JSON frames) are kept as JSON text, as the shared format says;
+    # "output": null is no output (not the gold answer "null").
+    if value is None:
+        return ""
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
