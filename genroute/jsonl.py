@@ -13,15 +13,16 @@ from genroute.errors import UsageError
 
 
 def iter_records(path: str | Path, *, field: str, what: str = "file") -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line (``.gz`` files are read through gzip); a missing file,
-    bad JSON or a non-object line is a ``UsageError`` naming ``field`` and the line."""
+    """``(line number, object)`` for each non-blank line (``.gz`` files are read through gzip; a leading BOM is
+    skipped); a missing file, bad JSON or a non-object line is a ``UsageError`` naming ``field`` and the line."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{what} {str(path)!r} does not exist", field=field)
     opener = gzip.open if path.suffix == ".gz" else open
     lineno = 0
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
+        # utf-8-sig: a BOM (Windows tools write one) is not part of the first record's JSON.
+        with opener(path, "rt", encoding="utf-8-sig") as fh:
             for lineno, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue

@@ -687,6 +687,23 @@ def test_a_bad_record_is_named_by_line_and_key(tmp_path: Path, row: dict[str, An
     assert err.value.field == "data" and err.value.message.startswith(says) and "pydantic" not in str(err.value)
 
 
+def test_a_windows_file_with_a_bom_and_crlf_reads_as_any_other(tmp_path: Path) -> None:
+    """A BOM (as Windows tools write) used to be "d.jsonl:1: not JSON (Unexpected UTF-8 BOM ...)"."""
+    from genroute.bench.outcomes import load_matrix
+    from genroute.tuning.data import load_examples
+
+    lines = [{"input": "q1", "output": "a", "metadata": {"id": "r1"}, "outcomes": {"m": {"score": 1.0}}},
+             {"input": "q2", "output": "b", "metadata": {"id": "r2"}, "outcomes": {"m": {"score": 0.0}}}]
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\r\n" for r in lines).encode())
+    assert [(r.id, r.input) for r in load_records(path)] == [("r1", "q1"), ("r2", "q2")]
+    assert load_matrix(path).ids == ["r1", "r2"]
+    tuning = tmp_path / "t.jsonl"
+    tuning.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps({"input": r["input"], "output": r["output"]}) + "\r\n"
+                                                 for r in lines).encode())
+    assert [e.input for e in load_examples(tuning)] == ["q1", "q2"]
+
+
 def test_an_output_of_null_is_no_output(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"input": "q", "output": None, "label": "positive"}) + "\n")

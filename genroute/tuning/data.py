@@ -54,7 +54,7 @@ def load_examples(
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading BOM is not JSON, as genroute.jsonl reads it
     except FileNotFoundError:
         raise UsageError(f"no such file: {path}", field="data") from None
     except UnicodeDecodeError as exc:
