@@ -984,3 +984,22 @@ def test_the_compile_split_keeps_a_repeated_input_on_one_side(tmp_path: Path) ->
     with pytest.raises(UsageError) as err:
         split_by_input(few[:2])
     assert err.value.field == "holdout"
+
+
+def test_a_question_repeated_up_to_case_and_spaces_stays_on_one_side() -> None:
+    """"What is X?" and "what is  x? " were split apart: the learned router embeds them alike (MiniLM lower-cases)
+    and ICL's leakage check calls them one input, so the held-out copy was scored by a model that trained on it."""
+    from genroute.bench.datasets import split_by_input
+    from genroute.bench.offline import split_by_text
+    from genroute.bench.outcomes import load_matrix
+
+    data = [BenchRecord(id=f"a{i:02d}", input=f"What is item {i}?") for i in range(20)]
+    data += [BenchRecord(id=f"b{i:02d}", input=f" WHAT is  item {i}? ") for i in range(20)]
+    group = {r.id: r.id[1:] for r in data}
+    matrix = load_matrix([{"input": r.input, "metadata": {"id": r.id}, "outcomes": {"m": {"score": 1.0}}}
+                          for r in data])
+    for seed in range(5):
+        _, held = split_by_input(data, seed=seed)
+        train_text = split_by_text(matrix, holdout=0.3, seed=seed)[0]
+        assert 0 < len(held) < 40 and not {group[i] for i in held} & {group[r.id] for r in data if r.id not in held}
+        assert not {group[i] for i in train_text.ids} & {group[r.id] for r in data if r.id not in train_text.ids}

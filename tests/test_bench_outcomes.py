@@ -189,6 +189,10 @@ def test_refuses_to_judge_on_training_records(embedder: LocalEmbedder, tmp_path:
     renamed[0]["metadata"]["id"] = "new-id"
     with pytest.raises(UsageError, match="1 input"):
         compile_outcomes(train, eval_source=renamed, out_dir=tmp_path / "o", embedder=embedder, specs=SPECS)
+    # ... and so is the same text in other case or spacing.
+    renamed[0]["input"] = "  " + renamed[0]["input"].upper().replace(" ", "  ")
+    with pytest.raises(UsageError, match="1 input"):
+        compile_outcomes(train, eval_source=renamed, out_dir=tmp_path / "o", embedder=embedder, specs=SPECS)
     later = write_jsonl(tmp_path / "later2.jsonl", synthetic(10, seed=1, prefix="x"))
     report = compile_outcomes(train, eval_source=later, out_dir=tmp_path / "ok", embedder=embedder, min_n=10,
                               specs=SPECS)

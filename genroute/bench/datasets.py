@@ -135,11 +135,15 @@ def split_by_input(records: Sequence[BenchRecord], *, holdout: float = 0.3, seed
                    ) -> tuple[list[str], list[str]]:
     """``split_ids`` of the records' ids, then every record moved to the side of the smallest id sharing its input
     text: a repeated input never sits on both sides (the held-out copy of a training question is no test), and
-    records whose inputs are all distinct are split exactly as ``split_ids`` splits them."""
+    records whose inputs are all distinct are split exactly as ``split_ids`` splits them. Texts that differ only
+    in case or runs of whitespace are one input, as ICL's leakage check (``input_key``) and the MiniLM embedding
+    the learned router reads them."""
+    from genroute.knowledge.examples import input_key
+
     train, held = split_ids([r.id for r in records], holdout=holdout, seed=seed)
     groups: dict[str, list[str]] = {}
     for record in records:
-        groups.setdefault(record.input, []).append(record.id)
+        groups.setdefault(input_key(record.input), []).append(record.id)
     if len(records) >= 2 and len(groups) < 2:
         raise UsageError("a held-out split needs at least two distinct inputs", field="holdout")
     held_set = set(held)

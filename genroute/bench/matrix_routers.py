@@ -41,11 +41,15 @@ class RouterRow(BaseModel):
 
 
 def check_disjoint(train: OutcomeMatrix, evaluate: OutcomeMatrix, *, field: str = "eval_outcomes") -> None:
-    """Refuse to evaluate on records the policy was compiled from (same id or same input text)."""
+    """Refuse to evaluate on records the policy was compiled from (same id or same input text, case and runs of
+    whitespace aside, as ``datasets.split_by_input`` reads a repeat)."""
+    from genroute.knowledge.examples import input_key
+
     ids = set(train.ids) & set(evaluate.ids)
-    texts = {r.input for r in train.records} & {r.input for r in evaluate.records}
+    seen = {input_key(r.input) for r in train.records}
+    texts = sorted({r.input for r in evaluate.records if input_key(r.input) in seen})
     if ids or texts:
-        example = sorted(ids)[0] if ids else repr(sorted(texts)[0][:60])
+        example = sorted(ids)[0] if ids else repr(texts[0][:60])
         raise UsageError(f"{len(ids)} record id(s) and {len(texts)} input(s) of the evaluation records are in "
                          f"the training records (e.g. {example}): a policy is never scored on what it was "
                          "compiled from; remove them or use another file", field=field)

@@ -190,18 +190,26 @@ def _semantic(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, x_
 
 
 def split_by_text(matrix: OutcomeMatrix, *, holdout: float, seed: int) -> tuple[OutcomeMatrix, OutcomeMatrix]:
-    """A seeded (train, held-out) split in which records with the same input text stay together."""
+    """A seeded (train, held-out) split in which records with the same input text stay together (texts that
+    differ only in case or runs of whitespace are the same, as ``split_by_input`` reads them)."""
     from genroute.bench.datasets import split_ids
+    from genroute.knowledge.examples import input_key
 
-    texts = sorted({r.input for r in matrix.records})
+    # A group is ranked by its smallest text: when no two texts differ only so, the split is the one made by
+    # ranking the texts themselves, as before (no published figure moves).
+    first: dict[str, str] = {}
+    for r in matrix.records:
+        key = input_key(r.input)
+        first[key] = min(first.get(key, r.input), r.input)
+    texts = sorted(set(first.values()))
     if len(texts) < 2:
         raise UsageError("a held-out split needs at least two distinct inputs", field="outcomes")
-    keys = {t: f"{i:09d}" for i, t in enumerate(texts)}
-    _, held_keys = split_ids(list(keys.values()), holdout=holdout, seed=seed)
+    rank = {t: f"{i:09d}" for i, t in enumerate(texts)}
+    _, held_keys = split_ids(list(rank.values()), holdout=holdout, seed=seed)
     held_set = set(held_keys)
-    held_ids = [r.id for r in matrix.records if keys[r.input] in held_set]
-    train_ids = [r.id for r in matrix.records if keys[r.input] not in held_set]
-    return matrix.subset(train_ids), matrix.subset(held_ids)
+    held_ids = {r.id for r in matrix.records if rank[first[input_key(r.input)]] in held_set}
+    return (matrix.subset([r.id for r in matrix.records if r.id not in held_ids]),
+            matrix.subset([r.id for r in matrix.records if r.id in held_ids]))
 
 
 def _curves(train: OutcomeMatrix, held: OutcomeMatrix,
