@@ -986,6 +986,20 @@ def test_the_compile_split_keeps_a_repeated_input_on_one_side(tmp_path: Path) ->
     assert err.value.field == "holdout"
 
 
+def test_one_prompt_asked_many_times_is_reported_not_compiled(server: GeminiTestServer, tmp_path: Path) -> None:
+    """Every call was made, then the run failed "a held-out split needs at least two distinct inputs", no report."""
+    data = [BenchRecord(id=f"r{i}", input="The service was great." if i % 2 else "the service  was GREAT.",
+                        output="positive", label="positive") for i in range(6)]
+    router = Router.from_config(config(server))
+    try:
+        report = bench(router, data, backends=["cheap", "smart"], out_dir=tmp_path, progress=False)
+    finally:
+        router.close()
+    assert report.compiled is None and "same input" in (report.compile_note or "")
+    assert "same input" in report.markdown() and "same input" in Path(report.files["markdown"]).read_text()
+    assert [s.n for s in report.summaries] == [6, 6]
+
+
 def test_a_question_repeated_up_to_case_and_spaces_stays_on_one_side() -> None:
     """"What is X?" and "what is  x? " were split apart: the learned router embeds them alike (MiniLM lower-cases)
     and ICL's leakage check calls them one input, so the held-out copy was scored by a model that trained on it."""

@@ -131,6 +131,17 @@ def split_ids(ids: Sequence[str], *, holdout: float = 0.3, seed: int = 0) -> tup
     return sorted(order[n_held:]), sorted(order[:n_held])
 
 
+def input_groups(records: Sequence[BenchRecord]) -> dict[str, list[str]]:
+    """Record ids by input, texts that differ only in case or runs of whitespace being one input: the records a
+    held-out split keeps on one side."""
+    from genroute.knowledge.examples import input_key
+
+    groups: dict[str, list[str]] = {}
+    for record in records:
+        groups.setdefault(input_key(record.input), []).append(record.id)
+    return groups
+
+
 def split_by_input(records: Sequence[BenchRecord], *, holdout: float = 0.3, seed: int = 0
                    ) -> tuple[list[str], list[str]]:
     """``split_ids`` of the records' ids, then every record moved to the side of the smallest id sharing its input
@@ -138,12 +149,8 @@ def split_by_input(records: Sequence[BenchRecord], *, holdout: float = 0.3, seed
     records whose inputs are all distinct are split exactly as ``split_ids`` splits them. Texts that differ only
     in case or runs of whitespace are one input, as ICL's leakage check (``input_key``) and the MiniLM embedding
     the learned router reads them."""
-    from genroute.knowledge.examples import input_key
-
     train, held = split_ids([r.id for r in records], holdout=holdout, seed=seed)
-    groups: dict[str, list[str]] = {}
-    for record in records:
-        groups.setdefault(input_key(record.input), []).append(record.id)
+    groups = input_groups(records)
     if len(records) >= 2 and len(groups) < 2:
         raise UsageError("a held-out split needs at least two distinct inputs", field="holdout")
     held_set = set(held)

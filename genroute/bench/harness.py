@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, TunedInfo, advise
 from genroute.bench.compile import CompileReport, compile_policy
 from genroute.bench.datasets import (
-    BenchRecord, check_holdout, check_quality_floor, check_records, load_records, sample,
+    BenchRecord, check_holdout, check_quality_floor, check_records, input_groups, load_records, sample,
 )
 from genroute.bench.manifest import RunManifest, check_and_write, file_digest, records_digest, target_digests
 from genroute.bench.paired import (
@@ -45,6 +45,7 @@ class BenchReport(BaseModel):
     comparisons: tuple[PairedComparison, ...] = ()
     compiled_comparisons: tuple[PairedComparison, ...] = ()
     min_verdict_n: int = MIN_VERDICT_N
+    compile_note: str | None = None
 
     def markdown(self) -> str:
         """The main table, the paired differences, the compile and advisor sections as Markdown."""
@@ -53,6 +54,8 @@ class BenchReport(BaseModel):
             text += "\n" + comparison_markdown(self.comparisons)
         if self.compiled is not None:
             text += "\n" + compiled_markdown(self.compiled, self.compiled_comparisons, self.min_verdict_n)
+        elif self.compile_note:
+            text += "\n" + self.compile_note + "\n"
         if self.advice is not None:
             text += "\n" + self.advice.text + "\n"
         return text
@@ -154,8 +157,12 @@ def report_outcomes(
     """
     out = Path(out_dir)
     summaries = summarize(outcomes, seed=seed)
-    compiled = None
-    if compile and len(records) >= 2:
+    compiled, skipped = None, None
+    if compile and len(records) >= 2 and len(input_groups(records)) < 2:
+        # The same prompt asked n times (to measure variance) has nothing to hold out: report it, not fail it
+        # after every call was made.
+        skipped = "Not compiled: every record has the same input, and a held-out split needs two different ones."
+    elif compile and len(records) >= 2:
         compiled = compile_policy(outcomes, records, out, seed=seed, source=source, embedder=embedder,
                                   min_quality=min_quality, holdout=holdout, cost_weight_rule=cost_weight_rule)
     comparisons = backend_comparisons(outcomes, seed=seed)
@@ -171,6 +178,8 @@ def report_outcomes(
                          explain(MIN_PAIRED_N, held_out=False) + "\n\n" + comparison_markdown(comparisons)))
     if compiled is not None:
         sections.append(("Compiled policy (held-out split)", compiled_markdown(compiled, held_out, min_verdict_n)))
+    elif skipped:
+        sections.append(("Compiled policy (held-out split)", skipped))
     if advice is not None:
         sections.append(("Graduation advisor", advice.text))
     failures = _failure_examples(outcomes)
@@ -183,7 +192,7 @@ def report_outcomes(
     return BenchReport(out_dir=str(out), summaries=tuple(summaries), outcomes=tuple(outcomes),
                        files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice,
                        comparisons=tuple(comparisons), compiled_comparisons=tuple(held_out),
-                       min_verdict_n=min_verdict_n)
+                       min_verdict_n=min_verdict_n, compile_note=skipped)
 
 
 def compiled_markdown(compiled: CompileReport, comparisons: Sequence[PairedComparison], min_n: int) -> str:
