@@ -887,6 +887,7 @@ def test_the_harness_tells_the_advisor_where_the_tuned_model_runs(tmp_path: Path
     ({"data": []}, "data"),
     ({"holdout": 5}, "holdout"),  # checked before any model call, not after all of them
     ({"seed": -1}, "seed"),  # numpy refuses it: the report used to fail after every call was made
+    ({"min_verdict_n": -3}, "min_verdict_n"),  # used to give a verdict at any n, silently
     ({"min_quality": 7}, "min_quality"),  # scores are in [0, 1]: no backend could ever meet it
     ({"min_quality": -0.1}, "min_quality"),
     ({"corpus": "no-such-corpus.jsonl", "collection": "c"}, "corpus"),

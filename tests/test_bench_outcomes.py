@@ -296,7 +296,7 @@ def test_a_price_that_is_no_finite_amount_is_named(tmp_path: Path, prices: str, 
     assert err.value.field == field
 
 
-def test_a_negative_seed_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_negative_seed_or_minimum_n_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))
     with pytest.raises(UsageError) as err:
         compile_outcomes(data, out_dir=tmp_path / "o", seed=-1, learned=False)
@@ -304,6 +304,9 @@ def test_a_negative_seed_is_a_one_line_error(tmp_path: Path, capsys: pytest.Capt
     assert bench_main(["--outcomes", str(data), "--seed", "-1", "--out", str(tmp_path / "o")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("genroute bench: error: seed:") and not (tmp_path / "o").exists()
+    with pytest.raises(UsageError) as err:  # a negative --min-verdict-n gave verdicts at any n, silently
+        compile_outcomes(data, out_dir=tmp_path / "o", min_n=-1, learned=False)
+    assert err.value.field == "min_n" and not (tmp_path / "o").exists()
 
 
 def test_negative_output_tokens_are_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

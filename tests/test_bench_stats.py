@@ -232,7 +232,7 @@ def test_non_finite_scores_are_refused(bad: float) -> None:
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"level": 1.5}, "level"), ({"level": 0}, "level"), ({"level": math.nan}, "level"), ({"level": True}, "level"),
     ({"n_boot": 0}, "n_boot"), ({"n_boot": 2.5}, "n_boot"), ({"power": 1.0}, "power"), ({"power": -0.2}, "power"),
-    ({"seed": -1}, "seed"), ({"seed": 0.5}, "seed"),
+    ({"seed": -1}, "seed"), ({"seed": 0.5}, "seed"), ({"min_n": -1}, "min_n"),
 ])
 def test_bad_statistics_arguments_are_named(kwargs: dict[str, object], field: str) -> None:
     from genroute.bench.stats import bootstrap_ci, compare_unpaired
@@ -244,7 +244,7 @@ def test_bad_statistics_arguments_are_named(kwargs: dict[str, object], field: st
         with pytest.raises(UsageError) as err:
             min_detectable_difference([1, 0, 1], [0, 0, 1], power=kwargs["power"])  # type: ignore[arg-type]
         assert err.value.field == "power"
-    else:
+    elif field != "min_n":  # a verdict's minimum n is compare_paired's alone
         for call in (bootstrap_ci, lambda s, **k: compare_unpaired(s, s, **k)):
             with pytest.raises(UsageError) as err:
                 call([0.5, 1.0], **kwargs)  # type: ignore[operator]

@@ -21,7 +21,7 @@ from genroute.bench.paired import (
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
 from genroute.bench.runner import POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_targets
 from genroute.bench.scorers import check_golds, resolve_scorer
-from genroute.bench.stats import PairedComparison, check_seed
+from genroute.bench.stats import PairedComparison, check_min_n, check_seed
 from genroute.errors import UsageError
 from genroute.jsonl import output_dir
 from genroute.policies.cost_weight import CostWeightRule, as_rule
@@ -98,6 +98,7 @@ async def abench(
     """
     rule = as_rule(cost_weight_rule)  # checked before anything runs or is written
     check_seed(seed)
+    check_min_n(min_verdict_n, "min_verdict_n")
     check_holdout(holdout)
     check_quality_floor(min_quality)
     if corpus is not None and not Path(corpus).is_file():

@@ -23,7 +23,7 @@ from genroute.bench import baselines as bl
 from genroute.bench import matrix_routers as mr
 from genroute.bench.offline_report import Comparison, CurveSummary, OfflineReport, write_outputs
 from genroute.bench.outcomes import OutcomeMatrix, Pricing, load_matrix
-from genroute.bench.stats import check_seed
+from genroute.bench.stats import check_min_n, check_seed
 from genroute.errors import UsageError
 from genroute.jsonl import output_dir
 from genroute.policies.cost_weight import CostWeightRule, as_rule
@@ -68,6 +68,7 @@ def compile_outcomes(
 
     rule = as_rule(cost_weight_rule) or CostWeightRule()
     check_seed(seed)
+    check_min_n(min_n)
     start = time.perf_counter()
     full = source if isinstance(source, OutcomeMatrix) else load_matrix(source, pricing=pricing,
                                                                         candidates=candidates)

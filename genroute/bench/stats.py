@@ -21,8 +21,8 @@ Every comparison is paired: ``a[i]`` and ``b[i]`` are the scores of the two back
   difference it called 18 % of n = 5 comparisons a win). Below ``min_n`` records it gives no verdict (not
   resolved) unless forced.
 
-Scores must be finite (``UsageError`` naming ``scores``); ``level``, ``power``, ``n_boot`` and ``seed`` are checked
-too.
+Scores must be finite (``UsageError`` naming ``scores``); ``level``, ``power``, ``n_boot``, ``seed`` and ``min_n``
+are checked too.
 """
 
 from __future__ import annotations
@@ -103,6 +103,14 @@ def check_seed(seed: int) -> None:
     benchmark would otherwise fail at its report, after every model call was made)."""
     if not is_whole(seed) or seed < 0:
         raise UsageError(f"the seed must be an integer >= 0 (got {seed!r})", field="seed")
+
+
+def check_min_n(min_n: int, field: str = "min_n") -> None:
+    """``UsageError`` naming ``field`` unless ``min_n`` (records below which no verdict is given) is an integer
+    >= 0: a negative one would silently give verdicts at any n."""
+    if not is_whole(min_n) or min_n < 0:
+        raise UsageError(f"the minimum number of records for a verdict must be an integer >= 0 (got {min_n!r})",
+                         field=field)
 
 
 def check_n_boot(n_boot: int) -> None:
@@ -270,6 +278,7 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
     check_level(power, "power")
     check_n_boot(n_boot)
     check_seed(seed)
+    check_min_n(min_n)
     diffs = _pairs(a_scores, b_scores)
     n = len(diffs)
     mean_a = sum(map(float, a_scores)) / n if n else 0.0
