@@ -891,14 +891,17 @@ def test_the_harness_tells_the_advisor_where_the_tuned_model_runs(tmp_path: Path
     ({"min_quality": 7}, "min_quality"),  # scores are in [0, 1]: no backend could ever meet it
     ({"min_quality": -0.1}, "min_quality"),
     ({"corpus": "no-such-corpus.jsonl", "collection": "c"}, "corpus"),
+    ({"corpus": "a-file"}, "collection"),  # these two used to be refused after run.json was written
+    ({"concurrency": 0}, "concurrency"),
     ({"out_dir": "a-file"}, "out_dir"),
 ])
 def test_bad_bench_input_is_refused_before_any_call(server: GeminiTestServer, tmp_path: Path,
                                                     kwargs: dict[str, Any], field: str) -> None:
     (tmp_path / "a-file").write_text("")
     args = {"data": records(), "out_dir": tmp_path / "out", **kwargs}
-    if args["out_dir"] == "a-file":
-        args["out_dir"] = tmp_path / "a-file"
+    for key in ("out_dir", "corpus"):
+        if args.get(key) == "a-file":
+            args[key] = tmp_path / "a-file"
     router = Router.from_config(config(server))
     try:
         with pytest.raises(UsageError) as err:
@@ -906,7 +909,7 @@ def test_bad_bench_input_is_refused_before_any_call(server: GeminiTestServer, tm
     finally:
         router.close()
     assert err.value.field == field
-    assert server.requests == []
+    assert server.requests == [] and not (tmp_path / "out" / "run.json").exists()
 
 
 @pytest.mark.parametrize("scorer", [None, "label_accuracy", "exact", "regex"])

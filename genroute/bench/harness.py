@@ -19,7 +19,9 @@ from genroute.bench.paired import (
     MIN_PAIRED_N, MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain,
 )
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
-from genroute.bench.runner import POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_targets
+from genroute.bench.runner import (
+    POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_concurrency, check_targets,
+)
 from genroute.bench.scorers import check_golds, resolve_scorer
 from genroute.bench.stats import PairedComparison, check_min_n, check_seed
 from genroute.errors import UsageError
@@ -101,8 +103,9 @@ async def abench(
     check_min_n(min_verdict_n, "min_verdict_n")
     check_holdout(holdout)
     check_quality_floor(min_quality)
-    if corpus is not None and not Path(corpus).is_file():
-        raise UsageError(f"corpus {str(corpus)!r} does not exist", field="corpus")
+    check_concurrency(concurrency)
+    if corpus is not None:
+        corpus_store(router, corpus, collection)
     from_file = isinstance(data, str | Path)
     pool = load_records(data, task=task) if from_file else check_records(data)
     records = sample(pool, limit, seed=seed)
@@ -243,15 +246,23 @@ def bench(router: Router, data: str | Path | Sequence[BenchRecord], **kwargs: An
     return run_sync(abench(router, data, **kwargs), "bench", portal=router._portal)  # noqa: SLF001
 
 
+def corpus_store(router: Router, corpus: str | Path, collection: str | None) -> Any:
+    """The knowledge store a RAG corpus goes into; ``UsageError`` unless ``corpus`` is a file, ``collection`` is
+    named and the config has a store (checked before a run writes anything)."""
+    if not Path(corpus).is_file():
+        raise UsageError(f"corpus {str(corpus)!r} does not exist", field="corpus")
+    if collection is None:
+        raise UsageError("--corpus needs --collection (the RAG backend's collection)", field="collection")
+    if router.resources.knowledge is None:
+        raise UsageError("the config has no `knowledge` section to ingest the corpus into", field="corpus")
+    return router.resources.knowledge
+
+
 async def ingest_corpus(router: Router, corpus: str | Path, collection: str | None) -> None:
     """Ingest a RAG corpus JSONL into the router's knowledge store (already stored chunks are skipped)."""
     from genroute.knowledge.ingest import aingest
 
-    if collection is None:
-        raise UsageError("--corpus needs --collection (the RAG backend's collection)", field="collection")
-    store = router.resources.knowledge
-    if store is None:
-        raise UsageError("the config has no `knowledge` section to ingest the corpus into", field="corpus")
+    store = corpus_store(router, corpus, collection)
     await aingest(store, [Path(corpus)], collection=collection)
 
 

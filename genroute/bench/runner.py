@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genroute.bench.record_tools import answering_router
 from genroute.bench.scorers import check_golds
+from genroute.bounds import is_whole
 from genroute.errors import GenrouteError, UsageError
 from genroute.types import GenerateRequest
 
@@ -183,6 +184,12 @@ async def _answer(router: Router, request: GenerateRequest, stream: bool) -> Gen
     return result
 
 
+def check_concurrency(concurrency: int) -> None:
+    """``UsageError`` naming ``concurrency`` unless it is an integer >= 1."""
+    if not is_whole(concurrency) or concurrency < 1:
+        raise UsageError(f"concurrency must be an integer >= 1 (got {concurrency!r})", field="concurrency")
+
+
 def check_targets(router: Router, targets: Sequence[str], scorer: Scorer) -> None:
     """``UsageError`` unless every target (and the judge) is a configured backend or the policy."""
     if not targets:
@@ -216,8 +223,7 @@ async def arun_bench(
     Returns every outcome for these records and targets (earlier runs' included), target by target in
     record order.
     """
-    if concurrency < 1:
-        raise UsageError("concurrency must be >= 1", field="concurrency")
+    check_concurrency(concurrency)
     check_targets(router, targets, scorer)
     check_golds(scorer, records)
     log = ResultsLog(out_dir) if out_dir is not None else None
