@@ -792,6 +792,25 @@ def test_graduation_advisor_prices_local_tuning_by_measured_cpu_time(tmp_path: P
     assert unpriced is not None and unpriced.tuning_cost_usd is None and "--cpu-usd-per-hour" in unpriced.text
 
 
+@pytest.mark.parametrize(("content", "says"), [
+    ('{"train_cpu_seco', "tune_result.json cannot be read"), ("[1, 2]", "records no training time"),
+    ('{"train_cpu_seconds": "n/a"}', "holds no time in seconds"), ('{"train_cpu_seconds": NaN}', "no time"),
+])
+def test_an_unreadable_tune_result_leaves_the_tuning_cost_unknown(tmp_path: Path, content: str, says: str) -> None:
+    """The advisor runs after every benchmark call: a cut or odd tune_result.json used to end the run there (a
+    JSONDecodeError, AttributeError or ValueError) with no report, or priced the tuning at $nan."""
+    from genroute.bench.advisor import TunedInfo
+
+    result = tmp_path / "tune_result.json"
+    result.write_text(content)
+    icl = summary("icl", 1000, 0.0).model_copy(update={"cloud_equivalent_per_request_usd": 3.05e-4})
+    tuned = summary("tuned", 20, 0.0).model_copy(update={"cloud_equivalent_per_request_usd": 1.1e-5})
+    advice = advise([icl, tuned], AdvisorSettings(cpu_usd_per_hour=0.05),
+                    tuned_info=TunedInfo(where="local", tune_result=str(result)))
+    assert advice is not None and advice.tuning_cost_usd is None
+    assert says in advice.tuning_cost_basis and "--tuning-cpu-seconds" in advice.tuning_cost_basis
+
+
 def test_graduation_verdict_follows_the_paired_quality_difference() -> None:
     icl, tuned = summary("icl", 1000, 3.05e-4), summary("tuned", 20, 1.1e-5)
     settings = AdvisorSettings(tuning_cost_usd=10.0, monthly_requests=10_000)

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.bench.report import Summary
 from genroute.bench.runner import Outcome
 from genroute.bench.stats import PairedComparison
+from genroute.bounds import is_real
 
 
 class AdvisorSettings(BaseModel):
@@ -169,11 +170,9 @@ def tuning_cost(settings: AdvisorSettings, info: TunedInfo | None, training_pric
 def _local_cost(settings: AdvisorSettings, info: TunedInfo) -> tuple[float | None, str]:
     seconds, source = settings.tuning_cpu_seconds, "as given"
     if seconds is None and info.tune_result and Path(info.tune_result).is_file():
-        result = json.loads(Path(info.tune_result).read_text(encoding="utf-8"))
-        if result.get("train_cpu_seconds") is not None:
-            seconds, source = float(result["train_cpu_seconds"]), f"measured ({Path(info.tune_result).name})"
-        elif result.get("train_seconds") is not None:
-            seconds, source = float(result["train_seconds"]), f"wall time measured ({Path(info.tune_result).name})"
+        seconds, source = _measured_seconds(Path(info.tune_result))
+        if seconds is None:
+            return None, f"unknown: {source}; give --tuning-cpu-seconds"
     if seconds is None:
         return None, ("unknown: no measured training time for the local adapter (no tune_result.json beside it; "
                       "give --tuning-cpu-seconds)")
@@ -182,6 +181,22 @@ def _local_cost(settings: AdvisorSettings, info: TunedInfo) -> tuple[float | Non
                       "for a dollar figure")
     usd = seconds / 3600 * settings.cpu_usd_per_hour
     return usd, f"${usd:.4f} = {seconds:,.0f} CPU-seconds {source} × ${settings.cpu_usd_per_hour:.3f}/CPU-hour"
+
+
+def _measured_seconds(path: Path) -> tuple[float | None, str]:
+    """The training time ``tune_result.json`` records (CPU time, else wall time) and where it comes from; None and
+    why when the file holds no such number (the advisor runs after every benchmark call: it must not fail then)."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"{path.name} cannot be read ({type(exc).__name__})"
+    for key, what in (("train_cpu_seconds", "measured"), ("train_seconds", "wall time measured")):
+        value = result.get(key) if isinstance(result, dict) else None
+        if value is not None:
+            if is_real(value) and math.isfinite(value) and value >= 0:
+                return float(value), f"{what} ({path.name})"
+            return None, f"{path.name} holds no time in seconds ({key}: {value!r})"
+    return None, f"{path.name} records no training time"
 
 
 def _payback(settings: AdvisorSettings, tuning: float | None, saving: float) -> dict[str, float | str | None]:
