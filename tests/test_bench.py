@@ -207,6 +207,17 @@ async def test_a_rerun_made_differently_is_refused_naming_the_field(server: Gemi
     assert len(again.outcomes) == 6
     stored = json.loads((tmp_path / "run.json").read_text())
     assert stored["scorer"] == "label_accuracy" and set(stored["targets"]) == {"smart", "cheap"}
+    # A new price for a benchmarked model would average old rows and new ones at two prices; a price of another
+    # model changes nothing here.
+    unrelated = {**config(server), "pricing": {"gemini-2.0-flash": {"input": 1.0, "output": 2.0}}}
+    async with Router.from_config(unrelated) as router:
+        assert len((await abench(router, records(), scorer="label_accuracy", **run)).outcomes) == 6
+    repriced = {**config(server), "pricing": {"gemini-2.5-flash": {"input": 300.0, "output": 2500.0}}}
+    async with Router.from_config(repriced) as router:
+        with pytest.raises(UsageError) as err:
+            await abench(router, records(), scorer="label_accuracy", **{**run, "limit": 8})
+    assert err.value.field == "pricing" and "'smart'" in str(err.value)
+    assert json.loads((tmp_path / "run.json").read_text())["prices"] == stored["prices"]
 
 
 async def test_retry_failed_reruns_only_the_failed_rows(server: GeminiTestServer, tmp_path: Path) -> None:

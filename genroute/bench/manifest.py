@@ -5,7 +5,8 @@ rows were produced the same way. The manifest holds a fingerprint of everything 
 dataset's content, the scorer, the sampling seed, the RAG corpus and each target's configuration — and a
 rerun that differs in any of them is refused with a ``UsageError`` naming the field. ``limit`` is recorded
 but not checked: a larger limit with the same seed draws a superset (see ``datasets.sample``), so it only
-adds rows. New targets are welcome; a target whose configuration changed is not.
+adds rows. New targets are welcome; a target whose configuration changed is not, nor one whose price did (a
+`pricing` override, or a new default): its old rows and new ones would be averaged at two prices.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class RunManifest(BaseModel):
     corpus: str | None = None
     corpus_sha256: str | None = None
     targets: dict[str, str] = Field(default_factory=dict, description="Target -> configuration hash.")
+    prices: dict[str, str] = Field(default_factory=dict, description="Target -> hash of the price its calls are "
+                                                                     "billed at (absent in older manifests).")
     policy: bool = False
     concurrency: int = 4
     command: str | None = None
@@ -91,17 +94,36 @@ def target_digests(router: Router, targets: Iterable[str], policy_target: str) -
     return out
 
 
+def target_prices(router: Router, targets: Iterable[str], policy_target: str) -> dict[str, str]:
+    """Each target's price hash: the pricing table's entry for the model its calls are billed at (a free local
+    engine's: its cloud reference model's), as ``router.build.require_prices`` finds it."""
+    pricing = router.resources.pricing
+
+    def price(name: str) -> Any:
+        backend = router.backends[name]
+        engine = router.resources.engines.get(getattr(backend.config, "engine", ""))
+        if engine is None:
+            return None
+        priced = engine.pricing_model(backend.billed_as(pricing)[0]) or engine.reference_model
+        found = pricing.lookup(priced) if priced else None
+        return [priced, found.model_dump(mode="json") if found is not None else None]
+
+    return {target: digest({n: price(n) for n in sorted(router.backends)} if target == policy_target
+                           else price(target)) for target in targets}
+
+
 def check_and_write(out_dir: str | Path, manifest: RunManifest, *, results: Path) -> Path:
     """Refuse a rerun whose fingerprint differs from the stored one; then write the merged manifest."""
     path = Path(out_dir) / MANIFEST_FILE
     stored = _read(path) if path.exists() else {}
-    targets = dict(manifest.targets)
+    targets, prices = dict(manifest.targets), dict(manifest.prices)
     if stored and results.exists() and results.stat().st_size > 0:
         _check(path, stored, manifest)
         # Targets of earlier runs stay recorded, so a later rerun of them is still checked.
         targets = {**(stored.get("targets") or {}), **targets}
+        prices = {**(stored.get("prices") or {}), **prices}
     path.parent.mkdir(parents=True, exist_ok=True)
-    final = manifest.model_copy(update={"targets": targets})
+    final = manifest.model_copy(update={"targets": targets, "prices": prices})
     path.write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return path
 
@@ -129,3 +151,9 @@ def _check(path: Path, stored: Mapping[str, Any], current: RunManifest) -> None:
             raise UsageError(
                 f"{path.parent} holds results of {target!r} made with a different configuration "
                 f"({old} vs {new}); restore it or use another --out", field=field)
+    for target, new in current.prices.items():
+        old = (stored.get("prices") or {}).get(target)
+        if old is not None and old != new:
+            raise UsageError(
+                f"{path.parent} holds results of {target!r} billed at another price ({old} vs {new}): old and new "
+                "rows would be averaged at two prices; restore the price or use another --out", field="pricing")
