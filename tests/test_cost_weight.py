@@ -57,6 +57,18 @@ def test_rule_picks_the_known_weight(extra: int, rule: str, weight: float) -> No
         assert choice.quality == 0.5 and choice.cost_usd == 1.0 and "not worth its cost" in choice.summary()
 
 
+def test_too_few_records_to_cross_validate_are_not_reported_as_cross_validated() -> None:
+    """Below four records the summary read "0-fold cross-validation ... out-of-fold quality ... (the best
+    out-of-fold quality)": nothing was routed out of fold."""
+    from genroute.policies.cost_weight import cross_validate
+
+    scores, costs = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]), np.array([[3.0, 1.0]] * 3)
+    choice = cross_validate(scores, costs, CostWeightRule(), seed=0, fit_fold=lambda _tr, _te: lambda _w: None)
+    assert choice.folds == 0 and choice.weight == max(WEIGHTS) and choice.quality == pytest.approx(1 / 3)
+    text = choice.summary()
+    assert "too few to cross-validate" in text and "out-of-fold" not in text and "0-fold" not in text
+
+
 def test_one_se_is_one_standard_error_and_resolved_follows_the_confidence() -> None:
     scores, costs = _columns(100, 3)  # 1.75 SEs apart
     assert choose(scores, costs, WEIGHTS, CostWeightRule(rule="resolved", confidence=0.9), folds=5).weight == 0.0

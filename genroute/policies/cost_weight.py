@@ -77,6 +77,10 @@ class CostWeightChoice(BaseModel):
 
     def summary(self) -> str:
         """One sentence for reports."""
+        if self.folds == 0:  # cross_validate had too few records: nothing was routed out of fold
+            return (f"cost weight {self.weight:.3g}: {self.n} training records are too few to cross-validate "
+                    f"(at least 4), so the cheapest backend (quality {self.quality:.3f} on those records at "
+                    f"${self.cost_usd * 1000:.4f}/1k)")
         head = (f"cost weight {self.weight:.3g} by rule `{self.rule}` ({self.folds}-fold cross-validation on "
                 f"{self.n} training records): out-of-fold quality {self.quality:.3f} at ${self.cost_usd * 1000:.4f}/1k")
         if self.weight == self.best_weight:
