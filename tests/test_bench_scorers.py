@@ -42,6 +42,9 @@ TEXT_CASES = [
     ("token_f1", rec("Denver Broncos"), "Broncos", 2 / 3),
     ("token_f1", rec("Denver Broncos"), "Carolina", 0.0),
     ("token_f1", rec("x", answers=[{"text": "Santa Clara"}, {"text": "Levi's Stadium"}]), "levis stadium", 1.0),
+    # Gold answers as plain strings count too (they were ignored: scored against output alone).
+    ("token_f1", rec("Paris", answers=["Paris", "City of Paris"]), "the city of paris", 1.0),
+    ("normalized_exact", rec("", answers=["Paris", "City of Paris"]), "City of Paris.", 1.0),
     ("label_accuracy", rec("positive", "positive"), "Positive.", 1.0),
     ("label_accuracy", rec("positive", "positive"), "Sentiment: positive", 1.0),
     ("label_accuracy", rec("positive", "positive", label_set=["negative", "positive"]),

@@ -63,7 +63,8 @@ def _same_label(answer: str, label: str) -> bool:
 
 
 def _golds(record: BenchRecord) -> list[str]:
-    answers = [a.get("text") for a in record.metadata.get("answers") or () if isinstance(a, dict)]
+    # SQuAD's {"text": ...} answers, or plain strings (["Paris", "City of Paris"]) as users write them.
+    answers = [a.get("text") if isinstance(a, dict) else a for a in record.metadata.get("answers") or ()]
     return [a for a in answers if isinstance(a, str)] or [record.output]
 
 
