@@ -942,6 +942,17 @@ def test_bad_bench_input_is_refused_before_any_call(server: GeminiTestServer, tm
     assert server.requests == [] and not (tmp_path / "out" / "run.json").exists()
 
 
+async def test_one_backend_name_as_a_string_is_refused_as_such(server: GeminiTestServer, tmp_path: Path) -> None:
+    """backends="cheap" was read as the backends "c", "h", "e"...: "unknown backend 'c'"."""
+    async with Router.from_config(config(server)) as router:
+        for call in (lambda: abench(router, records(), backends="cheap", out_dir=tmp_path, progress=False),
+                     lambda: arun_bench(router, records(), "cheap", resolve_scorer("exact"), progress=False)):
+            with pytest.raises(UsageError) as err:
+                await call()
+            assert err.value.field == "backends" and "not the string 'cheap'" in err.value.message
+    assert server.requests == []
+
+
 @pytest.mark.parametrize("scorer", [None, "label_accuracy", "exact", "regex"])
 def test_records_without_a_gold_answer_are_refused_before_any_call(server: GeminiTestServer, tmp_path: Path,
                                                                    scorer: str | None) -> None:

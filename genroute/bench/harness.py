@@ -22,7 +22,7 @@ from genroute.bench.paired import (
 )
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
 from genroute.bench.runner import (
-    POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_concurrency, check_targets,
+    POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_concurrency, check_targets, target_names,
 )
 from genroute.bench.scorers import check_golds, resolve_scorer
 from genroute.bench.stats import PairedComparison, check_min_n, check_seed
@@ -101,6 +101,7 @@ async def abench(
     the compiled learned policy's cost weight is chosen (``compile_policy``).
     """
     rule = as_rule(cost_weight_rule)  # checked before anything runs or is written
+    targets = [*target_names(backends), *([POLICY_TARGET] if policy else [])]
     check_seed(seed)
     check_min_n(min_verdict_n, "min_verdict_n")
     check_holdout(holdout)
@@ -115,7 +116,6 @@ async def abench(
     out = output_dir(out_dir, field="out_dir")
     chosen = resolve_scorer(scorer, records)
     check_golds(chosen, records)
-    targets = [*backends, *([POLICY_TARGET] if policy else [])]
     check_targets(router, targets, chosen)
     manifest = RunManifest(
         data=source or "<records>", data_sha256=records_digest(pool), scorer=chosen.name, seed=seed, limit=limit,

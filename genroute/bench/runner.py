@@ -190,6 +190,13 @@ def check_concurrency(concurrency: int) -> None:
         raise UsageError(f"concurrency must be an integer >= 1 (got {concurrency!r})", field="concurrency")
 
 
+def target_names(targets: Sequence[str]) -> list[str]:
+    """``targets`` as a list; ``UsageError`` naming ``backends`` for one string ("smart" is no list of "s", "m"...)."""
+    if isinstance(targets, str):
+        raise UsageError(f"must be a list of backend names, not the string {targets!r}", field="backends")
+    return list(targets)
+
+
 def check_targets(router: Router, targets: Sequence[str], scorer: Scorer) -> None:
     """``UsageError`` unless every target (and the judge) is a configured backend or the policy."""
     if not targets:
@@ -224,6 +231,7 @@ async def arun_bench(
     record order.
     """
     check_concurrency(concurrency)
+    targets = target_names(targets)
     check_targets(router, targets, scorer)
     check_golds(scorer, records)
     log = ResultsLog(out_dir) if out_dir is not None else None
