@@ -4,6 +4,7 @@ promotion, and ``genroute compile --outcomes``."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -156,6 +157,24 @@ def test_compile_from_outcomes(tmp_path, capsys):
     assert cli(["compile", "--outcomes", str(tmp_path / "missing.db"), "--out", str(tmp_path)]) == 2
     line = json.loads((tmp_path / "matrix.jsonl").read_text().splitlines()[0])
     assert set(line) == {"input", "output", "metadata", "outcomes"} and line["metadata"]["task"] == "t"
+
+
+@pytest.mark.parametrize(("side", "says"), [
+    ({"score": 1.0, "cost_usd": -0.5}, "m.jsonl:2: outcomes.b.cost_usd: must be a finite number >= 0"),
+    ({"score": 1.0, "cost_usd": math.inf}, "m.jsonl:2: outcomes.b.cost_usd: must be a finite number >= 0"),
+    ({"score": True}, "m.jsonl:2: outcomes.b.score: must be a number between 0 and 1, not true"),
+    ({"score": 1.5}, "m.jsonl:2: outcomes.b.score: must be between 0 and 1"),
+])
+def test_compile_refuses_a_bad_outcome_naming_its_line(tmp_path, capsys, side, says):
+    """As genroute bench --outcomes does. A negative cost crashed with pydantic's traceback, an infinite one wrote
+    Infinity into stats.json, a JSON true counted as 1 and 1.5 was named by no line."""
+    good = {"input": "q1", "metadata": {"id": "r1", "task": "t"}, "outcomes": {"b": {"score": 1.0}}}
+    bad = {"input": "q2", "metadata": {"id": "r2", "task": "t"}, "outcomes": {"b": side}}
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    assert cli(["compile", "--outcomes", str(path), "--out", str(tmp_path / "out")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"genroute compile: error: --outcomes: {says}") and not (tmp_path / "out").exists()
 
 
 def test_scheduled_refresh_picks_up_outcomes_without_a_call(gemini_server, tmp_path):

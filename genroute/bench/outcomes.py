@@ -30,7 +30,7 @@ from genroute.bench.datasets import BenchRecord, given_id
 from genroute.bench.runner import Outcome
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
-from genroute.outcomes.records import OutcomeRecord
+from genroute.outcomes.records import OutcomeRecord, check_sides
 
 #: The scorer name recorded on rows read from a matrix (the file's own metric, whatever it was).
 MATRIX_SCORER = "outcome-matrix"
@@ -200,27 +200,8 @@ def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | BaseM
         if not (record.input or "").strip():
             raise UsageError(f"{where}: input: a router needs the request text (record without captured input)",
                              field=field)
-        _check_sides(where, record, raw, field=field)
+        check_sides(where, record, raw, field=field)
         yield where, record
-
-
-def _check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> None:
-    """``UsageError`` naming ``where`` and ``outcomes.NAME.FIELD`` for a score that is a JSON ``true``/``false`` or
-    outside [0, 1], or a cost or latency that is negative, NaN or infinite (they would poison every mean)."""
-    given = raw.get("outcomes") if isinstance(raw, Mapping) else None
-    for name, side in record.outcomes.items():
-        raw_side = given.get(name) if isinstance(given, Mapping) else None
-        if isinstance(raw_side, Mapping) and isinstance(raw_side.get("score"), bool):
-            raise UsageError(f"{where}: outcomes.{name}.score: must be a number between 0 and 1, not "
-                             f"{json.dumps(raw_side['score'])}", field=field)
-        if side.score is not None and not 0.0 <= side.score <= 1.0:
-            raise UsageError(f"{where}: outcomes.{name}.score: must be between 0 and 1 (got {side.score})",
-                             field=field)
-        for key in ("cost_usd", "latency_s"):
-            value = getattr(side, key)
-            if not math.isfinite(value) or value < 0:
-                raise UsageError(f"{where}: outcomes.{name}.{key}: must be a finite number >= 0 (got {value})",
-                                 field=field)
 
 
 def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,

@@ -13,9 +13,14 @@ hook ran); otherwise a production record carries scores, costs, latencies and to
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from genroute.errors import UsageError
 
 
 class Side(BaseModel):
@@ -81,3 +86,23 @@ class OutcomeRecord(BaseModel):
             "input": self.input, "output": self.output, "metadata": self.metadata,
             "outcomes": {b: s.model_dump(exclude_none=True) for b, s in self.outcomes.items()},
         }
+
+
+def check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> None:
+    """``UsageError`` naming ``where`` and ``outcomes.NAME.FIELD`` for a score that is a JSON ``true``/``false`` or
+    outside [0, 1], or a cost or latency that is negative, NaN or infinite (they would poison every mean);
+    ``raw`` is the record as read (a mapping), where a ``true`` is still told from a 1."""
+    given = raw.get("outcomes") if isinstance(raw, Mapping) else None
+    for name, side in record.outcomes.items():
+        raw_side = given.get(name) if isinstance(given, Mapping) else None
+        if isinstance(raw_side, Mapping) and isinstance(raw_side.get("score"), bool):
+            raise UsageError(f"{where}: outcomes.{name}.score: must be a number between 0 and 1, not "
+                             f"{json.dumps(raw_side['score'])}", field=field)
+        if side.score is not None and not 0.0 <= side.score <= 1.0:
+            raise UsageError(f"{where}: outcomes.{name}.score: must be between 0 and 1 (got {side.score})",
+                             field=field)
+        for key in ("cost_usd", "latency_s"):
+            value = getattr(side, key)
+            if not math.isfinite(value) or value < 0:
+                raise UsageError(f"{where}: outcomes.{name}.{key}: must be a finite number >= 0 (got {value})",
+                                 field=field)

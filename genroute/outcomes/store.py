@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from genroute.errors import ConfigError, UsageError
-from genroute.outcomes.records import OutcomeRecord
+from genroute.outcomes.records import OutcomeRecord, check_sides
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -181,8 +181,12 @@ def read_outcome_file(path: str | Path, *, field: str = "outcomes") -> list[Outc
     records = []
     for lineno, raw in iter_records(path, field=field, what="outcome file"):  # .jsonl or .jsonl.gz
         try:
-            records.append(OutcomeRecord.model_validate(raw))
+            record = OutcomeRecord.model_validate(raw)
         except ValidationError as exc:
             raise UsageError(f"{path.name}:{lineno}: not an outcome record ({exc.errors()[0]['msg']})",
                              field=field) from None
+        # As genroute bench --outcomes reads the same file: a negative or infinite cost, a score outside [0, 1]
+        # or a JSON true would otherwise crash the compile or be written into stats.json.
+        check_sides(f"{path.name}:{lineno}", record, raw, field=field)
+        records.append(record)
     return records
