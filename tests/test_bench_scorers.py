@@ -67,6 +67,8 @@ TEXT_CASES = [
     ("label_accuracy", rec("\U0001f44d", "\U0001f44d"), "\U0001f44e", 0.0),
     ("label_accuracy", rec("\U0001f44d", "\U0001f44d"), "I say \U0001f44d", 1.0),
     ("label_accuracy", rec("The Beatles", "The Beatles"), "Beatles", 1.0),
+    ("label_accuracy", rec("?", "?", label_set=["?", "!"]), "?", 1.0),
+    ("label_accuracy", rec("?", "?", label_set=["?", "!"]), "!", 0.0),
     ("json_schema", rec(json_schema={"type": "object", "required": ["a"]}), '```json\n{"a": 1}\n```', 1.0),
     ("json_schema", rec(json_schema={"type": "object", "required": ["a"]}), '{"b": 1}', 0.0),
     ("json_schema", rec(), "not json", 0.0),

@@ -56,6 +56,8 @@ def _same_label(answer: str, label: str) -> bool:
     card_arrival), or equal once articles are dropped ("Beatles" names "The Beatles"). A label that is only an
     article ("A", an answer letter) is compared as it is, never dropped to nothing."""
     got, gold = (_label_key(t.replace("_", " ")).split() for t in (answer, label))
+    if not gold:  # a label of punctuation only ("?"): nothing is left to compare but the label as written
+        return answer.strip().casefold() == label.strip().casefold()
     if got == gold:
         return True
     gold_words = [w for w in gold if w not in _ARTICLE_WORDS]
