@@ -262,6 +262,22 @@ def test_a_matrix_naming_no_candidate_is_refused(tmp_path: Path, capsys: pytest.
     assert "names no candidate" in capsys.readouterr().err
 
 
+def test_a_top_level_id_and_task_are_read_as_the_datasets_are(tmp_path: Path) -> None:
+    """{"id", "task", "input", "outcomes"} lines (the bench dataset's keys) had their id and task ignored: no task
+    for cost_aware or the per-task best, and ids record-N, so two such files "shared" every id."""
+    def flat(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"id": r["metadata"]["id"], "task": r["metadata"]["task"], "input": r["input"],
+                 "outcomes": r["outcomes"]} for r in rows]
+
+    train = write_jsonl(tmp_path / "train.jsonl", flat(synthetic(15)))
+    matrix = load_matrix(train)
+    assert matrix.ids[:2] == ["m0", "t0"] and set(matrix.tasks) == {"math", "trivia"}
+    later = write_jsonl(tmp_path / "later.jsonl", flat(synthetic(8, seed=1, prefix="x")))
+    report = compile_outcomes(train, eval_source=later, out_dir=tmp_path / "o", learned=False, min_n=5)
+    assert report.n_eval == 16
+    assert {r.name: r for r in report.rows}["per-task best (train)"].picks == {"A": 8, "B": 8}
+
+
 def test_a_candidate_no_record_has_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A typo in --candidates used to drop every record: "no record has an outcome for every candidate"."""
     data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))

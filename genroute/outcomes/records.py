@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genroute.errors import UsageError
 
@@ -40,7 +40,8 @@ class Side(BaseModel):
 
 
 class OutcomeRecord(BaseModel):
-    """One record of the outcome store (and one line of an outcome matrix; other top-level keys are ignored)."""
+    """One record of the outcome store (and one line of an outcome matrix; top-level ``id`` and ``task`` are read
+    into metadata, other top-level keys are ignored)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -48,6 +49,19 @@ class OutcomeRecord(BaseModel):
     output: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     outcomes: dict[str, Side] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _top_level_id_and_task(cls, data: Any) -> Any:
+        """A line's top-level ``id`` and ``task``, as the bench's dataset format writes them, go into metadata (the
+        top-level value wins, as the tuning reader takes it): ignored, a file of such lines had no tasks and
+        ids ``record-N`` that clash across files."""
+        if isinstance(data, Mapping) and any(data.get(k) is not None for k in ("id", "task")):
+            metadata = data.get("metadata")
+            if metadata is None or isinstance(metadata, Mapping):
+                lifted = {k: data[k] for k in ("id", "task") if data.get(k) is not None}
+                data = {**data, "metadata": {**(metadata or {}), **lifted}}
+        return data
 
     @property
     def id(self) -> str:
