@@ -278,6 +278,16 @@ def test_a_top_level_id_and_task_are_read_as_the_datasets_are(tmp_path: Path) ->
     assert {r.name: r for r in report.rows}["per-task best (train)"].picks == {"A": 8, "B": 8}
 
 
+def test_a_matrix_scored_under_another_name_says_which_key_is_missing(tmp_path: Path) -> None:
+    """"quality" for "score" dropped every record: "no record has an outcome for every candidate (3)"."""
+    rows = [{**r, "outcomes": {c: {"quality": o["score"], "cost_usd": o["cost_usd"]} for c, o in r["outcomes"].items()}}
+            for r in synthetic(5)]
+    with pytest.raises(UsageError) as err:
+        load_matrix(write_jsonl(tmp_path / "q.jsonl", rows))
+    assert err.value.field == "outcomes"
+    assert 'q.jsonl:1: outcomes.A has no "score" (its keys: cost_usd, quality)' in err.value.message
+
+
 def test_a_candidate_no_record_has_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A typo in --candidates used to drop every record: "no record has an outcome for every candidate"."""
     data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))

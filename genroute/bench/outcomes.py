@@ -235,7 +235,8 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
                                    task=rec.task))
         rows.append([rec.outcomes[c] for c in names])
     if not records:
-        raise UsageError(f"no record has an outcome for every candidate ({len(names)})", field=field)
+        raise UsageError(f"no record has a scored outcome for every candidate ({', '.join(names)}){_unscored(parsed)}",
+                         field=field)
     given = ["cost_usd" in o.model_fields_set for row in rows for o in row]
     if pricing is None and any(given) and not all(given):
         raise UsageError("some outcomes have cost_usd and others not: give every one, or a pricing",
@@ -251,6 +252,17 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
         costs=np.array(costs, dtype=np.float64),
         latencies=np.array([[o.latency_s for o in row] for row in rows], dtype=np.float64),
         cost_basis=basis, source=str(source) if isinstance(source, str | Path) else None, dropped=dropped)
+
+
+def _unscored(parsed: Sequence[tuple[str, OutcomeRecord]]) -> str:
+    """Where a side without a score first is, and the keys it has (a side scored under another name, such as
+    "quality", is otherwise a mystery)."""
+    for where, rec in parsed:
+        for name, side in rec.outcomes.items():
+            if side.score is None:
+                keys = ", ".join(sorted(side.model_dump(exclude_unset=True))) or "none"
+                return f"; e.g. {where}: outcomes.{name} has no \"score\" (its keys: {keys})"
+    return ""
 
 
 def matrix_from_table(records: Sequence[BenchRecord], table: Mapping[str, Mapping[str, Outcome]],
