@@ -291,6 +291,9 @@ def test_a_matrix_scored_under_another_name_says_which_key_is_missing(tmp_path: 
 def test_a_candidate_no_record_has_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A typo in --candidates used to drop every record: "no record has an outcome for every candidate"."""
     data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))
+    with pytest.raises(UsageError) as err:  # "Candidates: 2" and two rows "single A" for one candidate
+        load_matrix(data, candidates=["A", "A"])
+    assert err.value.field == "candidates" and "twice" in err.value.message
     with pytest.raises(UsageError) as err:
         load_matrix(data, candidates=["A", "Cc"])
     assert err.value.field == "candidates" and "'Cc'" in err.value.message and "A, B, C" in err.value.message

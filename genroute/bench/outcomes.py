@@ -214,6 +214,8 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
     if not parsed:
         raise UsageError("the outcome matrix holds no records", field=field)
     present = sorted({c for _, r in parsed for c in r.outcomes})
+    if candidates and len(set(candidates)) < len(candidates):  # "a,a" would be two candidates that are one
+        raise UsageError(f"names a candidate twice ({', '.join(candidates)})", field=candidates_field)
     if candidates and (unknown := [c for c in candidates if c not in present]):
         raise UsageError(f"no record has an outcome of {', '.join(map(repr, unknown))} (candidates in the file: "
                          f"{', '.join(present) or 'none'})", field=candidates_field)
