@@ -158,6 +158,17 @@ def test_the_html_report_renders_its_tables_charts_and_per_record_view(tmp_path:
     assert {cells[0] for _, cells in rows} == {"sentiment", "intent"}
 
 
+def test_the_per_record_view_shows_gold_answers_kept_in_metadata() -> None:
+    """A record whose gold is only metadata.answers (SQuAD-style) had an empty gold cell."""
+    from genroute.bench.html_report import disagreement_view
+
+    answers = [{"text": "Paris"}, "City of Paris"]
+    record = BenchRecord(id="q1", input="Capital of France?", metadata={"answers": answers})
+    outcomes = [Outcome(backend=b, record_id="q1", ok=True, score=s, scorer="token_f1", answer=a)
+                for b, s, a in (("a", 1.0, "Paris"), ("b", 0.0, "Lyon"))]
+    assert "<td class=\"text\">Paris | City of Paris</td>" in disagreement_view([record], outcomes)
+
+
 def test_the_per_record_view_filters_by_task(tmp_path: Path) -> None:
     page = bench_outputs(tmp_path)
     dom = parse(dump_dom(page, tmp_path, "#task=sentiment"))

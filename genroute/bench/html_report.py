@@ -97,6 +97,8 @@ def _cell_text(text: str) -> str:
 def disagreement_view(records: Sequence[BenchRecord], outcomes: Sequence[Outcome], *,
                       limit: int = MAX_RECORDS) -> str:
     """The records on which the targets' scores differ: input, gold, each target's answer and score."""
+    from genroute.bench.scorers import gold_answers
+
     by_record: dict[str, dict[str, Outcome]] = {}
     targets: list[str] = []
     for o in outcomes:
@@ -112,7 +114,7 @@ def disagreement_view(records: Sequence[BenchRecord], outcomes: Sequence[Outcome
         total += 1
         if len(rows) >= limit:
             continue
-        gold = record.label if record.label is not None else record.output
+        gold = record.label if record.label is not None else record.output or " | ".join(gold_answers(record))
         cells = [f"<td class=\"text\">{html.escape(record.task or '')}</td>",
                  f"<td class=\"text\">{html.escape(record.id)}</td>",
                  f"<td class=\"text\">{_cell_text(record.input)}</td>", f"<td class=\"text\">{_cell_text(gold)}</td>"]

@@ -64,8 +64,9 @@ def _same_label(answer: str, label: str) -> bool:
     return bool(gold_words) and [w for w in got if w not in _ARTICLE_WORDS] == gold_words
 
 
-def _golds(record: BenchRecord) -> list[str]:
-    # SQuAD's {"text": ...} answers, or plain strings (["Paris", "City of Paris"]) as users write them.
+def gold_answers(record: BenchRecord) -> list[str]:
+    """``record``'s gold answers: ``metadata.answers`` (SQuAD's ``{"text": ...}`` objects, or plain strings as
+    users write them: ``["Paris", "City of Paris"]``), else its output."""
     answers = [a.get("text") if isinstance(a, dict) else a for a in record.metadata.get("answers") or ()]
     return [a for a in answers if isinstance(a, str)] or [record.output]
 
@@ -78,7 +79,7 @@ def exact(record: BenchRecord, result: GenerateResult) -> float:
 def normalized_exact(record: BenchRecord, result: GenerateResult) -> float:
     """1 if the normalised answer equals any normalised gold answer."""
     answer = normalize(result.text)
-    return float(any(answer == normalize(g) for g in _golds(record)))
+    return float(any(answer == normalize(g) for g in gold_answers(record)))
 
 
 def f1(prediction: str, gold: str) -> float:
@@ -93,7 +94,7 @@ def f1(prediction: str, gold: str) -> float:
 
 def token_f1(record: BenchRecord, result: GenerateResult) -> float:
     """Best token F1 of the answer against any gold answer."""
-    return max(f1(result.text, g) for g in _golds(record))
+    return max(f1(result.text, g) for g in gold_answers(record))
 
 
 def label_accuracy(record: BenchRecord, result: GenerateResult) -> float:
@@ -303,8 +304,8 @@ def default_scorer(records: Sequence[BenchRecord]) -> str:
 #: The built-in scorers that compare an answer with a gold one: where they read it, and what it is called.
 _GOLDS: dict[str, tuple[Callable[[BenchRecord], list[str]], str]] = {
     "exact": (lambda r: [r.output], "output"),
-    "normalized_exact": (_golds, "output or metadata.answers"),
-    "token_f1": (_golds, "output or metadata.answers"),
+    "normalized_exact": (gold_answers, "output or metadata.answers"),
+    "token_f1": (gold_answers, "output or metadata.answers"),
     "label_accuracy": (lambda r: [r.label if r.label is not None else r.output], "label, else output"),
     "regex": (lambda r: [r.output], "output, the pattern"),
 }
