@@ -220,6 +220,20 @@ async def test_a_rerun_made_differently_is_refused_naming_the_field(server: Gemi
     assert json.loads((tmp_path / "run.json").read_text())["prices"] == stored["prices"]
 
 
+async def test_a_rerun_with_another_judge_is_refused(server: GeminiTestServer, tmp_path: Path) -> None:
+    """The judge is no target, so a rerun after editing it resumed: half the rows judged by each judge."""
+    run = {"backends": ["cheap"], "scorer": "judge:smart", "out_dir": tmp_path, "progress": False,
+           "compile": False, "limit": 4}
+    async with Router.from_config(config(server)) as router:
+        await abench(router, records(), **run)
+    stricter = config(server)
+    stricter["backends"]["smart"]["template"] = "Be strict.\n{{ input }}"
+    async with Router.from_config(stricter) as router:
+        with pytest.raises(UsageError) as err:
+            await abench(router, records(), **{**run, "limit": 8})
+    assert err.value.field == "scorer" and "judge" in err.value.message
+
+
 async def test_retry_failed_reruns_only_the_failed_rows(server: GeminiTestServer, tmp_path: Path) -> None:
     from genroute.testing import Fault
 

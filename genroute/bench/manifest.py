@@ -30,7 +30,8 @@ MANIFEST_FILE = "run.json"
 _TRANSPORT_KEYS = frozenset({"api_key", "api_key_env", "base_url", "timeout_s", "retry", "embed_batch_size",
                              "n_threads", "pool_size"})
 #: Run-level fields a rerun must match, with the option that sets each (for the error's ``field``).
-_CHECKED = {"data_sha256": "data", "scorer": "scorer", "seed": "seed", "corpus_sha256": "corpus"}
+_CHECKED = {"data_sha256": "data", "scorer": "scorer", "seed": "seed", "corpus_sha256": "corpus",
+            "judge_sha256": "scorer"}
 
 
 class RunManifest(BaseModel):
@@ -45,6 +46,8 @@ class RunManifest(BaseModel):
     limit: int | None = None
     corpus: str | None = None
     corpus_sha256: str | None = None
+    judge_sha256: str | None = Field(default=None, description="The judge backend's configuration hash, for a "
+                                                               "judge:BACKEND scorer (its scores depend on it).")
     targets: dict[str, str] = Field(default_factory=dict, description="Target -> configuration hash.")
     prices: dict[str, str] = Field(default_factory=dict, description="Target -> hash of the price its calls are "
                                                                      "billed at (absent in older manifests).")
@@ -74,24 +77,31 @@ def _dump(config: Any) -> Any:
     return dump(mode="json") if dump is not None else repr(config)
 
 
+def _backend(router: Router, name: str) -> Any:
+    """What decides a backend's answers: its config and its engine's, transport settings left out."""
+    b = router.backends[name]
+    engine = router.resources.engines.get(getattr(b.config, "engine", ""))
+    settings = _dump(engine.config) if engine is not None else None
+    if isinstance(settings, dict):
+        settings = {k: v for k, v in settings.items() if k not in _TRANSPORT_KEYS}
+    return {"backend": _dump(b.config), "engine": settings}
+
+
 def target_digests(router: Router, targets: Iterable[str], policy_target: str) -> dict[str, str]:
     """Each target's configuration hash: the backend's config and what its engine answers with."""
-    def backend(name: str) -> Any:
-        b = router.backends[name]
-        engine = router.resources.engines.get(getattr(b.config, "engine", ""))
-        settings = _dump(engine.config) if engine is not None else None
-        if isinstance(settings, dict):
-            settings = {k: v for k, v in settings.items() if k not in _TRANSPORT_KEYS}
-        return {"backend": _dump(b.config), "engine": settings}
-
     out = {}
     for target in targets:
         if target == policy_target:  # the policy end to end depends on it and on every backend it may pick
             out[target] = digest({"policy": _dump(router.policy.config),
-                                  "backends": {n: backend(n) for n in sorted(router.backends)}})
+                                  "backends": {n: _backend(router, n) for n in sorted(router.backends)}})
         else:
-            out[target] = digest(backend(target))
+            out[target] = digest(_backend(router, target))
     return out
+
+
+def judge_digest(router: Router, judge: str | None) -> str | None:
+    """The judge backend's configuration hash (None without a judge): another judge scores differently."""
+    return digest(_backend(router, judge)) if judge is not None else None
 
 
 def target_prices(router: Router, targets: Iterable[str], policy_target: str) -> dict[str, str]:
