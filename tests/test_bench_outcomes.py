@@ -314,8 +314,11 @@ def test_a_candidate_no_record_has_is_named(tmp_path: Path, capsys: pytest.Captu
     ('{"A": {"params_b": true}}', 0.1, "prices.A"),
     ('{"A": {"params_b": 7}}', math.inf, "usd_per_billion"),
     ('{"A": {"params_b": 7}}', -0.1, "usd_per_billion"),
+    # A mistyped output price left the output priced as the input; other keys (a model name) are kept.
+    ('{"A": {"input_usd_per_1m": 1, "ouput_usd_per_1m": 4, "model": "a/b"}}', None, "prices.A"),
+    ('{"A": {"input_usd_per_1m": 1, "output_usd_per_1M": 4}}', None, "prices.A"),
 ])
-def test_a_price_that_is_no_finite_amount_is_named(tmp_path: Path, prices: str, per_billion: float | None,
+def test_a_bad_price_entry_is_named(tmp_path: Path, prices: str, per_billion: float | None,
                                                    field: str) -> None:
     """An infinite price used to pass and fail the run at its statistics ("scores: a_scores[0] is inf")."""
     path = tmp_path / "prices.json"

@@ -104,6 +104,11 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
         if name.startswith("_"):  # notes
             continue
         entry = entry if isinstance(entry, dict) else {}
+        # Other keys (model, notes) are kept as published; one that reads as a price but is not one of ours
+        # ("ouput_usd_per_1m", "output_usd_per_1M") would leave the output priced as the input, silently.
+        if stray := sorted(k for k in entry if _PRICE_WORD.search(k) and k not in _PRICE_KEYS):
+            raise UsageError(f"unknown price key(s) {', '.join(stray)} (known: {', '.join(_PRICE_KEYS)})",
+                             field=f"{field}.{name}")
         if "input_usd_per_1m" in entry:
             prices[name] = _price(entry["input_usd_per_1m"], entry.get("output_usd_per_1m", entry["input_usd_per_1m"]),
                                   field=f"{field}.{name}")
@@ -119,6 +124,11 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
     parts = ([f"${usd_per_1m_per_billion:g} per 1M tokens per billion parameters"] if sized else []) + \
         ([f"list prices from {Path(path).name}"] if listed else [])
     return Pricing(prices=prices, output_tokens=output_tokens, basis=" and ".join(parts))
+
+
+#: The keys of a price entry, and what makes another key look like a mistyped one.
+_PRICE_KEYS = ("input_usd_per_1m", "output_usd_per_1m", "params_b", "size")
+_PRICE_WORD = re.compile(r"usd|price|cost|per_?1m|input|output|param", re.IGNORECASE)
 
 
 def _price(input_usd: Any, output_usd: Any, *, field: str) -> CandidatePrice:
