@@ -278,14 +278,26 @@ def test_a_top_level_id_and_task_are_read_as_the_datasets_are(tmp_path: Path) ->
     assert {r.name: r for r in report.rows}["per-task best (train)"].picks == {"A": 8, "B": 8}
 
 
-def test_a_matrix_scored_under_another_name_says_which_key_is_missing(tmp_path: Path) -> None:
-    """"quality" for "score" dropped every record: "no record has an outcome for every candidate (3)"."""
-    rows = [{**r, "outcomes": {c: {"quality": o["score"], "cost_usd": o["cost_usd"]} for c, o in r["outcomes"].items()}}
+@pytest.mark.parametrize(("key", "says"), [("quality", "outcomes.A.quality: not an outcome field"),
+                                            ("cost", "outcomes.A.cost: not an outcome field")])
+def test_a_score_or_cost_under_another_name_is_refused(tmp_path: Path, key: str, says: str) -> None:
+    """"quality" for "score" dropped every record ("no record has an outcome for every candidate (3)"); "cost" for
+    "cost_usd" priced every candidate at 0 ("no costs (quality only)")."""
+    renamed = {"quality": "score", "cost": "cost_usd"}[key]
+    rows = [{**r, "outcomes": {c: {(key if k == renamed else k): v for k, v in o.items()}
+                               for c, o in r["outcomes"].items()}} for r in synthetic(5)]
+    with pytest.raises(UsageError) as err:
+        load_matrix(write_jsonl(tmp_path / "q.jsonl", rows))
+    assert err.value.field == "outcomes" and err.value.message.startswith(f"q.jsonl:1: {says}")
+
+
+def test_a_matrix_with_no_scored_record_says_where_a_score_is_missing(tmp_path: Path) -> None:
+    rows = [{**r, "outcomes": {c: {"cost_usd": o["cost_usd"]} for c, o in r["outcomes"].items()}}
             for r in synthetic(5)]
     with pytest.raises(UsageError) as err:
         load_matrix(write_jsonl(tmp_path / "q.jsonl", rows))
     assert err.value.field == "outcomes"
-    assert 'q.jsonl:1: outcomes.A has no "score" (its keys: cost_usd, quality)' in err.value.message
+    assert 'q.jsonl:1: outcomes.A has no "score" (its keys: cost_usd)' in err.value.message
 
 
 def test_a_candidate_no_record_has_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -102,6 +103,10 @@ class OutcomeRecord(BaseModel):
         }
 
 
+#: What makes an unknown key of a side look like a score, cost or latency given under another name.
+_SIDE_WORD = re.compile(r"score|quality|correct|accura|cost|price|usd|latency|seconds", re.IGNORECASE)
+
+
 def check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> None:
     """``UsageError`` naming ``where`` and ``outcomes.NAME.FIELD`` for a score that is a JSON ``true``/``false`` or
     outside [0, 1], or a cost or latency that is negative, NaN or infinite (they would poison every mean);
@@ -109,6 +114,12 @@ def check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> N
     given = raw.get("outcomes") if isinstance(raw, Mapping) else None
     for name, side in record.outcomes.items():
         raw_side = given.get(name) if isinstance(given, Mapping) else None
+        # Other keys are kept as published, but one that reads like a score or a cost under another name
+        # ("cost", "quality") would leave the outcome unscored or free, silently.
+        for key in sorted(raw_side or ()) if isinstance(raw_side, Mapping) else ():
+            if key not in Side.model_fields and _SIDE_WORD.search(str(key)):
+                raise UsageError(f"{where}: outcomes.{name}.{key}: not an outcome field (a score is \"score\", "
+                                 "a cost \"cost_usd\", a latency \"latency_s\")", field=field)
         if isinstance(raw_side, Mapping) and isinstance(raw_side.get("score"), bool):
             raise UsageError(f"{where}: outcomes.{name}.score: must be a number between 0 and 1, not "
                              f"{json.dumps(raw_side['score'])}", field=field)
