@@ -234,6 +234,27 @@ async def test_a_rerun_with_another_judge_is_refused(server: GeminiTestServer, t
     assert err.value.field == "scorer" and "judge" in err.value.message
 
 
+async def test_a_rerun_with_an_edited_custom_scorer_is_refused(server: GeminiTestServer, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module:function scorer was fingerprinted by its name: after fixing its code a resumed run kept the old
+    rows' scores beside the new ones'."""
+    module = tmp_path / "my_scorer.py"
+    module.write_text("def score(record, result):\n    return float(record.output in result.text)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = {"backends": ["cheap"], "scorer": "my_scorer:score", "out_dir": tmp_path / "out", "progress": False,
+           "compile": False, "limit": 4}
+    async with Router.from_config(config(server)) as router:
+        await abench(router, records(), **run)
+        module.write_text("def score(record, result):\n    return float(record.output == result.text.strip())\n")
+        import importlib
+        import sys
+
+        importlib.reload(sys.modules["my_scorer"])
+        with pytest.raises(UsageError) as err:
+            await abench(router, records(), **{**run, "limit": 8})
+    assert err.value.field == "scorer" and "code changed" in err.value.message
+
+
 async def test_retry_failed_reruns_only_the_failed_rows(server: GeminiTestServer, tmp_path: Path) -> None:
     from genroute.testing import Fault
 

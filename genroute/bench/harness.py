@@ -15,7 +15,7 @@ from genroute.bench.datasets import (
     BenchRecord, check_holdout, check_quality_floor, check_records, input_groups, load_records, sample,
 )
 from genroute.bench.manifest import (
-    RunManifest, check_and_write, file_digest, judge_digest, records_digest, target_digests, target_prices,
+    RunManifest, check_and_write, file_digest, records_digest, scorer_digest, target_digests, target_prices,
 )
 from genroute.bench.paired import (
     MIN_PAIRED_N, MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain,
@@ -121,7 +121,7 @@ async def abench(
         data=source or "<records>", data_sha256=records_digest(pool), scorer=chosen.name, seed=seed, limit=limit,
         corpus=str(corpus) if corpus is not None else None,
         corpus_sha256=file_digest(corpus) if corpus is not None else None,
-        judge_sha256=judge_digest(router, chosen.judge),
+        scorer_sha256=scorer_digest(router, chosen),
         targets=target_digests(router, targets, POLICY_TARGET), prices=target_prices(router, targets, POLICY_TARGET),
         policy=policy, concurrency=concurrency, command=command)
     check_and_write(out, manifest, results=out / RESULTS_FILE)

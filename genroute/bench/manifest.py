@@ -23,6 +23,7 @@ from genroute.errors import UsageError
 
 if TYPE_CHECKING:
     from genroute.bench.datasets import BenchRecord
+    from genroute.bench.scorers import Scorer
     from genroute.router.router import Router
 
 MANIFEST_FILE = "run.json"
@@ -31,7 +32,7 @@ _TRANSPORT_KEYS = frozenset({"api_key", "api_key_env", "base_url", "timeout_s", 
                              "n_threads", "pool_size"})
 #: Run-level fields a rerun must match, with the option that sets each (for the error's ``field``).
 _CHECKED = {"data_sha256": "data", "scorer": "scorer", "seed": "seed", "corpus_sha256": "corpus",
-            "judge_sha256": "scorer"}
+            "scorer_sha256": "scorer"}
 
 
 class RunManifest(BaseModel):
@@ -46,8 +47,9 @@ class RunManifest(BaseModel):
     limit: int | None = None
     corpus: str | None = None
     corpus_sha256: str | None = None
-    judge_sha256: str | None = Field(default=None, description="The judge backend's configuration hash, for a "
-                                                               "judge:BACKEND scorer (its scores depend on it).")
+    scorer_sha256: str | None = Field(default=None, description="What decides the scores beyond the scorer's name: "
+                                                                "a judge backend's configuration, a custom "
+                                                                "function's source (absent for built-in scorers).")
     targets: dict[str, str] = Field(default_factory=dict, description="Target -> configuration hash.")
     prices: dict[str, str] = Field(default_factory=dict, description="Target -> hash of the price its calls are "
                                                                      "billed at (absent in older manifests).")
@@ -99,9 +101,21 @@ def target_digests(router: Router, targets: Iterable[str], policy_target: str) -
     return out
 
 
-def judge_digest(router: Router, judge: str | None) -> str | None:
-    """The judge backend's configuration hash (None without a judge): another judge scores differently."""
-    return digest(_backend(router, judge)) if judge is not None else None
+def scorer_digest(router: Router, scorer: Scorer) -> str | None:
+    """What decides ``scorer``'s scores beyond its name: a judge backend's configuration, or a custom function's
+    source (its qualified name when the source cannot be read); None for a built-in scorer."""
+    import inspect
+
+    from genroute.bench.scorers import BUILTIN
+
+    if scorer.judge is not None:
+        return digest(_backend(router, scorer.judge))
+    if scorer.fn is None or scorer.name in BUILTIN or scorer.name.startswith("regex"):
+        return None
+    try:
+        return digest(inspect.getsource(scorer.fn))
+    except (OSError, TypeError):  # defined in a REPL or a C extension: the name is all there is
+        return digest(f"{getattr(scorer.fn, '__module__', '')}.{getattr(scorer.fn, '__qualname__', scorer.name)}")
 
 
 def target_prices(router: Router, targets: Iterable[str], policy_target: str) -> dict[str, str]:
@@ -151,9 +165,10 @@ def _check(path: Path, stored: Mapping[str, Any], current: RunManifest) -> None:
     for key, option in _CHECKED.items():
         old, new = stored.get(key), getattr(current, key)
         if old is not None and new is not None and old != new:
-            raise UsageError(
-                f"{path.parent} holds results made with a different {option} ({key} {old!r}, now {new!r}); "
-                f"rerun with the same {option} or use another --out", field=option)
+            why = ("its judge backend's configuration or its function's code changed" if key == "scorer_sha256"
+                   else f"{key} {old!r}, now {new!r}")
+            raise UsageError(f"{path.parent} holds results made with a different {option} ({why}); "
+                             f"rerun with the same {option} or use another --out", field=option)
     for target, new in current.targets.items():
         old = (stored.get("targets") or {}).get(target)
         if old is not None and old != new:
