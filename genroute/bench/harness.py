@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, TunedInfo, advise
 from genroute.bench.compile import CompileReport, compile_policy
@@ -49,7 +49,7 @@ class BenchReport(BaseModel):
     comparisons: tuple[PairedComparison, ...] = ()
     compiled_comparisons: tuple[PairedComparison, ...] = ()
     min_verdict_n: int = MIN_VERDICT_N
-    compile_note: str | None = None
+    compile_note: str | None = Field(default=None, description="Why no policy was compiled, when one was asked for.")
 
     def markdown(self) -> str:
         """The main table, the paired differences, the compile and advisor sections as Markdown."""
