@@ -298,3 +298,49 @@ def test_a_task_whose_default_challenger_name_the_config_cannot_take_is_refused_
     assert cli(args) == 2  # refused before the export or any tuning starts
     assert "--name" in capsys.readouterr().err
     assert config.read_text() == before and not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize(("taken", "suffix", "flag"), [
+    ({"backends": {"t_tuned": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}}},
+     ".yaml", "--name"),   # graduated before: its challenger serves out/adapter/adapter.gguf
+    ({"engines": {"t_tuned_engine": {"kind": "local"}}}, ".yaml", "--name"),
+    ({}, ".toml", "--config"),   # a file genroute cannot rewrite
+])
+def test_a_config_the_tuned_backend_cannot_be_written_into_is_refused_before_tuning(
+        gemini_server, tmp_path, capsys, taken, suffix, flag):
+    cfg = gemini_config(gemini_server)
+    for section, entries in taken.items():
+        cfg[section].update(entries)
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "capture": True}
+    config = tmp_path / f"app{suffix}"
+    if suffix == ".toml":   # no TOML writer among the dependencies
+        engine = cfg["engines"]["gemini"]
+        config.write_text(f"""
+[engines.gemini]
+kind = "gemini"
+base_url = "{engine['base_url']}"
+api_key = "{engine['api_key']}"
+[backends.chat]
+kind = "prompt_template"
+engine = "gemini"
+model = "gemini-2.5-flash"
+[policy]
+kind = "static"
+backend = "chat"
+[outcomes]
+path = "{tmp_path / 'outcomes.db'}"
+capture = true
+""")
+    else:
+        config.write_text(yaml.safe_dump(cfg))
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for i in range(6):
+        store.upsert_sync(captured(i, f"review number {i}", "positive" if i % 2 else "negative"))
+    before = config.read_text()
+    out = tmp_path / "grad"
+    args = ["graduate", "--task", "t", "--config", str(config), "--out", str(out), "--min-examples", "4",
+            "--epochs", "1", "--max-steps", "1", "--rank", "1", "--threads", "1"]
+    assert cli(args) == 2
+    assert f"{flag}:" in capsys.readouterr().err
+    # Nothing exported, nothing trained: an adapter a registered challenger serves is never overwritten.
+    assert config.read_text() == before and not out.exists()

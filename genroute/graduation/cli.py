@@ -94,6 +94,8 @@ async def _run(args: argparse.Namespace) -> Any:
         from genroute.tuning.config_file import check_name
 
         check_name(name, field="--challenger" if args.challenger else "--name")
+    if not (args.decide or args.register_only):
+        _check_new_backend(args.config, name, engines=() if args.vertex else (f"{name}_engine",))
     if args.register_only:
         write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
         return GraduationReport(task=args.task, challenger=name, lines=(
@@ -146,6 +148,21 @@ async def _run(args: argparse.Namespace) -> Any:
     (out / ("decision.json" if args.decide else "graduation.json")).write_text(
         report.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def _check_new_backend(config_path: str, name: str, *, engines: Sequence[str]) -> None:
+    """Refuse, before the export and the tuning, a config the tuned backend ``name`` (and its ``engines``) could
+    not be written into: a name already taken (re-graduating would overwrite the adapter the registered
+    challenger serves, then be refused) or a file genroute cannot rewrite (TOML)."""
+    from genroute.tuning.config_file import check_target
+
+    try:
+        check_target(config_path, name, engines=engines)
+    except UsageError as exc:  # named as the flag that gave it
+        flag = {"name": "--name", "config": "--config"}.get(exc.field or "")
+        if flag is None:
+            raise
+        raise type(exc)(exc.message, field=flag) from None
 
 
 def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: str, share: float,
