@@ -78,6 +78,11 @@ def test_raw_line_separators_inside_strings_are_text(tmp_path: Path) -> None:
     ([GOOD, {"input": "x", "output": "y", "task": 3}], "line 2", "'task' must be a string"),
     ([GOOD, {"input": "x", "output": None}], "line 2", "missing field 'output'"),
     ([GOOD, {"input": "x" * 50, "output": "y"}], "line 2", "limit is 40"),
+    # Half an emoji (JSON's "\\ud83d" escape alone): UTF-8 cannot hold it, so no tokenizer or upload could.
+    ([GOOD, {"input": "cut \ud83d", "output": "y"}], "line 2",
+     r"'input' holds an unpaired surrogate \('\\ud83d' at character 4\)"),
+    ([{"input": "x", "output": "\udc00"}], "line 1", "'output' holds an unpaired surrogate"),
+    ([{"input": "x", "output": "y", "label": "\ud83d"}], "line 1", "'label' holds an unpaired surrogate"),
 ])
 def test_bad_lines_are_named(tmp_path: Path, lines: list[Any], field: str, message: str) -> None:
     with pytest.raises(UsageError, match=message) as info:

@@ -99,10 +99,12 @@ def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS) ->
             raise UsageError(f"field {key!r} must be a string, got {type(value).__name__}", field=where)
         if not value.strip():
             raise UsageError(f"field {key!r} is empty", field=where)
-        texts[key] = value
+        texts[key] = _utf8(value, key, where)
     label = record.get("label")
     if label is not None and not isinstance(label, str):
         raise UsageError(f"field 'label' must be a string, got {type(label).__name__}", field=where)
+    if label is not None:
+        _utf8(label, "label", where)
     metadata = record.get("metadata", {})
     if not isinstance(metadata, dict):
         raise UsageError(f"field 'metadata' must be an object, got {type(metadata).__name__}", field=where)
@@ -115,6 +117,17 @@ def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS) ->
     if size > max_chars:
         raise UsageError(f"example is {size} characters; the limit is {max_chars}", field=where)
     return Example(input=texts["input"], output=texts["output"], label=label, metadata=metadata, line=lineno)
+
+
+def _utf8(value: str, key: str, where: str) -> str:
+    """``value``, if it is text UTF-8 can hold: JSON's ``\\ud83d`` escape parses to a lone surrogate (half an emoji,
+    e.g. from text cut at a UTF-16 boundary), which no tokenizer, upload or file write could take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"field {key!r} holds an unpaired surrogate ({value[exc.start]!a} at character "
+                         f"{exc.start}), which UTF-8 cannot encode", field=where) from None
+    return value
 
 
 def split(examples: list[T], validation_fraction: float, seed: int = 0) -> tuple[list[T], list[T]]:
