@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,4 +48,20 @@ def output_dir(path: str | Path, *, field: str) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot write results to {str(path)!r} ({exc.strerror or exc})", field=field) from None
+    return path
+
+
+def check_output_dir(path: str | Path, *, field: str) -> Path:
+    """``path`` if it is, or could be made as, a directory this process can write in; ``UsageError`` naming
+    ``field`` otherwise. Makes nothing: for the check before a long run that must leave no files if it fails."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing.parent != existing:  # the nearest part of the path that is there
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot write results to {str(path)!r} ({str(existing)!r} is not a directory)",
+                         field=field)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write results to {str(path)!r} (no permission to write in {str(existing)!r})",
+                         field=field)
     return path

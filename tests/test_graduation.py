@@ -344,3 +344,22 @@ capture = true
     assert f"{flag}:" in capsys.readouterr().err
     # Nothing exported, nothing trained: an adapter a registered challenger serves is never overwritten.
     assert config.read_text() == before and not out.exists()
+
+
+@pytest.mark.parametrize("decide", [False, True])
+def test_an_out_that_is_a_file_is_refused_before_tuning_or_promoting(gemini_server, tmp_path, capsys, decide):
+    """Graduating used to fail with a FileExistsError at the export; --decide wrote the promotion into the
+    config, then failed to save decision.json."""
+    config, base = lora_app(gemini_server, tmp_path)
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for record in paired(300, set(range(60)), set(range(2, 64))):    # resolved and cheaper: would promote
+        store.upsert_sync(record.model_copy(update={"metadata": {**record.metadata, "served": "chat"},
+                                                    "outcomes": {"chat": record.outcomes["icl"],
+                                                                 "lora": record.outcomes["lora"]}}))
+    before = config.read_text()
+    base[base.index("--out") + 1] = str(tmp_path / "taken")
+    (tmp_path / "taken").write_text("a file")
+    extra = ["--decide", "--challenger", "lora"] if decide else ["--name", "fresh", "--max-steps", "1"]
+    assert cli([*base, *extra]) == 2
+    assert "--out: cannot write results to" in capsys.readouterr().err
+    assert config.read_text() == before and (tmp_path / "taken").read_text() == "a file"

@@ -393,6 +393,26 @@ def test_cli_rejects_a_name_that_is_a_path_before_training(tmp_path: Path, capsy
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["d.jsonl", "proj", "proj/c.yaml"]
 
 
+@pytest.mark.parametrize("out", ["afile", "afile/adapter"])
+def test_an_out_that_cannot_be_a_directory_is_refused_before_training(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     out: str) -> None:
+    """It used to train for minutes, then fail to make the directory (a FileExistsError, no config written)."""
+    from genroute.cli import main
+    from genroute.tuning.local_lora import tune_local
+
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD])
+    (tmp_path / "afile").write_text("not a directory")
+    code = main(["tune", "--local", str(data), "--config", str(tmp_path / "c.yaml"), "--name", "t",
+                 "--out", str(tmp_path / out), "--max-steps", "1", "--threads", "1", "--rank", "1"])
+    assert code == 2
+    assert "--out: cannot write results to" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d.jsonl"]
+    with pytest.raises(UsageError, match="is not a directory") as info:
+        tune_local(data, tmp_path / out, config=tiny_config(max_steps=1))
+    assert info.value.field == "out_dir"
+
+
 def test_the_python_api_refuses_a_name_that_is_a_path(tmp_path: Path) -> None:
     from genroute.tuning.config_file import check_target
     from genroute.tuning.local_lora import register_tuned_backend

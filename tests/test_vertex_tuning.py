@@ -297,6 +297,19 @@ def test_cli_dry_run_sends_nothing(gemini_server: GeminiTestServer, config_path:
     assert gemini_server.requests == []
 
 
+def test_cli_dry_run_into_a_file_names_the_flag(config_path: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from genroute.cli import main
+
+    data = write_data(tmp_path / "data.jsonl", examples(20))
+    (tmp_path / "taken").write_text("a file")
+    code = main(["tune", str(data), "--base-model", "gemini-2.5-flash", "--config", str(config_path),
+                 "--name", "sentiment", "--dry-run", str(tmp_path / "taken")])
+    assert code == 2
+    assert "--dry-run: cannot write results to" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [

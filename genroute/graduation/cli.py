@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from genroute.errors import GenrouteError, UsageError
+from genroute.jsonl import check_output_dir
 
 
 def graduate_main(argv: Sequence[str]) -> int:
@@ -87,7 +88,7 @@ async def _run(args: argparse.Namespace) -> Any:
 
     if args.decide:
         check_rule(args.margin, args.min_n, fields=("--margin", "--min-n"))
-    out = Path(args.out)
+    out = check_output_dir(args.out, field="--out")  # before a tuning run, or a promotion written to the config
     saved = out / "graduation.json"
     name = args.challenger or args.name or f"{args.task}_tuned"
     if not args.decide:  # before minutes of tuning: a name the config could not take is refused now

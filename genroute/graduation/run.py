@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.errors import UsageError
+from genroute.jsonl import check_output_dir
 from genroute.graduation.export import TuningSet, export_tuning_set
 from genroute.graduation.promote import Promotion, check_rule, decide_promotion
 
@@ -74,7 +75,8 @@ async def agraduate(router: Router, task: str, *, out_dir: str | Path, name: str
     from genroute.tuning.data import load_examples
     from genroute.tuning.local_lora import LocalTuneConfig, tune_local_examples
 
-    # Before minutes of tuning: a challenger that could not be registered is refused now.
+    # Before minutes of tuning: a challenger that could not be registered, or nowhere to write, is refused now.
+    check_output_dir(out_dir, field="out_dir")
     check_challenger(router, vertex.name if vertex is not None else (name or f"{task}_tuned"), task=task, mode=mode,
                      share=share, new=register)
     if vertex is not None:

@@ -64,6 +64,7 @@ def tune_main(argv: list[str]) -> int:
 def _vertex(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from genroute.jsonl import output_dir
     from genroute.tuning.vertex import VertexTuningSettings, prepare_data, run_vertex_tuning, write_jsonl
 
     if not args.base_model:
@@ -81,7 +82,7 @@ def _vertex(args: argparse.Namespace) -> int:
         if not args.data:
             raise UsageError("a JSONL data file is required", field="data")
         prepared = prepare_data(args.data, settings)
-        out = Path(args.dry_run)
+        out = output_dir(args.dry_run, field="--dry-run")
         write_jsonl(prepared.train_rows, out / f"{args.name}-train.jsonl")
         write_jsonl(prepared.validation_rows, out / f"{args.name}-validation.jsonl")
         console.print(f"{len(prepared.train)} training and {len(prepared.validation)} validation examples "
@@ -102,6 +103,7 @@ def _vertex(args: argparse.Namespace) -> int:
 def _local(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from genroute.jsonl import check_output_dir
     from genroute.tuning.config_file import check_target
     from genroute.tuning.local_lora import LocalTuneConfig, register_tuned_backend, tune_local
 
@@ -122,6 +124,7 @@ def _local(args: argparse.Namespace) -> int:
             raise type(exc)(exc.message, field="--name") from None
         raise
     out = Path(args.out) if args.out else Path(args.config).resolve().parent / ".genroute" / "tuned" / args.name
+    check_output_dir(out, field="--out")
     result = tune_local(args.data, out, config=config)
     register_tuned_backend(args.config, args.name, result.adapter_path, result.base_model_path,
                            replace=args.replace)

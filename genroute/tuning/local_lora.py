@@ -116,6 +116,9 @@ def tune_local(data_path: str | Path, out_dir: str | Path, *, config: LocalTuneC
 def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, config: LocalTuneConfig
                         ) -> LocalTuneResult:
     """``tune_local`` on examples already loaded and checked."""
+    from genroute.jsonl import check_output_dir
+
+    check_output_dir(out_dir, field="out_dir")  # now, not after minutes of training
     base_path = resolve_base_model(config.base_model_path)
     check_base_architecture(base_path)
     torch = _import_torch()
