@@ -301,6 +301,22 @@ def test_same_seed_and_data_give_the_same_adapter(tiny_run: Any, tmp_path: Path)
 
 @pytest.mark.slow
 @pytest.mark.local
+@pytest.mark.parametrize("progress", [False, True])
+def test_training_writes_nothing_to_stdout(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                           progress: bool) -> None:
+    """stdout is the caller's (``genroute graduate`` prints its report there): the validation losses used to go
+    there even with the progress bar off."""
+    from genroute.tuning.local_lora import tune_local
+
+    data = write_lines(tmp_path / "d.jsonl", [{"input": x, "output": TARGET} for x in TINY_INPUTS[:4]])
+    tune_local(data, tmp_path / "out", config=tiny_config(max_steps=1, rank=1, progress=progress))
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert ("validation loss before training" in err) is progress
+
+
+@pytest.mark.slow
+@pytest.mark.local
 async def test_tuned_backend_answers_through_the_router(tiny_run: Any, tmp_path: Path, otel: Otel) -> None:
     from genroute.router.router import Router
     from genroute.tuning.local_lora import register_tuned_backend

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,8 +60,10 @@ def train_lora(model: Any, train_rows: Sequence[Row], val_rows: Sequence[Row], c
         steps = tokens = 0
         recent: list[float] = []
         bar = tqdm(total=total, desc="LoRA", unit="step", disable=not config.progress)
-        if initial_val is not None:
-            bar.write(f"validation loss before training: {initial_val:.4f}")
+        # With the bar: on stderr, as the bar is (tqdm writes to stdout by default, which is the caller's:
+        # ``genroute graduate`` prints its report there); without it, nothing.
+        if initial_val is not None and config.progress:
+            bar.write(f"validation loss before training: {initial_val:.4f}", file=sys.stderr)
         while steps < total:
             order = list(range(len(train_rows)))
             order_rng.shuffle(order)
@@ -79,8 +82,9 @@ def train_lora(model: Any, train_rows: Sequence[Row], val_rows: Sequence[Row], c
                 recent = (recent + [loss.item()])[-batches_per_epoch:]
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 bar.update(1)
-            if val_rows and (steps % batches_per_epoch == 0 or steps >= total):
-                bar.write(f"step {steps}: validation loss {evaluate(net, val_rows, config.batch_size):.4f}")
+            if config.progress and val_rows and (steps % batches_per_epoch == 0 or steps >= total):
+                bar.write(f"step {steps}: validation loss {evaluate(net, val_rows, config.batch_size):.4f}",
+                          file=sys.stderr)
         bar.close()
         final_val = evaluate(net, val_rows, config.batch_size)
         return TrainOutcome(
