@@ -346,16 +346,22 @@ capture = true
     assert config.read_text() == before and not out.exists()
 
 
+def promotable_app(server, tmp_path):
+    """``lora_app`` whose store holds 300 paired outcomes on which `lora` is promoted over `chat`."""
+    config, base = lora_app(server, tmp_path)
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for record in paired(300, set(range(60)), set(range(2, 64))):    # resolved and cheaper
+        store.upsert_sync(record.model_copy(update={"metadata": {**record.metadata, "served": "chat"},
+                                                    "outcomes": {"chat": record.outcomes["icl"],
+                                                                 "lora": record.outcomes["lora"]}}))
+    return config, base
+
+
 @pytest.mark.parametrize("decide", [False, True])
 def test_an_out_that_is_a_file_is_refused_before_tuning_or_promoting(gemini_server, tmp_path, capsys, decide):
     """Graduating used to fail with a FileExistsError at the export; --decide wrote the promotion into the
     config, then failed to save decision.json."""
-    config, base = lora_app(gemini_server, tmp_path)
-    store = OutcomeStore(tmp_path / "outcomes.db")
-    for record in paired(300, set(range(60)), set(range(2, 64))):    # resolved and cheaper: would promote
-        store.upsert_sync(record.model_copy(update={"metadata": {**record.metadata, "served": "chat"},
-                                                    "outcomes": {"chat": record.outcomes["icl"],
-                                                                 "lora": record.outcomes["lora"]}}))
+    config, base = promotable_app(gemini_server, tmp_path)
     before = config.read_text()
     base[base.index("--out") + 1] = str(tmp_path / "taken")
     (tmp_path / "taken").write_text("a file")
@@ -363,3 +369,20 @@ def test_an_out_that_is_a_file_is_refused_before_tuning_or_promoting(gemini_serv
     assert cli([*base, *extra]) == 2
     assert "--out: cannot write results to" in capsys.readouterr().err
     assert config.read_text() == before and (tmp_path / "taken").read_text() == "a file"
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--tuning-cost", "nan"), ("--tuning-cost", "-1"),
+                                             ("--cpu-usd-per-hour", "-5"), ("--cpu-usd-per-hour", "inf")])
+def test_decide_names_a_bad_tuning_cost_or_cpu_price_and_leaves_the_config(gemini_server, tmp_path, capsys, flag,
+                                                                           value):
+    """They were taken as given: "tuning $nan pays back in nan hours", "$-1.0000 pays back in -0.3 hours"."""
+    config, base = promotable_app(gemini_server, tmp_path)
+    before = config.read_text()
+    assert cli([*base, "--decide", "--challenger", "lora", flag, value]) == 2
+    assert f"{flag}: must be a finite number >= 0" in capsys.readouterr().err
+    assert config.read_text() == before and not (tmp_path / "grad").exists()
+    with Router.from_config(config) as router:
+        for keyword in ("tuning_cost_usd", "cpu_usd_per_hour"):
+            with pytest.raises(UsageError) as info:
+                router._portal.call(adecide(router, "t", challenger="lora", **{keyword: float(value)}))
+            assert info.value.field == keyword

@@ -82,12 +82,14 @@ def _saved_report(model: Any, path: Path) -> Any:
 
 
 async def _run(args: argparse.Namespace) -> Any:
-    from genroute.graduation.promote import check_rule
+    from genroute.graduation.promote import check_amount, check_rule
     from genroute.graduation.run import GraduationReport, adecide, agraduate
     from genroute.router.router import Router
 
     if args.decide:
         check_rule(args.margin, args.min_n, fields=("--margin", "--min-n"))
+        check_amount(args.tuning_cost, field="--tuning-cost")
+        check_amount(args.cpu_usd_per_hour, field="--cpu-usd-per-hour")
     out = check_output_dir(args.out, field="--out")  # before a tuning run, or a promotion written to the config
     saved = out / "graduation.json"
     name = args.challenger or args.name or f"{args.task}_tuned"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -30,6 +30,12 @@ def check_rule(margin: float, min_n: int, *, fields: tuple[str, str] = ("margin"
     if not is_whole(min_n) or min_n < 1:
         raise UsageError(f"the minimum number of outcomes must be an integer >= 1 (got {min_n!r})",
                          field=fields[1])
+
+
+def check_amount(value: Any, *, field: str) -> None:
+    """``UsageError`` naming ``field`` unless ``value`` is ``None`` or a finite number >= 0 (a cost or a price)."""
+    if value is not None and (not is_real(value) or not math.isfinite(value) or value < 0):
+        raise UsageError(f"must be a finite number >= 0 (got {value!r})", field=field)
 
 
 class Promotion(BaseModel):

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.errors import UsageError
 from genroute.jsonl import check_output_dir
 from genroute.graduation.export import TuningSet, export_tuning_set
-from genroute.graduation.promote import Promotion, check_rule, decide_promotion
+from genroute.graduation.promote import Promotion, check_amount, check_rule, decide_promotion
 
 if TYPE_CHECKING:
     from genroute.outcomes.records import OutcomeRecord
@@ -232,6 +232,8 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
     if given, else a Vertex job's priced tokens, else the local run's measured CPU time x ``cpu_usd_per_hour``
     (without a price it reports the CPU time and no pay-back)."""
     check_rule(margin, min_n)
+    check_amount(tuning_cost_usd, field="tuning_cost_usd")
+    check_amount(cpu_usd_per_hour, field="cpu_usd_per_hour")
     mode = mode or challenger_mode(router.policy, task, challenger)
     tracer = router.telemetry.tracer
     report = report or GraduationReport(task=task, challenger=challenger)
