@@ -386,3 +386,21 @@ def test_decide_names_a_bad_tuning_cost_or_cpu_price_and_leaves_the_config(gemin
             with pytest.raises(UsageError) as info:
                 router._portal.call(adecide(router, "t", challenger="lora", **{keyword: float(value)}))
             assert info.value.field == keyword
+
+
+@pytest.mark.parametrize(("extra", "flag"), [
+    (["--challenger", "lroa"], "--challenger"),                        # a typo
+    (["--challenger", "lora", "--incumbent", "caht"], "--incumbent"),
+    (["--challenger", "lora", "--incumbent", "lora"], "--incumbent"),  # itself
+])
+def test_decide_names_a_challenger_or_incumbent_that_is_not_a_backend(gemini_server, tmp_path, capsys, extra, flag):
+    """A misspelt name was decided on no outcomes and exited 0: "only 0 paired outcomes; the decision needs 100"."""
+    config, base = promotable_app(gemini_server, tmp_path)
+    before = config.read_text()
+    assert cli([*base, "--decide", *extra]) == 2
+    assert f"{flag}: " in capsys.readouterr().err
+    assert config.read_text() == before and not (tmp_path / "grad").exists()
+    with Router.from_config(config) as router:
+        with pytest.raises(UsageError) as info:
+            router._portal.call(adecide(router, "t", challenger="lora", incumbent="nope"))
+        assert info.value.field == "incumbent"

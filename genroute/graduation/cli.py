@@ -19,7 +19,8 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,11 @@ async def _run(args: argparse.Namespace) -> Any:
     async with Router.from_config(args.config) as router:
         if args.decide:
             report = _saved_report(GraduationReport, saved) if saved.is_file() else None
-            report = await adecide(router, args.task, challenger=name, incumbent=args.incumbent, margin=args.margin,
-                                   min_n=args.min_n, promote=False, tuning_cost_usd=args.tuning_cost,
-                                   cpu_usd_per_hour=args.cpu_usd_per_hour, report=report)
+            with _flags({"challenger": "--challenger", "incumbent": "--incumbent"}):
+                report = await adecide(router, args.task, challenger=name, incumbent=args.incumbent,
+                                       margin=args.margin, min_n=args.min_n, promote=False,
+                                       tuning_cost_usd=args.tuning_cost, cpu_usd_per_hour=args.cpu_usd_per_hour,
+                                       report=report)
             if report.promotion is not None and report.promotion.promote:
                 write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share,
                                  promoted=True)
@@ -159,10 +162,17 @@ def _check_new_backend(config_path: str, name: str, *, engines: Sequence[str]) -
     challenger serves, then be refused) or a file genroute cannot rewrite (TOML)."""
     from genroute.tuning.config_file import check_target
 
-    try:
+    with _flags({"name": "--name", "config": "--config"}):
         check_target(config_path, name, engines=engines)
-    except UsageError as exc:  # named as the flag that gave it
-        flag = {"name": "--name", "config": "--config"}.get(exc.field or "")
+
+
+@contextmanager
+def _flags(flags: dict[str, str]) -> Iterator[None]:
+    """A ``UsageError`` whose field is a key of ``flags`` is named as the command-line flag that gave it."""
+    try:
+        yield
+    except UsageError as exc:
+        flag = flags.get(exc.field or "")
         if flag is None:
             raise
         raise type(exc)(exc.message, field=flag) from None

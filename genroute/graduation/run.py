@@ -234,6 +234,7 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
     check_rule(margin, min_n)
     check_amount(tuning_cost_usd, field="tuning_cost_usd")
     check_amount(cpu_usd_per_hour, field="cpu_usd_per_hour")
+    check_pair(router, challenger, incumbent)
     mode = mode or challenger_mode(router.policy, task, challenger)
     tracer = router.telemetry.tracer
     report = report or GraduationReport(task=task, challenger=challenger)
@@ -257,6 +258,17 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
              if promotion.promote and promote else f"promote: not promoted; {incumbent} keeps task {task!r}",
              f"advisor: {advice}")
     return report.model_copy(update={"lines": lines, "promotion": promotion, "advice": advice})
+
+
+def check_pair(router: Router, challenger: Any, incumbent: Any) -> None:
+    """``UsageError`` naming ``challenger`` / ``incumbent`` unless each is a backend of ``router`` and they differ: a
+    misspelt name would otherwise be decided on no outcomes ("only 0 paired outcomes") as if traffic were short."""
+    for field, name in (("challenger", challenger), ("incumbent", incumbent)):
+        if name is not None and (not isinstance(name, str) or name not in router.backends):
+            raise UsageError(f"{name!r} is not a backend of the router (backends: {', '.join(router.backends)})",
+                             field=field)
+    if incumbent == challenger:
+        raise UsageError(f"{challenger!r} is the challenger: the incumbent must be another backend", field="incumbent")
 
 
 def advise(records: list[OutcomeRecord], promotion: Promotion, *, tuning_cost_usd: float | None,
