@@ -404,3 +404,31 @@ def test_decide_names_a_challenger_or_incumbent_that_is_not_a_backend(gemini_ser
         with pytest.raises(UsageError) as info:
             router._portal.call(adecide(router, "t", challenger="lora", incumbent="nope"))
         assert info.value.field == "incumbent"
+
+
+def test_graduating_again_into_the_same_out_under_a_new_name_leaves_the_served_adapter(gemini_server, tmp_path,
+                                                                                       capsys):
+    """The first graduation's challenger serves OUT/adapter/adapter.gguf; a second one named otherwise (as the
+    refusal of a taken name suggests) trained and replaced that file under it."""
+    cfg = gemini_config(gemini_server)
+    out = tmp_path / "grad"
+    served = out / "adapter" / "adapter.gguf"
+    served.parent.mkdir(parents=True)
+    served.write_bytes(b"the first graduation's adapter")
+    cfg["engines"]["t_tuned_engine"] = {"kind": "local", "lora_path": str(served), "prompt_format": "gemma"}
+    cfg["backends"]["t_tuned"] = {"kind": "tuned", "engine": "t_tuned_engine", "model": "gemma-3-270m",
+                                  "base_model": "gemma-3-270m"}
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "capture": True}
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for i in range(6):
+        store.upsert_sync(captured(i, f"review number {i}", "positive" if i % 2 else "negative"))
+    before = config.read_text()
+    args = ["graduate", "--task", "t", "--config", str(config), "--out", str(out), "--name", "t_tuned2",
+            "--min-examples", "4", "--epochs", "1", "--max-steps", "1", "--rank", "1", "--threads", "1"]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert "--out: " in err and "engine 't_tuned_engine' serves" in err
+    assert served.read_bytes() == b"the first graduation's adapter" and config.read_text() == before
+    assert sorted(p.name for p in out.iterdir()) == ["adapter"]   # nothing exported either

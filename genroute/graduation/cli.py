@@ -139,9 +139,10 @@ async def _run(args: argparse.Namespace) -> Any:
             tune = settings_from_flags(LocalTuneConfig, {
                 "epochs": args.epochs, "learning_rate": args.learning_rate, "rank": args.rank,
                 "max_steps": args.max_steps, "threads": args.threads, "progress": False})
-            report = await agraduate(router, args.task, out_dir=out, name=name, tune=tune, mode=args.mode,
-                                     share=args.share, eval_share=args.eval_share, min_examples=args.min_examples,
-                                     register=False)
+            with _flags({"out_dir": "--out"}):
+                report = await agraduate(router, args.task, out_dir=out, name=name, tune=tune, mode=args.mode,
+                                         share=args.share, eval_share=args.eval_share,
+                                         min_examples=args.min_examples, register=False)
             assert report.adapter_path is not None
             options = {"n_threads": args.threads} if args.threads else None
             register_tuned_backend(args.config, name, report.adapter_path, tasks=[args.task], engine_options=options)

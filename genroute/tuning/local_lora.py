@@ -35,6 +35,8 @@ from genroute.tuning.data import DEFAULT_MAX_CHARS, Example, load_examples, spli
 USER_TURN = "<start_of_turn>user\n{input}<end_of_turn>\n<start_of_turn>model\n"
 END_OF_TURN = "<end_of_turn>"
 BASE_MODEL_NAME = "gemma-3-270m"
+#: The adapter's file name in a run's output directory.
+ADAPTER_FILE = "adapter.gguf"
 
 
 def format_prompt(input: str) -> str:
@@ -143,7 +145,7 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
 
     from genroute.tuning.gguf_adapter import write_lora_adapter
 
-    adapter = write_lora_adapter(out / "adapter.gguf", outcome.pairs, alpha=config.alpha,
+    adapter = write_lora_adapter(out / ADAPTER_FILE, outcome.pairs, alpha=config.alpha,
                                  name="genroute local LoRA", dtype=config.adapter_dtype)
     result = LocalTuneResult(
         adapter_path=adapter,
