@@ -429,6 +429,29 @@ def test_an_out_that_cannot_be_a_directory_is_refused_before_training(tmp_path: 
     assert info.value.field == "out_dir"
 
 
+def test_cli_refuses_an_out_whose_adapter_another_tuned_backend_serves(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Tuning v2 into the --out v1 was tuned into trained, then replaced the adapter under v1."""
+    from genroute.cli import main
+
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD])
+    served = tmp_path / "adapters" / "adapter.gguf"
+    served.parent.mkdir()
+    served.write_bytes(b"v1's adapter")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "engines": {"v1_engine": {"kind": "local", "lora_path": "adapters/adapter.gguf", "prompt_format": "gemma"}},
+        "backends": {"v1": {"kind": "tuned", "engine": "v1_engine", "model": "gemma-3-270m",
+                            "base_model": "gemma-3-270m"}}}))   # relative: beside the config
+    before = config.read_text()
+    code = main(["tune", "--local", str(data), "--config", str(config), "--name", "v2", "--out",
+                 str(tmp_path / "adapters"), "--max-steps", "1", "--threads", "1", "--rank", "1"])
+    assert code == 2
+    assert "--out: " in (err := capsys.readouterr().err) and "engine 'v1_engine' serves" in err
+    assert served.read_bytes() == b"v1's adapter" and config.read_text() == before
+    assert sorted(p.name for p in served.parent.iterdir()) == ["adapter.gguf"]
+
+
 def test_the_python_api_refuses_a_name_that_is_a_path(tmp_path: Path) -> None:
     from genroute.tuning.config_file import check_target
     from genroute.tuning.local_lora import register_tuned_backend

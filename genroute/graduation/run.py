@@ -73,7 +73,8 @@ async def agraduate(router: Router, task: str, *, out_dir: str | Path, name: str
     it is (``genroute graduate`` writes the config file instead).
     """
     from genroute.tuning.data import load_examples
-    from genroute.tuning.local_lora import ADAPTER_FILE, LocalTuneConfig, tune_local_examples
+    from genroute.tuning.local_lora import (ADAPTER_FILE, LocalTuneConfig, check_adapter_unserved,
+                                            tune_local_examples)
 
     # Before minutes of tuning: a challenger that could not be registered, or nowhere to write, is refused now.
     check_output_dir(out_dir, field="out_dir")
@@ -86,7 +87,9 @@ async def agraduate(router: Router, task: str, *, out_dir: str | Path, name: str
 
     name = name or f"{task}_tuned"
     out = Path(out_dir)
-    check_adapter_unserved(router, out / "adapter" / ADAPTER_FILE)
+    # Graduating again under a new name into the same directory would replace an earlier challenger's adapter.
+    check_adapter_unserved({n: e.lora_path for n, e in router.resources.engines.items()},
+                           out / "adapter" / ADAPTER_FILE, field="out_dir")
     tracer = router.telemetry.tracer
     lines: list[str] = []
     with tracer.start_as_current_span("genroute.graduate", attributes={"genroute.task": task}):
@@ -195,16 +198,6 @@ def register_local(router: Router, name: str, adapter: str | Path, *, task: str,
         # Never used: its pool has started no thread and no model is loaded, so dropping it frees everything.
         del router.resources.engines[engine_name]
         raise
-
-
-def check_adapter_unserved(router: Router, adapter: Path) -> None:
-    """``UsageError`` naming ``out_dir`` if one of ``router``'s engines serves ``adapter``: tuning would replace
-    the adapter under an earlier graduation's challenger (graduating again under a new name, same ``out_dir``)."""
-    for engine_name, engine in router.resources.engines.items():
-        lora = engine.lora_path
-        if lora is not None and Path(lora).resolve() == adapter.resolve():
-            raise UsageError(f"{adapter} is the LoRA adapter engine {engine_name!r} serves; tuning would replace it: "
-                             "graduate into another directory", field="out_dir")
 
 
 def check_challenger(router: Router, name: Any, *, task: Any, mode: Any, share: Any, new: bool) -> None:

@@ -103,9 +103,11 @@ def _vertex(args: argparse.Namespace) -> int:
 def _local(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from genroute.config import anchor_paths
     from genroute.jsonl import check_output_dir
     from genroute.tuning.config_file import check_target
-    from genroute.tuning.local_lora import LocalTuneConfig, register_tuned_backend, tune_local
+    from genroute.tuning.local_lora import (ADAPTER_FILE, LocalTuneConfig, check_adapter_unserved,
+                                            register_tuned_backend, tune_local)
 
     if not args.data:
         raise UsageError("a JSONL data file is required", field="data")
@@ -118,13 +120,19 @@ def _local(args: argparse.Namespace) -> int:
     config = settings_from_flags(LocalTuneConfig, {k: v for k, v in fields.items() if v is not None})
     # Before minutes of training, not after; a config file that does not exist yet is created.
     try:
-        check_target(args.config, args.name, replace=args.replace, engines=[f"{args.name}_engine"], missing_ok=True)
+        raw = check_target(args.config, args.name, replace=args.replace, engines=[f"{args.name}_engine"],
+                           missing_ok=True)
     except UsageError as exc:  # the name also makes the adapter's directory: named as the flag that gave it
         if exc.field == "name":
             raise type(exc)(exc.message, field="--name") from None
         raise
     out = Path(args.out) if args.out else Path(args.config).resolve().parent / ".genroute" / "tuned" / args.name
     check_output_dir(out, field="--out")
+    # Another tuned backend's adapter (tuned into the same --out before) is not replaced; --replace re-tunes its own.
+    engines = anchor_paths(raw, Path(args.config)).get("engines") or {}
+    check_adapter_unserved({n: e.get("lora_path") for n, e in engines.items()
+                            if isinstance(e, dict) and not (args.replace and n == f"{args.name}_engine")},
+                           out / ADAPTER_FILE, field="--out")
     result = tune_local(args.data, out, config=config)
     register_tuned_backend(args.config, args.name, result.adapter_path, result.base_model_path,
                            replace=args.replace)

@@ -169,6 +169,15 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
     return result
 
 
+def check_adapter_unserved(lora_paths: Mapping[str, str | None], adapter: Path, *, field: str) -> None:
+    """``UsageError`` naming ``field`` if an engine of ``lora_paths`` (engine name -> its ``lora_path``) serves
+    ``adapter``: a run writing there would replace the adapter under that engine's tuned backend."""
+    for engine, lora in lora_paths.items():
+        if isinstance(lora, str) and Path(lora).resolve() == adapter.resolve():
+            raise UsageError(f"{adapter} is the LoRA adapter engine {engine!r} serves; tuning would replace it: "
+                             "write the new one into another directory", field=field)
+
+
 def refuse_diverged(outcome: Any) -> None:
     """Refuse a run whose losses or weights are not finite (e.g. an exploding learning rate): its adapter would
     answer nonsense, and a NaN loss is not even valid JSON in ``tune_result.json``."""
