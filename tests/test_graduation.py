@@ -432,3 +432,18 @@ def test_graduating_again_into_the_same_out_under_a_new_name_leaves_the_served_a
     assert "--out: " in err and "engine 't_tuned_engine' serves" in err
     assert served.read_bytes() == b"the first graduation's adapter" and config.read_text() == before
     assert sorted(p.name for p in out.iterdir()) == ["adapter"]   # nothing exported either
+
+
+@pytest.mark.parametrize(("extra", "flag"), [
+    (["--share", "0"], "--share"),
+    (["--mode", "split", "--share", "1.5"], "--share"),
+    (["--eval-share", "1"], "--eval-share"),
+    (["--register-only", "--challenger", "lora", "--share", "0"], "--share"),
+])
+def test_graduate_names_the_flag_of_a_bad_share(gemini_server, tmp_path, capsys, extra, flag):
+    """They were named as the Python arguments or the config key they became: share, eval_share, policy.share."""
+    config, base = lora_app(gemini_server, tmp_path)
+    before = config.read_text()
+    assert cli([*base, "--max-steps", "1", *extra]) == 2
+    assert f"error: {flag}: " in capsys.readouterr().err
+    assert config.read_text() == before

@@ -101,7 +101,8 @@ async def _run(args: argparse.Namespace) -> Any:
     if not (args.decide or args.register_only):
         _check_new_backend(args.config, name, engines=() if args.vertex else (f"{name}_engine",))
     if args.register_only:
-        write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
+        with _flags({"policy.share": "--share"}):  # the challenger policy written is the flags'
+            write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
         return GraduationReport(task=args.task, challenger=name, lines=(
             f"register: {name} is the challenger for task {args.task!r} ({args.mode}) in {args.config}",))
     async with Router.from_config(args.config) as router:
@@ -125,9 +126,10 @@ async def _run(args: argparse.Namespace) -> Any:
             settings = settings_from_flags(VertexTuningSettings, {
                 "base_model": args.base_model, "name": name, "staging_uri": args.staging_uri, "epochs": args.epochs,
                 "seed": 0, "poll_interval_s": args.poll_interval})
-            report = await agraduate(router, args.task, out_dir=out, vertex=settings, config_path=args.config,
-                                     mode=args.mode, share=args.share, eval_share=args.eval_share,
-                                     min_examples=args.min_examples, register=False)
+            with _flags(_GRADUATE_FLAGS):
+                report = await agraduate(router, args.task, out_dir=out, vertex=settings, config_path=args.config,
+                                         mode=args.mode, share=args.share, eval_share=args.eval_share,
+                                         min_examples=args.min_examples, register=False)
             write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
             report = report.model_copy(update={"lines": (
                 *report.lines, f"register: {name} written to {args.config} as the challenger for task "
@@ -139,7 +141,7 @@ async def _run(args: argparse.Namespace) -> Any:
             tune = settings_from_flags(LocalTuneConfig, {
                 "epochs": args.epochs, "learning_rate": args.learning_rate, "rank": args.rank,
                 "max_steps": args.max_steps, "threads": args.threads, "progress": False})
-            with _flags({"out_dir": "--out"}):
+            with _flags(_GRADUATE_FLAGS):
                 report = await agraduate(router, args.task, out_dir=out, name=name, tune=tune, mode=args.mode,
                                          share=args.share, eval_share=args.eval_share,
                                          min_examples=args.min_examples, register=False)
@@ -165,6 +167,11 @@ def _check_new_backend(config_path: str, name: str, *, engines: Sequence[str]) -
 
     with _flags({"name": "--name", "config": "--config"}):
         check_target(config_path, name, engines=engines)
+
+
+#: The flags behind ``agraduate``'s arguments (and the Vertex AI settings it is given).
+_GRADUATE_FLAGS = {"out_dir": "--out", "share": "--share", "eval_share": "--eval-share", "staging_uri": "--staging-uri",
+                   "base_model": "--base-model", "poll_interval_s": "--poll-interval"}
 
 
 @contextmanager
