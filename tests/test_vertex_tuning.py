@@ -282,6 +282,30 @@ async def test_timeout_then_resume(gemini_server: GeminiTestServer, jobs: Tuning
     assert yaml.safe_load(config_path.read_text())["backends"]["sentiment"]["tuning_job"] == name
 
 
+async def test_resume_refuses_a_base_model_the_job_did_not_tune(gemini_server: GeminiTestServer, jobs: TuningRoutes,
+                                                                config_path: Path, tmp_path: Path) -> None:
+    """--resume takes --base-model on trust: the wrong one registered the endpoint billed at another model's rates."""
+    from genroute.errors import BackendUnavailable
+    from genroute.tuning.vertex import resume_vertex
+
+    jobs.script("JOB_STATE_RUNNING")
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    with pytest.raises(BackendUnavailable, match="keeps running"):
+        await tune_vertex(data, settings(timeout_s=0.05), config_path=config_path,
+                          credentials=Credentials(token="test"), console=quiet())
+    (name,) = jobs.jobs
+    jobs.set_states(name, "JOB_STATE_SUCCEEDED")
+    before = config_path.read_text()
+    with pytest.raises(UsageError, match="tuned 'gemini-2.5-flash', not 'gemini-2.5-pro'") as info:
+        await resume_vertex(name, settings(base_model="gemini-2.5-pro"), config_path=config_path,
+                            credentials=Credentials(token="test"), console=quiet())
+    assert info.value.field == "base_model"
+    assert config_path.read_text() == before
+    await resume_vertex(name, settings(), config_path=config_path, credentials=Credentials(token="test"),
+                        console=quiet())
+    assert yaml.safe_load(config_path.read_text())["backends"]["sentiment"]["base_model"] == "gemini-2.5-flash"
+
+
 def test_cli_dry_run_sends_nothing(gemini_server: GeminiTestServer, config_path: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     from genroute.cli import main

@@ -101,6 +101,22 @@ def require_price(config: RouterConfig, name: str, backend: Mapping[str, Any]) -
     pricing.require(model, field=f"backends.{name}.{key}")
 
 
+def require_same_base(tuned_from: str | None, base_model: str, *, config_path: str | Path | None,
+                      job: str) -> None:
+    """``UsageError`` naming ``base_model`` if tuning ``job`` tuned ``tuned_from``, priced otherwise than
+    ``base_model`` in the config: ``--resume`` takes ``--base-model`` on trust, and the backend bills at its rates."""
+    from genroute.config import load_config
+    from genroute.runtime.pricing import Pricing
+
+    if not tuned_from or tuned_from == base_model:
+        return
+    pricing = Pricing(load_config(config_path).pricing if config_path is not None else {})
+    theirs, ours = pricing.lookup(tuned_from), pricing.lookup(base_model)
+    if theirs is not None and ours is not None and theirs != ours:  # a name priced alike bills alike
+        raise UsageError(f"tuning job {job} tuned {tuned_from!r}, not {base_model!r}: its backend would bill at "
+                         f"the wrong model's rates (give {tuned_from!r})", field="base_model")
+
+
 def register_tuned_backend(config_path: str | Path, name: str, *, engine: str, model: str, base_model: str,
                            system: str | None = None, tuning_job: str | None = None,
                            replace: bool = False) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.errors import BackendError, BackendRejected, BackendUnavailable, ConfigError, UsageError
-from genroute.tuning.config_file import NAME_PATTERN, check_target, register_tuned_backend
+from genroute.tuning.config_file import (NAME_PATTERN, check_target, register_tuned_backend,
+                                         require_same_base)
 from genroute.tuning.data import DEFAULT_MAX_CHARS, Example, load_examples, split
 
 if TYPE_CHECKING:
@@ -324,6 +325,7 @@ async def _finish(engine: GeminiEngine, name: str, settings: VertexTuningSetting
     if not job.has_succeeded:
         detail = job.error.message if job.error is not None and job.error.message else "no error detail"
         raise BackendRejected(f"tuning job {name} ended in {state}: {detail}", backend=settings.name)
+    require_same_base(job.base_model, settings.base_model, config_path=config_path, job=name)
     tuned = job.tuned_model
     model = tuned.model if tuned is not None else None
     endpoint = tuned.endpoint if tuned is not None else None
