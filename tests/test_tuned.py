@@ -175,3 +175,23 @@ async def test_tuned_backend_on_the_local_engine(otel: Otel) -> None:
     assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
     (span,) = otel.spans("generate_content")
     assert span.attributes["gen_ai.provider.name"] == "genroute.local"
+
+
+@pytest.mark.parametrize(("vertex", "model"), [
+    (False, ENDPOINT),                           # sent as /v1/models/projects/...:generateContent
+    (True, "tunedModels/sentiment-abc"),         # sent as .../publishers/tunedModels/models/sentiment-abc
+    (True, "endpoints/1234567890"),              # sent as .../publishers/endpoints/models/1234567890
+])
+def test_a_tuned_model_name_of_the_other_gemini_api_is_a_config_error(gemini_server: GeminiTestServer, otel: Otel,
+                                                                       vertex: bool, model: str) -> None:
+    from genroute.errors import ConfigError
+
+    engine: dict[str, Any] = {"kind": "gemini", "base_url": gemini_server.base_url}
+    engine.update({"vertex": {"project": "test-proj", "location": "us-central1"}} if vertex else {"api_key": TEST_KEY})
+    config = {"engines": {"g": engine},
+              "backends": {"tuned": {"kind": "tuned", "engine": "g", "model": model, "base_model": "gemini-2.5-flash"}}}
+    options = {"g": {"credentials": Credentials(token="test")}} if vertex else None
+    with pytest.raises(ConfigError, match="resource") as info:
+        Router.from_config(config, engine_options=options, **otel.providers)
+    assert info.value.field == "backends.tuned.model"
+    assert gemini_server.requests == []

@@ -51,6 +51,9 @@ class TunedBackend(SingleCallBackend):
                 field=f"engines.{config.engine}.prompt_format",
             )
 
+        if engine is not None:
+            _check_resource(config.model, engine.provider, field=f"backends.{name}.model")
+
     def facts(self) -> dict[str, Any]:
         return {"model": self.config.model, "base_model": self.config.base_model}
 
@@ -69,3 +72,16 @@ class TunedBackend(SingleCallBackend):
             config=self.config.generation.to_genai(system=self.config.system),
             price_as=self.billed_as(ctx.pricing)[0],
         )
+
+
+def _check_resource(model: str, provider: str, *, field: str) -> None:
+    """``ConfigError`` naming ``field`` if ``model`` is a resource name of the other Gemini API than ``provider``'s:
+    the SDK would put it under a path of its own API (``/v1/models/projects/...``, ``.../publishers/tunedModels/
+    models/x``) and every request would be refused."""
+    if provider == "gcp.gemini" and model.startswith("projects/"):
+        raise ConfigError(f"{model!r} is a Vertex AI resource: serve it on an engine with `vertex:` (a Gemini "
+                          "Developer API tuned model is named tunedModels/NAME)", field=field)
+    if provider == "gcp.vertex_ai" and model.startswith(("tunedModels/", "endpoints/")):
+        raise ConfigError(f"{model!r} is not a Vertex AI resource name: a tuned model there is "
+                          "projects/P/locations/L/endpoints/E (tunedModels/NAME is the Gemini Developer API's)",
+                          field=field)
