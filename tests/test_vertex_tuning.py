@@ -306,6 +306,24 @@ async def test_resume_refuses_a_base_model_the_job_did_not_tune(gemini_server: G
     assert yaml.safe_load(config_path.read_text())["backends"]["sentiment"]["base_model"] == "gemini-2.5-flash"
 
 
+@pytest.mark.parametrize("token_path", ["/token", None])
+async def test_credentials_that_cannot_be_refreshed_for_the_upload_are_a_genroute_error(
+        gemini_server: GeminiTestServer, jobs: TuningRoutes, config_path: Path, tmp_path: Path,
+        token_path: str | None) -> None:
+    """A refresh token the token server refuses (revoked, expired) or cannot be reached for: google-auth's
+    RefreshError / TransportError came out of `genroute tune` as they were, a traceback."""
+    from genroute.errors import BackendError
+
+    token_uri = f"{gemini_server.base_url}{token_path}" if token_path else "http://127.0.0.1:9/token"
+    stale = Credentials(token=None, refresh_token="loopback-refresh", client_id="c", client_secret="s",
+                        token_uri=token_uri)
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    before = config_path.read_text()
+    with pytest.raises(BackendError):
+        await tune_vertex(data, settings(), config_path=config_path, credentials=stale, console=quiet())
+    assert jobs.uploads == {} and jobs.jobs == {} and config_path.read_text() == before
+
+
 def test_cli_dry_run_sends_nothing(gemini_server: GeminiTestServer, config_path: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     from genroute.cli import main

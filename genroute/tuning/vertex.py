@@ -135,8 +135,13 @@ async def upload_jsonl(uri: str, rows: Sequence[dict[str, Any]], *, credentials:
     bucket, _, obj = uri.removeprefix("gs://").partition("/")
     root = os.environ.get("STORAGE_EMULATOR_HOST") or _STORAGE_ROOT
     root = root if "://" in root else f"http://{root}"
+    from genroute.engines.errors import map_error
+
     headers = {"Content-Type": "application/jsonl"}
-    await asyncio.to_thread(_authorize, credentials, headers)
+    try:
+        await asyncio.to_thread(_authorize, credentials, headers)
+    except Exception as exc:  # a token refresh that failed: no network, a revoked or expired refresh token
+        raise map_error(exc) from exc
     try:
         async with httpx.AsyncClient(timeout=120) as http:
             response = await http.post(f"{root.rstrip('/')}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
