@@ -452,6 +452,26 @@ def test_cli_refuses_an_out_whose_adapter_another_tuned_backend_serves(tmp_path:
     assert sorted(p.name for p in served.parent.iterdir()) == ["adapter.gguf"]
 
 
+@pytest.mark.parametrize(("extra", "flag"), [
+    (["--local", "--dry-run", "DIR"], "--dry-run: is for Vertex AI runs only"),   # it trained for real
+    (["--local", "--system", "Label it."], "--system: is for Vertex AI runs only"),
+    (["--local", "--poll-interval", "5"], "--poll-interval: is for Vertex AI runs only"),
+    (["--base-model", "gemini-2.5-flash", "--staging-uri", "gs://b/p", "--rank", "4"], "--rank: is for --local"),
+])
+def test_cli_refuses_a_flag_the_run_would_ignore(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 extra: list[str], flag: str) -> None:
+    from genroute.cli import main
+
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD])
+    extra = [str(tmp_path / "dry") if x == "DIR" else x for x in extra]
+    code = main(["tune", str(data), "--config", str(tmp_path / "c.yaml"), "--name", "t", "--max-steps", "1",
+                 "--threads", "1", "--rank", "1", *extra] if "--local" in extra else
+                ["tune", str(data), "--config", str(tmp_path / "c.yaml"), "--name", "t", *extra])
+    assert code == 2
+    assert flag in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [data]
+
+
 def test_the_python_api_refuses_a_name_that_is_a_path(tmp_path: Path) -> None:
     from genroute.tuning.config_file import check_target
     from genroute.tuning.local_lora import register_tuned_backend

@@ -35,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     cloud.add_argument("--system", help="a minimal system line, used in training and by the backend")
     cloud.add_argument("--learning-rate-multiplier", type=float)
     cloud.add_argument("--adapter-size", help="e.g. ADAPTER_SIZE_FOUR")
-    cloud.add_argument("--min-examples", type=int, default=10)
-    cloud.add_argument("--poll-interval", type=float, default=30.0, help="seconds between status checks")
+    cloud.add_argument("--min-examples", type=int, help="(default 10)")
+    cloud.add_argument("--poll-interval", type=float, help="seconds between status checks (default 30)")
     cloud.add_argument("--timeout", type=float, help="stop waiting after this many seconds (the job keeps running)")
     cloud.add_argument("--resume", metavar="JOB", help="wait for an existing tuning job instead of starting one")
     cloud.add_argument("--dry-run", metavar="DIR", help="write the converted train/validation JSONL to DIR and stop")
@@ -56,9 +56,27 @@ def _parser() -> argparse.ArgumentParser:
 def tune_main(argv: list[str]) -> int:
     """Entry point of ``genroute tune``; returns the process exit code."""
     args = _parser().parse_args(argv)
+    _refuse_other_mode(args)
     if args.local:
         return _local(args)
     return _vertex(args)
+
+
+#: The flags that only one kind of run reads (the other would ignore them).
+_ONLY = {"Vertex AI": ("--base-model", "--engine", "--staging-uri", "--system", "--learning-rate-multiplier",
+                       "--adapter-size", "--min-examples", "--poll-interval", "--timeout", "--resume", "--dry-run"),
+         "--local": ("--out", "--rank", "--alpha", "--target-modules", "--learning-rate", "--max-seq-len",
+                     "--batch-size", "--threads", "--max-steps")}
+
+
+def _refuse_other_mode(args: argparse.Namespace) -> None:
+    """``UsageError`` naming a flag given for the other kind of run than the one asked for: it would be ignored (a
+    ``--dry-run`` with ``--local`` would start the training it was meant to avoid)."""
+    other = "Vertex AI" if args.local else "--local"
+    for flag in _ONLY[other]:
+        if getattr(args, flag[2:].replace("-", "_")) is not None:
+            raise UsageError(f"is for {other} runs only; " + ("leave out --local" if args.local else "add --local"),
+                             field=flag)
 
 
 def _vertex(args: argparse.Namespace) -> int:
