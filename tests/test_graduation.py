@@ -447,3 +447,28 @@ def test_graduate_names_the_flag_of_a_bad_share(gemini_server, tmp_path, capsys,
     assert cli([*base, "--max-steps", "1", *extra]) == 2
     assert f"error: {flag}: " in capsys.readouterr().err
     assert config.read_text() == before
+
+
+def test_the_challenger_is_built_with_the_config_files_relative_paths(gemini_server, tmp_path, monkeypatch):
+    """A policy's relative stats_path resolves against the config's directory when the router builds it; writing the
+    challenger around it built it against the working directory, and refused a config that builds (after tuning,
+    with the tuned backend already written)."""
+    from genroute.policies.stats import BackendStats, BenchStats
+
+    project = tmp_path / "project"
+    project.mkdir()
+    BenchStats(tasks={"t": {b: BackendStats(n=100, quality=q, quality_ci=(q - 0.05, q + 0.05), latency_p50_s=0.1,
+                                            latency_p95_s=0.2, cost_per_request_usd=c)
+                            for b, q, c in (("chat", 0.9, 0.001), ("lora", 0.8, 0.0001))}}).save(project / "stats.json")
+    cfg = gemini_config(gemini_server)
+    cfg["backends"]["lora"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+    cfg["policy"] = {"kind": "cost_aware", "stats_path": "stats.json", "default": "chat"}
+    config = project / "app.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)   # not the config's directory
+    assert cli(["graduate", "--task", "t", "--config", str(config), "--out", str(project / "grad"),
+                "--register-only", "--challenger", "lora"]) == 0
+    written = yaml.safe_load(config.read_text())["policy"]
+    assert written["kind"] == "challenger" and written["policy"]["stats_path"] == "stats.json"   # still relative
+    with Router.from_config(config) as router:
+        assert router.decide("x", task="t").shadow == ("lora",)

@@ -189,7 +189,7 @@ def _flags(flags: dict[str, str]) -> Iterator[None]:
 def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: str, share: float,
                      promoted: bool = False) -> dict[str, Any]:
     """Wrap the config's policy in a ``challenger`` policy for ``task`` (or update the one there); atomic."""
-    from genroute.config import load_config, read_config_file
+    from genroute.config import anchor_paths, load_config, read_config_file
     from genroute.policies import build_policy
     from genroute.tuning.config_file import check_target, write_atomic
 
@@ -210,8 +210,11 @@ def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: 
         policy = {"kind": "challenger", "task": task, "backend": backend, "mode": mode, "share": share,
                   "promoted": promoted, "policy": policy}
     raw["policy"] = policy
-    load_config(raw)
-    build_policy(policy)  # the policy we write must build
+    # The policy we write must build, as the router will build it: its relative paths (a cost_aware policy's
+    # stats_path...) against the file's directory, not the working directory. The file keeps them relative.
+    anchored = anchor_paths(raw, path)
+    load_config(anchored)
+    build_policy(anchored["policy"])
     if path.suffix.lower() == ".json":
         text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
     else:
