@@ -472,3 +472,27 @@ def test_the_challenger_is_built_with_the_config_files_relative_paths(gemini_ser
     assert written["kind"] == "challenger" and written["policy"]["stats_path"] == "stats.json"   # still relative
     with Router.from_config(config) as router:
         assert router.decide("x", task="t").shadow == ("lora",)
+
+
+def test_graduate_vertex_tunes_on_the_vertex_engine_beside_a_developer_api_one(gemini_server, tmp_path, monkeypatch,
+                                                                                capsys):
+    """A config serving on the Developer API with a Vertex AI engine for tuning: `genroute graduate --vertex` was
+    refused ("engine: name the Gemini engine to tune with (found: gemini, vertex)") and had no flag to name it."""
+    from genroute.testing.credentials import write_credentials
+    from genroute.testing.tuning_routes import TuningRoutes
+
+    TuningRoutes(gemini_server)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(write_credentials(tmp_path / "adc.json")))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gemini_server.base_url)
+    config = vertex_app(gemini_server, tmp_path, "outcomes.db")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["engines"]["gemini"] = gemini_config(gemini_server)["engines"]["gemini"]
+    cfg["backends"]["chat"]["engine"] = "gemini"
+    config.write_text(yaml.safe_dump(cfg))
+    args = ["graduate", "--task", "t", "--config", str(config), "--out", str(tmp_path / "grad"), "--vertex",
+            "--staging-uri", "gs://bucket/runs", "--name", "sentiment", "--min-examples", "10",
+            "--poll-interval", "0.01"]
+    assert cli(args) == 0, capsys.readouterr().err
+    assert yaml.safe_load(config.read_text())["backends"]["sentiment"]["engine"] == "vertex"
+    with Router.from_config(config) as router:
+        assert router.decide("x", task="t").shadow == ("sentiment",)

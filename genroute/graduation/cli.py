@@ -48,6 +48,8 @@ def graduate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--vertex", action="store_true", help="tune on Vertex AI instead of locally")
     parser.add_argument("--base-model", default="gemini-2.5-flash", help="with --vertex: the model to tune")
     parser.add_argument("--staging-uri", default=None, help="with --vertex: gs://bucket/prefix for the data")
+    parser.add_argument("--engine", default=None,
+                        help="with --vertex: the engine (with `vertex:`) to tune with; default: the only such one")
     parser.add_argument("--poll-interval", type=float, default=30.0,
                         help="with --vertex: seconds between status checks of the tuning job")
     parser.add_argument("--decide", action="store_true", help="decide on promotion from the outcomes (paired; split arms unpaired)")
@@ -125,7 +127,7 @@ async def _run(args: argparse.Namespace) -> Any:
 
             settings = settings_from_flags(VertexTuningSettings, {
                 "base_model": args.base_model, "name": name, "staging_uri": args.staging_uri, "epochs": args.epochs,
-                "seed": 0, "poll_interval_s": args.poll_interval})
+                "seed": 0, "poll_interval_s": args.poll_interval, "engine": args.engine})
             with _flags(_GRADUATE_FLAGS):
                 report = await agraduate(router, args.task, out_dir=out, vertex=settings, config_path=args.config,
                                          mode=args.mode, share=args.share, eval_share=args.eval_share,
@@ -171,7 +173,7 @@ def _check_new_backend(config_path: str, name: str, *, engines: Sequence[str]) -
 
 #: The flags behind ``agraduate``'s arguments (and the Vertex AI settings it is given).
 _GRADUATE_FLAGS = {"out_dir": "--out", "share": "--share", "eval_share": "--eval-share", "staging_uri": "--staging-uri",
-                   "base_model": "--base-model", "poll_interval_s": "--poll-interval"}
+                   "base_model": "--base-model", "poll_interval_s": "--poll-interval", "engine": "--engine"}
 
 
 @contextmanager

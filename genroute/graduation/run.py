@@ -153,7 +153,7 @@ async def _agraduate_vertex(router: Router, task: str, *, out_dir: Path, setting
             span.set_attributes({"genroute.graduate.job": result.job, "genroute.graduate.wall_s": wall_s})
         serve = result.endpoint or result.model or ""
         engine = settings.engine or next(n for n, e in router.resources.engines.items()
-                                         if getattr(e, "provider", "").startswith("gcp"))
+                                         if e.provider == "gcp.vertex_ai")  # the one tune_vertex tuned with
         lines = [tuning_set.line(),
                  f"tune: Vertex AI job {result.job} {result.state} in {wall_s:.0f} s -> {serve}; ~{tokens:,.0f} "
                  f"training tokens (estimated, {settings.epochs or 1} epoch(s))"

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     cloud = p.add_argument_group("Vertex AI")
     cloud.add_argument("--base-model", help="model to tune, e.g. gemini-2.5-flash (required unless --local)")
-    cloud.add_argument("--engine", help="gemini engine (with `vertex:`) in the config; default: the only one")
+    cloud.add_argument("--engine", help="gemini engine with `vertex:` in the config; default: the only such one")
     cloud.add_argument("--staging-uri", help="gs://bucket/prefix the datasets are uploaded to")
     cloud.add_argument("--system", help="a minimal system line, used in training and by the backend")
     cloud.add_argument("--learning-rate-multiplier", type=float)

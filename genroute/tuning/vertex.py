@@ -55,7 +55,7 @@ class VertexTuningSettings(BaseModel):
 
     base_model: str = Field(min_length=1, description="Model to tune, e.g. gemini-2.5-flash.")
     name: str = Field(pattern=NAME_PATTERN, description="Backend (and tuned model) name.")
-    engine: str | None = Field(default=None, description="Gemini engine in the config (default: the only one).")
+    engine: str | None = Field(default=None, description="Vertex AI engine in the config (default: the only one).")
     staging_uri: str | None = Field(default=None, pattern=r"^gs://[^/]+(/.*)?$",
                                     description="gs://bucket/prefix where Vertex datasets are uploaded.")
     system: str | None = Field(default=None, description="System line used in training and by the backend.")
@@ -234,12 +234,14 @@ def engine_from_config(config_path: str | Path, engine: str | None, *, credentia
     from genroute.engines.gemini import GeminiEngine
 
     config = load_config(config_path)
-    if engine is None:
-        gemini = [n for n, raw in config.engines.items() if raw.get("kind") == "gemini"]
-        if len(gemini) != 1:
-            found = ", ".join(gemini) or "none"
-            raise ConfigError(f"name the Gemini engine to tune with (found: {found})", field="engine")
-        engine = gemini[0]
+    if engine is None:  # the only Vertex AI engine: a Developer API one beside it cannot tune
+        vertex = [n for n, e in config.engines.items() if e.get("kind") == "gemini" and e.get("vertex") is not None]
+        if not vertex:
+            raise ConfigError("cloud tuning needs a Vertex AI engine (`vertex:` in its config) and there is none; "
+                              "for the Gemini Developer API use its own console, or tune locally", field="engine")
+        if len(vertex) > 1:
+            raise ConfigError(f"name the Vertex AI engine to tune with (found: {', '.join(vertex)})", field="engine")
+        engine = vertex[0]
     raw = config.engines.get(engine)
     if raw is None:
         raise ConfigError(f"no engine {engine!r} in {config_path}", field="engine")
