@@ -496,3 +496,18 @@ def test_graduate_vertex_tunes_on_the_vertex_engine_beside_a_developer_api_one(g
     assert yaml.safe_load(config.read_text())["backends"]["sentiment"]["engine"] == "vertex"
     with Router.from_config(config) as router:
         assert router.decide("x", task="t").shadow == ("sentiment",)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--vertex", "--staging-uri", "gs://b/p", "--learning-rate", "1e-4"], "--learning-rate: is for local tuning"),
+    (["--vertex", "--staging-uri", "gs://b/p", "--rank", "4"], "--rank: is for local tuning"),
+    (["--staging-uri", "gs://b/p"], "--staging-uri: is for tuning on Vertex AI"),
+    (["--base-model", "gemini-2.5-pro"], "--base-model: is for tuning on Vertex AI"),
+])
+def test_graduate_refuses_a_tuning_flag_the_run_would_ignore(gemini_server, tmp_path, capsys, extra, message):
+    """They were ignored: a Vertex AI job ran with its own learning rate, a local run tuned Gemma."""
+    config, base = lora_app(gemini_server, tmp_path)
+    before = config.read_text()
+    assert cli([*base, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert config.read_text() == before and gemini_server.requests == []

@@ -41,17 +41,18 @@ def graduate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--min-examples", type=int, default=20)
     parser.add_argument("--eval-share", type=float, default=0.0, help="captured examples kept out of tuning")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None, help="local tuning (default 1e-3)")
+    parser.add_argument("--rank", type=int, default=None, help="local tuning: LoRA rank (default 8)")
+    parser.add_argument("--max-steps", type=int, default=None, help="local tuning")
+    parser.add_argument("--threads", type=int, default=None, help="local tuning and the tuned engine")
     parser.add_argument("--vertex", action="store_true", help="tune on Vertex AI instead of locally")
-    parser.add_argument("--base-model", default="gemini-2.5-flash", help="with --vertex: the model to tune")
+    parser.add_argument("--base-model", default=None, help="with --vertex: the model to tune (default "
+                                                           "gemini-2.5-flash)")
     parser.add_argument("--staging-uri", default=None, help="with --vertex: gs://bucket/prefix for the data")
     parser.add_argument("--engine", default=None,
                         help="with --vertex: the engine (with `vertex:`) to tune with; default: the only such one")
-    parser.add_argument("--poll-interval", type=float, default=30.0,
-                        help="with --vertex: seconds between status checks of the tuning job")
+    parser.add_argument("--poll-interval", type=float, default=None,
+                        help="with --vertex: seconds between status checks of the tuning job (default 30)")
     parser.add_argument("--decide", action="store_true", help="decide on promotion from the outcomes (paired; split arms unpaired)")
     parser.add_argument("--challenger", default=None, help="with --decide or --register-only: the tuned backend")
     parser.add_argument("--register-only", action="store_true",
@@ -64,12 +65,30 @@ def graduate_main(argv: Sequence[str]) -> int:
                         help="price of a CPU-hour: the local tuning cost is its measured CPU time at this price")
     args = parser.parse_args(list(argv))
     try:
+        _refuse_other_tuning(args)
         report = asyncio.run(_run(args))
     except GenrouteError as exc:
         print(f"genroute graduate: error: {exc}", file=sys.stderr)
         return 2
     print(report.text(), end="")
     return 0
+
+
+#: The flags only one way of tuning reads (the other would ignore them).
+_TUNING_ONLY = {"--vertex": ("--base-model", "--staging-uri", "--engine", "--poll-interval"),
+                "local": ("--learning-rate", "--rank", "--max-steps", "--threads")}
+
+
+def _refuse_other_tuning(args: argparse.Namespace) -> None:
+    """``UsageError`` naming a tuning flag the run asked for would ignore: a local one with ``--vertex`` (the job
+    would run with its own learning rate), a ``--vertex`` one without it."""
+    if args.decide or args.register_only:
+        return
+    other = "local" if args.vertex else "--vertex"
+    for flag in _TUNING_ONLY[other]:
+        if getattr(args, flag[2:].replace("-", "_")) is not None:
+            raise UsageError("is for local tuning; leave out --vertex" if args.vertex else
+                             "is for tuning on Vertex AI; add --vertex", field=flag)
 
 
 def _saved_report(model: Any, path: Path) -> Any:
@@ -125,9 +144,10 @@ async def _run(args: argparse.Namespace) -> Any:
             from genroute.tuning.cli import settings_from_flags
             from genroute.tuning.vertex import VertexTuningSettings
 
+            given = {"base_model": args.base_model, "poll_interval_s": args.poll_interval}
             settings = settings_from_flags(VertexTuningSettings, {
-                "base_model": args.base_model, "name": name, "staging_uri": args.staging_uri, "epochs": args.epochs,
-                "seed": 0, "poll_interval_s": args.poll_interval, "engine": args.engine})
+                "base_model": "gemini-2.5-flash", "name": name, "staging_uri": args.staging_uri, "epochs": args.epochs,
+                "seed": 0, "engine": args.engine, **{k: v for k, v in given.items() if v is not None}})
             with _flags(_GRADUATE_FLAGS):
                 report = await agraduate(router, args.task, out_dir=out, vertex=settings, config_path=args.config,
                                          mode=args.mode, share=args.share, eval_share=args.eval_share,
@@ -140,9 +160,10 @@ async def _run(args: argparse.Namespace) -> Any:
             from genroute.tuning.cli import settings_from_flags
             from genroute.tuning.local_lora import LocalTuneConfig, register_tuned_backend
 
-            tune = settings_from_flags(LocalTuneConfig, {
-                "epochs": args.epochs, "learning_rate": args.learning_rate, "rank": args.rank,
-                "max_steps": args.max_steps, "threads": args.threads, "progress": False})
+            flags = {"epochs": args.epochs, "learning_rate": args.learning_rate, "rank": args.rank,
+                     "max_steps": args.max_steps, "threads": args.threads}
+            tune = settings_from_flags(LocalTuneConfig, {**{k: v for k, v in flags.items() if v is not None},
+                                                         "progress": False})
             with _flags(_GRADUATE_FLAGS):
                 report = await agraduate(router, args.task, out_dir=out, name=name, tune=tune, mode=args.mode,
                                          share=args.share, eval_share=args.eval_share,
