@@ -511,3 +511,22 @@ def test_graduate_refuses_a_tuning_flag_the_run_would_ignore(gemini_server, tmp_
     assert cli([*base, *extra]) == 2
     assert message in capsys.readouterr().err
     assert config.read_text() == before and gemini_server.requests == []
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--min-examples", "4", "--eval-share", "0.95"], "--eval-share: keeps all 6 usable examples"),
+    (["--min-examples", "0"], "--min-examples: must be an integer >= 1"),
+])
+def test_graduate_names_the_flag_that_leaves_nothing_to_tune_on(gemini_server, tmp_path, capsys, extra, message):
+    """Both ended in "data: .../train.jsonl holds no examples", naming a flag graduate does not have, after writing
+    an empty train.jsonl."""
+    config, base = lora_app(gemini_server, tmp_path)
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for i in range(6):
+        store.upsert_sync(captured(i, f"review number {i}", "positive" if i % 2 else "negative"))
+    assert cli([*base, "--max-steps", "1", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "grad").exists()
+    with pytest.raises(UsageError) as info:
+        export_tuning_set(store.records_sync(task="t"), "t", tmp_path / "x", min_examples=0)
+    assert info.value.field == "min_examples" and not (tmp_path / "x").exists()

@@ -194,7 +194,8 @@ def _check_new_backend(config_path: str, name: str, *, engines: Sequence[str]) -
 
 #: The flags behind ``agraduate``'s arguments (and the Vertex AI settings it is given).
 _GRADUATE_FLAGS = {"out_dir": "--out", "share": "--share", "eval_share": "--eval-share", "staging_uri": "--staging-uri",
-                   "base_model": "--base-model", "poll_interval_s": "--poll-interval", "engine": "--engine"}
+                   "base_model": "--base-model", "poll_interval_s": "--poll-interval", "engine": "--engine",
+                   "min_examples": "--min-examples"}
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from genroute.bounds import is_whole
 from genroute.errors import UsageError
 from genroute.outcomes.records import OutcomeRecord
 from genroute.outcomes.store import write_jsonl
@@ -51,6 +52,8 @@ def export_tuning_set(records: Sequence[OutcomeRecord], task: str, out_dir: str 
     """
     if not 0.0 <= eval_share < 1.0:
         raise UsageError("must be in [0, 1)", field="eval_share")
+    if not is_whole(min_examples) or min_examples < 1:
+        raise UsageError(f"must be an integer >= 1 (got {min_examples!r})", field="min_examples")
     captured = [r for r in records if r.task == task and r.input and r.output]
     groups: dict[str, list[OutcomeRecord]] = {}
     for record in captured:
@@ -75,6 +78,9 @@ def export_tuning_set(records: Sequence[OutcomeRecord], task: str, out_dir: str 
     random.Random(seed).shuffle(examples)
     n_eval = int(round(len(examples) * eval_share))
     evals, trains = examples[:n_eval], examples[n_eval:]
+    if not trains:
+        raise UsageError(f"keeps all {len(examples)} usable examples of task {task!r} out of tuning, none to tune on",
+                         field="eval_share")
     out = Path(out_dir)
     dump = [{"input": e.input, "output": e.output, "label": e.label, "metadata": e.metadata} for e in trains]
     train_path = write_jsonl(out / "train.jsonl", dump)
