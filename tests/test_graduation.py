@@ -530,3 +530,21 @@ def test_graduate_names_the_flag_that_leaves_nothing_to_tune_on(gemini_server, t
     with pytest.raises(UsageError) as info:
         export_tuning_set(store.records_sync(task="t"), "t", tmp_path / "x", min_examples=0)
     assert info.value.field == "min_examples" and not (tmp_path / "x").exists()
+
+
+def test_decide_refuses_another_graduations_saved_report(gemini_server, tmp_path, capsys):
+    """--decide took graduation.json from --out whatever it graduated: another task's tuning lines and CPU time
+    went into this decision's report and pay-back."""
+    from genroute.graduation.run import GraduationReport
+
+    config, base = promotable_app(gemini_server, tmp_path)
+    out = tmp_path / "grad"
+    out.mkdir()
+    (out / "graduation.json").write_text(GraduationReport(
+        task="other", challenger="other_tuned", lines=("export: ... task 'other'",), tuning_cpu_s=3600.0,
+    ).model_dump_json())
+    before = config.read_text()
+    assert cli([*base, "--decide", "--challenger", "lora", "--cpu-usd-per-hour", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--out: " in err and "'other_tuned' for task 'other'" in err
+    assert config.read_text() == before and not (out / "decision.json").exists()

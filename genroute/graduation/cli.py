@@ -129,6 +129,10 @@ async def _run(args: argparse.Namespace) -> Any:
     async with Router.from_config(args.config) as router:
         if args.decide:
             report = _saved_report(GraduationReport, saved) if saved.is_file() else None
+            if report is not None and (report.task, report.challenger) != (args.task, name):
+                # Its tuning cost and lines are another graduation's: the advisor would price the wrong run.
+                raise UsageError(f"{saved} is the graduation of {report.challenger!r} for task {report.task!r}, not "
+                                 f"of {name!r} for {args.task!r}: give that graduation's --out", field="--out")
             with _flags({"challenger": "--challenger", "incumbent": "--incumbent"}):
                 report = await adecide(router, args.task, challenger=name, incumbent=args.incumbent,
                                        margin=args.margin, min_n=args.min_n, promote=False,
