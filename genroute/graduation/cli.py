@@ -192,8 +192,15 @@ def _check_new_backend(config_path: str, name: str, *, engines: Sequence[str]) -
     challenger serves, then be refused) or a file genroute cannot rewrite (TOML)."""
     from genroute.tuning.config_file import check_target
 
-    with _flags({"name": "--name", "config": "--config"}):
+    try:
         check_target(config_path, name, engines=engines)
+    except UsageError as exc:
+        if exc.field == "name":  # graduate has no --replace: say what it can do instead
+            raise UsageError(f"{exc.message.split(';')[0]}: graduate under another --name, or make that backend "
+                             f"the challenger with --register-only --challenger {name}", field="--name") from None
+        if exc.field == "config":
+            raise type(exc)(exc.message, field="--config") from None
+        raise
 
 
 #: The flags behind ``agraduate``'s arguments (and the Vertex AI settings it is given).
