@@ -496,7 +496,8 @@ def test_graduate_vertex_tunes_on_the_vertex_engine_beside_a_developer_api_one(g
             "--staging-uri", "gs://bucket/runs", "--name", "sentiment", "--min-examples", "10",
             "--poll-interval", "0.01"]
     assert cli(args) == 0, capsys.readouterr().err
-    assert yaml.safe_load(config.read_text())["backends"]["sentiment"]["engine"] == "vertex"
+    written = yaml.safe_load(config.read_text())["backends"]["sentiment"]
+    assert (written["engine"], written["tasks"]) == ("vertex", ["t"])
     with Router.from_config(config) as router:
         assert router.decide("x", task="t").shadow == ("sentiment",)
 

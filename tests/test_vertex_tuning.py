@@ -324,6 +324,29 @@ async def test_credentials_that_cannot_be_refreshed_for_the_upload_are_a_genrout
     assert jobs.uploads == {} and jobs.jobs == {} and config_path.read_text() == before
 
 
+def test_cli_task_makes_the_tuned_backend_the_ladders_for_that_task(gemini_server: GeminiTestServer,
+                                                                    jobs: TuningRoutes, config_path: Path,
+                                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A ladder takes its tuned step only for a tuned backend made for the request's task; `genroute tune` had no
+    way to say the task, so a ladder never routed to what it registered."""
+    from genroute.cli import main
+    from genroute.testing.credentials import write_credentials
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(write_credentials(tmp_path / "adc.json")))
+    cfg = yaml.safe_load(config_path.read_text())
+    cfg["policy"] = {"kind": "ladder"}
+    config_path.write_text(yaml.safe_dump(cfg))
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    assert main(["tune", str(data), "--base-model", "gemini-2.5-flash", "--config", str(config_path), "--name",
+                 "sentiment", "--staging-uri", "gs://b/p", "--poll-interval", "0.01", "--task", "sentiment"]) == 0, \
+        capsys.readouterr().err
+    assert yaml.safe_load(config_path.read_text())["backends"]["sentiment"]["tasks"] == ["sentiment"]
+    with Router.from_config(config_path, engine_options={"vertex": {"credentials": Credentials(token="t")}}) as router:
+        assert router.decide("great film", task="sentiment").rungs[0].backend == "sentiment"
+        assert router.decide("hello").rungs[0].backend == "chat"
+
+
 def test_cli_dry_run_sends_nothing(gemini_server: GeminiTestServer, config_path: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     from genroute.cli import main

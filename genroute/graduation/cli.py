@@ -151,7 +151,8 @@ async def _run(args: argparse.Namespace) -> Any:
             given = {"base_model": args.base_model, "poll_interval_s": args.poll_interval}
             settings = settings_from_flags(VertexTuningSettings, {
                 "base_model": "gemini-2.5-flash", "name": name, "staging_uri": args.staging_uri, "epochs": args.epochs,
-                "seed": 0, "engine": args.engine, **{k: v for k, v in given.items() if v is not None}})
+                "seed": 0, "engine": args.engine, "tasks": (args.task,),
+                **{k: v for k, v in given.items() if v is not None}})
             with _flags(_GRADUATE_FLAGS):
                 report = await agraduate(router, args.task, out_dir=out, vertex=settings, config_path=args.config,
                                          mode=args.mode, share=args.share, eval_share=args.eval_share,

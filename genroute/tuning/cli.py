@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int)
+    p.add_argument("--task", action="append", dest="tasks", metavar="TASK",
+                   help="a task the tuned backend is for (repeatable): a ladder policy routes it there")
     cloud = p.add_argument_group("Vertex AI")
     cloud.add_argument("--base-model", help="model to tune, e.g. gemini-2.5-flash (required unless --local)")
     cloud.add_argument("--engine", help="gemini engine with `vertex:` in the config; default: the only such one")
@@ -93,6 +95,7 @@ def _vertex(args: argparse.Namespace) -> int:
         "min_examples": args.min_examples, "epochs": args.epochs,
         "learning_rate_multiplier": args.learning_rate_multiplier, "adapter_size": args.adapter_size,
         "poll_interval_s": args.poll_interval, "timeout_s": args.timeout, "replace": args.replace,
+        "tasks": tuple(args.tasks) if args.tasks else None,
     }
     settings = settings_from_flags(VertexTuningSettings, {k: v for k, v in fields.items() if v is not None})
     console = Console(stderr=True)
@@ -153,7 +156,7 @@ def _local(args: argparse.Namespace) -> int:
                            out / ADAPTER_FILE, field="--out")
     result = tune_local(args.data, out, config=config)
     register_tuned_backend(args.config, args.name, result.adapter_path, result.base_model_path,
-                           replace=args.replace)
+                           tasks=args.tasks or (), replace=args.replace)
     console = Console(stderr=True)
     loss = f"{result.validation_loss:.4f}" if result.validation_loss is not None else "n/a"
     console.print(f"[green]tuned[/green] {result.adapter_path} ({result.train_examples} examples, "

@@ -119,9 +119,11 @@ def require_same_base(tuned_from: str | None, base_model: str, *, config_path: s
 
 def register_tuned_backend(config_path: str | Path, name: str, *, engine: str, model: str, base_model: str,
                            system: str | None = None, tuning_job: str | None = None,
-                           replace: bool = False) -> dict[str, Any]:
+                           replace: bool = False, tasks: Sequence[str] = ()) -> dict[str, Any]:
     """Add ``backends.<name>`` (``kind: tuned``) served by ``engine`` to the config file; return the entry."""
     entry: dict[str, Any] = {"kind": "tuned", "engine": engine, "model": model, "base_model": base_model}
+    if tasks:
+        entry["tasks"] = list(tasks)
     if system:
         entry["system"] = system
     if tuning_job:

@@ -69,6 +69,7 @@ class VertexTuningSettings(BaseModel):
     poll_interval_s: float = Field(default=30.0, gt=0)
     timeout_s: float | None = Field(default=None, gt=0, description="Stop waiting (the job keeps running).")
     replace: bool = Field(default=False, description="Overwrite an existing backend of the same name.")
+    tasks: tuple[str, ...] = Field(default=(), description="Tasks the backend is for (a ladder routes them to it).")
 
 
 @dataclass(frozen=True)
@@ -342,7 +343,7 @@ async def _finish(engine: GeminiEngine, name: str, settings: VertexTuningSetting
     if config_path is not None:
         register_tuned_backend(
             config_path, settings.name, engine=engine.name, model=serve, base_model=settings.base_model,
-            system=settings.system, tuning_job=name, replace=settings.replace,
+            system=settings.system, tuning_job=name, replace=settings.replace, tasks=settings.tasks,
         )
     return TuningResult(
         job=name, state=state, backend=settings.name, model=model, endpoint=endpoint,
