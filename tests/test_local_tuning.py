@@ -306,6 +306,8 @@ def test_training_writes_nothing_to_stdout(tmp_path: Path, capfd: pytest.Capture
                                            progress: bool) -> None:
     """stdout is the caller's (``genroute graduate`` prints its report there): the validation losses used to go
     there even with the progress bar off."""
+    for module in ("torch", "transformers", "peft", "gguf", "llama_cpp"):
+        pytest.importorskip(module, reason="local tuning needs the tune-local and local extras")
     from genroute.tuning.local_lora import tune_local
 
     data = write_lines(tmp_path / "d.jsonl", [{"input": x, "output": TARGET} for x in TINY_INPUTS[:4]])
