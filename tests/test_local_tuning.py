@@ -474,6 +474,21 @@ def test_cli_refuses_a_flag_the_run_would_ignore(tmp_path: Path, capsys: pytest.
     assert list(tmp_path.iterdir()) == [data]
 
 
+def test_cli_refuses_a_new_config_that_could_not_be_created_before_training(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A --config that does not exist yet is created after training: under a file it trained, then failed
+    (FileExistsError)."""
+    from genroute.cli import main
+
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD])
+    (tmp_path / "afile").write_text("not a directory")
+    code = main(["tune", "--local", str(data), "--config", str(tmp_path / "afile" / "c.yaml"), "--name", "t",
+                 "--out", str(tmp_path / "out"), "--max-steps", "1", "--threads", "1", "--rank", "1"])
+    assert code == 2
+    assert "config: cannot write results to" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d.jsonl"]
+
+
 def test_the_python_api_refuses_a_name_that_is_a_path(tmp_path: Path) -> None:
     from genroute.tuning.config_file import check_target
     from genroute.tuning.local_lora import register_tuned_backend

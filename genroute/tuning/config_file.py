@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genroute.errors import ConfigError, UsageError
+from genroute.jsonl import check_output_dir
 
 if TYPE_CHECKING:
     from genroute.config import RouterConfig
@@ -42,6 +43,7 @@ def check_target(config_path: str | Path, name: str, *, replace: bool = False, e
         raise UsageError(f"cannot write tuned backends into {path.name}: use a .yaml or .json config",
                          field="config")
     if missing_ok and not path.exists():
+        check_output_dir(path.parent, field="config")  # it is created after the tuning: it must be creatable now
         return {}
     raw = _read(path)
     for section, names, what in (("backends", [name], "backend"), ("engines", list(engines), "engine")):
