@@ -489,6 +489,18 @@ def test_cli_refuses_a_new_config_that_could_not_be_created_before_training(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d.jsonl"]
 
 
+def test_cli_local_reads_min_examples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--min-examples was a Vertex AI flag only: a local run ignored it (and could not go below its own 2)."""
+    from genroute.cli import main
+
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD])
+    code = main(["tune", "--local", str(data), "--config", str(tmp_path / "c.yaml"), "--name", "t",
+                 "--min-examples", "3", "--max-steps", "1", "--threads", "1", "--rank", "1"])
+    assert code == 2
+    assert "at least 3 are needed" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [data]
+
+
 def test_the_python_api_refuses_a_name_that_is_a_path(tmp_path: Path) -> None:
     from genroute.tuning.config_file import check_target
     from genroute.tuning.local_lora import register_tuned_backend

@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int)
+    p.add_argument("--min-examples", type=int, help="fewest examples the data may hold (default: 10; --local: 2)")
     p.add_argument("--task", action="append", dest="tasks", metavar="TASK",
                    help="a task the tuned backend is for (repeatable): a ladder policy routes it there")
     cloud = p.add_argument_group("Vertex AI")
@@ -37,7 +38,6 @@ def _parser() -> argparse.ArgumentParser:
     cloud.add_argument("--system", help="a minimal system line, used in training and by the backend")
     cloud.add_argument("--learning-rate-multiplier", type=float)
     cloud.add_argument("--adapter-size", help="e.g. ADAPTER_SIZE_FOUR")
-    cloud.add_argument("--min-examples", type=int, help="(default 10)")
     cloud.add_argument("--poll-interval", type=float, help="seconds between status checks (default 30)")
     cloud.add_argument("--timeout", type=float, help="stop waiting after this many seconds (the job keeps running)")
     cloud.add_argument("--resume", metavar="JOB", help="wait for an existing tuning job instead of starting one")
@@ -66,7 +66,7 @@ def tune_main(argv: list[str]) -> int:
 
 #: The flags that only one kind of run reads (the other would ignore them).
 _ONLY = {"Vertex AI": ("--base-model", "--engine", "--staging-uri", "--system", "--learning-rate-multiplier",
-                       "--adapter-size", "--min-examples", "--poll-interval", "--timeout", "--resume", "--dry-run"),
+                       "--adapter-size", "--poll-interval", "--timeout", "--resume", "--dry-run"),
          "--local": ("--out", "--rank", "--alpha", "--target-modules", "--learning-rate", "--max-seq-len",
                      "--batch-size", "--threads", "--max-steps")}
 
@@ -137,7 +137,7 @@ def _local(args: argparse.Namespace) -> int:
     fields = {"validation_fraction": args.validation_fraction, "seed": args.seed, "epochs": args.epochs,
               "rank": args.rank, "alpha": args.alpha, "target_modules": targets,
               "learning_rate": args.learning_rate, "max_seq_len": args.max_seq_len, "batch_size": args.batch_size,
-              "threads": args.threads, "max_steps": args.max_steps}
+              "threads": args.threads, "max_steps": args.max_steps, "min_examples": args.min_examples}
     config = settings_from_flags(LocalTuneConfig, {k: v for k, v in fields.items() if v is not None})
     # Before minutes of training, not after; a config file that does not exist yet is created.
     try:
