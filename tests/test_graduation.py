@@ -552,3 +552,42 @@ def test_decide_refuses_another_graduations_saved_report(gemini_server, tmp_path
     err = capsys.readouterr().err
     assert "--out: " in err and "'other_tuned' for task 'other'" in err
     assert config.read_text() == before and not (out / "decision.json").exists()
+
+
+@pytest.mark.local
+@pytest.mark.slow
+def test_ctrl_c_stops_a_graduations_training_and_writes_no_adapter(tmp_path):
+    """The LoRA run trains on a worker thread, which Ctrl-C does not interrupt: `genroute graduate` went on training
+    (asyncio.run waits for the thread) and then wrote the adapter nobody asked for any more."""
+    import signal
+    import time
+
+    for module in ("torch", "transformers", "peft", "gguf", "llama_cpp"):
+        pytest.importorskip(module, reason="local tuning needs the tune-local and local extras")
+    cfg = {"engines": {"g": {"kind": "gemini", "api_key": "k", "base_url": "http://127.0.0.1:9"}},
+           "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}},
+           "policy": {"kind": "static", "backend": "chat"},
+           "outcomes": {"path": str(tmp_path / "outcomes.db"), "capture": True}}
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for i in range(6):
+        store.upsert_sync(captured(i, f"review number {i}", "positive" if i % 2 else "negative"))
+    out = tmp_path / "grad"
+    # Far more steps than the test waits for: only a stopped run ends in time.
+    proc = subprocess.Popen([sys.executable, "-m", "genroute.cli", "graduate", "--task", "t", "--config", str(config),
+                             "--out", str(out), "--min-examples", "4", "--epochs", "100000", "--rank", "1",
+                             "--threads", "1"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (out / "train.jsonl").exists() and proc.poll() is None:   # exported: the tuning starts
+            time.sleep(0.1)
+        time.sleep(3)   # into the training (the model loads in about a second)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "genroute: interrupted" in err
+    assert not (out / "adapter").exists()
+    assert "t_tuned" not in config.read_text()

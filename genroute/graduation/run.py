@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -99,7 +100,15 @@ async def agraduate(router: Router, task: str, *, out_dir: str | Path, name: str
             examples = load_examples(tuning_set.train_path)  # checked as `genroute tune` checks its files
             config = tune or LocalTuneConfig(progress=False)
             cpu0, wall0 = _cpu_s(), time.perf_counter()
-            result = await asyncio.to_thread(tune_local_examples, examples, out / "adapter", config=config)
+            stop = threading.Event()
+            try:
+                result = await asyncio.to_thread(tune_local_examples, examples, out / "adapter", config=config,
+                                                 stop=stop)
+            except asyncio.CancelledError:
+                # The thread trains on regardless (Ctrl-C, a cancelled task): stop it, or it would run for minutes
+                # more (asyncio.run waits for it) and then write an adapter nobody asked for.
+                stop.set()
+                raise
             cpu_s, wall_s = _cpu_s() - cpu0, time.perf_counter() - wall0
             span.set_attributes({"genroute.graduate.cpu_s": cpu_s, "genroute.graduate.train_tokens": result.train_tokens})
             lines.append(f"tune: local LoRA on {result.train_examples} examples ({result.validation_examples} "

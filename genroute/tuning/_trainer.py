@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +27,18 @@ class TrainOutcome:
     validation_loss: float | None
 
 
-def train_lora(model: Any, train_rows: Sequence[Row], val_rows: Sequence[Row], config: Any) -> TrainOutcome:
+class TrainingStopped(Exception):
+    """Training was stopped before it ended (its ``stop`` event was set): nothing is written."""
+
+
+def train_lora(model: Any, train_rows: Sequence[Row], val_rows: Sequence[Row], config: Any,
+               stop: threading.Event | None = None) -> TrainOutcome:
     """Wrap ``model`` with LoRA, train on ``train_rows`` and return the adapter weights.
 
     Same seed, data, config and thread count give bit-identical weights: the RNG is seeded, batches are
     drawn from a seeded ``random.Random``, and CPU kernels are deterministic for a fixed thread count.
+    ``stop``, checked before each step, raises ``TrainingStopped``: training on a worker thread (which Ctrl-C does
+    not interrupt) is stopped by whoever stops waiting for it.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -70,6 +78,8 @@ def train_lora(model: Any, train_rows: Sequence[Row], val_rows: Sequence[Row], c
             for start in range(0, len(order), config.batch_size):
                 if steps >= total:
                     break
+                if stop is not None and stop.is_set():
+                    raise TrainingStopped(f"stopped after {steps} of {total} steps")
                 batch = [train_rows[i] for i in order[start:start + config.batch_size]]
                 peft_model.train()
                 loss_sum, n_target = batch_loss(net, batch)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -115,9 +116,10 @@ def tune_local(data_path: str | Path, out_dir: str | Path, *, config: LocalTuneC
     return tune_local_examples(examples, out_dir, config=config)
 
 
-def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, config: LocalTuneConfig
-                        ) -> LocalTuneResult:
-    """``tune_local`` on examples already loaded and checked."""
+def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, config: LocalTuneConfig,
+                        stop: threading.Event | None = None) -> LocalTuneResult:
+    """``tune_local`` on examples already loaded and checked; setting ``stop`` ends the training before its next
+    step with ``TrainingStopped`` (``genroute.tuning._trainer``), and nothing is written."""
     from genroute.jsonl import check_output_dir
 
     check_output_dir(out_dir, field="out_dir")  # now, not after minutes of training
@@ -136,7 +138,7 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
 
     started, cpu_started = time.perf_counter(), time.process_time()
     with torch.random.fork_rng(devices=[]):
-        outcome = train_lora(model, train_rows, val_rows, config)
+        outcome = train_lora(model, train_rows, val_rows, config, stop=stop)
     train_seconds = time.perf_counter() - started
     train_cpu_seconds = time.process_time() - cpu_started
     refuse_diverged(outcome)
