@@ -169,7 +169,7 @@ def test_graduation_with_a_vertex_tuning_job_on_the_loopback_server(gemini_serve
     from genroute.tuning.vertex import VertexTuningSettings
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gemini_server.base_url)
-    TuningRoutes(gemini_server)
+    jobs = TuningRoutes(gemini_server)
     config = vertex_app(gemini_server, tmp_path, str(tmp_path / "outcomes.db"))
     credentials = Credentials(token="test")
     settings = VertexTuningSettings(base_model="gemini-2.5-flash", name="sentiment", staging_uri="gs://b/runs",
@@ -181,7 +181,13 @@ def test_graduation_with_a_vertex_tuning_job_on_the_loopback_server(gemini_serve
         decision = router.decide("x", task="t")
     assert [line.split(":")[0] for line in report.lines] == ["export", "tune", "register"]
     assert "JOB_STATE_SUCCEEDED" in report.lines[1] and "x $5/1M (gemini-2.5-flash)" in report.lines[1]
-    assert report.extra["tuning_cost_usd"] > 0
+    # The training split's rows (27 of the 30: 10 % went to the job as validation data, which is not trained on), at
+    # four characters a token, x 3 epochs x $5/1M.
+    (train,) = [uri for uri in jobs.uploads if uri.endswith("-train.jsonl")]
+    trained = [json.loads(line) for line in jobs.uploads[train].splitlines()]
+    chars = sum(len(r["contents"][0]["parts"][0]["text"]) + len(r["contents"][1]["parts"][0]["text"]) for r in trained)
+    assert len(trained) == 27
+    assert report.extra["tuning_cost_usd"] == pytest.approx(chars / 4 * 3 * 5 / 1e6)
     assert decision.shadow == ("sentiment",)
     written = yaml.safe_load(config.read_text())["backends"]["sentiment"]
     assert written["kind"] == "tuned" and written["model"].endswith("/endpoints/1001")

@@ -143,8 +143,7 @@ async def _agraduate_vertex(router: Router, task: str, *, out_dir: Path, setting
                             register: bool) -> GraduationReport:
     """``agraduate`` with a Vertex AI tuning job: cost = training tokens x epochs x the list training price."""
     from genroute.backends.tuned import TunedBackend, TunedConfig
-    from genroute.tuning.data import load_examples
-    from genroute.tuning.vertex import tune_vertex
+    from genroute.tuning.vertex import prepare_data, tune_vertex
 
     tracer = router.telemetry.tracer
     with tracer.start_as_current_span("genroute.graduate", attributes={"genroute.task": task}):
@@ -154,8 +153,11 @@ async def _agraduate_vertex(router: Router, task: str, *, out_dir: Path, setting
             result = await tune_vertex(tuning_set.train_path, settings, config_path=config_path,
                                        credentials=credentials)
             wall_s = time.perf_counter() - wall0
-            # Vertex bills the tokens it counts; here they are estimated at 4 characters per token.
-            chars = sum(len(e.input) + len(e.output) for e in load_examples(tuning_set.train_path))
+            # Vertex bills the tokens of the training rows it was sent (the validation split is not trained on;
+            # each row's system line is), estimated here at 4 characters per token.
+            system = len(settings.system or "")
+            chars = sum(len(e.input) + len(e.output) + system
+                        for e in prepare_data(tuning_set.train_path, settings).train)
             tokens = chars / 4 * (settings.epochs or 1)
             price = router.resources.pricing.training_price(settings.base_model)
             cost = None if price is None else tokens * price[1] / 1e6
