@@ -347,6 +347,28 @@ def test_cli_task_makes_the_tuned_backend_the_ladders_for_that_task(gemini_serve
         assert router.decide("hello").rungs[0].backend == "chat"
 
 
+async def test_an_engine_the_config_lacks_is_refused_before_anything_is_sent(
+        gemini_server: GeminiTestServer, jobs: TuningRoutes, config_path: Path, tmp_path: Path) -> None:
+    """tune_vertex(engine=...) with an engine the config does not have ran the job, then wrote a backend naming that
+    engine: the config no longer built ("backends.sentiment.engine: unknown engine")."""
+    from genroute.engines.gemini import GeminiEngine, GeminiEngineConfig
+
+    elsewhere = GeminiEngine("elsewhere", GeminiEngineConfig(
+        base_url=gemini_server.base_url, vertex={"project": "test-proj", "location": "us-central1"}),
+        credentials=Credentials(token="test"))
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    before = config_path.read_text()
+    with pytest.raises(ConfigError, match="no engine 'elsewhere'") as info:
+        await tune_vertex(data, settings(), config_path=config_path, engine=elsewhere,
+                          credentials=Credentials(token="t"), console=quiet())
+    assert info.value.field == "engine"
+    assert jobs.jobs == {} and jobs.uploads == {} and config_path.read_text() == before
+    with pytest.raises(ConfigError) as info:
+        register_tuned_backend(config_path, "sentiment", engine="elsewhere", model=f"{LOCATION}/endpoints/1",
+                               base_model="gemini-2.5-flash")
+    assert info.value.field == "backends.sentiment.engine" and config_path.read_text() == before
+
+
 def test_cli_dry_run_sends_nothing(gemini_server: GeminiTestServer, config_path: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     from genroute.cli import main

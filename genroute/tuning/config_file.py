@@ -34,9 +34,10 @@ def check_name(name: str, *, field: str = "name") -> None:
 
 
 def check_target(config_path: str | Path, name: str, *, replace: bool = False, engines: Sequence[str] = (),
-                 missing_ok: bool = False) -> dict[str, Any]:
+                 missing_ok: bool = False, served_by: str | None = None) -> dict[str, Any]:
     """Fail now, before anything is trained or sent, if ``name`` (and ``engines``) cannot be written into
-    the config; return the config's mapping (``{}`` for a missing file when ``missing_ok``)."""
+    the config, or the config lacks the engine ``served_by`` that is to serve it; return the config's mapping
+    (``{}`` for a missing file when ``missing_ok``)."""
     check_name(name)
     path = Path(config_path)
     if path.suffix.lower() not in _WRITABLE:
@@ -54,9 +55,20 @@ def check_target(config_path: str | Path, name: str, *, replace: bool = False, e
             if not replace and entry in (present or {}):
                 raise UsageError(f"{what} {entry!r} already exists in {path.name}; pick another name or "
                                  "replace it", field="name")
+    if served_by is not None:
+        _require_engine(raw, served_by, field="engine")
     if not os.access(path.parent, os.W_OK):
         raise UsageError(f"cannot write to {path.parent}", field="config")
     return raw
+
+
+def _require_engine(raw: Mapping[str, Any], engine: Any, *, field: str) -> None:
+    """``ConfigError`` naming ``field`` unless ``raw`` has the engine ``engine``: a backend it is to serve would
+    make the whole config fail to build."""
+    known = raw.get("engines") or {}
+    if engine not in known:
+        raise ConfigError(f"no engine {engine!r} in the config (engines: {', '.join(known) or 'none'}): a backend "
+                          "it served would not build", field=field)
 
 
 def write_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str, Any], *,
@@ -78,6 +90,7 @@ def write_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str
     if engines:
         raw["engines"] = {**(raw.get("engines") or {}), **{k: dict(v) for k, v in engines.items()}}
     raw["backends"] = {**(raw.get("backends") or {}), name: dict(backend)}
+    _require_engine(raw, backend.get("engine"), field=f"backends.{name}.engine")
     require_price(load_config(raw), name, backend)  # the file we write must still load, and build
     if path.suffix.lower() == ".json":
         text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"

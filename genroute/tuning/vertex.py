@@ -312,7 +312,8 @@ def _engine(settings: VertexTuningSettings, config_path: str | Path | None, engi
             credentials: Any) -> tuple[GeminiEngine, bool]:
     """The engine to tune with (and whether we built it); checks made before anything is sent."""
     if config_path is not None:
-        check_target(config_path, settings.name, replace=settings.replace)
+        check_target(config_path, settings.name, replace=settings.replace,
+                     served_by=None if engine is None else engine.name)
         _require_base_price(config_path, settings.base_model)
     owned = engine is None
     if engine is None:
