@@ -95,6 +95,9 @@ def test_empty_missing_and_too_small_files(tmp_path: Path) -> None:
         load_examples(write_lines(tmp_path / "empty.jsonl", ["", "  "]))
     with pytest.raises(UsageError, match="no such file"):
         load_examples(tmp_path / "nope.jsonl")
+    with pytest.raises(UsageError, match="cannot read .*: Is a directory") as info:   # was IsADirectoryError
+        load_examples(tmp_path)
+    assert info.value.field == "data"
     with pytest.raises(UsageError, match="at least 3 are needed"):
         load_examples(write_lines(tmp_path / "two.jsonl", [GOOD, GOOD]), min_examples=3)
 

@@ -59,6 +59,8 @@ def load_examples(
         raise UsageError(f"no such file: {path}", field="data") from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path} is not UTF-8 text: {exc}", field="data") from None
+    except OSError as exc:  # a directory, no permission...
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}", field="data") from None
     examples = [
         parse_line(line, lineno, max_chars=max_chars)
         # "\n" only, as genroute.jsonl.iter_records reads: splitlines() also breaks at U+2028, U+0085 and the
