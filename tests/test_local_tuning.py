@@ -531,6 +531,19 @@ def test_cli_rejects_non_finite_hyper_parameters_before_training(tmp_path: Path,
     assert list(tmp_path.iterdir()) == [data]
 
 
+def test_a_seed_torch_cannot_take_names_its_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was taken, and torch.manual_seed raised 'ValueError: Overflow when unpacking long long' once the base model
+    had loaded."""
+    from genroute.cli import main
+
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD])
+    code = main(["tune", "--local", str(data), "--config", str(tmp_path / "c.yaml"), "--name", "t",
+                 "--seed", str(2**70), "--max-steps", "1", "--threads", "1", "--rank", "1"])
+    assert code == 2
+    assert "--seed: " in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [data]
+
+
 def test_non_finite_settings_name_their_flag() -> None:
     from genroute.tuning.cli import settings_from_flags
     from genroute.tuning.local_lora import LocalTuneConfig

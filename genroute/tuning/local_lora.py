@@ -66,7 +66,7 @@ class LocalTuneConfig(BaseModel):
     max_seq_len: int = Field(default=256, ge=16)
     batch_size: int = Field(default=8, ge=1)
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=-(2**63), lt=2**64)  # what torch.manual_seed takes
     max_steps: int | None = Field(default=None, ge=1)
     base_model_path: Path | None = Field(default=None, description="Base GGUF; default: the weights package.")
     min_examples: int = Field(default=2, ge=1)
