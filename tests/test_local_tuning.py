@@ -531,16 +531,18 @@ def test_cli_rejects_non_finite_hyper_parameters_before_training(tmp_path: Path,
     assert list(tmp_path.iterdir()) == [data]
 
 
-def test_a_seed_torch_cannot_take_names_its_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """It was taken, and torch.manual_seed raised 'ValueError: Overflow when unpacking long long' once the base model
-    had loaded."""
+@pytest.mark.parametrize(("flag", "value"), [("--seed", 2**70), ("--threads", 2**31)])
+def test_a_number_torch_cannot_take_names_its_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str,
+                                                   value: int) -> None:
+    """It was taken, and torch (manual_seed, set_num_threads) raised 'ValueError: Overflow when unpacking long' once
+    the base model had loaded."""
     from genroute.cli import main
 
     data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD])
     code = main(["tune", "--local", str(data), "--config", str(tmp_path / "c.yaml"), "--name", "t",
-                 "--seed", str(2**70), "--max-steps", "1", "--threads", "1", "--rank", "1"])
+                 "--max-steps", "1", "--rank", "1", flag, str(value)])
     assert code == 2
-    assert "--seed: " in capsys.readouterr().err
+    assert f"{flag}: " in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [data]
 
 

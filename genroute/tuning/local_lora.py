@@ -71,7 +71,7 @@ class LocalTuneConfig(BaseModel):
     base_model_path: Path | None = Field(default=None, description="Base GGUF; default: the weights package.")
     min_examples: int = Field(default=2, ge=1)
     max_chars: int = Field(default=DEFAULT_MAX_CHARS, ge=1)
-    threads: int | None = Field(default=None, ge=1, description="torch threads (None: torch's default).")
+    threads: int | None = Field(default=None, ge=1, lt=2**31, description="torch threads (None: torch's default).")
     adapter_dtype: str = Field(default="f32", pattern="^(f32|f16)$")
     progress: bool = True
 
