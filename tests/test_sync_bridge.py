@@ -199,3 +199,42 @@ def test_a_sync_call_from_a_signal_handler_inside_a_sync_call_is_refused(gemini_
         faulthandler.cancel_dump_traceback_later()
         signal.signal(signal.SIGALRM, previous)
         router.close()
+
+
+class _Interrupted(Exception):
+    """What the test's signal handler raises, as Ctrl-C raises KeyboardInterrupt."""
+
+
+def test_a_sync_stream_interrupted_while_it_waits_ends_with_the_interruption(gemini_server):
+    # The interrupted step is still running on the loop: closing the stream used to raise "aclose(): asynchronous
+    # generator is already running" in place of the interruption (a traceback and exit 1 for `generate --stream`).
+    router = Router.from_config(gemini_config(gemini_server))
+    release = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Interrupted
+
+    def reply(request: Any) -> Reply:
+        if not release.is_set():  # the first request only: interrupt the main thread while it waits for a chunk
+            while not router._portal._waiting:
+                time.sleep(0.001)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
+            release.wait(HANG_CAP_S)
+        return Reply(parts=({"text": default_text(request.body)},))
+
+    gemini_server.default_reply = reply
+    previous = signal.signal(signal.SIGALRM, handler)
+    faulthandler.dump_traceback_later(HANG_CAP_S, exit=True)
+    try:
+        try:
+            for _ in router.stream("interrupted"):
+                pass
+        except _Interrupted:
+            pass  # what the caller pressed, and nothing raised over it
+        release.set()
+        assert router.generate("after").text == "echo: after"
+    finally:
+        release.set()
+        faulthandler.cancel_dump_traceback_later()
+        signal.signal(signal.SIGALRM, previous)
+        router.close()

@@ -154,9 +154,20 @@ class Portal:
         # Every step runs in one context: spans entered in one step and exited in another (the stream's
         # root span) must see the same contextvars, or OpenTelemetry fails to detach them.
         context = contextvars.copy_context()
+        running: list[asyncio.Task[Any]] = []  # the step started last
 
-        async def step(awaitable: Any) -> Any:
-            return await asyncio.get_running_loop().create_task(awaitable, context=context)
+        async def step(awaitable: Any, *, track: bool = True) -> Any:
+            task = asyncio.get_running_loop().create_task(awaitable, context=context)
+            if track:
+                running[:] = [task]
+            return await task
+
+        async def close(aclose: Any) -> None:
+            # A wait interrupted (Ctrl-C) leaves its step running on the loop: the generator cannot close under it.
+            for task in running:
+                task.cancel()
+                await asyncio.wait([task])
+            await aclose()
 
         try:
             while True:
@@ -170,7 +181,7 @@ class Portal:
         finally:
             aclose = getattr(agen, "aclose", None)
             if aclose is not None and loop.is_running() and not self._closed:
-                closing = asyncio.run_coroutine_threadsafe(step(aclose()), loop)
+                closing = asyncio.run_coroutine_threadsafe(step(close(aclose), track=False), loop)
                 if self._may_wait():  # not when collected inside a wait, or on the loop thread itself
                     self._wait(closing)
             del owner  # only now may the router go (on this thread)
