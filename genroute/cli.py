@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +18,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (a bench run resumes where it stopped)
         print("genroute: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): nothing to report, as for any command in a pipe
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a command the signal ended returns
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail on the closed pipe once more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (stdout replaced): nothing to flush
+        pass
 
 
 def _main(argv: Sequence[str] | None) -> int:

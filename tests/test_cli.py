@@ -81,6 +81,20 @@ def test_ctrl_c_ends_the_command_with_one_line_not_a_traceback(tmp_path, gemini_
     assert err.strip().splitlines()[-1] == "genroute: interrupted" and "Traceback" not in err
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, gemini_server):
+    # `genroute generate ... | head -1`: the pipe closes under a long answer; no BrokenPipeError traceback.
+    path = _write_config(tmp_path, gemini_server)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    for options in ([], ["--stream"], ["--json"]):
+        gemini_server.reply_text("many words " * 20_000, chunks=3)  # well past a pipe's 64 KiB buffer
+        proc = subprocess.Popen([sys.executable, "-m", "genroute.cli", "generate", "hi", "--config", str(path),
+                                 *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        proc.stdout.close()  # the reader is gone before the answer is written
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 141, (options, err)
+        assert err == "", (options, err)
+
+
 def test_demo_refuses_an_unusable_cache_dir_in_one_line(tmp_path, capsys, monkeypatch):
     a_file = tmp_path / "afile"
     a_file.write_text("keep me")
