@@ -44,8 +44,9 @@ class RouterConfig(_Frozen):
     knowledge: dict[str, Any] | None = None
     #: Tool name -> "module:callable" import path.
     tools: dict[str, str] = Field(default_factory=dict)
-    #: Validator name -> "module:callable" import path, or {kind: json_schema | judge, ...}.
-    validators: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
+    #: Validator name -> "module:callable" import path, or {kind: json_schema | judge, ...} (checked when built:
+    #: a union here would name its members in errors, ``validators.v.str``).
+    validators: dict[str, Any] = Field(default_factory=dict)
     #: Default per-request deadline in seconds.
     timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     #: Outcome recording, shadow scoring, opt-in capture and policy refresh (``genroute.outcomes.OutcomeSettings``).

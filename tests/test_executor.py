@@ -255,6 +255,8 @@ def test_json_schema_from_config_accepts_a_valid_answer(gemini_server):
     ({"city": {"kind": "json_schema"}}, "city", "validators.city"),
     ({"city": {"kind": "judge", "backend": "ghost"}}, "city", "validators.city"),
     ({"city": {"kind": "judge", "backend": "judge", "prompt": "{nope}"}}, "city", "validators.city.prompt"),
+    ({"city": "os:sep"}, "city", "validators.city"),  # an import path to something that is not a validator
+    ({"city": 3}, "city", "validators.city"),
     ({}, "json_schema:/no/such/schema.json", "policy.rungs.0.validators"),
     ({}, "judge:ghost", "policy.rungs.0.validators"),
     ({}, "regex:(", "policy.rungs.0.validators"),
@@ -265,6 +267,14 @@ def test_validator_mistakes_fail_the_build(gemini_server, validators, rung_valid
     with pytest.raises(ConfigError) as err:
         Router.from_config(config(gemini_server, policy, validators=validators))
     assert err.value.field == field
+    assert gemini_server.requests == []
+
+
+def test_a_python_validator_that_is_not_callable_fails_the_build(gemini_server):
+    policy = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["city"]}, {"backend": "pro"}]}
+    with pytest.raises(ConfigError, match="not a validator") as err:
+        Router.from_config(config(gemini_server, policy), validators={"city": 42})
+    assert err.value.field == "validators.city"
     assert gemini_server.requests == []
 
 

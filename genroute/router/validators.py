@@ -161,6 +161,9 @@ def from_config(raw: str | Mapping[str, Any], *, field: str) -> Validator | Judg
         from genroute.config import import_object
 
         return import_object(raw, field=field)  # type: ignore[no-any-return]
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"expected an import path 'module:callable' or a mapping with a `kind`, not "
+                          f"{type(raw).__name__}", field=field)
     try:
         spec = _SPEC.validate_python(raw)
     except ValidationError as exc:
@@ -191,6 +194,9 @@ def resolve(name: str, custom: Mapping[str, Validator | Judge], *, backends: Map
     validator: Validator | Judge
     if name in custom:
         validator = custom[name]
+        if not (isinstance(validator, Judge) or callable(validator)):  # else a TypeError at the first request
+            raise ConfigError(f"{type(validator).__name__} is not a validator: give a (request, output) -> "
+                              "reason | None callable, or a Judge", field=field)
     elif name in BUILTIN:
         validator = BUILTIN[name]
     elif name.startswith("regex:"):
