@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
@@ -33,20 +33,24 @@ _RAW_SECTIONS = ("engines", "backends", "policy", "knowledge", "validators", "ou
 _NAMED_SECTIONS = ("engines", "backends", "validators")
 
 
+#: The name of an engine, a backend, a tool or a validator.
+Name = Annotated[str, Field(min_length=1)]
+
+
 class RouterConfig(_Frozen):
     """The whole router configuration. Sections are validated per ``kind`` (see ``validate_kind``)."""
 
-    engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    backends: dict[str, dict[str, Any]] = Field(min_length=1)
+    engines: dict[Name, dict[str, Any]] = Field(default_factory=dict)
+    backends: dict[Name, dict[str, Any]] = Field(min_length=1)
     policy: dict[str, Any] | None = None
     pricing: dict[str, ModelPrice] = Field(default_factory=dict)
     telemetry: TelemetryConfig = TelemetryConfig()
     knowledge: dict[str, Any] | None = None
     #: Tool name -> "module:callable" import path.
-    tools: dict[str, str] = Field(default_factory=dict)
+    tools: dict[Name, str] = Field(default_factory=dict)
     #: Validator name -> "module:callable" import path, or {kind: json_schema | judge, ...} (checked when built:
     #: a union here would name its members in errors, ``validators.v.str``).
-    validators: dict[str, Any] = Field(default_factory=dict)
+    validators: dict[Name, Any] = Field(default_factory=dict)
     #: Default per-request deadline in seconds.
     timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     #: Outcome recording, shadow scoring, opt-in capture and policy refresh (``genroute.outcomes.OutcomeSettings``).
@@ -125,8 +129,13 @@ def config_error(exc: ValidationError, prefix: str | None) -> ConfigError:
     """A ``ConfigError`` naming the first invalid field of ``exc`` (and counting the rest)."""
     errors = exc.errors()
     first = errors[0]
-    # pydantic reports a bad mapping key as a location part "[key]": the field is the mapping entry itself.
+    # pydantic reports a bad mapping key as a location part "[key]": the field is the mapping entry itself...
     parts = [part for part in first["loc"] if part != "[key]"]
+    message = first["msg"]
+    if "[key]" in first["loc"] and not (isinstance(first["input"], str) and first["input"]):
+        # ...unless the key is no name to show: pydantic writes YAML's `on:` (True) as `1`, and "" as nothing.
+        parts = list(first["loc"][:first["loc"].index("[key]") - 1])
+        message = _name_message(first["input"])
     if prefix is None and len(parts) > 2 and parts[0] in _TAGGED:
         del parts[1]  # the union member's tag (``state.redis.url``): not a key of the config (``state.url``)
     loc = ".".join(str(part) for part in parts)
@@ -134,7 +143,15 @@ def config_error(exc: ValidationError, prefix: str | None) -> ConfigError:
     culprit = getattr((first.get("ctx") or {}).get("error"), "field", None)
     field = ".".join(p for p in (prefix, loc, culprit) if isinstance(p, str) and p) or None
     more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
-    return ConfigError(f"{first['msg']}{more}", field=field)
+    return ConfigError(f"{message}{more}", field=field)
+
+
+def _name_message(key: Any) -> str:
+    """Why ``key`` cannot name an entry (an engine, a backend...)."""
+    if key == "":
+        return "a name cannot be empty"
+    return (f"names are strings, not {type(key).__name__} ({key!r}): YAML reads unquoted on, off, yes, no, true, "
+            "false, null and numbers as such, so quote the name")
 
 
 def validate_kind(group: Group, raw: Mapping[str, Any] | BaseModel, *, field: str) -> tuple[type, Any]:

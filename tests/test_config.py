@@ -67,6 +67,9 @@ def test_yaml_toml_and_json_files_load(gemini_server, tmp_path):
     # a union tagged by kind: the tag is not a key of the config
     (lambda c: c.update(state={"kind": "redis", "url": "http://x"}), "state.url"),
     (lambda c: c.update(state={"kind": "memory", "zz": 1}), "state.zz"),
+    (lambda c: c.update(backends={"": c["backends"]["chat"]}, policy=None), "backends"),  # was pydantic's own error
+    (lambda c: c["engines"].update({"": c["engines"]["gemini"]}), "engines"),
+    (lambda c: c.update(policy=None, backends={**c["backends"], "pro": c["backends"]["chat"]}), "policy"),
 ])
 def test_config_errors_name_the_field(gemini_server, mutate, field):
     config = gemini_config(gemini_server)
@@ -91,6 +94,17 @@ def test_a_tool_module_that_fails_to_import_is_a_config_error(gemini_server, tmp
     error = _error(config)
     assert error.field == "tools.lookup" and raised in error.message
     assert gemini_server.requests == []
+
+
+def test_a_yaml_name_read_as_a_boolean_says_to_quote_it(gemini_server, tmp_path):
+    import yaml
+
+    config = gemini_config(gemini_server)
+    config["backends"] = {"on": config["backends"]["chat"]}  # YAML 1.1 reads `on:` as True, so `backends.1`
+    config["policy"] = {"kind": "static", "backend": "on"}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(config).replace("'on'", "on"))
+    error = _error(tmp_path / "g.yaml")
+    assert error.field == "backends" and "not bool (True)" in error.message and "quote the name" in error.message
 
 
 @pytest.mark.parametrize("source", [None, 42, ["x"]])

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.config import RouterConfig, build_kind, import_object, load_config, validate_kind
-from genroute.errors import UsageError
+from genroute.errors import ConfigError, UsageError
 from genroute.runtime.portal import Portal
 from genroute.runtime.resources import Resources
 from genroute.runtime.pricing import Pricing
@@ -70,6 +70,8 @@ async def abuild_router(
     backends = {}
     for name, raw in config.backends.items():
         backends[name] = await asyncio.to_thread(_backend, name, raw, resources)
+    if policy is None and config.policy is None and len(backends) > 1:
+        raise ConfigError("with more than one backend a policy is required", field="policy")
     if policy is None and config.policy is not None:
         from genroute.policies import build_policy
 
