@@ -52,7 +52,7 @@ class RouterConfig(_Frozen):
     #: a union here would name its members in errors, ``validators.v.str``).
     validators: dict[Name, Any] = Field(default_factory=dict)
     #: Default per-request deadline in seconds.
-    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)  # strict: `true` is no 1 s
     #: Outcome recording, shadow scoring, opt-in capture and policy refresh (``genroute.outcomes.OutcomeSettings``).
     outcomes: dict[str, Any] | None = None
     #: Where budgets, rate limits and breakers keep their counts: this process, or Redis shared by many.

@@ -70,6 +70,17 @@ def test_yaml_toml_and_json_files_load(gemini_server, tmp_path):
     (lambda c: c.update(backends={"": c["backends"]["chat"]}, policy=None), "backends"),  # was pydantic's own error
     (lambda c: c["engines"].update({"": c["engines"]["gemini"]}), "engines"),
     (lambda c: c.update(policy=None, backends={**c["backends"], "pro": c["backends"]["chat"]}), "policy"),
+    # Timeouts and windows are finite (an infinite one never ends), and `true` is no number (pydantic reads 1).
+    (lambda c: c.update(timeout_s=True), "timeout_s"),
+    (lambda c: c.update(state={"kind": "redis", "timeout_s": float("inf")}), "state.timeout_s"),
+    (lambda c: c.update(state={"kind": "redis", "retry_s": float("inf")}), "state.retry_s"),
+    (lambda c: c.update(breakers={"cooldown_s": float("inf")}), "breakers.cooldown_s"),
+    (lambda c: c.update(breakers={"failures": True}), "breakers.failures"),
+    (lambda c: c.update(rate_limits=[{"engine": "gemini", "rpm": 5, "window_s": float("inf")}]),
+     "rate_limits.0.window_s"),
+    (lambda c: c.update(rate_limits=[{"engine": "gemini", "rpm": True}]), "rate_limits.0.rpm"),
+    (lambda c: c.update(outcomes={"path": "o.db", "refresh_every_s": float("inf")}), "outcomes.refresh_every_s"),
+    (lambda c: c.update(outcomes={"path": "o.db", "shared_max_age_s": float("inf")}), "outcomes.shared_max_age_s"),
 ])
 def test_config_errors_name_the_field(gemini_server, mutate, field):
     config = gemini_config(gemini_server)

@@ -35,10 +35,13 @@ class BreakerConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    failures: int = Field(default=5, ge=1, description="Retryable failures within `window_s` that open it.")
-    window_s: float = Field(default=60.0, gt=0, description="Window the failures are counted in.")
-    cooldown_s: float = Field(default=30.0, gt=0, description="How long it stays open before a probe.")
-    refresh_s: float = Field(default=0.5, gt=0, le=60, description="How stale this process's view may be.")
+    failures: int = Field(default=5, ge=1, strict=True,
+                          description="Retryable failures within `window_s` that open it.")
+    window_s: float = Field(default=60.0, gt=0, allow_inf_nan=False, strict=True,
+                            description="Window the failures are counted in.")
+    cooldown_s: float = Field(default=30.0, gt=0, allow_inf_nan=False, strict=True,
+                              description="How long it stays open before a probe.")
+    refresh_s: float = Field(default=0.5, gt=0, le=60, strict=True, description="How stale this process's view may be.")
 
 
 class BreakerGate(Gate):

@@ -43,9 +43,10 @@ class RateLimitConfig(BaseModel):
     model: str | None = Field(default=None, description="Model of `engine` the limit applies to.")
     backend: str | None = Field(default=None, description="Backend name (instead of `engine`).")
     per: Literal["all", "budget_key"] = Field(default="all", description="`budget_key`: one limit per key.")
-    rpm: int | None = Field(default=None, ge=1, description="Requests per minute.")
-    tpm: int | None = Field(default=None, ge=1, description="Input tokens per minute.")
-    window_s: float = Field(default=60.0, gt=0, description="The window `rpm` and `tpm` count in (60: per minute, "
+    rpm: int | None = Field(default=None, ge=1, strict=True, description="Requests per minute.")
+    tpm: int | None = Field(default=None, ge=1, strict=True, description="Input tokens per minute.")
+    window_s: float = Field(default=60.0, gt=0, allow_inf_nan=False, strict=True,
+                            description="The window `rpm` and `tpm` count in (60: per minute, "
                             "as Gemini states its quotas).")
     on_limit: Literal["wait", "fall_through"] = Field(
         default="wait", description="No room: wait for the next minute (if before the deadline) or fall through.")

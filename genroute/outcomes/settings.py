@@ -27,20 +27,26 @@ class OutcomeSettings(BaseModel):
         default="auto", description="auto: the shared state store when the router's `state` is shared (Redis), "
                                     "else the SQLite file; sqlite or state to choose.")
     shared_max_items: int | None = Field(
-        default=100_000, ge=1, description="In the shared state store: writes its list keeps (a shadow's pair and a "
+        default=100_000, ge=1, strict=True,
+        description="In the shared state store: writes its list keeps (a shadow's pair and a "
         "feedback are one write each); each append trims the oldest beyond this on the server. None: no cap.")
     shared_max_age_s: float | None = Field(
-        default=None, gt=0, description="In the shared state store: also trim writes older than this many seconds.")
+        default=None, gt=0, allow_inf_nan=False, strict=True,
+        description="In the shared state store: also trim writes older than this many seconds.")
     scorer: str = Field(
         default="normalized_exact",
         description="How a shadow's answer is scored against the served one (and both against a feedback label): "
                     "a bench scorer name, module:function, judge:BACKEND, or validator:NAME (scores each side alone).")
-    pass_score: float = Field(default=0.5, ge=0.0, le=1.0, description="Feedback score that accepts an answer.")
+    pass_score: float = Field(default=0.5, ge=0.0, le=1.0, strict=True,
+                              description="Feedback score that accepts an answer.")
     capture: bool = Field(default=False, description="Keep input + accepted output as a labeled example (opt-in).")
     scrub: str | None = Field(default=None, description="module:callable scrub hook applied before anything is kept.")
-    refresh_every_s: float | None = Field(default=None, gt=0, description="Refresh policies from outcomes this often.")
-    min_n: int = Field(default=20, ge=1, description="Outcome stats replace benchmark stats from this many records.")
-    max_pending: int = Field(default=10_000, ge=1, description="Recent requests kept in memory for feedback.")
+    refresh_every_s: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True,
+                                            description="Refresh policies from outcomes this often.")
+    min_n: int = Field(default=20, ge=1, strict=True,
+                       description="Outcome stats replace benchmark stats from this many records.")
+    max_pending: int = Field(default=10_000, ge=1, strict=True,
+                             description="Recent requests kept in memory for feedback.")
 
 
 REDACTED = "[REDACTED]"

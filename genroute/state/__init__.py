@@ -166,11 +166,14 @@ class RedisStateConfig(_Frozen):
     on_error: Literal["open", "closed"] = Field(
         default="open", description="Store unreachable: `open` uses this process's memory meanwhile (counted, "
         "logged), `closed` refuses requests with StateUnavailable (nothing is sent).")
-    timeout_s: float = Field(default=2.0, gt=0, description="Per-command socket timeout (an overloaded event loop "
+    timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False, strict=True,
+                             description="Per-command socket timeout (an overloaded event loop "
                              "reads replies late: too tight a value sends healthy calls to the fallback).")
-    connect_timeout_s: float = Field(default=2.0, gt=0, description="Timeout to open a connection.")
-    max_connections: int = Field(default=64, ge=1, description="Connections per process and event loop.")
-    retry_s: float = Field(default=1.0, gt=0, description="After a failure, how long to stay on the fallback "
+    connect_timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False, strict=True,
+                                     description="Timeout to open a connection.")
+    max_connections: int = Field(default=64, ge=1, strict=True, description="Connections per process and event loop.")
+    retry_s: float = Field(default=1.0, gt=0, allow_inf_nan=False, strict=True,
+                           description="After a failure, how long to stay on the fallback "
                            "before trying the store again.")
 
     def __repr_args__(self) -> Any:
