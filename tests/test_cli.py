@@ -65,6 +65,20 @@ def test_ingest_is_idempotent(tmp_path, gemini_server, capsys):
     assert "added=2" in first and "added=0" in second and "skipped=2" in second
 
 
+def test_ingest_prints_its_report_alone_on_stdout_and_refuses_a_bad_name_before_making_a_store(
+        tmp_path, gemini_server, capsys):
+    doc = tmp_path / "doc.md"
+    doc.write_text("The Nimbus Kettle has a warranty of 3 years.\n")
+    store = tmp_path / "chroma"
+    path = _write_config(tmp_path, gemini_server, knowledge={"path": str(store)})
+    assert main(["ingest", str(doc), "--collection", "c", "--config", str(path)]) == 2
+    assert "collection" in capsys.readouterr().err
+    assert not store.exists()  # refused before the store was made
+    assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(path)]) == 0
+    out = capsys.readouterr().out  # `genroute ingest ... > report.txt`: the progress bar is not part of it
+    assert out.startswith("collection='handbook' ") and out.count("\n") == 1, out
+
+
 def test_ctrl_c_ends_the_command_with_one_line_not_a_traceback(tmp_path, gemini_server):
     path = _write_config(tmp_path, gemini_server)
     gemini_server.fault(Fault.delay(30))

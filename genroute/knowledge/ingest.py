@@ -357,10 +357,12 @@ class _progress:
     def __enter__(self) -> Callable[[int], None]:
         if not self.enabled:
             return lambda n: None
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        # On stderr: stdout is the caller's (`genroute ingest` prints its report there, perhaps into a file).
         self._bar = Progress(TextColumn("ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeRemainingColumn(), transient=False)
+                             TimeRemainingColumn(), transient=False, console=Console(stderr=True))
         self._bar.start()
         task = self._bar.add_task(self.collection, total=self.total)
         return lambda n: self._bar.advance(task, n)

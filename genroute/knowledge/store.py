@@ -198,8 +198,8 @@ class KnowledgeStore:
             return cached
         from chromadb.errors import NotFoundError
 
+        _check_name(name, field)  # before the client: an embedded one makes its directory
         client = self.client()
-        _check_name(name, field)
         try:
             col = client.get_collection(name, embedding_function=None)
         except (NotFoundError, ValueError) as exc:
