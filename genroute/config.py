@@ -271,10 +271,14 @@ def _anchor_one(key: Any, value: str, base: Path) -> str:
 
 def read_config_file(path: Path, *, field: str = "path") -> Mapping[str, Any]:
     """The mapping in a YAML, TOML or JSON file; ``ConfigError`` naming ``field`` if it cannot be had."""
+    path = path.expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{str(path)!r} is a directory, not a config file", field=field)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist", field=field)
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Windows editors write one) is no part of the text; JSON and TOML refuse it.
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path.name}: {exc}", field=field) from None
     suffix = path.suffix.lower()

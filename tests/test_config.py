@@ -154,6 +154,26 @@ def test_missing_and_unparsable_files(tmp_path):
     assert _error(tmp_path / "x.ini").field == "path"
 
 
+def test_a_config_file_read_as_written(gemini_server, tmp_path, monkeypatch):
+    # A byte-order mark reads the same in every format, `~` is the home directory, a directory is no file.
+    config = gemini_config(gemini_server)
+    for name in ("g.json", "g.yaml"):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + json.dumps(config).encode())
+        with Router.from_config(tmp_path / name):
+            pass
+    (tmp_path / "g.toml").write_bytes(b"\xef\xbb\xbf" + f'[engines.gemini]\nkind = "gemini"\napi_key = "k"\n'
+                                      f'base_url = "{gemini_server.base_url}"\n[backends.chat]\n'
+                                      'kind = "prompt_template"\nengine = "gemini"\nmodel = "gemini-2.5-flash"\n'
+                                      .encode())
+    with Router.from_config(tmp_path / "g.toml"):
+        pass
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with Router.from_config("~/g.json"):
+        pass
+    error = _error(tmp_path)
+    assert error.field == "path" and "is a directory" in error.message
+
+
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"input": ""}, "input"),
     ({"input": "   "}, "input"),
