@@ -89,6 +89,10 @@ class RateLimitGate(Gate):
                 raise ConfigError(f"no backend {limit.backend!r}", field=f"{field}.backend")
             if limit.engine is not None and all(engine != limit.engine for engine, _ in targets.values()):
                 raise ConfigError(f"no backend uses engine {limit.engine!r}", field=f"{field}.engine")
+            models = sorted({model for engine, model in targets.values() if engine == limit.engine})
+            if limit.model is not None and limit.model not in models:  # a typo would limit nothing, silently
+                raise ConfigError(f"no backend uses model {limit.model!r} on engine {limit.engine!r} (used: "
+                                  f"{', '.join(models)})", field=f"{field}.model")
             for backend, (engine, model) in targets.items():
                 if limit.backend == backend or (limit.engine == engine and limit.model in (None, model)):
                     self._covering.setdefault(backend, []).append((limit, limit.scope()))
