@@ -135,6 +135,8 @@ def test_a_source_of_the_wrong_type_is_a_usage_error(source):
     ({"tools": [print]}, "tools"),
     ({"tools": {"t": "not callable"}}, "tools"),
     ({"validators": ["v"]}, "validators"),
+    ({"engine_options": {"gemni": {"credentials": None}}}, "engine_options.gemni"),  # was silently unused
+    ({"engine_options": {"gemini": {"credentails": None}}}, "engine_options.gemini"),  # was a bare TypeError
 ])
 def test_bad_keyword_arguments_name_themselves(gemini_server, kwargs, field):
     with pytest.raises(UsageError) as info:

@@ -4,6 +4,7 @@ every router makes however it was built."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -62,6 +63,10 @@ async def abuild_router(
             isinstance(name, str) for name in validators)):
         raise UsageError("must map validator names to validators", field="validators")
     config = await asyncio.to_thread(load_config, source)
+    for name in engine_options or {}:
+        if name not in config.engines:  # else silently unused: a typo would drop the credentials it carries
+            raise UsageError(f"no engine {name!r} in the config (engines: {', '.join(config.engines) or 'none'})",
+                             field=f"engine_options.{name}")
     engines = {}
     for name, raw in config.engines.items():
         options = dict((engine_options or {}).get(name, {}))
@@ -90,6 +95,11 @@ async def abuild_router(
 
 def _engine(name: str, raw: Any, options: dict[str, Any]) -> Any:
     engine_cls, engine_config = validate_kind("engines", raw, field=f"engines.{name}")
+    try:
+        inspect.signature(engine_cls).bind(name, engine_config, **options)
+    except TypeError as exc:  # an option the engine does not take: say so, not TypeError from its constructor
+        raise UsageError(f"{engine_cls.__name__} does not take these options: {exc}",
+                         field=f"engine_options.{name}") from None
     return build_kind(engine_cls, name, engine_config, field=f"engines.{name}", **options)
 
 
