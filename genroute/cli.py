@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from genroute.errors import GenrouteError
+from genroute.errors import GenrouteError, exit_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,7 +84,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return _ingest(args)
     except GenrouteError as exc:
         print(f"genroute: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
 
 
 def _delegate(command: str, rest: list[str]) -> int:
@@ -106,7 +106,7 @@ def _delegate(command: str, rest: list[str]) -> int:
         return tune_main(rest)
     except GenrouteError as exc:
         print(f"genroute: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -179,3 +179,9 @@ class AllRungsFailed(BackendError):
     def __init__(self, message: str, *, attempts: list[Any]) -> None:
         self.attempts = attempts
         super().__init__(message)
+
+
+def exit_status(error: GenrouteError) -> int:
+    """What a ``genroute`` command returns for ``error``: 2 for the caller's mistake (a usage or config error:
+    nothing was sent), 1 for a failure at run time (a backend, a deadline, a budget, the state store)."""
+    return 2 if isinstance(error, UsageError) else 1

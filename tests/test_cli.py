@@ -54,6 +54,14 @@ def test_errors_exit_2_with_the_field(tmp_path, gemini_server, capsys):
     assert gemini_server.requests == []
 
 
+def test_a_failure_at_run_time_exits_1_not_2(tmp_path, gemini_server, capsys):
+    # 2 is for the caller's mistakes (nothing sent); a provider that keeps failing is no usage error.
+    path = _write_config(tmp_path, gemini_server)
+    gemini_server.fault(Fault.status(503), times=10)
+    assert main(["generate", "hi", "--config", str(path)]) == 1
+    assert "BackendUnavailable" in capsys.readouterr().err
+
+
 def test_ingest_is_idempotent(tmp_path, gemini_server, capsys):
     doc = tmp_path / "doc.md"
     doc.write_text("# Title\n\nThe Nimbus Kettle has a warranty of 3 years.\n\n## Care\n\nDescale monthly.\n")

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from genroute.errors import GenrouteError
+from genroute.errors import GenrouteError, exit_status
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
-    """Run ``genroute bench`` from parsed arguments; print the report; 0 on success, 2 on a usage error."""
+    """Run ``genroute bench`` from parsed arguments; print the report; 0 on success, 2 on a usage error, 1 on a failure."""
     if args.outcomes is not None:
         return run_outcomes_cli(args)
     if args.data is None or args.config is None or args.backends is None:
@@ -104,7 +104,7 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
         report = asyncio.run(main())
     except GenrouteError as exc:
         print(f"genroute bench: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     print(report.markdown())  # type: ignore[attr-defined]
     files = report.files  # type: ignore[attr-defined]
     print(f"Reports: {files.get('markdown')}, {files.get('html')}, {files.get('png')}; results: {files['results']}")
@@ -149,7 +149,7 @@ def run_outcomes_cli(args: argparse.Namespace) -> int:
                                   force_verdict=args.force_verdict, cost_weight_rule=args.cost_weight_rule)
     except GenrouteError as exc:
         print(f"genroute bench: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     print(report.markdown())
     print(f"Rows: {report.files['compiled']}; report: {report.files['markdown']}, {report.files['html']}; "
           f"curve: {report.files.get('curve', '-')}; compiled policies: {report.files['stats']} (cost_aware)"

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from genroute.errors import GenrouteError, UsageError
+from genroute.errors import GenrouteError, UsageError, exit_status
 from genroute.jsonl import check_output_dir
 
 
@@ -69,7 +69,7 @@ def graduate_main(argv: Sequence[str]) -> int:
         report = asyncio.run(_run(args))
     except GenrouteError as exc:
         print(f"genroute graduate: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     print(report.text(), end="")
     return 0
 

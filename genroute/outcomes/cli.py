@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from genroute.errors import GenrouteError, UsageError
+from genroute.errors import GenrouteError, UsageError, exit_status
 from genroute.jsonl import output_dir
 
 
@@ -31,7 +31,7 @@ def compile_main(argv: Sequence[str]) -> int:
         return _compile(args)
     except GenrouteError as exc:
         print(f"genroute compile: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
 
 
 def _compile(args: argparse.Namespace) -> int:
