@@ -22,7 +22,7 @@ from genroute.runtime.portal import Portal
 from genroute.testing import Reply
 from genroute.testing.replies import default_text
 
-from .conftest import gemini_config, in_thread
+from .conftest import budget_usage, gemini_config, in_thread
 
 HANG_CAP_S = 60.0  # far beyond any answer on loopback: only a hang reaches it
 
@@ -233,6 +233,45 @@ def test_a_sync_stream_interrupted_while_it_waits_ends_with_the_interruption(gem
             pass  # what the caller pressed, and nothing raised over it
         release.set()
         assert router.generate("after").text == "echo: after"
+    finally:
+        release.set()
+        faulthandler.cancel_dump_traceback_later()
+        signal.signal(signal.SIGALRM, previous)
+        router.close()
+
+
+def test_a_sync_call_interrupted_while_it_waits_cancels_its_request(gemini_server):
+    # Ctrl-C in `router.generate`: the request the caller gave up on is cancelled (its budget hold settled) at
+    # once; it used to run on, holding its reservation, until it ended or close() cancelled it after drain_s.
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "budget", "inner": config["policy"], "budget_usd": 1.0, "costs": {"chat": 0.01},
+                        "per": "global"}
+    router = Router.from_config(config)
+    release = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Interrupted
+
+    def reply(request: Any) -> Reply:
+        while not router._portal._waiting:
+            time.sleep(0.001)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
+        release.wait(HANG_CAP_S)
+        return Reply(parts=({"text": default_text(request.body)},))
+
+    gemini_server.default_reply = reply
+    previous = signal.signal(signal.SIGALRM, handler)
+    faulthandler.dump_traceback_later(HANG_CAP_S, exit=True)
+    try:
+        try:
+            router.generate("interrupted")
+        except _Interrupted:
+            pass
+        end = time.monotonic() + HANG_CAP_S / 2
+        while budget_usage(router)["reserved"] and time.monotonic() < end:  # while the server still holds it
+            time.sleep(0.01)
+        assert budget_usage(router)["reserved"] == 0
+        assert not release.is_set()
     finally:
         release.set()
         faulthandler.cancel_dump_traceback_later()

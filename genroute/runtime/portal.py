@@ -138,6 +138,9 @@ class Portal:
                 raise
             future.cancel()
             raise TimeoutError(f"no result within {timeout_s}s") from None
+        except BaseException:  # the wait itself was interrupted (Ctrl-C): the caller gave up on this work
+            future.cancel()  # a no-op if it had ended (then this is its own error)
+            raise
         finally:
             with self._lock:
                 self._waiting.discard(future)
