@@ -226,6 +226,9 @@ def test_cli_outcomes_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert bench_main(["--outcomes", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert bench_main(["--out", str(out)]) == 2  # neither a dataset nor --outcomes
+    with pytest.raises(SystemExit) as exited:  # it used to force every verdict, as --force-verdict does
+        bench_main(["--outcomes", str(data), "--out", str(tmp_path / "neg"), "--min-verdict-n", "-5"])
+    assert exited.value.code == 2 and "--min-verdict-n: must be at least 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("side", "where"), [

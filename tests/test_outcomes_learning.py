@@ -155,6 +155,10 @@ def test_compile_from_outcomes(tmp_path, capsys):
         assert stats.tasks["t"]["chat"].quality == 0.5 and stats.tasks["t"]["pro"].n == 30
     assert "learned.npz not trained" in capsys.readouterr().out   # no captured inputs
     assert cli(["compile", "--outcomes", str(tmp_path / "missing.db"), "--out", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as exited:  # a usage error, as argparse's own; it used to compile with 1
+        cli(["compile", "--outcomes", str(tmp_path / "outcomes.db"), "--out", str(tmp_path / "neg"), "--min-n", "-1"])
+    assert exited.value.code == 2 and "--min-n: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "neg").exists()
     line = json.loads((tmp_path / "matrix.jsonl").read_text().splitlines()[0])
     assert set(line) == {"input", "output", "metadata", "outcomes"} and line["metadata"]["task"] == "t"
 

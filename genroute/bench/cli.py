@@ -162,4 +162,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     """``genroute bench`` as a function of its argument list."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = add_arguments(argparse.ArgumentParser(prog="genroute bench", description="Benchmark backends."))
-    return run_bench_cli(parser.parse_args(argv), argv)
+    args = parser.parse_args(argv)
+    if args.min_verdict_n < 0:  # else a negative minimum forced every verdict, as --force-verdict does
+        parser.error(f"argument --min-verdict-n: must be at least 0, got {args.min_verdict_n}")
+    return run_bench_cli(args, argv)

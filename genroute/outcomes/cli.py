@@ -27,6 +27,8 @@ def compile_main(argv: Sequence[str]) -> int:
                         help="how learned.npz's cost weight is chosen by cross-validation: resolved (default: the "
                              "cheapest weight not resolved worse than the best at 95 %%), one_se, best, or fixed (0.1)")
     args = parser.parse_args(list(argv))
+    if args.min_n < 1:  # else taken as 1
+        parser.error(f"argument --min-n: must be at least 1, got {args.min_n}")
     try:
         return _compile(args)
     except GenrouteError as exc:
