@@ -13,6 +13,7 @@ from genroute.errors import GenrouteError, exit_status
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``genroute`` command."""
+    _import_from_working_directory()
     try:
         return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (a bench run resumes where it stopped)
@@ -21,6 +22,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): nothing to report, as for any command in a pipe
         _silence_stdout()
         return 141  # 128 + SIGPIPE, what a command the signal ended returns
+
+
+def _import_from_working_directory() -> None:
+    """Let a config's import paths (tools, validators, scrub hooks, scorers) find the application's modules in the
+    working directory, as ``python -m genroute.cli`` does; the installed script puts its own directory there."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _silence_stdout() -> None:

@@ -103,6 +103,24 @@ def test_ctrl_c_ends_the_command_with_one_line_not_a_traceback(tmp_path, gemini_
     assert err.strip().splitlines()[-1] == "genroute: interrupted" and "Traceback" not in err
 
 
+def test_the_installed_command_imports_the_applications_tools_from_the_working_directory(tmp_path, gemini_server):
+    # The console script's own directory, not the working directory, is first on sys.path: the README's
+    # `tools: {get_weather: "myapp.tools:get_weather"}` failed with `genroute` and worked with `python -m`.
+    app = tmp_path / "app"
+    (app / "myapp_pf").mkdir(parents=True)
+    (app / "myapp_pf" / "__init__.py").write_text("")
+    (app / "myapp_pf" / "tools.py").write_text("def get_weather(city: str) -> str:\n    return 'sunny'\n")
+    path = _write_config(app, gemini_server, tools={"get_weather": "myapp_pf.tools:get_weather"})
+    script = tmp_path / "bin" / "genroute"  # what pip writes for the console script
+    script.parent.mkdir()
+    script.write_text("import sys\nfrom genroute.cli import main\nsys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    gemini_server.reply_text("Sunny.")
+    proc = subprocess.run([sys.executable, str(script), "generate", "weather?", "--config", str(path)],
+                          cwd=app, capture_output=True, text=True, env=env, timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "Sunny."), proc.stderr
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, gemini_server):
     # `genroute generate ... | head -1`: the pipe closes under a long answer; no BrokenPipeError traceback.
     path = _write_config(tmp_path, gemini_server)
