@@ -57,7 +57,7 @@ def _main(argv: Sequence[str] | None) -> int:
     gen.add_argument("--task")
     gen.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="template variable")
     gen.add_argument("--stream", action="store_true")
-    gen.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    gen.add_argument("--json", action="store_true", help="print the whole result as JSON (with --stream: only that)")
 
     ingest = sub.add_parser("ingest", help="chunk, embed and store documents in a Chroma collection")
     ingest.add_argument("paths", nargs="+")
@@ -127,17 +127,20 @@ def _generate(args: argparse.Namespace) -> int:
         if not sep or not name:
             raise UsageError(f"expected NAME=VALUE, got {item!r}", field="--var")
         variables[name] = value
-    fields = {"backend": args.backend, "task": args.task, "variables": variables}
-    fields = {k: v for k, v in fields.items() if v}
+    # `--backend ''` is a backend name the request refuses, not no backend.
+    fields = {k: v for k, v in (("backend", args.backend), ("task", args.task)) if v is not None}
+    if variables:
+        fields["variables"] = variables
     with Router.from_config(args.config) as router:
         if args.stream:
             result = None
             for chunk in router.stream(args.input, **fields):
                 if chunk.done:
                     result = chunk.result
-                else:
+                elif not args.json:  # with --json, stdout is one JSON document (the result holds the text)
                     print(chunk.text, end="", flush=True)
-            print()
+            if not args.json:
+                print()
         else:
             result = router.generate(args.input, **fields)
             if not args.json:

@@ -43,6 +43,14 @@ def test_generate_stream(tmp_path, gemini_server, capsys):
     assert capsys.readouterr().out.strip() == "one two three"
 
 
+def test_generate_stream_json_prints_one_json_document(tmp_path, gemini_server, capsys):
+    path = _write_config(tmp_path, gemini_server)
+    gemini_server.reply_text("one two three", chunks=3)
+    assert main(["generate", "count", "--config", str(path), "--stream", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)  # the streamed text came first, then the JSON
+    assert result["text"] == "one two three" and result["time_to_first_token_s"] is not None
+
+
 def test_errors_exit_2_with_the_field(tmp_path, gemini_server, capsys):
     path = _write_config(tmp_path, gemini_server)
     assert main(["generate", "hi", "--config", str(path), "--backend", "ghost"]) == 2
@@ -51,6 +59,8 @@ def test_errors_exit_2_with_the_field(tmp_path, gemini_server, capsys):
     assert "path" in capsys.readouterr().err
     assert main(["generate", "hi", "--config", str(path), "--var", "=x"]) == 2  # a variable needs a name
     assert "--var: expected NAME=VALUE, got '=x'" in capsys.readouterr().err
+    assert main(["generate", "hi", "--config", str(path), "--backend", ""]) == 2  # it went to the policy
+    assert "backend: unknown backend ''" in capsys.readouterr().err
     assert gemini_server.requests == []
 
 
