@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BeforeValidator
+
 
 def is_real(value: Any) -> bool:
     """Whether ``value`` is an int or a float, not a bool (to Python ``True`` is 1; to a user it is no amount)."""
@@ -23,6 +25,17 @@ def is_real(value: Any) -> bool:
 def is_whole(value: Any) -> bool:
     """Whether ``value`` is an int, not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _refuse_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true or false")
+    return value
+
+
+#: Marks a number in a pydantic model (``Annotated[int, NOT_BOOL]``) that ``true`` must not fill: pydantic reads it
+#: as 1 (a 1 s timeout, one request a minute), where the same model still takes ``"5"`` and ``2.0`` as it would.
+NOT_BOOL = BeforeValidator(_refuse_bool)
 
 
 @dataclass(frozen=True)

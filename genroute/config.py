@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
+from genroute.bounds import NOT_BOOL
 from genroute.config_parse import DuplicateKey, parse_json, parse_yaml
 from genroute.errors import ConfigError, UsageError, without_credentials
 from genroute.registry import Group, load, plugin_failures, plugin_origin
@@ -52,7 +53,7 @@ class RouterConfig(_Frozen):
     #: a union here would name its members in errors, ``validators.v.str``).
     validators: dict[Name, Any] = Field(default_factory=dict)
     #: Default per-request deadline in seconds.
-    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)  # strict: `true` is no 1 s
+    timeout_s: Annotated[float | None, NOT_BOOL] = Field(default=None, gt=0, allow_inf_nan=False)
     #: Outcome recording, shadow scoring, opt-in capture and policy refresh (``genroute.outcomes.OutcomeSettings``).
     outcomes: dict[str, Any] | None = None
     #: Where budgets, rate limits and breakers keep their counts: this process, or Redis shared by many.

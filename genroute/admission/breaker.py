@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.admission import Attempt, Gate, Instruments, Outcome
+from genroute.bounds import NOT_BOOL
 from genroute.errors import BackendUnavailable, CircuitOpen, RateLimited
 from genroute.state.ops import Claim, Close, Fail, Open, Probe, Settlement
 
@@ -35,13 +36,14 @@ class BreakerConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    failures: int = Field(default=5, ge=1, strict=True,
-                          description="Retryable failures within `window_s` that open it.")
-    window_s: float = Field(default=60.0, gt=0, allow_inf_nan=False, strict=True,
-                            description="Window the failures are counted in.")
-    cooldown_s: float = Field(default=30.0, gt=0, allow_inf_nan=False, strict=True,
-                              description="How long it stays open before a probe.")
-    refresh_s: float = Field(default=0.5, gt=0, le=60, strict=True, description="How stale this process's view may be.")
+    failures: Annotated[int, NOT_BOOL] = Field(default=5, ge=1,
+                                               description="Retryable failures within `window_s` that open it.")
+    window_s: Annotated[float, NOT_BOOL] = Field(default=60.0, gt=0, allow_inf_nan=False,
+                                                 description="Window the failures are counted in.")
+    cooldown_s: Annotated[float, NOT_BOOL] = Field(default=30.0, gt=0, allow_inf_nan=False,
+                                                   description="How long it stays open before a probe.")
+    refresh_s: Annotated[float, NOT_BOOL] = Field(default=0.5, gt=0, le=60,
+                                                  description="How stale this process's view may be.")
 
 
 class BreakerGate(Gate):

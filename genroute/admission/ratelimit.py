@@ -17,11 +17,12 @@ import asyncio
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genroute.admission import Attempt, Gate, Instruments, Outcome, hold_ttl_s
+from genroute.bounds import NOT_BOOL
 from genroute.errors import ConfigError, RateLimited
 from genroute.state.ops import Claim, Held, Hold, Settle
 
@@ -43,11 +44,11 @@ class RateLimitConfig(BaseModel):
     model: str | None = Field(default=None, description="Model of `engine` the limit applies to.")
     backend: str | None = Field(default=None, description="Backend name (instead of `engine`).")
     per: Literal["all", "budget_key"] = Field(default="all", description="`budget_key`: one limit per key.")
-    rpm: int | None = Field(default=None, ge=1, strict=True, description="Requests per minute.")
-    tpm: int | None = Field(default=None, ge=1, strict=True, description="Input tokens per minute.")
-    window_s: float = Field(default=60.0, gt=0, allow_inf_nan=False, strict=True,
-                            description="The window `rpm` and `tpm` count in (60: per minute, "
-                            "as Gemini states its quotas).")
+    rpm: Annotated[int | None, NOT_BOOL] = Field(default=None, ge=1, description="Requests per minute.")
+    tpm: Annotated[int | None, NOT_BOOL] = Field(default=None, ge=1, description="Input tokens per minute.")
+    window_s: Annotated[float, NOT_BOOL] = Field(default=60.0, gt=0, allow_inf_nan=False,
+                                                 description="The window `rpm` and `tpm` count in (60: per minute, "
+                                                 "as Gemini states its quotas).")
     on_limit: Literal["wait", "fall_through"] = Field(
         default="wait", description="No room: wait for the next minute (if before the deadline) or fall through.")
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genroute.bounds import NOT_BOOL
 from genroute.errors import ConfigError, without_secrets
 
 #: Scrub hook: gets ``{"input": str, "output": str, "task": str | None}``, returns it cleaned, or ``None`` to drop it.
@@ -26,27 +27,27 @@ class OutcomeSettings(BaseModel):
     store: Literal["auto", "sqlite", "state"] = Field(
         default="auto", description="auto: the shared state store when the router's `state` is shared (Redis), "
                                     "else the SQLite file; sqlite or state to choose.")
-    shared_max_items: int | None = Field(
-        default=100_000, ge=1, strict=True,
+    shared_max_items: Annotated[int | None, NOT_BOOL] = Field(
+        default=100_000, ge=1,
         description="In the shared state store: writes its list keeps (a shadow's pair and a "
         "feedback are one write each); each append trims the oldest beyond this on the server. None: no cap.")
-    shared_max_age_s: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False, strict=True,
+    shared_max_age_s: Annotated[float | None, NOT_BOOL] = Field(
+        default=None, gt=0, allow_inf_nan=False,
         description="In the shared state store: also trim writes older than this many seconds.")
     scorer: str = Field(
         default="normalized_exact",
         description="How a shadow's answer is scored against the served one (and both against a feedback label): "
                     "a bench scorer name, module:function, judge:BACKEND, or validator:NAME (scores each side alone).")
-    pass_score: float = Field(default=0.5, ge=0.0, le=1.0, strict=True,
-                              description="Feedback score that accepts an answer.")
+    pass_score: Annotated[float, NOT_BOOL] = Field(default=0.5, ge=0.0, le=1.0,
+                                                   description="Feedback score that accepts an answer.")
     capture: bool = Field(default=False, description="Keep input + accepted output as a labeled example (opt-in).")
     scrub: str | None = Field(default=None, description="module:callable scrub hook applied before anything is kept.")
-    refresh_every_s: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True,
-                                            description="Refresh policies from outcomes this often.")
-    min_n: int = Field(default=20, ge=1, strict=True,
-                       description="Outcome stats replace benchmark stats from this many records.")
-    max_pending: int = Field(default=10_000, ge=1, strict=True,
-                             description="Recent requests kept in memory for feedback.")
+    refresh_every_s: Annotated[float | None, NOT_BOOL] = Field(default=None, gt=0, allow_inf_nan=False,
+                                                               description="Refresh policies from outcomes this often.")
+    min_n: Annotated[int, NOT_BOOL] = Field(default=20, ge=1,
+                                            description="Outcome stats replace benchmark stats from this many records.")
+    max_pending: Annotated[int, NOT_BOOL] = Field(default=10_000, ge=1,
+                                                  description="Recent requests kept in memory for feedback.")
 
 
 REDACTED = "[REDACTED]"

@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
+from genroute.bounds import NOT_BOOL
 from genroute.errors import ConfigError, without_credentials
 from genroute.state.ops import Admitted, Claim, Close, Fail, Held, Hold, Open, Probe, Settle, Settlement
 
@@ -166,15 +167,17 @@ class RedisStateConfig(_Frozen):
     on_error: Literal["open", "closed"] = Field(
         default="open", description="Store unreachable: `open` uses this process's memory meanwhile (counted, "
         "logged), `closed` refuses requests with StateUnavailable (nothing is sent).")
-    timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False, strict=True,
-                             description="Per-command socket timeout (an overloaded event loop "
-                             "reads replies late: too tight a value sends healthy calls to the fallback).")
-    connect_timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False, strict=True,
-                                     description="Timeout to open a connection.")
-    max_connections: int = Field(default=64, ge=1, strict=True, description="Connections per process and event loop.")
-    retry_s: float = Field(default=1.0, gt=0, allow_inf_nan=False, strict=True,
-                           description="After a failure, how long to stay on the fallback "
-                           "before trying the store again.")
+    timeout_s: Annotated[float, NOT_BOOL] = Field(default=2.0, gt=0, allow_inf_nan=False,
+                                                  description="Per-command socket timeout (an overloaded event "
+                                                  "loop reads replies late: too tight a value sends healthy calls to "
+                                                  "the fallback).")
+    connect_timeout_s: Annotated[float, NOT_BOOL] = Field(default=2.0, gt=0, allow_inf_nan=False,
+                                                          description="Timeout to open a connection.")
+    max_connections: Annotated[int, NOT_BOOL] = Field(default=64, ge=1,
+                                                      description="Connections per process and event loop.")
+    retry_s: Annotated[float, NOT_BOOL] = Field(default=1.0, gt=0, allow_inf_nan=False,
+                                                description="After a failure, how long to stay on the fallback "
+                                                "before trying the store again.")
 
     def __repr_args__(self) -> Any:
         # The URL may carry a password (redis://:secret@host): never in a repr or a log.
