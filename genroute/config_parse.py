@@ -7,6 +7,7 @@ without a word (TOML already refuses). Both parsers here raise ``DuplicateKey`` 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 
@@ -43,7 +44,14 @@ def parse_yaml(text: str) -> Any:
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    # YAML 1.1 wants a dot in a float: PyYAML reads `tpm: 1e6` as the text '1e6' (refused for an integer), where
+    # YAML 1.2, JSON and TOML read a number; so does this loader.
+    StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
     return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+#: A number with an exponent and no dot (``1e6``, ``-2E-3``), which YAML 1.1 leaves as text.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
 
 
 def _yaml_path(text: str, key_node: Any) -> str | None:

@@ -158,6 +158,25 @@ def test_missing_and_unparsable_files(tmp_path):
     assert _error(tmp_path / "x.ini").field == "path"
 
 
+def test_a_number_with_an_exponent_means_the_same_in_yaml_json_and_toml(tmp_path):
+    from genroute.config import load_config
+
+    # PyYAML (YAML 1.1) read `tpm: 1e6` as the text '1e6', refused for an integer; JSON and TOML read a number.
+    backend = {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}
+    config = {"engines": {"g": {"kind": "gemini", "api_key": "k"}}, "backends": {"chat": backend},
+              "timeout_s": 1e3, "rate_limits": [{"engine": "g", "rpm": 1000, "tpm": 1000000}]}
+    (tmp_path / "g.json").write_text(json.dumps(config).replace("1000.0", "1e3").replace("1000000", "1e6"))
+    (tmp_path / "g.yaml").write_text("engines: {g: {kind: gemini, api_key: k}}\n"
+                                     "backends: {chat: {kind: prompt_template, engine: g, model: gemini-2.5-flash}}\n"
+                                     "timeout_s: 1e3\nrate_limits: [{engine: g, rpm: 1e3, tpm: 1E+6}]\n")
+    (tmp_path / "g.toml").write_text('timeout_s = 1e3\n[engines.g]\nkind = "gemini"\napi_key = "k"\n'
+                                     '[backends.chat]\nkind = "prompt_template"\nengine = "g"\n'
+                                     'model = "gemini-2.5-flash"\n[[rate_limits]]\nengine = "g"\nrpm = 1e3\n'
+                                     'tpm = 1e6\n')
+    loaded = [load_config(tmp_path / name) for name in ("g.json", "g.yaml", "g.toml")]
+    assert all(c.timeout_s == 1000 and c.rate_limits == config["rate_limits"] for c in loaded), loaded
+
+
 def test_a_config_file_read_as_written(gemini_server, tmp_path, monkeypatch):
     # A byte-order mark reads the same in every format, `~` is the home directory, a directory is no file.
     config = gemini_config(gemini_server)
