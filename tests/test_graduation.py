@@ -85,6 +85,15 @@ def lora_app(server, tmp_path):
     return config, ["graduate", "--task", "t", "--config", str(config), "--out", str(tmp_path / "grad")]
 
 
+def test_rewriting_a_commented_yaml_config_keeps_the_commented_file_beside_it(gemini_server, tmp_path):
+    config, base = lora_app(gemini_server, tmp_path)
+    commented = "# Why chat: the 2025 eval (see wiki).\n" + config.read_text()
+    config.write_text(commented)
+    assert cli([*base, "--register-only", "--challenger", "lora"]) == 0
+    assert yaml.safe_load(config.read_text())["policy"]["kind"] == "challenger"  # rewritten: comments gone...
+    assert (tmp_path / "app.yaml.bak").read_text() == commented  # ...but not lost
+
+
 def test_graduate_cli_registers_a_challenger_and_promotes_it_on_the_outcomes(gemini_server, tmp_path, otel):
     config, base = lora_app(gemini_server, tmp_path)
     assert cli([*base, "--register-only", "--challenger", "lora"]) == 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -227,7 +226,7 @@ def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: 
     """Wrap the config's policy in a ``challenger`` policy for ``task`` (or update the one there); atomic."""
     from genroute.config import anchor_paths, load_config, read_config_file
     from genroute.policies import build_policy
-    from genroute.tuning.config_file import check_target, write_atomic
+    from genroute.tuning.config_file import check_target, write_config
 
     path = Path(config_path)
     check_target(path, backend, replace=True)  # a writable YAML/JSON file
@@ -251,11 +250,5 @@ def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: 
     anchored = anchor_paths(raw, path)
     load_config(anchored)
     build_policy(anchored["policy"])
-    if path.suffix.lower() == ".json":
-        text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
-    else:
-        import yaml
-
-        text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
-    write_atomic(path, text)
+    write_config(path, raw)
     return raw

@@ -1,7 +1,8 @@
 """Registering a tuned model in a router config file: checked up front, written atomically.
 
-YAML and JSON configs are rewritten (YAML comments are not preserved: the parsed mapping is dumped back);
-TOML is refused before any tuning starts, since there is no TOML writer among the dependencies.
+YAML and JSON configs are rewritten (YAML comments are not preserved: the parsed mapping is dumped back, so a YAML
+file that has comments is kept first as ``<name>.bak`` beside it); TOML is refused before any tuning starts, since
+there is no TOML writer among the dependencies.
 """
 
 from __future__ import annotations
@@ -92,15 +93,28 @@ def write_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str
     raw["backends"] = {**(raw.get("backends") or {}), name: dict(backend)}
     _require_engine(raw, backend.get("engine"), field=f"backends.{name}.engine")
     require_price(load_config(raw), name, backend)  # the file we write must still load, and build
-    if path.suffix.lower() == ".json":
-        text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
-    else:
-        import yaml
-
-        text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, text)
+    write_config(path, raw)
     return raw
+
+
+def write_config(path: Path, raw: Mapping[str, Any]) -> None:
+    """Replace the YAML or JSON config at ``path`` with ``raw``, atomically; a YAML file whose comments the rewrite
+    drops is kept first as ``<name>.bak`` (a comment is often the only record of why a setting is what it is)."""
+    if path.suffix.lower() == ".json":
+        write_atomic(path, json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+        return
+    import yaml
+
+    text = yaml.safe_dump(dict(raw), sort_keys=False, allow_unicode=True)
+    old = path.read_text(encoding="utf-8-sig") if path.exists() else ""
+    if _COMMENT.search(old):
+        write_atomic(path.with_name(f"{path.name}.bak"), old)
+    write_atomic(path, text)
+
+
+#: A YAML comment: ``#`` at the start of a line or after a space (a ``#`` inside a word, ``a#b``, is text).
+_COMMENT = re.compile(r"(?m)(?:^|\s)#")
 
 
 def require_price(config: RouterConfig, name: str, backend: Mapping[str, Any]) -> None:
