@@ -8,6 +8,7 @@ instead of stopping the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from genroute import Router, UsageError
@@ -205,39 +207,45 @@ class _Interrupted(Exception):
     """What the test's signal handler raises, as Ctrl-C raises KeyboardInterrupt."""
 
 
-def test_a_sync_stream_interrupted_while_it_waits_ends_with_the_interruption(gemini_server):
-    # The interrupted step is still running on the loop: closing the stream used to raise "aclose(): asynchronous
-    # generator is already running" in place of the interruption (a traceback and exit 1 for `generate --stream`).
-    router = Router.from_config(gemini_config(gemini_server))
+@contextlib.contextmanager
+def _interrupted_in_its_wait(router: Router, server: Any) -> Iterator[threading.Event]:
+    """The server's first answer interrupts the main thread (``_Interrupted``) while it waits on ``router``, and is
+    held until the yielded event is set."""
     release = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         raise _Interrupted
 
     def reply(request: Any) -> Reply:
-        if not release.is_set():  # the first request only: interrupt the main thread while it waits for a chunk
+        if not release.is_set():
             while not router._portal._waiting:
                 time.sleep(0.001)
             signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
             release.wait(HANG_CAP_S)
         return Reply(parts=({"text": default_text(request.body)},))
 
-    gemini_server.default_reply = reply
+    server.default_reply = reply
     previous = signal.signal(signal.SIGALRM, handler)
     faulthandler.dump_traceback_later(HANG_CAP_S, exit=True)
     try:
-        try:
-            for _ in router.stream("interrupted"):
-                pass
-        except _Interrupted:
-            pass  # what the caller pressed, and nothing raised over it
-        release.set()
-        assert router.generate("after").text == "echo: after"
+        yield release
     finally:
         release.set()
         faulthandler.cancel_dump_traceback_later()
         signal.signal(signal.SIGALRM, previous)
         router.close()
+
+
+def test_a_sync_stream_interrupted_while_it_waits_ends_with_the_interruption(gemini_server):
+    # The interrupted step is still running on the loop: closing the stream used to raise "aclose(): asynchronous
+    # generator is already running" in place of the interruption (a traceback and exit 1 for `generate --stream`).
+    router = Router.from_config(gemini_config(gemini_server))
+    with _interrupted_in_its_wait(router, gemini_server) as release:
+        with contextlib.suppress(_Interrupted):  # what the caller pressed, and nothing raised over it
+            for _ in router.stream("interrupted"):
+                pass
+        release.set()
+        assert router.generate("after").text == "echo: after"
 
 
 def test_a_sync_call_interrupted_while_it_waits_cancels_its_request(gemini_server):
@@ -247,33 +255,11 @@ def test_a_sync_call_interrupted_while_it_waits_cancels_its_request(gemini_serve
     config["policy"] = {"kind": "budget", "inner": config["policy"], "budget_usd": 1.0, "costs": {"chat": 0.01},
                         "per": "global"}
     router = Router.from_config(config)
-    release = threading.Event()
-
-    def handler(signum: int, frame: Any) -> None:
-        raise _Interrupted
-
-    def reply(request: Any) -> Reply:
-        while not router._portal._waiting:
-            time.sleep(0.001)
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
-        release.wait(HANG_CAP_S)
-        return Reply(parts=({"text": default_text(request.body)},))
-
-    gemini_server.default_reply = reply
-    previous = signal.signal(signal.SIGALRM, handler)
-    faulthandler.dump_traceback_later(HANG_CAP_S, exit=True)
-    try:
-        try:
+    with _interrupted_in_its_wait(router, gemini_server) as release:
+        with contextlib.suppress(_Interrupted):
             router.generate("interrupted")
-        except _Interrupted:
-            pass
         end = time.monotonic() + HANG_CAP_S / 2
         while budget_usage(router)["reserved"] and time.monotonic() < end:  # while the server still holds it
             time.sleep(0.01)
         assert budget_usage(router)["reserved"] == 0
         assert not release.is_set()
-    finally:
-        release.set()
-        faulthandler.cancel_dump_traceback_later()
-        signal.signal(signal.SIGALRM, previous)
-        router.close()
