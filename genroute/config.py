@@ -266,8 +266,8 @@ def _anchor_validators(names: list[Any], base: Path) -> list[Any]:
 def _anchor_one(key: Any, value: str, base: Path) -> str:
     if not (isinstance(key, str) and (key == "path" or key.endswith(("_path", "_file")))):
         return value
-    path = Path(value).expanduser()
-    return value if path.is_absolute() else str(base / path)
+    path = Path(value).expanduser()  # `~/models/x.gguf` is in the home directory, not a directory named `~`
+    return str(path) if path.is_absolute() else str(base / path)
 
 
 def read_config_file(path: Path, *, field: str = "path") -> Mapping[str, Any]:

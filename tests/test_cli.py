@@ -97,6 +97,26 @@ def test_ingest_prints_its_report_alone_on_stdout_and_refuses_a_bad_name_before_
     assert out.startswith("collection='handbook' ") and out.count("\n") == 1, out
 
 
+def test_a_store_path_under_home_is_in_the_home_directory(tmp_path, gemini_server, capsys, monkeypatch):
+    # `knowledge: {path: ~/chroma}` made a directory named `~` in the working directory.
+    doc = tmp_path / "doc.md"
+    doc.write_text("The Nimbus Kettle has a warranty of 3 years.\n")
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    for config in (_write_config(tmp_path, gemini_server, knowledge={"path": "~/chroma"}),  # a file, and a dict
+                   {**gemini_config(gemini_server), "knowledge": {"path": "~/chroma-dict"}}):
+        if isinstance(config, dict):
+            from genroute.knowledge.ingest_command import ingest_paths
+
+            ingest_paths([str(doc)], "handbook", store_config=config["knowledge"], progress=False)
+        else:
+            assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(config)]) == 0
+    assert (home / "chroma" / "chroma.sqlite3").is_file() and (home / "chroma-dict" / "chroma.sqlite3").is_file()
+    assert list(work.iterdir()) == []
+
+
 def test_ctrl_c_ends_the_command_with_one_line_not_a_traceback(tmp_path, gemini_server):
     path = _write_config(tmp_path, gemini_server)
     gemini_server.fault(Fault.delay(30))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genroute.errors import ConfigError
 
@@ -56,6 +57,12 @@ class StoreConfig(_Frozen):
     timeout_s: float = Field(default=30.0, gt=0.0, allow_inf_nan=False, description=(
         "Longest wait for a `chroma run` server's answer to one call (connecting included); past it the call is "
         "`BackendUnavailable`, so a policy can fall through."))
+
+    @field_validator("path")
+    @classmethod
+    def _home(cls, path: str | None) -> str | None:
+        # Chroma would make a directory named `~` in the working directory (a dict config is not anchored).
+        return None if path is None else os.path.expanduser(path)
 
     @model_validator(mode="after")
     def _one_place(self) -> StoreConfig:
