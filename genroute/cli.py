@@ -156,9 +156,13 @@ def _ingest(args: argparse.Namespace) -> int:
     store_config, engines, pricing = None, {}, None
     if args.config:
         from genroute.config import build_kind, load_config, validate_kind
+        from genroute.errors import ConfigError
         from genroute.runtime.pricing import Pricing
 
         config = load_config(args.config)
+        if config.knowledge is None:  # else told that the store "needs a place", as if the section were there
+            raise ConfigError(f"{args.config} has no `knowledge` section to ingest into: add one (`knowledge: {{}}` "
+                              "keeps an embedded store beside the config file)", field="knowledge")
         store_config = config.knowledge
         pricing = Pricing(config.pricing)  # the embeddings are priced as the router would price them
         # Only engines the store's embedder may need (a Gemini embedder names one); nothing is sent here.

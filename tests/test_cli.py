@@ -91,6 +91,10 @@ def test_ingest_prints_its_report_alone_on_stdout_and_refuses_a_bad_name_before_
     path = _write_config(tmp_path, gemini_server, knowledge={"path": str(store)})
     assert main(["ingest", str(doc), "--collection", "c", "--config", str(path)]) == 2
     assert "collection" in capsys.readouterr().err
+    (tmp_path / "bare").mkdir()
+    bare = _write_config(tmp_path / "bare", gemini_server)  # no knowledge section at all
+    assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(bare)]) == 2
+    assert "knowledge: " in (err := capsys.readouterr().err) and "has no `knowledge` section" in err, err
     assert not store.exists()  # refused before the store was made
     assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(path)]) == 0
     out = capsys.readouterr().out  # `genroute ingest ... > report.txt`: the progress bar is not part of it
