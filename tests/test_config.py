@@ -120,6 +120,16 @@ def test_a_yaml_name_read_as_a_boolean_says_to_quote_it(gemini_server, tmp_path)
     assert error.field == "backends" and "not bool (True)" in error.message and "quote the name" in error.message
 
 
+@pytest.mark.parametrize("url", ["notaurl", "ftp://127.0.0.1/"])
+def test_a_bad_base_url_from_the_environment_is_refused_as_the_setting_is(gemini_server, monkeypatch, url):
+    # It was retried on every request as BackendUnavailable (InvalidUrlClientError), after the retries' waits.
+    config = gemini_config(gemini_server)
+    del config["engines"]["gemini"]["base_url"]
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", url)
+    error = _error(config)
+    assert error.field == "GOOGLE_GEMINI_BASE_URL" and "http:// or https://" in error.message
+
+
 @pytest.mark.parametrize("source", [None, 42, ["x"]])
 def test_a_source_of_the_wrong_type_is_a_usage_error(source):
     with pytest.raises(UsageError) as info:

@@ -13,7 +13,7 @@ from genroute.engines.base import Embeddings, Engine
 from genroute.runtime.billing import bill, estimate_input, processed
 from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import map_error
-from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig  # noqa: F401 - VertexConfig: re-exported
+from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig, url_problem  # noqa: F401 - VertexConfig: re-exported
 from genroute.engines.gemini_sessions import LoopClients, supported
 from genroute.engines.retry import call_with_retry
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, without_credentials
@@ -112,6 +112,9 @@ class GeminiEngine(Engine):
         super().__init__(name, config)
         self.config: GeminiEngineConfig = config
         self.provider = "gcp.vertex_ai" if config.vertex is not None else "gcp.gemini"
+        if config.base_url is None and self.base_url is not None and url_problem(self.base_url):
+            # The SDK's variable, checked as the setting is (else a retryable error on every request).
+            raise ConfigError(f"{url_problem(self.base_url)} (engines.{name} reads it)", field=self._base_url_env)
         if config.vertex is not None and not (config.vertex.project or os.environ.get("GOOGLE_CLOUD_PROJECT")):
             # Without a project the SDK builds a URL with no path and sends the request to "/".
             raise ConfigError("Vertex AI needs a project: set vertex.project or GOOGLE_CLOUD_PROJECT",
@@ -145,8 +148,11 @@ class GeminiEngine(Engine):
     @property
     def base_url(self) -> str | None:
         """The endpoint override in effect (config, then the SDK's env var), or ``None`` for Google's."""
-        env = "GOOGLE_VERTEX_BASE_URL" if self.config.vertex is not None else "GOOGLE_GEMINI_BASE_URL"
-        return self.config.base_url or os.environ.get(env) or None
+        return self.config.base_url or os.environ.get(self._base_url_env) or None
+
+    @property
+    def _base_url_env(self) -> str:
+        return "GOOGLE_VERTEX_BASE_URL" if self.config.vertex is not None else "GOOGLE_GEMINI_BASE_URL"
 
     def _api_key(self) -> str:
         """The key: inline, else read from the environment once (every client of this engine sends the same)."""

@@ -71,8 +71,14 @@ class GeminiEngineConfig(BaseModel):
     def _http_url(cls, value: str | None) -> str | None:
         # Caught here, before anything is sent: the HTTP client would refuse it on every request, as a retryable
         # transport error after the retries' waits.
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("must be an http:// or https:// URL with a host")
+        problem = None if value is None else url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
+
+
+def url_problem(url: str) -> str | None:
+    """What keeps ``url`` from being an endpoint override (``base_url``, ``GOOGLE_GEMINI_BASE_URL``), if anything."""
+    parts = urlsplit(url)
+    ok = parts.scheme in ("http", "https") and parts.hostname
+    return None if ok else "must be an http:// or https:// URL with a host"
