@@ -132,7 +132,7 @@ def config_error(exc: ValidationError, prefix: str | None) -> ConfigError:
     first = errors[0]
     # pydantic reports a bad mapping key as a location part "[key]": the field is the mapping entry itself...
     parts = [part for part in first["loc"] if part != "[key]"]
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own ValueError
     if "[key]" in first["loc"] and not (isinstance(first["input"], str) and first["input"]):
         # ...unless the key is no name to show: pydantic writes YAML's `on:` (True) as `1`, and "" as nothing.
         parts = list(first["loc"][:first["loc"].index("[key]") - 1])

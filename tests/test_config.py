@@ -109,6 +109,12 @@ def test_a_tool_module_that_fails_to_import_is_a_config_error(gemini_server, tmp
     assert gemini_server.requests == []
 
 
+def test_a_validators_own_message_reads_without_pydantics_prefix(gemini_server):
+    config = gemini_config(gemini_server)
+    config["backends"]["chat"]["template"] = "{{ unclosed"
+    assert _error(config).message.startswith("template does not compile")  # not "Value error, template ..."
+
+
 def test_a_yaml_name_read_as_a_boolean_says_to_quote_it(gemini_server, tmp_path):
     import yaml
 
