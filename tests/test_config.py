@@ -113,6 +113,8 @@ def test_a_validators_own_message_reads_without_pydantics_prefix(gemini_server):
     config = gemini_config(gemini_server)
     config["backends"]["chat"]["template"] = "{{ unclosed"
     assert _error(config).message.startswith("template does not compile")  # not "Value error, template ..."
+    for section in ({"knowledge": {"path": "x", "host": "h"}}, {"breakers": {"failures": True}}):
+        assert not _error({**gemini_config(gemini_server), **section}).message.startswith("Value error")
 
 
 def test_a_yaml_name_read_as_a_boolean_says_to_quote_it(gemini_server, tmp_path):

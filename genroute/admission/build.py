@@ -32,7 +32,8 @@ def router_gates(targets: Mapping[str, tuple[str, str]], store: StateStore, inst
                 breakers = BreakerConfig.model_validate(dict(breakers))
             except ValidationError as exc:
                 first = exc.errors()[0]
-                raise ConfigError(first["msg"], field=".".join(str(p) for p in ("breakers", *first["loc"]))) from None
+                raise ConfigError(first["msg"].removeprefix("Value error, "),
+                                  field=".".join(str(p) for p in ("breakers", *first["loc"]))) from None
         breaker = BreakerGate(breakers, targets, store, instruments)
         gates.append(breaker)
     limits = rate_limit_gate(rate_limits, targets, store, instruments)

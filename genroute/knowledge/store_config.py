@@ -87,7 +87,7 @@ def parse_store_config(raw: Mapping[str, Any] | None, *, field: str = "knowledge
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in (field, *err["loc"]))
-        raise ConfigError(err["msg"], field=where) from None
+        raise ConfigError(err["msg"].removeprefix("Value error, "), field=where) from None
 
 
 def gemini_embedder(config: StoreConfig, *, engines: Mapping[str, Engine], field: str = "knowledge",
