@@ -107,7 +107,7 @@ def _resources(config: RouterConfig, engines: dict[str, Any], tools: Mapping[str
                validators: Mapping[str, Validator | Judge] | None) -> tuple[Resources, dict[str, Any]]:
     # A Python callable takes the place of a config entry of its name: that entry is not imported or built.
     tools, validators = tools or {}, validators or {}
-    all_tools = {name: import_object(target, field=f"tools.{name}")
+    all_tools = {name: _tool(target, field=f"tools.{name}")
                  for name, target in config.tools.items() if name not in tools}
     all_tools.update(tools)
     all_validators = {name: from_config(raw, field=f"validators.{name}")
@@ -120,6 +120,15 @@ def _resources(config: RouterConfig, engines: dict[str, Any], tools: Mapping[str
 
         knowledge = build_store(config.knowledge, engines=engines, field="knowledge", pricing=pricing)
     return Resources(engines, tools=all_tools, knowledge=knowledge, pricing=pricing), all_validators
+
+
+def _tool(target: str, *, field: str) -> Callable[..., Any]:
+    """The callable a config's ``tools`` entry imports (``ConfigError`` naming ``field`` for anything else, even
+    when no backend uses it yet)."""
+    tool = import_object(target, field=field)
+    if not callable(tool):
+        raise ConfigError(f"{target!r} is a {type(tool).__name__}, not a callable tool", field=field)
+    return tool  # type: ignore[no-any-return]
 
 
 def _backend(name: str, raw: Any, resources: Resources) -> Backend:
