@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from genroute.errors import GenrouteError, exit_status
+from genroute.errors import ConfigError, GenrouteError, exit_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +36,7 @@ def _silence_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     except (OSError, ValueError, AttributeError):  # no real file descriptor (stdout replaced): nothing to flush
         pass
 
@@ -156,7 +157,6 @@ def _ingest(args: argparse.Namespace) -> int:
     store_config, engines, pricing = None, {}, None
     if args.config:
         from genroute.config import build_kind, load_config, validate_kind
-        from genroute.errors import ConfigError
         from genroute.runtime.pricing import Pricing
 
         config = load_config(args.config)
