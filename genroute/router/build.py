@@ -63,6 +63,8 @@ async def abuild_router(
             isinstance(name, str) for name in validators)):
         raise UsageError("must map validator names to validators", field="validators")
     config = await asyncio.to_thread(load_config, source)
+    if policy is None and config.policy is None and len(config.backends) > 1:  # before anything is built
+        raise ConfigError("with more than one backend a policy is required", field="policy")
     for name in engine_options or {}:
         if name not in config.engines:  # else silently unused: a typo would drop the credentials it carries
             raise UsageError(f"no engine {name!r} in the config (engines: {', '.join(config.engines) or 'none'})",
@@ -75,8 +77,6 @@ async def abuild_router(
     backends = {}
     for name, raw in config.backends.items():
         backends[name] = await asyncio.to_thread(_backend, name, raw, resources)
-    if policy is None and config.policy is None and len(backends) > 1:
-        raise ConfigError("with more than one backend a policy is required", field="policy")
     if policy is None and config.policy is not None:
         from genroute.policies import build_policy
 
