@@ -62,6 +62,7 @@ def test_yaml_toml_and_json_files_load(gemini_server, tmp_path):
     (lambda c: c.update(pricing={"x": {"input": -1, "output": 0}}), "pricing.x.input"),
     (lambda c: c.update(tools={"t": "no_such_module:fn"}), "tools.t"),
     (lambda c: c.update(tools={"t": "os:sep"}), "tools.t"),  # not callable: built while no backend used it
+    (lambda c: c.update(knowledge={"path": "k", "embedder": {"kind": "gemini"}}), "knowledge.embedder.engine"),
     (lambda c: c["engines"]["gemini"].update(base_url="not a url"), "engines.gemini.base_url"),
     (lambda c: c["engines"]["gemini"].update(base_url="ftp://127.0.0.1/"), "engines.gemini.base_url"),
     (lambda c: c["engines"]["gemini"].update(base_url="http://"), "engines.gemini.base_url"),

@@ -86,7 +86,10 @@ def parse_store_config(raw: Mapping[str, Any] | None, *, field: str = "knowledge
         return StoreConfig.model_validate(dict(raw or {}))
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in (field, *err["loc"]))
+        loc = list(err["loc"])
+        if loc[:1] == ["embedder"] and len(loc) > 2:
+            del loc[1]  # the embedder union's tag (``embedder.gemini.engine``): not a key of the config
+        where = ".".join(str(p) for p in (field, *loc))
         raise ConfigError(err["msg"].removeprefix("Value error, "), field=where) from None
 
 
