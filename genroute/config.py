@@ -126,8 +126,9 @@ def _parse_error(exc: Exception) -> str:
 _TAGGED = ("state",)
 
 
-def config_error(exc: ValidationError, prefix: str | None) -> ConfigError:
-    """A ``ConfigError`` naming the first invalid field of ``exc`` (and counting the rest)."""
+def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = False) -> ConfigError:
+    """A ``ConfigError`` naming the first invalid field of ``exc`` (and counting the rest); ``tagged``: ``exc`` is
+    from a union tagged by ``kind``, whose member pydantic names first in a location (not a key of the config)."""
     errors = exc.errors()
     first = errors[0]
     # pydantic reports a bad mapping key as a location part "[key]": the field is the mapping entry itself...
@@ -139,6 +140,8 @@ def config_error(exc: ValidationError, prefix: str | None) -> ConfigError:
         message = _name_message(first["input"])
     if prefix is None and len(parts) > 2 and parts[0] in _TAGGED:
         del parts[1]  # the union member's tag (``state.redis.url``): not a key of the config (``state.url``)
+    elif tagged and len(parts) > 1:
+        del parts[0]  # likewise ``validators.v.json_schema.schema``
     loc = ".".join(str(part) for part in parts)
     # A model validator (which checks fields together) names the one at fault on its error, if it can.
     culprit = getattr((first.get("ctx") or {}).get("error"), "field", None)

@@ -253,6 +253,8 @@ def test_json_schema_from_config_accepts_a_valid_answer(gemini_server):
 @pytest.mark.parametrize(("validators", "rung_validator", "field"), [
     ({"city": {"kind": "json_schema", "schema": {"type": "no-such-type"}}}, "city", "validators.city.schema"),
     ({"city": {"kind": "json_schema"}}, "city", "validators.city"),
+    ({"city": {"kind": "json_schema", "schema": 3}}, "city", "validators.city.schema"),  # not ...json_schema.schema
+    ({"city": {"kind": "judge", "backend": "judge", "promt": "x"}}, "city", "validators.city.promt"),
     ({"city": {"kind": "judge", "backend": "ghost"}}, "city", "validators.city"),
     ({"city": {"kind": "judge", "backend": "judge", "prompt": "{nope}"}}, "city", "validators.city.prompt"),
     ({"city": "os:sep"}, "city", "validators.city"),  # an import path to something that is not a validator

@@ -169,7 +169,7 @@ def from_config(raw: str | Mapping[str, Any], *, field: str) -> Validator | Judg
     except ValidationError as exc:
         from genroute.config import config_error
 
-        raise config_error(exc, field) from None
+        raise config_error(exc, field, tagged=True) from None
     if isinstance(spec, JudgeSpec):
         return _judge(spec.backend, spec.prompt, field=f"{field}.prompt")
     if (spec.schema_ is None) == (spec.path is None):
