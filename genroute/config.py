@@ -283,7 +283,9 @@ def read_config_file(path: Path, *, field: str = "path") -> Mapping[str, Any]:
     try:
         # utf-8-sig: a byte-order mark (Windows editors write one) is no part of the text; JSON and TOML refuse it.
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start})", field=field) from None
+    except OSError as exc:
         raise ConfigError(f"cannot read {path.name}: {exc}", field=field) from None
     suffix = path.suffix.lower()
     try:
