@@ -216,7 +216,8 @@ def test_a_config_file_read_as_written(gemini_server, tmp_path, monkeypatch):
     error = _error(tmp_path)
     assert error.field == "path" and "is a directory" in error.message
     (tmp_path / "latin1.yaml").write_bytes("backends: {caf\xe9: {}}\n".encode("latin-1"))
-    assert _error(tmp_path / "latin1.yaml").message == "latin1.yaml is not UTF-8 text (invalid continuation byte at byte 14)"
+    message = _error(tmp_path / "latin1.yaml").message
+    assert message == "latin1.yaml is not UTF-8 text (invalid continuation byte at byte 14)"
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [
