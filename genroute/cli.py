@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from genroute.errors import ConfigError, GenrouteError, exit_status
+from genroute.errors import ConfigError, GenrouteError, UsageError, exit_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,7 +119,6 @@ def _delegate(command: str, rest: list[str]) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from genroute.errors import UsageError
     from genroute.router import Router
 
     variables = {}
@@ -169,11 +168,21 @@ def _ingest(args: argparse.Namespace) -> int:
         for name, raw in config.engines.items():
             engine_cls, engine_config = validate_kind("engines", raw, field=f"engines.{name}")
             engines[name] = build_kind(engine_cls, name, engine_config, field=f"engines.{name}")
-    report = ingest_paths(args.paths, args.collection, store_config=store_config, engines=engines, kind=args.kind,
-                          chunk_tokens=args.chunk_tokens, overlap=args.overlap, text_field=args.text_field,
-                          pricing=pricing)
+    try:
+        report = ingest_paths(args.paths, args.collection, store_config=store_config, engines=engines,
+                              kind=args.kind, chunk_tokens=args.chunk_tokens, overlap=args.overlap,
+                              text_field=args.text_field, pricing=pricing)
+    except UsageError as exc:  # named as the command line names it: `--chunk-tokens`, not `chunk_tokens`
+        if exc.field in _INGEST_OPTIONS:
+            raise type(exc)(exc.message, field=_INGEST_OPTIONS[exc.field]) from None
+        raise
     print(report)
     return 0
+
+
+#: The arguments of ``ingest_paths`` that ``genroute ingest`` takes as options.
+_INGEST_OPTIONS = {"collection": "--collection", "chunk_tokens": "--chunk-tokens", "overlap": "--overlap",
+                   "text_field": "--text-field"}
 
 
 if __name__ == "__main__":  # pragma: no cover

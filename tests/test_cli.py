@@ -90,7 +90,9 @@ def test_ingest_prints_its_report_alone_on_stdout_and_refuses_a_bad_name_before_
     store = tmp_path / "chroma"
     path = _write_config(tmp_path, gemini_server, knowledge={"path": str(store)})
     assert main(["ingest", str(doc), "--collection", "c", "--config", str(path)]) == 2
-    assert "collection" in capsys.readouterr().err
+    assert "UsageError: --collection: " in capsys.readouterr().err  # the option, not ingest_paths' argument
+    assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(path), "--chunk-tokens", "0"]) == 2
+    assert "--chunk-tokens: must be at least 8" in capsys.readouterr().err
     (tmp_path / "bare").mkdir()
     bare = _write_config(tmp_path / "bare", gemini_server)  # no knowledge section at all
     assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(bare)]) == 2
