@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 
 from genroute.bounds import NOT_BOOL
 from genroute.config_parse import DuplicateKey, parse_json, parse_yaml
-from genroute.errors import ConfigError, UsageError, without_credentials
+from genroute.errors import ConfigError, UsageError, without_credentials, without_secrets
 from genroute.registry import Group, load, plugin_failures, plugin_origin
 from genroute.runtime.pricing import ModelPrice
 from genroute.state import MemoryStateConfig, StateConfig
@@ -325,5 +325,6 @@ def import_object(target: str, *, field: str) -> Any:
         raise ConfigError(f"cannot import {target!r}: {exc}", field=field) from None
     except (Exception, SystemExit) as exc:  # the module's own code failed (a SyntaxError, an error, an exit at
         # import) or the path is relative: a config mistake all the same; the chain keeps the module's traceback
-        raise ConfigError(f"cannot import {target!r}: {type(exc).__name__}: {exc}", field=field) from exc
+        raise ConfigError(f"cannot import {target!r}: {type(exc).__name__}: {without_secrets(str(exc))}",
+                          field=field) from exc
     return obj

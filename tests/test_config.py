@@ -140,6 +140,19 @@ def test_a_bad_base_url_from_the_environment_is_refused_as_the_setting_is(gemini
     assert error.field == "GOOGLE_GEMINI_BASE_URL" and "http:// or https://" in error.message
 
 
+@pytest.mark.parametrize(("code", "error"), [("def f(:\n", "SyntaxError"),
+                                             ("raise RuntimeError('no db at redis://u:hunter2@db')\n", "RuntimeError")])
+def test_an_import_path_whose_module_fails_to_import_names_the_field(gemini_server, tmp_path, monkeypatch, code,
+                                                                     error):
+    # Not only a missing module: one that fails as it is imported raised its own error with no field.
+    (tmp_path / "broken_tools_pf.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = _error({**gemini_config(gemini_server), "tools": {"t": "broken_tools_pf:f"}})
+    assert found.field == "tools.t" and f"cannot import 'broken_tools_pf:f': {error}" in found.message
+    assert type(found.__cause__).__name__ == error  # kept for the traceback
+    assert "hunter2" not in found.message
+
+
 @pytest.mark.parametrize("source", [None, 42, ["x"]])
 def test_a_source_of_the_wrong_type_is_a_usage_error(source):
     with pytest.raises(UsageError) as info:
