@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -89,3 +90,15 @@ def test_summary_line_names_size_time_and_validation_loss():
                          ' "validation_loss": 0.263, "initial_validation_loss": 20.1}')
     assert summary_line(summary) == (f"trained {ADAPTER_NAME}: 3.0 MB, 62 s training (39 steps on 101 reviews), "
                                      "validation loss 0.263 (before: 20.10)")
+
+
+def test_the_demo_console_hands_a_closed_pipe_to_the_command():
+    # `genroute demo | head -2`: rich's console exited with 1 (SystemExit) where every other command ends with 141.
+    script = ("import sys\nfrom genroute.demo.render import DemoConsole\n"
+              "try:\n    DemoConsole().print('row ' * 100_000)\n"
+              "except BrokenPipeError:\n    sys.stderr.write('broken pipe')\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the table is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and err == "broken pipe", err

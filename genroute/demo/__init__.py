@@ -74,15 +74,14 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-    from rich.console import Console
     from rich.markup import escape
 
     from genroute.cache import cache_dir as default_cache
     from genroute.cache import ensure_dir
-    from genroute.demo.render import results_table, span_tree
+    from genroute.demo.render import DemoConsole, results_table, span_tree
     from genroute.router import Router
 
-    console = Console(width=None if Console().is_terminal else 150)
+    console = DemoConsole(width=None if DemoConsole().is_terminal else 150)
     if cache_dir:
         cache = ensure_dir(Path(cache_dir), field="--cache-dir", writable=True)
     else:

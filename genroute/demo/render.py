@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -12,6 +13,15 @@ from rich.tree import Tree
 
 #: Characters of model text shown per row; tool calls and citations are shown in full after it.
 ANSWER_CHARS = 120
+
+
+class DemoConsole(Console):
+    """The demo's console on stdout."""
+
+    def on_broken_pipe(self) -> None:
+        # rich's own exits with 1; `genroute demo | head` ends as the other commands do (141, quietly).
+        self.quiet = True
+        raise BrokenPipeError
 
 
 def _usd(value: float | None) -> str:
