@@ -196,6 +196,10 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
     if not isinstance(source, str | Path | Mapping):
         raise UsageError(f"a config is a file path, a mapping or a RouterConfig, not {type(source).__name__}",
                          field="source")
+    if isinstance(source, str) and ("\n" in source or source.lstrip().startswith("{")):
+        # Not echoed: the text may hold an inline api_key.
+        raise ConfigError("this is a config's text, not the path of a config file: pass the file's path, or the "
+                          "mapping the text holds (yaml.safe_load(text))", field="path")
     raw = source if isinstance(source, Mapping) else read_config_file(Path(source))
     check_config_size(raw)  # before anchoring, which copies: an alias bomb must not be expanded first
     if not isinstance(source, Mapping):
@@ -279,7 +283,7 @@ def read_config_file(path: Path, *, field: str = "path") -> Mapping[str, Any]:
     if path.is_dir():
         raise ConfigError(f"{str(path)!r} is a directory, not a config file", field=field)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist", field=field)
+        raise ConfigError(f"config file {without_secrets(str(path))!r} does not exist", field=field)
     try:
         # utf-8-sig: a byte-order mark (Windows editors write one) is no part of the text; JSON and TOML refuse it.
         text = path.read_text(encoding="utf-8-sig")

@@ -8,7 +8,7 @@ import pytest
 
 from genroute import ConfigError, GenerateRequest, Router, UsageError
 
-from .conftest import gemini_config
+from .conftest import TEST_KEY, gemini_config
 
 
 def _error(config) -> ConfigError:
@@ -151,6 +151,16 @@ def test_an_import_path_whose_module_fails_to_import_names_the_field(gemini_serv
     assert found.field == "tools.t" and f"cannot import 'broken_tools_pf:f': {error}" in found.message
     assert type(found.__cause__).__name__ == error  # kept for the traceback
     assert "hunter2" not in found.message
+
+
+def test_a_configs_text_given_as_its_path_is_refused_without_echoing_it(gemini_server):
+    import yaml
+
+    # The error quoted the whole text as a file name that does not exist, inline key included.
+    text = yaml.safe_dump(gemini_config(gemini_server)).replace(TEST_KEY, "AIzaSyA1234567890abcdefghijklmnopqrstuv")
+    for source in (text, json.dumps(gemini_config(gemini_server))):
+        error = _error(source)
+        assert error.field == "path" and "config's text" in error.message and "AIza" not in str(error)
 
 
 @pytest.mark.parametrize("source", [None, 42, ["x"]])
