@@ -94,6 +94,22 @@ def test_rewriting_a_commented_yaml_config_keeps_the_commented_file_beside_it(ge
     assert (tmp_path / "app.yaml.bak").read_text() == commented  # ...but not lost
 
 
+def test_register_only_reads_the_configs_relative_paths_from_its_directory(gemini_server, tmp_path, monkeypatch):
+    # The policy to write was built with paths taken from the working directory: a config that builds was refused.
+    config, base = lora_app(gemini_server, tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["policy"] = {"kind": "cost_aware", "stats_path": "stats.json", "default": "chat"}
+    config.write_text(yaml.safe_dump(cfg))
+    (tmp_path / "stats.json").write_text(json.dumps({"version": 1, "created_at": "2026-01-01T00:00:00+00:00",
+                                                     "source": "bench", "tasks": {}}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli([*base, "--register-only", "--challenger", "lora"]) == 0
+    policy = yaml.safe_load(config.read_text())["policy"]
+    assert policy["kind"] == "challenger" and policy["policy"]["stats_path"] == "stats.json"  # written as it was
+
+
 def test_graduate_cli_registers_a_challenger_and_promotes_it_on_the_outcomes(gemini_server, tmp_path, otel):
     config, base = lora_app(gemini_server, tmp_path)
     assert cli([*base, "--register-only", "--challenger", "lora"]) == 0
