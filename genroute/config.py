@@ -202,8 +202,8 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
                           "mapping the text holds (yaml.safe_load(text))", field="path")
     raw = source if isinstance(source, Mapping) else read_config_file(Path(source))
     check_config_size(raw)  # before anchoring, which copies: an alias bomb must not be expanded first
-    if not isinstance(source, Mapping):
-        raw = anchor_paths(raw, Path(source))
+    # A file's relative paths are its directory's; a mapping's stay the working directory's, its `Path`s as text.
+    raw = _anchor(raw, None) if isinstance(source, Mapping) else anchor_paths(raw, Path(source))
     try:
         return RouterConfig.model_validate(dict(raw))
     except ValidationError as exc:
@@ -253,9 +253,10 @@ def _sqlite_outcomes(outcomes: Mapping[str, Any], state: Any) -> bool:
     return store == "sqlite" or (store == "auto" and kind == "memory")
 
 
-def _anchor(value: Any, base: Path) -> Any:
+def _anchor(value: Any, base: Path | None) -> Any:
+    """``value`` with its file paths anchored at ``base`` (``None``: left relative), ``Path`` values as text."""
     if isinstance(value, Mapping):
-        return {k: _anchor_one(k, v, base) if isinstance(v, str)
+        return {k: _anchor_one(k, os.fspath(v), base) if isinstance(v, str | os.PathLike)
                 else _anchor_validators(v, base) if k == "validators" and isinstance(v, list)
                 else _anchor(v, base) for k, v in value.items()}
     if isinstance(value, list):
@@ -263,15 +264,15 @@ def _anchor(value: Any, base: Path) -> Any:
     return value
 
 
-def _anchor_validators(names: list[Any], base: Path) -> list[Any]:
+def _anchor_validators(names: list[Any], base: Path | None) -> list[Any]:
     """A rung's validator names, with the file of each ``json_schema:<path>`` anchored like any other path."""
     prefix = "json_schema:"
     return [prefix + _anchor_one("path", name.removeprefix(prefix), base)
             if isinstance(name, str) and name.startswith(prefix) else name for name in names]
 
 
-def _anchor_one(key: Any, value: str, base: Path) -> str:
-    if not (isinstance(key, str) and (key == "path" or key.endswith(("_path", "_file")))):
+def _anchor_one(key: Any, value: str, base: Path | None) -> str:
+    if base is None or not (isinstance(key, str) and (key == "path" or key.endswith(("_path", "_file")))):
         return value
     path = Path(value).expanduser()  # `~/models/x.gguf` is in the home directory, not a directory named `~`
     return str(path) if path.is_absolute() else str(base / path)

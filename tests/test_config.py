@@ -153,6 +153,17 @@ def test_an_import_path_whose_module_fails_to_import_names_the_field(gemini_serv
     assert "hunter2" not in found.message
 
 
+def test_a_dict_config_takes_pathlib_paths(gemini_server, tmp_path):
+    # `{"knowledge": {"path": tmp_path / "chroma"}}` was "knowledge.path: Input should be a valid string".
+    (tmp_path / "answer.json").write_text('{"type": "object"}')
+    config = {**gemini_config(gemini_server), "knowledge": {"path": tmp_path / "chroma"},
+              "outcomes": {"path": tmp_path / "outcomes.db"},
+              "validators": {"shape": {"kind": "json_schema", "path": tmp_path / "answer.json"}}}
+    with Router.from_config(config) as router:
+        assert router.resources.knowledge.location == f"embedded chroma at {tmp_path / 'chroma'}"
+    assert (tmp_path / "outcomes.db").is_file()
+
+
 def test_a_configs_text_given_as_its_path_is_refused_without_echoing_it(gemini_server):
     import yaml
 
