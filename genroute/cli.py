@@ -42,7 +42,8 @@ def _silence_stdout() -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="genroute", description=__doc__)
+    # The docstring's reST quoting (``x``) is noise in a terminal.
+    parser = argparse.ArgumentParser(prog="genroute", description=__doc__.replace("``", "`"))
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run every backend once on the embedded local model (offline, no key)")

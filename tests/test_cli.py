@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from genroute.cli import main
@@ -169,6 +170,14 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, gemini_serve
         err = proc.stderr.read()
         assert proc.wait(timeout=60) == 141, (options, err)
         assert err == "", (options, err)
+
+
+@pytest.mark.parametrize("command", [[], ["tune"], ["compile"], ["graduate"]])
+def test_help_reads_without_rest_quoting(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and "usage: genroute" in out and "``" not in out
 
 
 def test_demo_refuses_an_unusable_cache_dir_in_one_line(tmp_path, capsys, monkeypatch):

@@ -28,8 +28,9 @@ from genroute.jsonl import check_output_dir
 
 
 def graduate_main(argv: Sequence[str]) -> int:
-    """Run ``genroute graduate``; 0 on success, 2 on a usage error."""
-    parser = argparse.ArgumentParser(prog="genroute graduate", description=__doc__,
+    """Run ``genroute graduate``; 0 on success, 2 on a usage error, 1 on a failure."""
+    # The docstring's reST quoting (``x``) is noise in a terminal.
+    parser = argparse.ArgumentParser(prog="genroute graduate", description=__doc__.replace("``", "`"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True)
     parser.add_argument("--config", required=True, help="router config (.yaml or .json) with an outcomes section")

@@ -16,7 +16,8 @@ from genroute.jsonl import output_dir
 
 def compile_main(argv: Sequence[str]) -> int:
     """Run ``genroute compile``; 0 on success, 2 on a usage error."""
-    parser = argparse.ArgumentParser(prog="genroute compile", description=__doc__,
+    # The docstring's reST quoting (``x``) is noise in a terminal.
+    parser = argparse.ArgumentParser(prog="genroute compile", description=__doc__.replace("``", "`"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--outcomes", required=True, help="outcome store (.db) or outcome-matrix JSONL")
     parser.add_argument("--out", required=True, help="directory for stats.json (and learned.npz)")

@@ -18,7 +18,8 @@ from genroute.errors import UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="genroute tune", description=__doc__,
+    # The docstring's reST quoting (``x``) is noise in a terminal.
+    p = argparse.ArgumentParser(prog="genroute tune", description=__doc__.replace("``", "`"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", help="JSONL examples: one {\"input\", \"output\"} object per line")
     p.add_argument("--config", required=True, help="router config (.yaml/.json) to add the tuned backend to")
