@@ -74,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
-    """Run ``genroute bench`` from parsed arguments; print the report; 0 on success, 2 on a usage error, 1 on a failure."""
+    """Run ``genroute bench`` from parsed arguments; print the report; 0 on success, 2 on a usage error, 1 on a
+    failure."""
     if args.outcomes is not None:
         return run_outcomes_cli(args)
     if args.data is None or args.config is None or args.backends is None:

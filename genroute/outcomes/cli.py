@@ -15,7 +15,7 @@ from genroute.jsonl import output_dir
 
 
 def compile_main(argv: Sequence[str]) -> int:
-    """Run ``genroute compile``; 0 on success, 2 on a usage error."""
+    """Run ``genroute compile``; 0 on success, 2 on a usage error, 1 on a failure."""
     # The docstring's reST quoting (``x``) is noise in a terminal.
     parser = argparse.ArgumentParser(prog="genroute compile", description=__doc__.replace("``", "`"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
