@@ -63,6 +63,7 @@ def test_yaml_toml_and_json_files_load(gemini_server, tmp_path):
     (lambda c: c.update(tools={"t": "no_such_module:fn"}), "tools.t"),
     (lambda c: c.update(tools={"t": "os:sep"}), "tools.t"),  # not callable: built while no backend used it
     (lambda c: c.update(knowledge={"path": "k", "embedder": {"kind": "gemini"}}), "knowledge.embedder.engine"),
+    (lambda c: c.update(knowledge={"path": ""}), "knowledge.path"),  # Chroma wrote into the working directory
     (lambda c: c["engines"]["gemini"].update(base_url="not a url"), "engines.gemini.base_url"),
     (lambda c: c["engines"]["gemini"].update(base_url="ftp://127.0.0.1/"), "engines.gemini.base_url"),
     (lambda c: c["engines"]["gemini"].update(base_url="http://"), "engines.gemini.base_url"),
@@ -249,6 +250,8 @@ def test_a_config_file_read_as_written(gemini_server, tmp_path, monkeypatch):
         pass
     error = _error(tmp_path)
     assert error.field == "path" and "is a directory" in error.message
+    (tmp_path / "empty-path.yaml").write_text(json.dumps({**config, "knowledge": {"path": ""}}))
+    assert _error(tmp_path / "empty-path.yaml").field == "knowledge.path"  # not the config's own directory
     (tmp_path / "latin1.yaml").write_bytes("backends: {caf\xe9: {}}\n".encode("latin-1"))
     message = _error(tmp_path / "latin1.yaml").message
     assert message == "latin1.yaml is not UTF-8 text (invalid continuation byte at byte 14)"

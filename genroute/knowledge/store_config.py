@@ -44,7 +44,7 @@ EmbedderSpec = Annotated[LocalEmbedderSpec | GeminiEmbedderSpec, Field(discrimin
 class StoreConfig(_Frozen):
     """Where the knowledge lives (``path`` for embedded, ``host``/``port`` for a server) and how it is embedded."""
 
-    path: str | None = Field(default=None, description=(
+    path: str | None = Field(default=None, min_length=1, description=(
         "Directory of an embedded Chroma (a config file without one gets `<file stem>-chroma` beside it)."))
     host: str | None = Field(default=None, description="Host of a `chroma run` server.")
     port: int = Field(default=8000, ge=1, le=65535)
