@@ -273,9 +273,9 @@ def _anchor_validators(names: list[Any], base: Path | None) -> list[Any]:
 
 def _anchor_one(key: Any, value: str, base: Path | None) -> str:
     is_path = isinstance(key, str) and (key == "path" or key.endswith(("_path", "_file")))
-    if not (is_path and value and base is not None):  # "" is no file's directory: its setting refuses it or
-        return value                                   # reads it as none
-
+    # "" names no file to anchor: its own setting refuses it (knowledge.path) or reads it as none.
+    if not (is_path and value and base is not None):
+        return value
     path = Path(value).expanduser()  # `~/models/x.gguf` is in the home directory, not a directory named `~`
     return str(path) if path.is_absolute() else str(base / path)
 
