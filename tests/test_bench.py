@@ -580,6 +580,10 @@ def test_cli_writes_reports_and_names_bad_input(server: GeminiTestServer, tmp_pa
     assert json.loads((out / "run.json").read_text())["command"].startswith("genroute bench ")
     assert bench_main([*argv[:4], "cheap,nope", *argv[5:]]) == 2
     assert "unknown backend 'nope'" in capsys.readouterr().err
+    for bad in (["--backends", "cheap,nope"], ["--backends", "cheap", "--scorer", "nope"]):  # before --out is made
+        assert bench_main([*argv[:3], *bad, "--out", str(tmp_path / "refused"), "--quiet"]) == 2
+        assert not (tmp_path / "refused").exists(), bad
+        assert "unknown" in capsys.readouterr().err
     # An advisor option with a bad value is named as the option, in one line.
     for option, value in (("--tuning-cost", "-5"), ("--tuning-cost", "inf"), ("--epochs", "0")):
         assert bench_main([*argv, option, value]) == 2

@@ -113,10 +113,10 @@ async def abench(
     pool = load_records(data, task=task) if from_file else check_records(data)
     records = sample(pool, limit, seed=seed)
     source = str(data) if from_file else None
-    out = output_dir(out_dir, field="out_dir")
     chosen = resolve_scorer(scorer, records)
     check_golds(chosen, records)
     check_targets(router, targets, chosen)
+    out = output_dir(out_dir, field="out_dir")  # made once the run is known to be possible
     manifest = RunManifest(
         data=source or "<records>", data_sha256=records_digest(pool), scorer=chosen.name, seed=seed, limit=limit,
         corpus=str(corpus) if corpus is not None else None,
