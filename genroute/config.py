@@ -196,7 +196,7 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
     if not isinstance(source, str | Path | Mapping):
         raise UsageError(f"a config is a file path, a mapping or a RouterConfig, not {type(source).__name__}",
                          field="source")
-    if isinstance(source, str) and ("\n" in source or source.lstrip().startswith("{")):
+    if isinstance(source, str) and ("\n" in source or source.strip()[:1] + source.strip()[-1:] == "{}"):
         # Not echoed: the text may hold an inline api_key.
         raise ConfigError("this is a config's text, not the path of a config file: pass the file's path, or the "
                           "mapping the text holds (yaml.safe_load(text))", field="path")
