@@ -173,6 +173,7 @@ def test_a_configs_text_given_as_its_path_is_refused_without_echoing_it(gemini_s
     for source in (text, json.dumps(gemini_config(gemini_server))):
         error = _error(source)
         assert error.field == "path" and "config's text" in error.message and "AIza" not in str(error)
+    assert "does not exist" in _error("{project}/genroute.yaml").message  # a path, however it starts
 
 
 @pytest.mark.parametrize("source", [None, 42, ["x"]])
