@@ -202,6 +202,8 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
                           "mapping the text holds (yaml.safe_load(text))", field="path")
     raw = source if isinstance(source, Mapping) else read_config_file(Path(source))
     check_config_size(raw)  # before anchoring, which copies: an alias bomb must not be expanded first
+    if not isinstance(source, Mapping):
+        refuse_env_references(raw)
     # A file's relative paths are its directory's; a mapping's stay the working directory's, its `Path`s as text.
     raw = _anchor(raw, None) if isinstance(source, Mapping) else anchor_paths(raw, Path(source))
     try:
@@ -218,6 +220,26 @@ def check_config_size(raw: Mapping[str, Any]) -> None:
         check(raw, field="", limits=CONFIG, name_depth=4)
     except TooLarge as exc:
         raise ConfigError(str(exc), field=exc.field or None) from None
+
+
+#: A whole value that refers to an environment variable as a shell would (``${REDIS_URL}``, ``$GEMINI_API_KEY``).
+_ENV_REFERENCE = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
+
+
+def refuse_env_references(raw: Mapping[str, Any]) -> None:
+    """``ConfigError`` naming a value of a config file that is ``${VAR}``: genroute does not expand one, so the text
+    itself would be sent as a key, dialled as a URL or made a directory."""
+    stack: list[tuple[Any, str]] = [(raw, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, Mapping):
+            stack.extend((item, f"{where}.{key}" if where else str(key)) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}.{index}") for index, item in enumerate(value))
+        elif isinstance(value, str) and _ENV_REFERENCE.fullmatch(value.strip()):
+            raise ConfigError(f"{value.strip()}: a config file's values are not expanded from the environment; write "
+                              "the value, name the variable where a setting takes one (an engine's api_key_env), "
+                              "or build the config as a mapping in Python", field=where)
 
 
 def anchor_paths(raw: Mapping[str, Any], config_file: Path) -> dict[str, Any]:

@@ -154,6 +154,18 @@ def test_an_import_path_whose_module_fails_to_import_names_the_field(gemini_serv
     assert "hunter2" not in found.message
 
 
+def test_an_environment_reference_in_a_config_file_is_refused(gemini_server, tmp_path):
+    import yaml
+
+    # `api_key: ${GEMINI_API_KEY}` was sent as the key itself, `path: $HOME/x` made a directory named `$HOME`.
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"]["api_key"] = "${GEMINI_API_KEY}"
+    (tmp_path / "env.yaml").write_text(yaml.safe_dump(config))
+    error = _error(tmp_path / "env.yaml")
+    assert error.field == "engines.gemini.api_key" and "api_key_env" in error.message
+    assert gemini_server.requests == []
+
+
 def test_a_dict_config_takes_pathlib_paths(gemini_server, tmp_path):
     # `{"knowledge": {"path": tmp_path / "chroma"}}` was "knowledge.path: Input should be a valid string".
     (tmp_path / "answer.json").write_text('{"type": "object"}')
