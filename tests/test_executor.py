@@ -272,6 +272,20 @@ def test_validator_mistakes_fail_the_build(gemini_server, validators, rung_valid
     assert gemini_server.requests == []
 
 
+def test_a_schema_file_reads_as_a_config_file_does(gemini_server, tmp_path):
+    # Not UTF-8: a bare UnicodeDecodeError; a byte-order mark: "does not parse: Unexpected UTF-8 BOM".
+    (tmp_path / "latin1.json").write_bytes('{"title": "caf\xe9"}'.encode("latin-1"))
+    (tmp_path / "bom.json").write_bytes(b'\xef\xbb\xbf{"type": "object"}')
+    first = {"backend": "chat", "validators": [f"json_schema:{tmp_path / 'latin1.json'}"]}
+    policy = {"kind": "cascade", "rungs": [first, {"backend": "pro"}]}
+    with pytest.raises(ConfigError, match="is not UTF-8 text") as err:
+        Router.from_config(config(gemini_server, policy))
+    assert err.value.field == "policy.rungs.0.validators"
+    policy["rungs"][0]["validators"] = [f"json_schema:{tmp_path / 'bom.json'}"]
+    with Router.from_config(config(gemini_server, policy)):
+        pass
+
+
 def test_a_python_validator_that_is_not_callable_fails_the_build(gemini_server):
     policy = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["city"]}, {"backend": "pro"}]}
     with pytest.raises(ConfigError, match="not a validator") as err:

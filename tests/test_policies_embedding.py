@@ -284,6 +284,15 @@ def test_semantic_routes_file_and_unknown_backend(embedder: LocalEmbedder, tmp_p
     assert err.value.field == "policy.routes"
 
 
+def test_semantic_routes_file_with_a_byte_order_mark(tmp_path: Path) -> None:
+    from genroute.policies.semantic import read_routes_file
+
+    # A Windows editor's BOM made line 1 "Unexpected UTF-8 BOM"; a config file with one reads fine.
+    path = tmp_path / "routes.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"backend": "chat", "utterance": "hello"}).encode() + b"\n")
+    assert read_routes_file(str(path), field="policy.routes_file") == [("chat", "hello")]
+
+
 # -- learned --------------------------------------------------------------------------------------------
 
 CARD = ["my card has not arrived", "where is my new card", "card delivery is late", "card still not here",

@@ -80,7 +80,7 @@ def read_routes_file(path: str, *, field: str) -> list[tuple[str, str]]:
     """``(backend, utterance)`` pairs from a JSONL file."""
     pairs = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is no part of line 1
     except FileNotFoundError:
         raise ConfigError(f"routes file {path!r} does not exist", field=field) from None
     except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not UTF-8

@@ -82,8 +82,11 @@ class JsonSchema:
     @classmethod
     def from_file(cls, path: str, *, field: str) -> JsonSchema:
         """The schema stored at ``path`` (JSON, or YAML for ``.yaml``/``.yml``)."""
-        try:
-            text = Path(path).expanduser().read_text(encoding="utf-8")
+        try:  # utf-8-sig: a byte-order mark is no part of the schema, as in a config file
+            text = Path(path).expanduser().read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"JSON schema {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                              field=field) from None
         except OSError as exc:
             raise ConfigError(f"cannot read JSON schema {path!r}: {exc.strerror or exc}", field=field) from None
         try:
