@@ -165,8 +165,16 @@ def _ingest(args: argparse.Namespace) -> int:
                               "keeps an embedded store beside the config file)", field="knowledge")
         store_config = config.knowledge
         pricing = Pricing(config.pricing)  # the embeddings are priced as the router would price them
-        # Only engines the store's embedder may need (a Gemini embedder names one); nothing is sent here.
+        # Only the engine the store's embedder names (a Gemini one), if any: another that cannot be built here (a
+        # Vertex engine without its project) has nothing to do with ingesting. Nothing is sent here.
+        embedder = config.knowledge.get("embedder")
+        wanted = embedder.get("engine") if isinstance(embedder, dict) else None
+        if wanted is not None and wanted not in config.engines:
+            raise ConfigError(f"unknown engine {wanted!r} (known: {', '.join(config.engines) or 'none'})",
+                              field="knowledge.embedder.engine")
         for name, raw in config.engines.items():
+            if name != wanted:
+                continue
             engine_cls, engine_config = validate_kind("engines", raw, field=f"engines.{name}")
             engines[name] = build_kind(engine_cls, name, engine_config, field=f"engines.{name}")
     try:

@@ -124,6 +124,20 @@ def test_a_store_path_under_home_is_in_the_home_directory(tmp_path, gemini_serve
     assert list(work.iterdir()) == []
 
 
+def test_ingest_builds_only_the_engine_its_embedder_uses(tmp_path, gemini_server, capsys, monkeypatch):
+    # A Vertex engine without its project (a ConfigError when built) failed an ingest that uses no engine.
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    doc = tmp_path / "doc.md"
+    doc.write_text("The Nimbus Kettle has a warranty of 3 years.\n")
+    engines = {**gemini_config(gemini_server)["engines"], "vx": {"kind": "gemini", "vertex": {"location": "l"}}}
+    path = _write_config(tmp_path, gemini_server, engines=engines, knowledge={"path": str(tmp_path / "chroma")})
+    assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(path)]) == 0, capsys.readouterr().err
+    typo = _write_config(tmp_path, gemini_server, knowledge={"path": str(tmp_path / "chroma"),
+                                                             "embedder": {"kind": "gemini", "engine": "gemni"}})
+    assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(typo)]) == 2
+    assert "knowledge.embedder.engine: unknown engine 'gemni' (known: gemini)" in capsys.readouterr().err
+
+
 def test_ctrl_c_ends_the_command_with_one_line_not_a_traceback(tmp_path, gemini_server):
     path = _write_config(tmp_path, gemini_server)
     gemini_server.fault(Fault.delay(30))
