@@ -222,8 +222,9 @@ def check_config_size(raw: Mapping[str, Any]) -> None:
         raise ConfigError(str(exc), field=exc.field or None) from None
 
 
-#: A whole value that refers to an environment variable as a shell would (``${REDIS_URL}``, ``$GEMINI_API_KEY``).
-_ENV_REFERENCE = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
+#: A whole value that refers to an environment variable as a shell would (``${redis_url}``, ``$GEMINI_API_KEY``;
+#: unbraced, only an upper-case name: ``$app`` may well be meant as it is).
+_ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}|\$[A-Z_][A-Z0-9_]*")
 
 
 def refuse_env_references(raw: Mapping[str, Any]) -> None:

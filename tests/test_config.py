@@ -164,6 +164,12 @@ def test_an_environment_reference_in_a_config_file_is_refused(gemini_server, tmp
     error = _error(tmp_path / "env.yaml")
     assert error.field == "engines.gemini.api_key" and "api_key_env" in error.message
     assert gemini_server.requests == []
+    config["engines"]["gemini"]["api_key"] = TEST_KEY
+    config["state"] = {"kind": "memory"}
+    config["backends"]["chat"]["system"] = "$app"  # lower case, unbraced: meant as it is
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(config))
+    with Router.from_config(tmp_path / "plain.yaml"):
+        pass
 
 
 def test_a_dict_config_takes_pathlib_paths(gemini_server, tmp_path):
