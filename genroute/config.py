@@ -130,7 +130,8 @@ def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = Fal
     """A ``ConfigError`` naming the first invalid field of ``exc`` (and counting the rest); ``tagged``: ``exc`` is
     from a union tagged by ``kind``, whose member pydantic names first in a location (not a key of the config)."""
     errors = exc.errors()
-    first = errors[0]
+    # A misspelt key (`modle:`) is an unknown key and a missing one: name the key as written, not "model: required".
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     # pydantic reports a bad mapping key as a location part "[key]": the field is the mapping entry itself...
     parts = [part for part in first["loc"] if part != "[key]"]
     message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own ValueError

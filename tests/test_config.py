@@ -41,6 +41,7 @@ def test_yaml_toml_and_json_files_load(gemini_server, tmp_path):
     (lambda c: c["backends"]["chat"].update(engine="missing"), "backends.chat.engine"),
     (lambda c: c["backends"]["chat"].update(model="acme-llm-9"), "backends.chat.model"),
     (lambda c: c["backends"]["chat"].update(temperature=0.2), "backends.chat.temperature"),
+    (lambda c: c["backends"]["chat"].update(modle=c["backends"]["chat"].pop("model")), "backends.chat.modle"),
     (lambda c: c["backends"]["chat"].update(generation={"temperature": 9}), "backends.chat.generation.temperature"),
     # An empty stop sequence matches at once: every answer came back empty.
     (lambda c: c["backends"]["chat"].update(generation={"stop_sequences": ["\n", ""]}),
