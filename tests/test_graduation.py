@@ -94,6 +94,23 @@ def test_rewriting_a_commented_yaml_config_keeps_the_commented_file_beside_it(ge
     assert (tmp_path / "app.yaml.bak").read_text() == commented  # ...but not lost
 
 
+def test_a_second_rewrite_keeps_the_backup_of_the_commented_file(tmp_path):
+    """A value holding " #" is text, not a comment: the rewritten file (which keeps that text) has no comments, so a
+    second rewrite (a local graduation writes twice) leaves the backup of the commented file as it was."""
+    from genroute.tuning.config_file import has_comments, write_config
+
+    config = tmp_path / "app.yaml"
+    commented = "# Why: the 2025 eval.\nsystem: 'Answer #1 first'\nnote: a #b\n"
+    config.write_text(commented)
+    write_config(config, {"system": "Answer #1 first", "note": "a #b", "x": 1})
+    write_config(config, {"system": "Answer #1 first", "note": "a #b", "x": 2})
+    assert (tmp_path / "app.yaml.bak").read_text() == commented
+    assert yaml.safe_load(config.read_text())["x"] == 2
+    assert not has_comments(config.read_text())
+    assert has_comments("a: 1  # why\n") and has_comments("# top\na: 1\n") and has_comments("a: [1, 2] # x\n")
+    assert not has_comments("a: 'x # y'\nb: \"#\"\nc: a#b\n")
+
+
 def test_register_only_reads_the_configs_relative_paths_from_its_directory(gemini_server, tmp_path, monkeypatch):
     # The policy to write was built with paths taken from the working directory: a config that builds was refused.
     config, base = lora_app(gemini_server, tmp_path)

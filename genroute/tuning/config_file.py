@@ -108,13 +108,30 @@ def write_config(path: Path, raw: Mapping[str, Any]) -> None:
 
     text = yaml.safe_dump(dict(raw), sort_keys=False, allow_unicode=True)
     old = path.read_text(encoding="utf-8-sig") if path.exists() else ""
-    if _COMMENT.search(old):
+    if has_comments(old):
         write_atomic(path.with_name(f"{path.name}.bak"), old)
     write_atomic(path, text)
 
 
-#: A YAML comment: ``#`` at the start of a line or after a space (a ``#`` inside a word, ``a#b``, is text).
-_COMMENT = re.compile(r"(?m)(?:^|\s)#")
+def has_comments(text: str) -> bool:
+    """Whether the YAML ``text`` holds a comment: a ``#`` outside every scalar (one inside a quoted or plain value,
+    ``"a #b"``, is text, and the rewrite keeps it; so a file written by ``write_config`` has none)."""
+    import bisect
+
+    import yaml
+
+    if "#" not in text:
+        return False
+    try:
+        spans = [(t.start_mark.index, t.end_mark.index) for t in yaml.scan(text) if isinstance(t, yaml.ScalarToken)]
+    except yaml.YAMLError:
+        return True  # unreadable as YAML: keep it, to be safe
+    starts = [start for start, _ in spans]
+    for at in (i for i, ch in enumerate(text) if ch == "#"):
+        n = bisect.bisect_right(starts, at) - 1
+        if n < 0 or at >= spans[n][1]:
+            return True
+    return False
 
 
 def require_price(config: RouterConfig, name: str, backend: Mapping[str, Any]) -> None:
