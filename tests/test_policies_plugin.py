@@ -228,3 +228,26 @@ def test_built_in_kinds_failures_pass_through_unchanged() -> None:
 
     with pytest.raises(RuntimeError, match="not wrapped"), plugin_failures(LadderPolicy, field="policy"):
         raise RuntimeError("not wrapped")
+
+
+def test_an_engine_that_takes_bounded_in_generate_only_still_streams() -> None:
+    """``caller_bounded`` promises ``bounded=`` to ``generate`` only; ``stream`` gets it only from an engine that sets
+    ``caller_bounded_stream`` too (a plugin written to the first contract kept working)."""
+    from genroute.backends.prompt_template import PromptTemplateBackend, PromptTemplateConfig
+    from genroute.runtime.resources import Resources
+    from genroute_plugin_example.engine import EchoEngine, EchoEngineConfig
+
+    class BoundedEcho(EchoEngine):
+        caller_bounded = True
+
+        async def generate(self, model, contents, config=None, *, timeout_s=None, bounded=False):
+            self.bounded_seen = bounded
+            return await super().generate(model, contents, config, timeout_s=timeout_s)
+
+    engine = BoundedEcho("e", EchoEngineConfig())
+    resources = Resources({"e": engine})
+    backend = PromptTemplateBackend("chat", PromptTemplateConfig(engine="e", model="echo-1"), resources)
+    with Router({"chat": backend}, resources=resources, timeout_s=30) as router:
+        assert router.generate("hello there").text == "echo: hello there" and engine.bounded_seen
+        chunks = list(router.stream("hello there"))
+    assert chunks[-1].result.text == "echo: hello there"

@@ -97,10 +97,13 @@ class Engine(ABC):
 
         raise UsageError(f"engine {self.name!r} ({self.kind}) does not embed")
 
-    #: Whether ``generate`` and ``stream`` take a keyword ``bounded=True``, sent when the caller itself cancels the
-    #: call (each step of a stream) once ``timeout_s`` runs out (a router's deadline timer): an engine may then
-    #: skip a timer of its own for that deadline. Default: not taken (never sent).
+    #: Whether ``generate`` takes a keyword ``bounded=True``, sent when the caller itself cancels the call once
+    #: ``timeout_s`` runs out (a router's deadline timer): an engine may then skip a timer of its own for that
+    #: deadline. Default: not taken (never sent).
     caller_bounded: ClassVar[bool] = False
+    #: The same for ``stream``: ``bounded=True`` is sent when the caller cancels each step of the stream once
+    #: ``timeout_s`` (moved on by the time its reader holds a chunk) runs out. Default: not taken (never sent).
+    caller_bounded_stream: ClassVar[bool] = False
 
     #: Whether ``generate`` and ``stream`` take ``contents`` as a ``str`` too: one user turn of that text, as
     #: google-genai takes it (it builds the turn itself, for less than a ``Content`` list costs it). Default: no;

@@ -96,6 +96,7 @@ class GeminiEngine(Engine):
     kind: ClassVar[str] = "gemini"
     Config: ClassVar[type[BaseModel]] = GeminiEngineConfig
     caller_bounded: ClassVar[bool] = True
+    caller_bounded_stream: ClassVar[bool] = True
     takes_text: ClassVar[bool] = True
 
     def __init__(self, name: str, config: GeminiEngineConfig | Mapping[str, Any] | None = None, *,

@@ -173,7 +173,7 @@ class RunContext:
             complete = False
             try:
                 stream = (engine.stream(model, contents, config, timeout_s=self.remaining_s(), bounded=True)
-                          if self.bounded and engine.caller_bounded else
+                          if self.bounded and engine.caller_bounded_stream else
                           engine.stream(model, contents, config, timeout_s=self.remaining_s()))
                 async with aclosing(stream) as responses:  # type: ignore[type-var]
                     while True:
