@@ -79,9 +79,9 @@ def test_close_lets_a_request_that_finishes_within_the_drain_keep_its_answer(gem
     assert _held(router) == 0.0
 
 
-def test_sync_stream_mid_step_and_idle_both_end_with_a_typed_error(gemini_server, caplog):
+def test_sync_stream_mid_step_and_idle_both_end_with_a_typed_error(gemini_server, caplog, otel):
     gemini_server.reply(Reply(parts=({"text": "one two three four"},), usage=(10, 4), chunks=4))
-    router = Router.from_config(_config(gemini_server))
+    router = Router.from_config(_config(gemini_server), **otel.providers)
     idle = router.stream("first", timeout_s=60)
     first = next(idle)  # this stream is now open between chunks, its hold taken
     assert first.text
@@ -95,6 +95,11 @@ def test_sync_stream_mid_step_and_idle_both_end_with_a_typed_error(gemini_server
         next(idle)
     assert _held(router) == 0.0
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text  # closed quietly
+    # The stream the router closed between chunks ends its trace with the caller's UsageError (not as if the caller
+    # had stopped reading); the one cut mid-step, with the cancellation close used.
+    roots = otel.spans("genroute.generate")
+    assert sorted(r.attributes.get("error.type") for r in roots) == ["CancelledError", "UsageError"]
+    assert not any(r.attributes.get("genroute.stream.closed_early") for r in roots)
 
 
 def test_aclose_with_async_calls_in_flight(gemini_server):

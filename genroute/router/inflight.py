@@ -25,6 +25,7 @@ T = TypeVar("T")
 UNWIND_S = 2.0
 _POLL_S = 0.01
 _CLOSED = "the router was closed while this request was in flight"
+_CLOSED_STREAM = "the router was closed while this stream was open"
 
 
 class InFlight:
@@ -123,7 +124,7 @@ class InFlight:
         if stream.stepping or stream.finished:
             return
         stream.closed_by_router = True
-        task = asyncio.get_running_loop().create_task(stream.aclose_inner())
+        task = asyncio.get_running_loop().create_task(stream.end_by_router())
         with self._lock:
             self._closers.add(task)
 
@@ -155,7 +156,7 @@ class RouterStream:
 
     async def __anext__(self) -> Any:
         if self.closed_by_router:
-            raise UsageError("the router was closed while this stream was open")
+            raise UsageError(_CLOSED_STREAM)
         if self.finished:
             raise StopAsyncIteration
         if not self.registered:
@@ -181,6 +182,17 @@ class RouterStream:
         aclose = getattr(self._chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+
+    async def end_by_router(self) -> None:
+        """End the stream as the router's close does: with the ``UsageError`` its caller gets, raised where the stream
+        waits (so its trace records that error, not a caller that stopped reading), then closed."""
+        athrow = getattr(self._chunks, "athrow", None)
+        if athrow is not None:
+            try:
+                await athrow(UsageError(_CLOSED_STREAM))
+            except (UsageError, StopAsyncIteration):
+                pass
+        await self.aclose_inner()
 
 
 #: Every router's in-flight registry, for ``_forget_parents``.
