@@ -117,3 +117,25 @@ def test_an_output_count_given_as_zero_stands(gemini_server):
 
     assert result.usage.output_tokens == 0 and not result.cost_estimated
     assert result.cost_usd == pytest.approx(10 * IN_PRICE)
+
+
+@pytest.mark.parametrize("mode", ["generate", "stream"])
+@pytest.mark.parametrize(("usage", "estimated"), [
+    ({"promptTokenCount": 0, "candidatesTokenCount": 3, "totalTokenCount": 3}, False),  # given as 0: it stands
+    ({"candidatesTokenCount": 3, "toolUsePromptTokenCount": 50, "totalTokenCount": 53}, True),  # left out
+], ids=["prompt_given_as_0", "prompt_left_out_beside_tool_use"])
+def test_generate_and_stream_read_a_prompt_count_alike(gemini_server, mode, usage, estimated):
+    """One rule on both paths: only a prompt count the response leaves out is estimated (and said to be), also
+    beside a tool-use count; one given as 0 stands."""
+    prompt = "x" * 400
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        if mode == "generate":
+            gemini_server.reply_json(_body(usage, TEXT))
+            result = router.generate(prompt)
+        else:
+            gemini_server.reply(Reply(raw=[_body(usage, TEXT)]))
+            *_, last = router.stream(prompt)
+            result = last.result
+    tool_use = usage.get("toolUsePromptTokenCount", 0)
+    assert result.cost_estimated is estimated and result.usage.output_tokens == 3
+    assert (result.usage.input_tokens > tool_use) if estimated else (result.usage.input_tokens == 0)

@@ -11,7 +11,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from genroute.runtime.billing import Charges, Meter, charging, filled_usage, metering
+from genroute.runtime.billing import Charges, Meter, charging, counts_output, filled_usage, metering
 from genroute.construct import user_content
 from genroute.errors import GenrouteError
 from genroute.runtime.messages import output_messages, request_attributes
@@ -137,7 +137,8 @@ class RunContext:
             # attempts the meter collected before it.
             usage = usage_of(response)
             estimated = meter.estimated
-            if usage is None or not usage.input_tokens or not (usage.output_tokens or usage.thinking_tokens):
+            meta = response.usage_metadata
+            if meta is None or meta.prompt_token_count is None or not counts_output(meta):  # a count left out
                 usage, guessed = filled_usage(usage, response, contents, config)
                 estimated = estimated or guessed
             calls = (usage, *meter.attempts) if meter.attempts else (usage,)

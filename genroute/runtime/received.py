@@ -42,11 +42,13 @@ class Received:
         """The usage to charge, and whether any of it is estimated (always, for a stream that did not finish)."""
         if self.chunks == 0:
             return Usage(), False  # nothing arrived: lost attempts, if any, were billed by the engine
+        meta = None if self.reported is None else self.reported.usage_metadata
         reported = None if self.reported is None else usage_of(self.reported)
         usage = reported or Usage()
-        estimated = not complete or reported is None or self.chars_after > 0 or usage.input_tokens == 0
-        if usage.input_tokens == 0:
-            usage = usage.model_copy(update={"input_tokens": estimate_input(contents, config)})
+        estimated = not complete or reported is None or self.chars_after > 0
+        if meta is None or meta.prompt_token_count is None:  # as ``billing.filled_usage``: a count given as 0 stands
+            usage = usage.model_copy(update={"input_tokens": usage.input_tokens + estimate_input(contents, config)})
+            estimated = True
         extra = estimate_tokens(self.chars_after)
         if extra:
             usage = usage.model_copy(update={"output_tokens": usage.output_tokens + extra})
