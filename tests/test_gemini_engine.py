@@ -439,6 +439,11 @@ def test_map_error_table(exc, kind):
     (503, b"", {}, "503: the response gave no error message"),
     (413, b"", {"Content-Type": "text/html"}, "413 Request Entity Too Large: the response gave no error message"),
     (504, b"upstream timeout", {"Content-Type": "text/plain"}, "504 Gateway Timeout: upstream timeout"),
+    # A Google body whose message is empty: what it says is under "error", not the SDK's dict of it.
+    (503, {"error": {"code": 503, "message": "", "status": "UNAVAILABLE"}}, {},
+     "503 UNAVAILABLE: the response gave no error message"),
+    (400, {"error": {"code": 400, "message": "", "status": "INVALID_ARGUMENT", "details": [{"reason": "X"}]}}, {},
+     "400 INVALID_ARGUMENT: {'details': [{'reason': 'X'}]}"),
 ])
 async def test_an_error_answer_without_a_google_error_body_says_what_it_was(srv, engine, status, body, headers,
                                                                            message):

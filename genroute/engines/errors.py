@@ -152,8 +152,10 @@ def _other_details(details: Any) -> str:
     """What an error body says beyond its (empty) message and status, as text; "" for nothing."""
     if isinstance(details, dict) and isinstance(details.get("error"), str):
         return details["error"]  # a proxy's {"error": "some text"}
+    if isinstance(details, dict) and isinstance(details.get("error"), dict):
+        details = details["error"]  # a Google body: what it says is under "error"
     if isinstance(details, dict):
-        details = {k: v for k, v in details.items() if v and k not in ("message", "status")}
+        details = {k: v for k, v in details.items() if v and k not in ("code", "message", "status")}
     return str(details) if details else ""
 
 
