@@ -309,6 +309,16 @@ def test_graduate_vertex_cli_names_a_bad_flag_before_sending(gemini_server, tmp_
     assert gemini_server.requests == []
 
 
+def test_graduate_vertex_names_a_misspelt_engine_before_exporting_anything(gemini_server, tmp_path, capsys):
+    config = vertex_app(gemini_server, tmp_path, "outcomes.db")
+    out = tmp_path / "out"
+    code = cli(["graduate", "--task", "t", "--config", str(config), "--out", str(out), "--vertex",
+                "--base-model", "gemini-2.5-flash", "--staging-uri", "gs://b/p", "--engine", "vertx",
+                "--min-examples", "10"])
+    assert code == 2 and "--engine" in capsys.readouterr().err
+    assert not out.exists() and gemini_server.requests == []  # nothing exported, nothing sent
+
+
 def test_decide_names_a_corrupt_saved_report_instead_of_crashing(gemini_server, tmp_path, capsys):
     from genroute.graduation.cli import graduate_main
 

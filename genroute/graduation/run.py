@@ -143,8 +143,10 @@ async def _agraduate_vertex(router: Router, task: str, *, out_dir: Path, setting
                             register: bool) -> GraduationReport:
     """``agraduate`` with a Vertex AI tuning job: cost = training tokens x epochs x the list training price."""
     from genroute.backends.tuned import TunedBackend, TunedConfig
-    from genroute.tuning.vertex import prepare_data, tune_vertex
+    from genroute.tuning.vertex import prepare_data, tune_vertex, vertex_engine
 
+    if config_path is not None:  # the engine to tune with is chosen before the export writes anything
+        await asyncio.to_thread(vertex_engine, config_path, settings.engine)
     tracer = router.telemetry.tracer
     with tracer.start_as_current_span("genroute.graduate", attributes={"genroute.task": task}):
         tuning_set = await _export(router, task, out_dir, eval_share=eval_share, seed=seed, min_examples=min_examples)

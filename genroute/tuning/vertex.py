@@ -231,6 +231,15 @@ async def wait_for_job(client: genai.Client, name: str, *, poll_interval_s: floa
 
 def engine_from_config(config_path: str | Path, engine: str | None, *, credentials: Any = None) -> GeminiEngine:
     """The Gemini engine the tuned backend will use, built from the router config."""
+    from genroute.engines.gemini import GeminiEngine
+
+    name, engine_config = vertex_engine(config_path, engine)
+    return GeminiEngine(name, engine_config, credentials=credentials)
+
+
+def vertex_engine(config_path: str | Path, engine: str | None) -> tuple[str, Any]:
+    """The name and the validated config of the engine to tune with (``engine``, else the config's only Vertex AI
+    engine); ``ConfigError`` naming ``engine`` otherwise. Builds nothing: callers check it before writing anything."""
     from genroute.config import load_config, validate_kind
     from genroute.engines.gemini import GeminiEngine
 
@@ -250,7 +259,7 @@ def engine_from_config(config_path: str | Path, engine: str | None, *, credentia
     if cls is not GeminiEngine:
         raise ConfigError(f"engine {engine!r} is {raw.get('kind')!r}; cloud tuning needs a gemini engine",
                           field="engine")
-    return GeminiEngine(engine, engine_config, credentials=credentials)
+    return engine, engine_config
 
 
 async def tune_vertex(data: str | Path, settings: VertexTuningSettings, *, config_path: str | Path | None = None,
