@@ -140,7 +140,10 @@ def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field
     except (TypeError, ValueError, NameError) as exc:
         raise ConfigError(f"cannot read the signature of tool {name!r}: {exc}", field=field) from None
     fields: dict[str, Any] = {}
+    bound = _bound_keywords(fn)
     for param in signature.parameters.values():
+        if param.name in bound:  # fixed by the caller's functools.partial: not the model's to choose
+            continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ConfigError(f"tool {name!r}: *args/**kwargs cannot be described to a model", field=field)
         if param.kind is param.POSITIONAL_ONLY:
@@ -168,6 +171,16 @@ def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field
     marked = (getattr(f, SIDE_EFFECT_FREE, False) for f in (fn, inner, getattr(inner, "__call__", None)))
     return Tool(name=name, description=description, fn=fn, schema=schema, args_model=model,
                 side_effect_free=any(marked))
+
+
+def _bound_keywords(fn: Callable[..., Any]) -> set[str]:
+    """The keywords ``functools.partial`` layers around ``fn`` bind (the model is neither told of them nor may set
+    them: the tool's argument model forbids what it does not declare)."""
+    bound: set[str] = set()
+    while isinstance(fn, functools.partial):
+        bound.update(fn.keywords)
+        fn = fn.func
+    return bound
 
 
 def _inner(fn: Callable[..., Any]) -> Callable[..., Any]:

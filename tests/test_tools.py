@@ -170,7 +170,12 @@ def test_a_partial_is_described_by_the_function_it_calls() -> None:
     # a tool named "partial", and the side-effect-free mark unseen.
     assert (tool.name, tool.description, tool.side_effect_free) == ("convert", "Convert an amount.", True)
     assert tool.schema["properties"]["amount"]["type"] == "integer"
-    assert tool.validate({"amount": "7", "to": "EUR"}) == {"amount": 7, "to": "EUR", "rounding": 0}
+    # A keyword the partial binds is the caller's: the model is not told of it, and may not set it.
+    assert "rounding" not in tool.schema["properties"]
+    assert tool.validate({"amount": "7", "to": "EUR"}) == {"amount": 7, "to": "EUR"}
+    with pytest.raises(InvalidToolArgs, match="rounding"):
+        tool.validate({"amount": 7, "to": "EUR", "rounding": 5})
+    assert tool.fn(**tool.validate({"amount": "7", "to": "EUR"})) == "7 EUR"
 
 
 def test_descriptions_are_a_tools_own_docstring() -> None:
