@@ -49,30 +49,39 @@ def _exit_code(pid: int) -> int | None:
     return None
 
 
+def _in_child(work: Any) -> Any:
+    """``work()`` run in a forked child; what it returned (JSON), or the assertion fails with what it raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child (pre-fork servers): report through the pipe
+        code = 1
+        try:
+            os.write(write, json.dumps(work()).encode())
+            code = 0
+        except BaseException as exc:  # reported to the parent
+            os.write(write, repr(exc).encode())
+        finally:
+            os._exit(code)
+    os.close(write)
+    code = _exit_code(pid)
+    report = os.read(read, 65536).decode()
+    os.close(read)
+    assert code is not None, "the forked child hung"
+    assert code == 0, report
+    return json.loads(report)
+
+
 def test_a_forked_child_starts_a_loop_thread_of_its_own(gemini_server):
     router = Router.from_config(gemini_config(gemini_server))
     try:
         assert router.generate("parent").text == "echo: parent"  # the parent's loop thread is running
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child (pre-fork servers): answer, stream, close; report through the pipe
-            code = 1
-            try:
-                texts = [router.generate("child").text, "".join(c.text for c in router.stream("child stream"))]
-                router.close()
-                os.write(write, json.dumps(texts).encode())
-                code = 0
-            except BaseException as exc:  # reported to the parent
-                os.write(write, repr(exc).encode())
-            finally:
-                os._exit(code)
-        os.close(write)
-        code = _exit_code(pid)
-        report = os.read(read, 65536).decode()
-        os.close(read)
-        assert code is not None, "the forked child hung"
-        assert code == 0, report
-        assert json.loads(report) == ["echo: child", "echo: child stream"]
+
+        def child() -> list[str]:  # answer, stream, close
+            texts = [router.generate("child").text, "".join(c.text for c in router.stream("child stream"))]
+            router.close()
+            return texts
+
+        assert _in_child(child) == ["echo: child", "echo: child stream"]
         assert router.generate("parent again").text == "echo: parent again"  # the parent's thread is untouched
     finally:
         router.close()
@@ -91,25 +100,13 @@ def test_a_forked_child_does_not_wait_for_the_parents_requests_in_flight(gemini_
         while not router._inflight._tasks and time.monotonic() < deadline:
             time.sleep(0.01)
         assert router._inflight._tasks, "the parent's request is in flight"
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                started = time.monotonic()
-                router.close(drain_s=60)
-                os.write(write, json.dumps(time.monotonic() - started).encode())
-                code = 0
-            except BaseException as exc:
-                os.write(write, repr(exc).encode())
-            finally:
-                os._exit(code)
-        os.close(write)
-        code = _exit_code(pid)
-        report = os.read(read, 65536).decode()
-        os.close(read)
-        assert code == 0, report or "the forked child hung"
-        assert json.loads(report) < 30  # a hang check: it would have drained for 60 s
+
+        def child() -> float:
+            started = time.monotonic()
+            router.close(drain_s=60)
+            return time.monotonic() - started
+
+        assert _in_child(child) < 30  # a hang check: it would have drained for 60 s
         slow.join(timeout=30)
     finally:
         router.close()
