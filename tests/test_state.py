@@ -71,6 +71,32 @@ async def test_holds_lapse_after_their_ttl(store: StateStore) -> None:
     await store.aclose()
 
 
+class _CountedPasses(dict[str, Any]):
+    """The memory store's accounts, counting the passes made over all of them (its sweeps)."""
+
+    passes = 0
+
+    def items(self) -> Any:
+        self.passes += 1
+        return super().items()
+
+
+async def test_memory_accounts_are_swept_rarely_and_only_the_ended_windows_dropped() -> None:
+    now = [0.0]
+    store = MemoryStateStore(clock=lambda: now[0])
+    store._accounts = accounts = _CountedPasses()
+    for i in range(10_000):  # a budget key each (a tenant, a user), all in their window: none can be dropped
+        await store.hold(f"budget:old{i}", 1, 10, ttl_s=60, keep_s=600)
+    assert len(accounts) == 10_000
+    assert accounts.passes <= 3  # was a pass over every account for each new one past 4,096: 5,904
+    now[0] = 1000.0  # every window above has ended
+    for i in range(10_000):
+        await store.hold(f"budget:new{i}", 1, 10, ttl_s=60, keep_s=600)
+    assert set(accounts) == {f"budget:new{i}" for i in range(10_000)}
+    assert accounts.passes <= 5
+    await store.aclose()
+
+
 async def test_lists_append_and_read(store: StateStore) -> None:
     for value in (b"a", b"b", b"12|c"):  # a value may look like the stored stamp: it comes back as written
         await store.append("log", value)

@@ -41,6 +41,10 @@ class _Breaker:
     probe_until: float = 0.0
 
 
+#: Accounts kept before the first sweep of those whose window is over.
+_SWEEP_ABOVE = 4096
+
+
 class MemoryStateStore(StateStore):
     """State for one process; thread-safe (the lock is never held across an await)."""
 
@@ -51,18 +55,26 @@ class MemoryStateStore(StateStore):
         self._breakers: dict[str, _Breaker] = {}
         self._lists: dict[str, _List] = {}
         self._ids = itertools.count()
+        #: Sweep when the accounts outgrow this (at least twice those the last sweep kept: each new account then
+        #: costs the sweeps O(1) on average, not a pass over every live one).
+        self._sweep_above = _SWEEP_ABOVE
 
     def _account(self, name: str, now: float) -> _Account:
         account = self._accounts.get(name)
         if account is None or account.expires <= now:
             account = self._accounts[name] = _Account()
-            if len(self._accounts) > 4096:  # windows roll over: drop accounts nobody will read again
-                for key in [k for k, a in self._accounts.items() if a.expires <= now]:
-                    del self._accounts[key]
+            if len(self._accounts) > self._sweep_above:
+                self._sweep(now)
         elif account.holds:
             for hold_id in [h for h, (_, until) in account.holds.items() if until <= now]:
                 account.held -= account.holds.pop(hold_id)[0]
         return account
+
+    def _sweep(self, now: float) -> None:
+        """Drop the accounts whose window is over (windows roll over: nobody reads them again)."""
+        for key in [k for k, a in self._accounts.items() if a.expires <= now]:
+            del self._accounts[key]
+        self._sweep_above = max(_SWEEP_ABOVE, 2 * len(self._accounts))
 
     async def admit(self, claims: Sequence[Claim]) -> Admitted:
         with self._lock:
