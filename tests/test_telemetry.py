@@ -264,6 +264,53 @@ def test_metrics_reach_a_global_meter_provider_set_after_the_router_was_built():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
+_ROUTERS_BUILT_AND_CLOSED = """
+import gc
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from genroute import Router
+from genroute.testing import GeminiTestServer
+
+
+def stand_ins():  # the API's stand-ins for a global meter and its instruments, alive in the process
+    gc.collect()
+    return sum(type(o).__name__ in {"_ProxyMeter", "_ProxyCounter", "_ProxyHistogram"} for o in gc.get_objects())
+
+
+with GeminiTestServer() as server:
+    config = {"engines": {"g": {"kind": "gemini", "api_key": "k", "base_url": server.base_url}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}}}
+    Router.from_config(config).close()
+    one = stand_ins()
+    for _ in range(20):  # a router per tenant or per job, built and closed, no meter provider set
+        Router.from_config(config).close()
+    assert stand_ins() == one == 9, (one, stand_ins())  # one meter, 8 instruments: not 9 more a router
+    kept = Router.from_config(config)
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    with Router.from_config(config) as later:  # built after: on the real provider's meter
+        later.generate("one")
+        kept.generate("two")
+    kept.close()
+points = [p for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+          if m.name == "gen_ai.client.operation.duration" for p in m.data.data_points]
+assert sum(p.count for p in points) == 2, points
+print("ok")
+"""
+
+
+def test_routers_built_and_closed_leave_nothing_with_the_global_meter_stand_in():
+    # Until the application sets a global meter provider, the OTel API keeps every meter and instrument asked of
+    # it (to forward them later): a router each made its own, so each router ever built stayed there for good.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _ROUTERS_BUILT_AND_CLOSED], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
 def test_no_op_meter_provider_reads_nothing(gemini_server):
     from opentelemetry.metrics import NoOpMeterProvider
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics, trace
 
 from genroute.errors import UsageError
+from genroute.runtime.telemetry import instrument
 
 if TYPE_CHECKING:
     from genroute.state import StateStore
@@ -180,19 +181,19 @@ class Instruments:
     """The admission metrics (created once per router from its meter)."""
 
     def __init__(self, meter: metrics.Meter) -> None:
-        self.wait = meter.create_histogram("genroute.ratelimit.wait_s", unit="s",
-                                           description="Time requests waited for a rate limit")
-        self.limited = meter.create_counter("genroute.ratelimit.limited", unit="{request}",
-                                            description="Attempts refused by a rate limit (fell through)")
-        self.opens = meter.create_counter("genroute.breaker.opens", unit="{open}",
-                                          description="Circuit breakers opened")
-        self.fallbacks = meter.create_counter("genroute.state.fallbacks", unit="{call}",
-                                              description="State store calls answered from process memory "
-                                                          "because the shared store was unreachable")
-        self.replays = meter.create_counter("genroute.state.replays", unit="{write}",
-                                            description="List appends (outcome writes) made in process memory while "
-                                                        "the shared store was unreachable, then replayed to it or "
-                                                        "dropped (genroute.state.replay)")
+        self.wait = instrument(meter.create_histogram, "genroute.ratelimit.wait_s", unit="s",
+                               description="Time requests waited for a rate limit")
+        self.limited = instrument(meter.create_counter, "genroute.ratelimit.limited", unit="{request}",
+                                  description="Attempts refused by a rate limit (fell through)")
+        self.opens = instrument(meter.create_counter, "genroute.breaker.opens", unit="{open}",
+                                description="Circuit breakers opened")
+        self.fallbacks = instrument(meter.create_counter, "genroute.state.fallbacks", unit="{call}",
+                                    description="State store calls answered from process memory "
+                                                "because the shared store was unreachable")
+        self.replays = instrument(meter.create_counter, "genroute.state.replays", unit="{write}",
+                                  description="List appends (outcome writes) made in process memory while "
+                                              "the shared store was unreachable, then replayed to it or "
+                                              "dropped (genroute.state.replay)")
 
     def fell_back(self, op: str) -> None:
         """Count one state store call (``op``) answered from process memory (the shared store unreachable)."""

@@ -91,6 +91,42 @@ def capture_from_env() -> bool:
     return os.environ.get(CAPTURE_ENV, "").strip().lower() in {"1", "true", "yes"}
 
 
+#: The global meter provider's genroute meter and the instruments made on it, by name: one set for every router
+#: (their points are told apart by their attributes, as the SDK would merge same-named instruments anyway). Until the
+#: application sets a global provider, the API hands out a stand-in that keeps every meter and instrument asked of
+#: it, for good, to forward them once one is set: routers built and closed one after another (per tenant, per job)
+#: would each leave theirs there.
+_global_meter: tuple[metrics.MeterProvider, metrics.Meter, dict[str, Any]] | None = None
+_global_lock = threading.Lock()
+
+
+def router_meter(meter_provider: metrics.MeterProvider | None) -> metrics.Meter:
+    """The meter a router records on: ``meter_provider``'s, else the global provider's (the same for every router)."""
+    global _global_meter
+    from genroute import __version__
+
+    if meter_provider is not None:
+        return metrics.get_meter(TRACER_NAME, __version__, meter_provider=meter_provider)
+    provider = metrics.get_meter_provider()
+    with _global_lock:
+        if _global_meter is None or _global_meter[0] is not provider:  # the first, or the application set one since
+            _global_meter = (provider, provider.get_meter(TRACER_NAME, __version__), {})
+        return _global_meter[1]
+
+
+def instrument(create: Any, name: str, **options: Any) -> Any:
+    """``create(name, **options)`` (a meter's ``create_counter``, ``create_histogram``...); on the global
+    provider's meter (``router_meter``) made once, then shared."""
+    found = _global_meter
+    if found is None or found[1] is not create.__self__:
+        return create(name, **options)
+    with _global_lock:
+        made = found[2].get(name)
+        if made is None:
+            made = found[2][name] = create(name, **options)
+        return made
+
+
 class Telemetry:
     """The tracer, meter and instruments one router uses."""
 
@@ -105,19 +141,19 @@ class Telemetry:
 
         self.capture_content = capture_from_env() if capture_content is None else capture_content
         self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider=tracer_provider)
-        meter = self.meter = metrics.get_meter(TRACER_NAME, __version__, meter_provider=meter_provider)
-        self.duration = meter.create_histogram(
-            "gen_ai.client.operation.duration", unit="s",
+        meter = self.meter = router_meter(meter_provider)
+        self.duration = instrument(
+            meter.create_histogram, "gen_ai.client.operation.duration", unit="s",
             description="GenAI operation duration",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self.tokens = meter.create_histogram(
-            "gen_ai.client.token.usage", unit="{token}",
+        self.tokens = instrument(
+            meter.create_histogram, "gen_ai.client.token.usage", unit="{token}",
             description="Measures number of input and output tokens used",
             explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
         )
-        self.cost = meter.create_counter(
-            "genroute.cost", unit="USD", description="Cost of model calls in USD",
+        self.cost = instrument(
+            meter.create_counter, "genroute.cost", unit="USD", description="Cost of model calls in USD",
         )
         self._noop_meter = isinstance(meter, metrics.NoOpMeter)
 
