@@ -193,3 +193,28 @@ def test_scheduled_refresh_picks_up_outcomes_without_a_call(gemini_server, tmp_p
         while router.decide("hi", task="t").rungs[0].backend != "chat" and time.monotonic() < deadline:
             time.sleep(0.1)
         assert router.decide("hi", task="t").rungs[0].backend == "chat"
+
+
+def test_scheduled_refresh_goes_on_after_the_event_loop_that_started_it_ends(gemini_server, tmp_path):
+    """An application calling ``asyncio.run`` per request: the first loop's end cancelled the refresher, and the
+    router never started another, so no scheduled refresh ran again."""
+    import asyncio
+
+    policy = {"kind": "cost_aware", "stats_path": bench_stats(tmp_path, 0.5), "min_quality": 0.8, "default": "pro"}
+    router = Router.from_config(router_config(gemini_server, tmp_path, policy, refresh_every_s=0.1))
+    try:
+        asyncio.run(router.agenerate("start the schedule", task="t"))  # its loop ends: the refresher with it
+        fill(tmp_path, 30, {"chat": (1.0, 0.0001), "pro": (1.0, 0.001)})
+        before = router.policy
+
+        async def serve_a_while() -> None:
+            await router.agenerate("a request on a new loop", task="t")
+            for _ in range(100):  # at most 10 s: the refresh is due within 0.1 s
+                if router.policy is not before:
+                    return
+                await asyncio.sleep(0.1)
+
+        asyncio.run(serve_a_while())
+        assert router.decide("hi", task="t").rungs[0].backend == "chat"
+    finally:
+        router.close()

@@ -121,9 +121,11 @@ class Learning:
         return run_sync(self.arefresh(), "refresh", portal=self._portal)
 
     def _start_refresher(self) -> None:
-        """Refresh every ``outcomes.refresh_every_s`` on the running loop (started by the first request)."""
+        """Refresh every ``outcomes.refresh_every_s`` on the running loop (started by the first request, and again by
+        the first on another loop once the loop it ran on has ended it: ``asyncio.run`` per call)."""
         every = self.outcome_settings.refresh_every_s if self.outcome_settings is not None else None
-        if every is None or self._refresher is not None:
+        running = self._refresher
+        if every is None or (running is not None and not running.done() and not running.get_loop().is_closed()):
             return
 
         async def loop() -> None:

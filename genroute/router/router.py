@@ -380,7 +380,7 @@ class Router(Learning):
         return error
 
     def _root_span(self, request: GenerateRequest, *, same_context: bool = False) -> RootSpan:
-        if self._refresher is None and self.outcome_settings is not None:
+        if self.outcome_settings is not None:
             self._start_refresher()
         return RootSpan(self.telemetry, request, self.timeout_s, self._adecide, costed=self.policy.blocking,
                         same_context=same_context)
