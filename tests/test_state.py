@@ -327,6 +327,32 @@ def test_a_password_in_the_url_never_reaches_an_error(redis_server: RedisServer)
     assert "hunter2" not in str(caught.value) and "127.0.0.1:1" in str(caught.value)
 
 
+def test_a_loop_per_call_leaves_no_connection_behind(redis_server: RedisServer) -> None:
+    # An application calling asyncio.run per request: each loop made a pool that held its loop (so the weak key
+    # never let go) and its open connection, one more file descriptor per call, for good.
+    import gc
+    import warnings
+
+    store = _redis(redis_server, on_error="closed")
+
+    async def one() -> None:
+        await store.hold("loops", 1, 1000, ttl_s=60, keep_s=600)
+
+    def open_fds() -> int:
+        with warnings.catch_warnings():  # the dropped pools' sockets close unclosed, as the SDK's sessions do
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+        return len(os.listdir("/proc/self/fd"))
+
+    asyncio.run(one())
+    before = open_fds()
+    for _ in range(20):
+        asyncio.run(one())
+    assert open_fds() <= before + 1  # was 20 more: a connection per loop
+    assert asyncio.run(store.usage("loops")) == (0, 21)
+    asyncio.run(store.aclose())
+
+
 async def test_a_replayed_settle_counts_once(redis_server: RedisServer) -> None:
     store = _redis(redis_server)
     hold_id, _ = await store.hold("once", 10, 100, ttl_s=60, keep_s=600)

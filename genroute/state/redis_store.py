@@ -100,6 +100,8 @@ class RedisStateStore(StateStore):
         if found is None:
             import redis.asyncio
 
+            self._drop_closed_loops()
+
             # A blocking pool: a burst of concurrent requests queues for a connection instead of failing.
             pool = redis.asyncio.BlockingConnectionPool.from_url(
                 self.config.url, max_connections=self.config.max_connections, timeout=POOL_WAIT_S,
@@ -107,6 +109,12 @@ class RedisStateStore(StateStore):
             client = redis.asyncio.Redis(connection_pool=pool, retry=None)
             found = self._clients[loop] = _Connection(client, client.register_script(SCRIPT), asyncio.Lock())
         return found
+
+    def _drop_closed_loops(self) -> None:
+        """Let go of the pools of loops closed since (``asyncio.run`` per call): the garbage collector closes their
+        sockets. A pool's connections hold its loop, so the weak key alone never let go of one."""
+        for gone in [loop for loop in list(self._clients) if loop.is_closed()]:
+            self._clients.pop(gone, None)
 
     async def _run(self, op: str, remote: Callable[[Any, Any], Awaitable[T]],
                    local: Callable[[], Awaitable[T]], *, ordered: bool = False,
@@ -286,7 +294,8 @@ class RedisStateStore(StateStore):
         return await self._run("items", remote, lambda: self.fallback.items(key, start, limit=limit))
 
     async def aclose(self) -> None:
-        """Send writes still kept from an outage, then close this loop's pool (others close with their loop)."""
+        """Send writes still kept from an outage, then close this loop's pool (those of loops closed meanwhile are let
+        go when the next loop makes its pool)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
