@@ -323,6 +323,30 @@ def test_validator_a_policy_makes_up_is_refused_before_any_spend(gemini_server):
     assert gemini_server.requests == []
 
 
+def test_validators_a_policy_makes_up_per_request_are_not_kept_past_a_bound(gemini_server, monkeypatch):
+    """A name per request (a pattern naming the request's own id) was resolved and kept for good: one more entry
+    for every request a long-running router served."""
+    from genroute.router import executor
+
+    monkeypatch.setattr(executor, "MAX_CHECKS", 8, raising=False)
+
+    class PerRequest(Policy):
+        kind = "per_request"
+        Config = PolicyConfig
+
+        def decide(self, request, context):
+            return Decision(policy="per_request", reason="test", rungs=(
+                {"backend": "chat", "validators": (f"regex:{request.metadata['expect']}",)}, {"backend": "pro"}))
+
+    with Router.from_config(config(gemini_server, None), policy=PerRequest(PolicyConfig(kind="per_request"))) as router:
+        for i in range(30):
+            gemini_server.reply_text(f"ticket-{i}")
+            assert router.generate("x", metadata={"expect": f"ticket-{i}"}).backend == "chat"
+        assert len(router._executor._checks) <= 8
+        gemini_server.reply_text("ticket-30")  # past the bound, a made-up name is still checked
+        assert router.generate("x", metadata={"expect": "ticket-31"}).backend == "pro"
+
+
 JUDGED = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["judge:judge"]}, {"backend": "pro"}]}
 
 

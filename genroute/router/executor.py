@@ -42,6 +42,9 @@ SHADOW_TIMEOUT_S = 60.0
 MAX_SHADOWS = 16
 #: Dropped shadow runs are logged at most this often (they are counted on each request's span).
 LOG_INTERVAL_S = 60.0
+#: Validator names kept resolved: the config's, then those policies make up per request, up to this many (a name
+#: per request, e.g. a pattern naming the request's own id, would otherwise be kept for good).
+MAX_CHECKS = 1024
 
 
 #: What ends a rung and lets the next one try: a backend failure, or a budget refusing that rung.
@@ -214,7 +217,9 @@ class Executor:
     def _check(self, name: str, field: str) -> Check:
         check = self._checks.get(name)
         if check is None:
-            check = self._checks[name] = resolve(name, self.validators, backends=self.backends, field=field)
+            check = resolve(name, self.validators, backends=self.backends, field=field)
+            if len(self._checks) < MAX_CHECKS:
+                self._checks[name] = check
         return check
 
     def _checks_for(self, rung: Rung, index: int) -> list[Check]:
