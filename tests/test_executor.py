@@ -347,6 +347,33 @@ def test_validators_a_policy_makes_up_per_request_are_not_kept_past_a_bound(gemi
         assert router.generate("x", metadata={"expect": "ticket-31"}).backend == "pro"
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the runs the closed loops left
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+def test_shadows_left_pending_on_a_closed_loop_do_not_keep_later_ones_out(gemini_server):
+    """``run_until_complete`` then ``close`` (the idiom before ``asyncio.run``) leaves the request's shadow pending on
+    a closed loop: it never ends, and after 16 such requests every later shadow of the router was dropped."""
+    import gc
+    import warnings
+
+    policy = {"kind": "cascade", "rungs": [{"backend": "chat"}], "shadow": ["pro"]}
+    with Router.from_config(config(gemini_server, policy)) as router:
+        for i in range(20):
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(router.agenerate(f"early {i}"))
+            loop.close()
+
+        async def later() -> None:
+            await router.agenerate("later")
+            await router.adrain(10)
+
+        asyncio.run(later())
+    with warnings.catch_warnings():  # the runs left on closed loops, finalized here rather than anywhere later
+        warnings.simplefilter("ignore")
+        gc.collect()
+    shadowed = [r.body["contents"][0]["parts"][0]["text"] for r in to(gemini_server, "gemini-2.5-pro")]
+    assert shadowed[-1:] == ["later"], shadowed
+
+
 JUDGED = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["judge:judge"]}, {"backend": "pro"}]}
 
 

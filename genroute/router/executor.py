@@ -270,7 +270,7 @@ class Executor:
             if backend in self.unsafe_shadows:  # a policy named it per request: never repeat side effects
                 span.set_attribute("genroute.shadow.refused", backend)
                 continue
-            if len(self._shadows) >= self.max_shadows:
+            if len(self._shadows) >= self.max_shadows and len(self._live_shadows()) >= self.max_shadows:
                 dropped += 1
                 continue
             task = asyncio.get_running_loop().create_task(
@@ -285,6 +285,13 @@ class Executor:
                 self._dropped_logged_at = now
                 _log.warning("dropped %d shadow run(s) so far: %d were already in flight (logged once a minute)",
                              self.shadows_dropped, self.max_shadows)
+
+    def _live_shadows(self) -> set[asyncio.Task[Any]]:
+        """The shadow runs that can still end: one whose loop was closed under it (``run_until_complete``, then
+        ``close`` with it still pending) never will, and is let go of instead of keeping its place for good."""
+        for task in [task for task in list(self._shadows) if task.get_loop().is_closed()]:  # a copy: see drain
+            self._shadows.discard(task)
+        return self._shadows
 
     async def _shadow(self, request: GenerateRequest, decision: Decision, backend: str, parent: trace.Span,
                       timeout_s: float, served: GenerateResult) -> None:
@@ -335,7 +342,7 @@ class Executor:
         A shadow runs on the loop of the request that started it, maybe another thread's: it is cancelled on
         that loop and watched from here, never awaited across loops.
         """
-        shadows = list(self._shadows)  # a copy: other threads' loops add and discard theirs meanwhile
+        shadows = list(self._live_shadows())  # a copy: other threads' loops add and discard theirs meanwhile
         if not shadows or await poll_until(lambda: all(task.done() for task in shadows), timeout_s):
             return
         pending = [task for task in shadows if not task.done()]
