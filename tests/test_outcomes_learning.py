@@ -218,3 +218,29 @@ def test_scheduled_refresh_goes_on_after_the_event_loop_that_started_it_ends(gem
         assert router.decide("hi", task="t").rungs[0].backend == "chat"
     finally:
         router.close()
+
+
+def test_close_from_another_thread_stops_the_refresher_of_an_application_loop(gemini_server, tmp_path):
+    """The refresher runs on the loop of the first request; ``close()`` from another thread stopped it only on the
+    router's own loop, so one on an application's loop went on refreshing the closed router, for good."""
+    import asyncio
+    import threading
+    import time
+
+    policy = {"kind": "static", "backend": "chat"}
+    router = Router.from_config(router_config(gemini_server, tmp_path, policy, refresh_every_s=0.05))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(router.agenerate("on the application's loop"), loop).result(10)
+        refresher = router._refresher
+        router.close()
+        deadline = time.monotonic() + 5
+        while not refresher.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert refresher.done()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()

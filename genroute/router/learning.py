@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.bounds import is_real
 from genroute.errors import UsageError
+from genroute.router.inflight import call_on
 from genroute.runtime.portal import Portal, run_sync
 from genroute.types import Decision, GenerateRequest, GenerateResult
 
@@ -140,9 +141,13 @@ class Learning:
 
     async def _stop_refresher(self) -> None:
         task, self._refresher = self._refresher, None
-        if task is not None and task.get_loop() is asyncio.get_running_loop():
+        if task is None:
+            return
+        if task.get_loop() is asyncio.get_running_loop():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        else:  # on an application's loop, the router closed from another thread: or it refreshes the closed router
+            call_on(task.get_loop(), task.cancel)
 
     # -- challengers -----------------------------------------------------------------------------------
 
