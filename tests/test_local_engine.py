@@ -481,3 +481,25 @@ async def test_requests_queued_when_the_engine_closes_get_a_typed_error() -> Non
                 pass
     for outcome in outcomes:
         assert isinstance(outcome, BackendUnavailable) and "closed" in str(outcome), repr(outcome)
+
+
+@pytest.mark.local
+async def test_a_stream_that_times_out_in_the_queue_never_reaches_the_model() -> None:
+    """pool_size 1: a stream whose deadline passes while another generation holds the worker is dropped; it used
+    to evaluate its whole prompt once the worker was free, delaying every request queued behind it."""
+    busy = LocalEngine("busy", {"pool_size": 1, "n_threads": 1, "prompt_format": "gemma"})
+    try:
+        async with asyncio.timeout(600):  # a hang bound only
+            first = busy.stream("m", user("Write a very long story about a dragon."),
+                                types.GenerateContentConfig(max_output_tokens=1500))
+            await anext(first)  # the only worker is busy now
+            first_prompt = busy.last_prompt_tokens
+            with pytest.raises(BackendUnavailable, match="exceeded"):
+                async for _ in busy.stream("m", user("word " * 300), types.GenerateContentConfig(max_output_tokens=4),
+                                           timeout_s=0.05):
+                    pass
+            await first.aclose()  # frees the worker at its next token
+            await asyncio.wrap_future(busy._executor.submit(lambda: None))  # everything queued before has run
+        assert busy.last_prompt_tokens == first_prompt
+    finally:
+        await busy.aclose()

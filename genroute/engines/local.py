@@ -214,6 +214,8 @@ class LocalEngine(Engine):
         if self._closed:  # aclose ran between submit and here: it will not see this event
             cancel.set()
         try:
+            if cancel.is_set():  # nobody waits (a stream that timed out or was dropped in the queue): skip the prompt
+                return _Outcome(text="", prompt_tokens=0, output_tokens=0, finish="CANCELLED")
             llm = self._borrow()
             try:
                 return self._generate_on(llm, prep, emit, cancel)
