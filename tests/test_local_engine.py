@@ -223,6 +223,22 @@ async def test_constrained_json_matches_the_schema(engine: LocalEngine) -> None:
 
 
 @pytest.mark.local
+@pytest.mark.parametrize(("schema", "message"), [
+    ({"type": "object", "properties": {"a": {"enum": []}}, "required": ["a"]}, "admits no value"),
+    ({"anyOf": []}, "admits no value"),
+    ({"type": "string", "pattern": "[a-z"}, "cannot compile"),
+])
+async def test_a_schema_no_grammar_can_express_is_a_usage_error_naming_it(engine: LocalEngine, schema: dict,
+                                                                       message: str) -> None:
+    # An unsatisfiable schema used to give an empty GBNF rule that llama.cpp could not parse: it then sampled with
+    # no grammar and JSON mode answered in free text.
+    config = types.GenerateContentConfig(response_json_schema=schema, max_output_tokens=8)
+    with pytest.raises(UsageError, match=message) as caught:
+        await engine.generate("m", user("Give a value."), config)
+    assert caught.value.field == "config.response_json_schema"
+
+
+@pytest.mark.local
 async def test_function_call_parses_with_valid_args(engine: LocalEngine) -> None:
     r = await engine.generate("m", user("What's the weather like in Paris?"),
                               types.GenerateContentConfig(tools=TOOLS, max_output_tokens=40))

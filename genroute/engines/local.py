@@ -27,7 +27,7 @@ from genroute.engines.base import Engine
 from genroute.engines.gguf_header import check_lora_adapter
 from genroute.runtime.billing import bill, estimate_input
 from genroute.engines.local_prompt import AutoCalls, Defaults, Prepared, PromptFormat, prepare, tokenize
-from genroute.engines.local_sampling import constrained_tokens
+from genroute.engines.local_sampling import constrained_tokens, json_schema_grammar
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
 from genroute.types import Usage
 
@@ -193,16 +193,11 @@ class LocalEngine(Engine):
             self._instances.append(llm)
         return llm
 
-    def _grammar(self, schema: dict[str, Any]) -> Any:
-        from llama_cpp import LlamaGrammar
-
-        key = json.dumps(schema)  # not sort_keys: the grammar emits properties in the schema's order
+    def _grammar(self, schema: dict[str, Any], field: str) -> Any:
+        key = json.dumps(schema)
         grammar = self._grammars.get(key)
         if grammar is None:
-            try:
-                grammar = LlamaGrammar.from_json_schema(key, verbose=False)
-            except Exception as exc:  # noqa: BLE001 - the converter raises bare exceptions
-                raise UsageError(f"llama.cpp cannot compile this JSON schema: {exc}", field="config") from exc
+            grammar = json_schema_grammar(schema, field=field)
             if len(self._grammars) >= 64:  # schemas usually come from a few configs; bound the odd churn
                 self._grammars.clear()
             self._grammars[key] = grammar
@@ -227,7 +222,7 @@ class LocalEngine(Engine):
     def _generate_on(self, llm: Any, prep: Prepared, emit: Callable[[str], None] | None,
                      cancel: threading.Event) -> _Outcome:
         s = prep.sampling
-        grammar = self._grammar(prep.schema) if prep.schema is not None else None
+        grammar = self._grammar(prep.schema, prep.schema_field) if prep.schema is not None else None
         prompt_tokens = tokenize(llm, prep.pieces)
         self.last_prompt_tokens = tuple(prompt_tokens)
         # llama.cpp rounds n_ctx up (to 256) but llama-cpp-python sizes its buffers by the request.

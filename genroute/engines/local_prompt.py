@@ -64,6 +64,8 @@ class Prepared:
     sampling: Sampling
     #: JSON schema the output must match (JSON mode or a function call), or ``None`` for free text.
     schema: dict[str, Any] | None = None
+    #: The request field ``schema`` comes from, for errors.
+    schema_field: str = "config"
     #: Whether the constrained output is a ``{"name", "args"}`` function call (or, with ``may_answer``,
     #: either that or ``{"answer": text}``).
     function_call: bool = False
@@ -268,6 +270,7 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
     tools_text = ""
     if decls:
         tools_text = "Available functions:\n" + "\n".join(_describe(d) for d in decls)
+    schema_field = "config.tools" if call else "config.response_mime_type"
     if mode == "choose":
         tools_text += CHOICE_EXAMPLES
         calls = function_call_schema(decls)
@@ -275,9 +278,11 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
     elif call:
         schema = function_call_schema(decls)
     elif config.response_json_schema is not None:
-        schema = to_json_schema(config.response_json_schema, field_name="config.response_json_schema")
+        schema_field = "config.response_json_schema"
+        schema = to_json_schema(config.response_json_schema, field_name=schema_field)
     elif config.response_schema is not None:
-        schema = to_json_schema(config.response_schema, field_name="config.response_schema")
+        schema_field = "config.response_schema"
+        schema = to_json_schema(config.response_schema, field_name=schema_field)
     elif config.response_mime_type == "application/json":
         schema = {}  # any JSON value
     pieces, format_stops = render(contents, config, defaults.prompt_format, tools_text,
@@ -294,6 +299,6 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
         seed=defaults.seed if config.seed is None else config.seed,
         stop=() if schema is not None else tuple(config.stop_sequences or ()) + format_stops,
     )
-    return Prepared(pieces=pieces, sampling=sampling, schema=schema, function_call=call,
+    return Prepared(pieces=pieces, sampling=sampling, schema=schema, schema_field=schema_field, function_call=call,
                     may_answer=mode == "choose", call_bias=0.0 if _after_result(contents) else defaults.call_bias,
                     function_names=tuple(d.name for d in decls))

@@ -9,11 +9,33 @@ whole vocabulary when the grammar rejects that token. This module does the same 
 from __future__ import annotations
 
 import ctypes
+import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
+
+from genroute.errors import UsageError
+
+#: A GBNF rule with nothing after ``::=``: what the converter writes for a schema no value matches.
+_EMPTY_RULE = re.compile(r"^\S+ ::= *$", re.MULTILINE)
+
+
+def json_schema_grammar(schema: dict[str, Any], *, field: str) -> Any:
+    """A ``LlamaGrammar`` admitting exactly the JSON values ``schema`` describes (``UsageError`` naming ``field``)."""
+    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:  # not sort_keys: the grammar emits properties in the schema's order
+        gbnf = json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # noqa: BLE001 - the converter raises bare exceptions
+        raise UsageError(f"llama.cpp cannot compile this JSON schema: {exc}", field=field) from exc
+    # llama.cpp fails to parse an empty rule and then samples with no grammar at all: free text in JSON mode.
+    if _EMPTY_RULE.search(gbnf):
+        raise UsageError("this JSON schema admits no value (an empty enum or anyOf)", field=field)
+    return LlamaGrammar.from_string(gbnf, verbose=False)
 
 
 def _evaluate_prompt(llm: Any, tokens: list[int]) -> None:
