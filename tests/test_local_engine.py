@@ -125,7 +125,7 @@ def test_stop_sequences_are_ignored_under_a_schema() -> None:
 @pytest.mark.parametrize(("setting", "value"), [
     ("max_output_tokens", 0), ("max_output_tokens", -5), ("temperature", -1.0), ("temperature", 1e9),
     ("temperature", float("nan")), ("temperature", float("inf")), ("top_p", 5.0), ("top_p", 0.0), ("top_k", -3),
-    ("stop_sequences", ["\n", ""]),
+    ("stop_sequences", ["\n", ""]), ("seed", -1), ("seed", 2**32 - 1), ("seed", 2**32 + 7),
 ])
 async def test_sampling_out_of_bounds_is_a_usage_error_naming_the_setting(engine: LocalEngine, setting: str,
                                                                           value: object) -> None:
@@ -160,6 +160,11 @@ def test_caller_mistakes_are_usage_errors() -> None:
     with pytest.raises(ConfigError) as info:
         LocalEngine("bad", {"kind": "local", "unknown": 1})
     assert info.value.field == "engines.bad.unknown"
+    # llama.cpp reads -1 as "random" (the same seed gave two answers) and 2**32 + 7 as 7.
+    for seed in (-1, 2**32 + 7):
+        with pytest.raises(ConfigError) as info:
+            LocalEngine("bad", {"seed": seed})
+        assert info.value.field == "engines.bad.seed"
 
 
 # -- the real model --------------------------------------------------------------------------------

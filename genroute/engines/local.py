@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.engines.base import Engine
 from genroute.engines.gguf_header import check_lora_adapter
 from genroute.runtime.billing import bill, estimate_input
-from genroute.engines.local_prompt import AutoCalls, Defaults, Prepared, PromptFormat, prepare, tokenize
+from genroute.engines.local_prompt import MAX_SEED, AutoCalls, Defaults, Prepared, PromptFormat, prepare, tokenize
 from genroute.engines.local_sampling import constrained_tokens, json_schema_grammar
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
 from genroute.types import Usage
@@ -44,7 +44,7 @@ class LocalEngineConfig(BaseModel):
     model_path: str | None = Field(default=None, description="GGUF file; default: the bundled Gemma 3 270M.")
     n_ctx: int = Field(default=2048, ge=64)
     n_threads: int | None = Field(default=None, ge=1, description="Generation and prompt threads; default half the cores.")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Used when a request sets none.")
     lora_path: str | None = Field(default=None, description="LoRA adapter (GGUF) applied at load.")
     reference_model: str = Field(default="gemini-2.5-flash", description="Cloud model for the cloud-equivalent cost.")
     pool_size: int = Field(default=1, ge=1, description="Model instances (each holds its own context).")

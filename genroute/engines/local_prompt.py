@@ -26,6 +26,9 @@ START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
 #: covers both); ``always`` forces a call unless a function result just came back (then text).
 AutoCalls = Literal["choose", "always"]
 
+#: llama.cpp takes a seed as an unsigned 32-bit number and reads 2**32 - 1 as "a random seed".
+MAX_SEED = 2**32 - 2
+
 #: The text answer the model may give instead of a call in AUTO mode.
 ANSWER_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"answer": {"type": "string"}},
                                  "required": ["answer"], "additionalProperties": False}
@@ -260,6 +263,8 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
     if config.candidate_count not in (None, 1):
         raise UsageError("the local engine produces one candidate", field="config.candidate_count")
     check_sampling(config)
+    if config.seed is not None and not 0 <= config.seed <= MAX_SEED:  # -1 would sample with a random seed
+        raise UsageError(f"the local engine takes a seed from 0 to {MAX_SEED}", field="config.seed")
     decls = _declarations(config)
     fc = config.tool_config.function_calling_config if config.tool_config else None
     if fc and fc.allowed_function_names:
