@@ -160,6 +160,12 @@ def test_caller_mistakes_are_usage_errors() -> None:
     with pytest.raises(ConfigError) as info:
         LocalEngine("bad", {"kind": "local", "unknown": 1})
     assert info.value.field == "engines.bad.unknown"
+    # A request's temperature is at most 2, so is the engine's default; a NaN call_bias turned function calling off.
+    for setting, value in (("temperature", 5.0), ("temperature", float("inf")), ("call_bias", float("nan")),
+                           ("call_bias", float("-inf"))):
+        with pytest.raises(ConfigError) as info:
+            LocalEngine("bad", {setting: value})
+        assert info.value.field == f"engines.bad.{setting}"
     # llama.cpp reads -1 as "random" (the same seed gave two answers) and 2**32 + 7 as 7.
     for seed in (-1, 2**32 + 7):
         with pytest.raises(ConfigError) as info:

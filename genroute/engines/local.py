@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 class LocalEngineConfig(BaseModel):
     """Config of a ``local`` engine (llama.cpp)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: Literal["local"] = "local"
     model_path: str | None = Field(default=None, description="GGUF file; default: the bundled Gemma 3 270M.")
@@ -49,7 +49,7 @@ class LocalEngineConfig(BaseModel):
     reference_model: str = Field(default="gemini-2.5-flash", description="Cloud model for the cloud-equivalent cost.")
     pool_size: int = Field(default=1, ge=1, description="Model instances (each holds its own context).")
     prompt_format: PromptFormat = Field(default="plain", description="'plain' transcript (base models) or 'gemma' chat template.")
-    temperature: float = Field(default=0.0, ge=0.0, description="Used when a request sets none (greedy by default).")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Used when a request sets none (greedy by default).")
     max_output_tokens: int = Field(default=256, ge=1, description="Used when a request sets none.")
     auto_calls: AutoCalls = Field(default="choose", description=(
         "AUTO function calling: 'choose' lets the model call a function or answer in text; 'always' forces "
