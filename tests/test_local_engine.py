@@ -315,6 +315,20 @@ async def test_stream_stopped_early_frees_the_model(engine: LocalEngine) -> None
 
 
 @pytest.mark.local
+@pytest.mark.parametrize("n_ctx", [32_769, 2**33])
+async def test_a_context_beyond_the_trained_length_is_a_config_error_naming_n_ctx(n_ctx: int) -> None:
+    # Gemma 3 270M was trained on 32,768 tokens. llama.cpp used to try a KV cache that large: 2**30 tokens took
+    # 20 s to fail (as a ConfigError naming model_path), 2**33 raised numpy's MemoryError.
+    huge = LocalEngine("huge", {"n_ctx": n_ctx, "n_threads": 1})
+    try:
+        with pytest.raises(ConfigError) as info:
+            await huge.generate("m", user("Hi"), types.GenerateContentConfig(max_output_tokens=1))
+        assert info.value.field == "engines.huge.n_ctx" and "32768" in info.value.message
+    finally:
+        await huge.aclose()
+
+
+@pytest.mark.local
 async def test_prompt_longer_than_the_context_is_rejected() -> None:
     small = LocalEngine("small", {"n_ctx": 64, "n_threads": 1})
     try:

@@ -131,3 +131,16 @@ def check_lora_adapter(adapter: Path, model: Path, *, engine: str) -> None:
     if meta.get("general.architecture") != base.get("general.architecture"):
         raise ConfigError(f"{adapter} is an adapter for {meta.get('general.architecture')!r} models; the model "
                           f"{model} is {base.get('general.architecture')!r}", field=field)
+
+
+def check_context_size(model: Path, n_ctx: int, *, engine: str) -> None:
+    """Refuse an ``n_ctx`` beyond the context length ``model`` was trained for (llama.cpp would try to allocate
+    a KV cache that large: 2**31 tokens took 8.7 GB before it failed, 2**33 a numpy ``MemoryError``)."""
+    try:
+        key = f"{read_fields(model, ('general.architecture',)).get('general.architecture')}.context_length"
+        trained = read_fields(model, (key,)).get(key)
+    except (GGUFError, OSError):
+        return  # loading it, llama.cpp says what is wrong with the file
+    if isinstance(trained, int) and n_ctx > trained:
+        raise ConfigError(f"{n_ctx} tokens is more than the {trained} that {model.name} was trained for",
+                          field=f"engines.{engine}.n_ctx")

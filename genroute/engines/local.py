@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.engines.base import Engine
-from genroute.engines.gguf_header import check_lora_adapter
+from genroute.engines.gguf_header import check_context_size, check_lora_adapter
 from genroute.runtime.billing import bill, estimate_input
 from genroute.engines.local_prompt import MAX_SEED, AutoCalls, Defaults, Prepared, PromptFormat, prepare, tokenize
 from genroute.engines.local_sampling import constrained_tokens, json_schema_grammar
@@ -162,6 +162,7 @@ class LocalEngine(Engine):
         path = Path(cfg.model_path) if cfg.model_path else default_model_path()
         if not path.is_file():
             raise ConfigError(f"no model file at {path}", field=f"engines.{self.name}.model_path")
+        check_context_size(path, cfg.n_ctx, engine=self.name)
         if cfg.lora_path:
             check_lora_adapter(Path(cfg.lora_path), path, engine=self.name)
         # Half the cores (llama-cpp-python's own default): llama.cpp threads spin while they wait,
@@ -172,6 +173,9 @@ class LocalEngine(Engine):
             llm = Llama(model_path=str(path), n_ctx=cfg.n_ctx, n_threads=threads, n_threads_batch=threads,
                         seed=cfg.seed, lora_path=cfg.lora_path, verbose=False)
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+            if "llama_context" in str(exc):  # the model loaded; a KV cache for n_ctx tokens did not fit in memory
+                raise ConfigError(f"llama.cpp cannot make a context of {cfg.n_ctx} tokens: {exc}",
+                                  field=f"engines.{self.name}.n_ctx") from None
             raise ConfigError(f"llama.cpp cannot load {path}: {exc}",
                               field=f"engines.{self.name}.model_path") from None
         if cfg.lora_path and not llm._lora_adapter:  # noqa: SLF001 - a NULL adapter llama-cpp-python let through
