@@ -467,6 +467,25 @@ async def test_lazy_grammar_sampling_matches_llama_cpp_full_grammar(engine: Loca
 
 
 @pytest.mark.local
+@pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
+async def test_a_call_cut_off_by_max_tokens_is_malformed_with_no_text(engine: LocalEngine, stream: bool) -> None:
+    # Three tokens cannot hold a call: the fragment ('{"name": "') used to come back as the answer's text.
+    any_mode = types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode="ANY"))
+    config = types.GenerateContentConfig(tools=TOOLS, tool_config=any_mode, max_output_tokens=3)
+    if stream:
+        chunks = [c async for c in engine.stream("m", user("What's the weather like in Rome?"), config)]
+        assert [c.text for c in chunks[:-1]] == []
+        response = chunks[-1]
+    else:
+        response = await engine.generate("m", user("What's the weather like in Rome?"), config)
+    (candidate,) = response.candidates
+    assert candidate.finish_reason == types.FinishReason.MALFORMED_FUNCTION_CALL
+    assert response.text is None and response.function_calls is None
+    assert candidate.finish_message.startswith('Malformed function call: {"')
+    assert response.usage_metadata.candidates_token_count == 3
+
+
+@pytest.mark.local
 async def test_streamed_function_call_arrives_whole(engine: LocalEngine) -> None:
     any_mode = types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode="ANY"))
     chunks = [c async for c in engine.stream("m", user("What's the weather like in Rome?"),

@@ -308,6 +308,7 @@ class LocalEngine(Engine):
 
         finish = types.FinishReason(outcome.finish)
         parts: list[types.Part] = []
+        message = None
         body = outcome.text if text is None else text
         if prep.function_call and text is None:
             try:
@@ -317,13 +318,14 @@ class LocalEngine(Engine):
                 else:
                     parts.append(types.Part(function_call=types.FunctionCall(
                         id=f"call_{uuid.uuid4().hex[:12]}", name=call["name"], args=call.get("args") or {})))
-            except (ValueError, KeyError, TypeError):
-                parts.append(types.Part(text=outcome.text))  # cut off by max tokens: not a valid call
-                finish = types.FinishReason.MALFORMED_FUNCTION_CALL
+            except (ValueError, KeyError, TypeError):  # cut off by max tokens: neither a call nor an answer,
+                finish = types.FinishReason.MALFORMED_FUNCTION_CALL  # so no part, as Gemini sends it
+                message = f"Malformed function call: {outcome.text}"
         elif body:
             parts.append(types.Part(text=body))
         return types.GenerateContentResponse(
-            candidates=[types.Candidate(content=types.Content(role="model", parts=parts), finish_reason=finish, index=0)],
+            candidates=[types.Candidate(content=types.Content(role="model", parts=parts), finish_reason=finish,
+                                        finish_message=message, index=0)],
             usage_metadata=types.GenerateContentResponseUsageMetadata(
                 prompt_token_count=outcome.prompt_tokens, candidates_token_count=outcome.output_tokens,
                 total_token_count=outcome.prompt_tokens + outcome.output_tokens),
