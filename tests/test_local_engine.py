@@ -161,8 +161,9 @@ def test_caller_mistakes_are_usage_errors() -> None:
         LocalEngine("bad", {"kind": "local", "unknown": 1})
     assert info.value.field == "engines.bad.unknown"
     # A request's temperature is at most 2, so is the engine's default; a NaN call_bias turned function calling off.
+    # 100,000 threads aborted the whole process (std::bad_alloc in llama.cpp) at the first request.
     for setting, value in (("temperature", 5.0), ("temperature", float("inf")), ("call_bias", float("nan")),
-                           ("call_bias", float("-inf"))):
+                           ("call_bias", float("-inf")), ("n_threads", 100_000)):
         with pytest.raises(ConfigError) as info:
             LocalEngine("bad", {setting: value})
         assert info.value.field == f"engines.bad.{setting}"

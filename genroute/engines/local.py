@@ -43,7 +43,9 @@ class LocalEngineConfig(BaseModel):
     kind: Literal["local"] = "local"
     model_path: str | None = Field(default=None, description="GGUF file; default: the bundled Gemma 3 270M.")
     n_ctx: int = Field(default=2048, ge=64)
-    n_threads: int | None = Field(default=None, ge=1, description="Generation and prompt threads; default half the cores.")
+    # 512 is ggml's GGML_MAX_N_THREADS; 100,000 threads aborted the process (std::bad_alloc) at the first request.
+    n_threads: int | None = Field(default=None, ge=1, le=512,
+                                  description="Generation and prompt threads; default half the cores.")
     seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Used when a request sets none.")
     lora_path: str | None = Field(default=None, description="LoRA adapter (GGUF) applied at load.")
     reference_model: str = Field(default="gemini-2.5-flash", description="Cloud model for the cloud-equivalent cost.")
