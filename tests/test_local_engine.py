@@ -235,6 +235,24 @@ async def test_constrained_json_matches_the_schema(engine: LocalEngine) -> None:
 
 
 @pytest.mark.local
+@pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
+async def test_an_enum_mime_type_answers_one_value_bare(engine: LocalEngine, stream: bool) -> None:
+    # Gemini writes a text/x.enum answer without JSON quotes; the local engine answered '"négatif"'.
+    values = ["positif", "négatif", "😐 neutre"]
+    config = types.GenerateContentConfig(response_mime_type="text/x.enum", max_output_tokens=8,
+                                         response_schema={"type": "STRING", "enum": values})
+    prompt = user("Review: I loved it.\nSentiment:")
+    if stream:
+        text = "".join([c.text or "" async for c in engine.stream("m", prompt, config)])
+    else:
+        text = (await engine.generate("m", prompt, config)).text
+    assert text in values
+    with pytest.raises(UsageError) as info:
+        await engine.generate("m", prompt, types.GenerateContentConfig(response_mime_type="text/x.enum"))
+    assert info.value.field == "config.response_schema"
+
+
+@pytest.mark.local
 @pytest.mark.parametrize(("schema", "message"), [
     ({"type": "object", "properties": {"a": {"enum": []}}, "required": ["a"]}, "admits no value"),
     ({"anyOf": []}, "admits no value"),

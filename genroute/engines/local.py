@@ -199,11 +199,11 @@ class LocalEngine(Engine):
             self._instances.append(llm)
         return llm
 
-    def _grammar(self, schema: dict[str, Any], field: str) -> Any:
-        key = json.dumps(schema)
+    def _grammar(self, prep: Prepared) -> Any:
+        key = json.dumps([prep.schema, prep.bare_enum])
         grammar = self._grammars.get(key)
         if grammar is None:
-            grammar = json_schema_grammar(schema, field=field)
+            grammar = json_schema_grammar(prep.schema or {}, field=prep.schema_field, bare_enum=prep.bare_enum)
             if len(self._grammars) >= 64:  # schemas usually come from a few configs; bound the odd churn
                 self._grammars.clear()
             self._grammars[key] = grammar
@@ -228,7 +228,7 @@ class LocalEngine(Engine):
     def _generate_on(self, llm: Any, prep: Prepared, emit: Callable[[str], None] | None,
                      cancel: threading.Event) -> _Outcome:
         s = prep.sampling
-        grammar = self._grammar(prep.schema, prep.schema_field) if prep.schema is not None else None
+        grammar = self._grammar(prep) if prep.schema is not None else None
         prompt_tokens = tokenize(llm, prep.pieces)
         self.last_prompt_tokens = tuple(prompt_tokens)
         # llama.cpp rounds n_ctx up (to 256) but llama-cpp-python sizes its buffers by the request.

@@ -29,6 +29,9 @@ AutoCalls = Literal["choose", "always"]
 #: llama.cpp takes a seed as an unsigned 32-bit number and reads 2**32 - 1 as "a random seed".
 MAX_SEED = 2**32 - 2
 
+#: Gemini's MIME type for an answer that is one value of the schema's enum, written bare.
+ENUM_MIME_TYPE = "text/x.enum"
+
 #: The text answer the model may give instead of a call in AUTO mode.
 ANSWER_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"answer": {"type": "string"}},
                                  "required": ["answer"], "additionalProperties": False}
@@ -69,6 +72,8 @@ class Prepared:
     schema: dict[str, Any] | None = None
     #: The request field ``schema`` comes from, for errors.
     schema_field: str = "config"
+    #: MIME type ``text/x.enum``: the output is one of the schema's enum strings, bare (no JSON quotes).
+    bare_enum: bool = False
     #: Whether the constrained output is a ``{"name", "args"}`` function call (or, with ``may_answer``,
     #: either that or ``{"answer": text}``).
     function_call: bool = False
@@ -290,6 +295,9 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
         schema = to_json_schema(config.response_schema, field_name=schema_field)
     elif config.response_mime_type == "application/json":
         schema = {}  # any JSON value
+    bare_enum = not call and config.response_mime_type == ENUM_MIME_TYPE
+    if bare_enum and schema is None:
+        raise UsageError(f"{ENUM_MIME_TYPE} needs a response_schema listing the values", field="config.response_schema")
     pieces, format_stops = render(contents, config, defaults.prompt_format, tools_text,
                                   "Function call" if mode == "call" else "Assistant")
     # Under a schema the grammar decides where the output ends, and any stop sequence (the caller's, or a
@@ -304,6 +312,7 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
         seed=defaults.seed if config.seed is None else config.seed,
         stop=() if schema is not None else tuple(config.stop_sequences or ()) + format_stops,
     )
-    return Prepared(pieces=pieces, sampling=sampling, schema=schema, schema_field=schema_field, function_call=call,
+    return Prepared(pieces=pieces, sampling=sampling, schema=schema, schema_field=schema_field, bare_enum=bare_enum,
+                    function_call=call,
                     may_answer=mode == "choose", call_bias=0.0 if _after_result(contents) else defaults.call_bias,
                     function_names=tuple(d.name for d in decls))

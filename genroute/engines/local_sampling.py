@@ -23,11 +23,19 @@ from genroute.errors import UsageError
 _EMPTY_RULE = re.compile(r"^\S+ ::= *$", re.MULTILINE)
 
 
-def json_schema_grammar(schema: dict[str, Any], *, field: str) -> Any:
-    """A ``LlamaGrammar`` admitting exactly the JSON values ``schema`` describes (``UsageError`` naming ``field``)."""
+def json_schema_grammar(schema: dict[str, Any], *, field: str, bare_enum: bool = False) -> Any:
+    """A ``LlamaGrammar`` admitting exactly the JSON values ``schema`` describes (``UsageError`` naming ``field``);
+    with ``bare_enum``, one of its enum strings written without quotes (Gemini's ``text/x.enum``)."""
     from llama_cpp import LlamaGrammar
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+    if bare_enum:
+        values = schema.get("enum")
+        if not values or not all(isinstance(v, str) and v for v in values):
+            raise UsageError("text/x.enum needs a schema whose enum lists non-empty strings", field=field)
+        # GBNF literals escape as JSON strings do; raw UTF-8, as \\u escapes would split an emoji into surrogates.
+        literals = " | ".join(json.dumps(v, ensure_ascii=False) for v in values)
+        return LlamaGrammar.from_string(f"root ::= {literals}", verbose=False)
     try:  # not sort_keys: the grammar emits properties in the schema's order
         gbnf = json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # noqa: BLE001 - the converter raises bare exceptions
