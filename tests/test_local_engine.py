@@ -155,6 +155,9 @@ def test_caller_mistakes_are_usage_errors() -> None:
         prepare([], None, Defaults())
     with pytest.raises(UsageError):
         prepare(user("x"), types.GenerateContentConfig(candidate_count=2), Defaults())
+    with pytest.raises(UsageError) as info:  # it was ignored: free text where the caller asked for XML
+        prepare(user("x"), types.GenerateContentConfig(response_mime_type="application/xml"), Defaults())
+    assert info.value.field == "config.response_mime_type"
     with pytest.raises(ConfigError):
         LocalEngine("bad", {"pool_size": 0})
     with pytest.raises(ConfigError) as info:

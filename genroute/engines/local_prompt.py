@@ -268,6 +268,9 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
     if config.candidate_count not in (None, 1):
         raise UsageError("the local engine produces one candidate", field="config.candidate_count")
     check_sampling(config)
+    if config.response_mime_type not in (None, "text/plain", "application/json", ENUM_MIME_TYPE):
+        raise UsageError(f"the local engine writes text/plain, application/json or {ENUM_MIME_TYPE}, not "
+                         f"{config.response_mime_type!r}", field="config.response_mime_type")
     if config.seed is not None and not 0 <= config.seed <= MAX_SEED:  # -1 would sample with a random seed
         raise UsageError(f"the local engine takes a seed from 0 to {MAX_SEED}", field="config.seed")
     decls = _declarations(config)
