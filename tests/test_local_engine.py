@@ -226,6 +226,18 @@ async def test_max_tokens_and_greedy_determinism(engine: LocalEngine) -> None:
 
 
 @pytest.mark.local
+async def test_a_character_cut_off_by_max_tokens_is_left_out_not_replaced(engine: LocalEngine) -> None:
+    # Rare characters are byte tokens: 2 and 6 tokens end inside one, which used to come back as U+FFFD.
+    prompt = user("Repeat exactly: 𓀀𓀁𓀂𓀃 𒀀𒀁")
+    for n in (2, 6):
+        config = types.GenerateContentConfig(max_output_tokens=n)
+        whole = (await engine.generate("m", prompt, config)).text or ""
+        streamed = "".join([c.text or "" async for c in engine.stream("m", prompt, config)])
+        assert "\ufffd" not in whole and whole == streamed
+        assert whole in ("", "𓀀")
+
+
+@pytest.mark.local
 async def test_constrained_json_matches_the_schema(engine: LocalEngine) -> None:
     schema = types.Schema(type="OBJECT", properties={"name": types.Schema(type="STRING", max_length=20),
                                                      "age": types.Schema(type="INTEGER")},

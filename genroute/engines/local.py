@@ -290,7 +290,7 @@ class LocalEngine(Engine):
                 if safe > head:
                     emit(text[head:safe])
                     sent = safe
-        text += decoder.decode(b"", final=True)
+        # No final flush: bytes still pending are a character max_output_tokens cut off, not a U+FFFD to show.
         if emit is not None:
             rest = text.strip() if sent == 0 else text[sent:].rstrip()
             if rest:
