@@ -597,3 +597,22 @@ async def test_a_stream_that_times_out_in_the_queue_never_reaches_the_model() ->
         assert busy.last_prompt_tokens == first_prompt
     finally:
         await busy.aclose()
+
+
+@pytest.mark.local
+@pytest.mark.parametrize("schema", [None, {"type": "string"}], ids=["text", "json"])
+async def test_a_request_that_times_out_stops_evaluating_its_prompt(schema: dict | None) -> None:
+    """A deadline that passes while llama.cpp evaluates a long prompt aborts the evaluation; it ran to the end
+    (1,500 tokens: 9 s on a loaded 2-core box), holding up every request queued behind it."""
+    slow = LocalEngine("slow", {"pool_size": 1, "n_threads": 1})
+    try:
+        config = types.GenerateContentConfig(max_output_tokens=2, response_json_schema=schema)
+        with pytest.raises(BackendUnavailable, match="exceeded"):
+            await slow.generate("m", user("word " * 1500), config, timeout_s=0.05)
+        await asyncio.wrap_future(slow._executor.submit(lambda: None))  # the worker is done with it
+        (llm,) = slow._instances
+        assert 1500 < len(slow.last_prompt_tokens) and llm.n_tokens == 0  # stopped, its cache dropped
+        after = await slow.generate("m", user("Say yes."), types.GenerateContentConfig(max_output_tokens=4))
+        assert after.usage_metadata.candidates_token_count > 0  # the instance still serves
+    finally:
+        await slow.aclose()

@@ -27,7 +27,7 @@ from genroute.engines.base import Engine
 from genroute.engines.gguf_header import check_context_size, check_lora_adapter
 from genroute.runtime.billing import bill, estimate_input
 from genroute.engines.local_prompt import MAX_SEED, AutoCalls, Defaults, Prepared, PromptFormat, prepare, tokenize
-from genroute.engines.local_sampling import constrained_tokens, json_schema_grammar
+from genroute.engines.local_sampling import abort_switch, constrained_tokens, json_schema_grammar
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
 from genroute.types import Usage
 
@@ -131,6 +131,8 @@ class LocalEngine(Engine):
         self._executor = ThreadPoolExecutor(config.pool_size, thread_name_prefix=f"genroute-local-{name}")
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._instances: list[Any] = []
+        #: Per instance (by id): the abort switch that stops its decode when the running request's cancel is set.
+        self._aborts: dict[int, list[Any]] = {}
         self._load_lock = threading.Lock()
         self._grammars: dict[str, Any] = {}
         #: Cancel events of the generations running now, so ``aclose`` can stop them between tokens.
@@ -196,6 +198,7 @@ class LocalEngine(Engine):
         # The executor runs at most pool_size jobs, so at most pool_size instances are ever made.
         with self._load_lock:
             llm = self._load()
+            self._aborts[id(llm)] = abort_switch(llm)
             self._instances.append(llm)
         return llm
 
@@ -218,9 +221,12 @@ class LocalEngine(Engine):
             if cancel.is_set():  # nobody waits (a stream that timed out or was dropped in the queue): skip the prompt
                 return _Outcome(text="", prompt_tokens=0, output_tokens=0, finish="CANCELLED")
             llm = self._borrow()
+            switch = self._aborts[id(llm)]
+            switch[0] = cancel
             try:
                 return self._generate_on(llm, prep, emit, cancel)
             finally:
+                switch[0] = None
                 self._idle.put(llm)
         finally:
             self._running.discard(cancel)
@@ -252,6 +258,11 @@ class LocalEngine(Engine):
                                   repeat_penalty=1.0)
         try:
             text, count, finish = self._decode(llm, tokens, max_tokens, s.stop, emit, cancel)
+        except RuntimeError:  # "llama_decode returned 2": the abort switch stopped it
+            if not cancel.is_set():
+                raise
+            llm.reset()  # llama.cpp dropped the cache entries of the aborted decode
+            return _Outcome(text="", prompt_tokens=len(prompt_tokens), output_tokens=0, finish="CANCELLED")
         finally:
             tokens.close()
         return _Outcome(text=text, prompt_tokens=len(prompt_tokens), output_tokens=count, finish=finish)
@@ -412,7 +423,7 @@ class LocalEngine(Engine):
         return outcome
 
     async def aclose(self) -> None:
-        """Stop the workers (in-flight generations stop at their next token) and free every model instance."""
+        """Stop the workers (in-flight generations stop at once, mid-prompt too) and free every model instance."""
         self._closed = True
         # Without this, shutdown waits for every running generation to reach its max_output_tokens.
         for cancel in list(self._running):
@@ -421,5 +432,6 @@ class LocalEngine(Engine):
         for llm in self._instances:
             llm.close()
         self._instances.clear()
+        self._aborts.clear()
         while not self._idle.empty():
             self._idle.get_nowait()
