@@ -8,7 +8,6 @@ only awaits futures (and, when streaming, a queue the worker feeds with ``call_s
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextvars
 import json
 import os
@@ -27,7 +26,7 @@ from genroute.engines.base import Engine
 from genroute.engines.gguf_header import check_context_size, check_lora_adapter
 from genroute.runtime.billing import bill, estimate_input
 from genroute.engines.local_prompt import MAX_SEED, AutoCalls, Defaults, Prepared, PromptFormat, prepare, tokenize
-from genroute.engines.local_sampling import abort_switch, constrained_tokens, json_schema_grammar
+from genroute.engines.local_sampling import abort_switch, constrained_tokens, decode_tokens, json_schema_grammar
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
 from genroute.types import Usage
 
@@ -93,17 +92,6 @@ class _Outcome:
     prompt_tokens: int
     output_tokens: int
     finish: str  # "STOP" | "MAX_TOKENS" | "CANCELLED" (stopped by ``cancel``: the engine closed, or nobody waits)
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing chars might begin a stop sequence (or are whitespace) and must wait."""
-    hold = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), hold, -1):
-            if text.endswith(stop[:k]):
-                hold = k
-                break
-    return max(hold, len(text) - len(text.rstrip()))
 
 
 class LocalEngine(Engine):
@@ -257,7 +245,7 @@ class LocalEngine(Engine):
             tokens = llm.generate(prompt_tokens, top_k=s.top_k, top_p=s.top_p, min_p=0.0, temp=s.temperature,
                                   repeat_penalty=1.0)
         try:
-            text, count, finish = self._decode(llm, tokens, max_tokens, s.stop, emit, cancel)
+            text, count, finish = decode_tokens(llm, tokens, max_tokens, s.stop, emit, cancel)
         except RuntimeError:  # "llama_decode returned 2": the abort switch stopped it
             if not cancel.is_set():
                 raise
@@ -266,47 +254,6 @@ class LocalEngine(Engine):
         finally:
             tokens.close()
         return _Outcome(text=text, prompt_tokens=len(prompt_tokens), output_tokens=count, finish=finish)
-
-    @staticmethod
-    def _decode(llm: Any, tokens: Any, max_tokens: int, stops: tuple[str, ...],
-                emit: Callable[[str], None] | None, cancel: threading.Event) -> tuple[str, int, str]:
-        """Turn sampled tokens into text, ending at EOG, a stop sequence or ``max_tokens``."""
-        import llama_cpp
-
-        vocab = llm._model.vocab  # noqa: SLF001 - the EOG check needs the vocab handle
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text, sent, count, finish = "", 0, 0, "MAX_TOKENS"
-        longest_stop = max((len(x) for x in stops), default=0)
-        for token in tokens:
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                finish = "STOP"
-                break
-            count += 1
-            start = max(0, len(text) - longest_stop)
-            text += decoder.decode(llm.detokenize([token]))
-            hit = min((i for i in (text.find(x, start) for x in stops) if i >= 0), default=-1)
-            if hit >= 0:
-                text, finish = text[:hit], "STOP"
-                break
-            if count >= max_tokens:
-                break
-            if cancel.is_set():
-                finish = "CANCELLED"
-                break
-            if emit is not None:
-                # Text is left-stripped (the prompt ends "Assistant:"), and anything that may yet
-                # become a stop sequence or trailing whitespace waits.
-                safe = len(text) - _held_back(text, stops)
-                head = len(text) - len(text.lstrip()) if sent == 0 else sent
-                if safe > head:
-                    emit(text[head:safe])
-                    sent = safe
-        # No final flush: bytes still pending are a character max_output_tokens cut off, not a U+FFFD to show.
-        if emit is not None:
-            rest = text.strip() if sent == 0 else text[sent:].rstrip()
-            if rest:
-                emit(rest)
-        return text.strip(), count, finish
 
     # -- async surface ---------------------------------------------------------------------------
 

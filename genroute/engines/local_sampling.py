@@ -4,15 +4,19 @@ llama-cpp-python applies a grammar to every candidate of the vocabulary on every
 262,144 tokens, so constrained output ran at a fraction of free-text speed. llama.cpp's own
 ``common_sampler`` instead samples unconstrained first and only re-samples with the grammar over the
 whole vocabulary when the grammar rejects that token. This module does the same through the C API.
+It also holds the rest of the worker's dealings with llama.cpp below ``Llama``: grammars from JSON schemas,
+the abort switch, and turning sampled tokens into text.
 """
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -127,3 +131,55 @@ def constrained_tokens(llm: Any, tokens: list[int], grammar: Any, *, temp: float
     finally:
         C.llama_sampler_free(checker)
         chain.close()
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing chars might begin a stop sequence (or are whitespace) and must wait."""
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), hold, -1):
+            if text.endswith(stop[:k]):
+                hold = k
+                break
+    return max(hold, len(text) - len(text.rstrip()))
+
+
+def decode_tokens(llm: Any, tokens: Iterator[int], max_tokens: int, stops: tuple[str, ...],
+                  emit: Callable[[str], None] | None, cancel: threading.Event) -> tuple[str, int, str]:
+    """Turn sampled tokens into text, ending at EOG, a stop sequence or ``max_tokens``."""
+    import llama_cpp
+
+    vocab = llm._model.vocab  # noqa: SLF001 - the EOG check needs the vocab handle
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text, sent, count, finish = "", 0, 0, "MAX_TOKENS"
+    longest_stop = max((len(x) for x in stops), default=0)
+    for token in tokens:
+        if llama_cpp.llama_vocab_is_eog(vocab, token):
+            finish = "STOP"
+            break
+        count += 1
+        start = max(0, len(text) - longest_stop)
+        text += decoder.decode(llm.detokenize([token]))
+        hit = min((i for i in (text.find(x, start) for x in stops) if i >= 0), default=-1)
+        if hit >= 0:
+            text, finish = text[:hit], "STOP"
+            break
+        if count >= max_tokens:
+            break
+        if cancel.is_set():
+            finish = "CANCELLED"
+            break
+        if emit is not None:
+            # Text is left-stripped (the prompt ends "Assistant:"), and anything that may yet
+            # become a stop sequence or trailing whitespace waits.
+            safe = len(text) - _held_back(text, stops)
+            head = len(text) - len(text.lstrip()) if sent == 0 else sent
+            if safe > head:
+                emit(text[head:safe])
+                sent = safe
+    # No final flush: bytes still pending are a character max_output_tokens cut off, not a U+FFFD to show.
+    if emit is not None:
+        rest = text.strip() if sent == 0 else text[sent:].rstrip()
+        if rest:
+            emit(rest)
+    return text.strip(), count, finish
