@@ -64,6 +64,14 @@ def test_prepare_gemma_template() -> None:
     assert prep.sampling.stop == ("<end_of_turn>",)
 
 
+def test_gemma_template_keeps_the_system_text_when_the_model_speaks_first() -> None:
+    # A conversation opening with the model's greeting lost the system instruction and the functions on offer.
+    greeting = [types.Content(role="model", parts=[types.Part(text="Hi, how can I help?")]), *user("Weather in Oslo?")]
+    config = types.GenerateContentConfig(system_instruction="Answer in French.", tools=TOOLS)
+    prompt = prepare(greeting, config, Defaults(prompt_format="gemma")).prompt
+    assert prompt.startswith("<start_of_turn>model\nAnswer in French.\n\nAvailable functions:\n- get_weather")
+
+
 def test_function_call_schema_ties_args_to_the_name() -> None:
     schema = function_call_schema([WEATHER, TIME])
     names = [o["properties"]["name"]["const"] for o in schema["oneOf"]]

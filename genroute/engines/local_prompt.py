@@ -198,7 +198,7 @@ def render(contents: list[types.Content], config: types.GenerateContentConfig, f
         pieces: list[Piece] = []
         for i, (role, text) in enumerate(turns):
             head = f"{'model' if role == 'model' else 'user'}\n"
-            if i == 0 and preamble and role != "model":
+            if i == 0 and preamble:  # whatever the first turn's role: system text and functions must reach the model
                 head += f"{preamble}\n\n"
             pieces += [(START_OF_TURN, True), (head + text, False), (END_OF_TURN, True), ("\n", False)]
         return (*pieces, (START_OF_TURN, True), ("model\n", False)), (END_OF_TURN,)
