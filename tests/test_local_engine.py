@@ -178,6 +178,10 @@ def test_caller_mistakes_are_usage_errors() -> None:
         with pytest.raises(ConfigError) as info:
             LocalEngine("bad", {setting: value})
         assert info.value.field == f"engines.bad.{setting}"
+    # An empty model_path (an unset variable written into a config) silently served the bundled model.
+    with pytest.raises(ConfigError) as info:
+        LocalEngine("bad", {"model_path": ""})
+    assert info.value.field == "engines.bad.model_path"
     # llama.cpp reads -1 as "random" (the same seed gave two answers) and 2**32 + 7 as 7.
     for seed in (-1, 2**32 + 7):
         with pytest.raises(ConfigError) as info:

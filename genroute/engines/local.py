@@ -40,7 +40,7 @@ class LocalEngineConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: Literal["local"] = "local"
-    model_path: str | None = Field(default=None, description="GGUF file; default: the bundled Gemma 3 270M.")
+    model_path: str | None = Field(default=None, min_length=1, description="GGUF file; default: the bundled Gemma 3 270M.")
     n_ctx: int = Field(default=2048, ge=64)
     # 512 is ggml's GGML_MAX_N_THREADS; 100,000 threads aborted the process (std::bad_alloc) at the first request.
     n_threads: int | None = Field(default=None, ge=1, le=512,
