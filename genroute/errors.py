@@ -73,6 +73,12 @@ class GenrouteError(Exception):
     usage: Any = None
     cost_estimated: bool = False
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take keyword-only arguments (``field``, ``backend``, ``attempts``...) that ``Exception``'s own
+        # reduce would not pass back (``AllRungsFailed`` could not be unpickled at all): rebuild the error from its
+        # arguments without ``__init__``, then restore every attribute, so it crosses a process boundary whole.
+        return _rebuilt, (type(self), self.args), self.__dict__
+
 
 class UsageError(GenrouteError):
     """The caller used the API wrongly; ``field`` names the offending input when known.
@@ -179,6 +185,11 @@ class AllRungsFailed(BackendError):
     def __init__(self, message: str, *, attempts: list[Any]) -> None:
         self.attempts = attempts
         super().__init__(message)
+
+
+def _rebuilt(cls: type[GenrouteError], args: tuple[Any, ...]) -> GenrouteError:
+    """An error of ``cls`` with ``args`` and no attributes yet (unpickling restores them)."""
+    return cls.__new__(cls, *args)
 
 
 def exit_status(error: GenrouteError) -> int:

@@ -57,3 +57,38 @@ def test_package_is_typed():
     from pathlib import Path
 
     assert (Path(genroute.__file__).parent / "py.typed").is_file()
+
+
+def _every_error() -> list[genroute.GenrouteError]:
+    from genroute.types import RungAttempt, ToolCall, Usage
+
+    g = genroute
+    errors = [
+        g.UsageError("bad", field="input"), g.ConfigError("bad", field="engines.g.api_key"),
+        g.BackendError("boom", backend="chat", status=500),
+        g.BackendUnavailable("503", backend="chat", status=503, retry_after_s=2.0),
+        g.RateLimited("full", backend="chat", retry_after_s=1.0), g.CircuitOpen("open", backend="chat"),
+        g.BackendRejected("400", backend="chat", status=400), g.NoRelevantContext("none", backend="rag"),
+        g.ToolLoopExceeded("loop", backend="tools", tool_calls=(ToolCall(name="t"),)),
+        g.ValidationFailed("rejected", backend="chat"), g.StreamInterrupted("cut", backend="chat"),
+        g.DeadlineExceeded("late", backend="chat"), g.BudgetExceeded("no room"), g.StateUnavailable("down"),
+        g.AllRungsFailed("all failed", attempts=[RungAttempt(backend="chat", outcome="error")]),
+    ]
+    for error in errors:  # what the router sets on the errors it raises
+        error.cost_usd, error.usage, error.cost_estimated = 0.5, Usage(input_tokens=3), True
+    return errors
+
+
+def test_errors_cross_process_boundaries_with_their_fields():
+    import copy
+    import pickle
+
+    errors = _every_error()
+    assert {type(e) for e in errors} == {getattr(genroute, n) for n in genroute.__all__
+                                         if isinstance(getattr(genroute, n), type)
+                                         and issubclass(getattr(genroute, n), genroute.GenrouteError)} - {
+        genroute.GenrouteError}
+    for error in errors:
+        for again in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
+            assert (type(again), again.args, str(again)) == (type(error), error.args, str(error))
+            assert again.__dict__ == error.__dict__, type(error).__name__
