@@ -167,6 +167,32 @@ def test_a_deadline_is_the_same_error_both_ways(gemini_server):
     assert str(sync.value) == str(async_) and sync.value.backend == async_.backend
 
 
+def test_a_closed_router_refuses_both_ways(gemini_server, tmp_path: Path):
+    config = {**gemini_config(gemini_server), "outcomes": {"path": str(tmp_path / "o.db"), "scorer": "label_accuracy"}}
+    with Router.from_config(config) as router:
+        result = router.generate("hi")
+    sync_calls = {"generate": lambda: router.generate("hi"), "feedback": lambda: router.feedback(result, score=1.0),
+                  "drain": router.drain, "refresh": router.refresh}
+
+    async def async_errors() -> dict[str, str]:
+        async with await Router.acreate(config) as twin:
+            answered = await twin.agenerate("hi")
+        calls = {"generate": lambda: twin.agenerate("hi"), "feedback": lambda: twin.afeedback(answered, score=1.0),
+                 "drain": twin.adrain, "refresh": twin.arefresh}
+        found = {}
+        for name, call in calls.items():
+            with pytest.raises(UsageError) as err:
+                await call()
+            found[name] = str(err.value)
+        return found
+
+    for name, call in sync_calls.items():
+        with pytest.raises(UsageError, match="the router is closed"):
+            call()
+    # The async twins refuse as well: no feedback is written into the closed router's store.
+    assert asyncio.run(async_errors()) == dict.fromkeys(sync_calls, "the router is closed")
+
+
 # -- inside a running loop every sync twin refuses, names its twin and leaks nothing -------------------------
 
 

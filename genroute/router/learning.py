@@ -41,8 +41,14 @@ class Learning:
     _portal: Portal
     _unsafe: dict[str, tuple[str, ...]]
     _refresher: asyncio.Task[None] | None
+    _closed: bool
 
     def _refresh_facts(self) -> None: ...
+
+    def _refuse_closed(self) -> None:
+        """``UsageError`` once the router is closed (its sync API refuses through its closed loop thread)."""
+        if self._closed:
+            raise UsageError("the router is closed")
 
     # -- feedback --------------------------------------------------------------------------------------
 
@@ -62,6 +68,7 @@ class Learning:
         from genroute.outcomes.feedback import Feedback
         from genroute.router.executor import SHADOW_TIMEOUT_S
 
+        self._refuse_closed()  # its store is closed: a record written now would outlive the router
         recorder = self._executor.outcomes
         if recorder is None:
             raise UsageError("feedback needs an `outcomes` section (or Router(outcomes=...))", field="outcomes")
@@ -81,6 +88,7 @@ class Learning:
     async def adrain(self, timeout_s: float = 60.0) -> None:
         """Wait until the shadow runs in flight (and their outcome records) are done, at most ``timeout_s``."""
         check_seconds(timeout_s, "timeout_s", zero=True)
+        self._refuse_closed()
         await self._executor.drain_shadows(timeout_s)
 
     def drain(self, timeout_s: float = 60.0) -> None:
@@ -96,6 +104,7 @@ class Learning:
         backend, once scored on ``outcomes.min_n`` records); ``learned`` retrains on records with captured input.
         Returns whether the policy changed.
         """
+        self._refuse_closed()
         self._refresh_facts()
         recorder = self._executor.outcomes
         if recorder is None or self.outcome_settings is None:
@@ -132,6 +141,8 @@ class Learning:
         async def loop() -> None:
             while True:
                 await asyncio.sleep(every)
+                if self._closed:  # closed from another event loop, which could not cancel this task
+                    return
                 try:
                     await self.arefresh()
                 except Exception as exc:  # a failed refresh keeps the current policy; the next one retries

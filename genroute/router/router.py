@@ -327,8 +327,7 @@ class Router(Learning):
 
     def _request(self, input: str | GenerateRequest | None, fields: dict[str, Any]) -> GenerateRequest:
         request = parse_request(input, fields, self.backends)
-        if self._closed:
-            raise UsageError("the router is closed")
+        self._refuse_closed()
         return request
 
     def _decide(self, request: GenerateRequest, context: PolicyContext | None = None,
