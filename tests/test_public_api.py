@@ -92,3 +92,16 @@ def test_errors_cross_process_boundaries_with_their_fields():
         for again in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
             assert (type(again), again.args, str(again)) == (type(error), error.args, str(error))
             assert again.__dict__ == error.__dict__, type(error).__name__
+
+
+def test_astream_is_typed_as_a_stream_of_chunks():
+    # Typed callers iterate ``async for chunk in router.astream(...)``: the chunk's type must reach them, not Any.
+    import typing
+
+    from genroute.router.inflight import RouterStream
+
+    stream_type = typing.get_type_hints(genroute.Router.astream)["return"]
+    assert typing.get_origin(stream_type) is RouterStream
+    assert typing.get_args(stream_type) == (genroute.GenerateChunk,)
+    (parameter,) = RouterStream.__parameters__
+    assert typing.get_type_hints(RouterStream.__anext__)["return"] is parameter

@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from genroute.errors import UsageError
 
@@ -35,7 +35,7 @@ class InFlight:
         self._lock = threading.Lock()
         self._tasks: dict[asyncio.Task[Any], int] = {}  # task -> depth of tracked blocks it is in
         self._cancelled: set[asyncio.Task[Any]] = set()
-        self._streams: weakref.WeakKeyDictionary[RouterStream, asyncio.AbstractEventLoop] = (
+        self._streams: weakref.WeakKeyDictionary[RouterStream[Any], asyncio.AbstractEventLoop] = (
             weakref.WeakKeyDictionary())
         self._closers: set[Any] = set()
         self.closed = False
@@ -83,7 +83,7 @@ class InFlight:
             if task.uncancel() == 0:  # cancelled by close alone (not also by its caller)
                 raise UsageError(_CLOSED) from None
 
-    def stream(self, chunks: AsyncIterator[T]) -> RouterStream:
+    def stream(self, chunks: AsyncIterator[T]) -> RouterStream[T]:
         """``chunks`` wrapped so that each step is tracked and a closed router ends it with ``UsageError``."""
         return RouterStream(chunks, self)
 
@@ -119,7 +119,7 @@ class InFlight:
         self._cancelled.add(task)
         task.cancel("the router was closed")
 
-    def _close_stream(self, stream: RouterStream) -> None:
+    def _close_stream(self, stream: RouterStream[Any]) -> None:
         """On the stream's loop: close it unless a step is running (that step's task is cancelled instead)."""
         if stream.stepping or stream.finished:
             return
@@ -134,15 +134,15 @@ class InFlight:
 
         task.add_done_callback(done)
 
-    def _register(self, stream: RouterStream) -> None:
+    def _register(self, stream: RouterStream[Any]) -> None:
         with self._lock:
             self._streams[stream] = asyncio.get_running_loop()
 
 
-class RouterStream:
+class RouterStream(Generic[T]):
     """What ``Router.astream`` returns: an async iterator of chunks, closed with an error if the router is."""
 
-    def __init__(self, chunks: AsyncIterator[Any], inflight: InFlight) -> None:
+    def __init__(self, chunks: AsyncIterator[T], inflight: InFlight) -> None:
         self._chunks = chunks
         self._inflight = inflight
         self.stepping = False
@@ -151,10 +151,10 @@ class RouterStream:
         #: Whether the router knows of it (on its first step's loop, where closing the router closes it).
         self.registered = False
 
-    def __aiter__(self) -> RouterStream:
+    def __aiter__(self) -> RouterStream[T]:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> T:
         if self.closed_by_router:
             raise UsageError(_CLOSED_STREAM)
         if self.finished:

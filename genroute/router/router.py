@@ -186,7 +186,7 @@ class Router(Learning):
         """Answer one request (sync; not from inside a running event loop)."""
         return run_sync(self.agenerate(input, **fields), "generate", portal=self._portal)
 
-    def astream(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> RouterStream:
+    def astream(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> RouterStream[GenerateChunk]:
         """Stream one answer (async): text chunks, then a ``done`` chunk carrying the full result."""
         return self._inflight.stream(self._astream(input, fields))
 
