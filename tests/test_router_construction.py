@@ -290,3 +290,33 @@ def test_the_loop_thread_ends_at_interpreter_exit(gemini_server, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "loop threads before exit: 1" in out.stdout and "loop threads at exit: 0" in out.stdout, out.stdout
     assert "Task was destroyed" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"timeuot_s": 5}, "timeuot_s"),              # misspelt: was a TypeError once everything was built
+    ({"resources": None}, "resources"),           # the config makes it
+    ({"scrub": "not a hook"}, "scrub"),            # was a TypeError at the first feedback
+    ({"policy": {"kind": "static", "backend": "chat"}}, "policy"),  # a mapping, not a Policy
+])
+def test_a_router_option_it_cannot_take_is_a_usage_error_naming_it(gemini_server, options, field):
+    from genroute import UsageError
+
+    with pytest.raises(UsageError) as sync:
+        Router.from_config(gemini_config(gemini_server), **options)
+    with pytest.raises(UsageError) as async_:
+        asyncio.run(Router.acreate(gemini_config(gemini_server), **options))
+    assert sync.value.field == async_.value.field == field and sync.value.message == async_.value.message
+    assert not gemini_server.requests
+
+
+def test_a_router_built_in_code_names_a_part_of_the_wrong_kind(gemini_server):
+    from genroute import UsageError
+
+    with Router.from_config(gemini_config(gemini_server)) as built:
+        parts = {"backends": built.backends, "policy": built.policy, "resources": built.resources}
+        for wrong, field in [({"backends": {"chat": "chat"}}, "backends.chat"), ({"backends": ["chat"]}, "backends"),
+                             ({"policy": "static"}, "policy"), ({"resources": {"gemini": None}}, "resources")]:
+            given = {**parts, **wrong}
+            with pytest.raises(UsageError) as err:
+                Router(given["backends"], given["policy"], resources=given["resources"])
+            assert err.value.field == field, wrong

@@ -55,6 +55,7 @@ async def abuild_router(
     (e.g. Vertex ``credentials``). Every step that reads files, imports modules, resolves credentials,
     embeds or reads a store runs in a worker thread: a running event loop never waits on construction.
     """
+    _check_router_options(cls, router_kwargs)
     # Checked before any work: tools are callables by name, validators callables or judges by name.
     if tools is not None and not (isinstance(tools, Mapping) and all(
             isinstance(name, str) and callable(fn) for name, fn in tools.items())):
@@ -91,6 +92,44 @@ async def abuild_router(
     # counts from the store) as it is made.
     return await asyncio.to_thread(lambda: cls(backends, policy, resources=resources, validators=all_validators,
                                                **router_kwargs))
+
+
+def _check_router_options(cls: Callable[..., Any], options: Mapping[str, Any]) -> None:
+    """``UsageError`` naming an option the router does not take (a misspelt one was a ``TypeError`` once
+    everything had been built), or one the config builds itself (``resources``)."""
+    taken = inspect.signature(cls).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in taken.values()):  # a subclass that takes anything
+        return
+    known = [n for n, p in taken.items() if p.kind is p.KEYWORD_ONLY and n not in _BUILT_FROM_CONFIG]
+    for name in options:
+        if name not in known:
+            raise UsageError(f"is not an option of a router built from config (options: {', '.join(known)})",
+                             field=name)
+
+
+def check_parts(backends: Any, policy: Any, resources: Any, scrub: Any) -> None:
+    """``UsageError`` naming the argument when a router built in code is given the wrong kind of part (each
+    was an ``AttributeError`` from deep inside, or, for ``scrub``, a ``TypeError`` at the first feedback)."""
+    from genroute.backends.base import Backend
+    from genroute.policies.base import Policy
+
+    if not isinstance(backends, Mapping):
+        raise UsageError(f"must map backend names to backends, not {type(backends).__name__}", field="backends")
+    for name, backend in backends.items():
+        if not isinstance(backend, Backend):
+            raise UsageError(f"must be a genroute Backend, not {type(backend).__name__}", field=f"backends.{name}")
+    if policy is not None and not isinstance(policy, Policy):
+        raise UsageError(f"must be a genroute Policy, not {type(policy).__name__} (build one from a mapping "
+                         "with genroute.policies.build_policy)", field="policy")
+    if resources is not None and not isinstance(resources, Resources):
+        raise UsageError(f"must be a genroute.runtime.resources.Resources, not {type(resources).__name__}",
+                         field="resources")
+    if scrub is not None and not callable(scrub):
+        raise UsageError(f"must be a callable, not {type(scrub).__name__}", field="scrub")
+
+
+#: Router arguments ``from_config`` makes from the config itself.
+_BUILT_FROM_CONFIG = frozenset({"resources"})
 
 
 def _engine(name: str, raw: Any, options: dict[str, Any]) -> Any:
