@@ -41,6 +41,8 @@ _LAZY: dict[str, str] = {
     "GenerateResult": "genroute.types",
     "GenerateChunk": "genroute.types",
     "Decision": "genroute.types",
+    "DecisionRecord": "genroute.types",
+    "RungAttempt": "genroute.types",
     "Rung": "genroute.types",
     "Usage": "genroute.types",
     "Citation": "genroute.types",
@@ -56,10 +58,11 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "AllRungsFailed", "BackendError", "BackendRejected", "BackendUnavailable", "BudgetExceeded", "CircuitOpen",
-    "Citation", "ConfigError", "DeadlineExceeded", "Decision", "GenerateChunk", "GenerateRequest", "GenerateResult",
-    "GenrouteError", "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings", "Pricing", "RateLimited",
-    "Router", "RouterConfig", "Rung", "StateUnavailable", "StreamInterrupted", "ToolCall", "ToolLoopExceeded",
-    "Usage", "UsageError", "ValidationFailed", "load_config", "side_effect_free", "__version__",
+    "Citation", "ConfigError", "DeadlineExceeded", "Decision", "DecisionRecord", "GenerateChunk", "GenerateRequest",
+    "GenerateResult", "GenrouteError", "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings",
+    "Pricing", "RateLimited", "Router", "RouterConfig", "Rung", "RungAttempt", "StateUnavailable",
+    "StreamInterrupted", "ToolCall", "ToolLoopExceeded", "Usage", "UsageError", "ValidationFailed", "load_config",
+    "side_effect_free", "__version__",
 ]
 
 
@@ -84,5 +87,6 @@ if TYPE_CHECKING:
     from genroute.router.router import Router
     from genroute.tools import side_effect_free
     from genroute.types import (
-        Citation, Decision, GenerateChunk, GenerateRequest, GenerateResult, Rung, ToolCall, Usage,
+        Citation, Decision, DecisionRecord, GenerateChunk, GenerateRequest, GenerateResult, Rung, RungAttempt,
+        ToolCall, Usage,
     )

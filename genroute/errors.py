@@ -28,7 +28,10 @@ google-genai and transport errors are mapped to this tree in exactly one place:
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from genroute.types import RungAttempt, ToolCall, Usage
 
 #: The user (and password) part of a URL: ``https://user:secret@host`` -> ``https://***@host``. The user may be
 #: empty (``redis://:secret@host``) and the password may hold a ``/``.
@@ -70,7 +73,7 @@ class GenrouteError(Exception):
     """
 
     cost_usd: float = 0.0
-    usage: Any = None
+    usage: Usage | None = None
     cost_estimated: bool = False
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -107,7 +110,7 @@ class BackendError(GenrouteError):
     have run), empty otherwise.
     """
 
-    tool_calls: tuple[Any, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def __init__(self, message: str, *, backend: str | None = None, status: int | None = None) -> None:
         self.backend = backend
@@ -154,7 +157,7 @@ class NoRelevantContext(BackendError):
 class ToolLoopExceeded(BackendError):
     """The function-calling loop reached its step limit or deadline; ``tool_calls`` lists the calls made."""
 
-    def __init__(self, message: str, *, backend: str | None = None, tool_calls: tuple[Any, ...] = ()) -> None:
+    def __init__(self, message: str, *, backend: str | None = None, tool_calls: tuple[ToolCall, ...] = ()) -> None:
         self.tool_calls = tuple(tool_calls)
         super().__init__(message, backend=backend)
 
@@ -182,7 +185,7 @@ class BudgetExceeded(GenrouteError):
 class AllRungsFailed(BackendError):
     """Every rung of the decision failed; ``attempts`` holds each rung's outcome."""
 
-    def __init__(self, message: str, *, attempts: list[Any]) -> None:
+    def __init__(self, message: str, *, attempts: list[RungAttempt]) -> None:
         self.attempts = attempts
         super().__init__(message)
 

@@ -105,3 +105,42 @@ def test_astream_is_typed_as_a_stream_of_chunks():
     assert typing.get_args(stream_type) == (genroute.GenerateChunk,)
     (parameter,) = RouterStream.__parameters__
     assert typing.get_type_hints(RouterStream.__anext__)["return"] is parameter
+
+
+def test_the_types_of_public_fields_are_exported():
+    # A typed caller names the types it is handed (``result.decision`` is a DecisionRecord, its rungs RungAttempts).
+    import typing
+
+    from pydantic import BaseModel
+
+    seen: set[type] = set()
+    todo: list[type] = [genroute.GenerateResult, genroute.GenerateChunk, genroute.Decision, genroute.GenerateRequest]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for field in model.model_fields.values():
+            stack = [field.annotation]
+            while stack:
+                kind = stack.pop()
+                stack += typing.get_args(kind)
+                if isinstance(kind, type) and issubclass(kind, BaseModel):
+                    todo.append(kind)
+    exported = {getattr(genroute, name) for name in genroute.__all__}
+    assert sorted(m.__name__ for m in seen - exported) == []
+
+
+def test_error_attributes_and_router_admission_are_typed():
+    # They were Any: a typed caller lost the Usage, ToolCall and RungAttempt types the router fills them with.
+    import typing
+
+    from genroute import types
+    from genroute.router.learning import Learning
+
+    hints = typing.get_type_hints(genroute.GenrouteError, localns=vars(types))
+    assert hints["usage"] == types.Usage | None
+    assert typing.get_type_hints(genroute.BackendError, localns=vars(types))["tool_calls"] == tuple[types.ToolCall, ...]
+    assert typing.get_type_hints(genroute.AllRungsFailed.__init__, localns=vars(types))["attempts"] == list[
+        types.RungAttempt]
+    assert Learning.__annotations__["admission"] == "Admission | None"  # Router.admission, set in __init__

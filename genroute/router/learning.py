@@ -19,6 +19,7 @@ from genroute.runtime.portal import Portal, run_sync
 from genroute.types import Decision, GenerateRequest, GenerateResult
 
 if TYPE_CHECKING:
+    from genroute.admission import Admission
     from genroute.backends.base import Backend
     from genroute.outcomes.records import OutcomeRecord
     from genroute.outcomes.settings import OutcomeSettings
@@ -42,6 +43,8 @@ class Learning:
     _unsafe: dict[str, tuple[str, ...]]
     _refresher: asyncio.Task[None] | None
     _closed: bool
+    #: The gates every attempt passes (breakers, rate limits, the policy's budgets); ``None`` when there are none.
+    admission: Admission | None
 
     def _refresh_facts(self) -> None: ...
 
