@@ -27,6 +27,11 @@ class GenerateRequest(_Frozen):
     key: str | None = Field(default=None, description="Stable request key (A/B splits, budgets, tenants).")
     timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="Per-request deadline in seconds.")
 
+    def __hash__(self) -> int:
+        # Frozen, so hashable (a cache key, a set member); its dict fields are not, and are left out: equal
+        # requests still hash alike.
+        return hash((self.input, self.task, self.backend, self.key, self.timeout_s))
+
     @field_validator("input")
     @classmethod
     def _not_blank(cls, value: str) -> str:
@@ -130,6 +135,11 @@ class ToolCall(_Frozen):
     result: Any = None
     error: str | None = None
     call_id: str | None = None
+
+    def __hash__(self) -> int:
+        # ``args`` and a JSON ``result`` are dicts or lists: left out, so a result that made tool calls (and its
+        # decision record) can be hashed as every other frozen result can.
+        return hash((self.name, self.outcome, self.error, self.call_id))
 
 
 class Rung(_Frozen):

@@ -144,3 +144,18 @@ def test_error_attributes_and_router_admission_are_typed():
     assert typing.get_type_hints(genroute.AllRungsFailed.__init__, localns=vars(types))["attempts"] == list[
         types.RungAttempt]
     assert Learning.__annotations__["admission"] == "Admission | None"  # Router.admission, set in __init__
+
+
+def test_frozen_values_hash_even_with_dict_fields():
+    # Frozen models are hashable, but a dict field (request metadata, tool arguments) made hash() a TypeError.
+    from genroute.types import DecisionRecord, RungAttempt, ToolCall
+
+    one = genroute.GenerateRequest(input="hi", metadata={"tenant": "a"}, variables={"tone": "dry"})
+    same = genroute.GenerateRequest(input="hi", metadata={"tenant": "a"}, variables={"tone": "dry"})
+    assert hash(one) == hash(same) and len({one, same, genroute.GenerateRequest(input="other")}) == 2
+    call = ToolCall(name="add", args={"a": 2}, result={"sum": 2}, call_id="c1")
+    record = DecisionRecord(policy="static", reason="r", rungs_tried=(RungAttempt(backend="fc", outcome="error",
+                                                                                  tool_calls=(call,)),))
+    result = genroute.GenerateResult(text="2", backend="fc", model="m", decision=record, tool_calls=(call,))
+    again = genroute.GenerateResult.model_validate_json(result.model_dump_json())
+    assert again == result and hash(again) == hash(result) and len({result, again}) == 1
