@@ -106,6 +106,8 @@ class ConfigError(UsageError):
 class BackendError(GenrouteError):
     """A backend or engine failed at run time.
 
+    ``backend``: in an error the router raises, the backend (rung) whose call failed; an engine called directly
+    names itself.
     ``tool_calls``: the tool calls a function-calling backend made before it failed (tools with side effects may
     have run), empty otherwise.
     """

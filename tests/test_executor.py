@@ -559,3 +559,30 @@ def test_a_timeout_error_of_a_validators_own_is_not_the_requests_deadline(gemini
             with pytest.raises(TimeoutError, match="own lookup") as err:
                 router.generate("hi")
         assert type(err.value) is TimeoutError
+
+
+# -- which backend an error names ------------------------------------------------------------------------------
+
+def test_a_failed_requests_error_names_the_backend_whose_call_failed(gemini_server):
+    # An engine's error named the engine ("gemini"), so two backends on one engine could not be told apart.
+    gemini_server.fault(Fault.status(400))
+    with Router.from_config(config(gemini_server, {"kind": "static", "backend": "chat"})) as router:
+        with pytest.raises(BackendRejected) as err:
+            router.generate("hi", backend="pro")
+    assert (err.value.backend, err.value.status) == ("pro", 400)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_deadline_names_the_rung_that_was_running(gemini_server, streamed):
+    # It named the decision's first rung, even when the deadline cut a later one.
+    policy = {"kind": "cascade", "rungs": [{"backend": "chat"}, {"backend": "pro"}]}
+    gemini_server.fault(Fault.status(503), times=3)  # chat: every retry fails at once
+    gemini_server.fault(Fault.delay(5))               # pro: too slow for the deadline
+    with Router.from_config(config(gemini_server, policy)) as router:
+        with pytest.raises(DeadlineExceeded) as err:
+            if streamed:
+                list(router.stream("hi", timeout_s=1.5))
+            else:
+                router.generate("hi", timeout_s=1.5)
+    assert err.value.backend == "pro"
+    assert len(to(gemini_server, "gemini-2.5-flash")) == 3 and len(to(gemini_server, "gemini-2.5-pro")) == 1

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from genroute.errors import AllRungsFailed, BudgetExceeded, GenrouteError, ValidationFailed
+from genroute.errors import AllRungsFailed, BackendError, BudgetExceeded, GenrouteError, ValidationFailed
 from genroute.construct import builder
 from genroute.runtime.context import add_spend
 from genroute.types import NO_USAGE, Citation, DecisionRecord, GenerateResult, RungAttempt, ToolCall, Usage
@@ -123,6 +123,10 @@ class Ledger:
             outcome_id=(trace_id or uuid.uuid4().hex) if outcome_ids else None,
         )
 
+    def running(self, decision: Decision) -> str:
+        """The backend of the rung tried last (the one a deadline cut), else the decision's first."""
+        return self.attempts[-1].backend if self.attempts else decision.rungs[0].backend
+
     def failure(self, decision: Decision, last_error: GenrouteError | None, span: trace.Span) -> GenrouteError:
         """The error the caller gets when no rung served: the last one's, or ``AllRungsFailed``."""
         span.set_attributes(self.span_attributes())
@@ -130,6 +134,8 @@ class Ledger:
         if last_error is not None and (len(decision.rungs) == 1 or all(
                 a.error_type == BudgetExceeded.__name__ for a in self.attempts)):
             self.charge(last_error)
+            if isinstance(last_error, BackendError):  # an engine's error names the engine: the caller's is the rung
+                last_error.backend = self.attempts[-1].backend
             return last_error
         tried = "; ".join(f"{a.backend}: {a.error_type}" for a in self.attempts)
         untried = len(decision.rungs) - len(self.attempts)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from genroute.config import RouterConfig
     from genroute.outcomes.settings import OutcomeSettings, ScrubHook
     from genroute.runtime.resources import Resources
+    from genroute.router.ledger import Ledger
     from genroute.router.validators import Validator
     from genroute.state import StateConfig
 
@@ -173,13 +174,13 @@ class Router(Learning):
                 except TimeoutError:
                     if not block.expired():  # a backend's own TimeoutError: not the request's deadline
                         raise
-                    error = self._expired(request, decision)
+                    error = self._expired(request, decision, ledger)
                     ledger.charge(error)  # what the timed-out attempts cost the provider still counts
                     raise error from None
                 except BackendError as exc:
                     if not ended_by(deadline, exc):
                         raise
-                    raise self._expired(request, decision, exc) from exc
+                    raise self._expired(request, decision, ledger, exc) from exc
                 finally:
                     await answers.aclose()
 
@@ -198,9 +199,9 @@ class Router(Learning):
 
             def expired(sent: bool) -> GenrouteError:
                 # What the attempts the deadline cut cost still counts (the executor recorded them).
-                error = self._expired(request, decision) if not sent else StreamInterrupted(
+                error = self._expired(request, decision, ledger) if not sent else StreamInterrupted(
                     f"request deadline of {request.timeout_s or self.timeout_s}s exceeded after output was sent",
-                    backend=ledger.attempts[-1].backend if ledger.attempts else decision.rungs[0].backend)
+                    backend=ledger.running(decision))
                 ledger.charge(error, span)
                 return error
 
@@ -213,7 +214,7 @@ class Router(Learning):
                         yield chunk if type(chunk) is GenerateChunk else GenerateChunk(done=True, result=chunk)
             except BackendError as exc:
                 if ended_by(deadline, exc):
-                    raise self._expired(request, decision, exc) from exc
+                    raise self._expired(request, decision, ledger, exc) from exc
                 raise
 
     def stream(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Iterator[GenerateChunk]:
@@ -370,11 +371,12 @@ class Router(Learning):
         return DeadlineExceeded(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded "
                                 f"while the {self.policy.name!r} policy decided")
 
-    def _expired(self, request: GenerateRequest, decision: Decision,
+    def _expired(self, request: GenerateRequest, decision: Decision, ledger: Ledger,
                  cause: GenrouteError | None = None) -> DeadlineExceeded:
-        """The request's ``DeadlineExceeded``, carrying what ``cause`` (the failure it replaces) cost."""
+        """The request's ``DeadlineExceeded`` naming the rung that was running, carrying what ``cause`` (the
+        failure it replaces) cost."""
         error = DeadlineExceeded(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded",
-                                 backend=decision.rungs[0].backend)
+                                 backend=ledger.running(decision))
         if cause is not None:
             error.cost_usd, error.usage, error.cost_estimated = cause.cost_usd, cause.usage, cause.cost_estimated
         return error
