@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -53,6 +53,19 @@ class GenerateRequest(_Frozen):
         if where is not None:
             raise ValueError(f"{where} is not valid Unicode text (it holds a lone surrogate)")
         return value
+
+
+class RequestFields(TypedDict, total=False):
+    """``GenerateRequest``'s fields as keywords of ``Router.generate`` and its twins (``**fields``), so that a type
+    checker catches a misspelt or mistyped one."""
+
+    input: str
+    task: str | None
+    backend: str | None
+    variables: dict[str, Any]
+    metadata: dict[str, Any]
+    key: str | None
+    timeout_s: float | None
 
 
 def invalid_text(value: Any, path: str) -> str | None:

@@ -159,3 +159,16 @@ def test_frozen_values_hash_even_with_dict_fields():
     result = genroute.GenerateResult(text="2", backend="fc", model="m", decision=record, tool_calls=(call,))
     again = genroute.GenerateResult.model_validate_json(result.model_dump_json())
     assert again == result and hash(again) == hash(result) and len({result, again}) == 1
+
+
+def test_request_keywords_are_typed_as_the_requests_fields():
+    # ``**fields: Any`` let a type checker pass ``generate("x", tsk="t")`` or ``timeout_s="5"``.
+    import typing
+
+    from genroute.types import RequestFields
+
+    router = genroute.Router
+    for method in (router.generate, router.agenerate, router.stream, router.astream, router.decide):
+        assert typing.get_type_hints(method)["fields"] == typing.Unpack[RequestFields], method.__name__
+    fields = genroute.GenerateRequest.model_fields
+    assert typing.get_type_hints(RequestFields) == {name: field.annotation for name, field in fields.items()}

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from genroute.admission import Admission, Instruments
 from genroute.admission.breaker import skip_open
@@ -26,7 +26,7 @@ from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
 from genroute.runtime.telemetry import Telemetry, flush_providers
 from genroute.router.learning import Learning, backend_info, check_seconds
 from genroute.state import StateStore, build_state
-from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult
+from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult, RequestFields
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -161,7 +161,8 @@ class Router(Learning):
 
     # -- the API ---------------------------------------------------------------------------------------
 
-    async def agenerate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
+    async def agenerate(self, input: str | GenerateRequest | None = None, /,
+                        **fields: Unpack[RequestFields]) -> GenerateResult:
         """Answer one request (async)."""
         request = self._request(input, fields)
         with self._inflight.track():
@@ -184,15 +185,17 @@ class Router(Learning):
                 finally:
                     await answers.aclose()
 
-    def generate(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> GenerateResult:
+    def generate(self, input: str | GenerateRequest | None = None, /,
+                 **fields: Unpack[RequestFields]) -> GenerateResult:
         """Answer one request (sync; not from inside a running event loop)."""
         return run_sync(self.agenerate(input, **fields), "generate", portal=self._portal)
 
-    def astream(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> RouterStream[GenerateChunk]:
+    def astream(self, input: str | GenerateRequest | None = None, /,
+                **fields: Unpack[RequestFields]) -> RouterStream[GenerateChunk]:
         """Stream one answer (async): text chunks, then a ``done`` chunk carrying the full result."""
         return self._inflight.stream(self._astream(input, fields))
 
-    async def _astream(self, input: str | GenerateRequest | None, fields: dict[str, Any]
+    async def _astream(self, input: str | GenerateRequest | None, fields: RequestFields
                        ) -> AsyncIterator[GenerateChunk]:
         request = self._request(input, fields)
         async with self._root_span(request) as (span, decision, start, deadline, ledger):
@@ -217,13 +220,15 @@ class Router(Learning):
                     raise self._expired(request, decision, ledger, exc) from exc
                 raise
 
-    def stream(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Iterator[GenerateChunk]:
+    def stream(self, input: str | GenerateRequest | None = None, /,
+               **fields: Unpack[RequestFields]) -> Iterator[GenerateChunk]:
         """Stream one answer (sync; not from inside a running event loop)."""
         refuse_inside_loop("stream")
         request = self._request(input, fields)
         return self._portal.iterate(self.astream(request), owner=self)  # held until the stream ends
 
-    def decide(self, input: str | GenerateRequest | None = None, /, **fields: Any) -> Decision:
+    def decide(self, input: str | GenerateRequest | None = None, /,
+               **fields: Unpack[RequestFields]) -> Decision:
         """What the policy would decide for this request, without running anything (nor reading shared state:
         open breakers are those this process last saw).
 
@@ -327,7 +332,7 @@ class Router(Learning):
 
     # -- internals -------------------------------------------------------------------------------------
 
-    def _request(self, input: str | GenerateRequest | None, fields: dict[str, Any]) -> GenerateRequest:
+    def _request(self, input: str | GenerateRequest | None, fields: RequestFields) -> GenerateRequest:
         request = parse_request(input, fields, self.backends)
         self._refuse_closed()
         return request
@@ -373,8 +378,7 @@ class Router(Learning):
 
     def _expired(self, request: GenerateRequest, decision: Decision, ledger: Ledger,
                  cause: GenrouteError | None = None) -> DeadlineExceeded:
-        """The request's ``DeadlineExceeded`` naming the rung that was running, carrying what ``cause`` (the
-        failure it replaces) cost."""
+        """The request's ``DeadlineExceeded`` (naming the rung running), with what ``cause`` (if any) cost."""
         error = DeadlineExceeded(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded",
                                  backend=ledger.running(decision))
         if cause is not None:

@@ -26,7 +26,7 @@ T = TypeVar("T")
 _text_request = builder(GenerateRequest, given=("input",))
 
 
-def parse_request(input: str | GenerateRequest | None, fields: dict[str, Any], backends: Mapping[str, Any]
+def parse_request(input: str | GenerateRequest | None, fields: Mapping[str, Any], backends: Mapping[str, Any]
                   ) -> GenerateRequest:
     """The request the public entry points were given, validated; ``UsageError`` names the bad field."""
     # What validation accepts as it is is not validated again: a non-blank text that encodes (no lone surrogate).
