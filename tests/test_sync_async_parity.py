@@ -193,6 +193,17 @@ def test_a_closed_router_refuses_both_ways(gemini_server, tmp_path: Path):
     assert asyncio.run(async_errors()) == dict.fromkeys(sync_calls, "the router is closed")
 
 
+def test_bench_refuses_a_closed_router_both_ways_and_writes_nothing(gemini_server, tmp_path: Path):
+    data = [{"id": "r1", "input": "hi", "output": "echo: hi"}]
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        pass
+    with pytest.raises(UsageError, match="the router is closed"):
+        harness.bench(router, data, backends=["chat"], out_dir=tmp_path / "sync", progress=False)
+    with pytest.raises(UsageError, match="the router is closed"):  # it ran, every row a failure
+        asyncio.run(harness.abench(router, data, backends=["chat"], out_dir=tmp_path / "async", progress=False))
+    assert not (tmp_path / "sync").exists() and not (tmp_path / "async").exists()
+
+
 # -- inside a running loop every sync twin refuses, names its twin and leaks nothing -------------------------
 
 

@@ -100,6 +100,8 @@ async def abench(
     held-out split has at least ``min_verdict_n`` records, unless ``force_verdict``. ``cost_weight_rule``: how
     the compiled learned policy's cost weight is chosen (``compile_policy``).
     """
+    # A closed router fails every call: its run would fill results.jsonl (and stats.json) with failures.
+    router._refuse_closed()  # noqa: SLF001 - the check every router method makes (bench's sync twin's too)
     rule = as_rule(cost_weight_rule)  # checked before anything runs or is written
     targets = [*target_names(backends), *([POLICY_TARGET] if policy else [])]
     check_seed(seed)
