@@ -16,7 +16,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from genroute.backends.base import BackendOutput
 from genroute.errors import (
-    BackendError, BackendRejected, BudgetExceeded, GenrouteError, StreamInterrupted, ValidationFailed,
+    BackendError, BackendRejected, BudgetExceeded, ConfigError, GenrouteError, StreamInterrupted, ValidationFailed,
 )
 from genroute.runtime.context import RunContext, add_spend
 from genroute.runtime.deadlines import deadline_at
@@ -49,6 +49,14 @@ MAX_CHECKS = 1024
 
 #: What ends a rung and lets the next one try: a backend failure, or a budget refusing that rung.
 _RUNG_ERRORS = (BackendError, BudgetExceeded)
+
+
+def _unknown_backend(name: str, index: int, backends: Mapping[str, Any]) -> ConfigError:
+    """The error for a decision whose rung ``index`` names no backend of the router (built-in policies are checked
+    when the router is built; a policy in code is checked here, as its decisions' validator names are)."""
+    known = ", ".join(sorted(backends))
+    return ConfigError(f"the policy decided for unknown backend {name!r} (known: {known})",
+                       field=f"decision.rungs.{index}.backend")
 
 
 class Executor:
@@ -143,7 +151,10 @@ class Executor:
             attempt = admitted(self.admission, request, decision, rung.backend, ctx, span)
             try:
                 async with attempt:
-                    backend = self.backends[rung.backend]
+                    try:
+                        backend = self.backends[rung.backend]
+                    except KeyError:  # a policy written in code decided for a backend the router lacks
+                        raise _unknown_backend(rung.backend, index, self.backends) from None
                     if live:
                         async with aclosing(backend.stream(request, ctx)) as items:
                             async for item in items:
