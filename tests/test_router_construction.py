@@ -320,3 +320,14 @@ def test_a_router_built_in_code_names_a_part_of_the_wrong_kind(gemini_server):
             with pytest.raises(UsageError) as err:
                 Router(given["backends"], given["policy"], resources=given["resources"])
             assert err.value.field == field, wrong
+
+
+def test_replacing_names_a_backend_of_the_wrong_kind(gemini_server):
+    from genroute import UsageError
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        for wrong, field in [({"chat": "chat"}, "backends.chat"), ({"chat": None}, "backends.chat"),
+                             (["chat"], "backends")]:
+            with pytest.raises(UsageError) as err:  # was an AttributeError or a TypeError
+                router.replacing(wrong)
+            assert err.value.field == field, wrong

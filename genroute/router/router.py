@@ -262,6 +262,7 @@ class Router(Learning):
         """
         import copy
 
+        check_parts(backends, None, None, None)
         unknown = sorted(set(backends) - set(self.backends))
         if unknown:
             raise UsageError(f"unknown backend {unknown[0]!r}", field="backends")
