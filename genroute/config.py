@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
 
 from genroute.bounds import NOT_BOOL
 from genroute.config_parse import DuplicateKey, parse_json, parse_yaml
@@ -70,6 +70,13 @@ class RouterConfig(_Frozen):
         for name, value in super().__repr_args__():
             yield name, _section_redacted(name, value) if name in _RAW_SECTIONS else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_masked_secrets(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            refuse_masked_secrets(data)
+        return data
+
     @field_serializer(*_RAW_SECTIONS)
     def _dump_redacted(self, value: Any, info: Any) -> Any:
         # ...and out of every dump (model_dump, model_dump_json): a dumped config is for reading, not for keys.
@@ -79,6 +86,8 @@ class RouterConfig(_Frozen):
 #: Words of a setting's name that make its value a secret (``api_key``, ``X-Api-Key``, ``accessToken``), and
 #: fragments that do wherever they stand (``client_secret``, ``dbpassword``).
 _SECRET_WORDS = {"key", "token", "pat"}
+#: What a dump writes in place of a secret setting's value.
+_MASK = "**********"
 _SECRET_PARTS = ("secret", "password", "passwd", "credential", "authorization", "apikey")
 
 
@@ -103,7 +112,7 @@ def _redacted(value: Any) -> Any:
     """``value`` with every mapping entry whose name looks secret (``api_key``, ``token``...) masked, and the
     credentials of URLs (``base_url: https://user:secret@host``) too."""
     if isinstance(value, Mapping):
-        return {k: "**********" if _secret_name(k) else _redacted(v) for k, v in value.items()}
+        return {k: _MASK if _secret_name(k) else _redacted(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redacted(v) for v in value]
     if isinstance(value, str):
@@ -231,17 +240,38 @@ _ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}|\$[A-Z_][A-Z0-9_]*")
 def refuse_env_references(raw: Mapping[str, Any]) -> None:
     """``ConfigError`` naming a value of a config file that is ``${VAR}``: genroute does not expand one, so the text
     itself would be sent as a key, dialled as a URL or made a directory."""
-    stack: list[tuple[Any, str]] = [(raw, "")]
-    while stack:
-        value, where = stack.pop()
-        if isinstance(value, Mapping):
-            stack.extend((item, f"{where}.{key}" if where else str(key)) for key, item in value.items())
-        elif isinstance(value, list):
-            stack.extend((item, f"{where}.{index}") for index, item in enumerate(value))
-        elif isinstance(value, str) and _ENV_REFERENCE.fullmatch(value.strip()):
+    for where, _, value in _texts(raw):
+        if _ENV_REFERENCE.fullmatch(value.strip()):
             raise ConfigError(f"{value.strip()}: a config file's values are not expanded from the environment; write "
                               "the value, name the variable where a setting takes one (an engine's api_key_env), "
                               "or build the config as a mapping in Python", field=where)
+
+
+#: What a config's dump writes in place of a URL's user and password (``without_credentials``).
+_MASKED_URL = re.compile(r"(?i)\b[a-z][a-z0-9+.\-]*://\*\*\*@")
+
+
+def refuse_masked_secrets(raw: Mapping[str, Any]) -> None:
+    """``ConfigError`` naming a setting that holds the mask a config's dump writes in place of a secret (a dumped
+    config loaded again): it would be sent as the key, or as the URL's credentials, and fail only at run time."""
+    for where, key, value in _texts(raw):
+        if (value == _MASK and _secret_name(key)) or _MASKED_URL.search(value):
+            raise ConfigError("holds the mask a config's dump writes in place of a secret (a dump is for reading, "
+                              "its secrets are gone): give the real value, or name an environment variable where "
+                              "the setting takes one (api_key_env)", field=where)
+
+
+def _texts(raw: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """Every text value in ``raw``, nested ones too: (its dotted path, its key, the text)."""
+    stack: list[tuple[Any, str, Any]] = [(raw, "", None)]
+    while stack:
+        value, where, name = stack.pop()
+        if isinstance(value, Mapping):
+            stack.extend((item, f"{where}.{key}" if where else str(key), key) for key, item in value.items())
+        elif isinstance(value, list | tuple):
+            stack.extend((item, f"{where}.{index}", None) for index, item in enumerate(value))
+        elif isinstance(value, str):
+            yield where, name, value
 
 
 def anchor_paths(raw: Mapping[str, Any], config_file: Path) -> dict[str, Any]:

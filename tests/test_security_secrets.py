@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from genroute import GenrouteError, Router
+from genroute import ConfigError, GenrouteError, Router
 from genroute.config import load_config
 from genroute.testing import Fault
 
@@ -323,6 +323,27 @@ def test_engine_errors_redact_tokens_and_private_keys():
             f"redis://:pa/ss@cache:6379/0, commit 9fceb02d0ae598e95dc970b74767f19372d61af8")
     assert redact(text) == "token ***, ***, ***, key ***\n, redis://***@cache:6379/0, " \
                            "commit 9fceb02d0ae598e95dc970b74767f19372d61af8"
+
+
+@pytest.mark.parametrize(("dumped", "field"), [
+    ({"engines": {"gemini": {"kind": "gemini", "api_key": TEST_KEY}}}, "engines.gemini.api_key"),
+    ({"engines": {"gemini": {"kind": "gemini", "base_url": "https://u:PW-7@h/"}}}, "engines.gemini.base_url"),
+    ({"state": {"kind": "redis", "url": "redis://:PW-7@127.0.0.1:6379/0"}}, "state.url"),
+])
+def test_a_dumped_config_loaded_again_names_the_secret_it_lost(dumped, field):
+    # Its masks were accepted: "**********" was sent as the key (400 at the first request), and a Redis URL lost its
+    # password (with on_error: open the router then went on from memory alone, one warning a minute).
+    from genroute.config import RouterConfig
+
+    config = load_config({"engines": {"gemini": {"kind": "gemini", "api_key_env": "GEMINI_API_KEY"}},
+                          "backends": {"chat": {"kind": "prompt_template", "engine": "gemini",
+                                                "model": "gemini-2.5-flash"}}, **dumped})
+    for load in (lambda: load_config(config.model_dump()),
+                 lambda: RouterConfig.model_validate_json(config.model_dump_json())):
+        with pytest.raises(ConfigError) as err:
+            load()
+        assert err.value.field == field and "mask" in err.value.message
+    assert load_config(config.model_dump(exclude={"engines", "state"}) | {"engines": {}}).state.kind == "memory"
 
 
 def test_a_secret_looking_key_is_masked_in_every_section_of_the_config():
