@@ -71,6 +71,13 @@ def test_the_sync_twin_takes_the_same_parameters(owner, sync, async_):
     _assert_same_parameters(getattr(owner, sync), getattr(owner, async_))
 
 
+def test_bench_has_abenchs_signature():
+    # ``bench(router, data, **kwargs: Any)`` took anything: a type checker passed ``backend=`` or ``concurrency="2"``.
+    assert inspect.signature(harness.bench) == inspect.signature(harness.abench)
+    assert harness.bench.__annotations__ == harness.abench.__annotations__
+    assert harness.bench.__name__ == "bench"
+
+
 def test_ingest_takes_what_aingest_takes():
     _assert_same_parameters(ingest, aingest)
 

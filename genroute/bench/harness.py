@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -244,11 +245,27 @@ def _tuned_details(router: Router, targets: Sequence[str], kinds: dict[str, str]
     return {"tuned_info": TunedInfo(where="vertex", base_model=base), "training_price": price}
 
 
-def bench(router: Router, data: str | Path | Sequence[BenchRecord], **kwargs: Any) -> BenchReport:
-    """Sync ``abench``, run on the router's own loop thread (not from inside a running event loop)."""
-    # The router's sync API runs on its private loop, and its engines' clients belong to that loop: a fresh
-    # loop (asyncio.run) would use them from the wrong loop and leave them broken for later sync calls.
-    return run_sync(abench(router, data, **kwargs), "bench", portal=router._portal)  # noqa: SLF001
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _sync_twin(twin: Callable[Concatenate[Router, P], Coroutine[Any, Any, T]], name: str
+               ) -> Callable[Concatenate[Router, P], T]:
+    """``twin`` run on its router's own loop thread, with the twin's parameters (for type checkers and
+    ``inspect.signature`` alike) and result."""
+
+    def run(router: Router, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        # The router's sync API runs on its private loop, and its engines' clients belong to that loop: a fresh
+        # loop (asyncio.run) would use them from the wrong loop and leave them broken for later sync calls.
+        return run_sync(twin(router, *args, **kwargs), name, portal=router._portal)  # noqa: SLF001
+
+    functools.update_wrapper(run, twin)
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = f"Sync ``{twin.__name__}``, on the router's own loop thread (not from inside a running event loop)."
+    return run
+
+
+bench = _sync_twin(abench, "bench")
 
 
 def corpus_store(router: Router, corpus: str | Path, collection: str | None) -> Any:
