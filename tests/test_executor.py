@@ -588,24 +588,20 @@ def test_a_deadline_names_the_rung_that_was_running(gemini_server, streamed):
     assert len(to(gemini_server, "gemini-2.5-flash")) == 3 and len(to(gemini_server, "gemini-2.5-pro")) == 1
 
 
-class _FixedPolicy(Policy):
-    """A policy written in code that decides for whatever backend it was given (known to the router or not)."""
+class _UnknownBackendPolicy(Policy):
+    """A policy written in code that decides for a backend the router does not have."""
 
-    kind = "fixed"
+    kind = "unknown_backend"
     Config = PolicyConfig
 
-    def __init__(self, config, *, backend):
-        super().__init__(config)
-        self.backend = backend
-
     def decide(self, request, context):
-        return Decision.single("fixed", self.backend, "fixed on purpose")
+        return Decision.single(self.kind, "nope", "a backend the router lacks")
 
 
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_policy_in_code_deciding_for_an_unknown_backend_is_a_config_error(gemini_server, streamed):
     # It was a bare KeyError('nope') from inside the executor.
-    policy = _FixedPolicy(PolicyConfig(kind="fixed"), backend="nope")
+    policy = _UnknownBackendPolicy(PolicyConfig(kind="unknown_backend"))
     with Router.from_config(config(gemini_server, None), policy=policy) as router:
         with pytest.raises(ConfigError) as err:
             list(router.stream("hi")) if streamed else router.generate("hi")
