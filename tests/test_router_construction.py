@@ -297,6 +297,7 @@ def test_the_loop_thread_ends_at_interpreter_exit(gemini_server, tmp_path):
     ({"resources": None}, "resources"),           # the config makes it
     ({"scrub": "not a hook"}, "scrub"),            # was a TypeError at the first feedback
     ({"policy": {"kind": "static", "backend": "chat"}}, "policy"),  # a mapping, not a Policy
+    ({"capture_content": "false"}, "capture_content"),  # was truthy: prompts went into spans
 ])
 def test_a_router_option_it_cannot_take_is_a_usage_error_naming_it(gemini_server, options, field):
     from genroute import UsageError

@@ -107,9 +107,11 @@ def _check_router_options(cls: Callable[..., Any], options: Mapping[str, Any]) -
                              field=name)
 
 
-def check_parts(backends: Any, policy: Any, resources: Any, scrub: Any) -> None:
+def check_arguments(backends: Any, policy: Any = None, resources: Any = None, scrub: Any = None,
+                    capture_content: Any = None) -> None:
     """``UsageError`` naming the argument when a router built in code is given the wrong kind of part (each
-    was an ``AttributeError`` from deep inside, or, for ``scrub``, a ``TypeError`` at the first feedback)."""
+    was an ``AttributeError`` from deep inside, or, for ``scrub``, a ``TypeError`` at the first feedback), or a
+    ``capture_content`` that is not a bool (the text ``"false"`` turned capture on)."""
     from genroute.backends.base import Backend
     from genroute.policies.base import Policy
 
@@ -126,6 +128,9 @@ def check_parts(backends: Any, policy: Any, resources: Any, scrub: Any) -> None:
                          field="resources")
     if scrub is not None and not callable(scrub):
         raise UsageError(f"must be a callable, not {type(scrub).__name__}", field="scrub")
+    if capture_content is not None and not isinstance(capture_content, bool):
+        raise UsageError(f"must be True, False or None, not {type(capture_content).__name__}",
+                         field="capture_content")
 
 
 #: Router arguments ``from_config`` makes from the config itself.

@@ -17,7 +17,7 @@ from genroute.errors import BackendError, DeadlineExceeded, GenrouteError, Strea
 from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
-from genroute.router.build import check_parts, release_on_collect, require_prices
+from genroute.router.build import check_arguments, release_on_collect, require_prices
 from genroute.router.deciding import CostedDecisions
 from genroute.runtime.deadlines import deadline_at
 from genroute.router.scope import RootSpan, ended_by, parse_request, within_deadline
@@ -74,7 +74,7 @@ class Router(Learning):
         from genroute.runtime.resources import Resources
         from genroute.router.outcome_setup import check_shadows, unsafe_backends
 
-        check_parts(backends, policy, resources, scrub)
+        check_arguments(backends, policy, resources, scrub, capture_content)
         if not backends:
             raise UsageError("a router needs at least one backend", field="backends")
         self.backends = dict(backends)
@@ -262,7 +262,7 @@ class Router(Learning):
         """
         import copy
 
-        check_parts(backends, None, None, None)
+        check_arguments(backends)
         unknown = sorted(set(backends) - set(self.backends))
         if unknown:
             raise UsageError(f"unknown backend {unknown[0]!r}", field="backends")
