@@ -108,12 +108,14 @@ def _check_router_options(cls: Callable[..., Any], options: Mapping[str, Any]) -
 
 
 def check_arguments(backends: Any, policy: Any = None, resources: Any = None, scrub: Any = None,
-                    capture_content: Any = None) -> None:
+                    capture_content: Any = None, stats: Any = None) -> None:
     """``UsageError`` naming the argument when a router built in code is given the wrong kind of part (each
-    was an ``AttributeError`` from deep inside, or, for ``scrub``, a ``TypeError`` at the first feedback), or a
-    ``capture_content`` that is not a bool (the text ``"false"`` turned capture on)."""
+    was an ``AttributeError`` from deep inside, or, for ``scrub``, a ``TypeError`` at the first feedback), a
+    ``capture_content`` that is not a bool (the text ``"false"`` turned capture on) or ``stats`` that are not
+    ``BenchStats`` (a path was ignored: policies decided as if there were none)."""
     from genroute.backends.base import Backend
     from genroute.policies.base import Policy
+    from genroute.policies.stats import BenchStats
 
     if not isinstance(backends, Mapping):
         raise UsageError(f"must map backend names to backends, not {type(backends).__name__}", field="backends")
@@ -131,6 +133,9 @@ def check_arguments(backends: Any, policy: Any = None, resources: Any = None, sc
     if capture_content is not None and not isinstance(capture_content, bool):
         raise UsageError(f"must be True, False or None, not {type(capture_content).__name__}",
                          field="capture_content")
+    if stats is not None and not isinstance(stats, BenchStats):
+        raise UsageError(f"must be genroute.policies.stats.BenchStats (BenchStats.load(path) reads a stats file), "
+                         f"not {type(stats).__name__}", field="stats")
 
 
 #: Router arguments ``from_config`` makes from the config itself.

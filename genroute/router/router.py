@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from genroute.backends.base import Backend
     from genroute.config import RouterConfig
     from genroute.outcomes.settings import OutcomeSettings, ScrubHook
+    from genroute.policies.stats import BenchStats
     from genroute.runtime.resources import Resources
     from genroute.router.ledger import Ledger
     from genroute.router.validators import Validator
@@ -61,7 +62,7 @@ class Router(Learning):
         validators: Mapping[str, Validator] | None = None,
         capture_content: bool | None = None,
         timeout_s: float | None = None,
-        stats: Any = None,
+        stats: BenchStats | None = None,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         outcomes: OutcomeSettings | Mapping[str, Any] | None = None,
@@ -74,7 +75,7 @@ class Router(Learning):
         from genroute.runtime.resources import Resources
         from genroute.router.outcome_setup import check_shadows, unsafe_backends
 
-        check_arguments(backends, policy, resources, scrub, capture_content)
+        check_arguments(backends, policy, resources, scrub, capture_content, stats)
         if not backends:
             raise UsageError("a router needs at least one backend", field="backends")
         self.backends = dict(backends)
