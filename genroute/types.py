@@ -68,6 +68,10 @@ class RequestFields(TypedDict, total=False):
     timeout_s: float | None
 
 
+#: What ``Router.generate`` and its twins take first: the input text, a whole request, or nothing (``input=`` then).
+RequestInput = str | GenerateRequest | None
+
+
 def invalid_text(value: Any, path: str) -> str | None:
     """The path of the first string in ``value`` that cannot be encoded as UTF-8, else ``None``."""
     stack, seen = [(value, path)], set()

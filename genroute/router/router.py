@@ -26,7 +26,7 @@ from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
 from genroute.runtime.telemetry import Telemetry, flush_providers
 from genroute.router.learning import Learning, backend_info, check_seconds
 from genroute.state import StateStore, build_state
-from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult, RequestFields
+from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult, RequestFields, RequestInput
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -162,8 +162,7 @@ class Router(Learning):
 
     # -- the API ---------------------------------------------------------------------------------------
 
-    async def agenerate(self, input: str | GenerateRequest | None = None, /,
-                        **fields: Unpack[RequestFields]) -> GenerateResult:
+    async def agenerate(self, input: RequestInput = None, /, **fields: Unpack[RequestFields]) -> GenerateResult:
         """Answer one request (async)."""
         request = self._request(input, fields)
         with self._inflight.track():
@@ -186,13 +185,11 @@ class Router(Learning):
                 finally:
                     await answers.aclose()
 
-    def generate(self, input: str | GenerateRequest | None = None, /,
-                 **fields: Unpack[RequestFields]) -> GenerateResult:
+    def generate(self, input: RequestInput = None, /, **fields: Unpack[RequestFields]) -> GenerateResult:
         """Answer one request (sync; not from inside a running event loop)."""
         return run_sync(self.agenerate(input, **fields), "generate", portal=self._portal)
 
-    def astream(self, input: str | GenerateRequest | None = None, /,
-                **fields: Unpack[RequestFields]) -> RouterStream[GenerateChunk]:
+    def astream(self, input: RequestInput = None, /, **fields: Unpack[RequestFields]) -> RouterStream[GenerateChunk]:
         """Stream one answer (async): text chunks, then a ``done`` chunk carrying the full result."""
         return self._inflight.stream(self._astream(input, fields))
 
@@ -221,15 +218,13 @@ class Router(Learning):
                     raise self._expired(request, decision, ledger, exc) from exc
                 raise
 
-    def stream(self, input: str | GenerateRequest | None = None, /,
-               **fields: Unpack[RequestFields]) -> Iterator[GenerateChunk]:
+    def stream(self, input: RequestInput = None, /, **fields: Unpack[RequestFields]) -> Iterator[GenerateChunk]:
         """Stream one answer (sync; not from inside a running event loop)."""
         refuse_inside_loop("stream")
         request = self._request(input, fields)
         return self._portal.iterate(self.astream(request), owner=self)  # held until the stream ends
 
-    def decide(self, input: str | GenerateRequest | None = None, /,
-               **fields: Unpack[RequestFields]) -> Decision:
+    def decide(self, input: RequestInput = None, /, **fields: Unpack[RequestFields]) -> Decision:
         """What the policy would decide for this request, without running anything (nor reading shared state:
         open breakers are those this process last saw).
 
