@@ -333,3 +333,26 @@ def test_replacing_names_a_backend_of_the_wrong_kind(gemini_server):
             with pytest.raises(UsageError) as err:  # was an AttributeError or a TypeError
                 router.replacing(wrong)
             assert err.value.field == field, wrong
+
+
+def test_resources_and_prices_built_in_code_are_checked_when_made(gemini_server):
+    # A mapping of prices was kept as it was and the first request it priced failed with AttributeError (after the
+    # call was sent); an engine or a price table of the wrong kind failed later, deep inside.
+    from genroute import ModelPrice, Pricing, UsageError
+    from genroute.runtime.resources import Resources
+
+    with Router.from_config(gemini_config(gemini_server)) as built:
+        engine = built.resources.engines["gemini"]
+        priced = Router({"chat": built.backends["chat"]}, resources=Resources(
+            {"gemini": engine}, pricing=Pricing({"gemini-2.5-flash": {"input": 1.0, "output": 2.0}})))
+        with priced:
+            assert priced.generate("hi").cost_usd > 0
+    assert Pricing({"m": {"input": 1, "output": 2}}).lookup("m") == ModelPrice(input=1, output=2)
+    with pytest.raises(ConfigError) as err:
+        Pricing({"m": {"input": -1, "output": 2}})
+    assert err.value.field == "pricing.m.input"
+    for wrong, field in [({"engines": {"gemini": "gemini"}}, "engines.gemini"), ({"engines": ["gemini"]}, "engines"),
+                         ({"engines": {}, "pricing": {"m": {"input": 1, "output": 2}}}, "pricing")]:
+        with pytest.raises(UsageError) as err:
+            Resources(**wrong)
+        assert err.value.field == field, wrong

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from genroute.config import RouterConfig, build_kind, import_object, load_config, validate_kind
 from genroute.errors import ConfigError, UsageError
 from genroute.runtime.portal import Portal
-from genroute.runtime.resources import Resources
+from genroute.runtime.resources import Resources, check_named
 from genroute.runtime.pricing import Pricing
 from genroute.router.validators import from_config
 
@@ -117,11 +117,7 @@ def check_arguments(backends: Any, policy: Any = None, resources: Any = None, sc
     from genroute.policies.base import Policy
     from genroute.policies.stats import BenchStats
 
-    if not isinstance(backends, Mapping):
-        raise UsageError(f"must map backend names to backends, not {type(backends).__name__}", field="backends")
-    for name, backend in backends.items():
-        if not isinstance(backend, Backend):
-            raise UsageError(f"must be a genroute Backend, not {type(backend).__name__}", field=f"backends.{name}")
+    check_named(backends, Backend, field="backends")
     if policy is not None and not isinstance(policy, Policy):
         raise UsageError(f"must be a genroute Policy, not {type(policy).__name__} (build one from a mapping "
                          "with genroute.policies.build_policy)", field="policy")

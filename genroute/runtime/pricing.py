@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -97,11 +98,28 @@ _VERSION_SUFFIX = re.compile(r"(?:-(?:\d+|preview|exp|latest))+")
 _MAX_RESOLVED = 1024
 
 
+def _price(name: str, price: Any) -> ModelPrice:
+    """``price`` as a ``ModelPrice`` (a mapping is validated as the config's ``pricing`` entries are); an error
+    names ``pricing.<name>`` (a mapping was kept as it was, and the first request that used it failed)."""
+    from pydantic import ValidationError
+
+    if isinstance(price, ModelPrice):
+        return price
+    if not isinstance(price, Mapping):
+        raise ConfigError(f"must be a ModelPrice or a mapping of prices, not {type(price).__name__}",
+                          field=f"pricing.{name}")
+    try:
+        return ModelPrice.model_validate(price)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(error["msg"], field=".".join(["pricing", name, *map(str, error["loc"])])) from None
+
+
 class Pricing:
     """A price table: defaults overridden by config, looked up by exact name or by name plus a version suffix."""
 
-    def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
-        self._overrides = dict(overrides or {})
+    def __init__(self, overrides: Mapping[str, ModelPrice | Mapping[str, Any]] | None = None) -> None:
+        self._overrides = {name: _price(name, price) for name, price in (overrides or {}).items()}
         self._prices = {**DEFAULT_PRICES, **self._overrides}
         self._by_length = sorted(self._prices, key=len, reverse=True)
         #: Every name looked up, resolved once: the table never changes, and every call is priced.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from genroute.errors import ConfigError
+from genroute.errors import ConfigError, UsageError
 from genroute.runtime.pricing import Pricing
 
 if TYPE_CHECKING:
@@ -54,6 +54,12 @@ class Resources:
         pricing: Pricing | None = None,
         tracer: trace.Tracer | None = None,
     ) -> None:
+        from genroute.engines.base import Engine
+
+        check_named(engines, Engine, field="engines")
+        if pricing is not None and not isinstance(pricing, Pricing):
+            raise UsageError(f"must be a genroute Pricing (Pricing({{model: prices}}) takes a mapping), not "
+                             f"{type(pricing).__name__}", field="pricing")
         self.engines = dict(engines)
         self.tools = dict(tools or {})
         self.knowledge = knowledge
@@ -94,3 +100,13 @@ class Resources:
             await engine.aclose()
         if self.knowledge is not None:
             await self.knowledge.aclose()
+
+
+def check_named(parts: Any, kind: type, *, field: str) -> None:
+    """``UsageError`` naming ``field`` (or ``field.<name>``) unless ``parts`` maps names to ``kind`` objects: parts
+    of the wrong kind given in code otherwise fail later, deep inside, with an ``AttributeError``."""
+    if not isinstance(parts, Mapping):
+        raise UsageError(f"must map names to {kind.__name__} objects, not {type(parts).__name__}", field=field)
+    for name, part in parts.items():
+        if not isinstance(part, kind):
+            raise UsageError(f"must be a genroute {kind.__name__}, not {type(part).__name__}", field=f"{field}.{name}")
