@@ -340,3 +340,14 @@ def test_admission_checks_breakers_in_the_store_even_when_this_process_saw_them_
     tried = result.decision.rungs_tried[0]
     assert (tried.backend, tried.outcome, tried.error_type) == ("chat", "skipped", "CircuitOpen")
     assert _models(gemini_server).count("gemini-2.5-flash") == sent  # nothing was sent to the open one
+
+
+def test_a_router_without_gates_says_it_has_no_budget(gemini_server):
+    # router.admission was None without gates, so the README's router.admission.budget() was an AttributeError.
+    from genroute import UsageError
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        with pytest.raises(UsageError) as err:
+            router.admission.budget()
+        assert err.value.field == "name" and "ledgers: none" in err.value.message
+        assert router.generate("hi").text  # still no gate on the request path

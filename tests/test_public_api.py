@@ -132,18 +132,18 @@ def test_the_types_of_public_fields_are_exported():
 
 
 def test_error_attributes_and_router_admission_are_typed():
-    # They were Any: a typed caller lost the Usage, ToolCall and RungAttempt types the router fills them with.
+    # They were Any: a typed caller lost the Usage, ToolCall, RungAttempt and Admission types behind them.
     import typing
 
     from genroute import types
-    from genroute.router.learning import Learning
+    from genroute.admission import Admission
 
     hints = typing.get_type_hints(genroute.GenrouteError, localns=vars(types))
     assert hints["usage"] == types.Usage | None
     assert typing.get_type_hints(genroute.BackendError, localns=vars(types))["tool_calls"] == tuple[types.ToolCall, ...]
     assert typing.get_type_hints(genroute.AllRungsFailed.__init__, localns=vars(types))["attempts"] == list[
         types.RungAttempt]
-    assert Learning.__annotations__["admission"] == "Admission | None"  # Router.admission, set in __init__
+    assert typing.get_type_hints(genroute.Router.admission.fget)["return"] is Admission
 
 
 def test_frozen_values_hash_even_with_dict_fields():

@@ -44,7 +44,7 @@ class Learning:
     _refresher: asyncio.Task[None] | None
     _closed: bool
     #: The gates every attempt passes (breakers, rate limits, the policy's budgets); ``None`` when there are none.
-    admission: Admission | None
+    _gated: Admission | None
 
     def _refresh_facts(self) -> None: ...
 
@@ -231,7 +231,7 @@ class Learning:
         policy.validate_against(self.catalogue)
         check_shadows(policy, self._unsafe)
         self._executor.use_policy(policy)
-        self._executor.admission = self.admission = self._admission(policy)  # the new policy's budget gates
+        self._executor.admission = self._gated = self._admission(policy)  # the new policy's budget gates
         self.policy = policy
 
 

@@ -113,10 +113,10 @@ class Router(Learning):
         self.state.on_fallback, self.state.on_replay = self._instruments.fell_back, self._instruments.replayed
         self._gate_config = (rate_limits, breakers)
         self._build_gates()
-        self.admission = self._admission(self.policy)
+        self._gated = self._admission(self.policy)
         self._executor = Executor(self.backends, self.policy, telemetry=self.telemetry,
                                   pricing=self.resources.pricing, validators=validators, timeout_s=timeout_s,
-                                  unsafe_shadows=frozenset(self._unsafe), admission=self.admission)
+                                  unsafe_shadows=frozenset(self._unsafe), admission=self._gated)
         self.outcome_settings = settings_from(outcomes)
         if self.outcome_settings is not None:
             from genroute.router.outcome_setup import build_recorder, engine_secrets
@@ -343,7 +343,7 @@ class Router(Learning):
     async def _adecide(self, request: GenerateRequest, deadline: float | None = None) -> Decision:
         # What the policy may know of the shared state is read here and handed in: policies stay pure. The policy
         # and its admission are read once: a promotion while this request decides applies to the next one.
-        policy, admission = self.policy, self.admission
+        policy, admission = self.policy, self._gated
         context = self.context
         if self._breakers is not None:
             context = dataclasses.replace(context, health=await self._breakers.health())
@@ -363,6 +363,11 @@ class Router(Learning):
         rate_limits, breakers = self._gate_config
         self._gates, self._breakers = router_gates(targets, self.state, self._instruments,
                                                    rate_limits=rate_limits, breakers=breakers)
+
+    @property
+    def admission(self) -> Admission:
+        """The gates every attempt passes; ``budget(name).usage(key)`` reads a budget's spend (none: it says so)."""
+        return self._gated if self._gated is not None else Admission((), self.state, self._instruments)
 
     def _admission(self, policy: Policy) -> Admission | None:
         """The gates every attempt passes: breakers, rate limits, then the policy's (a budget's); None if none."""
