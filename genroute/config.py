@@ -262,10 +262,17 @@ def refuse_masked_secrets(raw: Mapping[str, Any]) -> None:
 
 
 def _texts(raw: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
-    """Every text value in ``raw``, nested ones too: (its dotted path, its key, the text)."""
+    """Every text value in ``raw``, nested ones too: (its dotted path, its key, the text). Each mapping or list is
+    read once, by the first path that reaches it: a structure given in code that shares references (a "billion
+    laughs" bomb, a cycle) is walked in the time of its own size, not of the tree it unfolds to."""
     stack: list[tuple[Any, str, Any]] = [(raw, "", None)]
+    seen: set[int] = set()
     while stack:
         value, where, name = stack.pop()
+        if isinstance(value, Mapping | list | tuple):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
         if isinstance(value, Mapping):
             stack.extend((item, f"{where}.{key}" if where else str(key), key) for key, item in value.items())
         elif isinstance(value, list | tuple):
