@@ -98,6 +98,10 @@ class UsageError(GenrouteError):
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
 
+    def __repr__(self) -> str:
+        field = f", field={self.field!r}" if self.field is not None else ""
+        return f"{type(self).__name__}({self.message!r}{field})"
+
 
 class ConfigError(UsageError):
     """A configuration value is invalid; ``field`` is its dotted path."""
@@ -118,6 +122,11 @@ class BackendError(GenrouteError):
         self.backend = backend
         self.status = status
         super().__init__(message)
+
+    def __repr__(self) -> str:
+        named = "".join(f", {key}={value!r}" for key, value in (("backend", self.backend), ("status", self.status))
+                        if value is not None)
+        return f"{type(self).__name__}({str(self)!r}{named})"
 
 
 class BackendUnavailable(BackendError):

@@ -172,3 +172,14 @@ def test_request_keywords_are_typed_as_the_requests_fields():
         assert typing.get_type_hints(method)["fields"] == typing.Unpack[RequestFields], method.__name__
     fields = genroute.GenerateRequest.model_fields
     assert typing.get_type_hints(RequestFields) == {name: field.annotation for name, field in fields.items()}
+
+
+def test_an_errors_repr_shows_what_it_names() -> None:
+    """A log line or a debugger shows an error's field (a ``UsageError``) or its backend and status (a backend
+    error), not only its message."""
+    from genroute.errors import BackendUnavailable, ConfigError, UsageError
+
+    assert repr(UsageError("must be positive", field="timeout_s")) == "UsageError('must be positive', field='timeout_s')"
+    assert repr(ConfigError("unknown engine")) == "ConfigError('unknown engine')"
+    assert repr(BackendUnavailable("503 UNAVAILABLE", backend="chat", status=503)) == (
+        "BackendUnavailable('503 UNAVAILABLE', backend='chat', status=503)")
