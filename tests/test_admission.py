@@ -207,9 +207,11 @@ def test_every_rung_open_raises_circuit_open_without_sending(gemini_server) -> N
         for i in range(2):
             with pytest.raises(Exception):
                 router.generate(f"q{i}")
-        with pytest.raises(CircuitOpen, match="every rung"):
+        with pytest.raises(CircuitOpen, match="every rung") as refused:
             router.generate("refused")
     assert len(gemini_server.requests) == 2
+    # It carries what it cost, as every failed request's error does: nothing.
+    assert refused.value.usage is not None and refused.value.usage.is_zero and refused.value.cost_usd == 0
 
 
 def test_another_router_sees_an_open_breaker_through_redis(gemini_server, redis_server: RedisServer) -> None:

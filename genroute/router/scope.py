@@ -93,8 +93,8 @@ class RootSpan(CurrentSpan):
             else:
                 decision = await decide(request, deadline)
         except BaseException as exc:
-            if charges.cost_usd:  # a decision that failed after embedding: the error carries what that cost
-                Ledger(cost_usd=charges.cost_usd, cost_estimated=charges.estimated).charge(exc, span)
+            # The error carries what deciding cost (an embedding; else nothing), as every failed request's does.
+            Ledger(cost_usd=charges.cost_usd, cost_estimated=charges.estimated).charge(exc, span)
             self._end(exc)
             raise
         if span.is_recording():
