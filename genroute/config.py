@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
 
 from genroute.bounds import NOT_BOOL
+from genroute.config_errors import config_error
 from genroute.config_parse import DuplicateKey, parse_json, parse_yaml
 from genroute.errors import ConfigError, UsageError, without_credentials, without_secrets
 from genroute.registry import Group, load, plugin_failures, plugin_origin
@@ -131,43 +132,6 @@ def _parse_error(exc: Exception) -> str:
     return "; ".join(said) or type(exc).__name__
 
 
-#: ``RouterConfig`` fields validated as a union tagged by ``kind``: pydantic puts the tag in an error's location.
-_TAGGED = ("state",)
-
-
-def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = False) -> ConfigError:
-    """A ``ConfigError`` naming the first invalid field of ``exc`` (and counting the rest); ``tagged``: ``exc`` is
-    from a union tagged by ``kind``, whose member pydantic names first in a location (not a key of the config)."""
-    errors = exc.errors()
-    # A misspelt key (`modle:`) is an unknown key and a missing one: name the key as written, not "model: required".
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    # pydantic reports a bad mapping key as a location part "[key]": the field is the mapping entry itself...
-    parts = [part for part in first["loc"] if part != "[key]"]
-    message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own ValueError
-    if "[key]" in first["loc"] and not (isinstance(first["input"], str) and first["input"]):
-        # ...unless the key is no name to show: pydantic writes YAML's `on:` (True) as `1`, and "" as nothing.
-        parts = list(first["loc"][:first["loc"].index("[key]") - 1])
-        message = _name_message(first["input"])
-    if prefix is None and len(parts) > 2 and parts[0] in _TAGGED:
-        del parts[1]  # the union member's tag (``state.redis.url``): not a key of the config (``state.url``)
-    elif tagged and len(parts) > 1:
-        del parts[0]  # likewise ``validators.v.json_schema.schema``
-    loc = ".".join(str(part) for part in parts)
-    # A model validator (which checks fields together) names the one at fault on its error, if it can.
-    culprit = getattr((first.get("ctx") or {}).get("error"), "field", None)
-    field = ".".join(p for p in (prefix, loc, culprit) if isinstance(p, str) and p) or None
-    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
-    return ConfigError(f"{message}{more}", field=field)
-
-
-def _name_message(key: Any) -> str:
-    """Why ``key`` cannot name an entry (an engine, a backend...)."""
-    if key == "":
-        return "a name cannot be empty"
-    return (f"names are strings, not {type(key).__name__} ({key!r}): YAML reads unquoted on, off, yes, no, true, "
-            "false, null and numbers as such, so quote the name")
-
-
 def validate_kind(group: Group, raw: Mapping[str, Any] | BaseModel, *, field: str) -> tuple[type, Any]:
     """Find the class for ``raw['kind']`` in ``group`` and validate ``raw`` with its ``Config``."""
     if isinstance(raw, BaseModel):
@@ -219,7 +183,7 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
     try:
         return RouterConfig.model_validate(dict(raw))
     except ValidationError as exc:
-        raise config_error(exc, None) from None
+        raise config_error(exc, None, unions=("state",)) from None
 
 
 def check_config_size(raw: Mapping[str, Any]) -> None:

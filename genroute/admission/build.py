@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from genroute.admission import Gate, Instruments
 from genroute.admission.breaker import BreakerConfig, BreakerGate
 from genroute.admission.ratelimit import RateLimitConfig, rate_limit_gate
-from genroute.errors import ConfigError
+from genroute.config_errors import config_error
 
 if TYPE_CHECKING:
     from genroute.state import StateStore
@@ -31,9 +31,7 @@ def router_gates(targets: Mapping[str, tuple[str, str]], store: StateStore, inst
             try:
                 breakers = BreakerConfig.model_validate(dict(breakers))
             except ValidationError as exc:
-                first = exc.errors()[0]
-                raise ConfigError(first["msg"].removeprefix("Value error, "),
-                                  field=".".join(str(p) for p in ("breakers", *first["loc"]))) from None
+                raise config_error(exc, "breakers") from None
         breaker = BreakerGate(breakers, targets, store, instruments)
         gates.append(breaker)
     limits = rate_limit_gate(rate_limits, targets, store, instruments)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genroute.admission import Attempt, Gate, Instruments, Outcome, hold_ttl_s
 from genroute.bounds import NOT_BOOL
+from genroute.config_errors import config_error
 from genroute.errors import ConfigError, RateLimited
 from genroute.state.ops import Claim, Held, Hold, Settle
 
@@ -159,7 +160,5 @@ def rate_limit_gate(raw: Sequence[RateLimitConfig | Mapping[str, object]], targe
         try:
             limits.append(RateLimitConfig.model_validate(dict(item)))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in ("rate_limits", index, *first["loc"]))
-            raise ConfigError(first["msg"].removeprefix("Value error, "), field=where) from None
+            raise config_error(exc, f"rate_limits.{index}") from None
     return RateLimitGate(limits, targets, store, instruments) if limits else None

@@ -107,7 +107,7 @@ class GeminiEngine(Engine):
             try:
                 config = GeminiEngineConfig.model_validate(dict(config or {}))
             except ValidationError as exc:  # pydantic's own text would show the input: a misplaced key, say
-                from genroute.config import config_error
+                from genroute.config_errors import config_error
 
                 raise config_error(exc, f"engines.{name}") from None
         super().__init__(name, config)

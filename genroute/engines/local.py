@@ -108,7 +108,7 @@ class LocalEngine(Engine):
             try:
                 config = LocalEngineConfig.model_validate(dict(config or {}))
             except ValidationError as exc:
-                from genroute.config import config_error
+                from genroute.config_errors import config_error
 
                 raise config_error(exc, f"engines.{name}") from None
         super().__init__(name, config)

@@ -246,7 +246,7 @@ def check_sampling(config: types.GenerateContentConfig) -> None:
     in code, reaches the engine without a ``generation`` config's check."""
     from pydantic import ValidationError
 
-    from genroute.config import config_error
+    from genroute.config_errors import config_error
     from genroute.engines.base import SamplingSettings
 
     try:

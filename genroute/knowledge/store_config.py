@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from genroute.config_errors import config_error
 from genroute.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -85,12 +86,7 @@ def parse_store_config(raw: Mapping[str, Any] | None, *, field: str = "knowledge
     try:
         return StoreConfig.model_validate(dict(raw or {}))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = list(err["loc"])
-        if loc[:1] == ["embedder"] and len(loc) > 2:
-            del loc[1]  # the embedder union's tag (``embedder.gemini.engine``): not a key of the config
-        where = ".".join(str(p) for p in (field, *loc))
-        raise ConfigError(err["msg"].removeprefix("Value error, "), field=where) from None
+        raise config_error(exc, field, unions=("embedder",)) from None
 
 
 def gemini_embedder(config: StoreConfig, *, engines: Mapping[str, Engine], field: str = "knowledge",

@@ -94,7 +94,7 @@ def settings_from(raw: OutcomeSettings | Mapping[str, Any] | None) -> OutcomeSet
         return raw
     from pydantic import ValidationError
 
-    from genroute.config import config_error
+    from genroute.config_errors import config_error
 
     try:
         return OutcomeSettings.model_validate(dict(raw))

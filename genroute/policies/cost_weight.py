@@ -99,7 +99,7 @@ def as_rule(value: CostWeightRule | str | Mapping[str, Any] | None, *, field: st
     try:
         return CostWeightRule.model_validate({"rule": value} if isinstance(value, str) else value)
     except ValidationError as exc:
-        from genroute.config import config_error
+        from genroute.config_errors import config_error
 
         raise config_error(exc, field) from None
 

@@ -170,7 +170,7 @@ def from_config(raw: str | Mapping[str, Any], *, field: str) -> Validator | Judg
     try:
         spec = _SPEC.validate_python(raw)
     except ValidationError as exc:
-        from genroute.config import config_error
+        from genroute.config_errors import config_error
 
         raise config_error(exc, field, tagged=True) from None
     if isinstance(spec, JudgeSpec):

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from genroute.config_errors import config_error
 from genroute.errors import ConfigError
 from genroute.types import Usage
 
@@ -111,8 +112,7 @@ def _price(name: str, price: Any) -> ModelPrice:
     try:
         return ModelPrice.model_validate(price)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        raise ConfigError(error["msg"], field=".".join(["pricing", name, *map(str, error["loc"])])) from None
+        raise config_error(exc, f"pricing.{name}") from None
 
 
 class Pricing:

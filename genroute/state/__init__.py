@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
 from genroute.bounds import NOT_BOOL
+from genroute.config_errors import config_error
 from genroute.errors import ConfigError, without_credentials
 from genroute.state.ops import Admitted, Claim, Close, Fail, Held, Hold, Open, Probe, Settle, Settlement
 
@@ -211,9 +212,7 @@ def build_state(config: StateStore | Mapping[str, Any] | BaseModel | None, *, fi
         try:
             config = TypeAdapter(StateConfig).validate_python(dict(config))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in (field, *first["loc"][1:]))  # loc[0] is the union member's tag
-            raise ConfigError(first["msg"], field=where) from None
+            raise config_error(exc, field, tagged=True) from None
     if isinstance(config, RedisStateConfig):
         from genroute.state.redis_store import RedisStateStore
 
