@@ -351,3 +351,17 @@ def test_generation_settings_reach_the_wire(gemini_server):
     assert gen["temperature"] == 0.1 and gen["maxOutputTokens"] == 20 and gen["stopSequences"] == ["END"]
     assert gen["responseMimeType"] == "application/json"
     assert (gen.get("responseJsonSchema") or gen.get("response_json_schema")) == schema
+
+
+def test_every_section_reports_errors_alike(gemini_server):
+    """One conversion for every section: a misspelt key is named before the other errors, which are counted."""
+    sections = {
+        "state": ({"kind": "memory", "prefx": "a", "prefix": 3}, "state.prefx"),
+        "rate_limits": ([{"backnd": "chat", "requests_per_minute": -1}], "rate_limits.0.backnd"),
+        "breakers": ({"failurs": 3, "failures": -1}, "breakers.failurs"),
+        "knowledge": ({"pth": "x", "host": 3}, "knowledge.pth"),
+    }
+    for name, (section, field) in sections.items():
+        error = _error({**gemini_config(gemini_server), name: section})
+        assert error.field == field, name
+        assert error.message.startswith("Extra inputs are not permitted (and "), (name, error.message)
