@@ -5,6 +5,8 @@ How blocks are run:
 - A ```python block is executed as a script in a fresh temporary working directory (top-level ``await`` is
   allowed: such a block runs under ``asyncio.run``). It passes when it raises nothing, twice: a reader runs a
   block again, so what its first run left behind (files, spend in a Redis budget) must not break the second.
+  A comment line right below a ``print(...)`` line shows what that print writes: it must be a line the block
+  printed (``# {'large': 14, 'small': 10}``); explain an output in a comment on the print line itself.
 - A ```yaml (or ```yml) block is a router configuration: it is loaded and a router is built from it
   (``Router.from_config``), so every section is validated exactly as an application's config would be, and
   then closed. Nothing is sent to a model.
@@ -41,6 +43,7 @@ import ast
 import asyncio
 import contextlib
 import inspect
+import io
 import os
 import re
 import shutil
@@ -266,9 +269,28 @@ def _run_python(block: Block, namespace: dict[str, Any]) -> None:
     # Line numbers in tracebacks point into README.md.
     source = "\n" * block.line + block.code
     code = compile(source, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    result = eval(code, namespace)  # noqa: S307 - the README's own code
-    if inspect.iscoroutine(result):
-        asyncio.run(result)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            result = eval(code, namespace)  # noqa: S307 - the README's own code
+            if inspect.iscoroutine(result):
+                asyncio.run(result)
+    finally:
+        sys.stdout.write(out.getvalue())  # shown with a failure, as a plain run would show it
+    printed = [line.rstrip() for line in out.getvalue().splitlines()]
+    wrong = [line for line in shown_outputs(block.code) if line not in printed]
+    assert not wrong, f"{filename}: shows output the block does not print: {wrong} (what it printed is above)"
+
+
+def shown_outputs(code: str) -> list[str]:
+    """The outputs ``code`` shows: each comment line right below a ``print(...)`` line, without its ``#``."""
+    shown, below_print = [], False
+    for line in code.splitlines():
+        stripped = line.strip()
+        if below_print and stripped.startswith("#"):
+            shown.append(stripped[1:].strip())
+        below_print = stripped.startswith("print(")
+    return shown
 
 
 def test_directives_are_parsed() -> None:
@@ -282,6 +304,14 @@ def test_directives_are_parsed() -> None:
         readme_blocks("<!-- readme-test: skip -->\n```python\npass\n```\n")
     with pytest.raises(ValueError, match="unknown setup"):
         readme_blocks("<!-- readme-test: setup=nope -->\n```python\npass\n```\n")
+
+
+def test_shown_outputs_must_be_printed() -> None:
+    code = "print(1)  # why\n# 1\nx = 2\n# a comment, not an output\nprint(x)\n\n# after a blank line: a comment\n"
+    assert shown_outputs(code) == ["1"]
+    _run_python(Block(line=1, lang="python", code=code), {})
+    with pytest.raises(AssertionError, match="shows output the block does not print"):
+        _run_python(Block(line=1, lang="python", code="print({'a': 2})\n# {'a': 1}\n"), {})
 
 
 def test_environment_is_restored() -> None:
