@@ -364,3 +364,18 @@ def test_every_command_line_flag_the_readme_shows_exists(capsys: pytest.CaptureF
         usage = capsys.readouterr().out
         missing = sorted(flag for flag in flags if not re.search(rf"{re.escape(flag)}(?![\w-])", usage))
         assert not missing, f"README shows `genroute {command}` with {missing}, which it does not take"
+
+
+def test_the_readme_config_builds_without_the_application_files(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """*Use it* tells a reader without ``myapp/tools.py`` and ``schemas/answer.json`` to delete the config lines
+    that name them: what is left must build."""
+    from genroute import Router
+
+    config = next(b for b in BLOCKS if b.file == "genroute.yaml")
+    kept = [line for line in config.code.splitlines() if not line.startswith(("tools:", "validators:"))]
+    assert len(kept) == len(config.code.splitlines()) - 2
+    (tmp_path / "genroute.yaml").write_text("\n".join(kept) + "\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GEMINI_API_KEY", "readme-test-key")
+    Router.from_config("genroute.yaml").close()
