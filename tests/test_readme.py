@@ -33,8 +33,9 @@ with any of these space-separated directives:
 - ``not-config``: a YAML block that is data, not a router configuration (it is only parsed).
 
 There is no "skip": a block that cannot run as written is a README bug. Blocks in other languages (bash,
-plain text) are not run here; the commands in the Quickstart are what ``.ci/run`` itself runs, and every flag the
-plain ``genroute ...`` command blocks show is checked against that command's own parser.
+plain text) are not run here; the commands in the Quickstart are what ``.ci/run`` itself runs, every flag the
+plain ``genroute ...`` command blocks show is checked against that command's own parser, the error tree against
+``genroute.errors`` and the outcome-matrix line against the matrix reader.
 """
 
 from __future__ import annotations
@@ -319,25 +320,36 @@ def test_environment_is_restored() -> None:
     assert "GOOGLE_GEMINI_BASE_URL" not in os.environ
 
 
+def _plain_blocks(text: str) -> list[list[str]]:
+    """The lines of each plain (no language) fenced block."""
+    blocks: list[list[str]] = []
+    fenced, current = False, None
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if fenced and current is not None:
+                blocks.append(current)
+            fenced = not fenced
+            current = [] if fenced and line.strip() == "```" else None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
 def _command_lines(text: str) -> dict[str, set[str]]:
     """Every ``--flag`` the README's plain command blocks show, per ``genroute`` subcommand (continuation lines,
     indented, belong to the command above them; ``# comments`` are left out)."""
     flags: dict[str, set[str]] = {}
-    fenced, plain, command = False, False, None
-    for line in text.splitlines():
-        if line.startswith("```"):
-            fenced, plain, command = not fenced, not fenced and line.strip() == "```", None
-            continue
-        if not plain:
-            continue
-        code = line.split("#", 1)[0]
-        match = re.match(r"genroute (\w+)", code)
-        if match:
-            command = match.group(1)
-        elif not code.startswith(" "):
-            command = None
-        if command is not None:
-            flags.setdefault(command, set()).update(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", code))
+    for block in _plain_blocks(text):
+        command = None
+        for line in block:
+            code = line.split("#", 1)[0]
+            match = re.match(r"genroute (\w+)", code)
+            if match:
+                command = match.group(1)
+            elif not code.startswith(" "):
+                command = None
+            if command is not None:
+                flags.setdefault(command, set()).update(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", code))
     return flags
 
 
@@ -379,3 +391,35 @@ def test_the_readme_config_builds_without_the_application_files(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GEMINI_API_KEY", "readme-test-key")
     Router.from_config("genroute.yaml").close()
+
+
+def test_the_readme_error_tree_is_genroute_errors() -> None:
+    """The tree under *Errors* names every error class with its parent, as ``genroute.errors`` defines them."""
+    import genroute.errors
+
+    tree = next(b for b in _plain_blocks(README.read_text(encoding="utf-8")) if b and b[0] == "GenrouteError")
+    parents: dict[str, str] = {}
+    stack = ["GenrouteError"]  # stack[d] is the class whose children sit at depth d + 1
+    for line in tree[1:]:
+        branch = line.index("── ")
+        depth = branch // 4  # each level indents four columns
+        del stack[depth + 1:]
+        names = re.sub(r"\(.*?\)", "", line[branch + 3:].split("  ")[0])
+        for name in (n.strip() for n in names.split(",")):
+            parents[name] = stack[depth]
+        stack.append(name)  # a line that names several classes has no children
+    actual = {name: cls.__bases__[0].__name__ for name, cls in vars(genroute.errors).items()
+              if isinstance(cls, type) and issubclass(cls, genroute.errors.GenrouteError)
+              and cls is not genroute.errors.GenrouteError}
+    assert parents == actual
+
+
+def test_the_outcome_matrix_line_the_readme_shows_loads(tmp_path: Path) -> None:
+    """The one-line outcome matrix is what ``genroute bench --outcomes`` reads: id and task from metadata."""
+    from genroute.bench.outcomes import load_matrix
+
+    lines = [line for b in _plain_blocks(README.read_text(encoding="utf-8")) for line in b if line.startswith("{")]
+    assert lines
+    (tmp_path / "matrix.jsonl").write_text("\n".join(lines) + "\n")
+    matrix = load_matrix(tmp_path / "matrix.jsonl")
+    assert matrix.candidates == ("large", "small") and matrix.ids == ["q1"] and matrix.tasks == ["math"]
