@@ -46,6 +46,21 @@ async def test_empty_files_are_refused_with_nothing_written(knowledge: Knowledge
     assert collection not in await store.collections()  # no collection, not even an empty one
 
 
+
+async def test_a_refused_first_ingest_makes_no_store(tmp_path: Path) -> None:
+    # `genroute ingest empty.md` into a store not made yet: refused with nothing written, the store's directory
+    # included (finding out that it holds no collection created an empty Chroma store there).
+    from genroute.knowledge import build_store
+
+    empty, place = tmp_path / "empty.md", tmp_path / "kb"
+    empty.write_text("\n", encoding="utf-8")
+    store = build_store({"path": str(place)}, engines={})
+    with pytest.raises(UsageError) as err:
+        await aingest(store, [empty], collection="docs")
+    assert err.value.field == "paths" and not place.exists()
+    assert await store.collections() == []  # asked again, by any caller: still nothing made
+
+
 @pytest.mark.parametrize("newline", ["\r\n", "\r"])
 def test_offsets_index_the_file_whatever_its_line_endings(tmp_path: Path, newline: str) -> None:
     lines = ["# Guide", "", "Line one is here.", "Line two follows.", "", "## Setup", "", "Paragraph two. " * 20]

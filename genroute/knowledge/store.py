@@ -249,7 +249,9 @@ class KnowledgeStore:
         return await self._run(self.collection_sync, name, kind=kind, create=create, field=field)
 
     async def collections(self) -> list[str]:
-        """Names of every collection in the store."""
+        """Names of every collection in the store (none in an embedded store whose directory is not made yet)."""
+        if self._client_obj is None and self.config.host is None and not Path(self._path()).exists():
+            return []  # opening it would create it: a question (is a collection there?) must write nothing
         return await self._run(lambda: sorted(c.name for c in self.client().list_collections()))
 
     async def delete_collection(self, name: str) -> None:
