@@ -5,6 +5,12 @@
 # build flags, so later installs skip the compile (2-4 minutes, mostly torch and the other wheels; see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+# Checked first: pip would refuse an older Python only at `pip install -e .`, after llama.cpp compiled for minutes.
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "scripts/install.sh: genroute needs Python 3.11 or later, and '$PY' is not (set PYTHON to one that is)" >&2
+  exit 1
+fi
 
 # System programs the tests drive: headless Chromium renders the HTML bench report (tests/test_bench_html.py);
 # redis-server holds shared state (`state: {kind: redis}`) in the Redis tests (pip cannot install a server).
@@ -16,7 +22,6 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-PY=${PYTHON:-python3}
 VENV=${GENROUTE_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 . "$VENV/bin/activate"

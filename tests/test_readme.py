@@ -423,3 +423,16 @@ def test_the_outcome_matrix_line_the_readme_shows_loads(tmp_path: Path) -> None:
     (tmp_path / "matrix.jsonl").write_text("\n".join(lines) + "\n")
     matrix = load_matrix(tmp_path / "matrix.jsonl")
     assert matrix.candidates == ("large", "small") and matrix.ids == ["q1"] and matrix.tasks == ["math"]
+
+
+def test_the_install_script_refuses_an_old_python_at_once(tmp_path: Path) -> None:
+    """The Quickstart's first command on a machine whose ``python3`` is older than genroute needs: one clear line
+    before anything is made (it failed in ``pip install -e .`` after compiling llama.cpp for minutes)."""
+    old = tmp_path / "python3"
+    old.write_text("#!/bin/sh\nexit 1\n")  # asked whether it is 3.11 or later, it says no (as 3.10 would)
+    old.chmod(0o755)
+    venv = tmp_path / "venv"
+    done = subprocess.run(["bash", str(README.parent / "scripts" / "install.sh")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": str(old), "GENROUTE_VENV": str(venv)}, timeout=60)
+    assert done.returncode == 1 and "Python 3.11 or later" in done.stderr, done.stderr
+    assert not venv.exists()
