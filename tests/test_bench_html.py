@@ -243,3 +243,12 @@ def test_the_outcomes_per_record_view_filters_by_task_and_disagreement(tmp_path:
     rows = parse(dump_dom(page, tmp_path, "#differ=1")).tables["routing"][1:]
     shown = [attrs for attrs, _ in rows if "display: none" not in (attrs.get("style") or "")]
     assert shown and all(a.get("data-differ") == "1" for a in shown) and len(shown) < len(rows)
+
+
+def test_outcomes_given_in_memory_are_named_as_such(tmp_path: Path) -> None:
+    from genroute.bench.offline import compile_outcomes
+    from tests.test_bench_outcomes import synthetic
+
+    report = compile_outcomes(synthetic(30), out_dir=tmp_path / "outcomes", learned=False, min_n=10)
+    text = Path(report.files["markdown"]).read_text()
+    assert "records of the outcomes given;" in text and "records of records" not in text

@@ -131,7 +131,7 @@ def compile_outcomes(
     curves = _curves(train, held, sweeps)
     comparisons = _comparisons(held, choices, min_n=min_n, force=force_verdict, seed=seed)
     report = OfflineReport(
-        source=full.source or "records", evaluated_on=where, n_train=len(train.records), n_eval=len(held.records),
+        source=full.source or "the outcomes given", evaluated_on=where, n_train=len(train.records), n_eval=len(held.records),
         dropped=full.dropped + (held.dropped if eval_source is not None else 0), candidates=list(full.candidates),
         cost_basis=full.cost_basis, rows=rows, curves=curves, comparisons=comparisons, methods=methods,
         cost_weights=cost_weights,
