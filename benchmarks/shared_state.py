@@ -186,7 +186,7 @@ async def _admission_us(router: Router, n: int) -> list[float]:
     admission, breakers = router.admission, router._breakers
     assert admission is not None and breakers is not None
     request = GenerateRequest(input="what is the capital of France?")
-    decision = router.decide(request)
+    decision = await router.adecide(request)
     samples = []
     for _ in range(n):
         start = time.perf_counter()

@@ -312,7 +312,7 @@ def test_an_admission_is_one_store_call_in_and_one_out(gemini_server, redis_serv
             await router.agenerate("warm up")  # the script is loaded, the breaker view read
             assert router.admission is not None
             request = GenerateRequest(input="q" * 40)
-            decision = router.decide(request)
+            decision = await router.adecide(request)
             before, tokens = scripts_run(), tokens_spent()
             attempt = await router.admission.enter(request, decision, "chat", time.monotonic() + 30,
                                                    trace.INVALID_SPAN)

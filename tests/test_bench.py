@@ -429,8 +429,8 @@ async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
     policy = {"kind": "cost_aware", "stats_path": report.compiled.stats_path, "default": "cheap"}
     strict = Router.from_config(config(server, policy={**policy, "min_quality": 0.9}))
     lax = Router.from_config(config(server, policy={**policy, "min_quality": 0.4}))
-    assert strict.decide("fine", task="sentiment").rungs[0].backend == "smart"  # only smart meets 0.9
-    assert lax.decide("fine", task="sentiment").rungs[0].backend == "cheap"  # both do: the cheaper wins
+    assert (await strict.adecide("fine", task="sentiment")).rungs[0].backend == "smart"  # only smart meets 0.9
+    assert (await lax.adecide("fine", task="sentiment")).rungs[0].backend == "cheap"  # both do: the cheaper wins
     rows = {r.name: r for r in report.compiled.rows}
     assert rows["compiled cost_aware"].quality == rows["smart"].quality == 1.0
     assert rows["compiled cost_aware"].picks == {"smart": report.compiled.n_held_out}
@@ -456,7 +456,7 @@ async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
     learned = LearnedPolicy(LearnedConfig(model_path=report.compiled.learned_model_path, default="smart"),
                             embedder=_ToneEmbedder())
     async with Router.from_config(config(server), policy=learned) as router:
-        picks = {r.input: router.decide(r.input, task="sentiment") for r in records()}
+        picks = {r.input: await router.adecide(r.input, task="sentiment") for r in records()}
     assert all(d.reason.startswith("learned: knn predicts") for d in picks.values())
     # Positive reviews: cheap is right and cheaper; negative ones: only smart is right.
     chosen = {text: d.rungs[0].backend for text, d in picks.items()}

@@ -229,6 +229,28 @@ def test_a_preview_carries_what_deciding_cost_and_spends_nothing(gemini_server: 
     assert embedded.attributes["gen_ai.usage.cost.amount"] == pytest.approx(decision.cost_usd)
 
 
+async def test_an_async_preview_embeds_off_the_event_loop(gemini_server: GeminiTestServer, tmp_path: Path,
+                                                           held_embeddings: Any) -> None:
+    # decide() embedded the request on the caller's thread: inside a running loop it blocked that loop.
+    question = "how long should rye dough proof?"
+    router = Router.from_config(_config(gemini_server, tmp_path))
+    held_embeddings.hold()
+    try:
+        sent = len(gemini_server.requests)  # the routes' embedding, when the router was built
+        task = asyncio.create_task(router.adecide(question))
+        await _until(lambda: len(gemini_server.requests) > sent)  # the loop runs on while the request is embedded
+        assert not task.done()
+        held_embeddings.set()
+        decision = await task
+        usage = await router.admission.budget().usage("*")
+    finally:
+        await router.aclose()
+    assert _generates(gemini_server) == 0
+    assert decision.rungs[0].backend == "chat"
+    assert decision.cost_usd == pytest.approx(_embedding(question)) and decision.cost_estimated
+    assert usage == {"spent": 0.0, "reserved": 0.0}  # a preview is not a request
+
+
 def test_a_preview_of_a_policy_that_embeds_nothing_costs_nothing(gemini_server: GeminiTestServer,
                                                                  tmp_path: Path) -> None:
     config = _config(gemini_server, tmp_path)

@@ -103,7 +103,7 @@ async def test_acreate_keeps_the_event_loop_running(gemini_server, tmp_path, mon
     async with router:
         assert policy.loop_ran is True
         assert router.catalogue["shots"].facts["example_count"] == len(EXAMPLES)
-        assert router.decide("Classify the sentiment: I love it").rungs[0].backend == "shots"
+        assert (await router.adecide("Classify the sentiment: I love it")).rungs[0].backend == "shots"
     # The same construction run by the blocking from_config inside the loop holds the loop the whole time.
     blocked = _policy(loop, wait_s=1.0)
 

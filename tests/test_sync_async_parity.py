@@ -29,6 +29,7 @@ OWNERS: list[Any] = [Router, KnowledgeStore, ExampleStore, Embedder, harness]
 PAIRS: list[tuple[Any, str, str]] = [
     (Router, "generate", "agenerate"),
     (Router, "stream", "astream"),
+    (Router, "decide", "adecide"),
     (Router, "close", "aclose"),
     (Router, "feedback", "afeedback"),
     (Router, "drain", "adrain"),
@@ -133,6 +134,30 @@ def test_stream_and_astream_yield_alike(gemini_server):
     assert _shape(sync[-1].result) == _shape(async_[-1].result)
 
 
+def test_decide_and_adecide_decide_alike(gemini_server, tmp_path: Path):
+    # A semantic policy on Gemini embeddings: the preview embeds the request, and says what that cost.
+    config = {**gemini_config(gemini_server),
+              "knowledge": {"path": str(tmp_path / "chroma"),
+                            "embedder": {"kind": "gemini", "engine": "gemini", "dimension": 64}},
+              "policy": {"kind": "semantic", "routes": {"chat": ["bake rye bread"]}, "default": "chat"}}
+
+    def shape(decision: Any) -> Any:
+        return (decision.policy, decision.reason, [r.backend for r in decision.rungs], decision.cost_usd,
+                decision.cost_estimated)
+
+    with Router.from_config(config) as router:
+        sync = router.decide("how long should rye dough proof?")
+
+    async def main() -> Any:
+        async with await Router.acreate(config) as twin:
+            return await twin.adecide("how long should rye dough proof?")
+
+    async_ = asyncio.run(main())
+    assert shape(sync) == shape(async_)
+    assert sync.cost_usd > 0 and sync.cost_estimated
+    assert not [r for r in gemini_server.requests if r.action == "generateContent"]
+
+
 @pytest.mark.parametrize(("fields", "field"), [
     ({"input": ""}, "input"),
     ({"input": "hi", "backend": "nope"}, "backend"),
@@ -220,6 +245,7 @@ async def test_sync_twins_refuse_a_running_loop_and_name_their_async_twin(gemini
     calls = {
         "agenerate": lambda: router.generate("hi"),
         "astream": lambda: router.stream("hi"),
+        "adecide": lambda: router.decide("hi"),
         "aclose": router.close,
         "afeedback": lambda: router.feedback("an-outcome-id", score=1.0),
         "adrain": router.drain,

@@ -134,6 +134,26 @@ def check_arguments(backends: Any, policy: Any = None, resources: Any = None, sc
                          f"not {type(stats).__name__}", field="stats")
 
 
+def check_providers(tracer_provider: Any, meter_provider: Any) -> None:
+    """``UsageError`` naming the argument that is not an OpenTelemetry tracer (meter) provider."""
+    from opentelemetry import metrics, trace
+
+    for value, kind, field in ((tracer_provider, trace.TracerProvider, "tracer_provider"),
+                               (meter_provider, metrics.MeterProvider, "meter_provider")):
+        if value is not None and not isinstance(value, kind):
+            raise UsageError(f"must be an OpenTelemetry {kind.__name__}, not {type(value).__name__}", field=field)
+
+
+def default_policy(backends: Mapping[str, Backend]) -> Policy:
+    """The policy of a router given none: its one backend (``UsageError`` naming ``policy`` if there are more)."""
+    from genroute.policies.static import StaticPolicy
+
+    if len(backends) != 1:
+        raise UsageError("with more than one backend a policy is required", field="policy")
+    (name,) = backends
+    return StaticPolicy(StaticPolicy.Config(kind="static", backend=name))
+
+
 #: Router arguments ``from_config`` makes from the config itself.
 _BUILT_FROM_CONFIG = frozenset({"resources"})
 

@@ -17,7 +17,7 @@ from genroute.errors import BackendError, DeadlineExceeded, GenrouteError, Strea
 from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor
 from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
-from genroute.router.build import check_arguments, release_on_collect, require_prices
+from genroute.router.build import check_arguments, check_providers, default_policy, release_on_collect, require_prices
 from genroute.router.deciding import CostedDecisions
 from genroute.runtime.deadlines import deadline_at
 from genroute.router.scope import RootSpan, ended_by, parse_request, within_deadline
@@ -81,13 +81,13 @@ class Router(Learning):
         self.backends = dict(backends)
         self.resources = resources or Resources({})
         require_prices(self.backends, self.resources.pricing)  # unknown models would silently cost 0
-        self.policy = policy or _default_policy(self.backends)
+        self.policy = policy or default_policy(self.backends)
         if timeout_s is not None:
             check_seconds(timeout_s, "timeout_s")
         self.timeout_s = timeout_s
         for engine in self.resources.engines.values():  # most requests have this long: sized once, not per call
             engine.expect_deadline(timeout_s)
-        _check_providers(tracer_provider, meter_provider)
+        check_providers(tracer_provider, meter_provider)
         self.telemetry = Telemetry(capture_content=capture_content, tracer_provider=tracer_provider,
                                    meter_provider=meter_provider)
         # Flushed at close: batching processors and periodic readers would otherwise lose the last requests.
@@ -224,22 +224,26 @@ class Router(Learning):
         request = self._request(input, fields)
         return self._portal.iterate(self.astream(request), owner=self)  # held until the stream ends
 
-    def decide(self, input: RequestInput = None, /, **fields: Unpack[RequestFields]) -> Decision:
+    async def adecide(self, input: RequestInput = None, /, **fields: Unpack[RequestFields]) -> Decision:
         """What the policy would decide for this request, without running anything (nor reading shared state:
         open breakers are those this process last saw).
 
-        A semantic or learned policy embeds the request to decide: what that cost is the decision's
-        ``cost_usd`` (``cost_estimated`` if part of it is an estimate), on the embedding's span too. A preview
-        is not a request: it is not spent in the router's budgets.
+        A semantic or learned policy embeds the request to decide, in a worker thread: what that cost is the
+        decision's ``cost_usd`` (``cost_estimated`` if part of it is an estimate), on the embedding's span too. A
+        preview is not a request: it is not spent in the router's budgets.
         """
         request = self._request(input, fields)
         charges = Charges()
         with charging(charges):
-            decision = self._decide(request)
+            decision = await self._adecide(request, preview=True)
         if charges.cost_usd or charges.estimated:
             decision = decision.model_copy(update={"cost_usd": charges.cost_usd,
                                                    "cost_estimated": charges.estimated})
-        return decision if self._breakers is None else skip_open(decision, self._breakers.view())
+        return decision
+
+    def decide(self, input: RequestInput = None, /, **fields: Unpack[RequestFields]) -> Decision:
+        """``adecide`` (sync; not from inside a running event loop)."""
+        return run_sync(self.adecide(input, **fields), "decide", portal=self._portal)
 
     def _refresh_facts(self) -> None:
         """Re-read every backend's facts (e.g. after loading examples) so policies decide on current data."""
@@ -340,13 +344,16 @@ class Router(Learning):
             return Decision.single("override", request.backend, f"explicit backend={request.backend!r}")
         return (policy or self.policy).decide(request, context or self.context)
 
-    async def _adecide(self, request: GenerateRequest, deadline: float | None = None) -> Decision:
+    async def _adecide(self, request: GenerateRequest, deadline: float | None = None, *,
+                       preview: bool = False) -> Decision:
         # What the policy may know of the shared state is read here and handed in: policies stay pure. The policy
-        # and its admission are read once: a promotion while this request decides applies to the next one.
-        policy, admission = self.policy, self._gated
+        # and its admission are read once: a promotion while this request decides applies to the next one. A
+        # preview reads no shared state and holds nothing in the budgets (it is not a request).
+        policy, admission = self.policy, None if preview else self._gated
         context = self.context
         if self._breakers is not None:
-            context = dataclasses.replace(context, health=await self._breakers.health())
+            health = self._breakers.view() if preview else await self._breakers.health()
+            context = dataclasses.replace(context, health=health)
         if policy.reads_state and request.backend is None and admission is not None:
             context = await admission.context(request, context)
         if policy.blocking and request.backend is None:  # it embeds the request: off the loop, costed
@@ -393,21 +400,3 @@ class Router(Learning):
         return RootSpan(self.telemetry, request, self.timeout_s, self._adecide, costed=self.policy.blocking,
                         same_context=same_context)
 
-
-def _check_providers(tracer_provider: Any, meter_provider: Any) -> None:
-    """``UsageError`` naming the argument that is not an OpenTelemetry tracer (meter) provider."""
-    from opentelemetry import metrics, trace
-
-    for value, kind, field in ((tracer_provider, trace.TracerProvider, "tracer_provider"),
-                               (meter_provider, metrics.MeterProvider, "meter_provider")):
-        if value is not None and not isinstance(value, kind):
-            raise UsageError(f"must be an OpenTelemetry {kind.__name__}, not {type(value).__name__}", field=field)
-
-
-def _default_policy(backends: Mapping[str, Backend]) -> Policy:
-    from genroute.policies.static import StaticPolicy
-
-    if len(backends) != 1:
-        raise UsageError("with more than one backend a policy is required", field="policy")
-    (name,) = backends
-    return StaticPolicy(StaticPolicy.Config(kind="static", backend=name))
