@@ -146,6 +146,26 @@ def test_error_attributes_and_router_admission_are_typed():
     assert typing.get_type_hints(genroute.Router.admission.fget)["return"] is Admission
 
 
+def test_a_routers_budget_is_typed_as_a_budget_ledger(gemini_server):
+    # Admission.budget() returned Any: a typed caller of router.admission.budget().usage(key) had no check at all.
+    import asyncio
+    import typing
+
+    from genroute.admission import Admission, BudgetLedger
+
+    from .conftest import gemini_config
+
+    assert typing.get_type_hints(Admission.budget)["return"] is BudgetLedger
+    policy = {"kind": "budget", "per": "global", "budget_usd": 1.0, "costs": {"chat": 0.01},
+              "inner": {"kind": "static", "backend": "chat"}}
+    with genroute.Router.from_config({**gemini_config(gemini_server), "policy": policy}) as router:
+        budget = router.admission.budget()
+    members = {name for name in vars(BudgetLedger) if not name.startswith("_")} | set(BudgetLedger.__annotations__)
+    assert members == {"field", "ledger_name", "usage"}
+    assert (budget.field, budget.ledger_name) == ("policy", "policy")
+    assert asyncio.run(budget.usage("*")) == {"spent": 0.0, "reserved": 0.0}
+
+
 def test_frozen_values_hash_even_with_dict_fields():
     # Frozen models are hashable, but a dict field (request metadata, tool arguments) made hash() a TypeError.
     from genroute.types import DecisionRecord, RungAttempt, ToolCall
@@ -168,7 +188,8 @@ def test_request_keywords_are_typed_as_the_requests_fields():
     from genroute.types import RequestFields
 
     router = genroute.Router
-    for method in (router.generate, router.agenerate, router.stream, router.astream, router.decide):
+    for method in (router.generate, router.agenerate, router.stream, router.astream, router.decide,
+                   router.adecide):
         assert typing.get_type_hints(method)["fields"] == typing.Unpack[RequestFields], method.__name__
     fields = genroute.GenerateRequest.model_fields
     assert typing.get_type_hints(RequestFields) == {name: field.annotation for name, field in fields.items()}

@@ -32,7 +32,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from opentelemetry import metrics, trace
 
@@ -204,6 +204,19 @@ class Instruments:
         self.replays.add(n, {"genroute.state.list": key, "genroute.state.replay": fate})
 
 
+class BudgetLedger(Protocol):
+    """What ``Admission.budget`` returns: a budget's gate (a budget policy provides it), read by its spend."""
+
+    #: The budget policy's config path.
+    field: str
+    #: The ledger its spend is counted in.
+    ledger_name: str
+
+    async def usage(self, key: str) -> dict[str, float]:
+        """Spent and held USD of ``key`` in the current window."""
+        ...
+
+
 class Admission:
     """The router's gates, entered in order before an attempt and exited in reverse after it."""
 
@@ -212,10 +225,11 @@ class Admission:
         self.store = store
         self.instruments = instruments
 
-    def budget(self, name: str = "policy") -> Any:
+    def budget(self, name: str = "policy") -> BudgetLedger:
         """The gate of the budget whose ledger is ``name``, else of the budget at config path ``name``
         (``usage(key)`` reads its spend). The default finds the config's top budget, wrapped by a challenger or not."""
-        budgets = [gate for gate in self.gates if getattr(gate, "ledger_name", None) is not None]
+        # Found by attribute, not class: budget gates are the policies' (a split arm's gate forwards to one).
+        budgets = [cast(BudgetLedger, g) for g in self.gates if getattr(g, "ledger_name", None) is not None]
         found = next((g for g in budgets if g.ledger_name == name), None) or \
             next((g for g in budgets if g.field == name), None)
         if found is None:
@@ -278,5 +292,5 @@ class Admission:
             attempt.span.set_attribute("genroute.state.fallback", True)
 
 
-__all__ = ["Admission", "Attempt", "Gate", "Instruments", "Outcome", "Reserved", "enter_gates", "exit_gates",
-           "hold_ttl_s"]
+__all__ = ["Admission", "Attempt", "BudgetLedger", "Gate", "Instruments", "Outcome", "Reserved", "enter_gates",
+           "exit_gates", "hold_ttl_s"]
