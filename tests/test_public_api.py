@@ -14,6 +14,21 @@ def test_every_public_name_resolves():
     assert sorted(dir(genroute)) == sorted(genroute.__all__)
 
 
+def test_a_public_name_means_one_thing_in_every_package():
+    # genroute.bench.Pricing (an outcome matrix's candidate prices) was not genroute.Pricing (the router's table).
+    import importlib
+    import pkgutil
+
+    clashes = []
+    for info in pkgutil.iter_modules(genroute.__path__):
+        if info.ispkg:
+            package = importlib.import_module(f"genroute.{info.name}")
+            shared = set(getattr(package, "__all__", ())) & set(genroute.__all__)
+            clashes += [f"genroute.{info.name}.{name}" for name in shared
+                        if getattr(package, name) is not getattr(genroute, name)]
+    assert clashes == []
+
+
 def test_errors_form_one_tree():
     for name in genroute.__all__:
         obj = getattr(genroute, name)

@@ -41,7 +41,7 @@ from genroute.bench.datasets import BenchRecord, load_records, split_ids
 from genroute.bench.harness import BenchReport, abench, bench, report_outcomes
 from genroute.bench.offline import compile_outcomes
 from genroute.bench.offline_report import OfflineReport
-from genroute.bench.outcomes import OutcomeMatrix, Pricing, load_matrix, load_pricing
+from genroute.bench.outcomes import CandidatePricing, OutcomeMatrix, load_matrix, load_pricing
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
 from genroute.bench.runner import POLICY_TARGET, Outcome, ResultsLog, arun_bench, load_outcomes
 from genroute.bench.scorers import BUILTIN as SCORERS
@@ -60,5 +60,6 @@ __all__ = [
     "add_arguments", "advise", "arun_bench", "bench", "bench_main", "bootstrap_ci", "compare_paired",
     "compile_policy", "load_outcomes", "load_records", "markdown_table", "mcnemar_exact",
     "paired_bootstrap_ci", "report_outcomes", "resolve_scorer", "run_bench_cli", "split_ids", "stats_from", "summarize",
-    "write_report", "OfflineReport", "OutcomeMatrix", "Pricing", "compile_outcomes", "load_matrix", "load_pricing",
+    "write_report", "OfflineReport", "OutcomeMatrix", "CandidatePricing", "compile_outcomes", "load_matrix",
+    "load_pricing",
 ]

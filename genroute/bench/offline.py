@@ -22,7 +22,7 @@ from genroute.bench import curves as cq
 from genroute.bench import baselines as bl
 from genroute.bench import matrix_routers as mr
 from genroute.bench.offline_report import Comparison, CurveSummary, OfflineReport, write_outputs
-from genroute.bench.outcomes import OutcomeMatrix, Pricing, load_matrix
+from genroute.bench.outcomes import CandidatePricing, OutcomeMatrix, load_matrix
 from genroute.bench.stats import check_min_n, check_seed
 from genroute.errors import UsageError
 from genroute.jsonl import output_dir
@@ -42,7 +42,7 @@ def compile_outcomes(
     *,
     out_dir: str | Path,
     eval_source: str | Path | Iterable[Mapping[str, Any]] | OutcomeMatrix | None = None,
-    pricing: Pricing | None = None,
+    pricing: CandidatePricing | None = None,
     candidates: Sequence[str] | None = None,
     holdout: float = 0.3,
     seed: int = 0,

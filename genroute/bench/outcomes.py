@@ -8,7 +8,7 @@ stores write, so one compile step trains from a benchmark, a published matrix or
 
 The candidates become backends: ``OutcomeMatrix.outcomes()`` gives the bench's own ``Outcome`` rows, so the
 summaries, the report and the compile step treat them like measured backends. Costs come from the records'
-``cost_usd``, else from a ``Pricing`` (USD per 1M input/output tokens per candidate, with a stated token
+``cost_usd``, else from a ``CandidatePricing`` (USD per 1M input/output tokens per candidate, with a stated token
 estimate), else they are 0 and only quality is compared.
 """
 
@@ -46,7 +46,7 @@ class CandidatePrice(BaseModel):
     output_usd_per_1m: float = Field(ge=0.0, allow_inf_nan=False)
 
 
-class Pricing(BaseModel):
+class CandidatePricing(BaseModel):
     """Per-request cost from list prices and a token estimate that is the same for every candidate.
 
     Input tokens: the query's whitespace-separated words (LLMRouter's own estimate for this data); output
@@ -76,7 +76,7 @@ class Pricing(BaseModel):
 
 
 def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_billion: float | None = None,
-                 field: str = "prices") -> Pricing:
+                 field: str = "prices") -> CandidatePricing:
     """Read ``{candidate: {"input_usd_per_1m", "output_usd_per_1m"} | {"size": "7B"} | {"params_b": 7}}``.
 
     Keys starting with ``_`` are notes. Entries with only a size are priced at ``usd_per_1m_per_billion`` x billions of parameters (input and
@@ -123,7 +123,7 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
         sized = True
     parts = ([f"${usd_per_1m_per_billion:g} per 1M tokens per billion parameters"] if sized else []) + \
         ([f"list prices from {Path(path).name}"] if listed else [])
-    return Pricing(prices=prices, output_tokens=output_tokens, basis=" and ".join(parts))
+    return CandidatePricing(prices=prices, output_tokens=output_tokens, basis=" and ".join(parts))
 
 
 #: The keys of a price entry, and what makes another key look like a mistyped one.
@@ -215,7 +215,7 @@ def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | BaseM
 
 
 def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
-                pricing: Pricing | None = None, candidates: Sequence[str] | None = None,
+                pricing: CandidatePricing | None = None, candidates: Sequence[str] | None = None,
                 field: str = "outcomes", candidates_field: str = "candidates") -> OutcomeMatrix:
     """An ``OutcomeMatrix`` from a file or records; records missing a candidate's outcome are dropped
     (counted in ``dropped``): a router can only be scored where every candidate's outcome is known. A name of
