@@ -1,5 +1,6 @@
 """Bounds on what users hand genroute: the size and depth of nested structures (configs, schemas, request
-variables), and what counts as a number (``is_real``, ``is_whole``) for the arguments checked against a range.
+variables), what counts as a number (``is_real``, ``is_whole``) for the arguments checked against a range, and
+what as a file path in a config model (``PathText``).
 
 A YAML alias, or a Python object referenced twice, is a shared node: small to hold, but whatever serialises it
 (the SDK turning a response schema into JSON, a template printing metadata) writes it out once per reference.
@@ -10,9 +11,10 @@ does more than ``limits.nodes`` steps). A structure that holds itself is caught 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
@@ -36,6 +38,15 @@ def _refuse_bool(value: Any) -> Any:
 #: Marks a number in a pydantic model (``Annotated[int, NOT_BOOL]``) that ``true`` must not fill: pydantic reads it
 #: as 1 (a 1 s timeout, one request a minute), where the same model still takes ``"5"`` and ``2.0`` as it would.
 NOT_BOOL = BeforeValidator(_refuse_bool)
+
+
+def _path_text(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+#: A file path in a pydantic model: text, or a ``pathlib.Path`` (any ``os.PathLike``) taken as its text, which
+#: pydantic refuses for ``str`` (a config built in Python names its files with ``Path`` as often as not).
+PathText = Annotated[str, BeforeValidator(_path_text)]
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,47 @@ def test_a_dict_config_takes_pathlib_paths(gemini_server, tmp_path):
     assert (tmp_path / "outcomes.db").is_file()
 
 
+def test_a_router_config_object_takes_pathlib_paths(gemini_server, tmp_path):
+    # A dict's Paths were taken as text, a RouterConfig's refused: "knowledge.path: Input should be a valid string".
+    from genroute import RouterConfig
+
+    (tmp_path / "answer.json").write_text('{"type": "object"}')
+    config = RouterConfig(**gemini_config(gemini_server), knowledge={"path": tmp_path / "chroma"},
+                          outcomes={"path": tmp_path / "outcomes.db"},
+                          validators={"shape": {"kind": "json_schema", "path": tmp_path / "answer.json"}})
+    with Router.from_config(config) as router:
+        assert router.resources.knowledge.location == f"embedded chroma at {tmp_path / 'chroma'}"
+    assert (tmp_path / "outcomes.db").is_file()
+
+
+@pytest.mark.parametrize(("group", "raw", "name"), [
+    ("engines", {"kind": "local", "model_path": "m.gguf", "lora_path": "a.gguf"}, "lora_path"),
+    ("engines", {"kind": "local", "model_path": "m.gguf"}, "model_path"),
+    ("policies", {"kind": "semantic", "routes_file": "r.jsonl", "default": "chat"}, "routes_file"),
+    ("policies", {"kind": "cost_aware", "stats_path": "s.json", "default": "chat"}, "stats_path"),
+    ("policies", {"kind": "learned", "model_path": "m.json", "default": "chat"}, "model_path"),
+    ("policies", {"kind": "budget", "stats_path": "s.json", "budget_usd": 1.0,
+                  "inner": {"kind": "static", "backend": "chat"}}, "stats_path"),
+])
+def test_every_path_setting_takes_a_pathlib_path(tmp_path, group, raw, name):
+    # Each section's file settings take a Path as its text, however the section is handed over.
+    from pathlib import Path
+
+    from genroute.config import validate_kind
+
+    _, config = validate_kind(group, {**raw, name: tmp_path / raw[name]}, field="x")
+    assert getattr(config, name) == str(tmp_path / raw[name])
+    assert not isinstance(getattr(config, name), Path)
+
+
+def test_section_settings_built_in_code_take_pathlib_paths(tmp_path):
+    from genroute.knowledge import build_store
+    from genroute.outcomes.settings import settings_from
+
+    assert settings_from({"path": tmp_path / "o.db"}).path == str(tmp_path / "o.db")
+    assert build_store({"path": tmp_path / "chroma"}, engines={}).location == f"embedded chroma at {tmp_path / 'chroma'}"
+
+
 def test_a_configs_text_given_as_its_path_is_refused_without_echoing_it(gemini_server):
     import yaml
 

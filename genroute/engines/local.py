@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genroute.bounds import PathText
 from genroute.engines.base import Engine
 from genroute.engines.gguf_header import check_context_size, check_lora_adapter
 from genroute.runtime.billing import bill, estimate_input
@@ -40,13 +41,14 @@ class LocalEngineConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: Literal["local"] = "local"
-    model_path: str | None = Field(default=None, min_length=1, description="GGUF file; default: the bundled Gemma 3 270M.")
+    model_path: PathText | None = Field(default=None, min_length=1,
+                                        description="GGUF file; default: the bundled Gemma 3 270M.")
     n_ctx: int = Field(default=2048, ge=64)
     # 512 is ggml's GGML_MAX_N_THREADS; 100,000 threads aborted the process (std::bad_alloc) at the first request.
     n_threads: int | None = Field(default=None, ge=1, le=512,
                                   description="Generation and prompt threads; default half the cores.")
     seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Used when a request sets none.")
-    lora_path: str | None = Field(default=None, description="LoRA adapter (GGUF) applied at load.")
+    lora_path: PathText | None = Field(default=None, description="LoRA adapter (GGUF) applied at load.")
     reference_model: str = Field(default="gemini-2.5-flash", description="Cloud model for the cloud-equivalent cost.")
     pool_size: int = Field(default=1, ge=1, description="Model instances (each holds its own context).")
     prompt_format: PromptFormat = Field(default="plain", description="'plain' transcript (base models) or 'gemma' chat template.")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from genroute.bounds import PathText
 from genroute.config_errors import config_error
 from genroute.errors import ConfigError
 
@@ -45,7 +46,7 @@ EmbedderSpec = Annotated[LocalEmbedderSpec | GeminiEmbedderSpec, Field(discrimin
 class StoreConfig(_Frozen):
     """Where the knowledge lives (``path`` for embedded, ``host``/``port`` for a server) and how it is embedded."""
 
-    path: str | None = Field(default=None, min_length=1, description=(
+    path: PathText | None = Field(default=None, min_length=1, description=(
         "Directory of an embedded Chroma (a config file without one gets `<file stem>-chroma` beside it)."))
     host: str | None = Field(default=None, description="Host of a `chroma run` server.")
     port: int = Field(default=8000, ge=1, le=65535)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genroute.bounds import NOT_BOOL
+from genroute.bounds import NOT_BOOL, PathText
 from genroute.errors import ConfigError, without_secrets
 
 #: Scrub hook: gets ``{"input": str, "output": str, "task": str | None}``, returns it cleaned, or ``None`` to drop it.
@@ -20,7 +20,7 @@ class OutcomeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    path: str | None = Field(default=None, description=(
+    path: PathText | None = Field(default=None, description=(
         "SQLite file. Default: $GENROUTE_OUTCOMES_PATH, else (in a config file) <file stem>-outcomes.db beside "
         "the file; a config given as a dict must name one. With the shared state store: optional, an archive of "
         "every write this process reads (the full history; refresh and graduation read it)."))

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from genroute.admission import Attempt, Gate, Outcome, hold_ttl_s
+from genroute.bounds import PathText
 from genroute.errors import BudgetExceeded, ConfigError
 from genroute.policies.base import BackendInfo, BudgetView, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
@@ -88,7 +89,7 @@ class BudgetConfig(PolicyConfig):
                                      description="The cheaper backend used when exhausted.")
     max_cost_per_request: float | None = Field(default=None, ge=0.0, allow_inf_nan=False,
                                                description="Max USD per request for backends not in `costs`.")
-    stats_path: str | None = Field(default=None, description="Stats file for cost estimates.")
+    stats_path: PathText | None = Field(default=None, description="Stats file for cost estimates.")
     cost_margin: float = Field(default=2.0, ge=1.0, allow_inf_nan=False, description="Multiplier on a stats file's mean cost "
                                "per request when it has no max or p95 figure (a mean is not an upper bound).")
     # Declared after the other estimate sources so that its validator sees them.

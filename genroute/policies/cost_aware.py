@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genroute.bounds import PathText
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
 from genroute.policies.static import check_backends
 from genroute.policies.stats import BackendStats, BenchStats
@@ -27,7 +28,7 @@ class CostAwareConfig(PolicyConfig):
     """Config of ``CostAwarePolicy``; ``tasks`` overrides the targets per task."""
 
     kind: Literal["cost_aware"] = "cost_aware"
-    stats_path: str | None = Field(default=None, description="Stats file; else the router's context stats.")
+    stats_path: PathText | None = Field(default=None, description="Stats file; else the router's context stats.")
     min_quality: float = 0.0
     max_p95_latency_s: float | None = Field(default=None, gt=0.0)
     tasks: dict[str, Targets] = Field(default_factory=dict)

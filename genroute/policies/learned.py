@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from genroute.bounds import PathText
 from genroute.errors import ConfigError
 from genroute.knowledge.embedders import traced
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
@@ -159,7 +160,7 @@ class LearnedConfig(PolicyConfig):
     """Config of ``LearnedPolicy``."""
 
     kind: Literal["learned"] = "learned"
-    model_path: str = Field(description="Model file written by `genroute.policies.learned.train`.")
+    model_path: PathText = Field(description="Model file written by `genroute.policies.learned.train`.")
     default: str = Field(min_length=1, description="Used when no backend is predicted good enough.")
     cost_weight: float | None = Field(
         default=None, ge=0.0,

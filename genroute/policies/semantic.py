@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
+from genroute.bounds import PathText
 from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.routes import RouteSet, costing_routes
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
@@ -50,7 +51,7 @@ class SemanticConfig(PolicyConfig):
 
     kind: Literal["semantic"] = "semantic"
     routes: dict[str, tuple[str, ...]] = Field(default_factory=dict, description="Backend -> utterances.")
-    routes_file: str | None = Field(default=None, description='JSONL of {"backend": ..., "utterance": ...}.')
+    routes_file: PathText | None = Field(default=None, description='JSONL of {"backend": ..., "utterance": ...}.')
     collection: str | None = Field(
         default=None, min_length=3, max_length=512,
         description="Collection of the router's knowledge store holding the utterances "

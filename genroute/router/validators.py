@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from genroute.backends.base import BackendOutput
+from genroute.bounds import PathText
 from genroute.config_parse import parse_json, parse_yaml
 from genroute.errors import ConfigError
 from genroute.types import GenerateRequest
@@ -143,7 +144,7 @@ class JsonSchemaSpec(_Spec):
 
     kind: Literal["json_schema"]
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
-    path: str | None = None
+    path: PathText | None = None
 
 
 class JudgeSpec(_Spec):
