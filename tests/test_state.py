@@ -312,11 +312,19 @@ def test_state_config_errors_name_the_field() -> None:
 
 @pytest.mark.parametrize("url", ["redis://:s3cretpw@127.0.0.1:notaport/0", "redis://:s3cretpw@127.0.0.1:99999/0",
                                  "redis://:s3cretpw@127.0.0.1:6379/0?db=x",
-                                 "redis://:s3cretpw@127.0.0.1:6379/0?nosuch=1"])  # each failed at the first call
+                                 "redis://:s3cretpw@127.0.0.1:6379/0?nosuch=1",  # each failed at the first call
+                                 # each was read as another database (0, 12), silently
+                                 "redis://:s3cretpw@127.0.0.1:6379/abc", "rediss://:s3cretpw@127.0.0.1:6379/1/2"])
 def test_a_url_redis_cannot_use_is_a_config_error_at_build(url: str) -> None:
     with pytest.raises(ConfigError) as caught:
         build_state({"kind": "redis", "url": url})
     assert caught.value.field == "state.url" and "s3cretpw" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/3",
+                                 "rediss://127.0.0.1:6379/3/", "unix:///tmp/redis.sock?db=2"])
+def test_a_url_naming_its_database_by_number_or_not_at_all_is_taken(url: str) -> None:
+    assert isinstance(build_state({"kind": "redis", "url": url}), RedisStateStore)
 
 
 def test_a_password_in_the_url_never_reaches_an_error(redis_server: RedisServer) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -315,15 +316,26 @@ class RedisStateStore(StateStore):
             await found.client.connection_pool.disconnect()
 
 
+#: The path of a redis:// URL: none, or the database's number.
+_DB_PATH = re.compile(r"/?([0-9]+/?)?", re.ASCII)
+
+
 def _check_url(url: str) -> None:
     """Raise ``ConfigError`` naming ``state.url`` unless redis-py can connect with ``url`` (checked at build: redis-py
     itself reads it only at the first call). The message never holds the URL: it may carry a password."""
+    from urllib.parse import urlsplit
+
     from redis.asyncio.connection import Connection, parse_url
     from redis.exceptions import RedisError
 
     from genroute.errors import ConfigError, without_credentials
 
     try:
+        scheme, _, path, _, _ = urlsplit(url)
+        if scheme in ("redis", "rediss") and not _DB_PATH.fullmatch(path):
+            # redis-py reads a path that is not a number as database 0, silently (and "/1/2" as 12).
+            raise ConfigError(f"the path after the host is the database's number, as in redis://host:6379/0; "
+                              f"{path!r} is not one", field="state.url")
         options = parse_url(url)
         # What the pool does at the first call: an unknown query option fails here, not in a request.
         options.pop("connection_class", Connection)(**options)
