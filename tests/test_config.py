@@ -86,6 +86,8 @@ def test_yaml_toml_and_json_files_load(gemini_server, tmp_path):
     (lambda c: c.update(rate_limits=[{"engine": "gemini", "model": "gemini-2.5-flsh", "rpm": 5}]),
      "rate_limits.0.model"),  # a model no backend uses: the limit would never apply
     (lambda c: c.update(outcomes={"path": "o.db", "refresh_every_s": float("inf")}), "outcomes.refresh_every_s"),
+    # A millisecond period kept a third of a core busy refreshing while the router was idle.
+    (lambda c: c.update(outcomes={"path": "o.db", "refresh_every_s": 0.001}), "outcomes.refresh_every_s"),
     (lambda c: c.update(outcomes={"path": "o.db", "shared_max_age_s": float("inf")}), "outcomes.shared_max_age_s"),
 ])
 def test_config_errors_name_the_field(gemini_server, mutate, field):

@@ -228,7 +228,7 @@ def test_close_from_another_thread_stops_the_refresher_of_an_application_loop(ge
     import time
 
     policy = {"kind": "static", "backend": "chat"}
-    router = Router.from_config(router_config(gemini_server, tmp_path, policy, refresh_every_s=0.05))
+    router = Router.from_config(router_config(gemini_server, tmp_path, policy, refresh_every_s=0.1))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

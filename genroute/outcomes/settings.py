@@ -15,6 +15,11 @@ from genroute.errors import ConfigError, without_secrets
 ScrubHook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 
+#: The shortest ``refresh_every_s``: a refresh reads the outcome store, so a millisecond period kept a third of a
+#: core busy while the router was idle.
+MIN_REFRESH_S = 0.1
+
+
 class OutcomeSettings(BaseModel):
     """Outcome recording, shadow scoring, opt-in capture of labeled examples, and policy refresh."""
 
@@ -42,8 +47,9 @@ class OutcomeSettings(BaseModel):
                                                    description="Feedback score that accepts an answer.")
     capture: bool = Field(default=False, description="Keep input + accepted output as a labeled example (opt-in).")
     scrub: str | None = Field(default=None, description="module:callable scrub hook applied before anything is kept.")
-    refresh_every_s: Annotated[float | None, NOT_BOOL] = Field(default=None, gt=0, allow_inf_nan=False,
-                                                               description="Refresh policies from outcomes this often.")
+    refresh_every_s: Annotated[float | None, NOT_BOOL] = Field(
+        default=None, ge=MIN_REFRESH_S, allow_inf_nan=False,
+        description=f"Refresh policies from outcomes this often (at least {MIN_REFRESH_S} s).")
     min_n: Annotated[int, NOT_BOOL] = Field(default=20, ge=1,
                                             description="Outcome stats replace benchmark stats from this many records.")
     max_pending: Annotated[int, NOT_BOOL] = Field(default=10_000, ge=1,
