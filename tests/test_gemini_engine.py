@@ -403,6 +403,8 @@ def test_config_is_validated():
 @pytest.mark.parametrize(("config", "field"), [
     ({"apikey": KEY}, "engines.g.apikey"),                    # a misspelt field
     ({"api_key": "k", "vertex": KEY}, "engines.g.vertex"),    # the key in the wrong field
+    # Vertex AI authenticates with Google Cloud credentials: the key was ignored, silently.
+    ({"api_key": KEY, "vertex": {"project": "p", "location": "l"}}, "engines.g.api_key"),
     ({"timeout_s": -1}, "engines.g.timeout_s"),
 ])
 def test_an_engine_built_in_code_from_a_bad_config_is_a_config_error_without_the_input(config, field):

@@ -30,11 +30,12 @@ class GeminiEngineConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["gemini"] = "gemini"
+    # Before the key: the key's check reads it.
+    vertex: VertexConfig | None = None
     api_key_env: str = Field(default="GEMINI_API_KEY", description="Env var holding the key; GOOGLE_API_KEY is the fallback.")
     # min_length: the SDK raises a bare ValueError for an empty key, on the first request.
     api_key: SecretStr | None = Field(default=None, min_length=1,
                                       description="Inline key (discouraged: prefer api_key_env).")
-    vertex: VertexConfig | None = None
     base_url: str | None = Field(default=None, description="Overrides GOOGLE_GEMINI_BASE_URL / GOOGLE_VERTEX_BASE_URL.")
     api_version: str | None = None
     timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False, description="Per-attempt timeout (seconds).")
@@ -55,6 +56,16 @@ class GeminiEngineConfig(BaseModel):
         if value > _DEVELOPER_EMBED_BATCH and info.data.get("vertex") is None:
             raise ValueError(f"the Gemini Developer API embeds at most {_DEVELOPER_EMBED_BATCH} texts a request "
                              "(Vertex AI: 250)")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _not_for_vertex(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # The Vertex client authenticates with Application Default Credentials: a key here was ignored, silently.
+        if value is not None and info.data.get("vertex") is not None:
+            raise ValueError("Vertex AI does not take an API key here: it uses Application Default Credentials "
+                             "(gcloud auth application-default login, a service account), or credentials passed "
+                             "in engine_options")
         return value
 
     @field_validator("api_key_env")
