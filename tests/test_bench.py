@@ -727,6 +727,10 @@ def test_seeded_sampling_is_stable(tmp_path: Path) -> None:
     ({"input": "q", "label": 3}, "d.jsonl:2: label: Input should be a valid string (got 3)"),
     ({"text": "q", "output": "a"}, "d.jsonl:2: input: missing"),
     ({"input": "q", "metadata": "notes"}, "d.jsonl:2: metadata: must be a JSON object, got str"),
+    # One string was read a character a label: "positive, not negative" named only "positive" of p, o, s...
+    ({"input": "q", "metadata": {"label_set": "positive,negative"}},
+     'd.jsonl:2: metadata: label_set: must be a list of labels, such as ["negative", "positive"], not str'),
+    ({"input": "q", "metadata": {"label_set": 5}}, "d.jsonl:2: metadata: label_set: must be a list of labels"),
 ])
 def test_a_bad_record_is_named_by_line_and_key(tmp_path: Path, row: dict[str, Any], says: str) -> None:
     """These were "not a valid record (...)" with pydantic's whole report and its URL, or a Python AttributeError."""

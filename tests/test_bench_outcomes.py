@@ -115,6 +115,9 @@ def test_load_matrix_gz_missing_candidates_and_pricing(tmp_path: Path) -> None:
         load_matrix(path)  # no costs in the file, no pricing: fine (quality only) ...
         load_matrix(path, pricing=load_pricing(prices, usd_per_1m_per_billion=None))
     assert err.value.field == "prices.A"
+    with pytest.raises(UsageError) as err:  # its records become bench records: label_set is a list there too
+        load_matrix([{"input": "x", "metadata": {"label_set": "a,b"}, "outcomes": {"A": {"score": 1.0}}}])
+    assert err.value.field == "outcomes" and err.value.message.startswith("record 1: metadata: label_set: must be a list")
 
 
 def test_embedding_cache_embeds_each_text_once(embedder: LocalEmbedder, tmp_path: Path) -> None:

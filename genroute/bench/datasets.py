@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from genroute.bounds import is_real
 from genroute.errors import UsageError
@@ -26,6 +26,16 @@ class BenchRecord(BaseModel):
     label: str | None = None
     task: str | None = Field(default=None, description="Sent as the request's task (policies key on it).")
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _label_set_is_a_list(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        # label_accuracy iterates it: one string was read a character a label ("positive,negative": p, o, s...).
+        labels = metadata.get("label_set")
+        if labels is not None and not isinstance(labels, list | tuple):
+            raise ValueError(f"label_set: must be a list of labels, such as [\"negative\", \"positive\"], not "
+                             f"{type(labels).__name__}")
+        return metadata
 
 
 def load_records(
@@ -66,7 +76,8 @@ def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, f
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = ".".join(str(p) for p in error["loc"])
-        raise UsageError(f"{where}: {loc}: {error['msg']} (got {error['input']!r:.60})", field=field) from None
+        message = error["msg"].removeprefix("Value error, ")  # a check of ours: its message says it all
+        raise UsageError(f"{where}: {loc}: {message} (got {error['input']!r:.60})", field=field) from None
 
 
 def given_id(*candidates: Any) -> str | None:

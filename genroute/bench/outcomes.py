@@ -243,8 +243,12 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
         if rid in seen:
             raise UsageError(f"{where}: duplicate record id {rid!r}", field=field)
         seen.add(rid)
-        records.append(BenchRecord(id=rid, input=rec.input or "", output=rec.output or "", metadata=rec.metadata,
-                                   task=rec.task))
+        try:
+            records.append(BenchRecord(id=rid, input=rec.input or "", output=rec.output or "", metadata=rec.metadata,
+                                       task=rec.task))
+        except ValidationError as exc:  # a metadata.label_set that is not a list
+            raise UsageError(f"{where}: metadata: {exc.errors()[0]['msg'].removeprefix('Value error, ')}",
+                             field=field) from None
         rows.append([rec.outcomes[c] for c in names])
     if not records:
         raise UsageError(f"no record has a scored outcome for every candidate ({', '.join(names)}){_unscored(parsed)}",
