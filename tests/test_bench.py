@@ -373,6 +373,35 @@ async def test_judge_errors_are_counted_and_the_judge_spend_is_a_column(server: 
     assert cells["failures"] == f"JudgeError: 1 (judge: {bad.judge_error_type}: 1)"
 
 
+def assert_tables_keep_their_columns(markdown: str) -> int:
+    """Every row of every Markdown table in ``markdown`` has its header's columns (``\\|`` is text in a cell);
+    the number of tables."""
+    import re
+
+    tables: list[list[str]] = []
+    previous = ""
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            tables += [[]] if not previous.startswith("|") else []
+            tables[-1].append(line)
+        previous = line
+    for table in tables:
+        widths = [len(re.split(r"(?<!\\)\|", row)) for row in table]
+        assert set(widths) == {widths[0]}, "\n".join(table)
+    return len(tables)
+
+
+async def test_a_pipe_in_a_backend_name_stays_in_its_table_cell(server: GeminiTestServer, tmp_path: Path) -> None:
+    # A backend named "cheap|lite" gave its rows a column more than the header: the report's tables broke.
+    cfg = config(server, policy={"kind": "static", "backend": "smart"})
+    cfg["backends"]["cheap|lite"] = cfg["backends"].pop("cheap")
+    async with Router.from_config(cfg) as router:
+        report = await abench(router, records(), backends=["cheap|lite", "smart"], out_dir=tmp_path, progress=False)
+    text = Path(report.files["markdown"]).read_text()
+    assert assert_tables_keep_their_columns(text) >= 3  # backends, paired differences, compiled policy
+    assert "| cheap\\|lite |" in text
+
+
 def test_report_files_are_well_formed(tmp_path: Path) -> None:
     import matplotlib.image
 

@@ -202,6 +202,20 @@ def test_refuses_to_judge_on_training_records(embedder: LocalEmbedder, tmp_path:
     assert report.n_train == 40 and report.n_eval == 20 and "another file" in report.evaluated_on
 
 
+def test_a_pipe_in_a_candidate_or_task_name_stays_in_its_table_cell(embedder: LocalEmbedder, tmp_path: Path) -> None:
+    # A candidate "A|1" or a task "math|x" gave its rows a column more than the header: the tables broke.
+    from .test_bench import assert_tables_keep_their_columns
+
+    rows = synthetic(15)
+    for row in rows:
+        row["outcomes"]["A|1"] = row["outcomes"].pop("A")
+        row["metadata"]["task"] += "|x"
+    report = compile_outcomes(rows, out_dir=tmp_path, embedder=embedder, min_n=5, specs=SPECS)
+    text = report.markdown()
+    assert assert_tables_keep_their_columns(text) >= 4  # routers, curves, comparisons, estimators, routes
+    assert "A\\|1" in text and "math\\|x" in text
+
+
 def test_cli_outcomes_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))
     out = tmp_path / "out"

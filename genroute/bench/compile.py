@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench.datasets import BenchRecord, split_by_input
-from genroute.bench.report import summarize
+from genroute.bench.report import markdown_row, summarize
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.errors import GenrouteError, UsageError
 from genroute.policies.stats import ANY_TASK, BackendStats, BenchStats
@@ -71,8 +71,8 @@ class CompileReport(BaseModel):
         for row in self.rows:
             picks = ", ".join(f"{b}: {n}" for b, n in sorted(row.picks.items())) or "–"
             low, high = row.quality_ci
-            lines.append(f"| {row.name} | {len(row.scores)} | {row.quality:.3f} [{low:.3f}, {high:.3f}] | "
-                         f"${row.cost_per_request_usd:.6f} | {row.latency_p50_s:.3f} | {picks} |")
+            lines.append(markdown_row([row.name, len(row.scores), f"{row.quality:.3f} [{low:.3f}, {high:.3f}]",
+                                       f"${row.cost_per_request_usd:.6f}", f"{row.latency_p50_s:.3f}", picks]))
         if self.learned_note:
             lines += ["", self.learned_note]
         return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench import matrix_routers as mr
+from genroute.bench.report import markdown_row
 from genroute.policies.cost_weight import CostWeightChoice
 
 if TYPE_CHECKING:
@@ -89,8 +90,9 @@ def rows_table(report: OfflineReport) -> str:
         picks = ", ".join(f"{c}: {n}" for c, n in sorted(r.picks.items(), key=lambda kv: -kv[1]))
         knob = "–" if r.knob is None else f"{r.knob:.3g}"
         quality = f"{r.quality:.3f} [{r.quality_ci[0]:.3f}, {r.quality_ci[1]:.3f}]"
-        lines.append(f"| {r.name} | {quality} | {_money(r.cost_per_request_usd)} | {r.n} | {knob} | "
-                     f"{picks if r.name.startswith(('learned', 'semantic', 'cost_aware', 'oracle', 'per-task', 'random')) else '–'} |")
+        routed = r.name.startswith(("learned", "semantic", "cost_aware", "oracle", "per-task", "random"))
+        lines.append(markdown_row([r.name, quality, _money(r.cost_per_request_usd), r.n, knob,
+                                   picks if routed else "–"]))
     return "\n".join(lines) + "\n"
 
 
@@ -113,8 +115,8 @@ def curves_table(report: OfflineReport) -> str:
             f"{_money(c.cost_at_best_single_quality)} ({c.cost_at_best_single_quality / best.cost_per_request_usd:.1%})" \
             if best.cost_per_request_usd > 0 else _money(c.cost_at_best_single_quality)
         apgr = "–" if c.apgr is None else f"{c.apgr:.3f}"
-        lines.append(f"| {c.name} | {c.knob} | {c.aiq:.3f} | {apgr} | {_share(c.cost_saved_at_95)} | {at_best} | "
-                     f"{c.quality_at_best_single_cost:.3f} | {c.quality_at_per_task_best_cost:.3f} |")
+        lines.append(markdown_row([c.name, c.knob, f"{c.aiq:.3f}", apgr, _share(c.cost_saved_at_95), at_best,
+                                   f"{c.quality_at_best_single_cost:.3f}", f"{c.quality_at_per_task_best_cost:.3f}"]))
     return "\n".join(lines) + "\n"
 
 
@@ -123,8 +125,8 @@ def comparisons_table(report: OfflineReport) -> str:
     lines = ["| router | vs | n | quality difference [95 % CI] | cost ratio | verdict |", "|---|---|---|---|---|---|"]
     for c in report.comparisons:
         ratio = "–" if c.cost_ratio is None else f"{c.cost_ratio:.1%}"
-        lines.append(f"| {c.router} | {c.baseline} | {c.n} | {c.quality_difference:+.3f} "
-                     f"[{c.ci[0]:+.3f}, {c.ci[1]:+.3f}] | {ratio} | {c.verdict} |")
+        lines.append(markdown_row([c.router, c.baseline, c.n, f"{c.quality_difference:+.3f} "
+                                   f"[{c.ci[0]:+.3f}, {c.ci[1]:+.3f}]", ratio, c.verdict]))
     return "\n".join(lines) + "\n"
 
 
@@ -135,7 +137,7 @@ def methods_table(report: OfflineReport) -> str:
         for r in results:
             mark = " (chosen)" if r.get("chosen") else ""
             aiq = "not applicable: " + r.get("note", "") if r["validation_aiq"] is None else f"{r['validation_aiq']:.3f}"
-            lines.append(f"| {name} | {r['spec']}{mark} | {aiq} |")
+            lines.append(markdown_row([name, f"{r['spec']}{mark}", aiq]))
     return "\n".join(lines) + "\n"
 
 

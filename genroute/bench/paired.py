@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from itertools import combinations
 from typing import TYPE_CHECKING
 
+from genroute.bench.report import markdown_row
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.bench.stats import PairedComparison, align, compare_paired
 
@@ -82,9 +83,8 @@ def comparison_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
 
 def comparison_markdown(comparisons: Sequence[PairedComparison]) -> str:
     """The paired differences as a Markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
-              for row in comparison_rows(comparisons)]
+    lines = [markdown_row(COLUMNS), "|" + "---|" * len(COLUMNS)]
+    lines += [markdown_row(row) for row in comparison_rows(comparisons)]
     return "\n".join(lines) + "\n"
 
 

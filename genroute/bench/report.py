@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,12 +116,18 @@ def table_rows(summaries: Sequence[Summary]) -> list[list[str]]:
     return rows
 
 
+def markdown_row(cells: Iterable[object]) -> str:
+    """One row of a Markdown table: a "|" in a cell (a backend or task named "a|b") is escaped, and a line break
+    is a space, so that neither starts a column or a row of its own."""
+    return "| " + " | ".join(" ".join(str(c).replace("|", "\\|").splitlines()) for c in cells) + " |"
+
+
 def markdown_table(summaries: Sequence[Summary]) -> str:
     """The summaries as a Markdown table (metric named in the header)."""
     metric = summaries[0].metric if summaries else "score"
     header = [c if c != "quality (95% CI)" else f"{metric} (95% CI)" for c in COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summaries)]
+    lines = [markdown_row(header), "|" + "---|" * len(header)]
+    lines += [markdown_row(row) for row in table_rows(summaries)]
     return "\n".join(lines) + "\n"
 
 

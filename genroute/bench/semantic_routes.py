@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from genroute.bench.outcomes import OutcomeMatrix
+from genroute.bench.report import markdown_row
 
 #: Cluster counts compared by cross-validation.
 CLUSTERS: tuple[int, ...] = (8, 16, 32, 64)
@@ -163,9 +164,9 @@ def route_table(routes: Routes, train: OutcomeMatrix, cost_weight: float) -> str
             tasks[task] = tasks.get(task, 0) + 1
         top = ", ".join(f"{t} {n}" for t, n in sorted(tasks.items(), key=lambda kv: -kv[1])[:3])
         j = int(chosen[c])
-        example = " ".join(train.records[int(routes.utterances[c][0])].input.split())[:90].replace("|", "/")
-        lines.append(f"| {c + 1} | {len(rows)} | {top} | {train.candidates[j]} | "
-                     f"{train.scores[rows, j].mean():.3f} | {example} |")
+        example = " ".join(train.records[int(routes.utterances[c][0])].input.split())[:90]
+        lines.append(markdown_row([c + 1, len(rows), top, train.candidates[j], f"{train.scores[rows, j].mean():.3f}",
+                                   example]))
     return "\n".join(lines) + "\n"
 
 
