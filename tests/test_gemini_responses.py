@@ -80,3 +80,32 @@ def test_an_answer_of_the_wrong_shape_is_a_malformed_body_retried_and_billed(gem
     # Each attempt was answered, so processed: its input is billed, estimated.
     assert caught.value.cost_estimated
     assert caught.value.cost_usd == pytest.approx(3 * estimate_tokens("what is this?") * 0.30 / 1e6)
+
+
+@pytest.mark.parametrize("body", [None, [], [1], {}, {"candidates": []}, {"usageMetadata": {"promptTokenCount": 3}}])
+@pytest.mark.parametrize("kind", ["prompt_template", "function_calling"])
+def test_a_200_body_that_is_not_an_answer_is_a_malformed_body_not_an_empty_answer(gemini_server, body, kind):
+    gemini_server.reply_json(body, path=r".*:generateContent")
+    backend = {"kind": kind, "tools": ["add"]} if kind == "function_calling" else {}
+
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    with Router.from_config(gemini_config(gemini_server, **backend), tools={"add": add}) as router:
+        with pytest.raises(BackendUnavailable) as caught:
+            router.generate("what is this?")
+        assert str(caught.value) == "malformed response body: an answer with neither candidates nor promptFeedback"
+        assert caught.value.backend == "chat" and caught.value.usage is not None
+        assert router.generate("and now?").text == "echo: and now?"  # the next answer is read as before
+
+
+def test_a_stream_chunk_with_only_usage_is_still_part_of_the_answer(gemini_server):
+    usage = {"promptTokenCount": 10, "candidatesTokenCount": 2, "totalTokenCount": 12}
+    text = {"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": "Hello"}]},
+                            "finishReason": "STOP"}], "modelVersion": "gemini-2.5-flash"}
+    gemini_server.reply(Reply(raw=[text, {"usageMetadata": usage, "modelVersion": "gemini-2.5-flash"}]))
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        *_, last = router.stream("hello")
+
+    assert last.result is not None and last.result.text == "Hello" and last.result.usage.output_tokens == 2

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genroute.construct import one_store_init, user_content  # user_content: public here, backends use it
 from genroute.engines.base import SamplingSettings
+from genroute.errors import BackendUnavailable
 from genroute.runtime.telemetry import block_reason, reason_name
 from genroute.types import Citation, GenerateRequest, ToolCall
 
@@ -177,7 +178,7 @@ class SingleCallBackend(Backend):
         """Make the prepared call (a subclass may re-send a changed call after a failure)."""
         response = await ctx.generate(self.engine, prepared.model, prepared.contents, prepared.config,
                                       price_as=prepared.price_as)
-        return self._output(prepared, *text_and_reason(response))
+        return self._output(prepared, *text_and_reason(response))  # a whole answer: checked to be one
 
     async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
         prepared = await self.prepare(request, ctx)
@@ -193,7 +194,7 @@ class SingleCallBackend(Backend):
                             price_as=prepared.price_as)
         async with aclosing(stream) as responses:  # closed now if our consumer stops early, not by the GC
             async for response in responses:
-                delta, chunk_reason = text_and_reason(response)
+                delta, chunk_reason = text_and_reason(response, False)
                 reason = chunk_reason or reason
                 if delta:
                     parts.append(delta)
@@ -205,12 +206,19 @@ class SingleCallBackend(Backend):
                              citations=prepared.citations, no_context=prepared.no_context)
 
 
-def text_and_reason(response: types.GenerateContentResponse) -> tuple[str, str | None]:
+def text_and_reason(response: types.GenerateContentResponse, whole: bool = True) -> tuple[str, str | None]:
     """The first candidate's text (its text parts joined, thought parts excluded) and its finish reason as a
     lower-case string (semconv style); a prompt the provider blocked has no candidate, and its block reason
-    (``promptFeedback.blockReason``) is the finish reason."""
+    (``promptFeedback.blockReason``) is the finish reason.
+
+    A ``whole`` answer (not a stream chunk, which may carry only usage) with neither candidates nor
+    ``promptFeedback`` is not an answer (a ``null`` or ``[]`` body, a proxy's own JSON): ``BackendUnavailable``.
+    """
     candidates = response.candidates
     if not candidates:
+        # Checked here, where an answer without candidates is read anyway: a normal answer pays nothing for it.
+        if whole and response.prompt_feedback is None:
+            raise BackendUnavailable("malformed response body: an answer with neither candidates nor promptFeedback")
         return "", block_reason(response)
     first = candidates[0]
     reason = None if first.finish_reason is None else reason_name(first.finish_reason)
@@ -224,6 +232,7 @@ def text_and_reason(response: types.GenerateContentResponse) -> tuple[str, str |
     return "".join(p.text for p in parts if p.text and not p.thought), reason
 
 
-def finish_reason(response: types.GenerateContentResponse) -> str | None:
-    """The first candidate's finish reason as a lower-case string (semconv style)."""
-    return text_and_reason(response)[1]
+def finish_reason(response: types.GenerateContentResponse, whole: bool = True) -> str | None:
+    """The first candidate's finish reason as a lower-case string (semconv style); ``whole``: as
+    ``text_and_reason``."""
+    return text_and_reason(response, whole)[1]

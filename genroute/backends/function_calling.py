@@ -183,13 +183,13 @@ class FunctionCallingBackend(Backend):
                         # Bounded chunk by chunk: a deadline scope must not stay open across a yield to our caller.
                         while (chunk := await self._until(deadline, anext(chunks, None), step,
                                                           calls_made)) is not None:
-                            for delta in turn.add(chunk):
+                            for delta in turn.add(chunk, False):
                                 yield delta
                 else:
                     response = await self._until(
                         deadline, ctx.generate(self.engine, self.config.model, contents, config), step, calls_made
                     )
-                    for delta in turn.add(response):
+                    for delta in turn.add(response, True):
                         yield delta
                 if turn.text:
                     said.append(turn.text)
@@ -353,9 +353,9 @@ class _Turn:
         self.finish: str | None = None
         self._separator = separator
 
-    def add(self, response: types.GenerateContentResponse) -> list[str]:
-        """Take in a response (or stream chunk); return the user-visible text it adds."""
-        self.finish = finish_reason(response) or self.finish
+    def add(self, response: types.GenerateContentResponse, whole: bool) -> list[str]:
+        """Take in a response (``whole``) or stream chunk; return the user-visible text it adds."""
+        self.finish = finish_reason(response, whole) or self.finish
         content = response.candidates[0].content if response.candidates else None
         deltas: list[str] = []
         for part in (content.parts or []) if content is not None else []:
