@@ -285,6 +285,30 @@ async def test_malformed_json_is_typed(srv, engine):
     assert len(srv.requests) == 3
 
 
+@pytest.mark.parametrize(("status", "kind", "sent"), [(400, BackendRejected, 1), (404, BackendRejected, 1),
+                                                      (429, BackendUnavailable, 3), (503, BackendUnavailable, 3)])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_error_status_whose_body_is_not_json_keeps_its_status(srv, engine, status, kind, sent, stream):
+    # The SDK parses an error body before it raises its APIError: one that is not JSON escapes as a JSONDecodeError.
+    srv.fault(Fault.malformed_json(status=status), times=3)
+    with pytest.raises(kind) as info:
+        if stream:
+            _ = [c async for c in engine.stream(MODEL, user("x"))]
+        else:
+            await engine.generate(MODEL, user("x"))
+    assert info.value.status == status and str(info.value).startswith(f"{status} ")
+    assert "the error body is not valid JSON" in str(info.value)
+    assert len(srv.requests) == sent  # retried as its status says, not as a malformed 200
+
+
+async def test_an_error_status_whose_body_is_not_json_keeps_its_retry_after(srv, engine):
+    srv.reply_json(b"<html>slow down</html>", path=r".*generateContent", status=429, headers={"Retry-After": "0"},
+                   times=3)
+    with pytest.raises(BackendUnavailable) as info:
+        await engine.generate(MODEL, user("x"))
+    assert info.value.status == 429 and info.value.retry_after_s == 0.0
+
+
 async def test_reset_then_success(srv, engine):
     srv.fault(Fault.reset())
     srv.reply_text("back")

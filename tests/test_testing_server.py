@@ -200,6 +200,15 @@ def test_malformed_json_fault(srv, client):
         client.models.generate_content(model=MODEL, contents="x")
 
 
+def test_malformed_json_fault_with_an_error_status(srv, client):
+    srv.fault(Fault.malformed_json(status=503))
+    with pytest.raises(errors.ServerError) as info:  # the sync (httpx) client reads a body that is not JSON as text
+        client.models.generate_content(model=MODEL, contents="x")
+    assert info.value.code == 503 and info.value.message.startswith('{"error": {"code": 503')
+    with pytest.raises(ValueError):
+        json.loads(info.value.message)
+
+
 def test_cut_stream_never_looks_complete(srv, client):
     srv.fault(Fault.cut_stream(after_chunks=1))
     srv.reply_text("one two three", chunks=3)

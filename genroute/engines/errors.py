@@ -7,6 +7,8 @@
     cut bodies, malformed JSON (JSONDecodeError, UnknownApiResponseError), an answer the SDK cannot read
     as its type (a pydantic ValidationError of GenerateContentResponse...)
                                              -> BackendUnavailable
+    an error status whose body is not JSON (a JSONDecodeError the SDK raises before its APIError)
+                                             -> as its status would be, with that status
     google.auth TransportError               -> BackendUnavailable; RefreshError -> BackendRejected
     google.auth DefaultCredentialsError      -> ConfigError naming ``engines.<name>.vertex`` (no credentials)
     anything else (an SDK ValueError, TypeError, pydantic ValidationError...)
@@ -121,14 +123,20 @@ def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...
         code = int(exc.code) if isinstance(exc.code, int) else None
         head = " ".join(str(part) for part in (code, exc.status) if part)
         text = msg(f"{head}: {exc.message or _other_details(exc.details) or 'the response gave no error message'}")
-        if code in (408, 429) or (code is not None and code >= 500) or isinstance(exc, genai_errors.ServerError):
-            return BackendUnavailable(text, backend=backend, status=code, retry_after_s=_retry_after(exc))
-        return BackendRejected(text, backend=backend, status=code)
+        retry_after_s = _retry_after(getattr(getattr(exc, "response", None), "headers", None), exc.details)
+        return _by_status(code, text, backend, retry_after_s, isinstance(exc, genai_errors.ServerError))
     auth = sys.modules.get("google.auth.exceptions")
     if auth is not None and isinstance(exc, auth.DefaultCredentialsError):
         cut_credentials_chain(exc)
         return ConfigError(msg(f"no Google Cloud credentials for Vertex AI: {exc}"),
                            field=f"engines.{backend}.vertex" if backend else None)
+    response = _error_response(exc) if isinstance(exc, json.JSONDecodeError) else None
+    if response is not None:  # an error status whose body is not JSON: the status still says what it was
+        code = getattr(response, "status", None) or getattr(response, "status_code", None)
+        reason = getattr(response, "reason", None) or getattr(response, "reason_phrase", None)
+        head = " ".join(str(part) for part in (code, reason) if part)
+        return _by_status(code, msg(f"{head}: the error body is not valid JSON ({exc})"), backend,
+                          _retry_after(getattr(response, "headers", None)), False)
     if isinstance(exc, (json.JSONDecodeError, genai_errors.UnknownApiResponseError)):
         return BackendUnavailable(msg(f"malformed response body: {exc}"), backend=backend)
     if malformed_answer(exc):
@@ -146,6 +154,35 @@ def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...
     return BackendRejected(
         msg(f"unexpected {type(exc).__name__} raised in {_origin(exc)}, not by the provider: {exc}"),
         backend=backend)
+
+
+def _by_status(code: int | None, text: str, backend: str | None, retry_after_s: float | None,
+               server_error: bool) -> BackendUnavailable | BackendRejected:
+    """The error for an error answer with HTTP status ``code``: 408, 429 and 5xx (or the SDK's ``ServerError``) are
+    retryable, any other final."""
+    if code in (408, 429) or (code is not None and code >= 500) or server_error:
+        return BackendUnavailable(text, backend=backend, status=code, retry_after_s=retry_after_s)
+    return BackendRejected(text, backend=backend, status=code)
+
+
+def _error_response(exc: json.JSONDecodeError) -> Any:
+    """The HTTP response whose error body could not be parsed into ``exc``, or None (a 200's body, say).
+
+    The SDK reads an error status's body in ``google.genai.errors`` (``raise_for_async_response``), and through
+    aiohttp catches only a wrong content type: a JSON error body that is not JSON escapes as a bare
+    ``JSONDecodeError``. Its response is reachable only from that frame of the traceback.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_globals.get("__name__") == "google.genai.errors" and frame.f_code.co_name.startswith("raise_for"):
+            for name in ("unwrapped_response", "response"):
+                response = frame.f_locals.get(name)
+                status = getattr(response, "status", None)
+                if isinstance(status, int) or isinstance(getattr(response, "status_code", None), int):
+                    return response
+        tb = tb.tb_next
+    return None
 
 
 def _other_details(details: Any) -> str:
@@ -193,9 +230,8 @@ def _is_transport_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | PermissionError)
 
 
-def _retry_after(exc: Any) -> float | None:
+def _retry_after(headers: Any, details: Any = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header or a ``google.rpc.RetryInfo`` detail."""
-    headers = getattr(getattr(exc, "response", None), "headers", None)
     value = None
     if headers is not None:
         try:
@@ -206,7 +242,7 @@ def _retry_after(exc: Any) -> float | None:
         parsed = parse_retry_after(str(value))
         if parsed is not None:
             return parsed
-    return _retry_info_delay(getattr(exc, "details", None))
+    return _retry_info_delay(details)
 
 
 def parse_retry_after(value: str) -> float | None:

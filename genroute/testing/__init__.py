@@ -58,7 +58,8 @@ faulted request does not use up a queued reply (except ``delay`` and ``cut_strea
   seconds, the only form HTTP allows); on a stream with ``after_chunks`` the error
   arrives as an SSE ``{"error": ...}`` event after that many good events;
 - ``Fault.delay(seconds)``: a slow server (``after_chunks=N``: a stream that stalls after N events, then goes
-  on); ``Fault.malformed_json()``: 200 with invalid JSON;
+  on); ``Fault.malformed_json()``: 200 with invalid JSON (``status=503``: that error status with a JSON error
+  body cut short);
 - ``Fault.cut_stream(after_chunks=1)``: the connection drops mid-body after that many SSE events, or that many
   bytes of a plain body (at least one, never all): chunked encoding is left unterminated and a plain body falls
   short of its ``Content-Length``, so clients see an incomplete response rather than a short complete one;

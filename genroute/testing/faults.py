@@ -47,9 +47,10 @@ class Fault:
         return cls("delay", seconds=seconds, after_chunks=after_chunks)
 
     @classmethod
-    def malformed_json(cls) -> Fault:
-        """Answer 200 with a body (or an SSE event) that is not valid JSON."""
-        return cls("malformed_json")
+    def malformed_json(cls, status: int = 200) -> Fault:
+        """Answer 200 with a body (or an SSE event) that is not valid JSON; another ``status`` (an error) answers
+        it with a JSON error body cut short, as a proxy in front of the API may."""
+        return cls("malformed_json", code=status)
 
     @classmethod
     def cut_stream(cls, after_chunks: int = 1) -> Fault:

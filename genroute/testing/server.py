@@ -281,7 +281,9 @@ class GeminiTestServer:
                               headers=headers))
             return
         if fault is not None and fault.kind == "malformed_json":
-            if request.stream:
+            if fault.code not in (0, 200):  # an error answer is a plain body, streamed request or not
+                _send(h, Response(status=fault.code, body=b'{"error": {"code": %d, "mess' % fault.code))
+            elif request.stream:
                 _send(h, Response(events=[b'{"candidates": [{"content": {"parts": [{"te']))
             else:
                 _send(h, Response(body=b'{"candidates": [{"content": {"parts": [{"te'))
