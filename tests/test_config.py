@@ -384,6 +384,22 @@ def test_sandbox_blocks_unsafe_template_access(gemini_server):
     assert gemini_server.requests == []
 
 
+@pytest.mark.parametrize("engine", ["gemini", "local"])
+@pytest.mark.parametrize("mime", ["text/plain", "text/html"])
+def test_a_response_schema_with_a_plain_text_answer_is_a_config_error(gemini_server, engine, mime):
+    # Gemini takes a schema only with application/json or text/x.enum; the local engine answered JSON all the same.
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    config = gemini_config(gemini_server, generation={"response_mime_type": mime, "response_schema": schema})
+    if engine == "local":
+        config["engines"] = {"gemini": {"kind": "local"}}  # not loaded: the config is refused first
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(config)
+    assert info.value.field == "backends.chat.generation.response_schema" and repr(mime) in info.value.message
+    for fine in ("application/json", "text/x.enum", None):
+        generation = {"response_schema": {"type": "string", "enum": ["a"]}, "response_mime_type": fine}
+        Router.from_config(gemini_config(gemini_server, generation=generation)).close()
+
+
 def test_generation_settings_reach_the_wire(gemini_server):
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     config = gemini_config(gemini_server, generation={"temperature": 0.1, "max_output_tokens": 20,

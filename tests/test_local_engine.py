@@ -166,6 +166,11 @@ def test_caller_mistakes_are_usage_errors() -> None:
     with pytest.raises(UsageError) as info:  # it was ignored: free text where the caller asked for XML
         prepare(user("x"), types.GenerateContentConfig(response_mime_type="application/xml"), Defaults())
     assert info.value.field == "config.response_mime_type"
+    for schema in ({"response_schema": {"type": "STRING"}}, {"response_json_schema": {"type": "string"}}):
+        # Gemini takes a schema only with a JSON or enum answer; here the schema made the "plain text" JSON.
+        with pytest.raises(UsageError) as info:
+            prepare(user("x"), types.GenerateContentConfig(response_mime_type="text/plain", **schema), Defaults())
+        assert info.value.field == "config.response_mime_type"
     with pytest.raises(ConfigError):
         LocalEngine("bad", {"pool_size": 0})
     with pytest.raises(ConfigError) as info:

@@ -8,7 +8,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from genroute.construct import one_store_init, user_content  # user_content: public here, backends use it
 from genroute.engines.base import SamplingSettings
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from genroute.runtime.pricing import Pricing
 
 
+#: The response MIME types a response schema can go with (``None``: JSON, as ``to_genai`` sends it).
+SCHEMA_MIME_TYPES = (None, "application/json", "text/x.enum")
+
+
 class GenerationSettings(SamplingSettings):
     """Sampling and output settings passed to the engine (the sampling bounds are ``SamplingSettings``')."""
 
@@ -37,12 +41,18 @@ class GenerationSettings(SamplingSettings):
 
     @field_validator("response_schema")
     @classmethod
-    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _bounded(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
         # The SDK writes the schema out on the event loop at every request: an alias bomb must stop here.
         if value is not None:
             from genroute.bounds import SCHEMA, check
 
             check(value, field="", limits=SCHEMA)
+            mime = info.data.get("response_mime_type")
+            if mime not in SCHEMA_MIME_TYPES:
+                # Gemini takes a schema only with these (its API reference), and the local engine would answer
+                # JSON whatever the type said.
+                raise ValueError(f"a response_schema needs response_mime_type application/json or text/x.enum "
+                                 f"(or none, for JSON), not {mime!r}")
         return value
 
     def to_genai(self, *, system: str | None = None, **extra: Any) -> types.GenerateContentConfig:

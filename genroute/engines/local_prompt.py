@@ -271,6 +271,11 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
     if config.response_mime_type not in (None, "text/plain", "application/json", ENUM_MIME_TYPE):
         raise UsageError(f"the local engine writes text/plain, application/json or {ENUM_MIME_TYPE}, not "
                          f"{config.response_mime_type!r}", field="config.response_mime_type")
+    schema_given = config.response_schema is not None or config.response_json_schema is not None
+    if config.response_mime_type == "text/plain" and schema_given:
+        # Gemini takes a schema only with a JSON or enum answer; a schema here would make the answer JSON.
+        raise UsageError("a response schema needs application/json or text/x.enum, not text/plain",
+                         field="config.response_mime_type")
     if config.seed is not None and not 0 <= config.seed <= MAX_SEED:  # -1 would sample with a random seed
         raise UsageError(f"the local engine takes a seed from 0 to {MAX_SEED}", field="config.seed")
     decls = _declarations(config)
