@@ -162,10 +162,33 @@ def test_local_prompt_is_the_training_prompt() -> None:
     assert prepared.prompt == format_prompt("I loved it")
 
 
-@pytest.mark.local
-async def test_tuned_backend_on_the_local_engine(otel: Otel) -> None:
+def test_a_local_tuned_backend_without_its_adapter_is_a_config_error(otel: Otel) -> None:
+    # Without lora_path the engine serves the base model, which would pass for the tuned one (and be scored as it).
+    from genroute.errors import ConfigError
+
     config = {
-        "engines": {"local": {"kind": "local", "prompt_format": "gemma", "max_output_tokens": 8}},
+        "engines": {"local": {"kind": "local", "prompt_format": "gemma"}},
+        "backends": {"tuned": {"kind": "tuned", "engine": "local", "model": "gemma-3-270m-sft",
+                               "base_model": "gemma-3-270m"}},
+    }
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(config, **otel.providers)
+    assert info.value.field == "engines.local.lora_path"
+
+
+@pytest.mark.local
+async def test_tuned_backend_on_the_local_engine(otel: Otel, tmp_path: Any) -> None:
+    import numpy as np
+
+    from genroute.tuning.gguf_adapter import write_lora_adapter
+
+    rng = np.random.default_rng(0)  # a small adapter on two layers' q_proj (Gemma 3 270M: 640 in, 1024 out)
+    pairs = {f"model.layers.{layer}.self_attn.q_proj": (rng.normal(size=(4, 640)) * 0.01, np.zeros((1024, 4)))
+             for layer in (0, 17)}
+    adapter = write_lora_adapter(tmp_path / "adapter.gguf", pairs, alpha=4.0)
+    config = {
+        "engines": {"local": {"kind": "local", "prompt_format": "gemma", "max_output_tokens": 8,
+                              "lora_path": str(adapter)}},
         "backends": {"tuned": {"kind": "tuned", "engine": "local", "model": "gemma-3-270m-sft",
                                "base_model": "gemma-3-270m"}},
     }

@@ -1,4 +1,5 @@
-"""``genroute demo``: one request through each of the five backends on the embedded local model, offline."""
+"""``genroute demo``: one request through each of the five backends on the embedded local model, offline (four
+without a LoRA adapter: ``--no-tune``, or no ``tune-local`` extra)."""
 
 from __future__ import annotations
 
@@ -32,14 +33,12 @@ def get_weather(city: str) -> dict[str, Any]:
 
 
 def demo_config(cache: Path, adapter: Path | None) -> dict[str, Any]:
-    """The demo's router config: two local engines (base, and base+LoRA when an adapter exists)."""
+    """The demo's router config: the local engine, and base+LoRA with the tuned backend when an adapter exists
+    (without one there is no tuned model: the base model would only pass for one)."""
     # Greedy, short, one line: the base 270M model rambles past the first line.
     gen = {"temperature": 0.0, "max_output_tokens": 32, "stop_sequences": ["\n"]}
-    tuned_engine: dict[str, Any] = {"kind": "local", "prompt_format": "gemma"}
-    if adapter is not None:
-        tuned_engine["lora_path"] = str(adapter)
-    return {
-        "engines": {"local": {"kind": "local"}, "local_tuned": tuned_engine},
+    config: dict[str, Any] = {
+        "engines": {"local": {"kind": "local"}},
         "knowledge": {"path": str(store_path(cache))},
         "backends": {
             "template": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
@@ -51,11 +50,14 @@ def demo_config(cache: Path, adapter: Path | None) -> dict[str, Any]:
                      "generation": gen},
             "tools": {"kind": "function_calling", "engine": "local", "model": "gemma-3-270m",
                       "tools": ["get_weather"], "max_steps": 2, "on_max_steps": "answer", "generation": gen},
-            "tuned": {"kind": "tuned", "engine": "local_tuned", "model": "gemma-3-270m-review-lora",
-                      "base_model": "gemma-3-270m", "tasks": ["review_rating"], "generation": gen},
         },
         "policy": {"kind": "ladder", "min_examples": 8},
     }
+    if adapter is not None:
+        config["engines"]["local_tuned"] = {"kind": "local", "prompt_format": "gemma", "lora_path": str(adapter)}
+        config["backends"]["tuned"] = {"kind": "tuned", "engine": "local_tuned", "model": "gemma-3-270m-review-lora",
+                                       "base_model": "gemma-3-270m", "tasks": ["review_rating"], "generation": gen}
+    return config
 
 
 def store_path(cache: Path) -> Path:
@@ -69,7 +71,7 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
     """Run the demo and print a table of decisions, answers, latency, tokens and cost, then the span tree.
 
     With ``tune`` and the ``tune-local`` extra installed, the tuned backend's LoRA adapter is trained
-    on first run (once per cache directory); otherwise that backend runs the base model.
+    on first run (once per cache directory); otherwise there is no tuned backend (the other four run).
     """
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -110,7 +112,7 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
     if adapter is None:
         how = ("run `genroute demo` without --no-tune to train it" if can_tune else
                "train one with `genroute tune --local DATA.jsonl` (extra `tune-local`)")
-        console.print(f"[dim]note: no LoRA adapter found, so the tuned backend runs the base model; {how}.[/]")
+        console.print(f"[dim]note: no LoRA adapter found, so there is no tuned backend; {how}.[/]")
     if show_trace:
         console.print(span_tree(exporter.get_finished_spans()))
     return 0
@@ -131,7 +133,7 @@ def _find_adapter(cache: Path) -> Path | None:
 
 
 def _train_adapter(console: Any, cache: Path) -> Path | None:
-    """Train the review adapter with a progress bar; on failure say why and go on with the base model."""
+    """Train the review adapter with a progress bar; on failure say why and go on without a tuned backend."""
     from rich.markup import escape
 
     from genroute.errors import GenrouteError
