@@ -8,7 +8,8 @@ backslash in front, so the local engine's transcript and the ``text`` example fo
 Both are matched on a folded view of the text: invisible characters (every format character such as zero-width
 spaces, bidi controls, the soft hyphen and tag characters, and variation selectors) are skipped wherever they stand,
 and compatibility forms are NFKC-folded, so ``\\u200eUser:``, ``U\\u200bser:``, ``Function\\xa0result``, full-width
-``Ｕｓｅｒ：`` and ``＜/document>`` are all caught. The words themselves stay readable: the model sees what the
+``Ｕｓｅｒ：`` and ``＜/document>`` are all caught, and so are Cyrillic and Greek look-alike letters (``Usеr:`` with a
+Cyrillic ``е``, a small explicit map: NFKC does not fold across scripts). The words themselves stay readable: the model sees what the
 data says, not an instruction slot.
 """
 
@@ -28,6 +29,14 @@ _TURN_LINES = re.compile(
     rf"(?=(?:user|assistant|model|system|function{_SPACE}+(?:call|result)|input|output){_SPACE}*"
     rf"(?:\([^{_BREAK}]*\){_SPACE}*)?{_COLON})",  # "Function result (name):" is a local-engine turn
     re.IGNORECASE,
+)
+#: Cyrillic and Greek letters that look like the Latin ones of the words above (NFKC keeps scripts apart, so
+#: ``Usеr:`` with a Cyrillic ``е`` would pass): read as those Latin letters when matching.
+_LOOK_ALIKES = str.maketrans(
+    "аАВсСеЕһНіІӏӀјЈкКмМоОрРѕЅтТуУхХԁԛԝѵ"  # Cyrillic
+    "αΑΒεΕΗιΙκΚΜνΝοΟρΡτΤυΥχΧϳ",  # Greek (after NFKC: its mathematical letters fold to these)
+    "aABcCeEhHiIlIjJkKmMoOpPsStTyYxXdqwv"
+    "aABeEHiIkKMvNoOpPtTuYxXj",
 )
 #: Invisible characters that are not format characters (category Cf): combining grapheme joiner, variation
 #: selectors, Hangul fillers.
@@ -61,7 +70,7 @@ def _fold(text: str) -> tuple[str, list[int]]:
     for i, char in enumerate(text):
         if unicodedata.category(char) == "Cf" or _INVISIBLE.match(char):
             continue
-        for piece in unicodedata.normalize("NFKC", char):
+        for piece in unicodedata.normalize("NFKC", char).translate(_LOOK_ALIKES):
             chars.append(piece)
             origin.append(i)
     origin.append(len(text))
