@@ -105,3 +105,21 @@ def test_chunks_neither_end_before_nor_start_with_a_mark() -> None:
         assert chunk.end == len(text) or not unicodedata.category(text[chunk.end]).startswith("M")
     assert truncate_to_tokens("यह है और", 3) == "यह है"  # "है": one token and the vowel sign it drops
     assert truncate_to_tokens("लिखा", 1) == ""  # "ल" alone would drop its vowel sign
+
+
+@pytest.mark.parametrize("text", [
+    "今天天气很好，我们去公园散步。公园里有很多人在跳舞！你想一起去吗？明天可能会下雨，所以今天是最好的机会。" * 6,
+    "東京は日本の首都です。人口はとても多いです！観光客も毎年たくさん来ますか？春には桜が美しく咲きます。" * 6,
+], ids=["chinese", "japanese"])
+def test_cjk_sentence_ends_are_cut_points(text: str) -> None:
+    # 。！？ end a sentence with no space after them: a chunk used to end mid-sentence.
+    chunks = chunk_text(text, chunk_tokens=40, overlap=0)
+    assert len(chunks) > 2
+    assert all(chunk.text[-1] in "。！？" for chunk in chunks)
+    assert "".join(c.text for c in chunks) == text
+
+
+def test_a_quoted_cjk_sentence_is_cut_after_its_closing_quote() -> None:
+    text = "他说：「我们明天去北京。」" * 20
+    chunks = chunk_text(text, chunk_tokens=20, overlap=0)
+    assert len(chunks) > 2 and all(chunk.text.endswith("。」") for chunk in chunks)  # never between the two

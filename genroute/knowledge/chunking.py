@@ -28,8 +28,10 @@ _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _MAX_WORD = 100
 # Characters that belong to the one before them: a cut just before one would change that character.
 _JOINERS = frozenset("\u200c\u200d\ufe0e\ufe0f")
-# Where a chunk may end without cutting a sentence: after . ! ? or a newline.
-_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
+# Where a chunk may end without cutting a sentence: after . ! ? before a space, after a CJK 。！？ (no space follows
+# them) and the closing quotes or brackets after it, or at a newline.
+_CLOSERS = "」』）〕】》〉”’\"'"
+_SENTENCE_END = re.compile(rf"[.!?](?=\s)|[。！？｡](?=[^{_CLOSERS}])|(?<=[。！？｡])[{_CLOSERS}]+(?=[^{_CLOSERS}])|\n")
 
 
 class TokenCounter:
@@ -228,8 +230,10 @@ def _sentence_cut(text: str, spans: list[tuple[int, int]], i: int, j: int) -> in
     """The token index to end the window [i, j) at: after the last sentence end in its second half."""
     half = i + (j - i) // 2
     for k in range(j - 1, half, -1):
-        between = text[spans[k][1]:spans[k + 1][0] + 1] if k + 1 < len(spans) else ""
-        if _SENTENCE_END.search(text[spans[k][0]:spans[k][1]] + between):
+        # Token k and the gap after it, up to the next token's first character (which a lookahead may read); a
+        # lookbehind reads the text before it (a CJK full stop before the quote that closes its sentence).
+        end = spans[k + 1][0] + 1 if k + 1 < len(spans) else spans[k][1]
+        if _SENTENCE_END.search(text, spans[k][0], end):
             return k + 1
     return j
 
