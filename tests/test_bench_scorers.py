@@ -69,6 +69,14 @@ TEXT_CASES = [
     ("label_accuracy", rec("The Beatles", "The Beatles"), "Beatles", 1.0),
     ("label_accuracy", rec("?", "?", label_set=["?", "!"]), "?", 1.0),
     ("label_accuracy", rec("?", "?", label_set=["?", "!"]), "!", 0.0),
+    # Scripts without spaces between words: the label stands among other letters, and is named there.
+    ("label_accuracy", rec("正面", "正面"), "这条评论是正面的。", 1.0),
+    ("label_accuracy", rec("ポジティブ", "ポジティブ"), "このレビューはポジティブです。", 1.0),
+    ("label_accuracy", rec("บวก", "บวก"), "รีวิวนี้เป็นบวกครับ", 1.0),
+    ("label_accuracy", rec("正面", "正面", label_set=["正面", "负面"]), "这条评论是负面的", 0.0),
+    ("label_accuracy", rec("正面", "正面", label_set=["正面", "负面"]), "正面还是负面", 0.0),  # names both
+    ("label_accuracy", rec("positive", "positive"), "这条评论是positive的", 1.0),
+    ("label_accuracy", rec("positive", "positive"), "这条评论是unpositive的", 0.0),  # inside a Latin word still not
     ("json_schema", rec(json_schema={"type": "object", "required": ["a"]}), '```json\n{"a": 1}\n```', 1.0),
     ("json_schema", rec(json_schema={"type": "object", "required": ["a"]}), '{"b": 1}', 0.0),
     ("json_schema", rec(), "not json", 0.0),

@@ -98,7 +98,8 @@ def token_f1(record: BenchRecord, result: GenerateResult) -> float:
 
 
 def label_accuracy(record: BenchRecord, result: GenerateResult) -> float:
-    """1 if the answer is the label, or names it and no other label of ``metadata.label_set``."""
+    """1 if the answer is the label, or names it and no other label of ``metadata.label_set`` (as a word; in
+    scripts written without spaces, such as Chinese, Japanese or Thai, wherever it stands)."""
     label = record.label if record.label is not None else record.output
     if not label.strip():
         return 0.0
@@ -115,8 +116,20 @@ def label_accuracy(record: BenchRecord, result: GenerateResult) -> float:
     return float(not any(o and _mentions(answer, o) and o not in gold for o in others))
 
 
+#: Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar): a word of them has no
+#: word boundary to look for, so a label is named by its letters wherever they stand ("这条评论是正面的" names 正面).
+_UNSEGMENTED = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+                "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f")
+_UNSEGMENTED_CHAR = re.compile(f"[{_UNSEGMENTED}]")
+
+
 def _mentions(text: str, phrase: str) -> bool:
-    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
+    """Whether ``text`` names ``phrase`` as a word: not inside a longer word, unless a side of it is in a script
+    without spaces between words (an edge of the phrase, or the text beside it)."""
+    joined = rf"[^\W{_UNSEGMENTED}]"  # a word character of a script that separates its words
+    before = "" if _UNSEGMENTED_CHAR.match(phrase[:1]) else rf"(?<!{joined})"
+    after = "" if _UNSEGMENTED_CHAR.match(phrase[-1:]) else rf"(?!{joined})"
+    return re.search(before + re.escape(phrase) + after, text) is not None
 
 
 def json_schema(record: BenchRecord, result: GenerateResult) -> float:
