@@ -101,3 +101,26 @@ def test_feedback_refuses_a_bool_score_and_drain_a_bad_timeout(gemini_server, tm
                 router.drain(bad)
             assert exc.value.field == "timeout_s"
         router.drain(0)
+
+
+def test_a_judge_scorers_calls_are_priced_on_the_record_and_in_compile(gemini_server, tmp_path, capsys):
+    from genroute.cli import main as cli
+
+    gemini_server.reply_text("positive")   # served (chat)
+    gemini_server.reply_text("negative")   # shadow (pro)
+    judged = (100_000, 0)   # gemini-2.5-pro at $1.25 per million input tokens: $0.125 a judge call
+    gemini_server.reply_text("no", usage=judged)   # the shadow's agreement with the served answer
+    with Router.from_config(config(gemini_server, tmp_path, scorer="judge:pro")) as router:
+        result = router.generate("Loved it", task="sentiment")
+        router.drain()
+        gemini_server.reply_text("yes", usage=judged)   # feedback: the served answer against the label
+        gemini_server.reply_text("no", usage=judged)    # and the shadow's
+        record = router.feedback(result, label="positive")
+    assert record.outcomes["chat"].score == 1.0 and record.outcomes["pro"].score == 0.0
+    assert record.metadata["scoring_costs"] == pytest.approx({"shadow:pro": 0.125, "feedback": 0.25})
+    assert record.metadata["scoring_cost_usd"] == pytest.approx(0.375)   # the feedback's calls were lost
+    (stored,) = OutcomeStore(tmp_path / "outcomes.db").records_sync()
+    assert stored.merged(stored).metadata["scoring_cost_usd"] == pytest.approx(0.375)   # merged twice: once
+    assert cli(["compile", "--outcomes", str(tmp_path / "outcomes.db"), "--out", str(tmp_path / "out"),
+                "--no-learned"]) == 0
+    assert "scoring (judge calls): $0.375000 on 1 records" in capsys.readouterr().out

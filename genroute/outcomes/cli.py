@@ -38,6 +38,7 @@ def compile_main(argv: Sequence[str]) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from genroute.outcomes.records import scoring_cost
     from genroute.outcomes.stats import outcome_stats, training_rows
     from genroute.outcomes.store import read_outcome_file
     from genroute.policies.cost_weight import as_rule
@@ -59,6 +60,9 @@ def _compile(args: argparse.Namespace) -> int:
         for backend, entry in sorted(by.items()):
             print(f"  {task} / {backend}: n={entry.n} quality={entry.quality:.3f} "
                   f"${entry.cost_per_request_usd:.6f}/request p50={entry.latency_p50_s:.3f}s")
+    judged = [scoring_cost(r) for r in records if scoring_cost(r)]
+    if judged:  # the judge's calls are no backend's cost per request, but they were paid
+        print(f"  scoring (judge calls): ${sum(judged):.6f} on {len(judged)} records")
     rows = training_rows(records)
     if args.no_learned:
         return 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from genroute.errors import ConfigError, UsageError
-from genroute.outcomes.records import OutcomeRecord, Side
+from genroute.outcomes.records import OutcomeRecord, Side, add_scoring_cost
 from genroute.outcomes.settings import OutcomeSettings, ScrubHook, redact_secrets
 
 if TYPE_CHECKING:
@@ -109,8 +109,7 @@ class OutcomeRecorder:
         metadata = self._metadata(id, request, pending)
         if pending is not None:
             metadata.update(self._answers(pending, backend, output))
-        if judge_cost:
-            metadata["scoring_cost_usd"] = judge_cost
+        add_scoring_cost(metadata, f"shadow:{backend}", judge_cost)
         return await self._write(OutcomeRecord(metadata=metadata, outcomes=sides))
 
     async def shadow_run(self, id: str, request: GenerateRequest, backend: str, output: BackendOutput,
@@ -168,8 +167,8 @@ class OutcomeRecorder:
         text_in, text_out = self._capture(
             pending.request.input if pending is not None else (input or _input(request)),
             accepted, request.task if request is not None else (stored.task if stored is not None else None))
-        scores = await self._label_scores(known, label, skip=served_backend if score is not None else None,
-                                          run_judge=run_judge)
+        scores, judge_cost = await self._label_scores(known, label, skip=served_backend if score is not None else None,
+                                                      run_judge=run_judge)
         if pending is not None:
             pending.label = label if label is not None else pending.label
         sides: dict[str, Side] = {}
@@ -183,6 +182,7 @@ class OutcomeRecorder:
         sides.update({b: Side.model_validate({"score": v}) for b, v in scores.items() if b != served_backend})
         metadata = self._metadata(id, request if pending is not None else None, pending)
         metadata["feedback"] = {"score": score, "label_given": label is not None, "at": time.time()}
+        add_scoring_cost(metadata, "feedback", judge_cost)
         if label is not None and known is None:
             metadata["feedback"]["label_scored"] = False
             _log.warning("a label for %s scored no answer: this process did not serve the request and its record "
@@ -192,18 +192,21 @@ class OutcomeRecorder:
                                  raise_errors=True)
 
     async def _label_scores(self, known: tuple[GenerateRequest, dict[str, BackendOutput]] | None,
-                            label: str | None, *, skip: str | None, run_judge: RunJudge) -> dict[str, float]:
-        """Each known answer's score against ``label`` (``skip``: a side the caller scored itself)."""
+                            label: str | None, *, skip: str | None,
+                            run_judge: RunJudge) -> tuple[dict[str, float], float]:
+        """Each known answer's score against ``label`` (``skip``: a side the caller scored itself), and what the
+        scoring cost (a judge's calls)."""
         if label is None or known is None:
-            return {}
+            return {}, 0.0
         request, outputs = known
-        scores = {}
+        scores, cost = {}, 0.0
         for backend, output in outputs.items():
             if backend != skip:
                 scored = await self.scorer.score(request, output, label, run_judge)
                 if scored is not None:
                     scores[backend] = scored.score
-        return scores
+                    cost += scored.cost_usd
+        return scores, cost
 
     # -- pieces ---------------------------------------------------------------------------------------
 

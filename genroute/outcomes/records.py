@@ -86,9 +86,11 @@ class OutcomeRecord(BaseModel):
                 update = side.model_dump(exclude_unset=True)
                 outcomes[backend] = Side.model_validate({**old.model_dump(), **update})
         metadata = {**self.metadata, **other.metadata}
-        for key in ("features", "feedback", "answers"):
+        for key in ("features", "feedback", "answers", "scoring_costs"):
             if isinstance(self.metadata.get(key), dict) and isinstance(other.metadata.get(key), dict):
                 metadata[key] = {**self.metadata[key], **other.metadata[key]}
+        if isinstance(metadata.get("scoring_costs"), dict):  # each source's cost kept apart: a write merged twice
+            metadata["scoring_cost_usd"] = sum(metadata["scoring_costs"].values())  # is still counted once
         return OutcomeRecord(
             input=other.input if other.input is not None else self.input,
             output=other.output if other.output is not None else self.output,
@@ -101,6 +103,21 @@ class OutcomeRecord(BaseModel):
             "input": self.input, "output": self.output, "metadata": self.metadata,
             "outcomes": {b: s.model_dump(exclude_none=True) for b, s in self.outcomes.items()},
         }
+
+
+def add_scoring_cost(metadata: dict[str, Any], source: str, cost_usd: float) -> None:
+    """Note in ``metadata`` what scoring cost (a judge's calls) for ``source`` (``shadow:B``, ``feedback``):
+    ``scoring_costs`` per source and ``scoring_cost_usd``, their sum (merging keeps both right)."""
+    if cost_usd:
+        costs = metadata.setdefault("scoring_costs", {})
+        costs[source] = cost_usd
+        metadata["scoring_cost_usd"] = sum(costs.values())
+
+
+def scoring_cost(record: OutcomeRecord) -> float:
+    """What scoring the record cost (judge calls of its shadows and feedback), 0 when nothing was paid."""
+    value = record.metadata.get("scoring_cost_usd", 0.0)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
 
 
 #: What makes an unknown key of a side look like a score, cost or latency given under another name.
