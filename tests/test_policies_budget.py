@@ -286,3 +286,25 @@ def test_budget_amounts_must_be_finite_and_not_negative(change: dict[str, Any], 
     with pytest.raises(ConfigError) as err:
         build_policy({**BUDGET, **change}, field="policy")
     assert err.value.field == field
+
+
+def test_a_stats_file_without_a_backend_is_refused_when_the_router_is_built(gemini_server, tmp_path: Path) -> None:
+    """A stats file written before a backend was added: every request that reached that backend failed with
+    "no cost estimate"; now building the router names the stats file and the backend, and says what to add."""
+    from genroute import ConfigError, Router
+
+    from .conftest import gemini_config
+
+    entry = BackendStats(n=5, quality=0.9, latency_p50_s=0.1, latency_p95_s=0.2, cost_per_request_usd=0.001)
+    path = BenchStats(tasks={"*": {"chat": entry}}).save(tmp_path / "stats.json")
+    config = gemini_config(gemini_server)
+    config["backends"]["pro"] = {**config["backends"]["chat"], "model": "gemini-2.5-pro"}
+    config["policy"] = {"kind": "budget", "budget_usd": 1.0, "stats_path": str(path),
+                        "inner": {"kind": "cascade", "rungs": [{"backend": "pro"}, {"backend": "chat"}]}}
+    with pytest.raises(ConfigError) as exc:
+        Router.from_config(config)
+    assert exc.value.field == "policy.stats_path" and "'pro'" in exc.value.message and "costs" in exc.value.message
+    config["policy"]["costs"] = {"pro": 0.01}   # given: pro is held at its cost, chat at its stats bound
+    gemini_server.reply_text("ok")
+    with Router.from_config(config) as router:
+        assert router.generate("hi").backend == "pro"

@@ -125,7 +125,8 @@ def _stats_file(tmp_path: Any, mean: float) -> str:
     from genroute.policies.stats import BackendStats, BenchStats
 
     entry = BackendStats(n=50, quality=0.9, latency_p50_s=0.1, latency_p95_s=0.2, cost_per_request_usd=mean)
-    return str(BenchStats(tasks={"*": {"chat": entry}}).save(tmp_path / "stats.json"))
+    free = entry.model_copy(update={"cost_per_request_usd": 0.0})   # every backend needs an estimate
+    return str(BenchStats(tasks={"*": {"chat": entry, "cheap": free}}).save(tmp_path / "stats.json"))
 
 
 def test_500_concurrent_requests_costing_twice_the_mean_stay_within_the_budget(gemini_server, tmp_path):

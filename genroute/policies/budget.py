@@ -89,7 +89,8 @@ class BudgetConfig(PolicyConfig):
                                      description="The cheaper backend used when exhausted.")
     max_cost_per_request: float | None = Field(default=None, ge=0.0, allow_inf_nan=False,
                                                description="Max USD per request for backends not in `costs`.")
-    stats_path: PathText | None = Field(default=None, description="Stats file for cost estimates.")
+    stats_path: PathText | None = Field(default=None, description="Stats file for cost estimates (without `costs` or "
+                                        "`max_cost_per_request`, it must have every backend of the router).")
     cost_margin: float = Field(default=2.0, ge=1.0, allow_inf_nan=False, description="Multiplier on a stats file's mean cost "
                                "per request when it has no max or p95 figure (a mean is not an upper bound).")
     # Declared after the other estimate sources so that its validator sees them.
@@ -228,7 +229,19 @@ class BudgetPolicy(Policy):
         if self.config.downgrade_to is not None:
             named.append((self.config.downgrade_to, f"{self.field}.downgrade_to"))
         check_backends(catalogue, named)
+        self._check_estimates(catalogue)
         self.inner.validate_against(catalogue)
+
+    def _check_estimates(self, catalogue: Mapping[str, BackendInfo]) -> None:
+        """``ConfigError`` naming ``stats_path`` for a backend that has no estimate: refused when the router is
+        built (or a backend added), not at every request that reaches it (a stats file older than the backend)."""
+        if self.config.costs or self.config.max_cost_per_request is not None or self._stats is None:
+            return  # with `costs`, a backend left out of them is held at the highest cost given
+        missing = [b for b in catalogue if self._stats.cost_bound(b) is None]
+        if missing:
+            raise ConfigError(f"the stats file has no cost for backend(s) {', '.join(map(repr, missing))}: a budget "
+                              "needs an estimate for every backend (give them in `costs`, or set "
+                              "`max_cost_per_request`)", field=f"{self.field}.stats_path")
 
 
 class BudgetGate(Gate):
