@@ -649,3 +649,17 @@ def test_ctrl_c_stops_a_graduations_training_and_writes_no_adapter(tmp_path):
     assert "genroute: interrupted" in err
     assert not (out / "adapter").exists()
     assert "t_tuned" not in config.read_text()
+
+
+def test_decide_keeps_the_graduations_mode_and_share(gemini_server, tmp_path):
+    """A promotion written by --decide set the challenger back to shadow mode at share 1 (the flags' defaults)."""
+    config, base = lora_app(gemini_server, tmp_path)
+    assert cli([*base, "--register-only", "--challenger", "lora", "--share", "0.25"]) == 0
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for record in paired(300, set(range(60)), set(range(2, 64))):    # resolved, cheaper: promoted
+        store.upsert_sync(record.model_copy(update={"metadata": {**record.metadata, "served": "chat"},
+                                                    "outcomes": {"chat": record.outcomes["icl"],
+                                                                 "lora": record.outcomes["lora"]}}))
+    assert cli([*base, "--decide", "--challenger", "lora"]) == 0
+    policy = yaml.safe_load(config.read_text())["policy"]
+    assert (policy["promoted"], policy["mode"], policy["share"]) == (True, "shadow", 0.25)

@@ -10,7 +10,7 @@ application's default Google Cloud credentials), writes the tuned backend into t
 policy in a ``challenger`` policy (``--mode shadow|split``). ``--register-only --challenger NAME`` wraps the
 policy around a backend already in the config (e.g. from ``genroute tune``). ``--decide`` reads the
 outcomes (paired in shadow mode, the two split arms unpaired in split mode) and, when the rule holds, sets
-``promoted: true`` in the config; the report says why not otherwise.
+``promoted: true`` in the config (keeping the challenger's mode and share); the report says why not otherwise.
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ def graduate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--config", required=True, help="router config (.yaml or .json) with an outcomes section")
     parser.add_argument("--out", required=True, help="work directory (tuning set, adapter, graduation.json)")
     parser.add_argument("--name", default=None, help="tuned backend name (default: <task>_tuned)")
-    parser.add_argument("--mode", choices=["shadow", "split"], default="shadow")
-    parser.add_argument("--share", type=float, default=1.0, help="shadow rate or split share")
+    parser.add_argument("--mode", choices=["shadow", "split"], default=None,
+                        help="default shadow; with --decide, the graduation's")
+    parser.add_argument("--share", type=float, default=None,
+                        help="shadow rate or split share (default 1; with --decide, the graduation's)")
     parser.add_argument("--min-examples", type=int, default=20)
     parser.add_argument("--eval-share", type=float, default=0.0, help="captured examples kept out of tuning")
     parser.add_argument("--epochs", type=int, default=3)
@@ -64,6 +66,8 @@ def graduate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--cpu-usd-per-hour", type=float, default=None,
                         help="price of a CPU-hour: the local tuning cost is its measured CPU time at this price")
     args = parser.parse_args(list(argv))
+    if not args.decide:  # --decide keeps what the graduation set, unless told otherwise
+        args.mode, args.share = args.mode or "shadow", 1.0 if args.share is None else args.share
     try:
         _refuse_other_tuning(args)
         report = asyncio.run(_run(args))
@@ -222,9 +226,10 @@ def _flags(flags: dict[str, str]) -> Iterator[None]:
         raise type(exc)(exc.message, field=flag) from None
 
 
-def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: str, share: float,
-                     promoted: bool = False) -> dict[str, Any]:
-    """Wrap the config's policy in a ``challenger`` policy for ``task`` (or update the one there); atomic."""
+def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: str | None = None,
+                     share: float | None = None, promoted: bool = False) -> dict[str, Any]:
+    """Wrap the config's policy in a ``challenger`` policy for ``task`` (or update the one there); atomic.
+    ``mode`` and ``share`` left ``None`` keep the challenger's there (else ``shadow``, 1)."""
     from genroute.config import anchor_paths, load_config, read_config_file
     from genroute.policies import build_policy
     from genroute.tuning.config_file import check_target, write_config
@@ -235,15 +240,16 @@ def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: 
     if backend not in (raw.get("backends") or {}):
         raise UsageError(f"backend {backend!r} is not in {path.name}", field="challenger")
     policy = raw.get("policy")
+    given = {k: v for k, v in (("mode", mode), ("share", share)) if v is not None}
     if isinstance(policy, dict) and policy.get("kind") == "challenger" and policy.get("task") == task:
-        policy = {**policy, "backend": backend, "mode": mode, "share": share, "promoted": promoted}
+        policy = {**policy, "backend": backend, **given, "promoted": promoted}
     else:
         if policy is None:
             incumbents = [b for b in raw["backends"] if b != backend]
             if len(incumbents) != 1:
                 raise UsageError("the config has no policy and several backends: add a policy first", field="policy")
             policy = {"kind": "static", "backend": incumbents[0]}
-        policy = {"kind": "challenger", "task": task, "backend": backend, "mode": mode, "share": share,
+        policy = {"kind": "challenger", "task": task, "backend": backend, "mode": "shadow", "share": 1.0, **given,
                   "promoted": promoted, "policy": policy}
     raw["policy"] = policy
     # The policy we write must build, as the router will build it: its relative paths (a cost_aware policy's
