@@ -663,3 +663,19 @@ def test_decide_keeps_the_graduations_mode_and_share(gemini_server, tmp_path):
     assert cli([*base, "--decide", "--challenger", "lora"]) == 0
     policy = yaml.safe_load(config.read_text())["policy"]
     assert (policy["promoted"], policy["mode"], policy["share"]) == (True, "shadow", 0.25)
+
+
+@pytest.mark.parametrize("policy", [
+    {"kind": "static", "backend": "chat"},
+    {"kind": "challenger", "task": "t", "backend": "lora", "policy": {"kind": "static", "backend": "chat"}},
+                                    {"kind": "cascade", "rungs": [{"backend": "chat"}, {"backend": "lora"}]}])
+def test_register_only_refuses_the_incumbent_as_its_challenger(gemini_server, tmp_path, capsys, policy):
+    """`--challenger chat` was written as chat's own shadow: every request of the task ran twice."""
+    config, base = lora_app(gemini_server, tmp_path)
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "policy": policy}))
+    before = config.read_text()
+    assert cli([*base, "--register-only", "--challenger", "chat"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --challenger: 'chat' already answers task 't' (the incumbent)" in err
+    assert config.read_text() == before
+    assert cli([*base, "--register-only", "--challenger", "lora"]) == 0   # another backend is taken

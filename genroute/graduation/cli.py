@@ -126,7 +126,8 @@ async def _run(args: argparse.Namespace) -> Any:
     if not (args.decide or args.register_only):
         _check_new_backend(args.config, name, engines=() if args.vertex else (f"{name}_engine",))
     if args.register_only:
-        with _flags({"policy.share": "--share"}):  # the challenger policy written is the flags'
+        # The challenger policy written is the flags'.
+        with _flags({"policy.share": "--share", "challenger": "--challenger"}):
             write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
         return GraduationReport(task=args.task, challenger=name, lines=(
             f"register: {name} is the challenger for task {args.task!r} ({args.mode}) in {args.config}",))
@@ -232,6 +233,7 @@ def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: 
     ``mode`` and ``share`` left ``None`` keep the challenger's there (else ``shadow``, 1)."""
     from genroute.config import anchor_paths, load_config, read_config_file
     from genroute.policies import build_policy
+    from genroute.policies.challenger import ChallengerPolicy
     from genroute.tuning.config_file import check_target, write_config
 
     path = Path(config_path)
@@ -256,6 +258,19 @@ def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: 
     # stats_path...) against the file's directory, not the working directory. The file keeps them relative.
     anchored = anchor_paths(raw, path)
     load_config(anchored)
-    build_policy(anchored["policy"])
+    built = build_policy(anchored["policy"])
+    if isinstance(built, ChallengerPolicy) and backend == incumbent(built.inner):  # it would shadow (or split with) itself: every request run twice
+        raise UsageError(f"{backend!r} already answers task {task!r} (the incumbent): the challenger must be another "
+                         "backend", field="challenger")
     write_config(path, raw)
     return raw
+
+
+def incumbent(policy: Any) -> str | None:
+    """The backend ``policy`` sends every request to first, when its config says (``static``, ``cascade``)."""
+    from genroute.policies.cascade import CascadePolicy
+    from genroute.policies.static import StaticPolicy
+
+    if isinstance(policy, StaticPolicy):
+        return policy.config.backend
+    return policy.config.rungs[0].backend if isinstance(policy, CascadePolicy) else None
