@@ -668,7 +668,7 @@ def test_decide_keeps_the_graduations_mode_and_share(gemini_server, tmp_path):
 @pytest.mark.parametrize("policy", [
     {"kind": "static", "backend": "chat"},
     {"kind": "challenger", "task": "t", "backend": "lora", "policy": {"kind": "static", "backend": "chat"}},
-                                    {"kind": "cascade", "rungs": [{"backend": "chat"}, {"backend": "lora"}]}])
+    {"kind": "cascade", "rungs": [{"backend": "chat"}, {"backend": "lora"}]}])
 def test_register_only_refuses_the_incumbent_as_its_challenger(gemini_server, tmp_path, capsys, policy):
     """`--challenger chat` was written as chat's own shadow: every request of the task ran twice."""
     config, base = lora_app(gemini_server, tmp_path)
@@ -679,3 +679,29 @@ def test_register_only_refuses_the_incumbent_as_its_challenger(gemini_server, tm
     assert "error: --challenger: 'chat' already answers task 't' (the incumbent)" in err
     assert config.read_text() == before
     assert cli([*base, "--register-only", "--challenger", "lora"]) == 0   # another backend is taken
+
+
+@pytest.mark.local
+def test_a_local_graduation_writes_the_backend_and_its_challenger_in_one_write(gemini_server, tmp_path, monkeypatch):
+    """The tuned backend was written, then the challenger policy in a second write: a crash between the two left
+    the backend in the config with nothing routing to it."""
+    from genroute.tuning import config_file
+
+    for module in ("torch", "transformers", "peft", "gguf", "llama_cpp"):
+        pytest.importorskip(module, reason="local tuning needs the tune-local and local extras")
+    cfg = gemini_config(gemini_server)
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "capture": True}
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for i in range(6):
+        store.upsert_sync(captured(i, f"review number {i}", "positive" if i % 2 else "negative"))
+    writes = []
+    write_config = config_file.write_config
+    monkeypatch.setattr(config_file, "write_config", lambda path, raw: (writes.append(raw), write_config(path, raw)))
+    assert cli(["graduate", "--task", "t", "--config", str(config), "--out", str(tmp_path / "grad"),
+                "--min-examples", "4", "--epochs", "1", "--max-steps", "1", "--rank", "1", "--threads", "1"]) == 0
+    (written,) = writes
+    assert "t_tuned" in written["backends"] and "t_tuned_engine" in written["engines"]
+    assert written["policy"]["kind"] == "challenger" and written["policy"]["backend"] == "t_tuned"
+    assert yaml.safe_load(config.read_text()) == written

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,8 @@ async def _run(args: argparse.Namespace) -> Any:
                                f"{args.task!r} ({args.mode}, share {args.share:.0%})")})
         else:
             from genroute.tuning.cli import settings_from_flags
-            from genroute.tuning.local_lora import LocalTuneConfig, register_tuned_backend
+            from genroute.tuning.config_file import with_tuned_backend
+            from genroute.tuning.local_lora import LocalTuneConfig, tuned_entries
 
             flags = {"epochs": args.epochs, "learning_rate": args.learning_rate, "rank": args.rank,
                      "max_steps": args.max_steps, "threads": args.threads}
@@ -180,8 +181,10 @@ async def _run(args: argparse.Namespace) -> Any:
                                          min_examples=args.min_examples, register=False)
             assert report.adapter_path is not None
             options = {"n_threads": args.threads} if args.threads else None
-            register_tuned_backend(args.config, name, report.adapter_path, tasks=[args.task], engine_options=options)
-            write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
+            backend, engines = tuned_entries(name, report.adapter_path, tasks=[args.task], engine_options=options)
+            # One write of the backend and its challenger: a crash between two left the backend unrouted.
+            write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share,
+                             raw=with_tuned_backend(args.config, name, backend, engines=engines))
             report = report.model_copy(update={"lines": (
                 *report.lines, f"register: {name} written to {args.config} as the challenger for task "
                                f"{args.task!r} ({args.mode}, share {args.share:.0%})")})
@@ -228,9 +231,11 @@ def _flags(flags: dict[str, str]) -> Iterator[None]:
 
 
 def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: str | None = None,
-                     share: float | None = None, promoted: bool = False) -> dict[str, Any]:
+                     share: float | None = None, promoted: bool = False,
+                     raw: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Wrap the config's policy in a ``challenger`` policy for ``task`` (or update the one there); atomic.
-    ``mode`` and ``share`` left ``None`` keep the challenger's there (else ``shadow``, 1)."""
+    ``mode`` and ``share`` left ``None`` keep the challenger's there (else ``shadow``, 1); ``raw``: the config's
+    mapping to write it into, in place of the file's (one with the tuned backend added: one write for both)."""
     from genroute.config import anchor_paths, load_config, read_config_file
     from genroute.policies import build_policy
     from genroute.policies.challenger import ChallengerPolicy
@@ -238,7 +243,7 @@ def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: 
 
     path = Path(config_path)
     check_target(path, backend, replace=True)  # a writable YAML/JSON file
-    raw = dict(read_config_file(path, field="config"))
+    raw = dict(read_config_file(path, field="config") if raw is None else raw)
     if backend not in (raw.get("backends") or {}):
         raise UsageError(f"backend {backend!r} is not in {path.name}", field="challenger")
     policy = raw.get("policy")

@@ -80,6 +80,18 @@ def write_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str
     Each entry is validated by its kind's config model and the whole file by ``load_config`` before
     anything is written, so an invalid entry never reaches the file.
     """
+    path = Path(config_path)
+    raw = with_tuned_backend(path, name, backend, engines=engines, replace=replace, missing_ok=missing_ok)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_config(path, raw)
+    return raw
+
+
+def with_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str, Any], *,
+                       engines: Mapping[str, Mapping[str, Any]] | None = None, replace: bool = False,
+                       missing_ok: bool = False) -> dict[str, Any]:
+    """The config's mapping with ``backends.<name>`` (and ``engines``) added and checked as ``write_tuned_backend``
+    checks it; nothing is written (a caller adding more writes it once)."""
     from genroute.config import load_config, validate_kind
 
     path = Path(config_path)
@@ -93,8 +105,6 @@ def write_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str
     raw["backends"] = {**(raw.get("backends") or {}), name: dict(backend)}
     _require_engine(raw, backend.get("engine"), field=f"backends.{name}.engine")
     require_price(load_config(raw), name, backend)  # the file we write must still load, and build
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_config(path, raw)
     return raw
 
 

@@ -335,6 +335,14 @@ def register_tuned_backend(
     """
     from genroute.tuning.config_file import write_tuned_backend
 
+    backend, engines = tuned_entries(name, adapter_path, base_model_path, tasks=tasks, engine_options=engine_options)
+    return write_tuned_backend(config_path, name, backend, engines=engines, replace=replace, missing_ok=True)
+
+
+def tuned_entries(name: str, adapter_path: str | Path, base_model_path: str | Path | None = None, *,
+                  tasks: Sequence[str] = (), engine_options: Mapping[str, Any] | None = None,
+                  ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The config entries ``register_tuned_backend`` adds: ``backends.<name>`` and ``engines.<name>_engine``."""
     adapter = Path(adapter_path).resolve()
     if not adapter.is_file():
         raise UsageError(f"no adapter at {adapter}", field="adapter_path")
@@ -349,8 +357,7 @@ def register_tuned_backend(
     }
     if tasks:
         backend["tasks"] = list(tasks)
-    return write_tuned_backend(config_path, name, backend, engines={f"{name}_engine": engine}, replace=replace,
-                               missing_ok=True)
+    return backend, {f"{name}_engine": engine}
 
 
 def _default_base() -> Path | None:
