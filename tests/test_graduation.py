@@ -407,6 +407,17 @@ capture = true
     assert config.read_text() == before and not out.exists()
 
 
+def captured_app(cfg, tmp_path):
+    """``cfg`` written to app.yaml with captured outcomes on, its store holding six labeled examples of task t."""
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "capture": True}
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for i in range(6):
+        store.upsert_sync(captured(i, f"review number {i}", "positive" if i % 2 else "negative"))
+    return config
+
+
 def promotable_app(server, tmp_path):
     """``lora_app`` whose store holds 300 paired outcomes on which `lora` is promoted over `chat`."""
     config, base = lora_app(server, tmp_path)
@@ -479,12 +490,7 @@ def test_graduating_again_into_the_same_out_under_a_new_name_leaves_the_served_a
     cfg["engines"]["t_tuned_engine"] = {"kind": "local", "lora_path": str(served), "prompt_format": "gemma"}
     cfg["backends"]["t_tuned"] = {"kind": "tuned", "engine": "t_tuned_engine", "model": "gemma-3-270m",
                                   "base_model": "gemma-3-270m"}
-    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "capture": True}
-    config = tmp_path / "app.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    store = OutcomeStore(tmp_path / "outcomes.db")
-    for i in range(6):
-        store.upsert_sync(captured(i, f"review number {i}", "positive" if i % 2 else "negative"))
+    config = captured_app(cfg, tmp_path)
     before = config.read_text()
     args = ["graduate", "--task", "t", "--config", str(config), "--out", str(out), "--name", "t_tuned2",
             "--min-examples", "4", "--epochs", "1", "--max-steps", "1", "--rank", "1", "--threads", "1"]
@@ -689,13 +695,7 @@ def test_a_local_graduation_writes_the_backend_and_its_challenger_in_one_write(g
 
     for module in ("torch", "transformers", "peft", "gguf", "llama_cpp"):
         pytest.importorskip(module, reason="local tuning needs the tune-local and local extras")
-    cfg = gemini_config(gemini_server)
-    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "capture": True}
-    config = tmp_path / "app.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    store = OutcomeStore(tmp_path / "outcomes.db")
-    for i in range(6):
-        store.upsert_sync(captured(i, f"review number {i}", "positive" if i % 2 else "negative"))
+    config = captured_app(gemini_config(gemini_server), tmp_path)
     writes = []
     write_config = config_file.write_config
     monkeypatch.setattr(config_file, "write_config", lambda path, raw: (writes.append(raw), write_config(path, raw)))
