@@ -699,3 +699,22 @@ def test_register_refuses_to_overwrite_an_engine_and_writes_nothing(tmp_path: Pa
     assert info.value.field == "engines.u_engine.n_ctx"
     assert config.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.gguf", "genroute.json"]
+
+
+@pytest.mark.local
+def test_a_rerun_replaces_tune_result_json_atomically(tiny_run: Any, tmp_path: Path) -> None:
+    """tune_result.json was rewritten in place (truncated, then written): a reader, or a crash, in between saw half
+    of it. Now it is written beside and renamed over, so whoever holds the old file keeps it whole."""
+    import os
+
+    from genroute.tuning.local_lora import tune_local
+
+    data, _ = tiny_run
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tune_result.json").write_text('{"steps": 0}\n')
+    os.link(out / "tune_result.json", tmp_path / "held.json")   # a reader's handle on the old file
+    result = tune_local(data, out, config=tiny_config(max_steps=1, epochs=1))
+    assert (tmp_path / "held.json").read_text() == '{"steps": 0}\n'   # the old file, untouched
+    assert json.loads((out / "tune_result.json").read_text())["steps"] == result.steps == 1
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []

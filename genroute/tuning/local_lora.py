@@ -165,9 +165,11 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
         train_seconds=round(train_seconds, 3),
         train_cpu_seconds=round(train_cpu_seconds, 3),
     )
-    (out / "tune_result.json").write_text(
-        json.dumps({**result.model_dump(mode="json"), "config": config.model_dump(mode="json")}, indent=2)
-        + "\n", encoding="utf-8")
+    from genroute.tuning.config_file import write_atomic
+
+    # Renamed over the old one: a reader (bench's advisor, a re-run's check) never sees half of it.
+    write_atomic(out / "tune_result.json", json.dumps(
+        {**result.model_dump(mode="json"), "config": config.model_dump(mode="json")}, indent=2) + "\n")
     return result
 
 
