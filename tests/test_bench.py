@@ -1052,6 +1052,17 @@ def test_a_dataset_that_is_not_text_or_not_gzip_is_a_usage_error(tmp_path: Path,
     assert err.value.field == "data" and name in str(err.value)
 
 
+@pytest.mark.parametrize("output", ["NaN", "Infinity", '{"answer": NaN}'])
+def test_a_gold_output_holding_nan_is_refused_naming_its_line(tmp_path: Path, output: str) -> None:
+    """Python's JSON reader takes NaN and Infinity: the gold answer became the text "NaN" (or "Infinity")."""
+    path = tmp_path / "eval.jsonl"
+    path.write_text(f'{{"input": "a", "output": "ok"}}\n{{"input": "b", "output": {output}}}\n')
+    with pytest.raises(UsageError) as err:
+        load_records(path)
+    assert err.value.field == "data" and err.value.message == \
+        "eval.jsonl:2: output: holds NaN or Infinity, which is not JSON"
+
+
 async def test_a_scorer_returning_nan_fails_its_row_naming_scorer_and_record(server: GeminiTestServer) -> None:
     # tests.test_bench:nan_on_r2 returns NaN for r2: that row fails as a ScorerError; the quality stays a number.
     async with Router.from_config(config(server)) as router:

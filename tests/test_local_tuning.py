@@ -83,6 +83,9 @@ def test_raw_line_separators_inside_strings_are_text(tmp_path: Path) -> None:
      r"'input' holds an unpaired surrogate \('\\ud83d' at character 4\)"),
     ([{"input": "x", "output": "\udc00"}], "line 1", "'output' holds an unpaired surrogate"),
     ([{"input": "x", "output": "y", "label": "\ud83d"}], "line 1", "'label' holds an unpaired surrogate"),
+    # Python's JSON reader takes NaN and Infinity (no other does): they were trained on as the text "NaN".
+    ([GOOD, {"input": "x", "output": float("nan")}], "line 2", "'output' holds NaN or Infinity"),
+    ([GOOD, {"input": "x", "output": {"score": float("-inf")}}], "line 2", "'output' holds NaN or Infinity"),
 ])
 def test_bad_lines_are_named(tmp_path: Path, lines: list[Any], field: str, message: str) -> None:
     with pytest.raises(UsageError, match=message) as info:

@@ -71,7 +71,7 @@ def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, f
         raise UsageError(f"{where}: input: missing (a record is {{input, output, label?, metadata?}})", field=field)
     try:
         return BenchRecord(id=given_id(raw.get("id"), meta.get("id")) or f"line-{lineno}", input=raw["input"],
-                           output=_text(raw.get("output")), label=raw.get("label"),
+                           output=_text(raw.get("output"), where=where, field=field), label=raw.get("label"),
                            task=raw.get("task") or meta.get("task") or task, metadata=meta)
     except ValidationError as exc:
         error = exc.errors()[0]
@@ -174,9 +174,13 @@ def split_by_input(records: Sequence[BenchRecord], *, holdout: float = 0.3, seed
     return sorted(r.id for r in records if r.id not in moved), sorted(moved)
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, *, where: str, field: str) -> str:
     # Structured gold outputs (function calls, JSON frames) are kept as JSON text, as the shared format says;
     # "output": null is no output (not the gold answer "null").
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if value is None or isinstance(value, str):
+        return value or ""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or Infinity, which Python's reader takes: the gold answer would be the text "NaN"
+        raise UsageError(f"{where}: output: holds NaN or Infinity, which is not JSON",
+                         field=field) from None

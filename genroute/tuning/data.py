@@ -96,7 +96,11 @@ def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS) ->
         if value is None:
             raise UsageError(f"missing field {key!r}", field=where)
         if key == "output" and not isinstance(value, str):
-            value = json.dumps(value, ensure_ascii=False)  # a structured gold output, as the bench reads it
+            try:  # a structured gold output, as the bench reads it
+                value = json.dumps(value, ensure_ascii=False, allow_nan=False)
+            except ValueError:  # NaN or Infinity, which Python's reader takes: it would be trained on as text
+                raise UsageError("field 'output' holds NaN or Infinity, which is not JSON",
+                                 field=where) from None
         if not isinstance(value, str):
             raise UsageError(f"field {key!r} must be a string, got {type(value).__name__}", field=where)
         if not value.strip():
