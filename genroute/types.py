@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -175,6 +175,8 @@ class Decision(_Frozen):
     reason: str
     shadow: tuple[str, ...] = ()
     shadow_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    shadow_rates: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict, description="A shadow's own rate, over `shadow_rate` (a challenger's share).")
     budget_key: str | None = None
     cost_usd: float = Field(default=0.0, ge=0.0, description="What deciding cost (a semantic or learned policy "
                             "embeds the request), set by ``Router.decide``; a request's is in its result's cost.")

@@ -141,6 +141,19 @@ def test_shadow_rate_samples_requests(gemini_server, rate, expected):
     assert len(to(gemini_server, "gemini-2.5-pro")) == expected
 
 
+@pytest.mark.parametrize(("rate", "share", "pro", "judge"), [(0.0, 1.0, 0, 6), (1.0, 1e-12, 6, 0)])
+def test_a_challengers_shadow_runs_at_its_own_share(gemini_server, rate, share, pro, judge):
+    """It ran at the policy's own shadow rate when the policy had shadows (never, beside a shadow at rate 0)."""
+    policy = {"kind": "challenger", "task": "t", "backend": "judge", "share": share,
+              "policy": {**SHADOWED, "shadow_rate": rate}}
+    with Router.from_config(config(gemini_server, policy)) as router:
+        for i in range(6):
+            assert router.generate(f"q{i}", task="t").backend == "chat"
+        router.drain()
+    assert len(to(gemini_server, "gemini-2.5-pro")) == pro
+    assert len(to(gemini_server, "gemini-2.5-flash-lite")) == judge
+
+
 def test_shadows_beyond_the_cap_are_dropped_and_counted(gemini_server, otel, caplog):
     gate = Gate(gemini_server, "gemini-2.5-pro")
     router = Router.from_config(config(gemini_server, SHADOWED), **otel.providers)

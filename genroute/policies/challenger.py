@@ -65,8 +65,8 @@ class ChallengerPolicy(NestedPolicy):
                 "policy": self.name, "rungs": rungs, "shadow": tuple(s for s in base.shadow if s != cfg.backend),
                 "reason": f"challenger {cfg.backend} for task {cfg.task!r}: {why}; fallback: {base.reason}"})
         if cfg.mode == "shadow" and cfg.backend not in base.shadow:
-            rate = cfg.share if not base.shadow else base.shadow_rate
-            return base.model_copy(update={"shadow": (*base.shadow, cfg.backend), "shadow_rate": rate})
+            return base.model_copy(update={"shadow": (*base.shadow, cfg.backend),
+                                           "shadow_rates": {**base.shadow_rates, cfg.backend: cfg.share}})
         return base
 
     def refreshed(self, update: PolicyUpdate) -> ChallengerPolicy | None:

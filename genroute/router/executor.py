@@ -271,12 +271,13 @@ class Executor:
 
     def _start_shadows(self, request: GenerateRequest, decision: Decision, span: trace.Span,
                        served: GenerateResult) -> None:
-        if not decision.shadow or (decision.shadow_rate < 1.0 and random.random() >= decision.shadow_rate):
+        if not decision.shadow:
             return
+        draw = random.random()  # one draw a request: shadows at one rate run on the same requests (paired)
         timeout_s = request.timeout_s or self.timeout_s or SHADOW_TIMEOUT_S
         dropped = 0
         for backend in decision.shadow:
-            if backend not in self.backends:
+            if backend not in self.backends or draw >= decision.shadow_rates.get(backend, decision.shadow_rate):
                 continue
             if backend in self.unsafe_shadows:  # a policy named it per request: never repeat side effects
                 span.set_attribute("genroute.shadow.refused", backend)
