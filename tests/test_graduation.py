@@ -705,3 +705,21 @@ def test_a_local_graduation_writes_the_backend_and_its_challenger_in_one_write(g
     assert "t_tuned" in written["backends"] and "t_tuned_engine" in written["engines"]
     assert written["policy"]["kind"] == "challenger" and written["policy"]["backend"] == "t_tuned"
     assert yaml.safe_load(config.read_text()) == written
+
+
+def test_a_budget_without_a_cost_for_the_tuned_backend_is_refused_before_tuning(gemini_server, tmp_path, capsys):
+    """Its stats file has no figures for the new backend: the config written would no longer build."""
+    from genroute.policies.stats import BackendStats, BenchStats
+
+    entry = BackendStats(n=5, quality=0.9, latency_p50_s=0.1, latency_p95_s=0.2, cost_per_request_usd=0.001)
+    stats = BenchStats(tasks={"*": {"chat": entry}}).save(tmp_path / "stats.json")
+    cfg = gemini_config(gemini_server)
+    cfg["policy"] = {"kind": "budget", "budget_usd": 1.0, "stats_path": str(stats),
+                     "inner": {"kind": "static", "backend": "chat"}}
+    config = captured_app(cfg, tmp_path)
+    before = config.read_text()
+    assert cli(["graduate", "--task", "t", "--config", str(config), "--out", str(tmp_path / "grad"),
+                "--min-examples", "4", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: policy.stats_path: the stats file has no cost for backend(s) 't_tuned'" in err
+    assert config.read_text() == before and not (tmp_path / "grad").exists()

@@ -216,9 +216,13 @@ def register_local(router: Router, name: str, adapter: str | Path, *, task: str,
 def check_challenger(router: Router, name: Any, *, task: Any, mode: Any, share: Any, new: bool) -> None:
     """``UsageError`` naming ``name``/``task``/``mode``/``share`` if they would not make a challenger (``new``:
     ``name`` must not be a backend of ``router`` yet)."""
+    from genroute.policies.base import BackendInfo
+
     router._challenger_config({"task": task, "backend": name, "mode": mode, "share": share}, backend_arg="name")
     if new and name in router.backends:
         raise UsageError(f"backend {name!r} already exists", field="name")
+    if name not in router.backends:  # the policy must take one more backend (a budget needs its cost estimate)
+        router.policy.validate_against({**router.catalogue, name: BackendInfo(name=name, kind="tuned", tasks=(task,))})
 
 
 def _options(model: Any, options: Any, field: str, fixed: dict[str, Any]) -> Any:
