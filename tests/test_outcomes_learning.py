@@ -146,6 +146,15 @@ def test_challenger_shadow_split_and_promotion(gemini_server, tmp_path):
     assert 0.2 < firsts.count("tuned") / 2000 < 0.3
 
 
+@pytest.mark.parametrize(("first", "shadow"), [("icl", ("tuned",)), ("tuned", ())])
+def test_a_challenger_never_shadows_the_backend_that_answers_first(first, shadow):
+    """A nested policy that sends the request to the challenger itself: it ran twice, compared with itself."""
+    policy = build_policy({"kind": "challenger", "policy": {"kind": "static", "backend": first}, "task": "t",
+                           "backend": "tuned"})
+    decision = policy.decide(GenerateRequest(input="x", task="t"), CTX)
+    assert decision.rungs[0].backend == first and decision.shadow == shadow
+
+
 def test_compile_from_outcomes(tmp_path, capsys):
     fill(tmp_path, 30, {"chat": (lambda i: float(i % 2), 0.0001), "pro": (1.0, 0.001)})
     OutcomeStore(tmp_path / "outcomes.db").export_jsonl(tmp_path / "matrix.jsonl")

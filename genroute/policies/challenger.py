@@ -64,7 +64,8 @@ class ChallengerPolicy(NestedPolicy):
             return base.model_copy(update={
                 "policy": self.name, "rungs": rungs, "shadow": tuple(s for s in base.shadow if s != cfg.backend),
                 "reason": f"challenger {cfg.backend} for task {cfg.task!r}: {why}; fallback: {base.reason}"})
-        if cfg.mode == "shadow" and cfg.backend not in base.shadow:
+        # Not the backend that answers first: a shadow of itself would run the request twice, to compare it with itself.
+        if cfg.mode == "shadow" and cfg.backend not in base.shadow and base.rungs[0].backend != cfg.backend:
             return base.model_copy(update={"shadow": (*base.shadow, cfg.backend),
                                            "shadow_rates": {**base.shadow_rates, cfg.backend: cfg.share}})
         return base
