@@ -124,3 +124,13 @@ def test_a_judge_scorers_calls_are_priced_on_the_record_and_in_compile(gemini_se
     assert cli(["compile", "--outcomes", str(tmp_path / "outcomes.db"), "--out", str(tmp_path / "out"),
                 "--no-learned"]) == 0
     assert "scoring (judge calls): $0.375000 on 1 records" in capsys.readouterr().out
+
+
+def test_a_scoring_cost_recorded_before_sources_were_kept_apart_survives_a_merge():
+    from genroute.outcomes import OutcomeRecord
+
+    old = OutcomeRecord(metadata={"id": "r", "scoring_cost_usd": 0.5})   # a shadow's judge, earlier release
+    new = OutcomeRecord(metadata={"id": "r", "scoring_costs": {"feedback": 0.25}, "scoring_cost_usd": 0.25})
+    merged = old.merged(new)
+    assert merged.metadata["scoring_costs"] == {"recorded": 0.5, "feedback": 0.25}
+    assert merged.metadata["scoring_cost_usd"] == 0.75 and merged.merged(new) == merged

@@ -86,11 +86,13 @@ class OutcomeRecord(BaseModel):
                 update = side.model_dump(exclude_unset=True)
                 outcomes[backend] = Side.model_validate({**old.model_dump(), **update})
         metadata = {**self.metadata, **other.metadata}
-        for key in ("features", "feedback", "answers", "scoring_costs"):
+        for key in ("features", "feedback", "answers"):
             if isinstance(self.metadata.get(key), dict) and isinstance(other.metadata.get(key), dict):
                 metadata[key] = {**self.metadata[key], **other.metadata[key]}
-        if isinstance(metadata.get("scoring_costs"), dict):  # each source's cost kept apart: a write merged twice
-            metadata["scoring_cost_usd"] = sum(metadata["scoring_costs"].values())  # is still counted once
+        # Each source's scoring cost kept apart: a write merged twice is still counted once.
+        costs = {**_scoring_costs(self.metadata), **_scoring_costs(other.metadata)}
+        if costs:
+            metadata["scoring_costs"], metadata["scoring_cost_usd"] = costs, sum(costs.values())
         return OutcomeRecord(
             input=other.input if other.input is not None else self.input,
             output=other.output if other.output is not None else self.output,
@@ -112,6 +114,15 @@ def add_scoring_cost(metadata: dict[str, Any], source: str, cost_usd: float) -> 
         costs = metadata.setdefault("scoring_costs", {})
         costs[source] = cost_usd
         metadata["scoring_cost_usd"] = sum(costs.values())
+
+
+def _scoring_costs(metadata: Mapping[str, Any]) -> dict[str, float]:
+    """Scoring costs per source; a record written before they were kept apart has its total under ``recorded``."""
+    costs = metadata.get("scoring_costs")
+    if isinstance(costs, Mapping):
+        return {str(k): float(v) for k, v in costs.items() if isinstance(v, int | float)}
+    total = metadata.get("scoring_cost_usd")
+    return {"recorded": float(total)} if isinstance(total, int | float) and total else {}
 
 
 def scoring_cost(record: OutcomeRecord) -> float:
