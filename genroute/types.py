@@ -182,6 +182,11 @@ class Decision(_Frozen):
                             "embeds the request), set by ``Router.decide``; a request's is in its result's cost.")
     cost_estimated: bool = Field(default=False, description="Part of ``cost_usd`` is genroute's estimate.")
 
+    def __hash__(self) -> int:
+        # ``shadow_rates`` is a dict: hashed as its items, so a decision stays hashable as every frozen model is.
+        return hash(tuple((key, tuple(sorted(value.items())) if isinstance(value, dict) else value)
+                          for key, value in self.__dict__.items()))
+
     @classmethod
     def single(cls, policy: str, backend: str, reason: str, **kwargs: Any) -> Decision:
         """A decision with one rung."""

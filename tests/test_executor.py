@@ -620,3 +620,12 @@ def test_a_policy_in_code_deciding_for_an_unknown_backend_is_a_config_error(gemi
             list(router.stream("hi")) if streamed else router.generate("hi")
     assert err.value.field == "decision.rungs.0.backend" and "'nope'" in err.value.message
     assert not gemini_server.requests
+
+
+def test_a_decision_with_shadow_rates_is_hashable_and_equal_by_value():
+    from genroute.types import Decision
+
+    one = Decision.single("p", "chat", "r", shadow=("pro", "judge"), shadow_rates={"pro": 0.5, "judge": 0.1})
+    two = Decision.single("p", "chat", "r", shadow=("pro", "judge"), shadow_rates={"judge": 0.1, "pro": 0.5})
+    assert one == two and len({one, two}) == 1
+    assert hash(one) != hash(one.model_copy(update={"shadow_rates": {"pro": 0.25}}))
