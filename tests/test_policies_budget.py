@@ -308,3 +308,25 @@ def test_a_stats_file_without_a_backend_is_refused_when_the_router_is_built(gemi
     gemini_server.reply_text("ok")
     with Router.from_config(config) as router:
         assert router.generate("hi").backend == "pro"
+
+
+def test_adding_a_challenger_the_budget_cannot_price_leaves_the_router_as_it_was(gemini_server,
+                                                                                tmp_path: Path) -> None:
+    from genroute import ConfigError, Router
+    from genroute.backends.prompt_template import PromptTemplateBackend, PromptTemplateConfig
+
+    from .conftest import gemini_config
+
+    entry = BackendStats(n=5, quality=0.9, latency_p50_s=0.1, latency_p95_s=0.2, cost_per_request_usd=0.001)
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "budget", "budget_usd": 1.0, "inner": {"kind": "static", "backend": "chat"},
+                        "stats_path": str(BenchStats(tasks={"*": {"chat": entry}}).save(tmp_path / "stats.json"))}
+    with Router.from_config(config) as router:
+        lite = PromptTemplateBackend(
+            "lite", PromptTemplateConfig(kind="prompt_template", engine="gemini", model="gemini-2.5-flash-lite"),
+            router.resources)
+        with pytest.raises(ConfigError) as exc:
+            router.add_challenger("lite", lite, task="t")
+        assert exc.value.field == "policy.stats_path" and "'lite'" in exc.value.message
+        assert list(router.backends) == ["chat"] and "lite" not in router.catalogue
+        assert router.decide("x", task="t").shadow == ()

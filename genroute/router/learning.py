@@ -181,8 +181,11 @@ class Learning:
         unsafe = unsafe_backends({name: backend})
         if mode == "shadow":
             refuse(name, unsafe, field="backend")
+        policy = ChallengerPolicy(config, inner=self.policy)
+        # Checked before the router changes (a budget refuses a backend it has no cost estimate for).
+        policy.validate_against({**self.catalogue, name: backend_info(name, backend)})
         self._add_backend(name, backend, unsafe)
-        self._use_policy(ChallengerPolicy(config, inner=self.policy))
+        self._use_policy(policy)
 
     def promote(self, task: str, backend: str) -> None:
         """Send ``task`` to ``backend`` first from now on (the incumbent's rungs stay as fallbacks)."""
