@@ -264,7 +264,8 @@ def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: 
     anchored = anchor_paths(raw, path)
     load_config(anchored)
     built = build_policy(anchored["policy"])
-    if isinstance(built, ChallengerPolicy) and backend == incumbent(built.inner):  # it would shadow (or split with) itself: every request run twice
+    # The incumbent as its own challenger would shadow (or split with) itself: every request run twice.
+    if isinstance(built, ChallengerPolicy) and backend == incumbent(built.inner):
         raise UsageError(f"{backend!r} already answers task {task!r} (the incumbent): the challenger must be another "
                          "backend", field="challenger")
     write_config(path, raw)
