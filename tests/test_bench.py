@@ -417,7 +417,7 @@ def test_report_files_are_well_formed(tmp_path: Path) -> None:
     assert '<table id="summary">' in page and "<td>icl</td>" in page and "data:image/png;base64," in page
     assert "hello &lt;world&gt;" in page and "<th>judge $</th>" in page
     md = files["markdown"].read_text()
-    assert "| backend | n | exact (95% CI) |" in md and "| icl | 6 | 1.000 [1.000, 1.000] |" in md
+    assert "| backend | n | exact (95% CI) |" in md and "| icl | 6 | 1.000 [0.541, 1.000] |" in md
     summary = json.loads(files["summary"].read_text())
     assert {s["backend"] for s in summary} == {"icl", "prompt"}
 
@@ -490,6 +490,25 @@ async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
     # Positive reviews: cheap is right and cheaper; negative ones: only smart is right.
     chosen = {text: d.rungs[0].backend for text, d in picks.items()}
     assert chosen == {r.input: "cheap" if r.label == "positive" else "smart" for r in records()}
+
+
+async def test_a_backend_right_on_every_record_has_a_quality_ci_below_1(server: GeminiTestServer,
+                                                                           tmp_path: Path) -> None:
+    """smart is right on all 10 records: the percentile bootstrap gave [1, 1], so cost_aware with use_ci_low
+    took 10 records as proof of a quality >= 0.9; the exact interval's lower bound is 0.692."""
+    async with Router.from_config(config(server)) as router:
+        report = await abench(router, records(), backends=["cheap", "smart"], out_dir=tmp_path, progress=False,
+                              embedder=_ToneEmbedder())
+    assert report.compiled is not None
+    entry = BenchStats.load(report.compiled.stats_path).get("sentiment", "smart")
+    assert entry is not None and entry.quality == 1.0 and entry.quality_ci is not None
+    assert entry.quality_ci == pytest.approx((0.691503, 1.0), abs=1e-6)  # scipy's binomtest(10, 10) exact CI
+    assert "| smart | 10 | 1.000 [0.692, 1.000] |" in Path(report.files["markdown"]).read_text()
+    policy = {"kind": "cost_aware", "stats_path": report.compiled.stats_path, "default": "cheap",
+              "min_quality": 0.9, "use_ci_low": True}
+    async with Router.from_config(config(server, policy=policy)) as router:
+        decision = router.decide("fine", task="sentiment")
+    assert decision.rungs[0].backend == "cheap" and "-> default cheap" in decision.reason
 
 
 async def test_the_report_rebuilt_from_recorded_outcomes_is_the_runs(server: GeminiTestServer,

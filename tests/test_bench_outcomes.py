@@ -461,7 +461,9 @@ def test_report_rows_state_n_and_a_ci_and_curve_readings_are_point_estimates(tmp
     assert low < random_row.quality < high  # a mix of right and wrong picks: the interval has width
     assert f"| random | {random_row.quality:.3f} [{low:.3f}, {high:.3f}] |" in text
     best = next(r for r in report.rows if r.name == "best single (train)")
-    assert best.quality_ci == (1.0, 1.0) and best.n == report.n_eval  # C is right everywhere
+    # C is right everywhere: the exact interval's lower bound is the p with p ** n = 0.025, not the bootstrap's 1.
+    assert best.quality == 1.0 and best.n == report.n_eval
+    assert best.quality_ci == pytest.approx((0.025 ** (1 / report.n_eval), 1.0))
     saved = json.loads((tmp_path / "out" / "compiled.json").read_text())["rows"]
     assert next(r for r in saved if r["name"] == "random")["quality_ci"] == [low, high]
     assert f"point estimates on the {report.n_eval} evaluation records" in text

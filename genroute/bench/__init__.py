@@ -52,6 +52,7 @@ from genroute.bench.stats import (
     compare_paired,
     mcnemar_exact,
     paired_bootstrap_ci,
+    quality_ci,
 )
 
 __all__ = [
@@ -59,7 +60,7 @@ __all__ = [
     "GraduationAdvice", "Outcome", "PairedComparison", "ResultsLog", "Scorer", "Summary", "abench",
     "add_arguments", "advise", "arun_bench", "bench", "bench_main", "bootstrap_ci", "compare_paired",
     "compile_policy", "load_outcomes", "load_records", "markdown_table", "mcnemar_exact",
-    "paired_bootstrap_ci", "report_outcomes", "resolve_scorer", "run_bench_cli", "split_ids", "stats_from", "summarize",
-    "write_report", "OfflineReport", "OutcomeMatrix", "CandidatePricing", "compile_outcomes", "load_matrix",
-    "load_pricing",
+    "paired_bootstrap_ci", "quality_ci", "report_outcomes", "resolve_scorer", "run_bench_cli", "split_ids",
+    "stats_from", "summarize", "write_report", "OfflineReport", "OutcomeMatrix", "CandidatePricing",
+    "compile_outcomes", "load_matrix", "load_pricing",
 ]

@@ -32,7 +32,8 @@ class HeldOutRow(BaseModel):
 
     name: str
     quality: float
-    quality_ci: tuple[float, float] = Field(default=(0.0, 0.0), description="95 % bootstrap CI of the quality.")
+    quality_ci: tuple[float, float] = Field(default=(0.0, 0.0),
+                                           description="95 % CI of the quality (`stats.quality_ci`).")
     cost_per_request_usd: float
     latency_p50_s: float
     picks: dict[str, int] = Field(default_factory=dict, description="Backends a policy routed to.")
@@ -123,13 +124,13 @@ def cost_of(outcome: Outcome, cloud: bool) -> float:
 def _row(name: str, picked: Sequence[Outcome], cloud: bool) -> HeldOutRow:
     import numpy as np
 
-    from genroute.bench.stats import bootstrap_ci
+    from genroute.bench.stats import quality_ci
 
     if not picked:
         return HeldOutRow(name=name, quality=0.0, cost_per_request_usd=0.0, latency_p50_s=0.0)
     scores = [o.score if o.ok else 0.0 for o in picked]
     return HeldOutRow(
-        name=name, quality=float(np.mean(scores)), quality_ci=bootstrap_ci(scores),
+        name=name, quality=float(np.mean(scores)), quality_ci=quality_ci(scores),
         cost_per_request_usd=float(np.mean([cost_of(o, cloud) for o in picked])),
         latency_p50_s=float(np.median([o.latency_s for o in picked])),
         picks=dict(Counter(o.backend for o in picked)),

@@ -33,7 +33,8 @@ class RouterRow(BaseModel):
 
     name: str
     quality: float
-    quality_ci: tuple[float, float] = Field(default=(0.0, 0.0), description="95 % bootstrap CI of the quality.")
+    quality_ci: tuple[float, float] = Field(default=(0.0, 0.0),
+                                           description="95 % CI of the quality (`stats.quality_ci`).")
     cost_per_request_usd: float
     n: int
     picks: dict[str, int] = Field(default_factory=dict, description="Records routed to each candidate.")
@@ -56,13 +57,14 @@ def check_disjoint(train: OutcomeMatrix, evaluate: OutcomeMatrix, *, field: str 
 
 
 def row(name: str, matrix: OutcomeMatrix, choice: np.ndarray, knob: float | None = None) -> RouterRow:
-    """Quality (with its 95 % bootstrap CI), cost and picks of routing ``matrix``'s records to ``choice``."""
-    from genroute.bench.stats import bootstrap_ci
+    """Quality (with its 95 % CI, ``stats.quality_ci``), cost and picks of routing ``matrix``'s records to
+    ``choice``."""
+    from genroute.bench.stats import quality_ci
 
     rows = np.arange(len(choice))
     counts = Counter(matrix.candidates[int(c)] for c in choice)
     scores = matrix.scores[rows, choice]
-    return RouterRow(name=name, quality=float(scores.mean()), quality_ci=bootstrap_ci(scores.tolist()),
+    return RouterRow(name=name, quality=float(scores.mean()), quality_ci=quality_ci(scores.tolist()),
                      cost_per_request_usd=float(matrix.costs[rows, choice].mean()), n=len(choice),
                      picks=dict(sorted(counts.items())), knob=knob)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench.runner import Outcome
-from genroute.bench.stats import bootstrap_ci
+from genroute.bench.stats import bootstrap_ci, quality_ci
 
 if TYPE_CHECKING:
     from genroute.bench.datasets import BenchRecord
@@ -73,7 +73,7 @@ def summarize(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000)
         p50, p95, p99 = (float(v) for v in np.percentile(latencies, [50, 95, 99]))
         summaries.append(Summary(
             backend=target, n=len(rows), metric=rows[0].scorer, quality=mean(scores),
-            quality_ci=bootstrap_ci(scores, n_boot=n_boot, seed=seed),
+            quality_ci=quality_ci(scores, n_boot=n_boot, seed=seed),
             latency_p50_s=p50, latency_p95_s=max(p95, p50), latency_p99_s=max(p99, p95, p50),
             ttft_p50_s=float(np.median(ttfts)) if ttfts else None,
             input_tokens=mean([r.input_tokens for r in ok]), output_tokens=mean([r.output_tokens for r in ok]),

@@ -32,14 +32,14 @@ def sides_use_cloud_equivalent(sides: Sequence[Side]) -> bool:
 
 def outcome_stats(records: Sequence[OutcomeRecord], *, min_n: int = 1, source: str | None = None,
                   cloud: bool | None = None, seed: int = 0) -> BenchStats:
-    """Per task and backend: n, mean score with its bootstrap CI, latency p50/p95, mean cost and tokens.
+    """Per task and backend: n, mean score with its 95 % CI (``quality_ci``), latency p50/p95, mean cost and tokens.
 
     Only scored sides count for quality; entries scored on fewer than ``min_n`` records are left out (so they
     do not override a benchmark's figures on too little evidence).
     """
     import numpy as np
 
-    from genroute.bench.stats import bootstrap_ci
+    from genroute.bench.stats import quality_ci
 
     cloud = uses_cloud_equivalent(records) if cloud is None else cloud
     by_task: dict[str, dict[str, list[Side]]] = {}
@@ -60,7 +60,7 @@ def outcome_stats(records: Sequence[OutcomeRecord], *, min_n: int = 1, source: s
             latency = np.asarray([s.latency_s for s in sides])
             costs = np.asarray([side_cost(s, cloud) for s in sides])
             tasks.setdefault(task, {})[backend] = BackendStats(
-                n=len(sides), quality=quality, quality_ci=bootstrap_ci(scores, seed=seed),
+                n=len(sides), quality=quality, quality_ci=quality_ci(scores, seed=seed),
                 metric="outcomes", latency_p50_s=float(np.quantile(latency, 0.5)),
                 latency_p95_s=float(np.quantile(latency, 0.95)), cost_per_request_usd=float(costs.mean()),
                 cost_p95_usd=float(np.quantile(costs, 0.95)), cost_max_usd=float(costs.max()),

@@ -32,7 +32,8 @@ class BackendStats(BaseModel):
     # Bounded: ``explore`` draws from Beta(1 + quality x n, 1 + (1 - quality) x n), and ``cost_aware`` compares
     # it with a floor (NaN would meet any floor).
     quality: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="Mean score, in [0, 1].")
-    quality_ci: tuple[float, float] | None = Field(default=None, description="Bootstrap CI (low, high).")
+    quality_ci: tuple[float, float] | None = Field(
+        default=None, description="95 % CI (low, high): exact for 0/1 scores, else bootstrap.")
     metric: str | None = Field(default=None, description="Scorer name, e.g. label_accuracy.")
     latency_p50_s: float = Field(ge=0.0)
     latency_p95_s: float = Field(ge=0.0)
