@@ -451,6 +451,26 @@ def test_compile_reads_a_gzipped_matrix_and_keeps_its_output_when_nothing_matche
     assert "--out" in capsys.readouterr().err
 
 
+def test_compile_trains_on_a_matrix_without_ids_and_refuses_an_id_given_twice(tmp_path: Path, capsys) -> None:
+    """Ids are optional in a matrix: without them every record had the id "", so learned.npz was "not trained"
+    (as if fewer than two records had inputs), and an id given twice merged two records for training."""
+    from genroute.outcomes.cli import compile_main
+    from genroute.policies.router_models import RouterModel
+
+    rows = synthetic(15)
+    for row in rows:
+        del row["metadata"]["id"]
+    out = tmp_path / "out"
+    assert compile_main(["--outcomes", str(write_jsonl(tmp_path / "m.jsonl", rows)), "--out", str(out)]) == 0
+    assert "not trained" not in capsys.readouterr().out
+    assert RouterModel.load(out / "learned.npz").meta["n_train"] == 24  # 30 records, 6 kept back by train()
+    rows[3]["metadata"]["id"] = rows[7]["metadata"]["id"] = "q"
+    again = tmp_path / "again"
+    assert compile_main(["--outcomes", str(write_jsonl(tmp_path / "d.jsonl", rows)), "--out", str(again)]) == 2
+    assert "d.jsonl:8: duplicate record id 'q'" in capsys.readouterr().err
+    assert not again.exists()
+
+
 def test_report_rows_state_n_and_a_ci_and_curve_readings_are_point_estimates(tmp_path: Path) -> None:
     report = compile_outcomes(write_jsonl(tmp_path / "m.jsonl", synthetic(15)), out_dir=tmp_path / "out",
                               learned=False, min_n=5)

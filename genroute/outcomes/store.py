@@ -176,9 +176,10 @@ def read_outcome_file(path: str | Path, *, field: str = "outcomes") -> list[Outc
         raise UsageError(f"no outcome file at {str(path)!r}", field=field)
     if path.suffix in {".db", ".sqlite", ".sqlite3"}:
         return OutcomeStore(path, field=field).records_sync()
+    from genroute.bench.datasets import given_id
     from genroute.jsonl import iter_records
 
-    records = []
+    records, seen = [], set()
     for lineno, raw in iter_records(path, field=field, what="outcome file"):  # .jsonl or .jsonl.gz
         try:
             record = OutcomeRecord.model_validate(raw)
@@ -188,5 +189,11 @@ def read_outcome_file(path: str | Path, *, field: str = "outcomes") -> list[Outc
         # As genroute bench --outcomes reads the same file: a negative or infinite cost, a score outside [0, 1]
         # or a JSON true would otherwise crash the compile or be written into stats.json.
         check_sides(f"{path.name}:{lineno}", record, raw, field=field)
-        records.append(record)
+        # And its ids: the learned model trains on one record per id, so a file without ids (one id, "") trained
+        # nothing, and an id given twice merged two records' outcomes.
+        rid = given_id(record.metadata.get("id")) or f"record-{lineno}"
+        if rid in seen:
+            raise UsageError(f"{path.name}:{lineno}: duplicate record id {rid!r}", field=field)
+        seen.add(rid)
+        records.append(record.model_copy(update={"metadata": {**record.metadata, "id": rid}}))
     return records
