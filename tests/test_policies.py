@@ -259,6 +259,12 @@ def test_stats_round_trip(tmp_path: Path) -> None:
      "policy.arms.0.weight"),
     ({"kind": "explore", "share": 0.5, "cost_weight": float("inf"), "policy": {"kind": "static", "backend": "a"}},
      "policy.cost_weight"),
+    # A quality floor every backend met (NaN: "quality 0.286 >= nan") or none could (above 1, the top score).
+    ({"kind": "cost_aware", "default": "p", "min_quality": float("nan")}, "policy.min_quality"),
+    ({"kind": "cost_aware", "default": "p", "min_quality": 1.5}, "policy.min_quality"),
+    ({"kind": "cost_aware", "default": "p", "tasks": {"t": {"min_quality": float("nan")}}},
+     "policy.tasks.t.min_quality"),
+    ({"kind": "cost_aware", "default": "p", "tasks": {"t": {"min_quality": -0.1}}}, "policy.tasks.t.min_quality"),
 ])
 def test_config_errors_name_the_field(raw: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -20,7 +20,10 @@ class Targets(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    min_quality: float | None = Field(default=None, description="Benchmarked quality must be >= this.")
+    # Bounded as scores are: NaN met every floor (the cheapest backend, "quality 0.286 >= nan") and a floor
+    # above 1 none, silently.
+    min_quality: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                      description="Benchmarked quality must be >= this (in [0, 1]).")
     max_p95_latency_s: float | None = Field(default=None, gt=0.0, description="Benchmarked p95 must be <= this.")
 
 
@@ -29,7 +32,8 @@ class CostAwareConfig(PolicyConfig):
 
     kind: Literal["cost_aware"] = "cost_aware"
     stats_path: PathText | None = Field(default=None, description="Stats file; else the router's context stats.")
-    min_quality: float = 0.0
+    min_quality: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                               description="Quality floor, in [0, 1] as scores are.")
     max_p95_latency_s: float | None = Field(default=None, gt=0.0)
     tasks: dict[str, Targets] = Field(default_factory=dict)
     use_ci_low: bool = Field(default=False, description="Compare the CI's lower bound, not the mean.")
