@@ -206,6 +206,22 @@ def test_cost_aware(targets: dict[str, Any], task: str, expected: str, tmp_path:
         assert "cheapest of" in decision.reason and "$" in decision.reason and "quality" in decision.reason
 
 
+def test_a_stats_file_of_another_config_is_refused_or_read_for_the_backends_it_shares(tmp_path: Path) -> None:
+    """A stats file whose backends were all renamed sent every request to the default, each decision saying
+    that none of the measured backends met the floor; one that shares some counts only those."""
+    renamed = stats(old_prompt=(0.9, 0.4, 0.0001), old_big=(0.95, 3.0, 0.002)).save(tmp_path / "renamed.json")
+    policy = build_policy({"kind": "cost_aware", "stats_path": str(renamed), "default": "prompt"})
+    with pytest.raises(ConfigError) as err:
+        policy.validate_against(CATALOGUE)
+    assert err.value.field == "policy.stats_path" and "old_big, old_prompt" in err.value.message
+    shared = stats(prompt=(0.5, 0.4, 0.0001), gone=(0.99, 0.1, 0.00001)).save(tmp_path / "shared.json")
+    policy = build_policy({"kind": "cost_aware", "stats_path": str(shared), "default": "prompt", "min_quality": 0.9})
+    policy.validate_against(CATALOGUE)
+    decision = policy.decide(req(task="bank"), CTX)
+    assert decision.rungs[0].backend == "prompt"
+    assert "none of 1 measured backend(s) for task 'bank' has quality >= 0.9" in decision.reason
+
+
 def test_cost_aware_reads_context_stats_and_fallbacks() -> None:
     policy = build_policy({"kind": "cost_aware", "min_quality": 0.7, "default": "prompt", "fallbacks": 2})
     ctx = PolicyContext(catalogue=CATALOGUE, stats=STATS)

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bounds import PathText
+from genroute.errors import ConfigError
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
 from genroute.policies.static import check_backends
 from genroute.policies.stats import BackendStats, BenchStats
@@ -71,12 +72,11 @@ class CostAwarePolicy(Policy):
         if not isinstance(stats, BenchStats):
             return self._default("no benchmark statistics loaded")
         floor, slo = self._targets(request.task)
-        measured = stats.for_task(request.task)
         allowed = self.config.candidates
+        measured = {backend: entry for backend, entry in stats.for_task(request.task).items()
+                    if backend in context.catalogue and (allowed is None or backend in allowed)}
         eligible: list[tuple[str, BackendStats]] = []
         for backend, entry in measured.items():
-            if backend not in context.catalogue or (allowed is not None and backend not in allowed):
-                continue
             if entry.n < self.config.min_n or self._quality(entry) < floor:
                 continue
             if slo is not None and entry.latency_p95_s > slo:
@@ -112,3 +112,11 @@ class CostAwarePolicy(Policy):
         named = [(self.config.default, f"{self.field}.default")]
         named += [(b, f"{self.field}.candidates.{i}") for i, b in enumerate(self.config.candidates or ())]
         check_backends(catalogue, named)
+        # A stats file from another config (its backends renamed or removed) would send every request to the
+        # default, each decision saying no backend met the floor.
+        if self._stats is not None and self._stats.tasks:
+            measured = {b for by in self._stats.tasks.values() for b in by}
+            if not measured & set(catalogue):
+                raise ConfigError(f"the stats file measured none of the router's backends (it measured "
+                                  f"{', '.join(sorted(measured))}; the router has {', '.join(sorted(catalogue))})",
+                                  field=f"{self.field}.stats_path")
