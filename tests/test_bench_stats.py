@@ -97,6 +97,23 @@ def test_graded_scores_keep_the_bootstrap_quality_ci() -> None:
     assert quality_ci([]) == (0.0, 0.0)
 
 
+def test_newcombe_intervals_match_the_published_examples() -> None:
+    from genroute.bench.intervals import newcombe_paired_ci, newcombe_unpaired_ci
+
+    # Newcombe (1998), independent proportions 56/70 vs 48/80: 0.0524 to 0.3339.
+    assert newcombe_unpaired_ci([1] * 56 + [0] * 14, [1] * 48 + [0] * 32) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    # Fagerland, Lydersen & Laake, paired 2x2 table (Cavo et al. 2012): 59 both, 6 A only, 16 B only, 80 neither.
+    a, b = [1] * 59 + [1] * 6 + [0] * 16 + [0] * 80, [1] * 59 + [0] * 6 + [1] * 16 + [0] * 80
+    assert newcombe_paired_ci(a, b) == pytest.approx((-0.1186, -0.0046), abs=1e-4)
+
+
+def test_a_paired_ci_of_records_that_all_agree_has_width() -> None:
+    """30 records, both right on each: the paired bootstrap's CI was [0, 0], as if no difference were possible."""
+    cmp = compare_paired([1.0] * 30, [1.0] * 30)
+    assert cmp.ci[0] < -0.1 and cmp.ci[1] > 0.1 and cmp.decision == "no_difference"
+    assert paired_bootstrap_ci([1.0] * 30, [1.0] * 30) == (0.0, 0.0)  # the bootstrap alone
+
+
 def test_min_detectable_difference_from_the_paired_sd() -> None:
     # Differences [1, 0, 0, -1]: sd = sqrt(2/3); z * sd / sqrt(4).
     assert min_detectable_difference([1, 1, 1, 0], [0, 1, 1, 1]) == pytest.approx(Z * math.sqrt(2 / 3) / 2)

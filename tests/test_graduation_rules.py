@@ -43,20 +43,39 @@ def arm(i, arm_name, served, score, cost):
 
 
 def test_split_arms_are_compared_unpaired_counting_fallbacks_for_their_arm():
-    records = [arm(i, "lora", "lora", 1.0, 0.001) for i in range(60)]
-    records += [arm(100 + i, "icl", "icl", 1.0, 0.01) for i in range(60)]
+    records = [arm(i, "lora", "lora", 1.0, 0.001) for i in range(80)]
+    records += [arm(100 + i, "icl", "icl", 1.0, 0.01) for i in range(80)]
     decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=50, mode="split")
-    assert decision.design == "unpaired" and decision.promote and decision.n == 60
+    assert decision.design == "unpaired" and decision.promote and decision.n == 80
     assert "unpaired" in decision.line()
     assert decision.challenger_cost_usd == pytest.approx(0.001) and decision.incumbent_cost_usd == pytest.approx(0.01)
     # Requests routed to the challenger that fell back to the incumbent, answered wrong: they count for the
     # challenger's arm (what its users got), and now a loss beyond the margin is not ruled out.
     records += [arm(200 + i, "lora", "icl", 0.0, 0.011) for i in range(20)]
     decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=50, mode="split")
-    assert decision.comparison.n_a == 80 and decision.comparison.mean_a == pytest.approx(0.75)
+    assert decision.comparison.n_a == 100 and decision.comparison.mean_a == pytest.approx(0.8)
     assert not decision.promote and "unpaired" in decision.reasons[0]
     few = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=100, mode="split")
-    assert not few.promote and "80 (lora) and 60 (icl)" in few.reasons[0]
+    assert not few.promote and "100 (lora) and 80 (icl)" in few.reasons[0]
+
+
+@pytest.mark.parametrize(("n", "promote"), [(30, False), (60, False), (80, True)])
+def test_arms_right_on_every_request_promote_only_once_a_loss_beyond_the_margin_is_ruled_out(n, promote):
+    """Both arms right every time: the bootstrap CI was [0, 0], so 30 requests an arm promoted, though a challenger
+    right 90 % of the time is right on all 30 a twentieth of the time; Newcombe's interval reaches below -0.05
+    until each arm has about 75 requests."""
+    records = [arm(i, "lora", "lora", 1.0, 0.001) for i in range(n)]
+    records += [arm(1000 + i, "icl", "icl", 1.0, 0.01) for i in range(n)]
+    decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=30, mode="split")
+    assert decision.comparison.ci[0] < 0 < decision.comparison.ci[1]
+    assert decision.promote is promote and (promote or "not ruled out" in decision.reasons[0])
+
+
+@pytest.mark.parametrize(("n", "promote"), [(30, False), (80, True)])
+def test_shadow_pairs_that_all_agree_promote_only_once_a_loss_beyond_the_margin_is_ruled_out(n, promote):
+    decision = decide_promotion(paired(n, challenger_score=1.0), "t", incumbent="icl", challenger="lora", min_n=30)
+    assert decision.comparison.ci[0] < 0 < decision.comparison.ci[1]  # no discordant pair: the bootstrap's [0, 0]
+    assert decision.promote is promote
 
 
 def test_the_unpaired_interval_covers_the_difference_of_means():
@@ -79,7 +98,8 @@ def test_a_split_challenger_is_decided_end_to_end(gemini_server, tmp_path):
             result = router.generate(f"question {i}", task="t")
             served.append(result.backend)
             router.feedback(result, label=result.text)   # every answer right
-        report = router._portal.call(adecide(router, "t", challenger="lite", incumbent="chat", min_n=5))
+        # A few dozen requests cannot rule out a loss of 0.05 (14 right of 14 leaves it at about -0.2): a wide margin.
+        report = router._portal.call(adecide(router, "t", challenger="lite", incumbent="chat", min_n=5, margin=0.5))
     promotion = report.promotion
     assert promotion.design == "unpaired" and promotion.n == min(served.count("lite"), served.count("chat")) >= 5
     assert 0 < promotion.challenger_cost_usd < promotion.incumbent_cost_usd

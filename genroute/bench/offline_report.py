@@ -84,7 +84,7 @@ def _share(value: float | None) -> str:
 
 
 def rows_table(report: OfflineReport) -> str:
-    """Every router and baseline: quality with its 95 % bootstrap CI, cost, n, candidates routed to."""
+    """Every router and baseline: quality with its 95 % CI, cost, n, candidates routed to."""
     lines = ["| router | quality [95 % CI] | $ per 1k requests | n | knob | routed to |", "|---|---|---|---|---|---|"]
     for r in report.rows:
         picks = ", ".join(f"{c}: {n}" for c, n in sorted(r.picks.items(), key=lambda kv: -kv[1]))

@@ -90,7 +90,8 @@ def comparison_markdown(comparisons: Sequence[PairedComparison]) -> str:
 
 def explain(min_n: int | None = None, *, level: float = 0.95, held_out: bool = True) -> str:
     """The sentence that says how to read the table (``min_n``: below it no verdict; ``held_out``: of what)."""
-    text = (f"Paired on the same records: A − B with a paired bootstrap {level * 100:g} % CI. A win is called only when "
+    text = (f"Paired on the same records: A − B with a paired {level * 100:g} % CI (Newcombe's score interval for "
+            "0/1 scores, else a paired bootstrap). A win is called only when "
             f"the CI excludes 0 and an exact test agrees at the same level (p < {1 - level:.2g}): McNemar's for 0/1 "
             "scores, else the paired sign-flip permutation test. Otherwise no difference was detected at that n, "
             "and \"smallest detectable\" is the difference that n would detect with 80 % power. Each row is a test "

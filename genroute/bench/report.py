@@ -1,4 +1,4 @@
-"""Summaries per target (quality with a bootstrap CI, latency percentiles, tokens, cost, failures) and reports."""
+"""Summaries per target (quality with a 95 % CI, latency percentiles, tokens, cost, failures) and reports."""
 
 from __future__ import annotations
 

@@ -3,8 +3,9 @@ above ``-margin`` on at least ``min_n`` records and it is cheaper; otherwise say
 
 In shadow mode the two are compared on the same requests (paired). In split mode each request went to one arm, so
 the arms are compared unpaired: each arm's mean score over the requests routed to it (the arm a request was routed
-to, even when it fell back to the other backend: what its users got), a two-sample bootstrap CI of the difference,
-and each arm's cost per request from its own records.
+to, even when it fell back to the other backend: what its users got), a two-sample CI of the difference, and each
+arm's cost per request from its own records. For 0/1 scores both CIs are Newcombe's score intervals
+(``genroute.bench.intervals``), else bootstrap ones.
 """
 
 from __future__ import annotations
