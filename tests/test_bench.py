@@ -464,7 +464,9 @@ async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
     assert rows["compiled cost_aware"].quality == rows["smart"].quality == 1.0
     assert rows["compiled cost_aware"].picks == {"smart": report.compiled.n_held_out}
     text = Path(report.files["markdown"]).read_text()
-    assert "Held-out split" in text
+    # stats.json holds all 10 records (entry.n above): the report said "stats from" the training records.
+    assert f"routed by policies compiled from the {report.compiled.n_train} others" in text
+    assert "and learned model `" in text and "are compiled from every record, the held-out ones included" in text
     # A handful of held-out records: the differences are shown, paired, but no verdict is printed.
     n = report.compiled.n_held_out
     assert f"the held-out split has n = {n} records, below the minimum of 100" in text

@@ -64,10 +64,12 @@ class CompileReport(BaseModel):
     def markdown(self) -> str:
         """The held-out comparison as Markdown."""
         floors = ", ".join(f"{t} {f:.3f}" for t, f in sorted(self.floors.items()))
-        lines = [f"Held-out split: {self.n_held_out} records (stats from {self.n_train} others); "
-                 f"cost_aware quality floor per task: {floors}; {self.cost_basis} cost. "
-                 f"Stats file: `{self.stats_path}`"
-                 + (f"; learned model: `{self.learned_model_path}`" if self.learned_model_path else "") + ".",
+        # The files are compiled from every record, the policies judged here from the training split only.
+        files = f"stats file `{self.stats_path}` is" if not self.learned_model_path else \
+            f"stats file `{self.stats_path}` and learned model `{self.learned_model_path}` are"
+        lines = [f"Held-out split: {self.n_held_out} records, routed by policies compiled from the {self.n_train} "
+                 f"others; cost_aware quality floor per task: {floors}; {self.cost_basis} cost. The {files} "
+                 "compiled from every record, the held-out ones included.",
                  "", "| router | n | quality [95 % CI] | $/request | p50 s | routed to |", "|---|---|---|---|---|---|"]
         for row in self.rows:
             picks = ", ".join(f"{b}: {n}" for b, n in sorted(row.picks.items())) or "–"
