@@ -10,8 +10,8 @@ runs made one task at a time with ``--out DIR/P<task>``: ``DIR/P<task>/<task>/re
 ``benchmarks/data/<task>/eval.jsonl`` sampled as that run sampled them (``--limit``, ``--seed``; refused when the
 data differ from the run's, by ``run.json``'s digest). Each rule compiles on the
 same seeded training split and is judged on the same held-out records: the compiled learned policy against the
-best single backend chosen on the training split, paired (bootstrap 95 % CI, 2,000 resamples), with the cost
-ratio and a paired CI of the cost difference. ``fixed`` is the cost weight 0.1 compiled before the rules existed.
+best single backend chosen on the training split, paired (95 % CI: Newcombe's for 0/1 scores, else a bootstrap of
+2,000 resamples), with the cost ratio and a paired CI of the cost difference. ``fixed`` is the cost weight 0.1 compiled before the rules existed.
 """
 
 from __future__ import annotations

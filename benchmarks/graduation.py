@@ -89,10 +89,10 @@ async def serve(router: Any, rows: list[dict[str, Any]], *, shadows: bool) -> di
 
 
 def row(name: str, items: list[dict[str, Any]]) -> str:
-    from genroute.bench.stats import bootstrap_ci
+    from genroute.bench.stats import quality_ci
 
     scores = [float(i["score"]) for i in items]
-    low, high = bootstrap_ci(scores)
+    low, high = quality_ci(scores)
     backends = ", ".join(sorted({i["backend"] for i in items}))
     return (f"| {name} | {backends} | {len(items)} | {statistics.fmean(scores):.3f} [{low:.3f}, {high:.3f}] | "
             f"{statistics.median(i['latency_s'] for i in items):.3f} | "
