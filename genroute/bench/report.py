@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench.runner import Outcome
-from genroute.bench.stats import bootstrap_ci, quality_ci
+from genroute.bench.stats import bootstrap_ci, quality_ci  # noqa: F401 - bootstrap_ci is re-exported here
 
 if TYPE_CHECKING:
     from genroute.bench.datasets import BenchRecord
