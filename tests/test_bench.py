@@ -509,7 +509,7 @@ async def test_a_backend_right_on_every_record_has_a_quality_ci_below_1(server: 
     policy = {"kind": "cost_aware", "stats_path": report.compiled.stats_path, "default": "cheap",
               "min_quality": 0.9, "use_ci_low": True}
     async with Router.from_config(config(server, policy=policy)) as router:
-        decision = router.decide("fine", task="sentiment")
+        decision = await router.adecide("fine", task="sentiment")
     assert decision.rungs[0].backend == "cheap" and "-> default cheap" in decision.reason
 
 
