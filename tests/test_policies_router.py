@@ -60,6 +60,21 @@ def test_budget_downgrades_after_real_spend(gemini_server, otel):
     assert second.backend == "small" and "downgraded to small" in second.decision.reason
 
 
+def test_budget_downgrades_beside_circuit_breakers(gemini_server):
+    # The breaker gate has a health view too: the budget views handed to the policy must be the budgets' alone
+    # (every request failed with AttributeError: 'BreakerGate' object has no attribute 'field').
+    policy = {"kind": "budget", "inner": {"kind": "static", "backend": "big"}, "budget_usd": 0.015,
+              "costs": {"big": 0.012, "small": 0.0}, "on_exhausted": "downgrade", "downgrade_to": "small"}
+    gemini_server.reply_text("expensive", usage=(1000, 1000))
+    gemini_server.reply_text("cheap")
+    config = {**two_backends(gemini_server, policy), "breakers": {"failures": 2}}
+    with Router.from_config(config) as router:
+        first = router.generate("one", key="tenant-a")
+        second = router.generate("two", key="tenant-a")
+    assert first.backend == "big"
+    assert second.backend == "small" and "downgraded to small" in second.decision.reason
+
+
 def test_unknown_backend_in_policy_fails_at_build(gemini_server):
     policy = {"kind": "cascade", "rungs": [{"backend": "small"}, {"backend": "ghost"}]}
     with pytest.raises(ConfigError) as err:

@@ -32,7 +32,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from opentelemetry import metrics, trace
 
@@ -216,6 +216,16 @@ class BudgetLedger(Protocol):
         """Spent and held USD of ``key`` in the current window."""
         ...
 
+    async def view(self, request: GenerateRequest) -> Any:
+        """The request's budget key and what is left of it now (a budget policy's ``BudgetView``)."""
+        ...
+
+
+def is_budget(gate: Gate) -> TypeGuard[BudgetLedger]:
+    """Whether ``gate`` is a budget's (a budget policy's gate, or an arm's gate wrapping one): it has a ledger.
+    Found by attribute, not class: admission cannot import the policies that provide budgets."""
+    return getattr(gate, "ledger_name", None) is not None
+
 
 class Admission:
     """The router's gates, entered in order before an attempt and exited in reverse after it."""
@@ -228,8 +238,7 @@ class Admission:
     def budget(self, name: str = "policy") -> BudgetLedger:
         """The gate of the budget whose ledger is ``name``, else of the budget at config path ``name``
         (``usage(key)`` reads its spend). The default finds the config's top budget, wrapped by a challenger or not."""
-        # Found by attribute, not class: budget gates are the policies' (a split arm's gate forwards to one).
-        budgets = [cast(BudgetLedger, g) for g in self.gates if getattr(g, "ledger_name", None) is not None]
+        budgets = [gate for gate in self.gates if is_budget(gate)]
         found = next((g for g in budgets if g.ledger_name == name), None) or \
             next((g for g in budgets if g.field == name), None)
         if found is None:
@@ -239,7 +248,7 @@ class Admission:
 
     async def context(self, request: GenerateRequest, context: Any) -> Any:
         """``context`` (a ``PolicyContext``) with the state its policy reads: each budget's view."""
-        budgets = {gate.field: await gate.view(request) for gate in self.gates if hasattr(gate, "view")}
+        budgets = {gate.field: await gate.view(request) for gate in self.gates if is_budget(gate)}
         return dataclasses.replace(context, budgets=budgets)
 
     async def enter(self, request: GenerateRequest, decision: Decision, backend: str, deadline: float | None,
