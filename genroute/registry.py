@@ -139,4 +139,4 @@ BASES: dict[Group, str] = {
 def _base(group: Group) -> type:
     """The extension point a plugin of ``group`` implements."""
     module, _, attr = BASES[group].partition(":")
-    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), attr)

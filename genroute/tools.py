@@ -160,7 +160,7 @@ def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field
             # A parameter named like a BaseModel method (schema, json, copy, validate) works as a field; pydantic's
             # warning would name a model the user never wrote.
             warnings.filterwarnings("ignore", "Field name .* shadows an attribute", UserWarning)
-            model = create_model(  # type: ignore[call-overload]
+            model = create_model(
                 f"{name}_args", __config__=ConfigDict(extra="forbid"), **fields
             )
         schema = _finite_only(inline_refs(model.model_json_schema()))

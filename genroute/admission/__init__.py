@@ -32,7 +32,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeGuard, TypeVar
 
 from opentelemetry import metrics, trace
 
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 HOLD_MARGIN_S = 2.0
 #: How long a hold lives when its request has no deadline.
 DEFAULT_HOLD_TTL_S = 600.0
+#: The kind of store claim a gate makes (a hold, a breaker probe).
+ClaimT = TypeVar("ClaimT", bound="Claim")
 #: What ``Admission.reserve`` held: each holding gate with its claims and the store's answers.
 Reserved = tuple[tuple["Gate", Any], ...]
 
@@ -86,7 +88,7 @@ class Outcome:
     sent: bool = True
 
 
-class Gate(ABC):
+class Gate(ABC, Generic[ClaimT]):
     """One admission check around every attempt, stated as state store operations.
 
     Before the attempt, ``claims`` says what it must take from the store (holds, a breaker check); the claims
@@ -98,15 +100,15 @@ class Gate(ABC):
     store: StateStore
 
     @abstractmethod
-    def claims(self, attempt: Attempt) -> Sequence[Claim]:
+    def claims(self, attempt: Attempt) -> Sequence[ClaimT]:
         """What ``attempt`` must take from the store; may raise a refusal known without asking the store."""
 
-    def admitted(self, attempt: Attempt, claims: Sequence[Claim], results: Sequence[Any]) -> Any:
+    def admitted(self, attempt: Attempt, claims: Sequence[ClaimT], results: Sequence[Any]) -> Any:
         """The token ``settlements`` will get, from this gate's claims and the store's answers (all passed)."""
         return [(claim, result) for claim, result in zip(claims, results, strict=True)]
 
     @abstractmethod
-    async def refused(self, attempt: Attempt, claim: Claim, result: Any) -> None:
+    async def refused(self, attempt: Attempt, claim: ClaimT, result: Any) -> None:
         """``claim`` did not pass (nothing is held): raise the typed refusal, or wait and return (claim again)."""
 
     @abstractmethod
@@ -116,13 +118,13 @@ class Gate(ABC):
     def settled(self, attempt: Attempt, token: Any, outcome: Outcome, results: Sequence[Any]) -> None:
         """The store's answers to ``settlements`` (e.g. a breaker this attempt opened)."""
 
-    def holds(self, request: GenerateRequest, amount_usd: float, deadline: float | None) -> Sequence[Claim]:
+    def holds(self, request: GenerateRequest, amount_usd: float, deadline: float | None) -> Sequence[ClaimT]:
         """What to hold before ``request`` spends an estimated ``amount_usd`` outside any attempt (its decision's
         embedding): nothing, unless the gate counts spend (a budget). A gate that holds says why it refused in
         ``refusal``."""
         return ()
 
-    def refusal(self, claim: Claim, result: Any) -> Exception:
+    def refusal(self, claim: ClaimT, result: Any) -> Exception:
         """The typed error for a claim of ``holds`` that did not pass (nothing is held)."""
         raise NotImplementedError(f"{type(self).__name__} holds spend but does not say why it refused")
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.admission import Attempt, Gate, Instruments, Outcome
 from genroute.bounds import NOT_BOOL
 from genroute.errors import BackendUnavailable, CircuitOpen, RateLimited
-from genroute.state.ops import Claim, Close, Fail, Open, Probe, Settlement
+from genroute.state.ops import Close, Fail, Open, Probe, Settlement
 
 if TYPE_CHECKING:
     from genroute.state import StateStore
@@ -46,7 +46,7 @@ class BreakerConfig(BaseModel):
                                                   description="How stale this process's view may be.")
 
 
-class BreakerGate(Gate):
+class BreakerGate(Gate[Probe]):
     """Refuses attempts on open breakers, lets one probe through half-open ones, counts failures."""
 
     def __init__(self, config: BreakerConfig, targets: Mapping[str, tuple[str, str]], store: StateStore,
@@ -105,7 +105,7 @@ class BreakerGate(Gate):
             return [Probe(name, ttl) for name in names if name in self._until]
         return [Probe(name, ttl) for name in names]
 
-    def admitted(self, attempt: Attempt, claims: Sequence[Claim], results: Sequence[Any]) -> list[str]:
+    def admitted(self, attempt: Attempt, claims: Sequence[Probe], results: Sequence[Any]) -> list[str]:
         probes = []
         for claim, checked in zip(claims, results, strict=True):
             if checked.probing:
@@ -114,8 +114,8 @@ class BreakerGate(Gate):
                 self._until.pop(claim.name, None)
         return probes
 
-    async def refused(self, attempt: Attempt, claim: Claim, result: Any) -> None:
-        name = claim.name  # type: ignore[union-attr]
+    async def refused(self, attempt: Attempt, claim: Probe, result: Any) -> None:
+        name = claim.name
         if result.open_s > 0:
             self._until[name] = time.monotonic() + result.open_s
             raise CircuitOpen(f"circuit breaker {name} is open for {result.open_s:.1f} s more (nothing was sent)",

@@ -25,7 +25,7 @@ from genroute.admission import Attempt, Gate, Instruments, Outcome, hold_ttl_s
 from genroute.bounds import NOT_BOOL
 from genroute.config_errors import config_error
 from genroute.errors import ConfigError, RateLimited
-from genroute.state.ops import Claim, Held, Hold, Settle
+from genroute.state.ops import Held, Hold, Settle
 
 if TYPE_CHECKING:
     from genroute.state import StateStore
@@ -75,7 +75,7 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
-class RateLimitGate(Gate):
+class RateLimitGate(Gate[Hold]):
     """Holds each attempt's request and estimated tokens against the limits that cover its backend."""
 
     def __init__(self, limits: Sequence[RateLimitConfig], targets: Mapping[str, tuple[str, str]],
@@ -120,12 +120,12 @@ class RateLimitGate(Gate):
                 claims.append(Hold(account + ":tpm", tokens, limit.tpm, ttl, keep, tag))
         return claims
 
-    async def refused(self, attempt: Attempt, claim: Claim, result: Any) -> None:
+    async def refused(self, attempt: Attempt, claim: Hold, result: Any) -> None:
         """No room in this window: fall through (``RateLimited``), or wait for the next window if allowed."""
         limit, scope, turns_at = claim.tag
         wait_s = turns_at - time.time() + _WAKE_LATE_S
         left_s = None if attempt.deadline is None else attempt.deadline - time.monotonic()
-        what = "requests" if claim.account.endswith(":rpm") else "tokens"  # type: ignore[union-attr]
+        what = "requests" if claim.account.endswith(":rpm") else "tokens"
         if limit.on_limit == "fall_through" or (left_s is not None and wait_s >= left_s):
             self.instruments.limited.add(1, {"genroute.ratelimit.scope": limit.scope()})
             why = "" if limit.on_limit == "fall_through" else "; the next window opens after the deadline"

@@ -312,7 +312,7 @@ class FunctionCallingBackend(Backend):
         """The call's record and its ``error.type`` (None when it succeeded)."""
 
         def done(outcome: str, error_kind: str | None = None, **kwargs: Any) -> tuple[ToolCall, str | None]:
-            record = ToolCall(name=name, args=args, outcome=outcome,  # type: ignore[arg-type]
+            record = ToolCall(name=name, args=args, outcome=outcome,
                               call_id=call_id, **kwargs)
             return record, error_kind
 

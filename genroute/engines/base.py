@@ -33,7 +33,7 @@ class SamplingSettings(BaseModel):
         return stops
 
 
-class Embeddings(list):  # type: ignore[type-arg]  # list[list[float]]
+class Embeddings(list[list[float]]):
     """What ``Engine.embed`` returns: the vectors, in order (it is their list), with the input tokens the provider
     bills for them — as it reported them, or ``estimated`` (about four characters a token) where it reported
     none, as the Gemini Developer API does. ``input_tokens`` ``None``: the engine does not say."""

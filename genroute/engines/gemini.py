@@ -280,7 +280,7 @@ class GeminiEngine(Engine):
             bound = self._attempt_bound_s
             self._client_timeout_s = bound if seconds is None else min(bound, seconds)
 
-    def generate(  # type: ignore[override]  # returns the retry loop's coroutine: awaited as the ABC's
+    def generate(  # returns the retry loop's coroutine: awaited as the ABC's
         self,
         model: str,
         contents: list[types.Content] | str,

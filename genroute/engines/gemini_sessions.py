@@ -92,7 +92,7 @@ def _detach(session: Any) -> asyncio.Future[Any] | None:
         return None
     steps = session.connector.close().__await__()
     try:
-        return next(steps)  # type: ignore[no-any-return]
+        return next(steps)
     except StopIteration:
         return None
 

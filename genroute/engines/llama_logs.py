@@ -69,7 +69,6 @@ def _defaults(llama_cpp: Any) -> set[int | None]:
 
 
 def _make_callback(llama_cpp: Any) -> Any:
-    @llama_cpp.llama_log_callback
     def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         global _last_level
         level_no = _last_level if level == _CONT else _LEVELS.get(level, logging.DEBUG)
@@ -77,4 +76,4 @@ def _make_callback(llama_cpp: Any) -> Any:
         if _logger.isEnabledFor(level_no):
             _logger.log(level_no, text.decode("utf-8", "replace").rstrip())
 
-    return callback
+    return llama_cpp.llama_log_callback(callback)

@@ -35,10 +35,11 @@ def abort_switch(llm: Any) -> list[Any]:
 
     current: list[Any] = [None]
 
-    @C.ggml_abort_callback
-    def abort(_data: Any) -> bool:  # called between graph nodes (~450 a decode): no measurable cost
+    def aborted(_data: Any) -> bool:  # called between graph nodes (~450 a decode): no measurable cost
         event = current[0]
         return event is not None and event.is_set()
+
+    abort = C.ggml_abort_callback(aborted)
 
     setter = C.llama_cpp._lib.llama_set_abort_callback  # noqa: SLF001 - llama-cpp-python binds no wrapper
     setter.argtypes, setter.restype = [ctypes.c_void_p, C.ggml_abort_callback, ctypes.c_void_p], None
@@ -50,8 +51,7 @@ def abort_switch(llm: Any) -> list[Any]:
 def json_schema_grammar(schema: dict[str, Any], *, field: str, bare_enum: bool = False) -> Any:
     """A ``LlamaGrammar`` admitting exactly the JSON values ``schema`` describes (``UsageError`` naming ``field``);
     with ``bare_enum``, one of its enum strings written without quotes (Gemini's ``text/x.enum``)."""
-    from llama_cpp import LlamaGrammar
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
     if bare_enum:
         values = schema.get("enum")

@@ -91,7 +91,7 @@ def resolve_scrub(settings: OutcomeSettings, scrub: ScrubHook | None) -> ScrubHo
     hook = import_object(settings.scrub, field="outcomes.scrub")
     if not callable(hook):
         raise ConfigError(f"{settings.scrub!r} is not callable", field="outcomes.scrub")
-    return hook  # type: ignore[no-any-return]
+    return hook
 
 
 def settings_from(raw: OutcomeSettings | Mapping[str, Any] | None) -> OutcomeSettings | None:

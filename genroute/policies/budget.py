@@ -45,7 +45,7 @@ from genroute.errors import BudgetExceeded, ConfigError
 from genroute.policies.base import BackendInfo, BudgetView, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
 from genroute.policies.stats import BenchStats
-from genroute.state.ops import Claim, Held, Hold, Settle
+from genroute.state.ops import Held, Hold, Settle
 from genroute.types import Decision, GenerateRequest, Rung
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ class BudgetPolicy(Policy):
                               "`max_cost_per_request`)", field=f"{self.field}.stats_path")
 
 
-class BudgetGate(Gate):
+class BudgetGate(Gate[Hold]):
     """Holds an attempt's estimated cost against its budget key's window and settles the actual cost."""
 
     def __init__(self, policy: BudgetPolicy, store: StateStore, *, clock: Callable[[], float] = time.time) -> None:
@@ -284,10 +284,10 @@ class BudgetGate(Gate):
         return [Hold(account, to_units(amount), to_units(limit), hold_ttl_s(attempt.deadline), keep_s,
                      (key, limit, amount))]
 
-    async def refused(self, attempt: Attempt, claim: Claim, result: Any) -> None:
+    async def refused(self, attempt: Attempt, claim: Hold, result: Any) -> None:
         raise self.refusal(claim, result)
 
-    def refusal(self, claim: Claim, result: Any) -> BudgetExceeded:
+    def refusal(self, claim: Hold, result: Any) -> BudgetExceeded:
         key, limit, amount, *what = claim.tag  # what: set for a hold outside the attempts (deciding)
         return BudgetExceeded(f"budget {key!r}: ${max(result.left / UNITS_PER_USD, 0.0):.6g} left of "
                               f"${limit:.6g}, {what[0] if what else 'request'} needs up to ${amount:.6g}")

@@ -228,7 +228,7 @@ class LearnedPolicy(Policy):
             return None
         path = Path(self.config.model_path)
         path = path.with_name(path.name.removesuffix(".npz").removesuffix(".refreshed") + ".refreshed.npz")
-        train(update.rows, path, embedder=self.embedder, method=self.model.method,  # type: ignore[arg-type]
+        train(update.rows, path, embedder=self.embedder, method=self.model.method,
               k=int(self.model.meta.get("k", 7)), pass_score=float(self.model.meta.get("pass_score", 0.5)),
               test_share=0.0, use_task=bool(self.model.tasks), cost_weight=self.cost_weight)
         new = LearnedPolicy.__new__(LearnedPolicy)

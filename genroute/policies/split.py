@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from genroute.admission import Attempt, Gate, Outcome
+from genroute.admission import Attempt, ClaimT, Gate, Outcome
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
 from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from genroute.errors import BudgetExceeded
     from genroute.runtime.resources import Resources
     from genroute.state import StateStore
-    from genroute.state.ops import Claim, Settlement
+    from genroute.state.ops import Settlement
 
 
 class Arm(BaseModel):
@@ -135,10 +135,10 @@ class SplitPolicy(Policy):
                 inner.validate_against(catalogue)
 
 
-class _ArmGate(Gate):
+class _ArmGate(Gate[ClaimT]):
     """A gate of one arm's policy, entered only by requests of that arm."""
 
-    def __init__(self, gate: Gate, split: SplitPolicy, arm: int) -> None:
+    def __init__(self, gate: Gate[ClaimT], split: SplitPolicy, arm: int) -> None:
         self.gate, self.split, self.arm = gate, split, arm
 
     def __getattr__(self, name: str) -> Any:  # view(), usage() of the wrapped gate
@@ -147,23 +147,23 @@ class _ArmGate(Gate):
     def _mine(self, attempt: Attempt) -> bool:
         return self.split._arm(attempt.request)[0] == self.arm
 
-    def holds(self, request: GenerateRequest, amount_usd: float, deadline: float | None) -> Sequence[Claim]:
+    def holds(self, request: GenerateRequest, amount_usd: float, deadline: float | None) -> Sequence[ClaimT]:
         return self.gate.holds(request, amount_usd, deadline) if self.split._arm(request)[0] == self.arm else ()
 
-    def refusal(self, claim: Claim, result: Any) -> Exception:
+    def refusal(self, claim: ClaimT, result: Any) -> Exception:
         return self.gate.refusal(claim, result)
 
     def spent(self, request: GenerateRequest, cost_usd: float, held: Any = None) -> Sequence[Settlement]:
         mine = self.split._arm(request)[0] == self.arm
         return self.gate.spent(request, cost_usd, held) if mine else ()
 
-    def claims(self, attempt: Attempt) -> Sequence[Claim]:
+    def claims(self, attempt: Attempt) -> Sequence[ClaimT]:
         return self.gate.claims(attempt) if self._mine(attempt) else ()
 
-    def admitted(self, attempt: Attempt, claims: Sequence[Claim], results: Sequence[Any]) -> Any:
+    def admitted(self, attempt: Attempt, claims: Sequence[ClaimT], results: Sequence[Any]) -> Any:
         return self.gate.admitted(attempt, claims, results) if self._mine(attempt) else _SKIPPED
 
-    async def refused(self, attempt: Attempt, claim: Claim, result: Any) -> None:
+    async def refused(self, attempt: Attempt, claim: ClaimT, result: Any) -> None:
         await self.gate.refused(attempt, claim, result)
 
     def settlements(self, attempt: Attempt, token: Any, outcome: Outcome) -> Sequence[Settlement]:

@@ -193,7 +193,7 @@ def _tool(target: str, *, field: str) -> Callable[..., Any]:
     tool = import_object(target, field=field)
     if not callable(tool):
         raise ConfigError(f"{target!r} is a {type(tool).__name__}, not a callable tool", field=field)
-    return tool  # type: ignore[no-any-return]
+    return tool
 
 
 def _backend(name: str, raw: Any, resources: Resources) -> Backend:

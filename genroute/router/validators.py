@@ -164,7 +164,7 @@ def from_config(raw: str | Mapping[str, Any], *, field: str) -> Validator | Judg
     if isinstance(raw, str):
         from genroute.config import import_object
 
-        return import_object(raw, field=field)  # type: ignore[no-any-return]
+        return import_object(raw, field=field)
     if not isinstance(raw, Mapping):
         raise ConfigError(f"expected an import path 'module:callable' or a mapping with a `kind`, not "
                           f"{type(raw).__name__}", field=field)

@@ -107,7 +107,8 @@ class RedisStateStore(StateStore):
             pool = redis.asyncio.BlockingConnectionPool.from_url(
                 self.config.url, max_connections=self.config.max_connections, timeout=POOL_WAIT_S,
                 socket_timeout=self.config.timeout_s, socket_connect_timeout=self.config.connect_timeout_s)
-            client = redis.asyncio.Redis(connection_pool=pool, retry=None)
+            # No retries below ours: the pool's connections have none (redis-py's async default).
+            client = redis.asyncio.Redis(connection_pool=pool)
             found = self._clients[loop] = _Connection(client, client.register_script(SCRIPT), asyncio.Lock())
         return found
 
@@ -290,7 +291,7 @@ class RedisStateStore(StateStore):
     async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
         async def remote(script: Any, _: Any) -> ListRead:
             found, _ = await self._call(script, "read", [Range(key, start, limit)], [None])
-            return found[0]  # type: ignore[no-any-return]
+            return found[0]
 
         return await self._run("items", remote, lambda: self.fallback.items(key, start, limit=limit))
 
@@ -338,7 +339,8 @@ def _check_url(url: str) -> None:
                               f"{path!r} is not one", field="state.url")
         options = parse_url(url)
         # What the pool does at the first call: an unknown query option fails here, not in a request.
-        options.pop("connection_class", Connection)(**options)
+        # The type leaves out the query options parse_url adds, and does not see pop() take connection_class out.
+        options.pop("connection_class", Connection)(**options)  # type: ignore[misc]
     except (ValueError, TypeError, RedisError) as exc:
         raise ConfigError(f"not a Redis URL redis-py can use: {without_credentials(str(exc))}",
                           field="state.url") from None

@@ -101,13 +101,13 @@ class UnsentWrites:
         with self._lock:
             for entry in reversed(batch):
                 if len(entry) == 2:
-                    self.settles.appendleft(entry)  # type: ignore[arg-type]
+                    self.settles.appendleft(entry)
                 else:
-                    self.pushes.setdefault(entry[0].key, deque()).appendleft(entry)  # type: ignore[arg-type,union-attr]
+                    self.pushes.setdefault(entry[0].key, deque()).appendleft(entry)
 
     def sent(self, batch: list[Entry]) -> None:
         """Count the appends of a batch the shared store took."""
-        sent = Counter(entry[0].key for entry in batch if len(entry) == 3)  # type: ignore[union-attr]
+        sent = Counter(entry[0].key for entry in batch if len(entry) == 3)
         with self._lock:
             self.replayed.update(sent)
         for key, n in sent.items():

@@ -121,7 +121,7 @@ class OtlpReceiver:
     @property
     def endpoint(self) -> str:
         """``http://127.0.0.1:PORT`` (the base for ``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
-        host, port = self._httpd.server_address[:2]
+        host, port = self._httpd.socket.getsockname()[:2]  # what server_address holds, typed as a str
         return f"http://{host}:{port}"
 
     @property
@@ -234,6 +234,7 @@ class OtlpReceiver:
     # -- serving ---------------------------------------------------------------------------------
 
     def _handle(self, h: _Handler) -> None:
+        from google.protobuf.message import Message
         from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
         from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -255,7 +256,7 @@ class OtlpReceiver:
             return
         if h.headers.get("Content-Encoding", "").lower() == "gzip":
             raw = gzip.decompress(raw)
-        kinds = {
+        kinds: dict[str, tuple[type[Message], type[Message], list[Any]]] = {
             "/v1/traces": (trace_service_pb2.ExportTraceServiceRequest,
                            trace_service_pb2.ExportTraceServiceResponse, self._state.traces),
             "/v1/metrics": (metrics_service_pb2.ExportMetricsServiceRequest,

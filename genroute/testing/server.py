@@ -132,7 +132,7 @@ class GeminiTestServer:
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT``: pass it as ``HttpOptions(base_url=...)`` or ``GOOGLE_GEMINI_BASE_URL``."""
-        host, port = self._httpd.server_address[:2]
+        host, port = self._httpd.socket.getsockname()[:2]  # what server_address holds, typed as a str
         return f"http://{host}:{port}"
 
     @property
