@@ -64,6 +64,22 @@ def test_prepare_gemma_template() -> None:
     assert prep.sampling.stop == ("<end_of_turn>",)
 
 
+@pytest.mark.parametrize("system", [types.File(name="files/x"), ["Be brief.", types.File(name="files/x")]])
+def test_a_system_instruction_that_is_not_text_is_refused(system: object) -> None:
+    # A file in the system instruction raised AttributeError ('File' object has no attribute 'text').
+    with pytest.raises(UsageError) as caught:
+        prepare(user("Hi"), types.GenerateContentConfig(system_instruction=system), Defaults())
+    assert caught.value.field == "config.system_instruction"
+
+
+def test_a_function_declaration_without_a_name_is_refused() -> None:
+    # It was offered to the model as a function named null.
+    tools = [types.Tool(function_declarations=[WEATHER, types.FunctionDeclaration(description="no name")])]
+    with pytest.raises(UsageError) as caught:
+        prepare(user("Hi"), types.GenerateContentConfig(tools=tools), Defaults())
+    assert caught.value.field == "config.tools[0].function_declarations[1].name"
+
+
 def test_gemma_template_keeps_the_system_text_when_the_model_speaks_first() -> None:
     # A conversation opening with the model's greeting lost the system instruction and the functions on offer.
     greeting = [types.Content(role="model", parts=[types.Part(text="Hi, how can I help?")]), *user("Weather in Oslo?")]

@@ -129,7 +129,11 @@ def _declarations(config: types.GenerateContentConfig) -> list[types.FunctionDec
         if not isinstance(tool, types.Tool):
             raise UsageError("the local engine takes types.Tool entries with function_declarations",
                              field=f"config.tools[{i}]")
-        decls.extend(tool.function_declarations or ())
+        for j, decl in enumerate(tool.function_declarations or ()):
+            if not decl.name:  # the model would be asked to call a function named null
+                raise UsageError("a function declaration needs a name",
+                                 field=f"config.tools[{i}].function_declarations[{j}].name")
+            decls.append(decl)
     return decls
 
 
@@ -186,7 +190,10 @@ def _system_text(config: types.GenerateContentConfig) -> str:
         return "\n".join(p.text for p in system.parts or () if p.text)
     if isinstance(system, types.Part):
         return system.text or ""
-    return "\n".join(p if isinstance(p, str) else (p.text or "") for p in system)
+    if isinstance(system, list) and all(isinstance(p, str | types.Part) for p in system):
+        return "\n".join(p if isinstance(p, str) else (p.text or "") for p in system)
+    # A file or an image: the local model reads text only.
+    raise UsageError("the local engine takes a system instruction of text", field="config.system_instruction")
 
 
 def render(contents: list[types.Content], config: types.GenerateContentConfig, fmt: PromptFormat,
@@ -323,4 +330,4 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
     return Prepared(pieces=pieces, sampling=sampling, schema=schema, schema_field=schema_field, bare_enum=bare_enum,
                     function_call=call,
                     may_answer=mode == "choose", call_bias=0.0 if _after_result(contents) else defaults.call_bias,
-                    function_names=tuple(d.name for d in decls))
+                    function_names=tuple(d.name for d in decls if d.name))
