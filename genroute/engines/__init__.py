@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from genroute.engines.base import Engine
 
 if TYPE_CHECKING:
-    from genroute.engines.gemini import GeminiEngine, GeminiEngineConfig, VertexConfig
+    from genroute.engines.gemini import GeminiEngine
+    from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig
     from genroute.engines.retry import RetryConfig
 
 _LAZY = {

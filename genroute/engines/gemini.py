@@ -354,6 +354,7 @@ class GeminiEngine(Engine):
                 raise
             return chunks, first, end
 
+        chunk: types.GenerateContentResponse | None  # None: the stream ended
         chunks, chunk, end = await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
         try:
             finished = False

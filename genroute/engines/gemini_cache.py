@@ -77,7 +77,7 @@ class PrefixCaches:
                 return name
             try:
                 name = (await create()).name or None
-                lifetime = self.settings.ttl_s if name else self.settings.retry_after_s
+                lifetime: float = self.settings.ttl_s if name else self.settings.retry_after_s
             except GenrouteError as exc:  # caching only saves money: the prefix goes out inline
                 name = None
                 # A refusal stands for retry_after_s; a timeout or outage (often a request near its own deadline)

@@ -68,15 +68,22 @@ class _Reader:
 
     def value(self, kind: int, keep: bool) -> str | int | float | bool | None:
         """The value of type ``kind`` (``None`` for an array, or when not ``keep``: then it is only skipped)."""
+        if kind in _FIXED and keep:
+            return self.number(_FIXED[kind])
         if kind in _FIXED:
-            return self.number(_FIXED[kind]) if keep else self.skip(struct.calcsize(_FIXED[kind]))
+            self.skip(struct.calcsize(_FIXED[kind]))
+            return None
+        if kind == _STRING and keep:
+            return self.string()
         if kind == _STRING:
-            return self.string() if keep else self.skip(int(self.number("<Q")))
+            self.skip(int(self.number("<Q")))
+            return None
         if kind != _ARRAY:
             raise GGUFError(f"unknown value type {kind}")
         inner, count = int(self.number("<I")), int(self.number("<Q"))
         if inner in _FIXED:
-            return self.skip(count * struct.calcsize(_FIXED[inner]))
+            self.skip(count * struct.calcsize(_FIXED[inner]))
+            return None
         if inner != _STRING:  # llama.cpp does not read nested arrays either
             raise GGUFError(f"an array of value type {inner}")
         for _ in range(count):  # each string costs at least its 8-byte length, so the file's size bounds this
@@ -89,7 +96,8 @@ def read_fields(path: str | Path, keys: Collection[str]) -> dict[str, str | int 
 
     Stops reading at the last key asked for. Raises ``GGUFError`` for a file that is not GGUF v2/v3 or is cut
     short, ``OSError`` when the file cannot be read."""
-    wanted, found = set(keys), {}
+    wanted = set(keys)
+    found: dict[str, str | int | float | bool] = {}
     with open(path, "rb") as handle:
         reader = _Reader(handle)
         if reader.size < 4 or reader.take(4) != MAGIC:

@@ -102,6 +102,7 @@ class LocalEngine(Engine):
     kind: ClassVar[str] = "local"
     Config: ClassVar[type[BaseModel]] = LocalEngineConfig
     provider = "genroute.local"
+    config: LocalEngineConfig
 
     def __init__(self, name: str, config: LocalEngineConfig | Mapping[str, Any] | None = None) -> None:
         if not isinstance(config, LocalEngineConfig):

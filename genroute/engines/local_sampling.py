@@ -16,7 +16,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -86,7 +86,7 @@ def _evaluate_prompt(llm: Any, tokens: list[int]) -> None:
 
 
 def constrained_tokens(llm: Any, tokens: list[int], grammar: Any, *, temp: float, top_k: int,
-                       top_p: float, first_choice_bias: Mapping[int, float] | None = None) -> Iterator[int]:
+                       top_p: float, first_choice_bias: Mapping[int, float] | None = None) -> Generator[int, None, None]:
     """Yield sampled tokens that the ``LlamaGrammar`` accepts, like ``Llama.generate`` (unbounded).
 
     ``first_choice_bias`` adds to those tokens' logits until one of them is sampled (a choice made once,

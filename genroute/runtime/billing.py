@@ -21,13 +21,14 @@ import math
 import sys
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from genroute.errors import GenrouteError
 from genroute.types import Usage
 
 if TYPE_CHECKING:
     from google.genai import types
+    from pydantic_core import ValidationError
 
 CHARS_PER_TOKEN = 4
 
@@ -195,7 +196,7 @@ def _content_chars(content: Any) -> int:
 _ANSWERS = frozenset({"GenerateContentResponse", "EmbedContentResponse", "CountTokensResponse", "CachedContent"})
 
 
-def malformed_answer(exc: BaseException) -> bool:
+def malformed_answer(exc: BaseException) -> TypeGuard[ValidationError]:
     """Whether ``exc`` is the SDK's refusal of an answer it received: JSON, but not of the answer's shape."""
     pydantic_core = sys.modules.get("pydantic_core")
     return (pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError)
