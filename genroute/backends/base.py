@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -147,7 +147,7 @@ class Backend(ABC):
     async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:
         """Answer the request completely."""
 
-    async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
+    async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncGenerator[str | BackendOutput, None]:
         """Yield text deltas, then the final ``BackendOutput``. Default: one chunk from ``run``."""
         output = await self.run(request, ctx)
         if output.text:
@@ -190,13 +190,13 @@ class SingleCallBackend(Backend):
                                       price_as=prepared.price_as)
         return self._output(prepared, *text_and_reason(response))  # a whole answer: checked to be one
 
-    async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
+    async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncGenerator[str | BackendOutput, None]:
         prepared = await self.prepare(request, ctx)
         async with aclosing(self.stream_prepared(prepared, ctx)) as items:
             async for item in items:
                 yield item
 
-    async def stream_prepared(self, prepared: Prepared, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
+    async def stream_prepared(self, prepared: Prepared, ctx: RunContext) -> AsyncGenerator[str | BackendOutput, None]:
         """Stream the prepared call: text deltas, then the final ``BackendOutput``."""
         parts: list[str] = []
         reason = None

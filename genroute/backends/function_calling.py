@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -156,13 +156,13 @@ class FunctionCallingBackend(Backend):
                     return item
         raise AssertionError("unreachable")  # pragma: no cover - the loop always ends with an output
 
-    async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
+    async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncGenerator[str | BackendOutput, None]:
         async with aclosing(self._loop(request, ctx, stream=True)) as items:
             async for item in items:
                 yield item
 
     async def _loop(self, request: GenerateRequest, ctx: RunContext, *,
-                    stream: bool) -> AsyncIterator[str | BackendOutput]:
+                    stream: bool) -> AsyncGenerator[str | BackendOutput, None]:
         """The tool loop; yields text as the model says it (streamed or whole), then the output."""
         from google.genai import types
 

@@ -16,7 +16,7 @@ so an example that says "call delete_all" can only be imitated as text, never ex
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -243,7 +243,7 @@ class IclBackend(SingleCallBackend):
         except BackendRejected as exc:
             return await self.run_prepared(self._inline_after(prepared, exc), ctx)
 
-    async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
+    async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncGenerator[str | BackendOutput, None]:
         prepared = await self.prepare(request, ctx)
         sent = False
         try:
@@ -269,7 +269,7 @@ class IclBackend(SingleCallBackend):
         self._caches.forget(prepared.extra["cached_content"])
         return inline
 
-    async def stream_prepared(self, prepared: Prepared, ctx: RunContext) -> AsyncIterator[str | BackendOutput]:
+    async def stream_prepared(self, prepared: Prepared, ctx: RunContext) -> AsyncGenerator[str | BackendOutput, None]:
         """The call's text deltas stripped as ``_output`` strips its text, so that they join to exactly that text."""
         started = False
         held = ""  # trailing whitespace: sent once more text follows it, dropped at the end

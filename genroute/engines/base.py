@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -84,7 +84,7 @@ class Engine(ABC):
         config: types.GenerateContentConfig | None = None,
         *,
         timeout_s: float | None = None,
-    ) -> AsyncIterator[types.GenerateContentResponse]:
+    ) -> AsyncGenerator[types.GenerateContentResponse, None]:
         """Generate a response as a stream of partial responses."""
 
     async def embed(self, model: str, texts: list[str], *,

@@ -6,7 +6,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from genroute.engines.base import Embeddings, Engine
@@ -322,7 +322,7 @@ class GeminiEngine(Engine):
         *,
         timeout_s: float | None = None,
         bounded: bool = False,
-    ) -> AsyncIterator[types.GenerateContentResponse]:
+    ) -> AsyncGenerator[types.GenerateContentResponse, None]:
         """Partial responses; retried only until the first chunk, then failures are ``StreamInterrupted``.
 
         ``bounded``: the caller cancels each step of the stream when ``timeout_s`` runs out (the time its reader

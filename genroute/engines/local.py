@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,7 +317,7 @@ class LocalEngine(Engine):
 
     async def stream(self, model: str, contents: list[types.Content],
                      config: types.GenerateContentConfig | None = None, *,
-                     timeout_s: float | None = None) -> AsyncIterator[types.GenerateContentResponse]:
+                     timeout_s: float | None = None) -> AsyncGenerator[types.GenerateContentResponse, None]:
         """Stream partial responses; the last one carries usage and the finish reason."""
         from google.genai import types
 

@@ -84,6 +84,7 @@ async def call_with_retry(
             state.set_exception((type(exc), exc, exc.__traceback__))
         do = await retrying.iter(state)  # a DoSleep, or it re-raises the error: not retryable, or stopped
         state.prepare_for_next_attempt()
+        assert isinstance(do, float)  # tenacity's DoSleep (typed as any of its actions)
         await asyncio.sleep(do)
         remaining = deadline - (time.monotonic() - start)
         if remaining <= _MIN_ATTEMPT_S:

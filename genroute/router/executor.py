@@ -7,7 +7,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +118,7 @@ class Executor:
 
     def stream(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
                deadline: float | None, ledger: Ledger | None = None, *, bounded: bool = False
-               ) -> AsyncIterator[GenerateChunk | GenerateResult]:
+               ) -> AsyncGenerator[GenerateChunk | GenerateResult, None]:
         """Stream the first rung that produces output (text chunks, then the result); fall back only before the
         first chunk is sent.
 
@@ -130,7 +130,7 @@ class Executor:
 
     async def _rungs(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
                      deadline: float | None, *, live: bool, ledger: Ledger | None = None, bounded: bool = False
-                     ) -> AsyncIterator[GenerateChunk | GenerateResult]:
+                     ) -> AsyncGenerator[GenerateChunk | GenerateResult, None]:
         """Run and stream alike: each rung is one admitted attempt; only a stream yields text as it comes.
 
         The last item is the ``GenerateResult`` itself (``run`` needs no chunk around it).

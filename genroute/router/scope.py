@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from opentelemetry.trace import Status, StatusCode
@@ -141,7 +141,7 @@ def ended_by(deadline: float | None, exc: BackendError) -> bool:
 
 
 async def within_deadline(items: AsyncIterator[T], deadline: float | None,
-                          expired: Callable[[bool], GenrouteError]) -> AsyncIterator[T]:
+                          expired: Callable[[bool], GenrouteError]) -> AsyncGenerator[T, None]:
     """``items`` (a stream's steps), each step bounded by ``deadline``; at its expiry ``expired(sent)`` is raised
     (``sent``: an item was yielded before).
 

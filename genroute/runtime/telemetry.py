@@ -9,7 +9,7 @@ import asyncio
 import functools
 import os
 import threading
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -20,6 +20,7 @@ from genroute.types import Usage, built_usage
 
 if TYPE_CHECKING:
     from google.genai import types
+    from opentelemetry.context import Context
 
 TRACER_NAME = "genroute"
 
@@ -80,7 +81,7 @@ class CurrentSpan:
         self.span.end()
 
 
-def attach(span: trace.Span) -> object | None:
+def attach(span: trace.Span) -> Token[Context] | None:
     """Make ``span`` current; its token for ``detach``, or None for the API's no-op span of no trace (no tracer
     provider and no caller's span): what is current already is that, so there is nothing to change."""
     return None if span is INVALID_SPAN else otel_context.attach(trace.set_span_in_context(span))
@@ -213,6 +214,12 @@ class Telemetry:
             self.tokens.record(usage.output_tokens + usage.thinking_tokens, tokens[1])
 
 
+def _resolve(done: asyncio.Future[None]) -> None:
+    """Mark ``done`` done, unless it already is (cancelled)."""
+    if not done.done():
+        done.set_result(None)
+
+
 def usage_of(response: types.GenerateContentResponse) -> Usage | None:
     """Token usage reported by a response, if any.
 
@@ -275,7 +282,7 @@ async def flush_providers(providers: list[Any], timeout_s: float) -> None:
                 pass
             finally:
                 try:
-                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                    loop.call_soon_threadsafe(_resolve, done)
                 except RuntimeError:  # the loop is gone: nobody is waiting any more
                     pass
 
