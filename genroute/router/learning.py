@@ -48,6 +48,10 @@ class Learning:
 
     def _refresh_facts(self) -> None: ...
 
+    def _build_gates(self) -> None: ...
+
+    def _admission(self, policy: Policy) -> Admission | None: ...
+
     def _refuse_closed(self) -> None:
         """``UsageError`` once the router is closed (its sync API refuses through its closed loop thread)."""
         if self._closed:
