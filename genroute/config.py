@@ -132,7 +132,7 @@ def _parse_error(exc: Exception) -> str:
     return "; ".join(said) or type(exc).__name__
 
 
-def validate_kind(group: Group, raw: Mapping[str, Any] | BaseModel, *, field: str) -> tuple[type, Any]:
+def validate_kind(group: Group, raw: Mapping[str, Any] | BaseModel, *, field: str) -> tuple[type[Any], Any]:
     """Find the class for ``raw['kind']`` in ``group`` and validate ``raw`` with its ``Config``."""
     if isinstance(raw, BaseModel):
         kind = getattr(raw, "kind", None)

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
     from google.genai import types
 
 M = TypeVar("M", bound=BaseModel)
-D = TypeVar("D")
+D = TypeVar("D", bound="DataclassInstance")
 
 _new = object.__new__
 _set = object.__setattr__
@@ -80,7 +81,7 @@ def one_store_init(cls: type[D]) -> type[D]:
     and builds the instance's dict in one display. Applied on top of ``@dataclass``; refuses what it does not
     handle (``__post_init__``, init-only, keyword-only or ``init=False`` fields, slots).
     """
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    fields = dataclasses.fields(cls)
     if ("__post_init__" in vars(cls) or "__slots__" in vars(cls) or len(fields) != len(cls.__dataclass_fields__)
             or any(not f.init or f.kw_only for f in fields)):
         raise TypeError(f"{cls.__name__}: one_store_init handles plain dataclass fields only")

@@ -96,7 +96,7 @@ def _shadowed(group: Group, kind: str, where: str) -> None:
                  "under another name to use it)", kind, where)
 
 
-def load(group: Group, kind: str, *, field: str) -> type:
+def load(group: Group, kind: str, *, field: str) -> type[Any]:
     """The class implementing ``kind`` in ``group``; ``field`` names the config key for errors."""
     target = BUILTIN[group].get(kind)
     plugin = _plugins(group).get(kind)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from genroute.construct import one_store_init, user_content  # user_content: public here, backends use it
+from genroute.construct import one_store_init
+from genroute.construct import user_content as user_content  # public here: backends use it
 from genroute.engines.base import SamplingSettings
 from genroute.errors import BackendUnavailable
 from genroute.runtime.telemetry import block_reason, reason_name

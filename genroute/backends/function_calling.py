@@ -361,7 +361,7 @@ class _Turn:
         for part in (content.parts or []) if content is not None else []:
             if self.parts and _plain_text(self.parts[-1]) and _plain_text(part):
                 # Streamed text arrives in pieces; the history sent back holds it whole.
-                self.parts[-1] = self.parts[-1].model_copy(update={"text": self.parts[-1].text + part.text})
+                self.parts[-1] = self.parts[-1].model_copy(update={"text": f"{self.parts[-1].text}{part.text}"})
             else:
                 self.parts.append(part)
             if part.function_call is not None:

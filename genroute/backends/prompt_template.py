@@ -66,6 +66,7 @@ class PromptTemplateBackend(SingleCallBackend):
 
     kind = "prompt_template"
     Config = PromptTemplateConfig
+    config: PromptTemplateConfig
 
     @cached_property
     def _templates(self) -> tuple[Any, Any]:
@@ -82,7 +83,7 @@ class PromptTemplateBackend(SingleCallBackend):
 
     def render(self, request: GenerateRequest) -> tuple[str, str | None]:
         """The (user prompt, system instruction) for ``request``; ``UsageError`` names a bad variable."""
-        scope = {"input": request.input, "task": request.task, "metadata": request.metadata}
+        scope: dict[str, Any] = {"input": request.input, "task": request.task, "metadata": request.metadata}
         names: dict[str, str] = {}
         if request.variables or self.config.variables:
             try:
@@ -120,8 +121,8 @@ class PromptTemplateBackend(SingleCallBackend):
         except KeyError:
             if len(cache) >= 64:
                 cache.clear()
-            config = self.config.generation.to_genai(system=system)
+            built = self.config.generation.to_genai(system=system)
             # A config that sets nothing goes as None: nothing to read, copy or send for it on each request.
-            config = cache[system] = config if config.model_fields_set else None
+            config = cache[system] = built if built.model_fields_set else None
         return config
 

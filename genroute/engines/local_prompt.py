@@ -190,8 +190,10 @@ def _system_text(config: types.GenerateContentConfig) -> str:
         return "\n".join(p.text for p in system.parts or () if p.text)
     if isinstance(system, types.Part):
         return system.text or ""
-    if isinstance(system, list) and all(isinstance(p, str | types.Part) for p in system):
-        return "\n".join(p if isinstance(p, str) else (p.text or "") for p in system)
+    if isinstance(system, list):
+        texts = [p if isinstance(p, str) else (p.text or "") for p in system if isinstance(p, str | types.Part)]
+        if len(texts) == len(system):
+            return "\n".join(texts)
     # A file or an image: the local model reads text only.
     raise UsageError("the local engine takes a system instruction of text", field="config.system_instruction")
 

@@ -65,15 +65,17 @@ class Promotion(BaseModel):
     def line(self) -> str:
         """One report line."""
         c = self.comparison
+        mcnemar_p = permutation_p = None  # tests of paired samples only
         if isinstance(c, UnpairedComparison):
             sample = f"unpaired (split arms: {c.n_a} vs {c.n_b} requests)"
         else:
             sample = f"n = {self.n} paired"
+            mcnemar_p, permutation_p = c.mcnemar_p, c.permutation_p
         head = (f"decide: {self.challenger} vs {self.incumbent} on task {self.task!r}, {sample}: quality "
                 f"{c.mean_a:.3f} vs {c.mean_b:.3f}, difference {c.difference:+.3f}, 95% CI [{c.ci[0]:+.3f}, "
                 f"{c.ci[1]:+.3f}] (margin {self.margin:g})"
-                + (f", McNemar p = {c.mcnemar_p:.3g}" if getattr(c, "mcnemar_p", None) is not None else "")
-                + (f", sign-flip p = {c.permutation_p:.3g}" if getattr(c, "permutation_p", None) is not None else "")
+                + (f", McNemar p = {mcnemar_p:.3g}" if mcnemar_p is not None else "")
+                + (f", sign-flip p = {permutation_p:.3g}" if permutation_p is not None else "")
                 + f"; ${self.challenger_cost_usd * 1000:.4f} vs ${self.incumbent_cost_usd * 1000:.4f} per 1k "
                   f"({self.cost_basis}); p50 {self.challenger_latency_p50_s:.3f}s vs "
                   f"{self.incumbent_latency_p50_s:.3f}s")

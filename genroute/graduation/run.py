@@ -27,6 +27,7 @@ from genroute.graduation.promote import Promotion, check_amount, check_rule, dec
 
 if TYPE_CHECKING:
     from genroute.outcomes.records import OutcomeRecord
+    from genroute.outcomes.shared import SharedOutcomeStore
     from genroute.outcomes.store import OutcomeStore
     from genroute.router.router import Router
     from genroute.tuning.local_lora import LocalTuneConfig
@@ -54,7 +55,7 @@ class GraduationReport(BaseModel):
         return "\n".join(self.lines) + "\n"
 
 
-def _store(router: Router) -> OutcomeStore:
+def _store(router: Router) -> OutcomeStore | SharedOutcomeStore:
     recorder = router._executor.outcomes
     if recorder is None:
         raise UsageError("graduation needs an `outcomes` section with capture on", field="outcomes")

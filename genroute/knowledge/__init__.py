@@ -8,7 +8,8 @@ from __future__ import annotations
 from genroute.knowledge.examples import ExampleRecord, ExampleStore, aload_examples
 from genroute.knowledge.ingest import IngestReport, aingest, ingest
 from genroute.knowledge.ingest_command import ingest_paths
-from genroute.knowledge.store import Hit, KnowledgeStore, StoreConfig, build_store
+from genroute.knowledge.store import Hit, KnowledgeStore, build_store
+from genroute.knowledge.store_config import StoreConfig
 
 __all__ = [
     "ExampleRecord",

@@ -284,6 +284,7 @@ class LocalEmbedder(Embedder):
     model = LOCAL_MODEL
     provider = "genroute.local"
     dimension = 384
+    max_length: int
 
     def __init__(self, intra_op_threads: int = 2, max_length: int = 256, batch_size: int = 32, *,
                  tracer_provider: trace.TracerProvider | None = None) -> None:
@@ -425,5 +426,6 @@ def register_with_chroma() -> None:
     """Register ``LocalEmbedder`` with Chroma so collections created with it can be reopened."""
     from chromadb.utils.embedding_functions import known_embedding_functions, register_embedding_function
 
-    if known_embedding_functions.get(LocalEmbedder.name()) is not LocalEmbedder:
+    # Chroma types its registry by its own EmbeddingFunction class; ours implements that interface, unrelated.
+    if known_embedding_functions.get(LocalEmbedder.name()) is not LocalEmbedder:  # type: ignore[comparison-overlap]
         register_embedding_function(LocalEmbedder)

@@ -27,7 +27,8 @@ from genroute.runtime.billing import Charges, charge, charging
 class RouteStore(Protocol):
     """What a route sync uses of ``genroute.knowledge.store.KnowledgeStore`` (which holds a ``RouteSync``)."""
 
-    location: str
+    @property
+    def location(self) -> str: ...
 
     def _guard(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
     def collection_sync(self, name: str, *, kind: Any, create: bool = False, field: str = "collection") -> Any: ...

@@ -147,7 +147,8 @@ class KnowledgeStore:
 
         settings = Settings(anonymized_telemetry=False)
         cfg = self.config
-        if cfg.host is None:
+        host = cfg.host
+        if host is None:
             return chromadb.PersistentClient(path=self._path(), settings=settings,
                                              tenant=cfg.tenant, database=cfg.database)
         from genroute.knowledge.chroma_errors import unreachable
@@ -155,7 +156,7 @@ class KnowledgeStore:
 
         try:
             client = self._connecting.result(lambda: http_client(
-                host=cfg.host, port=cfg.port, ssl=cfg.ssl, headers=cfg.headers, settings=settings, tenant=cfg.tenant,
+                host=host, port=cfg.port, ssl=cfg.ssl, headers=cfg.headers, settings=settings, tenant=cfg.tenant,
                 database=cfg.database, timeout_s=cfg.timeout_s), cfg.timeout_s)
         except Exception as exc:  # connection failures surface here as assorted httpx/ValueError types
             raise unreachable(exc, location=self.location, headers=cfg.headers) from exc

@@ -188,8 +188,8 @@ class OutcomeRecorder:
             _log.warning("a label for %s scored no answer: this process did not serve the request and its record "
                          "keeps no answers to score (only a shadow's paired record keeps them, with outcomes.capture "
                          "on, unless the scrub hook dropped them)", id)
-        return await self._write(OutcomeRecord(input=text_in, output=text_out, metadata=metadata, outcomes=sides),
-                                 raise_errors=True)
+        return await self.store.upsert(OutcomeRecord(input=text_in, output=text_out, metadata=metadata,
+                                                     outcomes=sides))
 
     async def _label_scores(self, known: tuple[GenerateRequest, dict[str, BackendOutput]] | None,
                             label: str | None, *, skip: str | None,
@@ -227,14 +227,15 @@ class OutcomeRecorder:
         """The example to keep, scrubbed, or ``(None, None)``: only with capture, only when accepted."""
         if not self.settings.capture or input is None or output is None:
             return None, None
-        example: dict[str, Any] | None = {"input": input, "output": output, "task": task}
+        example: Mapping[str, Any] = {"input": input, "output": output, "task": task}
         if self.scrub is not None:
-            example = self.scrub(dict(example))  # type: ignore[arg-type]
-            if example is None:
+            scrubbed: object = self.scrub(dict(example))  # a hook of the user's: its annotation is a promise
+            if scrubbed is None:
                 return None, None
-            if not isinstance(example, Mapping):
-                raise ConfigError(f"the scrub hook must return a mapping or None, not {type(example).__name__}",
+            if not isinstance(scrubbed, Mapping):
+                raise ConfigError(f"the scrub hook must return a mapping or None, not {type(scrubbed).__name__}",
                                   field="outcomes.scrub")
+            example = scrubbed
         text_in, text_out = example.get("input"), example.get("output")
         if not isinstance(text_in, str) or not isinstance(text_out, str) or not text_in.strip():
             return None, None
@@ -256,12 +257,10 @@ class OutcomeRecorder:
             return {}
         return kept
 
-    async def _write(self, record: OutcomeRecord, *, raise_errors: bool = False) -> OutcomeRecord | None:
+    async def _write(self, record: OutcomeRecord) -> OutcomeRecord | None:
         try:
             return await self.store.upsert(record)
         except Exception as exc:  # an outcome lost must not fail the request it describes
-            if raise_errors:
-                raise
             self.write_errors += 1
             _log.warning("outcome for %s not stored: %s", record.id, type(exc).__name__)
             return None

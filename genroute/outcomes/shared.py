@@ -124,7 +124,7 @@ class SharedOutcomeStore:
         async with self._lock:  # one replay at a time: each appended line is merged exactly once
             while True:
                 read = await self.state.items(self.key, self._seen, limit=PAGE)
-                wanted = self._seen
+                wanted: int | None = self._seen
                 if self._started and read.epoch and self._epoch and read.epoch != self._epoch:
                     # Another list now: one read before (back from the fallback memory) from where this process
                     # left it, else from its head.

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,7 +102,8 @@ class OutcomeStore:
     def records_sync(self, *, task: str | None = None, captured: bool | None = None,
                      since: float | None = None) -> list[OutcomeRecord]:
         """Stored records, oldest first; filtered by task, by whether text was captured, by creation time."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int | float] = []
         if task is not None:
             where.append("task = ?")
             args.append(task)
@@ -157,7 +158,7 @@ def _create_private(path: Path) -> None:
         pass
 
 
-def write_jsonl(path: str | Path, lines: Iterable[dict[str, object]]) -> Path:
+def write_jsonl(path: str | Path, lines: Iterable[Mapping[str, object]]) -> Path:
     """Write JSON lines atomically (readers see the old file or the new one)."""
     from genroute.cache import atomic_write_bytes
 

@@ -18,9 +18,10 @@ def build_policy(raw: Mapping[str, Any] | PolicyConfig, *, field: str = "policy"
 
     cls, config = validate_kind("policies", raw, field=field)
     # ``field`` is set before ``__init__`` so construction errors (stats files, nested policies) name it.
-    policy = cls.__new__(cls)
+    policy_cls: type[Policy] = cls
+    policy = policy_cls.__new__(policy_cls)
     policy.field = field
     policy.place = field if place is None else place
     with plugin_failures(cls, field=field):
-        policy.__init__(config)
+        policy_cls.__init__(policy, config)
     return policy

@@ -67,7 +67,7 @@ class ExplorePolicy(NestedPolicy):
             entry = measured.get(backend)
             # Stats are bounded when validated; stats built without validation must not crash the draw either.
             n = entry.n if entry and not math.isnan(entry.quality) else 0
-            quality = min(max(entry.quality, 0.0), 1.0) if n else 0.0
+            quality = min(max(entry.quality, 0.0), 1.0) if entry and n else 0.0
             passes, fails = quality * n, (1.0 - quality) * n
             theta = rng.betavariate(1.0 + passes, 1.0 + fails)
             utility = theta - self.config.cost_weight * (entry.cost_per_request_usd if entry else 0.0)

@@ -233,7 +233,7 @@ class LearnedPolicy(Policy):
               test_share=0.0, use_task=bool(self.model.tasks), cost_weight=self.cost_weight)
         new = LearnedPolicy.__new__(LearnedPolicy)
         new.field = self.field
-        new.__init__(self.config.model_copy(update={"model_path": str(path)}), embedder=self.embedder)
+        LearnedPolicy.__init__(new, self.config.model_copy(update={"model_path": str(path)}), embedder=self.embedder)
         new.tracer = self.tracer
         return new
 

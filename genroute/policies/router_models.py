@@ -185,7 +185,8 @@ class RouterModel:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         meta = {**self.meta, "method": self.method, "backends": self.backends}
         with tmp.open("wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta)), **self.arrays)
+            # The stubs read **arrays as possibly naming allow_pickle (a bool); array names never do.
+            np.savez(fh, meta=np.array(json.dumps(meta)), **self.arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
         return path
 

@@ -244,19 +244,21 @@ class SemanticPolicy(Policy):
 
         from genroute.knowledge.embedders import traced as tracing
 
-        traced = tracing(self.embedder, self.tracer)
-        embed_array = getattr(self.embedder, "embed_array", None)
+        embedder = self.embedder
+        assert embedder is not None  # set by _use_embedder: when a router binds the policy, or at the first index
+        traced = tracing(embedder, self.tracer)
+        embed_array = getattr(embedder, "embed_array", None)
         if embed_array is not None:
             vectors = embed_array(texts, **traced)
         else:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
-                vectors = self.embedder.embed(texts, **traced)
+                vectors = embedder.embed(texts, **traced)
             else:  # a router built inside async code: Embedder.embed refuses a running loop, a worker has none
                 with ThreadPoolExecutor(1) as pool:  # in this context: its spans and charges are this call's
                     run = contextvars.copy_context().run
-                    vectors = pool.submit(run, self.embedder.embed, texts, **traced).result()
+                    vectors = pool.submit(lambda: run(embedder.embed, texts, **traced)).result()
         return _unit(np.asarray(vectors, dtype=np.float32))
 
     # -- deciding ----------------------------------------------------------------------------------
