@@ -23,7 +23,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -199,37 +199,48 @@ def _measured_seconds(path: Path) -> tuple[float | None, str]:
     return None, f"{path.name} records no training time"
 
 
-def _payback(settings: AdvisorSettings, tuning: float | None, saving: float) -> dict[str, float | str | None]:
-    out: dict[str, float | str | None] = {"monthly": None, "months": None, "total": None, "horizon": None}
+class _Payback(TypedDict):
+    """What ``_payback`` works out; ``text`` says it."""
+
+    text: str
+    monthly: float | None
+    months: float | None
+    total: float | None
+    horizon: float | None
+
+
+def _payback(settings: AdvisorSettings, tuning: float | None, saving: float) -> _Payback:
+    out = _Payback(text="", monthly=None, months=None, total=None, horizon=None)
     fixed = settings.tuned_monthly_fixed_usd
     volume = settings.monthly_requests
     if saving <= 0:
         out["text"] = "The tuned model is not cheaper per request: it never pays back on cost."
         return out
-    if volume is not None:
-        out["monthly"] = volume * saving - fixed
+    monthly = None if volume is None else volume * saving - fixed
+    out["monthly"] = monthly
     if tuning is None:
         per_k = f"It saves ${saving * 1000:.4f} per 1k requests"
-        out["text"] = per_k + (f" (${out['monthly']:.2f}/month at {volume:,} requests/month); "
+        out["text"] = per_k + (f" (${monthly:.2f}/month at {volume:,} requests/month); "
                                if volume is not None else "; ") + "pay-back not computed without a tuning cost."
         return out
-    out["total"] = tuning / saving if fixed == 0 else None
-    out["horizon"] = (tuning / settings.horizon_months + fixed) / saving
-    need = f"to pay back within {settings.horizon_months} months it needs >= {math.ceil(out['horizon']):,} " \
+    total = tuning / saving if fixed == 0 else None
+    horizon = (tuning / settings.horizon_months + fixed) / saving
+    out["total"], out["horizon"] = total, horizon
+    need = f"to pay back within {settings.horizon_months} months it needs >= {math.ceil(horizon):,} " \
            "requests/month"
-    if volume is None:
-        total = "" if out["total"] is None else f"It pays back after ~{out['total']:,.0f} requests; "
-        out["text"] = f"{total}{need} (no monthly volume given: --monthly-requests)."
+    if volume is None or monthly is None:
+        after = "" if total is None else f"It pays back after ~{total:,.0f} requests; "
+        out["text"] = f"{after}{need} (no monthly volume given: --monthly-requests)."
         return out
-    monthly = float(out["monthly"])  # type: ignore[arg-type]
     if monthly <= 0:
         out["text"] = f"At {volume:,} requests/month it never pays back (monthly saving ${monthly:.2f}); {need}."
         return out
-    out["months"] = tuning / monthly
-    if out["total"] is None:
-        out["total"] = out["months"] * volume
+    months = tuning / monthly
+    if total is None:
+        total = months * volume
+    out["months"], out["total"] = months, total
     out["text"] = (f"At {volume:,} requests/month it saves ${monthly:.2f}/month and pays back after "
-                   f"{out['months']:.1f} months (~{out['total']:,.0f} requests); {need}.")
+                   f"{months:.1f} months (~{total:,.0f} requests); {need}.")
     return out
 
 

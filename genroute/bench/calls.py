@@ -153,7 +153,8 @@ def _type_ok(value: Any, options: Sequence[Any], expected: type | None, item_typ
             items_ok = True
             if isinstance(option, list):
                 inner = _answer_type(option)
-                items_ok = all(type(v) is item_type or (inner is not None and type(v) is inner) for v in value)
+                items_ok = isinstance(value, list) and all(  # an array's value: item_type is set for arrays only
+                    type(v) is item_type or (inner is not None and type(v) is inner) for v in value)
             if items_ok:
                 return True, variable
         return False, False

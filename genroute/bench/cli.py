@@ -6,8 +6,12 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from genroute.errors import GenrouteError, exit_status
+
+if TYPE_CHECKING:
+    from genroute.bench.advisor import AdvisorSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -119,7 +123,7 @@ _ADVISOR_OPTIONS = {"monthly_requests": "--monthly-requests", "tuning_cost_usd":
                     "tuning_cpu_seconds": "--tuning-cpu-seconds", "cpu_usd_per_hour": "--cpu-usd-per-hour"}
 
 
-def _advisor(args: argparse.Namespace) -> object:
+def _advisor(args: argparse.Namespace) -> AdvisorSettings:
     """The advisor's settings from the options; ``UsageError`` names the option with a bad value."""
     from pydantic import ValidationError
 

@@ -141,6 +141,11 @@ def _row(name: str, picked: Sequence[Outcome], cloud: bool) -> HeldOutRow:
     )
 
 
+def _always(backend: str) -> Callable[[BenchRecord], str]:
+    """A router that sends every record to ``backend``."""
+    return lambda _record: backend
+
+
 def evaluate(name: str, choose: Callable[[BenchRecord], str], records: Sequence[BenchRecord],
              table: Mapping[str, Mapping[str, Outcome]], *, cloud: bool = False) -> HeldOutRow:
     """Quality, cost and latency of routing ``records`` with ``choose``, from the measured outcomes."""
@@ -214,7 +219,7 @@ def compile_policy(
         decision = policy.decide(GenerateRequest(input=record.input, task=record.task), context)
         return decision.rungs[0].backend
 
-    rows = [evaluate(b, lambda _r, b=b: b, held_records, table, cloud=cloud) for b in backends]
+    rows = [evaluate(b, _always(b), held_records, table, cloud=cloud) for b in backends]
     rows.append(evaluate("compiled cost_aware", cost_aware, held_records, table, cloud=cloud))
     learned_path, note, weight = None, None, None
     if learned and len(backends) > 1:

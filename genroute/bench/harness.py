@@ -113,7 +113,7 @@ async def abench(
     if corpus is not None:
         corpus_store(router, corpus, collection)
     from_file = isinstance(data, str | Path)
-    pool = load_records(data, task=task) if from_file else check_records(data)
+    pool = load_records(data, task=task) if isinstance(data, str | Path) else check_records(data)
     records = sample(pool, limit, seed=seed)
     source = str(data) if from_file else None
     chosen = resolve_scorer(scorer, records)
@@ -285,6 +285,7 @@ async def ingest_corpus(router: Router, corpus: str | Path, collection: str | No
     from genroute.knowledge.ingest import aingest
 
     store = corpus_store(router, corpus, collection)
+    assert collection is not None  # corpus_store refuses None
     await aingest(store, [Path(corpus)], collection=collection)
 
 

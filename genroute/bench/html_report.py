@@ -105,7 +105,8 @@ def disagreement_view(records: Sequence[BenchRecord], outcomes: Sequence[Outcome
         by_record.setdefault(o.record_id, {})[o.backend] = o
         if o.backend not in targets:
             targets.append(o.backend)
-    rows, total = [], 0
+    rows: list[str] = []
+    total = 0
     for record in records:
         got = by_record.get(record.id, {})
         scores = {round(o.score if o.ok else 0.0, 6) for o in got.values()}
@@ -119,12 +120,12 @@ def disagreement_view(records: Sequence[BenchRecord], outcomes: Sequence[Outcome
                  f"<td class=\"text\">{html.escape(record.id)}</td>",
                  f"<td class=\"text\">{_cell_text(record.input)}</td>", f"<td class=\"text\">{_cell_text(gold)}</td>"]
         for target in targets:
-            o = got.get(target)
-            if o is None:
+            found = got.get(target)
+            if found is None:
                 cells.append("<td class=\"text\">–</td>")
                 continue
-            score = o.score if o.ok else 0.0
-            answer = o.answer if o.ok or o.answer else f"[{o.error_type}] {o.error or ''}"
+            score = found.score if found.ok else 0.0
+            answer = found.answer if found.ok or found.answer else f"[{found.error_type}] {found.error or ''}"
             cells.append(f"<td class=\"text\"><div class=\"score {_mark(score)}\">{score:.2f}</div>"
                          f"<div class=\"answer\">{_cell_text(answer)}</div></td>")
         task = html.escape(record.task or "", quote=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -140,7 +140,8 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
     best_cost = train.costs[:, best_single(train)].mean()
     budget = picked_costs(train, per_task_best(train, train)).mean()
     lo, hi = cost.min(), cost.max()
-    results, skipped = [], []
+    results: list[_Fitted] = []
+    skipped: list[dict[str, Any]] = []
     for spec in specs:
         def fit_fold(tr: np.ndarray, te: np.ndarray, spec: dict[str, Any] = spec) -> Any:
             model = fit(x_tr[tr], train.scores[tr], train.candidates, cost=cost, tasks=vocab, seed=seed, **spec)
@@ -190,6 +191,15 @@ def operating_points(points: Sequence[tuple[float, float, float]], target_qualit
 
 def _point(matrix: OutcomeMatrix, choice: np.ndarray) -> tuple[float, float]:
     return float(picked_costs(matrix, choice).mean()), float(picked_scores(matrix, choice).mean())
+
+
+class _Fitted(TypedDict):
+    """One estimator's cross-validated fit."""
+
+    spec: dict[str, Any]
+    validation_aiq: float
+    points: list[tuple[float, float, float]]
+    oof: tuple[np.ndarray, np.ndarray]
 
 
 def _spec_name(spec: dict[str, Any]) -> str:

@@ -220,7 +220,8 @@ def write_outputs(report: OfflineReport, train: OutcomeMatrix, held: OutcomeMatr
     if png is not None:
         files["curve"] = str(png)
         sections.append(("Cost–quality curve", f"![cost-quality curve]({png.name})"))
-    shown = {name: choices[name] for name in PER_RECORD if name in (choices or {})}
+    given = choices or {}
+    shown = {name: given[name] for name in PER_RECORD if name in given}
     view = ("Per record: each candidate's score and where each compiled policy routed it", routing_view(held, shown))
     written = write_report(out, candidate_summaries(held), title=title or "genroute bench --outcomes",
                            sections=sections, per_record=view)

@@ -259,7 +259,7 @@ class Scorer:
     def checked(self, value: Any, record: BenchRecord) -> float:
         """``value`` as a score; a NaN, an infinity, a bool or a number outside [0, 1] would poison every mean and
         CI computed from it (one NaN read as "no difference detected"), so it is refused."""
-        number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+        number = float(value) if not isinstance(value, bool) and isinstance(value, numbers.Real) else None
         if number is None or not math.isfinite(number) or not 0.0 <= number <= 1.0:
             raise UsageError(f"scorer {self.name!r} returned {value!r} for record {record.id!r}: a score must be a "
                              "number in [0, 1]", field="scorer")

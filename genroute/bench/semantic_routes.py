@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -118,7 +118,7 @@ def fit(train: OutcomeMatrix, x_train: np.ndarray, weights: Sequence[float], *, 
     fold_of = np.random.default_rng(seed + 2).permutation(len(train.records)) % max(2, folds)
     cost = train.costs.mean(axis=0)
     rows = np.arange(len(train.records))
-    results = []
+    results: list[_Clustering] = []
     for k in clusters:
         if k > len(train.records) // 2:
             continue
@@ -139,6 +139,14 @@ def fit(train: OutcomeMatrix, x_train: np.ndarray, weights: Sequence[float], *, 
                        predicted_points=best["points"],
                        methods=[{"spec": f"semantic routes ({r['k']} clusters)", "validation_aiq": r["aiq"],
                                  "chosen": r is best} for r in results])
+
+
+class _Clustering(TypedDict):
+    """One cluster count's cross-validated routes."""
+
+    k: int
+    points: list[tuple[float, float, float]]
+    aiq: float
 
 
 def config(routes: Routes, train: OutcomeMatrix, cost_weight: float, *, default: str) -> dict[str, Any]:
