@@ -102,7 +102,8 @@ def compile_outcomes(
     floors = mr.cost_aware_choices(train, held, mr.FLOORS)
     choices["cost_aware (task label)"] = dict(floors)[0.95]
     rows.append(mr.row("cost_aware (task label)", held, choices["cost_aware (task label)"], knob=0.95))
-    sweeps: dict[str, tuple[str, Sequence[tuple[float, np.ndarray]]]] = {"cost_aware (task label)": ("floor share of each task's best", floors)}
+    sweeps: dict[str, tuple[str, Sequence[tuple[float, np.ndarray]]]] = {
+        "cost_aware (task label)": ("floor share of each task's best", floors)}
     methods: dict[str, list[dict[str, Any]]] = {}
     cost_weights: dict[str, dict[str, dict[str, Any]]] = {}
     models: dict[str, Any] = {}

@@ -85,8 +85,8 @@ def _evaluate_prompt(llm: Any, tokens: list[int]) -> None:
     llm.eval(tokens[llm.n_tokens:])
 
 
-def constrained_tokens(llm: Any, tokens: list[int], grammar: Any, *, temp: float, top_k: int,
-                       top_p: float, first_choice_bias: Mapping[int, float] | None = None) -> Generator[int, None, None]:
+def constrained_tokens(llm: Any, tokens: list[int], grammar: Any, *, temp: float, top_k: int, top_p: float,
+                       first_choice_bias: Mapping[int, float] | None = None) -> Generator[int, None, None]:
     """Yield sampled tokens that the ``LlamaGrammar`` accepts, like ``Llama.generate`` (unbounded).
 
     ``first_choice_bias`` adds to those tokens' logits until one of them is sampled (a choice made once,

@@ -127,10 +127,11 @@ class RunContext:
                     # The ABC's signature has neither a str turn nor bounded=: each is sent only to an engine whose
                     # class says it takes it (takes_text, caller_bounded), which its type cannot state.
                     response = await (
-                        engine.generate(model, contents, config, timeout_s=self.remaining_s(),  # type: ignore[arg-type]
-                                        bounded=True)  # type: ignore[call-arg]
+                        engine.generate(model, contents, config,  # type: ignore[arg-type]
+                                        timeout_s=self.remaining_s(), bounded=True)  # type: ignore[call-arg]
                         if self.bounded and engine.caller_bounded else
-                        engine.generate(model, contents, config, timeout_s=self.remaining_s()))  # type: ignore[arg-type]
+                        engine.generate(model, contents,  # type: ignore[arg-type]
+                                        config, timeout_s=self.remaining_s()))
             except BaseException as exc:
                 self._fail(span, attrs, exc, start)
                 self._charge_unanswered(engine, span, attrs, model, meter.attempts, meter.estimated, price_as,
@@ -178,10 +179,11 @@ class RunContext:
             complete = False
             try:
                 # As in generate: a str turn and bounded= go only to an engine whose class says it takes them.
-                stream = (engine.stream(model, contents, config, timeout_s=self.remaining_s(),  # type: ignore[arg-type]
-                                        bounded=True)  # type: ignore[call-arg]
+                stream = (engine.stream(model, contents, config,  # type: ignore[arg-type]
+                                        timeout_s=self.remaining_s(), bounded=True)  # type: ignore[call-arg]
                           if self.bounded and engine.caller_bounded_stream else
-                          engine.stream(model, contents, config, timeout_s=self.remaining_s()))  # type: ignore[arg-type]
+                          engine.stream(model, contents,  # type: ignore[arg-type]
+                                        config, timeout_s=self.remaining_s()))
                 async with aclosing(stream) as responses:
                     while True:
                         with metering(meter):  # around each step only: never across our own yield
