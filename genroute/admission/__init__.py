@@ -52,7 +52,7 @@ DEFAULT_HOLD_TTL_S = 600.0
 #: The kind of store claim a gate makes (a hold, a breaker probe).
 ClaimT = TypeVar("ClaimT", bound="Claim")
 #: What ``Admission.reserve`` held: each holding gate with its claims and the store's answers.
-Reserved = tuple[tuple["Gate", Any], ...]
+Reserved = tuple[tuple["Gate[Any]", Any], ...]
 
 
 def hold_ttl_s(deadline: float | None) -> float:
@@ -143,7 +143,7 @@ class Gate(ABC, Generic[ClaimT]):
         await exit_gates(((self, token),), self.store, attempt, outcome)
 
 
-async def enter_gates(gates: Sequence[Gate], store: StateStore, attempt: Attempt) -> list[Any]:
+async def enter_gates(gates: Sequence[Gate[Any]], store: StateStore, attempt: Attempt) -> list[Any]:
     """Every gate's claims in one ``store.admit`` call: their tokens, or the first refusal (nothing held)."""
     while True:
         claimed = [gate.claims(attempt) for gate in gates]
@@ -166,7 +166,7 @@ async def enter_gates(gates: Sequence[Gate], store: StateStore, attempt: Attempt
             start += len(claims)
 
 
-async def exit_gates(entered: Sequence[tuple[Gate, Any]], store: StateStore, attempt: Attempt,
+async def exit_gates(entered: Sequence[tuple[Gate[Any], Any]], store: StateStore, attempt: Attempt,
                      outcome: Outcome) -> None:
     """Every entered gate's settlements in one ``store.apply`` call."""
     planned = [gate.settlements(attempt, token, outcome) for gate, token in entered]
@@ -223,7 +223,7 @@ class BudgetLedger(Protocol):
         ...
 
 
-def is_budget(gate: Gate) -> TypeGuard[BudgetLedger]:
+def is_budget(gate: Gate[Any]) -> TypeGuard[BudgetLedger]:
     """Whether ``gate`` is a budget's (a budget policy's gate, or an arm's gate wrapping one): it has a ledger.
     Found by attribute, not class: admission cannot import the policies that provide budgets."""
     return getattr(gate, "ledger_name", None) is not None
@@ -232,7 +232,7 @@ def is_budget(gate: Gate) -> TypeGuard[BudgetLedger]:
 class Admission:
     """The router's gates, entered in order before an attempt and exited in reverse after it."""
 
-    def __init__(self, gates: Sequence[Gate], store: StateStore, instruments: Instruments) -> None:
+    def __init__(self, gates: Sequence[Gate[Any]], store: StateStore, instruments: Instruments) -> None:
         self.gates = tuple(gates)
         self.store = store
         self.instruments = instruments

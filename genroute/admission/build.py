@@ -19,12 +19,12 @@ if TYPE_CHECKING:
 def router_gates(targets: Mapping[str, tuple[str, str]], store: StateStore, instruments: Instruments, *,
                  rate_limits: Sequence[RateLimitConfig | Mapping[str, Any]] = (),
                  breakers: BreakerConfig | Mapping[str, Any] | None = None,
-                 ) -> tuple[list[Gate], BreakerGate | None]:
+                 ) -> tuple[list[Gate[Any]], BreakerGate | None]:
     """Breakers first (an open one refuses before anything is held), then rate limits.
 
     ``targets``: backend name -> (engine name, model). Returns the gates and the breaker gate (whose
     health view the router hands to policies), if any."""
-    gates: list[Gate] = []
+    gates: list[Gate[Any]] = []
     breaker = None
     if breakers is not None:
         if not isinstance(breakers, BreakerConfig):

@@ -132,7 +132,7 @@ class Policy(ABC):
         was embedded); ``None`` (the default): the refusal stands (a budget that downgrades answers instead)."""
         return None
 
-    def gates(self, store: StateStore) -> list[Gate]:
+    def gates(self, store: StateStore) -> list[Gate[Any]]:
         """The admission gates this policy provides (a budget's), bound to the router's state store.
 
         The executor enters them around every attempt; the policy itself keeps no state."""

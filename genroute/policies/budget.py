@@ -207,7 +207,7 @@ class BudgetPolicy(Policy):
         return decision.model_copy(update={"policy": self.name, "budget_key": key, "rungs": rungs,
                                            "reason": reason})
 
-    def gates(self, store: StateStore) -> list[Gate]:
+    def gates(self, store: StateStore) -> list[Gate[Any]]:
         return [BudgetGate(self, store), *self.inner.gates(store)]
 
     def deciding_cost(self, request: GenerateRequest) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from genroute.policies.base import BackendInfo, Policy
 
@@ -24,7 +24,7 @@ class NestedPolicy(Policy):
     def reads_state(self) -> bool:
         return self.inner.reads_state
 
-    def gates(self, store: StateStore) -> list[Gate]:
+    def gates(self, store: StateStore) -> list[Gate[Any]]:
         return self.inner.gates(store)
 
     def deciding_cost(self, request: GenerateRequest) -> float:

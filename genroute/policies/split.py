@@ -108,7 +108,7 @@ class SplitPolicy(Policy):
         inner = self._inner[self._arm(request)[0]]
         return None if inner is None else inner.undecided(request, refused)
 
-    def gates(self, store: StateStore) -> list[Gate]:
+    def gates(self, store: StateStore) -> list[Gate[Any]]:
         # An arm's gates (its budget) apply only to the requests that hash to that arm.
         return [_ArmGate(gate, self, i) for i, inner in enumerate(self._inner) if inner is not None
                 for gate in inner.gates(store)]
