@@ -12,6 +12,7 @@ from genroute.errors import GenrouteError, exit_status
 
 if TYPE_CHECKING:
     from genroute.bench.advisor import AdvisorSettings
+    from genroute.bench.harness import BenchReport
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -94,7 +95,7 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
         advisor = _advisor(args)
         router = Router.from_config(args.config)
 
-        async def main() -> object:
+        async def main() -> BenchReport:
             async with router:
                 return await abench(
                     router, args.data, backends=backends, policy=args.policy, scorer=args.scorer,
@@ -110,8 +111,8 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
     except GenrouteError as exc:
         print(f"genroute bench: error: {exc}", file=sys.stderr)
         return exit_status(exc)
-    print(report.markdown())  # type: ignore[attr-defined]
-    files = report.files  # type: ignore[attr-defined]
+    print(report.markdown())
+    files = report.files
     print(f"Reports: {files.get('markdown')}, {files.get('html')}, {files.get('png')}; results: {files['results']}")
     return 0
 

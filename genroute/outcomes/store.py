@@ -141,9 +141,10 @@ class OutcomeStore:
         """``get_sync`` on a worker thread."""
         return await asyncio.to_thread(self.get_sync, id)
 
-    async def records(self, **filters: object) -> list[OutcomeRecord]:
+    async def records(self, *, task: str | None = None, captured: bool | None = None,
+                      since: float | None = None) -> list[OutcomeRecord]:
         """``records_sync`` on a worker thread."""
-        return await asyncio.to_thread(lambda: self.records_sync(**filters))  # type: ignore[arg-type]
+        return await asyncio.to_thread(lambda: self.records_sync(task=task, captured=captured, since=since))
 
 
 def _create_private(path: Path) -> None:
