@@ -91,10 +91,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
-        self.server.owner._handle(self)  # type: ignore[attr-defined]
+        self.server.owner._handle(self)
 
 
 class _Server(ThreadingHTTPServer):
+    owner: OtlpReceiver  # set right after construction
     daemon_threads = True
     block_on_close = False
     request_queue_size = 128
@@ -113,7 +114,7 @@ class OtlpReceiver:
         self._state = _State()
         self._release = threading.Event()
         self._httpd = _Server((host, port), _Handler)
-        self._httpd.owner = self  # type: ignore[attr-defined]
+        self._httpd.owner = self
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ Handler = Callable[["GeminiTestServer", RecordedRequest, "re.Match[str]"], "Resp
 
 
 class _HTTPServer(ThreadingHTTPServer):
+    owner: GeminiTestServer  # set right after construction
     daemon_threads = True
     block_on_close = False
     # socketserver's default backlog of 5 drops connections when hundreds of clients connect at once.
@@ -95,7 +96,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         pass
 
     def _dispatch(self) -> None:
-        self.server.owner._handle(self)  # type: ignore[attr-defined]
+        self.server.owner._handle(self)
 
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _dispatch
 
@@ -121,7 +122,7 @@ class GeminiTestServer:
         self._stopped = threading.Event()
         self._counter = 0
         self._httpd = _HTTPServer((host, port), _RequestHandler)
-        self._httpd.owner = self  # type: ignore[attr-defined]
+        self._httpd.owner = self
         self._thread: threading.Thread | None = None
         self.route("POST", r"/[^/]+/[^:]+:(generateContent|streamGenerateContent)", _generate)
         self.route("POST", r"/[^/]+/[^:]+:countTokens", _count_tokens)
