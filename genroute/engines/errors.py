@@ -132,10 +132,10 @@ def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...
                            field=f"engines.{backend}.vertex" if backend else None)
     response = _error_response(exc) if isinstance(exc, json.JSONDecodeError) else None
     if response is not None:  # an error status whose body is not JSON: the status still says what it was
-        code = getattr(response, "status", None) or getattr(response, "status_code", None)
+        status: int | None = getattr(response, "status", None) or getattr(response, "status_code", None)
         reason = getattr(response, "reason", None) or getattr(response, "reason_phrase", None)
-        head = " ".join(str(part) for part in (code, reason) if part)
-        return _by_status(code, msg(f"{head}: the error body is not valid JSON ({exc})"), backend,
+        head = " ".join(str(part) for part in (status, reason) if part)
+        return _by_status(status, msg(f"{head}: the error body is not valid JSON ({exc})"), backend,
                           _retry_after(getattr(response, "headers", None)), False)
     if isinstance(exc, (json.JSONDecodeError, genai_errors.UnknownApiResponseError)):
         return BackendUnavailable(msg(f"malformed response body: {exc}"), backend=backend)
