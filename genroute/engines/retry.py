@@ -69,8 +69,6 @@ async def call_with_retry(
     around every call measured 110-140k instructions more per first-try success, about a bare span).
     """
     deadline = min(config.deadline_s, deadline_s) if deadline_s is not None else config.deadline_s
-    # Whether the request's deadline (not the engine's own retry budget) bounds the retries.
-    request_bound = deadline_s is not None and deadline_s <= config.deadline_s
     start = time.monotonic()
     remaining = deadline
     retrying: tenacity.AsyncRetrying | None = None
@@ -80,6 +78,9 @@ async def call_with_retry(
         except Exception as exc:
             last = exc
             if retrying is None:
+                # Whether the request's deadline (not the engine's own retry budget) bounds the retries: read
+                # only after a failure, so worked out at the first one (as tenacity's state is).
+                request_bound = deadline_s is not None and deadline_s <= config.deadline_s
                 retrying, state = _retrying(config, start, deadline, request_bound)
             state.set_exception((type(exc), exc, exc.__traceback__))
         do = await retrying.iter(state)  # a DoSleep, or it re-raises the error: not retryable, or stopped
