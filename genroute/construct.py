@@ -32,6 +32,8 @@ D = TypeVar("D", bound="DataclassInstance")
 
 _new = object.__new__
 _set = object.__setattr__
+#: The most entries a dict display builds in one step (CPython's compiler; more are added one by one).
+_DISPLAY_MAX = 15
 
 
 def builder(cls: type[M], /, *, given: Iterable[str] | None = None) -> Callable[..., M]:
@@ -43,8 +45,9 @@ def builder(cls: type[M], /, *, given: Iterable[str] | None = None) -> Callable[
     (``model_fields_set``) where the caller spells out defaults; by default, all of them.
 
     The function is generated for ``cls``, as ``dataclasses`` generates an ``__init__``: its fields become
-    keyword-only parameters and its body one dict display, so a build costs no loop, lookup or check (a third
-    less than a generic ``cls``-and-``**values`` helper, ``benchmarks/model_instructions.py``).
+    keyword-only parameters and its body one dict display (and a store for each field past the 15th), so a build
+    costs no loop, lookup or check (a third less than a generic ``cls``-and-``**values`` helper,
+    ``benchmarks/model_instructions.py``).
     """
     names = tuple(cls.model_fields)
     set_names = names if given is None else tuple(given)
@@ -54,12 +57,18 @@ def builder(cls: type[M], /, *, given: Iterable[str] | None = None) -> Callable[
     for name in names:  # pydantic fields never start with "_", so the generated names below cannot clash
         if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
             raise TypeError(f"{cls.__name__}.{name} cannot be a parameter: build it with validation")
-    fields = ", ".join(f"{name!r}: {name}" for name in names)
+    # CPython builds a dict display of more than 15 entries one entry at a time (an empty dict, then an insert
+    # and a resize as it grows); of at most 15, in one presized step. So the first 15 fields go in the display
+    # and any others (``GenerateResult`` has 16) are stored into it after.
+    shown, stored = names[:_DISPLAY_MAX], names[_DISPLAY_MAX:]
+    fields = ", ".join(f"{name!r}: {name}" for name in shown)
     fields_set = "{" + ", ".join(map(repr, set_names)) + "}" if set_names else "set()"
     source = (
         f"def build(*, {', '.join(names)}):\n"
         f"    _model = _new(_cls)\n"
-        f"    _set(_model, '__dict__', {{{fields}}})\n"
+        f"    _values = {{{fields}}}\n"
+        + "".join(f"    _values[{name!r}] = {name}\n" for name in stored) +
+        f"    _set(_model, '__dict__', _values)\n"
         f"    _set(_model, '__pydantic_fields_set__', {fields_set})\n"
         f"    _set(_model, '__pydantic_extra__', None)\n"
         f"    _set(_model, '__pydantic_private__', None)\n"

@@ -179,3 +179,11 @@ def test_one_store_init_builds_what_the_dataclass_init_builds() -> None:
     with pytest.raises(TypeError, match="plain dataclass fields"):
         one_store_init(Later)
 
+
+
+def test_a_builder_of_more_fields_than_one_display_holds_equals_validation() -> None:
+    # Past 15 fields the builder stores the rest one by one: same values, same order, same fields set.
+    wide = create_model("Wide", **{f"f{i}": (int, 0) for i in range(40)})
+    values = {f"f{i}": i * 7 for i in range(40)}
+    _same(builder(wide)(**values), wide(**values))
+    assert list(builder(wide)(**values).__dict__) == [f"f{i}" for i in range(40)]
