@@ -6,7 +6,8 @@ already checked — a validated request, usage the SDK parsed, a backend's outpu
 these helpers do what pydantic's own ``model_construct`` does for trusted data, without its per-field Python
 loop (which makes it *slower* than validation for these models): set the instance's ``__dict__``,
 ``__pydantic_fields_set__``, ``__pydantic_extra__`` and ``__pydantic_private__``, the four attributes pydantic
-documents on every model. ``builder`` generates that for one model class (its fields as keyword parameters),
+documents on every model. ``builder`` generates that for one model class (its fields as keyword parameters;
+``from_values`` takes them as a dict, for a model of more than 15 fields),
 ``replaced`` copies a model with some fields swapped, and ``one_store_init`` gives a frozen dataclass built on
 every request an ``__init__`` that stores its fields at once. Per build: ``python
 benchmarks/model_instructions.py``. ``tests/test_construct.py`` checks each result equals the validated
@@ -78,6 +79,28 @@ def builder(cls: type[M], /, *, given: Iterable[str] | None = None) -> Callable[
     exec(compile(source, f"<genroute.construct.builder {cls.__qualname__}>", "exec"), namespace)  # noqa: S102
     build: Callable[..., M] = namespace["build"]
     build.__qualname__ = build.__name__ = f"build_{cls.__name__}"
+    return build
+
+
+def from_values(cls: type[M], /) -> Callable[[dict[str, Any]], M]:
+    """A function building ``cls`` from a dict holding a value for each of its fields, in the fields' order, without
+    validating them (``builder``'s model, given its ``__dict__`` as it is: the dict becomes the model's own).
+
+    For models of more than 15 fields (``GenerateResult``): CPython compiles a call with more than 15 keyword
+    arguments into a dict built entry by entry and a call from it, which costs ``builder``'s keyword call twice
+    over; a dict display of at most 15 entries is one presized step, so the caller shows 15 and stores the rest.
+    """
+    names = tuple(cls.model_fields)
+
+    def build(values: dict[str, Any]) -> M:
+        model = _new(cls)
+        _set(model, "__dict__", values)
+        _set(model, "__pydantic_fields_set__", set(names))
+        _set(model, "__pydantic_extra__", None)
+        _set(model, "__pydantic_private__", None)
+        return model
+
+    build.__qualname__ = build.__name__ = f"build_{cls.__name__}_from_values"
     return build
 
 

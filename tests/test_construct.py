@@ -8,7 +8,7 @@ from pydantic import BaseModel, create_model
 
 from genroute import Router
 from genroute.backends.base import user_content
-from genroute.construct import builder, replaced
+from genroute.construct import builder, from_values, replaced
 from genroute.testing import GeminiTestServer
 from genroute.types import Citation, DecisionRecord, GenerateResult, RungAttempt, ToolCall, Usage
 
@@ -36,6 +36,7 @@ def test_built_equals_validated_for_every_result_model() -> None:
                   citations=(Citation(chunk_id="c1", source="s", score=0.5),),
                   tool_calls=(ToolCall(name="add", args={"a": 1}),), trace_id="ab" * 16, outcome_id="ab" * 16)
     _same(builder(GenerateResult)(**result), GenerateResult(**result))
+    _same(from_values(GenerateResult)(dict(result)), GenerateResult(**result))
     # given: the fields the model says were set, where the caller spells out defaults, as validation says.
     build = builder(DecisionRecord, given=("policy", "reason"))
     _same(build(policy="p", reason="r", rungs_tried=(), shadow=()), DecisionRecord(policy="p", reason="r"))
@@ -187,3 +188,27 @@ def test_a_builder_of_more_fields_than_one_display_holds_equals_validation() -> 
     values = {f"f{i}": i * 7 for i in range(40)}
     _same(builder(wide)(**values), wide(**values))
     assert list(builder(wide)(**values).__dict__) == [f"f{i}" for i in range(40)]
+
+
+def test_the_served_result_is_built_as_validation_builds_it() -> None:
+    # Ledger.result spells GenerateResult's fields out as a dict (from_values): every field, in the model's order.
+    from opentelemetry.trace import INVALID_SPAN
+
+    from genroute.backends.base import BackendOutput
+    from genroute.router.ledger import Ledger
+    from genroute.runtime.context import RunContext
+    from genroute.runtime.pricing import Pricing
+    from genroute.runtime.telemetry import Telemetry
+    from genroute.types import Decision, GenerateRequest
+
+    ctx = RunContext(GenerateRequest(input="x"), "chat", telemetry=Telemetry(), pricing=Pricing())
+    ctx.usage, ctx.cost_usd, ctx.model = Usage(input_tokens=2, output_tokens=1), 3e-6, "gemini-2.5-flash-001"
+    ledger = Ledger()
+    ledger.record(INVALID_SPAN, ctx, "chat", 0, 0.0, None)
+    output = BackendOutput(text="hi", model="gemini-2.5-flash", finish_reason="stop",
+                           citations=(Citation(chunk_id="c1", source="s", score=0.5),))
+    result = ledger.result(Decision.single("static", "chat", "r"), ctx, output, INVALID_SPAN, 0.0, 0.1,
+                           outcome_ids=True)
+    assert list(result.__dict__) == list(GenerateResult.model_fields)
+    assert result.outcome_id is not None and result.finish_reason == "stop"
+    _same(result, GenerateResult(**result.__dict__))

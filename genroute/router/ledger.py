@@ -7,7 +7,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from genroute.errors import AllRungsFailed, BackendError, BudgetExceeded, GenrouteError, ValidationFailed
-from genroute.construct import builder
+from genroute.construct import builder, from_values
 from genroute.runtime.context import add_spend
 from genroute.types import NO_USAGE, Citation, DecisionRecord, GenerateResult, RungAttempt, ToolCall, Usage
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 # What a request returns, built without validating it again (genroute/construct.py).
-_attempt, _decision, _result = builder(RungAttempt), builder(DecisionRecord), builder(GenerateResult)
+_attempt, _decision, _result = builder(RungAttempt), builder(DecisionRecord), from_values(GenerateResult)
 
 
 class Ledger:
@@ -108,20 +108,22 @@ class Ledger:
         # sum: built without validating it all again (genroute/construct.py), unless the backend's output (a
         # plain dataclass a plugin may fill as it likes) holds other types than declared: then it is validated.
         cloud = self.cloud_equivalent_cost_usd
-        build = _result if _as_declared(output) else GenerateResult
-        return build(
-            text=output.text, backend=backend, model=ctx.model or output.model,
-            usage=self.usage, cost_usd=float(self.cost_usd), cost_estimated=self.cost_estimated,
-            cache_storage_cost_usd=float(self.cache_storage_cost_usd),
-            cloud_equivalent_cost_usd=None if cloud is None else float(cloud),
-            latency_s=time.perf_counter() - start,
-            time_to_first_token_s=first_chunk_s,
-            finish_reason=output.finish_reason,
-            decision=_decision(policy=decision.policy, reason=decision.reason, rungs_tried=self.attempts,
-                               shadow=decision.shadow),
-            citations=tuple(output.citations), tool_calls=tuple(output.tool_calls), trace_id=trace_id,
-            outcome_id=(trace_id or uuid.uuid4().hex) if outcome_ids else None,
-        )
+        # The result's 16 fields in their order: 15 in one display and the last stored after (a display or a call
+        # of more than 15 is built entry by entry, genroute/construct.py ``from_values``).
+        values = {
+            "text": output.text, "backend": backend, "model": ctx.model or output.model,
+            "usage": self.usage, "cost_usd": float(self.cost_usd), "cost_estimated": self.cost_estimated,
+            "cache_storage_cost_usd": float(self.cache_storage_cost_usd),
+            "cloud_equivalent_cost_usd": None if cloud is None else float(cloud),
+            "latency_s": time.perf_counter() - start,
+            "time_to_first_token_s": first_chunk_s,
+            "finish_reason": output.finish_reason,
+            "decision": _decision(policy=decision.policy, reason=decision.reason, rungs_tried=self.attempts,
+                                  shadow=decision.shadow),
+            "citations": tuple(output.citations), "tool_calls": tuple(output.tool_calls), "trace_id": trace_id,
+        }
+        values["outcome_id"] = (trace_id or uuid.uuid4().hex) if outcome_ids else None
+        return _result(values) if _as_declared(output) else GenerateResult(**values)
 
     def running(self, decision: Decision) -> str:
         """The backend of the rung tried last (the one a deadline cut), else the decision's first."""
