@@ -48,7 +48,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
                              "genroute/runtime/telemetry.py:__exit__", "genroute/runtime/telemetry.py:attach",
                              "genroute/policies/*", "genroute/admission/*")),
     ("rung loop, attempt (agenerate drains it)", (
-        "genroute/router/router.py:agenerate", "genroute/router/executor.py:run", "genroute/router/executor.py:_rungs",
+        "genroute/router/router.py:agenerate", "genroute/router/executor.py:run",
         "genroute/router/executor.py:_context", "genroute/router/attempt.py:*", "genroute/runtime/context.py:__init__",
         "_weakrefset.py:*", "asyncio/base_events.py:_asyncgen_firstiter_hook")),
     ("backend: prompt, output", ("genroute/backends/*", "<genroute.construct.one_store_init *>:*")),

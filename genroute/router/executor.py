@@ -103,37 +103,29 @@ class Executor:
 
     # -- the one loop over rungs ------------------------------------------------------------------------
 
-    def run(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
-            deadline: float | None, ledger: Ledger | None = None, *, bounded: bool = False
-            ) -> AsyncGenerator[GenerateResult, None]:
-        """Run rungs until one answers acceptably (the one item: the ``GenerateResult``); raise a typed error when
-        none does. The caller awaits ``anext`` of it and then closes it (``aclose``), in its own coroutine: a
-        request in flight holds no coroutine of the executor's around the rung loop.
-
-        ``ledger`` (a fresh one if not given) sums what every rung cost, so a caller that times the whole
-        request out can still say what it cost. ``bounded``: the caller cancels the run at ``deadline``.
-        """
-        return self._rungs(request, decision, span, start, deadline,  # type: ignore[return-value]
-                           live=False, ledger=ledger, bounded=bounded)
-
     def stream(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
                deadline: float | None, ledger: Ledger | None = None, *, bounded: bool = False
                ) -> AsyncGenerator[GenerateChunk | GenerateResult, None]:
         """Stream the first rung that produces output (text chunks, then the result); fall back only before the
-        first chunk is sent.
+        first chunk is sent: ``run`` with ``live=True``.
 
         A rung with validators that is not the last one is buffered (validated before anything is sent), so
         that a rejected answer can still fall through; the last rung streams live. ``bounded``: the caller
         cancels each step at ``deadline`` (moved on by the time its reader holds a chunk, as ``ctx.deadline``).
         """
-        return self._rungs(request, decision, span, start, deadline, live=True, ledger=ledger, bounded=bounded)
+        return self.run(request, decision, span, start, deadline, ledger, live=True, bounded=bounded)
 
-    async def _rungs(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
-                     deadline: float | None, *, live: bool, ledger: Ledger | None = None, bounded: bool = False
-                     ) -> AsyncGenerator[GenerateChunk | GenerateResult, None]:
-        """Run and stream alike: each rung is one admitted attempt; only a stream yields text as it comes.
+    async def run(self, request: GenerateRequest, decision: Decision, span: trace.Span, start: float,
+                  deadline: float | None, ledger: Ledger | None = None, *, live: bool = False, bounded: bool = False
+                  ) -> AsyncGenerator[GenerateChunk | GenerateResult, None]:
+        """Run rungs until one answers acceptably; raise a typed error when none does. Run and stream alike: each
+        rung is one admitted attempt; only a stream (``live``, ``stream``) yields text as it comes.
 
-        The last item is the ``GenerateResult`` itself (``run`` needs no chunk around it).
+        The last item is the ``GenerateResult`` itself (the only one without ``live``: the caller awaits ``anext``
+        of it and then closes it, ``aclose``, in its own coroutine; a request in flight holds no coroutine of the
+        executor's around the rung loop). ``ledger`` (a fresh one if not given) sums what every rung cost, so a
+        caller that times the whole request out can still say what it cost. ``bounded``: the caller cancels the
+        run at ``deadline``.
         """
         ledger = ledger if ledger is not None else Ledger()
         last_error: GenrouteError | None = None
