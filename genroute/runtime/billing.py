@@ -42,12 +42,11 @@ class Meter:
     would leak into the consumer's context). Its own context manager: every engine call enters one.
     """
 
-    __slots__ = ("attempts", "estimated", "_token")
-
-    def __init__(self) -> None:
-        self.attempts: tuple[Usage, ...] = ()
-        #: Whether any of it is an estimate (it always is for a lost attempt).
-        self.estimated = False
+    # What a meter starts with, as class attributes: most calls lose no attempt, so most meters never set their own
+    # (and a meter built on every engine call runs no ``__init__``).
+    attempts: tuple[Usage, ...] = ()
+    #: Whether any of it is an estimate (it always is for a lost attempt).
+    estimated = False
 
     def add(self, usage: Usage, *, estimated: bool = True) -> None:
         """Count ``usage`` as billed."""
