@@ -70,7 +70,7 @@ class Ledger:
             if error_type is not None:
                 event["error.type"] = error_type
             span.add_event("genroute.rung", event)
-        self.attempts = (*self.attempts, attempt)
+        self.attempts += (attempt,)
         add_spend(self, ctx)
 
     def charge(self, error: BaseException, span: trace.Span | None = None) -> None:
