@@ -61,14 +61,13 @@ _NO_CHARGES = Charges()
 class RootSpan(CurrentSpan):
     """The ``genroute.generate`` span: ``decide`` runs inside it and the decision is recorded on it."""
 
-    __slots__ = ("telemetry", "request", "timeout_s", "decide", "costed", "start")
+    __slots__ = ("request", "timeout_s", "decide", "costed", "start")
 
     def __init__(self, telemetry: Telemetry, request: GenerateRequest, timeout_s: float | None,
                  decide: Callable[[GenerateRequest, float | None], Awaitable[Decision]], *, costed: bool = True,
                  same_context: bool = False) -> None:
         # same_context: entered and left by one coroutine (``agenerate``), never across a stream's yields.
         super().__init__(telemetry.tracer, "genroute.generate", same_context=same_context)
-        self.telemetry = telemetry
         self.request = request
         self.timeout_s = timeout_s
         self.decide: Callable[[GenerateRequest, float | None], Awaitable[Decision]] | None = decide
