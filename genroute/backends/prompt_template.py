@@ -112,10 +112,15 @@ class PromptTemplateBackend(SingleCallBackend):
         prompt, system = self.render(request)
         return Prepared(model=self.config.model, contents=prompt, config=self._genai_config(system))
 
+    @cached_property
+    def _configs(self) -> dict[str | None, Any]:
+        """The generation configs built so far, by system instruction (``_genai_config``)."""
+        return {}
+
     def _genai_config(self, system: str | None) -> Any:
         # Building a GenerateContentConfig costs tens of µs per request; most backends have one system line.
         # Engines treat the config as read-only (they copy before adding per-call options).
-        cache = self.__dict__.setdefault("_config_cache", {})
+        cache = self._configs
         try:
             return cache[system]
         except KeyError:
