@@ -123,11 +123,11 @@ class deadline_at:  # noqa: N801 - named like asyncio.timeout_at, which it stand
             raise RuntimeError("deadline_at has already been entered")
         self._entered = True
         if self._when is not None:
-            task = asyncio.current_task()
+            loop = asyncio.get_running_loop()
+            task = asyncio.current_task(loop)  # given the loop, it does not look it up again
             if task is None:
                 raise RuntimeError("deadline_at should be used inside a task")
             self._task, self._cancelling = task, task.cancelling()
-            loop = asyncio.get_running_loop()
             timers: _Timers | None = getattr(_local, "timers", None)
             if timers is None or timers.loop is not loop:  # a thread's first loop, or a new one
                 timers = _local.timers = _Timers(loop)  # the old loop's timers go on with the blocks using them
