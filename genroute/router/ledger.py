@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from opentelemetry import trace
 
     from genroute.backends.base import BackendOutput
+    from genroute.runtime.billing import Charges
     from genroute.runtime.context import RunContext
     from genroute.types import Decision
 
@@ -26,16 +27,19 @@ _attempt, _decision, _result = builder(RungAttempt), builder(DecisionRecord), fr
 class Ledger:
     """What the rungs of one request added up to (failed, cancelled and abandoned ones included)."""
 
-    __slots__ = ("attempts", "usage", "cost_usd", "cost_estimated", "cache_storage_cost_usd",
-                 "cloud_equivalent_cost_usd")
+    # What a request starts with, as class attributes (a ledger sets its own as its rungs add to them): one is built
+    # on every request, and runs no ``__init__`` (``add_charges`` counts what deciding cost, where it can cost).
+    attempts: tuple[RungAttempt, ...] = ()
+    usage: Usage = NO_USAGE
+    cost_usd: float = 0.0
+    cost_estimated: bool = False
+    cache_storage_cost_usd: float = 0.0
+    cloud_equivalent_cost_usd: float | None = None
 
-    def __init__(self, *, cost_usd: float = 0.0, cost_estimated: bool = False) -> None:
-        self.attempts: tuple[RungAttempt, ...] = ()
-        self.usage: Usage = NO_USAGE
-        self.cost_usd = cost_usd
-        self.cost_estimated = cost_estimated
-        self.cache_storage_cost_usd = 0.0
-        self.cloud_equivalent_cost_usd: float | None = None
+    def add_charges(self, charges: Charges) -> None:
+        """Add what calls made outside the rungs cost (deciding, for a policy that embeds the request)."""
+        self.cost_usd += charges.cost_usd
+        self.cost_estimated = self.cost_estimated or charges.estimated
 
     def record(self, span: trace.Span, ctx: RunContext, backend: str, index: int, started: float,
                error: BaseException | None, *, admitted: bool = True) -> None:

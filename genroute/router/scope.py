@@ -93,7 +93,9 @@ class RootSpan(CurrentSpan):
                 decision = await decide(request, deadline)
         except BaseException as exc:
             # The error carries what deciding cost (an embedding; else nothing), as every failed request's does.
-            Ledger(cost_usd=charges.cost_usd, cost_estimated=charges.estimated).charge(exc, span)
+            ledger = Ledger()
+            ledger.add_charges(charges)
+            ledger.charge(exc, span)
             self._end(exc)
             raise
         if span.is_recording():
@@ -103,8 +105,11 @@ class RootSpan(CurrentSpan):
             if request.task:
                 attrs["genroute.task"] = request.task
             span.set_attributes(attrs)
-        # The request's ledger starts with what deciding cost; the rungs add theirs.
-        return span, decision, self.start, deadline, Ledger(cost_usd=charges.cost_usd, cost_estimated=charges.estimated)
+        # The request's ledger starts with what deciding cost (where it can cost anything); the rungs add theirs.
+        ledger = Ledger()
+        if self.costed:
+            ledger.add_charges(charges)
+        return span, decision, self.start, deadline, ledger
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self._end(exc)
