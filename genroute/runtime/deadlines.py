@@ -108,13 +108,13 @@ class deadline_at:  # noqa: N801 - named like asyncio.timeout_at, which it stand
     """``with deadline_at(when):`` (inside a task) ends the block with ``TimeoutError`` once ``when`` (a
     ``time.monotonic()`` instant; ``None``: never) has passed, within ``RESOLUTION_S``."""
 
-    __slots__ = ("_when", "_task", "_cancelling", "_slot", "_expired", "_entered")
+    # What a block starts with, as class attributes: one is made on every request, and sets its own as it goes.
+    _slot: _Slot | None = None
+    _expired = False
+    _entered = False
 
     def __init__(self, when: float | None) -> None:
         self._when = when
-        self._slot: _Slot | None = None
-        self._expired = False
-        self._entered = False
 
     def __enter__(self) -> deadline_at:
         # As asyncio.Timeout: once only (entered again inside itself it would lose its timer; after it expired,
