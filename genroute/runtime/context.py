@@ -330,7 +330,7 @@ class RunContext:
 
 def _turns(engine: Engine, contents: list[types.Content] | str) -> list[types.Content] | str:
     """``contents`` as ``engine`` takes them: a ``str`` (one user turn) as it is only by an engine that takes text."""
-    return [user_content(contents)] if isinstance(contents, str) and not engine.takes_text else contents
+    return [user_content(contents)] if not engine.takes_text and isinstance(contents, str) else contents
 
 
 def _span_attributes(attrs: dict[str, Any], config: types.GenerateContentConfig | None, *,
