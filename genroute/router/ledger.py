@@ -114,7 +114,7 @@ class Ledger:
         cloud = self.cloud_equivalent_cost_usd
         # The result's 16 fields in their order: 15 in one display and the last stored after (a display or a call
         # of more than 15 is built entry by entry, genroute/construct.py ``from_values``).
-        values = {
+        values: dict[str, Any] = {
             "text": output.text, "backend": backend, "model": ctx.model or output.model,
             "usage": self.usage, "cost_usd": float(self.cost_usd), "cost_estimated": self.cost_estimated,
             "cache_storage_cost_usd": float(self.cache_storage_cost_usd),

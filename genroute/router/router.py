@@ -171,7 +171,7 @@ class Router(Learning):
                                              bounded=deadline is not None)
                 try:
                     with deadline_at(deadline) as block:  # no deadline: no timer
-                        return await anext(answers)
+                        return await anext(answers)  # type: ignore[arg-type]  # not live: its one item is the result
                 except TimeoutError:
                     if not block.expired():  # a backend's own TimeoutError: not the request's deadline
                         raise
