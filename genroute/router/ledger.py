@@ -98,8 +98,9 @@ class Ledger:
 
     def result(self, decision: Decision, ctx: RunContext, output: BackendOutput, span: trace.Span, start: float,
                first_chunk_s: float | None, *, outcome_ids: bool) -> GenerateResult:
-        """The caller's result, the serving rung being the last one recorded; its attributes go on ``span``."""
-        backend = self.attempts[-1].backend
+        """The caller's result, served by the rung ``ctx`` accounted (the last one recorded); its attributes go on
+        ``span``."""
+        backend = ctx.backend
         if span.is_recording():
             attrs = self.span_attributes()
             attrs["genroute.backend"] = backend  # the model that answered is on its inference span
