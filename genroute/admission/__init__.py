@@ -55,11 +55,16 @@ ClaimT = TypeVar("ClaimT", bound="Claim")
 Reserved = tuple[tuple["Gate[Any]", Any], ...]
 
 
-def hold_ttl_s(deadline: float | None) -> float:
-    """How long a hold taken now for a request with ``deadline`` (``time.monotonic()``) may live."""
+def hold_ttl_s(deadline: float | None, *, stream: bool = False) -> float:
+    """How long a hold taken now for a request with ``deadline`` (``time.monotonic()``) may live.
+
+    A streamed attempt's hold lives ``DEFAULT_HOLD_TTL_S`` at least: the time its reader holds each chunk moves its
+    deadline on, so a hold lapsing at the first deadline would free budget the stream still spends.
+    """
     if deadline is None:
         return DEFAULT_HOLD_TTL_S
-    return max(0.0, deadline - time.monotonic()) + HOLD_MARGIN_S
+    ttl = max(0.0, deadline - time.monotonic()) + HOLD_MARGIN_S
+    return max(ttl, DEFAULT_HOLD_TTL_S) if stream else ttl
 
 
 @dataclass
@@ -75,6 +80,8 @@ class Attempt:
     tokens: list[Any] = field(default_factory=list)
     #: Seconds spent waiting for a rate limit.
     waited_s: float = 0.0
+    #: Whether the attempt streams to a reader (whose time between chunks moves ``deadline`` on).
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,9 +261,10 @@ class Admission:
         return dataclasses.replace(context, budgets=budgets)
 
     async def enter(self, request: GenerateRequest, decision: Decision, backend: str, deadline: float | None,
-                    span: trace.Span) -> Attempt:
-        """Pass every gate (one store call) or raise the first refusal (nothing is then held)."""
-        attempt = Attempt(request, decision, backend, deadline, span)
+                    span: trace.Span, *, stream: bool = False) -> Attempt:
+        """Pass every gate (one store call) or raise the first refusal (nothing is then held); ``stream``: the
+        attempt streams to a reader."""
+        attempt = Attempt(request, decision, backend, deadline, span, stream=stream)
         try:
             attempt.tokens = await enter_gates(self.gates, self.store, attempt)
         finally:

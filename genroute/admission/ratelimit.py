@@ -105,7 +105,7 @@ class RateLimitGate(Gate[Hold]):
             return []
         tokens = estimate_tokens(attempt.request.input)
         now = time.time()
-        ttl = hold_ttl_s(attempt.deadline)
+        ttl = hold_ttl_s(attempt.deadline, stream=attempt.stream)
         claims = []
         for limit, scope in limits:
             if limit.per == "budget_key":

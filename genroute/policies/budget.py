@@ -24,8 +24,9 @@ the request's text at about four characters a token, at the embedder's input pri
 and settled at its cost once the decision ends: a request the budget has no room to decide for is refused
 (``BudgetExceeded``; with ``on_exhausted: downgrade``, sent to ``downgrade_to`` undecided) before anything is
 embedded, and that estimate counts in ``F`` like an attempt's. A hold
-lapses ``HOLD_MARGIN_S`` after the request's deadline (or after ``DEFAULT_HOLD_TTL_S`` without one), so a
-process killed while holding one does not keep it.
+lapses ``HOLD_MARGIN_S`` after the request's deadline (or after ``DEFAULT_HOLD_TTL_S`` without one, and at the
+earliest then for a streamed attempt, whose reader's time moves its deadline on), so a process killed while holding
+one does not keep it.
 """
 
 from __future__ import annotations
@@ -281,8 +282,8 @@ class BudgetGate(Gate[Hold]):
         limit = self.policy.limit(key)
         amount = self.policy.estimate(attempt.backend, request.task)
         account, keep_s = self.account(key)
-        return [Hold(account, to_units(amount), to_units(limit), hold_ttl_s(attempt.deadline), keep_s,
-                     (key, limit, amount))]
+        ttl_s = hold_ttl_s(attempt.deadline, stream=attempt.stream)
+        return [Hold(account, to_units(amount), to_units(limit), ttl_s, keep_s, (key, limit, amount))]
 
     async def refused(self, attempt: Attempt, claim: Hold, result: Any) -> None:
         raise self.refusal(claim, result)

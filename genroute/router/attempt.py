@@ -27,12 +27,12 @@ class AdmittedAttempt:
     limits settle at.
     """
 
-    __slots__ = ("admission", "request", "decision", "backend", "ctx", "span", "admitted", "_ticket")
+    __slots__ = ("admission", "request", "decision", "backend", "ctx", "span", "stream", "admitted", "_ticket")
 
     def __init__(self, admission: Admission | None, request: GenerateRequest, decision: Decision, backend: str,
-                 ctx: RunContext, span: trace.Span) -> None:
+                 ctx: RunContext, span: trace.Span, stream: bool = False) -> None:
         self.admission, self.request, self.decision, self.backend = admission, request, decision, backend
-        self.ctx, self.span = ctx, span
+        self.ctx, self.span, self.stream = ctx, span, stream
         self.admitted = False
         self._ticket: Any = None
 
@@ -40,7 +40,7 @@ class AdmittedAttempt:
         admission = self.admission
         if admission is not None:
             self._ticket = await admission.enter(self.request, self.decision, self.backend, self.ctx.deadline,
-                                                 self.span)
+                                                 self.span, stream=self.stream)
         self.admitted = True
         return self
 
@@ -74,9 +74,9 @@ _UNGATED = _Ungated()
 
 
 def admitted(admission: Admission | None, request: GenerateRequest, decision: Decision, backend: str,
-             ctx: RunContext, span: trace.Span) -> AdmittedAttempt | _Ungated:
+             ctx: RunContext, span: trace.Span, stream: bool = False) -> AdmittedAttempt | _Ungated:
     """The attempt to ``async with`` around a run of ``backend``: through the router's gates, or (a router
-    without any) one that enters and settles nothing, built once for all."""
+    without any) one that enters and settles nothing, built once for all. ``stream``: it streams to a reader."""
     if admission is None:
         return _UNGATED
-    return AdmittedAttempt(admission, request, decision, backend, ctx, span)
+    return AdmittedAttempt(admission, request, decision, backend, ctx, span, stream)

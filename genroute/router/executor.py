@@ -140,7 +140,7 @@ class Executor:
             pending: list[str] | None = None  # text a buffered rung produced (made only for one)
             output: BackendOutput | None = None
             rung_start = time.perf_counter()
-            attempt = admitted(self.admission, request, decision, rung.backend, ctx, span)
+            attempt = admitted(self.admission, request, decision, rung.backend, ctx, span, passes)
             try:
                 async with attempt:
                     try:

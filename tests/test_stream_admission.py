@@ -1,0 +1,51 @@
+"""Streams through admission on the loopback wire: budget holds and circuit breakers see a stream as it really ended,
+whatever its reader did (read slowly, stopped early) and however the provider ended it (mid-way)."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+from typing import Any
+
+import pytest
+
+import genroute.admission
+from genroute import BudgetExceeded, Router
+
+from .conftest import gemini_config
+
+#: What the loopback server bills each answer below, and a budget estimate above it.
+USAGE = (1000, 100)
+ESTIMATE = 0.01
+
+
+def _budget_config(server: Any, budget_usd: float) -> dict[str, Any]:
+    config = gemini_config(server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": budget_usd, "costs": {"chat": ESTIMATE}}
+    return config
+
+
+def test_a_slow_readers_stream_keeps_its_budget_hold_past_the_first_deadline(gemini_server, monkeypatch) -> None:
+    """The reader's time moves a stream's deadline on (README), so its hold must not lapse at the first deadline: the
+    budget has room for one answer, and a second request is refused while the first is still being read."""
+    monkeypatch.setattr(genroute.admission, "HOLD_MARGIN_S", 0.0)  # a deadline-bound hold lapses at the deadline
+    gemini_server.reply_text("one two three", usage=USAGE, chunks=3)
+
+    async def main() -> tuple[Any, BaseException | None, dict[str, float]]:
+        async with Router.from_config(_budget_config(gemini_server, 1.5 * ESTIMATE)) as router:
+            async with aclosing(router.astream("hi", timeout_s=0.3)) as stream:
+                await anext(stream)
+                await asyncio.sleep(0.6)  # the reader holds its first chunk past the deadline it started with
+                try:
+                    await router.agenerate("another", timeout_s=5)
+                    refused = None
+                except BudgetExceeded as exc:
+                    refused = exc
+                rest = [chunk async for chunk in stream]
+            return rest[-1].result, refused, await router.admission.budget().usage("*")
+
+    result, refused, usage = asyncio.run(main())
+    assert isinstance(refused, BudgetExceeded)  # the stream still holds its estimate
+    assert result.text == "one two three"
+    assert usage == {"spent": pytest.approx(result.cost_usd), "reserved": 0.0}
