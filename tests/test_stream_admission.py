@@ -49,3 +49,25 @@ def test_a_slow_readers_stream_keeps_its_budget_hold_past_the_first_deadline(gem
     assert isinstance(refused, BudgetExceeded)  # the stream still holds its estimate
     assert result.text == "one two three"
     assert usage == {"spent": pytest.approx(result.cost_usd), "reserved": 0.0}
+
+
+def _breaker_config(server: Any, **breakers: Any) -> dict[str, Any]:
+    config = gemini_config(server)
+    config["engines"]["gemini"]["retry"]["attempts"] = 1  # one request, one failure: the breaker counts
+    config["breakers"] = {"failures": 1, "cooldown_s": 30, **breakers}
+    return config
+
+
+def test_a_slow_reader_that_stops_past_the_first_deadline_is_no_breaker_failure(gemini_server) -> None:
+    """The deadline moved on while the reader held its chunk, so the attempt it closed was not cut by the deadline."""
+    gemini_server.reply_text("one two three", usage=USAGE, chunks=3)
+
+    async def main() -> str:
+        async with Router.from_config(_breaker_config(gemini_server)) as router:
+            async with aclosing(router.astream("hi", timeout_s=0.3)) as stream:
+                await anext(stream)
+                await asyncio.sleep(0.6)  # past the deadline the stream started with
+            return (await router.agenerate("next")).backend  # CircuitOpen if the early close counted
+
+    assert asyncio.run(main()) == "chat"
+    assert len(gemini_server.requests) == 2

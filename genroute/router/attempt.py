@@ -48,6 +48,9 @@ class AdmittedAttempt:
         if self._ticket is None:
             return
         ticket, self._ticket = self._ticket, None
+        # A stream's reader moved the deadline on as it held chunks: an attempt it stops past the first deadline was
+        # not cut by it (a breaker counts only that as a failure).
+        ticket.deadline = self.ctx.deadline
         outcome = Outcome(cost_usd=self.ctx.cost_usd, input_tokens=self.ctx.usage.input_tokens, error=exc)
         try:
             await self.admission.exit(ticket, outcome)  # type: ignore[union-attr]

@@ -157,9 +157,11 @@ class Executor:
                                         first_chunk_s = time.perf_counter() - start
                                     sent = True
                                     held = time.monotonic()
-                                    yield GenerateChunk(text=item)
-                                    if ctx.deadline is not None:  # the reader's time is not the request's (README)
-                                        ctx.deadline += time.monotonic() - held
+                                    try:
+                                        yield GenerateChunk(text=item)
+                                    finally:  # also for a reader that stops: its time is not the request's (README)
+                                        if ctx.deadline is not None:
+                                            ctx.deadline += time.monotonic() - held
                                 elif pending is None:
                                     pending = [item]
                                 else:
