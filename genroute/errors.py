@@ -178,7 +178,10 @@ class ValidationFailed(BackendError):
 
 
 class StreamInterrupted(BackendError):
-    """A stream failed after its first chunk was delivered; it cannot fall back."""
+    """A stream failed after its first chunk was delivered; it cannot fall back.
+
+    Raised by an engine for the provider's failure, its ``__cause__`` is that failure as genroute maps it (a
+    ``BackendUnavailable`` for a 5xx or a broken connection): what a circuit breaker counts."""
 
 
 class DeadlineExceeded(GenrouteError):

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 import genroute.admission
-from genroute import BudgetExceeded, Router
+from genroute import BudgetExceeded, CircuitOpen, Router, StreamInterrupted
+from genroute.testing import Fault, Reply
 
 from .conftest import gemini_config
 
@@ -71,3 +72,54 @@ def test_a_slow_reader_that_stops_past_the_first_deadline_is_no_breaker_failure(
 
     assert asyncio.run(main()) == "chat"
     assert len(gemini_server.requests) == 2
+
+
+@pytest.mark.parametrize("fault", [Fault.status(503, after_chunks=1), Fault.cut_stream(1)], ids=["503", "cut"])
+def test_a_provider_failure_in_the_middle_of_a_stream_counts_for_the_breaker(gemini_server, fault) -> None:
+    """A 5xx or a cut connection after the first chunk is as unhealthy as one before it (README: breakers)."""
+    gemini_server.fault(fault, times=2)
+
+    async def main() -> tuple[list[BaseException], BaseException | None]:
+        async with Router.from_config(_breaker_config(gemini_server, failures=2)) as router:
+            interrupted = []
+            for _ in range(2):
+                try:
+                    async for _chunk in router.astream("one two three"):
+                        pass
+                except StreamInterrupted as exc:
+                    interrupted.append(exc)
+            try:
+                await router.agenerate("next")
+            except CircuitOpen as exc:
+                return interrupted, exc
+            return interrupted, None
+
+    interrupted, refused = asyncio.run(main())
+    assert len(interrupted) == 2 and all("after output was sent" in str(e) for e in interrupted)
+    assert isinstance(refused, CircuitOpen)  # two failures within the window opened it
+    assert len(gemini_server.requests) == 2  # nothing was sent past the open breaker
+
+
+def test_a_stream_the_provider_ends_without_a_finish_reason_counts_for_the_breaker(gemini_server) -> None:
+    """A connection closed cleanly mid-answer is no complete answer (StreamInterrupted), nor a healthy one."""
+    partial = {"candidates": [{"content": {"role": "model", "parts": [{"text": "half an"}]}, "index": 0}],
+               "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 2, "totalTokenCount": 12}}
+    gemini_server.reply(Reply(raw=[partial]))
+
+    async def main() -> tuple[BaseException | None, BaseException | None]:
+        async with Router.from_config(_breaker_config(gemini_server)) as router:
+            cut = None
+            try:
+                async for _chunk in router.astream("one two three"):
+                    pass
+            except StreamInterrupted as exc:
+                cut = exc
+            try:
+                await router.agenerate("next")
+            except CircuitOpen as exc:
+                return cut, exc
+            return cut, None
+
+    cut, refused = asyncio.run(main())
+    assert isinstance(cut, StreamInterrupted) and "without a finish reason" in str(cut)
+    assert isinstance(refused, CircuitOpen)

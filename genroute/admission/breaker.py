@@ -1,13 +1,13 @@
 """Circuit breakers per backend and per engine+model, shared through the state store.
 
-After ``failures`` retryable failures (5xx, 429, timeouts, refused connections, or an attempt still running
-when its request's deadline passed) within ``window_s``, a breaker opens for ``cooldown_s``; a 429 with
-``Retry-After`` opens it for that long. While a breaker is open the router drops its backend's rungs from
-the decision (``skip_open``; the reason says so) and nothing is sent to it. When the cool-down ends the
-breaker is half-open: one attempt (the probe) is let through; its success closes the breaker, its failure
+After ``failures`` retryable failures (5xx, 429, timeouts, refused connections, also after a stream's first chunk,
+or an attempt still running when its request's deadline passed) within ``window_s``, a breaker opens for
+``cooldown_s``; a 429 with ``Retry-After`` opens it for that long. While a breaker is open the router drops its
+backend's rungs from the decision (``skip_open``; the reason says so) and nothing is sent to it. When the cool-down
+ends the breaker is half-open: one attempt (the probe) is let through; its success closes the breaker, its failure
 opens it again. With a shared store (Redis) each attempt's breakers are checked in the store as part of its
-admission's one store call, so an attempt never passes a breaker another process opened; the decision's view
-(which rungs to leave out) is read from the store at most ``refresh_s`` after the last read.
+admission's one store call, so an attempt never passes a breaker another process opened; the decision's view (which
+rungs to leave out) is read from the store at most ``refresh_s`` after the last read.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.admission import Attempt, Gate, Instruments, Outcome
 from genroute.bounds import NOT_BOOL
-from genroute.errors import BackendUnavailable, CircuitOpen, RateLimited
+from genroute.errors import BackendUnavailable, CircuitOpen, RateLimited, StreamInterrupted
 from genroute.state.ops import Close, Fail, Open, Probe, Settlement
 
 if TYPE_CHECKING:
@@ -181,6 +181,8 @@ def _unhealthy(error: BaseException, attempt: Attempt) -> bool:
     """Whether ``error`` says the backend is unhealthy (not our own refusals, not the caller's mistakes)."""
     if isinstance(error, RateLimited | CircuitOpen):
         return False
+    if isinstance(error, StreamInterrupted) and isinstance(error.__cause__, BackendUnavailable):
+        return True  # the provider failed mid-stream (a 5xx, a cut connection) as it may before the first chunk
     if isinstance(error, BackendUnavailable):
         return True
     # Cancelled by the request's deadline: the backend did not answer in time.

@@ -369,11 +369,13 @@ class GeminiEngine(Engine):
                         chunk = await anext(chunks, None)
                 except Exception as exc:
                     mapped = self._map(exc)
+                    mapped.__cause__ = exc  # the cause is the mapped failure: a breaker counts a 5xx or a cut by it
                     status = getattr(mapped, "status", None)
-                    raise StreamInterrupted(str(mapped), backend=self.name, status=status) from exc
+                    raise StreamInterrupted(str(mapped), backend=self.name, status=status) from mapped
             if not finished:
-                # A connection closed cleanly mid-answer must not pass for a complete answer.
-                raise StreamInterrupted("stream ended without a finish reason", backend=self.name)
+                # A connection closed cleanly mid-answer must not pass for a complete (or a healthy) answer.
+                why = "stream ended without a finish reason"
+                raise StreamInterrupted(why, backend=self.name) from BackendUnavailable(why, backend=self.name)
         finally:
             # A consumer that stops early must not leave the HTTP response open.
             await _close_quietly(chunks)
