@@ -16,7 +16,7 @@ import pytest
 from genroute.errors import ConfigError, StateUnavailable
 from genroute.state import ListRead, RedisStateConfig, StateStore, build_state
 from genroute.state.memory import MemoryStateStore
-from genroute.state.ops import Checked, Close, Fail, Held, Hold, Open, Probe, Settle
+from genroute.state.ops import Checked, Close, Fail, Held, Hold, Open, Probe, Release, Settle
 from genroute.state.redis_store import RedisStateStore
 
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
@@ -174,6 +174,18 @@ async def test_breaker_opens_after_threshold_then_one_probe_then_closes(store: S
     assert await store.breaker_close("b")
     assert await store.breakers(["b"]) == {}
     assert await store.breaker_probe("b", 5)  # closed: everything passes
+    await store.aclose()
+
+
+async def test_a_released_probe_lets_another_attempt_probe(store: StateStore) -> None:
+    assert await store.breaker_open("b", 0.05)
+    await asyncio.sleep(0.1)  # half-open
+    assert await store.breaker_probe("b", 60)
+    assert not await store.breaker_probe("b", 60)  # its one probe is in flight
+    assert await store.apply([Release("b")]) == [False]  # that probe's caller went away
+    assert (await store.breakers(["b"]))["b"] <= 0  # still half-open, not closed
+    assert await store.breaker_probe("b", 60)  # the next attempt probes
+    assert await store.apply([Release("unknown")]) == [False]
     await store.aclose()
 
 

@@ -4,20 +4,24 @@ whatever its reader did (read slowly, stopped early) and however the provider en
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import aclosing
 from typing import Any
 
 import pytest
 
 import genroute.admission
-from genroute import BudgetExceeded, CircuitOpen, Router, StreamInterrupted
+from genroute import BackendUnavailable, BudgetExceeded, CircuitOpen, Router, StreamInterrupted
 from genroute.testing import Fault, Reply
 
 from .conftest import gemini_config
+from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
 
 #: What the loopback server bills each answer below, and a budget estimate above it.
 USAGE = (1000, 100)
 ESTIMATE = 0.01
+#: Longer than any test: only a cancellation ends what waits this long.
+SLOW_S = 30.0
 
 
 def _budget_config(server: Any, budget_usd: float) -> dict[str, Any]:
@@ -123,3 +127,72 @@ def test_a_stream_the_provider_ends_without_a_finish_reason_counts_for_the_break
     cut, refused = asyncio.run(main())
     assert isinstance(cut, StreamInterrupted) and "without a finish reason" in str(cut)
     assert isinstance(refused, CircuitOpen)
+
+
+async def _half_open(router: Router, server: Any) -> None:
+    """Open ``router``'s breaker on chat with one 503, and wait out its cool-down: the next attempt is its probe."""
+    server.fault(Fault.status(503))
+    with pytest.raises(BackendUnavailable):
+        await router.agenerate("fails")
+    await asyncio.sleep(0.4)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def state(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "memory":
+        return {"kind": "memory"}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"kind": "redis", "url": server.url, "prefix": f"sa{time.monotonic_ns()}:"}
+
+
+def test_a_probe_stream_its_reader_stops_early_closes_the_breaker(gemini_server, otel, state) -> None:
+    """Chunks were arriving: the backend answered the probe, as a complete stream would have."""
+    config = {**_breaker_config(gemini_server, cooldown_s=0.3), "state": state}
+
+    async def main() -> str:
+        async with Router.from_config(config, **otel.providers) as router:
+            await _half_open(router, gemini_server)
+            async with aclosing(router.astream("one two three")) as stream:
+                await anext(stream)
+            return (await router.agenerate("next")).backend  # CircuitOpen while the probe is held
+
+    assert asyncio.run(main()) == "chat"
+    states = [e.attributes["genroute.breaker.state"] for s in otel.spans("genroute.generate") for e in s.events
+              if e.name == "genroute.breaker" and e.attributes["genroute.breaker"] == "backend:chat"]
+    assert states == ["open", "closed"]
+
+
+def test_a_probe_its_caller_cancels_lets_the_next_attempt_probe(gemini_server, state) -> None:
+    """Neither an answer nor a failure: the breaker stays half-open, and the next attempt is its probe (it waited
+    for the cancelled probe's hold to lapse: a minute without a deadline)."""
+    config = {**_breaker_config(gemini_server, cooldown_s=0.3), "state": state}
+
+    async def main() -> tuple[str, str]:
+        async with Router.from_config(config) as router:
+            await _half_open(router, gemini_server)
+            for cancelled in (router.agenerate("probe"), _read(router.astream("probe"))):
+                gemini_server.fault(Fault.delay(SLOW_S))
+                task = asyncio.ensure_future(cancelled)
+                await _sent(gemini_server, "probe")
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                gemini_server.clear()
+            first = (await router.agenerate("next")).backend
+            return first, (await router.agenerate("and the next")).backend
+
+    assert asyncio.run(main()) == ("chat", "chat")
+
+
+async def _sent(server: Any, text: str) -> None:
+    """Wait (up to 10 s) until ``server`` has received a request carrying ``text``."""
+    for _ in range(1000):
+        if any(text in str(r.body) for r in server.requests):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no request with {text!r} was sent")
+
+
+async def _read(stream: Any) -> None:
+    async for _chunk in stream:
+        pass

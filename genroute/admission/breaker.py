@@ -4,10 +4,12 @@ After ``failures`` retryable failures (5xx, 429, timeouts, refused connections, 
 or an attempt still running when its request's deadline passed) within ``window_s``, a breaker opens for
 ``cooldown_s``; a 429 with ``Retry-After`` opens it for that long. While a breaker is open the router drops its
 backend's rungs from the decision (``skip_open``; the reason says so) and nothing is sent to it. When the cool-down
-ends the breaker is half-open: one attempt (the probe) is let through; its success closes the breaker, its failure
-opens it again. With a shared store (Redis) each attempt's breakers are checked in the store as part of its
-admission's one store call, so an attempt never passes a breaker another process opened; the decision's view (which
-rungs to leave out) is read from the store at most ``refresh_s`` after the last read.
+ends the breaker is half-open: one attempt (the probe) is let through; its success closes the breaker (a stream its
+reader stopped was answering), its failure opens it again, and a probe ending neither way (cancelled by its caller,
+a request refused as sent) lets the next attempt probe. With a shared store (Redis) each attempt's breakers are
+checked in the store as part of its admission's one store call, so an attempt never passes a breaker another process
+opened; the decision's view (which rungs to leave out) is read from the store at most ``refresh_s`` after the last
+read.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.admission import Attempt, Gate, Instruments, Outcome
 from genroute.bounds import NOT_BOOL
 from genroute.errors import BackendUnavailable, CircuitOpen, RateLimited, StreamInterrupted
-from genroute.state.ops import Close, Fail, Open, Probe, Settlement
+from genroute.state.ops import Close, Fail, Open, Probe, Release, Settlement
 
 if TYPE_CHECKING:
     from genroute.state import StateStore
@@ -128,10 +130,12 @@ class BreakerGate(Gate[Probe]):
         if not outcome.sent:
             return []
         error = outcome.error
-        if error is None:
+        if _answered(error):
             return [Close(name) for name in token]  # the probe answered: close
         if not _unhealthy(error, attempt):
-            return []
+            # Neither healthy nor not (its caller went away, or the request was refused as sent): if this attempt was
+            # the probe, another one probes now, instead of none until this probe's hold lapses.
+            return [Release(name) for name in token]
         retry_after = _retry_after(error)
         ops: list[Settlement] = []
         for name in self.names.get(attempt.backend, ()):
@@ -144,7 +148,7 @@ class BreakerGate(Gate[Probe]):
         return ops
 
     def settled(self, attempt: Attempt, token: list[str], outcome: Outcome, results: Sequence[Any]) -> None:
-        if outcome.error is None:
+        if _answered(outcome.error):
             for name, closed in zip(token, results, strict=False):
                 if closed:
                     self._until.pop(name, None)
@@ -170,6 +174,12 @@ class BreakerGate(Gate[Probe]):
     def _event(self, attempt: Attempt, name: str, state: str, reason: str) -> None:
         attempt.span.add_event("genroute.breaker", {"genroute.breaker": name, "genroute.breaker.state": state,
                                                     "genroute.breaker.reason": reason})
+
+
+def _answered(error: BaseException | None) -> bool:
+    """Whether an attempt that ended with ``error`` was answered: no error, or a stream its reader stopped reading
+    (chunks were arriving)."""
+    return error is None or isinstance(error, GeneratorExit)
 
 
 def _retry_after(error: BaseException) -> float | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genroute.state import ListRead, StateStore
-from genroute.state.ops import Admitted, Checked, Claim, Close, Held, Hold, Open, Probe, Settle, Settlement
+from genroute.state.ops import Admitted, Checked, Claim, Close, Held, Hold, Open, Probe, Release, Settle, Settlement
 
 
 @dataclass
@@ -135,6 +135,10 @@ class MemoryStateStore(StateStore):
         if isinstance(op, Close):
             b = self._breakers.pop(op.name, None)
             return b is not None and b.open_until > 0
+        if isinstance(op, Release):
+            if (b := self._breakers.get(op.name)) is not None:
+                b.probe_until = 0.0
+            return False
         b = self._breakers.setdefault(op.name, _Breaker())
         if isinstance(op, Open):
             was_open = b.open_until > now

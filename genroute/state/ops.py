@@ -71,6 +71,13 @@ class Close(NamedTuple):
     name: str
 
 
+class Release(NamedTuple):
+    """Let go of breaker ``name``'s half-open probe (another attempt may probe), leaving it as it is. Answered with
+    False."""
+
+    name: str
+
+
 class Held(NamedTuple):
     """The answer to a ``Hold``: its id (None: refused) and the units left after it (or before, if refused)."""
 
@@ -92,7 +99,7 @@ class Checked(NamedTuple):
 
 
 Claim = Hold | Probe
-Settlement = Settle | Fail | Open | Close
+Settlement = Settle | Fail | Open | Close | Release
 
 #: The answer of ``StateStore.admit``: one answer per claim up to the refused one (all when all passed), and
 #: the index of the refused claim (None: all passed, all held).
@@ -107,7 +114,7 @@ def op_name(ops: Any, batch: str) -> str:
 
 
 _NAMES = {Hold: "hold", Probe: "breaker_probe", Settle: "settle", Fail: "breaker_fail", Open: "breaker_open",
-          Close: "breaker_close"}
+          Close: "breaker_close", Release: "breaker_release"}
 
-__all__ = ["Admitted", "Checked", "Claim", "Close", "Fail", "Held", "Hold", "Open", "Probe", "Settle", "Settlement",
-           "op_name"]
+__all__ = ["Admitted", "Checked", "Claim", "Close", "Fail", "Held", "Hold", "Open", "Probe", "Release", "Settle",
+           "Settlement", "op_name"]

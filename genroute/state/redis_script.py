@@ -10,6 +10,7 @@ is an opcode in ARGV followed by its arguments, and takes a fixed number of keys
     f  fail    KEYS breaker, probe            ARGV threshold, window_ms, open_ms                -> {opened}
     o  open    KEYS breaker, probe            ARGV open_ms                                      -> {opened}
     c  close   KEYS breaker, probe                                                              -> {was open}
+    x  release KEYS breaker, probe                                                              -> {0}
     u  usage   KEYS account, holds                                                              -> {spent, held}
     b  until   KEYS breaker                                                 -> {0} closed, {1, ms to half-open}
     l  push    KEYS list, list meta           ARGV value, max items (0: none), max age ms (0: none)  -> {length}
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from genroute.state import ListRead
-from genroute.state.ops import Checked, Close, Fail, Held, Hold, Open, Probe, Settle
+from genroute.state.ops import Checked, Close, Fail, Held, Hold, Open, Probe, Release, Settle
 
 SCRIPT = """
 local t = redis.call('TIME')
@@ -131,6 +132,11 @@ local function close(k, a)
   return {0}
 end
 
+local function release(k, a)
+  redis.call('DEL', KEYS[k + 1])
+  return {0}
+end
+
 local function usage(k, a)
   purge(KEYS[k], KEYS[k + 1])
   local v = redis.call('HMGET', KEYS[k], 'spent', 'held')
@@ -185,8 +191,8 @@ end
 
 -- opcode -> {keys taken, arguments taken, function}
 local OPS = {h = {2, 5, hold}, p = {2, 1, probe}, s = {4, 3, settle}, f = {2, 3, fail}, o = {2, 1, open},
-             c = {2, 0, close}, u = {2, 0, usage}, b = {1, 0, breaker_until}, l = {2, 3, push}, r = {2, 2, range},
-             L = {3, 4, push_once}}
+             c = {2, 0, close}, x = {2, 0, release}, u = {2, 0, usage}, b = {1, 0, breaker_until}, l = {2, 3, push},
+             r = {2, 2, range}, L = {3, 4, push_once}}
 local admit = ARGV[1] == 'admit'
 local out = {0}
 local taken = {}
@@ -292,6 +298,8 @@ def encode(mode: str, ops: Sequence[Any], prefix: str, ids: Sequence[str | None]
                 args += ("o", _ms(op.open_s))
             elif isinstance(op, Close):
                 args.append("c")
+            elif isinstance(op, Release):
+                args.append("x")
             else:
                 raise TypeError(f"not a state operation: {op!r}")
     return keys, args
