@@ -3,7 +3,8 @@
 ``partition()`` cuts every connection and refuses new ones (the server keeps running and keeps its data: a
 network partition); ``heal()`` lets connections through again. ``cut_reply(n)`` arms a cut of the ``n``-th array
 reply from the server from now on (a script's result, for Redis): the server has run the command, the client never
-hears of it and sees its connection close, as when a reply is lost on the way back.
+hears of it and sees its connection close, as when a reply is lost on the way back. ``hold_replies()`` keeps the
+server's replies from their clients (the server has run the commands) until ``release_replies()``: a slow way back.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class TcpProxy:
         self.port = self._listener.getsockname()[1]
         self._down = False
         self._cut_in = 0  # array replies until the cut (0: none armed)
+        self._released = threading.Event()  # cleared: replies wait in the proxy
+        self._released.set()
         #: Replies swallowed by ``cut_reply``.
         self.cuts = 0
         self._open: set[socket.socket] = set()
@@ -50,7 +53,15 @@ class TcpProxy:
         with self._lock:
             self._cut_in = n
 
+    def hold_replies(self) -> None:
+        """Keep the server's replies from their clients until ``release_replies``."""
+        self._released.clear()
+
+    def release_replies(self) -> None:
+        self._released.set()
+
     def close(self) -> None:
+        self.release_replies()
         self.partition()
         _close(self._listener)
 
@@ -95,6 +106,8 @@ class TcpProxy:
             while data := source.recv(65536):
                 if replies and data.startswith(b"*") and self._cutting():
                     break
+                if replies:
+                    self._released.wait()
                 sink.sendall(data)
         except OSError:
             pass

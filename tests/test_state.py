@@ -21,6 +21,7 @@ from genroute.state.redis_store import RedisStateStore
 
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
 from .state_worker import run_together, spawn
+from .tcp_proxy import tcp_proxy
 
 def _redis(server: RedisServer, **config: Any) -> RedisStateStore:
     return RedisStateStore(RedisStateConfig(kind="redis", url=server.url, prefix=f"t{os.getpid()}:", **config))
@@ -228,6 +229,62 @@ async def test_admit_reports_an_open_breaker_and_apply_settles_all_at_once(store
     assert await store.usage("a") == (7, 0) and await store.usage("r") == (0, 0) and await store.usage("r2") == (1, 0)
     assert set(await store.breakers(["b", "f"])) == {"f"}
     await store.aclose()
+
+
+# -- callers that give up (real Redis only: a memory store answers without waiting) ---------------------------
+
+async def _until(check: Any) -> bool:
+    """Whether ``await check()`` comes true within 10 s (polled)."""
+    for _ in range(200):
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_an_admission_its_caller_gives_up_on_holds_nothing_once_redis_answers(redis_server: RedisServer) -> None:
+    direct = _redis(redis_server)
+    assert await direct.breaker_open("half", 0.05)
+    await asyncio.sleep(0.1)  # half-open: the admission below is its probe
+    with tcp_proxy(redis_server.port) as proxy:
+        store = RedisStateStore(RedisStateConfig(kind="redis", url=proxy.url, prefix=direct.prefix, timeout_s=30))
+        await store.usage("given up")  # connected
+        proxy.hold_replies()  # Redis runs the admission's script; its answer waits on the way back
+        admitting = asyncio.ensure_future(store.admit([Hold("given up", 40, 100, ttl_s=60, keep_s=600),
+                                                       Probe("half", 60)]))
+        await _until(lambda: _usage_is(direct, "given up", (0, 40)))  # Redis took the hold
+        admitting.cancel()  # the request is cancelled while its admission's answer is on the way
+        with pytest.raises(asyncio.CancelledError):
+            await admitting
+        proxy.release_replies()
+        assert await _until(lambda: _usage_is(direct, "given up", (0, 0)))  # not held until its TTL
+        assert await direct.breaker_probe("half", 60)  # nor its probe
+        await store.aclose()
+    await direct.aclose()
+
+
+async def test_a_settle_its_caller_gives_up_on_is_still_made(redis_server: RedisServer) -> None:
+    import redis.asyncio
+
+    store = _redis(redis_server, max_connections=1)
+    raw = redis.asyncio.Redis.from_url(redis_server.url)
+    hold_id, _ = await store.hold("settled", 40, 100, ttl_s=60, keep_s=600)
+    await raw.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    busy = asyncio.ensure_future(store.usage("other"))  # holds the one pooled connection until the pause ends
+    await asyncio.sleep(0.05)
+    settling = asyncio.ensure_future(store.apply([Settle("settled", hold_id, 75, keep_s=600)]))
+    await asyncio.sleep(0.05)
+    settling.cancel()  # not sent yet: it waits for the connection
+    with pytest.raises(asyncio.CancelledError):
+        await settling
+    await busy
+    assert await _until(lambda: _usage_is(store, "settled", (75, 0)))  # spent, and the hold released
+    await raw.aclose()
+    await store.aclose()
+
+
+async def _usage_is(store: StateStore, account: str, expected: tuple[int, int]) -> bool:
+    return await store.usage(account) == expected
 
 
 # -- across processes (real Redis only) -------------------------------------------------------------------

@@ -18,7 +18,8 @@ the outage began is in the list twice). An append that finds a replay running wa
 writes made before it; other calls go on. One call per event loop replays at a time (the lock is the loop's): a
 store used from two loops may send their replays' batches interleaved, each still once. Holds taken meanwhile live
 in memory, and Redis holds whose settle was lost lapse with their TTL. A hold taken from the fallback memory is
-settled there.
+settled there. A call its caller gives up on (a cancelled request) goes on: a settle is still made, and what an
+admission took is given back once Redis answers.
 
 For ``retry_s`` after Redis could not be reached it does not try Redis again, so a dead server costs one timeout per ``retry_s``,
 not one per request; after that the next call reconnects (redis-py's pool opens a new connection), so a restarted
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from genroute.errors import StateUnavailable
 from genroute.state import ListRead, ListReplay, RedisStateConfig, StateStore
 from genroute.state.memory import MemoryStateStore
-from genroute.state.ops import Admitted, Claim, Held, Hold, Settle, Settlement, op_name
+from genroute.state.ops import Admitted, Claim, Held, Hold, Release, Settle, Settlement, op_name
 from genroute.state.redis_script import SCRIPT, Push, Range, Until, Usage, decode, encode
 from genroute.state.unsent import UnsentWrites
 
@@ -92,6 +93,8 @@ class RedisStateStore(StateStore):
         self._logged_at = -LOG_INTERVAL_S
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = \
             weakref.WeakKeyDictionary()
+        #: Store calls that go on after their caller was cancelled (settles, and giving back what an admit took).
+        self._background: set[asyncio.Future[Any]] = set()
 
     # -- plumbing --------------------------------------------------------------------------------------
 
@@ -192,11 +195,50 @@ class RedisStateStore(StateStore):
             return [Held(_FALLBACK_ID + r.hold_id, r.left) if isinstance(r, Held) and r.hold_id is not None else r
                     for r in results], refused
 
-        return await self._run(op_name(claims, "admit"), lambda script, _: self._call(script, "admit", claims, ids),
-                               local)
+        admitting = asyncio.ensure_future(self._run(op_name(claims, "admit"),
+                                                    lambda script, _: self._call(script, "admit", claims, ids), local))
+        try:
+            return await asyncio.shield(admitting)
+        except asyncio.CancelledError:
+            # The caller went away while Redis was asked: what the script took (it may have run, or run later) is given
+            # back once it answers, since no attempt will settle it (a hold would lapse only with its TTL).
+            admitting.add_done_callback(lambda done: self._give_back(claims, done))
+            raise
+
+    def _give_back(self, claims: Sequence[Claim], admitting: asyncio.Future[Admitted]) -> None:
+        if admitting.cancelled() or admitting.exception() is not None:
+            return
+        results, refused = admitting.result()
+        if refused is not None:  # all or none: nothing is held
+            return
+        undo: list[Settlement] = [Settle(c.account, r.hold_id, 0, keep_s=c.keep_s) if isinstance(c, Hold)
+                                  else Release(c.name) for c, r in zip(claims, results, strict=True)
+                                  if isinstance(c, Hold) or r.probing]
+        if undo:
+            self._in_background(asyncio.ensure_future(self._apply(undo)))
 
     async def apply(self, settlements: Sequence[Settlement]) -> list[Any]:
-        ops = list(settlements)
+        applying = asyncio.ensure_future(self._apply(list(settlements)))
+        try:
+            return await asyncio.shield(applying)
+        except asyncio.CancelledError:
+            # A settle its caller stopped waiting for (maybe not sent yet: waiting for a pooled connection) is still
+            # made: its hold must not lapse unsettled with its spend uncounted.
+            self._in_background(applying)
+            raise
+
+    def _in_background(self, work: asyncio.Future[Any]) -> None:
+        """Keep ``work`` (a store call no caller awaits) until it is done; ``aclose`` waits for it."""
+        self._background.add(work)
+
+        def done(finished: asyncio.Future[Any]) -> None:
+            self._background.discard(finished)
+            if not finished.cancelled() and (error := finished.exception()) is not None:
+                _log.warning("a state store call its caller gave up on failed: %s", type(error).__name__)
+
+        work.add_done_callback(done)
+
+    async def _apply(self, ops: list[Settlement]) -> list[Any]:
         charged_here = set()
         for index, op in enumerate(ops):
             if isinstance(op, Settle) and op.hold_id is not None and op.hold_id.startswith(_FALLBACK_ID):
@@ -302,6 +344,8 @@ class RedisStateStore(StateStore):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        if mine := {work for work in self._background if work.get_loop() is loop}:
+            await asyncio.wait(mine, timeout=self.config.timeout_s)  # settles their callers gave up on
         found = self._clients.get(loop)
         if found is not None and self._unsent and time.monotonic() >= self._down_until:
             import redis.exceptions
