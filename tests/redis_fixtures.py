@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +106,12 @@ def redis_server(redis_session: RedisServer) -> Iterator[RedisServer]:
         redis_session.start()
     redis_session.flush()
     yield redis_session
+
+
+@pytest.fixture(params=["memory", "redis"])
+def state(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A router's ``state`` section: process memory, then the test's Redis (a test runs with each)."""
+    if request.param == "memory":
+        return {"kind": "memory"}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"kind": "redis", "url": server.url, "prefix": f"s{time.monotonic_ns()}:"}

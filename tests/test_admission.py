@@ -20,7 +20,7 @@ from genroute.testing import Reply
 from genroute.types import Decision, Rung
 
 from .conftest import gemini_config
-from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
+from .redis_fixtures import RedisServer, redis_server, redis_session, state  # noqa: F401
 
 CASCADE = {"kind": "cascade", "rungs": [{"backend": "chat"}, {"backend": "cheap"}]}
 
@@ -44,14 +44,6 @@ def _fail_chat(server: Any, code: int = 503, *, times: int = 1, retry_after: flo
 
 def _models(server: Any) -> list[str | None]:
     return [(r.model or "").removeprefix("models/") for r in server.requests if r.action == "generateContent"]
-
-
-@pytest.fixture(params=["memory", "redis"])
-def state(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "memory":
-        return {"kind": "memory"}
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return {"kind": "redis", "url": server.url, "prefix": f"adm{time.monotonic_ns()}:"}
 
 
 # -- rate limits ------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ whatever its reader did (read slowly, stopped early) and however the provider en
 from __future__ import annotations
 
 import asyncio
-import time
 from contextlib import aclosing
 from typing import Any
 
@@ -15,7 +14,7 @@ from genroute import BackendUnavailable, BudgetExceeded, CircuitOpen, Router, St
 from genroute.testing import Fault, Reply
 
 from .conftest import gemini_config
-from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
+from .redis_fixtures import redis_server, redis_session, state  # noqa: F401
 
 #: What the loopback server bills each answer below, and a budget estimate above it.
 USAGE = (1000, 100)
@@ -83,22 +82,7 @@ def test_a_provider_failure_in_the_middle_of_a_stream_counts_for_the_breaker(gem
     """A 5xx or a cut connection after the first chunk is as unhealthy as one before it (README: breakers)."""
     gemini_server.fault(fault, times=2)
 
-    async def main() -> tuple[list[BaseException], BaseException | None]:
-        async with Router.from_config(_breaker_config(gemini_server, failures=2)) as router:
-            interrupted = []
-            for _ in range(2):
-                try:
-                    async for _chunk in router.astream("one two three"):
-                        pass
-                except StreamInterrupted as exc:
-                    interrupted.append(exc)
-            try:
-                await router.agenerate("next")
-            except CircuitOpen as exc:
-                return interrupted, exc
-            return interrupted, None
-
-    interrupted, refused = asyncio.run(main())
+    interrupted, refused = asyncio.run(_streams_then_one(_breaker_config(gemini_server, failures=2), 2))
     assert len(interrupted) == 2 and all("after output was sent" in str(e) for e in interrupted)
     assert isinstance(refused, CircuitOpen)  # two failures within the window opened it
     assert len(gemini_server.requests) == 2  # nothing was sent past the open breaker
@@ -110,23 +94,26 @@ def test_a_stream_the_provider_ends_without_a_finish_reason_counts_for_the_break
                "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 2, "totalTokenCount": 12}}
     gemini_server.reply(Reply(raw=[partial]))
 
-    async def main() -> tuple[BaseException | None, BaseException | None]:
-        async with Router.from_config(_breaker_config(gemini_server)) as router:
-            cut = None
-            try:
-                async for _chunk in router.astream("one two three"):
-                    pass
-            except StreamInterrupted as exc:
-                cut = exc
-            try:
-                await router.agenerate("next")
-            except CircuitOpen as exc:
-                return cut, exc
-            return cut, None
-
-    cut, refused = asyncio.run(main())
-    assert isinstance(cut, StreamInterrupted) and "without a finish reason" in str(cut)
+    (cut,), refused = asyncio.run(_streams_then_one(_breaker_config(gemini_server), 1))
+    assert "without a finish reason" in str(cut)
     assert isinstance(refused, CircuitOpen)
+
+
+async def _streams_then_one(config: dict[str, Any], streams: int) -> tuple[list[StreamInterrupted],
+                                                                          CircuitOpen | None]:
+    """Read ``streams`` streams (each interrupted), then ask once more: the interruptions, and the CircuitOpen that
+    refused the last request (None: it was answered)."""
+    async with Router.from_config(config) as router:
+        interrupted = []
+        for _ in range(streams):
+            with pytest.raises(StreamInterrupted) as info:
+                await _read(router.astream("one two three"))
+            interrupted.append(info.value)
+        try:
+            await router.agenerate("next")
+        except CircuitOpen as exc:
+            return interrupted, exc
+        return interrupted, None
 
 
 async def _half_open(router: Router, server: Any) -> None:
@@ -135,14 +122,6 @@ async def _half_open(router: Router, server: Any) -> None:
     with pytest.raises(BackendUnavailable):
         await router.agenerate("fails")
     await asyncio.sleep(0.4)
-
-
-@pytest.fixture(params=["memory", "redis"])
-def state(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "memory":
-        return {"kind": "memory"}
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return {"kind": "redis", "url": server.url, "prefix": f"sa{time.monotonic_ns()}:"}
 
 
 def test_a_probe_stream_its_reader_stops_early_closes_the_breaker(gemini_server, otel, state) -> None:
