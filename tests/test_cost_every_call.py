@@ -280,6 +280,32 @@ def test_an_abandoned_stream_puts_its_cost_on_the_root_span_and_its_rung_event(g
     assert "gen_ai.usage.output_tokens" not in call.attributes
 
 
+def test_a_validated_rung_whose_reader_stops_early_puts_its_cost_on_the_root_span(gemini_server, otel):
+    """A rung with validators ahead of another is buffered, then its validated text is sent: a reader that stops
+    there stopped a request that cost the whole answer, which the trace says as the budget does."""
+    gemini_server.reply_text(TEXT, usage=USAGE, chunks=3)
+    config = _budget_config(gemini_server)
+    config["backends"]["lite"] = {**config["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+    config["policy"]["inner"] = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["nonempty"]},
+                                                              {"backend": "lite"}]}
+    config["policy"]["costs"]["lite"] = ANSWER
+
+    async def main() -> dict[str, float]:
+        async with Router.from_config(config, **otel.providers) as router:
+            async with contextlib.aclosing(router.astream("question")) as chunks:
+                async for _ in chunks:
+                    break
+            return await router.admission.budget().usage("*")
+
+    assert asyncio.run(main()) == {"spent": pytest.approx(ANSWER), "reserved": 0.0}
+    (root,) = otel.spans("genroute.generate")
+    assert root.attributes["genroute.stream.closed_early"] is True
+    assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(ANSWER)
+    assert root.attributes["genroute.rungs_tried"] == 1
+    (rung,) = [e for e in root.events if e.name == "genroute.rung"]
+    assert rung.attributes["genroute.backend"] == "chat" and rung.attributes["genroute.rung.outcome"] == "cancelled"
+
+
 def test_a_sync_stream_left_after_one_chunk_settles_the_budget(gemini_server):
     gemini_server.default_reply = lambda req: Reply(parts=({"text": TEXT},), usage=USAGE, chunks=3)
 

@@ -173,6 +173,10 @@ class Executor:
                         output = await backend.run(request, ctx)
                 if checks:
                     await self._validate(rung, checks, request, decision, output, ctx)
+                for text in pending or ():  # a buffered rung's text, validated: a reader that stops here is charged
+                    if first_chunk_s is None:
+                        first_chunk_s = time.perf_counter() - start
+                    yield GenerateChunk(text=text)
             except _RUNG_ERRORS as exc:
                 last_error = exc
                 ledger.record(span, ctx, rung.backend, index, rung_start, exc, admitted=attempt.admitted)
@@ -190,10 +194,6 @@ class Executor:
                 ledger.record(span, ctx, rung.backend, index, rung_start, exc, admitted=attempt.admitted)
                 ledger.charge(exc, span)
                 raise
-            for text in pending or ():
-                if first_chunk_s is None:
-                    first_chunk_s = time.perf_counter() - start
-                yield GenerateChunk(text=text)
             ledger.record(span, ctx, rung.backend, index, rung_start, None)
             result = ledger.result(decision, ctx, output, span, start, first_chunk_s,
                                    outcome_ids=self.outcomes is not None)
