@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 
 import pytest
 
@@ -89,6 +90,29 @@ def test_a_stream_the_caller_closes_early_is_not_an_error(gemini_server, otel):
         assert "error.type" not in root.attributes
         assert root.status.status_code.name == "UNSET"
         assert root.attributes["gen_ai.usage.cost.amount"] > 0
+
+
+def test_a_stream_left_after_its_done_chunk_was_read_to_its_end(gemini_server, otel):
+    """A caller that stops at the ``done`` chunk (``if chunk.done: break``) had the whole answer: its trace does not
+    say it stopped reading early; the sync and async streams agree."""
+    config = gemini_config(gemini_server)
+    with Router.from_config(config, **otel.providers) as router:
+        for chunk in router.stream("one two three"):
+            if chunk.done:
+                break
+
+    async def run():
+        async with Router.from_config(config, **otel.providers) as router:
+            async with aclosing(router.astream("one two three")) as chunks:
+                async for chunk in chunks:
+                    if chunk.done:
+                        break
+    asyncio.run(run())
+    roots = otel.spans("genroute.generate")
+    assert len(roots) == 2
+    for root in roots:
+        assert "genroute.stream.closed_early" not in root.attributes
+        assert "error.type" not in root.attributes and root.attributes["genroute.backend"] == "chat"
 
 
 def test_sync_api_refuses_to_run_inside_an_event_loop(gemini_server):

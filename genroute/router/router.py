@@ -212,7 +212,13 @@ class Router(Learning):
                                                bounded=deadline is not None)  # within_deadline bounds its steps
                 async with aclosing(chunks) as chunks, aclosing(within_deadline(chunks, deadline, expired)) as steps:
                     async for chunk in steps:
-                        yield chunk if type(chunk) is GenerateChunk else GenerateChunk(done=True, result=chunk)
+                        if type(chunk) is GenerateChunk:
+                            yield chunk
+                            continue
+                        try:
+                            yield GenerateChunk(done=True, result=chunk)
+                        except GeneratorExit:  # closed after its last chunk: read to its end, not closed early
+                            return
             except BackendError as exc:
                 if ended_by(deadline, exc):
                     raise self._expired(request, decision, ledger, exc) from exc
