@@ -115,6 +115,27 @@ def test_a_stream_left_after_its_done_chunk_was_read_to_its_end(gemini_server, o
         assert "error.type" not in root.attributes and root.attributes["genroute.backend"] == "chat"
 
 
+def test_a_second_reader_of_a_stream_is_refused_and_the_first_reads_it_whole(gemini_server):
+    """Two tasks asking one stream for its next chunk at once: the second gets a UsageError (it was a bare
+    RuntimeError that ended the stream for both, its budget hold left open)."""
+    gemini_server.reply_text("one two three", usage=(10, 3), chunks=3)
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": 1.0, "costs": {"chat": 0.01}}
+
+    async def run():
+        async with Router.from_config(config) as router:
+            stream = router.astream("count")
+            first, second = await asyncio.gather(anext(stream), anext(stream), return_exceptions=True)
+            rest = [chunk async for chunk in stream]
+            return first, second, rest, await router.admission.budget().usage("*")
+
+    first, second, rest, usage = asyncio.run(run())
+    assert isinstance(second, UsageError) and "one task at a time" in str(second)
+    assert first.text + "".join(c.text for c in rest) == "one two three" and rest[-1].done
+    assert usage == {"spent": pytest.approx(rest[-1].result.cost_usd), "reserved": 0.0}
+
+
 def test_sync_api_refuses_to_run_inside_an_event_loop(gemini_server):
     async def inside():
         with pytest.raises(UsageError, match="agenerate"):

@@ -159,6 +159,8 @@ class RouterStream(Generic[T]):
             raise UsageError(_CLOSED_STREAM)
         if self.finished:
             raise StopAsyncIteration
+        if self.stepping:  # a second reader: its step would fail inside the stream and end it for the first one too
+            raise UsageError("this stream is already waiting for its next chunk: read a stream from one task at a time")
         if not self.registered:
             self._inflight._register(self)
             self.registered = True
