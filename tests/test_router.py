@@ -136,6 +136,36 @@ def test_a_second_reader_of_a_stream_is_refused_and_the_first_reads_it_whole(gem
     assert usage == {"spent": pytest.approx(rest[-1].result.cost_usd), "reserved": 0.0}
 
 
+def test_a_stream_closed_from_another_task_mid_step_is_refused_and_goes_on(gemini_server):
+    """``aclose`` while another task waits for the next chunk: UsageError (it was a bare RuntimeError that left the
+    stream to end silently after that chunk, its budget hold open)."""
+    from genroute.testing import Fault
+
+    gemini_server.fault(Fault.delay(0.5, after_chunks=1))
+    gemini_server.reply_text("one two three", usage=(10, 3), chunks=3)
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": 1.0, "costs": {"chat": 0.01}}
+
+    async def run():
+        async with Router.from_config(config) as router:
+            stream = router.astream("count")
+            first = await anext(stream)
+            reader = asyncio.ensure_future(anext(stream))
+            for _ in range(100):  # until the reader waits for the stalled chunk
+                if stream.stepping:
+                    break
+                await asyncio.sleep(0.01)
+            with pytest.raises(UsageError, match="another task"):
+                await stream.aclose()
+            rest = [await reader] + [chunk async for chunk in stream]
+            return first, rest, await router.admission.budget().usage("*")
+
+    first, rest, usage = asyncio.run(run())
+    assert first.text + "".join(c.text for c in rest) == "one two three" and rest[-1].done
+    assert usage == {"spent": pytest.approx(rest[-1].result.cost_usd), "reserved": 0.0}
+
+
 def test_sync_api_refuses_to_run_inside_an_event_loop(gemini_server):
     async def inside():
         with pytest.raises(UsageError, match="agenerate"):

@@ -176,6 +176,9 @@ class RouterStream(Generic[T]):
 
     async def aclose(self) -> None:
         """Close the stream now: its backend's stream is closed and its budget hold settled."""
+        if self.stepping:  # it cannot close under that step, and marked finished it would be left open after it
+            raise UsageError("this stream is waiting for its next chunk in another task: cancel that task, or close "
+                             "the stream from it")
         self.finished = True
         await self.aclose_inner()
 
