@@ -13,7 +13,7 @@ from genroute import (
 from genroute.policies.base import Policy, PolicyConfig
 from genroute.testing import Fault
 
-from .conftest import TEST_KEY, gemini_config
+from .conftest import TEST_KEY, budget_usage, gemini_config
 
 
 def test_generate_returns_text_usage_cost_and_decision(gemini_server, otel):
@@ -164,6 +164,28 @@ def test_a_stream_closed_from_another_task_mid_step_is_refused_and_goes_on(gemin
     first, rest, usage = asyncio.run(run())
     assert first.text + "".join(c.text for c in rest) == "one two three" and rest[-1].done
     assert usage == {"spent": pytest.approx(rest[-1].result.cost_usd), "reserved": 0.0}
+
+
+def test_a_stream_is_read_on_the_event_loop_it_started_on(gemini_server):
+    """Read on, after the loop it started on ended (and closed it), a stream raises UsageError: it ended silently, as
+    if complete, without its done chunk."""
+    gemini_server.reply_text("one two three", usage=(10, 3), chunks=3)
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": 1.0, "costs": {"chat": 0.01}}
+    with Router.from_config(config) as router:
+        stream = router.astream("count")
+
+        async def first():
+            return await anext(stream)
+
+        async def rest():
+            return [chunk async for chunk in stream]
+
+        assert asyncio.run(first()).text
+        with pytest.raises(UsageError, match="event loop it started on"):
+            asyncio.run(rest())
+        assert budget_usage(router)["reserved"] == 0.0  # the ended loop closed it: its hold is settled
 
 
 def test_sync_api_refuses_to_run_inside_an_event_loop(gemini_server):

@@ -134,9 +134,11 @@ class InFlight:
 
         task.add_done_callback(done)
 
-    def _register(self, stream: RouterStream[Any]) -> None:
+    def _register(self, stream: RouterStream[Any]) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
         with self._lock:
-            self._streams[stream] = asyncio.get_running_loop()
+            self._streams[stream] = loop
+        return loop
 
 
 class RouterStream(Generic[T]):
@@ -150,6 +152,8 @@ class RouterStream(Generic[T]):
         self.closed_by_router = False
         #: Whether the router knows of it (on its first step's loop, where closing the router closes it).
         self.registered = False
+        #: The loop of its first step, which every step runs on.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def __aiter__(self) -> RouterStream[T]:
         return self
@@ -162,8 +166,12 @@ class RouterStream(Generic[T]):
         if self.stepping:  # a second reader: its step would fail inside the stream and end it for the first one too
             raise UsageError("this stream is already waiting for its next chunk: read a stream from one task at a time")
         if not self.registered:
-            self._inflight._register(self)
+            self.loop = self._inflight._register(self)
             self.registered = True
+        elif asyncio.get_running_loop() is not self.loop:  # its HTTP response and spans belong to that loop
+            ended = self.loop is not None and self.loop.is_closed()
+            raise UsageError("a stream is read on the event loop it started on"
+                             + (" (that loop has ended, and closed it)" if ended else ""))
         self.stepping = True
         try:
             with self._inflight.track():  # a step of the stream is work in flight; idle between steps is not
