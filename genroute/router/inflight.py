@@ -168,19 +168,23 @@ class RouterStream(Generic[T]):
         if not self.registered:
             self.loop = self._inflight._register(self)
             self.registered = True
-        elif asyncio.get_running_loop() is not self.loop:  # its HTTP response and spans belong to that loop
-            ended = self.loop is not None and self.loop.is_closed()
-            raise UsageError("a stream is read on the event loop it started on"
-                             + (" (that loop has ended, and closed it)" if ended else ""))
         self.stepping = True
         try:
             with self._inflight.track():  # a step of the stream is work in flight; idle between steps is not
                 return await self._chunks.__anext__()
         except BaseException:
             self.finished = True
+            if asyncio.get_running_loop() is not self.loop:  # checked only here: a chunk costs nothing more
+                raise self._elsewhere() from None
             raise
         finally:
             self.stepping = False
+
+    def _elsewhere(self) -> UsageError:
+        """The error of a step on another loop than the first's (its HTTP response and spans belong to that one)."""
+        ended = self.loop is not None and self.loop.is_closed()
+        return UsageError("a stream is read on the event loop it started on"
+                          + (" (that loop has ended, and closed it)" if ended else ""))
 
     async def aclose(self) -> None:
         """Close the stream now: its backend's stream is closed and its budget hold settled."""
