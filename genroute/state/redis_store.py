@@ -202,6 +202,7 @@ class RedisStateStore(StateStore):
         except asyncio.CancelledError:
             # The caller went away while Redis was asked: what the script took (it may have run, or run later) is given
             # back once it answers, since no attempt will settle it (a hold would lapse only with its TTL).
+            self._in_background(admitting)
             admitting.add_done_callback(lambda done: self._give_back(claims, done))
             raise
 
