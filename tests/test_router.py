@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import aclosing
 
 import pytest
@@ -186,6 +187,28 @@ def test_a_stream_is_read_on_the_event_loop_it_started_on(gemini_server):
         with pytest.raises(UsageError, match="event loop it started on"):
             asyncio.run(rest())
         assert budget_usage(router)["reserved"] == 0.0  # the ended loop closed it: its hold is settled
+
+
+def test_a_streamed_results_latency_leaves_out_the_time_its_reader_held_chunks(gemini_server):
+    """A slow reader (a chat UI) made a fast answer look slow: latency_s (and the rung's, which outcome stats and a
+    cost_aware policy's p95 read) counted the reader's own time between chunks."""
+    gemini_server.reply_text("one two three", usage=(10, 3), chunks=3)
+
+    async def run():
+        async with Router.from_config(gemini_config(gemini_server)) as router:
+            chunks, slept = [], 0.0
+            started = time.perf_counter()
+            async for chunk in router.astream("count"):
+                chunks.append(chunk)
+                if not chunk.done:
+                    before = time.perf_counter()
+                    await asyncio.sleep(0.2)
+                    slept += time.perf_counter() - before
+            return chunks[-1].result, time.perf_counter() - started, slept
+
+    result, wall, slept = asyncio.run(run())
+    assert result.latency_s <= wall - slept  # what the request took, without the reader's time
+    assert result.decision.rungs_tried[0].latency_s <= wall - slept
 
 
 def test_sync_api_refuses_to_run_inside_an_event_loop(gemini_server):

@@ -156,12 +156,15 @@ class Executor:
                                     if first_chunk_s is None:
                                         first_chunk_s = time.perf_counter() - start
                                     sent = True
-                                    held = time.monotonic()
+                                    held = time.perf_counter()
                                     try:
                                         yield GenerateChunk(text=item)
                                     finally:  # also for a reader that stops: its time is not the request's (README)
+                                        read = time.perf_counter() - held  # nor in its deadline, nor its latency
+                                        start += read
+                                        rung_start += read
                                         if ctx.deadline is not None:
-                                            ctx.deadline += time.monotonic() - held
+                                            ctx.deadline += read
                                 elif pending is None:
                                     pending = [item]
                                 else:
@@ -176,7 +179,9 @@ class Executor:
                 for text in pending or ():  # a buffered rung's text, validated: a reader that stops here is charged
                     if first_chunk_s is None:
                         first_chunk_s = time.perf_counter() - start
+                    held = time.perf_counter()
                     yield GenerateChunk(text=text)
+                    start += time.perf_counter() - held  # the reader's time is not the request's latency
             except _RUNG_ERRORS as exc:
                 last_error = exc
                 ledger.record(span, ctx, rung.backend, index, rung_start, exc, admitted=attempt.admitted)
