@@ -130,6 +130,7 @@ class Executor:
         ledger = ledger if ledger is not None else Ledger()
         last_error: GenrouteError | None = None
         first_chunk_s: float | None = None
+        read_s = 0.0  # the time the reader held chunks: left out of latencies (only one rung sends chunks)
         rungs = decision.rungs
         for index in range(len(rungs)):  # not enumerate: a request in flight holds one object less
             rung = rungs[index]
@@ -160,9 +161,8 @@ class Executor:
                                     try:
                                         yield GenerateChunk(text=item)
                                     finally:  # also for a reader that stops: its time is not the request's (README)
-                                        read = time.perf_counter() - held  # nor in its deadline, nor its latency
-                                        start += read
-                                        rung_start += read
+                                        read = time.perf_counter() - held  # neither in its deadline nor its latency
+                                        read_s += read
                                         if ctx.deadline is not None:
                                             ctx.deadline += read
                                 elif pending is None:
@@ -181,10 +181,10 @@ class Executor:
                         first_chunk_s = time.perf_counter() - start
                     held = time.perf_counter()
                     yield GenerateChunk(text=text)
-                    start += time.perf_counter() - held  # the reader's time is not the request's latency
+                    read_s += time.perf_counter() - held
             except _RUNG_ERRORS as exc:
                 last_error = exc
-                ledger.record(span, ctx, rung.backend, index, rung_start, exc, admitted=attempt.admitted)
+                ledger.record(span, ctx, rung.backend, index, rung_start + read_s, exc, admitted=attempt.admitted)
                 if sent:
                     interrupted = StreamInterrupted(  # with the provider's status, if it sent one
                         f"stream from {rung.backend!r} failed after output was sent: {exc}", backend=rung.backend,
@@ -196,11 +196,11 @@ class Executor:
                     break
                 continue
             except BaseException as exc:  # cancelled, the deadline, or a consumer that stopped: charged all the same
-                ledger.record(span, ctx, rung.backend, index, rung_start, exc, admitted=attempt.admitted)
+                ledger.record(span, ctx, rung.backend, index, rung_start + read_s, exc, admitted=attempt.admitted)
                 ledger.charge(exc, span)
                 raise
-            ledger.record(span, ctx, rung.backend, index, rung_start, None)
-            result = ledger.result(decision, ctx, output, span, start, first_chunk_s,
+            ledger.record(span, ctx, rung.backend, index, rung_start + read_s, None)
+            result = ledger.result(decision, ctx, output, span, start + read_s, first_chunk_s,
                                    outcome_ids=self.outcomes is not None)
             self._served(request, decision, span, result, output)
             yield result
