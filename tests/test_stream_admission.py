@@ -88,6 +88,21 @@ def test_a_provider_failure_in_the_middle_of_a_stream_counts_for_the_breaker(gem
     assert len(gemini_server.requests) == 2  # nothing was sent past the open breaker
 
 
+def test_a_429_with_retry_after_in_the_middle_of_a_stream_opens_the_breaker_for_that_long(gemini_server) -> None:
+    """As one before the first chunk does (README: breakers), whatever ``failures`` says."""
+    gemini_server.fault(Fault.status(429, retry_after=90, after_chunks=1))
+
+    async def main() -> tuple[StreamInterrupted, dict[str, float]]:
+        async with Router.from_config(_breaker_config(gemini_server, failures=5)) as router:
+            with pytest.raises(StreamInterrupted) as info:
+                await _read(router.astream("one two three"))
+            return info.value, await router._breakers.health()
+
+    interrupted, health = asyncio.run(main())
+    assert interrupted.status == 429
+    assert 85 < health["chat"] <= 90
+
+
 def test_a_stream_the_provider_ends_without_a_finish_reason_counts_for_the_breaker(gemini_server) -> None:
     """A connection closed cleanly mid-answer is no complete answer (StreamInterrupted), nor a healthy one."""
     partial = {"candidates": [{"content": {"role": "model", "parts": [{"text": "half an"}]}, "index": 0}],

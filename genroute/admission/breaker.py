@@ -129,9 +129,9 @@ class BreakerGate(Gate[Probe]):
     def settlements(self, attempt: Attempt, token: list[str], outcome: Outcome) -> list[Settlement]:
         if not outcome.sent:
             return []
-        error = outcome.error
-        if _answered(error):
+        if _answered(outcome.error):
             return [Close(name) for name in token]  # the probe answered: close
+        error = _failure(outcome.error)
         if not _unhealthy(error, attempt):
             # Neither healthy nor not (its caller went away, or the request was refused as sent): if this attempt was
             # the probe, another one probes now, instead of none until this probe's hold lapses.
@@ -154,7 +154,7 @@ class BreakerGate(Gate[Probe]):
                     self._until.pop(name, None)
                     self._event(attempt, name, "closed", "the half-open probe succeeded")
             return
-        error = outcome.error
+        error = _failure(outcome.error)
         retry_after = _retry_after(error)
         for name, opened in zip(self.names.get(attempt.backend, ()), results, strict=False):
             if not opened:
@@ -182,6 +182,14 @@ def _answered(error: BaseException | None) -> bool:
     return error is None or isinstance(error, GeneratorExit)
 
 
+def _failure(error: BaseException) -> BaseException:
+    """The failure to judge the backend by: for a stream the provider failed after its first chunk, the provider's
+    failure (a 5xx, a cut connection, a 429 with its Retry-After) as it would have been before that chunk."""
+    if isinstance(error, StreamInterrupted) and isinstance(error.__cause__, BackendUnavailable):
+        return error.__cause__
+    return error
+
+
 def _retry_after(error: BaseException) -> float | None:
     """A 429's ``Retry-After`` in seconds (None: not a 429, or none given)."""
     return getattr(error, "retry_after_s", None) if getattr(error, "status", None) == 429 else None
@@ -191,8 +199,6 @@ def _unhealthy(error: BaseException, attempt: Attempt) -> bool:
     """Whether ``error`` says the backend is unhealthy (not our own refusals, not the caller's mistakes)."""
     if isinstance(error, RateLimited | CircuitOpen):
         return False
-    if isinstance(error, StreamInterrupted) and isinstance(error.__cause__, BackendUnavailable):
-        return True  # the provider failed mid-stream (a 5xx, a cut connection) as it may before the first chunk
     if isinstance(error, BackendUnavailable):
         return True
     # Cancelled by the request's deadline: the backend did not answer in time.
