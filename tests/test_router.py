@@ -116,13 +116,19 @@ def test_a_stream_left_after_its_done_chunk_was_read_to_its_end(gemini_server, o
         assert "error.type" not in root.attributes and root.attributes["genroute.backend"] == "chat"
 
 
+def _budgeted(server):
+    """A one-backend config under a global budget (so that a hold left open shows in ``reserved``)."""
+    config = gemini_config(server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": 1.0, "costs": {"chat": 0.01}}
+    return config
+
+
 def test_a_second_reader_of_a_stream_is_refused_and_the_first_reads_it_whole(gemini_server):
     """Two tasks asking one stream for its next chunk at once: the second gets a UsageError (it was a bare
     RuntimeError that ended the stream for both, its budget hold left open)."""
     gemini_server.reply_text("one two three", usage=(10, 3), chunks=3)
-    config = gemini_config(gemini_server)
-    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
-                        "budget_usd": 1.0, "costs": {"chat": 0.01}}
+    config = _budgeted(gemini_server)
 
     async def run():
         async with Router.from_config(config) as router:
@@ -144,9 +150,7 @@ def test_a_stream_closed_from_another_task_mid_step_is_refused_and_goes_on(gemin
 
     gemini_server.fault(Fault.delay(0.5, after_chunks=1))
     gemini_server.reply_text("one two three", usage=(10, 3), chunks=3)
-    config = gemini_config(gemini_server)
-    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
-                        "budget_usd": 1.0, "costs": {"chat": 0.01}}
+    config = _budgeted(gemini_server)
 
     async def run():
         async with Router.from_config(config) as router:
@@ -171,9 +175,7 @@ def test_a_stream_is_read_on_the_event_loop_it_started_on(gemini_server):
     """Read on, after the loop it started on ended (and closed it), a stream raises UsageError: it ended silently, as
     if complete, without its done chunk."""
     gemini_server.reply_text("one two three", usage=(10, 3), chunks=3)
-    config = gemini_config(gemini_server)
-    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
-                        "budget_usd": 1.0, "costs": {"chat": 0.01}}
+    config = _budgeted(gemini_server)
     with Router.from_config(config) as router:
         stream = router.astream("count")
 
