@@ -129,9 +129,9 @@ class BreakerGate(Gate[Probe]):
     def settlements(self, attempt: Attempt, token: list[str], outcome: Outcome) -> list[Settlement]:
         if not outcome.sent:
             return []
-        if _answered(outcome.error):
-            return [Close(name) for name in token]  # the probe answered: close
         error = _failure(outcome.error)
+        if error is None:
+            return [Close(name) for name in token]  # the probe answered: close
         if not _unhealthy(error, attempt):
             # Neither healthy nor not (its caller went away, or the request was refused as sent): if this attempt was
             # the probe, another one probes now, instead of none until this probe's hold lapses.
@@ -148,13 +148,13 @@ class BreakerGate(Gate[Probe]):
         return ops
 
     def settled(self, attempt: Attempt, token: list[str], outcome: Outcome, results: Sequence[Any]) -> None:
-        if _answered(outcome.error):
+        error = _failure(outcome.error)
+        if error is None:
             for name, closed in zip(token, results, strict=False):
                 if closed:
                     self._until.pop(name, None)
                     self._event(attempt, name, "closed", "the half-open probe succeeded")
             return
-        error = _failure(outcome.error)
         retry_after = _retry_after(error)
         for name, opened in zip(self.names.get(attempt.backend, ()), results, strict=False):
             if not opened:
@@ -176,15 +176,12 @@ class BreakerGate(Gate[Probe]):
                                                     "genroute.breaker.reason": reason})
 
 
-def _answered(error: BaseException | None) -> bool:
-    """Whether an attempt that ended with ``error`` was answered: no error, or a stream its reader stopped reading
-    (chunks were arriving)."""
-    return error is None or isinstance(error, GeneratorExit)
-
-
-def _failure(error: BaseException) -> BaseException:
-    """The failure to judge the backend by: for a stream the provider failed after its first chunk, the provider's
-    failure (a 5xx, a cut connection, a 429 with its Retry-After) as it would have been before that chunk."""
+def _failure(error: BaseException | None) -> BaseException | None:
+    """The failure to judge the backend by, None for an answered attempt (no error, or a stream its reader stopped
+    reading: chunks were arriving). For a stream the provider failed after its first chunk, the provider's failure
+    (a 5xx, a cut connection, a 429 with its Retry-After) as it would have been before that chunk."""
+    if error is None or isinstance(error, GeneratorExit):
+        return None
     if isinstance(error, StreamInterrupted) and isinstance(error.__cause__, BackendUnavailable):
         return error.__cause__
     return error
