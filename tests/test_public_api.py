@@ -176,7 +176,7 @@ def test_a_routers_budget_is_typed_as_a_budget_ledger(gemini_server):
     with genroute.Router.from_config({**gemini_config(gemini_server), "policy": policy}) as router:
         budget = router.admission.budget()
     members = {name for name in vars(BudgetLedger) if not name.startswith("_")} | set(BudgetLedger.__annotations__)
-    assert members == {"field", "ledger_name", "usage"}
+    assert members == {"field", "ledger_name", "usage", "view"}
     assert (budget.field, budget.ledger_name) == ("policy", "policy")
     assert asyncio.run(budget.usage("*")) == {"spent": 0.0, "reserved": 0.0}
 
