@@ -27,6 +27,7 @@ RULES = ("fixed", "best", "one_se", "resolved")
 
 
 def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]:
+    from genroute.bench.clusters import text_groups
     from genroute.bench.compile import compile_policy
     from genroute.bench.stats import compare_paired, paired_bootstrap_ci
     from quality_report import recorded_run
@@ -46,7 +47,9 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
         learned, best = rows["compiled learned"], rows["best single (train)"]
         ids = sorted(best.scores)
         a, b = [learned.scores[i] for i in ids], [best.scores[i] for i in ids]
-        cmp = compare_paired(a, b, a="learned", b="best single", seed=args.seed)
+        text = {r.id: r.input for r in records}
+        groups = text_groups([text[i] for i in ids])  # records sharing an input are one input, as in the bench
+        cmp = compare_paired(a, b, a="learned", b="best single", seed=args.seed, groups=groups)
         cost_ci = paired_bootstrap_ci([learned.costs[i] for i in ids], [best.costs[i] for i in ids], seed=args.seed)
         share = learned.cost_per_request_usd / best.cost_per_request_usd if best.cost_per_request_usd else float("nan")
         verdict = "resolved" if cmp.ci[0] > 0 or cmp.ci[1] < 0 else "not resolved"
@@ -55,7 +58,7 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
             before = learned
         vs_fixed = "–"
         if before is not None and rule != "fixed":
-            d = compare_paired(a, [before.scores[i] for i in ids], a=rule, b="fixed", seed=args.seed)
+            d = compare_paired(a, [before.scores[i] for i in ids], a=rule, b="fixed", seed=args.seed, groups=groups)
             vs_fixed = (f"{d.difference:+.3f} [{d.ci[0]:+.3f}, {d.ci[1]:+.3f}], cost "
                         f"{learned.cost_per_request_usd / before.cost_per_request_usd:.0%} of fixed")
         weight = f"{report.learned_cost_weight:.3g}" if report.learned_cost_weight is not None else "–"

@@ -14,7 +14,8 @@ number came from:
   ``tuning_cpu_seconds``) × ``cpu_usd_per_hour``. A missing input leaves the cost unknown and the text says which;
 - quality: the paired difference tuned − ICL on the same records (``genroute.bench.stats``); unresolved (the CI
   holds 0 or the exact test does not reject), not resolved for want of records (fewer than
-  ``paired.MIN_PAIRED_N`` shared records) or not measured makes the verdict "inconclusive".
+  ``paired.MIN_PAIRED_N`` shared inputs, repeats of one input counting once) or not measured makes the verdict
+  "inconclusive".
 """
 
 from __future__ import annotations
@@ -88,10 +89,11 @@ class GraduationAdvice(BaseModel):
 def advise(summaries: Sequence[Summary], settings: AdvisorSettings | None = None, *,
            icl: str | None = None, tuned: str | None = None, kinds: dict[str, str] | None = None,
            outcomes: Sequence[Outcome] = (), tuned_info: TunedInfo | None = None, training_price: tuple[str, float]
-           | None = None, seed: int = 0) -> GraduationAdvice | None:
+           | None = None, seed: int = 0, inputs: Mapping[str, str] | None = None) -> GraduationAdvice | None:
     """Advice from the summaries and outcomes (backends found by name or ``kinds``: name -> kind); None if no ICL.
 
-    ``training_price``: the pricing table's ``(model, USD per 1M training tokens)`` for the tuned model's base.
+    ``training_price``: the pricing table's ``(model, USD per 1M training tokens)`` for the tuned model's base;
+    ``inputs``: record id -> input key, so that records sharing an input count as one (``paired.compare_named``).
     """
     settings = settings or AdvisorSettings()
     kinds = kinds or {}
@@ -119,7 +121,7 @@ def advise(summaries: Sequence[Summary], settings: AdvisorSettings | None = None
     tuning, tuning_basis = tuning_cost(settings, tuned_info, training_price,
                                        tokens_per_example=tuned_s.input_tokens + tuned_s.output_tokens)
     payback = _payback(settings, tuning, c_icl - c_tuned)
-    quality = _quality(outcomes, icl_s.backend, tuned_s.backend, seed=seed) if measured else None
+    quality = _quality(outcomes, icl_s.backend, tuned_s.backend, seed=seed, inputs=inputs) if measured else None
     verdict = _verdict(quality, measured, tuned_s.backend)
     stand_in = "" if measured else f" ({tuned_s.backend}'s bare prompt standing in for a tuned model)"
     text = (f"ICL ({icl_s.backend}) sends {icl_s.input_tokens:.0f} input tokens per request vs "
@@ -244,13 +246,14 @@ def _payback(settings: AdvisorSettings, tuning: float | None, saving: float) -> 
     return out
 
 
-def _quality(outcomes: Sequence[Outcome], icl: str, tuned: str, *, seed: int) -> PairedComparison | None:
+def _quality(outcomes: Sequence[Outcome], icl: str, tuned: str, *, seed: int,
+             inputs: Mapping[str, str] | None) -> PairedComparison | None:
     from genroute.bench.paired import MIN_PAIRED_N, compare_named, scores_by_target
 
     scores: Mapping[str, Mapping[str, float]] = scores_by_target(outcomes)
     if tuned not in scores or icl not in scores or not set(scores[tuned]) & set(scores[icl]):
         return None
-    return compare_named(tuned, icl, scores, seed=seed, min_n=MIN_PAIRED_N)
+    return compare_named(tuned, icl, scores, seed=seed, min_n=MIN_PAIRED_N, inputs=inputs)
 
 
 def _verdict(quality: PairedComparison | None, measured: bool, tuned: str

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, TunedInfo, advise
+from genroute.bench.clusters import input_of
 from genroute.bench.compile import CompileReport, compile_policy
 from genroute.bench.datasets import (
     BenchRecord, check_holdout, check_quality_floor, check_records, input_groups, load_records, sample,
@@ -175,17 +176,19 @@ def report_outcomes(
     elif compile and len(records) >= 2:
         compiled = compile_policy(outcomes, records, out, seed=seed, source=source, embedder=embedder,
                                   min_quality=min_quality, holdout=holdout, cost_weight_rule=cost_weight_rule)
-    comparisons = backend_comparisons(outcomes, seed=seed)
-    held_out = (compiled_comparisons(compiled, min_n=min_verdict_n, force=force_verdict, seed=seed)
+    inputs = input_of((r.id, r.input) for r in records)  # repeats of one input are one input in every "A vs B"
+    comparisons = backend_comparisons(outcomes, seed=seed, inputs=inputs)
+    held_out = (compiled_comparisons(compiled, min_n=min_verdict_n, force=force_verdict, seed=seed, inputs=inputs)
                 if compiled is not None else [])
     advice = advise(summaries, advisor, kinds=kinds, outcomes=outcomes, seed=seed, tuned_info=tuned_info,
-                    training_price=training_price)
+                    training_price=training_price, inputs=inputs)
     sections = []
     if command:
         sections.append(("Command", _code(command)))
     if comparisons:
         sections.append(("Paired differences (all records)",
-                         explain(MIN_PAIRED_N, held_out=False) + "\n\n" + comparison_markdown(comparisons)))
+                         explain(MIN_PAIRED_N, held_out=False, repeated=_repeated(comparisons)) + "\n\n"
+                         + comparison_markdown(comparisons)))
     if compiled is not None:
         sections.append(("Compiled policy (held-out split)", compiled_markdown(compiled, held_out, min_verdict_n)))
     elif skipped:
@@ -207,20 +210,27 @@ def report_outcomes(
 
 def compiled_markdown(compiled: CompileReport, comparisons: Sequence[PairedComparison], min_n: int) -> str:
     """The held-out comparison, its n against the minimum for a verdict, and the paired differences."""
-    n = compiled.n_held_out
+    records = compiled.n_held_out
+    # The comparisons count distinct inputs when some held-out input repeats: the minimum applies to those.
+    n = comparisons[0].n if comparisons else records
+    size = f"{n}" if n == records else f"{n} distinct inputs ({records} records)"
     if n < min_n and not any(c.decision != "no_verdict" for c in comparisons):
-        status = (f"**No verdict:** the held-out split has n = {n} records, below the minimum of {min_n} for "
-                  "deciding between policies (benchmark more records, or force one with --force-verdict). The "
-                  "differences below are printed for information only.")
+        status = (f"**No verdict:** the held-out split has n = {size}{' records' if n == records else ''}, below "
+                  f"the minimum of {min_n} for deciding between policies (benchmark more records, or force one "
+                  "with --force-verdict). The differences below are printed for information only.")
     elif n < min_n:
-        status = (f"Held-out n = {n}, below the minimum of {min_n} for a verdict: the verdicts below were forced "
+        status = (f"Held-out n = {size}, below the minimum of {min_n} for a verdict: the verdicts below were forced "
                   "(--force-verdict) and may not hold on more data.")
     else:
-        status = f"Held-out n = {n} (minimum for a verdict: {min_n})."
+        status = f"Held-out n = {size} (minimum for a verdict: {min_n})."
     text = compiled.markdown() + "\n" + status + "\n"
     if comparisons:
-        text += "\n" + explain(min_n) + "\n\n" + comparison_markdown(comparisons)
+        text += "\n" + explain(min_n, repeated=_repeated(comparisons)) + "\n\n" + comparison_markdown(comparisons)
     return text
+
+
+def _repeated(comparisons: Sequence[PairedComparison]) -> bool:
+    return any(c.n_records is not None for c in comparisons)
 
 
 def _code(text: str) -> str:

@@ -58,7 +58,8 @@ def compile_outcomes(
     """Compile policies on ``source`` and judge them and every baseline on held-out records (see module).
 
     ``learned=False`` skips the learned router (no embeddings: the baselines and ``cost_aware`` only).
-    Paired comparisons give no verdict below ``min_n`` evaluation records unless ``force_verdict``.
+    Paired comparisons give no verdict below ``min_n`` distinct evaluation inputs unless ``force_verdict`` (records
+    with the same input text are one input: ``genroute.bench.clusters``; costs stay paired per record).
     ``candidates`` limits the matrix to those candidates (default: every one in the file); records lacking the
     outcome of one of them are left out and counted in ``dropped``.
     ``cost_weight_rule`` chooses the cost weight written into the learned model files from out-of-fold routing
@@ -257,15 +258,18 @@ PAIRS = (("learned (text + task) at best-single quality", "best single (train)")
 
 def _comparisons(held: OutcomeMatrix, choices: Mapping[str, np.ndarray], *, min_n: int, force: bool, seed: int
                  ) -> list[Comparison]:
+    from genroute.bench.clusters import text_groups
     from genroute.bench.stats import compare_paired, paired_bootstrap_ci
 
+    groups = text_groups([r.input for r in held.records])  # a repeated question is one input, not several
     out = []
     for a, b in PAIRS:
         if a not in choices or b not in choices:
             continue
         qa, qb = mr.picked_scores(held, choices[a]), mr.picked_scores(held, choices[b])
         ca, cb = mr.picked_costs(held, choices[a]), mr.picked_costs(held, choices[b])
-        result = compare_paired(qa.tolist(), qb.tolist(), a=a, b=b, min_n=min_n, force=force, seed=seed)
+        result = compare_paired(qa.tolist(), qb.tolist(), a=a, b=b, min_n=min_n, force=force, seed=seed,
+                                groups=groups)
         out.append(Comparison(
             router=a, baseline=b, n=result.n, quality_difference=result.difference, ci=result.ci,
             verdict=result.verdict, cost_ratio=float(ca.mean() / cb.mean()) if cb.mean() > 0 else None,

@@ -5,6 +5,9 @@
 - ``compiled_comparisons``: each compiled policy against every single backend (and baseline) on the held-out
   split, refusing a verdict below ``min_n`` held-out records unless forced;
 - ``comparison_markdown``: the paired-difference table.
+
+Given the records' inputs (``clusters.input_of``), records that share an input count as one input: n is the number
+of distinct inputs, and the minimums above count inputs (``genroute.bench.clusters``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from itertools import combinations
 from typing import TYPE_CHECKING
 
+from genroute.bench.clusters import groups_for
 from genroute.bench.report import markdown_row
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.bench.stats import PairedComparison, align, compare_paired
@@ -38,28 +42,35 @@ def scores_by_target(outcomes: Sequence[Outcome]) -> dict[str, dict[str, float]]
 
 
 def compare_named(a: str, b: str, scores: Mapping[str, Mapping[str, float]], *, min_n: int = MIN_PAIRED_N,
-                  force: bool = False, seed: int = 0, n_boot: int = 2000) -> PairedComparison:
-    """``a`` vs ``b`` on the records both have scores for."""
-    _, xs, ys = align(scores[a], scores[b])
-    return compare_paired(xs, ys, a=a, b=b, min_n=min_n, force=force, seed=seed, n_boot=n_boot)
+                  force: bool = False, seed: int = 0, n_boot: int = 2000,
+                  inputs: Mapping[str, str] | None = None) -> PairedComparison:
+    """``a`` vs ``b`` on the records both have scores for (``inputs``: record id -> input key, so that records
+    sharing an input count as one; ``clusters.input_of`` makes it)."""
+    ids, xs, ys = align(scores[a], scores[b])
+    return compare_paired(xs, ys, a=a, b=b, min_n=min_n, force=force, seed=seed, n_boot=n_boot,
+                          groups=groups_for(ids, inputs))
 
 
 def backend_comparisons(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000,
-                        min_n: int = MIN_PAIRED_N, force: bool = False) -> list[PairedComparison]:
-    """Every pair of targets (backends and ``@policy``), in the order they first appear, on shared records."""
+                        min_n: int = MIN_PAIRED_N, force: bool = False,
+                        inputs: Mapping[str, str] | None = None) -> list[PairedComparison]:
+    """Every pair of targets (backends and ``@policy``), in the order they first appear, on shared records
+    (``inputs``: as ``compare_named``)."""
     scores = scores_by_target(outcomes)
     names = list(scores)
-    return [compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot)
+    return [compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot, inputs=inputs)
             for a, b in combinations(names, 2) if set(scores[a]) & set(scores[b])]
 
 
 def compiled_comparisons(report: CompileReport, *, min_n: int = MIN_VERDICT_N, force: bool = False,
-                         seed: int = 0, n_boot: int = 2000) -> list[PairedComparison]:
-    """Each compiled policy against every other row that is not a compiled policy or the oracle."""
+                         seed: int = 0, n_boot: int = 2000,
+                         inputs: Mapping[str, str] | None = None) -> list[PairedComparison]:
+    """Each compiled policy against every other row that is not a compiled policy or the oracle (``inputs``: as
+    ``compare_named``)."""
     scores = {row.name: row.scores for row in report.rows if row.scores}
     compiled = [n for n in scores if n.startswith("compiled")]
     others = [n for n in scores if not n.startswith(("compiled", "oracle")) and n != POLICY_TARGET]
-    return [compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot)
+    return [compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot, inputs=inputs)
             for a in compiled for b in others]
 
 
@@ -72,7 +83,8 @@ def comparison_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
     rows = []
     for c in comparisons:
         rows.append([
-            c.a, c.b, str(c.n), f"{c.mean_a:.3f}", f"{c.mean_b:.3f}",
+            c.a, c.b, str(c.n) if c.n_records is None else f"{c.n} inputs ({c.n_records} records)",
+            f"{c.mean_a:.3f}", f"{c.mean_b:.3f}",
             f"{c.difference:+.3f} [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}]",
             "–" if c.mcnemar_p is None else f"{c.mcnemar_p:.3g}",
             "–" if c.permutation_p is None else f"{c.permutation_p:.3g}",
@@ -88,8 +100,9 @@ def comparison_markdown(comparisons: Sequence[PairedComparison]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def explain(min_n: int | None = None, *, level: float = 0.95, held_out: bool = True) -> str:
-    """The sentence that says how to read the table (``min_n``: below it no verdict; ``held_out``: of what)."""
+def explain(min_n: int | None = None, *, level: float = 0.95, held_out: bool = True, repeated: bool = False) -> str:
+    """The sentence that says how to read the table (``min_n``: below it no verdict; ``held_out``: of what;
+    ``repeated``: some input repeats, so n counts inputs)."""
     text = (f"Paired on the same records: A − B with a paired {level * 100:g} % CI (Newcombe's score interval for "
             "0/1 scores, else a paired bootstrap). A win is called only when "
             f"the CI excludes 0 and an exact test agrees at the same level (p < {1 - level:.2g}): McNemar's for 0/1 "
@@ -101,4 +114,7 @@ def explain(min_n: int | None = None, *, level: float = 0.95, held_out: bool = T
         what = "Compiled-policy verdicts need" if held_out else "A verdict needs"
         text += (f" {what} at least {min_n} {'held-out' if held_out else 'shared'} records; below that a "
                  "difference is reported as not resolved.")
+    if repeated:
+        text += (" Records with the same input (up to case and runs of whitespace) count as one input: each input's "
+                 "mean scores are compared, n is the number of distinct inputs and the minimum counts inputs.")
     return text

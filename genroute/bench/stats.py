@@ -25,7 +25,8 @@ Every comparison is paired: ``a[i]`` and ``b[i]`` are the scores of the two back
   sign-flip test for any other scores: a CI alone is too narrow at small n (5 of 10 records won one way give a
   bootstrap CI clear of 0 but an exact p of 0.0625; one record, or equal differences, give a zero-width one; on
   continuous scores with no true difference it called 18 % of n = 5 comparisons a win). Below ``min_n`` records
-  it gives no verdict (not resolved) unless forced.
+  it gives no verdict (not resolved) unless forced. Given ``groups``, records that share an input are one: all of
+  the above runs on each distinct input's mean scores and n counts inputs (``genroute.bench.clusters``).
 
 Scores must be finite (``UsageError`` naming ``scores``); ``level``, ``power``, ``n_boot``, ``seed`` and ``min_n``
 are checked too.
@@ -34,12 +35,13 @@ are checked too.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from statistics import NormalDist
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genroute.bench.clusters import cluster_means
 from genroute.bench.intervals import exact_binomial_ci, newcombe_paired_ci, newcombe_unpaired_ci
 from genroute.bounds import is_real, is_whole
 from genroute.errors import UsageError
@@ -263,7 +265,8 @@ class PairedComparison(Difference):
     else the bootstrap's), an exact test (McNemar's for 0/1 scores, else the sign-flip permutation test), a
     verdict."""
 
-    n: int
+    n: int = Field(description="Pairs compared: distinct inputs when some input repeats.")
+    n_records: int | None = Field(default=None, description="Records behind the n inputs when some input repeats.")
     mcnemar_p: float | None = Field(default=None, description="Exact McNemar p-value when all scores are 0/1.")
     a_only: int | None = None
     b_only: int | None = None
@@ -291,23 +294,31 @@ class PairedComparison(Difference):
 
 def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: str = "A", b: str = "B",
                    min_n: int = 0, force: bool = False, n_boot: int = 2000, level: float = 0.95,
-                   power: float = 0.8, seed: int = 0) -> PairedComparison:
+                   power: float = 0.8, seed: int = 0, groups: Sequence[Hashable] | None = None
+                   ) -> PairedComparison:
     """Compare two backends' scores on the same records, in the same order.
 
     A win is called only when the paired CI (Newcombe's score interval for 0/1 scores, else the bootstrap's)
     excludes 0 and an exact test rejects at ``1 - level``:
     McNemar's for 0/1 scores, else the paired sign-flip permutation test (``sign_flip_p``); otherwise the
     verdict says no difference was detected at this n and what the smallest detectable difference is. Below
-    ``min_n`` records no verdict is given (the numbers still are) unless ``force``. ``UsageError`` for scores
-    that are not finite, or a ``level`` / ``power`` outside (0, 1) or ``n_boot`` < 1 (naming each).
+    ``min_n`` records no verdict is given (the numbers still are) unless ``force``. ``groups`` (one key per pair,
+    e.g. the input's ``input_key``): pairs sharing a key are one input, so everything above (means, CI, tests,
+    ``n`` and ``min_n``) is computed over each input's mean scores (``genroute.bench.clusters``). ``UsageError``
+    for scores that are not finite, or a ``level`` / ``power`` outside (0, 1) or ``n_boot`` < 1 (naming each).
     """
     check_level(level)
     check_level(power, "power")
     check_n_boot(n_boot)
     check_seed(seed)
     check_min_n(min_n)
+    n_records = len(_pairs(a_scores, b_scores))
+    if groups is not None:  # an input seen once keeps its scores: without repeats this changes nothing
+        a_scores, b_scores = cluster_means(a_scores, b_scores, groups)
     diffs = _pairs(a_scores, b_scores)
     n = len(diffs)
+    size, unit = (f"{n}", "records") if n == n_records else (f"{n} distinct inputs ({n_records} records)",
+                                                             "distinct inputs")
     mean_a = sum(map(float, a_scores)) / n if n else 0.0
     mean_b = sum(map(float, b_scores)) / n if n else 0.0
     binary = is_binary(a_scores) and is_binary(b_scores)
@@ -323,22 +334,23 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
     mde_text = "∞" if math.isinf(mde) else f"{mde:.3f}"
     if n < min_n and not force:
         winner, decision = None, "no_verdict"
-        verdict = (f"no verdict: n = {n} is below the minimum of {min_n} records for a decision, so the "
+        verdict = (f"no verdict: n = {size} is below the minimum of {min_n} {unit} for a decision, so the "
                    f"difference is not resolved (difference {diff:+.3f}, {pct} CI [{ci[0]:+.3f}, {ci[1]:+.3f}]; "
                    f"smallest detectable {mde_text})")
     elif resolved:
         winner, decision = (a if ci[0] > 0 else b), "win"
-        verdict = f"{winner} wins: {a} - {b} = {diff:+.3f}, {pct} CI [{ci[0]:+.3f}, {ci[1]:+.3f}], n = {n}"
+        verdict = f"{winner} wins: {a} - {b} = {diff:+.3f}, {pct} CI [{ci[0]:+.3f}, {ci[1]:+.3f}], n = {size}"
     else:
         winner, decision = None, "no_difference"
-        verdict = (f"no difference detected at n = {n} ({a} - {b} = {diff:+.3f}, {pct} CI "
+        verdict = (f"no difference detected at n = {size} ({a} - {b} = {diff:+.3f}, {pct} CI "
                    f"[{ci[0]:+.3f}, {ci[1]:+.3f}]; smallest detectable difference {mde_text})")
     if mcn is not None:
         verdict += f"; McNemar exact p = {mcn.p_value:.3g} ({mcn.a_only} vs {mcn.b_only} discordant)"
     if perm is not None:
         verdict += f"; sign-flip permutation p = {perm:.3g}"
     return PairedComparison(
-        a=a, b=b, n=n, mean_a=mean_a, mean_b=mean_b, difference=diff, ci=ci, level=level,
+        a=a, b=b, n=n, n_records=None if n == n_records else n_records, mean_a=mean_a, mean_b=mean_b,
+        difference=diff, ci=ci, level=level,
         mcnemar_p=None if mcn is None else mcn.p_value, a_only=None if mcn is None else mcn.a_only,
         b_only=None if mcn is None else mcn.b_only, permutation_p=perm, min_detectable=mde, min_n=min_n,
         resolved=resolved, winner=winner, decision=decision, verdict=verdict,

@@ -1,7 +1,9 @@
 """The promotion rule: promote a challenger when its quality difference to the incumbent has a 95 % CI lower bound
 above ``-margin`` on at least ``min_n`` records and it is cheaper; otherwise say why not.
 
-In shadow mode the two are compared on the same requests (paired). In split mode each request went to one arm, so
+In shadow mode the two are compared on the same requests (paired); requests whose captured input text is the same
+(up to case and runs of whitespace) are one input, compared by their mean scores, and ``min_n`` counts inputs
+(``genroute.bench.clusters``). In split mode each request went to one arm, so
 the arms are compared unpaired: each arm's mean score over the requests routed to it (the arm a request was routed
 to, even when it fell back to the other backend: what its users got), a two-sample CI of the difference, and each
 arm's cost per request from its own records. For 0/1 scores both CIs are Newcombe's score intervals
@@ -18,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from genroute.bounds import is_real, is_whole
+from genroute.bench.clusters import text_groups
 from genroute.bench.stats import PairedComparison, UnpairedComparison, compare_paired, compare_unpaired
 from genroute.errors import UsageError
 from genroute.outcomes.records import OutcomeRecord, Side
@@ -69,7 +72,8 @@ class Promotion(BaseModel):
         if isinstance(c, UnpairedComparison):
             sample = f"unpaired (split arms: {c.n_a} vs {c.n_b} requests)"
         else:
-            sample = f"n = {self.n} paired"
+            sample = f"n = {self.n} paired" if c.n_records is None else \
+                f"n = {self.n} distinct inputs ({c.n_records} paired requests)"
             mcnemar_p, permutation_p = c.mcnemar_p, c.permutation_p
         head = (f"decide: {self.challenger} vs {self.incumbent} on task {self.task!r}, {sample}: quality "
                 f"{c.mean_a:.3f} vs {c.mean_b:.3f}, difference {c.difference:+.3f}, 95% CI [{c.ci[0]:+.3f}, "
@@ -99,10 +103,15 @@ def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: 
     paired = [r for r in mine if _scored(r.outcomes.get(incumbent)) and _scored(r.outcomes.get(challenger))]
     a = [float(r.outcomes[challenger].score) for r in paired]  # type: ignore[arg-type]
     b = [float(r.outcomes[incumbent].score) for r in paired]  # type: ignore[arg-type]
-    comparison = compare_paired(a, b, a=challenger, b=incumbent, min_n=min_n, seed=seed)
+    # Requests with the same captured input are one input (each compared by its mean scores): repeats of one
+    # question are not independent evidence. Without captured text each request is an input of its own.
+    comparison = compare_paired(a, b, a=challenger, b=incumbent, min_n=min_n, seed=seed,
+                                groups=text_groups([r.input for r in paired]))
     sides = {name: [r.outcomes[name] for r in paired] for name in (incumbent, challenger)}
-    reasons = [f"only {len(paired)} paired outcomes; the decision needs {min_n}"] if len(paired) < min_n else []
-    return _promotion(task, incumbent, challenger, margin, len(paired), comparison, sides, reasons,
+    n = comparison.n
+    what = "paired outcomes" if comparison.n_records is None else f"distinct inputs ({len(paired)} paired outcomes)"
+    reasons = [f"only {n} {what}; the decision needs {min_n}"] if n < min_n else []
+    return _promotion(task, incumbent, challenger, margin, n, comparison, sides, reasons,
                       cloud=uses_cloud_equivalent(paired), design="paired")
 
 

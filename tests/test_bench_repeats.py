@@ -1,0 +1,91 @@
+"""Records that repeat one input are one input in every paired comparison: the bench's, the advisor's and the
+graduation's shadow comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from genroute.bench.clusters import cluster_means, text_groups
+from genroute.bench.datasets import BenchRecord
+from genroute.bench.harness import report_outcomes
+from genroute.bench.runner import Outcome
+from genroute.bench.stats import compare_paired
+from genroute.errors import UsageError
+from genroute.graduation import decide_promotion
+from genroute.outcomes import OutcomeRecord, Side
+
+# The shape a helper found: 33 records, 28 of them one question up to case and spacing, which B answers and A
+# does not; of the 5 other questions B answers 3.
+TEXTS = ["same text LABEL=x"] * 25 + ["Same  TEXT LABEL=x"] * 3 + [f"other {i} LABEL=y" for i in range(5)]
+A = [0.0] * 33
+B = [1.0] * 28 + [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_repeats_of_one_input_are_one_input_so_a_record_level_win_is_not_resolved() -> None:
+    assert compare_paired(A, B, a="cheap", b="smart", min_n=20).decision == "win"  # as the records alone read
+    cmp = compare_paired(A, B, a="cheap", b="smart", min_n=20, groups=text_groups(TEXTS))
+    assert (cmp.n, cmp.n_records) == (6, 33) and cmp.decision == "no_verdict" and cmp.winner is None
+    assert cmp.verdict.startswith("no verdict: n = 6 distinct inputs (33 records) is below the minimum of 20 "
+                                  "distinct inputs")
+    # Forced, the exact test sees 4 inputs won one way (p = 0.125): not resolved either.
+    forced = compare_paired(A, B, a="cheap", b="smart", min_n=20, force=True, groups=text_groups(TEXTS))
+    assert forced.decision == "no_difference" and (forced.a_only, forced.b_only) == (0, 4)
+    assert forced.mcnemar_p == pytest.approx(0.125) and "n = 6 distinct inputs (33 records)" in forced.verdict
+    assert (forced.mean_a, forced.mean_b) == (0.0, pytest.approx(4 / 6))  # each input weighted once
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ([1, 0] * 30 + [1] * 10, [0, 1] * 30 + [0] * 10),     # 0/1 scores: Newcombe and McNemar
+    ([0.5, 0.25, 1.0, 0.75] * 6, [0.25, 0.5, 0.5, 0.0] * 6),  # graded: bootstrap and sign flips
+])
+def test_without_repeats_the_comparison_is_the_record_level_one(a: list[float], b: list[float]) -> None:
+    plain = compare_paired(a, b, a="x", b="y", min_n=20)
+    grouped = compare_paired(a, b, a="x", b="y", min_n=20, groups=text_groups([f"q{i}" for i in range(len(a))]))
+    assert grouped == plain and grouped.n_records is None
+
+
+def test_cluster_means_average_each_input_in_first_seen_order() -> None:
+    xs, ys = cluster_means([1, 0, 1, 0.5], [0, 0, 1, 1], ["k", "j", "k", "i"])
+    assert (xs, ys) == ([1.0, 0, 0.5], [0.5, 0, 1])
+    with pytest.raises(UsageError) as err:
+        cluster_means([1, 0], [0, 0], ["k"])
+    assert err.value.field == "groups"
+    # A request whose text was not captured is an input of its own.
+    assert len(set(text_groups([None, None, "a", "A "]))) == 3
+
+
+def test_the_bench_report_and_advisor_count_distinct_inputs(tmp_path: Path) -> None:
+    records = [BenchRecord(id=f"r{i:02d}", input=text, output="x") for i, text in enumerate(TEXTS)]
+    outcomes = [Outcome(backend=name, record_id=r.id, ok=True, scorer="exact", score=scores[i])
+                for name, scores in (("icl", A), ("tuned", B)) for i, r in enumerate(records)]
+    report = report_outcomes(outcomes, records, tmp_path, kinds={"icl": "icl", "tuned": "tuned"}, compile=False)
+    (cmp,) = report.comparisons
+    assert (cmp.n, cmp.n_records, cmp.decision) == (6, 33, "no_verdict")
+    assert report.advice is not None and report.advice.verdict == "inconclusive"  # was "graduate" on 33 records
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| icl | tuned | 6 inputs (33 records) |" in text and "count as one input" in text
+
+
+def test_the_graduation_shadow_comparison_counts_distinct_inputs() -> None:
+    def record(i: int, text: str | None) -> OutcomeRecord:
+        return OutcomeRecord(input=text, metadata={"id": str(i), "task": "t", "served": "icl"}, outcomes={
+            "icl": Side(score=A[i % 33], cost_usd=0.01, role="served"),
+            "lora": Side(score=B[i % 33], cost_usd=0.001, role="shadow")})
+
+    repeated = [record(i, TEXTS[i % 33]) for i in range(132)]  # 132 requests, 6 distinct inputs
+    decision = decide_promotion(repeated, "t", incumbent="icl", challenger="lora", min_n=100)
+    assert (decision.n, decision.comparison.n_records) == (6, 132) and not decision.promote
+    assert decision.reasons[0] == "only 6 distinct inputs (132 paired outcomes); the decision needs 100"
+    assert "n = 6 distinct inputs (132 paired requests)" in decision.line()
+    # Without captured text every request is an input of its own, as before.
+    uncaptured = decide_promotion([record(i, None) for i in range(132)], "t", incumbent="icl", challenger="lora",
+                                  min_n=100)
+    assert uncaptured.n == 132 and uncaptured.comparison.n_records is None and uncaptured.promote
+
+
+def test_one_group_per_pair_is_required() -> None:
+    with pytest.raises(UsageError) as err:
+        compare_paired([1, 0], [0, 0], groups=["a", "b", "c"])
+    assert err.value.field == "groups"
