@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from genroute.bench.report import Summary, bootstrap_ci
 from genroute.bench.runner import Outcome
 from genroute.policies.stats import BenchStats
 from genroute.router.router import Router
-from genroute.testing import GeminiTestServer, Reply
+from genroute.testing import Fault, GeminiTestServer, Reply
 from genroute.testing.replies import field_of, texts_in
 
 from .conftest import TEST_KEY
@@ -371,6 +372,54 @@ async def test_judge_errors_are_counted_and_the_judge_spend_is_a_column(server: 
     cells = dict(zip(*([c.strip() for c in line.strip("|").split("|")] for line in (header, row)), strict=True))
     assert cells["judge $"] == f"${summary.judge_cost_usd:.6f}"
     assert cells["failures"] == f"JudgeError: 1 (judge: {bad.judge_error_type}: 1)"
+
+
+def _timing_out(server: GeminiTestServer, **engine: Any) -> dict[str, Any]:
+    """``config(server)`` whose engine gives up on an attempt after 0.3 s (one attempt, no retry)."""
+    timed = config(server)
+    timed["engines"]["gemini"].update(timeout_s=0.3, **engine)
+    return timed
+
+
+def _input_cost(server: GeminiTestServer, request: Any, usd_per_1m: float) -> float:
+    """What ``request``'s prompt costs at ``usd_per_1m``, by the server's own token count (genroute's estimate)."""
+    from genroute.testing.replies import prompt_tokens
+
+    return prompt_tokens(request.body) * usd_per_1m / 1e6
+
+
+async def test_a_failed_row_costs_what_its_timed_out_attempt_was_billed(server: GeminiTestServer) -> None:
+    # The attempt went out and timed out: the provider bills its input, and the error says so (error.cost_usd).
+    # The row said 0.0, so $/request left out what failures cost although its docstring counts them.
+    server.fault(Fault.delay(2))
+    async with Router.from_config(_timing_out(server)) as router:
+        (row,) = await arun_bench(router, records()[:1], ["cheap"], resolve_scorer("label_accuracy"),
+                                  stream=False, progress=False)
+    billed = _input_cost(server, server.requests[0], 0.10)  # flash-lite's input price
+    assert not row.ok and row.error_type == "BackendUnavailable" and billed > 0
+    assert row.cost_usd == pytest.approx(billed)
+    (summary,) = summarize([row])
+    assert summary.cost_per_request_usd == pytest.approx(billed)
+
+
+async def test_a_judge_that_timed_out_costs_what_it_was_billed(server: GeminiTestServer) -> None:
+    answer = server.default_reply
+
+    def slow_judge(request: Any) -> Reply:
+        if "Is the answer correct?" in " ".join(texts_in(request.body)):
+            time.sleep(1.0)  # past the engine's 0.3 s: the judge's call is lost after it was sent
+        return answer(request)
+
+    server.default_reply = slow_judge
+    async with Router.from_config(_timing_out(server)) as router:
+        (row,) = await arun_bench(router, records()[:1], ["cheap"], resolve_scorer("judge:smart"),
+                                  stream=False, progress=False)
+    (judge_call,) = [r for r in server.requests if "Is the answer correct?" in " ".join(texts_in(r.body))]
+    billed = _input_cost(server, judge_call, 0.30)  # flash's input price
+    assert row.error_type == "JudgeError" and row.judge_error_type == "BackendUnavailable" and billed > 0
+    assert row.judge_cost_usd == pytest.approx(billed) and row.cost_usd > 0  # the answer's cost stays apart
+    (summary,) = summarize([row])
+    assert summary.judge_cost_usd == pytest.approx(billed)
 
 
 def assert_tables_keep_their_columns(markdown: str) -> int:

@@ -150,8 +150,9 @@ async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scor
         async with answering_router(router, record, target, POLICY_TARGET) as answering:
             result = await _answer(answering, request, stream)
     except Exception as exc:  # noqa: BLE001 - one bad record must not end a long run; the type is reported
+        # What the failed request cost (attempts that timed out or were cut are billed) is the row's cost.
         return Outcome(**base, ok=False, error_type=type(exc).__name__, error=str(exc)[:500],
-                       latency_s=time.perf_counter() - start)
+                       latency_s=time.perf_counter() - start, cost_usd=spent(exc))
     usage = result.usage
     answer = dict(
         answer=result.text, tool_calls=[{"name": c.name, "args": c.args} for c in result.tool_calls],
@@ -168,8 +169,13 @@ async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scor
         judged = scorer.judge is not None
         return Outcome(**base, **answer, ok=False, error_type="JudgeError" if judged else "ScorerError",
                        error=f"{type(exc).__name__}: {exc}"[:500],
-                       judge_error_type=type(exc).__name__ if judged else None)
+                       judge_error_type=type(exc).__name__ if judged else None, judge_cost_usd=spent(exc))
     return Outcome(**base, **answer, ok=True, score=score, judge_cost_usd=judge_cost)
+
+
+def spent(error: Exception) -> float:
+    """What the request that raised ``error`` cost (a genroute error says; any other, nothing known)."""
+    return float(error.cost_usd) if isinstance(error, GenrouteError) else 0.0
 
 
 async def _answer(router: Router, request: GenerateRequest, stream: bool) -> GenerateResult:
