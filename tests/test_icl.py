@@ -491,6 +491,76 @@ async def test_expired_cache_is_answered_inline_then_recreated(gemini_server: Ge
     assert len(caches.creates) == 2
 
 
+async def test_a_vertex_cache_pays_its_creation_as_input_and_its_span_carries_the_cost(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Vertex AI bills the tokens that create a context cache at the standard input price, on top of their storage
+    # (its context cache overview); genroute charged the storage alone, and put no cost on the create's span.
+    from genroute.runtime.pricing import DEFAULT_PRICES
+    from genroute.testing.credentials import write_credentials
+    from genroute.types import Usage
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(write_credentials(tmp_path / "adc.json")))
+    collection, _ = await loaded(knowledge, tmp_path)
+    caches = CacheRoutes(gemini_server)
+    gemini_server.reply_text("pin", usage=(10, 1))
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"] = {"kind": "gemini", "base_url": gemini_server.base_url,
+                                   "vertex": {"project": "p", "location": "europe-west4"}}
+    config["knowledge"] = knowledge.config
+    config["backends"]["icl"] = {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash", "selector": "fixed",
+                                 "k": 8, "collection": collection, "context_cache": {"min_tokens": 20, "ttl_s": 600}}
+    config["policy"] = {"kind": "static", "backend": "icl"}
+    async with Router.from_config(config, **otel.providers) as r:
+        result = await r.agenerate("I forgot my PIN")
+    (name,) = caches.caches
+    assert name.startswith("projects/p/locations/europe-west4/cachedContents/")
+    cached, price = caches.caches[name].tokens, DEFAULT_PRICES["gemini-2.5-flash"]
+    storage = cached * (600 / 3600) * price.cache_storage / 1e6
+    creation = cached * price.input / 1e6
+    answer = price.cost(Usage(input_tokens=10 + cached, output_tokens=1, cached_input_tokens=cached))
+    assert result.cache_storage_cost_usd == pytest.approx(storage)
+    assert result.cost_usd == pytest.approx(creation + storage + answer) and not result.cost_estimated
+    (span,) = otel.spans("create_cached_content")
+    assert span.attributes["gen_ai.usage.cost.amount"] == pytest.approx(creation + storage)
+    assert "genroute.cost.estimated" not in span.attributes
+
+
+async def test_a_cache_create_lost_after_it_was_sent_is_charged_its_estimated_storage(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path) -> None:
+    # The create timed out: the server made the cache (billed for its lifetime) though its name never came back.
+    from genroute.runtime.pricing import DEFAULT_PRICES
+    from genroute.testing.replies import prompt_tokens
+
+    collection, _ = await loaded(knowledge, tmp_path)
+    caches = CacheRoutes(gemini_server)
+    gemini_server.fault(Fault.delay(1.5))  # the first request is the create
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"]["timeout_s"] = 0.5
+    config["knowledge"] = knowledge.config
+    config["backends"]["icl"] = {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash", "selector": "fixed",
+                                 "k": 8, "collection": collection, "system": "Label the intent.",
+                                 "context_cache": {"min_tokens": 20, "ttl_s": 600}}
+    config["policy"] = {"kind": "static", "backend": "icl"}
+    async with Router.from_config(config, **otel.providers) as r:
+        result = await r.agenerate("I forgot my PIN")
+    assert result.text == "echo: I forgot my PIN"  # answered inline
+    (span,) = otel.spans("create_cached_content")
+    assert span.attributes["error.type"] == "BackendUnavailable" and span.attributes["genroute.cost.estimated"]
+    storage = span.attributes["gen_ai.usage.cost.amount"]
+    # At the prefix's tokens as the backend counts them (the answer that would have counted them never came): near
+    # the server's own count of the cache it made.
+    price = DEFAULT_PRICES["gemini-2.5-flash"]
+    (create,) = caches.creates
+    tokens = prompt_tokens({"contents": field_of(create.body, "contents"),
+                            "system": field_of(create.body, "systemInstruction")})
+    assert storage == pytest.approx(tokens * (600 / 3600) * price.cache_storage / 1e6, rel=0.5)
+    assert result.cache_storage_cost_usd == pytest.approx(storage) and result.cost_estimated
+    (call,) = generate_calls(gemini_server)
+    assert result.cost_usd == pytest.approx(storage + price.cost(result.usage))
+    assert field_of(call.body, "cachedContent") is None
+
+
 async def test_concurrent_first_requests_make_one_cache(gemini_server: GeminiTestServer, otel: Otel,
                                                         knowledge: Knowledge, tmp_path: Path) -> None:
     collection, _ = await loaded(knowledge, tmp_path)

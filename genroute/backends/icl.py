@@ -223,18 +223,18 @@ class IclBackend(SingleCallBackend):
         if token_counter().count(text) < settings.min_tokens:
             return None
 
-        async def create_and_pay() -> Any:
-            cache = await engine.create_cache(self.config.model, prefix, system=system, ttl_s=settings.ttl_s,
-                                              display_name=f"genroute-{self.name}", timeout_s=ctx.remaining_s(),
-                                              tracer=ctx.tracer)
-            # Storage is billed per token-hour for the cache's lifetime; the request that made it pays.
-            meta = cache.usage_metadata
-            tokens = meta.total_token_count if meta is not None and meta.total_token_count else None
-            ctx.charge_cache_storage(engine, self.config.model, tokens or token_counter().count(text),
-                                     settings.ttl_s)
-            return cache
+        def pay(tokens: int | None) -> float:
+            # Storage is billed per token-hour for the cache's lifetime (and, on Vertex AI, its creation as input):
+            # the request that made it pays, an estimate when the answer counted no tokens or never came.
+            counted = token_counter().count(text) if tokens is None else tokens
+            return ctx.charge_cache(engine, self.config.model, counted, settings.ttl_s, estimated=tokens is None)
 
-        return await self._caches.name((self.config.model, system, text), create_and_pay)
+        def create() -> Any:
+            return engine.create_cache(self.config.model, prefix, system=system, ttl_s=settings.ttl_s,
+                                       display_name=f"genroute-{self.name}", timeout_s=ctx.remaining_s(),
+                                       tracer=ctx.tracer, charge=pay)
+
+        return await self._caches.name((self.config.model, system, text), create)
 
     async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:
         prepared = await self.prepare(request, ctx)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from google.genai import types
     from opentelemetry import trace
 
+#: Charges a context cache's caller for what the provider bills for it, at its tokens (None: unknown, so estimated),
+#: and returns that cost in USD (``RunContext.charge_cache``).
+CacheCharge = Callable[[int | None], float]
 
 class SamplingSettings(BaseModel):
     """The sampling settings of a call, within the bounds genroute accepts (a backend's ``generation`` config and
@@ -121,13 +124,16 @@ class Engine(ABC):
 
     #: Whether ``create_cache`` makes context caches (Gemini); backends send their prefix inline otherwise.
     context_caching: ClassVar[bool] = False
+    #: Whether making a context cache bills its tokens as input too, on top of their storage (Vertex AI).
+    cache_input_billed: bool = False
 
     async def create_cache(self, model: str, contents: list[types.Content], *, ttl_s: int,
                            system: str | None = None, display_name: str | None = None,
                            timeout_s: float | None = None, tracer: trace.Tracer | None = None,
-                           ) -> types.CachedContent:
+                           charge: CacheCharge | None = None) -> types.CachedContent:
         """A context cache of ``contents`` (and ``system``) for ``model`` living ``ttl_s``; its span goes to
-        ``tracer`` (the request's). Engines without ``context_caching`` raise ``UsageError``."""
+        ``tracer`` (the request's), with what ``charge`` says it cost. Engines without ``context_caching`` raise
+        ``UsageError``."""
         from genroute.errors import UsageError
 
         raise UsageError(f"engine {self.name!r} ({self.kind}) has no context caching")

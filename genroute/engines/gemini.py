@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from genroute.engines.base import Embeddings, Engine
+from genroute.engines.base import CacheCharge, Embeddings, Engine
 from genroute.runtime.billing import bill, estimate_input, processed
 from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import map_error
@@ -113,6 +113,9 @@ class GeminiEngine(Engine):
         super().__init__(name, config)
         self.config: GeminiEngineConfig = config
         self.provider = "gcp.vertex_ai" if config.vertex is not None else "gcp.gemini"
+        # Vertex AI bills a cache's creation at the standard input price, on top of its storage (its context cache
+        # overview); the Developer API documents no such charge.
+        self.cache_input_billed = config.vertex is not None
         if config.base_url is None and self.base_url is not None and url_problem(self.base_url):
             # The SDK's variable, checked as the setting is (else a retryable error on every request).
             raise ConfigError(f"{url_problem(self.base_url)} (engines.{name} reads it)", field=self._base_url_env)
@@ -428,40 +431,24 @@ class GeminiEngine(Engine):
     async def create_cache(self, model: str, contents: list[types.Content], *, ttl_s: int,
                            system: str | None = None, display_name: str | None = None,
                            timeout_s: float | None = None, tracer: trace.Tracer | None = None,
-                           ) -> types.CachedContent:
-        """A context cache of ``contents`` (and ``system``) for ``model``, in a ``create_cached_content`` span.
+                           charge: CacheCharge | None = None) -> types.CachedContent:
+        """A context cache of ``contents`` (and ``system``) for ``model``, in a ``create_cached_content`` span;
+        ``charge`` prices what it is billed for and charges the caller (``traced_create``).
 
         One attempt, no retries: a cache only saves money, so a caller that cannot get one sends the
         prefix inline at once rather than waiting through backoffs.
         """
         from google.genai import types
-        from opentelemetry import trace
 
-        from genroute.runtime.telemetry import TRACER_NAME
+        from genroute.engines.gemini_cache import traced_create
 
         seconds = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
         cfg = types.CreateCachedContentConfig(
             contents=contents, system_instruction=system, ttl=f"{ttl_s}s", display_name=display_name,
             http_options=types.HttpOptions(headers=_server_timeout(seconds)),
         )
-        tracer = tracer or trace.get_tracer(TRACER_NAME)
-        with tracer.start_as_current_span(
-            f"create_cached_content {model}", kind=trace.SpanKind.CLIENT, record_exception=False,
-            set_status_on_exception=False,
-            attributes={"gen_ai.operation.name": "create_cached_content", "gen_ai.provider.name": self.provider,
-                        "gen_ai.request.model": model, "genroute.cache.ttl_s": ttl_s},
-        ) as span:
-            try:
-                cache = await self._call(self._aio().caches.create(model=model, config=cfg), seconds)
-            except GenrouteError as exc:
-                span.set_attribute("error.type", type(exc).__name__)
-                span.set_status(trace.StatusCode.ERROR, type(exc).__name__)  # never the provider's message
-                raise
-            if cache.name:
-                span.set_attribute("genroute.cache.name", cache.name)
-            if cache.usage_metadata is not None and cache.usage_metadata.total_token_count is not None:
-                span.set_attribute("genroute.cache.tokens", cache.usage_metadata.total_token_count)
-        return cache
+        return await traced_create(self._call(self._aio().caches.create(model=model, config=cfg), seconds),
+                                   self.provider, model, ttl_s, tracer=tracer, charge=charge)
 
     async def aclose(self) -> None:
         """Close the clients' HTTP sessions."""

@@ -13,11 +13,17 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.errors import BackendRejected, BackendUnavailable, GenrouteError
+
+if TYPE_CHECKING:
+    from google.genai import types
+    from opentelemetry import trace
+
+    from genroute.engines.base import CacheCharge
 
 # Gemini answers a request naming an expired or deleted cache with e.g. 403 "CachedContent not found
 # (or permission denied)"; other wordings seen mention "cached content" too.
@@ -93,6 +99,52 @@ class PrefixCaches:
         for key, (have, _) in list(self._entries.items()):
             if have == name:
                 del self._entries[key]
+
+
+async def traced_create(call: Awaitable[types.CachedContent], provider: str, model: str, ttl_s: int, *,
+                        tracer: trace.Tracer | None, charge: CacheCharge | None) -> types.CachedContent:
+    """Await a cache create (``call``) in a ``create_cached_content`` span, with what ``charge`` says it cost on
+    the span: the cache's tokens as the answer counts them, or estimated for a create lost after it was sent."""
+    from opentelemetry import trace
+
+    from genroute.runtime.billing import processed
+    from genroute.runtime.telemetry import TRACER_NAME
+
+    tracer = tracer or trace.get_tracer(TRACER_NAME)
+    with tracer.start_as_current_span(
+        f"create_cached_content {model}", kind=trace.SpanKind.CLIENT, record_exception=False,
+        set_status_on_exception=False,
+        attributes={"gen_ai.operation.name": "create_cached_content", "gen_ai.provider.name": provider,
+                    "gen_ai.request.model": model, "genroute.cache.ttl_s": ttl_s},
+    ) as span:
+        try:
+            cache = await call
+        except BaseException as exc:
+            if isinstance(exc, GenrouteError):
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(trace.StatusCode.ERROR, type(exc).__name__)  # never the provider's message
+            # Lost after it was sent (a timeout, a broken connection, a cancellation): the cache was probably made,
+            # and is billed for its lifetime though its name never came back.
+            cause = (exc.__cause__ or exc) if isinstance(exc, GenrouteError) else exc  # the SDK's, before mapping
+            if charge is not None and processed(cause):
+                _priced(span, charge(None), estimated=True)
+            raise
+        if cache.name:
+            span.set_attribute("genroute.cache.name", cache.name)
+        meta = cache.usage_metadata
+        tokens = meta.total_token_count if meta is not None and meta.total_token_count else None
+        if tokens is not None:
+            span.set_attribute("genroute.cache.tokens", tokens)
+        if charge is not None:
+            _priced(span, charge(tokens), estimated=tokens is None)
+    return cache
+
+
+def _priced(span: trace.Span, cost: float, *, estimated: bool) -> None:
+    attrs: dict[str, Any] = {"gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD"}
+    if estimated:
+        attrs["genroute.cost.estimated"] = True
+    span.set_attributes(attrs)
 
 
 def cache_gone(exc: BackendRejected) -> bool:

@@ -220,15 +220,22 @@ class RunContext:
             self.cost_usd += charges.cost_usd
             self.cost_estimated = self.cost_estimated or charges.estimated
 
-    def charge_cache_storage(self, engine: Engine, model: str, tokens: int, ttl_s: float) -> float:
-        """Charge this rung for storing a context cache of ``tokens`` for ``ttl_s`` (priced per token-hour)."""
+    def charge_cache(self, engine: Engine, model: str, tokens: int, ttl_s: float, *, estimated: bool = False) -> float:
+        """Charge this rung for a context cache of ``tokens`` it made: their storage for ``ttl_s`` (priced per
+        token-hour) and, where the engine's provider bills it (``Engine.cache_input_billed``), their creation at the
+        input price; return that cost. ``estimated``: ``tokens`` is an estimate."""
         priced = engine.pricing_model(model)
-        cost = self.pricing.storage_cost(priced, tokens, ttl_s) if priced is not None else 0.0
+        if priced is None:
+            return 0.0
+        storage = self.pricing.storage_cost(priced, tokens, ttl_s)
+        cost = storage + (self.pricing.cost(priced, Usage(input_tokens=tokens)) if engine.cache_input_billed else 0.0)
         self.cost_usd += cost
-        self.cache_storage_cost_usd += cost
+        self.cache_storage_cost_usd += storage
+        self.cost_estimated = self.cost_estimated or (estimated and cost > 0)
         if cost and self.telemetry.metered:
-            self.telemetry.cost.add(cost, {"gen_ai.operation.name": "create_cached_content",
-                                           "gen_ai.provider.name": engine.provider, "gen_ai.request.model": model})
+            self.telemetry.count_cost(cost, {"gen_ai.operation.name": "create_cached_content",
+                                             "gen_ai.provider.name": engine.provider, "gen_ai.request.model": model},
+                                      estimated=estimated)
         return cost
 
     def _fail(self, span: trace.Span, attrs: dict[str, Any], exc: BaseException, start: float) -> None:
