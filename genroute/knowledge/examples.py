@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.errors import ConfigError, UsageError
-from genroute.knowledge.ingest import IngestReport, expand_paths, upsert_missing
-from genroute.runtime.billing import Charges, charging
+from genroute.knowledge.ingest import IngestReport, expand_paths, paid_for, upsert_missing
+from genroute.runtime.billing import Charges
 
 if TYPE_CHECKING:
     from opentelemetry import trace
@@ -78,7 +78,7 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
     base = await store.count(collection, kind="examples") if collection in await store.collections() else 0
     for _, meta in records.values():
         meta["ord"] += base
-    with charging(Charges()) as charges:  # what embedding the new examples costs
+    with paid_for(Charges()) as charges:  # what embedding the new examples costs
         added, batches = await upsert_missing(store, collection, records, kind="examples", batch_size=batch_size,
                                               progress=progress)
     return IngestReport(collection=collection, files=len(files), documents=total, chunks=len(records), added=added,

@@ -21,6 +21,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -242,15 +243,10 @@ async def aingest(
     if not chunks and collection not in await store.collections():
         raise _no_text()  # nothing stored to withdraw: refused, and no collection is made
     added = batches = 0
-    with charging(Charges()) as charges:  # what embedding the new chunks costs
-        try:
-            if chunks:
-                added, batches = await upsert_missing(store, collection, chunks, kind="documents",
-                                                      batch_size=batch_size, progress=progress, on_batch=on_batch)
-        except GenrouteError as exc:  # the batches stored before it were paid for (a re-run skips them)
-            exc.cost_usd += charges.cost_usd
-            exc.cost_estimated = exc.cost_estimated or charges.estimated
-            raise
+    with paid_for(Charges()) as charges:  # what embedding the new chunks costs
+        if chunks:
+            added, batches = await upsert_missing(store, collection, chunks, kind="documents",
+                                                  batch_size=batch_size, progress=progress, on_batch=on_batch)
     removed = 0
     for source, generation in sorted(generations.items()):
         removed += await _settle_source(store, collection, source, generation, chunks)
@@ -289,6 +285,19 @@ async def _settle_source(store: KnowledgeStore, collection: str, source: str, ge
         # An older run may have deleted a kept chunk between its read and our restamp: put it back.
         await upsert_missing(store, collection, {i: chunks[i] for i in sorted(mine)}, kind="documents")
     return len(stale)
+
+
+@contextmanager
+def paid_for(charges: Charges) -> Iterator[Charges]:
+    """``charging(charges)``; a genroute error raised inside carries what was charged before it (the batches stored
+    before a failure were paid for, and a re-run skips them)."""
+    with charging(charges):
+        try:
+            yield charges
+        except GenrouteError as exc:
+            exc.cost_usd += charges.cost_usd
+            exc.cost_estimated = exc.cost_estimated or charges.estimated
+            raise
 
 
 async def upsert_missing(
