@@ -236,6 +236,10 @@ def test_graduation_with_a_vertex_tuning_job_on_the_loopback_server(gemini_serve
     names = {s.name for s in otel.spans()}
     assert {"genroute.graduate", "genroute.graduate.export", "genroute.graduate.tune",
             "genroute.graduate.register"} <= names
+    # The job's estimated cost is on its span, as a call's is (it was on the report alone).
+    (tune,) = otel.spans("genroute.graduate.tune")
+    assert tune.attributes["gen_ai.usage.cost.amount"] == pytest.approx(report.extra["tuning_cost_usd"])
+    assert tune.attributes["gen_ai.usage.cost.currency"] == "USD" and tune.attributes["genroute.cost.estimated"]
 
 
 def test_the_advisor_uses_measured_volume_tokens_and_tuning_cost():

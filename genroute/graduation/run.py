@@ -165,6 +165,9 @@ async def _agraduate_vertex(router: Router, task: str, *, out_dir: Path, setting
             price = router.resources.pricing.training_price(settings.base_model)
             cost = None if price is None else tokens * price[1] / 1e6
             span.set_attributes({"genroute.graduate.job": result.job, "genroute.graduate.wall_s": wall_s})
+            if cost is not None:  # as a call's cost is on its span; its tokens are estimated
+                span.set_attributes({"gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD",
+                                     "genroute.cost.estimated": True})
         serve = result.endpoint or result.model or ""
         engine = settings.engine or next(n for n, e in router.resources.engines.items()
                                          if e.provider == "gcp.vertex_ai")  # the one tune_vertex tuned with
