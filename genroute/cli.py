@@ -93,8 +93,17 @@ def _main(argv: Sequence[str] | None) -> int:
             return _generate(args)
         return _ingest(args)
     except GenrouteError as exc:
-        print(f"genroute: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return exit_status(exc)
+
+
+def error_line(exc: GenrouteError) -> str:
+    """The one line a command prints for ``exc``, with what the failed work cost when it cost anything (the attempts
+    of a request that failed, the embeddings of an ingest stopped part way): there is no result to read it from."""
+    line = f"genroute: {type(exc).__name__}: {exc}"
+    if exc.cost_usd:
+        line += f" (cost ${exc.cost_usd:.6f}{', estimated' if exc.cost_estimated else ''})"
+    return line
 
 
 def _delegate(command: str, rest: list[str]) -> int:
@@ -115,7 +124,7 @@ def _delegate(command: str, rest: list[str]) -> int:
 
         return tune_main(rest)
     except GenrouteError as exc:
-        print(f"genroute: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return exit_status(exc)
 
 

@@ -73,6 +73,19 @@ def test_a_failure_at_run_time_exits_1_not_2(tmp_path, gemini_server, capsys):
     assert "BackendUnavailable" in capsys.readouterr().err
 
 
+def test_a_failed_generate_says_what_its_billed_attempts_cost(tmp_path, gemini_server, capsys):
+    # Attempts that timed out were billed their input; the error line was all a user saw, and it said no cost.
+    path = _write_config(tmp_path, gemini_server)
+    config = yaml.safe_load(path.read_text())
+    config["engines"]["gemini"].update(timeout_s=0.3, retry={"attempts": 1})
+    path.write_text(yaml.safe_dump(config))
+    gemini_server.fault(Fault.delay(2))
+    assert main(["generate", "x" * 400, "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("genroute: BackendUnavailable: ")
+    assert err.rstrip().endswith(f" (cost ${100 * 0.30 / 1e6:.6f}, estimated)")  # 400 characters: 100 tokens
+
+
 def test_ingest_is_idempotent(tmp_path, gemini_server, capsys):
     doc = tmp_path / "doc.md"
     doc.write_text("# Title\n\nThe Nimbus Kettle has a warranty of 3 years.\n\n## Care\n\nDescale monthly.\n")
