@@ -155,6 +155,25 @@ def test_a_challenger_never_shadows_the_backend_that_answers_first(first, shadow
     assert decision.rungs[0].backend == first and decision.shadow == shadow
 
 
+def test_a_shadow_is_not_run_again_on_the_fallback_rung_that_served(gemini_server, tmp_path):
+    """A cascade's fallback rung answered and is also the challenger's shadow: it ran twice, the shadow recorded
+    nothing (its record is the served one's) and was paid for all the same."""
+    from genroute.testing.faults import Fault
+
+    cascade = {"kind": "cascade", "rungs": [{"backend": "chat"}, {"backend": "pro"}]}
+    cfg = router_config(gemini_server, tmp_path, {"kind": "challenger", "task": "t", "backend": "pro",
+                                                  "mode": "shadow", "policy": cascade})
+    cfg["engines"]["gemini"]["retry"]["attempts"] = 1
+    with Router.from_config(cfg) as router:
+        gemini_server.fault(Fault.status(503))  # chat fails: pro answers
+        gemini_server.reply_text("positive")
+        gemini_server.reply_text("positive")
+        result = router.generate("good", task="t")
+        router.drain()
+    assert result.backend == "pro"
+    assert [r.model for r in gemini_server.requests] == ["models/gemini-2.5-flash", "models/gemini-2.5-pro"]
+
+
 def test_compile_from_outcomes(tmp_path, capsys):
     fill(tmp_path, 30, {"chat": (lambda i: float(i % 2), 0.0001), "pro": (1.0, 0.001)})
     OutcomeStore(tmp_path / "outcomes.db").export_jsonl(tmp_path / "matrix.jsonl")

@@ -278,6 +278,8 @@ class Executor:
         for backend in decision.shadow:
             if backend not in self.backends or draw >= decision.shadow_rates.get(backend, decision.shadow_rate):
                 continue
+            if backend == served.backend:  # a fallback rung answered: it would run again, compared with itself
+                continue
             if backend in self.unsafe_shadows:  # a policy named it per request: never repeat side effects
                 span.set_attribute("genroute.shadow.refused", backend)
                 continue
