@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 MIN_VERDICT_N = 100
 #: Shared records below which an all-records comparison (and the graduation advisor's tuned vs ICL) gives no
 #: verdict: the difference is reported as not resolved. The exact tests hold their level at any n, but cannot
-#: reject at all below 6 records, and the bootstrap CI beside them is too narrow on a few records.
+#: reject at all below 6 records, and a bootstrap CI beside them (of graded scores) is too narrow on a few records.
 MIN_PAIRED_N = 20
 
 
