@@ -520,6 +520,15 @@ def test_graduate_names_the_flag_of_a_bad_share(gemini_server, tmp_path, capsys,
     assert config.read_text() == before
 
 
+def test_graduate_refuses_register_only_with_decide(gemini_server, tmp_path, capsys):
+    """It registered the challenger (its mode printed as None) and left the decision out without a word."""
+    config, base = lora_app(gemini_server, tmp_path)
+    before = config.read_text()
+    assert cli([*base, "--register-only", "--challenger", "lora", "--decide"]) == 2
+    assert "error: --register-only: " in capsys.readouterr().err
+    assert config.read_text() == before
+
+
 def test_the_challenger_is_built_with_the_config_files_relative_paths(gemini_server, tmp_path, monkeypatch):
     """A policy's relative stats_path resolves against the config's directory when the router builds it; writing the
     challenger around it built it against the working directory, and refused a config that builds (after tuning,

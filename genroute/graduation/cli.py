@@ -69,6 +69,9 @@ def graduate_main(argv: Sequence[str]) -> int:
     if not args.decide:  # --decide keeps what the graduation set, unless told otherwise
         args.mode, args.share = args.mode or "shadow", 1.0 if args.share is None else args.share
     try:
+        if args.decide and args.register_only:  # the registration ran and the decision was left out, silently
+            raise UsageError("registers a challenger, --decide decides on one: give one of them",
+                             field="--register-only")
         _refuse_other_tuning(args)
         report = asyncio.run(_run(args))
     except GenrouteError as exc:
