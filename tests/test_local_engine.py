@@ -64,9 +64,14 @@ def test_prepare_gemma_template() -> None:
     assert prep.sampling.stop == ("<end_of_turn>",)
 
 
-@pytest.mark.parametrize("system", [types.File(name="files/x"), ["Be brief.", types.File(name="files/x")]])
+IMAGE = types.Part.from_bytes(data=b"\x89PNG", mime_type="image/png")
+
+
+@pytest.mark.parametrize("system", [types.File(name="files/x"), ["Be brief.", types.File(name="files/x")], IMAGE,
+                                    ["Be brief.", IMAGE], types.Content(parts=[types.Part(text="Be brief."), IMAGE])])
 def test_a_system_instruction_that_is_not_text_is_refused(system: object) -> None:
-    # A file in the system instruction raised AttributeError ('File' object has no attribute 'text').
+    # A file in the system instruction raised AttributeError ('File' object has no attribute 'text'); a part holding
+    # an image was dropped without a word (in contents it is refused).
     with pytest.raises(UsageError) as caught:
         prepare(user("Hi"), types.GenerateContentConfig(system_instruction=system), Defaults())
     assert caught.value.field == "config.system_instruction"

@@ -186,16 +186,22 @@ def _system_text(config: types.GenerateContentConfig) -> str:
         return ""
     if isinstance(system, str):
         return system
-    if isinstance(system, types.Content):
-        return "\n".join(p.text for p in system.parts or () if p.text)
-    if isinstance(system, types.Part):
-        return system.text or ""
-    if isinstance(system, list):
-        texts = [p if isinstance(p, str) else (p.text or "") for p in system if isinstance(p, str | types.Part)]
-        if len(texts) == len(system):
-            return "\n".join(texts)
-    # A file or an image: the local model reads text only.
-    raise UsageError("the local engine takes a system instruction of text", field="config.system_instruction")
+    parts = (system.parts or []) if isinstance(system, types.Content) else \
+        system if isinstance(system, list) else [system]
+    texts: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, types.Part) and _text_only(part):
+            texts.append(part.text or "")
+        else:  # a file or an image (a types.File, or a part holding one): the local model reads text only
+            raise UsageError("the local engine takes a system instruction of text", field="config.system_instruction")
+    return "\n".join(t for t in texts if t) if isinstance(system, types.Content) else "\n".join(texts)
+
+
+def _text_only(part: types.Part) -> bool:
+    """Whether ``part`` holds text or nothing: no image, file or call, which a system instruction would drop."""
+    return not part.model_dump(exclude_none=True).keys() - {"text", "thought", "thought_signature"}
 
 
 def render(contents: list[types.Content], config: types.GenerateContentConfig, fmt: PromptFormat,
