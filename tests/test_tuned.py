@@ -176,6 +176,17 @@ def test_a_local_tuned_backend_without_its_adapter_is_a_config_error(otel: Otel)
     assert info.value.field == "engines.local.lora_path"
 
 
+def test_a_local_tuned_backend_may_serve_a_tuned_models_own_gguf(otel: Otel, tmp_path: Any) -> None:
+    # A tuned model merged into one GGUF (model_path) is no base model: it was refused as one, for want of lora_path.
+    config = {
+        "engines": {"local": {"kind": "local", "prompt_format": "gemma", "model_path": str(tmp_path / "sft.gguf")}},
+        "backends": {"tuned": {"kind": "tuned", "engine": "local", "model": "gemma-3-270m-sft",
+                               "base_model": "gemma-3-270m"}},
+    }
+    with Router.from_config(config, **otel.providers) as router:
+        assert router.backends["tuned"].config.model == "gemma-3-270m-sft"
+
+
 @pytest.mark.local
 async def test_tuned_backend_on_the_local_engine(otel: Otel, tmp_path: Any) -> None:
     import numpy as np

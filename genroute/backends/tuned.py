@@ -1,8 +1,9 @@
 """The tuned-model backend: a supervised-fine-tuned model that gets the bare input as its prompt.
 
 The model is a Vertex AI tuned endpoint (``projects/P/locations/L/endpoints/E``), a tuned model resource,
-or, on the local engine, a model name whose engine carries a LoRA adapter (an engine without ``lora_path`` is a
-``ConfigError``: it would serve the base model). SFT taught the model the task,
+or, on the local engine, a model name whose engine carries a LoRA adapter or a tuned model's GGUF as its
+``model_path`` (an engine with neither is a ``ConfigError``: it would serve the bundled base model). SFT taught the
+model the task,
 so no instructions or examples are sent: the short prompt is the saving that tuning buys.
 
 Calls are priced at ``base_model``'s rates unless ``pricing`` names the tuned model itself (by its full
@@ -44,12 +45,13 @@ class TunedBackend(SingleCallBackend):
     def __init__(self, name: str, config: TunedConfig, resources: Resources) -> None:
         super().__init__(name, config, resources)
         engine = resources.engines.get(config.engine)
-        if engine is not None and not engine.lora_path and "lora_path" in type(engine.config).model_fields:
-            # An engine that applies a LoRA adapter but has none serves its base model: the "tuned" answers and
-            # their bench scores would be the base model's. A locally tuned model is an adapter, never a merged GGUF
-            # (``genroute.tuning.local_lora``).
-            raise ConfigError(f"a tuned backend on a local engine needs its LoRA adapter: without one, engine "
-                              f"{config.engine!r} serves the untuned base model",
+        if (engine is not None and not engine.lora_path and "lora_path" in type(engine.config).model_fields
+                and not getattr(engine.config, "model_path", None)):
+            # A local engine with neither an adapter nor a model file of its own serves the bundled base model: the
+            # "tuned" answers and their bench scores would be the base model's. (A model_path may be a tuned model
+            # merged into one GGUF, as other tools write them; genroute's own local tuning writes adapters.)
+            raise ConfigError(f"a tuned backend on a local engine needs its LoRA adapter (or a tuned model's GGUF in "
+                              f"model_path): without either, engine {config.engine!r} serves the untuned base model",
                               field=f"engines.{config.engine}.lora_path")
         # A local LoRA adapter learned the Gemma chat template around one user turn; any other
         # rendering of the prompt silently degrades it.
