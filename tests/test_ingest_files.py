@@ -95,3 +95,22 @@ def test_a_bom_does_not_hide_the_title(tmp_path: Path) -> None:
     raw = path.read_bytes().decode("utf-8")
     for doc in docs:
         assert raw[doc.offset:doc.offset + len(doc.text)] == doc.text
+
+
+async def test_files_gone_from_a_reingested_directory_lose_their_chunks(knowledge: Knowledge, tmp_path: Path) -> None:
+    # A deleted file's chunks stayed, answerable and cited, forever; a renamed one's were stored twice.
+    docs, elsewhere = tmp_path / "docs", tmp_path / "elsewhere.txt"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Apples are red.\n", encoding="utf-8")
+    (docs / "b.txt").write_text("Bananas are yellow.\n", encoding="utf-8")
+    (docs / "kept.csv").write_text("Cherries are dark.\n", encoding="utf-8")  # ingested by name: no walked suffix
+    elsewhere.write_text("Dates are sweet.\n", encoding="utf-8")
+    store, collection = knowledge.store(), knowledge.name("gone")
+    await aingest(store, [docs, docs / "kept.csv", elsewhere], collection=collection)
+    (docs / "b.txt").unlink()
+    (docs / "a.txt").rename(docs / "c.txt")
+    report = await aingest(store, [docs], collection=collection)
+    assert (report.added, report.removed) == (1, 2)
+    hits = await store.get_all(collection, kind="documents")
+    assert sorted((Path(h.metadata["source"]).name, h.text) for h in hits) == [
+        ("c.txt", "Apples are red."), ("elsewhere.txt", "Dates are sweet."), ("kept.csv", "Cherries are dark.")]

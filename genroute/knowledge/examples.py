@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.errors import ConfigError, UsageError
-from genroute.knowledge.ingest import IngestReport, expand_paths, paid_for, upsert_missing
-from genroute.runtime.billing import Charges
+from genroute.knowledge.ingest import JSONL_SUFFIXES, IngestReport, expand_paths, paid_for
+from genroute.knowledge.records import GENERATION, settle_sources, upsert_missing, withdraw_deleted
+from genroute.runtime.billing import Charges, charging
 
 if TYPE_CHECKING:
     from opentelemetry import trace
@@ -59,19 +60,27 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
     """Load JSONL example files into ``collection`` (idempotent: content ids, stored ones skipped).
 
     Every file is read and checked before anything is written, so a bad line anywhere (named as
-    ``path:line`` in the ``UsageError``'s field) leaves the collection as it was.
+    ``path:line`` in the ``UsageError``'s field) leaves the collection as it was. The collection then holds each
+    file's examples as the file holds them now: examples an earlier load stored that the file no longer has (an
+    edited output or label, a removed line) are deleted, as ingestion does with chunks; so are those of files gone
+    from a directory of ``paths``. A directory's ``.jsonl``/``.ndjson`` files are read, nothing else.
     """
     started = time.perf_counter()
-    files = expand_paths(paths)
+    files = expand_paths(paths, suffixes=JSONL_SUFFIXES)
     records: dict[str, tuple[str, dict[str, Any]]] = {}
+    produced: dict[str, set[str]] = {}
+    generations: dict[str, int] = {}
     total = 0
     for path in files:
+        generations[str(path)] = generation = time.time_ns()
+        produced[str(path)] = mine = set()
         for ex in _read_examples(path):
             rid = example_id(ex.input, ex.output, ex.label)
             meta = {"output": ex.output, "label": ex.label, "input_key": input_key(ex.input),
-                    "ord": len(records), "source": str(path),
+                    "ord": len(records), "source": str(path), GENERATION: generation,
                     "metadata": json.dumps(ex.metadata, sort_keys=True) if ex.metadata else None}
             records.setdefault(rid, (ex.input, meta))
+            mine.add(rid)
             total += 1
     # New examples go after the stored ones, so the fixed selector keeps load order across loads
     # (examples already stored are skipped and keep their place).
@@ -81,8 +90,13 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
     with paid_for(Charges()) as charges:  # what embedding the new examples costs
         added, batches = await upsert_missing(store, collection, records, kind="examples", batch_size=batch_size,
                                               progress=progress)
+    # A kept example keeps its place in the fixed selector's order.
+    removed = await settle_sources(store, collection, generations, records, kind="examples", produced=produced,
+                                   kept_as_stored=("ord",))
+    removed += await withdraw_deleted(store, collection, paths, files, kind="examples")
     return IngestReport(collection=collection, files=len(files), documents=total, chunks=len(records), added=added,
-                        skipped=len(records) - added, batches=batches, seconds=time.perf_counter() - started,
+                        skipped=len(records) - added, batches=batches, removed=removed,
+                        seconds=time.perf_counter() - started,
                         cost_usd=charges.cost_usd, cost_estimated=charges.estimated)
 
 

@@ -3,7 +3,8 @@
 Chunk ids are hashes of a chunk's source and text, and each batch is one Chroma upsert (written whole or not at
 all), so a run killed half-way and run again ends with exactly one copy of every chunk. Chunks already stored are
 skipped before embedding, which makes the re-run cheap as well as correct; chunks a re-ingested file no longer
-produces are deleted after the new ones are in.
+produces are deleted after the new ones are in, and so are those of a file gone from a directory that is
+re-ingested (deleted or renamed since).
 
 A source is keyed by its resolved path (symlinks and ``..`` resolved, absolute), so one file is stored once
 however it is spelled. Runs may overlap (two processes, or two machines on one ``chroma run`` server): each
@@ -17,20 +18,19 @@ chunks stay until the file is next ingested; nothing current is ever lost.)
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from genroute.bounds import is_whole
 from genroute.errors import GenrouteError, UsageError
 from genroute.knowledge.chunking import Chunk, chunk_text, stored_chunk_id, token_counter
+from genroute.knowledge.records import GENERATION, settle_sources, upsert_missing, withdraw_deleted
 from genroute.runtime.billing import Charges, charging
 
 if TYPE_CHECKING:
@@ -41,9 +41,6 @@ MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 PDF_SUFFIXES = frozenset({".pdf"})
 SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | JSONL_SUFFIXES | PDF_SUFFIXES
-DEFAULT_BATCH = 256
-#: Metadata key of a chunk's generation stamp: when (wall-clock ns) the run that last wrote it read its file.
-GENERATION = "genroute.generation"
 # Markdown lines end at \n, \r\n or a lone \r (CommonMark); a heading or fence is matched on a line without its end.
 _LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)?")
 _HEADING = re.compile(r"(#{1,6})[ \t]+(.+?)[ \t#]*")
@@ -86,8 +83,9 @@ class Document:
     offset: int = 0
 
 
-def expand_paths(paths: Sequence[str | Path], *, field: str = "paths") -> list[Path]:
-    """Files named by ``paths`` (directories walked for known suffixes); missing → ``UsageError``."""
+def expand_paths(paths: Sequence[str | Path], *, field: str = "paths",
+                 suffixes: frozenset[str] = SUFFIXES) -> list[Path]:
+    """Files named by ``paths`` (directories walked for ``suffixes``); missing → ``UsageError``."""
     if isinstance(paths, str | Path):
         raise UsageError("pass a list of paths, not one path", field=field)
     if not paths:
@@ -96,9 +94,9 @@ def expand_paths(paths: Sequence[str | Path], *, field: str = "paths") -> list[P
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
             if not found:
-                raise UsageError(f"{path} holds no {', '.join(sorted(SUFFIXES))} files", field=field)
+                raise UsageError(f"{path} holds no {', '.join(sorted(suffixes))} files", field=field)
             files.update(dict.fromkeys(p.resolve() for p in found))
         elif path.is_file():
             files[path.resolve()] = None
@@ -221,7 +219,8 @@ async def aingest(
     """Chunk ``paths`` into ``collection``: skip chunks already stored, upsert the rest batch by batch.
 
     Then drop the chunks an earlier run stored for these same sources that the files no longer produce (an
-    edited file leaves no stale text behind, an emptied one no text at all). New chunks are written before old ones
+    edited file leaves no stale text behind, an emptied one no text at all), and the chunks of files that were
+    under a directory of ``paths`` and are gone from it (deleted, or renamed). New chunks are written before old ones
     are removed, so a run killed part-way loses nothing, and a re-run finishes the job. Files that hold no text,
     with no stored chunks of theirs to remove either, are a ``UsageError`` (nothing written, no collection made).
     """
@@ -247,9 +246,8 @@ async def aingest(
         if chunks:
             added, batches = await upsert_missing(store, collection, chunks, kind="documents",
                                                   batch_size=batch_size, progress=progress, on_batch=on_batch)
-    removed = 0
-    for source, generation in sorted(generations.items()):
-        removed += await _settle_source(store, collection, source, generation, chunks)
+    removed = await settle_sources(store, collection, generations, chunks, kind="documents")
+    removed += await withdraw_deleted(store, collection, paths, files, kind="documents")
     if not chunks and not removed:
         raise _no_text()  # the files were empty before too: nothing changed
     return IngestReport(collection=collection, files=len(files), documents=documents, chunks=len(chunks),
@@ -260,31 +258,6 @@ async def aingest(
 
 def _no_text() -> UsageError:
     return UsageError("the files hold no text to ingest", field="paths")
-
-
-async def _settle_source(store: KnowledgeStore, collection: str, source: str, generation: int,
-                         chunks: Mapping[str, tuple[str, dict[str, Any]]]) -> int:
-    """After this run's writes: stamp its kept chunks, delete older stale ones, re-add any an older run removed.
-
-    Returns how many stale chunks were deleted.
-    """
-    mine = {i for i, (_, meta) in chunks.items() if meta["source"] == source}
-    stored = await store.metadatas_where(collection, {"source": source}, kind="documents")
-    stamps = {i: int(meta.get(GENERATION, 0)) for i, meta in stored.items()}
-    # Chunks an earlier run wrote and this one kept are this reading's now: an overlapping older run
-    # (which only deletes below its own stamp) must not take them.
-    restamp = sorted(i for i in mine if i in stamps and stamps[i] < generation)
-    await store.update_metadatas(collection, restamp, [chunks[i][1] for i in restamp], kind="documents")
-    stale = sorted(i for i, stamp in stamps.items() if i not in mine and stamp < generation)
-    unstamped = [i for i in stale if GENERATION not in stored[i]]  # written before stamps existed
-    await store.delete(collection, unstamped, kind="documents")
-    # ``where`` re-checks the stamp at delete time: a newer run may have taken the chunk since the read above.
-    await store.delete(collection, [i for i in stale if GENERATION in stored[i]], kind="documents",
-                       where={GENERATION: {"$lt": generation}})
-    if max(stamps.values(), default=0) <= generation:  # still the newest reading of this file
-        # An older run may have deleted a kept chunk between its read and our restamp: put it back.
-        await upsert_missing(store, collection, {i: chunks[i] for i in sorted(mine)}, kind="documents")
-    return len(stale)
 
 
 @contextmanager
@@ -298,44 +271,6 @@ def paid_for(charges: Charges) -> Iterator[Charges]:
             exc.cost_usd += charges.cost_usd
             exc.cost_estimated = exc.cost_estimated or charges.estimated
             raise
-
-
-async def upsert_missing(
-    store: KnowledgeStore,
-    collection: str,
-    records: Mapping[str, tuple[str, dict[str, Any]]],
-    *,
-    kind: Literal["documents", "examples"],
-    batch_size: int | None = None,
-    progress: bool = False,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> tuple[int, int]:
-    """Upsert ``records`` (id -> (text, metadata)) batch by batch, skipping ids already stored.
-
-    Each batch is one Chroma upsert, so a run killed half-way leaves whole batches, and a re-run adds exactly
-    what is missing. Returns (records added, batches written).
-    """
-    if batch_size is not None and (not is_whole(batch_size) or batch_size < 1):
-        raise UsageError(f"must be a whole number >= 1 (or None for the default), got {batch_size!r}",
-                         field="batch_size")
-    await store.collection(collection, kind=kind, create=True)
-    limit = await asyncio.to_thread(store.max_batch_size)
-    size = max(1, min(limit, batch_size or DEFAULT_BATCH))
-    ids = list(records)
-    added = batches = 0
-    with _progress(progress, len(ids), collection) as advance:
-        for start in range(0, len(ids), size):
-            batch = ids[start:start + size]
-            present = await store.existing_ids(collection, batch, kind=kind)
-            todo = [i for i in batch if i not in present]
-            await store.upsert(collection, todo, [records[i][0] for i in todo], [records[i][1] for i in todo],
-                               kind=kind)
-            added += len(todo)
-            batches += 1
-            advance(len(batch))
-            if on_batch is not None:
-                on_batch(batches, start + len(batch))
-    return added, batches
 
 
 def ingest(store: KnowledgeStore, paths: Sequence[str | Path], *, collection: str, **kwargs: Any) -> IngestReport:
@@ -352,30 +287,3 @@ def _check_chunk_size(store: KnowledgeStore, chunk_tokens: int) -> None:
     if limit is not None and chunk_tokens > limit:
         raise UsageError(f"{chunk_tokens} exceeds what the embedder reads ({limit} tokens); "
                          "the rest of each chunk would be ignored", field="chunk_tokens")
-
-
-class _progress:
-    """A rich progress bar (or nothing), as a context manager yielding ``advance(n)``."""
-
-    def __init__(self, enabled: bool, total: int, collection: str) -> None:
-        self.enabled = enabled
-        self.total = total
-        self.collection = collection
-        self._bar: Any = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        # On stderr: stdout is the caller's (`genroute ingest` prints its report there, perhaps into a file).
-        self._bar = Progress(TextColumn("ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeRemainingColumn(), transient=False, console=Console(stderr=True))
-        self._bar.start()
-        task = self._bar.add_task(self.collection, total=self.total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.stop()

@@ -300,7 +300,8 @@ class KnowledgeStore:
 
     async def update_metadatas(self, name: str, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]], *,
                                kind: Kind) -> None:
-        """Replace the metadata of stored ``ids`` (texts and vectors stay; ids no longer stored are skipped)."""
+        """Set the given metadata keys of stored ``ids`` (other keys, texts and vectors stay; ids no longer stored
+        are skipped)."""
         if not ids:
             return
         col = await self.collection(name, kind=kind)

@@ -1,0 +1,175 @@
+"""Writing records into a collection so that it mirrors the files read: what ingestion and example loading share.
+
+Each batch is one Chroma upsert (written whole or not at all) of the records not stored yet. Afterwards each source
+(file) read is settled: records it no longer produces are deleted, but only those older than this run's reading of
+it (``GENERATION`` stamps), so overlapping runs never delete each other's newer records (see ``ingest``). Records of
+files gone from a directory that was read are withdrawn too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from genroute.bounds import is_whole
+from genroute.errors import UsageError
+
+if TYPE_CHECKING:
+    from genroute.knowledge.store import KnowledgeStore
+
+DEFAULT_BATCH = 256
+#: Metadata key of a record's generation stamp: when (wall-clock ns) the run that last wrote it read its file.
+GENERATION = "genroute.generation"
+
+
+async def settle_sources(store: KnowledgeStore, collection: str, generations: Mapping[str, int],
+                         records: Mapping[str, tuple[str, dict[str, Any]]], *,
+                         kind: Literal["documents", "examples"], produced: Mapping[str, set[str]] | None = None,
+                         kept_as_stored: tuple[str, ...] = ()) -> int:
+    """After a run's writes, settle each source it read (resolved path -> generation) against ``records``.
+
+    ``records`` maps ids to (text, metadata); ``produced`` maps each source to the ids it produced (default: the
+    ids whose metadata's ``source`` names it; an example two files hold is stored once but produced by both).
+    ``kept_as_stored``: metadata keys a record already stored keeps (an example's place in load order). Returns how
+    many stale records were deleted.
+    """
+    mine: dict[str, set[str]] = {source: set() for source in generations}
+    if produced is None:
+        for rid, (_, meta) in records.items():
+            mine[meta["source"]].add(rid)
+    else:
+        mine.update(produced)
+    run = _Settling(store, collection, kind, records, kept_as_stored, set().union(*mine.values()))
+    removed = 0
+    for source, generation in sorted(generations.items()):
+        removed += await run.settle(source, generation, mine[source])
+    return removed
+
+
+@dataclass(frozen=True)
+class _Settling:
+    """One run's settling: the records it produced (``taken``: by any source it read) and how to write them."""
+
+    store: KnowledgeStore
+    collection: str
+    kind: Literal["documents", "examples"]
+    records: Mapping[str, tuple[str, dict[str, Any]]]
+    kept_as_stored: tuple[str, ...]
+    taken: set[str]
+
+    def _meta(self, rid: str, source: str) -> dict[str, Any]:
+        return {k: v for k, v in {**self.records[rid][1], "source": source}.items() if k not in self.kept_as_stored}
+
+    async def settle(self, source: str, generation: int, mine: set[str]) -> int:
+        """After this run's writes: stamp its kept records, delete older stale ones, re-add any an older run
+        removed. Returns how many stale records were deleted."""
+        store, collection, kind = self.store, self.collection, self.kind
+        stored = await store.metadatas_where(collection, {"source": source}, kind=kind)
+        stamps = {i: int(meta.get(GENERATION, 0)) for i, meta in stored.items()}
+        # Records an earlier run wrote and this one kept are this reading's now: an overlapping older run
+        # (which only deletes below its own stamp) must not take them. Their metadata is this reading's too (a
+        # chunk's offsets move when text above it is edited); one another file read now holds moves to that file.
+        restamp = {i: self._meta(i, source) for i in mine if i in stamps and stamps[i] < generation}
+        moved = {i: self._meta(i, self.records[i][1]["source"]) for i in stamps if i not in mine and i in self.taken}
+        ids = sorted(restamp | moved)
+        await store.update_metadatas(collection, ids, [(restamp | moved)[i] for i in ids], kind=kind)
+        stale = sorted(i for i, stamp in stamps.items() if i not in mine and i not in moved and stamp < generation)
+        unstamped = [i for i in stale if GENERATION not in stored[i]]  # written before stamps existed
+        await store.delete(collection, unstamped, kind=kind)
+        # ``where`` re-checks the stamp at delete time: a newer run may have taken the record since the read above.
+        await store.delete(collection, [i for i in stale if GENERATION in stored[i]], kind=kind,
+                           where={GENERATION: {"$lt": generation}})
+        if max(stamps.values(), default=0) <= generation:  # still the newest reading of this file
+            # An older run may have deleted a kept record between its read and our restamp: put it back.
+            await upsert_missing(store, collection, {i: (self.records[i][0], {**self.records[i][1], "source": source})
+                                                     for i in sorted(mine)}, kind=kind)
+        return len(stale)
+
+
+async def withdraw_deleted(store: KnowledgeStore, collection: str, paths: Sequence[str | Path],
+                           files: Sequence[Path], *, kind: Literal["documents", "examples"]) -> int:
+    """Delete the records of files that were under a directory of ``paths`` and are gone from it (deleted or
+    renamed since they were ingested); ``files`` are the ones this run read there. Returns how many went."""
+    folders = [Path(p).resolve() for p in paths if Path(p).is_dir()]
+    if not folders or collection not in await store.collections():
+        return 0
+    others = await store.metadatas_where(collection, {"source": {"$nin": sorted(str(f) for f in files)}}, kind=kind)
+    gone = sorted(i for i, meta in others.items() if _gone_from(meta.get("source"), folders))
+    await store.delete(collection, gone, kind=kind)
+    return len(gone)
+
+
+def _gone_from(source: Any, folders: Sequence[Path]) -> bool:
+    # A file still there was left out on purpose (another suffix, ingested by name): only a missing one goes.
+    if not isinstance(source, str):
+        return False
+    path = Path(source)
+    return any(path.is_relative_to(folder) for folder in folders) and not path.is_file()
+
+
+async def upsert_missing(
+    store: KnowledgeStore,
+    collection: str,
+    records: Mapping[str, tuple[str, dict[str, Any]]],
+    *,
+    kind: Literal["documents", "examples"],
+    batch_size: int | None = None,
+    progress: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> tuple[int, int]:
+    """Upsert ``records`` (id -> (text, metadata)) batch by batch, skipping ids already stored.
+
+    Each batch is one Chroma upsert, so a run killed half-way leaves whole batches, and a re-run adds exactly
+    what is missing. Returns (records added, batches written).
+    """
+    if batch_size is not None and (not is_whole(batch_size) or batch_size < 1):
+        raise UsageError(f"must be a whole number >= 1 (or None for the default), got {batch_size!r}",
+                         field="batch_size")
+    await store.collection(collection, kind=kind, create=True)
+    limit = await asyncio.to_thread(store.max_batch_size)
+    size = max(1, min(limit, batch_size or DEFAULT_BATCH))
+    ids = list(records)
+    added = batches = 0
+    with _progress(progress, len(ids), collection) as advance:
+        for start in range(0, len(ids), size):
+            batch = ids[start:start + size]
+            present = await store.existing_ids(collection, batch, kind=kind)
+            todo = [i for i in batch if i not in present]
+            await store.upsert(collection, todo, [records[i][0] for i in todo], [records[i][1] for i in todo],
+                               kind=kind)
+            added += len(todo)
+            batches += 1
+            advance(len(batch))
+            if on_batch is not None:
+                on_batch(batches, start + len(batch))
+    return added, batches
+
+
+class _progress:
+    """A rich progress bar (or nothing), as a context manager yielding ``advance(n)``."""
+
+    def __init__(self, enabled: bool, total: int, collection: str) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.collection = collection
+        self._bar: Any = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        # On stderr: stdout is the caller's (`genroute ingest` prints its report there, perhaps into a file).
+        self._bar = Progress(TextColumn("ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), transient=False, console=Console(stderr=True))
+        self._bar.start()
+        task = self._bar.add_task(self.collection, total=self.total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
