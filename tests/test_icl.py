@@ -616,3 +616,17 @@ async def test_reloading_an_edited_example_file_replaces_its_examples(knowledge:
     assert [(e.input, e.output) for e in chosen] == [("I hate it", "negative"), ("Meh", "neutral"),
                                                      ("I love it", "positive")]
     assert {e.metadata["source"] for e in chosen} == {str(fixed), str(shared)}
+
+
+async def test_examples_loaded_since_the_first_selection_are_candidates(knowledge: Knowledge, tmp_path: Path) -> None:
+    # The index was queried for at most the count read on the first selection: after another process loaded more
+    # examples, knn showed 2 of the k=3 asked for, however many were stored.
+    store, collection = knowledge.store(), knowledge.name("grown")
+    await aload_examples(store, [write_examples(tmp_path / "a.jsonl", EXAMPLES[4:6])], collection=collection)
+    examples = ExampleStore(store, collection)
+    assert len(await examples.select("where is my card", strategy="knn", k=3)) == 2
+    await aload_examples(knowledge.store(), [write_examples(tmp_path / "b.jsonl", EXAMPLES[:4])],
+                         collection=collection)
+    for strategy in ("knn", "mmr", "balanced"):
+        chosen = await examples.select("where is my card", strategy=strategy, k=3)
+        assert len(chosen) == 3 and "card_arrival" in {e.label for e in chosen}, strategy

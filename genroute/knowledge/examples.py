@@ -171,16 +171,17 @@ class ExampleStore:
             rng = random.Random(f"{seed}:{key}")  # reproducible per (seed, request)
             eligible = [r for r in await self.pool() if r.metadata.get("input_key") != key]
             return rng.sample(eligible, min(k, len(eligible)))
-        fetch = k if strategy == "knn" else _candidates(k, fetch_k)
-        size = await self.size()  # the index is queried directly: no need to hold every example
-        want = min(fetch, size)
+        want = k if strategy == "knn" else _candidates(k, fetch_k)
+        # An empty collection is refused (counted once). The index is queried directly, not capped by that count:
+        # examples loaded since (by another process too) are candidates at once.
+        await self.size()
         vector = (await self.store.embedder.aembed([text], tracer=tracer))[0]
         mmr_needs = strategy == "mmr"
         # A metadata filter makes Chroma search several times slower, so over-fetch a little and drop
         # leaks here; only if more than the slack leaked (many copies of the input) query with the filter.
         slack = 2
         hits = await self.store.query_vector(self.collection, vector, kind="examples",
-                                             k=min(want + slack, size), include_embeddings=mmr_needs,
+                                             k=want + slack, include_embeddings=mmr_needs,
                                              field=self.field)
         kept = [h for h in hits if h.metadata.get("input_key") != key]
         if len(kept) < want and len(kept) < len(hits) and len(hits) == want + slack:
