@@ -114,3 +114,21 @@ async def test_files_gone_from_a_reingested_directory_lose_their_chunks(knowledg
     hits = await store.get_all(collection, kind="documents")
     assert sorted((Path(h.metadata["source"]).name, h.text) for h in hits) == [
         ("c.txt", "Apples are red."), ("elsewhere.txt", "Dates are sweet."), ("kept.csv", "Cherries are dark.")]
+
+
+async def test_a_collection_made_again_elsewhere_is_read_by_its_name(knowledge: Knowledge, tmp_path: Path) -> None:
+    # A running router held the collection's old id: after another process deleted it and ingested again (what the
+    # embedder-mismatch error tells a user to do), its next request failed with a UsageError naming that id.
+    old, new = tmp_path / "old.txt", tmp_path / "new.txt"
+    old.write_text("Apples are red.\n", encoding="utf-8")
+    new.write_text("Bananas are yellow.\n", encoding="utf-8")
+    running, other, collection = knowledge.store(), knowledge.store(), knowledge.name("remade")
+    await aingest(running, [old], collection=collection)
+    assert [h.text for h in await running.query(collection, "apples", kind="documents", k=1)] == ["Apples are red."]
+    await other.delete_collection(collection)
+    await aingest(other, [new], collection=collection)
+    assert [h.text for h in await running.query(collection, "fruit", kind="documents", k=5)] == ["Bananas are yellow."]
+    await other.delete_collection(collection)
+    with pytest.raises(UsageError) as err:
+        await running.query(collection, "fruit", kind="documents", k=5, field="backends.docs.collection")
+    assert err.value.field == "backends.docs.collection" and f"unknown collection {collection!r}" in err.value.message

@@ -354,12 +354,12 @@ def _command_lines(text: str) -> dict[str, set[str]]:
 
 
 def test_every_collection_name_the_readme_shows_is_one_chroma_takes() -> None:
-    from genroute.knowledge.store import _check_name
+    from genroute.knowledge.collection_checks import check_collection_name
 
     names = re.findall(r"--collection ([a-z][\w.-]*)", README.read_text(encoding="utf-8"))  # METAVARS are upper
     assert names
     for name in names:
-        _check_name(name, "collection")  # UsageError for a name Chroma refuses (too short, say)
+        check_collection_name(name, "collection")  # UsageError for a name Chroma refuses (too short, say)
 
 
 def test_every_command_line_flag_the_readme_shows_exists(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError
 from genroute.knowledge.chroma_timeouts import Connecting
+from genroute.knowledge.collection_checks import check_collection, check_collection_name, collection_metadata
 from genroute.knowledge.store_config import (
     LocalEmbedderSpec,
     StoreConfig,
@@ -46,10 +46,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Kind = Literal["documents", "examples", "routes"]
 
-_META_KIND = "genroute.kind"
-_META_EMBEDDER = "genroute.embedder"
-_META_EMBEDDER_KIND = "genroute.embedder_kind"
-_META_DIMENSION = "genroute.dimension"
 
 
 @dataclass(frozen=True)
@@ -199,7 +195,7 @@ class KnowledgeStore:
             return cached
         from chromadb.errors import NotFoundError
 
-        _check_name(name, field)  # before the client: an embedded one makes its directory
+        check_collection_name(name, field)  # before the client: an embedded one makes its directory
         client = self.client()
         try:
             col = client.get_collection(name, embedding_function=None)
@@ -210,10 +206,9 @@ class KnowledgeStore:
                                  field=field) from exc
             col = client.get_or_create_collection(
                 name, embedding_function=None, configuration=self._configuration(),
-                metadata={_META_KIND: kind, _META_EMBEDDER_KIND: self.embedder.name(),
-                          _META_EMBEDDER: self.embedder.model, _META_DIMENSION: self.embedder.dimension},
+                metadata=collection_metadata(kind, self.embedder),
             )
-        self._check(col, kind, field)
+        check_collection(col, kind, self.embedder, field=field)
         self._collections[name] = col
         return col
 
@@ -223,31 +218,27 @@ class KnowledgeStore:
             hnsw["ef_search"] = self.config.ef_search
         return {"hnsw": hnsw}
 
-    def _check(self, col: Any, kind: Kind, field: str) -> None:
-        meta = col.metadata or {}
-        have_kind = meta.get(_META_KIND)
-        if have_kind is not None and have_kind != kind:
-            raise UsageError(f"collection {col.name!r} holds {have_kind}, not {kind}", field=field)
-        have = meta.get(_META_EMBEDDER)
-        made_by = meta.get(_META_EMBEDDER_KIND, self.embedder.name())  # older collections lack it
-        if (have is not None and have != self.embedder.model) or made_by != self.embedder.name():
-            raise ConfigError(
-                f"collection {col.name!r} was embedded with {have!r} ({made_by}); this store embeds with "
-                f"{self.embedder.model!r} ({self.embedder.name()}) (re-ingest, or configure the same embedder)",
-                field="knowledge.embedder",
-            )
-        width = meta.get(_META_DIMENSION)
-        if width is not None and width != self.embedder.dimension:
-            # Caught here, not as Chroma's dimension error on the first query or write.
-            raise ConfigError(
-                f"collection {col.name!r} holds {width}-wide vectors of {have or 'its embedder'}; this store "
-                f"embeds {self.embedder.dimension}-wide (set the same dimension, or re-ingest)",
-                field="knowledge.embedder.dimension",
-            )
-
     async def collection(self, name: str, *, kind: Kind, create: bool = False, field: str = "collection") -> Any:
         """Async twin of ``collection_sync``."""
         return await self._run(self.collection_sync, name, kind=kind, create=create, field=field)
+
+    def _on(self, name: str, op: Callable[[Any], T], *, kind: Kind, create: bool = False,
+            field: str = "collection") -> T:
+        """``op(collection)`` (blocking); a collection dropped since it was opened is opened again by its name."""
+        from chromadb.errors import NotFoundError
+
+        try:
+            return op(self.collection_sync(name, kind=kind, create=create, field=field))
+        except NotFoundError:
+            # Another process deleted it, and may have made it again (a re-ingest): the id we held is gone, the
+            # name may not be. Reopened, an unknown name is refused naming the known ones.
+            self._collections.pop(name, None)
+            return op(self.collection_sync(name, kind=kind, create=create, field=field))
+
+    async def _aon(self, name: str, op: Callable[[Any], T], *, kind: Kind, create: bool = False,
+                   field: str = "collection") -> T:
+        """Async twin of ``_on``."""
+        return await self._run(self._on, name, op, kind=kind, create=create, field=field)
 
     async def collections(self) -> list[str]:
         """Names of every collection in the store (none in an embedded store whose directory is not made yet)."""
@@ -270,11 +261,11 @@ class KnowledgeStore:
 
     def count_sync(self, name: str, *, kind: Kind, field: str = "collection") -> int:
         """Records in ``name`` (blocking)."""
-        return int(self._guard(lambda: self.collection_sync(name, kind=kind, field=field).count()))
+        return int(self._guard(self._on, name, lambda col: col.count(), kind=kind, field=field))
 
     async def count(self, name: str, *, kind: Kind, field: str = "collection") -> int:
         """Records in ``name``."""
-        return await self._run(self.count_sync, name, kind=kind, field=field)
+        return int(await self._aon(name, lambda col: col.count(), kind=kind, field=field))
 
     def max_batch_size(self) -> int:
         """The most records Chroma accepts in one write (blocking)."""
@@ -284,8 +275,7 @@ class KnowledgeStore:
 
     async def existing_ids(self, name: str, ids: Sequence[str], *, kind: Kind) -> set[str]:
         """Which of ``ids`` are already stored."""
-        col = await self.collection(name, kind=kind, create=True)
-        got = await self._run(col.get, ids=list(ids), include=[])
+        got = await self._aon(name, lambda col: col.get(ids=list(ids), include=[]), kind=kind, create=True)
         return set(got["ids"])
 
     async def ids_where(self, name: str, where: Mapping[str, Any], *, kind: Kind) -> set[str]:
@@ -294,8 +284,7 @@ class KnowledgeStore:
 
     async def metadatas_where(self, name: str, where: Mapping[str, Any], *, kind: Kind) -> dict[str, dict[str, Any]]:
         """Id -> metadata of the records whose metadata matches ``where``."""
-        col = await self.collection(name, kind=kind)
-        got = await self._run(col.get, where=dict(where), include=["metadatas"])
+        got = await self._aon(name, lambda col: col.get(where=dict(where), include=["metadatas"]), kind=kind)
         return {i: dict(m or {}) for i, m in zip(got["ids"], got["metadatas"] or [None] * len(got["ids"]))}
 
     async def update_metadatas(self, name: str, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]], *,
@@ -304,17 +293,18 @@ class KnowledgeStore:
         are skipped)."""
         if not ids:
             return
-        col = await self.collection(name, kind=kind)
-        await self._run(col.update, ids=list(ids), metadatas=[clean_metadata(m) for m in metadatas])
+        cleaned = [clean_metadata(m) for m in metadatas]
+        await self._aon(name, lambda col: col.update(ids=list(ids), metadatas=cleaned), kind=kind)
 
     def delete_sync(self, name: str, ids: Sequence[str], *, kind: Kind, where: Mapping[str, Any] | None = None) -> None:
         """Delete ``ids`` (those also matching ``where``, if given) in batches Chroma accepts (blocking)."""
         if not ids:
             return
-        col = self.collection_sync(name, kind=kind)
         size, ids = self.max_batch_size(), list(ids)
         for start in range(0, len(ids), size):
-            self._guard(col.delete, ids=ids[start:start + size], where=dict(where) if where else None)
+            batch = ids[start:start + size]
+            self._guard(self._on, name, lambda col: col.delete(ids=batch, where=dict(where) if where else None),
+                        kind=kind)
 
     async def delete(self, name: str, ids: Sequence[str], *, kind: Kind, where: Mapping[str, Any] | None = None) -> None:
         """Delete ``ids`` (those also matching ``where``, if given) in batches Chroma accepts."""
@@ -326,10 +316,11 @@ class KnowledgeStore:
         """Embed (unless given) and upsert one batch; Chroma writes a batch as a whole."""
         if not ids:
             return
-        col = await self.collection(name, kind=kind, create=True)
+        await self.collection(name, kind=kind, create=True)  # made and checked before paying for embeddings
         vectors = list(embeddings) if embeddings is not None else await self.embedder.aembed(list(texts))
-        await self._run(col.upsert, ids=list(ids), documents=list(texts), embeddings=vectors,
-                        metadatas=[clean_metadata(m) for m in metadatas])
+        cleaned = [clean_metadata(m) for m in metadatas]
+        await self._aon(name, lambda col: col.upsert(ids=list(ids), documents=list(texts), embeddings=vectors,
+                                                     metadatas=cleaned), kind=kind, create=True)
 
     async def query(self, name: str, text: str, *, kind: Kind, k: int, where: Mapping[str, Any] | None = None,
                     include_embeddings: bool = False, field: str = "collection",
@@ -344,17 +335,16 @@ class KnowledgeStore:
                            where: Mapping[str, Any] | None = None, include_embeddings: bool = False,
                            field: str = "collection") -> list[Hit]:
         """The ``k`` records nearest to ``vector``."""
-        col = await self.collection(name, kind=kind, field=field)
         include = ["documents", "metadatas", "distances"] + (["embeddings"] if include_embeddings else [])
 
-        def run() -> Any:
+        def run(col: Any) -> Any:
             try:
                 return col.query(query_embeddings=[list(vector)], n_results=k, where=dict(where) if where else None,
                                  include=include)
             except ValueError as exc:  # Chroma validates filters with ValueError
                 raise UsageError(str(exc), field=_sibling(field, "where")) from exc
 
-        res = await self._run(run)
+        res = await self._aon(name, run, kind=kind, field=field)
         embeds = res.get("embeddings")
         return [
             Hit(id=i, text=doc or "", metadata=dict(meta or {}), distance=float(dist),
@@ -366,9 +356,8 @@ class KnowledgeStore:
     async def get_all(self, name: str, *, kind: Kind, include_embeddings: bool = False,
                       field: str = "collection") -> list[Hit]:
         """Every record of ``name`` (distance 0); for small collections such as ICL examples."""
-        col = await self.collection(name, kind=kind, field=field)
         include = ["documents", "metadatas"] + (["embeddings"] if include_embeddings else [])
-        res = await self._run(col.get, include=include)
+        res = await self._aon(name, lambda col: col.get(include=include), kind=kind, field=field)
         embeds = res.get("embeddings")
         return [
             Hit(id=i, text=doc or "", metadata=dict(meta or {}), distance=0.0,
@@ -414,14 +403,3 @@ def _sibling(field: str, name: str) -> str:
     """``backends.x.collection`` → ``backends.x.where``."""
     head, dot, _ = field.rpartition(".")
     return f"{head}{dot}{name}"
-
-
-#: What Chroma accepts as a collection name: 3-512 of letters, digits, ``.``, ``_`` and ``-``, starting and ending
-#: with a letter or digit.
-_COLLECTION_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{1,510})[A-Za-z0-9]")
-
-
-def _check_name(name: Any, field: str) -> None:
-    if not isinstance(name, str) or not _COLLECTION_NAME.fullmatch(name) or ".." in name:
-        raise UsageError(f"collection names are 3-512 letters, digits, '.', '_' or '-', starting and ending with a "
-                         f"letter or digit; got {name!r}", field=field)

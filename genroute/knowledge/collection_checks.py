@@ -1,0 +1,63 @@
+"""What a genroute collection records about itself, and the checks made when one is opened.
+
+A collection records what it holds (documents, examples, routes) and which embedder filled it, at what width:
+opening it with another embedder is a ``ConfigError`` rather than silently meaningless distances.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from genroute.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from genroute.knowledge.embedders import Embedder
+
+_META_KIND = "genroute.kind"
+_META_EMBEDDER = "genroute.embedder"
+_META_EMBEDDER_KIND = "genroute.embedder_kind"
+_META_DIMENSION = "genroute.dimension"
+
+
+def collection_metadata(kind: str, embedder: Embedder) -> dict[str, Any]:
+    """The metadata a new collection of ``kind`` filled by ``embedder`` is made with."""
+    return {_META_KIND: kind, _META_EMBEDDER_KIND: embedder.name(), _META_EMBEDDER: embedder.model,
+            _META_DIMENSION: embedder.dimension}
+
+
+def check_collection(col: Any, kind: str, embedder: Embedder, *, field: str) -> None:
+    """Refuse a collection that holds another kind (``UsageError`` naming ``field``) or was filled by another
+    embedder or width (``ConfigError`` naming ``knowledge.embedder``)."""
+    meta = col.metadata or {}
+    have_kind = meta.get(_META_KIND)
+    if have_kind is not None and have_kind != kind:
+        raise UsageError(f"collection {col.name!r} holds {have_kind}, not {kind}", field=field)
+    have = meta.get(_META_EMBEDDER)
+    made_by = meta.get(_META_EMBEDDER_KIND, embedder.name())  # older collections lack it
+    if (have is not None and have != embedder.model) or made_by != embedder.name():
+        raise ConfigError(
+            f"collection {col.name!r} was embedded with {have!r} ({made_by}); this store embeds with "
+            f"{embedder.model!r} ({embedder.name()}) (re-ingest, or configure the same embedder)",
+            field="knowledge.embedder",
+        )
+    width = meta.get(_META_DIMENSION)
+    if width is not None and width != embedder.dimension:
+        # Caught here, not as Chroma's dimension error on the first query or write.
+        raise ConfigError(
+            f"collection {col.name!r} holds {width}-wide vectors of {have or 'its embedder'}; this store "
+            f"embeds {embedder.dimension}-wide (set the same dimension, or re-ingest)",
+            field="knowledge.embedder.dimension",
+        )
+
+
+#: What Chroma accepts as a collection name: 3-512 of letters, digits, ``.``, ``_`` and ``-``, starting and ending
+#: with a letter or digit.
+_COLLECTION_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{1,510})[A-Za-z0-9]")
+
+
+def check_collection_name(name: Any, field: str) -> None:
+    """Refuse (``UsageError`` naming ``field``) a collection name Chroma would refuse."""
+    if not isinstance(name, str) or not _COLLECTION_NAME.fullmatch(name) or ".." in name:
+        raise UsageError(f"collection names are 3-512 letters, digits, '.', '_' or '-', starting and ending with a "
+                         f"letter or digit; got {name!r}", field=field)
