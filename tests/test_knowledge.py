@@ -265,11 +265,17 @@ async def test_gemini_embedder_store_and_mismatch(tmp_path: Path, gemini_server)
     with pytest.raises(ConfigError) as err:
         await local.query("docs", "tide pools", kind="documents", k=2)
     assert err.value.field == "knowledge.embedder" and "gemini-embedding-001" in str(err.value)
+    # What it says to do can be done: ingesting into this collection is refused the same way.
+    assert "ingest into a new collection" in err.value.message
+    with pytest.raises(ConfigError) as again:
+        await aingest(local, write_corpus(tmp_path / "docs", docs=5), collection="docs", chunk_tokens=60)
+    assert again.value.field == "knowledge.embedder"
     narrow = build_store({**config, "embedder": {**config["embedder"], "dimension": 256}},
                          engines={"gemini": engine})
     with pytest.raises(ConfigError) as err:  # Chroma's own dimension error would come from the query
         await narrow.query("docs", "tide pools", kind="documents", k=2)
     assert err.value.field == "knowledge.embedder.dimension" and "768" in str(err.value)
+    assert "ingest into a new collection" in err.value.message
     sent = [field_of(r, "outputDimensionality") for q in gemini_server.requests
             if q.action == "batchEmbedContents" for r in field_of(q.body, "requests")]
     assert sent and set(sent) == {768}

@@ -18,6 +18,8 @@ _META_KIND = "genroute.kind"
 _META_EMBEDDER = "genroute.embedder"
 _META_EMBEDDER_KIND = "genroute.embedder_kind"
 _META_DIMENSION = "genroute.dimension"
+#: How to refill a collection with another embedder: ingesting into this one is refused by this very check.
+_REMEDY = "ingest into a new collection and use that one"
 
 
 def collection_metadata(kind: str, embedder: Embedder) -> dict[str, Any]:
@@ -38,7 +40,7 @@ def check_collection(col: Any, kind: str, embedder: Embedder, *, field: str) -> 
     if (have is not None and have != embedder.model) or made_by != embedder.name():
         raise ConfigError(
             f"collection {col.name!r} was embedded with {have!r} ({made_by}); this store embeds with "
-            f"{embedder.model!r} ({embedder.name()}) (re-ingest, or configure the same embedder)",
+            f"{embedder.model!r} ({embedder.name()}) ({_REMEDY}, or configure the same embedder)",
             field="knowledge.embedder",
         )
     width = meta.get(_META_DIMENSION)
@@ -46,7 +48,7 @@ def check_collection(col: Any, kind: str, embedder: Embedder, *, field: str) -> 
         # Caught here, not as Chroma's dimension error on the first query or write.
         raise ConfigError(
             f"collection {col.name!r} holds {width}-wide vectors of {have or 'its embedder'}; this store "
-            f"embeds {embedder.dimension}-wide (set the same dimension, or re-ingest)",
+            f"embeds {embedder.dimension}-wide (set the same dimension, or {_REMEDY})",
             field="knowledge.embedder.dimension",
         )
 
