@@ -130,13 +130,14 @@ built_usage = builder(Usage)
 
 class Citation(_Frozen):
     """A retrieved chunk an answer was grounded on: where it is (``source``; ``start``/``end``, character offsets
-    into the file as it is, for chunks ``genroute ingest`` stored) and how close it was (``score``)."""
+    for chunks ``genroute ingest`` stored: into a text or Markdown file as it is, a JSONL record's text (the record
+    ``doc_id`` names) or a PDF page's extracted text (``section``)) and how close it was (``score``)."""
 
     chunk_id: str
     source: str
     score: float
     title: str | None = None
-    #: The document's own id (a JSONL record's ``id``), the Markdown section it came from, and its offsets.
+    #: The document's own id (a JSONL record's ``id``), its Markdown section or PDF page, and its offsets.
     doc_id: str | None = None
     section: str | None = None
     start: int | None = None

@@ -109,7 +109,8 @@ def read_documents(path: Path, *, text_field: str = "text") -> Iterator[Document
     """The documents in one file: text, Markdown sections, JSONL records with ``text_field``, or PDF pages.
 
     Their ``source`` is the file's resolved path: however the file is named, it is one source. A text or Markdown
-    document's ``offset`` (and its chunks' offsets) index the file's characters as they are: CRLF and BOM included.
+    document's ``offset`` (and its chunks' offsets) index the file's characters as they are: CRLF and BOM included; a
+    JSONL record's and a PDF page's chunks index the record's text field and the page's extracted text.
     """
     path = path.resolve()
     suffix = path.suffix.lower()
