@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,20 @@ async def test_an_example_identical_to_the_request_is_never_shown(knowledge: Kno
         chosen = await examples.select(request, strategy=strategy, k=len(EXAMPLES), seed=3)  # type: ignore[arg-type]
         assert text not in [e.input for e in chosen]
         assert len(chosen) == len(EXAMPLES) - 1
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "knn"])
+async def test_an_example_in_another_unicode_composition_is_the_request(knowledge: Knowledge, tmp_path: Path,
+                                                                        strategy: str) -> None:
+    # "café" with a combining accent (NFD, as text copied from some macOS apps) was shown its own answer: knn
+    # ranked it first at a similarity of 1.0.
+    store, collection = knowledge.store(), knowledge.name("nfd")
+    rows = [("Où se trouve le café Saxon ?", "Varsovie"), ("Quelle heure est-il ?", "midi")]
+    await aload_examples(store, [write_examples(tmp_path / "fr.jsonl", rows)], collection=collection)
+    request = unicodedata.normalize("NFD", rows[0][0])
+    assert request != rows[0][0]
+    chosen = await ExampleStore(store, collection).select(request, strategy=strategy, k=2)  # type: ignore[arg-type]
+    assert [e.input for e in chosen] == [rows[1][0]]
 
 
 async def test_fixed_random_and_balanced(knowledge: Knowledge, tmp_path: Path) -> None:

@@ -143,8 +143,8 @@ def split_ids(ids: Sequence[str], *, holdout: float = 0.3, seed: int = 0) -> tup
 
 
 def input_groups(records: Sequence[BenchRecord]) -> dict[str, list[str]]:
-    """Record ids by input, texts that differ only in case or runs of whitespace being one input: the records a
-    held-out split keeps on one side."""
+    """Record ids by input, texts that differ only in case, runs of whitespace or Unicode composition being one
+    input: the records a held-out split keeps on one side."""
     from genroute.knowledge.examples import input_key
 
     groups: dict[str, list[str]] = {}
@@ -158,8 +158,8 @@ def split_by_input(records: Sequence[BenchRecord], *, holdout: float = 0.3, seed
     """``split_ids`` of the records' ids, then every record moved to the side of the smallest id sharing its input
     text: a repeated input never sits on both sides (the held-out copy of a training question is no test), and
     records whose inputs are all distinct are split exactly as ``split_ids`` splits them. Texts that differ only
-    in case or runs of whitespace are one input, as ICL's leakage check (``input_key``) and the MiniLM embedding
-    the learned router reads them."""
+    in case, runs of whitespace or Unicode composition are one input, as ICL's leakage check (``input_key``) and
+    the MiniLM embedding the learned router reads them."""
     train, held = split_ids([r.id for r in records], holdout=holdout, seed=seed)
     groups = input_groups(records)
     if len(records) >= 2 and len(groups) < 2:

@@ -193,8 +193,8 @@ def _semantic(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, x_
 
 
 def split_by_text(matrix: OutcomeMatrix, *, holdout: float, seed: int) -> tuple[OutcomeMatrix, OutcomeMatrix]:
-    """A seeded (train, held-out) split in which records with the same input text stay together (texts that
-    differ only in case or runs of whitespace are the same, as ``split_by_input`` reads them)."""
+    """A seeded (train, held-out) split in which records with the same input text stay together (texts that differ
+    only in case, runs of whitespace or Unicode composition are the same, as ``split_by_input`` reads them)."""
     from genroute.bench.datasets import split_ids
     from genroute.knowledge.examples import input_key
 

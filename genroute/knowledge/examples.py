@@ -2,8 +2,8 @@
 
 Selectors: ``fixed`` (first k in file order), ``random`` (seeded per request), ``knn`` (most similar
 inputs), ``mmr`` (similar yet mutually diverse), ``balanced`` (nearest per label, labels taken in
-turn). An example whose input equals the request's (after normalising case and whitespace) is never
-selected, so an evaluation item that is also in the store cannot leak its own answer.
+turn). An example whose input equals the request's (after normalising case, whitespace and Unicode composition) is
+never selected, so an evaluation item that is also in the store cannot leak its own answer.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +47,10 @@ class ExampleRecord:
 
 
 def input_key(text: str) -> str:
-    """The leakage key of an input: hash of its case-folded, whitespace-collapsed text."""
-    return hashlib.sha256(" ".join(text.casefold().split()).encode("utf-8")).hexdigest()[:32]
+    """The leakage key of an input: hash of its case-folded, whitespace-collapsed text in NFC."""
+    # NFC: "café" typed with a combining accent is the same text (and MiniLM embeds both alike, as the nearest).
+    folded = unicodedata.normalize("NFC", " ".join(text.casefold().split()))
+    return hashlib.sha256(folded.encode("utf-8")).hexdigest()[:32]
 
 
 def example_id(inp: str, out: str, label: str | None) -> str:
