@@ -98,33 +98,23 @@ async def test_an_ingest_that_fails_part_way_says_what_its_stored_batches_cost(g
     assert err.value.cost_estimated
 
 
-async def test_examples_loaded_part_way_say_what_their_stored_batches_cost(gemini_server: GeminiTestServer,
-                                                                           tmp_path: Path) -> None:
-    # As for an ingest: the error said 0.0 though the first batch's embedding was billed (and is kept).
-    from genroute.testing.replies import Response, embed_response, error_body
-
-    answered: list[Any] = []
-
-    def second_refused(server: GeminiTestServer, request: Any, match: Any) -> Any:
-        if answered:
-            return Response(400, error_body(400))  # an error answer: not billed
-        answered.append(request)
-        return embed_response(request.action or "", request.body, server.embedding_dim)
-
-    gemini_server.route("POST", r"/[^/]+/[^:]+:batchEmbedContents", second_refused)
+async def test_an_example_load_that_fails_part_way_says_what_its_stored_batches_cost(
+        gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    # It said 0 (and not estimated), though the first batch was embedded, paid for and stored.
     examples = tmp_path / "shots.jsonl"
-    examples.write_text("".join(json.dumps({"input": f"is grain {i} good for bread?", "output": f"g{i}"}) + "\n"
-                                for i in range(6)), encoding="utf-8")
+    examples.write_text("".join(json.dumps({"input": f"question {i}: " + "word " * 30, "output": str(i)}) + "\n"
+                                for i in range(8)), encoding="utf-8")
     router = Router.from_config(_config(gemini_server, tmp_path))
     try:
-        with pytest.raises(GenrouteError) as err:
-            await aload_examples(router.resources.knowledge, [examples], collection="shots", batch_size=3)
+        with pytest.raises(GenrouteError) as err:  # the embedding API refuses the second batch
+            await aload_examples(router.resources.knowledge, [examples], collection="shots", batch_size=4,
+                                 on_batch=lambda b, n: gemini_server.fault(Fault.status(400)) if b == 1 else None)
         stored = await router.resources.knowledge.count("shots", kind="examples")
     finally:
         await router.aclose()
-    first = _embedded(gemini_server)[:3]
-    assert stored == 3 and len(answered) == 1
-    assert len(first) == 3 and err.value.cost_usd == pytest.approx(sum(estimate_tokens(t) for t in first) * EMBED)
+    first = _embedded(gemini_server)[:4]
+    assert stored == 4
+    assert err.value.cost_usd == pytest.approx(sum(estimate_tokens(t) for t in first) * EMBED)
     assert err.value.cost_estimated
 
 

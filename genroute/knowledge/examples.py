@@ -14,15 +14,14 @@ import json
 import random
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.errors import ConfigError, UsageError
-from genroute.knowledge.ingest import JSONL_SUFFIXES, IngestReport, expand_paths, paid_for
-from genroute.knowledge.records import GENERATION, settle_sources, upsert_missing, withdraw_deleted
-from genroute.runtime.billing import Charges, charging
+from genroute.knowledge.ingest import JSONL_SUFFIXES, IngestReport, expand_paths
+from genroute.knowledge.records import GENERATION, paid_writes, settle_sources, upsert_missing, withdraw_deleted
 
 if TYPE_CHECKING:
     from opentelemetry import trace
@@ -59,14 +58,17 @@ def example_id(inp: str, out: str, label: str | None) -> str:
 
 
 async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, collection: str,
-                         batch_size: int | None = None, progress: bool = False) -> IngestReport:
+                         batch_size: int | None = None, progress: bool = False,
+                         on_batch: Callable[[int, int], None] | None = None) -> IngestReport:
     """Load JSONL example files into ``collection`` (idempotent: content ids, stored ones skipped).
 
     Every file is read and checked before anything is written, so a bad line anywhere (named as
     ``path:line`` in the ``UsageError``'s field) leaves the collection as it was. The collection then holds each
     file's examples as the file holds them now: examples an earlier load stored that the file no longer has (an
     edited output or label, a removed line) are deleted, as ingestion does with chunks; so are those of files gone
-    from a directory of ``paths``. A directory's ``.jsonl``/``.ndjson`` files are read, nothing else.
+    from a directory of ``paths``. A directory's ``.jsonl``/``.ndjson`` files are read, nothing else. A load that
+    fails part-way says on its error what the batches it stored cost; ``on_batch(batches, examples)`` is called
+    after each batch written, as ``aingest``'s.
     """
     started = time.perf_counter()
     files = expand_paths(paths, suffixes=JSONL_SUFFIXES)
@@ -90,13 +92,13 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
     base = await store.count(collection, kind="examples") if collection in await store.collections() else 0
     for _, meta in records.values():
         meta["ord"] += base
-    with paid_for(Charges()) as charges:  # what embedding the new examples costs
+    with paid_writes() as charges:  # what embedding the new examples costs
         added, batches = await upsert_missing(store, collection, records, kind="examples", batch_size=batch_size,
-                                              progress=progress)
-    # A kept example keeps its place in the fixed selector's order.
-    removed = await settle_sources(store, collection, generations, records, kind="examples", produced=produced,
-                                   kept_as_stored=("ord",))
-    removed += await withdraw_deleted(store, collection, paths, files, kind="examples")
+                                              progress=progress, on_batch=on_batch)
+        # A kept example keeps its place in the fixed selector's order.
+        removed = await settle_sources(store, collection, generations, records, kind="examples", produced=produced,
+                                       kept_as_stored=("ord",))
+        removed += await withdraw_deleted(store, collection, paths, files, kind="examples")
     return IngestReport(collection=collection, files=len(files), documents=total, chunks=len(records), added=added,
                         skipped=len(records) - added, batches=batches, removed=removed,
                         seconds=time.perf_counter() - started,

@@ -21,17 +21,15 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from genroute.errors import GenrouteError, UsageError
+from genroute.errors import UsageError
 from genroute.knowledge.chunking import Chunk, chunk_text, stored_chunk_id, token_counter
-from genroute.knowledge.records import GENERATION, settle_sources, upsert_missing, withdraw_deleted
-from genroute.runtime.billing import Charges, charging
+from genroute.knowledge.records import GENERATION, paid_writes, settle_sources, upsert_missing, withdraw_deleted
 
 if TYPE_CHECKING:
     from genroute.knowledge.store import KnowledgeStore
@@ -243,12 +241,12 @@ async def aingest(
     if not chunks and collection not in await store.collections():
         raise _no_text()  # nothing stored to withdraw: refused, and no collection is made
     added = batches = 0
-    with paid_for(Charges()) as charges:  # what embedding the new chunks costs
+    with paid_writes() as charges:  # what embedding the new chunks costs
         if chunks:
             added, batches = await upsert_missing(store, collection, chunks, kind="documents",
                                                   batch_size=batch_size, progress=progress, on_batch=on_batch)
-    removed = await settle_sources(store, collection, generations, chunks, kind="documents")
-    removed += await withdraw_deleted(store, collection, paths, files, kind="documents")
+        removed = await settle_sources(store, collection, generations, chunks, kind="documents")
+        removed += await withdraw_deleted(store, collection, paths, files, kind="documents")
     if not chunks and not removed:
         raise _no_text()  # the files were empty before too: nothing changed
     return IngestReport(collection=collection, files=len(files), documents=documents, chunks=len(chunks),
@@ -259,19 +257,6 @@ async def aingest(
 
 def _no_text() -> UsageError:
     return UsageError("the files hold no text to ingest", field="paths")
-
-
-@contextmanager
-def paid_for(charges: Charges) -> Iterator[Charges]:
-    """``charging(charges)``; a genroute error raised inside carries what was charged before it (the batches stored
-    before a failure were paid for, and a re-run skips them)."""
-    with charging(charges):
-        try:
-            yield charges
-        except GenrouteError as exc:
-            exc.cost_usd += charges.cost_usd
-            exc.cost_estimated = exc.cost_estimated or charges.estimated
-            raise
 
 
 def ingest(store: KnowledgeStore, paths: Sequence[str | Path], *, collection: str, **kwargs: Any) -> IngestReport:

@@ -9,13 +9,15 @@ files gone from a directory that was read are withdrawn too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.bounds import is_whole
-from genroute.errors import UsageError
+from genroute.errors import GenrouteError, UsageError
+from genroute.runtime.billing import Charges, charging
 
 if TYPE_CHECKING:
     from genroute.knowledge.store import KnowledgeStore
@@ -87,6 +89,19 @@ class _Settling:
             await upsert_missing(store, collection, {i: (self.records[i][0], {**self.records[i][1], "source": source})
                                                      for i in sorted(mine)}, kind=kind)
         return len(stale)
+
+
+@contextmanager
+def paid_writes() -> Iterator[Charges]:
+    """Collects what a run's embeddings cost; a genroute error leaving it says what was spent before it (the batches
+    stored were paid for, and a re-run skips them)."""
+    with charging(Charges()) as charges:
+        try:
+            yield charges
+        except GenrouteError as exc:
+            exc.cost_usd += charges.cost_usd
+            exc.cost_estimated = exc.cost_estimated or charges.estimated
+            raise
 
 
 async def withdraw_deleted(store: KnowledgeStore, collection: str, paths: Sequence[str | Path],
