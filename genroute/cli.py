@@ -67,9 +67,9 @@ def _main(argv: Sequence[str] | None) -> int:
     ingest.add_argument("--config", required=True, help="router config whose `knowledge` section names the store")
     ingest.add_argument("--kind", choices=["documents", "examples"], default="documents",
                         help="documents to chunk for RAG, or JSONL examples for ICL")
-    ingest.add_argument("--chunk-tokens", type=int, default=200)
-    ingest.add_argument("--overlap", type=int, default=40)
-    ingest.add_argument("--text-field", default="text", help="JSONL field holding the text")
+    ingest.add_argument("--chunk-tokens", type=int, default=None, help="tokens a chunk (documents; default 200)")
+    ingest.add_argument("--overlap", type=int, default=None, help="tokens chunks overlap (documents; default 40)")
+    ingest.add_argument("--text-field", default=None, help="JSONL field holding the text (documents; default text)")
 
     sub.add_parser("bench", help="compare backends on a labeled JSONL set (see `genroute bench --help`)",
                    add_help=False)

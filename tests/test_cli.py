@@ -107,6 +107,13 @@ def test_ingest_prints_its_report_alone_on_stdout_and_refuses_a_bad_name_before_
     assert "UsageError: --collection: " in capsys.readouterr().err  # the option, not ingest_paths' argument
     assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(path), "--chunk-tokens", "0"]) == 2
     assert "--chunk-tokens: must be at least 8" in capsys.readouterr().err
+    examples = tmp_path / "shots.jsonl"
+    examples.write_text('{"input": "hi", "output": "greeting"}\n')
+    for option, value in (("--text-field", "question"), ("--chunk-tokens", "50"), ("--overlap", "0")):
+        # Examples are stored whole: the option was ignored without a word.
+        assert main(["ingest", str(examples), "--kind", "examples", "--collection", "shots", "--config", str(path),
+                     option, value]) == 2
+        assert f"UsageError: {option}: is for documents" in capsys.readouterr().err
     (tmp_path / "bare").mkdir()
     bare = _write_config(tmp_path / "bare", gemini_server)  # no knowledge section at all
     assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(bare)]) == 2
