@@ -267,6 +267,20 @@ def test_citations_say_where_a_chunk_is_and_leave_out_what_was_not_stored_as_ing
     assert (second.doc_id, second.section, second.start, second.end) == (None, None, None, None)
 
 
+async def test_a_truncated_chunk_is_cited_as_far_as_it_was_shown(knowledge: Knowledge, tmp_path: Path) -> None:
+    # The citation's end was the whole chunk's, past the text the model was given.
+    doc = tmp_path / "grid.md"
+    doc.write_text("# Grid\r\n\r\n" + " ".join(f"Substation {n} feeds the northern grid." for n in range(30)),
+                   encoding="utf-8")
+    store, collection = knowledge.store(), knowledge.name("cut")
+    await aingest(store, [doc], collection=collection, chunk_tokens=200, overlap=0)
+    (best, *_), raw = await store.query(collection, "substation", kind="documents", k=1), doc.read_bytes().decode()
+    docs, (cite,) = pack([best], budget=MIN_CONTEXT_TOKENS)
+    assert len(docs[0]["text"]) < len(best.text)
+    assert (cite.start, cite.end) == (best.metadata["start"], best.metadata["start"] + len(docs[0]["text"]))
+    assert raw[cite.start:cite.end] == docs[0]["text"]
+
+
 def test_pack_leaves_out_a_passage_it_already_holds() -> None:
     same = "The reactor was commissioned in 2019."
     hits = [Hit(id="a", text=same, metadata={"source": "a.txt"}, distance=0.1),

@@ -173,10 +173,11 @@ def pack(hits: list[Hit], budget: int) -> tuple[list[dict[str, Any]], list[Citat
         seen.add(hit.text)
         text = defuse(hit.text)
         cost = counter.count(text) + WRAPPER_TOKENS
+        shown = None  # the part of a truncated chunk the prompt holds
         if used + cost > budget:
             if docs:
                 continue  # a later, shorter chunk may still fit
-            text = truncate_to_tokens(text, budget - WRAPPER_TOKENS, counter=counter)
+            text = shown = truncate_to_tokens(text, budget - WRAPPER_TOKENS, counter=counter)
             cost = budget
             if not text:
                 break
@@ -186,17 +187,23 @@ def pack(hits: list[Hit], budget: int) -> tuple[list[dict[str, Any]], list[Citat
         docs.append({"n": len(docs) + 1, "id": hit.id, "source": _attr(source),
                      "title": _attr(title) if title else None, "text": text, "score": hit.score})
         citations.append(Citation(chunk_id=hit.id, source=source, score=hit.score,
-                                  title=str(title) if title else None, **_located(hit.metadata)))
+                                  title=str(title) if title else None, **_located(hit, shown)))
     return docs, citations
 
 
-def _located(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Where a stored chunk is in its document (what ``genroute ingest`` stored; anything else is left out)."""
+def _located(hit: Hit, shown: str | None) -> dict[str, Any]:
+    """Where a stored chunk is in its document (what ``genroute ingest`` stored; anything else is left out); of a
+    chunk truncated to ``shown``, where that part is."""
+    metadata = hit.metadata
     found: dict[str, Any] = {}
     for key in ("doc_id", "section"):
         if isinstance(metadata.get(key), str):
             found[key] = metadata[key]
     start, end = metadata.get("start"), metadata.get("end")
     if type(start) is int and type(end) is int and 0 <= start <= end:
+        # A stored chunk starts at its first token, so a prefix of its text starts where it does. (Defusing changed
+        # the shown text if it is no prefix; then the whole chunk is cited.)
+        if shown is not None and hit.text.startswith(shown):
+            end = min(end, start + len(shown))
         found["start"], found["end"] = start, end
     return found
