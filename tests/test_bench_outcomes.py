@@ -127,6 +127,24 @@ def test_embedding_cache_embeds_each_text_once(embedder: LocalEmbedder, tmp_path
     assert np.array_equal(again.embed_array(["two", "one"]), a[::-1])
 
 
+def test_a_cache_file_genroute_did_not_write_is_a_usage_error(embedder: LocalEmbedder, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # numpy's reader raised from deep inside (a traceback from `genroute bench`), and vectors of another width
+    # were mixed with new ones.
+    path = CachedEmbedder(embedder, tmp_path).path
+    np.savez(path, keys=np.array(["k"]), vectors=np.zeros((1, 8), dtype=np.float32))  # another embedder's width
+    for content in (None, b"garbage", b"PK\x03\x04 cut short"):
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(UsageError) as err:
+            CachedEmbedder(embedder, tmp_path)
+        assert err.value.field == "cache_dir" and str(path) in err.value.message
+    data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))
+    assert bench_main(["--outcomes", str(data), "--out", str(tmp_path / "out"), "--embedding-cache",
+                       str(tmp_path)]) == 2
+    assert "--embedding-cache: " in capsys.readouterr().err
+
+
 class _Refusing:
     def __init__(self, model: str) -> None:
         self.model = model

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from genroute.errors import GenrouteError, exit_status
+from genroute.errors import GenrouteError, UsageError, exit_status
 
 if TYPE_CHECKING:
     from genroute.bench.advisor import AdvisorSettings
@@ -129,7 +129,6 @@ def _advisor(args: argparse.Namespace) -> AdvisorSettings:
     from pydantic import ValidationError
 
     from genroute.bench.advisor import AdvisorSettings
-    from genroute.errors import UsageError
 
     try:
         return AdvisorSettings(**{name: getattr(args, option[2:].replace("-", "_"))
@@ -154,6 +153,8 @@ def run_outcomes_cli(args: argparse.Namespace) -> int:
                                   cache_dir=args.embedding_cache, min_n=args.min_verdict_n,
                                   force_verdict=args.force_verdict, cost_weight_rule=args.cost_weight_rule)
     except GenrouteError as exc:
+        if isinstance(exc, UsageError) and exc.field == "cache_dir":  # named as the command line names it
+            exc = UsageError(exc.message, field="--embedding-cache")
         print(f"genroute bench: error: {exc}", file=sys.stderr)
         return exit_status(exc)
     print(report.markdown())

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from genroute.errors import UsageError
 
 
 class CachedEmbedder:
@@ -22,8 +25,7 @@ class CachedEmbedder:
         self.path = Path(cache_dir) / f"embeddings-{safe}.npz"
         self._vectors: dict[str, np.ndarray] = {}
         if self.path.exists():
-            with np.load(self.path, allow_pickle=False) as data:
-                self._vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+            self._vectors = _read(self.path, self.model, getattr(embedder, "dimension", None))
 
     @staticmethod
     def key(text: str) -> str:
@@ -47,3 +49,19 @@ class CachedEmbedder:
         with tmp.open("wb") as fh:
             np.savez(fh, keys=np.array(list(self._vectors)), vectors=np.stack(list(self._vectors.values())))
         os.replace(tmp, self.path)
+
+
+def _read(path: Path, model: str, width: int | None) -> dict[str, np.ndarray]:
+    """The vectors of a cache file; one genroute did not write, or of another width, is a ``UsageError`` (the
+    traceback of numpy's reader, or vectors of mixed widths, otherwise)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys, vectors = data["keys"].tolist(), data["vectors"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"{path} is not an embedding cache genroute wrote ({type(exc).__name__}); delete it, or "
+                         "cache in another directory", field="cache_dir") from None
+    if vectors.ndim != 2 or len(keys) != len(vectors) or (width is not None and vectors.shape[1] != width):
+        raise UsageError(f"{path} holds vectors of shape {vectors.shape} for {len(keys)} texts, not {model}'s "
+                         f"{width or 'same'}-wide ones; delete it, or cache in another directory", field="cache_dir")
+    return dict(zip(keys, vectors, strict=True))
+
