@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from genroute.errors import UsageError
+from genroute.errors import ConfigError, UsageError
 from genroute.knowledge import aingest
 from genroute.knowledge.ingest import chunk_documents, read_documents
 
@@ -132,3 +132,17 @@ async def test_a_collection_made_again_elsewhere_is_read_by_its_name(knowledge: 
     with pytest.raises(UsageError) as err:
         await running.query(collection, "fruit", kind="documents", k=5, field="backends.docs.collection")
     assert err.value.field == "backends.docs.collection" and f"unknown collection {collection!r}" in err.value.message
+
+
+async def test_a_collection_made_outside_genroute_at_another_width_is_a_config_error(knowledge: Knowledge) -> None:
+    # It records no embedder or width, so a query reached Chroma and came back as a UsageError naming no field
+    # ("Collection expecting embedding with dimension of 8, got 384").
+    store, collection = knowledge.store(), knowledge.name("foreign")
+    made = store.client().create_collection(collection, embedding_function=None)
+    made.add(ids=["a"], embeddings=[[0.5] * 8], documents=["Apples are red."], metadatas=[{"source": "x"}])
+    with pytest.raises(ConfigError) as err:
+        await store.query(collection, "apples", kind="documents", k=1)
+    assert err.value.field == "knowledge.embedder.dimension" and "8-wide" in err.value.message
+    empty = knowledge.name("foreign-empty")  # nothing stored says a width: opened as before
+    store.client().create_collection(empty, embedding_function=None)
+    assert await store.query(empty, "apples", kind="documents", k=1) == []

@@ -44,6 +44,8 @@ def check_collection(col: Any, kind: str, embedder: Embedder, *, field: str) -> 
             field="knowledge.embedder",
         )
     width = meta.get(_META_DIMENSION)
+    if width is None:  # made outside genroute (it records no width): a stored vector says
+        width = _stored_width(col)
     if width is not None and width != embedder.dimension:
         # Caught here, not as Chroma's dimension error on the first query or write.
         raise ConfigError(
@@ -51,6 +53,12 @@ def check_collection(col: Any, kind: str, embedder: Embedder, *, field: str) -> 
             f"embeds {embedder.dimension}-wide (set the same dimension, or {_REMEDY})",
             field="knowledge.embedder.dimension",
         )
+
+
+def _stored_width(col: Any) -> int | None:
+    """The width of a vector ``col`` holds (``None`` when it holds none)."""
+    embeddings = col.get(limit=1, include=["embeddings"]).get("embeddings")
+    return len(embeddings[0]) if embeddings is not None and len(embeddings) else None
 
 
 #: What Chroma accepts as a collection name: 3-512 of letters, digits, ``.``, ``_`` and ``-``, starting and ending
