@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from genroute.errors import ConfigError, UsageError
-from genroute.knowledge import aingest
+from genroute.knowledge import aingest, records
 from genroute.knowledge.ingest import chunk_documents, read_documents
 
 from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
@@ -97,8 +97,13 @@ def test_a_bom_does_not_hide_the_title(tmp_path: Path) -> None:
         assert raw[doc.offset:doc.offset + len(doc.text)] == doc.text
 
 
-async def test_files_gone_from_a_reingested_directory_lose_their_chunks(knowledge: Knowledge, tmp_path: Path) -> None:
-    # A deleted file's chunks stayed, answerable and cited, forever; a renamed one's were stored twice.
+@pytest.mark.parametrize("nin_limit", [records.NIN_LIMIT, 1])
+async def test_files_gone_from_a_reingested_directory_lose_their_chunks(knowledge: Knowledge, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         nin_limit: int) -> None:
+    # A deleted file's chunks stayed, answerable and cited, forever; a renamed one's were stored twice. (Past
+    # NIN_LIMIT files, 32,767 with embedded Chroma, the filter leaving the files read out was refused by SQLite.)
+    monkeypatch.setattr(records, "NIN_LIMIT", nin_limit)
     docs, elsewhere = tmp_path / "docs", tmp_path / "elsewhere.txt"
     docs.mkdir()
     (docs / "a.txt").write_text("Apples are red.\n", encoding="utf-8")

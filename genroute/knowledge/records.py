@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from genroute.knowledge.store import KnowledgeStore
 
 DEFAULT_BATCH = 256
+#: The most paths ``withdraw_deleted`` leaves out by a Chroma filter (past it, each stored source is checked here).
+NIN_LIMIT = 10_000
 #: Metadata key of a record's generation stamp: when (wall-clock ns) the run that last wrote it read its file.
 GENERATION = "genroute.generation"
 
@@ -111,7 +113,10 @@ async def withdraw_deleted(store: KnowledgeStore, collection: str, paths: Sequen
     folders = [Path(p).resolve() for p in paths if Path(p).is_dir()]
     if not folders or collection not in await store.collections():
         return 0
-    others = await store.metadatas_where(collection, {"source": {"$nin": sorted(str(f) for f in files)}}, kind=kind)
+    read = sorted(str(f) for f in files)
+    # One parameter a path: embedded Chroma's SQLite takes at most 32,766, so past NIN_LIMIT every source is read.
+    where = {"source": {"$nin": read}} if len(read) <= NIN_LIMIT else {"source": {"$ne": ""}}
+    others = await store.metadatas_where(collection, where, kind=kind)
     gone = sorted(i for i, meta in others.items() if _gone_from(meta.get("source"), folders))
     await store.delete(collection, gone, kind=kind)
     return len(gone)
