@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,17 @@ async def test_a_collection_made_outside_genroute_at_another_width_is_a_config_e
     empty = knowledge.name("foreign-empty")  # nothing stored says a width: opened as before
     store.client().create_collection(empty, embedding_function=None)
     assert await store.query(empty, "apples", kind="documents", k=1) == []
+
+
+async def test_more_kept_chunks_than_one_chroma_write_takes_are_restamped(knowledge: Knowledge) -> None:
+    # Re-ingesting a file that keeps more chunks than Chroma's max batch size (5,461), such as a JSONL corpus of
+    # 6,000 records, failed every time: their generation stamps went in one update, refused as BackendUnavailable.
+    store, collection = knowledge.store(), knowledge.name("many")
+    size = await asyncio.to_thread(store.max_batch_size)
+    ids = [f"c{n}" for n in range(size + 10)]
+    for part in (ids[:size], ids[size:]):
+        await store.upsert(collection, part, part, [{"source": "s", "n": 0}] * len(part), kind="documents",
+                           embeddings=[[1.0] + [0.0] * 383] * len(part))
+    await store.update_metadatas(collection, ids, [{"n": 1}] * len(ids), kind="documents")
+    stored = await store.metadatas_where(collection, {"n": 1}, kind="documents")
+    assert len(stored) == len(ids) and stored["c0"] == {"source": "s", "n": 1}

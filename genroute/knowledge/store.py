@@ -289,12 +289,15 @@ class KnowledgeStore:
 
     async def update_metadatas(self, name: str, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]], *,
                                kind: Kind) -> None:
-        """Set the given metadata keys of stored ``ids`` (other keys, texts and vectors stay; ids no longer stored
-        are skipped)."""
+        """Set the given metadata keys of stored ``ids`` in batches Chroma accepts (other keys, texts and vectors
+        stay; ids no longer stored are skipped)."""
         if not ids:
             return
-        cleaned = [clean_metadata(m) for m in metadatas]
-        await self._aon(name, lambda col: col.update(ids=list(ids), metadatas=cleaned), kind=kind)
+        cleaned, ids = [clean_metadata(m) for m in metadatas], list(ids)
+        size = await self._run(self.max_batch_size)  # a file re-read may keep more records than one write takes
+        for start in range(0, len(ids), size):
+            batch = slice(start, start + size)
+            await self._aon(name, lambda col: col.update(ids=ids[batch], metadatas=cleaned[batch]), kind=kind)
 
     def delete_sync(self, name: str, ids: Sequence[str], *, kind: Kind, where: Mapping[str, Any] | None = None) -> None:
         """Delete ``ids`` (those also matching ``where``, if given) in batches Chroma accepts (blocking)."""
