@@ -200,6 +200,7 @@ def test_embedder_mismatch_is_a_config_error(gemini_server: GeminiTestServer, em
     assert err.value.field == "knowledge.embedder"
     assert "'all-MiniLM-L6-v2-int8' (genroute_local_minilm)" in str(err.value) and "(genroute_gemini)" in str(err.value)
     assert "policy.collection" in str(err.value)  # the remedy that keeps the stored routes
+    assert "ingest" not in str(err.value)  # routes are not ingested: the router writes them
     assert gemini_server.requests == []  # refused before embedding anything
     assert stored(path, "genroute-routes-policy") == before  # and the collection is left as it was
 

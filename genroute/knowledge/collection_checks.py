@@ -18,8 +18,9 @@ _META_KIND = "genroute.kind"
 _META_EMBEDDER = "genroute.embedder"
 _META_EMBEDDER_KIND = "genroute.embedder_kind"
 _META_DIMENSION = "genroute.dimension"
-#: How to refill a collection with another embedder: ingesting into this one is refused by this very check.
-_REMEDY = "ingest into a new collection and use that one"
+#: How to refill a collection of ingested records with another embedder: ingesting into this one is refused by this
+#: very check. (Route collections are filled by the router: ``routes`` names their remedy.)
+_REMEDY = " (or ingest into a new collection and use that one)"
 
 
 def collection_metadata(kind: str, embedder: Embedder) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def check_collection(col: Any, kind: str, embedder: Embedder, *, field: str) -> 
     if (have is not None and have != embedder.model) or made_by != embedder.name():
         raise ConfigError(
             f"collection {col.name!r} was embedded with {have!r} ({made_by}); this store embeds with "
-            f"{embedder.model!r} ({embedder.name()}) ({_REMEDY}, or configure the same embedder)",
+            f"{embedder.model!r} ({embedder.name()}): configure the same embedder{_remedy(kind)}",
             field="knowledge.embedder",
         )
     width = meta.get(_META_DIMENSION)
@@ -50,9 +51,13 @@ def check_collection(col: Any, kind: str, embedder: Embedder, *, field: str) -> 
         # Caught here, not as Chroma's dimension error on the first query or write.
         raise ConfigError(
             f"collection {col.name!r} holds {width}-wide vectors of {have or 'its embedder'}; this store "
-            f"embeds {embedder.dimension}-wide (set the same dimension, or {_REMEDY})",
+            f"embeds {embedder.dimension}-wide: set the same dimension{_remedy(kind)}",
             field="knowledge.embedder.dimension",
         )
+
+
+def _remedy(kind: str) -> str:
+    return "" if kind == "routes" else _REMEDY
 
 
 def _stored_width(col: Any) -> int | None:
