@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import ssl
 import time
@@ -14,6 +13,7 @@ from genroute.runtime.billing import bill, estimate_input, processed
 from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import map_error
 from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig, url_problem  # noqa: F401 - VertexConfig: re-exported
+from genroute.engines.gemini_request import sdk_contents, server_timeout, with_timeout
 from genroute.engines.gemini_sessions import LoopClients, supported
 from genroute.engines.retry import call_with_retry
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, without_credentials
@@ -33,46 +33,6 @@ if TYPE_CHECKING:
 #: the SDK's merge of per-request options cost ~25 % of its throughput at 1,000 concurrent requests
 #: (``benchmarks/throughput.py``).
 _OVERRIDE_MARGIN_S = 1.0
-
-#: The header that tells the server how long the client waits (the SDK derives it from an HTTP timeout).
-_SERVER_TIMEOUT = "X-Server-Timeout"
-
-
-def _sdk_contents(contents: list[types.Content] | str) -> Any:
-    """``contents`` in the cheapest form the SDK accepts: one user turn of plain text goes as the string itself
-    (the SDK builds the same request from it with less work than it spends on a ``Content`` list)."""
-    if isinstance(contents, str):
-        return str(contents)  # a str subclass the SDK would send as an empty turn: as the plain str
-    if len(contents) == 1:
-        content = contents[0]
-        parts = content.parts
-        if content.role == "user" and parts is not None and len(parts) == 1:
-            part = parts[0]
-            if part.text is not None and part.model_fields_set == {"text"}:
-                return part.text
-    return contents
-
-
-def _server_timeout(seconds: float) -> dict[str, str]:
-    return {_SERVER_TIMEOUT: str(math.ceil(seconds))}
-
-
-def _with_timeout(config: types.GenerateContentConfig | None, seconds: float | None) -> Any:
-    """``config`` telling the server the attempt's own deadline (keeping the caller's other HTTP options).
-
-    ``None`` keeps ``config`` as it is: the client's header applies, and the SDK skips merging per-request
-    options. A config that sets nothing goes as ``None``: the SDK deep-copies and converts any config object it
-    is given, empty or not. Only the header: a timer, not an HTTP timeout, ends the attempt.
-    """
-    if seconds is None:
-        return config if config is not None and config.model_fields_set else None
-    from google.genai import types
-
-    http = config.http_options if config is not None and config.http_options is not None else types.HttpOptions()
-    http = http.model_copy(update={"headers": {**(http.headers or {}), **_server_timeout(seconds)}})
-    if config is None:
-        return types.GenerateContentConfig(http_options=http)
-    return config.model_copy(update={"http_options": http})
 
 
 def _finished(chunk: types.GenerateContentResponse) -> bool:
@@ -190,7 +150,7 @@ class GeminiEngine(Engine):
             self._http = types.HttpOptions(
                 base_url=self.base_url,
                 api_version=self.config.api_version,
-                headers=_server_timeout(self._client_timeout_s),
+                headers=server_timeout(self._client_timeout_s),
                 # Retries live in genroute.engines.retry; one attempt here also stops the SDK's
                 # implicit sleep-and-retry on connection errors.
                 retry_options=types.HttpRetryOptions(attempts=1),
@@ -311,8 +271,8 @@ class GeminiEngine(Engine):
         """One attempt: ``_call`` around the SDK call (returned, not awaited here: a request in flight holds one
         coroutine less)."""
         seconds, override = self._attempt_timeout(remaining_s)
-        call = self._aio().models.generate_content(model=model, contents=_sdk_contents(contents),
-                                       config=_with_timeout(config, override))
+        call = self._aio().models.generate_content(model=model, contents=sdk_contents(contents),
+                                       config=with_timeout(config, override))
         # An attempt the caller's timer ends on time needs no timer of its own (one more per request would only
         # add work, and objects a request in flight holds); a shorter bound, or no caller's timer, needs one.
         return self._call(call, None if bounded and seconds >= remaining_s else seconds, contents, config)
@@ -342,7 +302,7 @@ class GeminiEngine(Engine):
             async def first_chunk() -> types.GenerateContentResponse:
                 nonlocal chunks
                 chunks = await self._aio().models.generate_content_stream(
-                    model=model, contents=_sdk_contents(contents), config=_with_timeout(config, override)
+                    model=model, contents=sdk_contents(contents), config=with_timeout(config, override)
                 )
                 first = await anext(chunks, None)
                 if first is None:
@@ -387,31 +347,9 @@ class GeminiEngine(Engine):
                     output_dimensionality: int | None = None) -> Embeddings:
         """Embeddings of ``texts`` in order, ``embed_batch_size`` texts per request, with the input tokens they
         are billed (reported by Vertex AI, estimated for the Developer API: ``genroute.engines.gemini_embed``)."""
-        from google.genai import types
+        from genroute.engines.gemini_embed import embed
 
-        from genroute.engines.gemini_embed import billed_if_lost, billing_answered, count
-
-        size = self.config.embed_batch_size
-        with billing_answered(Embeddings(input_tokens=0)) as vectors:
-            for start in range(0, len(texts), size):
-                batch = texts[start : start + size]
-
-                async def attempt(remaining_s: float, batch: list[str] = batch) -> types.EmbedContentResponse:
-                    seconds, _ = self._attempt_timeout(remaining_s)
-                    cfg = types.EmbedContentConfig(
-                        task_type=task_type, output_dimensionality=output_dimensionality,
-                        http_options=types.HttpOptions(headers=_server_timeout(seconds)),
-                    )
-                    sent = self._aio().models.embed_content(model=model, contents=batch, config=cfg)
-                    return await self._call(billed_if_lost(sent, batch), seconds)
-
-                got = count(vectors, await call_with_retry(attempt, self.config.retry), batch)
-                if len(got) != len(batch):
-                    raise BackendUnavailable(
-                        f"embedding response has {len(got)} vectors for {len(batch)} texts", backend=self.name
-                    )
-                vectors.extend(got)
-        return vectors
+        return await embed(self, model, texts, task_type=task_type, output_dimensionality=output_dimensionality)
 
     async def count_tokens(self, model: str, contents: list[types.Content]) -> int:
         """Prompt tokens of ``contents`` as the API counts them."""
@@ -419,7 +357,7 @@ class GeminiEngine(Engine):
 
         async def attempt(remaining_s: float) -> int:
             seconds, _ = self._attempt_timeout(remaining_s)
-            cfg = types.CountTokensConfig(http_options=types.HttpOptions(headers=_server_timeout(seconds)))
+            cfg = types.CountTokensConfig(http_options=types.HttpOptions(headers=server_timeout(seconds)))
             result = await self._call(
                 self._aio().models.count_tokens(model=model, contents=contents, config=cfg), seconds)
             return int(result.total_tokens or 0)
@@ -445,7 +383,7 @@ class GeminiEngine(Engine):
         seconds = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
         cfg = types.CreateCachedContentConfig(
             contents=contents, system_instruction=system, ttl=f"{ttl_s}s", display_name=display_name,
-            http_options=types.HttpOptions(headers=_server_timeout(seconds)),
+            http_options=types.HttpOptions(headers=server_timeout(seconds)),
         )
         return await traced_create(self._call(self._aio().caches.create(model=model, config=cfg), seconds),
                                    self.provider, model, ttl_s, tracer=tracer, charge=charge)

@@ -12,16 +12,61 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from genroute.engines.base import Embeddings
+from genroute.engines.gemini_request import server_timeout
+from genroute.engines.retry import call_with_retry
+from genroute.errors import BackendUnavailable
 from genroute.runtime.billing import bill, estimate_tokens, processed
 from genroute.types import Usage
 
 if TYPE_CHECKING:
     from google.genai import types
 
+    from genroute.engines.gemini_config import GeminiEngineConfig
+
 _T = TypeVar("_T")
+
+
+class EmbeddingEngine(Protocol):
+    """What ``embed`` uses of ``genroute.engines.gemini.GeminiEngine`` (whose ``embed`` it is)."""
+
+    name: str
+    config: GeminiEngineConfig
+
+    def _attempt_timeout(self, remaining_s: float) -> tuple[float, float | None]: ...
+    def _aio(self) -> Any: ...
+    def _call(self, call: Awaitable[_T], seconds: float | None) -> Awaitable[_T]: ...
+
+
+async def embed(engine: EmbeddingEngine, model: str, texts: list[str], *, task_type: str | None,
+                output_dimensionality: int | None) -> Embeddings:
+    """``GeminiEngine.embed``: the vectors of ``texts`` in order, ``embed_batch_size`` texts per request, each
+    request retried on its own, with the input tokens they are billed."""
+    from google.genai import types
+
+    size = engine.config.embed_batch_size
+    with billing_answered(Embeddings(input_tokens=0)) as vectors:
+        for start in range(0, len(texts), size):
+            batch = texts[start : start + size]
+
+            async def attempt(remaining_s: float, batch: list[str] = batch) -> types.EmbedContentResponse:
+                seconds, _ = engine._attempt_timeout(remaining_s)
+                cfg = types.EmbedContentConfig(
+                    task_type=task_type, output_dimensionality=output_dimensionality,
+                    http_options=types.HttpOptions(headers=server_timeout(seconds)),
+                )
+                sent = engine._aio().models.embed_content(model=model, contents=batch, config=cfg)
+                return await engine._call(billed_if_lost(sent, batch), seconds)
+
+            got = count(vectors, await call_with_retry(attempt, engine.config.retry), batch)
+            if len(got) != len(batch):
+                raise BackendUnavailable(
+                    f"embedding response has {len(got)} vectors for {len(batch)} texts", backend=engine.name
+                )
+            vectors.extend(got)
+    return vectors
 
 
 @contextmanager

@@ -1,0 +1,51 @@
+"""One Gemini SDK request: its contents in the form the SDK takes cheapest, and its server-side deadline header."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from google.genai import types
+
+#: The header that tells the server how long the client waits (the SDK derives it from an HTTP timeout).
+_SERVER_TIMEOUT = "X-Server-Timeout"
+
+
+def sdk_contents(contents: list[types.Content] | str) -> Any:
+    """``contents`` in the cheapest form the SDK accepts: one user turn of plain text goes as the string itself
+    (the SDK builds the same request from it with less work than it spends on a ``Content`` list)."""
+    if isinstance(contents, str):
+        return str(contents)  # a str subclass the SDK would send as an empty turn: as the plain str
+    if len(contents) == 1:
+        content = contents[0]
+        parts = content.parts
+        if content.role == "user" and parts is not None and len(parts) == 1:
+            part = parts[0]
+            if part.text is not None and part.model_fields_set == {"text"}:
+                return part.text
+    return contents
+
+
+def server_timeout(seconds: float) -> dict[str, str]:
+    """The header telling the server the client waits ``seconds`` (rounded up to whole seconds)."""
+    return {_SERVER_TIMEOUT: str(math.ceil(seconds))}
+
+
+def with_timeout(config: types.GenerateContentConfig | None, seconds: float | None) -> Any:
+    """``config`` telling the server the attempt's own deadline (keeping the caller's other HTTP options).
+
+    ``None`` keeps ``config`` as it is: the client's header applies, and the SDK skips merging per-request
+    options. A config that sets nothing goes as ``None``: the SDK deep-copies and converts any config object it
+    is given, empty or not. Only the header: a timer, not an HTTP timeout, ends the attempt.
+    """
+    if seconds is None:
+        return config if config is not None and config.model_fields_set else None
+    from google.genai import types
+
+    http = config.http_options if config is not None and config.http_options is not None else types.HttpOptions()
+    http = http.model_copy(update={"headers": {**(http.headers or {}), **server_timeout(seconds)}})
+    if config is None:
+        return types.GenerateContentConfig(http_options=http)
+    return config.model_copy(update={"http_options": http})
+
