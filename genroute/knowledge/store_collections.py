@@ -1,0 +1,221 @@
+"""The knowledge store's bookkeeping: its Chroma client, and its collections opened, checked, counted, deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from genroute.errors import BackendUnavailable, GenrouteError, UsageError
+from genroute.knowledge.chroma_timeouts import Connecting
+from genroute.knowledge.collection_checks import check_collection, check_collection_name, collection_metadata
+from genroute.knowledge.store_config import LocalEmbedderSpec, StoreConfig, no_place
+
+if TYPE_CHECKING:
+    from genroute.knowledge.embedders import Embedder
+    from genroute.runtime.telemetry import Telemetry
+
+T = TypeVar("T")
+Kind = Literal["documents", "examples", "routes"]
+
+
+class StoreCollections:
+    """The Chroma client and named collections of a ``KnowledgeStore`` (its reads and writes are in
+    ``genroute.knowledge.store``); Chroma calls run in worker threads, their failures leave as genroute errors."""
+
+    def __init__(self, config: StoreConfig | None = None, *, embedder: Embedder | None = None) -> None:
+        self.config = config or StoreConfig()
+        self._embedder = embedder
+        self._client_obj: Any = None
+        self._collections: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._connecting: Connecting[Any] = Connecting()
+        #: Each call's bound when chromadb's HTTP session could not be given a timeout (``chroma_timeouts``).
+        self._wait_s: float | None = None
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def use_telemetry(self, telemetry: Telemetry) -> None:
+        """Record the embedder's duration, token and cost metrics on ``telemetry`` (a router's). The offline
+        embedder is one per process for each setting (``_local_embedder``): with several routers alive, its points go
+        to the last one built."""
+        if self._embedder is not None:
+            self._embedder.telemetry = telemetry
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder every collection of this store is filled and queried with."""
+        if self._embedder is None:
+            spec = self.config.embedder
+            assert isinstance(spec, LocalEmbedderSpec)
+            self._embedder = _local_embedder(spec.intra_op_threads, spec.max_length, spec.batch_size)
+        return self._embedder
+
+    @property
+    def location(self) -> str:
+        """Where the store lives, for messages."""
+        if self.config.host is not None:
+            return f"chroma server {self.config.host}:{self.config.port}"
+        return f"embedded chroma at {self.config.path}"
+
+    def _path(self) -> str:
+        if self.config.path is None:
+            raise no_place()
+        return self.config.path
+
+    def client(self) -> Any:
+        """The Chroma client, created on first use (blocking)."""
+        with self._lock:
+            if self._client_obj is None:
+                self._client_obj = self._open()
+            return self._client_obj
+
+    def _open(self) -> Any:
+        import chromadb
+        from chromadb.config import Settings
+
+        settings = Settings(anonymized_telemetry=False)
+        cfg = self.config
+        host = cfg.host
+        if host is None:
+            return chromadb.PersistentClient(path=self._path(), settings=settings,
+                                             tenant=cfg.tenant, database=cfg.database)
+        from genroute.knowledge.chroma_errors import unreachable
+        from genroute.knowledge.chroma_timeouts import bound_requests, http_client
+
+        try:
+            client = self._connecting.result(lambda: http_client(
+                host=host, port=cfg.port, ssl=cfg.ssl, headers=cfg.headers, settings=settings, tenant=cfg.tenant,
+                database=cfg.database, timeout_s=cfg.timeout_s), cfg.timeout_s)
+        except Exception as exc:  # connection failures surface here as assorted httpx/ValueError types
+            raise unreachable(exc, location=self.location, headers=cfg.headers) from exc
+        self._wait_s = None if bound_requests(client, cfg.timeout_s) else cfg.timeout_s
+        return client
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = asyncio.to_thread(self._guard, fn, *args, **kwargs)
+        if self._wait_s is None:
+            return await call
+        try:  # a chromadb whose session timeout could not be set: bounded here (its thread may stay blocked)
+            return await asyncio.wait_for(call, self._wait_s)
+        except TimeoutError:
+            raise BackendUnavailable(f"{self.location}: no answer in {self._wait_s:g} s", backend="knowledge") from None
+
+    def _guard(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except GenrouteError:
+            raise
+        except Exception as exc:
+            from chromadb.errors import NotFoundError
+
+            from genroute.knowledge.chroma_errors import header_secrets, map_chroma_error
+
+            if isinstance(exc, NotFoundError):
+                self._collections.clear()  # deleted behind our back: reopen (and report it) next time
+            mapped = map_chroma_error(exc, location=self.location, server=self.config.host is not None,
+                                      secrets=header_secrets(self.config.headers))
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    # -- collections -------------------------------------------------------------------------
+
+    def collection_sync(self, name: str, *, kind: Kind, create: bool = False, field: str = "collection") -> Any:
+        """The Chroma collection ``name`` (blocking); unknown → ``UsageError`` naming ``field``."""
+        cached = self._collections.get(name)
+        if cached is not None:
+            return cached
+        from chromadb.errors import NotFoundError
+
+        check_collection_name(name, field)  # before the client: an embedded one makes its directory
+        client = self.client()
+        try:
+            col = client.get_collection(name, embedding_function=None)
+        except (NotFoundError, ValueError) as exc:
+            if not create:
+                known = ", ".join(sorted(c.name for c in client.list_collections())) or "none"
+                raise UsageError(f"unknown collection {name!r} in {self.location} (known: {known})",
+                                 field=field) from exc
+            col = client.get_or_create_collection(
+                name, embedding_function=None, configuration=self._configuration(),
+                metadata=collection_metadata(kind, self.embedder),
+            )
+        check_collection(col, kind, self.embedder, field=field)
+        self._collections[name] = col
+        return col
+
+    def _configuration(self) -> dict[str, Any]:
+        hnsw: dict[str, Any] = {"space": "cosine"}
+        if self.config.ef_search is not None:
+            hnsw["ef_search"] = self.config.ef_search
+        return {"hnsw": hnsw}
+
+    async def collection(self, name: str, *, kind: Kind, create: bool = False, field: str = "collection") -> Any:
+        """Async twin of ``collection_sync``."""
+        return await self._run(self.collection_sync, name, kind=kind, create=create, field=field)
+
+    def _on(self, name: str, op: Callable[[Any], T], *, kind: Kind, create: bool = False,
+            field: str = "collection") -> T:
+        """``op(collection)`` (blocking); a collection dropped since it was opened is opened again by its name."""
+        from chromadb.errors import NotFoundError
+
+        try:
+            return op(self.collection_sync(name, kind=kind, create=create, field=field))
+        except NotFoundError:
+            # Another process deleted it, and may have made it again (a re-ingest): the id we held is gone, the
+            # name may not be. Reopened, an unknown name is refused naming the known ones.
+            self._collections.pop(name, None)
+            return op(self.collection_sync(name, kind=kind, create=create, field=field))
+
+    async def _aon(self, name: str, op: Callable[[Any], T], *, kind: Kind, create: bool = False,
+                   field: str = "collection") -> T:
+        """Async twin of ``_on``."""
+        return await self._run(self._on, name, op, kind=kind, create=create, field=field)
+
+    async def collections(self) -> list[str]:
+        """Names of every collection in the store (none in an embedded store whose directory is not made yet)."""
+        if self._client_obj is None and self.config.host is None and not Path(self._path()).exists():
+            return []  # opening it would create it: a question (is a collection there?) must write nothing
+        return await self._run(lambda: sorted(c.name for c in self.client().list_collections()))
+
+    async def delete_collection(self, name: str) -> None:
+        """Delete ``name`` if it exists."""
+        from chromadb.errors import NotFoundError
+
+        def run() -> None:
+            try:
+                self.client().delete_collection(name)
+            except (NotFoundError, ValueError):
+                pass
+
+        self._collections.pop(name, None)
+        await self._run(run)
+
+    def count_sync(self, name: str, *, kind: Kind, field: str = "collection") -> int:
+        """Records in ``name`` (blocking)."""
+        return int(self._guard(self._on, name, lambda col: col.count(), kind=kind, field=field))
+
+    async def count(self, name: str, *, kind: Kind, field: str = "collection") -> int:
+        """Records in ``name``."""
+        return int(await self._aon(name, lambda col: col.count(), kind=kind, field=field))
+
+    def max_batch_size(self) -> int:
+        """The most records Chroma accepts in one write (blocking)."""
+        return int(self._guard(lambda: self.client().get_max_batch_size()))
+
+    async def aclose(self) -> None:
+        """Forget the client; Chroma flushes each write itself."""
+        self._collections.clear()
+        self._client_obj = None
+
+
+@lru_cache(maxsize=4)
+def _local_embedder(threads: int, max_length: int, batch_size: int) -> Embedder:
+    """One ONNX session per setting per process: stores on the same settings share it (~1 s to load)."""
+    from genroute.knowledge.embedders import LocalEmbedder
+
+    return LocalEmbedder(threads, max_length, batch_size)
