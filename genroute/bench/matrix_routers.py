@@ -42,8 +42,8 @@ class RouterRow(BaseModel):
 
 
 def check_disjoint(train: OutcomeMatrix, evaluate: OutcomeMatrix, *, field: str = "eval_outcomes") -> None:
-    """Refuse to evaluate on records the policy was compiled from (same id or same input text, case and runs of
-    whitespace aside, as ``datasets.split_by_input`` reads a repeat)."""
+    """Refuse to evaluate on records the policy was compiled from (same id or same input text, case, runs of
+    whitespace and Unicode composition aside, as ``datasets.split_by_input`` reads a repeat)."""
     from genroute.knowledge.examples import input_key
 
     ids = set(train.ids) & set(evaluate.ids)

@@ -115,6 +115,7 @@ def explain(min_n: int | None = None, *, level: float = 0.95, held_out: bool = T
         text += (f" {what} at least {min_n} {'held-out' if held_out else 'shared'} records; below that a "
                  "difference is reported as not resolved.")
     if repeated:
-        text += (" Records with the same input (up to case and runs of whitespace) count as one input: each input's "
-                 "mean scores are compared, n is the number of distinct inputs and the minimum counts inputs.")
+        text += (" Records with the same input (up to case, runs of whitespace and Unicode composition) count as one "
+                 "input: each input's mean scores are compared, n is the number of distinct inputs and the minimum "
+                 "counts inputs.")
     return text

@@ -2,7 +2,7 @@
 above ``-margin`` on at least ``min_n`` records and it is cheaper; otherwise say why not.
 
 In shadow mode the two are compared on the same requests (paired); requests whose captured input text is the same
-(up to case and runs of whitespace) are one input, compared by their mean scores, and ``min_n`` counts inputs
+(up to case, runs of whitespace and Unicode composition) are one input, compared by their mean scores, and ``min_n`` counts inputs
 (``genroute.bench.clusters``). In split mode each request went to one arm, so
 the arms are compared unpaired: each arm's mean score over the requests routed to it (the arm a request was routed
 to, even when it fell back to the other backend: what its users got), a two-sample CI of the difference, and each
