@@ -645,3 +645,32 @@ async def test_examples_loaded_since_the_first_selection_are_candidates(knowledg
     for strategy in ("knn", "mmr", "balanced"):
         chosen = await examples.select("where is my card", strategy=strategy, k=3)
         assert len(chosen) == 3 and "card_arrival" in {e.label for e in chosen}, strategy
+
+
+async def test_an_example_another_file_still_holds_stays_when_one_file_drops_it(knowledge: Knowledge,
+                                                                                tmp_path: Path) -> None:
+    # Example ids are their content, so two files loaded in separate runs share one stored example. Reloading the
+    # file it was stored under, after dropping it there (or deleting that file), deleted it though the other file
+    # still held it.
+    store, collection = knowledge.store(), knowledge.name("sharedex")
+    first, second = tmp_path / "team-a", tmp_path / "team-b"
+    first.mkdir()
+    second.mkdir()
+    a = write_examples(first / "a.jsonl", [("I hate it", "negative"), ("I love it", "positive")])
+    b = write_examples(second / "b.jsonl", [("I hate it", "negative"), ("Meh", "neutral")])
+    write_examples(first / "c.jsonl", [("Awful", "negative")])
+
+    async def stored() -> dict[str, str]:
+        chosen = await ExampleStore(store, collection).select("unrelated", strategy="fixed", k=10)
+        return {e.input: e.metadata["source"] for e in chosen}
+
+    await aload_examples(store, [first], collection=collection)
+    await aload_examples(store, [second], collection=collection)
+    write_examples(a, [("I love it", "positive")])  # a.jsonl drops it; b.jsonl still holds it
+    assert (await aload_examples(store, [first], collection=collection)).removed == 0
+    assert await stored() == {"I hate it": str(b), "I love it": str(a), "Meh": str(b), "Awful": str(first / "c.jsonl")}
+    write_examples(b, [("Awful", "negative")])  # now no file holds "I hate it" or "Meh"; c.jsonl shares "Awful"
+    assert (await aload_examples(store, [second], collection=collection)).removed == 2
+    (first / "c.jsonl").unlink()  # gone from its folder, but b.jsonl holds "Awful"
+    assert (await aload_examples(store, [first], collection=collection)).removed == 0
+    assert await stored() == {"I love it": str(a), "Awful": str(b)}

@@ -66,7 +66,7 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
     ``path:line`` in the ``UsageError``'s field) leaves the collection as it was. The collection then holds each
     file's examples as the file holds them now: examples an earlier load stored that the file no longer has (an
     edited output or label, a removed line) are deleted, as ingestion does with chunks; so are those of files gone
-    from a directory of ``paths``. A directory's ``.jsonl``/``.ndjson`` files are read, nothing else. A load that
+    from a directory of ``paths``; but an example another file holds too (loaded now or before) stays. A directory's ``.jsonl``/``.ndjson`` files are read, nothing else. A load that
     fails part-way says on its error what the batches it stored cost; ``on_batch(batches, examples)`` is called
     after each batch written, as ``aingest``'s.
     """

@@ -4,11 +4,16 @@ Each batch is one Chroma upsert (written whole or not at all) of the records not
 (file) read is settled: records it no longer produces are deleted, but only those older than this run's reading of
 it (``GENERATION`` stamps), so overlapping runs never delete each other's newer records (see ``ingest``). Records of
 files gone from a directory that was read are withdrawn too.
+
+An example's id is its content, so several files may hold one stored example, loaded together or in separate runs.
+Each file holding it is marked on it (``held_key``): a file that drops it, or is gone, gives it up, and it is deleted
+only when no other file holds it (else it moves to one that does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +32,20 @@ DEFAULT_BATCH = 256
 NIN_LIMIT = 10_000
 #: Metadata key of a record's generation stamp: when (wall-clock ns) the run that last wrote it read its file.
 GENERATION = "genroute.generation"
+_HELD = "genroute.held."
+
+
+def held_key(source: str) -> str:
+    """Metadata key marking that the file ``source`` holds an example (its value: that path; "" once given up)."""
+    return _HELD + hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
+def other_holders(meta: Mapping[str, Any], source: str) -> list[str]:
+    """The files other than ``source`` that hold a stored example (its own ``source`` among them)."""
+    others = {v for k, v in meta.items() if k.startswith(_HELD) and isinstance(v, str) and v and v != source}
+    if isinstance(meta.get("source"), str) and meta["source"] != source:
+        others.add(meta["source"])
+    return sorted(others)
 
 
 async def settle_sources(store: KnowledgeStore, collection: str, generations: Mapping[str, int],
@@ -64,23 +83,42 @@ class _Settling:
     kept_as_stored: tuple[str, ...]
     taken: set[str]
 
-    def _meta(self, rid: str, source: str) -> dict[str, Any]:
-        return {k: v for k, v in {**self.records[rid][1], "source": source}.items() if k not in self.kept_as_stored}
+    @property
+    def shared(self) -> bool:
+        # A chunk's id names its file; an example's is its content alone, so files may share it.
+        return self.kind == "examples"
+
+    def _meta(self, rid: str, source: str, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """The record's metadata as this run read it, for ``source``; an example stored under another file
+        (``stored``) stays that file's and is marked as ``source``'s too."""
+        meta = {**self.records[rid][1], "source": source}
+        if self.shared and isinstance(stored.get("source"), str) and stored["source"] != source:
+            meta.update({"source": stored["source"], held_key(source): source})
+        return {k: v for k, v in meta.items() if k not in self.kept_as_stored}
 
     async def settle(self, source: str, generation: int, mine: set[str]) -> int:
         """After this run's writes: stamp its kept records, delete older stale ones, re-add any an older run
         removed. Returns how many stale records were deleted."""
         store, collection, kind = self.store, self.collection, self.kind
-        stored = await store.metadatas_where(collection, {"source": source}, kind=kind)
+        where: dict[str, Any] = {"source": source}
+        if self.shared:  # an example another file was first to store is this file's too
+            where = {"$or": [where, {held_key(source): source}]}
+        stored = await store.metadatas_where(collection, where, kind=kind)
         stamps = {i: int(meta.get(GENERATION, 0)) for i, meta in stored.items()}
         # Records an earlier run wrote and this one kept are this reading's now: an overlapping older run
         # (which only deletes below its own stamp) must not take them. Their metadata is this reading's too (a
         # chunk's offsets move when text above it is edited); one another file read now holds moves to that file.
-        restamp = {i: self._meta(i, source) for i in mine if i in stamps and stamps[i] < generation}
-        moved = {i: self._meta(i, self.records[i][1]["source"]) for i in stamps if i not in mine and i in self.taken}
-        ids = sorted(restamp | moved)
-        await store.update_metadatas(collection, ids, [(restamp | moved)[i] for i in ids], kind=kind)
+        restamp = {i: self._meta(i, source, stored[i]) for i in mine if i in stamps and stamps[i] < generation}
+        moved = {i: self._moved(i, source, stored[i]) for i in stamps if i not in mine and i in self.taken}
         stale = sorted(i for i, stamp in stamps.items() if i not in mine and i not in moved and stamp < generation)
+        # An example this file gave up that another file still holds stays, marked as no longer this file's.
+        kept = {i: given_up(stored[i], source) for i in stale if self.shared and other_holders(stored[i], source)}
+        stale = [i for i in stale if i not in kept]
+        if self.shared:  # stored by another file, or before holders were marked: marked as this file's too
+            kept |= {i: {held_key(source): source} for i in mine if i not in stamps}
+        writes = restamp | moved | kept
+        ids = sorted(writes)
+        await store.update_metadatas(collection, ids, [writes[i] for i in ids], kind=kind)
         unstamped = [i for i in stale if GENERATION not in stored[i]]  # written before stamps existed
         await store.delete(collection, unstamped, kind=kind)
         # ``where`` re-checks the stamp at delete time: a newer run may have taken the record since the read above.
@@ -91,6 +129,21 @@ class _Settling:
             await upsert_missing(store, collection, {i: (self.records[i][0], {**self.records[i][1], "source": source})
                                                      for i in sorted(mine)}, kind=kind)
         return len(stale)
+
+    def _moved(self, rid: str, source: str, stored: Mapping[str, Any]) -> dict[str, Any]:
+        # ``source`` gave the record up; the file this run read it from holds it.
+        holder = self.records[rid][1]["source"]
+        shared = given_up(stored, source, to=holder) if self.shared else {}
+        return {**self._meta(rid, holder, stored), **shared}
+
+
+def given_up(meta: Mapping[str, Any], source: str, to: str | None = None) -> dict[str, Any]:
+    """The metadata update by which ``source`` gives up a stored example other files hold: no longer marked as its,
+    and, if it was the example's ``source``, moved to holder ``to`` (default: the first other one)."""
+    update: dict[str, Any] = {held_key(source): ""}
+    if meta.get("source") == source:
+        update["source"] = to or other_holders(meta, source)[0]
+    return update
 
 
 @contextmanager
@@ -118,8 +171,18 @@ async def withdraw_deleted(store: KnowledgeStore, collection: str, paths: Sequen
     where = {"source": {"$nin": read}} if len(read) <= NIN_LIMIT else {"source": {"$ne": ""}}
     others = await store.metadatas_where(collection, where, kind=kind)
     gone = sorted(i for i, meta in others.items() if _gone_from(meta.get("source"), folders))
+    # An example that a file still there holds too moves to that file instead.
+    holders = {i: _held_elsewhere(others[i]) for i in gone} if kind == "examples" else {}
+    kept = {i: given_up(others[i], others[i]["source"], to=to) for i, to in holders.items() if to}
+    await store.update_metadatas(collection, sorted(kept), [kept[i] for i in sorted(kept)], kind=kind)
+    gone = [i for i in gone if i not in kept]
     await store.delete(collection, gone, kind=kind)
     return len(gone)
+
+
+def _held_elsewhere(meta: Mapping[str, Any]) -> str | None:
+    """Another file still on disk that holds this example (of a file that is gone), if any."""
+    return next((p for p in other_holders(meta, meta["source"]) if Path(p).is_file()), None)
 
 
 def _gone_from(source: Any, folders: Sequence[Path]) -> bool:
