@@ -505,3 +505,14 @@ def test_report_rows_state_n_and_a_ci_and_curve_readings_are_point_estimates(tmp
     saved = json.loads((tmp_path / "out" / "compiled.json").read_text())["rows"]
     assert next(r for r in saved if r["name"] == "random")["quality_ci"] == [low, high]
     assert f"point estimates on the {report.n_eval} evaluation records" in text
+
+
+def test_the_offline_comparison_table_says_how_many_records_its_distinct_inputs_are(tmp_path: Path) -> None:
+    # The bench table said "6 inputs (33 records)" where inputs repeat; the offline one gave the input count alone
+    # under the same "n" heading as its record counts.
+    later = synthetic(10, seed=1, prefix="later ")
+    repeats = [{**row, "metadata": {**row["metadata"], "id": f"{row['metadata']['id']}-again"}} for row in later[:4]]
+    report = compile_outcomes(synthetic(), eval_source=later + repeats, out_dir=tmp_path, learned=False, min_n=10)
+    cmp = next(c for c in report.comparisons if c.router == "cost_aware (task label)")
+    assert (cmp.n, cmp.n_records) == (20, 24)
+    assert "| cost_aware (task label) | best single (train) | 20 inputs (24 records) |" in report.markdown()

@@ -37,6 +37,11 @@ def groups_for(ids: Sequence[str], inputs: Mapping[str, str] | None) -> list[str
     return [inputs.get(i, f"id:{i}") for i in ids]
 
 
+def sample_size(n: int, n_records: int | None) -> str:
+    """A comparison's n as a table shows it: ``"33"``, or ``"6 inputs (33 records)"`` when some input repeats."""
+    return str(n) if n_records is None else f"{n} inputs ({n_records} records)"
+
+
 def cluster_means(a: Sequence[float], b: Sequence[float], groups: Sequence[Hashable]
                   ) -> tuple[list[float], list[float]]:
     """Each group's mean A and mean B score, groups in the order they first appear (a group of one record keeps

@@ -271,7 +271,8 @@ def _comparisons(held: OutcomeMatrix, choices: Mapping[str, np.ndarray], *, min_
         result = compare_paired(qa.tolist(), qb.tolist(), a=a, b=b, min_n=min_n, force=force, seed=seed,
                                 groups=groups)
         out.append(Comparison(
-            router=a, baseline=b, n=result.n, quality_difference=result.difference, ci=result.ci,
+            router=a, baseline=b, n=result.n, n_records=result.n_records, quality_difference=result.difference,
+            ci=result.ci,
             verdict=result.verdict, cost_ratio=float(ca.mean() / cb.mean()) if cb.mean() > 0 else None,
             cost_difference_ci=paired_bootstrap_ci(ca.tolist(), cb.tolist(), seed=seed)))
     return out

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench import matrix_routers as mr
+from genroute.bench.clusters import sample_size
 from genroute.bench.report import markdown_row
 from genroute.policies.cost_weight import CostWeightChoice
 
@@ -40,7 +41,8 @@ class Comparison(BaseModel):
 
     router: str
     baseline: str
-    n: int
+    n: int = Field(description="Pairs compared: distinct inputs when some input repeats.")
+    n_records: int | None = Field(default=None, description="Records behind the n inputs when some input repeats.")
     quality_difference: float
     ci: tuple[float, float]
     verdict: str
@@ -125,8 +127,8 @@ def comparisons_table(report: OfflineReport) -> str:
     lines = ["| router | vs | n | quality difference [95 % CI] | cost ratio | verdict |", "|---|---|---|---|---|---|"]
     for c in report.comparisons:
         ratio = "–" if c.cost_ratio is None else f"{c.cost_ratio:.1%}"
-        lines.append(markdown_row([c.router, c.baseline, c.n, f"{c.quality_difference:+.3f} "
-                                   f"[{c.ci[0]:+.3f}, {c.ci[1]:+.3f}]", ratio, c.verdict]))
+        difference = f"{c.quality_difference:+.3f} [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}]"
+        lines.append(markdown_row([c.router, c.baseline, sample_size(c.n, c.n_records), difference, ratio, c.verdict]))
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from itertools import combinations
 from typing import TYPE_CHECKING
 
-from genroute.bench.clusters import groups_for
+from genroute.bench.clusters import groups_for, sample_size
 from genroute.bench.report import markdown_row
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.bench.stats import PairedComparison, align, compare_paired
@@ -83,7 +83,7 @@ def comparison_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
     rows = []
     for c in comparisons:
         rows.append([
-            c.a, c.b, str(c.n) if c.n_records is None else f"{c.n} inputs ({c.n_records} records)",
+            c.a, c.b, sample_size(c.n, c.n_records),
             f"{c.mean_a:.3f}", f"{c.mean_b:.3f}",
             f"{c.difference:+.3f} [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}]",
             "–" if c.mcnemar_p is None else f"{c.mcnemar_p:.3g}",
