@@ -45,6 +45,16 @@ def test_export_deduplicates_drops_conflicts_validates_and_splits(tmp_path):
     assert exc.value.field == "task"
 
 
+def test_export_reads_an_input_in_another_unicode_composition_as_the_same_example(tmp_path):
+    # The export grouped by lower-cased text while the promotion decision (and the bench) group by input_key, which
+    # folds Unicode composition: "café" typed with a combining accent was a second example, which the seeded split
+    # could put in eval beside its twin in train.
+    records = [captured(i, f"review number {i}", "positive" if i % 2 else "negative") for i in range(20)]
+    records += [captured(100, "Caf\u00e9 was great", "positive"), captured(101, "CAFE\u0301 was great", "positive")]
+    tuning = export_tuning_set(records, "t", tmp_path, eval_share=0.25, seed=1, min_examples=10)
+    assert (tuning.captured, tuning.unique) == (22, 21)
+
+
 def paired(n, challenger_wrong, incumbent_wrong, *, costs=(0.0001, 0.001), task="t"):
     """``n`` records with both sides scored: the challenger wrong on ``challenger_wrong`` indexes, etc."""
     return [OutcomeRecord(metadata={"id": str(i), "task": task, "served": "icl"}, outcomes={

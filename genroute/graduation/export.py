@@ -38,15 +38,12 @@ class TuningSet(BaseModel):
                 f"{self.train} train / {self.eval} eval ({self.train_path})")
 
 
-def _key(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def export_tuning_set(records: Sequence[OutcomeRecord], task: str, out_dir: str | Path, *, eval_share: float = 0.2,
                       seed: int = 0, min_examples: int = 20, max_chars: int = DEFAULT_MAX_CHARS) -> TuningSet:
     """Write ``train.jsonl`` and ``eval.jsonl`` (the shared example format) from ``task``'s captured records.
 
-    Inputs that differ only in case and spacing are one example; when their accepted outputs disagree the majority
+    Inputs that differ only in case, spacing or Unicode composition are one example (``input_key``, as the promotion
+    decision and the bench read a repeat); when their accepted outputs disagree the majority
     wins, and a tie drops the input. Every kept example is checked as ``genroute tune`` checks its files. The
     split is seeded and by example, so no input is on both sides.
     """
@@ -54,10 +51,12 @@ def export_tuning_set(records: Sequence[OutcomeRecord], task: str, out_dir: str 
         raise UsageError("must be in [0, 1)", field="eval_share")
     if not is_whole(min_examples) or min_examples < 1:
         raise UsageError(f"must be an integer >= 1 (got {min_examples!r})", field="min_examples")
+    from genroute.knowledge.examples import input_key
+
     captured = [r for r in records if r.task == task and r.input and r.output]
     groups: dict[str, list[OutcomeRecord]] = {}
     for record in captured:
-        groups.setdefault(_key(record.input or ""), []).append(record)
+        groups.setdefault(input_key(record.input or ""), []).append(record)
     examples: list[Example] = []
     conflicting = invalid = 0
     for group in groups.values():
