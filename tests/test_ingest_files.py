@@ -122,6 +122,30 @@ async def test_files_gone_from_a_reingested_directory_lose_their_chunks(knowledg
         ("c.txt", "Apples are red."), ("elsewhere.txt", "Dates are sweet."), ("kept.csv", "Cherries are dark.")]
 
 
+async def test_a_directory_emptied_since_it_was_ingested_loses_its_chunks(knowledge: Knowledge, tmp_path: Path) -> None:
+    # Deleting a directory's last file and ingesting it again was refused ("docs holds no ... files"), so that file's
+    # chunks stayed, answerable and cited, unlike those of any other file gone from it. A directory that never held
+    # a file is still refused, naming it, when there is no collection to withdraw from.
+    from genroute.knowledge.examples import aload_examples
+
+    docs, shots = tmp_path / "docs", tmp_path / "shots"
+    docs.mkdir()
+    shots.mkdir()
+    store, collection, examples = knowledge.store(), knowledge.name("emptied"), knowledge.name("emptiedex")
+    with pytest.raises(UsageError, match="holds no") as refused:
+        await aingest(store, [docs], collection=collection)
+    assert refused.value.field == "paths" and collection not in await store.collections()
+    (docs / "a.txt").write_text("Apples are red.\n", encoding="utf-8")
+    (shots / "a.jsonl").write_text('{"input": "Apples?", "output": "red"}\n', encoding="utf-8")
+    await aingest(store, [docs], collection=collection)
+    await aload_examples(store, [shots], collection=examples)
+    (docs / "a.txt").unlink()
+    (shots / "a.jsonl").unlink()
+    assert (await aingest(store, [docs], collection=collection)).removed == 1
+    assert (await aload_examples(store, [shots], collection=examples)).removed == 1
+    assert await store.count(collection, kind="documents") == await store.count(examples, kind="examples") == 0
+
+
 async def test_a_collection_made_again_elsewhere_is_read_by_its_name(knowledge: Knowledge, tmp_path: Path) -> None:
     # A running router held the collection's old id: after another process deleted it and ingested again (what the
     # embedder-mismatch error tells a user to do), its next request failed with a UsageError naming that id.

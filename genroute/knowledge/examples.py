@@ -71,7 +71,7 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
     after each batch written, as ``aingest``'s.
     """
     started = time.perf_counter()
-    files = expand_paths(paths, suffixes=JSONL_SUFFIXES)
+    files = expand_paths(paths, suffixes=JSONL_SUFFIXES, empty_dirs=collection in await store.collections())
     records: dict[str, tuple[str, dict[str, Any]]] = {}
     produced: dict[str, set[str]] = {}
     generations: dict[str, int] = {}

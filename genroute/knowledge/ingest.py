@@ -81,9 +81,10 @@ class Document:
     offset: int = 0
 
 
-def expand_paths(paths: Sequence[str | Path], *, field: str = "paths",
-                 suffixes: frozenset[str] = SUFFIXES) -> list[Path]:
-    """Files named by ``paths`` (directories walked for ``suffixes``); missing → ``UsageError``."""
+def expand_paths(paths: Sequence[str | Path], *, field: str = "paths", suffixes: frozenset[str] = SUFFIXES,
+                 empty_dirs: bool = False) -> list[Path]:
+    """Files named by ``paths`` (directories walked for ``suffixes``); missing, or a directory holding none of them
+    unless ``empty_dirs`` (a re-ingest, which withdraws what the directory's files held), → ``UsageError``."""
     if isinstance(paths, str | Path):
         raise UsageError("pass a list of paths, not one path", field=field)
     if not paths:
@@ -93,7 +94,7 @@ def expand_paths(paths: Sequence[str | Path], *, field: str = "paths",
         path = Path(raw)
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-            if not found:
+            if not found and not empty_dirs:
                 raise UsageError(f"{path} holds no {', '.join(sorted(suffixes))} files", field=field)
             files.update(dict.fromkeys(p.resolve() for p in found))
         elif path.is_file():
@@ -224,7 +225,8 @@ async def aingest(
     with no stored chunks of theirs to remove either, are a ``UsageError`` (nothing written, no collection made).
     """
     started = time.perf_counter()
-    files = expand_paths(paths)
+    # A directory emptied since it was ingested is read as holding nothing, so its files' chunks are withdrawn.
+    files = expand_paths(paths, empty_dirs=collection in await store.collections())
     _check_chunk_size(store, chunk_tokens)
     chunks: dict[str, tuple[str, dict[str, Any]]] = {}
     generations: dict[str, int] = {}

@@ -167,8 +167,9 @@ async def withdraw_deleted(store: KnowledgeStore, collection: str, paths: Sequen
     if not folders or collection not in await store.collections():
         return 0
     read = sorted(str(f) for f in files)
-    # One parameter a path: embedded Chroma's SQLite takes at most 32,766, so past NIN_LIMIT every source is read.
-    where = {"source": {"$nin": read}} if len(read) <= NIN_LIMIT else {"source": {"$ne": ""}}
+    # One parameter a path: embedded Chroma's SQLite takes at most 32,766, so past NIN_LIMIT every source is read
+    # (and with none read, an emptied directory, as Chroma refuses an empty $nin).
+    where = {"source": {"$nin": read}} if 0 < len(read) <= NIN_LIMIT else {"source": {"$ne": ""}}
     others = await store.metadatas_where(collection, where, kind=kind)
     gone = sorted(i for i, meta in others.items() if _gone_from(meta.get("source"), folders))
     # An example that a file still there holds too moves to that file instead.
