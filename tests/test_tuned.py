@@ -193,6 +193,7 @@ async def test_tuned_backend_on_the_local_engine(otel: Otel, tmp_path: Any) -> N
 
     from genroute.tuning.gguf_adapter import write_lora_adapter
 
+    pytest.importorskip("gguf", reason="the gguf package comes with the tune-local extra")  # writes the adapter
     rng = np.random.default_rng(0)  # a small adapter on two layers' q_proj (Gemma 3 270M: 640 in, 1024 out)
     pairs = {f"model.layers.{layer}.self_attn.q_proj": (rng.normal(size=(4, 640)) * 0.01, np.zeros((1024, 4)))
              for layer in (0, 17)}
