@@ -313,6 +313,43 @@ def test_graduate_vertex_cli_end_to_end_on_the_loopback_server(gemini_server, tm
     assert 5 <= firsts.count("sentiment") <= 40 and set(firsts) == {"sentiment", "chat"}
 
 
+_CONFIG_WRITES: dict[str, list[str]] = {}
+
+
+def _record_config_writes(event, args):
+    """An audit hook: the text each atomic replace of a watched file (``_CONFIG_WRITES``' keys) puts in place."""
+    if event == "os.rename" and str(args[1]) in _CONFIG_WRITES:
+        _CONFIG_WRITES[str(args[1])].append(Path(args[0]).read_text())
+
+
+sys.addaudithook(_record_config_writes)
+
+
+def test_graduate_vertex_writes_the_tuned_backend_and_its_challenger_in_one_write(gemini_server, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """`genroute graduate --vertex` wrote the config twice: the tuning job's endpoint as a backend, then the challenger
+    policy around the old one. A crash (or an error) between the two left the tuned backend in the config, routed to
+    by nothing, and its name taken, so graduating again was refused. The local path writes both at once; so does this."""
+    from genroute.testing.credentials import write_credentials
+    from genroute.testing.tuning_routes import TuningRoutes
+
+    TuningRoutes(gemini_server)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(write_credentials(tmp_path / "adc.json")))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gemini_server.base_url)
+    config = vertex_app(gemini_server, tmp_path, "outcomes.db")
+    args = ["graduate", "--task", "t", "--config", str(config), "--out", str(tmp_path / "grad"), "--vertex",
+            "--staging-uri", "gs://bucket/runs", "--name", "sentiment", "--min-examples", "10",
+            "--poll-interval", "0.01"]
+    monkeypatch.setitem(_CONFIG_WRITES, str(config), [])
+    assert cli(args) == 0, capsys.readouterr().err
+    versions = [yaml.safe_load(text) for text in _CONFIG_WRITES[str(config)]]
+    assert len(versions) == 1   # every version a reader (or a crash) could see is the old file or the graduated one
+    (written,) = versions
+    assert written["backends"]["sentiment"]["tuning_job"].endswith("/tuningJobs/1001")
+    assert written["policy"]["kind"] == "challenger" and written["policy"]["backend"] == "sentiment"
+    assert yaml.safe_load(config.read_text()) == written
+
+
 def test_graduate_vertex_cli_names_a_bad_flag_before_sending(gemini_server, tmp_path, capsys):
     config = tmp_path / "app.yaml"
     config.write_text(yaml.safe_dump(gemini_config(gemini_server)))

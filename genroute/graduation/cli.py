@@ -154,6 +154,7 @@ async def _run(args: argparse.Namespace) -> Any:
                     report.lines[-1])})
         elif args.vertex:
             from genroute.tuning.cli import settings_from_flags
+            from genroute.tuning.config_file import with_tuned_backend
             from genroute.tuning.vertex import VertexTuningSettings
 
             given = {"base_model": args.base_model, "poll_interval_s": args.poll_interval}
@@ -165,7 +166,9 @@ async def _run(args: argparse.Namespace) -> Any:
                 report = await agraduate(router, args.task, out_dir=out, vertex=settings, config_path=args.config,
                                          mode=args.mode, share=args.share, eval_share=args.eval_share,
                                          min_examples=args.min_examples, register=False)
-            write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
+            # One write of the backend and its challenger, as below: a crash between two left the backend unrouted.
+            write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share,
+                             raw=with_tuned_backend(args.config, name, report.extra["backend"]))
             report = report.model_copy(update={"lines": (
                 *report.lines, f"register: {name} written to {args.config} as the challenger for task "
                                f"{args.task!r} ({args.mode}, share {args.share:.0%})")})

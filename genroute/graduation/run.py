@@ -71,8 +71,9 @@ async def agraduate(router: Router, task: str, *, out_dir: str | Path, name: str
     """Export ``task``'s captured examples, tune on them, add the tuned model as a challenger.
 
     Local LoRA on the embedded model by default (``tune``); with ``vertex`` settings a Vertex AI tuning job whose
-    endpoint is written into ``config_path`` (as ``genroute tune`` does). ``register=False`` leaves the router as
-    it is (``genroute graduate`` writes the config file instead).
+    endpoint is written into ``config_path`` (as ``genroute tune`` does). ``register=False`` leaves the router and
+    the config file as they are (a Vertex AI job's backend entry is in the report's ``extra["backend"]``):
+    ``genroute graduate`` writes the backend and its challenger policy into the config file at once instead.
     """
     from genroute.tuning.data import load_examples
     from genroute.tuning.local_lora import (ADAPTER_FILE, LocalTuneConfig, check_adapter_unserved,
@@ -144,6 +145,7 @@ async def _agraduate_vertex(router: Router, task: str, *, out_dir: Path, setting
                             register: bool) -> GraduationReport:
     """``agraduate`` with a Vertex AI tuning job: cost = training tokens x epochs x the list training price."""
     from genroute.backends.tuned import TunedBackend, TunedConfig
+    from genroute.tuning.config_file import tuned_entry
     from genroute.tuning.vertex import prepare_data, tune_vertex, vertex_engine
 
     if config_path is not None:  # the engine to tune with is chosen before the export writes anything
@@ -154,7 +156,7 @@ async def _agraduate_vertex(router: Router, task: str, *, out_dir: Path, setting
         with tracer.start_as_current_span("genroute.graduate.tune") as span:
             wall0 = time.perf_counter()
             result = await tune_vertex(tuning_set.train_path, settings, config_path=config_path,
-                                       credentials=credentials)
+                                       credentials=credentials, register=register)
             wall_s = time.perf_counter() - wall0
             # Vertex bills the tokens of the training rows it was sent (the validation split is not trained on;
             # each row's system line is), estimated here at 4 characters per token.
@@ -184,8 +186,10 @@ async def _agraduate_vertex(router: Router, task: str, *, out_dir: Path, setting
                                       mode=mode, share=share)
                 lines.append(f"register: {settings.name} is the challenger for task {task!r} ({mode}, share "
                              f"{share:.0%})")
+    entry = tuned_entry(engine=engine, model=serve, base_model=settings.base_model, system=settings.system,
+                        tuning_job=result.job, tasks=settings.tasks)
     return GraduationReport(task=task, lines=tuple(lines), tuning_set=tuning_set, challenger=settings.name,
-                            tuning_wall_s=wall_s, extra={"tuning_cost_usd": cost, "job": result.job})
+                            tuning_wall_s=wall_s, extra={"tuning_cost_usd": cost, "job": result.job, "backend": entry})
 
 
 def register_local(router: Router, name: str, adapter: str | Path, *, task: str, mode: Literal["shadow", "split"],

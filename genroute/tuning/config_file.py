@@ -177,6 +177,15 @@ def register_tuned_backend(config_path: str | Path, name: str, *, engine: str, m
                            system: str | None = None, tuning_job: str | None = None,
                            replace: bool = False, tasks: Sequence[str] = ()) -> dict[str, Any]:
     """Add ``backends.<name>`` (``kind: tuned``) served by ``engine`` to the config file; return the entry."""
+    entry = tuned_entry(engine=engine, model=model, base_model=base_model, system=system, tuning_job=tuning_job,
+                        tasks=tasks)
+    write_tuned_backend(config_path, name, entry, replace=replace)
+    return entry
+
+
+def tuned_entry(*, engine: str, model: str, base_model: str, system: str | None = None,
+                tuning_job: str | None = None, tasks: Sequence[str] = ()) -> dict[str, Any]:
+    """The config entry of a ``kind: tuned`` backend serving ``model`` on ``engine``."""
     entry: dict[str, Any] = {"kind": "tuned", "engine": engine, "model": model, "base_model": base_model}
     if tasks:
         entry["tasks"] = list(tasks)
@@ -184,7 +193,6 @@ def register_tuned_backend(config_path: str | Path, name: str, *, engine: str, m
         entry["system"] = system
     if tuning_job:
         entry["tuning_job"] = tuning_job
-    write_tuned_backend(config_path, name, entry, replace=replace)
     return entry
 
 

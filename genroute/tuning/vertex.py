@@ -264,8 +264,11 @@ def vertex_engine(config_path: str | Path, engine: str | None) -> tuple[str, Any
 
 async def tune_vertex(data: str | Path, settings: VertexTuningSettings, *, config_path: str | Path | None = None,
                       engine: GeminiEngine | None = None, credentials: Any = None,
-                      console: Console | None = None) -> TuningResult:
-    """Run a whole cloud tuning job and register the tuned model as a backend in ``config_path``."""
+                      console: Console | None = None, register: bool = True) -> TuningResult:
+    """Run a whole cloud tuning job and register the tuned model as a backend in ``config_path``.
+
+    ``register=False`` checks ``config_path`` as for registering and writes nothing: the caller writes the entry
+    (``genroute graduate`` writes it with its challenger policy, in one write)."""
     engine, owned = _engine(settings, config_path, engine, credentials)
     try:
         if settings.staging_uri is None:
@@ -283,7 +286,7 @@ async def tune_vertex(data: str | Path, settings: VertexTuningSettings, *, confi
         if job.name is None:
             raise BackendRejected("the tuning service returned a job without a name", backend=settings.name)
         return await _finish(engine, job.name, settings, config_path, console,
-                             counts=(len(prepared.train), len(prepared.validation)))
+                             counts=(len(prepared.train), len(prepared.validation)), register=register)
     finally:
         if owned:
             await engine.aclose()
@@ -335,7 +338,7 @@ def _engine(settings: VertexTuningSettings, config_path: str | Path | None, engi
 
 async def _finish(engine: GeminiEngine, name: str, settings: VertexTuningSettings,
                   config_path: str | Path | None, console: Console | None, *,
-                  counts: tuple[int | None, int | None]) -> TuningResult:
+                  counts: tuple[int | None, int | None], register: bool = True) -> TuningResult:
     """Wait for the job; on success register its endpoint (or model) as a tuned backend."""
     job = await wait_for_job(engine.client, name, poll_interval_s=settings.poll_interval_s,
                              timeout_s=settings.timeout_s, console=console)
@@ -350,7 +353,7 @@ async def _finish(engine: GeminiEngine, name: str, settings: VertexTuningSetting
     serve = endpoint or model
     if serve is None:
         raise BackendError(f"tuning job {name} succeeded but named no model or endpoint", backend=settings.name)
-    if config_path is not None:
+    if config_path is not None and register:
         register_tuned_backend(
             config_path, settings.name, engine=engine.name, model=serve, base_model=settings.base_model,
             system=settings.system, tuning_job=name, replace=settings.replace, tasks=settings.tasks,
@@ -358,7 +361,7 @@ async def _finish(engine: GeminiEngine, name: str, settings: VertexTuningSetting
     return TuningResult(
         job=name, state=state, backend=settings.name, model=model, endpoint=endpoint,
         train_examples=counts[0], validation_examples=counts[1],
-        config_path=Path(config_path) if config_path is not None else None,
+        config_path=Path(config_path) if config_path is not None and register else None,
     )
 
 
