@@ -84,9 +84,14 @@ def test_an_answer_of_the_wrong_shape_is_a_malformed_body_retried_and_billed(gem
 
 @pytest.mark.parametrize("body", [None, [], [1], {}, {"candidates": []}, {"usageMetadata": {"promptTokenCount": 3}}])
 @pytest.mark.parametrize("kind", ["prompt_template", "function_calling"])
-def test_a_200_body_that_is_not_an_answer_is_a_malformed_body_not_an_empty_answer(gemini_server, body, kind):
-    gemini_server.reply_json(body, path=r".*:generateContent")
+def test_a_200_body_that_is_not_an_answer_is_a_malformed_body_retried_and_billed(gemini_server, body, kind):
+    # It was raised by the backend after the engine's retry loop had returned: a provider's hiccup that the next
+    # attempt would have answered failed the request (or the rung) at once. Each attempt is billed what it reports,
+    # the rest estimated, as for a body of the wrong shape.
+    gemini_server.reply_json(body, path=r".*:generateContent", times=3)
     backend = {"kind": kind, "tools": ["add"]} if kind == "function_calling" else {}
+    reported = isinstance(body, dict) and "usageMetadata" in body
+    attempt = 3 if reported else estimate_tokens("what is this?")
 
     def add(a: int, b: int) -> int:
         return a + b
@@ -95,8 +100,15 @@ def test_a_200_body_that_is_not_an_answer_is_a_malformed_body_not_an_empty_answe
         with pytest.raises(BackendUnavailable) as caught:
             router.generate("what is this?")
         assert str(caught.value) == "malformed response body: an answer with neither candidates nor promptFeedback"
-        assert caught.value.backend == "chat" and caught.value.usage is not None
-        assert router.generate("and now?").text == "echo: and now?"  # the next answer is read as before
+        assert caught.value.backend == "chat" and len(gemini_server.requests) == 3   # retried, like a 503
+        assert caught.value.cost_estimated == (not reported)
+        if kind == "prompt_template":
+            assert caught.value.cost_usd == pytest.approx(3 * attempt * 0.30 / 1e6)
+        gemini_server.reply_json(body, path=r".*:generateContent")
+        result = router.generate("and now?")   # one hiccup, then an answer: the retry answers
+        assert result.text == "echo: and now?" and len(gemini_server.requests) == 5
+        if kind == "prompt_template":   # the lost attempt is on the request's cost
+            assert result.cost_usd > router.generate("and now?").cost_usd
 
 
 def test_a_stream_chunk_with_only_usage_is_still_part_of_the_answer(gemini_server):

@@ -13,7 +13,7 @@ from genroute.runtime.billing import bill, estimate_input, processed
 from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import map_error
 from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig, url_problem  # noqa: F401 - VertexConfig: re-exported
-from genroute.engines.gemini_request import sdk_contents, server_timeout, with_timeout
+from genroute.engines.gemini_request import ends_answer, not_an_answer, sdk_contents, server_timeout, with_timeout
 from genroute.engines.gemini_sessions import LoopClients, supported
 from genroute.engines.retry import call_with_retry
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, without_credentials
@@ -33,13 +33,6 @@ if TYPE_CHECKING:
 #: the SDK's merge of per-request options cost ~25 % of its throughput at 1,000 concurrent requests
 #: (``benchmarks/throughput.py``).
 _OVERRIDE_MARGIN_S = 1.0
-
-
-def _finished(chunk: types.GenerateContentResponse) -> bool:
-    """Whether a stream chunk ends the answer (a finish reason, or a blocked prompt)."""
-    if chunk.prompt_feedback is not None and chunk.prompt_feedback.block_reason is not None:
-        return True
-    return any(c.finish_reason is not None for c in chunk.candidates or ())
 
 
 async def _close_quietly(chunks: Any) -> None:
@@ -200,25 +193,31 @@ class GeminiEngine(Engine):
         return map_error(exc, backend=self.name, secrets=self._secrets())
 
     async def _call(self, call: Awaitable[_T], seconds: float | None, billed: list[types.Content] | str | None = None,
-                    config: types.GenerateContentConfig | None = None) -> _T:
+                    config: types.GenerateContentConfig | None = None, whole: bool = False) -> _T:
         """Await one SDK call bounded by ``seconds`` (``None``: by the caller's own timer), its failure mapped to
         genroute's error tree.
 
         The one place every engine call gets its timeout and error mapping; a failed call that sent ``billed``
         (with ``config``) is billed first if the provider processed it anyway. A cancellation passes through
-        unmapped.
+        unmapped. ``whole``: the result is a whole answer, and a body that is not one fails the attempt (billed).
         """
         try:
             if seconds is None:
-                return await call
-            with deadline_at(time.monotonic() + seconds):
-                return await call
+                result = await call
+            else:
+                with deadline_at(time.monotonic() + seconds):
+                    result = await call
         except BaseException as exc:
             if billed is not None:
                 self._bill_lost(exc, billed, config)
             if not isinstance(exc, Exception):
                 raise  # a cancellation: the caller is going away
             raise self._map(exc) from exc
+        if whole and not result.candidates:  # type: ignore[attr-defined]  # whole: a GenerateContentResponse
+            error = not_an_answer(result, billed or "", config, self.name)  # type: ignore[arg-type]
+            if error is not None:
+                raise error
+        return result
 
     @staticmethod
     def _bill_lost(exc: BaseException, contents: list[types.Content] | str,
@@ -275,7 +274,7 @@ class GeminiEngine(Engine):
                                        config=with_timeout(config, override))
         # An attempt the caller's timer ends on time needs no timer of its own (one more per request would only
         # add work, and objects a request in flight holds); a shorter bound, or no caller's timer, needs one.
-        return self._call(call, None if bounded and seconds >= remaining_s else seconds, contents, config)
+        return self._call(call, None if bounded and seconds >= remaining_s else seconds, contents, config, True)
 
     async def stream(
         self,
@@ -322,7 +321,7 @@ class GeminiEngine(Engine):
         try:
             finished = False
             while chunk is not None:
-                finished = finished or _finished(chunk)
+                finished = finished or ends_answer(chunk)
                 held = time.monotonic()
                 yield chunk
                 if end is not None:

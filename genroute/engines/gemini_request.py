@@ -1,9 +1,12 @@
-"""One Gemini SDK request: its contents in the form the SDK takes cheapest, and its server-side deadline header."""
+"""One Gemini SDK request: its contents in the form the SDK takes cheapest, its server-side deadline header, and
+what its answer says (ended, or not an answer at all)."""
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any
+
+from genroute.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from google.genai import types
@@ -49,3 +52,26 @@ def with_timeout(config: types.GenerateContentConfig | None, seconds: float | No
         return types.GenerateContentConfig(http_options=http)
     return config.model_copy(update={"http_options": http})
 
+
+
+def ends_answer(chunk: types.GenerateContentResponse) -> bool:
+    """Whether a stream chunk ends the answer (a finish reason, or a blocked prompt)."""
+    if chunk.prompt_feedback is not None and chunk.prompt_feedback.block_reason is not None:
+        return True
+    return any(c.finish_reason is not None for c in chunk.candidates or ())
+
+
+def not_an_answer(response: types.GenerateContentResponse, contents: list[types.Content] | str,
+                  config: types.GenerateContentConfig | None, engine: str) -> BackendUnavailable | None:
+    """The error for a 200 body that is not an answer (``null``, a list, an object with neither candidates nor
+    ``promptFeedback``: a provider's or a proxy's hiccup, retried as a malformed body is), with what the attempt
+    cost billed (the usage it reports, the rest estimated); ``None`` for an answer (a blocked prompt is one)."""
+    if response.candidates or response.prompt_feedback is not None:
+        return None
+    from genroute.runtime.billing import bill, filled_usage
+    from genroute.runtime.telemetry import usage_of
+
+    usage, estimated = filled_usage(usage_of(response), response, contents, config)
+    bill(usage, estimated=estimated)
+    return BackendUnavailable("malformed response body: an answer with neither candidates nor promptFeedback",
+                              backend=engine)
