@@ -166,6 +166,31 @@ async def test_a_semantic_decisions_embedding_is_in_the_requests_cost(gemini_ser
     assert first.attributes["gen_ai.usage.cost.amount"] == pytest.approx(ANSWER + embedding)
 
 
+async def test_an_outcome_records_the_routing_embedding_apart_from_the_served_backends_cost(
+        gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    # The served side's cost was the request's, routing embedding included, while a shadow's side (or a bench row's
+    # candidate) has none: a graduation or a compile from production read the served backend as dearer than it is.
+    from genroute.outcomes import OutcomeStore
+
+    routes = {"rag": ["bake bread", "rye sourdough"]}
+    semantic = {"kind": "semantic", "routes": routes, "default": "chat"}
+    config = _config(gemini_server, tmp_path, policy={"kind": "challenger", "task": "t", "backend": "twin",
+                                                      "mode": "shadow", "share": 1.0, "policy": semantic},
+                     outcomes={"path": str(tmp_path / "outcomes.db")})
+    config["backends"]["twin"] = dict(config["backends"]["chat"])   # the same call as chat's, so the same cost
+    router = Router.from_config(config)
+    try:
+        result = await router.agenerate("something else entirely", task="t")
+        await router.adrain()
+    finally:
+        await router.aclose()
+    embedding = estimate_tokens("something else entirely") * EMBED
+    assert result.backend == "chat" and result.cost_usd == pytest.approx(ANSWER + embedding)   # the request's
+    (record,) = OutcomeStore(tmp_path / "outcomes.db").records_sync()
+    assert record.outcomes["chat"].cost_usd == pytest.approx(ANSWER) == record.outcomes["twin"].cost_usd
+    assert record.metadata["routing_cost_usd"] == pytest.approx(embedding)
+
+
 async def test_embedding_costs_are_on_the_cost_counter(gemini_server: GeminiTestServer, tmp_path: Path,
                                                         otel: Otel) -> None:
     routes = {"rag": ["bake bread", "rye sourdough"]}

@@ -52,6 +52,8 @@ class _Pending:
     label: str | None = None
     #: The backend the policy sent the request to first (its split arm, even when another rung answered).
     arm: str | None = None
+    #: What deciding cost (a semantic or learned policy's embedding of the request): the policy's, not the side's.
+    routing_cost_usd: float = 0.0
 
 
 class OutcomeRecorder:
@@ -73,8 +75,10 @@ class OutcomeRecorder:
     def served(self, id: str, request: GenerateRequest, result: GenerateResult, output: BackendOutput) -> None:
         """Remember a served answer (bounded: the oldest is forgotten first)."""
         tried = result.decision.rungs_tried
-        self._pending[id] = _Pending(request, result.backend, output, served_side(result), result.trace_id,
-                                     arm=tried[0].backend if tried else result.backend)
+        side = served_side(result)
+        self._pending[id] = _Pending(request, result.backend, output, side, result.trace_id,
+                                     arm=tried[0].backend if tried else result.backend,
+                                     routing_cost_usd=max(0.0, result.cost_usd - side.cost_usd))
         if len(self._pending) > self.settings.max_pending:
             self._pending.popitem(last=False)
 
@@ -221,6 +225,8 @@ class OutcomeRecorder:
             metadata["served"] = pending.backend
             metadata["arm"] = pending.arm
             metadata.setdefault("features", {})["input_tokens"] = pending.side.input_tokens
+            if pending.routing_cost_usd:
+                metadata["routing_cost_usd"] = pending.routing_cost_usd
         return metadata
 
     def _capture(self, input: str | None, output: str | None, task: str | None) -> tuple[str | None, str | None]:
@@ -267,8 +273,12 @@ class OutcomeRecorder:
 
 
 def served_side(result: GenerateResult) -> Side:
-    """The served backend's side of a record, from its result."""
-    return Side(role="served", cost_usd=result.cost_usd, latency_s=result.latency_s,
+    """The served backend's side of a record, from its result: what its rungs cost (a failed one's included), not
+    what deciding cost (a semantic or learned policy's embedding of the request, paid whichever backend answers, and
+    on no shadow's side: kept apart as the record's ``routing_cost_usd``)."""
+    tried = result.decision.rungs_tried
+    cost = sum(attempt.cost_usd for attempt in tried) if tried else result.cost_usd
+    return Side(role="served", cost_usd=cost, latency_s=result.latency_s,
                 cloud_equivalent_cost_usd=result.cloud_equivalent_cost_usd,
                 input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens)
 
