@@ -188,6 +188,28 @@ async def test_fixed_selector_keeps_load_order_across_loads(knowledge: Knowledge
     assert [e.metadata["ord"] for e in chosen] == sorted(e.metadata["ord"] for e in chosen)
 
 
+@pytest.mark.parametrize("selector", ["fixed", "random"])
+async def test_a_reload_is_seen_by_a_running_routers_fixed_and_random_selection(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path, selector: str) -> None:
+    # They read the pool once and kept it until router.refresh(): after the file was loaded again with other examples,
+    # the router went on showing the examples the load had deleted (knn, querying per request, showed the new ones).
+    collection = knowledge.name("reload")
+    path = tmp_path / "ex.jsonl"
+    await aload_examples(knowledge.store(), [write_examples(path, EXAMPLES[:2])], collection=collection)
+
+    def shown() -> set[str]:
+        turns = field_of(gemini_server.requests[-1].body, "contents")
+        return {t["parts"][0]["text"] for t in turns[:-1] if t["role"] == "user"}
+
+    async with router(gemini_server, otel, knowledge, collection=collection, selector=selector, k=2) as r:
+        await r.agenerate("unrelated question")
+        assert shown() == {t for t, _ in EXAMPLES[:2]}
+        # Loaded again by another store object of this process (an application's loader), with other examples.
+        await aload_examples(knowledge.store(), [write_examples(path, EXAMPLES[4:6])], collection=collection)
+        await r.agenerate("unrelated question")
+        assert shown() == {t for t, _ in EXAMPLES[4:6]}
+
+
 async def test_example_metadata_is_at_the_top_level_of_the_template(gemini_server: GeminiTestServer, otel: Otel,
                                                                     knowledge: Knowledge, tmp_path: Path) -> None:
     collection, examples = await loaded(knowledge, tmp_path)

@@ -124,6 +124,7 @@ class ExampleStore:
         self.collection = collection
         self.field = field
         self._pool: list[ExampleRecord] | None = None
+        self._stamp = 0  # the collection's write stamp when the pool was read
         self._count: int | None = None
         self._lock = asyncio.Lock()
 
@@ -143,15 +144,18 @@ class ExampleStore:
         return self._count
 
     async def pool(self) -> list[ExampleRecord]:
-        """Every example in file order (cached; fixed and random selection need them all)."""
-        if self._pool is None:
+        """Every example in file order (fixed and random selection need them all); kept, and read again after this
+        process wrote to the collection (a load through any store of it), or after ``refresh``."""
+        stamp = self.store.written(self.collection)  # before the read: a write during it is read next time
+        if self._pool is None or self._stamp != stamp:
             async with self._lock:
-                if self._pool is None:
+                if self._pool is None or self._stamp != stamp:
+                    self._count = None  # counted again: the collection may be empty now
                     await self.size()
                     hits = await self.store.get_all(self.collection, kind="examples", field=self.field)
                     records = [_record(h) for h in hits]
                     records.sort(key=lambda r: r.metadata.get("ord", 0))
-                    self._pool = records
+                    self._pool, self._stamp = records, stamp
                     self._count = len(records)
         return self._pool
 

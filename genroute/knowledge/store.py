@@ -107,19 +107,25 @@ class KnowledgeStore(StoreCollections):
             return
         cleaned, ids = [clean_metadata(m) for m in metadatas], list(ids)
         size = await self._run(self.max_batch_size)  # a file re-read may keep more records than one write takes
-        for start in range(0, len(ids), size):
-            batch = slice(start, start + size)
-            await self._aon(name, lambda col: col.update(ids=ids[batch], metadatas=cleaned[batch]), kind=kind)
+        try:
+            for start in range(0, len(ids), size):
+                batch = slice(start, start + size)
+                await self._aon(name, lambda col: col.update(ids=ids[batch], metadatas=cleaned[batch]), kind=kind)
+        finally:
+            self.wrote(name)
 
     def delete_sync(self, name: str, ids: Sequence[str], *, kind: Kind, where: Mapping[str, Any] | None = None) -> None:
         """Delete ``ids`` (those also matching ``where``, if given) in batches Chroma accepts (blocking)."""
         if not ids:
             return
         size, ids = self.max_batch_size(), list(ids)
-        for start in range(0, len(ids), size):
-            batch = ids[start:start + size]
-            self._guard(self._on, name, lambda col: col.delete(ids=batch, where=dict(where) if where else None),
-                        kind=kind)
+        try:
+            for start in range(0, len(ids), size):
+                batch = ids[start:start + size]
+                self._guard(self._on, name, lambda col: col.delete(ids=batch, where=dict(where) if where else None),
+                            kind=kind)
+        finally:
+            self.wrote(name)
 
     async def delete(self, name: str, ids: Sequence[str], *, kind: Kind, where: Mapping[str, Any] | None = None) -> None:
         """Delete ``ids`` (those also matching ``where``, if given) in batches Chroma accepts."""
@@ -134,8 +140,11 @@ class KnowledgeStore(StoreCollections):
         await self.collection(name, kind=kind, create=True)  # made and checked before paying for embeddings
         vectors = list(embeddings) if embeddings is not None else await self.embedder.aembed(list(texts))
         cleaned = [clean_metadata(m) for m in metadatas]
-        await self._aon(name, lambda col: col.upsert(ids=list(ids), documents=list(texts), embeddings=vectors,
-                                                     metadatas=cleaned), kind=kind, create=True)
+        try:
+            await self._aon(name, lambda col: col.upsert(ids=list(ids), documents=list(texts), embeddings=vectors,
+                                                         metadatas=cleaned), kind=kind, create=True)
+        finally:
+            self.wrote(name)
 
     async def query(self, name: str, text: str, *, kind: Kind, k: int, where: Mapping[str, Any] | None = None,
                     include_embeddings: bool = False, field: str = "collection",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import threading
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -20,6 +22,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Kind = Literal["documents", "examples", "routes"]
+#: A stamp per collection (of a Chroma place), renewed by each write through any store of this process: what is read
+#: whole and kept (the ``fixed``/``random`` example pool) is read again once its collection's stamp changed.
+_WRITTEN: dict[tuple[Any, ...], int] = {}
+_STAMPS = itertools.count(1)
 
 
 class StoreCollections:
@@ -60,6 +66,24 @@ class StoreCollections:
         if self.config.host is not None:
             return f"chroma server {self.config.host}:{self.config.port}"
         return f"embedded chroma at {self.config.path}"
+
+    def wrote(self, name: str) -> None:
+        """Renew collection ``name``'s write stamp (``written``): called after each write."""
+        _WRITTEN[self._place(name)] = next(_STAMPS)
+
+    def written(self, name: str) -> int:
+        """Collection ``name``'s write stamp: changed by each write this process made to it since (0: none)."""
+        return _WRITTEN.get(self._place(name), 0)
+
+    def _place(self, name: str) -> tuple[Any, ...]:
+        return *self._where, name
+
+    @cached_property
+    def _where(self) -> tuple[Any, ...]:
+        """The Chroma place (server or directory, tenant, database) whatever the store object or path's spelling."""
+        config = self.config
+        where = (config.host, config.port) if config.host is not None else os.path.realpath(config.path or "")
+        return where, config.tenant, config.database
 
     def _path(self) -> str:
         if self.config.path is None:
@@ -193,7 +217,10 @@ class StoreCollections:
                 pass
 
         self._collections.pop(name, None)
-        await self._run(run)
+        try:
+            await self._run(run)
+        finally:
+            self.wrote(name)
 
     def count_sync(self, name: str, *, kind: Kind, field: str = "collection") -> int:
         """Records in ``name`` (blocking)."""
