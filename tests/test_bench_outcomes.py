@@ -123,8 +123,23 @@ def test_load_matrix_gz_missing_candidates_and_pricing(tmp_path: Path) -> None:
 def test_embedding_cache_embeds_each_text_once(embedder: LocalEmbedder, tmp_path: Path) -> None:
     first = CachedEmbedder(embedder, tmp_path)
     a = first.embed_array(["one", "two"])
-    again = CachedEmbedder(_Refusing(embedder.model), tmp_path)  # a new process: reads the file, embeds nothing
+    # A new process with the same embedder: reads the file, embeds nothing.
+    again = CachedEmbedder(_Refusing(embedder.model, embedder.fingerprint()), tmp_path)
     assert np.array_equal(again.embed_array(["two", "one"]), a[::-1])
+
+
+def test_an_embedder_that_makes_other_vectors_under_the_same_name_does_not_read_the_cache(
+        embedder: LocalEmbedder, tmp_path: Path) -> None:
+    # The cache was keyed by the model's name alone: another model file or version under that name, or one reading
+    # fewer tokens of each text, was handed the vectors the first had cached.
+    long = " ".join(f"word{i}" for i in range(100))
+    short = LocalEmbedder(max_length=8)
+    assert short.model == embedder.model
+    cut = CachedEmbedder(short, tmp_path).embed_array([long])
+    whole = CachedEmbedder(embedder, tmp_path).embed_array([long])
+    assert np.allclose(whole, embedder.embed_array([long]), atol=1e-6) and not np.allclose(whole, cut, atol=1e-3)
+    with pytest.raises(AssertionError, match="embedded again"):   # another file or version: embedded anew
+        CachedEmbedder(_Refusing(embedder.model, embedder.fingerprint() + "|1.0.1"), tmp_path).embed_array([long])
 
 
 def test_a_cache_file_genroute_did_not_write_is_a_usage_error(embedder: LocalEmbedder, tmp_path: Path,
@@ -146,8 +161,9 @@ def test_a_cache_file_genroute_did_not_write_is_a_usage_error(embedder: LocalEmb
 
 
 class _Refusing:
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, fingerprint: str) -> None:
         self.model = model
+        self.fingerprint = lambda: fingerprint
 
     def embed_array(self, texts: list[str]) -> np.ndarray:
         raise AssertionError(f"embedded again: {texts}")

@@ -1,4 +1,9 @@
-"""Request embeddings computed once and kept on disk, keyed by the embedder and each text's content."""
+"""Request embeddings computed once and kept on disk, keyed by the embedder's fingerprint and each text's content.
+
+The file's name holds the model's name and a digest of the embedder's ``fingerprint()`` (its model file, version and
+settings: ``Embedder.fingerprint``), so a model changed under the same name starts a cache of its own instead of
+reading the other's vectors; an embedder without one is known by its model name alone.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +26,11 @@ class CachedEmbedder:
         self.embedder = embedder
         self.chunk = chunk
         self.model = getattr(embedder, "model", "unknown")
+        fingerprint = getattr(embedder, "fingerprint", None)
+        identity = str(fingerprint() if callable(fingerprint) else self.model)
+        digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(self.model))
-        self.path = Path(cache_dir) / f"embeddings-{safe}.npz"
+        self.path = Path(cache_dir) / f"embeddings-{safe}-{digest}.npz"
         self._vectors: dict[str, np.ndarray] = {}
         if self.path.exists():
             self._vectors = _read(self.path, self.model, getattr(embedder, "dimension", None))

@@ -50,6 +50,11 @@ class Embedder(ABC):
     async def aembed(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> list[list[float]]:
         """Embed ``texts`` (one vector per text, in order); the ``embeddings`` span goes to ``tracer``."""
 
+    def fingerprint(self) -> str:
+        """What this embedder's vectors depend on, for caches of them (same fingerprint, same vectors): here its
+        model's name, width and the tokens it reads; an embedder whose weights can change under one name adds them."""
+        return f"{self.model}|{self.dimension}|{self.max_length}"
+
     def embed(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> list[list[float]]:
         """Embed ``texts`` from sync code; refuses to run inside a running event loop."""
         from genroute.runtime.portal import run_sync

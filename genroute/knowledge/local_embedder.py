@@ -76,6 +76,12 @@ class LocalEmbedder(Embedder):
         """The name Chroma stores in a collection's configuration."""
         return "genroute_local_minilm"
 
+    def fingerprint(self) -> str:
+        """The base's, with the weights package's version and its model file's and the tokenizer's size and time: a
+        reinstalled or replaced file under the same name makes other vectors."""
+        files = "|".join(f"{s.st_size}:{s.st_mtime_ns}" for s in (model_file().stat(), tokenizer_file().stat()))
+        return f"{super().fingerprint()}|{WEIGHTS_PACKAGE}=={WEIGHTS_VERSION}|{files}"
+
     def _load(self) -> None:
         # Built lazily so constructing (e.g. Chroma's build_from_config on reopen) is free.
         with self._load_lock:
