@@ -122,6 +122,27 @@ async def test_files_gone_from_a_reingested_directory_lose_their_chunks(knowledg
         ("c.txt", "Apples are red."), ("elsewhere.txt", "Dates are sweet."), ("kept.csv", "Cherries are dark.")]
 
 
+async def test_a_directorys_walk_stays_inside_it(knowledge: Knowledge, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    # A link to a file outside the directory was ingested under the target's path: once the link was removed, no
+    # re-ingest of the directory withdrew it (its source is not under the directory), so its chunks stayed, cited.
+    docs, outside = tmp_path / "docs", tmp_path / "private"
+    (docs / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (docs / "a.txt").write_text("Apples are red.\n", encoding="utf-8")
+    (outside / "secret.txt").write_text("The launch code is 1234.\n", encoding="utf-8")
+    (docs / "secret.txt").symlink_to(outside / "secret.txt")
+    (docs / "alias.txt").symlink_to(docs / "a.txt")           # inside: the same file, read once
+    (docs / "sub" / "loop").symlink_to(docs, target_is_directory=True)   # not followed: no loop
+    (docs / "private").symlink_to(outside, target_is_directory=True)     # not followed: outside
+    store, collection = knowledge.store(), knowledge.name("walk")
+    report = await aingest(store, [docs], collection=collection)
+    assert report.files == 1 and await stored_texts(knowledge, collection) == ["Apples are red."]
+    assert f"skipped {docs / 'secret.txt'}: a link to {(outside / 'secret.txt').resolve()}" in caplog.text
+    report = await aingest(store, [docs / "secret.txt"], collection=collection)   # named, it is ingested
+    assert await stored_texts(knowledge, collection) == ["Apples are red.", "The launch code is 1234."]
+
+
 async def test_a_directory_emptied_since_it_was_ingested_loses_its_chunks(knowledge: Knowledge, tmp_path: Path) -> None:
     # Deleting a directory's last file and ingesting it again was refused ("docs holds no ... files"), so that file's
     # chunks stayed, answerable and cited, unlike those of any other file gone from it. A directory that never held

@@ -18,6 +18,7 @@ chunks stay until the file is next ingested; nothing current is ever lost.)
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +35,7 @@ from genroute.knowledge.records import GENERATION, paid_writes, settle_sources, 
 if TYPE_CHECKING:
     from genroute.knowledge.store import KnowledgeStore
 
+_log = logging.getLogger(__name__)
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".rst"})
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
@@ -93,15 +95,31 @@ def expand_paths(paths: Sequence[str | Path], *, field: str = "paths", suffixes:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+            found = _walk(path, suffixes)
             if not found and not empty_dirs:
                 raise UsageError(f"{path} holds no {', '.join(sorted(suffixes))} files", field=field)
-            files.update(dict.fromkeys(p.resolve() for p in found))
+            files.update(dict.fromkeys(found))
         elif path.is_file():
             files[path.resolve()] = None
         else:
             raise UsageError(f"no such file or directory: {path}", field=field)
     return list(files)
+
+
+def _walk(directory: Path, suffixes: frozenset[str]) -> list[Path]:
+    """The ``suffixes`` files under ``directory``, resolved, sorted by the names found. The walk stays inside it:
+    symbolic links to directories are not followed (no loops), and a link to a file outside it is skipped, with a
+    warning (its records would name that file, which no re-ingest of the directory could withdraw once the link is
+    gone); name such a file to ingest it."""
+    root = directory.resolve()
+    found = []
+    for name in sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
+        target = name.resolve()
+        if target.is_relative_to(root):
+            found.append(target)
+        else:
+            _log.warning("skipped %s: a link to %s, outside %s (name that file to ingest it)", name, target, directory)
+    return found
 
 
 def read_documents(path: Path, *, text_field: str = "text") -> Iterator[Document]:
