@@ -86,7 +86,8 @@ def _vertex(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from genroute.jsonl import output_dir
-    from genroute.tuning.vertex import VertexTuningSettings, prepare_data, run_vertex_tuning, write_jsonl
+    from genroute.tuning.storage import write_jsonl
+    from genroute.tuning.vertex import VertexTuningSettings, prepare_data, run_vertex_tuning
 
     if not args.base_model:
         raise UsageError("required for a Vertex AI job", field="--base-model")

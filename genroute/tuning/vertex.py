@@ -13,15 +13,11 @@ The Gemini Developer API is refused: google-genai's request for it carries no ex
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +25,8 @@ from genroute.errors import BackendError, BackendRejected, BackendUnavailable, C
 from genroute.tuning.config_file import (NAME_PATTERN, check_target, register_tuned_backend,
                                          require_same_base)
 from genroute.tuning.data import DEFAULT_MAX_CHARS, Example, load_examples, split
+from genroute.tuning.storage import default_credentials, upload_jsonl
+from genroute.tuning.storage import write_jsonl as write_jsonl  # re-exported: it was defined here
 
 if TYPE_CHECKING:
     from google import genai
@@ -37,9 +35,6 @@ if TYPE_CHECKING:
 
     from genroute.engines.gemini import GeminiEngine
 
-#: Storage API root; ``STORAGE_EMULATOR_HOST`` (the google-cloud-storage convention) overrides it.
-_STORAGE_ROOT = "https://storage.googleapis.com"
-_CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 #: How long one call to the tuning API may take (the engine's client sets no HTTP timeout of its own).
 _CALL_TIMEOUT_S = 120.0
 
@@ -119,42 +114,6 @@ def prepare_data(path: str | Path, settings: VertexTuningSettings) -> PreparedDa
         train_rows=[vertex_row(e, settings.system) for e in train],
         validation_rows=[vertex_row(e, settings.system) for e in validation],
     )
-
-
-def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write rows as JSONL (for ``--dry-run`` or uploading by hand)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_jsonl(rows))
-    return path
-
-
-async def upload_jsonl(uri: str, rows: Sequence[dict[str, Any]], *, credentials: Any) -> str:
-    """Upload rows to ``gs://bucket/object`` with the Cloud Storage JSON API (media upload)."""
-    import httpx
-
-    bucket, _, obj = uri.removeprefix("gs://").partition("/")
-    root = os.environ.get("STORAGE_EMULATOR_HOST") or _STORAGE_ROOT
-    root = root if "://" in root else f"http://{root}"
-    from genroute.engines.errors import map_error
-
-    headers = {"Content-Type": "application/jsonl"}
-    try:
-        await asyncio.to_thread(_authorize, credentials, headers)
-    except Exception as exc:  # a token refresh that failed: no network, a revoked or expired refresh token
-        raise map_error(exc) from exc
-    try:
-        async with httpx.AsyncClient(timeout=120) as http:
-            response = await http.post(f"{root.rstrip('/')}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
-                                       params={"uploadType": "media", "name": obj}, content=_jsonl(rows),
-                                       headers=headers)
-    except httpx.HTTPError as exc:
-        raise BackendUnavailable(f"upload to {uri} failed: {type(exc).__name__}: {exc}") from None
-    code = response.status_code
-    if code >= 400:
-        kind = BackendUnavailable if code in (408, 429) or code >= 500 else BackendRejected
-        raise kind(f"upload to {uri} failed: HTTP {code} {response.text[:300]}", status=code)
-    return uri
 
 
 async def start_job(client: genai.Client, settings: VertexTuningSettings, *, training_uri: str,
@@ -275,7 +234,7 @@ async def tune_vertex(data: str | Path, settings: VertexTuningSettings, *, confi
             raise UsageError("Vertex AI reads tuning data from Cloud Storage: set staging_uri (gs://bucket/prefix)",
                              field="staging_uri")
         prepared = prepare_data(data, settings)
-        creds = credentials if credentials is not None else await asyncio.to_thread(_default_credentials)
+        creds = credentials if credentials is not None else await asyncio.to_thread(default_credentials)
         stem = f"{settings.staging_uri.rstrip('/')}/{settings.name}-{int(time.time())}"
         training_uri = await upload_jsonl(f"{stem}-train.jsonl", prepared.train_rows, credentials=creds)
         validation_uri = None
@@ -387,29 +346,3 @@ def _require_vertex(client: genai.Client) -> None:
 def _state(job: types.TuningJob) -> str:
     state = job.state
     return str(getattr(state, "value", state) or "JOB_STATE_UNSPECIFIED")
-
-
-def _jsonl(rows: Sequence[dict[str, Any]]) -> bytes:
-    return b"".join(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n" for row in rows)
-
-
-def _authorize(credentials: Any, headers: dict[str, str]) -> None:
-    """Put a bearer token in ``headers``, refreshing ``credentials`` if needed (blocking)."""
-    if not credentials.valid:
-        import google.auth.transport.requests
-
-        credentials.refresh(google.auth.transport.requests.Request())
-    credentials.apply(headers)
-
-
-def _default_credentials() -> Any:
-    import google.auth
-
-    from genroute.engines.errors import cut_credentials_chain
-
-    try:
-        credentials, _ = google.auth.default(scopes=[_CLOUD_SCOPE])
-    except Exception as exc:  # DefaultCredentialsError and transport errors alike mean "not set up"
-        cut_credentials_chain(exc)  # ``from None`` still keeps it as the context
-        raise ConfigError(f"no Google Cloud credentials for the upload: {exc}", field="credentials") from None
-    return credentials
