@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import struct
 import sys
 import threading
 from collections import deque
@@ -16,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from genroute.testing.faults import Fault
+from genroute.testing.wire import reset, send
 from genroute.testing.replies import (
     Reply,
     Response,
@@ -267,7 +267,7 @@ class GeminiTestServer:
             self._requests.append(request)
             fault = self._faults.popleft() if self._faults else None
         if fault is not None and fault.kind == "reset":
-            _reset(h)
+            reset(h)
             return
         stall: tuple[int, float] | None = None
         if fault is not None and fault.kind == "delay":
@@ -278,23 +278,23 @@ class GeminiTestServer:
             fault = None
         if fault is not None and fault.kind == "status" and not (request.stream and fault.after_chunks):
             headers = retry_after_header(fault.retry_after)
-            _send(h, Response(status=fault.code, body=error_body(fault.code, fault.message, fault.retry_after),
+            send(h, Response(status=fault.code, body=error_body(fault.code, fault.message, fault.retry_after),
                               headers=headers))
             return
         if fault is not None and fault.kind == "malformed_json":
             if fault.code not in (0, 200):  # an error answer is a plain body, streamed request or not
-                _send(h, Response(status=fault.code, body=b'{"error": {"code": %d, "mess' % fault.code))
+                send(h, Response(status=fault.code, body=b'{"error": {"code": %d, "mess' % fault.code))
             elif request.stream:
-                _send(h, Response(events=[b'{"candidates": [{"content": {"parts": [{"te']))
+                send(h, Response(events=[b'{"candidates": [{"content": {"parts": [{"te']))
             else:
-                _send(h, Response(body=b'{"candidates": [{"content": {"parts": [{"te'))
+                send(h, Response(body=b'{"candidates": [{"content": {"parts": [{"te'))
             return
         response = self._route(request)
         if fault is not None and fault.kind == "status":  # a stream failing after some events
             events = list(response.events or [])[: fault.after_chunks]
             events.append(error_body(fault.code, fault.message, fault.retry_after))
             response = Response(events=events)
-        _send(h, response, cut_after=fault.after_chunks if fault is not None and fault.kind == "cut_stream" else None,
+        send(h, response, cut_after=fault.after_chunks if fault is not None and fault.kind == "cut_stream" else None,
               stall=None if stall is None else (stall[0], lambda: self._stopped.wait(stall[1])))
 
     def _route(self, request: RecordedRequest) -> Response:
@@ -343,68 +343,3 @@ def _embed(server: GeminiTestServer, request: RecordedRequest, match: re.Match[s
     vertex = "/projects/" in request.path  # a Vertex AI resource name: counts come with the answer
     return embed_response(request.action or "", request.body, server.embedding_dim, vertex=vertex,
                           tokens=server.embed_tokens)
-
-
-def _encode(item: Any) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    return json.dumps(item, separators=(",", ":")).encode("utf-8")
-
-
-def _send(h: _RequestHandler, response: Response, *, cut_after: int | None = None,
-          stall: tuple[int, Callable[[], object]] | None = None) -> None:
-    """Write ``response``; ``cut_after`` drops the connection after that many events (or a partial body);
-    ``stall`` (events, wait) calls ``wait`` after that many events of a stream."""
-    try:
-        h.send_response(response.status)
-        for key, value in response.headers.items():
-            h.send_header(key, value)
-        if response.events is None:
-            data = _encode(response.body if response.body is not None else {})
-            h.send_header("Content-Type", "application/json; charset=UTF-8")
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            if cut_after is not None:  # that many bytes, but never the whole body: it must look cut
-                h.wfile.write(data[: max(1, min(cut_after, len(data) - 1))])
-                _drop(h)
-                return
-            h.wfile.write(data)
-            return
-        h.send_header("Content-Type", "text/event-stream")
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
-        for index, event in enumerate(response.events):
-            if cut_after is not None and index >= cut_after:
-                _drop(h)
-                return
-            if stall is not None and index == stall[0]:
-                stall[1]()
-            frame = b"data: " + _encode(event) + b"\r\n\r\n"
-            h.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
-            h.wfile.flush()
-        if cut_after is not None:
-            _drop(h)
-            return
-        h.wfile.write(b"0\r\n\r\n")
-    except OSError:  # the client went away (e.g. its timeout fired during a delay fault)
-        h.close_connection = True
-
-
-def _drop(h: _RequestHandler) -> None:
-    """End the connection mid-body: the client must see an incomplete response, not a short one."""
-    h.wfile.flush()
-    h.close_connection = True
-    try:
-        h.connection.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
-def _reset(h: _RequestHandler) -> None:
-    """Close with SO_LINGER 0 so the peer gets a TCP RST."""
-    h.close_connection = True
-    try:
-        h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        h.connection.close()
-    except OSError:
-        pass
