@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -42,6 +41,7 @@ from genroute.state import ListRead, ListReplay, RedisStateConfig, StateStore
 from genroute.state.memory import MemoryStateStore
 from genroute.state.ops import Admitted, Claim, Held, Hold, Release, Settle, Settlement, op_name
 from genroute.state.redis_script import SCRIPT, Push, Range, Until, Usage, decode, encode
+from genroute.state.redis_url import check_url, redacted
 from genroute.state.unsent import UnsentWrites
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class RedisStateStore(StateStore):
 
             raise ConfigError("state kind redis needs redis-py: pip install 'genroute[redis]'",
                               field="state.kind") from None
-        _check_url(config.url)
+        check_url(config.url)
         self.config = config
         self.prefix = config.prefix
         self.fallback = MemoryStateStore()
@@ -155,7 +155,7 @@ class RedisStateStore(StateStore):
         else:
             failed = self._failed
         if self.config.on_error == "closed":
-            raise StateUnavailable(f"state store at {_where(self.config.url)} {failed} (state.on_error: "
+            raise StateUnavailable(f"state store at {redacted(self.config.url)} {failed} (state.on_error: "
                                    "closed): nothing was sent") from cause
         self.degraded = True
         self.fallbacks += 1
@@ -175,7 +175,7 @@ class RedisStateStore(StateStore):
                 mode = "using this process's memory" + ("" if outage else " (the refused writes are not replayed)")
             again = f"; retrying every {self.config.retry_s:.1f} s" if outage else ""
             _log.warning("state store at %s %s during %s (%s): %s%s",
-                         _where(self.config.url), failed, op, type(exc).__name__, mode, again)
+                         redacted(self.config.url), failed, op, type(exc).__name__, mode, again)
 
     def _k(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
@@ -362,35 +362,6 @@ class RedisStateStore(StateStore):
             await found.client.connection_pool.disconnect()
 
 
-#: The path of a redis:// URL: none, or the database's number.
-_DB_PATH = re.compile(r"/?([0-9]+/?)?", re.ASCII)
-
-
-def _check_url(url: str) -> None:
-    """Raise ``ConfigError`` naming ``state.url`` unless redis-py can connect with ``url`` (checked at build: redis-py
-    itself reads it only at the first call). The message never holds the URL: it may carry a password."""
-    from urllib.parse import urlsplit
-
-    from redis.asyncio.connection import Connection, parse_url
-    from redis.exceptions import RedisError
-
-    from genroute.errors import ConfigError, without_credentials
-
-    try:
-        scheme, _, path, _, _ = urlsplit(url)
-        if scheme in ("redis", "rediss") and not _DB_PATH.fullmatch(path):
-            # redis-py reads a path that is not a number as database 0, silently (and "/1/2" as 12).
-            raise ConfigError(f"the path after the host is the database's number, as in redis://host:6379/0; "
-                              f"{path!r} is not one", field="state.url")
-        options = parse_url(url)
-        # What the pool does at the first call: an unknown query option fails here, not in a request.
-        # The type leaves out the query options parse_url adds, and does not see pop() take connection_class out.
-        options.pop("connection_class", Connection)(**options)  # type: ignore[misc]
-    except (ValueError, TypeError, RedisError) as exc:
-        raise ConfigError(f"not a Redis URL redis-py can use: {without_credentials(str(exc))}",
-                          field="state.url") from None
-
-
 def _failure(exc: BaseException) -> str:
     """How the store failed, for an error or a log line: unreachable, or the error reply (its first line)."""
     import redis.exceptions
@@ -398,12 +369,3 @@ def _failure(exc: BaseException) -> str:
     if isinstance(exc, redis.exceptions.ResponseError):
         return f"answered with an error ({type(exc).__name__}: {str(exc).split(chr(10), 1)[0][:200]})"
     return "is unreachable"
-
-
-def _where(url: str) -> str:
-    """``url`` without its password (never in a log or an error)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or parts.path or "?"
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
