@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import Field, model_validator
 
-from genroute.backends.base import Backend, BackendConfig, BackendOutput, finish_reason, user_content
+from genroute.backends.base import Backend, BackendConfig, BackendOutput, user_content
+from genroute.backends.model_turn import ModelTurn
 from genroute.errors import BackendError, ConfigError, ToolLoopExceeded
 from genroute.runtime.deadlines import deadline_at
 from genroute.tools import InvalidToolArgs, Tool, ToolTimedOut, failure_text, jsonable, tool_from_callable
@@ -177,7 +178,7 @@ class FunctionCallingBackend(Backend):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise self._exceeded(f"deadline reached after {step} tool step(s)", calls_made)
                 config = self.generate_config(final=final)
-                turn = _Turn(separator="\n\n" if said else "")
+                turn = ModelTurn(separator="\n\n" if said else "")
                 if stream:
                     async with aclosing(ctx.stream(self.engine, self.config.model, contents, config)) as chunks:
                         # Bounded chunk by chunk: a deadline scope must not stay open across a yield to our caller.
@@ -341,41 +342,6 @@ class FunctionCallingBackend(Backend):
             # even one that exits, which would otherwise end the router's loop thread and hang every caller
             return done("error", type(exc).__qualname__, error=failure_text(exc))
         return done("ok", result=jsonable(result))
-
-
-class _Turn:
-    """One model turn, whole or streamed: its parts, function calls, text and finish reason."""
-
-    def __init__(self, separator: str) -> None:
-        self.parts: list[types.Part] = []
-        self.calls: list[types.FunctionCall] = []
-        self.text = ""
-        self.finish: str | None = None
-        self._separator = separator
-
-    def add(self, response: types.GenerateContentResponse, whole: bool) -> list[str]:
-        """Take in a response (``whole``) or stream chunk; return the user-visible text it adds."""
-        self.finish = finish_reason(response, whole) or self.finish
-        content = response.candidates[0].content if response.candidates else None
-        deltas: list[str] = []
-        for part in (content.parts or []) if content is not None else []:
-            if self.parts and _plain_text(self.parts[-1]) and _plain_text(part):
-                # Streamed text arrives in pieces; the history sent back holds it whole.
-                self.parts[-1] = self.parts[-1].model_copy(update={"text": f"{self.parts[-1].text}{part.text}"})
-            else:
-                self.parts.append(part)
-            if part.function_call is not None:
-                self.calls.append(part.function_call)
-            elif part.text and not part.thought:
-                if not self.text and self._separator:
-                    deltas.append(self._separator)
-                self.text += part.text
-                deltas.append(part.text)
-        return deltas
-
-
-def _plain_text(part: types.Part) -> bool:
-    return part.text is not None and not part.thought and part.thought_signature is None
 
 
 def _clipped(name: str) -> str:
