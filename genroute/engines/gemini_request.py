@@ -53,7 +53,6 @@ def with_timeout(config: types.GenerateContentConfig | None, seconds: float | No
     return config.model_copy(update={"http_options": http})
 
 
-
 def ends_answer(chunk: types.GenerateContentResponse) -> bool:
     """Whether a stream chunk ends the answer (a finish reason, or a blocked prompt)."""
     if chunk.prompt_feedback is not None and chunk.prompt_feedback.block_reason is not None:
