@@ -45,6 +45,27 @@ def test_a_label_given_to_another_replica_scores_both_sides_with_capture(gemini_
     assert "Jane" not in str(record.line())
 
 
+def test_shared_outcomes_serve_a_router_used_from_one_event_loop_after_another(gemini_server, tmp_path,
+                                                                             redis_server, caplog):
+    # A loop per asyncio.run (a script's batches, Celery tasks): the shared store's catch-up lock was an
+    # asyncio.Lock, bound to the first loop that waited on it, so every later loop's concurrent writes failed
+    # (shadow outcomes lost with a warning, feedback raising RuntimeError).
+    import asyncio
+
+    cfg = shared(gemini_server, tmp_path, redis_server, capture=False)
+    with Router.from_config(cfg) as router:
+        async def batch(tag):
+            results = await asyncio.gather(*[router.agenerate(f"{tag} {i}", task="t") for i in range(4)])
+            await router.adrain()
+            return await asyncio.gather(*[router.afeedback(r, label=r.text) for r in results])
+
+        with caplog.at_level(logging.WARNING, logger="genroute.outcomes"):
+            records = [record for tag in ("one", "two", "three") for record in asyncio.run(batch(tag))]
+    assert len(records) == 12 and all(set(r.outcomes) == {"chat", "pro"} for r in records)
+    assert all(r.outcomes["chat"].score == 1.0 for r in records)
+    assert "not stored" not in caplog.text
+
+
 def test_without_capture_a_label_another_replica_cannot_score_is_noted_and_logged(gemini_server, tmp_path,
                                                                                   redis_server, caplog):
     gemini_server.reply_text("positive")

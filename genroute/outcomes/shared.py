@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, TypeVar
 from genroute.errors import UsageError
 from genroute.outcomes.records import OutcomeRecord
 from genroute.outcomes.settings import OutcomeSettings
+from genroute.runtime.locks import LoopsLock
 
 if TYPE_CHECKING:
     from genroute.outcomes.store import OutcomeStore
@@ -75,7 +76,9 @@ class SharedOutcomeStore:
         self.skipped = 0
         #: Times the list was another than the one read before (emptied by a restart, or the fallback memory).
         self.resets = 0
-        self._lock = asyncio.Lock()
+        # A router serves several event loops (its sync API's and the application's, a loop per asyncio.run):
+        # an asyncio.Lock, bound to the first loop that waited on it, failed every other loop's writes.
+        self._lock = LoopsLock()
 
     @property
     def replayed(self) -> int:

@@ -10,7 +10,6 @@ of those callers gets ``UsageError("the router was closed ...")`` instead of a h
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 import weakref
@@ -18,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 from genroute.errors import UsageError
+from genroute.runtime.forks import forget_at_fork
 
 T = TypeVar("T")
 
@@ -39,7 +39,7 @@ class InFlight:
             weakref.WeakKeyDictionary())
         self._closers: set[Any] = set()
         self.closed = False
-        _ALL.add(self)
+        forget_at_fork(self)
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's requests and streams do not run here (nor does a thread that may have
@@ -210,20 +210,6 @@ class RouterStream(Generic[T]):
             except (UsageError, StopAsyncIteration):
                 pass
         await self.aclose_inner()
-
-
-#: Every router's in-flight registry, for ``_forget_parents``.
-_ALL: weakref.WeakSet[InFlight] = weakref.WeakSet()
-
-
-def _forget_parents() -> None:
-    """In a forked child: every registry drops its parent's work (``InFlight._forget_parent``)."""
-    for inflight in list(_ALL):
-        inflight._forget_parent()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_parents)
 
 
 async def poll_until(done: Callable[[], bool], timeout_s: float) -> bool:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import os
 import threading
-import weakref
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from genroute.errors import UsageError
+from genroute.runtime.forks import forget_at_fork
 
 T = TypeVar("T")
 
@@ -65,7 +64,7 @@ class Portal:
         self._closed = False
         self._waiting: set[concurrent.futures.Future[Any]] = set()
         self._here = threading.local()  # ``waiting``: this thread waits on this portal now
-        _PORTALS.add(self)
+        forget_at_fork(self)
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's loop thread did not come along; the next call starts the child's own."""
@@ -233,20 +232,8 @@ class Portal:
             loop.close()
 
 
-#: Every portal alive, for ``_forget_parents``.
-_PORTALS: weakref.WeakSet[Portal] = weakref.WeakSet()
 #: In a forked child, the parent's loops: kept from the collector, which would try to close them.
 _INHERITED: list[asyncio.AbstractEventLoop] = []
-
-
-def _forget_parents() -> None:
-    """In a forked child: every portal drops its parent's loop thread (see ``Portal._forget_parent``)."""
-    for portal in list(_PORTALS):
-        portal._forget_parent()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_parents)
 
 
 async def _cancel_all(timeout_s: float) -> None:

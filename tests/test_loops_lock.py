@@ -1,0 +1,84 @@
+"""``LoopsLock``: one holder at a time across event loops in several threads, handed on past waiters that were
+cancelled or whose loop was closed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from genroute.runtime.locks import LoopsLock
+
+
+def test_tasks_on_loops_in_several_threads_hold_it_one_at_a_time():
+    lock = LoopsLock()
+    inside: list[int] = []
+    most: list[int] = []
+    done: list[int] = []
+
+    async def worker() -> None:
+        async def one() -> None:
+            async with lock:
+                inside.append(1)
+                most.append(len(inside))
+                try:
+                    await asyncio.sleep(0)   # holds it across an await, as a catch-up does
+                finally:
+                    inside.pop()
+                done.append(1)
+
+        tasks = [asyncio.ensure_future(one()) for _ in range(50)]
+        await asyncio.sleep(0)
+        for task in tasks[::5]:
+            task.cancel()           # waiting, or just handed the lock: it must pass it on
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    threads = [threading.Thread(target=asyncio.run, args=(worker(),)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert max(most) == 1 and 160 <= len(done) <= 200 and not lock.locked()
+
+
+def test_a_waiter_cancelled_after_it_was_handed_the_lock_passes_it_on():
+    async def main() -> list[str]:
+        lock = LoopsLock()
+        got: list[str] = []
+
+        async def take(name: str) -> None:
+            async with lock:
+                got.append(name)
+
+        await lock.__aenter__()
+        second, third = asyncio.ensure_future(take("second")), asyncio.ensure_future(take("third"))
+        await asyncio.sleep(0)       # both wait
+        await lock.__aexit__(None, None, None)   # handed to the second...
+        second.cancel()              # ...which is cancelled before it runs
+        await asyncio.gather(second, third, return_exceptions=True)
+        assert not lock.locked()
+        return got
+
+    assert asyncio.run(main()) == ["third"]
+
+
+def test_a_waiter_whose_loop_was_closed_is_skipped():
+    lock = LoopsLock()
+
+    def wait_on_a_loop_that_then_ends() -> None:
+        stranded = asyncio.new_event_loop()
+        waiting = stranded.create_task(lock.__aenter__())
+        stranded.run_until_complete(asyncio.sleep(0.01))   # it queues, then its loop is closed without it
+        stranded.close()
+        assert not waiting.done()
+
+    async def main() -> bool:
+        await lock.__aenter__()
+        thread = threading.Thread(target=wait_on_a_loop_that_then_ends)
+        thread.start()
+        thread.join(10)
+        await lock.__aexit__(None, None, None)
+        async with lock:              # free again, not left to the closed loop's waiter
+            return True
+
+    assert asyncio.run(main()) and not lock.locked()
