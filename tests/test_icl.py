@@ -696,3 +696,19 @@ async def test_an_example_another_file_still_holds_stays_when_one_file_drops_it(
     (first / "c.jsonl").unlink()  # gone from its folder, but b.jsonl holds "Awful"
     assert (await aload_examples(store, [first], collection=collection)).removed == 0
     assert await stored() == {"I love it": str(a), "Awful": str(b)}
+
+
+def test_fixed_examples_serve_a_router_used_from_one_event_loop_after_another(gemini_server: GeminiTestServer,
+                                                                             otel: Otel, tmp_path: Path) -> None:
+    # A loop per asyncio.run (scripts, Celery tasks): the example pool's load lock was an asyncio.Lock, bound to the
+    # first loop that waited on it, so concurrent first requests on any later loop failed with RuntimeError.
+    knowledge = Knowledge("embedded", {"path": str(tmp_path / "chroma")})
+    collection = knowledge.name("loops")
+    asyncio.run(aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl")], collection=collection))
+    with router(gemini_server, otel, knowledge, collection=collection, selector="fixed", k=2) as r:
+        async def batch() -> list[str]:
+            return [result.backend for result in await asyncio.gather(*[r.agenerate(f"q {i}") for i in range(4)])]
+
+        for _ in range(3):
+            r.refresh()   # the pool is read again at the next requests, on this batch's loop
+            assert asyncio.run(batch()) == ["icl"] * 4

@@ -8,7 +8,6 @@ never selected, so an evaluation item that is also in the store cannot leak its 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import random
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.ingest import JSONL_SUFFIXES, IngestReport, expand_paths
 from genroute.knowledge.records import GENERATION, paid_writes, settle_sources, upsert_missing, withdraw_deleted
+from genroute.runtime.locks import LoopsLock
 
 if TYPE_CHECKING:
     from opentelemetry import trace
@@ -126,7 +126,7 @@ class ExampleStore:
         self._pool: list[ExampleRecord] | None = None
         self._stamp = 0  # the collection's write stamp when the pool was read
         self._count: int | None = None
-        self._lock = asyncio.Lock()
+        self._lock = LoopsLock()  # a router serves several event loops: an asyncio.Lock binds to one
 
     @property
     def count(self) -> int | None:
