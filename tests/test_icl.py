@@ -712,3 +712,23 @@ def test_fixed_examples_serve_a_router_used_from_one_event_loop_after_another(ge
         for _ in range(3):
             r.refresh()   # the pool is read again at the next requests, on this batch's loop
             assert asyncio.run(batch()) == ["icl"] * 4
+
+
+def test_first_requests_on_two_event_loops_make_one_cache(gemini_server: GeminiTestServer, otel: Otel,
+                                                          tmp_path: Path) -> None:
+    # The create lock was kept per event loop (an asyncio.Lock belongs to one): a router serving two loops at once,
+    # e.g. its sync API's and an application's, made and paid for one cache per loop.
+    import threading
+
+    knowledge = Knowledge("embedded", {"path": str(tmp_path / "chroma")})
+    collection = knowledge.name("twoloops")
+    asyncio.run(aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl")], collection=collection))
+    caches = CacheRoutes(gemini_server)
+    gemini_server.fault(Fault.delay(1.5))  # the first request to reach the server is a create: a slow one
+    with cached_router(gemini_server, otel, knowledge, collection) as r:
+        other = threading.Thread(target=lambda: asyncio.run(r.agenerate("on another loop")))
+        other.start()
+        sync_text = r.generate("on the router's own loop").text
+        other.join(30)
+    assert sync_text == "echo: on the router's own loop"
+    assert len(caches.creates) == 1

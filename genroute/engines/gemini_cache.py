@@ -6,18 +6,17 @@ request sends its prefix inline instead (a backend such as ICL's fixed examples 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.errors import BackendRejected, BackendUnavailable, GenrouteError
+from genroute.runtime.locks import LoopsLock
 
 if TYPE_CHECKING:
     from google.genai import types
@@ -56,9 +55,8 @@ class PrefixCaches:
         self.settings = settings
         #: key -> (cache name, or None after a failed create; monotonic time the entry stops being used)
         self._entries: dict[str, tuple[str | None, float]] = {}
-        # Per event loop: a router may serve several loops, and an asyncio.Lock belongs to one.
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
-            weakref.WeakKeyDictionary())
+        #: key -> the lock its first requests wait on for one create, whichever event loop each runs on
+        self._locks: dict[str, LoopsLock] = {}
 
     @property
     def margin_s(self) -> float:
@@ -76,8 +74,8 @@ class PrefixCaches:
         fresh, name = self._fresh(key)
         if fresh:
             return name
-        locks = self._locks.setdefault(asyncio.get_running_loop(), {})
-        async with locks.setdefault(key, asyncio.Lock()):
+        lock = self._locks.get(key) or self._locks.setdefault(key, LoopsLock())
+        async with lock:
             fresh, name = self._fresh(key)  # another request may have made it while this one waited
             if fresh:
                 return name
