@@ -45,6 +45,6 @@ def ingest_paths(
     store = build_store(store_config, engines=engines or {}, pricing=pricing)
     if kind == "examples":
         return run_sync(aload_examples(store, paths, collection=collection, progress=progress), "ingest_paths",
-                        instead="aload_examples")
+                        instead="await aload_examples()")
     given = {name: value for name, value in chunking.items() if value is not None}
     return ingest(store, paths, collection=collection, progress=progress, **given)

@@ -226,7 +226,7 @@ class Router(Learning):
 
     def stream(self, input: RequestInput = None, /, **fields: Unpack[RequestFields]) -> Iterator[GenerateChunk]:
         """Stream one answer (sync; not from inside a running event loop)."""
-        refuse_inside_loop("stream")
+        refuse_inside_loop("stream", "read astream() with `async for`")  # a stream is not awaited
         request = self._request(input, fields)
         return self._portal.iterate(self.astream(request), owner=self)  # held until the stream ends
 
@@ -329,6 +329,7 @@ class Router(Learning):
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        refuse_inside_loop("close", "use `async with` (or await aclose())")  # a `with` block in async code
         self.close()
 
     async def __aenter__(self) -> Router:

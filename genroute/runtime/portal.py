@@ -28,20 +28,22 @@ _REENTERED = ("a sync genroute call cannot run inside another one on the same th
 
 
 def refuse_inside_loop(api: str, instead: str | None = None) -> None:
-    """Raise ``UsageError`` when the sync ``api`` is called from a thread running an event loop."""
+    """Raise ``UsageError`` when the sync ``api`` is called from a thread running an event loop, saying what to do
+    ``instead`` there (default: ``await a<api>()``)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return
     raise UsageError(f"{api}() is synchronous and cannot run inside a running event loop; "
-                     f"await {instead or 'a' + api}() instead")
+                     f"{instead or f'await a{api}()'} instead")
 
 
 def run_sync(coro: Coroutine[Any, Any, T], api: str, *, instead: str | None = None,
              portal: Portal | None = None) -> T:
     """Run ``coro`` to completion for the sync ``api`` (on ``portal``'s loop if given, else a fresh one).
 
-    Inside a running event loop ``coro`` is closed unawaited and ``UsageError`` names the async twin.
+    Inside a running event loop ``coro`` is closed unawaited and ``UsageError`` names the async twin (or says
+    what to do ``instead``).
     """
     try:
         refuse_inside_loop(api, instead)

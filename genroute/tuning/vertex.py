@@ -269,14 +269,14 @@ def run_vertex_tuning(data: str | Path | None, settings: VertexTuningSettings, *
     """Sync ``tune_vertex`` (or ``resume_vertex`` when ``resume`` names a job) for the CLI."""
     from genroute.runtime.portal import refuse_inside_loop, run_sync
 
-    refuse_inside_loop("run_vertex_tuning", instead="tune_vertex")
+    refuse_inside_loop("run_vertex_tuning", instead="await tune_vertex()")
     if resume is not None:
         return run_sync(resume_vertex(resume, settings, config_path=config_path, credentials=credentials,
-                                      console=console), "run_vertex_tuning", instead="resume_vertex")
+                                      console=console), "run_vertex_tuning", instead="await resume_vertex()")
     if data is None:
         raise UsageError("a JSONL data file is required", field="data")
     return run_sync(tune_vertex(data, settings, config_path=config_path, credentials=credentials, console=console),
-                    "run_vertex_tuning", instead="tune_vertex")
+                    "run_vertex_tuning", instead="await tune_vertex()")
 
 
 def _engine(settings: VertexTuningSettings, config_path: str | Path | None, engine: GeminiEngine | None,
