@@ -28,10 +28,12 @@ google-genai and transport errors are mapped to this tree in exactly one place:
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from genroute.types import RungAttempt, ToolCall, Usage
+
+E = TypeVar("E", bound="GenrouteError")
 
 #: The user (and password) part of a URL: ``https://user:secret@host`` -> ``https://***@host``. The user may be
 #: empty (``redis://:secret@host``) and the password may hold a ``/``.
@@ -202,6 +204,20 @@ class AllRungsFailed(BackendError):
     def __init__(self, message: str, *, attempts: list[RungAttempt]) -> None:
         self.attempts = attempts
         super().__init__(message)
+
+
+#: What a failed request cost, as its error carries it (``GenrouteError``'s class attributes name the defaults).
+_COST_FIELDS = ("cost_usd", "usage", "cost_estimated")
+
+
+def carrying_cost(error: E, source: BaseException | None) -> E:
+    """``error`` with what ``source`` (the error it stands for, e.g. a cancellation by ``close``) said the request
+    cost, if ``source`` says so."""
+    found = {} if source is None else vars(source)
+    for name in _COST_FIELDS:
+        if name in found:
+            setattr(error, name, found[name])
+    return error
 
 
 def _rebuilt(cls: type[GenrouteError], args: tuple[Any, ...]) -> GenrouteError:

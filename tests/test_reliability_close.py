@@ -65,6 +65,11 @@ def test_close_with_sync_calls_in_flight_ends_every_caller_with_a_typed_error(ge
         assert "closed" in str(out["error"])
         assert out["ended"] - started <= DRAIN_S + UNWIND_S + SLACK_S
     assert _held(router) == 0.0  # every hold settled
+    # Each error carries what its request cost (the input the provider took, estimated), as the budget spent it;
+    # it carried 0 while the budget and the trace counted it.
+    costs = [out["error"].cost_usd for _, out in calls]
+    assert all(cost > 0 for cost in costs) and all(out["error"].cost_estimated for _, out in calls)
+    assert budget_usage(router)["spent"] == pytest.approx(sum(costs))
 
 
 def test_close_lets_a_request_that_finishes_within_the_drain_keep_its_answer(gemini_server):
@@ -91,9 +96,14 @@ def test_sync_stream_mid_step_and_idle_both_end_with_a_typed_error(gemini_server
     router.close(drain_s=DRAIN_S)
     busy.join(HANG_CAP_S)
     assert isinstance(out.get("error"), UsageError), out
-    with pytest.raises(UsageError, match="closed"):
+    with pytest.raises(UsageError, match="closed") as closed_idle:
         next(idle)
     assert _held(router) == 0.0
+    # Both errors carry what their request cost, as their traces and the budget counted it.
+    costs = sorted([out["error"].cost_usd, closed_idle.value.cost_usd])
+    assert costs[0] > 0 and costs == pytest.approx(sorted(r.attributes["gen_ai.usage.cost.amount"]
+                                                          for r in otel.spans("genroute.generate")))
+    assert budget_usage(router)["spent"] == pytest.approx(sum(costs))
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text  # closed quietly
     # The stream the router closed between chunks ends its trace with the caller's UsageError (not as if the caller
     # had stopped reading); the one cut mid-step, with the cancellation close used.

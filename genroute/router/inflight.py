@@ -16,7 +16,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
-from genroute.errors import UsageError
+from genroute.errors import UsageError, carrying_cost
 from genroute.runtime.forks import forget_at_fork
 
 T = TypeVar("T")
@@ -80,8 +80,8 @@ class InFlight:
         # ``_cancel`` runs on this task's loop, as this does: no lock needed for ``_cancelled`` either.
         if exc_type is not None and issubclass(exc_type, asyncio.CancelledError) and task in self._cancelled:
             self._cancelled.discard(task)
-            if task.uncancel() == 0:  # cancelled by close alone (not also by its caller)
-                raise UsageError(_CLOSED) from None
+            if task.uncancel() == 0:  # cancelled by close alone (not also by its caller): what it cost goes along
+                raise carrying_cost(UsageError(_CLOSED), exc) from None
 
     def stream(self, chunks: AsyncIterator[T]) -> RouterStream[T]:
         """``chunks`` wrapped so that each step is tracked and a closed router ends it with ``UsageError``."""
@@ -154,13 +154,15 @@ class RouterStream(Generic[T]):
         self.registered = False
         #: The loop of its first step, which every step runs on.
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: The error the router's close ended it with (carrying what the request cost), once it did.
+        self.closed_error: UsageError | None = None
 
     def __aiter__(self) -> RouterStream[T]:
         return self
 
     async def __anext__(self) -> T:
         if self.closed_by_router:
-            raise UsageError(_CLOSED_STREAM)
+            raise carrying_cost(UsageError(_CLOSED_STREAM), self.closed_error)
         if self.finished:
             raise StopAsyncIteration
         if self.stepping:  # a second reader: its step would fail inside the stream and end it for the first one too
@@ -207,7 +209,9 @@ class RouterStream(Generic[T]):
         if athrow is not None:
             try:
                 await athrow(UsageError(_CLOSED_STREAM))
-            except (UsageError, StopAsyncIteration):
+            except UsageError as error:  # it carries what the request cost: the caller's next step raises that
+                self.closed_error = error
+            except StopAsyncIteration:
                 pass
         await self.aclose_inner()
 

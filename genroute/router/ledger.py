@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -78,9 +79,12 @@ class Ledger:
         add_spend(self, ctx)
 
     def charge(self, error: BaseException, span: trace.Span | None = None) -> None:
-        """Put the summed cost on ``error`` (a genroute error) and on the root ``span``."""
+        """Put the summed cost on ``error`` (a genroute error, or a cancellation, which the router's close turns
+        into a ``UsageError`` that carries it: ``carrying_cost``) and on the root ``span``."""
         if isinstance(error, GenrouteError):
             error.cost_usd, error.usage, error.cost_estimated = self.cost_usd, self.usage, self.cost_estimated
+        elif isinstance(error, asyncio.CancelledError):
+            vars(error).update(cost_usd=self.cost_usd, usage=self.usage, cost_estimated=self.cost_estimated)
         if span is not None:
             span.set_attributes(self.span_attributes())
 

@@ -61,7 +61,7 @@ _NO_CHARGES = Charges()
 class RootSpan(CurrentSpan):
     """The ``genroute.generate`` span: ``decide`` runs inside it and the decision is recorded on it."""
 
-    __slots__ = ("request", "timeout_s", "decide", "costed", "start")
+    __slots__ = ("request", "timeout_s", "decide", "costed", "start", "ledger")
 
     def __init__(self, telemetry: Telemetry, request: GenerateRequest, timeout_s: float | None,
                  decide: Callable[[GenerateRequest, float | None], Awaitable[Decision]], *, costed: bool = True,
@@ -106,12 +106,14 @@ class RootSpan(CurrentSpan):
                 attrs["genroute.task"] = request.task
             span.set_attributes(attrs)
         # The request's ledger starts with what deciding cost (where it can cost anything); the rungs add theirs.
-        ledger = Ledger()
+        ledger = self.ledger = Ledger()
         if self.costed:
             ledger.add_charges(charges)
         return span, decision, self.start, deadline, ledger
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:  # whatever ended the request carries what it cost (a cancellation, for close to pass on)
+            self.ledger.charge(exc)
         self._end(exc)
 
     def _end(self, exc: BaseException | None) -> None:

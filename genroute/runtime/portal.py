@@ -18,7 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from genroute.errors import UsageError
+from genroute.errors import UsageError, carrying_cost
 from genroute.runtime.forks import forget_at_fork
 
 T = TypeVar("T")
@@ -175,8 +175,9 @@ class Portal:
 
         try:
             while True:
-                if self._closed:
-                    raise UsageError("the router was closed while this stream was open")
+                if self._closed:  # a router's stream closed with it knows what the request cost
+                    raise carrying_cost(UsageError("the router was closed while this stream was open"),
+                                        getattr(agen, "closed_error", None))
                 self._refuse_reentry()
                 try:
                     yield self._wait(self._submit(lambda: step(agen.__anext__()), loop))
