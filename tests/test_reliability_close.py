@@ -84,6 +84,29 @@ def test_close_lets_a_request_that_finishes_within_the_drain_keep_its_answer(gem
     assert _held(router) == 0.0
 
 
+@pytest.mark.parametrize("second", ["close", "aclose"])
+def test_a_close_during_another_waits_for_it_and_cuts_nothing_the_drain_lets_finish(gemini_server, second):
+    # A second close (an exit handler beside a shutdown hook; the async API beside the sync one) found the router
+    # marked closed and stopped its loop thread at once: the request the first close's drain was waiting for was cut,
+    # and the first close itself raised UsageError ('closed while this request was in flight').
+    gemini_server.fault(Fault.delay(1.0))
+    gemini_server.reply_text("on time")
+    router = Router.from_config(_config(gemini_server))
+    request, answer = in_thread(lambda: router.generate("hi", timeout_s=60))
+    _wait_for_requests(gemini_server, 1)
+    first, first_out = in_thread(lambda: router.close(drain_s=10.0))
+    time.sleep(0.1)  # the first close is draining
+    again = (lambda: router.close(drain_s=10.0)) if second == "close" else \
+        (lambda: asyncio.run(router.aclose(drain_s=10.0)))
+    other, other_out = in_thread(again)
+    for thread in (request, first, other):
+        thread.join(HANG_CAP_S)
+    assert isinstance(answer.get("result"), GenerateResult) and answer["result"].text == "on time", answer
+    assert "error" not in first_out and "error" not in other_out, (first_out, other_out)
+    assert other_out["ended"] >= answer["ended"]  # it returned once the router was closed, not before
+    assert _held(router) == 0.0
+
+
 def test_sync_stream_mid_step_and_idle_both_end_with_a_typed_error(gemini_server, caplog, otel):
     gemini_server.reply(Reply(parts=({"text": "one two three four"},), usage=(10, 4), chunks=4))
     router = Router.from_config(_config(gemini_server), **otel.providers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
@@ -16,14 +17,15 @@ from genroute.admission.build import router_gates
 from genroute.errors import BackendError, DeadlineExceeded, GenrouteError, StreamInterrupted, UsageError
 from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor
-from genroute.router.inflight import UNWIND_S, InFlight, RouterStream
+from genroute.router.inflight import InFlight, RouterStream
+from genroute.router.lifecycle import Lifecycle
 from genroute.router.build import check_arguments, check_providers, default_policy, release_on_collect, require_prices
 from genroute.router.deciding import CostedDecisions
 from genroute.runtime.deadlines import deadline_at
 from genroute.router.scope import RootSpan, ended_by, parse_request, within_deadline
 from genroute.runtime.billing import Charges, charging
 from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
-from genroute.runtime.telemetry import Telemetry, flush_providers
+from genroute.runtime.telemetry import Telemetry
 from genroute.router.learning import Learning, backend_info, check_seconds
 from genroute.state import StateStore, build_state
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult, RequestFields, RequestInput
@@ -42,15 +44,7 @@ if TYPE_CHECKING:
     from genroute.state import StateConfig
 
 
-#: How long ``close`` waits for the telemetry providers it was given to export what they hold.
-_FLUSH_TIMEOUT_MS = 5000
-#: How long ``close`` waits for decisions that outlived their requests to spend what they cost.
-_LATE_SPEND_S = 2.0
-#: How long ``close`` lets requests in flight finish before it cancels them.
-CLOSE_DRAIN_S = 5.0
-
-
-class Router(Learning):
+class Router(Lifecycle, Learning):
     """Routes each request to a backend chosen by a policy, and records why, how long and how much."""
 
     def __init__(
@@ -127,6 +121,7 @@ class Router(Learning):
         release_on_collect(self, self._portal)  # its loop thread (if the sync API starts one) ends with us
         self._inflight = InFlight()
         self._closed = False
+        self._close_lock, self._shut = threading.Lock(), threading.Event()
         self._refresher: asyncio.Task[None] | None = None
         self._decisions = CostedDecisions()
 
@@ -280,63 +275,6 @@ class Router(Learning):
         clone._executor = copy.copy(self._executor)  # shares resolved validators and the shadow task set
         clone._executor.backends = clone.backends
         return clone
-
-    # -- lifecycle -------------------------------------------------------------------------------------
-
-    async def aclose(self, *, drain_s: float = CLOSE_DRAIN_S) -> None:
-        """Stop taking requests, let those in flight finish, close backends and engines, flush telemetry.
-
-        Requests and stream steps still running after ``drain_s`` seconds are cancelled, and streams left
-        open between chunks are closed: each of their callers gets ``UsageError`` (the router was closed)
-        within about ``drain_s + 2`` seconds of this call, and their budget holds are settled.
-        """
-        check_seconds(drain_s, "drain_s", zero=True)  # before anything closes: a bad value leaves nothing half closed
-        if self._closed:
-            return
-        self._closed = True
-        await self._stop_refresher()
-        await self._inflight.close(drain_s)
-        await self._executor.drain_shadows()
-        await self._decisions.finish(_LATE_SPEND_S)
-        for backend in self.backends.values():
-            await backend.aclose()
-        await self.resources.aclose()
-        if self._owns_state:
-            await self.state.aclose()
-        await flush_providers(self._providers, _FLUSH_TIMEOUT_MS / 1000)
-        if not self._portal.owns_running_loop():  # closed from async code: stop the loop thread too
-            await asyncio.to_thread(self._portal.close)
-
-    def close(self, *, drain_s: float = CLOSE_DRAIN_S) -> None:
-        """Sync ``aclose`` (also stops the router's private loop thread).
-
-        Bounded even if a backend wedges the loop thread: after ``drain_s`` plus the time backends, shadows
-        and telemetry are given to close, the loop is stopped and every sync caller still waiting on it gets
-        ``UsageError``.
-        """
-        refuse_inside_loop("close")
-        check_seconds(drain_s, "drain_s", zero=True)
-        if not self._closed:
-            # drain, unwind, shadows, late decisions' spends, flush, backends
-            bound = drain_s + UNWIND_S + 5.0 + _LATE_SPEND_S + _FLUSH_TIMEOUT_MS / 1000 + 5.0
-            try:
-                self._portal.call(self.aclose(drain_s=drain_s), timeout_s=bound)
-            except TimeoutError:
-                self._closed = True
-        self._portal.close()
-
-    def __enter__(self) -> Router:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        refuse_inside_loop("close", "use `async with` (or await aclose())")  # a `with` block in async code
-        self.close()
-
-    async def __aenter__(self) -> Router:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
 
     # -- internals -------------------------------------------------------------------------------------
 

@@ -1,0 +1,132 @@
+"""Closing a router: ``close``/``aclose`` and the context managers (a mixin of ``Router``).
+
+One close does the work; a close called while another is under way (an application's shutdown hook beside an exit
+handler, the sync and async API both) waits for that one to end, then returns: it neither closes the loop thread
+under the first one's drain (cutting requests that would have finished, and failing the first close itself) nor
+returns before the router is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import TYPE_CHECKING, Any, Self
+
+from genroute.router.inflight import UNWIND_S, InFlight, poll_until
+from genroute.router.learning import check_seconds
+from genroute.runtime.portal import refuse_inside_loop
+from genroute.runtime.telemetry import flush_providers
+
+if TYPE_CHECKING:
+    from genroute.backends.base import Backend
+    from genroute.router.deciding import CostedDecisions
+    from genroute.router.executor import Executor
+    from genroute.runtime.portal import Portal
+    from genroute.runtime.resources import Resources
+    from genroute.state import StateStore
+
+#: How long ``close`` waits for the telemetry providers it was given to export what they hold.
+_FLUSH_TIMEOUT_MS = 5000
+#: How long ``close`` waits for decisions that outlived their requests to spend what they cost.
+_LATE_SPEND_S = 2.0
+#: How long ``close`` lets requests in flight finish before it cancels them.
+CLOSE_DRAIN_S = 5.0
+
+
+def close_bound(drain_s: float) -> float:
+    """How long a close takes at most: drain, unwind, shadows, late decisions' spends, flush, backends."""
+    return drain_s + UNWIND_S + 5.0 + _LATE_SPEND_S + _FLUSH_TIMEOUT_MS / 1000 + 5.0
+
+
+class Lifecycle:
+    """``close``/``aclose`` and ``with``/``async with`` (mixed into ``Router``)."""
+
+    backends: dict[str, Backend]
+    resources: Resources
+    state: StateStore
+    _owns_state: bool
+    _providers: list[Any]
+    _portal: Portal
+    _inflight: InFlight
+    _executor: Executor
+    _decisions: CostedDecisions
+    _closed: bool
+    #: Makes "am I the close that closes it" one question, however many threads and loops ask it at once.
+    _close_lock: threading.Lock
+    #: Set once the close that closes the router has ended (its loop thread stopped).
+    _shut: threading.Event
+
+    async def _stop_refresher(self) -> None: ...
+
+    def _begin_close(self) -> bool:
+        """Mark the router closed (no new requests); whether this call is the one that closes it."""
+        with self._close_lock:
+            first = not self._closed
+            self._closed = True
+        return first
+
+    async def aclose(self, *, drain_s: float = CLOSE_DRAIN_S) -> None:
+        """Stop taking requests, let those in flight finish, close backends and engines, flush telemetry.
+
+        Requests and stream steps still running after ``drain_s`` seconds are cancelled, and streams left
+        open between chunks are closed: each of their callers gets ``UsageError`` (the router was closed)
+        within about ``drain_s + 2`` seconds of this call, and their budget holds are settled. Called while another
+        close is under way, it returns once that one has ended.
+        """
+        check_seconds(drain_s, "drain_s", zero=True)  # before anything closes: a bad value leaves nothing half closed
+        if not self._begin_close():
+            await poll_until(self._shut.is_set, close_bound(drain_s))
+            return
+        try:
+            await self._shut_down(drain_s)
+            if not self._portal.owns_running_loop():  # stop the loop thread too (from its own loop, close() does)
+                await asyncio.to_thread(self._portal.close)
+        finally:
+            self._shut.set()
+
+    async def _shut_down(self, drain_s: float) -> None:
+        """The close itself: drain, shadows, late decisions, backends, engines and stores, telemetry."""
+        await self._stop_refresher()
+        await self._inflight.close(drain_s)
+        await self._executor.drain_shadows()
+        await self._decisions.finish(_LATE_SPEND_S)
+        for backend in self.backends.values():
+            await backend.aclose()
+        await self.resources.aclose()
+        if self._owns_state:
+            await self.state.aclose()
+        await flush_providers(self._providers, _FLUSH_TIMEOUT_MS / 1000)
+
+    def close(self, *, drain_s: float = CLOSE_DRAIN_S) -> None:
+        """Sync ``aclose`` (also stops the router's private loop thread).
+
+        Bounded even if a backend wedges the loop thread: after ``drain_s`` plus the time backends, shadows
+        and telemetry are given to close, the loop is stopped and every sync caller still waiting on it gets
+        ``UsageError``. Called while another close is under way, it returns once that one has ended.
+        """
+        refuse_inside_loop("close")
+        check_seconds(drain_s, "drain_s", zero=True)
+        if not self._begin_close():
+            self._shut.wait(close_bound(drain_s))
+            return
+        try:
+            try:
+                self._portal.call(self._shut_down(drain_s), timeout_s=close_bound(drain_s))
+            except TimeoutError:
+                pass
+            self._portal.close()
+        finally:
+            self._shut.set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        refuse_inside_loop("close", "use `async with` (or await aclose())")  # a `with` block in async code
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
