@@ -19,6 +19,8 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from genroute import Router, UsageError
 from genroute.runtime.portal import Portal
 from genroute.testing import Reply
@@ -108,6 +110,31 @@ def test_a_forked_child_does_not_wait_for_the_parents_requests_in_flight(gemini_
 
         assert _in_child(child) < 30  # a hang check: it would have drained for 60 s
         slow.join(timeout=30)
+    finally:
+        router.close()
+
+
+@pytest.mark.local
+def test_a_forked_child_runs_the_local_model_its_parent_used():
+    """The local engine's worker threads do not come along into a child (Celery prefork, gunicorn --preload,
+    ProcessPoolExecutor): its executor, counting the parent's threads idle, started none, and every request in the
+    child waited out its deadline."""
+    pytest.importorskip("llama_cpp")
+    config = {"engines": {"local": {"kind": "local", "n_threads": 1}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
+                                    "generation": {"max_output_tokens": 2, "temperature": 0}}},
+              "timeout_s": 30}
+    router = Router.from_config(config)
+    try:
+        parent = router.generate("The capital of France is").text  # the parent's workers and model are up
+
+        def child() -> str:
+            text = router.generate("The capital of France is").text
+            router.close()
+            return text
+
+        assert _in_child(child) == parent
+        assert router.generate("The capital of France is").text == parent  # the parent's engine is untouched
     finally:
         router.close()
 

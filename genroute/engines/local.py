@@ -26,6 +26,7 @@ from genroute.bounds import PathText
 from genroute.engines.base import Engine
 from genroute.engines.gguf_header import check_context_size, check_lora_adapter
 from genroute.runtime.billing import bill, estimate_input
+from genroute.runtime.forks import forget_at_fork
 from genroute.engines.local_prompt import MAX_SEED, AutoCalls, Defaults, Prepared, PromptFormat, prepare, tokenize
 from genroute.engines.local_sampling import abort_switch, constrained_tokens, decode_tokens, json_schema_grammar
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
@@ -96,6 +97,10 @@ class _Outcome:
     finish: str  # "STOP" | "MAX_TOKENS" | "CANCELLED" (stopped by ``cancel``: the engine closed, or nobody waits)
 
 
+#: In a forked child, the parent's model instances: kept from the collector (freeing them may block on their state).
+_INHERITED: list[Any] = []
+
+
 class LocalEngine(Engine):
     """Gemma 3 270M (or any GGUF) in-process on llama.cpp; free, offline, google-genai types in and out."""
 
@@ -132,6 +137,15 @@ class LocalEngine(Engine):
         self.model_version: str | None = None
         #: The token ids of the latest prompt this engine sent to llama.cpp (BOS first): what the model saw.
         self.last_prompt_tokens: tuple[int, ...] = ()
+        forget_at_fork(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: new workers (the parent's executor, counting its threads idle, started none here: every
+        request waited out its deadline) and instances loaded anew (the parent's, maybe mid-decode, are left alone)."""
+        _INHERITED.extend(self._instances)
+        self._executor = ThreadPoolExecutor(self.config.pool_size, thread_name_prefix=f"genroute-local-{self.name}")
+        self._idle, self._instances, self._aborts = queue.SimpleQueue(), [], {}
+        self._load_lock, self._running = threading.Lock(), set()
 
     @property
     def lora_path(self) -> str | None:
