@@ -114,6 +114,33 @@ def test_a_forked_child_does_not_wait_for_the_parents_requests_in_flight(gemini_
         router.close()
 
 
+def test_a_forked_child_runs_the_sync_tools_of_a_backend_its_parent_used(gemini_server):
+    """A function-calling backend's tool threads do not come along into a child either: every sync tool call there
+    timed out (its pool, counting the parent's threads idle, started none)."""
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    config = gemini_config(gemini_server)
+    config["backends"]["chat"] = {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-flash",
+                                  "tools": ["get_weather"], "tool_timeout_s": 5}
+    router = Router.from_config(config, tools={"get_weather": get_weather})
+    try:
+        for _ in range(2):  # the parent's request, then the child's (the server runs in this process)
+            gemini_server.reply_function_call("get_weather", {"city": "Paris"})
+            gemini_server.reply_text("done")
+        assert router.generate("weather?").tool_calls[0].result == "sunny in Paris"  # the pool has a thread
+
+        def child() -> list[Any]:
+            calls = router.generate("weather?").tool_calls
+            router.close()
+            return [(call.result, call.error) for call in calls]
+
+        assert _in_child(child) == [["sunny in Paris", None]]
+    finally:
+        router.close()
+
+
 @pytest.mark.local
 def test_a_forked_child_runs_the_local_model_its_parent_used():
     """The local engine's worker threads do not come along into a child (Celery prefork, gunicorn --preload,

@@ -40,6 +40,7 @@ from pydantic import Field, model_validator
 from genroute.backends.base import Backend, BackendConfig, BackendOutput, user_content
 from genroute.backends.model_turn import ModelTurn
 from genroute.errors import BackendError, ConfigError, ToolLoopExceeded
+from genroute.runtime.forks import forget_at_fork
 from genroute.runtime.deadlines import deadline_at
 from genroute.tools import InvalidToolArgs, Tool, ToolTimedOut, failure_text, jsonable, tool_from_callable
 from genroute.types import GenerateRequest, ToolCall
@@ -115,8 +116,12 @@ class FunctionCallingBackend(Backend):
             for tool_name in config.tools
         }
         self._configs: dict[bool, types.GenerateContentConfig] = {}
-        # Threads start on demand, so a backend with only async tools never starts one.
-        self._pool = ThreadPoolExecutor(max_workers=config.max_parallel, thread_name_prefix=f"genroute-tool-{name}")
+        self._forget_parent()  # threads start on demand, so a backend with only async tools never starts one
+        forget_at_fork(self)
+
+    def _forget_parent(self) -> None:
+        """A pool of its own (also in a forked child, where the parent's, counting its threads idle, started none)."""
+        self._pool = ThreadPoolExecutor(self.config.max_parallel, thread_name_prefix=f"genroute-tool-{self.name}")
 
     def facts(self) -> dict[str, Any]:
         return {"tools": list(self.tools), "max_steps": self.config.max_steps}
