@@ -107,6 +107,23 @@ def test_a_close_during_another_waits_for_it_and_cuts_nothing_the_drain_lets_fin
     assert _held(router) == 0.0
 
 
+def test_close_after_an_aclose_that_failed_half_way_stops_the_loop_thread(gemini_server):
+    router = Router.from_config(_config(gemini_server))
+    assert router.generate("hi").text == "echo: hi"  # the sync API's loop thread runs
+    loop_thread = router._portal._thread
+    assert loop_thread is not None and loop_thread.is_alive()
+
+    async def broken() -> None:
+        raise RuntimeError("a backend that cannot close")
+
+    router.backends["chat"].aclose = broken  # one backend's close fails
+    with pytest.raises(RuntimeError):
+        asyncio.run(router.aclose())
+    router.close()  # the router counts as closed: this one stops what the failed close left running
+    loop_thread.join(HANG_CAP_S)
+    assert not loop_thread.is_alive()
+
+
 def test_sync_stream_mid_step_and_idle_both_end_with_a_typed_error(gemini_server, caplog, otel):
     gemini_server.reply(Reply(parts=({"text": "one two three four"},), usage=(10, 4), chunks=4))
     router = Router.from_config(_config(gemini_server), **otel.providers)

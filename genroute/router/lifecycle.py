@@ -108,6 +108,7 @@ class Lifecycle:
         check_seconds(drain_s, "drain_s", zero=True)
         if not self._begin_close():
             self._shut.wait(close_bound(drain_s))
+            self._portal.close()  # stopped already, unless that close failed half-way or hangs: then it is stopped here
             return
         try:
             try:
