@@ -82,7 +82,7 @@ class CostedDecisions:
         """
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
-        while (mine := {f for f in self.late if f.get_loop() is loop}) and (left := end - loop.time()) > 0:
+        while (mine := {f for f in list(self.late) if f.get_loop() is loop}) and (left := end - loop.time()) > 0:
             await asyncio.wait(mine, timeout=left)
 
     async def _reserve(self, admission: Admission, request: GenerateRequest, estimate: float,
