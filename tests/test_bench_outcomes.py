@@ -236,6 +236,24 @@ def test_refuses_to_judge_on_training_records(embedder: LocalEmbedder, tmp_path:
     assert report.n_train == 40 and report.n_eval == 20 and "another file" in report.evaluated_on
 
 
+def test_two_files_without_ids_are_judged_one_on_the_other(tmp_path: Path) -> None:
+    # Both files' records were numbered record-1, record-2...: --eval-outcomes refused every pair of id-less files
+    # as sharing their records. An id both files give is still one record.
+    train, later = synthetic(20), synthetic(10, seed=1, prefix="later ")
+    for row in train + later:
+        del row["metadata"]["id"]
+    report = compile_outcomes(write_jsonl(tmp_path / "train.jsonl", train),
+                              eval_source=write_jsonl(tmp_path / "later.jsonl", later), out_dir=tmp_path / "o",
+                              learned=False, min_n=10)
+    assert (report.n_train, report.n_eval) == (40, 20)
+    later[0]["metadata"]["id"] = "record-1"  # given in the evaluation file: a training record's number, not its id
+    compile_outcomes(train, eval_source=later, out_dir=tmp_path / "o2", learned=False, min_n=10)
+    train[0]["metadata"]["id"] = "record-1"  # given in both: the same record
+    with pytest.raises(UsageError, match="1 record id") as err:
+        compile_outcomes(train, eval_source=later, out_dir=tmp_path / "o3", learned=False, min_n=10)
+    assert err.value.field == "eval_outcomes"
+
+
 def test_a_pipe_in_a_candidate_or_task_name_stays_in_its_table_cell(embedder: LocalEmbedder, tmp_path: Path) -> None:
     # A candidate "A|1" or a task "math|x" gave its rows a column more than the header: the tables broke.
     from .test_bench import assert_tables_keep_their_columns

@@ -43,10 +43,11 @@ class RouterRow(BaseModel):
 
 def check_disjoint(train: OutcomeMatrix, evaluate: OutcomeMatrix, *, field: str = "eval_outcomes") -> None:
     """Refuse to evaluate on records the policy was compiled from (same id or same input text, case, runs of
-    whitespace and Unicode composition aside, as ``datasets.split_by_input`` reads a repeat)."""
+    whitespace and Unicode composition aside, as ``datasets.split_by_input`` reads a repeat). Only ids the records
+    gave count: two files without ids both number theirs ``record-1``, ``record-2``..."""
     from genroute.knowledge.examples import input_key
 
-    ids = set(train.ids) & set(evaluate.ids)
+    ids = _given(train) & _given(evaluate)
     seen = {input_key(r.input) for r in train.records}
     texts = sorted({r.input for r in evaluate.records if input_key(r.input) in seen})
     if ids or texts:
@@ -54,6 +55,10 @@ def check_disjoint(train: OutcomeMatrix, evaluate: OutcomeMatrix, *, field: str 
         raise UsageError(f"{len(ids)} record id(s) and {len(texts)} input(s) of the evaluation records are in "
                          f"the training records (e.g. {example}): a policy is never scored on what it was "
                          "compiled from; remove them or use another file", field=field)
+
+
+def _given(matrix: OutcomeMatrix) -> set[str]:
+    return set(matrix.ids) if matrix.given_ids is None else set(matrix.ids) & matrix.given_ids
 
 
 def row(name: str, matrix: OutcomeMatrix, choice: np.ndarray, knob: float | None = None) -> RouterRow:

@@ -163,6 +163,8 @@ class OutcomeMatrix:
     cost_basis: str
     source: str | None = None
     dropped: int = 0
+    #: The ids the records gave (``None``: every id was given); the others are the reader's ``record-N``.
+    given_ids: frozenset[str] | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -234,15 +236,18 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
         raise UsageError("the outcome matrix names no candidate (every record's outcomes are empty)", field=field)
     if pricing is not None and (missing := [c for c in names if c not in pricing.prices]):
         raise UsageError(f"no price for candidate(s) {', '.join(missing)}", field="prices")
-    records, rows, seen, dropped = [], [], set(), 0
+    records, rows, seen, given_ids, dropped = [], [], set(), set(), 0
     for n, (where, rec) in enumerate(parsed, start=1):
         if any(c not in rec.outcomes or rec.outcomes[c].score is None for c in names):
             dropped += 1
             continue
-        rid = given_id(rec.metadata.get("id")) or f"record-{n}"
+        named = given_id(rec.metadata.get("id"))
+        rid = named or f"record-{n}"
         if rid in seen:
             raise UsageError(f"{where}: duplicate record id {rid!r}", field=field)
         seen.add(rid)
+        if named is not None:
+            given_ids.add(rid)
         try:
             records.append(BenchRecord(id=rid, input=rec.input or "", output=rec.output or "", metadata=rec.metadata,
                                        task=rec.task))
@@ -267,7 +272,8 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
         scores=np.array([[o.score for o in row] for row in rows], dtype=np.float64),
         costs=np.array(costs, dtype=np.float64),
         latencies=np.array([[o.latency_s for o in row] for row in rows], dtype=np.float64),
-        cost_basis=basis, source=str(source) if isinstance(source, str | Path) else None, dropped=dropped)
+        cost_basis=basis, source=str(source) if isinstance(source, str | Path) else None, dropped=dropped,
+        given_ids=frozenset(given_ids))
 
 
 def _unscored(parsed: Sequence[tuple[str, OutcomeRecord]]) -> str:
