@@ -120,6 +120,29 @@ def test_load_matrix_gz_missing_candidates_and_pricing(tmp_path: Path) -> None:
     assert err.value.field == "outcomes" and err.value.message.startswith("record 1: metadata: label_set: must be a list")
 
 
+def test_prices_are_paid_on_the_token_counts_an_outcome_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                                ) -> None:
+    # A matrix giving each candidate's tokens per query (as SPROUT does, and the outcome store writes) was priced on
+    # the query's words and --output-tokens, whatever the candidate had used: a verbose candidate cost as a terse one.
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"terse": {"input_usd_per_1m": 1.0, "output_usd_per_1m": 10.0},
+                                  "verbose": {"input_usd_per_1m": 1.0, "output_usd_per_1m": 10.0}}))
+    pricing = load_pricing(prices, output_tokens=100)
+    rows = [{"input": "three words here", "outcomes": {
+        "terse": {"score": 1.0, "input_tokens": 12, "output_tokens": 5},
+        "verbose": {"score": 1.0, "output_tokens": 900}}}]  # input tokens not recorded: the query's words
+    matrix = load_matrix(rows, pricing=pricing)
+    assert matrix.costs[0].tolist() == pytest.approx([(12 * 1.0 + 5 * 10.0) / 1e6, (3 * 1.0 + 900 * 10.0) / 1e6])
+    assert "tokens each outcome recorded" in matrix.cost_basis
+    estimated = load_matrix([{"input": "three words here", "outcomes": {"terse": {"score": 1.0}}}], pricing=pricing)
+    assert estimated.costs[0, 0] == pytest.approx((3 + 100 * 10.0) / 1e6)
+    assert "the same token estimate for every candidate" in estimated.cost_basis
+    rows[0]["outcomes"]["verbose"]["output_tokens"] = -900  # would pay the run back
+    data = write_jsonl(tmp_path / "m.jsonl", rows)
+    assert bench_main(["--outcomes", str(data), "--prices", str(prices), "--out", str(tmp_path / "o")]) == 2
+    assert "m.jsonl:1: outcomes.verbose.output_tokens: must be a whole number >= 0 (got -900)" in capsys.readouterr().err
+
+
 def test_embedding_cache_embeds_each_text_once(embedder: LocalEmbedder, tmp_path: Path) -> None:
     first = CachedEmbedder(embedder, tmp_path)
     a = first.embed_array(["one", "two"])

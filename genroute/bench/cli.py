@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="JSON {candidate: {input_usd_per_1m, output_usd_per_1m} | {size}} for outcomes "
                              "without cost_usd")
     matrix.add_argument("--output-tokens", type=int, default=256,
-                        help="output tokens per request in the cost estimate (input: the query's words)")
+                        help="output tokens per request in the cost estimate, for outcomes that record none (input: "
+                             "the query's words)")
     matrix.add_argument("--usd-per-billion", type=float, default=None,
                         help="price sized candidates at this USD per 1M tokens per billion parameters")
     matrix.add_argument("--candidates", default=None,

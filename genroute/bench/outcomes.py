@@ -30,7 +30,7 @@ from genroute.bench.datasets import BenchRecord, given_id
 from genroute.bench.runner import Outcome
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
-from genroute.outcomes.records import OutcomeRecord, check_sides
+from genroute.outcomes.records import OutcomeRecord, Side, check_sides
 
 #: The scorer name recorded on rows read from a matrix (the file's own metric, whatever it was).
 MATRIX_SCORER = "outcome-matrix"
@@ -50,7 +50,8 @@ class CandidatePricing(BaseModel):
     """Per-request cost from list prices and a token estimate that is the same for every candidate.
 
     Input tokens: the query's whitespace-separated words (LLMRouter's own estimate for this data); output
-    tokens: ``output_tokens`` per request. Neither published matrix has per-query token counts.
+    tokens: ``output_tokens`` per request. Neither published matrix has per-query token counts; an outcome that
+    records its ``input_tokens`` or ``output_tokens`` is priced on them instead.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -63,14 +64,20 @@ class CandidatePricing(BaseModel):
         """The input token estimate for ``text``."""
         return len(text.split())
 
-    def cost(self, text: str, candidate: str) -> float:
-        """USD for one request of ``text`` to ``candidate``."""
+    def cost(self, text: str, candidate: str, *, input_tokens: int | None = None,
+             output_tokens: int | None = None) -> float:
+        """USD for one request of ``text`` to ``candidate``; token counts the outcome recorded are used where given
+        (else the estimate)."""
         price = self.prices[candidate]
-        return (self.input_tokens(text) * price.input_usd_per_1m
-                + self.output_tokens * price.output_usd_per_1m) / 1e6
+        tokens_in = self.input_tokens(text) if input_tokens is None else input_tokens
+        tokens_out = self.output_tokens if output_tokens is None else output_tokens
+        return (tokens_in * price.input_usd_per_1m + tokens_out * price.output_usd_per_1m) / 1e6
 
-    def describe(self) -> str:
-        """The cost model in one sentence."""
+    def describe(self, *, recorded: bool = False) -> str:
+        """The cost model in one sentence (``recorded``: some outcomes gave their own token counts)."""
+        if recorded:
+            return (f"cost = {self.basis} x the input and output tokens each outcome recorded (where it gave none: "
+                    f"query words as input tokens, {self.output_tokens} output tokens)")
         return (f"cost = {self.basis} x (query words as input tokens + {self.output_tokens} output tokens), "
                 "the same token estimate for every candidate")
 
@@ -263,9 +270,10 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
         raise UsageError("some outcomes have cost_usd and others not: give every one, or a pricing",
                          field=field)
     costs = [[o.cost_usd if "cost_usd" in o.model_fields_set else
-              (pricing.cost(rec.input, c) if pricing is not None else 0.0) for o, c in zip(row, names, strict=True)]
+              (_priced(pricing, rec.input, c, o) if pricing is not None else 0.0) for o, c in zip(row, names, strict=True)]
              for row, rec in zip(rows, records, strict=True)]
-    basis = ("cost_usd from the file" if all(given) else pricing.describe() if pricing is not None
+    recorded = any(_recorded(o) != (None, None) for row in rows for o in row if "cost_usd" not in o.model_fields_set)
+    basis = ("cost_usd from the file" if all(given) else pricing.describe(recorded=recorded) if pricing is not None
              else "no costs (quality only)")
     return OutcomeMatrix(
         records=tuple(records), candidates=names,
@@ -274,6 +282,19 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
         latencies=np.array([[o.latency_s for o in row] for row in rows], dtype=np.float64),
         cost_basis=basis, source=str(source) if isinstance(source, str | Path) else None, dropped=dropped,
         given_ids=frozenset(given_ids))
+
+
+def _recorded(side: Side) -> tuple[int | None, int | None]:
+    """The input and output token counts an outcome gave (``None`` for one it did not)."""
+    given = side.model_fields_set
+    return (side.input_tokens if "input_tokens" in given else None,
+            side.output_tokens if "output_tokens" in given else None)
+
+
+def _priced(pricing: CandidatePricing, text: str, candidate: str, side: Side) -> float:
+    """``side``'s cost at ``pricing``: its recorded token counts where it gave them, else the estimate."""
+    tokens_in, tokens_out = _recorded(side)
+    return pricing.cost(text, candidate, input_tokens=tokens_in, output_tokens=tokens_out)
 
 
 def _unscored(parsed: Sequence[tuple[str, OutcomeRecord]]) -> str:

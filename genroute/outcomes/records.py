@@ -137,7 +137,8 @@ _SIDE_WORD = re.compile(r"score|quality|correct|accura|cost|price|usd|latency|se
 
 def check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> None:
     """``UsageError`` naming ``where`` and ``outcomes.NAME.FIELD`` for a score that is a JSON ``true``/``false`` or
-    outside [0, 1], or a cost or latency that is negative, NaN or infinite (they would poison every mean);
+    outside [0, 1], a cost or latency that is negative, NaN or infinite (they would poison every mean), or a token
+    count below 0;
     ``raw`` is the record as read (a mapping), where a ``true`` is still told from a 1."""
     given = raw.get("outcomes") if isinstance(raw, Mapping) else None
     for name, side in record.outcomes.items():
@@ -159,3 +160,7 @@ def check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> N
             if not math.isfinite(value) or value < 0:
                 raise UsageError(f"{where}: outcomes.{name}.{key}: must be a finite number >= 0 (got {value})",
                                  field=field)
+        for key in ("input_tokens", "output_tokens"):  # priced by a matrix's --prices: a negative count pays back
+            if getattr(side, key) < 0:
+                raise UsageError(f"{where}: outcomes.{name}.{key}: must be a whole number >= 0 (got "
+                                 f"{getattr(side, key)})", field=field)
