@@ -196,6 +196,39 @@ def test_train_reports_the_rule_and_refuses_a_bad_one(tmp_path: Path) -> None:
     assert info.value.field == "cost_weight_rule.folds" and not (tmp_path / "bad.npz").exists()
 
 
+def _memorised(questions: int, copies: int) -> list[dict[str, object]]:
+    """Each question asked ``copies`` times; a coin says which of two equally priced backends is right on it: the
+    text says nothing about the answer, so no router can beat a coin on a question it has not seen."""
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(300)]
+    rows: list[dict[str, object]] = []
+    for q in range(questions):
+        text = " ".join(rng.sample(words, 6))
+        a_right = rng.random() < 0.5
+        for c in range(copies):
+            rows += [{"input": text, "backend": b, "score": float(right), "cost_usd": 0.001, "record_id": f"q{q}-{c}"}
+                     for b, right in (("a", a_right), ("b", not a_right))]
+    return rows
+
+
+def test_folds_keep_copies_of_an_input_together() -> None:
+    from genroute.policies.cost_weight import fold_of
+
+    groups = [i // 3 for i in range(30)]  # ten inputs, three copies each
+    fold = fold_of(30, 5, seed=0, groups=groups)
+    assert all(len({int(fold[i]) for i in range(30) if groups[i] == g}) == 1 for g in range(10))
+    assert np.array_equal(fold_of(30, 5, seed=0, groups=list(range(30))), fold_of(30, 5, seed=0))  # no copies
+
+
+def test_train_never_validates_or_tests_a_copy_of_a_training_input(tmp_path: Path) -> None:
+    # A copy of a question in another fold, or on the held-out side, was found by kNN at similarity 1: out-of-fold and
+    # held-out quality came out near 1 on outcomes no router can predict (a coin per question), not near 0.5.
+    report = train(_memorised(80, 3), tmp_path / "m.npz", embedder=_WordsEmbedder(), method="knn", k=1,
+                   test_share=0.3, cost_weight_rule="best")
+    assert report.cost_weight_choice is not None and report.cost_weight_choice.best_quality < 0.75
+    assert report.success_rate < 0.8 and report.n_test % 3 == 0  # whole questions held out
+
+
 def test_cli_refuses_a_bad_rule_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     matrix = tmp_path / "m.jsonl"
     matrix.write_text('{"input": "q", "metadata": {"id": "a"}, "outcomes": {"x": {"score": 1}}}\n')

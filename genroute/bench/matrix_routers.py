@@ -130,6 +130,7 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
     ``train``; predict ``held``. ``x_*`` are raw embeddings (task features are added here if ``use_task``).
     Each of ``RULES`` chooses a cost weight from the same out-of-fold routing; the model file gets ``rule``'s
     (default: ``CostWeightRule()``)."""
+    from genroute.bench.clusters import text_groups
     from genroute.bench.curves import aiq
     from genroute.policies.router_models import features, fit
 
@@ -139,7 +140,8 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
     cost = train.costs.mean(axis=0)
     rule = rule or CostWeightRule()
     folds = max(2, folds)
-    fold = fold_of(len(train.records), folds, seed)
+    # Copies of one input share a fold: validated on its own twin, a model would look better than it is.
+    fold = fold_of(len(train.records), folds, seed, text_groups([r.input for r in train.records]))
     # The targets the operating points must meet, measured on the same (training) records.
     target_q = train.scores[:, best_single(train)].mean()
     best_cost = train.costs[:, best_single(train)].mean()

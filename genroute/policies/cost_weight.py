@@ -24,7 +24,7 @@ Folds hold at least two records each; below four records cross-validation says n
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from statistics import NormalDist
 from typing import Any, Literal
 
@@ -129,9 +129,22 @@ def choose(scores: np.ndarray, costs: np.ndarray, weights: Sequence[float], rule
                             standard_error=float(se[pick]))
 
 
-def fold_of(n: int, folds: int, seed: int) -> np.ndarray:
-    """Each record's fold: a seeded permutation, dealt round-robin."""
-    return np.random.default_rng(seed + 1).permutation(n) % folds
+def fold_of(n: int, folds: int, seed: int, groups: Sequence[Hashable] | None = None) -> np.ndarray:
+    """Each record's fold: a seeded permutation, dealt round-robin; records of one group (copies of one input)
+    share a fold (``together``)."""
+    return together(np.random.default_rng(seed + 1).permutation(n) % folds, groups)
+
+
+def together(fold: np.ndarray, groups: Sequence[Hashable] | None) -> np.ndarray:
+    """``fold`` with each record moved to the fold of its group's first record: a copy of an input in another fold
+    would let a model be validated on what it was fitted on (a kNN finds the twin at similarity 1). Without
+    groups, or when no group has two records, ``fold`` as it is."""
+    if groups is None:
+        return fold
+    if len(groups) != len(fold):
+        raise ConfigError(f"one group per record is needed (got {len(groups)} for {len(fold)})", field="groups")
+    first: dict[Hashable, int] = {}
+    return fold[[first.setdefault(g, i) for i, g in enumerate(groups)]]
 
 
 def out_of_fold(scores: np.ndarray, costs: np.ndarray, folds: np.ndarray, weights: Sequence[float],
@@ -157,9 +170,10 @@ def out_of_fold(scores: np.ndarray, costs: np.ndarray, folds: np.ndarray, weight
 
 def cross_validate(scores: np.ndarray, costs: np.ndarray, rule: CostWeightRule, *, seed: int,
                    fit_fold: Callable[[np.ndarray, np.ndarray], Callable[[float], np.ndarray]],
-                   weights: Sequence[float] = WEIGHTS) -> CostWeightChoice:
+                   weights: Sequence[float] = WEIGHTS, groups: Sequence[Hashable] | None = None) -> CostWeightChoice:
     """Route the records out of fold at every weight and apply ``rule`` (``rule.folds``, fewer when there are
-    fewer than two records a fold; below four records, the largest weight: the cheapest backend)."""
+    fewer than two records a fold; below four records, the largest weight: the cheapest backend). Records of one
+    of ``groups`` (copies of one input) share a fold."""
     n = len(scores)
     if n == 0:
         raise ConfigError("cross-validating the cost weight needs training records", field="outcomes")
@@ -167,5 +181,5 @@ def cross_validate(scores: np.ndarray, costs: np.ndarray, rule: CostWeightRule, 
     if folds < 2:  # every weight scored as "always the cheapest backend": the largest weight wins the ties
         cheap = [int(np.argmin(np.asarray(costs).mean(axis=0)))] * len(weights)
         return choose(np.asarray(scores)[:, cheap], np.asarray(costs)[:, cheap], weights, rule, folds=0)
-    picked_s, picked_c = out_of_fold(scores, costs, fold_of(n, folds, seed), weights, fit_fold)
+    picked_s, picked_c = out_of_fold(scores, costs, fold_of(n, folds, seed, groups), weights, fit_fold)
     return choose(picked_s, picked_c, weights, rule, folds=folds)

@@ -19,7 +19,7 @@ from genroute.bounds import PathText
 from genroute.errors import ConfigError
 from genroute.knowledge.embedders import traced
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
-from genroute.policies.cost_weight import CostWeightChoice, CostWeightRule, as_rule, cross_validate
+from genroute.policies.cost_weight import CostWeightChoice, CostWeightRule, as_rule, cross_validate, together
 from genroute.policies.remembered import RememberedEmbeddings, deciding_cost
 from genroute.policies.router_models import RouterModel, features, fit
 from genroute.policies.static import check_backends
@@ -111,7 +111,16 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
     task_names = [t for _, t, _ in records]
     order = np.random.default_rng(seed).permutation(len(records))
     n_test = max(1, int(round(len(records) * test_share)))
-    test, part = order[:n_test], order[n_test:]
+    from genroute.knowledge.examples import input_key
+
+    groups = [input_key(text) for text, _, _ in records]
+    # Copies of one input stay on one side (and in one cross-validation fold): a held-out copy is no test. (With
+    # test_share 0 the one record kept back is no test either, and its copies stay in training.)
+    held = together(np.argsort(order) < n_test, groups if test_share > 0 else None)
+    test, part = order[held[order]], order[~held[order]]
+    if not len(part):
+        raise ConfigError("need at least two distinct inputs to train (every record has the same one)",
+                          field="outcomes")
     vocabulary = sorted({task_names[i] for i in part if task_names[i] is not None}) if use_task else []
     x = features(vectors, task_names, vocabulary)
     choice = None
@@ -123,7 +132,8 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
             predicted = fold.predict(x[rows_te])
             return lambda w: fold.choose(predicted, w)
 
-        choice = cross_validate(scores[part], costs[part], rule, seed=seed, fit_fold=fit_fold)
+        choice = cross_validate(scores[part], costs[part], rule, seed=seed, fit_fold=fit_fold,
+                                groups=[groups[i] for i in part])
         cost_weight = choice.weight
     model = fit(x[part], scores[part], backends, method=method, cost=costs[part].mean(axis=0), tasks=vocabulary,
                 k=k, seed=seed, cost_weight=cost_weight,
