@@ -510,6 +510,29 @@ def test_pairwise_and_front_choose_only_on_the_cost_quality_front(tmp_path: Path
     assert np.array_equal(loaded.choose(loaded.predict(x), 0.3), picks)
 
 
+def test_knn_predicts_many_queries_a_block_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The similarities of every evaluation query to every training record were held at once (and negated, a second
+    # copy): 8,000 queries against 70,000 records peaked at 8.9 GB, a 100k-row matrix's 30,000 held-out at ~33 GB.
+    import tracemalloc
+
+    from genroute.policies import router_models as rm
+
+    rng = np.random.default_rng(0)
+    x = rm.normalise(rng.standard_normal((2000, 16)).astype(np.float32))
+    model = rm.fit(x, rng.random((2000, 3)) < 0.5, ["a", "b", "c"], method="knn", k=20)
+    queries = rm.normalise(rng.standard_normal((2000, 16)).astype(np.float32))
+    whole = model.predict(queries)  # 4M similarities (16 MB): one block at the default size
+    monkeypatch.setattr(rm, "KNN_BLOCK", 2 ** 17, raising=False)  # 64 queries a block
+    tracemalloc.start()
+    try:
+        blocked = model.predict(queries)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(blocked, whole)
+    assert peak < 4 * 2 ** 20  # a block's similarities (0.5 MB, twice) and the result, not 2 x 16 MB
+
+
 @pytest.mark.parametrize(("content", "field"), [
     ({"a": {"input_usd_per_1m": -1}}, "prices.a.input_usd_per_1m"),
     ({"a": {"input_usd_per_1m": "cheap"}}, "prices.a.input_usd_per_1m"),

@@ -35,6 +35,10 @@ Method = Literal["knn", "logreg", "mlp", "blend", "pairwise"]
 METHODS: tuple[str, ...] = ("knn", "logreg", "mlp", "blend", "pairwise")
 
 
+#: Query-to-training-record similarities a kNN prediction holds at once (float32: 4 bytes each, 512 MB).
+KNN_BLOCK = 2 ** 27
+
+
 def normalise(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -156,6 +160,11 @@ class RouterModel:
     def _knn(self, x: np.ndarray) -> np.ndarray:
         a = self.arrays
         k = min(int(self.meta["k"]), len(a["x"]))
+        # Rows a block at a time: the similarities of 30k queries to 70k training records at once were 8 GB (twice,
+        # negated for argpartition); a block holds about KNN_BLOCK of them, and each row's result is its own.
+        step = max(1, KNN_BLOCK // max(1, len(a["x"])))
+        if len(x) > step:
+            return np.concatenate([self._knn(x[i:i + step]) for i in range(0, len(x), step)])
         # One row (a decision): einsum, not BLAS — see SemanticPolicy.nearest. Many rows (evaluation): BLAS.
         sims = np.einsum("id,jd->ij", x, a["x"]) if len(x) == 1 else x @ a["x"].T
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
