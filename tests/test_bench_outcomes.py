@@ -259,6 +259,30 @@ def test_cross_validation_never_scores_a_training_query_by_its_own_copy(embedder
         assert all(m["validation_aiq"] < 0.7 for m in methods), (name, methods)
 
 
+def test_the_compiled_cost_aware_config_decides_in_a_router_as_its_row_did(gemini_server: Any, tmp_path: Path) -> None:
+    # compile_outcomes scored a cost_aware policy with each task's floor at 95 % of its best, but wrote only
+    # stats.json: a cost_aware config on it (min_quality 0 unless told) sent every request to the cheapest candidate.
+    from genroute import Router
+    from genroute.bench.offline import split_by_text
+
+    from .conftest import gemini_config
+
+    rows = synthetic(30)
+    for row in rows:  # C right on math only 80 % of the time: math goes to A (cheaper, always right), trivia to B
+        row["outcomes"]["C"]["cost_usd"] = 0.0005
+        if row["metadata"]["task"] == "math" and int(row["metadata"]["id"][1:]) % 5 == 0:
+            row["outcomes"]["C"]["score"] = 0.0
+    report = compile_outcomes(rows, out_dir=tmp_path / "out", learned=False, min_n=10)
+    expected = next(r for r in report.rows if r.name == "cost_aware (task label)").picks
+    config = gemini_config(gemini_server)
+    config["backends"] = {c: config["backends"]["chat"] for c in ("A", "B", "C")}
+    config["policy"] = json.loads(Path(report.files["cost_aware"]).read_text())
+    _, held = split_by_text(load_matrix(rows), holdout=0.3, seed=0)
+    with Router.from_config(config) as router:
+        decided = [router.decide(r.input, task=r.task).rungs[0].backend for r in held.records]
+    assert {c: decided.count(c) for c in set(decided)} == expected and set(expected) == {"A", "C"}
+
+
 def test_refuses_to_judge_on_training_records(embedder: LocalEmbedder, tmp_path: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", synthetic(20))
     overlapping = write_jsonl(tmp_path / "later.jsonl", synthetic(20, seed=1, prefix="x")[:10] + synthetic(20)[:1])

@@ -160,7 +160,8 @@ def run_outcomes_cli(args: argparse.Namespace) -> int:
         return exit_status(exc)
     print(report.markdown())
     print(f"Rows: {report.files['compiled']}; report: {report.files['markdown']}, {report.files['html']}; "
-          f"curve: {report.files.get('curve', '-')}; compiled policies: {report.files['stats']} (cost_aware)"
+          f"curve: {report.files.get('curve', '-')}; compiled policies: {report.files['cost_aware']} (cost_aware, on "
+          f"{report.files['stats']})"
           + "".join(f", {report.files[k]} ({what})" for k, what in (("learned-task", "learned"),
                     ("learned-text", "learned"), ("semantic", "semantic")) if k in report.files))
     return 0

@@ -5,7 +5,8 @@ on both sides), compiles on the training part — ``stats.json`` and the ``cost_
 router with and without the task label — and scores every policy and baseline on the held-out part;
 ``eval_source`` scores them on another file instead (refused if it shares a record with the training file).
 It writes ``compiled.json`` (every row: router, quality, cost per request, n, candidates routed to; the
-curves and their metrics; the paired comparisons), ``curve.png``, the learned models and the usual report.
+curves and their metrics; the paired comparisons), ``curve.png``, the compiled policies (``cost_aware.json`` on
+``stats.json``, the learned models, ``semantic.json``) and the usual report.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ DEFAULT_SPECS: tuple[dict[str, Any], ...] = (
     {"method": "logreg", "l2": 1e-2}, {"method": "mlp"}, {"method": "blend", "k": 40})
 #: (``candidates: front`` and ``pairwise`` are not among them: neither beat kNN in cross-validation on dcrouter or
 #: MMLU-Pro; see benchmarks/RESULTS.md. Pass them in ``specs`` to compare.)
+#: The ``cost_aware`` row's floor: this share of each task's best training quality (``cost_aware.json``'s).
+COST_AWARE_FLOOR = 0.95
 
 
 def compile_outcomes(
@@ -101,8 +104,8 @@ def compile_outcomes(
     choices = bl.baselines(train, held, seed=seed)
     rows = [mr.row(name, held, c) for name, c in choices.items()]
     floors = mr.cost_aware_choices(train, held, mr.FLOORS)
-    choices["cost_aware (task label)"] = dict(floors)[0.95]
-    rows.append(mr.row("cost_aware (task label)", held, choices["cost_aware (task label)"], knob=0.95))
+    choices["cost_aware (task label)"] = dict(floors)[COST_AWARE_FLOOR]
+    rows.append(mr.row("cost_aware (task label)", held, choices["cost_aware (task label)"], knob=COST_AWARE_FLOOR))
     sweeps: dict[str, tuple[str, Sequence[tuple[float, np.ndarray]]]] = {
         "cost_aware (task label)": ("floor share of each task's best", floors)}
     methods: dict[str, list[dict[str, Any]]] = {}
@@ -139,6 +142,7 @@ def compile_outcomes(
         cost_weights=cost_weights,
         routes=routes_md, seconds=0.0, files={})
     files = write_outputs(report, train, held, models, out, title=title, choices=choices)
+    files["cost_aware"] = str(_cost_aware_file(out / "cost_aware.json", train, Path(files["stats"])))
     if semantic_file is not None:
         files["semantic"] = str(semantic_file)
     report = report.model_copy(update={"files": files, "seconds": time.perf_counter() - start})
@@ -146,6 +150,21 @@ def compile_outcomes(
 
     atomic_write_bytes(Path(files["compiled"]), to_json(report).encode())
     return report
+
+
+def _cost_aware_file(path: Path, train: OutcomeMatrix, stats_path: Path) -> Path:
+    """``cost_aware.json``: the config of the ``cost_aware (task label)`` row's policy (each task's floor at 95 % of
+    its best training quality, read from ``stats.json``), so that a router loading it decides as the row did."""
+    from genroute.bench.compile import cost_aware_policy
+    from genroute.cache import atomic_write_bytes
+    from genroute.policies.stats import BenchStats
+
+    policy, _ = cost_aware_policy(BenchStats.load(stats_path), list(train.candidates),
+                                  relative_floor=COST_AWARE_FLOOR)
+    body = {"kind": "cost_aware", "stats_path": str(stats_path),
+            **policy.config.model_dump(mode="json", exclude_defaults=True, exclude={"kind", "stats_path"})}
+    atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
+    return path
 
 
 #: The semantic routes' operating point written to ``semantic.json`` (and its row's name).
