@@ -440,6 +440,22 @@ def test_a_matrix_with_no_scored_record_says_where_a_score_is_missing(tmp_path: 
     assert 'q.jsonl:1: outcomes.A has no "score" (its keys: cost_usd)' in err.value.message
 
 
+def test_a_sparse_matrix_says_which_candidates_share_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    # Many candidates each scored on some queries (RouterEval's shape): the refusal listed every candidate and no way
+    # on, so the user could not tell which to route between.
+    rows = [{"input": f"q{i}", "outcomes": {c: {"score": 1.0} for c in ("a", "b", "c", "d")[i % 4:][:2]}}
+            for i in range(12)]  # a+b, b+c, c+d, d alone
+    data = write_jsonl(tmp_path / "m.jsonl", rows)
+    assert bench_main(["--outcomes", str(data), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "records scored per candidate: b 6, c 6, d 6, a 3 of 12; route between candidates that share records " \
+           "(candidates, --candidates)" in err
+    assert bench_main(["--outcomes", str(data), "--out", str(tmp_path / "o"), "--candidates", "b,c",
+                       "--min-verdict-n", "1"]) == 2  # 3 records: too few to compile, but read
+    assert "compiling needs at least 10 training records" in capsys.readouterr().err
+
+
 def test_a_candidate_no_record_has_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A typo in --candidates used to drop every record: "no record has an outcome for every candidate"."""
     data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))

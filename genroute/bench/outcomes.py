@@ -263,8 +263,8 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
                              field=field) from None
         rows.append([rec.outcomes[c] for c in names])
     if not records:
-        raise UsageError(f"no record has a scored outcome for every candidate ({', '.join(names)}){_unscored(parsed)}",
-                         field=field)
+        raise UsageError(f"no record has a scored outcome for every candidate ({', '.join(names)}){_unscored(parsed)}"
+                         f"{_coverage(parsed, names)}", field=field)
     given = ["cost_usd" in o.model_fields_set for row in rows for o in row]
     if pricing is None and any(given) and not all(given):
         raise UsageError("some outcomes have cost_usd and others not: give every one, or a pricing",
@@ -295,6 +295,18 @@ def _priced(pricing: CandidatePricing, text: str, candidate: str, side: Side) ->
     """``side``'s cost at ``pricing``: its recorded token counts where it gave them, else the estimate."""
     tokens_in, tokens_out = _recorded(side)
     return pricing.cost(text, candidate, input_tokens=tokens_in, output_tokens=tokens_out)
+
+
+def _coverage(parsed: Sequence[tuple[str, OutcomeRecord]], names: Sequence[str]) -> str:
+    """How many records each candidate is scored on, and the way out (a sparse matrix: RouterEval's shape, many
+    candidates each scored on some of the queries)."""
+    if len(names) < 2:
+        return ""
+    counts = {c: sum(1 for _, r in parsed if c in r.outcomes and r.outcomes[c].score is not None) for c in names}
+    ranked = sorted(names, key=lambda c: (-counts[c], c))
+    shown = ", ".join(f"{c} {counts[c]}" for c in ranked[:8]) + (", ..." if len(ranked) > 8 else "")
+    return (f"; records scored per candidate: {shown} of {len(parsed)}; route between candidates that share records "
+            "(candidates, --candidates)")
 
 
 def _unscored(parsed: Sequence[tuple[str, OutcomeRecord]]) -> str:
