@@ -573,6 +573,29 @@ def test_knn_predicts_many_queries_a_block_at_a_time(monkeypatch: pytest.MonkeyP
     assert peak < 4 * 2 ** 20  # a block's similarities (0.5 MB, twice) and the result, not 2 x 16 MB
 
 
+@pytest.mark.parametrize("names", [("a-small", "z-big"), ("z-small", "a-big")])
+def test_a_tie_goes_to_the_backend_better_in_training_not_the_first_name(names: tuple[str, str],
+                                                                        tmp_path: Path) -> None:
+    # Two backends that answered a query's neighbours alike, at one price (or none given), tie: the first name in
+    # the file won, so renaming "big" to "a-big" moved every such decision to it, and "small" to "a-small" back.
+    from genroute.policies.router_models import RouterModel, fit
+
+    small, big = names
+    x = np.array([[1.0, 0.0]] * 10 + [[0.0, 1.0]] * 10, dtype=np.float32)
+    both_right = [{small: 1.0, big: 1.0}] * 10  # the first topic: both right
+    big_right = [{small: 0.0, big: 1.0}] * 10   # the second: only big
+    order = sorted(names)
+    scores = np.array([[row[b] for b in order] for row in both_right + big_right])
+    model = fit(x, scores, order, method="knn", k=5, cost=[0.001, 0.001])
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    assert model.predict(query)[0].tolist() == [1.0, 1.0]
+    assert order[int(model.choose(model.predict(query), 0.1)[0])] == big
+    loaded = RouterModel.load(model.save(tmp_path / "m.npz"))
+    assert order[int(loaded.choose(loaded.predict(query), 0.1)[0])] == big
+    free = fit(x, scores, order, method="knn", k=5)  # no costs: quality only
+    assert order[int(free.choose(free.predict(query), 0.0)[0])] == big
+
+
 @pytest.mark.parametrize(("content", "field"), [
     ({"a": {"input_usd_per_1m": -1}}, "prices.a.input_usd_per_1m"),
     ({"a": {"input_usd_per_1m": "cheap"}}, "prices.a.input_usd_per_1m"),

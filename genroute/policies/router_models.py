@@ -123,6 +123,10 @@ class RouterModel:
         self.backends = backends
         self.arrays = arrays
         self.meta = meta
+        quality = meta.get("quality")
+        #: Backend indices from the best mean training score down (ties: the first), for breaking ties.
+        self._by_quality = None if quality is None else np.array(
+            sorted(range(len(backends)), key=lambda j: (-quality[j], j)), dtype=int)
 
     @property
     def tasks(self) -> list[str]:
@@ -182,10 +186,16 @@ class RouterModel:
         return util
 
     def choose(self, predicted: np.ndarray, cost_weight: float) -> np.ndarray:
-        """The chosen backend index per row (ties: the cheaper backend)."""
+        """The chosen backend index per row (ties: the cheaper backend, then the better on the training records)."""
         util = self.utility(predicted, cost_weight)
         # Break ties towards lower cost: a tiny cost term below any real difference in predicted quality.
-        return np.argmax(util - 1e-9 * self.relative_cost, axis=1)
+        util = util - 1e-9 * self.relative_cost
+        if self._by_quality is None:  # a model file from before training quality was kept: the first backend
+            return np.argmax(util, axis=1)
+        # Equal in both (a kNN whose neighbours two backends answered alike; no costs given): the better on the
+        # training records, not the first name in the file — renaming a backend must not move a decision.
+        tied = util >= util.max(axis=1, keepdims=True)
+        return self._by_quality[np.argmax(tied[:, self._by_quality], axis=1)]
 
     def save(self, path: str | Path) -> Path:
         """Write the model file atomically (``.npz``)."""
@@ -250,6 +260,10 @@ def model_problem(meta: Any, arrays: dict[str, np.ndarray]) -> str | None:
     if cost is not None and (not isinstance(cost, list) or len(cost) != len(backends)
                              or not all(isinstance(c, int | float) and 0 <= c < float("inf") for c in cost)):
         return f"cost must be {len(backends)} finite costs >= 0, one per backend, got {cost!r}"
+    quality = meta.get("quality")
+    if quality is not None and (not isinstance(quality, list) or len(quality) != len(backends)
+                                or not all(isinstance(q, int | float) and 0 <= q <= 1 for q in quality)):
+        return f"quality must be {len(backends)} mean training scores in [0, 1], one per backend, got {quality!r}"
     if not isinstance(meta.get("tasks") or [], list):
         return f"tasks must be a list of task names, got {meta['tasks']!r}"
     sizes: dict[str, int] = {"B": len(backends), "3": 3}
@@ -288,7 +302,7 @@ def fit(x: np.ndarray, scores: np.ndarray, backends: Sequence[str], *, method: s
         raise ConfigError("need one score per backend for every training record", field="outcomes")
     info = {"k": k, "cost": [float(c) for c in (cost if cost is not None else [0.0] * len(backends))],
             "tasks": list(tasks), "task_weight": 1.0, "cost_weight": cost_weight, "n_train": int(len(x)),
-            "options": options, **(meta or {})}
+            "options": options, "quality": [float(q) for q in s.mean(axis=0)], **(meta or {})}
     mean_cost = np.asarray(info["cost"], dtype=np.float64)
     if options.get("candidates") == "front" or method == "pairwise":
         info["allowed"] = cost_quality_front(s.mean(axis=0), mean_cost)
