@@ -11,8 +11,11 @@ from genroute.bench.outcomes import OutcomeMatrix
 
 def best_single(train: OutcomeMatrix) -> int:
     """The candidate with the best mean training score (ties: the cheaper)."""
-    return int(min(range(len(train.candidates)),
-                   key=lambda j: (-train.scores[:, j].mean(), train.costs[:, j].mean(), j)))
+    return _best(train.scores, train.costs)
+
+
+def _best(scores: np.ndarray, costs: np.ndarray) -> int:
+    return int(min(range(scores.shape[1]), key=lambda j: (-scores[:, j].mean(), costs[:, j].mean(), j)))
 
 
 def cheapest(train: OutcomeMatrix) -> int:
@@ -24,8 +27,12 @@ def cheapest(train: OutcomeMatrix) -> int:
 def per_task_best(train: OutcomeMatrix, held: OutcomeMatrix) -> np.ndarray:
     """Each record's task's best training candidate (tasks unseen in training: the best single)."""
     fallback = best_single(train)
-    tasks = np.array([t or "" for t in train.tasks])
-    best = {task: best_single(train.subset(np.array(train.ids)[tasks == task])) for task in set(tasks)}
+    # Each task's rows gathered in one pass (a subset per task was a pass over every record per task: quadratic
+    # when a matrix has thousands of tasks), in record order, so each mean is the one it was.
+    rows: dict[str, list[int]] = {}
+    for i, task in enumerate(train.tasks):
+        rows.setdefault(task or "", []).append(i)
+    best = {task: _best(train.scores[r], train.costs[r]) for task, r in rows.items()}
     return np.array([best.get(t or "", fallback) for t in held.tasks], dtype=int)
 
 
