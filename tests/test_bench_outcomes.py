@@ -283,6 +283,19 @@ def test_the_compiled_cost_aware_config_decides_in_a_router_as_its_row_did(gemin
     assert {c: decided.count(c) for c in set(decided)} == expected and set(expected) == {"A", "C"}
 
 
+def test_a_compiled_learned_model_refuses_another_embedder(embedder: LocalEmbedder, tmp_path: Path) -> None:
+    # The model files compile_outcomes wrote did not say which embedder made their vectors, so a learned policy
+    # given another one (another 384-wide model, say) routed on vectors the model had never seen, silently.
+    from genroute.errors import ConfigError
+
+    report = compile_outcomes(synthetic(15), out_dir=tmp_path, embedder=embedder, min_n=5, specs=SPECS)
+    for name in ("learned-text", "learned-task"):
+        LearnedPolicy(LearnedConfig(model_path=report.files[name], default="C"), embedder=embedder)
+        with pytest.raises(ConfigError) as err:
+            LearnedPolicy(LearnedConfig(model_path=report.files[name], default="C"), embedder=_Refusing("other-384"))
+        assert err.value.field.endswith("model_path") and "other-384" in err.value.message
+
+
 def test_refuses_to_judge_on_training_records(embedder: LocalEmbedder, tmp_path: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", synthetic(20))
     overlapping = write_jsonl(tmp_path / "later.jsonl", synthetic(20, seed=1, prefix="x")[:10] + synthetic(20)[:1])

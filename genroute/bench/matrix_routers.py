@@ -124,12 +124,13 @@ class LearnedFit:
 
 def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, x_held: np.ndarray, *,
                 use_task: bool, specs: Sequence[dict[str, Any]], seed: int = 0, folds: int = 5,
-                cost_shares: Sequence[float] = (0.5, 0.4), rule: CostWeightRule | None = None) -> LearnedFit:
+                cost_shares: Sequence[float] = (0.5, 0.4), rule: CostWeightRule | None = None,
+                embedder: str = "unknown") -> LearnedFit:
     """Pick the estimator and the operating points on out-of-fold predictions for ``train`` (``folds``-fold
     cross-validation: every training record is predicted by a model that did not see it); refit on all of
     ``train``; predict ``held``. ``x_*`` are raw embeddings (task features are added here if ``use_task``).
     Each of ``RULES`` chooses a cost weight from the same out-of-fold routing; the model file gets ``rule``'s
-    (default: ``CostWeightRule()``)."""
+    (default: ``CostWeightRule()``) and the name of the ``embedder`` that embedded ``x_*``."""
     from genroute.bench.clusters import text_groups
     from genroute.bench.curves import aiq
     from genroute.policies.router_models import features, fit
@@ -171,8 +172,9 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
     choices = {r: choose(*best["oof"], COST_WEIGHTS, rule.model_copy(update={"rule": r}), folds=folds)
                for r in RULES}
     weight = choices[rule.rule].weight
+    # The embedder's name goes into the model file: a learned policy given another embedder refuses it.
     model = fit(x_tr, train.scores, train.candidates, cost=cost, tasks=vocab, seed=seed, cost_weight=weight,
-                **best["spec"])
+                meta={"embedder": embedder}, **best["spec"])
     name = "learned " + ("(text + task)" if use_task else "(text only)")
     methods = [{"spec": _spec_name(r["spec"]), "validation_aiq": r["validation_aiq"], "chosen": r is best}
                for r in results] + skipped

@@ -114,7 +114,8 @@ def compile_outcomes(
     for use_task in (True, False) if learned else ():
         if use_task and all(t is None for t in train.tasks):
             continue
-        fitted = mr.learned_fit(train, held, x_train, x_held, use_task=use_task, specs=specs, seed=seed, rule=rule)
+        fitted = mr.learned_fit(train, held, x_train, x_held, use_task=use_task, specs=specs, seed=seed, rule=rule,
+                                embedder=str(cached.model))
         methods[fitted.name] = fitted.methods
         cost_weights[fitted.name] = {r: c.model_dump() for r, c in fitted.cost_weight_choices.items()}
         models[fitted.name] = fitted.model
