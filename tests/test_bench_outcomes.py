@@ -134,6 +134,11 @@ def test_prices_are_paid_on_the_token_counts_an_outcome_records(tmp_path: Path, 
     matrix = load_matrix(rows, pricing=pricing)
     assert matrix.costs[0].tolist() == pytest.approx([(12 * 1.0 + 5 * 10.0) / 1e6, (3 * 1.0 + 900 * 10.0) / 1e6])
     assert "tokens each outcome recorded" in matrix.cost_basis
+    rows[0]["outcomes"]["terse"]["cost_usd"] = 0.5  # given: the file's cost, and the basis says whose are whose
+    mixed = load_matrix(rows, pricing=pricing)
+    assert mixed.costs[0, 0] == 0.5 and mixed.costs[0, 1] == matrix.costs[0, 1]
+    assert mixed.cost_basis.startswith("cost_usd from the file for 1 of 2 outcomes; the others: cost = ")
+    del rows[0]["outcomes"]["terse"]["cost_usd"]
     estimated = load_matrix([{"input": "three words here", "outcomes": {"terse": {"score": 1.0}}}], pricing=pricing)
     assert estimated.costs[0, 0] == pytest.approx((3 + 100 * 10.0) / 1e6)
     assert "the same token estimate for every candidate" in estimated.cost_basis

@@ -275,6 +275,8 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
     recorded = any(_recorded(o) != (None, None) for row in rows for o in row if "cost_usd" not in o.model_fields_set)
     basis = ("cost_usd from the file" if all(given) else pricing.describe(recorded=recorded) if pricing is not None
              else "no costs (quality only)")
+    if pricing is not None and any(given) and not all(given):  # the report must not say every cost was priced
+        basis = f"cost_usd from the file for {sum(given):,} of {len(given):,} outcomes; the others: {basis}"
     return OutcomeMatrix(
         records=tuple(records), candidates=names,
         scores=np.array([[o.score for o in row] for row in rows], dtype=np.float64),
