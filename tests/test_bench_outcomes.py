@@ -474,6 +474,18 @@ def test_a_sparse_matrix_says_which_candidates_share_records(tmp_path: Path, cap
     assert "compiling needs at least 10 training records" in capsys.readouterr().err
 
 
+def test_a_single_candidate_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # One candidate (a file of one, or --candidates naming one) compiled every router into "always it" and reported
+    # each comparison as "no difference detected": a report with nothing routed.
+    data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))
+    assert bench_main(["--outcomes", str(data), "--out", str(tmp_path / "o"), "--candidates", "A"]) == 2
+    assert "candidates: routing needs at least two candidates (got A)" in capsys.readouterr().err
+    only = [{**row, "outcomes": {"A": row["outcomes"]["A"]}} for row in synthetic(15)]
+    with pytest.raises(UsageError) as err:
+        compile_outcomes(only, out_dir=tmp_path / "o2", learned=False)
+    assert err.value.field == "outcomes"
+
+
 def test_a_candidate_no_record_has_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A typo in --candidates used to drop every record: "no record has an outcome for every candidate"."""
     data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))

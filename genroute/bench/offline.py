@@ -76,6 +76,9 @@ def compile_outcomes(
     start = time.perf_counter()
     full = source if isinstance(source, OutcomeMatrix) else load_matrix(source, pricing=pricing,
                                                                         candidates=candidates)
+    if len(full.candidates) < 2:  # every router would pick it, every comparison read "no difference"
+        raise UsageError(f"routing needs at least two candidates (got {', '.join(full.candidates)})",
+                         field="candidates" if candidates else "outcomes")
     if eval_source is not None:
         held = eval_source if isinstance(eval_source, OutcomeMatrix) else \
             load_matrix(eval_source, pricing=pricing, candidates=full.candidates, field="eval_outcomes",
