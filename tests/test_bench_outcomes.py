@@ -17,7 +17,7 @@ from genroute.bench import curves
 from genroute.bench.cli import bench_main
 from genroute.bench.embedding_cache import CachedEmbedder
 from genroute.bench.offline import compile_outcomes
-from genroute.bench.outcomes import load_matrix, load_pricing
+from genroute.bench.outcomes import CandidatePrice, CandidatePricing, load_matrix, load_pricing
 from genroute.errors import UsageError
 from genroute.knowledge.embedders import LocalEmbedder
 from genroute.policies.base import PolicyContext
@@ -146,6 +146,19 @@ def test_prices_are_paid_on_the_token_counts_an_outcome_records(tmp_path: Path, 
     data = write_jsonl(tmp_path / "m.jsonl", rows)
     assert bench_main(["--outcomes", str(data), "--prices", str(prices), "--out", str(tmp_path / "o")]) == 2
     assert "m.jsonl:1: outcomes.verbose.output_tokens: must be a whole number >= 0 (got -900)" in capsys.readouterr().err
+
+
+def test_the_input_token_estimate_counts_a_character_of_an_unspaced_script_as_a_token() -> None:
+    # A Chinese, Japanese or Thai question has no spaces: priced as "one word" whatever its length, it cost a
+    # 40-character question as much as "Hi" — a multilingual matrix's costs were those of its English part.
+    pricing = CandidatePricing(prices={"a": CandidatePrice(input_usd_per_1m=1.0, output_usd_per_1m=0.0)},
+                               output_tokens=0)
+    assert pricing.input_tokens("Compute 12 * 7.") == 4  # words, as before
+    assert pricing.input_tokens("请计算十二乘以七等于多少") == 12
+    assert pricing.input_tokens("请计算 12 乘以 7。") == 7  # 5 characters, and the words "12" and "7。"
+    assert pricing.input_tokens("カードを紛失しました") == 10
+    assert pricing.cost("请计算十二乘以七等于多少", "a") == pytest.approx(12 / 1e6)
+    assert "a character each in Chinese, Japanese, Thai" in pricing.describe()
 
 
 def test_embedding_cache_embeds_each_text_once(embedder: LocalEmbedder, tmp_path: Path) -> None:

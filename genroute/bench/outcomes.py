@@ -61,8 +61,10 @@ class CandidatePricing(BaseModel):
     basis: str = Field(default="list prices", description="Where the prices come from, for the report.")
 
     def input_tokens(self, text: str) -> int:
-        """The input token estimate for ``text``."""
-        return len(text.split())
+        """The input token estimate for ``text``: its whitespace-separated words, and a token per character of a
+        script written without spaces (a Chinese or Japanese question is one "word" of 40 characters)."""
+        unspaced = len(_UNSPACED.findall(text))
+        return len((_UNSPACED.sub(" ", text) if unspaced else text).split()) + unspaced
 
     def cost(self, text: str, candidate: str, *, input_tokens: int | None = None,
              output_tokens: int | None = None) -> float:
@@ -75,10 +77,11 @@ class CandidatePricing(BaseModel):
 
     def describe(self, *, recorded: bool = False) -> str:
         """The cost model in one sentence (``recorded``: some outcomes gave their own token counts)."""
+        words = "query words (a character each in Chinese, Japanese, Thai...)"
         if recorded:
             return (f"cost = {self.basis} x the input and output tokens each outcome recorded (where it gave none: "
-                    f"query words as input tokens, {self.output_tokens} output tokens)")
-        return (f"cost = {self.basis} x (query words as input tokens + {self.output_tokens} output tokens), "
+                    f"{words} as input tokens, {self.output_tokens} output tokens)")
+        return (f"cost = {self.basis} x ({words} as input tokens + {self.output_tokens} output tokens), "
                 "the same token estimate for every candidate")
 
 
@@ -133,6 +136,10 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
     return CandidatePricing(prices=prices, output_tokens=output_tokens, basis=" and ".join(parts))
 
 
+#: Characters of scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, CJK ideographs):
+#: each is a token of the input estimate.
+_UNSPACED = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+                       "\uf900-\ufaff]")
 #: The keys of a price entry, and what makes another key look like a mistyped one.
 _PRICE_KEYS = ("input_usd_per_1m", "output_usd_per_1m", "params_b", "size")
 _PRICE_WORD = re.compile(r"usd|price|cost|per_?1m|input|output|param", re.IGNORECASE)
