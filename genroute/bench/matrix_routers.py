@@ -142,7 +142,8 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
     rule = rule or CostWeightRule()
     folds = max(2, folds)
     # Copies of one input share a fold: validated on its own twin, a model would look better than it is.
-    fold = fold_of(len(train.records), folds, seed, text_groups([r.input for r in train.records]))
+    groups = text_groups([r.input for r in train.records])
+    fold = fold_of(len(train.records), folds, seed, groups)
     # The targets the operating points must meet, measured on the same (training) records.
     target_q = train.scores[:, best_single(train)].mean()
     best_cost = train.costs[:, best_single(train)].mean()
@@ -169,7 +170,7 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
             f"{s['spec']}: {s['note']}" for s in skipped), field="outcomes")
     best = max(results, key=lambda r: r["validation_aiq"])
     match, budget_w, shares = operating_points(best["points"], target_q, budget, best_cost, cost_shares)
-    choices = {r: choose(*best["oof"], COST_WEIGHTS, rule.model_copy(update={"rule": r}), folds=folds)
+    choices = {r: choose(*best["oof"], COST_WEIGHTS, rule.model_copy(update={"rule": r}), folds=folds, groups=groups)
                for r in RULES}
     weight = choices[rule.rule].weight
     # The embedder's name goes into the model file: a learned policy given another embedder refuses it.

@@ -66,7 +66,8 @@ class CostWeightChoice(BaseModel):
 
     rule: Rule
     weight: float
-    n: int = Field(description="Training records routed out of fold.")
+    n: int = Field(description="Training records routed out of fold (distinct inputs, when some input repeats).")
+    n_records: int | None = Field(default=None, description="The records behind the n inputs, when some repeats.")
     folds: int
     quality: float = Field(description="Mean out-of-fold quality at the chosen weight.")
     cost_usd: float = Field(description="Mean out-of-fold cost per request at the chosen weight.")
@@ -77,12 +78,14 @@ class CostWeightChoice(BaseModel):
 
     def summary(self) -> str:
         """One sentence for reports."""
+        records = f"{self.n} training records" if self.n_records is None else \
+            f"{self.n} distinct training inputs ({self.n_records} records)"
         if self.folds == 0:  # cross_validate had too few records: nothing was routed out of fold
-            return (f"cost weight {self.weight:.3g}: {self.n} training records are too few to cross-validate "
+            return (f"cost weight {self.weight:.3g}: {records} are too few to cross-validate "
                     f"(at least 4), so the cheapest backend (quality {self.quality:.3f} on those records at "
                     f"${self.cost_usd * 1000:.4f}/1k)")
         head = (f"cost weight {self.weight:.3g} by rule `{self.rule}` ({self.folds}-fold cross-validation on "
-                f"{self.n} training records): out-of-fold quality {self.quality:.3f} at ${self.cost_usd * 1000:.4f}/1k")
+                f"{records}): out-of-fold quality {self.quality:.3f} at ${self.cost_usd * 1000:.4f}/1k")
         if self.weight == self.best_weight:
             return head + " (the best out-of-fold quality)"
         return (head + f"; the best, {self.best_quality:.3f} at ${self.best_cost_usd * 1000:.4f}/1k (weight "
@@ -105,12 +108,19 @@ def as_rule(value: CostWeightRule | str | Mapping[str, Any] | None, *, field: st
 
 
 def choose(scores: np.ndarray, costs: np.ndarray, weights: Sequence[float], rule: CostWeightRule, *,
-           folds: int) -> CostWeightChoice:
-    """Apply ``rule`` to out-of-fold per-record ``scores`` and ``costs`` of shape ``(records, weights)``."""
+           folds: int, groups: Sequence[Hashable] | None = None) -> CostWeightChoice:
+    """Apply ``rule`` to out-of-fold per-record ``scores`` and ``costs`` of shape ``(records, weights)``. Records of
+    one of ``groups`` (copies of one input) are one input: their mean score and cost, weighted once (as paired
+    comparisons read repeats, ``genroute.bench.clusters``)."""
     scores, costs = np.asarray(scores, dtype=np.float64), np.asarray(costs, dtype=np.float64)
-    n = len(scores)
     if scores.shape != costs.shape or scores.ndim != 2 or scores.shape[1] != len(weights) or not len(weights):
         raise ConfigError("need one score and one cost per record and cost weight", field="cost_weight_rule")
+    n_records = len(scores)
+    if groups is not None:
+        # Ten copies of one input, routed alike, are not ten pieces of evidence: counted so, the paired standard
+        # error shrank by sqrt(10) and a dearer weight's gain on a few inputs read as resolved.
+        scores, costs = _input_means(scores, groups), _input_means(costs, groups)
+    n = len(scores)
     quality, cost = scores.mean(axis=0), costs.mean(axis=0)
     order = list(range(len(weights)))
     # Ties: the cheaper setting, then the larger weight (the same picks, held more firmly towards cheap).
@@ -123,10 +133,24 @@ def choose(scores: np.ndarray, costs: np.ndarray, weights: Sequence[float], rule
     # Within the margin (a float tolerance keeps a setting tied with the best, whose paired SE is 0, eligible).
     eligible = [j for j in order if quality[best] - quality[j] <= rule.margin * se[j] + 1e-12]
     pick = min(eligible, key=lambda j: (cost[j], -quality[j], -weights[j]))
-    return CostWeightChoice(rule=rule.rule, weight=float(weights[pick]), n=n, folds=folds,
+    return CostWeightChoice(rule=rule.rule, weight=float(weights[pick]), n=n,
+                            n_records=None if n == n_records else n_records, folds=folds,
                             quality=float(quality[pick]), cost_usd=float(cost[pick]), best_weight=float(weights[best]),
                             best_quality=float(quality[best]), best_cost_usd=float(cost[best]),
                             standard_error=float(se[pick]))
+
+
+def _input_means(values: np.ndarray, groups: Sequence[Hashable]) -> np.ndarray:
+    """Rows averaged per group, groups in the order they first appear (a group of one row keeps it as it is)."""
+    if len(groups) != len(values):
+        raise ConfigError(f"one group per record is needed (got {len(groups)} for {len(values)})", field="groups")
+    index: dict[Hashable, int] = {}
+    inverse = np.array([index.setdefault(g, len(index)) for g in groups], dtype=int)
+    if len(index) == len(values):
+        return values
+    sums = np.zeros((len(index), values.shape[1]))
+    np.add.at(sums, inverse, values)
+    return sums / np.bincount(inverse)[:, None]
 
 
 def fold_of(n: int, folds: int, seed: int, groups: Sequence[Hashable] | None = None) -> np.ndarray:
@@ -180,6 +204,6 @@ def cross_validate(scores: np.ndarray, costs: np.ndarray, rule: CostWeightRule, 
     folds = min(rule.folds, n // 2)
     if folds < 2:  # every weight scored as "always the cheapest backend": the largest weight wins the ties
         cheap = [int(np.argmin(np.asarray(costs).mean(axis=0)))] * len(weights)
-        return choose(np.asarray(scores)[:, cheap], np.asarray(costs)[:, cheap], weights, rule, folds=0)
+        return choose(np.asarray(scores)[:, cheap], np.asarray(costs)[:, cheap], weights, rule, folds=0, groups=groups)
     picked_s, picked_c = out_of_fold(scores, costs, fold_of(n, folds, seed, groups), weights, fit_fold)
-    return choose(picked_s, picked_c, weights, rule, folds=folds)
+    return choose(picked_s, picked_c, weights, rule, folds=folds, groups=groups)
