@@ -314,6 +314,24 @@ def test_a_compiled_learned_model_refuses_another_embedder(embedder: LocalEmbedd
         assert err.value.field.endswith("model_path") and "other-384" in err.value.message
 
 
+def test_a_router_that_sends_everything_to_one_candidate_says_so_beside_its_win(tmp_path: Path) -> None:
+    # cost_aware sent every evaluation record to A (its floor met on the only task) and A beat the training's best
+    # single, C, on the later file: the comparison read "cost_aware (task label) wins", a routing win, when the
+    # policy had routed nothing — any single candidate but C would have won the same.
+    def rows(n: int, a: float, c: float, prefix: str) -> list[dict[str, Any]]:
+        return [{"input": f"{prefix} question {i}", "metadata": {"task": "t", "id": f"{prefix}{i}"},
+                 "outcomes": {"A": {"score": float(i % 100 < a * 100), "cost_usd": 0.001},
+                              "C": {"score": float(i % 100 < c * 100), "cost_usd": 0.01}}} for i in range(n)]
+
+    report = compile_outcomes(rows(100, 0.97, 1.0, "train"), eval_source=rows(100, 1.0, 0.5, "later"),
+                              out_dir=tmp_path, learned=False, min_n=10)
+    cmp = next(c for c in report.comparisons if (c.router, c.baseline) == ("cost_aware (task label)",
+                                                                          "best single (train)"))
+    assert cmp.verdict.startswith("cost_aware (task label) wins")
+    assert cmp.verdict.endswith("cost_aware (task label) sent every record to A: a single candidate, nothing routed")
+    assert "nothing routed" in report.markdown()
+
+
 def test_refuses_to_judge_on_training_records(embedder: LocalEmbedder, tmp_path: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", synthetic(20))
     overlapping = write_jsonl(tmp_path / "later.jsonl", synthetic(20, seed=1, prefix="x")[:10] + synthetic(20)[:1])

@@ -293,10 +293,14 @@ def _comparisons(held: OutcomeMatrix, choices: Mapping[str, np.ndarray], *, min_
         ca, cb = mr.picked_costs(held, choices[a]), mr.picked_costs(held, choices[b])
         result = compare_paired(qa.tolist(), qb.tolist(), a=a, b=b, min_n=min_n, force=force, seed=seed,
                                 groups=groups)
+        verdict = result.verdict
+        if len(held.records) > 1 and len(set(choices[a].tolist())) == 1:  # a win of one candidate, not of routing
+            verdict += (f"; {a} sent every record to {held.candidates[int(choices[a][0])]}: a single candidate, "
+                        "nothing routed")
         out.append(Comparison(
             router=a, baseline=b, n=result.n, n_records=result.n_records, quality_difference=result.difference,
             ci=result.ci,
-            verdict=result.verdict, cost_ratio=float(ca.mean() / cb.mean()) if cb.mean() > 0 else None,
+            verdict=verdict, cost_ratio=float(ca.mean() / cb.mean()) if cb.mean() > 0 else None,
             cost_difference_ci=paired_bootstrap_ci(ca.tolist(), cb.tolist(), seed=seed)))
     return out
 
