@@ -191,6 +191,30 @@ async def test_an_outcome_records_the_routing_embedding_apart_from_the_served_ba
     assert record.metadata["routing_cost_usd"] == pytest.approx(embedding)
 
 
+async def test_feedback_on_a_forgotten_result_keeps_its_routing_cost_apart(gemini_server: GeminiTestServer,
+                                                                            tmp_path: Path) -> None:
+    # Feedback on a result the router no longer held (past outcomes.max_pending) read the served side from the
+    # result again, without the routing embedding, but the record lost what deciding cost: routing_cost_usd was kept
+    # only for a result still held.
+    from genroute.outcomes import OutcomeStore
+
+    semantic = {"kind": "semantic", "routes": {"rag": ["bake bread", "rye sourdough"]}, "default": "chat"}
+    config = _config(gemini_server, tmp_path, policy=semantic,
+                     outcomes={"path": str(tmp_path / "outcomes.db"), "max_pending": 1})
+    router = Router.from_config(config)
+    try:
+        first = await router.agenerate("something else entirely", task="t")
+        await router.agenerate("and another thing", task="t")   # the first is forgotten
+        await router.afeedback(first, score=1.0)
+    finally:
+        await router.aclose()
+    embedding = estimate_tokens("something else entirely") * EMBED
+    assert first.backend == "chat" and first.cost_usd == pytest.approx(ANSWER + embedding)
+    (record,) = OutcomeStore(tmp_path / "outcomes.db").records_sync()
+    assert record.outcomes["chat"].cost_usd == pytest.approx(ANSWER) and record.outcomes["chat"].score == 1.0
+    assert record.metadata["routing_cost_usd"] == pytest.approx(embedding)
+
+
 async def test_embedding_costs_are_on_the_cost_counter(gemini_server: GeminiTestServer, tmp_path: Path,
                                                         otel: Otel) -> None:
     routes = {"rag": ["bake bread", "rye sourdough"]}

@@ -78,7 +78,7 @@ class OutcomeRecorder:
         side = served_side(result)
         self._pending[id] = _Pending(request, result.backend, output, side, result.trace_id,
                                      arm=tried[0].backend if tried else result.backend,
-                                     routing_cost_usd=max(0.0, result.cost_usd - side.cost_usd))
+                                     routing_cost_usd=routing_cost(result, side))
         if len(self._pending) > self.settings.max_pending:
             self._pending.popitem(last=False)
 
@@ -155,11 +155,13 @@ class OutcomeRecorder:
         # What the label scores: this process's memory of the request, else the answers the record kept.
         known = _known(pending) if pending is not None else _kept(stored)
         request = known[0] if known is not None else None
+        routing = 0.0  # what deciding cost, kept apart from the served side (``served_side``)
         if pending is not None:
             served_backend: str | None = pending.backend
             served = pending.side
-        elif not isinstance(target, str):
+        elif not isinstance(target, str):  # a result this router forgot (``max_pending``): read from it again
             served_backend, served = target.backend, served_side(target)
+            routing = routing_cost(target, served)
         else:
             served_backend = stored.metadata.get("served") if stored is not None else None
             served = Side.model_validate({})  # what the store holds stays; only the score is added
@@ -185,6 +187,8 @@ class OutcomeRecorder:
             sides[served_backend] = served
         sides.update({b: Side.model_validate({"score": v}) for b, v in scores.items() if b != served_backend})
         metadata = self._metadata(id, request if pending is not None else None, pending)
+        if routing:
+            metadata["routing_cost_usd"] = routing
         metadata["feedback"] = {"score": score, "label_given": label is not None, "at": time.time()}
         add_scoring_cost(metadata, "feedback", judge_cost)
         if label is not None and known is None:
@@ -270,6 +274,11 @@ class OutcomeRecorder:
             self.write_errors += 1
             _log.warning("outcome for %s not stored: %s", record.id, type(exc).__name__)
             return None
+
+
+def routing_cost(result: GenerateResult, side: Side) -> float:
+    """What ``result``'s request cost beyond its served ``side`` (``served_side``): deciding (a routing embedding)."""
+    return max(0.0, result.cost_usd - side.cost_usd)
 
 
 def served_side(result: GenerateResult) -> Side:
