@@ -111,6 +111,26 @@ def test_a_200_body_that_is_not_an_answer_is_a_malformed_body_retried_and_billed
             assert result.cost_usd > router.generate("and now?").cost_usd
 
 
+@pytest.mark.parametrize("events", [[None], [{}], [[]], [{}, {"usageMetadata": {"promptTokenCount": 3}}]])
+def test_a_stream_that_sends_no_answer_is_retried_and_billed_as_a_whole_one_is(gemini_server, events):
+    # A whole 200 answer that is not one is retried (7bcc34e); a stream of the same (its events null, {}, [] or
+    # usage alone) ended in StreamInterrupted ('stream ended without a finish reason') at its first attempt, though
+    # no text had reached the reader and the next attempt would likely have answered.
+    gemini_server.reply_json(events, times=3)
+    reported = isinstance(events[-1], dict) and "usageMetadata" in events[-1]
+    attempt = 3 if reported else estimate_tokens("what is this?")
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        with pytest.raises(BackendUnavailable) as caught:
+            list(router.stream("what is this?"))
+        assert str(caught.value) == "malformed response body: an answer with neither candidates nor promptFeedback"
+        assert len(gemini_server.requests) == 3 and caught.value.cost_estimated == (not reported)
+        assert caught.value.cost_usd == pytest.approx(3 * attempt * 0.30 / 1e6)
+        gemini_server.reply_json(events)
+        *_, last = router.stream("and now?")   # one hiccup, then an answer: the retry answers
+        assert last.result is not None and last.result.text == "echo: and now?" and len(gemini_server.requests) == 5
+
+
 def test_a_stream_chunk_with_only_usage_is_still_part_of_the_answer(gemini_server):
     usage = {"promptTokenCount": 10, "candidatesTokenCount": 2, "totalTokenCount": 12}
     text = {"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": "Hello"}]},

@@ -13,7 +13,8 @@ from genroute.runtime.billing import bill, estimate_input, processed
 from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import map_error
 from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig, url_problem  # noqa: F401 - VertexConfig: re-exported
-from genroute.engines.gemini_request import ends_answer, not_an_answer, sdk_contents, server_timeout, with_timeout
+from genroute.engines.gemini_request import (ends_answer, leading_chunks, not_an_answer, sdk_contents, server_timeout,
+                                             with_timeout)
 from genroute.engines.gemini_sessions import LoopClients, supported
 from genroute.engines.retry import call_with_retry
 from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, without_credentials
@@ -292,32 +293,29 @@ class GeminiEngine(Engine):
         """
         bounded = bounded and timeout_s is not None and timeout_s <= self.config.retry.deadline_s
 
-        async def attempt(remaining_s: float) -> tuple[Any, types.GenerateContentResponse, float | None]:
+        async def attempt(remaining_s: float) -> tuple[Any, list[types.GenerateContentResponse], float | None]:
             seconds, override = self._attempt_timeout(remaining_s)
             # None: the caller's timer ends this attempt on time (as in ``_generate_once``).
             end = None if bounded and seconds >= remaining_s else time.monotonic() + seconds
             chunks = None
 
-            async def first_chunk() -> types.GenerateContentResponse:
+            async def first_chunks() -> list[types.GenerateContentResponse]:
                 nonlocal chunks
                 chunks = await self._aio().models.generate_content_stream(
                     model=model, contents=sdk_contents(contents), config=with_timeout(config, override)
                 )
-                first = await anext(chunks, None)
-                if first is None:
-                    raise BackendUnavailable("stream ended before its first chunk", backend=self.name)
-                return first
+                return await leading_chunks(chunks, contents, config, self.name)  # a stream of no answer: retried
 
             try:
-                first = await self._call(first_chunk(), None if end is None else seconds, contents, config)
+                read = await self._call(first_chunks(), None if end is None else seconds, contents, config)
             except BaseException:
                 if chunks is not None:
                     await _close_quietly(chunks)
                 raise
-            return chunks, first, end
+            return chunks, read, end
 
-        chunk: types.GenerateContentResponse | None  # None: the stream ended
-        chunks, chunk, end = await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
+        chunks, read, end = await call_with_retry(attempt, self.config.retry, deadline_s=timeout_s)
+        chunk: types.GenerateContentResponse | None = read.pop(0)  # None: the stream ended
         try:
             finished = False
             while chunk is not None:
@@ -326,6 +324,9 @@ class GeminiEngine(Engine):
                 yield chunk
                 if end is not None:
                     end += time.monotonic() - held  # the time its reader held the chunk is not the attempt's
+                if read:  # read in the attempt, before the first that answers
+                    chunk = read.pop(0)
+                    continue
                 try:
                     with deadline_at(end):  # None: no timer
                         chunk = await anext(chunks, None)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from genroute.errors import BackendUnavailable
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from google.genai import types
 
 #: The header that tells the server how long the client waits (the SDK derives it from an HTTP timeout).
@@ -65,8 +67,29 @@ def not_an_answer(response: types.GenerateContentResponse, contents: list[types.
     """The error for a 200 body that is not an answer (``null``, a list, an object with neither candidates nor
     ``promptFeedback``: a provider's or a proxy's hiccup, retried as a malformed body is), with what the attempt
     cost billed (the usage it reports, the rest estimated); ``None`` for an answer (a blocked prompt is one)."""
-    if response.candidates or response.prompt_feedback is not None:
-        return None
+    return None if _answers(response) else _not_answered(response, contents, config, engine)
+
+
+async def leading_chunks(chunks: AsyncIterator[types.GenerateContentResponse], contents: list[types.Content] | str,
+                       config: types.GenerateContentConfig | None, engine: str) -> list[types.GenerateContentResponse]:
+    """A stream's chunks up to the first that answers (candidates, or a blocked prompt's feedback): one, as a rule.
+    A stream that ended before one sent no answer: ``not_an_answer``'s error (billed), retried as it is."""
+    read = []
+    while (chunk := await anext(chunks, None)) is not None:
+        read.append(chunk)
+        if _answers(chunk):
+            return read
+    if not read:
+        raise BackendUnavailable("stream ended before its first chunk", backend=engine)
+    raise _not_answered(read[-1], contents, config, engine)
+
+
+def _answers(response: types.GenerateContentResponse) -> bool:
+    return bool(response.candidates) or response.prompt_feedback is not None
+
+
+def _not_answered(response: types.GenerateContentResponse, contents: list[types.Content] | str,
+                  config: types.GenerateContentConfig | None, engine: str) -> BackendUnavailable:
     from genroute.runtime.billing import bill, filled_usage
     from genroute.runtime.telemetry import usage_of
 
