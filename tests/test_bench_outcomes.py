@@ -295,6 +295,8 @@ def test_the_compiled_cost_aware_config_decides_in_a_router_as_its_row_did(gemin
     config = gemini_config(gemini_server)
     config["backends"] = {c: config["backends"]["chat"] for c in ("A", "B", "C")}
     config["policy"] = json.loads(Path(report.files["cost_aware"]).read_text())
+    # Absolute: a config resolves a relative *_path against its own directory, not the one compile ran in.
+    assert Path(config["policy"]["stats_path"]).is_absolute()
     _, held = split_by_text(load_matrix(rows), holdout=0.3, seed=0)
     with Router.from_config(config) as router:
         decided = [router.decide(r.input, task=r.task).rungs[0].backend for r in held.records]
@@ -310,7 +312,7 @@ def test_a_compiled_learned_model_refuses_another_embedder(embedder: LocalEmbedd
     for name in ("learned-text", "learned-task"):
         LearnedPolicy(LearnedConfig(model_path=report.files[name], default="C"), embedder=embedder)
         with pytest.raises(ConfigError) as err:
-            LearnedPolicy(LearnedConfig(model_path=report.files[name], default="C"), embedder=_Refusing("other-384"))
+            LearnedPolicy(LearnedConfig(model_path=report.files[name], default="C"), embedder=_Refusing("other-384", "other"))
         assert err.value.field.endswith("model_path") and "other-384" in err.value.message
 
 

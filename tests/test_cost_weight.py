@@ -8,6 +8,7 @@ import hashlib
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from genroute.bench.compile import compile_policy
 from genroute.bench.datasets import BenchRecord
 from genroute.bench.runner import Outcome
 from genroute.errors import ConfigError, UsageError
-from genroute.policies.cost_weight import CostWeightRule, as_rule, choose, cross_validate
+from genroute.policies.cost_weight import CostWeightRule, as_rule, choose, cross_validate, fold_of
 from genroute.policies.learned import train
 
 WEIGHTS = (0.0, 1e6)  # column 0: a dear setting, column 1: always the cheap backend
@@ -262,3 +263,37 @@ def test_genroute_compile_refuses_a_bad_rule_before_writing(tmp_path: Path, caps
     assert cli(["compile", "--outcomes", str(matrix), "--out", str(tmp_path / "out"),
                 "--cost-weight-rule", "cheapest"]) == 2
     assert "--cost-weight-rule.rule" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_cross_validation_deals_folds_over_distinct_inputs() -> None:
+    # Folds were counted from records and copies moved to their first copy's fold: two inputs of five copies each
+    # made five "folds", some seeds fitting a fold on no training row at all.
+    calls: list[tuple[int, int]] = []
+
+    def fit_fold(train_rows: np.ndarray, test_rows: np.ndarray) -> Any:
+        calls.append((int(train_rows.sum()), int(test_rows.sum())))
+        return lambda w: np.zeros(int(test_rows.sum()), dtype=int)
+
+    scores, costs = np.random.default_rng(0).random((20, 2)), np.ones((20, 2))
+    for seed in range(10):
+        calls.clear()
+        two = cross_validate(scores[:10], costs[:10], CostWeightRule(), seed=seed, fit_fold=fit_fold,
+                             groups=["a"] * 5 + ["b"] * 5)
+        assert two.folds == 0 and not calls  # two inputs: no two folds of two inputs each
+        groups = [g for g in "abcd" for _ in range(5)]
+        four = cross_validate(scores, costs, CostWeightRule(), seed=seed, fit_fold=fit_fold, groups=groups)
+        assert four.folds == 2 and len(calls) == 2 and all(tr >= 10 and te >= 10 for tr, te in calls)
+    # Without copies the folds are as before: a seeded permutation of the records, dealt round-robin.
+    assert (fold_of(10, 3, 4, [str(i) for i in range(10)]) == np.random.default_rng(5).permutation(10) % 3).all()
+
+
+def test_a_learned_fit_always_holds_out_a_test_set_and_keeps_copies_together(tmp_path: Path) -> None:
+    # The held-out record could be a later copy of an input whose first copy was in training: its group went
+    # with the first copy, and the test set ended empty (n_test 0, routing accuracy nan).
+    rows = []
+    for i, text in enumerate(["q1", "q1", "q2", "q3", "q4"]):
+        for backend, score, cost in (("big", 1.0, 2.0), ("small", float(i % 2), 1.0)):
+            rows.append({"record_id": f"r{i}", "backend": backend, "input": text, "score": score, "cost_usd": cost})
+    for seed in range(12):
+        report = train(rows, tmp_path / f"m{seed}.npz", embedder=_WordsEmbedder(), seed=seed)
+        assert report.n_test >= 1 and report.routing_accuracy == report.routing_accuracy  # not nan

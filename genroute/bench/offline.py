@@ -165,7 +165,7 @@ def _cost_aware_file(path: Path, train: OutcomeMatrix, stats_path: Path) -> Path
 
     policy, _ = cost_aware_policy(BenchStats.load(stats_path), list(train.candidates),
                                   relative_floor=COST_AWARE_FLOOR)
-    body = {"kind": "cost_aware", "stats_path": str(stats_path),
+    body = {"kind": "cost_aware", "stats_path": str(stats_path.resolve()),
             **policy.config.model_dump(mode="json", exclude_defaults=True, exclude={"kind", "stats_path"})}
     atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
     return path

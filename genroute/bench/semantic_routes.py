@@ -115,11 +115,11 @@ def fit(train: OutcomeMatrix, x_train: np.ndarray, weights: Sequence[float], *, 
     """Choose the cluster count by cross-validated AIQ on ``train`` (out-of-fold routing), rebuild on all."""
     from genroute.bench.clusters import text_groups
     from genroute.bench.curves import aiq
-    from genroute.policies.cost_weight import together
+    from genroute.policies import cost_weight
 
     # Copies of one input share a fold (a query routed by its own twin's cluster would look well routed).
-    fold_of = together(np.random.default_rng(seed + 2).permutation(len(train.records)) % max(2, folds),
-                       text_groups([r.input for r in train.records]))
+    fold_of = cost_weight.fold_of(len(train.records), max(2, folds), seed,
+                                  text_groups([r.input for r in train.records]), salt=2)
     cost = train.costs.mean(axis=0)
     rows = np.arange(len(train.records))
     results: list[_Clustering] = []

@@ -153,22 +153,35 @@ def _input_means(values: np.ndarray, groups: Sequence[Hashable]) -> np.ndarray:
     return sums / np.bincount(inverse)[:, None]
 
 
-def fold_of(n: int, folds: int, seed: int, groups: Sequence[Hashable] | None = None) -> np.ndarray:
-    """Each record's fold: a seeded permutation, dealt round-robin; records of one group (copies of one input)
-    share a fold (``together``)."""
-    return together(np.random.default_rng(seed + 1).permutation(n) % folds, groups)
-
-
-def together(fold: np.ndarray, groups: Sequence[Hashable] | None) -> np.ndarray:
-    """``fold`` with each record moved to the fold of its group's first record: a copy of an input in another fold
-    would let a model be validated on what it was fitted on (a kNN finds the twin at similarity 1). Without
-    groups, or when no group has two records, ``fold`` as it is."""
+def fold_of(n: int, folds: int, seed: int, groups: Sequence[Hashable] | None = None, *, salt: int = 1
+            ) -> np.ndarray:
+    """Each record's fold: the distinct inputs (``groups``; each record its own without them) in a seeded order,
+    dealt round-robin, so copies of one input share a fold and every fold up to the number of inputs holds one."""
+    rng = np.random.default_rng(seed + salt)
     if groups is None:
-        return fold
-    if len(groups) != len(fold):
-        raise ConfigError(f"one group per record is needed (got {len(groups)} for {len(fold)})", field="groups")
+        return rng.permutation(n) % folds
+    inverse = group_index(groups, n)
+    return (rng.permutation(int(inverse.max()) + 1 if n else 0) % folds)[inverse]
+
+
+def group_index(groups: Sequence[Hashable], n: int) -> np.ndarray:
+    """Each record's group as a number, in the order groups first appear (``arange(n)`` when none repeats)."""
+    if len(groups) != n:
+        raise ConfigError(f"one group per record is needed (got {len(groups)} for {n})", field="groups")
     first: dict[Hashable, int] = {}
-    return fold[[first.setdefault(g, i) for i, g in enumerate(groups)]]
+    return np.array([first.setdefault(g, len(first)) for g in groups], dtype=np.int64)
+
+
+def together(held: np.ndarray, groups: Sequence[Hashable] | None) -> np.ndarray:
+    """``held`` (a mask over records) spread to whole groups: a group is held when any of its records is. A copy
+    of an input on the other side would let a model be tested on what it was fitted on (a kNN finds the twin at
+    similarity 1). Without groups, or when no group has two records, ``held`` as it is."""
+    if groups is None:
+        return held
+    inverse = group_index(groups, len(held))
+    hit = np.zeros(int(inverse.max()) + 1 if len(inverse) else 0, dtype=bool)
+    hit[inverse[held]] = True
+    return hit[inverse]
 
 
 def out_of_fold(scores: np.ndarray, costs: np.ndarray, folds: np.ndarray, weights: Sequence[float],
@@ -201,7 +214,8 @@ def cross_validate(scores: np.ndarray, costs: np.ndarray, rule: CostWeightRule, 
     n = len(scores)
     if n == 0:
         raise ConfigError("cross-validating the cost weight needs training records", field="outcomes")
-    folds = min(rule.folds, n // 2)
+    distinct = n if groups is None else int(group_index(groups, n).max()) + 1
+    folds = min(rule.folds, distinct // 2)  # at least two inputs a fold: every fold leaves training rows
     if folds < 2:  # every weight scored as "always the cheapest backend": the largest weight wins the ties
         cheap = [int(np.argmin(np.asarray(costs).mean(axis=0)))] * len(weights)
         return choose(np.asarray(scores)[:, cheap], np.asarray(costs)[:, cheap], weights, rule, folds=0, groups=groups)
