@@ -79,10 +79,12 @@ class Lifecycle:
             return
         try:
             await self._shut_down(drain_s)
-            if not self._portal.owns_running_loop():  # stop the loop thread too (from its own loop, close() does)
-                await asyncio.to_thread(self._portal.close)
-        finally:
-            self._shut.set()
+        finally:  # also when a backend's close raised: the router is closed, its loop thread has nothing to serve
+            try:
+                if not self._portal.owns_running_loop():  # stop the loop thread too (from its own loop, close() does)
+                    await asyncio.to_thread(self._portal.close)
+            finally:
+                self._shut.set()
 
     async def _shut_down(self, drain_s: float) -> None:
         """The close itself: drain, shadows, late decisions, backends, engines and stores, telemetry."""
@@ -111,13 +113,14 @@ class Lifecycle:
             self._portal.close()  # stopped already, unless that close failed half-way or hangs: then it is stopped here
             return
         try:
+            self._portal.call(self._shut_down(drain_s), timeout_s=close_bound(drain_s))
+        except TimeoutError:
+            pass
+        finally:  # also when a backend's close raised: the router is closed, its loop thread has nothing to serve
             try:
-                self._portal.call(self._shut_down(drain_s), timeout_s=close_bound(drain_s))
-            except TimeoutError:
-                pass
-            self._portal.close()
-        finally:
-            self._shut.set()
+                self._portal.close()
+            finally:
+                self._shut.set()
 
     def __enter__(self) -> Self:
         return self
