@@ -16,6 +16,7 @@ import pytest
 
 from genroute import GenerateResult, Router, UsageError
 from genroute.router.inflight import UNWIND_S
+from genroute.router.lifecycle import close_bound
 from genroute.testing import Fault, Reply
 
 from .conftest import budget_usage, gemini_config, in_thread
@@ -105,6 +106,30 @@ def test_a_close_during_another_waits_for_it_and_cuts_nothing_the_drain_lets_fin
     assert "error" not in first_out and "error" not in other_out, (first_out, other_out)
     assert other_out["ended"] >= answer["ended"]  # it returned once the router was closed, not before
     assert _held(router) == 0.0
+
+
+@pytest.mark.parametrize("second", ["close", "aclose"])
+def test_a_close_with_a_shorter_drain_waits_out_the_first_ones(gemini_server, second):
+    # A close that found another under way waited by its own drain_s: one with drain_s=0 beside close(drain_s=30)
+    # gave up after close_bound(0) (19 s) while a request the first let finish was still on the wire; close() then
+    # stopped the loop thread under the first's drain (the request cut, the first close raising UsageError), and
+    # aclose() returned before the router was closed.
+    wait_s = close_bound(0.0) + 2.0
+    gemini_server.fault(Fault.delay(wait_s))
+    gemini_server.reply_text("on time")
+    router = Router.from_config(_config(gemini_server))
+    request, answer = in_thread(lambda: router.generate("hi", timeout_s=wait_s + 30))
+    _wait_for_requests(gemini_server, 1)
+    first, first_out = in_thread(lambda: router.close(drain_s=wait_s + 20))
+    time.sleep(0.1)  # the first close is draining
+    again = (lambda: router.close(drain_s=0.0)) if second == "close" else \
+        (lambda: asyncio.run(router.aclose(drain_s=0.0)))
+    other, other_out = in_thread(again)
+    for thread in (request, first, other):
+        thread.join(HANG_CAP_S)
+    assert isinstance(answer.get("result"), GenerateResult) and answer["result"].text == "on time", answer
+    assert "error" not in first_out and "error" not in other_out, (first_out, other_out)
+    assert other_out["ended"] >= answer["ended"]  # it returned once the router was closed, not before
 
 
 @pytest.mark.parametrize("first", ["close", "aclose"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Self
 
 from genroute.router.inflight import UNWIND_S, InFlight, poll_until
@@ -55,15 +56,24 @@ class Lifecycle:
     _close_lock: threading.Lock
     #: Set once the close that closes the router has ended (its loop thread stopped).
     _shut: threading.Event
+    #: When (``time.monotonic()``) that close should have ended, by its own ``drain_s``: how long the others wait.
+    _shut_by: float
 
     async def _stop_refresher(self) -> None: ...
 
-    def _begin_close(self) -> bool:
+    def _begin_close(self, drain_s: float) -> bool:
         """Mark the router closed (no new requests); whether this call is the one that closes it."""
         with self._close_lock:
             first = not self._closed
+            if first:
+                self._shut_by = time.monotonic() + close_bound(drain_s)
             self._closed = True
         return first
+
+    def _left_to_shut(self) -> float:
+        """How long a close that found another under way waits for it: by that one's bound, not its own drain_s
+        (a shorter one would stop the loop thread under the first's drain, cutting what it lets finish)."""
+        return max(0.0, self._shut_by - time.monotonic())
 
     async def aclose(self, *, drain_s: float = CLOSE_DRAIN_S) -> None:
         """Stop taking requests, let those in flight finish, close backends and engines, flush telemetry.
@@ -74,8 +84,8 @@ class Lifecycle:
         close is under way, it returns once that one has ended.
         """
         check_seconds(drain_s, "drain_s", zero=True)  # before anything closes: a bad value leaves nothing half closed
-        if not self._begin_close():
-            await poll_until(self._shut.is_set, close_bound(drain_s))
+        if not self._begin_close(drain_s):
+            await poll_until(self._shut.is_set, self._left_to_shut())
             return
         try:
             await self._shut_down(drain_s)
@@ -108,8 +118,8 @@ class Lifecycle:
         """
         refuse_inside_loop("close")
         check_seconds(drain_s, "drain_s", zero=True)
-        if not self._begin_close():
-            self._shut.wait(close_bound(drain_s))
+        if not self._begin_close(drain_s):
+            self._shut.wait(self._left_to_shut())
             self._portal.close()  # stopped already, unless that close failed half-way or hangs: then it is stopped here
             return
         try:

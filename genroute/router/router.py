@@ -121,7 +121,7 @@ class Router(Lifecycle, Learning):
         release_on_collect(self, self._portal)  # its loop thread (if the sync API starts one) ends with us
         self._inflight = InFlight()
         self._closed = False
-        self._close_lock, self._shut = threading.Lock(), threading.Event()
+        self._close_lock, self._shut, self._shut_by = threading.Lock(), threading.Event(), 0.0
         self._refresher: asyncio.Task[None] | None = None
         self._decisions = CostedDecisions()
 
