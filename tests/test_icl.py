@@ -725,10 +725,14 @@ def test_first_requests_on_two_event_loops_make_one_cache(gemini_server: GeminiT
     asyncio.run(aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl")], collection=collection))
     caches = CacheRoutes(gemini_server)
     gemini_server.fault(Fault.delay(1.5))  # the first request to reach the server is a create: a slow one
+    texts: list[str] = []
     with cached_router(gemini_server, otel, knowledge, collection) as r:
-        other = threading.Thread(target=lambda: asyncio.run(r.agenerate("on another loop")))
+        other = threading.Thread(target=lambda: texts.append(asyncio.run(r.agenerate("on another loop")).text))
         other.start()
         sync_text = r.generate("on the router's own loop").text
         other.join(30)
     assert sync_text == "echo: on the router's own loop"
+    assert texts == ["echo: on another loop"]  # the other loop's request answered too (it did not fail before create)
     assert len(caches.creates) == 1
+    calls = [q for q in gemini_server.requests if q.action == "generateContent"]
+    assert [field_of(q.body, "cachedContent") for q in calls] == ["cachedContents/c1"] * 2  # both used the one cache
