@@ -85,20 +85,30 @@ def test_close_lets_a_request_that_finishes_within_the_drain_keep_its_answer(gem
     assert _held(router) == 0.0
 
 
+#: A second close by the first's drain, or by a shorter one: it waited by its own, not the first's (close_bound(0) is
+#: 19 s), so the answer comes after that.
+_LATE_S = close_bound(0.0) + 2.0
+
+
 @pytest.mark.parametrize("second", ["close", "aclose"])
-def test_a_close_during_another_waits_for_it_and_cuts_nothing_the_drain_lets_finish(gemini_server, second):
+@pytest.mark.parametrize("answer_s, first_drain_s, second_drain_s",
+                         [(1.0, 10.0, 10.0), (_LATE_S, _LATE_S + 20.0, 0.0)], ids=["same_drain", "shorter_drain"])
+def test_a_close_during_another_waits_for_it_and_cuts_nothing_the_drain_lets_finish(gemini_server, second, answer_s,
+                                                                                   first_drain_s, second_drain_s):
     # A second close (an exit handler beside a shutdown hook; the async API beside the sync one) found the router
     # marked closed and stopped its loop thread at once: the request the first close's drain was waiting for was cut,
-    # and the first close itself raised UsageError ('closed while this request was in flight').
-    gemini_server.fault(Fault.delay(1.0))
+    # and the first close itself raised UsageError ('closed while this request was in flight'). Then (shorter_drain)
+    # it waited by its own drain_s: close(drain_s=0) gave up after 19 s and did the same, aclose(drain_s=0) returned
+    # before the router was closed.
+    gemini_server.fault(Fault.delay(answer_s))
     gemini_server.reply_text("on time")
     router = Router.from_config(_config(gemini_server))
-    request, answer = in_thread(lambda: router.generate("hi", timeout_s=60))
+    request, answer = in_thread(lambda: router.generate("hi", timeout_s=answer_s + 30))
     _wait_for_requests(gemini_server, 1)
-    first, first_out = in_thread(lambda: router.close(drain_s=10.0))
+    first, first_out = in_thread(lambda: router.close(drain_s=first_drain_s))
     time.sleep(0.1)  # the first close is draining
-    again = (lambda: router.close(drain_s=10.0)) if second == "close" else \
-        (lambda: asyncio.run(router.aclose(drain_s=10.0)))
+    again = (lambda: router.close(drain_s=second_drain_s)) if second == "close" else \
+        (lambda: asyncio.run(router.aclose(drain_s=second_drain_s)))
     other, other_out = in_thread(again)
     for thread in (request, first, other):
         thread.join(HANG_CAP_S)
@@ -106,30 +116,6 @@ def test_a_close_during_another_waits_for_it_and_cuts_nothing_the_drain_lets_fin
     assert "error" not in first_out and "error" not in other_out, (first_out, other_out)
     assert other_out["ended"] >= answer["ended"]  # it returned once the router was closed, not before
     assert _held(router) == 0.0
-
-
-@pytest.mark.parametrize("second", ["close", "aclose"])
-def test_a_close_with_a_shorter_drain_waits_out_the_first_ones(gemini_server, second):
-    # A close that found another under way waited by its own drain_s: one with drain_s=0 beside close(drain_s=30)
-    # gave up after close_bound(0) (19 s) while a request the first let finish was still on the wire; close() then
-    # stopped the loop thread under the first's drain (the request cut, the first close raising UsageError), and
-    # aclose() returned before the router was closed.
-    wait_s = close_bound(0.0) + 2.0
-    gemini_server.fault(Fault.delay(wait_s))
-    gemini_server.reply_text("on time")
-    router = Router.from_config(_config(gemini_server))
-    request, answer = in_thread(lambda: router.generate("hi", timeout_s=wait_s + 30))
-    _wait_for_requests(gemini_server, 1)
-    first, first_out = in_thread(lambda: router.close(drain_s=wait_s + 20))
-    time.sleep(0.1)  # the first close is draining
-    again = (lambda: router.close(drain_s=0.0)) if second == "close" else \
-        (lambda: asyncio.run(router.aclose(drain_s=0.0)))
-    other, other_out = in_thread(again)
-    for thread in (request, first, other):
-        thread.join(HANG_CAP_S)
-    assert isinstance(answer.get("result"), GenerateResult) and answer["result"].text == "on time", answer
-    assert "error" not in first_out and "error" not in other_out, (first_out, other_out)
-    assert other_out["ended"] >= answer["ended"]  # it returned once the router was closed, not before
 
 
 @pytest.mark.parametrize("first", ["close", "aclose"])
