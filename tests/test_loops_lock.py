@@ -82,3 +82,34 @@ def test_a_waiter_whose_loop_was_closed_is_skipped():
             return True
 
     assert asyncio.run(main()) and not lock.locked()
+
+
+def test_a_forked_child_takes_it_though_a_parent_task_held_it_at_the_fork():
+    # The parent's holder does not run in the child (its thread did not come along): the lock must be free there.
+    from .test_sync_bridge import _in_child
+
+    lock = LoopsLock()
+    held, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        async with lock:
+            held.set()
+            await asyncio.to_thread(release.wait, 30)
+
+    parent = threading.Thread(target=asyncio.run, args=(hold(),))
+    parent.start()
+    try:
+        assert held.wait(10)
+
+        def child() -> bool:
+            async def take() -> bool:
+                async with lock:
+                    return True
+
+            return asyncio.run(asyncio.wait_for(take(), 5))
+
+        assert _in_child(child) is True
+    finally:
+        release.set()
+        parent.join(30)
+    assert not lock.locked()
