@@ -81,7 +81,9 @@ async def leading_chunks(chunks: AsyncIterator[types.GenerateContentResponse], c
             return read
     if not read:
         raise BackendUnavailable("stream ended before its first chunk", backend=engine)
-    raise _not_answered(read[-1], contents, config, engine)
+    # Billed at the latest usage an event reported (an empty event after it does not make the bill an estimate).
+    reported = next((chunk for chunk in reversed(read) if chunk.usage_metadata is not None), read[-1])
+    raise _not_answered(reported, contents, config, engine)
 
 
 def _answers(response: types.GenerateContentResponse) -> bool:
