@@ -142,13 +142,10 @@ def choose(scores: np.ndarray, costs: np.ndarray, weights: Sequence[float], rule
 
 def _input_means(values: np.ndarray, groups: Sequence[Hashable]) -> np.ndarray:
     """Rows averaged per group, groups in the order they first appear (a group of one row keeps it as it is)."""
-    if len(groups) != len(values):
-        raise ConfigError(f"one group per record is needed (got {len(groups)} for {len(values)})", field="groups")
-    index: dict[Hashable, int] = {}
-    inverse = np.array([index.setdefault(g, len(index)) for g in groups], dtype=int)
-    if len(index) == len(values):
+    inverse, distinct = group_index(groups, len(values))
+    if distinct == len(values):
         return values
-    sums = np.zeros((len(index), values.shape[1]))
+    sums = np.zeros((distinct, values.shape[1]))
     np.add.at(sums, inverse, values)
     return sums / np.bincount(inverse)[:, None]
 
@@ -160,16 +157,17 @@ def fold_of(n: int, folds: int, seed: int, groups: Sequence[Hashable] | None = N
     rng = np.random.default_rng(seed + salt)
     if groups is None:
         return rng.permutation(n) % folds
-    inverse = group_index(groups, n)
-    return (rng.permutation(int(inverse.max()) + 1 if n else 0) % folds)[inverse]
+    inverse, distinct = group_index(groups, n)
+    return (rng.permutation(distinct) % folds)[inverse]
 
 
-def group_index(groups: Sequence[Hashable], n: int) -> np.ndarray:
-    """Each record's group as a number, in the order groups first appear (``arange(n)`` when none repeats)."""
+def group_index(groups: Sequence[Hashable], n: int) -> tuple[np.ndarray, int]:
+    """Each record's group as a number, in the order groups first appear (``arange(n)`` when none repeats), and
+    how many groups there are."""
     if len(groups) != n:
         raise ConfigError(f"one group per record is needed (got {len(groups)} for {n})", field="groups")
     first: dict[Hashable, int] = {}
-    return np.array([first.setdefault(g, len(first)) for g in groups], dtype=np.int64)
+    return np.array([first.setdefault(g, len(first)) for g in groups], dtype=np.int64), len(first)
 
 
 def together(held: np.ndarray, groups: Sequence[Hashable] | None) -> np.ndarray:
@@ -178,8 +176,8 @@ def together(held: np.ndarray, groups: Sequence[Hashable] | None) -> np.ndarray:
     similarity 1). Without groups, or when no group has two records, ``held`` as it is."""
     if groups is None:
         return held
-    inverse = group_index(groups, len(held))
-    hit = np.zeros(int(inverse.max()) + 1 if len(inverse) else 0, dtype=bool)
+    inverse, distinct = group_index(groups, len(held))
+    hit = np.zeros(distinct, dtype=bool)
     hit[inverse[held]] = True
     return hit[inverse]
 
@@ -214,7 +212,7 @@ def cross_validate(scores: np.ndarray, costs: np.ndarray, rule: CostWeightRule, 
     n = len(scores)
     if n == 0:
         raise ConfigError("cross-validating the cost weight needs training records", field="outcomes")
-    distinct = n if groups is None else int(group_index(groups, n).max()) + 1
+    distinct = n if groups is None else group_index(groups, n)[1]
     folds = min(rule.folds, distinct // 2)  # at least two inputs a fold: every fold leaves training rows
     if folds < 2:  # every weight scored as "always the cheapest backend": the largest weight wins the ties
         cheap = [int(np.argmin(np.asarray(costs).mean(axis=0)))] * len(weights)
