@@ -678,6 +678,36 @@ def test_a_tie_goes_to_the_backend_better_in_training_not_the_first_name(names: 
     assert order[int(free.choose(free.predict(query), 0.0)[0])] == big
 
 
+class _TopicEmbedder:
+    """Two topics, two directions: a query's neighbours are the training records of its topic."""
+
+    model = "topic-test"
+
+    def embed_array(self, texts: list[str], **_: Any) -> np.ndarray:
+        return np.array([[1.0, 0.0] if "first" in t else [0.0, 1.0] for t in texts], dtype=np.float32)
+
+
+@pytest.mark.parametrize("names", [("b-good", "a-poor"), ("a-good", "b-poor")])
+def test_a_tie_for_a_fallback_rung_goes_to_the_better_in_training_not_the_first_name(names: tuple[str, str],
+                                                                                    tmp_path: Path) -> None:
+    # The chosen backend broke ties by cost, then training quality (65c14348); the fallback rungs after it were
+    # ranked by utility alone, so of two equally priced backends tied on a query the first name took the second
+    # rung, and renaming one moved it.
+    from genroute.policies.router_models import fit
+
+    good, poor = names
+    order = sorted(["big", good, poor])
+    x = np.array([[1.0, 0.0]] * 10 + [[0.0, 1.0]] * 10, dtype=np.float32)
+    # The first topic: big alone right; the second: good too. Good and poor cost the same, a tenth of big.
+    rows = [{"big": 1.0, good: 0.0, poor: 0.0}] * 10 + [{"big": 1.0, good: 1.0, poor: 0.0}] * 10
+    scores = np.array([[row[b] for b in order] for row in rows])
+    cost = [{"big": 0.01, good: 0.001, poor: 0.001}[b] for b in order]
+    path = fit(x, scores, order, method="knn", k=5, cost=cost).save(tmp_path / "m.npz")
+    policy = LearnedPolicy(LearnedConfig(model_path=str(path), default="big", fallbacks=2), embedder=_TopicEmbedder())
+    decision = policy.decide(GenerateRequest(input="the first topic"), PolicyContext(catalogue={}))
+    assert [r.backend for r in decision.rungs] == ["big", good, poor]
+
+
 @pytest.mark.parametrize(("content", "field"), [
     ({"a": {"input_usd_per_1m": -1}}, "prices.a.input_usd_per_1m"),
     ({"a": {"input_usd_per_1m": "cheap"}}, "prices.a.input_usd_per_1m"),

@@ -217,9 +217,7 @@ class LearnedPolicy(Policy):
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
         predicted = self.model.predict(self.model.features(self._embed_request(request.input), [request.task]))
-        utility = self.model.utility(predicted, self.cost_weight)[0]
-        ranked = [int(i) for i in self.model.choose(predicted, self.cost_weight)]
-        ranked += [int(i) for i in np.argsort(-utility) if int(i) not in ranked]
+        ranked = [int(i) for i in self.model.ranking(predicted, self.cost_weight)[0]]
         best = self.model.backends[ranked[0]]
         quality = float(predicted[0, ranked[0]])
         why = f"learned: {self.model.method} predicts {best} (quality {quality:.2f}, cost weight {self.cost_weight:g})"

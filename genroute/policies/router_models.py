@@ -124,9 +124,9 @@ class RouterModel:
         self.arrays = arrays
         self.meta = meta
         quality = meta.get("quality")
-        #: Backend indices from the best mean training score down (ties: the first), for breaking ties.
-        self._by_quality = None if quality is None else np.array(
-            sorted(range(len(backends)), key=lambda j: (-quality[j], j)), dtype=int)
+        #: Each backend's place when tied: from the best mean training score down (a file without them: the first).
+        self._tie_place = np.arange(len(backends)) if quality is None else np.argsort(
+            sorted(range(len(backends)), key=lambda j: (-quality[j], j)))
 
     @property
     def tasks(self) -> list[str]:
@@ -187,15 +187,16 @@ class RouterModel:
 
     def choose(self, predicted: np.ndarray, cost_weight: float) -> np.ndarray:
         """The chosen backend index per row (ties: the cheaper backend, then the better on the training records)."""
-        util = self.utility(predicted, cost_weight)
-        # Break ties towards lower cost: a tiny cost term below any real difference in predicted quality.
-        util = util - 1e-9 * self.relative_cost
-        if self._by_quality is None:  # a model file from before training quality was kept: the first backend
-            return np.argmax(util, axis=1)
+        return self.ranking(predicted, cost_weight)[:, 0]
+
+    def ranking(self, predicted: np.ndarray, cost_weight: float) -> np.ndarray:
+        """Every backend index per row, from the chosen one down by utility, ties as ``choose`` breaks them (a
+        decision's fallback rungs follow it)."""
+        # Ties towards lower cost: a tiny cost term below any real difference in predicted quality.
+        util = self.utility(predicted, cost_weight) - 1e-9 * self.relative_cost
         # Equal in both (a kNN whose neighbours two backends answered alike; no costs given): the better on the
         # training records, not the first name in the file — renaming a backend must not move a decision.
-        tied = util >= util.max(axis=1, keepdims=True)
-        return self._by_quality[np.argmax(tied[:, self._by_quality], axis=1)]
+        return np.lexsort((np.broadcast_to(self._tie_place, util.shape), -util), axis=-1)
 
     def save(self, path: str | Path) -> Path:
         """Write the model file atomically (``.npz``)."""
