@@ -519,6 +519,25 @@ def test_a_single_candidate_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     assert err.value.field == "outcomes"
 
 
+def test_training_records_that_are_copies_of_one_input_are_refused_for_a_learned_router(
+        embedder: LocalEmbedder, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Copies of one input share a cross-validation fold (e5b45a7): twelve copies of one question made one fold, each
+    # estimator was fitted on no record, and the refusal blamed the records ("knn (k=10): need one score per backend
+    # for every training record" for every estimator).
+    rows = synthetic(6)
+    copies = [{**rows[i % 2], "input": rows[0]["input"], "metadata": {"task": "math", "id": f"c{i}"}} for i in range(12)]
+    later = [{**r, "metadata": {**r["metadata"], "id": "e-" + r["metadata"]["id"]}} for r in rows[2:]]
+    with pytest.raises(UsageError) as err:
+        compile_outcomes(copies, eval_source=later, out_dir=tmp_path / "o", embedder=embedder, specs=SPECS)
+    assert err.value.field == "outcomes" and "two distinct training inputs" in err.value.message
+    assert "got 1 in 12 records" in err.value.message and not (tmp_path / "o").exists()
+    train, held = write_jsonl(tmp_path / "c.jsonl", copies), write_jsonl(tmp_path / "l.jsonl", later)
+    assert bench_main(["--outcomes", str(train), "--eval-outcomes", str(held), "--out", str(tmp_path / "o")]) == 2
+    assert "outcomes: a learned router needs at least two distinct training inputs" in capsys.readouterr().err
+    report = compile_outcomes(copies, eval_source=later, out_dir=tmp_path / "o", learned=False, min_n=1)
+    assert report.n_train == 12  # the rest compiles
+
+
 def test_a_candidate_no_record_has_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A typo in --candidates used to drop every record: "no record has an outcome for every candidate"."""
     data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))

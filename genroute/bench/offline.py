@@ -94,6 +94,14 @@ def compile_outcomes(
     if len(train.records) < 10:
         raise UsageError(f"compiling needs at least 10 training records (got {len(train.records)})",
                          field="outcomes")
+    if learned:
+        from genroute.bench.clusters import text_groups
+
+        # Cross-validation deals inputs, not records, to folds (copies of one stay together): one input is one fold.
+        if (inputs := len(set(text_groups([r.input for r in train.records])))) < 2:
+            raise UsageError(f"a learned router needs at least two distinct training inputs to cross-validate (got "
+                             f"{inputs} in {len(train.records)} records; copies of an input share a fold): add inputs, or "
+                             "compile without it (learned=False)", field="outcomes")
     out = output_dir(out_dir, field="out_dir")
     if learned:
         if embedder is None:
