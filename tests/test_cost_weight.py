@@ -297,3 +297,33 @@ def test_a_learned_fit_always_holds_out_a_test_set_and_keeps_copies_together(tmp
     for seed in range(12):
         report = train(rows, tmp_path / f"m{seed}.npz", embedder=_WordsEmbedder(), seed=seed)
         assert report.n_test >= 1 and report.routing_accuracy == report.routing_accuracy  # not nan
+
+
+@pytest.mark.parametrize(("inputs", "copies"), [(5, 20), (10, 10), (100, 1)])
+def test_the_held_out_share_is_a_share_of_the_distinct_inputs(tmp_path: Path, inputs: int, copies: int) -> None:
+    # A group was held out when any of its records was drawn (341f71d): a 20 % draw of records hit most inputs
+    # asked ten times (train on 20 records, test on 80) and every input asked twenty times, refused as if every
+    # record had the same input.
+    rows = []
+    for q in range(inputs):
+        for c in range(copies):
+            rows += [{"input": f"question {q} " + "about this " * (q % 7), "backend": b, "score": float(right),
+                      "cost_usd": cost, "record_id": f"q{q}-{c}"}
+                     for b, right, cost in (("a", q % 2, 0.001), ("b", 1, 0.01))]
+    report = train(rows, tmp_path / "m.npz", embedder=_WordsEmbedder(), test_share=0.2)
+    assert (report.n_train, report.n_test) == (80, 20) and report.n_test % copies == 0
+
+
+def test_held_out_inputs_are_the_first_drawn_and_without_copies_the_records_drawn(tmp_path: Path) -> None:
+    from genroute.policies.cost_weight import held_out
+
+    order = np.random.default_rng(0).permutation(30)
+    assert np.array_equal(held_out(order, 0.2, list(range(30))), np.argsort(order) < 6)  # no copies: as before
+    groups = [i // 3 for i in range(30)]
+    held = held_out(order, 0.2, groups)
+    first = list(dict.fromkeys(groups[i] for i in order))[:2]  # the two inputs whose records come first
+    assert sorted({groups[i] for i in np.flatnonzero(held)}) == sorted(first) and held.sum() == 6
+    with pytest.raises(ConfigError) as err:  # one input: nothing left to train on
+        train([{"input": "q", "backend": b, "score": 1.0, "record_id": f"r{i}"} for i in range(4) for b in "ab"],
+              tmp_path / "m.npz", embedder=_WordsEmbedder())
+    assert err.value.field == "outcomes" and "1 distinct input(s) of the 4 records" in err.value.message

@@ -170,15 +170,17 @@ def group_index(groups: Sequence[Hashable], n: int) -> tuple[np.ndarray, int]:
     return np.array([first.setdefault(g, len(first)) for g in groups], dtype=np.int64), len(first)
 
 
-def together(held: np.ndarray, groups: Sequence[Hashable] | None) -> np.ndarray:
-    """``held`` (a mask over records) spread to whole groups: a group is held when any of its records is. A copy
-    of an input on the other side would let a model be tested on what it was fitted on (a kNN finds the twin at
-    similarity 1). Without groups, or when no group has two records, ``held`` as it is."""
-    if groups is None:
-        return held
-    inverse, distinct = group_index(groups, len(held))
+def held_out(order: np.ndarray, share: float, groups: Sequence[Hashable]) -> np.ndarray:
+    """A mask over records: the first ``share`` of the distinct inputs (``groups``; at least one) in the order their
+    records come in ``order`` (a seeded permutation of the records), each with every copy. A copy on the other side
+    would let a model be tested on what it was fitted on (a kNN finds the twin at similarity 1); the share is of
+    inputs, as ``fold_of`` deals them (of records, five inputs asked twenty times each had every input hit by a 20 %
+    draw). When no input repeats: the first ``share`` of ``order``'s records."""
+    inverse, distinct = group_index(groups, len(order))
+    _, first = np.unique(inverse[order], return_index=True)
+    ranked = inverse[order][np.sort(first)]  # the inputs in the order their first record comes
     hit = np.zeros(distinct, dtype=bool)
-    hit[inverse[held]] = True
+    hit[ranked[:max(1, int(round(distinct * share)))]] = True
     return hit[inverse]
 
 

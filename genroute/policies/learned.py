@@ -19,7 +19,7 @@ from genroute.bounds import PathText
 from genroute.errors import ConfigError
 from genroute.knowledge.embedders import traced
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
-from genroute.policies.cost_weight import CostWeightChoice, CostWeightRule, as_rule, cross_validate, together
+from genroute.policies.cost_weight import CostWeightChoice, CostWeightRule, as_rule, cross_validate, held_out
 from genroute.policies.remembered import RememberedEmbeddings, deciding_cost
 from genroute.policies.router_models import RouterModel, features, fit
 from genroute.policies.static import check_backends
@@ -116,11 +116,12 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
     groups = [input_key(text) for text, _, _ in records]
     # Copies of one input stay on one side (and in one cross-validation fold): a held-out copy is no test. (With
     # test_share 0 the one record kept back is no test either, and its copies stay in training.)
-    held = together(np.argsort(order) < n_test, groups if test_share > 0 else None)
+    held = held_out(order, test_share, groups) if test_share > 0 else np.argsort(order) < n_test
     test, part = order[held[order]], order[~held[order]]
     if not len(part):
-        raise ConfigError("need at least two distinct inputs to train (every record has the same one)",
-                          field="outcomes")
+        raise ConfigError(f"nothing left to train on: the held-out share ({test_share:g}) took every one of the "
+                          f"{len(set(groups))} distinct input(s) of the {len(records)} records (copies of an input are "
+                          "one); give more inputs or a smaller test_share", field="outcomes")
     vocabulary = sorted({task_names[i] for i in part if task_names[i] is not None}) if use_task else []
     x = features(vectors, task_names, vocabulary)
     choice = None
