@@ -210,6 +210,26 @@ async def test_a_reload_is_seen_by_a_running_routers_fixed_and_random_selection(
         assert shown() == {t for t, _ in EXAMPLES[4:6]}
 
 
+@pytest.mark.parametrize("selector", ["knn", "fixed"])
+async def test_a_collection_a_reload_emptied_is_refused_by_every_selector(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path, selector: str) -> None:
+    # Since fixed and random read their pool again after a write (66dba92) they refused a collection a reload had
+    # emptied, as an empty collection is refused; knn kept its first count and answered with no examples at all.
+    collection = knowledge.name("emptied")
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    await aload_examples(knowledge.store(), [write_examples(folder / "ex.jsonl", EXAMPLES[:2])], collection=collection)
+    async with router(gemini_server, otel, knowledge, collection=collection, selector=selector, k=2) as r:
+        await r.agenerate("unrelated question")
+        asked = len(gemini_server.requests)
+        (folder / "ex.jsonl").unlink()  # the directory loaded again: its examples withdrawn
+        report = await aload_examples(knowledge.store(), [folder], collection=collection)
+        assert report.removed == 2
+        with pytest.raises(ConfigError, match="is empty; load examples first") as err:
+            await r.agenerate("unrelated question")
+        assert err.value.field.endswith("collection") and len(gemini_server.requests) == asked
+
+
 async def test_example_metadata_is_at_the_top_level_of_the_template(gemini_server: GeminiTestServer, otel: Otel,
                                                                     knowledge: Knowledge, tmp_path: Path) -> None:
     collection, examples = await loaded(knowledge, tmp_path)

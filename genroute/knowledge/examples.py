@@ -126,6 +126,7 @@ class ExampleStore:
         self._pool: list[ExampleRecord] | None = None
         self._stamp = 0  # the collection's write stamp when the pool was read
         self._count: int | None = None
+        self._counted = 0  # the collection's write stamp when it was counted
         self._lock = LoopsLock()  # a router serves several event loops: an asyncio.Lock binds to one
 
     @property
@@ -134,13 +135,15 @@ class ExampleStore:
         return self._count
 
     async def size(self) -> int:
-        """Number of stored examples (counted once); an empty collection is a ``ConfigError``."""
-        if self._count is None:
+        """Number of stored examples (counted once, and again after this process wrote to the collection, as the
+        pool is read again); an empty collection is a ``ConfigError``."""
+        stamp = self.store.written(self.collection)
+        if self._count is None or self._counted != stamp:
             count = await self.store.count(self.collection, kind="examples", field=self.field)
             if count == 0:
                 raise ConfigError(f"example collection {self.collection!r} is empty; load examples "
                                   "first (genroute ingest --kind examples)", field=self.field)
-            self._count = count
+            self._count, self._counted = count, stamp
         return self._count
 
     async def pool(self) -> list[ExampleRecord]:
