@@ -1,38 +1,59 @@
 """A stream's request deadline on the loopback wire: it bounds every step of the stream (validators, a backend's own
-work, engine calls), and never the time the reader spends between chunks."""
+work, engine calls), and never the time the reader spends between chunks.
+
+Each case needs some work done before its deadline (an engine call, a first chunk) and a slow step that only the
+deadline ends. On a loaded machine the work may not be done by a short deadline, and such a run tells nothing: it
+is run again with the next of ``DEADLINES_S`` (``judged``). A run that could tell is judged, and so is the run
+with the last deadline, whatever happened in it: a broken deadline fails at every length.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from genroute import DeadlineExceeded, GenrouteError, Router, StreamInterrupted
 from genroute.backends.prompt_template import PromptTemplateBackend
+from genroute.testing import GeminiTestServer
 
-from .conftest import budget_usage, gemini_config
+from .conftest import Otel, budget_usage, gemini_config
 
 FLASH = (0.30, 2.50)
-#: Longer than any deadline below: only the deadline ends what waits this long.
-SLOW_S = 20.0
+#: Deadlines tried in turn, the next only when a run with one could not tell (see the module's docstring).
+DEADLINES_S = (0.5, 2.0, 6.0)
+#: Longer than any deadline: only the deadline ends what waits this long.
+SLOW_S = 30.0
 
 
 def cost(price: tuple[float, float], usage: tuple[int, int]) -> float:
     return usage[0] * price[0] / 1e6 + usage[1] * price[1] / 1e6
 
 
-async def slow_check(request: Any, output: Any) -> str | None:
-    await asyncio.sleep(SLOW_S)
-    return None
+def slow_check(reached: threading.Event) -> Callable[[Any, Any], Any]:
+    """A validator that takes too long (``reached`` set when it starts: the answer it checks is in)."""
+
+    async def check(request: Any, output: Any) -> str | None:
+        reached.set()
+        await asyncio.sleep(SLOW_S)
+        return None
+
+    return check
 
 
 class SlowBeforeCalling(PromptTemplateBackend):
     """A backend whose own work before the engine call (a retrieval, say) takes too long."""
 
+    reached = False
+
     async def stream(self, request, ctx):
+        self.reached = True
         await asyncio.sleep(SLOW_S)
         async for item in super().stream(request, ctx):
             yield item
@@ -41,11 +62,14 @@ class SlowBeforeCalling(PromptTemplateBackend):
 class SlowAfterFirstChunk(PromptTemplateBackend):
     """A backend that stalls on its own after its first chunk was sent."""
 
+    reached = False
+
     async def stream(self, request, ctx):
         sent = False
         async with aclosing(super().stream(request, ctx)) as items:  # cut: the engine's stream is charged now
             async for item in items:
                 if sent:
+                    self.reached = True
                     await asyncio.sleep(SLOW_S)
                 sent = sent or isinstance(item, str)
                 yield item
@@ -61,25 +85,61 @@ def config(server, rungs):
     return cfg
 
 
-def streamed(router: Router, mode: str, pause_s: float = 0.0, **fields: Any) -> tuple[list[Any], GenrouteError | None]:
-    """The chunks ``router`` streamed (by ``stream`` or ``astream``, the reader pausing ``pause_s`` after each) and the
-    error that ended the stream, if any."""
-    chunks: list[Any] = []
+@dataclass
+class Run:
+    """One run of a case: what the reader got, how it ended, and whether the run could tell (see ``judged``)."""
+
+    server: GeminiTestServer
+    timeout_s: float
+    chunks: list[Any] = field(default_factory=list)
+    error: GenrouteError | None = None
+    told: bool = False
+    router: Router | None = None
+    otel: Otel = field(default_factory=Otel)
+    took_s: float = 0.0  # from the call until the stream ended
+    read_s: float = 0.0  # of which the reader's own pauses
+
+
+def judged(case: Callable[[Run], None]) -> Run:
+    """``case(run)`` with each of ``DEADLINES_S`` (a fresh loopback server each time) until a run could tell; that
+    run, or the last one."""
+    for timeout_s in DEADLINES_S:
+        with GeminiTestServer() as server:
+            run = Run(server, timeout_s)
+            case(run)
+        if run.told:
+            break
+    return run
+
+
+def stream(run: Run, router: Router, mode: str, pause_s: float = 0.0, **fields: Any) -> None:
+    """Read ``router``'s stream (by ``stream`` or ``astream``, the reader pausing ``pause_s`` after each chunk) into
+    ``run``: its chunks, and the error that ended it, if any."""
+    run.router = router
+    started = time.monotonic()
+
+    def pause() -> None:
+        paused = time.monotonic()
+        time.sleep(pause_s)
+        run.read_s += time.monotonic() - paused
+
     try:
         if mode == "stream":
             for chunk in router.stream("hi", **fields):
-                chunks.append(chunk)
-                time.sleep(pause_s)
+                run.chunks.append(chunk)
+                pause()
         else:
             async def read() -> None:
                 async for chunk in router.astream("hi", **fields):
-                    chunks.append(chunk)
+                    run.chunks.append(chunk)
+                    paused = time.monotonic()
                     await asyncio.sleep(pause_s)
+                    run.read_s += time.monotonic() - paused
 
             router._portal.call(read(), timeout_s=60)  # the router's own loop, as the sync API uses
     except GenrouteError as exc:
-        return chunks, exc
-    return chunks, None
+        run.error = exc
+    run.took_s = time.monotonic() - started
 
 
 def with_backend(router: Router, name: str, kind: type[PromptTemplateBackend]) -> Router:
@@ -91,114 +151,147 @@ MODES = ["stream", "astream"]
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_slow_validator_on_a_buffered_rung_ends_the_stream_with_deadline_exceeded(gemini_server, otel, mode):
-    gemini_server.reply_text("buffered answer", usage=(1000, 100), chunks=2)
-    rungs = [{"backend": "chat", "validators": ["slow"]}, {"backend": "pro"}]
-    with Router.from_config(config(gemini_server, rungs), validators={"slow": slow_check}, timeout_s=0.5,
-                            **otel.providers) as router:
-        chunks, error = streamed(router, mode)
+def test_a_slow_validator_on_a_buffered_rung_ends_the_stream_with_deadline_exceeded(mode):
+    def case(run: Run) -> None:
+        run.server.reply_text("buffered answer", usage=(1000, 100), chunks=2)
+        rungs = [{"backend": "chat", "validators": ["slow"]}, {"backend": "pro"}]
+        reached = threading.Event()
+        with Router.from_config(config(run.server, rungs), validators={"slow": slow_check(reached)},
+                                timeout_s=run.timeout_s, **run.otel.providers) as router:
+            stream(run, router, mode)
+        run.told = reached.is_set()  # the answer was in before the deadline
 
+    run = judged(case)
+    chunks, error = run.chunks, run.error
     assert chunks == [] and isinstance(error, DeadlineExceeded), repr(error)
-    assert str(error) == "request deadline of 0.5s exceeded" and error.backend == "chat"
+    assert str(error) == f"request deadline of {run.timeout_s}s exceeded" and error.backend == "chat"
     assert error.cost_usd == pytest.approx(cost(FLASH, (1000, 100)))
-    assert budget_usage(router) == {"spent": pytest.approx(error.cost_usd), "reserved": 0}
-    (root,) = otel.spans("genroute.generate")
+    assert budget_usage(run.router) == {"spent": pytest.approx(error.cost_usd), "reserved": 0}
+    (root,) = run.otel.spans("genroute.generate")
     assert root.attributes["error.type"] == "DeadlineExceeded"
     assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(error.cost_usd)
-    assert len(gemini_server.requests) == 1  # the deadline is not fallen through
+    assert len(run.server.requests) == 1  # the deadline is not fallen through
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_slow_validator_on_the_live_rung_is_cut_as_stream_interrupted(gemini_server, mode):
-    gemini_server.reply_text("live answer", usage=(1000, 100), chunks=2)
-    rungs = [{"backend": "chat", "validators": ["slow"]}]
-    with Router.from_config(config(gemini_server, rungs), validators={"slow": slow_check}, timeout_s=0.5) as router:
-        chunks, error = streamed(router, mode)
+def test_a_slow_validator_on_the_live_rung_is_cut_as_stream_interrupted(mode):
+    def case(run: Run) -> None:
+        run.server.reply_text("live answer", usage=(1000, 100), chunks=2)
+        rungs = [{"backend": "chat", "validators": ["slow"]}]
+        reached = threading.Event()
+        with Router.from_config(config(run.server, rungs), validators={"slow": slow_check(reached)},
+                                timeout_s=run.timeout_s) as router:
+            stream(run, router, mode)
+        run.told = reached.is_set()  # the whole answer was sent before the deadline
 
+    run = judged(case)
+    chunks, error = run.chunks, run.error
     assert "".join(c.text for c in chunks) == "live answer"
     assert isinstance(error, StreamInterrupted) and "after output was sent" in str(error), repr(error)
     assert error.backend == "chat" and error.cost_usd == pytest.approx(cost(FLASH, (1000, 100)))
-    assert budget_usage(router) == {"spent": pytest.approx(error.cost_usd), "reserved": 0}
+    assert budget_usage(run.router) == {"spent": pytest.approx(error.cost_usd), "reserved": 0}
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_backends_slow_step_before_the_first_chunk_ends_the_stream_with_deadline_exceeded(gemini_server, otel,
-                                                                                            mode):
-    base = Router.from_config(config(gemini_server, [{"backend": "chat"}]), timeout_s=0.5, **otel.providers)
-    with base:
-        chunks, error = streamed(with_backend(base, "chat", SlowBeforeCalling), mode)
+def test_a_backends_slow_step_before_the_first_chunk_ends_the_stream_with_deadline_exceeded(mode):
+    def case(run: Run) -> None:
+        base = Router.from_config(config(run.server, [{"backend": "chat"}]), timeout_s=run.timeout_s,
+                                  **run.otel.providers)
+        with base:
+            router = with_backend(base, "chat", SlowBeforeCalling)
+            stream(run, router, mode)
+        run.router = base
+        run.told = router.backends["chat"].reached  # the request got as far as its backend
 
+    run = judged(case)
+    chunks, error = run.chunks, run.error
     assert chunks == [] and isinstance(error, DeadlineExceeded), repr(error)
-    assert error.cost_usd == 0 and not gemini_server.requests
-    assert budget_usage(base)["reserved"] == 0
-    (root,) = otel.spans("genroute.generate")
+    assert error.cost_usd == 0 and not run.server.requests
+    assert budget_usage(run.router)["reserved"] == 0
+    (root,) = run.otel.spans("genroute.generate")
     assert root.attributes["error.type"] == "DeadlineExceeded"
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_backends_slow_step_after_output_was_sent_is_stream_interrupted_with_its_cost(gemini_server, mode):
-    gemini_server.reply_text("first second third", usage=(1000, 100), chunks=3)
-    base = Router.from_config(config(gemini_server, [{"backend": "chat"}]), timeout_s=0.5)
-    with base:
-        chunks, error = streamed(with_backend(base, "chat", SlowAfterFirstChunk), mode)
+def test_a_backends_slow_step_after_output_was_sent_is_stream_interrupted_with_its_cost(mode):
+    def case(run: Run) -> None:
+        run.server.reply_text("first second third", usage=(1000, 100), chunks=3)
+        base = Router.from_config(config(run.server, [{"backend": "chat"}]), timeout_s=run.timeout_s)
+        with base:
+            router = with_backend(base, "chat", SlowAfterFirstChunk)
+            stream(run, router, mode)
+        run.router = base
+        run.told = router.backends["chat"].reached  # the first chunk was sent before the deadline
 
+    run = judged(case)
+    chunks, error = run.chunks, run.error
     assert [c.text for c in chunks] == ["first "]
     assert isinstance(error, StreamInterrupted) and "deadline" in str(error), repr(error)
     assert error.cost_usd > 0 and error.cost_estimated  # the input and the text received, estimated
-    assert budget_usage(base) == {"spent": pytest.approx(error.cost_usd), "reserved": 0}
+    assert budget_usage(run.router) == {"spent": pytest.approx(error.cost_usd), "reserved": 0}
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_reader_slower_than_the_deadline_is_not_cut_while_each_step_is_quick(gemini_server, mode):
+def test_a_reader_slower_than_the_deadline_is_not_cut_while_each_step_is_quick(mode):
     """The deadline bounds the time spent producing the stream; the reader's own time between chunks is its own
     (README: a stream's deadline). The judge that checks the answer after the last chunk still has its time."""
-    gemini_server.reply_text("one two three", usage=(1000, 100), chunks=3)
-    gemini_server.reply_text("PASS", usage=(100, 1))
-    rungs = [{"backend": "chat", "validators": ["judge:judge"]}]
-    with Router.from_config(config(gemini_server, rungs), timeout_s=1.0) as router:
-        chunks, error = streamed(router, mode, pause_s=0.6)
+    def case(run: Run) -> None:
+        run.server.reply_text("one two three", usage=(1000, 100), chunks=3)
+        run.server.reply_text("PASS", usage=(100, 1))
+        rungs = [{"backend": "chat", "validators": ["judge:judge"]}]
+        with Router.from_config(config(run.server, rungs), timeout_s=2 * run.timeout_s) as router:
+            # Three pauses, each longer than half the deadline: the reader alone holds the stream past it.
+            stream(run, router, mode, pause_s=1.2 * run.timeout_s)
+        # Whether producing the stream (all but the reader's pauses) took less than the deadline.
+        run.told = run.took_s - run.read_s < 2 * run.timeout_s
 
-    assert error is None
+    run = judged(case)
+    chunks, error = run.chunks, run.error
+    assert error is None, repr(error)
     texts = [c.text for c in chunks if not c.done]
     assert len(texts) == 3 and "".join(texts) == chunks[-1].result.text == "one two three"
     assert [a.outcome for a in chunks[-1].result.decision.rungs_tried] == ["ok"]
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_wire_stream_stalled_past_the_deadline_is_cut_by_it_with_what_was_received(gemini_server, mode):
+def test_a_wire_stream_stalled_past_the_deadline_is_cut_by_it_with_what_was_received(mode):
     """The server stalls mid-stream: the request's deadline (which bounds every step, so the engine sets no timer of
     its own for it) cuts the stream long before the stall ends; the caller has what was sent and what it cost."""
     from genroute.testing import Fault
 
-    gemini_server.fault(Fault.delay(SLOW_S, after_chunks=1))
-    gemini_server.reply_text("first second third", usage=(1000, 100), chunks=3)
-    with Router.from_config(config(gemini_server, [{"backend": "chat"}]), timeout_s=0.5) as router:
-        started = time.monotonic()
-        chunks, error = streamed(router, mode)
-        took = time.monotonic() - started
+    def case(run: Run) -> None:
+        run.server.fault(Fault.delay(SLOW_S, after_chunks=1))
+        run.server.reply_text("first second third", usage=(1000, 100), chunks=3)
+        with Router.from_config(config(run.server, [{"backend": "chat"}]), timeout_s=run.timeout_s) as router:
+            stream(run, router, mode)
+        run.told = bool(run.chunks)  # the first chunk came before the deadline
 
+    run = judged(case)
+    chunks, error = run.chunks, run.error
     assert [c.text for c in chunks] == ["first "]
-    assert isinstance(error, StreamInterrupted) and "deadline of 0.5s" in str(error), repr(error)
+    assert isinstance(error, StreamInterrupted) and f"deadline of {run.timeout_s}s" in str(error), repr(error)
     assert error.cost_usd > 0 and error.cost_estimated
-    assert budget_usage(router) == {"spent": pytest.approx(error.cost_usd), "reserved": 0}
-    assert took < SLOW_S / 2  # a hang check, not a timing
+    assert budget_usage(run.router) == {"spent": pytest.approx(error.cost_usd), "reserved": 0}
+    assert run.took_s < SLOW_S / 2  # a hang check, not a timing
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_an_engine_attempt_bound_shorter_than_the_deadline_still_cuts_a_stalled_stream(gemini_server, mode):
+def test_an_engine_attempt_bound_shorter_than_the_deadline_still_cuts_a_stalled_stream(mode):
     """The engine's own per-attempt ``timeout_s`` (shorter than the request's deadline) keeps its timer on each step."""
     from genroute.testing import Fault
 
-    gemini_server.fault(Fault.delay(SLOW_S, after_chunks=1))
-    gemini_server.reply_text("first second third", usage=(1000, 100), chunks=3)
-    cfg = config(gemini_server, [{"backend": "chat"}])
-    cfg["engines"]["gemini"]["timeout_s"] = 0.5
-    with Router.from_config(cfg, timeout_s=SLOW_S * 2) as router:
-        started = time.monotonic()
-        chunks, error = streamed(router, mode)
-        took = time.monotonic() - started
+    def case(run: Run) -> None:
+        run.server.fault(Fault.delay(SLOW_S, after_chunks=1))
+        run.server.reply_text("first second third", usage=(1000, 100), chunks=3)
+        cfg = config(run.server, [{"backend": "chat"}])
+        cfg["engines"]["gemini"]["timeout_s"] = run.timeout_s
+        with Router.from_config(cfg, timeout_s=SLOW_S * 2) as router:
+            stream(run, router, mode)
+        run.told = bool(run.chunks)  # the first chunk came within the attempt's bound
 
+    run = judged(case)
+    chunks, error = run.chunks, run.error
     assert [c.text for c in chunks] == ["first "]
     assert isinstance(error, StreamInterrupted) and "deadline" not in str(error), repr(error)
     assert error.cost_usd > 0
-    assert took < SLOW_S / 2  # a hang check, not a timing
+    assert run.took_s < SLOW_S / 2  # a hang check, not a timing
