@@ -330,13 +330,15 @@ def test_a_server_that_goes_silent_mid_answer_is_cut_off_at_the_deadline(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_retries_that_stop_early_because_no_attempt_fits_before_the_deadline_say_deadline(gemini_server, mode):
-    # The next wait (1 s) would cross the 2 s deadline at about 1 s: retries stop a whole backoff early, so the
-    # clock alone cannot tell the router that the deadline ended the request; the retry layer says so.
+    # Every wait (30 s) would cross the 10 s deadline: retries stop a whole backoff before it, so the clock alone
+    # cannot tell the router that the deadline ended the request; the retry layer says so. (A wait shorter than
+    # the deadline would race with it: a loaded machine may end the first attempt just in time to wait, then wake
+    # from that wait after the deadline's own timer has ended the request.)
     gemini_server.fault(Fault.status(503), times=10_000)
     config = gemini_config(gemini_server)
-    config["engines"]["gemini"]["retry"] = {"attempts": 10_000, "initial_backoff_s": 1.0, "max_backoff_s": 1.0,
-                                            "jitter_s": 0.0}
-    out = call(config, mode, timeout_s=2.0)
+    config["engines"]["gemini"]["retry"] = {"attempts": 10_000, "initial_backoff_s": 3 * DEADLINE_S,
+                                            "max_backoff_s": 3 * DEADLINE_S, "jitter_s": 0.0}
+    out = call(config, mode)
     assert isinstance(out.error, DeadlineExceeded), f"{mode}: {out.error!r}"
     assert isinstance(out.error.__cause__, BackendUnavailable), repr(out.error.__cause__)
 
