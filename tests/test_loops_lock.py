@@ -113,3 +113,76 @@ def test_a_forked_child_takes_it_though_a_parent_task_held_it_at_the_fork():
         release.set()
         parent.join(30)
     assert not lock.locked()
+
+
+def _hold_on_a_loop_then_close_it(lock: LoopsLock, held: threading.Event, close: threading.Event) -> None:
+    """A task on a loop of its own takes ``lock``; once ``close`` is set, that loop is closed with the task still
+    inside ``async with``."""
+    loop = asyncio.new_event_loop()
+
+    async def hold() -> None:
+        async with lock:
+            held.set()
+            await asyncio.sleep(3600)
+
+    loop.create_task(hold())
+    while not held.is_set():
+        loop.run_until_complete(asyncio.sleep(0.01))
+    close.wait(10)
+    loop.close()
+
+
+async def _take(lock: LoopsLock) -> bool:
+    async with lock:
+        return True
+
+
+def test_a_holder_whose_loop_was_closed_does_not_keep_it_from_a_task_that_comes_later():
+    lock = LoopsLock()
+    held, close = threading.Event(), threading.Event()
+    close.set()
+    thread = threading.Thread(target=_hold_on_a_loop_then_close_it, args=(lock, held, close))
+    thread.start()
+    thread.join(10)
+    assert asyncio.run(asyncio.wait_for(_take(lock), 5)) and not lock.locked()
+
+
+def test_a_holder_whose_loop_was_closed_does_not_keep_it_from_a_task_already_waiting():
+    lock = LoopsLock()
+    held, close = threading.Event(), threading.Event()
+    thread = threading.Thread(target=_hold_on_a_loop_then_close_it, args=(lock, held, close))
+    thread.start()
+
+    async def main() -> bool:
+        assert await asyncio.to_thread(held.wait, 10)
+        taking = asyncio.ensure_future(_take(lock))
+        await asyncio.sleep(0.05)
+        assert not taking.done()  # waits on the holder
+        close.set()               # whose loop is then closed under it
+        return await asyncio.wait_for(taking, 5)
+
+    try:
+        assert asyncio.run(main()) and not lock.locked()
+    finally:
+        close.set()
+        thread.join(10)
+
+
+def test_the_release_of_a_holder_the_lock_was_taken_from_does_not_free_it_for_the_new_one():
+    # The closed loop's task is collected at last, its coroutine closed: its ``async with`` exits, maybe while a
+    # task of another loop (the new holder) runs. That exit must not release the new holder's lock.
+    import gc
+
+    lock = LoopsLock()
+    held, close = threading.Event(), threading.Event()
+    close.set()
+    thread = threading.Thread(target=_hold_on_a_loop_then_close_it, args=(lock, held, close))
+    thread.start()
+    thread.join(10)
+
+    async def main() -> bool:
+        async with lock:
+            gc.collect()  # the stranded task, no longer held by the lock, goes
+            return lock.locked()
+
+    assert asyncio.run(asyncio.wait_for(main(), 5)) and not lock.locked()

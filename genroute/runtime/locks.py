@@ -7,42 +7,60 @@ requests: it binds to the first loop that waits on it, and a task of another loo
 thread lock taken for a few operations, never across an await; each waiter waits on a future of its own loop, which
 the task that releases the lock, on whichever loop, resolves with ``call_soon_threadsafe``. Waiters are served in
 order; one cancelled after the lock was handed to it passes it on, and one whose loop was closed is skipped.
+
+A holder whose event loop was closed under it (a loop closed with the task still inside ``async with``, or handed
+the lock just before its loop was closed) will never release it: a task that wants the lock takes it from such a
+holder, at once or, already waiting, within ``CHECK_S``. (A loop only stopped, never closed, keeps what it holds.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections import deque
 from typing import Any
 
 from genroute.runtime.forks import forget_at_fork
 
+#: How often a waiter looks whether the holder's event loop was closed.
+CHECK_S = 0.5
+
+#: A holder of the lock: its task, and the frame of its ``async with``.
+_Holder = tuple[asyncio.Task[Any], Any]
+
 
 class LoopsLock:
     """``async with lock:`` — one task at a time, whichever event loop each runs on (not reentrant)."""
 
-    __slots__ = ("_mutex", "_held", "_waiters", "__weakref__")
+    __slots__ = ("_mutex", "_holder", "_waiters", "__weakref__")
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
-        self._held = False
-        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        #: Who holds the lock (None: free): its task, and the frame of its ``async with``. The frame tells its
+        #: release apart from one by the coroutine of a holder the lock was taken from, closed when collected
+        #: while a task of the same loop runs (that task would be ``current_task()``).
+        self._holder: _Holder | None = None
+        self._waiters: deque[tuple[_Holder, asyncio.Future[None]]] = deque()
         forget_at_fork(self)
 
     def locked(self) -> bool:
         """Whether a task holds the lock."""
-        return self._held
+        return self._holder is not None
 
     async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("LoopsLock should be used inside a task")
+        holder = (task, sys._getframe(1))
         with self._mutex:
-            if not self._held:
-                self._held = True
+            if self._holder is None or self._stranded():
+                self._holder = holder
                 return
-            loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[None] = loop.create_future()
-            entry = (loop, waiter)
+            waiter: asyncio.Future[None] = task.get_loop().create_future()
+            entry = (holder, waiter)
             self._waiters.append(entry)
+        check = task.get_loop().call_later(CHECK_S, self._check, waiter)
         try:
             await waiter
         except BaseException:
@@ -51,28 +69,52 @@ class LoopsLock:
                 if not handed:
                     self._waiters.remove(entry)
             if handed:
-                self._release()
+                self._release(holder[1])
             raise
+        finally:
+            check.cancel()
 
     async def __aexit__(self, *exc: Any) -> None:
-        self._release()
+        self._release(sys._getframe(1))
 
-    def _release(self) -> None:
-        """Hand the lock to the first waiter whose loop still runs callbacks, or free it."""
+    def _release(self, frame: Any) -> None:
+        """The ``async with`` of ``frame`` gives the lock up: it goes to the first waiter whose loop still runs
+        callbacks, or is free."""
         with self._mutex:
-            while self._waiters:
-                loop, waiter = self._waiters.popleft()
-                try:
-                    loop.call_soon_threadsafe(_wake, waiter)
-                except RuntimeError:  # its loop is closed: that waiter will never run again
-                    continue
-                return  # still held: now by that waiter
-            self._held = False
+            if self._holder is not None and self._holder[1] is frame:  # else taken from it: its loop was closed
+                self._hand_on()
+
+    def _hand_on(self) -> None:
+        """With the mutex held."""
+        while self._waiters:
+            holder, waiter = self._waiters.popleft()
+            try:
+                holder[0].get_loop().call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:  # its loop is closed: that waiter will never run again
+                continue
+            self._holder = holder  # still held: now by that waiter
+            return
+        self._holder = None
+
+    def _stranded(self) -> bool:
+        """With the mutex held: whether the holder's event loop was closed (it will never release the lock)."""
+        holder = self._holder
+        return holder is not None and holder[0].get_loop().is_closed()
+
+    def _check(self, waiter: asyncio.Future[None]) -> None:
+        """On a waiter's loop, every ``CHECK_S`` while it waits: the lock is passed on from a stranded holder."""
+        if waiter.done():
+            return
+        with self._mutex:
+            if self._stranded():
+                self._hand_on()
+        if not waiter.done():
+            asyncio.get_running_loop().call_later(CHECK_S, self._check, waiter)
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's holder and waiters do not run here (nor a thread that held the mutex)."""
         self._mutex = threading.Lock()
-        self._held = False
+        self._holder = None
         self._waiters = deque()
 
 
