@@ -314,3 +314,56 @@ def test_a_sync_call_interrupted_while_it_waits_cancels_its_request(gemini_serve
             time.sleep(0.01)
         assert budget_usage(router)["reserved"] == 0
         assert not release.is_set()
+
+
+def test_a_child_forked_inside_a_running_loop_serves_on_loops_of_its_own(gemini_server):
+    """A bare ``os.fork()`` from a coroutine (not multiprocessing): the child inherits the parent's loop, a task of it
+    holding a ``LoopsLock``, and the aiohttp session the Gemini engine made for that loop, none of which is the
+    child's. On a loop of its own the child takes the lock and gets a session of its own (the parent's is left to the
+    parent: closing it would close connections the parent still uses); through the sync API too."""
+    from genroute.runtime.locks import LoopsLock
+
+    router = Router.from_config(gemini_config(gemini_server))
+    clients = router.resources.engines["gemini"]._loops
+    lock = LoopsLock()
+
+    async def parent() -> Any:
+        assert (await router.agenerate("parent")).text == "echo: parent"  # a session for this loop
+        (_, inherited), = clients._own.values()
+        held = asyncio.Event()
+
+        async def hold() -> None:
+            async with lock:
+                held.set()
+                await asyncio.sleep(3600)
+
+        holder = asyncio.ensure_future(hold())
+        await held.wait()
+
+        def child() -> list[Any]:
+            # The inherited loop is this thread's running loop still (Python 3.11): the child serves from another
+            # thread, as a server's worker would.
+            async def own() -> list[Any]:
+                async with lock:
+                    text = (await router.agenerate("child")).text
+                (_, session), = clients._own.values()
+                return [text, session is not inherited, inherited.closed]
+
+            out: dict[str, Any] = {}
+            worker = threading.Thread(target=lambda: out.update(
+                mine=asyncio.run(asyncio.wait_for(own(), 10)), sync=router.generate("child sync").text))
+            worker.start()
+            worker.join(HANG_CAP_S)
+            router.close()
+            return [*out["mine"], out["sync"]]
+
+        try:
+            return _in_child(child)
+        finally:
+            holder.cancel()
+
+    try:
+        assert asyncio.run(parent()) == ["echo: child", True, False, "echo: child sync"]
+        assert router.generate("parent again").text == "echo: parent again"
+    finally:
+        router.close()

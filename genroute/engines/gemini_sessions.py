@@ -36,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genroute.runtime.forks import forget_at_fork
+
 if TYPE_CHECKING:
     from google import genai
 
@@ -144,7 +146,8 @@ async def _closed(sessions: list[Any]) -> None:
 
 #: Every ``LoopClients`` alive, for ``_close_at_exit``.
 _LIVE: weakref.WeakSet[LoopClients] = weakref.WeakSet()
-#: In a forked child, the parent's sessions: the parent's to close, kept from the collector (``_forget``).
+#: In a forked child, the parent's sessions: the parent's to close, kept from the collector
+#: (``LoopClients._forget_parent``).
 _INHERITED: list[Any] = []
 
 
@@ -170,21 +173,17 @@ def _close_at_exit() -> None:
     concurrent.futures.wait(futures, timeout=2.0)
 
 
-def _forget() -> None:
-    """In a forked child: the parent's sessions and connections are the parent's to close, not this process's. The
-    engines the child inherited let go of them (kept, so that no close reaches the parent's connections before the
-    child exits) and make sessions of their own for the child's loops."""
-    _WAITING.clear()
-    _CLOSING.clear()
-    for clients in _LIVE.copy():
-        clients._lock = threading.Lock()  # another thread may have held it at the fork
-        _INHERITED.extend(clients._own.values())
-        clients._own.clear()
-        clients.aio.clear()
+class _Parent:
+    """This module's own lists in a forked child: the parent's closes to wait for, not this process's
+    (``forget_at_fork``)."""
+
+    def _forget_parent(self) -> None:
+        _WAITING.clear()
+        _CLOSING.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget)
+_PARENT = _Parent()
+forget_at_fork(_PARENT)
 
 
 def _let_go_all(own: dict[asyncio.AbstractEventLoop, tuple[Any, Any]]) -> None:
@@ -216,6 +215,16 @@ class LoopClients:
         # exit ``_close_at_exit`` does it instead, and waits for the closes.
         weakref.finalize(self, _let_go_all, self._own).atexit = False
         _LIVE.add(self)
+        forget_at_fork(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's sessions and connections are the parent's to close, not this process's.
+        They are let go of (kept, so that no close reaches the parent's connections before the child exits), and the
+        child's loops get sessions of their own."""
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        _INHERITED.extend(self._own.values())
+        self._own.clear()
+        self.aio.clear()
 
     def for_loop(self) -> Any:
         """The SDK's async API (``client.aio``) for the running loop, made on the loop's first call."""
