@@ -93,6 +93,40 @@ def test_a_stream_the_caller_closes_early_is_not_an_error(gemini_server, otel):
         assert root.attributes["gen_ai.usage.cost.amount"] > 0
 
 
+def test_a_stream_its_reader_drops_unclosed_ends_its_span_as_closed_early_not_as_an_error(gemini_server, otel):
+    """A reader that lets go of a stream without closing it (the garbage collector closes it) stopped reading by
+    choice too: the root span ends, closed early, with no error on it nor on its rung's event (which says the rung
+    was cut: ``cancelled``); the sync and async streams agree."""
+    import gc
+
+    config = gemini_config(gemini_server)
+    for _ in range(2):
+        gemini_server.reply_text("one two three four five six", usage=(8, 6), chunks=3)
+    with Router.from_config(config, **otel.providers) as router:
+        chunks = router.stream("count")
+        next(chunks)
+        del chunks
+        gc.collect()
+
+    async def run():
+        async with Router.from_config(config, **otel.providers) as router:
+            chunks = router.astream("count")
+            await anext(chunks)
+            del chunks
+            gc.collect()
+            await asyncio.sleep(0.1)  # the loop closes what was collected
+
+    asyncio.run(run())
+    roots = otel.spans("genroute.generate")
+    assert len(roots) == 2
+    for root in roots:
+        assert root.attributes["genroute.stream.closed_early"] is True
+        assert "error.type" not in root.attributes and root.status.status_code.name == "UNSET"
+        (rung,) = [e for e in root.events if e.name == "genroute.rung"]
+        assert rung.attributes["genroute.rung.outcome"] == "cancelled" and "error.type" not in rung.attributes
+    assert all(s.status.status_code.name == "UNSET" for s in otel.spans("generate_content"))
+
+
 def test_a_stream_left_after_its_done_chunk_was_read_to_its_end(gemini_server, otel):
     """A caller that stops at the ``done`` chunk (``if chunk.done: break``) had the whole answer: its trace does not
     say it stopped reading early; the sync and async streams agree."""

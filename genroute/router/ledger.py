@@ -60,7 +60,8 @@ class Ledger:
         else:
             outcome = "cancelled"
         latency_s = time.perf_counter() - started
-        error_type = None if error is None else type(error).__name__
+        # A reader that stopped reading the stream (closed it, or let it go) cut the rung: no error of the rung's.
+        error_type = None if error is None or type(error) is GeneratorExit else type(error).__name__
         attempt = _attempt(backend=backend, outcome=outcome, error_type=error_type,
                            error=None if error is None else str(error), latency_s=latency_s,
                            cost_usd=float(ctx.cost_usd), usage=ctx.usage, cost_estimated=ctx.cost_estimated,
