@@ -283,3 +283,29 @@ def test_an_astream_abandoned_without_aclosing_closes_quietly(gemini_server, cap
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
     names = {s.name for s in otel.spans()}
     assert "genroute.generate" in names and "generate_content gemini-2.5-flash" in names
+
+
+def test_a_stream_left_open_on_a_loop_closed_under_it_is_ended_by_the_routers_close(gemini_server, otel):
+    """A loop closed without finalizing its async generators (``loop.close()`` with no ``shutdown_asyncgens``) can
+    never close a stream it left open: the router's close ends it from its own loop instead, so its trace ends, its
+    hold is settled and its reader is told, as for any stream the close ends."""
+    gemini_server.reply(Reply(parts=({"text": "one two three four"},), usage=(10, 4), chunks=4))
+    router = Router.from_config(_config(gemini_server), **otel.providers)
+    left: list[Any] = []
+
+    async def read_one() -> None:
+        stream = router.astream("hi", timeout_s=60)
+        assert (await anext(stream)).text
+        left.append(stream)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(read_one())
+    loop.close()
+    assert _held(router) == COST
+    router.close(drain_s=DRAIN_S)
+
+    assert _held(router) == 0.0
+    (root,) = otel.spans("genroute.generate")
+    assert root.attributes["error.type"] == "UsageError" and root.attributes["gen_ai.usage.cost.amount"] > 0
+    with pytest.raises(UsageError, match="closed"):
+        asyncio.run(anext(left[0]))

@@ -100,7 +100,10 @@ class InFlight:
         for task, loop in tasks:
             call_on(loop, self._cancel, task)
         for stream, loop in streams:
-            call_on(loop, self._close_stream, stream)
+            if loop.is_closed():  # closed with the stream open: nothing runs there any more, so it is ended here
+                self._close_stream(stream)
+            else:
+                call_on(loop, self._close_stream, stream)
         await poll_until(self._unwound, UNWIND_S)
 
     def _unwound(self) -> bool:
