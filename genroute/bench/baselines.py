@@ -4,9 +4,14 @@ single and the per-task best candidate (both chosen on the training records only
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from genroute.bench.outcomes import OutcomeMatrix
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 
 def best_single(train: OutcomeMatrix) -> int:
@@ -14,7 +19,7 @@ def best_single(train: OutcomeMatrix) -> int:
     return _best(train.scores, train.costs)
 
 
-def _best(scores: np.ndarray, costs: np.ndarray) -> int:
+def _best(scores: NDArray[Any], costs: NDArray[Any]) -> int:
     return int(min(range(scores.shape[1]), key=lambda j: (-scores[:, j].mean(), costs[:, j].mean(), j)))
 
 
@@ -24,7 +29,7 @@ def cheapest(train: OutcomeMatrix) -> int:
                    key=lambda j: (train.costs[:, j].mean(), -train.scores[:, j].mean(), j)))
 
 
-def per_task_best(train: OutcomeMatrix, held: OutcomeMatrix) -> np.ndarray:
+def per_task_best(train: OutcomeMatrix, held: OutcomeMatrix) -> NDArray[Any]:
     """Each record's task's best training candidate (tasks unseen in training: the best single)."""
     fallback = best_single(train)
     # Each task's rows gathered in one pass (a subset per task was a pass over every record per task: quadratic
@@ -36,14 +41,14 @@ def per_task_best(train: OutcomeMatrix, held: OutcomeMatrix) -> np.ndarray:
     return np.array([best.get(t or "", fallback) for t in held.tasks], dtype=int)
 
 
-def oracle(held: OutcomeMatrix) -> np.ndarray:
+def oracle(held: OutcomeMatrix) -> NDArray[Any]:
     """The cost-quality oracle: each record's best-scoring candidate, the cheapest among equals."""
     best = held.scores.max(axis=1, keepdims=True)
     costs = np.where(held.scores >= best, held.costs, np.inf)
     return costs.argmin(axis=1)
 
 
-def baselines(train: OutcomeMatrix, held: OutcomeMatrix, *, seed: int = 0) -> dict[str, np.ndarray]:
+def baselines(train: OutcomeMatrix, held: OutcomeMatrix, *, seed: int = 0) -> dict[str, NDArray[Any]]:
     """Every baseline's picks on ``held``, each chosen on ``train`` only (the oracle sees the answers)."""
     n = len(held.records)
     out = {"random": np.random.default_rng(seed).integers(0, len(held.candidates), size=n)}

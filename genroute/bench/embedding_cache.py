@@ -12,11 +12,14 @@ import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from genroute.errors import UsageError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 
 class CachedEmbedder:
@@ -31,7 +34,7 @@ class CachedEmbedder:
         digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(self.model))
         self.path = Path(cache_dir) / f"embeddings-{safe}-{digest}.npz"
-        self._vectors: dict[str, np.ndarray] = {}
+        self._vectors: dict[str, NDArray[Any]] = {}
         if self.path.exists():
             self._vectors = _read(self.path, self.model, getattr(embedder, "dimension", None))
 
@@ -40,7 +43,7 @@ class CachedEmbedder:
         """The content key of ``text``."""
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
-    def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+    def embed_array(self, texts: Sequence[str]) -> NDArray[Any]:
         """Embeddings of ``texts``; new ones are computed and saved ``chunk`` texts at a time."""
         keys = [self.key(t) for t in texts]
         todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self._vectors}.items())
@@ -59,7 +62,7 @@ class CachedEmbedder:
         os.replace(tmp, self.path)
 
 
-def _read(path: Path, model: str, width: int | None) -> dict[str, np.ndarray]:
+def _read(path: Path, model: str, width: int | None) -> dict[str, NDArray[Any]]:
     """The vectors of a cache file; one genroute did not write, or of another width, is a ``UsageError`` (the
     traceback of numpy's reader, or vectors of mixed widths, otherwise)."""
     try:

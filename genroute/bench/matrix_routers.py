@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +17,9 @@ from genroute.bench.outcomes import OutcomeMatrix
 from genroute.errors import ConfigError, UsageError
 from genroute.policies.cost_weight import WEIGHTS, CostWeightChoice, CostWeightRule, choose, fold_of, out_of_fold
 from genroute.types import GenerateRequest
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 #: Cost weights swept for the learned policy's curve (0: best predicted quality at any cost).
 COST_WEIGHTS: tuple[float, ...] = WEIGHTS
@@ -61,7 +64,7 @@ def _given(matrix: OutcomeMatrix) -> set[str]:
     return set(matrix.ids) if matrix.given_ids is None else set(matrix.ids) & matrix.given_ids
 
 
-def row(name: str, matrix: OutcomeMatrix, choice: np.ndarray, knob: float | None = None) -> RouterRow:
+def row(name: str, matrix: OutcomeMatrix, choice: NDArray[Any], knob: float | None = None) -> RouterRow:
     """Quality (with its 95 % CI, ``stats.quality_ci``), cost and picks of routing ``matrix``'s records to
     ``choice``."""
     from genroute.bench.stats import quality_ci
@@ -74,18 +77,18 @@ def row(name: str, matrix: OutcomeMatrix, choice: np.ndarray, knob: float | None
                      picks=dict(sorted(counts.items())), knob=knob)
 
 
-def picked_scores(matrix: OutcomeMatrix, choice: np.ndarray) -> np.ndarray:
+def picked_scores(matrix: OutcomeMatrix, choice: NDArray[Any]) -> NDArray[Any]:
     """Per-record score of the chosen candidate."""
     return matrix.scores[np.arange(len(choice)), choice]
 
 
-def picked_costs(matrix: OutcomeMatrix, choice: np.ndarray) -> np.ndarray:
+def picked_costs(matrix: OutcomeMatrix, choice: NDArray[Any]) -> NDArray[Any]:
     """Per-record cost of the chosen candidate."""
     return matrix.costs[np.arange(len(choice)), choice]
 
 
 def cost_aware_choices(train: OutcomeMatrix, held: OutcomeMatrix, floors: Sequence[float]
-                       ) -> list[tuple[float, np.ndarray]]:
+                       ) -> list[tuple[float, NDArray[Any]]]:
     """The compiled ``cost_aware`` policy (stats and floors from ``train``) deciding every held record, at
     each floor share of the task's best training quality."""
     from genroute.bench.compile import cost_aware_policy, policy_context, stats_from
@@ -110,7 +113,7 @@ class LearnedFit:
     name: str
     spec: dict[str, Any]
     model: Any
-    predicted: np.ndarray  # (held records, candidates)
+    predicted: NDArray[Any]  # (held records, candidates)
     cost_weight_match: float  # cheapest weight whose out-of-fold quality reaches the best single's
     cost_weight_budget: float  # best out-of-fold quality at no more than per-task-best's cost
     #: share of the best single's cost -> best out-of-fold quality at no more than that cost
@@ -122,7 +125,7 @@ class LearnedFit:
     cost_weight: float = 0.0
 
 
-def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, x_held: np.ndarray, *,
+def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: NDArray[Any], x_held: NDArray[Any], *,
                 use_task: bool, specs: Sequence[dict[str, Any]], seed: int = 0, folds: int = 5,
                 cost_shares: Sequence[float] = (0.5, 0.4), rule: CostWeightRule | None = None,
                 embedder: str = "unknown") -> LearnedFit:
@@ -152,7 +155,7 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, 
     results: list[_Fitted] = []
     skipped: list[dict[str, Any]] = []
     for spec in specs:
-        def fit_fold(tr: np.ndarray, te: np.ndarray, spec: dict[str, Any] = spec) -> Any:
+        def fit_fold(tr: NDArray[Any], te: NDArray[Any], spec: dict[str, Any] = spec) -> Any:
             model = fit(x_tr[tr], train.scores[tr], train.candidates, cost=cost, tasks=vocab, seed=seed, **spec)
             predicted = model.predict(x_tr[te])
             return lambda w: model.choose(predicted, w)  # each fold decided by its own model
@@ -199,7 +202,7 @@ def operating_points(points: Sequence[tuple[float, float, float]], target_qualit
             {share: within(share * best_cost) for share in shares})
 
 
-def _point(matrix: OutcomeMatrix, choice: np.ndarray) -> tuple[float, float]:
+def _point(matrix: OutcomeMatrix, choice: NDArray[Any]) -> tuple[float, float]:
     return float(picked_costs(matrix, choice).mean()), float(picked_scores(matrix, choice).mean())
 
 
@@ -209,7 +212,7 @@ class _Fitted(TypedDict):
     spec: dict[str, Any]
     validation_aiq: float
     points: list[tuple[float, float, float]]
-    oof: tuple[np.ndarray, np.ndarray]
+    oof: tuple[NDArray[Any], NDArray[Any]]
 
 
 def _spec_name(spec: dict[str, Any]) -> str:
@@ -217,6 +220,6 @@ def _spec_name(spec: dict[str, Any]) -> str:
     return spec["method"] + (f" ({extra})" if extra else "")
 
 
-def curve(held: OutcomeMatrix, choices: Sequence[tuple[float, np.ndarray]]) -> list[tuple[float, float, float]]:
+def curve(held: OutcomeMatrix, choices: Sequence[tuple[float, NDArray[Any]]]) -> list[tuple[float, float, float]]:
     """``(knob, cost, quality)`` of each ``(knob, picks)`` on the held records."""
     return [(knob, *_point(held, choice)) for knob, choice in choices]

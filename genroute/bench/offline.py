@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from genroute.bench.stats import check_min_n, check_seed
 from genroute.errors import UsageError
 from genroute.jsonl import output_dir
 from genroute.policies.cost_weight import CostWeightRule, as_rule
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 #: Estimators compared for the learned router (chosen per run by cross-validation on the training records).
 DEFAULT_SPECS: tuple[dict[str, Any], ...] = (
@@ -117,7 +120,7 @@ def compile_outcomes(
     floors = mr.cost_aware_choices(train, held, mr.FLOORS)
     choices["cost_aware (task label)"] = dict(floors)[COST_AWARE_FLOOR]
     rows.append(mr.row("cost_aware (task label)", held, choices["cost_aware (task label)"], knob=COST_AWARE_FLOOR))
-    sweeps: dict[str, tuple[str, Sequence[tuple[float, np.ndarray]]]] = {
+    sweeps: dict[str, tuple[str, Sequence[tuple[float, NDArray[Any]]]]] = {
         "cost_aware (task label)": ("floor share of each task's best", floors)}
     methods: dict[str, list[dict[str, Any]]] = {}
     cost_weights: dict[str, dict[str, dict[str, Any]]] = {}
@@ -183,9 +186,9 @@ def _cost_aware_file(path: Path, train: OutcomeMatrix, stats_path: Path) -> Path
 SEMANTIC = "semantic routes (text only) at best-single quality"
 
 
-def _semantic(train: OutcomeMatrix, held: OutcomeMatrix, x_train: np.ndarray, x_held: np.ndarray, embedder: Any,
-              out: Path, choices: dict[str, np.ndarray], rows: list[mr.RouterRow],
-              sweeps: dict[str, tuple[str, Sequence[tuple[float, np.ndarray]]]], *, seed: int
+def _semantic(train: OutcomeMatrix, held: OutcomeMatrix, x_train: NDArray[Any], x_held: NDArray[Any], embedder: Any,
+              out: Path, choices: dict[str, NDArray[Any]], rows: list[mr.RouterRow],
+              sweeps: dict[str, tuple[str, Sequence[tuple[float, NDArray[Any]]]]], *, seed: int
               ) -> tuple[str, Path, list[dict[str, Any]]]:
     """Compile semantic routes on ``train`` (``semantic_routes``), write ``semantic.json``, and score the
     ``semantic`` policy that config builds on every held record, beside the routes' curve."""
@@ -247,7 +250,7 @@ def split_by_text(matrix: OutcomeMatrix, *, holdout: float, seed: int) -> tuple[
 
 
 def _curves(train: OutcomeMatrix, held: OutcomeMatrix,
-            sweeps: Mapping[str, tuple[str, Sequence[tuple[float, np.ndarray]]]]) -> list[CurveSummary]:
+            sweeps: Mapping[str, tuple[str, Sequence[tuple[float, NDArray[Any]]]]]) -> list[CurveSummary]:
     best, weak = bl.best_single(train), bl.cheapest(train)
     best_pt = (float(held.costs[:, best].mean()), float(held.scores[:, best].mean()))
     weak_pt = (float(held.costs[:, weak].mean()), float(held.scores[:, weak].mean()))
@@ -287,7 +290,7 @@ PAIRS = (("learned (text + task) at best-single quality", "best single (train)")
            for what in ("text + task", "text only") for rule in mr.RULES if rule != "best"])
 
 
-def _comparisons(held: OutcomeMatrix, choices: Mapping[str, np.ndarray], *, min_n: int, force: bool, seed: int
+def _comparisons(held: OutcomeMatrix, choices: Mapping[str, NDArray[Any]], *, min_n: int, force: bool, seed: int
                  ) -> list[Comparison]:
     from genroute.bench.clusters import text_groups
     from genroute.bench.stats import compare_paired, paired_bootstrap_ci

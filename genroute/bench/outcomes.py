@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,6 +31,9 @@ from genroute.bench.runner import Outcome
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
 from genroute.outcomes.records import OutcomeRecord, Side, check_sides
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 #: The scorer name recorded on rows read from a matrix (the file's own metric, whatever it was).
 MATRIX_SCORER = "outcome-matrix"
@@ -171,9 +174,9 @@ class OutcomeMatrix:
 
     records: tuple[BenchRecord, ...]
     candidates: tuple[str, ...]
-    scores: np.ndarray
-    costs: np.ndarray
-    latencies: np.ndarray
+    scores: NDArray[Any]
+    costs: NDArray[Any]
+    latencies: NDArray[Any]
     cost_basis: str
     source: str | None = None
     dropped: int = 0

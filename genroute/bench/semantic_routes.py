@@ -17,12 +17,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from genroute.bench.outcomes import OutcomeMatrix
 from genroute.bench.report import markdown_row
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 #: Cluster counts compared by cross-validation.
 CLUSTERS: tuple[int, ...] = (8, 16, 32, 64)
@@ -32,7 +35,7 @@ UTTERANCES = 8
 PRIOR_WEIGHT = 20.0
 
 
-def kmeans(x: np.ndarray, k: int, *, seed: int = 0, iterations: int = 30) -> np.ndarray:
+def kmeans(x: NDArray[Any], k: int, *, seed: int = 0, iterations: int = 30) -> NDArray[Any]:
     """Unit-length centres of ``k`` spherical k-means clusters of the unit rows ``x`` (k-means++ start)."""
     rng = np.random.default_rng(seed)
     k = max(1, min(k, len(x)))
@@ -59,18 +62,18 @@ class Routes:
     """Routes over one set of training records: cluster centres, each cluster's utterances (row indices of
     the training records) and its shrunk mean score per candidate."""
 
-    centres: np.ndarray
-    members: list[np.ndarray]
-    utterances: list[np.ndarray]
-    quality: np.ndarray  # (clusters, candidates)
-    relative_cost: np.ndarray  # (candidates,)
+    centres: NDArray[Any]
+    members: list[NDArray[Any]]
+    utterances: list[NDArray[Any]]
+    quality: NDArray[Any]  # (clusters, candidates)
+    relative_cost: NDArray[Any]  # (candidates,)
 
-    def pick(self, cost_weight: float) -> np.ndarray:
+    def pick(self, cost_weight: float) -> NDArray[Any]:
         """Each cluster's candidate at ``cost_weight`` (ties: the cheaper)."""
         utility = self.quality - cost_weight * self.relative_cost - 1e-9 * self.relative_cost
         return np.argmax(utility, axis=1)
 
-    def route(self, x_train: np.ndarray, x: np.ndarray, cost_weight: float) -> np.ndarray:
+    def route(self, x_train: NDArray[Any], x: NDArray[Any], cost_weight: float) -> NDArray[Any]:
         """The candidate of each unit row of ``x``: that of its nearest utterance (the semantic policy's rule)."""
         rows = np.concatenate(self.utterances)
         owner = np.concatenate([np.full(len(u), i) for i, u in enumerate(self.utterances)])
@@ -78,7 +81,7 @@ class Routes:
         return self.pick(cost_weight)[owner[nearest]]
 
 
-def build(x: np.ndarray, scores: np.ndarray, costs: np.ndarray, k: int, *, seed: int = 0,
+def build(x: NDArray[Any], scores: NDArray[Any], costs: NDArray[Any], k: int, *, seed: int = 0,
           utterances: int = UTTERANCES, prior: float = PRIOR_WEIGHT) -> Routes:
     """Cluster the unit rows ``x`` and summarise each cluster's scores (see module)."""
     centres = kmeans(x, k, seed=seed)
@@ -110,7 +113,7 @@ class SemanticFit:
     methods: list[dict[str, Any]] = field(default_factory=list)
 
 
-def fit(train: OutcomeMatrix, x_train: np.ndarray, weights: Sequence[float], *, seed: int = 0, folds: int = 5,
+def fit(train: OutcomeMatrix, x_train: NDArray[Any], weights: Sequence[float], *, seed: int = 0, folds: int = 5,
         clusters: Sequence[int] = CLUSTERS) -> SemanticFit:
     """Choose the cluster count by cross-validated AIQ on ``train`` (out-of-fold routing), rebuild on all."""
     from genroute.bench.clusters import text_groups

@@ -10,6 +10,7 @@ from opentelemetry import trace
 from genroute.errors import UsageError
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
     import numpy as np
 
     from genroute.runtime.telemetry import Telemetry
@@ -23,7 +24,7 @@ class ArrayEmbedder(Protocol):
 
     model: str
 
-    def embed_array(self, texts: list[str]) -> np.ndarray:
+    def embed_array(self, texts: list[str]) -> NDArray[Any]:
         """Embed ``texts`` into a float array of shape ``(len(texts), dimension)``."""
         ...
 

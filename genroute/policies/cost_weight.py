@@ -26,12 +26,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genroute.errors import ConfigError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 #: Cost weights swept (0: best predicted quality at any cost; 1e6: always the cheapest backend).
 WEIGHTS: tuple[float, ...] = (0.0, *[float(w) for w in np.geomspace(0.002, 5.0, 48)], 1e6)
@@ -107,7 +110,7 @@ def as_rule(value: CostWeightRule | str | Mapping[str, Any] | None, *, field: st
         raise config_error(exc, field) from None
 
 
-def choose(scores: np.ndarray, costs: np.ndarray, weights: Sequence[float], rule: CostWeightRule, *,
+def choose(scores: NDArray[Any], costs: NDArray[Any], weights: Sequence[float], rule: CostWeightRule, *,
            folds: int, groups: Sequence[Hashable] | None = None) -> CostWeightChoice:
     """Apply ``rule`` to out-of-fold per-record ``scores`` and ``costs`` of shape ``(records, weights)``. Records of
     one of ``groups`` (copies of one input) are one input: their mean score and cost, weighted once (as paired
@@ -140,7 +143,7 @@ def choose(scores: np.ndarray, costs: np.ndarray, weights: Sequence[float], rule
                             standard_error=float(se[pick]))
 
 
-def _input_means(values: np.ndarray, groups: Sequence[Hashable]) -> np.ndarray:
+def _input_means(values: NDArray[Any], groups: Sequence[Hashable]) -> NDArray[Any]:
     """Rows averaged per group, groups in the order they first appear (a group of one row keeps it as it is)."""
     inverse, distinct = group_index(groups, len(values))
     if distinct == len(values):
@@ -151,7 +154,7 @@ def _input_means(values: np.ndarray, groups: Sequence[Hashable]) -> np.ndarray:
 
 
 def fold_of(n: int, folds: int, seed: int, groups: Sequence[Hashable] | None = None, *, salt: int = 1
-            ) -> np.ndarray:
+            ) -> NDArray[Any]:
     """Each record's fold: the distinct inputs (``groups``; each record its own without them) in a seeded order,
     dealt round-robin, so copies of one input share a fold and every fold up to the number of inputs holds one."""
     rng = np.random.default_rng(seed + salt)
@@ -161,7 +164,7 @@ def fold_of(n: int, folds: int, seed: int, groups: Sequence[Hashable] | None = N
     return (rng.permutation(distinct) % folds)[inverse]
 
 
-def group_index(groups: Sequence[Hashable], n: int) -> tuple[np.ndarray, int]:
+def group_index(groups: Sequence[Hashable], n: int) -> tuple[NDArray[Any], int]:
     """Each record's group as a number, in the order groups first appear (``arange(n)`` when none repeats), and
     how many groups there are."""
     if len(groups) != n:
@@ -170,7 +173,7 @@ def group_index(groups: Sequence[Hashable], n: int) -> tuple[np.ndarray, int]:
     return np.array([first.setdefault(g, len(first)) for g in groups], dtype=np.int64), len(first)
 
 
-def held_out(order: np.ndarray, share: float, groups: Sequence[Hashable]) -> np.ndarray:
+def held_out(order: NDArray[Any], share: float, groups: Sequence[Hashable]) -> NDArray[Any]:
     """A mask over records: the first ``share`` of the distinct inputs (``groups``; at least one) in the order their
     records come in ``order`` (a seeded permutation of the records), each with every copy. A copy on the other side
     would let a model be tested on what it was fitted on (a kNN finds the twin at similarity 1); the share is of
@@ -184,9 +187,9 @@ def held_out(order: np.ndarray, share: float, groups: Sequence[Hashable]) -> np.
     return hit[inverse]
 
 
-def out_of_fold(scores: np.ndarray, costs: np.ndarray, folds: np.ndarray, weights: Sequence[float],
-                fit_fold: Callable[[np.ndarray, np.ndarray], Callable[[float], np.ndarray]]
-                ) -> tuple[np.ndarray, np.ndarray]:
+def out_of_fold(scores: NDArray[Any], costs: NDArray[Any], folds: NDArray[Any], weights: Sequence[float],
+                fit_fold: Callable[[NDArray[Any], NDArray[Any]], Callable[[float], NDArray[Any]]]
+                ) -> tuple[NDArray[Any], NDArray[Any]]:
     """Per-record score and cost of the backend chosen at each weight by a model fitted without the record's fold.
 
     ``fit_fold(train_mask, test_mask)`` fits on the training rows and returns ``weight -> chosen backend index of
@@ -205,8 +208,8 @@ def out_of_fold(scores: np.ndarray, costs: np.ndarray, folds: np.ndarray, weight
     return picked_s, picked_c
 
 
-def cross_validate(scores: np.ndarray, costs: np.ndarray, rule: CostWeightRule, *, seed: int,
-                   fit_fold: Callable[[np.ndarray, np.ndarray], Callable[[float], np.ndarray]],
+def cross_validate(scores: NDArray[Any], costs: NDArray[Any], rule: CostWeightRule, *, seed: int,
+                   fit_fold: Callable[[NDArray[Any], NDArray[Any]], Callable[[float], NDArray[Any]]],
                    weights: Sequence[float] = WEIGHTS, groups: Sequence[Hashable] | None = None) -> CostWeightChoice:
     """Route the records out of fold at every weight and apply ``rule`` (``rule.folds``, fewer when there are
     fewer than two records a fold; below four records, the largest weight: the cheapest backend). Records of one

@@ -26,6 +26,7 @@ from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest, Rung
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
     from opentelemetry import trace
 
     from genroute.knowledge.embedders import ArrayEmbedder
@@ -126,7 +127,7 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
     x = features(vectors, task_names, vocabulary)
     choice = None
     if rule is not None:
-        def fit_fold(tr: np.ndarray, te: np.ndarray) -> Any:
+        def fit_fold(tr: NDArray[Any], te: NDArray[Any]) -> Any:
             rows_tr, rows_te = part[tr], part[te]
             fold = fit(x[rows_tr], scores[rows_tr], backends, method=method, cost=costs[rows_tr].mean(axis=0),
                        tasks=vocabulary, k=k, seed=seed, **options)
@@ -142,7 +143,7 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
     model.save(path)
     chosen = model.choose(model.predict(x[test]), cost_weight)
 
-    def figures(pick: np.ndarray) -> tuple[float, float]:
+    def figures(pick: NDArray[Any]) -> tuple[float, float]:
         rows = np.arange(len(test))
         return (float(np.mean(scores[test][rows, pick] >= pass_score)), float(np.mean(costs[test][rows, pick])))
 

@@ -25,11 +25,14 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from genroute.errors import ConfigError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 Method = Literal["knn", "logreg", "mlp", "blend", "pairwise"]
 METHODS: tuple[str, ...] = ("knn", "logreg", "mlp", "blend", "pairwise")
@@ -39,13 +42,13 @@ METHODS: tuple[str, ...] = ("knn", "logreg", "mlp", "blend", "pairwise")
 KNN_BLOCK = 2 ** 27
 
 
-def normalise(x: np.ndarray) -> np.ndarray:
+def normalise(x: NDArray[Any]) -> NDArray[Any]:
     """Rows scaled to unit length."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def features(embeddings: np.ndarray, tasks: Sequence[str | None] | None, vocabulary: Sequence[str],
-             task_weight: float = 1.0) -> np.ndarray:
+def features(embeddings: NDArray[Any], tasks: Sequence[str | None] | None, vocabulary: Sequence[str],
+             task_weight: float = 1.0) -> NDArray[Any]:
     """Unit embeddings, followed by a one-hot of each row's task over ``vocabulary`` (if it is not empty).
 
     An unseen task (or none) gets no task feature: the text alone decides.
@@ -61,19 +64,19 @@ def features(embeddings: np.ndarray, tasks: Sequence[str | None] | None, vocabul
     return np.concatenate([x, onehot], axis=1)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def _sigmoid(z: NDArray[Any]) -> NDArray[Any]:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
 
 
 class _Adam:
     """Adam over a list of arrays, updated in place."""
 
-    def __init__(self, params: list[np.ndarray], lr: float) -> None:
+    def __init__(self, params: list[NDArray[Any]], lr: float) -> None:
         self.params, self.lr, self.t = params, lr, 0
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
 
-    def step(self, grads: Sequence[np.ndarray]) -> None:
+    def step(self, grads: Sequence[NDArray[Any]]) -> None:
         self.t += 1
         for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
             m *= 0.9
@@ -83,7 +86,7 @@ class _Adam:
             p -= self.lr * (m / (1 - 0.9 ** self.t)) / (np.sqrt(v / (1 - 0.999 ** self.t)) + 1e-8)
 
 
-def _fit_logreg(x: np.ndarray, s: np.ndarray, *, epochs: int, lr: float, l2: float) -> dict[str, np.ndarray]:
+def _fit_logreg(x: NDArray[Any], s: NDArray[Any], *, epochs: int, lr: float, l2: float) -> dict[str, NDArray[Any]]:
     w = np.zeros((x.shape[1], s.shape[1]), dtype=np.float32)
     b = np.log(np.clip(s.mean(axis=0), 1e-3, 1 - 1e-3) / np.clip(1 - s.mean(axis=0), 1e-3, 1)).astype(np.float32)
     adam = _Adam([w, b], lr)
@@ -93,8 +96,8 @@ def _fit_logreg(x: np.ndarray, s: np.ndarray, *, epochs: int, lr: float, l2: flo
     return {"w": w, "b": b}
 
 
-def _fit_mlp(x: np.ndarray, s: np.ndarray, *, hidden: int, epochs: int, lr: float, l2: float, seed: int
-             ) -> dict[str, np.ndarray]:
+def _fit_mlp(x: NDArray[Any], s: NDArray[Any], *, hidden: int, epochs: int, lr: float, l2: float, seed: int
+             ) -> dict[str, NDArray[Any]]:
     rng = np.random.default_rng(seed)
     w1 = (rng.standard_normal((x.shape[1], hidden)) * np.sqrt(2.0 / x.shape[1])).astype(np.float32)
     b1 = np.zeros(hidden, dtype=np.float32)
@@ -116,7 +119,7 @@ def _fit_mlp(x: np.ndarray, s: np.ndarray, *, hidden: int, epochs: int, lr: floa
 class RouterModel:
     """A trained router: predicted quality per backend for feature rows, and the cost-aware choice."""
 
-    def __init__(self, method: str, backends: list[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]):
+    def __init__(self, method: str, backends: list[str], arrays: dict[str, NDArray[Any]], meta: dict[str, Any]):
         if method not in METHODS:
             raise ConfigError(f"unknown learned method {method!r} (known: {', '.join(METHODS)})", field="method")
         self.method = method
@@ -134,16 +137,16 @@ class RouterModel:
         return list(self.meta.get("tasks") or [])
 
     @property
-    def relative_cost(self) -> np.ndarray:
+    def relative_cost(self) -> NDArray[Any]:
         """Each backend's mean training cost divided by the dearest one's (zeros when all are free)."""
         cost = np.asarray(self.meta.get("cost") or [0.0] * len(self.backends), dtype=np.float64)
         return cost / cost.max() if cost.max() > 0 else np.zeros_like(cost)
 
-    def features(self, embeddings: np.ndarray, tasks: Sequence[str | None] | None = None) -> np.ndarray:
+    def features(self, embeddings: NDArray[Any], tasks: Sequence[str | None] | None = None) -> NDArray[Any]:
         """Feature rows for this model: ``features(embeddings, tasks, self.tasks)``."""
         return features(embeddings, tasks, self.tasks, float(self.meta.get("task_weight", 1.0)))
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: NDArray[Any]) -> NDArray[Any]:
         """Predicted quality (0..1) of every backend for each feature row: shape ``(len(x), backends)``."""
         a = self.arrays
         if self.method == "logreg":
@@ -161,7 +164,7 @@ class RouterModel:
             return out
         return self._knn(x)
 
-    def _knn(self, x: np.ndarray) -> np.ndarray:
+    def _knn(self, x: NDArray[Any]) -> NDArray[Any]:
         a = self.arrays
         k = min(int(self.meta["k"]), len(a["x"]))
         # Rows a block at a time: the similarities of 30k queries to 70k training records at once were 8 GB (twice,
@@ -176,7 +179,7 @@ class RouterModel:
         weights = np.maximum(np.take_along_axis(sims, top, axis=1), 1e-6)
         return np.einsum("ik,ikc->ic", weights, a["s"][top]) / weights.sum(axis=1, keepdims=True)
 
-    def utility(self, predicted: np.ndarray, cost_weight: float) -> np.ndarray:
+    def utility(self, predicted: NDArray[Any], cost_weight: float) -> NDArray[Any]:
         """``predicted - cost_weight x relative cost``: what a decision maximises (``-inf`` for a candidate
         the model does not choose)."""
         util = predicted - cost_weight * self.relative_cost
@@ -185,7 +188,7 @@ class RouterModel:
             util = np.where(np.isin(np.arange(len(self.backends)), allowed), util, -np.inf)
         return util
 
-    def choose(self, predicted: np.ndarray, cost_weight: float) -> np.ndarray:
+    def choose(self, predicted: NDArray[Any], cost_weight: float) -> NDArray[Any]:
         """The chosen backend index per row (ties: the cheaper backend, then the better on the training records)."""
         return self.ranking(predicted, cost_weight)[:, 0]
 
@@ -242,7 +245,7 @@ _SHAPES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def model_problem(meta: Any, arrays: dict[str, np.ndarray]) -> str | None:
+def model_problem(meta: Any, arrays: dict[str, NDArray[Any]]) -> str | None:
     """What is wrong with a model file's ``meta`` and ``arrays`` for predicting, or ``None``."""
     if not isinstance(meta, dict):
         return f"meta is {type(meta).__name__}, not an object"
@@ -286,14 +289,14 @@ def _indices(value: Any, n: int, *, size: int | None = None) -> bool:
             and all(type(i) is int and 0 <= i < n for i in value))
 
 
-def cost_quality_front(quality: np.ndarray, cost: np.ndarray) -> list[int]:
+def cost_quality_front(quality: NDArray[Any], cost: NDArray[Any]) -> list[int]:
     """Indices of the candidates no other one beats on both mean quality and mean cost."""
     n = len(quality)
     return [i for i in range(n) if not any(cost[j] <= cost[i] and quality[j] >= quality[i]
                                            and (cost[j] < cost[i] or quality[j] > quality[i]) for j in range(n))]
 
 
-def fit(x: np.ndarray, scores: np.ndarray, backends: Sequence[str], *, method: str = "knn",
+def fit(x: NDArray[Any], scores: NDArray[Any], backends: Sequence[str], *, method: str = "knn",
         cost: Sequence[float] | None = None, tasks: Sequence[str] = (), k: int = 7, seed: int = 0,
         cost_weight: float = 0.1, meta: dict[str, Any] | None = None, **options: Any) -> RouterModel:
     """Fit ``method`` on feature rows ``x`` (from ``RouterModel.features``) and their backends' scores."""

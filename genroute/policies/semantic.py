@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -36,6 +36,7 @@ from genroute.policies.static import check_backends
 from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
     import numpy as np
 
     from opentelemetry import trace
@@ -106,7 +107,7 @@ class RouteIndex:
 
     backends: list[str]
     utterances: list[str]
-    matrix: np.ndarray
+    matrix: NDArray[Any]
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ class SemanticPolicy(Policy):
         return self.index.utterances
 
     @property
-    def matrix(self) -> np.ndarray:
+    def matrix(self) -> NDArray[Any]:
         """Unit-length utterance embeddings, one row per utterance."""
         return self.index.matrix
 
@@ -239,7 +240,7 @@ class SemanticPolicy(Policy):
                                         loaded=len(stored.backends), cost_usd=stored.cost_usd,
                                         cost_estimated=stored.cost_estimated)
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed(self, texts: list[str]) -> NDArray[Any]:
         import numpy as np
 
         from genroute.knowledge.embedders import traced as tracing
@@ -263,11 +264,11 @@ class SemanticPolicy(Policy):
 
     # -- deciding ----------------------------------------------------------------------------------
 
-    def nearest(self, vector: np.ndarray) -> tuple[str, float, str]:
+    def nearest(self, vector: NDArray[Any]) -> tuple[str, float, str]:
         """``(backend, similarity, utterance)`` of the winning route for a normalised request vector."""
         return self._nearest(self.index, vector)
 
-    def _nearest(self, index: RouteIndex, vector: np.ndarray) -> tuple[str, float, str]:
+    def _nearest(self, index: RouteIndex, vector: NDArray[Any]) -> tuple[str, float, str]:
         import numpy as np
 
         # einsum runs in this thread; a BLAS matvec wakes BLAS worker threads that fight onnxruntime's
@@ -311,7 +312,7 @@ class SemanticPolicy(Policy):
         check_backends(catalogue, named)
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
+def _unit(vectors: NDArray[Any]) -> NDArray[Any]:
     import numpy as np
 
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

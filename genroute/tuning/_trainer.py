@@ -8,9 +8,12 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 Row = tuple[list[int], list[int]]
 
@@ -19,7 +22,7 @@ Row = tuple[list[int], list[int]]
 class TrainOutcome:
     """Trained LoRA pairs ``{hf_module: (A (r, in), B (out, r))}`` and how training went."""
 
-    pairs: dict[str, tuple[np.ndarray, np.ndarray]]
+    pairs: dict[str, tuple[NDArray[Any], NDArray[Any]]]
     steps: int
     train_tokens: int
     final_train_loss: float
@@ -158,7 +161,7 @@ def evaluate(net: Any, rows: Sequence[Row], batch_size: int) -> float | None:
     return total / count
 
 
-def lora_pairs(net: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def lora_pairs(net: Any) -> dict[str, tuple[NDArray[Any], NDArray[Any]]]:
     """``{module name: (lora_A, lora_B)}`` of every LoRA layer in ``net`` (names as in the base model)."""
     pairs = {}
     for name, module in net.named_modules():

@@ -16,10 +16,14 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from genroute.errors import UsageError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 #: Hugging Face module suffix → GGUF tensor stem, for the Gemma 3 decoder block.
 _GEMMA3_NAMES = {
@@ -79,7 +83,7 @@ def gguf_tensor_name(hf_module: str) -> str:
 
 def write_lora_adapter(
     path: str | Path,
-    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    pairs: Mapping[str, tuple[NDArray[Any], NDArray[Any]]],
     *,
     alpha: float,
     architecture: str = "gemma3",
@@ -98,7 +102,7 @@ def write_lora_adapter(
     if np_dtype is None:
         raise UsageError(f"unsupported dtype {dtype!r} (f32, f16)", field="dtype")
     path = Path(path)
-    tensors: dict[str, np.ndarray] = {}
+    tensors: dict[str, NDArray[Any]] = {}
     for module, (lora_a, lora_b) in pairs.items():
         if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_a.shape[0] != lora_b.shape[1]:
             raise UsageError(f"{module}: lora_A {lora_a.shape} and lora_B {lora_b.shape} do not pair",
@@ -131,7 +135,7 @@ def write_lora_adapter(
     return path
 
 
-def read_lora_adapter(path: str | Path) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+def read_lora_adapter(path: str | Path) -> tuple[dict[str, object], dict[str, NDArray[Any]]]:
     """Read an adapter back: (metadata scalars, ``{tensor name: array}`` in row-major numpy shape)."""
     import gguf
 
