@@ -137,13 +137,20 @@ async def _take(lock: LoopsLock) -> bool:
         return True
 
 
-def test_a_holder_whose_loop_was_closed_does_not_keep_it_from_a_task_that_comes_later():
+def _stranded() -> LoopsLock:
+    """A lock whose holder's loop has been closed."""
     lock = LoopsLock()
     held, close = threading.Event(), threading.Event()
     close.set()
     thread = threading.Thread(target=_hold_on_a_loop_then_close_it, args=(lock, held, close))
     thread.start()
     thread.join(10)
+    assert held.is_set() and lock.locked()
+    return lock
+
+
+def test_a_holder_whose_loop_was_closed_does_not_keep_it_from_a_task_that_comes_later():
+    lock = _stranded()
     assert asyncio.run(asyncio.wait_for(_take(lock), 5)) and not lock.locked()
 
 
@@ -173,12 +180,7 @@ def test_the_release_of_a_holder_the_lock_was_taken_from_does_not_free_it_for_th
     # task of another loop (the new holder) runs. That exit must not release the new holder's lock.
     import gc
 
-    lock = LoopsLock()
-    held, close = threading.Event(), threading.Event()
-    close.set()
-    thread = threading.Thread(target=_hold_on_a_loop_then_close_it, args=(lock, held, close))
-    thread.start()
-    thread.join(10)
+    lock = _stranded()
 
     async def main() -> bool:
         async with lock:

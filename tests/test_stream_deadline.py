@@ -192,18 +192,24 @@ def test_a_slow_validator_on_the_live_rung_is_cut_as_stream_interrupted(mode):
     assert budget_usage(run.router) == {"spent": pytest.approx(error.cost_usd), "reserved": 0}
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_backends_slow_step_before_the_first_chunk_ends_the_stream_with_deadline_exceeded(mode):
+def slow_backend(kind: type[SlowBeforeCalling | SlowAfterFirstChunk], mode: str) -> Callable[[Run], None]:
+    """A case: backend ``chat`` replaced by ``kind``; a run tells once the backend reached its slow step."""
     def case(run: Run) -> None:
+        run.server.reply_text("first second third", usage=(1000, 100), chunks=3)
         base = Router.from_config(config(run.server, [{"backend": "chat"}]), timeout_s=run.timeout_s,
                                   **run.otel.providers)
         with base:
-            router = with_backend(base, "chat", SlowBeforeCalling)
+            router = with_backend(base, "chat", kind)
             stream(run, router, mode)
         run.router = base
-        run.told = router.backends["chat"].reached  # the request got as far as its backend
+        run.told = router.backends["chat"].reached
 
-    run = judged(case)
+    return case
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_backends_slow_step_before_the_first_chunk_ends_the_stream_with_deadline_exceeded(mode):
+    run = judged(slow_backend(SlowBeforeCalling, mode))  # told: the request got as far as its backend
     chunks, error = run.chunks, run.error
     assert chunks == [] and isinstance(error, DeadlineExceeded), repr(error)
     assert error.cost_usd == 0 and not run.server.requests
@@ -214,16 +220,7 @@ def test_a_backends_slow_step_before_the_first_chunk_ends_the_stream_with_deadli
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_backends_slow_step_after_output_was_sent_is_stream_interrupted_with_its_cost(mode):
-    def case(run: Run) -> None:
-        run.server.reply_text("first second third", usage=(1000, 100), chunks=3)
-        base = Router.from_config(config(run.server, [{"backend": "chat"}]), timeout_s=run.timeout_s)
-        with base:
-            router = with_backend(base, "chat", SlowAfterFirstChunk)
-            stream(run, router, mode)
-        run.router = base
-        run.told = router.backends["chat"].reached  # the first chunk was sent before the deadline
-
-    run = judged(case)
+    run = judged(slow_backend(SlowAfterFirstChunk, mode))  # told: the first chunk was sent before the deadline
     chunks, error = run.chunks, run.error
     assert [c.text for c in chunks] == ["first "]
     assert isinstance(error, StreamInterrupted) and "deadline" in str(error), repr(error)
@@ -253,45 +250,40 @@ def test_a_reader_slower_than_the_deadline_is_not_cut_while_each_step_is_quick(m
     assert [a.outcome for a in chunks[-1].result.decision.rungs_tried] == ["ok"]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_wire_stream_stalled_past_the_deadline_is_cut_by_it_with_what_was_received(mode):
-    """The server stalls mid-stream: the request's deadline (which bounds every step, so the engine sets no timer of
-    its own for it) cuts the stream long before the stall ends; the caller has what was sent and what it cost."""
-    from genroute.testing import Fault
-
-    def case(run: Run) -> None:
-        run.server.fault(Fault.delay(SLOW_S, after_chunks=1))
-        run.server.reply_text("first second third", usage=(1000, 100), chunks=3)
-        with Router.from_config(config(run.server, [{"backend": "chat"}]), timeout_s=run.timeout_s) as router:
-            stream(run, router, mode)
-        run.told = bool(run.chunks)  # the first chunk came before the deadline
-
-    run = judged(case)
-    chunks, error = run.chunks, run.error
-    assert [c.text for c in chunks] == ["first "]
-    assert isinstance(error, StreamInterrupted) and f"deadline of {run.timeout_s}s" in str(error), repr(error)
-    assert error.cost_usd > 0 and error.cost_estimated
-    assert budget_usage(run.router) == {"spent": pytest.approx(error.cost_usd), "reserved": 0}
-    assert run.took_s < SLOW_S / 2  # a hang check, not a timing
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_an_engine_attempt_bound_shorter_than_the_deadline_still_cuts_a_stalled_stream(mode):
-    """The engine's own per-attempt ``timeout_s`` (shorter than the request's deadline) keeps its timer on each step."""
+def stalled(mode: str, engine_bound: bool) -> Run:
+    """A stream the server stalls after its first chunk, cut by the request's deadline or (``engine_bound``) by the
+    engine's own per-attempt ``timeout_s`` under a far longer request deadline."""
     from genroute.testing import Fault
 
     def case(run: Run) -> None:
         run.server.fault(Fault.delay(SLOW_S, after_chunks=1))
         run.server.reply_text("first second third", usage=(1000, 100), chunks=3)
         cfg = config(run.server, [{"backend": "chat"}])
-        cfg["engines"]["gemini"]["timeout_s"] = run.timeout_s
-        with Router.from_config(cfg, timeout_s=SLOW_S * 2) as router:
+        if engine_bound:
+            cfg["engines"]["gemini"]["timeout_s"] = run.timeout_s
+        with Router.from_config(cfg, timeout_s=SLOW_S * 2 if engine_bound else run.timeout_s) as router:
             stream(run, router, mode)
-        run.told = bool(run.chunks)  # the first chunk came within the attempt's bound
+        run.told = bool(run.chunks)  # the first chunk came before the deadline (or the attempt's bound)
 
     run = judged(case)
-    chunks, error = run.chunks, run.error
-    assert [c.text for c in chunks] == ["first "]
-    assert isinstance(error, StreamInterrupted) and "deadline" not in str(error), repr(error)
-    assert error.cost_usd > 0
+    assert [c.text for c in run.chunks] == ["first "]
+    assert isinstance(run.error, StreamInterrupted), repr(run.error)
+    assert run.error.cost_usd > 0
     assert run.took_s < SLOW_S / 2  # a hang check, not a timing
+    return run
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_wire_stream_stalled_past_the_deadline_is_cut_by_it_with_what_was_received(mode):
+    """The server stalls mid-stream: the request's deadline (which bounds every step, so the engine sets no timer of
+    its own for it) cuts the stream long before the stall ends; the caller has what was sent and what it cost."""
+    run = stalled(mode, engine_bound=False)
+    assert f"deadline of {run.timeout_s}s" in str(run.error) and run.error.cost_estimated
+    assert budget_usage(run.router) == {"spent": pytest.approx(run.error.cost_usd), "reserved": 0}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_engine_attempt_bound_shorter_than_the_deadline_still_cuts_a_stalled_stream(mode):
+    """The engine's own per-attempt ``timeout_s`` (shorter than the request's deadline) keeps its timer on each step."""
+    run = stalled(mode, engine_bound=True)
+    assert "deadline" not in str(run.error), repr(run.error)
