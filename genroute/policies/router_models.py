@@ -192,7 +192,7 @@ class RouterModel:
         """The chosen backend index per row (ties: the cheaper backend, then the better on the training records)."""
         return self.ranking(predicted, cost_weight)[:, 0]
 
-    def ranking(self, predicted: np.ndarray, cost_weight: float) -> np.ndarray:
+    def ranking(self, predicted: NDArray[Any], cost_weight: float) -> NDArray[Any]:
         """Every backend index per row, from the chosen one down by utility, ties as ``choose`` breaks them (a
         decision's fallback rungs follow it)."""
         # Ties towards lower cost: a tiny cost term below any real difference in predicted quality.
