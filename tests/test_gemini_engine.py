@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 
@@ -385,6 +386,25 @@ async def test_env_key_fallbacks_and_base_url(srv, monkeypatch):
         assert srv.requests[0].headers["x-goog-api-key"] == "from-google-env"
     finally:
         await eng.aclose()
+
+
+async def test_with_both_key_variables_set_the_log_names_the_key_sent(srv, monkeypatch, caplog):
+    # google-genai logs "Using GOOGLE_API_KEY" whenever both are set, even for a client given its key: the engine
+    # sends api_key_env's, so the SDK's line is dropped and the engine's own names the key it sends.
+    monkeypatch.setenv("GEMINI_API_KEY", "from-gemini-env")
+    monkeypatch.setenv("GOOGLE_API_KEY", "from-google-env")
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", srv.base_url)
+    caplog.set_level(logging.INFO)
+    eng = GeminiEngine("both", {"retry": FAST_RETRY})
+    try:
+        await eng.generate(MODEL, user("hey"))
+        assert eng.client is not None  # the SDK's own client (sync calls, Vertex AI) is made the same way
+    finally:
+        await eng.aclose()
+    assert srv.requests[0].headers["x-goog-api-key"] == "from-gemini-env"
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [line for line in lines if "Using GOOGLE_API_KEY" in line], lines
+    assert [line for line in lines if "engines.both sends the key in GEMINI_API_KEY" in line], lines
 
 
 async def test_missing_key_is_a_config_error(monkeypatch):

@@ -13,6 +13,7 @@ from genroute.runtime.billing import bill, estimate_input, processed
 from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import map_error
 from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig, url_problem  # noqa: F401 - VertexConfig: re-exported
+from genroute.engines.gemini_keys import FALLBACK_ENV, env_key, make_client
 from genroute.engines.gemini_request import (ends_answer, leading_chunks, not_an_answer, sdk_contents, server_timeout,
                                              with_timeout)
 from genroute.engines.gemini_sessions import LoopClients, supported
@@ -118,10 +119,10 @@ class GeminiEngine(Engine):
             return self._key
         if self.config.api_key is not None:
             return self.config.api_key.get_secret_value()
-        key = os.environ.get(self.config.api_key_env) or os.environ.get("GOOGLE_API_KEY")
+        key = env_key(self.name, self.config.api_key_env)
         if not key:
             raise ConfigError(
-                f"no API key: set {self.config.api_key_env} (or GOOGLE_API_KEY), or configure vertex",
+                f"no API key: set {self.config.api_key_env} (or {FALLBACK_ENV}), or configure vertex",
                 field=f"engines.{self.name}.api_key_env",
             )
         self._key = key
@@ -159,15 +160,13 @@ class GeminiEngine(Engine):
         instead (``trust_env``).
         """
         if self._client is None:
-            from google import genai
-
             http = self._http_options()
             vertex = self.config.vertex
             if vertex is not None:
-                self._client = genai.Client(vertexai=True, project=vertex.project, location=vertex.location,
-                                            credentials=self._credentials, http_options=http)
+                self._client = make_client(vertexai=True, project=vertex.project, location=vertex.location,
+                                           credentials=self._credentials, http_options=http)
             else:
-                self._client = genai.Client(api_key=self._api_key(), http_options=http)
+                self._client = make_client(api_key=self._api_key(), http_options=http)
         return self._client
 
     def _shared_client(self) -> genai.Client:
@@ -176,14 +175,12 @@ class GeminiEngine(Engine):
     def _client_on(self, session: Any, context: ssl.SSLContext) -> genai.Client:
         """A Developer API client that sends through the aiohttp ``session`` (``LoopClients``), with ``context``
         for its SSL."""
-        from google import genai
-
         http = self._http_options().model_copy(update={
             "aiohttp_client": session,
             "client_args": {"verify": context},
             "async_client_args": {"verify": context, "ssl": context},
         })
-        return genai.Client(api_key=self._api_key(), http_options=http)
+        return make_client(api_key=self._api_key(), http_options=http)
 
     def _aio(self) -> Any:
         """The SDK's async API for the running event loop."""
