@@ -161,6 +161,23 @@ async def test_loading_is_idempotent_and_bad_files_are_named(knowledge: Knowledg
     assert await knowledge.store().count(collection, kind="examples") == len(EXAMPLES)
 
 
+async def test_a_classification_file_with_labels_and_no_outputs_loads(knowledge: Knowledge, tmp_path: Path) -> None:
+    # `genroute bench` reads {"input", "label"} records (the label is the gold answer): the same file loads as
+    # examples, each answering its label, rather than failing on a missing `output`.
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps({"input": text, "label": label}) + "\n" for text, label in EXAMPLES[:4]))
+    collection = knowledge.name("labels")
+    report = await aload_examples(knowledge.store(), [path], collection=collection)
+    assert report.added == 4
+    pool = await ExampleStore(knowledge.store(), collection).pool()
+    assert sorted((e.input, e.output, e.label) for e in pool) == sorted((t, lab, lab) for t, lab in EXAMPLES[:4])
+    empty = tmp_path / "empty-label.jsonl"
+    empty.write_text('{"input": "a", "label": "x"}\n{"input": "b", "label": " "}\n')
+    with pytest.raises(UsageError, match="field 'label' is empty") as err:
+        await aload_examples(knowledge.store(), [empty], collection=collection)
+    assert err.value.field == f"{empty}:2"
+
+
 async def test_a_bad_file_among_good_ones_writes_nothing(knowledge: Knowledge, tmp_path: Path) -> None:
     good = write_examples(tmp_path / "good.jsonl")
     bad = tmp_path / "bad.jsonl"

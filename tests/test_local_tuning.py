@@ -68,7 +68,8 @@ def test_raw_line_separators_inside_strings_are_text(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("lines", "field", "message"), [
     ([GOOD, "{not json"], "line 2", "invalid JSON"),
-    ([GOOD, "", {"input": "x"}], "line 3", "missing field 'output'"),
+    ([GOOD, "", {"input": "x"}], "line 3", r"missing field 'output' \(or 'label'\)"),
+    ([GOOD, {"input": "x", "label": ""}], "line 2", "field 'label' is empty"),
     ([{"input": "  ", "output": "y"}], "line 1", "field 'input' is empty"),
     ([{"input": 3, "output": "y"}], "line 1", "must be a string"),
     ([GOOD, {"input": "x", "ouput": "y"}], "line 2", "unknown keys"),

@@ -4,7 +4,8 @@ checks, split.
 Used by local LoRA tuning and by cloud tuning jobs alike, so bad data is rejected before anything is
 trained or sent, with the offending line named in ``UsageError.field`` (``"line N"``, 1-based).
 
-It is the format ``genroute bench`` reads too, so a benchmark file with outputs is a tuning file: a
+It is the format ``genroute bench`` reads too, so a benchmark file is a tuning file (a record with a ``label``
+and no ``output`` answers its label, the gold answer the bench scores it against): a
 top-level ``id`` or ``task`` is kept in ``metadata`` (where the bench reader also looks for them), and
 a structured output (a function call, a JSON frame) becomes its JSON text, as the bench reader makes it.
 """
@@ -90,11 +91,16 @@ def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS) ->
     if unknown:
         raise UsageError(f"unknown keys {unknown}; expected input, output, label, metadata, id, task",
                          field=where)
+    label = record.get("label")
+    if label is not None and not isinstance(label, str):
+        raise UsageError(f"field 'label' must be a string, got {type(label).__name__}", field=where)
     texts: dict[str, str] = {}
     for key in ("input", "output"):
-        value = record.get(key)
+        value, name = record.get(key), key
+        if value is None and key == "output" and label is not None:
+            value, name = label, "label"  # a classification record: its label is the answer, as the bench scores it
         if value is None:
-            raise UsageError(f"missing field {key!r}", field=where)
+            raise UsageError(f"missing field {key!r}" + (" (or 'label')" if key == "output" else ""), field=where)
         if key == "output" and not isinstance(value, str):
             try:  # a structured gold output, as the bench reads it
                 value = json.dumps(value, ensure_ascii=False, allow_nan=False)
@@ -104,11 +110,8 @@ def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS) ->
         if not isinstance(value, str):
             raise UsageError(f"field {key!r} must be a string, got {type(value).__name__}", field=where)
         if not value.strip():
-            raise UsageError(f"field {key!r} is empty", field=where)
+            raise UsageError(f"field {name!r} is empty", field=where)
         texts[key] = _utf8(value, key, where)
-    label = record.get("label")
-    if label is not None and not isinstance(label, str):
-        raise UsageError(f"field 'label' must be a string, got {type(label).__name__}", field=where)
     if label is not None:
         _utf8(label, "label", where)
     metadata = record.get("metadata", {})
