@@ -541,6 +541,21 @@ async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
     # Positive reviews: cheap is right and cheaper; negative ones: only smart is right.
     chosen = {text: d.rungs[0].backend for text, d in picks.items()}
     assert chosen == {r.input: "cheap" if r.label == "positive" else "smart" for r in records()}
+    # The compiled policies as router configs: a router given cost_aware.json routes as the row did (smart: only it
+    # meets the task's floor), where `stats_path` alone (floor 0) sends everything to the cheapest backend.
+    files = report.compiled.policy_files
+    assert set(files) == {"cost_aware", "learned"} and all(f"`{p}`" in text for p in files.values())
+    compiled_cost_aware = json.loads(Path(files["cost_aware"]).read_text())
+    async with Router.from_config(config(server, policy=compiled_cost_aware)) as router:
+        assert {(await router.adecide(r.input, task="sentiment")).rungs[0].backend for r in records()} == {"smart"}
+    async with Router.from_config(config(server, policy={**policy})) as router:
+        assert (await router.adecide("fine", task="sentiment")).rungs[0].backend == "cheap"
+    compiled_learned = json.loads(Path(files["learned"]).read_text())
+    assert compiled_learned["model_path"] == str(Path(report.compiled.learned_model_path).resolve())
+    async with Router.from_config(config(server), policy=LearnedPolicy(LearnedConfig.model_validate(
+            {k: v for k, v in compiled_learned.items() if k != "kind"}), embedder=_ToneEmbedder())) as router:
+        again = {r.input: (await router.adecide(r.input, task="sentiment")).rungs[0].backend for r in records()}
+    assert again == chosen
 
 
 async def test_a_backend_right_on_every_record_has_a_quality_ci_below_1(server: GeminiTestServer,

@@ -6,6 +6,7 @@ record's routed answer is looked up among the measured outcomes, no model is cal
 from __future__ import annotations
 
 import datetime as dt
+import json
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +58,9 @@ class CompileReport(BaseModel):
         default=None, description="How the rule chose it (`CostWeightChoice` fields), when a rule did.")
     min_quality: float | None = Field(default=None, description="The floor the caller set for every task.")
     floors: dict[str, float] = Field(default_factory=dict, description="cost_aware quality floor per task.")
+    policy_files: dict[str, str] = Field(
+        default_factory=dict, description="Router policy configs of the compiled policies, by kind "
+                                          "(`cost_aware.json`, `learned.json`), compiled from every record.")
     n_train: int
     n_held_out: int
     rows: tuple[HeldOutRow, ...]
@@ -78,6 +82,12 @@ class CompileReport(BaseModel):
                                        f"${row.cost_per_request_usd:.6f}", f"{row.latency_p50_s:.3f}", picks]))
         if self.learned_note:
             lines += ["", self.learned_note]
+        if self.policy_files:
+            # Without them a router given `stats_path` alone has cost_aware's floor of 0: the cheapest backend.
+            files = " and ".join(f"`{path}`" for path in self.policy_files.values())
+            lines += ["", f"The compiled policies as router configs (on every record, as the files above): {files}; "
+                          "give one to a router as its `policy` section (it holds each task's floor and the "
+                          "default: `stats_path` alone leaves cost_aware's floor at 0, the cheapest backend)."]
         return "\n".join(lines) + "\n"
 
 
@@ -228,7 +238,14 @@ def compile_policy(
         if row is not None:
             rows.append(row)
     rows += _baseline_rows(scored, train_set, held_records, table, backends, cloud=cloud, seed=seed)
+    files = {"cost_aware": str(write_cost_aware_config(out / "cost_aware.json", stats_path, backends,
+                                                       min_quality=min_quality, relative_floor=relative_floor))}
+    if learned_path is not None:
+        full_default = max(backends, key=lambda b: _mean_quality(full, b))
+        files["learned"] = str(_write_policy(out / "learned.json", {
+            "kind": "learned", "model_path": str(Path(learned_path).resolve()), "default": full_default}))
     return CompileReport(stats_path=str(stats_path), cost_basis="cloud-equivalent" if cloud else "measured",
+                         policy_files=files,
                          learned_model_path=learned_path, learned_note=note,
                          learned_cost_weight=weight[0] if weight else None,
                          learned_cost_weight_choice=weight[1] if weight else None,
@@ -251,6 +268,24 @@ def cost_aware_policy(train_stats: BenchStats, backends: Sequence[str], *, min_q
         min_quality=fallback, default=default,
         tasks={t: Targets(min_quality=f) for t, f in floors.items() if t != ANY_TASK}))
     return policy, floors
+
+
+def write_cost_aware_config(path: Path, stats_path: Path, backends: Sequence[str], *,
+                            min_quality: float | None = None, relative_floor: float = 0.95) -> Path:
+    """The ``cost_aware`` policy config compiled on ``stats_path`` (each task's floor, the default) written to
+    ``path``, so that a router given it decides as the compiled ``cost_aware`` row does."""
+    policy, _ = cost_aware_policy(BenchStats.load(stats_path), list(backends), min_quality=min_quality,
+                                  relative_floor=relative_floor)
+    return _write_policy(path, {
+        "kind": "cost_aware", "stats_path": str(Path(stats_path).resolve()),
+        **policy.config.model_dump(mode="json", exclude_defaults=True, exclude={"kind", "stats_path"})})
+
+
+def _write_policy(path: Path, body: Mapping[str, Any]) -> Path:
+    from genroute.cache import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
+    return path
 
 
 def _mean_quality(stats: BenchStats, backend: str) -> float:

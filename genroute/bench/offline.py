@@ -157,7 +157,11 @@ def compile_outcomes(
         cost_weights=cost_weights,
         routes=routes_md, seconds=0.0, files={})
     files = write_outputs(report, train, held, models, out, title=title, choices=choices)
-    files["cost_aware"] = str(_cost_aware_file(out / "cost_aware.json", train, Path(files["stats"])))
+    from genroute.bench.compile import write_cost_aware_config
+
+    # The `cost_aware (task label)` row's policy: each task's floor at 95 % of its best quality in stats.json.
+    files["cost_aware"] = str(write_cost_aware_config(out / "cost_aware.json", Path(files["stats"]),
+                                                      list(train.candidates), relative_floor=COST_AWARE_FLOOR))
     if semantic_file is not None:
         files["semantic"] = str(semantic_file)
     report = report.model_copy(update={"files": files, "seconds": time.perf_counter() - start})
@@ -165,21 +169,6 @@ def compile_outcomes(
 
     atomic_write_bytes(Path(files["compiled"]), to_json(report).encode())
     return report
-
-
-def _cost_aware_file(path: Path, train: OutcomeMatrix, stats_path: Path) -> Path:
-    """``cost_aware.json``: the config of the ``cost_aware (task label)`` row's policy (each task's floor at 95 % of
-    its best training quality, read from ``stats.json``), so that a router loading it decides as the row did."""
-    from genroute.bench.compile import cost_aware_policy
-    from genroute.cache import atomic_write_bytes
-    from genroute.policies.stats import BenchStats
-
-    policy, _ = cost_aware_policy(BenchStats.load(stats_path), list(train.candidates),
-                                  relative_floor=COST_AWARE_FLOOR)
-    body = {"kind": "cost_aware", "stats_path": str(stats_path.resolve()),
-            **policy.config.model_dump(mode="json", exclude_defaults=True, exclude={"kind", "stats_path"})}
-    atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
-    return path
 
 
 #: The semantic routes' operating point written to ``semantic.json`` (and its row's name).
