@@ -28,6 +28,7 @@ google-genai and transport errors are mapped to this tree in exactly one place:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -64,6 +65,16 @@ def without_secrets(text: str, mask: str = "***") -> str:
     """``text`` with anything shaped like a credential (API keys, tokens, private keys: ``mask``) and the
     credentials of URLs (``***``) replaced."""
     return without_credentials(_SECRETS.sub(mask, text))
+
+
+def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The secrets a client's configured headers hold (a Chroma server's, a Gemini gateway's), to scrub from
+    errors: each value, and the credential of ``Scheme credential``."""
+    found: list[str] = []
+    for value in headers.values():
+        parts = value.split()
+        found += [value, parts[-1]] if len(parts) > 1 else [value]
+    return tuple(v for v in found if len(v) >= 4)  # a one-letter value would blank out every message
 
 
 class GenrouteError(Exception):

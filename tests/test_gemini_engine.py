@@ -375,6 +375,32 @@ async def test_api_key_never_leaks(srv, engine):
     assert srv.requests[0].headers["x-goog-api-key"] == KEY  # it was sent, just never shown
 
 
+async def test_configured_headers_reach_every_call_and_are_never_shown(srv):
+    # A gateway in front of Gemini wants headers of its own (its auth, a tenant): no HttpOptions could be given.
+    gateway = "Bearer gw-0123456789abcdef"
+    eng = GeminiEngine("gw", {"api_key": KEY, "base_url": srv.base_url, "retry": FAST_RETRY,
+                              "headers": {"Authorization": gateway, "X-Tenant": "acme"}})
+    try:
+        assert (await eng.generate(MODEL, user("hey"))).text == "echo: hey"
+        _ = [c async for c in eng.stream(MODEL, user("hey"))]
+        await eng.embed("gemini-embedding-001", ["a"])
+        srv.fault(Fault.status(401, message=f"bad gateway token {gateway.split()[1]}"))
+        with pytest.raises(BackendRejected) as info:
+            await eng.generate(MODEL, user("x"))
+    finally:
+        await eng.aclose()
+    assert len(srv.requests) == 4
+    for request in srv.requests:
+        assert (request.headers["authorization"], request.headers["x-tenant"]) == (gateway, "acme")
+        assert "x-server-timeout" in request.headers  # the engine's own header is still sent
+    for text in (str(info.value), repr(info.value), repr(eng.config), json.dumps(eng.config.model_dump(mode="json"))):
+        assert "gw-0123456789abcdef" not in text
+    with pytest.raises(ConfigError) as bad:
+        Router.from_config({"engines": {"g": {"kind": "gemini", "api_key": KEY, "headers": {"X Tenant": "a"}}},
+                            "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": MODEL}}})
+    assert bad.value.field == "engines.g.headers"
+
+
 async def test_env_key_fallbacks_and_base_url(srv, monkeypatch):
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.setenv("GOOGLE_API_KEY", "from-google-env")

@@ -18,7 +18,8 @@ from genroute.engines.gemini_request import (ends_answer, leading_chunks, not_an
                                              with_timeout)
 from genroute.engines.gemini_sessions import LoopClients, supported
 from genroute.engines.retry import call_with_retry
-from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, without_credentials
+from genroute.errors import (BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, header_secrets,
+                             without_credentials)
 from genroute.types import Usage
 
 _T = TypeVar("_T")
@@ -130,9 +131,10 @@ class GeminiEngine(Engine):
 
     def _secrets(self) -> tuple[str | None, ...]:
         try:
-            return (self._api_key(),) if self.config.vertex is None else ()
+            key = (self._api_key(),) if self.config.vertex is None else ()
         except ConfigError:
-            return ()
+            key = ()
+        return key + header_secrets(self.config.header_values())
 
     def _http_options(self) -> types.HttpOptions:
         """The HTTP options of this engine's clients, made on first use."""
@@ -145,7 +147,7 @@ class GeminiEngine(Engine):
             self._http = types.HttpOptions(
                 base_url=self.base_url,
                 api_version=self.config.api_version,
-                headers=server_timeout(self._client_timeout_s),
+                headers={**self.config.header_values(), **server_timeout(self._client_timeout_s)},
                 # Retries live in genroute.engines.retry; one attempt here also stops the SDK's
                 # implicit sleep-and-retry on connection errors.
                 retry_options=types.HttpRetryOptions(attempts=1),

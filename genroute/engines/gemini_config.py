@@ -38,6 +38,11 @@ class GeminiEngineConfig(BaseModel):
                                       description="Inline key (discouraged: prefer api_key_env).")
     base_url: str | None = Field(default=None, description="Overrides GOOGLE_GEMINI_BASE_URL / GOOGLE_VERTEX_BASE_URL.")
     api_version: str | None = None
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="HTTP headers sent with every request (a gateway's or proxy's own, e.g. its auth); their "
+                    "values are masked and scrubbed from errors like the key. The engine's own X-Server-Timeout "
+                    "wins.")
     timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False, description="Per-attempt timeout (seconds).")
     retry: RetryConfig = RetryConfig()
     embed_batch_size: int = Field(default=100, ge=1, le=250, description="Texts per embedding request (at most "
@@ -76,6 +81,21 @@ class GeminiEngineConfig(BaseModel):
             raise ValueError("holds what looks like an API key, not the name of an environment variable: "
                              "put the key in that variable (or in api_key)")
         return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_lines(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        # Caught here: the HTTP client refuses such a header on every request, as a transport error after retries.
+        for name, secret in value.items():
+            text = secret.get_secret_value()
+            if not name or any(c in name for c in " \t\r\n:") or any(c in text for c in "\r\n"):
+                raise ValueError(f"{name!r}: a header name is a non-empty token without spaces or ':', and no "
+                                 "name or value holds a line break")
+        return value
+
+    def header_values(self) -> dict[str, str]:
+        """``headers`` as sent."""
+        return {name: value.get_secret_value() for name, value in self.headers.items()}
 
     @field_validator("base_url")
     @classmethod

@@ -23,20 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from genroute.engines.errors import redact, scrub
-from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError
+from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError, header_secrets  # noqa: F401 - header_secrets: re-exported
 
 _CONNECTION_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout",
                                 "RemoteProtocolError", "ReadError", "WriteError", "ConnectionError",
                                 "ConnectionRefusedError", "ConnectionResetError"})
-
-
-def header_secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
-    """The secrets a Chroma client's headers hold: each value, and the credential of ``Scheme credential``."""
-    found: list[str] = []
-    for value in headers.values():
-        parts = value.split()
-        found += [value, parts[-1]] if len(parts) > 1 else [value]
-    return tuple(v for v in found if len(v) >= 4)  # a one-letter value would blank out every message
 
 
 def map_chroma_error(exc: BaseException, *, location: str, server: bool,
