@@ -107,7 +107,7 @@ async def test_a_rag_rung_failing_on_chroma_leaks_nothing_to_the_result_or_spans
 
 
 def test_secrets_of_configured_headers() -> None:
-    from genroute.knowledge.chroma_errors import header_secrets
+    from genroute.errors import header_secrets
 
     assert header_secrets({"Authorization": "Bearer abcdef", "X-Tenant": "acme-corp", "X": "a"}) == (
         "Bearer abcdef", "abcdef", "acme-corp")

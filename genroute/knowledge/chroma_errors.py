@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from genroute.engines.errors import redact, scrub
-from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError, header_secrets  # noqa: F401 - header_secrets: re-exported
+from genroute.errors import BackendUnavailable, ConfigError, GenrouteError, UsageError, header_secrets
 
 _CONNECTION_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout",
                                 "RemoteProtocolError", "ReadError", "WriteError", "ConnectionError",

@@ -136,7 +136,8 @@ class StoreCollections:
         except Exception as exc:
             from chromadb.errors import NotFoundError
 
-            from genroute.knowledge.chroma_errors import header_secrets, map_chroma_error
+            from genroute.errors import header_secrets
+            from genroute.knowledge.chroma_errors import map_chroma_error
 
             if isinstance(exc, NotFoundError):
                 self._collections.clear()  # deleted behind our back: reopen (and report it) next time
