@@ -920,6 +920,22 @@ def _outcomes(backend: str, scores: list[float]) -> list[Outcome]:
     return [Outcome(backend=backend, record_id=f"r{i}", ok=True, score=s, scorer="exact") for i, s in enumerate(scores)]
 
 
+def test_a_backend_that_answers_nothing_is_named_in_the_report(tmp_path: Path) -> None:
+    # A base model given an instruction often stops at once: every answer "" scored 0, and the report said only
+    # "0.000", as if the model knew nothing.
+    from genroute.bench import report_outcomes
+
+    data = records()[:4]
+    outcomes = [Outcome(backend=b, record_id=r.id, task=r.task, ok=True, scorer="label_accuracy",
+                        answer="" if b == "mute" or (b == "tools" and i == 0) else r.output, score=float(b == "chat"),
+                        tool_calls=[{"name": "f", "args": {}}] if b == "tools" else [])
+                for b in ("mute", "chat", "tools") for i, r in enumerate(data)]
+    report = report_outcomes(outcomes, data, tmp_path, kinds={}, compile=False)
+    text = Path(report.files["markdown"]).read_text()
+    assert "## Empty answers" in text and "- mute: 4 of 4 answers were empty" in text
+    assert "- chat:" not in text and "- tools:" not in text  # an answer made of a tool call is not empty
+
+
 def test_graduation_advisor_tuning_cost_comes_from_the_pricing_table_or_is_unknown() -> None:
     from genroute.bench.advisor import TunedInfo
     from genroute.runtime.pricing import Pricing

@@ -195,6 +195,9 @@ def report_outcomes(
         sections.append(("Compiled policy (held-out split)", skipped))
     if advice is not None:
         sections.append(("Graduation advisor", advice.text))
+    empty = empty_answers(outcomes)
+    if empty:
+        sections.append(("Empty answers", empty))
     failures = _failure_examples(outcomes)
     if failures:
         sections.append(("Failures (first of each type)", _code(failures)))
@@ -297,6 +300,24 @@ async def ingest_corpus(router: Router, corpus: str | Path, collection: str | No
     store = corpus_store(router, corpus, collection)
     assert collection is not None  # corpus_store refuses None
     await aingest(store, [Path(corpus)], collection=collection)
+
+
+def empty_answers(outcomes: Sequence[Outcome]) -> str:
+    """Backends that answered with no text and no tool call on some records: scored as wrong like any other
+    answer, but a sign of a template the model stops at (an empty string), not of what it knows."""
+    counts: dict[str, list[int]] = {}
+    for o in outcomes:
+        if o.ok:
+            seen = counts.setdefault(o.backend, [0, 0])
+            seen[0] += not o.answer.strip() and not o.tool_calls
+            seen[1] += 1
+    lines = [f"- {b}: {n} of {total} answers were empty (the model stopped before writing anything)"
+             for b, (n, total) in sorted(counts.items()) if n]
+    if not lines:
+        return ""
+    return ("\n".join(lines) + "\n\nThey are scored as wrong. Check the backend's template and "
+            "`max_output_tokens`: a base model such as the embedded Gemma continues text, so a few-shot format "
+            "(ICL's `Input:` / `Output:` lines) works better than an instruction.")
 
 
 def _failure_examples(outcomes: Sequence[Outcome]) -> str:
