@@ -433,6 +433,26 @@ async def test_with_both_key_variables_set_the_log_names_the_key_sent(srv, monke
     assert [line for line in lines if "engines.both sends the key in GEMINI_API_KEY" in line], lines
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_sdks_vertex_switch_in_the_environment_does_not_move_a_developer_api_engine(srv, monkeypatch, stream):
+    # google-genai reads GOOGLE_GENAI_USE_VERTEXAI when a client is not told which API it is for: a Developer API
+    # engine then sent its key to Vertex AI's paths (express mode) while reporting itself as the Developer API.
+    monkeypatch.setenv("GOOGLE_GENAI_USE_VERTEXAI", "true")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "p")
+    monkeypatch.setenv("GOOGLE_CLOUD_LOCATION", "us-central1")
+    eng = GeminiEngine("dev", {"api_key": KEY, "base_url": srv.base_url, "retry": FAST_RETRY})
+    try:
+        if stream:
+            _ = [c async for c in eng.stream(MODEL, user("hey"))]
+        else:
+            await eng.generate(MODEL, user("hey"))
+        eng.client.models.count_tokens(model=MODEL, contents="hey")  # the SDK's own client (sync calls) too
+    finally:
+        await eng.aclose()
+    assert [r.path.split(":")[0] for r in srv.requests] == [f"/v1/models/{MODEL}"] * 2
+    assert eng.provider == "gcp.gemini"
+
+
 async def test_missing_key_is_a_config_error(monkeypatch):
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)

@@ -167,8 +167,8 @@ class GeminiEngine(Engine):
             if vertex is not None:
                 self._client = make_client(vertexai=True, project=vertex.project, location=vertex.location,
                                            credentials=self._credentials, http_options=http)
-            else:
-                self._client = make_client(api_key=self._api_key(), http_options=http)
+            else:  # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI in the environment would send the key to Vertex AI
+                self._client = make_client(api_key=self._api_key(), vertexai=False, http_options=http)
         return self._client
 
     def _shared_client(self) -> genai.Client:
@@ -182,7 +182,7 @@ class GeminiEngine(Engine):
             "client_args": {"verify": context},
             "async_client_args": {"verify": context, "ssl": context},
         })
-        return make_client(api_key=self._api_key(), http_options=http)
+        return make_client(api_key=self._api_key(), vertexai=False, http_options=http)
 
     def _aio(self) -> Any:
         """The SDK's async API for the running event loop."""
