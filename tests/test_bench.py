@@ -935,6 +935,7 @@ def test_a_backend_that_answers_nothing_is_named_in_the_report(tmp_path: Path) -
     text = Path(report.files["markdown"]).read_text()
     assert "## Empty answers" in text and "- mute: 4 of 4 answers were empty" in text
     assert "- chat:" not in text and "- tools:" not in text  # an answer made of a tool call is not empty
+    assert "- mute: 4 of 4 answers were empty" in report.markdown()  # what the command prints
 
 
 def test_graduation_advisor_tuning_cost_comes_from_the_pricing_table_or_is_unknown() -> None:

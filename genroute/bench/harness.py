@@ -52,10 +52,13 @@ class BenchReport(BaseModel):
     compiled_comparisons: tuple[PairedComparison, ...] = ()
     min_verdict_n: int = MIN_VERDICT_N
     compile_note: str | None = Field(default=None, description="Why no policy was compiled, when one was asked for.")
+    empty_note: str = Field(default="", description="Backends that answered some records with no text at all.")
 
     def markdown(self) -> str:
         """The main table, the paired differences, the compile and advisor sections as Markdown."""
         text = markdown_table(self.summaries)
+        if self.empty_note:
+            text += "\n" + self.empty_note + "\n"
         if self.comparisons:
             text += "\n" + comparison_markdown(self.comparisons)
         if self.compiled is not None:
@@ -208,7 +211,7 @@ def report_outcomes(
     return BenchReport(out_dir=str(out), summaries=tuple(summaries), outcomes=tuple(outcomes),
                        files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice,
                        comparisons=tuple(comparisons), compiled_comparisons=tuple(held_out),
-                       min_verdict_n=min_verdict_n, compile_note=skipped)
+                       min_verdict_n=min_verdict_n, compile_note=skipped, empty_note=empty)
 
 
 def compiled_markdown(compiled: CompileReport, comparisons: Sequence[PairedComparison], min_n: int) -> str:
