@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from genroute.errors import ConfigError, GenrouteError, UsageError, exit_status
 
@@ -60,6 +61,8 @@ def _main(argv: Sequence[str] | None) -> int:
     gen.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="template variable")
     gen.add_argument("--stream", action="store_true")
     gen.add_argument("--json", action="store_true", help="print the whole result as JSON (with --stream: only that)")
+    gen.add_argument("--trace", action="store_true",
+                     help="print the request's spans (decision, model calls, tokens, cost) to stderr")
 
     ingest = sub.add_parser("ingest", help="chunk, embed and store documents in a Chroma collection")
     ingest.add_argument("paths", nargs="+")
@@ -129,8 +132,6 @@ def _delegate(command: str, rest: list[str]) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from genroute.router import Router
-
     variables = {}
     for item in args.var:
         name, sep, value = item.partition("=")
@@ -141,7 +142,23 @@ def _generate(args: argparse.Namespace) -> int:
     fields = {k: v for k, v in (("backend", args.backend), ("task", args.task)) if v is not None}
     if variables:
         fields["variables"] = variables
-    with Router.from_config(args.config) as router:
+    provider, spans = _trace() if args.trace else (None, None)
+    try:
+        _answer(args, fields, provider)
+    finally:
+        if spans is not None and spans.get_finished_spans():  # after the close, and for a failed request too
+            from rich.console import Console
+
+            from genroute.demo.render import span_tree
+
+            Console(stderr=True).print(span_tree(spans.get_finished_spans()))
+    return 0
+
+
+def _answer(args: argparse.Namespace, fields: dict[str, Any], provider: Any) -> None:
+    from genroute.router import Router
+
+    with Router.from_config(args.config, tracer_provider=provider) as router:
         if args.stream:
             result = None
             for chunk in router.stream(args.input, **fields):
@@ -157,7 +174,18 @@ def _generate(args: argparse.Namespace) -> int:
                 print(result.text)
         if args.json and result is not None:
             print(json.dumps(result.model_dump(mode="json"), indent=2))
-    return 0
+
+
+def _trace() -> tuple[Any, Any]:
+    """A tracer provider that keeps the spans of this process, and what it keeps them in."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    return provider, spans
 
 
 def _ingest(args: argparse.Namespace) -> int:

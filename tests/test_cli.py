@@ -37,6 +37,25 @@ def test_generate_prints_the_answer_and_json(tmp_path, gemini_server, capsys):
     assert result["text"] == "Lyon." and result["backend"] == "chat" and result["cost_usd"] > 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_generate_trace_prints_the_spans_to_stderr(tmp_path, gemini_server, capsys, stream):
+    # The command line configured no tracer provider: a user could not see a request's trace or where its cost
+    # came from (the JSON's trace_id was null).
+    path = _write_config(tmp_path, gemini_server)
+    gemini_server.reply_text("Paris.", usage=(5, 2))
+    argv = ["generate", "Capital of France?", "--config", str(path), "--json", "--trace"]
+    assert main(argv + (["--stream"] if stream else [])) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)  # stdout stays one JSON document
+    assert result["trace_id"] is not None
+    assert "genroute.generate" in err and "generate_content gemini-2.5-flash" in err
+    assert "input_tokens=5" in err and "output_tokens=2" in err and f"amount={result['cost_usd']}" in err
+    gemini_server.fault(Fault.status(400, message="bad request"))
+    assert main(["generate", "x", "--config", str(path), "--trace"]) == 1
+    err = capsys.readouterr().err  # a failed request's spans are printed too
+    assert "genroute.generate" in err and "type=BackendRejected" in err
+
+
 def test_generate_stream(tmp_path, gemini_server, capsys):
     path = _write_config(tmp_path, gemini_server)
     gemini_server.reply_text("one two three", chunks=3)
