@@ -1040,7 +1040,8 @@ async def test_bench_on_the_local_model(tmp_path: Path) -> None:
     assert Path(report.files["png"]).exists() and "<td>pt</td>" in Path(report.files["html"]).read_text()
 
 
-def test_cli_ingests_the_corpus_for_rag(gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+def test_cli_ingests_the_corpus_for_rag(gemini_server: GeminiTestServer, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     corpus = tmp_path / "corpus.jsonl"
     passages = [{"id": "p1", "title": "Reactor", "text": "The Zorblax reactor in Tromsø opened in 1987."},
                 {"id": "p2", "title": "Bakery", "text": "Marta's bakery in Porto bakes rye bread at four."}]
@@ -1064,6 +1065,14 @@ def test_cli_ingests_the_corpus_for_rag(gemini_server: GeminiTestServer, tmp_pat
     assert "Zorblax reactor in Tromsø opened in 1987" in " ".join(texts_in(request.body))
     no_collection = [a for a in argv if a not in ("--collection", "bench-corpus")]
     assert bench_main(no_collection) == 2
+    # A corpus whose passages are under another key: the error named `text_field`, which the bench does not take.
+    other = tmp_path / "content.jsonl"
+    other.write_text(json.dumps({"id": "p1", "content": "The Zorblax reactor opened in 1987."}) + "\n")
+    capsys.readouterr()
+    swap = {str(corpus): str(other), str(tmp_path / "out"): str(tmp_path / "out-content")}
+    assert bench_main([swap.get(a, a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "corpus: " in err and "record has no string field 'text'" in err and "--text-field FIELD" in err
 
 
 def test_the_harness_tells_the_advisor_where_the_tuned_model_runs(tmp_path: Path) -> None:

@@ -302,7 +302,15 @@ async def ingest_corpus(router: Router, corpus: str | Path, collection: str | No
 
     store = corpus_store(router, corpus, collection)
     assert collection is not None  # corpus_store refuses None
-    await aingest(store, [Path(corpus)], collection=collection)
+    try:
+        await aingest(store, [Path(corpus)], collection=collection)
+    except UsageError as exc:
+        if exc.field != "text_field":
+            raise
+        # The bench has no --text-field: named as it was, the error pointed at an option the user cannot give.
+        raise UsageError(f"{exc.message}; --corpus reads each record's `text`: for another field, ingest the corpus "
+                         f"with `genroute ingest {corpus} --collection {collection} --text-field FIELD --config ...` "
+                         "and run the bench without --corpus", field="corpus") from None
 
 
 def empty_answers(outcomes: Sequence[Outcome]) -> str:
