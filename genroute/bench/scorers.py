@@ -15,6 +15,7 @@ import math
 import numbers
 import re
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ _ARTICLE_WORDS = frozenset({"a", "an", "the"})
 
 
 def _label_key(text: str) -> str:
-    """How a mention of a label is compared: case-folded, sentence punctuation as spaces, runs of whitespace."""
-    return " ".join(text.casefold().translate(_LABEL_PUNCTUATION).split())
+    """How a mention of a label is compared: in one Unicode composition (a label file written with "e" and a
+    combining accent, the model answering "é"), case-folded, sentence punctuation as spaces, runs of whitespace."""
+    return " ".join(unicodedata.normalize("NFC", text).casefold().translate(_LABEL_PUNCTUATION).split())
 
 
 def _same_label(answer: str, label: str) -> bool:
