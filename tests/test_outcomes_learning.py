@@ -181,6 +181,15 @@ def test_compile_from_outcomes(tmp_path, capsys):
         assert cli(["compile", "--outcomes", str(tmp_path / source), "--out", str(tmp_path / source[:3])]) == 0
         stats = BenchStats.load(tmp_path / source[:3] / "stats.json")
         assert stats.tasks["t"]["chat"].quality == 0.5 and stats.tasks["t"]["pro"].n == 30
+        # The policy config beside it: t's floor at 95 % of pro's 1.0, so chat (0.5, cheaper) is not chosen, where
+        # a cost_aware policy given stats.json alone (floor 0) sends t to chat.
+        policy = json.loads((tmp_path / source[:3] / "cost_aware.json").read_text())
+        assert policy["tasks"] == {"t": {"min_quality": 0.95}} and policy["default"] == "pro"
+        catalogue = PolicyContext(catalogue={b: BackendInfo(name=b, kind="x") for b in ("chat", "pro")})
+        decided = build_policy(policy).decide(GenerateRequest(input="x", task="t"), catalogue)
+        assert decided.rungs[0].backend == "pro"
+        floor0 = {"kind": "cost_aware", "stats_path": policy["stats_path"], "default": "pro"}
+        assert build_policy(floor0).decide(GenerateRequest(input="x", task="t"), catalogue).rungs[0].backend == "chat"
     assert "learned.npz not trained" in capsys.readouterr().out   # no captured inputs
     assert cli(["compile", "--outcomes", str(tmp_path / "missing.db"), "--out", str(tmp_path)]) == 2
     with pytest.raises(SystemExit) as exited:  # a usage error, as argparse's own; it used to compile with 1

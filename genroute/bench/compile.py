@@ -6,7 +6,6 @@ record's routed answer is looked up among the measured outcomes, no model is cal
 from __future__ import annotations
 
 import datetime as dt
-import json
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +18,8 @@ from genroute.bench.datasets import BenchRecord, split_by_input
 from genroute.bench.report import markdown_row, summarize
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.errors import GenrouteError, UsageError
+from genroute.policies.cost_aware_compiled import (cost_aware_policy, mean_quality, write_cost_aware_config,
+                                                   write_policy)
 from genroute.policies.stats import ANY_TASK, BackendStats, BenchStats
 from genroute.types import GenerateRequest
 
@@ -241,8 +242,8 @@ def compile_policy(
     files = {"cost_aware": str(write_cost_aware_config(out / "cost_aware.json", stats_path, backends,
                                                        min_quality=min_quality, relative_floor=relative_floor))}
     if learned_path is not None:
-        full_default = max(backends, key=lambda b: _mean_quality(full, b))
-        files["learned"] = str(_write_policy(out / "learned.json", {
+        full_default = max(backends, key=lambda b: mean_quality(full, b))
+        files["learned"] = str(write_policy(out / "learned.json", {
             "kind": "learned", "model_path": str(Path(learned_path).resolve()), "default": full_default}))
     return CompileReport(stats_path=str(stats_path), cost_basis="cloud-equivalent" if cloud else "measured",
                          policy_files=files,
@@ -251,46 +252,6 @@ def compile_policy(
                          learned_cost_weight_choice=weight[1] if weight else None,
                          min_quality=min_quality, floors=floors, n_train=len(train_ids),
                          n_held_out=len(held_ids), rows=tuple(rows))
-
-
-def cost_aware_policy(train_stats: BenchStats, backends: Sequence[str], *, min_quality: float | None = None,
-                      relative_floor: float = 0.95) -> tuple[Any, dict[str, float]]:
-    """The compiled ``cost_aware`` policy and its floor per task: ``min_quality``, else ``relative_floor`` x
-    the task's best training quality (one global floor would hold an easy task to a hard task's level)."""
-    from genroute.policies.cost_aware import CostAwareConfig, CostAwarePolicy, Targets
-
-    floors = {task: min_quality if min_quality is not None else relative_floor * max(s.quality for s in by.values())
-              for task, by in train_stats.tasks.items()}
-    # Requests whose task has no entry of its own use the records without a task, else the strictest floor.
-    fallback = floors.get(ANY_TASK, max(floors.values()))
-    default = max(backends, key=lambda b: _mean_quality(train_stats, b))
-    policy = CostAwarePolicy(CostAwareConfig(
-        min_quality=fallback, default=default,
-        tasks={t: Targets(min_quality=f) for t, f in floors.items() if t != ANY_TASK}))
-    return policy, floors
-
-
-def write_cost_aware_config(path: Path, stats_path: Path, backends: Sequence[str], *,
-                            min_quality: float | None = None, relative_floor: float = 0.95) -> Path:
-    """The ``cost_aware`` policy config compiled on ``stats_path`` (each task's floor, the default) written to
-    ``path``, so that a router given it decides as the compiled ``cost_aware`` row does."""
-    policy, _ = cost_aware_policy(BenchStats.load(stats_path), list(backends), min_quality=min_quality,
-                                  relative_floor=relative_floor)
-    return _write_policy(path, {
-        "kind": "cost_aware", "stats_path": str(Path(stats_path).resolve()),
-        **policy.config.model_dump(mode="json", exclude_defaults=True, exclude={"kind", "stats_path"})})
-
-
-def _write_policy(path: Path, body: Mapping[str, Any]) -> Path:
-    from genroute.cache import atomic_write_bytes
-
-    atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
-    return path
-
-
-def _mean_quality(stats: BenchStats, backend: str) -> float:
-    values = [by[backend].quality for by in stats.tasks.values() if backend in by]
-    return sum(values) / len(values) if values else 0.0
 
 
 def _baseline_rows(scored: Sequence[BenchRecord], train_set: set[str], held_records: Sequence[BenchRecord],

@@ -157,7 +157,7 @@ def compile_outcomes(
         cost_weights=cost_weights,
         routes=routes_md, seconds=0.0, files={})
     files = write_outputs(report, train, held, models, out, title=title, choices=choices)
-    from genroute.bench.compile import write_cost_aware_config
+    from genroute.policies.cost_aware_compiled import write_cost_aware_config
 
     # The `cost_aware (task label)` row's policy: each task's floor at 95 % of its best quality in stats.json.
     files["cost_aware"] = str(write_cost_aware_config(out / "cost_aware.json", Path(files["stats"]),

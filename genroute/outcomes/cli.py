@@ -1,4 +1,5 @@
-"""``genroute compile --outcomes FILE``: the cost_aware stats file and the learned model from outcome records.
+"""``genroute compile --outcomes FILE``: the cost_aware stats file (with a policy config on it) and the learned
+model from outcome records.
 
 ``FILE`` is an outcome store (``.db``) or an outcome-matrix JSONL file (benchmark rows, a public matrix, or
 ``OutcomeStore.export_jsonl``): the same compile step whatever the records came from.
@@ -20,7 +21,7 @@ def compile_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="genroute compile", description=__doc__.replace("``", "`"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--outcomes", required=True, help="outcome store (.db) or outcome-matrix JSONL")
-    parser.add_argument("--out", required=True, help="directory for stats.json (and learned.npz)")
+    parser.add_argument("--out", required=True, help="directory for stats.json, cost_aware.json (and learned.npz)")
     parser.add_argument("--min-n", type=int, default=1, help="leave out entries scored on fewer records")
     parser.add_argument("--task", default=None, help="only records of this task")
     parser.add_argument("--no-learned", action="store_true", help="do not train learned.npz")
@@ -60,6 +61,13 @@ def _compile(args: argparse.Namespace) -> int:
         for backend, entry in sorted(by.items()):
             print(f"  {task} / {backend}: n={entry.n} quality={entry.quality:.3f} "
                   f"${entry.cost_per_request_usd:.6f}/request p50={entry.latency_p50_s:.3f}s")
+    if entries:
+        from genroute.policies.cost_aware_compiled import write_cost_aware_config
+
+        # stats_path alone gives cost_aware a floor of 0 (the cheapest backend): the config holds each task's floor.
+        backends = sorted({b for by in stats.tasks.values() for b in by})
+        policy = write_cost_aware_config(out / "cost_aware.json", path, backends)
+        print(f"{policy}: a cost_aware policy config on it (each task's floor at 95 % of its best quality)")
     judged = [scoring_cost(r) for r in records if scoring_cost(r)]
     if judged:  # the judge's calls are no backend's cost per request, but they were paid
         print(f"  scoring (judge calls): ${sum(judged):.6f} on {len(judged)} records")

@@ -1,0 +1,54 @@
+"""The ``cost_aware`` policy compiled from measured statistics (each task's quality floor, the default backend),
+and the router policy configs a compile writes beside its ``stats.json``, so that a router given one decides as
+the compiled policy did (a ``cost_aware`` policy given ``stats_path`` alone has a floor of 0: the cheapest
+backend)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from genroute.policies.cost_aware import CostAwareConfig, CostAwarePolicy, Targets
+from genroute.policies.stats import ANY_TASK, BenchStats
+
+
+def cost_aware_policy(train_stats: BenchStats, backends: Sequence[str], *, min_quality: float | None = None,
+                      relative_floor: float = 0.95) -> tuple[CostAwarePolicy, dict[str, float]]:
+    """The compiled ``cost_aware`` policy and its floor per task: ``min_quality``, else ``relative_floor`` x
+    the task's best training quality (one global floor would hold an easy task to a hard task's level)."""
+    floors = {task: min_quality if min_quality is not None else relative_floor * max(s.quality for s in by.values())
+              for task, by in train_stats.tasks.items()}
+    # Requests whose task has no entry of its own use the records without a task, else the strictest floor.
+    fallback = floors.get(ANY_TASK, max(floors.values()))
+    default = max(backends, key=lambda b: mean_quality(train_stats, b))
+    policy = CostAwarePolicy(CostAwareConfig(
+        min_quality=fallback, default=default,
+        tasks={t: Targets(min_quality=f) for t, f in floors.items() if t != ANY_TASK}))
+    return policy, floors
+
+
+def write_cost_aware_config(path: Path, stats_path: Path, backends: Sequence[str], *,
+                            min_quality: float | None = None, relative_floor: float = 0.95) -> Path:
+    """The ``cost_aware`` policy config compiled on ``stats_path`` (each task's floor, the default) written to
+    ``path``, so that a router given it decides as the compiled ``cost_aware`` row does."""
+    policy, _ = cost_aware_policy(BenchStats.load(stats_path), list(backends), min_quality=min_quality,
+                                  relative_floor=relative_floor)
+    return write_policy(path, {
+        "kind": "cost_aware", "stats_path": str(Path(stats_path).resolve()),
+        **policy.config.model_dump(mode="json", exclude_defaults=True, exclude={"kind", "stats_path"})})
+
+
+def write_policy(path: Path, body: Mapping[str, Any]) -> Path:
+    """A policy config written to ``path`` as JSON (atomically)."""
+    from genroute.cache import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
+    return path
+
+
+def mean_quality(stats: BenchStats, backend: str) -> float:
+    """``backend``'s quality averaged over the tasks that measured it."""
+    values = [by[backend].quality for by in stats.tasks.values() if backend in by]
+    return sum(values) / len(values) if values else 0.0
