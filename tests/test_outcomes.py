@@ -305,3 +305,25 @@ def test_outcome_scores_outside_0_1_are_refused_by_the_statistics(score: float) 
     with pytest.raises(ConfigError) as err:  # a raw ValidationError from BenchStats; before, explore's draw raised
         outcome_stats(records)
     assert err.value.field == "outcomes.scorer" and "'chat'" in err.value.message
+
+
+def test_an_exported_side_without_a_recorded_cost_is_priced_not_free(tmp_path):
+    # A label-only side (feedback's score for a backend that did not answer) was exported with cost_usd 0.0 and
+    # tokens 0, which a matrix reader takes as recorded: with prices, that backend counted as free.
+    from genroute.bench.outcomes import CandidatePrice, CandidatePricing, load_matrix
+
+    store = OutcomeStore(tmp_path / "o.db")
+    for i in range(2):
+        store.upsert_sync(OutcomeRecord(input="three words here", metadata={"id": f"r{i}"}, outcomes={
+            "a": Side(role="served", score=1.0, cost_usd=0.002, input_tokens=10, output_tokens=20),
+            "b": Side.model_validate({"score": 0.5})}))
+    store.upsert_sync(OutcomeRecord(metadata={"id": "r1"}, outcomes={"b": Side.model_validate({"score": 0.0})}))
+    store.export_jsonl(tmp_path / "m.jsonl")
+    assert (tmp_path / "m.jsonl").read_text().count('"b": {"score": ') == 2
+    price = CandidatePrice(input_usd_per_1m=100.0, output_usd_per_1m=100.0)
+    matrix = load_matrix(tmp_path / "m.jsonl", pricing=CandidatePricing(prices={"a": price, "b": price},
+                                                                        output_tokens=7))
+    assert matrix.costs.tolist() == [[0.002, pytest.approx(10 * 100 / 1e6)]] * 2
+    with pytest.raises(UsageError, match=r"m\.jsonl:1: outcomes\.b\.cost_usd: not recorded") as exc:
+        load_matrix(tmp_path / "m.jsonl")
+    assert exc.value.field == "outcomes"

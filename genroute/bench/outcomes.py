@@ -253,7 +253,7 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
         raise UsageError("the outcome matrix names no candidate (every record's outcomes are empty)", field=field)
     if pricing is not None and (missing := [c for c in names if c not in pricing.prices]):
         raise UsageError(f"no price for candidate(s) {', '.join(missing)}", field="prices")
-    records, rows, seen, given_ids, dropped = [], [], set(), set(), 0
+    records, rows, wheres, seen, given_ids, dropped = [], [], [], set(), set(), 0
     for n, (where, rec) in enumerate(parsed, start=1):
         if any(c not in rec.outcomes or rec.outcomes[c].score is None for c in names):
             dropped += 1
@@ -272,13 +272,16 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
             raise UsageError(f"{where}: metadata: {exc.errors()[0]['msg'].removeprefix('Value error, ')}",
                              field=field) from None
         rows.append([rec.outcomes[c] for c in names])
+        wheres.append(where)
     if not records:
         raise UsageError(f"no record has a scored outcome for every candidate ({', '.join(names)}){_unscored(parsed)}"
                          f"{_coverage(parsed, names)}", field=field)
     given = ["cost_usd" in o.model_fields_set for row in rows for o in row]
     if pricing is None and any(given) and not all(given):
-        raise UsageError("some outcomes have cost_usd and others not: give every one, or a pricing",
-                         field=field)
+        where, name = next((w, c) for w, row in zip(wheres, rows, strict=True) for o, c in zip(row, names, strict=True)
+                           if "cost_usd" not in o.model_fields_set)
+        raise UsageError(f"{where}: outcomes.{name}.cost_usd: not recorded, while other outcomes have theirs: give "
+                         "every one, or prices to price the others (a missing cost is unknown, not free)", field=field)
     costs = [[o.cost_usd if "cost_usd" in o.model_fields_set else
               (_priced(pricing, rec.input, c, o) if pricing is not None else 0.0) for o, c in zip(row, names, strict=True)]
              for row, rec in zip(rows, records, strict=True)]

@@ -83,8 +83,10 @@ class OutcomeRecord(BaseModel):
             if old is None:
                 outcomes[backend] = side
             else:
+                # Only what either side set: a default written out (a label-only side's cost_usd 0.0) would read
+                # back as a recorded cost, and a priced matrix would take that side as free.
                 update = side.model_dump(exclude_unset=True)
-                outcomes[backend] = Side.model_validate({**old.model_dump(), **update})
+                outcomes[backend] = Side.model_validate({**old.model_dump(exclude_unset=True), **update})
         metadata = {**self.metadata, **other.metadata}
         for key in ("features", "feedback", "answers"):
             if isinstance(self.metadata.get(key), dict) and isinstance(other.metadata.get(key), dict):
@@ -100,10 +102,11 @@ class OutcomeRecord(BaseModel):
         )
 
     def line(self) -> dict[str, Any]:
-        """The record as a JSON-ready mapping (unset sides' fields left out)."""
+        """The record as a JSON-ready mapping (a side's fields that were never set, or are None, left out: a cost or
+        token count nobody recorded stays unknown, not 0)."""
         return {
             "input": self.input, "output": self.output, "metadata": self.metadata,
-            "outcomes": {b: s.model_dump(exclude_none=True) for b, s in self.outcomes.items()},
+            "outcomes": {b: s.model_dump(exclude_unset=True, exclude_none=True) for b, s in self.outcomes.items()},
         }
 
 
