@@ -527,12 +527,12 @@ async def test_compile_round_trip_cost_aware_picks_the_expected_backend(
     # All records: cheap vs smart, paired on the same records.
     (pair,) = report.comparisons
     assert (pair.a, pair.b, pair.n) == ("cheap", "smart", len(records()))
-    # The shipped learned model: trained on every record but the one train() keeps for its own check, and
-    # a router loads it through the learned policy and decides with it.
+    # The shipped learned model: trained on every record (train() kept one back for its own check), and a router
+    # loads it through the learned policy and decides with it.
     from genroute.policies.learned import LearnedConfig, LearnedPolicy, RouterModel
 
     assert "compiled learned" in rows and report.compiled.learned_model_path is not None
-    assert RouterModel.load(report.compiled.learned_model_path).meta["n_train"] == len(records()) - 1
+    assert RouterModel.load(report.compiled.learned_model_path).meta["n_train"] == len(records())
     learned = LearnedPolicy(LearnedConfig(model_path=report.compiled.learned_model_path, default="smart"),
                             embedder=_ToneEmbedder())
     async with Router.from_config(config(server), policy=learned) as router:

@@ -327,3 +327,13 @@ def test_held_out_inputs_are_the_first_drawn_and_without_copies_the_records_draw
         train([{"input": "q", "backend": b, "score": 1.0, "record_id": f"r{i}"} for i in range(4) for b in "ab"],
               tmp_path / "m.npz", embedder=_WordsEmbedder())
     assert err.value.field == "outcomes" and "1 distinct input(s) of the 4 records" in err.value.message
+
+
+def test_a_learned_fit_with_no_held_out_share_trains_on_every_record(tmp_path: Path) -> None:
+    # test_share=0 (LearnedPolicy.refreshed, the shipped learned.npz) still kept one record back: N-1 trained, and
+    # a routing accuracy "held out" on that one record.
+    rows = [{"record_id": f"r{i}", "backend": b, "input": f"question {i}", "score": float(b == "big" or i % 2),
+             "cost_usd": c} for i in range(6) for b, c in (("big", 2.0), ("small", 1.0))]
+    report = train(rows, tmp_path / "m.npz", embedder=_WordsEmbedder(), test_share=0.0, cost_weight_rule=None)
+    assert (report.n_train, report.n_test) == (6, 0) and report.single_backend == {}
+    assert report.routing_accuracy is None and report.success_rate is None and report.mean_cost_usd is None

@@ -299,13 +299,13 @@ def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_
                 return policy.decide(GenerateRequest(input=record.input, task=record.task), context).rungs[0].backend
 
             row = evaluate("compiled learned", choose, held_records, table, cloud=cloud)
-        # test_share=0: train keeps back a single record for its own check; every other one trains the file.
+        # test_share=0: every record trains the shipped file (the held-out model above was its check).
         shipped = train(rows, path, embedder=embedder, seed=seed, test_share=0.0, cost_weight_rule=rule)
     except GenrouteError as exc:  # e.g. too few training records: report it, keep the rest of the compile
         return None, f"learned policy not trained: {exc}", None, None
     note = (f"learned ({report.method}): routing accuracy {report.routing_accuracy:.3f} on its own "
             f"{report.n_test}-record validation split of the training records; `{path.name}` was then "
-            f"trained on {shipped.n_train} of all {shipped.n_train + shipped.n_test} records.")
+            f"trained on all {shipped.n_train} records.")
     for what, trained in (("held-out model", report), (f"`{path.name}`", shipped)):
         choice = trained.cost_weight_choice
         note += (f" {what}: {choice.summary()}." if choice is not None

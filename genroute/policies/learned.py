@@ -56,14 +56,15 @@ class TrainReport(BaseModel):
     backends: tuple[str, ...]
     n_train: int
     n_test: int
-    #: Share of held-out records routed to their best backend (correct, then cheapest).
-    routing_accuracy: float
+    #: Share of held-out records routed to their best backend (correct, then cheapest). The held-out figures are
+    #: ``None`` (and ``single_backend`` empty) when nothing was held out (``test_share=0``).
+    routing_accuracy: float | None
     #: Share of held-out records the chosen backend answered correctly, and their mean cost.
-    success_rate: float
-    mean_cost_usd: float
-    oracle_success_rate: float
+    success_rate: float | None
+    mean_cost_usd: float | None
+    oracle_success_rate: float | None
     #: Baseline: routing accuracy of always choosing the training split's most common best backend.
-    majority_routing_accuracy: float
+    majority_routing_accuracy: float | None
     #: Baselines: success rate, mean cost and routing accuracy of sending every held-out record to one backend.
     single_backend: dict[str, dict[str, float]]
     #: The cost weight stored in the model file (the policy's default), and how a rule chose it, if one did.
@@ -90,7 +91,8 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
           method: str = "knn", k: int = 7, pass_score: float = 0.5, test_share: float = 0.2, seed: int = 0,
           use_task: bool = False, cost_weight: float = 0.1,
           cost_weight_rule: CostWeightRule | str | Mapping[str, Any] | None = None, **options: Any) -> TrainReport:
-    """Train on a seeded split of the records, write the model file, report held-out figures.
+    """Train on a seeded split of the records, write the model file, report held-out figures (``test_share=0``:
+    every record trains the model, and the held-out figures are ``None``).
 
     Records that lack an outcome of some backend are left out (a score matrix has no holes). ``use_task``
     adds the records' task as a feature; ``cost_weight`` is stored as the policy's default trade-off, unless
@@ -111,13 +113,11 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
     vectors = np.asarray(embedder.embed_array([text for text, _, _ in records]), dtype=np.float32)
     task_names = [t for _, t, _ in records]
     order = np.random.default_rng(seed).permutation(len(records))
-    n_test = max(1, int(round(len(records) * test_share)))
     from genroute.knowledge.examples import input_key
 
     groups = [input_key(text) for text, _, _ in records]
-    # Copies of one input stay on one side (and in one cross-validation fold): a held-out copy is no test. (With
-    # test_share 0 the one record kept back is no test either, and its copies stay in training.)
-    held = held_out(order, test_share, groups) if test_share > 0 else np.argsort(order) < n_test
+    # Copies of one input stay on one side (and in one cross-validation fold): a held-out copy is no test.
+    held = held_out(order, test_share, groups) if test_share > 0 else np.zeros(len(records), dtype=bool)
     test, part = order[held[order]], order[~held[order]]
     if not len(part):
         raise ConfigError(f"nothing left to train on: the held-out share ({test_share:g}) took every one of the "
@@ -141,6 +141,12 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
                 k=k, seed=seed, cost_weight=cost_weight,
                 meta={"pass_score": pass_score, "embedder": getattr(embedder, "model", "unknown")}, **options)
     model.save(path)
+    majority = int(np.bincount(labels[part], minlength=len(backends)).argmax())
+    if not len(test):
+        return TrainReport(model_path=str(path), method=method, backends=tuple(backends), n_train=len(part),
+                           n_test=0, routing_accuracy=None, success_rate=None, mean_cost_usd=None,
+                           oracle_success_rate=None, majority_routing_accuracy=None, single_backend={},
+                           cost_weight=cost_weight, cost_weight_choice=choice)
     chosen = model.choose(model.predict(x[test]), cost_weight)
 
     def figures(pick: NDArray[Any]) -> tuple[float, float]:
@@ -151,7 +157,6 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
     oracle, _ = figures(labels[test])
     single = {b: {**dict(zip(("success_rate", "mean_cost_usd"), figures(np.full(len(test), i)), strict=True)),
                   "routing_accuracy": float(np.mean(labels[test] == i))} for i, b in enumerate(backends)}
-    majority = int(np.bincount(labels[part], minlength=len(backends)).argmax()) if len(part) else 0
     return TrainReport(model_path=str(path), method=method, backends=tuple(backends), n_train=len(part),
                        n_test=len(test), routing_accuracy=float(np.mean(chosen == labels[test])),
                        success_rate=success, mean_cost_usd=cost, oracle_success_rate=oracle,
