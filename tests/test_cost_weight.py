@@ -337,3 +337,17 @@ def test_a_learned_fit_with_no_held_out_share_trains_on_every_record(tmp_path: P
     report = train(rows, tmp_path / "m.npz", embedder=_WordsEmbedder(), test_share=0.0, cost_weight_rule=None)
     assert (report.n_train, report.n_test) == (6, 0) and report.single_backend == {}
     assert report.routing_accuracy is None and report.success_rate is None and report.mean_cost_usd is None
+
+
+def test_a_matrix_learned_fit_reports_the_folds_it_used() -> None:
+    # Copies of an input share a fold, so four inputs make four folds of the five asked: the choice said 5.
+    from genroute.bench.matrix_routers import learned_fit
+    from genroute.bench.outcomes import load_matrix
+
+    matrix = load_matrix([{"input": f"question {i % 4}", "metadata": {"id": f"r{i}"}, "outcomes": {
+        "a": {"score": float(i % 2), "cost_usd": 0.001}, "b": {"score": 1.0, "cost_usd": 0.01}}} for i in range(20)])
+    x = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    fitted = learned_fit(matrix, matrix, x, x, use_task=False, specs=[{"method": "knn", "k": 3}], folds=5)
+    assert {rule: c.folds for rule, c in fitted.cost_weight_choices.items()} == {
+        "best": 4, "one_se": 4, "resolved": 4}
+    assert "(4-fold cross-validation" in fitted.cost_weight_choices["resolved"].summary()

@@ -148,6 +148,7 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: NDArray[Any]
     # Copies of one input share a fold: validated on its own twin, a model would look better than it is.
     groups = text_groups([r.input for r in train.records])
     fold = fold_of(len(train.records), folds, seed, groups)
+    folds = len(np.unique(fold))  # fewer distinct inputs than ``folds`` make fewer folds: report those used
     # The targets the operating points must meet, measured on the same (training) records.
     target_q = train.scores[:, best_single(train)].mean()
     best_cost = train.costs[:, best_single(train)].mean()
