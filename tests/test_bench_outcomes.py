@@ -157,6 +157,9 @@ def test_the_input_token_estimate_counts_a_character_of_an_unspaced_script_as_a_
     assert pricing.input_tokens("请计算十二乘以七等于多少") == 12
     assert pricing.input_tokens("请计算 12 乘以 7。") == 7  # 5 characters, and the words "12" and "7。"
     assert pricing.input_tokens("カードを紛失しました") == 10
+    # Ideographs outside the BMP (CJK Extension B and later) and halfwidth katakana were "one word" a run.
+    assert pricing.input_tokens("𠀀𠀁𠀂𪜀 x") == 5
+    assert pricing.input_tokens("ｶｰﾄﾞｦﾌﾝｼﾂ") == 9
     assert pricing.cost("请计算十二乘以七等于多少", "a") == pytest.approx(12 / 1e6)
     assert "a character each in Chinese, Japanese, Thai" in pricing.describe()
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from genroute.bounds import is_real, is_whole
 from genroute.bench.datasets import BenchRecord, given_id
 from genroute.bench.runner import Outcome
+from genroute.bench.scorers import UNSEGMENTED
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
 from genroute.outcomes.records import OutcomeRecord, Side, check_sides
@@ -139,10 +140,9 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
     return CandidatePricing(prices=prices, output_tokens=output_tokens, basis=" and ".join(parts))
 
 
-#: Characters of scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, CJK ideographs):
-#: each is a token of the input estimate.
-_UNSPACED = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
-                       "\uf900-\ufaff]")
+#: Characters of scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, CJK ideographs in
+#: and beyond the BMP): each is a token of the input estimate.
+_UNSPACED = re.compile(f"[{UNSEGMENTED}]")
 #: The keys of a price entry, and what makes another key look like a mistyped one.
 _PRICE_KEYS = ("input_usd_per_1m", "output_usd_per_1m", "params_b", "size")
 _PRICE_WORD = re.compile(r"usd|price|cost|per_?1m|input|output|param", re.IGNORECASE)

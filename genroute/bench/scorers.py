@@ -118,17 +118,19 @@ def label_accuracy(record: BenchRecord, result: GenerateResult) -> float:
     return float(not any(o and _mentions(answer, o) and o not in gold for o in others))
 
 
-#: Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar): a word of them has no
-#: word boundary to look for, so a label is named by its letters wherever they stand ("这条评论是正面的" names 正面).
-_UNSEGMENTED = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
-                "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f")
-_UNSEGMENTED_CHAR = re.compile(f"[{_UNSEGMENTED}]")
+#: Scripts written without spaces between words (Han, also outside the BMP, kana, halfwidth katakana included, Thai,
+#: Lao, Khmer, Myanmar), as a regex character range: a word of them has no word boundary to look for, so a label is
+#: named by its letters wherever they stand ("这条评论是正面的" names 正面); and the input token estimate of a matrix's
+#: prices counts a token per character of them.
+UNSEGMENTED = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+               "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f")
+_UNSEGMENTED_CHAR = re.compile(f"[{UNSEGMENTED}]")
 
 
 def _mentions(text: str, phrase: str) -> bool:
     """Whether ``text`` names ``phrase`` as a word: not inside a longer word, unless a side of it is in a script
     without spaces between words (an edge of the phrase, or the text beside it)."""
-    joined = rf"[^\W{_UNSEGMENTED}]"  # a word character of a script that separates its words
+    joined = rf"[^\W{UNSEGMENTED}]"  # a word character of a script that separates its words
     before = "" if _UNSEGMENTED_CHAR.match(phrase[:1]) else rf"(?<!{joined})"
     after = "" if _UNSEGMENTED_CHAR.match(phrase[-1:]) else rf"(?!{joined})"
     return re.search(before + re.escape(phrase) + after, text) is not None
