@@ -351,3 +351,7 @@ def test_a_matrix_learned_fit_reports_the_folds_it_used() -> None:
     assert {rule: c.folds for rule, c in fitted.cost_weight_choices.items()} == {
         "best": 4, "one_se": 4, "resolved": 4}
     assert "(4-fold cross-validation" in fitted.cost_weight_choices["resolved"].summary()
+    # A rule's folds were not passed on: compile_outcomes(cost_weight_rule={"folds": 3}) cross-validated 5-fold.
+    fitted = learned_fit(matrix, matrix, x, x, use_task=False, specs=[{"method": "knn", "k": 3}],
+                         rule=CostWeightRule(folds=3))
+    assert {c.folds for c in fitted.cost_weight_choices.values()} == {3}

@@ -127,12 +127,12 @@ class LearnedFit:
 
 
 def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: NDArray[Any], x_held: NDArray[Any], *,
-                use_task: bool, specs: Sequence[dict[str, Any]], seed: int = 0, folds: int = 5,
+                use_task: bool, specs: Sequence[dict[str, Any]], seed: int = 0, folds: int | None = None,
                 cost_shares: Sequence[float] = (0.5, 0.4), rule: CostWeightRule | None = None,
                 embedder: str = "unknown") -> LearnedFit:
     """Pick the estimator and the operating points on out-of-fold predictions for ``train`` (``folds``-fold
-    cross-validation: every training record is predicted by a model that did not see it); refit on all of
-    ``train``; predict ``held``. ``x_*`` are raw embeddings (task features are added here if ``use_task``).
+    cross-validation, by default ``rule.folds``: every training record is predicted by a model that did not see
+    it); refit on all of ``train``; predict ``held``. ``x_*`` are raw embeddings (task features are added here if ``use_task``).
     Each of ``RULES`` chooses a cost weight from the same out-of-fold routing; the model file gets ``rule``'s
     (default: ``CostWeightRule()``) and the name of the ``embedder`` that embedded ``x_*``."""
     from genroute.bench.clusters import text_groups
@@ -144,7 +144,7 @@ def learned_fit(train: OutcomeMatrix, held: OutcomeMatrix, x_train: NDArray[Any]
     x_he = features(x_held, held.tasks, vocab)
     cost = train.costs.mean(axis=0)
     rule = rule or CostWeightRule()
-    folds = max(2, folds)
+    folds = max(2, rule.folds if folds is None else folds)
     # Copies of one input share a fold: validated on its own twin, a model would look better than it is.
     groups = text_groups([r.input for r in train.records])
     fold = fold_of(len(train.records), folds, seed, groups)
