@@ -50,7 +50,8 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
         text = {r.id: r.input for r in records}
         groups = text_groups([text[i] for i in ids])  # records sharing an input are one input, as in the bench
         cmp = compare_paired(a, b, a="learned", b="best single", seed=args.seed, groups=groups)
-        cost_ci = paired_bootstrap_ci([learned.costs[i] for i in ids], [best.costs[i] for i in ids], seed=args.seed)
+        cost_ci = paired_bootstrap_ci([learned.costs[i] for i in ids], [best.costs[i] for i in ids], seed=args.seed,
+                                      groups=groups)
         share = learned.cost_per_request_usd / best.cost_per_request_usd if best.cost_per_request_usd else float("nan")
         verdict = "resolved" if cmp.ci[0] > 0 or cmp.ci[1] < 0 else "not resolved"
         picks = ", ".join(f"{k} {v}" for k, v in sorted(learned.picks.items()))

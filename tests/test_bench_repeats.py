@@ -3,6 +3,7 @@ graduation's shadow comparison."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from genroute.bench.clusters import cluster_means, text_groups
 from genroute.bench.datasets import BenchRecord
 from genroute.bench.harness import report_outcomes
 from genroute.bench.runner import Outcome
-from genroute.bench.stats import compare_paired
+from genroute.bench.stats import compare_paired, paired_bootstrap_ci
 from genroute.errors import UsageError
 from genroute.graduation import decide_promotion
 from genroute.outcomes import OutcomeRecord, Side
@@ -100,3 +101,54 @@ def test_inputs_in_another_unicode_composition_are_one_input_and_the_report_says
     assert groups[0] == groups[1] != groups[2]
     assert compare_paired([1, 0, 1], [0, 1, 1], groups=groups).n == 2
     assert "up to case, runs of whitespace and Unicode composition" in explain(20, repeated=True)
+
+
+def _priced_rows(prefix: str, n: int, copies: int) -> list[dict[str, object]]:
+    """``n`` questions, each ``copies`` times in a row: cheap is right on math only, dear on everything; each
+    question has costs of its own (the same on its copies)."""
+    rng = random.Random(7)
+    rows: list[dict[str, object]] = []
+    for i in range(n):
+        task = "math" if i % 2 else "trivia"
+        cheap, dear = rng.uniform(1e-4, 1e-3), rng.uniform(1e-3, 1e-2)
+        rows += [{"input": f"{prefix} question {i}?", "metadata": {"task": task, "id": f"{prefix}{i:03d}-{c}"},
+                  "outcomes": {"cheap": {"score": float(task == "math"), "cost_usd": cheap},
+                               "dear": {"score": 1.0, "cost_usd": dear}}} for c in range(copies)]
+    return rows
+
+
+def test_the_cost_ci_of_a_matrix_comparison_resamples_inputs_not_records(tmp_path: Path) -> None:
+    # compile_outcomes' paired cost CI resampled records: 4 copies of each held-out question read as 4 times the
+    # evidence, a CI half as wide. Now it resamples inputs, as the quality difference does: the copies add nothing.
+    from genroute.bench.offline import compile_outcomes
+
+    train = _priced_rows("train", 40, 1)
+    pair = ("cost_aware (task label)", "best single (train)")
+    reports = {copies: compile_outcomes(train, eval_source=_priced_rows("eval", 60, copies), learned=False, min_n=10,
+                                        out_dir=tmp_path / str(copies)) for copies in (1, 4)}
+    once, four = (next(c for c in reports[k].comparisons if (c.router, c.baseline) == pair) for k in (1, 4))
+    assert (once.n, once.n_records, four.n, four.n_records) == (60, None, 60, 240)
+    # cost_aware sends math to cheap and trivia to dear; the best single is dear.
+    rows = _priced_rows("eval", 60, 4)
+    router = [r["outcomes"]["cheap" if r["metadata"]["task"] == "math" else "dear"]["cost_usd"] for r in rows]
+    single = [r["outcomes"]["dear"]["cost_usd"] for r in rows]
+    record_level = paired_bootstrap_ci(router, single)
+    assert four.cost_difference_ci == pytest.approx(once.cost_difference_ci)
+    width = four.cost_difference_ci[1] - four.cost_difference_ci[0]
+    assert width > 1.5 * (record_level[1] - record_level[0]) > 0
+    # Without repeats it is the record-level CI, as before.
+    assert once.cost_difference_ci == pytest.approx(paired_bootstrap_ci(router[::4], single[::4]))
+
+
+def test_the_paired_bootstrap_resamples_inputs_given_groups() -> None:
+    a, b = [0.5, 0.25, 1.0, 0.75, 0.1] * 6, [0.25, 0.5, 0.5, 0.0, 0.3] * 6
+    keys = [f"q{i}" for i in range(30)]
+    assert paired_bootstrap_ci(a, b, groups=keys) == paired_bootstrap_ci(a, b)  # no repeat: records are inputs
+    copies = [x for x in a for _ in range(5)], [y for y in b for _ in range(5)], [k for k in keys for _ in range(5)]
+    grouped = paired_bootstrap_ci(copies[0], copies[1], groups=copies[2])
+    assert grouped == pytest.approx(paired_bootstrap_ci(a, b))
+    records = paired_bootstrap_ci(copies[0], copies[1])
+    assert grouped[1] - grouped[0] > 1.5 * (records[1] - records[0])
+    with pytest.raises(UsageError) as err:
+        paired_bootstrap_ci(a, b, groups=keys[:3])
+    assert err.value.field == "groups"

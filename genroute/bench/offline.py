@@ -65,7 +65,7 @@ def compile_outcomes(
 
     ``learned=False`` skips the learned router (no embeddings: the baselines and ``cost_aware`` only).
     Paired comparisons give no verdict below ``min_n`` distinct evaluation inputs unless ``force_verdict`` (records
-    with the same input text are one input: ``genroute.bench.clusters``; costs stay paired per record).
+    with the same input text are one input, for the cost difference's CI too: ``genroute.bench.clusters``).
     ``candidates`` limits the matrix to those candidates (default: every one in the file); records lacking the
     outcome of one of them are left out and counted in ``dropped``.
     ``cost_weight_rule`` chooses the cost weight written into the learned model files from out-of-fold routing
@@ -301,7 +301,7 @@ def _comparisons(held: OutcomeMatrix, choices: Mapping[str, NDArray[Any]], *, mi
             router=a, baseline=b, n=result.n, n_records=result.n_records, quality_difference=result.difference,
             ci=result.ci,
             verdict=verdict, cost_ratio=float(ca.mean() / cb.mean()) if cb.mean() > 0 else None,
-            cost_difference_ci=paired_bootstrap_ci(ca.tolist(), cb.tolist(), seed=seed)))
+            cost_difference_ci=paired_bootstrap_ci(ca.tolist(), cb.tolist(), seed=seed, groups=groups)))
     return out
 
 

@@ -47,7 +47,9 @@ class Comparison(BaseModel):
     ci: tuple[float, float]
     verdict: str
     cost_ratio: float | None
-    cost_difference_ci: tuple[float, float]
+    cost_difference_ci: tuple[float, float] = Field(description="95 % CI of the mean cost difference (USD a "
+                                                                "request; per distinct input, inputs resampled, when "
+                                                                "some input repeats).")
 
 
 class OfflineReport(BaseModel):

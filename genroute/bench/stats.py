@@ -8,7 +8,9 @@ Every comparison is paired: ``a[i]`` and ``b[i]`` are the scores of the two back
 - ``quality_ci``: the CI of one backend's mean score: exact (Clopper-Pearson, ``exact_binomial_ci``) for 0/1
   scores, whose percentile bootstrap is [1, 1] when every record was right; ``bootstrap_ci`` for other scores.
 - ``paired_bootstrap_ci``: percentile bootstrap 95 % CI of ``mean(a - b)`` (records resampled with
-  replacement, the pair kept together; seeded, numpy).
+  replacement, the pair kept together; seeded, numpy); given ``groups``, inputs resampled (``per_input``).
+- ``per_input``: the one place repeated inputs are folded for every paired comparison (quality and cost): each
+  distinct input's mean values, so a bootstrap resamples inputs, not their copies (a cluster bootstrap).
 - ``mcnemar_exact``: McNemar's exact (binomial) two-sided test for 0/1 scores, from the discordant pairs.
 - ``min_detectable_difference``: the smallest true mean difference the comparison would detect with 80 %
   power at a two-sided 5 % level, by the normal approximation of the paired test:
@@ -163,9 +165,21 @@ def _pairs(a: Sequence[float], b: Sequence[float]) -> list[float]:
 
 
 def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, level: float = 0.95,
-                        seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``mean(a - b)``, resampling records (pairs stay together)."""
+                        seed: int = 0, groups: Sequence[Hashable] | None = None) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``mean(a - b)``, resampling records (pairs stay together), or given ``groups``
+    inputs: each distinct input's mean difference, resampled as ``compare_paired`` does (``per_input``)."""
+    a, b = per_input(a, b, groups)
     return bootstrap_ci(_pairs(a, b), n_boot=n_boot, level=level, seed=seed)
+
+
+def per_input(a: Sequence[float], b: Sequence[float], groups: Sequence[Hashable] | None
+              ) -> tuple[Sequence[float], Sequence[float]]:
+    """The paired values every comparison resamples and tests: ``a`` and ``b`` as they are without ``groups``,
+    else each distinct input's mean (``clusters.cluster_means``; an input seen once keeps its values, so without
+    repeats nothing changes). Copies of one input are not independent evidence: resampling records would count
+    them as such, and the CI would be too narrow."""
+    _pairs(a, b)
+    return (a, b) if groups is None else cluster_means(a, b, groups)
 
 
 def is_binary(scores: Sequence[float]) -> bool:
@@ -314,8 +328,7 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
     check_seed(seed)
     check_min_n(min_n)
     n_records = len(_pairs(a_scores, b_scores))
-    if groups is not None:  # an input seen once keeps its scores: without repeats this changes nothing
-        a_scores, b_scores = cluster_means(a_scores, b_scores, groups)
+    a_scores, b_scores = per_input(a_scores, b_scores, groups)
     diffs = _pairs(a_scores, b_scores)
     n = len(diffs)
     size, unit = (f"{n}", "records") if n == n_records else (f"{n} distinct inputs ({n_records} records)",
