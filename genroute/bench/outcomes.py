@@ -27,11 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genroute.bounds import is_real, is_whole
 from genroute.bench.datasets import BenchRecord, given_id
+from genroute.bench.matrix_cells import MatrixCells
 from genroute.bench.runner import Outcome
 from genroute.bench.scorers import UNSEGMENTED
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
-from genroute.outcomes.records import OutcomeRecord, Side, check_sides
+from genroute.outcomes.records import OutcomeRecord, check_sides
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -238,11 +239,15 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
                 field: str = "outcomes", candidates_field: str = "candidates") -> OutcomeMatrix:
     """An ``OutcomeMatrix`` from a file or records; records missing a candidate's outcome are dropped
     (counted in ``dropped``): a router can only be scored where every candidate's outcome is known. A name of
-    ``candidates`` that no record has is a ``UsageError`` naming ``candidates_field``."""
-    parsed: list[tuple[str, OutcomeRecord]] = list(read_outcome_records(source, field=field))
+    ``candidates`` that no record has is a ``UsageError`` naming ``candidates_field``. Each record's outcomes are
+    kept as numbers while the rest is read (``genroute.bench.matrix_cells``), not as their models."""
+    cells, parsed = MatrixCells(), list[tuple[str, OutcomeRecord]]()
+    for where, rec in read_outcome_records(source, field=field):
+        cells.add(len(parsed), where, rec)
+        parsed.append((where, rec.model_copy(update={"outcomes": {}})))
     if not parsed:
         raise UsageError("the outcome matrix holds no records", field=field)
-    present = sorted({c for _, r in parsed for c in r.outcomes})
+    present = sorted(cells.columns)
     if candidates and len(set(candidates)) < len(candidates):  # "a,a" would be two candidates that are one
         raise UsageError(f"names a candidate twice ({', '.join(candidates)})", field=candidates_field)
     if candidates and (unknown := [c for c in candidates if c not in present]):
@@ -253,13 +258,14 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
         raise UsageError("the outcome matrix names no candidate (every record's outcomes are empty)", field=field)
     if pricing is not None and (missing := [c for c in names if c not in pricing.prices]):
         raise UsageError(f"no price for candidate(s) {', '.join(missing)}", field="prices")
-    records, rows, wheres, seen, given_ids, dropped = [], [], [], set(), set(), 0
-    for n, (where, rec) in enumerate(parsed, start=1):
-        if any(c not in rec.outcomes or rec.outcomes[c].score is None for c in names):
-            dropped += 1
-            continue
+    scores, costs, latencies, cell = cells.grids(len(parsed), names)
+    keep = ~np.isnan(scores).any(axis=1)
+    records, wheres, seen, given_ids = [], [], set(), set()
+    for n in np.flatnonzero(keep).tolist():
+        where, rec = parsed[n]
+        wheres.append(where)
         named = given_id(rec.metadata.get("id"))
-        rid = named or f"record-{n}"
+        rid = named or f"record-{n + 1}"
         if rid in seen:
             raise UsageError(f"{where}: duplicate record id {rid!r}", field=field)
         seen.add(rid)
@@ -271,68 +277,42 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
         except ValidationError as exc:  # a metadata.label_set that is not a list
             raise UsageError(f"{where}: metadata: {exc.errors()[0]['msg'].removeprefix('Value error, ')}",
                              field=field) from None
-        rows.append([rec.outcomes[c] for c in names])
-        wheres.append(where)
     if not records:
-        raise UsageError(f"no record has a scored outcome for every candidate ({', '.join(names)}){_unscored(parsed)}"
-                         f"{_coverage(parsed, names)}", field=field)
-    given = ["cost_usd" in o.model_fields_set for row in rows for o in row]
-    if pricing is None and any(given) and not all(given):
-        where, name = next((w, c) for w, row in zip(wheres, rows, strict=True) for o, c in zip(row, names, strict=True)
-                           if "cost_usd" not in o.model_fields_set)
-        raise UsageError(f"{where}: outcomes.{name}.cost_usd: not recorded, while other outcomes have theirs: give "
-                         "every one, or prices to price the others (a missing cost is unknown, not free)", field=field)
-    costs = [[o.cost_usd if "cost_usd" in o.model_fields_set else
-              (_priced(pricing, rec.input, c, o) if pricing is not None else 0.0) for o, c in zip(row, names, strict=True)]
-             for row, rec in zip(rows, records, strict=True)]
-    recorded = any(_recorded(o) != (None, None) for row in rows for o in row if "cost_usd" not in o.model_fields_set)
-    basis = ("cost_usd from the file" if all(given) else pricing.describe(recorded=recorded) if pricing is not None
+        raise UsageError(f"no record has a scored outcome for every candidate ({', '.join(names)}){cells.unscored}"
+                         f"{_coverage(cells, len(parsed), names)}", field=field)
+    scores, costs, latencies, cell = scores[keep], costs[keep], latencies[keep], cell[keep]
+    given = ~np.isnan(costs)
+    if pricing is None and given.any() and not given.all():
+        i, j = np.argwhere(~given)[0].tolist()
+        raise UsageError(f"{wheres[i]}: outcomes.{names[j]}.cost_usd: not recorded, while other outcomes have theirs: "
+                         "give every one, or prices to price the others (a missing cost is unknown, not free)",
+                         field=field)
+    unpriced = np.argwhere(~given)
+    for i, j in unpriced.tolist():  # priced on its recorded tokens where it gave them, else on the estimate
+        tokens_in, tokens_out = cells.tokens.get(int(cell[i, j]), (None, None))
+        costs[i, j] = 0.0 if pricing is None else pricing.cost(records[i].input, names[j], input_tokens=tokens_in,
+                                                                output_tokens=tokens_out)
+    recorded = any(int(cell[i, j]) in cells.tokens for i, j in unpriced.tolist())
+    basis = ("cost_usd from the file" if given.all() else pricing.describe(recorded=recorded) if pricing is not None
              else "no costs (quality only)")
-    if pricing is not None and any(given) and not all(given):  # the report must not say every cost was priced
-        basis = f"cost_usd from the file for {sum(given):,} of {len(given):,} outcomes; the others: {basis}"
+    if pricing is not None and given.any() and not given.all():  # the report must not say every cost was priced
+        basis = f"cost_usd from the file for {int(given.sum()):,} of {given.size:,} outcomes; the others: {basis}"
     return OutcomeMatrix(
-        records=tuple(records), candidates=names,
-        scores=np.array([[o.score for o in row] for row in rows], dtype=np.float64),
-        costs=np.array(costs, dtype=np.float64),
-        latencies=np.array([[o.latency_s for o in row] for row in rows], dtype=np.float64),
-        cost_basis=basis, source=str(source) if isinstance(source, str | Path) else None, dropped=dropped,
-        given_ids=frozenset(given_ids))
+        records=tuple(records), candidates=names, scores=scores, costs=costs, latencies=latencies,
+        cost_basis=basis, source=str(source) if isinstance(source, str | Path) else None,
+        dropped=len(parsed) - len(records), given_ids=frozenset(given_ids))
 
 
-def _recorded(side: Side) -> tuple[int | None, int | None]:
-    """The input and output token counts an outcome gave (``None`` for one it did not)."""
-    given = side.model_fields_set
-    return (side.input_tokens if "input_tokens" in given else None,
-            side.output_tokens if "output_tokens" in given else None)
-
-
-def _priced(pricing: CandidatePricing, text: str, candidate: str, side: Side) -> float:
-    """``side``'s cost at ``pricing``: its recorded token counts where it gave them, else the estimate."""
-    tokens_in, tokens_out = _recorded(side)
-    return pricing.cost(text, candidate, input_tokens=tokens_in, output_tokens=tokens_out)
-
-
-def _coverage(parsed: Sequence[tuple[str, OutcomeRecord]], names: Sequence[str]) -> str:
+def _coverage(cells: MatrixCells, total: int, names: Sequence[str]) -> str:
     """How many records each candidate is scored on, and the way out (a sparse matrix: RouterEval's shape, many
     candidates each scored on some of the queries)."""
     if len(names) < 2:
         return ""
-    counts = {c: sum(1 for _, r in parsed if c in r.outcomes and r.outcomes[c].score is not None) for c in names}
+    counts = {c: cells.scored(c) for c in names}
     ranked = sorted(names, key=lambda c: (-counts[c], c))
     shown = ", ".join(f"{c} {counts[c]}" for c in ranked[:8]) + (", ..." if len(ranked) > 8 else "")
-    return (f"; records scored per candidate: {shown} of {len(parsed)}; route between candidates that share records "
+    return (f"; records scored per candidate: {shown} of {total}; route between candidates that share records "
             "(candidates, --candidates)")
-
-
-def _unscored(parsed: Sequence[tuple[str, OutcomeRecord]]) -> str:
-    """Where a side without a score first is, and the keys it has (a side scored under another name, such as
-    "quality", is otherwise a mystery)."""
-    for where, rec in parsed:
-        for name, side in rec.outcomes.items():
-            if side.score is None:
-                keys = ", ".join(sorted(side.model_dump(exclude_unset=True))) or "none"
-                return f"; e.g. {where}: outcomes.{name} has no \"score\" (its keys: {keys})"
-    return ""
 
 
 def matrix_from_table(records: Sequence[BenchRecord], table: Mapping[str, Mapping[str, Outcome]],
