@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
     from genroute.outcomes.records import OutcomeRecord
 
 
@@ -51,7 +53,7 @@ class MatrixCells:
         col = np.frombuffer(self._col, dtype=np.int64)
         return int(np.count_nonzero((col == self.columns[name]) & ~np.isnan(np.frombuffer(self._score))))
 
-    def grids(self, rows: int, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def grids(self, rows: int, names: Sequence[str]) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
         """``(scores, costs, latencies, cells)`` of shape ``(rows, len(names))``: NaN where a record has no outcome
         of the candidate (score) or gave no ``cost_usd`` (cost); ``cells`` is each one's cell number (-1: none)."""
         lookup = np.full(len(self.columns) + 1, -1, dtype=np.int64)
