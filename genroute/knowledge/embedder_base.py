@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
     import numpy as np
 
+    from genroute.runtime.embeddings import RequestEmbeddings
     from genroute.runtime.telemetry import Telemetry
 
 _tracer = trace.get_tracer("genroute")
@@ -99,6 +100,17 @@ class Embedder(ABC):
             telemetry.tokens.record(tokens, {**attrs, "gen_ai.token.type": "input"})
         if cost:
             telemetry.count_cost(cost, attrs, estimated=estimated)
+
+
+async def aembed_text(embedder: Embedder, text: str, *, tracer: trace.Tracer | None = None,
+                      embeddings: RequestEmbeddings | None = None) -> list[float]:
+    """``text``'s vector: the one its request already made with an embedder of the same fingerprint (``embeddings``,
+    the request's: its policy embedded the same input to route it), else embedded now (and kept there)."""
+    if embeddings is None:
+        return (await embedder.aembed([text], tracer=tracer))[0]
+    key = embedder.fingerprint()
+    found = embeddings.get(key, text)
+    return found if found is not None else embeddings.put(key, text, (await embedder.aembed([text], tracer=tracer))[0])
 
 
 def traced(embedder: object, tracer: trace.Tracer | None) -> dict[str, trace.Tracer]:

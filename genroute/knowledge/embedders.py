@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 from genroute.errors import ConfigError
-from genroute.knowledge.embedder_base import ArrayEmbedder, Embedder, checked_texts, record_error, traced
+from genroute.knowledge.embedder_base import (ArrayEmbedder, Embedder, aembed_text, checked_texts, record_error,
+                                              traced)
 from genroute.knowledge.local_embedder import (
     LOCAL_MODEL,
     WEIGHTS_PACKAGE,
@@ -38,7 +39,8 @@ class GeminiEmbedder(Embedder):
     """Embeddings from an engine's ``embed`` (e.g. ``gemini-embedding-001`` on a Gemini engine)."""
 
     def __init__(self, engine: Engine, model: str = "gemini-embedding-001", *, dimension: int = 3072,
-                 tracer_provider: trace.TracerProvider | None = None, pricing: Pricing | None = None) -> None:
+                 tracer_provider: trace.TracerProvider | None = None, pricing: Pricing | None = None,
+                 task_type: str | None = None) -> None:
         self.engine = engine
         self.tracer_provider = tracer_provider
         #: Prices the calls (the router's table, with its overrides; default: the built-in list prices).
@@ -46,6 +48,14 @@ class GeminiEmbedder(Embedder):
         self.model = model
         self.provider = engine.provider
         self.dimension = dimension
+        #: The Gemini task type asked for (e.g. ``RETRIEVAL_QUERY``; ``None``: the model's default). Vectors of two
+        #: task types differ, so it is part of the fingerprint.
+        self.task_type = task_type
+
+    def fingerprint(self) -> str:
+        """The base's, with the task type when one is asked for."""
+        base = super().fingerprint()
+        return base if self.task_type is None else f"{base}|task_type={self.task_type}"
 
     @staticmethod
     def name() -> str:
@@ -69,8 +79,9 @@ class GeminiEmbedder(Embedder):
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False), \
                     metering(meter):
-                vectors = await self.engine.embed(self.model, list(texts),
-                                                  output_dimensionality=self.dimension)
+                asked: dict[str, Any] = {} if self.task_type is None else {"task_type": self.task_type}
+                vectors = await self.engine.embed(self.model, list(texts), output_dimensionality=self.dimension,
+                                                  **asked)
                 self._check_widths(vectors)  # billed, whether or not the widths are right
         except BaseException as exc:
             error = exc
@@ -143,4 +154,4 @@ class GeminiEmbedder(Embedder):
 
 
 __all__ = ["LOCAL_MODEL", "WEIGHTS_PACKAGE", "WEIGHTS_VERSION", "ArrayEmbedder", "Embedder", "GeminiEmbedder",
-           "LocalEmbedder", "checked_texts", "model_file", "register_with_chroma", "tokenizer_file", "traced"]
+           "LocalEmbedder", "aembed_text", "checked_texts", "model_file", "register_with_chroma", "tokenizer_file", "traced"]

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from opentelemetry import trace
 
     from genroute.knowledge.store import Hit, KnowledgeStore
+    from genroute.runtime.embeddings import RequestEmbeddings
 
 Strategy = Literal["fixed", "random", "knn", "mmr", "balanced"]
 STRATEGIES: tuple[str, ...] = ("fixed", "random", "knn", "mmr", "balanced")
@@ -168,10 +169,12 @@ class ExampleStore:
         self._count = None
 
     async def select(self, text: str, *, strategy: Strategy, k: int, seed: int = 0, fetch_k: int | None = None,
-                     mmr_lambda: float = 0.5, tracer: trace.Tracer | None = None) -> list[ExampleRecord]:
+                     mmr_lambda: float = 0.5, tracer: trace.Tracer | None = None,
+                     embeddings: RequestEmbeddings | None = None) -> list[ExampleRecord]:
         """Up to ``k`` examples for the request input ``text``, best first, never one with the same input
-        (``text`` is embedded, if the strategy needs it, in a span sent to ``tracer``). ``fetch_k``: the candidates
-        mmr and balanced choose from (at least ``k``); other strategies ignore it."""
+        (``text`` is embedded, if the strategy needs it, in a span sent to ``tracer``, unless its request already
+        did: ``embeddings``). ``fetch_k``: the candidates mmr and balanced choose from (at least ``k``); other
+        strategies ignore it."""
         if strategy not in STRATEGIES:
             raise ConfigError(f"unknown selector {strategy!r}; known: {', '.join(STRATEGIES)}", field="selector")
         if k <= 0:
@@ -187,7 +190,9 @@ class ExampleStore:
         # An empty collection is refused (counted once). The index is queried directly, not capped by that count:
         # examples loaded since (by another process too) are candidates at once.
         await self.size()
-        vector = (await self.store.embedder.aembed([text], tracer=tracer))[0]
+        from genroute.knowledge.embedder_base import aembed_text
+
+        vector = await aembed_text(self.store.embedder, text, tracer=tracer, embeddings=embeddings)
         mmr_needs = strategy == "mmr"
         # A metadata filter makes Chroma search several times slower, so over-fetch a little and drop
         # leaks here; only if more than the slack leaked (many copies of the input) query with the filter.

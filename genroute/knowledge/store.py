@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from genroute.engines.base import Engine
     from genroute.knowledge.routes import RouteSync
+    from genroute.runtime.embeddings import RequestEmbeddings
     from genroute.runtime.resources import KnowledgeBase
     from genroute.runtime.pricing import Pricing
 
@@ -148,10 +149,13 @@ class KnowledgeStore(StoreCollections):
 
     async def query(self, name: str, text: str, *, kind: Kind, k: int, where: Mapping[str, Any] | None = None,
                     include_embeddings: bool = False, field: str = "collection",
-                    tracer: trace.Tracer | None = None) -> list[Hit]:
-        """The ``k`` records nearest to ``text`` (embedded with this store's embedder, its span to ``tracer``)."""
+                    tracer: trace.Tracer | None = None, embeddings: RequestEmbeddings | None = None) -> list[Hit]:
+        """The ``k`` records nearest to ``text`` (embedded with this store's embedder, its span to ``tracer``; or the
+        vector its request already made, ``embeddings``)."""
+        from genroute.knowledge.embedder_base import aembed_text
+
         await self.collection(name, kind=kind, field=field)  # an unknown collection fails before embedding
-        vector = (await self.embedder.aembed([text], tracer=tracer))[0]
+        vector = await aembed_text(self.embedder, text, tracer=tracer, embeddings=embeddings)
         return await self.query_vector(name, vector, kind=kind, k=k, where=where,
                                        include_embeddings=include_embeddings, field=field)
 

@@ -206,9 +206,7 @@ class LearnedPolicy(Policy):
             float(self.model.meta.get("cost_weight", 0.0))
         #: Where request embedding spans go: the binding router's tracer (``None``: the embedder's own).
         self.tracer: trace.Tracer | None = None
-        self._embed_request = RememberedEmbeddings(
-            lambda text: np.asarray(self.embedder.embed_array([text], **traced(self.embedder, self.tracer)),
-                                    dtype=np.float32), config.cache_size)
+        self._embed_request = RememberedEmbeddings(self._embed_text, config.cache_size)
         trained_on = self.model.meta.get("embedder")
         if trained_on not in (None, "unknown", getattr(self.embedder, "model", trained_on)):
             raise ConfigError(f"model was trained on {trained_on!r} embeddings, the embedder is "
@@ -217,6 +215,14 @@ class LearnedPolicy(Policy):
     def bind(self, resources: Resources) -> None:
         """Keep the router's tracer for the spans of request embeddings."""
         self.tracer = resources.tracer
+
+    def _embed_text(self, text: str) -> NDArray[Any]:
+        """A request text's embedding, one row; the request's backend retrieving with the same embedder reuses it."""
+        from genroute.runtime.embeddings import shared_embedding
+
+        vector = shared_embedding(self.embedder, text, lambda: self.embedder.embed_array(
+            [text], **traced(self.embedder, self.tracer))[0])
+        return np.asarray([vector], dtype=np.float32)
 
     def deciding_cost(self, request: GenerateRequest) -> float:
         """The request's embedding at the embedder's price (0 for a remembered one, or the offline embedder)."""

@@ -146,7 +146,7 @@ class SemanticPolicy(Policy):
         self.last_sync: SyncReport | None = None
         self._index: RouteIndex | None = None
         self._lock = threading.Lock()
-        self._embed_request = RememberedEmbeddings(lambda text: self._embed([text])[0], config.cache_size)
+        self._embed_request = RememberedEmbeddings(self._embed_text, config.cache_size)
 
     # -- building the index ------------------------------------------------------------------------
 
@@ -240,9 +240,22 @@ class SemanticPolicy(Policy):
                                         loaded=len(stored.backends), cost_usd=stored.cost_usd,
                                         cost_estimated=stored.cost_estimated)
 
+    def _embed_text(self, text: str) -> NDArray[Any]:
+        """A request text's unit vector; the request's backend retrieving with the same embedder reuses it."""
+        import numpy as np
+
+        from genroute.runtime.embeddings import shared_embedding
+
+        vector = shared_embedding(self.embedder, text, lambda: self._vectors([text])[0])
+        return _unit(np.asarray([vector], dtype=np.float32))[0]
+
     def _embed(self, texts: list[str]) -> NDArray[Any]:
         import numpy as np
 
+        return _unit(np.asarray(self._vectors(texts), dtype=np.float32))
+
+    def _vectors(self, texts: list[str]) -> Any:
+        """The embedder's vectors of ``texts`` as it returns them (an array, or lists of floats)."""
         from genroute.knowledge.embedders import traced as tracing
 
         embedder = self.embedder
@@ -260,7 +273,7 @@ class SemanticPolicy(Policy):
                 with ThreadPoolExecutor(1) as pool:  # in this context: its spans and charges are this call's
                     run = contextvars.copy_context().run
                     vectors = pool.submit(lambda: run(embedder.embed, texts, **traced)).result()
-        return _unit(np.asarray(vectors, dtype=np.float32))
+        return vectors
 
     # -- deciding ----------------------------------------------------------------------------------
 

@@ -137,6 +137,8 @@ class Executor:
             checks = self._checks_for(rung, index) if rung.validators else ()
             passes = live and not (checks and index < len(rungs) - 1)
             ctx = self._context(request, rung.backend, deadline, bounded)
+            if ledger.embeddings is not None:  # what the policy embedded to route the request
+                ctx.embeddings = ledger.embeddings
             sent = False
             pending: list[str] | None = None  # text a buffered rung produced (made only for one)
             output: BackendOutput | None = None

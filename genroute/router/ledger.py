@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from genroute.backends.base import BackendOutput
     from genroute.runtime.billing import Charges
     from genroute.runtime.context import RunContext
+    from genroute.runtime.embeddings import RequestEmbeddings
     from genroute.types import Decision
 
 
@@ -36,6 +37,8 @@ class Ledger:
     cost_estimated: bool = False
     cache_storage_cost_usd: float = 0.0
     cloud_equivalent_cost_usd: float | None = None
+    #: What the policy embedded for this request, for its rungs to reuse (``None``: a policy that embeds nothing).
+    embeddings: RequestEmbeddings | None = None
 
     def add_charges(self, charges: Charges) -> None:
         """Add what calls made outside the rungs cost (deciding, for a policy that embeds the request)."""

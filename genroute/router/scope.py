@@ -16,6 +16,7 @@ from genroute.construct import builder
 from genroute.router.ledger import Ledger
 from genroute.runtime.billing import Charges, charging
 from genroute.runtime.deadlines import deadline_at
+from genroute.runtime.embeddings import RequestEmbeddings, remembering
 from genroute.runtime.telemetry import CurrentSpan, Telemetry
 from genroute.types import Decision, GenerateRequest, invalid_text
 
@@ -87,7 +88,8 @@ class RootSpan(CurrentSpan):
         charges = Charges() if self.costed else _NO_CHARGES
         try:
             if self.costed:
-                with charging(charges):  # the decision embeds the request (semantic routing)
+                # The decision embeds the request (semantic routing); a rung retrieving for it reuses that vector.
+                with charging(charges), remembering(embeddings := RequestEmbeddings()):
                     decision = await decide(request, deadline)
             else:
                 decision = await decide(request, deadline)
@@ -109,6 +111,7 @@ class RootSpan(CurrentSpan):
         ledger = self.ledger = Ledger()
         if self.costed:
             ledger.add_charges(charges)
+            ledger.embeddings = embeddings
         return span, decision, self.start, deadline, ledger
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:

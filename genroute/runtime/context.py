@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from google.genai import types
 
     from genroute.engines.base import Engine
+    from genroute.runtime.embeddings import RequestEmbeddings
     from genroute.runtime.pricing import Pricing
 
 
@@ -63,6 +64,8 @@ class RunContext:
     #: The model that answered (the response's version), once a call answered.
     model: str | None = None
     time_to_first_token_s: float | None = None
+    #: What the request's policy embedded to route it (its retrieval reuses the vector); ``None``: nothing.
+    embeddings: RequestEmbeddings | None = None
 
     def __init__(
         self,
