@@ -733,6 +733,9 @@ async def test_an_example_another_file_still_holds_stays_when_one_file_drops_it(
     (first / "c.jsonl").unlink()  # gone from its folder, but b.jsonl holds "Awful"
     assert (await aload_examples(store, [first], collection=collection)).removed == 0
     assert await stored() == {"I love it": str(a), "Awful": str(b)}
+    b.unlink()  # moved to team-b, "Awful" is found by team-b's directory key when b.jsonl goes too
+    assert (await aload_examples(store, [second], collection=collection)).removed == 1
+    assert await stored() == {"I love it": str(a)}
 
 
 def test_fixed_examples_serve_a_router_used_from_one_event_loop_after_another(gemini_server: GeminiTestServer,

@@ -18,6 +18,8 @@ _META_KIND = "genroute.kind"
 _META_EMBEDDER = "genroute.embedder"
 _META_EMBEDDER_KIND = "genroute.embedder_kind"
 _META_DIMENSION = "genroute.dimension"
+#: Collection metadata: every record of a file holds the keys of the directories above it (``record_dirs``).
+DIR_KEYS = "genroute.dir_keys"
 #: How to refill a collection of ingested records with another embedder: ingesting into this one is refused by this
 #: very check. (Route collections are filled by the router: ``routes`` names their remedy.)
 _REMEDY = " (or ingest into a new collection and use that one)"
@@ -25,8 +27,9 @@ _REMEDY = " (or ingest into a new collection and use that one)"
 
 def collection_metadata(kind: str, embedder: Embedder) -> dict[str, Any]:
     """The metadata a new collection of ``kind`` filled by ``embedder`` is made with."""
-    return {_META_KIND: kind, _META_EMBEDDER_KIND: embedder.name(), _META_EMBEDDER: embedder.model,
+    made = {_META_KIND: kind, _META_EMBEDDER_KIND: embedder.name(), _META_EMBEDDER: embedder.model,
             _META_DIMENSION: embedder.dimension}
+    return {**made, DIR_KEYS: 1} if kind in ("documents", "examples") else made
 
 
 def check_collection(col: Any, kind: str, embedder: Embedder, *, field: str) -> None:

@@ -3,7 +3,8 @@
 Each batch is one Chroma upsert (written whole or not at all) of the records not stored yet. Afterwards each source
 (file) read is settled: records it no longer produces are deleted, but only those older than this run's reading of
 it (``GENERATION`` stamps), so overlapping runs never delete each other's newer records (see ``ingest``). Records of
-files gone from a directory that was read are withdrawn too.
+files gone from a directory that was read are withdrawn too: only that directory's records are read for it, by the
+directory keys every record holds (``genroute.knowledge.record_dirs``), page by page.
 
 An example's id is its content, so several files may hold one stored example, loaded together or in separate runs.
 Each file holding it is marked on it (``held_key``): a file that drops it, or is gone, gives it up, and it is deleted
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.bounds import is_whole
 from genroute.errors import GenrouteError, UsageError
+from genroute.knowledge.record_dirs import PAGE, ensure_dir_keys, placed, under
 from genroute.runtime.billing import Charges, charging
 
 if TYPE_CHECKING:
@@ -118,7 +120,7 @@ class _Settling:
             kept |= {i: {held_key(source): source} for i in mine if i not in stamps}
         writes = restamp | moved | kept
         ids = sorted(writes)
-        await store.update_metadatas(collection, ids, [writes[i] for i in ids], kind=kind)
+        await store.update_metadatas(collection, ids, [placed(writes[i]) for i in ids], kind=kind)
         unstamped = [i for i in stale if GENERATION not in stored[i]]  # written before stamps existed
         await store.delete(collection, unstamped, kind=kind)
         # ``where`` re-checks the stamp at delete time: a newer run may have taken the record since the read above.
@@ -167,17 +169,28 @@ async def withdraw_deleted(store: KnowledgeStore, collection: str, paths: Sequen
     if not folders or collection not in await store.collections():
         return 0
     read = sorted(str(f) for f in files)
-    # One parameter a path: embedded Chroma's SQLite takes at most 32,766, so past NIN_LIMIT every source is read
-    # (and with none read, an emptied directory, as Chroma refuses an empty $nin).
-    where = {"source": {"$nin": read}} if 0 < len(read) <= NIN_LIMIT else {"source": {"$ne": ""}}
-    others = await store.metadatas_where(collection, where, kind=kind)
-    gone = sorted(i for i, meta in others.items() if _gone_from(meta.get("source"), folders))
-    # An example that a file still there holds too moves to that file instead.
-    holders = {i: _held_elsewhere(others[i]) for i in gone} if kind == "examples" else {}
-    kept = {i: given_up(others[i], others[i]["source"], to=to) for i, to in holders.items() if to}
+    await ensure_dir_keys(store, collection, kind=kind)  # records written before the keys existed: once
+    # Only the records of files under ``folders`` that this run did not read. One parameter a path: embedded Chroma's
+    # SQLite takes at most 32,766, so past NIN_LIMIT each of the directories' sources is checked here (and with none
+    # read, an emptied directory, as Chroma refuses an empty $nin).
+    where = under(folders)
+    if 0 < len(read) <= NIN_LIMIT:
+        where = {"$and": [where, {"source": {"$nin": read}}]}
+    gone: list[str] = []
+    kept: dict[str, dict[str, Any]] = {}
+    # Nothing is deleted until every page is read (a delete would shift the pages after it).
+    async for page in store.metadata_pages(collection, where, kind=kind, size=PAGE):
+        for i, meta in page.items():
+            if not _gone_from(meta.get("source"), folders):
+                continue
+            # An example that a file still there holds too moves to that file instead.
+            to = _held_elsewhere(meta) if kind == "examples" else None
+            if to:
+                kept[i] = placed(given_up(meta, meta["source"], to=to))
+            else:
+                gone.append(i)
     await store.update_metadatas(collection, sorted(kept), [kept[i] for i in sorted(kept)], kind=kind)
-    gone = [i for i in gone if i not in kept]
-    await store.delete(collection, gone, kind=kind)
+    await store.delete(collection, sorted(gone), kind=kind)
     return len(gone)
 
 
@@ -222,7 +235,7 @@ async def upsert_missing(
             batch = ids[start:start + size]
             present = await store.existing_ids(collection, batch, kind=kind)
             todo = [i for i in batch if i not in present]
-            await store.upsert(collection, todo, [records[i][0] for i in todo], [records[i][1] for i in todo],
+            await store.upsert(collection, todo, [records[i][0] for i in todo], [placed(records[i][1]) for i in todo],
                                kind=kind)
             added += len(todo)
             batches += 1

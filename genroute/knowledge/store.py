@@ -17,7 +17,7 @@ This module holds the records' reads and writes; opening the client and the coll
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -99,6 +99,24 @@ class KnowledgeStore(StoreCollections):
         """Id -> metadata of the records whose metadata matches ``where``."""
         got = await self._aon(name, lambda col: col.get(where=dict(where), include=["metadatas"]), kind=kind)
         return {i: dict(m or {}) for i, m in zip(got["ids"], got["metadatas"] or [None] * len(got["ids"]))}
+
+    async def metadata_pages(self, name: str, where: Mapping[str, Any] | None, *, kind: Kind,
+                             size: int) -> AsyncIterator[dict[str, dict[str, Any]]]:
+        """Id -> metadata of the records matching ``where`` (all, if ``None``), ``size`` records a page, so that no
+        more than a page is held at once. Records deleted while the pages are read may shift the later ones."""
+        def page(at: int) -> Callable[[Any], Any]:
+            return lambda col: col.get(where=dict(where) if where else None, include=["metadatas"], limit=size,
+                                       offset=at)
+
+        offset = 0
+        while True:
+            got = await self._aon(name, page(offset), kind=kind)
+            ids = got["ids"]
+            if ids:
+                yield {i: dict(m or {}) for i, m in zip(ids, got["metadatas"] or [None] * len(ids))}
+            if len(ids) < size:
+                return
+            offset += size
 
     async def update_metadatas(self, name: str, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]], *,
                                kind: Kind) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -222,6 +222,21 @@ class StoreCollections:
             await self._run(run)
         finally:
             self.wrote(name)
+
+    async def collection_meta(self, name: str, *, kind: Kind) -> dict[str, Any]:
+        """The metadata ``name`` holds now (read afresh: another process may have changed it)."""
+        self._collections.pop(name, None)
+        return dict((await self.collection(name, kind=kind)).metadata or {})
+
+    async def mark_collection(self, name: str, marks: Mapping[str, Any], *, kind: Kind) -> None:
+        """Add ``marks`` to ``name``'s metadata (left as is when it holds legacy ``hnsw:`` keys, which Chroma refuses
+        to be given again)."""
+        def run(col: Any) -> None:
+            meta = dict(col.metadata or {})
+            if not any(k.startswith("hnsw:") for k in meta):
+                col.modify(metadata={**meta, **marks})
+
+        await self._aon(name, run, kind=kind)
 
     def count_sync(self, name: str, *, kind: Kind, field: str = "collection") -> int:
         """Records in ``name`` (blocking)."""
