@@ -188,3 +188,19 @@ def test_the_release_of_a_holder_the_lock_was_taken_from_does_not_free_it_for_th
             return lock.locked()
 
     assert asyncio.run(asyncio.wait_for(main(), 5)) and not lock.locked()
+
+
+def test_an_exit_from_another_frame_than_the_enter_frees_it():
+    # An AsyncExitStack enters the lock in enter_async_context's frame and exits it in its own __aexit__'s: that
+    # exit frees the lock, as an ``async with``'s does (the next task would otherwise wait for ever).
+    import contextlib
+
+    lock = LoopsLock()
+
+    async def main() -> bool:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(lock)
+            assert lock.locked()
+        return await asyncio.wait_for(_take(lock), 5)
+
+    assert asyncio.run(main()) and not lock.locked()

@@ -33,15 +33,17 @@ _Holder = tuple[asyncio.Task[Any], Any]
 class LoopsLock:
     """``async with lock:`` — one task at a time, whichever event loop each runs on (not reentrant)."""
 
-    __slots__ = ("_mutex", "_holder", "_waiters", "__weakref__")
+    __slots__ = ("_mutex", "_holder", "_waiters", "_taken", "__weakref__")
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
-        #: Who holds the lock (None: free): its task, and the frame of its ``async with``. The frame tells its
-        #: release apart from one by the coroutine of a holder the lock was taken from, closed when collected
-        #: while a task of the same loop runs (that task would be ``current_task()``).
+        #: Who holds the lock (None: free): its task, and the frame of its ``async with``.
         self._holder: _Holder | None = None
         self._waiters: deque[tuple[_Holder, asyncio.Future[None]]] = deque()
+        #: The ``async with`` frames of holders the lock was taken from (their loop was closed): the late exit of
+        #: one (its coroutine closed when collected, maybe while the new holder's task is ``current_task()``) must
+        #: not free the lock. Any other exit frees it, whichever frame it comes from (an ``AsyncExitStack``'s).
+        self._taken: list[Any] = []
         forget_at_fork(self)
 
     def locked(self) -> bool:
@@ -54,7 +56,7 @@ class LoopsLock:
             raise RuntimeError("LoopsLock should be used inside a task")
         holder = (task, sys._getframe(1))
         with self._mutex:
-            if self._holder is None or self._stranded():
+            if self._holder is None or self._take_stranded():
                 self._holder = holder
                 return
             waiter: asyncio.Future[None] = task.get_loop().create_future()
@@ -78,10 +80,12 @@ class LoopsLock:
         self._release(sys._getframe(1))
 
     def _release(self, frame: Any) -> None:
-        """The ``async with`` of ``frame`` gives the lock up: it goes to the first waiter whose loop still runs
-        callbacks, or is free."""
+        """The exit called from ``frame`` gives the lock up: it goes to the first waiter whose loop still runs
+        callbacks, or is free (unless the lock was taken from that frame's ``async with``: it gives up nothing)."""
         with self._mutex:
-            if self._holder is not None and self._holder[1] is frame:  # else taken from it: its loop was closed
+            if any(taken is frame for taken in self._taken):
+                self._taken = [taken for taken in self._taken if taken is not frame]
+            elif self._holder is not None:
                 self._hand_on()
 
     def _hand_on(self) -> None:
@@ -96,17 +100,21 @@ class LoopsLock:
             return
         self._holder = None
 
-    def _stranded(self) -> bool:
-        """With the mutex held: whether the holder's event loop was closed (it will never release the lock)."""
+    def _take_stranded(self) -> bool:
+        """With the mutex held: whether the holder's event loop was closed (it will never release the lock); if so,
+        the lock is taken from it (its frame kept in ``_taken``), and the caller gives it to a new holder."""
         holder = self._holder
-        return holder is not None and holder[0].get_loop().is_closed()
+        if holder is None or not holder[0].get_loop().is_closed():
+            return False
+        self._taken.append(holder[1])
+        return True
 
     def _check(self, waiter: asyncio.Future[None]) -> None:
         """On a waiter's loop, every ``CHECK_S`` while it waits: the lock is passed on from a stranded holder."""
         if waiter.done():
             return
         with self._mutex:
-            if self._stranded():
+            if self._take_stranded():
                 self._hand_on()
         if not waiter.done():
             asyncio.get_running_loop().call_later(CHECK_S, self._check, waiter)
@@ -116,6 +124,7 @@ class LoopsLock:
         self._mutex = threading.Lock()
         self._holder = None
         self._waiters = deque()
+        self._taken = []
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
