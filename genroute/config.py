@@ -109,11 +109,14 @@ def _section_redacted(section: str, value: Any) -> Any:
     return _redacted(value)
 
 
-def _redacted(value: Any) -> Any:
-    """``value`` with every mapping entry whose name looks secret (``api_key``, ``token``...) masked, and the
-    credentials of URLs (``base_url: https://user:secret@host``) too."""
+def _redacted(value: Any, *, headers: bool = False) -> Any:
+    """``value`` with every mapping entry whose name looks secret (``api_key``, ``token``...) masked, every value
+    of a ``headers`` mapping (a gateway's or a Chroma server's: ``Cookie``, ``X-Gateway-Auth`` are credentials
+    too, and the engine scrubs each from errors), and the credentials of URLs (``base_url:
+    https://user:secret@host``) too."""
     if isinstance(value, Mapping):
-        return {k: _MASK if _secret_name(k) else _redacted(v) for k, v in value.items()}
+        return {k: _MASK if headers or _secret_name(k) else _redacted(v, headers=k == "headers")
+                for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redacted(v) for v in value]
     if isinstance(value, str):
@@ -219,10 +222,16 @@ def refuse_masked_secrets(raw: Mapping[str, Any]) -> None:
     """``ConfigError`` naming a setting that holds the mask a config's dump writes in place of a secret (a dumped
     config loaded again): it would be sent as the key, or as the URL's credentials, and fail only at run time."""
     for where, key, value in _texts(raw):
-        if (value == _MASK and _secret_name(key)) or _MASKED_URL.search(value):
+        if (value == _MASK and (_secret_name(key) or _in_headers(where, key))) or _MASKED_URL.search(value):
             raise ConfigError("holds the mask a config's dump writes in place of a secret (a dump is for reading, "
                               "its secrets are gone): give the real value, or name an environment variable where "
                               "the setting takes one (api_key_env)", field=where)
+
+
+def _in_headers(where: str, key: Any) -> bool:
+    """Whether the setting at dotted path ``where`` (ending in ``key``) is a value of a ``headers`` mapping."""
+    parent = where[:len(where) - len(str(key))].removesuffix(".")
+    return parent == "headers" or parent.endswith(".headers")
 
 
 def _texts(raw: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:

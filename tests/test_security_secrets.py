@@ -369,3 +369,22 @@ def test_a_secret_looking_key_is_masked_in_every_section_of_the_config():
     assert dumped["backends"]["b"]["generation"] == {"max_output_tokens": 32}  # not secrets: shown
     assert dumped["rate_limits"] == [{"password": "**********", "api_key_env": "LIMIT_KEY"}]
     assert config.policy["api_key"] == "POLICY-SECRET"  # the loaded config still works
+
+
+def test_every_header_value_is_masked_in_the_config_and_a_dump_of_it_is_refused():
+    # An engine's (or Chroma's) headers are credentials whatever their names: Cookie and X-Gateway-Auth were shown
+    # in the router config's repr and dumps, though the engine's own config masked them.
+    from genroute.config import RouterConfig
+
+    config = RouterConfig.model_validate({
+        "engines": {"g": {"kind": "gemini", "api_key_env": "GEMINI_API_KEY",
+                          "headers": {"Cookie": "sid=COOKIE-SECRET", "X-Gateway-Auth": "GATEWAY-SECRET"}}},
+        "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}},
+        "knowledge": {"host": "127.0.0.1", "port": 8000, "headers": {"X-Tenant-Auth": "CHROMA-SECRET"}},
+    })
+    for text in (repr(config), str(config), config.model_dump_json(), repr(config.model_dump())):
+        assert "SECRET" not in text, text
+    assert config.engines["g"]["headers"]["Cookie"] == "sid=COOKIE-SECRET"  # the loaded config still works
+    with pytest.raises(ConfigError) as err:
+        RouterConfig.model_validate_json(config.model_dump_json())
+    assert err.value.field.startswith(("engines.g.headers.", "knowledge.headers.")) and "mask" in err.value.message
