@@ -1,6 +1,6 @@
 """Bounds on what users hand genroute: the size and depth of nested structures (configs, schemas, request
-variables), what counts as a number (``is_real``, ``is_whole``) for the arguments checked against a range, and
-what as a file path in a config model (``PathText``).
+variables), what counts as a number (``is_real``, ``is_whole``) for the arguments checked against a range, what
+as a file path in a config model (``PathText``), and which HTTP headers a config may set (``check_headers``).
 
 A YAML alias, or a Python object referenced twice, is a shared node: small to hold, but whatever serialises it
 (the SDK turning a response schema into JSON, a template printing metadata) writes it out once per reference.
@@ -12,6 +12,7 @@ does more than ``limits.nodes`` steps). A structure that holds itself is caught 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -38,6 +39,21 @@ def _refuse_bool(value: Any) -> Any:
 #: Marks a number in a pydantic model (``Annotated[int, NOT_BOOL]``) that ``true`` must not fill: pydantic reads it
 #: as 1 (a 1 s timeout, one request a minute), where the same model still takes ``"5"`` and ``2.0`` as it would.
 NOT_BOOL = BeforeValidator(_refuse_bool)
+
+
+#: An HTTP header name (RFC 9110 ``token``), and what no header value may hold (a control character but tab).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """``ValueError`` naming the first header (never its value, maybe a secret) that no HTTP client sends: a name that
+    is not a token, or a value with a line break or another control character. Caught when configured: the client
+    refuses it on every request, as a transport error after retries."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name) or _HEADER_CONTROL.search(value):
+            raise ValueError(f"{name!r}: a header name is a token (letters, digits and !#$%&'*+-.^_`|~, no spaces "
+                             "or ':'), and a value holds no line break nor other control character")
 
 
 def _path_text(value: Any) -> Any:

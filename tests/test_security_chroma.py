@@ -111,3 +111,18 @@ def test_secrets_of_configured_headers() -> None:
 
     assert header_secrets({"Authorization": "Bearer abcdef", "X-Tenant": "acme-corp", "X": "a"}) == (
         "Bearer abcdef", "abcdef", "acme-corp")
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": "Bearer ab\ncd-secret"}, {"X Tenant": "cd-secret"},
+                                     {"X-Tenant": "cd\x00secret"}])
+def test_a_header_no_http_client_sends_is_refused_when_configured(headers: dict[str, str]) -> None:
+    # It was accepted, and every call then failed as "cannot reach chroma server ...: Illegal header value
+    # b'Bearer ab\n***'" (a retryable outage, with part of the secret shown); a gemini engine's headers alike.
+    config = {"engines": {"g": {"kind": "gemini", "api_key": "k" * 20}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash"}}}
+    for where, built in (("knowledge.headers", {**config, "knowledge": {"host": "127.0.0.1", "headers": headers}}),
+                         ("engines.g.headers", {**config, "engines": {"g": {**config["engines"]["g"],
+                                                                            "headers": headers}}})):
+        with pytest.raises(ConfigError) as err:
+            Router.from_config(built).close()
+        assert err.value.field == where and "cd-secret" not in str(err.value) and "secret" not in err.value.message

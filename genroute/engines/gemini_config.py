@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
+from genroute.bounds import check_headers
 from genroute.engines.retry import RetryConfig
 from genroute.errors import without_secrets
 
@@ -85,12 +86,7 @@ class GeminiEngineConfig(BaseModel):
     @field_validator("headers")
     @classmethod
     def _header_lines(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        # Caught here: the HTTP client refuses such a header on every request, as a transport error after retries.
-        for name, secret in value.items():
-            text = secret.get_secret_value()
-            if not name or any(c in name for c in " \t\r\n:") or any(c in text for c in "\r\n"):
-                raise ValueError(f"{name!r}: a header name is a non-empty token without spaces or ':', and no "
-                                 "name or value holds a line break")
+        check_headers({name: secret.get_secret_value() for name, secret in value.items()})
         return value
 
     def header_values(self) -> dict[str, str]:

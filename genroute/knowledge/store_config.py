@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from genroute.bounds import PathText
+from genroute.bounds import PathText, check_headers
 from genroute.config_errors import config_error
 from genroute.errors import ConfigError
 
@@ -59,6 +59,12 @@ class StoreConfig(_Frozen):
     timeout_s: float = Field(default=30.0, gt=0.0, allow_inf_nan=False, description=(
         "Longest wait for a `chroma run` server's answer to one call (connecting included); past it the call is "
         "`BackendUnavailable`, so a policy can fall through."))
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable(cls, headers: dict[str, str]) -> dict[str, str]:
+        check_headers(headers)
+        return headers
 
     @field_validator("path")
     @classmethod
