@@ -204,3 +204,29 @@ def test_an_exit_from_another_frame_than_the_enter_frees_it():
         return await asyncio.wait_for(_take(lock), 5)
 
     assert asyncio.run(main()) and not lock.locked()
+
+
+def test_the_late_exit_of_a_waiter_passed_over_does_not_free_it_for_the_holder():
+    # A waiter whose loop was closed is passed over when the lock is released; its coroutine, closed when collected
+    # later, took itself for the one handed the lock (no longer queued) and freed the next holder's lock.
+    import gc
+
+    lock = LoopsLock()
+
+    def wait_on_a_loop_then_close_it() -> None:
+        loop = asyncio.new_event_loop()
+        loop.create_task(_take(lock))
+        for _ in range(5):
+            loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+
+    async def main() -> bool:
+        async with lock:
+            thread = threading.Thread(target=wait_on_a_loop_then_close_it)
+            thread.start()
+            thread.join(10)
+        async with lock:  # the closed loop's waiter was passed over: this task holds it now
+            gc.collect()  # that waiter's coroutine is closed
+            return lock.locked()
+
+    assert asyncio.run(asyncio.wait_for(main(), 5)) and not lock.locked()

@@ -33,17 +33,18 @@ _Holder = tuple[asyncio.Task[Any], Any]
 class LoopsLock:
     """``async with lock:`` — one task at a time, whichever event loop each runs on (not reentrant)."""
 
-    __slots__ = ("_mutex", "_holder", "_waiters", "_taken", "__weakref__")
+    __slots__ = ("_mutex", "_holder", "_waiters", "_dropped", "__weakref__")
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
         #: Who holds the lock (None: free): its task, and the frame of its ``async with``.
         self._holder: _Holder | None = None
         self._waiters: deque[tuple[_Holder, asyncio.Future[None]]] = deque()
-        #: The ``async with`` frames of holders the lock was taken from (their loop was closed): the late exit of
-        #: one (its coroutine closed when collected, maybe while the new holder's task is ``current_task()``) must
-        #: not free the lock. Any other exit frees it, whichever frame it comes from (an ``AsyncExitStack``'s).
-        self._taken: list[Any] = []
+        #: The ``async with`` frames of tasks the lock dropped because their loop was closed (a holder it was taken
+        #: from, a waiter passed over): the late exit of one (its coroutine closed when collected, maybe while the
+        #: new holder's task is ``current_task()``) gives up nothing. Any other exit frees the lock, whichever frame
+        #: it comes from (an ``AsyncExitStack``'s).
+        self._dropped: list[Any] = []
         forget_at_fork(self)
 
     def locked(self) -> bool:
@@ -66,6 +67,8 @@ class LoopsLock:
         try:
             await waiter
         except BaseException:
+            if self._forget_dropped(holder[1]):  # passed over, or handed and taken: nothing of the lock is its own
+                raise
             with self._mutex:
                 handed = entry not in self._waiters  # the releaser took it off the queue: the lock is this task's
                 if not handed:
@@ -81,12 +84,25 @@ class LoopsLock:
 
     def _release(self, frame: Any) -> None:
         """The exit called from ``frame`` gives the lock up: it goes to the first waiter whose loop still runs
-        callbacks, or is free (unless the lock was taken from that frame's ``async with``: it gives up nothing)."""
+        callbacks, or is free (unless the lock dropped the task of that frame's ``async with``: it gives up nothing)."""
+        if self._forget_dropped(frame):
+            return
         with self._mutex:
-            if any(taken is frame for taken in self._taken):
-                self._taken = [taken for taken in self._taken if taken is not frame]
-            elif self._holder is not None:
+            if self._holder is not None:
                 self._hand_on()
+
+    def _forget_dropped(self, frame: Any) -> bool:
+        """Whether the lock dropped the task of ``frame``'s ``async with`` (forgotten now: this is its late exit).
+
+        Without the mutex: that exit runs when the collector closes the coroutine, which an allocation inside this
+        thread's own critical section can start (``create_future``, ``call_soon_threadsafe``), and the mutex is not
+        reentrant. ``list.remove`` is one step under the GIL, and a frame is appended before the lock lets go of
+        its task (so before it can be collected)."""
+        try:
+            self._dropped.remove(frame)  # frames compare by identity
+        except ValueError:
+            return False
+        return True
 
     def _hand_on(self) -> None:
         """With the mutex held."""
@@ -95,6 +111,7 @@ class LoopsLock:
             try:
                 holder[0].get_loop().call_soon_threadsafe(_wake, waiter)
             except RuntimeError:  # its loop is closed: that waiter will never run again
+                self._dropped.append(holder[1])
                 continue
             self._holder = holder  # still held: now by that waiter
             return
@@ -102,11 +119,11 @@ class LoopsLock:
 
     def _take_stranded(self) -> bool:
         """With the mutex held: whether the holder's event loop was closed (it will never release the lock); if so,
-        the lock is taken from it (its frame kept in ``_taken``), and the caller gives it to a new holder."""
+        the lock is taken from it (its frame kept in ``_dropped``), and the caller gives it to a new holder."""
         holder = self._holder
         if holder is None or not holder[0].get_loop().is_closed():
             return False
-        self._taken.append(holder[1])
+        self._dropped.append(holder[1])
         return True
 
     def _check(self, waiter: asyncio.Future[None]) -> None:
@@ -124,7 +141,7 @@ class LoopsLock:
         self._mutex = threading.Lock()
         self._holder = None
         self._waiters = deque()
-        self._taken = []
+        self._dropped = []
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
