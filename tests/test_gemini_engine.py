@@ -401,6 +401,17 @@ async def test_configured_headers_reach_every_call_and_are_never_shown(srv):
     assert bad.value.field == "engines.g.headers"
 
 
+@pytest.mark.parametrize("name", ["x-goog-api-key", "X-Goog-Api-Key"])
+def test_a_key_header_in_headers_is_refused_not_sent_over_the_engines_key(name):
+    # It replaced the engine's key on every request, whatever the case of its name, while the engine said it sent
+    # api_key_env's (and refused to build with that variable unset, though a key was there).
+    with pytest.raises(ConfigError) as bad:
+        Router.from_config({"engines": {"g": {"kind": "gemini", "api_key": KEY, "headers": {name: "other-key-0123"}}},
+                            "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": MODEL}}})
+    assert bad.value.field == "engines.g.headers" and "api_key_env" in bad.value.message
+    assert "other-key-0123" not in str(bad.value)
+
+
 async def test_env_key_fallbacks_and_base_url(srv, monkeypatch):
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.setenv("GOOGLE_API_KEY", "from-google-env")

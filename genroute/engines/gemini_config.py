@@ -87,6 +87,10 @@ class GeminiEngineConfig(BaseModel):
     @classmethod
     def _header_lines(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
         check_headers({name: secret.get_secret_value() for name, secret in value.items()})
+        # Sent over the engine's own key (in any case of its name): the key it says it sends would not be the one.
+        if key := next((name for name in value if name.lower() == "x-goog-api-key"), None):
+            raise ValueError(f"{key!r}: the engine sends its API key in that header: give the key as api_key_env "
+                             "(or api_key), not in headers")
         return value
 
     def header_values(self) -> dict[str, str]:
