@@ -181,15 +181,22 @@ def test_ctrl_c_ends_the_command_with_one_line_not_a_traceback(tmp_path, gemini_
     path = _write_config(tmp_path, gemini_server)
     gemini_server.fault(Fault.delay(30))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen([sys.executable, "-m", "genroute.cli", "generate", "hi", "--config", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    waited = 0.0
-    while not gemini_server.requests and waited < 60:  # the request is on the wire: the command is waiting
+    # A command inherits an ignored SIGINT (pytest started as a background job of a script: `pytest ... &`), and
+    # Python then leaves Ctrl-C ignored, so the command answered after the delay with 0. A handled signal is reset
+    # to the default across exec, so the command starts as it does at a terminal.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "genroute.cli", "generate", "hi", "--config", str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    deadline = time.monotonic() + 120
+    while not any(r.action == "generateContent" for r in gemini_server.requests):  # the command is waiting
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=60)
         time.sleep(0.05)
-        waited += 0.05
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, (out, err)
     assert err.strip().splitlines()[-1] == "genroute: interrupted" and "Traceback" not in err
 
 
