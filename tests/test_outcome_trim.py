@@ -136,7 +136,7 @@ async def test_an_archive_keeps_every_write_the_list_trimmed(stores, tmp_path) -
 
     writer = SharedOutcomeStore(stores[0], max_items=3, archive=OutcomeStore(tmp_path / "a.db"))
     for i in range(10):
-        await writer.upsert(record(f"r{i}", cost_usd=0.5))
+        await writer.upsert(record(f"r{i}", cost_usd=0.5, latency_s=0.2))
     await writer.upsert(record("r0", score=1.0))  # feedback for a record trimmed from the list long ago
     found = await writer.records()
     assert [r.id for r in found] == [f"r{i}" for i in range(10)]  # the file has them all, in order, once

@@ -11,6 +11,7 @@ import pytest
 from genroute import Router
 from genroute.cli import main as cli
 from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
+from genroute.outcomes.stats import outcome_stats
 from genroute.policies import build_policy
 from genroute.policies.base import BackendInfo, PolicyContext
 from genroute.policies.stats import BackendStats, BenchStats
@@ -198,6 +199,29 @@ def test_compile_from_outcomes(tmp_path, capsys):
     assert not (tmp_path / "neg").exists()
     line = json.loads((tmp_path / "matrix.jsonl").read_text().splitlines()[0])
     assert set(line) == {"input", "output", "metadata", "outcomes"} and line["metadata"]["task"] == "t"
+
+
+def test_a_side_without_a_recorded_cost_or_latency_is_unknown_not_free(tmp_path, capsys):
+    # A label-only side (feedback's score whose shadow write was lost) averaged in as cost 0 and latency 0: the
+    # backend looked cheaper and faster than it was, and one with only such sides looked free.
+    lines = [{"metadata": {"id": f"r{i}", "task": "t"},
+              "outcomes": {"chat": {"score": 1.0, "cost_usd": 0.002, "latency_s": 0.5} if i < 3 else {"score": 1.0},
+                           "pro": {"score": 1.0}}} for i in range(5)]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert cli(["compile", "--outcomes", str(path), "--out", str(tmp_path / "out"), "--no-learned"]) == 0
+    out = capsys.readouterr().out
+    chat = BenchStats.load(tmp_path / "out" / "stats.json").tasks["t"]["chat"]
+    assert (chat.n, chat.cost_per_request_usd, chat.cost_n, chat.latency_p50_s, chat.latency_n) == (5, 0.002, 3, 0.5, 3)
+    assert "pro" not in BenchStats.load(tmp_path / "out" / "stats.json").tasks["t"]
+    assert "(over the 3 with a recorded cost)" in out
+    assert "t / pro: left out: none of its 5 scored sides has a recorded cost_usd" in out
+    untimed = outcome_stats([OutcomeRecord(metadata={"task": "t"}, outcomes={"pro": Side(score=1.0, cost_usd=0.001)})])
+    pro = untimed.tasks["t"]["pro"]
+    assert (pro.latency_p50_s, pro.latency_p95_s, pro.latency_n) == (None, None, 0)  # not 0 s, which meets any SLO
+    catalogue = PolicyContext(catalogue={"pro": BackendInfo(name="pro", kind="x")}, stats=untimed)
+    policy = build_policy({"kind": "cost_aware", "default": "pro", "tasks": {"t": {"max_p95_latency_s": 1.0}}})
+    assert "none of 1 measured backend(s)" in policy.decide(GenerateRequest(input="x", task="t"), catalogue).reason
 
 
 @pytest.mark.parametrize(("side", "says"), [

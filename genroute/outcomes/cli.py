@@ -40,7 +40,7 @@ def compile_main(argv: Sequence[str]) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     from genroute.outcomes.records import scoring_cost
-    from genroute.outcomes.stats import outcome_stats, training_rows
+    from genroute.outcomes.stats import outcome_stats, scored_sides, training_rows, unmeasured, uses_cloud_equivalent
     from genroute.outcomes.store import read_outcome_file
     from genroute.policies.cost_weight import as_rule
 
@@ -60,7 +60,15 @@ def _compile(args: argparse.Namespace) -> int:
     for task, by in sorted(stats.tasks.items()):
         for backend, entry in sorted(by.items()):
             print(f"  {task} / {backend}: n={entry.n} quality={entry.quality:.3f} "
-                  f"${entry.cost_per_request_usd:.6f}/request p50={entry.latency_p50_s:.3f}s")
+                  f"${entry.cost_per_request_usd:.6f}/request"
+                  + (f" (over the {entry.cost_n} with a recorded cost)" if entry.cost_n is not None else "")
+                  + (" latency not recorded" if entry.latency_p50_s is None else f" p50={entry.latency_p50_s:.3f}s")
+                  + (f" (over the {entry.latency_n} with a recorded latency)" if entry.latency_n else ""))
+    cloud = uses_cloud_equivalent(records)
+    for task, scored in sorted(scored_sides(records).items()):
+        for backend, sides in sorted(scored.items()):
+            if len(sides) >= args.min_n and (why := unmeasured(sides, cloud)) is not None:
+                print(f"  {task} / {backend}: left out: {why} (a missing cost is unknown, not free)")
     if entries:
         from genroute.policies.cost_aware_compiled import write_cost_aware_config
 

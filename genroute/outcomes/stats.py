@@ -20,14 +20,44 @@ def side_cost(side: Side, cloud: bool) -> float:
     return (side.cloud_equivalent_cost_usd or 0.0) if cloud else side.cost_usd
 
 
+def has_cost(side: Side, cloud: bool) -> bool:
+    """Whether ``side_cost`` is a recorded cost: a side written without one (a label-only side whose shadow write
+    was lost) reads as 0.0, which is unknown, not free."""
+    return side.cloud_equivalent_cost_usd is not None if cloud else "cost_usd" in side.model_fields_set
+
+
+def has_latency(side: Side) -> bool:
+    """Whether the side's ``latency_s`` was recorded (its 0.0 default is unknown, not instant)."""
+    return "latency_s" in side.model_fields_set
+
+
 def uses_cloud_equivalent(records: Sequence[OutcomeRecord]) -> bool:
     """True when every priced side is free but has a cloud-equivalent (local models): price by that instead."""
     return sides_use_cloud_equivalent([s for r in records for s in r.outcomes.values()])
 
 
 def sides_use_cloud_equivalent(sides: Sequence[Side]) -> bool:
-    """``uses_cloud_equivalent`` for a list of sides."""
-    return bool(sides) and all(s.cost_usd == 0 and s.cloud_equivalent_cost_usd is not None for s in sides)
+    """``uses_cloud_equivalent`` for a list of sides (those with no cost of either kind are not priced)."""
+    priced = [s for s in sides if has_cost(s, cloud=False) or has_cost(s, cloud=True)]
+    return bool(priced) and all(s.cost_usd == 0 and s.cloud_equivalent_cost_usd is not None for s in priced)
+
+
+def scored_sides(records: Sequence[OutcomeRecord]) -> dict[str, dict[str, list[Side]]]:
+    """Every scored side, by task and backend."""
+    by_task: dict[str, dict[str, list[Side]]] = {}
+    for record in records:
+        for backend, side in record.outcomes.items():
+            if side.score is not None:
+                by_task.setdefault(record.task or ANY_TASK, {}).setdefault(backend, []).append(side)
+    return by_task
+
+
+def unmeasured(sides: Sequence[Side], cloud: bool) -> str | None:
+    """Why ``outcome_stats`` leaves these sides' entry out, if it does: none has a recorded cost."""
+    if not any(has_cost(s, cloud) for s in sides):
+        return f"none of its {len(sides)} scored sides has a recorded " + (
+            "cloud_equivalent_cost_usd" if cloud else "cost_usd")
+    return None
 
 
 def outcome_stats(records: Sequence[OutcomeRecord], *, min_n: int = 1, source: str | None = None,
@@ -35,20 +65,18 @@ def outcome_stats(records: Sequence[OutcomeRecord], *, min_n: int = 1, source: s
     """Per task and backend: n, mean score with its 95 % CI (``quality_ci``), latency p50/p95, mean cost and tokens.
 
     Only scored sides count for quality; entries scored on fewer than ``min_n`` records are left out (so they
-    do not override a benchmark's figures on too little evidence).
+    do not override a benchmark's figures on too little evidence). Cost and latency are over the sides that
+    recorded them (``cost_n``, ``latency_n`` say how many when fewer than ``n``: a missing cost is unknown, not
+    free); an entry where no side recorded a cost is left out too (``unmeasured`` says why), and one where none
+    recorded a latency has none (``None``, not 0 s).
     """
     import numpy as np
 
     from genroute.bench.stats import quality_ci
 
     cloud = uses_cloud_equivalent(records) if cloud is None else cloud
-    by_task: dict[str, dict[str, list[Side]]] = {}
-    for record in records:
-        for backend, side in record.outcomes.items():
-            if side.score is not None:
-                by_task.setdefault(record.task or ANY_TASK, {}).setdefault(backend, []).append(side)
     tasks: dict[str, dict[str, BackendStats]] = {}
-    for task, by_backend in by_task.items():
+    for task, by_backend in scored_sides(records).items():
         for backend, sides in by_backend.items():
             if len(sides) < min_n:
                 continue
@@ -57,12 +85,17 @@ def outcome_stats(records: Sequence[OutcomeRecord], *, min_n: int = 1, source: s
             if not 0.0 <= quality <= 1.0:  # a scorer on another scale (0-10, BLEU x 100), or NaN
                 raise ConfigError(f"the outcome scores of {backend!r} on task {task!r} average {quality:g}: "
                                   "scores must be in [0, 1]", field="outcomes.scorer")
-            latency = np.asarray([s.latency_s for s in sides])
-            costs = np.asarray([side_cost(s, cloud) for s in sides])
+            if unmeasured(sides, cloud) is not None:
+                continue
+            latency = np.asarray([s.latency_s for s in sides if has_latency(s)])
+            costs = np.asarray([side_cost(s, cloud) for s in sides if has_cost(s, cloud)])
             tasks.setdefault(task, {})[backend] = BackendStats(
                 n=len(sides), quality=quality, quality_ci=quality_ci(scores, seed=seed),
-                metric="outcomes", latency_p50_s=float(np.quantile(latency, 0.5)),
-                latency_p95_s=float(np.quantile(latency, 0.95)), cost_per_request_usd=float(costs.mean()),
+                cost_n=len(costs) if len(costs) < len(sides) else None,
+                latency_n=len(latency) if len(latency) < len(sides) else None,
+                metric="outcomes", latency_p50_s=float(np.quantile(latency, 0.5)) if len(latency) else None,
+                latency_p95_s=float(np.quantile(latency, 0.95)) if len(latency) else None,
+                cost_per_request_usd=float(costs.mean()),
                 cost_p95_usd=float(np.quantile(costs, 0.95)), cost_max_usd=float(costs.max()),
                 input_tokens_mean=float(np.mean([s.input_tokens for s in sides])),
                 output_tokens_mean=float(np.mean([s.output_tokens for s in sides])))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from typing import Literal
 
@@ -79,17 +80,18 @@ class CostAwarePolicy(Policy):
         for backend, entry in measured.items():
             if entry.n < self.config.min_n or self._quality(entry) < floor:
                 continue
-            if slo is not None and entry.latency_p95_s > slo:
-                continue
+            if slo is not None and (entry.latency_p95_s is None or entry.latency_p95_s > slo):
+                continue  # an unrecorded latency does not meet the SLO
             eligible.append((backend, entry))
         if not eligible:
             return self._default(f"none of {len(measured)} measured backend(s) for task {request.task!r} "
                                  f"has quality >= {floor:g}" + (f" and p95 <= {slo:g}s" if slo else ""))
-        eligible.sort(key=lambda be: (be[1].cost_per_request_usd, -self._quality(be[1]), be[1].latency_p50_s))
+        eligible.sort(key=lambda be: (be[1].cost_per_request_usd, -self._quality(be[1]),
+                                      math.inf if be[1].latency_p50_s is None else be[1].latency_p50_s))
         backend, entry = eligible[0]
         rungs = tuple(Rung(backend=b) for b, _ in eligible[: 1 + self.config.fallbacks])
-        slo_text = f", p95 {entry.latency_p95_s:.3g}s <= {slo:g}s" if slo is not None else \
-            f", p95 {entry.latency_p95_s:.3g}s"
+        p95 = "latency not recorded" if entry.latency_p95_s is None else f"p95 {entry.latency_p95_s:.3g}s"
+        slo_text = f", {p95} <= {slo:g}s" if slo is not None else f", {p95}"
         reason = (f"cost_aware: {backend} for task {request.task!r}: quality {self._quality(entry):.3g} >= "
                   f"{floor:g}{slo_text}, ${entry.cost_per_request_usd:.6g}/request "
                   f"(cheapest of {len(eligible)} eligible)")

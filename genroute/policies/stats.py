@@ -35,8 +35,9 @@ class BackendStats(BaseModel):
     quality_ci: tuple[float, float] | None = Field(
         default=None, description="95 % CI (low, high): exact for 0/1 scores, else bootstrap.")
     metric: str | None = Field(default=None, description="Scorer name, e.g. label_accuracy.")
-    latency_p50_s: float = Field(ge=0.0)
-    latency_p95_s: float = Field(ge=0.0)
+    #: ``None``: no latency was recorded (an outcome matrix without ``latency_s``), which is unknown, not 0.
+    latency_p50_s: float | None = Field(ge=0.0)
+    latency_p95_s: float | None = Field(ge=0.0)
     cost_per_request_usd: float = Field(ge=0.0, description="Mean cost per request.")
     failures: int = Field(default=0, ge=0, description="Records that ended in an error.")
     latency_p99_s: float | None = Field(default=None, ge=0.0)
@@ -45,10 +46,16 @@ class BackendStats(BaseModel):
     output_tokens_mean: float | None = Field(default=None, ge=0.0)
     cost_p95_usd: float | None = Field(default=None, ge=0.0, description="95th percentile cost per request.")
     cost_max_usd: float | None = Field(default=None, ge=0.0, description="Highest cost of one request.")
+    cost_n: int | None = Field(default=None, ge=0, description="Records whose cost was recorded, when fewer than "
+                               "n: the cost figures are over these (a missing cost is unknown, not free).")
+    latency_n: int | None = Field(default=None, ge=0, description="Records whose latency was recorded, when fewer "
+                                  "than n: the latency figures are over these.")
 
     @model_validator(mode="after")
     def _ordered(self) -> BackendStats:
-        if self.latency_p95_s < self.latency_p50_s:
+        if (self.latency_p50_s is None) != (self.latency_p95_s is None):
+            raise ValueError("latency_p50_s and latency_p95_s are both given or both null")
+        if self.latency_p95_s is not None and self.latency_p50_s is not None and self.latency_p95_s < self.latency_p50_s:
             raise ValueError("latency_p95_s must be >= latency_p50_s")
         if self.quality_ci is not None and self.quality_ci[0] > self.quality_ci[1]:
             raise ValueError("quality_ci must be (low, high)")
