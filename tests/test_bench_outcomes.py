@@ -160,6 +160,8 @@ def test_the_input_token_estimate_counts_a_character_of_an_unspaced_script_as_a_
     # Ideographs outside the BMP (CJK Extension B and later) and halfwidth katakana were "one word" a run.
     assert pricing.input_tokens("𠀀𠀁𠀂𪜀 x") == 5
     assert pricing.input_tokens("ｶｰﾄﾞｦﾌﾝｼﾂ") == 9
+    assert pricing.input_tokens("〇〇株式会社") == 6  # 々 〆 〇 (U+3005-3007) were letters of "one word"
+    assert pricing.input_tokens("〆切は日々々") == 6
     assert pricing.cost("请计算十二乘以七等于多少", "a") == pytest.approx(12 / 1e6)
     assert "a character each in Chinese, Japanese, Thai" in pricing.describe()
 

@@ -77,6 +77,9 @@ TEXT_CASES = [
     ("label_accuracy", rec("正面", "正面", label_set=["正面", "负面"]), "正面还是负面", 0.0),  # names both
     ("label_accuracy", rec("positive", "positive"), "这条评论是positive的", 1.0),
     ("label_accuracy", rec("positive", "positive"), "这条评论是unpositive的", 0.0),  # inside a Latin word still not
+    # The iteration mark, closing mark and ideographic zero (々 〆 〇) are letters of that script too.
+    ("label_accuracy", rec("positive", "positive"), "評価は時々positive", 1.0),
+    ("label_accuracy", rec("positive", "positive"), "〇〇positive", 1.0),
     # One label in two Unicode compositions: "ne" + combining acute in the file, "é" in the answer.
     ("label_accuracy", rec("ne\u0301gatif", "ne\u0301gatif", label_set=["ne\u0301gatif", "positif"]), "Négatif.", 1.0),
     ("label_accuracy", rec("négatif", "négatif", label_set=["négatif", "positif"]), "ne\u0301gatif ou positif", 0.0),

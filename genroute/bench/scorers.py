@@ -118,12 +118,12 @@ def label_accuracy(record: BenchRecord, result: GenerateResult) -> float:
     return float(not any(o and _mentions(answer, o) and o not in gold for o in others))
 
 
-#: Scripts written without spaces between words (Han, also outside the BMP, kana, halfwidth katakana included, Thai,
-#: Lao, Khmer, Myanmar), as a regex character range: a word of them has no word boundary to look for, so a label is
-#: named by its letters wherever they stand ("这条评论是正面的" names 正面); and the input token estimate of a matrix's
+#: Scripts written without spaces between words (Han, also outside the BMP, with 々 〆 〇, kana, halfwidth katakana
+#: included, Thai, Lao, Khmer, Myanmar), as a regex character range: a word of them has no word boundary to look for,
+#: so a label is named by its letters wherever they stand ("这条评论是正面的" names 正面); and the input token estimate of a matrix's
 #: prices counts a token per character of them.
-UNSEGMENTED = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
-               "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f")
+UNSEGMENTED = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf"
+               "\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f")
 _UNSEGMENTED_CHAR = re.compile(f"[{UNSEGMENTED}]")
 
 
