@@ -56,6 +56,21 @@ def test_generate_trace_prints_the_spans_to_stderr(tmp_path, gemini_server, caps
     assert "genroute.generate" in err and "type=BackendRejected" in err
 
 
+def test_generate_trace_shows_a_local_models_cloud_equivalent_cost(tmp_path, capsys):
+    # The tree showed the provider's cost only, 0 for the local model: not what the same tokens cost on the cloud.
+    config = {"engines": {"local": {"kind": "local", "n_threads": 1}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
+                                    "generation": {"max_output_tokens": 4}}},
+              "policy": {"kind": "static", "backend": "chat"}}
+    path = tmp_path / "genroute.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["generate", "Capital of France?", "--config", str(path), "--json", "--trace"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["cost_usd"] == 0 and result["cloud_equivalent_cost_usd"] > 0
+    assert f"cloud_equivalent={result['cloud_equivalent_cost_usd']}" in err and "cloud_model=" in err
+
+
 def test_generate_stream(tmp_path, gemini_server, capsys):
     path = _write_config(tmp_path, gemini_server)
     gemini_server.reply_text("one two three", chunks=3)

@@ -57,6 +57,14 @@ def results_table(rows: Sequence[tuple[dict[str, Any], str, Any]]) -> Table:
     return table
 
 
+#: Span attributes shown in the tree, and their labels: a local model's cost is 0, so what the same tokens would
+#: cost on the reference cloud model is shown beside it.
+_SHOWN = {"genroute.backend": "backend", "genroute.policy": "policy", "gen_ai.provider.name": "name",
+          "gen_ai.usage.input_tokens": "input_tokens", "gen_ai.usage.output_tokens": "output_tokens",
+          "gen_ai.usage.cost.amount": "amount", "genroute.cloud_equivalent.cost.amount": "cloud_equivalent",
+          "genroute.cloud_equivalent.model": "cloud_model", "error.type": "type"}
+
+
 def span_tree(spans: Sequence[Any]) -> Tree:
     """The exported spans as a tree per trace, with durations and the key attributes."""
     children: dict[int | None, list[Any]] = {}
@@ -67,9 +75,7 @@ def span_tree(spans: Sequence[Any]) -> Tree:
 
     def add(node: Tree, span: Any) -> None:
         ms = (span.end_time - span.start_time) / 1e6
-        keys = ("genroute.backend", "genroute.policy", "gen_ai.provider.name", "gen_ai.usage.input_tokens",
-                "gen_ai.usage.output_tokens", "gen_ai.usage.cost.amount", "error.type")
-        attrs = " ".join(f"{k.split('.')[-1]}={span.attributes[k]}" for k in keys if k in span.attributes)
+        attrs = " ".join(f"{label}={span.attributes[k]}" for k, label in _SHOWN.items() if k in span.attributes)
         branch = node.add(f"{escape(span.name)} [cyan]{ms:.1f} ms[/] [dim]{escape(attrs)}[/]")
         for child in sorted(children.get(span.context.span_id, []), key=lambda s: s.start_time):
             add(branch, child)
