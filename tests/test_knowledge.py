@@ -486,6 +486,21 @@ def test_a_missing_chroma_cli_fails_server_tests_when_required(monkeypatch: pyte
                 chroma_fixtures._chroma_cli()
 
 
+@pytest.mark.chroma_server
+async def test_a_write_through_localhost_is_seen_by_a_store_of_127_0_0_1(chroma_server: ChromaServer,
+                                                                          tmp_path: Path) -> None:
+    # The write stamp was keyed by the host as spelt: a store of "localhost" and one of "127.0.0.1" in one process
+    # did not see each other's writes, so an ICL pool read whole through one was never read again after the other
+    # wrote.
+    by_name = build_store({"host": "localhost", "port": chroma_server.port}, engines={})
+    by_address = build_store({"host": "127.0.0.1", "port": chroma_server.port}, engines={})
+    collection = f"spelt-{os.getpid()}"
+    before = by_address.written(collection)
+    await aingest(by_name, write_corpus(tmp_path / "docs", docs=1), collection=collection, chunk_tokens=30, overlap=6)
+    assert by_address.written(collection) == by_name.written(collection) != before
+    assert build_store({"host": "LOCALHOST.", "port": chroma_server.port + 1}, engines={}).written(collection) == 0
+
+
 # -- overlapping runs and path spellings -------------------------------------------------------
 
 PAUSED_CHILD = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import os
 import threading
@@ -82,7 +83,8 @@ class StoreCollections:
     def _where(self) -> tuple[Any, ...]:
         """The Chroma place (server or directory, tenant, database) whatever the store object or path's spelling."""
         config = self.config
-        where = (config.host, config.port) if config.host is not None else os.path.realpath(config.path or "")
+        path = os.path.realpath(config.path or "")
+        where = (server_host(config.host), config.port) if config.host is not None else path
         return where, config.tenant, config.database
 
     def _path(self) -> str:
@@ -254,6 +256,18 @@ class StoreCollections:
         """Forget the client; Chroma flushes each write itself."""
         self._collections.clear()
         self._client_obj = None
+
+
+def server_host(host: str) -> str:
+    """A Chroma server's host as the write stamp keys it: every loopback spelling (``localhost``, ``127.0.0.1``,
+    ``::1``) as one, since they reach the same local server (two servers on one port of different loopback addresses
+    sharing a stamp only read their pools again)."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    try:
+        loopback = ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = name in ("localhost", "ip6-localhost", "ip6-loopback") or name.endswith(".localhost")
+    return "loopback" if loopback else name
 
 
 @lru_cache(maxsize=4)
