@@ -308,3 +308,13 @@ def test_the_explanation_states_the_level_it_was_given() -> None:
     # Several rows are several tests: the reader is told they are not corrected for it.
     assert "not corrected for the number of rows" in explain() and "k × 5 %" in explain()
     assert "k × 10 %" in text
+
+
+def test_a_held_out_share_is_stated_with_its_count_and_exact_interval_and_not_resolved_near_its_baseline() -> None:
+    from genroute.bench.intervals import share_claim
+
+    small = share_claim(0.8, 5, baseline=0.6, baseline_name="the majority")
+    assert small.startswith("0.800 (4 of 5, exact 95 % CI [0.284, 0.995])")
+    assert "not resolved against the majority (0.600)" in small
+    assert "not resolved" not in share_claim(0.95, 200, baseline=0.6)
+    assert share_claim(0.0, 0) == "not measured (nothing held out)"

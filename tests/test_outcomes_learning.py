@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -199,6 +200,15 @@ def test_compile_from_outcomes(tmp_path, capsys):
     assert not (tmp_path / "neg").exists()
     line = json.loads((tmp_path / "matrix.jsonl").read_text().splitlines()[0])
     assert set(line) == {"input", "output", "metadata", "outcomes"} and line["metadata"]["task"] == "t"
+
+
+def test_compile_states_a_small_validation_splits_routing_accuracy_with_n_and_an_interval(tmp_path, capsys):
+    # "routing accuracy 1.000 on 4 held out" read as a finding: the reader had no n's worth of doubt to weigh.
+    texts = [f"where is my card number {i}" for i in range(10)] + [f"what fee did you charge me {i}" for i in range(10)]
+    fill(tmp_path, 20, {"chat": (lambda i: float(i < 10), 0.0001), "pro": (1.0, 0.001)}, inputs=texts)
+    assert cli(["compile", "--outcomes", str(tmp_path / "outcomes.db"), "--out", str(tmp_path / "out")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "routing accuracy" in x)
+    assert re.search(r"routing accuracy \d\.\d{3} \(\d+ of \d+, exact 95 % CI \[\d\.\d{3}, \d\.\d{3}\]\)", line), line
 
 
 def test_a_side_without_a_recorded_cost_or_latency_is_unknown_not_free(tmp_path, capsys):

@@ -303,7 +303,11 @@ def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_
         shipped = train(rows, path, embedder=embedder, seed=seed, test_share=0.0, cost_weight_rule=rule)
     except GenrouteError as exc:  # e.g. too few training records: report it, keep the rest of the compile
         return None, f"learned policy not trained: {exc}", None, None
-    note = (f"learned ({report.method}): routing accuracy {report.routing_accuracy:.3f} on its own "
+    from genroute.bench.intervals import share_claim
+
+    accuracy = share_claim(report.routing_accuracy or 0.0, report.n_test, baseline=report.majority_routing_accuracy,
+                           baseline_name="always the most common best backend")
+    note = (f"learned ({report.method}): routing accuracy {accuracy} on its own "
             f"{report.n_test}-record validation split of the training records; `{path.name}` was then "
             f"trained on all {shipped.n_train} records.")
     for what, trained in (("held-out model", report), (f"`{path.name}`", shipped)):

@@ -86,3 +86,16 @@ def newcombe_paired_ci(a: Sequence[float], b: Sequence[float], *, level: float =
     low = (pa - la) ** 2 + (ub - pb) ** 2 - 2 * phi * (pa - la) * (ub - pb)
     high = (ua - pa) ** 2 + (pb - lb) ** 2 - 2 * phi * (ua - pa) * (pb - lb)
     return max(-1.0, d - math.sqrt(max(low, 0.0))), min(1.0, d + math.sqrt(max(high, 0.0)))
+
+
+def share_claim(share: float, n: int, *, baseline: float | None = None, baseline_name: str = "baseline") -> str:
+    """A held-out share (routing accuracy) as a claim a reader can weigh: the count, ``n`` and the exact 95 % CI, and
+    "not resolved" when ``baseline`` lies inside that CI (5 validation records cannot tell 0.8 from 0.6)."""
+    if n < 1:
+        return "not measured (nothing held out)"
+    k = round(share * n)
+    low, high = exact_binomial_ci(k, n)
+    text = f"{share:.3f} ({k} of {n}, exact 95 % CI [{low:.3f}, {high:.3f}])"
+    if baseline is not None and low <= baseline <= high:
+        text += f", not resolved against {baseline_name} ({baseline:.3f})"
+    return text

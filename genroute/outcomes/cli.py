@@ -88,8 +88,12 @@ def _compile(args: argparse.Namespace) -> int:
     from genroute.policies.learned import train
 
     report = train(rows, out / "learned.npz", cost_weight_rule=rule)
+    from genroute.bench.intervals import share_claim
+
+    accuracy = share_claim(report.routing_accuracy or 0.0, report.n_test, baseline=report.majority_routing_accuracy,
+                           baseline_name="always the most common best backend")
     print(f"{report.model_path}: {report.method} on {report.n_train} records, routing accuracy "
-          f"{report.routing_accuracy:.3f} on {report.n_test} held out; "
+          f"{accuracy} held out; "
           + (report.cost_weight_choice.summary() if report.cost_weight_choice else
              f"fixed cost weight {report.cost_weight:g}"))
     return 0
