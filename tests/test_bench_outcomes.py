@@ -816,3 +816,20 @@ def test_the_offline_comparison_table_says_how_many_records_its_distinct_inputs_
     cmp = next(c for c in report.comparisons if c.router == "cost_aware (task label)")
     assert (cmp.n, cmp.n_records) == (20, 24)
     assert "| cost_aware (task label) | best single (train) | 20 inputs (24 records) |" in report.markdown()
+
+
+def test_a_matrix_without_latency_has_no_latency_not_zero(tmp_path: Path) -> None:
+    # A side without latency_s read as 0.0 s: stats.json from such a matrix (most published ones) met any
+    # cost_aware latency SLO, and the report's p50 column said every candidate answered instantly.
+    from genroute.bench.compile import stats_from
+    from genroute.bench.report import markdown_table, summarize
+
+    rows = synthetic(5)
+    for row in rows[:4]:
+        row["outcomes"]["C"]["latency_s"] = 2.0
+    matrix = load_matrix(write_jsonl(tmp_path / "m.jsonl", rows))
+    summaries = {s.backend: s for s in summarize(matrix.outcomes(), n_boot=100)}
+    assert (summaries["A"].latency_p50_s, summaries["C"].latency_p50_s) == (None, 2.0)  # C: over the 4 it gave
+    assert "| – | – | – |" in markdown_table([summaries["A"]])
+    stats = stats_from(matrix.outcomes(), n_boot=100)
+    assert stats.tasks["math"]["A"].latency_p95_s is None and stats.tasks["math"]["C"].latency_p95_s == 2.0

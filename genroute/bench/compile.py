@@ -37,7 +37,7 @@ class HeldOutRow(BaseModel):
     quality_ci: tuple[float, float] = Field(default=(0.0, 0.0),
                                            description="95 % CI of the quality (`stats.quality_ci`).")
     cost_per_request_usd: float
-    latency_p50_s: float
+    latency_p50_s: float | None = Field(description="None: no pick recorded a latency (a matrix without latency_s).")
     picks: dict[str, int] = Field(default_factory=dict, description="Backends a policy routed to.")
     scores: dict[str, float] = Field(default_factory=dict, description="Score per held-out record id, for "
                                                                        "paired comparisons.")
@@ -79,8 +79,9 @@ class CompileReport(BaseModel):
         for row in self.rows:
             picks = ", ".join(f"{b}: {n}" for b, n in sorted(row.picks.items())) or "–"
             low, high = row.quality_ci
+            latency = "–" if row.latency_p50_s is None else f"{row.latency_p50_s:.3f}"
             lines.append(markdown_row([row.name, len(row.scores), f"{row.quality:.3f} [{low:.3f}, {high:.3f}]",
-                                       f"${row.cost_per_request_usd:.6f}", f"{row.latency_p50_s:.3f}", picks]))
+                                       f"${row.cost_per_request_usd:.6f}", latency, picks]))
         if self.learned_note:
             lines += ["", self.learned_note]
         if self.policy_files:
@@ -145,7 +146,8 @@ def _row(name: str, picked: Sequence[Outcome], cloud: bool) -> HeldOutRow:
     return HeldOutRow(
         name=name, quality=float(np.mean(scores)), quality_ci=quality_ci(scores),
         cost_per_request_usd=float(np.mean([cost_of(o, cloud) for o in picked])),
-        latency_p50_s=float(np.median([o.latency_s for o in picked])),
+        latency_p50_s=float(np.median(timed)) if (timed := [o.latency_s for o in picked if o.latency_s is not None])
+        else None,
         picks=dict(Counter(o.backend for o in picked)),
         scores={o.record_id: o.score if o.ok else 0.0 for o in picked},
         costs={o.record_id: cost_of(o, cloud) for o in picked},

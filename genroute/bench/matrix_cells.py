@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 
 class MatrixCells:
-    """Each side read so far: its record's row, its candidate's column, score (NaN: unscored), ``cost_usd`` (NaN:
-    not given), latency, and the token counts it recorded."""
+    """Each side read so far: its record's row, its candidate's column, score (NaN: unscored), ``cost_usd`` and
+    latency (NaN: not given), and the token counts it recorded."""
 
     def __init__(self) -> None:
         self.columns: dict[str, int] = {}  # candidate -> column, in the order first seen
@@ -43,7 +43,7 @@ class MatrixCells:
             self._col.append(self.columns.setdefault(name, len(self.columns)))
             self._score.append(math.nan if side.score is None else side.score)
             self._cost.append(side.cost_usd if "cost_usd" in given else math.nan)
-            self._latency.append(side.latency_s)
+            self._latency.append(side.latency_s if "latency_s" in given else math.nan)
             if side.score is None and not self.unscored:
                 keys = ", ".join(sorted(side.model_dump(exclude_unset=True))) or "none"
                 self.unscored = f"; e.g. {where}: outcomes.{name} has no \"score\" (its keys: {keys})"
@@ -55,7 +55,7 @@ class MatrixCells:
 
     def grids(self, rows: int, names: Sequence[str]) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
         """``(scores, costs, latencies, cells)`` of shape ``(rows, len(names))``: NaN where a record has no outcome
-        of the candidate (score) or gave no ``cost_usd`` (cost); ``cells`` is each one's cell number (-1: none)."""
+        of the candidate (score) or gave no ``cost_usd`` (cost) or ``latency_s`` (latency); ``cells`` is each one's cell number (-1: none)."""
         lookup = np.full(len(self.columns) + 1, -1, dtype=np.int64)
         for j, name in enumerate(names):
             lookup[self.columns[name]] = j

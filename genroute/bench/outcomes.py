@@ -205,7 +205,7 @@ class OutcomeMatrix:
         """The bench's ``Outcome`` rows, one per candidate and record (candidates are the backends)."""
         return [Outcome(backend=c, record_id=r.id, task=r.task, ok=True, score=float(self.scores[i, j]),
                         scorer=MATRIX_SCORER, cost_usd=float(self.costs[i, j]),
-                        latency_s=float(self.latencies[i, j]))
+                        latency_s=None if math.isnan(self.latencies[i, j]) else float(self.latencies[i, j]))
                 for j, c in enumerate(self.candidates) for i, r in enumerate(self.records)]
 
 

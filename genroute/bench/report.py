@@ -27,9 +27,10 @@ class Summary(BaseModel):
     metric: str
     quality: float = Field(description="Mean score; failed requests score 0.")
     quality_ci: tuple[float, float]
-    latency_p50_s: float
-    latency_p95_s: float
-    latency_p99_s: float
+    #: ``None``: no answer recorded a latency (an outcome matrix without ``latency_s``).
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    latency_p99_s: float | None
     ttft_p50_s: float | None = None
     input_tokens: float = Field(description="Mean per answered request.")
     output_tokens: float
@@ -63,18 +64,22 @@ def summarize(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000)
         # Latency and tokens of every answer the backend gave, including answers the scorer then failed on.
         ok = [r for r in rows if r.answered]
         scores = [r.score if r.ok else 0.0 for r in rows]
-        latencies = [r.latency_s for r in ok] or [0.0]
+        # A latency the outcome never recorded (a matrix without latency_s) is unknown, not 0 s.
+        latencies = [r.latency_s for r in ok if r.latency_s is not None]
         ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
         clouds = [r.cloud_equivalent_cost_usd for r in rows if r.cloud_equivalent_cost_usd is not None]
 
         def mean(values: Sequence[float]) -> float:
             return float(np.mean(values)) if len(values) else 0.0
 
-        p50, p95, p99 = (float(v) for v in np.percentile(latencies, [50, 95, 99]))
+        spread: tuple[float | None, ...] = (None, None, None)
+        if latencies:
+            p50, p95, p99 = (float(v) for v in np.percentile(latencies, [50, 95, 99]))
+            spread = (p50, max(p95, p50), max(p99, p95, p50))
         summaries.append(Summary(
             backend=target, n=len(rows), metric=rows[0].scorer, quality=mean(scores),
             quality_ci=quality_ci(scores, n_boot=n_boot, seed=seed),
-            latency_p50_s=p50, latency_p95_s=max(p95, p50), latency_p99_s=max(p99, p95, p50),
+            latency_p50_s=spread[0], latency_p95_s=spread[1], latency_p99_s=spread[2],
             ttft_p50_s=float(np.median(ttfts)) if ttfts else None,
             input_tokens=mean([r.input_tokens for r in ok]), output_tokens=mean([r.output_tokens for r in ok]),
             cached_input_tokens=mean([r.cached_input_tokens for r in ok]),
@@ -107,7 +112,7 @@ def table_rows(summaries: Sequence[Summary]) -> list[list[str]]:
         cloud = None if s.cloud_equivalent_per_request_usd is None else s.cloud_equivalent_per_request_usd * 1000
         rows.append([
             s.backend, str(s.n), f"{s.quality:.3f} [{s.quality_ci[0]:.3f}, {s.quality_ci[1]:.3f}]",
-            f"{s.latency_p50_s:.3f}", f"{s.latency_p95_s:.3f}", f"{s.latency_p99_s:.3f}",
+            *("–" if v is None else f"{v:.3f}" for v in (s.latency_p50_s, s.latency_p95_s, s.latency_p99_s)),
             "–" if s.ttft_p50_s is None else f"{s.ttft_p50_s:.3f}",
             f"{s.input_tokens:.1f}", f"{s.output_tokens:.1f}", f"{s.cached_input_tokens:.1f}",
             _money(s.cost_per_request_usd), _money(s.cost_per_1k_usd), _money(cloud),
@@ -159,9 +164,12 @@ def pareto_png(summaries: Sequence[Summary], path: str | Path) -> Path:
         ("p50 latency (s)", lambda s: s.latency_p50_s),
     )
     for ax, (label, x_of) in zip(axes, axes_spec, strict=True):
-        points = [(s.backend, x_of(s), s.quality) for s in summaries]
+        shown = [s for s in summaries if x_of(s) is not None]  # a latency nobody recorded is not drawn at 0
+        points = [(s.backend, float(x_of(s) or 0.0), s.quality) for s in shown]
         front = set(pareto_front(points))
-        for s, (name, x, q) in zip(summaries, points, strict=True):
+        if len(shown) < len(summaries):
+            label += f" ({len(summaries) - len(shown)} not recorded)"
+        for s, (name, x, q) in zip(shown, points, strict=True):
             err = [[q - s.quality_ci[0]], [s.quality_ci[1] - q]]
             ax.errorbar([x], [q], yerr=err, fmt="o", color="tab:blue" if name in front else "tab:gray", capsize=3)
             ax.annotate(name, (x, q), textcoords="offset points", xytext=(5, 5), fontsize=8)

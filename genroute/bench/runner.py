@@ -50,7 +50,7 @@ class Outcome(BaseModel):
     model: str | None = None
     error_type: str | None = None
     error: str | None = None
-    latency_s: float = 0.0
+    latency_s: float | None = Field(default=0.0, description="None: not recorded (an outcome matrix without it).")
     ttft_s: float | None = None
     input_tokens: int = 0
     output_tokens: int = 0
