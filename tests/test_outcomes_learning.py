@@ -12,7 +12,7 @@ import pytest
 from genroute import Router
 from genroute.cli import main as cli
 from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
-from genroute.outcomes.stats import outcome_stats
+from genroute.outcomes.stats import outcome_stats, training_rows
 from genroute.policies import build_policy
 from genroute.policies.base import BackendInfo, PolicyContext
 from genroute.policies.stats import BackendStats, BenchStats
@@ -226,6 +226,9 @@ def test_a_side_without_a_recorded_cost_or_latency_is_unknown_not_free(tmp_path,
     assert "pro" not in BenchStats.load(tmp_path / "out" / "stats.json").tasks["t"]
     assert "(over the 3 with a recorded cost)" in out
     assert "t / pro: left out: none of its 5 scored sides has a recorded cost_usd" in out
+    # Training rows too: the unpriced sides take chat's mean recorded cost, and pro (never priced) is left out.
+    rows = training_rows([OutcomeRecord(input=f"q{i}", **line) for i, line in enumerate(lines)])
+    assert {(r["backend"], r["cost_usd"]) for r in rows} == {("chat", 0.002)} and len(rows) == 5
     untimed = outcome_stats([OutcomeRecord(metadata={"task": "t"}, outcomes={"pro": Side(score=1.0, cost_usd=0.001)})])
     pro = untimed.tasks["t"]["pro"]
     assert (pro.latency_p50_s, pro.latency_p95_s, pro.latency_n) == (None, None, 0)  # not 0 s, which meets any SLO

@@ -104,8 +104,21 @@ def outcome_stats(records: Sequence[OutcomeRecord], *, min_n: int = 1, source: s
 
 
 def training_rows(records: Sequence[OutcomeRecord], *, cloud: bool | None = None) -> list[dict[str, Any]]:
-    """Rows for ``genroute.policies.learned.train``: every scored side of every record that has its input."""
+    """Rows for ``genroute.policies.learned.train``: every scored side of every record that has its input.
+
+    A side without a recorded cost takes its backend's mean recorded cost (it is unknown, not free: as 0 it made
+    that backend the cheapest right answer); a backend with no recorded cost at all is left out, as the statistics
+    leave it out.
+    """
     cloud = uses_cloud_equivalent(records) if cloud is None else cloud
-    return [{"input": r.input, "backend": backend, "score": float(side.score), "cost_usd": side_cost(side, cloud),
+    known: dict[str, list[float]] = {}
+    for record in records:
+        for backend, side in record.outcomes.items():
+            if side.score is not None and has_cost(side, cloud):
+                known.setdefault(backend, []).append(side_cost(side, cloud))
+    mean = {backend: sum(costs) / len(costs) for backend, costs in known.items()}
+    return [{"input": r.input, "backend": backend, "score": float(side.score),
+             "cost_usd": side_cost(side, cloud) if has_cost(side, cloud) else mean[backend],
              "record_id": r.id, "task": r.task}
-            for r in records if r.input for backend, side in r.outcomes.items() if side.score is not None]
+            for r in records if r.input for backend, side in r.outcomes.items()
+            if side.score is not None and backend in mean]
