@@ -103,6 +103,7 @@ def row(name: str, items: list[dict[str, Any]]) -> str:
 async def main(args: argparse.Namespace) -> int:
     from genroute import Router
     from genroute.graduation import adecide, agraduate
+    from genroute.graduation.promote import per_1k, seconds
     from genroute.knowledge.examples import aload_examples
     from genroute.tuning.local_lora import LocalTuneConfig
 
@@ -147,9 +148,9 @@ async def main(args: argparse.Namespace) -> int:
               f"{c.mean_b:.3f}, difference {c.difference:+.3f}, 95 % CI [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}]"
               + (f", McNemar exact p = {c.mcnemar_p:.3g} ({c.a_only} vs {c.b_only} discordant)"
                  if c.mcnemar_p is not None else "")
-              + f"; p50 latency {p.challenger_latency_p50_s:.3f} s vs {p.incumbent_latency_p50_s:.3f} s; "
+              + f"; p50 latency {seconds(p.challenger_latency_p50_s)} vs {seconds(p.incumbent_latency_p50_s)}; "
                 f"input tokens {p.challenger_input_tokens:.0f} vs {p.incumbent_input_tokens:.0f}; cloud-equivalent "
-                f"${p.challenger_cost_usd * 1000:.4f} vs ${p.incumbent_cost_usd * 1000:.4f} per 1k.")
+                f"{per_1k(p.challenger_cost_usd)} vs {per_1k(p.incumbent_cost_usd)} per 1k.")
     text = "\n".join([*table, "", paired, "", "Report:", "", *[f"- {line}" for line in report.lines], "",
                       f"Phases: feedback {t_before:.0f} s, tuning {report.tuning_wall_s:.0f} s, shadow "
                       f"{t_shadow:.0f} s, after {t_after:.0f} s; wall time {wall:.0f} s. Work dir: {work}"])

@@ -85,6 +85,22 @@ def test_promotion_refused_when_the_ci_is_unresolved_too_small_or_not_cheaper():
     assert not refused.promote and refused.reasons[0].startswith("not cheaper")
 
 
+def test_a_challenger_whose_sides_recorded_no_cost_is_not_promoted_as_free():
+    # A label-only side (feedback's score whose shadow write was lost) averaged in as cost 0: a challenger known
+    # only by labels read as cheaper than any incumbent and was promoted.
+    records = paired(300, challenger_wrong=set(range(0, 60)), incumbent_wrong=set(range(2, 64)))
+    unpriced = [r.model_copy(update={"outcomes": {**r.outcomes, "lora": Side(score=r.outcomes["lora"].score)}})
+                for r in records]
+    decision = decide_promotion(unpriced, "t", incumbent="icl", challenger="lora", min_n=100)
+    assert not decision.promote and decision.challenger_cost_usd is None and decision.challenger_latency_p50_s is None
+    assert decision.reasons == ("cheaper is not shown: no lora side recorded a cost (unknown, not free)",)
+    assert "unknown vs $1.0000 per 1k" in decision.line() and "p50 not recorded vs 0.900s" in decision.line()
+    # Some sides unpriced: the mean is over those that recorded a cost.
+    half = [r if i % 2 else u for i, (r, u) in enumerate(zip(records, unpriced, strict=True))]
+    decision = decide_promotion(half, "t", incumbent="icl", challenger="lora", min_n=100)
+    assert decision.promote and decision.challenger_cost_usd == pytest.approx(0.0001)
+
+
 def lora_app(server, tmp_path):
     """A config file with a `lora` backend beside `chat`, and the `genroute graduate` arguments for it."""
     cfg = gemini_config(server)

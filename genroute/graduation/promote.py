@@ -24,7 +24,7 @@ from genroute.bench.clusters import text_groups
 from genroute.bench.stats import PairedComparison, UnpairedComparison, compare_paired, compare_unpaired
 from genroute.errors import UsageError
 from genroute.outcomes.records import OutcomeRecord, Side
-from genroute.outcomes.stats import side_cost, sides_use_cloud_equivalent, uses_cloud_equivalent
+from genroute.outcomes.stats import has_cost, has_latency, side_cost, sides_use_cloud_equivalent, uses_cloud_equivalent
 
 
 def check_rule(margin: float, min_n: int, *, fields: tuple[str, str] = ("margin", "min_n")) -> None:
@@ -56,10 +56,11 @@ class Promotion(BaseModel):
     #: paired: both scored on the same requests (shadow); unpaired: the two arms of a split.
     design: Literal["paired", "unpaired"] = "paired"
     cost_basis: str
-    incumbent_cost_usd: float
-    challenger_cost_usd: float
-    incumbent_latency_p50_s: float
-    challenger_latency_p50_s: float
+    #: ``None``: no side of that backend recorded one (a label-only side's cost is unknown, not free).
+    incumbent_cost_usd: float | None
+    challenger_cost_usd: float | None
+    incumbent_latency_p50_s: float | None
+    challenger_latency_p50_s: float | None
     incumbent_input_tokens: float
     challenger_input_tokens: float
     promote: bool
@@ -80,10 +81,20 @@ class Promotion(BaseModel):
                 f"{c.ci[1]:+.3f}] (margin {self.margin:g})"
                 + (f", McNemar p = {mcnemar_p:.3g}" if mcnemar_p is not None else "")
                 + (f", sign-flip p = {permutation_p:.3g}" if permutation_p is not None else "")
-                + f"; ${self.challenger_cost_usd * 1000:.4f} vs ${self.incumbent_cost_usd * 1000:.4f} per 1k "
-                  f"({self.cost_basis}); p50 {self.challenger_latency_p50_s:.3f}s vs "
-                  f"{self.incumbent_latency_p50_s:.3f}s")
+                + f"; {per_1k(self.challenger_cost_usd)} vs {per_1k(self.incumbent_cost_usd)} per 1k "
+                  f"({self.cost_basis}); p50 {seconds(self.challenger_latency_p50_s)} vs "
+                  f"{seconds(self.incumbent_latency_p50_s)}")
         return head + (" -> PROMOTE" if self.promote else " -> keep the incumbent: " + "; ".join(self.reasons))
+
+
+def per_1k(cost_usd: float | None) -> str:
+    """A cost per request as dollars per 1k requests, or "unknown" where none was recorded."""
+    return "unknown" if cost_usd is None else f"${cost_usd * 1000:.4f}"
+
+
+def seconds(value: float | None) -> str:
+    """A latency in seconds, or "not recorded"."""
+    return "not recorded" if value is None else f"{value:.3f}s"
 
 
 def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: str, challenger: str,
@@ -144,17 +155,23 @@ def _promotion(task: str, incumbent: str, challenger: str, margin: float, n: int
     def mean(values: list[float]) -> float:
         return statistics.fmean(values) if values else 0.0
 
-    costs = {name: mean([side_cost(s, cloud) for s in sides[name]]) for name in (incumbent, challenger)}
-    latency = {name: statistics.median([s.latency_s for s in sides[name]]) if sides[name] else 0.0
-               for name in (incumbent, challenger)}
+    # Over the sides that recorded them: a label-only side's missing cost is unknown, not free.
+    priced = {name: [side_cost(s, cloud) for s in sides[name] if has_cost(s, cloud)] for name in sides}
+    timed = {name: [s.latency_s for s in sides[name] if has_latency(s)] for name in sides}
+    costs = {name: statistics.fmean(priced[name]) if priced[name] else None for name in (incumbent, challenger)}
+    latency = {name: statistics.median(timed[name]) if timed[name] else None for name in (incumbent, challenger)}
     tokens = {name: mean([float(s.input_tokens) for s in sides[name]]) for name in (incumbent, challenger)}
     # Written so that a NaN bound fails closed: only a lower bound known to be above -margin passes.
     if not reasons and not comparison.ci[0] > -margin:
         what = "unpaired (split arms) " if design == "unpaired" else ""
         reasons.append(f"a quality loss larger than the margin is not ruled out ({what}CI lower bound "
                        f"{comparison.ci[0]:+.3f} <= -{margin:g})")
-    if not costs[challenger] < costs[incumbent]:
-        reasons.append(f"not cheaper (${costs[challenger]:.6g} vs ${costs[incumbent]:.6g} per request)")
+    challenger_cost, incumbent_cost = costs[challenger], costs[incumbent]
+    if challenger_cost is None or incumbent_cost is None:
+        unpriced = " and ".join(name for name in (challenger, incumbent) if costs[name] is None)
+        reasons.append(f"cheaper is not shown: no {unpriced} side recorded a cost (unknown, not free)")
+    elif not challenger_cost < incumbent_cost:
+        reasons.append(f"not cheaper (${challenger_cost:.6g} vs ${incumbent_cost:.6g} per request)")
     return Promotion(
         task=task, incumbent=incumbent, challenger=challenger, margin=margin, n=n, comparison=comparison,
         design=design, cost_basis="cloud-equivalent" if cloud else "measured", incumbent_cost_usd=costs[incumbent],

@@ -306,11 +306,13 @@ def advise(records: list[OutcomeRecord], promotion: Promotion, *, tuning_cost_us
     times = sorted(float(r.metadata["at"]) for r in records if isinstance(r.metadata.get("at"), int | float))
     span_s = times[-1] - times[0] if len(times) > 1 else 0.0
     monthly = len(times) / span_s * 30 * 86400 if span_s > 0 else None
-    saving = promotion.incumbent_cost_usd - promotion.challenger_cost_usd
     volume = (f"measured volume {len(records)} requests in {span_s / 3600:.2f} h"
               + (f" (~{monthly:,.0f}/month at that rate)" if monthly else ""))
     tokens = (f"input tokens per request {promotion.incumbent_input_tokens:.0f} ({promotion.incumbent}) vs "
               f"{promotion.challenger_input_tokens:.0f} ({promotion.challenger})")
+    if promotion.incumbent_cost_usd is None or promotion.challenger_cost_usd is None:
+        return f"{volume}; {tokens}; saving unknown: a backend recorded no cost"
+    saving = promotion.incumbent_cost_usd - promotion.challenger_cost_usd
     if tuning_cost_usd is None:
         cost = (f"tuning took {tuning_cpu_s:.0f} CPU-s on this machine (give its price to compute a pay-back)"
                 if tuning_cpu_s is not None else "tuning cost not given")
