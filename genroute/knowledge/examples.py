@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.ingest import JSONL_SUFFIXES, IngestReport, expand_paths
-from genroute.knowledge.records import GENERATION, paid_writes, settle_sources, upsert_missing, withdraw_deleted
+from genroute.knowledge.records import (GENERATION, FileState, file_state, paid_writes, settle_sources,
+                                        upsert_missing, withdraw_deleted)
 from genroute.runtime.locks import LoopsLock
 
 if TYPE_CHECKING:
@@ -76,8 +77,10 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
     records: dict[str, tuple[str, dict[str, Any]]] = {}
     produced: dict[str, set[str]] = {}
     generations: dict[str, int] = {}
+    states: dict[str, FileState] = {}
     total = 0
     for path in files:
+        states[str(path)] = file_state(path)  # before reading: an edit during the read shows as a change
         generations[str(path)] = generation = time.time_ns()
         produced[str(path)] = mine = set()
         for ex in _read_examples(path):
@@ -98,7 +101,7 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
                                               progress=progress, on_batch=on_batch)
         # A kept example keeps its place in the fixed selector's order.
         removed = await settle_sources(store, collection, generations, records, kind="examples", produced=produced,
-                                       kept_as_stored=("ord",))
+                                       kept_as_stored=("ord",), states=states)
         removed += await withdraw_deleted(store, collection, paths, files, kind="examples")
     return IngestReport(collection=collection, files=len(files), documents=total, chunks=len(records), added=added,
                         skipped=len(records) - added, batches=batches, removed=removed,

@@ -14,6 +14,15 @@ was edited can never delete the chunks of a run that read it after, whichever fi
 other choice; Chroma has none, and a file lock would not reach other machines sharing a server, while stamped
 deletes need nothing but Chroma. (If an older run's writes land after a newer run has finished, its leftover
 chunks stay until the file is next ingested; nothing current is ever lost.)
+
+A file whose chunks are stored just as this run reads them (every one there, none stale, metadata equal but for the
+stamp) costs no write: a nightly re-ingest of a mostly unchanged corpus writes (and embeds) only for files that
+changed. A changed file's kept chunks are restamped, as above. What an unchanged file skips is its stamp, so a run
+that read the file before an edit could take chunks the unchanged run kept; such a run checks, before it deletes
+anything of a file, that the file has not changed since it read it (modification time, size, inode), and leaves a
+file that did to the next run (an edit landing in the instant between that check and the delete can still cost
+chunks, which the file's next ingest puts back). A run stopped part-way leaves whole batches and stale chunks, never
+records that look settled when they are not: the next run sees the difference and finishes the job.
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from pydantic import BaseModel, ConfigDict
 
 from genroute.errors import UsageError
 from genroute.knowledge.chunking import Chunk, chunk_text, stored_chunk_id, token_counter
-from genroute.knowledge.records import GENERATION, paid_writes, settle_sources, upsert_missing, withdraw_deleted
+from genroute.knowledge.records import (GENERATION, FileState, file_state, paid_writes, settle_sources,
+                                        upsert_missing, withdraw_deleted)
 
 if TYPE_CHECKING:
     from genroute.knowledge.store import KnowledgeStore
@@ -248,8 +258,10 @@ async def aingest(
     _check_chunk_size(store, chunk_tokens)
     chunks: dict[str, tuple[str, dict[str, Any]]] = {}
     generations: dict[str, int] = {}
+    states: dict[str, FileState] = {}
     documents = 0
     for path in files:
+        states[str(path.resolve())] = file_state(path)  # before reading: an edit during the read shows as a change
         generation = time.time_ns()
         # Every file read is settled, chunks or not: an emptied file's old chunks must go too.
         generations[str(path.resolve())] = generation
@@ -265,7 +277,7 @@ async def aingest(
         if chunks:
             added, batches = await upsert_missing(store, collection, chunks, kind="documents",
                                                   batch_size=batch_size, progress=progress, on_batch=on_batch)
-        removed = await settle_sources(store, collection, generations, chunks, kind="documents")
+        removed = await settle_sources(store, collection, generations, chunks, kind="documents", states=states)
         removed += await withdraw_deleted(store, collection, paths, files, kind="documents")
     if not chunks and not removed:
         raise _no_text()  # the files were empty before too: nothing changed

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from genroute.bounds import is_whole
 from genroute.errors import GenrouteError, UsageError
 from genroute.knowledge.record_dirs import PAGE, ensure_dir_keys, placed, under
+from genroute.knowledge.store import clean_metadata
 from genroute.runtime.billing import Charges, charging
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ NIN_LIMIT = 10_000
 #: Metadata key of a record's generation stamp: when (wall-clock ns) the run that last wrote it read its file.
 GENERATION = "genroute.generation"
 _HELD = "genroute.held."
+#: A file's modification time, size and inode when it was read (``None``: gone).
+FileState = tuple[int, int, int] | None
 
 
 def held_key(source: str) -> str:
@@ -53,13 +57,16 @@ def other_holders(meta: Mapping[str, Any], source: str) -> list[str]:
 async def settle_sources(store: KnowledgeStore, collection: str, generations: Mapping[str, int],
                          records: Mapping[str, tuple[str, dict[str, Any]]], *,
                          kind: Literal["documents", "examples"], produced: Mapping[str, set[str]] | None = None,
-                         kept_as_stored: tuple[str, ...] = ()) -> int:
+                         kept_as_stored: tuple[str, ...] = (),
+                         states: Mapping[str, FileState] | None = None) -> int:
     """After a run's writes, settle each source it read (resolved path -> generation) against ``records``.
 
     ``records`` maps ids to (text, metadata); ``produced`` maps each source to the ids it produced (default: the
     ids whose metadata's ``source`` names it; an example two files hold is stored once but produced by both).
-    ``kept_as_stored``: metadata keys a record already stored keeps (an example's place in load order). Returns how
-    many stale records were deleted.
+    ``kept_as_stored``: metadata keys a record already stored keeps (an example's place in load order). ``states``:
+    each source's ``file_state`` taken before it was read; a file changed since is left alone (this run's reading of
+    it is out of date; the next run settles what it wrote). A source stored as this run read it is left alone too:
+    nothing is written for an unchanged file. Returns how many stale records were deleted.
     """
     mine: dict[str, set[str]] = {source: set() for source in generations}
     if produced is None:
@@ -67,7 +74,7 @@ async def settle_sources(store: KnowledgeStore, collection: str, generations: Ma
             mine[meta["source"]].add(rid)
     else:
         mine.update(produced)
-    run = _Settling(store, collection, kind, records, kept_as_stored, set().union(*mine.values()))
+    run = _Settling(store, collection, kind, records, kept_as_stored, set().union(*mine.values()), states or {})
     removed = 0
     for source, generation in sorted(generations.items()):
         removed += await run.settle(source, generation, mine[source])
@@ -84,6 +91,7 @@ class _Settling:
     records: Mapping[str, tuple[str, dict[str, Any]]]
     kept_as_stored: tuple[str, ...]
     taken: set[str]
+    states: Mapping[str, FileState]
 
     @property
     def shared(self) -> bool:
@@ -102,6 +110,8 @@ class _Settling:
         """After this run's writes: stamp its kept records, delete older stale ones, re-add any an older run
         removed. Returns how many stale records were deleted."""
         store, collection, kind = self.store, self.collection, self.kind
+        if source in self.states and file_state(source) != self.states[source]:
+            return 0  # this reading is out of date: what it wrote is settled by the run that reads the file next
         where: dict[str, Any] = {"source": source}
         if self.shared:  # an example another file was first to store is this file's too
             where = {"$or": [where, {held_key(source): source}]}
@@ -119,6 +129,9 @@ class _Settling:
         if self.shared:  # stored by another file, or before holders were marked: marked as this file's too
             kept |= {i: {held_key(source): source} for i in mine if i not in stamps}
         writes = restamp | moved | kept
+        fresh = any(stamps.get(i, generation) >= generation for i in mine)  # written (or missing) since read
+        if not stale and not fresh and all(_holds(stored.get(i, {}), writes[i]) for i in writes):
+            return 0  # stored as this reading has it (its stamps aside): an unchanged file costs no write
         ids = sorted(writes)
         await store.update_metadatas(collection, ids, [placed(writes[i]) for i in ids], kind=kind)
         unstamped = [i for i in stale if GENERATION not in stored[i]]  # written before stamps existed
@@ -137,6 +150,22 @@ class _Settling:
         holder = self.records[rid][1]["source"]
         shared = given_up(stored, source, to=holder) if self.shared else {}
         return {**self._meta(rid, holder, stored), **shared}
+
+
+def _holds(stored: Mapping[str, Any], write: Mapping[str, Any]) -> bool:
+    """Whether the record ``stored`` already holds what ``write`` would set (its generation stamp aside)."""
+    return GENERATION in stored and all(
+        stored.get(k) == v for k, v in clean_metadata(placed(write)).items() if k != GENERATION)
+
+
+def file_state(path: str | Path) -> FileState:
+    """What tells that a file changed since it was read (modification time, size, inode); ``None`` if it is gone.
+    Taken before a file is read, and compared before its stale records are deleted."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 def given_up(meta: Mapping[str, Any], source: str, to: str | None = None) -> dict[str, Any]:
