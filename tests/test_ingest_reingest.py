@@ -176,3 +176,32 @@ async def test_an_older_run_leaves_a_file_changed_since_it_read_it(knowledge: Kn
     assert set(snapshot(store, collection)) >= current  # version 0 whole (version 1's chunks left over)
     await aingest(store, [doc], collection=collection, chunk_tokens=20, overlap=0)
     assert set(snapshot(store, collection)) == current  # the next run withdraws them
+
+
+async def test_a_reingest_reads_the_records_of_many_files_at_once(knowledge: Knowledge, tmp_path: Path) -> None:
+    # Settling each file read its stored records in a Chroma get of its own: a directory of 30 small files cost 30.
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for n in range(30):
+        (folder / f"f{n:02d}.txt").write_text(f"File {n} says apples are red.", encoding="utf-8")
+    store, collection = knowledge.store(), knowledge.name("many")
+    await aingest(store, [folder], collection=collection)
+    calls: list[str] = []
+    where_read, pages_read = store.metadatas_where, store.metadata_pages
+
+    async def metadatas_where(*a: Any, **kw: Any) -> Any:
+        calls.append("get")
+        return await where_read(*a, **kw)
+
+    async def metadata_pages(*a: Any, **kw: Any) -> Any:
+        async for page in pages_read(*a, **kw):
+            calls.append("page")
+            yield page
+
+    store.metadatas_where = metadatas_where  # type: ignore[method-assign]
+    store.metadata_pages = metadata_pages  # type: ignore[method-assign]
+    (folder / "f07.txt").write_text("File 7 says pears are green.", encoding="utf-8")
+    report = await aingest(store, [folder], collection=collection)
+    assert (report.added, report.removed) == (1, 1)
+    assert len(calls) == 1, calls  # the 30 files' records in one read; the directory holds no file deleted since
+    assert set(snapshot(store, collection)) == expected_ids(sorted(folder.iterdir()), 200, 40)

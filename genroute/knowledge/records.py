@@ -2,9 +2,11 @@
 
 Each batch is one Chroma upsert (written whole or not at all) of the records not stored yet. Afterwards each source
 (file) read is settled: records it no longer produces are deleted, but only those older than this run's reading of
-it (``GENERATION`` stamps), so overlapping runs never delete each other's newer records (see ``ingest``). Records of
-files gone from a directory that was read are withdrawn too: only that directory's records are read for it, by the
-directory keys every record holds (``genroute.knowledge.record_dirs``), page by page.
+it (``GENERATION`` stamps), so overlapping runs never delete each other's newer records (see ``ingest``); a file
+stored as the run read it is left as it is, and the stored records of many small files are read in one Chroma call
+(``PAGE`` records a call). Records of files gone from a directory that was read are withdrawn too: only that
+directory's records are read for it, by the directory keys every record holds (``genroute.knowledge.record_dirs``),
+page by page.
 
 An example's id is its content, so several files may hold one stored example, loaded together or in separate runs.
 Each file holding it is marked on it (``held_key``): a file that drops it, or is gone, gives it up, and it is deleted
@@ -76,9 +78,27 @@ async def settle_sources(store: KnowledgeStore, collection: str, generations: Ma
         mine.update(produced)
     run = _Settling(store, collection, kind, records, kept_as_stored, set().union(*mine.values()), states or {})
     removed = 0
-    for source, generation in sorted(generations.items()):
-        removed += await run.settle(source, generation, mine[source])
+    for group in _groups(sorted(generations), mine, one_each=run.shared):
+        stored = await run.read(group)
+        for source in group:
+            removed += await run.settle(source, generations[source], mine[source], stored[source])
     return removed
+
+
+def _groups(sources: list[str], mine: Mapping[str, set[str]], *, one_each: bool) -> Iterator[list[str]]:
+    """``sources`` in groups whose stored records are read together: as many files as produced about ``PAGE``
+    records (one Chroma read for many small files), or one file a group (``one_each``: settling an example file
+    changes records another file of the run holds, so each is read after the one before it was settled)."""
+    group: list[str] = []
+    count = 0
+    for source in sources:
+        if group and (one_each or count + len(mine[source]) > PAGE):
+            yield group
+            group, count = [], 0
+        group.append(source)
+        count += len(mine[source])
+    if group:
+        yield group
 
 
 @dataclass(frozen=True)
@@ -106,16 +126,23 @@ class _Settling:
             meta.update({"source": stored["source"], held_key(source): source})
         return {k: v for k, v in meta.items() if k not in self.kept_as_stored}
 
-    async def settle(self, source: str, generation: int, mine: set[str]) -> int:
-        """After this run's writes: stamp its kept records, delete older stale ones, re-add any an older run
-        removed. Returns how many stale records were deleted."""
+    async def read(self, sources: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        """Source -> id -> metadata of the records stored for ``sources`` (one file, for examples), page by page."""
+        where: dict[str, Any] = {"source": sources[0]} if len(sources) == 1 else {"source": {"$in": sources}}
+        if self.shared:  # an example another file was first to store is this file's too
+            where = {"$or": [where, {held_key(sources[0]): sources[0]}]}
+        stored: dict[str, dict[str, dict[str, Any]]] = {source: {} for source in sources}
+        async for page in self.store.metadata_pages(self.collection, where, kind=self.kind, size=PAGE):
+            for i, meta in page.items():
+                stored[sources[0] if self.shared else meta["source"]][i] = meta
+        return stored
+
+    async def settle(self, source: str, generation: int, mine: set[str], stored: dict[str, dict[str, Any]]) -> int:
+        """After this run's writes, with ``stored`` read since: stamp its kept records, delete older stale ones, re-add
+        any an older run removed. Returns how many stale records were deleted."""
         store, collection, kind = self.store, self.collection, self.kind
         if source in self.states and file_state(source) != self.states[source]:
             return 0  # this reading is out of date: what it wrote is settled by the run that reads the file next
-        where: dict[str, Any] = {"source": source}
-        if self.shared:  # an example another file was first to store is this file's too
-            where = {"$or": [where, {held_key(source): source}]}
-        stored = await store.metadatas_where(collection, where, kind=kind)
         stamps = {i: int(meta.get(GENERATION, 0)) for i, meta in stored.items()}
         # Records an earlier run wrote and this one kept are this reading's now: an overlapping older run
         # (which only deletes below its own stamp) must not take them. Their metadata is this reading's too (a
