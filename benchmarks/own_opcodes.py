@@ -135,6 +135,7 @@ def main() -> None:
                         table[where] += 1
                 return trace
 
+            sys._getframe().f_trace_opcodes = True  # else CPython 3.12 sends no opcode events (gh-114480)
             sys.settrace(trace)
             try:
                 for _ in range(args.n):

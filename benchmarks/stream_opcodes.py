@@ -45,6 +45,7 @@ async def count(chunks: int, n: int) -> collections.Counter[tuple[str, str]]:
             for run in range(n + 2):  # two warm-ups: first-call setup (clients, caches) is not per stream
                 server.reply_text(text, chunks=chunks)
                 if run >= 2:
+                    sys._getframe().f_trace_opcodes = True  # else CPython 3.12 sends no opcode events (gh-114480)
                     sys.settrace(trace)
                 try:
                     got = [c async for c in router.astream("hi")]
