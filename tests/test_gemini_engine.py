@@ -541,6 +541,7 @@ def test_map_error_table(exc, kind):
 @pytest.mark.parametrize(("status", "body", "headers", "message"), [
     (503, b"", {}, "503: the response gave no error message"),
     (413, b"", {"Content-Type": "text/html"}, "413 Request Entity Too Large: the response gave no error message"),
+    (422, b"", {"Content-Type": "text/html"}, "422 Unprocessable Entity: the response gave no error message"),
     (504, b"upstream timeout", {"Content-Type": "text/plain"}, "504 Gateway Timeout: upstream timeout"),
     # A Google body whose message is empty: what it says is under "error", not the SDK's dict of it.
     (503, {"error": {"code": 503, "message": "", "status": "UNAVAILABLE"}}, {},

@@ -13,6 +13,12 @@ from typing import Any
 from genroute.testing.replies import Response
 
 
+#: The reason phrases CPython 3.13 renamed (RFC 9110), as 3.11 and 3.12 send them: the loopback servers' status
+#: lines, which an error without a JSON body is reported by, read the same on every Python.
+REASONS = {413: "Request Entity Too Large", 414: "Request-URI Too Long", 416: "Requested Range Not Satisfiable",
+           422: "Unprocessable Entity"}
+
+
 def encode(item: Any) -> bytes:
     """A body or an event as bytes: bytes as they are, anything else as compact JSON."""
     if isinstance(item, bytes):
@@ -25,7 +31,7 @@ def send(h: BaseHTTPRequestHandler, response: Response, *, cut_after: int | None
     """Write ``response``; ``cut_after`` drops the connection after that many events (or a partial body);
     ``stall`` (events, wait) calls ``wait`` after that many events of a stream."""
     try:
-        h.send_response(response.status)
+        h.send_response(response.status, REASONS.get(response.status))
         for key, value in response.headers.items():
             h.send_header(key, value)
         if response.events is None:
