@@ -189,6 +189,8 @@ def test_graduate_cli_registers_a_challenger_and_promotes_it_on_the_outcomes(gem
 def test_small_graduation_end_to_end_on_the_embedded_model(tmp_path):
     """The benchmark's run at CI size: ICL serves, labeled feedback is captured, a tiny LoRA adapter is trained,
     shadows it on fresh traffic, and a decision is made with its statistics."""
+    for module in ("torch", "transformers", "peft", "gguf", "llama_cpp"):
+        pytest.importorskip(module, reason="local tuning needs the tune-local and local extras")
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "benchmarks" / "graduation.py"),
                "--data", str(ROOT / "benchmarks" / "data" / "sentiment" / "eval.jsonl"),
