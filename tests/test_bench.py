@@ -621,7 +621,10 @@ async def test_compiled_cost_aware_floor_is_per_task(server: GeminiTestServer, t
     async with Router.from_config(config(server)) as router:
         outcomes = await arun_bench(router, data, ["cheap", "smart"], resolve_scorer("label_accuracy"),
                                     progress=False)
+    for stale in ("learned.json", "learned.npz"):  # an earlier run's learned policy, which this run does not back
+        (tmp_path / stale).write_text("{}")
     compiled = compile_policy(outcomes, data, tmp_path, learned=False)
+    assert not (tmp_path / "learned.json").exists() and not (tmp_path / "learned.npz").exists()
     assert set(compiled.floors) == {"sentiment", "easy"} and compiled.floors["sentiment"] == pytest.approx(0.95)
     assert compiled.floors["easy"] < 0.95
     _, held = split_ids([r.id for r in data])  # the split compile_policy made (same holdout and seed)

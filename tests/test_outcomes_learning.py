@@ -202,6 +202,25 @@ def test_compile_from_outcomes(tmp_path, capsys):
     assert set(line) == {"input", "output", "metadata", "outcomes"} and line["metadata"]["task"] == "t"
 
 
+def test_a_recompile_that_writes_no_policy_removes_the_earlier_ones(tmp_path, capsys):
+    # A second compile into the same --out that wrote no cost_aware.json (no entry met --min-n) or no learned.npz
+    # (--no-learned) left the earlier run's files beside the new stats.json: a router given them routed as the
+    # earlier records said.
+    texts = [f"where is my card number {i}" for i in range(10)] + [f"what fee did you charge me {i}" for i in range(10)]
+    fill(tmp_path, 20, {"chat": (lambda i: float(i < 10), 0.0001), "pro": (1.0, 0.001)}, inputs=texts)
+    out = tmp_path / "out"
+    assert cli(["compile", "--outcomes", str(tmp_path / "outcomes.db"), "--out", str(out)]) == 0
+    assert (out / "cost_aware.json").is_file() and (out / "learned.npz").is_file()
+    capsys.readouterr()
+    assert cli(["compile", "--outcomes", str(tmp_path / "outcomes.db"), "--out", str(out), "--no-learned"]) == 0
+    assert not (out / "learned.npz").exists() and (out / "cost_aware.json").is_file()
+    assert f"{out / 'learned.npz'}: removed" in capsys.readouterr().out
+    assert cli(["compile", "--outcomes", str(tmp_path / "outcomes.db"), "--out", str(out), "--min-n", "1000",
+                "--no-learned"]) == 0
+    assert not (out / "cost_aware.json").exists() and (out / "stats.json").is_file()
+    assert f"{out / 'cost_aware.json'}: removed" in capsys.readouterr().out
+
+
 def test_compile_states_a_small_validation_splits_routing_accuracy_with_n_and_an_interval(tmp_path, capsys):
     # "routing accuracy 1.000 on 4 held out" read as a finding: the reader had no n's worth of doubt to weigh.
     texts = [f"where is my card number {i}" for i in range(10)] + [f"what fee did you charge me {i}" for i in range(10)]

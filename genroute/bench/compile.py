@@ -18,8 +18,8 @@ from genroute.bench.datasets import BenchRecord, split_by_input
 from genroute.bench.report import markdown_row, summarize
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.errors import GenrouteError, UsageError
-from genroute.policies.cost_aware_compiled import (cost_aware_policy, mean_quality, write_cost_aware_config,
-                                                   write_policy)
+from genroute.policies.cost_aware_compiled import (cost_aware_policy, drop_stale, mean_quality,
+                                                   write_cost_aware_config, write_policy)
 from genroute.policies.stats import ANY_TASK, BackendStats, BenchStats
 from genroute.types import GenerateRequest
 
@@ -247,6 +247,8 @@ def compile_policy(
         full_default = max(backends, key=lambda b: mean_quality(full, b))
         files["learned"] = str(write_policy(out / "learned.json", {
             "kind": "learned", "model_path": str(Path(learned_path).resolve()), "default": full_default}))
+    else:  # an earlier run's learned policy beside this run's stats would route as the earlier records said
+        drop_stale(out / "learned.json", out / "learned.npz")
     return CompileReport(stats_path=str(stats_path), cost_basis="cloud-equivalent" if cloud else "measured",
                          policy_files=files,
                          learned_model_path=learned_path, learned_note=note,

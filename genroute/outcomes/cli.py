@@ -69,21 +69,25 @@ def _compile(args: argparse.Namespace) -> int:
         for backend, sides in sorted(scored.items()):
             if len(sides) >= args.min_n and (why := unmeasured(sides, cloud)) is not None:
                 print(f"  {task} / {backend}: left out: {why} (a missing cost is unknown, not free)")
-    if entries:
-        from genroute.policies.cost_aware_compiled import write_cost_aware_config
+    from genroute.policies.cost_aware_compiled import drop_stale, write_cost_aware_config
 
+    if entries:
         # stats_path alone gives cost_aware a floor of 0 (the cheapest backend): the config holds each task's floor.
         backends = sorted({b for by in stats.tasks.values() for b in by})
         policy = write_cost_aware_config(out / "cost_aware.json", path, backends)
         print(f"{policy}: a cost_aware policy config on it (each task's floor at 95 % of its best quality)")
+    else:
+        _said_stale(drop_stale(out / "cost_aware.json"))
     judged = [scoring_cost(r) for r in records if scoring_cost(r)]
     if judged:  # the judge's calls are no backend's cost per request, but they were paid
         print(f"  scoring (judge calls): ${sum(judged):.6f} on {len(judged)} records")
     rows = training_rows(records)
     if args.no_learned:
+        _said_stale(drop_stale(out / "learned.npz"))
         return 0
     if len({r["backend"] for r in rows}) < 2 or len({r["record_id"] for r in rows}) < 2:
         print("learned.npz not trained: it needs records with their input and two or more scored backends")
+        _said_stale(drop_stale(out / "learned.npz"))
         return 0
     from genroute.policies.learned import train
 
@@ -97,3 +101,8 @@ def _compile(args: argparse.Namespace) -> int:
           + (report.cost_weight_choice.summary() if report.cost_weight_choice else
              f"fixed cost weight {report.cost_weight:g}"))
     return 0
+
+
+def _said_stale(removed: Sequence[object]) -> None:
+    for path in removed:
+        print(f"{path}: removed, an earlier compile's that this one's records no longer back")

@@ -48,6 +48,15 @@ def write_policy(path: Path, body: Mapping[str, Any]) -> Path:
     return path
 
 
+def drop_stale(*paths: Path) -> list[Path]:
+    """Remove the files of ``paths`` an earlier compile wrote that this one does not write again (a policy config or
+    model beside a new ``stats.json`` that no longer backs it would route as the earlier data said); the removed."""
+    removed = [path for path in paths if path.is_file()]
+    for path in removed:
+        path.unlink()
+    return removed
+
+
 def mean_quality(stats: BenchStats, backend: str) -> float:
     """``backend``'s quality averaged over the tasks that measured it."""
     values = [by[backend].quality for by in stats.tasks.values() if backend in by]
