@@ -17,9 +17,11 @@ from genroute.knowledge.store import KnowledgeStore
 from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
 
 
-def test_a_records_directory_keys_name_each_directory_above_its_file() -> None:
-    assert dir_keys("/data/docs/a.txt") == {"genroute.dir.1": "/", "genroute.dir.2": "/data",
-                                            "genroute.dir.3": "/data/docs"}
+def test_a_records_directory_keys_name_each_directory_above_its_file(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    keys = dir_keys(str(docs / "a.txt"))
+    assert keys["genroute.dir.1"] == "/" and keys[f"genroute.dir.{len(docs.parts)}"] == str(docs)
+    assert keys[f"genroute.dir.{len(tmp_path.parts)}"] == str(tmp_path) and len(keys) == len(docs.parts)
 
 
 def reads(store: KnowledgeStore) -> list[str]:
