@@ -141,7 +141,7 @@ class IclBackend(SingleCallBackend):
         with retrieval_span(ctx.tracer, self.examples.store, cfg.collection, cfg.k) as span, ctx.charged():
             chosen = await self.examples.select(request.input, strategy=cfg.selector, k=cfg.k, seed=cfg.seed,
                                                 fetch_k=cfg.fetch_k, mmr_lambda=cfg.mmr_lambda, tracer=ctx.tracer,
-                                              embeddings=ctx.embeddings)
+                                                embeddings=ctx.request_embeddings())
             span.set_attribute("genroute.icl.selector", cfg.selector)
             record_hits(span, [_as_hit(e) for e in chosen], capture=ctx.capture_content)
         return chosen

@@ -110,7 +110,7 @@ class RagBackend(SingleCallBackend):
         store = self.store
         with retrieval_span(ctx.tracer, store, cfg.collection, cfg.k) as span, ctx.charged():  # the embedding
             hits = await store.query(cfg.collection, request.input, kind="documents", k=cfg.k, where=cfg.where,
-                                     field=field, tracer=ctx.tracer, embeddings=ctx.embeddings)
+                                     field=field, tracer=ctx.tracer, embeddings=ctx.request_embeddings())
             # Counting only when nothing came back keeps the common path at one Chroma call.
             if not hits and await store.count(cfg.collection, kind="documents", field=field) == 0:
                 raise ConfigError(f"collection {cfg.collection!r} is empty; ingest documents first", field=field)

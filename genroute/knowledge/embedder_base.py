@@ -104,13 +104,19 @@ class Embedder(ABC):
 
 async def aembed_text(embedder: Embedder, text: str, *, tracer: trace.Tracer | None = None,
                       embeddings: RequestEmbeddings | None = None) -> list[float]:
-    """``text``'s vector: the one its request already made with an embedder of the same fingerprint (``embeddings``,
-    the request's: its policy embedded the same input to route it), else embedded now (and kept there)."""
-    if embeddings is None:
+    """``text``'s vector: the one its request already made with an embedder of the same identity (``embeddings``,
+    the request's: its policy, an earlier rung or another shadow embedded the same text), else embedded now (and
+    kept there)."""
+    from genroute.runtime.embeddings import vector_key
+
+    key = None if embeddings is None else vector_key(embedder)
+    if embeddings is None or key is None:
         return (await embedder.aembed([text], tracer=tracer))[0]
-    key = embedder.fingerprint()
-    found = embeddings.get(key, text)
-    return found if found is not None else embeddings.put(key, text, (await embedder.aembed([text], tracer=tracer))[0])
+
+    async def embed() -> list[float]:
+        return (await embedder.aembed([text], tracer=tracer))[0]
+
+    return await embeddings.avector(key, text, embed)
 
 
 def traced(embedder: object, tracer: trace.Tracer | None) -> dict[str, trace.Tracer]:

@@ -20,6 +20,7 @@ from genroute.errors import (
 )
 from genroute.runtime.context import RunContext, add_spend
 from genroute.runtime.deadlines import deadline_at
+from genroute.runtime.embeddings import RequestEmbeddings
 from genroute.router.attempt import admitted
 from genroute.router.inflight import call_on, poll_until
 from genroute.router.ledger import Ledger
@@ -137,7 +138,7 @@ class Executor:
             checks = self._checks_for(rung, index) if rung.validators else ()
             passes = live and not (checks and index < len(rungs) - 1)
             ctx = self._context(request, rung.backend, deadline, bounded)
-            if ledger.embeddings is not None:  # what the policy embedded to route the request
+            if ledger.embeddings is not None:  # what the policy or an earlier rung embedded
                 ctx.embeddings = ledger.embeddings
             sent = False
             pending: list[str] | None = None  # text a buffered rung produced (made only for one)
@@ -186,6 +187,7 @@ class Executor:
                     read_s += time.perf_counter() - held
             except _RUNG_ERRORS as exc:
                 last_error = exc
+                ledger.embeddings = ctx.embeddings  # what it embedded (or reused), for the next rungs
                 ledger.record(span, ctx, rung.backend, index, rung_start + read_s, exc, admitted=attempt.admitted)
                 if sent:
                     interrupted = StreamInterrupted(  # with the provider's status, if it sent one
@@ -204,7 +206,7 @@ class Executor:
             ledger.record(span, ctx, rung.backend, index, rung_start + read_s, None)
             result = ledger.result(decision, ctx, output, span, start + read_s, first_chunk_s,
                                    outcome_ids=self.outcomes is not None)
-            self._served(request, decision, span, result, output)
+            self._served(request, decision, span, result, output, ctx)
             yield result
             return
         raise ledger.failure(decision, last_error, span)
@@ -251,6 +253,7 @@ class Executor:
                              backend: str, check_request: GenerateRequest) -> BackendOutput:
         """Run ``backend`` for a check (a judge) of the rung ``ctx`` accounts: own admission, cost in the rung."""
         side = self._context(check_request, backend, ctx.deadline, ctx.bounded)
+        side.embeddings = ctx.embeddings  # a judge's backend that embeds shares the request's vectors too
         try:
             async with admitted(self.admission, request, decision, backend, side, trace.get_current_span()):
                 return await self.backends[backend].run(check_request, side)
@@ -263,17 +266,22 @@ class Executor:
     # -- shadows ---------------------------------------------------------------------------------------
 
     def _served(self, request: GenerateRequest, decision: Decision, span: trace.Span, result: GenerateResult,
-                output: BackendOutput) -> None:
-        """Hand the served answer to the outcome recorder (if any), then start the decision's shadows."""
+                output: BackendOutput, ctx: RunContext) -> None:
+        """Hand the served answer to the outcome recorder (if any), then start the decision's shadows (with what the
+        request embedded: ``ctx``, the serving rung's, holds its policy's, its earlier rungs' and its own vectors)."""
         if self.outcomes is not None and result.outcome_id is not None:
             self.outcomes.served(result.outcome_id, request, result, output)
         if decision.shadow:
-            self._start_shadows(request, decision, span, result)
+            self._start_shadows(request, decision, span, result, ctx.embeddings)
 
     def _start_shadows(self, request: GenerateRequest, decision: Decision, span: trace.Span,
-                       served: GenerateResult) -> None:
+                       served: GenerateResult, embeddings: RequestEmbeddings | None) -> None:
+        """Start the decision's shadows; they share the request's ``embeddings`` (the policy's and the rungs'
+        vectors; made here if none were, so that shadows embedding the same text make it once)."""
         if not decision.shadow:
             return
+        if embeddings is None:
+            embeddings = RequestEmbeddings()
         draw = random.random()  # one draw a request: shadows at one rate run on the same requests (paired)
         timeout_s = request.timeout_s or self.timeout_s or SHADOW_TIMEOUT_S
         dropped = 0
@@ -289,7 +297,7 @@ class Executor:
                 dropped += 1
                 continue
             task = asyncio.get_running_loop().create_task(
-                self._shadow(request, decision, backend, span, timeout_s, served))
+                self._shadow(request, decision, backend, span, timeout_s, served, embeddings))
             self._shadows.add(task)
             task.add_done_callback(self._shadows.discard)
         if dropped:
@@ -309,12 +317,13 @@ class Executor:
         return self._shadows
 
     async def _shadow(self, request: GenerateRequest, decision: Decision, backend: str, parent: trace.Span,
-                      timeout_s: float, served: GenerateResult) -> None:
+                      timeout_s: float, served: GenerateResult, embeddings: RequestEmbeddings) -> None:
         """Run a shadow backend; its answer never reaches the caller, it is measured (and, with an outcome
         recorder, scored against the served answer and stored as a paired outcome).
 
         It passes admission like a rung (budgets count it, rate limits and breakers apply) and is skipped
-        when admission refuses it.
+        when admission refuses it. It reuses the request's ``embeddings``; one it makes is charged to it (its span's
+        cost, its budgets' settle), never to the served answer.
         """
         link = trace.Link(parent.get_span_context())
         with self.telemetry.tracer.start_as_current_span(
@@ -323,6 +332,7 @@ class Executor:
             record_exception=False, set_status_on_exception=False,
         ) as span:
             ctx = self._context(request, backend, time.monotonic() + timeout_s, True)  # the block below ends it
+            ctx.embeddings = embeddings
             attempt = admitted(self.admission, request, decision, backend, ctx, span)
             started = time.perf_counter()
             try:

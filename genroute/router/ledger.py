@@ -37,7 +37,7 @@ class Ledger:
     cost_estimated: bool = False
     cache_storage_cost_usd: float = 0.0
     cloud_equivalent_cost_usd: float | None = None
-    #: What the policy embedded for this request, for its rungs to reuse (``None``: a policy that embeds nothing).
+    #: What the request embedded (its policy, a failed rung), for its next rungs to reuse (``None``: nothing).
     embeddings: RequestEmbeddings | None = None
 
     def add_charges(self, charges: Charges) -> None:

@@ -64,7 +64,8 @@ class RunContext:
     #: The model that answered (the response's version), once a call answered.
     model: str | None = None
     time_to_first_token_s: float | None = None
-    #: What the request's policy embedded to route it (its retrieval reuses the vector); ``None``: nothing.
+    #: The request's embeddings (its policy's, earlier rungs', other shadows'), for this rung to reuse and add to;
+    #: ``None``: none made yet (``request_embeddings`` makes them).
     embeddings: RequestEmbeddings | None = None
 
     def __init__(
@@ -95,6 +96,16 @@ class RunContext:
     def capture_content(self) -> bool:
         """Whether prompts, completions and tool payloads may be recorded."""
         return self.telemetry.capture_content
+
+    def request_embeddings(self) -> RequestEmbeddings:
+        """The request's embeddings, for a rung that embeds its input (made here if none were yet: the executor
+        hands them to the request's next rungs and shadows)."""
+        embeddings = self.embeddings
+        if embeddings is None:
+            from genroute.runtime.embeddings import RequestEmbeddings
+
+            embeddings = self.embeddings = RequestEmbeddings()
+        return embeddings
 
     def remaining_s(self) -> float | None:
         """Seconds left before the request's deadline (None: no deadline)."""

@@ -1,11 +1,14 @@
-"""One request's embeddings of its own texts, made once: the policy that routes it and the backend that retrieves for
-it (a semantic or learned policy, then kNN ICL or RAG) embed the same input with the same embedder.
+"""One request's embeddings of its own texts, made once: every part of a request that embeds a text — the policy that
+routes it (semantic, learned), each rung that retrieves for it (kNN ICL, RAG: a fallback chain RAG -> ICL embeds the
+same input twice otherwise), a validator's backend, and its shadow runs — shares the vector.
 
-``RequestEmbeddings`` lives as long as its request (the router makes one for a request whose policy embeds, and lets
-it go with the request): nothing is shared across requests, so none across tenants either. A vector is reused only
-for the same text and the same embedder *fingerprint* (``Embedder.fingerprint``: model, width, tokens read, a Gemini
-task type), so vectors that differ are never mixed up. It is charged once: to whoever made it (deciding, for the
-policy's; the rung, for a backend's); a reuse costs nothing and charges nothing.
+``RequestEmbeddings`` lives as long as its request (made by the router for a request whose policy embeds, else by
+the first rung that embeds; the executor hands it to the next rungs and to the shadows): nothing is shared across
+requests, so none across tenants either. A vector is reused only for the same text and the same embedder identity
+(``vector_key``: ``Embedder.fingerprint``, i.e. model, width, tokens read, a Gemini task type), so vectors that differ
+are never mixed up. It is charged once, to whoever made it (deciding, for the policy's; the rung or the shadow, for a
+backend's); a reuse costs nothing and charges nothing. Shadows run concurrently: one waits for a vector another is
+making (and makes it itself if that one fails or is cancelled).
 
 A policy decides in a worker thread and never sees the request's run context: it finds the request's embeddings in
 ``remembering``'s context variable, which the worker thread inherits; a backend finds them on its ``RunContext``.
@@ -13,7 +16,8 @@ A policy decides in a worker thread and never sees the request's run context: it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -21,24 +25,56 @@ from typing import Any
 _CURRENT: ContextVar[RequestEmbeddings | None] = ContextVar("genroute_request_embeddings", default=None)
 
 
+def _as_list(vector: Any) -> list[float]:
+    tolist = getattr(vector, "tolist", None)
+    kept: list[float] = tolist() if tolist is not None else list(vector)
+    return kept
+
+
 class RequestEmbeddings:
-    """The vectors made for one request: (embedder fingerprint, text) -> the embedder's vector, as it returned it."""
+    """The vectors made for one request: (embedder identity, text) -> the embedder's vector, as a list of floats (or
+    the future of one being made)."""
 
     __slots__ = ("_vectors",)
 
     def __init__(self) -> None:
-        self._vectors: dict[tuple[str, str], list[float]] = {}
+        self._vectors: dict[tuple[str, str], list[float] | asyncio.Future[list[float] | None]] = {}
 
-    def get(self, key: str, text: str) -> list[float] | None:
-        """The vector of ``text`` by the embedder whose fingerprint is ``key``, if this request made it."""
-        return self._vectors.get((key, text))
+    def vector(self, key: str, text: str, embed: Callable[[], Any]) -> list[float]:
+        """``text``'s vector by the embedder whose identity is ``key``: the one this request made, else ``embed()``'s
+        (a list, or an array row), kept. Sync: a policy deciding in its worker thread, before any rung runs."""
+        found = self._vectors.get((key, text))
+        if isinstance(found, list):
+            return found
+        vector = _as_list(embed())
+        if found is None:  # one being made (never, before the rungs run): that one is kept when it is done
+            self._vectors[(key, text)] = vector
+        return vector
 
-    def put(self, key: str, text: str, vector: Any) -> list[float]:
-        """Keep ``vector`` (a list, or an array row) of ``text``; return it as a list of floats."""
-        tolist = getattr(vector, "tolist", None)
-        kept: list[float] = tolist() if tolist is not None else list(vector)
-        self._vectors[(key, text)] = kept
-        return kept
+    async def avector(self, key: str, text: str, embed: Callable[[], Awaitable[Any]]) -> list[float]:
+        """``vector``, for a rung or a shadow: one being made by another shadow of the request is waited for (and
+        made here if that one fails or is cancelled)."""
+        while True:
+            found = self._vectors.get((key, text))
+            if found is None:
+                break
+            if isinstance(found, list):
+                return found
+            made = await asyncio.shield(found)  # this caller's cancellation leaves the maker alone
+            if made is not None:
+                return made
+        pending: asyncio.Future[list[float] | None] = asyncio.get_running_loop().create_future()
+        self._vectors[(key, text)] = pending
+        vector: list[float] | None = None
+        try:
+            vector = _as_list(await embed())
+        finally:
+            if vector is None:  # failed or cancelled: a waiter makes it itself
+                del self._vectors[(key, text)]
+            else:
+                self._vectors[(key, text)] = vector
+            pending.set_result(vector)
+        return vector
 
     def __len__(self) -> int:
         return len(self._vectors)
@@ -56,18 +92,18 @@ def remembering(embeddings: RequestEmbeddings) -> Iterator[RequestEmbeddings]:
 
 
 def vector_key(embedder: object) -> str | None:
-    """What ``embedder``'s vectors depend on (its ``fingerprint()``); ``None``: it does not say (an array embedder of
-    the caller's own), and its vectors are never shared."""
+    """The identity of ``embedder``'s vectors (same identity, same vectors): its ``fingerprint()``
+    (``Embedder.fingerprint``); ``None``: it declares none (an array embedder of the caller's own)."""
     fingerprint = getattr(embedder, "fingerprint", None)
-    return fingerprint() if callable(fingerprint) else None
+    return str(fingerprint()) if callable(fingerprint) else None
 
 
 def shared_embedding(embedder: object, text: str, embed: Callable[[], Any]) -> Any:
-    """``text``'s vector by ``embedder`` for the current request: the one it already made, else ``embed()``'s (kept
-    for the request's other embedders of the same fingerprint). Outside a request: ``embed()``."""
+    """``text``'s vector by ``embedder`` for the current request (a policy's, in its worker thread): the one it
+    already made, else ``embed()``'s, kept for the request's other embedders of the same identity. Outside a
+    request, or for an embedder without an identity: ``embed()``."""
     embeddings = _CURRENT.get()
     key = None if embeddings is None else vector_key(embedder)
     if embeddings is None or key is None:
         return embed()
-    found = embeddings.get(key, text)
-    return found if found is not None else embeddings.put(key, text, embed())
+    return embeddings.vector(key, text, embed)
