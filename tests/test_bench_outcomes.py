@@ -188,6 +188,30 @@ def test_an_embedder_that_makes_other_vectors_under_the_same_name_does_not_read_
         CachedEmbedder(_Refusing(embedder.model, embedder.fingerprint() + "|1.0.1"), tmp_path).embed_array([long])
 
 
+async def test_the_cache_knows_an_embedder_by_the_identity_a_request_shares_vectors_by(tmp_path: Path) -> None:
+    # One definition (runtime.embeddings.vector_key) for both: a cache file is shared exactly by the embedders whose
+    # vectors a request shares (a task type or a width apart: another file); one without a fingerprint, by its model.
+    from genroute.engines.gemini import GeminiEngine
+    from genroute.knowledge.embedders import GeminiEmbedder
+    from genroute.runtime.embeddings import vector_key
+
+    engine = GeminiEngine("g", {"api_key": "k", "base_url": "http://127.0.0.1:9"})
+    try:
+        embedders = [GeminiEmbedder(engine, dimension=64, task_type="RETRIEVAL_QUERY"),
+                     GeminiEmbedder(engine, dimension=64, task_type="RETRIEVAL_QUERY"),
+                     GeminiEmbedder(engine, dimension=64, task_type="SEMANTIC_SIMILARITY"),
+                     GeminiEmbedder(engine, dimension=128, task_type="RETRIEVAL_QUERY")]
+        paths = [CachedEmbedder(e, tmp_path).path for e in embedders]
+    finally:
+        await engine.aclose()
+    keys = [vector_key(e) for e in embedders]
+    assert [paths.index(p) for p in paths] == [keys.index(k) for k in keys] == [0, 0, 2, 3]
+    anonymous = _Refusing("my-model", "")
+    del anonymous.fingerprint
+    assert vector_key(anonymous) is None and CachedEmbedder(anonymous, tmp_path).path.name.startswith(
+        "embeddings-my-model-")
+
+
 def test_a_cache_file_genroute_did_not_write_is_a_usage_error(embedder: LocalEmbedder, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     # numpy's reader raised from deep inside (a traceback from `genroute bench`), and vectors of another width

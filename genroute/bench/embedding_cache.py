@@ -1,7 +1,8 @@
 """Request embeddings computed once and kept on disk, keyed by the embedder's fingerprint and each text's content.
 
-The file's name holds the model's name and a digest of the embedder's ``fingerprint()`` (its model file, version and
-settings: ``Embedder.fingerprint``), so a model changed under the same name starts a cache of its own instead of
+The file's name holds the model's name and a digest of the embedder's identity (``runtime.embeddings.vector_key``: its
+``fingerprint()``, i.e. model file, version and settings, ``Embedder.fingerprint``; the one definition, by which a
+request's backends share vectors too), so a model changed under the same name starts a cache of its own instead of
 reading the other's vectors; an embedder without one is known by its model name alone.
 """
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genroute.errors import UsageError
+from genroute.runtime.embeddings import vector_key
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -29,8 +31,7 @@ class CachedEmbedder:
         self.embedder = embedder
         self.chunk = chunk
         self.model = getattr(embedder, "model", "unknown")
-        fingerprint = getattr(embedder, "fingerprint", None)
-        identity = str(fingerprint() if callable(fingerprint) else self.model)
+        identity = vector_key(embedder) or str(self.model)
         digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(self.model))
         self.path = Path(cache_dir) / f"embeddings-{safe}-{digest}.npz"

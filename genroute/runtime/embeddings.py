@@ -93,7 +93,8 @@ def remembering(embeddings: RequestEmbeddings) -> Iterator[RequestEmbeddings]:
 
 def vector_key(embedder: object) -> str | None:
     """The identity of ``embedder``'s vectors (same identity, same vectors): its ``fingerprint()``
-    (``Embedder.fingerprint``); ``None``: it declares none (an array embedder of the caller's own)."""
+    (``Embedder.fingerprint``); ``None``: it declares none (an array embedder of the caller's own). The one
+    definition: a request's backends share vectors by it, the benchmark's embedding cache names its file by it."""
     fingerprint = getattr(embedder, "fingerprint", None)
     return str(fingerprint()) if callable(fingerprint) else None
 
