@@ -251,3 +251,17 @@ def test_an_unpriced_embedding_model_is_a_config_error(gemini_server: GeminiTest
     assert caught.value.field == "knowledge.embedder.model" and "my-embedder-9" in str(caught.value)
     config["pricing"] = {"my-embedder-9": {"input": 0.2, "output": 0.0}}
     Router.from_config(config).close()
+
+
+def test_the_retired_text_embedding_004_is_not_priced_at_nothing(gemini_server: GeminiTestServer,
+                                                                tmp_path: Path) -> None:
+    # It was in the built-in table at $0 (the Gemini API shut it down on 2026-01-14; Vertex AI bills its per
+    # character): a store embedding with it reported every embedding as free. Now it needs a price, as any unpriced
+    # model does; the current model keeps its list price.
+    assert "text-embedding-004" not in DEFAULT_PRICES
+    assert (DEFAULT_PRICES["gemini-embedding-001"].input, DEFAULT_PRICES["gemini-embedding-001"].output) == (0.15, 0.0)
+    config = _config(gemini_server, tmp_path)
+    config["knowledge"]["embedder"]["model"] = "text-embedding-004"
+    with pytest.raises(ConfigError) as caught:
+        Router.from_config(config)
+    assert caught.value.field == "knowledge.embedder.model" and "text-embedding-004" in str(caught.value)

@@ -75,8 +75,13 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "gemini-2.5-flash-lite": _p(0.10, 0.40, 0.01, storage=1.00),
     "gemini-2.0-flash": _p(0.10, 0.40, 0.025, storage=1.00),
     "gemini-2.0-flash-lite": _p(0.075, 0.30, None),
+    # $0.15 per 1M input tokens, the same on Vertex AI (Gemini API pricing page, ai.google.dev/gemini-api/docs/pricing;
+    # the general-availability post, developers.googleblog.com/en/gemini-embedding-available-gemini-api/).
     "gemini-embedding-001": _p(0.15, 0.0, None),
-    "text-embedding-004": _p(0.0, 0.0, None),
+    # No text-embedding-004: the Gemini API shut it down on 2026-01-14 (same post, and the deprecations page,
+    # ai.google.dev/gemini-api/docs/deprecations); it was listed here at $0, so an embedder configured with it (or with
+    # Vertex AI's, billed there per 1,000 characters) was costed at nothing. Unpriced, it is a ConfigError naming
+    # knowledge.embedder.model: give its price under `pricing`.
 }
 
 
