@@ -26,9 +26,9 @@ QUESTION = "what does the bakery bake on sundays?"
 
 
 def _router(server: GeminiTestServer, tmp_path: Path, otel: Otel, inner: dict[str, Any],
-            embedder: dict[str, Any] | None = GEMINI) -> Router:
+            embedder: dict[str, Any] | None = GEMINI, **sections: Any) -> Router:
     """A router whose policy is ``inner`` under a budget (so that what each attempt spent is settled there)."""
-    config = _config(server, tmp_path, embedder)
+    config = {**_config(server, tmp_path, embedder), **sections}
     config["backends"]["strict_rag"] = {**config["backends"]["rag"], "max_distance": 0.0}  # finds nothing relevant
     config["policy"] = {"kind": "budget", "per": "global", "budget_usd": 1.0, "inner": inner,
                         "costs": {b: 0.01 for b in config["backends"]}}
@@ -93,6 +93,29 @@ async def test_shadows_embed_a_text_once_between_them_charged_to_the_shadow(gemi
     assert sorted(s.attributes["gen_ai.usage.cost.amount"] for s in shadows) == pytest.approx(
         [ANSWER, ANSWER + embedding])  # the shadow that made it pays for it
     assert spent == pytest.approx(3 * ANSWER + embedding)
+
+
+@pytest.mark.parametrize("inner,served", [
+    ({"kind": "cascade", "rungs": [{"backend": "rag"}], "shadow": ["icl"]}, "rag"),
+    ({"kind": "cascade", "rungs": [{"backend": "chat"}], "shadow": ["rag", "icl"]}, "chat"),
+], ids=["served-and-shadow", "shadows"])
+async def test_a_shadows_outcome_side_counts_the_vector_it_reused(gemini_server: GeminiTestServer, tmp_path: Path,
+                                                                  otel: Otel, inner: dict[str, Any],
+                                                                  served: str) -> None:
+    # Billed once, but compared as if each ran alone: a shadow that reused the served rung's (or another shadow's)
+    # vector would otherwise look cheaper than the backend it is compared with by that embedding.
+    from genroute.outcomes import OutcomeStore
+
+    router = _router(gemini_server, tmp_path, otel, inner, outcomes={"path": str(tmp_path / "outcomes.db")})
+    result, embedded, _ = await _run(router, tmp_path, gemini_server)
+    embedding = estimate_tokens(QUESTION) * EMBED
+    assert result.backend == served and embedded == [QUESTION]
+    records = OutcomeStore(tmp_path / "outcomes.db").records_sync()
+    sides = {name: side.cost_usd for record in records for name, side in record.outcomes.items()}
+    expected = {"rag": ANSWER + embedding, "icl": ANSWER + embedding, **({"chat": ANSWER} if served == "chat" else {})}
+    assert sides == pytest.approx(expected)  # the reusing shadow's side was ANSWER
+    assert sum(s.attributes["gen_ai.usage.cost.amount"] for s in otel.spans("genroute.shadow")) == pytest.approx(
+        (len(inner["shadow"])) * ANSWER + (embedding if served == "chat" else 0.0))  # billed: once, in the request
 
 
 @pytest.mark.parametrize("inner", [

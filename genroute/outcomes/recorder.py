@@ -120,7 +120,9 @@ class OutcomeRecorder:
                          ctx: RunContext, latency_s: float, span: Span, run_judge: RunJudge) -> None:
         """``shadow`` for a finished shadow run (its context holds cost and tokens); failures are counted on the
         span and logged, never raised: a lost outcome must not fail anything else."""
-        side = Side(role="shadow", cost_usd=ctx.cost_usd, latency_s=latency_s,
+        # With what vectors it reused from the served rungs or another shadow cost them: what it costs on its own, as the
+        # served side counts its rungs' embeddings (the policy's is routing's, on neither side).
+        side = Side(role="shadow", cost_usd=ctx.cost_usd + ctx.reused_cost_usd, latency_s=latency_s,
                     cloud_equivalent_cost_usd=ctx.cloud_equivalent_cost_usd,
                     input_tokens=ctx.usage.input_tokens, output_tokens=ctx.usage.output_tokens)
         try:

@@ -84,6 +84,8 @@ class Charges:
     cost_usd: float = 0.0
     #: Whether any of it is an estimate.
     estimated: bool = False
+    #: What vectors made (and charged) elsewhere in the request, and reused here, cost: not billed again (``reused``).
+    reused_usd: float = 0.0
 
     def add(self, cost_usd: float, *, estimated: bool) -> None:
         """Count ``cost_usd``."""
@@ -120,6 +122,14 @@ def charge(cost_usd: float, *, estimated: bool) -> None:
     charges = _CHARGES.get()
     if charges is not None:
         charges.add(cost_usd, estimated=estimated)
+
+
+def reused(cost_usd: float) -> None:
+    """Report that a vector made and charged elsewhere in the request (at ``cost_usd``) was reused: nothing is billed;
+    a shadow's outcome side counts it, as what the shadow would have cost on its own."""
+    charges = _CHARGES.get()
+    if charges is not None and cost_usd:
+        charges.reused_usd += cost_usd
 
 
 def estimate_tokens(text: str | int) -> int:

@@ -61,6 +61,8 @@ class RunContext:
     cost_estimated: bool = False
     #: The part of ``cost_usd`` paid for storing context caches this rung created.
     cache_storage_cost_usd: float = 0.0
+    #: What vectors this rung reused from the request's other rungs or shadows cost them (not in ``cost_usd``).
+    reused_cost_usd: float = 0.0
     #: The model that answered (the response's version), once a call answered.
     model: str | None = None
     time_to_first_token_s: float | None = None
@@ -233,6 +235,8 @@ class RunContext:
         finally:
             self.cost_usd += charges.cost_usd
             self.cost_estimated = self.cost_estimated or charges.estimated
+            if charges.reused_usd:
+                self.reused_cost_usd += charges.reused_usd
 
     def charge_cache(self, engine: Engine, model: str, tokens: int, ttl_s: float, *, estimated: bool = False) -> float:
         """Charge this rung for a context cache of ``tokens`` it made: their storage for ``ttl_s`` (priced per

@@ -7,8 +7,10 @@ the first rung that embeds; the executor hands it to the next rungs and to the s
 requests, so none across tenants either. A vector is reused only for the same text and the same embedder identity
 (``vector_key``: ``Embedder.fingerprint``, i.e. model, width, tokens read, a Gemini task type), so vectors that differ
 are never mixed up. It is charged once, to whoever made it (deciding, for the policy's; the rung or the shadow, for a
-backend's); a reuse costs nothing and charges nothing. Shadows run concurrently: one waits for a vector another is
-making (and makes it itself if that one fails or is cancelled).
+backend's); a reuse charges nothing, but reports what a rung's or a shadow's vector cost (``billing.reused``), so that
+a shadow's outcome side counts what it would have cost on its own, as the served side's rungs do (the policy's vector
+is routing, kept apart on both sides). Shadows run concurrently: one waits for a vector another is making (and makes it
+itself if that one fails or is cancelled).
 
 A policy decides in a worker thread and never sees the request's run context: it finds the request's embeddings in
 ``remembering``'s context variable, which the worker thread inherits; a backend finds them on its ``RunContext``.
@@ -35,10 +37,12 @@ class RequestEmbeddings:
     """The vectors made for one request: (embedder identity, text) -> the embedder's vector, as a list of floats (or
     the future of one being made)."""
 
-    __slots__ = ("_vectors",)
+    __slots__ = ("_vectors", "_costs")
 
     def __init__(self) -> None:
         self._vectors: dict[tuple[str, str], list[float] | asyncio.Future[list[float] | None]] = {}
+        #: What a vector a backend made cost (the policy's are routing's: not here).
+        self._costs: dict[tuple[str, str], float] = {}
 
     def vector(self, key: str, text: str, embed: Callable[[], Any]) -> list[float]:
         """``text``'s vector by the embedder whose identity is ``key``: the one this request made, else ``embed()``'s
@@ -54,25 +58,32 @@ class RequestEmbeddings:
     async def avector(self, key: str, text: str, embed: Callable[[], Awaitable[Any]]) -> list[float]:
         """``vector``, for a rung or a shadow: one being made by another shadow of the request is waited for (and
         made here if that one fails or is cancelled)."""
+        from genroute.runtime.billing import Charges, charge, charging, reused
+
         while True:
             found = self._vectors.get((key, text))
             if found is None:
                 break
-            if isinstance(found, list):
+            if not isinstance(found, list):
+                found = await asyncio.shield(found)  # this caller's cancellation leaves the maker alone
+            if found is not None:
+                reused(self._costs.get((key, text), 0.0))
                 return found
-            made = await asyncio.shield(found)  # this caller's cancellation leaves the maker alone
-            if made is not None:
-                return made
         pending: asyncio.Future[list[float] | None] = asyncio.get_running_loop().create_future()
         self._vectors[(key, text)] = pending
         vector: list[float] | None = None
+        charges = Charges()
         try:
-            vector = _as_list(await embed())
+            with charging(charges):  # to know what it cost; charged on to whoever collects around this call
+                vector = _as_list(await embed())
         finally:
+            if charges.cost_usd or charges.estimated:
+                charge(charges.cost_usd, estimated=charges.estimated)
             if vector is None:  # failed or cancelled: a waiter makes it itself
                 del self._vectors[(key, text)]
             else:
                 self._vectors[(key, text)] = vector
+                self._costs[(key, text)] = charges.cost_usd
             pending.set_result(vector)
         return vector
 
