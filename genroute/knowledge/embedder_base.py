@@ -109,14 +109,11 @@ async def aembed_text(embedder: Embedder, text: str, *, tracer: trace.Tracer | N
     kept there)."""
     from genroute.runtime.embeddings import vector_key
 
-    key = None if embeddings is None else vector_key(embedder)
-    if embeddings is None or key is None:
-        return (await embedder.aembed([text], tracer=tracer))[0]
-
     async def embed() -> list[float]:
         return (await embedder.aembed([text], tracer=tracer))[0]
 
-    return await embeddings.avector(key, text, embed)
+    key = None if embeddings is None else vector_key(embedder)
+    return await (embed() if embeddings is None or key is None else embeddings.avector(key, text, embed))
 
 
 def traced(embedder: object, tracer: trace.Tracer | None) -> dict[str, trace.Tracer]:
