@@ -46,17 +46,13 @@ def cluster_means(a: Sequence[float], b: Sequence[float], groups: Sequence[Hasha
                   ) -> tuple[list[float], list[float]]:
     """Each group's mean A and mean B score, groups in the order they first appear (a group of one record keeps
     its scores as they are). ``UsageError`` naming ``groups`` unless there is one group per pair."""
+    import numpy as np
+
+    from genroute.policies.cost_weight import input_means
+
     if len(groups) != len(a) or len(groups) != len(b):
         raise UsageError(f"one group per paired score is needed (got {len(groups)} groups for {len(a)} pairs)",
                          field="groups")
-    members: dict[Hashable, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    xs = [_mean([a[i] for i in idx]) for idx in members.values()]
-    ys = [_mean([b[i] for i in idx]) for idx in members.values()]
-    return xs, ys
-
-
-def _mean(values: list[float]) -> float:
-    # A single score is returned as it is (not through a division), so 0/1 scores stay 0/1.
-    return values[0] if len(values) == 1 else sum(map(float, values)) / len(values)
+    means = input_means(np.column_stack([np.asarray(a, dtype=np.float64).reshape(-1),
+                                         np.asarray(b, dtype=np.float64).reshape(-1)]), groups)
+    return means[:, 0].tolist(), means[:, 1].tolist()

@@ -122,7 +122,7 @@ def choose(scores: NDArray[Any], costs: NDArray[Any], weights: Sequence[float], 
     if groups is not None:
         # Ten copies of one input, routed alike, are not ten pieces of evidence: counted so, the paired standard
         # error shrank by sqrt(10) and a dearer weight's gain on a few inputs read as resolved.
-        scores, costs = _input_means(scores, groups), _input_means(costs, groups)
+        scores, costs = input_means(scores, groups), input_means(costs, groups)
     n = len(scores)
     quality, cost = scores.mean(axis=0), costs.mean(axis=0)
     order = list(range(len(weights)))
@@ -143,8 +143,10 @@ def choose(scores: NDArray[Any], costs: NDArray[Any], weights: Sequence[float], 
                             standard_error=float(se[pick]))
 
 
-def _input_means(values: NDArray[Any], groups: Sequence[Hashable]) -> NDArray[Any]:
-    """Rows averaged per group, groups in the order they first appear (a group of one row keeps it as it is)."""
+def input_means(values: NDArray[Any], groups: Sequence[Hashable]) -> NDArray[Any]:
+    """Rows averaged per group, groups in the order they first appear (a group of one row keeps it as it is): the
+    one per-input mean of repeated inputs, for the cost-weight rules and every paired comparison
+    (``genroute.bench.clusters.cluster_means``). ``ConfigError`` naming ``groups`` unless one group per row."""
     inverse, distinct = group_index(groups, len(values))
     if distinct == len(values):
         return values
