@@ -12,6 +12,9 @@ data differ from the run's, by ``run.json``'s digest). Each rule compiles on the
 same seeded training split and is judged on the same held-out records: the compiled learned policy against the
 best single backend chosen on the training split, paired (95 % CI: Newcombe's for 0/1 scores, else a bootstrap of
 2,000 resamples), with the cost ratio and a paired CI of the cost difference. ``fixed`` is the cost weight 0.1 compiled before the rules existed.
+A task's comparisons (every rule against the best single and against ``fixed``) are one family: a verdict is
+"resolved" only when the CI excludes 0 and the exact test's Holm-adjusted p is below 0.05 (as ``genroute bench``
+reports them; before, a CI that excluded 0 was called resolved).
 """
 
 from __future__ import annotations
@@ -20,21 +23,41 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from genroute.bench.stats import PairedComparison
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = ("fixed", "best", "one_se", "resolved")
 
 
+@dataclass
+class RuleRow:
+    """One rule's compile on a task: the learned policy against the best single and against ``fixed``."""
+
+    rule: str
+    weight: str
+    learned: Any
+    best: Any
+    cmp: PairedComparison
+    cost_ci: tuple[float, float]
+    seconds: float
+    vs_fixed: PairedComparison | None = None
+    fixed_cost: float = 0.0
+
+
 def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]:
     from genroute.bench.clusters import text_groups
     from genroute.bench.compile import compile_policy
+    from genroute.bench.multiplicity import adjust_family
     from genroute.bench.stats import compare_paired, paired_bootstrap_ci
     from quality_report import recorded_run
 
     _, _, records, outcomes = recorded_run(args.runs, task, prefix=args.prefix, data=args.data, limit=args.limit,
                                            seed=args.seed)
-    lines: list[str] = []
+    rows: list[RuleRow] = []
     details: list[str] = []
     before = None  # the fixed weight's row: "after - before", paired
     for rule in args.rules:
@@ -43,40 +66,61 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
             report = compile_policy(outcomes, records, tmp, seed=args.seed, embedder=embedder,
                                     cost_weight_rule=None if rule == "fixed" else rule)
             seconds = time.perf_counter() - start
-        rows = {r.name: r for r in report.rows}
-        learned, best = rows["compiled learned"], rows["best single (train)"]
+        by_name = {r.name: r for r in report.rows}
+        learned, best = by_name["compiled learned"], by_name["best single (train)"]
         ids = sorted(best.scores)
         a, b = [learned.scores[i] for i in ids], [best.scores[i] for i in ids]
         text = {r.id: r.input for r in records}
         groups = text_groups([text[i] for i in ids])  # records sharing an input are one input, as in the bench
-        cmp = compare_paired(a, b, a="learned", b="best single", seed=args.seed, groups=groups)
-        cost_ci = paired_bootstrap_ci([learned.costs[i] for i in ids], [best.costs[i] for i in ids], seed=args.seed,
-                                      groups=groups)
-        share = learned.cost_per_request_usd / best.cost_per_request_usd if best.cost_per_request_usd else float("nan")
-        verdict = "resolved" if cmp.ci[0] > 0 or cmp.ci[1] < 0 else "not resolved"
-        picks = ", ".join(f"{k} {v}" for k, v in sorted(learned.picks.items()))
+        row = RuleRow(rule=rule, learned=learned, best=best, seconds=seconds,
+                      weight=f"{report.learned_cost_weight:.3g}" if report.learned_cost_weight is not None else "–",
+                      cmp=compare_paired(a, b, a="learned", b="best single", seed=args.seed, groups=groups),
+                      cost_ci=paired_bootstrap_ci([learned.costs[i] for i in ids], [best.costs[i] for i in ids],
+                                                  seed=args.seed, groups=groups))
         if rule == "fixed":
             before = learned
-        vs_fixed = "–"
         if before is not None and rule != "fixed":
-            d = compare_paired(a, [before.scores[i] for i in ids], a=rule, b="fixed", seed=args.seed, groups=groups)
-            vs_fixed = (f"{d.difference:+.3f} [{d.ci[0]:+.3f}, {d.ci[1]:+.3f}], cost "
-                        f"{learned.cost_per_request_usd / before.cost_per_request_usd:.0%} of fixed")
-        weight = f"{report.learned_cost_weight:.3g}" if report.learned_cost_weight is not None else "–"
+            row.vs_fixed = compare_paired(a, [before.scores[i] for i in ids], a=rule, b="fixed", seed=args.seed,
+                                          groups=groups)
+            row.fixed_cost = before.cost_per_request_usd
+        rows.append(row)
         choice = report.learned_cost_weight_choice
         if choice is not None:
             details.append(f"{task} {rule}: out of fold (n = {choice['n']}) chosen {choice['quality']:.3f} at "
                            f"${choice['cost_usd'] * 1000:.4f}/1k; best {choice['best_quality']:.3f} at "
                            f"${choice['best_cost_usd'] * 1000:.4f}/1k (weight {choice['best_weight']:.3g}); "
                            f"paired SE {choice['standard_error']:.3f}")
-        lines.append(f"| {task} | {rule} | {weight} | {cmp.n} | {learned.quality:.3f} | {best.quality:.3f} | "
-                     f"{cmp.difference:+.3f} [{cmp.ci[0]:+.3f}, {cmp.ci[1]:+.3f}] {verdict} | {share:.0%} | "
-                     f"[{(cost_ci[0]) * 1000:+.4f}, {(cost_ci[1]) * 1000:+.4f}] | {vs_fixed} | {picks} | "
-                     f"{seconds:.0f} s |")
+    # The task's comparisons (each rule against the best single, and against the fixed weight) are one family:
+    # a verdict needs the CI to exclude 0 and the exact test's Holm-adjusted p below 0.05, as in the bench report.
+    family = adjust_family([c for row in rows for c in (row.cmp, row.vs_fixed) if c is not None])
+    for row in rows:
+        row.cmp = family.pop(0)
+        row.vs_fixed = family.pop(0) if row.vs_fixed is not None else None
+    lines: list[str] = []
+    for row in rows:
+        cmp, learned, best = row.cmp, row.learned, row.best
+        share = learned.cost_per_request_usd / best.cost_per_request_usd if best.cost_per_request_usd else float("nan")
+        picks = ", ".join(f"{k} {v}" for k, v in sorted(learned.picks.items()))
+        vs_fixed = "–"
+        if row.vs_fixed is not None:
+            d = row.vs_fixed
+            vs_fixed = (f"{d.difference:+.3f} [{d.ci[0]:+.3f}, {d.ci[1]:+.3f}] {_verdict(d)}, cost "
+                        f"{learned.cost_per_request_usd / row.fixed_cost:.0%} of fixed")
+        lines.append(f"| {task} | {row.rule} | {row.weight} | {cmp.n} | {learned.quality:.3f} | "
+                     f"{best.quality:.3f} | {cmp.difference:+.3f} [{cmp.ci[0]:+.3f}, {cmp.ci[1]:+.3f}] "
+                     f"{_verdict(cmp)} | {share:.0%} | [{row.cost_ci[0] * 1000:+.4f}, {row.cost_ci[1] * 1000:+.4f}] | "
+                     f"{vs_fixed} | {picks} | {row.seconds:.0f} s |")
         print(lines[-1], flush=True)
     for line in details:
         print(f"<!-- {line} -->")
     return lines
+
+
+def _verdict(c: PairedComparison) -> str:
+    """resolved / not resolved after Holm's correction over the task's comparisons, with the adjusted p and m."""
+    adjusted = "–" if c.adjusted_p is None else f"{c.adjusted_p:.3g}"
+    holm = f"(Holm p = {adjusted}, m = {c.family_size})"
+    return f"resolved {holm}" if c.decision == "win" else f"not resolved {holm}"
 
 
 def main() -> None:

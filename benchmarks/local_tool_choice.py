@@ -24,6 +24,7 @@ from genroute import Router
 from genroute.bench import abench
 from genroute.bench.datasets import load_records
 from genroute.bench.record_tools import placeholder
+from genroute.bench.multiplicity import adjust_family
 from genroute.bench.stats import compare_paired
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,16 +119,14 @@ async def main() -> None:
     print(f"evaluation ({args.n} per category, disjoint from calibration): always vs choose (call_bias {best:g})")
     modes = {"always": {"auto_calls": "always"}, "choose": {"auto_calls": "choose", "call_bias": best}}
     scores = await run(evaluation, modes, Path(args.out) / "evaluation", args)
-    for category, ids in by_category(scores["always"], evaluation).items():
-        a = [scores["choose"][i] for i in ids]
-        b = [scores["always"][i] for i in ids]
-        cmp = compare_paired(a, b, a="choose", b="always")
+    groups = {**by_category(scores["always"], evaluation),
+              "both": [i for i in scores["always"] if i in scores["choose"]]}
+    # The categories and both together are one family: verdicts corrected over it (Holm), as in the bench report.
+    family = adjust_family([compare_paired([scores["choose"][i] for i in ids], [scores["always"][i] for i in ids],
+                                           a="choose", b="always") for ids in groups.values()])
+    for (category, ids), cmp in zip(groups.items(), family, strict=True):
         print(f"  {category:14s} n={len(ids):3d}  always {cmp.mean_b:.3f}  choose {cmp.mean_a:.3f}  "
               f"{cmp.verdict}")
-    ids = [i for i in scores["always"] if i in scores["choose"]]
-    cmp = compare_paired([scores["choose"][i] for i in ids], [scores["always"][i] for i in ids],
-                         a="choose", b="always")
-    print(f"  {'both':14s} n={len(ids):3d}  always {cmp.mean_b:.3f}  choose {cmp.mean_a:.3f}  {cmp.verdict}")
 
 
 if __name__ == "__main__":

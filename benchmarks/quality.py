@@ -231,15 +231,18 @@ def compiled_table(reports: Sequence[tuple[str, BenchReport]]) -> str:
 
 def paired_table(reports: Sequence[tuple[str, BenchReport]]) -> str:
     """Per task, every backend pair on all its records and each compiled policy vs every single backend on the
-    held-out split: paired difference, 95 % CI, McNemar p, smallest detectable difference, verdict."""
-    lines = ["| task | split (n) | A | B | A − B [95 % CI] | McNemar p | smallest detectable | verdict |",
-             "|---|---|---|---|---|---:|---:|---|"]
+    held-out split: paired difference, 95 % CI, McNemar p, its Holm-adjusted p over the task's split (the bench
+    report's family), smallest detectable difference, verdict (after the correction)."""
+    lines = ["| task | split (n) | A | B | A − B [95 % CI, unadjusted] | McNemar p | Holm p (m) | "
+             "smallest detectable | verdict |", "|---|---|---|---|---|---:|---:|---:|---|"]
     for task, report in reports:
         for split, comparisons in (("all", report.comparisons), ("held-out", report.compiled_comparisons)):
             for c in comparisons:
                 p = "–" if c.mcnemar_p is None else f"{c.mcnemar_p:.3g}"
+                holm = "–" if c.adjusted_p is None else f"{c.adjusted_p:.3g} ({c.family_size})"
                 lines.append(f"| {task} | {split} ({c.n}) | {c.a} | {c.b} | {c.difference:+.3f} "
-                             f"[{c.ci[0]:+.3f}, {c.ci[1]:+.3f}] | {p} | {c.min_detectable:.3f} | {c.short} |")
+                             f"[{c.ci[0]:+.3f}, {c.ci[1]:+.3f}] | {p} | {holm} | {c.min_detectable:.3f} | "
+                             f"{c.short} |")
     return "\n".join(lines) + "\n"
 
 

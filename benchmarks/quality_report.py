@@ -96,8 +96,9 @@ def main() -> None:
         reports.append((task, report))
     advice = [f"- {task}: {r.advice.text}" for task, r in reports if r.advice is not None]
     print("# Summary\n\n" + backends_table(reports)
-          + "\nPaired differences on the same records (a win only when the 95 % CI excludes 0 and, for 0/1 "
-            "scores, McNemar agrees):\n\n" + paired_table(reports)
+          + "\nPaired differences on the same records (a win only when the 95 % CI excludes 0 and the exact test "
+            "(McNemar's for 0/1 scores) agrees after Holm's correction over the task's comparisons of that split):"
+            "\n\n" + paired_table(reports)
           + "\nCompiled policies against every single backend, on each task's held-out split:\n\n"
           + compiled_table(reports)
           + ("\nGraduation advisor:\n\n" + "\n".join(advice) + "\n" if advice else ""))

@@ -135,13 +135,13 @@ def test_the_html_report_renders_its_tables_charts_and_per_record_view(tmp_path:
     summary = dom.tables["summary"]
     assert [cells[0] for _, cells in summary[1:]] == ["prompt", "icl", "tuned"]
     headers = {tuple(rows[0][1]) for rows in dom.tables.values() if rows}
-    paired_header = ("A", "B", "n", "mean A", "mean B", "A − B [95 % CI]", "McNemar p", "sign-flip p",
-                     "smallest detectable", "verdict")
+    paired_header = ("A", "B", "n", "mean A", "mean B", "A − B [95 % CI, unadjusted]", "McNemar p", "sign-flip p",
+                     "Holm-adjusted p (m)", "smallest detectable", "verdict")
     paired = [rows for rows in dom.tables.values() if rows and tuple(rows[0][1]) == paired_header]
     assert len(paired) == 2  # all records, and the compiled policy on the held-out split
     assert {(cells[0], cells[1]) for _, cells in paired[0][1:]} == {("prompt", "icl"), ("prompt", "tuned"),
                                                                      ("icl", "tuned")}
-    assert all(cells[9] == "no verdict (n < 100)" for _, cells in paired[1][1:])
+    assert all(cells[10] == "no verdict (n < 100)" for _, cells in paired[1][1:])
     assert ("router", "n", "quality [95 % CI]", "$/request", "p50 s", "routed to") in headers
     # The charts: the Pareto chart and the cost–quality curve, embedded.
     alts = {img.get("alt"): img.get("src") or "" for img in dom.images}

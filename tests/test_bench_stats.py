@@ -305,9 +305,9 @@ def test_the_explanation_states_the_level_it_was_given() -> None:
     text = explain(30, level=0.9, held_out=False)
     assert "90 % CI" in text and "p < 0.1" in text and "95" not in text
     assert "at least 30 shared records" in text and "not resolved" in text
-    # Several rows are several tests: the reader is told they are not corrected for it.
-    assert "not corrected for the number of rows" in explain() and "k × 5 %" in explain()
-    assert "k × 10 %" in text
+    # Several rows are several tests: the reader is told the verdicts are corrected for it (Holm), at that level.
+    assert "corrected for the number of rows: Holm's" in explain() and "at most 5 %" in explain()
+    assert "at most 10 %" in text and "below 0.1" in text
 
 
 def test_a_held_out_share_is_stated_with_its_count_and_exact_interval_and_not_resolved_near_its_baseline() -> None:

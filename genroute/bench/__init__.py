@@ -16,7 +16,8 @@ Python::
     print(report.markdown())
 
 Every "A vs B" in the report is a paired comparison on the same records (``genroute.bench.stats``): a win only
-when the paired 95 % CI excludes 0 and an exact test agrees. ``DIR`` receives
+when the paired 95 % CI excludes 0 and an exact test agrees after Holm's correction over the report table's
+comparisons (``genroute.bench.multiplicity``). ``DIR`` receives
 ``results.jsonl`` (one row per backend and record; rerunning skips rows already there, and ``--retry-failed``
 reruns failed ones), ``report.md``, ``report.html`` (self-contained), ``pareto.png``,
 ``summary.json``, ``run.json`` (a rerun with other data, scorer, seed or backend configs is refused), the

@@ -282,24 +282,26 @@ PAIRS = (("learned (text + task) at best-single quality", "best single (train)")
 def _comparisons(held: OutcomeMatrix, choices: Mapping[str, NDArray[Any]], *, min_n: int, force: bool, seed: int
                  ) -> list[Comparison]:
     from genroute.bench.clusters import text_groups
+    from genroute.bench.multiplicity import adjust_family, exact_p
     from genroute.bench.stats import compare_paired, paired_bootstrap_ci
 
     groups = text_groups([r.input for r in held.records])  # a repeated question is one input, not several
+    pairs = [(a, b) for a, b in PAIRS if a in choices and b in choices]
+    # The report's comparisons are one family: its verdicts are corrected over all of them (Holm).
+    results = adjust_family([compare_paired(mr.picked_scores(held, choices[a]).tolist(),
+                                            mr.picked_scores(held, choices[b]).tolist(), a=a, b=b, min_n=min_n,
+                                            force=force, seed=seed, groups=groups) for a, b in pairs])
     out = []
-    for a, b in PAIRS:
-        if a not in choices or b not in choices:
-            continue
-        qa, qb = mr.picked_scores(held, choices[a]), mr.picked_scores(held, choices[b])
+    for (a, b), result in zip(pairs, results, strict=True):
         ca, cb = mr.picked_costs(held, choices[a]), mr.picked_costs(held, choices[b])
-        result = compare_paired(qa.tolist(), qb.tolist(), a=a, b=b, min_n=min_n, force=force, seed=seed,
-                                groups=groups)
         verdict = result.verdict
         if len(held.records) > 1 and len(set(choices[a].tolist())) == 1:  # a win of one candidate, not of routing
             verdict += (f"; {a} sent every record to {held.candidates[int(choices[a][0])]}: a single candidate, "
                         "nothing routed")
         out.append(Comparison(
             router=a, baseline=b, n=result.n, n_records=result.n_records, quality_difference=result.difference,
-            ci=result.ci,
+            ci=result.ci, p_value=exact_p(result), adjusted_p=result.adjusted_p, adjustment=result.adjustment,
+            family_size=result.family_size, decision=result.decision,
             verdict=verdict, cost_ratio=float(ca.mean() / cb.mean()) if cb.mean() > 0 else None,
             cost_difference_ci=paired_bootstrap_ci(ca.tolist(), cb.tolist(), seed=seed, groups=groups)))
     return out

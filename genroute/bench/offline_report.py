@@ -44,7 +44,14 @@ class Comparison(BaseModel):
     n: int = Field(description="Pairs compared: distinct inputs when some input repeats.")
     n_records: int | None = Field(default=None, description="Records behind the n inputs when some input repeats.")
     quality_difference: float
-    ci: tuple[float, float]
+    ci: tuple[float, float] = Field(description="The comparison's own 95 % CI (not adjusted for the family).")
+    p_value: float | None = Field(default=None, description="The exact test's p (McNemar's or the sign-flip "
+                                                            "test's), unadjusted.")
+    adjusted_p: float | None = Field(default=None, description="That p adjusted over the report's comparisons.")
+    adjustment: str | None = Field(default=None, description="The correction: holm (None: no verdict was given).")
+    family_size: int | None = Field(default=None, description="m: the comparisons the correction is over.")
+    decision: str | None = Field(default=None, description="win, no_difference or no_verdict (after the "
+                                                           "correction).")
     verdict: str
     cost_ratio: float | None
     cost_difference_ci: tuple[float, float] = Field(description="95 % CI of the mean cost difference (USD a "
@@ -125,12 +132,20 @@ def curves_table(report: OfflineReport) -> str:
 
 
 def comparisons_table(report: OfflineReport) -> str:
-    """Paired differences on the same records."""
-    lines = ["| router | vs | n | quality difference [95 % CI] | cost ratio | verdict |", "|---|---|---|---|---|---|"]
+    """Paired differences on the same records, their verdicts corrected over the table (Holm)."""
+    m = next((c.family_size for c in report.comparisons if c.family_size is not None), 0)
+    lines = [f"Paired quality differences with each comparison's own 95 % CI (unadjusted). The verdicts are "
+             f"corrected for the m = {m} comparisons below that get one: Holm's step-down correction of the exact "
+             "tests' p-values (McNemar's for 0/1 scores, else the sign-flip test), so the chance of any false win "
+             "among them is at most 5 %; a win needs the CI to exclude 0 and the Holm-adjusted p below 0.05.", "",
+             "| router | vs | n | quality difference [95 % CI, unadjusted] | Holm-adjusted p (m) | cost ratio | "
+             "verdict |", "|---|---|---|---|---|---|---|"]
     for c in report.comparisons:
         ratio = "–" if c.cost_ratio is None else f"{c.cost_ratio:.1%}"
         difference = f"{c.quality_difference:+.3f} [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}]"
-        lines.append(markdown_row([c.router, c.baseline, sample_size(c.n, c.n_records), difference, ratio, c.verdict]))
+        holm = "–" if c.adjusted_p is None else f"{c.adjusted_p:.3g} ({c.family_size})"
+        lines.append(markdown_row([c.router, c.baseline, sample_size(c.n, c.n_records), difference, holm, ratio,
+                                   c.verdict]))
     return "\n".join(lines) + "\n"
 
 

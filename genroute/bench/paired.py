@@ -6,6 +6,9 @@
   split, refusing a verdict below ``min_n`` held-out records unless forced;
 - ``comparison_markdown``: the paired-difference table.
 
+Each of the two lists is one family for Holm's correction (``genroute.bench.multiplicity``): its verdicts hold
+the chance of any false win among its comparisons at 5 %.
+
 Given the records' inputs (``clusters.input_of``), records that share an input count as one input: n is the number
 of distinct inputs, and the minimums above count inputs (``genroute.bench.clusters``).
 """
@@ -18,6 +21,7 @@ from itertools import combinations
 from typing import TYPE_CHECKING
 
 from genroute.bench.clusters import groups_for, sample_size
+from genroute.bench.multiplicity import adjust_family
 from genroute.bench.report import markdown_row
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.bench.stats import PairedComparison, align, compare_paired
@@ -55,27 +59,29 @@ def backend_comparisons(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: i
                         min_n: int = MIN_PAIRED_N, force: bool = False,
                         inputs: Mapping[str, str] | None = None) -> list[PairedComparison]:
     """Every pair of targets (backends and ``@policy``), in the order they first appear, on shared records
-    (``inputs``: as ``compare_named``)."""
+    (``inputs``: as ``compare_named``), their verdicts corrected over the family (Holm)."""
     scores = scores_by_target(outcomes)
     names = list(scores)
-    return [compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot, inputs=inputs)
-            for a, b in combinations(names, 2) if set(scores[a]) & set(scores[b])]
+    return adjust_family([compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot,
+                                        inputs=inputs)
+                          for a, b in combinations(names, 2) if set(scores[a]) & set(scores[b])])
 
 
 def compiled_comparisons(report: CompileReport, *, min_n: int = MIN_VERDICT_N, force: bool = False,
                          seed: int = 0, n_boot: int = 2000,
                          inputs: Mapping[str, str] | None = None) -> list[PairedComparison]:
     """Each compiled policy against every other row that is not a compiled policy or the oracle (``inputs``: as
-    ``compare_named``)."""
+    ``compare_named``), their verdicts corrected over the family (Holm)."""
     scores = {row.name: row.scores for row in report.rows if row.scores}
     compiled = [n for n in scores if n.startswith("compiled")]
     others = [n for n in scores if not n.startswith(("compiled", "oracle")) and n != POLICY_TARGET]
-    return [compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot, inputs=inputs)
-            for a in compiled for b in others]
+    return adjust_family([compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot,
+                                        inputs=inputs)
+                          for a in compiled for b in others])
 
 
-COLUMNS = ("A", "B", "n", "mean A", "mean B", "A − B [95 % CI]", "McNemar p", "sign-flip p", "smallest detectable",
-           "verdict")
+COLUMNS = ("A", "B", "n", "mean A", "mean B", "A − B [95 % CI, unadjusted]", "McNemar p", "sign-flip p",
+           "Holm-adjusted p (m)", "smallest detectable", "verdict")
 
 
 def comparison_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
@@ -88,6 +94,7 @@ def comparison_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
             f"{c.difference:+.3f} [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}]",
             "–" if c.mcnemar_p is None else f"{c.mcnemar_p:.3g}",
             "–" if c.permutation_p is None else f"{c.permutation_p:.3g}",
+            "–" if c.adjusted_p is None else f"{c.adjusted_p:.3g} ({c.family_size})",
             "∞" if math.isinf(c.min_detectable) else f"{c.min_detectable:.3f}", c.short,
         ])
     return rows
@@ -107,9 +114,11 @@ def explain(min_n: int | None = None, *, level: float = 0.95, held_out: bool = T
             "0/1 scores, else a paired bootstrap). A win is called only when "
             f"the CI excludes 0 and an exact test agrees at the same level (p < {1 - level:.2g}): McNemar's for 0/1 "
             "scores, else the paired sign-flip permutation test. Otherwise no difference was detected at that n, "
-            "and \"smallest detectable\" is the difference that n would detect with 80 % power. Each row is a test "
-            f"of its own at that level, not corrected for the number of rows: among k comparisons with no true "
-            f"difference, about k × {(1 - level) * 100:.2g} % would still read as a win.")
+            "and \"smallest detectable\" is the difference that n would detect with 80 % power. The verdicts are "
+            "corrected for the number of rows: Holm's step-down correction over the m comparisons of this table that "
+            "get a verdict, on the exact tests' p-values, so the chance of any false win among them is at most "
+            f"{(1 - level) * 100:.2g} %. A win needs the Holm-adjusted p below {1 - level:.2g} too; the CI shown is "
+            "each comparison's own (unadjusted), so a CI that excludes 0 can read \"not resolved after Holm\".")
     if min_n:
         what = "Compiled-policy verdicts need" if held_out else "A verdict needs"
         text += (f" {what} at least {min_n} {'held-out' if held_out else 'shared'} records; below that a "

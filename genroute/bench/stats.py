@@ -209,6 +209,8 @@ def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> McNemar:
     return McNemar(a_only=a_only, b_only=b_only, p_value=min(1.0, 2 * tail))
 
 
+#: How a verdict starts when the CI and the exact test called a win that Holm's correction did not let through.
+HOLM_DEMOTED = "not resolved after Holm's correction"
 #: Up to this many non-zero differences ``sign_flip_p`` enumerates every flip (2^16 sums); above, it draws them.
 EXACT_FLIPS = 16
 #: Random sign flips drawn above ``EXACT_FLIPS`` (seeded); p is then (1 + hits) / (1 + draws), never 0.
@@ -290,7 +292,11 @@ class PairedComparison(Difference):
     min_detectable: float = Field(description="Smallest difference n could detect (80 % power, paired SD).")
     min_n: int = 0
     resolved: bool = Field(description="The CI excludes 0 and the exact test (McNemar's for 0/1 scores, else the "
-                                       "sign-flip test) has p < 1 - level.")
+                                       "sign-flip test) has p < 1 - level (its Holm-adjusted p, in a family).")
+    adjustment: Literal["holm"] | None = Field(default=None, description="The family-wise correction of the "
+                                                                         "verdict (``genroute.bench.multiplicity``).")
+    family_size: int | None = Field(default=None, description="m: comparisons in the family corrected over.")
+    adjusted_p: float | None = Field(default=None, description="The exact test's Holm-adjusted p in its family.")
     winner: str | None = Field(description="The better side when resolved and a verdict is given.")
     decision: Literal["win", "no_difference", "no_verdict"] = Field(
         description="win: resolved; no_difference: not resolved; no_verdict: n below min_n, not forced (so not "
@@ -304,6 +310,8 @@ class PairedComparison(Difference):
             return f"{self.winner} wins"
         if self.decision == "no_verdict":
             return f"no verdict (n < {self.min_n})"
+        if self.adjusted_p is not None and self.verdict.startswith(HOLM_DEMOTED):
+            return f"not resolved after Holm (m = {self.family_size})"
         return "no difference detected"
 
 

@@ -1,0 +1,89 @@
+"""Holm's correction over the comparisons one report table makes: a raw win the family does not support reads
+"not resolved", a strong one still decides, and the report (text and JSON) says which correction over how many."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from genroute.bench.datasets import BenchRecord
+from genroute.bench.harness import report_outcomes
+from genroute.bench.multiplicity import adjust_family, holm
+from genroute.bench.runner import Outcome
+from genroute.bench.stats import compare_paired
+
+# 40 records, three backends: (ace, base, mid) scores per record type and how many records of each.
+# ace vs base: 8 records only ace got right, 1 only base did; ace vs mid: 10 vs 0; base vs mid: 3 vs 0.
+TYPES = [((1, 0, 0), 8), ((1, 1, 0), 2), ((0, 1, 0), 1), ((1, 1, 1), 15), ((0, 0, 0), 14)]
+SCORES = {name: [s[k] for s, count in TYPES for _ in range(count)] for k, name in enumerate(("ace", "base", "mid"))}
+# McNemar's exact p by hand: 2 P(X <= min) with X ~ Bin(discordant, 1/2).
+P_ACE_BASE = 2 * (1 + 9) / 2 ** 9   # 8 vs 1: 20/512 = 0.0390625
+P_ACE_MID = 2 / 2 ** 10             # 10 vs 0: 0.001953125
+P_BASE_MID = 2 / 2 ** 3             # 3 vs 0: 0.25
+# Holm, m = 3: the smallest p times 3, the next times 2, the last times 1, each at least the one before.
+HOLM_ACE_MID = 3 * P_ACE_MID        # 0.005859375 < 0.05: still a win
+HOLM_ACE_BASE = 2 * P_ACE_BASE      # 0.078125 >= 0.05: not resolved
+HOLM_BASE_MID = max(HOLM_ACE_BASE, P_BASE_MID)  # 0.25
+
+
+def test_holm_adjusts_step_down_in_the_order_given() -> None:
+    # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> made non-decreasing: 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.6, 0.5]) == [1.0, 1.0] and holm([0.02]) == [0.02] and holm([]) == []
+
+
+def test_a_raw_win_the_family_does_not_support_is_not_resolved_and_a_strong_one_still_decides() -> None:
+    raw = [compare_paired(SCORES[a], SCORES[b], a=a, b=b, min_n=20)
+           for a, b in (("ace", "base"), ("ace", "mid"), ("base", "mid"))]
+    assert [c.mcnemar_p for c in raw] == pytest.approx([P_ACE_BASE, P_ACE_MID, P_BASE_MID])
+    assert raw[0].ci[0] > 0 and raw[0].decision == "win"  # alone, ace beats base: the CI excludes 0, p < 0.05
+    ace_base, ace_mid, base_mid = adjust_family(raw)
+    assert ace_base.adjusted_p == pytest.approx(HOLM_ACE_BASE) and ace_base.ci == raw[0].ci
+    assert (ace_base.decision, ace_base.resolved, ace_base.winner) == ("no_difference", False, None)
+    assert ace_base.verdict.startswith("not resolved after Holm's correction over m = 3 comparisons (Holm-adjusted "
+                                       "p = 0.0781, not below 0.05); unadjusted, ace wins: ace - base = +0.175")
+    assert ace_base.short == "not resolved after Holm (m = 3)"
+    assert ace_mid.adjusted_p == pytest.approx(HOLM_ACE_MID) and (ace_mid.decision, ace_mid.winner) == ("win", "ace")
+    assert ace_mid.verdict.endswith("; Holm-adjusted p = 0.00586 (m = 3)") and ace_mid.short == "ace wins"
+    assert base_mid.adjusted_p == pytest.approx(HOLM_BASE_MID) and base_mid.short == "no difference detected"
+    assert {(c.adjustment, c.family_size) for c in (ace_base, ace_mid, base_mid)} == {("holm", 3)}
+
+
+def test_a_row_without_a_verdict_is_not_in_the_family() -> None:
+    small = compare_paired([1, 0, 1], [0, 0, 1], min_n=20)  # n = 3 < 20: no verdict, decides nothing
+    strong = compare_paired(SCORES["ace"], SCORES["mid"], min_n=20)
+    kept, adjusted = adjust_family([small, strong])
+    assert kept == small and adjusted.family_size == 1 and adjusted.adjusted_p == pytest.approx(P_ACE_MID)
+
+
+def test_the_bench_report_says_the_verdicts_are_corrected_and_over_how_many(tmp_path: Path) -> None:
+    records = [BenchRecord(id=f"r{i:02d}", input=f"question {i}", output="x") for i in range(40)]
+    outcomes = [Outcome(backend=name, record_id=r.id, ok=True, scorer="exact", score=float(scores[i]))
+                for name, scores in SCORES.items() for i, r in enumerate(records)]
+    report = report_outcomes(outcomes, records, tmp_path, kinds={n: "prompt" for n in SCORES}, compile=False)
+    by_pair = {(c.a, c.b): c for c in report.comparisons}
+    assert by_pair["ace", "base"].decision == "no_difference" and by_pair["ace", "mid"].decision == "win"
+    dumped = json.loads(report.model_dump_json())["comparisons"]
+    assert [(c["adjustment"], c["family_size"]) for c in dumped] == [("holm", 3)] * 3
+    assert [c["adjusted_p"] for c in dumped] == pytest.approx([HOLM_ACE_BASE, HOLM_ACE_MID, HOLM_BASE_MID])
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "Holm-adjusted p (m)" in text and "corrected for the number of rows: Holm's" in text
+    assert "| ace | base | 40 | 0.625 | 0.450 | +0.175 [" in text
+    assert "| +0.175 [+0.029, +0.307] | 0.0391 | – | 0.0781 (3) | 0.198 | not resolved after Holm (m = 3) |" in text
+    assert "| 0.00586 (3) |" in text and "| ace wins |" in text
+
+
+def test_the_matrix_report_carries_the_correction_in_its_json_and_text(tmp_path: Path) -> None:
+    from genroute.bench.offline import compile_outcomes
+    from tests.test_bench_outcomes import synthetic
+
+    report = compile_outcomes(synthetic(30), out_dir=tmp_path, learned=False, min_n=10)
+    compiled = json.loads((tmp_path / "compiled.json").read_text(encoding="utf-8"))["comparisons"]
+    m = sum(c["decision"] != "no_verdict" for c in compiled)
+    assert m >= 2 and all(c["adjustment"] == "holm" and c["family_size"] == m for c in compiled)
+    assert holm([c["p_value"] for c in compiled]) == pytest.approx([c["adjusted_p"] for c in compiled])
+    assert all(c["adjusted_p"] >= c["p_value"] for c in compiled)
+    text = Path(report.files["markdown"]).read_text(encoding="utf-8")
+    assert f"corrected for the m = {m} comparisons below" in text and "Holm-adjusted p (m)" in text
