@@ -182,3 +182,25 @@ async def test_gemini_vectors_of_the_wrong_width_are_a_config_error(gemini_serve
     (span,) = otel.spans("embeddings")
     assert span.attributes["error.type"] == "ConfigError"
     assert span.attributes["gen_ai.embeddings.dimension.count"] == 768
+
+
+def test_the_fingerprint_follows_the_files_content_not_their_modification_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fingerprint held the tokenizer's and model file's modification times: the same files in a fresh clone or
+    another venv made another fingerprint, so a benchmark's embedding cache carried over by the user re-embedded
+    every text. It now holds a digest of their content: a touched file keeps it, an edited one (same size) moves it."""
+    import os
+
+    from genroute.knowledge import local_embedder
+
+    tokenizer = tmp_path / "minilm_tokenizer.json"
+    tokenizer.write_bytes(local_embedder.tokenizer_file().read_bytes())
+    monkeypatch.setattr(local_embedder, "tokenizer_file", lambda: tokenizer)
+    before = LocalEmbedder().fingerprint()
+    os.utime(tokenizer, ns=(1_000_000_000, 1_000_000_000))  # a clone's checkout time
+    assert LocalEmbedder().fingerprint() == before
+    data = bytearray(tokenizer.read_bytes())
+    data[-2] = ord(" ") if data[-2] != ord(" ") else ord("\n")  # same size, other content
+    tokenizer.write_bytes(bytes(data))
+    os.utime(tokenizer, ns=(1_000_000_000, 1_000_000_000))  # even with the very same time
+    assert LocalEmbedder().fingerprint() != before
