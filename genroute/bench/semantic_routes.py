@@ -43,7 +43,8 @@ def kmeans(x: NDArray[Any], k: int, *, seed: int = 0, iterations: int = 30) -> N
     for _ in range(1, k):
         far = np.maximum(1.0 - np.max(x @ np.array(centres).T, axis=1), 0.0)
         centres.append(x[rng.choice(len(x), p=far / far.sum())] if far.sum() > 0 else x[rng.integers(len(x))])
-    c = np.array(centres, dtype=np.float32)
+    # float32 throughout (the division by a Python float keeps it), whatever the numpy stubs infer for ``new``.
+    c: NDArray[np.floating[Any]] = np.array(centres, dtype=np.float32)
     for _ in range(iterations):
         assign = np.argmax(x @ c.T, axis=1)
         sums = np.zeros_like(c)

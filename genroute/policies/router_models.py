@@ -297,9 +297,10 @@ def cost_quality_front(quality: NDArray[Any], cost: NDArray[Any]) -> list[int]:
 
 
 def fit(x: NDArray[Any], scores: NDArray[Any], backends: Sequence[str], *, method: str = "knn",
-        cost: Sequence[float] | None = None, tasks: Sequence[str] = (), k: int = 7, seed: int = 0,
-        cost_weight: float = 0.1, meta: dict[str, Any] | None = None, **options: Any) -> RouterModel:
-    """Fit ``method`` on feature rows ``x`` (from ``RouterModel.features``) and their backends' scores."""
+        cost: NDArray[np.floating[Any]] | Sequence[float] | None = None, tasks: Sequence[str] = (), k: int = 7,
+        seed: int = 0, cost_weight: float = 0.1, meta: dict[str, Any] | None = None, **options: Any) -> RouterModel:
+    """Fit ``method`` on feature rows ``x`` (from ``RouterModel.features``) and their backends' scores; ``cost`` is
+    each backend's mean cost (an array, as the callers' ``costs.mean(axis=0)``, or a sequence)."""
     s = np.clip(np.asarray(scores, dtype=np.float32), 0.0, 1.0)
     x = np.asarray(x, dtype=np.float32)
     if len(x) != len(s) or s.shape[1] != len(backends) or len(x) == 0:
