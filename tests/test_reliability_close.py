@@ -309,3 +309,32 @@ def test_a_stream_left_open_on_a_loop_closed_under_it_is_ended_by_the_routers_cl
     assert root.attributes["error.type"] == "UsageError" and root.attributes["gen_ai.usage.cost.amount"] > 0
     with pytest.raises(UsageError, match="closed"):
         asyncio.run(anext(left[0]))
+
+
+@pytest.mark.parametrize("work", ["request", "stream step"])
+def test_a_request_left_running_on_a_loop_closed_under_it_is_ended_by_the_routers_close(gemini_server, otel, work):
+    """A request (or a stream's step) still waiting on the wire when its loop is closed under it (``loop.close()``
+    with the task pending) cannot be cancelled there: the router's close resumes it on its own loop, cancelled, as it
+    ends a stream left open on such a loop, so its trace ends, its hold is settled and it leaves the in-flight set."""
+    gemini_server.fault(Fault.delay(30))
+    router = Router.from_config(_config(gemini_server), **otel.providers)
+
+    async def stream() -> list[Any]:
+        return [c async for c in router.astream("hi", timeout_s=60)]
+
+    async def sent() -> None:
+        while not gemini_server.requests:
+            await asyncio.sleep(0.02)
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(router.agenerate("hi", timeout_s=60) if work == "request" else stream())
+    loop.run_until_complete(sent())
+    loop.close()
+    assert _held(router) == COST and not task.done()
+    router.close(drain_s=DRAIN_S)
+
+    assert _held(router) == 0.0
+    assert not router._inflight._tasks
+    (root,) = otel.spans("genroute.generate")
+    assert root.attributes["error.type"] == "CancelledError" and root.attributes["gen_ai.usage.cost.amount"] > 0
+    assert budget_usage(router)["spent"] == pytest.approx(root.attributes["gen_ai.usage.cost.amount"])

@@ -16,6 +16,10 @@
                                                 cannot help), its message naming the exception type and
                                                 the library it came from; the original is ``__cause__``
 
+An error raised while a cancellation unwinds, with the task still being cancelled (a transport's cleanup on an event
+loop closed under the request, after ``Router.close`` resumed and cancelled it elsewhere: "Event loop is closed") is
+not mapped: the cancellation goes on (``cancellation_under``), as it would have had the cleanup worked.
+
 A ``BackendRejected`` the provider sent always carries its HTTP status; one without a status did not come
 from the provider. Caller mistakes never get here: requests and configs are validated when they enter
 genroute, and a mistake is a ``UsageError``/``ConfigError`` naming the field before anything is sent.
@@ -64,6 +68,19 @@ def map_error(exc: BaseException, *, backend: str | None = None,
     mapped = _map(exc, backend, secrets)
     scrub(exc, secrets)
     return mapped
+
+
+def cancellation_under(exc: BaseException) -> asyncio.CancelledError | None:
+    """The cancellation ``exc`` was raised in the handling of, if the running task is still being cancelled."""
+    cause = exc.__context__
+    for _ in range(8):  # a chain of a few handlers, at most (and no cycle is followed for ever)
+        if cause is None:
+            return None
+        if isinstance(cause, asyncio.CancelledError):
+            task = asyncio.current_task()
+            return cause if task is not None and task.cancelling() else None
+        cause = cause.__context__
+    return None
 
 
 #: Attributes of SDK and HTTP-library exceptions that hold the request or response (and so the key header).

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from genroute.engines.base import CacheCharge, Embeddings, Engine
 from genroute.runtime.billing import bill, estimate_input, processed
 from genroute.runtime.deadlines import deadline_at
-from genroute.engines.errors import map_error
+from genroute.engines.errors import cancellation_under, map_error
 from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig, url_problem  # noqa: F401 - VertexConfig: re-exported
 from genroute.engines.gemini_keys import FALLBACK_ENV, env_key, make_client
 from genroute.engines.gemini_request import (ends_answer, leading_chunks, not_an_answer, sdk_contents, server_timeout,
@@ -208,8 +208,11 @@ class GeminiEngine(Engine):
                 with deadline_at(time.monotonic() + seconds):
                     result = await call
         except BaseException as exc:
+            cancelled = cancellation_under(exc) if isinstance(exc, Exception) else None
             if billed is not None:
-                self._bill_lost(exc, billed, config)
+                self._bill_lost(cancelled or exc, billed, config)
+            if cancelled is not None:  # a cleanup that failed under a cancellation: the cancellation goes on
+                raise cancelled from None
             if not isinstance(exc, Exception):
                 raise  # a cancellation: the caller is going away
             raise self._map(exc) from exc
@@ -330,6 +333,9 @@ class GeminiEngine(Engine):
                     with deadline_at(end):  # None: no timer
                         chunk = await anext(chunks, None)
                 except Exception as exc:
+                    cancelled = cancellation_under(exc)
+                    if cancelled is not None:
+                        raise cancelled from None
                     mapped = self._map(exc)
                     mapped.__cause__ = exc  # the cause is the mapped failure: a breaker counts a 5xx or a cut by it
                     status = getattr(mapped, "status", None)

@@ -5,11 +5,18 @@ still running (on whichever event loop it runs) and closes every stream left ope
 of those callers gets ``UsageError("the router was closed ...")`` instead of a hang, a bare
 ``CancelledError`` or a stream that just stops; their budget holds are settled by the executor's own
 ``finally`` blocks as the cancellation unwinds them.
+
+Work left on an event loop that was closed under it (``loop.close()`` with the request's task pending, or a stream
+open) can never be ended there: the close ends it from its own loop instead, the same way. A stream is closed there;
+a request's coroutine is resumed there as a task that stands in for the stranded one (in that task's context, so its
+blocks exit as they entered) and cancelled. The drain does not wait for such work: it would never finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
 import threading
 import time
 import weakref
@@ -98,29 +105,43 @@ class InFlight:
             tasks = [(task, task.get_loop()) for task in list(self._tasks)]  # list: other threads add theirs
             streams = list(self._streams.items())
         for task, loop in tasks:
-            call_on(loop, self._cancel, task)
+            end_on(loop, self._cancel, task)
         for stream, loop in streams:
-            if loop.is_closed():  # closed with the stream open: nothing runs there any more, so it is ended here
-                self._close_stream(stream)
-            else:
-                call_on(loop, self._close_stream, stream)
+            end_on(loop, self._close_stream, stream)
         await poll_until(self._unwound, UNWIND_S)
 
     def _unwound(self) -> bool:
         with self._lock:
-            return not self._tasks and not self._closers
+            if not self._tasks and not self._closers:
+                return True
+            stranded = [task for task in list(self._tasks) if task.get_loop().is_closed()]
+        for task in stranded:  # its loop closed after ``close`` asked it to cancel the task (the call was dropped)
+            self._cancel(task)
+        return False
 
     def _busy_running(self) -> bool:
-        # Streams idle between chunks do not hold the drain: their consumer may never come back.
+        # Streams idle between chunks do not hold the drain (their consumer may never come back), nor do requests on a
+        # loop that was closed under them (nothing runs them any more).
         with self._lock:
-            return bool(self._tasks)
+            return any(not task.get_loop().is_closed() for task in list(self._tasks))
 
     def _cancel(self, task: asyncio.Task[Any]) -> None:
-        """On ``task``'s own loop: cancel it if it is still inside tracked work (else it has left)."""
+        """On ``task``'s own loop (or, if that is closed, on the closing one): cancel it if it is still inside tracked
+        work (else it has left)."""
         if task not in self._tasks:
             return
+        if task.get_loop().is_closed():
+            task = self._resume_here(task)
         self._cancelled.add(task)
         task.cancel("the router was closed")
+
+    def _resume_here(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        """The coroutine of ``task``, whose loop was closed under it, as a task of the running loop that stands in for
+        it (in its context: the context variables its blocks set are reset where they were set)."""
+        heir = asyncio.get_running_loop().create_task(task.get_coro(), context=context_of(task))
+        self._tasks[heir] = self._tasks.pop(task)  # no lock: the stranded task runs no more, and the heir not yet
+        heir.add_done_callback(_retrieved)  # its caller, on the closed loop, can never read how it ended
+        return heir
 
     def _close_stream(self, stream: RouterStream[Any]) -> None:
         """On the stream's loop: close it unless a step is running (that step's task is cancelled instead)."""
@@ -179,7 +200,8 @@ class RouterStream(Generic[T]):
                 return await self._chunks.__anext__()
         except BaseException:
             self.finished = True
-            if asyncio.get_running_loop() is not self.loop:  # checked only here: a chunk costs nothing more
+            # Checked only here (a chunk costs nothing more); not for a step the router's close ended on its own loop.
+            if asyncio.get_running_loop() is not self.loop and not self._inflight.closed:
                 raise self._elsewhere() from None
             raise
         finally:
@@ -227,6 +249,29 @@ async def poll_until(done: Callable[[], bool], timeout_s: float) -> bool:
             return False
         await asyncio.sleep(_POLL_S)
     return True
+
+
+def end_on(loop: asyncio.AbstractEventLoop, end: Callable[[T], None], work: T) -> None:
+    """Run ``end(work)`` soon on ``loop``, from any thread; at once here if that loop is closed (nothing runs there
+    any more): work left on a closed loop is ended by the closing router's own."""
+    try:
+        loop.call_soon_threadsafe(end, work)
+    except RuntimeError:  # that loop is closed
+        end(work)
+
+
+def context_of(task: asyncio.Task[Any]) -> contextvars.Context:
+    """The context ``task`` runs in."""
+    get_context = getattr(task, "get_context", None)  # Python 3.12+
+    if get_context is not None:
+        return get_context()
+    # Python 3.11 has no accessor; its Task hands the garbage collector its own context first.
+    return next(ref for ref in gc.get_referents(task) if isinstance(ref, contextvars.Context))
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def call_on(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
