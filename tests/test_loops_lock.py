@@ -4,7 +4,11 @@ cancelled or whose loop was closed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from typing import Any
+
+import pytest
 
 from genroute.runtime.locks import LoopsLock
 
@@ -115,13 +119,31 @@ def test_a_forked_child_takes_it_though_a_parent_task_held_it_at_the_fork():
     assert not lock.locked()
 
 
-def _hold_on_a_loop_then_close_it(lock: LoopsLock, held: threading.Event, close: threading.Event) -> None:
-    """A task on a loop of its own takes ``lock``; once ``close`` is set, that loop is closed with the task still
-    inside ``async with``."""
+def _entered(lock: LoopsLock, stack: bool) -> Any:
+    """``lock`` itself, or an ``AsyncExitStack`` that enters it (in another frame than its exit's)."""
+    if not stack:
+        return lock
+
+    @contextlib.asynccontextmanager
+    async def through_a_stack() -> Any:
+        async with contextlib.AsyncExitStack() as entered:
+            await entered.enter_async_context(lock)
+            yield
+
+    return through_a_stack()
+
+
+def _hold_on_a_loop_then_close_it(lock: LoopsLock, held: threading.Event, close: threading.Event,
+                                  stack: bool = False) -> None:
+    """A task on a loop of its own takes ``lock`` (``stack``: through an ``AsyncExitStack``); once ``close`` is set,
+    that loop is closed with the task still inside ``async with``."""
     loop = asyncio.new_event_loop()
 
     async def hold() -> None:
-        async with lock:
+        await inside()
+
+    async def inside() -> None:  # nested: the collector closes it before (not under) hold's frame
+        async with _entered(lock, stack):
             held.set()
             await asyncio.sleep(3600)
 
@@ -132,17 +154,17 @@ def _hold_on_a_loop_then_close_it(lock: LoopsLock, held: threading.Event, close:
     loop.close()
 
 
-async def _take(lock: LoopsLock) -> bool:
-    async with lock:
+async def _take(lock: LoopsLock, stack: bool = False) -> bool:
+    async with _entered(lock, stack):
         return True
 
 
-def _stranded() -> LoopsLock:
-    """A lock whose holder's loop has been closed."""
+def _stranded(stack: bool = False) -> LoopsLock:
+    """A lock whose holder's loop has been closed (``stack``: it took the lock through an ``AsyncExitStack``)."""
     lock = LoopsLock()
     held, close = threading.Event(), threading.Event()
     close.set()
-    thread = threading.Thread(target=_hold_on_a_loop_then_close_it, args=(lock, held, close))
+    thread = threading.Thread(target=_hold_on_a_loop_then_close_it, args=(lock, held, close, stack))
     thread.start()
     thread.join(10)
     assert held.is_set() and lock.locked()
@@ -175,12 +197,14 @@ def test_a_holder_whose_loop_was_closed_does_not_keep_it_from_a_task_already_wai
         thread.join(10)
 
 
-def test_the_release_of_a_holder_the_lock_was_taken_from_does_not_free_it_for_the_new_one():
+@pytest.mark.parametrize("stack", [False, True], ids=["async with", "AsyncExitStack"])
+def test_the_release_of_a_holder_the_lock_was_taken_from_does_not_free_it_for_the_new_one(stack):
     # The closed loop's task is collected at last, its coroutine closed: its ``async with`` exits, maybe while a
-    # task of another loop (the new holder) runs. That exit must not release the new holder's lock.
+    # task of another loop (the new holder) runs. That exit must not release the new holder's lock, whichever frame
+    # it comes from (an AsyncExitStack's exit is not its enter's).
     import gc
 
-    lock = _stranded()
+    lock = _stranded(stack)
 
     async def main() -> bool:
         async with lock:
@@ -193,8 +217,6 @@ def test_the_release_of_a_holder_the_lock_was_taken_from_does_not_free_it_for_th
 def test_an_exit_from_another_frame_than_the_enter_frees_it():
     # An AsyncExitStack enters the lock in enter_async_context's frame and exits it in its own __aexit__'s: that
     # exit frees the lock, as an ``async with``'s does (the next task would otherwise wait for ever).
-    import contextlib
-
     lock = LoopsLock()
 
     async def main() -> bool:
@@ -206,7 +228,8 @@ def test_an_exit_from_another_frame_than_the_enter_frees_it():
     assert asyncio.run(main()) and not lock.locked()
 
 
-def test_the_late_exit_of_a_waiter_passed_over_does_not_free_it_for_the_holder():
+@pytest.mark.parametrize("stack", [False, True], ids=["async with", "AsyncExitStack"])
+def test_the_late_exit_of_a_waiter_passed_over_does_not_free_it_for_the_holder(stack):
     # A waiter whose loop was closed is passed over when the lock is released; its coroutine, closed when collected
     # later, took itself for the one handed the lock (no longer queued) and freed the next holder's lock.
     import gc
@@ -215,7 +238,7 @@ def test_the_late_exit_of_a_waiter_passed_over_does_not_free_it_for_the_holder()
 
     def wait_on_a_loop_then_close_it() -> None:
         loop = asyncio.new_event_loop()
-        loop.create_task(_take(lock))
+        loop.create_task(_take(lock, stack))
         for _ in range(5):
             loop.run_until_complete(asyncio.sleep(0.01))
         loop.close()

@@ -11,6 +11,12 @@ order; one cancelled after the lock was handed to it passes it on, and one whose
 A holder whose event loop was closed under it (a loop closed with the task still inside ``async with``, or handed
 the lock just before its loop was closed) will never release it: a task that wants the lock takes it from such a
 holder, at once or, already waiting, within ``CHECK_S``. (A loop only stopped, never closed, keeps what it holds.)
+
+Such a task's coroutine, closed when collected, exits its ``async with`` late, maybe while another task is
+``current_task()``: the lock knows that exit by its frames, kept when the lock dropped the task (the frame of its
+``async with`` and those its task was suspended in), one of which the exit runs in or under. That exit gives up
+nothing; any other frees the lock, whichever frame it comes from (an ``AsyncExitStack`` enters the lock in one of
+its own frames and exits it in another, under the frame of the ``async with`` of the stack).
 """
 
 from __future__ import annotations
@@ -40,11 +46,11 @@ class LoopsLock:
         #: Who holds the lock (None: free): its task, and the frame of its ``async with``.
         self._holder: _Holder | None = None
         self._waiters: deque[tuple[_Holder, asyncio.Future[None]]] = deque()
-        #: The ``async with`` frames of tasks the lock dropped because their loop was closed (a holder it was taken
-        #: from, a waiter passed over): the late exit of one (its coroutine closed when collected, maybe while the
-        #: new holder's task is ``current_task()``) gives up nothing. Any other exit frees the lock, whichever frame
-        #: it comes from (an ``AsyncExitStack``'s).
-        self._dropped: list[Any] = []
+        #: The frames of each task the lock dropped because its loop was closed (a holder it was taken from, a waiter
+        #: passed over): its ``async with``'s and those it was suspended in. The late exit of one (its coroutine
+        #: closed when collected, maybe while the new holder's task is ``current_task()``) runs in or under one of
+        #: them and gives up nothing.
+        self._dropped: list[tuple[Any, ...]] = []
         forget_at_fork(self)
 
     def locked(self) -> bool:
@@ -92,17 +98,24 @@ class LoopsLock:
                 self._hand_on()
 
     def _forget_dropped(self, frame: Any) -> bool:
-        """Whether the lock dropped the task of ``frame``'s ``async with`` (forgotten now: this is its late exit).
+        """Whether ``frame``, or one it runs under (``f_back``), is of a task the lock dropped (forgotten now: this is
+        its late exit).
 
         Without the mutex: that exit runs when the collector closes the coroutine, which an allocation inside this
         thread's own critical section can start (``create_future``, ``call_soon_threadsafe``), and the mutex is not
-        reentrant. ``list.remove`` is one step under the GIL, and a frame is appended before the lock lets go of
-        its task (so before it can be collected)."""
-        try:
-            self._dropped.remove(frame)  # frames compare by identity
-        except ValueError:
-            return False
-        return True
+        reentrant. ``list.remove`` is one step under the GIL, and frames are appended before the lock lets go of
+        their task (so before it can be collected)."""
+        dropped = self._dropped
+        while dropped and frame is not None:
+            for frames in list(dropped):  # list(): one step under the GIL
+                if frame in frames:  # frames compare by identity
+                    try:
+                        dropped.remove(frames)
+                    except ValueError:  # forgotten meanwhile
+                        return False
+                    return True
+            frame = frame.f_back
+        return False
 
     def _hand_on(self) -> None:
         """With the mutex held."""
@@ -111,7 +124,7 @@ class LoopsLock:
             try:
                 holder[0].get_loop().call_soon_threadsafe(_wake, waiter)
             except RuntimeError:  # its loop is closed: that waiter will never run again
-                self._dropped.append(holder[1])
+                self._dropped.append(_frames(holder))
                 continue
             self._holder = holder  # still held: now by that waiter
             return
@@ -123,7 +136,7 @@ class LoopsLock:
         holder = self._holder
         if holder is None or not holder[0].get_loop().is_closed():
             return False
-        self._dropped.append(holder[1])
+        self._dropped.append(_frames(holder))
         return True
 
     def _check(self, waiter: asyncio.Future[None]) -> None:
@@ -142,6 +155,20 @@ class LoopsLock:
         self._holder = None
         self._waiters = deque()
         self._dropped = []
+
+
+def _frames(holder: _Holder) -> tuple[Any, ...]:
+    """The frame of ``holder``'s ``async with``, and those of the coroutines its task is suspended in (outermost
+    first; not those of an async generator's step, which keeps its generator to itself)."""
+    frames = [holder[1]]
+    awaited: Any = holder[0].get_coro()
+    while awaited is not None and len(frames) < 200:  # 200: no await chain is that deep, and none loops for ever
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append(frame)
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return tuple(frames)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
