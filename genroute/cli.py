@@ -14,8 +14,8 @@ from genroute.errors import ConfigError, GenrouteError, UsageError, exit_status
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``genroute`` command."""
-    _import_from_working_directory()
     try:
+        _import_from_working_directory()
         return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (a bench run resumes where it stopped)
         print("genroute: interrupted", file=sys.stderr)

@@ -225,7 +225,7 @@ def test_the_installed_command_imports_the_applications_tools_from_the_working_d
     path = _write_config(app, gemini_server, tools={"get_weather": "myapp_pf.tools:get_weather"})
     script = tmp_path / "bin" / "genroute"  # what pip writes for the console script
     script.parent.mkdir()
-    script.write_text("import sys\nfrom genroute.cli import main\nsys.exit(main())\n")
+    script.write_text("import sys\nfrom genroute_cli import main\nsys.exit(main())\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     gemini_server.reply_text("Sunny.")
     proc = subprocess.run([sys.executable, str(script), "generate", "weather?", "--config", str(path)],
@@ -267,3 +267,47 @@ def test_demo_refuses_an_unusable_cache_dir_in_one_line(tmp_path, capsys, monkey
     monkeypatch.setenv("GENROUTE_CACHE_DIR", "/sys/genroute-cache")
     assert main(["demo", "--no-tune"]) == 2
     assert capsys.readouterr().err.startswith("genroute: ConfigError: GENROUTE_CACHE_DIR: cannot use /sys/")
+
+
+# Run first in the command's process: the first import of the genroute package says so on stdout and waits there
+# (for a Ctrl-C), so the signal arrives while the command is still loading, whatever the machine's speed.
+_PARK_IN_FIRST_IMPORT = '''
+import os, sys, time
+class _Park:
+    def find_spec(self, name, path=None, target=None):
+        if name == "genroute":
+            sys.meta_path.remove(self)
+            os.write(1, b"loading\\n")
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                time.sleep(0.01)
+        return None
+sys.meta_path.insert(0, _Park())
+'''
+
+
+def test_ctrl_c_while_the_command_loads_ends_it_with_one_line_not_a_traceback(tmp_path, gemini_server):
+    # What pip writes for the console script, from pyproject.toml's entry point: a Ctrl-C while it imported the
+    # command's modules (the first ~30 ms) printed a KeyboardInterrupt traceback. (One during the interpreter's own
+    # start-up or the script's first line, before any of genroute runs, is Python's to report.)
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    entry = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["genroute"]
+    module, function = entry.split(":")
+    script = tmp_path / "genroute"
+    script.write_text(_PARK_IN_FIRST_IMPORT + f"import sys\nfrom {module} import {function}\nsys.exit({function}())\n")
+    path = _write_config(tmp_path, gemini_server)
+    gemini_server.fault(Fault.delay(30))
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # not an inherited ignored SIGINT (see above)
+    try:
+        proc = subprocess.Popen([sys.executable, str(script), "generate", "hi", "--config", str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(root)})
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert proc.stdout is not None and proc.stdout.readline() == "loading\n", proc.communicate(timeout=60)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "genroute: interrupted", (out, err)
