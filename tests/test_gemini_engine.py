@@ -464,13 +464,17 @@ async def test_the_sdks_vertex_switch_in_the_environment_does_not_move_a_develop
     assert eng.provider == "gcp.gemini"
 
 
-async def test_missing_key_is_a_config_error(monkeypatch):
+def test_a_missing_key_is_a_config_error_when_the_router_is_built(monkeypatch):
+    # It was one at the first request only; google-genai's own Client() refuses to be made without a key.
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    eng = GeminiEngine("nokey", {"api_key_env": "MY_KEY"})
     with pytest.raises(ConfigError) as info:
-        await eng.generate(MODEL, user("x"))
+        Router.from_config({"engines": {"nokey": {"kind": "gemini", "api_key_env": "MY_KEY"}},
+                            "backends": {"chat": {"kind": "prompt_template", "engine": "nokey", "model": MODEL}}})
     assert info.value.field == "engines.nokey.api_key_env"
+    assert "MY_KEY" in info.value.message and "GOOGLE_API_KEY" in info.value.message
+    monkeypatch.setenv("GOOGLE_API_KEY", "from-google-env")  # the fallback variable is a key too
+    assert GeminiEngine("nokey", {"api_key_env": "MY_KEY"})._api_key() == "from-google-env"
 
 
 def test_a_key_given_as_the_name_of_its_variable_is_refused_without_being_shown(srv):

@@ -82,6 +82,10 @@ class GeminiEngine(Engine):
         self._credentials = credentials
         self._client: genai.Client | None = None
         self._key: str | None = None  # the key read from the environment, once
+        if config.vertex is None:
+            # Read now, as google-genai's Client() does: an engine with no key anywhere is a ConfigError when the
+            # router is built, naming api_key_env and the variables it reads, not at the first request.
+            self._api_key()
         #: The HTTP options every client of this engine is made with (fixed when the first one is made).
         self._http: types.HttpOptions | None = None
         #: The longest an attempt can take: the engine's ``timeout_s``, or the retry budget where that is shorter
@@ -123,7 +127,7 @@ class GeminiEngine(Engine):
         key = env_key(self.name, self.config.api_key_env)
         if not key:
             raise ConfigError(
-                f"no API key: set {self.config.api_key_env} (or {FALLBACK_ENV}), or configure vertex",
+                f"no API key: set {self.config.api_key_env} (or {FALLBACK_ENV}), give api_key, or configure vertex",
                 field=f"engines.{self.name}.api_key_env",
             )
         self._key = key
