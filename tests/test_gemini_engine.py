@@ -412,6 +412,20 @@ def test_a_key_header_in_headers_is_refused_not_sent_over_the_engines_key(name):
     assert "other-key-0123" not in str(bad.value)
 
 
+@pytest.mark.parametrize("name", ["Authorization", "authorization"])
+def test_an_authorization_header_with_vertex_is_refused_not_replaced_by_the_credentials_token(name):
+    # google-genai sets Authorization to the Vertex credentials' token on every request: this header was replaced
+    # unsent, in either case. A Developer API engine sends it (a gateway's auth).
+    engine = {"kind": "gemini", "vertex": {"project": "p", "location": "l"}, "headers": {name: "Bearer gw-token-0123"}}
+    with pytest.raises(ConfigError) as bad:
+        Router.from_config({"engines": {"g": engine},
+                            "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": MODEL}}})
+    assert bad.value.field == "engines.g.headers" and "credentials" in bad.value.message
+    assert "gw-token-0123" not in str(bad.value)
+    developer = GeminiEngine("g", {"api_key": KEY, "headers": {name: "Bearer gw-token-0123"}})
+    assert developer.config.header_values() == {name: "Bearer gw-token-0123"}
+
+
 async def test_env_key_fallbacks_and_base_url(srv, monkeypatch):
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.setenv("GOOGLE_API_KEY", "from-google-env")

@@ -85,12 +85,19 @@ class GeminiEngineConfig(BaseModel):
 
     @field_validator("headers")
     @classmethod
-    def _header_lines(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+    def _header_lines(cls, value: dict[str, SecretStr], info: ValidationInfo) -> dict[str, SecretStr]:
         check_headers({name: secret.get_secret_value() for name, secret in value.items()})
         # Sent over the engine's own key (in any case of its name): the key it says it sends would not be the one.
         if key := next((name for name in value if name.lower() == "x-goog-api-key"), None):
             raise ValueError(f"{key!r}: the engine sends its API key in that header: give the key as api_key_env "
                              "(or api_key), not in headers")
+        # Vertex AI: google-genai sets Authorization to its credentials' token on every request, so this one was
+        # replaced unsent, in whatever case it was spelt.
+        if info.data.get("vertex") is not None and (
+                auth := next((name for name in value if name.lower() == "authorization"), None)):
+            raise ValueError(f"{auth!r}: with vertex, the engine sends the OAuth token of its Google Cloud credentials "
+                             "in that header (Application Default Credentials, or credentials passed in "
+                             "engine_options): give the credentials there, not a header")
         return value
 
     def header_values(self) -> dict[str, str]:
