@@ -629,3 +629,28 @@ def test_a_decision_with_shadow_rates_is_hashable_and_equal_by_value():
     two = Decision.single("p", "chat", "r", shadow=("pro", "judge"), shadow_rates={"judge": 0.1, "pro": 0.5})
     assert one == two and len({one, two}) == 1
     assert hash(one) != hash(one.model_copy(update={"shadow_rates": {"pro": 0.25}}))
+
+
+def test_a_shadow_left_running_on_a_loop_closed_under_it_is_ended_by_the_routers_close(gemini_server, otel):
+    """As a request left on such a loop is (``test_reliability_close``): its hold settled, its span ended."""
+    gate = Gate(gemini_server, "gemini-2.5-pro")
+    gemini_server.reply_text("Paris.", usage=(100, 10))
+    policy = {"kind": "budget", "inner": SHADOWED, "per": "global", "budget_usd": 1.0,
+              "costs": {"chat": 0.001, "pro": 0.001}}
+    router = Router.from_config(config(gemini_server, policy), **otel.providers)
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(router.agenerate("Capital of France?")).text == "Paris."
+        bound = time.monotonic() + 30
+        while not gate.entered.is_set():  # the loop runs the shadow until it waits on the wire
+            assert time.monotonic() < bound, "the shadow never reached the server"
+            loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+        assert budget_usage(router)["reserved"] > 0
+        router.close(drain_s=0.5)
+        assert budget_usage(router)["reserved"] == 0.0
+        (shadow,) = otel.spans("genroute.shadow")
+        # Ended as a shadow the close cancels is: what its input cost, no answer.
+        assert shadow.attributes["gen_ai.usage.cost.amount"] > 0 and "genroute.shadow.chars" not in shadow.attributes
+    finally:
+        gate.release.set()

@@ -22,7 +22,7 @@ from genroute.runtime.context import RunContext, add_spend
 from genroute.runtime.deadlines import deadline_at
 from genroute.runtime.embeddings import RequestEmbeddings
 from genroute.router.attempt import admitted
-from genroute.router.inflight import call_on, poll_until
+from genroute.router.inflight import call_on, poll_until, resume_here
 from genroute.router.ledger import Ledger
 from genroute.router.validators import Check, Judge, Validator, named_in, resolve
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult, Rung
@@ -95,6 +95,8 @@ class Executor:
         self.shadows_dropped = 0
         self._dropped_logged_at = -LOG_INTERVAL_S
         self._shadows: set[asyncio.Task[Any]] = set()
+        #: Shadow runs left on an event loop closed under them, for ``drain_shadows`` to end.
+        self._stranded_shadows: set[asyncio.Task[Any]] = set()
         # Every validator name is resolved now, so a typo fails the build instead of a paid-for request.
         self._checks: dict[str, Check] = {}
         for name in self.validators:
@@ -311,9 +313,11 @@ class Executor:
 
     def _live_shadows(self) -> set[asyncio.Task[Any]]:
         """The shadow runs that can still end: one whose loop was closed under it (``run_until_complete``, then
-        ``close`` with it still pending) never will, and is let go of instead of keeping its place for good."""
+        ``close`` with it still pending) never will there: it is set aside, for the router's close to end, instead of
+        keeping its place for good."""
         for task in [task for task in list(self._shadows) if task.get_loop().is_closed()]:  # a copy: see drain
             self._shadows.discard(task)
+            self._stranded_shadows.add(task)
         return self._shadows
 
     async def _shadow(self, request: GenerateRequest, decision: Decision, backend: str, parent: trace.Span,
@@ -368,11 +372,16 @@ class Executor:
         that loop and watched from here, never awaited across loops.
         """
         shadows = list(self._live_shadows())  # a copy: other threads' loops add and discard theirs meanwhile
-        if not shadows or await poll_until(lambda: all(task.done() for task in shadows), timeout_s):
-            return
-        pending = [task for task in shadows if not task.done()]
+        stranded, self._stranded_shadows = self._stranded_shadows, set()
+        # Those on a loop closed under them: resumed here, cancelled (as a request left there is, InFlight.close).
+        pending = [resume_here(task) for task in stranded]
         for task in pending:
-            call_on(task.get_loop(), task.cancel)
+            task.cancel()
+        if shadows and not await poll_until(lambda: all(task.done() for task in shadows), timeout_s):
+            late = [task for task in shadows if not task.done()]
+            for task in late:
+                call_on(task.get_loop(), task.cancel)
+            pending += late
         # Let the cancelled runs settle their admission and end their spans.
         await poll_until(lambda: all(task.done() for task in pending), 1.0)
 

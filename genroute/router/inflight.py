@@ -136,11 +136,9 @@ class InFlight:
         task.cancel("the router was closed")
 
     def _resume_here(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
-        """The coroutine of ``task``, whose loop was closed under it, as a task of the running loop that stands in for
-        it (in its context: the context variables its blocks set are reset where they were set)."""
-        heir = asyncio.get_running_loop().create_task(task.get_coro(), context=context_of(task))
+        """``resume_here(task)``, tracked as ``task`` was."""
+        heir = resume_here(task)
         self._tasks[heir] = self._tasks.pop(task)  # no lock: the stranded task runs no more, and the heir not yet
-        heir.add_done_callback(_retrieved)  # its caller, on the closed loop, can never read how it ended
         return heir
 
     def _close_stream(self, stream: RouterStream[Any]) -> None:
@@ -258,6 +256,14 @@ def end_on(loop: asyncio.AbstractEventLoop, end: Callable[[T], None], work: T) -
         loop.call_soon_threadsafe(end, work)
     except RuntimeError:  # that loop is closed
         end(work)
+
+
+def resume_here(task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+    """The coroutine of ``task``, whose loop was closed under it, as a task of the running loop that stands in for it
+    (in its context: the context variables its blocks set are reset where they were set)."""
+    heir = asyncio.get_running_loop().create_task(task.get_coro(), context=context_of(task))
+    heir.add_done_callback(_retrieved)  # its caller, on the closed loop, can never read how it ended
+    return heir
 
 
 def context_of(task: asyncio.Task[Any]) -> contextvars.Context:
