@@ -82,9 +82,7 @@ class GeminiEngine(Engine):
         self._credentials = credentials
         self._client: genai.Client | None = None
         self._key: str | None = None  # the key read from the environment, once
-        if config.vertex is None:
-            # Read now, as google-genai's Client() does: an engine with no key anywhere is a ConfigError when the
-            # router is built, naming api_key_env and the variables it reads, not at the first request.
+        if config.vertex is None:  # read now, as google-genai's Client() does: no key is a ConfigError at build
             self._api_key()
         #: The HTTP options every client of this engine is made with (fixed when the first one is made).
         self._http: types.HttpOptions | None = None
@@ -126,10 +124,8 @@ class GeminiEngine(Engine):
             return self.config.api_key.get_secret_value()
         key = env_key(self.name, self.config.api_key_env)
         if not key:
-            raise ConfigError(
-                f"no API key: set {self.config.api_key_env} (or {FALLBACK_ENV}), give api_key, or configure vertex",
-                field=f"engines.{self.name}.api_key_env",
-            )
+            raise ConfigError(f"no API key: set {self.config.api_key_env} (or {FALLBACK_ENV}), give api_key, or "
+                              "configure vertex", field=f"engines.{self.name}.api_key_env")
         self._key = key
         return key
 
@@ -337,8 +333,7 @@ class GeminiEngine(Engine):
                     with deadline_at(end):  # None: no timer
                         chunk = await anext(chunks, None)
                 except Exception as exc:
-                    cancelled = cancellation_under(exc)
-                    if cancelled is not None:
+                    if (cancelled := cancellation_under(exc)) is not None:
                         raise cancelled from None
                     mapped = self._map(exc)
                     mapped.__cause__ = exc  # the cause is the mapped failure: a breaker counts a 5xx or a cut by it
