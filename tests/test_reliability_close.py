@@ -338,3 +338,19 @@ def test_a_request_left_running_on_a_loop_closed_under_it_is_ended_by_the_router
     (root,) = otel.spans("genroute.generate")
     assert root.attributes["error.type"] == "CancelledError" and root.attributes["gen_ai.usage.cost.amount"] > 0
     assert budget_usage(router)["spent"] == pytest.approx(root.attributes["gen_ai.usage.cost.amount"])
+
+
+@pytest.mark.parametrize("task_type", ["c", "python"])
+async def test_a_stranded_task_is_resumed_in_its_own_context_whatever_its_task_class(task_type: str) -> None:
+    """close() resumes a request stranded on a closed loop in the context its task ran in (its blocks reset the
+    context variables they set there). Python 3.11 has no Task.get_context(): the context was found among the
+    C Task's referents only, so asyncio's Python Task (or a task class that keeps it elsewhere) raised StopIteration."""
+    import contextvars
+
+    from genroute.router.inflight import context_of
+
+    task_class = asyncio.tasks._CTask if task_type == "c" else asyncio.tasks._PyTask  # type: ignore[attr-defined]
+    context = contextvars.copy_context()
+    task = task_class(asyncio.sleep(0), loop=asyncio.get_running_loop(), context=context)
+    assert context_of(task) is context
+    await task

@@ -271,8 +271,13 @@ def context_of(task: asyncio.Task[Any]) -> contextvars.Context:
     get_context = getattr(task, "get_context", None)  # Python 3.12+
     if get_context is not None:
         return get_context()
-    # Python 3.11 has no accessor; its Task hands the garbage collector its own context first.
-    return next(ref for ref in gc.get_referents(task) if isinstance(ref, contextvars.Context))
+    # Python 3.11 has no accessor: asyncio's Python Task keeps it as ``_context``, its C Task hands it to the garbage
+    # collector (the first context among its referents). A task that does neither gets a copy of the caller's.
+    context = getattr(task, "_context", None)
+    if isinstance(context, contextvars.Context):
+        return context
+    found = next((ref for ref in gc.get_referents(task) if isinstance(ref, contextvars.Context)), None)
+    return found if found is not None else contextvars.copy_context()
 
 
 def _retrieved(task: asyncio.Task[Any]) -> None:
