@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 
 from genroute.bounds import NOT_BOOL
 from genroute.config_errors import config_error
+from genroute.config_location import located
 from genroute.config_parse import DuplicateKey, parse_json, parse_yaml
 from genroute.errors import ConfigError, UsageError, without_credentials, without_secrets
 from genroute.registry import Group, load, plugin_failures, plugin_origin
@@ -143,6 +144,8 @@ def validate_kind(group: Group, raw: Mapping[str, Any] | BaseModel, *, field: st
     if not isinstance(raw, Mapping):
         raise ConfigError(f"must be a mapping, got {type(raw).__name__}", field=field)
     kind = raw.get("kind")
+    if kind is not None and kind != "" and not isinstance(kind, str):  # YAML's `kind: 3`, `kind: [a]`
+        raise ConfigError(f"`kind` names a kind as text, not {type(kind).__name__} ({kind!r})", field=f"{field}.kind")
     if not isinstance(kind, str) or not kind:
         raise ConfigError("`kind` is required", field=f"{field}.kind")
     cls = load(group, kind, field=f"{field}.kind")
@@ -178,15 +181,17 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
         raise ConfigError("this is a config's text, not the path of a config file: pass the file's path, or the "
                           "mapping the text holds (yaml.safe_load(text))", field="path")
     raw = source if isinstance(source, Mapping) else read_config_file(Path(source))
-    check_config_size(raw)  # before anchoring, which copies: an alias bomb must not be expanded first
-    if not isinstance(source, Mapping):
-        refuse_env_references(raw)
-    # A file's relative paths are its directory's; a mapping's stay the working directory's, its `Path`s as text.
-    raw = _anchor(raw, None) if isinstance(source, Mapping) else anchor_paths(raw, Path(source))
-    try:
-        return RouterConfig.model_validate(dict(raw))
-    except ValidationError as exc:
-        raise config_error(exc, None, unions=("state",)) from None
+    with located(source):
+        check_config_size(raw)  # before anchoring, which copies: an alias bomb must not be expanded first
+        if not isinstance(source, Mapping):
+            refuse_env_references(raw)
+        # A file's relative paths are its directory's; a mapping's stay the working directory's, its `Path`s as
+        # text.
+        raw = _anchor(raw, None) if isinstance(source, Mapping) else anchor_paths(raw, Path(source))
+        try:
+            return RouterConfig.model_validate(dict(raw))
+        except ValidationError as exc:
+            raise config_error(exc, None, unions=("state",)) from None
 
 
 def check_config_size(raw: Mapping[str, Any]) -> None:
@@ -343,7 +348,11 @@ def read_config_file(path: Path, *, field: str = "path") -> Mapping[str, Any]:
     except ConfigError:
         raise
     except DuplicateKey as exc:
-        raise ConfigError(f"{path.name}: {exc}", field=exc.field) from None
+        error = ConfigError(f"{path.name}: {exc}", field=exc.field)
+        if exc.line is not None:  # said in the message: its first writing is not the place to show
+            error.file, error.line = str(path), exc.line
+            error.message = f"duplicate key {exc.key!r}"
+        raise error from None
     except Exception as exc:  # parser errors differ per format; all mean the same to the caller
         raise ConfigError(f"cannot parse {path.name}: {_parse_error(exc)}", field=field) from None
     if not isinstance(data, Mapping):

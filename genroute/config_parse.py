@@ -12,10 +12,11 @@ from typing import Any
 
 
 class DuplicateKey(ValueError):
-    """A mapping holds the same key twice; ``field`` is the key's dotted path where known."""
+    """A mapping holds the same ``key`` twice; ``field`` is its dotted path and ``line`` the line of its second
+    writing, where known."""
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        self.field = field
+    def __init__(self, message: str, *, key: object, field: str | None = None, line: int | None = None) -> None:
+        self.key, self.field, self.line = key, field, line
         super().__init__(message)
 
 
@@ -39,7 +40,8 @@ def parse_yaml(text: str) -> Any:
             if key in seen:
                 mark = key_node.start_mark
                 raise DuplicateKey(f"duplicate key {key!r} (line {mark.line + 1}, column {mark.column + 1})",
-                                   field=_yaml_path(text, key_node) or str(key))
+                                   key=key, field=_yaml_path(text, key_node) or str(key),
+                                   line=mark.line + 1)
             seen[key] = None
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -94,7 +96,8 @@ def parse_json(text: str) -> Any:
     while stack:
         value, path = stack.pop()
         if isinstance(value, _Repeated):
-            raise DuplicateKey(f"duplicate key {value.key!r}", field=".".join((*path, value.key)))
+            raise DuplicateKey(f"duplicate key {value.key!r}", key=value.key,
+                               field=".".join((*path, value.key)))
         if isinstance(value, dict):
             stack.extend((item, (*path, str(key))) for key, item in value.items())
         elif isinstance(value, list):

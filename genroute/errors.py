@@ -3,7 +3,8 @@
 GenrouteError
 ├── UsageError            the caller used the API wrongly (bad request, sync call inside a running loop);
 │   │                     ``field`` names the input at fault, ``message`` says what is wrong with it
-│   └── ConfigError       a configuration value is invalid; ``field`` is its dotted path
+│   └── ConfigError       a configuration value is invalid; ``field`` is its dotted path (``file`` and
+│                         ``line``: where a config file writes it)
 ├── DeadlineExceeded      the request's deadline (``timeout_s``) passed before an answer: not retried, not
 │                         fallen through (a stream cut by it after its first chunk is ``StreamInterrupted``)
 ├── BudgetExceeded        a budget has no room for the request (or, per rung, for that rung: the next rung
@@ -117,7 +118,15 @@ class UsageError(GenrouteError):
 
 
 class ConfigError(UsageError):
-    """A configuration value is invalid; ``field`` is its dotted path."""
+    """A configuration value is invalid; ``field`` is its dotted path, and for a config file ``file`` and ``line``
+    say where the file writes it (or the nearest setting above it), when known."""
+
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f" ({self.file}, line {self.line})" if self.file is not None else ""
+        return super().__str__() + where
 
 
 class BackendError(GenrouteError):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.config import RouterConfig, build_kind, import_object, load_config, validate_kind
+from genroute.config_location import locate
 from genroute.errors import ConfigError, UsageError
 from genroute.runtime.portal import Portal
 from genroute.runtime.resources import Resources, check_named
@@ -53,8 +54,28 @@ async def abuild_router(
     takes that entry's place: the entry is not imported or built); ``policy`` replaces the
     configured policy with a policy object; ``engine_options`` pass extra constructor arguments per engine
     (e.g. Vertex ``credentials``). Every step that reads files, imports modules, resolves credentials,
-    embeds or reads a store runs in a worker thread: a running event loop never waits on construction.
+    embeds or reads a store runs in a worker thread: a running event loop never waits on construction. A
+    ``ConfigError`` about a config file says where the file writes the setting (``error.file``, ``error.line``).
     """
+    try:
+        return await _assemble(cls, source, tools=tools, validators=validators, engine_options=engine_options,
+                               policy=policy, **router_kwargs)
+    except ConfigError as exc:
+        await asyncio.to_thread(locate, exc, source)
+        raise
+
+
+async def _assemble(
+    cls: Callable[..., R],
+    source: str | Path | Mapping[str, Any] | RouterConfig,
+    *,
+    tools: Mapping[str, Callable[..., Any]] | None,
+    validators: Mapping[str, Validator | Judge] | None,
+    engine_options: Mapping[str, Mapping[str, Any]] | None,
+    policy: Policy | None,
+    **router_kwargs: Any,
+) -> R:
+    """``abuild_router``'s work."""
     _check_router_options(cls, router_kwargs)
     # Checked before any work: tools are callables by name, validators callables or judges by name.
     if tools is not None and not (isinstance(tools, Mapping) and all(

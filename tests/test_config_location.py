@@ -1,0 +1,101 @@
+"""A ``ConfigError`` about a config file says where the file writes the setting: its file and line."""
+
+from __future__ import annotations
+
+import pytest
+
+from genroute import ConfigError, Router
+
+
+def _error(path) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(path)
+    return info.value
+
+
+YAML = """\
+engines:
+  gemini: {{kind: gemini, api_key: k, base_url: "{url}"}}
+backends:
+  chat:
+    kind: prompt_template
+    engine: {engine}
+    model: gemini-2.5-flash
+    generation:
+      temperature: {temperature}
+pricing:
+  gemini-2.5-flash: {{input: {price}, output: 1}}
+policy: {{kind: static, backend: chat}}
+"""
+
+
+def _yaml(tmp_path, url, **changes):
+    values = {"url": url, "engine": "gemini", "temperature": 0.2, "price": 1, **changes}
+    path = tmp_path / "app.yaml"
+    path.write_text(YAML.format(**values), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("changes", "field", "line"), [
+    ({"temperature": 9}, "backends.chat.generation.temperature", 9),   # validated when the backend is built
+    ({"engine": "nope"}, "backends.chat.engine", 6),                   # a reference checked when built
+    ({"price": -1}, "pricing.gemini-2.5-flash.input", 11),             # a key holding dots
+])
+def test_a_yaml_files_error_names_the_line_that_writes_the_field(gemini_server, tmp_path, changes, field, line):
+    path = _yaml(tmp_path, gemini_server.base_url, **changes)
+    error = _error(path)
+    assert (error.field, error.file, error.line) == (field, str(path), line)
+    assert str(error).endswith(f" ({path}, line {line})")
+    assert not gemini_server.requests
+
+
+def test_an_unknown_or_missing_key_names_its_own_line_or_its_sections(gemini_server, tmp_path):
+    path = _yaml(tmp_path, gemini_server.base_url)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text + "timeout: 3\n", encoding="utf-8")   # a misspelt timeout_s, on line 13
+    assert (_error(path).field, _error(path).line) == ("timeout", 13)
+    path.write_text(text.replace("    model: gemini-2.5-flash\n", ""), encoding="utf-8")
+    error = _error(path)   # backends.chat.model is missing: the line of its backend
+    assert (error.field, error.line) == ("backends.chat.model", 4)
+
+
+def test_a_kind_that_is_not_text_is_named_as_such(gemini_server, tmp_path):
+    path = _yaml(tmp_path, gemini_server.base_url)
+    path.write_text(path.read_text(encoding="utf-8").replace("kind: static", "kind: 3"), encoding="utf-8")
+    error = _error(path)
+    assert (error.field, error.line) == ("policy.kind", 12)
+    assert "`kind` names a kind as text, not int (3)" in str(error)
+
+
+def test_a_duplicate_key_names_its_second_writing(gemini_server, tmp_path):
+    path = _yaml(tmp_path, gemini_server.base_url)
+    path.write_text(path.read_text(encoding="utf-8") + "policy: {kind: static, backend: chat}\n", encoding="utf-8")
+    error = _error(path)
+    assert (error.field, error.line) == ("policy", 13)
+    assert str(error) == f"policy: duplicate key 'policy' ({path}, line 13)"
+
+
+def test_toml_and_json_files_name_the_line_too(gemini_server, tmp_path):
+    toml = tmp_path / "app.toml"
+    toml.write_text(
+        f'timeout_s = 5\n\n[engines.gemini]\nkind = "gemini"\napi_key = "k"\nbase_url = "{gemini_server.base_url}"\n\n'
+        '[backends.chat]\nkind = "prompt_template"\nengine = "gemini"\nmodel = "gemini-2.5-flash"\n'
+        'generation = {temperature = 9}\n', encoding="utf-8")
+    error = _error(toml)
+    assert (error.field, error.file, error.line) == ("backends.chat.generation.temperature", str(toml), 12)
+    js = tmp_path / "app.json"
+    js.write_text(
+        f'{{"engines": {{"gemini": {{"kind": "gemini", "api_key": "k", "base_url": "{gemini_server.base_url}"}}}},\n'
+        ' "backends": {\n'
+        '   "chat": {"kind": "prompt_template", "engine": "gemini",\n'
+        '            "model": "gemini-2.5-flash", "timeout": 3}}}\n', encoding="utf-8")
+    error = _error(js)
+    assert (error.field, error.line) == ("backends.chat.timeout", 4)
+
+
+def test_a_mapping_config_has_no_file_to_name(gemini_server):
+    config = {"engines": {"gemini": {"kind": "gemini", "api_key": "k", "base_url": gemini_server.base_url}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "nope", "model": "gemini-2.5-flash"}}}
+    error = _error(config)
+    assert (error.field, error.file, error.line) == ("backends.chat.engine", None, None)
+    assert str(error) == "backends.chat.engine: unknown engine 'nope' (known: gemini)"
