@@ -179,7 +179,10 @@ def test_values_that_cannot_be_written_into_a_prompt_are_usage_errors_naming_the
         assert err.value.field == "metadata" and "deep" in str(err.value)
         with pytest.raises(UsageError) as err:  # shared references that multiply when written out
             router.generate("hi", metadata={"bomb": _bomb()})
-        assert err.value.field == "metadata" and "too large" in str(err.value)
+        assert err.value.field == "metadata" and err.value.message.startswith("too large")  # no "Value error, "
+        with pytest.raises(UsageError) as err:
+            router.generate(" \n\t")
+        assert (err.value.field, err.value.message) == ("input", "input must not be blank")
     assert not gemini_server.requests
 
 
