@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,8 @@ from genroute.errors import ConfigError, GenrouteError, UsageError, exit_status
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``genroute`` command."""
+    warnings = _WarningsToStderr()
+    logging.getLogger("genroute").addHandler(warnings)
     try:
         _import_from_working_directory()
         return _main(argv)
@@ -23,6 +26,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): nothing to report, as for any command in a pipe
         _silence_stdout()
         return 141  # 128 + SIGPIPE, what a command the signal ended returns
+    finally:
+        logging.getLogger("genroute").removeHandler(warnings)
+
+
+class _WarningsToStderr(logging.Handler):
+    """genroute's warnings (a link skipped by an ingest, a state store outage, a plugin not used...) as lines on
+    stderr: the library's logger has only a ``NullHandler``, so a command showed none of them. llama.cpp's own
+    log lines (``genroute.llama_cpp``) show from ERROR up: its warnings are about its buffers, not the command."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("genroute.llama_cpp") and record.levelno < logging.ERROR:
+            return
+        try:
+            print(f"genroute: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)  # as it is now
+        except Exception:  # noqa: BLE001 - a warning that cannot be shown must not fail the command
+            self.handleError(record)
 
 
 def _import_from_working_directory() -> None:

@@ -131,6 +131,25 @@ def test_ingest_is_idempotent(tmp_path, gemini_server, capsys):
     assert "added=2" in first and "added=0" in second and "skipped=2" in second
 
 
+def test_a_commands_warnings_reach_stderr(tmp_path, gemini_server, capsys):
+    # The library's logger has only a NullHandler: `genroute ingest` skipped a link to a file outside the directory
+    # without the warning the README promises, and the same went for every other warning of a command.
+    docs, outside = tmp_path / "docs", tmp_path / "outside"
+    docs.mkdir()
+    outside.mkdir()
+    (docs / "a.md").write_text("# A\n\nThe Nimbus Kettle has a warranty of 3 years.\n")
+    (outside / "secret.txt").write_text("not for this collection")
+    (docs / "secret.txt").symlink_to(outside / "secret.txt")
+    path = _write_config(tmp_path, gemini_server, knowledge={"path": str(tmp_path / "chroma")})
+    assert main(["ingest", str(docs), "--collection", "handbook", "--config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "added=1" in out
+    assert f"genroute: warning: skipped {docs / 'secret.txt'}: a link to {(outside / 'secret.txt').resolve()}" in err
+    import logging
+
+    assert all(isinstance(h, logging.NullHandler) for h in logging.getLogger("genroute").handlers)  # none left
+
+
 def test_ingest_prints_its_report_alone_on_stdout_and_refuses_a_bad_name_before_making_a_store(
         tmp_path, gemini_server, capsys):
     doc = tmp_path / "doc.md"
