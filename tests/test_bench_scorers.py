@@ -130,6 +130,33 @@ CALL_CASES = [
 ]
 
 
+STARS = ["1", "2", "3", "4", "5"]
+
+
+@pytest.mark.parametrize(("label", "text", "label_set", "expected"), [
+    # A number label was named by any number that held it once "." and "," read as spaces: a rating of 4.5 or
+    # -4 scored as the label 4, 3.14 as 3, 1,000 as 1.
+    ("4", "4.5", None, 0.0),
+    ("4", "I'd give it 4.5 stars", STARS, 0.0),
+    ("3", "3.14", None, 0.0),
+    ("5", "-5", None, 0.0),
+    ("1", "1,000", None, 0.0),
+    ("-1", "1", ["-1", "1"], 0.0),
+    # A number that equals the label still names it, in any way of writing it.
+    ("4", "Rating: 4.", STARS, 1.0),
+    ("4", "4.0", None, 1.0),
+    ("4", "４ stars", STARS, 1.0),   # a full-width digit
+    ("-1", "the answer is -1", ["-1", "1"], 1.0),
+    ("1,000", "about 1000", None, 1.0),
+    ("4", "4 or 5", STARS, 0.0),     # two labels named: ambiguous, as for words
+    ("4.5", "rated 4.5 stars", None, 1.0),
+])
+def test_label_accuracy_reads_numbers_whole(label: str, text: str, label_set: list[str] | None,
+                                            expected: float) -> None:
+    metadata = {"label_set": label_set} if label_set else {}
+    assert scorer_value("label_accuracy", rec(label, label, **metadata), res(text)) == expected
+
+
 @pytest.mark.parametrize(("possible", "text", "expected"), CALL_CASES)
 def test_function_call_scorer_uses_possible_answer(possible: list[Any], text: str, expected: float) -> None:
     record = rec("ignored", possible_answer=possible)

@@ -110,12 +110,38 @@ def label_accuracy(record: BenchRecord, result: GenerateResult) -> float:
     # Mentions keep "_" as a word character, so "card_arrival_date" does not mention "card_arrival".
     answer, gold = _label_key(result.text), _label_key(label)
     # "a" in prose is an article: only the label as written ("Answer: A") names such a label.
-    named = _mentions(result.text, label.strip()) if gold in _ARTICLE_WORDS else _mentions(answer, gold)
+    named = (_mentions(result.text, label.strip()) if gold in _ARTICLE_WORDS
+             else _names(result.text, answer, label))
     if not gold or not named:
         return 0.0
-    others = [_label_key(str(x)) for x in record.metadata.get("label_set") or () if _label_key(str(x)) != gold]
+    others = [str(x) for x in record.metadata.get("label_set") or () if _label_key(str(x)) != gold]
     # "positive, not negative" names two labels: ambiguous answers do not count.
-    return float(not any(o and _mentions(answer, o) and o not in gold for o in others))
+    return float(not any(_label_key(o) and _names(result.text, answer, o) and _label_key(o) not in gold
+                         for o in others))
+
+
+#: A number as an answer writes it: a sign, digits, and decimal or thousands separators between digits.
+_NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)*")
+
+
+def _names(text: str, answer: str, label: str) -> bool:
+    """Whether the answer ``text`` (``answer``: its ``_label_key``) names ``label``. A number label is named by a
+    number of the answer that equals it ("4", "4.0"), not by a part of another one: "4.5", "-4" and "1,000" do not
+    name the star ratings 4, 4 and 1, though "." and "," read as spaces in a mention."""
+    gold = unicodedata.normalize("NFKC", label).strip()
+    if _NUMBER.fullmatch(gold) is None:
+        return _mentions(answer, _label_key(label))
+    return any(_same_number(found, gold) for found in _NUMBER.findall(unicodedata.normalize("NFKC", text)))
+
+
+def _same_number(found: str, gold: str) -> bool:
+    """Whether the number ``found`` in an answer is ``gold``: written alike, or of equal value ("4.0" is 4)."""
+    if found.lstrip("+") == gold.lstrip("+"):
+        return True
+    try:
+        return float(found.replace(",", "")) == float(gold.replace(",", ""))
+    except ValueError:  # digits float() does not read (superscripts): only the same writing names the label
+        return False
 
 
 #: Scripts written without spaces between words (Han, also outside the BMP, with 々 〆 〇, kana, halfwidth katakana
