@@ -118,6 +118,11 @@ def _main(argv: Sequence[str] | None) -> int:
             return _generate(args)
         return _ingest(args)
     except GenrouteError as exc:
+        if isinstance(exc, ConfigError) and getattr(args, "config", None):
+            # One found after the router was built (a local model file, its n_ctx: checked at the first request).
+            from genroute.config_location import locate
+
+            locate(exc, args.config)
         print(error_line(exc), file=sys.stderr)
         return exit_status(exc)
 

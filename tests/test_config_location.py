@@ -99,3 +99,18 @@ def test_a_mapping_config_has_no_file_to_name(gemini_server):
     error = _error(config)
     assert (error.field, error.file, error.line) == ("backends.chat.engine", None, None)
     assert str(error) == "backends.chat.engine: unknown engine 'nope' (known: gemini)"
+
+
+def test_a_command_locates_a_config_error_found_at_the_first_request(tmp_path, capsys):
+    # A local engine's model file is checked when it first loads, after the router was built: the command still
+    # says where its config names the file.
+    from genroute.cli import main
+
+    path = tmp_path / "app.yaml"
+    path.write_text("engines:\n  local:\n    kind: local\n    model_path: models/missing.gguf\n"
+                    "backends:\n  small: {kind: prompt_template, engine: local, model: gemma-3-270m}\n",
+                    encoding="utf-8")
+    assert main(["generate", "hi", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genroute: ConfigError: engines.local.model_path: no model file at ")
+    assert err.rstrip().endswith(f" ({path}, line 4)")
