@@ -22,6 +22,9 @@ def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = Fal
     # pydantic reports a bad mapping key as a location part "[key]": the field is the mapping entry itself...
     parts = [part for part in first["loc"] if part != "[key]"]
     message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own ValueError
+    if first["type"] == "too_short" and isinstance(first["input"], str):  # a secret (api_key: ""): not "1 item"
+        least = (first.get("ctx") or {}).get("min_length", 1)
+        message = f"String should have at least {least} character{'s' if least != 1 else ''}"
     if "[key]" in first["loc"] and not (isinstance(first["input"], str) and first["input"]):
         # ...unless the key is no name to show: pydantic writes YAML's `on:` (True) as `1`, and "" as nothing.
         parts = list(first["loc"][:first["loc"].index("[key]") - 1])

@@ -424,3 +424,21 @@ def test_every_section_reports_errors_alike(gemini_server):
         error = _error({**gemini_config(gemini_server), name: section})
         assert error.field == field, name
         assert error.message.startswith("Extra inputs are not permitted (and "), (name, error.message)
+
+
+@pytest.mark.parametrize(("engine", "field", "message"), [
+    # An empty variable name read "no API key: set  (or GOOGLE_API_KEY)", naming no variable.
+    ({"api_key_env": ""}, "engines.gemini.api_key_env", "must name an environment variable (default GEMINI_API_KEY)"),
+    ({"api_key_env": "  "}, "engines.gemini.api_key_env", "must name an environment variable (default GEMINI_API_KEY)"),
+    # An empty inline key read "Value should have at least 1 item after validation, not 0" (a secret's wording).
+    ({"api_key": ""}, "engines.gemini.api_key", "String should have at least 1 character"),
+])
+def test_an_empty_key_setting_is_named_plainly(gemini_server, monkeypatch, engine, field, message):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"].pop("api_key", None)
+    config["engines"]["gemini"].update(engine)
+    error = _error(config)
+    assert (error.field, error.message) == (field, message)
+    assert not gemini_server.requests

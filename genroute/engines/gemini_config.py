@@ -81,6 +81,8 @@ class GeminiEngineConfig(BaseModel):
         if without_secrets(value) != value:
             raise ValueError("holds what looks like an API key, not the name of an environment variable: "
                              "put the key in that variable (or in api_key)")
+        if not value.strip():  # else "no API key: set  (or GOOGLE_API_KEY)", naming no variable
+            raise ValueError("must name an environment variable (default GEMINI_API_KEY)")
         return value
 
     @field_validator("headers")
