@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,17 +19,21 @@ def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = Fal
     ``tagged`` says ``exc`` is from such a union (``validators.v.json_schema.schema``), and ``unions`` names the
     fields holding one (``state.redis.url`` is the config's ``state.url``)."""
     errors = exc.errors()
+    locs = [_without_members(e["loc"], errors) for e in errors]
     # A misspelt key (`modle:`) is an unknown key and a missing one: name the key as written, not "model: required".
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    at = next((i for i, e in enumerate(errors) if e["type"] == "extra_forbidden"), 0)
+    first, first_loc = errors[at], locs[at]
     # pydantic reports a bad mapping key as a location part "[key]": the field is the mapping entry itself...
-    parts = [part for part in first["loc"] if part != "[key]"]
+    parts = [part for part in first_loc if part != "[key]"]
     message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own ValueError
+    # A config file writes lists: that pydantic holds one as a tuple is no concern of its author's.
+    message = message.replace("a valid tuple", "a valid list").replace("Tuple should", "List should")
     if first["type"] == "too_short" and isinstance(first["input"], str):  # a secret (api_key: ""): not "1 item"
         least = (first.get("ctx") or {}).get("min_length", 1)
         message = f"String should have at least {least} character{'s' if least != 1 else ''}"
-    if "[key]" in first["loc"] and not (isinstance(first["input"], str) and first["input"]):
+    if "[key]" in first_loc and not (isinstance(first["input"], str) and first["input"]):
         # ...unless the key is no name to show: pydantic writes YAML's `on:` (True) as `1`, and "" as nothing.
-        parts = list(first["loc"][:first["loc"].index("[key]") - 1])
+        parts = list(first_loc[:first_loc.index("[key]") - 1])
         message = _name_message(first["input"])
     if len(parts) > 2 and parts[0] in unions:
         del parts[1]
@@ -37,7 +43,9 @@ def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = Fal
     # A model validator (which checks fields together) names the one at fault on its error, if it can.
     culprit = getattr((first.get("ctx") or {}).get("error"), "field", None)
     field = ".".join(p for p in (prefix, loc, culprit) if isinstance(p, str) and p) or None
-    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    # Each member of a plain union the value fits none of reports an error of its own: one field, one error.
+    others = len(set(locs) - {first_loc})
+    more = f" (and {others} more error(s))" if others else ""
     return ConfigError(f"{message}{more}", field=field)
 
 
@@ -47,3 +55,21 @@ def _name_message(key: Any) -> str:
         return "a name cannot be empty"
     return (f"names are strings, not {type(key).__name__} ({key!r}): YAML reads unquoted on, off, yes, no, true, "
             "false, null and numbers as such, so quote the name")
+
+
+#: How pydantic names the member of a plain (untagged) union in an error's location: ``str``, ``tuple[str, ...]``,
+#: ``literal['a','b']``, ``function-after[...]``. Such a part is no key of the config (``when.task.str``).
+_MEMBER = re.compile(r"(str|int|float|bool|none|bytes|(list|tuple|dict|set|frozenset|literal|function-\w+|"
+                     r"constrained-\w+|nullable|lax-or-strict|json-or-python)\[.*\])")
+
+
+def _without_members(loc: tuple[Any, ...], errors: Sequence[Any]) -> tuple[Any, ...]:
+    """``loc`` without the parts that name a union's member: a part named like one, where another error names
+    another member at the same place (a key the user called ``str`` has no such sibling)."""
+    def member(i: int) -> bool:
+        part = loc[i]
+        return isinstance(part, str) and _MEMBER.fullmatch(part) is not None and any(
+            len(e["loc"]) > i and e["loc"][:i] == loc[:i] and e["loc"][i] != part
+            and isinstance(e["loc"][i], str) and _MEMBER.fullmatch(e["loc"][i]) for e in errors)
+
+    return tuple(part for i, part in enumerate(loc) if not member(i))

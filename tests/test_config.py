@@ -442,3 +442,17 @@ def test_an_empty_key_setting_is_named_plainly(gemini_server, monkeypatch, engin
     error = _error(config)
     assert (error.field, error.message) == (field, message)
     assert not gemini_server.requests
+
+
+def test_a_value_that_fits_no_member_of_a_union_names_the_key_not_the_member(gemini_server):
+    # pydantic names each member of a plain union in the error's location: `when: {task: 5}` was reported as
+    # policy.rules.0.when.task.str, a key no config has, with "(and 1 more error(s))" for the tuple member.
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "rules", "rules": [{"when": {"task": 5}, "backend": "chat"}], "default": "chat"}
+    error = _error(config)
+    assert (error.field, error.message) == ("policy.rules.0.when.task", "Input should be a valid string")
+    # A list the config writes is a tuple to pydantic: the message says list.
+    config["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": "nonempty"}]}
+    error = _error(config)
+    assert error.field == "policy.rungs.0.validators"
+    assert error.message.startswith("Input should be a valid list") and "uple" not in error.message
