@@ -337,3 +337,13 @@ def test_close_from_another_thread_stops_the_refresher_of_an_application_loop(ge
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+def test_compile_names_the_key_of_a_line_that_is_no_outcome_record(tmp_path, capsys):
+    # "data.jsonl:2: not an outcome record (Input should be a valid string)" left the reader to guess which key.
+    path = tmp_path / "data.jsonl"
+    good = {"input": "q1", "output": "a", "metadata": {"id": "q1"}, "outcomes": {"chat": {"score": 1.0}}}
+    bad = {"input": "q2", "output": 7.0, "metadata": {"id": "q2"}, "outcomes": {"chat": {"score": 1.0}}}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    assert cli(["compile", "--outcomes", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "data.jsonl:2: not an outcome record (output: Input should be a valid string)" in capsys.readouterr().err

@@ -186,8 +186,10 @@ def read_outcome_file(path: str | Path, *, field: str = "outcomes") -> list[Outc
         try:
             record = OutcomeRecord.model_validate(raw)
         except ValidationError as exc:
-            raise UsageError(f"{path.name}:{lineno}: not an outcome record ({exc.errors()[0]['msg']})",
-                             field=field) from None
+            error = exc.errors()[0]
+            at = ".".join(str(part) for part in error["loc"])  # which key: "(Input should be a valid string)" alone
+            raise UsageError(f"{path.name}:{lineno}: not an outcome record ({at + ': ' if at else ''}"
+                             f"{error['msg']})", field=field) from None
         # As genroute bench --outcomes reads the same file: a negative or infinite cost, a score outside [0, 1]
         # or a JSON true would otherwise crash the compile or be written into stats.json.
         check_sides(f"{path.name}:{lineno}", record, raw, field=field)
