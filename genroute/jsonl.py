@@ -40,6 +40,12 @@ def iter_records(path: str | Path, *, field: str, what: str = "file") -> Iterato
         raise UsageError(f"{path.name}:{lineno + 1}: {kind}", field=field) from None
 
 
+def label_text(label: Any) -> Any:
+    """A record's ``label`` as the text a class is compared as: a whole number (a star rating, a class id written
+    ``"label": 4``) as its digits; anything else as it is, for the reader to accept or refuse (``true`` is no class)."""
+    return str(label) if isinstance(label, int) and not isinstance(label, bool) else label
+
+
 def output_dir(path: str | Path, *, field: str) -> Path:
     """``path`` as a directory that exists (made with its parents if needed); ``UsageError`` naming ``field`` when
     it cannot be (a file is there, no permission...), before anything is run or written."""

@@ -841,7 +841,7 @@ def test_seeded_sampling_is_stable(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("row", "says"), [
     ({"input": "q", "label": ["a", "b"]}, "d.jsonl:2: label: Input should be a valid string (got ['a', 'b'])"),
-    ({"input": "q", "label": 3}, "d.jsonl:2: label: Input should be a valid string (got 3)"),
+    ({"input": "q", "label": 3.5}, "d.jsonl:2: label: Input should be a valid string (got 3.5)"),  # 3 is "3"
     ({"input": "q", "label": " "}, "d.jsonl:2: label: empty (leave the key out for a record without a label)"),
     ({"text": "q", "output": "a"}, "d.jsonl:2: input: missing"),
     ({"input": "q", "metadata": "notes"}, "d.jsonl:2: metadata: must be a JSON object, got str"),

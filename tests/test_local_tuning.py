@@ -66,6 +66,17 @@ def test_raw_line_separators_inside_strings_are_text(tmp_path: Path) -> None:
     assert [r.input for r in load_records(path)] == [e.input for e in examples]  # as the bench reads it
 
 
+def test_a_whole_number_label_reads_as_its_digits_wherever_the_file_is_read(tmp_path: Path) -> None:
+    # A star rating or a class id written as JSON numbers ("label": 4) was refused by the tuning and ICL readers
+    # ("'label' must be a string") and by the bench ("label: Input should be a valid string (got 4)").
+    from genroute.bench.datasets import load_records
+
+    path = write_lines(tmp_path / "stars.jsonl", [{"input": "great kettle", "label": 5},
+                                                   {"input": "broke in a week", "label": 1, "output": "one star"}])
+    assert [(e.label, e.output) for e in load_examples(path)] == [("5", "5"), ("1", "one star")]
+    assert [(r.label, r.output) for r in load_records(path)] == [("5", ""), ("1", "one star")]
+
+
 @pytest.mark.parametrize(("lines", "field", "message"), [
     ([GOOD, "{not json"], "line 2", "invalid JSON"),
     ([GOOD, "", {"input": "x"}], "line 3", r"missing field 'output' \(or 'label'\)"),
@@ -74,7 +85,8 @@ def test_raw_line_separators_inside_strings_are_text(tmp_path: Path) -> None:
     ([{"input": 3, "output": "y"}], "line 1", "must be a string"),
     ([GOOD, {"input": "x", "ouput": "y"}], "line 2", "unknown keys"),
     ([GOOD, [1, 2]], "line 2", "JSON object"),
-    ([GOOD, {"input": "x", "output": "y", "label": 1}], "line 2", "'label' must be a string"),
+    ([GOOD, {"input": "x", "output": "y", "label": True}], "line 2", "'label' must be a string or a whole number"),
+    ([GOOD, {"input": "x", "output": "y", "label": 1.5}], "line 2", "'label' must be a string or a whole number"),
     ([GOOD, {"input": "x", "output": "y", "metadata": []}], "line 2", "'metadata' must be an object"),
     ([GOOD, {"input": "x", "output": "y", "task": 3}], "line 2", "'task' must be a string"),
     ([GOOD, {"input": "x", "output": None}], "line 2", "missing field 'output'"),

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from genroute.bounds import is_real
 from genroute.errors import UsageError
-from genroute.jsonl import iter_records
+from genroute.jsonl import iter_records, label_text
 
 
 class BenchRecord(BaseModel):
@@ -69,13 +69,13 @@ def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, f
         raise UsageError(f"{where}: metadata: must be a JSON object, got {type(meta).__name__}", field=field)
     if "input" not in raw:
         raise UsageError(f"{where}: input: missing (a record is {{input, output, label?, metadata?}})", field=field)
-    label = raw.get("label")
+    label = label_text(raw.get("label"))
     if isinstance(label, str) and not label.strip():
         # No gold answer: label_accuracy would score every backend 0 on it (the later refusal named no line).
         raise UsageError(f"{where}: label: empty (leave the key out for a record without a label)", field=field)
     try:
         return BenchRecord(id=given_id(raw.get("id"), meta.get("id")) or f"line-{lineno}", input=raw["input"],
-                           output=_text(raw.get("output"), where=where, field=field), label=raw.get("label"),
+                           output=_text(raw.get("output"), where=where, field=field), label=label,
                            task=raw.get("task") or meta.get("task") or task, metadata=meta)
     except ValidationError as exc:
         error = exc.errors()[0]

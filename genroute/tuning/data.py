@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.errors import UsageError
+from genroute.jsonl import label_text
 
 DEFAULT_MAX_CHARS = 20_000
 DEFAULT_MIN_EXAMPLES = 1
@@ -91,9 +92,10 @@ def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS) ->
     if unknown:
         raise UsageError(f"unknown keys {unknown}; expected input, output, label, metadata, id, task",
                          field=where)
-    label = record.get("label")
+    label = label_text(record.get("label"))
     if label is not None and not isinstance(label, str):
-        raise UsageError(f"field 'label' must be a string, got {type(label).__name__}", field=where)
+        raise UsageError(f"field 'label' must be a string or a whole number, got {type(label).__name__}",
+                         field=where)
     texts: dict[str, str] = {}
     for key in ("input", "output"):
         value, name = record.get(key), key
