@@ -48,7 +48,7 @@ def cluster_means(a: Sequence[float], b: Sequence[float], groups: Sequence[Hasha
     its scores as they are). ``UsageError`` naming ``groups`` unless there is one group per pair."""
     import numpy as np
 
-    from genroute.policies.cost_weight import input_means
+    from genroute.groups import input_means
 
     if len(groups) != len(a) or len(groups) != len(b):
         raise UsageError(f"one group per paired score is needed (got {len(groups)} groups for {len(a)} pairs)",

@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genroute.errors import ConfigError
+from genroute.groups import group_index, input_means
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -143,18 +144,6 @@ def choose(scores: NDArray[Any], costs: NDArray[Any], weights: Sequence[float], 
                             standard_error=float(se[pick]))
 
 
-def input_means(values: NDArray[Any], groups: Sequence[Hashable]) -> NDArray[Any]:
-    """Rows averaged per group, groups in the order they first appear (a group of one row keeps it as it is): the
-    one per-input mean of repeated inputs, for the cost-weight rules and every paired comparison
-    (``genroute.bench.clusters.cluster_means``). ``ConfigError`` naming ``groups`` unless one group per row."""
-    inverse, distinct = group_index(groups, len(values))
-    if distinct == len(values):
-        return values
-    sums = np.zeros((distinct, values.shape[1]))
-    np.add.at(sums, inverse, values)
-    return sums / np.bincount(inverse)[:, None]
-
-
 def fold_of(n: int, folds: int, seed: int, groups: Sequence[Hashable] | None = None, *, salt: int = 1
             ) -> NDArray[Any]:
     """Each record's fold: the distinct inputs (``groups``; each record its own without them) in a seeded order,
@@ -166,13 +155,7 @@ def fold_of(n: int, folds: int, seed: int, groups: Sequence[Hashable] | None = N
     return (rng.permutation(distinct) % folds)[inverse]
 
 
-def group_index(groups: Sequence[Hashable], n: int) -> tuple[NDArray[Any], int]:
-    """Each record's group as a number, in the order groups first appear (``arange(n)`` when none repeats), and
-    how many groups there are."""
-    if len(groups) != n:
-        raise ConfigError(f"one group per record is needed (got {len(groups)} for {n})", field="groups")
-    first: dict[Hashable, int] = {}
-    return np.array([first.setdefault(g, len(first)) for g in groups], dtype=np.int64), len(first)
+
 
 
 def held_out(order: NDArray[Any], share: float, groups: Sequence[Hashable]) -> NDArray[Any]:
