@@ -49,7 +49,10 @@ def test_generate_trace_prints_the_spans_to_stderr(tmp_path, gemini_server, caps
     result = json.loads(out)  # stdout stays one JSON document
     assert result["trace_id"] is not None
     assert "genroute.generate" in err and "generate_content gemini-2.5-flash" in err
-    assert "input_tokens=5" in err and "output_tokens=2" in err and f"amount={result['cost_usd']}" in err
+    assert "input_tokens=5" in err and "output_tokens=2" in err
+    # gemini-2.5-flash: 5 x $0.30 + 2 x $2.50 a million tokens, in plain decimals (it read 6.5e-06, or with binary
+    # noise such as 2.3199999999999998e-05)
+    assert result["cost_usd"] == pytest.approx(6.5e-06) and err.count("amount=0.0000065") == 2 and "e-0" not in err
     gemini_server.fault(Fault.status(400, message="bad request"))
     assert main(["generate", "x", "--config", str(path), "--trace"]) == 1
     err = capsys.readouterr().err  # a failed request's spans are printed too
@@ -68,7 +71,8 @@ def test_generate_trace_shows_a_local_models_cloud_equivalent_cost(tmp_path, cap
     out, err = capsys.readouterr()
     result = json.loads(out)
     assert result["cost_usd"] == 0 and result["cloud_equivalent_cost_usd"] > 0
-    assert f"cloud_equivalent={result['cloud_equivalent_cost_usd']}" in err and "cloud_model=" in err
+    shown = f"{result['cloud_equivalent_cost_usd']:.10f}".rstrip("0")
+    assert f"cloud_equivalent={shown}" in err and "e-0" not in err and "cloud_model=" in err
 
 
 def test_generate_stream(tmp_path, gemini_server, capsys):

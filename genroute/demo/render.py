@@ -65,6 +65,14 @@ _SHOWN = {"genroute.backend": "backend", "genroute.policy": "policy", "gen_ai.pr
           "genroute.cloud_equivalent.model": "cloud_model", "error.type": "type"}
 
 
+def _shown(value: Any) -> str:
+    """An attribute as the tree prints it: a float (a cost in USD) in plain decimals, to 10 places, without binary
+    noise (``0.0000232``, not ``2.3199999999999998e-05``)."""
+    if isinstance(value, float):
+        return f"{value:.10f}".rstrip("0").rstrip(".") or "0"
+    return str(value)
+
+
 def span_tree(spans: Sequence[Any]) -> Tree:
     """The exported spans as a tree per trace, with durations and the key attributes."""
     children: dict[int | None, list[Any]] = {}
@@ -75,7 +83,8 @@ def span_tree(spans: Sequence[Any]) -> Tree:
 
     def add(node: Tree, span: Any) -> None:
         ms = (span.end_time - span.start_time) / 1e6
-        attrs = " ".join(f"{label}={span.attributes[k]}" for k, label in _SHOWN.items() if k in span.attributes)
+        attrs = " ".join(f"{label}={_shown(span.attributes[k])}" for k, label in _SHOWN.items()
+                         if k in span.attributes)
         branch = node.add(f"{escape(span.name)} [cyan]{ms:.1f} ms[/] [dim]{escape(attrs)}[/]")
         for child in sorted(children.get(span.context.span_id, []), key=lambda s: s.start_time):
             add(branch, child)
