@@ -780,7 +780,7 @@ def test_a_record_tool_the_model_cannot_take_fails_its_row_naming_it(gemini_serv
     (tmp_path / "genroute.yaml").write_text(yaml.safe_dump(cfg))
     argv = [str(data), "--config", str(tmp_path / "genroute.yaml"), "--backends", "fc,cheap",
             "--out", str(tmp_path / "out"), "--quiet", "--no-compile"]
-    assert bench_main(argv) == 0
+    assert bench_main(argv) == 2  # fc scored no record: the run says so (a usage error), as its row does
     rows = {r["backend"]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
     # The row blamed the backend's config (backends.fc.tools), or the model got what it cannot take.
     assert rows["fc"]["error_type"] == "UsageError" and rows["fc"]["error"].startswith(f"{field}: record r1: ")

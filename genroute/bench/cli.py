@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """Run ``genroute bench`` from parsed arguments; print the report; 0 on success, 2 on a usage error, 1 on a
-    failure."""
+    failure (and when a target has no scored row: 2 if each such target failed with a usage or config error)."""
     if args.outcomes is not None:
         return run_outcomes_cli(args)
     if args.data is None or args.config is None or args.backends is None:
@@ -115,6 +115,12 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
     print(report.markdown())
     files = report.files
     print(f"Reports: {files.get('markdown')}, {files.get('html')}, {files.get('png')}; results: {files['results']}")
+    if report.unscored:  # a backend that never answered: the run did not measure what was asked
+        from genroute.bench.setup_failures import exit_status as unscored_status
+
+        for unscored in report.unscored:
+            print(f"genroute bench: error: {unscored.line()}", file=sys.stderr)
+        return unscored_status(report.unscored)
     return 0
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.bench.datasets import BenchRecord, split_by_input
 from genroute.bench.report import markdown_row, summarize
 from genroute.bench.runner import POLICY_TARGET, Outcome
+from genroute.bench.setup_failures import unscored_targets
 from genroute.errors import GenrouteError, UsageError
 from genroute.policies.cost_aware_compiled import (cost_aware_policy, drop_stale, mean_quality,
                                                    write_cost_aware_config, write_policy)
@@ -65,6 +66,8 @@ class CompileReport(BaseModel):
     n_train: int
     n_held_out: int
     rows: tuple[HeldOutRow, ...]
+    left_out: dict[str, str] = Field(default_factory=dict, description="Backends with no scored row, left out of "
+                                                                       "the compiled policies: why, by name.")
 
     def markdown(self) -> str:
         """The held-out comparison as Markdown."""
@@ -82,6 +85,9 @@ class CompileReport(BaseModel):
             latency = "–" if row.latency_p50_s is None else f"{row.latency_p50_s:.3f}"
             lines.append(markdown_row([row.name, len(row.scores), f"{row.quality:.3f} [{low:.3f}, {high:.3f}]",
                                        f"${row.cost_per_request_usd:.6f}", latency, picks]))
+        if self.left_out:
+            lines += ["", "Left out of the compiled policies (no scored row: they never answered): "
+                      + "; ".join(f"{b} ({why})" for b, why in sorted(self.left_out.items()))]
         if self.learned_note:
             lines += ["", self.learned_note]
         if self.policy_files:
@@ -204,11 +210,17 @@ def compile_policy(
 
     rule = as_rule(cost_weight_rule)
     out = Path(out_dir)
+    # A backend with no scored row never answered (a set-up error): a policy must never route to it.
+    left_out = {u.backend: f"{u.failed} rows failed with {u.error_type}"
+                for u in unscored_targets(outcomes, len(records)) if u.backend != POLICY_TARGET}
+    outcomes = [o for o in outcomes if o.backend not in left_out]
     table = _table(outcomes)
     backends = sorted({b for by in table.values() for b in by})
     scored = [r for r in records if r.id in table and all(b in table[r.id] for b in backends)]
     if len(backends) < 1 or len(scored) < 2:
-        raise UsageError("compiling needs outcomes of at least one backend on two or more records", field="compile")
+        without = f" (no scored row: {', '.join(sorted(left_out))})" if left_out else ""
+        raise UsageError(f"compiling needs outcomes of at least one backend on two or more records{without}",
+                         field="compile")
     cloud = use_cloud_equivalent
     if cloud is None:
         cloud = all(o.cost_usd == 0 and o.cloud_equivalent_cost_usd is not None for o in outcomes if o.ok)
@@ -255,7 +267,7 @@ def compile_policy(
                          learned_cost_weight=weight[0] if weight else None,
                          learned_cost_weight_choice=weight[1] if weight else None,
                          min_quality=min_quality, floors=floors, n_train=len(train_ids),
-                         n_held_out=len(held_ids), rows=tuple(rows))
+                         n_held_out=len(held_ids), rows=tuple(rows), left_out=left_out)
 
 
 def _baseline_rows(scored: Sequence[BenchRecord], train_set: set[str], held_records: Sequence[BenchRecord],

@@ -24,12 +24,14 @@ from genroute.bench.paired import (
 )
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
 from genroute.bench.runner import (
-    POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_concurrency, check_targets, target_names,
+    POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_concurrency, check_targets, load_outcomes, target_names,
 )
 from genroute.bench.scorers import check_golds, resolve_scorer
+from genroute.bench.setup_failures import Unscored, unscored_markdown, unscored_targets
 from genroute.bench.stats import PairedComparison, check_min_n, check_seed
 from genroute.errors import UsageError
 from genroute.jsonl import output_dir
+from genroute.policies.cost_aware_compiled import drop_stale
 from genroute.policies.cost_weight import CostWeightRule, as_rule
 from genroute.runtime.portal import run_sync
 
@@ -53,10 +55,14 @@ class BenchReport(BaseModel):
     min_verdict_n: int = MIN_VERDICT_N
     compile_note: str | None = Field(default=None, description="Why no policy was compiled, when one was asked for.")
     empty_note: str = Field(default="", description="Backends that answered some records with no text at all.")
+    unscored: tuple[Unscored, ...] = Field(default=(), description="Targets with no scored row (every row failed, "
+                                                                   "or it was stopped on a set-up error).")
 
     def markdown(self) -> str:
         """The main table, the paired differences, the compile and advisor sections as Markdown."""
         text = markdown_table(self.summaries)
+        if self.unscored:
+            text += "\nNo scored row:\n\n" + unscored_markdown(self.unscored) + "\n"
         if self.empty_note:
             text += "\n" + self.empty_note + "\n"
         if self.comparisons:
@@ -101,6 +107,9 @@ async def abench(
 
     Rerunning into the same ``out_dir`` resumes: rows already there are reused (``retry_failed``: except
     failed ones) once ``run.json`` shows they were made with the same data, scorer, seed and configs.
+    A backend that fails its first records on a set-up error is stopped (``setup_failures``); every target with no
+    scored row is named in ``BenchReport.unscored`` and left out of the comparisons and compiled policies, and a
+    rerun runs its failed rows again (its configuration may have been fixed meanwhile).
     Every "A vs B" in the report is paired on the same records; compiled policies get a verdict only when the
     held-out split has at least ``min_verdict_n`` records, unless ``force_verdict``. ``cost_weight_rule``: how
     the compiled learned policy's cost weight is chosen (``compile_policy``).
@@ -131,7 +140,10 @@ async def abench(
         scorer_sha256=scorer_digest(router, chosen),
         targets=target_digests(router, targets, POLICY_TARGET), prices=target_prices(router, targets, POLICY_TARGET),
         policy=policy, concurrency=concurrency, command=command)
-    check_and_write(out, manifest, results=out / RESULTS_FILE)
+    # Targets with no scored row yet (a set-up error) may have their set-up fixed: their rows are all rerun.
+    results = out / RESULTS_FILE
+    scored = {o.backend for o in load_outcomes(out) if o.ok} if results.is_file() else set()
+    check_and_write(out, manifest, results=results, scored=scored)
     if corpus is not None:
         await ingest_corpus(router, corpus, collection)
     outcomes = await arun_bench(router, records, targets, chosen, out_dir=out, concurrency=concurrency,
@@ -171,8 +183,14 @@ def report_outcomes(
     """
     out = Path(out_dir)
     summaries = summarize(outcomes, seed=seed)
+    unscored = unscored_targets(outcomes, len(records))
+    dead = {u.backend for u in unscored}
+    live = [o for o in outcomes if o.backend not in dead]  # a target that never answered compares with nothing
     compiled, skipped = None, None
-    if compile and len(records) >= 2 and len(input_groups(records)) < 2:
+    if compile and not any(o.backend != POLICY_TARGET for o in live):
+        skipped = "Not compiled: no backend has a scored row (see *No scored row*)."
+        drop_stale(*(out / name for name in ("cost_aware.json", "learned.json", "learned.npz")))
+    elif compile and len(records) >= 2 and len(input_groups(records)) < 2:
         # The same prompt asked n times (to measure variance) has nothing to hold out: report it, not fail it
         # after every call was made.
         skipped = "Not compiled: every record has the same input, and a held-out split needs two different ones."
@@ -180,12 +198,14 @@ def report_outcomes(
         compiled = compile_policy(outcomes, records, out, seed=seed, source=source, embedder=embedder,
                                   min_quality=min_quality, holdout=holdout, cost_weight_rule=cost_weight_rule)
     inputs = input_of((r.id, r.input) for r in records)  # repeats of one input are one input in every "A vs B"
-    comparisons = backend_comparisons(outcomes, seed=seed, inputs=inputs)
+    comparisons = backend_comparisons(live, seed=seed, inputs=inputs)
     held_out = (compiled_comparisons(compiled, min_n=min_verdict_n, force=force_verdict, seed=seed, inputs=inputs)
                 if compiled is not None else [])
-    advice = advise(summaries, advisor, kinds=kinds, outcomes=outcomes, seed=seed, tuned_info=tuned_info,
-                    training_price=training_price, inputs=inputs)
+    advice = advise([s for s in summaries if s.backend not in dead], advisor, kinds=kinds, outcomes=live, seed=seed,
+                    tuned_info=tuned_info, training_price=training_price, inputs=inputs)
     sections = []
+    if unscored:
+        sections.append(("No scored row", unscored_markdown(unscored)))
     if command:
         sections.append(("Command", _code(command)))
     if comparisons:
@@ -211,7 +231,7 @@ def report_outcomes(
     return BenchReport(out_dir=str(out), summaries=tuple(summaries), outcomes=tuple(outcomes),
                        files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice,
                        comparisons=tuple(comparisons), compiled_comparisons=tuple(held_out),
-                       min_verdict_n=min_verdict_n, compile_note=skipped, empty_note=empty)
+                       min_verdict_n=min_verdict_n, compile_note=skipped, empty_note=empty, unscored=tuple(unscored))
 
 
 def compiled_markdown(compiled: CompileReport, comparisons: Sequence[PairedComparison], min_n: int) -> str:

@@ -6,14 +6,16 @@ dataset's content, the scorer, the sampling seed, the RAG corpus and each target
 rerun that differs in any of them is refused with a ``UsageError`` naming the field. ``limit`` is recorded
 but not checked: a larger limit with the same seed draws a superset (see ``datasets.sample``), so it only
 adds rows. New targets are welcome; a target whose configuration changed is not, nor one whose price did (a
-`pricing` override, or a new default): its old rows and new ones would be averaged at two prices.
+`pricing` override, or a new default): its old rows and new ones would be averaged at two prices. A target with no
+scored row is the exception (its rows are failures a rerun replaces: a set-up error being fixed), and so is the
+scorer while no row at all is scored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,13 +138,19 @@ def target_prices(router: Router, targets: Iterable[str], policy_target: str) ->
                            else price(target)) for target in targets}
 
 
-def check_and_write(out_dir: str | Path, manifest: RunManifest, *, results: Path) -> Path:
-    """Refuse a rerun whose fingerprint differs from the stored one; then write the merged manifest."""
+def check_and_write(out_dir: str | Path, manifest: RunManifest, *, results: Path,
+                    scored: Collection[str] | None = None) -> Path:
+    """Refuse a rerun whose fingerprint differs from the stored one; then write the merged manifest.
+
+    ``scored``: the targets with a scored row in ``results`` (None: every target). The others' rows are all
+    failures the rerun replaces (a set-up error fixed), so their configuration may change, and while no target
+    has a scored row, so may the scorer.
+    """
     path = Path(out_dir) / MANIFEST_FILE
     stored = _read(path) if path.exists() else {}
     targets, prices = dict(manifest.targets), dict(manifest.prices)
     if stored and results.exists() and results.stat().st_size > 0:
-        _check(path, stored, manifest)
+        _check(path, stored, manifest, scored)
         # Targets of earlier runs stay recorded, so a later rerun of them is still checked.
         targets = {**(stored.get("targets") or {}), **targets}
         prices = {**(stored.get("prices") or {}), **prices}
@@ -160,25 +168,28 @@ def _read(path: Path) -> dict[str, Any]:
     return stored if isinstance(stored, dict) else {}
 
 
-def _check(path: Path, stored: Mapping[str, Any], current: RunManifest) -> None:
+def _check(path: Path, stored: Mapping[str, Any], current: RunManifest, scored: Collection[str] | None) -> None:
     # Fields a manifest of an older version lacks cannot be compared: only present ones are checked.
     for key, option in _CHECKED.items():
+        if option == "scorer" and scored is not None and not scored:
+            continue  # no row was scored: every row is rerun, with this scorer
         old, new = stored.get(key), getattr(current, key)
         if old is not None and new is not None and old != new:
             why = ("its judge backend's configuration or its function's code changed" if key == "scorer_sha256"
                    else f"{key} {old!r}, now {new!r}")
             raise UsageError(f"{path.parent} holds results made with a different {option} ({why}); "
                              f"rerun with the same {option} or use another --out", field=option)
+    checked = set(current.targets) if scored is None else set(scored)
     for target, new in current.targets.items():
         old = (stored.get("targets") or {}).get(target)
-        if old is not None and old != new:
+        if old is not None and old != new and target in checked:
             field = "policy" if target.startswith("@") else f"backends.{target}"
             raise UsageError(
                 f"{path.parent} holds results of {target!r} made with a different configuration "
                 f"({old} vs {new}); restore it or use another --out", field=field)
     for target, new in current.prices.items():
         old = (stored.get("prices") or {}).get(target)
-        if old is not None and old != new:
+        if old is not None and old != new and target in checked:
             raise UsageError(
                 f"{path.parent} holds results of {target!r} billed at another price ({old} vs {new}): old and new "
                 "rows would be averaged at two prices; restore the price or use another --out", field="pricing")

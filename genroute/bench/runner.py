@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genroute.bench.record_tools import answering_router
 from genroute.bench.scorers import check_golds
+from genroute.bench.setup_failures import SetupWatch
 from genroute.bounds import is_whole
 from genroute.errors import GenrouteError, UsageError
 from genroute.types import GenerateRequest
@@ -230,7 +231,9 @@ async def arun_bench(
 ) -> list[Outcome]:
     """Run each record through each target; with ``out_dir``, skip done (target, id) pairs and append new ones.
 
-    ``retry_failed`` also reruns pairs whose stored outcome failed, replacing it. The caller checks that the
+    ``retry_failed`` also reruns pairs whose stored outcome failed, replacing it; the failed rows of a target with
+    no scored row are rerun in any case. A target whose first records all fail the same way (a set-up error:
+    ``setup_failures``) is stopped: its other records get no row (a rerun runs them). The caller checks that the
     stored rows were made the same way (``abench`` does, through ``run.json``).
 
     Returns every outcome for these records and targets (earlier runs' included), target by target in
@@ -241,19 +244,29 @@ async def arun_bench(
     check_targets(router, targets, scorer)
     check_golds(scorer, records)
     log = ResultsLog(out_dir) if out_dir is not None else None
+    stored = log.outcomes if log is not None else {}
+    scored = {key[0] for key, o in stored.items() if o.ok}
+    # A target with no scored row (a set-up error: a missing collection, a refused model name) has its failed
+    # rows rerun, retry_failed or not: they say nothing about the model.
+    todo = [(t, r) for r in records for t in targets  # records outer: a partial run covered every target alike
+            if log is None or not log.done((t, r.id), retry_failed=retry_failed or t not in scored)]
     fresh: dict[tuple[str, str], Outcome] = {}
-    # Records outer, targets inner: a partial run has covered every target on the same records.
-    todo = [(t, r) for r in records for t in targets
-            if log is None or not log.done((t, r.id), retry_failed=retry_failed)]
+    watch = SetupWatch(scored)
+    left = {t: sum(1 for target, _ in todo if target == t) for t in targets}
     semaphore = asyncio.Semaphore(concurrency)
     bar = _progress(progress, total=len(records) * len(targets), initial=len(records) * len(targets) - len(todo))
 
     async def one(target: str, record: BenchRecord) -> None:
         async with semaphore:
+            if target in watch.stopped:  # no row: a resumed run runs the record
+                bar.update(1)
+                return
+            left[target] -= 1
             outcome = await run_one(router, target, record, scorer, stream=stream)
         if log is not None:
-            log.append(outcome, replace=retry_failed)
+            log.append(outcome, replace=True)  # a stored row of this key is being retried
         fresh[outcome.key] = outcome
+        watch.see(outcome, left=left[target])
         bar.update(1)
         if on_outcome is not None:
             on_outcome(outcome)
@@ -266,7 +279,7 @@ async def arun_bench(
         bar.close()
         if log is not None:
             log.close()
-    known = {**(log.outcomes if log is not None else {}), **fresh}
+    known = {**stored, **fresh}
     return [known[(t, r.id)] for t in targets for r in records if (t, r.id) in known]
 
 
