@@ -9,18 +9,16 @@ from collections.abc import AsyncGenerator, Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from genroute.engines.base import CacheCharge, Embeddings, Engine
-from genroute.runtime.billing import bill, estimate_input, processed
 from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import cancellation_under, map_error
 from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig, url_problem  # noqa: F401 - VertexConfig: re-exported
 from genroute.engines.gemini_keys import FALLBACK_ENV, env_key, make_client
-from genroute.engines.gemini_request import (ends_answer, leading_chunks, not_an_answer, sdk_contents, server_timeout,
-                                             with_timeout)
+from genroute.engines.gemini_request import (bill_lost, ends_answer, leading_chunks, not_an_answer, sdk_contents,
+                                             server_timeout, with_timeout)
 from genroute.engines.gemini_sessions import LoopClients, supported
 from genroute.engines.retry import call_with_retry
 from genroute.errors import (BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, header_secrets,
                              without_credentials)
-from genroute.types import Usage
 
 _T = TypeVar("_T")
 
@@ -210,7 +208,7 @@ class GeminiEngine(Engine):
         except BaseException as exc:
             cancelled = cancellation_under(exc) if isinstance(exc, Exception) else None
             if billed is not None:
-                self._bill_lost(cancelled or exc, billed, config)
+                bill_lost(cancelled or exc, billed, config)
             if cancelled is not None:  # a cleanup that failed under a cancellation: the cancellation goes on
                 raise cancelled from None
             if not isinstance(exc, Exception):
@@ -221,13 +219,6 @@ class GeminiEngine(Engine):
             if error is not None:
                 raise error
         return result
-
-    @staticmethod
-    def _bill_lost(exc: BaseException, contents: list[types.Content] | str,
-                   config: types.GenerateContentConfig | None) -> None:
-        """Bill the input of an attempt that failed with ``exc`` if the provider processed it anyway."""
-        if processed(exc):
-            bill(Usage(input_tokens=estimate_input(contents, config)))
 
     def _attempt_timeout(self, remaining_s: float) -> tuple[float, float | None]:
         """This attempt's timeout, and the same if the server must be told it (else ``None``: the client's
@@ -303,13 +294,19 @@ class GeminiEngine(Engine):
 
             async def first_chunks() -> list[types.GenerateContentResponse]:
                 nonlocal chunks
-                chunks = await self._aio().models.generate_content_stream(
-                    model=model, contents=sdk_contents(contents), config=with_timeout(config, override)
-                )
-                return await leading_chunks(chunks, contents, config, self.name)  # a stream of no answer: retried
+                leading: list[types.GenerateContentResponse] = []
+                try:
+                    chunks = await self._aio().models.generate_content_stream(
+                        model=model, contents=sdk_contents(contents), config=with_timeout(config, override)
+                    )
+                    # A stream of no answer: retried (billed what its events reported).
+                    return await leading_chunks(chunks, contents, config, self.name, leading)
+                except BaseException as exc:  # billed here, where the usage its events reported is known
+                    bill_lost(exc, contents, config, leading)
+                    raise
 
             try:
-                read = await self._call(first_chunks(), None if end is None else seconds, contents, config)
+                read = await self._call(first_chunks(), None if end is None else seconds)
             except BaseException:
                 if chunks is not None:
                     await _close_quietly(chunks)

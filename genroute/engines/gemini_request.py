@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from genroute.errors import BackendUnavailable
+from genroute.errors import BackendUnavailable, GenrouteError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -71,10 +71,11 @@ def not_an_answer(response: types.GenerateContentResponse, contents: list[types.
 
 
 async def leading_chunks(chunks: AsyncIterator[types.GenerateContentResponse], contents: list[types.Content] | str,
-                       config: types.GenerateContentConfig | None, engine: str) -> list[types.GenerateContentResponse]:
-    """A stream's chunks up to the first that answers (candidates, or a blocked prompt's feedback): one, as a rule.
+                         config: types.GenerateContentConfig | None, engine: str,
+                         read: list[types.GenerateContentResponse]) -> list[types.GenerateContentResponse]:
+    """A stream's chunks up to the first that answers (candidates, or a blocked prompt's feedback): one, as a rule,
+    collected in ``read`` (so that an attempt failing before it can be billed what they reported: ``bill_lost``).
     A stream that ended before one sent no answer: ``not_an_answer``'s error (billed), retried as it is."""
-    read = []
     while (chunk := await anext(chunks, None)) is not None:
         read.append(chunk)
         if _answers(chunk):
@@ -84,6 +85,24 @@ async def leading_chunks(chunks: AsyncIterator[types.GenerateContentResponse], c
     # Billed at the latest usage an event reported (an empty event after it does not make the bill an estimate).
     reported = next((chunk for chunk in reversed(read) if chunk.usage_metadata is not None), read[-1])
     raise _not_answered(reported, contents, config, engine)
+
+
+def bill_lost(exc: BaseException, contents: list[types.Content] | str, config: types.GenerateContentConfig | None,
+              read: list[types.GenerateContentResponse] | None = None) -> None:
+    """Bill an attempt that failed with ``exc``: the latest usage its ``read`` chunks reported (the provider counted
+    that prompt, whether the stream then broke or sent an error event), else its estimated input if the provider
+    processed it anyway (``processed``). A genroute error raised inside the attempt billed what it had already."""
+    from genroute.runtime.billing import bill, estimate_input, filled_usage, processed
+    from genroute.runtime.telemetry import usage_of
+    from genroute.types import Usage
+
+    if isinstance(exc, GenrouteError):
+        return
+    reported = next((chunk for chunk in reversed(read or ()) if chunk.usage_metadata is not None), None)
+    if reported is not None:
+        bill(filled_usage(usage_of(reported), reported, contents, config)[0])  # the final count is not known
+    elif processed(exc):
+        bill(Usage(input_tokens=estimate_input(contents, config)))
 
 
 def _answers(response: types.GenerateContentResponse) -> bool:
