@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from genroute import BackendUnavailable, Router
+from genroute import BackendUnavailable, Router, ValidationFailed
 from genroute.testing import Fault
 
 from .conftest import gemini_config
@@ -154,3 +154,183 @@ def test_thinking_and_cached_tokens_are_priced_at_their_rates_everywhere(gemini_
     assert usage_cost(FLASH, usage) == pytest.approx(billed)
     found.assert_all(billed)
     assert result.usage.thinking_tokens == 700 and result.usage.cached_input_tokens == 4096
+
+
+# -- (c) a stream the reader abandons; (d) a stream the deadline cuts ---------------------------------------------
+
+
+def _text_event(text: str, usage: dict[str, int] | None = None, finish: str | None = None) -> dict[str, Any]:
+    return answer(text, usage or {}, finish=finish)
+
+
+def test_a_stream_abandoned_before_its_usage_arrived_is_charged_an_estimate_that_the_spans_call_one(
+        gemini_server, otel, state, tmp_path):
+    # Usage comes only with the last event; the reader stops after two. What the provider bills is not known:
+    # genroute charges the prompt (4 characters a token) and the 80 characters received (20 tokens), marked
+    # estimated on the call span, the root span and the metric. Would catch: an abandoned stream charged 0, or
+    # charged in the spans but not settled in the budget (or the other way), or not marked as an estimate.
+    events = [_text_event("a" * 40), _text_event("b" * 40),
+              _text_event("c" * 40, tokens(1000, 30), finish="STOP")]
+    gemini_server.reply_json(events)
+
+    with Router.from_config(_config(gemini_server, state, tmp_path), **otel.providers) as router:
+        stream = router.stream("tell me", timeout_s=20)
+        received = [next(stream).text, next(stream).text]
+        stream.close()
+        found = sinks(otel, router, None)
+
+    assert received == ["a" * 40, "b" * 40]
+    found.assert_all(prompt_estimate(gemini_server, 0) + 20 * 2.50e-6)
+    (call,) = otel.spans("generate_content")
+    (root,) = otel.spans("genroute.generate")
+    assert call.attributes["genroute.cost.estimated"] is True and root.attributes["genroute.cost.estimated"] is True
+    (point,) = otel.metrics()["genroute.cost"].data.data_points
+    assert point.attributes["genroute.cost.estimated"] is True
+
+
+def test_a_stream_the_deadline_cuts_mid_way_is_charged_the_usage_its_chunks_reported(
+        gemini_server, otel, state, tmp_path):
+    # Gemini sends the usage so far on every event; the deadline passes while the server stalls after two.
+    # Would catch: the cut stream charged only its input, or the full answer it never sent, or the error's
+    # cost differing from the budget's settle.
+    events = [_text_event("a" * 40, tokens(1000, 10)), _text_event("b" * 40, tokens(1000, 20)),
+              _text_event("c" * 40, tokens(1000, 30), finish="STOP")]
+    gemini_server.reply_json(events)
+    gemini_server.fault(Fault.delay(6, after_chunks=2))
+    received: list[str] = []
+
+    with Router.from_config(_config(gemini_server, state, tmp_path), **otel.providers) as router:
+        with pytest.raises(Exception) as caught:  # noqa: PT011 - its type is checked below
+            for chunk in router.stream("tell me", timeout_s=2):
+                received.append(chunk.text)
+        found = sinks(otel, router, caught.value)
+
+    assert received == ["a" * 40, "b" * 40]
+    assert type(caught.value).__name__ in ("DeadlineExceeded", "StreamInterrupted"), caught.value
+    found.assert_all(usage_cost(FLASH, tokens(1000, 20)))
+    assert caught.value.cost_estimated
+
+
+# -- (e) a function-calling run whose tool raises ---------------------------------------------------------------
+
+
+def test_three_model_turns_around_a_failing_tool_cost_the_sum_of_their_usage(gemini_server, otel, state, tmp_path):
+    # Turn 1 calls a tool that raises; its error goes back to the model; turn 2 calls it again; turn 3 answers.
+    # Would catch: only the last turn billed (the answer's usage), a turn counted twice (the loop's sum and the
+    # call spans), or the tool's failure dropping what the turns before it cost.
+    turns = [tokens(300, 20), tokens(400, 25), tokens(500, 60)]
+    call = [{"functionCall": {"name": "broken", "args": {"x": 1}}}]
+    gemini_server.reply_json(answer("", turns[0], parts=call))
+    gemini_server.reply_json(answer("", turns[1], parts=[{"functionCall": {"name": "broken", "args": {"x": 2}}}]))
+    gemini_server.reply_json(answer("no data, sorry", turns[2]))
+
+    def broken(x: int) -> str:
+        """Always fails."""
+        raise ValueError(f"no data for {x}")
+
+    config = _config(gemini_server, state, tmp_path)
+    config["backends"]["chat"].update(kind="function_calling", tools=["broken"])
+    with Router.from_config(config, tools={"broken": broken}, **otel.providers) as router:
+        result = router.generate("what is the data?", timeout_s=20)
+        found = sinks(otel, router, result, record=_served_record_cost(router, result))
+
+    assert result.text == "no data, sorry" and len(gemini_server.requests) == 3
+    assert [s.attributes.get("error.type") for s in otel.spans("execute_tool")] == ["ValueError"] * 2
+    found.assert_all(sum(usage_cost(FLASH, t) for t in turns))
+    assert result.usage.input_tokens == 1200 and result.usage.output_tokens == 105
+
+
+# -- (g) judge and shadow calls under a budget ------------------------------------------------------------------
+
+
+def _judged(server: Any, state: dict[str, Any], tmp_path: Any, budget_usd: float = 1.0) -> dict[str, Any]:
+    inner = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["judge:judge"]}]}
+    config = _config(server, state, tmp_path, inner, {"chat": 0.001, "judge": 0.0005})
+    config["policy"]["budget_usd"] = budget_usd
+    config["backends"]["judge"] = {**config["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+    return config
+
+
+def test_a_judge_call_is_charged_to_the_request_it_checks_everywhere(gemini_server, otel, state, tmp_path):
+    # README: the judge call has its own budget reservation, and its cost and tokens count in the rung it checks.
+    # Would catch: the judge's call missing from the result's cost (it is a call the request made), from the
+    # budget's settle (a judge spending past the budget unseen), or counted twice (its span and its rung).
+    served, verdict = tokens(900, 120), tokens(1100, 1)
+    gemini_server.reply_json(answer("the answer", served))
+    gemini_server.reply_json(answer("PASS", verdict, model="gemini-2.5-flash-lite"))
+
+    with Router.from_config(_judged(gemini_server, state, tmp_path), **otel.providers) as router:
+        result = router.generate("a question", timeout_s=20)
+        found = sinks(otel, router, result, record=_served_record_cost(router, result))
+
+    assert result.text == "the answer" and len(gemini_server.requests) == 2
+    found.assert_all(usage_cost(FLASH, served) + usage_cost("gemini-2.5-flash-lite", verdict))
+
+
+def test_a_judge_the_budget_cannot_afford_is_not_called_and_the_answer_it_would_check_is_still_charged(
+        gemini_server, otel, state, tmp_path):
+    # The answer costs $0.00057 and settles; the judge's $0.0005 hold does not fit in what is left of $0.00103.
+    # Would catch: a judge spending past the budget (a second request on the wire), or the refused check losing
+    # the billed answer's cost from the error, the spans or the ledger.
+    served = tokens(900, 120)
+    gemini_server.reply_json(answer("the answer", served))
+
+    with Router.from_config(_judged(gemini_server, state, tmp_path, budget_usd=0.00103), **otel.providers) as router:
+        with pytest.raises(ValidationFailed, match="budget") as caught:
+            router.generate("a question", timeout_s=20)
+        found = sinks(otel, router, caught.value)
+
+    assert len(gemini_server.requests) == 1
+    found.assert_all(usage_cost(FLASH, served))
+
+
+def _shadowed(server: Any, state: dict[str, Any], tmp_path: Any, budget_usd: float) -> dict[str, Any]:
+    inner = {"kind": "cascade", "rungs": [{"backend": "chat"}], "shadow": ["pro"]}
+    config = _config(server, state, tmp_path, inner, {"chat": 0.001, "pro": 0.002})
+    config["policy"]["budget_usd"] = budget_usd
+    config["backends"]["pro"] = {**config["backends"]["chat"], "model": "gemini-2.5-pro"}
+    return config
+
+
+def _shadow_cost(otel: Any) -> float:
+    return sum(float(s.attributes.get("gen_ai.usage.cost.amount", 0.0)) for s in otel.spans("genroute.shadow"))
+
+
+def test_a_shadow_is_charged_to_the_budget_and_its_own_span_never_to_the_served_answer(
+        gemini_server, otel, state, tmp_path):
+    # README: a shadow's cost is on its `genroute.shadow` span and its budgets' settle, never in the served answer's.
+    # Would catch: the shadow's call added to the result or the root span (the request would look dearer than the
+    # backend that served it), left out of the budget (shadows spending unseen), or its side of the outcome record
+    # holding the served cost (or the other way round).
+    served, shadow = tokens(900, 120), tokens(900, 80)
+    gemini_server.reply_json(answer("positive", served))
+    gemini_server.reply_json(answer("negative", shadow, model="gemini-2.5-pro"))
+
+    with Router.from_config(_shadowed(gemini_server, state, tmp_path, 1.0), **otel.providers) as router:
+        result = router.generate("a question", timeout_s=20)
+        router.drain()
+        record = router.feedback(result, score=1.0)
+        found = sinks(otel, router, result, record=record.outcomes["chat"].cost_usd)
+
+    answered, shadowed = usage_cost(FLASH, served), usage_cost("gemini-2.5-pro", shadow)
+    assert (found.ledger, found.metric) == (pytest.approx(answered + shadowed), pytest.approx(answered + shadowed))
+    found.ledger = found.metric = answered
+    found.assert_all(answered)
+    assert _shadow_cost(otel) == pytest.approx(shadowed)
+    assert record.outcomes["pro"].role == "shadow" and record.outcomes["pro"].cost_usd == pytest.approx(shadowed)
+
+
+def test_a_shadow_the_budget_cannot_afford_is_skipped_and_costs_nothing(gemini_server, otel, state, tmp_path):
+    # After the answer settles ($0.00057 of $0.002), the shadow's $0.002 hold does not fit: it never goes out.
+    # Would catch: a shadow run past the budget (it is optional: it must not take what requests need).
+    served = tokens(900, 120)
+    gemini_server.reply_json(answer("positive", served))
+
+    with Router.from_config(_shadowed(gemini_server, state, tmp_path, 0.002), **otel.providers) as router:
+        result = router.generate("a question", timeout_s=20)
+        router.drain()
+        found = sinks(otel, router, result, record=_served_record_cost(router, result))
+
+    assert len(gemini_server.requests) == 1
+    found.assert_all(usage_cost(FLASH, served))
+    assert _shadow_cost(otel) == 0.0
