@@ -334,3 +334,29 @@ def test_a_shadow_the_budget_cannot_afford_is_skipped_and_costs_nothing(gemini_s
     assert len(gemini_server.requests) == 1
     found.assert_all(usage_cost(FLASH, served))
     assert _shadow_cost(otel) == 0.0
+
+
+def test_a_shadow_whose_call_timed_out_charges_its_estimate_to_the_budget_and_says_so_on_its_span(
+        gemini_server, otel, state, tmp_path):
+    # Would catch: a lost shadow call charged nothing (the provider ran it), or its span's cost, an estimate,
+    # not marked as one (the root span and rung events mark theirs: `genroute.cost.estimated`).
+    served = tokens(900, 120)
+    gemini_server.reply_json(answer("positive", served))
+    gemini_server.fault(Fault.delay(0))  # the served call answers at once
+    gemini_server.fault(Fault.delay(4))  # the shadow's outlives its 1 s attempt
+    config = _shadowed(gemini_server, state, tmp_path, 1.0)
+    config["engines"]["gemini"].update(timeout_s=1.0, retry={"attempts": 1})
+
+    with Router.from_config(config, **otel.providers) as router:
+        result = router.generate("a question", timeout_s=20)
+        router.drain()
+        found = sinks(otel, router, result)
+
+    lost = prompt_estimate(gemini_server, 1, "gemini-2.5-pro")
+    assert len(gemini_server.requests) == 2 and lost > 0
+    assert (found.ledger, found.metric) == (pytest.approx(usage_cost(FLASH, served) + lost),) * 2
+    found.ledger = found.metric = usage_cost(FLASH, served)
+    found.assert_all(usage_cost(FLASH, served))
+    (shadow,) = otel.spans("genroute.shadow")
+    assert shadow.attributes["gen_ai.usage.cost.amount"] == pytest.approx(lost)
+    assert shadow.attributes["genroute.cost.estimated"] is True

@@ -352,6 +352,8 @@ class Executor:
                 return
             finally:
                 span.set_attributes({"gen_ai.usage.cost.amount": ctx.cost_usd, "gen_ai.usage.cost.currency": "USD"})
+                if ctx.cost_estimated:  # a call of it was lost or cut: as the root span and rung events say
+                    span.set_attribute("genroute.cost.estimated", True)
             span.set_attribute("genroute.shadow.chars", len(output.text))
             if self.outcomes is not None and served.outcome_id is not None:
                 judge = functools.partial(self.run_judge, request, decision, ctx.deadline)
