@@ -360,3 +360,31 @@ def test_a_shadow_whose_call_timed_out_charges_its_estimate_to_the_budget_and_sa
     (shadow,) = otel.spans("genroute.shadow")
     assert shadow.attributes["gen_ai.usage.cost.amount"] == pytest.approx(lost)
     assert shadow.attributes["genroute.cost.estimated"] is True
+
+
+# -- the local model: free unless priced --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("priced", [False, True], ids=["unpriced", "priced"])
+def test_the_local_model_costs_nothing_unless_the_config_prices_it(otel, tmp_path, priced):
+    # Would catch: a `pricing` entry for the local model ignored (it was: cost 0 whatever the config said), or a
+    # priced local call missing from a sink; unpriced, a local call charged anything but its cloud equivalent.
+    pytest.importorskip("llama_cpp")
+    config: dict[str, Any] = {
+        "engines": {"local": {"kind": "local", "n_threads": 1, "max_output_tokens": 4}},
+        "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m"}},
+        "policy": budget_policy({"kind": "static", "backend": "chat"}, {"chat": 0.01}),
+        "outcomes": {"path": str(tmp_path / "outcomes.db")},
+    }
+    if priced:
+        config["pricing"] = {"gemma-3-270m": {"input": 1.0, "output": 2.0}}
+
+    with Router.from_config(config, **otel.providers) as router:
+        result = router.generate("Hello", timeout_s=120)
+        found = sinks(otel, router, result, record=_served_record_cost(router, result))
+
+    usage = result.usage
+    assert usage.input_tokens > 0 and usage.output_tokens > 0
+    found.assert_all((usage.input_tokens * 1.0 + usage.output_tokens * 2.0) / 1e6 if priced else 0.0)
+    reference = usage.input_tokens * 0.30e-6 + usage.output_tokens * 2.50e-6  # the cloud equivalent: 2.5 Flash
+    assert result.cloud_equivalent_cost_usd == pytest.approx(reference)

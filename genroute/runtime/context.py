@@ -275,7 +275,11 @@ class RunContext:
             if answer:
                 span.set_attributes(answer)
             return usage, 0.0
-        priced = engine.pricing_model(price_as or model)
+        name = price_as or model
+        priced = engine.pricing_model(name)
+        free = priced is None  # a local model: free, unless the config's `pricing` names it (its compute, say)
+        if free and self.pricing.overrides(name):
+            priced = name
         cost = self.pricing.cost(priced, usage) if len(calls) == 1 else sum(
             self.pricing.cost(priced, call) for call in calls)
         self.usage = usage if self.usage is NO_USAGE else self.usage + usage
@@ -283,7 +287,7 @@ class RunContext:
         self.cost_estimated = self.cost_estimated or estimated
         reference = engine.reference_model
         extra = None
-        if priced is None and reference:
+        if free and reference:
             extra = sum(self.pricing.cost(reference, call) for call in calls)
             self.cloud_equivalent_cost_usd = (self.cloud_equivalent_cost_usd or 0.0) + extra
         if span.is_recording():
