@@ -13,7 +13,7 @@ from genroute import BackendUnavailable, Router, ValidationFailed
 from genroute.testing import Fault
 
 from .conftest import gemini_config
-from .cost_audit import answer, budget_policy, prompt_estimate, sinks, tokens, usage_cost
+from .cost_audit import answer, budget_policy, metric_cost, prompt_estimate, sinks, tokens, usage_cost
 from .redis_fixtures import redis_server, redis_session, state  # noqa: F401
 
 FLASH = "gemini-2.5-flash"
@@ -388,3 +388,40 @@ def test_the_local_model_costs_nothing_unless_the_config_prices_it(otel, tmp_pat
     found.assert_all((usage.input_tokens * 1.0 + usage.output_tokens * 2.0) / 1e6 if priced else 0.0)
     reference = usage.input_tokens * 0.30e-6 + usage.output_tokens * 2.50e-6  # the cloud equivalent: 2.5 Flash
     assert result.cloud_equivalent_cost_usd == pytest.approx(reference)
+
+
+# -- a retrieval's embedding ------------------------------------------------------------------------------------
+
+
+def test_a_retrieving_rungs_embedding_and_answer_count_once_everywhere(gemini_server, otel, state, tmp_path):
+    # The Developer API's batchEmbedContents reports no tokens: the question's embedding is priced at its estimated
+    # tokens, marked estimated. Would catch: the embedding missing from the ledger or the metric (charged by the
+    # embedder outside the rung), or counted twice (its `embeddings` span and the rung's call).
+    import asyncio
+
+    from genroute.runtime.billing import estimate_tokens
+
+    from .test_cost_embeddings import _config as retrieval_config
+    from .test_cost_embeddings import _fill
+
+    config = retrieval_config(gemini_server, tmp_path, state=state, outcomes={"path": str(tmp_path / "o.db")})
+    config["policy"] = budget_policy({"kind": "static", "backend": "rag"}, {"rag": 0.001})
+    question = "Where is the bakery?"
+
+    async def main() -> tuple[Router, Any, float, float]:
+        async with Router.from_config(config, **otel.providers) as router:
+            await _fill(router, tmp_path)  # the ingest's embeddings: not the request's
+            otel.exporter.clear()
+            before = metric_cost(otel)
+            result = await router.agenerate(question, timeout_s=20)
+            record = await router.afeedback(result, score=1.0)
+            return router, result, before, record.outcomes["rag"].cost_usd
+    router, result, before, record = asyncio.run(main())
+
+    found = sinks(otel, router, result, record=record)
+    found.metric -= before
+    actions = [r.action for r in gemini_server.requests[-2:]]
+    assert actions == ["batchEmbedContents", "generateContent"]
+    billed = estimate_tokens(question) * 0.15e-6 + usage_cost(FLASH, tokens(100, 10))
+    found.assert_all(billed)
+    assert result.cost_estimated
