@@ -425,3 +425,36 @@ def test_a_retrieving_rungs_embedding_and_answer_count_once_everywhere(gemini_se
     billed = estimate_tokens(question) * 0.15e-6 + usage_cost(FLASH, tokens(100, 10))
     found.assert_all(billed)
     assert result.cost_estimated
+
+
+def test_a_shadows_scoring_judge_is_charged_to_the_budget_and_the_record_not_to_the_answer(
+        gemini_server, otel, state, tmp_path):
+    # `outcomes.scorer: judge:B` compares the shadow's answer with the served one: its call passes admission (the
+    # request's budget key, as the shadow's does) and is kept on the record as metadata.scoring_cost_usd. Would
+    # catch: the scoring call spending unseen by the budget, or landing in the served answer's cost or a side's.
+    from genroute.outcomes import OutcomeStore
+
+    served, shadow, verdict = tokens(900, 120), tokens(900, 80), tokens(700, 2)
+    gemini_server.reply_json(answer("positive", served))
+    gemini_server.reply_json(answer("negative", shadow, model="gemini-2.5-pro"))
+    gemini_server.reply_json(answer("0", verdict, model="gemini-2.5-flash-lite"))
+    config = _shadowed(gemini_server, state, tmp_path, 1.0)
+    config["policy"]["costs"]["judge"] = 0.0005
+    config["backends"]["judge"] = {**config["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+    config["outcomes"]["scorer"] = "judge:judge"
+
+    with Router.from_config(config, **otel.providers) as router:
+        result = router.generate("a question", timeout_s=20)
+        router.drain()
+        found = sinks(otel, router, result)
+    (record,) = OutcomeStore(tmp_path / "outcomes.db").records_sync()
+
+    answered = usage_cost(FLASH, served)
+    shadowed, scored = usage_cost("gemini-2.5-pro", shadow), usage_cost("gemini-2.5-flash-lite", verdict)
+    assert len(gemini_server.requests) == 3
+    assert (found.ledger, found.metric) == (pytest.approx(answered + shadowed + scored),) * 2
+    found.ledger = found.metric = answered
+    found.assert_all(answered)
+    assert record.outcomes["chat"].cost_usd == pytest.approx(answered)
+    assert record.outcomes["pro"].cost_usd == pytest.approx(shadowed) == _shadow_cost(otel)
+    assert record.metadata["scoring_cost_usd"] == pytest.approx(scored)
