@@ -14,6 +14,7 @@ from genroute.testing import Fault
 
 from .conftest import gemini_config
 from .cost_audit import answer, budget_policy, metric_cost, prompt_estimate, sinks, tokens, usage_cost
+from .chroma_fixtures import chroma_server, knowledge  # noqa: F401 - fixtures
 from .redis_fixtures import redis_server, redis_session, state  # noqa: F401
 
 FLASH = "gemini-2.5-flash"
@@ -458,3 +459,36 @@ def test_a_shadows_scoring_judge_is_charged_to_the_budget_and_the_record_not_to_
     assert record.outcomes["chat"].cost_usd == pytest.approx(answered)
     assert record.outcomes["pro"].cost_usd == pytest.approx(shadowed) == _shadow_cost(otel)
     assert record.metadata["scoring_cost_usd"] == pytest.approx(scored)
+
+
+# -- an explicit context cache: cached tokens at the cached rate, and the storage its creation pays -----------------
+
+
+async def test_a_context_cached_request_and_the_storage_its_cache_pays_count_once_everywhere(
+        gemini_server, otel, knowledge, tmp_path):
+    # Would catch: the storage charged on the create span but not settled in the budget or counted in the metric,
+    # cached tokens billed at the full input rate, or the create counted once per rung and once per request.
+    from genroute.testing import CacheRoutes
+
+    from .cost_audit import call_cost
+    from .test_icl import loaded
+
+    collection, _ = await loaded(knowledge, tmp_path)
+    caches = CacheRoutes(gemini_server)
+    gemini_server.reply_text("pin", usage=(10, 1))
+    config = _config(gemini_server, {"kind": "memory"}, tmp_path, {"kind": "static", "backend": "icl"},
+                     {"icl": 0.001}, knowledge=knowledge.config)
+    config["backends"]["icl"] = {"kind": "icl", "engine": "gemini", "model": FLASH, "collection": collection,
+                                 "selector": "fixed", "k": 8, "system": "Label the intent.",
+                                 "context_cache": {"min_tokens": 20, "ttl_s": 600}}
+    async with Router.from_config(config, **otel.providers) as router:
+        result = await router.agenerate("I forgot my PIN")
+        record = await router.afeedback(result, score=1.0)
+
+    (cache,) = caches.caches.values()
+    usage = tokens(10 + cache.tokens, 1, cachedContentTokenCount=cache.tokens)
+    storage = cache.tokens * (600 / 3600) * 1.00e-6
+    found = sinks(otel, router, result, record=record.outcomes["icl"].cost_usd)
+    found.call_spans = call_cost(otel, names=("generate_content", "create_cached_content"))
+    found.assert_all(usage_cost(FLASH, usage) + storage)
+    assert result.cache_storage_cost_usd == pytest.approx(storage)
