@@ -492,3 +492,30 @@ async def test_a_context_cached_request_and_the_storage_its_cache_pays_count_onc
     found.call_spans = call_cost(otel, names=("generate_content", "create_cached_content"))
     found.assert_all(usage_cost(FLASH, usage) + storage)
     assert result.cache_storage_cost_usd == pytest.approx(storage)
+
+
+def test_a_shadow_and_a_judge_are_charged_to_the_requests_own_budget_key(gemini_server, otel, state, tmp_path):
+    # `per: tenant`: the judge that checks the answer and the shadow beside it spend the tenant's budget, none other.
+    # Would catch: either charged to the global or an unkeyed ledger (a tenant's shadows spending someone else's).
+    from .cost_audit import ledger_spent
+
+    served, verdict, shadow = tokens(900, 120), tokens(1100, 1), tokens(900, 80)
+    gemini_server.reply_json(answer("positive", served))
+    gemini_server.reply_json(answer("PASS", verdict, model="gemini-2.5-flash-lite"))
+    gemini_server.reply_json(answer("negative", shadow, model="gemini-2.5-pro"))
+    config = _shadowed(gemini_server, state, tmp_path, 1.0)
+    config["policy"].update(per="tenant")
+    config["policy"]["costs"]["judge"] = 0.0005
+    config["policy"]["inner"]["rungs"][0]["validators"] = ["judge:judge"]
+    config["backends"]["judge"] = {**config["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+
+    with Router.from_config(config, **otel.providers) as router:
+        result = router.generate("a question", metadata={"tenant": "acme"}, timeout_s=20)
+        router.drain()
+        spent = {key: ledger_spent(router, key) for key in ("tenant:acme", "tenant:-", "*")}
+
+    assert len(gemini_server.requests) == 3
+    checked = usage_cost(FLASH, served) + usage_cost("gemini-2.5-flash-lite", verdict)
+    assert result.cost_usd == pytest.approx(checked)
+    want = checked + usage_cost("gemini-2.5-pro", shadow)
+    assert spent == {"tenant:acme": pytest.approx(want, abs=1e-9), "tenant:-": 0.0, "*": 0.0}
