@@ -116,19 +116,25 @@ def test_retries_that_all_fail_after_the_provider_took_them_put_the_sum_on_the_e
 # -- (b) fallback after a validator rejected a billed answer ----------------------------------------------------
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
 def test_a_rung_billed_then_rejected_by_its_validator_counts_with_the_rung_that_answered(
-        gemini_server, otel, state, tmp_path):
+        gemini_server, otel, state, tmp_path, stream):
     # Would catch: the rejected rung's usage dropped (it was billed), or counted in the root and not in the
-    # ledger, or the served side of the outcome record leaving it out.
+    # ledger, or the served side of the outcome record leaving it out; streamed, the buffered rung's alike.
     rejected, served = tokens(800, 50), tokens(900, 120)
-    gemini_server.reply_json(answer("not json", rejected))
-    gemini_server.reply_json(answer('{"ok": true}', served, model="gemini-2.5-flash-lite"))
+    wire = (lambda body: [body]) if stream else (lambda body: body)
+    gemini_server.reply_json(wire(answer("not json", rejected)))
+    gemini_server.reply_json(wire(answer('{"ok": true}', served, model="gemini-2.5-flash-lite")))
     inner = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["json"]}, {"backend": "lite"}]}
     config = _config(gemini_server, state, tmp_path, inner, {"chat": 0.001, "lite": 0.001})
     config["backends"]["lite"] = {**config["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
 
     with Router.from_config(config, **otel.providers) as router:
-        result = router.generate("answer in JSON", timeout_s=20)
+        if stream:
+            *_, last = router.stream("answer in JSON", timeout_s=20)
+            result = last.result
+        else:
+            result = router.generate("answer in JSON", timeout_s=20)
         found = sinks(otel, router, result, record=_served_record_cost(router, result))
 
     assert result.backend == "lite"
