@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+FLASH = "gemini-2.5-flash"
+
 #: USD per token, from the Gemini Developer API pricing page (standard tier, text, prompts <= 200k tokens).
 PRICES = {
     "gemini-2.5-flash": {"input": 0.30e-6, "output": 2.50e-6, "cached": 0.03e-6},
@@ -136,3 +138,24 @@ def sinks(otel: Any, router: Any, outcome: Any, *, record: float | None = None) 
 def budget_policy(inner: Mapping[str, Any], costs: Mapping[str, float], budget_usd: float = 1.0) -> dict[str, Any]:
     """A global budget around ``inner`` (its ledger is the audit's ledger sink)."""
     return {"kind": "budget", "inner": dict(inner), "per": "global", "budget_usd": budget_usd, "costs": dict(costs)}
+
+
+def audit_config(server: Any, state: Mapping[str, Any], tmp_path: Any, inner: Mapping[str, Any] | None = None,
+                 costs: Mapping[str, float] | None = None, **extra: Any) -> dict[str, Any]:
+    """A router config on ``server`` under a global budget (``inner``: by default the one ``chat`` backend), with
+    the given ``state`` store and an outcome store in ``tmp_path``."""
+    from .conftest import gemini_config
+
+    config = gemini_config(server)
+    config["policy"] = budget_policy(inner or {"kind": "static", "backend": "chat"}, costs or {"chat": 0.001})
+    config["state"] = dict(state)
+    config["outcomes"] = {"path": str(tmp_path / "outcomes.db")}
+    config.update(extra)
+    return config
+
+
+def served_record_cost(router: Any, result: Any) -> float:
+    """The outcome record's figure for the request (feedback writes it): its served side plus what deciding cost."""
+    record = router.feedback(result, score=1.0)
+    side = record.outcomes[result.backend]
+    return float(side.cost_usd) + float(record.metadata.get("routing_cost_usd", 0.0))
