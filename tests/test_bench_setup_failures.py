@@ -151,3 +151,21 @@ def test_only_the_same_set_up_error_from_the_first_record_stops_a_backend() -> N
         for outcome in outcomes:
             watch.see(outcome, left=5)
     assert set(watch.stopped) == {"same"}
+
+
+def test_the_pareto_chart_draws_no_point_for_a_target_that_never_answered(tmp_path: Path) -> None:
+    """A backend the bench stopped (every row failed) was drawn on the Pareto chart at cost 0 and quality 0, where
+    it read as the cheapest point and sat on the front."""
+    from genroute.bench.report import Summary, charted, pareto_front, pareto_png
+
+    def summary(name: str, quality: float, cost: float, failures: dict[str, int]) -> Summary:
+        return Summary(backend=name, n=3, metric="exact", quality=quality, quality_ci=(quality, quality),
+                       latency_p50_s=None, latency_p95_s=None, latency_p99_s=None, input_tokens=1.0,
+                       output_tokens=1.0, cached_input_tokens=0.0, cost_per_request_usd=cost, failures=failures)
+
+    ran = summary("chat", 0.6, 0.001, {"BackendUnavailable": 1})
+    stopped = summary("icl", 0.0, 0.0, {"UsageError": 3})
+    assert [s.backend for s in charted([ran, stopped])] == ["chat"]
+    assert pareto_front([(s.backend, s.cost_per_request_usd, s.quality) for s in [ran, stopped]]) == ["chat", "icl"]
+    assert pareto_png([ran, stopped], tmp_path / "p.png").stat().st_size > 0
+    assert pareto_png([stopped], tmp_path / "none.png").stat().st_size > 0  # nothing to draw: an empty chart

@@ -146,6 +146,12 @@ def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
     return front
 
 
+def charted(summaries: Sequence[Summary]) -> list[Summary]:
+    """The targets a chart draws: not one every row of which failed (a backend the bench stopped for its set-up,
+    say), which measured nothing and would read as a point at cost 0 and quality 0."""
+    return [s for s in summaries if s.failure_count < s.n]
+
+
 def pareto_png(summaries: Sequence[Summary], path: str | Path) -> Path:
     """Quality vs cost per 1k requests and quality vs p50 latency, the Pareto front joined by a line."""
     import matplotlib
@@ -155,6 +161,8 @@ def pareto_png(summaries: Sequence[Summary], path: str | Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
+    drawn = charted(summaries)
+    never, summaries = len(summaries) - len(drawn), drawn
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     use_cloud = all(s.cost_per_request_usd == 0 for s in summaries) and all(
         s.cloud_equivalent_per_request_usd is not None for s in summaries)
@@ -180,7 +188,8 @@ def pareto_png(summaries: Sequence[Summary], path: str | Path) -> Path:
         ax.set_xlabel(label)
         ax.set_ylabel(summaries[0].metric if summaries else "quality")
         ax.grid(alpha=0.3)
-    fig.suptitle("Quality vs cost and latency (blue: Pareto front)")
+    fig.suptitle("Quality vs cost and latency (blue: Pareto front)"
+                 + (f"; {never} target{'s' if never > 1 else ''} with no answer not drawn" if never else ""))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
