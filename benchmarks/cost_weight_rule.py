@@ -12,7 +12,8 @@ data differ from the run's, by ``run.json``'s digest). Each rule compiles on the
 same seeded training split and is judged on the same held-out records: the compiled learned policy against the
 best single backend chosen on the training split, paired (95 % CI: Newcombe's for 0/1 scores, else a bootstrap of
 2,000 resamples), with the cost ratio and a paired CI of the cost difference. ``fixed`` is the cost weight 0.1 compiled before the rules existed.
-A task's comparisons (every rule against the best single and against ``fixed``) are one family: a verdict is
+A task's comparisons (every rule against the best single and against ``fixed``; two rules that chose the same weight
+make one comparison, counted once) are one family: a verdict is
 "resolved" only when the CI excludes 0 and the exact test's Holm-adjusted p is below 0.05 (as ``genroute bench``
 reports them; before, a CI that excluded 0 was called resolved).
 """
@@ -23,7 +24,8 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +48,14 @@ class RuleRow:
     seconds: float
     vs_fixed: PairedComparison | None = None
     fixed_cost: float = 0.0
+    #: What ``cmp`` and ``vs_fixed`` test (``multiplicity.hypothesis``): two rules that chose one weight repeat one.
+    hypotheses: list[Hashable] = field(default_factory=list)
 
 
 def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]:
     from genroute.bench.clusters import text_groups
     from genroute.bench.compile import compile_policy
-    from genroute.bench.multiplicity import adjust_family
+    from genroute.bench.multiplicity import adjust_family, hypothesis
     from genroute.bench.stats import compare_paired, paired_bootstrap_ci
     from quality_report import recorded_run
 
@@ -76,12 +80,14 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
                       weight=f"{report.learned_cost_weight:.3g}" if report.learned_cost_weight is not None else "–",
                       cmp=compare_paired(a, b, a="learned", b="best single", seed=args.seed, groups=groups),
                       cost_ci=paired_bootstrap_ci([learned.costs[i] for i in ids], [best.costs[i] for i in ids],
-                                                  seed=args.seed, groups=groups))
+                                                  seed=args.seed, groups=groups),
+                      hypotheses=[hypothesis(a, b, ids)])
         if rule == "fixed":
             before = learned
         if before is not None and rule != "fixed":
-            row.vs_fixed = compare_paired(a, [before.scores[i] for i in ids], a=rule, b="fixed", seed=args.seed,
-                                          groups=groups)
+            fixed = [before.scores[i] for i in ids]
+            row.vs_fixed = compare_paired(a, fixed, a=rule, b="fixed", seed=args.seed, groups=groups)
+            row.hypotheses.append(hypothesis(a, fixed, ids))
             row.fixed_cost = before.cost_per_request_usd
         rows.append(row)
         choice = report.learned_cost_weight_choice
@@ -91,8 +97,10 @@ def run_task(task: str, args: argparse.Namespace, embedder: object) -> list[str]
                            f"${choice['best_cost_usd'] * 1000:.4f}/1k (weight {choice['best_weight']:.3g}); "
                            f"paired SE {choice['standard_error']:.3f}")
     # The task's comparisons (each rule against the best single, and against the fixed weight) are one family:
-    # a verdict needs the CI to exclude 0 and the exact test's Holm-adjusted p below 0.05, as in the bench report.
-    family = adjust_family([c for row in rows for c in (row.cmp, row.vs_fixed) if c is not None])
+    # a verdict needs the CI to exclude 0 and the exact test's Holm-adjusted p below 0.05, as in the bench report;
+    # two rules that chose the same weight make the same comparison, counted once.
+    family = adjust_family([c for row in rows for c in (row.cmp, row.vs_fixed) if c is not None],
+                           [key for row in rows for key in row.hypotheses])
     for row in rows:
         row.cmp = family.pop(0)
         row.vs_fixed = family.pop(0) if row.vs_fixed is not None else None

@@ -79,11 +79,68 @@ def test_the_matrix_report_carries_the_correction_in_its_json_and_text(tmp_path:
     from genroute.bench.offline import compile_outcomes
     from tests.test_bench_outcomes import synthetic
 
-    report = compile_outcomes(synthetic(30), out_dir=tmp_path, learned=False, min_n=10)
+    rows = synthetic(30)
+    for row in rows[:30:2]:  # C misses 15 math questions: the best single (C) is not per-task best (A, B)
+        row["outcomes"]["C"]["score"] = 0.0
+    report = compile_outcomes(rows, out_dir=tmp_path, learned=False, min_n=10)
     compiled = json.loads((tmp_path / "compiled.json").read_text(encoding="utf-8"))["comparisons"]
-    m = sum(c["decision"] != "no_verdict" for c in compiled)
+    # A row that repeats an earlier row's comparison (the same two score vectors) says so and is counted once.
+    stated = [c for c in compiled if "the same comparison as" not in c["verdict"]]
+    m = sum(c["decision"] != "no_verdict" for c in stated)
     assert m >= 2 and all(c["adjustment"] == "holm" and c["family_size"] == m for c in compiled)
-    assert holm([c["p_value"] for c in compiled]) == pytest.approx([c["adjusted_p"] for c in compiled])
+    assert holm([c["p_value"] for c in stated]) == pytest.approx([c["adjusted_p"] for c in stated])
     assert all(c["adjusted_p"] >= c["p_value"] for c in compiled)
     text = Path(report.files["markdown"]).read_text(encoding="utf-8")
     assert f"corrected for the m = {m} comparisons below" in text and "Holm-adjusted p (m)" in text
+
+
+# A compiled policy (ace) on 40 held-out records beside two backends, "best single" and "per-task best" being
+# base's own scores: 4 rows, 2 comparisons. ace vs base: 9 records only ace got right, 1 only base did (McNemar
+# 2 * 11 / 2^10); ace vs mid: 10 vs 0 (2 / 2^10).
+HELD = [((1, 0, 0), 9), ((0, 1, 0), 1), ((1, 1, 0), 1), ((1, 1, 1), 15), ((0, 0, 0), 14)]
+HELD_SCORES = {name: [s[k] for s, count in HELD for _ in range(count)] for k, name in enumerate(("ace", "base", "mid"))}
+P_HELD_BASE = 2 * (1 + 10) / 2 ** 10  # 0.021484375
+P_HELD_MID = 2 / 2 ** 10              # 0.001953125
+
+
+def test_a_comparison_two_rows_repeat_counts_once_in_the_family() -> None:
+    from genroute.bench.compile import CompileReport, HeldOutRow
+    from genroute.bench.paired import compiled_comparisons
+
+    def row(name: str, scores: list[int]) -> HeldOutRow:
+        return HeldOutRow(name=name, quality=sum(scores) / 40, cost_per_request_usd=0.001, latency_p50_s=None,
+                          scores={f"r{i:02d}": float(s) for i, s in enumerate(scores)})
+
+    report = CompileReport(stats_path="stats.json", n_train=60, n_held_out=40, rows=(
+        row("compiled learned", HELD_SCORES["ace"]), row("base", HELD_SCORES["base"]), row("mid", HELD_SCORES["mid"]),
+        row("best single (train)", HELD_SCORES["base"]), row("per-task best (train)", HELD_SCORES["base"])))
+    vs_base, vs_mid, vs_best, vs_per_task = compiled_comparisons(report, min_n=20)
+    assert [c.b for c in (vs_base, vs_mid, vs_best, vs_per_task)] == ["base", "mid", "best single (train)",
+                                                                      "per-task best (train)"]
+    assert vs_base.mcnemar_p == pytest.approx(P_HELD_BASE) and vs_mid.mcnemar_p == pytest.approx(P_HELD_MID)
+    # m = 2 distinct comparisons, not 4: Holm multiplies the smaller p by 2 and the larger by 1, so ace vs base
+    # keeps p = 0.0215 < 0.05 and wins. Counted four times it read 3 * 0.0215 = 0.0645: not resolved.
+    assert {c.family_size for c in (vs_base, vs_mid, vs_best, vs_per_task)} == {2}
+    assert vs_mid.adjusted_p == pytest.approx(2 * P_HELD_MID)
+    for c in (vs_base, vs_best, vs_per_task):  # the one comparison's verdict on every row that states it
+        assert c.adjusted_p == pytest.approx(P_HELD_BASE)
+        assert (c.decision, c.winner, c.short) == ("win", "compiled learned", "compiled learned wins")
+    assert vs_best.verdict.endswith("; Holm-adjusted p = 0.0215 (m = 2); the same comparison as compiled learned "
+                                    "vs base, counted once")
+    assert "same comparison" not in vs_base.verdict and "same comparison" not in vs_mid.verdict
+
+
+def test_the_same_scores_on_other_records_are_two_comparisons_and_swapped_sides_one() -> None:
+    from genroute.bench.multiplicity import hypothesis
+    from genroute.errors import UsageError
+
+    a, b = HELD_SCORES["ace"], HELD_SCORES["base"]
+    ab, ba = compare_paired(a, b, a="ace", b="base", min_n=20), compare_paired(b, a, a="base", b="ace", min_n=20)
+    same = adjust_family([ab, ba], [hypothesis(a, b, range(40)), hypothesis(b, a, range(40))])
+    assert [c.family_size for c in same] == [1, 1] and [c.adjusted_p for c in same] == pytest.approx([P_HELD_BASE] * 2)
+    other = adjust_family([ab, ab], [hypothesis(a, b, range(40)), hypothesis(a, b, range(40, 80))])
+    assert [c.family_size for c in other] == [2, 2]
+    assert [c.adjusted_p for c in other] == pytest.approx([2 * P_HELD_BASE] * 2)
+    with pytest.raises(UsageError) as err:
+        adjust_family([ab, ba], [hypothesis(a, b)])
+    assert err.value.field == "hypotheses"

@@ -10,13 +10,20 @@ out of the family): the family-wise error rate, the chance of any false win amon
 each comparison's own (unadjusted) interval: Holm's step-down tests have no simultaneous interval that agrees with
 them row by row (Bonferroni's, at ``1 - (1 - level)/m``, would contradict Holm's later rejections), so the report
 states the correction with the adjusted p and m beside the interval.
+
+m counts hypotheses, not rows: a table can state one comparison twice (the compiled-policy table compares a policy
+with "best single" and with that same backend by its own name, and with "per-task best" when it is that backend
+too). Given each row's ``hypothesis`` (``hypothesis``: the two score vectors on the same records, either way round),
+rows that repeat a comparison are tested once, and each shows that one test's adjusted p and verdict; counting
+the copies would make the correction more conservative than the family it controls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 from genroute.bench.stats import HOLM_DEMOTED, PairedComparison
+from genroute.errors import UsageError
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -37,18 +44,37 @@ def exact_p(comparison: PairedComparison) -> float:
     return 1.0 if p is None else p
 
 
-def adjust_family(comparisons: Sequence[PairedComparison]) -> list[PairedComparison]:
+def hypothesis(a_scores: Iterable[float], b_scores: Iterable[float], records: Iterable[Hashable] = ()) -> Hashable:
+    """What a paired comparison tests, for ``adjust_family``: its two score vectors on ``records`` (ids, in the
+    scores' order), the same whichever side is A (the exact tests are two-sided)."""
+    key = tuple(records)
+    a, b = tuple(map(float, a_scores)), tuple(map(float, b_scores))
+    return key, min(a, b), max(a, b)
+
+
+def adjust_family(comparisons: Sequence[PairedComparison],
+                  hypotheses: Sequence[Hashable] | None = None) -> list[PairedComparison]:
     """``comparisons`` (one table's family) with Holm-adjusted p-values and verdicts, in the same order; each
-    compared row records the method and the family size m (a family of one is its own test)."""
-    tested = [i for i, c in enumerate(comparisons) if c.decision != "no_verdict"]
-    adjusted = dict(zip(tested, holm([exact_p(comparisons[i]) for i in tested]), strict=True))
+    compared row records the method and the family size m (a family of one is its own test). ``hypotheses``
+    (one ``hypothesis`` a row): rows with the same one are one comparison, counted once in m and given its one
+    adjusted p; without it every row is its own."""
+    if hypotheses is not None and len(hypotheses) != len(comparisons):
+        raise UsageError(f"one hypothesis a comparison: got {len(hypotheses)} for {len(comparisons)} comparisons",
+                         field="hypotheses")
+    keys: Sequence[Hashable] = range(len(comparisons)) if hypotheses is None else hypotheses
+    first: dict[Hashable, int] = {}  # each distinct hypothesis that gets a verdict -> the row that states it first
+    for i, c in enumerate(comparisons):
+        if c.decision != "no_verdict":
+            first.setdefault(keys[i], i)
+    tested = list(first.values())
+    by_key = dict(zip(first, holm([exact_p(comparisons[i]) for i in tested]), strict=True))
     m = len(tested)
     out = []
     for i, c in enumerate(comparisons):
-        if i not in adjusted:
+        if c.decision == "no_verdict":
             out.append(c)
             continue
-        p = adjusted[i]
+        p = by_key[keys[i]]
         alpha = 1 - c.level
         update: dict[str, object] = {"adjustment": "holm", "family_size": m, "adjusted_p": p}
         if c.resolved and p >= alpha:
@@ -57,5 +83,8 @@ def adjust_family(comparisons: Sequence[PairedComparison]) -> list[PairedCompari
                                   f"{alpha:.2g}); unadjusted, {c.verdict}"}
         else:
             update["verdict"] = f"{c.verdict}; Holm-adjusted p = {p:.3g} (m = {m})"
+        if first[keys[i]] != i:
+            stated = comparisons[first[keys[i]]]
+            update["verdict"] = f"{update['verdict']}; the same comparison as {stated.a} vs {stated.b}, counted once"
         out.append(c.model_copy(update=update))
     return out

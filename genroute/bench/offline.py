@@ -282,15 +282,17 @@ PAIRS = (("learned (text + task) at best-single quality", "best single (train)")
 def _comparisons(held: OutcomeMatrix, choices: Mapping[str, NDArray[Any]], *, min_n: int, force: bool, seed: int
                  ) -> list[Comparison]:
     from genroute.bench.clusters import text_groups
-    from genroute.bench.multiplicity import adjust_family, exact_p
+    from genroute.bench.multiplicity import adjust_family, exact_p, hypothesis
     from genroute.bench.stats import compare_paired, paired_bootstrap_ci
 
     groups = text_groups([r.input for r in held.records])  # a repeated question is one input, not several
     pairs = [(a, b) for a, b in PAIRS if a in choices and b in choices]
-    # The report's comparisons are one family: its verdicts are corrected over all of them (Holm).
-    results = adjust_family([compare_paired(mr.picked_scores(held, choices[a]).tolist(),
-                                            mr.picked_scores(held, choices[b]).tolist(), a=a, b=b, min_n=min_n,
-                                            force=force, seed=seed, groups=groups) for a, b in pairs])
+    scores = {name: mr.picked_scores(held, choices[name]).tolist() for pair in pairs for name in pair}
+    # The report's comparisons are one family: its verdicts are corrected over all of them (Holm), two rows with
+    # the same two score vectors (two rules that chose one weight) counted once.
+    results = adjust_family([compare_paired(scores[a], scores[b], a=a, b=b, min_n=min_n, force=force, seed=seed,
+                                            groups=groups) for a, b in pairs],
+                            [hypothesis(scores[a], scores[b]) for a, b in pairs])
     out = []
     for (a, b), result in zip(pairs, results, strict=True):
         ca, cb = mr.picked_costs(held, choices[a]), mr.picked_costs(held, choices[b])

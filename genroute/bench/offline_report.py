@@ -49,7 +49,8 @@ class Comparison(BaseModel):
                                                             "test's), unadjusted.")
     adjusted_p: float | None = Field(default=None, description="That p adjusted over the report's comparisons.")
     adjustment: str | None = Field(default=None, description="The correction: holm (None: no verdict was given).")
-    family_size: int | None = Field(default=None, description="m: the comparisons the correction is over.")
+    family_size: int | None = Field(default=None, description="m: the distinct comparisons the correction is "
+                                                                    "over (a repeated one counts once).")
     decision: str | None = Field(default=None, description="win, no_difference or no_verdict (after the "
                                                            "correction).")
     verdict: str
@@ -135,7 +136,8 @@ def comparisons_table(report: OfflineReport) -> str:
     """Paired differences on the same records, their verdicts corrected over the table (Holm)."""
     m = next((c.family_size for c in report.comparisons if c.family_size is not None), 0)
     lines = [f"Paired quality differences with each comparison's own 95 % CI (unadjusted). The verdicts are "
-             f"corrected for the m = {m} comparisons below that get one: Holm's step-down correction of the exact "
+             f"corrected for the m = {m} comparisons below that get one (a comparison two rows repeat, the same two "
+             "routers' scores on the same records, counts once): Holm's step-down correction of the exact "
              "tests' p-values (McNemar's for 0/1 scores, else the sign-flip test), so the chance of any false win "
              "among them is at most 5 %; a win needs the CI to exclude 0 and the Holm-adjusted p below 0.05.", "",
              "| router | vs | n | quality difference [95 % CI, unadjusted] | Holm-adjusted p (m) | cost ratio | "

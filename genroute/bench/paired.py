@@ -7,7 +7,8 @@
 - ``comparison_markdown``: the paired-difference table.
 
 Each of the two lists is one family for Holm's correction (``genroute.bench.multiplicity``): its verdicts hold
-the chance of any false win among its comparisons at 5 %.
+the chance of any false win among its comparisons at 5 %; two rows that compare the same two score vectors on the
+same records ("best single" and that backend by its name) are one comparison, counted once.
 
 Given the records' inputs (``clusters.input_of``), records that share an input count as one input: n is the number
 of distinct inputs, and the minimums above count inputs (``genroute.bench.clusters``).
@@ -21,7 +22,7 @@ from itertools import combinations
 from typing import TYPE_CHECKING
 
 from genroute.bench.clusters import groups_for, sample_size
-from genroute.bench.multiplicity import adjust_family
+from genroute.bench.multiplicity import adjust_family, hypothesis
 from genroute.bench.report import markdown_row
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.bench.stats import PairedComparison, align, compare_paired
@@ -61,10 +62,8 @@ def backend_comparisons(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: i
     """Every pair of targets (backends and ``@policy``), in the order they first appear, on shared records
     (``inputs``: as ``compare_named``), their verdicts corrected over the family (Holm)."""
     scores = scores_by_target(outcomes)
-    names = list(scores)
-    return adjust_family([compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot,
-                                        inputs=inputs)
-                          for a, b in combinations(names, 2) if set(scores[a]) & set(scores[b])])
+    pairs = [(a, b) for a, b in combinations(scores, 2) if set(scores[a]) & set(scores[b])]
+    return _family(pairs, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot, inputs=inputs)
 
 
 def compiled_comparisons(report: CompileReport, *, min_n: int = MIN_VERDICT_N, force: bool = False,
@@ -75,9 +74,18 @@ def compiled_comparisons(report: CompileReport, *, min_n: int = MIN_VERDICT_N, f
     scores = {row.name: row.scores for row in report.rows if row.scores}
     compiled = [n for n in scores if n.startswith("compiled")]
     others = [n for n in scores if not n.startswith(("compiled", "oracle")) and n != POLICY_TARGET]
-    return adjust_family([compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot,
-                                        inputs=inputs)
-                          for a in compiled for b in others])
+    return _family([(a, b) for a in compiled for b in others], scores, min_n=min_n, force=force, seed=seed,
+                   n_boot=n_boot, inputs=inputs)
+
+
+def _family(pairs: Sequence[tuple[str, str]], scores: Mapping[str, Mapping[str, float]], *, min_n: int,
+            force: bool, seed: int, n_boot: int, inputs: Mapping[str, str] | None) -> list[PairedComparison]:
+    """``compare_named`` of each pair, corrected as one family (Holm), a comparison two rows state (the same two
+    score vectors on the same records: "best single" and that backend by its name) counted once."""
+    comparisons = [compare_named(a, b, scores, min_n=min_n, force=force, seed=seed, n_boot=n_boot, inputs=inputs)
+                   for a, b in pairs]
+    aligned = [align(scores[a], scores[b]) for a, b in pairs]
+    return adjust_family(comparisons, [hypothesis(xs, ys, ids) for ids, xs, ys in aligned])
 
 
 COLUMNS = ("A", "B", "n", "mean A", "mean B", "A − B [95 % CI, unadjusted]", "McNemar p", "sign-flip p",
@@ -116,7 +124,8 @@ def explain(min_n: int | None = None, *, level: float = 0.95, held_out: bool = T
             "scores, else the paired sign-flip permutation test. Otherwise no difference was detected at that n, "
             "and \"smallest detectable\" is the difference that n would detect with 80 % power. The verdicts are "
             "corrected for the number of rows: Holm's step-down correction over the m comparisons of this table that "
-            "get a verdict, on the exact tests' p-values, so the chance of any false win among them is at most "
+            "get a verdict (two rows that compare the same scores on the same records, such as best single and that "
+            "backend by its name, are one comparison), on the exact tests' p-values, so the chance of any false win among them is at most "
             f"{(1 - level) * 100:.2g} %. A win needs the Holm-adjusted p below {1 - level:.2g} too; the CI shown is "
             "each comparison's own (unadjusted), so a CI that excludes 0 can read \"not resolved after Holm\".")
     if min_n:

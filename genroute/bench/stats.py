@@ -295,7 +295,8 @@ class PairedComparison(Difference):
                                        "sign-flip test) has p < 1 - level (its Holm-adjusted p, in a family).")
     adjustment: Literal["holm"] | None = Field(default=None, description="The family-wise correction of the "
                                                                          "verdict (``genroute.bench.multiplicity``).")
-    family_size: int | None = Field(default=None, description="m: comparisons in the family corrected over.")
+    family_size: int | None = Field(default=None, description="m: distinct comparisons in the family "
+                                                                    "corrected over (a repeated one counts once).")
     adjusted_p: float | None = Field(default=None, description="The exact test's Holm-adjusted p in its family.")
     winner: str | None = Field(description="The better side when resolved and a verdict is given.")
     decision: Literal["win", "no_difference", "no_verdict"] = Field(
