@@ -26,9 +26,10 @@ from genroute.bench.report import Summary, markdown_table, summarize, write_repo
 from genroute.bench.runner import (
     POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_concurrency, check_targets, load_outcomes, target_names,
 )
+from genroute.bench.score_checks import check_min_n, check_seed
 from genroute.bench.scorers import check_golds, resolve_scorer
 from genroute.bench.setup_failures import Unscored, unscored_markdown, unscored_targets
-from genroute.bench.stats import PairedComparison, check_min_n, check_seed
+from genroute.bench.stats import PairedComparison
 from genroute.errors import UsageError
 from genroute.jsonl import output_dir
 from genroute.policies.cost_aware_compiled import drop_stale

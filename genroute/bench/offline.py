@@ -24,7 +24,7 @@ from genroute.bench import baselines as bl
 from genroute.bench import matrix_routers as mr
 from genroute.bench.offline_report import Comparison, CurveSummary, OfflineReport, write_outputs
 from genroute.bench.outcomes import CandidatePricing, OutcomeMatrix, load_matrix
-from genroute.bench.stats import check_min_n, check_seed
+from genroute.bench.score_checks import check_min_n, check_seed
 from genroute.errors import UsageError
 from genroute.jsonl import output_dir
 from genroute.policies.cost_weight import CostWeightRule, as_rule

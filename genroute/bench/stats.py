@@ -11,15 +11,14 @@ Every comparison is paired: ``a[i]`` and ``b[i]`` are the scores of the two back
   replacement, the pair kept together; seeded, numpy); given ``groups``, inputs resampled (``per_input``).
 - ``per_input``: the one place repeated inputs are folded for every paired comparison (quality and cost): each
   distinct input's mean values, so a bootstrap resamples inputs, not their copies (a cluster bootstrap).
-- ``mcnemar_exact``: McNemar's exact (binomial) two-sided test for 0/1 scores, from the discordant pairs.
+- ``mcnemar_exact`` and ``sign_flip_p`` (``genroute.bench.exact_tests``, imported here): McNemar's exact test for
+  0/1 scores and the paired sign-flip permutation test for any other scores.
 - ``min_detectable_difference``: the smallest true mean difference the comparison would detect with 80 %
   power at a two-sided 5 % level, by the normal approximation of the paired test:
   ``(z(1 - alpha/2) + z(power)) * sd(a - b) / sqrt(n)``, with ``sd`` the sample SD of the paired
   differences. It is floored at ``z² / (n + z²)``: the difference detectable when every disagreement goes
   one way (a true difference d of 0/1 scores has a variance of at least d(1 - d)), so backends that agreed on
   every record in the sample are not credited with a resolution the sample cannot have.
-- ``sign_flip_p``: the exact paired sign-flip permutation test of ``mean(a - b) = 0`` (every flip enumerated up to
-  16 non-zero differences, seeded Monte Carlo above; McNemar's test is this test on 0/1 scores).
 - ``compare_paired``: all of the above and a verdict that calls a win only when the CI excludes 0 and an exact
   test agrees at the same level. Its CI is Newcombe's paired score interval for 0/1 scores
   (``genroute.bench.intervals``; the bootstrap's is [0, 0] with no discordant pair, and held the truth 91 % of the
@@ -31,7 +30,7 @@ Every comparison is paired: ``a[i]`` and ``b[i]`` are the scores of the two back
   the above runs on each distinct input's mean scores and n counts inputs (``genroute.bench.clusters``).
 
 Scores must be finite (``UsageError`` naming ``scores``); ``level``, ``power``, ``n_boot``, ``seed`` and ``min_n``
-are checked too.
+are checked too (``genroute.bench.score_checks``, whose checks are imported here).
 """
 
 from __future__ import annotations
@@ -44,9 +43,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench.clusters import cluster_means
+from genroute.bench.exact_tests import McNemar as McNemar
+from genroute.bench.exact_tests import mcnemar_exact as mcnemar_exact
+from genroute.bench.exact_tests import sign_flip_p as sign_flip_p
 from genroute.bench.intervals import exact_binomial_ci, newcombe_paired_ci, newcombe_unpaired_ci
-from genroute.bounds import is_real, is_whole
-from genroute.errors import UsageError
+from genroute.bench.score_checks import check_level as check_level
+from genroute.bench.score_checks import check_min_n as check_min_n
+from genroute.bench.score_checks import check_n_boot as check_n_boot
+from genroute.bench.score_checks import check_seed as check_seed
+from genroute.bench.score_checks import finite_scores as finite_scores
+from genroute.bench.score_checks import is_binary as is_binary
+from genroute.bench.score_checks import paired_differences
 
 #: Most resampled values held at once by ``bootstrap_ci`` (8 MB of indices, 8 MB of scores).
 _BOOTSTRAP_CELLS = 1_000_000
@@ -122,54 +129,12 @@ def unpaired_bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int
     return _percentiles(_bootstrap_means(xs, n_boot, rng) - _bootstrap_means(ys, n_boot, rng), level)
 
 
-def check_level(level: float, field: str = "level") -> None:
-    """``UsageError`` naming ``field`` unless ``level`` is a number strictly between 0 and 1."""
-    if not is_real(level) or not 0 < level < 1:
-        raise UsageError(f"must be a number strictly between 0 and 1 (got {level!r})", field=field)
-
-
-def check_seed(seed: int) -> None:
-    """``UsageError`` naming ``seed`` unless it is an integer >= 0 (numpy's generators refuse a negative one; a
-    benchmark would otherwise fail at its report, after every model call was made)."""
-    if not is_whole(seed) or seed < 0:
-        raise UsageError(f"the seed must be an integer >= 0 (got {seed!r})", field="seed")
-
-
-def check_min_n(min_n: int, field: str = "min_n") -> None:
-    """``UsageError`` naming ``field`` unless ``min_n`` (records below which no verdict is given) is an integer
-    >= 0: a negative one would silently give verdicts at any n."""
-    if not is_whole(min_n) or min_n < 0:
-        raise UsageError(f"the minimum number of records for a verdict must be an integer >= 0 (got {min_n!r})",
-                         field=field)
-
-
-def check_n_boot(n_boot: int) -> None:
-    """``UsageError`` naming ``n_boot`` unless it is an integer >= 1."""
-    if not is_whole(n_boot) or n_boot < 1:
-        raise UsageError(f"the number of resamples must be an integer >= 1 (got {n_boot!r})", field="n_boot")
-
-
-def finite_scores(scores: Sequence[float], what: str) -> None:
-    """``UsageError`` naming ``scores`` if a score is NaN or infinite (one NaN turns every mean and CI into NaN)."""
-    bad = next((i for i, x in enumerate(scores) if not math.isfinite(float(x))), None)
-    if bad is not None:
-        raise UsageError(f"{what}[{bad}] is {float(scores[bad])}: scores must be finite numbers", field="scores")
-
-
-def _pairs(a: Sequence[float], b: Sequence[float]) -> list[float]:
-    if len(a) != len(b):
-        raise UsageError(f"paired scores need equal lengths (got {len(a)} and {len(b)})", field="b_scores")
-    finite_scores(a, "a_scores")
-    finite_scores(b, "b_scores")
-    return [float(x) - float(y) for x, y in zip(a, b, strict=True)]
-
-
 def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, level: float = 0.95,
                         seed: int = 0, groups: Sequence[Hashable] | None = None) -> tuple[float, float]:
     """Percentile bootstrap CI of ``mean(a - b)``, resampling records (pairs stay together), or given ``groups``
     inputs: each distinct input's mean difference, resampled as ``compare_paired`` does (``per_input``)."""
     a, b = per_input(a, b, groups)
-    return bootstrap_ci(_pairs(a, b), n_boot=n_boot, level=level, seed=seed)
+    return bootstrap_ci(paired_differences(a, b), n_boot=n_boot, level=level, seed=seed)
 
 
 def per_input(a: Sequence[float], b: Sequence[float], groups: Sequence[Hashable] | None
@@ -178,72 +143,12 @@ def per_input(a: Sequence[float], b: Sequence[float], groups: Sequence[Hashable]
     else each distinct input's mean (``clusters.cluster_means``; an input seen once keeps its values, so without
     repeats nothing changes). Copies of one input are not independent evidence: resampling records would count
     them as such, and the CI would be too narrow."""
-    _pairs(a, b)
+    paired_differences(a, b)
     return (a, b) if groups is None else cluster_means(a, b, groups)
-
-
-def is_binary(scores: Sequence[float]) -> bool:
-    """Whether every score is 0 or 1."""
-    return all(s in (0, 1) for s in scores)
-
-
-class McNemar(BaseModel):
-    """McNemar's exact test: records only A got right, only B got right, and the two-sided p-value."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    a_only: int
-    b_only: int
-    p_value: float
-
-
-def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> McNemar:
-    """Exact two-sided McNemar test for 0/1 scores: ``min(1, 2 * P(X <= min(a_only, b_only)))``, X ~ Bin(d, ½)."""
-    _pairs(a, b)
-    if not (is_binary(a) and is_binary(b)):
-        raise UsageError("McNemar's test needs 0/1 scores", field="scores")
-    a_only = sum(1 for x, y in zip(a, b, strict=True) if x == 1 and y == 0)
-    b_only = sum(1 for x, y in zip(a, b, strict=True) if x == 0 and y == 1)
-    d = a_only + b_only
-    tail = sum(math.comb(d, k) for k in range(min(a_only, b_only) + 1)) / 2 ** d
-    return McNemar(a_only=a_only, b_only=b_only, p_value=min(1.0, 2 * tail))
 
 
 #: How a verdict starts when the CI and the exact test called a win that Holm's correction did not let through.
 HOLM_DEMOTED = "not resolved after Holm's correction"
-#: Up to this many non-zero differences ``sign_flip_p`` enumerates every flip (2^16 sums); above, it draws them.
-EXACT_FLIPS = 16
-#: Random sign flips drawn above ``EXACT_FLIPS`` (seeded); p is then (1 + hits) / (1 + draws), never 0.
-N_FLIPS = 10_000
-
-
-def sign_flip_p(a: Sequence[float], b: Sequence[float], *, n_flips: int = N_FLIPS, seed: int = 0) -> float:
-    """Two-sided p of the paired sign-flip permutation test of ``mean(a - b) = 0``: the share of sign flips of
-    the differences whose sum is at least as far from 0 as the observed one (exact up to ``EXACT_FLIPS``
-    non-zero differences, seeded Monte Carlo above). With no true difference each difference is as likely
-    negative as positive, which is all the test assumes: it holds its level at any n (p = 1 at n = 1)."""
-    import numpy as np
-
-    diffs = np.asarray(_pairs(a, b), dtype=float)
-    diffs = diffs[diffs != 0]  # a zero flips to itself
-    m = len(diffs)
-    if m == 0:
-        return 1.0
-    observed = abs(float(diffs.sum()))
-    # Sums equal in exact arithmetic may differ in the last bits: count those as "at least as far".
-    threshold = observed - 1e-9 * float(np.abs(diffs).sum())
-    if m <= EXACT_FLIPS:
-        signs = ((np.arange(2 ** m)[:, None] >> np.arange(m)) & 1) * 2 - 1
-        return float(np.mean(np.abs(signs @ diffs) >= threshold))
-    rng = np.random.default_rng(seed)
-    rows = max(1, _BOOTSTRAP_CELLS // m)
-    hits = 0
-    for start in range(0, n_flips, rows):
-        signs = rng.integers(0, 2, size=(min(rows, n_flips - start), m), dtype=np.int8) * 2 - 1
-        hits += int(np.count_nonzero(np.abs(signs @ diffs) >= threshold))
-    return (1 + hits) / (1 + n_flips)
-
-
 def min_detectable_difference(a: Sequence[float], b: Sequence[float], *, power: float = 0.8,
                               level: float = 0.95) -> float:
     """Smallest mean difference detectable at ``power`` (two-sided, ``1 - level``), from the paired SD.
@@ -253,7 +158,7 @@ def min_detectable_difference(a: Sequence[float], b: Sequence[float], *, power: 
     """
     check_level(level)
     check_level(power, "power")
-    diffs = _pairs(a, b)
+    diffs = paired_differences(a, b)
     n = len(diffs)
     if n < 2:
         return math.inf
@@ -336,9 +241,9 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
     check_n_boot(n_boot)
     check_seed(seed)
     check_min_n(min_n)
-    n_records = len(_pairs(a_scores, b_scores))
+    n_records = len(paired_differences(a_scores, b_scores))
     a_scores, b_scores = per_input(a_scores, b_scores, groups)
-    diffs = _pairs(a_scores, b_scores)
+    diffs = paired_differences(a_scores, b_scores)
     n = len(diffs)
     size, unit = (f"{n}", "records") if n == n_records else (f"{n} distinct inputs ({n_records} records)",
                                                              "distinct inputs")
