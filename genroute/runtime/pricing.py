@@ -66,14 +66,41 @@ def _p(inp: float, out: float, cached: float | None, *tiers: tuple[int, float, f
     )
 
 
-#: Gemini Developer API list prices (text, standard tier) as published in 2025–2026.
+#: Gemini Developer API list prices (text, standard tier) as published in 2025–2026. The source of truth is
+#: ai.google.dev/gemini-api/docs/pricing, which is not in the reference corpus this table was checked against
+#: (2026-12-06): each group names the pages that quote it. Thinking tokens bill at the output price (the pricing
+#: page's "Output price (including thinking tokens)", quoted below). Audio input is dearer than text on some models
+#: (gemini-3-flash-preview: $1.00 against $0.50); genroute's usage does not split tokens by modality, so an audio
+#: prompt is priced here at the text rate.
 DEFAULT_PRICES: dict[str, ModelPrice] = {
+    # Input $2.00 / output $12.00 up to 200k prompt tokens, $4.00 / $18.00 above (aifreeapi.com/en/posts/
+    # gemini-3-api-pricing-quota, 2026-02-04, and .../gemini-api-pricing-2026, January 2026). Cached $0.20 / $0.40
+    # and storage $4.50/1M/hour: not in the corpus, kept. The model itself was shut down on 2026-03-09 in favour
+    # of gemini-3.1-pro-preview (the deprecations page as quoted by glbgpt.com); kept for configs that name it.
     "gemini-3-pro-preview": _p(2.00, 12.00, 0.20, (200_000, 4.00, 18.00, 0.40), storage=4.50),
+    # The pricing page as quoted by factquire.com/models/google/gemini-3-flash-preview.json (read 2026-07-04):
+    # "$0.50 (text / image / video) $1.00 (audio)", output "(including thinking tokens) $3.00", context caching
+    # "$0.05 (text / image / video)"; one price at every prompt size (evolink.ai lists the same above 200k).
+    # Storage $1.00/1M/hour: not in the corpus, kept.
     "gemini-3-flash-preview": _p(0.50, 3.00, 0.05, storage=1.00),
+    # Input $1.25 / output $10.00 up to 200k, $2.50 / $15.00 above (deploybase.ai/articles/gemini-api-pricing,
+    # 2026-01-08, "from Google's official pricing page (March 2026)"); cached $0.125 / $0.25 and storage $4.50
+    # (the pricing page as quoted in discuss.ai.google.dev/t/question-about-gemini-api-caching-pricing/107349).
+    # An older thread (.../92919) quotes the earlier cache price, $0.31 / $0.625: superseded, not used.
     "gemini-2.5-pro": _p(1.25, 10.00, 0.125, (200_000, 2.50, 15.00, 0.25), storage=4.50),
+    # Input $0.30 / output $2.50 (deploybase.ai, above; hivebook.wiki/wiki/gemini-2-5-google-s-multimodal-
+    # flagship-family: storage $1.00/1M/hour, thinking billed at the output rate). Cached $0.03: deploybase gives
+    # caching as a 90% discount; the figure itself is not in the corpus. One blog (May 2026, dev.to mirror) gives
+    # cache reads $0.075 and thinking $3.50 (the 2025 preview's prices): they disagree, kept as they were.
     "gemini-2.5-flash": _p(0.30, 2.50, 0.03, storage=1.00),
+    # Input $0.10 / output $0.40 (alltoken.ai/models/gemini-2.5-flash-lite, morphllm.com/gemini-api-pricing);
+    # storage $1.00/1M/hour (hivebook.wiki, above). Cached $0.01: not in the corpus, kept.
     "gemini-2.5-flash-lite": _p(0.10, 0.40, 0.01, storage=1.00),
+    # Input $0.10 / cached $0.025 / output $0.40 (modelpedia.dev/google/gemini-2.0-flash, updated 2026-03-22;
+    # morphllm.com, above, with its shutdown on 2026-06-01). Storage $1.00: not in the corpus, kept.
     "gemini-2.0-flash": _p(0.10, 0.40, 0.025, storage=1.00),
+    # Input $0.075 / output $0.30 (yingtu.ai/blog/gemini-flash-api-cheapest-cost); no context caching on this
+    # model (discuss.ai.google.dev/t/query-gemini-2-0-flash-lite-explicit-caching-costs-and-max-ttl-limit/83445).
     "gemini-2.0-flash-lite": _p(0.075, 0.30, None),
     # $0.15 per 1M input tokens, the same on Vertex AI (Gemini API pricing page, ai.google.dev/gemini-api/docs/pricing;
     # the general-availability post, developers.googleblog.com/en/gemini-embedding-available-gemini-api/).
