@@ -372,7 +372,11 @@ async def test_streaming_concatenates_to_the_full_text(engine: LocalEngine) -> N
     last = chunks[-1]
     assert last.candidates[0].finish_reason is not None
     assert last.usage_metadata.candidates_token_count == full.usage_metadata.candidates_token_count
-    assert all(c.usage_metadata is None for c in chunks[:-1])
+    # Every chunk carries the usage so far, as Gemini's do (was: none but the last, so a stream its reader abandoned
+    # was charged an estimate): the prompt's tokens, and the tokens generated, never fewer than before.
+    assert {c.usage_metadata.prompt_token_count for c in chunks} == {full.usage_metadata.prompt_token_count}
+    counts = [c.usage_metadata.candidates_token_count for c in chunks]
+    assert counts == sorted(counts) and 0 < counts[0] and counts[-2] <= counts[-1]
 
 
 @pytest.mark.local

@@ -16,7 +16,6 @@ import threading
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -25,12 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.bounds import PathText
 from genroute.engines.base import Engine
 from genroute.engines.gguf_header import check_context_size, check_lora_adapter
-from genroute.runtime.billing import bill, estimate_input
 from genroute.runtime.forks import forget_at_fork
 from genroute.engines.local_prompt import MAX_SEED, AutoCalls, Defaults, Prepared, PromptFormat, prepare, tokenize
 from genroute.engines.local_sampling import abort_switch, constrained_tokens, decode_tokens, json_schema_grammar
+from genroute.engines.local_usage import Outcome, Progress, delta, usage_metadata
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
-from genroute.types import Usage
 
 if TYPE_CHECKING:
     from google.genai import types
@@ -87,14 +85,6 @@ def default_model_path() -> Path:
         finally:
             tmp.unlink(missing_ok=True)
     return target
-
-
-@dataclass
-class _Outcome:
-    text: str
-    prompt_tokens: int
-    output_tokens: int
-    finish: str  # "STOP" | "MAX_TOKENS" | "CANCELLED" (stopped by ``cancel``: the engine closed, or nobody waits)
 
 
 #: In a forked child, the parent's model instances: kept from the collector (freeing them may block on their state).
@@ -217,31 +207,34 @@ class LocalEngine(Engine):
             self._grammars[key] = grammar
         return grammar
 
-    def _run(self, prep: Prepared, emit: Callable[[str], None] | None, cancel: threading.Event) -> _Outcome:
-        """Generate on a borrowed instance; ``emit`` receives text deltas that are final."""
+    def _run(self, prep: Prepared, emit: Callable[[str, int], None] | None, cancel: threading.Event,
+             progress: Progress) -> Outcome:
+        """Generate on a borrowed instance; ``emit`` receives text deltas that are final, each with the count of
+        tokens generated so far; ``progress`` learns the prompt's token count before the first."""
         self._running.add(cancel)
         if self._closed:  # aclose ran between submit and here: it will not see this event
             cancel.set()
         try:
             if cancel.is_set():  # nobody waits (a stream that timed out or was dropped in the queue): skip the prompt
-                return _Outcome(text="", prompt_tokens=0, output_tokens=0, finish="CANCELLED")
+                return Outcome(text="", prompt_tokens=0, output_tokens=0, finish="CANCELLED")
             llm = self._borrow()
             switch = self._aborts[id(llm)]
             switch[0] = cancel
             try:
-                return self._generate_on(llm, prep, emit, cancel)
+                return self._generate_on(llm, prep, emit, cancel, progress)
             finally:
                 switch[0] = None
                 self._idle.put(llm)
         finally:
             self._running.discard(cancel)
 
-    def _generate_on(self, llm: Any, prep: Prepared, emit: Callable[[str], None] | None,
-                     cancel: threading.Event) -> _Outcome:
+    def _generate_on(self, llm: Any, prep: Prepared, emit: Callable[[str, int], None] | None,
+                     cancel: threading.Event, progress: Progress) -> Outcome:
         s = prep.sampling
         grammar = self._grammar(prep) if prep.schema is not None else None
         prompt_tokens = tokenize(llm, prep.pieces)
         self.last_prompt_tokens = tuple(prompt_tokens)
+        progress.prompt_tokens = len(prompt_tokens)
         # llama.cpp rounds n_ctx up (to 256) but llama-cpp-python sizes its buffers by the request.
         n_ctx = min(llm.n_ctx(), self.config.n_ctx)
         room = n_ctx - len(prompt_tokens)
@@ -267,10 +260,10 @@ class LocalEngine(Engine):
             if not cancel.is_set():
                 raise
             llm.reset()  # llama.cpp dropped the cache entries of the aborted decode
-            return _Outcome(text="", prompt_tokens=len(prompt_tokens), output_tokens=0, finish="CANCELLED")
+            return Outcome(text="", prompt_tokens=len(prompt_tokens), output_tokens=0, finish="CANCELLED")
         finally:
             tokens.close()
-        return _Outcome(text=text, prompt_tokens=len(prompt_tokens), output_tokens=count, finish=finish)
+        return Outcome(text=text, prompt_tokens=len(prompt_tokens), output_tokens=count, finish=finish)
 
     # -- async surface ---------------------------------------------------------------------------
 
@@ -280,7 +273,7 @@ class LocalEngine(Engine):
         ctx = contextvars.copy_context()  # keeps the caller's span current inside the worker
         return asyncio.get_running_loop().run_in_executor(self._executor, ctx.run, fn, *args)
 
-    def _response(self, prep: Prepared, outcome: _Outcome, *, text: str | None = None) -> types.GenerateContentResponse:
+    def _response(self, prep: Prepared, outcome: Outcome, *, text: str | None = None) -> types.GenerateContentResponse:
         from google.genai import types
 
         finish = types.FinishReason(outcome.finish)
@@ -303,9 +296,7 @@ class LocalEngine(Engine):
         return types.GenerateContentResponse(
             candidates=[types.Candidate(content=types.Content(role="model", parts=parts), finish_reason=finish,
                                         finish_message=message, index=0)],
-            usage_metadata=types.GenerateContentResponseUsageMetadata(
-                prompt_token_count=outcome.prompt_tokens, candidates_token_count=outcome.output_tokens,
-                total_token_count=outcome.prompt_tokens + outcome.output_tokens),
+            usage_metadata=usage_metadata(outcome.prompt_tokens, outcome.output_tokens),
             model_version=self.model_version,
             response_id=uuid.uuid4().hex,
         )
@@ -315,13 +306,13 @@ class LocalEngine(Engine):
                        timeout_s: float | None = None) -> types.GenerateContentResponse:
         """Generate one complete response (``model`` is informational: the engine serves one model)."""
         prep = prepare(contents, config, self._defaults)
-        cancel = threading.Event()
-        job = self._submit(self._run, prep, None, cancel)
+        cancel, progress = threading.Event(), Progress()
+        job = self._submit(self._run, prep, None, cancel, progress)
         try:
             outcome = await asyncio.wait_for(job, timeout_s)
         except (TimeoutError, asyncio.CancelledError) as exc:
             self._raise_if_dropped(job)
-            bill(Usage(input_tokens=estimate_input(contents, config)))  # the prompt was (being) evaluated
+            progress.billed(contents, config)  # the prompt was (being) evaluated
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise BackendUnavailable(f"local generation exceeded {timeout_s}s", backend=self.name) from None
@@ -332,16 +323,16 @@ class LocalEngine(Engine):
     async def stream(self, model: str, contents: list[types.Content],
                      config: types.GenerateContentConfig | None = None, *,
                      timeout_s: float | None = None) -> AsyncGenerator[types.GenerateContentResponse, None]:
-        """Stream partial responses; the last one carries usage and the finish reason."""
-        from google.genai import types
-
+        """Stream partial responses, each with the usage so far (as Gemini's chunks carry it: a stream its reader
+        abandons, or its deadline cuts, is charged the tokens llama.cpp counted); the last one carries the finish
+        reason."""
         prep = prepare(contents, config, self._defaults)
         loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue[str] = asyncio.Queue()
-        cancel = threading.Event()
+        deltas: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        cancel, progress = threading.Event(), Progress()
         # Function calls arrive whole (as Gemini sends them), so their text is not streamed.
-        emit = None if prep.function_call else (lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
-        job = self._submit(self._run, prep, emit, cancel)
+        emit = None if prep.function_call else (lambda d, n: loop.call_soon_threadsafe(deltas.put_nowait, (d, n)))
+        job = self._submit(self._run, prep, emit, cancel, progress)
         deadline = None if timeout_s is None else loop.time() + timeout_s
         deltas_seen = 0
         try:
@@ -352,22 +343,20 @@ class LocalEngine(Engine):
                 if not done:
                     getter.cancel()
                     if deltas_seen == 0:  # nothing reached the caller, who charges what it received
-                        bill(Usage(input_tokens=estimate_input(contents, config)))
+                        progress.billed(contents, config)
                     raise BackendUnavailable(f"local generation exceeded {timeout_s}s", backend=self.name)
                 if getter in done:
                     deltas_seen += 1
-                    yield types.GenerateContentResponse(
-                        candidates=[types.Candidate(content=types.Content(role="model", parts=[types.Part(text=getter.result())]), index=0)],
-                        model_version=self.model_version)
+                    text, generated = getter.result()
+                    yield delta(text, progress, generated, self.model_version)
                     continue
                 getter.cancel()
                 self._raise_if_dropped(job)
                 outcome = self._finished(job.result())
                 # call_soon_threadsafe callbacks scheduled before the job finished have already run.
                 while not deltas.empty():
-                    yield types.GenerateContentResponse(
-                        candidates=[types.Candidate(content=types.Content(role="model", parts=[types.Part(text=deltas.get_nowait())]), index=0)],
-                        model_version=self.model_version)
+                    text, generated = deltas.get_nowait()
+                    yield delta(text, progress, generated, self.model_version)
                 yield self._response(prep, outcome, text=None if prep.function_call else "")
                 return
         finally:
@@ -380,7 +369,7 @@ class LocalEngine(Engine):
             raise BackendUnavailable(f"engine {self.name!r} was closed before the generation started",
                                      backend=self.name)
 
-    def _finished(self, outcome: _Outcome) -> _Outcome:
+    def _finished(self, outcome: Outcome) -> Outcome:
         """``outcome``, unless ``aclose`` stopped it half-way: then the caller gets a retryable error."""
         if outcome.finish == "CANCELLED":
             raise BackendUnavailable(f"engine {self.name!r} was closed during the generation", backend=self.name)

@@ -145,8 +145,9 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
 
 
 def decode_tokens(llm: Any, tokens: Iterator[int], max_tokens: int, stops: tuple[str, ...],
-                  emit: Callable[[str], None] | None, cancel: threading.Event) -> tuple[str, int, str]:
-    """Turn sampled tokens into text, ending at EOG, a stop sequence or ``max_tokens``."""
+                  emit: Callable[[str, int], None] | None, cancel: threading.Event) -> tuple[str, int, str]:
+    """Turn sampled tokens into text, ending at EOG, a stop sequence or ``max_tokens``; ``emit`` receives each
+    final text delta with the count of tokens generated so far (the delta's own and any held back)."""
     import llama_cpp
 
     vocab = llm._model.vocab  # noqa: SLF001 - the EOG check needs the vocab handle
@@ -175,11 +176,11 @@ def decode_tokens(llm: Any, tokens: Iterator[int], max_tokens: int, stops: tuple
             safe = len(text) - _held_back(text, stops)
             head = len(text) - len(text.lstrip()) if sent == 0 else sent
             if safe > head:
-                emit(text[head:safe])
+                emit(text[head:safe], count)
                 sent = safe
     # No final flush: bytes still pending are a character max_output_tokens cut off, not a U+FFFD to show.
     if emit is not None:
         rest = text.strip() if sent == 0 else text[sent:].rstrip()
         if rest:
-            emit(rest)
+            emit(rest, count)
     return text.strip(), count, finish
