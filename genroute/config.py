@@ -220,7 +220,7 @@ def refuse_env_references(raw: Mapping[str, Any]) -> None:
 
 
 #: What a config's dump writes in place of a URL's user and password (``without_credentials``).
-_MASKED_URL = re.compile(r"(?i)\b[a-z][a-z0-9+.\-]*://\*\*\*@")
+_MASKED_URL = re.compile(r"(?i)\b[a-z][a-z0-9+.\-]*://\*\*\*@|[?&]password=\*\*\*(?![^&#\s'\"])")
 
 
 def refuse_masked_secrets(raw: Mapping[str, Any]) -> None:

@@ -40,6 +40,9 @@ E = TypeVar("E", bound="GenrouteError")
 #: The user (and password) part of a URL: ``https://user:secret@host`` -> ``https://***@host``. The user may be
 #: empty (``redis://:secret@host``) and the password may hold a ``/``.
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)(?:[^/\s@'\":]+|[^/\s@'\":]*:[^\s@'\"]+)@")
+#: A URL's ``password`` query option: ``redis://host/0?password=secret`` -> ``...?password=***`` (redis-py reads it
+#: as the password, as it reads ``redis://:secret@host``).
+_URL_PASSWORD_OPTION = re.compile(r"(?i)([?&]password=)[^&#\s'\"]+")
 #: Text shaped like a credential wherever it stands: the one list every redaction (errors, captured outcomes) uses.
 _SECRETS = re.compile(
     r"AIza[0-9A-Za-z_\-]{20,}"                      # Google API keys
@@ -58,8 +61,11 @@ _SECRETS = re.compile(
 
 
 def without_credentials(text: str) -> str:
-    """``text`` with the user and password of every URL in it replaced by ``***`` (for reprs, dumps and errors)."""
-    return _URL_USERINFO.sub(r"\1***@", text) if "@" in text else text
+    """``text`` with the user and password of every URL in it (``user:secret@``, a ``password=`` query option)
+    replaced by ``***`` (for reprs, dumps and errors)."""
+    if "@" in text:
+        text = _URL_USERINFO.sub(r"\1***@", text)
+    return _URL_PASSWORD_OPTION.sub(r"\1***", text) if "password=" in text.lower() else text
 
 
 def without_secrets(text: str, mask: str = "***") -> str:

@@ -36,6 +36,8 @@ class RedisServer:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     data_dir: Path | None = None
+    #: More options for ``redis-server`` (``--requirepass``, ``--unixsocket``...).
+    options: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -54,7 +56,7 @@ class RedisServer:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persist,
-                 "--protected-mode", "no"], stdout=out, stderr=subprocess.STDOUT)
+                 "--protected-mode", "no", *self.options], stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not self.ping():
             if self.process.poll() is not None:
@@ -79,7 +81,7 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # a server with a password answers too
         except OSError:
             return False
 

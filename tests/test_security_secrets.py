@@ -329,6 +329,7 @@ def test_engine_errors_redact_tokens_and_private_keys():
     ({"engines": {"gemini": {"kind": "gemini", "api_key": TEST_KEY}}}, "engines.gemini.api_key"),
     ({"engines": {"gemini": {"kind": "gemini", "base_url": "https://u:PW-7@h/"}}}, "engines.gemini.base_url"),
     ({"state": {"kind": "redis", "url": "redis://:PW-7@127.0.0.1:6379/0"}}, "state.url"),
+    ({"state": {"kind": "redis", "url": "redis://127.0.0.1:6379/0?password=PW-7"}}, "state.url"),
 ])
 def test_a_dumped_config_loaded_again_names_the_secret_it_lost(dumped, field):
     # Its masks were accepted: "**********" was sent as the key (400 at the first request), and a Redis URL lost its
