@@ -8,7 +8,8 @@ When Redis cannot be reached (refused, reset, timed out), or answers with an err
 replica, no permission, a key of another type under the prefix), the store either answers from this process's
 memory (``on_error: open``; each such call is counted and the condition logged once per minute) or raises
 ``StateUnavailable`` (``on_error: closed``). A settle or a list append answered from memory because Redis could
-not be reached is also kept and replayed to Redis once it answers again, oldest first, by the first call that
+not be reached (and, with ``on_error: closed``, a settle refused so: its attempt was sent, its spend is owed) is
+also kept and replayed to Redis once it answers again, oldest first, by the first call that
 finds it back, so the shared spend and the shared lists (the outcome log) are complete after an outage. One Redis
 refused with an error reply is not kept (a replay would be refused again, or leave its marker set without its
 write and count as done); nor does an error reply stop the calls after it from trying Redis. What is kept is bounded
@@ -123,11 +124,13 @@ class RedisStateStore(StateStore):
 
     async def _run(self, op: str, remote: Callable[[Any, Any], Awaitable[T]],
                    local: Callable[[], Awaitable[T]], *, ordered: bool = False,
-                   keep: Callable[[], None] | None = None) -> T:
+                   keep: Callable[[], None] | None = None, owed: bool = False) -> T:
         """``remote`` against Redis; when Redis is unreachable or answers with an error, ``local`` (open) or
         ``StateUnavailable``. ``keep`` queues this call's writes for replay: only when Redis was not reached (an
         error reply refused them; replayed, it would be refused again, or half-applied behind its marker).
-        ``ordered``: after a replay another call is running (an append must land after the writes before it)."""
+        ``ordered``: after a replay another call is running (an append must land after the writes before it).
+        ``owed``: the writes record what already happened (a settle: the provider was sent the request), so they are
+        kept for replay with ``on_error: closed`` too (refusing them would lose that spend, not prevent it)."""
         import redis.exceptions
 
         cause: BaseException | None = None
@@ -155,6 +158,10 @@ class RedisStateStore(StateStore):
         else:
             failed = self._failed
         if self.config.on_error == "closed":
+            if owed and keep is not None:
+                keep()
+                raise StateUnavailable(f"state store at {redacted(self.config.url)} {failed} (state.on_error: "
+                                       "closed): this settle is kept and sent to it once it answers") from cause
             raise StateUnavailable(f"state store at {redacted(self.config.url)} {failed} (state.on_error: "
                                    "closed): nothing was sent") from cause
         self.degraded = True
@@ -268,7 +275,7 @@ class RedisStateStore(StateStore):
                 out[i] = answer
             return out
 
-        return await self._run(op_name(ops, "settle"), remote, local, keep=keep)
+        return await self._run(op_name(ops, "settle"), remote, local, keep=keep, owed=True)
 
     async def _replay(self, connection: _Connection, *, wait: bool = True) -> None:
         """Send the settles and appends made while Redis was unreachable (oldest first, a batch a script run), so its

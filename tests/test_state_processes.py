@@ -1,0 +1,128 @@
+"""Shared state with real processes and a real ``redis-server``: a replica killed with SIGKILL while it holds a
+reservation, Redis killed and restarted under traffic from three replicas, replicas configured with different
+limits for one ledger, and one rate limit across four replicas."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genroute import Router
+from genroute.testing import Fault, Reply
+
+from .conftest import budget_usage, gemini_config
+from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
+from .test_outcome_outage import persistent_redis, shared_log  # noqa: F401
+from .test_outcomes import FLASH, PRO, SHADOWED, cost
+
+ROOT = Path(__file__).resolve().parents[1]
+USAGE = (100, 5)
+#: Redis timeouts that only bound a hang: a killed server refuses at once; a slow reply must not be an outage.
+TIMEOUT_S = 20.0
+RETRY_S = 0.2
+
+
+def _worker(module: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _line(worker: subprocess.Popen[str]) -> str:
+    assert worker.stdout is not None
+    line = worker.stdout.readline().strip()
+    if not line:
+        _, err = worker.communicate(timeout=30)
+        pytest.fail(f"worker exited: {err[-3000:]}")
+    return line
+
+
+def _say(worker: subprocess.Popen[str], text: str = "go") -> None:
+    assert worker.stdin is not None
+    worker.stdin.write(text + "\n")
+    worker.stdin.flush()
+
+
+def _shadowed_budget(server: Any, tmp_path: Path, url: str, prefix: str, **state: Any) -> dict[str, Any]:
+    config = gemini_config(server)
+    config["backends"]["pro"] = {**config["backends"]["chat"], "model": "gemini-2.5-pro"}
+    config["policy"] = {"kind": "budget", "inner": SHADOWED, "per": "global", "budget_usd": 100.0,
+                        "costs": {"chat": 0.01, "pro": 0.01}, "window": "day"}
+    config["outcomes"] = {"path": str(tmp_path / f"outcomes-{len(list(tmp_path.iterdir()))}.db")}
+    config["state"] = {"kind": "redis", "url": url, "prefix": prefix, "retry_s": RETRY_S, "timeout_s": TIMEOUT_S,
+                       "connect_timeout_s": TIMEOUT_S, **state}
+    return config
+
+
+def test_redis_killed_and_restarted_under_three_replicas_loses_and_doubles_nothing(
+        gemini_server, tmp_path: Path, persistent_redis: RedisServer) -> None:  # noqa: F811
+    # Two replicas fail open, one closed. Redis is killed (SIGKILL) while 12 requests are in flight (admitted in
+    # Redis, to be settled while it is down), stays down for a phase, and restarts from its append-only file. Its
+    # spend must then be exactly what the provider was sent, nothing held, and the shared outcome log must hold
+    # each record once. (The closed replica's settles made while Redis was down were lost: its answered requests
+    # uncounted, their holds left until their TTL.)
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": "positive"},), usage=USAGE)
+    modes = ["open", "open", "closed"]
+    workers = [_worker("tests.router_phases_worker",
+                       json.dumps(_shadowed_budget(gemini_server, tmp_path, persistent_redis.url, "restart:",
+                                                   on_error=mode)), "5,4,3,5") for mode in modes]
+    try:
+        assert [_line(w) for w in workers] == ["ready"] * 3
+        for w in workers:
+            _say(w)
+        assert [_line(w) for w in workers] == ["done"] * 3
+        # The provider answers each served request of phase two 3 s late; Redis dies once all 12 are in flight.
+        before = len(gemini_server.requests)
+        gemini_server.fault(Fault.delay(3.0), times=12)
+        for w in workers:
+            _say(w)
+        deadline = time.monotonic() + 60
+        while len(gemini_server.requests) < before + 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        persistent_redis.stop(kill=True)
+        try:
+            assert [_line(w) for w in workers] == ["done"] * 3
+            for w in workers:  # phase three: Redis is down
+                _say(w)
+            assert [_line(w) for w in workers] == ["done"] * 3
+        finally:
+            persistent_redis.start()
+        time.sleep(RETRY_S + 0.1)
+        for w in workers:
+            _say(w)
+        results = []
+        for w in workers:
+            out, err = w.communicate(timeout=120)
+            assert w.returncode == 0, err[-3000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    open_one, open_two, closed = results
+    assert open_one["errors"] == open_two["errors"] == {} and closed["errors"] == {"StateUnavailable": 3}
+    assert [len(ids) for r in results for ids in r["ids"]] == [5, 4, 3, 5] * 2 + [5, 4, 0, 5]
+    assert open_one["fallbacks"] > 0 and open_two["fallbacks"] > 0
+    sent = Counter(r.model for r in gemini_server.requests if r.action == "generateContent")
+    assert sent["models/gemini-2.5-flash"] == 17 * 2 + 14  # nothing sent by the closed replica while Redis was down
+    config = _shadowed_budget(gemini_server, tmp_path, persistent_redis.url, "restart:")
+    with Router.from_config(config) as reader:
+        usage = budget_usage(reader)
+    spent = sent["models/gemini-2.5-flash"] * cost(FLASH, USAGE) + sent["models/gemini-2.5-pro"] * cost(PRO, USAGE)
+    assert usage == {"spent": pytest.approx(spent), "reserved": 0.0}
+    log, records = shared_log(persistent_redis, "restart:")
+    written = Counter(i for i, _ in log)
+    # Every record once (none lost, none replayed twice); the closed replica's records of phase two are written
+    # while Redis is down: refused, at most once.
+    assert {written[i] for r in results[:2] for ids in r["ids"] for i in ids} == {1}
+    assert {written[i] for ids in closed["ids"][::3] for i in ids} == {1}
+    assert {written[i] for i in closed["ids"][1]} <= {0, 1}
+    assert {r["metadata"]["id"] for r in records} == set(written)
