@@ -1,6 +1,6 @@
 """A separate process that sends requests through its own Router in phases the test paces (shared-state tests).
 
-    python -m tests.router_phases_worker CONFIG_JSON N1,N2,...
+    python -m tests.router_phases_worker CONFIG_JSON N1,N2,... [TIMEOUT_S]
         -> "ready"; on each line in: N concurrent requests (their shadows drained), then "done"; after the last
            phase one JSON line: {"ids": each phase's answered outcome ids, "errors": {type: n}, "fallbacks": n}
 """
@@ -15,7 +15,7 @@ from collections import Counter
 from genroute import Router
 
 
-async def main(config: dict, phases: list[int]) -> dict:
+async def main(config: dict, phases: list[int], timeout_s: float) -> dict:
     ids: list[list[str]] = []
     errors: Counter[str] = Counter()
     async with Router.from_config(config) as router:
@@ -23,7 +23,7 @@ async def main(config: dict, phases: list[int]) -> dict:
         print("ready", flush=True)
         for size in phases:
             await asyncio.to_thread(sys.stdin.readline)
-            outcomes = await asyncio.gather(*(router.agenerate(f"request {i}", timeout_s=60) for i in range(size)),
+            outcomes = await asyncio.gather(*(router.agenerate(f"request {i}", timeout_s=timeout_s) for i in range(size)),
                                             return_exceptions=True)
             await router.adrain()
             ids.append([o.outcome_id for o in outcomes if not isinstance(o, BaseException)])
@@ -33,5 +33,6 @@ async def main(config: dict, phases: list[int]) -> dict:
 
 
 if __name__ == "__main__":
-    result = asyncio.run(main(json.loads(sys.argv[1]), [int(n) for n in sys.argv[2].split(",")]))
+    timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 60.0
+    result = asyncio.run(main(json.loads(sys.argv[1]), [int(n) for n in sys.argv[2].split(",")], timeout))
     print(json.dumps(result), flush=True)

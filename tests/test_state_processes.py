@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from genroute import Router
+from genroute import BudgetExceeded, GenerateResult, Router
 from genroute.testing import Fault, Reply
 
 from .conftest import budget_usage, gemini_config
@@ -60,6 +60,42 @@ def _shadowed_budget(server: Any, tmp_path: Path, url: str, prefix: str, **state
     config["state"] = {"kind": "redis", "url": url, "prefix": prefix, "retry_s": RETRY_S, "timeout_s": TIMEOUT_S,
                        "connect_timeout_s": TIMEOUT_S, **state}
     return config
+
+
+def test_a_replica_killed_while_it_holds_frees_the_budget_after_its_deadline_and_its_spend_is_not_counted(
+        gemini_server, redis_server: RedisServer) -> None:  # noqa: F811
+    # What the README promises: a hold lapses 2 s after its request's deadline, so a process killed while holding
+    # one frees it; what its attempt cost the provider is not counted (the process that would settle it is gone).
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": "ok"},), usage=USAGE)
+    one = cost(FLASH, USAGE)
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": 1.5 * one, "costs": {"chat": one}, "window": "day"}  # room for one at a time
+    config["state"] = {"kind": "redis", "url": redis_server.url, "prefix": "killed:", "timeout_s": TIMEOUT_S,
+                       "connect_timeout_s": TIMEOUT_S}
+    gemini_server.fault(Fault.delay(10.0))  # the provider takes the request and is slow to answer
+    worker = _worker("tests.router_phases_worker", json.dumps(config), "1", "2")  # request deadline: 2 s
+    try:
+        assert _line(worker) == "ready"
+        _say(worker)
+        deadline = time.monotonic() + 60
+        while not gemini_server.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gemini_server.requests  # sent: admitted, its hold taken
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate(timeout=30)
+    with Router.from_config(config) as router:
+        assert budget_usage(router) == {"spent": 0.0, "reserved": pytest.approx(one)}
+        with pytest.raises(BudgetExceeded):  # the dead replica's hold still counts...
+            router.generate("while it holds")
+        deadline = time.monotonic() + 60
+        while budget_usage(router)["reserved"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert budget_usage(router) == {"spent": 0.0, "reserved": 0.0}  # ...until it lapses: nothing charged
+        assert isinstance(router.generate("after it lapsed"), GenerateResult)
+        assert budget_usage(router) == {"spent": pytest.approx(one), "reserved": 0.0}
+    assert len([r for r in gemini_server.requests if r.action == "generateContent"]) == 2
 
 
 def test_redis_killed_and_restarted_under_three_replicas_loses_and_doubles_nothing(
