@@ -162,3 +162,34 @@ def test_redis_killed_and_restarted_under_three_replicas_loses_and_doubles_nothi
     assert {written[i] for ids in closed["ids"][::3] for i in ids} == {1}
     assert {written[i] for i in closed["ids"][1]} <= {0, 1}
     assert {r["metadata"]["id"] for r in records} == set(written)
+
+
+def test_one_rate_limit_holds_across_four_replicas(gemini_server, redis_server: RedisServer) -> None:  # noqa: F811
+    # 20 requests per 1 s window, four replicas each sending 25 at once and waiting for room: every window's count in
+    # Redis stays within the limit, and the windows together count every request the provider was sent.
+    import redis
+
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": "ok"},), usage=USAGE)
+    config = gemini_config(gemini_server)
+    config["rate_limits"] = [{"engine": "gemini", "model": "gemini-2.5-flash", "rpm": 20, "window_s": 1}]
+    config["state"] = {"kind": "redis", "url": redis_server.url, "prefix": "rl:", "timeout_s": TIMEOUT_S,
+                       "connect_timeout_s": TIMEOUT_S}
+    workers = [_worker("tests.router_phases_worker", json.dumps(config), "25") for _ in range(4)]
+    try:
+        assert [_line(w) for w in workers] == ["ready"] * 4
+        for w in workers:
+            _say(w)
+        results = []
+        for w in workers:
+            out, err = w.communicate(timeout=180)
+            assert w.returncode == 0, err[-3000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    assert [(len(r["ids"][0]), r["errors"], r["fallbacks"]) for r in results] == [(25, {}, 0)] * 4
+    client = redis.Redis.from_url(redis_server.url)
+    windows = {key: int(client.hget(key, "spent") or 0) for key in client.scan_iter("rl:a:ratelimit:*:rpm")}
+    assert len(windows) >= 5 and max(windows.values()) == 20, windows  # 100 requests need five windows at least
+    assert sum(windows.values()) == 100 == len([r for r in gemini_server.requests if r.action == "generateContent"])
