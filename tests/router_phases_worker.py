@@ -2,7 +2,8 @@
 
     python -m tests.router_phases_worker CONFIG_JSON N1,N2,... [TIMEOUT_S]
         -> "ready"; on each line in: N concurrent requests (their shadows drained), then "done"; after the last
-           phase one JSON line: {"ids": each phase's answered outcome ids, "errors": {type: n}, "fallbacks": n}
+           phase one JSON line: {"ids": each phase's answered outcome ids, "errors": {type: n}, "fallbacks": n,
+           "limit_mismatches": n}
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ async def main(config: dict, phases: list[int], timeout_s: float) -> dict:
             ids.append([o.outcome_id for o in outcomes if not isinstance(o, BaseException)])
             errors.update(type(o).__name__ for o in outcomes if isinstance(o, BaseException))
             print("done", flush=True)
-    return {"ids": ids, "errors": dict(errors), "fallbacks": getattr(router.state, "fallbacks", 0)}
+    return {"ids": ids, "errors": dict(errors), "fallbacks": getattr(router.state, "fallbacks", 0),
+            "limit_mismatches": router.state.limit_mismatches}
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from genroute import BudgetExceeded, GenerateResult, Router
+from genroute.state.ops import Hold
 from genroute.testing import Fault, Reply
 
 from .conftest import budget_usage, gemini_config
@@ -164,6 +165,47 @@ def test_redis_killed_and_restarted_under_three_replicas_loses_and_doubles_nothi
     assert {r["metadata"]["id"] for r in records} == set(written)
 
 
+def test_replicas_with_different_budgets_for_one_ledger_each_keep_their_own_and_report_it(
+        gemini_server, redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    # A rollout that changes budget_usd: the old replica (3 answers' worth) and the new one (6) share the ledger's
+    # spend, each admits up to its own budget over it, and each reports the other's (it was silent).
+    import logging
+
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": "ok"},), usage=USAGE)
+    one = cost(FLASH, USAGE)
+
+    def config(budget: float) -> dict[str, Any]:
+        cfg = gemini_config(gemini_server)
+        cfg["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                         "budget_usd": budget, "costs": {"chat": one}, "window": "day"}
+        cfg["state"] = {"kind": "redis", "url": redis_server.url, "prefix": "rollout:", "timeout_s": TIMEOUT_S,
+                        "connect_timeout_s": TIMEOUT_S}
+        return cfg
+
+    old = _worker("tests.router_phases_worker", json.dumps(config(3 * one)), "5,2")
+    try:
+        assert _line(old) == "ready"
+        _say(old)
+        assert _line(old) == "done"  # three answered, the old budget full
+        with caplog.at_level(logging.WARNING, logger="genroute.state"), Router.from_config(config(6 * one)) as new:
+            answers = [new.generate(f"new {i}") for i in range(3)]  # room for three more under the new budget
+            with pytest.raises(BudgetExceeded):
+                new.generate("past the new budget")
+            assert new.state.limit_mismatches >= 1
+        _say(old)
+        out, err = old.communicate(timeout=120)
+        assert old.returncode == 0, err[-3000:]
+    finally:
+        if old.poll() is None:
+            old.kill()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert [len(ids) for ids in result["ids"]] == [3, 0] and result["errors"] == {"BudgetExceeded": 4}
+    assert result["limit_mismatches"] >= 1  # the old replica saw the new budget too
+    assert all(isinstance(a, GenerateResult) for a in answers)
+    (warning,) = [r.getMessage() for r in caplog.records if "limit" in r.getMessage()]
+    assert f"limit of {round(6 * one * 1e9)} here and of {round(3 * one * 1e9)} by another router" in warning
+
+
 def test_one_rate_limit_holds_across_four_replicas(gemini_server, redis_server: RedisServer) -> None:  # noqa: F811
     # 20 requests per 1 s window, four replicas each sending 25 at once and waiting for room: every window's count in
     # Redis stays within the limit, and the windows together count every request the provider was sent.
@@ -193,3 +235,25 @@ def test_one_rate_limit_holds_across_four_replicas(gemini_server, redis_server: 
     windows = {key: int(client.hget(key, "spent") or 0) for key in client.scan_iter("rl:a:ratelimit:*:rpm")}
     assert len(windows) >= 5 and max(windows.values()) == 20, windows  # 100 requests need five windows at least
     assert sum(windows.values()) == 100 == len([r for r in gemini_server.requests if r.action == "generateContent"])
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_hold_against_another_limit_than_the_last_one_is_reported(kind: str, request: pytest.FixtureRequest
+                                                                          ) -> None:
+    from genroute.state import RedisStateConfig, StateStore
+    from genroute.state.memory import MemoryStateStore
+    from genroute.state.redis_store import RedisStateStore
+
+    store: StateStore = MemoryStateStore()
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        store = RedisStateStore(RedisStateConfig(kind="redis", url=server.url, prefix="lim:", on_error="closed"))
+    await store.admit([Hold("acct", 4, 10, 60, 600)])
+    assert store.limit_mismatches == 0
+    results, _ = await store.admit([Hold("acct", 4, 20, 60, 600)])  # another router's limit: reported
+    assert results[0].passed and store.limit_mismatches == 1
+    _, refused = await store.admit([Hold("acct", 1, 10, 60, 600), Hold("other", 1, 1, 60, 600)])
+    assert refused is None and store.limit_mismatches == 2
+    results, _ = await store.admit([Hold("acct", 4, 10, 60, 600)])  # refused (9 held), the same limit: not
+    assert not results[0].passed and store.limit_mismatches == 2
+    await store.aclose()

@@ -30,6 +30,8 @@ Configured by the router's ``state`` section: ``{kind: memory}`` or ``{kind: red
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, NamedTuple
@@ -40,6 +42,10 @@ from genroute.bounds import NOT_BOOL
 from genroute.config_errors import config_error
 from genroute.errors import ConfigError, without_credentials
 from genroute.state.ops import Admitted, Claim, Close, Fail, Held, Hold, Open, Probe, Settle, Settlement
+
+_log = logging.getLogger("genroute.state")
+#: At most one "limits differ" warning per this many seconds.
+_MISMATCH_LOG_INTERVAL_S = 60.0
 
 
 class ListRead(NamedTuple):
@@ -75,6 +81,10 @@ class StateStore(ABC):
     #: Called with (list key, ``"replayed"`` or ``"dropped"``, how many) as appends made in fallback memory are
     #: replayed to the shared store or dropped instead (a metric).
     on_replay: Callable[[str, str, int], None] | None = None
+    #: Holds made against an account whose previous hold gave another limit (routers sharing the store configured
+    #: with different budgets or rate limits for it), counted and logged (at most once a minute).
+    limit_mismatches: int = 0
+    _mismatch_logged_at: float = -_MISMATCH_LOG_INTERVAL_S
 
     # -- the two calls of an admission ------------------------------------------------------------------
 
@@ -139,6 +149,18 @@ class StateStore(ABC):
     @abstractmethod
     async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
         """At most ``limit`` items of the list ``key`` from absolute position ``start`` on (see ``ListRead``)."""
+
+    def limit_mismatch(self, account: str, limit: int, other: int) -> None:
+        """Count and log (at most once a minute) a hold on ``account`` against ``limit`` where the previous one was
+        against ``other``: each router admits up to its own limit over the shared count, so the lowest stops first."""
+        self.limit_mismatches += 1
+        now = time.monotonic()
+        if now - self._mismatch_logged_at >= _MISMATCH_LOG_INTERVAL_S:
+            self._mismatch_logged_at = now
+            _log.warning("state account %r is held against a limit of %d here and of %d by another router sharing the "
+                         "state store (units: nano-USD for a budget, requests or tokens for a rate limit): their "
+                         "configs differ, and each admits up to its own limit over the shared count (%d such holds "
+                         "so far)", account, limit, other, self.limit_mismatches)
 
     def replays(self, key: str) -> ListReplay:
         """What became of the appends to ``key`` made in fallback memory (none without a shared store)."""

@@ -22,6 +22,8 @@ class _Account:
     #: hold id -> (amount, expires at)
     holds: dict[str, tuple[int, float]] = field(default_factory=dict)
     expires: float = float("inf")
+    #: The limit of the last hold (another one is a config mismatch between routers sharing the store).
+    limit: int | None = None
 
 
 @dataclass
@@ -96,6 +98,10 @@ class MemoryStateStore(StateStore):
 
     def _hold(self, claim: Hold, now: float) -> Held:
         acc = self._account(claim.account, now)
+        if acc.limit != claim.limit:
+            if acc.limit is not None:
+                self.limit_mismatch(claim.account, claim.limit, acc.limit)
+            acc.limit = claim.limit
         left = claim.limit - acc.spent - acc.held
         if claim.amount > left:
             return Held(None, left)

@@ -3,7 +3,8 @@
 A call is a list of operations run in one script run (atomic on the server, one round trip). Each operation
 is an opcode in ARGV followed by its arguments, and takes a fixed number of keys from KEYS in order::
 
-    h  hold    KEYS account, holds            ARGV amount, limit, ttl_ms, keep_ms, id   -> {passed, left}
+    h  hold    KEYS account, holds            ARGV amount, limit, ttl_ms, keep_ms, id   -> {passed, left,
+                                                                   the limit the last hold gave if not this one, else -1}
     p  probe   KEYS breaker, probe            ARGV ttl_ms                  -> {1, 0} closed, {1, 1} probing,
                                                                               {0, ms} open, {0, 0} probe taken
     s  settle  KEYS account, holds, charged, settled-marker   ARGV id, amount, keep_ms          -> {applied}
@@ -29,7 +30,7 @@ its trimmed count ``t`` (position = trimmed count + index, so readers' offsets s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from genroute.state import ListRead
@@ -64,10 +65,16 @@ end
 local function hold(k, a)
   local acct, holds = KEYS[k], KEYS[k + 1]
   purge(acct, holds)
-  local v = redis.call('HMGET', acct, 'spent', 'held')
+  local v = redis.call('HMGET', acct, 'spent', 'held', 'lim')
+  local other = -1
+  if v[3] ~= ARGV[a + 1] then  -- the last hold's limit: another router holding against another one is reported
+    if v[3] then other = tonumber(v[3]) end
+    redis.call('HSET', acct, 'lim', ARGV[a + 1])
+    redis.call('PEXPIRE', acct, ARGV[a + 3])
+  end
   local left = tonumber(ARGV[a + 1]) - tonumber(v[1] or '0') - tonumber(v[2] or '0')
   local amount = tonumber(ARGV[a])
-  if amount > left then return {0, left} end
+  if amount > left then return {0, left, other} end
   if amount > 0 then
     redis.call('HINCRBY', acct, 'held', ARGV[a])
     redis.call('HSET', acct, 'h:' .. ARGV[a + 4], ARGV[a])
@@ -75,7 +82,7 @@ local function hold(k, a)
     redis.call('PEXPIRE', holds, ARGV[a + 3])
   end
   redis.call('PEXPIRE', acct, ARGV[a + 3])
-  return {1, left - amount}
+  return {1, left - amount, other}
 end
 
 local function probe(k, a)
@@ -305,13 +312,18 @@ def encode(mode: str, ops: Sequence[Any], prefix: str, ids: Sequence[str | None]
     return keys, args
 
 
-def decode(ops: Sequence[Any], reply: list[Any], ids: Sequence[str | None]) -> tuple[list[Any], int | None]:
-    """The answers to ``ops`` (see ``genroute.state.ops``) and the refused index (None: none refused)."""
+def decode(ops: Sequence[Any], reply: list[Any], ids: Sequence[str | None],
+           other_limit: Callable[[str, int, int], None] | None = None) -> tuple[list[Any], int | None]:
+    """The answers to ``ops`` (see ``genroute.state.ops``) and the refused index (None: none refused).
+    ``other_limit(account, limit, the previous hold's limit)`` is called for a hold whose account was last held against
+    another limit."""
     refused = int(reply[0]) - 1
     answers: list[Any] = []
     for op, op_id, r in zip(ops, ids, reply[1:], strict=False):
         if isinstance(op, Hold):
             answers.append(Held(op_id if r[0] else None, int(r[1])))
+            if r[2] >= 0 and other_limit is not None:
+                other_limit(op.account, op.limit, int(r[2]))
         elif isinstance(op, Probe):
             answers.append(Checked(True, r[1] == 1) if r[0] else Checked(False, False, int(r[1]) / 1000))
         elif isinstance(op, Settle):

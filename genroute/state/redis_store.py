@@ -84,6 +84,7 @@ class RedisStateStore(StateStore):
         self.config = config
         self.prefix = config.prefix
         self.fallback = MemoryStateStore()
+        self.fallback.limit_mismatch = self.limit_mismatch  # type: ignore[method-assign]  # counted here
         #: Calls answered by ``fallback`` because Redis was unreachable.
         self.fallbacks = 0
         self._down_until = 0.0
@@ -202,16 +203,20 @@ class RedisStateStore(StateStore):
             return [Held(_FALLBACK_ID + r.hold_id, r.left) if isinstance(r, Held) and r.hold_id is not None else r
                     for r in results], refused
 
-        admitting = asyncio.ensure_future(self._run(op_name(claims, "admit"),
-                                                    lambda script, _: self._call(script, "admit", claims, ids), local))
+        async def remote(script: Any, _: Any) -> Admitted:
+            keys, args = encode("admit", claims, self.prefix, ids)
+            return decode(claims, await script(keys=keys, args=args), ids, self.limit_mismatch)
+
+        admitting = asyncio.ensure_future(self._run(op_name(claims, "admit"), remote, local))
         try:
-            return await asyncio.shield(admitting)
+            admitted = await asyncio.shield(admitting)
         except asyncio.CancelledError:
             # The caller went away while Redis was asked: what the script took (it may have run, or run later) is given
             # back once it answers, since no attempt will settle it (a hold would lapse only with its TTL).
             self._in_background(admitting)
             admitting.add_done_callback(lambda done: self._give_back(claims, done))
             raise
+        return admitted
 
     def _give_back(self, claims: Sequence[Claim], admitting: asyncio.Future[Admitted]) -> None:
         if admitting.cancelled() or admitting.exception() is not None:
