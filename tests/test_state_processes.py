@@ -257,3 +257,29 @@ async def test_a_hold_against_another_limit_than_the_last_one_is_reported(kind: 
     results, _ = await store.admit([Hold("acct", 4, 10, 60, 600)])  # refused (9 held), the same limit: not
     assert not results[0].passed and store.limit_mismatches == 2
     await store.aclose()
+
+
+async def test_a_store_closed_soon_after_an_outage_still_sends_what_it_owes(redis_server: RedisServer  # noqa: F811
+                                                                          ) -> None:
+    # A replica shut down within retry_s of its last failed call (Redis back meanwhile) dropped the settles and
+    # outcome writes it kept from the outage, without a word.
+    from genroute.state import RedisStateConfig
+    from genroute.state.redis_store import RedisStateStore
+
+    def store() -> RedisStateStore:
+        return RedisStateStore(RedisStateConfig(kind="redis", url=redis_server.url, prefix="close:", retry_s=3600,
+                                                timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S))
+
+    leaving = store()
+    hold_id, _ = await leaving.hold("acct", 5, 100, ttl_s=600, keep_s=600)
+    redis_server.stop()
+    try:
+        await leaving.settle("acct", hold_id, 3, keep_s=600)
+        await leaving.append("log", b"during")
+    finally:
+        redis_server.start()  # emptied (no persistence): only the replay can bring them back
+    await leaving.aclose()
+    reader = store()
+    assert await reader.usage("acct") == (3, 0)
+    assert (await reader.items("log")).items == [b"during"]
+    await reader.aclose()

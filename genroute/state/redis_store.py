@@ -22,7 +22,8 @@ in memory, and Redis holds whose settle was lost lapse with their TTL. A hold ta
 settled there. A call its caller gives up on (a cancelled request) goes on: a settle is still made, and what an
 admission took is given back once Redis answers.
 
-For ``retry_s`` after Redis could not be reached it does not try Redis again, so a dead server costs one timeout per ``retry_s``,
+For ``retry_s`` after Redis could not be reached it does not try Redis again (but ``aclose`` tries once, to send what
+is kept), so a dead server costs one timeout per ``retry_s``,
 not one per request; after that the next call reconnects (redis-py's pool opens a new connection), so a restarted
 server is used again without a router restart.
 """
@@ -282,7 +283,7 @@ class RedisStateStore(StateStore):
 
         return await self._run(op_name(ops, "settle"), remote, local, keep=keep, owed=True)
 
-    async def _replay(self, connection: _Connection, *, wait: bool = True) -> None:
+    async def _replay(self, connection: _Connection, *, wait: bool = True, closing: bool = False) -> None:
         """Send the settles and appends made while Redis was unreachable (oldest first, a batch a script run), so its
         spend and its lists are complete again. A call that finds a replay running waits for it if ``wait`` (an
         append: so that it lands after the writes made before it); others go on meanwhile."""
@@ -293,7 +294,7 @@ class RedisStateStore(StateStore):
         import redis.exceptions
 
         async with connection.replaying:
-            if time.monotonic() < self._down_until:  # the replay this call waited for failed: Redis is down again
+            if time.monotonic() < self._down_until and not closing:  # the replay this call waited for failed
                 raise redis.exceptions.ConnectionError("the replay after an outage failed in another call")
             while batch := self._unsent.take(REPLAY_BATCH):
                 try:
@@ -359,12 +360,12 @@ class RedisStateStore(StateStore):
             return
         if mine := {work for work in self._background if work.get_loop() is loop}:
             await asyncio.wait(mine, timeout=self.config.timeout_s)  # settles their callers gave up on
-        found = self._clients.get(loop)
-        if found is not None and self._unsent and time.monotonic() >= self._down_until:
+        if self._unsent:
             import redis.exceptions
 
-            try:  # the last writes of an outage go to Redis before the process lets go of it
-                await self._replay(found)
+            try:  # the last writes of an outage go to Redis before the process lets go of it (once more, also within
+                # retry_s of the last failure: they are lost otherwise)
+                await self._replay(self._client(), closing=True)
             except (redis.exceptions.RedisError, OSError) as exc:
                 _log.warning("%d write(s) made during a state store outage were not sent: %s",
                              self._unsent.waiting(), type(exc).__name__)
