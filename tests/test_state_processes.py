@@ -4,6 +4,7 @@ limits for one ledger, and one rate limit across four replicas."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,30 @@ def _say(worker: subprocess.Popen[str], text: str = "go") -> None:
     worker.stdin.flush()
 
 
+def _finish(workers: list[subprocess.Popen[str]], timeout: float = 120) -> list[dict[str, Any]]:
+    """Start each worker's last phase; what each printed last (each must exit 0)."""
+    for w in workers:
+        _say(w)
+    results = []
+    for w in workers:
+        out, err = w.communicate(timeout=timeout)
+        assert w.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+@contextlib.contextmanager
+def _running(workers: list[subprocess.Popen[str]]) -> Iterator[list[subprocess.Popen[str]]]:
+    """``workers``, killed on the way out if still running (a failed test leaves none behind)."""
+    try:
+        yield workers
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.communicate()
+
+
 def _shadowed_budget(server: Any, tmp_path: Path, url: str, prefix: str, **state: Any) -> dict[str, Any]:
     config = gemini_config(server)
     config["backends"]["pro"] = {**config["backends"]["chat"], "model": "gemini-2.5-pro"}
@@ -74,16 +100,15 @@ def test_a_replica_killed_while_it_holds_frees_the_budget_after_its_deadline_and
                         "budget_usd": 1.5 * one, "costs": {"chat": one}, "window": "day"}  # room for one at a time
     config["state"] = {"kind": "redis", "url": redis_server.url, "prefix": "killed:", "timeout_s": TIMEOUT_S,
                        "connect_timeout_s": TIMEOUT_S}
-    gemini_server.fault(Fault.delay(10.0))  # the provider takes the request and is slow to answer
-    worker = _worker("tests.router_phases_worker", json.dumps(config), "1", "2")  # request deadline: 2 s
-    try:
+    gemini_server.fault(Fault.delay(30.0))  # the provider takes the request and is slow to answer
+    # Request deadline 10 s: its hold lives 12 s, time enough to see it held on a loaded machine.
+    with _running([_worker("tests.router_phases_worker", json.dumps(config), "1", "10")]) as (worker,):
         assert _line(worker) == "ready"
         _say(worker)
         deadline = time.monotonic() + 60
         while not gemini_server.requests and time.monotonic() < deadline:
             time.sleep(0.01)
         assert gemini_server.requests  # sent: admitted, its hold taken
-    finally:
         worker.send_signal(signal.SIGKILL)
         worker.communicate(timeout=30)
     with Router.from_config(config) as router:
@@ -108,10 +133,9 @@ def test_redis_killed_and_restarted_under_three_replicas_loses_and_doubles_nothi
     # uncounted, their holds left until their TTL.)
     gemini_server.default_reply = lambda req: Reply(parts=({"text": "positive"},), usage=USAGE)
     modes = ["open", "open", "closed"]
-    workers = [_worker("tests.router_phases_worker",
-                       json.dumps(_shadowed_budget(gemini_server, tmp_path, persistent_redis.url, "restart:",
-                                                   on_error=mode)), "5,4,3,5") for mode in modes]
-    try:
+    with _running([_worker("tests.router_phases_worker",
+                           json.dumps(_shadowed_budget(gemini_server, tmp_path, persistent_redis.url, "restart:",
+                                                       on_error=mode)), "5,4,3,5") for mode in modes]) as workers:
         assert [_line(w) for w in workers] == ["ready"] * 3
         for w in workers:
             _say(w)
@@ -133,17 +157,7 @@ def test_redis_killed_and_restarted_under_three_replicas_loses_and_doubles_nothi
         finally:
             persistent_redis.start()
         time.sleep(RETRY_S + 0.1)
-        for w in workers:
-            _say(w)
-        results = []
-        for w in workers:
-            out, err = w.communicate(timeout=120)
-            assert w.returncode == 0, err[-3000:]
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
+        results = _finish(workers)
     open_one, open_two, closed = results
     assert open_one["errors"] == open_two["errors"] == {} and closed["errors"] == {"StateUnavailable": 3}
     assert [len(ids) for r in results for ids in r["ids"]] == [5, 4, 3, 5] * 2 + [5, 4, 0, 5]
@@ -182,8 +196,7 @@ def test_replicas_with_different_budgets_for_one_ledger_each_keep_their_own_and_
                         "connect_timeout_s": TIMEOUT_S}
         return cfg
 
-    old = _worker("tests.router_phases_worker", json.dumps(config(3 * one)), "5,2")
-    try:
+    with _running([_worker("tests.router_phases_worker", json.dumps(config(3 * one)), "5,2")]) as (old,):
         assert _line(old) == "ready"
         _say(old)
         assert _line(old) == "done"  # three answered, the old budget full
@@ -192,13 +205,7 @@ def test_replicas_with_different_budgets_for_one_ledger_each_keep_their_own_and_
             with pytest.raises(BudgetExceeded):
                 new.generate("past the new budget")
             assert new.state.limit_mismatches >= 1
-        _say(old)
-        out, err = old.communicate(timeout=120)
-        assert old.returncode == 0, err[-3000:]
-    finally:
-        if old.poll() is None:
-            old.kill()
-    result = json.loads(out.strip().splitlines()[-1])
+        (result,) = _finish([old])
     assert [len(ids) for ids in result["ids"]] == [3, 0] and result["errors"] == {"BudgetExceeded": 4}
     assert result["limit_mismatches"] >= 1  # the old replica saw the new budget too
     assert all(isinstance(a, GenerateResult) for a in answers)
@@ -216,20 +223,9 @@ def test_one_rate_limit_holds_across_four_replicas(gemini_server, redis_server: 
     config["rate_limits"] = [{"engine": "gemini", "model": "gemini-2.5-flash", "rpm": 20, "window_s": 1}]
     config["state"] = {"kind": "redis", "url": redis_server.url, "prefix": "rl:", "timeout_s": TIMEOUT_S,
                        "connect_timeout_s": TIMEOUT_S}
-    workers = [_worker("tests.router_phases_worker", json.dumps(config), "25") for _ in range(4)]
-    try:
+    with _running([_worker("tests.router_phases_worker", json.dumps(config), "25") for _ in range(4)]) as workers:
         assert [_line(w) for w in workers] == ["ready"] * 4
-        for w in workers:
-            _say(w)
-        results = []
-        for w in workers:
-            out, err = w.communicate(timeout=180)
-            assert w.returncode == 0, err[-3000:]
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
+        results = _finish(workers, timeout=180)
     assert [(len(r["ids"][0]), r["errors"], r["fallbacks"]) for r in results] == [(25, {}, 0)] * 4
     client = redis.Redis.from_url(redis_server.url)
     windows = {key: int(client.hget(key, "spent") or 0) for key in client.scan_iter("rl:a:ratelimit:*:rpm")}
