@@ -379,6 +379,12 @@ def _failure(exc: BaseException) -> str:
     """How the store failed, for an error or a log line: unreachable, or the error reply (its first line)."""
     import redis.exceptions
 
+    from genroute.errors import without_credentials
+
+    detail = without_credentials(str(exc).split("\n", 1)[0][:200])
     if isinstance(exc, redis.exceptions.ResponseError):
-        return f"answered with an error ({type(exc).__name__}: {str(exc).split(chr(10), 1)[0][:200]})"
-    return "is unreachable"
+        return f"answered with an error ({type(exc).__name__}: {detail})"
+    if isinstance(exc, redis.exceptions.AuthenticationError):  # a wrong or missing password: not a network fault
+        return f"refused this router's credentials ({type(exc).__name__}: {detail})"
+    # Why (refused, timed out, a certificate not trusted...): never the password (redis-py's messages name the host).
+    return f"is unreachable ({type(exc).__name__}: {detail})" if detail else "is unreachable"
