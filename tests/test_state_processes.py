@@ -279,3 +279,24 @@ async def test_a_store_closed_soon_after_an_outage_still_sends_what_it_owes(redi
     assert await reader.usage("acct") == (3, 0)
     assert (await reader.items("log")).items == [b"during"]
     await reader.aclose()
+
+
+async def test_a_settle_s_marker_lives_an_hour_not_as_long_as_its_budget(redis_server: RedisServer  # noqa: F811
+                                                                         ) -> None:
+    # Every settle leaves a marker key (so a replay counts once); it lived as long as the account, a month for a
+    # monthly budget: one key per request, for a month.
+    import redis
+
+    from genroute.state import RedisStateConfig
+    from genroute.state.redis_store import RedisStateStore
+
+    store = RedisStateStore(RedisStateConfig(kind="redis", url=redis_server.url, prefix="mark:"))
+    for _ in range(3):
+        hold_id, _ = await store.hold("month", 1, 100, ttl_s=60, keep_s=31 * 86400)
+        await store.settle("month", hold_id, 1, keep_s=31 * 86400)
+    assert await store.usage("month") == (3, 0)
+    await store.aclose()
+    client = redis.Redis.from_url(redis_server.url)
+    markers = list(client.scan_iter("mark:s:*"))
+    assert len(markers) == 3 and all(0 < client.pttl(m) <= 3_600_000 for m in markers)  # an hour
+    assert client.pttl("mark:a:month") > 30 * 86400 * 1000  # the account itself lives its window out

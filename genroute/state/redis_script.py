@@ -7,7 +7,7 @@ is an opcode in ARGV followed by its arguments, and takes a fixed number of keys
                                                                    the limit the last hold gave if not this one, else -1}
     p  probe   KEYS breaker, probe            ARGV ttl_ms                  -> {1, 0} closed, {1, 1} probing,
                                                                               {0, ms} open, {0, 0} probe taken
-    s  settle  KEYS account, holds, charged, settled-marker   ARGV id, amount, keep_ms          -> {applied}
+    s  settle  KEYS account, holds, charged, settled-marker   ARGV id, amount, keep_ms, marker_ms  -> {applied}
     f  fail    KEYS breaker, probe            ARGV threshold, window_ms, open_ms                -> {opened}
     o  open    KEYS breaker, probe            ARGV open_ms                                      -> {opened}
     c  close   KEYS breaker, probe                                                              -> {was open}
@@ -21,7 +21,8 @@ is an opcode in ARGV followed by its arguments, and takes a fixed number of keys
 ARGV[1] is the mode: ``admit`` stops at the first hold or probe that does not pass and undoes what the call
 took before it (all or none); ``apply`` runs every operation. The reply is ``{refused index or 0, answers...}``.
 Times come from the server's clock (``TIME``), so lapses do not depend on the processes' clocks. A settle's
-marker key makes it idempotent: one replayed after a timeout (that Redis may have applied) counts once; a push
+marker key (kept ``SETTLED_MARKER_S``, an hour) makes it idempotent: one replayed after a timeout (that Redis may
+have applied) within that hour counts once; a push
 replayed after an outage carries such a marker too (``L``), so an interrupted replay sent again appends it once.
 A list item is stored as ``<server ms>|<value>`` so that a push can drop items by age; the list's meta hash keeps
 its trimmed count ``t`` (position = trimmed count + index, so readers' offsets survive a trim) and its epoch ``e``
@@ -99,7 +100,7 @@ local function undo(op, k, a, r)
 end
 
 local function settle(k, a)
-  if not redis.call('SET', KEYS[k + 3], '1', 'NX', 'PX', ARGV[a + 2]) then return {0} end
+  if not redis.call('SET', KEYS[k + 3], '1', 'NX', 'PX', ARGV[a + 3]) then return {0} end
   if ARGV[a] ~= '' then drop(KEYS[k], KEYS[k + 1], ARGV[a]) end
   if ARGV[a + 1] ~= '0' then redis.call('HINCRBY', KEYS[k + 2], 'spent', ARGV[a + 1]) end
   redis.call('PEXPIRE', KEYS[k + 2], ARGV[a + 2])
@@ -197,7 +198,7 @@ local function range(k, a)
 end
 
 -- opcode -> {keys taken, arguments taken, function}
-local OPS = {h = {2, 5, hold}, p = {2, 1, probe}, s = {4, 3, settle}, f = {2, 3, fail}, o = {2, 1, open},
+local OPS = {h = {2, 5, hold}, p = {2, 1, probe}, s = {4, 4, settle}, f = {2, 3, fail}, o = {2, 1, open},
              c = {2, 0, close}, x = {2, 0, release}, u = {2, 0, usage}, b = {1, 0, breaker_until}, l = {2, 3, push},
              r = {2, 2, range}, L = {3, 4, push_once}}
 local admit = ARGV[1] == 'admit'
@@ -261,6 +262,9 @@ class Range(NamedTuple):
 
 #: How long Redis remembers a replayed push's id: a replay sent again within this time appends nothing twice.
 PUSHED_MARKER_S = 86_400.0
+#: How long Redis remembers a settle's id (every settle sets one): a replay of it within this time counts nothing
+#: twice. Not the account's life (a month for a monthly budget): that kept a key per request for as long.
+SETTLED_MARKER_S = 3_600.0
 
 
 def _ms(seconds: float) -> int:
@@ -278,7 +282,7 @@ def encode(mode: str, ops: Sequence[Any], prefix: str, ids: Sequence[str | None]
         elif isinstance(op, Settle):
             keys += (f"{prefix}a:{op.account}", f"{prefix}h:{op.account}", f"{prefix}a:{op.charge or op.account}",
                      f"{prefix}s:{op_id}")
-            args += ("s", op.hold_id or "", op.amount, _ms(max(op.keep_s, 3600.0)))
+            args += ("s", op.hold_id or "", op.amount, _ms(max(op.keep_s, 3600.0)), _ms(SETTLED_MARKER_S))
         elif isinstance(op, Usage):
             keys += (f"{prefix}a:{op.account}", f"{prefix}h:{op.account}")
             args.append("u")
