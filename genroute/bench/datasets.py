@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +16,12 @@ from genroute.bounds import is_real
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records, label_text
 
+_log = logging.getLogger(__name__)
+KNOWN_KEYS = ("input", "output", "label", "metadata", "id", "task")
+# The keys a misspelling of which scores a dataset against the wrong field (or sends the wrong task): refused. A
+# near-miss of "id" only costs the record its own id (it is then its line number), and "idx"/"uid" are common extra
+# columns: those are warned about with the rest.
+_SCORED_KEYS = ("input", "output", "label", "metadata", "task")
 
 class BenchRecord(BaseModel):
     """One labeled record: ``{"input", "output", "label"?, "metadata"?}`` plus a stable id."""
@@ -50,15 +58,35 @@ def load_records(
     path = Path(path)
     records: list[BenchRecord] = []
     seen: set[str] = set()
+    unknown: dict[str, int] = {}  # each unknown key, with the line it first appears on
     for lineno, raw in iter_records(path, field=field, what="dataset"):
-        record = _record(raw, lineno, task, where=f"{path.name}:{lineno}", field=field)
+        where = f"{path.name}:{lineno}"
+        for key in sorted(raw.keys() - set(KNOWN_KEYS)):
+            _refuse_near_miss(key, raw, where=where, field=field)
+            unknown.setdefault(key, lineno)
+        record = _record(raw, lineno, task, where=where, field=field)
         if record.id in seen:
             raise UsageError(f"{path.name}:{lineno}: duplicate record id {record.id!r}", field=field)
         seen.add(record.id)
         records.append(record)
     if not records:
         raise UsageError(f"dataset {path.name} holds no records", field=field)
+    if unknown:
+        first = min(unknown, key=lambda k: (unknown[k], k))
+        _log.warning("%s: ignored unknown keys %s (first: %r at line %d); a record is {input, output, label?, task?, "
+                     "id?, metadata?}", path.name, sorted(unknown), first, unknown[first])
     return sample(records, limit, seed=seed)
+
+
+def _refuse_near_miss(key: str, raw: dict[str, Any], *, where: str, field: str) -> None:
+    """``UsageError`` if ``key`` looks like a misspelt scored key the record lacks (``lable`` for ``label``): the
+    record would be scored against the wrong field. Other extra keys (a dataset's own columns) pass."""
+    meant = difflib.get_close_matches(key.lower(), [k for k in _SCORED_KEYS if k not in raw], n=1, cutoff=0.8)
+    if meant:
+        raise UsageError(f"{where}: {key}: unknown key, probably {meant[0]!r} misspelt (a record is {{input, output, "
+                         f"label?, task?, id?, metadata?}}): rename it (a dataset's own columns are "
+                         f"read past with a warning; this one would leave the record without its {meant[0]})",
+                         field=field)
 
 
 def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, field: str) -> BenchRecord:

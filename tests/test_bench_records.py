@@ -1,0 +1,79 @@
+"""The bench's record reader and keys it does not know: a dataset's own columns pass with one warning per file; a
+misspelt scored key (``lable``, ``ouput``) is refused, naming the file, line and the key meant."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genroute.bench import load_records
+from genroute.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _datasets() -> list[Path]:
+    """The committed sample of the shared data (always here), the benchmark's task sets, and the full shared data
+    (``../shared/data``, its README) when this checkout has it; not the passage corpora, which are no datasets."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import shared_data
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    found = [*(REPO / "tests" / "data" / "shared_sample").glob("*.jsonl"),
+             *(REPO / "benchmarks" / "data").glob("*/e*.jsonl"), *shared_data.default_dir().glob("*.jsonl")]
+    return sorted(path for path in found if not path.stem.endswith("_corpus"))
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.parametrize(("key", "meant"), [("lable", "label"), ("ouput", "output"), ("Label", "label"),
+                                            ("inpt", "input"), ("tsk", "task"), ("metdata", "metadata")])
+def test_a_misspelt_key_is_refused_naming_file_line_and_the_key_meant(tmp_path: Path, key: str, meant: str) -> None:
+    """Before, "lable" was read past: every record had no label, and the whole set scored against the output."""
+    rows = [{"input": "q1", "output": "a", "label": "pos"}, {"input": "q2", "output": "b", "label": "neg"}]
+    rows[1] = {**{k: v for k, v in rows[1].items() if k != meant}, key: "x"}
+    path = _write(tmp_path / "d.jsonl", rows)
+    with pytest.raises(UsageError) as err:
+        load_records(path)
+    assert err.value.field == "data"
+    assert err.value.message.startswith(f"d.jsonl:2: {key}: unknown key, probably {meant!r} misspelt")
+
+
+def test_extra_columns_load_with_one_warning_naming_the_keys_and_the_first_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = [{"input": "q1", "output": "a"}, {"input": "q2", "output": "b", "source": "web", "idx": 7},
+            {"input": "q3", "output": "c", "source": "web", "labels": ["x"], "label": "x"}]
+    path = _write(tmp_path / "d.jsonl", rows)
+    with caplog.at_level(logging.WARNING, logger="genroute.bench.datasets"):
+        records = load_records(path)
+    assert [r.input for r in records] == ["q1", "q2", "q3"] and records[2].label == "x"
+    warned = [r.getMessage() for r in caplog.records if r.name == "genroute.bench.datasets"]
+    # "labels" beside a "label" is a column of its own, not a misspelling; "idx" is no scored key.
+    assert warned == ["d.jsonl: ignored unknown keys ['idx', 'labels', 'source'] (first: 'idx' at line 2); "
+                      "a record is {input, output, label?, task?, id?, metadata?}"]
+
+
+def test_a_file_of_known_keys_warns_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = _write(tmp_path / "d.jsonl", [{"input": "q", "output": "a", "label": "l", "id": "r1", "task": "t",
+                                          "metadata": {"k": 1}}])
+    with caplog.at_level(logging.WARNING, logger="genroute.bench.datasets"):
+        assert [r.id for r in load_records(path)] == ["r1"]
+    assert not [r for r in caplog.records if r.name == "genroute.bench.datasets"]
+
+
+def test_the_shared_and_benchmark_datasets_load_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    datasets = _datasets()
+    assert len(datasets) >= 14
+    with caplog.at_level(logging.WARNING, logger="genroute.bench.datasets"):
+        for path in datasets:
+            assert load_records(path), path
+    assert not [r.getMessage() for r in caplog.records if r.name == "genroute.bench.datasets"]
