@@ -27,6 +27,7 @@ from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.store_collections import Kind, StoreCollections
 from genroute.knowledge.store_config import (  # noqa: F401 - StoreConfig: re-exported
     StoreConfig,
+    check_place,
     gemini_embedder,
     no_place,
     parse_store_config,
@@ -67,10 +68,8 @@ def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine],
     if config.path is None and config.host is None:
         # Embedded Chroma is not safe across processes: one shared default directory would be a trap.
         raise no_place(field)
-    if config.path is not None and Path(config.path).exists() and not Path(config.path).is_dir():
-        # Chroma would fail on the first request instead, as a retryable error naming nothing.
-        raise ConfigError(f"{config.path!r} is not a directory: an embedded store keeps its files in one",
-                          field=f"{field}.path")
+    if config.path is not None:
+        check_place(config.path, field=field)
     return KnowledgeStore(config, embedder=embedder)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -84,6 +86,31 @@ def no_place(field: str = "knowledge") -> ConfigError:
     return ConfigError("the knowledge store needs a place: `path` (a directory for an embedded Chroma; a config "
                        "file without one gets `<file stem>-chroma` beside it) or `host` (a `chroma run` server)",
                        field=f"{field}.path")
+
+
+def check_place(path: str, *, field: str = "knowledge") -> None:
+    """``ConfigError`` naming ``{field}.path`` unless an embedded Chroma can keep its files at ``path``: a directory
+    it can write in, or one it can make (Chroma makes it, parents too, when first opened; this makes nothing).
+
+    Else the first request would fail, as a retryable ``BackendUnavailable`` naming no field. Chroma cannot even
+    read a store it cannot write (its first open writes), so a read-only directory is no loss. The probe is an
+    unnamed temporary file in the nearest existing directory: a permission bit would pass a path under ``/proc``,
+    and any path for root."""
+    target = Path(path)
+    existing = target
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{path!r} is not a directory: an embedded store keeps its files in one" if existing == target
+                          else f"{path!r} cannot be made: {str(existing)!r} is a file, not a directory",
+                          field=f"{field}.path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        where = "" if existing == target else f" (it would be made in {str(existing)!r})"
+        raise ConfigError(f"{path!r}: an embedded store cannot write there{where}: {exc.strerror or exc}",
+                          field=f"{field}.path") from None
 
 
 def parse_store_config(raw: Mapping[str, Any] | None, *, field: str = "knowledge") -> StoreConfig:
