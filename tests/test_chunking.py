@@ -123,3 +123,32 @@ def test_a_quoted_cjk_sentence_is_cut_after_its_closing_quote() -> None:
     text = "他说：「我们明天去北京。」" * 20
     chunks = chunk_text(text, chunk_tokens=20, overlap=0)
     assert len(chunks) > 2 and all(chunk.text.endswith("。」") for chunk in chunks)  # never between the two
+
+
+
+def test_a_text_is_chunked_a_segment_at_a_time_as_it_was_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    from genroute.knowledge import chunking
+
+    words = ["the", "of", "catalogue", "kettle.", "e\u0301", THAI[:60], "QUJD" * 40, FAMILY[:20], "日本語。", "\n"]
+    text = " ".join(words[(i * 7) % 11 % len(words)] for i in range(3000))
+    whole = chunk_text(text, chunk_tokens=64, overlap=16)
+    monkeypatch.setattr(chunking, "SEGMENT_CHARS", 100)  # many segments, some inside a word longer than one
+    assert [(c.text, c.start, c.end, c.tokens) for c in chunk_text(text, chunk_tokens=64, overlap=16)] == [
+        (c.text, c.start, c.end, c.tokens) for c in whole]
+
+
+def test_chunking_a_long_text_holds_its_tokens_a_segment_at_a_time() -> None:
+    """A 6 MB file peaked at ~1.1 GB: the offsets of every token of the text were held at once (~87 bytes a character
+    here); now a segment's, next to the chunks themselves."""
+    import tracemalloc
+
+    words = "the of and to in is was for on that with as by at from his her an which were are".split()
+    text = "\n\n".join(" ".join(words[(i + k * k) % len(words)] for k in range(100)) + "." for i in range(2500))
+    token_counter().count("load the tokenizer first")
+    tracemalloc.start()
+    try:
+        chunks = chunk_text(text, chunk_tokens=200, overlap=40)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(chunks) > 500 and peak < 10 * len(text)

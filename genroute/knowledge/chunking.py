@@ -16,9 +16,10 @@ import hashlib
 import re
 import threading
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from genroute.errors import ConfigError
 from genroute.runtime.billing import CHARS_PER_TOKEN
@@ -31,6 +32,8 @@ _JOINERS = frozenset("\u200c\u200d\ufe0e\ufe0f")
 # Where a chunk may end without cutting a sentence: after . ! ? before a space, after a CJK 。！？ (no space follows
 # them) and the closing quotes or brackets after it, or at a newline.
 _CLOSERS = "」』）〕】》〉”’\"'"
+#: Characters tokenized at a time when chunking: a 6 MB file tokenized whole held ~1.1 GB of offsets at once.
+SEGMENT_CHARS = 1 << 16
 _SENTENCE_END = re.compile(rf"[.!?](?=\s)|[。！？｡](?=[^{_CLOSERS}])|(?<=[。！？｡])[{_CLOSERS}]+(?=[^{_CLOSERS}])|\n")
 
 
@@ -66,11 +69,29 @@ class TokenCounter:
     def pieces(self, text: str) -> tuple[list[tuple[int, int]], list[bool]]:
         """``offsets(text)``, and for each token whether it is a piece of a word WordPiece could not split whole (a
         text cut inside such a word may recount otherwise: its slices or its unknown run begin elsewhere)."""
+        return self._pieces(text, 0, len(text))
+
+    def segment_pieces(self, text: str) -> Iterator[tuple[list[tuple[int, int]], list[bool]]]:
+        """``pieces(text)`` a segment of about ``SEGMENT_CHARS`` characters at a time (offsets into ``text``), each
+        cut after a space or newline, where no token can change (words are split there whatever surrounds them)."""
+        start = 0
+        while start < len(text):
+            end = len(text)
+            if start + SEGMENT_CHARS < end:
+                at = max(text.rfind(" ", start, start + SEGMENT_CHARS), text.rfind("\n", start, start + SEGMENT_CHARS))
+                if at <= start:  # no break in the segment: on to the next one (a segment is never cut in a word)
+                    at = min((i for i in (text.find(" ", start + SEGMENT_CHARS), text.find("\n", start + SEGMENT_CHARS))
+                              if i >= 0), default=end - 1)
+                end = at + 1
+            yield self._pieces(text, start, end)
+            start = end
+
+    def _pieces(self, text: str, start: int, end: int) -> tuple[list[tuple[int, int]], list[bool]]:
         tokenizer = self._load()
         if tokenizer is None:
-            tokens = [(m.span(), m.end() - m.start() > _MAX_WORD) for m in _WORD.finditer(text)]
+            tokens = [(m.span(), m.end() - m.start() > _MAX_WORD) for m in _WORD.finditer(text, start, end)]
         else:
-            tokens = self._wordpieces(tokenizer, text, 0)
+            tokens = self._wordpieces(tokenizer, text[start:end], start)
         spans: list[tuple[int, int]] = []
         cut: list[bool] = []
         for span, unknown in tokens:
@@ -192,14 +213,14 @@ def chunk_text(
     if not 0 <= overlap < chunk_tokens:
         raise ConfigError(f"must be at least 0 and less than chunk_tokens ({chunk_tokens})", field="overlap")
     counter = counter or token_counter()
-    spans, cut = counter.pieces(text)
+    spans = _Tokens(counter.segment_pieces(text))
     chunks: list[Chunk] = []
     i = 0
-    while i < len(spans):
+    while spans.load(i + chunk_tokens + 1) > i:  # the window, and the token after it (where its text ends)
         j = min(i + chunk_tokens, len(spans))
         if j < len(spans):
             j = _mark_cut(text, spans, i, _sentence_cut(text, spans, i, j))
-        if cut[i] or cut[j - 1]:  # begins or ends inside a word WordPiece could not split whole
+        if spans.unknown(i) or spans.unknown(j - 1):  # begins or ends inside a word WordPiece could not split whole
             j = _fit(text, spans, i, j, chunk_tokens, counter)
         start, end = spans[i][0], _end(text, spans, j)
         piece = text[start:end].strip()
@@ -211,22 +232,68 @@ def chunk_text(
         i = max(j - overlap, i + max(1, (j - i) // 2))
         while i < j and _attached(text[spans[i][0]]):
             i += 1  # a chunk starts with a whole character, never with a mark of the one before
+        spans.forget(i)
     return chunks
 
 
-def _mark_cut(text: str, spans: list[tuple[int, int]], i: int, j: int) -> int:
+class _Spans(Protocol):
+    def __getitem__(self, k: int) -> tuple[int, int]: ...
+
+    def __len__(self) -> int: ...
+
+
+class _Tokens:
+    """A text's token offsets, tokenized a segment at a time as the chunker reaches them, and forgotten once it is
+    past them (indexes stay the whole text's). ``len`` is how many are loaded: all of them once ``load`` came short."""
+
+    def __init__(self, segments: Iterator[tuple[list[tuple[int, int]], list[bool]]]) -> None:
+        self._segments = segments
+        self._spans: list[tuple[int, int]] = []
+        self._unknown: list[bool] = []
+        self._base = 0  # the index of _spans[0]
+
+    def load(self, n: int) -> int:
+        """Load tokens until there are ``n`` (or the text ends); how many there are."""
+        while len(self) < n:
+            segment = next(self._segments, None)
+            if segment is None:
+                break
+            self._spans += segment[0]
+            self._unknown += segment[1]
+        return len(self)
+
+    def forget(self, i: int) -> None:
+        """Drop the tokens before ``i`` (in steps, so that dropping costs little)."""
+        if i - self._base > SEGMENT_CHARS // 4:
+            del self._spans[:i - self._base], self._unknown[:i - self._base]
+            self._base = i
+
+    def unknown(self, k: int) -> bool:
+        """Whether token ``k`` is a piece of a word WordPiece could not split whole."""
+        return self._unknown[k - self._base]
+
+    def __getitem__(self, k: int) -> tuple[int, int]:
+        if k < self._base:
+            raise IndexError(k)
+        return self._spans[k - self._base]
+
+    def __len__(self) -> int:
+        return self._base + len(self._spans)
+
+
+def _mark_cut(text: str, spans: _Spans, i: int, j: int) -> int:
     """``j``, moved back while token ``j`` is a mark (a vowel sign, say) of the character before it."""
     while j > i + 1 and _attached(text[spans[j][0]]):
         j -= 1
     return j
 
 
-def _end(text: str, spans: list[tuple[int, int]], j: int) -> int:
+def _end(text: str, spans: _Spans, j: int) -> int:
     """Where the text of tokens ``[.., j)`` ends: after the marks the tokenizer dropped (accents, harakat)."""
     return _extend(text, spans[j - 1][1], spans[j][0] if j < len(spans) else len(text))
 
 
-def _sentence_cut(text: str, spans: list[tuple[int, int]], i: int, j: int) -> int:
+def _sentence_cut(text: str, spans: _Spans, i: int, j: int) -> int:
     """The token index to end the window [i, j) at: after the last sentence end in its second half."""
     half = i + (j - i) // 2
     for k in range(j - 1, half, -1):
@@ -250,7 +317,7 @@ def truncate_to_tokens(text: str, max_tokens: int, *, counter: TokenCounter | No
     return text[:_end(text, spans, n)] if n else ""
 
 
-def _fit(text: str, spans: list[tuple[int, int]], i: int, j: int, budget: int, counter: TokenCounter) -> int:
+def _fit(text: str, spans: _Spans, i: int, j: int, budget: int, counter: TokenCounter) -> int:
     """``j``, moved back until tokens ``(i, j)`` recount within ``budget`` on their own: a piece cut out of a word
     WordPiece could not split whole (a Thai run, say) may split, into more tokens than its few-character pieces."""
     start = spans[i][0] if i >= 0 else 0
