@@ -113,7 +113,8 @@ class LocalEmbedder(Embedder):
             from tokenizers import Tokenizer
 
             tokenizer = Tokenizer.from_file(str(tokenizer_file()))
-            tokenizer.enable_truncation(max_length=self.max_length)  # padded per pass, in _passes
+            tokenizer.enable_truncation(max_length=self.max_length)
+            tokenizer.no_padding()  # the file's own is to a fixed 128: each pass is padded to its longest, in _passes
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.intra_op_threads
             options.inter_op_num_threads = 1
