@@ -1,8 +1,10 @@
 """Ctrl-C during ``genroute ingest``: the command ends with one line and status 130 once the embedding under way
-stops (at its next forward pass, not after the whole batch), nothing half-written, and a re-run finishes the job."""
+stops (at its next forward pass, not after the whole batch), or the chunking under way (not after the last file is
+cut), nothing half-written, and a re-run finishes the job."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -23,44 +25,66 @@ def _command(args: list[str]) -> list[str]:
     return [sys.executable, *args]
 
 
-def test_ctrl_c_while_embedding_stops_the_batch_and_a_rerun_completes_the_collection(tmp_path: Path) -> None:
-    # 2 batches and a bit of short chunks, each one distinct (identical chunks are stored once).
-    doc = tmp_path / "doc.txt"
-    doc.write_text(" ".join(f"Item {i} of the catalogue is the part numbered {i * 7919 % 10007}." for i in range(1250)))
-    kb = tmp_path / "kb"
+def _config(tmp_path: Path) -> Path:
     config = tmp_path / "genroute.yaml"
-    config.write_text(yaml.safe_dump({"engines": {}, "knowledge": {"path": str(kb)},
+    config.write_text(yaml.safe_dump({"engines": {}, "knowledge": {"path": str(tmp_path / "kb")},
                                       "backends": {"chat": {"kind": "prompt_template", "engine": "none",
                                                             "model": "m"}}}))
-    ingest = ["ingest", str(doc), "--collection", "docs", "--config", str(config), "--chunk-tokens", "32",
-              "--overlap", "0"]
+    return config
+
+
+def _interrupted(marks: Path, mode: str, ingest: list[str]) -> tuple[str, str]:
+    """Run the ingest (``tests.ingest_worker`` in ``mode``), Ctrl-C it once ``marks``/started appears; its out, err."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    marks = tmp_path / "marks"
-    marks.mkdir()
     # An inherited ignored SIGINT would stay ignored in the child (see test_cli's Ctrl-C test): start it handled.
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = subprocess.Popen(_command(["-m", "tests.ingest_worker", str(marks), *ingest]), cwd=REPO,
+        proc = subprocess.Popen(_command(["-m", "tests.ingest_worker", str(marks), mode, *ingest]), cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     finally:
         signal.signal(signal.SIGINT, before)
     deadline = time.monotonic() + 300
-    while not (marks / "started").exists():  # the first batch is written, the second is being embedded
+    while not (marks / "started").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=60)
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, (out, err)
     assert err.strip().splitlines()[-1] == "genroute: interrupted" and "Traceback" not in err, err
+    return out, err
+
+
+def test_ctrl_c_while_embedding_stops_the_batch_and_a_rerun_completes_the_collection(tmp_path: Path) -> None:
+    # 2 batches and a bit of short chunks, each one distinct (identical chunks are stored once).
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(f"Item {i} of the catalogue is the part numbered {i * 7919 % 10007}." for i in range(1250)))
+    kb = tmp_path / "kb"
+    ingest = ["ingest", str(doc), "--collection", "docs", "--config", str(_config(tmp_path)), "--chunk-tokens", "32",
+              "--overlap", "0"]
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    _interrupted(marks, "embedding", ingest)  # once the first batch is written and the second is being embedded
     # Before, the worker thread embedded the whole batch of 256 (10-28 s on loaded cores) while the command waited.
     assert (marks / "ended").read_text() == "stopped"
     store = build_store({"path": str(kb)}, engines={})
     assert store.count_sync("docs", kind="documents") == BATCH  # the first batch whole, nothing of the second
 
     rerun = subprocess.run(_command(["-m", "genroute.cli", *ingest]), cwd=REPO, capture_output=True, text=True,
-                           env=env, timeout=600)
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     report = dict(re.findall(r"(\w+)=(\d+)", rerun.stdout))
     chunks, added, skipped = int(report["chunks"]), int(report["added"]), int(report["skipped"])
     assert chunks > 2 * BATCH and (added, skipped) == (chunks - BATCH, BATCH)
     assert build_store({"path": str(kb)}, engines={}).count_sync("docs", kind="documents") == chunks
+
+
+def test_ctrl_c_while_a_large_file_is_chunked_ends_the_command_there(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(f"Item {i} of the catalogue is the part numbered {i * 7919 % 10007}." for i in range(60000)))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    _interrupted(marks, "chunking", ["ingest", str(doc), "--collection", "docs", "--config", str(_config(tmp_path)),
+                                     "--chunk-tokens", "16", "--overlap", "0"])
+    # Before, every chunk of the file was cut (~70,000, some seconds) before the cancellation was taken.
+    assert 0 < int((marks / "chunks").read_text()) < 10_000
+    assert "docs" not in asyncio.run(build_store({"path": str(tmp_path / "kb")}, engines={}).collections())

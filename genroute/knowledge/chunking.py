@@ -208,13 +208,26 @@ def chunk_text(
     A window ends at the last sentence boundary in its second half when there is one, so chunks
     rarely cut a sentence. Offsets are character offsets into ``text`` plus ``base_offset``.
     """
+    return list(iter_chunks(text, chunk_tokens=chunk_tokens, overlap=overlap, counter=counter,
+                            base_offset=base_offset))
+
+
+def iter_chunks(text: str, *, chunk_tokens: int = 200, overlap: int = 40, counter: TokenCounter | None = None,
+                base_offset: int = 0) -> Iterator[Chunk]:
+    """``chunk_text``'s chunks one at a time, as they are cut (the bad settings refused before the first)."""
+    _check_window(chunk_tokens, overlap)
+    return _chunks(text, chunk_tokens, overlap, counter or token_counter(), base_offset)
+
+
+def _check_window(chunk_tokens: int, overlap: int) -> None:
     if chunk_tokens < 8:
         raise ConfigError("must be at least 8", field="chunk_tokens")
     if not 0 <= overlap < chunk_tokens:
         raise ConfigError(f"must be at least 0 and less than chunk_tokens ({chunk_tokens})", field="overlap")
-    counter = counter or token_counter()
+
+
+def _chunks(text: str, chunk_tokens: int, overlap: int, counter: TokenCounter, base_offset: int) -> Iterator[Chunk]:
     spans = _Tokens(counter.segment_pieces(text))
-    chunks: list[Chunk] = []
     i = 0
     while spans.load(i + chunk_tokens + 1) > i:  # the window, and the token after it (where its text ends)
         j = min(i + chunk_tokens, len(spans))
@@ -225,7 +238,7 @@ def chunk_text(
         start, end = spans[i][0], _end(text, spans, j)
         piece = text[start:end].strip()
         if piece:
-            chunks.append(Chunk(piece, base_offset + start, base_offset + end, j - i))
+            yield Chunk(piece, base_offset + start, base_offset + end, j - i)
         if j >= len(spans):
             break
         # Advance at least half a window, so large overlaps and early sentence cuts cannot crawl.
@@ -233,7 +246,6 @@ def chunk_text(
         while i < j and _attached(text[spans[i][0]]):
             i += 1  # a chunk starts with a whole character, never with a mark of the one before
         spans.forget(i)
-    return chunks
 
 
 class _Spans(Protocol):

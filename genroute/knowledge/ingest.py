@@ -27,6 +27,7 @@ records that look settled when they are not: the next run sees the difference an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from genroute.errors import UsageError
-from genroute.knowledge.chunking import Chunk, chunk_text, stored_chunk_id, token_counter
+from genroute.knowledge.chunking import Chunk, iter_chunks, stored_chunk_id, token_counter
 from genroute.knowledge.records import (GENERATION, FileState, file_state, paid_writes, settle_sources,
                                         upsert_missing, withdraw_deleted)
 
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from genroute.knowledge.store import KnowledgeStore
 
 _log = logging.getLogger(__name__)
+#: Chunks cut between two looks at the event loop (a 6 MB file is ~10,000 chunks, cut in ~4 s).
+_YIELD_EVERY = 64
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".rst"})
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
@@ -226,7 +229,7 @@ def chunk_documents(docs: Iterator[Document], *, chunk_tokens: int,
     """Chunks of ``docs`` with their metadata (source, title, doc id, section, offsets)."""
     counter = token_counter()
     for doc in docs:
-        for chunk in chunk_text(doc.text, chunk_tokens=chunk_tokens, overlap=overlap, counter=counter,
+        for chunk in iter_chunks(doc.text, chunk_tokens=chunk_tokens, overlap=overlap, counter=counter,
                                 base_offset=doc.offset):
             yield chunk, {"source": doc.source, "title": doc.title, "doc_id": doc.doc_id,
                           "section": doc.section, "start": chunk.start, "end": chunk.end, "tokens": chunk.tokens}
@@ -267,7 +270,9 @@ async def aingest(
         generations[str(path.resolve())] = generation
         docs = list(read_documents(path, text_field=text_field))
         documents += len(docs)
-        for chunk, meta in chunk_documents(iter(docs), chunk_tokens=chunk_tokens, overlap=overlap):
+        for n, (chunk, meta) in enumerate(chunk_documents(iter(docs), chunk_tokens=chunk_tokens, overlap=overlap)):
+            if n % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # where a Ctrl-C (a cancellation) is taken, not after the last file is cut
             # identical text twice in one file: stored once
             chunks.setdefault(stored_chunk_id(meta["source"], chunk.text), (chunk.text, {**meta, GENERATION: generation}))
     if not chunks and collection not in await store.collections():
