@@ -55,11 +55,12 @@ def _interrupted(marks: Path, mode: str, ingest: list[str]) -> tuple[str, str]:
 
 
 def test_ctrl_c_while_embedding_stops_the_batch_and_a_rerun_completes_the_collection(tmp_path: Path) -> None:
-    # 2 batches and a bit of short chunks, each one distinct (identical chunks are stored once).
+    # 2 batches and a bit, of chunks each one distinct (identical chunks are stored once), long enough that embedding
+    # a batch takes seconds (a batch embedded before the Ctrl-C was taken would be no test).
     doc = tmp_path / "doc.txt"
-    doc.write_text(" ".join(f"Item {i} of the catalogue is the part numbered {i * 7919 % 10007}." for i in range(1250)))
+    doc.write_text(" ".join(f"Item {i} of the catalogue is the part numbered {i * 7919 % 10007}." for i in range(2300)))
     kb = tmp_path / "kb"
-    ingest = ["ingest", str(doc), "--collection", "docs", "--config", str(_config(tmp_path)), "--chunk-tokens", "32",
+    ingest = ["ingest", str(doc), "--collection", "docs", "--config", str(_config(tmp_path)), "--chunk-tokens", "64",
               "--overlap", "0"]
     marks = tmp_path / "marks"
     marks.mkdir()
