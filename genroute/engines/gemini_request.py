@@ -91,13 +91,18 @@ def bill_lost(exc: BaseException, contents: list[types.Content] | str, config: t
               read: list[types.GenerateContentResponse] | None = None) -> None:
     """Bill an attempt that failed with ``exc``: the latest usage its ``read`` chunks reported (the provider counted
     that prompt, whether the stream then broke or sent an error event), else its estimated input if the provider
-    processed it anyway (``processed``). A genroute error raised inside the attempt billed what it had already."""
+    processed it anyway (``processed``). A genroute error raised inside the attempt billed what it had already. A
+    failure raised while the attempt was being cancelled (a transport's cleanup on a loop closed under it) is billed
+    as the cancellation it came from."""
+    from genroute.engines.errors import cancellation_under
     from genroute.runtime.billing import bill, estimate_input, filled_usage, processed
     from genroute.runtime.telemetry import usage_of
     from genroute.types import Usage
 
     if isinstance(exc, GenrouteError):
         return
+    if isinstance(exc, Exception):
+        exc = cancellation_under(exc) or exc
     reported = next((chunk for chunk in reversed(read or ()) if chunk.usage_metadata is not None), None)
     if reported is not None:
         bill(filled_usage(usage_of(reported), reported, contents, config)[0])  # the final count is not known
