@@ -11,6 +11,12 @@ from pydantic import ValidationError
 from genroute.errors import ConfigError
 
 
+def validator_message(error: Any) -> str:
+    """A pydantic error's message, without the "Value error, " pydantic puts before a validator's own ValueError
+    (a check of ours: its message says it all)."""
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
 def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = False,
                  unions: tuple[str, ...] = ()) -> ConfigError:
     """A ``ConfigError`` naming the first invalid field of ``exc`` (and counting the rest), under ``prefix``.
@@ -25,7 +31,7 @@ def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = Fal
     first, first_loc = errors[at], locs[at]
     # pydantic reports a bad mapping key as a location part "[key]": the field is the mapping entry itself...
     parts = [part for part in first_loc if part != "[key]"]
-    message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own ValueError
+    message = validator_message(first)
     # A config file writes lists: that pydantic holds one as a tuple is no concern of its author's.
     message = message.replace("a valid tuple", "a valid list").replace("Tuple should", "List should")
     if first["type"] == "too_short" and isinstance(first["input"], str):  # a secret (api_key: ""): not "1 item"

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from genroute.bounds import is_real
+from genroute.config_errors import validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records, label_text
 
@@ -108,8 +109,7 @@ def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, f
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = ".".join(str(p) for p in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")  # a check of ours: its message says it all
-        raise UsageError(f"{where}: {loc}: {message} (got {error['input']!r:.60})", field=field) from None
+        raise UsageError(f"{where}: {loc}: {validator_message(error)} (got {error['input']!r:.60})", field=field) from None
 
 
 def given_id(*candidates: Any) -> str | None:

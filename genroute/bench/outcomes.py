@@ -30,6 +30,7 @@ from genroute.bench.datasets import BenchRecord, given_id
 from genroute.bench.matrix_cells import MatrixCells
 from genroute.bench.runner import Outcome
 from genroute.bench.scorers import UNSEGMENTED
+from genroute.config_errors import validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
 from genroute.outcomes.records import OutcomeRecord, check_sides
@@ -275,8 +276,7 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
             records.append(BenchRecord(id=rid, input=rec.input or "", output=rec.output or "", metadata=rec.metadata,
                                        task=rec.task))
         except ValidationError as exc:  # a metadata.label_set that is not a list
-            raise UsageError(f"{where}: metadata: {exc.errors()[0]['msg'].removeprefix('Value error, ')}",
-                             field=field) from None
+            raise UsageError(f"{where}: metadata: {validator_message(exc.errors()[0])}", field=field) from None
     if not records:
         raise UsageError(f"no record has a scored outcome for every candidate ({', '.join(names)}){cells.unscored}"
                          f"{_coverage(cells, len(parsed), names)}", field=field)

@@ -208,7 +208,7 @@ class GeminiEngine(Engine):
         except BaseException as exc:
             cancelled = cancellation_under(exc) if isinstance(exc, Exception) else None
             if billed is not None:
-                bill_lost(cancelled or exc, billed, config)
+                bill_lost(exc, billed, config)  # a cleanup failed under a cancellation: billed as that
             if cancelled is not None:  # a cleanup that failed under a cancellation: the cancellation goes on
                 raise cancelled from None
             if not isinstance(exc, Exception):

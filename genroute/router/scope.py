@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from genroute.errors import (
     AllRungsFailed, BackendError, BackendUnavailable, GenrouteError, StreamInterrupted, ToolLoopExceeded, UsageError,
 )
+from genroute.config_errors import validator_message
 from genroute.construct import builder
 from genroute.router.ledger import Ledger
 from genroute.runtime.billing import Charges, charging
@@ -48,8 +49,7 @@ def parse_request(input: str | GenerateRequest | None, fields: Mapping[str, Any]
             error = exc.errors()[0]
             # A bad mapping key is reported at a location part "[key]": the field is the mapping entry itself.
             field = ".".join(str(p) for p in error["loc"] if p != "[key]") or None
-            # pydantic prefixes the ValueError of a validator of ours: "Value error, too large: ..."
-            raise UsageError(error["msg"].removeprefix("Value error, "), field=field) from None
+            raise UsageError(validator_message(error), field=field) from None
     if request.backend is not None and request.backend not in backends:
         raise UsageError(f"unknown backend {request.backend!r} (known: {', '.join(sorted(backends))})",
                          field="backend")
