@@ -64,7 +64,7 @@ async def test_settle_charges_the_actual_amount_to_the_charged_account(store: St
     await store.aclose()
 
 
-async def test_holds_lapse_after_their_ttl(store: StateStore) -> None:
+async def test_holds_lapse_after_their_ttl_into_spend(store: StateStore) -> None:
     # A hold counts until its TTL ends: a second hold made within it is refused. On a loaded machine the second
     # call may come after a short TTL, when the refusal cannot be told: then again, on a fresh account, with twice
     # the TTL.
@@ -78,9 +78,9 @@ async def test_holds_lapse_after_their_ttl(store: StateStore) -> None:
             break
         ttl_s *= 2
     assert second is None
-    await asyncio.sleep(held + ttl_s - time.monotonic() + 0.05)  # its TTL has passed
-    assert await store.usage(account) == (0, 0)
-    assert (await store.hold(account, 20, 100, ttl_s=60, keep_s=600))[0] is not None
+    await asyncio.sleep(held + ttl_s - time.monotonic() + 0.05)  # its TTL has passed: no longer held, but spent
+    assert await store.usage(account) == (90, 0)
+    assert (await store.hold(account, 10, 100, ttl_s=60, keep_s=600))[0] is not None
     await store.aclose()
 
 
@@ -299,6 +299,24 @@ async def _usage_is(store: StateStore, account: str, expected: tuple[int, int]) 
     return await store.usage(account) == expected
 
 
+async def test_a_lapsed_hold_is_charged_at_its_amount_and_a_late_settle_replaces_that_charge(store: StateStore) -> None:
+    # A hold nobody settled (its process was killed after the provider took the request) counts as spent at its
+    # amount once it lapses, so the budget stays counted; a settle that still comes replaces that charge by its own.
+    hold_id, _ = await store.hold("lapse1", 40, 100, ttl_s=0.1, keep_s=600)
+    assert hold_id is not None
+    await asyncio.sleep(0.3)  # past its TTL, on any clock
+    assert await store.usage("lapse1") == (40, 0)
+    assert (await store.hold("lapse1", 61, 100, ttl_s=60, keep_s=600))[0] is None  # 60 left, not 100
+    await store.settle("lapse1", hold_id, 25, charge="lapse2", keep_s=600)  # late, in the next window
+    assert await store.usage("lapse1") == (0, 0)
+    assert await store.usage("lapse2") == (25, 0)
+    other, _ = await store.hold("lapse3", 30, 100, ttl_s=0.1, keep_s=600)
+    await asyncio.sleep(0.3)
+    await store.settle("lapse3", other, 70, keep_s=600)  # late and above its estimate: the settle's amount counts
+    assert await store.usage("lapse3") == (70, 0)
+    await store.aclose()
+
+
 # -- across processes (real Redis only) -------------------------------------------------------------------
 
 def test_four_processes_share_one_limit(redis_server: RedisServer) -> None:
@@ -311,7 +329,7 @@ def test_four_processes_share_one_limit(redis_server: RedisServer) -> None:
     assert asyncio.run(store.usage("shared")) == (142 * 7, 0)
 
 
-def test_a_hold_of_a_killed_process_lapses(redis_server: RedisServer) -> None:
+def test_a_hold_of_a_killed_process_is_charged_when_it_lapses(redis_server: RedisServer) -> None:
     prefix = f"kill{os.getpid()}:"
     holder = spawn("hold", redis_server.url, prefix, 90, 100, 1.0)
     try:
@@ -326,11 +344,11 @@ def test_a_hold_of_a_killed_process_lapses(redis_server: RedisServer) -> None:
     async def check() -> tuple[Any, ...]:
         refused = await store.hold("shared", 20, 100, ttl_s=60, keep_s=600)
         await asyncio.sleep(1.1)
-        admitted = await store.hold("shared", 20, 100, ttl_s=60, keep_s=600)
-        return refused, admitted
+        return refused, await store.hold("shared", 20, 100, ttl_s=60, keep_s=600), await store.usage("shared")
 
-    refused, admitted = asyncio.run(check())
-    assert refused[0] is None and admitted[0] is not None  # the dead process's 90 were freed by the TTL
+    refused, after, usage = asyncio.run(check())
+    # The dead process's 90 were held, then charged when the hold lapsed: its attempt may have been billed.
+    assert refused[0] is None and after == Held(None, 10) and usage == (90, 0)
 
 
 # -- the store down ---------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ and settled at its cost once the decision ends: a request the budget has no room
 (``BudgetExceeded``; with ``on_exhausted: downgrade``, sent to ``downgrade_to`` undecided) before anything is
 embedded, and that estimate counts in ``F`` like an attempt's. A hold
 lapses ``HOLD_MARGIN_S`` after the request's deadline (or after ``DEFAULT_HOLD_TTL_S`` without one, and at the
-earliest then for a streamed attempt, whose reader's time moves its deadline on), so a process killed while holding
-one does not keep it.
+earliest then for a streamed attempt, whose reader's time moves its deadline on), and is then charged at its
+estimate, so a process killed while holding one does not keep it, nor leave what its attempt may have cost uncounted
+(a settle that still comes, late, replaces that charge by the attempt's cost).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class AdmittedAttempt:
         outcome = Outcome(cost_usd=self.ctx.cost_usd, input_tokens=self.ctx.usage.input_tokens, error=exc)
         try:
             await self.admission.exit(ticket, outcome)  # type: ignore[union-attr]
-        except Exception as error:  # the answer stands; an unsettled hold lapses with its TTL
+        except Exception as error:  # the answer stands; an unsettled hold lapses, charged at its estimate
             _log.warning("could not settle admission for %r: %s: %s", self.backend, type(error).__name__, error)
 
 

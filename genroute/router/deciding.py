@@ -104,7 +104,7 @@ class CostedDecisions:
                      reserved: Reserved) -> None:
         try:
             await admission.spend(request, cost_usd, reserved)
-        except Exception as error:  # the request goes on; the spend is lost, and the hold lapses with its TTL
+        except Exception as error:  # the request goes on; the hold lapses with its TTL, charged at its estimate
             _log.warning("could not spend a decision's cost in the budget: %s: %s", type(error).__name__, error)
 
     def _settle_later(self, admission: Admission | None, request: GenerateRequest, cost_usd: float,

@@ -13,9 +13,10 @@ The operations, all atomic per call:
   it. In Redis each is one Lua script run. The single operations below are one-item ``admit``/``apply`` calls.
 - ``hold`` / ``settle`` / ``usage`` — an *account* of integer units (nano-USD for budgets, requests or
   tokens for rate limits) with ``spent`` and outstanding *holds*. ``hold`` admits ``amount`` only while
-  ``spent + held + amount <= limit``; a hold lapses after ``ttl_s`` (so a process killed while holding one
-  frees it); ``settle`` drops a hold and charges the actual amount, possibly to another account (the
-  current window). Accounts expire ``keep_s`` after their last write.
+  ``spent + held + amount <= limit``; a hold lapses after ``ttl_s`` and is then charged at its amount (so
+  the attempt of a process killed while holding one is counted at its estimate); ``settle`` drops a hold and
+  charges the actual amount, possibly to another account (the current window); a settle that comes after its
+  hold lapsed (within ``LAPSED_S``, an hour) takes the lapse's charge back first, so the spend is counted once. Accounts expire ``keep_s`` after their last write.
 - ``breaker_fail`` / ``breaker_open`` / ``breaker_close`` / ``breaker_probe`` / ``breakers`` — circuit
   breaker state: failures counted in a window, an ``open until`` time, and one half-open probe at a time.
 - ``append`` / ``items`` — an append-only list of byte strings (for records other parts keep), optionally
@@ -112,7 +113,7 @@ class StateStore(ABC):
 
     @abstractmethod
     async def usage(self, account: str) -> tuple[int, int]:
-        """(spent, held) of ``account`` now; expired holds are not counted."""
+        """(spent, held) of ``account`` now; lapsed holds count as spent at their amount."""
 
     # -- circuit breakers ------------------------------------------------------------------------------
 

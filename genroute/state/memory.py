@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genroute.state import ListRead, StateStore
-from genroute.state.ops import Admitted, Checked, Claim, Close, Held, Hold, Open, Probe, Release, Settle, Settlement
+from genroute.state.ops import LAPSED_S, Admitted, Checked, Claim, Close, Held, Hold, Open, Probe, Release, Settle, Settlement
 
 
 @dataclass
@@ -21,6 +21,8 @@ class _Account:
     held: int = 0
     #: hold id -> (amount, expires at)
     holds: dict[str, tuple[int, float]] = field(default_factory=dict)
+    #: lapsed hold id -> (amount charged when it lapsed, forgotten at): a late settle replaces that charge
+    lapsed: dict[str, tuple[int, float]] = field(default_factory=dict)
     expires: float = float("inf")
     #: The limit of the last hold (another one is a config mismatch between routers sharing the store).
     limit: int | None = None
@@ -67,9 +69,17 @@ class MemoryStateStore(StateStore):
             account = self._accounts[name] = _Account()
             if len(self._accounts) > self._sweep_above:
                 self._sweep(now)
-        elif account.holds:
-            for hold_id in [h for h, (_, until) in account.holds.items() if until <= now]:
-                account.held -= account.holds.pop(hold_id)[0]
+        else:
+            if account.lapsed:
+                for hold_id in [h for h, (_, until) in account.lapsed.items() if until <= now]:
+                    del account.lapsed[hold_id]  # lapsed long ago: its charge stands
+            if account.holds:
+                # Never settled (its attempt's task died, or the settle is late): charged at its amount, as in Redis.
+                for hold_id in [h for h, (_, until) in account.holds.items() if until <= now]:
+                    amount = account.holds.pop(hold_id)[0]
+                    account.held -= amount
+                    account.spent += amount
+                    account.lapsed[hold_id] = (amount, now + LAPSED_S)
         return account
 
     def _sweep(self, now: float) -> None:
@@ -134,6 +144,8 @@ class MemoryStateStore(StateStore):
             acc = self._account(op.account, now)
             if op.hold_id is not None and op.hold_id in acc.holds:
                 acc.held -= acc.holds.pop(op.hold_id)[0]
+            elif op.hold_id is not None and op.hold_id in acc.lapsed:
+                acc.spent -= acc.lapsed.pop(op.hold_id)[0]  # the lapse's charge, replaced by this settle's
             target = acc if op.charge is None or op.charge == op.account else self._account(op.charge, now)
             target.spent += op.amount
             target.expires = now + op.keep_s

@@ -13,8 +13,13 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 
+#: How long a lapsed hold is remembered: a settle that arrives within it replaces the lapse's charge.
+LAPSED_S = 3_600.0
+
+
 class Hold(NamedTuple):
-    """Hold ``amount`` units of ``account`` if ``spent + held + amount <= limit``; it lapses after ``ttl_s``.
+    """Hold ``amount`` units of ``account`` if ``spent + held + amount <= limit``; it lapses after ``ttl_s``, and a
+    lapsed hold is charged at ``amount`` (a settle that arrives within ``LAPSED_S`` replaces that charge by its own).
 
     The account expires ``keep_s`` after its last write. Answered with ``Held``."""
 
@@ -116,5 +121,5 @@ def op_name(ops: Any, batch: str) -> str:
 _NAMES = {Hold: "hold", Probe: "breaker_probe", Settle: "settle", Fail: "breaker_fail", Open: "breaker_open",
           Close: "breaker_close", Release: "breaker_release"}
 
-__all__ = ["Admitted", "Checked", "Claim", "Close", "Fail", "Held", "Hold", "Open", "Probe", "Release", "Settle",
-           "Settlement", "op_name"]
+__all__ = ["LAPSED_S", "Admitted", "Checked", "Claim", "Close", "Fail", "Held", "Hold", "Open", "Probe", "Release",
+           "Settle", "Settlement", "op_name"]

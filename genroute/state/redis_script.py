@@ -20,7 +20,11 @@ is an opcode in ARGV followed by its arguments, and takes a fixed number of keys
 
 ARGV[1] is the mode: ``admit`` stops at the first hold or probe that does not pass and undoes what the call
 took before it (all or none); ``apply`` runs every operation. The reply is ``{refused index or 0, answers...}``.
-Times come from the server's clock (``TIME``), so lapses do not depend on the processes' clocks. A settle's
+Times come from the server's clock (``TIME``), so lapses do not depend on the processes' clocks. A hold past its TTL is
+charged at its amount (its process was killed after the provider took the request, or its settle is late), so a worker
+killed mid-attempt leaves no spend uncounted. It is remembered as lapsed for ``LAPSED_S`` (an hour), and a settle that
+arrives within that time takes the lapse's charge back and charges its own amount (the attempt's cost), so the
+spend is that cost, counted once. A settle's
 marker key (kept ``SETTLED_MARKER_S``, an hour) makes it idempotent: one replayed after a timeout (that Redis may
 have applied) within that hour counts once; a push
 replayed after an outage carries such a marker too (``L``), so an interrupted replay sent again appends it once.
@@ -35,31 +39,53 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from genroute.state import ListRead
-from genroute.state.ops import Checked, Close, Fail, Held, Hold, Open, Probe, Release, Settle
+from genroute.state.ops import LAPSED_S, Checked, Close, Fail, Held, Hold, Open, Probe, Release, Settle
 
 SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local KEEP_MS = 600000
+local LAPSED_MS = @LAPSED_MS@
 
+-- A hold past its TTL was never settled (its process was killed, or its settle is late): it is charged at its
+-- amount, and remembered as lapsed ('x:' id in the hash and the zset) for LAPSED_MS, so a late settle replaces that
+-- charge by its own amount instead of adding to it.
 local function purge(acct, holds)
   local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+  if #expired == 0 then return end
+  redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
   for _, id in ipairs(expired) do
-    local amount = redis.call('HGET', acct, 'h:' .. id)
-    if amount then
-      redis.call('HDEL', acct, 'h:' .. id)
-      if amount ~= '0' then redis.call('HINCRBY', acct, 'held', '-' .. amount) end
+    if string.sub(id, 1, 2) == 'x:' then
+      redis.call('HDEL', acct, id)  -- lapsed long ago: its charge stands
+    else
+      local amount = redis.call('HGET', acct, 'h:' .. id)
+      if amount then
+        redis.call('HDEL', acct, 'h:' .. id)
+        if amount ~= '0' then
+          redis.call('HINCRBY', acct, 'held', '-' .. amount)
+          redis.call('HINCRBY', acct, 'spent', amount)
+          redis.call('HSET', acct, 'x:' .. id, amount)
+          redis.call('ZADD', holds, now + LAPSED_MS, 'x:' .. id)
+        end
+      end
     end
   end
-  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', holds, '-inf', now) end
 end
 
+-- Drop hold id; one that lapsed (charged at its amount) has that charge taken back instead.
 local function drop(acct, holds, id)
   local a = redis.call('HGET', acct, 'h:' .. id)
   if a then
     redis.call('HDEL', acct, 'h:' .. id)
     redis.call('ZREM', holds, id)
     if a ~= '0' then redis.call('HINCRBY', acct, 'held', '-' .. a) end
+    return
+  end
+  a = redis.call('HGET', acct, 'x:' .. id)
+  if a then
+    redis.call('HDEL', acct, 'x:' .. id)
+    redis.call('ZREM', holds, 'x:' .. id)
+    redis.call('HINCRBY', acct, 'spent', '-' .. a)
   end
 end
 
@@ -222,7 +248,7 @@ while a <= #ARGV do
   a = a + 1 + op[2]
 end
 return out
-"""
+""".replace("@LAPSED_MS@", str(int(LAPSED_S * 1000)))
 
 
 class Usage:

@@ -18,7 +18,7 @@ interrupted and sent again applies nothing twice (an append's first try carries 
 the outage began is in the list twice). An append that finds a replay running waits for it, so it lands after the
 writes made before it; other calls go on. One call per event loop replays at a time (the lock is the loop's): a
 store used from two loops may send their replays' batches interleaved, each still once. Holds taken meanwhile live
-in memory, and Redis holds whose settle was lost lapse with their TTL. A hold taken from the fallback memory is
+in memory, and Redis holds whose settle was lost lapse with their TTL, charged at their amount. A hold taken from the fallback memory is
 settled there. A call its caller gives up on (a cancelled request) goes on: a settle is still made, and what an
 admission took is given back once Redis answers.
 
