@@ -18,6 +18,7 @@ from genroute.errors import ConfigError, StateUnavailable
 from genroute.state import ListRead, RedisStateConfig, StateStore, build_state
 from genroute.state.memory import MemoryStateStore
 from genroute.state.ops import Checked, Close, Fail, Held, Hold, Open, Probe, Release, Settle
+from genroute.state.redis_script import settle_id
 from genroute.state.redis_store import RedisStateStore
 
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
@@ -465,9 +466,12 @@ async def test_a_replayed_settle_counts_once(redis_server: RedisServer) -> None:
     hold_id, _ = await store.hold("once", 10, 100, ttl_s=60, keep_s=600)
     script = store._client().script
     settle = Settle("once", hold_id, 10, keep_s=600)
-    await store._call(script, "apply", [settle], ["settle-1"])
-    await store._call(script, "apply", [settle], ["settle-1"])  # e.g. it timed out on the way back and was replayed
+    first, other = settle_id(), settle_id()
+    await store._call(script, "apply", [settle], [first])
+    await store._call(script, "apply", [settle], [first])  # e.g. it timed out on the way back and was replayed
     assert await store.usage("once") == (10, 0)
+    await store._call(script, "apply", [settle._replace(hold_id=None), settle], [other, first])  # maybe in its second
+    assert await store.usage("once") == (20, 0)  # another settle counts, and the first still does not
     await store.aclose()
 
 

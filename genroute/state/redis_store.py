@@ -42,7 +42,7 @@ from genroute.errors import StateUnavailable
 from genroute.state import ListRead, ListReplay, RedisStateConfig, StateStore
 from genroute.state.memory import MemoryStateStore
 from genroute.state.ops import Admitted, Claim, Held, Hold, Release, Settle, Settlement, op_name
-from genroute.state.redis_script import SCRIPT, Push, Range, Until, Usage, decode, encode
+from genroute.state.redis_script import SCRIPT, Push, Range, Until, Usage, decode, encode, settle_id
 from genroute.state.redis_url import check_url, redacted
 from genroute.state.unsent import UnsentWrites
 
@@ -260,7 +260,7 @@ class RedisStateStore(StateStore):
                 await self.fallback.apply((op._replace(hold_id=op.hold_id[len(_FALLBACK_ID):]),))
                 ops[index] = op._replace(hold_id=None)
                 charged_here.add(index)
-        ids = [os.urandom(8).hex() if isinstance(op, Settle) else None for op in ops]
+        ids = [settle_id() if isinstance(op, Settle) else None for op in ops]
 
         async def remote(script: Any, _: Any) -> list[Any]:
             return (await self._call(script, "apply", ops, ids))[0]
