@@ -182,7 +182,12 @@ class CircuitOpen(BackendUnavailable):
 
 class StateUnavailable(GenrouteError):
     """The shared state store cannot be reached, or answers with an error (out of memory, read-only), and
-    ``state.on_error`` is ``closed``: nothing was sent."""
+    ``state.on_error`` is ``closed``: nothing was sent. ``kept``: the write refused (a settle or an outcome record of
+    what already ran) is kept in this process and sent to the store once it answers."""
+
+    def __init__(self, message: str, *, kept: bool = False) -> None:
+        super().__init__(message)
+        self.kept = kept
 
 
 class BackendRejected(BackendError):

@@ -8,6 +8,7 @@ server killed with SIGKILL and restarted from its append-only file, and another 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from genroute import Router
+from genroute import Router, StateUnavailable
 from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
 from genroute.outcomes.shared import SharedOutcomeStore
 from genroute.state import ListReplay, RedisStateConfig
@@ -169,6 +170,26 @@ def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+@contextlib.contextmanager
+def _down(server: RedisServer, *, kill: bool = False) -> Iterator[None]:
+    """``server`` stopped for the block, then started again and, ``retry_s`` later, used again."""
+    server.stop(kill=kill)
+    try:
+        yield
+    finally:
+        server.start()
+    time.sleep(RETRY_S + 0.1)
+
+
+def _ask(gemini_server: Any, router: Router) -> str:
+    """One request answered by chat and shadowed by pro, its shadow drained: its outcome id."""
+    gemini_server.reply_text("positive", usage=(100, 5))  # served (flash)
+    gemini_server.reply_text("negative", usage=(120, 6))  # shadow (pro)
+    result = router.generate("The food was great.", task="sentiment")
+    router.drain()
+    return result.outcome_id
+
+
 def test_a_router_s_outcomes_and_feedback_during_an_outage_reach_other_routers_and_the_archive_once(
         gemini_server, otel, tmp_path: Path, persistent_redis: RedisServer) -> None:
     cfg = config(gemini_server, tmp_path)  # chat served, pro shadowed, label_accuracy scorer
@@ -176,23 +197,14 @@ def test_a_router_s_outcomes_and_feedback_during_an_outage_reach_other_routers_a
     cfg["state"] = {"kind": "redis", "url": persistent_redis.url, "prefix": "kill:", "on_error": "open",
                     "retry_s": RETRY_S, "timeout_s": TIMEOUT_S, "connect_timeout_s": TIMEOUT_S}
 
-    def ask(router: Router) -> str:
-        gemini_server.reply_text("positive", usage=(100, 5))  # served (flash)
-        gemini_server.reply_text("negative", usage=(120, 6))  # shadow (pro)
-        result = router.generate("The food was great.", task="sentiment")
-        router.drain()
-        return result.outcome_id
+    ask = functools.partial(_ask, gemini_server)
 
     with Router.from_config(cfg, **otel.providers) as router:
         before = ask(router)
-        persistent_redis.stop(kill=True)  # SIGKILL: what it answered is in its append-only file
-        try:
+        with _down(persistent_redis, kill=True):  # SIGKILL: what it answered is in its append-only file
             during = [ask(router), ask(router)]
             router.feedback(during[0], label="positive")
             router.feedback(before, score=0.0)
-        finally:
-            persistent_redis.start()
-        time.sleep(RETRY_S + 0.1)
         after = ask(router)
         store = router._executor.outcomes.store
         assert (store.replayed, store.dropped) == (4, 0)  # two shadow pairs and two feedbacks
@@ -217,6 +229,40 @@ def test_a_router_s_outcomes_and_feedback_during_an_outage_reach_other_routers_a
         theirs = other._portal.call(other._executor.outcomes.store.records())
     assert [r.line() for r in theirs] == records
     assert OutcomeStore(tmp_path / "other.db").count_sync() == 4
+
+
+def test_with_on_error_closed_the_outcomes_of_requests_that_ran_during_an_outage_are_kept_and_replayed(
+        gemini_server, tmp_path: Path, persistent_redis: RedisServer) -> None:
+    # Fail closed refuses what would be admitted against the store, never what already ran: a router with no gate
+    # answers while Redis is down, and its outcomes (shadow pairs, a feedback) were dropped; they are kept and written
+    # once Redis answers, like a settle. A request the store's outage refused has no outcome.
+    cfg = config(gemini_server, tmp_path)  # chat served, pro shadowed, label_accuracy scorer; no gate
+    cfg["state"] = {"kind": "redis", "url": persistent_redis.url, "prefix": "closed:", "on_error": "closed",
+                    "retry_s": RETRY_S, "timeout_s": TIMEOUT_S, "connect_timeout_s": TIMEOUT_S}
+    budgeted = {**cfg, "policy": {"kind": "budget", "inner": cfg["policy"], "per": "global", "budget_usd": 100.0,
+                                  "costs": {"chat": 0.01, "pro": 0.01}},
+                "outcomes": {**cfg["outcomes"], "path": str(tmp_path / "budgeted.db")}}
+
+    ask = functools.partial(_ask, gemini_server)
+
+    with Router.from_config(cfg) as router, Router.from_config(budgeted) as refusing:
+        before = ask(router)
+        with _down(persistent_redis):
+            during = [ask(router), ask(router)]
+            with pytest.raises(StateUnavailable) as refused:
+                router.feedback(during[0], label="positive")
+            assert refused.value.kept
+            with pytest.raises(StateUnavailable) as not_run:  # its budget could not be held: nothing ran
+                refusing.generate("The food was great.", task="sentiment")
+            assert not not_run.value.kept
+        after = ask(router)
+        store = router._executor.outcomes.store
+        assert (store.replayed, store.dropped) == (3, 0)  # two shadow pairs and a feedback
+        assert router._executor.outcomes.write_errors == 0
+    log, records = shared_log(persistent_redis, "closed:")
+    assert log == [(before, False), (during[0], False), (during[1], False), (during[0], True), (after, False)]
+    scores = [(r["outcomes"]["chat"].get("score"), r["outcomes"]["pro"].get("score")) for r in records]
+    assert scores == [(None, None), (1.0, 0.0), (None, None), (None, None)]
 
 
 async def test_a_write_whose_reply_was_lost_as_the_outage_began_is_merged_once(redis_server: RedisServer) -> None:

@@ -129,8 +129,8 @@ def test_redis_killed_and_restarted_under_three_replicas_loses_and_doubles_nothi
     # Two replicas fail open, one closed. Redis is killed (SIGKILL) while 12 requests are in flight (admitted in
     # Redis, to be settled while it is down), stays down for a phase, and restarts from its append-only file. Its
     # spend must then be exactly what the provider was sent, nothing held, and the shared outcome log must hold
-    # each record once. (The closed replica's settles made while Redis was down were lost: its answered requests
-    # uncounted, their holds left until their TTL.)
+    # each record once (the closed replica's settles and outcome writes made while Redis was down are kept and
+    # replayed too).
     gemini_server.default_reply = lambda req: Reply(parts=({"text": "positive"},), usage=USAGE)
     modes = ["open", "open", "closed"]
     with _running([_worker("tests.router_phases_worker",
@@ -172,7 +172,7 @@ def test_redis_killed_and_restarted_under_three_replicas_loses_and_doubles_nothi
     log, records = shared_log(persistent_redis, "restart:")
     written = Counter(i for i, _ in log)
     # Every record once (none lost, none replayed twice); the closed replica's records of phase two are written
-    # while Redis is down: refused, at most once.
+    # while Redis is down: kept and replayed where their shadow ran, none where the outage refused the shadow.
     assert {written[i] for r in results[:2] for ids in r["ids"] for i in ids} == {1}
     assert {written[i] for ids in closed["ids"][::3] for i in ids} == {1}
     assert {written[i] for i in closed["ids"][1]} <= {0, 1}

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from genroute.errors import ConfigError, UsageError
+from genroute.errors import ConfigError, StateUnavailable, UsageError
 from genroute.outcomes.records import OutcomeRecord, Side, add_scoring_cost
 from genroute.outcomes.settings import OutcomeSettings, ScrubHook, redact_secrets
 
@@ -273,6 +273,9 @@ class OutcomeRecorder:
         try:
             return await self.store.upsert(record)
         except Exception as exc:  # an outcome lost must not fail the request it describes
+            if isinstance(exc, StateUnavailable) and exc.kept:  # not lost (on_error: closed): sent once it answers
+                _log.info("outcome for %s kept until the state store answers", record.id)
+                return None
             self.write_errors += 1
             _log.warning("outcome for %s not stored: %s", record.id, type(exc).__name__)
             return None

@@ -8,8 +8,8 @@ When Redis cannot be reached (refused, reset, timed out), or answers with an err
 replica, no permission, a key of another type under the prefix), the store either answers from this process's
 memory (``on_error: open``; each such call is counted and the condition logged once per minute) or raises
 ``StateUnavailable`` (``on_error: closed``). A settle or a list append answered from memory because Redis could
-not be reached (and, with ``on_error: closed``, a settle refused so: its attempt was sent, its spend is owed) is
-also kept and replayed to Redis once it answers again, oldest first, by the first call that
+not be reached (and, with ``on_error: closed``, one refused so: its attempt was sent, its spend is owed; an append
+records what already ran, an outcome) is also kept and replayed to Redis once it answers again, oldest first, by the first call that
 finds it back, so the shared spend and the shared lists (the outcome log) are complete after an outage. One Redis
 refused with an error reply is not kept (a replay would be refused again, or leave its marker set without its
 write and count as done); nor does an error reply stop the calls after it from trying Redis. What is kept is bounded
@@ -131,8 +131,9 @@ class RedisStateStore(StateStore):
         ``StateUnavailable``. ``keep`` queues this call's writes for replay: only when Redis was not reached (an
         error reply refused them; replayed, it would be refused again, or half-applied behind its marker).
         ``ordered``: after a replay another call is running (an append must land after the writes before it).
-        ``owed``: the writes record what already happened (a settle: the provider was sent the request), so they are
-        kept for replay with ``on_error: closed`` too (refusing them would lose that spend, not prevent it)."""
+        ``owed``: the writes record what already happened (a settle: the provider was sent the request; an append: an
+        outcome of a request that ran), so they are kept for replay with ``on_error: closed`` too (refusing them would
+        lose that spend or that outcome, not prevent it)."""
         import redis.exceptions
 
         cause: BaseException | None = None
@@ -163,7 +164,8 @@ class RedisStateStore(StateStore):
             if owed and keep is not None:
                 keep()
                 raise StateUnavailable(f"state store at {redacted(self.config.url)} {failed} (state.on_error: "
-                                       "closed): this settle is kept and sent to it once it answers") from cause
+                                       f"closed): this {op} is kept and sent to it once it answers",
+                                       kept=True) from cause
             raise StateUnavailable(f"state store at {redacted(self.config.url)} {failed} (state.on_error: "
                                    "closed): nothing was sent") from cause
         self.degraded = True
@@ -341,7 +343,7 @@ class RedisStateStore(StateStore):
         async def local() -> None:
             await self.fallback.append(key, value, max_items=max_items, max_age_s=max_age_s)
 
-        await self._run("append", remote, local, ordered=True,
+        await self._run("append", remote, local, ordered=True, owed=True,
                         keep=lambda: self._unsent.push(push, os.urandom(8).hex()))  # for Redis, when it is back
 
     async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
