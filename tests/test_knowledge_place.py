@@ -1,18 +1,24 @@
 """Where an embedded store lives: a ``knowledge.path`` Chroma could not write is a ``ConfigError`` naming it when the
 router (or ``genroute ingest``) is built, not a retryable ``BackendUnavailable`` at the first request; building
-makes no directory."""
+makes no directory. A store read-only in its collection directories still serves a router that only reads, and
+refuses (the same way) an ingest, an example load or a route sync that would write."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from genroute import ConfigError, Router
-from genroute.knowledge import build_store
+from genroute.knowledge import build_store, ingest
+from genroute.knowledge.examples import aload_examples
+from genroute.testing import GeminiTestServer
 
 from .conftest import gemini_config
 
@@ -48,3 +54,87 @@ def test_a_store_that_is_not_there_yet_is_built_without_making_its_directory(tmp
     store = build_store({"path": str(tmp_path / "new" / "kb")}, engines={})
     assert store.config.path == str(tmp_path / "new" / "kb")
     assert list(tmp_path.iterdir()) == []  # Chroma makes it when first opened
+
+
+@pytest.fixture
+def read_only() -> Iterator[Callable[..., None]]:
+    """Makes paths read-only (immutable for root, whom permission bits do not stop), undone after the test."""
+    made: list[Path] = []
+
+    def flip(path: Path, on: bool) -> None:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
+        else:
+            path.chmod(path.stat().st_mode & ~0o222 if on else path.stat().st_mode | 0o200)
+
+    def make(*paths: Path) -> None:
+        for path in paths:
+            flip(path, True)
+            made.append(path)
+
+    yield make
+    for path in reversed(made):
+        flip(path, False)
+
+
+def _stored(tmp_path: Path) -> Path:
+    """A store holding collection ``docs`` (one small file ingested with the offline embedder)."""
+    (tmp_path / "doc.txt").write_text("Marta's bakery in Porto bakes rye sourdough every morning at four.")
+    ingest(build_store({"path": str(tmp_path / "kb")}, engines={}), [tmp_path / "doc.txt"], collection="docs")
+    return tmp_path / "kb"
+
+
+def _rag(server: GeminiTestServer, kb: Path, **policy: object) -> dict[str, object]:
+    config = gemini_config(server, kind="rag", collection="docs", max_distance=None)
+    config["knowledge"] = {"path": str(kb)}
+    if policy:
+        flash = {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}
+        config["backends"] = {**config["backends"], "plain": flash}
+        config["policy"] = policy
+    return config
+
+
+def test_a_read_only_chroma_sqlite3_is_a_config_error_naming_knowledge_path_when_built(
+        gemini_server: GeminiTestServer, tmp_path: Path, read_only: Callable[..., None]) -> None:
+    kb = _stored(tmp_path)
+    read_only(kb / "chroma.sqlite3")  # the directory stays writable
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(_rag(gemini_server, kb))  # before: built, and the first request failed in Chroma
+    assert info.value.field == "knowledge.path" and "chroma.sqlite3" in str(info.value)
+    with pytest.raises(ConfigError, match="chroma.sqlite3"):
+        build_store({"path": str(kb)}, engines={})  # what `genroute ingest` builds
+
+
+def test_a_store_read_only_in_its_collections_serves_reads_and_refuses_ingests_naming_knowledge_path(
+        gemini_server: GeminiTestServer, tmp_path: Path, read_only: Callable[..., None]) -> None:
+    kb = _stored(tmp_path)
+    collections = [p for p in kb.iterdir() if p.is_dir()]
+    read_only(*[f for d in collections for f in d.iterdir()], *collections)
+    with Router.from_config(_rag(gemini_server, kb)) as router:  # it only reads
+        result = router.generate("When does the bakery bake?")
+    assert result.backend == "chat" and "rye sourdough" in gemini_server.requests[-1].raw_body.decode()
+
+    store = build_store({"path": str(kb)}, engines={})
+    (tmp_path / "more.txt").write_text("The glacier covers about eight percent of Iceland.")
+    with pytest.raises(ConfigError) as info:  # before: taken into Chroma's log, failing a later write at compaction
+        ingest(store, [tmp_path / "more.txt"], collection="docs")
+    assert info.value.field == "knowledge.path" and collections[0].name in str(info.value)
+    (tmp_path / "shots.jsonl").write_text('{"input": "hi", "output": "hello"}\n')
+    with pytest.raises(ConfigError, match="collection directory"):
+        asyncio.run(aload_examples(store, [tmp_path / "shots.jsonl"], collection="shots"))
+    assert store.count_sync("docs", kind="documents") == 1
+
+
+def test_routes_a_read_only_store_holds_are_served_and_new_ones_refused_naming_knowledge_path(
+        gemini_server: GeminiTestServer, tmp_path: Path, read_only: Callable[..., None]) -> None:
+    kb = _stored(tmp_path)
+    routes = {"chat": ["when does the bakery open?"], "plain": ["hello there"]}
+    policy = {"kind": "semantic", "routes": routes, "default": "plain"}
+    Router.from_config(_rag(gemini_server, kb, **policy)).close()  # the routes are stored
+    collections = [p for p in kb.iterdir() if p.is_dir()]
+    read_only(*[f for d in collections for f in d.iterdir()], *collections)
+    Router.from_config(_rag(gemini_server, kb, **policy)).close()  # stored already: nothing to write
+    more = {**policy, "routes": {**routes, "plain": ["hello there", "good morning"]}}
+    with pytest.raises(ConfigError) as info:  # before: taken into Chroma's log, failing a later write
+        Router.from_config(_rag(gemini_server, kb, **more))
+    assert info.value.field == "knowledge.path"

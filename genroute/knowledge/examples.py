@@ -8,6 +8,7 @@ never selected, so an evaluation item that is also in the store cannot leak its 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import random
@@ -73,6 +74,7 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
     after each batch written, as ``aingest``'s.
     """
     started = time.perf_counter()
+    await asyncio.to_thread(store.check_writable)  # before any file is read, not at the first write
     files = expand_paths(paths, suffixes=JSONL_SUFFIXES, empty_dirs=collection in await store.collections())
     records: dict[str, tuple[str, dict[str, Any]]] = {}
     produced: dict[str, set[str]] = {}

@@ -256,6 +256,7 @@ async def aingest(
     with no stored chunks of theirs to remove either, are a ``UsageError`` (nothing written, no collection made).
     """
     started = time.perf_counter()
+    await asyncio.to_thread(store.check_writable)  # before any file is read, not at the first write
     # A directory emptied since it was ingested is read as holding nothing, so its files' chunks are withdrawn.
     files = expand_paths(paths, empty_dirs=collection in await store.collections())
     _check_chunk_size(store, chunk_tokens)

@@ -33,6 +33,7 @@ class RouteStore(Protocol):
     def _guard(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
     def collection_sync(self, name: str, *, kind: Any, create: bool = False, field: str = "collection") -> Any: ...
     def delete_sync(self, name: str, ids: Sequence[str], *, kind: Any) -> None: ...
+    def check_writable(self) -> None: ...
     def max_batch_size(self) -> int: ...
 
 
@@ -133,6 +134,8 @@ def _sync(store: RouteStore, routes: RouteSet) -> StoredRoutes:
         stored = set(store._guard(col.get, include=[])["ids"])
         stale = sorted(stored - wanted.keys())
         missing = [i for i in wanted if i not in stored]
+        if stale or missing:  # a store read-only where it is written serves routes already stored, no others
+            store.check_writable()
         store.delete_sync(name, stale, kind="routes")
         size = store.max_batch_size()
         for start in range(0, len(missing), size):

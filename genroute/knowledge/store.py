@@ -83,6 +83,13 @@ class KnowledgeStore(StoreCollections):
 
         return RouteSync(self)
 
+    def check_writable(self) -> None:
+        """``ConfigError`` naming ``knowledge.path`` unless an embedded store's records can be written (each
+        collection's directory and files too): asked before an ingest, an example load or a route sync writes, which
+        would otherwise fail part-way, or only at Chroma's next compaction. A server's store is its own business."""
+        if self.config.path is not None:
+            check_place(self.config.path, writes=True)
+
     # -- records -----------------------------------------------------------------------------
 
     async def existing_ids(self, name: str, ids: Sequence[str], *, kind: Kind) -> set[str]:

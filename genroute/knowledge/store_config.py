@@ -88,14 +88,17 @@ def no_place(field: str = "knowledge") -> ConfigError:
                        field=f"{field}.path")
 
 
-def check_place(path: str, *, field: str = "knowledge") -> None:
+def check_place(path: str, *, field: str = "knowledge", writes: bool = False) -> None:
     """``ConfigError`` naming ``{field}.path`` unless an embedded Chroma can keep its files at ``path``: a directory
-    it can write in, or one it can make (Chroma makes it, parents too, when first opened; this makes nothing).
+    it can write in, or one it can make (Chroma makes it, parents too, when first opened; this makes nothing), whose
+    ``chroma.sqlite3``, if there is one, it can write. ``writes``: the caller is about to write records (an ingest, an
+    example load, a route sync that adds or deletes), so each collection's directory and files must be writable too.
 
-    Else the first request would fail, as a retryable ``BackendUnavailable`` naming no field. Chroma cannot even
-    read a store it cannot write (its first open writes), so a read-only directory is no loss. The probe is an
-    unnamed temporary file in the nearest existing directory: a permission bit would pass a path under ``/proc``,
-    and any path for root."""
+    Else the first request (or the write) would fail, as a retryable ``BackendUnavailable`` naming no field. Chroma
+    cannot even read a store whose ``chroma.sqlite3`` it cannot write (its first open writes), so a read-only one is
+    no loss; a collection's directory it only writes into when records are added (reads work without), so a store
+    read-only there still serves a router that only reads. The probes open files for writing, and make an unnamed
+    temporary file in a directory: a permission bit would pass a path under ``/proc``, and any path for root."""
     target = Path(path)
     existing = target
     while not existing.exists() and existing.parent != existing:
@@ -104,13 +107,37 @@ def check_place(path: str, *, field: str = "knowledge") -> None:
         raise ConfigError(f"{path!r} is not a directory: an embedded store keeps its files in one" if existing == target
                           else f"{path!r} cannot be made: {str(existing)!r} is a file, not a directory",
                           field=f"{field}.path")
+    where = "" if existing == target else f" (it would be made in {str(existing)!r})"
+    _probe_dir(existing, f"{path!r}: an embedded store cannot write there{where}", field)
+    if existing != target:
+        return  # a store not made yet: nothing in it to probe
+    database = target / "chroma.sqlite3"
+    if database.exists():
+        _probe_file(database, f"{path!r}: Chroma cannot open a store whose chroma.sqlite3 it cannot write, even to "
+                              f"read it", field)
+    if writes:
+        for directory in sorted(p for p in target.iterdir() if p.is_dir()):
+            what = f"{path!r}: records cannot be written, as Chroma cannot write in its collection directory " \
+                   f"{directory.name!r} (a store only read may be read-only there)"
+            _probe_dir(directory, what, field)
+            for file in sorted(p for p in directory.iterdir() if p.is_file()):
+                _probe_file(file, f"{what}: {file.name}", field)
+
+
+def _probe_dir(directory: Path, what: str, field: str) -> None:
     try:
-        with tempfile.TemporaryFile(dir=existing):
+        with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as exc:
-        where = "" if existing == target else f" (it would be made in {str(existing)!r})"
-        raise ConfigError(f"{path!r}: an embedded store cannot write there{where}: {exc.strerror or exc}",
-                          field=f"{field}.path") from None
+        raise ConfigError(f"{what}: {exc.strerror or exc}", field=f"{field}.path") from None
+
+
+def _probe_file(file: Path, what: str, field: str) -> None:
+    # Opened for writing, not written: nothing changes, not even the modification time.
+    try:
+        os.close(os.open(file, os.O_WRONLY))
+    except OSError as exc:
+        raise ConfigError(f"{what}: {exc.strerror or exc}", field=f"{field}.path") from None
 
 
 def parse_store_config(raw: Mapping[str, Any] | None, *, field: str = "knowledge") -> StoreConfig:
