@@ -200,8 +200,11 @@ async def test_a_reingest_reads_the_records_of_many_files_at_once(knowledge: Kno
 
     store.metadatas_where = metadatas_where  # type: ignore[method-assign]
     store.metadata_pages = metadata_pages  # type: ignore[method-assign]
-    (folder / "f07.txt").write_text("File 7 says pears are green.", encoding="utf-8")
+    for n in range(30):  # every file changed: none is skipped by its digest (``file_digests``)
+        (folder / f"f{n:02d}.txt").write_text(f"File {n} says pears are green.", encoding="utf-8")
     report = await aingest(store, [folder], collection=collection)
-    assert (report.added, report.removed) == (1, 1)
-    assert len(calls) == 1, calls  # the 30 files' records in one read; the directory holds no file deleted since
+    assert (report.added, report.removed) == (30, 30)
+    # One read of the 30 files' digests to clear (the lookup of unchanged ones finds none), one of their records to
+    # settle; the directory holds no file deleted since.
+    assert calls == ["page", "page"], calls
     assert set(snapshot(store, collection)) == expected_ids(sorted(folder.iterdir()), 200, 40)

@@ -23,6 +23,9 @@ anything of a file, that the file has not changed since it read it (modification
 file that did to the next run (an edit landing in the instant between that check and the delete can still cost
 chunks, which the file's next ingest puts back). A run stopped part-way leaves whole batches and stale chunks, never
 records that look settled when they are not: the next run sees the difference and finishes the job.
+
+A file settled as it is now (same bytes and settings, by its digest: ``file_digests``) is not even read: a re-run over
+an unchanged corpus hashes its files and chunks and embeds nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +43,8 @@ from pydantic import BaseModel, ConfigDict
 
 from genroute.errors import UsageError
 from genroute.knowledge.chunking import Chunk, iter_chunks, stored_chunk_id, token_counter
+from genroute.knowledge.file_digests import (Settled, file_digest, mark_settled, settings_key, settled_files,
+                                             unsettle)
 from genroute.knowledge.records import (GENERATION, FileState, file_state, paid_writes, settle_sources,
                                         upsert_missing, withdraw_deleted)
 
@@ -74,6 +79,8 @@ class IngestReport(BaseModel):
     batches: int
     seconds: float
     removed: int = 0
+    #: Files skipped as settled and unchanged since (same bytes, same settings): not chunked, not embedded.
+    unchanged: int = 0
     #: What the run's embedding calls cost (0 for the offline embedder; Gemini embeddings are estimated).
     cost_usd: float = 0.0
     cost_estimated: bool = False
@@ -260,17 +267,24 @@ async def aingest(
     # A directory emptied since it was ingested is read as holding nothing, so its files' chunks are withdrawn.
     files = expand_paths(paths, empty_dirs=collection in await store.collections())
     _check_chunk_size(store, chunk_tokens)
+    settings = settings_key(store, chunk_tokens=chunk_tokens, overlap=overlap, text_field=text_field)
+    states: dict[str, FileState] = {}
+    digests: dict[str, str] = {}
+    for path in files:
+        states[str(path)] = file_state(path)  # before reading: an edit during the read shows as a change
+        digests[str(path)] = file_digest(path, settings)
+    unchanged = await settled_files(store, collection, digests)  # settled as they are now: not read again
+    await unsettle(store, collection, [source for source in digests if source not in unchanged])
     chunks: dict[str, tuple[str, dict[str, Any]]] = {}
     generations: dict[str, int] = {}
-    states: dict[str, FileState] = {}
-    documents = 0
+    documents: dict[str, int] = {}
     for path in files:
-        states[str(path.resolve())] = file_state(path)  # before reading: an edit during the read shows as a change
-        generation = time.time_ns()
+        if str(path) in unchanged:
+            continue
         # Every file read is settled, chunks or not: an emptied file's old chunks must go too.
-        generations[str(path.resolve())] = generation
+        generations[str(path)] = generation = time.time_ns()
         docs = list(read_documents(path, text_field=text_field))
-        documents += len(docs)
+        documents[str(path)] = len(docs)
         for n, (chunk, meta) in enumerate(chunk_documents(iter(docs), chunk_tokens=chunk_tokens, overlap=overlap)):
             if n % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # where a Ctrl-C (a cancellation) is taken, not after the last file is cut
@@ -285,12 +299,25 @@ async def aingest(
                                                   batch_size=batch_size, progress=progress, on_batch=on_batch)
         removed = await settle_sources(store, collection, generations, chunks, kind="documents", states=states)
         removed += await withdraw_deleted(store, collection, paths, files, kind="documents")
-    if not chunks and not removed:
+        await mark_settled(store, collection, _heads(chunks, documents, digests, states))
+    if not chunks and not removed and not unchanged:
         raise _no_text()  # the files were empty before too: nothing changed
-    return IngestReport(collection=collection, files=len(files), documents=documents, chunks=len(chunks),
-                        added=added, skipped=len(chunks) - added, batches=batches, removed=removed,
-                        seconds=time.perf_counter() - started, cost_usd=charges.cost_usd,
+    total = len(chunks) + sum(s.chunks for s in unchanged.values())
+    return IngestReport(collection=collection, files=len(files),
+                        documents=sum(documents.values()) + sum(s.documents for s in unchanged.values()),
+                        chunks=total, added=added, skipped=total - added, batches=batches, removed=removed,
+                        unchanged=len(unchanged), seconds=time.perf_counter() - started, cost_usd=charges.cost_usd,
                         cost_estimated=charges.estimated)
+
+
+def _heads(chunks: Mapping[str, tuple[str, dict[str, Any]]], documents: Mapping[str, int],
+           digests: Mapping[str, str], states: Mapping[str, FileState]) -> dict[str, tuple[str, Settled]]:
+    """Head id -> (digest, holds) of each file this run settled: read, its chunks stored, and unchanged since."""
+    held: dict[str, list[str]] = {}
+    for rid, (_, meta) in chunks.items():
+        held.setdefault(meta["source"], []).append(rid)
+    return {min(ids): (digests[source], Settled(documents[source], len(ids))) for source, ids in held.items()
+            if file_state(source) == states[source]}
 
 
 def _no_text() -> UsageError:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.bounds import is_whole
 from genroute.errors import GenrouteError, UsageError
+from genroute.knowledge.file_digests import DIGEST
 from genroute.knowledge.record_dirs import PAGE, ensure_dir_keys, placed, under
 from genroute.knowledge.store import clean_metadata
 from genroute.runtime.billing import Charges, charging
@@ -122,6 +123,8 @@ class _Settling:
         """The record's metadata as this run read it, for ``source``; an example stored under another file
         (``stored``) stays that file's and is marked as ``source``'s too."""
         meta = {**self.records[rid][1], "source": source}
+        if stored.get(DIGEST):  # the digest of the text it was settled for, which this reading may not have
+            meta[DIGEST] = ""
         if self.shared and isinstance(stored.get("source"), str) and stored["source"] != source:
             meta.update({"source": stored["source"], held_key(source): source})
         return {k: v for k, v in meta.items() if k not in self.kept_as_stored}
@@ -142,7 +145,11 @@ class _Settling:
         any an older run removed. Returns how many stale records were deleted."""
         store, collection, kind = self.store, self.collection, self.kind
         if source in self.states and file_state(source) != self.states[source]:
-            return 0  # this reading is out of date: what it wrote is settled by the run that reads the file next
+            # This reading is out of date: what it wrote is settled by the run that reads the file next, which a
+            # digest a newer run left (``file_digests``) would have skip the file, leaving what this one wrote.
+            marked = sorted(i for i, meta in stored.items() if meta.get(DIGEST))
+            await store.update_metadatas(collection, marked, [{DIGEST: ""}] * len(marked), kind=kind)
+            return 0
         stamps = {i: int(meta.get(GENERATION, 0)) for i, meta in stored.items()}
         # Records an earlier run wrote and this one kept are this reading's now: an overlapping older run
         # (which only deletes below its own stamp) must not take them. Their metadata is this reading's too (a
