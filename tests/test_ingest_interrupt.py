@@ -16,6 +16,9 @@ from pathlib import Path
 import yaml
 
 from genroute.knowledge import build_store
+from genroute.testing import Fault, GeminiTestServer
+
+from .conftest import gemini_config
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 256  # the ingest's default batch: one Chroma upsert each
@@ -89,3 +92,38 @@ def test_ctrl_c_while_a_large_file_is_chunked_ends_the_command_there(tmp_path: P
     # Before, every chunk of the file was cut (~70,000, some seconds) before the cancellation was taken.
     assert 0 < int((marks / "chunks").read_text()) < 10_000
     assert "docs" not in asyncio.run(build_store({"path": str(tmp_path / "kb")}, engines={}).collections())
+
+
+def test_ctrl_c_while_gemini_embeds_a_batch_ends_the_command_without_waiting_for_the_answer(
+        gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    # The Gemini embedder's request is awaited, not run in a worker thread: a Ctrl-C cancels it where it is, so the
+    # command ends without the answer (here held back 600 s, past the wait below), as the offline embedder stops
+    # at its next forward pass.
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(f"Item {i} of the catalogue is the part numbered {i * 7919 % 10007}." for i in range(300)))
+    config = tmp_path / "genroute.yaml"
+    config.write_text(yaml.safe_dump({**gemini_config(gemini_server), "knowledge": {
+        "path": str(tmp_path / "kb"), "embedder": {"kind": "gemini", "engine": "gemini", "dimension": 8}}}))
+    ingest = ["-m", "genroute.cli", "ingest", str(doc), "--collection", "docs", "--config", str(config),
+              "--chunk-tokens", "64", "--overlap", "0"]
+    gemini_server.fault(Fault.delay(600))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in _interrupted
+    try:
+        proc = subprocess.Popen(_command(ingest), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    deadline = time.monotonic() + 300
+    while not any(r.action == "batchEmbedContents" for r in gemini_server.requests):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=60)
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)  # well before the held answer
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "genroute: interrupted", (out, err)
+    client = build_store({"path": str(tmp_path / "kb")}, engines={}).client()  # Chroma's own count: no embedder
+    assert all(c.count() == 0 for c in client.list_collections())  # nothing of the batch written
+
+    rerun = subprocess.run(_command(ingest), cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert int(dict(re.findall(r"(\w+)=(\d+)", rerun.stdout))["added"]) > 0
