@@ -64,18 +64,13 @@ def _chroma_cli() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
-    """A real Chroma server on a free loopback port, data in a temp dir, log to a file; stopped at the end."""
-    root = tmp_path_factory.mktemp("chroma-server")
-    port = free_port()
-    log = root / "chroma.log"
-    with log.open("wb") as out:
+def start_chroma(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``chroma run`` on ``port`` with its data in ``data`` and its log appended to ``log``, once it answers."""
+    with log.open("ab") as out:
         process = subprocess.Popen(
-            [_chroma_cli(), "run", "--path", str(root / "data"), "--port", str(port), "--host", "127.0.0.1"],
+            [_chroma_cli(), "run", "--path", str(data), "--port", str(port), "--host", "127.0.0.1"],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
         )
-    server = ChromaServer("127.0.0.1", port, log, process)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -83,19 +78,37 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaSe
                 pytest.fail(f"chroma run exited with {process.returncode}: {log.read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1):
-                    break
+                    return process
             except OSError:
                 if time.monotonic() > deadline:
                     pytest.fail(f"chroma run gave no heartbeat in 60 s: {log.read_text()[-2000:]}")
                 time.sleep(0.2)
-        yield server
+    except BaseException:
+        stop_chroma(process)
+        raise
+
+
+def stop_chroma(process: subprocess.Popen[bytes]) -> None:
+    """Stop a ``chroma run`` as Ctrl-C does (killed if it takes over 15 s)."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    """A real Chroma server on a free loopback port, data in a temp dir, log to a file; stopped at the end."""
+    root = tmp_path_factory.mktemp("chroma-server")
+    port = free_port()
+    log = root / "chroma.log"
+    process = start_chroma(root / "data", port, log)
+    try:
+        yield ChromaServer("127.0.0.1", port, log, process)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_chroma(process)
 
 
 class ChromaFaultProxy:
