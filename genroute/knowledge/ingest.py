@@ -270,7 +270,9 @@ async def aingest(
     settings = settings_key(store, chunk_tokens=chunk_tokens, overlap=overlap, text_field=text_field)
     states: dict[str, FileState] = {}
     digests: dict[str, str] = {}
-    for path in files:
+    for n, path in enumerate(files):
+        if n % _YIELD_EVERY == _YIELD_EVERY - 1:
+            await asyncio.sleep(0)  # a Ctrl-C is taken between files, not after the last is hashed
         states[str(path)] = file_state(path)  # before reading: an edit during the read shows as a change
         digests[str(path)] = file_digest(path, settings)
     unchanged = await settled_files(store, collection, digests)  # settled as they are now: not read again
