@@ -165,7 +165,8 @@ class Floor:
                 usage = built_usage(input_tokens=meta.prompt_token_count or 0,
                                     output_tokens=meta.candidates_token_count or 0,
                                     cached_input_tokens=meta.cached_content_token_count or 0,
-                                    thinking_tokens=meta.thoughts_token_count or 0)
+                                    thinking_tokens=meta.thoughts_token_count or 0,
+                                    audio_input_tokens=0, cached_audio_input_tokens=0)  # a text prompt
                 price = self.price
                 cost = (usage.input_tokens * price.input
                         + (usage.output_tokens + usage.thinking_tokens) * price.output) / 1_000_000

@@ -100,6 +100,10 @@ class Usage(_Frozen):
     output_tokens: int = 0
     cached_input_tokens: int = 0
     thinking_tokens: int = 0
+    #: The audio part of ``input_tokens`` (cached audio included) and of ``cached_input_tokens``, as the provider
+    #: split them by modality: priced at the model's audio rates where it has them.
+    audio_input_tokens: int = 0
+    cached_audio_input_tokens: int = 0
 
     @property
     def is_zero(self) -> bool:
@@ -117,6 +121,8 @@ class Usage(_Frozen):
             output_tokens=self.output_tokens + other.output_tokens,
             cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
             thinking_tokens=self.thinking_tokens + other.thinking_tokens,
+            audio_input_tokens=self.audio_input_tokens + other.audio_input_tokens,
+            cached_audio_input_tokens=self.cached_audio_input_tokens + other.cached_audio_input_tokens,
         )
 
 

@@ -19,22 +19,33 @@ import pytest
 
 FLASH = "gemini-2.5-flash"
 
-#: USD per token, from the Gemini Developer API pricing page (standard tier, text, prompts <= 200k tokens).
+#: USD per token, from the Gemini Developer API pricing page (standard tier, prompts <= 200k tokens): text (and
+#: image, video), and audio where the page prices it apart (2.5 Pro has one price for every modality).
 PRICES = {
-    "gemini-2.5-flash": {"input": 0.30e-6, "output": 2.50e-6, "cached": 0.03e-6},
-    "gemini-2.5-flash-lite": {"input": 0.10e-6, "output": 0.40e-6, "cached": 0.01e-6},
+    "gemini-2.5-flash": {"input": 0.30e-6, "output": 2.50e-6, "cached": 0.03e-6, "audio": 1.00e-6,
+                         "cached_audio": 0.10e-6},
+    "gemini-2.5-flash-lite": {"input": 0.10e-6, "output": 0.40e-6, "cached": 0.01e-6, "audio": 0.30e-6,
+                              "cached_audio": 0.03e-6},
     "gemini-2.5-pro": {"input": 1.25e-6, "output": 10.00e-6, "cached": 0.125e-6},
 }
 
 
-def usage_cost(model: str, usage: Mapping[str, int]) -> float:
+def usage_cost(model: str, usage: Mapping[str, Any]) -> float:
     """What Gemini bills for one ``usageMetadata``: uncached prompt at input, cached at the cached rate, answer and
-    thoughts at output."""
+    thoughts at output; the audio part of each (``promptTokensDetails`` and ``cacheTokensDetails``, the prompt's
+    counting the cached tokens too) at the audio rates."""
     price = PRICES[model]
     prompt = usage.get("promptTokenCount", 0) + usage.get("toolUsePromptTokenCount", 0)
     cached = usage.get("cachedContentTokenCount", 0)
     output = usage.get("candidatesTokenCount", 0) + usage.get("thoughtsTokenCount", 0)
-    return (prompt - cached) * price["input"] + cached * price["cached"] + output * price["output"]
+    audio, cached_audio = _audio(usage.get("promptTokensDetails")), _audio(usage.get("cacheTokensDetails"))
+    return ((prompt - cached - (audio - cached_audio)) * price["input"] + (cached - cached_audio) * price["cached"]
+            + (audio - cached_audio) * price.get("audio", price["input"])
+            + cached_audio * price.get("cached_audio", price["cached"]) + output * price["output"])
+
+
+def _audio(details: Any) -> int:
+    return sum(d["tokenCount"] for d in details or () if d["modality"] == "AUDIO")
 
 
 def answer(text: str, usage: Mapping[str, int], *, model: str = "gemini-2.5-flash",

@@ -35,6 +35,8 @@ class Summary(BaseModel):
     input_tokens: float = Field(description="Mean per answered request.")
     output_tokens: float
     cached_input_tokens: float
+    audio_input_tokens: float = Field(default=0.0, description="Mean per answered request: the audio part of the "
+                                      "input, priced at the model's audio rate.")
     cost_per_request_usd: float = Field(description="Mean over all requests (failures cost what they cost).")
     cloud_equivalent_per_request_usd: float | None = None
     judge_cost_usd: float = Field(default=0.0, description="Total spent on the judge, apart from the cost above.")
@@ -83,6 +85,7 @@ def summarize(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000)
             ttft_p50_s=float(np.median(ttfts)) if ttfts else None,
             input_tokens=mean([r.input_tokens for r in ok]), output_tokens=mean([r.output_tokens for r in ok]),
             cached_input_tokens=mean([r.cached_input_tokens for r in ok]),
+            audio_input_tokens=mean([r.audio_input_tokens for r in ok]),
             cost_per_request_usd=mean([r.cost_usd for r in rows]),
             # Failed requests have no usage to price: they count as 0, like their measured cost.
             cloud_equivalent_per_request_usd=sum(clouds) / len(rows) if clouds else None,
@@ -98,7 +101,7 @@ def _money(value: float | None) -> str:
 
 
 COLUMNS = ("backend", "n", "quality (95% CI)", "p50 s", "p95 s", "p99 s", "TTFT p50 s", "in tok", "out tok",
-           "cached tok", "$/request", "$/1k", "cloud-eq $/1k", "judge $", "failures")
+           "cached tok", "audio tok", "$/request", "$/1k", "cloud-eq $/1k", "judge $", "failures")
 
 
 def table_rows(summaries: Sequence[Summary]) -> list[list[str]]:
@@ -115,6 +118,7 @@ def table_rows(summaries: Sequence[Summary]) -> list[list[str]]:
             *("–" if v is None else f"{v:.3f}" for v in (s.latency_p50_s, s.latency_p95_s, s.latency_p99_s)),
             "–" if s.ttft_p50_s is None else f"{s.ttft_p50_s:.3f}",
             f"{s.input_tokens:.1f}", f"{s.output_tokens:.1f}", f"{s.cached_input_tokens:.1f}",
+            f"{s.audio_input_tokens:.1f}",
             _money(s.cost_per_request_usd), _money(s.cost_per_1k_usd), _money(cloud),
             _money(s.judge_cost_usd if judged else None), fails,
         ])

@@ -57,6 +57,9 @@ class Outcome(BaseModel):
     output_tokens: int = 0
     cached_input_tokens: int = 0
     thinking_tokens: int = 0
+    #: The audio part of the input and of its cached part (``Usage``), priced at the model's audio rates.
+    audio_input_tokens: int = 0
+    cached_audio_input_tokens: int = 0
     cost_usd: float = 0.0
     cloud_equivalent_cost_usd: float | None = None
     judge_cost_usd: float = 0.0
@@ -161,6 +164,7 @@ async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scor
         latency_s=result.latency_s or (time.perf_counter() - start), ttft_s=result.time_to_first_token_s,
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
         cached_input_tokens=usage.cached_input_tokens, thinking_tokens=usage.thinking_tokens,
+        audio_input_tokens=usage.audio_input_tokens, cached_audio_input_tokens=usage.cached_audio_input_tokens,
         cost_usd=result.cost_usd, cloud_equivalent_cost_usd=result.cloud_equivalent_cost_usd,
     )
     try:

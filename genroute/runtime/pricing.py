@@ -26,7 +26,8 @@ class PriceTier(BaseModel):
 
 class ModelPrice(BaseModel):
     """USD per 1M tokens: input, output (thinking tokens bill as output), cached input (explicit caches and
-    Gemini's implicit cache hits alike) and context-cache storage per hour."""
+    Gemini's implicit cache hits alike), context-cache storage per hour, and audio input where the model prices it
+    apart from text (images, video and documents bill as text on every model priced here)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -35,6 +36,10 @@ class ModelPrice(BaseModel):
     cached_input: float | None = Field(default=None, ge=0)
     cache_storage: float | None = Field(default=None, ge=0,
                                         description="USD per 1M tokens per hour a context cache is stored.")
+    audio_input: float | None = Field(default=None, ge=0, description="USD per 1M audio input tokens, at every "
+                                      "prompt size (unset: audio bills as text).")
+    cached_audio_input: float | None = Field(default=None, ge=0, description="USD per 1M cached audio input tokens "
+                                             "(unset: as cached text).")
     tiers: tuple[PriceTier, ...] = ()
 
     @field_validator("tiers")
@@ -55,23 +60,39 @@ class ModelPrice(BaseModel):
             + cached * cached_rate
             + (usage.output_tokens + usage.thinking_tokens) * price.output
         )
+        if usage.audio_input_tokens:  # a text prompt pays nothing for this test but the test
+            total += self._audio_extra(usage, price.input, cached, cached_rate)
         return total / 1_000_000
+
+    def _audio_extra(self, usage: Usage, text_rate: float, cached: int, cached_rate: float) -> float:
+        """What ``usage``'s audio tokens cost (USD x 1M) beyond the text rates ``cost`` charged them at."""
+        audio = min(usage.audio_input_tokens, usage.input_tokens)
+        audio_cached = min(usage.cached_audio_input_tokens, cached, audio)
+        audio_fresh = min(audio - audio_cached, usage.input_tokens - cached)
+        audio_rate = text_rate if self.audio_input is None else self.audio_input
+        audio_cached_rate = cached_rate if self.cached_audio_input is None else self.cached_audio_input
+        return audio_fresh * (audio_rate - text_rate) + audio_cached * (audio_cached_rate - cached_rate)
 
 
 def _p(inp: float, out: float, cached: float | None, *tiers: tuple[int, float, float, float | None],
-       storage: float | None = None) -> ModelPrice:
+       storage: float | None = None, audio: tuple[float, float] | None = None) -> ModelPrice:
     return ModelPrice(
         input=inp, output=out, cached_input=cached, cache_storage=storage,
+        audio_input=None if audio is None else audio[0], cached_audio_input=None if audio is None else audio[1],
         tiers=tuple(PriceTier(above_input_tokens=a, input=i, output=o, cached_input=c) for a, i, o, c in tiers),
     )
 
 
-#: Gemini Developer API list prices (text, standard tier) as published in 2025–2026. The source of truth is
+#: Gemini Developer API list prices (standard tier) as published in 2025–2026. The source of truth is
 #: ai.google.dev/gemini-api/docs/pricing, which is not in the reference corpus this table was checked against
-#: (2026-12-06): each group names the pages that quote it. Thinking tokens bill at the output price (the pricing
-#: page's "Output price (including thinking tokens)", quoted below). Audio input is dearer than text on some models
-#: (gemini-3-flash-preview: $1.00 against $0.50); genroute's usage does not split tokens by modality, so an audio
-#: prompt is priced here at the text rate.
+#: (2026-12-06) as a page of its own: each group names the pages that quote it. Thinking tokens bill at the output
+#: price (the pricing page's "Output price (including thinking tokens)", quoted below). Audio input is dearer than
+#: text on some models and priced apart (``audio=(input, cached input)``): the page lists input as "$0.30 (text /
+#: image / video) $1.00 (audio)", so images, video and documents bill as text. Its audio rates are read from copies
+#: of the page kept in public repositories (checked 2026-12-06: gfargo/token-tally's scripts/fixtures/gemini/
+#: pricing.md, fetched 2025-10-08, and a later copy that lists Gemini 3.1 Pro, which agree where both list a rate)
+#: and cross-checked against a second source each, named below; a rate found once is left out. The models without
+#: one (the Pro models, 2.0 Flash-Lite, the embedding model) list a single price for every modality.
 DEFAULT_PRICES: dict[str, ModelPrice] = {
     # Input $2.00 / output $12.00 up to 200k prompt tokens, $4.00 / $18.00 above (aifreeapi.com/en/posts/
     # gemini-3-api-pricing-quota, 2026-02-04, and .../gemini-api-pricing-2026, January 2026). Cached $0.20 / $0.40
@@ -81,8 +102,9 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     # The pricing page as quoted by factquire.com/models/google/gemini-3-flash-preview.json (read 2026-07-04):
     # "$0.50 (text / image / video) $1.00 (audio)", output "(including thinking tokens) $3.00", context caching
     # "$0.05 (text / image / video)"; one price at every prompt size (evolink.ai lists the same above 200k).
-    # Storage $1.00/1M/hour: not in the corpus, kept.
-    "gemini-3-flash-preview": _p(0.50, 3.00, 0.05, storage=1.00),
+    # Audio $1.00, cached audio $0.10 and storage $1.00/1M/hour: the later page copy, and two project notes that quote
+    # the page ("$0.05 (text/image/video), $0.10 (audio) + $1.00/M tokens/hour storage").
+    "gemini-3-flash-preview": _p(0.50, 3.00, 0.05, storage=1.00, audio=(1.00, 0.10)),
     # Input $1.25 / output $10.00 up to 200k, $2.50 / $15.00 above (deploybase.ai/articles/gemini-api-pricing,
     # 2026-01-08, "from Google's official pricing page (March 2026)"); cached $0.125 / $0.25 and storage $4.50
     # (the pricing page as quoted in discuss.ai.google.dev/t/question-about-gemini-api-caching-pricing/107349).
@@ -92,13 +114,21 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     # flagship-family: storage $1.00/1M/hour, thinking billed at the output rate). Cached $0.03: deploybase gives
     # caching as a 90% discount; the figure itself is not in the corpus. One blog (May 2026, dev.to mirror) gives
     # cache reads $0.075 and thinking $3.50 (the 2025 preview's prices): they disagree, kept as they were.
-    "gemini-2.5-flash": _p(0.30, 2.50, 0.03, storage=1.00),
+    # Both page copies: cached "$0.03 (text / image / video) $0.1 (audio)", audio input $1.00; audio $1.00 also in
+    # api-evangelist/gemini's plans/gemini-plans-pricing.yml (the page as read 2026-09-20), cached audio $0.10 in
+    # LiteLLM's price map (vertex_ai/gemini-2.5-flash: cache_read_input_token_cost_per_audio_token 1e-07).
+    "gemini-2.5-flash": _p(0.30, 2.50, 0.03, storage=1.00, audio=(1.00, 0.10)),
     # Input $0.10 / output $0.40 (alltoken.ai/models/gemini-2.5-flash-lite, morphllm.com/gemini-api-pricing);
-    # storage $1.00/1M/hour (hivebook.wiki, above). Cached $0.01: not in the corpus, kept.
-    "gemini-2.5-flash-lite": _p(0.10, 0.40, 0.01, storage=1.00),
+    # storage $1.00/1M/hour (hivebook.wiki, above). Cached $0.01: the later page copy ("$0.01 (text / image / video)
+    # $0.03 (audio)"; the 2025-10-08 copy still had $0.025 / $0.125). Audio $0.30 in both copies and at
+    # anttisahla.com/ai/models/gemini-2-5-flash-lite (verified 2026-05-16); cached audio $0.03 in the later copy and
+    # a project note quoting the page ("$0.01; $0.03 audio").
+    "gemini-2.5-flash-lite": _p(0.10, 0.40, 0.01, storage=1.00, audio=(0.30, 0.03)),
     # Input $0.10 / cached $0.025 / output $0.40 (modelpedia.dev/google/gemini-2.0-flash, updated 2026-03-22;
-    # morphllm.com, above, with its shutdown on 2026-06-01). Storage $1.00: not in the corpus, kept.
-    "gemini-2.0-flash": _p(0.10, 0.40, 0.025, storage=1.00),
+    # morphllm.com, above, with its shutdown on 2026-06-01); storage $1.00, audio $0.70 and cached audio $0.175 (both
+    # page copies; audio $0.70 also in a pricing table that quotes the page, "$0.10 per 1M tokens (text/image/video),
+    # $0.70 (audio)").
+    "gemini-2.0-flash": _p(0.10, 0.40, 0.025, storage=1.00, audio=(0.70, 0.175)),
     # Input $0.075 / output $0.30 (yingtu.ai/blog/gemini-flash-api-cheapest-cost); no context caching on this
     # model (discuss.ai.google.dev/t/query-gemini-2-0-flash-lite-explicit-caching-costs-and-max-ttl-limit/83445).
     "gemini-2.0-flash-lite": _p(0.075, 0.30, None),

@@ -16,6 +16,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import INVALID_SPAN
 
+from genroute.construct import replaced
 from genroute.types import Usage, built_usage
 
 if TYPE_CHECKING:
@@ -224,17 +225,41 @@ def usage_of(response: types.GenerateContentResponse) -> Usage | None:
     """Token usage reported by a response, if any.
 
     Input is the prompt plus the tool-use prompt (what a server-side tool such as Google Search or URL context
-    read): Gemini counts them apart, not one within the other, and bills both as input."""
+    read): Gemini counts them apart, not one within the other, and bills both as input. Its audio part is read from
+    the split by modality Gemini gives for a prompt with media (``audio_tokens``)."""
     meta = response.usage_metadata
     if meta is None:
         return None
     tool_use = meta.tool_use_prompt_token_count
-    return built_usage(  # the SDK validated these counts (ints or None)
+    usage = built_usage(  # the SDK validated these counts (ints or None)
         input_tokens=(meta.prompt_token_count or 0) + tool_use if tool_use else meta.prompt_token_count or 0,
         output_tokens=meta.candidates_token_count or 0,
         cached_input_tokens=meta.cached_content_token_count or 0,
         thinking_tokens=meta.thoughts_token_count or 0,
+        audio_input_tokens=0,
+        cached_audio_input_tokens=0,
     )
+    # A list or None (a text prompt may come without one); Gemini sends it whenever it splits the cached content.
+    if meta.prompt_tokens_details:
+        audio, cached = audio_tokens(meta)
+        if audio:
+            return replaced(usage, audio_input_tokens=audio, cached_audio_input_tokens=cached)
+    return usage
+
+
+def audio_tokens(meta: types.GenerateContentResponseUsageMetadata) -> tuple[int, int]:
+    """The audio tokens of a response's input (prompt, cached content included, and tool-use prompt) and of its cached
+    content, from the ``promptTokensDetails``, ``toolUsePromptTokensDetails`` and ``cacheTokensDetails`` lists of
+    ``ModalityTokenCount`` (a cached audio token is in the prompt's split too; without a prompt split, the cache's
+    is all that is known of it)."""
+    cached = _audio(meta.cache_tokens_details)
+    prompt = _audio(meta.prompt_tokens_details) if meta.prompt_tokens_details else cached
+    return max(prompt, cached) + _audio(meta.tool_use_prompt_tokens_details), cached
+
+
+def _audio(details: list[types.ModalityTokenCount] | None) -> int:
+    # MediaModality is a str enum: equal to its name
+    return sum(d.token_count or 0 for d in details or () if d.modality == "AUDIO")
 
 
 @functools.lru_cache(maxsize=_MAX_CACHED_ATTRIBUTES)  # the enum's members, and any string a server invents

@@ -46,7 +46,11 @@ Scripting:
   (``genroute.testing.tuning_routes``) adds Vertex tuning jobs and Cloud Storage uploads this way.
 - With nothing queued, generate answers ``"echo: <last user text>"`` (the last text part of a ``user`` turn;
   model turns and function results are not echoed) with usage estimated from the request size; replace
-  ``srv.default_reply`` (a function of the request) to change that.
+  ``srv.default_reply`` (a function of the request) to change that. A prompt with media (``inlineData`` or
+  ``fileData`` parts) is counted by modality, as the API does, in ``promptTokensDetails`` on every answer and stream
+  event (``TEXT``, ``AUDIO``, ``IMAGE``, ``VIDEO``, ``DOCUMENT``: an image 258 tokens, inline audio, video or a
+  document a token per 1,000 bytes, about Gemini's 32 tokens a second of 16 kHz 16-bit mono audio, and a file 258); a
+  text prompt gets no split, and a scripted ``usage`` is sent as it is.
 - A generate, countTokens or embed request whose body is not JSON gets the API's 400 ``INVALID_ARGUMENT``.
 - ``api_key="k"`` makes the server answer 400 ``API key not valid`` to any other ``x-goog-api-key``.
 
@@ -69,7 +73,8 @@ Every request is recorded in ``srv.requests`` (``RecordedRequest``: method, path
 headers, parsed JSON ``body``, ``raw_body``, and the derived ``model``, ``action``, ``stream``).
 ``CacheRoutes(srv)`` adds context caches (``cachedContents`` create/get/delete, answered with ``createTime``,
 ``expireTime`` and ``displayName``; generate requests naming a
-missing cache get the API's 403, cached tokens show in usage; ``expire()`` drops caches).
+missing cache get the API's 403, cached tokens show in usage, split by modality in ``cacheTokensDetails`` for a cache
+holding media; ``expire()`` drops caches).
 Also here: ``TuningRoutes(srv)`` adds Vertex tuning-job create/get routes with scripted states,
 ``credentials.write_credentials(path)`` writes application-default credentials for code that finds its own, and
 ``OtlpReceiver`` is a loopback OTLP/HTTP collector that decodes exported spans and metrics (with

@@ -3,7 +3,8 @@
 ``CacheRoutes(srv)`` adds create, get and delete, and makes generate requests that name a
 ``cachedContent`` behave as the API does: an unknown or expired cache is answered 403
 ``CachedContent not found (or permission denied)``, and a known one is billed in the reply's usage
-(``promptTokenCount`` includes the cached tokens, ``cachedContentTokenCount`` counts them).
+(``promptTokenCount`` includes the cached tokens, ``cachedContentTokenCount`` counts them; a cache holding media is
+split by modality in ``cacheTokensDetails`` and counted in ``promptTokensDetails`` too).
 Create and get answer the resource as the API does: ``name``, ``model``, ``displayName``, ``createTime``,
 ``updateTime``, ``expireTime`` (the create time plus ``ttl``, default one hour, or the given ``expireTime``)
 and ``usageMetadata``; the input-only ``ttl`` is not echoed. Caches do not expire by the clock: ``expire()``
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from genroute.testing.replies import Response, error_body, field_of, prompt_tokens, render_generate
+from genroute.testing.replies import Response, error_body, field_of, prompt_split, render_generate
 
 if TYPE_CHECKING:
     from genroute.testing.server import GeminiTestServer, RecordedRequest
@@ -41,6 +42,18 @@ class StoredCache:
     body: Any
     created: datetime
     expires: datetime
+    #: Its tokens by modality (``cacheTokensDetails``), or None for text alone.
+    details: list[dict[str, Any]] | None = None
+
+
+def _merged(usage: dict[str, Any], cached: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The prompt's split by modality with the cache's added (the prompt counts the cached tokens too)."""
+    prompt = usage.get("promptTokensDetails") or [
+        {"modality": "TEXT", "tokenCount": usage["promptTokenCount"] - sum(d["tokenCount"] for d in cached)}]
+    counts: dict[str, int] = {}
+    for detail in (*prompt, *cached):
+        counts[detail["modality"]] = counts.get(detail["modality"], 0) + detail["tokenCount"]
+    return [{"modality": m, "tokenCount": n} for m, n in counts.items()]
 
 
 class CacheRoutes:
@@ -71,8 +84,8 @@ class CacheRoutes:
                 self.caches.pop(name, None)
 
     def _create(self, server: GeminiTestServer, request: RecordedRequest, match: re.Match[str]) -> Response:
-        tokens = prompt_tokens({"contents": field_of(request.body, "contents"),
-                                "system": field_of(request.body, "systemInstruction")})
+        tokens, details = prompt_split({"contents": field_of(request.body, "contents"),
+                                        "system": field_of(request.body, "systemInstruction")})
         if tokens < self.min_tokens:
             message = (f"The cached content is of {tokens} tokens. The minimum token count to start caching "
                        f"is {self.min_tokens}.")
@@ -85,7 +98,7 @@ class CacheRoutes:
         model = str(field_of(request.body, "model") or "")
         prefix = request.path.split("/", 2)[2].rsplit("cachedContents", 1)[0]
         cache = StoredCache(name=f"{prefix}cachedContents/c{next(self._ids)}", model=model, tokens=tokens,
-                            body=request.body, created=created, expires=expires)
+                            body=request.body, created=created, expires=expires, details=details)
         with self._lock:
             self.caches[cache.name] = cache
         return Response(body=self._describe(cache))
@@ -115,6 +128,9 @@ class CacheRoutes:
                 usage["promptTokenCount"] += cache.tokens
                 usage["totalTokenCount"] += cache.tokens
                 usage["cachedContentTokenCount"] = cache.tokens
+                if cache.details is not None:
+                    usage["cacheTokensDetails"] = [dict(d) for d in cache.details]
+                    usage["promptTokensDetails"] = _merged(usage, cache.details)
         return response
 
     @staticmethod

@@ -80,9 +80,64 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
+#: Tokens of one image, as Gemini counts an image of up to 384 pixels a side.
+IMAGE_TOKENS = 258
+#: Bytes of audio or video data a token: Gemini counts 32 tokens a second of audio, which for 16 kHz 16-bit mono PCM
+#: is 1,000 bytes a token (the server cannot decode media; it counts their size).
+MEDIA_BYTES_PER_TOKEN = 1000
+
+
+def media_in(value: Any) -> Iterator[tuple[str, int]]:
+    """``(modality, tokens)`` of every media part (``inlineData``, ``fileData``) anywhere in a request body: ``AUDIO``,
+    ``IMAGE``, ``VIDEO`` or ``DOCUMENT`` by its MIME type; an image counts ``IMAGE_TOKENS``, inline audio, video or
+    a document a token per ``MEDIA_BYTES_PER_TOKEN`` bytes (at least one), and a file (a URI the server cannot read)
+    ``IMAGE_TOKENS``."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key in ("inlineData", "inline_data", "fileData", "file_data") and isinstance(item, Mapping):
+                yield _media_tokens(item, inline=key.startswith("inline"))
+            else:
+                yield from media_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from media_in(item)
+
+
+def _media_tokens(media: Mapping[str, Any], *, inline: bool) -> tuple[str, int]:
+    kind = str(field_of(media, "mimeType") or "").split("/", 1)[0]
+    modality = {"audio": "AUDIO", "image": "IMAGE", "video": "VIDEO"}.get(kind, "DOCUMENT")
+    data = media.get("data")
+    if modality == "IMAGE" or not inline or not isinstance(data, str):
+        return modality, IMAGE_TOKENS
+    size = len(data) * 3 // 4 - data[-2:].count("=")  # base64: the bytes it encodes
+    return modality, max(1, math.ceil(size / MEDIA_BYTES_PER_TOKEN))
+
+
+def prompt_details(body: Any) -> list[dict[str, Any]] | None:
+    """The prompt's tokens by modality (``promptTokensDetails``: ``TEXT`` first, then each media modality in the
+    order it first appears), or None for a prompt of text alone (the server then reports no split)."""
+    media: dict[str, int] = {}
+    for modality, tokens in media_in(body):
+        media[modality] = media.get(modality, 0) + tokens
+    if not media:
+        return None
+    text = "".join(texts_in(body))
+    counts = {"TEXT": estimate_tokens(text)} if text else {}
+    return [{"modality": m, "tokenCount": n} for m, n in {**counts, **media}.items()]
+
+
+def prompt_split(body: Any) -> tuple[int, list[dict[str, Any]] | None]:
+    """Estimated prompt tokens of a generate/countTokens request (its text, and its media: ``media_in``), and their
+    split by modality (``prompt_details``)."""
+    details = prompt_details(body)
+    if details is None:
+        return estimate_tokens("".join(texts_in(body))), None
+    return sum(d["tokenCount"] for d in details), details
+
+
 def prompt_tokens(body: Any) -> int:
-    """Estimated prompt tokens of a generate/countTokens request."""
-    return estimate_tokens("".join(texts_in(body)))
+    """Estimated prompt tokens of a generate/countTokens request: its text, and its media (``media_in``)."""
+    return prompt_split(body)[0]
 
 
 def default_text(body: Any) -> str:
@@ -124,8 +179,12 @@ def split_text(text: str, n: int) -> list[str]:
     return [event[0]["text"] for event in split_parts([{"text": text}], n)]
 
 
-def _usage(prompt: int, output: int) -> dict[str, int]:
-    return {"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output}
+def _usage(prompt: int, output: int, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    usage: dict[str, Any] = {"promptTokenCount": prompt, "candidatesTokenCount": output,
+                             "totalTokenCount": prompt + output}
+    if details is not None:
+        usage["promptTokensDetails"] = [dict(d) for d in details]
+    return usage
 
 
 def _body(parts: list[dict[str, Any]], model: str, response_id: str, **extra: Any) -> dict[str, Any]:
@@ -145,11 +204,15 @@ def render_generate(reply: Reply, request_body: Any, model: str, response_id: st
     texts = [p for p in reply.parts if "text" in p]
     others = [p for p in reply.parts if "text" not in p]
     text = "".join(p["text"] for p in texts)
+    # As the API does, a prompt with media is counted by modality (``promptTokensDetails``) on every event; a
+    # scripted ``usage`` is sent as it is.
+    details = None
     if reply.usage is not None:
         usage = _usage(*reply.usage)
     else:
         out = estimate_tokens(text + "".join(str(p) for p in others))
-        usage = _usage(prompt_tokens(request_body), out)
+        prompt, details = prompt_split(request_body)
+        usage = _usage(prompt, out, details)
     final = {"finishReason": reply.finish_reason, "usageMetadata": usage}
     if not stream:
         return Response(body=_body(list(reply.parts), model, response_id, **final))
@@ -159,7 +222,7 @@ def render_generate(reply: Reply, request_body: Any, model: str, response_id: st
     events, sent = [], 0
     for piece in pieces[:-1]:
         sent += sum(len(p["text"]) for p in piece)
-        so_far = _usage(usage["promptTokenCount"], round(usage["candidatesTokenCount"] * sent / len(text)))
+        so_far = _usage(usage["promptTokenCount"], round(usage["candidatesTokenCount"] * sent / len(text)), details)
         events.append(_body(piece, model, response_id, usageMetadata=so_far))
     last_parts = (pieces[-1] if pieces else []) + others
     events.append(_body(last_parts, model, response_id, **final))
