@@ -115,8 +115,9 @@ def test_the_loopback_server_splits_a_prompt_with_audio_by_modality(gemini_serve
     assert [(d.modality, d.token_count) for d in meta.prompt_tokens_details or ()] == [
         (types.MediaModality.TEXT, 5), (types.MediaModality.AUDIO, 32)]
     chunks = list(client.models.generate_content_stream(model=FLASH, contents=audio))
-    assert len(chunks) > 1 and all(c.usage_metadata.prompt_tokens_details == meta.prompt_tokens_details  # type: ignore[union-attr]
-                                   for c in chunks)
+    assert len(chunks) > 1
+    assert all(c.usage_metadata is not None and c.usage_metadata.prompt_tokens_details == meta.prompt_tokens_details
+               for c in chunks)
     # A text prompt: no split (the server sends none, as genroute's hot path expects of a text request).
     text = client.models.generate_content(model=FLASH, contents="What is said here?").usage_metadata
     assert text is not None and text.prompt_tokens_details is None and text.prompt_token_count == 5

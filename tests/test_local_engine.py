@@ -77,6 +77,28 @@ def test_a_system_instruction_that_is_not_text_is_refused(system: object) -> Non
     assert caught.value.field == "config.system_instruction"
 
 
+CLIP = types.Blob(data=b"RIFF" + bytes(60), mime_type="audio/wav")
+
+
+@pytest.mark.parametrize(("part", "field"), [
+    (types.Part(inline_data=CLIP), "contents[1].parts[0].inline_data"),
+    (types.Part(text="What is said here?", inline_data=CLIP), "contents[1].parts[0].inline_data"),
+    (types.Part(file_data=types.FileData(file_uri="files/clip", mime_type="audio/mp3")),
+     "contents[1].parts[0].file_data"),
+], ids=["audio", "text-and-audio", "audio-file"])
+async def test_an_audio_part_is_refused_naming_it(engine: LocalEngine, part: types.Part, field: str) -> None:
+    # A part of text and audio reached the model as its text alone, the audio dropped without a word; audio alone
+    # was refused naming only `contents`, not the part nor what it held.
+    contents = [*user("Listen."), types.Content(role="user", parts=[part])]
+    with pytest.raises(UsageError) as caught:
+        prepare(contents, None, Defaults())
+    assert caught.value.field == field and "audio/" in str(caught.value)
+    for call in (engine.generate("m", contents, None), anext(engine.stream("m", contents, None))):
+        with pytest.raises(UsageError) as caught:
+            await call
+        assert caught.value.field == field
+
+
 def test_a_function_declaration_without_a_name_is_refused() -> None:
     # It was offered to the model as a function named null.
     tools = [types.Tool(function_declarations=[WEATHER, types.FunctionDeclaration(description="no name")])]

@@ -166,7 +166,14 @@ def _describe(decl: types.FunctionDeclaration) -> str:
     return f"- {decl.name}{about}. Arguments: {{{args}}}"
 
 
-def _part_text(part: types.Part) -> str:
+def _part_text(part: types.Part, turn: int, index: int) -> str:
+    """``part`` (``contents[turn].parts[index]``) as prompt text."""
+    # Media first: a part holding text and audio alike would otherwise lose its audio without a word.
+    media = part.inline_data if part.inline_data is not None else part.file_data
+    if media is not None:
+        kind = "inline_data" if part.inline_data is not None else "file_data"
+        raise UsageError(f"the local engine reads text only, not {media.mime_type or 'media'} (send audio, images, "
+                         f"video and files to a Gemini engine)", field=f"contents[{turn}].parts[{index}].{kind}")
     if part.text is not None:
         return part.text
     if part.function_call is not None:
@@ -175,7 +182,7 @@ def _part_text(part: types.Part) -> str:
         result = json.dumps(part.function_response.response or {}, default=str)
         return f"Function result ({part.function_response.name}): {result}"
     raise UsageError("the local engine handles text, function_call and function_response parts only",
-                     field="contents")
+                     field=f"contents[{turn}].parts[{index}]")
 
 
 def _system_text(config: types.GenerateContentConfig) -> str:
@@ -208,7 +215,8 @@ def render(contents: list[types.Content], config: types.GenerateContentConfig, f
            tools_text: str, answer_label: str) -> tuple[tuple[Piece, ...], tuple[str, ...]]:
     """The prompt's pieces and the stop sequences that end the model's turn."""
     preamble = "\n\n".join(t for t in (_system_text(config), tools_text) if t)
-    turns = [(c.role or "user", "\n".join(_part_text(p) for p in c.parts or ())) for c in contents]
+    turns = [(c.role or "user", "\n".join(_part_text(p, i, j) for j, p in enumerate(c.parts or ())))
+             for i, c in enumerate(contents)]
     if fmt == "gemma":
         pieces: list[Piece] = []
         for i, (role, text) in enumerate(turns):
