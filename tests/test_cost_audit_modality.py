@@ -9,6 +9,8 @@ sends audio through a backend of its own (here ``AudioQuestion``: the request's 
 
 from __future__ import annotations
 
+import io
+import wave
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
@@ -23,7 +25,8 @@ from genroute.bench.datasets import BenchRecord
 from genroute.bench.runner import Outcome, run_one
 from genroute.bench.scorers import resolve_scorer
 from genroute.runtime.pricing import ModelPrice, Pricing
-from genroute.testing import GeminiTestServer
+from genroute.runtime.media import audio_seconds
+from genroute.testing import Fault, GeminiTestServer
 from genroute.testing.cache_routes import CacheRoutes
 from genroute.testing.replies import estimate_tokens, prompt_split
 from genroute.types import Usage
@@ -40,22 +43,36 @@ if TYPE_CHECKING:
 CLIP = b"RIFF" + bytes(31_996)
 
 
+def wav(seconds: float, rate: int = 16_000, channels: int = 1) -> bytes:
+    """A WAV clip of ``seconds`` of silence, 16-bit at ``rate``."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as clip:
+        clip.setnchannels(channels)
+        clip.setsampwidth(2)
+        clip.setframerate(rate)
+        clip.writeframes(bytes(2 * channels * int(rate * seconds)))
+    return out.getvalue()
+
+
 class AudioQuestion(SingleCallBackend):
     """An application's backend: the request's text and an audio clip, in one user turn."""
 
     kind: ClassVar[str] = "audio_question"
     Config: ClassVar[type[BackendConfig]] = PromptTemplateConfig
+    clip: bytes = CLIP
 
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
         turn = types.Content(role="user", parts=[types.Part(text=request.input),
-                                                 types.Part.from_bytes(data=CLIP, mime_type="audio/wav")])
+                                                 types.Part.from_bytes(data=self.clip, mime_type="audio/wav")])
         return Prepared(model=self.config.model, contents=[turn], config=None)
 
 
-def with_audio(router: Router) -> Router:
-    """``router`` with its ``chat`` backend sending audio (its budget, telemetry and outcome store shared)."""
+def with_audio(router: Router, clip: bytes = CLIP) -> Router:
+    """``router`` with its ``chat`` backend sending ``clip`` (its budget, telemetry and outcome store shared)."""
     chat = router.backends["chat"]
-    return router.replacing({"chat": AudioQuestion("chat", chat.config, router.resources)})
+    backend = AudioQuestion("chat", chat.config, router.resources)
+    backend.clip = clip
+    return router.replacing({"chat": backend})
 
 
 def split(text: int, audio: int) -> list[dict[str, Any]]:
@@ -203,6 +220,47 @@ def test_the_servers_own_count_of_an_audio_prompt_is_what_is_charged(gemini_serv
     billed = ((prompt - 32) * 0.30 + 32 * 1.00 + output * 2.50) / 1e6
     assert result.cost_usd == pytest.approx(billed)
     assert result.usage.audio_input_tokens == 32
+
+
+# -- audio whose usage never came back ----------------------------------------------------------------------------
+
+
+def test_a_clip_tells_its_duration_only_where_its_bytes_say_it() -> None:
+    assert audio_seconds(wav(1.0), "audio/wav") == pytest.approx(1.0)
+    assert audio_seconds(wav(0.5, rate=44_100, channels=2), "audio/x-wav") == pytest.approx(0.5)
+    assert audio_seconds(bytes(48_000), "audio/pcm;rate=24000") == pytest.approx(1.0)
+    for data, mime in [(bytes(48_000), "audio/mp3"), (bytes(48_000), "audio/pcm"), (CLIP, "audio/wav")]:
+        assert audio_seconds(data, mime) == 0.0  # an encoded format, a rate not given, a header without a byte rate
+
+
+@pytest.mark.parametrize("how", ["lost", "uncounted", "uncounted-stream"])
+def test_audio_whose_usage_never_came_is_estimated_from_its_duration_at_the_audio_rate(
+        gemini_server, otel, state, tmp_path, how):
+    # Would catch: an attempt lost after it was sent (a cut 200 body, retried), or an answer without a prompt count,
+    # charged the estimate of its text alone: the second of audio it sent (32 tokens, at $1.00 a 1M) counted nothing.
+    usage = {"promptTokenCount": 40, "candidatesTokenCount": 5, "totalTokenCount": 45,
+             "promptTokensDetails": split(8, 32)}
+    if how == "lost":
+        gemini_server.fault(Fault.malformed_json())
+        gemini_server.reply_json(answer("fine", usage))
+    elif how == "uncounted":
+        gemini_server.reply_json(answer("fine", {"candidatesTokenCount": 5, "totalTokenCount": 5}))
+    else:
+        gemini_server.reply_json([answer("fi", {"candidatesTokenCount": 2, "totalTokenCount": 2}, finish=None),
+                                  answer("ne", {"candidatesTokenCount": 5, "totalTokenCount": 5})])
+
+    with Router.from_config(audit_config(gemini_server, state, tmp_path), **otel.providers) as router:
+        audio = with_audio(router, clip=wav(1.0))
+        if how.endswith("stream"):
+            *_, last = audio.stream("What is said here?", timeout_s=20)
+            result = last.result
+        else:
+            result = audio.generate("What is said here?", timeout_s=20)
+        found = sinks(otel, audio, result, record=served_record_cost(audio, result))
+
+    estimate = 5 * 0.30e-6 + 32 * 1.00e-6  # "What is said here?" at four characters a token, and a second of audio
+    found.assert_all(estimate + (usage_cost(FLASH, usage) if how == "lost" else 5 * 2.50e-6))
+    assert result.cost_estimated
 
 
 # -- the benchmark's rows and report -------------------------------------------------------------------------------

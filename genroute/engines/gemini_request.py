@@ -95,9 +95,8 @@ def bill_lost(exc: BaseException, contents: list[types.Content] | str, config: t
     failure raised while the attempt was being cancelled (a transport's cleanup on a loop closed under it) is billed
     as the cancellation it came from."""
     from genroute.engines.errors import cancellation_under
-    from genroute.runtime.billing import bill, estimate_input, filled_usage, processed
+    from genroute.runtime.billing import bill, estimated_input, filled_usage, processed
     from genroute.runtime.telemetry import usage_of
-    from genroute.types import Usage
 
     if isinstance(exc, GenrouteError):
         return
@@ -107,7 +106,7 @@ def bill_lost(exc: BaseException, contents: list[types.Content] | str, config: t
     if reported is not None:
         bill(filled_usage(usage_of(reported), reported, contents, config)[0])  # the final count is not known
     elif processed(exc):
-        bill(Usage(input_tokens=estimate_input(contents, config)))
+        bill(estimated_input(contents, config))
 
 
 def _answers(response: types.GenerateContentResponse) -> bool:

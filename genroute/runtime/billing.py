@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from genroute.errors import GenrouteError
+from genroute.runtime.media import estimate_audio
 from genroute.types import Usage
 
 if TYPE_CHECKING:
@@ -165,16 +166,21 @@ def filled_usage(usage: Usage | None, response: types.GenerateContentResponse,
     given as 0 stands."""
     meta = response.usage_metadata
     reported = usage or Usage()
-    updates: dict[str, int] = {}
+    guessed = False
     if meta is None or meta.prompt_token_count is None:
-        updates["input_tokens"] = reported.input_tokens + estimate_input(contents, config)
+        reported, guessed = reported + estimated_input(contents, config), True
     if not counts_output(meta):
         chars = output_chars(response)
         if chars:
-            updates["output_tokens"] = estimate_tokens(chars)
-    if not updates:
-        return reported, False
-    return reported.model_copy(update=updates), True
+            reported, guessed = reported.model_copy(update={"output_tokens": estimate_tokens(chars)}), True
+    return reported, guessed
+
+
+def estimated_input(contents: list[types.Content] | str, config: types.GenerateContentConfig | None = None) -> Usage:
+    """A request's input as estimated for a provider's bill that never came: its text (``estimate_input``) and the
+    audio whose duration its parts tell (``media.estimate_audio``), which is priced as audio."""
+    audio = estimate_audio(contents)
+    return Usage(input_tokens=estimate_input(contents, config) + audio, audio_input_tokens=audio)
 
 
 def counts_output(meta: types.GenerateContentResponseUsageMetadata | None) -> bool:
@@ -243,4 +249,4 @@ def processed(exc: BaseException) -> bool:
 
 
 __all__ = ["Charges", "Meter", "bill", "charge", "charging", "counts_output", "estimate_input", "estimate_tokens",
-           "filled_usage", "malformed_answer", "metering", "output_chars", "processed"]
+           "estimated_input", "filled_usage", "malformed_answer", "metering", "output_chars", "processed"]

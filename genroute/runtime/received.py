@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from genroute.runtime.billing import counts_output, estimate_input, estimate_tokens, output_chars
+from genroute.runtime.billing import counts_output, estimate_tokens, estimated_input, output_chars
 from genroute.runtime.telemetry import usage_of
 from genroute.types import Usage
 
@@ -47,7 +47,7 @@ class Received:
         usage = reported or Usage()
         estimated = not complete or reported is None or self.chars_after > 0
         if meta is None or meta.prompt_token_count is None:  # as ``billing.filled_usage``: a count given as 0 stands
-            usage = usage.model_copy(update={"input_tokens": usage.input_tokens + estimate_input(contents, config)})
+            usage = usage + estimated_input(contents, config)
             estimated = True
         extra = estimate_tokens(self.chars_after)
         if extra:
