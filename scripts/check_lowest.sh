@@ -105,7 +105,8 @@ run_tests "$VENV" \
   tests/test_gemini_sessions.py tests/test_sync_bridge.py tests/test_router_loops.py tests/test_embedders.py \
   tests/test_knowledge.py tests/test_ingest_files.py tests/test_rag.py tests/test_icl.py tests/test_function_calling.py \
   tests/test_tools.py tests/test_reliability_faults.py tests/test_reliability_telemetry.py tests/test_telemetry.py \
-  tests/test_state.py tests/test_bench.py tests/test_cost_embedding_tokens.py
+  tests/test_state.py tests/test_bench.py tests/test_cost_embedding_tokens.py \
+  tests/test_cost_audit_modality.py
 echo "lowest: tests done in $(( $(date +%s) - start )) s"
 
 # Core floors below an extra's floor for the same package: the core install alone at its own floors.
