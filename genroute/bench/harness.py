@@ -19,6 +19,7 @@ from genroute.bench.datasets import (
 from genroute.bench.manifest import (
     RunManifest, check_and_write, file_digest, records_digest, scorer_digest, target_digests, target_prices,
 )
+from genroute.bench.matrix_export import export_matrix
 from genroute.bench.paired import (
     MIN_PAIRED_N, MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain,
 )
@@ -229,6 +230,7 @@ def report_outcomes(
     files = write_report(out, summaries, title=title, sections=sections, records=records, outcomes=outcomes)
     if (out / RESULTS_FILE).is_file():  # not when reporting outcomes recorded elsewhere
         files["results"] = out / RESULTS_FILE
+        files["outcomes"] = export_matrix(outcomes, records, out)  # what `genroute compile --outcomes` reads
     return BenchReport(out_dir=str(out), summaries=tuple(summaries), outcomes=tuple(outcomes),
                        files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice,
                        comparisons=tuple(comparisons), compiled_comparisons=tuple(held_out),

@@ -1,8 +1,8 @@
 """``genroute compile --outcomes FILE``: the cost_aware stats file (with a policy config on it) and the learned
 model from outcome records.
 
-``FILE`` is an outcome store (``.db``) or an outcome-matrix JSONL file (benchmark rows, a public matrix, or
-``OutcomeStore.export_jsonl``): the same compile step whatever the records came from.
+``FILE`` is an outcome store (``.db``) or an outcome-matrix JSONL file (the ``outcomes.jsonl`` a benchmark writes,
+a public matrix, or ``OutcomeStore.export_jsonl``): the same compile step whatever the records came from.
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ def _compile(args: argparse.Namespace) -> int:
     if not records:  # nothing to compile: what an earlier run wrote to --out stays as it was
         raise UsageError(f"no outcome records{f' of task {args.task!r}' if args.task else ''} in {args.outcomes}",
                          field="--task" if args.task else "--outcomes")
+    if not any(r.outcomes for r in records):  # e.g. a bench's results.jsonl: rows, read past as empty records
+        raise UsageError(f"no record in {args.outcomes} has an outcome (`outcomes`: {{backend: {{score, ...}}}}); "
+                         "genroute bench's results.jsonl holds rows, not outcome records: compile the outcomes.jsonl "
+                         "beside it", field="--outcomes")
     out = output_dir(args.out, field="--out")
     stats = outcome_stats(records, min_n=args.min_n, source=str(args.outcomes))
     path = stats.save(out / "stats.json")

@@ -1,0 +1,62 @@
+"""A benchmark run compiles with `genroute compile --outcomes`, as production outcomes and public matrices do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from genroute.bench.harness import bench
+from genroute.outcomes.cli import compile_main
+from genroute.router.router import Router
+from genroute.testing import GeminiTestServer
+
+from .conftest import TEST_KEY
+
+LABELS = ["refund", "card"]
+
+
+def test_a_bench_run_writes_the_outcome_matrix_compile_reads_and_its_rows_are_refused_with_the_way_out(
+        gemini_server: GeminiTestServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`genroute compile --outcomes out/results.jsonl` read the bench's rows as 60 empty records and wrote a
+    stats.json of no entry, exit 0; no outcome matrix of the run was written for it to read."""
+    data = tmp_path / "intents.jsonl"
+    data.write_text("".join(json.dumps({"input": f"Question {i} about my {LABELS[i % 2]}", "label": LABELS[i % 2],
+                                        "metadata": {"id": f"q{i}", "task": "intent", "label_set": LABELS}}) + "\n"
+                            for i in range(30)), encoding="utf-8")
+    engine = {"kind": "gemini", "base_url": gemini_server.base_url, "api_key": TEST_KEY}
+    config = {"engines": {"gemini": engine},  # the echo names the label in `full`, never in `lite`
+              "backends": {"lite": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash-lite",
+                                    "template": "Name the intent."},
+                           "full": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}},
+              "policy": {"kind": "static", "backend": "lite"}}
+    with Router.from_config(config) as router:
+        report = bench(router, data, backends=["lite", "full"], policy=True, out_dir=tmp_path / "run",
+                       progress=False)
+    matrix = tmp_path / "run" / "outcomes.jsonl"
+    assert report.files["outcomes"] == str(matrix)
+    lines = [json.loads(line) for line in matrix.read_text(encoding="utf-8").splitlines()]
+    assert [line["metadata"]["id"] for line in lines] == [f"q{i}" for i in range(30)]
+    assert lines[1] == {"input": "Question 1 about my card", "output": "card", "metadata": {
+        "id": "q1", "task": "intent", "label_set": LABELS}, "outcomes": lines[1]["outcomes"]}
+    assert sorted(lines[1]["outcomes"]) == ["full", "lite"]  # the @policy rows are no candidate
+    assert lines[1]["outcomes"]["full"]["score"] == 1.0 and lines[1]["outcomes"]["lite"]["score"] == 0.0
+    assert lines[1]["outcomes"]["full"]["cost_usd"] > lines[1]["outcomes"]["lite"]["cost_usd"] > 0
+
+    capsys.readouterr()
+    assert compile_main(["--outcomes", str(matrix), "--out", str(tmp_path / "compiled"), "--no-learned"]) == 0
+    stats = json.loads((tmp_path / "compiled" / "stats.json").read_text(encoding="utf-8"))["tasks"]["intent"]
+    benched = json.loads((tmp_path / "run" / "stats.json").read_text(encoding="utf-8"))["tasks"]["intent"]
+    for name in ("full", "lite"):
+        assert (stats[name]["n"], stats[name]["quality"]) == (benched[name]["n"], benched[name]["quality"])
+        assert stats[name]["cost_per_request_usd"] == pytest.approx(benched[name]["cost_per_request_usd"])
+    policy = json.loads((tmp_path / "compiled" / "cost_aware.json").read_text(encoding="utf-8"))
+    assert policy["default"] == "full"
+
+    capsys.readouterr()
+    rows = tmp_path / "run" / "results.jsonl"
+    assert compile_main(["--outcomes", str(rows), "--out", str(tmp_path / "from-rows")]) == 2
+    err = capsys.readouterr().err
+    assert "--outcomes" in err and "results.jsonl holds rows" in err and "outcomes.jsonl" in err
+    assert not (tmp_path / "from-rows" / "stats.json").exists()
