@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,26 @@ def test_a_bench_run_writes_the_outcome_matrix_compile_reads_and_its_rows_are_re
     err = capsys.readouterr().err
     assert "--outcomes" in err and "results.jsonl holds rows" in err and "outcomes.jsonl" in err
     assert not (tmp_path / "from-rows" / "stats.json").exists()
+
+
+def _matrix(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"input": f"question {i}", "metadata": {"id": f"q{i}", "task": "qa"},
+                                        "outcomes": {"a": {"score": 1.0, "cost_usd": 0.002},
+                                                     "b": {"score": float(i % 3 != 0), "cost_usd": 0.001}}}) + "\n"
+                            for i in range(n)), encoding="utf-8")
+    return path
+
+
+def test_compile_warns_when_a_tasks_backends_were_scored_on_too_few_records_to_tell_apart(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Compiled from 3 records, cost_aware.json chose between two backends with no word that 3 records decide
+    nothing, where bench prints "no verdict" below its minimum."""
+    caplog.set_level(logging.WARNING, logger="genroute")
+    assert compile_main(["--outcomes", str(_matrix(tmp_path / "few.jsonl", 3)), "--out", str(tmp_path / "few"),
+                         "--no-learned"]) == 0
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "task qa" in warning and "as few as 3 records, below the 20" in warning and "--min-n 20" in warning
+    caplog.clear()
+    assert compile_main(["--outcomes", str(_matrix(tmp_path / "enough.jsonl", 20)), "--out",
+                         str(tmp_path / "enough"), "--no-learned"]) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

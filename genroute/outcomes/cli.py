@@ -8,11 +8,18 @@ a public matrix, or ``OutcomeStore.export_jsonl``): the same compile step whatev
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from genroute.errors import GenrouteError, UsageError, exit_status
 from genroute.jsonl import output_dir
+
+if TYPE_CHECKING:
+    from genroute.policies.stats import BenchStats
+
+_log = logging.getLogger("genroute.compile")
 
 
 def compile_main(argv: Sequence[str]) -> int:
@@ -68,6 +75,7 @@ def _compile(args: argparse.Namespace) -> int:
                   + (f" (over the {entry.cost_n} with a recorded cost)" if entry.cost_n is not None else "")
                   + (" latency not recorded" if entry.latency_p50_s is None else f" p50={entry.latency_p50_s:.3f}s")
                   + (f" (over the {entry.latency_n} with a recorded latency)" if entry.latency_n else ""))
+    _warn_small(stats)
     cloud = uses_cloud_equivalent(records)
     for task, scored in sorted(scored_sides(records).items()):
         for backend, sides in sorted(scored.items()):
@@ -105,6 +113,18 @@ def _compile(args: argparse.Namespace) -> int:
           + (report.cost_weight_choice.summary() if report.cost_weight_choice else
              f"fixed cost weight {report.cost_weight:g}"))
     return 0
+
+
+def _warn_small(stats: BenchStats) -> None:
+    """Warn of each task whose backends were scored on fewer records than a paired verdict needs: its floor and its
+    choice in cost_aware.json rest on a difference those records cannot resolve (bench says "no verdict" there)."""
+    from genroute.bench.paired import MIN_PAIRED_N
+
+    for task, by in sorted(stats.tasks.items()):
+        if len(by) > 1 and (n := min(entry.n for entry in by.values())) < MIN_PAIRED_N:
+            _log.warning("task %s: its backends were scored on as few as %d records, below the %d a paired verdict "
+                         "needs: the compiled choice between them is not resolved (record more outcomes, or compile "
+                         "with --min-n %d to leave such entries out)", task, n, MIN_PAIRED_N, MIN_PAIRED_N)
 
 
 def _said_stale(removed: Sequence[object]) -> None:
