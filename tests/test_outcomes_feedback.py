@@ -124,6 +124,23 @@ def test_feedback_refuses_a_bool_score_and_drain_a_bad_timeout(gemini_server, tm
         router.drain(0)
 
 
+@pytest.mark.parametrize(("target", "fields", "field", "says"), [
+    ("   ", {"score": 1.0}, "result", "an outcome id must not be blank"),
+    (None, {"score": True}, "score", "score must be a number in [0, 1], not a bool"),
+    (None, {"score": float("nan")}, "score", "score must be a finite number"),
+    (None, {}, "score", "give a score, a label or both"),
+])
+def test_a_feedback_refusal_says_what_is_wrong_without_pydantics_prefix(gemini_server, tmp_path, target, fields,
+                                                                         field, says):
+    """The messages read "result: Value error, an outcome id must not be blank": pydantic's prefix before a check
+    of ours."""
+    with Router.from_config(config(gemini_server, tmp_path)) as router:
+        result = router.generate("hi")
+        with pytest.raises(UsageError) as exc:
+            router.feedback(result if target is None else target, **fields)
+        assert (exc.value.field, exc.value.message) == (field, says)
+
+
 def test_a_judge_scorers_calls_are_priced_on_the_record_and_in_compile(gemini_server, tmp_path, capsys):
     from genroute.cli import main as cli
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from genroute.config_errors import validator_message
 from genroute.errors import GenrouteError, UsageError, exit_status
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def _advisor(args: argparse.Namespace) -> AdvisorSettings:
                                   for name, option in _ADVISOR_OPTIONS.items()})
     except ValidationError as exc:
         error = exc.errors()[0]
-        raise UsageError(error["msg"], field=_ADVISOR_OPTIONS.get(str(error["loc"][0]), "advisor")) from None
+        raise UsageError(validator_message(error), field=_ADVISOR_OPTIONS.get(str(error["loc"][0]), "advisor")) from None
 
 
 def run_outcomes_cli(args: argparse.Namespace) -> int:

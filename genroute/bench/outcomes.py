@@ -156,7 +156,7 @@ def _price(input_usd: Any, output_usd: Any, *, field: str) -> CandidatePrice:
         return CandidatePrice(input_usd_per_1m=input_usd, output_usd_per_1m=output_usd)
     except ValidationError as exc:
         error = exc.errors()[0]
-        raise UsageError(error["msg"], field=".".join((field, *(str(p) for p in error["loc"])))) from None
+        raise UsageError(validator_message(error), field=".".join((field, *(str(p) for p in error["loc"])))) from None
 
 
 def _billions(size: Any) -> float | None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genroute.config_errors import validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import check_output_dir
 from genroute.graduation.export import TuningSet, export_tuning_set
@@ -246,7 +247,8 @@ def _options(model: Any, options: Any, field: str, fixed: dict[str, Any]) -> Any
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
-        raise UsageError(f"{where}: {error['msg']}" if where else error["msg"], field=field) from None
+        message = validator_message(error)
+        raise UsageError(f"{where}: {message}" if where else message, field=field) from None
 
 
 async def adecide(router: Router, task: str, *, challenger: str, incumbent: str | None = None,

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from genroute.config_errors import validator_message
 from genroute.errors import UsageError
 from genroute.types import GenerateResult
 
@@ -26,12 +27,7 @@ class Feedback(BaseModel):
     def _not_bool(cls, value: Any) -> Any:
         if isinstance(value, bool):  # True is not a score of 1.0 by accident
             raise ValueError("score must be a number in [0, 1], not a bool")
-        return value
-
-    @field_validator("score")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # before the bounds: NaN is not "above 1"
             raise ValueError("score must be a finite number")
         return value
 
@@ -56,4 +52,4 @@ class Feedback(BaseModel):
         except ValidationError as exc:
             error = exc.errors()[0]
             field = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-")) or "score"
-            raise UsageError(error["msg"], field=field.split(".")[0]) from None
+            raise UsageError(validator_message(error), field=field.split(".")[0]) from None

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.bounds import is_real
+from genroute.config_errors import validator_message
 from genroute.errors import UsageError
 from genroute.router.inflight import call_on
 from genroute.runtime.portal import Portal, run_sync
@@ -217,7 +218,7 @@ class Learning:
         except ValidationError as exc:
             error = exc.errors()[0]
             field = str(error["loc"][0]) if error["loc"] else "task"
-            raise UsageError(error["msg"], field=backend_arg if field == "backend" else field) from None
+            raise UsageError(validator_message(error), field=backend_arg if field == "backend" else field) from None
 
     def _add_backend(self, name: str, backend: Backend, unsafe: Mapping[str, tuple[str, ...]]) -> None:
         from genroute.policies.base import PolicyContext

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from genroute.config_errors import validator_message
 from genroute.errors import UsageError
 
 
@@ -178,7 +179,7 @@ def settings_from_flags(cls: type, fields: dict[str, object]) -> Any:
     except ValidationError as exc:
         error = exc.errors()[0]
         key = str(error["loc"][0]) if error["loc"] else None
-        raise UsageError(error["msg"], field=None if key is None else _flag(key)) from None
+        raise UsageError(validator_message(error), field=None if key is None else _flag(key)) from None
 
 
 def _flag(key: str) -> str:
