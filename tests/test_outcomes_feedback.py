@@ -172,3 +172,21 @@ def test_a_scoring_cost_recorded_before_sources_were_kept_apart_survives_a_merge
     merged = old.merged(new)
     assert merged.metadata["scoring_costs"] == {"recorded": 0.5, "feedback": 0.25}
     assert merged.metadata["scoring_cost_usd"] == 0.75 and merged.merged(new) == merged
+
+
+def test_feedback_for_another_routers_result_is_refused_and_writes_nothing(gemini_server, tmp_path):
+    """Router Y took feedback for router X's result: it stored an outcome of X's backend "chat", which Y does not
+    have, and `genroute compile` on Y's store compiled a policy routing to it."""
+    other = gemini_config(gemini_server)
+    other["backends"] = {"solo": other["backends"]["chat"]}
+    other["policy"] = {"kind": "static", "backend": "solo"}
+    other["outcomes"] = {"path": str(tmp_path / "other.db"), "scorer": "label_accuracy"}
+    with Router.from_config(config(gemini_server, tmp_path)) as served_it, Router.from_config(other) as stranger:
+        result = served_it.generate("hi")
+        served_it.drain()
+        for fields in ({"score": 1.0}, {"label": "positive"}):
+            with pytest.raises(UsageError) as exc:
+                stranger.feedback(result, **fields)
+            assert exc.value.field == "result" and "'chat', which this router does not have" in exc.value.message
+        assert OutcomeStore(tmp_path / "other.db").records_sync() == []
+        assert served_it.feedback(result, score=1.0).outcomes["chat"].score == 1.0  # its own router takes it

@@ -81,6 +81,11 @@ class Learning:
         if recorder is None:
             raise UsageError("feedback needs an `outcomes` section (or Router(outcomes=...))", field="outcomes")
         args = Feedback.parse(result, score=score, label=label, input=input)
+        if isinstance(args.result, GenerateResult) and args.result.backend not in self.backends:
+            # Another router's result: its outcome would be stored here under a backend no policy of this router
+            # can route to, and compiled into statistics as if this router had served it.
+            raise UsageError(f"this result was answered by backend {args.result.backend!r}, which this router does "
+                             "not have: give the feedback to the router that served it", field="result")
         deadline = time.monotonic() + (self._executor.timeout_s or SHADOW_TIMEOUT_S)
         judge = functools.partial(self._executor.run_judge, GenerateRequest(input="feedback"),
                                   Decision.single("feedback", next(iter(self.backends)), "feedback"), deadline)
