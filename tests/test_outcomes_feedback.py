@@ -190,3 +190,20 @@ def test_feedback_for_another_routers_result_is_refused_and_writes_nothing(gemin
             assert exc.value.field == "result" and "'chat', which this router does not have" in exc.value.message
         assert OutcomeStore(tmp_path / "other.db").records_sync() == []
         assert served_it.feedback(result, score=1.0).outcomes["chat"].score == 1.0  # its own router takes it
+
+
+def test_feedback_by_id_for_a_request_another_replica_served_without_a_shadow_says_where_to_send_it(
+        gemini_server, tmp_path, redis_server):
+    """The README said feedback for a request another replica served "finds it" in the shared list; a request with no
+    shadow run leaves no record there, and the other replica refused the id as unknown with no word why."""
+    cfg = shared(gemini_server, tmp_path, redis_server, capture=True)
+    cfg["policy"] = {"kind": "static", "backend": "chat"}   # no shadow: nothing is written when it is served
+    with Router.from_config(cfg) as a, Router.from_config(cfg) as b:
+        result = a.generate("Loved it", task="sentiment")
+        with pytest.raises(UsageError) as exc:
+            b.feedback(result.outcome_id, label="positive")
+        assert exc.value.field == "result"
+        assert "give its feedback to the replica that served it" in exc.value.message
+        assert a.feedback(result.outcome_id, label="positive").outcomes["chat"].score is not None
+        # Now a record of it is in the shared list: the other replica finds it.
+        assert b.feedback(result.outcome_id, score=1.0).outcomes["chat"].score == 1.0

@@ -152,8 +152,9 @@ class OutcomeRecorder:
         if pending is None and (isinstance(target, str) or label is not None):
             stored = await self.store.get(id)  # served by another process (or forgotten here)
             if stored is None and isinstance(target, str):
-                raise UsageError(f"no request with id {id!r} is known to this router or its outcome store",
-                                 field="result")
+                raise UsageError(f"no request with id {id!r} is known to this router or its outcome store (a request "
+                                 "another replica served is in a shared store only once a shadow of it or a feedback "
+                                 "was recorded: give its feedback to the replica that served it)", field="result")
         # What the label scores: this process's memory of the request, else the answers the record kept.
         known = _known(pending) if pending is not None else _kept(stored)
         request = known[0] if known is not None else None
