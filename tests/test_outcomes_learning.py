@@ -62,6 +62,27 @@ def test_refresh_changes_a_cost_aware_decision_when_outcomes_say_so(gemini_serve
         assert router.decide("hi", task="other").rungs[0].backend == "pro"   # other tasks: unchanged
 
 
+def test_a_compiled_cost_aware_policy_refreshed_from_outcomes_holds_the_task_to_its_best_backend_now(
+        gemini_server, tmp_path):
+    """The compiled file froze the task's floor at 95 % of the benchmark's best (chat, 1.0): once production outcomes
+    put chat at 0.6, no backend met 0.95 and every request went to the default, chat, the worse of the two, where
+    pro measured 0.9."""
+    from genroute.outcomes.cli import compile_main
+
+    bench = tmp_path / "bench.jsonl"   # the benchmark: chat right everywhere and cheaper, pro right on 90 %
+    bench.write_text("".join(json.dumps({"input": f"q {i}", "metadata": {"id": f"b{i}", "task": "t"}, "outcomes": {
+        "chat": {"score": 1.0, "cost_usd": 0.0001, "latency_s": 0.1},
+        "pro": {"score": float(i % 10 != 0), "cost_usd": 0.001, "latency_s": 0.1}}}) + "\n" for i in range(30)))
+    assert compile_main(["--outcomes", str(bench), "--out", str(tmp_path / "compiled"), "--no-learned"]) == 0
+    policy = json.loads((tmp_path / "compiled" / "cost_aware.json").read_text())
+    with Router.from_config(router_config(gemini_server, tmp_path, policy)) as router:
+        assert router.decide("hi", task="t").rungs[0].backend == "chat"
+        fill(tmp_path, 30, {"chat": (lambda i: float(i % 5 < 3), 0.0001)})   # production: chat right on 60 %
+        assert router.refresh() is True
+        decision = router.decide("hi", task="t")
+    assert decision.rungs[0].backend == "pro" and "quality 0.9 >= 0.855" in decision.reason
+
+
 def test_refresh_retrains_the_learned_policy_from_captured_outcomes(gemini_server, tmp_path):
     from genroute.policies.learned import train
 
@@ -186,7 +207,7 @@ def test_compile_from_outcomes(tmp_path, capsys):
         # The policy config beside it: t's floor at 95 % of pro's 1.0, so chat (0.5, cheaper) is not chosen, where
         # a cost_aware policy given stats.json alone (floor 0) sends t to chat.
         policy = json.loads((tmp_path / source[:3] / "cost_aware.json").read_text())
-        assert policy["tasks"] == {"t": {"min_quality": 0.95}} and policy["default"] == "pro"
+        assert (policy["relative_floor"], policy["default"]) == (0.95, "pro") and "tasks" not in policy
         catalogue = PolicyContext(catalogue={b: BackendInfo(name=b, kind="x") for b in ("chat", "pro")})
         decided = build_policy(policy).decide(GenerateRequest(input="x", task="t"), catalogue)
         assert decided.rungs[0].backend == "pro"

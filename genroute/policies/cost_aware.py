@@ -38,6 +38,11 @@ class CostAwareConfig(PolicyConfig):
                                description="Quality floor, in [0, 1] as scores are.")
     max_p95_latency_s: float | None = Field(default=None, gt=0.0)
     tasks: dict[str, Targets] = Field(default_factory=dict)
+    relative_floor: float | None = Field(
+        default=None, ge=0.0, le=1.0, allow_inf_nan=False,
+        description="Quality floor as this share of the task's best measured quality, recomputed from the statistics "
+                    "in use (so after a refresh from production outcomes too); a task's own `min_quality` wins, and "
+                    "`min_quality` stays a lower bound. `genroute compile` and `genroute bench` write 0.95.")
     use_ci_low: bool = Field(default=False, description="Compare the CI's lower bound, not the mean.")
     min_n: int = Field(default=1, ge=1, description="Ignore entries measured on fewer records.")
     candidates: tuple[str, ...] | None = Field(default=None, description="Only these backends (default: all).")
@@ -58,9 +63,14 @@ class CostAwarePolicy(Policy):
         self._stats = BenchStats.load(config.stats_path, field=f"{self.field}.stats_path") \
             if config.stats_path else None
 
-    def _targets(self, task: str | None) -> tuple[float, float | None]:
+    def _targets(self, task: str | None, measured: Mapping[str, BackendStats]) -> tuple[float, float | None]:
         override = self.config.tasks.get(task) if task is not None else None
         floor = override.min_quality if override and override.min_quality is not None else self.config.min_quality
+        counted = [self._quality(e) for e in measured.values() if e.n >= self.config.min_n]
+        if (override is None or override.min_quality is None) and self.config.relative_floor is not None and counted:
+            # Relative to what the statistics in use say is best: a floor frozen at compile time would, once
+            # production outcomes put every backend below it, send the task to the default for good.
+            floor = max(floor, self.config.relative_floor * max(counted))
         slo = override.max_p95_latency_s if override and override.max_p95_latency_s is not None \
             else self.config.max_p95_latency_s
         return floor, slo
@@ -72,10 +82,10 @@ class CostAwarePolicy(Policy):
         stats = self._stats if self._stats is not None else context.stats
         if not isinstance(stats, BenchStats):
             return self._default("no benchmark statistics loaded")
-        floor, slo = self._targets(request.task)
         allowed = self.config.candidates
         measured = {backend: entry for backend, entry in stats.for_task(request.task).items()
                     if backend in context.catalogue and (allowed is None or backend in allowed)}
+        floor, slo = self._targets(request.task, measured)
         eligible: list[tuple[str, BackendStats]] = []
         for backend, entry in measured.items():
             if entry.n < self.config.min_n or self._quality(entry) < floor:

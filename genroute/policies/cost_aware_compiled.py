@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from genroute.policies.cost_aware import CostAwareConfig, CostAwarePolicy, Targets
-from genroute.policies.stats import ANY_TASK, BenchStats
+from genroute.policies.cost_aware import CostAwareConfig, CostAwarePolicy
+from genroute.policies.stats import BenchStats
 
 
 def cost_aware_policy(train_stats: BenchStats, backends: Sequence[str], *, min_quality: float | None = None,
@@ -20,12 +20,12 @@ def cost_aware_policy(train_stats: BenchStats, backends: Sequence[str], *, min_q
     the task's best training quality (one global floor would hold an easy task to a hard task's level)."""
     floors = {task: min_quality if min_quality is not None else relative_floor * max(s.quality for s in by.values())
               for task, by in train_stats.tasks.items()}
-    # Requests whose task has no entry of its own use the records without a task, else the strictest floor.
-    fallback = floors.get(ANY_TASK, max(floors.values()))
     default = max(backends, key=lambda b: mean_quality(train_stats, b))
-    policy = CostAwarePolicy(CostAwareConfig(
-        min_quality=fallback, default=default,
-        tasks={t: Targets(min_quality=f) for t, f in floors.items() if t != ANY_TASK}))
+    if min_quality is None:
+        # Relative, not each task's number frozen: refreshed from production outcomes, the policy then holds a task
+        # to its best backend as measured now (a floor above every backend sent the task to the default).
+        return CostAwarePolicy(CostAwareConfig(relative_floor=relative_floor, default=default)), floors
+    policy = CostAwarePolicy(CostAwareConfig(min_quality=min_quality, default=default))
     return policy, floors
 
 
