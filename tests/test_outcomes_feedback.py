@@ -207,3 +207,19 @@ def test_feedback_by_id_for_a_request_another_replica_served_without_a_shadow_sa
         assert a.feedback(result.outcome_id, label="positive").outcomes["chat"].score is not None
         # Now a record of it is in the shared list: the other replica finds it.
         assert b.feedback(result.outcome_id, score=1.0).outcomes["chat"].score == 1.0
+
+
+def test_feedback_given_twice_keeps_the_label_and_the_latest_score(gemini_server, tmp_path):
+    """A label, then a score for the same answer: the record kept the label as its output but said
+    label_given: false, as if no label had ever been given."""
+    cfg = config(gemini_server, tmp_path, capture=True)
+    cfg["policy"] = {"kind": "static", "backend": "chat"}
+    gemini_server.reply_text("positive")
+    with Router.from_config(cfg) as router:
+        result = router.generate("Loved it", task="sentiment")
+        assert router.feedback(result, label="positive").outcomes["chat"].score == 1.0
+        again = router.feedback(result, score=0.25)
+    assert again.outcomes["chat"].score == 0.25 and again.output == "positive"
+    assert again.metadata["feedback"]["label_given"] is True and again.metadata["feedback"]["score"] == 0.25
+    [stored] = OutcomeStore(tmp_path / "outcomes.db").records_sync()
+    assert (stored.output, stored.metadata["feedback"]["label_given"]) == ("positive", True)

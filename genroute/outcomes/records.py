@@ -91,6 +91,11 @@ class OutcomeRecord(BaseModel):
         for key in ("features", "feedback", "answers"):
             if isinstance(self.metadata.get(key), dict) and isinstance(other.metadata.get(key), dict):
                 metadata[key] = {**self.metadata[key], **other.metadata[key]}
+        if isinstance(feedback := metadata.get("feedback"), dict) and any(
+                isinstance(m.get("feedback"), dict) and m["feedback"].get("label_given") for m in (self.metadata,
+                                                                                                  other.metadata)):
+            # A label once given stays given (the record keeps it as its output): a later score alone does not undo it.
+            metadata["feedback"] = {**feedback, "label_given": True}
         # Each source's scoring cost kept apart: a write merged twice is still counted once.
         costs = {**_scoring_costs(self.metadata), **_scoring_costs(other.metadata)}
         if costs:
