@@ -300,8 +300,12 @@ def test_tiny_training_moves_llama_cpp_towards_the_target(tiny_run: Any) -> None
     assert result.steps == 6 and result.train_examples == 9 and result.validation_examples == 3
     assert result.validation_loss < result.initial_validation_loss
     assert result.adapter_path.name == "adapter.gguf" and result.adapter_bytes > 0
-    assert json.loads((result.adapter_path.parent / "tune_result.json").read_text())["adapter_sha256"] == \
-        result.adapter_sha256
+    saved = json.loads((result.adapter_path.parent / "tune_result.json").read_text())
+    assert saved["adapter_sha256"] == result.adapter_sha256
+    # What a benchmark needs to leave out the records this adapter was trained on: their keys, not their text.
+    from genroute.knowledge.examples import input_key
+
+    assert saved["input_keys"] == sorted({input_key(x) for x in TINY_INPUTS}) and TINY_INPUTS[0] not in str(saved)
     unseen = "Where is the nearest train station?"
     before = target_logprob(result.base_model_path, None, unseen, TARGET)
     after = target_logprob(result.base_model_path, result.adapter_path, unseen, TARGET)

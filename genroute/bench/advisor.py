@@ -81,7 +81,10 @@ class GraduationAdvice(BaseModel):
     break_even_months: float | None
     break_even_requests: float | None
     requests_per_month_for_horizon: float | None
-    quality: PairedComparison | None = Field(description="tuned − ICL on the same records.")
+    quality: PairedComparison | None = Field(description="tuned − ICL on the same records (those whose input the "
+                                                         "tuned model was not trained on).")
+    trained_on: int = Field(default=0, description="Benchmark records whose input the local tuned model was trained "
+                                                   "on (its tune_result.json says): left out of ``quality``.")
     verdict: Literal["graduate", "stay with ICL", "inconclusive"]
     text: str
 
@@ -121,13 +124,19 @@ def advise(summaries: Sequence[Summary], settings: AdvisorSettings | None = None
     tuning, tuning_basis = tuning_cost(settings, tuned_info, training_price,
                                        tokens_per_example=tuned_s.input_tokens + tuned_s.output_tokens)
     payback = _payback(settings, tuning, c_icl - c_tuned)
-    quality = _quality(outcomes, icl_s.backend, tuned_s.backend, seed=seed, inputs=inputs) if measured else None
+    trained = trained_inputs(tuned_info) if measured else frozenset()
+    seen = {o.record_id for o in outcomes if inputs is not None and inputs.get(o.record_id) in trained}
+    quality = _quality([o for o in outcomes if o.record_id not in seen], icl_s.backend, tuned_s.backend, seed=seed,
+                       inputs=inputs) if measured else None
     verdict = _verdict(quality, measured, tuned_s.backend)
     stand_in = "" if measured else f" ({tuned_s.backend}'s bare prompt standing in for a tuned model)"
     text = (f"ICL ({icl_s.backend}) sends {icl_s.input_tokens:.0f} input tokens per request vs "
             f"{tuned_s.input_tokens:.0f} for {tuned_s.backend}{stand_in}: ${c_icl * 1000:.4f} vs "
             f"${c_tuned * 1000:.4f} per 1k requests ({basis} cost). Tuning cost: {tuning_basis}. "
-            + payback["text"] + " " + _quality_text(quality, measured, verdict, tuned_s.backend))
+            + payback["text"] + " " + _quality_text(quality, measured, verdict, tuned_s.backend)
+            + (f" {tuned_s.backend} was tuned on the inputs of {len(seen)} of these records: they are left out of "
+               "its quality comparison (a model scored on its training data measures recall, not quality)."
+               if seen else ""))
     return GraduationAdvice(
         icl_backend=icl_s.backend, tuned_backend=tuned_s.backend, tuned_measured=measured, cost_basis=basis,
         icl_cost_per_request_usd=c_icl, tuned_cost_per_request_usd=c_tuned,
@@ -135,8 +144,20 @@ def advise(summaries: Sequence[Summary], settings: AdvisorSettings | None = None
         tuning_cost_basis=tuning_basis, monthly_requests=settings.monthly_requests,
         monthly_saving_usd=payback["monthly"], break_even_months=payback["months"],
         break_even_requests=payback["total"], requests_per_month_for_horizon=payback["horizon"],
-        quality=quality, verdict=verdict, text=text.strip(),
+        quality=quality, trained_on=len(seen), verdict=verdict, text=text.strip(),
     )
+
+
+def trained_inputs(info: TunedInfo | None) -> frozenset[str]:
+    """The input keys (``knowledge.examples.input_key``) a local tuning run read, from its ``tune_result.json``
+    (empty when it records none, as an earlier genroute's does not, or cannot be read)."""
+    if info is None or not info.tune_result or not Path(info.tune_result).is_file():
+        return frozenset()
+    try:
+        keys = json.loads(Path(info.tune_result).read_text(encoding="utf-8")).get("input_keys")
+    except (OSError, ValueError, AttributeError):
+        return frozenset()
+    return frozenset(k for k in keys if isinstance(k, str)) if isinstance(keys, list) else frozenset()
 
 
 def tuning_cost(settings: AdvisorSettings, info: TunedInfo | None, training_price: tuple[str, float] | None, *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import shlex
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,8 @@ from genroute.runtime.portal import run_sync
 
 if TYPE_CHECKING:
     from genroute.router.router import Router
+
+_log = logging.getLogger("genroute.bench")
 
 
 class BenchReport(BaseModel):
@@ -206,6 +209,13 @@ def report_outcomes(
     advice = advise([s for s in summaries if s.backend not in dead], advisor, kinds=kinds, outcomes=live, seed=seed,
                     tuned_info=tuned_info, training_price=training_price, inputs=inputs)
     sections = []
+    if advice is not None and advice.trained_on:
+        leaked = (f"{advice.tuned_backend} was tuned on the inputs of {advice.trained_on} of the {len(records)} "
+                  "records (its tune_result.json lists them): its scores on those records, in the tables below, "
+                  "measure recall of its training data, not quality on new requests; the graduation advisor leaves "
+                  "them out. Benchmark a tuned model on records it was not tuned on.")
+        sections.append(("Tuned on benchmark records", leaked))
+        _log.warning("%s", leaked)
     if unscored:
         sections.append(("No scored row", unscored_markdown(unscored)))
     if command:

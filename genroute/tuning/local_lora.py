@@ -165,11 +165,14 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
         train_seconds=round(train_seconds, 3),
         train_cpu_seconds=round(train_cpu_seconds, 3),
     )
+    from genroute.knowledge.examples import input_key
     from genroute.tuning.config_file import write_atomic
 
-    # Renamed over the old one: a reader (bench's advisor, a re-run's check) never sees half of it.
+    # Renamed over the old one: a reader (bench's advisor, a re-run's check) never sees half of it. The inputs'
+    # keys (hashes, no text) let a benchmark leave out the records this adapter was trained on.
     write_atomic(out / "tune_result.json", json.dumps(
-        {**result.model_dump(mode="json"), "config": config.model_dump(mode="json")}, indent=2) + "\n")
+        {**result.model_dump(mode="json"), "config": config.model_dump(mode="json"),
+         "input_keys": sorted({input_key(e.input) for e in examples})}, indent=2) + "\n")
     return result
 
 
