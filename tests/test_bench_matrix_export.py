@@ -32,9 +32,13 @@ def test_a_bench_run_writes_the_outcome_matrix_compile_reads_and_its_rows_are_re
                                     "template": "Name the intent."},
                            "full": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}},
               "policy": {"kind": "static", "backend": "lite"}}
+    # A backend that never answers (nothing listens at its engine's address) is left out, as bench's compile does.
+    config["engines"]["nowhere"] = {**engine, "base_url": "http://127.0.0.1:9", "retry": {"attempts": 1}}
+    config["backends"]["dead"] = {"kind": "prompt_template", "engine": "nowhere", "model": "gemini-2.5-flash"}
     with Router.from_config(config) as router:
-        report = bench(router, data, backends=["lite", "full"], policy=True, out_dir=tmp_path / "run",
+        report = bench(router, data, backends=["lite", "full", "dead"], policy=True, out_dir=tmp_path / "run",
                        progress=False)
+    assert [u.backend for u in report.unscored] == ["dead"]
     matrix = tmp_path / "run" / "outcomes.jsonl"
     assert report.files["outcomes"] == str(matrix)
     lines = [json.loads(line) for line in matrix.read_text(encoding="utf-8").splitlines()]

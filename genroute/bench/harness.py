@@ -240,7 +240,8 @@ def report_outcomes(
     files = write_report(out, summaries, title=title, sections=sections, records=records, outcomes=outcomes)
     if (out / RESULTS_FILE).is_file():  # not when reporting outcomes recorded elsewhere
         files["results"] = out / RESULTS_FILE
-        files["outcomes"] = export_matrix(outcomes, records, out)  # what `genroute compile --outcomes` reads
+        # What `genroute compile --outcomes` reads: as the compile here, without a target that never answered.
+        files["outcomes"] = export_matrix(live, records, out)
     return BenchReport(out_dir=str(out), summaries=tuple(summaries), outcomes=tuple(outcomes),
                        files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice,
                        comparisons=tuple(comparisons), compiled_comparisons=tuple(held_out),
