@@ -317,4 +317,10 @@ def test_a_held_out_share_is_stated_with_its_count_and_exact_interval_and_not_re
     assert small.startswith("0.800 (4 of 5, exact 95 % CI [0.284, 0.995])")
     assert "not resolved against the majority (0.600)" in small
     assert "not resolved" not in share_claim(0.95, 200, baseline=0.6)
+    assert share_claim(0.95, 200, baseline=0.6, baseline_name="the majority").endswith("above the majority (0.600)")
+    # A learned router worse than always picking the most common best backend said nothing of it: 8 of 19 right,
+    # where the majority rule had 13 of 19.
+    worse = share_claim(8 / 19, 19, baseline=13 / 19, baseline_name="always the most common best backend")
+    assert worse == ("0.421 (8 of 19, exact 95 % CI [0.203, 0.665]), below always the most common best backend "
+                     "(0.684)")
     assert share_claim(0.0, 0) == "not measured (nothing held out)"

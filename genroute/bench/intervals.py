@@ -90,7 +90,8 @@ def newcombe_paired_ci(a: Sequence[float], b: Sequence[float], *, level: float =
 
 def share_claim(share: float, n: int, *, baseline: float | None = None, baseline_name: str = "baseline") -> str:
     """A held-out share (routing accuracy) as a claim a reader can weigh: the count, ``n`` and the exact 95 % CI, and
-    "not resolved" when ``baseline`` lies inside that CI (5 validation records cannot tell 0.8 from 0.6)."""
+    "not resolved" when ``baseline`` lies inside that CI (5 validation records cannot tell 0.8 from 0.6), else
+    whether the share is below or above it."""
     if n < 1:
         return "not measured (nothing held out)"
     k = round(share * n)
@@ -98,4 +99,6 @@ def share_claim(share: float, n: int, *, baseline: float | None = None, baseline
     text = f"{share:.3f} ({k} of {n}, exact 95 % CI [{low:.3f}, {high:.3f}])"
     if baseline is not None and low <= baseline <= high:
         text += f", not resolved against {baseline_name} ({baseline:.3f})"
+    elif baseline is not None:  # resolved either way: a share below its baseline is the news, not a footnote
+        text += f", {'below' if high < baseline else 'above'} {baseline_name} ({baseline:.3f})"
     return text
