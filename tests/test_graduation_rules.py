@@ -142,3 +142,17 @@ def test_a_refused_register_local_leaves_the_router_as_it_was(gemini_server, tmp
         with pytest.raises(UsageError) as exc:   # checked before the export and minutes of tuning
             router._portal.call(agraduate(router, "t", out_dir=tmp_path / "grad", name="other", share=5))
         assert exc.value.field == "share" and not (tmp_path / "grad").exists()
+
+
+def test_a_local_challenger_against_a_cloud_incumbent_is_priced_at_what_each_is_billed():
+    """The README said promotion compares "cloud-equivalent cost for local models": a local challenger against a
+    cloud incumbent is compared at measured cost (the local model free), cloud-equivalent only when both are local."""
+    def records(icl_cost):
+        return [OutcomeRecord(metadata={"id": str(i), "task": "t", "served": "icl"}, outcomes={
+            "icl": Side(score=1.0, cost_usd=icl_cost, cloud_equivalent_cost_usd=0.004, role="served"),
+            "lora": Side(score=1.0, cost_usd=0.0, cloud_equivalent_cost_usd=0.002, role="shadow")}) for i in range(80)]
+
+    mixed = decide_promotion(records(0.01), "t", incumbent="icl", challenger="lora", min_n=30)
+    assert (mixed.cost_basis, mixed.challenger_cost_usd, mixed.incumbent_cost_usd) == ("measured", 0.0, 0.01)
+    local = decide_promotion(records(0.0), "t", incumbent="icl", challenger="lora", min_n=30)
+    assert (local.cost_basis, local.challenger_cost_usd, local.incumbent_cost_usd) == ("cloud-equivalent", 0.002, 0.004)
