@@ -823,7 +823,7 @@ def test_cli_report_has_the_graduation_advisor(server: GeminiTestServer, tmp_pat
     assert "ICL (icl) sends" in advice and "for tuned:" in advice and "Tuning cost: $10.00 as given" in advice
     assert "At 50,000 requests/month it saves" in advice and "pays back after" in advice
     # Four records cannot resolve a quality difference: the advisor says so instead of recommending.
-    # 4 shared records are too few to decide (paired.MIN_PAIRED_N): not resolved, whatever the scores say.
+    # 4 shared records are too few to decide (stats.MIN_PAIRED_N): not resolved, whatever the scores say.
     assert "Verdict: inconclusive" in advice and "n = 4 is below the minimum of 20" in advice
     assert "not resolved" in advice
     assert "<h2>Graduation advisor</h2>" in (out / "report.html").read_text()

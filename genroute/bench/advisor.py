@@ -14,7 +14,7 @@ number came from:
   ``tuning_cpu_seconds``) × ``cpu_usd_per_hour``. A missing input leaves the cost unknown and the text says which;
 - quality: the paired difference tuned − ICL on the same records (``genroute.bench.stats``); unresolved (the CI
   holds 0 or the exact test does not reject), not resolved for want of records (fewer than
-  ``paired.MIN_PAIRED_N`` shared inputs, repeats of one input counting once) or not measured makes the verdict
+  ``stats.MIN_PAIRED_N`` shared inputs, repeats of one input counting once) or not measured makes the verdict
   "inconclusive".
 """
 
@@ -269,7 +269,8 @@ def _payback(settings: AdvisorSettings, tuning: float | None, saving: float) -> 
 
 def _quality(outcomes: Sequence[Outcome], icl: str, tuned: str, *, seed: int,
              inputs: Mapping[str, str] | None) -> PairedComparison | None:
-    from genroute.bench.paired import MIN_PAIRED_N, compare_named, scores_by_target
+    from genroute.bench.paired import compare_named, scores_by_target
+    from genroute.bench.stats import MIN_PAIRED_N
 
     scores: Mapping[str, Mapping[str, float]] = scores_by_target(outcomes)
     if tuned not in scores or icl not in scores or not set(scores[tuned]) & set(scores[icl]):

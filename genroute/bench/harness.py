@@ -22,7 +22,7 @@ from genroute.bench.manifest import (
 )
 from genroute.bench.matrix_export import export_matrix
 from genroute.bench.paired import (
-    MIN_PAIRED_N, MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain,
+    MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain,
 )
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
 from genroute.bench.runner import (
@@ -31,7 +31,7 @@ from genroute.bench.runner import (
 from genroute.bench.score_checks import check_min_n, check_seed
 from genroute.bench.scorers import check_golds, resolve_scorer
 from genroute.bench.setup_failures import Unscored, unscored_markdown, unscored_targets
-from genroute.bench.stats import PairedComparison
+from genroute.bench.stats import MIN_PAIRED_N, PairedComparison
 from genroute.errors import UsageError
 from genroute.jsonl import output_dir
 from genroute.policies.cost_aware_compiled import drop_stale

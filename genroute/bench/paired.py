@@ -25,17 +25,13 @@ from genroute.bench.clusters import groups_for, sample_size
 from genroute.bench.multiplicity import adjust_family, hypothesis
 from genroute.bench.report import markdown_row
 from genroute.bench.runner import POLICY_TARGET, Outcome
-from genroute.bench.stats import PairedComparison, align, compare_paired
+from genroute.bench.stats import MIN_PAIRED_N, PairedComparison, align, compare_paired
 
 if TYPE_CHECKING:
     from genroute.bench.compile import CompileReport
 
 #: Held-out records below which a compiled-policy comparison prints no verdict unless forced.
 MIN_VERDICT_N = 100
-#: Shared records below which an all-records comparison (and the graduation advisor's tuned vs ICL) gives no
-#: verdict: the difference is reported as not resolved. The exact tests hold their level at any n, but cannot
-#: reject at all below 6 records, and a bootstrap CI beside them (of graded scores) is too narrow on a few records.
-MIN_PAIRED_N = 20
 
 
 def scores_by_target(outcomes: Sequence[Outcome]) -> dict[str, dict[str, float]]:

@@ -55,6 +55,11 @@ from genroute.bench.score_checks import finite_scores as finite_scores
 from genroute.bench.score_checks import is_binary as is_binary
 from genroute.bench.score_checks import paired_differences
 
+#: Shared records below which an all-records comparison (and the graduation advisor's tuned vs ICL) gives no
+#: verdict: the difference is reported as not resolved. The exact tests hold their level at any n, but cannot
+#: reject at all below 6 records, and a bootstrap CI beside them (of graded scores) is too narrow on a few records.
+MIN_PAIRED_N = 20
+
 #: Most resampled values held at once by ``bootstrap_ci`` (8 MB of indices, 8 MB of scores).
 _BOOTSTRAP_CELLS = 1_000_000
 

@@ -118,7 +118,7 @@ def _compile(args: argparse.Namespace) -> int:
 def _warn_small(stats: BenchStats) -> None:
     """Warn of each task whose backends were scored on fewer records than a paired verdict needs: its floor and its
     choice in cost_aware.json rest on a difference those records cannot resolve (bench says "no verdict" there)."""
-    from genroute.bench.paired import MIN_PAIRED_N
+    from genroute.bench.stats import MIN_PAIRED_N
 
     for task, by in sorted(stats.tasks.items()):
         if len(by) > 1 and (n := min(entry.n for entry in by.values())) < MIN_PAIRED_N:
