@@ -273,13 +273,33 @@ def test_graduation_with_a_vertex_tuning_job_on_the_loopback_server(gemini_serve
 def test_the_advisor_uses_measured_volume_tokens_and_tuning_cost():
     from genroute.graduation.run import advise
 
-    records = [r.model_copy(update={"metadata": {**r.metadata, "at": 1000.0 + 36 * i}})
-               for i, r in enumerate(paired(100, set(range(20)), set(range(2, 22))))]   # 100 requests per hour
+    records = [r.model_copy(update={"metadata": {**r.metadata, "at": 1000.0 + 36.4 * i}})
+               for i, r in enumerate(paired(100, set(range(20)), set(range(2, 22))))]   # ~100 requests per hour
     decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=50)
     text = advise(records, decision, tuning_cost_usd=0.09, tuning_cpu_s=None)
-    # saving $0.0009 per request x 100 requests an hour pays $0.09 back in one hour (of 3564 s measured: 1.0 h)
-    assert "measured volume 100 requests in 0.99 h" in text and "pays back in 1.0 hours" in text
-    assert "saving $0.9000 per 1k requests" in text
+    # saving $0.0009 per request x 100 requests an hour pays $0.09 back in one hour (of 3604 s measured: 1.00 h)
+    assert "measured volume 100 requests in 1.00 h (~71,928/month at that rate)" in text
+    assert "pays back in 1.0 hours" in text and "saving $0.9000 per 1k requests" in text
+
+
+@pytest.mark.parametrize("step_s,window", [(0.01, "in 1.0 s (363,636/hour over that window;"),
+                                           (35.0, "in 3465.0 s (104/hour over that window;")],
+                         ids=["burst", "under-an-hour"])
+def test_the_advisor_gives_no_monthly_volume_or_pay_back_from_under_an_hour_of_traffic(step_s, window):
+    # 100 requests 10 ms apart read "~259,200,000/month at that rate" and a pay-back "in 0.0 hours".
+    from genroute.graduation.run import MIN_VOLUME_WINDOW_S, advise
+
+    records = [r.model_copy(update={"metadata": {**r.metadata, "at": 1000.0 + step_s * i}})
+               for i, r in enumerate(paired(100, set(range(20)), set(range(2, 22))))]
+    assert 99 * step_s < MIN_VOLUME_WINDOW_S == 3600
+    decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=50)
+    text = advise(records, decision, tuning_cost_usd=0.09, tuning_cpu_s=None)
+    assert f"measured volume 100 requests {window} a monthly volume is estimated from at least 1 h of traffic)" in text
+    assert "/month" not in text and "pays back" not in text
+    assert "tuning $0.0900: no pay-back period from 100 requests over" in text and "(under 1 h of traffic)" in text
+    # Without a tuning cost it still states the saving per request, and no monthly figure.
+    text = advise(records, decision, tuning_cost_usd=None, tuning_cpu_s=360)
+    assert "saving $0.9000 per 1k requests" in text and "/month" not in text
 
 
 def test_graduate_vertex_cli_end_to_end_on_the_loopback_server(gemini_server, tmp_path, monkeypatch, capsys):
