@@ -19,7 +19,7 @@ from genroute.bench.report import markdown_row, summarize
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.bench.setup_failures import unscored_targets
 from genroute.errors import GenrouteError, UsageError
-from genroute.policies.cost_aware_compiled import (cost_aware_policy, drop_stale, mean_quality,
+from genroute.policies.cost_aware_compiled import (cost_aware_policy, default_backend, drop_stale,
                                                    write_cost_aware_config, write_policy)
 from genroute.policies.stats import ANY_TASK, BackendStats, BenchStats
 from genroute.types import GenerateRequest
@@ -256,7 +256,7 @@ def compile_policy(
     files = {"cost_aware": str(write_cost_aware_config(out / "cost_aware.json", stats_path, backends,
                                                        min_quality=min_quality, relative_floor=relative_floor))}
     if learned_path is not None:
-        full_default = max(backends, key=lambda b: mean_quality(full, b))
+        full_default = default_backend(full, backends)
         files["learned"] = str(write_policy(out / "learned.json", {
             "kind": "learned", "model_path": str(Path(learned_path).resolve()), "default": full_default}))
     else:  # an earlier run's learned policy beside this run's stats would route as the earlier records said

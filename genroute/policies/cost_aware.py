@@ -51,7 +51,7 @@ class CostAwareConfig(PolicyConfig):
 
 
 class CostAwarePolicy(Policy):
-    """Cheapest eligible backend for the task (ties: higher quality, then lower p50)."""
+    """Cheapest eligible backend for the task (ties: higher quality, then lower p50, then name)."""
 
     kind = "cost_aware"
     Config = CostAwareConfig
@@ -96,8 +96,10 @@ class CostAwarePolicy(Policy):
         if not eligible:
             return self._default(f"none of {len(measured)} measured backend(s) for task {request.task!r} "
                                  f"has quality >= {floor:g}" + (f" and p95 <= {slo:g}s" if slo else ""))
+        # Ties: the higher quality, the lower p50 (unrecorded after recorded), then the name: not the statistics
+        # file's order, so that a decision does not move when a refresh merges entries in another order.
         eligible.sort(key=lambda be: (be[1].cost_per_request_usd, -self._quality(be[1]),
-                                      math.inf if be[1].latency_p50_s is None else be[1].latency_p50_s))
+                                      math.inf if be[1].latency_p50_s is None else be[1].latency_p50_s, be[0]))
         backend, entry = eligible[0]
         rungs = tuple(Rung(backend=b) for b, _ in eligible[: 1 + self.config.fallbacks])
         p95 = "latency not recorded" if entry.latency_p95_s is None else f"p95 {entry.latency_p95_s:.3g}s"

@@ -6,6 +6,7 @@ backend)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ def cost_aware_policy(train_stats: BenchStats, backends: Sequence[str], *, min_q
     the task's best training quality (one global floor would hold an easy task to a hard task's level)."""
     floors = {task: min_quality if min_quality is not None else relative_floor * max(s.quality for s in by.values())
               for task, by in train_stats.tasks.items()}
-    default = max(backends, key=lambda b: mean_quality(train_stats, b))
+    default = default_backend(train_stats, backends)
     if min_quality is None:
         # Relative, not each task's number frozen: refreshed from production outcomes, the policy then holds a task
         # to its best backend as measured now (a floor above every backend sent the task to the default).
@@ -55,6 +56,25 @@ def drop_stale(*paths: Path) -> list[Path]:
     for path in removed:
         path.unlink()
     return removed
+
+
+def default_backend(stats: BenchStats, backends: Sequence[str]) -> str:
+    """A compiled policy's default: the best mean quality over the tasks that measured it; at equal quality (to 9
+    decimals) the cheaper (mean cost per request), then the faster (mean p50 latency; unrecorded after recorded),
+    then the first name, a stable last resort (the first name alone sent a tie to a priced cloud model over a free
+    local one)."""
+    def rank(backend: str) -> tuple[float, float, float, str]:
+        entries = [by[backend] for by in stats.tasks.values() if backend in by]
+        cost = _mean([e.cost_per_request_usd for e in entries])
+        latency = _mean([e.latency_p50_s for e in entries if e.latency_p50_s is not None])
+        return (-round(mean_quality(stats, backend), 9), math.inf if cost is None else cost,
+                math.inf if latency is None else latency, backend)
+
+    return min(backends, key=rank)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def mean_quality(stats: BenchStats, backend: str) -> float:
