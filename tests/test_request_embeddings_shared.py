@@ -154,3 +154,66 @@ async def test_a_shadow_whose_embedding_failed_leaves_the_other_to_make_it(gemin
     assert isinstance(first, BackendRejected)
     assert isinstance(second, list) and len(second) == 64 and third == second
     assert _embedded(gemini_server) == [QUESTION, QUESTION]  # the failed call, the waiter's own; the third reused it
+
+
+async def test_a_reuse_reports_how_long_making_the_vector_took_less_what_it_waited_through() -> None:
+    # A reusing shadow's own clock holds none of the making (or only the part it waited for): the reuse reports the
+    # maker's recorded duration (minus what the caller waited), so the shadow's latency can count it as its cost does.
+    from genroute.runtime.billing import Charges, charging
+
+    embeddings = RequestEmbeddings()
+
+    async def slow() -> list[float]:
+        await asyncio.sleep(0.05)
+        return [1.0, 0.0]
+
+    async def never() -> list[float]:
+        raise AssertionError("made again")
+
+    async def reuse(embed: Any) -> float:
+        charges = Charges()
+        with charging(charges):
+            assert await embeddings.avector("k", QUESTION, embed) == [1.0, 0.0]
+        return charges.reused_s
+
+    async def make() -> float:
+        charges = Charges()
+        with charging(charges):
+            await embeddings.avector("k", QUESTION, slow)
+        return charges.reused_s
+
+    maker = asyncio.ensure_future(make())
+    await asyncio.sleep(0)  # the maker has started making it
+    waited_through = await reuse(never)  # waits for the vector being made
+    later, again = await reuse(never), await reuse(never)
+    assert await maker == 0.0  # the maker's own clock counts its making
+    assert later == again >= 0.05  # the recorded duration, each time (the sleep bounds it below)
+    assert 0.0 <= waited_through <= later  # the waiter's clock already holds what it waited for
+
+
+async def test_a_reusing_shadows_outcome_latency_counts_the_embedding_it_reused(gemini_server: GeminiTestServer,
+                                                                                tmp_path: Path, otel: Otel) -> None:
+    # The served RAG rung's embedding call takes at least DELAY_S (the server holds it); the ICL shadow reuses the
+    # vector. Its outcome side had only its own run's time (a loopback answer in milliseconds): it looked faster than
+    # the same backend served, where its example selection would have embedded the question itself.
+    from genroute.outcomes import OutcomeStore
+    from genroute.testing import Fault
+
+    delay_s = 0.5
+    inner = {"kind": "cascade", "rungs": [{"backend": "rag"}], "shadow": ["icl"]}
+    router = _router(gemini_server, tmp_path, otel, inner, outcomes={"path": str(tmp_path / "outcomes.db")})
+    try:
+        await _fill(router, tmp_path)
+        gemini_server.fault(Fault.delay(delay_s))  # the next call: the served rung's embedding of the question
+        result = await router.agenerate(QUESTION)
+        await router.adrain()
+    finally:
+        await router.aclose()
+    assert result.backend == "rag" and _embedded(gemini_server)[-1] == QUESTION
+    (record,) = OutcomeStore(tmp_path / "outcomes.db").records_sync()
+    icl, served = record.outcomes["icl"], record.outcomes["rag"]
+    assert served.latency_s >= delay_s  # the served side's clock held it all along
+    assert icl.latency_s >= delay_s  # it was the shadow's own run alone
+    (shadow,) = otel.spans("genroute.shadow")
+    reused_s = shadow.attributes["genroute.shadow.reused_embedding_s"]  # the served rung's recorded duration of it
+    assert icl.latency_s > reused_s >= delay_s  # its own run's time, and the embedding's it reused

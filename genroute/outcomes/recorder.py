@@ -120,9 +120,11 @@ class OutcomeRecorder:
                          ctx: RunContext, latency_s: float, span: Span, run_judge: RunJudge) -> None:
         """``shadow`` for a finished shadow run (its context holds cost and tokens); failures are counted on the
         span and logged, never raised: a lost outcome must not fail anything else."""
-        # With what vectors it reused from the served rungs or another shadow cost them: what it costs on its own, as the
-        # served side counts its rungs' embeddings (the policy's is routing's, on neither side).
-        side = Side(role="shadow", cost_usd=ctx.cost_usd + ctx.reused_cost_usd, latency_s=latency_s,
+        # With what vectors it reused from the served rungs or another shadow cost them and took to make: what it costs
+        # and takes on its own, as the served side counts its rungs' embeddings (the policy's is routing's, on neither
+        # side); a reusing shadow looked faster than the same backend served by the embedding's time.
+        side = Side(role="shadow", cost_usd=ctx.cost_usd + ctx.reused_cost_usd,
+                    latency_s=latency_s + ctx.reused_embedding_s,
                     cloud_equivalent_cost_usd=ctx.cloud_equivalent_cost_usd,
                     input_tokens=ctx.usage.input_tokens, output_tokens=ctx.usage.output_tokens)
         try:

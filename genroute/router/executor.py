@@ -355,6 +355,8 @@ class Executor:
                 if ctx.cost_estimated:  # a call of it was lost or cut: as the root span and rung events say
                     span.set_attribute("genroute.cost.estimated", True)
             span.set_attribute("genroute.shadow.chars", len(output.text))
+            if ctx.reused_embedding_s:  # in its outcome side's latency, not in this span's own duration
+                span.set_attribute("genroute.shadow.reused_embedding_s", ctx.reused_embedding_s)
             if self.outcomes is not None and served.outcome_id is not None:
                 judge = functools.partial(self.run_judge, request, decision, ctx.deadline)
                 await self.outcomes.shadow_run(served.outcome_id, request, backend, output, ctx,

@@ -87,6 +87,8 @@ class Charges:
     estimated: bool = False
     #: What vectors made (and charged) elsewhere in the request, and reused here, cost: not billed again (``reused``).
     reused_usd: float = 0.0
+    #: How long making those vectors took (where this caller's own clock did not already count it).
+    reused_s: float = 0.0
 
     def add(self, cost_usd: float, *, estimated: bool) -> None:
         """Count ``cost_usd``."""
@@ -125,12 +127,13 @@ def charge(cost_usd: float, *, estimated: bool) -> None:
         charges.add(cost_usd, estimated=estimated)
 
 
-def reused(cost_usd: float) -> None:
-    """Report that a vector made and charged elsewhere in the request (at ``cost_usd``) was reused: nothing is billed;
-    a shadow's outcome side counts it, as what the shadow would have cost on its own."""
+def reused(cost_usd: float, seconds: float = 0.0) -> None:
+    """Report that a vector made and charged elsewhere in the request (at ``cost_usd``, in ``seconds``) was reused:
+    nothing is billed; a shadow's outcome side counts both, as what the shadow would have cost and taken on its own."""
     charges = _CHARGES.get()
-    if charges is not None and cost_usd:
+    if charges is not None:
         charges.reused_usd += cost_usd
+        charges.reused_s += seconds
 
 
 def estimate_tokens(text: str | int) -> int:

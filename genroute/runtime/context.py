@@ -63,6 +63,8 @@ class RunContext:
     cache_storage_cost_usd: float = 0.0
     #: What vectors this rung reused from the request's other rungs or shadows cost them (not in ``cost_usd``).
     reused_cost_usd: float = 0.0
+    #: How long making those vectors took (not in this rung's own clock): a shadow's latency adds it.
+    reused_embedding_s: float = 0.0
     #: The model that answered (the response's version), once a call answered.
     model: str | None = None
     time_to_first_token_s: float | None = None
@@ -237,6 +239,8 @@ class RunContext:
             self.cost_estimated = self.cost_estimated or charges.estimated
             if charges.reused_usd:
                 self.reused_cost_usd += charges.reused_usd
+            if charges.reused_s:
+                self.reused_embedding_s += charges.reused_s
 
     def charge_cache(self, engine: Engine, model: str, tokens: int, ttl_s: float, *, estimated: bool = False) -> float:
         """Charge this rung for a context cache of ``tokens`` it made: their storage for ``ttl_s`` (priced per

@@ -7,9 +7,9 @@ the first rung that embeds; the executor hands it to the next rungs and to the s
 requests, so none across tenants either. A vector is reused only for the same text and the same embedder identity
 (``vector_key``: ``Embedder.fingerprint``, i.e. model, width, tokens read, a Gemini task type), so vectors that differ
 are never mixed up. It is charged once, to whoever made it (deciding, for the policy's; the rung or the shadow, for a
-backend's); a reuse charges nothing, but reports what a rung's or a shadow's vector cost (``billing.reused``), so that
-a shadow's outcome side counts what it would have cost on its own, as the served side's rungs do (the policy's vector
-is routing, kept apart on both sides). Shadows run concurrently: one waits for a vector another is making (and makes it
+backend's); a reuse charges nothing, but reports what a rung's or a shadow's vector cost and how long making it took
+(``billing.reused``), so that a shadow's outcome side counts what it would have cost and taken on its own, as the served
+side's rungs do (the policy's vector is routing, kept apart on both sides). Shadows run concurrently: one waits for a vector another is making (and makes it
 itself if that one fails or is cancelled).
 
 A policy decides in a worker thread and never sees the request's run context: it finds the request's embeddings in
@@ -19,6 +19,7 @@ A policy decides in a worker thread and never sees the request's run context: it
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -37,12 +38,14 @@ class RequestEmbeddings:
     """The vectors made for one request: (embedder identity, text) -> the embedder's vector, as a list of floats (or
     the future of one being made)."""
 
-    __slots__ = ("_vectors", "_costs")
+    __slots__ = ("_vectors", "_costs", "_seconds")
 
     def __init__(self) -> None:
         self._vectors: dict[tuple[str, str], list[float] | asyncio.Future[list[float] | None]] = {}
         #: What a vector a backend made cost (the policy's are routing's: not here).
         self._costs: dict[tuple[str, str], float] = {}
+        #: How long making a vector a backend made took (its ``embed()``, measured by the maker).
+        self._seconds: dict[tuple[str, str], float] = {}
 
     def vector(self, key: str, text: str, embed: Callable[[], Any]) -> list[float]:
         """``text``'s vector by the embedder whose identity is ``key``: the one this request made, else ``embed()``'s
@@ -60,19 +63,24 @@ class RequestEmbeddings:
         made here if that one fails or is cancelled)."""
         from genroute.runtime.billing import Charges, charge, charging, reused
 
+        waited = 0.0
         while True:
             found = self._vectors.get((key, text))
             if found is None:
                 break
             if not isinstance(found, list):
+                began = time.perf_counter()
                 found = await asyncio.shield(found)  # this caller's cancellation leaves the maker alone
+                waited += time.perf_counter() - began
             if found is not None:
-                reused(self._costs.get((key, text), 0.0))
+                # The part of the making this caller did not already wait through: its own clock holds the rest.
+                reused(self._costs.get((key, text), 0.0), max(0.0, self._seconds.get((key, text), 0.0) - waited))
                 return found
         pending: asyncio.Future[list[float] | None] = asyncio.get_running_loop().create_future()
         self._vectors[(key, text)] = pending
         vector: list[float] | None = None
         charges = Charges()
+        began = time.perf_counter()
         try:
             with charging(charges):  # to know what it cost; charged on to whoever collects around this call
                 vector = _as_list(await embed())
@@ -84,6 +92,7 @@ class RequestEmbeddings:
             else:
                 self._vectors[(key, text)] = vector
                 self._costs[(key, text)] = charges.cost_usd
+                self._seconds[(key, text)] = time.perf_counter() - began
             pending.set_result(vector)
         return vector
 
