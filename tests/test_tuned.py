@@ -89,7 +89,7 @@ def test_unknown_base_model_price_is_a_config_error(gemini_server: GeminiTestSer
 
     config = {
         "engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
-                               "vertex": {"project": "p", "location": "l"}}},
+                               "vertex": {"project": "test-proj", "location": "us-central1"}}},
         "backends": {"tuned": {"kind": "tuned", "engine": "vertex", "model": ENDPOINT, "base_model": "mystery-1"}},
     }
     with pytest.raises(ConfigError, match="mystery-1") as info:
@@ -230,3 +230,49 @@ def test_a_tuned_model_name_of_the_other_gemini_api_is_a_config_error(gemini_ser
         Router.from_config(config, engine_options=options, **otel.providers)
     assert info.value.field == "backends.tuned.model"
     assert gemini_server.requests == []
+
+
+@pytest.mark.parametrize(("model", "location", "needle"), [
+    ("1234567890", "us-central1", "endpoint ID alone"),              # sent as publishers/google/models/1234567890
+    (ENDPOINT + "/", "us-central1", "not a Vertex AI model resource"),  # .../endpoints/1234567890/:generateContent
+    ("projects/test-proj/locations/us-central1/endpoint/1234567890", "us-central1", "not a Vertex AI model"),
+    ("projects/test-proj/locations/us-central1/tuningJobs/42", "us-central1", "tuning job"),
+    (f" {ENDPOINT}", "us-central1", "not a model name"),
+    (f"https://us-central1-aiplatform.googleapis.com/v1/{ENDPOINT}", "us-central1", "not a model name"),
+    # A regional host refuses another location's resource ("The provided location ID doesn't match the endpoint").
+    ("projects/test-proj/locations/europe-west4/endpoints/1234567890", "us-central1", "location 'europe-west4'"),
+    ("projects/test-proj/locations/europe-west4/endpoints/1234567890", None, "location 'europe-west4'"),
+])
+def test_a_vertex_tuned_model_name_every_request_would_fail_on_is_a_config_error(
+        gemini_server: GeminiTestServer, otel: Otel, monkeypatch: Any, model: str, location: str | None,
+        needle: str) -> None:
+    from genroute.errors import ConfigError
+
+    monkeypatch.setenv("GOOGLE_CLOUD_LOCATION", "us-central1")  # what an engine without vertex.location uses
+    config = {"engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
+                                     "vertex": {"project": "test-proj", "location": location}}},
+              "backends": {"tuned": {"kind": "tuned", "engine": "vertex", "model": model,
+                                     "base_model": "gemini-2.5-flash"}}}
+    with pytest.raises(ConfigError, match=needle) as info:
+        Router.from_config(config, engine_options={"vertex": {"credentials": Credentials(token="t")}},
+                           **otel.providers)
+    assert info.value.field == "backends.tuned.model"
+    assert gemini_server.requests == []
+
+
+@pytest.mark.parametrize(("model", "location"), [
+    ("projects/123456789/locations/us-central1/endpoints/1234567890", "us-central1"),  # a project number
+    ("projects/test-proj/locations/europe-west4/endpoints/1234567890", "global"),  # the global host serves it
+    ("projects/test-proj/locations/us-central1/publishers/google/models/gemini-2.5-flash", "us-central1"),
+])
+async def test_vertex_tuned_model_names_that_are_served(gemini_server: GeminiTestServer, otel: Otel, model: str,
+                                                        location: str) -> None:
+    config = {"engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
+                                     "vertex": {"project": "test-proj", "location": location}}},
+              "backends": {"tuned": {"kind": "tuned", "engine": "vertex", "model": model,
+                                     "base_model": "gemini-2.5-flash"}}}
+    async with Router.from_config(config, engine_options={"vertex": {"credentials": Credentials(token="t")}},
+                                  **otel.providers) as router:
+        result = await router.agenerate("great")
+    assert result.text == "echo: great"
+    assert gemini_server.requests[0].path == f"/v1beta1/{model}:generateContent"

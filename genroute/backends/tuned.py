@@ -12,6 +12,8 @@ resource name, e.g. ``projects/P/locations/L/endpoints/E`` or ``tunedModels/x``)
 
 from __future__ import annotations
 
+import os
+import re
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -63,6 +65,10 @@ class TunedBackend(SingleCallBackend):
 
         if engine is not None:
             _check_resource(config.model, engine.provider, field=f"backends.{name}.model")
+            vertex = getattr(engine.config, "vertex", None)
+            if engine.provider == "gcp.vertex_ai" and vertex is not None:
+                _check_vertex_name(config.model, vertex.location or os.environ.get("GOOGLE_CLOUD_LOCATION"),
+                                   field=f"backends.{name}.model", engine=config.engine)
 
     def facts(self) -> dict[str, Any]:
         return {"model": self.config.model, "base_model": self.config.base_model}
@@ -95,3 +101,40 @@ def _check_resource(model: str, provider: str, *, field: str) -> None:
         raise ConfigError(f"{model!r} is not a Vertex AI resource name: a tuned model there is "
                           "projects/P/locations/L/endpoints/E (tunedModels/NAME is the Gemini Developer API's)",
                           field=field)
+
+
+#: The Vertex AI resource names a tuned model is served under: an endpoint, a model (``@version`` optional) or a
+#: publisher's model, each under its project and location.
+_VERTEX_NAME = re.compile(r"projects/[^/\s]+/locations/(?P<location>[^/\s]+)/"
+                          r"(?:endpoints/[^/\s]+|models/[^/\s]+|publishers/[^/\s]+/models/[^/\s]+)")
+#: Locations whose Vertex AI host serves other locations' resources (``aiplatform.googleapis.com``, and the
+#: multi-region ``aiplatform.<us|eu>.rep.googleapis.com``); any other is a regional host that serves its own only.
+_NOT_REGIONAL = frozenset({"global", "us", "eu"})
+
+
+def _check_vertex_name(model: str, location: str | None, *, field: str, engine: str) -> None:
+    """``ConfigError`` naming ``field`` for a Vertex AI tuned model name every request would be refused for: the
+    SDK sends any name that does not start with ``projects/`` as a Google model (``publishers/google/models/
+    <name>``), a malformed ``projects/...`` path as it is, and a regional host refuses another location's
+    resource ("The provided location ID doesn't match the endpoint")."""
+    form = "projects/P/locations/L/endpoints/E"
+    if model.isdigit():
+        raise ConfigError(f"{model!r} is an endpoint ID alone, which would be sent as a Google model name: write "
+                          f"the endpoint's resource name, {form.removesuffix('E')}{model}", field=field)
+    if model != model.strip() or "://" in model or re.search(r"\s", model):
+        raise ConfigError(f"{model!r} is not a model name: write the tuned endpoint as {form} (no URL, no spaces)",
+                          field=field)
+    if not model.startswith("projects/"):
+        return  # a Google model name (gemini-2.5-flash, publishers/google/models/...)
+    match = _VERTEX_NAME.fullmatch(model)
+    if match is None and "/tuningJobs/" in model:
+        raise ConfigError(f"{model!r} is a tuning job, not a model: serve the endpoint it made ({form}, its "
+                          "tunedModel.endpoint)", field=field)
+    if match is None:
+        raise ConfigError(f"{model!r} is not a Vertex AI model resource: write the tuned endpoint as {form} (or a "
+                          "model as projects/P/locations/L/models/M)", field=field)
+    where = location or "global"  # google-genai's own default
+    if where not in _NOT_REGIONAL and match["location"] != where:
+        raise ConfigError(f"{model!r} is in location {match['location']!r}, but engine {engine!r} calls Vertex AI "
+                          f"in {where!r}, whose host refuses another location's resources: set the engine's "
+                          f"vertex.location to {match['location']!r}", field=field)
