@@ -17,7 +17,7 @@ from genroute.bench import (
 )
 from genroute.bench.advisor import AdvisorSettings, advise
 from genroute.bench.harness import bench
-from genroute.errors import UsageError
+from genroute.errors import ConfigError, UsageError
 from genroute.bench.report import Summary, bootstrap_ci
 from genroute.bench.runner import Outcome
 from genroute.policies.stats import BenchStats
@@ -332,6 +332,21 @@ async def test_a_scorer_error_fails_that_row_and_the_run_goes_on(server: GeminiT
     (summary,) = summarize(outcomes)
     assert summary.failures == {"ScorerError": 1} and summary.quality == pytest.approx(0.8)
     assert summary.input_tokens > 0 and summary.latency_p50_s > 0
+
+
+async def test_a_judge_with_tools_that_act_is_refused(server: GeminiTestServer) -> None:
+    def send_email(to: str) -> str:
+        """Send an email."""
+        raise AssertionError("a judge must never act")
+
+    backends = {"mailer": {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-flash",
+                           "tools": ["send_email"]}}
+    cfg = config(server)
+    cfg["backends"].update(backends)
+    async with Router.from_config(cfg, tools={"send_email": send_email}) as router:
+        with pytest.raises(ConfigError, match="send_email") as info:
+            await arun_bench(router, records(), ["cheap"], resolve_scorer("judge:mailer"), progress=False)
+    assert info.value.field == "scorer" and server.requests == []
 
 
 async def test_judge_scorer_cost_is_counted_apart(server: GeminiTestServer) -> None:

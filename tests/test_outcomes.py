@@ -9,6 +9,7 @@ import pytest
 
 from genroute import ConfigError, Router, UsageError, side_effect_free
 from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
+from genroute.router.validators import Judge
 
 from .conftest import TEST_KEY, gemini_config
 from .redis_fixtures import redis_server, redis_session  # noqa: F401
@@ -182,6 +183,40 @@ def test_a_side_effecting_tool_backend_cannot_be_shadowed(gemini_server, tmp_pat
     # The same backend with only read-only tools may be shadowed.
     cfg["backends"]["pro"]["tools"] = ["get_weather"]
     Router.from_config(cfg, tools={"send_email": send_email, "get_weather": get_weather}).close()
+
+
+@pytest.mark.parametrize("where", ["rung", "named", "custom", "scorer"])
+def test_a_side_effecting_tool_backend_cannot_be_a_judge(gemini_server, tmp_path, where):
+    # A judge is asked about the request ("send an email to bob ..."): with tools that act, it could send it again.
+    sent = []
+
+    def send_email(to: str) -> str:
+        """Send an email."""
+        sent.append(to)
+        return "sent"
+
+    cfg = config(gemini_server, tmp_path, policy={"kind": "static", "backend": "chat"})
+    cfg["backends"]["mailer"] = {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-pro",
+                                 "tools": ["send_email"]}
+    validators = None
+    if where == "rung":
+        cfg["policy"] = {"kind": "cascade", "rungs": [{"backend": "mailer", "validators": ["judge:mailer"]}]}
+        field = "policy.rungs.0.validators"
+    elif where == "named":
+        cfg["validators"] = {"strict": {"kind": "judge", "backend": "mailer"}}
+        field = "validators.strict"
+    elif where == "custom":
+        validators = {"strict": Judge("mailer")}
+        field = "validators.strict"
+    else:
+        cfg["outcomes"]["scorer"] = "judge:mailer"
+        field = "outcomes.scorer"
+    with pytest.raises(ConfigError, match="send_email") as exc:
+        Router.from_config(cfg, tools={"send_email": send_email}, validators=validators)
+    assert exc.value.field == field and "judge" in str(exc.value)
+    assert gemini_server.requests == [] and sent == []
+    # With only read-only tools the judge may run.
+    Router.from_config(cfg, tools={"send_email": side_effect_free(send_email)}, validators=validators).close()
 
 
 def test_store_merges_writes_from_either_side_in_any_order(tmp_path):

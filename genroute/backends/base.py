@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from genroute.construct import one_store_init
 from genroute.construct import user_content as user_content  # public here: backends use it
 from genroute.engines.base import SamplingSettings
-from genroute.errors import BackendUnavailable
+from genroute.errors import BackendUnavailable, ConfigError
 from genroute.runtime.telemetry import block_reason, reason_name
 from genroute.types import Citation, GenerateRequest, ToolCall
 
@@ -173,6 +173,15 @@ class Backend(ABC):
 
     async def aclose(self) -> None:
         """Release anything the backend holds."""
+
+
+def refuse_rerun(name: str, tools: tuple[str, ...], *, role: str, field: str) -> None:
+    """``ConfigError`` naming ``field`` if backend ``name``, run as a ``role`` (a shadow, a judge) beside the served
+    request, could repeat what its ``tools`` (``Backend.side_effects``) do in the world."""
+    if tools:
+        raise ConfigError(
+            f"backend {name!r} cannot be {role}: its tools {', '.join(tools)} are not declared "
+            "side-effect-free (decorate read-only tools with genroute.side_effect_free)", field=field)
 
 
 class SingleCallBackend(Backend):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from genroute.backends.base import refuse_rerun
 from genroute.bench.record_tools import answering_router
 from genroute.bench.scorers import check_golds
 from genroute.bench.setup_failures import SetupWatch
@@ -209,7 +210,8 @@ def target_names(targets: Sequence[str]) -> list[str]:
 
 
 def check_targets(router: Router, targets: Sequence[str], scorer: Scorer) -> None:
-    """``UsageError`` unless every target (and the judge) is a configured backend or the policy."""
+    """``UsageError`` unless every target (and the judge) is a configured backend or the policy; ``ConfigError`` for a
+    judge whose tools are not side-effect-free."""
     if not targets:
         raise UsageError("name at least one backend (or the policy)", field="backends")
     for target in targets:
@@ -218,6 +220,8 @@ def check_targets(router: Router, targets: Sequence[str], scorer: Scorer) -> Non
             raise UsageError(f"unknown backend {target!r} (known: {known})", field="backends")
     if scorer.judge is not None and scorer.judge not in router.backends:
         raise UsageError(f"judge backend {scorer.judge!r} is not configured", field="scorer")
+    if scorer.judge is not None:  # asked about each record, a judge with tools that act could act on it
+        refuse_rerun(scorer.judge, router.backends[scorer.judge].side_effects(), role="a judge", field="scorer")
 
 
 async def arun_bench(

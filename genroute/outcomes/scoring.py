@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from genroute.backends.base import refuse_rerun
 from genroute.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ def resolve_shadow_scorer(spec: str, *, resolve_check: Callable[[str, str], Chec
         if backend not in backends:
             raise ConfigError(f"unknown judge backend {backend!r} (known: {', '.join(sorted(backends))})",
                               field=field)
+        refuse_rerun(backend, backends[backend].side_effects(), role="a judge", field=field)
         return ShadowScorer(spec, judge=backend)
     from genroute.bench.scorers import resolve_scorer
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from genroute.errors import ConfigError
+from genroute.backends.base import refuse_rerun
 
 if TYPE_CHECKING:
     from genroute.backends.base import Backend
@@ -55,11 +55,7 @@ def check_shadows(policy: Policy, unsafe: Mapping[str, tuple[str, ...]]) -> None
 
 def refuse(name: str, unsafe: Mapping[str, tuple[str, ...]], *, field: str) -> None:
     """``ConfigError`` naming ``field`` if shadowing ``name`` would repeat side effects."""
-    tools = unsafe.get(name)
-    if tools:
-        raise ConfigError(
-            f"backend {name!r} cannot be shadowed: its tools {', '.join(tools)} are not declared "
-            "side-effect-free (decorate read-only tools with genroute.side_effect_free)", field=field)
+    refuse_rerun(name, unsafe.get(name, ()), role="shadowed", field=field)
 
 
 def shadowed_in(config: Any, field: str) -> Iterator[tuple[str, str]]:

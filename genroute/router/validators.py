@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from genroute.backends.base import BackendOutput
+from genroute.backends.base import BackendOutput, refuse_rerun
 from genroute.bounds import PathText
 from genroute.config_parse import parse_json, parse_yaml
 from genroute.errors import ConfigError
@@ -220,6 +220,8 @@ def resolve(name: str, custom: Mapping[str, Validator | Judge], *, backends: Map
         if validator.backend not in backends:
             raise ConfigError(f"validator {name!r}: unknown judge backend {validator.backend!r} "
                               f"(known: {', '.join(sorted(backends))})", field=field)
+        # The judge is asked about the request: with tools that act, it could do again what the answer did.
+        refuse_rerun(validator.backend, backends[validator.backend].side_effects(), role="a judge", field=field)
         return validator.check
     return _plain(validator)
 
