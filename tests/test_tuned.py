@@ -276,3 +276,27 @@ async def test_vertex_tuned_model_names_that_are_served(gemini_server: GeminiTes
         result = await router.agenerate("great")
     assert result.text == "echo: great"
     assert gemini_server.requests[0].path == f"/v1beta1/{model}:generateContent"
+
+
+async def test_an_endpoint_that_is_gone_says_so_where_the_decision_ends(gemini_server: GeminiTestServer,
+                                                                        otel: Otel) -> None:
+    from genroute.cli import error_line
+    from genroute.errors import AllRungsFailed
+    from genroute.testing import Fault
+
+    config = {
+        "engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
+                               "vertex": {"project": "test-proj", "location": "us-central1"}}},
+        "backends": {"tuned": {"kind": "tuned", "engine": "vertex", "model": ENDPOINT, "base_model": "gemini-2.5-flash"},
+                     "base": {"kind": "prompt_template", "engine": "vertex", "model": "gemini-2.5-flash"}},
+        "policy": {"kind": "cascade", "rungs": [{"backend": "tuned"}, {"backend": "base"}]},
+    }
+    gemini_server.fault(Fault.status(404, message=f"Endpoint {ENDPOINT} not found."))
+    options = {"vertex": {"credentials": Credentials(token="t")}}
+    async with Router.from_config(config, engine_options=options, **otel.providers) as router:
+        with pytest.raises(AllRungsFailed) as info:
+            await router.agenerate("great")
+    # A 404 is final (BackendRejected: the base rung is not tried), and the one line a CLI user gets says why.
+    line = error_line(info.value)
+    assert f"tuned: BackendRejected: 404 NOT_FOUND: Endpoint {ENDPOINT} not found." in line
+    assert "1 rung(s) not tried" in line and len(gemini_server.requests) == 1

@@ -152,13 +152,24 @@ class Ledger:
             if isinstance(last_error, BackendError):  # an engine's error names the engine: the caller's is the rung
                 last_error.backend = self.attempts[-1].backend
             return last_error
-        tried = "; ".join(f"{a.backend}: {a.error_type}" for a in self.attempts)
+        # Each rung's own error too: "tuned: BackendRejected" alone does not say the endpoint is gone (a CLI user
+        # gets only this line).
+        tried = "; ".join(f"{a.backend}: {a.error_type}" + (f": {_clip(a.error)}" if a.error else "")
+                          for a in self.attempts)
         untried = len(decision.rungs) - len(self.attempts)
         what = f"a final error ended the decision, {untried} rung(s) not tried" if untried else "every rung failed"
         error = AllRungsFailed(f"{what} ({tried})", attempts=list(self.attempts))
         error.__cause__ = last_error
         self.charge(error)
         return error
+
+
+#: The most of one rung's error message that ``AllRungsFailed``'s message repeats (``attempts`` has it whole).
+_ERROR_CHARS = 200
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _ERROR_CHARS else f"{text[:_ERROR_CHARS]}..."
 
 
 def _as_declared(output: BackendOutput) -> bool:
