@@ -62,6 +62,20 @@ def test_extra_columns_load_with_one_warning_naming_the_keys_and_the_first_line(
                       "a record is {input, output, label?, task?, id?, metadata?}"]
 
 
+def test_a_benchmark_file_with_columns_of_its_own_is_no_tuning_file(tmp_path: Path) -> None:
+    """As the README says: the bench reads past a dataset's own columns, `genroute tune` refuses them by line."""
+    from genroute.tuning.data import load_examples
+
+    rows = [{"input": "q1", "label": "pos"}, {"input": "q2", "label": "neg", "source": "web"}]
+    path = _write(tmp_path / "d.jsonl", rows)
+    assert [r.label for r in load_records(path)] == ["pos", "neg"]
+    with pytest.raises(UsageError, match=r"unknown keys \['source'\]") as err:
+        load_examples(path)
+    assert err.value.field == "line 2"
+    moved = _write(tmp_path / "m.jsonl", [rows[0], {"input": "q2", "label": "neg", "metadata": {"source": "web"}}])
+    assert [e.metadata for e in load_examples(moved)] == [{}, {"source": "web"}]
+
+
 def test_a_file_of_known_keys_warns_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = _write(tmp_path / "d.jsonl", [{"input": "q", "output": "a", "label": "l", "id": "r1", "task": "t",
                                           "metadata": {"k": 1}}])
