@@ -232,37 +232,53 @@ def test_a_tuned_model_name_of_the_other_gemini_api_is_a_config_error(gemini_ser
     assert gemini_server.requests == []
 
 
-@pytest.mark.parametrize(("model", "location", "needle"), [
-    ("1234567890", "us-central1", "endpoint ID alone"),              # sent as publishers/google/models/1234567890
-    (ENDPOINT + "/", "us-central1", "not a Vertex AI model resource"),  # .../endpoints/1234567890/:generateContent
-    ("projects/test-proj/locations/us-central1/endpoint/1234567890", "us-central1", "not a Vertex AI model"),
-    ("projects/test-proj/locations/us-central1/tuningJobs/42", "us-central1", "tuning job"),
-    (f" {ENDPOINT}", "us-central1", "not a model name"),
-    (f"https://us-central1-aiplatform.googleapis.com/v1/{ENDPOINT}", "us-central1", "not a model name"),
-    # A regional host refuses another location's resource ("The provided location ID doesn't match the endpoint").
-    ("projects/test-proj/locations/europe-west4/endpoints/1234567890", "us-central1", "location 'europe-west4'"),
-    ("projects/test-proj/locations/europe-west4/endpoints/1234567890", None, "location 'europe-west4'"),
+@pytest.mark.parametrize(("model", "needle"), [
+    ("1234567890", "endpoint ID alone"),                              # sent as publishers/google/models/1234567890
+    (ENDPOINT + "/", "not a Vertex AI model resource"),                # .../endpoints/1234567890/:generateContent
+    ("projects/test-proj/locations/us-central1/endpoint/1234567890", "not a Vertex AI model"),
+    ("projects/test-proj/locations/us-central1/tuningJobs/42", "tuning job"),
+    (f" {ENDPOINT}", "not a model name"),
+    (f"https://us-central1-aiplatform.googleapis.com/v1/{ENDPOINT}", "not a model name"),
 ])
 def test_a_vertex_tuned_model_name_every_request_would_fail_on_is_a_config_error(
-        gemini_server: GeminiTestServer, otel: Otel, monkeypatch: Any, model: str, location: str | None,
-        needle: str) -> None:
+        gemini_server: GeminiTestServer, otel: Otel, model: str, needle: str) -> None:
     from genroute.errors import ConfigError
 
-    monkeypatch.setenv("GOOGLE_CLOUD_LOCATION", "us-central1")  # what an engine without vertex.location uses
-    config = {"engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
-                                     "vertex": {"project": "test-proj", "location": location}}},
-              "backends": {"tuned": {"kind": "tuned", "engine": "vertex", "model": model,
-                                     "base_model": "gemini-2.5-flash"}}}
     with pytest.raises(ConfigError, match=needle) as info:
-        Router.from_config(config, engine_options={"vertex": {"credentials": Credentials(token="t")}},
-                           **otel.providers)
+        vertex_router(gemini_server, otel, model=model)
     assert info.value.field == "backends.tuned.model"
     assert gemini_server.requests == []
 
 
+@pytest.mark.parametrize(("location", "base_url"), [
+    ("us-central1", None),
+    (None, None),                                                # GOOGLE_CLOUD_LOCATION below
+    ("global", "https://us-central1-aiplatform.googleapis.com"),  # the host is what serves it
+])
+def test_an_endpoint_of_another_location_than_the_regional_host_is_a_config_error(
+        otel: Otel, monkeypatch: Any, location: str | None, base_url: str | None) -> None:
+    # A regional host refuses another location's resource: "The provided location ID doesn't match the endpoint".
+    from genroute.errors import ConfigError
+
+    monkeypatch.setenv("GOOGLE_CLOUD_LOCATION", "us-central1")
+    monkeypatch.delenv("GOOGLE_VERTEX_BASE_URL", raising=False)
+    engine: dict[str, Any] = {"kind": "gemini", "vertex": {"project": "test-proj", "location": location}}
+    if base_url is not None:
+        engine["base_url"] = base_url
+    config = {"engines": {"vertex": engine},
+              "backends": {"tuned": {"kind": "tuned", "engine": "vertex", "base_model": "gemini-2.5-flash",
+                                     "model": "projects/test-proj/locations/europe-west4/endpoints/1234567890"}}}
+    with pytest.raises(ConfigError, match="location 'europe-west4'") as info:
+        Router.from_config(config, engine_options={"vertex": {"credentials": Credentials(token="t")}},
+                           **otel.providers)
+    assert info.value.field == "backends.tuned.model" and "'us-central1'" in str(info.value)
+
+
 @pytest.mark.parametrize(("model", "location"), [
     ("projects/123456789/locations/us-central1/endpoints/1234567890", "us-central1"),  # a project number
-    ("projects/test-proj/locations/europe-west4/endpoints/1234567890", "global"),  # the global host serves it
+    # Through a gateway (this base_url), or the global host, any location's resource may be served.
+    ("projects/test-proj/locations/europe-west4/endpoints/1234567890", "us-central1"),
+    ("projects/test-proj/locations/europe-west4/endpoints/1234567890", "global"),
     ("projects/test-proj/locations/us-central1/publishers/google/models/gemini-2.5-flash", "us-central1"),
 ])
 async def test_vertex_tuned_model_names_that_are_served(gemini_server: GeminiTestServer, otel: Otel, model: str,

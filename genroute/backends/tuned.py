@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field
 
@@ -67,7 +68,8 @@ class TunedBackend(SingleCallBackend):
             _check_resource(config.model, engine.provider, field=f"backends.{name}.model")
             vertex = getattr(engine.config, "vertex", None)
             if engine.provider == "gcp.vertex_ai" and vertex is not None:
-                _check_vertex_name(config.model, vertex.location or os.environ.get("GOOGLE_CLOUD_LOCATION"),
+                _check_vertex_name(config.model, _host_location(getattr(engine, "base_url", None),
+                                                                vertex.location),
                                    field=f"backends.{name}.model", engine=config.engine)
 
     def facts(self) -> dict[str, Any]:
@@ -112,6 +114,19 @@ _VERTEX_NAME = re.compile(r"projects/[^/\s]+/locations/(?P<location>[^/\s]+)/"
 _NOT_REGIONAL = frozenset({"global", "us", "eu"})
 
 
+def _host_location(base_url: str | None, location: str | None) -> str | None:
+    """The one location whose resources the engine's Vertex AI host serves, or None if it serves any: google-genai's
+    regional host ``{location}-aiplatform.googleapis.com`` (``vertex.location``, else ``GOOGLE_CLOUD_LOCATION``,
+    else ``global``); a ``base_url`` naming such a host, its location; any other ``base_url`` (a gateway) is taken
+    to route by the path."""
+    if base_url is not None:
+        host = urlsplit(base_url).hostname or ""
+        match = re.fullmatch(r"([a-z0-9-]+)-aiplatform\.googleapis\.com", host)
+        return match[1] if match else None
+    where = location or os.environ.get("GOOGLE_CLOUD_LOCATION") or "global"
+    return None if where in _NOT_REGIONAL else where
+
+
 def _check_vertex_name(model: str, location: str | None, *, field: str, engine: str) -> None:
     """``ConfigError`` naming ``field`` for a Vertex AI tuned model name every request would be refused for: the
     SDK sends any name that does not start with ``projects/`` as a Google model (``publishers/google/models/
@@ -133,8 +148,7 @@ def _check_vertex_name(model: str, location: str | None, *, field: str, engine: 
     if match is None:
         raise ConfigError(f"{model!r} is not a Vertex AI model resource: write the tuned endpoint as {form} (or a "
                           "model as projects/P/locations/L/models/M)", field=field)
-    where = location or "global"  # google-genai's own default
-    if where not in _NOT_REGIONAL and match["location"] != where:
+    if location is not None and match["location"] != location:
         raise ConfigError(f"{model!r} is in location {match['location']!r}, but engine {engine!r} calls Vertex AI "
-                          f"in {where!r}, whose host refuses another location's resources: set the engine's "
-                          f"vertex.location to {match['location']!r}", field=field)
+                          f"in {location!r}, whose host refuses another location's resources: serve it from an engine "
+                          f"in {match['location']!r} (vertex.location, or its base_url's host)", field=field)
