@@ -166,3 +166,42 @@ def test_deadline_s_must_be_positive(gemini_server: GeminiTestServer, otel: Otel
     with pytest.raises(ConfigError) as info:
         Router.from_config(config, tools={"t": lambda: None}, **otel.providers)
     assert info.value.field == "backends.chat.deadline_s"
+
+
+async def test_a_call_whose_turn_comes_after_the_deadline_is_not_run(gemini_server: GeminiTestServer,
+                                                                     otel: Otel) -> None:
+    # max_parallel 1: the calls after a hung one get their turn only once it timed out, at the loop's deadline. Started
+    # then, the sync tool ran to its end on a free thread and the async one up to its first await (both side
+    # effects happened), while each was reported as not finished "within 0 s".
+    acted: list[str] = []
+
+    async def hang() -> str:
+        """Hangs."""
+        await asyncio.sleep(60)
+        return "late"
+
+    async def notify(who: str) -> str:
+        """Notifies someone (a side effect, before any await)."""
+        acted.append(f"notify {who}")
+        await asyncio.sleep(0)
+        return "sent"
+
+    def charge(amount: int) -> str:
+        """Charges a card (a side effect)."""
+        acted.append(f"charge {amount}")
+        return "charged"
+
+    gemini_server.reply_parts([{"functionCall": {"name": "hang", "args": {}}},
+                               {"functionCall": {"name": "notify", "args": {"who": "bob"}}},
+                               {"functionCall": {"name": "charge", "args": {"amount": 5}}}])
+    tools = {"hang": hang, "notify": notify, "charge": charge}
+    config = gemini_config(gemini_server, kind="function_calling", tools=list(tools), max_parallel=1, deadline_s=0.5)
+    async with Router.from_config(config, tools=tools, **otel.providers) as router:
+        with pytest.raises(ToolLoopExceeded) as info:
+            await router.agenerate("pay and tell bob")
+        await asyncio.sleep(0.2)  # a sync tool started anyway would have run by now
+    hung, *late = info.value.tool_calls
+    assert hung.outcome == "timeout" and "did not finish" in (hung.error or "")
+    assert [(c.name, c.outcome) for c in late] == [("notify", "timeout"), ("charge", "timeout")]
+    assert all("was not run" in (c.error or "") for c in late)
+    assert acted == []

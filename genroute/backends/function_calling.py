@@ -333,7 +333,11 @@ class FunctionCallingBackend(Backend):
             return done("invalid_args", "invalid_arguments", error=f"invalid arguments for {name}: {exc}")
         timeout = self.config.tool_timeout_s
         if deadline is not None:
-            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0:  # its turn (max_parallel) came after the loop's deadline: started now, a sync tool would
+                # still run to its end on a free thread, an async one up to its first await, while reported timed out
+                return done("timeout", "timeout", error=f"tool {name} was not run: the tool loop's deadline passed "
+                                                        "before its turn came")
         try:
             result = await tool.call(kwargs, timeout_s=timeout, executor=self._pool)
         except ToolTimedOut as exc:
