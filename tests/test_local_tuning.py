@@ -131,6 +131,15 @@ def test_split_is_seeded_and_keeps_both_sides() -> None:
         split(examples, 1.0)
 
 
+def test_split_by_key_keeps_a_keys_items_on_one_side() -> None:
+    examples = [Example(input=f"q{i % 7}", output=str(i)) for i in range(21)]
+    train, val = split(examples, 0.3, seed=3, key=lambda e: e.input)
+    assert val and not {e.input for e in train} & {e.input for e in val}
+    assert sorted(e.output for e in train + val) == sorted(e.output for e in examples)
+    assert split(examples, 0.3, seed=3, key=lambda e: e.input) == (train, val)
+    assert split(examples[:3], 0.5, key=lambda e: "same")[1] == []  # one input: nothing to hold out
+
+
 def test_prompt_format_is_the_gemma_single_user_turn() -> None:
     # The local engine's ``prompt_format: gemma`` renders a bare user turn exactly like this.
     assert format_prompt("hi") == "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"

@@ -384,6 +384,29 @@ def test_cli_dry_run_sends_nothing(gemini_server: GeminiTestServer, config_path:
     assert gemini_server.requests == []
 
 
+def test_copies_of_one_input_stay_on_one_side_of_the_split(config_path: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # A dataset that repeats its inputs (a question asked by several users, up to case and spacing) put copies in the
+    # validation file whose twins were trained on: the validation loss measured memory.
+    from genroute.cli import main
+
+    rows = [{"input": f"{'  ' if copy else ''}Review {i % 10}: {'GOOD' if copy else 'good'} film",
+             "output": "positive"} for copy in range(3) for i in range(10)]
+    data = write_data(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "out"
+    code = main(["tune", str(data), "--base-model", "gemini-2.5-flash", "--config", str(config_path),
+                 "--name", "sentiment", "--dry-run", str(out)])
+    assert code == 0
+
+    def inputs(kind: str) -> list[str]:
+        lines = (out / f"sentiment-{kind}.jsonl").read_text().splitlines()
+        return [" ".join(json.loads(line)["contents"][0]["parts"][0]["text"].casefold().split()) for line in lines]
+
+    train, validation = inputs("train"), inputs("validation")
+    assert validation and not set(train) & set(validation)
+    assert len(train) + len(validation) == 30 and len(validation) % 3 == 0  # whole groups of three copies
+
+
 def test_cli_dry_run_into_a_file_names_the_flag(config_path: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from genroute.cli import main

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -141,18 +142,25 @@ def _utf8(value: str, key: str, where: str) -> str:
     return value
 
 
-def split(examples: list[T], validation_fraction: float, seed: int = 0) -> tuple[list[T], list[T]]:
+def split(examples: list[T], validation_fraction: float, seed: int = 0, *,
+          key: Callable[[T], str] | None = None) -> tuple[list[T], list[T]]:
     """Shuffle with ``seed`` and split into (train, validation); the same inputs give the same split.
 
-    A positive fraction keeps at least one validation example and at least one training example.
+    With ``key``, items of one key (copies of one input: ``input_key``) go to the same side, the fraction then
+    counting keys: a validation example that repeats a training one would only measure memory. A positive fraction
+    keeps at least one validation key and at least one training key.
     """
     if not 0.0 <= validation_fraction < 1.0:
         raise UsageError("must be in [0, 1)", field="validation_fraction")
-    order = list(examples)
+    groups: dict[Any, list[T]] = {}
+    for index, item in enumerate(examples):
+        groups.setdefault(index if key is None else key(item), []).append(item)
+    order = list(groups.values())
     random.Random(seed).shuffle(order)
     n_val = round(len(order) * validation_fraction)
     if validation_fraction > 0 and len(order) >= 2:
         n_val = min(max(n_val, 1), len(order) - 1)
     else:
         n_val = 0
-    return order[n_val:], order[:n_val]
+    return [e for group in order[n_val:] for e in group], [e for group in order[:n_val] for e in group]
+

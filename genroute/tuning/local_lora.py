@@ -128,7 +128,12 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
     torch = _import_torch()
     # Encode in file order (so a too-long example is named by its line), then split the rows.
     rows = PromptEncoder(base_path, config.max_seq_len).encode_all(examples)
-    train_rows, val_rows = split(rows, config.validation_fraction, config.seed)
+    # Copies of one input on one side: a validation loss on a training example's copy measures memory.
+    from genroute.knowledge.examples import input_key
+
+    train, val = split(list(zip(examples, rows, strict=True)), config.validation_fraction, config.seed,
+                       key=lambda pair: input_key(pair[0].input))
+    train_rows, val_rows = [row for _, row in train], [row for _, row in val]
 
     started = time.perf_counter()
     model = load_base_model(base_path)

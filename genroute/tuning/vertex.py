@@ -108,7 +108,10 @@ def vertex_row(example: Example, system: str | None = None) -> dict[str, Any]:
 def prepare_data(path: str | Path, settings: VertexTuningSettings) -> PreparedData:
     """Load and check the JSONL (``UsageError`` naming the line), split it and convert it."""
     examples = load_examples(path, min_examples=settings.min_examples, max_chars=settings.max_chars)
-    train, validation = split(examples, settings.validation_fraction, settings.seed)
+    from genroute.knowledge.examples import input_key
+
+    # Copies of one input on one side: a validation example repeating a training one measures memory.
+    train, validation = split(examples, settings.validation_fraction, settings.seed, key=lambda e: input_key(e.input))
     return PreparedData(
         train=train, validation=validation,
         train_rows=[vertex_row(e, settings.system) for e in train],
