@@ -205,3 +205,32 @@ async def test_a_call_whose_turn_comes_after_the_deadline_is_not_run(gemini_serv
     assert [(c.name, c.outcome) for c in late] == [("notify", "timeout"), ("charge", "timeout")]
     assert all("was not run" in (c.error or "") for c in late)
     assert acted == []
+
+
+@pytest.mark.parametrize("deadline_s", [None, 1.0], ids=["request-deadline", "loop-deadline"])
+async def test_a_slow_stream_reader_is_not_cut_by_the_tool_loops_deadline(gemini_server: GeminiTestServer,
+                                                                         otel: Otel, deadline_s: float | None) -> None:
+    # The time a reader holds a chunk moves a stream's deadline on (README); the tool loop kept its own deadline fixed
+    # from its start, so a reader that held the first turn's text past it got StreamInterrupted ("deadline reached
+    # after 1 tool step(s)") where a plain stream went on.
+    looked: list[str] = []
+
+    def look(q: str) -> str:
+        """Looks it up."""
+        looked.append(q)
+        return "found"
+
+    gemini_server.reply_parts([{"text": "Let me check. "}, {"functionCall": {"name": "look", "args": {"q": "x"}}}],
+                              chunks=2)
+    gemini_server.reply_text("It is found.", chunks=2)
+    config = gemini_config(gemini_server, kind="function_calling", tools=["look"], deadline_s=deadline_s)
+    config["timeout_s"] = 1.0
+    chunks = []
+    async with Router.from_config(config, tools={"look": look}, **otel.providers) as router:
+        async for chunk in router.astream("find x"):
+            chunks.append(chunk)
+            if len(chunks) == 1:
+                await asyncio.sleep(1.5)  # the reader holds the first chunk past both deadlines
+    assert "".join(c.text for c in chunks if not c.done) == "Let me check. \n\nIt is found."
+    assert looked == ["x"] and len(gemini_server.requests) == 2
+    assert [(c.name, c.outcome) for c in chunks[-1].result.tool_calls] == [("look", "ok")]

@@ -190,13 +190,17 @@ class FunctionCallingBackend(Backend):
                         while (chunk := await self._until(deadline, anext(chunks, None), step,
                                                           calls_made)) is not None:
                             for delta in turn.add(chunk, False):
+                                held = time.monotonic()
                                 yield delta
+                                deadline = _moved_on(deadline, held)
                 else:
                     response = await self._until(
                         deadline, ctx.generate(self.engine, self.config.model, contents, config), step, calls_made
                     )
                     for delta in turn.add(response, True):
+                        held = time.monotonic()
                         yield delta
+                        deadline = _moved_on(deadline, held)
                 if turn.text:
                     said.append(turn.text)
                 if not turn.calls or final:
@@ -351,6 +355,12 @@ class FunctionCallingBackend(Backend):
             # even one that exits, which would otherwise end the router's loop thread and hang every caller
             return done("error", type(exc).__qualname__, error=failure_text(exc))
         return done("ok", result=jsonable(result))
+
+
+def _moved_on(deadline: float | None, held: float) -> float | None:
+    """``deadline`` moved on by the time since ``held``: what the reader of a stream held a chunk for is not the
+    loop's time, as it is not the request's (the router moves the request's deadline on as much)."""
+    return None if deadline is None else deadline + (time.monotonic() - held)
 
 
 def _clipped(name: str) -> str:
