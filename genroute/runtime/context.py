@@ -279,13 +279,10 @@ class RunContext:
             if answer:
                 span.set_attributes(answer)
             return usage, 0.0
-        name = price_as or model
-        priced = engine.pricing_model(name)
-        free = priced is None  # a local model: free, unless the config's `pricing` names it (its compute, say)
-        if free and self.pricing.overrides(name):
-            priced = name
-        cost = self.pricing.cost(priced, usage) if len(calls) == 1 else sum(
-            self.pricing.cost(priced, call) for call in calls)
+        # A local model is free, unless the config's `pricing` names it (its compute, say).
+        price, free = self.pricing.charged_at(engine, price_as or model)
+        cost = 0.0 if price is None else price.cost(usage) if len(calls) == 1 else sum(
+            price.cost(call) for call in calls)
         self.usage = usage if self.usage is NO_USAGE else self.usage + usage
         self.cost_usd += cost
         self.cost_estimated = self.cost_estimated or estimated

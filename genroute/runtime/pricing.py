@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genroute.config_errors import config_error
 from genroute.errors import ConfigError
 from genroute.types import Usage
+
+if TYPE_CHECKING:
+    from genroute.engines.base import Engine
 
 
 class PriceTier(BaseModel):
@@ -186,6 +189,8 @@ class Pricing:
         self._by_length = sorted(self._prices, key=len, reverse=True)
         #: Every name looked up, resolved once: the table never changes, and every call is priced.
         self._resolved: dict[str, ModelPrice | None] = {}
+        #: What each engine's calls priced as a name are charged at (``charged_at``), resolved once per pair.
+        self._charged: dict[tuple[Engine, str], tuple[ModelPrice | None, bool]] = {}
 
     def lookup(self, model: str) -> ModelPrice | None:
         """The price of ``model`` or None: the exact name (a tuned endpoint may be priced under its full
@@ -200,6 +205,25 @@ class Pricing:
             self._resolved.clear()
         self._resolved[model] = price
         return price
+
+    def charged_at(self, engine: Engine, model: str) -> tuple[ModelPrice | None, bool]:
+        """The price a call to ``engine`` priced as ``model`` is charged at (``None``: nothing), and whether the
+        engine's calls are free (local, ``Engine.pricing_model`` ``None``), in which case it is the configured
+        price of ``model`` itself if ``pricing`` names it (its compute, say). Resolved once per pair: the engine's
+        pricing and the table never change."""
+        try:
+            return self._charged[engine, model]
+        except KeyError:
+            pass
+        priced = engine.pricing_model(model)
+        free = priced is None
+        if free and self.overrides(model):
+            priced = model
+        charged = (None if priced is None else self.lookup(priced), free)
+        if len(self._charged) >= _MAX_RESOLVED:  # engines and models come from configs: this rarely fills
+            self._charged.clear()
+        self._charged[engine, model] = charged
+        return charged
 
     def training_price(self, model: str) -> tuple[str, float] | None:
         """``(priced name, USD per 1M training tokens)`` for supervised tuning of ``model``, or None."""
