@@ -279,16 +279,16 @@ class RunContext:
             if answer:
                 span.set_attributes(answer)
             return usage, 0.0
-        # A local model is free, unless the config's `pricing` names it (its compute, say).
-        price, free = self.pricing.charged_at(engine, price_as or model)
+        # A local model is free, unless the config's `pricing` names it (its compute, say); its reference model
+        # (if any) prices its cloud equivalent.
+        price, reference = self.pricing.charged_at(engine, price_as or model)
         cost = 0.0 if price is None else price.cost(usage) if len(calls) == 1 else sum(
             price.cost(call) for call in calls)
         self.usage = usage if self.usage is NO_USAGE else self.usage + usage
         self.cost_usd += cost
         self.cost_estimated = self.cost_estimated or estimated
-        reference = engine.reference_model
         extra = None
-        if free and reference:
+        if reference:
             extra = sum(self.pricing.cost(reference, call) for call in calls)
             self.cloud_equivalent_cost_usd = (self.cloud_equivalent_cost_usd or 0.0) + extra
         if span.is_recording():

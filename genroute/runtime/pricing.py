@@ -190,7 +190,7 @@ class Pricing:
         #: Every name looked up, resolved once: the table never changes, and every call is priced.
         self._resolved: dict[str, ModelPrice | None] = {}
         #: What each engine's calls priced as a name are charged at (``charged_at``), resolved once per pair.
-        self._charged: dict[tuple[Engine, str], tuple[ModelPrice | None, bool]] = {}
+        self._charged: dict[tuple[Engine, str], tuple[ModelPrice | None, str | None]] = {}
 
     def lookup(self, model: str) -> ModelPrice | None:
         """The price of ``model`` or None: the exact name (a tuned endpoint may be priced under its full
@@ -206,11 +206,12 @@ class Pricing:
         self._resolved[model] = price
         return price
 
-    def charged_at(self, engine: Engine, model: str) -> tuple[ModelPrice | None, bool]:
-        """The price a call to ``engine`` priced as ``model`` is charged at (``None``: nothing), and whether the
-        engine's calls are free (local, ``Engine.pricing_model`` ``None``), in which case it is the configured
-        price of ``model`` itself if ``pricing`` names it (its compute, say). Resolved once per pair: the engine's
-        pricing and the table never change."""
+    def charged_at(self, engine: Engine, model: str) -> tuple[ModelPrice | None, str | None]:
+        """The price a call to ``engine`` priced as ``model`` is charged at (``None``: nothing), and the model its
+        cloud equivalent is priced at (``Engine.reference_model``; ``None``: none). An engine whose calls are free
+        (local: ``Engine.pricing_model`` ``None``) is charged the configured price of ``model`` itself if ``pricing``
+        names it (its compute, say), and only such an engine has a cloud equivalent. Resolved once per pair: the
+        engine's pricing and the table never change."""
         try:
             return self._charged[engine, model]
         except KeyError:
@@ -219,7 +220,7 @@ class Pricing:
         free = priced is None
         if free and self.overrides(model):
             priced = model
-        charged = (None if priced is None else self.lookup(priced), free)
+        charged = (None if priced is None else self.lookup(priced), engine.reference_model if free else None)
         if len(self._charged) >= _MAX_RESOLVED:  # engines and models come from configs: this rarely fills
             self._charged.clear()
         self._charged[engine, model] = charged
