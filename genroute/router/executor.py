@@ -208,7 +208,8 @@ class Executor:
             ledger.record(span, ctx, rung.backend, index, rung_start + read_s, None)
             result = ledger.result(decision, ctx, output, span, start + read_s, first_chunk_s,
                                    outcome_ids=self.outcomes is not None)
-            self._served(request, decision, span, result, output, ctx)
+            if self.outcomes is not None or decision.shadow:  # anything to hand the answer to
+                self._served(request, decision, span, result, output, ctx)
             yield result
             return
         raise ledger.failure(decision, last_error, span)
