@@ -55,15 +55,10 @@ class InFlight:
         self._tasks, self._cancelled, self._closers = {}, set(), set()
         self._streams = weakref.WeakKeyDictionary()
 
-    def track(self) -> InFlight:
-        """``with inflight.track():`` tracks the block as work of the running task (``UsageError`` at once if
-        closed; a cancellation by ``close`` alone leaves it as ``UsageError``).
-
-        A plain context manager, and the tracker itself: a request in flight holds no extra object for it.
-        """
-        return self
-
     def __enter__(self) -> None:
+        """``with inflight:`` tracks the block as work of the running task (``UsageError`` at once if closed; a
+        cancellation by ``close`` alone leaves it as ``UsageError``). The tracker is its own context manager: a
+        request in flight holds no extra object for it."""
         task = asyncio.current_task()
         assert task is not None
         # No lock: only this task writes its own entry, and ``close`` sets ``closed`` before it lists the tasks, so
@@ -194,7 +189,7 @@ class RouterStream(Generic[T]):
             self.registered = True
         self.stepping = True
         try:
-            with self._inflight.track():  # a step of the stream is work in flight; idle between steps is not
+            with self._inflight:  # a step of the stream is work in flight; idle between steps is not
                 return await self._chunks.__anext__()
         except BaseException:
             self.finished = True

@@ -160,7 +160,7 @@ class Router(Lifecycle, Learning):
     async def agenerate(self, input: RequestInput = None, /, **fields: Unpack[RequestFields]) -> GenerateResult:
         """Answer one request (async)."""
         request = self._request(input, fields)
-        with self._inflight.track():
+        with self._inflight:
             async with self._root_span(request, same_context=True) as (span, decision, start, deadline, ledger):
                 answers = self._executor.run(request, decision, span, start, deadline, ledger,
                                              bounded=deadline is not None)
