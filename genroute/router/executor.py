@@ -139,7 +139,8 @@ class Executor:
             rung = rungs[index]
             checks = self._checks_for(rung, index) if rung.validators else ()
             passes = live and not (checks and index < len(rungs) - 1)
-            ctx = self._context(request, rung.backend, deadline, bounded)
+            ctx = RunContext(request, rung.backend, telemetry=self.telemetry, pricing=self.pricing, deadline=deadline,
+                             bounded=bounded)  # as _context, without its call: every rung builds one
             if ledger.embeddings is not None:  # what the policy or an earlier rung embedded
                 ctx.embeddings = ledger.embeddings
             sent = False
@@ -218,6 +219,8 @@ class Executor:
 
     def _context(self, request: GenerateRequest, backend: str, deadline: float | None,
                  bounded: bool = False) -> RunContext:
+        """A run context for a check's, a shadow's or an accounted side call (the rung loop builds its own
+        inline: it is on every request's path)."""
         return RunContext(request, backend, telemetry=self.telemetry, pricing=self.pricing, deadline=deadline,
                           bounded=bounded)
 
