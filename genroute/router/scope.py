@@ -116,14 +116,18 @@ class RootSpan(CurrentSpan):
         return span, decision, self.start, deadline, ledger
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is not None:  # whatever ended the request carries what it cost (a cancellation, for close to pass on)
-            self.ledger.charge(exc)
+        if exc is None:
+            self.__exit__(None, None, None)
+            return
+        # Whatever ended the request carries what it cost (a cancellation, for close to pass on).
+        self.ledger.charge(exc)
         self._end(exc)
 
-    def _end(self, exc: BaseException | None) -> None:
+    def _end(self, exc: BaseException) -> None:
+        """End the span of a request that ``exc`` ended."""
         if type(exc) is GeneratorExit:  # the caller stopped reading a stream: its choice, not a failure
             self.span.set_attribute("genroute.stream.closed_early", True)
-        elif exc is not None:
+        else:
             kind = type(exc).__name__
             self.span.set_attribute("error.type", kind)
             self.span.set_status(Status(StatusCode.ERROR, kind))
