@@ -294,9 +294,9 @@ class RunContext:
         if span.is_recording():
             # Token counts only when they are the provider's: an estimate is marked on the cost, never reported
             # as gen_ai.usage.* (the conventions forbid invented counts there).
-            span_attrs: dict[str, Any] = {"genroute.cost.estimated": True} if estimated else usage_attributes(usage)
-            span_attrs["gen_ai.usage.cost.amount"] = cost
-            span_attrs["gen_ai.usage.cost.currency"] = "USD"
+            span_attrs: dict[str, Any] = {
+                "genroute.cost.estimated": True, "gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD",
+            } if estimated else usage_attributes(usage, cost)
             if extra is not None:
                 span_attrs["genroute.cloud_equivalent.cost.amount"] = extra
                 span_attrs["genroute.cloud_equivalent.model"] = reference

@@ -276,12 +276,13 @@ def block_reason(response: types.GenerateContentResponse) -> str | None:
     return None if reason is None else reason_name(reason)
 
 
-def usage_attributes(usage: Usage) -> dict[str, int]:
-    """GenAI semconv attributes for ``usage``."""
+def usage_attributes(usage: Usage, cost: float) -> dict[str, Any]:
+    """GenAI semconv attributes for ``usage`` and its USD ``cost`` (one dict display: a call span's end)."""
     return {
         "gen_ai.usage.input_tokens": usage.input_tokens,
         "gen_ai.usage.output_tokens": usage.output_tokens + usage.thinking_tokens,
         "gen_ai.usage.cache_read.input_tokens": usage.cached_input_tokens,
+        "gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD",
     }
 
 
