@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from opentelemetry import context as otel_context
+from opentelemetry.context import detach
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -169,7 +169,7 @@ class RunContext:
             return response
         finally:
             if token is not None:
-                otel_context.detach(token)
+                detach(token)
             span.end()
 
     async def stream(

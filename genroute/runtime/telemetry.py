@@ -12,9 +12,10 @@ import threading
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.trace import INVALID_SPAN
+from opentelemetry.context import attach as attach_context
+from opentelemetry.context import detach
+from opentelemetry.trace import INVALID_SPAN, set_span_in_context
 
 from genroute.construct import replaced
 from genroute.types import Usage, built_usage
@@ -78,14 +79,14 @@ class CurrentSpan:
             except (ValueError, RuntimeError):  # another context, where none of it is current: nothing to undo
                 self.span.end()
                 return
-        otel_context.detach(self._token)
+        detach(self._token)
         self.span.end()
 
 
 def attach(span: trace.Span) -> Token[Context] | None:
     """Make ``span`` current; its token for ``detach``, or None for the API's no-op span of no trace (no tracer
     provider and no caller's span): what is current already is that, so there is nothing to change."""
-    return None if span is INVALID_SPAN else otel_context.attach(trace.set_span_in_context(span))
+    return None if span is INVALID_SPAN else attach_context(set_span_in_context(span))
 
 
 def capture_from_env() -> bool:
