@@ -174,8 +174,7 @@ def _clip(text: str) -> str:
 
 def _as_declared(output: BackendOutput) -> bool:
     """Whether ``output`` holds exactly the types ``BackendOutput`` declares (what genroute's backends build)."""
-    citations, calls = output.citations, output.tool_calls
     return (type(output.text) is str and type(output.model) is str
             and (output.finish_reason is None or type(output.finish_reason) is str)
-            and (not citations or all(type(c) is Citation for c in citations))
-            and (not calls or all(type(c) is ToolCall for c in calls)))
+            and (not output.citations or all(type(c) is Citation for c in output.citations))
+            and (not output.tool_calls or all(type(c) is ToolCall for c in output.tool_calls)))
