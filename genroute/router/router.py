@@ -299,7 +299,7 @@ class Router(Lifecycle, Learning):
         if self._breakers is not None:
             health = self._breakers.view() if preview else await self._breakers.health()
             context = dataclasses.replace(context, health=health)
-        if policy.reads_state and request.backend is None and admission is not None:
+        if admission is not None and policy.reads_state and request.backend is None:  # no gates: no state to read
             context = await admission.context(request, context)
         if policy.blocking and request.backend is None:  # it embeds the request: off the loop, costed
             decision = await self._decisions.run(lambda: self._decide(request, context, policy), request, deadline,
