@@ -175,23 +175,22 @@ class Telemetry:
     def call(self, provider: str, model: str) -> tuple[dict[str, Any], str]:
         """What every span and metric point of a ``generate_content`` call to ``model`` carries (a shared dict:
         read it, never change it), and its span's name."""
-        key = (provider, model)
-        call = self._attributes.get(key)
-        if call is None:
-            call = self._cache(key, ({"gen_ai.operation.name": "generate_content", "gen_ai.provider.name": provider,
-                                      "gen_ai.request.model": model}, f"generate_content {model}"))
-        return call
+        try:
+            return self._attributes[provider, model]
+        except KeyError:
+            return self._cache((provider, model), (
+                {"gen_ai.operation.name": "generate_content", "gen_ai.provider.name": provider,
+                 "gen_ai.request.model": model}, f"generate_content {model}"))
 
     def answered_attributes(self, provider: str, model: str, response_model: str
                             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """The metric attributes of an answered call: its own, and those of its input and output token points."""
-        key = (provider, model, response_model)
-        points = self._attributes.get(key)
-        if points is None:
+        try:
+            return self._attributes[provider, model, response_model]
+        except KeyError:
             base = {**self.call(provider, model)[0], "gen_ai.response.model": response_model}
-            points = self._cache(key, (base, {**base, "gen_ai.token.type": "input"},
-                                       {**base, "gen_ai.token.type": "output"}))
-        return points
+            return self._cache((provider, model, response_model), (
+                base, {**base, "gen_ai.token.type": "input"}, {**base, "gen_ai.token.type": "output"}))
 
     def _cache(self, key: tuple[str, ...], value: Any) -> Any:
         if len(self._attributes) >= _MAX_CACHED_ATTRIBUTES:  # model names come from configs: this rarely fills
