@@ -139,10 +139,12 @@ class Backend(ABC):
     @property
     def engine(self) -> Engine:
         """The engine this backend calls."""
-        engine = self.resources.engines.get(self.config.engine)
-        if engine is None:  # the error names the field; building its name is for that case only
-            return self.resources.engine(self.config.engine, field=f"backends.{self.name}.engine")
-        return engine
+        try:
+            return self.resources.engines[self.config.engine]
+        except KeyError:
+            pass
+        # The error names the field; building its name is for that case only (raised here: no KeyError as its context).
+        return self.resources.engine(self.config.engine, field=f"backends.{self.name}.engine")
 
     @abstractmethod
     async def run(self, request: GenerateRequest, ctx: RunContext) -> BackendOutput:
