@@ -229,8 +229,11 @@ class LoopClients:
     def for_loop(self) -> Any:
         """The SDK's async API (``client.aio``) for the running loop, made on the loop's first call."""
         loop = asyncio.get_running_loop()
-        aio = self.aio.get(loop)
-        return aio if aio is not None else self._add(loop)
+        try:
+            return self.aio[loop]
+        except KeyError:
+            pass
+        return self._add(loop)
 
     def _add(self, loop: asyncio.AbstractEventLoop) -> Any:
         with self._lock:
