@@ -32,8 +32,13 @@ from typing import Any
 #: The width of a slot of deadlines: a block ends at most this long after its deadline.
 RESOLUTION_S = 0.01
 
-#: Each thread's timers, for the loop it runs (``timers``; kept, with that loop, until the thread runs another).
-_local = threading.local()
+class _Local(threading.local):
+    """Each thread's timers, for the loop it runs (kept, with that loop, until the thread runs another)."""
+
+    timers: _Timers | None = None  # a thread's until its first deadline
+
+
+_local = _Local()
 
 
 class _Slot(set["deadline_at"]):
@@ -128,7 +133,7 @@ class deadline_at:  # noqa: N801 - named like asyncio.timeout_at, which it stand
             if task is None:
                 raise RuntimeError("deadline_at should be used inside a task")
             self._task, self._cancelling = task, task.cancelling()
-            timers: _Timers | None = getattr(_local, "timers", None)
+            timers = _local.timers
             if timers is None or timers.loop is not loop:  # a thread's first loop, or a new one
                 timers = _local.timers = _Timers(loop)  # the old loop's timers go on with the blocks using them
             when = self._when if timers.monotonic else loop.time() + (self._when - time.monotonic())
