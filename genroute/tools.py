@@ -214,7 +214,12 @@ def side_effect_free(fn: F) -> F:
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` with local ``$ref``s replaced by their ``$defs`` (not every consumer resolves refs)."""
+    """``schema`` with local ``$ref``s replaced by their ``$defs`` (not every consumer resolves refs).
+
+    A discriminator's ``mapping`` (pydantic writes one for a discriminated union) names ``$defs`` entries too:
+    it is dropped, since the ``$defs`` go and each inlined ``oneOf`` branch holds its tag as a ``const``.
+    A recursive model cannot be inlined: ``ValueError``.
+    """
     defs = schema.get("$defs", {})
 
     def resolve(node: Any, seen: tuple[str, ...]) -> Any:
@@ -226,12 +231,22 @@ def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
                     raise ValueError(f"recursive model {key!r} is not supported in tool parameters")
                 merged = {**defs[key], **{k: v for k, v in node.items() if k != "$ref"}}
                 return resolve(merged, (*seen, key))
-            return {k: resolve(v, seen) for k, v in node.items() if k != "$defs"}
+            return {k: resolve(_without_mapping(v) if k == "discriminator" else v, seen)
+                    for k, v in node.items() if k != "$defs"}
         if isinstance(node, list):
             return [resolve(item, seen) for item in node]
         return node
 
     return resolve(schema, ())
+
+
+def _without_mapping(discriminator: Any) -> Any:
+    """An OpenAPI discriminator object without its ``mapping`` of ``$ref``s; anything else (a property that
+    happens to be named ``discriminator``, whose value is a schema) as it is."""
+    mapping = discriminator.get("mapping") if isinstance(discriminator, dict) else None
+    if isinstance(mapping, dict) and all(isinstance(ref, str) for ref in mapping.values()):
+        return {k: v for k, v in discriminator.items() if k != "mapping"}
+    return discriminator
 
 
 def _finite_only(schema: Any) -> Any:

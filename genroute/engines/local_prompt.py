@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.errors import UsageError
+from genroute.tools import inline_refs
 
 if TYPE_CHECKING:
     from google.genai import types
@@ -138,10 +139,16 @@ def _declarations(config: types.GenerateContentConfig) -> list[types.FunctionDec
 
 
 def _parameters_schema(decl: types.FunctionDeclaration) -> dict[str, Any]:
-    if decl.parameters_json_schema is not None:
-        return to_json_schema(decl.parameters_json_schema, field_name=f"tools.{decl.name}.parameters_json_schema")
-    if decl.parameters is not None:
-        return to_json_schema(decl.parameters, field_name=f"tools.{decl.name}.parameters")
+    # Nested under "args" of the call schema, a "#/$defs/..." would point at the call schema's root, where no
+    # $defs are: the refs are inlined here (a recursive schema cannot be, and no grammar is built for it).
+    for attr in ("parameters_json_schema", "parameters"):
+        if getattr(decl, attr) is not None:
+            field = f"tools.{decl.name}.{attr}"
+            try:
+                return inline_refs(to_json_schema(getattr(decl, attr), field_name=field))
+            except (ValueError, KeyError) as exc:
+                raise UsageError(f"cannot use this schema in the local engine's grammar: {exc}",
+                                 field=field) from None
     return {"type": "object", "properties": {}}
 
 

@@ -1,0 +1,127 @@
+"""Every ``$ref`` in a tool schema genroute sends (to Gemini, or into the local engine's grammar) resolves."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import pytest
+from google.genai import types
+from pydantic import BaseModel, Field
+
+from genroute.engines.local_prompt import function_call_schema
+from genroute.errors import ConfigError, UsageError
+from genroute.router.router import Router
+from genroute.testing import GeminiTestServer
+from genroute.testing.replies import field_of
+from genroute.tools import tool_from_callable
+
+from .conftest import Otel, gemini_config
+
+
+class Cat(BaseModel):
+    kind: Literal["cat"]
+    lives: int
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"]
+    bark: str
+
+
+Pet = Annotated[Cat | Dog, Field(discriminator="kind")]
+
+
+class Address(BaseModel):
+    city: str
+
+
+class Owner(BaseModel):
+    address: Address
+    pet: Pet
+
+
+class Node(BaseModel):
+    children: list[Node] = []
+
+
+def adopt(owner: Owner, pets: list[Pet], discriminator: str = "") -> str:
+    """Adopt pets (a parameter named discriminator is a plain argument)."""
+    return "ok"
+
+
+def refs(node: Any) -> list[str]:
+    """Every ``$ref`` and discriminator ``mapping`` target in ``node``."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            found.append(node["$ref"])
+        mapping = node.get("discriminator", {}).get("mapping") if isinstance(node.get("discriminator"), dict) else None
+        if isinstance(mapping, dict):
+            found += [v for v in mapping.values() if isinstance(v, str)]
+        for value in node.values():
+            found += refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += refs(item)
+    return found
+
+
+def dangling(schema: dict[str, Any]) -> list[str]:
+    """The refs in ``schema`` that do not point at a part of it."""
+    bad = []
+    for ref in refs(schema):
+        node: Any = schema
+        for part in ref.removeprefix("#").strip("/").split("/") if ref.startswith("#") else [None]:
+            if part is None or not isinstance(node, dict) or part not in node:
+                bad.append(ref)
+                break
+            node = node[part]
+    return bad
+
+
+def test_a_discriminated_union_keeps_no_mapping_into_removed_defs() -> None:
+    # pydantic's discriminator.mapping pointed at #/$defs/Cat after the $defs were inlined away.
+    schema = tool_from_callable(adopt).declaration().parameters_json_schema
+    assert isinstance(schema, dict) and "$defs" not in schema
+    assert refs(schema) == [] and dangling(schema) == []
+    pet = schema["properties"]["owner"]["properties"]["pet"]
+    assert pet["discriminator"] == {"propertyName": "kind"}
+    assert [b["properties"]["kind"]["const"] for b in pet["oneOf"]] == ["cat", "dog"]
+    assert schema["properties"]["discriminator"]["type"] == "string"
+
+
+def test_a_recursive_model_is_refused_at_build() -> None:
+    def walk(tree: Node) -> int:
+        return 0
+
+    with pytest.raises(ConfigError, match="recursive model 'Node'"):
+        tool_from_callable(walk)
+
+
+async def test_the_schema_sent_to_gemini_has_no_dangling_ref(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    gemini_server.reply_text("Adopted.")
+    config = gemini_config(gemini_server, kind="function_calling", tools=["adopt"])
+    async with Router.from_config(config, tools={"adopt": adopt}, **otel.providers) as router:
+        await router.agenerate("Adopt a cat.")
+    (body,) = [r.body for r in gemini_server.requests if r.action == "generateContent"]
+    (tool,) = field_of(body, "tools")
+    (declared,) = field_of(tool, "functionDeclarations")
+    schema = field_of(declared, "parametersJsonSchema")
+    assert schema["properties"]["pets"]["items"]["oneOf"] and dangling(schema) == []
+
+
+def test_the_local_grammar_schema_has_no_dangling_ref() -> None:
+    # A caller's pydantic schema with $defs, nested under "args", had its refs point at the call schema's root.
+    decl = types.FunctionDeclaration(name="adopt", parameters_json_schema=Owner.model_json_schema())
+    other = types.FunctionDeclaration(name="noop", parameters_json_schema={"type": "object", "properties": {}})
+    schema = function_call_schema([decl, other])
+    assert dangling(schema) == [] and refs(schema) == []
+    args = schema["oneOf"][0]["properties"]["args"]
+    assert args["properties"]["address"]["properties"]["city"]["type"] == "string"
+
+
+def test_a_recursive_schema_in_the_local_grammar_is_a_usage_error() -> None:
+    decl = types.FunctionDeclaration(name="walk", parameters_json_schema=Node.model_json_schema())
+    with pytest.raises(UsageError) as caught:
+        function_call_schema([decl])
+    assert caught.value.field == "tools.walk.parameters_json_schema"
