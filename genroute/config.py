@@ -17,6 +17,7 @@ from genroute.config_parse import DuplicateKey, parse_json, parse_yaml
 from genroute.errors import ConfigError, UsageError, without_credentials, without_secrets
 from genroute.registry import Group, load, plugin_failures, plugin_origin
 from genroute.runtime.pricing import ModelPrice
+from genroute.runtime.telemetry import CAPTURE_MAX_CHARS
 from genroute.state import MemoryStateConfig, StateConfig
 
 
@@ -28,6 +29,8 @@ class TelemetryConfig(_Frozen):
     """Telemetry switches; content capture is off unless opted in (here or by the standard env var)."""
 
     capture_content: bool | None = None
+    #: Captured text kept per span attribute (messages, tool arguments and results, a query); the rest is cut.
+    capture_max_chars: Annotated[int, NOT_BOOL] = Field(default=CAPTURE_MAX_CHARS, ge=1)
 
 
 #: ``RouterConfig`` sections kept as raw mappings (validated per ``kind`` when built), which reprs and dumps redact;

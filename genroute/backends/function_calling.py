@@ -42,6 +42,7 @@ from genroute.backends.model_turn import ModelTurn
 from genroute.errors import BackendError, ConfigError, ToolLoopExceeded
 from genroute.runtime.forks import forget_at_fork
 from genroute.runtime.deadlines import deadline_at
+from genroute.runtime.telemetry import clip_captured
 from genroute.tools import InvalidToolArgs, Tool, ToolTimedOut, failure_text, jsonable, tool_from_callable
 from genroute.types import GenerateRequest, ToolCall
 
@@ -283,7 +284,7 @@ class FunctionCallingBackend(Backend):
         if tool is not None and tool.description:
             attrs["gen_ai.tool.description"] = tool.description
         if ctx.capture_content:
-            attrs["gen_ai.tool.call.arguments"] = _dumps(args)
+            attrs["gen_ai.tool.call.arguments"] = clip_captured(_dumps(args), ctx.telemetry.capture_max_chars)
         # Every gen_ai.client.operation.duration point requires a provider: the engine's that asked for the call.
         metric_attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.provider.name": self.engine.provider,
                         "gen_ai.tool.name": known}
@@ -308,7 +309,8 @@ class FunctionCallingBackend(Backend):
                 span.set_status(Status(StatusCode.ERROR, error_kind))
                 metric_attrs["error.type"] = error_kind
             elif ctx.capture_content:
-                span.set_attribute("gen_ai.tool.call.result", _dumps(record.result))
+                span.set_attribute("gen_ai.tool.call.result",
+                                   clip_captured(_dumps(record.result), ctx.telemetry.capture_max_chars))
             ctx.telemetry.duration.record(duration, metric_attrs)
         if record.outcome == "ok":
             payload = {"output": _bounded(record.result, self.config.max_result_chars)}

@@ -143,7 +143,8 @@ class IclBackend(SingleCallBackend):
                                                 fetch_k=cfg.fetch_k, mmr_lambda=cfg.mmr_lambda, tracer=ctx.tracer,
                                                 embeddings=ctx.request_embeddings())
             span.set_attribute("genroute.icl.selector", cfg.selector)
-            record_hits(span, [_as_hit(e) for e in chosen], capture=ctx.capture_content)
+            record_hits(span, [_as_hit(e) for e in chosen], capture=ctx.capture_content,
+                        max_chars=ctx.telemetry.capture_max_chars)
         return chosen
 
     def fit(self, chosen: list[ExampleRecord]) -> list[tuple[ExampleRecord, str]]:

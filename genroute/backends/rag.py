@@ -114,7 +114,8 @@ class RagBackend(SingleCallBackend):
             # Counting only when nothing came back keeps the common path at one Chroma call.
             if not hits and await store.count(cfg.collection, kind="documents", field=field) == 0:
                 raise ConfigError(f"collection {cfg.collection!r} is empty; ingest documents first", field=field)
-            record_hits(span, hits, capture=ctx.capture_content, query=request.input)
+            record_hits(span, hits, capture=ctx.capture_content, query=request.input,
+                        max_chars=ctx.telemetry.capture_max_chars)
             kept = [h for h in hits if cfg.max_distance is None or h.distance <= cfg.max_distance]
             span.set_attribute("genroute.retrieval.kept", len(kept))
         return kept

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from genroute.runtime.telemetry import CAPTURE_MAX_CHARS, clip_captured
+
 if TYPE_CHECKING:
     from opentelemetry import trace
 
@@ -34,13 +36,15 @@ def retrieval_span(tracer: trace.Tracer, store: KnowledgeStore, collection: str,
             raise
 
 
-def record_hits(span: trace.Span, hits: Sequence[Hit], *, capture: bool, query: str | None = None) -> None:
-    """Returned count and top score on a retrieval span; ids and scores only when content capture is on."""
+def record_hits(span: trace.Span, hits: Sequence[Hit], *, capture: bool, query: str | None = None,
+                max_chars: int = CAPTURE_MAX_CHARS) -> None:
+    """Returned count and top score on a retrieval span; ids and scores (and ``query``), each text cut to
+    ``max_chars``, only when content capture is on."""
     span.set_attribute("genroute.retrieval.returned", len(hits))
     if hits:
         span.set_attribute("genroute.retrieval.top_score", max(h.score for h in hits))
     if capture:
-        span.set_attribute("gen_ai.retrieval.documents",
-                           json.dumps([{"id": h.id, "score": round(h.score, 6)} for h in hits]))
+        span.set_attribute("gen_ai.retrieval.documents", clip_captured(
+            json.dumps([{"id": h.id, "score": round(h.score, 6)} for h in hits]), max_chars))
         if query is not None:
-            span.set_attribute("gen_ai.retrieval.query.text", query)
+            span.set_attribute("gen_ai.retrieval.query.text", clip_captured(query, max_chars))

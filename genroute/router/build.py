@@ -16,6 +16,7 @@ from genroute.errors import ConfigError, UsageError
 from genroute.runtime.portal import Portal
 from genroute.runtime.resources import Resources, check_named
 from genroute.runtime.pricing import Pricing
+from genroute.runtime.telemetry import CAPTURE_MAX_CHARS
 from genroute.router.validators import from_config
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ async def _assemble(
 
         policy = await asyncio.to_thread(build_policy, config.policy, field="policy")
     router_kwargs.setdefault("capture_content", config.telemetry.capture_content)
+    router_kwargs.setdefault("capture_max_chars", config.telemetry.capture_max_chars)
     router_kwargs.setdefault("timeout_s", config.timeout_s)
     router_kwargs.setdefault("outcomes", config.outcomes)
     router_kwargs.setdefault("state", config.state)
@@ -129,10 +131,12 @@ def _check_router_options(cls: Callable[..., Any], options: Mapping[str, Any]) -
 
 
 def check_arguments(backends: Any, policy: Any = None, resources: Any = None, scrub: Any = None,
-                    capture_content: Any = None, stats: Any = None) -> None:
+                    capture_content: Any = None, stats: Any = None,
+                    capture_max_chars: Any = CAPTURE_MAX_CHARS) -> None:
     """``UsageError`` naming the argument when a router built in code is given the wrong kind of part (each
     was an ``AttributeError`` from deep inside, or, for ``scrub``, a ``TypeError`` at the first feedback), a
-    ``capture_content`` that is not a bool (the text ``"false"`` turned capture on) or ``stats`` that are not
+    ``capture_content`` that is not a bool (the text ``"false"`` turned capture on), a ``capture_max_chars``
+    that is not a whole number ≥ 1, or ``stats`` that are not
     ``BenchStats`` (a path was ignored: policies decided as if there were none)."""
     from genroute.backends.base import Backend
     from genroute.policies.base import Policy
@@ -150,6 +154,9 @@ def check_arguments(backends: Any, policy: Any = None, resources: Any = None, sc
     if capture_content is not None and not isinstance(capture_content, bool):
         raise UsageError(f"must be True, False or None, not {type(capture_content).__name__}",
                          field="capture_content")
+    if isinstance(capture_max_chars, bool) or not isinstance(capture_max_chars, int) or capture_max_chars < 1:
+        raise UsageError(f"must be a whole number of characters ≥ 1, not {capture_max_chars!r}",
+                         field="capture_max_chars")
     if stats is not None and not isinstance(stats, BenchStats):
         raise UsageError(f"must be genroute.policies.stats.BenchStats (BenchStats.load(path) reads a stats file), "
                          f"not {type(stats).__name__}", field="stats")

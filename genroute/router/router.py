@@ -25,7 +25,7 @@ from genroute.runtime.deadlines import deadline_at
 from genroute.router.scope import RootSpan, ended_by, parse_request, within_deadline
 from genroute.runtime.billing import Charges, charging
 from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
-from genroute.runtime.telemetry import Telemetry
+from genroute.runtime.telemetry import CAPTURE_MAX_CHARS, Telemetry
 from genroute.router.learning import Learning, backend_info, check_seconds
 from genroute.state import StateStore, build_state
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult, RequestFields, RequestInput
@@ -55,6 +55,7 @@ class Router(Lifecycle, Learning):
         resources: Resources | None = None,
         validators: Mapping[str, Validator] | None = None,
         capture_content: bool | None = None,
+        capture_max_chars: int = CAPTURE_MAX_CHARS,
         timeout_s: float | None = None,
         stats: BenchStats | None = None,
         tracer_provider: TracerProvider | None = None,
@@ -69,7 +70,7 @@ class Router(Lifecycle, Learning):
         from genroute.runtime.resources import Resources
         from genroute.router.outcome_setup import check_shadows, unsafe_backends
 
-        check_arguments(backends, policy, resources, scrub, capture_content, stats)
+        check_arguments(backends, policy, resources, scrub, capture_content, stats, capture_max_chars)
         if not backends:
             raise UsageError("a router needs at least one backend", field="backends")
         self.backends = dict(backends)
@@ -82,7 +83,8 @@ class Router(Lifecycle, Learning):
         for engine in self.resources.engines.values():  # most requests have this long: sized once, not per call
             engine.expect_deadline(timeout_s)
         check_providers(tracer_provider, meter_provider)
-        self.telemetry = Telemetry(capture_content=capture_content, tracer_provider=tracer_provider,
+        self.telemetry = Telemetry(capture_content=capture_content, capture_max_chars=capture_max_chars,
+                                   tracer_provider=tracer_provider,
                                    meter_provider=meter_provider)
         # Flushed at close: batching processors and periodic readers would otherwise lose the last requests.
         self._providers = [p for p in (tracer_provider, meter_provider) if p is not None]

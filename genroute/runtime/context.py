@@ -310,7 +310,7 @@ class RunContext:
                            contents: list[types.Content] | str, config: types.GenerateContentConfig | None) -> None:
         """Charge a call that gave no whole answer (failed, cut or cancelled) for ``calls``; count the cost."""
         if self.telemetry.capture_content and span.is_recording():
-            span.set_attributes(request_attributes(contents, config))
+            span.set_attributes(self.telemetry.clipped(request_attributes(contents, config)))
         cost = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as)[1]
         if cost and self.telemetry.metered:
             self._count_cost(cost, attrs, model, estimated)
@@ -346,9 +346,10 @@ class RunContext:
                 if blocked is not None:
                     answer["gen_ai.response.finish_reasons"] = [blocked]
             if telemetry.capture_content:
-                answer.update(request_attributes(contents, config))
-                answer["gen_ai.output.messages"] = output_messages(
-                    received.candidates() if isinstance(received, CapturedReceived) else candidates)
+                answer.update(telemetry.clipped({
+                    **request_attributes(contents, config),
+                    "gen_ai.output.messages": output_messages(
+                        received.candidates() if isinstance(received, CapturedReceived) else candidates)}))
         usage, cost = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer)
         if telemetry.metered:
             points = telemetry.answered_attributes(engine.provider, model, response_model)

@@ -89,6 +89,19 @@ def attach(span: trace.Span) -> Token[Context] | None:
     return None if span is INVALID_SPAN else attach_context(set_span_in_context(span))
 
 
+#: How many characters of one captured text (a span attribute: messages, a tool's arguments or result, a query)
+#: are kept by default: the SDK keeps attribute values whole unless the application set a limit, and a tool that
+#: returned 50 MB would put 50 MB on a span.
+CAPTURE_MAX_CHARS = 32_768
+
+
+def clip_captured(text: str, max_chars: int) -> str:
+    """``text`` cut to its first ``max_chars`` characters, then a marker saying how many more there were."""
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}…[genroute: {len(text) - max_chars} more chars cut]"
+
+
 def capture_from_env() -> bool:
     """Whether the standard env var opts in to recording prompts and completions."""
     return os.environ.get(CAPTURE_ENV, "").strip().lower() in {"1", "true", "yes"}
@@ -137,12 +150,14 @@ class Telemetry:
         self,
         *,
         capture_content: bool | None = None,
+        capture_max_chars: int = CAPTURE_MAX_CHARS,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         from genroute import __version__
 
         self.capture_content = capture_from_env() if capture_content is None else capture_content
+        self.capture_max_chars = capture_max_chars
         self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider=tracer_provider)
         meter = self.meter = router_meter(meter_provider)
         self.duration = instrument(
@@ -162,6 +177,11 @@ class Telemetry:
 
         # Attribute dicts that are the same for every call to a model, built once (the SDK copies what it keeps).
         self._attributes: dict[tuple[str, ...], Any] = {}
+
+    def clipped(self, attributes: dict[str, Any]) -> dict[str, Any]:
+        """Captured ``attributes`` with each text cut to ``capture_max_chars`` (see ``clip_captured``)."""
+        limit = self.capture_max_chars
+        return {k: clip_captured(v, limit) if isinstance(v, str) else v for k, v in attributes.items()}
 
     @property
     def metered(self) -> bool:
