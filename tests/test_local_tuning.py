@@ -409,6 +409,48 @@ def test_cli_tunes_locally_and_registers_the_backend(tiny_run: Any, tmp_path: Pa
     assert "-> backend 'zebra'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.local
+def test_cli_writes_the_adapter_path_relative_to_the_config(tiny_run: Any, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The absolute path written by default broke the project once moved or cloned elsewhere."""
+    from genroute.cli import main
+    from genroute.config import anchor_paths
+
+    data, _ = tiny_run
+    config = tmp_path / "proj" / "genroute.yaml"  # given absolute: the adapter's default place is still relative
+    config.parent.mkdir()
+    code = main(["tune", "--local", str(data), "--config", str(config), "--name", "rel", "--rank", "1",
+                 "--alpha", "2", "--max-seq-len", "64", "--batch-size", "4", "--threads", "1", "--max-steps", "1",
+                 "--epochs", "1"])
+    assert code == 0, capsys.readouterr().err
+    written = yaml.safe_load(config.read_text())["engines"]["rel_engine"]
+    assert written["lora_path"] == ".genroute/tuned/rel/adapter.gguf"
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "proj").rename(moved)
+    engine = anchor_paths(yaml.safe_load((moved / "genroute.yaml").read_text()), moved / "genroute.yaml")
+    assert Path(engine["engines"]["rel_engine"]["lora_path"]).is_file()
+
+
+def test_a_registered_adapter_path_is_relative_to_the_config(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from genroute.tuning.local_lora import register_tuned_backend
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "adapter.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "proj" / "genroute.yaml"
+    # A path given relative (to the working directory) is written relative to the config file.
+    register_tuned_backend(config, "a", "work/adapter.gguf")
+    assert yaml.safe_load(config.read_text())["engines"]["a_engine"]["lora_path"] == "../work/adapter.gguf"
+    # One given absolute is the user's choice: kept, unless asked to make it relative.
+    register_tuned_backend(config, "b", tmp_path / "work" / "adapter.gguf")
+    register_tuned_backend(config, "c", tmp_path / "work" / "adapter.gguf", keep_absolute=False)
+    engines = yaml.safe_load(config.read_text())["engines"]
+    assert engines["b_engine"]["lora_path"] == str(tmp_path.resolve() / "work" / "adapter.gguf")
+    assert engines["c_engine"]["lora_path"] == "../work/adapter.gguf"
+
+
 def test_cli_rejects_unmappable_target_modules_before_training(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from genroute.cli import main

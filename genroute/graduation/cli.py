@@ -187,7 +187,9 @@ async def _run(args: argparse.Namespace) -> Any:
                                          min_examples=args.min_examples, register=False)
             assert report.adapter_path is not None
             options = {"n_threads": args.threads} if args.threads else None
-            backend, engines = tuned_entries(name, report.adapter_path, tasks=[args.task], engine_options=options)
+            backend, engines = tuned_entries(name, report.adapter_path, tasks=[args.task], engine_options=options,
+                                             config_dir=Path(args.config).parent,
+                                             keep_absolute=Path(args.out).is_absolute())
             # One write of the backend and its challenger: a crash between two left the backend unrouted.
             write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share,
                              raw=with_tuned_backend(args.config, name, backend, engines=engines))

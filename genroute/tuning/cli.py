@@ -158,8 +158,10 @@ def _local(args: argparse.Namespace) -> int:
                             if isinstance(e, dict) and not (args.replace and n == f"{args.name}_engine")},
                            out / ADAPTER_FILE, field="--out")
     result = tune_local(args.data, out, config=config)
+    # Written relative to the config file, unless the user gave --out as an absolute path.
     register_tuned_backend(args.config, args.name, result.adapter_path, result.base_model_path,
-                           tasks=args.tasks or (), replace=args.replace)
+                           tasks=args.tasks or (), replace=args.replace,
+                           keep_absolute=bool(args.out) and Path(args.out).is_absolute())
     console = Console(stderr=True)
     loss = f"{result.validation_loss:.4f}" if result.validation_loss is not None else "n/a"
     console.print(f"[green]tuned[/green] {result.adapter_path} ({result.train_examples} examples, "

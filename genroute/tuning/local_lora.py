@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -336,31 +337,38 @@ def register_tuned_backend(
     tasks: Sequence[str] = (),
     engine_options: Mapping[str, Any] | None = None,
     replace: bool = False,
+    keep_absolute: bool = True,
 ) -> dict[str, Any]:
     """Add ``engines.<name>_engine`` (local + LoRA) and ``backends.<name>`` (tuned) to a YAML/JSON config.
 
+    The adapter's (and a base model's) path is written relative to the config file's directory, against which
+    it resolves, so the project can be moved; one given absolute stays absolute unless not ``keep_absolute``.
     ``engine_options`` adds local-engine fields (e.g. ``n_threads``, ``max_output_tokens``). The file is
     rewritten atomically by ``config_file.write_tuned_backend``; YAML comments are not kept. A missing file
     is created. Returns the updated config mapping.
     """
     from genroute.tuning.config_file import write_tuned_backend
 
-    backend, engines = tuned_entries(name, adapter_path, base_model_path, tasks=tasks, engine_options=engine_options)
+    backend, engines = tuned_entries(name, adapter_path, base_model_path, tasks=tasks, engine_options=engine_options,
+                                     config_dir=Path(config_path).parent, keep_absolute=keep_absolute)
     return write_tuned_backend(config_path, name, backend, engines=engines, replace=replace, missing_ok=True)
 
 
 def tuned_entries(name: str, adapter_path: str | Path, base_model_path: str | Path | None = None, *,
                   tasks: Sequence[str] = (), engine_options: Mapping[str, Any] | None = None,
+                  config_dir: str | Path | None = None, keep_absolute: bool = True,
                   ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The config entries ``register_tuned_backend`` adds: ``backends.<name>`` and ``engines.<name>_engine``."""
+    """The config entries ``register_tuned_backend`` adds: ``backends.<name>`` and ``engines.<name>_engine``
+    (its paths relative to ``config_dir``, the config file's directory, when given: see ``path_in_config``)."""
     adapter = Path(adapter_path).resolve()
     if not adapter.is_file():
         raise UsageError(f"no adapter at {adapter}", field="adapter_path")
-    engine: dict[str, Any] = {**(engine_options or {}), "kind": "local", "lora_path": str(adapter),
+    engine: dict[str, Any] = {**(engine_options or {}), "kind": "local",
+                              "lora_path": path_in_config(adapter_path, config_dir, keep_absolute=keep_absolute),
                               "prompt_format": "gemma"}
     if base_model_path is not None and Path(base_model_path).resolve() != _default_base():
         # The bundled base is left implicit so the config stays valid on other machines.
-        engine["model_path"] = str(Path(base_model_path).resolve())
+        engine["model_path"] = path_in_config(base_model_path, config_dir, keep_absolute=keep_absolute)
     backend: dict[str, Any] = {
         "kind": "tuned", "engine": f"{name}_engine", "model": BASE_MODEL_NAME, "base_model": BASE_MODEL_NAME,
         "description": f"Gemma 3 270M + local LoRA adapter {adapter.name}",
@@ -368,6 +376,20 @@ def tuned_entries(name: str, adapter_path: str | Path, base_model_path: str | Pa
     if tasks:
         backend["tasks"] = list(tasks)
     return backend, {f"{name}_engine": engine}
+
+
+def path_in_config(path: str | Path, config_dir: str | Path | None, *, keep_absolute: bool = True) -> str:
+    """``path`` (relative to the working directory, or absolute) as a config file in ``config_dir`` holds it:
+    relative to that directory, as its relative paths resolve, so the project can be moved or cloned; absolute
+    when there is no ``config_dir``, when ``path`` was given absolute and ``keep_absolute``, or when no relative
+    path leads there (another drive)."""
+    resolved = Path(path).resolve()
+    if config_dir is None or (keep_absolute and Path(path).is_absolute()):
+        return str(resolved)
+    try:
+        return Path(os.path.relpath(resolved, Path(config_dir).resolve())).as_posix()
+    except ValueError:
+        return str(resolved)
 
 
 def _default_base() -> Path | None:
