@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from genroute.router.validators import Judge, Validator
 
 R = TypeVar("R")
+
+_log = logging.getLogger(__name__)
 
 
 def build_router(cls: Callable[..., R], source: str | Path | Mapping[str, Any] | RouterConfig, **kwargs: Any) -> R:
@@ -256,3 +259,20 @@ def require_prices(backends: Mapping[str, Backend], pricing: Pricing) -> None:
         reference = engine.reference_model
         if reference:  # a free local engine still reports what its calls would cost in the cloud
             pricing.require(reference, field=f"engines.{backend.config.engine}.reference_model")
+
+
+def warn_unused_prices(backends: Mapping[str, Backend], resources: Resources) -> None:
+    """Log a warning naming each ``pricing.<key>`` that prices no model this router's backends, engines or
+    embedder use and no built-in model, with the nearest known name: a misspelt key (``gemini-2.5-flsh``) left the
+    model it was meant for at the built-in rate, and budgets under-counted. Not an error: a shared config may
+    price models other routers use, or that requests and policies name only at run time."""
+    pricing = resources.pricing
+    models = [m for b in backends.values() for m in (b.config.model, getattr(b.config, "base_model", None),
+                                                    b.billed_as(pricing)[0]) if isinstance(m, str)]
+    models += [e.reference_model for e in resources.engines.values() if e.reference_model]
+    embedder_model = getattr(getattr(getattr(resources.knowledge, "config", None), "embedder", None), "model", None)
+    if isinstance(embedder_model, str):
+        models.append(embedder_model)
+    for key, nearest in pricing.unused(models).items():
+        hint = f" (did you mean {nearest!r}?)" if nearest else ""
+        _log.warning("pricing.%s prices no model this router uses%s: the key is ignored here", key, hint)

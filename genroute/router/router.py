@@ -19,7 +19,8 @@ from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor
 from genroute.router.inflight import InFlight, RouterStream
 from genroute.router.lifecycle import Lifecycle
-from genroute.router.build import check_arguments, check_providers, default_policy, release_on_collect, require_prices
+from genroute.router.build import (check_arguments, check_providers, default_policy, release_on_collect,
+                                   require_prices, warn_unused_prices)
 from genroute.router.deciding import CostedDecisions
 from genroute.runtime.deadlines import deadline_at
 from genroute.router.scope import RootSpan, ended_by, parse_request, within_deadline
@@ -76,6 +77,7 @@ class Router(Lifecycle, Learning):
         self.backends = dict(backends)
         self.resources = resources or Resources({})
         require_prices(self.backends, self.resources.pricing)  # unknown models would silently cost 0
+        warn_unused_prices(self.backends, self.resources)  # a misspelt key would silently not price its model
         self.policy = policy or default_policy(self.backends)
         if timeout_s is not None:
             check_seconds(timeout_s, "timeout_s")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -241,6 +242,19 @@ class Pricing:
         base rates)."""
         return (model, "model") if self.overrides(model) else (base_model, "base_model")
 
+    def unused(self, models: Iterable[str]) -> dict[str, str | None]:
+        """The configured names that price none of ``models`` (the models a router calls and bills as) and no
+        built-in model, each with the nearest name of ``models`` or of the built-in table (None: nothing near)."""
+        used = {self.priced_as(m) for m in models}
+        builtin = sorted(DEFAULT_PRICES, key=len, reverse=True)
+        names = sorted({name for m in models for name in _names(m)} | set(DEFAULT_PRICES))
+        return {key: next(iter(difflib.get_close_matches(key, names, n=1, cutoff=0.6)), None)
+                for key in self._overrides if key not in used and _known_name(key, builtin) is None}
+
+    def priced_as(self, model: str) -> str | None:
+        """The name of the table ``model``'s price is found under (see ``lookup``), or None."""
+        return _known_name(model, self._by_length)
+
     def require(self, model: str, *, field: str) -> ModelPrice:
         """The price of ``model``; ``ConfigError`` naming ``field`` if it is unknown."""
         price = self.lookup(model)
@@ -278,6 +292,7 @@ def _known_name(model: str, known_longest_first: list[str]) -> str | None:
 
 
 def _names(model: str) -> tuple[str, ...]:
-    """``model`` as given, without a ``models/`` prefix, and its last path segment (most specific first)."""
+    """``model`` as given, without a ``models/`` prefix, its last two path segments (``endpoints/123`` of a tuned
+    endpoint's resource name) and its last one (most specific first)."""
     bare = model.removeprefix("models/")
-    return tuple(dict.fromkeys((model, bare, bare.rsplit("/", 1)[-1])))
+    return tuple(dict.fromkeys((model, bare, "/".join(bare.rsplit("/", 2)[-2:]), bare.rsplit("/", 1)[-1])))
