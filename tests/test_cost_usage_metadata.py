@@ -139,3 +139,20 @@ def test_generate_and_stream_read_a_prompt_count_alike(gemini_server, mode, usag
     tool_use = usage.get("toolUsePromptTokenCount", 0)
     assert result.cost_estimated is estimated and result.usage.output_tokens == 3
     assert (result.usage.input_tokens > tool_use) if estimated else (result.usage.input_tokens == 0)
+
+
+@pytest.mark.parametrize("mode", ["generate", "stream"])
+def test_a_negative_count_is_read_as_one_left_out_not_as_a_refund(gemini_server, otel, mode):
+    # Found by tests/test_fuzz_responses.py: {"promptTokenCount": -1} made usage.input_tokens -1 and lowered the
+    # bill (and OTel's counters refused the negative amounts); a count below zero is now estimated as a missing one.
+    usage = {"promptTokenCount": -400, "candidatesTokenCount": -5, "thoughtsTokenCount": 2, "totalTokenCount": -1}
+    gemini_server.reply(Reply(raw=_body(usage, TEXT) if mode == "generate" else [_body(usage, TEXT)]))
+
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        result = router.generate("hello") if mode == "generate" else list(router.stream("hello"))[-1].result
+
+    assert result is not None and result.cost_estimated
+    assert result.usage.input_tokens == 2 and result.usage.output_tokens == 0 and result.usage.thinking_tokens == 2
+    assert result.cost_usd == pytest.approx(2 * IN_PRICE + 2 * OUT_PRICE)
+    (root,) = [s for s in otel.spans() if s.parent is None]
+    assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(result.cost_usd)

@@ -13,8 +13,8 @@ from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import cancellation_under, map_error
 from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig, url_problem  # noqa: F401 - VertexConfig: re-exported
 from genroute.engines.gemini_keys import FALLBACK_ENV, env_key, make_client
-from genroute.engines.gemini_request import (bill_lost, ends_answer, leading_chunks, not_an_answer, sdk_contents,
-                                             server_timeout, with_timeout)
+from genroute.engines.gemini_request import (bill_lost, counted, ends_answer, leading_chunks, not_an_answer,
+                                             sdk_contents, server_timeout, with_timeout)
 from genroute.engines.gemini_sessions import LoopClients, supported
 from genroute.engines.retry import call_with_retry
 from genroute.errors import (BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted, header_secrets,
@@ -214,7 +214,7 @@ class GeminiEngine(Engine):
             if not isinstance(exc, Exception):
                 raise  # a cancellation: the caller is going away
             raise self._map(exc) from exc
-        if whole and not result.candidates:  # type: ignore[attr-defined]  # whole: a GenerateContentResponse
+        if whole and not counted(result).candidates:  # type: ignore[arg-type]  # whole: a GenerateContentResponse
             error = not_an_answer(result, billed or "", config, self.name)  # type: ignore[arg-type]
             if error is not None:
                 raise error
@@ -318,7 +318,7 @@ class GeminiEngine(Engine):
         try:
             finished = False
             while chunk is not None:
-                finished = finished or ends_answer(chunk)
+                finished = ends_answer(counted(chunk)) or finished  # each chunk's counts checked before it is read
                 held = time.monotonic()
                 yield chunk
                 if end is not None:

@@ -55,6 +55,31 @@ def with_timeout(config: types.GenerateContentConfig | None, seconds: float | No
     return config.model_copy(update={"http_options": http})
 
 
+def counted(response: types.GenerateContentResponse) -> types.GenerateContentResponse:
+    """``response`` with any negative token count in its usage dropped: no provider means a count below zero, so it
+    is read as a count left out (estimated where billed), never as tokens that would lower a bill."""
+    meta = response.usage_metadata
+    if meta is not None and (min(meta.prompt_token_count or 0, meta.candidates_token_count or 0,
+                                 meta.cached_content_token_count or 0, meta.thoughts_token_count or 0,
+                                 meta.tool_use_prompt_token_count or 0, meta.total_token_count or 0) < 0
+                             or meta.prompt_tokens_details or meta.cache_tokens_details
+                             or meta.tool_use_prompt_tokens_details or meta.candidates_tokens_details):
+        response.usage_metadata = _counts_kept(meta)
+    return response
+
+
+def _counts_kept(meta: types.GenerateContentResponseUsageMetadata) -> types.GenerateContentResponseUsageMetadata:
+    """``meta`` without its negative counts (a modality's among them)."""
+    update: dict[str, Any] = {}
+    for name in type(meta).model_fields:
+        value = getattr(meta, name)
+        if isinstance(value, int) and value < 0:
+            update[name] = None
+        elif isinstance(value, list) and any((d.token_count or 0) < 0 for d in value):
+            update[name] = [d for d in value if (d.token_count or 0) >= 0]
+    return meta.model_copy(update=update) if update else meta
+
+
 def ends_answer(chunk: types.GenerateContentResponse) -> bool:
     """Whether a stream chunk ends the answer (a finish reason, or a blocked prompt)."""
     if chunk.prompt_feedback is not None and chunk.prompt_feedback.block_reason is not None:
@@ -77,7 +102,7 @@ async def leading_chunks(chunks: AsyncIterator[types.GenerateContentResponse], c
     collected in ``read`` (so that an attempt failing before it can be billed what they reported: ``bill_lost``).
     A stream that ended before one sent no answer: ``not_an_answer``'s error (billed), retried as it is."""
     while (chunk := await anext(chunks, None)) is not None:
-        read.append(chunk)
+        read.append(counted(chunk))
         if _answers(chunk):
             return read
     if not read:
