@@ -39,6 +39,15 @@ class GenerateRequest(_Frozen):
             raise ValueError("input must not be blank")
         return value
 
+    @field_validator("timeout_s", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        # To pydantic's lax mode True is 1.0 s and "5" is 5.0 s; to a caller neither is a deadline (a flag or a
+        # text passed where the seconds go), as Router.drain's and feedback's numbers refuse them.
+        if isinstance(value, bool | str | bytes):
+            raise ValueError(f"must be a number of seconds > 0, not {type(value).__name__} {value!r:.40}")
+        return value
+
     @field_validator("task", "backend", "key", "variables", "metadata")
     @classmethod
     def _valid_unicode(cls, value: Any, info: ValidationInfo) -> Any:

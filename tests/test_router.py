@@ -363,3 +363,15 @@ def test_a_policy_promoted_while_a_request_decides_applies_to_the_next_one(gemin
         first = router.generate("hi")
         assert (first.decision.policy, first.backend) == ("promoted_while_deciding", "first")
         assert router.generate("hi").decision.policy == "two_rungs"
+
+
+@pytest.mark.parametrize("timeout_s", [True, False, "5", b"5"])
+def test_a_timeout_that_is_a_flag_or_a_text_is_refused_by_name_before_sending(gemini_server, timeout_s):
+    # Found by tests/test_fuzz_inputs.py: timeout_s=True ran the request with a 1 s deadline ("5": 5 s).
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        for call in (lambda: router.generate("hi", timeout_s=timeout_s),
+                     lambda: list(router.stream("hi", timeout_s=timeout_s))):
+            with pytest.raises(UsageError) as caught:
+                call()
+            assert caught.value.field == "timeout_s" and str(caught.value).startswith("timeout_s")
+    assert not gemini_server.requests
