@@ -156,3 +156,22 @@ def test_a_negative_count_is_read_as_one_left_out_not_as_a_refund(gemini_server,
     assert result.cost_usd == pytest.approx(2 * IN_PRICE + 2 * OUT_PRICE)
     (root,) = [s for s in otel.spans() if s.parent is None]
     assert root.attributes["gen_ai.usage.cost.amount"] == pytest.approx(result.cost_usd)
+
+
+@pytest.mark.parametrize("usage", [
+    {"promptTokenCount": 12, "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": 10**15}]},
+    {"promptTokenCount": 12, "cachedContentTokenCount": 10**6, "candidatesTokenCount": 1},
+], ids=["audio", "cached"])
+def test_a_part_of_the_prompt_counted_larger_than_the_prompt_is_held_to_it(gemini_server, usage):
+    # Found by tests/test_fuzz_responses.py: an attempt reporting more audio (or cached) tokens than prompt tokens
+    # put them all in the request's usage, so its summed usage priced every later call's input as audio (or cached)
+    # and the cost figures read from it disagreed with the cost charged.
+    from genroute.runtime.pricing import Pricing
+
+    gemini_server.reply_json({"usageMetadata": usage})  # no answer: retried, and the retry answers
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        result = router.generate("hello there, how are you today?")
+
+    assert result.usage.audio_input_tokens <= result.usage.input_tokens
+    assert result.usage.cached_input_tokens <= result.usage.input_tokens
+    assert result.cost_usd == pytest.approx(Pricing().cost("gemini-2.5-flash", result.usage))

@@ -251,19 +251,25 @@ def usage_of(response: types.GenerateContentResponse) -> Usage | None:
     if meta is None:
         return None
     tool_use = meta.tool_use_prompt_token_count
-    usage = built_usage(  # the SDK validated these counts (ints or None)
-        input_tokens=(meta.prompt_token_count or 0) + tool_use if tool_use else meta.prompt_token_count or 0,
+    input_tokens = (meta.prompt_token_count or 0) + tool_use if tool_use else meta.prompt_token_count or 0
+    cached = meta.cached_content_token_count or 0
+    usage = built_usage(  # the SDK validated these counts (ints or None; none negative: ``counted``)
+        input_tokens=input_tokens,
         output_tokens=meta.candidates_token_count or 0,
-        cached_input_tokens=meta.cached_content_token_count or 0,
+        # Parts of the input: a provider's larger count is held to it, as pricing reads it, so that a sum of
+        # usages costs what its calls cost.
+        cached_input_tokens=cached if cached <= input_tokens else input_tokens,
         thinking_tokens=meta.thoughts_token_count or 0,
         audio_input_tokens=0,
         cached_audio_input_tokens=0,
     )
     # A list or None (a text prompt may come without one); Gemini sends it whenever it splits the cached content.
     if meta.prompt_tokens_details:
-        audio, cached = audio_tokens(meta)
+        audio, cached_audio = audio_tokens(meta)
         if audio:
-            return replaced(usage, audio_input_tokens=audio, cached_audio_input_tokens=cached)
+            audio = min(audio, input_tokens)
+            return replaced(usage, audio_input_tokens=audio,
+                            cached_audio_input_tokens=min(cached_audio, audio, usage.cached_input_tokens))
     return usage
 
 
