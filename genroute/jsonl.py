@@ -3,6 +3,7 @@ directory results are written to, with an error naming the caller's field when i
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import os
@@ -22,9 +23,16 @@ def iter_records(path: str | Path, *, field: str, what: str = "file") -> Iterato
     opener = gzip.open if path.suffix == ".gz" else open
     lineno = 0
     try:
-        # utf-8-sig: a BOM (Windows tools write one) is not part of the first record's JSON.
-        with opener(path, "rt", encoding="utf-8-sig") as fh:
-            for lineno, line in enumerate(fh, start=1):
+        # Bytes, each line decoded on its own: a text reader decodes ahead in blocks, so a bad byte on line 3 was
+        # reported on line 1.
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                if lineno == 1:  # a BOM (Windows tools write one) is not part of the first record's JSON
+                    raw = raw.removeprefix(codecs.BOM_UTF8)
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UsageError(f"{path.name}:{lineno}: not UTF-8 text", field=field) from None
                 if not line.strip():
                     continue
                 try:
@@ -35,9 +43,8 @@ def iter_records(path: str | Path, *, field: str, what: str = "file") -> Iterato
                     raise UsageError(f"{path.name}:{lineno}: expected a JSON object, got {type(record).__name__}",
                                      field=field)
                 yield lineno, record
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError) as exc:  # not text, or not (whole) gzip
-        kind = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"
-        raise UsageError(f"{path.name}:{lineno + 1}: {kind}", field=field) from None
+    except (gzip.BadGzipFile, EOFError, OSError) as exc:  # not (whole) gzip, or unreadable
+        raise UsageError(f"{path.name}:{lineno + 1}: cannot be read ({exc})", field=field) from None
 
 
 def label_text(label: Any) -> Any:

@@ -891,6 +891,23 @@ def test_a_windows_file_with_a_bom_and_crlf_reads_as_any_other(tmp_path: Path) -
     assert [e.input for e in load_examples(tuning)] == ["q1", "q2"]
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_line_that_is_not_utf8_is_named_by_its_own_number(tmp_path: Path, gz: bool) -> None:
+    # Found by tests/test_fuzz_inputs.py: the text reader decoded the file ahead in blocks, so a bad byte on line 3
+    # was reported as "d.jsonl:1: not UTF-8 text".
+    import gzip
+
+    from genroute.outcomes import read_outcome_file
+
+    data = b'{"input": "a"}\n\n{"input": "caf\xe9"}\n'
+    path = tmp_path / ("d.jsonl.gz" if gz else "d.jsonl")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    for read, field in ((load_records, "data"), (read_outcome_file, "outcomes")):
+        with pytest.raises(UsageError) as err:
+            read(path)
+        assert err.value.field == field and err.value.message == f"{path.name}:3: not UTF-8 text"
+
+
 def test_an_output_of_null_is_no_output(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"input": "q", "output": None, "label": "positive"}) + "\n")
