@@ -36,7 +36,8 @@ def send(h: BaseHTTPRequestHandler, response: Response, *, cut_after: int | None
             h.send_header(key, value)
         if response.events is None:
             data = encode(response.body if response.body is not None else {})
-            h.send_header("Content-Type", "application/json; charset=UTF-8")
+            if not any(key.lower() == "content-type" for key in response.headers):  # a scripted one stands
+                h.send_header("Content-Type", "application/json; charset=UTF-8")
             h.send_header("Content-Length", str(len(data)))
             h.end_headers()
             if cut_after is not None:  # that many bytes, but never the whole body: it must look cut
