@@ -138,7 +138,10 @@ def _dependency_error(exc: BaseException) -> BaseException | None:
     at the entry, or a bug: the failure this fuzzing exists to find.
     """
     seen: BaseException | None = exc
+    chain: list[BaseException] = []
     while seen is not None:
+        assert all(seen is not e for e in chain), f"a cycle in the cause chain: {[type(e).__name__ for e in chain]}"
+        chain.append(seen)
         cause = seen.__cause__
         if isinstance(seen, BackendRejected) and seen.status is None and cause is not None \
                 and not isinstance(cause, GenrouteError):

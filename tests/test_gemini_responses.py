@@ -143,3 +143,18 @@ def test_a_stream_chunk_with_only_usage_is_still_part_of_the_answer(gemini_serve
         *_, last = router.stream("hello")
 
     assert last.result is not None and last.result.text == "Hello" and last.result.usage.output_tokens == 2
+
+
+def test_a_stream_that_never_answers_fails_with_an_error_that_is_not_its_own_cause(gemini_server):
+    # Found by tests/test_fuzz_responses.py: the engine re-raised its own "no answer" error `from` itself, so its
+    # __cause__ was itself and anything walking the chain (a log formatter, a breaker's cause test) looped forever.
+    gemini_server.reply_json([{}], times=3)
+
+    with Router.from_config(gemini_config(gemini_server)) as router, pytest.raises(BackendUnavailable) as caught:
+        list(router.stream("what is this?"))
+
+    seen, error = [], caught.value
+    while error is not None:
+        assert all(error is not e for e in seen), f"a cycle in the cause chain: {seen!r}"
+        seen.append(error)
+        error = error.__cause__

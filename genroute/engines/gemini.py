@@ -211,8 +211,8 @@ class GeminiEngine(Engine):
                 bill_lost(exc, billed, config)  # a cleanup failed under a cancellation: billed as that
             if cancelled is not None:  # a cleanup that failed under a cancellation: the cancellation goes on
                 raise cancelled from None
-            if not isinstance(exc, Exception):
-                raise  # a cancellation: the caller is going away
+            if not isinstance(exc, Exception) or isinstance(exc, GenrouteError):
+                raise  # a cancellation (the caller is going away), or already genroute's (``from`` would cycle it)
             raise self._map(exc) from exc
         if whole and not counted(result).candidates:  # type: ignore[arg-type]  # whole: a GenerateContentResponse
             error = not_an_answer(result, billed or "", config, self.name)  # type: ignore[arg-type]
