@@ -162,12 +162,14 @@ def test_any_provider_answer_gives_an_honest_cost_or_a_genroute_error(gemini_ser
     seen = {"answered": 0, "failed": 0}
 
     @settings(SETTINGS, max_examples=EXAMPLES)
-    @given(reply=REPLY, mode=st.sampled_from(MODES), backend=st.sampled_from(["chat", "agent"]))
-    def check(reply: tuple[str, Any], mode: str, backend: str) -> None:
+    @given(replies=st.lists(REPLY, min_size=1, max_size=2), mode=st.sampled_from(MODES),
+           backend=st.sampled_from(["chat", "agent"]))
+    def check(replies: list[tuple[str, Any]], mode: str, backend: str) -> None:
         gemini_server.clear()
         otel.exporter.clear()
-        _queue(gemini_server, reply)
-        what = f"{mode} on {backend} answered {reply!r}"[:2000]
+        for reply in replies:  # a second one answers the retry (or the tool loop's next turn)
+            _queue(gemini_server, reply)
+        what = f"{mode} on {backend} answered {replies!r}"[:2000]
         try:
             result = caller(mode, backend)
         except GenrouteError as exc:
