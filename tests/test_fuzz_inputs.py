@@ -89,6 +89,19 @@ def test_generate_arguments_of_any_kind_are_answered_or_refused_by_name(gemini_s
     assert seen["answered"] and seen["refused"], seen
 
 
+def _refused(call: Any, what: str) -> UsageError | None:
+    """Run ``call``: the ``UsageError`` it was refused with (its field leading its message), None if it went
+    through; anything else fails the test."""
+    try:
+        call()
+    except UsageError as exc:
+        _check_error(exc)
+        return exc
+    except Exception as exc:  # noqa: BLE001 - the point: anything untyped fails the test
+        raise AssertionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+    return None
+
+
 SCORES = st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.integers(-2, 2) | st.booleans() | JUNK
 
 
@@ -111,16 +124,11 @@ def test_feedback_of_any_kind_is_recorded_or_refused_by_name_leaving_the_store_a
         def check(result: Any, score: Any, label: Any, input: Any) -> None:  # noqa: A002 - feedback's own name
             before = [r.model_dump() for r in store.records_sync()]
             what = f"feedback({result!r:.80}, score={score!r}, label={label!r}, input={input!r})"
-            try:
-                router.feedback(result, score=score, label=label, input=input)
-            except UsageError as exc:
-                _check_error(exc)
-                assert [r.model_dump() for r in store.records_sync()] == before, f"{what}: written, then refused"
-                seen["refused"] += 1
+            if _refused(lambda: router.feedback(result, score=score, label=label, input=input), what) is None:
+                seen["recorded"] += 1
                 return
-            except Exception as exc:  # noqa: BLE001
-                raise AssertionError(f"{what}: {type(exc).__name__}: {exc}") from exc
-            seen["recorded"] += 1
+            assert [r.model_dump() for r in store.records_sync()] == before, f"{what}: written, then refused"
+            seen["refused"] += 1
 
         check()
     assert seen["recorded"] and seen["refused"], seen
@@ -150,11 +158,6 @@ def _write(path: Path, lines: list[str], encoding: str, newline: str) -> None:
     else:
         data = text.encode(encoding, "replace" if encoding == "latin-1" else "surrogatepass")
     path.write_bytes(data)
-
-
-def _check_file_error(exc: UsageError, field: str, what: str) -> None:
-    _check_error(exc)
-    assert exc.field == field, f"{what}: {exc.field!r} named instead of {field!r}: {exc}"
 
 
 def _first_not_an_object(lines: list[str]) -> int | None:
@@ -193,21 +196,18 @@ def test_jsonl_files_of_any_shape_are_read_or_refused_naming_the_field_and_line(
             path.write_bytes(gzip.compress(path.read_bytes()))
         read, field = readers[reader]
         what = f"{reader} of {lines!r} in {encoding}"
-        try:
-            read(path)
-        except UsageError as exc:
-            _check_file_error(exc, field, what)
-            lines = (newline.join(lines) + newline).split("\n")  # as the reader splits them
-            named = re.match(rf"{re.escape(path.name)}:(\d+): ", exc.message)
-            assert named is None or 1 <= int(named[1]) <= max(1, len(lines)), f"{what}: no such line: {exc}"
-            first = _first_not_an_object(lines) if encoding in ("utf-8", "utf-8-sig") else None
-            if first is not None:  # the first line that cannot be a record is the one refused, by its number
-                assert exc.message.startswith(f"{path.name}:{first}: "), f"{what}: line {first} not named: {exc}"
-            seen["refused"] += 1
+        exc = _refused(lambda: read(path), what)
+        if exc is None:
+            seen["read"] += 1
             return
-        except Exception as exc:  # noqa: BLE001
-            raise AssertionError(f"{what}: {type(exc).__name__}: {exc}") from exc
-        seen["read"] += 1
+        assert exc.field == field, f"{what}: {exc.field!r} named instead of {field!r}: {exc}"
+        lines = (newline.join(lines) + newline).split("\n")  # as the reader splits them
+        named = re.match(rf"{re.escape(path.name)}:(\d+): ", exc.message)
+        assert named is None or 1 <= int(named[1]) <= max(1, len(lines)), f"{what}: no such line: {exc}"
+        first = _first_not_an_object(lines) if encoding in ("utf-8", "utf-8-sig") else None
+        if first is not None:  # the first line that cannot be a record is the one refused, by its number
+            assert exc.message.startswith(f"{path.name}:{first}: "), f"{what}: line {first} not named: {exc}"
+        seen["refused"] += 1
 
     check()
     assert seen["read"] and seen["refused"], seen
@@ -235,16 +235,13 @@ def test_a_refused_compile_writes_nothing() -> None:
         _write(source, lines, encoding, "\n")
         out = root / f"out-{seen['compiled'] + seen['refused']}"
         what = f"compile of {bad!r} in {encoding}"
-        try:
-            compile_outcomes(source, out_dir=out, learned=False, min_n=1, holdout=0.3)
-        except UsageError as exc:
-            _check_file_error(exc, "candidates" if "candidate" in exc.field else "outcomes", what)
-            assert not out.exists() or not os.listdir(out), f"{what}: refused after writing {os.listdir(out)}"
-            seen["refused"] += 1
+        exc = _refused(lambda: compile_outcomes(source, out_dir=out, learned=False, min_n=1, holdout=0.3), what)
+        if exc is None:
+            seen["compiled"] += 1
             return
-        except Exception as exc:  # noqa: BLE001
-            raise AssertionError(f"{what}: {type(exc).__name__}: {exc}") from exc
-        seen["compiled"] += 1
+        assert exc.field in ("outcomes", "candidates"), f"{what}: {exc.field!r} named: {exc}"
+        assert not out.exists() or not os.listdir(out), f"{what}: refused after writing {os.listdir(out)}"
+        seen["refused"] += 1
 
     check()
     assert seen["compiled"] and seen["refused"], seen
