@@ -40,7 +40,8 @@ Scripting:
   last one the ``finishReason`` and the full usage. ``Fault.cut_stream(after_chunks=N)`` after such events
   leaves a client holding the usage of N chunks.
 - ``reply_json(body)`` queues a raw response body (a list: one SSE event per item);
-  ``reply_json(body, path=regex, method="GET", status=200)`` answers the next request(s) to any path.
+  ``reply_json(body, path=regex, method="GET", status=200, headers={...})`` answers the next request(s) to any
+  path (bytes as they are; a ``Content-Type`` header given replaces the JSON one).
 - ``route(method, path_regex, handler)`` adds a handler ``handler(server, request, match)`` that returns a
   JSON body or a ``Response``; later routes win. Use it for APIs not built in: ``TuningRoutes(srv)``
   (``genroute.testing.tuning_routes``) adds Vertex tuning jobs and Cloud Storage uploads this way.
