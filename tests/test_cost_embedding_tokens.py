@@ -177,3 +177,18 @@ async def test_an_engine_that_returns_a_plain_list_is_priced_at_an_estimate(srv:
     finally:
         await engine.aclose()
     assert charges.cost_usd == pytest.approx(sum(estimate_tokens(t) for t in TEXTS) * EMBED) and charges.estimated
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    (r".*:predict", {"predictions": [{"embeddings": {"values": [0.1] * 8, "statistics": {"token_count": -50}}}
+                                     for _ in TEXTS]}),
+    (r".*:predict", {"predictions": [{"embeddings": {"values": [0.1] * 8}} for _ in TEXTS],
+                     "metadata": {"billableCharacterCount": -41}}),
+], ids=["statistics", "billable_characters"])
+async def test_a_negative_embedding_count_is_estimated_not_refunded(srv: GeminiTestServer, vertex: GeminiEngine,
+                                                                    path: str, body: dict[str, Any]) -> None:
+    # Found probing what tests/test_fuzz_responses.py found for answers: a count below zero was billed as negative
+    # tokens (a refund); it is now estimated as a missing count.
+    srv.reply_json(body, path=path)
+    vectors = await vertex.embed("text-embedding-005", TEXTS, output_dimensionality=8)
+    assert vectors.input_tokens == sum(estimate_tokens(t) for t in TEXTS) and vectors.estimated

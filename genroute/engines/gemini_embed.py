@@ -10,6 +10,7 @@ never gets their vectors, but the provider charged for them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -93,14 +94,16 @@ def billed_tokens(response: types.EmbedContentResponse, texts: list[str]) -> tup
     """The input tokens one embedding answer is billed, and whether the provider reported them (else estimated)."""
     embeddings = response.embeddings or []
     counts = [e.statistics.token_count if e.statistics is not None else None for e in embeddings]
-    if counts and all(c is not None for c in counts):
+    # A count below zero (or not a number) is no count: estimated as a missing one, never a refund.
+    if counts and all(c is not None and 0 <= c < math.inf for c in counts):
         return round(sum(counts)), True  # type: ignore[arg-type]
     usage = response.usage_metadata
-    if usage is not None and usage.prompt_token_count:
+    if usage is not None and usage.prompt_token_count is not None and usage.prompt_token_count > 0:
         return usage.prompt_token_count, True
     metadata = response.metadata
-    if metadata is not None and metadata.billable_character_count:
-        return estimate_tokens(metadata.billable_character_count), False
+    characters = None if metadata is None else metadata.billable_character_count
+    if characters is not None and characters > 0:
+        return estimate_tokens(characters), False
     return sum(estimate_tokens(t) for t in texts), False
 
 
