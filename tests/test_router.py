@@ -375,3 +375,12 @@ def test_a_timeout_that_is_a_flag_or_a_text_is_refused_by_name_before_sending(ge
                 call()
             assert caught.value.field == "timeout_s" and str(caught.value).startswith("timeout_s")
     assert not gemini_server.requests
+
+
+@pytest.mark.parametrize("timeout_s", [1.7976931348623157e308, 1e300, 1e20])
+def test_a_timeout_too_far_to_come_is_no_hurry_not_a_crash(gemini_server, timeout_s):
+    # Found by tests/test_fuzz_inputs.py: timeout_s=1.8e308 (finite, so valid) raised OverflowError from the
+    # deadline timers (its slot key, when / resolution, was infinite); such a deadline is now none.
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        assert router.generate("hi", timeout_s=timeout_s).text == "echo: hi"
+        assert list(router.stream("hi", timeout_s=timeout_s))[-1].result.text == "echo: hi"

@@ -31,6 +31,9 @@ from typing import Any
 
 #: The width of a slot of deadlines: a block ends at most this long after its deadline.
 RESOLUTION_S = 0.01
+#: A deadline this far on the monotonic clock (some 30 million years) is none: a caller's timeout_s of 1e308 is
+#: "no hurry", and its slot key (``when / RESOLUTION_S``) would not even be a number.
+_NEVER = 1e15
 
 class _Local(threading.local):
     """Each thread's timers, for the loop it runs (kept, with that loop, until the thread runs another)."""
@@ -127,7 +130,7 @@ class deadline_at:  # noqa: N801 - named like asyncio.timeout_at, which it stand
         if self._entered:
             raise RuntimeError("deadline_at has already been entered")
         self._entered = True
-        if self._when is not None:
+        if self._when is not None and self._when < _NEVER:
             loop = asyncio.get_running_loop()
             task = asyncio.current_task(loop)  # given the loop, it does not look it up again
             if task is None:
