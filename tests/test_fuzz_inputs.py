@@ -22,7 +22,8 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from genroute import BackendUnavailable, DeadlineExceeded, GenerateResult, Router, UsageError
+from genroute import (BackendUnavailable, DeadlineExceeded, GenerateResult, Router, StreamInterrupted,
+                      UsageError)
 from genroute.bench import compile_outcomes, load_matrix, load_records
 from genroute.outcomes import OutcomeStore, read_outcome_file
 from genroute.testing import GeminiTestServer
@@ -44,6 +45,7 @@ def test_generate_arguments_of_any_kind_are_answered_or_refused_by_name(gemini_s
                            variables={"tone": {"type": "str", "required": False, "default": "dry"}})
     caller = Caller(config)
     seen = {"answered": 0, "refused": 0, "timed out": 0}
+    unsettled = False
 
     @settings(SETTINGS, max_examples=EXAMPLES)
     @given(text=TEXTS, timeout_s=TIMEOUTS, variables=st.none() | JUNK | st.dictionaries(
@@ -52,9 +54,11 @@ def test_generate_arguments_of_any_kind_are_answered_or_refused_by_name(gemini_s
            mode=st.sampled_from(MODES))
     @example(text="hello", timeout_s=float("nan"), variables=None, metadata=None, mode="generate")
     @example(text="hello", timeout_s=True, variables=None, metadata=None, mode="astream")
+    @example(text="hello", timeout_s=1.7976931348623157e308, variables=None, metadata=None, mode="agenerate")
     @example(text="x" * 300_000, timeout_s=None, variables={"tone": "\x00\x1b"}, metadata={"k": [None]},
              mode="stream")
     def check(text: Any, timeout_s: Any, variables: Any, metadata: Any, mode: str) -> None:
+        nonlocal unsettled
         kwargs: dict[str, Any] = {"timeout_s": timeout_s}
         if variables is not None:
             kwargs["variables"] = variables
@@ -66,14 +70,18 @@ def test_generate_arguments_of_any_kind_are_answered_or_refused_by_name(gemini_s
             result = caller(mode, text, kwargs)
         except UsageError as exc:
             _check_error(exc)
-            assert len(gemini_server.requests) == sent, f"{what}: refused only after sending it"
+            # A request an earlier example's deadline cut may reach the server late, until one is answered.
+            assert len(gemini_server.requests) == sent or unsettled, f"{what}: refused only after sending it"
             seen["refused"] += 1
             return
         except Exception as exc:  # noqa: BLE001 - the point: anything untyped fails the test
             _check_run_failure(exc, what)
             # The loopback answers every valid request: only a deadline too short for it can fail one.
-            assert isinstance(exc, DeadlineExceeded | BackendUnavailable) and timeout_s is not None, f"{what}: {exc!r}"
+            # (a stream's deadline may pass after its first chunk: timers fire within RESOLUTION_S)
+            assert isinstance(exc, DeadlineExceeded | BackendUnavailable | StreamInterrupted) and timeout_s is not None, \
+                f"{what}: {exc!r}"
             seen["timed out"] += 1
+            unsettled = True
             return
         assert isinstance(result, GenerateResult) and result.text, what
         assert isinstance(timeout_s, int | float) and not isinstance(timeout_s, bool) or timeout_s is None, what
@@ -81,6 +89,7 @@ def test_generate_arguments_of_any_kind_are_answered_or_refused_by_name(gemini_s
         for request in gemini_server.requests[sent:]:
             _valid_unicode(request.body, what)
         seen["answered"] += 1
+        unsettled = False
 
     try:
         check()
