@@ -59,11 +59,11 @@ def counted(response: types.GenerateContentResponse) -> types.GenerateContentRes
     """``response`` with any negative token count in its usage dropped: no provider means a count below zero, so it
     is read as a count left out (estimated where billed), never as tokens that would lower a bill."""
     meta = response.usage_metadata
-    if meta is not None and (min(meta.prompt_token_count or 0, meta.candidates_token_count or 0,
-                                 meta.cached_content_token_count or 0, meta.thoughts_token_count or 0,
-                                 meta.tool_use_prompt_token_count or 0, meta.total_token_count or 0) < 0
-                             or meta.prompt_tokens_details or meta.cache_tokens_details
-                             or meta.tool_use_prompt_tokens_details or meta.candidates_tokens_details):
+    # One test a response: ints OR'ed are negative exactly when one of them is. The split by modality (sent with
+    # every real answer) is not walked here: ``usage_of`` reads a negative modality count as none.
+    if meta is not None and ((meta.prompt_token_count or 0) | (meta.candidates_token_count or 0)
+                             | (meta.cached_content_token_count or 0) | (meta.thoughts_token_count or 0)
+                             | (meta.tool_use_prompt_token_count or 0) | (meta.total_token_count or 0)) < 0:
         response.usage_metadata = _counts_kept(meta)
     return response
 

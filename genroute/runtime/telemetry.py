@@ -284,8 +284,8 @@ def audio_tokens(meta: types.GenerateContentResponseUsageMetadata) -> tuple[int,
 
 
 def _audio(details: list[types.ModalityTokenCount] | None) -> int:
-    # MediaModality is a str enum: equal to its name
-    return sum(d.token_count or 0 for d in details or () if d.modality == "AUDIO")
+    # MediaModality is a str enum: equal to its name; a negative count is read as none (``counted``)
+    return sum(max(d.token_count or 0, 0) for d in details or () if d.modality == "AUDIO")
 
 
 @functools.lru_cache(maxsize=_MAX_CACHED_ATTRIBUTES)  # the enum's members, and any string a server invents
