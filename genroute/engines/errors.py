@@ -61,12 +61,15 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
 
 def map_error(exc: BaseException, *, backend: str | None = None,
               secrets: Iterable[str | None] = ()) -> GenrouteError:
-    """The genroute error for ``exc``; ``secrets`` are scrubbed from its message and from ``exc``'s chain."""
+    """The genroute error for ``exc``, caused by ``exc``; ``secrets`` are scrubbed from its message and from ``exc``'s
+    chain. Raise it without ``from``: a genroute error comes back as it is, and ``raise ... from exc`` would make it
+    its own cause (a cause-chain walker would loop for ever)."""
     if isinstance(exc, GenrouteError):
         return exc
     secrets = tuple(secrets)
     mapped = _map(exc, backend, secrets)
     scrub(exc, secrets)
+    mapped.__cause__ = exc  # also suppresses the context, as ``from`` would
     return mapped
 
 

@@ -213,7 +213,7 @@ class GeminiEngine(Engine):
                 raise cancelled from None
             if not isinstance(exc, Exception) or isinstance(exc, GenrouteError):
                 raise  # a cancellation (the caller is going away), or already genroute's (``from`` would cycle it)
-            raise self._map(exc) from exc
+            raise self._map(exc)
         if whole and not counted(result).candidates:  # type: ignore[arg-type]  # whole: a GenerateContentResponse
             error = not_an_answer(result, billed or "", config, self.name)  # type: ignore[arg-type]
             if error is not None:

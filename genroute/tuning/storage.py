@@ -39,7 +39,7 @@ async def upload_jsonl(uri: str, rows: Sequence[dict[str, Any]], *, credentials:
     try:
         await asyncio.to_thread(_authorize, credentials, headers)
     except Exception as exc:  # a token refresh that failed: no network, a revoked or expired refresh token
-        raise map_error(exc) from exc
+        raise map_error(exc)
     try:
         async with httpx.AsyncClient(timeout=120) as http:
             response = await http.post(f"{root.rstrip('/')}/upload/storage/v1/b/{quote(bucket, safe='')}/o",

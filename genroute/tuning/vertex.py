@@ -145,7 +145,7 @@ async def start_job(client: genai.Client, settings: VertexTuningSettings, *, tra
                                                      training_dataset=types.TuningDataset(gcs_uri=training_uri),
                                                      config=job_config)
     except Exception as exc:
-        raise map_error(exc, backend=settings.name) from exc
+        raise map_error(exc, backend=settings.name)
 
 
 async def wait_for_job(client: genai.Client, name: str, *, poll_interval_s: float = 30.0,
@@ -173,7 +173,7 @@ async def wait_for_job(client: genai.Client, name: str, *, poll_interval_s: floa
                 error = map_error(exc)
                 failures += 1
                 if not isinstance(error, BackendUnavailable) or failures >= max_poll_failures:
-                    raise error from exc
+                    raise error
                 job = None
             if job is not None:
                 state = _state(job)
