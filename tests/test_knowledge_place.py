@@ -138,3 +138,26 @@ def test_routes_a_read_only_store_holds_are_served_and_new_ones_refused_naming_k
     with pytest.raises(ConfigError) as info:  # before: taken into Chroma's log, failing a later write
         Router.from_config(_rag(gemini_server, kb, **more))
     assert info.value.field == "knowledge.path"
+
+
+def test_a_store_built_in_code_checks_its_place_as_one_built_from_a_config(
+        tmp_path: Path, read_only: Callable[..., None]) -> None:
+    from genroute.knowledge import KnowledgeStore, StoreConfig
+
+    kb = _stored(tmp_path)
+    collections = [p for p in kb.iterdir() if p.is_dir()]
+    read_only(*[f for d in collections for f in d.iterdir()], *collections)
+    store = KnowledgeStore(StoreConfig(path=str(kb)))  # read-only where records are written: it still reads
+    (hit,) = asyncio.run(store.query("docs", "When does the bakery bake?", kind="documents", k=1))
+    assert hit.text.startswith("Marta's")
+    (tmp_path / "more.txt").write_text("The glacier covers about eight percent of Iceland.")
+    with pytest.raises(ConfigError) as info:
+        ingest(store, [tmp_path / "more.txt"], collection="docs")
+    assert info.value.field == "knowledge.path" and collections[0].name in str(info.value)
+
+    read_only(kb / "chroma.sqlite3")  # Chroma cannot open it even to read
+    with pytest.raises(ConfigError) as info:  # before: built, and its first use failed in Chroma
+        KnowledgeStore(StoreConfig(path=str(kb)))
+    assert info.value.field == "knowledge.path" and "chroma.sqlite3" in str(info.value)
+    with pytest.raises(ConfigError, match="is not a directory"):
+        KnowledgeStore(StoreConfig(path=str(tmp_path / "more.txt")))

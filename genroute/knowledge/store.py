@@ -68,9 +68,7 @@ def build_store(raw: Mapping[str, Any] | None, *, engines: Mapping[str, Engine],
     if config.path is None and config.host is None:
         # Embedded Chroma is not safe across processes: one shared default directory would be a trap.
         raise no_place(field)
-    if config.path is not None:
-        check_place(config.path, field=field)
-    return KnowledgeStore(config, embedder=embedder)
+    return KnowledgeStore(config, embedder=embedder)  # which checks an embedded store's place
 
 
 class KnowledgeStore(StoreCollections):

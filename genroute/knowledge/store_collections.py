@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from genroute.errors import BackendUnavailable, GenrouteError, UsageError
 from genroute.knowledge.chroma_timeouts import Connecting
 from genroute.knowledge.collection_checks import check_collection, check_collection_name, collection_metadata
-from genroute.knowledge.store_config import LocalEmbedderSpec, StoreConfig, no_place
+from genroute.knowledge.store_config import LocalEmbedderSpec, StoreConfig, check_place, no_place
 
 if TYPE_CHECKING:
     from genroute.knowledge.embedders import Embedder
@@ -34,7 +34,11 @@ class StoreCollections:
     ``genroute.knowledge.store``); Chroma calls run in worker threads, their failures leave as genroute errors."""
 
     def __init__(self, config: StoreConfig | None = None, *, embedder: Embedder | None = None) -> None:
+        """Nothing is opened yet; an embedded store's directory is checked (``check_place``): a place Chroma could not
+        open is a ``ConfigError`` naming ``knowledge.path`` here, not a failure at the first use."""
         self.config = config or StoreConfig()
+        if self.config.path is not None:
+            check_place(self.config.path)
         self._embedder = embedder
         self._client_obj: Any = None
         self._collections: dict[str, Any] = {}
