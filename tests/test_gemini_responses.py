@@ -158,3 +158,38 @@ def test_a_stream_that_never_answers_fails_with_an_error_that_is_not_its_own_cau
         assert all(error is not e for e in seen), f"a cycle in the cause chain: {seen!r}"
         seen.append(error)
         error = error.__cause__
+
+
+def test_each_stream_chunk_has_its_counts_checked_once(gemini_server):
+    # The leading chunks (read before the first that answers, to bill a failed attempt) were checked for negative
+    # counts when read and again when yielded: ~40 opcodes a stream for nothing.
+    import asyncio
+    import sys
+
+    from genroute.engines.gemini_request import counted
+
+    usage = {"promptTokenCount": 3, "totalTokenCount": 3}
+    gemini_server.reply(Reply(raw=[
+        {"usageMetadata": usage},  # usage only: a leading chunk that does not answer yet
+        {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}}], "usageMetadata": usage},
+        {"candidates": [{"content": {"role": "model", "parts": [{"text": "lo"}]}, "finishReason": "STOP"}],
+         "usageMetadata": {**usage, "candidatesTokenCount": -2, "totalTokenCount": 1}},
+    ]))
+    checked: list[int] = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code is counted.__code__:
+            checked.append(id(frame.f_locals["response"]))
+
+    async def read(router):
+        return [chunk async for chunk in router.astream("hello")]
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        sys.setprofile(profile)
+        try:
+            *_, last = asyncio.run(read(router))
+        finally:
+            sys.setprofile(None)
+
+    assert len(checked) == 3 and len(set(checked)) == 3, checked  # every chunk checked, each once
+    assert last.result.text == "Hello" and last.result.usage.output_tokens == estimate_tokens("Hello")

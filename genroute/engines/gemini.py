@@ -318,7 +318,7 @@ class GeminiEngine(Engine):
         try:
             finished = False
             while chunk is not None:
-                finished = ends_answer(counted(chunk)) or finished  # each chunk's counts checked before it is read
+                finished = ends_answer(chunk) or finished
                 held = time.monotonic()
                 yield chunk
                 if end is not None:
@@ -336,6 +336,8 @@ class GeminiEngine(Engine):
                     mapped.__cause__ = exc  # the cause is the mapped failure: a breaker counts a 5xx or a cut by it
                     status = getattr(mapped, "status", None)
                     raise StreamInterrupted(str(mapped), backend=self.name, status=status) from mapped
+                if chunk is not None:  # its counts checked before it is read (the leading ones were, when read)
+                    counted(chunk)
             if not finished:
                 # A connection closed cleanly mid-answer must not pass for a complete (or a healthy) answer.
                 why = "stream ended without a finish reason"
