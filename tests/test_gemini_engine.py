@@ -15,7 +15,7 @@ from genroute import Router
 from genroute.engines.errors import map_error, parse_retry_after, redact
 from genroute.engines.gemini import GeminiEngine, GeminiEngineConfig
 from genroute.engines.retry import RetryConfig, call_with_retry
-from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, StreamInterrupted
+from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, GenrouteError, StreamInterrupted
 from genroute.testing import Fault, GeminiTestServer, fake_embedding
 
 KEY = "AIzaSyLOOPBACK-test-key-0123456789abcdef"
@@ -353,6 +353,9 @@ async def test_stream_error_event_is_interrupted(srv, engine):
     with pytest.raises(StreamInterrupted) as info:
         _ = [c async for c in engine.stream(MODEL, user("a b c"))]
     assert info.value.status == 503
+    mapped = info.value.__cause__  # the mapped failure, caused by the SDK's error: a breaker counts a 5xx by it
+    assert isinstance(mapped, BackendUnavailable) and mapped.status == 503
+    assert mapped.__cause__ is not None and not isinstance(mapped.__cause__, GenrouteError)
 
 
 async def test_clean_close_without_finish_reason_is_interrupted(srv, engine):

@@ -332,8 +332,7 @@ class GeminiEngine(Engine):
                 except Exception as exc:
                     if (cancelled := cancellation_under(exc)) is not None:
                         raise cancelled from None
-                    mapped = self._map(exc)
-                    mapped.__cause__ = exc  # the cause is the mapped failure: a breaker counts a 5xx or a cut by it
+                    mapped = self._map(exc)  # caused by exc (genroute's own as it is): a breaker counts a 5xx by it
                     status = getattr(mapped, "status", None)
                     raise StreamInterrupted(str(mapped), backend=self.name, status=status) from mapped
                 if chunk is not None:  # its counts checked before it is read (the leading ones were, when read)
