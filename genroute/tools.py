@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic_core import to_jsonable_python
@@ -214,30 +215,46 @@ def side_effect_free(fn: F) -> F:
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` with local ``$ref``s replaced by their ``$defs`` (not every consumer resolves refs).
+    """``schema`` with its local ``$ref``s replaced by what they point at (not every consumer resolves refs): pydantic's
+    ``#/$defs/...``, draft-07's ``#/definitions/...`` (hand-written and older tool schemas), any JSON pointer into it.
 
-    A discriminator's ``mapping`` (pydantic writes one for a discriminated union) names ``$defs`` entries too:
-    it is dropped, since the ``$defs`` go and each inlined ``oneOf`` branch holds its tag as a ``const``.
-    A recursive model cannot be inlined: ``ValueError``.
+    The root's ``$defs`` and ``definitions`` go with them. A discriminator's ``mapping`` (pydantic writes one for a
+    discriminated union) names ``$defs`` entries too: it is dropped, since each inlined ``oneOf`` branch holds its
+    tag as a ``const``. A recursive ref cannot be inlined, nor one into another document or to nothing:
+    ``ValueError`` naming it.
     """
-    defs = schema.get("$defs", {})
 
-    def resolve(node: Any, seen: tuple[str, ...]) -> Any:
+    def target(ref: str) -> Any:
+        node: Any = schema
+        for part in ref[2:].split("/") if ref.startswith("#/") else [None]:
+            key = None if part is None else unquote(part).replace("~1", "/").replace("~0", "~")
+            if isinstance(node, list) and key is not None and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            elif isinstance(node, dict) and key in node:
+                node = node[key]
+            else:
+                raise ValueError(f"$ref {ref!r} does not point into this schema: only local refs (#/$defs/..., "
+                                 f"#/definitions/...) can be inlined")
+        if not isinstance(node, dict):
+            raise ValueError(f"$ref {ref!r} points at {type(node).__name__} {node!r}, not at a schema")
+        return node
+
+    def resolve(node: Any, seen: tuple[str, ...], root: bool = False) -> Any:
         if isinstance(node, dict):
             ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                key = ref.removeprefix("#/$defs/")
-                if key in seen:
-                    raise ValueError(f"recursive model {key!r} is not supported in tool parameters")
-                merged = {**defs[key], **{k: v for k, v in node.items() if k != "$ref"}}
-                return resolve(merged, (*seen, key))
+            if isinstance(ref, str):
+                if ref in seen or ref == "#":
+                    raise ValueError(f"recursive model {ref.rsplit('/', 1)[-1]!r} is not supported in tool "
+                                     f"parameters ($ref {ref!r})")
+                merged = {**target(ref), **{k: v for k, v in node.items() if k != "$ref"}}
+                return resolve(merged, (*seen, ref))
             return {k: resolve(_without_mapping(v) if k == "discriminator" else v, seen)
-                    for k, v in node.items() if k != "$defs"}
+                    for k, v in node.items() if k != "$defs" and not (root and k == "definitions")}
         if isinstance(node, list):
             return [resolve(item, seen) for item in node]
         return node
 
-    return resolve(schema, ())
+    return resolve(schema, (), root=True)
 
 
 def _without_mapping(discriminator: Any) -> Any:

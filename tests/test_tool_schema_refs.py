@@ -125,3 +125,68 @@ def test_a_recursive_schema_in_the_local_grammar_is_a_usage_error() -> None:
     with pytest.raises(UsageError) as caught:
         function_call_schema([decl])
     assert caught.value.field == "tools.walk.parameters_json_schema"
+
+
+#: A hand-written tool schema, draft-07 style (refs under ``definitions``), in BFCL's dialect ("dict"); one of its
+#: parameters is named ``definitions`` too, and is a parameter, not a keyword.
+DRAFT7 = {"type": "dict", "required": ["origin"], "properties": {
+    "origin": {"$ref": "#/definitions/Place"}, "stops": {"type": "array", "items": {"$ref": "#/definitions/Place"}},
+    "definitions": {"type": "string", "description": "glossary terms"}},
+    "definitions": {"Place": {"type": "dict", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+PLACE = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def _record(parameters: dict[str, Any]) -> Any:
+    from genroute.bench.datasets import BenchRecord
+
+    return BenchRecord(id="r1", input="Plan a trip.", metadata={"tools": [{"name": "plan", "parameters": parameters}]})
+
+
+async def test_a_hand_written_schema_with_draft7_refs_is_sent_inlined(gemini_server: GeminiTestServer) -> None:
+    # Sent as written, its "#/definitions/Place" refs were left for Gemini, whose schema subset has $defs only.
+    from genroute.bench.record_tools import answering_router, placeholder
+
+    gemini_server.reply_text("Planned.")
+    config = gemini_config(gemini_server, kind="function_calling", tools=["placeholder"], max_steps=1,
+                           on_max_steps="answer")
+    async with Router.from_config(config, tools={"placeholder": placeholder}) as router, \
+            answering_router(router, _record(DRAFT7), "chat", "chat") as answering:
+        await answering.agenerate("Plan a trip.")
+    (body,) = [r.body for r in gemini_server.requests if r.action == "generateContent"]
+    (declared,) = field_of(field_of(body, "tools")[0], "functionDeclarations")
+    schema = field_of(declared, "parametersJsonSchema")
+    assert refs(schema) == [] and "definitions" not in schema
+    assert schema["properties"]["origin"] == PLACE and schema["properties"]["stops"]["items"] == PLACE
+    assert schema["properties"]["definitions"] == {"type": "string", "description": "glossary terms"}
+
+
+def test_the_local_grammar_gets_draft7_refs_inlined() -> None:
+    draft7 = {**DRAFT7, "type": "object"}
+    draft7["definitions"] = {"Place": {**PLACE, "properties": {"city": {"$ref": "#/definitions/City"}}},
+                             "City": {"type": "string"}}
+    schema = function_call_schema([types.FunctionDeclaration(name="plan", parameters_json_schema=draft7)])
+    assert dangling(schema) == [] and refs(schema) == []
+    args = schema["properties"]["args"]
+    assert args["properties"]["stops"]["items"] == PLACE and "definitions" not in args
+
+
+@pytest.mark.parametrize("ref", ["#/definitions/Nowhere", "https://example.org/place.json", "#/required/0"])
+def test_a_ref_that_does_not_resolve_is_refused_naming_the_tool_and_the_ref(ref: str) -> None:
+    from genroute.bench.record_tools import declarations
+
+    broken = {"type": "object", "properties": {"origin": {"$ref": ref}}, "required": ["origin"]}
+    with pytest.raises(UsageError) as caught:  # before: sent with a ref that dangles, into the grammar too
+        function_call_schema([types.FunctionDeclaration(name="plan", parameters_json_schema=broken)])
+    assert caught.value.field == "tools.plan.parameters_json_schema" and repr(ref) in str(caught.value)
+    with pytest.raises(UsageError) as caught:
+        declarations(_record(broken))
+    assert caught.value.field == "metadata.tools[0].parameters" and "'plan'" in str(caught.value)
+    assert repr(ref) in str(caught.value)
+
+
+def test_a_recursive_draft7_ref_is_refused() -> None:
+    tree = {"type": "object", "properties": {"root": {"$ref": "#/definitions/Node"}},
+            "definitions": {"Node": {"type": "object", "properties": {"kids": {"type": "array",
+                                                                               "items": {"$ref": "#/definitions/Node"}}}}}}
+    with pytest.raises(UsageError, match="recursive model 'Node'"):
+        function_call_schema([types.FunctionDeclaration(name="walk", parameters_json_schema=tree)])

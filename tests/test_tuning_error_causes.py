@@ -20,7 +20,7 @@ from genroute.tuning.vertex import (VertexTuningSettings, engine_from_config, re
                                     tune_vertex)
 
 
-class BrokerCredentials(Credentials):  # type: ignore[misc]  # google-auth is untyped at its floor
+class BrokerCredentials(Credentials):
     """Credentials whose refresh asks a broker that refuses, with a genroute error of its own."""
 
     def refresh(self, request: Any) -> None:

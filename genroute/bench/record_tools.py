@@ -8,8 +8,9 @@ declaration as written, every call it makes is recorded in the result's ``tool_c
 checking the arguments — judging them is the scorer's job. Configure such a backend with ``max_steps: 1``
 and ``on_max_steps: answer`` to score the first turn's calls, as BFCL does; its configured ``tools`` are
 placeholders (any tool will do, e.g. ``genroute.bench.record_tools:placeholder``). A declaration the model
-could not be given (a name it refuses, two names that become one, parameters that are no object) fails its
-record's row with a ``UsageError`` naming ``metadata.tools[i]``.
+could not be given (a name it refuses, two names that become one, parameters that are no object, a ``$ref`` that
+does not resolve within them) fails its record's row with a ``UsageError`` naming ``metadata.tools[i]``. Local
+``$ref``s (``#/$defs/...`` or draft-07's ``#/definitions/...``) are inlined, as for a Python tool.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ConfigDict, create_model
 
 from genroute.errors import UsageError
-from genroute.tools import TOOL_NAME_RULE, Tool, is_tool_name
+from genroute.tools import TOOL_NAME_RULE, Tool, inline_refs, is_tool_name
 
 if TYPE_CHECKING:
     from genroute.backends.base import Backend
@@ -62,9 +63,15 @@ def _check(record: BenchRecord, i: int, decl: Mapping[str, Any], seen: dict[str,
     if first != decl:  # the model could see and call only one of them
         raise UsageError(f"record {record.id}: tools {first['name']!r} and {name!r} are both declared as "
                          f"{tool_name(name)!r}", field=f"metadata.tools[{i}].name")
-    if not isinstance(decl.get("parameters") or {}, Mapping):
+    parameters = decl.get("parameters") or {}
+    if not isinstance(parameters, Mapping):
         raise UsageError(f"record {record.id}: the parameters of tool {name!r} are not a JSON schema object",
                          field=f"metadata.tools[{i}].parameters")
+    try:
+        inline_refs(dict(parameters))  # as ``stub_tool`` will, so that a ref it cannot resolve names the record
+    except ValueError as exc:
+        raise UsageError(f"record {record.id}: tool {name!r}: {exc}", field=f"metadata.tools[{i}].parameters") \
+            from None
 
 
 def json_schema(node: Any) -> Any:
@@ -97,7 +104,8 @@ def tool_name(name: str) -> str:
 def stub_tool(decl: Mapping[str, Any]) -> Tool:
     """A schema-only tool: the model sees ``decl``; a call is acknowledged, its arguments left to the scorer."""
     name = tool_name(decl["name"])
-    schema = json_schema(decl.get("parameters") or {"type": "object", "properties": {}})
+    # Sent self-contained, as a Python tool's is: its local refs (#/definitions/... too) inlined.
+    schema = json_schema(inline_refs(dict(decl.get("parameters") or {"type": "object", "properties": {}})))
     # Any arguments pass: an invalid call is still a call the scorer must see and mark wrong.
     args = create_model(f"{name}_args", __config__=ConfigDict(extra="allow"))
     return Tool(name=name, description=str(decl.get("description") or ""), fn=placeholder, schema=schema,
