@@ -84,13 +84,14 @@ class Tool:
         tools on a shared pool would starve unrelated work queued behind them.
         """
         timer = asyncio.timeout(timeout_s)
+        thread: list[bool] = []  # a sync tool's thread appends when it starts the tool, and again when it returns
         try:
             async with timer:
                 if self.is_async:
                     return await self.fn(**kwargs)
                 loop = asyncio.get_running_loop()
                 # The tool sees the caller's context variables (the current span, for instance).
-                call = functools.partial(contextvars.copy_context().run, _run_sync, self.fn, kwargs)
+                call = functools.partial(contextvars.copy_context().run, _run_sync, self.fn, kwargs, thread)
                 result = await loop.run_in_executor(executor, call)
                 if inspect.isawaitable(result):
                     # A sync wrapper around async code (a lambda, a decorator) hands back the awaitable.
@@ -98,24 +99,35 @@ class Tool:
                 return result
         except TimeoutError as exc:
             if timer.expired():  # else the tool raised a TimeoutError of its own: that is its error to report
-                raise ToolTimedOut(f"tool {self.name} did not finish within {timeout_s:.3g} s") from exc
+                # A call still queued for a thread is cancelled with the wait; one a thread started runs on.
+                raise ToolTimedOut(f"tool {self.name} did not finish within {timeout_s:.3g} s",
+                                   still_running=len(thread) == 1) from exc
             raise
 
 
-def _run_sync(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    """Call a sync tool; a ``StopIteration`` it raises comes out as ``RuntimeError``, as from a coroutine (PEP 479).
+def _run_sync(fn: Callable[..., Any], kwargs: dict[str, Any], thread: list[bool]) -> Any:
+    """Call a sync tool, appending to ``thread`` when it starts and when it returns; a ``StopIteration`` it raises
+    comes out as ``RuntimeError``, as from a coroutine (PEP 479).
 
     asyncio cannot set ``StopIteration`` on a future: the call waiting for the thread would never wake, and
     the tool would be reported as timed out (``next(...)`` on an empty iterator is an ordinary mistake).
     """
+    thread.append(True)
     try:
         return fn(**kwargs)
     except StopIteration as exc:
         raise RuntimeError("tool raised StopIteration") from exc
+    finally:
+        thread.append(False)
 
 
 class ToolTimedOut(TimeoutError):
-    """A tool call that ``Tool.call``'s own time limit ended (not a ``TimeoutError`` the tool raised)."""
+    """A tool call that ``Tool.call``'s own time limit ended (not a ``TimeoutError`` the tool raised);
+    ``still_running``: a sync tool whose thread was still running it then (Python cannot stop a thread)."""
+
+    def __init__(self, message: str, *, still_running: bool = False) -> None:
+        self.still_running = still_running
+        super().__init__(message)
 
 
 #: What a function declaration's name may be (Gemini's rule): a letter or underscore, then up to 63 more.

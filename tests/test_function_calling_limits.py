@@ -234,3 +234,44 @@ async def test_a_slow_stream_reader_is_not_cut_by_the_tool_loops_deadline(gemini
     assert "".join(c.text for c in chunks if not c.done) == "Let me check. \n\nIt is found."
     assert looked == ["x"] and len(gemini_server.requests) == 2
     assert [(c.name, c.outcome) for c in chunks[-1].result.tool_calls] == [("look", "ok")]
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_a_tool_still_running_at_the_deadline_is_named_and_a_sync_one_logged(
+        gemini_server: GeminiTestServer, otel: Otel, release: threading.Event, caplog: pytest.LogCaptureFixture,
+        sync: bool) -> None:
+    # A sync tool outlives the request in its thread (Python cannot stop one): the request still fails at its
+    # deadline, its error names the tool, and a warning says the tool is still running; an async one is cancelled.
+    started, finished = threading.Event(), threading.Event()
+
+    def lookup_sync(city: str) -> str:
+        """Looks a city up, slowly."""
+        started.set()
+        release.wait()
+        finished.set()
+        return "found"
+
+    async def lookup_async(city: str) -> str:
+        """Looks a city up, slowly."""
+        started.set()
+        await asyncio.sleep(60)
+        finished.set()
+        return "found"
+
+    gemini_server.reply_function_call("lookup", {"city": "Paris"})
+    config = gemini_config(gemini_server, kind="function_calling", tools=["lookup"], tool_timeout_s=60)
+    tool = lookup_sync if sync else lookup_async
+    async with Router.from_config(config, tools={"lookup": tool}, **otel.providers) as router:
+        with pytest.raises(ToolLoopExceeded, match="while tool.s. lookup ran") as info, \
+                caplog.at_level("WARNING", logger="genroute"):
+            await asyncio.wait_for(router.agenerate("where?", timeout_s=2), 30)  # not waiting for the thread
+    assert [(c.name, c.outcome) for c in info.value.tool_calls] == [("lookup", "timeout")]
+    assert started.is_set() and not finished.is_set()
+    warned = [r.getMessage() for r in caplog.records if r.name == "genroute.backends.function_calling"]
+    if sync:
+        (warning,) = warned
+        assert "tool lookup of backend chat" in warning and "still running" in warning
+        release.set()
+        assert finished.wait(10)  # it ran to its end, its result unused
+    else:
+        assert warned == []

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from genroute.runtime.context import RunContext
 
 _T = TypeVar("_T")
+_log = logging.getLogger(__name__)
 
 #: How long before the request's deadline the loop gives up: the router enforces that deadline by cancelling
 #: the request, and the loop must stop first for its ToolLoopExceeded (with the calls made) to reach the caller.
@@ -176,13 +178,16 @@ class FunctionCallingBackend(Backend):
         contents: list[types.Content] = [user_content(request.input)]
         calls_made: list[ToolCall] = []
         said: list[str] = []  # text of every turn, including any preamble before a tool call
+        ran = 0
         deadline = self._deadline(ctx)
         try:
             steps = self.config.max_steps
             for step in range(steps + 1):
                 final = step == steps and self.config.on_max_steps == "answer"
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise self._exceeded(f"deadline reached after {step} tool step(s)", calls_made)
+                    cut = ", ".join(sorted({c.name for c in calls_made[ran:] if c.outcome == "timeout"}))
+                    raise self._exceeded(f"deadline reached after {step} tool step(s)"
+                                         + (f", while tool(s) {cut} ran (timed out)" if cut else ""), calls_made)
                 config = self.generate_config(final=final)
                 turn = ModelTurn(separator="\n\n" if said else "")
                 if stream:
@@ -214,6 +219,7 @@ class FunctionCallingBackend(Backend):
                 # The model's own turn goes back verbatim (with any thought signatures it carries).
                 contents.append(types.Content(role="model", parts=turn.parts))
                 results = await self._run_calls(turn.calls, step, ctx, deadline)
+                ran = len(calls_made)  # where this step's calls start
                 calls_made.extend(record for record, _ in results)
                 contents.append(types.Content(role="user", parts=[part for _, part in results]))
         except BackendError as exc:  # the caller must know which tools ran (and may have had side effects)
@@ -347,6 +353,10 @@ class FunctionCallingBackend(Backend):
         try:
             result = await tool.call(kwargs, timeout_s=timeout, executor=self._pool)
         except ToolTimedOut as exc:
+            if exc.still_running:  # the request goes on (or fails) without it; its thread does not stop
+                _log.warning("tool %s of backend %s timed out and is still running in its thread (Python cannot "
+                             "stop a thread): it runs to its end, its result unused; an async tool is cancelled",
+                             name, self.name)
             return done("timeout", "timeout", error=str(exc))
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
