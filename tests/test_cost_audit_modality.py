@@ -25,7 +25,7 @@ from genroute.bench.datasets import BenchRecord
 from genroute.bench.runner import Outcome, run_one
 from genroute.bench.scorers import resolve_scorer
 from genroute.runtime.pricing import ModelPrice, Pricing
-from genroute.runtime.media import audio_seconds
+from genroute.runtime.media import audio_seconds, estimate_audio
 from genroute.testing import Fault, GeminiTestServer
 from genroute.testing.cache_routes import CacheRoutes
 from genroute.testing.replies import estimate_tokens, prompt_split
@@ -60,19 +60,36 @@ class AudioQuestion(SingleCallBackend):
     kind: ClassVar[str] = "audio_question"
     Config: ClassVar[type[BackendConfig]] = PromptTemplateConfig
     clip: bytes = CLIP
+    mime: str = "audio/wav"
 
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
         turn = types.Content(role="user", parts=[types.Part(text=request.input),
-                                                 types.Part.from_bytes(data=self.clip, mime_type="audio/wav")])
+                                                 types.Part.from_bytes(data=self.clip, mime_type=self.mime)])
         return Prepared(model=self.config.model, contents=[turn], config=None)
 
 
-def with_audio(router: Router, clip: bytes = CLIP) -> Router:
+def with_audio(router: Router, clip: bytes = CLIP, mime: str = "audio/wav") -> Router:
     """``router`` with its ``chat`` backend sending ``clip`` (its budget, telemetry and outcome store shared)."""
     chat = router.backends["chat"]
     backend = AudioQuestion("chat", chat.config, router.resources)
-    backend.clip = clip
+    backend.clip, backend.mime = clip, mime
     return router.replacing({"chat": backend})
+
+
+def flac(seconds: float, rate: int = 44_100) -> bytes:
+    """The start of a FLAC stream: its STREAMINFO block (sample rate, 2 channels, 16 bits, sample count), then frames."""
+    fields = rate << 44 | 1 << 41 | 15 << 36 | int(rate * seconds)
+    return b"fLaC" + bytes([0x80, 0, 0, 34]) + bytes(10) + fields.to_bytes(8, "big") + bytes(16) + bytes(4_000)
+
+
+def aiff(seconds: float, rate: int = 22_050) -> bytes:
+    """An AIFF clip of ``seconds`` of 16-bit mono silence (its rate an 80-bit extended float, as the format writes)."""
+    frames, shift = int(rate * seconds), rate.bit_length() - 1
+    extended = (16_383 + shift).to_bytes(2, "big") + (rate << (63 - shift)).to_bytes(8, "big")
+    comm = b"COMM" + (18).to_bytes(4, "big") + (1).to_bytes(2, "big") + frames.to_bytes(4, "big") \
+        + (16).to_bytes(2, "big") + extended
+    ssnd = b"SSND" + (8 + 2 * frames).to_bytes(4, "big") + bytes(8 + 2 * frames)
+    return b"FORM" + (4 + len(comm) + len(ssnd)).to_bytes(4, "big") + b"AIFF" + comm + ssnd
 
 
 def split(text: int, audio: int) -> list[dict[str, Any]]:
@@ -225,12 +242,37 @@ def test_the_servers_own_count_of_an_audio_prompt_is_what_is_charged(gemini_serv
 # -- audio whose usage never came back ----------------------------------------------------------------------------
 
 
-def test_a_clip_tells_its_duration_only_where_its_bytes_say_it() -> None:
+def test_a_clip_tells_its_duration_where_its_bytes_say_it_else_the_most_it_can_last() -> None:
     assert audio_seconds(wav(1.0), "audio/wav") == pytest.approx(1.0)
     assert audio_seconds(wav(0.5, rate=44_100, channels=2), "audio/x-wav") == pytest.approx(0.5)
     assert audio_seconds(bytes(48_000), "audio/pcm;rate=24000") == pytest.approx(1.0)
-    for data, mime in [(bytes(48_000), "audio/mp3"), (bytes(48_000), "audio/pcm"), (CLIP, "audio/wav")]:
-        assert audio_seconds(data, mime) == 0.0  # an encoded format, a rate not given, a header without a byte rate
+    assert audio_seconds(flac(2.5), "audio/flac") == pytest.approx(2.5)
+    assert audio_seconds(aiff(1.5), "audio/aiff") == audio_seconds(aiff(1.5, rate=8_000), "audio/x-aiff") == 1.5
+    # An encoded format (MP3, AAC, Ogg), a rate not given, a header without a byte rate or a sample count: its size at
+    # 6 kb/s, the lowest bitrate of the codecs Gemini takes (before: 0 s, its audio charged nothing).
+    for data, mime in [(bytes(48_000), "audio/mp3"), (bytes(48_000), "audio/pcm"), (CLIP, "audio/wav"),
+                       (flac(0)[:-4_000] + bytes(5_000), "audio/flac"), (bytes(48_000), "audio/ogg")]:
+        assert audio_seconds(data, mime) == pytest.approx(len(data) * 8 / 6_000), mime
+    assert estimate_audio([types.Content(role="user", parts=[
+        types.Part.from_bytes(data=bytes(40_000_000), mime_type="audio/mp3")])]) == 9.5 * 3600 * 32  # Gemini's most
+
+
+@pytest.mark.parametrize(("clip", "mime", "tokens"), [
+    (bytes(16_000), "audio/mp3", 683),  # 128 kb/s: 1 s; at most 21.3 s (6 kb/s), so counted 683 tokens
+    (flac(1.0), "audio/flac", 32), (aiff(1.0), "audio/aiff", 32), (bytes(16_000), "audio/ogg", 683)])
+def test_a_lost_attempt_with_compressed_audio_is_charged_at_least_its_audio(gemini_server, otel, state, tmp_path,
+                                                                            clip, mime, tokens):
+    # Only WAV and PCM told their duration: an attempt lost with MP3, FLAC or Ogg audio was charged its text alone.
+    usage = {"promptTokenCount": 40, "candidatesTokenCount": 5, "totalTokenCount": 45,
+             "promptTokensDetails": split(8, 32)}
+    gemini_server.fault(Fault.malformed_json())
+    gemini_server.reply_json(answer("fine", usage))
+    with Router.from_config(audit_config(gemini_server, state, tmp_path), **otel.providers) as router:
+        audio = with_audio(router, clip=clip, mime=mime)
+        result = audio.generate("What is said here?", timeout_s=20)
+        found = sinks(otel, audio, result, record=served_record_cost(audio, result))
+    found.assert_all(5 * 0.30e-6 + tokens * 1.00e-6 + usage_cost(FLASH, usage))
+    assert result.cost_estimated and result.usage.audio_input_tokens == 32 + tokens
 
 
 @pytest.mark.parametrize("how", ["lost", "uncounted", "uncounted-stream"])

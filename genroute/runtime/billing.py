@@ -181,7 +181,8 @@ def filled_usage(usage: Usage | None, response: types.GenerateContentResponse,
 
 def estimated_input(contents: list[types.Content] | str, config: types.GenerateContentConfig | None = None) -> Usage:
     """A request's input as estimated for a provider's bill that never came: its text (``estimate_input``) and the
-    audio whose duration its parts tell (``media.estimate_audio``), which is priced as audio."""
+    audio of its parts, at the duration they tell or the most they can last (``media.estimate_audio``), which is priced
+    as audio."""
     audio = estimate_audio(contents)
     return Usage(input_tokens=estimate_input(contents, config) + audio, audio_input_tokens=audio)
 
