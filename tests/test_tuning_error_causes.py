@@ -3,21 +3,18 @@ as its own ``__cause__``: every place that maps a foreign error to genroute's pa
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from google.oauth2.credentials import Credentials
-from rich.console import Console
 
 from genroute.engines.errors import map_error
 from genroute.errors import BackendRejected, GenrouteError
-from genroute.testing import GeminiTestServer
 from genroute.testing.tuning_routes import TuningRoutes
-from genroute.tuning.vertex import (VertexTuningSettings, engine_from_config, resume_vertex, start_job,
-                                    tune_vertex)
+from genroute.tuning.vertex import engine_from_config, resume_vertex, start_job, tune_vertex
+
+from .test_vertex_tuning import config_path, jobs, quiet, settings  # noqa: F401 - fixtures
 
 
 class BrokerCredentials(Credentials):
@@ -35,34 +32,6 @@ def chain(error: BaseException | None) -> list[BaseException]:
         seen.append(error)
         error = error.__cause__
     return seen
-
-
-@pytest.fixture
-def jobs(gemini_server: GeminiTestServer, monkeypatch: pytest.MonkeyPatch) -> TuningRoutes:
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gemini_server.base_url)
-    return TuningRoutes(gemini_server)
-
-
-@pytest.fixture
-def config_path(tmp_path: Path, gemini_server: GeminiTestServer) -> Path:
-    path = tmp_path / "genroute.yaml"
-    path.write_text(yaml.safe_dump({
-        "engines": {"vertex": {"kind": "gemini", "base_url": gemini_server.base_url,
-                               "vertex": {"project": "test-proj", "location": "us-central1"}}},
-        "backends": {"chat": {"kind": "prompt_template", "engine": "vertex", "model": "gemini-2.5-flash"}},
-        "policy": {"kind": "static", "backend": "chat"},
-    }, sort_keys=False))
-    path.chmod(0o640)
-    return path
-
-
-def settings() -> VertexTuningSettings:
-    return VertexTuningSettings(base_model="gemini-2.5-flash", name="sentiment", staging_uri="gs://tune-bucket/runs",
-                                poll_interval_s=0.01, min_examples=10)
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=200)
 
 
 async def test_the_upload(jobs: TuningRoutes, config_path: Path, tmp_path: Path) -> None:
