@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 
 import pytest
 
 from genroute import ConfigError, Router, UsageError, side_effect_free
 from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
+from genroute.policies.base import Policy, PolicyConfig
 from genroute.router.validators import Judge
+from genroute.types import Decision
 
 from .conftest import TEST_KEY, gemini_config
 from .redis_fixtures import redis_server, redis_session  # noqa: F401
@@ -362,3 +365,40 @@ def test_an_exported_side_without_a_recorded_cost_is_priced_not_free(tmp_path):
     with pytest.raises(UsageError, match=r"m\.jsonl:1: outcomes\.b\.cost_usd: not recorded") as exc:
         load_matrix(tmp_path / "m.jsonl")
     assert exc.value.field == "outcomes"
+
+
+class _SlowDecision(Policy):
+    """Takes its time to decide (as a policy that embeds the request does), then serves chat and shadows pro."""
+
+    kind = "slow_decision"
+    Config = PolicyConfig
+    blocking = True  # decided in a worker thread, as an embedding policy is
+    SLEEP_S = 0.5
+
+    def decide(self, request, context):
+        time.sleep(self.SLEEP_S)
+        return Decision.single(self.kind, "chat", "slow on purpose", shadow=("pro",))
+
+
+def test_served_and_shadow_latencies_start_at_the_same_point_their_admission(gemini_server, otel, tmp_path):
+    """The served side was timed from the request's start, the policy's decide time included, and the shadow's from
+    its admission: a shadow of the same speed read as faster by the decide time, in graduation's p50s too."""
+    gemini_server.reply_text("positive", usage=(100, 5))   # served (flash)
+    gemini_server.reply_text("positive", usage=(100, 5))   # shadow (pro)
+    policy = _SlowDecision(PolicyConfig(kind="slow_decision"))
+    with Router.from_config(config(gemini_server, tmp_path), policy=policy, **otel.providers) as router:
+        result = router.generate("The food was great.", task="sentiment")
+        router.drain()
+    (record,) = stored(tmp_path)
+    served, shadow = record.outcomes["chat"], record.outcomes["pro"]
+    (attempt,) = result.decision.rungs_tried
+    # The served side is its rung, timed from its admission, as the shadow is from its own; the caller's latency
+    # still holds the decision.
+    assert served.latency_s == pytest.approx(attempt.latency_s)
+    assert result.latency_s - served.latency_s >= _SlowDecision.SLEEP_S
+    (shadow_span,) = otel.spans("genroute.shadow")
+    (served_call,) = [s for s in otel.spans("generate_content")
+                      if s.attributes["gen_ai.request.model"] == "gemini-2.5-flash"]
+    # Each side holds its backend's whole run (the shadow's span also holds the recording of its outcome).
+    assert served.latency_s >= (served_call.end_time - served_call.start_time) / 1e9
+    assert (shadow_span.end_time - shadow_span.start_time) / 1e9 >= shadow.latency_s > 0

@@ -292,10 +292,13 @@ def routing_cost(result: GenerateResult, side: Side) -> float:
 def served_side(result: GenerateResult) -> Side:
     """The served backend's side of a record, from its result: what its rungs cost (a failed one's included), not
     what deciding cost (a semantic or learned policy's embedding of the request, paid whichever backend answers, and
-    on no shadow's side: kept apart as the record's ``routing_cost_usd``)."""
+    on no shadow's side: kept apart as the record's ``routing_cost_usd``); and how long its rungs took, each from its
+    admission on, as a shadow's side is timed from its own admission: the policy's decide time is on neither side
+    (the result's ``latency_s`` still holds it), so that served and shadow latencies compare like for like."""
     tried = result.decision.rungs_tried
     cost = sum(attempt.cost_usd for attempt in tried) if tried else result.cost_usd
-    return Side(role="served", cost_usd=cost, latency_s=result.latency_s,
+    latency = sum(attempt.latency_s for attempt in tried) if tried else result.latency_s
+    return Side(role="served", cost_usd=cost, latency_s=latency,
                 cloud_equivalent_cost_usd=result.cloud_equivalent_cost_usd,
                 input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens)
 
