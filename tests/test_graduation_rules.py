@@ -156,3 +156,75 @@ def test_a_local_challenger_against_a_cloud_incumbent_is_priced_at_what_each_is_
     assert (mixed.cost_basis, mixed.challenger_cost_usd, mixed.incumbent_cost_usd) == ("measured", 0.0, 0.01)
     local = decide_promotion(records(0.0), "t", incumbent="icl", challenger="lora", min_n=30)
     assert (local.cost_basis, local.challenger_cost_usd, local.incumbent_cost_usd) == ("cloud-equivalent", 0.002, 0.004)
+
+
+def _tuned_and_new(trained, new):
+    """Paired requests: on the ``trained`` inputs (repeats of the tuning set's, in another spelling) the challenger is
+    always right and the incumbent half the time; on the ``new`` ones the challenger is wrong on a fifth of them."""
+    rows = []
+    for i, text in enumerate(trained):
+        rows.append((f"  {text.upper()} ", 1.0, float(i % 2)))
+    for i, text in enumerate(new):
+        rows.append((text, float(i % 5 != 0), 1.0))
+    return [OutcomeRecord(input=text, output="yes", metadata={"id": f"q{n}", "task": "t", "served": "chat"},
+                          outcomes={"chat": Side(score=inc, cost_usd=0.001, role="served"),
+                                    "lora": Side(score=ch, cost_usd=0.0001, role="shadow")})
+            for n, (text, ch, inc) in enumerate(rows)]
+
+
+def test_requests_on_inputs_the_challenger_was_tuned_on_are_left_out_of_the_promotion(gemini_server, tmp_path):
+    """Production repeats the questions the tuning set was exported from; on those the tuned challenger recalls its
+    training labels, and the promotion counted them: a challenger worse on new requests was promoted."""
+    import json
+
+    from genroute.graduation.export import TuningSet
+    from genroute.graduation.run import GraduationReport
+    from genroute.knowledge.examples import input_key
+    from genroute.outcomes import OutcomeStore
+
+    trained = [f"training question {i}" for i in range(200)]
+    records = _tuned_and_new(trained, [f"new question {i}" for i in range(200)])
+    everything = decide_promotion(records, "t", incumbent="chat", challenger="lora", min_n=100)
+    assert everything.promote and everything.tuned_on == 0   # what was decided before: +0.05 on recall
+    keys = frozenset(input_key(t) for t in trained)
+    for mode in ("shadow", "split"):
+        fair = decide_promotion(records, "t", incumbent="chat", challenger="lora", min_n=100, mode=mode, tuned_on=keys)
+        assert fair.tuned_on == 200 and not fair.promote
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    for record in records:
+        store.upsert_sync(record)
+    # A local tuned challenger: the keys its tuning run wrote beside the adapter (tune_result.json).
+    adapter = tmp_path / "adapter" / "adapter.gguf"
+    adapter.parent.mkdir()
+    adapter.write_bytes(b"never loaded: no request runs")
+    (adapter.parent / "tune_result.json").write_text(json.dumps({"input_keys": sorted(keys)}))
+    cfg = gemini_config(gemini_server)
+    cfg["backends"]["lite"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "scorer": "label_accuracy", "capture": True}
+    with Router.from_config(cfg) as router:
+        register_local(router, "lora", adapter, task="t", mode="shadow", share=1.0)
+        report = router._portal.call(adecide(router, "t", challenger="lora", incumbent="chat", min_n=100,
+                                             promote=False))
+        promotion = report.promotion
+        assert promotion.tuned_on == 200 and promotion.n == 200 and not promotion.promote
+        assert "200 requests left out: their input is one the model was tuned on" in report.lines[0]
+        # A Vertex AI tuned model lists no inputs of its own: the graduation's tuning set (its saved report) does.
+        train = tmp_path / "train.jsonl"
+        train.write_text("".join(json.dumps({"input": t, "output": "yes"}) + "\n" for t in trained))
+        tuning = TuningSet(task="t", captured=200, unique=200, conflicting=0, invalid=0, train=200, eval=0,
+                           train_path=str(train), eval_path=str(tmp_path / "eval.jsonl"))
+        relabelled = [r.model_copy(update={"outcomes": {"chat": r.outcomes["chat"], "lite": r.outcomes["lora"]}})
+                      for r in records]
+        with_lite = tmp_path / "lite.db"
+        lite_store = OutcomeStore(with_lite)
+        for record in relabelled:
+            lite_store.upsert_sync(record)
+    cfg["outcomes"]["path"] = str(with_lite)
+    with Router.from_config(cfg) as router:
+        saved = GraduationReport(task="t", challenger="lite", tuning_set=tuning)
+        report = router._portal.call(adecide(router, "t", challenger="lite", incumbent="chat", min_n=100,
+                                             promote=False, report=saved))
+        assert report.promotion.tuned_on == 200 and not report.promotion.promote
+        blind = router._portal.call(adecide(router, "t", challenger="lite", incumbent="chat", min_n=100,
+                                            promote=False))
+        assert blind.promotion.tuned_on == 0 and blind.promotion.promote   # nothing says what lite was tuned on

@@ -24,7 +24,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +32,9 @@ from genroute.bench.report import Summary
 from genroute.bench.runner import Outcome
 from genroute.bench.stats import PairedComparison
 from genroute.bounds import is_real
+
+if TYPE_CHECKING:
+    from genroute.router.router import Router
 
 
 class AdvisorSettings(BaseModel):
@@ -146,6 +149,19 @@ def advise(summaries: Sequence[Summary], settings: AdvisorSettings | None = None
         break_even_requests=payback["total"], requests_per_month_for_horizon=payback["horizon"],
         quality=quality, trained_on=len(seen), verdict=verdict, text=text.strip(),
     )
+
+
+def tuned_info(router: Router, backend: str) -> TunedInfo:
+    """Where ``backend`` (a ``tuned`` backend of ``router``) runs and what it was tuned from: a local LoRA's
+    ``tune_result.json`` (beside the adapter its engine serves), else a Vertex AI model."""
+    config = router.backends[backend].config
+    base = getattr(config, "base_model", None)
+    engine = router.resources.engines.get(getattr(config, "engine", ""))
+    if getattr(engine, "kind", None) == "local":
+        lora = getattr(engine, "lora_path", None)
+        return TunedInfo(where="local", base_model=base,
+                         tune_result=str(Path(lora).parent / "tune_result.json") if lora else None)
+    return TunedInfo(where="vertex", base_model=base)
 
 
 def trained_inputs(info: TunedInfo | None) -> frozenset[str]:

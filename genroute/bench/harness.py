@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, TunedInfo, advise
+from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, TunedInfo, advise, tuned_info
 from genroute.bench.clusters import input_of
 from genroute.bench.compile import CompileReport, compile_policy
 from genroute.bench.datasets import (
@@ -283,16 +283,11 @@ def _tuned_details(router: Router, targets: Sequence[str], kinds: dict[str, str]
     tuned = next((t for t in targets if kinds.get(t) == "tuned"), None)
     if tuned is None:
         return {}
-    backend = router.backends[tuned]
-    base = getattr(backend.config, "base_model", None)
-    engine = router.resources.engines.get(backend.config.engine)
-    lora = engine.lora_path if engine is not None else None
-    if getattr(engine, "kind", None) == "local":
-        result = Path(lora).parent / "tune_result.json" if lora else None
-        return {"tuned_info": TunedInfo(where="local", base_model=base,
-                                        tune_result=str(result) if result is not None else None)}
-    price = router.resources.pricing.training_price(base) if base else None
-    return {"tuned_info": TunedInfo(where="vertex", base_model=base), "training_price": price}
+    info = tuned_info(router, tuned)
+    if info.where == "local":
+        return {"tuned_info": info}
+    price = router.resources.pricing.training_price(info.base_model) if info.base_model else None
+    return {"tuned_info": info, "training_price": price}
 
 
 P = ParamSpec("P")

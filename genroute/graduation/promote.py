@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -65,6 +65,8 @@ class Promotion(BaseModel):
     challenger_input_tokens: float
     promote: bool
     reasons: tuple[str, ...]
+    #: Requests left out of the comparison: their input is one the compared backends were tuned on.
+    tuned_on: int = 0
 
     def line(self) -> str:
         """One report line."""
@@ -84,6 +86,9 @@ class Promotion(BaseModel):
                 + f"; {per_1k(self.challenger_cost_usd)} vs {per_1k(self.incumbent_cost_usd)} per 1k "
                   f"({self.cost_basis}); p50 {seconds(self.challenger_latency_p50_s)} vs "
                   f"{seconds(self.incumbent_latency_p50_s)}")
+        if self.tuned_on:
+            head += (f"; {self.tuned_on} requests left out: their input is one the model was tuned on (scored on its "
+                     "training data, it measures recall)")
         return head + (" -> PROMOTE" if self.promote else " -> keep the incumbent: " + "; ".join(self.reasons))
 
 
@@ -99,31 +104,43 @@ def seconds(value: float | None) -> str:
 
 def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: str, challenger: str,
                      margin: float = 0.05, min_n: int = 100, seed: int = 0,
-                     mode: Literal["shadow", "split"] = "shadow") -> Promotion:
+                     mode: Literal["shadow", "split"] = "shadow",
+                     tuned_on: Collection[str] = frozenset()) -> Promotion:
     """Decide on ``task``'s records: paired where both were scored (``shadow``), or the two arms unpaired (``split``).
 
+    ``tuned_on``: the input keys (``knowledge.examples.input_key``) the compared backends were tuned on; a request
+    with one of those inputs is left out (a model scored on its training inputs measures recall) and counted.
     ``UsageError`` naming ``margin`` / ``min_n`` unless the margin is finite and >= 0 and ``min_n`` >= 1.
     """
     check_rule(margin, min_n)
     if mode not in ("shadow", "split"):
         raise UsageError(f"mode must be 'shadow' or 'split' (got {mode!r})", field="mode")
-    mine = [r for r in records if r.task == task]
+    task_records = [r for r in records if r.task == task]
+    keys = text_groups([_text(r) for r in task_records])
+    mine = [r for r, key in zip(task_records, keys, strict=True) if key not in tuned_on]
+    left_out = len(task_records) - len(mine)
     if mode == "split":
         return _decide_split(mine, task, incumbent=incumbent, challenger=challenger, margin=margin, min_n=min_n,
-                             seed=seed)
+                             seed=seed).model_copy(update={"tuned_on": left_out})
     paired = [r for r in mine if _scored(r.outcomes.get(incumbent)) and _scored(r.outcomes.get(challenger))]
     a = [float(r.outcomes[challenger].score) for r in paired]  # type: ignore[arg-type]
     b = [float(r.outcomes[incumbent].score) for r in paired]  # type: ignore[arg-type]
     # Requests with the same captured input are one input (each compared by its mean scores): repeats of one
     # question are not independent evidence. Without captured text each request is an input of its own.
     comparison = compare_paired(a, b, a=challenger, b=incumbent, min_n=min_n, seed=seed,
-                                groups=text_groups([r.input for r in paired]))
+                                groups=text_groups([_text(r) for r in paired]))
     sides = {name: [r.outcomes[name] for r in paired] for name in (incumbent, challenger)}
     n = comparison.n
     what = "paired outcomes" if comparison.n_records is None else f"distinct inputs ({len(paired)} paired outcomes)"
     reasons = [f"only {n} {what}; the decision needs {min_n}"] if n < min_n else []
     return _promotion(task, incumbent, challenger, margin, n, comparison, sides, reasons,
-                      cloud=uses_cloud_equivalent(paired), design="paired")
+                      cloud=uses_cloud_equivalent(paired), design="paired").model_copy(update={"tuned_on": left_out})
+
+
+def _text(record: OutcomeRecord) -> str | None:
+    """The request's captured input: its labeled example's, else the one a shadow's pair kept (``capture``)."""
+    kept = record.metadata.get("answered_input")
+    return record.input or (kept if isinstance(kept, str) else None)
 
 
 def _decide_split(records: list[OutcomeRecord], task: str, *, incumbent: str, challenger: str, margin: float,

@@ -273,9 +273,11 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
     with tracer.start_as_current_span("genroute.graduate.decide", attributes={"genroute.task": task}) as span:
         records = await _store(router).records(task=task)
         incumbent = incumbent or _incumbent(records, challenger)
+        tuned_on = await asyncio.to_thread(tuned_inputs, router, (challenger, incumbent), report)
         promotion = decide_promotion(records, task, incumbent=incumbent, challenger=challenger, margin=margin,
-                                     min_n=min_n, mode=mode)
+                                     min_n=min_n, mode=mode, tuned_on=tuned_on)
         span.set_attributes({"genroute.graduate.n": promotion.n, "genroute.graduate.promote": promotion.promote,
+                             "genroute.graduate.tuned_on": promotion.tuned_on,
                              "genroute.graduate.ci_low": promotion.comparison.ci[0],
                              "genroute.graduate.ci_high": promotion.comparison.ci[1]})
         if promotion.promote and promote:
@@ -290,6 +292,24 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
              if promotion.promote and promote else f"promote: not promoted; {incumbent} keeps task {task!r}",
              f"advisor: {advice}")
     return report.model_copy(update={"lines": lines, "promotion": promotion, "advice": advice})
+
+
+def tuned_inputs(router: Router, backends: tuple[str, ...], report: GraduationReport | None) -> frozenset[str]:
+    """The input keys the ``backends`` were tuned on, as the bench's advisor reads them (a local adapter's
+    ``tune_result.json``), and those of the graduation's tuning set when its ``report`` is given (a Vertex AI job
+    lists none of its own)."""
+    from genroute.bench.advisor import trained_inputs, tuned_info
+    from genroute.knowledge.examples import input_key
+    from genroute.tuning.data import load_examples
+
+    keys: set[str] = set()
+    for name in backends:
+        if getattr(router.backends[name], "kind", None) == "tuned":
+            keys |= trained_inputs(tuned_info(router, name))
+    train = report.tuning_set.train_path if report is not None and report.tuning_set is not None else None
+    if train is not None and Path(train).is_file():
+        keys |= {input_key(e.input) for e in load_examples(train)}
+    return frozenset(keys)
 
 
 def check_pair(router: Router, challenger: Any, incumbent: Any) -> None:
