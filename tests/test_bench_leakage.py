@@ -48,3 +48,50 @@ def test_the_advisor_leaves_out_the_records_a_local_tuned_model_was_trained_on(
     earlier = report_outcomes(outcomes, records, tmp_path / "out2", kinds={"icl": "icl", "tuned": "tuned"},
                               tuned_info=TunedInfo(where="local", tune_result=str(result)), compile=False)
     assert earlier.advice is not None and earlier.advice.trained_on == 0 and earlier.advice.verdict == "graduate"
+
+
+def test_a_bench_on_the_file_loaded_as_icl_examples_leaves_each_records_own_example_out_and_says_so(
+        gemini_server, tmp_path: Path) -> None:
+    """`genroute ingest data.jsonl --kind examples` then `genroute bench data.jsonl --backends icl`: every scored record
+    is in the example pool. ICL never shows a request its own example; the report did not say that the pool each
+    record was answered from held it (and that it was left out), so a reader could not tell the score was fair."""
+    import asyncio
+
+    from genroute import Router
+    from genroute.bench import bench
+    from genroute.knowledge import aload_examples, build_store
+    from genroute.testing.replies import field_of
+
+    from .conftest import gemini_config
+
+    labels = ["refund", "card"]
+    data = tmp_path / "intents.jsonl"
+    data.write_text("".join(json.dumps({"input": f"Question {i} about my {labels[i % 2]}", "label": labels[i % 2],
+                                        "output": labels[i % 2], "metadata": {"id": f"q{i}", "task": "intent"}}) + "\n"
+                            for i in range(12)))
+    others = tmp_path / "others.jsonl"
+    others.write_text("".join(json.dumps({"input": f"Another question {i}", "output": labels[i % 2]}) + "\n"
+                              for i in range(6)))
+    knowledge = {"path": str(tmp_path / "chroma")}
+    store = build_store(knowledge, engines={})
+    asyncio.run(aload_examples(store, [data], collection="intents"))     # the whole labeled file, as examples
+    asyncio.run(aload_examples(store, [others], collection="others"))
+    config = gemini_config(gemini_server)
+    config["knowledge"] = knowledge
+    config["backends"] = {name: {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash", "collection": name,
+                                 "k": 20, "selector": "fixed"} for name in ("intents", "others")}
+    config["policy"] = {"kind": "static", "backend": "intents"}
+    with Router.from_config(config) as router:
+        report = bench(router, str(data), backends=["intents", "others"], out_dir=tmp_path / "out", progress=False,
+                       compile=False)
+    sent = [r for r in gemini_server.requests if r.action in ("generateContent", "streamGenerateContent")]
+    assert len(sent) == 24
+    for request in sent:
+        turns = [c["parts"][0]["text"] for c in field_of(request.body, "contents") if c["role"] == "user"]
+        # The request's own example is not among the turns before it; the other 11 of the pool are.
+        assert turns[-1] not in turns[:-1] and len(turns) - 1 in (11, 6)
+    note = report.own_examples_note
+    assert "- intents: 12 of the 12 records have their input in its example collection `intents`" in note
+    assert "others" not in note and "left out" in note
+    text = Path(report.files["markdown"]).read_text(encoding="utf-8")
+    assert "## Benchmark records among the ICL examples" in text and "12 of the 12 records" in text

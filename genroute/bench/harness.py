@@ -21,6 +21,7 @@ from genroute.bench.manifest import (
     RunManifest, check_and_write, file_digest, records_digest, scorer_digest, target_digests, target_prices,
 )
 from genroute.bench.matrix_export import export_matrix
+from genroute.bench.own_examples import own_examples_note
 from genroute.bench.paired import (
     MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain,
 )
@@ -62,10 +63,14 @@ class BenchReport(BaseModel):
     empty_note: str = Field(default="", description="Backends that answered some records with no text at all.")
     unscored: tuple[Unscored, ...] = Field(default=(), description="Targets with no scored row (every row failed, "
                                                                    "or it was stopped on a set-up error).")
+    own_examples_note: str = Field(default="", description="Records whose input an ICL backend holds among its "
+                                   "examples (each answered with that example left out).")
 
     def markdown(self) -> str:
         """The main table, the paired differences, the compile and advisor sections as Markdown."""
         text = markdown_table(self.summaries)
+        if self.own_examples_note:
+            text += "\n" + self.own_examples_note + "\n"
         if self.unscored:
             text += "\nNo scored row:\n\n" + unscored_markdown(self.unscored) + "\n"
         if self.empty_note:
@@ -155,7 +160,8 @@ async def abench(
                                 stream=stream, progress=progress, retry_failed=retry_failed)
     kinds = {name: getattr(b, "kind", "") for name, b in router.backends.items()}
     tuned = _tuned_details(router, targets, kinds)
-    return report_outcomes(outcomes, records, out, kinds=kinds, source=source, seed=seed,
+    own = await own_examples_note(router, targets, records)
+    return report_outcomes(outcomes, records, out, kinds=kinds, source=source, seed=seed, own_examples=own,
                            compile=compile and any(t != POLICY_TARGET for t in targets), advisor=advisor,
                            min_quality=min_quality, holdout=holdout, command=command, embedder=embedder,
                            min_verdict_n=min_verdict_n, force_verdict=force_verdict, cost_weight_rule=rule,
@@ -181,10 +187,12 @@ def report_outcomes(
     min_verdict_n: int = MIN_VERDICT_N,
     force_verdict: bool = False,
     cost_weight_rule: CostWeightRule | str | Mapping[str, Any] | None = "resolved",
+    own_examples: str = "",
 ) -> BenchReport:
     """What ``abench`` reports after its run, from outcomes already recorded (no model call): the summaries,
     paired differences, compiled policies on the held-out split and the graduation advice; writes the reports
-    (and the compiled files) into ``out_dir``. ``kinds``: backend name -> kind, for the advisor.
+    (and the compiled files) into ``out_dir``. ``kinds``: backend name -> kind, for the advisor; ``own_examples``:
+    the section on records among an ICL backend's examples (``own_examples_note``).
     """
     out = Path(out_dir)
     summaries = summarize(outcomes, seed=seed)
@@ -216,6 +224,8 @@ def report_outcomes(
                   "them out. Benchmark a tuned model on records it was not tuned on.")
         sections.append(("Tuned on benchmark records", leaked))
         _log.warning("%s", leaked)
+    if own_examples:
+        sections.append(("Benchmark records among the ICL examples", own_examples))
     if unscored:
         sections.append(("No scored row", unscored_markdown(unscored)))
     if command:
@@ -245,7 +255,8 @@ def report_outcomes(
     return BenchReport(out_dir=str(out), summaries=tuple(summaries), outcomes=tuple(outcomes),
                        files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice,
                        comparisons=tuple(comparisons), compiled_comparisons=tuple(held_out),
-                       min_verdict_n=min_verdict_n, compile_note=skipped, empty_note=empty, unscored=tuple(unscored))
+                       min_verdict_n=min_verdict_n, compile_note=skipped, empty_note=empty, unscored=tuple(unscored),
+                       own_examples_note=own_examples)
 
 
 def compiled_markdown(compiled: CompileReport, comparisons: Sequence[PairedComparison], min_n: int) -> str:

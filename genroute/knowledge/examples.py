@@ -168,6 +168,10 @@ class ExampleStore:
                     self._count = len(records)
         return self._pool
 
+    async def input_keys(self) -> frozenset[str]:
+        """The ``input_key`` of every stored example: the inputs ``select`` never shows a request of its own."""
+        return frozenset(str(r.metadata.get("input_key")) for r in await self.pool())
+
     def refresh(self) -> None:
         """Forget the cached pool and count (after loading more examples)."""
         self._pool = None
