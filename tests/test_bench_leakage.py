@@ -95,3 +95,47 @@ def test_a_bench_on_the_file_loaded_as_icl_examples_leaves_each_records_own_exam
     assert "others" not in note and "left out" in note
     text = Path(report.files["markdown"]).read_text(encoding="utf-8")
     assert "## Benchmark records among the ICL examples" in text and "12 of the 12 records" in text
+
+
+def test_a_policy_benchmarked_on_the_records_it_was_compiled_from_is_named_in_the_report(
+        gemini_server, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`genroute bench data.jsonl` writes cost_aware.json and learned.json; served and benchmarked with `--policy` on
+    the same file, the @policy row (a kNN router looking its own record up) read as routing skill on new requests."""
+    from genroute import Router
+    from genroute.bench import bench
+    from genroute.policies.stats import BenchStats
+
+    from .conftest import gemini_config
+
+    labels = ["refund", "card"]
+
+    def dataset(path: Path, stem: str) -> Path:
+        path.write_text("".join(json.dumps({"input": f"{stem} {i} about my {labels[i % 2]}", "label": labels[i % 2],
+                                            "metadata": {"id": f"q{i}", "task": "intent", "label_set": labels}}) + "\n"
+                                for i in range(30)))
+        return path
+
+    data, fresh = dataset(tmp_path / "intents.jsonl", "Question"), dataset(tmp_path / "fresh.jsonl", "Query")
+    config = gemini_config(gemini_server)
+    config["backends"] = {"lite": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash-lite",
+                                   "template": "Name the intent."},
+                          "full": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}}
+    config["policy"] = {"kind": "static", "backend": "lite"}
+    with Router.from_config(config) as router:
+        first = bench(router, str(data), backends=["lite", "full"], out_dir=tmp_path / "out", progress=False)
+    assert first.compiled_on_note == ""   # a static policy compiled from nothing
+    stats = BenchStats.load(first.compiled.stats_path)
+    assert stats.input_keys is not None and len(stats.input_keys) == 30
+    caplog.set_level(logging.WARNING, logger="genroute")
+    for kind in ("cost_aware", "learned"):
+        policy = json.loads(Path(first.compiled.policy_files[kind]).read_text(encoding="utf-8"))
+        with Router.from_config({**config, "policy": policy}) as router:
+            again = bench(router, str(data), backends=["lite"], policy=True, out_dir=tmp_path / f"again-{kind}",
+                          progress=False, compile=False)
+            elsewhere = bench(router, str(fresh), backends=["lite"], policy=True, out_dir=tmp_path / f"fresh-{kind}",
+                              progress=False, compile=False)
+        assert f"({kind}) was compiled from the inputs of 30 of the 30 records" in again.compiled_on_note
+        text = Path(again.files["markdown"]).read_text(encoding="utf-8")
+        assert "## Policy compiled from benchmark records" in text
+        assert elsewhere.compiled_on_note == ""   # new inputs: nothing to say
+    assert any("compiled from the inputs of 30 of the 30 records" in r.getMessage() for r in caplog.records)

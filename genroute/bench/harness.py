@@ -22,6 +22,7 @@ from genroute.bench.manifest import (
 )
 from genroute.bench.matrix_export import export_matrix
 from genroute.bench.own_examples import own_examples_note
+from genroute.bench.policy_inputs import policy_inputs_note
 from genroute.bench.paired import (
     MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain,
 )
@@ -65,10 +66,14 @@ class BenchReport(BaseModel):
                                                                    "or it was stopped on a set-up error).")
     own_examples_note: str = Field(default="", description="Records whose input an ICL backend holds among its "
                                    "examples (each answered with that example left out).")
+    compiled_on_note: str = Field(default="", description="Records whose input the benchmarked policy was compiled "
+                                  "from (its @policy row measures fit there).")
 
     def markdown(self) -> str:
         """The main table, the paired differences, the compile and advisor sections as Markdown."""
         text = markdown_table(self.summaries)
+        if self.compiled_on_note:
+            text += "\n" + self.compiled_on_note + "\n"
         if self.own_examples_note:
             text += "\n" + self.own_examples_note + "\n"
         if self.unscored:
@@ -161,7 +166,9 @@ async def abench(
     kinds = {name: getattr(b, "kind", "") for name, b in router.backends.items()}
     tuned = _tuned_details(router, targets, kinds)
     own = await own_examples_note(router, targets, records)
+    compiled_on = policy_inputs_note(router.policy, records) if policy else ""
     return report_outcomes(outcomes, records, out, kinds=kinds, source=source, seed=seed, own_examples=own,
+                           compiled_on=compiled_on,
                            compile=compile and any(t != POLICY_TARGET for t in targets), advisor=advisor,
                            min_quality=min_quality, holdout=holdout, command=command, embedder=embedder,
                            min_verdict_n=min_verdict_n, force_verdict=force_verdict, cost_weight_rule=rule,
@@ -188,11 +195,13 @@ def report_outcomes(
     force_verdict: bool = False,
     cost_weight_rule: CostWeightRule | str | Mapping[str, Any] | None = "resolved",
     own_examples: str = "",
+    compiled_on: str = "",
 ) -> BenchReport:
     """What ``abench`` reports after its run, from outcomes already recorded (no model call): the summaries,
     paired differences, compiled policies on the held-out split and the graduation advice; writes the reports
     (and the compiled files) into ``out_dir``. ``kinds``: backend name -> kind, for the advisor; ``own_examples``:
-    the section on records among an ICL backend's examples (``own_examples_note``).
+    the section on records among an ICL backend's examples (``own_examples_note``); ``compiled_on``: the one on
+    records the policy was compiled from (``policy_inputs_note``).
     """
     out = Path(out_dir)
     summaries = summarize(outcomes, seed=seed)
@@ -224,6 +233,8 @@ def report_outcomes(
                   "them out. Benchmark a tuned model on records it was not tuned on.")
         sections.append(("Tuned on benchmark records", leaked))
         _log.warning("%s", leaked)
+    if compiled_on:
+        sections.append(("Policy compiled from benchmark records", compiled_on))
     if own_examples:
         sections.append(("Benchmark records among the ICL examples", own_examples))
     if unscored:
@@ -256,7 +267,7 @@ def report_outcomes(
                        files={k: str(v) for k, v in files.items()}, compiled=compiled, advice=advice,
                        comparisons=tuple(comparisons), compiled_comparisons=tuple(held_out),
                        min_verdict_n=min_verdict_n, compile_note=skipped, empty_note=empty, unscored=tuple(unscored),
-                       own_examples_note=own_examples)
+                       own_examples_note=own_examples, compiled_on_note=compiled_on)
 
 
 def compiled_markdown(compiled: CompileReport, comparisons: Sequence[PairedComparison], min_n: int) -> str:

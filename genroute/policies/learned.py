@@ -137,9 +137,11 @@ def train(outcomes: Iterable[Outcome | Mapping[str, Any]], path: str | Path, *, 
         choice = cross_validate(scores[part], costs[part], rule, seed=seed, fit_fold=fit_fold,
                                 groups=[groups[i] for i in part])
         cost_weight = choice.weight
+    # The inputs it was fit on, as keys (hashes, no text): a benchmark of this model on them says so.
     model = fit(x[part], scores[part], backends, method=method, cost=costs[part].mean(axis=0), tasks=vocabulary,
                 k=k, seed=seed, cost_weight=cost_weight,
-                meta={"pass_score": pass_score, "embedder": getattr(embedder, "model", "unknown")}, **options)
+                meta={"pass_score": pass_score, "embedder": getattr(embedder, "model", "unknown"),
+                      "input_keys": sorted({groups[i] for i in part})}, **options)
     model.save(path)
     majority = int(np.bincount(labels[part], minlength=len(backends)).argmax())
     if not len(test):

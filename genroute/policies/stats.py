@@ -81,6 +81,10 @@ class BenchStats(BaseModel):
     created_at: str | None = None
     source: str | None = Field(default=None, description="Dataset or command that produced the figures.")
     tasks: dict[str, dict[str, BackendStats]] = Field(default_factory=dict)
+    input_keys: tuple[str, ...] | None = Field(
+        default=None, description="The input key (``knowledge.examples.input_key``: a hash, no text) of each "
+                                  "benchmark record the figures came from, so a benchmark of a policy built on them "
+                                  "can say which of its records the policy was compiled from.")
 
     def get(self, task: str | None, backend: str) -> BackendStats | None:
         """Stats of ``backend`` on ``task`` (``None`` task reads the ``*`` entry); ``None`` if unmeasured."""

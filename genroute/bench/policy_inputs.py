@@ -1,0 +1,56 @@
+"""Benchmark records a router's policy was compiled from (``genroute bench`` writes ``cost_aware.json`` and
+``learned.json``; a user serves one and benchmarks it with ``--policy`` on the same file).
+
+A compiled policy records the inputs it was fit on, as keys (``knowledge.examples.input_key``: hashes, no text): a
+``stats.json`` compiled by a benchmark (``BenchStats.input_keys``) and a learned model (its ``input_keys`` meta). The
+``@policy`` row on those records measures how well the policy fits what it was compiled from (a kNN router looks
+up the record itself), not how it routes new requests: the report says how many records that concerns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from genroute.bench.datasets import BenchRecord
+
+_log = logging.getLogger("genroute.bench")
+
+
+def _policies(policy: Any) -> Iterator[Any]:
+    """``policy`` and every policy nested in it (a wrapper's ``inner``, a split's arms)."""
+    yield policy
+    nested = [getattr(policy, "inner", None), *(getattr(policy, "_inner", None) or ())]
+    for inner in nested:
+        if inner is not None:
+            yield from _policies(inner)
+
+
+def compiled_from(policy: Any) -> frozenset[str]:
+    """The input keys the statistics and learned models in ``policy`` (nested ones too) were compiled from."""
+    keys: set[str] = set()
+    for each in _policies(policy):
+        stats = getattr(each, "_stats", None)
+        keys.update(getattr(stats, "input_keys", None) or ())
+        model = getattr(each, "model", None)
+        listed = getattr(model, "meta", {}).get("input_keys") if model is not None else None
+        keys.update(k for k in listed or () if isinstance(k, str))
+    return frozenset(keys)
+
+
+def policy_inputs_note(policy: Any, records: Sequence[BenchRecord]) -> str:
+    """The report section on ``@policy`` records whose input ``policy`` was compiled from, or ``""``."""
+    from genroute.knowledge.examples import input_key
+
+    seen = compiled_from(policy)
+    held = sum(input_key(r.input) in seen for r in records) if seen else 0
+    if not held:
+        return ""
+    text = (f"The router's policy ({getattr(policy, 'name', 'policy')}) was compiled from the inputs of {held} of the "
+            f"{len(records)} records (its stats file or learned model lists them): the @policy row and its paired "
+            "differences on those records measure how well it fits what it was compiled from, not how it routes "
+            "new requests. Benchmark a compiled policy on records it was not compiled from (the compile section's "
+            "held-out rows do).")
+    _log.warning("%s", text)
+    return text
