@@ -829,6 +829,8 @@ def test_report_rows_state_n_and_a_ci_and_curve_readings_are_point_estimates(tmp
     saved = json.loads((tmp_path / "out" / "compiled.json").read_text())["rows"]
     assert next(r for r in saved if r["name"] == "random")["quality_ci"] == [low, high]
     assert f"point estimates on the {report.n_eval} evaluation records" in text
+    # Each reading takes its operating points on the evaluation records themselves: the report says so.
+    assert "chosen on the data they are quoted on, they are optimistic summaries" in text
 
 
 def test_the_offline_comparison_table_says_how_many_records_its_distinct_inputs_are(tmp_path: Path) -> None:

@@ -116,8 +116,10 @@ def curves_table(report: OfflineReport) -> str:
     lines = [f"Best single candidate (chosen on the training records): quality {best.quality:.3f} at "
              f"{_money(best.cost_per_request_usd)} per 1k requests; per-task best: {per_task.quality:.3f} at "
              f"{_money(per_task.cost_per_request_usd)}. Curve readings interpolate the hull on the evaluation "
-             "records (a mix of two operating points); the rows above are single operating points chosen on the "
-             f"training records. The readings are point estimates on the {report.n_eval} evaluation records, "
+             "records (a mix of two operating points), each taking the operating points that serve it best on those "
+             "same records: chosen on the data they are quoted on, they are optimistic summaries of the curve (as "
+             "RouterBench and RouteLLM report them), not what a knob set in advance reaches; the rows above are "
+             f"single operating points chosen on the training records. The readings are point estimates on the {report.n_eval} evaluation records, "
              "with no CI (the paired differences below have one).", "",
              "| router | knob swept | AIQ | APGR (cheapest → best) | cost saved at ≥ 95 % of best quality | "
              "cost at best-single quality | quality at best-single cost | quality at per-task-best cost |",
