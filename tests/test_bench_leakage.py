@@ -126,15 +126,22 @@ def test_a_policy_benchmarked_on_the_records_it_was_compiled_from_is_named_in_th
     assert first.compiled_on_note == ""   # a static policy compiled from nothing
     stats = BenchStats.load(first.compiled.stats_path)
     assert stats.input_keys is not None and len(stats.input_keys) == 30
+    # `genroute compile --outcomes` on the bench's outcome matrix: its stats.json lists the inputs too.
+    from genroute.cli import main as cli
+
+    assert cli(["compile", "--outcomes", first.files["outcomes"], "--out", str(tmp_path / "compiled"),
+                "--no-learned"]) == 0
+    files = {**first.compiled.policy_files, "compiled": str(tmp_path / "compiled" / "cost_aware.json")}
     caplog.set_level(logging.WARNING, logger="genroute")
-    for kind in ("cost_aware", "learned"):
-        policy = json.loads(Path(first.compiled.policy_files[kind]).read_text(encoding="utf-8"))
+    for kind in ("cost_aware", "learned", "compiled"):
+        policy = json.loads(Path(files[kind]).read_text(encoding="utf-8"))
         with Router.from_config({**config, "policy": policy}) as router:
             again = bench(router, str(data), backends=["lite"], policy=True, out_dir=tmp_path / f"again-{kind}",
                           progress=False, compile=False)
             elsewhere = bench(router, str(fresh), backends=["lite"], policy=True, out_dir=tmp_path / f"fresh-{kind}",
                               progress=False, compile=False)
-        assert f"({kind}) was compiled from the inputs of 30 of the 30 records" in again.compiled_on_note
+        name = "cost_aware" if kind == "compiled" else kind
+        assert f"({name}) was compiled from the inputs of 30 of the 30 records" in again.compiled_on_note
         text = Path(again.files["markdown"]).read_text(encoding="utf-8")
         assert "## Policy compiled from benchmark records" in text
         assert elsewhere.compiled_on_note == ""   # new inputs: nothing to say

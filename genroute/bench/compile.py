@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -233,6 +233,8 @@ def compile_policy(
     full = stats_from([o for o in outcomes if o.record_id in table], source=source, seed=seed,
                       use_cloud_equivalent=cloud)
     # The records it came from, as keys: a later `genroute bench --policy` on them says its policy was compiled there.
+    from genroute.knowledge.examples import input_keys
+
     full = full.model_copy(update={"input_keys": input_keys(r.input for r in records if r.id in table)})
     stats_path = full.save(out / "stats.json")
     train_stats = stats_from(train_rows, source=source, seed=seed, use_cloud_equivalent=cloud)
@@ -334,13 +336,6 @@ def _learned(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], train_
                  else f" {what}: fixed cost weight {trained.cost_weight:g}.")
     choice = report.cost_weight_choice
     return str(path), note, row, (report.cost_weight, choice.model_dump() if choice is not None else None)
-
-
-def input_keys(texts: Iterable[str]) -> tuple[str, ...]:
-    """The sorted, distinct ``input_key`` of each text: what a compiled file records of the inputs it was fit on."""
-    from genroute.knowledge.examples import input_key
-
-    return tuple(sorted({input_key(text) for text in texts}))
 
 
 def policy_context(backends: Sequence[str], stats: BenchStats | None = None) -> Any:

@@ -14,7 +14,7 @@ import json
 import random
 import time
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,6 +53,11 @@ def input_key(text: str) -> str:
     # NFC: "café" typed with a combining accent is the same text (and MiniLM embeds both alike, as the nearest).
     folded = unicodedata.normalize("NFC", " ".join(text.casefold().split()))
     return hashlib.sha256(folded.encode("utf-8")).hexdigest()[:32]
+
+
+def input_keys(texts: Iterable[str]) -> tuple[str, ...]:
+    """The sorted, distinct ``input_key`` of each text: what a compiled file records of the inputs it was fit on."""
+    return tuple(sorted({input_key(text) for text in texts}))
 
 
 def example_id(inp: str, out: str, label: str | None) -> str:

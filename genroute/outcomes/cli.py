@@ -65,6 +65,10 @@ def _compile(args: argparse.Namespace) -> int:
                          "beside it", field="--outcomes")
     out = output_dir(args.out, field="--out")
     stats = outcome_stats(records, min_n=args.min_n, source=str(args.outcomes))
+    from genroute.knowledge.examples import input_keys
+
+    # The inputs it was compiled from, as keys: a `genroute bench --policy` on them says its policy was compiled there.
+    stats = stats.model_copy(update={"input_keys": input_keys(r.input for r in records if r.input) or None})
     path = stats.save(out / "stats.json")
     entries = sum(len(by) for by in stats.tasks.values())
     print(f"{len(records)} records -> {path} ({entries} task/backend entries)")
