@@ -146,3 +146,17 @@ def test_a_policy_benchmarked_on_the_records_it_was_compiled_from_is_named_in_th
         assert "## Policy compiled from benchmark records" in text
         assert elsewhere.compiled_on_note == ""   # new inputs: nothing to say
     assert any("compiled from the inputs of 30 of the 30 records" in r.getMessage() for r in caplog.records)
+
+
+def test_a_semantic_policys_utterances_count_as_the_inputs_it_was_compiled_from() -> None:
+    """semantic.json (`genroute bench --outcomes`) holds training queries as its routes' utterances: a benchmark of
+    it on those queries routes each by itself."""
+    from genroute.bench.policy_inputs import compiled_from, policy_inputs_note
+    from genroute.policies import build_policy
+
+    inner = {"kind": "semantic", "default": "lite",
+             "routes": {"lite": ["Question 1 about my card"], "full": ["Question 2 about refunds"]}}
+    policy = build_policy({"kind": "challenger", "task": "intent", "backend": "full", "policy": inner})
+    assert compiled_from(policy) == {input_key("Question 1 about my card"), input_key("Question 2 about refunds")}
+    records = [BenchRecord(id=f"r{i}", input=f"  question {i} ABOUT my card", label="card") for i in range(3)]
+    assert "compiled from the inputs of 1 of the 3 records" in policy_inputs_note(policy, records)

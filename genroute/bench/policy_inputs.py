@@ -2,7 +2,8 @@
 ``learned.json``; a user serves one and benchmarks it with ``--policy`` on the same file).
 
 A compiled policy records the inputs it was fit on, as keys (``knowledge.examples.input_key``: hashes, no text): a
-``stats.json`` compiled by a benchmark (``BenchStats.input_keys``) and a learned model (its ``input_keys`` meta). The
+``stats.json`` compiled by a benchmark (``BenchStats.input_keys``), a learned model (its ``input_keys`` meta) and a
+``semantic`` policy's utterances (``semantic.json`` takes them from the training queries). The
 ``@policy`` row on those records measures how well the policy fits what it was compiled from (a kNN router looks
 up the record itself), not how it routes new requests: the report says how many records that concerns.
 """
@@ -28,7 +29,11 @@ def _policies(policy: Any) -> Iterator[Any]:
 
 
 def compiled_from(policy: Any) -> frozenset[str]:
-    """The input keys the statistics and learned models in ``policy`` (nested ones too) were compiled from."""
+    """The input keys the statistics, learned models and semantic routes in ``policy`` (nested ones too) were
+    compiled from (a semantic policy's: its utterances, which ``genroute bench --outcomes`` takes from its training
+    queries)."""
+    from genroute.knowledge.examples import input_keys
+
     keys: set[str] = set()
     for each in _policies(policy):
         stats = getattr(each, "_stats", None)
@@ -36,6 +41,9 @@ def compiled_from(policy: Any) -> frozenset[str]:
         model = getattr(each, "model", None)
         listed = getattr(model, "meta", {}).get("input_keys") if model is not None else None
         keys.update(k for k in listed or () if isinstance(k, str))
+        routes = getattr(getattr(each, "config", None), "routes", None)  # a semantic policy's inline utterances
+        if isinstance(routes, dict):
+            keys.update(input_keys(u for utterances in routes.values() for u in utterances if isinstance(u, str)))
     return frozenset(keys)
 
 
@@ -48,7 +56,7 @@ def policy_inputs_note(policy: Any, records: Sequence[BenchRecord]) -> str:
     if not held:
         return ""
     text = (f"The router's policy ({getattr(policy, 'name', 'policy')}) was compiled from the inputs of {held} of the "
-            f"{len(records)} records (its stats file or learned model lists them): the @policy row and its paired "
+            f"{len(records)} records (its stats file, learned model or route utterances list them): the @policy row and its paired "
             "differences on those records measure how well it fits what it was compiled from, not how it routes "
             "new requests. Benchmark a compiled policy on records it was not compiled from (the compile section's "
             "held-out rows do).")
