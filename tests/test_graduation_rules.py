@@ -228,3 +228,20 @@ def test_requests_on_inputs_the_challenger_was_tuned_on_are_left_out_of_the_prom
         blind = router._portal.call(adecide(router, "t", challenger="lite", incumbent="chat", min_n=100,
                                             promote=False))
         assert blind.promotion.tuned_on == 0 and blind.promotion.promote   # nothing says what lite was tuned on
+
+
+def test_the_saved_tuning_set_is_found_from_another_directory(tmp_path, monkeypatch):
+    """`genroute graduate --out grad` then `genroute graduate --decide --out ...` from elsewhere: the saved report named
+    `grad/train.jsonl` relative to where the graduation ran, so its inputs were not found and not left out."""
+    from genroute.graduation import export_tuning_set
+    from genroute.graduation.run import GraduationReport, tuned_inputs
+    from genroute.knowledge.examples import input_key
+
+    monkeypatch.chdir(tmp_path)
+    records = [OutcomeRecord(input=f"question {i}", output="yes", metadata={"id": f"r{i}", "task": "t"},
+                             outcomes={"icl": Side(score=1.0)}) for i in range(30)]
+    tuning = export_tuning_set(records, "t", "grad", eval_share=0.0, seed=0, min_examples=20)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    report = GraduationReport(task="t", challenger="lora", tuning_set=tuning)
+    assert tuned_inputs(None, (), report) == {input_key(f"question {i}") for i in range(30)}  # type: ignore[arg-type]

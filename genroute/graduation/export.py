@@ -80,7 +80,9 @@ def export_tuning_set(records: Sequence[OutcomeRecord], task: str, out_dir: str 
     if not trains:
         raise UsageError(f"keeps all {len(examples)} usable examples of task {task!r} out of tuning, none to tune on",
                          field="eval_share")
-    out = Path(out_dir)
+    # Absolute: `genroute graduate --decide`, maybe run from another directory, reads train.jsonl's inputs through the
+    # saved report (the inputs the challenger was tuned on are left out of its promotion).
+    out = Path(out_dir).resolve()
     dump = [{"input": e.input, "output": e.output, "label": e.label, "metadata": e.metadata} for e in trains]
     train_path = write_jsonl(out / "train.jsonl", dump)
     eval_path = write_jsonl(out / "eval.jsonl", [{"input": e.input, "output": e.output, "label": e.label,
