@@ -160,3 +160,21 @@ def test_a_semantic_policys_utterances_count_as_the_inputs_it_was_compiled_from(
     assert compiled_from(policy) == {input_key("Question 1 about my card"), input_key("Question 2 about refunds")}
     records = [BenchRecord(id=f"r{i}", input=f"  question {i} ABOUT my card", label="card") for i in range(3)]
     assert "compiled from the inputs of 1 of the 3 records" in policy_inputs_note(policy, records)
+
+
+def test_an_icl_backend_without_a_knowledge_store_is_reported_unscored_not_crashed_on(gemini_server,
+                                                                                      tmp_path: Path) -> None:
+    """Looking for the records among an ICL backend's examples must not fail a run whose ICL backend has no store."""
+    from genroute import Router
+    from genroute.bench import bench
+
+    from .conftest import gemini_config
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"input": f"q {i}", "label": "a"}) + "\n" for i in range(4)))
+    config = gemini_config(gemini_server)
+    config["backends"]["icl"] = {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash", "collection": "nope"}
+    with Router.from_config(config) as router:
+        report = bench(router, str(data), backends=["icl", "chat"], out_dir=tmp_path / "out", progress=False,
+                       compile=False)
+    assert [u.backend for u in report.unscored] == ["icl"] and report.own_examples_note == ""

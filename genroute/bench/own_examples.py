@@ -33,12 +33,12 @@ async def own_examples_note(router: Router, targets: Sequence[str], records: Seq
     keys = [input_key(r.input) for r in records]
     lines = []
     for name in names:
-        examples = getattr(router.backends[name], "examples", None)
-        if examples is None:
-            continue
         try:
+            examples = getattr(router.backends[name], "examples", None)
+            if examples is None:
+                continue
             stored = await examples.input_keys()
-        except GenrouteError:  # an empty or missing collection: its rows failed, and *No scored row* says why
+        except GenrouteError:  # no store, an empty or missing collection: its rows failed, *No scored row* says why
             continue
         held = sum(key in stored for key in keys)
         if held:
