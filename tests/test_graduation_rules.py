@@ -183,13 +183,19 @@ def test_requests_on_inputs_the_challenger_was_tuned_on_are_left_out_of_the_prom
     from genroute.outcomes import OutcomeStore
 
     trained = [f"training question {i}" for i in range(200)]
-    records = _tuned_and_new(trained, [f"new question {i}" for i in range(200)])
+    # The captured requests the tuning set was exported from: served before the challenger existed, no side of its.
+    exported = [OutcomeRecord(input=text, output="yes", metadata={"id": f"e{i}", "task": "t", "served": "chat"},
+                              outcomes={"chat": Side(score=1.0, cost_usd=0.001, role="served")})
+                for i, text in enumerate(trained[:50])]
+    records = exported + _tuned_and_new(trained, [f"new question {i}" for i in range(200)])
     everything = decide_promotion(records, "t", incumbent="chat", challenger="lora", min_n=100)
     assert everything.promote and everything.tuned_on == 0   # what was decided before: +0.05 on recall
     keys = frozenset(input_key(t) for t in trained)
-    for mode in ("shadow", "split"):
-        fair = decide_promotion(records, "t", incumbent="chat", challenger="lora", min_n=100, mode=mode, tuned_on=keys)
-        assert fair.tuned_on == 200 and not fair.promote
+    fair = decide_promotion(records, "t", incumbent="chat", challenger="lora", min_n=100, tuned_on=keys)
+    assert fair.tuned_on == 200 and fair.n == 200 and not fair.promote   # the pairs left out, not the exported
+    split = decide_promotion(records, "t", incumbent="chat", challenger="lora", min_n=100, mode="split",
+                             tuned_on=keys)
+    assert split.tuned_on == 250 and split.comparison.n_b == 200   # the chat arm's served requests on those inputs
     store = OutcomeStore(tmp_path / "outcomes.db")
     for record in records:
         store.upsert_sync(record)
@@ -213,8 +219,9 @@ def test_requests_on_inputs_the_challenger_was_tuned_on_are_left_out_of_the_prom
         train.write_text("".join(json.dumps({"input": t, "output": "yes"}) + "\n" for t in trained))
         tuning = TuningSet(task="t", captured=200, unique=200, conflicting=0, invalid=0, train=200, eval=0,
                            train_path=str(train), eval_path=str(tmp_path / "eval.jsonl"))
-        relabelled = [r.model_copy(update={"outcomes": {"chat": r.outcomes["chat"], "lite": r.outcomes["lora"]}})
-                      for r in records]
+        relabelled = exported + [r.model_copy(update={"outcomes": {"chat": r.outcomes["chat"],
+                                                                   "lite": r.outcomes["lora"]}})
+                                 for r in records if "lora" in r.outcomes]
         with_lite = tmp_path / "lite.db"
         lite_store = OutcomeStore(with_lite)
         for record in relabelled:

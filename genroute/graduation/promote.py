@@ -117,12 +117,15 @@ def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: 
         raise UsageError(f"mode must be 'shadow' or 'split' (got {mode!r})", field="mode")
     task_records = [r for r in records if r.task == task]
     keys = text_groups([_text(r) for r in task_records])
+    seen = [r for r, key in zip(task_records, keys, strict=True) if key in tuned_on]
     mine = [r for r, key in zip(task_records, keys, strict=True) if key not in tuned_on]
-    left_out = len(task_records) - len(mine)
+    # Counted among those the comparison would have used (the exported records themselves have no challenger side).
+    left_out = len(_arms(seen, incumbent, challenger)) if mode == "split" else \
+        len(_paired(seen, incumbent, challenger))
     if mode == "split":
         return _decide_split(mine, task, incumbent=incumbent, challenger=challenger, margin=margin, min_n=min_n,
                              seed=seed).model_copy(update={"tuned_on": left_out})
-    paired = [r for r in mine if _scored(r.outcomes.get(incumbent)) and _scored(r.outcomes.get(challenger))]
+    paired = _paired(mine, incumbent, challenger)
     a = [float(r.outcomes[challenger].score) for r in paired]  # type: ignore[arg-type]
     b = [float(r.outcomes[incumbent].score) for r in paired]  # type: ignore[arg-type]
     # Requests with the same captured input are one input (each compared by its mean scores): repeats of one
@@ -147,12 +150,8 @@ def _decide_split(records: list[OutcomeRecord], task: str, *, incumbent: str, ch
                   min_n: int, seed: int) -> Promotion:
     """The split arms compared unpaired: each arm's served answers, scored, over the requests routed to it."""
     arms: dict[str, list[Side]] = {incumbent: [], challenger: []}
-    for record in records:
-        served = record.metadata.get("served")
-        arm = record.metadata.get("arm", served)
-        side = record.outcomes.get(str(served))
-        if arm in arms and side is not None and _scored(side):
-            arms[str(arm)].append(side)
+    for arm, side in _arms(records, incumbent, challenger):
+        arms[arm].append(side)
     a = [float(s.score) for s in arms[challenger]]  # type: ignore[arg-type]
     b = [float(s.score) for s in arms[incumbent]]  # type: ignore[arg-type]
     comparison = compare_unpaired(a, b, a=challenger, b=incumbent, seed=seed)
@@ -195,6 +194,23 @@ def _promotion(task: str, incumbent: str, challenger: str, margin: float, n: int
         challenger_cost_usd=costs[challenger], incumbent_latency_p50_s=latency[incumbent],
         challenger_latency_p50_s=latency[challenger], incumbent_input_tokens=tokens[incumbent],
         challenger_input_tokens=tokens[challenger], promote=not reasons, reasons=tuple(reasons))
+
+
+def _paired(records: list[OutcomeRecord], incumbent: str, challenger: str) -> list[OutcomeRecord]:
+    """The records on which both backends were scored (shadow mode's pairs)."""
+    return [r for r in records if _scored(r.outcomes.get(incumbent)) and _scored(r.outcomes.get(challenger))]
+
+
+def _arms(records: list[OutcomeRecord], incumbent: str, challenger: str) -> list[tuple[str, Side]]:
+    """(arm, served side) of each record routed to one of the two arms whose served answer was scored."""
+    out = []
+    for record in records:
+        served = record.metadata.get("served")
+        arm = record.metadata.get("arm", served)
+        side = record.outcomes.get(str(served))
+        if arm in (incumbent, challenger) and side is not None and _scored(side):
+            out.append((str(arm), side))
+    return out
 
 
 def _scored(side: Side | None) -> bool:
