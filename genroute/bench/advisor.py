@@ -24,7 +24,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypedDict
+from typing import Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,9 +32,8 @@ from genroute.bench.report import Summary
 from genroute.bench.runner import Outcome
 from genroute.bench.stats import PairedComparison
 from genroute.bounds import is_real
-
-if TYPE_CHECKING:
-    from genroute.router.router import Router
+from genroute.graduation.trained import TunedInfo as TunedInfo  # where it was defined before; bench reads it here
+from genroute.graduation.trained import trained_inputs
 
 
 class AdvisorSettings(BaseModel):
@@ -52,16 +51,6 @@ class AdvisorSettings(BaseModel):
     cpu_usd_per_hour: float | None = Field(default=None, ge=0, description="Price of one CPU-hour (local tuning).")
     tuned_monthly_fixed_usd: float = Field(default=0.0, ge=0, description="A dedicated deployment's monthly cost.")
     horizon_months: int = Field(default=12, ge=1, description="Pay-back horizon for the volume threshold.")
-
-
-class TunedInfo(BaseModel):
-    """What the router knows about the tuned backend: where it runs and what it was tuned from."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    where: Literal["vertex", "local"]
-    base_model: str | None = None
-    tune_result: str | None = Field(default=None, description="tune_result.json of a local LoRA run.")
 
 
 class GraduationAdvice(BaseModel):
@@ -149,31 +138,6 @@ def advise(summaries: Sequence[Summary], settings: AdvisorSettings | None = None
         break_even_requests=payback["total"], requests_per_month_for_horizon=payback["horizon"],
         quality=quality, trained_on=len(seen), verdict=verdict, text=text.strip(),
     )
-
-
-def tuned_info(router: Router, backend: str) -> TunedInfo:
-    """Where ``backend`` (a ``tuned`` backend of ``router``) runs and what it was tuned from: a local LoRA's
-    ``tune_result.json`` (beside the adapter its engine serves), else a Vertex AI model."""
-    config = router.backends[backend].config
-    base = getattr(config, "base_model", None)
-    engine = router.resources.engines.get(getattr(config, "engine", ""))
-    if getattr(engine, "kind", None) == "local":
-        lora = getattr(engine, "lora_path", None)
-        return TunedInfo(where="local", base_model=base,
-                         tune_result=str(Path(lora).parent / "tune_result.json") if lora else None)
-    return TunedInfo(where="vertex", base_model=base)
-
-
-def trained_inputs(info: TunedInfo | None) -> frozenset[str]:
-    """The input keys (``knowledge.examples.input_key``) a local tuning run read, from its ``tune_result.json``
-    (empty when it records none, as an earlier genroute's does not, or cannot be read)."""
-    if info is None or not info.tune_result or not Path(info.tune_result).is_file():
-        return frozenset()
-    try:
-        keys = json.loads(Path(info.tune_result).read_text(encoding="utf-8")).get("input_keys")
-    except (OSError, ValueError, AttributeError):
-        return frozenset()
-    return frozenset(k for k in keys if isinstance(k, str)) if isinstance(keys, list) else frozenset()
 
 
 def tuning_cost(settings: AdvisorSettings, info: TunedInfo | None, training_price: tuple[str, float] | None, *,

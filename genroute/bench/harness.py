@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, TunedInfo, advise, tuned_info
+from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, advise
 from genroute.bench.clusters import input_of
 from genroute.bench.compile import CompileReport, compile_policy
 from genroute.bench.datasets import (
@@ -35,6 +35,7 @@ from genroute.bench.scorers import check_golds, resolve_scorer
 from genroute.bench.setup_failures import Unscored, unscored_markdown, unscored_targets
 from genroute.bench.stats import MIN_PAIRED_N, PairedComparison
 from genroute.errors import UsageError
+from genroute.graduation.trained import TunedInfo, tuned_info
 from genroute.jsonl import output_dir
 from genroute.policies.cost_aware_compiled import drop_stale
 from genroute.policies.cost_weight import CostWeightRule, as_rule

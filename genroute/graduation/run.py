@@ -298,7 +298,7 @@ def tuned_inputs(router: Router, backends: tuple[str, ...], report: GraduationRe
     """The input keys the ``backends`` were tuned on, as the bench's advisor reads them (a local adapter's
     ``tune_result.json``), and those of the graduation's tuning set when its ``report`` is given (a Vertex AI job
     lists none of its own)."""
-    from genroute.bench.advisor import trained_inputs, tuned_info
+    from genroute.graduation.trained import trained_inputs, tuned_info
     from genroute.knowledge.examples import input_key
     from genroute.tuning.data import load_examples
 
