@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from genroute import BackendUnavailable, DeadlineExceeded, GenrouteError, Router, StreamInterrupted
-from genroute.testing import Fault
+from genroute.testing import Fault, GeminiTestServer
 
 from .conftest import gemini_config
 
@@ -257,6 +257,29 @@ def test_a_closed_port_is_a_typed_error_not_a_hang(gemini_server, mode):
     assert isinstance(out.error, BackendUnavailable), repr(out.error)
     assert_within_deadline(out, DEADLINE_S, mode)
     assert_cut_short(out, mode)
+
+
+def test_a_server_restarted_under_a_router_fails_requests_while_down_and_answers_after(gemini_server):
+    # The router's pooled, kept-alive connections to the old server are gone with it: while it is down each entry
+    # point fails with BackendUnavailable, and once it is back on its port the same router answers again.
+    config = gemini_config(gemini_server)
+    port = gemini_server.port
+    with Router.from_config(config) as router:
+
+        async def both() -> list[Any]:
+            return [await router.agenerate("hi"), [c async for c in router.astream("hi")][-1].result]
+
+        assert router.generate("hi").text and all(r.text for r in asyncio.run(both()))  # connections kept alive
+        gemini_server.stop()
+        with pytest.raises(BackendUnavailable):
+            router.generate("hi", timeout_s=DEADLINE_S)
+        with pytest.raises(BackendUnavailable):
+            list(router.stream("hi", timeout_s=DEADLINE_S))
+        with GeminiTestServer(port=port) as again:
+            again.reply_text(ANSWER)
+            assert router.generate("hi").text == ANSWER
+            assert all(r.text for r in asyncio.run(both()))
+            assert len(again.requests) == 3
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -238,6 +238,25 @@ def test_reset_fault_is_a_transport_error(srv, client):
     assert len(srv.requests) == 1
 
 
+def test_stop_drops_the_connections_clients_keep_alive():
+    # stop() used to close only the listening socket: a client's kept-alive connection was still served by its
+    # handler thread, so a "stopped" server went on answering the clients that had called it before.
+    stopping = GeminiTestServer().start()
+    conn = http.client.HTTPConnection("127.0.0.1", stopping.port, timeout=5)
+    body = json.dumps({"contents": [{"parts": [{"text": "x"}]}]})
+    path = f"/v1beta/models/{MODEL}:generateContent"
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        assert conn.getresponse().read() and conn.sock is not None  # answered, connection kept alive
+        stopping.stop()
+        with pytest.raises((ConnectionError, http.client.HTTPException)):
+            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            conn.getresponse().read()
+    finally:
+        conn.close()
+    assert len(stopping.requests) == 1  # the second request was never served
+
+
 def test_api_key_check(srv):
     guarded = GeminiTestServer(api_key="right")
     with guarded:

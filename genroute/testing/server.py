@@ -85,7 +85,14 @@ class _HTTPServer(ThreadingHTTPServer):
         conn, addr = super().get_request()
         # Without this, Nagle + delayed ACK add ~40 ms to every small response.
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.owner._lock:
+            self.owner._connections.add(conn)
         return conn, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.owner._lock:
+            self.owner._connections.discard(request)
+        super().shutdown_request(request)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -121,6 +128,7 @@ class GeminiTestServer:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._stopped = threading.Event()
         self._counter = 0
+        self._connections: set[socket.socket] = set()  # accepted and not yet closed: ``stop`` drops them
         self._httpd = _HTTPServer((host, port), _RequestHandler)
         self._httpd.owner = self
         self._thread: threading.Thread | None = None
@@ -152,13 +160,21 @@ class GeminiTestServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the listening socket."""
+        """Stop serving: close the listening socket and every connection a client holds open (kept alive for its
+        next request), as a server that goes down does; a later request gets a refused or dropped connection."""
         self._stopped.set()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
         self._httpd.server_close()
+        with self._lock:
+            held, self._connections = list(self._connections), set()
+        for conn in held:  # the handler threads still reading them end on the EOF
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed by its client
+                pass
 
     def __enter__(self) -> GeminiTestServer:
         return self.start()
