@@ -74,7 +74,7 @@ class Learning:
         import time
 
         from genroute.outcomes.feedback import Feedback
-        from genroute.router.executor import SHADOW_TIMEOUT_S
+        from genroute.router.shadows import SHADOW_TIMEOUT_S
 
         self._refuse_closed()  # its store is closed: a record written now would outlive the router
         recorder = self._executor.outcomes

@@ -1,0 +1,190 @@
+"""Shadow runs: the decision's shadow backends run in the background after the served answer, measured and (with
+an outcome recorder) scored against it, never shown to the caller.
+
+A mixin of ``Executor`` (kept apart so the rung loop stays one module). A shadow runs on the event loop of the request
+that started it; a loop that ends first (``asyncio.run`` per call, a Celery task's) cancels it there, so it records no
+outcome: such cancellations are counted (``shadows_cancelled``), marked on the shadow's span and logged once a minute,
+pointing at ``adrain`` (wait for them before the loop ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from genroute.runtime.deadlines import deadline_at
+from genroute.runtime.embeddings import RequestEmbeddings
+from genroute.router.attempt import admitted
+from genroute.router.inflight import call_on, poll_until, resume_here
+from genroute.types import Decision, GenerateRequest, GenerateResult
+
+if TYPE_CHECKING:
+    from genroute.admission import Admission
+    from genroute.backends.base import Backend, BackendOutput
+    from genroute.outcomes.recorder import OutcomeRecorder
+    from genroute.runtime.context import RunContext
+    from genroute.runtime.telemetry import Telemetry
+
+_log = logging.getLogger("genroute.router.executor")  # where these lines were logged before the split
+
+#: How long a shadow run may take when neither the request nor the router sets a timeout.
+SHADOW_TIMEOUT_S = 60.0
+#: Shadow runs in flight per router; more are dropped (and counted), never queued.
+MAX_SHADOWS = 16
+#: Dropped or cancelled shadow runs are logged at most this often (they are counted on each request's span).
+LOG_INTERVAL_S = 60.0
+#: The message of the cancellation ``drain_shadows`` sends a shadow it gives up on (not its loop ending).
+_DRAINED = "genroute: drained"
+
+
+class Shadows:
+    """Starting, running and draining shadow runs (mixed into ``Executor``)."""
+
+    backends: Mapping[str, Backend]
+    admission: Admission | None
+    telemetry: Telemetry
+    timeout_s: float | None
+    max_shadows: int
+    outcomes: OutcomeRecorder | None
+    unsafe_shadows: frozenset[str]
+
+    def _init_shadows(self) -> None:
+        #: Shadow runs dropped because ``max_shadows`` were already in flight.
+        self.shadows_dropped = 0
+        #: Shadow runs cancelled before they ended by anything but ``drain_shadows`` (their event loop ending).
+        self.shadows_cancelled = 0
+        self._dropped_logged_at = self._cancelled_logged_at = -LOG_INTERVAL_S
+        self._shadows: set[asyncio.Task[Any]] = set()
+        #: Shadow runs left on an event loop closed under them, for ``drain_shadows`` to end.
+        self._stranded_shadows: set[asyncio.Task[Any]] = set()
+
+    if TYPE_CHECKING:  # the executor's
+        def _context(self, request: GenerateRequest, backend: str, deadline: float | None,
+                     bounded: bool = False) -> RunContext: ...
+
+        async def run_judge(self, request: GenerateRequest, decision: Decision, deadline: float | None,
+                            backend: str, judge_request: GenerateRequest) -> tuple[BackendOutput, float]: ...
+
+    def _served(self, request: GenerateRequest, decision: Decision, span: trace.Span, result: GenerateResult,
+                output: BackendOutput, ctx: RunContext) -> None:
+        """Hand the served answer to the outcome recorder (if any), then start the decision's shadows (with what the
+        request embedded: ``ctx``, the serving rung's, holds its policy's, its earlier rungs' and its own vectors)."""
+        if self.outcomes is not None and result.outcome_id is not None:
+            self.outcomes.served(result.outcome_id, request, result, output)
+        if decision.shadow:
+            self._start_shadows(request, decision, span, result, ctx.embeddings)
+
+    def _start_shadows(self, request: GenerateRequest, decision: Decision, span: trace.Span,
+                       served: GenerateResult, embeddings: RequestEmbeddings | None) -> None:
+        """Start the decision's shadows; they share the request's ``embeddings`` (the policy's and the rungs'
+        vectors; made here if none were, so that shadows embedding the same text make it once)."""
+        if not decision.shadow:
+            return
+        if embeddings is None:
+            embeddings = RequestEmbeddings()
+        draw = random.random()  # one draw a request: shadows at one rate run on the same requests (paired)
+        timeout_s = request.timeout_s or self.timeout_s or SHADOW_TIMEOUT_S
+        dropped = 0
+        for backend in decision.shadow:
+            if backend not in self.backends or draw >= decision.shadow_rates.get(backend, decision.shadow_rate):
+                continue
+            if backend == served.backend:  # a fallback rung answered: it would run again, compared with itself
+                continue
+            if backend in self.unsafe_shadows:  # a policy named it per request: never repeat side effects
+                span.set_attribute("genroute.shadow.refused", backend)
+                continue
+            if len(self._shadows) >= self.max_shadows and len(self._live_shadows()) >= self.max_shadows:
+                dropped += 1
+                continue
+            task = asyncio.get_running_loop().create_task(
+                self._shadow(request, decision, backend, span, timeout_s, served, embeddings))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+        if dropped:
+            self.shadows_dropped += dropped
+            span.set_attribute("genroute.shadow.dropped", dropped)
+            now = time.monotonic()
+            if now - self._dropped_logged_at >= LOG_INTERVAL_S:  # under load that is every request
+                self._dropped_logged_at = now
+                _log.warning("dropped %d shadow run(s) so far: %d were already in flight (logged once a minute)",
+                             self.shadows_dropped, self.max_shadows)
+
+    def _live_shadows(self) -> set[asyncio.Task[Any]]:
+        """The shadow runs that can still end: one whose loop was closed under it (``run_until_complete``, then
+        ``close`` with it still pending) never will there: it is set aside, for the router's close to end, instead of
+        keeping its place for good."""
+        for task in [task for task in list(self._shadows) if task.get_loop().is_closed()]:  # a copy: see drain
+            self._shadows.discard(task)
+            self._stranded_shadows.add(task)
+        return self._shadows
+
+    async def _shadow(self, request: GenerateRequest, decision: Decision, backend: str, parent: trace.Span,
+                      timeout_s: float, served: GenerateResult, embeddings: RequestEmbeddings) -> None:
+        """Run a shadow backend; its answer never reaches the caller, it is measured (and, with an outcome
+        recorder, scored against the served answer and stored as a paired outcome).
+
+        It passes admission like a rung (budgets count it, rate limits and breakers apply) and is skipped
+        when admission refuses it. It reuses the request's ``embeddings``; one it makes is charged to it (its span's
+        cost, its budgets' settle), never to the served answer.
+        """
+        link = trace.Link(parent.get_span_context())
+        with self.telemetry.tracer.start_as_current_span(
+            "genroute.shadow", context=trace.set_span_in_context(trace.INVALID_SPAN), links=[link],
+            attributes={"genroute.backend": backend, "genroute.shadow": True},
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            ctx = self._context(request, backend, time.monotonic() + timeout_s, True)  # the block below ends it
+            ctx.embeddings = embeddings
+            attempt = admitted(self.admission, request, decision, backend, ctx, span)
+            started = time.perf_counter()
+            try:
+                async with attempt:
+                    with deadline_at(ctx.deadline):
+                        output = await self.backends[backend].run(request, ctx)
+            except Exception as exc:  # a shadow must never surface; it is only measured
+                if not attempt.admitted:  # e.g. BudgetExceeded: a shadow never spends what the budget refuses
+                    span.set_attribute("genroute.shadow.skipped", type(exc).__name__)
+                    return
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                return
+            finally:
+                span.set_attributes({"gen_ai.usage.cost.amount": ctx.cost_usd, "gen_ai.usage.cost.currency": "USD"})
+                if ctx.cost_estimated:  # a call of it was lost or cut: as the root span and rung events say
+                    span.set_attribute("genroute.cost.estimated", True)
+            span.set_attribute("genroute.shadow.chars", len(output.text))
+            if ctx.reused_embedding_s:  # in its outcome side's latency, not in this span's own duration
+                span.set_attribute("genroute.shadow.reused_embedding_s", ctx.reused_embedding_s)
+            if self.outcomes is not None and served.outcome_id is not None:
+                judge = functools.partial(self.run_judge, request, decision, ctx.deadline)
+                await self.outcomes.shadow_run(served.outcome_id, request, backend, output, ctx,
+                                               time.perf_counter() - started, span, judge)
+
+    async def drain_shadows(self, timeout_s: float = 5.0) -> None:
+        """Wait for running shadow tasks (at shutdown), cancelling what outlives ``timeout_s``.
+
+        A shadow runs on the loop of the request that started it, maybe another thread's: it is cancelled on
+        that loop and watched from here, never awaited across loops.
+        """
+        shadows = list(self._live_shadows())  # a copy: other threads' loops add and discard theirs meanwhile
+        stranded, self._stranded_shadows = self._stranded_shadows, set()
+        # Those on a loop closed under them: resumed here, cancelled (as a request left there is, InFlight.close).
+        pending = [resume_here(task) for task in stranded]
+        for task in pending:
+            task.cancel()
+        if shadows and not await poll_until(lambda: all(task.done() for task in shadows), timeout_s):
+            late = [task for task in shadows if not task.done()]
+            for task in late:
+                call_on(task.get_loop(), task.cancel)
+            pending += late
+        # Let the cancelled runs settle their admission and end their spans.
+        await poll_until(lambda: all(task.done() for task in pending), 1.0)
+
