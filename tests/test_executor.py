@@ -15,6 +15,7 @@ from genroute import (
 )
 from genroute.backends.base import BackendOutput
 from genroute.backends.prompt_template import PromptTemplateBackend
+from genroute.outcomes import OutcomeStore
 from genroute.policies.base import Policy, PolicyConfig
 from genroute.testing import Fault
 from genroute.testing.replies import Response, error_body
@@ -172,6 +173,36 @@ def test_shadows_beyond_the_cap_are_dropped_and_counted(gemini_server, otel, cap
     assert [r.attributes.get("genroute.shadow.dropped") for r in roots] == [None, 1, 1]
     warnings = [r.getMessage() for r in caplog.records if "shadow run" in r.getMessage()]
     assert warnings == ["dropped 1 shadow run(s) so far: 1 were already in flight (logged once a minute)"]
+
+
+def test_shadows_cut_by_their_loop_ending_are_counted_and_logged_and_adrain_keeps_them(gemini_server, otel, caplog,
+                                                                                         tmp_path):
+    """A loop per call (asyncio.run, a Celery task's) cancels the shadows left on it when it ends: they recorded no
+    outcome, silently. Now each is counted, marked on its span and logged (once a minute) naming adrain, which keeps
+    them: awaited before the loop ends, the shadow finishes and its paired outcome is recorded."""
+    gate = Gate(gemini_server, "gemini-2.5-pro")  # the shadow waits on the wire until released
+    outcomes = {"path": str(tmp_path / "o.db"), "scorer": "normalized_exact"}
+    router = Router.from_config(config(gemini_server, SHADOWED, outcomes=outcomes), **otel.providers)
+    with router:
+        for i in range(2):  # a loop per call; each ends with its shadow still waiting
+            asyncio.run(router.agenerate(f"cut {i}"))
+        assert router._executor.shadows_cancelled == 2
+        cut = otel.spans("genroute.shadow")
+        assert len(cut) == 2 and all(s.attributes["error.type"] == "CancelledError" for s in cut)
+        warnings = [r.getMessage() for r in caplog.records if "shadow run(s) cancelled" in r.getMessage()]
+        assert len(warnings) == 1 and "await router.adrain()" in warnings[0]  # once a minute
+        gate.release.set()
+
+        async def call_then_drain() -> None:
+            await router.agenerate("kept")
+            await router.adrain()
+
+        asyncio.run(call_then_drain())
+        assert router._executor.shadows_cancelled == 2
+        kept = [s for s in otel.spans("genroute.shadow") if s not in cut]
+        assert len(kept) == 1 and "error.type" not in kept[0].attributes
+        (record,) = OutcomeStore(tmp_path / "o.db").records_sync()  # the kept shadow's paired record
+        assert set(record.outcomes) == {"chat", "pro"}
 
 
 def test_aclose_cancels_shadows_running_on_another_threads_loop(gemini_server, otel):

@@ -141,32 +141,52 @@ class Shadows:
             attributes={"genroute.backend": backend, "genroute.shadow": True},
             record_exception=False, set_status_on_exception=False,
         ) as span:
-            ctx = self._context(request, backend, time.monotonic() + timeout_s, True)  # the block below ends it
-            ctx.embeddings = embeddings
-            attempt = admitted(self.admission, request, decision, backend, ctx, span)
-            started = time.perf_counter()
             try:
-                async with attempt:
-                    with deadline_at(ctx.deadline):
-                        output = await self.backends[backend].run(request, ctx)
-            except Exception as exc:  # a shadow must never surface; it is only measured
-                if not attempt.admitted:  # e.g. BudgetExceeded: a shadow never spends what the budget refuses
-                    span.set_attribute("genroute.shadow.skipped", type(exc).__name__)
+                ctx = self._context(request, backend, time.monotonic() + timeout_s, True)  # the block below ends it
+                ctx.embeddings = embeddings
+                attempt = admitted(self.admission, request, decision, backend, ctx, span)
+                started = time.perf_counter()
+                try:
+                    async with attempt:
+                        with deadline_at(ctx.deadline):
+                            output = await self.backends[backend].run(request, ctx)
+                except Exception as exc:  # a shadow must never surface; it is only measured
+                    if not attempt.admitted:  # e.g. BudgetExceeded: a shadow never spends what the budget refuses
+                        span.set_attribute("genroute.shadow.skipped", type(exc).__name__)
+                        return
+                    span.set_attribute("error.type", type(exc).__name__)
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                     return
+                finally:
+                    span.set_attributes({"gen_ai.usage.cost.amount": ctx.cost_usd, "gen_ai.usage.cost.currency": "USD"})
+                    if ctx.cost_estimated:  # a call of it was lost or cut: as the root span and rung events say
+                        span.set_attribute("genroute.cost.estimated", True)
+                span.set_attribute("genroute.shadow.chars", len(output.text))
+                if ctx.reused_embedding_s:  # in its outcome side's latency, not in this span's own duration
+                    span.set_attribute("genroute.shadow.reused_embedding_s", ctx.reused_embedding_s)
+                if self.outcomes is not None and served.outcome_id is not None:
+                    judge = functools.partial(self.run_judge, request, decision, ctx.deadline)
+                    await self.outcomes.shadow_run(served.outcome_id, request, backend, output, ctx,
+                                                   time.perf_counter() - started, span, judge)
+            except asyncio.CancelledError as exc:  # its event loop ended (or the router's drain gave up on it)
                 span.set_attribute("error.type", type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                return
-            finally:
-                span.set_attributes({"gen_ai.usage.cost.amount": ctx.cost_usd, "gen_ai.usage.cost.currency": "USD"})
-                if ctx.cost_estimated:  # a call of it was lost or cut: as the root span and rung events say
-                    span.set_attribute("genroute.cost.estimated", True)
-            span.set_attribute("genroute.shadow.chars", len(output.text))
-            if ctx.reused_embedding_s:  # in its outcome side's latency, not in this span's own duration
-                span.set_attribute("genroute.shadow.reused_embedding_s", ctx.reused_embedding_s)
-            if self.outcomes is not None and served.outcome_id is not None:
-                judge = functools.partial(self.run_judge, request, decision, ctx.deadline)
-                await self.outcomes.shadow_run(served.outcome_id, request, backend, output, ctx,
-                                               time.perf_counter() - started, span, judge)
+                if exc.args[:1] != (_DRAINED,):
+                    self._cancelled_early()
+                raise
+
+    def _cancelled_early(self) -> None:
+        """Count a shadow run cancelled before it ended by something other than ``drain_shadows``: as a rule the end
+        of the event loop it ran on (``asyncio.run`` per call cancels what is left on its loop), which records no
+        outcome for it; logged once a minute, saying how to keep them."""
+        self.shadows_cancelled += 1
+        now = time.monotonic()
+        if now - self._cancelled_logged_at >= LOG_INTERVAL_S:
+            self._cancelled_logged_at = now
+            _log.warning("%d shadow run(s) cancelled before they ended so far, recording no outcome: the event loop "
+                         "they ran on ended under them (asyncio.run, or a task per call, cancels what is left on its "
+                         "loop); await router.adrain() before it ends to let them finish (logged once a minute)",
+                         self.shadows_cancelled)
 
     async def drain_shadows(self, timeout_s: float = 5.0) -> None:
         """Wait for running shadow tasks (at shutdown), cancelling what outlives ``timeout_s``.
@@ -183,7 +203,7 @@ class Shadows:
         if shadows and not await poll_until(lambda: all(task.done() for task in shadows), timeout_s):
             late = [task for task in shadows if not task.done()]
             for task in late:
-                call_on(task.get_loop(), task.cancel)
+                call_on(task.get_loop(), task.cancel, _DRAINED)
             pending += late
         # Let the cancelled runs settle their admission and end their spans.
         await poll_until(lambda: all(task.done() for task in pending), 1.0)
