@@ -61,7 +61,7 @@ class Shadows:
         self.shadows_dropped = 0
         #: Shadow runs cancelled before they ended by anything but ``drain_shadows`` (their event loop ending).
         self.shadows_cancelled = 0
-        self._dropped_logged_at = self._cancelled_logged_at = -LOG_INTERVAL_S
+        self._logged_at: dict[str, float] = {}  # when each kind of warning (dropped, cancelled) was last logged
         self._shadows: set[asyncio.Task[Any]] = set()
         #: Shadow runs left on an event loop closed under them, for ``drain_shadows`` to end.
         self._stranded_shadows: set[asyncio.Task[Any]] = set()
@@ -111,11 +111,8 @@ class Shadows:
         if dropped:
             self.shadows_dropped += dropped
             span.set_attribute("genroute.shadow.dropped", dropped)
-            now = time.monotonic()
-            if now - self._dropped_logged_at >= LOG_INTERVAL_S:  # under load that is every request
-                self._dropped_logged_at = now
-                _log.warning("dropped %d shadow run(s) so far: %d were already in flight (logged once a minute)",
-                             self.shadows_dropped, self.max_shadows)
+            self._warn("dropped", "dropped %d shadow run(s) so far: %d were already in flight (logged once a minute)",
+                       self.shadows_dropped, self.max_shadows)  # under load that is every request: throttled
 
     def _live_shadows(self) -> set[asyncio.Task[Any]]:
         """The shadow runs that can still end: one whose loop was closed under it (``run_until_complete``, then
@@ -180,13 +177,17 @@ class Shadows:
         of the event loop it ran on (``asyncio.run`` per call cancels what is left on its loop), which records no
         outcome for it; logged once a minute, saying how to keep them."""
         self.shadows_cancelled += 1
+        self._warn("cancelled", "%d shadow run(s) cancelled before they ended so far, recording no outcome: the event "
+                   "loop they ran on ended under them (asyncio.run, or a task per call, cancels what is left on its "
+                   "loop); await router.adrain() before it ends to let them finish (logged once a minute)",
+                   self.shadows_cancelled)
+
+    def _warn(self, kind: str, message: str, *args: Any) -> None:
+        """Log ``message`` as a warning unless one of its ``kind`` was logged less than ``LOG_INTERVAL_S`` ago."""
         now = time.monotonic()
-        if now - self._cancelled_logged_at >= LOG_INTERVAL_S:
-            self._cancelled_logged_at = now
-            _log.warning("%d shadow run(s) cancelled before they ended so far, recording no outcome: the event loop "
-                         "they ran on ended under them (asyncio.run, or a task per call, cancels what is left on its "
-                         "loop); await router.adrain() before it ends to let them finish (logged once a minute)",
-                         self.shadows_cancelled)
+        if now - self._logged_at.get(kind, -LOG_INTERVAL_S) >= LOG_INTERVAL_S:
+            self._logged_at[kind] = now
+            _log.warning(message, *args)
 
     async def drain_shadows(self, timeout_s: float = 5.0) -> None:
         """Wait for running shadow tasks (at shutdown), cancelling what outlives ``timeout_s``.
