@@ -17,8 +17,9 @@ import pytest
 from genroute import GenerateResult, Router, StateUnavailable
 from genroute.testing import Reply
 
-from .conftest import gemini_config
+from .conftest import budget_usage, gemini_config
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
+from .tcp_proxy import tcp_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 USAGE = (1000, 500)
@@ -146,3 +147,29 @@ def test_an_error_reply_falls_back_without_replay(gemini_server, redis_server: R
         # The settle Redis refused was charged in memory only, never replayed (a replay would be refused again).
         assert usage == {"spent": pytest.approx(COST), "reserved": 0.0}
     assert isinstance(after, GenerateResult)
+
+
+def test_a_hold_whose_admission_a_loop_per_call_cut_off_is_given_back_not_left_to_lapse(
+        gemini_server, redis_server: RedisServer) -> None:
+    # With a loop per call (asyncio.run per request, a Celery task's), a request still waiting for Redis to admit it
+    # when its loop ends is cancelled there, and so is the store call that was to give back what Redis held for it:
+    # the hold stayed reserved until its TTL, then was charged at its full estimate (a request that sent nothing was
+    # billed COST). What such a call owes is now replayed to Redis by the next call, on whichever loop.
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": "ok"},), usage=USAGE)
+    with tcp_proxy(redis_server.port) as proxy:
+        config = _config(gemini_server, {"kind": "redis", "url": proxy.url, "prefix": f"c{time.monotonic_ns()}:",
+                                         "timeout_s": 20, "connect_timeout_s": 20})
+        config["timeout_s"] = 30  # the hold lives 32 s: it cannot lapse within the test
+        with Router.from_config(config) as router:
+
+            async def left_waiting() -> None:
+                await router.agenerate("first")  # this loop's pool has its connection
+                proxy.hold_replies()
+                asyncio.ensure_future(router.agenerate("cut off"))
+                await asyncio.sleep(0.5)  # its admission ran in Redis; the reply is held in the proxy
+
+            asyncio.run(left_waiting())  # returns with the request still waiting: asyncio.run cancels it
+            proxy.release_replies()
+            asyncio.run(router.agenerate("next"))  # a new loop: what the cut-off call owed is sent first
+            usage = budget_usage(router)
+    assert usage == {"spent": pytest.approx(2 * COST), "reserved": 0.0}  # the two answers, nothing held

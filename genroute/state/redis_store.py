@@ -20,7 +20,8 @@ writes made before it; other calls go on. One call per event loop replays at a t
 store used from two loops may send their replays' batches interleaved, each still once. Holds taken meanwhile live
 in memory, and Redis holds whose settle was lost lapse with their TTL, charged at their amount. A hold taken from the fallback memory is
 settled there. A call its caller gives up on (a cancelled request) goes on: a settle is still made, and what an
-admission took is given back once Redis answers.
+admission took is given back once Redis answers; one that the end of its event loop cuts off (``asyncio.run`` per
+call) is replayed instead by the next call, on any loop (``genroute.state.background``).
 
 For ``retry_s`` after Redis could not be reached it does not try Redis again (but ``aclose`` tries once, to send what
 is kept), so a dead server costs one timeout per ``retry_s``,
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from genroute.errors import StateUnavailable
 from genroute.state import ListRead, ListReplay, RedisStateConfig, StateStore
+from genroute.state.background import Background
 from genroute.state.memory import MemoryStateStore
 from genroute.state.ops import Admitted, Claim, Held, Hold, Release, Settle, Settlement, op_name
 from genroute.state.redis_script import SCRIPT, Push, Range, Until, Usage, decode, encode, settle_id
@@ -97,7 +99,7 @@ class RedisStateStore(StateStore):
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = \
             weakref.WeakKeyDictionary()
         #: Store calls that go on after their caller was cancelled (settles, and giving back what an admit took).
-        self._background: set[asyncio.Future[Any]] = set()
+        self._background = Background()
 
     # -- plumbing --------------------------------------------------------------------------------------
 
@@ -123,6 +125,7 @@ class RedisStateStore(StateStore):
         sockets. A pool's connections hold its loop, so the weak key alone never let go of one."""
         for gone in [loop for loop in list(self._clients) if loop.is_closed()]:
             self._clients.pop(gone, None)
+        self._background.rescue()  # calls those loops' ends cut off: their settles are replayed
 
     async def _run(self, op: str, remote: Callable[[Any, Any], Awaitable[T]],
                    local: Callable[[], Awaitable[T]], *, ordered: bool = False,
@@ -216,7 +219,10 @@ class RedisStateStore(StateStore):
         except asyncio.CancelledError:
             # The caller went away while Redis was asked: what the script took (it may have run, or run later) is given
             # back once it answers, since no attempt will settle it (a hold would lapse only with its TTL).
-            self._in_background(admitting)
+            holds = [Settle(c.account, hold_id, 0, keep_s=c.keep_s)
+                     for c, hold_id in zip(claims, ids, strict=True) if isinstance(c, Hold)]
+            # Cut off by its loop's end, the admission may still have run: its holds are given back by replay.
+            self._background.add(admitting, lambda: self._keeper(holds, [settle_id() for _ in holds])())
             admitting.add_done_callback(lambda done: self._give_back(claims, done))
             raise
         return admitted
@@ -231,30 +237,32 @@ class RedisStateStore(StateStore):
                                   else Release(c.name) for c, r in zip(claims, results, strict=True)
                                   if isinstance(c, Hold) or r.probing]
         if undo:
-            self._in_background(asyncio.ensure_future(self._apply(undo)))
+            ids = _settle_ids(undo)
+            self._background.add(asyncio.ensure_future(self._apply(undo, ids)), self._keeper(undo, ids))
 
     async def apply(self, settlements: Sequence[Settlement]) -> list[Any]:
-        applying = asyncio.ensure_future(self._apply(list(settlements)))
+        ops = list(settlements)
+        ids = _settle_ids(ops)
+        applying = asyncio.ensure_future(self._apply(ops, ids))
         try:
             return await asyncio.shield(applying)
         except asyncio.CancelledError:
             # A settle its caller stopped waiting for (maybe not sent yet: waiting for a pooled connection) is still
-            # made: its hold must not lapse unsettled with its spend uncounted.
-            self._in_background(applying)
+            # made: its hold must not lapse unsettled with its spend uncounted (replayed if its loop ends first).
+            self._background.add(applying, self._keeper(ops, ids))
             raise
 
-    def _in_background(self, work: asyncio.Future[Any]) -> None:
-        """Keep ``work`` (a store call no caller awaits) until it is done; ``aclose`` waits for it."""
-        self._background.add(work)
+    def _keeper(self, ops: Sequence[Settlement], ids: list[str | None]) -> Callable[[], None]:
+        """What queues ``ops``' settles for replay to Redis (its ``ids`` with them: one that landed applies once)."""
+        def keep() -> None:
+            for op, settle_id in zip(ops, ids, strict=True):
+                if isinstance(op, Settle) and settle_id is not None:  # a hold of the fallback's is charged to Redis
+                    fallback = op.hold_id is not None and op.hold_id.startswith(_FALLBACK_ID)
+                    self._unsent.settle(op._replace(hold_id=None) if fallback else op, settle_id)
 
-        def done(finished: asyncio.Future[Any]) -> None:
-            self._background.discard(finished)
-            if not finished.cancelled() and (error := finished.exception()) is not None:
-                _log.warning("a state store call its caller gave up on failed: %s", type(error).__name__)
+        return keep
 
-        work.add_done_callback(done)
-
-    async def _apply(self, ops: list[Settlement]) -> list[Any]:
+    async def _apply(self, ops: list[Settlement], ids: list[str | None]) -> list[Any]:
         charged_here = set()
         for index, op in enumerate(ops):
             if isinstance(op, Settle) and op.hold_id is not None and op.hold_id.startswith(_FALLBACK_ID):
@@ -262,17 +270,9 @@ class RedisStateStore(StateStore):
                 await self.fallback.apply((op._replace(hold_id=op.hold_id[len(_FALLBACK_ID):]),))
                 ops[index] = op._replace(hold_id=None)
                 charged_here.add(index)
-        ids = [settle_id() if isinstance(op, Settle) else None for op in ops]
 
         async def remote(script: Any, _: Any) -> list[Any]:
             return (await self._call(script, "apply", ops, ids))[0]
-
-        def keep() -> None:
-            # Replayed to Redis when it answers again (one may also have reached Redis before the failure: the
-            # replay then counts nothing).
-            for op, settle_id in zip(ops, ids, strict=True):
-                if isinstance(op, Settle):
-                    self._unsent.settle(op, settle_id)  # type: ignore[arg-type]
 
         async def local() -> list[Any]:
             # Charged here for this process's view meanwhile.
@@ -283,7 +283,9 @@ class RedisStateStore(StateStore):
                 out[i] = answer
             return out
 
-        return await self._run(op_name(ops, "settle"), remote, local, keep=keep, owed=True)
+        # Kept, replayed to Redis when it answers again (one may also have reached Redis before the failure: the
+        # replay then counts nothing).
+        return await self._run(op_name(ops, "settle"), remote, local, keep=self._keeper(ops, ids), owed=True)
 
     async def _replay(self, connection: _Connection, *, wait: bool = True, closing: bool = False) -> None:
         """Send the settles and appends made while Redis was unreachable (oldest first, a batch a script run), so its
@@ -360,8 +362,9 @@ class RedisStateStore(StateStore):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if mine := {work for work in self._background if work.get_loop() is loop}:
+        if mine := self._background.of_loop(loop):
             await asyncio.wait(mine, timeout=self.config.timeout_s)  # settles their callers gave up on
+        self._background.rescue()  # and those that loops closed meanwhile cut off
         if self._unsent:
             import redis.exceptions
 
@@ -390,3 +393,8 @@ def _failure(exc: BaseException) -> str:
         return f"refused this router's credentials ({type(exc).__name__}: {detail})"
     # Why (refused, timed out, a certificate not trusted...): never the password (redis-py's messages name the host).
     return f"is unreachable ({type(exc).__name__}: {detail})" if detail else "is unreachable"
+
+
+def _settle_ids(ops: Sequence[Settlement]) -> list[str | None]:
+    """A new settle id for each settle of ``ops`` (None for the rest)."""
+    return [settle_id() if isinstance(op, Settle) else None for op in ops]

@@ -1,0 +1,53 @@
+"""Store calls that go on after their caller gave up on them, and what becomes of those an event loop's end cuts off.
+
+A settle whose caller was cancelled (a request cancelled, or timed out by its caller) is still made, and what an
+admission took is given back once Redis answers: each as a task of its own on the caller's event loop. When that loop
+ends first (``asyncio.run`` per call, a Celery task's), the task is cancelled there or left pending for good, and its
+hold would lapse with its TTL, charged at its full estimate. Such a call's settles are kept for replay instead, by the
+first call on any loop (``UnsentWrites``; each carries its settle id, so one that reached Redis before the cut applies
+once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+_log = logging.getLogger("genroute.state.redis_store")  # where its warning was logged before it moved here
+
+
+class Background:
+    """The store calls no caller awaits any more, each with how to keep its writes should its loop end under it."""
+
+    def __init__(self) -> None:
+        self._work: dict[asyncio.Future[Any], Callable[[], None] | None] = {}
+
+    def add(self, work: asyncio.Future[Any], keep: Callable[[], None] | None = None) -> None:
+        """Hold ``work`` until it is done (``of_loop``: ``aclose`` waits for it); ``keep`` queues its writes for replay
+        if it is cancelled or its loop is closed before it ends."""
+        self._work[work] = keep
+        work.add_done_callback(self._done)
+
+    def _done(self, finished: asyncio.Future[Any]) -> None:
+        keep = self._work.pop(finished, None)
+        if finished.cancelled():
+            if keep is not None:  # its loop ended (asyncio.run cancels what is left on it): replayed by the next call
+                keep()
+        elif (error := finished.exception()) is not None:
+            _log.warning("a state store call its caller gave up on failed: %s", type(error).__name__)
+
+    def of_loop(self, loop: asyncio.AbstractEventLoop) -> set[asyncio.Future[Any]]:
+        """The calls running on ``loop``."""
+        return {work for work in list(self._work) if work.get_loop() is loop}
+
+    def rescue(self) -> None:
+        """Keep for replay the writes of calls left pending on an event loop closed under them (never to end there)."""
+        for work in [work for work in list(self._work) if not work.done() and work.get_loop().is_closed()]:
+            keep = self._work.pop(work, None)
+            if keep is not None:
+                keep()
+            # Taken care of here: asyncio's "Task was destroyed but it is pending!" (an ERROR) would only alarm.
+            if isinstance(work, asyncio.Task):
+                work._log_destroy_pending = False  # type: ignore[attr-defined]  # asyncio's own switch for this
