@@ -9,8 +9,9 @@ Phases (disjoint records, seeded): (1) ``--train`` requests served by ICL, each 
 ``router.feedback(result, label=gold)`` with ``capture`` on; (2) ``genroute.graduation.agraduate``: export the
 captured examples (deduplicated, validated), LoRA-tune, add the tuned backend as a shadow challenger;
 (3) ``--shadow`` requests served by ICL with the tuned model shadowing each (one at a time, so the shadow's
-latency is not inflated by the served call) and labeled feedback: paired outcomes; (4) ``adecide``: promote when
-the paired quality difference's 95 % CI lower bound is above ``-margin`` and it is cheaper; (5) ``--after``
+latency is not inflated by the served call) and labeled feedback: paired outcomes; (4) ``adecide``, once, at the
+planned end of the shadow phase: promote when the paired quality difference's fixed-horizon 95 % CI lower bound is
+above ``-margin`` and it is cheaper; (5) ``--after``
 requests served by whatever the router now routes to. Local calls cost $0; costs are cloud-equivalent (the same
 tokens on gemini-2.5-flash). Data: ``dynasent_r2.jsonl`` of the shared data (``--shared-data``, see
 ``benchmarks/shared_data.py``; neutral rows dropped) by default, or ``--data``; ICL examples from
@@ -129,8 +130,10 @@ async def main(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         paired = await serve(router, shadow, shadows=True)
         t_shadow = time.perf_counter() - t0
+        # One decision, after a shadow phase whose size was fixed in advance: the fixed-horizon CI is valid for it
+        # (an application deciding at every refresh keeps the anytime-valid default).
         report = await adecide(router, "sentiment", challenger="sentiment_lora", incumbent="icl",
-                               margin=args.margin, min_n=args.min_n, report=report)
+                               margin=args.margin, min_n=args.min_n, report=report, sequential=False)
         t0 = time.perf_counter()
         served_after = await serve(router, after, shadows=False)
         t_after = time.perf_counter() - t0

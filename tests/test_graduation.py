@@ -153,7 +153,7 @@ def test_register_only_reads_the_configs_relative_paths_from_its_directory(gemin
     assert policy["kind"] == "challenger" and policy["policy"]["stats_path"] == "stats.json"  # written as it was
 
 
-def test_graduate_cli_registers_a_challenger_and_promotes_it_on_the_outcomes(gemini_server, tmp_path, otel):
+def test_graduate_cli_registers_a_challenger_and_promotes_it_on_the_outcomes(gemini_server, tmp_path, otel, capsys):
     config, base = lora_app(gemini_server, tmp_path)
     assert cli([*base, "--register-only", "--challenger", "lora"]) == 0
     policy = yaml.safe_load(config.read_text())["policy"]
@@ -167,21 +167,30 @@ def test_graduate_cli_registers_a_challenger_and_promotes_it_on_the_outcomes(gem
                                                                  "lora": record.outcomes["lora"]}}))
     assert cli([*base, "--decide", "--challenger", "lora", "--min-n", "20"]) == 0
     assert yaml.safe_load(config.read_text())["policy"]["promoted"] is False
-    for record in paired(300, set(range(60)), set(range(2, 64))):    # resolved, cheaper: promoted
+    for record in paired(300, set(range(60)), set(range(2, 64))):    # resolved at one look, cheaper
         store.upsert_sync(record.model_copy(update={"metadata": {**record.metadata, "id": f"b{record.id}",
                                                                  "served": "chat"},
                                                     "outcomes": {"chat": record.outcomes["icl"],
                                                                  "lora": record.outcomes["lora"]}}))
+    # Decided again on more traffic: the anytime-valid sequence, which holds at every look, still reaches below
+    # -0.05 (-0.056); the fixed-horizon CI (-0.025), valid for one planned look, promotes when asked for.
     assert cli([*base, "--decide", "--challenger", "lora"]) == 0
+    assert "anytime-valid 95% CS [-0.056, +0.068]" in capsys.readouterr().out
+    assert yaml.safe_load(config.read_text())["policy"]["promoted"] is False
+    assert cli([*base, "--decide", "--challenger", "lora", "--fixed-horizon"]) == 0
+    assert "fixed-horizon 95% CI [-0.025, +0.036], valid for one look" in capsys.readouterr().out
     assert yaml.safe_load(config.read_text())["policy"]["promoted"] is True
     with Router.from_config(config, **otel.providers) as router:
         assert [r.backend for r in router.decide("x", task="t").rungs] == ["lora", "chat"]
-        report = router._portal.call(adecide(router, "t", challenger="lora", min_n=100))
+        report = router._portal.call(adecide(router, "t", challenger="lora", min_n=100, sequential=False))
         priced = router._portal.call(adecide(router, "t", challenger="lora", min_n=100, cpu_usd_per_hour=0.04,
+                                             sequential=False,
                                              report=report.model_copy(update={"lines": (), "tuning_cpu_s": 360.0})))
     assert "tuning $0.0040: no request times" in priced.advice   # 360 CPU-s at $0.04/h; the test rows have no times
     (span, _) = otel.spans("genroute.graduate.decide")
     assert span.attributes["genroute.graduate.n"] == 340 and span.attributes["genroute.graduate.promote"] is True
+    assert span.attributes["genroute.graduate.rule"] == "fixed-horizon" and "genroute.graduate.cs_low" not in \
+        span.attributes
     assert [line.split(":")[0] for line in report.lines] == ["decide", "promote", "advisor"]
 
 
@@ -605,12 +614,14 @@ def test_graduate_names_the_flag_of_a_bad_share(gemini_server, tmp_path, capsys,
     assert config.read_text() == before
 
 
-def test_graduate_refuses_register_only_with_decide(gemini_server, tmp_path, capsys):
-    """It registered the challenger (its mode printed as None) and left the decision out without a word."""
+@pytest.mark.parametrize(("flag", "named"), [("--decide", "--register-only"), ("--fixed-horizon", "--fixed-horizon")])
+def test_graduate_refuses_register_only_with_decide(gemini_server, tmp_path, capsys, flag, named):
+    """It registered the challenger (its mode printed as None) and left the decision out without a word; and
+    --fixed-horizon, which only --decide reads, would be ignored."""
     config, base = lora_app(gemini_server, tmp_path)
     before = config.read_text()
-    assert cli([*base, "--register-only", "--challenger", "lora", "--decide"]) == 2
-    assert "error: --register-only: " in capsys.readouterr().err
+    assert cli([*base, "--register-only", "--challenger", "lora", flag]) == 2
+    assert f"error: {named}: " in capsys.readouterr().err
     assert config.read_text() == before
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from genroute import Router, UsageError
@@ -43,39 +44,115 @@ def arm(i, arm_name, served, score, cost):
 
 
 def test_split_arms_are_compared_unpaired_counting_fallbacks_for_their_arm():
-    records = [arm(i, "lora", "lora", 1.0, 0.001) for i in range(80)]
-    records += [arm(100 + i, "icl", "icl", 1.0, 0.01) for i in range(80)]
+    # 400 requests an arm, all right: the anytime-valid sequence of the difference is about +-0.044.
+    records = [arm(i, "lora", "lora", 1.0, 0.001) for i in range(400)]
+    records += [arm(1000 + i, "icl", "icl", 1.0, 0.01) for i in range(400)]
     decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=50, mode="split")
-    assert decision.design == "unpaired" and decision.promote and decision.n == 80
-    assert "unpaired" in decision.line()
+    assert decision.design == "unpaired" and decision.promote and decision.n == 400
+    assert "unpaired" in decision.line() and "anytime-valid 95% CS" in decision.line()
     assert decision.challenger_cost_usd == pytest.approx(0.001) and decision.incumbent_cost_usd == pytest.approx(0.01)
-    # Requests routed to the challenger that fell back to the incumbent, answered wrong: they count for the
-    # challenger's arm (what its users got), and now a loss beyond the margin is not ruled out.
-    records += [arm(200 + i, "lora", "icl", 0.0, 0.011) for i in range(20)]
+    # Requests routed to the challenger that fell back to the incumbent (every fifth of its arm), answered wrong:
+    # they count for the challenger's arm (what its users got), and now a loss beyond the margin is not ruled out.
+    records = [arm(2000 + i, "lora", "icl", 0.0, 0.011) if i % 5 == 4 else arm(i, "lora", "lora", 1.0, 0.001)
+               for i in range(500)] + records[400:]
     decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=50, mode="split")
-    assert decision.comparison.n_a == 100 and decision.comparison.mean_a == pytest.approx(0.8)
+    assert decision.comparison.n_a == 500 and decision.comparison.mean_a == pytest.approx(0.8)
     assert not decision.promote and "unpaired" in decision.reasons[0]
-    few = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=100, mode="split")
-    assert not few.promote and "100 (lora) and 80 (icl)" in few.reasons[0]
+    few = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=450, mode="split")
+    assert not few.promote and "500 (lora) and 400 (icl)" in few.reasons[0]
 
 
 @pytest.mark.parametrize(("n", "promote"), [(30, False), (60, False), (80, True)])
 def test_arms_right_on_every_request_promote_only_once_a_loss_beyond_the_margin_is_ruled_out(n, promote):
     """Both arms right every time: the bootstrap CI was [0, 0], so 30 requests an arm promoted, though a challenger
     right 90 % of the time is right on all 30 a twentieth of the time; Newcombe's interval reaches below -0.05
-    until each arm has about 75 requests."""
+    until each arm has about 75 requests (the fixed-horizon rule; the anytime-valid one is tested beside it)."""
     records = [arm(i, "lora", "lora", 1.0, 0.001) for i in range(n)]
     records += [arm(1000 + i, "icl", "icl", 1.0, 0.01) for i in range(n)]
-    decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=30, mode="split")
+    decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=30, mode="split",
+                                sequential=False)
     assert decision.comparison.ci[0] < 0 < decision.comparison.ci[1]
     assert decision.promote is promote and (promote or "not ruled out" in decision.reasons[0])
 
 
 @pytest.mark.parametrize(("n", "promote"), [(30, False), (80, True)])
 def test_shadow_pairs_that_all_agree_promote_only_once_a_loss_beyond_the_margin_is_ruled_out(n, promote):
-    decision = decide_promotion(paired(n, challenger_score=1.0), "t", incumbent="icl", challenger="lora", min_n=30)
+    decision = decide_promotion(paired(n, challenger_score=1.0), "t", incumbent="icl", challenger="lora", min_n=30,
+                                sequential=False)   # Newcombe's interval, at one look
     assert decision.comparison.ci[0] < 0 < decision.comparison.ci[1]  # no discordant pair: the bootstrap's [0, 0]
     assert decision.promote is promote
+
+
+def simulated(rng, n, diff):
+    """``n`` shadow records of 0/1 scores: the incumbent right 80 % of the time, the two disagreeing on 20 % of
+    requests, the challenger ``diff`` better."""
+    cells = rng.choice(4, size=n, p=[0.8 - (0.2 - diff) / 2, (0.2 + diff) / 2, (0.2 - diff) / 2, 0.1 - diff / 2])
+    return [OutcomeRecord(metadata={"id": str(i), "task": "t", "served": "icl"}, outcomes={
+        "icl": Side(score=float(cell in (0, 2)), cost_usd=0.01, role="served"),
+        "lora": Side(score=float(cell in (0, 1)), cost_usd=0.001, role="shadow")}) for i, cell in enumerate(cells)]
+
+
+def test_deciding_at_every_look_promotes_a_challenger_worse_by_the_margin_at_most_5_percent_of_the_time():
+    """A team decides after every 100 requests, up to 1,000, until told "promote". The challenger is 0.05 worse: the
+    rule's null hypothesis. With the fixed-horizon CI (2.5 % one-sided at one look) some look promoted it in 11 of
+    100 runs; the anytime-valid sequence, which holds at every look at once, in none (benchmarks/promotion_peeking.py
+    measures it at 20 looks)."""
+    rng = np.random.default_rng(5)
+    promoted = {False: 0, True: 0}
+    for _ in range(100):
+        records = simulated(rng, 1000, -0.05)
+        for sequential in (False, True):
+            promoted[sequential] += any(
+                decide_promotion(records[:n], "t", incumbent="icl", challenger="lora", min_n=100,
+                                 sequential=sequential).promote for n in range(100, 1001, 100))
+    assert promoted[False] > 5 and promoted[True] <= 5
+
+
+def test_the_report_names_the_rule_that_decided():
+    records = paired(400, challenger_score=1.0)   # no discordant pair: the sequence is about +-0.037 at 400
+    anytime = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=30)
+    assert anytime.rule == "anytime-valid" and anytime.promote and -0.05 < anytime.confidence_sequence[0] < 0
+    assert "anytime-valid 95% CS [-0.0" in anytime.line() and "(fixed-horizon 95% CI [" in anytime.line()
+    fixed = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=30, sequential=False)
+    assert fixed.rule == "fixed-horizon" and fixed.confidence_sequence is None and fixed.promote
+    assert "fixed-horizon 95% CI [-0.0" in fixed.line() and ", valid for one look (margin 0.05)" in fixed.line()
+    few = decide_promotion(records[:100], "t", incumbent="icl", challenger="lora", min_n=30)
+    assert not few.promote and few.reasons[0].startswith("a quality loss larger than the margin is not ruled out "
+                                                         "(anytime-valid 95% CS lower bound -0.")
+    split = [arm(i, "lora", "lora", 1.0, 0.001) for i in range(100)] + \
+        [arm(1000 + i, "icl", "icl", 1.0, 0.01) for i in range(100)]
+    unpaired = decide_promotion(split, "t", incumbent="icl", challenger="lora", min_n=30, mode="split")
+    assert unpaired.reasons[0].startswith("a quality loss larger than the margin is not ruled out (unpaired (split "
+                                          "arms) anytime-valid 95% CS lower bound")
+
+
+def test_a_repeated_input_enters_the_sequence_once_with_its_first_record():
+    from genroute.bench.sequential import paired_difference_cs
+
+    def record(i, text, lora):
+        return OutcomeRecord(input=text, metadata={"id": str(i), "task": "t", "served": "icl"}, outcomes={
+            "icl": Side(score=1.0, cost_usd=0.01, role="served"), "lora": Side(score=lora, cost_usd=0.001,
+                                                                               role="shadow")})
+
+    # 200 inputs; the challenger wrong on the first 10; each later repeated, the copies answered as the first was
+    # except input 0's copy, answered right (a value the sequence looked at is not revised).
+    records = [record(i, f"question {i}", float(i >= 10)) for i in range(200)]
+    records += [record(1000 + i, f"QUESTION  {i}", float(i >= 10 or i == 0)) for i in range(200)]
+    decision = decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=30)
+    assert decision.n == 200 and decision.comparison.n_records == 400
+    expected = paired_difference_cs([float(i >= 10) for i in range(200)], [1.0] * 200)
+    assert decision.confidence_sequence == pytest.approx(expected)
+
+
+def test_scores_outside_0_1_are_refused_by_the_anytime_valid_rule_and_sequential_must_be_a_bool():
+    records = paired(100, challenger_score=5.0)   # a scorer on a 0-10 scale
+    with pytest.raises(UsageError, match=r"in \[0, 1\]") as exc:
+        decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=30)
+    assert exc.value.field == "scores"
+    assert decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=30, sequential=False).n == 100
+    with pytest.raises(UsageError) as exc:
+        decide_promotion(records, "t", incumbent="icl", challenger="lora", min_n=30, sequential="yes")
+    assert exc.value.field == "sequential"
 
 
 def test_the_unpaired_interval_covers_the_difference_of_means():

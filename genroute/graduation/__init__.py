@@ -1,8 +1,8 @@
 """Graduation: from few-shot on live traffic to a tuned model, decided by paired statistics.
 
 ``agraduate`` (export the captured examples -> tune -> add the tuned backend as a challenger) and ``adecide``
-(promote when the paired quality difference's 95 % CI lower bound is above ``-margin`` and it is cheaper);
-``genroute graduate`` runs them from the command line on a config file.
+(promote when the quality difference's 95 % lower bound, anytime-valid by default, is above ``-margin`` and it
+is cheaper); ``genroute graduate`` runs them from the command line on a config file.
 """
 
 from genroute.graduation.export import TuningSet, export_tuning_set

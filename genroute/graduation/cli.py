@@ -11,6 +11,8 @@ policy in a ``challenger`` policy (``--mode shadow|split``). ``--register-only -
 policy around a backend already in the config (e.g. from ``genroute tune``). ``--decide`` reads the
 outcomes (paired in shadow mode, the two split arms unpaired in split mode) and, when the rule holds, sets
 ``promoted: true`` in the config (keeping the challenger's mode and share); the report says why not otherwise.
+Run ``--decide`` as often as you like: it reads an anytime-valid 95 % confidence sequence, which holds at every
+look; ``--fixed-horizon`` reads the fixed-horizon 95 % CI instead, valid only for one decision planned in advance.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ def graduate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--register-only", action="store_true",
                         help="wrap the policy with --challenger (a backend already in the config), no tuning")
     parser.add_argument("--incumbent", default=None, help="default: the backend that served the task most")
+    parser.add_argument("--fixed-horizon", action="store_true",
+                        help="with --decide: read the fixed-horizon 95%% CI, valid for one look planned in advance, "
+                             "instead of the anytime-valid 95%% confidence sequence (valid however often you decide)")
     parser.add_argument("--margin", type=float, default=0.05)
     parser.add_argument("--min-n", type=int, default=100)
     parser.add_argument("--tuning-cost", type=float, default=None, help="USD, for the advisor's pay-back")
@@ -72,6 +77,8 @@ def graduate_main(argv: Sequence[str]) -> int:
         if args.decide and args.register_only:  # the registration ran and the decision was left out, silently
             raise UsageError("registers a challenger, --decide decides on one: give one of them",
                              field="--register-only")
+        if args.fixed_horizon and not args.decide:  # it would be ignored
+            raise UsageError("chooses the rule --decide reads: give it with --decide", field="--fixed-horizon")
         _refuse_other_tuning(args)
         report = asyncio.run(_run(args))
     except GenrouteError as exc:
@@ -144,6 +151,7 @@ async def _run(args: argparse.Namespace) -> Any:
             with _flags({"challenger": "--challenger", "incumbent": "--incumbent"}):
                 report = await adecide(router, args.task, challenger=name, incumbent=args.incumbent,
                                        margin=args.margin, min_n=args.min_n, promote=False,
+                                       sequential=not args.fixed_horizon,
                                        tuning_cost_usd=args.tuning_cost, cpu_usd_per_hour=args.cpu_usd_per_hour,
                                        report=report)
             if report.promotion is not None and report.promotion.promote:

@@ -1,5 +1,12 @@
-"""The promotion rule: promote a challenger when its quality difference to the incumbent has a 95 % CI lower bound
+"""The promotion rule: promote a challenger when its quality difference to the incumbent has a 95 % lower bound
 above ``-margin`` on at least ``min_n`` records and it is cheaper; otherwise say why not.
+
+The decision is run again and again as traffic accumulates, so by default (``sequential=True``) the bound is the
+anytime-valid 95 % confidence sequence's (``genroute.bench.sequential``), over the records in the order the store
+lists them (oldest first): it holds at every look at once, so deciding at every refresh does not raise the chance of a
+false promotion. ``sequential=False`` uses the fixed-horizon 95 % CI below, valid for one look planned in advance.
+In shadow mode an input that repeats enters the sequence once, with its first paired record (a later copy would
+revise a value already looked at); in split mode each arm's scores enter in order.
 
 In shadow mode the two are compared on the same requests (paired); requests whose captured input text is the same
 (up to case, runs of whitespace and Unicode composition) are one input, compared by their mean scores, and ``min_n`` counts inputs
@@ -21,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from genroute.bounds import is_real, is_whole
 from genroute.bench.clusters import text_groups
+from genroute.bench.sequential import paired_difference_cs, unpaired_difference_cs
 from genroute.bench.stats import PairedComparison, UnpairedComparison, compare_paired, compare_unpaired
 from genroute.errors import UsageError
 from genroute.outcomes.records import OutcomeRecord, Side
@@ -67,6 +75,10 @@ class Promotion(BaseModel):
     reasons: tuple[str, ...]
     #: Requests left out of the comparison: their input is one the compared backends were tuned on.
     tuned_on: int = 0
+    #: The interval the rule read: anytime-valid (``confidence_sequence``) or fixed-horizon (``comparison.ci``).
+    rule: Literal["anytime-valid", "fixed-horizon"] = "fixed-horizon"
+    #: The anytime-valid 95 % confidence sequence of the difference at the last record (``None``: fixed-horizon).
+    confidence_sequence: tuple[float, float] | None = None
 
     def line(self) -> str:
         """One report line."""
@@ -79,8 +91,8 @@ class Promotion(BaseModel):
                 f"n = {self.n} distinct inputs ({c.n_records} paired requests)"
             mcnemar_p, permutation_p = c.mcnemar_p, c.permutation_p
         head = (f"decide: {self.challenger} vs {self.incumbent} on task {self.task!r}, {sample}: quality "
-                f"{c.mean_a:.3f} vs {c.mean_b:.3f}, difference {c.difference:+.3f}, 95% CI [{c.ci[0]:+.3f}, "
-                f"{c.ci[1]:+.3f}] (margin {self.margin:g})"
+                f"{c.mean_a:.3f} vs {c.mean_b:.3f}, difference {c.difference:+.3f}, {self.interval_text()} "
+                f"(margin {self.margin:g})"
                 + (f", McNemar p = {mcnemar_p:.3g}" if mcnemar_p is not None else "")
                 + (f", sign-flip p = {permutation_p:.3g}" if permutation_p is not None else "")
                 + f"; {per_1k(self.challenger_cost_usd)} vs {per_1k(self.incumbent_cost_usd)} per 1k "
@@ -90,6 +102,14 @@ class Promotion(BaseModel):
             head += (f"; {self.tuned_on} requests left out: their input is one the model was tuned on (scored on its "
                      "training data, it measures recall)")
         return head + (" -> PROMOTE" if self.promote else " -> keep the incumbent: " + "; ".join(self.reasons))
+
+    def interval_text(self) -> str:
+        """The interval the rule read, named: the sequence's is valid at every look, the CI's at one."""
+        c, cs = self.comparison, self.confidence_sequence
+        ci = f"[{c.ci[0]:+.3f}, {c.ci[1]:+.3f}]"
+        if cs is None:
+            return f"fixed-horizon 95% CI {ci}, valid for one look"
+        return f"anytime-valid 95% CS [{cs[0]:+.3f}, {cs[1]:+.3f}] (fixed-horizon 95% CI {ci}, valid for one look)"
 
 
 def per_1k(cost_usd: float | None) -> str:
@@ -105,14 +125,18 @@ def seconds(value: float | None) -> str:
 def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: str, challenger: str,
                      margin: float = 0.05, min_n: int = 100, seed: int = 0,
                      mode: Literal["shadow", "split"] = "shadow",
-                     tuned_on: Collection[str] = frozenset()) -> Promotion:
-    """Decide on ``task``'s records: paired where both were scored (``shadow``), or the two arms unpaired (``split``).
+                     tuned_on: Collection[str] = frozenset(), sequential: bool = True) -> Promotion:
+    """Decide on ``task``'s records (oldest first): paired where both were scored (``shadow``), or the two arms
+    unpaired (``split``); on the anytime-valid sequence (``sequential``) or the fixed-horizon CI.
 
     ``tuned_on``: the input keys (``knowledge.examples.input_key``) the compared backends were tuned on; a request
     with one of those inputs is left out (a model scored on its training inputs measures recall) and counted.
-    ``UsageError`` naming ``margin`` / ``min_n`` unless the margin is finite and >= 0 and ``min_n`` >= 1.
+    ``UsageError`` naming ``margin`` / ``min_n`` unless the margin is finite and >= 0 and ``min_n`` >= 1, and naming
+    ``scores`` for a score outside [0, 1] under the sequential rule (its guarantee needs bounded scores).
     """
     check_rule(margin, min_n)
+    if not isinstance(sequential, bool):
+        raise UsageError(f"must be True or False (got {sequential!r})", field="sequential")
     if mode not in ("shadow", "split"):
         raise UsageError(f"mode must be 'shadow' or 'split' (got {mode!r})", field="mode")
     task_records = [r for r in records if r.task == task]
@@ -124,20 +148,27 @@ def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: 
         len(_paired(seen, incumbent, challenger))
     if mode == "split":
         return _decide_split(mine, task, incumbent=incumbent, challenger=challenger, margin=margin, min_n=min_n,
-                             seed=seed).model_copy(update={"tuned_on": left_out})
+                             seed=seed, sequential=sequential).model_copy(update={"tuned_on": left_out})
     paired = _paired(mine, incumbent, challenger)
     a = [float(r.outcomes[challenger].score) for r in paired]  # type: ignore[arg-type]
     b = [float(r.outcomes[incumbent].score) for r in paired]  # type: ignore[arg-type]
     # Requests with the same captured input are one input (each compared by its mean scores): repeats of one
     # question are not independent evidence. Without captured text each request is an input of its own.
-    comparison = compare_paired(a, b, a=challenger, b=incumbent, min_n=min_n, seed=seed,
-                                groups=text_groups([_text(r) for r in paired]))
+    groups = text_groups([_text(r) for r in paired])
+    comparison = compare_paired(a, b, a=challenger, b=incumbent, min_n=min_n, seed=seed, groups=groups)
+    cs = None
+    if sequential:
+        first: dict[str, int] = {}  # each input's first paired record, inputs in the order they first came
+        for i, key in enumerate(groups):
+            first.setdefault(key, i)
+        cs = paired_difference_cs([a[i] for i in first.values()], [b[i] for i in first.values()])
     sides = {name: [r.outcomes[name] for r in paired] for name in (incumbent, challenger)}
     n = comparison.n
     what = "paired outcomes" if comparison.n_records is None else f"distinct inputs ({len(paired)} paired outcomes)"
     reasons = [f"only {n} {what}; the decision needs {min_n}"] if n < min_n else []
     return _promotion(task, incumbent, challenger, margin, n, comparison, sides, reasons,
-                      cloud=uses_cloud_equivalent(paired), design="paired").model_copy(update={"tuned_on": left_out})
+                      cloud=uses_cloud_equivalent(paired), design="paired",
+                      cs=cs).model_copy(update={"tuned_on": left_out})
 
 
 def _text(record: OutcomeRecord) -> str | None:
@@ -147,7 +178,7 @@ def _text(record: OutcomeRecord) -> str | None:
 
 
 def _decide_split(records: list[OutcomeRecord], task: str, *, incumbent: str, challenger: str, margin: float,
-                  min_n: int, seed: int) -> Promotion:
+                  min_n: int, seed: int, sequential: bool) -> Promotion:
     """The split arms compared unpaired: each arm's served answers, scored, over the requests routed to it."""
     arms: dict[str, list[Side]] = {incumbent: [], challenger: []}
     for arm, side in _arms(records, incumbent, challenger):
@@ -155,17 +186,19 @@ def _decide_split(records: list[OutcomeRecord], task: str, *, incumbent: str, ch
     a = [float(s.score) for s in arms[challenger]]  # type: ignore[arg-type]
     b = [float(s.score) for s in arms[incumbent]]  # type: ignore[arg-type]
     comparison = compare_unpaired(a, b, a=challenger, b=incumbent, seed=seed)
+    cs = unpaired_difference_cs(a, b) if sequential else None
     n = min(len(a), len(b))
     reasons = [f"only {len(a)} ({challenger}) and {len(b)} ({incumbent}) scored requests per split arm; the "
                f"unpaired decision needs {min_n} in each"] if n < min_n else []
     cloud = sides_use_cloud_equivalent(arms[incumbent] + arms[challenger])
     return _promotion(task, incumbent, challenger, margin, n, comparison, arms, reasons, cloud=cloud,
-                      design="unpaired")
+                      design="unpaired", cs=cs)
 
 
 def _promotion(task: str, incumbent: str, challenger: str, margin: float, n: int,
                comparison: PairedComparison | UnpairedComparison, sides: dict[str, list[Side]],
-               reasons: list[str], *, cloud: bool, design: Literal["paired", "unpaired"]) -> Promotion:
+               reasons: list[str], *, cloud: bool, design: Literal["paired", "unpaired"],
+               cs: tuple[float, float] | None) -> Promotion:
     """The rule applied to a comparison and each backend's sides (cost, latency and tokens per request)."""
 
     def mean(values: list[float]) -> float:
@@ -178,10 +211,12 @@ def _promotion(task: str, incumbent: str, challenger: str, margin: float, n: int
     latency = {name: statistics.median(timed[name]) if timed[name] else None for name in (incumbent, challenger)}
     tokens = {name: mean([float(s.input_tokens) for s in sides[name]]) for name in (incumbent, challenger)}
     # Written so that a NaN bound fails closed: only a lower bound known to be above -margin passes.
-    if not reasons and not comparison.ci[0] > -margin:
+    low = comparison.ci[0] if cs is None else cs[0]
+    if not reasons and not low > -margin:
         what = "unpaired (split arms) " if design == "unpaired" else ""
-        reasons.append(f"a quality loss larger than the margin is not ruled out ({what}CI lower bound "
-                       f"{comparison.ci[0]:+.3f} <= -{margin:g})")
+        interval = "fixed-horizon 95% CI" if cs is None else "anytime-valid 95% CS"
+        reasons.append(f"a quality loss larger than the margin is not ruled out ({what}{interval} lower bound "
+                       f"{low:+.3f} <= -{margin:g})")
     challenger_cost, incumbent_cost = costs[challenger], costs[incumbent]
     if challenger_cost is None or incumbent_cost is None:
         unpriced = " and ".join(name for name in (challenger, incumbent) if costs[name] is None)
@@ -193,7 +228,8 @@ def _promotion(task: str, incumbent: str, challenger: str, margin: float, n: int
         design=design, cost_basis="cloud-equivalent" if cloud else "measured", incumbent_cost_usd=costs[incumbent],
         challenger_cost_usd=costs[challenger], incumbent_latency_p50_s=latency[incumbent],
         challenger_latency_p50_s=latency[challenger], incumbent_input_tokens=tokens[incumbent],
-        challenger_input_tokens=tokens[challenger], promote=not reasons, reasons=tuple(reasons))
+        challenger_input_tokens=tokens[challenger], promote=not reasons, reasons=tuple(reasons),
+        rule="fixed-horizon" if cs is None else "anytime-valid", confidence_sequence=cs)
 
 
 def _paired(records: list[OutcomeRecord], incumbent: str, challenger: str) -> list[OutcomeRecord]:

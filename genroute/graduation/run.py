@@ -3,8 +3,9 @@
 Each step is a span (``genroute.graduate.<step>``) and a line of the report. ``agraduate`` runs the first three
 on a router whose outcome store holds captured, labeled traffic and leaves the tuned backend as a challenger
 (shadow or split); traffic then accumulates outcomes, and ``adecide`` promotes it when the quality difference's
-95 % CI lower bound is above ``-margin`` and it is cheaper, or reports why not (paired in shadow mode, the two arms
-unpaired in split mode: ``promote.py``). The advisor line uses what was measured: the traffic volume and token
+95 % lower bound (of an anytime-valid confidence sequence, so it may be run at every refresh; of a fixed-horizon CI
+with ``sequential=False``) is above ``-margin`` and it is cheaper, or reports why not (paired in shadow mode, the
+two arms unpaired in split mode: ``promote.py``). The advisor line uses what was measured: the traffic volume and token
 counts in the store and the tuning run's own CPU time; a monthly volume and a pay-back period only from at least
 ``MIN_VOLUME_WINDOW_S`` of request times.
 """
@@ -256,11 +257,13 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
                   margin: float = 0.05, min_n: int = 100, promote: bool = True,
                   tuning_cost_usd: float | None = None, cpu_usd_per_hour: float | None = None,
                   report: GraduationReport | None = None,
-                  mode: Literal["shadow", "split"] | None = None) -> GraduationReport:
+                  mode: Literal["shadow", "split"] | None = None, sequential: bool = True) -> GraduationReport:
     """Decide on the outcomes in the store; promote the challenger when the rule says so.
 
     ``mode``: ``shadow`` compares paired outcomes, ``split`` the two arms unpaired; by default the mode of the
-    router's ``challenger`` policy for ``task`` (shadow without one). The advisor's tuning cost: ``tuning_cost_usd``
+    router's ``challenger`` policy for ``task`` (shadow without one). ``sequential`` (default): the rule reads the
+    anytime-valid 95 % confidence sequence, so the decision may be run again at every refresh; ``False``: the
+    fixed-horizon 95 % CI, valid for one look planned in advance. The advisor's tuning cost: ``tuning_cost_usd``
     if given, else a Vertex job's priced tokens, else the local run's measured CPU time x ``cpu_usd_per_hour``
     (without a price it reports the CPU time and no pay-back)."""
     check_rule(margin, min_n)
@@ -275,11 +278,15 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
         incumbent = incumbent or _incumbent(records, challenger)
         tuned_on = await asyncio.to_thread(tuned_inputs, router, (challenger, incumbent), report)
         promotion = decide_promotion(records, task, incumbent=incumbent, challenger=challenger, margin=margin,
-                                     min_n=min_n, mode=mode, tuned_on=tuned_on)
+                                     min_n=min_n, mode=mode, tuned_on=tuned_on, sequential=sequential)
         span.set_attributes({"genroute.graduate.n": promotion.n, "genroute.graduate.promote": promotion.promote,
                              "genroute.graduate.tuned_on": promotion.tuned_on,
+                             "genroute.graduate.rule": promotion.rule,
                              "genroute.graduate.ci_low": promotion.comparison.ci[0],
                              "genroute.graduate.ci_high": promotion.comparison.ci[1]})
+        if promotion.confidence_sequence is not None:
+            span.set_attributes({"genroute.graduate.cs_low": promotion.confidence_sequence[0],
+                                 "genroute.graduate.cs_high": promotion.confidence_sequence[1]})
         if promotion.promote and promote:
             router.promote(task, challenger)
     if tuning_cost_usd is None:
