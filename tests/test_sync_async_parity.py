@@ -35,6 +35,7 @@ PAIRS: list[tuple[Any, str, str]] = [
     (Router, "feedback", "afeedback"),
     (Router, "drain", "adrain"),
     (Router, "refresh", "arefresh"),
+    (Router, "promote", "apromote"),
     (Embedder, "embed", "aembed"),
     (harness, "bench", "abench"),
 ]
@@ -205,13 +206,13 @@ def test_a_closed_router_refuses_both_ways(gemini_server, tmp_path: Path):
     with Router.from_config(config) as router:
         result = router.generate("hi")
     sync_calls = {"generate": lambda: router.generate("hi"), "feedback": lambda: router.feedback(result, score=1.0),
-                  "drain": router.drain, "refresh": router.refresh}
+                  "drain": router.drain, "refresh": router.refresh, "promote": lambda: router.promote("t", "chat")}
 
     async def async_errors() -> dict[str, str]:
         async with await Router.acreate(config) as twin:
             answered = await twin.agenerate("hi")
         calls = {"generate": lambda: twin.agenerate("hi"), "feedback": lambda: twin.afeedback(answered, score=1.0),
-                 "drain": twin.adrain, "refresh": twin.arefresh}
+                 "drain": twin.adrain, "refresh": twin.arefresh, "promote": lambda: twin.apromote("t", "chat")}
         found = {}
         for name, call in calls.items():
             with pytest.raises(UsageError) as err:
@@ -251,6 +252,7 @@ async def test_sync_twins_refuse_a_running_loop_and_name_their_async_twin(gemini
         "afeedback": lambda: router.feedback("an-outcome-id", score=1.0),
         "adrain": router.drain,
         "arefresh": router.refresh,
+        "apromote": lambda: router.promote("t", "chat"),
         "aingest": lambda: ingest(store, [tmp_path], collection="docs"),
         # LocalEmbedder.embed is CPU work that is safe anywhere; an engine's embeddings are not.
         "aembed": lambda: GeminiEmbedder(router.resources.engines["gemini"]).embed(["hi"]),

@@ -10,7 +10,9 @@ application's default Google Cloud credentials), writes the tuned backend into t
 policy in a ``challenger`` policy (``--mode shadow|split``). ``--register-only --challenger NAME`` wraps the
 policy around a backend already in the config (e.g. from ``genroute tune``). ``--decide`` reads the
 outcomes (paired in shadow mode, the two split arms unpaired in split mode) and, when the rule holds, sets
-``promoted: true`` in the config (keeping the challenger's mode and share); the report says why not otherwise.
+``promoted: true`` in the config (keeping the challenger's mode and share) and, when the config's ``state`` is shared
+(Redis), records the promotion there, so that running replicas apply it without a restart; the report says why not
+otherwise.
 Run ``--decide`` as often as you like: it reads an anytime-valid 95 % confidence sequence, which holds at every
 look; ``--fixed-horizon`` reads the fixed-horizon 95 % CI instead, valid only for one decision planned in advance.
 """
@@ -149,8 +151,10 @@ async def _run(args: argparse.Namespace) -> Any:
                 raise UsageError(f"{saved} is the graduation of {report.challenger!r} for task {report.task!r}, not "
                                  f"of {name!r} for {args.task!r}: give that graduation's --out", field="--out")
             with _flags({"challenger": "--challenger", "incumbent": "--incumbent"}):
+                # Promoted in the router too: with a shared state store that records it for every running replica
+                # (StateUnavailable before the file is written: nothing half-done).
                 report = await adecide(router, args.task, challenger=name, incumbent=args.incumbent,
-                                       margin=args.margin, min_n=args.min_n, promote=False,
+                                       margin=args.margin, min_n=args.min_n,
                                        sequential=not args.fixed_horizon,
                                        tuning_cost_usd=args.tuning_cost, cpu_usd_per_hour=args.cpu_usd_per_hour,
                                        report=report)
@@ -158,7 +162,9 @@ async def _run(args: argparse.Namespace) -> Any:
                 write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share,
                                  promoted=True)
                 report = report.model_copy(update={"lines": (
-                    *report.lines[:-2], f"promote: {args.config} now sends task {args.task!r} to {name} first",
+                    *report.lines[:-2], f"promote: {args.config} now sends task {args.task!r} to {name} first" + (
+                        ", and so does every router sharing its state store (recorded there)"
+                        if router.state.promotions_every_s is not None else ""),
                     report.lines[-1])})
         elif args.vertex:
             from genroute.tuning.cli import settings_from_flags

@@ -288,7 +288,7 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
             span.set_attributes({"genroute.graduate.cs_low": promotion.confidence_sequence[0],
                                  "genroute.graduate.cs_high": promotion.confidence_sequence[1]})
         if promotion.promote and promote:
-            router.promote(task, challenger)
+            await router.apromote(task, challenger)
     if tuning_cost_usd is None:
         tuning_cost_usd = report.extra.get("tuning_cost_usd")
     if tuning_cost_usd is None and cpu_usd_per_hour is not None and report.tuning_cpu_s is not None:

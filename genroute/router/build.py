@@ -116,8 +116,22 @@ async def _assemble(
     router_kwargs.setdefault("breakers", config.breakers)
     # The router binds its policy (semantic routes embed utterances) and reads backend facts (ICL example
     # counts from the store) as it is made.
-    return await asyncio.to_thread(lambda: cls(backends, policy, resources=resources, validators=all_validators,
-                                               **router_kwargs))
+    router = await asyncio.to_thread(lambda: cls(backends, policy, resources=resources, validators=all_validators,
+                                                 **router_kwargs))
+    await _read_promotions(router)
+    return router
+
+
+async def _read_promotions(router: Any) -> None:
+    """Apply the promotions recorded in the router's shared state store, so that a replica started now routes as the
+    running ones do. A store that cannot be read now leaves the config's routing until the next read."""
+    from genroute.errors import StateUnavailable
+
+    try:
+        await router._apply_promotions()
+    except StateUnavailable as exc:
+        _log.warning("the promotions recorded in the state store were not read as the router was built (%s): it "
+                     "routes as its config says until it reads them (every state.promotions_every_s)", exc)
 
 
 def _check_router_options(cls: Callable[..., Any], options: Mapping[str, Any]) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.bounds import is_real
 from genroute.config_errors import validator_message
-from genroute.errors import UsageError
+from genroute.errors import GenrouteError, UsageError
 from genroute.router.inflight import call_on
 from genroute.runtime.portal import Portal, run_sync
 from genroute.types import Decision, GenerateRequest, GenerateResult
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from genroute.policies.base import BackendInfo, Policy, PolicyContext
     from genroute.policies.challenger import ChallengerConfig
     from genroute.router.executor import Executor
+    from genroute.state import StateStore
 
 _log = logging.getLogger(__name__)
 
@@ -43,11 +44,15 @@ class Learning:
     _portal: Portal
     _unsafe: dict[str, tuple[str, ...]]
     _refresher: asyncio.Task[None] | None
+    #: The version of each task's newest promotion in the shared state store that this router applied (or skipped).
+    _promotions_seen: dict[str, int]
     _closed: bool
     #: The gates every attempt passes (breakers, rate limits, the policy's budgets); ``None`` when there are none.
     _gated: Admission | None
 
     def _refresh_facts(self) -> None: ...
+
+    state: StateStore
 
     def _build_gates(self) -> None: ...
 
@@ -111,7 +116,8 @@ class Learning:
     # -- refresh ---------------------------------------------------------------------------------------
 
     async def arefresh(self) -> bool:
-        """Re-read backend facts; with an outcome store, refresh the policy from accumulated outcomes.
+        """Re-read backend facts and apply the promotions recorded in a shared state store; with an outcome store,
+        refresh the policy from accumulated outcomes.
 
         ``cost_aware`` (and ``explore``) merge the outcome statistics over their benchmark ones (per task and
         backend, once scored on ``outcomes.min_n`` records); ``learned`` retrains on records with captured input.
@@ -119,23 +125,31 @@ class Learning:
         """
         self._refuse_closed()
         self._refresh_facts()
+        promoted = await self._apply_promotions()
         recorder = self._executor.outcomes
         if recorder is None or self.outcome_settings is None:
-            return False
+            return promoted
         from genroute.outcomes.stats import outcome_stats, training_rows
         from genroute.policies.base import PolicyUpdate
 
         settings = self.outcome_settings
         records = await recorder.store.records()
 
-        def build() -> Policy | None:  # training embeds inputs: off the event loop
+        def build(base: Policy) -> Policy | None:  # training embeds inputs: off the event loop
             update = PolicyUpdate(stats=outcome_stats(records, min_n=settings.min_n), rows=training_rows(records),
                                   context=self.context, min_n=settings.min_n)
-            return self.policy.refreshed(update)
+            return base.refreshed(update)
 
-        policy = await asyncio.to_thread(build)
+        for _ in range(3):
+            base = self.policy
+            policy = await asyncio.to_thread(build, base)
+            if self.policy is base:
+                break
+            # A promotion swapped the policy in meanwhile: the refresh of the one before would undo it.
+        else:
+            return promoted
         if policy is None:
-            return False
+            return promoted
         self._use_policy(policy)
         return True
 
@@ -144,22 +158,32 @@ class Learning:
         return run_sync(self.arefresh(), "refresh", portal=self._portal)
 
     def _start_refresher(self) -> None:
-        """Refresh every ``outcomes.refresh_every_s`` on the running loop (started by the first request, and again by
-        the first on another loop once the loop it ran on has ended it: ``asyncio.run`` per call)."""
-        every = self.outcome_settings.refresh_every_s if self.outcome_settings is not None else None
+        """Refresh every ``outcomes.refresh_every_s`` and read the shared store's promotions every
+        ``state.promotions_every_s`` on the running loop (started by the first request, and again by the first on
+        another loop once the loop it ran on has ended it: ``asyncio.run`` per call)."""
         running = self._refresher
-        if every is None or (running is not None and not running.done() and not running.get_loop().is_closed()):
+        if running is not None and not running.done() and not running.get_loop().is_closed():
+            return
+        every = self.outcome_settings.refresh_every_s if self.outcome_settings is not None else None
+        periods = {name: s for name, s in (("refresh", every), ("promotions", self.state.promotions_every_s))
+                   if s is not None}
+        if not periods:
             return
 
         async def loop() -> None:
+            clock = asyncio.get_running_loop().time
+            due = {name: clock() + s for name, s in periods.items()}
             while True:
-                await asyncio.sleep(every)
+                name = min(due, key=due.__getitem__)
+                await asyncio.sleep(max(0.0, due[name] - clock()))
                 if self._closed:  # closed from another event loop, which could not cancel this task
                     return
+                due[name] = clock() + periods[name]
                 try:
-                    await self.arefresh()
+                    await (self.arefresh() if name == "refresh" else self._apply_promotions())
                 except Exception as exc:  # a failed refresh keeps the current policy; the next one retries
-                    _log.warning("scheduled refresh failed: %s: %s", type(exc).__name__, exc)
+                    _log.warning("scheduled %s failed: %s: %s", "refresh" if name == "refresh" else "read of promotions",
+                                 type(exc).__name__, exc)
 
         self._refresher = asyncio.get_running_loop().create_task(loop())
 
@@ -197,19 +221,67 @@ class Learning:
         self._add_backend(name, backend, unsafe)
         self._use_policy(policy)
 
+    async def apromote(self, task: str, backend: str) -> None:
+        """Send ``task`` to ``backend`` first from now on, the incumbent's rungs as fallbacks (async).
+
+        With a shared ``state`` store (Redis) the promotion is recorded there first, and every router sharing the store
+        applies it at its next read (``state.promotions_every_s``, each refresh, its build); a store that cannot take
+        it raises ``StateUnavailable`` and nothing changes anywhere. A rollback is the promotion of the incumbent.
+        """
+        self._refuse_closed()
+        self._promoted(task, backend)  # a bad argument is refused before anything is recorded
+        recorded = await self.state.record_promotion(task, backend)
+        if recorded is not None:
+            self._promotions_seen[task] = max(recorded.version, self._promotions_seen.get(task, 0))
+        self._use_policy(self._promoted(task, backend))  # built again: a refresh may have swapped the policy meanwhile
+
     def promote(self, task: str, backend: str) -> None:
-        """Send ``task`` to ``backend`` first from now on (the incumbent's rungs stay as fallbacks)."""
+        """Sync ``apromote`` (not from inside a running event loop)."""
+        run_sync(self.apromote(task, backend), "promote", portal=self._portal)
+
+    def _promoted(self, task: str, backend: str) -> Policy:
+        """The current policy with ``backend`` first for ``task``, checked against this router (``UsageError``): the
+        task's ``challenger`` layer changed (those around it kept), else a new one around the policy."""
         from genroute.policies.challenger import ChallengerPolicy
+        from genroute.router.outcome_setup import check_shadows
 
         if not isinstance(backend, str) or backend not in self.backends:
             raise UsageError(f"unknown backend {backend!r}", field="backend")
+        outer: list[ChallengerPolicy] = []
         current = self.policy
-        if isinstance(current, ChallengerPolicy) and current.config.task == task:
-            config = current.config.model_copy(update={"backend": backend, "promoted": True})
-            inner = current.inner
+        while isinstance(current, ChallengerPolicy) and current.config.task != task:
+            outer.append(current)
+            current = current.inner
+        if isinstance(current, ChallengerPolicy):
+            policy = ChallengerPolicy(current.config.model_copy(update={"backend": backend, "promoted": True}),
+                                      inner=current.inner)
+            for layer in reversed(outer):  # each promotion replaces the task's layer: replicas do not nest them
+                policy = ChallengerPolicy(layer.config, inner=policy)
         else:
-            config, inner = self._challenger_config({"task": task, "backend": backend, "promoted": True}), current
-        self._use_policy(ChallengerPolicy(config, inner=inner))
+            policy = ChallengerPolicy(self._challenger_config({"task": task, "backend": backend, "promoted": True}),
+                                      inner=self.policy)
+        policy.validate_against(self.catalogue)
+        check_shadows(policy, self._unsafe)
+        return policy
+
+    async def _apply_promotions(self) -> bool:
+        """Apply the promotions recorded in the shared state store that this router has not applied yet (a task's
+        newest); one naming a backend this router does not have is skipped with one warning. Whether any applied."""
+        applied = False
+        found = await self.state.promotions()
+        for task, promotion in sorted(found.items(), key=lambda item: item[1].version):
+            if self._promotions_seen.get(task, 0) >= promotion.version:
+                continue
+            self._promotions_seen[task] = promotion.version  # applied or skipped: looked at once
+            try:
+                self._use_policy(self._promoted(task, promotion.backend))
+            except GenrouteError as exc:
+                why = "this router has no such backend" if promotion.backend not in self.backends else str(exc)
+                _log.warning("a promotion recorded in the state store (task %r to backend %r, version %d) is not "
+                             "applied by this router: %s", task, promotion.backend, promotion.version, why)
+                continue
+            applied = True
+        return applied
 
     def _challenger_config(self, fields: dict[str, Any], *, backend_arg: str = "backend") -> ChallengerConfig:
         """A ``challenger`` config around the current policy; ``UsageError`` naming the caller's bad argument

@@ -127,6 +127,10 @@ class Router(Lifecycle, Learning):
         self._closed = False
         self._close_lock, self._shut, self._shut_by = threading.Lock(), threading.Event(), 0.0
         self._refresher: asyncio.Task[None] | None = None
+        self._promotions_seen: dict[str, int] = {}
+        #: Whether requests start the refresher: outcomes to refresh from, or promotions to read from a shared store.
+        self._refreshes = (self.outcome_settings is not None and self.outcome_settings.refresh_every_s is not None
+                           ) or self.state.promotions_every_s is not None
         self._decisions = CostedDecisions()
 
     @classmethod
@@ -344,7 +348,7 @@ class Router(Lifecycle, Learning):
         return error
 
     def _root_span(self, request: GenerateRequest, *, same_context: bool = False) -> RootSpan:
-        if self.outcome_settings is not None:
+        if self._refreshes:
             self._start_refresher()
         return RootSpan(self.telemetry, request, self.timeout_s, self._adecide, costed=self.policy.blocking,
                         same_context=same_context)

@@ -25,6 +25,8 @@ The operations, all atomic per call:
   whose offset was trimmed reads from the oldest item kept (``ListRead.start`` says where that is). A shared store
   that answered appends from its fallback memory replays them to the shared list when it answers again
   (``replays`` counts them).
+- ``record_promotion`` / ``promotions`` — which backend answers a task first (``router.promote``), recorded in a
+  shared store for every router sharing it (``genroute.state.promotions``); a store of one process records none.
 
 Configured by the router's ``state`` section: ``{kind: memory}`` or ``{kind: redis, url, prefix, on_error}``.
 """
@@ -35,7 +37,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
@@ -43,6 +45,9 @@ from genroute.bounds import NOT_BOOL
 from genroute.config_errors import config_error
 from genroute.errors import ConfigError, without_credentials
 from genroute.state.ops import Admitted, Claim, Close, Fail, Held, Hold, Open, Probe, Settle, Settlement
+
+if TYPE_CHECKING:
+    from genroute.state.promotions import Promotion
 
 _log = logging.getLogger("genroute.state")
 #: At most one "limits differ" warning per this many seconds.
@@ -85,6 +90,8 @@ class StateStore(ABC):
     #: Holds made against an account whose previous hold gave another limit (routers sharing the store configured
     #: with different budgets or rate limits for it), counted and logged (at most once a minute).
     limit_mismatches: int = 0
+    #: How often a router reads the promotions recorded in the store (``None``: it records none; see ``promotions``).
+    promotions_every_s: float | None = None
     _mismatch_logged_at: float = -_MISMATCH_LOG_INTERVAL_S
 
     # -- the two calls of an admission ------------------------------------------------------------------
@@ -151,6 +158,18 @@ class StateStore(ABC):
     async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
         """At most ``limit`` items of the list ``key`` from absolute position ``start`` on (see ``ListRead``)."""
 
+    # -- promotions ------------------------------------------------------------------------------------
+
+    async def record_promotion(self, task: str, backend: str) -> Promotion | None:
+        """Record, for every router sharing the store, that ``task`` goes to ``backend`` first (atomically, with a
+        version newer than every promotion before it); ``None``: the store is this process's, nothing recorded.
+        Refused with ``StateUnavailable`` when a shared store cannot take it, whatever ``on_error`` says."""
+        return None
+
+    async def promotions(self) -> dict[str, Promotion]:
+        """The promotions recorded in the store, by task (none in a store of one process)."""
+        return {}
+
     def limit_mismatch(self, account: str, limit: int, other: int) -> None:
         """Count and log (at most once a minute) a hold on ``account`` against ``limit`` where the previous one was
         against ``other``: each router admits up to its own limit over the shared count, so the lowest stops first."""
@@ -202,6 +221,9 @@ class RedisStateConfig(_Frozen):
     retry_s: Annotated[float, NOT_BOOL] = Field(default=1.0, gt=0, allow_inf_nan=False,
                                                 description="After a failure, how long to stay on the fallback "
                                                 "before trying the store again.")
+    promotions_every_s: Annotated[float, NOT_BOOL] = Field(
+        default=5.0, gt=0, allow_inf_nan=False, description="How often a router reads the promotions routers sharing "
+        "the store recorded (router.promote), off the request path; also at build and on each refresh.")
 
     def __repr_args__(self) -> Any:
         # The URL may carry a password (redis://:secret@host): never in a repr or a log.

@@ -44,8 +44,9 @@ from genroute.state import ListRead, ListReplay, RedisStateConfig, StateStore
 from genroute.state.background import Background
 from genroute.state.memory import MemoryStateStore
 from genroute.state.ops import Admitted, Claim, Held, Hold, Release, Settle, Settlement, op_name
+from genroute.state.promotions import PROMOTE_SCRIPT, VERSION_FIELD, Promotion, parse_promotions, promotions_key
 from genroute.state.redis_script import SCRIPT, Push, Range, Until, Usage, decode, encode, settle_id
-from genroute.state.redis_url import check_url, redacted
+from genroute.state.redis_url import check_url, failure, redacted
 from genroute.state.unsent import UnsentWrites
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class RedisStateStore(StateStore):
         check_url(config.url)
         self.config = config
         self.prefix = config.prefix
+        self.promotions_every_s = config.promotions_every_s
         self.fallback = MemoryStateStore()
         self.fallback.limit_mismatch = self.limit_mismatch  # type: ignore[method-assign]  # counted here
         #: Calls answered by ``fallback`` because Redis was unreachable.
@@ -128,10 +130,10 @@ class RedisStateStore(StateStore):
         self._background.rescue()  # calls those loops' ends cut off: their settles are replayed
 
     async def _run(self, op: str, remote: Callable[[Any, Any], Awaitable[T]],
-                   local: Callable[[], Awaitable[T]], *, ordered: bool = False,
+                   local: Callable[[], Awaitable[T]] | None, *, ordered: bool = False,
                    keep: Callable[[], None] | None = None, owed: bool = False) -> T:
         """``remote`` against Redis; when Redis is unreachable or answers with an error, ``local`` (open) or
-        ``StateUnavailable``. ``keep`` queues this call's writes for replay: only when Redis was not reached (an
+        ``StateUnavailable`` (always without ``local``). ``keep`` queues this call's writes for replay: only when Redis was not reached (an
         error reply refused them; replayed, it would be refused again, or half-applied behind its marker).
         ``ordered``: after a replay another call is running (an append must land after the writes before it).
         ``owed``: the writes record what already happened (a settle: the provider was sent the request; an append: an
@@ -148,7 +150,7 @@ class RedisStateStore(StateStore):
                 replayed = True
                 result = await remote(connection.script, connection.client)
             except (redis.exceptions.RedisError, OSError) as exc:
-                cause, failed = exc, _failure(exc)
+                cause, failed = exc, failure(exc)
                 # An error reply to this call's own script is a refusal, not an outage: Redis is asked again next
                 # call, and what it refused is not replayed. (One to a replay leaves this call's writes unsent.)
                 outage = not (replayed and isinstance(exc, redis.exceptions.ResponseError))
@@ -163,6 +165,9 @@ class RedisStateStore(StateStore):
                 return result
         else:
             failed = self._failed
+        if local is None:
+            raise StateUnavailable(f"state store at {redacted(self.config.url)} {failed}: this {op} was not recorded "
+                                   "(refused whatever state.on_error says)") from cause
         if self.config.on_error == "closed":
             if owed and keep is not None:
                 keep()
@@ -355,6 +360,21 @@ class RedisStateStore(StateStore):
 
         return await self._run("items", remote, lambda: self.fallback.items(key, start, limit=limit))
 
+    async def record_promotion(self, task: str, backend: str) -> Promotion | None:
+        async def remote(_: Any, client: Any) -> Promotion:
+            version, at_ms = await client.eval(PROMOTE_SCRIPT, 1, promotions_key(self.prefix), task, backend,
+                                               VERSION_FIELD)
+            return Promotion(backend, int(version), int(at_ms))
+
+        # Never answered from memory: a promotion only this process saw is the disagreement it exists to prevent.
+        return await self._run("promote", remote, None)
+
+    async def promotions(self) -> dict[str, Promotion]:
+        async def remote(_: Any, client: Any) -> dict[str, Promotion]:
+            return parse_promotions(await client.hgetall(promotions_key(self.prefix)))
+
+        return await self._run("promotions", remote, self.fallback.promotions)
+
     async def aclose(self) -> None:
         """Send writes still kept from an outage, then close this loop's pool (those of loops closed meanwhile are let
         go when the next loop makes its pool)."""
@@ -378,21 +398,6 @@ class RedisStateStore(StateStore):
         if found is not None:
             await found.client.aclose()
             await found.client.connection_pool.disconnect()
-
-
-def _failure(exc: BaseException) -> str:
-    """How the store failed, for an error or a log line: unreachable, or the error reply (its first line)."""
-    import redis.exceptions
-
-    from genroute.errors import without_credentials
-
-    detail = without_credentials(str(exc).split("\n", 1)[0][:200])
-    if isinstance(exc, redis.exceptions.ResponseError):
-        return f"answered with an error ({type(exc).__name__}: {detail})"
-    if isinstance(exc, redis.exceptions.AuthenticationError):  # a wrong or missing password: not a network fault
-        return f"refused this router's credentials ({type(exc).__name__}: {detail})"
-    # Why (refused, timed out, a certificate not trusted...): never the password (redis-py's messages name the host).
-    return f"is unreachable ({type(exc).__name__}: {detail})" if detail else "is unreachable"
 
 
 def _settle_ids(ops: Sequence[Settlement]) -> list[str | None]:

@@ -1,5 +1,5 @@
 """A Redis URL: checked when the store is built (redis-py reads it only at its first call), and shown without its
-password (never in a log or an error)."""
+password (never in a log or an error), and how a store at one failed."""
 
 from __future__ import annotations
 
@@ -41,3 +41,18 @@ def redacted(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or parts.path or "?"
     return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+
+
+def failure(exc: BaseException) -> str:
+    """How the store failed, for an error or a log line: unreachable, or the error reply (its first line)."""
+    import redis.exceptions
+
+    from genroute.errors import without_credentials
+
+    detail = without_credentials(str(exc).split("\n", 1)[0][:200])
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return f"answered with an error ({type(exc).__name__}: {detail})"
+    if isinstance(exc, redis.exceptions.AuthenticationError):  # a wrong or missing password: not a network fault
+        return f"refused this router's credentials ({type(exc).__name__}: {detail})"
+    # Why (refused, timed out, a certificate not trusted...): never the password (redis-py's messages name the host).
+    return f"is unreachable ({type(exc).__name__}: {detail})" if detail else "is unreachable"
