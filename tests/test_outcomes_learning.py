@@ -368,3 +368,19 @@ def test_compile_names_the_key_of_a_line_that_is_no_outcome_record(tmp_path, cap
     path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
     assert cli(["compile", "--outcomes", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "data.jsonl:2: not an outcome record (output: Input should be a valid string)" in capsys.readouterr().err
+
+
+def test_aclose_stops_the_refresher_at_once(gemini_server, tmp_path):
+    """A stub of ``_stop_refresher`` in the router's lifecycle mixin came first in ``Router``'s order: a close left the
+    refresher sleeping on the application's loop until its next turn (ten minutes here), holding the closed router."""
+    import asyncio
+
+    config = router_config(gemini_server, tmp_path, {"kind": "static", "backend": "chat"}, refresh_every_s=600)
+
+    async def main() -> bool:
+        async with await Router.acreate(config) as router:
+            await router.agenerate("starts the refresher")
+            refresher = router._refresher
+        return refresher is not None and refresher.done()
+
+    assert asyncio.run(main())

@@ -19,6 +19,8 @@ from genroute.runtime.portal import refuse_inside_loop
 from genroute.runtime.telemetry import flush_providers
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
     from genroute.backends.base import Backend
     from genroute.router.deciding import CostedDecisions
     from genroute.router.executor import Executor
@@ -59,7 +61,9 @@ class Lifecycle:
     #: When (``time.monotonic()``) that close should have ended, by its own ``drain_s``: how long the others wait.
     _shut_by: float
 
-    async def _stop_refresher(self) -> None: ...
+    #: ``Learning._stop_refresher`` (declared, not defined: a stub here came first in ``Router``'s order and
+    #: replaced it, so a close never stopped the refresher).
+    _stop_refresher: Callable[[], Coroutine[Any, Any, None]]
 
     def _begin_close(self, drain_s: float) -> bool:
         """Mark the router closed (no new requests); whether this call is the one that closes it."""
