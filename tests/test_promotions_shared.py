@@ -175,7 +175,7 @@ def test_promotions_keep_one_hash_per_prefix(gemini_server: GeminiTestServer,
         stored = {k.decode(): v.decode() for k, v in client.hgetall("a:promotions").items()}
     finally:
         client.close()
-    assert set(stored) == {"version", f"t:{TASK}", "t:other"} and stored["version"] == "5"
+    assert set(stored) == {"epoch", "version", f"t:{TASK}", "t:other"} and stored["version"] == "5"
     assert json.loads(stored[f"t:{TASK}"])["backend"] == "chat" and json.loads(stored[f"t:{TASK}"])["version"] == 4
 
 
@@ -257,3 +257,40 @@ def test_a_refresh_running_while_a_promotion_is_made_keeps_it(gemini_server: Gem
             refreshing.join(60)
         assert _first(router) == "lite"
         assert isinstance(router.policy.inner, SlowToRefresh)  # type: ignore[attr-defined]  # refreshed under it
+
+
+def test_a_promotion_after_redis_lost_its_data_is_applied(gemini_server: GeminiTestServer,
+                                                          redis_server: RedisServer) -> None:  # noqa: F811
+    """Versions count from 1 again in a hash Redis lost (a restart without persistence, a flush): a replica that had
+    applied version 3 ignored the new version 1."""
+    with Router.from_config(_config(gemini_server, redis_server)) as one, \
+            Router.from_config(_config(gemini_server, redis_server)) as replica:
+        for backend in ("lite", "chat", "lite"):
+            one.promote(TASK, backend)
+        assert replica.refresh() is True and _first(replica) == "lite"
+        redis_server.flush()
+        assert replica.refresh() is False and _first(replica) == "lite"  # forgetting is not a rollback
+        one.promote(TASK, "chat")
+        assert replica.refresh() is True and _first(replica) == "chat"
+
+
+def test_a_store_down_for_long_is_warned_about_once_a_minute_not_at_each_read(
+        gemini_server: GeminiTestServer, persistent_redis: RedisServer,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = _config(gemini_server, persistent_redis, on_error="closed")  # reads raise StateUnavailable
+    with Router.from_config(config) as router:
+        assert router.generate("hello", task=TASK).backend == "chat"  # starts its reads (no gates: no Redis needed)
+        with caplog.at_level(logging.WARNING, logger="genroute"):
+            persistent_redis.stop()
+            try:
+                def warned() -> list[logging.LogRecord]:
+                    return [r for r in caplog.records if "reading the promotions" in r.getMessage()]
+
+                deadline = time.monotonic() + 30
+                while not warned() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(1.0)  # ten more reads fail meanwhile
+                assert len(warned()) == 1 and "StateUnavailable" in warned()[0].getMessage()
+                assert router.generate("hello", task=TASK).backend == "chat"  # requests go on
+            finally:
+                persistent_redis.start()

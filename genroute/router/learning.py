@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from genroute.policies.challenger import ChallengerConfig
     from genroute.router.executor import Executor
     from genroute.state import StateStore
+    from genroute.state.promotions import Promotion
 
 _log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ class Learning:
     _portal: Portal
     _unsafe: dict[str, tuple[str, ...]]
     _refresher: asyncio.Task[None] | None
-    #: The version of each task's newest promotion in the shared state store that this router applied (or skipped).
-    _promotions_seen: dict[str, int]
+    #: Each task's newest promotion in the shared state store that this router applied (or skipped).
+    _promotions_seen: dict[str, Promotion]
     _closed: bool
     #: The gates every attempt passes (breakers, rate limits, the policy's budgets); ``None`` when there are none.
     _gated: Admission | None
@@ -173,6 +174,7 @@ class Learning:
         async def loop() -> None:
             clock = asyncio.get_running_loop().time
             due = {name: clock() + s for name, s in periods.items()}
+            quiet_until = 0.0  # a store down for long: one warning a minute about reading its promotions, not 12
             while True:
                 name = min(due, key=due.__getitem__)
                 await asyncio.sleep(max(0.0, due[name] - clock()))
@@ -182,8 +184,12 @@ class Learning:
                 try:
                     await (self.arefresh() if name == "refresh" else self._apply_promotions())
                 except Exception as exc:  # a failed refresh keeps the current policy; the next one retries
-                    _log.warning("scheduled %s failed: %s: %s", "refresh" if name == "refresh" else "read of promotions",
-                                 type(exc).__name__, exc)
+                    if name == "refresh":
+                        _log.warning("scheduled refresh failed: %s: %s", type(exc).__name__, exc)
+                    elif clock() >= quiet_until:
+                        quiet_until = clock() + 60.0
+                        _log.warning("reading the promotions recorded in the state store failed (retried every "
+                                     "%.1f s; logged once a minute): %s: %s", periods[name], type(exc).__name__, exc)
 
         self._refresher = asyncio.get_running_loop().create_task(loop())
 
@@ -231,8 +237,8 @@ class Learning:
         self._refuse_closed()
         self._promoted(task, backend)  # a bad argument is refused before anything is recorded
         recorded = await self.state.record_promotion(task, backend)
-        if recorded is not None:
-            self._promotions_seen[task] = max(recorded.version, self._promotions_seen.get(task, 0))
+        if recorded is not None and recorded.newer_than(self._promotions_seen.get(task)):
+            self._promotions_seen[task] = recorded
         self._use_policy(self._promoted(task, backend))  # built again: a refresh may have swapped the policy meanwhile
 
     def promote(self, task: str, backend: str) -> None:
@@ -270,9 +276,9 @@ class Learning:
         applied = False
         found = await self.state.promotions()
         for task, promotion in sorted(found.items(), key=lambda item: item[1].version):
-            if self._promotions_seen.get(task, 0) >= promotion.version:
+            if not promotion.newer_than(self._promotions_seen.get(task)):
                 continue
-            self._promotions_seen[task] = promotion.version  # applied or skipped: looked at once
+            self._promotions_seen[task] = promotion  # applied or skipped: looked at once
             try:
                 self._use_policy(self._promoted(task, promotion.backend))
             except GenrouteError as exc:

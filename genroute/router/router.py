@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from genroute.router.ledger import Ledger
     from genroute.router.validators import Validator
     from genroute.state import StateConfig
+    from genroute.state.promotions import Promotion
 
 
 class Router(Lifecycle, Learning):
@@ -127,7 +128,7 @@ class Router(Lifecycle, Learning):
         self._closed = False
         self._close_lock, self._shut, self._shut_by = threading.Lock(), threading.Event(), 0.0
         self._refresher: asyncio.Task[None] | None = None
-        self._promotions_seen: dict[str, int] = {}
+        self._promotions_seen: dict[str, Promotion] = {}
         #: Whether requests start the refresher: outcomes to refresh from, or promotions to read from a shared store.
         self._refreshes = (self.outcome_settings is not None and self.outcome_settings.refresh_every_s is not None
                            ) or self.state.promotions_every_s is not None

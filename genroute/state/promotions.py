@@ -15,23 +15,38 @@ from typing import Any, NamedTuple
 #: The hash's field counting promotions (task fields are ``t:<task>``, so no task name can collide with it).
 VERSION_FIELD = "version"
 
+#: The hash's field naming its incarnation (set with its first promotion): versions count from 1 again in a hash a
+#: server restarted without persistence (or a flush) emptied, and a router that sees another epoch compares anew.
+EPOCH_FIELD = "epoch"
+
 #: One run: the version counted, the server's time and the task's record written together.
 PROMOTE_SCRIPT = """
+local e = redis.call('HGET', KEYS[1], ARGV[5])
+if not e then
+  e = ARGV[4]
+  redis.call('HSET', KEYS[1], ARGV[5], e)
+end
 local v = redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
 local t = redis.call('TIME')
 local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 't:' .. ARGV[1], cjson.encode({backend = ARGV[2], version = v, at_ms = at}))
-return {v, at}
+redis.call('HSET', KEYS[1], 't:' .. ARGV[1], cjson.encode({backend = ARGV[2], version = v, at_ms = at, epoch = e}))
+return {v, at, e}
 """
 
 
 class Promotion(NamedTuple):
     """A recorded promotion: ``backend`` answers its task first since ``at_ms`` (server time, ms since the epoch);
-    ``version`` orders it among every promotion under the store's prefix."""
+    ``version`` orders it among every promotion under the store's prefix in its ``epoch`` (see ``EPOCH_FIELD``)."""
 
     backend: str
     version: int
     at_ms: int
+    epoch: str = ""
+
+    def newer_than(self, seen: Promotion | None) -> bool:
+        """Whether this promotion comes after ``seen`` (``None``: none seen; another epoch: the hash was emptied
+        since, and this one was made after that)."""
+        return seen is None or self.epoch != seen.epoch or self.version > seen.version
 
 
 def promotions_key(prefix: str) -> str:
@@ -48,7 +63,8 @@ def parse_promotions(fields: dict[Any, Any]) -> dict[str, Promotion]:
             continue
         try:
             data = json.loads(value)
-            found[name[2:]] = Promotion(str(data["backend"]), int(data["version"]), int(data["at_ms"]))
+            found[name[2:]] = Promotion(str(data["backend"]), int(data["version"]), int(data["at_ms"]),
+                                        str(data.get("epoch", "")))
         except (ValueError, TypeError, KeyError):
             continue
     return found

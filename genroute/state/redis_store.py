@@ -44,7 +44,8 @@ from genroute.state import ListRead, ListReplay, RedisStateConfig, StateStore
 from genroute.state.background import Background
 from genroute.state.memory import MemoryStateStore
 from genroute.state.ops import Admitted, Claim, Held, Hold, Release, Settle, Settlement, op_name
-from genroute.state.promotions import PROMOTE_SCRIPT, VERSION_FIELD, Promotion, parse_promotions, promotions_key
+from genroute.state.promotions import (EPOCH_FIELD, PROMOTE_SCRIPT, VERSION_FIELD, Promotion, parse_promotions,
+                                       promotions_key)
 from genroute.state.redis_script import SCRIPT, Push, Range, Until, Usage, decode, encode, settle_id
 from genroute.state.redis_url import check_url, failure, redacted
 from genroute.state.unsent import UnsentWrites
@@ -362,9 +363,9 @@ class RedisStateStore(StateStore):
 
     async def record_promotion(self, task: str, backend: str) -> Promotion | None:
         async def remote(_: Any, client: Any) -> Promotion:
-            version, at_ms = await client.eval(PROMOTE_SCRIPT, 1, promotions_key(self.prefix), task, backend,
-                                               VERSION_FIELD)
-            return Promotion(backend, int(version), int(at_ms))
+            version, at_ms, epoch = await client.eval(PROMOTE_SCRIPT, 1, promotions_key(self.prefix), task, backend,
+                                                      VERSION_FIELD, os.urandom(8).hex(), EPOCH_FIELD)
+            return Promotion(backend, int(version), int(at_ms), bytes(epoch).decode())
 
         # Never answered from memory: a promotion only this process saw is the disagreement it exists to prevent.
         return await self._run("promote", remote, None)
