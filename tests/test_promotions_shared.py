@@ -294,3 +294,11 @@ def test_a_store_down_for_long_is_warned_about_once_a_minute_not_at_each_read(
                 assert router.generate("hello", task=TASK).backend == "chat"  # requests go on
             finally:
                 persistent_redis.start()
+
+
+def test_fields_that_are_not_promotions_are_skipped_when_read() -> None:
+    from genroute.state.promotions import Promotion, parse_promotions
+
+    record = b'{"backend": "lite", "version": 2, "at_ms": 3, "epoch": "e"}'
+    assert parse_promotions({b"version": b"2", b"epoch": b"e", b"t:a": record, b"t:b": b"5", b"t:c": b"[1]",
+                             b"t:d": b"not json", b"t:e": b'{"backend": "x"}'}) == {"a": Promotion("lite", 2, 3, "e")}

@@ -41,6 +41,7 @@ class Learning:
     context: PolicyContext
     catalogue: dict[str, BackendInfo]
     outcome_settings: OutcomeSettings | None
+    state: StateStore
     _executor: Executor
     _portal: Portal
     _unsafe: dict[str, tuple[str, ...]]
@@ -52,8 +53,6 @@ class Learning:
     _gated: Admission | None
 
     def _refresh_facts(self) -> None: ...
-
-    state: StateStore
 
     def _build_gates(self) -> None: ...
 

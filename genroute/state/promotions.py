@@ -65,6 +65,6 @@ def parse_promotions(fields: dict[Any, Any]) -> dict[str, Promotion]:
             data = json.loads(value)
             found[name[2:]] = Promotion(str(data["backend"]), int(data["version"]), int(data["at_ms"]),
                                         str(data.get("epoch", "")))
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             continue
     return found
