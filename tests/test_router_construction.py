@@ -356,3 +356,38 @@ def test_resources_and_prices_built_in_code_are_checked_when_made(gemini_server)
         with pytest.raises(UsageError) as err:
             Resources(**wrong)
         assert err.value.field == field, wrong
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"outcomes": 5}, "outcomes"), ({"outcomes": "outcomes.db"}, "outcomes"),
+    ({"outcomes": {"min_n": -1}}, "outcomes.min_n"),
+    ({"rate_limits": 5}, "rate_limits"), ({"rate_limits": [5]}, "rate_limits.0"),
+    ({"rate_limits": "rpm"}, "rate_limits"),
+    ({"breakers": 5}, "breakers"), ({"breakers": ["chat"]}, "breakers"),
+])
+def test_settings_given_in_code_are_refused_by_name_before_anything_is_built(gemini_server, tmp_path, options, field):
+    # Each was a bare TypeError/ValueError ('int' object is not iterable) from Router.__init__, and from_config
+    # only got there once engines, the store and the policy were built (its semantic routes embedded: billed calls).
+    config = {**gemini_config(gemini_server),
+              "knowledge": {"path": str(tmp_path / "chroma"),
+                            "embedder": {"kind": "gemini", "engine": "gemini", "dimension": 64}},
+              "policy": {"kind": "semantic", "routes": {"chat": ["bake rye bread"]}, "default": "chat"}}
+    with pytest.raises(ConfigError) as sync:
+        Router.from_config(config, **options)
+    with pytest.raises(ConfigError) as async_:
+        asyncio.run(Router.acreate(config, **options))
+    assert sync.value.field == async_.value.field == field and sync.value.message == async_.value.message
+    assert not gemini_server.requests
+    with Router.from_config(gemini_config(gemini_server)) as built, pytest.raises(ConfigError) as direct:
+        Router(built.backends, **options)
+    assert direct.value.field == field
+
+
+def test_validators_of_the_wrong_shape_are_named_in_code_too(gemini_server):
+    from genroute import UsageError
+
+    with Router.from_config(gemini_config(gemini_server)) as built:
+        for wrong in (5, ["check"], {1: lambda request, output: None}):
+            with pytest.raises(UsageError) as err:  # was a TypeError from the executor
+                Router(built.backends, validators=wrong)
+            assert err.value.field == "validators", wrong

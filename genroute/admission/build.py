@@ -11,6 +11,7 @@ from genroute.admission import Gate, Instruments
 from genroute.admission.breaker import BreakerConfig, BreakerGate
 from genroute.admission.ratelimit import RateLimitConfig, rate_limit_gate
 from genroute.config_errors import config_error
+from genroute.errors import ConfigError
 
 if TYPE_CHECKING:
     from genroute.state import StateStore
@@ -26,15 +27,37 @@ def router_gates(targets: Mapping[str, tuple[str, str]], store: StateStore, inst
     health view the router hands to policies), if any."""
     gates: list[Gate[Any]] = []
     breaker = None
+    limit_configs, breakers = gate_configs(rate_limits, breakers)
     if breakers is not None:
-        if not isinstance(breakers, BreakerConfig):
-            try:
-                breakers = BreakerConfig.model_validate(dict(breakers))
-            except ValidationError as exc:
-                raise config_error(exc, "breakers") from None
         breaker = BreakerGate(breakers, targets, store, instruments)
         gates.append(breaker)
-    limits = rate_limit_gate(rate_limits, targets, store, instruments)
+    limits = rate_limit_gate(limit_configs, targets, store, instruments)
     if limits is not None:
         gates.append(limits)
     return gates, breaker
+
+
+def gate_configs(rate_limits: Any, breakers: Any) -> tuple[list[RateLimitConfig], BreakerConfig | None]:
+    """The ``rate_limits`` and ``breakers`` settings validated (``ConfigError`` naming the field): a router given
+    them in code checks them before it builds anything, as a config file's are."""
+    if isinstance(rate_limits, str | bytes | Mapping) or not isinstance(rate_limits, Sequence):
+        raise ConfigError(f"must be a list of rate limits, not {type(rate_limits).__name__}", field="rate_limits")
+    limits = []
+    for index, item in enumerate(rate_limits):
+        if isinstance(item, RateLimitConfig):
+            limits.append(item)
+            continue
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"must be a mapping, not {type(item).__name__}", field=f"rate_limits.{index}")
+        try:
+            limits.append(RateLimitConfig.model_validate(dict(item)))
+        except ValidationError as exc:
+            raise config_error(exc, f"rate_limits.{index}") from None
+    if breakers is None or isinstance(breakers, BreakerConfig):
+        return limits, breakers
+    if not isinstance(breakers, Mapping):
+        raise ConfigError(f"must be a mapping, not {type(breakers).__name__}", field="breakers")
+    try:
+        return limits, BreakerConfig.model_validate(dict(breakers))
+    except ValidationError as exc:
+        raise config_error(exc, "breakers") from None

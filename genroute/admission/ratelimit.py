@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genroute.admission import Attempt, Gate, Instruments, Outcome, hold_ttl_s
 from genroute.bounds import NOT_BOOL
-from genroute.config_errors import config_error
 from genroute.errors import ConfigError, RateLimited
 from genroute.state.ops import Held, Hold, Settle
 
@@ -147,18 +146,7 @@ class RateLimitGate(Gate[Hold]):
                        else tokens, keep_s=hold.keep_s) for hold, held in token]
 
 
-def rate_limit_gate(raw: Sequence[RateLimitConfig | Mapping[str, object]], targets: Mapping[str, tuple[str, str]],
+def rate_limit_gate(limits: Sequence[RateLimitConfig], targets: Mapping[str, tuple[str, str]],
                     store: StateStore, instruments: Instruments) -> RateLimitGate | None:
-    """The gate for a router's ``rate_limits`` section (None when there are none); errors name the field."""
-    from pydantic import ValidationError
-
-    limits = []
-    for index, item in enumerate(raw):
-        if isinstance(item, RateLimitConfig):
-            limits.append(item)
-            continue
-        try:
-            limits.append(RateLimitConfig.model_validate(dict(item)))
-        except ValidationError as exc:
-            raise config_error(exc, f"rate_limits.{index}") from None
+    """The gate for a router's validated ``rate_limits`` (None when there are none); errors name the field."""
     return RateLimitGate(limits, targets, store, instruments) if limits else None

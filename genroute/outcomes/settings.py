@@ -98,6 +98,8 @@ def settings_from(raw: OutcomeSettings | Mapping[str, Any] | None) -> OutcomeSet
     """Validated settings (``ConfigError`` naming ``outcomes.<field>``)."""
     if raw is None or isinstance(raw, OutcomeSettings):
         return raw
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"must be a mapping or OutcomeSettings, not {type(raw).__name__}", field="outcomes")
     from pydantic import ValidationError
 
     from genroute.config_errors import config_error

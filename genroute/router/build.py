@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from genroute.admission.build import gate_configs
 from genroute.config import RouterConfig, build_kind, import_object, load_config, validate_kind
 from genroute.config_location import locate
 from genroute.errors import ConfigError, UsageError
@@ -85,9 +86,12 @@ async def _assemble(
     if tools is not None and not (isinstance(tools, Mapping) and all(
             isinstance(name, str) and callable(fn) for name, fn in tools.items())):
         raise UsageError("must map tool names to Python callables", field="tools")
-    if validators is not None and not (isinstance(validators, Mapping) and all(
-            isinstance(name, str) for name in validators)):
-        raise UsageError("must map validator names to validators", field="validators")
+    from genroute.outcomes.settings import settings_from
+
+    check_validators(validators)
+    # Settings given in code are checked before anything is built, as the config's are.
+    settings_from(router_kwargs.get("outcomes"))
+    gate_configs(router_kwargs.get("rate_limits", ()), router_kwargs.get("breakers"))
     config = await asyncio.to_thread(load_config, source)
     if policy is None and config.policy is None and len(config.backends) > 1:  # before anything is built
         raise ConfigError("with more than one backend a policy is required", field="policy")
@@ -149,12 +153,13 @@ def _check_router_options(cls: Callable[..., Any], options: Mapping[str, Any]) -
 
 def check_arguments(backends: Any, policy: Any = None, resources: Any = None, scrub: Any = None,
                     capture_content: Any = None, stats: Any = None,
-                    capture_max_chars: Any = CAPTURE_MAX_CHARS) -> None:
+                    capture_max_chars: Any = CAPTURE_MAX_CHARS, validators: Any = None) -> None:
     """``UsageError`` naming the argument when a router built in code is given the wrong kind of part (each
     was an ``AttributeError`` from deep inside, or, for ``scrub``, a ``TypeError`` at the first feedback), a
     ``capture_content`` that is not a bool (the text ``"false"`` turned capture on), a ``capture_max_chars``
     that is not a whole number ≥ 1, or ``stats`` that are not
-    ``BenchStats`` (a path was ignored: policies decided as if there were none)."""
+    ``BenchStats`` (a path was ignored: policies decided as if there were none), or ``validators`` that do not
+    map names to validators (a ``TypeError`` from deep inside)."""
     from genroute.backends.base import Backend
     from genroute.policies.base import Policy
     from genroute.policies.stats import BenchStats
@@ -177,6 +182,14 @@ def check_arguments(backends: Any, policy: Any = None, resources: Any = None, sc
     if stats is not None and not isinstance(stats, BenchStats):
         raise UsageError(f"must be genroute.policies.stats.BenchStats (BenchStats.load(path) reads a stats file), "
                          f"not {type(stats).__name__}", field="stats")
+    check_validators(validators)
+
+
+def check_validators(validators: Any) -> None:
+    """``UsageError`` unless ``validators`` (if given) maps names to validators."""
+    if validators is not None and not (isinstance(validators, Mapping) and all(
+            isinstance(name, str) for name in validators)):
+        raise UsageError("must map validator names to validators", field="validators")
 
 
 def check_providers(tracer_provider: Any, meter_provider: Any) -> None:

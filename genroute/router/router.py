@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from genroute.admission import Admission, Instruments
 from genroute.admission.breaker import skip_open
-from genroute.admission.build import router_gates
+from genroute.admission.build import gate_configs, router_gates
 from genroute.errors import BackendError, DeadlineExceeded, GenrouteError, StreamInterrupted, UsageError
 from genroute.policies.base import Policy, PolicyContext
 from genroute.router.executor import Executor
@@ -72,7 +72,10 @@ class Router(Lifecycle, Learning):
         from genroute.runtime.resources import Resources
         from genroute.router.outcome_setup import check_shadows, unsafe_backends
 
-        check_arguments(backends, policy, resources, scrub, capture_content, stats, capture_max_chars)
+        check_arguments(backends, policy, resources, scrub, capture_content, stats, capture_max_chars, validators)
+        # Before any part is bound or any store opened: a bad setting given in code refuses with nothing done.
+        self.outcome_settings = settings_from(outcomes)
+        gate_config = gate_configs(rate_limits, breakers)
         if not backends:
             raise UsageError("a router needs at least one backend", field="backends")
         self.backends = dict(backends)
@@ -110,13 +113,12 @@ class Router(Lifecycle, Learning):
         self._instruments = Instruments(self.telemetry.meter)
         # Every router counts them (outcome writes use the store too, with or without admission gates).
         self.state.on_fallback, self.state.on_replay = self._instruments.fell_back, self._instruments.replayed
-        self._gate_config = (rate_limits, breakers)
+        self._gate_config = gate_config
         self._build_gates()
         self._gated = self._admission(self.policy)
         self._executor = Executor(self.backends, self.policy, telemetry=self.telemetry,
                                   pricing=self.resources.pricing, validators=validators, timeout_s=timeout_s,
                                   unsafe_shadows=frozenset(self._unsafe), admission=self._gated)
-        self.outcome_settings = settings_from(outcomes)
         if self.outcome_settings is not None:
             from genroute.router.outcome_setup import build_recorder, engine_secrets
 
