@@ -14,12 +14,22 @@ from typing import Any
 from genroute.errors import UsageError
 
 
+def existing_file(path: Any, *, field: str, what: str = "file") -> Path:
+    """``path`` as a ``Path`` to a file that exists; else a ``UsageError`` naming ``field``."""
+    if not isinstance(path, str | os.PathLike):  # None or a number was a TypeError from pathlib
+        raise UsageError(f"the {what} must be a file path, not {type(path).__name__}", field=field)
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {str(path)!r} is a directory, not a file", field=field)
+    if not path.is_file():
+        raise UsageError(f"{what} {str(path)!r} does not exist", field=field)
+    return path
+
+
 def iter_records(path: str | Path, *, field: str, what: str = "file") -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for each non-blank line (``.gz`` files are read through gzip; a leading BOM is
     skipped); a missing file, bad JSON or a non-object line is a ``UsageError`` naming ``field`` and the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{what} {str(path)!r} does not exist", field=field)
+    path = existing_file(path, field=field, what=what)
     opener = gzip.open if path.suffix == ".gz" else open
     lineno = 0
     try:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from genroute.bounds import is_real
 from genroute.config_errors import validator_message
 from genroute.errors import UsageError
-from genroute.jsonl import iter_records, label_text
+from genroute.jsonl import existing_file, iter_records, label_text
 
 _log = logging.getLogger(__name__)
 KNOWN_KEYS = ("input", "output", "label", "metadata", "id", "task")
@@ -56,7 +56,7 @@ def load_records(
     field: str = "data",
 ) -> list[BenchRecord]:
     """Read a JSONL dataset; with ``limit``, a seeded sample of that size (kept in file order)."""
-    path = Path(path)
+    path = existing_file(path, field=field, what="dataset")
     records: list[BenchRecord] = []
     seen: set[str] = set()
     unknown: dict[str, int] = {}  # each unknown key, with the line it first appears on
@@ -156,10 +156,10 @@ def sample(records: Sequence[BenchRecord], limit: int | None, *, seed: int = 0) 
     A larger ``limit`` with the same seed draws a superset, so a bigger rerun into the same output directory
     only runs the added records.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UsageError(f"limit must be a whole number >= 1 (got {limit!r})", field="limit")
     if limit is None or limit >= len(records):
         return list(records)
-    if limit < 1:
-        raise UsageError("limit must be >= 1", field="limit")
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     return [records[i] for i in sorted(order[:limit])]

@@ -218,8 +218,11 @@ def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | BaseM
         name = Path(source).name
         items: Iterable[tuple[str, Any]] = ((f"{name}:{n}", raw) for n, raw in
                                             iter_records(source, field=field, what="outcome file"))
-    else:
+    elif isinstance(source, Iterable):
         items = ((f"record {n}", raw) for n, raw in enumerate(source, start=1))
+    else:  # None or a number was a TypeError ("not iterable")
+        raise UsageError(f"must be an outcome file's path or outcome records, not {type(source).__name__}",
+                         field=field)
     for where, raw in items:
         try:
             record = raw if isinstance(raw, OutcomeRecord) else OutcomeRecord.model_validate(
@@ -242,6 +245,9 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
     (counted in ``dropped``): a router can only be scored where every candidate's outcome is known. A name of
     ``candidates`` that no record has is a ``UsageError`` naming ``candidates_field``. Each record's outcomes are
     kept as numbers while the rest is read (``genroute.bench.matrix_cells``), not as their models."""
+    if candidates is not None and (isinstance(candidates, str) or not isinstance(candidates, Sequence)
+                                   or not all(isinstance(c, str) for c in candidates)):
+        raise UsageError(f"must be a list of candidate names, not {candidates!r:.80}", field=candidates_field)
     cells, parsed = MatrixCells(), list[tuple[str, OutcomeRecord]]()
     for where, rec in read_outcome_records(source, field=field):
         cells.add(len(parsed), where, rec)

@@ -173,13 +173,12 @@ def read_outcome_file(path: str | Path, *, field: str = "outcomes") -> list[Outc
     """Outcome records from a store file (``.db``/``.sqlite``) or an outcome-matrix JSONL file."""
     from pydantic import ValidationError
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"no outcome file at {str(path)!r}", field=field)
+    from genroute.jsonl import existing_file, iter_records
+
+    path = existing_file(path, field=field, what="outcome file")
     if path.suffix in {".db", ".sqlite", ".sqlite3"}:
         return OutcomeStore(path, field=field).records_sync()
     from genroute.bench.datasets import given_id
-    from genroute.jsonl import iter_records
 
     records, seen = [], set()
     for lineno, raw in iter_records(path, field=field, what="outcome file"):  # .jsonl or .jsonl.gz
