@@ -63,10 +63,16 @@ def label_text(label: Any) -> Any:
     return str(label) if isinstance(label, int) and not isinstance(label, bool) else label
 
 
+def _as_path(path: Any, *, field: str) -> Path:
+    if not isinstance(path, str | os.PathLike):  # None or a number was a TypeError from pathlib
+        raise UsageError(f"must be a directory path, not {type(path).__name__}", field=field)
+    return Path(path)
+
+
 def output_dir(path: str | Path, *, field: str) -> Path:
     """``path`` as a directory that exists (made with its parents if needed); ``UsageError`` naming ``field`` when
     it cannot be (a file is there, no permission...), before anything is run or written."""
-    path = Path(path)
+    path = _as_path(path, field=field)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -77,7 +83,7 @@ def output_dir(path: str | Path, *, field: str) -> Path:
 def check_output_dir(path: str | Path, *, field: str) -> Path:
     """``path`` if it is, or could be made as, a directory this process can write in; ``UsageError`` naming
     ``field`` otherwise. Makes nothing: for the check before a long run that must leave no files if it fails."""
-    path = Path(path)
+    path = _as_path(path, field=field)
     existing = path
     while not existing.exists() and existing.parent != existing:  # the nearest part of the path that is there
         existing = existing.parent

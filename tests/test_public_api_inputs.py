@@ -59,3 +59,50 @@ def test_a_dataset_limit_that_is_not_a_whole_number_is_named(dataset: Path, limi
 def test_matrix_candidates_that_are_not_names_are_named(candidates: Any) -> None:
     rows = [{"input": f"q{i}", "outcomes": {"a": {"score": 1.0}, "b": {"score": 0.0}}} for i in range(3)]
     _refused(lambda: load_matrix(rows, candidates=candidates), "candidates")
+
+
+# -- compile_outcomes: every argument checked before the embeddings are cached or a report file is written ----
+
+
+def _matrix(n: int = 30) -> list[dict[str, Any]]:
+    return [{"input": f"question {i}", "metadata": {"id": f"q{i}"},
+             "outcomes": {"a": {"score": 1.0, "cost_usd": 0.01}, "b": {"score": float(i % 2), "cost_usd": 0.001}}}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"title": 5}, "title"),                          # an AttributeError after stats.json, report.md... were written
+    ({"pricing": {"a": 1.0}}, "pricing"),              # an AttributeError ('dict' has no attribute 'prices')
+    ({"specs": [{}]}, "specs.0.method"),               # a KeyError after the embeddings were cached in out_dir
+    ({"specs": [{"method": "knnn"}]}, "specs.0.method"),  # refused only after embedding, as "no estimator applies"
+    ({"specs": []}, "specs"),
+    ({"cache_dir": "FILE"}, "cache_dir"),              # a FileExistsError once out_dir was made
+    ({"out_dir": None}, "out_dir"),                    # a TypeError from pathlib
+])
+def test_compile_outcomes_refuses_a_bad_argument_by_name_and_writes_nothing(tmp_path: Path, options: dict[str, Any],
+                                                                            field: str) -> None:
+    from genroute.bench import compile_outcomes
+
+    (tmp_path / "file").write_text("x")
+    options = {k: str(tmp_path / "file") if v == "FILE" else v for k, v in options.items()}
+    out = tmp_path / "out"
+    kwargs: dict[str, Any] = {"out_dir": out, "min_n": 1, "embedder": _NoEmbedder(), **options}
+    _refused(lambda: compile_outcomes(_matrix(), **kwargs), field)
+    assert not out.exists()
+
+
+class _NoEmbedder:
+    """An embedder a refused compile must never reach."""
+
+    model = "none"
+    dimension = 4
+
+    def embed(self, texts: Any) -> Any:
+        raise AssertionError("embedded before the arguments were checked")
+
+
+def test_write_report_names_an_out_dir_that_is_a_file(tmp_path: Path) -> None:
+    from genroute.bench import write_report
+
+    (tmp_path / "report").write_text("x")
+    _refused(lambda: write_report(tmp_path / "report", []), "out_dir")  # was a FileExistsError

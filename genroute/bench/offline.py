@@ -26,7 +26,7 @@ from genroute.bench.offline_report import Comparison, CurveSummary, OfflineRepor
 from genroute.bench.outcomes import CandidatePricing, OutcomeMatrix, load_matrix
 from genroute.bench.score_checks import check_min_n, check_seed
 from genroute.errors import UsageError
-from genroute.jsonl import output_dir
+from genroute.jsonl import check_output_dir, output_dir
 from genroute.policies.cost_weight import CostWeightRule, as_rule
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ def compile_outcomes(
     rule = as_rule(cost_weight_rule) or CostWeightRule()
     check_seed(seed)
     check_min_n(min_n)
+    _check_options(out_dir=out_dir, pricing=pricing, cache_dir=cache_dir, specs=specs if learned else None, title=title)
     start = time.perf_counter()
     full = source if isinstance(source, OutcomeMatrix) else load_matrix(source, pricing=pricing,
                                                                         candidates=candidates)
@@ -169,6 +170,29 @@ def compile_outcomes(
 
     atomic_write_bytes(Path(files["compiled"]), to_json(report).encode())
     return report
+
+
+def _check_options(*, out_dir: Any, pricing: Any, cache_dir: Any, specs: Any, title: Any) -> None:
+    """``UsageError`` naming the argument of ``compile_outcomes`` that is of the wrong kind, before anything is read
+    or written (each failed once the embeddings were cached, or the report half-written)."""
+    from genroute.policies.router_models import METHODS
+
+    check_output_dir(out_dir, field="out_dir")
+    if cache_dir is not None:
+        check_output_dir(cache_dir, field="cache_dir")
+    if pricing is not None and not isinstance(pricing, CandidatePricing):
+        raise UsageError(f"must be CandidatePricing (load_pricing reads a prices file), not {type(pricing).__name__}",
+                         field="pricing")
+    if title is not None and not isinstance(title, str):
+        raise UsageError(f"must be text, not {type(title).__name__}", field="title")
+    if specs is None:  # not learned: not read
+        return
+    if isinstance(specs, str | Mapping) or not isinstance(specs, Sequence) or not specs:
+        raise UsageError("must be a non-empty list of estimator specs ({method: knn|logreg|...})", field="specs")
+    for index, spec in enumerate(specs):
+        if not isinstance(spec, Mapping) or spec.get("method") not in METHODS:
+            got = spec.get("method") if isinstance(spec, Mapping) else spec
+            raise UsageError(f"needs a method of {', '.join(METHODS)} (got {got!r:.60})", field=f"specs.{index}.method")
 
 
 #: The semantic routes' operating point written to ``semantic.json`` (and its row's name).

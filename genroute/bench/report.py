@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench.runner import Outcome
 from genroute.bench.stats import bootstrap_ci, quality_ci  # noqa: F401 - bootstrap_ci is re-exported here
+from genroute.jsonl import output_dir
 
 if TYPE_CHECKING:
     from genroute.bench.datasets import BenchRecord
@@ -234,8 +235,7 @@ def write_report(out_dir: str | Path, summaries: Sequence[Summary], *, title: st
     section. With ``records`` and ``outcomes`` the HTML page also shows, record by record, where they disagree;
     ``per_record`` (title, HTML) is a per-record view built by the caller instead.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir, field="out_dir")
     png = None
     if summaries:
         try:
