@@ -106,3 +106,26 @@ def test_write_report_names_an_out_dir_that_is_a_file(tmp_path: Path) -> None:
 
     (tmp_path / "report").write_text("x")
     _refused(lambda: write_report(tmp_path / "report", []), "out_dir")  # was a FileExistsError
+
+
+# -- the outcome store ------------------------------------------------------------------------------------------
+
+
+def test_the_outcome_store_names_what_is_not_a_record_or_a_path(tmp_path: Path) -> None:
+    from genroute.outcomes import OutcomeRecord, OutcomeStore
+
+    for path in (None, 5):
+        _refused(lambda: OutcomeStore(path), "outcomes.path")  # was a TypeError from pathlib
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    record = OutcomeRecord.model_validate({"input": "q", "metadata": {"id": "r1"}, "outcomes": {"a": {"score": 1.0}}})
+    # Each was an AttributeError ('dict' object has no attribute 'id'), or a TypeError.
+    for wrong in (5, {"input": "q", "metadata": {"id": "r2"}}, "r2"):
+        _refused(lambda: store.upsert_sync(wrong), "record")
+    _refused(lambda: store.upsert_many_sync(5), "records")
+    _refused(lambda: store.upsert_many_sync([record, {"metadata": {"id": "r3"}}]), "records.1")
+    assert store.records_sync() == []  # the good record before the bad one was not written either
+    store.upsert_sync(record)
+    (tmp_path / "file").write_text("x")
+    for target in (tmp_path, tmp_path / "file" / "out.jsonl", None):  # IsADirectoryError, NotADirectoryError...
+        _refused(lambda: store.export_jsonl(target), "path")
+    assert store.export_jsonl(tmp_path / "out" / "outcomes.jsonl") == 1

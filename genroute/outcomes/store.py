@@ -37,6 +37,8 @@ class OutcomeStore:
     """Outcome records keyed by id (a trace id for production records), in one SQLite file."""
 
     def __init__(self, path: str | Path, *, field: str = "outcomes.path") -> None:
+        if not isinstance(path, str | os.PathLike):  # None or a number was a TypeError from pathlib
+            raise ConfigError(f"must be the path of a SQLite file, not {type(path).__name__}", field=field)
         self.path = Path(path).expanduser()
         try:
             _create_private(self.path)
@@ -61,10 +63,12 @@ class OutcomeStore:
 
     def upsert_sync(self, record: OutcomeRecord) -> OutcomeRecord:
         """Merge ``record`` into the stored one with its id (or insert it); return what is stored now."""
+        _check_records([record], field="record")
         return self.upsert_many_sync([record])[0]
 
     def upsert_many_sync(self, records: Sequence[OutcomeRecord]) -> list[OutcomeRecord]:
         """``upsert_sync`` for each record in order, in one transaction (all or none)."""
+        _check_records(records, field="records")
         for record in records:
             if not record.id:
                 raise UsageError("an outcome record needs metadata.id", field="metadata.id")
@@ -127,6 +131,11 @@ class OutcomeStore:
 
     def export_jsonl(self, path: str | Path, *, task: str | None = None) -> int:
         """Write the records as an outcome matrix (one JSON line each); return how many."""
+        from genroute.jsonl import check_output_dir
+
+        if not isinstance(path, str | os.PathLike) or Path(path).is_dir():  # was a TypeError or an IsADirectoryError
+            raise UsageError(f"must be the path of a file to write, not {path!r:.80}", field="path")
+        check_output_dir(Path(path).parent, field="path")  # a FileNotFoundError, a PermissionError
         records = self.records_sync(task=task)
         write_jsonl(path, (r.line() for r in records))
         return len(records)
@@ -145,6 +154,18 @@ class OutcomeStore:
                       since: float | None = None) -> list[OutcomeRecord]:
         """``records_sync`` on a worker thread."""
         return await asyncio.to_thread(lambda: self.records_sync(task=task, captured=captured, since=since))
+
+
+def _check_records(records: object, *, field: str) -> None:
+    """``UsageError`` naming ``field`` (``field.N``) unless ``records`` is a list of ``OutcomeRecord``s (a mapping
+    or a number was an ``AttributeError`` from deep inside)."""
+    if isinstance(records, str | Mapping) or not isinstance(records, Sequence):
+        raise UsageError(f"must be a list of OutcomeRecord, not {type(records).__name__}", field=field)
+    for index, record in enumerate(records):
+        if not isinstance(record, OutcomeRecord):
+            where = field if field == "record" else f"{field}.{index}"
+            raise UsageError(f"must be an OutcomeRecord (OutcomeRecord.model_validate(...) reads a mapping), not "
+                             f"{type(record).__name__}", field=where)
 
 
 def _create_private(path: Path) -> None:
