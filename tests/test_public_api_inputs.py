@@ -129,3 +129,50 @@ def test_the_outcome_store_names_what_is_not_a_record_or_a_path(tmp_path: Path) 
     for target in (tmp_path, tmp_path / "file" / "out.jsonl", None):  # IsADirectoryError, NotADirectoryError...
         _refused(lambda: store.export_jsonl(target), "path")
     assert store.export_jsonl(tmp_path / "out" / "outcomes.jsonl") == 1
+
+
+# -- ingestion --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"on_batch": 5}, "on_batch"),            # a TypeError ('int' object is not callable) after the first batch
+    ({"chunk_tokens": "200"}, "chunk_tokens"),  # a TypeError ('>' not supported)
+    ({"overlap": 4.5}, "overlap"),
+    ({"text_field": 5}, "text_field"),
+    ({"paths": [None]}, "paths"),              # a TypeError from pathlib
+    ({"paths": ["DOC", 5]}, "paths"),
+    ({"store": None}, "store"),                # an AttributeError ('NoneType' has no attribute 'check_writable')
+    ({"store": "chroma"}, "store"),
+])
+def test_ingest_refuses_a_bad_argument_by_name_and_makes_no_collection(tmp_path: Path, options: dict[str, Any],
+                                                                       field: str) -> None:
+    import asyncio
+
+    from genroute.knowledge import aingest, build_store, ingest
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Routing\n\n" + "Each request goes to the technique that should answer it. " * 20)
+    store = build_store({"path": str(tmp_path / "chroma")}, engines={})
+    kwargs: dict[str, Any] = {"store": store, "paths": [doc], "collection": "docs", **options}
+    kwargs["paths"] = [doc if p == "DOC" else p for p in kwargs["paths"]]
+    sync = _refused(lambda: ingest(**kwargs), field)
+    async_ = _refused(lambda: asyncio.run(aingest(**kwargs)), field)
+    assert (type(sync), sync.message) == (type(async_), async_.message)
+    assert asyncio.run(store.collections()) == []
+
+
+def test_load_examples_and_ingest_paths_name_a_bad_store_callback_or_kind(tmp_path: Path) -> None:
+    import asyncio
+
+    from genroute.knowledge import aload_examples, build_store, ingest_paths
+
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text(json.dumps({"input": "great film", "output": "positive"}) + "\n")
+    store = build_store({"path": str(tmp_path / "chroma")}, engines={})
+    _refused(lambda: asyncio.run(aload_examples(None, [examples], collection="examples")), "store")
+    _refused(lambda: asyncio.run(aload_examples(store, [examples], collection="examples", on_batch="print")),
+             "on_batch")
+    # kind="example" (or any other word) was ingested as documents.
+    _refused(lambda: ingest_paths([str(examples)], "examples", store_config={"path": str(tmp_path / "chroma")},
+                                  kind="example", progress=False), "kind")
+    assert asyncio.run(store.collections()) == []

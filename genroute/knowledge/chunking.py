@@ -215,11 +215,16 @@ def chunk_text(
 def iter_chunks(text: str, *, chunk_tokens: int = 200, overlap: int = 40, counter: TokenCounter | None = None,
                 base_offset: int = 0) -> Iterator[Chunk]:
     """``chunk_text``'s chunks one at a time, as they are cut (the bad settings refused before the first)."""
-    _check_window(chunk_tokens, overlap)
+    check_window(chunk_tokens, overlap)
     return _chunks(text, chunk_tokens, overlap, counter or token_counter(), base_offset)
 
 
-def _check_window(chunk_tokens: int, overlap: int) -> None:
+def check_window(chunk_tokens: int, overlap: int) -> None:
+    """``ConfigError`` naming ``chunk_tokens`` or ``overlap`` unless they are whole numbers, 8 <= chunk_tokens and
+    0 <= overlap < chunk_tokens."""
+    for name, value in (("chunk_tokens", chunk_tokens), ("overlap", overlap)):
+        if isinstance(value, bool) or not isinstance(value, int):  # "200" was a TypeError
+            raise ConfigError(f"must be a whole number, got {value!r:.40}", field=name)
     if chunk_tokens < 8:
         raise ConfigError("must be at least 8", field="chunk_tokens")
     if not 0 <= overlap < chunk_tokens:

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.ingest import JSONL_SUFFIXES, IngestReport, expand_paths
-from genroute.knowledge.records import (GENERATION, FileState, file_state, paid_writes, settle_sources,
-                                        upsert_missing, withdraw_deleted)
+from genroute.knowledge.records import (GENERATION, FileState, check_target, file_state, paid_writes,
+                                        settle_sources, upsert_missing, withdraw_deleted)
 from genroute.runtime.locks import LoopsLock
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
     after each batch written, as ``aingest``'s.
     """
     started = time.perf_counter()
+    check_target(store, on_batch)
     await asyncio.to_thread(store.check_writable)  # before any file is read, not at the first write
     files = expand_paths(paths, suffixes=JSONL_SUFFIXES, empty_dirs=collection in await store.collections())
     records: dict[str, tuple[str, dict[str, Any]]] = {}

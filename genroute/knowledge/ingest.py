@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from genroute.errors import UsageError
-from genroute.knowledge.chunking import Chunk, iter_chunks, stored_chunk_id, token_counter
+from genroute.knowledge.chunking import Chunk, check_window, iter_chunks, stored_chunk_id, token_counter
 from genroute.knowledge.file_digests import (Settled, file_digest, mark_settled, settings_key, settled_files,
                                              unsettle)
-from genroute.knowledge.records import (GENERATION, FileState, file_state, paid_writes, settle_sources,
-                                        upsert_missing, withdraw_deleted)
+from genroute.knowledge.records import (GENERATION, FileState, check_target, file_state, paid_writes,
+                                        settle_sources, upsert_missing, withdraw_deleted)
 
 if TYPE_CHECKING:
     from genroute.knowledge.store import KnowledgeStore
@@ -113,6 +114,8 @@ def expand_paths(paths: Sequence[str | Path], *, field: str = "paths", suffixes:
         raise UsageError("no paths given", field=field)
     files: dict[Path, None] = {}  # resolved, each once, in the order given
     for raw in paths:
+        if not isinstance(raw, str | os.PathLike):  # None or a number was a TypeError from pathlib
+            raise UsageError(f"a path is text or a Path, not {type(raw).__name__}", field=field)
         path = Path(raw)
         if path.is_dir():
             found = _walk(path, suffixes)
@@ -263,6 +266,10 @@ async def aingest(
     with no stored chunks of theirs to remove either, are a ``UsageError`` (nothing written, no collection made).
     """
     started = time.perf_counter()
+    check_target(store, on_batch)
+    check_window(chunk_tokens, overlap)
+    if not isinstance(text_field, str):
+        raise UsageError(f"must be the name of a record's text field, not {text_field!r:.40}", field="text_field")
     await asyncio.to_thread(store.check_writable)  # before any file is read, not at the first write
     # A directory emptied since it was ingested is read as holding nothing, so its files' chunks are withdrawn.
     files = expand_paths(paths, empty_dirs=collection in await store.collections())

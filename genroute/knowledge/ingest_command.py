@@ -37,6 +37,8 @@ def ingest_paths(
     (with what the embeddings cost, priced from ``pricing``). ``chunk_tokens`` (default 200), ``overlap`` (40) and
     ``text_field`` ("text") are for documents; given with ``kind="examples"`` they are a ``UsageError``."""
     chunking = {"chunk_tokens": chunk_tokens, "overlap": overlap, "text_field": text_field}
+    if kind not in ("documents", "examples"):  # anything else was ingested as documents
+        raise UsageError(f"must be 'documents' or 'examples', not {kind!r:.40}", field="kind")
     if kind == "examples":
         for name, value in chunking.items():
             if value is not None:  # examples are stored whole, one a line: it would be ignored

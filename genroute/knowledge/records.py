@@ -270,6 +270,18 @@ def _gone_from(source: Any, folders: Sequence[Path]) -> bool:
     return any(path.is_relative_to(folder) for folder in folders) and not path.is_file()
 
 
+def check_target(store: Any, on_batch: Any) -> None:
+    """``UsageError`` naming ``store`` unless it is a ``KnowledgeStore``, or ``on_batch`` unless it is callable (or
+    None): each failed from deep inside, the second after the first batch was written."""
+    from genroute.knowledge.store import KnowledgeStore
+
+    if not isinstance(store, KnowledgeStore):
+        raise UsageError(f"must be a KnowledgeStore (build_store makes one), not {type(store).__name__}", field="store")
+    if on_batch is not None and not callable(on_batch):
+        raise UsageError(f"must be a callable (batches, records) -> None, not {type(on_batch).__name__}",
+                         field="on_batch")
+
+
 async def upsert_missing(
     store: KnowledgeStore,
     collection: str,
