@@ -176,3 +176,22 @@ def test_load_examples_and_ingest_paths_name_a_bad_store_callback_or_kind(tmp_pa
     _refused(lambda: ingest_paths([str(examples)], "examples", store_config={"path": str(tmp_path / "chroma")},
                                   kind="example", progress=False), "kind")
     assert asyncio.run(store.collections()) == []
+
+
+def test_a_knowledge_store_names_a_bad_k_filter_or_batch(tmp_path: Path) -> None:
+    import asyncio
+
+    from genroute.knowledge import build_store
+
+    store, M = build_store({"path": str(tmp_path / "chroma")}, engines={}), {"source": "test"}
+    asyncio.run(store.upsert("docs", ["a", "b"], ["routing requests", "baking bread"], [M, M], kind="documents"))
+    for k in (0, -1, "3", 2.0, True):  # 0 and -1 were Chroma's errors naming no field; "3" named `where`
+        _refused(lambda: asyncio.run(store.query("docs", "bread", kind="documents", k=k)), "k")
+    _refused(lambda: asyncio.run(store.query("docs", "bread", kind="documents", k=1, where=5)), "where")  # TypeError
+    # A TypeError for ids=5; unequal lengths were Chroma's error naming no field.
+    for args, field in [((5, ["t"], [M]), "ids"), ((["c"], ["t", "u"], [M]), "texts"),
+                        ((["c"], ["t"], [M, M]), "metadatas"), (([3], ["t"], [M]), "ids"),
+                        ((["c"], [None], [M]), "texts")]:
+        _refused(lambda: asyncio.run(store.upsert("docs", *args, kind="documents")), field)
+    _refused(lambda: asyncio.run(store.delete("docs", 5, kind="documents")), "ids")
+    assert [h.id for h in asyncio.run(store.query("docs", "bread", kind="documents", k=2))] == ["b", "a"]

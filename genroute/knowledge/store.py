@@ -139,6 +139,9 @@ class KnowledgeStore(StoreCollections):
 
     def delete_sync(self, name: str, ids: Sequence[str], *, kind: Kind, where: Mapping[str, Any] | None = None) -> None:
         """Delete ``ids`` (those also matching ``where``, if given) in batches Chroma accepts (blocking)."""
+        _check_batch(ids, ids, ids, None)
+        if where is not None and not isinstance(where, Mapping):
+            raise UsageError(f"must be a mapping (a Chroma where filter), not {type(where).__name__}", field="where")
         if not ids:
             return
         size, ids = self.max_batch_size(), list(ids)
@@ -158,6 +161,7 @@ class KnowledgeStore(StoreCollections):
                      metadatas: Sequence[Mapping[str, Any]], *, kind: Kind,
                      embeddings: Sequence[Sequence[float]] | None = None) -> None:
         """Embed (unless given) and upsert one batch; Chroma writes a batch as a whole."""
+        _check_batch(ids, texts, metadatas, embeddings)
         if not ids:
             return
         await self.collection(name, kind=kind, create=True)  # made and checked before paying for embeddings
@@ -176,6 +180,7 @@ class KnowledgeStore(StoreCollections):
         vector its request already made, ``embeddings``)."""
         from genroute.knowledge.embedder_base import aembed_text
 
+        _check_query(k, where, field)
         await self.collection(name, kind=kind, field=field)  # an unknown collection fails before embedding
         vector = await aembed_text(self.embedder, text, tracer=tracer, embeddings=embeddings)
         return await self.query_vector(name, vector, kind=kind, k=k, where=where,
@@ -185,6 +190,7 @@ class KnowledgeStore(StoreCollections):
                            where: Mapping[str, Any] | None = None, include_embeddings: bool = False,
                            field: str = "collection") -> list[Hit]:
         """The ``k`` records nearest to ``vector``."""
+        _check_query(k, where, field)
         include = ["documents", "metadatas", "distances"] + (["embeddings"] if include_embeddings else [])
 
         def run(col: Any) -> Any:
@@ -234,6 +240,33 @@ def clean_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
             continue
         out[key] = value if isinstance(value, str | int | float | bool) else json.dumps(value, sort_keys=True)
     return out
+
+
+def _check_query(k: Any, where: Any, field: str) -> None:
+    """``UsageError`` naming ``k`` or ``where`` (beside ``field``) unless ``k`` is a whole number >= 1 and ``where``
+    a mapping or None: Chroma's own errors named no field, or the wrong one."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UsageError(f"must be a whole number of records >= 1, got {k!r:.40}", field=_sibling(field, "k"))
+    if where is not None and not isinstance(where, Mapping):
+        raise UsageError(f"must be a mapping (a Chroma where filter), not {type(where).__name__}",
+                         field=_sibling(field, "where"))
+
+
+def _check_batch(ids: Any, texts: Any, metadatas: Any, embeddings: Any) -> None:
+    """``UsageError`` naming the argument unless ``ids``, ``texts``, ``metadatas`` (and ``embeddings``, if given)
+    are lists of one length, the ids and texts text: a number was a ``TypeError``, unequal lengths an error
+    that named no field."""
+    given = {"ids": ids, "texts": texts, "metadatas": metadatas}
+    if embeddings is not None:
+        given["embeddings"] = embeddings
+    for name, value in given.items():
+        if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
+            raise UsageError(f"must be a list, not {type(value).__name__}", field=name)
+        if len(value) != len(ids):
+            raise UsageError(f"holds {len(value)} items for {len(ids)} ids", field=name)
+    for name in ("ids", "texts"):
+        if not all(isinstance(item, str) for item in given[name]):
+            raise UsageError("must be a list of text", field=name)
 
 
 def _sibling(field: str, name: str) -> str:
