@@ -195,3 +195,49 @@ def test_a_knowledge_store_names_a_bad_k_filter_or_batch(tmp_path: Path) -> None
         _refused(lambda: asyncio.run(store.upsert("docs", *args, kind="documents")), field)
     _refused(lambda: asyncio.run(store.delete("docs", 5, kind="documents")), "ids")
     assert [h.id for h in asyncio.run(store.query("docs", "bread", kind="documents", k=2))] == ["b", "a"]
+
+
+# -- bench --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"backends": None}, "backends"),          # a TypeError ('NoneType' object is not iterable)
+    ({"policy": "false"}, "policy"),           # a pydantic ValidationError from the run manifest
+    ({"compile": "no"}, "compile"),            # read as true: policies compiled
+    ({"stream": "false"}, "stream"),
+    ({"retry_failed": 1}, "retry_failed"),
+    ({"force_verdict": "yes"}, "force_verdict"),
+    ({"scorer": 5}, "scorer"),                 # an AttributeError ('int' object has no attribute 'startswith')
+    ({"command": ["genroute", "bench"]}, "command"),  # a pydantic ValidationError once out_dir was made
+    ({"advisor": {"monthly_requests": 10}}, "advisor"),
+    ({"task": 5}, "task"),                     # named as line 1's error, under `data`
+])
+def test_bench_refuses_a_bad_option_by_name_before_anything_is_sent_or_written(gemini_server: Any, tmp_path: Path,
+                                                                              options: dict[str, Any],
+                                                                              field: str) -> None:
+    import asyncio
+
+    from genroute import Router
+    from genroute.bench import abench, bench
+
+    from .conftest import gemini_config
+
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"id": "r1", "input": "hi", "output": "echo: hi"}) + "\n")
+    kwargs: dict[str, Any] = {"backends": ["chat"], "progress": False, "out_dir": tmp_path / "out", **options}
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        sync = _refused(lambda: bench(router, data, **kwargs), field)
+        async_ = _refused(lambda: asyncio.run(abench(router, data, **kwargs)), field)
+    assert sync.message == async_.message
+    assert not gemini_server.requests and not (tmp_path / "out").exists()
+
+
+def test_bench_names_a_router_that_is_not_one(tmp_path: Path) -> None:
+    import asyncio
+
+    from genroute.bench import abench, bench
+
+    for router in (None, "genroute.yaml"):  # an AttributeError ('NoneType' object has no attribute '_portal')
+        _refused(lambda: bench(router, [], backends=["chat"], out_dir=tmp_path / "out"), "router")
+        _refused(lambda: asyncio.run(abench(router, [], backends=["chat"], out_dir=tmp_path / "out")), "router")
+    assert not (tmp_path / "out").exists()

@@ -57,6 +57,8 @@ def load_records(
 ) -> list[BenchRecord]:
     """Read a JSONL dataset; with ``limit``, a seeded sample of that size (kept in file order)."""
     path = existing_file(path, field=field, what="dataset")
+    if task is not None and not isinstance(task, str):  # was named as every record's error, on line 1
+        raise UsageError(f"must be a task name, not {type(task).__name__}", field="task")
     records: list[BenchRecord] = []
     seen: set[str] = set()
     unknown: dict[str, int] = {}  # each unknown key, with the line it first appears on

@@ -28,7 +28,8 @@ from genroute.bench.paired import (
 )
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
 from genroute.bench.runner import (
-    POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_concurrency, check_targets, load_outcomes, target_names,
+    POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_concurrency, check_flags, check_router, check_targets,
+    load_outcomes, target_names,
 )
 from genroute.bench.score_checks import check_min_n, check_seed
 from genroute.bench.scorers import check_golds, resolve_scorer
@@ -130,6 +131,7 @@ async def abench(
     held-out split has at least ``min_verdict_n`` records, unless ``force_verdict``. ``cost_weight_rule``: how
     the compiled learned policy's cost weight is chosen (``compile_policy``).
     """
+    check_router(router)
     # A closed router fails every call: its run would fill results.jsonl (and stats.json) with failures.
     router._refuse_closed()  # noqa: SLF001 - the check every router method makes (bench's sync twin's too)
     rule = as_rule(cost_weight_rule)  # checked before anything runs or is written
@@ -139,6 +141,12 @@ async def abench(
     check_holdout(holdout)
     check_quality_floor(min_quality)
     check_concurrency(concurrency)
+    check_flags(policy=policy, compile=compile, stream=stream, progress=progress, retry_failed=retry_failed,
+                force_verdict=force_verdict)
+    if command is not None and not isinstance(command, str):  # a pydantic ValidationError from the run manifest
+        raise UsageError(f"must be text, not {type(command).__name__}", field="command")
+    if advisor is not None and not isinstance(advisor, AdvisorSettings):
+        raise UsageError(f"must be AdvisorSettings, not {type(advisor).__name__}", field="advisor")
     if corpus is not None:
         corpus_store(router, corpus, collection)
     from_file = isinstance(data, str | Path)
@@ -325,6 +333,7 @@ def _sync_twin(twin: Callable[Concatenate[Router, P], Coroutine[Any, Any, T]], n
     def run(router: Router, /, *args: P.args, **kwargs: P.kwargs) -> T:
         # The router's sync API runs on its private loop, and its engines' clients belong to that loop: a fresh
         # loop (asyncio.run) would use them from the wrong loop and leave them broken for later sync calls.
+        check_router(router)  # before its loop thread is asked for
         return run_sync(twin(router, *args, **kwargs), name, portal=router._portal)  # noqa: SLF001
 
     functools.update_wrapper(run, twin)

@@ -206,7 +206,24 @@ def target_names(targets: Sequence[str]) -> list[str]:
     """``targets`` as a list; ``UsageError`` naming ``backends`` for one string ("smart" is no list of "s", "m"...)."""
     if isinstance(targets, str):
         raise UsageError(f"must be a list of backend names, not the string {targets!r}", field="backends")
+    if not isinstance(targets, Sequence):  # None was a TypeError ("not iterable")
+        raise UsageError(f"must be a list of backend names, not {type(targets).__name__}", field="backends")
     return list(targets)
+
+
+def check_router(router: Any) -> None:
+    """``UsageError`` naming ``router`` unless it is a genroute ``Router`` (anything else was an ``AttributeError``)."""
+    from genroute.router.router import Router
+
+    if not isinstance(router, Router):
+        raise UsageError(f"must be a genroute Router, not {type(router).__name__}", field="router")
+
+
+def check_flags(**flags: Any) -> None:
+    """``UsageError`` naming the first of ``flags`` that is not True or False (the text "false" read as true)."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise UsageError(f"must be True or False, not {value!r:.40}", field=name)
 
 
 def check_targets(router: Router, targets: Sequence[str], scorer: Scorer) -> None:

@@ -300,6 +300,8 @@ def resolve_scorer(spec: str | None, records: Sequence[BenchRecord] = ()) -> Sco
     """The scorer ``spec`` names (``None``/``auto``: chosen from ``records``); ``UsageError`` if unknown."""
     if spec is None or spec == "auto":
         spec = default_scorer(records)
+    if not isinstance(spec, str):  # a number was an AttributeError
+        raise UsageError(f"must be a scorer's name, not {type(spec).__name__}", field="scorer")
     if spec in BUILTIN:
         return Scorer(spec, BUILTIN[spec])
     if spec == "regex" or spec.startswith("regex:"):
