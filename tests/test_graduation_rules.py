@@ -214,6 +214,12 @@ def test_a_refused_register_local_leaves_the_router_as_it_was(gemini_server, tmp
                 register_local(router, args.pop("name"), adapter, **args)
             assert exc.value.field == field
             assert sorted(router.resources.engines) == ["gemini"] and sorted(router.backends) == ["chat"]
+        # A missing adapter (or a directory) was registered, to fail at the first request routed to it.
+        for wrong in (tmp_path / "missing.gguf", tmp_path, None):
+            with pytest.raises(UsageError) as exc:
+                register_local(router, "tuned", wrong, task="t", mode="shadow", share=1.0)
+            assert exc.value.field == "adapter"
+            assert sorted(router.resources.engines) == ["gemini"] and sorted(router.backends) == ["chat"]
         register_local(router, "tuned", adapter, task="t", mode="shadow", share=1.0)   # the retry goes through
         assert "tuned_engine" in router.resources.engines and router.decide("x", task="t").shadow == ("tuned",)
         with pytest.raises(UsageError) as exc:   # checked before the export and minutes of tuning

@@ -241,3 +241,63 @@ def test_bench_names_a_router_that_is_not_one(tmp_path: Path) -> None:
         _refused(lambda: bench(router, [], backends=["chat"], out_dir=tmp_path / "out"), "router")
         _refused(lambda: asyncio.run(abench(router, [], backends=["chat"], out_dir=tmp_path / "out")), "router")
     assert not (tmp_path / "out").exists()
+
+
+# -- graduation ---------------------------------------------------------------------------------------------
+
+
+def _captured(n: int = 30) -> list[Any]:
+    from genroute.outcomes import OutcomeRecord
+
+    return [OutcomeRecord.model_validate({"input": f"q{i}", "output": "a", "task": "t", "metadata": {"id": f"r{i}"},
+                                          "outcomes": {"a": {"score": 1.0}, "b": {"score": 0.0}}}) for i in range(n)]
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda r: {"records": 5}, "records"),                    # a TypeError ('int' object is not iterable)
+    (lambda r: {"records": [*r, {"input": "q"}]}, "records.30"),  # an AttributeError ('dict' has no 'task')
+    (lambda r: {"task": 5}, "task"),                          # a pydantic ValidationError from the Promotion
+    (lambda r: {"incumbent": None}, "incumbent"),
+])
+def test_decide_promotion_names_what_is_not_records_or_names(call: Any, field: str) -> None:
+    from genroute.graduation import decide_promotion
+
+    records = _captured()
+    kwargs: dict[str, Any] = {"records": records, "task": "t", "incumbent": "b", "challenger": "a", **call(records)}
+    _refused(lambda: decide_promotion(kwargs.pop("records"), kwargs.pop("task"), **kwargs), field)
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"records": [{"input": "q"}]}, "records.0"),  # an AttributeError
+    ({"task": None}, "task"),
+    ({"eval_share": "0.2"}, "eval_share"),         # a TypeError ('<=' not supported)
+    ({"max_chars": 0}, "max_chars"),               # every example dropped, blamed on the task
+    ({"out_dir": "FILE"}, "out_dir"),              # a FileExistsError once every record was read
+    ({"out_dir": None}, "out_dir"),                # a TypeError from pathlib
+])
+def test_export_tuning_set_names_a_bad_argument_and_writes_nothing(tmp_path: Path, options: dict[str, Any],
+                                                                  field: str) -> None:
+    from genroute.graduation import export_tuning_set
+
+    (tmp_path / "file").write_text("x")
+    kwargs: dict[str, Any] = {"records": _captured(), "task": "t", "out_dir": tmp_path / "set", "min_examples": 1,
+                              **options}
+    if kwargs["out_dir"] == "FILE":
+        kwargs["out_dir"] = tmp_path / "file"
+    _refused(lambda: export_tuning_set(kwargs.pop("records"), kwargs.pop("task"), kwargs.pop("out_dir"), **kwargs),
+             field)
+    assert not (tmp_path / "set").exists()
+
+
+def test_the_graduation_steps_name_a_router_that_is_not_one(tmp_path: Path) -> None:
+    import asyncio
+
+    from genroute.graduation import adecide, agraduate, register_local
+
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"gguf")
+    for router in (None, "genroute.yaml"):  # each an AttributeError from deep inside
+        _refused(lambda: register_local(router, "tuned", adapter, task="t", mode="shadow", share=1.0), "router")
+        _refused(lambda: asyncio.run(adecide(router, "t", challenger="tuned")), "router")
+        _refused(lambda: asyncio.run(agraduate(router, "t", out_dir=tmp_path / "out")), "router")
+    assert not (tmp_path / "out").exists()

@@ -28,7 +28,7 @@ from genroute.bench.paired import (
 )
 from genroute.bench.report import Summary, markdown_table, summarize, write_report
 from genroute.bench.runner import (
-    POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_concurrency, check_flags, check_router, check_targets,
+    POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_concurrency, check_flags, check_targets,
     load_outcomes, target_names,
 )
 from genroute.bench.score_checks import check_min_n, check_seed
@@ -131,6 +131,8 @@ async def abench(
     held-out split has at least ``min_verdict_n`` records, unless ``force_verdict``. ``cost_weight_rule``: how
     the compiled learned policy's cost weight is chosen (``compile_policy``).
     """
+    from genroute.router.router import check_router
+
     check_router(router)
     # A closed router fails every call: its run would fill results.jsonl (and stats.json) with failures.
     router._refuse_closed()  # noqa: SLF001 - the check every router method makes (bench's sync twin's too)
@@ -333,6 +335,8 @@ def _sync_twin(twin: Callable[Concatenate[Router, P], Coroutine[Any, Any, T]], n
     def run(router: Router, /, *args: P.args, **kwargs: P.kwargs) -> T:
         # The router's sync API runs on its private loop, and its engines' clients belong to that loop: a fresh
         # loop (asyncio.run) would use them from the wrong loop and leave them broken for later sync calls.
+        from genroute.router.router import check_router
+
         check_router(router)  # before its loop thread is asked for
         return run_sync(twin(router, *args, **kwargs), name, portal=router._portal)  # noqa: SLF001
 

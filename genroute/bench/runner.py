@@ -211,14 +211,6 @@ def target_names(targets: Sequence[str]) -> list[str]:
     return list(targets)
 
 
-def check_router(router: Any) -> None:
-    """``UsageError`` naming ``router`` unless it is a genroute ``Router`` (anything else was an ``AttributeError``)."""
-    from genroute.router.router import Router
-
-    if not isinstance(router, Router):
-        raise UsageError(f"must be a genroute Router, not {type(router).__name__}", field="router")
-
-
 def check_flags(**flags: Any) -> None:
     """``UsageError`` naming the first of ``flags`` that is not True or False (the text "false" read as true)."""
     for name, value in flags.items():

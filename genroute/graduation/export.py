@@ -9,9 +9,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from genroute.bounds import is_whole
+from genroute.bounds import is_real, is_whole
 from genroute.errors import UsageError
-from genroute.outcomes.records import OutcomeRecord
+from genroute.jsonl import check_output_dir
+from genroute.outcomes.records import OutcomeRecord, check_outcome_records
 from genroute.outcomes.store import write_jsonl
 from genroute.tuning.data import DEFAULT_MAX_CHARS, Example
 
@@ -47,10 +48,17 @@ def export_tuning_set(records: Sequence[OutcomeRecord], task: str, out_dir: str 
     wins, and a tie drops the input. Every kept example is checked as ``genroute tune`` checks its files. The
     split is seeded and by example, so no input is on both sides.
     """
-    if not 0.0 <= eval_share < 1.0:
-        raise UsageError("must be in [0, 1)", field="eval_share")
+    from genroute.graduation.promote import check_names
+
+    check_outcome_records(records, field="records")
+    check_names(task=task)
+    if not is_real(eval_share) or not 0.0 <= eval_share < 1.0:  # "0.2" was a TypeError
+        raise UsageError(f"must be a number in [0, 1) (got {eval_share!r:.40})", field="eval_share")
     if not is_whole(min_examples) or min_examples < 1:
         raise UsageError(f"must be an integer >= 1 (got {min_examples!r})", field="min_examples")
+    if not is_whole(max_chars) or max_chars < 1:
+        raise UsageError(f"must be an integer >= 1 (got {max_chars!r:.40})", field="max_chars")
+    check_output_dir(out_dir, field="out_dir")  # a FileExistsError (or a TypeError for None) once all was read
     from genroute.knowledge.examples import input_key
 
     captured = [r for r in records if r.task == task and r.input and r.output]

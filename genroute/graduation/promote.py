@@ -31,7 +31,7 @@ from genroute.bench.clusters import text_groups
 from genroute.bench.sequential import paired_difference_cs, unpaired_difference_cs
 from genroute.bench.stats import PairedComparison, UnpairedComparison, compare_paired, compare_unpaired
 from genroute.errors import UsageError
-from genroute.outcomes.records import OutcomeRecord, Side
+from genroute.outcomes.records import OutcomeRecord, Side, check_outcome_records
 from genroute.outcomes.stats import has_cost, has_latency, side_cost, sides_use_cloud_equivalent, uses_cloud_equivalent
 
 
@@ -122,6 +122,14 @@ def seconds(value: float | None) -> str:
     return "not recorded" if value is None else f"{value:.3f}s"
 
 
+def check_names(**names: Any) -> None:
+    """``UsageError`` naming the first of ``names`` that is not a non-empty text (a number was a pydantic
+    ``ValidationError`` from the result, or matched nothing)."""
+    for field, value in names.items():
+        if not isinstance(value, str) or not value:
+            raise UsageError(f"must be a non-empty name, not {value!r:.40}", field=field)
+
+
 def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: str, challenger: str,
                      margin: float = 0.05, min_n: int = 100, seed: int = 0,
                      mode: Literal["shadow", "split"] = "shadow",
@@ -134,6 +142,8 @@ def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: 
     ``UsageError`` naming ``margin`` / ``min_n`` unless the margin is finite and >= 0 and ``min_n`` >= 1, and naming
     ``scores`` for a score outside [0, 1] under the sequential rule (its guarantee needs bounded scores).
     """
+    check_outcome_records(records, field="records")
+    check_names(task=task, incumbent=incumbent, challenger=challenger)
     check_rule(margin, min_n)
     if not isinstance(sequential, bool):
         raise UsageError(f"must be True or False (got {sequential!r})", field="sequential")

@@ -17,6 +17,7 @@ import resource
 import threading
 import time
 from collections import Counter
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -207,6 +208,8 @@ def register_local(router: Router, name: str, adapter: str | Path, *, task: str,
     from genroute.tuning.local_lora import BASE_MODEL_NAME
 
     check_challenger(router, name, task=task, mode=mode, share=share, new=True)
+    if not isinstance(adapter, str | PathLike) or not Path(adapter).is_file():  # was registered, to fail when used
+        raise UsageError(f"no adapter file at {adapter!r:.200}", field="adapter")
     engine_name = f"{name}_engine"
     if engine_name in router.resources.engines:
         raise UsageError(f"engine {engine_name!r} already exists", field="name")
@@ -228,7 +231,9 @@ def check_challenger(router: Router, name: Any, *, task: Any, mode: Any, share: 
     """``UsageError`` naming ``name``/``task``/``mode``/``share`` if they would not make a challenger (``new``:
     ``name`` must not be a backend of ``router`` yet)."""
     from genroute.policies.base import BackendInfo
+    from genroute.router.router import check_router
 
+    check_router(router)  # anything else was an AttributeError
     router._challenger_config({"task": task, "backend": name, "mode": mode, "share": share}, backend_arg="name")
     if new and name in router.backends:
         raise UsageError(f"backend {name!r} already exists", field="name")
@@ -266,6 +271,11 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
     fixed-horizon 95 % CI, valid for one look planned in advance. The advisor's tuning cost: ``tuning_cost_usd``
     if given, else a Vertex job's priced tokens, else the local run's measured CPU time x ``cpu_usd_per_hour``
     (without a price it reports the CPU time and no pay-back)."""
+    from genroute.graduation.promote import check_names
+    from genroute.router.router import check_router
+
+    check_router(router)
+    check_names(task=task, challenger=challenger)
     check_rule(margin, min_n)
     check_amount(tuning_cost_usd, field="tuning_cost_usd")
     check_amount(cpu_usd_per_hour, field="cpu_usd_per_hour")

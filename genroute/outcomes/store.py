@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from genroute.errors import ConfigError, UsageError
-from genroute.outcomes.records import OutcomeRecord, check_sides
+from genroute.outcomes.records import OutcomeRecord, check_outcome_records, check_sides
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -63,12 +63,12 @@ class OutcomeStore:
 
     def upsert_sync(self, record: OutcomeRecord) -> OutcomeRecord:
         """Merge ``record`` into the stored one with its id (or insert it); return what is stored now."""
-        _check_records([record], field="record")
+        check_outcome_records([record], field="record")
         return self.upsert_many_sync([record])[0]
 
     def upsert_many_sync(self, records: Sequence[OutcomeRecord]) -> list[OutcomeRecord]:
         """``upsert_sync`` for each record in order, in one transaction (all or none)."""
-        _check_records(records, field="records")
+        check_outcome_records(records, field="records")
         for record in records:
             if not record.id:
                 raise UsageError("an outcome record needs metadata.id", field="metadata.id")
@@ -154,18 +154,6 @@ class OutcomeStore:
                       since: float | None = None) -> list[OutcomeRecord]:
         """``records_sync`` on a worker thread."""
         return await asyncio.to_thread(lambda: self.records_sync(task=task, captured=captured, since=since))
-
-
-def _check_records(records: object, *, field: str) -> None:
-    """``UsageError`` naming ``field`` (``field.N``) unless ``records`` is a list of ``OutcomeRecord``s (a mapping
-    or a number was an ``AttributeError`` from deep inside)."""
-    if isinstance(records, str | Mapping) or not isinstance(records, Sequence):
-        raise UsageError(f"must be a list of OutcomeRecord, not {type(records).__name__}", field=field)
-    for index, record in enumerate(records):
-        if not isinstance(record, OutcomeRecord):
-            where = field if field == "record" else f"{field}.{index}"
-            raise UsageError(f"must be an OutcomeRecord (OutcomeRecord.model_validate(...) reads a mapping), not "
-                             f"{type(record).__name__}", field=where)
 
 
 def _create_private(path: Path) -> None:

@@ -356,3 +356,8 @@ class Router(Lifecycle, Learning):
         return RootSpan(self.telemetry, request, self.timeout_s, self._adecide, costed=self.policy.blocking,
                         same_context=same_context)
 
+
+def check_router(router: Any) -> None:
+    """``UsageError`` naming ``router`` unless it is a genroute ``Router`` (anything else was an ``AttributeError``)."""
+    if not isinstance(router, Router):
+        raise UsageError(f"must be a genroute Router, not {type(router).__name__}", field="router")
