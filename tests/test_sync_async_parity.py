@@ -17,16 +17,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from genroute import DeadlineExceeded, GenerateResult, Router, UsageError
+from genroute import DeadlineExceeded, GenerateResult, GenrouteError, Router, UsageError
 from genroute.bench import harness
 from genroute.knowledge import ExampleStore, KnowledgeStore, aingest, build_store, ingest
 from genroute.knowledge.embedders import Embedder, GeminiEmbedder, LocalEmbedder
+from genroute.outcomes import OutcomeRecord, OutcomeStore
 from genroute.testing import Fault
 
 from .conftest import gemini_config
 
-#: Where sync/async twins live. Every public ``aX`` with a public ``X`` beside it must be in ``PAIRS``.
-OWNERS: list[Any] = [Router, KnowledgeStore, ExampleStore, Embedder, harness]
+#: Where sync/async twins live. Every public ``aX`` with a public ``X`` beside it, and every ``X_sync`` with an ``X``
+#: (the stores' blocking cores and their worker-thread twins), must be in ``PAIRS``.
+OWNERS: list[Any] = [Router, KnowledgeStore, ExampleStore, Embedder, harness, OutcomeStore]
 PAIRS: list[tuple[Any, str, str]] = [
     (Router, "generate", "agenerate"),
     (Router, "stream", "astream"),
@@ -38,6 +40,12 @@ PAIRS: list[tuple[Any, str, str]] = [
     (Router, "promote", "apromote"),
     (Embedder, "embed", "aembed"),
     (harness, "bench", "abench"),
+    (OutcomeStore, "upsert_sync", "upsert"),
+    (OutcomeStore, "get_sync", "get"),
+    (OutcomeStore, "records_sync", "records"),
+    (KnowledgeStore, "collection_sync", "collection"),
+    (KnowledgeStore, "count_sync", "count"),
+    (KnowledgeStore, "delete_sync", "delete"),
 ]
 
 
@@ -48,6 +56,8 @@ def _discovered() -> set[tuple[Any, str, str]]:
         for name in names:
             if name.startswith("a") and name[1:] in names and callable(getattr(owner, name)):
                 found.add((owner, name[1:], name))
+            if name.endswith("_sync") and name.removesuffix("_sync") in names:
+                found.add((owner, name, name.removesuffix("_sync")))
     return found
 
 
@@ -184,6 +194,119 @@ def test_bad_input_is_the_same_usage_error_both_ways(gemini_server, fields, fiel
     assert (type(sync), sync.field, sync.message) == (type(async_), async_.field, async_.message)
     assert sync.field == field
     assert not gemini_server.requests
+
+
+def _same_error(sync: Any, async_: Any) -> GenrouteError:
+    """Run ``sync()`` and ``asyncio.run(async_())`` (an async iterator is read to its end): each must raise a
+    genroute error, the same type with the same field and message; that error."""
+    def raised(call: Any) -> GenrouteError:
+        try:
+            call()
+        except GenrouteError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - the point: anything untyped fails the test
+            raise AssertionError(f"untyped: {type(exc).__name__}: {exc}") from exc
+        raise AssertionError("no error raised")
+
+    async def drive() -> None:
+        result = async_()
+        if hasattr(result, "__aiter__"):
+            [_ async for _ in result]
+        else:
+            await result
+
+    one, other = raised(sync), raised(lambda: asyncio.run(drive()))
+    def shape(error: GenrouteError) -> tuple[Any, ...]:
+        return type(error), getattr(error, "field", None), str(error)
+
+    assert shape(one) == shape(other)
+    return one
+
+
+#: (twin, keyword arguments of the bad call, the field its error names): the router's twins.
+ROUTER_CASES = [
+    ("decide", {"input": 5}, "input"), ("decide", {"input": "hi", "bogus": 1}, "bogus"),
+    ("decide", {"input": "hi", "timeout_s": float("nan")}, "timeout_s"),
+    ("stream", {"input": "hi", "timeout_s": "5"}, "timeout_s"), ("stream", {"input": None}, "input"),
+    ("generate", {"input": "hi", "task": 5}, "task"), ("generate", {"input": "hi", "metadata": 5}, "metadata"),
+    ("feedback", {"result": 5, "score": 1.0}, "result"), ("feedback", {"result": "RESULT", "score": 2}, "score"),
+    ("feedback", {"result": "RESULT", "label": 5}, "label"), ("feedback", {"result": "", "score": 1.0}, "result"),
+    ("drain", {"timeout_s": -1}, "timeout_s"), ("drain", {"timeout_s": "5"}, "timeout_s"),
+]
+
+
+@pytest.mark.parametrize(("twin", "kwargs", "field"), ROUTER_CASES,
+                         ids=[f"{t}-{f}-{i}" for i, (t, _, f) in enumerate(ROUTER_CASES)])
+def test_each_router_twin_refuses_bad_input_alike(gemini_server, tmp_path: Path, twin: str, kwargs: dict[str, Any],
+                                                   field: str):
+    config = {**gemini_config(gemini_server), "outcomes": {"path": str(tmp_path / "o.db"), "scorer": "label_accuracy"}}
+    with Router.from_config(config) as router:
+        served = router.generate("hi") if "result" in kwargs else None
+        sent = len(gemini_server.requests)
+        kwargs = {k: served.outcome_id if v == "RESULT" and served else v for k, v in kwargs.items()}
+        positional = [kwargs.pop(k) for k in ("input", "result") if k in kwargs]
+
+        def sync() -> Any:
+            answer = getattr(router, twin)(*positional, **kwargs)
+            return list(answer) if twin == "stream" else answer
+
+        error = _same_error(sync, lambda: router._portal.call(_arun(getattr(router, f"a{twin}"), positional, kwargs)))
+        assert getattr(error, "field", None) == field
+        assert len(gemini_server.requests) == sent  # nothing sent either way
+    assert OutcomeStore(tmp_path / "o.db").count_sync() == 0  # no feedback written either way
+
+
+async def _arun(fn: Any, positional: list[Any], kwargs: dict[str, Any]) -> Any:
+    result = fn(*positional, **kwargs)
+    if hasattr(result, "__aiter__"):
+        return [_ async for _ in result]
+    return await result
+
+
+def test_the_stores_twins_refuse_bad_input_alike(tmp_path: Path):
+    store = OutcomeStore(tmp_path / "o.db")
+    for sync, async_, field in [
+        (lambda: store.upsert_sync({"metadata": {"id": "r1"}}), lambda: store.upsert({"metadata": {"id": "r1"}}),
+         "record"),
+        (lambda: store.get_sync(None), lambda: store.get(None), "id"),
+        # captured="x" was a ValueError (int("x")), task=5 and since="x" matched nothing without a word.
+        (lambda: store.records_sync(captured="x"), lambda: store.records(captured="x"), "captured"),
+        (lambda: store.records_sync(task=5), lambda: store.records(task=5), "task"),
+        (lambda: store.records_sync(since="yesterday"), lambda: store.records(since="yesterday"), "since"),
+    ]:
+        assert _same_error(sync, async_).field == field
+    assert store.records_sync() == []
+    knowledge = build_store({"path": str(tmp_path / "chroma")}, engines={})
+    for sync, async_, field in [
+        (lambda: knowledge.count_sync("nope", kind="documents"), lambda: knowledge.count("nope", kind="documents"),
+         "collection"),
+        (lambda: knowledge.delete_sync("docs", 5, kind="documents"),
+         lambda: knowledge.delete("docs", 5, kind="documents"), "ids"),
+        (lambda: knowledge.collection_sync("x", kind="documents"), lambda: knowledge.collection("x", kind="documents"),
+         "collection"),
+    ]:
+        assert _same_error(sync, async_).field == field
+
+
+def test_embed_ingest_and_bench_refuse_bad_input_alike(gemini_server, tmp_path: Path):
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        for embedder in (GeminiEmbedder(router.resources.engines["gemini"]), LocalEmbedder()):
+            for texts, field in [("one text", "texts"), ([None], "texts.0"), (5, "texts")]:
+                assert _same_error(lambda: embedder.embed(texts),
+                                   lambda: router._portal.call(embedder.aembed(texts))).field == field
+        store = build_store({"path": str(tmp_path / "chroma")}, engines={})
+        for kwargs, field in [({"chunk_tokens": "200"}, "chunk_tokens"), ({"on_batch": 5}, "on_batch"),
+                              ({"paths": [None]}, "paths")]:
+            given = {"paths": [tmp_path], "collection": "docs", **kwargs}
+            assert _same_error(lambda: ingest(store, **given), lambda: aingest(store, **given)).field == field
+        data = tmp_path / "data.jsonl"
+        data.write_text('{"id": "r1", "input": "hi", "output": "echo: hi"}\n')
+        for kwargs, field in [({"backends": None}, "backends"), ({"policy": "false"}, "policy"),
+                              ({"scorer": 5}, "scorer")]:
+            given = {"backends": ["chat"], "out_dir": tmp_path / "out", "progress": False, **kwargs}
+            assert _same_error(lambda: harness.bench(router, data, **given),
+                               lambda: router._portal.call(harness.abench(router, data, **given))).field == field
+    assert not gemini_server.requests and not (tmp_path / "out").exists()
 
 
 def test_a_deadline_is_the_same_error_both_ways(gemini_server):

@@ -99,6 +99,8 @@ class OutcomeStore:
 
     def get_sync(self, id: str) -> OutcomeRecord | None:
         """The record with ``id``, or ``None``."""
+        if not isinstance(id, str):  # a list was sqlite3's ProgrammingError, None matched nothing
+            raise UsageError(f"an outcome id is text, not {type(id).__name__}", field="id")
         with self._connect() as db:
             row = db.execute("SELECT record FROM outcomes WHERE id = ?", (id,)).fetchone()
         return None if row is None else OutcomeRecord.model_validate_json(row[0])
@@ -106,6 +108,7 @@ class OutcomeStore:
     def records_sync(self, *, task: str | None = None, captured: bool | None = None,
                      since: float | None = None) -> list[OutcomeRecord]:
         """Stored records, oldest first; filtered by task, by whether text was captured, by creation time."""
+        _check_filters(task=task, captured=captured, since=since)
         where: list[str] = []
         args: list[str | int | float] = []
         if task is not None:
@@ -124,6 +127,7 @@ class OutcomeStore:
 
     def count_sync(self, *, task: str | None = None) -> int:
         """How many records are stored (for ``task``)."""
+        _check_filters(task=task)
         with self._connect() as db:
             if task is None:
                 return int(db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
@@ -154,6 +158,19 @@ class OutcomeStore:
                       since: float | None = None) -> list[OutcomeRecord]:
         """``records_sync`` on a worker thread."""
         return await asyncio.to_thread(lambda: self.records_sync(task=task, captured=captured, since=since))
+
+
+def _check_filters(*, task: object = None, captured: object = None, since: object = None) -> None:
+    """``UsageError`` naming the filter of the wrong kind: captured="x" was a ``ValueError``, task=5 and since="x"
+    matched nothing (or everything) without a word."""
+    from genroute.bounds import is_real
+
+    if task is not None and not isinstance(task, str):
+        raise UsageError(f"must be a task name, not {type(task).__name__}", field="task")
+    if captured is not None and not isinstance(captured, bool):
+        raise UsageError(f"must be True, False or None, not {captured!r:.40}", field="captured")
+    if since is not None and not is_real(since):
+        raise UsageError(f"must be a time in seconds since the epoch, not {since!r:.40}", field="since")
 
 
 def _create_private(path: Path) -> None:
