@@ -23,7 +23,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
-from genroute.errors import ConfigError
+from genroute.errors import ConfigError, UsageError
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
 
@@ -222,7 +222,13 @@ SIDE_EFFECT_FREE = "__genroute_side_effect_free__"
 def side_effect_free(fn: F) -> F:
     """Declare a tool side-effect-free (it only reads): a function-calling backend whose tools all are may be
     shadowed, since running it a second time repeats nothing in the world."""
-    setattr(fn, SIDE_EFFECT_FREE, True)
+    if not callable(fn):  # a number or None was an AttributeError
+        raise UsageError(f"decorates a tool function, not {type(fn).__name__}", field="tool")
+    try:
+        setattr(fn, SIDE_EFFECT_FREE, True)
+    except (AttributeError, TypeError):  # a builtin (len) or a __slots__ callable takes no attribute
+        raise UsageError(f"{getattr(fn, '__name__', type(fn).__name__)!r} cannot be marked: declare the tool with "
+                         "a def that calls it, and mark that", field="tool") from None
     return fn
 
 

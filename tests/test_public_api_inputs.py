@@ -301,3 +301,13 @@ def test_the_graduation_steps_name_a_router_that_is_not_one(tmp_path: Path) -> N
         _refused(lambda: asyncio.run(adecide(router, "t", challenger="tuned")), "router")
         _refused(lambda: asyncio.run(agraduate(router, "t", out_dir=tmp_path / "out")), "router")
     assert not (tmp_path / "out").exists()
+
+
+# -- the tools decorator ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrong", [5, None, "lookup", len])
+def test_side_effect_free_names_what_it_cannot_mark(wrong: Any) -> None:
+    from genroute import side_effect_free
+
+    _refused(lambda: side_effect_free(wrong), "tool")  # each an AttributeError (len: no attribute may be set)
