@@ -311,3 +311,24 @@ def test_side_effect_free_names_what_it_cannot_mark(wrong: Any) -> None:
     from genroute import side_effect_free
 
     _refused(lambda: side_effect_free(wrong), "tool")  # each an AttributeError (len: no attribute may be set)
+
+
+# -- statistics -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scores", [["0.8"], 5, "0110", [1.0, None]])
+def test_statistics_name_scores_that_are_not_numbers(scores: Any) -> None:
+    from genroute.bench import bootstrap_ci, compare_paired, mcnemar_exact, paired_bootstrap_ci, quality_ci
+
+    # ["0.8"] was a ValueError from numpy, 5 a TypeError (len), "0110" a ValueError, None a TypeError.
+    for call in (lambda: bootstrap_ci(scores), lambda: quality_ci(scores),
+                 lambda: paired_bootstrap_ci(scores, [1.0]), lambda: compare_paired([1.0], scores),
+                 lambda: mcnemar_exact(scores, [1.0])):
+        _refused(call, "scores")
+
+
+@pytest.mark.parametrize("ids", [5, "abc", [1, 2], None])
+def test_split_ids_names_ids_that_are_not_a_list_of_ids(ids: Any) -> None:
+    from genroute.bench import split_ids
+
+    _refused(lambda: split_ids(ids), "ids")  # 5 was a TypeError; "abc" was split into letters

@@ -8,7 +8,8 @@ lengths. ``is_binary`` tells the 0/1 scores that get exact intervals and McNemar
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence, Sized
+from numbers import Real
 
 from genroute.bounds import is_real, is_whole
 from genroute.errors import UsageError
@@ -42,7 +43,14 @@ def check_n_boot(n_boot: int) -> None:
 
 
 def finite_scores(scores: Sequence[float], what: str) -> None:
-    """``UsageError`` naming ``scores`` if a score is NaN or infinite (one NaN turns every mean and CI into NaN)."""
+    """``UsageError`` naming ``scores`` if they are not a list of numbers (a text was a ``ValueError``, a number a
+    ``TypeError``) or a score is NaN or infinite (one NaN turns every mean and CI into NaN)."""
+    if isinstance(scores, str | bytes) or not (isinstance(scores, Sized) and isinstance(scores, Iterable)):
+        raise UsageError(f"{what} must be a list of numbers, not {type(scores).__name__}", field="scores")
+    items: list[object] = list(scores)
+    wrong = next((i for i, x in enumerate(items) if not isinstance(x, Real)), None)
+    if wrong is not None:
+        raise UsageError(f"{what}[{wrong}] is {items[wrong]!r:.40}: scores must be numbers", field="scores")
     bad = next((i for i, x in enumerate(scores) if not math.isfinite(float(x))), None)
     if bad is not None:
         raise UsageError(f"{what}[{bad}] is {float(scores[bad])}: scores must be finite numbers", field="scores")
@@ -50,10 +58,10 @@ def finite_scores(scores: Sequence[float], what: str) -> None:
 
 def paired_differences(a: Sequence[float], b: Sequence[float]) -> list[float]:
     """``a[i] - b[i]`` for each record, after checking both are finite and of equal length (``UsageError``)."""
-    if len(a) != len(b):
-        raise UsageError(f"paired scores need equal lengths (got {len(a)} and {len(b)})", field="b_scores")
     finite_scores(a, "a_scores")
     finite_scores(b, "b_scores")
+    if len(a) != len(b):
+        raise UsageError(f"paired scores need equal lengths (got {len(a)} and {len(b)})", field="b_scores")
     return [float(x) - float(y) for x, y in zip(a, b, strict=True)]
 
 

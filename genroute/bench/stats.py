@@ -69,6 +69,7 @@ def bootstrap_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 
     """Percentile bootstrap CI of the mean (seeded: the same scores always give the same interval)."""
     import numpy as np
 
+    finite_scores(scores, "scores")
     check_level(level)
     check_n_boot(n_boot)
     check_seed(seed)
@@ -89,6 +90,7 @@ def quality_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 0.
     the 10 records, as tests/test_bench_stats.py sums it); the exact interval holds it at least ``level`` of the time
     at any n.
     """
+    finite_scores(scores, "scores")
     if not is_binary(scores):
         return bootstrap_ci(scores, n_boot=n_boot, level=level, seed=seed)
     check_level(level)
