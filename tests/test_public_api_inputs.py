@@ -332,3 +332,17 @@ def test_split_ids_names_ids_that_are_not_a_list_of_ids(ids: Any) -> None:
     from genroute.bench import split_ids
 
     _refused(lambda: split_ids(ids), "ids")  # 5 was a TypeError; "abc" was split into letters
+
+
+def test_pricing_and_redact_secrets_name_what_is_of_the_wrong_kind() -> None:
+    from genroute import ConfigError, Pricing
+    from genroute.outcomes import redact_secrets
+
+    with pytest.raises(ConfigError) as err:  # an AttributeError ('int' object has no attribute 'items')
+        Pricing(5)  # type: ignore[arg-type]
+    assert err.value.field == "pricing"
+    for text in (5, None, b"key"):  # a TypeError from the regular expressions
+        _refused(lambda: redact_secrets(text), "text")
+    for extra in (5, "sk-secret"):  # 5 a TypeError; a string was read letter by letter, each letter redacted
+        _refused(lambda: redact_secrets("my key is sk-secret", extra), "extra")
+    assert "sk-secret" not in redact_secrets("my key is sk-secret", ("sk-secret",))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bounds import NOT_BOOL, PathText
-from genroute.errors import ConfigError, without_secrets
+from genroute.errors import ConfigError, UsageError, without_secrets
 
 #: Scrub hook: gets ``{"input": str, "output": str, "task": str | None}``, returns it cleaned, or ``None`` to drop it.
 ScrubHook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -62,6 +62,11 @@ REDACTED = "[REDACTED]"
 def redact_secrets(text: str, extra: tuple[str, ...] = ()) -> str:
     """``text`` with anything that looks like a credential (API keys, tokens, private keys, URL user and password:
     ``genroute.errors.without_secrets``) and every string in ``extra`` replaced."""
+    if not isinstance(text, str):  # a number or None was a TypeError from the regular expressions
+        raise UsageError(f"must be text, not {type(text).__name__}", field="text")
+    given: object = extra  # a caller's: its annotation is a promise
+    if isinstance(given, str) or not isinstance(given, Sequence) or not all(isinstance(s, str) for s in given):
+        raise UsageError(f"must be a tuple of secret strings, not {given!r:.40}", field="extra")
     for secret in extra:
         if secret:
             text = text.replace(secret, REDACTED)

@@ -185,6 +185,8 @@ class Pricing:
     """A price table: defaults overridden by config, looked up by exact name or by name plus a version suffix."""
 
     def __init__(self, overrides: Mapping[str, ModelPrice | Mapping[str, Any]] | None = None) -> None:
+        if overrides is not None and not isinstance(overrides, Mapping):  # a number was an AttributeError
+            raise ConfigError(f"must map model names to prices, not {type(overrides).__name__}", field="pricing")
         self._overrides = {name: _price(name, price) for name, price in (overrides or {}).items()}
         self._prices = {**DEFAULT_PRICES, **self._overrides}
         self._by_length = sorted(self._prices, key=len, reverse=True)
