@@ -614,6 +614,17 @@ def test_graduate_names_the_flag_of_a_bad_share(gemini_server, tmp_path, capsys,
     assert config.read_text() == before
 
 
+@pytest.mark.parametrize("extra", [[], ["--decide"], ["--register-only", "--challenger", "lora"]])
+def test_graduate_names_an_empty_task(gemini_server, tmp_path, capsys, extra):
+    """An empty --task was blamed on --name ('_tuned' is not a tuned backend name), which was not given."""
+    config, base = lora_app(gemini_server, tmp_path)
+    before = config.read_text()
+    base[base.index("--task") + 1] = ""
+    assert cli([*base, *extra]) == 2
+    assert "error: --task: " in capsys.readouterr().err
+    assert config.read_text() == before and not (tmp_path / "grad").exists()
+
+
 @pytest.mark.parametrize(("flag", "named"), [("--decide", "--register-only"), ("--fixed-horizon", "--fixed-horizon")])
 def test_graduate_refuses_register_only_with_decide(gemini_server, tmp_path, capsys, flag, named):
     """It registered the challenger (its mode printed as None) and left the decision out without a word; and

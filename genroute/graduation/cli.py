@@ -120,10 +120,11 @@ def _saved_report(model: Any, path: Path) -> Any:
 
 
 async def _run(args: argparse.Namespace) -> Any:
-    from genroute.graduation.promote import check_amount, check_rule
+    from genroute.graduation.promote import check_amount, check_names, check_rule
     from genroute.graduation.run import GraduationReport, adecide, agraduate
     from genroute.router.router import Router
 
+    check_names(**{"--task": args.task})
     if args.decide:
         check_rule(args.margin, args.min_n, fields=("--margin", "--min-n"))
         check_amount(args.tuning_cost, field="--tuning-cost")
