@@ -232,6 +232,23 @@ def test_bench_refuses_a_bad_option_by_name_before_anything_is_sent_or_written(g
     assert not gemini_server.requests and not (tmp_path / "out").exists()
 
 
+def test_bench_refuses_a_backend_named_twice(gemini_server: Any, tmp_path: Path, capsys: Any) -> None:
+    # `--backends chat,chat` ran every record twice and reported chat twice, as two rows of one backend.
+    import yaml
+
+    from genroute.cli import main
+
+    from .conftest import gemini_config
+
+    config, data = tmp_path / "app.yaml", tmp_path / "data.jsonl"
+    config.write_text(yaml.safe_dump(gemini_config(gemini_server)))
+    data.write_text(json.dumps({"id": "r1", "input": "hi", "output": "echo: hi"}) + "\n")
+    out = tmp_path / "out"
+    assert main(["bench", str(data), "--config", str(config), "--backends", "chat,chat", "--out", str(out)]) == 2
+    assert "backends: names a backend twice (chat)" in capsys.readouterr().err
+    assert not gemini_server.requests and not out.exists()
+
+
 def test_bench_names_a_router_that_is_not_one(tmp_path: Path) -> None:
     import asyncio
 

@@ -208,6 +208,9 @@ def target_names(targets: Sequence[str]) -> list[str]:
         raise UsageError(f"must be a list of backend names, not the string {targets!r}", field="backends")
     if not isinstance(targets, Sequence):  # None was a TypeError ("not iterable")
         raise UsageError(f"must be a list of backend names, not {type(targets).__name__}", field="backends")
+    if len(set(targets)) < len(targets):  # "chat,chat" ran every record twice and reported the backend twice
+        twice = sorted({t for t in targets if targets.count(t) > 1})
+        raise UsageError(f"names a backend twice ({', '.join(twice)})", field="backends")
     return list(targets)
 
 
