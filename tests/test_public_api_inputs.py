@@ -8,6 +8,7 @@ readers and ``compile`` in test_fuzz_inputs.py; these are the plain cases of the
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -363,3 +364,68 @@ def test_pricing_and_redact_secrets_name_what_is_of_the_wrong_kind() -> None:
     for extra in (5, "sk-secret"):  # 5 a TypeError; a string was read letter by letter, each letter redacted
         _refused(lambda: redact_secrets("my key is sk-secret", extra), "extra")
     assert "sk-secret" not in redact_secrets("my key is sk-secret", ("sk-secret",))
+
+
+# -- any value for an option: answered, or refused naming it ----------------------------------------------------
+
+
+def test_options_of_any_kind_are_taken_or_refused_by_name(tmp_path: Path) -> None:
+    """Hypothesis gives each option of the cheap entry points (no model calls) any value: each call is answered or
+    refused with a genroute error naming that option; nothing else escapes, and a refused export writes nothing."""
+    import asyncio
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from genroute.bench import bootstrap_ci, split_ids
+    from genroute.graduation import decide_promotion, export_tuning_set
+    from genroute.knowledge import build_store
+    from genroute.outcomes import OutcomeStore
+
+    from .test_fuzz_config import JUNK, SETTINGS
+
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_text("".join(json.dumps({"id": f"r{i}", "input": f"q{i}", "output": "a"}) + "\n" for i in range(3)))
+    records, store = _captured(), OutcomeStore(tmp_path / "o.db")
+    knowledge = build_store({"path": str(tmp_path / "chroma")}, engines={})
+    asyncio.run(knowledge.upsert("docs", ["a"], ["routing"], [{"source": "t"}], kind="documents"))
+    calls: dict[str, Any] = {
+        "limit": lambda v: load_records(dataset, limit=v), "seed": lambda v: load_records(dataset, seed=v),
+        "task": lambda v: load_records(dataset, task=v), "holdout": lambda v: split_ids(["a", "b"], holdout=v),
+        "n_boot": lambda v: bootstrap_ci([1.0, 0.0], n_boot=v), "level": lambda v: bootstrap_ci([1.0, 0.0], level=v),
+        "captured": lambda v: store.records_sync(captured=v), "since": lambda v: store.records_sync(since=v),
+        "k": lambda v: asyncio.run(knowledge.query("docs", "x", kind="documents", k=v)),
+        "where": lambda v: asyncio.run(knowledge.query("docs", "x", kind="documents", k=1, where=v)),
+        "margin": lambda v: decide_promotion(records, "t", incumbent="b", challenger="a", margin=v),
+        "min_n": lambda v: decide_promotion(records, "t", incumbent="b", challenger="a", min_n=v),
+        "mode": lambda v: decide_promotion(records, "t", incumbent="b", challenger="a", mode=v),
+        "eval_share": lambda v: export_tuning_set(records, "t", tmp_path / "set", eval_share=v, min_examples=1),
+        "min_examples": lambda v: export_tuning_set(records, "t", tmp_path / "set", min_examples=v),
+        "max_chars": lambda v: export_tuning_set(records, "t", tmp_path / "set", max_chars=v, min_examples=1),
+    }
+    # Refusals the data explain, not the option's kind: more examples asked for, or kept short enough, than there are.
+    because_of_data = {"min_examples": "task", "max_chars": "task"}
+    seen = {"taken": 0, "refused": 0}
+
+    @settings(SETTINGS, max_examples=int(os.environ.get("GENROUTE_FUZZ_EXAMPLES", "200")))
+    @given(option=st.sampled_from(sorted(calls)), value=JUNK)
+    def check(option: str, value: Any) -> None:
+        try:
+            calls[option](value)
+        except GenrouteError as exc:
+            if isinstance(exc, UsageError):
+                _check_error(exc)
+            named = getattr(exc, "field", "") or ""
+            assert named in (option, because_of_data.get(option)) or named.endswith(f".{option}"), \
+                f"{option}={value!r}: {exc!r} names {named!r}"
+            assert option not in ("eval_share", "min_examples", "max_chars") or not (tmp_path / "set").exists()
+            seen["refused"] += 1
+            return
+        seen["taken"] += 1
+        if (tmp_path / "set").exists():
+            import shutil
+
+            shutil.rmtree(tmp_path / "set")
+
+    check()
+    assert seen["taken"] and seen["refused"], seen
