@@ -429,3 +429,43 @@ def test_options_of_any_kind_are_taken_or_refused_by_name(tmp_path: Path) -> Non
 
     check()
     assert seen["taken"] and seen["refused"], seen
+
+
+# -- genroute.testing -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"port": -1}, "port"),              # an OverflowError from bind()
+    ({"port": "8080"}, "port"),          # a TypeError
+    ({"host": 5}, "host"),
+    ({"embedding_dim": 0}, "embedding_dim"),  # every embedding answered with an empty vector
+    ({"api_key": 5}, "api_key"),
+])
+def test_the_test_server_names_a_bad_setting(options: dict[str, Any], field: str) -> None:
+    from genroute.testing import GeminiTestServer
+
+    _refused(lambda: GeminiTestServer(**options), field)
+
+
+def test_the_test_server_refuses_a_bad_reply_or_fault_when_it_is_queued(gemini_server: Any) -> None:
+    from genroute.testing import Fault, Reply
+
+    # Each was queued, then failed inside the server's thread: a 500 or a dropped connection the client got.
+    for queue, field in [(lambda: gemini_server.reply_text(5), "text"),
+                         (lambda: gemini_server.reply_text("hi", usage=(5,)), "usage"),
+                         (lambda: gemini_server.reply_text("hi", usage=(-1, 2)), "usage"),
+                         (lambda: gemini_server.reply_text("hi", chunks=0), "chunks"),
+                         (lambda: gemini_server.reply_text("hi", times=0), "times"),
+                         (lambda: gemini_server.reply("hi"), "reply"),
+                         (lambda: gemini_server.fault(429), "fault"),
+                         (lambda: gemini_server.reply_json({}, path="/x", status=99), "status"),
+                         (lambda: gemini_server.reply_json({}, status=503), "status"),  # dropped: sent as a 200
+                         (lambda: gemini_server.reply_json({}, path="(", times=1), "path"),
+                         (lambda: gemini_server.route("GET", "/x", None), "handler"),
+                         (lambda: Fault.status(99), "code"), (lambda: Fault.delay(-1.0), "seconds"),
+                         (lambda: Fault.delay(float("nan")), "seconds"),
+                         (lambda: Fault.status(429, retry_after=-1), "retry_after"),
+                         (lambda: Fault.cut_stream(after_chunks=-1), "after_chunks"),
+                         (lambda: Reply(parts=("hi",)), "parts")]:
+        _refused(queue, field)
+    assert gemini_server.next_reply  # still serving: the default reply answers

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
+
+from genroute.bounds import is_real, is_whole
+from genroute.errors import UsageError
 
 FaultKind = Literal["status", "delay", "malformed_json", "cut_stream", "reset"]
 
@@ -18,6 +22,21 @@ class Fault:
     message: str | None = None
     seconds: float = 0.0
     after_chunks: int | None = None
+
+    def __post_init__(self) -> None:
+        # Checked when made: a bad one failed inside the server's thread, as a 500 or a dropped connection the test
+        # then read as the client's bug.
+        if self.kind not in ("status", "delay", "malformed_json", "cut_stream", "reset"):
+            raise UsageError(f"unknown fault kind {self.kind!r}", field="kind")
+        if not is_whole(self.code) or not (self.code == 0 or 100 <= self.code <= 599):
+            raise UsageError(f"must be an HTTP status from 100 to 599, got {self.code!r}", field="code")
+        for name, value in (("seconds", self.seconds), ("retry_after", self.retry_after)):
+            if value is not None and (not is_real(value) or not math.isfinite(value) or value < 0):
+                raise UsageError(f"must be a finite number of seconds >= 0, got {value!r}", field=name)
+        if self.after_chunks is not None and (not is_whole(self.after_chunks) or self.after_chunks < 0):
+            raise UsageError(f"must be a whole number >= 0, got {self.after_chunks!r}", field="after_chunks")
+        if self.message is not None and not isinstance(self.message, str):
+            raise UsageError(f"must be text, not {type(self.message).__name__}", field="message")
 
     @classmethod
     def status(

@@ -51,6 +51,25 @@ class Reply:
     raw: Any = None
     model_version: str | None = None
 
+    def __post_init__(self) -> None:
+        # Checked when queued: a bad one failed inside the server's thread, as an answer the client could not read.
+        from genroute.bounds import is_whole
+        from genroute.errors import UsageError
+
+        if not isinstance(self.parts, tuple | list) or not all(isinstance(p, Mapping) for p in self.parts):
+            raise UsageError("must be wire-format parts: {\"text\": ...} or {\"functionCall\": ...} mappings",
+                             field="parts")
+        usage = self.usage
+        if usage is not None and not (isinstance(usage, tuple | list) and len(usage) == 2
+                                      and all(is_whole(n) and n >= 0 for n in usage)):
+            raise UsageError(f"must be (prompt tokens, output tokens), whole numbers >= 0, got {usage!r}",
+                             field="usage")
+        if self.chunks is not None and (not is_whole(self.chunks) or self.chunks < 1):
+            raise UsageError(f"must be a whole number >= 1, got {self.chunks!r}", field="chunks")
+        for name, value in (("finish_reason", self.finish_reason), ("model_version", self.model_version)):
+            if value is not None and not isinstance(value, str):
+                raise UsageError(f"must be text, not {type(value).__name__}", field=name)
+
 
 def field_of(body: Any, camel: str) -> Any:
     """``body[camel]`` or its snake_case spelling (the SDK sends both kinds of keys)."""

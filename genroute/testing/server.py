@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from genroute.bounds import is_whole
+from genroute.errors import UsageError
 from genroute.testing.faults import Fault
 from genroute.testing.wire import reset, send
 from genroute.testing.replies import (
@@ -113,6 +115,7 @@ class GeminiTestServer:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, embedding_dim: int = 768,
                  api_key: str | None = None) -> None:
+        _check_settings(host, port, embedding_dim, api_key)
         self.embedding_dim = embedding_dim
         self.api_key = api_key
         #: Tokens a Vertex AI embedding answer reports for a text (default: about four characters a token).
@@ -189,6 +192,7 @@ class GeminiTestServer:
 
     def reply(self, reply: Reply, *, times: int = 1) -> None:
         """Queue ``reply`` for the next ``times`` generate/stream requests."""
+        _check_queued(reply, Reply, times)
         with self._lock:
             self._replies.extend([reply] * times)
 
@@ -200,6 +204,8 @@ class GeminiTestServer:
     def reply_text(self, text: str, *, usage: tuple[int, int] | None = None, finish_reason: str = "STOP",
                    chunks: int | None = None, times: int = 1) -> None:
         """Queue a text answer; ``usage`` is (prompt, output) tokens; streams send it in ``chunks`` events."""
+        if not isinstance(text, str):
+            raise UsageError(f"must be text, not {type(text).__name__}", field="text")
         self.reply_parts([{"text": text}], usage=usage, finish_reason=finish_reason, chunks=chunks, times=times)
 
     def reply_function_call(self, name: str, args: Mapping[str, Any] | None = None, *,
@@ -219,10 +225,16 @@ class GeminiTestServer:
         With ``path`` (a regex matched against the whole URL path) it answers the next ``times``
         requests to that path, whatever the route table says.
         """
+        if not is_whole(status) or not 100 <= status <= 599:
+            raise UsageError(f"must be an HTTP status from 100 to 599, got {status!r}", field="status")
         if path is None:
+            if status != 200 or headers:  # was silently dropped: the body went out as a 200
+                raise UsageError("is sent only with `path`; without it the body is the next generate answer (a 200: "
+                                 "Fault.status sends an error)", field="status" if status != 200 else "headers")
             self.reply(Reply(raw=body), times=times)
             return
-        pattern = re.compile(path)
+        pattern = _pattern(path)
+        _check_queued(None, type(None), times)
         response = Response(status=status, body=body, headers=dict(headers or {}))
         with self._lock:
             for m, p, queue in self._scripted:
@@ -233,13 +245,18 @@ class GeminiTestServer:
 
     def fault(self, fault: Fault, *, times: int = 1) -> None:
         """Queue ``fault`` for the next ``times`` requests (any path), before any reply is used."""
+        _check_queued(fault, Fault, times)
         with self._lock:
             self._faults.extend([fault] * times)
 
     def route(self, method: str, path: str, handler: Handler) -> None:
         """Add a handler for ``method`` and a path regex; later routes win over earlier ones."""
+        if not isinstance(method, str) or not callable(handler):
+            raise UsageError("give an HTTP method and a handler (request) -> Response",
+                             field="method" if not isinstance(method, str) else "handler")
+        compiled = _pattern(path)
         with self._lock:
-            self._routes.insert(0, (method.upper(), re.compile(path), handler))
+            self._routes.insert(0, (method.upper(), compiled, handler))
 
     def clear(self) -> None:
         """Forget recorded requests and every queued reply and fault."""
@@ -359,3 +376,33 @@ def _embed(server: GeminiTestServer, request: RecordedRequest, match: re.Match[s
     vertex = "/projects/" in request.path  # a Vertex AI resource name: counts come with the answer
     return embed_response(request.action or "", request.body, server.embedding_dim, vertex=vertex,
                           tokens=server.embed_tokens)
+
+
+def _check_settings(host: Any, port: Any, embedding_dim: Any, api_key: Any) -> None:
+    """``UsageError`` naming the server setting of the wrong kind, before the socket is bound (a port of -1 was an
+    ``OverflowError``, an ``embedding_dim`` of 0 answered every embedding request with an empty vector)."""
+    if not isinstance(host, str) or not host:
+        raise UsageError(f"must be a host name or address, not {host!r}", field="host")
+    if not is_whole(port) or not 0 <= port <= 65535:
+        raise UsageError(f"must be a TCP port from 0 (any free one) to 65535, got {port!r}", field="port")
+    if not is_whole(embedding_dim) or embedding_dim < 1:
+        raise UsageError(f"must be a whole number >= 1, got {embedding_dim!r}", field="embedding_dim")
+    if api_key is not None and not isinstance(api_key, str):
+        raise UsageError(f"must be text or None, not {type(api_key).__name__}", field="api_key")
+
+
+def _check_queued(item: Any, kind: type, times: Any) -> None:
+    """``UsageError`` unless ``item`` is a ``kind`` (a ``Reply``, a ``Fault``) and ``times`` a whole number >= 1."""
+    if not isinstance(item, kind):
+        raise UsageError(f"must be a {kind.__name__} (build one with its class), not {type(item).__name__}",
+                         field=kind.__name__.lower())
+    if not is_whole(times) or times < 1:
+        raise UsageError(f"must be a whole number >= 1, got {times!r}", field="times")
+
+
+def _pattern(path: Any) -> re.Pattern[str]:
+    """``path`` compiled as a regular expression; ``UsageError`` naming ``path`` if it is none."""
+    try:
+        return re.compile(path)
+    except (TypeError, re.error) as exc:
+        raise UsageError(f"must be a regular expression matching URL paths ({exc})", field="path") from None
