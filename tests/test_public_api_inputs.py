@@ -469,3 +469,15 @@ def test_the_test_server_refuses_a_bad_reply_or_fault_when_it_is_queued(gemini_s
                          (lambda: Reply(parts=("hi",)), "parts")]:
         _refused(queue, field)
     assert gemini_server.next_reply  # still serving: the default reply answers
+
+
+def test_register_tuned_backend_names_a_config_path_that_is_not_one(tmp_path: Path) -> None:
+    from genroute.tuning.config_file import register_tuned_backend
+    from genroute.tuning.local_lora import register_tuned_backend as register_local_adapter
+
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"gguf")
+    for path in (None, 5):  # a TypeError from pathlib
+        _refused(lambda: register_tuned_backend(path, "tuned", engine="gemini", model="m",
+                                                base_model="gemini-2.5-flash"), "config")
+        _refused(lambda: register_local_adapter(path, "tuned", adapter), "config")

@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +35,21 @@ def check_name(name: str, *, field: str = "name") -> None:
                          field=field)
 
 
+def config_file_path(config_path: object) -> Path:
+    """``config_path`` as a ``Path``; ``UsageError`` naming ``config`` if it is not a path (None was a
+    ``TypeError`` from pathlib)."""
+    if not isinstance(config_path, str | PathLike):
+        raise UsageError(f"must be the config file's path, not {type(config_path).__name__}", field="config")
+    return Path(config_path)
+
+
 def check_target(config_path: str | Path, name: str, *, replace: bool = False, engines: Sequence[str] = (),
                  missing_ok: bool = False, served_by: str | None = None) -> dict[str, Any]:
     """Fail now, before anything is trained or sent, if ``name`` (and ``engines``) cannot be written into
     the config, or the config lacks the engine ``served_by`` that is to serve it; return the config's mapping
     (``{}`` for a missing file when ``missing_ok``)."""
     check_name(name)
-    path = Path(config_path)
+    path = config_file_path(config_path)
     if path.suffix.lower() not in _WRITABLE:
         raise UsageError(f"cannot write tuned backends into {path.name}: use a .yaml or .json config",
                          field="config")
@@ -80,8 +89,8 @@ def write_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str
     Each entry is validated by its kind's config model and the whole file by ``load_config`` before
     anything is written, so an invalid entry never reaches the file.
     """
+    raw = with_tuned_backend(config_path, name, backend, engines=engines, replace=replace, missing_ok=missing_ok)
     path = Path(config_path)
-    raw = with_tuned_backend(path, name, backend, engines=engines, replace=replace, missing_ok=missing_ok)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_config(path, raw)
     return raw
@@ -94,9 +103,8 @@ def with_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str,
     checks it; nothing is written (a caller adding more writes it once)."""
     from genroute.config import load_config, validate_kind
 
-    path = Path(config_path)
     engines = dict(engines or {})
-    raw = check_target(path, name, replace=replace, engines=list(engines), missing_ok=missing_ok)
+    raw = check_target(config_path, name, replace=replace, engines=list(engines), missing_ok=missing_ok)
     for engine_name, engine in engines.items():
         validate_kind("engines", engine, field=f"engines.{engine_name}")
     validate_kind("backends", backend, field=f"backends.{name}")

@@ -347,10 +347,10 @@ def register_tuned_backend(
     rewritten atomically by ``config_file.write_tuned_backend``; YAML comments are not kept. A missing file
     is created. Returns the updated config mapping.
     """
-    from genroute.tuning.config_file import write_tuned_backend
+    from genroute.tuning.config_file import config_file_path, write_tuned_backend
 
     backend, engines = tuned_entries(name, adapter_path, base_model_path, tasks=tasks, engine_options=engine_options,
-                                     config_dir=Path(config_path).parent, keep_absolute=keep_absolute)
+                                     config_dir=config_file_path(config_path).parent, keep_absolute=keep_absolute)
     return write_tuned_backend(config_path, name, backend, engines=engines, replace=replace, missing_ok=True)
 
 
