@@ -299,6 +299,8 @@ def test_the_loop_thread_ends_at_interpreter_exit(gemini_server, tmp_path):
     ({"policy": {"kind": "static", "backend": "chat"}}, "policy"),  # a mapping, not a Policy
     ({"capture_content": "false"}, "capture_content"),  # was truthy: prompts went into spans
     ({"stats": "stats.json"}, "stats"),                 # was ignored: cost_aware decided with no statistics
+    ({"engine_options": 5}, "engine_options"),          # a TypeError ('int' object is not iterable)
+    ({"engine_options": {"gemini": "key"}}, "engine_options"),
 ])
 def test_a_router_option_it_cannot_take_is_a_usage_error_naming_it(gemini_server, options, field):
     from genroute import UsageError

@@ -89,6 +89,9 @@ async def _assemble(
     from genroute.outcomes.settings import settings_from
 
     check_validators(validators)
+    if engine_options is not None and not (isinstance(engine_options, Mapping) and all(
+            isinstance(options, Mapping) for options in engine_options.values())):  # a TypeError once loaded
+        raise UsageError("must map engine names to mappings of constructor options", field="engine_options")
     # Settings given in code are checked before anything is built, as the config's are.
     settings_from(router_kwargs.get("outcomes"))
     gate_configs(router_kwargs.get("rate_limits", ()), router_kwargs.get("breakers"))
