@@ -1,14 +1,15 @@
-"""pydantic's validation errors as one ``ConfigError`` naming the field, with the same wording everywhere."""
+"""pydantic's validation errors as one ``ConfigError`` naming the field, with the same wording everywhere; and
+``check_list``, the same check of a list of genroute objects a caller gives in code."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from genroute.errors import ConfigError
+from genroute.errors import ConfigError, UsageError
 
 
 def validator_message(error: Any) -> str:
@@ -79,3 +80,15 @@ def _without_members(loc: tuple[Any, ...], errors: Sequence[Any]) -> tuple[Any, 
             and isinstance(e["loc"][i], str) and _MEMBER.fullmatch(e["loc"][i]) for e in errors)
 
     return tuple(part for i, part in enumerate(loc) if not member(i))
+
+
+def check_list(items: object, kind: type, *, field: str) -> list[Any]:
+    """``items`` as a list, each a ``kind``; ``UsageError`` naming ``field`` (``field.N``) otherwise: a number or a
+    mapping in its place was a ``TypeError`` or an ``AttributeError`` from deep inside."""
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+        raise UsageError(f"must be a list of {kind.__name__}, not {type(items).__name__}", field=field)
+    listed = list(items)
+    for index, item in enumerate(listed):
+        if not isinstance(item, kind):
+            raise UsageError(f"must be a {kind.__name__}, not {type(item).__name__}", field=f"{field}.{index}")
+    return listed

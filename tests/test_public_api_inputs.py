@@ -481,3 +481,25 @@ def test_register_tuned_backend_names_a_config_path_that_is_not_one(tmp_path: Pa
         _refused(lambda: register_tuned_backend(path, "tuned", engine="gemini", model="m",
                                                 base_model="gemini-2.5-flash"), "config")
         _refused(lambda: register_local_adapter(path, "tuned", adapter), "config")
+
+
+def test_the_bench_reporting_steps_name_what_is_not_outcomes_records_or_summaries(tmp_path: Path) -> None:
+    import asyncio
+
+    from genroute.bench import (advise, arun_bench, compile_policy, load_outcomes, markdown_table, report_outcomes,
+                                resolve_scorer, stats_from, summarize)
+
+    # Each was a TypeError ('int' object is not iterable) or an AttributeError ('dict' has no attribute 'backend').
+    for wrong in (5, [{"backend": "chat", "record_id": "r1", "ok": True, "scorer": "exact"}]):
+        field = "outcomes" if wrong == 5 else "outcomes.0"
+        _refused(lambda: summarize(wrong), field)
+        _refused(lambda: stats_from(wrong), field)
+        _refused(lambda: compile_policy(wrong, [], tmp_path / "compiled"), field)
+        _refused(lambda: report_outcomes(wrong, [], tmp_path / "report", kinds={}), field)
+        _refused(lambda: advise([], outcomes=wrong), field)
+    _refused(lambda: markdown_table([{"backend": "chat"}]), "summaries.0")
+    _refused(lambda: advise(5), "summaries")
+    _refused(lambda: compile_policy([], ["r1"], tmp_path / "compiled"), "records.0")
+    _refused(lambda: load_outcomes(None), "out")
+    _refused(lambda: asyncio.run(arun_bench(None, [], ["chat"], resolve_scorer("exact"))), "router")
+    assert not (tmp_path / "compiled").exists() and not (tmp_path / "report").exists()

@@ -32,6 +32,7 @@ from genroute.bench.report import Summary
 from genroute.bench.runner import Outcome
 from genroute.bench.stats import PairedComparison
 from genroute.bounds import is_real
+from genroute.config_errors import check_list
 from genroute.graduation.trained import TunedInfo as TunedInfo  # where it was defined before; bench reads it here
 from genroute.graduation.trained import trained_inputs
 
@@ -90,6 +91,8 @@ def advise(summaries: Sequence[Summary], settings: AdvisorSettings | None = None
     ``training_price``: the pricing table's ``(model, USD per 1M training tokens)`` for the tuned model's base;
     ``inputs``: record id -> input key, so that records sharing an input count as one (``paired.compare_named``).
     """
+    summaries = check_list(summaries, Summary, field="summaries")
+    outcomes = check_list(outcomes, Outcome, field="outcomes")
     settings = settings or AdvisorSettings()
     kinds = kinds or {}
     by_name = {s.backend: s for s in summaries}

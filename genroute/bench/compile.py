@@ -18,6 +18,7 @@ from genroute.bench.datasets import BenchRecord, split_by_input
 from genroute.bench.report import markdown_row, summarize
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.bench.setup_failures import unscored_targets
+from genroute.config_errors import check_list
 from genroute.errors import GenrouteError, UsageError
 from genroute.policies.cost_aware_compiled import (cost_aware_policy, default_backend, drop_stale,
                                                    write_cost_aware_config, write_policy)
@@ -102,6 +103,7 @@ class CompileReport(BaseModel):
 def stats_from(outcomes: Sequence[Outcome], *, source: str | None = None, seed: int = 0,
                use_cloud_equivalent: bool = False, n_boot: int = 2000) -> BenchStats:
     """``BenchStats`` per task and backend (``@policy`` rows left out); records without a task go under ``*``."""
+    outcomes = check_list(outcomes, Outcome, field="outcomes")
     by_task: dict[str, list[Outcome]] = {}
     for o in outcomes:
         if o.backend != POLICY_TARGET:
@@ -209,6 +211,8 @@ def compile_policy(
     from genroute.policies.cost_weight import as_rule
 
     rule = as_rule(cost_weight_rule)
+    outcomes = check_list(outcomes, Outcome, field="outcomes")
+    records = check_list(records, BenchRecord, field="records")
     out = Path(out_dir)
     # A backend with no scored row never answered (a set-up error): a policy must never route to it.
     left_out = {u.backend: f"{u.failed} rows failed with {u.error_type}"

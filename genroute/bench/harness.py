@@ -35,6 +35,7 @@ from genroute.bench.score_checks import check_min_n, check_seed
 from genroute.bench.scorers import check_golds, resolve_scorer
 from genroute.bench.setup_failures import Unscored, unscored_markdown, unscored_targets
 from genroute.bench.stats import MIN_PAIRED_N, PairedComparison
+from genroute.config_errors import check_list
 from genroute.errors import UsageError
 from genroute.graduation.trained import TunedInfo, tuned_info
 from genroute.jsonl import output_dir
@@ -214,6 +215,8 @@ def report_outcomes(
     the section on records among an ICL backend's examples (``own_examples_note``); ``compiled_on``: the one on
     records the policy was compiled from (``policy_inputs_note``).
     """
+    outcomes = check_list(outcomes, Outcome, field="outcomes")
+    records = check_list(records, BenchRecord, field="records")
     out = Path(out_dir)
     summaries = summarize(outcomes, seed=seed)
     unscored = unscored_targets(outcomes, len(records))

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bench.runner import Outcome
 from genroute.bench.stats import bootstrap_ci, quality_ci  # noqa: F401 - bootstrap_ci is re-exported here
+from genroute.config_errors import check_list
 from genroute.jsonl import output_dir
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def summarize(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000)
     """One summary per target, in the order targets first appear."""
     import numpy as np
 
+    outcomes = check_list(outcomes, Outcome, field="outcomes")
     by_target: dict[str, list[Outcome]] = {}
     for outcome in outcomes:
         by_target.setdefault(outcome.backend, []).append(outcome)
@@ -134,6 +136,7 @@ def markdown_row(cells: Iterable[object]) -> str:
 
 def markdown_table(summaries: Sequence[Summary]) -> str:
     """The summaries as a Markdown table (metric named in the header)."""
+    summaries = check_list(summaries, Summary, field="summaries")
     metric = summaries[0].metric if summaries else "score"
     header = [c if c != "quality (95% CI)" else f"{metric} (95% CI)" for c in COLUMNS]
     lines = [markdown_row(header), "|" + "---|" * len(header)]

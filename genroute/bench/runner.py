@@ -17,6 +17,7 @@ from genroute.bench.record_tools import answering_router
 from genroute.bench.scorers import check_golds
 from genroute.bench.setup_failures import SetupWatch
 from genroute.bounds import is_whole
+from genroute.config_errors import check_list
 from genroute.errors import GenrouteError, UsageError
 from genroute.types import GenerateRequest
 
@@ -259,6 +260,13 @@ async def arun_bench(
     Returns every outcome for these records and targets (earlier runs' included), target by target in
     record order.
     """
+    from genroute.bench.datasets import BenchRecord
+    from genroute.bench.scorers import Scorer
+    from genroute.router.router import check_router
+
+    check_router(router)
+    records = check_list(records, BenchRecord, field="records")
+    check_list([scorer], Scorer, field="scorer")
     check_concurrency(concurrency)
     targets = target_names(targets)
     check_targets(router, targets, scorer)
@@ -324,6 +332,8 @@ def load_outcomes(out_dir: str | Path) -> list[Outcome]:
     Read only: unlike resuming a run, loading never creates, truncates or rewrites anything, so it can read
     a copy kept in a repository (``benchmarks/data/q340``, gzip-compressed there).
     """
+    if not isinstance(out_dir, str | os.PathLike):  # None was a TypeError from pathlib
+        raise UsageError(f"must be a results directory, not {type(out_dir).__name__}", field="out")
     plain = Path(out_dir) / RESULTS_FILE
     packed = plain.with_name(RESULTS_FILE + ".gz")
     if plain.is_file():
