@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from genroute.errors import ConfigError, UsageError
+
+T = TypeVar("T")
 
 
 def validator_message(error: Any) -> str:
@@ -82,7 +84,7 @@ def _without_members(loc: tuple[Any, ...], errors: Sequence[Any]) -> tuple[Any, 
     return tuple(part for i, part in enumerate(loc) if not member(i))
 
 
-def check_list(items: object, kind: type, *, field: str) -> list[Any]:
+def check_list(items: object, kind: type[T], *, field: str) -> list[T]:
     """``items`` as a list, each a ``kind``; ``UsageError`` naming ``field`` (``field.N``) otherwise: a number or a
     mapping in its place was a ``TypeError`` or an ``AttributeError`` from deep inside."""
     if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
@@ -90,5 +92,5 @@ def check_list(items: object, kind: type, *, field: str) -> list[Any]:
     listed = list(items)
     for index, item in enumerate(listed):
         if not isinstance(item, kind):
-            raise UsageError(f"must be a {kind.__name__}, not {type(item).__name__}", field=f"{field}.{index}")
+            raise UsageError(f"must be {kind.__name__}, not {type(item).__name__}", field=f"{field}.{index}")
     return listed

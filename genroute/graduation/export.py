@@ -10,9 +10,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from genroute.bounds import is_real, is_whole
+from genroute.config_errors import check_list
 from genroute.errors import UsageError
 from genroute.jsonl import check_output_dir
-from genroute.outcomes.records import OutcomeRecord, check_outcome_records
+from genroute.outcomes.records import OutcomeRecord
 from genroute.outcomes.store import write_jsonl
 from genroute.tuning.data import DEFAULT_MAX_CHARS, Example
 
@@ -50,7 +51,7 @@ def export_tuning_set(records: Sequence[OutcomeRecord], task: str, out_dir: str 
     """
     from genroute.graduation.promote import check_names
 
-    check_outcome_records(records, field="records")
+    records = check_list(records, OutcomeRecord, field="records")
     check_names(task=task)
     if not is_real(eval_share) or not 0.0 <= eval_share < 1.0:  # "0.2" was a TypeError
         raise UsageError(f"must be a number in [0, 1) (got {eval_share!r:.40})", field="eval_share")

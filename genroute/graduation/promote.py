@@ -30,8 +30,9 @@ from genroute.bounds import is_real, is_whole
 from genroute.bench.clusters import text_groups
 from genroute.bench.sequential import paired_difference_cs, unpaired_difference_cs
 from genroute.bench.stats import PairedComparison, UnpairedComparison, compare_paired, compare_unpaired
+from genroute.config_errors import check_list
 from genroute.errors import UsageError
-from genroute.outcomes.records import OutcomeRecord, Side, check_outcome_records
+from genroute.outcomes.records import OutcomeRecord, Side
 from genroute.outcomes.stats import has_cost, has_latency, side_cost, sides_use_cloud_equivalent, uses_cloud_equivalent
 
 
@@ -142,7 +143,7 @@ def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: 
     ``UsageError`` naming ``margin`` / ``min_n`` unless the margin is finite and >= 0 and ``min_n`` >= 1, and naming
     ``scores`` for a score outside [0, 1] under the sequential rule (its guarantee needs bounded scores).
     """
-    check_outcome_records(records, field="records")
+    records = check_list(records, OutcomeRecord, field="records")
     check_names(task=task, incumbent=incumbent, challenger=challenger)
     check_rule(margin, min_n)
     if not isinstance(sequential, bool):

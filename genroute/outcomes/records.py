@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -172,15 +172,3 @@ def check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> N
             if getattr(side, key) < 0:
                 raise UsageError(f"{where}: outcomes.{name}.{key}: must be a whole number >= 0 (got "
                                  f"{getattr(side, key)})", field=field)
-
-
-def check_outcome_records(records: object, *, field: str) -> None:
-    """``UsageError`` naming ``field`` (``field.N``) unless ``records`` is a list of ``OutcomeRecord``s (a mapping
-    or a number was an ``AttributeError`` from deep inside)."""
-    if isinstance(records, str | Mapping) or not isinstance(records, Sequence):
-        raise UsageError(f"must be a list of OutcomeRecord, not {type(records).__name__}", field=field)
-    for index, record in enumerate(records):
-        if not isinstance(record, OutcomeRecord):
-            where = field if field == "record" else f"{field}.{index}"
-            raise UsageError(f"must be an OutcomeRecord (OutcomeRecord.model_validate(...) reads a mapping), not "
-                             f"{type(record).__name__}", field=where)

@@ -17,8 +17,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from genroute.config_errors import check_list
 from genroute.errors import ConfigError, UsageError
-from genroute.outcomes.records import OutcomeRecord, check_outcome_records, check_sides
+from genroute.outcomes.records import OutcomeRecord, check_sides
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -63,12 +64,14 @@ class OutcomeStore:
 
     def upsert_sync(self, record: OutcomeRecord) -> OutcomeRecord:
         """Merge ``record`` into the stored one with its id (or insert it); return what is stored now."""
-        check_outcome_records([record], field="record")
+        if not isinstance(record, OutcomeRecord):  # a mapping was an AttributeError from deep inside
+            raise UsageError(f"must be an OutcomeRecord (OutcomeRecord.model_validate(...) reads a mapping), not "
+                             f"{type(record).__name__}", field="record")
         return self.upsert_many_sync([record])[0]
 
     def upsert_many_sync(self, records: Sequence[OutcomeRecord]) -> list[OutcomeRecord]:
         """``upsert_sync`` for each record in order, in one transaction (all or none)."""
-        check_outcome_records(records, field="records")
+        records = check_list(records, OutcomeRecord, field="records")
         for record in records:
             if not record.id:
                 raise UsageError("an outcome record needs metadata.id", field="metadata.id")
