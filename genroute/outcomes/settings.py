@@ -66,7 +66,8 @@ def redact_secrets(text: str, extra: tuple[str, ...] = ()) -> str:
         raise UsageError(f"must be text, not {type(text).__name__}", field="text")
     given: object = extra  # a caller's: its annotation is a promise
     if isinstance(given, str) or not isinstance(given, Sequence) or not all(isinstance(s, str) for s in given):
-        raise UsageError(f"must be a tuple of secret strings, not {given!r:.40}", field="extra")
+        # Its value is never shown: it holds (or is) a secret.
+        raise UsageError(f"must be a tuple of secret strings, not {type(given).__name__}", field="extra")
     for secret in extra:
         if secret:
             text = text.replace(secret, REDACTED)
