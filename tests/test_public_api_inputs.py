@@ -442,9 +442,11 @@ def test_options_of_any_kind_are_taken_or_refused_by_name(tmp_path: Path) -> Non
     ({"api_key": 5}, "api_key"),
 ])
 def test_the_test_server_names_a_bad_setting(options: dict[str, Any], field: str) -> None:
-    from genroute.testing import GeminiTestServer
+    from genroute.testing import GeminiTestServer, OtlpReceiver
 
     _refused(lambda: GeminiTestServer(**options), field)
+    if field in ("host", "port"):
+        _refused(lambda: OtlpReceiver(**options), field)
 
 
 def test_the_test_server_refuses_a_bad_reply_or_fault_when_it_is_queued(gemini_server: Any) -> None:

@@ -381,14 +381,20 @@ def _embed(server: GeminiTestServer, request: RecordedRequest, match: re.Match[s
 def _check_settings(host: Any, port: Any, embedding_dim: Any, api_key: Any) -> None:
     """``UsageError`` naming the server setting of the wrong kind, before the socket is bound (a port of -1 was an
     ``OverflowError``, an ``embedding_dim`` of 0 answered every embedding request with an empty vector)."""
-    if not isinstance(host, str) or not host:
-        raise UsageError(f"must be a host name or address, not {host!r}", field="host")
-    if not is_whole(port) or not 0 <= port <= 65535:
-        raise UsageError(f"must be a TCP port from 0 (any free one) to 65535, got {port!r}", field="port")
+    check_address(host, port)
     if not is_whole(embedding_dim) or embedding_dim < 1:
         raise UsageError(f"must be a whole number >= 1, got {embedding_dim!r}", field="embedding_dim")
     if api_key is not None and not isinstance(api_key, str):
         raise UsageError(f"must be text or None, not {type(api_key).__name__}", field="api_key")
+
+
+def check_address(host: Any, port: Any) -> None:
+    """``UsageError`` naming ``host`` or ``port`` unless they are an address a loopback server can bind (a port of
+    -1 was an ``OverflowError`` from bind())."""
+    if not isinstance(host, str) or not host:
+        raise UsageError(f"must be a host name or address, not {host!r}", field="host")
+    if not is_whole(port) or not 0 <= port <= 65535:
+        raise UsageError(f"must be a TCP port from 0 (any free one) to 65535, got {port!r}", field="port")
 
 
 def _check_queued(item: Any, kind: type, times: Any) -> None:
