@@ -505,3 +505,29 @@ def test_the_bench_reporting_steps_name_what_is_not_outcomes_records_or_summarie
     _refused(lambda: load_outcomes(None), "out")
     _refused(lambda: asyncio.run(arun_bench(None, [], ["chat"], resolve_scorer("exact"))), "router")
     assert not (tmp_path / "compiled").exists() and not (tmp_path / "report").exists()
+
+
+def test_example_selection_and_the_local_embedder_name_a_bad_argument(tmp_path: Path) -> None:
+    import asyncio
+
+    from genroute.knowledge import ExampleStore, aload_examples, build_store
+    from genroute.knowledge.embedders import LocalEmbedder
+
+    store = build_store({"path": str(tmp_path / "chroma")}, engines={})
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text("".join(json.dumps({"input": f"question {i}", "output": "a"}) + "\n" for i in range(5)))
+    asyncio.run(aload_examples(store, [examples], collection="examples"))
+    pool = ExampleStore(store, "examples")
+    for kwargs, field in [({"strategy": "knn", "k": "2"}, "k"),      # a TypeError ('<=' not supported)
+                          ({"strategy": "fixed", "k": 2.5}, "k"),     # a TypeError (slice indices)
+                          ({"strategy": "mmr", "k": 2, "mmr_lambda": 5}, "mmr_lambda"),  # taken
+                          ({"strategy": "mmr", "k": 2, "mmr_lambda": float("nan")}, "mmr_lambda")]:
+        _refused(lambda: asyncio.run(pool.select("question 1", **kwargs)), field)
+    _refused(lambda: asyncio.run(pool.select(5, strategy="knn", k=1)), "text")  # an AttributeError (casefold)
+    _refused(lambda: ExampleStore(None, "examples"), "store")  # an AttributeError at the first read
+    assert len(asyncio.run(pool.select("question 1", strategy="knn", k=2))) == 2
+    from genroute import ConfigError
+
+    with pytest.raises(ConfigError) as err:  # "2" was a TypeError
+        LocalEmbedder("2")  # type: ignore[arg-type]
+    assert err.value.field == "embedder.intra_op_threads"

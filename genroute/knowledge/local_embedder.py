@@ -80,8 +80,11 @@ class LocalEmbedder(Embedder):
 
     def __init__(self, intra_op_threads: int = 2, max_length: int = 256, batch_size: int = 32, *,
                  tracer_provider: trace.TracerProvider | None = None) -> None:
-        if intra_op_threads < 1 or max_length < 1 or batch_size < 1:
-            raise ConfigError("intra_op_threads, max_length and batch_size must be >= 1", field="embedder")
+        for name, value in (("intra_op_threads", intra_op_threads), ("max_length", max_length),
+                            ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # "2" was a TypeError
+                raise ConfigError(f"intra_op_threads, max_length and batch_size must be whole numbers >= 1 "
+                                  f"(got {name}={value!r:.40})", field=f"embedder.{name}")
         self.intra_op_threads = intra_op_threads
         self.max_length = min(max_length, 512)
         self.batch_size = batch_size
