@@ -531,3 +531,17 @@ def test_example_selection_and_the_local_embedder_name_a_bad_argument(tmp_path: 
     with pytest.raises(ConfigError) as err:  # "2" was a TypeError
         LocalEmbedder("2")  # type: ignore[arg-type]
     assert err.value.field == "embedder.intra_op_threads"
+
+
+def test_a_gemini_embedder_names_an_engine_or_dimension_of_the_wrong_kind(gemini_server: Any) -> None:
+    from genroute import Router
+    from genroute.knowledge.embedders import GeminiEmbedder
+
+    from .conftest import gemini_config
+
+    _refused(lambda: GeminiEmbedder("gemini"), "engine")  # an AttributeError (no `provider`)
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        engine = router.resources.engines["gemini"]
+        for dimension in (0, "768"):  # each was taken, to fail (or be sent) at the first embedding
+            _refused(lambda: GeminiEmbedder(engine, dimension=dimension), "dimension")
+    assert not gemini_server.requests

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
-from genroute.errors import ConfigError
+from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.embedder_base import (ArrayEmbedder, Embedder, aembed_text, checked_texts, record_error,
                                               traced)
 from genroute.knowledge.local_embedder import (
@@ -41,6 +41,13 @@ class GeminiEmbedder(Embedder):
     def __init__(self, engine: Engine, model: str = "gemini-embedding-001", *, dimension: int = 3072,
                  tracer_provider: trace.TracerProvider | None = None, pricing: Pricing | None = None,
                  task_type: str | None = None) -> None:
+        from genroute.engines.base import Engine
+
+        if not isinstance(engine, Engine):  # anything else was an AttributeError (no `provider`)
+            raise UsageError(f"must be a genroute Engine (a router's resources.engines[name]), not "
+                             f"{type(engine).__name__}", field="engine")
+        if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
+            raise UsageError(f"must be a whole number >= 1, got {dimension!r:.40}", field="dimension")
         self.engine = engine
         self.tracer_provider = tracer_provider
         #: Prices the calls (the router's table, with its overrides; default: the built-in list prices).
