@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from genroute.errors import ConfigError, UsageError
 
@@ -94,3 +94,19 @@ def check_list(items: object, kind: type[T], *, field: str) -> list[T]:
         if not isinstance(item, kind):
             raise UsageError(f"must be {kind.__name__}, not {type(item).__name__}", field=f"{field}.{index}")
     return listed
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated_model(model: type[M], raw: object, field: str) -> M:
+    """``raw`` (a ``model``, a mapping of its fields or None for the defaults) as a ``model``; ``ConfigError`` naming
+    ``field`` (or the invalid field under it) otherwise: a number was a ``TypeError`` from ``dict()``."""
+    if isinstance(raw, model):
+        return raw
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"must be a mapping or {model.__name__}, not {type(raw).__name__}", field=field)
+    try:
+        return model.model_validate(dict(raw or {}))
+    except ValidationError as exc:  # pydantic's own text would show the input: a misplaced key, say
+        raise config_error(exc, field) from None

@@ -545,3 +545,15 @@ def test_a_gemini_embedder_names_an_engine_or_dimension_of_the_wrong_kind(gemini
         for dimension in (0, "768"):  # each was taken, to fail (or be sent) at the first embedding
             _refused(lambda: GeminiEmbedder(engine, dimension=dimension), "dimension")
     assert not gemini_server.requests
+
+
+def test_an_engine_built_in_code_names_a_config_that_is_not_a_mapping() -> None:
+    from genroute import ConfigError
+    from genroute.engines import GeminiEngine
+    from genroute.engines.local import LocalEngine
+
+    for build, name in ((GeminiEngine, "g"), (LocalEngine, "l")):
+        for config in (5, "gemini-2.5-flash", ["api_key"]):  # a TypeError from dict()
+            with pytest.raises(ConfigError) as err:
+                build(name, config)
+            assert err.value.field == f"engines.{name}", err.value

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from genroute.admission import Gate, Instruments
 from genroute.admission.breaker import BreakerConfig, BreakerGate
 from genroute.admission.ratelimit import RateLimitConfig, rate_limit_gate
-from genroute.config_errors import config_error
+from genroute.config_errors import config_error, validated_model
 from genroute.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -53,11 +53,4 @@ def gate_configs(rate_limits: Any, breakers: Any) -> tuple[list[RateLimitConfig]
             limits.append(RateLimitConfig.model_validate(dict(item)))
         except ValidationError as exc:
             raise config_error(exc, f"rate_limits.{index}") from None
-    if breakers is None or isinstance(breakers, BreakerConfig):
-        return limits, breakers
-    if not isinstance(breakers, Mapping):
-        raise ConfigError(f"must be a mapping, not {type(breakers).__name__}", field="breakers")
-    try:
-        return limits, BreakerConfig.model_validate(dict(breakers))
-    except ValidationError as exc:
-        raise config_error(exc, "breakers") from None
+    return limits, None if breakers is None else validated_model(BreakerConfig, breakers, "breakers")

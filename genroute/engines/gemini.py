@@ -55,15 +55,9 @@ class GeminiEngine(Engine):
 
     def __init__(self, name: str, config: GeminiEngineConfig | Mapping[str, Any] | None = None, *,
                  credentials: Any = None) -> None:
-        if not isinstance(config, GeminiEngineConfig):
-            from pydantic import ValidationError
+        from genroute.config_errors import validated_model
 
-            try:
-                config = GeminiEngineConfig.model_validate(dict(config or {}))
-            except ValidationError as exc:  # pydantic's own text would show the input: a misplaced key, say
-                from genroute.config_errors import config_error
-
-                raise config_error(exc, f"engines.{name}") from None
+        config = validated_model(GeminiEngineConfig, config, f"engines.{name}")
         super().__init__(name, config)
         self.config: GeminiEngineConfig = config
         self.provider = "gcp.vertex_ai" if config.vertex is not None else "gcp.gemini"

@@ -100,15 +100,9 @@ class LocalEngine(Engine):
     config: LocalEngineConfig
 
     def __init__(self, name: str, config: LocalEngineConfig | Mapping[str, Any] | None = None) -> None:
-        if not isinstance(config, LocalEngineConfig):
-            from pydantic import ValidationError
+        from genroute.config_errors import validated_model
 
-            try:
-                config = LocalEngineConfig.model_validate(dict(config or {}))
-            except ValidationError as exc:
-                from genroute.config_errors import config_error
-
-                raise config_error(exc, f"engines.{name}") from None
+        config = validated_model(LocalEngineConfig, config, f"engines.{name}")
         super().__init__(name, config)
         self.reference_model = config.reference_model
         self._defaults = Defaults(temperature=config.temperature, max_output_tokens=config.max_output_tokens,

@@ -102,15 +102,6 @@ def resolve_scrub(settings: OutcomeSettings, scrub: ScrubHook | None) -> ScrubHo
 
 def settings_from(raw: OutcomeSettings | Mapping[str, Any] | None) -> OutcomeSettings | None:
     """Validated settings (``ConfigError`` naming ``outcomes.<field>``)."""
-    if raw is None or isinstance(raw, OutcomeSettings):
-        return raw
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"must be a mapping or OutcomeSettings, not {type(raw).__name__}", field="outcomes")
-    from pydantic import ValidationError
+    from genroute.config_errors import validated_model
 
-    from genroute.config_errors import config_error
-
-    try:
-        return OutcomeSettings.model_validate(dict(raw))
-    except ValidationError as exc:
-        raise config_error(exc, "outcomes") from None
+    return None if raw is None else validated_model(OutcomeSettings, raw, "outcomes")
