@@ -557,3 +557,39 @@ def test_an_engine_built_in_code_names_a_config_that_is_not_a_mapping() -> None:
             with pytest.raises(ConfigError) as err:
                 build(name, config)
             assert err.value.field == f"engines.{name}", err.value
+
+
+def test_router_options_of_any_kind_are_taken_or_refused_by_name(gemini_server: Any, tmp_path: Path) -> None:
+    """Hypothesis gives each option of ``Router.from_config`` any value: the router is built, or refused with a
+    genroute error naming that option (or a field under it), before any request is sent."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from genroute import Router
+
+    from .conftest import gemini_config
+    from .test_fuzz_config import JUNK, SETTINGS
+
+    options = ["timeout_s", "capture_content", "capture_max_chars", "stats", "outcomes", "rate_limits", "breakers",
+               "state", "validators", "tools", "engine_options", "scrub", "tracer_provider", "meter_provider"]
+    config = gemini_config(gemini_server)
+    seen = {"built": 0, "refused": 0}
+
+    @settings(SETTINGS, max_examples=int(os.environ.get("GENROUTE_FUZZ_EXAMPLES", "150")))
+    @given(option=st.sampled_from(options), value=JUNK)
+    def check(option: str, value: Any) -> None:
+        if option == "outcomes" and isinstance(value, dict):
+            value = {**value, "path": str(tmp_path / "outcomes.db")}  # never the working directory
+        try:
+            router = Router.from_config(config, **{option: value})
+        except GenrouteError as exc:
+            named = getattr(exc, "field", None) or ""
+            assert named == option or named.startswith(f"{option}."), f"{option}={value!r}: {exc!r}"
+            seen["refused"] += 1
+            return
+        router.close()
+        seen["built"] += 1
+
+    check()
+    assert seen["built"] and seen["refused"], seen
+    assert not gemini_server.requests
