@@ -195,6 +195,9 @@ def test_a_knowledge_store_names_a_bad_k_filter_or_batch(tmp_path: Path) -> None
                         ((["c"], [None], [M]), "texts")]:
         _refused(lambda: asyncio.run(store.upsert("docs", *args, kind="documents")), field)
     _refused(lambda: asyncio.run(store.delete("docs", 5, kind="documents")), "ids")
+    # A kind that is none was written into a new collection's metadata, marking it as holding that kind.
+    _refused(lambda: asyncio.run(store.upsert("notes", ["n"], ["t"], [M], kind="document")), "kind")
+    assert asyncio.run(store.collections()) == ["docs"]
     assert [h.id for h in asyncio.run(store.query("docs", "bread", kind="documents", k=2))] == ["b", "a"]
 
 

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Mapping
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 from genroute.errors import BackendUnavailable, GenrouteError, UsageError
 from genroute.knowledge.chroma_timeouts import Connecting
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Kind = Literal["documents", "examples", "routes"]
+KINDS: tuple[str, ...] = get_args(Kind)
 #: A stamp per collection (of a Chroma place), renewed by each write through any store of this process: what is read
 #: whole and kept (the ``fixed``/``random`` example pool) is read again once its collection's stamp changed.
 _WRITTEN: dict[tuple[Any, ...], int] = {}
@@ -163,6 +164,8 @@ class StoreCollections:
         from chromadb.errors import NotFoundError
 
         check_collection_name(name, field)  # before the client: an embedded one makes its directory
+        if kind not in KINDS:  # a collection made with another kind was marked as holding it
+            raise UsageError(f"must be one of {', '.join(KINDS)}, not {kind!r:.40}", field="kind")
         client = self.client()
         try:
             col = client.get_collection(name, embedding_function=None)
