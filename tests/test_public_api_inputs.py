@@ -48,6 +48,9 @@ def test_a_reader_names_a_path_that_is_not_a_file(path: Any) -> None:
         error = _refused(lambda: read(path), field)
         if path == ".":
             assert "is a directory" in error.message
+    from genroute.bench import load_pricing
+
+    _refused(lambda: load_pricing(path), "prices")
 
 
 @pytest.mark.parametrize("limit", ["2", 0, -1, 1.5, True])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -105,6 +106,8 @@ def load_pricing(path: str | Path, *, output_tokens: int = 256, usd_per_1m_per_b
     if usd_per_1m_per_billion is not None and (not is_real(usd_per_1m_per_billion)
                                                or not 0 <= usd_per_1m_per_billion < math.inf):
         raise UsageError(f"must be a finite number >= 0 (got {usd_per_1m_per_billion!r})", field="usd_per_billion")
+    if not isinstance(path, str | os.PathLike):  # None was a TypeError from pathlib
+        raise UsageError(f"the prices file must be a file path, not {type(path).__name__}", field=field)
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
