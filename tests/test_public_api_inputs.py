@@ -201,7 +201,11 @@ def test_a_knowledge_store_names_a_bad_k_filter_or_batch(tmp_path: Path) -> None
     # A kind that is none was written into a new collection's metadata, marking it as holding that kind.
     _refused(lambda: asyncio.run(store.upsert("notes", ["n"], ["t"], [M], kind="document")), "kind")
     assert asyncio.run(store.collections()) == ["docs"]
-    assert [h.id for h in asyncio.run(store.query("docs", "bread", kind="documents", k=2))] == ["b", "a"]
+    import numpy as np
+
+    vectors = np.asarray(store.embedder.embed(["sourdough"]))  # an array of embeddings is taken as a list is
+    asyncio.run(store.upsert("docs", ["c"], ["sourdough"], [M], kind="documents", embeddings=vectors))
+    assert [h.id for h in asyncio.run(store.query("docs", "bread", kind="documents", k=3))][-1] == "a"
 
 
 # -- bench --------------------------------------------------------------------------------------------------

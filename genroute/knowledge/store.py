@@ -17,7 +17,7 @@ This module holds the records' reads and writes; opening the client and the coll
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -259,8 +259,8 @@ def _check_batch(ids: Any, texts: Any, metadatas: Any, embeddings: Any) -> None:
     given = {"ids": ids, "texts": texts, "metadatas": metadatas}
     if embeddings is not None:
         given["embeddings"] = embeddings
-    for name, value in given.items():
-        if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
+    for name, value in given.items():  # a numpy array of embeddings is Sized and Iterable, no Sequence
+        if isinstance(value, str | bytes | Mapping) or not (isinstance(value, Sized) and isinstance(value, Iterable)):
             raise UsageError(f"must be a list, not {type(value).__name__}", field=name)
         if len(value) != len(ids):
             raise UsageError(f"holds {len(value)} items for {len(ids)} ids", field=name)
