@@ -603,3 +603,19 @@ def test_router_options_of_any_kind_are_taken_or_refused_by_name(gemini_server: 
     check()
     assert seen["built"] and seen["refused"], seen
     assert not gemini_server.requests
+
+
+def test_any_iterable_of_the_right_items_is_still_taken() -> None:
+    """The checks refuse what is of the wrong kind, not a tuple, set or view where a list was written: each of these
+    was taken before the checks and is taken now."""
+    from genroute.admission.build import gate_configs
+    from genroute.bench import split_ids
+    from genroute.bench.runner import target_names
+    from genroute.outcomes import redact_secrets
+
+    assert "sk-abcdefgh" not in redact_secrets("my key: sk-abcdefgh", {"sk-abcdefgh"})
+    assert sorted(sum(split_ids({"a": 1, "b": 2}.keys()), [])) == ["a", "b"]
+    assert target_names(("chat", "pro")) == ["chat", "pro"]
+    assert len(gate_configs(({"backend": "chat", "rpm": 5},), None)[0]) == 1
+    rows = [{"input": f"q{i}", "outcomes": {"a": {"score": 1.0}, "b": {"score": 0.0}}} for i in range(3)]
+    assert load_matrix(rows, candidates=("a", "b")).candidates == ("a", "b")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -40,7 +40,7 @@ def router_gates(targets: Mapping[str, tuple[str, str]], store: StateStore, inst
 def gate_configs(rate_limits: Any, breakers: Any) -> tuple[list[RateLimitConfig], BreakerConfig | None]:
     """The ``rate_limits`` and ``breakers`` settings validated (``ConfigError`` naming the field): a router given
     them in code checks them before it builds anything, as a config file's are."""
-    if isinstance(rate_limits, str | bytes | Mapping) or not isinstance(rate_limits, Sequence):
+    if isinstance(rate_limits, str | bytes | Mapping) or not isinstance(rate_limits, Iterable):
         raise ConfigError(f"must be a list of rate limits, not {type(rate_limits).__name__}", field="rate_limits")
     limits = []
     for index, item in enumerate(rate_limits):

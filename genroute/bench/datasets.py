@@ -170,9 +170,10 @@ def sample(records: Sequence[BenchRecord], limit: int | None, *, seed: int = 0) 
 def split_ids(ids: Sequence[str], *, holdout: float = 0.3, seed: int = 0) -> tuple[list[str], list[str]]:
     """A seeded (train, held-out) split of record ids; both sides non-empty when there are >= 2 ids."""
     check_holdout(holdout)
-    if isinstance(ids, str) or not isinstance(ids, Sequence | set | frozenset) or \
-            not all(isinstance(i, str) for i in ids):  # 5 was a TypeError, "abc" split into letters
+    given = None if isinstance(ids, str | bytes) or not isinstance(ids, Iterable) else list(ids)
+    if given is None or not all(isinstance(i, str) for i in given):  # 5 was a TypeError, "abc" split into letters
         raise UsageError(f"must be a list of record ids, not {ids!r:.60}", field="ids")
+    ids = given
     order = sorted(set(ids))
     random.Random(seed).shuffle(order)
     n_held = min(len(order) - 1, max(1, round(len(order) * holdout))) if len(order) >= 2 else 0

@@ -248,9 +248,11 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
     (counted in ``dropped``): a router can only be scored where every candidate's outcome is known. A name of
     ``candidates`` that no record has is a ``UsageError`` naming ``candidates_field``. Each record's outcomes are
     kept as numbers while the rest is read (``genroute.bench.matrix_cells``), not as their models."""
-    if candidates is not None and (isinstance(candidates, str) or not isinstance(candidates, Sequence)
-                                   or not all(isinstance(c, str) for c in candidates)):
-        raise UsageError(f"must be a list of candidate names, not {candidates!r:.80}", field=candidates_field)
+    if candidates is not None:
+        listed = None if isinstance(candidates, str) or not isinstance(candidates, Iterable) else list(candidates)
+        if listed is None or not all(isinstance(c, str) for c in listed):
+            raise UsageError(f"must be a list of candidate names, not {candidates!r:.80}", field=candidates_field)
+        candidates = listed
     cells, parsed = MatrixCells(), list[tuple[str, OutcomeRecord]]()
     for where, rec in read_outcome_records(source, field=field):
         cells.add(len(parsed), where, rec)

@@ -6,7 +6,7 @@ import asyncio
 import gzip
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -207,12 +207,13 @@ def target_names(targets: Sequence[str]) -> list[str]:
     """``targets`` as a list; ``UsageError`` naming ``backends`` for one string ("smart" is no list of "s", "m"...)."""
     if isinstance(targets, str):
         raise UsageError(f"must be a list of backend names, not the string {targets!r}", field="backends")
-    if not isinstance(targets, Sequence):  # None was a TypeError ("not iterable")
+    if not isinstance(targets, Iterable):  # None was a TypeError ("not iterable")
         raise UsageError(f"must be a list of backend names, not {type(targets).__name__}", field="backends")
-    if len(set(targets)) < len(targets):  # "chat,chat" ran every record twice and reported the backend twice
-        twice = sorted({t for t in targets if targets.count(t) > 1})
+    names = list(targets)
+    if len(set(names)) < len(names):  # "chat,chat" made two calls a record for the one backend
+        twice = sorted({t for t in names if names.count(t) > 1})
         raise UsageError(f"names a backend twice ({', '.join(twice)})", field="backends")
-    return list(targets)
+    return names
 
 
 def check_flags(**flags: Any) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,10 +65,11 @@ def redact_secrets(text: str, extra: tuple[str, ...] = ()) -> str:
     if not isinstance(text, str):  # a number or None was a TypeError from the regular expressions
         raise UsageError(f"must be text, not {type(text).__name__}", field="text")
     given: object = extra  # a caller's: its annotation is a promise
-    if isinstance(given, str) or not isinstance(given, Sequence) or not all(isinstance(s, str) for s in given):
+    secrets = None if isinstance(given, str) or not isinstance(given, Iterable) else list(given)
+    if secrets is None or not all(isinstance(s, str) for s in secrets):
         # Its value is never shown: it holds (or is) a secret.
         raise UsageError(f"must be a tuple of secret strings, not {type(given).__name__}", field="extra")
-    for secret in extra:
+    for secret in secrets:
         if secret:
             text = text.replace(secret, REDACTED)
     return without_secrets(text, REDACTED)
