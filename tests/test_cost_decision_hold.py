@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from genroute.testing import GeminiTestServer
 
 from .conftest import budget_usage
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
-from .test_cost_decision_budget import _config, _embedding, _generates, _until, held_embeddings  # noqa: F401
+from .test_cost_decision_budget import ANSWER, _config, _embedding, _generates, _until, held_embeddings  # noqa: F401
 
 QUESTIONS = ["rye bread recipe one?", "rye bread recipe two?", "rye bread recipe 3rd?", "rye bread recipe 4th?"]
 
@@ -319,3 +321,36 @@ def test_a_decision_that_raises_timeout_error_of_its_own_is_not_taken_for_the_de
 
     asyncio.run(main(None))
     asyncio.run(main(time.monotonic() + 30))
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "redis"])
+def test_a_decision_its_loop_per_call_cut_off_spends_what_its_embedding_cost(
+        gemini_server: GeminiTestServer, tmp_path: Path, request: pytest.FixtureRequest, held_embeddings: Any,
+        shared: bool) -> None:
+    # With a loop per call (asyncio.run per request, a Celery task's), a request whose policy was still embedding it
+    # when its loop ended had its decision cancelled there while the worker thread went on embedding (billed): the
+    # hold was given back at what the decision had cost when cancelled (nothing yet), so the budget never counted
+    # the embedding. It is now settled when the thread ends, at what it cost (Redis gets it with its next call).
+    state = {"kind": "redis", "url": request.getfixturevalue("redis_server").url, "prefix": f"l{time.monotonic_ns()}:",
+             "timeout_s": 20,
+             "connect_timeout_s": 20} if shared else None
+    router = Router.from_config(_budget(_config(gemini_server, tmp_path, state=state), 1.0))
+    warm, cut, after = "warm the pool up, please", QUESTIONS[0], QUESTIONS[1]
+    try:
+        async def left_embedding() -> None:
+            await router.agenerate(warm)  # this loop's pool has its connection
+            embeds = _embeds(gemini_server)
+            held_embeddings.hold()
+            asyncio.ensure_future(router.agenerate(cut))
+            while _embeds(gemini_server) == embeds:  # the embedding is asked for; its answer waits
+                await asyncio.sleep(0.01)
+            # Answered once asyncio.run, returning, has cancelled the request (it then waits for the worker thread).
+            threading.Timer(1.0, held_embeddings.set).start()
+
+        asyncio.run(left_embedding())
+        asyncio.run(router.agenerate(after))  # a new loop: what the cut-off decision owed is sent first
+        usage = budget_usage(router)
+    finally:
+        router.close()
+    embedded = _embedding(warm) + _embedding(cut) + _embedding(after)
+    assert usage == {"spent": pytest.approx(2 * ANSWER + embedded), "reserved": 0.0}  # two answers, three embeddings

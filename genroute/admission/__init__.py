@@ -301,10 +301,18 @@ class Admission:
     async def spend(self, request: GenerateRequest, cost_usd: float, reserved: Reserved = ()) -> None:
         """Count ``cost_usd`` spent by ``request`` outside any attempt (its decision's embedding) in every gate
         that counts spend, releasing what ``reserve`` held for it: one store call."""
-        held = dict(reserved)
-        ops = [op for gate in self.gates for op in gate.spent(request, cost_usd, held.get(gate))]
-        if ops:
+        if ops := self._spent(request, cost_usd, reserved):
             await self.store.apply(ops)
+
+    def spent_without_loop(self, request: GenerateRequest, cost_usd: float, reserved: Reserved = ()) -> None:
+        """``spend`` with no event loop to await it on (the request's ended under its decision: ``asyncio.run`` per
+        call), from any thread: the store makes it without one (``StateStore.keep``)."""
+        if ops := self._spent(request, cost_usd, reserved):
+            self.store.keep(ops)
+
+    def _spent(self, request: GenerateRequest, cost_usd: float, reserved: Reserved) -> list[Settlement]:
+        held = dict(reserved)
+        return [op for gate in self.gates for op in gate.spent(request, cost_usd, held.get(gate))]
 
     def _mark(self, attempt: Attempt) -> None:
         if self.store.degraded and attempt.span.is_recording():

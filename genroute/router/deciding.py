@@ -6,7 +6,9 @@ runs: a request the budgets have no room to decide for is refused with ``BudgetE
 embedded. What deciding did cost goes into the request's ledger — the root span, the result, the error — and
 settles the hold once, when the decision ends. A request that gives up first (its deadline, a cancellation)
 leaves the worker thread embedding: its hold is settled at what that costs when it is done, and ``aclose`` waits
-a moment for such decisions so the state store is not closed under them. A decision that cannot cost anything
+a moment for such decisions so the state store is not closed under them. One whose event loop ends under it
+(``asyncio.run`` per call) has its hold settled when the worker thread ends, at what it cost, by the state store
+without a loop (``StateStore.keep``: Redis gets it with its next call). A decision that cannot cost anything
 (an offline embedder) holds nothing and makes no store call.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -59,19 +62,33 @@ class CostedDecisions:
                     raise
                 return undecided
         charges = Charges()
+
+        def settle_without_loop() -> None:
+            if admission is not None and (charges.cost_usd or reserved):
+                admission.spent_without_loop(request, charges.cost_usd, reserved)
+
+        thread = _WorkerThread(settle_without_loop)
         with charging(charges):  # the worker thread inherits it
-            work = asyncio.ensure_future(asyncio.to_thread(decide))
+            work = asyncio.ensure_future(asyncio.to_thread(thread.run, decide))
         try:
             return await _within(work, deadline, expired)
         finally:
-            if work.done():
+            if work.done() and not work.cancelled():
                 charge(charges.cost_usd, estimated=charges.estimated)  # into the request's ledger
                 if admission is not None and (charges.cost_usd or reserved):
                     # Shielded: a caller cancelled now still has the hold settled, not left to lapse.
                     await asyncio.shield(self._track(self._spend(admission, request, charges.cost_usd, reserved)))
             else:
-                self._track(work).add_done_callback(
-                    lambda _: self._settle_later(admission, request, charges.cost_usd, reserved))
+                def ended(done: asyncio.Future[Decision]) -> None:
+                    if done.cancelled():  # its loop ended (asyncio.run per call): settled as the thread ends
+                        thread.cut()
+                    else:
+                        self._settle_later(admission, request, charges.cost_usd, reserved)
+
+                if work.done():
+                    ended(work)
+                else:
+                    self._track(work).add_done_callback(ended)
 
     async def finish(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s``) for decisions still running after their request gave up, and their spends.
@@ -118,6 +135,33 @@ class CostedDecisions:
         self.late.add(future)
         future.add_done_callback(self.late.discard)
         return future
+
+
+class _WorkerThread:
+    """A decision's worker thread, and its hold's settle should the event loop end under it (``asyncio.run`` per call
+    cancels the decision there while the thread goes on embedding): made when the thread ends, at what it cost."""
+
+    def __init__(self, settle: Callable[[], None]) -> None:
+        self._settle = settle
+        self._lock = threading.Lock()
+        self._ended = self._cut = False
+
+    def run(self, decide: Callable[[], Decision]) -> Decision:
+        """``decide()`` (in the worker thread)."""
+        try:
+            return decide()
+        finally:
+            with self._lock:
+                self._ended, cut = True, self._cut
+            if cut:
+                self._settle()
+
+    def cut(self) -> None:
+        """The decision's loop ended under it: its hold is settled when the thread ends (now, if it has)."""
+        with self._lock:
+            self._cut, ended = True, self._ended
+        if ended:
+            self._settle()
 
 
 async def _within(work: asyncio.Future[_T], deadline: float | None, expired: Callable[[], DeadlineExceeded]) -> _T:

@@ -105,6 +105,13 @@ class StateStore(ABC):
     async def apply(self, settlements: Sequence[Settlement]) -> list[Any]:
         """Apply settlements (settles, breaker failures, opens, closes) in one atomic call: their answers."""
 
+    def keep(self, settlements: Sequence[Settlement]) -> None:
+        """Apply ``settlements`` with no event loop to await them on (theirs ended under them: ``asyncio.run`` per
+        call), from any thread: the memory store applies them now, a shared store sends them with its next call. A
+        store that cannot leaves them undone (a hold then lapses with its TTL, charged at its amount)."""
+        _log.warning("%s cannot apply %d settlement(s) without an event loop: a hold lapses with its TTL",
+                     type(self).__name__, len(settlements))
+
     # -- accounts with holds ---------------------------------------------------------------------------
 
     async def hold(self, account: str, amount: int, limit: int, *, ttl_s: float, keep_s: float) -> Held:

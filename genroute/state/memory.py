@@ -106,6 +106,12 @@ class MemoryStateStore(StateStore):
             now = self._clock()
             return [self._apply(op, now) for op in settlements]
 
+    def keep(self, settlements: Sequence[Settlement]) -> None:
+        with self._lock:  # no await in apply: made here and now, from any thread
+            now = self._clock()
+            for op in settlements:
+                self._apply(op, now)
+
     def _hold(self, claim: Hold, now: float) -> Held:
         acc = self._account(claim.account, now)
         if acc.limit != claim.limit:

@@ -258,6 +258,13 @@ class RedisStateStore(StateStore):
             self._background.add(applying, self._keeper(ops, ids))
             raise
 
+    def keep(self, settlements: Sequence[Settlement]) -> None:
+        # Sent with the next call, on any loop (under new settle ids); a hold of the fallback's is settled there now,
+        # as ``_apply`` does.
+        self.fallback.keep([op._replace(hold_id=op.hold_id[len(_FALLBACK_ID):]) for op in settlements
+                            if isinstance(op, Settle) and op.hold_id is not None and op.hold_id.startswith(_FALLBACK_ID)])
+        self._keeper(settlements, _settle_ids(settlements))()
+
     def _keeper(self, ops: Sequence[Settlement], ids: list[str | None]) -> Callable[[], None]:
         """What queues ``ops``' settles for replay to Redis (its ``ids`` with them: one that landed applies once)."""
         def keep() -> None:
