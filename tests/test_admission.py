@@ -345,3 +345,31 @@ def test_a_router_without_gates_says_it_has_no_budget(gemini_server):
             router.admission.budget()
         assert err.value.field == "name" and "ledgers: none" in err.value.message
         assert router.generate("hi").text  # still no gate on the request path
+
+
+def test_a_daily_quotas_retry_after_opens_the_breaker_only_up_to_its_cap(gemini_server, otel, caplog) -> None:
+    # A 429 whose Retry-After is a day ("retry in 86400 s", a daily quota) opened the breaker for a day on one answer,
+    # closing the backend with no cap. It now opens for breakers.max_retry_after_s at most (then one probe asks
+    # again; 300 s by default), with a warning naming the backend and both durations.
+    _fail_chat(gemini_server, 429, retry_after=86400)
+    config = _config(gemini_server, breakers={**BREAKERS, "failures": 5})
+    config["engines"]["gemini"]["retry"]["max_retry_after_s"] = 1  # the engine does not wait for it
+    with Router.from_config(config, **otel.providers) as router:
+        assert router.generate("q").backend == "cheap"  # one 429 is enough
+        health = asyncio.run(router._breakers.health())
+    assert 295 < health["chat"] <= 300
+    assert "circuit breaker backend:chat of backend 'chat' opens for 300 s, not the 86400 s" in caplog.text
+    events = [e for s in otel.spans("genroute.generate") for e in s.events if e.name == "genroute.breaker"]
+    assert any("Retry-After 86400 s (capped at breakers.max_retry_after_s, 300 s)" in e.attributes[
+        "genroute.breaker.reason"] for e in events)
+
+
+def test_the_retry_after_cap_is_set_and_checked(gemini_server) -> None:
+    _fail_chat(gemini_server, 429, retry_after=86400)
+    config = _config(gemini_server, breakers={**BREAKERS, "failures": 5, "max_retry_after_s": 120})
+    config["engines"]["gemini"]["retry"]["max_retry_after_s"] = 1
+    with Router.from_config(config) as router:
+        router.generate("q")
+        assert 115 < asyncio.run(router._breakers.health())["chat"] <= 120
+    with pytest.raises(ConfigError, match="breakers.max_retry_after_s"):
+        Router.from_config(_config(gemini_server, breakers={**BREAKERS, "max_retry_after_s": 0}))

@@ -2,8 +2,10 @@
 
 After ``failures`` retryable failures (5xx, 429, timeouts, refused connections, also after a stream's first chunk,
 or an attempt still running when its request's deadline passed) within ``window_s``, a breaker opens for
-``cooldown_s``; a 429 with ``Retry-After`` opens it for that long. While a breaker is open the router drops its
-backend's rungs from the decision (``skip_open``; the reason says so) and nothing is sent to it. When the cool-down
+``cooldown_s``; a 429 with ``Retry-After`` opens it for that long, up to ``max_retry_after_s`` (a longer one, a daily
+quota's "retry in 86400 s", opens it for ``max_retry_after_s`` with a warning naming the backend: then one probe asks
+again, rather than a backend closed for a day on one answer). While a breaker is open the router drops its backend's
+rungs from the decision (``skip_open``; the reason says so) and nothing is sent to it. When the cool-down
 ends the breaker is half-open: one attempt (the probe) is let through; its success closes the breaker (a stream its
 reader stopped was answering), its failure opens it again, and a probe ending neither way (cancelled by its caller,
 a request refused as sent) lets the next attempt probe. With a shared store (Redis) each attempt's breakers are
@@ -14,6 +16,7 @@ read.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     from genroute.state import StateStore
     from genroute.types import Decision
 
+_log = logging.getLogger(__name__)
 #: How long a half-open probe is held when its request has no deadline.
 PROBE_TTL_S = 60.0
 
@@ -46,6 +50,9 @@ class BreakerConfig(BaseModel):
                                                    description="How long it stays open before a probe.")
     refresh_s: Annotated[float, NOT_BOOL] = Field(default=0.5, gt=0, le=60,
                                                   description="How stale this process's view may be.")
+    max_retry_after_s: Annotated[float, NOT_BOOL] = Field(
+        default=300.0, gt=0, allow_inf_nan=False, description="Longest a 429's Retry-After opens it for; a longer "
+        "one opens it this long (logged), then one probe asks again.")
 
 
 class BreakerGate(Gate[Probe]):
@@ -136,7 +143,7 @@ class BreakerGate(Gate[Probe]):
             # Neither healthy nor not (its caller went away, or the request was refused as sent): if this attempt was
             # the probe, another one probes now, instead of none until this probe's hold lapses.
             return [Release(name) for name in token]
-        retry_after = _retry_after(error)
+        retry_after = self._retry_after(error)
         ops: list[Settlement] = []
         for name in self.names.get(attempt.backend, ()):
             if retry_after:
@@ -155,12 +162,17 @@ class BreakerGate(Gate[Probe]):
                     self._until.pop(name, None)
                     self._event(attempt, name, "closed", "the half-open probe succeeded")
             return
-        retry_after = _retry_after(error)
+        retry_after, asked = self._retry_after(error), _retry_after(error)
         for name, opened in zip(self.names.get(attempt.backend, ()), results, strict=False):
             if not opened:
                 continue
-            if retry_after:
-                open_s, why = retry_after, f"429 with Retry-After {retry_after:g} s"
+            if asked and retry_after:
+                open_s, why = retry_after, f"429 with Retry-After {asked:g} s"
+                if asked != retry_after:
+                    why += f" (capped at breakers.max_retry_after_s, {retry_after:g} s)"
+                    _log.warning("circuit breaker %s of backend %r opens for %g s, not the %g s its 429's Retry-After "
+                                 "asked for (breakers.max_retry_after_s): then one probe asks again", name,
+                                 attempt.backend, retry_after, asked)
             elif name in token:
                 open_s, why = self.config.cooldown_s, f"the half-open probe failed ({type(error).__name__})"
             else:
@@ -170,6 +182,11 @@ class BreakerGate(Gate[Probe]):
             self._until[name] = max(self._until.get(name, 0.0), time.monotonic() + open_s)
             self.instruments.opens.add(1, {"genroute.breaker": name})
             self._event(attempt, name, "open", why)
+
+    def _retry_after(self, error: BaseException) -> float | None:
+        """How long a 429's ``Retry-After`` opens the breakers: up to ``max_retry_after_s``."""
+        asked = _retry_after(error)
+        return None if asked is None else min(asked, self.config.max_retry_after_s)
 
     def _event(self, attempt: Attempt, name: str, state: str, reason: str) -> None:
         attempt.span.add_event("genroute.breaker", {"genroute.breaker": name, "genroute.breaker.state": state,
