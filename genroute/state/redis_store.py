@@ -35,9 +35,8 @@ import asyncio
 import logging
 import os
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.errors import StateUnavailable
 from genroute.state import ListRead, ListReplay, RedisStateConfig, StateStore
@@ -46,7 +45,8 @@ from genroute.state.memory import MemoryStateStore
 from genroute.state.ops import Admitted, Claim, Held, Hold, Release, Settle, Settlement, op_name
 from genroute.state.promotions import (EPOCH_FIELD, PROMOTE_SCRIPT, VERSION_FIELD, Promotion, parse_promotions,
                                        promotions_key)
-from genroute.state.redis_script import SCRIPT, Push, Range, Until, Usage, decode, encode, settle_id
+from genroute.state.redis_pool import Connection, LoopConnections
+from genroute.state.redis_script import Push, Range, Until, Usage, decode, encode, settle_id
 from genroute.state.redis_url import check_url, failure, redacted
 from genroute.state.unsent import UnsentWrites
 
@@ -58,18 +58,8 @@ _log = logging.getLogger(__name__)
 #: At most one "state store unreachable" warning per this many seconds.
 LOG_INTERVAL_S = 60.0
 _FALLBACK_ID = "m:"
-#: How long a call may wait for a free pooled connection before the store counts as unreachable.
-POOL_WAIT_S = 5.0
 #: Writes (settles, appends) replayed in one call after an outage.
 REPLAY_BATCH = 100
-
-
-class _Connection(NamedTuple):
-    """One event loop's client, its script handle, and the lock that lets one call at a time replay."""
-
-    client: Any
-    script: Any
-    replaying: asyncio.Lock
 
 
 class RedisStateStore(StateStore):
@@ -99,36 +89,20 @@ class RedisStateStore(StateStore):
         #: Settles and appends answered from memory while Redis was unreachable, replayed to Redis when it is back.
         self._unsent = UnsentWrites(self._replayed)
         self._logged_at = -LOG_INTERVAL_S
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = \
-            weakref.WeakKeyDictionary()
+        self._connections = LoopConnections(config)
         #: Store calls that go on after their caller was cancelled (settles, and giving back what an admit took).
         self._background = Background()
 
     # -- plumbing --------------------------------------------------------------------------------------
 
-    def _client(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        found = self._clients.get(loop)
+    def _client(self) -> Connection:
+        """The running loop's connection; a new loop's first call also keeps for replay what calls cut off by the
+        end of loops closed since still owed (``asyncio.run`` per call)."""
+        found = self._connections.get()
         if found is None:
-            import redis.asyncio
-
-            self._drop_closed_loops()
-
-            # A blocking pool: a burst of concurrent requests queues for a connection instead of failing.
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self.config.url, max_connections=self.config.max_connections, timeout=POOL_WAIT_S,
-                socket_timeout=self.config.timeout_s, socket_connect_timeout=self.config.connect_timeout_s)
-            # No retries below ours: the pool's connections have none (redis-py's async default).
-            client = redis.asyncio.Redis(connection_pool=pool)
-            found = self._clients[loop] = _Connection(client, client.register_script(SCRIPT), asyncio.Lock())
+            self._background.rescue()
+            found = self._connections.open()
         return found
-
-    def _drop_closed_loops(self) -> None:
-        """Let go of the pools of loops closed since (``asyncio.run`` per call): the garbage collector closes their
-        sockets. A pool's connections hold its loop, so the weak key alone never let go of one."""
-        for gone in [loop for loop in list(self._clients) if loop.is_closed()]:
-            self._clients.pop(gone, None)
-        self._background.rescue()  # calls those loops' ends cut off: their settles are replayed
 
     async def _run(self, op: str, remote: Callable[[Any, Any], Awaitable[T]],
                    local: Callable[[], Awaitable[T]] | None, *, ordered: bool = False,
@@ -300,7 +274,7 @@ class RedisStateStore(StateStore):
         # replay then counts nothing).
         return await self._run(op_name(ops, "settle"), remote, local, keep=self._keeper(ops, ids), owed=True)
 
-    async def _replay(self, connection: _Connection, *, wait: bool = True, closing: bool = False) -> None:
+    async def _replay(self, connection: Connection, *, wait: bool = True, closing: bool = False) -> None:
         """Send the settles and appends made while Redis was unreachable (oldest first, a batch a script run), so its
         spend and its lists are complete again. A call that finds a replay running waits for it if ``wait`` (an
         append: so that it lands after the writes made before it); others go on meanwhile."""
@@ -402,10 +376,7 @@ class RedisStateStore(StateStore):
             except (redis.exceptions.RedisError, OSError) as exc:
                 _log.warning("%d write(s) made during a state store outage were not sent: %s",
                              self._unsent.waiting(), type(exc).__name__)
-        found = self._clients.pop(loop, None)
-        if found is not None:
-            await found.client.aclose()
-            await found.client.connection_pool.disconnect()
+        await self._connections.close(loop)
 
 
 def _settle_ids(ops: Sequence[Settlement]) -> list[str | None]:
