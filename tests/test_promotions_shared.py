@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from genroute import ConfigError, Router, StateUnavailable
+from genroute import ConfigError, Router, StateUnavailable, UsageError
+from genroute.policies.challenger import ChallengerPolicy
 from genroute.testing import GeminiTestServer
 
 from .conftest import gemini_config
@@ -302,3 +303,36 @@ def test_fields_that_are_not_promotions_are_skipped_when_read() -> None:
     record = b'{"backend": "lite", "version": 2, "at_ms": 3, "epoch": "e"}'
     assert parse_promotions({b"version": b"2", b"epoch": b"e", b"t:a": record, b"t:b": b"5", b"t:c": b"[1]",
                              b"t:d": b"not json", b"t:e": b'{"backend": "x"}'}) == {"a": Promotion("lite", 2, 3, "e")}
+
+
+def test_a_rollback_keeps_measuring_the_challenger_on_every_router(
+        gemini_server: GeminiTestServer, redis_server: RedisServer) -> None:  # noqa: F811
+    # Rolling back fleet-wide by promoting the incumbent also took the challenger out (neither first nor a shadow), so
+    # no evidence came in any more. router.rollback(task) puts the task's challenger back in the mode it had (here a
+    # shadow at 50 %) on every router sharing the store, the policy it wraps answering first.
+    prefix = f"rb{time.monotonic_ns()}:"
+
+    def config() -> dict[str, Any]:
+        found = _config(gemini_server, redis_server, prefix=prefix)
+        found["policy"] = {"kind": "challenger", "policy": {"kind": "static", "backend": "chat"}, "task": TASK,
+                           "backend": "lite", "mode": "shadow", "share": 0.5}
+        return found
+
+    def challenger(router: Router) -> dict[str, Any]:
+        assert isinstance(router.policy, ChallengerPolicy)
+        return router.policy.config.model_dump(include={"backend", "mode", "share", "promoted"})
+
+    with Router.from_config(config()) as one, Router.from_config(config()) as two:
+        with pytest.raises(UsageError, match="nothing to roll back"):
+            one.rollback(TASK)  # nothing promoted yet: refused, nothing recorded
+        one.promote(TASK, "lite")
+        two.refresh()
+        assert _first(two) == "lite"
+        one.rollback(TASK)
+        two.refresh()
+        for router in (one, two):
+            decision = router.decide("hello", task=TASK)
+            assert decision.rungs[0].backend == "chat" and decision.shadow == ("lite",)  # measured again
+            assert challenger(router) == {"backend": "lite", "mode": "shadow", "share": 0.5, "promoted": False}
+        with Router.from_config(config()) as late:  # built after it: as rolled back, not as promoted
+            assert _first(late) == "chat" and challenger(late)["promoted"] is False

@@ -38,6 +38,7 @@ PAIRS: list[tuple[Any, str, str]] = [
     (Router, "drain", "adrain"),
     (Router, "refresh", "arefresh"),
     (Router, "promote", "apromote"),
+    (Router, "rollback", "arollback"),
     (Embedder, "embed", "aembed"),
     (harness, "bench", "abench"),
     (OutcomeStore, "upsert_sync", "upsert"),
@@ -376,6 +377,7 @@ async def test_sync_twins_refuse_a_running_loop_and_name_their_async_twin(gemini
         "adrain": router.drain,
         "arefresh": router.refresh,
         "apromote": lambda: router.promote("t", "chat"),
+        "arollback": lambda: router.rollback("t"),
         "aingest": lambda: ingest(store, [tmp_path], collection="docs"),
         # LocalEmbedder.embed is CPU work that is safe anywhere; an engine's embeddings are not.
         "aembed": lambda: GeminiEmbedder(router.resources.engines["gemini"]).embed(["hi"]),

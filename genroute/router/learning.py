@@ -17,6 +17,7 @@ from genroute.config_errors import validator_message
 from genroute.errors import GenrouteError, UsageError
 from genroute.router.inflight import call_on
 from genroute.runtime.portal import Portal, run_sync
+from genroute.state.promotions import ROLLED_BACK
 from genroute.types import Decision, GenerateRequest, GenerateResult
 
 if TYPE_CHECKING:
@@ -231,26 +232,47 @@ class Learning:
 
         With a shared ``state`` store (Redis) the promotion is recorded there first, and every router sharing the store
         applies it at its next read (``state.promotions_every_s``, each refresh, its build); a store that cannot take
-        it raises ``StateUnavailable`` and nothing changes anywhere. A rollback is the promotion of the incumbent.
+        it raises ``StateUnavailable`` and nothing changes anywhere. Promoting the incumbent sends the task to it first
+        and routes the challenger no more; ``arollback`` keeps measuring it.
         """
-        self._refuse_closed()
-        self._promoted(task, backend)  # a bad argument is refused before anything is recorded
-        recorded = await self.state.record_promotion(task, backend)
-        if recorded is not None and recorded.newer_than(self._promotions_seen.get(task)):
-            self._promotions_seen[task] = recorded
-        self._use_policy(self._promoted(task, backend))  # built again: a refresh may have swapped the policy meanwhile
+        if not isinstance(backend, str) or backend not in self.backends:  # ROLLED_BACK names none
+            raise UsageError(f"unknown backend {backend!r}", field="backend")
+        await self._record_promotion(task, backend)
 
     def promote(self, task: str, backend: str) -> None:
         """Sync ``apromote`` (not from inside a running event loop)."""
         run_sync(self.apromote(task, backend), "promote", portal=self._portal)
 
-    def _promoted(self, task: str, backend: str) -> Policy:
+    async def arollback(self, task: str) -> None:
+        """Undo ``task``'s promotion (async): its challenger goes back to the mode it had (a shadow or a split arm, at
+        its share; one promoted without a challenger phase: a shadow of every request) and the policy it wraps answers
+        first again, on every router sharing the state store (recorded as ``apromote`` records). ``UsageError`` if no
+        challenger of ``task`` is promoted in this router."""
+        await self._record_promotion(task, ROLLED_BACK)
+
+    def rollback(self, task: str) -> None:
+        """Sync ``arollback`` (not from inside a running event loop)."""
+        run_sync(self.arollback(task), "rollback", portal=self._portal)
+
+    async def _record_promotion(self, task: str, backend: str) -> None:
+        self._refuse_closed()
+        if self._promoted(task, backend) is None:  # a bad argument is refused before anything is recorded
+            raise UsageError(f"no challenger of task {task!r} is promoted: nothing to roll back", field="task")
+        recorded = await self.state.record_promotion(task, backend)
+        if recorded is not None and recorded.newer_than(self._promotions_seen.get(task)):
+            self._promotions_seen[task] = recorded
+        policy = self._promoted(task, backend)  # built again: a refresh may have swapped the policy meanwhile
+        if policy is not None:
+            self._use_policy(policy)
+
+    def _promoted(self, task: str, backend: str) -> Policy | None:
         """The current policy with ``backend`` first for ``task``, checked against this router (``UsageError``): the
-        task's ``challenger`` layer changed (those around it kept), else a new one around the policy."""
+        task's ``challenger`` layer changed (those around it kept), else a new one around the policy. ``backend``
+        ``ROLLED_BACK``: the task's promoted layer back to its mode (None: none is promoted)."""
         from genroute.policies.challenger import ChallengerPolicy
         from genroute.router.outcome_setup import check_shadows
 
-        if not isinstance(backend, str) or backend not in self.backends:
+        if backend != ROLLED_BACK and (not isinstance(backend, str) or backend not in self.backends):
             raise UsageError(f"unknown backend {backend!r}", field="backend")
         outer: list[ChallengerPolicy] = []
         current = self.policy
@@ -258,10 +280,17 @@ class Learning:
             outer.append(current)
             current = current.inner
         if isinstance(current, ChallengerPolicy):
-            policy = ChallengerPolicy(current.config.model_copy(update={"backend": backend, "promoted": True}),
-                                      inner=current.inner)
+            if backend == ROLLED_BACK:  # back to the mode it had (its backend, mode and share were kept)
+                if not current.config.promoted:
+                    return None
+                update: dict[str, Any] = {"promoted": False}
+            else:
+                update = {"backend": backend, "promoted": True}
+            policy = ChallengerPolicy(current.config.model_copy(update=update), inner=current.inner)
             for layer in reversed(outer):  # each promotion replaces the task's layer: replicas do not nest them
                 policy = ChallengerPolicy(layer.config, inner=policy)
+        elif backend == ROLLED_BACK:
+            return None
         else:
             policy = ChallengerPolicy(self._challenger_config({"task": task, "backend": backend, "promoted": True}),
                                       inner=self.policy)
@@ -279,9 +308,13 @@ class Learning:
                 continue
             self._promotions_seen[task] = promotion  # applied or skipped: looked at once
             try:
-                self._use_policy(self._promoted(task, promotion.backend))
+                policy = self._promoted(task, promotion.backend)
+                if policy is None:  # a rollback of a task not promoted here: as it is to be already
+                    continue
+                self._use_policy(policy)
             except GenrouteError as exc:
-                why = "this router has no such backend" if promotion.backend not in self.backends else str(exc)
+                missing = promotion.backend != ROLLED_BACK and promotion.backend not in self.backends
+                why = "this router has no such backend" if missing else str(exc)
                 _log.warning("a promotion recorded in the state store (task %r to backend %r, version %d) is not "
                              "applied by this router: %s", task, promotion.backend, promotion.version, why)
                 continue

@@ -2,8 +2,9 @@
 
 ``router.promote(task, backend)`` on a router whose store is shared records ``task -> backend`` here, with the
 server's time and a version that grows with every promotion under the prefix; every router sharing the store reads
-them when it is built and on each refresh, and applies those newer than what it applied. A rollback is a promotion of
-the incumbent, so the record of a task is only ever replaced: one Redis hash per prefix (``<prefix>promotions``), a
+them when it is built and on each refresh, and applies those newer than what it applied. A rollback
+(``router.rollback``) is recorded the same way, its backend ``ROLLED_BACK``, so the record of a task is only ever
+replaced: one Redis hash per prefix (``<prefix>promotions``), a
 field per task promoted and one for the version counter, whatever the traffic.
 """
 
@@ -18,6 +19,10 @@ VERSION_FIELD = "version"
 #: The hash's field naming its incarnation (set with its first promotion): versions count from 1 again in a hash a
 #: server restarted without persistence (or a flush) emptied, and a router that sees another epoch compares anew.
 EPOCH_FIELD = "epoch"
+
+#: The backend a rollback records (``router.rollback``): no backend name is empty, and a router that knows of no
+#: rollbacks skips it as a backend it does not have.
+ROLLED_BACK = ""
 
 #: One run: the version counted, the server's time and the task's record written together.
 PROMOTE_SCRIPT = """
