@@ -4,6 +4,7 @@ during a promotion leaves nothing half-applied."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -336,3 +337,29 @@ def test_a_rollback_keeps_measuring_the_challenger_on_every_router(
             assert challenger(router) == {"backend": "lite", "mode": "shadow", "share": 0.5, "promoted": False}
         with Router.from_config(config()) as late:  # built after it: as rolled back, not as promoted
             assert _first(late) == "chat" and challenger(late)["promoted"] is False
+
+
+def test_a_router_built_in_code_applies_shared_promotions_beside_its_first_request(
+        gemini_server: GeminiTestServer, redis_server: RedisServer) -> None:  # noqa: F811
+    # A Router(...) built in code (not from_config / acreate, which read the promotions as they build) applied the
+    # promotions recorded in the shared store only at its first scheduled read, state.promotions_every_s after its
+    # first request (here an hour): it served as its code said meanwhile. Its first request now starts that read at
+    # once, off the request path (that request still routes as the code says: no request reads Redis).
+    config = _config(gemini_server, redis_server, prefix=f"code{time.monotonic_ns()}:", promotions_every_s=3600.0)
+    with Router.from_config(config) as one:
+        one.promote(TASK, "lite")
+        assert isinstance(one.policy, ChallengerPolicy)
+        in_code = Router(one.backends, one.policy.inner, resources=one.resources, state=config["state"])
+
+        async def serve() -> str:
+            await in_code.agenerate("hello", task=TASK)  # not held back for the read: routed as the code says
+            for _ in range(600):  # the read is one round trip; bounded so that a regression fails, not hangs
+                if (await in_code.adecide("hello", task=TASK)).rungs[0].backend == "lite":
+                    break
+                await asyncio.sleep(0.05)
+            later = (await in_code.agenerate("hello", task=TASK)).backend
+            await in_code.aclose()
+            return later
+
+        later = asyncio.run(serve())
+    assert later == "lite"  # applied without waiting an hour

@@ -49,6 +49,8 @@ class Learning:
     _refresher: asyncio.Task[None] | None
     #: Each task's newest promotion in the shared state store that this router applied (or skipped).
     _promotions_seen: dict[str, Promotion]
+    #: Whether the shared store's promotions were read once (at build, a refresh or the refresher's first turn).
+    _promotions_read: bool
     _closed: bool
     #: The gates every attempt passes (breakers, rate limits, the policy's budgets); ``None`` when there are none.
     _gated: Admission | None
@@ -161,7 +163,8 @@ class Learning:
     def _start_refresher(self) -> None:
         """Refresh every ``outcomes.refresh_every_s`` and read the shared store's promotions every
         ``state.promotions_every_s`` on the running loop (started by the first request, and again by the first on
-        another loop once the loop it ran on has ended it: ``asyncio.run`` per call)."""
+        another loop once the loop it ran on has ended it: ``asyncio.run`` per call). A router that has not read the
+        promotions yet (built in code, not by ``from_config``/``acreate``) reads them at once, beside that request."""
         running = self._refresher
         if running is not None and not running.done() and not running.get_loop().is_closed():
             return
@@ -174,6 +177,8 @@ class Learning:
         async def loop() -> None:
             clock = asyncio.get_running_loop().time
             due = {name: clock() + s for name, s in periods.items()}
+            if "promotions" in due and not self._promotions_read:  # a router built in code: read them now, not later
+                due["promotions"] = clock()
             quiet_until = 0.0  # a store down for long: one warning a minute about reading its promotions, not 12
             while True:
                 name = min(due, key=due.__getitem__)
@@ -303,6 +308,7 @@ class Learning:
         newest); one naming a backend this router does not have is skipped with one warning. Whether any applied."""
         applied = False
         found = await self.state.promotions()
+        self._promotions_read = True
         for task, promotion in sorted(found.items(), key=lambda item: item[1].version):
             if not promotion.newer_than(self._promotions_seen.get(task)):
                 continue

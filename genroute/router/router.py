@@ -131,6 +131,7 @@ class Router(Lifecycle, Learning):
         self._close_lock, self._shut, self._shut_by = threading.Lock(), threading.Event(), 0.0
         self._refresher: asyncio.Task[None] | None = None
         self._promotions_seen: dict[str, Promotion] = {}
+        self._promotions_read = False  # from_config and acreate read them as they build the router
         #: Whether requests start the refresher: outcomes to refresh from, or promotions to read from a shared store.
         self._refreshes = (self.outcome_settings is not None and self.outcome_settings.refresh_every_s is not None
                            ) or self.state.promotions_every_s is not None
