@@ -34,7 +34,8 @@ with any of these space-separated directives:
 
 There is no "skip": a block that cannot run as written is a README bug. Blocks in other languages (bash,
 plain text) are not run here; the commands in the Quickstart are what ``.ci/run`` itself runs, every flag the
-plain ``genroute ...`` command blocks show is checked against that command's own parser, the error tree against
+plain ``genroute ...`` command blocks show is checked against that command's own parser (and every flag a command
+takes must be shown there), the error tree against
 ``genroute.errors`` and the outcome-matrix line against the matrix reader.
 """
 
@@ -376,6 +377,25 @@ def test_every_command_line_flag_the_readme_shows_exists(capsys: pytest.CaptureF
         usage = capsys.readouterr().out
         missing = sorted(flag for flag in flags if not re.search(rf"{re.escape(flag)}(?![\w-])", usage))
         assert not missing, f"README shows `genroute {command}` with {missing}, which it does not take"
+
+
+def test_every_flag_a_command_takes_is_in_the_readme(capsys: pytest.CaptureFixture[str]) -> None:
+    """The other way round: *Command line* is where a reader looks for a command's flags, so every flag a command
+    takes is shown in a ``genroute <command>`` line of the README's plain command blocks (a flag added to a parser
+    and not to the README fails here)."""
+    from genroute.cli import main
+
+    shown = _command_lines(README.read_text(encoding="utf-8"))
+    commands = {"demo", "generate", "ingest", "bench", "tune", "compile", "graduate"}
+    for command in sorted(commands):
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        usage = capsys.readouterr().out.split("\n\n", 1)[0]  # the usage line lists every option
+        takes = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", usage)) - {"--help"}
+        assert takes, f"no flags parsed from `genroute {command} --help`"
+        unshown = sorted(takes - shown.get(command, set()))
+        assert not unshown, f"`genroute {command}` takes {unshown}, which the README's command lines do not show"
 
 
 def test_the_readme_config_builds_without_the_application_files(tmp_path: Path,
