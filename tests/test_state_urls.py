@@ -96,6 +96,7 @@ def test_a_password_or_a_unix_socket_in_the_url_is_used_and_never_shown(locked_r
         with pytest.raises(StateUnavailable, match="refused this router's credentials") as caught:
             asyncio.run(wrong.usage("acct"))
         assert PASSWORD not in str(caught.value)
+        assert str(caught.value).endswith("; correct the password in state.url")  # what to do, not only what failed
     untrusted = _urls(locked_redis, tmp_path)[-2].split("?")[0]  # no ssl_ca_certs: the self-signed one is not trusted
     with pytest.raises(StateUnavailable, match="is unreachable .*CERTIFICATE_VERIFY_FAILED") as caught:
         asyncio.run(RedisStateStore(RedisStateConfig(kind="redis", url=untrusted, on_error="closed")).usage("acct"))
@@ -108,3 +109,12 @@ def test_a_password_or_a_unix_socket_in_the_url_is_used_and_never_shown(locked_r
             asyncio.run(store.usage("acct"))
             assert store.fallbacks == 1
     assert caplog.records and all(PASSWORD not in r.getMessage() for r in caplog.records)
+    # A newcomer whose Redis is not running is told what to do, in the log line and in the error alike.
+    gone_lines = [r.getMessage() for r in caplog.records if "using this process's memory" in r.getMessage()]
+    assert gone_lines and all(line.endswith("start Redis (or Valkey) at that address, or correct state.url")
+                              for line in gone_lines), gone_lines
+    gone = RedisStateStore(RedisStateConfig(kind="redis", url=_urls(locked_redis, tmp_path)[0], on_error="closed",
+                                            connect_timeout_s=0.5))
+    with pytest.raises(StateUnavailable, match=r"nothing was sent; start Redis \(or Valkey\) at that address, "
+                                                r"or correct state.url$"):
+        asyncio.run(gone.usage("acct"))

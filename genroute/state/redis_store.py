@@ -47,7 +47,7 @@ from genroute.state.promotions import (EPOCH_FIELD, PROMOTE_SCRIPT, VERSION_FIEL
                                        promotions_key)
 from genroute.state.redis_pool import Connection, LoopConnections
 from genroute.state.redis_script import Push, Range, Until, Usage, decode, encode, settle_id
-from genroute.state.redis_url import check_url, failure, redacted
+from genroute.state.redis_url import advice, check_url, failure, redacted
 from genroute.state.unsent import UnsentWrites
 
 if TYPE_CHECKING:
@@ -142,15 +142,15 @@ class RedisStateStore(StateStore):
             failed = self._failed
         if local is None:
             raise StateUnavailable(f"state store at {redacted(self.config.url)} {failed}: this {op} was not recorded "
-                                   "(refused whatever state.on_error says)") from cause
+                                   f"(refused whatever state.on_error says){advice(failed)}") from cause
         if self.config.on_error == "closed":
             if owed and keep is not None:
                 keep()
                 raise StateUnavailable(f"state store at {redacted(self.config.url)} {failed} (state.on_error: "
-                                       f"closed): this {op} is kept and sent to it once it answers",
+                                       f"closed): this {op} is kept and sent to it once it answers{advice(failed)}",
                                        kept=True) from cause
             raise StateUnavailable(f"state store at {redacted(self.config.url)} {failed} (state.on_error: "
-                                   "closed): nothing was sent") from cause
+                                   f"closed): nothing was sent{advice(failed)}") from cause
         self.degraded = True
         self.fallbacks += 1
         if self.on_fallback is not None:
@@ -164,10 +164,10 @@ class RedisStateStore(StateStore):
         if now - self._logged_at >= LOG_INTERVAL_S:
             self._logged_at = now
             if self.config.on_error == "closed":
-                mode = "refusing requests"
+                mode = "refusing what needs it (state.on_error: closed)"
             else:
                 mode = "using this process's memory" + ("" if outage else " (the refused writes are not replayed)")
-            again = f"; retrying every {self.config.retry_s:.1f} s" if outage else ""
+            again = f"; retrying every {self.config.retry_s:.1f} s{advice(failed)}" if outage else ""
             _log.warning("state store at %s %s during %s (%s): %s%s",
                          redacted(self.config.url), failed, op, type(exc).__name__, mode, again)
 

@@ -56,3 +56,12 @@ def failure(exc: BaseException) -> str:
         return f"refused this router's credentials ({type(exc).__name__}: {detail})"
     # Why (refused, timed out, a certificate not trusted...): never the password (redis-py's messages name the host).
     return f"is unreachable ({type(exc).__name__}: {detail})" if detail else "is unreachable"
+
+
+def advice(failed: str) -> str:
+    """What to do about a failure ``failure`` described, to end an error or a log line with ("" when it depends)."""
+    if failed.startswith("is unreachable"):
+        return "; start Redis (or Valkey) at that address, or correct state.url"
+    if failed.startswith("refused this router's credentials"):
+        return "; correct the password in state.url"
+    return ""
