@@ -75,6 +75,15 @@ def test_no_benchmark_names_a_machine_path() -> None:
         assert "/work/" not in text and "/home/" not in text, script
 
 
+def test_a_clone_holds_no_database_a_run_left_behind() -> None:
+    """A newcomer's clone held ``o.db``, an outcome store a test run had left in the working directory and a commit
+    picked up: committed files are sources, data and docs, never a store a run wrote."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "-z"], cwd=REPO, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    stores = [name for name in listed if name.endswith((".db", ".sqlite", ".sqlite3", ".db-wal", ".db-shm"))]
+    assert not stores, f"committed stores a run wrote: {stores}"
+
+
 def test_missing_shared_data_is_a_clear_error(clone: Path, tmp_path: Path) -> None:
     done = run(clone, tmp_path, "policies.py", "--shared-data", str(tmp_path / "nowhere"), timeout=120)
     assert done.returncode != 0 and "shared data not found" in done.stderr and "--shared-data" in done.stderr
