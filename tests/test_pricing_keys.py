@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from google.oauth2.credentials import Credentials
 
+from genroute.errors import ConfigError
 from genroute.router.router import Router
 from genroute.runtime.pricing import DEFAULT_PRICES, Pricing
 from genroute.testing import GeminiTestServer
@@ -31,6 +32,20 @@ def test_a_misspelt_pricing_key_is_named_with_the_nearest_model(gemini_server: G
     # The key was ignored without a word: gemini-2.5-flash stayed at the built-in rate and budgets under-counted.
     logged = built_warnings(gemini_server, caplog, {"gemini-2.5-flsh": PRICE})
     assert "pricing.gemini-2.5-flsh prices no model this router uses (did you mean 'gemini-2.5-flash'?)" in logged
+
+
+def test_a_misspelt_model_name_is_refused_with_the_nearest_priced_one(gemini_server: GeminiTestServer) -> None:
+    # A newcomer's typo in a backend's model read "no price known ...; add it under `pricing`", sending them to
+    # price a model that does not exist rather than to fix the name.
+    config = gemini_config(gemini_server)
+    config["backends"]["chat"]["model"] = "gemini-2.5-flsh"
+    with pytest.raises(ConfigError, match=r"no price known for model 'gemini-2.5-flsh'; did you mean "
+                                          r"'gemini-2.5-flash'\? Else add it under `pricing`") as caught:
+        Router.from_config(config)
+    assert caught.value.field == "backends.chat.model"
+    config["backends"]["chat"]["model"] = "my-own-model"  # nothing near: only the way to price it
+    with pytest.raises(ConfigError, match=r"no price known for model 'my-own-model'; add it under `pricing`"):
+        Router.from_config(config)
 
 
 @pytest.mark.parametrize("key", ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-001"])

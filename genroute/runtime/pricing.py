@@ -261,9 +261,11 @@ class Pricing:
         """The price of ``model``; ``ConfigError`` naming ``field`` if it is unknown."""
         price = self.lookup(model)
         if price is None:
-            raise ConfigError(
-                f"no price known for model {model!r}; add it under `pricing` (USD per 1M tokens)", field=field
-            )
+            # A misspelt built-in name (gemini-2.5-flsh) is the likelier mistake than a model genroute cannot price.
+            near = difflib.get_close_matches(model.rsplit("/", 1)[-1], sorted(DEFAULT_PRICES), n=1, cutoff=0.8)
+            meant = f"did you mean {near[0]!r}? Else " if near else ""
+            raise ConfigError(f"no price known for model {model!r}; {meant}add it under `pricing` (USD per 1M "
+                              "tokens)", field=field)
         return price
 
     def cost(self, model: str | None, usage: Usage) -> float:
