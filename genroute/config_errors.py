@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -40,6 +41,8 @@ def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = Fal
     if first["type"] == "too_short" and isinstance(first["input"], str):  # a secret (api_key: ""): not "1 item"
         least = (first.get("ctx") or {}).get("min_length", 1)
         message = f"String should have at least {least} character{'s' if least != 1 else ''}"
+    if first["type"] == "extra_forbidden" and parts and isinstance(parts[-1], str):
+        message += _meant(parts[-1])
     if "[key]" in first_loc and not (isinstance(first["input"], str) and first["input"]):
         # ...unless the key is no name to show: pydantic writes YAML's `on:` (True) as `1`, and "" as nothing.
         parts = list(first_loc[:first_loc.index("[key]") - 1])
@@ -56,6 +59,26 @@ def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = Fal
     others = len(set(locs) - {first_loc})
     more = f" (and {others} more error(s))" if others else ""
     return ConfigError(f"{message}{more}", field=field)
+
+
+def _meant(key: str) -> str:
+    """``; did you mean 'template'?`` for a key close to a setting genroute's configs have (a misspelt key read only
+    "Extra inputs are not permitted"), else nothing. Built when a config is refused, never on a request's path."""
+    from pydantic import BaseModel
+
+    names: set[str] = set()
+    seen: set[type[BaseModel]] = set()
+    stack: list[type[BaseModel]] = [BaseModel]
+    while stack:
+        sub: type[BaseModel]
+        for sub in stack.pop().__subclasses__():
+            if sub not in seen:
+                seen.add(sub)
+                stack.append(sub)
+                if sub.__module__.startswith("genroute"):
+                    names.update(sub.model_fields)
+    near = difflib.get_close_matches(key, sorted(names - {key}), n=1, cutoff=0.8)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 
 def _name_message(key: Any) -> str:

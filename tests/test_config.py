@@ -423,7 +423,26 @@ def test_every_section_reports_errors_alike(gemini_server):
     for name, (section, field) in sections.items():
         error = _error({**gemini_config(gemini_server), name: section})
         assert error.field == field, name
-        assert error.message.startswith("Extra inputs are not permitted (and "), (name, error.message)
+        assert error.message.startswith("Extra inputs are not permitted; did you mean "), (name, error.message)
+        assert "(and 1 more error(s))" in error.message, (name, error.message)
+
+
+@pytest.mark.parametrize(("where", "key", "meant"), [
+    ("backend", "tempalte", "template"), ("backend", "sytem", "system"), ("top", "knowlege", "knowledge"),
+    ("top", "polcy", "policy"), ("engine", "api_key_evn", "api_key_env")])
+def test_a_misspelt_key_names_the_setting_it_is_near(gemini_server, where, key, meant):
+    # A newcomer's typo read only "Extra inputs are not permitted", leaving them to find the right name.
+    config = gemini_config(gemini_server)
+    section = {"backend": config["backends"]["chat"], "engine": config["engines"]["gemini"], "top": config}[where]
+    section[key] = "x"
+    error = _error(config)
+    assert error.field.endswith(key)
+    assert error.message == f"Extra inputs are not permitted; did you mean {meant!r}?"
+
+
+def test_a_key_near_no_setting_gets_no_guess(gemini_server):
+    error = _error({**gemini_config(gemini_server), "zzzz": 1})
+    assert (error.field, error.message) == ("zzzz", "Extra inputs are not permitted")
 
 
 @pytest.mark.parametrize(("engine", "field", "message"), [
