@@ -413,6 +413,37 @@ def test_the_readme_config_builds_without_the_application_files(tmp_path: Path,
     Router.from_config("genroute.yaml").close()
 
 
+def test_every_built_in_setting_is_in_the_readme() -> None:
+    """Each setting of the config's sections and of every built-in engine, backend and policy is named in the README
+    (as code: `name`), so a setting added to a config model without a word for its users fails here. (The README
+    lacked, among others, icl's `example_template`, the ladder's `climb`, knowledge's `ef_search`.)"""
+    import importlib
+
+    from genroute.admission.breaker import BreakerConfig
+    from genroute.admission.ratelimit import RateLimitConfig
+    from genroute.config import RouterConfig, TelemetryConfig
+    from genroute.engines.retry import RetryConfig
+    from genroute.knowledge.store_config import GeminiEmbedderSpec, StoreConfig
+    from genroute.outcomes.settings import OutcomeSettings
+    from genroute.registry import BUILTIN
+    from genroute.state import RedisStateConfig
+
+    models: list[Any] = [RouterConfig, TelemetryConfig, StoreConfig, GeminiEmbedderSpec, RedisStateConfig,
+                         OutcomeSettings, RateLimitConfig, BreakerConfig, RetryConfig]
+    for kinds in BUILTIN.values():
+        for target in kinds.values():
+            module, _, name = target.partition(":")
+            models.append(getattr(importlib.import_module(module), name).Config)
+    text = README.read_text(encoding="utf-8")
+    fenced = re.findall(r"^```\w*\n(.*?)^```\n", text, flags=re.S | re.M)  # the examples name settings too
+    prose = re.sub(r"^```\w*\n.*?^```\n", "", text, flags=re.S | re.M)
+    spans = re.findall(r"`([^`]+)`", prose.replace("```", ""))  # a fence written in the text, as ``` is
+    shown = {word for span in spans + fenced for word in re.findall(r"\w+", span)}
+    unnamed = sorted(f"{model.__name__}.{field}" for model in models for field in model.model_fields
+                     if field not in shown)
+    assert not unnamed, f"settings the README does not name: {unnamed}"
+
+
 def test_the_readme_error_tree_is_genroute_errors() -> None:
     """The tree under *Errors* names every error class with its parent, as ``genroute.errors`` defines them."""
     import genroute.errors
