@@ -249,7 +249,7 @@ def _ingest(args: argparse.Namespace) -> int:
         if exc.field in _INGEST_OPTIONS:
             raise type(exc)(exc.message, field=_INGEST_OPTIONS[exc.field]) from None
         raise
-    print(report)
+    print(report.model_copy(update={"seconds": round(report.seconds, 2)}))  # not seconds=1.4413623190048384
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -179,6 +180,8 @@ def test_ingest_prints_its_report_alone_on_stdout_and_refuses_a_bad_name_before_
     assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(path)]) == 0
     out = capsys.readouterr().out  # `genroute ingest ... > report.txt`: the progress bar is not part of it
     assert out.startswith("collection='handbook' ") and out.count("\n") == 1, out
+    seconds = re.search(r" seconds=(\S+) ", out)  # it read seconds=1.4413623190048384
+    assert seconds and re.fullmatch(r"\d+\.\d{1,2}", seconds.group(1)), out
 
 
 def test_a_store_path_under_home_is_in_the_home_directory(tmp_path, gemini_server, capsys, monkeypatch):
