@@ -328,7 +328,9 @@ def read_config_file(path: Path, *, field: str = "path") -> Mapping[str, Any]:
     if path.is_dir():
         raise ConfigError(f"{str(path)!r} is a directory, not a config file", field=field)
     if not path.is_file():
-        raise ConfigError(f"config file {without_secrets(str(path))!r} does not exist", field=field)
+        # A relative name is read from the working directory, which is not always where a newcomer thinks.
+        where = "" if path.is_absolute() else f" (in the working directory, {Path.cwd()})"
+        raise ConfigError(f"config file {without_secrets(str(path))!r} does not exist{where}", field=field)
     try:
         # utf-8-sig: a byte-order mark (Windows editors write one) is no part of the text; JSON and TOML refuse it.
         text = path.read_text(encoding="utf-8-sig")

@@ -238,6 +238,15 @@ def test_a_configs_text_given_as_its_path_is_refused_without_echoing_it(gemini_s
     assert "does not exist" in _error("{project}/genroute.yaml").message  # a path, however it starts
 
 
+def test_a_missing_config_file_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    # "config file 'genroute.yaml' does not exist" left a newcomer who ran from another directory guessing why.
+    monkeypatch.chdir(tmp_path)
+    error = _error("genroute.yaml")
+    assert (error.field, error.message) == (
+        "path", f"config file 'genroute.yaml' does not exist (in the working directory, {tmp_path})")
+    assert _error(str(tmp_path / "missing.yaml")).message == f"config file '{tmp_path / 'missing.yaml'}' does not exist"
+
+
 @pytest.mark.parametrize("source", [None, 42, ["x"]])
 def test_a_source_of_the_wrong_type_is_a_usage_error(source):
     with pytest.raises(UsageError) as info:
