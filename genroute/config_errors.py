@@ -77,8 +77,15 @@ def _meant(key: str) -> str:
                 stack.append(sub)
                 if sub.__module__.startswith("genroute"):
                     names.update(sub.model_fields)
-    near = difflib.get_close_matches(key, sorted(names - {key}), n=1, cutoff=0.8)
-    return f"; did you mean {near[0]!r}?" if near else ""
+    # A real setting's name is in the wrong place, not misspelt (`max_output_tokens` is no typo of `output_tokens`).
+    near = [] if key in names else difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.8)
+    if near:
+        return f"; did you mean {near[0]!r}?"
+    # A setting written one level too high (a backend's `temperature:`, which goes under `generation:`).
+    holders = {cls for cls in seen if cls.__module__.startswith("genroute") and key in cls.model_fields}
+    sections = sorted({name for cls in seen if cls.__module__.startswith("genroute")
+                       for name, info in cls.model_fields.items() if info.annotation in holders})
+    return f"; it is a setting of {' or '.join(map(repr, sections))}, not of this section" if sections else ""
 
 
 def _name_message(key: Any) -> str:

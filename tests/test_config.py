@@ -449,6 +449,17 @@ def test_a_misspelt_key_names_the_setting_it_is_near(gemini_server, where, key, 
     assert error.message == f"Extra inputs are not permitted; did you mean {meant!r}?"
 
 
+@pytest.mark.parametrize("key", ["temperature", "max_output_tokens"])
+def test_a_generation_setting_written_on_the_backend_names_generation(gemini_server, key):
+    # `temperature: 0.2` beside `model:` read "Extra inputs are not permitted" (and max_output_tokens was then guessed
+    # to be a typo of an unrelated `output_tokens`): it goes under the backend's `generation:`.
+    config = gemini_config(gemini_server)
+    config["backends"]["chat"][key] = 1
+    error = _error(config)
+    assert (error.field, error.message) == (
+        f"backends.chat.{key}", "Extra inputs are not permitted; it is a setting of 'generation', not of this section")
+
+
 def test_a_key_near_no_setting_gets_no_guess(gemini_server):
     error = _error({**gemini_config(gemini_server), "zzzz": 1})
     assert (error.field, error.message) == ("zzzz", "Extra inputs are not permitted")
