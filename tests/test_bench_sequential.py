@@ -9,39 +9,43 @@ import numpy as np
 import pytest
 
 from genroute import UsageError
-from genroute.bench.sequential import mean_cs, paired_difference_cs, unpaired_difference_cs
-
-#: psi_E(1/2) = (-log(1 - 1/2) - 1/2) / 4
-PSI_HALF = (math.log(2) - 0.5) / 4
+from genroute.bench.sequential import log_wealth_peaks, mean_cs, paired_difference_cs, unpaired_difference_cs
 
 
 def all_ones_low(t, level=0.95):
-    """The lower bound after ``t`` scores of 1, by hand: every bet is capped at c = 1/2 (the uncapped one,
-    sqrt(2 log(2/alpha) / (sigma2_{t-1} t log(1 + t))), is above 2 here), so sum(lambda) = t / 2;
-    mu_hat_{i-1} = (i - 1/2) / i, so v_i = 4 (1 - mu_hat_{i-1})^2 = 1 / i^2; the centre is 1 and the radius
-    (log(2/alpha) + psi_E(1/2) sum 1/i^2) / (t/2)."""
-    return 1 - (math.log(2 / (1 - level)) + PSI_HALF * sum(1 / i**2 for i in range(1, t + 1))) / (t / 2)
+    """The lower end after ``t`` scores of 1, by hand: the bet on ``X > m`` is min(l_i, c/m) with c = 1/2, and the
+    plug-in l_i (sqrt(2 log(2/alpha) / (sigma2_{i-1} i log(1 + i))), 6.5, 4.6 and 4.0 at i = 1, 2, 3, then slowly
+    down, above 2 up to i = 10^6) is above c/m at the ends below from t = 3 on; so K+_t(m) = (1 + c (1 - m) / m)^t
+    and the end solves K+_t(m) = 2/alpha: m = c / (c + (2/alpha)^(1/t) - 1)."""
+    return 0.5 / (0.5 + (2 / (1 - level)) ** (1 / t) - 1)
 
 
 def test_known_values_at_small_t():
-    cs = mean_cs([1.0] * 12)
-    assert cs[:7].tolist() == [[0.0, 1.0]] * 7        # radius >= 2 log(40) / t > 1 below t = 8: nothing learnt
-    assert all_ones_low(10) == pytest.approx(0.2472573, abs=1e-6)   # 1 - (3.6888795 + 0.0748339) / 5
-    assert cs[9].tolist() == pytest.approx([all_ones_low(10), 1.0])
-    assert cs[11, 0] == pytest.approx(all_ones_low(12)) and cs[7, 0] == pytest.approx(all_ones_low(8))
-    assert mean_cs([0.0] * 10)[-1].tolist() == pytest.approx([0.0, 1 - all_ones_low(10)])   # the mirror image
-    # A difference of +1 on every pair is a mean of 1 on the [0, 1] scale: 2 x 0.2472573 - 1.
-    assert paired_difference_cs([1.0] * 10, [0.0] * 10) == pytest.approx((2 * all_ones_low(10) - 1, 1.0))
-    # Two arms: each at 97.5 % (log(2 / 0.025) = log 80), combined by the union bound.
-    low_a = all_ones_low(10, level=0.975)
-    assert low_a == pytest.approx(1 - (math.log(80) + PSI_HALF * 1.5497677) / 5)
-    assert unpaired_difference_cs([1.0] * 10, [0.0] * 10) == pytest.approx((low_a - (1 - low_a), 1.0))
+    assert mean_cs([1.0]) == (0.0, 1.0)   # K+_1(m) = 1 + 6.5 (1 - m) < 40 at every m >= 0: nothing learnt yet
+    assert all_ones_low(3) == pytest.approx(0.1712357, abs=1e-6)   # 0.5 / (0.5 + 40^(1/3) - 1)
+    assert all_ones_low(10) == pytest.approx(0.5284711, abs=1e-6)  # 0.5 / (0.5 + 1.4459767 - 1)
+    for t in (3, 5, 10, 40):
+        low, high = mean_cs([1.0] * t)
+        assert high == 1.0 and all_ones_low(t) - 1e-5 <= low <= all_ones_low(t)   # a grid end, never inside
+        assert mean_cs([0.0] * t) == pytest.approx((0.0, 1 - low))                # the mirror image
+    # A difference of +1 on every pair is a mean of 1 on the [0, 1] scale: 2 x 0.5284711 - 1.
+    assert paired_difference_cs([1.0] * 10, [0.0] * 10) == pytest.approx((2 * all_ones_low(10) - 1, 1.0), abs=1e-5)
+    # Two arms: each at 97.5 % (2/alpha = 80), combined by the union bound.
+    low_a = 0.5 / (0.5 + 80 ** (1 / 10) - 1)
+    assert unpaired_difference_cs([1.0] * 10, [0.0] * 10) == pytest.approx((low_a - (1 - low_a), 1.0), abs=1e-5)
 
 
 def test_no_records_say_nothing():
-    assert mean_cs([]).shape == (0, 2)
+    assert mean_cs([]) == (0.0, 1.0)
     assert paired_difference_cs([], []) == (-1.0, 1.0)
     assert unpaired_difference_cs([1.0], []) == (-1.0, 1.0)
+
+
+def missed(x, mean, level=0.95):
+    """Whether the running sequence left ``mean`` out at some time: the capital betting against it reached
+    2 / alpha (exact: no grid involved)."""
+    up, down = log_wealth_peaks(x, [mean], level=level)
+    return bool(max(up[0], down[0]) >= math.log(2 / (1 - level)))
 
 
 @pytest.mark.parametrize("draw", ["bernoulli 0.5", "bernoulli 0.8", "bernoulli 0.97", "beta(2, 5)"])
@@ -55,16 +59,18 @@ def test_the_sequence_holds_the_mean_at_every_time_at_once(draw):
         mean, scores = float(value), lambda: (rng.random(t) < float(value)).astype(float)
     else:
         mean, scores = 2 / 7, lambda: rng.beta(2, 5, size=t)
-    missed = wald_missed = 0
+    misses = wald_missed = 0
     n = np.arange(1, t + 1)
-    for _ in range(runs):
+    for run in range(runs):
         x = scores()
-        cs = mean_cs(x)
-        missed += bool(np.any((cs[:, 0] > mean) | (cs[:, 1] < mean)))
+        misses += missed(x, mean)
+        if run < 20:   # the interval the rule reads agrees with the capital at the mean
+            low, high = mean_cs(x)
+            assert (low <= mean <= high) == (not missed(x, mean)) or min(abs(low - mean), abs(high - mean)) < 1e-5
         running = np.cumsum(x) / n
         sd = np.sqrt(np.maximum(np.cumsum(x**2) / n - running**2, 1e-12))
         wald_missed += bool(np.any((np.abs(running - mean) > 1.96 * sd / np.sqrt(n))[29:]))  # from t = 30 on
-    assert missed / runs <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
+    assert misses / runs <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
     assert wald_missed / runs > 0.2    # peeking at a fixed-horizon interval at every time
 
 
@@ -74,36 +80,68 @@ def test_paired_and_unpaired_differences_hold_the_difference_at_every_time():
     for _ in range(runs):
         cells = rng.choice(4, size=t, p=[0.65, 0.065, 0.135, 0.15])   # both, a only, b only, neither: a - b = -0.07
         a, b = ((cells == 0) | (cells == 1)).astype(float), ((cells == 0) | (cells == 2)).astype(float)
-        d = mean_cs((a - b + 1) / 2) * 2 - 1
-        missed_paired += bool(np.any((d[:, 0] > -0.07) | (d[:, 1] < -0.07)))
+        missed_paired += missed((a - b + 1) / 2, (-0.07 + 1) / 2)
         arm_a, arm_b = (rng.random(t) < 0.73).astype(float), (rng.random(t) < 0.8).astype(float)
-        each_a, each_b = mean_cs(arm_a, level=0.975), mean_cs(arm_b, level=0.975)   # the two arms, t records each
-        missed_unpaired += bool(np.any((each_a[:, 0] - each_b[:, 1] > -0.07) | (each_a[:, 1] - each_b[:, 0] < -0.07)))
+        # The union bound: the difference is left out only if one arm's 97.5 % sequence left its mean out.
+        missed_unpaired += missed(arm_a, 0.73, level=0.975) or missed(arm_b, 0.8, level=0.975)
     limit = 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
     assert missed_paired / runs <= limit and missed_unpaired / runs <= limit
-    assert paired_difference_cs(a, b) == pytest.approx(tuple(d[-1]))
-    assert unpaired_difference_cs(arm_a, arm_b) == pytest.approx((each_a[-1, 0] - each_b[-1, 1],
-                                                                  each_a[-1, 1] - each_b[-1, 0]))
+    low, high = mean_cs((a - b + 1) / 2)
+    assert paired_difference_cs(a, b) == pytest.approx((2 * low - 1, 2 * high - 1))
+    (low_a, high_a), (low_b, high_b) = mean_cs(arm_a, level=0.975), mean_cs(arm_b, level=0.975)
+    assert unpaired_difference_cs(arm_a, arm_b) == pytest.approx((low_a - high_b, high_a - low_b))
+
+
+def test_split_arms_hold_the_difference_when_the_share_changed_mid_way():
+    """A split whose share went from 10 % to 50 % half-way (the records do not say which share each request had):
+    each arm's sequence reads only its own records, so the union holds the difference at every time whatever the
+    share (an inverse-propensity sequence with the final share, 1/2, would weigh the early challenger records wrong)."""
+    rng = np.random.default_rng(13)
+    runs, t, misses, ipw_misses = 300, 3000, 0, 0
+    for _ in range(runs):
+        share = np.where(np.arange(t) < t // 2, 0.1, 0.5)
+        to_challenger = rng.random(t) < share
+        right = rng.random(t) < np.where(to_challenger, 0.75, 0.8)
+        challenger, incumbent = right[to_challenger].astype(float), right[~to_challenger].astype(float)
+        misses += missed(challenger, 0.75, level=0.975) or missed(incumbent, 0.8, level=0.975)
+        # Z = 1[c] (Y - 1/2) / p - 1[i] (Y - 1/2) / (1 - p) with p = 1/2, on [0, 1] as (Z + 1) / 2: its mean in the
+        # first half is (0.1 x 0.25 - 0.9 x 0.3) / 0.5 = -0.49, not -0.05.
+        z = np.where(to_challenger, 2 * (right - 0.5), -2 * (right - 0.5))
+        ipw_misses += missed((z + 1) / 2, (-0.05 + 1) / 2)
+    assert misses / runs <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
+    assert ipw_misses / runs > 0.5
 
 
 def test_the_width_shrinks_like_sqrt_log_t_over_t():
     x = (np.random.default_rng(3).random(100_000) < 0.5).astype(float)
-    cs = mean_cs(x)
-    width = {t: cs[t - 1, 1] - cs[t - 1, 0] for t in (1_000, 10_000, 100_000)}
+    ends = {t: mean_cs(x[:t]) for t in (1_000, 10_000, 100_000)}
+    width = {t: high - low for t, (low, high) in ends.items()}
     scaled = {t: w * math.sqrt(t / math.log(t)) for t, w in width.items()}
     # Within a factor of 1.5 over two decades (a log log t factor remains), while width x sqrt(t) keeps growing:
     # it is wider than a fixed-horizon CI (~ 1/sqrt(t)) by a factor that grows with t, slowly.
     assert max(scaled.values()) / min(scaled.values()) < 1.5
     assert width[1_000] * math.sqrt(1_000) < width[10_000] * math.sqrt(10_000) < width[100_000] * math.sqrt(100_000)
-    assert np.all(np.diff(cs[:, 0]) >= 0) and np.all(np.diff(cs[:, 1]) <= 0)   # the running intersection
+    # The running intersection: a later interval lies within an earlier one.
+    assert ends[1_000][0] <= ends[10_000][0] <= ends[100_000][0] <= ends[100_000][1] <= ends[10_000][1]
+
+
+def test_tighter_than_the_closed_form_empirical_bernstein_sequence_at_small_n():
+    """Against the predictable plug-in empirical-Bernstein CS (same paper, Theorem 2) it replaced, at 10 all-1
+    scores: that one's lower end is 1 - (log 40 + psi_E(1/2) sum_{i<=10} 1/i^2) / 5 = 0.2472573 (every bet at
+    1/2), this one's 0.5284711."""
+    psi_half = (math.log(2) - 0.5) / 4
+    closed_form = 1 - (math.log(40) + psi_half * sum(1 / i**2 for i in range(1, 11))) / 5
+    assert closed_form == pytest.approx(0.2472573, abs=1e-6)
+    assert mean_cs([1.0] * 10)[0] > closed_form + 0.28
 
 
 def test_a_mean_that_moved_shows_the_current_interval_not_a_stale_one():
-    # Right 500 times, then wrong 500 times: no constant mean fits, the running intersection empties, and each t
-    # shows its own C_t (which covers the bet-weighted mean of the means, here above 0.5: the early scores weigh more)
-    # instead of a stale [0.98, 1] or an inverted interval.
-    cs = mean_cs([1.0] * 500 + [0.0] * 500)
-    assert cs[499, 0] > 0.98 and cs[-1, 0] < 0.9 and cs[-1, 0] <= cs[-1, 1] < 1
+    # Right 500 times, then wrong 500 times: no constant mean fits, the running intersection empties, and the last
+    # t shows its own C_t (which leans to the early scores: the bets were larger then) instead of a stale [0.98, 1]
+    # or an inverted interval.
+    assert mean_cs([1.0] * 500)[0] > 0.98
+    low, high = mean_cs([1.0] * 500 + [0.0] * 500)
+    assert low < 0.9 and low <= high < 1
 
 
 @pytest.mark.parametrize(("scores", "message"), [([0.5, 1.5], r"scores\[1\] is 1.5"), ([0.5, math.nan], "finite"),
