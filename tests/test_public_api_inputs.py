@@ -243,6 +243,22 @@ def test_bench_refuses_a_bad_option_by_name_before_anything_is_sent_or_written(g
     assert not gemini_server.requests and not (tmp_path / "out").exists()
 
 
+def test_run_bench_names_a_scorer_given_by_name(gemini_server: Any, tmp_path: Path) -> None:
+    # It was refused naming "scorer.0", a list index in an argument that is no list.
+    import asyncio
+
+    from genroute import Router
+    from genroute.bench import arun_bench
+    from genroute.bench.datasets import BenchRecord
+
+    from .conftest import gemini_config
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        error = _refused(lambda: asyncio.run(arun_bench(router, [BenchRecord(id="r1", input="hi", output="hi")],
+                                                        ["chat"], "exact")), "scorer")  # type: ignore[arg-type]
+    assert "resolve_scorer" in error.message and not gemini_server.requests
+
+
 def test_bench_refuses_a_backend_named_twice(gemini_server: Any, tmp_path: Path, capsys: Any) -> None:
     # `--backends chat,chat` ran every record twice and reported chat twice, as two rows of one backend.
     import yaml

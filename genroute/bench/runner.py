@@ -267,7 +267,9 @@ async def arun_bench(
 
     check_router(router)
     records = check_list(records, BenchRecord, field="records")
-    check_list([scorer], Scorer, field="scorer")
+    if not isinstance(scorer, Scorer):  # a name was an AttributeError from deep inside
+        raise UsageError(f"must be a Scorer (resolve_scorer(name) makes one), not {type(scorer).__name__}",
+                         field="scorer")
     check_concurrency(concurrency)
     targets = target_names(targets)
     check_targets(router, targets, scorer)
