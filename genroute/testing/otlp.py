@@ -110,7 +110,7 @@ class OtlpReceiver:
     """An OTLP/HTTP (protobuf) collector on ``127.0.0.1`` that keeps what it receives; see the module doc."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        from genroute.testing.server import check_address
+        from genroute.testing.checks import check_address
 
         check_address(host, port)
         self._lock = threading.Lock()

@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from genroute.bounds import is_whole
 from genroute.errors import UsageError
+from genroute.testing.checks import check_queued, check_settings, check_status, check_times, compile_path
 from genroute.testing.faults import Fault
 from genroute.testing.wire import reset, send
 from genroute.testing.replies import (
@@ -115,7 +115,7 @@ class GeminiTestServer:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, embedding_dim: int = 768,
                  api_key: str | None = None) -> None:
-        _check_settings(host, port, embedding_dim, api_key)
+        check_settings(host, port, embedding_dim, api_key)
         self.embedding_dim = embedding_dim
         self.api_key = api_key
         #: Tokens a Vertex AI embedding answer reports for a text (default: about four characters a token).
@@ -192,7 +192,7 @@ class GeminiTestServer:
 
     def reply(self, reply: Reply, *, times: int = 1) -> None:
         """Queue ``reply`` for the next ``times`` generate/stream requests."""
-        _check_queued(reply, Reply, times)
+        check_queued(reply, Reply, times)
         with self._lock:
             self._replies.extend([reply] * times)
 
@@ -225,16 +225,15 @@ class GeminiTestServer:
         With ``path`` (a regex matched against the whole URL path) it answers the next ``times``
         requests to that path, whatever the route table says.
         """
-        if not is_whole(status) or not 100 <= status <= 599:
-            raise UsageError(f"must be an HTTP status from 100 to 599, got {status!r}", field="status")
+        check_status(status)
         if path is None:
             if status != 200 or headers:  # was silently dropped: the body went out as a 200
                 raise UsageError("is sent only with `path`; without it the body is the next generate answer (a 200: "
                                  "Fault.status sends an error)", field="status" if status != 200 else "headers")
             self.reply(Reply(raw=body), times=times)
             return
-        pattern = _pattern(path)
-        _check_queued(None, type(None), times)
+        pattern = compile_path(path)
+        check_times(times)
         response = Response(status=status, body=body, headers=dict(headers or {}))
         with self._lock:
             for m, p, queue in self._scripted:
@@ -245,7 +244,7 @@ class GeminiTestServer:
 
     def fault(self, fault: Fault, *, times: int = 1) -> None:
         """Queue ``fault`` for the next ``times`` requests (any path), before any reply is used."""
-        _check_queued(fault, Fault, times)
+        check_queued(fault, Fault, times)
         with self._lock:
             self._faults.extend([fault] * times)
 
@@ -254,7 +253,7 @@ class GeminiTestServer:
         if not isinstance(method, str) or not callable(handler):
             raise UsageError("give an HTTP method and a handler (request) -> Response",
                              field="method" if not isinstance(method, str) else "handler")
-        compiled = _pattern(path)
+        compiled = compile_path(path)
         with self._lock:
             self._routes.insert(0, (method.upper(), compiled, handler))
 
@@ -377,38 +376,3 @@ def _embed(server: GeminiTestServer, request: RecordedRequest, match: re.Match[s
     return embed_response(request.action or "", request.body, server.embedding_dim, vertex=vertex,
                           tokens=server.embed_tokens)
 
-
-def _check_settings(host: Any, port: Any, embedding_dim: Any, api_key: Any) -> None:
-    """``UsageError`` naming the server setting of the wrong kind, before the socket is bound (a port of -1 was an
-    ``OverflowError``, an ``embedding_dim`` of 0 answered every embedding request with an empty vector)."""
-    check_address(host, port)
-    if not is_whole(embedding_dim) or embedding_dim < 1:
-        raise UsageError(f"must be a whole number >= 1, got {embedding_dim!r}", field="embedding_dim")
-    if api_key is not None and not isinstance(api_key, str):
-        raise UsageError(f"must be text or None, not {type(api_key).__name__}", field="api_key")
-
-
-def check_address(host: Any, port: Any) -> None:
-    """``UsageError`` naming ``host`` or ``port`` unless they are an address a loopback server can bind (a port of
-    -1 was an ``OverflowError`` from bind())."""
-    if not isinstance(host, str) or not host:
-        raise UsageError(f"must be a host name or address, not {host!r}", field="host")
-    if not is_whole(port) or not 0 <= port <= 65535:
-        raise UsageError(f"must be a TCP port from 0 (any free one) to 65535, got {port!r}", field="port")
-
-
-def _check_queued(item: Any, kind: type, times: Any) -> None:
-    """``UsageError`` unless ``item`` is a ``kind`` (a ``Reply``, a ``Fault``) and ``times`` a whole number >= 1."""
-    if not isinstance(item, kind):
-        raise UsageError(f"must be a {kind.__name__} (build one with its class), not {type(item).__name__}",
-                         field=kind.__name__.lower())
-    if not is_whole(times) or times < 1:
-        raise UsageError(f"must be a whole number >= 1, got {times!r}", field="times")
-
-
-def _pattern(path: Any) -> re.Pattern[str]:
-    """``path`` compiled as a regular expression; ``UsageError`` naming ``path`` if it is none."""
-    try:
-        return re.compile(path)
-    except (TypeError, re.error) as exc:
-        raise UsageError(f"must be a regular expression matching URL paths ({exc})", field="path") from None
