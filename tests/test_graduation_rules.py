@@ -324,7 +324,7 @@ def test_the_saved_tuning_set_is_found_from_another_directory(tmp_path, monkeypa
     """`genroute graduate --out grad` then `genroute graduate --decide --out ...` from elsewhere: the saved report named
     `grad/train.jsonl` relative to where the graduation ran, so its inputs were not found and not left out."""
     from genroute.graduation import export_tuning_set
-    from genroute.graduation.run import GraduationReport, tuned_inputs
+    from genroute.graduation.trained import tuned_inputs
     from genroute.knowledge.examples import input_key
 
     monkeypatch.chdir(tmp_path)
@@ -333,5 +333,4 @@ def test_the_saved_tuning_set_is_found_from_another_directory(tmp_path, monkeypa
     tuning = export_tuning_set(records, "t", "grad", eval_share=0.0, seed=0, min_examples=20)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    report = GraduationReport(task="t", challenger="lora", tuning_set=tuning)
-    assert tuned_inputs(None, (), report) == {input_key(f"question {i}") for i in range(30)}  # type: ignore[arg-type]
+    assert tuned_inputs(None, (), tuning) == {input_key(f"question {i}") for i in range(30)}  # type: ignore[arg-type]

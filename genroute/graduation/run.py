@@ -28,6 +28,7 @@ from genroute.errors import UsageError
 from genroute.jsonl import check_output_dir
 from genroute.graduation.export import TuningSet, export_tuning_set
 from genroute.graduation.promote import Promotion, check_amount, check_rule, decide_promotion
+from genroute.graduation.trained import tuned_inputs
 
 if TYPE_CHECKING:
     from genroute.outcomes.records import OutcomeRecord
@@ -286,7 +287,8 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
     with tracer.start_as_current_span("genroute.graduate.decide", attributes={"genroute.task": task}) as span:
         records = await _store(router).records(task=task)
         incumbent = incumbent or _incumbent(records, challenger)
-        tuned_on = await asyncio.to_thread(tuned_inputs, router, (challenger, incumbent), report)
+        tuned_on = await asyncio.to_thread(tuned_inputs, router, (challenger, incumbent),
+                                           report.tuning_set)
         promotion = decide_promotion(records, task, incumbent=incumbent, challenger=challenger, margin=margin,
                                      min_n=min_n, mode=mode, tuned_on=tuned_on, sequential=sequential)
         span.set_attributes({"genroute.graduate.n": promotion.n, "genroute.graduate.promote": promotion.promote,
@@ -309,24 +311,6 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
              if promotion.promote and promote else f"promote: not promoted; {incumbent} keeps task {task!r}",
              f"advisor: {advice}")
     return report.model_copy(update={"lines": lines, "promotion": promotion, "advice": advice})
-
-
-def tuned_inputs(router: Router, backends: tuple[str, ...], report: GraduationReport | None) -> frozenset[str]:
-    """The input keys the ``backends`` were tuned on, as the bench's advisor reads them (a local adapter's
-    ``tune_result.json``), and those of the graduation's tuning set when its ``report`` is given (a Vertex AI job
-    lists none of its own)."""
-    from genroute.graduation.trained import trained_inputs, tuned_info
-    from genroute.knowledge.examples import input_key
-    from genroute.tuning.data import load_examples
-
-    keys: set[str] = set()
-    for name in backends:
-        if getattr(router.backends[name], "kind", None) == "tuned":
-            keys |= trained_inputs(tuned_info(router, name))
-    train = report.tuning_set.train_path if report is not None and report.tuning_set is not None else None
-    if train is not None and Path(train).is_file():
-        keys |= {input_key(e.input) for e in load_examples(train)}
-    return frozenset(keys)
 
 
 def check_pair(router: Router, challenger: Any, incumbent: Any) -> None:

@@ -1,6 +1,6 @@
 """What a tuned backend was tuned from: where it runs and, for a local LoRA run, the inputs its
-``tune_result.json`` records. Read by the bench's graduation advisor and by a promotion decision, which both leave
-out records whose input the tuned model was trained on."""
+``tune_result.json`` records (``tuned_inputs`` adds the graduation's own tuning set). Read by the bench's graduation
+advisor and by a promotion decision, which both leave out records whose input the tuned model was trained on."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    from genroute.graduation.export import TuningSet
     from genroute.router.router import Router
 
 
@@ -47,3 +48,20 @@ def trained_inputs(info: TunedInfo | None) -> frozenset[str]:
     except (OSError, ValueError, AttributeError):
         return frozenset()
     return frozenset(k for k in keys if isinstance(k, str)) if isinstance(keys, list) else frozenset()
+
+
+def tuned_inputs(router: Router, backends: tuple[str, ...], tuning_set: TuningSet | None) -> frozenset[str]:
+    """The input keys the ``backends`` were tuned on, as the bench's advisor reads them (a local adapter's
+    ``tune_result.json``), and those of the graduation's ``tuning_set`` when there is one (a Vertex AI job lists none
+    of its own)."""
+    from genroute.knowledge.examples import input_key
+    from genroute.tuning.data import load_examples
+
+    keys: set[str] = set()
+    for name in backends:
+        if getattr(router.backends[name], "kind", None) == "tuned":
+            keys |= trained_inputs(tuned_info(router, name))
+    train = tuning_set.train_path if tuning_set is not None else None
+    if train is not None and Path(train).is_file():
+        keys |= {input_key(e.input) for e in load_examples(train)}
+    return frozenset(keys)
