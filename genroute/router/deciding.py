@@ -67,9 +67,9 @@ class CostedDecisions:
             if admission is not None and (charges.cost_usd or reserved):
                 admission.spent_without_loop(request, charges.cost_usd, reserved)
 
-        thread = _WorkerThread(settle_without_loop)
+        at_end = _SettleAtThreadEnd(settle_without_loop)
         with charging(charges):  # the worker thread inherits it
-            work = asyncio.ensure_future(asyncio.to_thread(thread.run, decide))
+            work = asyncio.ensure_future(asyncio.to_thread(at_end.run, decide))
         try:
             return await _within(work, deadline, expired)
         finally:
@@ -81,7 +81,7 @@ class CostedDecisions:
             else:
                 def ended(done: asyncio.Future[Decision]) -> None:
                     if done.cancelled():  # its loop ended (asyncio.run per call): settled as the thread ends
-                        thread.cut()
+                        at_end.cut()
                     else:
                         self._settle_later(admission, request, charges.cost_usd, reserved)
 
@@ -137,9 +137,9 @@ class CostedDecisions:
         return future
 
 
-class _WorkerThread:
-    """A decision's worker thread, and its hold's settle should the event loop end under it (``asyncio.run`` per call
-    cancels the decision there while the thread goes on embedding): made when the thread ends, at what it cost."""
+class _SettleAtThreadEnd:
+    """A decision's hold settled when its worker thread ends, should the event loop end under the decision first
+    (``asyncio.run`` per call cancels it there while the thread goes on embedding): at what it cost by then."""
 
     def __init__(self, settle: Callable[[], None]) -> None:
         self._settle = settle
