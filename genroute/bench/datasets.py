@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from genroute.bounds import is_real
+from genroute.bounds import is_real, is_whole
 from genroute.config_errors import validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import existing_file, iter_records, label_text
@@ -158,7 +158,7 @@ def sample(records: Sequence[BenchRecord], limit: int | None, *, seed: int = 0) 
     A larger ``limit`` with the same seed draws a superset, so a bigger rerun into the same output directory
     only runs the added records.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is not None and (not is_whole(limit) or limit < 1):
         raise UsageError(f"limit must be a whole number >= 1 (got {limit!r})", field="limit")
     if limit is None or limit >= len(records):
         return list(records)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
+from genroute.bounds import is_whole
 from genroute.errors import ConfigError
 from genroute.runtime.billing import CHARS_PER_TOKEN
 
@@ -223,7 +224,7 @@ def check_window(chunk_tokens: int, overlap: int) -> None:
     """``ConfigError`` naming ``chunk_tokens`` or ``overlap`` unless they are whole numbers, 8 <= chunk_tokens and
     0 <= overlap < chunk_tokens."""
     for name, value in (("chunk_tokens", chunk_tokens), ("overlap", overlap)):
-        if isinstance(value, bool) or not isinstance(value, int):  # "200" was a TypeError
+        if not is_whole(value):  # "200" was a TypeError
             raise ConfigError(f"must be a whole number, got {value!r:.40}", field=name)
     if chunk_tokens < 8:
         raise ConfigError("must be at least 8", field="chunk_tokens")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
+from genroute.bounds import is_whole
 from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.embedder_base import (ArrayEmbedder, Embedder, aembed_text, checked_texts, record_error,
                                               traced)
@@ -46,7 +47,7 @@ class GeminiEmbedder(Embedder):
         if not isinstance(engine, Engine):  # anything else was an AttributeError (no `provider`)
             raise UsageError(f"must be a genroute Engine (a router's resources.engines[name]), not "
                              f"{type(engine).__name__}", field="engine")
-        if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
+        if not is_whole(dimension) or dimension < 1:
             raise UsageError(f"must be a whole number >= 1, got {dimension!r:.40}", field="dimension")
         self.engine = engine
         self.tracer_provider = tracer_provider

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from genroute.bounds import is_real
+from genroute.bounds import is_real, is_whole
 from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.ingest import JSONL_SUFFIXES, IngestReport, expand_paths
 from genroute.knowledge.records import (GENERATION, FileState, check_target, file_state, paid_writes,
@@ -196,7 +196,7 @@ class ExampleStore:
             raise ConfigError(f"unknown selector {strategy!r}; known: {', '.join(STRATEGIES)}", field="selector")
         if not isinstance(text, str):  # an AttributeError ('int' object has no attribute 'casefold')
             raise UsageError(f"must be the request's text, not {type(text).__name__}", field="text")
-        if isinstance(k, bool) or not isinstance(k, int):  # "2" was a TypeError, 2.5 one for fixed
+        if not is_whole(k):  # "2" was a TypeError, 2.5 one for fixed
             raise UsageError(f"must be a whole number of examples, got {k!r:.40}", field="k")
         if strategy == "mmr" and not (is_real(mmr_lambda) and 0 <= mmr_lambda <= 1):  # 5 or NaN was taken
             raise UsageError(f"must be a number from 0 to 1, got {mmr_lambda!r:.40}", field="mmr_lambda")

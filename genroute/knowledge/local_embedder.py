@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
+from genroute.bounds import is_whole
 from genroute.errors import ConfigError
 from genroute.knowledge.embedder_base import Embedder, checked_texts, record_error
 
@@ -82,7 +83,7 @@ class LocalEmbedder(Embedder):
                  tracer_provider: trace.TracerProvider | None = None) -> None:
         for name, value in (("intra_op_threads", intra_op_threads), ("max_length", max_length),
                             ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # "2" was a TypeError
+            if not is_whole(value) or value < 1:  # "2" was a TypeError
                 raise ConfigError(f"intra_op_threads, max_length and batch_size must be whole numbers >= 1 "
                                   f"(got {name}={value!r:.40})", field=f"embedder.{name}")
         self.intra_op_threads = intra_op_threads

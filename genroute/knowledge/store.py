@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genroute.bounds import is_whole
 from genroute.errors import ConfigError, UsageError
 from genroute.knowledge.store_collections import Kind, StoreCollections
 from genroute.knowledge.store_config import (  # noqa: F401 - StoreConfig: re-exported
@@ -245,7 +246,7 @@ def clean_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
 def _check_query(k: Any, where: Any, field: str) -> None:
     """``UsageError`` naming ``k`` or ``where`` (beside ``field``) unless ``k`` is a whole number >= 1 and ``where``
     a mapping or None: Chroma's own errors named no field, or the wrong one."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not is_whole(k) or k < 1:
         raise UsageError(f"must be a whole number of records >= 1, got {k!r:.40}", field=_sibling(field, "k"))
     if where is not None and not isinstance(where, Mapping):
         raise UsageError(f"must be a mapping (a Chroma where filter), not {type(where).__name__}",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.admission.build import gate_configs
+from genroute.bounds import is_whole
 from genroute.config import RouterConfig, build_kind, import_object, load_config, validate_kind
 from genroute.config_location import locate
 from genroute.errors import ConfigError, UsageError
@@ -179,7 +180,7 @@ def check_arguments(backends: Any, policy: Any = None, resources: Any = None, sc
     if capture_content is not None and not isinstance(capture_content, bool):
         raise UsageError(f"must be True, False or None, not {type(capture_content).__name__}",
                          field="capture_content")
-    if isinstance(capture_max_chars, bool) or not isinstance(capture_max_chars, int) or capture_max_chars < 1:
+    if not is_whole(capture_max_chars) or capture_max_chars < 1:
         raise UsageError(f"must be a whole number of characters ≥ 1, not {capture_max_chars!r}",
                          field="capture_max_chars")
     if stats is not None and not isinstance(stats, BenchStats):
