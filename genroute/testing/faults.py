@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from genroute.bounds import is_real, is_whole
 from genroute.errors import UsageError
@@ -26,7 +26,7 @@ class Fault:
     def __post_init__(self) -> None:
         # Checked when made: a bad one failed inside the server's thread, as a 500 or a dropped connection the test
         # then read as the client's bug.
-        if self.kind not in ("status", "delay", "malformed_json", "cut_stream", "reset"):
+        if self.kind not in get_args(FaultKind):
             raise UsageError(f"unknown fault kind {self.kind!r}", field="kind")
         if not is_whole(self.code) or not (self.code == 0 or 100 <= self.code <= 599):
             raise UsageError(f"must be an HTTP status from 100 to 599, got {self.code!r}", field="code")
