@@ -22,9 +22,9 @@ class Background:
     """The store calls no caller awaits any more, each with how to keep its writes should its loop end under it."""
 
     def __init__(self) -> None:
-        self._work: dict[asyncio.Future[Any], Callable[[], None] | None] = {}
+        self._work: dict[asyncio.Future[Any], Callable[[], None]] = {}
 
-    def add(self, work: asyncio.Future[Any], keep: Callable[[], None] | None = None) -> None:
+    def add(self, work: asyncio.Future[Any], keep: Callable[[], None]) -> None:
         """Hold ``work`` until it is done (``of_loop``: ``aclose`` waits for it); ``keep`` queues its writes for replay
         if it is cancelled or its loop is closed before it ends."""
         self._work[work] = keep
@@ -33,7 +33,8 @@ class Background:
     def _done(self, finished: asyncio.Future[Any]) -> None:
         keep = self._work.pop(finished, None)
         if finished.cancelled():
-            if keep is not None:  # its loop ended (asyncio.run cancels what is left on it): replayed by the next call
+            # Its loop ended (asyncio.run cancels what is left on it): replayed by the next call (unless rescued).
+            if keep is not None:
                 keep()
         elif (error := finished.exception()) is not None:
             _log.warning("a state store call its caller gave up on failed: %s", type(error).__name__)
