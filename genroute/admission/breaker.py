@@ -143,7 +143,7 @@ class BreakerGate(Gate[Probe]):
             # Neither healthy nor not (its caller went away, or the request was refused as sent): if this attempt was
             # the probe, another one probes now, instead of none until this probe's hold lapses.
             return [Release(name) for name in token]
-        retry_after = self._retry_after(error)
+        retry_after = self._capped(_retry_after(error))
         ops: list[Settlement] = []
         for name in self.names.get(attempt.backend, ()):
             if retry_after:
@@ -162,7 +162,8 @@ class BreakerGate(Gate[Probe]):
                     self._until.pop(name, None)
                     self._event(attempt, name, "closed", "the half-open probe succeeded")
             return
-        retry_after, asked = self._retry_after(error), _retry_after(error)
+        asked = _retry_after(error)
+        retry_after = self._capped(asked)
         for name, opened in zip(self.names.get(attempt.backend, ()), results, strict=False):
             if not opened:
                 continue
@@ -183,9 +184,8 @@ class BreakerGate(Gate[Probe]):
             self.instruments.opens.add(1, {"genroute.breaker": name})
             self._event(attempt, name, "open", why)
 
-    def _retry_after(self, error: BaseException) -> float | None:
-        """How long a 429's ``Retry-After`` opens the breakers: up to ``max_retry_after_s``."""
-        asked = _retry_after(error)
+    def _capped(self, asked: float | None) -> float | None:
+        """How long a 429 that asked to wait ``asked`` s opens the breakers: up to ``max_retry_after_s``."""
         return None if asked is None else min(asked, self.config.max_retry_after_s)
 
     def _event(self, attempt: Attempt, name: str, state: str, reason: str) -> None:
