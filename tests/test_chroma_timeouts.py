@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import subprocess
@@ -48,6 +49,7 @@ def _settled() -> tuple[int, int]:
     for thread in threading.enumerate():
         if thread.name == "genroute-chroma-connect":
             thread.join(timeout=60)
+    gc.collect()  # fds of earlier tests' objects awaiting collection would otherwise close mid-test
     return threading.active_count(), len(os.listdir("/proc/self/fd"))
 
 
@@ -65,7 +67,9 @@ def test_failed_connects_to_a_stalled_server_leave_no_thread_or_socket(stalled_p
     same = KnowledgeStore(config)
     for _ in range(3):
         _fail_to_open(same)  # a lazy client() asked again
-    assert _settled() == before  # each was 1 thread and 2 fds more, for good
+    threads, fds = _settled()
+    # Each was 1 thread and 2 fds more, for good. Fewer fds is fine: something of this process's past closed.
+    assert threads == before[0] and fds <= before[1], (threads, fds, before)
 
 
 @pytest.mark.chroma_server
