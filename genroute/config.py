@@ -11,17 +11,18 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
 
 from genroute.bounds import NOT_BOOL
-from genroute.config_errors import config_error
+from genroute.config_errors import config_error, pydantic_validated
 from genroute.config_location import located
 from genroute.config_parse import DuplicateKey, parse_json, parse_yaml
 from genroute.errors import ConfigError, UsageError, without_credentials, without_secrets
+from genroute.public_model import ConfigModel
 from genroute.registry import Group, load, plugin_failures, plugin_origin
 from genroute.runtime.pricing import ModelPrice
 from genroute.runtime.telemetry import CAPTURE_MAX_CHARS
 from genroute.state import MemoryStateConfig, StateConfig
 
 
-class _Frozen(BaseModel):
+class _Frozen(ConfigModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
@@ -154,7 +155,7 @@ def validate_kind(group: Group, raw: Mapping[str, Any] | BaseModel, *, field: st
     cls = load(group, kind, field=f"{field}.kind")
     with plugin_failures(cls, field=field):
         try:
-            return cls, cls.Config.model_validate(dict(raw))
+            return cls, pydantic_validated(cls.Config, dict(raw))
         except ValidationError as exc:
             error = config_error(exc, field)
     origin = plugin_origin(cls)
@@ -192,7 +193,7 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
         # text.
         raw = _anchor(raw, None) if isinstance(source, Mapping) else anchor_paths(raw, Path(source))
         try:
-            return RouterConfig.model_validate(dict(raw))
+            return pydantic_validated(RouterConfig, dict(raw))
         except ValidationError as exc:
             raise config_error(exc, None, unions=("state",)) from None
 

@@ -1,5 +1,6 @@
-"""pydantic's validation errors as one ``ConfigError`` naming the field, with the same wording everywhere; and
-``check_list``, the same check of a list of genroute objects a caller gives in code."""
+"""pydantic's validation errors as one ``ConfigError`` (or ``UsageError``) naming the field, with the same wording
+everywhere; ``check_list``, the same check of a list of genroute objects a caller gives in code; and
+``pydantic_validated``, a model's validation that raises pydantic's own error, for readers that word it themselves."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from genroute.errors import ConfigError, UsageError
+from genroute.errors import ConfigError, UsageError, without_secrets
 
 T = TypeVar("T")
+U = TypeVar("U", bound=UsageError)
 
 
 def validator_message(error: Any) -> str:
@@ -23,7 +25,15 @@ def validator_message(error: Any) -> str:
 
 def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = False,
                  unions: tuple[str, ...] = ()) -> ConfigError:
-    """A ``ConfigError`` naming the first invalid field of ``exc`` (and counting the rest), under ``prefix``.
+    """A ``ConfigError`` naming the first invalid field of ``exc`` (and counting the rest), under ``prefix`` (see
+    ``field_error``)."""
+    return field_error(exc, prefix, ConfigError, tagged=tagged, unions=unions)
+
+
+def field_error(exc: ValidationError, prefix: str | None, kind: type[U], *, tagged: bool = False,
+                unions: tuple[str, ...] = ()) -> U:
+    """A ``kind`` error naming the first invalid field of ``exc`` (and counting the rest), under ``prefix``; text
+    shaped like a secret is masked in its message (a validator's message may quote the value).
 
     pydantic names the member of a union tagged by ``kind`` in an error's location, which is no key of the config:
     ``tagged`` says ``exc`` is from such a union (``validators.v.json_schema.schema``), and ``unions`` names the
@@ -58,7 +68,7 @@ def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = Fal
     # Each member of a plain union the value fits none of reports an error of its own: one field, one error.
     others = len(set(locs) - {first_loc})
     more = f" (and {others} more error(s))" if others else ""
-    return ConfigError(f"{message}{more}", field=field)
+    return kind(without_secrets(f"{message}{more}"), field=field)
 
 
 def _meant(key: str) -> str:
@@ -137,6 +147,20 @@ def validated_model(model: type[M], raw: object, field: str) -> M:
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigError(f"must be a mapping or {model.__name__}, not {type(raw).__name__}", field=field)
     try:
-        return model.model_validate(dict(raw or {}))
+        return pydantic_validated(model, dict(raw or {}))
     except ValidationError as exc:  # pydantic's own text would show the input: a misplaced key, say
         raise config_error(exc, field) from None
+
+
+def pydantic_validated(model: type[M], raw: object) -> M:
+    """``raw`` validated as ``model``, raising pydantic's ``ValidationError``: for genroute's readers, which name
+    the field under a name of their own (a config section, a file's line, a flag)."""
+    validated: M = model.__pydantic_validator__.validate_python(raw)
+    return validated
+
+
+def pydantic_validated_json(model: type[M], data: str | bytes | bytearray) -> M:
+    """The JSON document ``data`` validated as ``model``, raising pydantic's ``ValidationError`` (see
+    ``pydantic_validated``)."""
+    validated: M = model.__pydantic_validator__.validate_json(data)
+    return validated

@@ -24,6 +24,10 @@ GenrouteError
 
 google-genai and transport errors are mapped to this tree in exactly one place:
 ``genroute.engines.errors.map_error``.
+
+A public pydantic model built with bad input (``GenerateRequest(...)``, ``RouterConfig(...)``, ``model_validate``)
+raises ``UsageError`` (``ConfigError`` for a configuration) with pydantic's ``ValidationError`` as ``__cause__``,
+in exactly one place too: ``genroute.public_model``. It is not also a ``ValueError``: one tree.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from genroute.types import RungAttempt, ToolCall, Usage
+    # The public names, as the docstrings give them: genroute.types' models raise these errors (its base,
+    # genroute.public_model, converts pydantic's), so this module names them through the package, not the module.
+    from genroute import RungAttempt, ToolCall, Usage
 
 E = TypeVar("E", bound="GenrouteError")
 

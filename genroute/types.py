@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from genroute.construct import builder
+from genroute.public_model import PublicModel
 
 
-class _Frozen(BaseModel):
+class _Frozen(PublicModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 

@@ -515,10 +515,12 @@ def test_an_embedding_batch_larger_than_the_developer_api_takes_is_a_config_erro
 
 
 def test_config_is_validated():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError) as err:
         GeminiEngineConfig.model_validate({"kind": "gemini", "timeout_s": 0})
-    with pytest.raises(ValueError):
+    assert err.value.field == "timeout_s"
+    with pytest.raises(ConfigError) as err:
         GeminiEngineConfig.model_validate({"kind": "gemini", "unknown": 1})
+    assert err.value.field == "unknown"
     assert GeminiEngine.Config is GeminiEngineConfig and GeminiEngine.kind == "gemini"
 
 

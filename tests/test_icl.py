@@ -657,7 +657,7 @@ def test_reuse_margin_fits_short_ttls() -> None:
 def test_context_cache_needs_the_fixed_selector() -> None:
     from genroute.backends.icl import IclConfig
 
-    with pytest.raises(ValueError, match="selector: fixed"):
+    with pytest.raises(ConfigError, match="selector: fixed"):
         IclConfig(engine="g", model="m", collection="abc", context_cache={"min_tokens": 10})
 
 

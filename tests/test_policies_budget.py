@@ -11,7 +11,7 @@ import pytest
 from opentelemetry import trace
 
 from genroute.admission import Attempt, Outcome
-from genroute.errors import BudgetExceeded
+from genroute.errors import BudgetExceeded, UsageError
 from genroute.policies import build_policy
 from genroute.policies.base import PolicyContext
 from genroute.policies.budget import BudgetGate, BudgetPolicy, BudgetView
@@ -214,7 +214,7 @@ def test_stats_cost_bound(tmp_path: Path, extra: dict[str, float], margin: float
 
 
 def test_stats_cost_max_below_p95_is_rejected() -> None:
-    with pytest.raises(ValueError, match="cost_max_usd"):
+    with pytest.raises(UsageError, match="cost_max_usd"):
         BackendStats(n=1, quality=1.0, latency_p50_s=0.1, latency_p95_s=0.1, cost_per_request_usd=0.1,
                      cost_p95_usd=0.3, cost_max_usd=0.2)
 

@@ -61,12 +61,13 @@ def test_a_shared_reference_bomb_given_in_code_is_refused_too(gemini_server):
     with pytest.raises(ConfigError) as err:  # a RouterConfig built in code (its sections stay raw mappings)
         Router.from_config(RouterConfig.model_validate(config))
     assert err.value.field.startswith("backends.chat.generation.response_schema")
-    with pytest.raises(ValueError, match="too large"):
+    with pytest.raises(ConfigError, match="too large") as err:  # a model built in code: pydantic's ValueError before
         GenerationSettings(response_schema=_bomb())
+    assert err.value.field == "response_schema"
     deep: dict[str, Any] = {"type": "string"}
     for _ in range(40):
         deep = {"type": "object", "properties": {"p": deep}}
-    with pytest.raises(ValueError, match="nested more than 32 deep"):
+    with pytest.raises(ConfigError, match="nested more than 32 deep"):
         GenerationSettings(response_schema=deep)
     GenerationSettings(response_schema=_bomb(3))  # 9**3 values written out: a big but fair schema
 

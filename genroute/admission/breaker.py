@@ -21,11 +21,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.admission import Attempt, Gate, Instruments, Outcome
 from genroute.bounds import NOT_BOOL
 from genroute.errors import BackendUnavailable, CircuitOpen, RateLimited, StreamInterrupted
+from genroute.public_model import ConfigModel
 from genroute.state.ops import Close, Fail, Open, Probe, Release, Settlement
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ _log = logging.getLogger(__name__)
 PROBE_TTL_S = 60.0
 
 
-class BreakerConfig(BaseModel):
+class BreakerConfig(ConfigModel):
     """The router's ``breakers`` section: when a backend (or an engine's model) counts as unhealthy."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from genroute.admission import Gate, Instruments
 from genroute.admission.breaker import BreakerConfig, BreakerGate
 from genroute.admission.ratelimit import RateLimitConfig, rate_limit_gate
-from genroute.config_errors import config_error, validated_model
+from genroute.config_errors import config_error, pydantic_validated, validated_model
 from genroute.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def gate_configs(rate_limits: Any, breakers: Any) -> tuple[list[RateLimitConfig]
         if not isinstance(item, Mapping):
             raise ConfigError(f"must be a mapping, not {type(item).__name__}", field=f"rate_limits.{index}")
         try:
-            limits.append(RateLimitConfig.model_validate(dict(item)))
+            limits.append(pydantic_validated(RateLimitConfig, dict(item)))
         except ValidationError as exc:
             raise config_error(exc, f"rate_limits.{index}") from None
     return limits, None if breakers is None else validated_model(BreakerConfig, breakers, "breakers")

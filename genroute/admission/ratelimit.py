@@ -19,11 +19,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from genroute.admission import Attempt, Gate, Instruments, Outcome, hold_ttl_s
 from genroute.bounds import NOT_BOOL
 from genroute.errors import ConfigError, RateLimited
+from genroute.public_model import ConfigModel
 from genroute.state.ops import Held, Hold, Settle
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ KEEP_AFTER_S = 600.0
 _WAKE_LATE_S = 0.005
 
 
-class RateLimitConfig(BaseModel):
+class RateLimitConfig(ConfigModel):
     """One limit: on an engine (optionally one model of it) or on a backend; requests and/or input tokens."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

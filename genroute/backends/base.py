@@ -8,12 +8,13 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from genroute.construct import one_store_init
 from genroute.construct import user_content as user_content  # public here: backends use it
 from genroute.engines.base import SamplingSettings
 from genroute.errors import BackendUnavailable, ConfigError
+from genroute.public_model import ConfigModel
 from genroute.runtime.telemetry import block_reason, reason_name
 from genroute.types import Citation, GenerateRequest, ToolCall
 
@@ -78,7 +79,7 @@ class GenerationSettings(SamplingSettings):
         return types.GenerateContentConfig(**{k: v for k, v in kwargs.items() if v is not None})
 
 
-class BackendConfig(BaseModel):
+class BackendConfig(ConfigModel):
     """Fields every backend config has; each kind subclasses it with ``kind: Literal[...]``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

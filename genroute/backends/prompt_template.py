@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_mode
 from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend
 from genroute.backends.templating import absent, check_template, compile_template, render
 from genroute.errors import UsageError
+from genroute.public_model import ConfigModel
 from genroute.types import GenerateRequest
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
 
 
-class VariableSpec(BaseModel):
+class VariableSpec(ConfigModel):
     """A declared template variable: required unless it has a ``default`` or says ``required: false``."""
 
     model_config = {"frozen": True, "extra": "forbid"}

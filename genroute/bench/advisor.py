@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.bench.report import Summary
 from genroute.bench.runner import Outcome
@@ -35,9 +35,10 @@ from genroute.bounds import is_real
 from genroute.config_errors import check_list
 from genroute.graduation.trained import TunedInfo as TunedInfo  # where it was defined before; bench reads it here
 from genroute.graduation.trained import trained_inputs
+from genroute.public_model import ConfigModel, PublicModel
 
 
-class AdvisorSettings(BaseModel):
+class AdvisorSettings(ConfigModel):
     """What the advisor is told; anything left ``None`` is taken from measurements or reported as unknown."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -54,7 +55,7 @@ class AdvisorSettings(BaseModel):
     horizon_months: int = Field(default=12, ge=1, description="Pay-back horizon for the volume threshold.")
 
 
-class GraduationAdvice(BaseModel):
+class GraduationAdvice(PublicModel):
     """The verdict, the numbers behind it and the sentence the report prints."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from genroute.config_errors import validator_message
+from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import GenrouteError, UsageError, exit_status
 
 if TYPE_CHECKING:
@@ -139,8 +139,8 @@ def _advisor(args: argparse.Namespace) -> AdvisorSettings:
     from genroute.bench.advisor import AdvisorSettings
 
     try:
-        return AdvisorSettings(**{name: getattr(args, option[2:].replace("-", "_"))
-                                  for name, option in _ADVISOR_OPTIONS.items()})
+        return pydantic_validated(AdvisorSettings, {name: getattr(args, option[2:].replace("-", "_"))
+                                                    for name, option in _ADVISOR_OPTIONS.items()})
     except ValidationError as exc:
         error = exc.errors()[0]
         raise UsageError(validator_message(error), field=_ADVISOR_OPTIONS.get(str(error["loc"][0]), "advisor")) from None

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.bench.datasets import BenchRecord, split_by_input
 from genroute.bench.report import markdown_row, summarize
@@ -23,13 +23,14 @@ from genroute.errors import GenrouteError, UsageError
 from genroute.policies.cost_aware_compiled import (cost_aware_policy, default_backend, drop_stale,
                                                    write_cost_aware_config, write_policy)
 from genroute.policies.stats import ANY_TASK, BackendStats, BenchStats
+from genroute.public_model import PublicModel
 from genroute.types import GenerateRequest
 
 if TYPE_CHECKING:
     from genroute.policies.cost_weight import CostWeightRule
 
 
-class HeldOutRow(BaseModel):
+class HeldOutRow(PublicModel):
     """One line of the held-out comparison: a single backend or a compiled policy."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -47,7 +48,7 @@ class HeldOutRow(BaseModel):
                                                                       "comparisons.")
 
 
-class CompileReport(BaseModel):
+class CompileReport(PublicModel):
     """What compiling wrote and how the compiled policies did on the held-out split."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -10,12 +10,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from genroute.bounds import is_real, is_whole
-from genroute.config_errors import validator_message
+from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import existing_file, iter_records, label_text
+from genroute.public_model import PublicModel
 
 _log = logging.getLogger(__name__)
 KNOWN_KEYS = ("input", "output", "label", "metadata", "id", "task")
@@ -24,7 +25,7 @@ KNOWN_KEYS = ("input", "output", "label", "metadata", "id", "task")
 # columns: those are warned about with the rest.
 _SCORED_KEYS = ("input", "output", "label", "metadata", "task")
 
-class BenchRecord(BaseModel):
+class BenchRecord(PublicModel):
     """One labeled record: ``{"input", "output", "label"?, "metadata"?}`` plus a stable id."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -105,9 +106,10 @@ def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, f
         # No gold answer: label_accuracy would score every backend 0 on it (the later refusal named no line).
         raise UsageError(f"{where}: label: empty (leave the key out for a record without a label)", field=field)
     try:
-        return BenchRecord(id=given_id(raw.get("id"), meta.get("id")) or f"line-{lineno}", input=raw["input"],
-                           output=_text(raw.get("output"), where=where, field=field), label=label,
-                           task=raw.get("task") or meta.get("task") or task, metadata=meta)
+        return pydantic_validated(BenchRecord, {
+            "id": given_id(raw.get("id"), meta.get("id")) or f"line-{lineno}", "input": raw["input"],
+            "output": _text(raw.get("output"), where=where, field=field), "label": label,
+            "task": raw.get("task") or meta.get("task") or task, "metadata": meta})
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = ".".join(str(p) for p in error["loc"])

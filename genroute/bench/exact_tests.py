@@ -13,16 +13,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from genroute.bench.score_checks import is_binary, paired_differences
 from genroute.errors import UsageError
+from genroute.public_model import PublicModel
 
 #: Most sign-flip sums held at once by ``sign_flip_p`` (8 MB of signs and sums).
 _FLIP_CELLS = 1_000_000
 
 
-class McNemar(BaseModel):
+class McNemar(PublicModel):
     """McNemar's exact test: records only A got right, only B got right, and the two-sided p-value."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, advise
 from genroute.bench.clusters import input_of
@@ -42,6 +42,7 @@ from genroute.graduation.trained import TunedInfo, tuned_info
 from genroute.jsonl import output_dir
 from genroute.policies.cost_aware_compiled import drop_stale
 from genroute.policies.cost_weight import CostWeightRule, as_rule
+from genroute.public_model import PublicModel
 from genroute.runtime.portal import run_sync
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("genroute.bench")
 
 
-class BenchReport(BaseModel):
+class BenchReport(PublicModel):
     """Everything a benchmark run produced."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)

@@ -19,9 +19,10 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.errors import UsageError
+from genroute.public_model import PublicModel
 
 if TYPE_CHECKING:
     from genroute.bench.datasets import BenchRecord
@@ -37,7 +38,7 @@ _CHECKED = {"data_sha256": "data", "scorer": "scorer", "seed": "seed", "corpus_s
             "scorer_sha256": "scorer"}
 
 
-class RunManifest(BaseModel):
+class RunManifest(PublicModel):
     """How a benchmark run was invoked, and the fingerprint its rows depend on."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

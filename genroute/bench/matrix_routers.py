@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.bench.baselines import best_single, per_task_best
 from genroute.bench.outcomes import OutcomeMatrix
 from genroute.errors import ConfigError, UsageError
 from genroute.policies.cost_weight import WEIGHTS, CostWeightChoice, CostWeightRule, choose, fold_of, out_of_fold
+from genroute.public_model import PublicModel
 from genroute.types import GenerateRequest
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ RULES: tuple[str, ...] = ("best", "one_se", "resolved")
 FLOORS: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
 
 
-class RouterRow(BaseModel):
+class RouterRow(PublicModel):
     """How one router or baseline did on the evaluation records."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

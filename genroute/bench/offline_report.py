@@ -7,18 +7,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.bench import matrix_routers as mr
 from genroute.bench.clusters import sample_size
 from genroute.bench.report import markdown_row
 from genroute.policies.cost_weight import CostWeightChoice
+from genroute.public_model import PublicModel
 
 if TYPE_CHECKING:
     from genroute.bench.outcomes import OutcomeMatrix
 
 
-class CurveSummary(BaseModel):
+class CurveSummary(PublicModel):
     """A router's cost–quality curve on the evaluation records and the field's metrics on it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -34,7 +35,7 @@ class CurveSummary(BaseModel):
     quality_at_per_task_best_cost: float
 
 
-class Comparison(BaseModel):
+class Comparison(PublicModel):
     """A router against a baseline on the same records: paired quality difference and cost."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -60,7 +61,7 @@ class Comparison(BaseModel):
                                                                 "some input repeats).")
 
 
-class OfflineReport(BaseModel):
+class OfflineReport(PublicModel):
     """Everything ``compile_outcomes`` measured."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -31,10 +31,11 @@ from genroute.bench.datasets import BenchRecord, given_id
 from genroute.bench.matrix_cells import MatrixCells
 from genroute.bench.runner import Outcome
 from genroute.bench.scorers import UNSEGMENTED
-from genroute.config_errors import validator_message
+from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
 from genroute.outcomes.records import OutcomeRecord, check_sides
+from genroute.public_model import ConfigModel
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 MATRIX_SCORER = "outcome-matrix"
 
 
-class CandidatePrice(BaseModel):
+class CandidatePrice(ConfigModel):
     """A candidate's list price."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -53,7 +54,7 @@ class CandidatePrice(BaseModel):
     output_usd_per_1m: float = Field(ge=0.0, allow_inf_nan=False)
 
 
-class CandidatePricing(BaseModel):
+class CandidatePricing(ConfigModel):
     """Per-request cost from list prices and a token estimate that is the same for every candidate.
 
     Input tokens: the query's whitespace-separated words (LLMRouter's own estimate for this data); output
@@ -156,7 +157,7 @@ _PRICE_WORD = re.compile(r"usd|price|cost|per_?1m|input|output|param", re.IGNORE
 def _price(input_usd: Any, output_usd: Any, *, field: str) -> CandidatePrice:
     """A candidate's price; ``UsageError`` naming ``field`` and the bad part if it is not two numbers >= 0."""
     try:
-        return CandidatePrice(input_usd_per_1m=input_usd, output_usd_per_1m=output_usd)
+        return pydantic_validated(CandidatePrice, {"input_usd_per_1m": input_usd, "output_usd_per_1m": output_usd})
     except ValidationError as exc:
         error = exc.errors()[0]
         raise UsageError(validator_message(error), field=".".join((field, *(str(p) for p in error["loc"])))) from None
@@ -228,8 +229,8 @@ def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | BaseM
                          field=field)
     for where, raw in items:
         try:
-            record = raw if isinstance(raw, OutcomeRecord) else OutcomeRecord.model_validate(
-                raw.model_dump() if isinstance(raw, BaseModel) else raw)
+            record = raw if isinstance(raw, OutcomeRecord) else pydantic_validated(
+                OutcomeRecord, raw.model_dump() if isinstance(raw, BaseModel) else raw)
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
@@ -284,8 +285,9 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
         if named is not None:
             given_ids.add(rid)
         try:
-            records.append(BenchRecord(id=rid, input=rec.input or "", output=rec.output or "", metadata=rec.metadata,
-                                       task=rec.task))
+            records.append(pydantic_validated(BenchRecord, {
+                "id": rid, "input": rec.input or "", "output": rec.output or "", "metadata": rec.metadata,
+                "task": rec.task}))
         except ValidationError as exc:  # a metadata.label_set that is not a list
             raise UsageError(f"{where}: metadata: {validator_message(exc.errors()[0])}", field=field) from None
     if not records:

@@ -8,18 +8,19 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.bench.runner import Outcome
 from genroute.bench.stats import bootstrap_ci, quality_ci  # noqa: F401 - bootstrap_ci is re-exported here
 from genroute.config_errors import check_list
 from genroute.jsonl import output_dir
+from genroute.public_model import PublicModel
 
 if TYPE_CHECKING:
     from genroute.bench.datasets import BenchRecord
 
 
-class Summary(BaseModel):
+class Summary(PublicModel):
     """What one target measured over a set of records."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

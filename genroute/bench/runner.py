@@ -10,15 +10,16 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from genroute.backends.base import refuse_rerun
 from genroute.bench.record_tools import answering_router
 from genroute.bench.scorers import check_golds
 from genroute.bench.setup_failures import SetupWatch
 from genroute.bounds import is_whole
-from genroute.config_errors import check_list
+from genroute.config_errors import check_list, pydantic_validated_json
 from genroute.errors import GenrouteError, UsageError
+from genroute.public_model import PublicModel
 from genroute.types import GenerateRequest
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ GOLD_KEYS = frozenset({"possible_answer", "answers", "label_vote_counts", "gold"
 SCORING_ERRORS = frozenset({"ScorerError", "JudgeError"})
 
 
-class Outcome(BaseModel):
+class Outcome(PublicModel):
     """How one target did on one record (one line of ``results.jsonl``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -321,7 +322,7 @@ def parse_outcomes(data: bytes, path: Path) -> dict[tuple[str, str], Outcome]:
         if not line.strip():
             continue
         try:
-            outcome = Outcome.model_validate_json(line)
+            outcome = pydantic_validated_json(Outcome, line)
         except ValidationError as exc:
             raise UsageError(f"{path}:{lineno}: not a results row ({exc.errors()[0]['msg']})",
                              field="out") from None

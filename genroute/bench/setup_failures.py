@@ -12,7 +12,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
+
+from genroute.public_model import PublicModel
 
 _log = logging.getLogger("genroute.bench")
 
@@ -71,7 +73,7 @@ class SetupWatch:
                      first[0].error_type, first[0].error, left)
 
 
-class Unscored(BaseModel):
+class Unscored(PublicModel):
     """A target with no scored row: every row it has failed (or its answers could not be scored)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -40,7 +40,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from statistics import NormalDist
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.bench.clusters import cluster_means
 from genroute.bench.exact_tests import McNemar as McNemar
@@ -54,6 +54,7 @@ from genroute.bench.score_checks import check_seed as check_seed
 from genroute.bench.score_checks import finite_scores as finite_scores
 from genroute.bench.score_checks import is_binary as is_binary
 from genroute.bench.score_checks import paired_differences
+from genroute.public_model import PublicModel
 
 #: Shared records below which an all-records comparison (and the graduation advisor's tuned vs ICL) gives no
 #: verdict: the difference is reported as not resolved. The exact tests hold their level at any n, but cannot
@@ -175,7 +176,7 @@ def min_detectable_difference(a: Sequence[float], b: Sequence[float], *, power: 
     return max(z * sd / math.sqrt(n), z * z / (n + z * z))
 
 
-class Difference(BaseModel):
+class Difference(PublicModel):
     """A's mean score minus B's, and a CI of that difference at ``level``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from genroute.public_model import ConfigModel
+
 if TYPE_CHECKING:
     from google.genai import types
     from opentelemetry import trace
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 #: and returns that cost in USD (``RunContext.charge_cache``).
 CacheCharge = Callable[[int | None], float]
 
-class SamplingSettings(BaseModel):
+class SamplingSettings(ConfigModel):
     """The sampling settings of a call, within the bounds genroute accepts (a backend's ``generation`` config and
     the local engine's check of a direct call share them)."""
 

@@ -13,9 +13,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.errors import BackendRejected, BackendUnavailable, GenrouteError
+from genroute.public_model import ConfigModel
 from genroute.runtime.locks import LoopsLock
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ _CACHE_GONE = re.compile(r"cached[\s_]?content", re.IGNORECASE)
 _TRANSIENT_RETRY_S = 30.0
 
 
-class ContextCacheSettings(BaseModel):
+class ContextCacheSettings(ConfigModel):
     """Gemini context caching of a static example prefix (``selector: fixed`` only)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

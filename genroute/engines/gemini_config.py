@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from genroute.bounds import check_headers
 from genroute.engines.retry import RetryConfig
 from genroute.errors import without_secrets
+from genroute.public_model import ConfigModel
 
 
-class VertexConfig(BaseModel):
+class VertexConfig(ConfigModel):
     """Vertex AI location; ``None`` fields fall back to ``GOOGLE_CLOUD_PROJECT``/``GOOGLE_CLOUD_LOCATION``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -25,7 +26,7 @@ class VertexConfig(BaseModel):
 _DEVELOPER_EMBED_BATCH = 100
 
 
-class GeminiEngineConfig(BaseModel):
+class GeminiEngineConfig(ConfigModel):
     """Config of a ``gemini`` engine (Developer API unless ``vertex`` is set)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

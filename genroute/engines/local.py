@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.bounds import PathText
 from genroute.engines.base import Engine
 from genroute.engines.gguf_header import check_context_size, check_lora_adapter
+from genroute.public_model import ConfigModel
 from genroute.runtime.forks import forget_at_fork
 from genroute.engines.local_prompt import MAX_SEED, AutoCalls, Defaults, Prepared, PromptFormat, prepare, tokenize
 from genroute.engines.local_sampling import abort_switch, constrained_tokens, decode_tokens, json_schema_grammar
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from google.genai import types
 
 
-class LocalEngineConfig(BaseModel):
+class LocalEngineConfig(ConfigModel):
     """Config of a ``local`` engine (llama.cpp)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)

@@ -276,12 +276,13 @@ def check_sampling(config: types.GenerateContentConfig) -> None:
     in code, reaches the engine without a ``generation`` config's check."""
     from pydantic import ValidationError
 
-    from genroute.config_errors import config_error
+    from genroute.config_errors import config_error, pydantic_validated
     from genroute.engines.base import SamplingSettings
 
     try:
-        SamplingSettings(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-                         max_output_tokens=config.max_output_tokens, stop_sequences=tuple(config.stop_sequences or ()))
+        pydantic_validated(SamplingSettings, {
+            "temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k,
+            "max_output_tokens": config.max_output_tokens, "stop_sequences": tuple(config.stop_sequences or ())})
     except ValidationError as exc:
         error = config_error(exc, "config")
         raise UsageError(error.message, field=error.field) from None

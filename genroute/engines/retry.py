@@ -10,9 +10,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.errors import BackendUnavailable
+from genroute.public_model import ConfigModel
 
 if TYPE_CHECKING:
     import tenacity
@@ -22,7 +23,7 @@ logger = logging.getLogger("genroute.engines.retry")
 _MIN_ATTEMPT_S = 0.01  # less time than this left: no attempt could succeed
 
 
-class RetryConfig(BaseModel):
+class RetryConfig(ConfigModel):
     """How an engine retries retryable failures (408/429/5xx, timeouts, connection errors)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)

@@ -111,8 +111,10 @@ def _saved_report(model: Any, path: Path) -> Any:
     """The graduation report an earlier run saved at ``path``; ``UsageError`` naming ``--out`` if it is not one."""
     from pydantic import ValidationError
 
+    from genroute.config_errors import pydantic_validated_json
+
     try:
-        return model.model_validate_json(path.read_bytes())
+        return pydantic_validated_json(model, path.read_bytes())
     except (OSError, ValidationError) as exc:
         detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc.strerror or str(exc)
         raise UsageError(f"{path} is not a graduation report ({detail}): move it away, or graduate again",

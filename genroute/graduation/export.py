@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from genroute.bounds import is_real, is_whole
 from genroute.config_errors import check_list
@@ -15,10 +15,11 @@ from genroute.errors import UsageError
 from genroute.jsonl import check_output_dir
 from genroute.outcomes.records import OutcomeRecord
 from genroute.outcomes.store import write_jsonl
+from genroute.public_model import PublicModel
 from genroute.tuning.data import DEFAULT_MAX_CHARS, Example
 
 
-class TuningSet(BaseModel):
+class TuningSet(PublicModel):
     """What the export kept, dropped and wrote."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -24,7 +24,7 @@ import statistics
 from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from genroute.bounds import is_real, is_whole
 from genroute.bench.clusters import text_groups
@@ -34,6 +34,7 @@ from genroute.config_errors import check_list
 from genroute.errors import UsageError
 from genroute.outcomes.records import OutcomeRecord, Side
 from genroute.outcomes.stats import has_cost, has_latency, side_cost, sides_use_cloud_equivalent, uses_cloud_equivalent
+from genroute.public_model import PublicModel
 
 
 def check_rule(margin: float, min_n: int, *, fields: tuple[str, str] = ("margin", "min_n")) -> None:
@@ -51,7 +52,7 @@ def check_amount(value: Any, *, field: str) -> None:
         raise UsageError(f"must be a finite number >= 0 (got {value!r})", field=field)
 
 
-class Promotion(BaseModel):
+class Promotion(PublicModel):
     """The decision, its statistics and the reasons."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

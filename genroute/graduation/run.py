@@ -21,14 +21,15 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from genroute.config_errors import validator_message
+from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import check_output_dir
 from genroute.graduation.export import TuningSet, export_tuning_set
 from genroute.graduation.promote import Promotion, check_amount, check_rule, decide_promotion
 from genroute.graduation.trained import tuned_inputs
+from genroute.public_model import PublicModel
 
 if TYPE_CHECKING:
     from genroute.outcomes.records import OutcomeRecord
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from genroute.tuning.vertex import VertexTuningSettings
 
 
-class GraduationReport(BaseModel):
+class GraduationReport(PublicModel):
     """What each step did, one line each."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -251,7 +252,7 @@ def _options(model: Any, options: Any, field: str, fixed: dict[str, Any]) -> Any
     if options is not None and not isinstance(options, Mapping):
         raise UsageError(f"must be a mapping, not {type(options).__name__}", field=field)
     try:
-        return model.model_validate({**(options or {}), **fixed})
+        return pydantic_validated(model, {**(options or {}), **fixed})
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])

@@ -8,14 +8,16 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from genroute.public_model import PublicModel
 
 if TYPE_CHECKING:
     from genroute.graduation.export import TuningSet
     from genroute.router.router import Router
 
 
-class TunedInfo(BaseModel):
+class TunedInfo(PublicModel):
     """What the router knows about the tuned backend: where it runs and what it was tuned from."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

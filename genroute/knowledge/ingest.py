@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from genroute.errors import UsageError
 from genroute.knowledge.chunking import Chunk, check_window, iter_chunks, stored_chunk_id, token_counter
@@ -48,6 +48,7 @@ from genroute.knowledge.file_digests import (Settled, file_digest, mark_settled,
                                              unsettle)
 from genroute.knowledge.records import (GENERATION, FileState, check_target, file_state, paid_writes,
                                         settle_sources, upsert_missing, withdraw_deleted)
+from genroute.public_model import PublicModel
 
 if TYPE_CHECKING:
     from genroute.knowledge.store import KnowledgeStore
@@ -66,7 +67,7 @@ _HEADING = re.compile(r"(#{1,6})[ \t]+(.+?)[ \t#]*")
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 
 
-class IngestReport(BaseModel):
+class IngestReport(PublicModel):
     """What an ingest run did."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

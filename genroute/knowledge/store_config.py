@@ -8,11 +8,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genroute.bounds import PathText, check_headers
-from genroute.config_errors import config_error
+from genroute.config_errors import config_error, pydantic_validated
 from genroute.errors import ConfigError
+from genroute.public_model import ConfigModel
 
 if TYPE_CHECKING:
     from genroute.engines.base import Engine
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from genroute.runtime.pricing import Pricing
 
 
-class _Frozen(BaseModel):
+class _Frozen(ConfigModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
@@ -145,7 +146,7 @@ def parse_store_config(raw: Mapping[str, Any] | None, *, field: str = "knowledge
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigError(f"expected a mapping (path, or host and port), got {type(raw).__name__}", field=field)
     try:
-        return StoreConfig.model_validate(dict(raw or {}))
+        return pydantic_validated(StoreConfig, dict(raw or {}))
     except ValidationError as exc:
         raise config_error(exc, field, unions=("embedder",)) from None
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from genroute.config_errors import validator_message
+from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import UsageError
+from genroute.public_model import PublicModel
 from genroute.types import GenerateResult
 
 
-class Feedback(BaseModel):
+class Feedback(PublicModel):
     """How a served answer turned out."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -48,7 +49,7 @@ class Feedback(BaseModel):
     def parse(cls, result: Any, **fields: Any) -> Feedback:
         """Validated feedback; ``UsageError`` naming the first bad field."""
         try:
-            return cls(result=result, **fields)
+            return pydantic_validated(cls, {"result": result, **fields})
         except ValidationError as exc:
             error = exc.errors()[0]
             field = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-")) or "score"

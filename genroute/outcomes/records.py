@@ -19,12 +19,13 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from genroute.errors import UsageError
+from genroute.public_model import PublicModel
 
 
-class Side(BaseModel):
+class Side(PublicModel):
     """How one backend did on the record's request."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
@@ -40,7 +41,7 @@ class Side(BaseModel):
     agreement: float | None = None
 
 
-class OutcomeRecord(BaseModel):
+class OutcomeRecord(PublicModel):
     """One record of the outcome store (and one line of an outcome matrix; top-level ``id`` and ``task`` are read
     into metadata, other top-level keys are ignored)."""
 

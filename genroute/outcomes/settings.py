@@ -6,10 +6,11 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.bounds import NOT_BOOL, PathText
 from genroute.errors import ConfigError, UsageError, without_secrets
+from genroute.public_model import ConfigModel
 
 #: Scrub hook: gets ``{"input": str, "output": str, "task": str | None}``, returns it cleaned, or ``None`` to drop it.
 ScrubHook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -20,7 +21,7 @@ ScrubHook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 MIN_REFRESH_S = 0.1
 
 
-class OutcomeSettings(BaseModel):
+class OutcomeSettings(ConfigModel):
     """Outcome recording, shadow scoring, opt-in capture of labeled examples, and policy refresh."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from genroute.config_errors import check_list
+from genroute.config_errors import check_list, pydantic_validated
 from genroute.errors import ConfigError, UsageError
 from genroute.outcomes.records import OutcomeRecord, check_sides
 
@@ -212,7 +212,7 @@ def read_outcome_file(path: str | Path, *, field: str = "outcomes") -> list[Outc
     records, seen = [], set()
     for lineno, raw in iter_records(path, field=field, what="outcome file"):  # .jsonl or .jsonl.gz
         try:
-            record = OutcomeRecord.model_validate(raw)
+            record = pydantic_validated(OutcomeRecord, raw)
         except ValidationError as exc:
             error = exc.errors()[0]
             at = ".".join(str(part) for part in error["loc"])  # which key: "(Input should be a valid string)" alone

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
+from genroute.public_model import ConfigModel
 from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from genroute.state import StateStore
 
 
-class PolicyConfig(BaseModel):
+class PolicyConfig(ConfigModel):
     """Fields every policy config has; each kind subclasses it with ``kind: Literal[...]``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

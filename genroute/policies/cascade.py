@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
+from genroute.public_model import ConfigModel
 from genroute.types import Decision, GenerateRequest, Rung
 
 
-class CascadeRung(BaseModel):
+class CascadeRung(ConfigModel):
     """One configured rung: the backend, the validators its answer must pass, and escalation on 4xx."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

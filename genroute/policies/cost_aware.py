@@ -7,17 +7,18 @@ import math
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.bounds import PathText
 from genroute.errors import ConfigError
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
 from genroute.policies.static import check_backends
 from genroute.policies.stats import BackendStats, BenchStats
+from genroute.public_model import ConfigModel
 from genroute.types import Decision, GenerateRequest, Rung
 
 
-class Targets(BaseModel):
+class Targets(ConfigModel):
     """A quality floor and a latency SLO."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

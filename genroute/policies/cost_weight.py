@@ -29,10 +29,12 @@ from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
+from genroute.config_errors import config_error, pydantic_validated
 from genroute.errors import ConfigError
 from genroute.groups import group_index, input_means
+from genroute.public_model import ConfigModel, PublicModel
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -43,7 +45,7 @@ WEIGHTS: tuple[float, ...] = (0.0, *[float(w) for w in np.geomspace(0.002, 5.0, 
 Rule = Literal["resolved", "one_se", "best"]
 
 
-class CostWeightRule(BaseModel):
+class CostWeightRule(ConfigModel):
     """How compiling chooses the learned policy's cost weight from out-of-fold quality and cost."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -63,7 +65,7 @@ class CostWeightRule(BaseModel):
         return 1.0 if self.rule == "one_se" else NormalDist().inv_cdf((1 + self.confidence) / 2)
 
 
-class CostWeightChoice(BaseModel):
+class CostWeightChoice(PublicModel):
     """The weight a rule chose and what cross-validation measured for it and for the best weight."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -104,10 +106,8 @@ def as_rule(value: CostWeightRule | str | Mapping[str, Any] | None, *, field: st
     if value is None or isinstance(value, CostWeightRule):
         return value
     try:
-        return CostWeightRule.model_validate({"rule": value} if isinstance(value, str) else value)
+        return pydantic_validated(CostWeightRule, {"rule": value} if isinstance(value, str) else value)
     except ValidationError as exc:
-        from genroute.config_errors import config_error
-
         raise config_error(exc, field) from None
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.bounds import PathText
 from genroute.errors import ConfigError
@@ -23,6 +23,7 @@ from genroute.policies.cost_weight import CostWeightChoice, CostWeightRule, as_r
 from genroute.policies.remembered import RememberedEmbeddings, deciding_cost
 from genroute.policies.router_models import RouterModel, features, fit
 from genroute.policies.static import check_backends
+from genroute.public_model import PublicModel
 from genroute.types import Decision, GenerateRequest, Rung
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from genroute.runtime.resources import Resources
 
 
-class Outcome(BaseModel):
+class Outcome(PublicModel):
     """One benchmark record answered by one backend (the bench writes one per record and backend)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -46,7 +47,7 @@ class Outcome(BaseModel):
     task: str | None = None
 
 
-class TrainReport(BaseModel):
+class TrainReport(PublicModel):
     """What training produced and how the router does on records it never saw."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -6,10 +6,11 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
+from genroute.public_model import ConfigModel
 from genroute.types import Decision, GenerateRequest, Rung
 
 _MISSING = object()
@@ -25,7 +26,7 @@ def needs_knowledge(request: GenerateRequest) -> bool:
     return bool(request.metadata.get("needs_knowledge") or request.metadata.get("fresh"))
 
 
-class When(BaseModel):
+class When(ConfigModel):
     """Conditions of one rule; all that are set must hold (an empty ``when`` always matches)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -59,7 +60,7 @@ class When(BaseModel):
         return value
 
 
-class Rule(BaseModel):
+class Rule(ConfigModel):
     """If ``when`` holds, answer with ``backend`` (then ``fallbacks`` in order)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -7,11 +7,12 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from genroute.admission import Attempt, ClaimT, Gate, Outcome
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
 from genroute.policies.static import check_backends
+from genroute.public_model import ConfigModel
 from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from genroute.state.ops import Settlement
 
 
-class Arm(BaseModel):
+class Arm(ConfigModel):
     """One arm: a backend or a nested policy, with a relative weight (weights need not sum to 100)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

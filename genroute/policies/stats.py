@@ -15,15 +15,17 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from genroute.config_errors import pydantic_validated_json
 from genroute.errors import ConfigError
+from genroute.public_model import PublicModel
 
 #: The key under ``tasks`` for requests without a task.
 ANY_TASK = "*"
 
 
-class BackendStats(BaseModel):
+class BackendStats(PublicModel):
     """What the benchmark measured for one backend on one task."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -72,7 +74,7 @@ class BackendStats(BaseModel):
         return self.cost_per_request_usd * margin
 
 
-class BenchStats(BaseModel):
+class BenchStats(PublicModel):
     """Benchmark statistics keyed by task, then backend."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -123,7 +125,7 @@ class BenchStats(BaseModel):
         """Read a stats file; ``ConfigError`` naming ``field`` if it is missing or malformed."""
         path = Path(path)
         try:
-            return cls.model_validate_json(path.read_bytes())
+            return pydantic_validated_json(cls, path.read_bytes())
         except FileNotFoundError:
             raise ConfigError(f"stats file {str(path)!r} does not exist", field=field) from None
         except OSError as exc:  # a directory, no permission

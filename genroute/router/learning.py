@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.bounds import is_real
-from genroute.config_errors import validator_message
+from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import GenrouteError, UsageError
 from genroute.router.inflight import call_on
 from genroute.runtime.portal import Portal, run_sync
@@ -335,7 +335,7 @@ class Learning:
         from genroute.policies.challenger import ChallengerConfig
 
         try:
-            return ChallengerConfig(policy=self.policy.config.model_dump(), **fields)
+            return pydantic_validated(ChallengerConfig, {"policy": self.policy.config.model_dump(), **fields})
         except ValidationError as exc:
             error = exc.errors()[0]
             field = str(error["loc"][0]) if error["loc"] else "task"

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from genroute.errors import (
     AllRungsFailed, BackendError, BackendUnavailable, GenrouteError, StreamInterrupted, ToolLoopExceeded, UsageError,
 )
-from genroute.config_errors import validator_message
+from genroute.config_errors import pydantic_validated, validator_message
 from genroute.construct import builder
 from genroute.router.ledger import Ledger
 from genroute.runtime.billing import Charges, charging
@@ -44,7 +44,8 @@ def parse_request(input: str | GenerateRequest | None, fields: Mapping[str, Any]
         if input is not None and "input" in fields:
             raise UsageError("input given both positionally and as a keyword", field="input")
         try:
-            request = GenerateRequest(**({"input": input} if input is not None else {}), **fields)
+            given = {"input": input, **fields} if input is not None else {**fields}
+            request = pydantic_validated(GenerateRequest, given)
         except ValidationError as exc:
             error = exc.errors()[0]
             # A bad mapping key is reported at a location part "[key]": the field is the mapping entry itself.

@@ -7,17 +7,18 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from genroute.config_errors import config_error
+from genroute.config_errors import config_error, pydantic_validated
 from genroute.errors import ConfigError
+from genroute.public_model import ConfigModel
 from genroute.types import Usage
 
 if TYPE_CHECKING:
     from genroute.engines.base import Engine
 
 
-class PriceTier(BaseModel):
+class PriceTier(ConfigModel):
     """Prices that apply once a prompt exceeds ``above_input_tokens``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -28,7 +29,7 @@ class PriceTier(BaseModel):
     cached_input: float | None = Field(default=None, ge=0)
 
 
-class ModelPrice(BaseModel):
+class ModelPrice(ConfigModel):
     """USD per 1M tokens: input, output (thinking tokens bill as output), cached input (explicit caches and
     Gemini's implicit cache hits alike), context-cache storage per hour, and audio input where the model prices it
     apart from text (images, video and documents bill as text on every model priced here)."""
@@ -176,7 +177,7 @@ def _price(name: str, price: Any) -> ModelPrice:
         raise ConfigError(f"must be a ModelPrice or a mapping of prices, not {type(price).__name__}",
                           field=f"pricing.{name}")
     try:
-        return ModelPrice.model_validate(price)
+        return pydantic_validated(ModelPrice, price)
     except ValidationError as exc:
         raise config_error(exc, f"pricing.{name}") from None
 

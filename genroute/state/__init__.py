@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 from genroute.bounds import NOT_BOOL
 from genroute.config_errors import config_error
 from genroute.errors import ConfigError, without_credentials
+from genroute.public_model import ConfigModel
 from genroute.state.ops import Admitted, Claim, Close, Fail, Held, Hold, Open, Probe, Settle, Settlement
 
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ class StateStore(ABC):
         """Release connections (nothing for the memory store)."""
 
 
-class _Frozen(BaseModel):
+class _Frozen(ConfigModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 

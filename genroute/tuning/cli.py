@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from genroute.config_errors import validator_message
+from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import UsageError
 
 
@@ -177,7 +177,7 @@ def settings_from_flags(cls: type, fields: dict[str, object]) -> Any:
     from pydantic import ValidationError
 
     try:
-        return cls(**fields)
+        return pydantic_validated(cls, fields)
     except ValidationError as exc:
         error = exc.errors()[0]
         key = str(error["loc"][0]) if error["loc"] else None

@@ -18,10 +18,11 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.errors import UsageError
 from genroute.jsonl import label_text
+from genroute.public_model import PublicModel
 
 DEFAULT_MAX_CHARS = 20_000
 DEFAULT_MIN_EXAMPLES = 1
@@ -31,7 +32,7 @@ _METADATA_KEYS = ("id", "task")
 T = TypeVar("T")
 
 
-class Example(BaseModel):
+class Example(PublicModel):
     """One labeled example: the input a model sees and the output it should give."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

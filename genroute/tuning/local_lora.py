@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from genroute.errors import UsageError
+from genroute.public_model import ConfigModel, PublicModel
 from genroute.tuning.data import DEFAULT_MAX_CHARS, Example, load_examples, split
 
 #: The turn markup the tuned backend's single user turn is rendered with (Gemma chat format).
@@ -51,7 +52,7 @@ def format_target(output: str) -> str:
     return f"{output}{END_OF_TURN}"
 
 
-class LocalTuneConfig(BaseModel):
+class LocalTuneConfig(ConfigModel):
     """Hyper-parameters of a local LoRA run; the defaults suit a few hundred short classification rows."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -88,7 +89,7 @@ class LocalTuneConfig(BaseModel):
         return names
 
 
-class LocalTuneResult(BaseModel):
+class LocalTuneResult(PublicModel):
     """What a local run produced: the adapter, its checksum, losses and timings."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

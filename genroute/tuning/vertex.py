@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from genroute.errors import BackendError, BackendRejected, BackendUnavailable, ConfigError, UsageError
+from genroute.public_model import ConfigModel
 from genroute.tuning.config_file import (NAME_PATTERN, check_target, register_tuned_backend,
                                          require_same_base)
 from genroute.tuning.data import DEFAULT_MAX_CHARS, Example, load_examples, split
@@ -42,7 +43,7 @@ AdapterSize = Literal["ADAPTER_SIZE_ONE", "ADAPTER_SIZE_TWO", "ADAPTER_SIZE_FOUR
                       "ADAPTER_SIZE_SIXTEEN", "ADAPTER_SIZE_THIRTY_TWO"]
 
 
-class VertexTuningSettings(BaseModel):
+class VertexTuningSettings(ConfigModel):
     """What to tune and how: base model, backend name, data checks, split and hyperparameters."""
 
     # Finite floats only: an infinite learning_rate_multiplier would be sent to Vertex as it is.
