@@ -3,20 +3,29 @@
 
 The tables were checked by running both official programs on the same inputs (SQuAD: 10,620 pairs built from
 the shared XQuAD answers and edge-case strings, all agreeing; BFCL: 56,400 probes mutated from every
-non-irrelevance record of the shared ``bfcl_v4.jsonl`` with both name settings, all agreeing).
+non-irrelevance record of the shared ``bfcl_v4.jsonl`` with both name settings, all agreeing). One difference
+is deliberate: beyond ASCII, genroute puts answer and gold in one Unicode form and case first (SQuAD's script
+compares code points after ``lower()``).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import string
+import sys
+import unicodedata
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from genroute.bench.calls import calls_match, standardize
-from genroute.bench.datasets import BenchRecord
-from genroute.bench.scorers import f1, frame_exact, frame_f1, normalize, resolve_scorer
+from genroute.bench.datasets import BenchRecord, load_records
+from genroute.bench.scorers import f1, frame_exact, frame_f1, gold_answers, normalize, resolve_scorer
 from genroute.types import DecisionRecord, GenerateResult, ToolCall
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def res(text: str, tool_calls: tuple[ToolCall, ...] = ()) -> GenerateResult:
@@ -61,6 +70,45 @@ def test_token_f1_and_exact_match_follow_squad_v1_1(prediction: str, golds: list
 
 def test_normalize_is_squads() -> None:
     assert normalize("  The  U.S._Army, an Army!\t") == "usarmy army"
+
+
+def _xquad_records() -> list[BenchRecord]:
+    """XQuAD English through the project's own data option (``benchmarks/shared_data.py``: ``--shared-data``,
+    ``$GENROUTE_SHARED_DATA``, else ``../shared/data``), or the committed sample of it when a checkout has none."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import shared_data
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    full = shared_data.default_dir() / "xquad_en.jsonl"
+    return load_records(full if full.is_file() else REPO / "tests" / "data" / "shared_sample" / "xquad_en.jsonl")
+
+
+def test_an_answer_in_another_unicode_form_than_its_gold_scores_as_the_same_text() -> None:
+    """Before, SQuAD's normalisation compared code points: an answer in NFD against an NFC gold ("Ogród Saski"
+    with "o" and a combining acute) scored 0 on both scorers, and so did full-width forms and "STRASSE"/"Straße"."""
+    token_f1, exact = resolve_scorer("token_f1").fn, resolve_scorer("normalized_exact").fn
+    assert token_f1 is not None and exact is not None
+    records = [r for r in _xquad_records() if not all(g.isascii() for g in gold_answers(r))]
+    assert records  # XQuAD English has accented answers ("Ogród Saski", "Wojciech Bogusławski Theatre")
+    for record in records:
+        for gold in gold_answers(record):
+            for form in ("NFD", "NFKD"):
+                answer = res(unicodedata.normalize(form, gold).upper())
+                assert token_f1(record, answer) == 1.0 and exact(record, answer) == 1.0, (record.id, form)
+    pairs = [("Ogro\u0301d Saski", "Ogród Saski"), ("ＳＡＸＯＮ　Ｇａｒｄｅｎ！", "Saxon Garden"),
+             ("STRASSE", "Straße"), ("ΟΔΟΣ", "οδοσ"), ("１９８２年", "1982年"), ("ﬁnal", "final"),
+             ("\u0915\u093c\u0932\u092e", "\u0958\u0932\u092e")]  # Devanagari qa: nukta apart or in one letter
+    for answer, gold in pairs:
+        assert f1(answer, gold) == 1.0 and normalize(answer) == normalize(gold), (answer, gold)
+    assert f1("resume", "résumé") == 0.0  # accents are letters: folding keeps them
+
+
+def test_ascii_text_is_normalised_exactly_as_squads_script_does() -> None:
+    """The Unicode folding stops at ASCII: SQuAD's own steps on every printable ASCII character and some words."""
+    text = "".join(map(chr, range(32, 127))) + " The An a THE_end Levi's"
+    squad = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    assert normalize(text) == " ".join(re.sub(r"\b(a|an|the)\b", " ", squad).split())
 
 
 # -- BFCL AST checker ----------------------------------------------------------------------------------

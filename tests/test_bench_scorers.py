@@ -67,6 +67,8 @@ TEXT_CASES = [
     ("label_accuracy", rec("\U0001f44d", "\U0001f44d"), "\U0001f44e", 0.0),
     ("label_accuracy", rec("\U0001f44d", "\U0001f44d"), "I say \U0001f44d", 1.0),
     ("label_accuracy", rec("The Beatles", "The Beatles"), "Beatles", 1.0),
+    ("label_accuracy", rec("positive", "positive"), "ＰＯＳＩＴＩＶＥ。", 1.0),   # full-width: one Unicode form
+    ("label_accuracy", rec("Straße", "Straße", label_set=["Straße", "Weg"]), "STRASSE", 1.0),
     ("label_accuracy", rec("?", "?", label_set=["?", "!"]), "?", 1.0),
     ("label_accuracy", rec("?", "?", label_set=["?", "!"]), "!", 0.0),
     # Scripts without spaces between words: the label stands among other letters, and is named there.

@@ -1,9 +1,10 @@
 """Scorers: how well one answer matches one record, as a number in [0, 1].
 
 Built in: ``exact``, ``normalized_exact`` and ``token_f1`` (SQuAD v1.1's official normalisation and F1, max
-over all gold answers in ``metadata.answers``), ``label_accuracy``, ``json_schema``, ``function_call`` (BFCL's
-AST checker semantics, see ``genroute.bench.calls``), ``frame_f1`` / ``frame_exact`` (JSON frames
-``{"intents": [...], "slots": {...}}`` as in NLU++), ``regex`` / ``regex:PATTERN``, a custom
+over all gold answers in ``metadata.answers``; text beyond ASCII in one Unicode form and case first: ``fold``),
+``label_accuracy``, ``json_schema``, ``function_call`` (BFCL's AST checker semantics, see ``genroute.bench.calls``),
+``frame_f1`` / ``frame_exact`` (JSON frames ``{"intents": [...], "slots": {...}}`` as in NLU++), ``regex`` /
+``regex:PATTERN``, a custom
 ``module:function`` (called with ``(record, result)``), and ``judge:BACKEND`` (a configured backend grades the
 answer; its cost is counted apart from the benchmarked backend's). ``auto`` picks one from the records.
 """
@@ -34,10 +35,20 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
 
 
+def fold(text: str) -> str:
+    """``text`` in one Unicode form and case, as the scorers compare it: ASCII lower-cased (SQuAD's, exactly),
+    anything else in NFKC and case-folded."""
+    if text.isascii():
+        return text.lower()
+    # NFKC: an answer in NFD ("o" + combining acute) or in full-width forms ("２０１２") is the reference's text;
+    # casefold, not lower: "STRASSE" is "Straße", "ΟΔΟΣ" is "οδοσ". NFKC again, as casefold can undo it.
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
 def normalize(text: str) -> str:
     """SQuAD v1.1's official normalisation: lower case, punctuation deleted (``_`` too), then articles, then
-    runs of whitespace."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    runs of whitespace; beyond ASCII, lower case is ``fold``'s."""
+    text = "".join(ch for ch in fold(text) if ch not in _PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
@@ -48,9 +59,9 @@ _ARTICLE_WORDS = frozenset({"a", "an", "the"})
 
 
 def _label_key(text: str) -> str:
-    """How a mention of a label is compared: in one Unicode composition (a label file written with "e" and a
-    combining accent, the model answering "é"), case-folded, sentence punctuation as spaces, runs of whitespace."""
-    return " ".join(unicodedata.normalize("NFC", text).casefold().translate(_LABEL_PUNCTUATION).split())
+    """How a mention of a label is compared: in one Unicode form and case (``fold``: a label file written with "e"
+    and a combining accent, the model answering "é"), sentence punctuation as spaces, runs of whitespace."""
+    return " ".join(fold(text).translate(_LABEL_PUNCTUATION).split())
 
 
 def _same_label(answer: str, label: str) -> bool:
