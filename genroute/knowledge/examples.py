@@ -52,6 +52,10 @@ class ExampleRecord:
 def input_key(text: str) -> str:
     """The leakage key of an input: hash of its case-folded, whitespace-collapsed text in NFC."""
     # NFC: "café" typed with a combining accent is the same text (and MiniLM embeds both alike, as the nearest).
+    # Not folded, on purpose: punctuation ("3.5" / "35", "No." / "No", "Let's eat, grandma" / "Let's eat grandma"
+    # ask other things) and compatibility forms (NFKC: "x²" is "x2", "…" is "..."). The key is also stored (example
+    # metadata, tune_result.json, compiled policies): a wider fold would re-key those, and an old store would then
+    # show a request its own example (an unchanged file is not written again).
     folded = unicodedata.normalize("NFC", " ".join(text.casefold().split()))
     return hashlib.sha256(folded.encode("utf-8")).hexdigest()[:32]
 
