@@ -384,3 +384,22 @@ def test_aclose_stops_the_refresher_at_once(gemini_server, tmp_path):
         return refresher is not None and refresher.done()
 
     assert asyncio.run(main())
+
+
+def test_a_stats_file_spells_no_input_keys_one_way_and_reads_both_old_spellings(tmp_path):
+    """`genroute compile --outcomes` wrote `"input_keys": null` for outcomes without input text and the bench's
+    compile `[]`: one file format, two spellings of "none". Both writers go through `BenchStats.with_input_keys`,
+    which records none as null, and a file that holds `[]` reads as one that holds null or nothing."""
+    from genroute.outcomes.cli import compile_main
+
+    fill(tmp_path, 30, {"chat": (1.0, 0.0001), "pro": (lambda i: float(i % 2), 0.001)})   # no input captured
+    assert compile_main(["--outcomes", str(tmp_path / "outcomes.db"), "--out", str(tmp_path / "out"),
+                         "--no-learned"]) == 0
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["input_keys"] is None
+    assert BenchStats().with_input_keys([]).input_keys is None
+    assert BenchStats().with_input_keys(["b", "a", "b"]).input_keys == ("a", "b")
+    for old in ([], None):
+        path = tmp_path / f"old-{old}.json"
+        path.write_text(json.dumps({"version": 1, "tasks": {}, "input_keys": old}))
+        assert BenchStats.load(path).input_keys is None
+    assert BenchStats.model_validate({"version": 1}).input_keys is None

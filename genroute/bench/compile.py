@@ -240,7 +240,7 @@ def compile_policy(
     # The records it came from, as keys: a later `genroute bench --policy` on them says its policy was compiled there.
     from genroute.knowledge.examples import input_keys
 
-    full = full.model_copy(update={"input_keys": input_keys(r.input for r in records if r.id in table)})
+    full = full.with_input_keys(input_keys(r.input for r in records if r.id in table))
     stats_path = full.save(out / "stats.json")
     train_stats = stats_from(train_rows, source=source, seed=seed, use_cloud_equivalent=cloud)
 

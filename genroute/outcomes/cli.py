@@ -68,7 +68,7 @@ def _compile(args: argparse.Namespace) -> int:
     from genroute.knowledge.examples import input_keys
 
     # The inputs it was compiled from, as keys: a `genroute bench --policy` on them says its policy was compiled there.
-    stats = stats.model_copy(update={"input_keys": input_keys(r.input for r in records if r.input) or None})
+    stats = stats.with_input_keys(input_keys(r.input for r in records if r.input))
     path = stats.save(out / "stats.json")
     entries = sum(len(by) for by in stats.tasks.values())
     print(f"{len(records)} records -> {path} ({entries} task/backend entries)")

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genroute.config_errors import pydantic_validated_json
 from genroute.errors import ConfigError
@@ -86,7 +87,17 @@ class BenchStats(PublicModel):
     input_keys: tuple[str, ...] | None = Field(
         default=None, description="The input key (``knowledge.examples.input_key``: a hash, no text) of each "
                                   "benchmark record the figures came from, so a benchmark of a policy built on them "
-                                  "can say which of its records the policy was compiled from.")
+                                  "can say which of its records the policy was compiled from; ``None`` when "
+                                  "none is recorded (an earlier file may hold ``[]``: read as ``None``).")
+
+    @field_validator("input_keys")
+    @classmethod
+    def _none_when_empty(cls, keys: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return keys or None
+
+    def with_input_keys(self, keys: Iterable[str]) -> BenchStats:
+        """A copy listing ``keys`` (sorted, distinct) as the inputs the figures came from; none is ``None``."""
+        return self.model_copy(update={"input_keys": tuple(sorted(set(keys))) or None})
 
     def get(self, task: str | None, backend: str) -> BackendStats | None:
         """Stats of ``backend`` on ``task`` (``None`` task reads the ``*`` entry); ``None`` if unmeasured."""
