@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from genroute.errors import ConfigError, GenrouteError, UsageError, exit_status
+from genroute.errors import ConfigError, GenrouteError, UsageError, command_error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,7 +108,10 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in {"bench", "tune", "compile", "graduate"}:
         return _delegate(argv[0], argv[1:])
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse words them as the top parser's ("genroute: error: ..."): the command's, as any other
+        {"demo": demo, "generate": gen, "ingest": ingest}[args.command].error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "demo":
             from genroute.demo import run_demo
@@ -123,17 +126,7 @@ def _main(argv: Sequence[str] | None) -> int:
             from genroute.config_location import locate
 
             locate(exc, args.config)
-        print(error_line(exc), file=sys.stderr)
-        return exit_status(exc)
-
-
-def error_line(exc: GenrouteError) -> str:
-    """The one line a command prints for ``exc``, with what the failed work cost when it cost anything (the attempts
-    of a request that failed, the embeddings of an ingest stopped part way): there is no result to read it from."""
-    line = f"genroute: {type(exc).__name__}: {exc}"
-    if exc.cost_usd:
-        line += f" (cost ${exc.cost_usd:.6f}{', estimated' if exc.cost_estimated else ''})"
-    return line
+        return command_error(exc, f"genroute {args.command}")
 
 
 def _delegate(command: str, rest: list[str]) -> int:
@@ -154,8 +147,7 @@ def _delegate(command: str, rest: list[str]) -> int:
 
         return tune_main(rest)
     except GenrouteError as exc:
-        print(error_line(exc), file=sys.stderr)
-        return exit_status(exc)
+        return command_error(exc, f"genroute {command}")
 
 
 def _generate(args: argparse.Namespace) -> int:

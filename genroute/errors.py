@@ -33,6 +33,7 @@ in exactly one place too: ``genroute.public_model``. It is not also a ``ValueErr
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -266,3 +267,20 @@ def exit_status(error: GenrouteError) -> int:
     """What a ``genroute`` command returns for ``error``: 2 for the caller's mistake (a usage or config error:
     nothing was sent), 1 for a failure at run time (a backend, a deadline, a budget, the state store)."""
     return 2 if isinstance(error, UsageError) else 1
+
+
+def error_line(error: GenrouteError, command: str) -> str:
+    """The one line the ``genroute`` command ``command`` (``"genroute bench"``) prints for ``error``, worded as
+    argparse words a bad option: ``genroute bench: error: <field>: <message>`` for the caller's mistake,
+    ``genroute bench: error: <ErrorType>: <message>`` for a failure at run time, then what the failed work cost when it
+    cost anything (there is no result to read it from); anything shaped like a credential is masked."""
+    text = str(error) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
+    if error.cost_usd:
+        text += f" (cost ${error.cost_usd:.6f}{', estimated' if error.cost_estimated else ''})"
+    return f"{command}: error: {without_secrets(text)}"
+
+
+def command_error(error: GenrouteError, command: str) -> int:
+    """Print ``error_line`` on stderr; return ``exit_status``: what every ``genroute`` command does with an error."""
+    print(error_line(error, command), file=sys.stderr)
+    return exit_status(error)

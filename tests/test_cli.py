@@ -121,7 +121,7 @@ def test_a_failed_generate_says_what_its_billed_attempts_cost(tmp_path, gemini_s
     gemini_server.fault(Fault.delay(2))
     assert main(["generate", "x" * 400, "--config", str(path)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("genroute: BackendUnavailable: ")
+    assert err.startswith("genroute generate: error: BackendUnavailable: ")
     assert err.rstrip().endswith(f" (cost ${100 * 0.30 / 1e6:.6f}, estimated)")  # 400 characters: 100 tokens
 
 
@@ -162,7 +162,7 @@ def test_ingest_prints_its_report_alone_on_stdout_and_refuses_a_bad_name_before_
     store = tmp_path / "chroma"
     path = _write_config(tmp_path, gemini_server, knowledge={"path": str(store)})
     assert main(["ingest", str(doc), "--collection", "c", "--config", str(path)]) == 2
-    assert "UsageError: --collection: " in capsys.readouterr().err  # the option, not ingest_paths' argument
+    assert "genroute ingest: error: --collection: " in capsys.readouterr().err  # the option, not ingest_paths' argument
     assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(path), "--chunk-tokens", "0"]) == 2
     assert "--chunk-tokens: must be at least 8" in capsys.readouterr().err
     examples = tmp_path / "shots.jsonl"
@@ -171,7 +171,7 @@ def test_ingest_prints_its_report_alone_on_stdout_and_refuses_a_bad_name_before_
         # Examples are stored whole: the option was ignored without a word.
         assert main(["ingest", str(examples), "--kind", "examples", "--collection", "shots", "--config", str(path),
                      option, value]) == 2
-        assert f"UsageError: {option}: is for documents" in capsys.readouterr().err
+        assert f"genroute ingest: error: {option}: is for documents" in capsys.readouterr().err
     (tmp_path / "bare").mkdir()
     bare = _write_config(tmp_path / "bare", gemini_server)  # no knowledge section at all
     assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(bare)]) == 2
@@ -287,12 +287,12 @@ def test_demo_refuses_an_unusable_cache_dir_in_one_line(tmp_path, capsys, monkey
     for bad in (a_file, a_file / "sub", Path("/sys/genroute-demo")):  # sysfs refuses new directories, even root's
         assert main(["demo", "--no-tune", "--cache-dir", str(bad)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"genroute: ConfigError: --cache-dir: cannot use {bad} as a cache directory: ")
+        assert err.startswith(f"genroute demo: error: --cache-dir: cannot use {bad} as a cache directory: ")
         assert err.count("\n") == 1
     assert a_file.read_text() == "keep me"
     monkeypatch.setenv("GENROUTE_CACHE_DIR", "/sys/genroute-cache")
     assert main(["demo", "--no-tune"]) == 2
-    assert capsys.readouterr().err.startswith("genroute: ConfigError: GENROUTE_CACHE_DIR: cannot use /sys/")
+    assert capsys.readouterr().err.startswith("genroute demo: error: GENROUTE_CACHE_DIR: cannot use /sys/")
 
 
 # Run first in the command's process: the first import of the genroute package says so on stdout and waits there

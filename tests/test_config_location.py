@@ -112,5 +112,5 @@ def test_a_command_locates_a_config_error_found_at_the_first_request(tmp_path, c
                     encoding="utf-8")
     assert main(["generate", "hi", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("genroute: ConfigError: engines.local.model_path: no model file at ")
+    assert err.startswith("genroute generate: error: engines.local.model_path: no model file at ")
     assert err.rstrip().endswith(f" ({path}, line 4)")

@@ -296,8 +296,7 @@ async def test_vertex_tuned_model_names_that_are_served(gemini_server: GeminiTes
 
 async def test_an_endpoint_that_is_gone_says_so_where_the_decision_ends(gemini_server: GeminiTestServer,
                                                                         otel: Otel) -> None:
-    from genroute.cli import error_line
-    from genroute.errors import AllRungsFailed
+    from genroute.errors import AllRungsFailed, error_line
     from genroute.testing import Fault
 
     config = {
@@ -313,6 +312,6 @@ async def test_an_endpoint_that_is_gone_says_so_where_the_decision_ends(gemini_s
         with pytest.raises(AllRungsFailed) as info:
             await router.agenerate("great")
     # A 404 is final (BackendRejected: the base rung is not tried), and the one line a CLI user gets says why.
-    line = error_line(info.value)
+    line = error_line(info.value, "genroute generate")
     assert f"tuned: BackendRejected: 404 NOT_FOUND: Endpoint {ENDPOINT} not found." in line
     assert "1 rung(s) not tried" in line and len(gemini_server.requests) == 1

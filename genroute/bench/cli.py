@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from genroute.config_errors import pydantic_validated, validator_message
-from genroute.errors import GenrouteError, UsageError, exit_status
+from genroute.errors import GenrouteError, UsageError, command_error
 
 if TYPE_CHECKING:
     from genroute.bench.advisor import AdvisorSettings
@@ -111,8 +111,7 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
 
         report = asyncio.run(main())
     except GenrouteError as exc:
-        print(f"genroute bench: error: {exc}", file=sys.stderr)
-        return exit_status(exc)
+        return command_error(exc, "genroute bench")
     print(report.markdown())
     files = report.files
     print(f"Reports: {files.get('markdown')}, {files.get('html')}, {files.get('png')}; results: {files['results']}")
@@ -163,8 +162,7 @@ def run_outcomes_cli(args: argparse.Namespace) -> int:
     except GenrouteError as exc:
         if isinstance(exc, UsageError) and exc.field == "cache_dir":  # named as the command line names it
             exc = UsageError(exc.message, field="--embedding-cache")
-        print(f"genroute bench: error: {exc}", file=sys.stderr)
-        return exit_status(exc)
+        return command_error(exc, "genroute bench")
     print(report.markdown())
     print(f"Rows: {report.files['compiled']}; report: {report.files['markdown']}, {report.files['html']}; "
           f"curve: {report.files.get('curve', '-')}; compiled policies: {report.files['cost_aware']} (cost_aware, on "

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from genroute.errors import GenrouteError, UsageError, exit_status
+from genroute.errors import GenrouteError, UsageError, command_error
 from genroute.jsonl import check_output_dir
 
 
@@ -84,8 +83,7 @@ def graduate_main(argv: Sequence[str]) -> int:
         _refuse_other_tuning(args)
         report = asyncio.run(_run(args))
     except GenrouteError as exc:
-        print(f"genroute graduate: error: {exc}", file=sys.stderr)
-        return exit_status(exc)
+        return command_error(exc, "genroute graduate")
     print(report.text(), end="")
     return 0
 

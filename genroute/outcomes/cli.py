@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from genroute.errors import GenrouteError, UsageError, exit_status
+from genroute.errors import GenrouteError, UsageError, command_error
 from genroute.jsonl import output_dir
 
 if TYPE_CHECKING:
@@ -41,8 +40,7 @@ def compile_main(argv: Sequence[str]) -> int:
     try:
         return _compile(args)
     except GenrouteError as exc:
-        print(f"genroute compile: error: {exc}", file=sys.stderr)
-        return exit_status(exc)
+        return command_error(exc, "genroute compile")
 
 
 def _compile(args: argparse.Namespace) -> int:

@@ -1,0 +1,109 @@
+"""Every `genroute <command>` reports a user error the same way: one line `genroute <command>: error: ...` on stderr
+(as argparse reports a bad option), exit 2 for the caller's mistake and 1 for a failure at run time, no traceback and
+no secret."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genroute.cli import main
+
+KEY = "AIzaSyTESTKEY0123456789abcdefghijklmnopq"
+PASSWORD = "s3cret-state-pw"
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _files(tmp: Path) -> dict[str, str]:
+    """Config and data files the cases use: one that builds, one with a config error, one whose Redis is down."""
+    port = _closed_port()
+    good = {"engines": {"gemini": {"kind": "gemini", "base_url": f"http://127.0.0.1:{port}", "api_key": KEY,
+                                   "retry": {"attempts": 1}}},
+            "backends": {"chat": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}},
+            "policy": {"kind": "static", "backend": "chat"}}
+    bad = {**good, "backends": {"chat": {**good["backends"]["chat"], "engine": "nosuch"}}}
+    down = {**good, "breakers": {"failures": 5, "window_s": 60, "cooldown_s": 30},
+            "state": {"kind": "redis", "url": f"redis://:{PASSWORD}@127.0.0.1:{port}/0", "on_error": "closed"}}
+    files = {"good": good, "bad": bad, "down": down}
+    for name, config in files.items():
+        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    (tmp / "data.jsonl").write_text('{"input": "q", "output": "a"}\n')
+    (tmp / "afile").write_text("not a directory")
+    return {name: str(tmp / f"{name}.yaml") for name in files} | {
+        "data": str(tmp / "data.jsonl"), "missing": str(tmp / "missing.jsonl"), "afile": str(tmp / "afile"),
+        "out": str(tmp / "out")}
+
+
+# (command line, exit status, what follows "genroute <command>: error: "): every command, each kind of user error
+# it can meet (a bad option value, argparse's or genroute's; a missing file; a config error; the state store down)
+# and a failure at run time.
+CASES: list[tuple[Callable[[dict[str, str]], list[str]], int, str]] = [
+    (lambda f: ["demo", "--no-tune", "--cache-dir", f["afile"]], 2, "--cache-dir: "),
+    (lambda f: ["generate", "hi", "--config", f["missing"]], 2, "path: config file "),
+    (lambda f: ["generate", "hi", "--config", f["bad"]], 2, "backends.chat.engine: unknown engine "),
+    (lambda f: ["generate", "hi", "--config", f["good"], "--var", "novalue"], 2, "--var: "),
+    (lambda f: ["generate", "hi", "--config", f["good"], "--nosuch"], 2, "unrecognized arguments: --nosuch"),
+    (lambda f: ["generate", "hi", "--config", f["down"]], 1, "StateUnavailable: "),
+    (lambda f: ["generate", "hi", "--config", f["good"]], 1, "BackendUnavailable: "),
+    (lambda f: ["ingest", f["data"], "--collection", "c", "--config", f["missing"]], 2, "path: config file "),
+    (lambda f: ["ingest", f["data"], "--collection", "c", "--config", f["good"]], 2, "knowledge: "),
+    (lambda f: ["ingest", f["data"], "--collection", "c", "--config", f["good"], "--chunk-tokens", "x"], 2,
+     "argument --chunk-tokens: invalid int value"),
+    (lambda f: ["bench", f["missing"], "--config", f["good"], "--backends", "chat", "--out", f["out"]], 2, "data: "),
+    (lambda f: ["bench", f["data"], "--config", f["bad"], "--backends", "chat", "--out", f["out"]], 2,
+     "backends.chat.engine: "),
+    (lambda f: ["bench", f["data"], "--config", f["good"], "--backends", "chat", "--limit", "x"], 2,
+     "argument --limit: invalid int value"),
+    (lambda f: ["bench", f["data"], "--config", f["down"], "--backends", "chat", "--out", f["out"], "--quiet",
+                "--no-compile"], 1, "chat: no scored row: 1 failed with StateUnavailable: "),
+    (lambda f: ["bench", "--outcomes", f["missing"], "--out", f["out"]], 2, "outcomes: "),
+    (lambda f: ["tune", f["missing"], "--config", f["good"], "--name", "t", "--local"], 2, "data: "),
+    (lambda f: ["tune", f["data"], "--config", f["good"], "--name", "t", "--base-model", "gemini-2.5-flash",
+                "--validation-fraction", "7", "--dry-run", f["out"]], 2, "--validation-fraction: "),
+    (lambda f: ["tune", f["data"], "--config", f["good"], "--name", "t", "--seed", "x"], 2,
+     "argument --seed: invalid int value"),
+    (lambda f: ["compile", "--outcomes", f["missing"], "--out", f["out"]], 2, "--outcomes: "),
+    (lambda f: ["compile", "--outcomes", f["data"], "--out", f["out"], "--min-n", "0"], 2, "argument --min-n: "),
+    (lambda f: ["graduate", "--task", "t", "--config", f["missing"], "--out", f["out"]], 2, "--config: "),
+    (lambda f: ["graduate", "--task", "t", "--config", f["good"], "--out", f["out"]], 2, "outcomes: "),
+    (lambda f: ["graduate", "--task", "t", "--config", f["good"], "--out", f["out"], "--share", "x"], 2,
+     "argument --share: invalid float value"),
+]
+
+
+_NAMES = {k: k for k in ("good", "bad", "down", "data", "missing", "afile", "out")}
+
+
+@pytest.mark.parametrize(("argv", "status", "says"), CASES,
+                         ids=[f"{argv(_NAMES)[0]}-{i}" for i, (argv, _, _) in enumerate(CASES)])
+def test_every_command_reports_an_error_in_one_line_with_its_prefix_and_status(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: Callable[[dict[str, str]], list[str]], status: int,
+        says: str) -> None:
+    """Before, `generate`, `ingest`, `tune` and `demo` printed `genroute: ConfigError: ...` while `bench`, `compile`
+    and `graduate` (and argparse, for every command) printed `genroute <command>: error: ...`."""
+    args = argv(_files(tmp_path))
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own refusal of an option
+        code = exc.code
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if not line.startswith(("genroute: warning: ", "usage: ", " "))]
+    assert code == status, err
+    assert len(lines) == 1, err
+    prefix = f"genroute {args[0]}: error: "
+    assert lines[0].startswith(prefix + says), err
+    assert "Traceback" not in err and KEY not in out + err and PASSWORD not in out + err
+    # A usage error is `<field>: <message>`, as argparse's `argument --x: ...`; a run-time failure names its type.
+    typed = re.match(r"[A-Z][A-Za-z]*(Error|Unavailable|Exceeded|Rejected|Failed): ", lines[0][len(prefix):])
+    assert (typed is not None) == (status == 1 and args[0] != "bench"), lines[0]
