@@ -286,13 +286,16 @@ def test_a_store_down_for_long_is_warned_about_once_a_minute_not_at_each_read(
             persistent_redis.stop()
             try:
                 def warned() -> list[logging.LogRecord]:
-                    return [r for r in caplog.records if "reading the promotions" in r.getMessage()]
+                    return [r for r in caplog.records if r.levelno >= logging.WARNING]
 
                 deadline = time.monotonic() + 30
                 while not warned() and time.monotonic() < deadline:
                     time.sleep(0.05)
                 time.sleep(1.0)  # ten more reads fail meanwhile
-                assert len(warned()) == 1 and "StateUnavailable" in warned()[0].getMessage()
+                # One warning for the outage, the store's (it said so a second time, as the reads' own, before).
+                assert len(warned()) == 1, [r.getMessage() for r in warned()]
+                assert "during promotions" in warned()[0].getMessage()
+                assert "the promotions recorded there are not read" in warned()[0].getMessage()
                 assert router.generate("hello", task=TASK).backend == "chat"  # requests go on
             finally:
                 persistent_redis.start()
@@ -363,3 +366,25 @@ def test_a_router_built_in_code_applies_shared_promotions_beside_its_first_reque
 
         later = asyncio.run(serve())
     assert later == "lite"  # applied without waiting an hour
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+def test_a_router_built_while_redis_is_down_warns_once_saying_what_to_do(
+        gemini_server: GeminiTestServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, on_error: str) -> None:
+    """Built while its Redis was stopped, a router with on_error closed logged two warnings for the one outage: the
+    store's ("... unreachable ... start Redis") and the build's ("the promotions ... were not read ...")."""
+    from .chroma_fixtures import free_port
+
+    stopped = RedisServer(free_port(), tmp_path / "redis.log")
+    stopped.start()
+    stopped.stop()  # a real redis-server, stopped: its port refuses connections
+    config = _config(gemini_server, stopped, on_error=on_error)
+    config["state"].update(timeout_s=2.0, connect_timeout_s=2.0)
+    with caplog.at_level(logging.WARNING, logger="genroute"):
+        with Router.from_config(config) as router:
+            assert _first(router) == "chat"  # routes as its config says
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1, warned
+    assert "is unreachable" in warned[0] and "start Redis (or Valkey) at that address, or correct state.url" in warned[0]
+    if on_error == "closed":
+        assert "the promotions recorded there are not read" in warned[0]

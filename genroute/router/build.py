@@ -137,9 +137,8 @@ async def _read_promotions(router: Any) -> None:
 
     try:
         await router._apply_promotions()
-    except StateUnavailable as exc:
-        _log.warning("the promotions recorded in the state store were not read as the router was built (%s): it "
-                     "routes as its config says until it reads them (every state.promotions_every_s)", exc)
+    except StateUnavailable as exc:  # the store has warned of the outage (once a minute), with what to do
+        _log.debug("the promotions recorded in the state store were not read as the router was built: %s", exc)
 
 
 def _check_router_options(cls: Callable[..., Any], options: Mapping[str, Any]) -> None:

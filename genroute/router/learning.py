@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.bounds import is_real
 from genroute.config_errors import pydantic_validated, validator_message
-from genroute.errors import GenrouteError, UsageError
+from genroute.errors import GenrouteError, StateUnavailable, UsageError
 from genroute.router.inflight import call_on
 from genroute.runtime.portal import Portal, run_sync
 from genroute.state.promotions import ROLLED_BACK
@@ -189,6 +189,8 @@ class Learning:
                 try:
                     await (self.arefresh() if name == "refresh" else self._apply_promotions())
                 except Exception as exc:  # a failed refresh keeps the current policy; the next one retries
+                    if isinstance(exc, StateUnavailable) and name == "promotions":
+                        continue  # the store warns of its outage itself (once a minute), with what to do
                     if name == "refresh":
                         _log.warning("scheduled refresh failed: %s: %s", type(exc).__name__, exc)
                     elif clock() >= quiet_until:

@@ -165,6 +165,9 @@ class RedisStateStore(StateStore):
             self._logged_at = now
             if self.config.on_error == "closed":
                 mode = "refusing what needs it (state.on_error: closed)"
+                if op == "promotions":  # the one warning a router built during an outage gives: what it means too
+                    mode += ("; the promotions recorded there are not read, the router routes as its config says "
+                             "until it reads them (every state.promotions_every_s)")
             else:
                 mode = "using this process's memory" + ("" if outage else " (the refused writes are not replayed)")
             again = f"; retrying every {self.config.retry_s:.1f} s{advice(failed)}" if outage else ""
