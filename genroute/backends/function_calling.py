@@ -21,30 +21,25 @@ A call to a tool that is not on the backend's allowlist is never run, whatever t
 The loop stops with ``ToolLoopExceeded`` (its ``tool_calls`` list the calls made so far) at ``deadline_s``
 or shortly before the request's own deadline, whichever comes first, so that a caller with a deadline
 learns what the tools did rather than getting a bare timeout. Sync tools run on the backend's own pool of
-``max_parallel`` threads: a hung tool keeps its thread, and on a shared pool it would starve unrelated work.
+``max_parallel`` threads: a hung tool keeps its thread, and on a shared pool it would starve unrelated work. One turn's
+calls are run by ``genroute.backends.tool_runner``; this module is the loop around them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import Field, model_validator
 
 from genroute.backends.base import Backend, BackendConfig, BackendOutput, user_content
 from genroute.backends.model_turn import ModelTurn
+from genroute.backends.tool_runner import ToolRunner
 from genroute.errors import BackendError, ConfigError, ToolLoopExceeded
-from genroute.runtime.forks import forget_at_fork
 from genroute.runtime.deadlines import deadline_at
-from genroute.runtime.telemetry import clip_captured
-from genroute.tools import InvalidToolArgs, Tool, ToolTimedOut, failure_text, jsonable, tool_from_callable
+from genroute.tools import Tool, tool_from_callable
 from genroute.types import GenerateRequest, ToolCall
 
 if TYPE_CHECKING:
@@ -54,16 +49,12 @@ if TYPE_CHECKING:
     from genroute.runtime.context import RunContext
 
 _T = TypeVar("_T")
-_log = logging.getLogger(__name__)
 
 #: How long before the request's deadline the loop gives up: the router enforces that deadline by cancelling
 #: the request, and the loop must stop first for its ToolLoopExceeded (with the calls made) to reach the caller.
 #: Wide enough that an event loop stalled by a busy machine still runs the loop's timer before the router's.
 _DEADLINE_MARGIN_S = 1.0
 _DEADLINE_MARGIN_FRACTION = 0.25
-#: What metrics and span names record for a tool name that is not on the allowlist (OTel's value for "other").
-_OTHER = "_OTHER"
-_MAX_NAME = 64
 
 
 class FunctionCallingConfig(BackendConfig):
@@ -119,12 +110,8 @@ class FunctionCallingBackend(Backend):
             for tool_name in config.tools
         }
         self._configs: dict[bool, types.GenerateContentConfig] = {}
-        self._forget_parent()  # threads start on demand, so a backend with only async tools never starts one
-        forget_at_fork(self)
-
-    def _forget_parent(self) -> None:
-        """A pool of its own (also in a forked child, where the parent's, counting its threads idle, started none)."""
-        self._pool = ThreadPoolExecutor(self.config.max_parallel, thread_name_prefix=f"genroute-tool-{self.name}")
+        self._runner = ToolRunner(name, self.tools, max_parallel=config.max_parallel,
+                                  tool_timeout_s=config.tool_timeout_s, max_result_chars=config.max_result_chars)
 
     def facts(self) -> dict[str, Any]:
         return {"tools": list(self.tools), "max_steps": self.config.max_steps}
@@ -135,7 +122,7 @@ class FunctionCallingBackend(Backend):
 
     async def aclose(self) -> None:
         """Stop the tool threads; a hung tool cannot be stopped, so close does not wait for it."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._runner.close()
 
     def generate_config(self, *, final: bool = False) -> types.GenerateContentConfig:
         """The engine config: declarations of allowlisted tools only; ``final`` forbids further calls."""
@@ -218,7 +205,7 @@ class FunctionCallingBackend(Backend):
                                          calls_made)
                 # The model's own turn goes back verbatim (with any thought signatures it carries).
                 contents.append(types.Content(role="model", parts=turn.parts))
-                results = await self._run_calls(turn.calls, step, ctx, deadline)
+                results = await self._runner.run(turn.calls, step, ctx, deadline, self.engine.provider)
                 ran = len(calls_made)  # where this step's calls start
                 calls_made.extend(record for record, _ in results)
                 contents.append(types.Content(role="user", parts=[part for _, part in results]))
@@ -251,150 +238,9 @@ class FunctionCallingBackend(Backend):
             raise self._exceeded(f"deadline reached waiting for the model after {step} tool step(s)",
                                  calls_made) from None
 
-    async def _run_calls(self, calls: list[types.FunctionCall], step: int, ctx: RunContext,
-                         deadline: float | None) -> list[tuple[ToolCall, types.Part]]:
-        """Run one turn's calls concurrently, at most ``max_parallel`` at a time; results in call order."""
-        gate = asyncio.Semaphore(self.config.max_parallel)
-
-        async def gated(call: types.FunctionCall, call_id: str) -> tuple[ToolCall, types.Part]:
-            async with gate:
-                return await self._execute(call, call_id, ctx, deadline)
-
-        try:
-            # A TaskGroup rather than gather: an unexpected failure cancels the sibling calls at once.
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(gated(call, f"call_{step}_{i}")) for i, call in enumerate(calls)]
-        except BaseExceptionGroup as errors:
-            # Tool failures are outcomes, never raised; what arrives here is unexpected: surface it as it is.
-            raise errors.exceptions[0] from None
-        return [task.result() for task in tasks]
-
-    async def _execute(self, call: types.FunctionCall, fallback_id: str, ctx: RunContext,
-                       deadline: float | None) -> tuple[ToolCall, types.Part]:
-        """Run one call (or refuse it) inside an ``execute_tool`` span; never raises for tool failures."""
-        from google.genai import types
-
-        name = call.name or ""
-        args = dict(call.args or {})
-        call_id = call.id or fallback_id
-        tool = self.tools.get(name)
-        # A name the model made up is not on the allowlist: it could be anything, of any length, so metrics and
-        # span names get one fixed value (bounded cardinality) and the span a bounded copy.
-        known = name if tool is not None else _OTHER
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": name if tool is not None else _clipped(name),
-            "gen_ai.tool.call.id": _clipped(call_id),
-            "gen_ai.tool.type": "function",
-        }
-        if tool is not None and tool.description:
-            attrs["gen_ai.tool.description"] = tool.description
-        if ctx.capture_content:
-            attrs["gen_ai.tool.call.arguments"] = clip_captured(_dumps(args), ctx.telemetry.capture_max_chars)
-        # Every gen_ai.client.operation.duration point requires a provider: the engine's that asked for the call.
-        metric_attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.provider.name": self.engine.provider,
-                        "gen_ai.tool.name": known}
-        start = time.perf_counter()
-        with ctx.tracer.start_as_current_span(
-            f"execute_tool {known}", kind=SpanKind.INTERNAL, attributes=attrs,
-            record_exception=False, set_status_on_exception=False,
-        ) as span:
-            try:
-                record, error_kind = await self._outcome(tool, name, args, call_id, deadline)
-            except asyncio.CancelledError:
-                # The request was cancelled (its deadline, the caller, or a failing sibling call).
-                span.set_attributes({"error.type": "cancelled", "genroute.tool.outcome": "cancelled"})
-                span.set_status(Status(StatusCode.ERROR, "cancelled"))
-                ctx.telemetry.duration.record(time.perf_counter() - start, {**metric_attrs, "error.type": "cancelled"})
-                raise
-            duration = time.perf_counter() - start
-            span.set_attribute("genroute.tool.outcome", record.outcome)
-            span.set_attribute("genroute.tool.duration_s", duration)
-            if error_kind is not None:
-                span.set_attribute("error.type", error_kind)
-                span.set_status(Status(StatusCode.ERROR, error_kind))
-                metric_attrs["error.type"] = error_kind
-            elif ctx.capture_content:
-                span.set_attribute("gen_ai.tool.call.result",
-                                   clip_captured(_dumps(record.result), ctx.telemetry.capture_max_chars))
-            ctx.telemetry.duration.record(duration, metric_attrs)
-        if record.outcome == "ok":
-            payload = {"output": _bounded(record.result, self.config.max_result_chars)}
-        else:
-            payload = {"error": _cut(record.error or "", self.config.max_result_chars)}
-        part = types.Part(function_response=types.FunctionResponse(id=call.id, name=name, response=payload))
-        return record, part
-
-    async def _outcome(self, tool: Tool | None, name: str, args: dict[str, Any], call_id: str,
-                       deadline: float | None) -> tuple[ToolCall, str | None]:
-        """The call's record and its ``error.type`` (None when it succeeded)."""
-
-        def done(outcome: str, error_kind: str | None = None, **kwargs: Any) -> tuple[ToolCall, str | None]:
-            record = ToolCall(name=name, args=args, outcome=outcome,
-                              call_id=call_id, **kwargs)
-            return record, error_kind
-
-        if tool is None:
-            # Whatever the model was told (including by a tool's own output), only the allowlist runs.
-            allowed = ", ".join(self.tools)
-            return done("not_allowed", "tool_not_allowed",
-                        error=f"tool {_clipped(name)!r} is not available; available tools: {allowed}")
-        try:
-            kwargs = tool.validate(args)
-        except InvalidToolArgs as exc:
-            return done("invalid_args", "invalid_arguments", error=f"invalid arguments for {name}: {exc}")
-        timeout = self.config.tool_timeout_s
-        if deadline is not None:
-            timeout = min(timeout, deadline - time.monotonic())
-            if timeout <= 0:  # its turn (max_parallel) came after the loop's deadline: started now, a sync tool would
-                # still run to its end on a free thread, an async one up to its first await, while reported timed out
-                return done("timeout", "timeout", error=f"tool {name} was not run: the tool loop's deadline passed "
-                                                        "before its turn came")
-        try:
-            result = await tool.call(kwargs, timeout_s=timeout, executor=self._pool)
-        except ToolTimedOut as exc:
-            if exc.still_running:  # the request goes on (or fails) without it; its thread does not stop
-                _log.warning("tool %s of backend %s timed out and is still running in its thread (Python cannot "
-                             "stop a thread): it runs to its end, its result unused; an async tool is cancelled",
-                             name, self.name)
-            return done("timeout", "timeout", error=str(exc))
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is None or task.cancelling():  # the request is being cancelled: let it go
-                raise
-            return done("error", type(exc).__qualname__, error=failure_text(exc))  # the tool's own
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a failing tool is reported to the model:
-            # even one that exits, which would otherwise end the router's loop thread and hang every caller
-            return done("error", type(exc).__qualname__, error=failure_text(exc))
-        return done("ok", result=jsonable(result))
 
 
 def _moved_on(deadline: float | None, held: float) -> float | None:
     """``deadline`` moved on by the time since ``held``: what the reader of a stream held a chunk for is not the
     loop's time, as it is not the request's (the router moves the request's deadline on as much)."""
     return None if deadline is None else deadline + (time.monotonic() - held)
-
-
-def _clipped(name: str) -> str:
-    """``name`` cut to the longest a tool name may be (and a little): what telemetry and the model get back of a
-    name the model made up."""
-    return name if len(name) <= _MAX_NAME else f"{name[:_MAX_NAME]}..."
-
-
-def _bounded(result: Any, limit: int) -> Any:
-    """``result``, or its JSON text cut to ``limit`` characters: one huge tool answer must not flood the
-    model's context (and the bill); the caller still gets the whole result in ``tool_calls``."""
-    text = _dumps(result)
-    return result if len(text) <= limit else _cut(text, limit)
-
-
-def _cut(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, saying how many more there were (an error, as long as any result)."""
-    return text if len(text) <= limit else f"{text[:limit]}... [truncated: {len(text) - limit} more characters]"
-
-
-def _dumps(value: Any) -> str:
-    try:
-        return json.dumps(jsonable(value), ensure_ascii=False)
-    except (TypeError, ValueError):
-        return str(value)
