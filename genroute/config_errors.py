@@ -57,18 +57,35 @@ def field_error(exc: ValidationError, prefix: str | None, kind: type[U], *, tagg
         # ...unless the key is no name to show: pydantic writes YAML's `on:` (True) as `1`, and "" as nothing.
         parts = list(first_loc[:first_loc.index("[key]") - 1])
         message = _name_message(first["input"])
-    if len(parts) > 2 and parts[0] in unions:
-        del parts[1]
-    elif tagged and len(parts) > 1:
-        del parts[0]
-    loc = ".".join(str(part) for part in parts)
+    loc = _dotted(parts, tagged, unions)
     # A model validator (which checks fields together) names the one at fault on its error, if it can.
     culprit = getattr((first.get("ctx") or {}).get("error"), "field", None)
     field = ".".join(p for p in (prefix, loc, culprit) if isinstance(p, str) and p) or None
     # Each member of a plain union the value fits none of reports an error of its own: one field, one error.
-    others = len(set(locs) - {first_loc})
-    more = f" (and {others} more error(s))" if others else ""
-    return kind(without_secrets(f"{message}{more}"), field=field)
+    others = list(dict.fromkeys(loc for loc in locs if loc != first_loc))
+    return kind(without_secrets(f"{message}{_more(others, prefix, tagged, unions)}"), field=field)
+
+
+def _dotted(parts: Sequence[Any], tagged: bool, unions: tuple[str, ...]) -> str:
+    """A location's parts as the config's dotted key: without the tag of a tagged union's member (``tagged``), or
+    the member's key under a field holding one (``unions``)."""
+    parts = list(parts)
+    if len(parts) > 2 and parts[0] in unions:
+        del parts[1]
+    elif tagged and len(parts) > 1:
+        del parts[0]
+    return ".".join(str(part) for part in parts)
+
+
+def _more(others: Sequence[tuple[Any, ...]], prefix: str | None, tagged: bool, unions: tuple[str, ...]) -> str:
+    """`` (and 2 more error(s): a.b, c)``: the other invalid fields, named (the first five), so one attempt can fix
+    them all; nothing when there are none."""
+    if not others:
+        return ""
+    names = list(dict.fromkeys(
+        ".".join(p for p in (prefix, _dotted([x for x in loc if x not in ("[key]", "")], tagged, unions)) if p)
+        or "(the whole value)" for loc in others))
+    return f" (and {len(others)} more error(s): {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
 
 
 def _meant(key: str) -> str:
