@@ -124,6 +124,16 @@ def test_the_report_names_the_rule_that_decided():
     unpaired = decide_promotion(split, "t", incumbent="icl", challenger="lora", min_n=30, mode="split")
     assert unpaired.reasons[0].startswith("a quality loss larger than the margin is not ruled out (unpaired (split "
                                           "arms) anytime-valid 95% CS lower bound")
+    # A split's sequence: the k-th request of each arm matched (the default), or the union of the two arms'.
+    assert unpaired.rule == "anytime-valid matched arms" and "(the k-th request of each arm matched; fixed-horizon" \
+        in unpaired.line()
+    union = decide_promotion(split, "t", incumbent="icl", challenger="lora", min_n=30, mode="split",
+                             split_sequence="union")
+    assert union.rule == "anytime-valid union of arms" and "(union of the two arms' 97.5% sequences; " in union.line()
+    assert union.confidence_sequence[0] < unpaired.confidence_sequence[0] < 0   # -0.082 and -0.070
+    with pytest.raises(UsageError) as exc:
+        decide_promotion(split, "t", incumbent="icl", challenger="lora", mode="split", split_sequence="narrower")
+    assert exc.value.field == "split_sequence"
 
 
 def test_a_repeated_input_enters_the_sequence_once_with_its_first_record():
@@ -181,6 +191,22 @@ def test_a_split_challenger_is_decided_end_to_end(gemini_server, tmp_path):
     assert promotion.design == "unpaired" and promotion.n == min(served.count("lite"), served.count("chat")) >= 5
     assert 0 < promotion.challenger_cost_usd < promotion.incumbent_cost_usd
     assert promotion.promote and "unpaired" in report.lines[0]
+    assert promotion.rule == "anytime-valid matched arms"   # a 50 % share: the arms matched
+
+
+@pytest.mark.parametrize(("share", "rule"), [(0.3, "anytime-valid matched arms"), (0.05, "anytime-valid union of arms"),
+                                             (0.95, "anytime-valid union of arms")])
+def test_the_split_sequence_is_chosen_from_the_configured_share(gemini_server, tmp_path, share, rule):
+    """Before any outcome is seen: a share below 10 % (or above 90 %) leaves most of the larger arm's records
+    unmatched, and there the union of the two arms' sequences is narrower."""
+    cfg = gemini_config(gemini_server)
+    cfg["backends"]["lite"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+    cfg["policy"] = {"kind": "challenger", "task": "t", "backend": "lite", "mode": "split", "share": share,
+                     "policy": {"kind": "static", "backend": "chat"}}
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "scorer": "label_accuracy"}
+    with Router.from_config(cfg) as router:
+        report = router._portal.call(adecide(router, "t", challenger="lite", incumbent="chat", promote=False))
+    assert report.promotion.rule == rule and not report.promotion.promote
 
 
 def test_challenger_arguments_are_named(gemini_server, tmp_path):

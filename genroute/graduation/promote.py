@@ -6,7 +6,11 @@ anytime-valid 95 % confidence sequence's (``genroute.bench.sequential``), over t
 lists them (oldest first): it holds at every look at once, so deciding at every refresh does not raise the chance of a
 false promotion. ``sequential=False`` uses the fixed-horizon 95 % CI below, valid for one look planned in advance.
 In shadow mode an input that repeats enters the sequence once, with its first paired record (a later copy would
-revise a value already looked at); in split mode each arm's scores enter in order.
+revise a value already looked at); in split mode each arm's scores enter in order, and by default the k-th record
+of each arm is matched with the k-th of the other (``split_sequence="matched"``: a paired sequence on the matched
+differences, at 95 %), or each arm has its own sequence at 97.5 % and the two are joined by the union bound
+(``"union"``); ``split_sequence_for`` chooses from the configured share (union below 10 % or above 90 %), before
+any outcome is seen (``genroute.bench.sequential`` says what matching assumes beyond the union).
 
 In shadow mode the two are compared on the same requests (paired); requests whose captured input text is the same
 (up to case, runs of whitespace and Unicode composition) are one input, compared by their mean scores, and ``min_n`` counts inputs
@@ -28,7 +32,7 @@ from pydantic import ConfigDict
 
 from genroute.bounds import is_real, is_whole
 from genroute.bench.clusters import text_groups
-from genroute.bench.sequential import paired_difference_cs, unpaired_difference_cs
+from genroute.bench.sequential import matched_difference_cs, paired_difference_cs, unpaired_difference_cs
 from genroute.bench.stats import PairedComparison, UnpairedComparison, compare_paired, compare_unpaired
 from genroute.config_errors import check_list
 from genroute.errors import UsageError
@@ -77,8 +81,10 @@ class Promotion(PublicModel):
     reasons: tuple[str, ...]
     #: Requests left out of the comparison: their input is one the compared backends were tuned on.
     tuned_on: int = 0
-    #: The interval the rule read: anytime-valid (``confidence_sequence``) or fixed-horizon (``comparison.ci``).
-    rule: Literal["anytime-valid", "fixed-horizon"] = "fixed-horizon"
+    #: The interval the rule read: anytime-valid (``confidence_sequence``; for split arms, of the matched arms or the
+    #: union of the two arms' sequences) or fixed-horizon (``comparison.ci``).
+    rule: Literal["anytime-valid", "anytime-valid matched arms", "anytime-valid union of arms",
+                  "fixed-horizon"] = "fixed-horizon"
     #: The anytime-valid 95 % confidence sequence of the difference at the last record (``None``: fixed-horizon).
     confidence_sequence: tuple[float, float] | None = None
 
@@ -111,7 +117,9 @@ class Promotion(PublicModel):
         ci = f"[{c.ci[0]:+.3f}, {c.ci[1]:+.3f}]"
         if cs is None:
             return f"fixed-horizon 95% CI {ci}, valid for one look"
-        return f"anytime-valid 95% CS [{cs[0]:+.3f}, {cs[1]:+.3f}] (fixed-horizon 95% CI {ci}, valid for one look)"
+        how = {"anytime-valid matched arms": "the k-th request of each arm matched; ",
+               "anytime-valid union of arms": "union of the two arms' 97.5% sequences; "}.get(self.rule, "")
+        return f"anytime-valid 95% CS [{cs[0]:+.3f}, {cs[1]:+.3f}] ({how}fixed-horizon 95% CI {ci}, valid for one look)"
 
 
 def per_1k(cost_usd: float | None) -> str:
@@ -135,10 +143,13 @@ def check_names(**names: Any) -> None:
 def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: str, challenger: str,
                      margin: float = 0.05, min_n: int = 100, seed: int = 0,
                      mode: Literal["shadow", "split"] = "shadow",
-                     tuned_on: Collection[str] = frozenset(), sequential: bool = True) -> Promotion:
+                     tuned_on: Collection[str] = frozenset(), sequential: bool = True,
+                     split_sequence: Literal["matched", "union"] = "matched") -> Promotion:
     """Decide on ``task``'s records (oldest first): paired where both were scored (``shadow``), or the two arms
     unpaired (``split``); on the anytime-valid sequence (``sequential``) or the fixed-horizon CI.
 
+    ``split_sequence``: the sequence of a split's difference, chosen before any outcome is seen (the module
+    docstring; ``genroute.bench.sequential.split_sequence_for(share)`` picks it from the configured share).
     ``tuned_on``: the input keys (``knowledge.examples.input_key``) the compared backends were tuned on; a request
     with one of those inputs is left out (a model scored on its training inputs measures recall) and counted.
     ``UsageError`` naming ``margin`` / ``min_n`` unless the margin is finite and >= 0 and ``min_n`` >= 1, and naming
@@ -151,6 +162,8 @@ def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: 
         raise UsageError(f"must be True or False (got {sequential!r})", field="sequential")
     if mode not in ("shadow", "split"):
         raise UsageError(f"mode must be 'shadow' or 'split' (got {mode!r})", field="mode")
+    if split_sequence not in ("matched", "union"):
+        raise UsageError(f"must be 'matched' or 'union' (got {split_sequence!r})", field="split_sequence")
     task_records = [r for r in records if r.task == task]
     keys = text_groups([_text(r) for r in task_records])
     seen = [r for r, key in zip(task_records, keys, strict=True) if key in tuned_on]
@@ -160,7 +173,8 @@ def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: 
         len(_paired(seen, incumbent, challenger))
     if mode == "split":
         return _decide_split(mine, task, incumbent=incumbent, challenger=challenger, margin=margin, min_n=min_n,
-                             seed=seed, sequential=sequential).model_copy(update={"tuned_on": left_out})
+                             seed=seed, sequential=split_sequence if sequential else False,
+                             ).model_copy(update={"tuned_on": left_out})
     paired = _paired(mine, incumbent, challenger)
     a = [float(r.outcomes[challenger].score) for r in paired]  # type: ignore[arg-type]
     b = [float(r.outcomes[incumbent].score) for r in paired]  # type: ignore[arg-type]
@@ -190,7 +204,7 @@ def _text(record: OutcomeRecord) -> str | None:
 
 
 def _decide_split(records: list[OutcomeRecord], task: str, *, incumbent: str, challenger: str, margin: float,
-                  min_n: int, seed: int, sequential: bool) -> Promotion:
+                  min_n: int, seed: int, sequential: Literal["matched", "union", False]) -> Promotion:
     """The split arms compared unpaired: each arm's served answers, scored, over the requests routed to it."""
     arms: dict[str, list[Side]] = {incumbent: [], challenger: []}
     for arm, side in _arms(records, incumbent, challenger):
@@ -198,19 +212,23 @@ def _decide_split(records: list[OutcomeRecord], task: str, *, incumbent: str, ch
     a = [float(s.score) for s in arms[challenger]]  # type: ignore[arg-type]
     b = [float(s.score) for s in arms[incumbent]]  # type: ignore[arg-type]
     comparison = compare_unpaired(a, b, a=challenger, b=incumbent, seed=seed)
-    cs = unpaired_difference_cs(a, b) if sequential else None
+    cs = None if not sequential else matched_difference_cs(a, b) if sequential == "matched" else \
+        unpaired_difference_cs(a, b)
     n = min(len(a), len(b))
     reasons = [f"only {len(a)} ({challenger}) and {len(b)} ({incumbent}) scored requests per split arm; the "
                f"unpaired decision needs {min_n} in each"] if n < min_n else []
     cloud = sides_use_cloud_equivalent(arms[incumbent] + arms[challenger])
     return _promotion(task, incumbent, challenger, margin, n, comparison, arms, reasons, cloud=cloud,
-                      design="unpaired", cs=cs)
+                      design="unpaired", cs=cs, sequence="anytime-valid union of arms" if sequential == "union" else
+                      "anytime-valid matched arms")
 
 
 def _promotion(task: str, incumbent: str, challenger: str, margin: float, n: int,
                comparison: PairedComparison | UnpairedComparison, sides: dict[str, list[Side]],
                reasons: list[str], *, cloud: bool, design: Literal["paired", "unpaired"],
-               cs: tuple[float, float] | None) -> Promotion:
+               cs: tuple[float, float] | None,
+               sequence: Literal["anytime-valid", "anytime-valid matched arms",
+                                 "anytime-valid union of arms"] = "anytime-valid") -> Promotion:
     """The rule applied to a comparison and each backend's sides (cost, latency and tokens per request)."""
 
     def mean(values: list[float]) -> float:
@@ -241,7 +259,7 @@ def _promotion(task: str, incumbent: str, challenger: str, margin: float, n: int
         challenger_cost_usd=costs[challenger], incumbent_latency_p50_s=latency[incumbent],
         challenger_latency_p50_s=latency[challenger], incumbent_input_tokens=tokens[incumbent],
         challenger_input_tokens=tokens[challenger], promote=not reasons, reasons=tuple(reasons),
-        rule="fixed-horizon" if cs is None else "anytime-valid", confidence_sequence=cs)
+        rule="fixed-horizon" if cs is None else sequence, confidence_sequence=cs)
 
 
 def _paired(records: list[OutcomeRecord], incumbent: str, challenger: str) -> list[OutcomeRecord]:

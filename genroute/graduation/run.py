@@ -27,6 +27,7 @@ from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import check_output_dir
 from genroute.graduation.export import TuningSet, export_tuning_set
+from genroute.bench.sequential import split_sequence_for
 from genroute.graduation.promote import Promotion, check_amount, check_rule, decide_promotion
 from genroute.graduation.trained import tuned_inputs
 from genroute.public_model import PublicModel
@@ -269,10 +270,11 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
 
     ``mode``: ``shadow`` compares paired outcomes, ``split`` the two arms unpaired; by default the mode of the
     router's ``challenger`` policy for ``task`` (shadow without one). ``sequential`` (default): the rule reads the
-    anytime-valid 95 % confidence sequence, so the decision may be run again at every refresh; ``False``: the
-    fixed-horizon 95 % CI, valid for one look planned in advance. The advisor's tuning cost: ``tuning_cost_usd``
-    if given, else a Vertex job's priced tokens, else the local run's measured CPU time x ``cpu_usd_per_hour``
-    (without a price it reports the CPU time and no pay-back)."""
+    anytime-valid 95 % confidence sequence, so the decision may be run again at every refresh (a split's: of its arms
+    matched, or their union at a configured share below 10 % or above 90 %: ``split_sequence_for``); ``False``: the
+    fixed-horizon 95 % CI, valid for one look planned in advance. The advisor's tuning cost: ``tuning_cost_usd`` if
+    given, else a Vertex job's priced tokens, else the local run's measured CPU time x ``cpu_usd_per_hour`` (without
+    a price it reports the CPU time and no pay-back)."""
     from genroute.graduation.promote import check_names
     from genroute.router.router import check_router
 
@@ -282,16 +284,17 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
     check_amount(tuning_cost_usd, field="tuning_cost_usd")
     check_amount(cpu_usd_per_hour, field="cpu_usd_per_hour")
     check_pair(router, challenger, incumbent)
-    mode = mode or challenger_mode(router.policy, task, challenger)
+    configured, share = challenger_mode(router.policy, task, challenger)   # the split's sequence: from its share
+    mode, split_sequence = mode or configured, split_sequence_for(share if configured == "split" else None)
     tracer = router.telemetry.tracer
     report = report or GraduationReport(task=task, challenger=challenger)
     with tracer.start_as_current_span("genroute.graduate.decide", attributes={"genroute.task": task}) as span:
         records = await _store(router).records(task=task)
         incumbent = incumbent or _incumbent(records, challenger)
-        tuned_on = await asyncio.to_thread(tuned_inputs, router, (challenger, incumbent),
-                                           report.tuning_set)
+        tuned_on = await asyncio.to_thread(tuned_inputs, router, (challenger, incumbent), report.tuning_set)
         promotion = decide_promotion(records, task, incumbent=incumbent, challenger=challenger, margin=margin,
-                                     min_n=min_n, mode=mode, tuned_on=tuned_on, sequential=sequential)
+                                     min_n=min_n, mode=mode, tuned_on=tuned_on, sequential=sequential,
+                                     split_sequence=split_sequence)
         span.set_attributes({"genroute.graduate.n": promotion.n, "genroute.graduate.promote": promotion.promote,
                              "genroute.graduate.tuned_on": promotion.tuned_on,
                              "genroute.graduate.rule": promotion.rule,
@@ -370,16 +373,16 @@ def _volume(records: list[OutcomeRecord]) -> tuple[str, float | None, str]:
     return f"{head} in {span_s / 3600:.2f} h (~{monthly:,.0f}/month at that rate)", monthly, ""
 
 
-def challenger_mode(policy: Any, task: str, challenger: str) -> Literal["shadow", "split"]:
-    """The mode of the ``challenger`` policy for ``task`` and ``challenger`` in ``policy`` (or nested in it)."""
+def challenger_mode(policy: Any, task: str, challenger: str) -> tuple[Literal["shadow", "split"], float | None]:
+    """The mode and share of the ``challenger`` policy for ``task`` and ``challenger`` in ``policy`` (or nested)."""
     from genroute.policies.challenger import ChallengerPolicy
 
     while policy is not None:
         if isinstance(policy, ChallengerPolicy) and policy.config.task == task \
                 and policy.config.backend == challenger:
-            return policy.config.mode
+            return policy.config.mode, policy.config.share
         policy = getattr(policy, "inner", None)
-    return "shadow"
+    return "shadow", None
 
 
 def _incumbent(records: list[OutcomeRecord], challenger: str) -> str:
