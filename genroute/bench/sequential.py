@@ -61,12 +61,14 @@ later look extends the same pairs. What it assumes that the union does not:
   arms going from 90 % to 60 % right over 3,000 requests, the matched sequence left the difference out in 61 % of
   runs at a 10 % share and 3 % at 50 % (its pairs close in time), the union in 4 % at 10 % and 18 % at 50 % (each
   arm's own sequence of a moving mean; looks every 100 requests, 100 runs);
-- the arm does not depend on the content in a way that shifts over time, nor on the other arm's recent outcomes
-  (a routing rule that reacts to scores breaks the independence of the two streams);
+- the two arms' streams independent of each other: a routing that reacts to outcomes (to the other arm's recent
+  scores) couples them. (A routing by content that shifts over time moves each arm's own mean, which neither
+  sequence survives);
 - the larger arm's records beyond ``min(n_a, n_b)`` are not used. Its width follows ``sqrt(var_a + var_b)`` on the
   smaller arm's count, at the full level, where the union adds the two arms' widths, each at ``1 - alpha/2``: at
-  0/1 scores near 0.8 it was 39 % narrower at a 50 % share, 25 % at 25 % and 10 % at 10 % (500-2,000 requests);
-  below about an 8 % share (or above 92 %) the union is narrower (``split_sequence_for``).
+  0/1 scores near 0.8 it was 36-39 % narrower at a 50 % share and 20-25 % at 25 % (500-2,000 requests); at 10 %,
+  10 % narrower at 1,000-2,000 requests and as wide at 500; at 3 % the union was narrower (by the widths' scaling,
+  below about 8 %), hence ``split_sequence_for``.
 
 The choice between the two is made from the configured share, before any outcome is seen, and kept for every look:
 picking whichever is narrower at a look would read two sequences and hold neither's level.
