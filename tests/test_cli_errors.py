@@ -68,6 +68,13 @@ CASES: list[tuple[Callable[[dict[str, str]], list[str]], int, str]] = [
     (lambda f: ["bench", f["data"], "--config", f["down"], "--backends", "chat", "--out", f["out"], "--quiet",
                 "--no-compile"], 1, "chat: no scored row: 1 failed with StateUnavailable: "),
     (lambda f: ["bench", "--outcomes", f["missing"], "--out", f["out"]], 2, "outcomes: "),
+    # A bad value of a flag the bench checks itself names the setting once (was "concurrency: concurrency must ...").
+    (lambda f: ["bench", f["data"], "--config", f["good"], "--backends", "chat", "--out", f["out"], "--concurrency",
+                "0"], 2, "concurrency: must be an integer >= 1 (got 0)"),
+    (lambda f: ["bench", f["data"], "--config", f["good"], "--backends", "chat", "--out", f["out"], "--limit", "0"],
+     2, "limit: must be a whole number >= 1 (got 0)"),
+    (lambda f: ["bench", f["data"], "--config", f["good"], "--backends", "chat", "--out", f["out"], "--holdout",
+                "2"], 2, "holdout: must be between 0 and 1"),
     (lambda f: ["tune", f["missing"], "--config", f["good"], "--name", "t", "--local"], 2, "data: "),
     (lambda f: ["tune", f["data"], "--config", f["good"], "--name", "t", "--base-model", "gemini-2.5-flash",
                 "--validation-fraction", "7", "--dry-run", f["out"]], 2, "--validation-fraction: "),

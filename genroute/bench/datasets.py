@@ -144,7 +144,7 @@ def check_records(records: Any, *, field: str = "data") -> list[BenchRecord]:
 def check_holdout(holdout: Any) -> None:
     """``UsageError`` naming ``holdout`` unless it is a fraction strictly between 0 and 1."""
     if not is_real(holdout) or not 0.0 < holdout < 1.0:
-        raise UsageError("holdout must be between 0 and 1", field="holdout")
+        raise UsageError("must be between 0 and 1", field="holdout")
 
 
 def check_quality_floor(min_quality: Any) -> None:
@@ -161,7 +161,7 @@ def sample(records: Sequence[BenchRecord], limit: int | None, *, seed: int = 0) 
     only runs the added records.
     """
     if limit is not None and (not is_whole(limit) or limit < 1):
-        raise UsageError(f"limit must be a whole number >= 1 (got {limit!r})", field="limit")
+        raise UsageError(f"must be a whole number >= 1 (got {limit!r})", field="limit")
     if limit is None or limit >= len(records):
         return list(records)
     order = list(range(len(records)))

@@ -201,7 +201,7 @@ async def _answer(router: Router, request: GenerateRequest, stream: bool) -> Gen
 def check_concurrency(concurrency: int) -> None:
     """``UsageError`` naming ``concurrency`` unless it is an integer >= 1."""
     if not is_whole(concurrency) or concurrency < 1:
-        raise UsageError(f"concurrency must be an integer >= 1 (got {concurrency!r})", field="concurrency")
+        raise UsageError(f"must be an integer >= 1 (got {concurrency!r})", field="concurrency")
 
 
 def target_names(targets: Sequence[str]) -> list[str]:

@@ -295,7 +295,7 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
 
     config = config or types.GenerateContentConfig()
     if not contents:
-        raise UsageError("contents must not be empty", field="contents")
+        raise UsageError("must not be empty", field="contents")
     if config.candidate_count not in (None, 1):
         raise UsageError("the local engine produces one candidate", field="config.candidate_count")
     check_sampling(config)

@@ -161,7 +161,7 @@ def decide_promotion(records: Sequence[OutcomeRecord], task: str, *, incumbent: 
     if not isinstance(sequential, bool):
         raise UsageError(f"must be True or False (got {sequential!r})", field="sequential")
     if mode not in ("shadow", "split"):
-        raise UsageError(f"mode must be 'shadow' or 'split' (got {mode!r})", field="mode")
+        raise UsageError(f"must be 'shadow' or 'split' (got {mode!r})", field="mode")
     if split_sequence not in ("matched", "union"):
         raise UsageError(f"must be 'matched' or 'union' (got {split_sequence!r})", field="split_sequence")
     task_records = [r for r in records if r.task == task]
