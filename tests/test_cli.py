@@ -337,3 +337,23 @@ def test_ctrl_c_while_the_command_loads_ends_it_with_one_line_not_a_traceback(tm
     out, err = proc.communicate(timeout=60)
     assert "Traceback" not in err, err
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "genroute: interrupted", (out, err)
+
+
+def test_bench_without_matplotlib_says_it_wrote_no_chart_instead_of_printing_none(tmp_path, gemini_server):
+    """Without the bench extra (no matplotlib) `genroute bench` printed `Reports: .../report.md, .../report.html,
+    None`; it now lists the reports it wrote and says why no pareto.png is among them."""
+    path = _write_config(tmp_path, gemini_server)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"input": f"q{i}", "output": f"echo: q{i}"}) + "\n" for i in range(3)))
+    out = tmp_path / "out"
+    no_matplotlib = ("import sys; sys.modules['matplotlib'] = None; from genroute.cli import main; "
+                     "raise SystemExit(main(sys.argv[1:]))")
+    proc = subprocess.run(
+        [sys.executable, "-c", no_matplotlib, "bench", str(data), "--config", str(path), "--backends", "chat",
+         "--out", str(out), "--quiet", "--no-compile"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("Reports: "))
+    assert "None" not in line and 'no pareto.png: charts need pip install "genroute[bench]"' in line, line
+    assert (out / "report.md").is_file() and not (out / "pareto.png").exists()
+    assert f"{out / 'report.md'}, {out / 'report.html'} (no pareto.png" in line

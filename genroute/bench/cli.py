@@ -114,7 +114,10 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
         return command_error(exc, "genroute bench")
     print(report.markdown())
     files = report.files
-    print(f"Reports: {files.get('markdown')}, {files.get('html')}, {files.get('png')}; results: {files['results']}")
+    written = ", ".join(str(files[name]) for name in ("markdown", "html", "png") if files.get(name) is not None)
+    # No chart without matplotlib (the bench extra): say so, rather than print "None" where its path would be.
+    chart = "" if files.get("png") is not None else ' (no pareto.png: charts need pip install "genroute[bench]")'
+    print(f"Reports: {written}{chart}; results: {files['results']}")
     if report.unscored:  # a backend that never answered: the run did not measure what was asked
         from genroute.bench.setup_failures import exit_status as unscored_status
 
