@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -317,3 +318,17 @@ def test_no_op_meter_provider_reads_nothing(gemini_server):
     with Router.from_config(gemini_config(gemini_server), meter_provider=NoOpMeterProvider()) as router:
         assert not router.telemetry.metered
         assert router.generate("hello").cost_usd > 0  # cost is still summed: only the metric points are skipped
+
+
+def test_every_attribute_of_a_streamed_root_span_is_in_the_readmes_root_span_list(gemini_server, otel):
+    """The README's list of the root span's attributes left out `genroute.time_to_first_token_s` (and the local
+    model's `genroute.cloud_equivalent.cost.amount`), which a stream's root span carries."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("**The root span**", 1)[1].split("**Child spans**", 1)[0]
+    gemini_server.reply_text("one two", usage=(4, 2), chunks=2)
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        list(router.stream("count", task="t"))
+    root = otel.spans("genroute.generate")[0].attributes
+    assert "genroute.time_to_first_token_s" in root
+    assert [key for key in root if f"`{key}`" not in section] == []
+    assert "`genroute.cloud_equivalent.cost.amount`" in section
