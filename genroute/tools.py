@@ -23,7 +23,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
-from genroute.errors import ConfigError, UsageError
+from genroute.errors import ConfigError, UsageError, without_secrets
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
 
@@ -310,8 +310,11 @@ def jsonable(value: Any) -> Any:
 
 
 def failure_text(exc: BaseException) -> str:
-    """What a model is told of a tool's exception: its type and message (even one whose ``str`` raises)."""
-    return f"{type(exc).__name__}: {readable(exc)}"
+    """What a model is told of a tool's exception: its type and message (even one whose ``str`` raises), with text
+    shaped like a credential (an API key, a token, a URL's user and password) masked. The text also goes into the
+    result's ``tool_calls``, the error of a failed loop and, with content capture, the spans: an exception of an
+    HTTP or database client often quotes the URL it was given, credentials and all."""
+    return without_secrets(f"{type(exc).__name__}: {readable(exc)}")
 
 
 def readable(value: Any) -> str:

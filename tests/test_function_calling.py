@@ -610,3 +610,29 @@ async def test_a_rung_that_failed_after_tools_ran_lists_them_when_another_answer
     failed, answered = result.decision.rungs_tried
     assert failed.outcome == "error" and [(c.name, c.outcome) for c in failed.tool_calls] == [("book", "ok")]
     assert answered.tool_calls == ()
+
+
+def test_a_tool_error_that_quotes_credentials_reaches_neither_the_model_nor_the_result_nor_the_spans(
+        gemini_server: GeminiTestServer, otel: Otel) -> None:
+    """A tool whose exception quoted an API key or a URL with its password (as HTTP and database clients' errors
+    do) had that text sent to the model as the tool's error, kept in `result.tool_calls` and, with content capture,
+    written into the spans (the README: "keys never"); it is now masked there, the rest of the message kept."""
+    key = "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW"
+
+    def fetch(path: str) -> str:
+        """Fetch a path from the API."""
+        raise RuntimeError(f"GET https://svc:hunter2-pw@api.example.com{path}?key={key} failed: 503")
+
+    gemini_server.reply_function_call("fetch", {"path": "/v1/items"})
+    gemini_server.reply_text("The API is down.")
+    config = gemini_config(gemini_server, kind="function_calling", tools=["fetch"])
+    config["telemetry"] = {"capture_content": True}
+    with Router.from_config(config, tools={"fetch": fetch}, **otel.providers) as router:
+        result = router.generate("List the items")
+    error = result.tool_calls[0].error
+    assert error is not None and error.startswith("RuntimeError: GET https://***@api.example.com/v1/items")
+    sent = json.dumps(function_responses(bodies(gemini_server)[-1]))
+    spans = json.dumps([{k: str(v) for k, v in (s.attributes or {}).items()} for s in otel.spans()])
+    assert "api.example.com/v1/items" in sent and "api.example.com/v1/items" in spans
+    for text in (error, sent, spans, repr(result)):
+        assert key not in text and "hunter2-pw" not in text
