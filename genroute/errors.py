@@ -269,12 +269,16 @@ def exit_status(error: GenrouteError) -> int:
     return 2 if isinstance(error, UsageError) else 1
 
 
+_LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*")
+
+
 def error_line(error: GenrouteError, command: str) -> str:
     """The one line the ``genroute`` command ``command`` (``"genroute bench"``) prints for ``error``, worded as
     argparse words a bad option: ``genroute bench: error: <field>: <message>`` for the caller's mistake,
     ``genroute bench: error: <ErrorType>: <message>`` for a failure at run time, then what the failed work cost when it
     cost anything (there is no result to read it from); anything shaped like a credential is masked."""
     text = str(error) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
+    text = _LINE_BREAKS.sub(" ", text.strip())  # one line, whatever a message quoted (a provider's, a library's)
     if error.cost_usd:
         text += f" (cost ${error.cost_usd:.6f}{', estimated' if error.cost_estimated else ''})"
     return f"{command}: error: {without_secrets(text)}"

@@ -178,7 +178,9 @@ def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field
             )
         schema = _finite_only(inline_refs(model.model_json_schema()))
     except Exception as exc:  # pydantic raises several kinds for unsupported annotations
-        raise ConfigError(f"tool {name!r}: cannot build a JSON schema: {exc}", field=field) from None
+        # pydantic's first paragraph says what failed; the rest is advice on its own models and a documentation link
+        reason = str(exc).strip().split("\n\n")[0].replace("\n", " ")
+        raise ConfigError(f"tool {name!r}: cannot build a JSON schema: {reason}", field=field) from None
     schema.pop("title", None)
     description = inspect.cleandoc(_own_doc(inner) or "").split("\n\n")[0].strip()
     marked = (getattr(f, SIDE_EFFECT_FREE, False) for f in (fn, inner, getattr(inner, "__call__", None)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -114,3 +115,27 @@ def test_every_command_reports_an_error_in_one_line_with_its_prefix_and_status(
     # A usage error is `<field>: <message>`, as argparse's `argument --x: ...`; a run-time failure names its type.
     typed = re.match(r"[A-Z][A-Za-z]*(Error|Unavailable|Exceeded|Rejected|Failed): ", lines[0][len(prefix):])
     assert (typed is not None) == (status == 1 and args[0] != "bench"), lines[0]
+
+
+def test_an_error_whose_message_spans_lines_is_still_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tool whose parameter pydantic cannot describe (a `Callable`) was refused with pydantic's whole message: three
+    lines on the command's stderr, ending with a documentation link and advice on `arbitrary_types_allowed`. The
+    ConfigError now holds pydantic's first paragraph, and every command prints any error on one line."""
+    (tmp_path / "cli_tools_mod.py").write_text(
+        "from collections.abc import Callable\n\n\n"
+        "def apply(f: Callable[[int], int]) -> str:\n    \"\"\"Apply f.\"\"\"\n    return ''\n")
+    files = _files(tmp_path)
+    config = yaml.safe_load(Path(files["good"]).read_text())
+    config["backends"]["chat"] = {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-flash",
+                                  "tools": ["apply"]}
+    config["tools"] = {"apply": "cli_tools_mod:apply"}
+    path = tmp_path / "tools.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)  # the command finds the application's modules in its working directory
+    monkeypatch.delitem(sys.modules, "cli_tools_mod", raising=False)
+    assert main(["generate", "hi", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "For further information" not in err, err
+    assert err.startswith("genroute generate: error: backends.chat.tools: tool 'apply': cannot build a JSON schema: ")
+    assert err.rstrip().endswith(f"({path}, line 6)") and KEY not in err
