@@ -51,13 +51,15 @@ def test_generate_trace_prints_the_spans_to_stderr(tmp_path, gemini_server, caps
     assert result["trace_id"] is not None
     assert "genroute.generate" in err and "generate_content gemini-2.5-flash" in err
     assert "input_tokens=5" in err and "output_tokens=2" in err
+    # Each label says what it shows: it was the attribute's last word, `name=gcp.gemini amount=0.0000065`.
+    assert "provider=gcp.gemini" in err and " name=" not in err and "amount=" not in err
     # gemini-2.5-flash: 5 x $0.30 + 2 x $2.50 a million tokens, in plain decimals (it read 6.5e-06, or with binary
     # noise such as 2.3199999999999998e-05)
-    assert result["cost_usd"] == pytest.approx(6.5e-06) and err.count("amount=0.0000065") == 2 and "e-0" not in err
+    assert result["cost_usd"] == pytest.approx(6.5e-06) and err.count("cost_usd=0.0000065") == 2 and "e-0" not in err
     gemini_server.fault(Fault.status(400, message="bad request"))
     assert main(["generate", "x", "--config", str(path), "--trace"]) == 1
     err = capsys.readouterr().err  # a failed request's spans are printed too
-    assert "genroute.generate" in err and "type=BackendRejected" in err
+    assert "genroute.generate" in err and "error=BackendRejected" in err
 
 
 def test_generate_trace_shows_a_local_models_cloud_equivalent_cost(tmp_path, capsys):
@@ -73,7 +75,7 @@ def test_generate_trace_shows_a_local_models_cloud_equivalent_cost(tmp_path, cap
     result = json.loads(out)
     assert result["cost_usd"] == 0 and result["cloud_equivalent_cost_usd"] > 0
     shown = f"{result['cloud_equivalent_cost_usd']:.10f}".rstrip("0")
-    assert f"cloud_equivalent={shown}" in err and "e-0" not in err and "cloud_model=" in err
+    assert f"cloud_equivalent_usd={shown}" in err and "e-0" not in err and "cloud_model=" in err
 
 
 def test_generate_stream(tmp_path, gemini_server, capsys):

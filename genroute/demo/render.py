@@ -57,12 +57,13 @@ def results_table(rows: Sequence[tuple[dict[str, Any], str, Any]]) -> Table:
     return table
 
 
-#: Span attributes shown in the tree, and their labels: a local model's cost is 0, so what the same tokens would
-#: cost on the reference cloud model is shown beside it.
-_SHOWN = {"genroute.backend": "backend", "genroute.policy": "policy", "gen_ai.provider.name": "name",
+#: Span attributes shown in the tree, and their labels (each says what its value is: `cost_usd=`, not the attribute's
+#: last word, `amount=`): a local model's cost is 0, so what the same tokens would cost on the reference cloud model
+#: is shown beside it.
+_SHOWN = {"genroute.backend": "backend", "genroute.policy": "policy", "gen_ai.provider.name": "provider",
           "gen_ai.usage.input_tokens": "input_tokens", "gen_ai.usage.output_tokens": "output_tokens",
-          "gen_ai.usage.cost.amount": "amount", "genroute.cloud_equivalent.cost.amount": "cloud_equivalent",
-          "genroute.cloud_equivalent.model": "cloud_model", "error.type": "type"}
+          "gen_ai.usage.cost.amount": "cost_usd", "genroute.cloud_equivalent.cost.amount": "cloud_equivalent_usd",
+          "genroute.cloud_equivalent.model": "cloud_model", "error.type": "error"}
 
 
 def _shown(value: Any) -> str:
