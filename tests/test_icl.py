@@ -146,8 +146,11 @@ async def test_fixed_random_and_balanced(knowledge: Knowledge, tmp_path: Path) -
 
 async def test_loading_is_idempotent_and_bad_files_are_named(knowledge: Knowledge, tmp_path: Path) -> None:
     collection, examples = await loaded(knowledge, tmp_path)
-    again = await aload_examples(knowledge.store(), [tmp_path / "ex.jsonl"], collection=collection)
-    assert (again.added, again.skipped) == (0, len(EXAMPLES))
+    batches: list[tuple[int, int]] = []
+    again = await aload_examples(knowledge.store(), [tmp_path / "ex.jsonl"], collection=collection,
+                                 on_batch=lambda n, done: batches.append((n, done)))
+    # Nothing to write: no batch written nor reported (it said batches=1 and called on_batch for an empty one).
+    assert (again.added, again.skipped, again.batches, batches) == (0, len(EXAMPLES), 0, [])
     assert len(await examples.pool()) == len(EXAMPLES)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"input": "a new example", "output": "b"}\n{"input": "only input"}\n')

@@ -310,11 +310,13 @@ async def upsert_missing(
             batch = ids[start:start + size]
             present = await store.existing_ids(collection, batch, kind=kind)
             todo = [i for i in batch if i not in present]
+            advance(len(batch))
+            if not todo:  # all stored already: no write, so no batch to count or report
+                continue
             await store.upsert(collection, todo, [records[i][0] for i in todo], [placed(records[i][1]) for i in todo],
                                kind=kind)
             added += len(todo)
             batches += 1
-            advance(len(batch))
             if on_batch is not None:
                 on_batch(batches, start + len(batch))
     return added, batches
