@@ -4,13 +4,14 @@ whatever its reader did (read slowly, stopped early) and however the provider en
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 import genroute.admission
-from genroute import BackendUnavailable, BudgetExceeded, CircuitOpen, Router, StreamInterrupted
+from genroute import BackendUnavailable, BudgetExceeded, CircuitOpen, DeadlineExceeded, Router, StreamInterrupted
 from genroute.testing import Fault, Reply
 
 from .conftest import gemini_config
@@ -22,6 +23,8 @@ ESTIMATE = 0.01
 #: Longer than any test: only a cancellation ends what waits this long.
 SLOW_S = 30.0
 
+T = TypeVar("T")
+
 
 def _budget_config(server: Any, budget_usd: float) -> dict[str, Any]:
     config = gemini_config(server)
@@ -30,27 +33,46 @@ def _budget_config(server: Any, budget_usd: float) -> dict[str, Any]:
     return config
 
 
+#: The stream's deadlines, tried in turn. The reader holds a chunk past its stream's first deadline, so the stream
+#: must bring its first chunk, and its rest, within that deadline: a loaded machine may not within a short one,
+#: which says nothing of what a case checks; a case is judged on its first run that was not cut by its deadline.
+DEADLINES_S = (0.3, 2.0, 8.0)
+
+
+def _in_time(run: Callable[[float], Coroutine[Any, Any, T]]) -> T:
+    """``asyncio.run(run(timeout_s))`` for the first of ``DEADLINES_S`` that did not end it (the last, whatever)."""
+    for timeout_s in DEADLINES_S[:-1]:
+        try:
+            return asyncio.run(run(timeout_s))
+        except DeadlineExceeded:
+            continue
+    return asyncio.run(run(DEADLINES_S[-1]))
+
+
 def test_a_slow_readers_stream_keeps_its_budget_hold_past_the_first_deadline(gemini_server, monkeypatch) -> None:
     """The reader's time moves a stream's deadline on (README), so its hold must not lapse at the first deadline: the
     budget has room for one answer, and a second request is refused while the first is still being read."""
     monkeypatch.setattr(genroute.admission, "HOLD_MARGIN_S", 0.0)  # a deadline-bound hold lapses at the deadline
-    gemini_server.reply_text("one two three", usage=USAGE, chunks=3)
 
-    async def main() -> tuple[Any, BaseException | None, dict[str, float]]:
+    async def main(timeout_s: float) -> tuple[Any, dict[str, float], BaseException | None, dict[str, float]]:
+        gemini_server.reply_text("one two three", usage=USAGE, chunks=3)
         async with Router.from_config(_budget_config(gemini_server, 1.5 * ESTIMATE)) as router:
-            async with aclosing(router.astream("hi", timeout_s=0.3)) as stream:
+            async with aclosing(router.astream("hi", timeout_s=timeout_s)) as stream:
                 await anext(stream)
-                await asyncio.sleep(0.6)  # the reader holds its first chunk past the deadline it started with
+                await asyncio.sleep(2 * timeout_s)  # the reader holds its first chunk past the deadline it started with
+                held = await router.admission.budget().usage("*")
                 try:
                     await router.agenerate("another", timeout_s=5)
                     refused = None
                 except BudgetExceeded as exc:
                     refused = exc
                 rest = [chunk async for chunk in stream]
-            return rest[-1].result, refused, await router.admission.budget().usage("*")
+            return rest[-1].result, held, refused, await router.admission.budget().usage("*")
 
-    result, refused, usage = asyncio.run(main())
-    assert isinstance(refused, BudgetExceeded)  # the stream still holds its estimate
+    result, held, refused, usage = _in_time(main)
+    # The stream still holds its estimate (a lapsed hold would count as spent at its estimate instead).
+    assert held == {"spent": 0.0, "reserved": pytest.approx(ESTIMATE)}
+    assert isinstance(refused, BudgetExceeded)
     assert result.text == "one two three"
     assert usage == {"spent": pytest.approx(result.cost_usd), "reserved": 0.0}
 
@@ -64,17 +86,18 @@ def _breaker_config(server: Any, **breakers: Any) -> dict[str, Any]:
 
 def test_a_slow_reader_that_stops_past_the_first_deadline_is_no_breaker_failure(gemini_server) -> None:
     """The deadline moved on while the reader held its chunk, so the attempt it closed was not cut by the deadline."""
-    gemini_server.reply_text("one two three", usage=USAGE, chunks=3)
 
-    async def main() -> str:
+    async def main(timeout_s: float) -> tuple[str, int]:
+        gemini_server.reply_text("one two three", usage=USAGE, chunks=3)
+        sent = len(gemini_server.requests)
         async with Router.from_config(_breaker_config(gemini_server)) as router:
-            async with aclosing(router.astream("hi", timeout_s=0.3)) as stream:
+            async with aclosing(router.astream("hi", timeout_s=timeout_s)) as stream:
                 await anext(stream)
-                await asyncio.sleep(0.6)  # past the deadline the stream started with
-            return (await router.agenerate("next")).backend  # CircuitOpen if the early close counted
+                await asyncio.sleep(2 * timeout_s)  # past the deadline the stream started with
+            backend = (await router.agenerate("next")).backend  # CircuitOpen if the early close counted
+        return backend, len(gemini_server.requests) - sent
 
-    assert asyncio.run(main()) == "chat"
-    assert len(gemini_server.requests) == 2
+    assert _in_time(main) == ("chat", 2)
 
 
 @pytest.mark.parametrize("fault", [Fault.status(503, after_chunks=1), Fault.cut_stream(1)], ids=["503", "cut"])
