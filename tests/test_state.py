@@ -174,14 +174,16 @@ async def test_list_items_written_before_stamps_are_read_and_age_out(redis_serve
 # -- breakers ---------------------------------------------------------------------------------------------
 
 async def test_breaker_opens_after_threshold_then_one_probe_then_closes(store: StateStore) -> None:
-    assert not await store.breaker_fail("b", threshold=3, window_s=10, open_s=0.2)
-    assert not await store.breaker_fail("b", threshold=3, window_s=10, open_s=0.2)
+    # Open long enough for the two calls made while it is open to come within it on a loaded machine.
+    open_s = 2.0
+    assert not await store.breaker_fail("b", threshold=3, window_s=10, open_s=open_s)
+    assert not await store.breaker_fail("b", threshold=3, window_s=10, open_s=open_s)
     assert await store.breakers(["b"]) == {}  # failures alone do not open it
-    assert await store.breaker_fail("b", threshold=3, window_s=10, open_s=0.2)
+    assert await store.breaker_fail("b", threshold=3, window_s=10, open_s=open_s)
     (left,) = (await store.breakers(["b", "other"])).values()
-    assert 0 < left <= 0.2
+    assert 0 < left <= open_s
     assert not await store.breaker_probe("b", 5)  # open: no probe yet
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(open_s + 0.05)
     assert (await store.breakers(["b"]))["b"] <= 0  # half-open
     assert await store.breaker_probe("b", 5)
     assert not await store.breaker_probe("b", 5)  # only one probe at a time
@@ -279,10 +281,12 @@ async def test_an_admission_its_caller_gives_up_on_holds_nothing_once_redis_answ
 async def test_a_settle_its_caller_gives_up_on_is_still_made(redis_server: RedisServer) -> None:
     import redis.asyncio
 
-    store = _redis(redis_server, max_connections=1)
+    store = _redis(redis_server, max_connections=1, timeout_s=30)  # the pause below is no outage
     raw = redis.asyncio.Redis.from_url(redis_server.url)
     hold_id, _ = await store.hold("settled", 40, 100, ttl_s=60, keep_s=600)
-    await raw.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    # Paused far longer than the two short sleeps below take on a loaded machine: the settle is surely still waiting
+    # for the connection when it is cancelled (had the pause ended, it could be done, and nothing cancelled).
+    await raw.execute_command("CLIENT", "PAUSE", 3000, "ALL")
     busy = asyncio.ensure_future(store.usage("other"))  # holds the one pooled connection until the pause ends
     await asyncio.sleep(0.05)
     settling = asyncio.ensure_future(store.apply([Settle("settled", hold_id, 75, keep_s=600)]))
