@@ -86,7 +86,7 @@ def test_a_feedback_judge_ends_at_the_routers_timeout(gemini_server, tmp_path):
     cfg = config(gemini_server, tmp_path, scorer="judge:pro")
     cfg["policy"] = {"kind": "static", "backend": "chat"}
     with Router.from_config(cfg, timeout_s=0.5) as router:
-        result = router.generate("hello", task="t")
+        result = router.generate("hello", task="t", timeout_s=30)  # answered, however loaded the machine
         gemini_server.fault(Fault.delay(5), times=5)   # the judge's server answers too late
         with pytest.raises(GenrouteError) as exc:
             router.feedback(result, label="hi")
