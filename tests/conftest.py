@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -141,3 +142,10 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, out
+
+
+def without_earlier_garbage(caplog: pytest.LogCaptureFixture) -> None:
+    """Collect what earlier tests left to the garbage collector, then forget what that logged: a pending asyncio task
+    of theirs collected during this test logs "Task was destroyed but it is pending!" (ERROR), not this test's own."""
+    gc.collect()
+    caplog.clear()

@@ -19,7 +19,7 @@ from genroute.router.inflight import UNWIND_S
 from genroute.router.lifecycle import close_bound
 from genroute.testing import Fault, Reply
 
-from .conftest import budget_usage, gemini_config, in_thread
+from .conftest import budget_usage, gemini_config, in_thread, without_earlier_garbage
 
 DRAIN_S = 0.5
 SLACK_S = 5.0  # thread hand-offs and client teardown on a loaded 2-core machine; a hang takes forever
@@ -142,6 +142,7 @@ def test_a_close_that_failed_half_way_stops_the_loop_thread(gemini_server, first
 
 
 def test_sync_stream_mid_step_and_idle_both_end_with_a_typed_error(gemini_server, caplog, otel):
+    without_earlier_garbage(caplog)  # what it logs is this test's only
     gemini_server.reply(Reply(parts=({"text": "one two three four"},), usage=(10, 4), chunks=4))
     router = Router.from_config(_config(gemini_server), **otel.providers)
     idle = router.stream("first", timeout_s=60)
@@ -265,6 +266,7 @@ def test_an_astream_abandoned_without_aclosing_closes_quietly(gemini_server, cap
     """Finalized by the loop in another context: no "Failed to detach context" ERROR, spans still end."""
     import gc
 
+    without_earlier_garbage(caplog)  # the gc.collect() below finds only this test's garbage
     gemini_server.reply(Reply(parts=({"text": "one two three four"},), usage=(10, 4), chunks=4))
 
     async def main() -> float:
