@@ -162,7 +162,8 @@ def misbehaving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
 
 @pytest.fixture
 def shadowing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Plugins installed under built-in kind names."""
+    """Plugins installed under built-in kind names (warned about once per kind in a process: from this test on)."""
+    registry._shadowed.cache_clear()
     yield from _install(tmp_path, monkeypatch, (
         "[genroute.policies]\nladder = genroute_plugin_example:ShortestNamePolicy\n"
         "[genroute.engines]\ngemini = genroute_plugin_example.engine:EchoEngine\n"
