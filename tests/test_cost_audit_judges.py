@@ -120,9 +120,10 @@ def test_a_shadow_whose_call_timed_out_charges_its_estimate_to_the_budget_and_sa
     served = tokens(900, 120)
     gemini_server.reply_json(answer("positive", served))
     gemini_server.fault(Fault.delay(0))  # the served call answers at once
-    gemini_server.fault(Fault.delay(4))  # the shadow's outlives its 1 s attempt
+    gemini_server.fault(Fault.delay(6))  # the shadow's outlives its 2 s attempt
     config = _shadowed(gemini_server, state, tmp_path, 1.0)
-    config["engines"]["gemini"].update(timeout_s=1.0, retry={"attempts": 1})
+    # 2 s: the served call (the router's first, its client still cold) must answer within it on a loaded machine.
+    config["engines"]["gemini"].update(timeout_s=2.0, retry={"attempts": 1})
 
     with Router.from_config(config, **otel.providers) as router:
         result = router.generate("a question", timeout_s=20)
