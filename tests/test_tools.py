@@ -70,7 +70,7 @@ def test_pydantic_model_parameter_is_inlined_and_rebuilt() -> None:
     assert to["properties"]["city"]["type"] == "string" and to["required"] == ["street", "city"]
     kwargs = tool.validate({"to": {"street": "1 Main", "city": "Oslo"}, "on": "2026-01-02"})
     assert isinstance(kwargs["to"], Address) and kwargs["on"] == date(2026, 1, 2)
-    assert asyncio.run(tool.call(kwargs, timeout_s=1)) == "Oslo:False:2026-01-02"
+    assert asyncio.run(tool.call(kwargs, timeout_s=30)) == "Oslo:False:2026-01-02"  # a hang bound only
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_validated_args_call_sync_tool_in_thread() -> None:
     tool = tool_from_callable(get_weather)
     assert not tool.is_async
     kwargs = tool.validate({"city": "Paris", "unit": "fahrenheit", "days": "3"})
-    assert asyncio.run(tool.call(kwargs, timeout_s=1)) == {"city": "Paris", "unit": "fahrenheit", "days": 3}
+    assert asyncio.run(tool.call(kwargs, timeout_s=30)) == {"city": "Paris", "unit": "fahrenheit", "days": 3}
 
 
 def test_sync_and_async_timeouts() -> None:
