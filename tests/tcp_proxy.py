@@ -25,6 +25,8 @@ class TcpProxy:
         self._down = False
         self._cut_in = 0  # array replies until the cut (0: none armed)
         self._released = threading.Event()  # cleared: replies wait in the proxy
+        #: Replies that came while replies were held (each waited in the proxy).
+        self.held = 0
         self._released.set()
         #: Replies swallowed by ``cut_reply``.
         self.cuts = 0
@@ -106,7 +108,9 @@ class TcpProxy:
             while data := source.recv(65536):
                 if replies and data.startswith(b"*") and self._cutting():
                     break
-                if replies:
+                if replies and not self._released.is_set():
+                    with self._lock:
+                        self.held += 1
                     self._released.wait()
                 sink.sendall(data)
         except OSError:

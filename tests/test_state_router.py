@@ -166,7 +166,11 @@ def test_a_hold_whose_admission_a_loop_per_call_cut_off_is_given_back_not_left_t
                 await router.agenerate("first")  # this loop's pool has its connection
                 proxy.hold_replies()
                 asyncio.ensure_future(router.agenerate("cut off"))
-                await asyncio.sleep(0.5)  # its admission ran in Redis; the reply is held in the proxy
+                for _ in range(3000):  # until its admission ran in Redis and the reply is held in the proxy (30 s)
+                    if proxy.held:
+                        break
+                    await asyncio.sleep(0.01)
+                assert proxy.held, "the admission never reached Redis"
 
             asyncio.run(left_waiting())  # returns with the request still waiting: asyncio.run cancels it
             proxy.release_replies()
