@@ -862,7 +862,7 @@ def test_seeded_sampling_is_stable(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("row", "says"), [
     ({"input": "q", "label": ["a", "b"]}, "d.jsonl:2: label: Input should be a valid string (got ['a', 'b'])"),
     ({"input": "q", "label": 3.5}, "d.jsonl:2: label: Input should be a valid string (got 3.5)"),  # 3 is "3"
-    ({"input": "q", "label": " "}, "d.jsonl:2: label: empty (leave the key out for a record without a label)"),
+    ({"input": "q", "label": " "}, "d.jsonl:2: label: empty, and no output (leave the key out for a record without"),
     ({"text": "q", "output": "a"}, "d.jsonl:2: input: missing"),
     ({"input": "q", "metadata": "notes"}, "d.jsonl:2: metadata: must be a JSON object, got str"),
     # One string was read a character a label: "positive, not negative" named only "positive" of p, o, s...
@@ -877,6 +877,24 @@ def test_a_bad_record_is_named_by_line_and_key(tmp_path: Path, row: dict[str, An
     with pytest.raises(UsageError) as err:
         load_records(path)
     assert err.value.field == "data" and err.value.message.startswith(says) and "pydantic" not in str(err.value)
+
+
+def test_an_empty_label_on_a_record_with_an_output_is_no_label(server: GeminiTestServer, tmp_path: Path) -> None:
+    """A set that gives every record a ``label`` key, ``""`` on its generation (QA) records, was refused whole on the
+    first of them ("label: empty"), though ``genroute tune`` trains on the same file: such a record is now benchmarked
+    against its output, as one without the key."""
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"input": "The service was great.", "label": "positive", "output": "positive",
+             "metadata": {"label_set": ["negative", "positive"]}},
+            {"input": "The service was awful.", "label": "", "output": "negative"},
+            {"input": "The food was rude.", "label": "  ", "output": "positive"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert [(r.label, r.output) for r in load_records(path)] == [
+        ("positive", "positive"), (None, "negative"), (None, "positive")]
+    with Router.from_config(config(server)) as router:
+        report = bench(router, path, backends=["smart"], out_dir=tmp_path / "out", progress=False, compile=False)
+    # smart answers by keyword: right on the first two, wrong on the third (its output is the gold answer).
+    assert [o.score for o in report.outcomes] == [1.0, 1.0, 0.0]
 
 
 def test_a_windows_file_with_a_bom_and_crlf_reads_as_any_other(tmp_path: Path) -> None:

@@ -102,13 +102,17 @@ def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, f
     if "input" not in raw:
         raise UsageError(f"{where}: input: missing (a record is {{input, output, label?, metadata?}})", field=field)
     label = label_text(raw.get("label"))
+    output = _text(raw.get("output"), where=where, field=field)
     if isinstance(label, str) and not label.strip():
-        # No gold answer: label_accuracy would score every backend 0 on it (the later refusal named no line).
-        raise UsageError(f"{where}: label: empty (leave the key out for a record without a label)", field=field)
+        if output.strip():  # a generation record in a file that gives every record a label key: its output is gold
+            label = None
+        else:  # no gold answer: label_accuracy would score every backend 0 on it (the later refusal named no line)
+            raise UsageError(f"{where}: label: empty, and no output (leave the key out for a record without a "
+                             f"label, and give its gold answer as output)", field=field)
     try:
         return pydantic_validated(BenchRecord, {
             "id": given_id(raw.get("id"), meta.get("id")) or f"line-{lineno}", "input": raw["input"],
-            "output": _text(raw.get("output"), where=where, field=field), "label": label,
+            "output": output, "label": label,
             "task": raw.get("task") or meta.get("task") or task, "metadata": meta})
     except ValidationError as exc:
         error = exc.errors()[0]
