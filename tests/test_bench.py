@@ -783,6 +783,34 @@ def test_cli_runs_function_calling_records_with_their_own_tools(gemini_server: G
         "array-1": {"type": "array", "items": {"type": "integer"}}, "alpha": {"type": "number"}}}
 
 
+def test_a_record_tool_in_bfcl_java_types_is_sent_as_json_schema(gemini_server: GeminiTestServer,
+                                                                 tmp_path: Path) -> None:
+    """BFCL's Java and JavaScript categories declare ``String``, ``long``, ``HashMap``, ``ArrayList``...: they were sent
+    as written (llama.cpp's grammar refused ``HashMap``, failing the record's row with a UsageError); they are mapped
+    as BFCL's own harness maps them (``GORILLA_TO_OPENAPI``), nested ones too."""
+    decl = {"name": "MapUtil.get", "parameters": {"type": "dict", "required": ["map", "key"], "properties": {
+        "map": {"type": "HashMap"}, "key": {"type": "String"}, "limit": {"type": "long"},
+        "ids": {"type": "ArrayList", "items": {"type": "Bigint"}}, "flag": {"type": "Boolean"},
+        "payload": {"type": "Any"}}}}
+    data = tmp_path / "java.jsonl"
+    data.write_text(json.dumps({"input": "Get key a of m.", "output": "", "metadata": {
+        "id": "j1", "tools": [decl], "possible_answer": [{"MapUtil.get": {"map": ["m"], "key": ["a"]}}]}}) + "\n")
+    gemini_server.default_reply = lambda request: Reply(parts=({"functionCall": {
+        "name": "MapUtil_get", "args": {"map": "m", "key": "a"}}},))
+    cfg = config(gemini_server)
+    cfg["tools"] = {"placeholder": "genroute.bench.record_tools:placeholder"}
+    cfg["backends"]["fc"] = {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-flash",
+                             "tools": ["placeholder"], "max_steps": 1, "on_max_steps": "answer"}
+    (tmp_path / "genroute.yaml").write_text(yaml.safe_dump(cfg))
+    argv = [str(data), "--config", str(tmp_path / "genroute.yaml"), "--backends", "fc",
+            "--out", str(tmp_path / "out"), "--quiet", "--no-compile"]
+    assert bench_main(argv) == 0
+    sent = [d for r in gemini_server.requests for d in declared(r)]
+    assert field_of(sent[0], "parametersJsonSchema") == {"type": "object", "required": ["map", "key"], "properties": {
+        "map": {"type": "object"}, "key": {"type": "string"}, "limit": {"type": "integer"},
+        "ids": {"type": "array", "items": {"type": "integer"}}, "flag": {"type": "boolean"}, "payload": {}}}
+
+
 @pytest.mark.parametrize(("tools", "field"), [
     ([{"name": "my search"}], "metadata.tools[0].name"),  # a name Gemini refuses
     ([{"name": "geo.find"}, {"name": "geo_find", "description": "other"}], "metadata.tools[1].name"),

@@ -29,9 +29,14 @@ if TYPE_CHECKING:
     from genroute.bench.datasets import BenchRecord
     from genroute.router.router import Router
 
-#: BFCL writes Python type names where JSON Schema has its own.
+#: BFCL writes Python type names where JSON Schema has its own, and Java's in its Java and JavaScript categories:
+#: mapped as its own harness maps them (``bfcl_eval/constants/type_mappings.py``, ``GORILLA_TO_OPENAPI``), so that
+#: the model is given a schema it takes (llama.cpp's grammar refused ``HashMap``, failing every such record).
 _TYPES = {"dict": "object", "float": "number", "tuple": "array", "int": "integer", "str": "string",
-          "bool": "boolean", "list": "array"}
+          "bool": "boolean", "list": "array", "byte": "integer", "short": "integer", "long": "integer",
+          "Bigint": "integer", "double": "number", "char": "string", "String": "string", "ArrayList": "array",
+          "Array": "array", "Queue": "array", "Stack": "array", "HashMap": "object", "Hashtable": "object",
+          "Boolean": "boolean", "Any": "any"}
 
 
 async def placeholder() -> dict[str, str]:
@@ -75,13 +80,14 @@ def _check(record: BenchRecord, i: int, decl: Mapping[str, Any], seen: dict[str,
 
 
 def json_schema(node: Any) -> Any:
-    """A declaration's parameter schema as JSON Schema (BFCL's ``dict``/``float``/``tuple``/``any`` mapped)."""
+    """A declaration's parameter schema as JSON Schema (BFCL's ``dict``/``float``/``tuple``/``any`` and Java type
+    names mapped)."""
     if not isinstance(node, Mapping):
         return node
     out = dict(node)
     kind = out.get("type")
     if isinstance(kind, str):
-        if kind == "any":
+        if _TYPES.get(kind, kind) == "any":
             del out["type"]
         else:
             out["type"] = _TYPES.get(kind, kind)
