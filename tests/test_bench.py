@@ -1241,6 +1241,26 @@ def test_records_without_a_gold_answer_are_refused_before_any_call(server: Gemin
     assert server.requests == [] and not (tmp_path / "out" / "run.json").exists()
 
 
+@pytest.mark.parametrize("scorer", [None, "frame_f1", "frame_exact"])
+def test_records_without_a_gold_frame_are_refused_before_any_call(server: GeminiTestServer, tmp_path: Path,
+                                                                  scorer: str | None) -> None:
+    """A frame set (NLU++) whose gold outputs were not all frames (another set's ``{"intent": ...}``, text) ran every
+    record on every backend, paid for, and then failed each such row with a ScorerError."""
+    frame = json.dumps({"intents": ["book"], "slots": {"people": "2"}})
+    data = [BenchRecord(id="f", input="Book a room for two.", output=frame),
+            BenchRecord(id="i", input="Cancel it.", output=json.dumps({"intent": "cancel"})),
+            BenchRecord(id="t", input="Hello.", output="greeting")]
+    router = Router.from_config(config(server))
+    try:
+        with pytest.raises(UsageError) as err:
+            bench(router, data, backends=["cheap"], scorer=scorer, out_dir=tmp_path / "out", progress=False)
+    finally:
+        router.close()
+    assert err.value.field == "data" and "2 of 3 records" in err.value.message
+    assert "'i', 't'" in err.value.message and (scorer or "frame_f1") in err.value.message
+    assert server.requests == [] and not (tmp_path / "out" / "run.json").exists()
+
+
 @pytest.mark.parametrize(("name", "content"), [("binary.jsonl", b"\xff\xfe{}\n"), ("fake.jsonl.gz", b"not gzip")])
 def test_a_dataset_that_is_not_text_or_not_gzip_is_a_usage_error(tmp_path: Path, name: str, content: bytes) -> None:
     path = tmp_path / name

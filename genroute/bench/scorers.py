@@ -204,11 +204,15 @@ def frame_items(value: Any) -> set[tuple[str, ...]] | None:
     return items | {("slot", str(k).strip().lower(), normalize(str(v))) for k, v in slots.items()}
 
 
-def _frames(record: BenchRecord, result: GenerateResult) -> tuple[set[tuple[str, ...]], set[tuple[str, ...]] | None]:
+def _gold_frame(record: BenchRecord) -> set[tuple[str, ...]] | None:
     try:
-        gold = frame_items(json.loads(record.output))
+        return frame_items(json.loads(record.output))
     except json.JSONDecodeError:
-        gold = None
+        return None
+
+
+def _frames(record: BenchRecord, result: GenerateResult) -> tuple[set[tuple[str, ...]], set[tuple[str, ...]] | None]:
+    gold = _gold_frame(record)
     if gold is None:
         raise UsageError(f"record {record.id}: output is not a JSON frame with intents and slots", field="scorer")
     try:
@@ -369,12 +373,17 @@ _GOLDS: dict[str, tuple[Callable[[BenchRecord], list[str]], str]] = {
 
 def check_golds(scorer: Scorer, records: Sequence[BenchRecord]) -> None:
     """``UsageError`` naming ``data`` if ``scorer`` compares answers with a gold answer and a record has none: it
-    would score 0 on every backend, silently (an empty regex pattern would score 1)."""
+    would score 0 on every backend, silently (an empty regex pattern would score 1), or, for the frame scorers,
+    fail every backend's row after its calls."""
     gold = _GOLDS.get(scorer.name)
-    if gold is None:
+    if scorer.name in ("frame_f1", "frame_exact"):  # each row failed after its calls were made and paid for
+        missing = [r.id for r in records if _gold_frame(r) is None]
+        where = 'output: a JSON frame {"intents": [...], "slots": {...}}'
+    elif gold is None:
         return
-    read, where = gold
-    missing = [r.id for r in records if not any(g.strip() for g in read(r))]
+    else:
+        read, where = gold
+        missing = [r.id for r in records if not any(g.strip() for g in read(r))]
     if missing:
         shown = ", ".join(repr(i) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise UsageError(f"{len(missing)} of {len(records)} records have no gold answer ({where}) for scorer "
