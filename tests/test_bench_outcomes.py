@@ -793,6 +793,29 @@ def test_compile_reads_a_gzipped_matrix_and_keeps_its_output_when_nothing_matche
     assert "--out" in capsys.readouterr().err
 
 
+def test_compile_refuses_a_matrix_without_costs_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    """A published matrix without costs (dcrouter, MMLU-Pro) compiled to an empty stats.json, exit 0, beside "learned.npz
+    not trained: it needs records with their input and two or more scored backends" (it had both): it is refused,
+    saying why and what compiles it, and an earlier compile's files stay as they were."""
+    from genroute.outcomes.cli import compile_main
+
+    rows = synthetic(15)
+    out = tmp_path / "out"
+    assert compile_main(["--outcomes", str(write_jsonl(tmp_path / "m.jsonl", rows)), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    for row in rows:
+        for side in row["outcomes"].values():
+            del side["cost_usd"]
+    costless = write_jsonl(tmp_path / "published.jsonl", rows)
+    for target in (out, tmp_path / "fresh"):
+        assert compile_main(["--outcomes", str(costless), "--out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("genroute compile: error: --outcomes: nothing to compile from ") and "cost_usd" in err
+        assert "genroute bench --outcomes" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not (tmp_path / "fresh").exists()
+
+
 def test_compile_trains_on_a_matrix_without_ids_and_refuses_an_id_given_twice(tmp_path: Path, capsys) -> None:
     """Ids are optional in a matrix: without them every record had the id "", so learned.npz was "not trained"
     (as if fewer than two records had inputs), and an id given twice merged two records for training."""

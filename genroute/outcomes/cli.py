@@ -16,6 +16,7 @@ from genroute.errors import GenrouteError, UsageError, command_error
 from genroute.jsonl import output_dir
 
 if TYPE_CHECKING:
+    from genroute.outcomes.records import OutcomeRecord
     from genroute.policies.stats import BenchStats
 
 _log = logging.getLogger("genroute.compile")
@@ -61,6 +62,7 @@ def _compile(args: argparse.Namespace) -> int:
         raise UsageError(f"no record in {args.outcomes} has an outcome (`outcomes`: {{backend: {{score, ...}}}}); "
                          "genroute bench's results.jsonl holds rows, not outcome records: compile the outcomes.jsonl "
                          "beside it", field="--outcomes")
+    _refuse_costless(records, args.outcomes)
     out = output_dir(args.out, field="--out")
     stats = outcome_stats(records, min_n=args.min_n, source=str(args.outcomes))
     from genroute.knowledge.examples import input_keys
@@ -115,6 +117,20 @@ def _compile(args: argparse.Namespace) -> int:
           + (report.cost_weight_choice.summary() if report.cost_weight_choice else
              f"fixed cost weight {report.cost_weight:g}"))
     return 0
+
+
+def _refuse_costless(records: Sequence[OutcomeRecord], source: object) -> None:
+    """``UsageError`` naming ``--outcomes`` when no scored outcome records a cost (a published matrix): every entry
+    would be left out (a missing cost is unknown, not free), so it compiled an empty stats.json, exit 0, beside
+    "learned.npz not trained: it needs records with their input and two or more scored backends"."""
+    from genroute.outcomes.stats import has_cost, uses_cloud_equivalent
+
+    cloud = uses_cloud_equivalent(records)
+    if not any(has_cost(side, cloud) for r in records for side in r.outcomes.values() if side.score is not None):
+        raise UsageError(f"nothing to compile from {source}: no scored outcome records a "
+                         f"{'cloud_equivalent_cost_usd' if cloud else 'cost_usd'} (a missing cost is unknown, not "
+                         "free), as in a published matrix; `genroute bench --outcomes FILE` compiles one on quality "
+                         "alone, or priced with --prices", field="--outcomes")
 
 
 def _warn_small(stats: BenchStats) -> None:
