@@ -783,6 +783,15 @@ def test_cli_runs_function_calling_records_with_their_own_tools(gemini_server: G
         "array-1": {"type": "array", "items": {"type": "integer"}}, "alpha": {"type": "number"}}}
 
 
+def write_record_tools_config(server: GeminiTestServer, path: Path) -> None:
+    """The config of a function-calling backend ``fc`` that answers records with their own tools, written to ``path``."""
+    cfg = config(server)
+    cfg["tools"] = {"placeholder": "genroute.bench.record_tools:placeholder"}
+    cfg["backends"]["fc"] = {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-flash",
+                             "tools": ["placeholder"], "max_steps": 1, "on_max_steps": "answer"}
+    path.write_text(yaml.safe_dump(cfg))
+
+
 def test_a_record_tool_in_bfcl_java_types_is_sent_as_json_schema(gemini_server: GeminiTestServer,
                                                                  tmp_path: Path) -> None:
     """BFCL's Java and JavaScript categories declare ``String``, ``long``, ``HashMap``, ``ArrayList``...: they were sent
@@ -797,11 +806,7 @@ def test_a_record_tool_in_bfcl_java_types_is_sent_as_json_schema(gemini_server: 
         "id": "j1", "tools": [decl], "possible_answer": [{"MapUtil.get": {"map": ["m"], "key": ["a"]}}]}}) + "\n")
     gemini_server.default_reply = lambda request: Reply(parts=({"functionCall": {
         "name": "MapUtil_get", "args": {"map": "m", "key": "a"}}},))
-    cfg = config(gemini_server)
-    cfg["tools"] = {"placeholder": "genroute.bench.record_tools:placeholder"}
-    cfg["backends"]["fc"] = {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-flash",
-                             "tools": ["placeholder"], "max_steps": 1, "on_max_steps": "answer"}
-    (tmp_path / "genroute.yaml").write_text(yaml.safe_dump(cfg))
+    write_record_tools_config(gemini_server, tmp_path / "genroute.yaml")
     argv = [str(data), "--config", str(tmp_path / "genroute.yaml"), "--backends", "fc",
             "--out", str(tmp_path / "out"), "--quiet", "--no-compile"]
     assert bench_main(argv) == 0
@@ -821,11 +826,7 @@ def test_a_record_tool_the_model_cannot_take_fails_its_row_naming_it(gemini_serv
     data = tmp_path / "bfcl.jsonl"
     data.write_text(json.dumps({"input": "Find cafes.", "output": "", "metadata": {
         "id": "r1", "tools": tools, "possible_answer": [{"find": {"query": ["cafes"]}}]}}) + "\n")
-    cfg = config(gemini_server)
-    cfg["tools"] = {"placeholder": "genroute.bench.record_tools:placeholder"}
-    cfg["backends"]["fc"] = {"kind": "function_calling", "engine": "gemini", "model": "gemini-2.5-flash",
-                             "tools": ["placeholder"], "max_steps": 1, "on_max_steps": "answer"}
-    (tmp_path / "genroute.yaml").write_text(yaml.safe_dump(cfg))
+    write_record_tools_config(gemini_server, tmp_path / "genroute.yaml")
     argv = [str(data), "--config", str(tmp_path / "genroute.yaml"), "--backends", "fc,cheap",
             "--out", str(tmp_path / "out"), "--quiet", "--no-compile"]
     assert bench_main(argv) == 2  # fc scored no record: the run says so (a usage error), as its row does
@@ -1230,15 +1231,22 @@ def test_records_without_a_gold_answer_are_refused_before_any_call(server: Gemin
     any scorer scored a record without a gold 0 (an empty regex pattern: 1), silently."""
     labeled = [r.model_copy(update={"output": ""}) for r in records()]
     data = [BenchRecord(id="u", input="The room was fine.", task="sentiment"), *labeled]
+    message = refused_before_any_call(server, tmp_path, data, scorer)
+    assert "'u'" in message and (scorer or "label_accuracy") in message
+
+
+def refused_before_any_call(server: GeminiTestServer, tmp_path: Path, data: list[BenchRecord],
+                            scorer: str | None) -> str:
+    """The message of the UsageError (field ``data``) a bench of ``data`` raised with nothing sent or written."""
     router = Router.from_config(config(server))
     try:
         with pytest.raises(UsageError) as err:
             bench(router, data, backends=["cheap"], scorer=scorer, out_dir=tmp_path / "out", progress=False)
     finally:
         router.close()
-    assert err.value.field == "data" and "'u'" in err.value.message
-    assert (scorer or "label_accuracy") in err.value.message
+    assert err.value.field == "data"
     assert server.requests == [] and not (tmp_path / "out" / "run.json").exists()
+    return err.value.message
 
 
 @pytest.mark.parametrize("scorer", [None, "frame_f1", "frame_exact"])
@@ -1250,15 +1258,8 @@ def test_records_without_a_gold_frame_are_refused_before_any_call(server: Gemini
     data = [BenchRecord(id="f", input="Book a room for two.", output=frame),
             BenchRecord(id="i", input="Cancel it.", output=json.dumps({"intent": "cancel"})),
             BenchRecord(id="t", input="Hello.", output="greeting")]
-    router = Router.from_config(config(server))
-    try:
-        with pytest.raises(UsageError) as err:
-            bench(router, data, backends=["cheap"], scorer=scorer, out_dir=tmp_path / "out", progress=False)
-    finally:
-        router.close()
-    assert err.value.field == "data" and "2 of 3 records" in err.value.message
-    assert "'i', 't'" in err.value.message and (scorer or "frame_f1") in err.value.message
-    assert server.requests == [] and not (tmp_path / "out" / "run.json").exists()
+    message = refused_before_any_call(server, tmp_path, data, scorer)
+    assert "2 of 3 records" in message and "'i', 't'" in message and (scorer or "frame_f1") in message
 
 
 @pytest.mark.parametrize(("name", "content"), [("binary.jsonl", b"\xff\xfe{}\n"), ("fake.jsonl.gz", b"not gzip")])

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from .test_benchmarks_clone import real_shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 #: Committed record files → (the shared file they were drawn from, the README or notice that states it).
@@ -38,16 +39,6 @@ def record_id(row: dict[str, Any]) -> str:
     return str(row.get("id") or row["metadata"]["id"])
 
 
-def shared_dir() -> Path | None:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import shared_data
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    path = shared_data.default_dir()
-    return path if (path / "README.md").is_file() and (path / "banking77.jsonl").is_file() else None
-
-
 def test_each_committed_record_file_says_it_was_drawn_from_the_70_percent_share_only() -> None:
     for name, (_, notes) in DRAWN_FROM.items():
         assert (REPO / name).is_file(), name
@@ -56,7 +47,7 @@ def test_each_committed_record_file_says_it_was_drawn_from_the_70_percent_share_
 
 
 def test_each_committed_record_is_a_record_of_the_shared_70_percent_share() -> None:
-    source = shared_dir()
+    source = real_shared_data()
     if source is None:  # a clone without the shared data: the statements above are what it can check
         return
     assert "70%" in (source / "README.md").read_text(encoding="utf-8").replace(" %", "%")
