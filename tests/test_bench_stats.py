@@ -190,12 +190,24 @@ def test_few_discordant_pairs_need_mcnemar_to_agree() -> None:
     cmp = compare_paired(a, b, a="cheap", b="smart")
     assert cmp.ci[1] < 0 and cmp.mcnemar_p == pytest.approx(0.0625)
     assert not cmp.resolved and cmp.decision == "no_difference"
+    # It said "no difference detected" beside that CI, which excludes 0: a contradiction on its face.
+    assert cmp.verdict.startswith("not resolved at n = 10: the 95% CI [")
+    assert "excludes 0 but the exact test does not agree" in cmp.verdict
+    assert cmp.short == "not resolved (exact test p ≥ 0.05)" and cmp.winner is None
     # One more such record and both agree (p = 2 / 2^6 = 0.03125).
     cmp = compare_paired([0] * 6 + [1] * 4, [1] * 10, a="cheap", b="smart")
     assert cmp.resolved and cmp.winner == "smart"
 
 
 # -- small n and graded scores (B1, B2) ----------------------------------------------------------------------
+
+def test_a_30_record_run_says_not_resolved_and_names_no_winner_until_both_agree() -> None:
+    """The wording of a small unfamiliar set's comparisons: CI holding 0, CI clear of 0 with p = 0.0625, a win."""
+    wording = {k: compare_paired([0] * 30, [1] * k + [0] * (30 - k), a="lite", b="full", min_n=20) for k in (4, 5, 6)}
+    assert wording[4].ci[1] > 0 and wording[4].short == "no difference detected"
+    assert wording[5].ci[1] < 0 and wording[5].short == "not resolved (exact test p ≥ 0.05)"
+    assert [c.winner for c in wording.values()] == [None, None, "full"] and wording[6].short == "full wins"
+
 
 def test_one_record_is_never_a_win() -> None:
     # One record gives a zero-width bootstrap CI clear of 0; the sign-flip test has p = 1 there.

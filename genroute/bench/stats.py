@@ -157,6 +157,8 @@ def per_input(a: Sequence[float], b: Sequence[float], groups: Sequence[Hashable]
 
 #: How a verdict starts when the CI and the exact test called a win that Holm's correction did not let through.
 HOLM_DEMOTED = "not resolved after Holm's correction"
+#: The verdict where the CI excludes 0 and the exact test does not reject (few discordant pairs): not resolved.
+CI_ONLY = "not resolved at n ="
 def min_detectable_difference(a: Sequence[float], b: Sequence[float], *, power: float = 0.8,
                               level: float = 0.95) -> float:
     """Smallest mean difference detectable at ``power`` (two-sided, ``1 - level``), from the paired SD.
@@ -226,6 +228,8 @@ class PairedComparison(Difference):
             return f"no verdict (n < {self.min_n})"
         if self.adjusted_p is not None and self.verdict.startswith(HOLM_DEMOTED):
             return f"not resolved after Holm (m = {self.family_size})"
+        if self.verdict.startswith(CI_ONLY):
+            return f"not resolved (exact test p ≥ {1 - self.level:.2g})"
         return "no difference detected"
 
 
@@ -276,6 +280,11 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
     elif resolved:
         winner, decision = (a if ci[0] > 0 else b), "win"
         verdict = f"{winner} wins: {a} - {b} = {diff:+.3f}, {pct} CI [{ci[0]:+.3f}, {ci[1]:+.3f}], n = {size}"
+    elif ci[0] > 0 or ci[1] < 0:  # beside a CI that excludes 0, "no difference detected" read as a contradiction
+        winner, decision = None, "no_difference"
+        verdict = (f"{CI_ONLY} {size}: the {pct} CI [{ci[0]:+.3f}, {ci[1]:+.3f}] excludes 0 but the exact "
+                   f"test does not agree at the same level ({a} - {b} = {diff:+.3f}; smallest detectable difference "
+                   f"{mde_text})")
     else:
         winner, decision = None, "no_difference"
         verdict = (f"no difference detected at n = {size} ({a} - {b} = {diff:+.3f}, {pct} CI "
