@@ -926,6 +926,25 @@ def test_an_empty_label_on_a_record_with_an_output_is_no_label(server: GeminiTes
     assert [o.score for o in report.outcomes] == [1.0, 1.0, 0.0]
 
 
+def test_a_task_given_as_a_whole_number_reads_as_its_digits_as_in_an_outcome_matrix(tmp_path: Path) -> None:
+    """``"task": 3`` (a set that numbers its tasks) refused the dataset ("task: Input should be a valid string"),
+    while an outcome matrix of the same records read it as "3"."""
+    from genroute.bench.outcomes import load_matrix
+
+    rows = [{"input": "a", "label": "x", "task": 3}, {"input": "b", "label": "y", "metadata": {"task": 0}},
+            {"input": "c", "label": "x"}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [r.task for r in load_records(data, task="default")] == ["3", "0", "default"]
+    matrix = tmp_path / "m.jsonl"
+    matrix.write_text("".join(json.dumps({**r, "outcomes": {"s": {"score": 1.0}, "t": {"score": 0.0}}}) + "\n"
+                              for r in rows[:2]))
+    assert load_matrix(matrix).tasks == ["3", "0"]
+    data.write_text(json.dumps({"input": "a", "label": "x", "task": 2.5}) + "\n")
+    with pytest.raises(UsageError, match=r"d.jsonl:1: task: Input should be a valid string \(got 2.5\)"):
+        load_records(data)
+
+
 def test_a_windows_file_with_a_bom_and_crlf_reads_as_any_other(tmp_path: Path) -> None:
     """A BOM (as Windows tools write) used to be "d.jsonl:1: not JSON (Unexpected UTF-8 BOM ...)"."""
     from genroute.bench.outcomes import load_matrix

@@ -113,7 +113,8 @@ def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, f
         return pydantic_validated(BenchRecord, {
             "id": given_id(raw.get("id"), meta.get("id")) or f"line-{lineno}", "input": raw["input"],
             "output": output, "label": label,
-            "task": raw.get("task") or meta.get("task") or task, "metadata": meta})
+            # A task numbered as a whole number (as a label may be) reads as its digits, as an outcome matrix reads it.
+            "task": label_text(raw.get("task")) or label_text(meta.get("task")) or task, "metadata": meta})
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = ".".join(str(p) for p in error["loc"])
