@@ -179,7 +179,8 @@ class ToolCall(_Frozen):
 class Rung(_Frozen):
     """One step of a decision: a backend and the validators its answer must pass to be accepted."""
 
-    backend: str
+    #: A backend's name, as a config's ``backends`` names it: never empty.
+    backend: str = Field(min_length=1)
     validators: tuple[str, ...] = ()
     fall_through_on_rejected: bool = False
 

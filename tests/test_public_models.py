@@ -175,6 +175,20 @@ def test_model_copy_validates_nothing() -> None:
     assert Rung(backend="a").model_copy(update={"backend": 5}).backend == 5
 
 
+def test_a_rung_with_an_empty_backend_name_is_refused() -> None:
+    # A backend is never named "" (a config's names are not empty): a custom policy's Rung(backend="") built and
+    # failed later, at the router, far from the policy that wrote it.
+    from genroute import Decision, Rung
+
+    for build in (lambda: Rung(backend=""), lambda: Rung.model_validate({"backend": ""}),
+                  lambda: Decision.single("mine", "", "why")):
+        with pytest.raises(UsageError) as err:
+            build()
+        assert err.value.field in ("backend", "rungs.0.backend"), err.value
+        assert isinstance(err.value.__cause__, ValidationError)
+    assert Rung(backend="c").backend == "c"
+
+
 def test_genroutes_own_readers_keep_their_wording() -> None:
     # A config file's section, a request's fields: each names its own field, as before (pydantic_validated).
     from genroute.router.scope import parse_request
