@@ -106,6 +106,16 @@ def test_errors_exit_2_with_the_field(tmp_path, gemini_server, capsys):
     assert gemini_server.requests == []
 
 
+def test_a_float_var_that_is_not_finite_exits_2_naming_it(tmp_path, gemini_server, capsys):
+    # `--var t=nan` read as a float went into the prompt as "nan".
+    config = gemini_config(gemini_server, template="{{ input }} {{ t }}", variables={"t": {"type": "float"}})
+    path = _write_config(tmp_path, gemini_server, backends=config["backends"])
+    for value in ("nan", "inf"):
+        assert main(["generate", "hi", "--config", str(path), "--var", f"t={value}"]) == 2
+        assert "variables.t: Input should be a finite number" in capsys.readouterr().err
+    assert gemini_server.requests == []
+
+
 def test_a_failure_at_run_time_exits_1_not_2(tmp_path, gemini_server, capsys):
     # 2 is for the caller's mistakes (nothing sent); a provider that keeps failing is no usage error.
     path = _write_config(tmp_path, gemini_server)

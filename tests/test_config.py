@@ -349,6 +349,24 @@ def test_bad_requests_name_the_field_and_send_nothing(gemini_server, kwargs, fie
     assert gemini_server.requests == []
 
 
+def test_a_float_variable_that_is_not_finite_is_refused_naming_it(gemini_server):
+    # NaN and infinity were floats to pydantic and went into the prompt as "nan"/"inf": a float variable is a finite
+    # number, as text ("nan", "-inf") or as a float, and a default is held to the same.
+    config = gemini_config(gemini_server, template="{{ input }} at {{ t }}", variables={"t": {"type": "float"}})
+    with Router.from_config(config) as router:
+        for value in ("nan", "inf", "-Infinity", float("nan"), float("inf")):
+            with pytest.raises(UsageError) as info:
+                router.generate(input="hi", variables={"t": value})
+            assert (info.value.field, info.value.message) == (
+                "variables.t", "Input should be a finite number (backend 'chat')"), value
+        assert gemini_server.requests == []
+        gemini_server.reply_text("ok")
+        router.generate(input="hi", variables={"t": "0.5"})
+    assert gemini_server.requests[-1].body["contents"][0]["parts"][0]["text"] == "hi at 0.5"
+    nan_default = gemini_config(gemini_server, variables={"t": {"type": "float", "default": float("nan")}})
+    assert _error(nan_default).field == "backends.chat.variables.t"
+
+
 def test_template_renders_declared_variables_and_defaults(gemini_server):
     config = gemini_config(gemini_server, system="You are {{ persona }}.", template="[{{ lang }}] {{ input }}",
                            variables={"persona": {"type": "str"},

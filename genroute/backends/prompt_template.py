@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model, model_validator
 
@@ -16,7 +16,9 @@ from genroute.types import GenerateRequest
 if TYPE_CHECKING:
     from genroute.runtime.context import RunContext
 
-_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
+#: A declared type's values. A float is finite: NaN or infinity (`--var x=nan`) is no number a prompt can use.
+_TYPES: dict[str, Any] = {"str": str, "int": int, "float": Annotated[float, Field(allow_inf_nan=False)],
+                          "bool": bool, "list": list, "dict": dict}
 
 
 class VariableSpec(ConfigModel):
