@@ -91,3 +91,25 @@ def test_the_shared_and_benchmark_datasets_load_without_a_warning(caplog: pytest
         for path in datasets:
             assert load_records(path), path
     assert not [r.getMessage() for r in caplog.records if r.name == "genroute.bench.datasets"]
+
+
+@pytest.mark.parametrize(("rows", "unnamed"), [
+    ([{"input": "a", "label": "x"}, {"input": "b", "label": "y"}, {"input": "c", "label": "z", "id": "line-2"}], 2),
+    ([{"input": "a", "label": "x", "metadata": {"id": "line-2"}}, {"input": "b", "label": "y"}], 2),
+])
+def test_an_id_clashing_with_a_line_number_says_records_without_an_id_are_numbered(
+        tmp_path: Path, rows: list[dict[str, Any]], unnamed: int) -> None:
+    # "duplicate record id 'line-2'" named an id the file never wrote twice (one record had none, and is line-2).
+    with pytest.raises(UsageError) as err:
+        load_records(_write(tmp_path / "d.jsonl", rows))
+    message = err.value.message
+    assert message.startswith(f"d.jsonl:{len(rows)}: duplicate record id 'line-2' (line ")
+    assert f"line-N is the id a record without one is given, here the record on line {unnamed}" in message
+
+
+def test_an_id_given_twice_names_both_lines(tmp_path: Path) -> None:
+    rows = [{"input": "a", "label": "x", "id": "q"}, {"input": "b", "label": "y"},
+            {"input": "c", "id": "q", "label": "z"}]
+    with pytest.raises(UsageError) as err:
+        load_records(_write(tmp_path / "d.jsonl", rows))
+    assert err.value.message == "d.jsonl:3: duplicate record id 'q' (line 1 has it too)"

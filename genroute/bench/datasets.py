@@ -61,7 +61,8 @@ def load_records(
     if task is not None and not isinstance(task, str):  # was named as every record's error, on line 1
         raise UsageError(f"must be a task name, not {type(task).__name__}", field="task")
     records: list[BenchRecord] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # each id, with the line that has it
+    numbered: set[int] = set()  # the lines of records without an id of their own (their id is line-N)
     unknown: dict[str, int] = {}  # each unknown key, with the line it first appears on
     for lineno, raw in iter_records(path, field=field, what="dataset"):
         where = f"{path.name}:{lineno}"
@@ -69,9 +70,12 @@ def load_records(
             _refuse_near_miss(key, raw, where=where, field=field)
             unknown.setdefault(key, lineno)
         record = _record(raw, lineno, task, where=where, field=field)
+        if given_id(raw.get("id"), (raw.get("metadata") or {}).get("id")) is None:  # its id is line-N
+            numbered.add(lineno)
         if record.id in seen:
-            raise UsageError(f"{path.name}:{lineno}: duplicate record id {record.id!r}", field=field)
-        seen.add(record.id)
+            also = _numbered(seen[record.id], lineno, numbered)
+            raise UsageError(f"{where}: duplicate record id {record.id!r}{also}", field=field)
+        seen[record.id] = lineno
         records.append(record)
     if not records:
         raise UsageError(f"dataset {path.name} holds no records", field=field)
@@ -80,6 +84,15 @@ def load_records(
         _log.warning("%s: ignored unknown keys %s (first: %r at line %d); a record is {input, output, label?, task?, "
                      "id?, metadata?}", path.name, sorted(unknown), first, unknown[first])
     return sample(records, limit, seed=seed)
+
+
+def _numbered(first: int, lineno: int, numbered: set[int]) -> str:
+    """What a duplicate id error adds when one of the two records has no id and was given its line number."""
+    unnamed = next((line for line in (first, lineno) if line in numbered), None)
+    if unnamed is None:
+        return f" (line {first} has it too)"
+    return (f" (line {first} has it too: line-N is the id a record without one is given, here the record on line "
+            f"{unnamed}; give one of the two an id of its own)")
 
 
 def _refuse_near_miss(key: str, raw: dict[str, Any], *, where: str, field: str) -> None:
