@@ -943,6 +943,12 @@ def test_a_task_given_as_a_whole_number_reads_as_its_digits_as_in_an_outcome_mat
     data.write_text(json.dumps({"input": "a", "label": "x", "task": 2.5}) + "\n")
     with pytest.raises(UsageError, match=r"d.jsonl:1: task: Input should be a valid string \(got 2.5\)"):
         load_records(data)
+    # A bad task under metadata was named "task", a key the record does not have: it is named where it was written.
+    for row, key in (({"metadata": {"task": ["a", "b"]}}, "metadata.task"), ({"task": {"n": 1}}, "task"),
+                     ({"task": 1.5, "metadata": {"task": "fine"}}, "task")):
+        data.write_text(json.dumps({"input": "a", "label": "x", **row}) + "\n")
+        with pytest.raises(UsageError, match=rf"d.jsonl:1: {key}: Input should be a valid string \(got "):
+            load_records(data)
 
 
 def test_a_windows_file_with_a_bom_and_crlf_reads_as_any_other(tmp_path: Path) -> None:

@@ -122,15 +122,17 @@ def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, f
         else:  # no gold answer: label_accuracy would score every backend 0 on it (the later refusal named no line)
             raise UsageError(f"{where}: label: empty, and no output (leave the key out for a record without a "
                              f"label, and give its gold answer as output)", field=field)
+    # A task numbered as a whole number (as a label may be) reads as its digits, as an outcome matrix reads it.
+    top, inner = label_text(raw.get("task")), label_text(meta.get("task"))
+    record_task, task_key = (top, "task") if top else (inner, "metadata.task") if inner else (task, "task")
     try:
         return pydantic_validated(BenchRecord, {
             "id": given_id(raw.get("id"), meta.get("id")) or f"line-{lineno}", "input": raw["input"],
-            "output": output, "label": label,
-            # A task numbered as a whole number (as a label may be) reads as its digits, as an outcome matrix reads it.
-            "task": label_text(raw.get("task")) or label_text(meta.get("task")) or task, "metadata": meta})
+            "output": output, "label": label, "task": record_task, "metadata": meta})
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = ".".join(str(p) for p in error["loc"])
+        loc = task_key if loc == "task" else loc  # named where the file wrote it
         raise UsageError(f"{where}: {loc}: {validator_message(error)} (got {error['input']!r:.60})", field=field) from None
 
 
