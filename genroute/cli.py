@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from genroute.cli_options import add_quiet, shows_progress
 from genroute.errors import ConfigError, GenrouteError, UsageError, command_error
 
 
@@ -95,6 +96,7 @@ def _main(argv: Sequence[str] | None) -> int:
     ingest.add_argument("--chunk-tokens", type=int, default=None, help="tokens a chunk (documents; default 200)")
     ingest.add_argument("--overlap", type=int, default=None, help="tokens chunks overlap (documents; default 40)")
     ingest.add_argument("--text-field", default=None, help="JSONL field holding the text (documents; default text)")
+    add_quiet(ingest)
 
     sub.add_parser("bench", help="compare backends on a labeled JSONL set (see `genroute bench --help`)",
                    add_help=False)
@@ -236,7 +238,7 @@ def _ingest(args: argparse.Namespace) -> int:
     try:
         report = ingest_paths(args.paths, args.collection, store_config=store_config, engines=engines,
                               kind=args.kind, chunk_tokens=args.chunk_tokens, overlap=args.overlap,
-                              text_field=args.text_field, pricing=pricing)
+                              text_field=args.text_field, pricing=pricing, progress=shows_progress(args))
     except UsageError as exc:  # named as the command line names it: `--chunk-tokens`, not `chunk_tokens`
         if exc.field in _INGEST_OPTIONS:
             raise type(exc)(exc.message, field=_INGEST_OPTIONS[exc.field]) from None

@@ -197,6 +197,24 @@ def test_ingest_prints_its_report_alone_on_stdout_and_refuses_a_bad_name_before_
     assert seconds and re.fullmatch(r"\d+\.\d{1,2}", seconds.group(1)), out
 
 
+def test_ingest_draws_its_bar_on_a_terminal_only_and_not_with_quiet(tmp_path, gemini_server, monkeypatch):
+    # `genroute ingest` had no --quiet (bench has one), and into a file or pipe printed its bar's final frame.
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("The Nimbus Kettle has a warranty of 3 years.\n")
+    path = _write_config(tmp_path, gemini_server, knowledge={"path": str(tmp_path / "chroma")})
+    for stderr, quiet, drawn in ((Terminal(), [], True), (Terminal(), ["--quiet"], False),
+                                 (io.StringIO(), [], False)):
+        monkeypatch.setattr(sys, "stderr", stderr)
+        assert main(["ingest", str(doc), "--collection", "handbook", "--config", str(path), *quiet]) == 0
+        assert ("ingest handbook" in stderr.getvalue()) is drawn, (quiet, stderr.getvalue())
+
+
 def test_a_store_path_under_home_is_in_the_home_directory(tmp_path, gemini_server, capsys, monkeypatch):
     # `knowledge: {path: ~/chroma}` made a directory named `~` in the working directory.
     doc = tmp_path / "doc.md"

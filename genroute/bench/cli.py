@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from genroute.cli_options import add_quiet, shows_progress
 from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import GenrouteError, UsageError, command_error
 
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "--outcomes)")
     parser.add_argument("--no-compile", action="store_true", help="skip stats file / learned policy")
     parser.add_argument("--no-stream", action="store_true", help="call generate, not stream (no TTFT)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(parser)
     matrix = parser.add_argument_group("outcome matrices (no model calls)")
     matrix.add_argument("--outcomes", default=None,
                         help="outcome matrix JSONL(.gz): {input, metadata: {task, id}, outcomes: {candidate: "
@@ -105,7 +106,7 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
                     task=args.task, corpus=args.corpus, collection=args.collection,
                     compile=not args.no_compile, advisor=advisor, min_quality=args.min_quality,
                     holdout=args.holdout, stream=not args.no_stream, retry_failed=args.retry_failed,
-                    progress=not args.quiet, command=command, min_verdict_n=args.min_verdict_n,
+                    progress=shows_progress(args), command=command, min_verdict_n=args.min_verdict_n,
                     force_verdict=args.force_verdict,
                     cost_weight_rule=None if args.cost_weight_rule == "fixed" else args.cost_weight_rule)
 
