@@ -282,7 +282,7 @@ def test_graduation_with_a_vertex_tuning_job_on_the_loopback_server(gemini_serve
 
 
 def test_the_advisor_uses_measured_volume_tokens_and_tuning_cost():
-    from genroute.graduation.run import advise
+    from genroute.graduation.payback import advise
 
     records = [r.model_copy(update={"metadata": {**r.metadata, "at": 1000.0 + 36.4 * i}})
                for i, r in enumerate(paired(100, set(range(20)), set(range(2, 22))))]   # ~100 requests per hour
@@ -298,7 +298,7 @@ def test_the_advisor_uses_measured_volume_tokens_and_tuning_cost():
                          ids=["burst", "under-an-hour"])
 def test_the_advisor_gives_no_monthly_volume_or_pay_back_from_under_an_hour_of_traffic(step_s, window):
     # 100 requests 10 ms apart read "~259,200,000/month at that rate" and a pay-back "in 0.0 hours".
-    from genroute.graduation.run import MIN_VOLUME_WINDOW_S, advise
+    from genroute.graduation.payback import MIN_VOLUME_WINDOW_S, advise
 
     records = [r.model_copy(update={"metadata": {**r.metadata, "at": 1000.0 + step_s * i}})
                for i, r in enumerate(paired(100, set(range(20)), set(range(2, 22))))]
