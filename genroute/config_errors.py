@@ -25,14 +25,14 @@ def validator_message(error: Any) -> str:
 
 def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = False,
                  unions: tuple[str, ...] = ()) -> ConfigError:
-    """A ``ConfigError`` naming the first invalid field of ``exc`` (and counting the rest), under ``prefix`` (see
+    """A ``ConfigError`` naming the first invalid field of ``exc`` (and the rest, up to five), under ``prefix`` (see
     ``field_error``)."""
     return field_error(exc, prefix, ConfigError, tagged=tagged, unions=unions)
 
 
 def field_error(exc: ValidationError, prefix: str | None, kind: type[U], *, tagged: bool = False,
                 unions: tuple[str, ...] = ()) -> U:
-    """A ``kind`` error naming the first invalid field of ``exc`` (and counting the rest), under ``prefix``; text
+    """A ``kind`` error naming the first invalid field of ``exc`` (and the rest, up to five), under ``prefix``; text
     shaped like a secret is masked in its message (a validator's message may quote the value).
 
     pydantic names the member of a union tagged by ``kind`` in an error's location, which is no key of the config:

@@ -2,7 +2,7 @@
 
 Building a ``PublicModel`` (``Model(...)``, ``model_validate``, ``model_validate_json``, ``model_validate_strings``)
 with bad input raises ``UsageError`` (``ConfigError`` for a ``ConfigModel``, a configuration's section) whose
-``field`` is the dotted path of the first invalid field and whose message counts the others, worded as a config
+``field`` is the dotted path of the first invalid field and whose message names the others, worded as a config
 file's errors are (``genroute.config_errors.field_error``), with pydantic's ``ValidationError`` as ``__cause__``.
 Input values are hidden from that cause's text (``hide_input_in_errors``: a refused setting may be a key) and
 secret-shaped text is masked in the message.

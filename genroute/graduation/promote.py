@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal
 
 from pydantic import ConfigDict
@@ -203,6 +203,14 @@ def _text(record: OutcomeRecord) -> str | None:
     return record.input or (kept if isinstance(kept, str) else None)
 
 
+#: A split's anytime-valid sequence by name: how its CS is computed, and the rule a promotion on it names.
+_SPLIT_SEQUENCES: dict[str, tuple[Callable[[Sequence[float], Sequence[float]], tuple[float, float]],
+                             Literal["anytime-valid matched arms", "anytime-valid union of arms"]]] = {
+    "matched": (matched_difference_cs, "anytime-valid matched arms"),
+    "union": (unpaired_difference_cs, "anytime-valid union of arms"),
+}
+
+
 def _decide_split(records: list[OutcomeRecord], task: str, *, incumbent: str, challenger: str, margin: float,
                   min_n: int, seed: int, sequential: Literal["matched", "union", False]) -> Promotion:
     """The split arms compared unpaired: each arm's served answers, scored, over the requests routed to it."""
@@ -212,15 +220,14 @@ def _decide_split(records: list[OutcomeRecord], task: str, *, incumbent: str, ch
     a = [float(s.score) for s in arms[challenger]]  # type: ignore[arg-type]
     b = [float(s.score) for s in arms[incumbent]]  # type: ignore[arg-type]
     comparison = compare_unpaired(a, b, a=challenger, b=incumbent, seed=seed)
-    cs = None if not sequential else matched_difference_cs(a, b) if sequential == "matched" else \
-        unpaired_difference_cs(a, b)
+    difference_cs, rule = _SPLIT_SEQUENCES[sequential or "matched"]
+    cs = difference_cs(a, b) if sequential else None
     n = min(len(a), len(b))
     reasons = [f"only {len(a)} ({challenger}) and {len(b)} ({incumbent}) scored requests per split arm; the "
                f"unpaired decision needs {min_n} in each"] if n < min_n else []
     cloud = sides_use_cloud_equivalent(arms[incumbent] + arms[challenger])
     return _promotion(task, incumbent, challenger, margin, n, comparison, arms, reasons, cloud=cloud,
-                      design="unpaired", cs=cs, sequence="anytime-valid union of arms" if sequential == "union" else
-                      "anytime-valid matched arms")
+                      design="unpaired", cs=cs, sequence=rule)
 
 
 def _promotion(task: str, incumbent: str, challenger: str, margin: float, n: int,
