@@ -16,7 +16,7 @@ ROOT = Path(genroute.__file__).parent
 #: Lowest first. A module may import its own layer and those below it. Longest prefix wins.
 LAYERS: list[tuple[str, ...]] = [
     ("genroute.errors", "genroute.types", "genroute.construct", "genroute.jsonl", "genroute.cache", "genroute.tools",
-     "genroute.config_errors", "genroute.public_model", "genroute.groups",
+     "genroute.config_errors", "genroute.public_model", "genroute.groups", "genroute.cli_options",
      "genroute.bounds",
      "genroute.config_parse", "genroute.config_location",
      "genroute.registry", "genroute.testing"),
