@@ -104,6 +104,17 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     # and storage $4.50/1M/hour: not in the corpus, kept. The model itself was shut down on 2026-03-09 in favour
     # of gemini-3.1-pro-preview (the deprecations page as quoted by glbgpt.com); kept for configs that name it.
     "gemini-3-pro-preview": _p(2.00, 12.00, 0.20, (200_000, 4.00, 18.00, 0.40), storage=4.50),
+    # The pricing page (Gemini Developer API pricing, "Gemini 3.1 Pro Preview", standard paid tier) as transcribed
+    # in api-evangelist/gemini's plans/gemini-plans-pricing.yml (page read 2026-09-20; read here 2026-12-07): input
+    # "$2.00, prompts <= 200k tokens" / "$4.00, prompts > 200k tokens", output "$12.00" / "$18.00"; the same four
+    # figures at blog.laozhang.ai/en/posts/gemini-3-1-pro-preview-free-api ("rechecked on March 28, 2026" against the
+    # pricing page) and inference.sh/apps/openrouter/gemini-3-1-pro-preview (2026-10-11). Cached input $0.20 up to
+    # 200k: cloudprice.net/models/vertex_ai%2Fgemini-3.1-pro-preview (Vertex AI and the Gemini API alike) and
+    # airouter.megatech.cc/models/gemini-3.1-pro-preview (read 2026-12-07). Not found for it: the cached rate above
+    # 200k (cached tokens of such a prompt bill at its input rate, $4.00: over, never under) and the context-cache
+    # storage price (an ICL context_cache on it is refused until `pricing` gives cache_storage). One price for every
+    # input modality, as for the other Pro models (no audio rate listed).
+    "gemini-3.1-pro-preview": _p(2.00, 12.00, 0.20, (200_000, 4.00, 18.00, None)),
     # The pricing page as quoted by factquire.com/models/google/gemini-3-flash-preview.json (read 2026-07-04):
     # "$0.50 (text / image / video) $1.00 (audio)", output "(including thinking tokens) $3.00", context caching
     # "$0.05 (text / image / video)"; one price at every prompt size (evolink.ai lists the same above 200k).
