@@ -779,3 +779,21 @@ def test_first_requests_on_two_event_loops_make_one_cache(gemini_server: GeminiT
     assert len(caches.creates) == 1
     calls = [q for q in gemini_server.requests if q.action == "generateContent"]
     assert [field_of(q.body, "cachedContent") for q in calls] == ["cachedContents/c1"] * 2  # both used the one cache
+
+
+@pytest.mark.parametrize("model, pricing", [("gemini-3.1-pro-preview", {}),
+                                            ("gemini-2.5-flash", {"gemini-2.5-flash": {"input": 0.3, "output": 2.5}})])
+def test_a_context_cache_on_a_model_with_no_storage_price_is_refused_not_stored_for_free(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, model: str, pricing: dict[str, Any]) -> None:
+    config = gemini_config(gemini_server)
+    config["knowledge"] = knowledge.config
+    config["backends"]["icl"] = {"kind": "icl", "engine": "gemini", "model": model, "collection": "examples",
+                                 "selector": "fixed", "context_cache": {"min_tokens": 20, "ttl_s": 600}}
+    config["policy"] = {"kind": "static", "backend": "icl"}
+    config["pricing"] = pricing
+    with pytest.raises(ConfigError, match="cache_storage") as caught:
+        Router.from_config(config, **otel.providers)
+    assert caught.value.field == "backends.icl.context_cache" and model in str(caught.value)
+    assert gemini_server.requests == []
+    priced = {model: {"input": 0.3, "output": 2.5, "cache_storage": 1.0}}
+    Router.from_config({**config, "pricing": priced}, **otel.providers).close()  # priced: built

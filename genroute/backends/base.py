@@ -170,6 +170,12 @@ class Backend(ABC):
         a tuned backend bills at its base model's rates unless ``pricing`` names the tuned model)."""
         return self.config.model, f"backends.{self.name}.model"
 
+    def billed_rates(self) -> tuple[tuple[str, str], ...]:
+        """``ModelPrice`` rates beyond input and output that this backend's calls are billed at, each with the config
+        field that asks for it (an ICL context cache: ``cache_storage``); building the router refuses a price
+        without one, as the rate would silently count 0. Default: none."""
+        return ()
+
     def side_effects(self) -> tuple[str, ...]:
         """What running this backend again would repeat in the world (tool names); empty: safe to shadow."""
         return ()

@@ -99,6 +99,12 @@ class IclBackend(SingleCallBackend):
         settings = self.config.context_cache
         self._caches = PrefixCaches(settings or ContextCacheSettings())
 
+    def billed_rates(self) -> tuple[tuple[str, str], ...]:
+        """A context cache's storage is billed per token-hour: its model needs a ``cache_storage`` price."""
+        if self.config.context_cache is None:
+            return ()
+        return (("cache_storage", f"backends.{self.name}.context_cache"),)
+
     @cached_property
     def examples(self) -> ExampleStore:
         """The example store over this backend's collection."""

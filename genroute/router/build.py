@@ -284,7 +284,13 @@ def require_prices(backends: Mapping[str, Backend], pricing: Pricing) -> None:
         model, field = backend.billed_as(pricing)
         priced = engine.pricing_model(model)
         if priced is not None:
-            pricing.require(priced, field=field)
+            price = pricing.require(priced, field=field)
+            for rate, asked_by in backend.billed_rates():
+                if getattr(price, rate) is None:  # it would count 0: say so rather than under-count
+                    raise ConfigError(f"bills the {rate} rate of model {priced!r}, which has none known; give it "
+                                      f"under `pricing` ({priced}: {{{rate}: ...}}, USD per 1M tokens"
+                                      f"{' per hour' if rate == 'cache_storage' else ''}), or turn this off",
+                                      field=asked_by)
             continue
         reference = engine.reference_model
         if reference:  # a free local engine still reports what its calls would cost in the cloud
