@@ -34,3 +34,33 @@ def test_gemini_3_1_pro_preview_bills_cached_tokens_at_its_cached_rate_and_above
     with Router.from_config(gemini_config(gemini_server, model="gemini-3.1-pro-preview")) as router:
         result = router.generate("a")
     assert result.cost_usd == pytest.approx((2_000 * 2.00 + 8_000 * 0.20 + 10 * 12.00) / 1e6)
+
+
+def test_a_tier_prices_audio_at_its_own_rate_above_its_threshold() -> None:
+    from genroute.runtime.pricing import Pricing
+    from genroute.types import Usage
+
+    pricing = Pricing({"tiered": {"input": 1.0, "output": 0.0, "audio_input": 3.0, "cached_audio_input": 0.3,
+                                  "tiers": [{"above_input_tokens": 1000, "input": 2.0, "output": 0.0,
+                                             "audio_input": 6.0, "cached_audio_input": 0.6}]}})
+    assert pricing.cost("tiered", Usage(input_tokens=1000, audio_input_tokens=400)) == \
+        pytest.approx((600 * 1.0 + 400 * 3.0) / 1e6)
+    # Above 1,000 input tokens: the tier's audio rate, not the base one beside the tier's text rate.
+    assert pricing.cost("tiered", Usage(input_tokens=2000, audio_input_tokens=400)) == \
+        pytest.approx((1600 * 2.0 + 400 * 6.0) / 1e6)
+    assert pricing.cost("tiered", Usage(input_tokens=2000, cached_input_tokens=400, audio_input_tokens=400,
+                                        cached_audio_input_tokens=400)) == pytest.approx((1600 * 2.0 + 400 * 0.6) / 1e6)
+
+
+@pytest.mark.parametrize("rate", ["audio_input", "cached_audio_input"])
+def test_a_tier_without_the_audio_rate_its_model_prices_apart_is_refused_naming_it(
+        gemini_server: GeminiTestServer, rate: str) -> None:
+    config = gemini_config(gemini_server)
+    config["pricing"] = {"gemini-2.5-flash": {"input": 0.3, "output": 2.5, "audio_input": 1.0, "cached_audio_input": 0.1,
+                                              "tiers": [{"above_input_tokens": 200_000, "input": 0.6, "output": 5.0,
+                                                         "audio_input": 2.0, "cached_audio_input": 0.2}]}}
+    del config["pricing"]["gemini-2.5-flash"]["tiers"][0][rate]
+    with pytest.raises(ConfigError, match=f"give this tier its own {rate}") as caught:
+        Router.from_config(config)
+    assert caught.value.field == "pricing.gemini-2.5-flash"
+    assert "tiers.0" in str(caught.value) and gemini_server.requests == []

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from genroute.config_errors import config_error, pydantic_validated
 from genroute.errors import ConfigError
@@ -27,6 +27,10 @@ class PriceTier(ConfigModel):
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+    audio_input: float | None = Field(default=None, ge=0, description="USD per 1M audio input tokens above the "
+                                      "threshold; required when the model prices audio apart below it.")
+    cached_audio_input: float | None = Field(default=None, ge=0, description="USD per 1M cached audio input tokens "
+                                             "above the threshold; required when the model sets it below it.")
 
 
 class ModelPrice(ConfigModel):
@@ -52,6 +56,17 @@ class ModelPrice(ConfigModel):
     def _by_threshold(cls, tiers: tuple[PriceTier, ...]) -> tuple[PriceTier, ...]:
         return tuple(sorted(tiers, key=lambda t: t.above_input_tokens))
 
+    @model_validator(mode="after")
+    def _tiers_price_audio(self) -> ModelPrice:
+        # Above a threshold the base audio rate was charged beside the tier's text rates: an under-count wherever
+        # audio, like text, costs more there. Which rate applies above it is not known, so it must be given.
+        for rate in ("audio_input", "cached_audio_input"):
+            for i, tier in enumerate(self.tiers):
+                if getattr(self, rate) is not None and getattr(tier, rate) is None:
+                    raise ValueError(f"tiers.{i}: audio is priced apart ({rate}) below {tier.above_input_tokens} "
+                                     f"input tokens; give this tier its own {rate} (its rate above is not known)")
+        return self
+
     def cost(self, usage: Usage) -> float:
         """The USD cost of ``usage`` at these prices, picking the prompt-size tier."""
         price: ModelPrice | PriceTier = self
@@ -66,17 +81,19 @@ class ModelPrice(ConfigModel):
             + (usage.output_tokens + usage.thinking_tokens) * price.output
         )
         if usage.audio_input_tokens:  # a text prompt pays nothing for this test but the test
-            total += self._audio_extra(usage, price.input, cached, cached_rate)
+            total += _audio_extra(usage, price, cached, cached_rate)
         return total / 1_000_000
 
-    def _audio_extra(self, usage: Usage, text_rate: float, cached: int, cached_rate: float) -> float:
-        """What ``usage``'s audio tokens cost (USD x 1M) beyond the text rates ``cost`` charged them at."""
-        audio = min(usage.audio_input_tokens, usage.input_tokens)
-        audio_cached = min(usage.cached_audio_input_tokens, cached, audio)
-        audio_fresh = min(audio - audio_cached, usage.input_tokens - cached)
-        audio_rate = text_rate if self.audio_input is None else self.audio_input
-        audio_cached_rate = cached_rate if self.cached_audio_input is None else self.cached_audio_input
-        return audio_fresh * (audio_rate - text_rate) + audio_cached * (audio_cached_rate - cached_rate)
+
+def _audio_extra(usage: Usage, price: ModelPrice | PriceTier, cached: int, cached_rate: float) -> float:
+    """What ``usage``'s audio tokens cost (USD x 1M) beyond the text rates of ``price`` (the prompt size's tier)
+    that ``ModelPrice.cost`` charged them at."""
+    audio = min(usage.audio_input_tokens, usage.input_tokens)
+    audio_cached = min(usage.cached_audio_input_tokens, cached, audio)
+    audio_fresh = min(audio - audio_cached, usage.input_tokens - cached)
+    audio_rate = price.input if price.audio_input is None else price.audio_input
+    audio_cached_rate = cached_rate if price.cached_audio_input is None else price.cached_audio_input
+    return audio_fresh * (audio_rate - price.input) + audio_cached * (audio_cached_rate - cached_rate)
 
 
 def _p(inp: float, out: float, cached: float | None, *tiers: tuple[int, float, float, float | None],
