@@ -64,3 +64,18 @@ def test_a_tier_without_the_audio_rate_its_model_prices_apart_is_refused_naming_
         Router.from_config(config)
     assert caught.value.field == "pricing.gemini-2.5-flash"
     assert "tiers.0" in str(caught.value) and gemini_server.requests == []
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash-preview-tts", "gemini-2.5-pro-preview-tts",
+                                   "gemini-2.5-flash-native-audio-preview-09-2025"])
+def test_a_model_that_answers_in_audio_is_refused_until_its_audio_rate_is_given_never_priced_as_its_text_model(
+        gemini_server: GeminiTestServer, model: str) -> None:
+    from genroute.runtime.pricing import Pricing
+    from genroute.types import Usage
+
+    assert Pricing().lookup(model) is None  # not gemini-2.5-flash's text rates
+    with pytest.raises(ConfigError, match="answers in audio: give its audio output rate as `output`") as caught:
+        Router.from_config(gemini_config(gemini_server, model=model))
+    assert caught.value.field == "backends.chat.model" and gemini_server.requests == []
+    priced = Pricing({model: {"input": 0.5, "output": 10.0}})
+    assert priced.cost(model, Usage(input_tokens=100, output_tokens=3200)) == pytest.approx((50 + 32_000) / 1e6)

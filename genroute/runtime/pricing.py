@@ -193,6 +193,9 @@ _VERSION_SUFFIX = re.compile(r"(?:-(?:\d+|preview|exp|latest))+")
 
 _MAX_RESOLVED = 1024
 
+#: Model names of Gemini's audio-answering variants (``gemini-2.5-flash-preview-tts``, ``...-native-audio-...``).
+_AUDIO_OUT = re.compile(r"-tts\b|native-audio", re.IGNORECASE)
+
 
 def _price(name: str, price: Any) -> ModelPrice:
     """``price`` as a ``ModelPrice`` (a mapping is validated as the config's ``pricing`` entries are); an error
@@ -293,8 +296,12 @@ class Pricing:
             # A misspelt built-in name (gemini-2.5-flsh) is the likelier mistake than a model genroute cannot price.
             near = difflib.get_close_matches(model.rsplit("/", 1)[-1], sorted(DEFAULT_PRICES), n=1, cutoff=0.8)
             meant = f"did you mean {near[0]!r}? Else " if near else ""
+            # Audio output bills at its own rate, which no model of the table has (they answer in text): the text
+            # model a speech variant is named after must not price it, and the rate to give is its audio one.
+            speech = " (it answers in audio: give its audio output rate as `output`; the built-in table prices " \
+                     "no text-to-speech or native-audio model)" if _AUDIO_OUT.search(model) else ""
             raise ConfigError(f"no price known for model {model!r}; {meant}add it under `pricing` (USD per 1M "
-                              "tokens)", field=field)
+                              f"tokens){speech}", field=field)
         return price
 
     def cost(self, model: str | None, usage: Usage) -> float:
