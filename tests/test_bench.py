@@ -1063,6 +1063,7 @@ def test_graduation_advisor_tuning_cost_comes_from_the_pricing_table_or_is_unkno
     assert advice is not None
     assert advice.tuning_cost_usd == pytest.approx(5.0 * 1000 * 22 * 3 / 1e6)
     assert "pricing table: gemini-2.5-flash" in advice.tuning_cost_basis and "3 epochs" in advice.tuning_cost_basis
+    assert "unverified 2025 list price: --tuning-price gives yours" in advice.tuning_cost_basis  # not a checked price
     # Nothing assumed: without the epochs or the training set size the cost is unknown, and the text says why.
     no_epochs = advise([icl, tuned], AdvisorSettings(training_examples=1000), tuned_info=vertex, training_price=price)
     assert no_epochs is not None and no_epochs.tuning_cost_usd is None and "--epochs" in no_epochs.text

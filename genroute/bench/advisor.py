@@ -36,6 +36,7 @@ from genroute.config_errors import check_list
 from genroute.graduation.trained import TunedInfo as TunedInfo  # where it was defined before; bench reads it here
 from genroute.graduation.trained import trained_inputs
 from genroute.public_model import ConfigModel, PublicModel
+from genroute.runtime.pricing import TRAINING_PRICE_CAVEAT
 
 
 class AdvisorSettings(ConfigModel):
@@ -156,7 +157,8 @@ def tuning_cost(settings: AdvisorSettings, info: TunedInfo | None, training_pric
                                                                "training tokens as given"
     elif training_price is not None:
         price, price_text = training_price[1], f"${training_price[1]:.2f}/1M training tokens (pricing table: " \
-                                               f"{training_price[0]})"
+                                               f"{training_price[0]}, {TRAINING_PRICE_CAVEAT}: --tuning-price " \
+                                               "gives yours)"
     else:
         model = info.base_model if info is not None and info.base_model else "the tuned model's base"
         return None, f"unknown: no training price for {model} in the pricing table (give --tuning-price)"

@@ -32,6 +32,7 @@ from genroute.graduation.payback import advise
 from genroute.graduation.promote import Promotion, check_amount, check_rule, decide_promotion
 from genroute.graduation.trained import tuned_inputs
 from genroute.public_model import PublicModel
+from genroute.runtime.pricing import TRAINING_PRICE_CAVEAT
 
 if TYPE_CHECKING:
     from genroute.outcomes.records import OutcomeRecord
@@ -175,16 +176,17 @@ async def _agraduate_vertex(router: Router, task: str, *, out_dir: Path, setting
             price = router.resources.pricing.training_price(settings.base_model)
             cost = None if price is None else tokens * price[1] / 1e6
             span.set_attributes({"genroute.graduate.job": result.job, "genroute.graduate.wall_s": wall_s})
-            if cost is not None:  # as a call's cost is on its span; its tokens are estimated
+            if cost is not None:  # as a call's cost is on its span; its tokens are estimated, its price unverified
                 span.set_attributes({"gen_ai.usage.cost.amount": cost, "gen_ai.usage.cost.currency": "USD",
-                                     "genroute.cost.estimated": True})
+                                     "genroute.cost.estimated": True, "genroute.cost.price_unverified": True})
         serve = result.endpoint or result.model or ""
         engine = settings.engine or next(n for n, e in router.resources.engines.items()
                                          if e.provider == "gcp.vertex_ai")  # the one tune_vertex tuned with
         lines = [tuning_set.line(),
                  f"tune: Vertex AI job {result.job} {result.state} in {wall_s:.0f} s -> {serve}; ~{tokens:,.0f} "
                  f"training tokens (estimated, {settings.epochs or 1} epoch(s))"
-                 + (f" x ${price[1]:g}/1M ({price[0]}) = ${cost:.4f}" if price and cost is not None else
+                 + (f" x ${price[1]:g}/1M ({price[0]}, {TRAINING_PRICE_CAVEAT}) = ${cost:.4f}"
+                    if price and cost is not None else
                     f"; no training price known for {settings.base_model}")]
         if register:
             with tracer.start_as_current_span("genroute.graduate.register"):

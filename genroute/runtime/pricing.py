@@ -176,6 +176,10 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
 
 
 #: Vertex AI supervised tuning list prices, USD per 1M training tokens (billed per epoch), as published in 2025.
+#: UNVERIFIED: the tuning section of the Vertex AI pricing page (cloud.google.com/vertex-ai/generative-ai/pricing)
+#: is not in the reference corpus these prices were checked against (searched 2026-12-07: the Vertex AI pricing page,
+#: its supervised tuning pages and third-party copies; none lists a training-token price for these models). So every
+#: figure made from them says so (``TRAINING_PRICE_CAVEAT``: the graduation report and span, the bench advisor).
 #: Used by the graduation advisor; pass your own (``genroute bench --tuning-price``) when yours differ.
 TRAINING_PRICES: dict[str, float] = {
     "gemini-2.5-pro": 25.0,
@@ -184,6 +188,10 @@ TRAINING_PRICES: dict[str, float] = {
     "gemini-2.0-flash": 3.0,
     "gemini-2.0-flash-lite": 1.0,
 }
+
+
+#: How a figure made from ``TRAINING_PRICES`` is labelled: they could not be checked against the published page.
+TRAINING_PRICE_CAVEAT = "unverified 2025 list price"
 
 
 #: What may follow a known model name and still be that model: versions and dates (``-001``,
