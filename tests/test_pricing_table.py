@@ -79,3 +79,33 @@ def test_a_model_that_answers_in_audio_is_refused_until_its_audio_rate_is_given_
     assert caught.value.field == "backends.chat.model" and gemini_server.requests == []
     priced = Pricing({model: {"input": 0.5, "output": 10.0}})
     assert priced.cost(model, Usage(input_tokens=100, output_tokens=3200)) == pytest.approx((50 + 32_000) / 1e6)
+
+
+def test_a_backend_asking_at_run_time_for_a_model_with_no_price_is_refused_before_anything_is_sent(
+        gemini_server: GeminiTestServer, otel: Otel) -> None:
+    # A backend may choose its model per request, past the build's check of the models configs name: such a call
+    # was sent, billed by the provider and counted at $0 everywhere (spans, result, budget).
+    from typing import ClassVar
+
+    from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend
+    from genroute.backends.prompt_template import PromptTemplateConfig
+
+    class PerRequestModel(SingleCallBackend):
+        kind: ClassVar[str] = "per_request_model"
+        Config: ClassVar[type[BackendConfig]] = PromptTemplateConfig
+
+        async def prepare(self, request, ctx):  # type: ignore[no-untyped-def]
+            return Prepared(model=request.metadata.get("model", self.config.model), contents=request.input, config=None)
+
+    gemini_server.reply_text("x", usage=(1000, 100))
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as built:
+        router = built.replacing({"chat": PerRequestModel("chat", built.backends["chat"].config, built.resources)})
+        with pytest.raises(ConfigError, match="no price known for model 'gemini-9-ultra'") as caught:
+            router.generate("hi", metadata={"model": "gemini-9-ultra"})
+        assert caught.value.field == "pricing" and gemini_server.requests == []
+        assert otel.spans("generate_content") == []
+        # Streams too; a model the table prices is sent and charged as ever.
+        with pytest.raises(ConfigError, match="gemini-9-ultra"):
+            list(router.stream("hi", metadata={"model": "gemini-9-ultra"}))
+        assert router.generate("hi").cost_usd == pytest.approx((1000 * 0.30 + 100 * 2.50) / 1e6)
+    assert [r.model for r in gemini_server.requests] == ["models/gemini-2.5-flash"]

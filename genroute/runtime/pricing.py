@@ -269,6 +269,14 @@ class Pricing:
         self._charged[engine, model] = charged
         return charged
 
+    def require_charged(self, engine: Engine, model: str) -> None:
+        """``ConfigError`` naming ``pricing`` before a call to ``engine`` priced as ``model`` when the table cannot
+        price it (a backend choosing its model at run time): it would be billed and counted nowhere, at 0. Building
+        the router checks the models configs name; this covers the rest, before anything is sent."""
+        if self.charged_at(engine, model)[0] is None and engine.pricing_model(model) is not None:
+            raise ConfigError(f"no price known for model {model!r}, which a backend asked for at run time: add it "
+                              "under `pricing` (USD per 1M tokens); nothing was sent", field="pricing")
+
     def training_price(self, model: str) -> tuple[str, float] | None:
         """``(priced name, USD per 1M training tokens)`` for supervised tuning of ``model``, or None."""
         known = _known_name(model, sorted(TRAINING_PRICES, key=len, reverse=True))
