@@ -177,3 +177,31 @@ def test_a_hold_whose_admission_a_loop_per_call_cut_off_is_given_back_not_left_t
             asyncio.run(router.agenerate("next"))  # a new loop: what the cut-off call owed is sent first
             usage = budget_usage(router)
     assert usage == {"spent": pytest.approx(2 * COST), "reserved": 0.0}  # the two answers, nothing held
+
+
+def test_a_router_closed_during_an_outage_names_the_spend_the_shared_budget_misses(
+        gemini_server, redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    # Its settles made meanwhile cannot be replayed once it is gone: the shared spend stays short of them. The
+    # warning said only how many writes were lost, not which accounts miss what.
+    import logging
+
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": "ok"},), usage=USAGE)
+    state = {"kind": "redis", "url": redis_server.url, "on_error": "open", "retry_s": 0.2, "timeout_s": 20,
+             "connect_timeout_s": 20, "prefix": "closed-in-outage:"}
+
+    async def main() -> None:
+        async with Router.from_config(_config(gemini_server, state)) as router:
+            await router.agenerate("before")
+            redis_server.stop()
+            await router.agenerate("during")  # settled in this process's memory, kept for Redis
+            await asyncio.sleep(0.3)  # past retry_s: closing asks Redis once more, in vain
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="genroute"):
+            asyncio.run(main())
+    finally:
+        redis_server.start()  # without persistence: it forgets "before" too (documented)
+    (warning,) = [r.getMessage() for r in caplog.records if "were not sent" in r.getMessage()]
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert f"budget:policy:*:{today} {round(COST * 1e9)}" in warning, warning
+    assert "nano-USD for a budget" in warning

@@ -377,8 +377,11 @@ class RedisStateStore(StateStore):
                 # retry_s of the last failure: they are lost otherwise)
                 await self._replay(self._client(), closing=True)
             except (redis.exceptions.RedisError, OSError) as exc:
-                _log.warning("%d write(s) made during a state store outage were not sent: %s",
-                             self._unsent.waiting(), type(exc).__name__)
+                # Lost with the process: the shared spend stays short of what this process settled meanwhile.
+                missed = ", ".join(f"{account} {units}" for account, units in sorted(self._unsent.unsettled().items()))
+                _log.warning("%d write(s) made during a state store outage were not sent: %s; the shared accounts "
+                             "miss this process's settles (units: nano-USD for a budget, requests or tokens for a "
+                             "rate limit): %s", self._unsent.waiting(), type(exc).__name__, missed or "none")
         await self._connections.close(loop)
 
 

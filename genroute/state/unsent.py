@@ -118,6 +118,14 @@ class UnsentWrites:
         with self._lock:
             return ListReplay(self.replayed[key], self.dropped[key], len(self.pushes.get(key, ())))
 
+    def unsettled(self) -> dict[str, int]:
+        """What the waiting settles add to each account's spend (units), by the account they charge."""
+        by_account: Counter[str] = Counter()
+        with self._lock:
+            for op, _ in self.settles:
+                by_account[op.charge or op.account] += op.amount
+        return dict(by_account)
+
     def waiting(self) -> int:
         """Writes waiting to be sent."""
         with self._lock:
