@@ -129,7 +129,8 @@ class RunContext:
         """One instrumented, accounted engine call; attempts lost on the way are charged too.
 
         ``contents``: the turns, or a ``str`` for one user turn (``Prepared.contents``)."""
-        self.pricing.require_charged(engine, price_as or model)
+        if (engine, price_as or model) not in self.pricing.sendable:  # checked once per pair
+            self.pricing.require_charged(engine, price_as or model)
         contents = _turns(engine, contents)
         telemetry = self.telemetry
         attrs, name = telemetry.call(engine.provider, model)
@@ -188,7 +189,8 @@ class RunContext:
         usage received so far (the latest chunk's usage, plus an estimate for text that arrived after it, or
         the input estimate when no chunk carried usage), and attempts lost before the first chunk on top.
         """
-        self.pricing.require_charged(engine, price_as or model)
+        if (engine, price_as or model) not in self.pricing.sendable:  # checked once per pair
+            self.pricing.require_charged(engine, price_as or model)
         contents = _turns(engine, contents)
         attrs, name = self.telemetry.call(engine.provider, model)
         with CurrentSpan(self.tracer, name, kind=SpanKind.CLIENT,

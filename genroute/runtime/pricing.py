@@ -234,6 +234,8 @@ class Pricing:
         self._resolved: dict[str, ModelPrice | None] = {}
         #: What each engine's calls priced as a name are charged at (``charged_at``), resolved once per pair.
         self._charged: dict[tuple[Engine, str], tuple[ModelPrice | None, str | None]] = {}
+        #: The (engine, name) pairs ``require_charged`` passed: a call checks membership, not the price, each time.
+        self.sendable: set[tuple[Engine, str]] = set()
 
     def lookup(self, model: str) -> ModelPrice | None:
         """The price of ``model`` or None: the exact name (a tuned endpoint may be priced under its full
@@ -276,6 +278,9 @@ class Pricing:
         if self.charged_at(engine, model)[0] is None and engine.pricing_model(model) is not None:
             raise ConfigError(f"no price known for model {model!r}, which a backend asked for at run time: add it "
                               "under `pricing` (USD per 1M tokens); nothing was sent", field="pricing")
+        if len(self.sendable) >= _MAX_RESOLVED:  # as _charged: engines and models come from configs
+            self.sendable.clear()
+        self.sendable.add((engine, model))
 
     def training_price(self, model: str) -> tuple[str, float] | None:
         """``(priced name, USD per 1M training tokens)`` for supervised tuning of ``model``, or None."""
