@@ -266,3 +266,27 @@ def test_no_unclosed_session_is_logged_at_exit(gemini_server, no_env):
         assert done.stdout.split() == ["echo:", "hi", "echo:", "hi"], (how, done.stdout)
         for trouble in ("Unclosed", "Traceback", "destroyed but it is pending", "never awaited"):
             assert trouble not in done.stderr, (how, done.stderr)
+
+
+def test_a_loop_per_call_closes_its_connections_before_it_closes(gemini_server, no_env):
+    """``asyncio.run`` per call (a Celery task's, a script's): each loop's session is closed with its connections as
+    that loop shuts down, not left open for the garbage collector (a socket held until a collection, and aiohttp's
+    "unclosed transport" ResourceWarning)."""
+    script = textwrap.dedent(f"""
+        import asyncio, gc
+        from genroute.engines.gemini import GeminiEngine
+        eng = GeminiEngine("gem", {{"api_key": {KEY!r}, "base_url": {gemini_server.base_url!r}}})
+        async def call():
+            answers = await asyncio.gather(*(eng.generate({MODEL!r}, f"hello {{i}}") for i in range(3)))
+            (_, session), = eng._loops._own.values()
+            return session, [answer.text for answer in answers]
+        for _ in range(3):
+            session, texts = asyncio.run(call())
+            print(session.closed, *texts)
+            gc.collect()
+    """)
+    done = subprocess.run([sys.executable, "-W", "always::ResourceWarning", "-c", script], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True echo: hello 0 echo: hello 1 echo: hello 2"] * 3
+    assert "unclosed" not in done.stderr, done.stderr
