@@ -13,10 +13,14 @@ import faulthandler
 import json
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -204,6 +208,30 @@ def test_a_sync_stream_dropped_after_one_chunk_with_its_router_closes_it(gemini_
     assert collected == [consumer]
     loop_thread.join(HANG_CAP_S)
     assert not loop_thread.is_alive()  # the router's loop thread ended with it
+
+
+def test_a_router_collected_unclosed_closes_its_connections_on_its_loop(gemini_server):
+    """A router dropped without ``close()`` ends its loop thread as ``asyncio.run`` ends a loop: the engine's HTTP
+    session closes its connections there, instead of leaving them open for the garbage collector (aiohttp's
+    "unclosed transport" ResourceWarning)."""
+    script = textwrap.dedent(f"""
+        import gc, json
+        from genroute import Router
+        router = Router.from_config(json.loads({json.dumps(json.dumps(gemini_config(gemini_server)))}))
+        print(router.generate("hi").text)
+        loops = router.resources.engines["gemini"]._loops  # the engine outlives the router here
+        del router
+        gc.collect()
+        (_, session), = loops._own.values()
+        print(session.closed)
+        gc.collect()
+    """)
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-W", "always::ResourceWarning", "-c", script], capture_output=True,
+                          text=True, timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["echo: hi", "True"]
+    assert "unclosed" not in done.stderr, done.stderr
 
 
 def test_a_portal_closed_on_its_own_loop_thread_still_answers_the_waiter():

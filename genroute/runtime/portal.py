@@ -240,9 +240,13 @@ _INHERITED: list[asyncio.AbstractEventLoop] = []
 
 
 async def _cancel_all(timeout_s: float) -> None:
-    """Cancel every other task on this loop and give them ``timeout_s`` to unwind."""
+    """Cancel every other task on this loop and give them ``timeout_s`` to unwind, then close the async generators
+    left on it, as ``asyncio.run`` does before it closes its loop (an HTTP session closes its connections there, see
+    ``genroute.engines.gemini_sessions``, instead of leaving them to the garbage collector)."""
     tasks = asyncio.all_tasks() - {asyncio.current_task()}
     for task in tasks:
         task.cancel()
     if tasks:
         await asyncio.wait(tasks, timeout=timeout_s)
+    closing = asyncio.ensure_future(asyncio.get_running_loop().shutdown_asyncgens())
+    await asyncio.wait([closing], timeout=timeout_s / 2)
