@@ -2,6 +2,9 @@
 
 A plugin cannot replace a built-in kind: the built-in runs, and the first use of such a name logs a warning naming
 the plugin's package (an installed package must not break a config that names a built-in, nor go unnoticed).
+
+A class says its kind once, in its ``Config`` (``kind: Literal["name"]``): ``kind_from_config`` gives the class that
+name as its ``kind`` (what decisions, spans and the catalogue read) unless the class sets one itself.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -84,6 +87,22 @@ def plugin_failures(cls: type, *, field: str) -> Iterator[None]:
         raise ConfigError(f"{origin} failed: {type(exc).__name__}: {exc}", field=field) from exc
 
 
+def kind_from_config(cls: type) -> None:
+    """Give engine, backend or policy class ``cls`` the kind its own ``Config`` fixes (``kind: Literal["name"]``, or
+    a default name) as its ``kind``, unless it sets ``kind`` itself (called as each such class is made)."""
+    config = vars(cls).get("Config")
+    if "kind" in vars(cls) or not (isinstance(config, type) and issubclass(config, BaseModel)):
+        return
+    field = config.model_fields.get("kind")
+    if field is None:
+        return
+    names = get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
+    if len(names) == 1 and isinstance(names[0], str):
+        cls.kind = names[0]  # type: ignore[attr-defined]
+    elif isinstance(field.default, str):
+        cls.kind = field.default  # type: ignore[attr-defined]
+
+
 def kinds(group: Group) -> list[str]:
     """Every kind name available in ``group`` (built-in and plugins)."""
     return sorted(set(BUILTIN[group]) | set(_plugins(group)))
@@ -123,6 +142,9 @@ def load(group: Group, kind: str, *, field: str) -> type[Any]:
             and isinstance(config, type) and issubclass(config, BaseModel)):
         raise ConfigError(f"kind {kind!r} ({where}) is not a {base.__name__} subclass with a `Config` model "
                           f"(a pydantic BaseModel)", field=field)
+    if not isinstance(getattr(cls, "kind", None), str):
+        raise ConfigError(f"kind {kind!r} ({where}) names no kind of its own: its `Config` model's `kind` is "
+                          f"`Literal[{kind!r}]` (or the class sets `kind = {kind!r}`)", field=field)
     _ORIGINS[cls] = f"kind {kind!r} ({where})"
     return cls
 

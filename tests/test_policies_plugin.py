@@ -252,3 +252,34 @@ def test_an_engine_that_takes_bounded_in_generate_only_still_streams() -> None:
         assert router.generate("hello there").text == "echo: hello there" and engine.bounded_seen
         chunks = list(router.stream("hello there"))
     assert chunks[-1].result.text == "echo: hello there"
+
+
+# -- plugins that name their kind in their Config only ------------------------------------------------------
+
+
+@pytest.fixture
+def kindless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The plugins of ``tests/kindless_plugins.py``, installed."""
+    yield from _install(tmp_path, monkeypatch, (
+        "[genroute.backends]\nwhisper = tests.kindless_plugins:WhisperBackend\n"
+        "[genroute.policies]\nfirst_name = tests.kindless_plugins:FirstNamePolicy\n"
+        "any_kind = tests.kindless_plugins:AnyKindPolicy\n"
+    ))
+
+
+def test_a_plugin_that_names_its_kind_in_its_config_alone_runs(kindless, gemini_server) -> None:
+    config = gemini_config(gemini_server)
+    config["backends"] = {"quiet": {"kind": "whisper", "engine": "gemini", "model": "gemini-2.5-flash"},
+                          "zzz": config["backends"]["chat"]}
+    config["policy"] = {"kind": "first_name"}
+    with Router.from_config(config) as router:
+        result = router.generate("HELLO There")
+        assert router.catalogue["quiet"].kind == "whisper"
+    assert (result.backend, result.text, result.decision.policy) == ("quiet", "echo: hello there", "first_name")
+
+
+def test_a_plugin_that_names_no_kind_is_a_config_error(kindless) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_policy({"kind": "any_kind"})
+    assert err.value.field == "policy.kind"
+    assert "names no kind" in err.value.message and MISBEHAVING in err.value.message

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genroute.public_model import ConfigModel
+from genroute.registry import kind_from_config
 
 if TYPE_CHECKING:
     from google.genai import types
@@ -65,6 +66,11 @@ class Engine(ABC):
     #: For a free engine (``pricing_model`` is ``None``): the cloud model its calls are compared against, whose
     #: price becomes the result's ``cloud_equivalent_cost_usd``. ``None``: no comparison.
     reference_model: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass whose ``Config`` fixes its kind has that kind (``genroute.registry.kind_from_config``)."""
+        super().__init_subclass__(**kwargs)
+        kind_from_config(cls)
 
     def __init__(self, name: str, config: BaseModel) -> None:
         self.name = name
