@@ -223,3 +223,21 @@ def test_feedback_given_twice_keeps_the_label_and_the_latest_score(gemini_server
     assert again.metadata["feedback"]["label_given"] is True and again.metadata["feedback"]["score"] == 0.25
     [stored] = OutcomeStore(tmp_path / "outcomes.db").records_sync()
     assert (stored.output, stored.metadata["feedback"]["label_given"]) == ("positive", True)
+
+
+def out_of_range_scorer(record, result):
+    """An outcome scorer gone wrong: a score above 1."""
+    return 5.0
+
+
+def test_a_custom_outcome_scorer_out_of_range_is_refused_and_stores_nothing(gemini_server, tmp_path, caplog):
+    """A score outside [0, 1] (or NaN) was stored as it was, and poisoned the statistics compiled from it."""
+    cfg = config(gemini_server, tmp_path, scorer="tests.test_outcomes_feedback:out_of_range_scorer")
+    with Router.from_config(cfg) as router, caplog.at_level(logging.WARNING, "genroute.outcomes"):
+        result = router.generate("Loved it", task="sentiment")
+        router.drain()   # the shadow's score is refused: its outcome is not recorded
+        with pytest.raises(UsageError) as exc:
+            router.feedback(result, label="positive")
+    assert exc.value.field == "outcomes.scorer" and "returned 5.0" in exc.value.message
+    assert "shadow outcome of pro not recorded: UsageError" in caplog.text
+    assert OutcomeStore(tmp_path / "outcomes.db").records_sync() == []

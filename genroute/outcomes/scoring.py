@@ -3,8 +3,9 @@
 The configured ``outcomes.scorer`` is one of:
 
 - a bench scorer (``normalized_exact``, ``label_accuracy``, ``token_f1``, ``exact``, ``json_schema``,
-  ``regex:...``) or ``module:function`` called as ``(record, result)``: the reference is the served answer for a
-  shadow (so the score is agreement), the label once feedback gives one;
+  ``regex:...``) or ``module:function`` called as ``(record, result)`` (its score checked as a benchmark checks
+  it, a number in [0, 1]): the reference is the served answer for a shadow (so the score is agreement), the label
+  once feedback gives one;
 - ``judge:BACKEND``: that backend grades the answer against the reference (its cost is recorded apart);
 - ``validator:NAME``: a validator the router knows (built-in, configured or passed in code) scores each answer
   alone: 1 when it accepts, 0 when it rejects; no reference needed, so the served answer gets a score too.
@@ -66,7 +67,13 @@ class ShadowScorer:
             verdict, cost = await run_judge(self.judge, Request(input=prompt, task="judge"))
             return Scored(float(normalize(verdict.text).startswith("yes")), cost)
         assert self.fn is not None
-        return Scored(float(self.fn(_record(request, reference), _result(output))))
+        from genroute.bench.scorers import Scorer
+
+        try:  # checked as in a benchmark: a score outside [0, 1], NaN or not a number would poison the statistics
+            score, _ = await Scorer(self.name, self.fn).score(_record(request, reference), _result(output))
+        except UsageError as exc:
+            raise UsageError(exc.message, field="outcomes.scorer") from None
+        return Scored(score)
 
 
 async def _no_backend_runs(backend: str, request: GenerateRequest) -> BackendOutput:
