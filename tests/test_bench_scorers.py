@@ -196,6 +196,18 @@ def length_scorer(record: BenchRecord, result: GenerateResult) -> float:
     return float(len(result.text) == len(record.output))
 
 
+async def async_length_scorer(record: BenchRecord, result: GenerateResult) -> float:
+    """A custom scorer written as ``async def`` (one that asks a service, say)."""
+    await asyncio.sleep(0)
+    return float(len(result.text) == len(record.output))
+
+
+def test_an_async_custom_scorer_is_awaited() -> None:
+    scorer = resolve_scorer("tests.test_bench_scorers:async_length_scorer")
+    assert asyncio.run(scorer.score(rec("abc"), res("xyz"))) == (1.0, 0.0)
+    assert asyncio.run(scorer.score(rec("abc"), res("toolong"))) == (0.0, 0.0)
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, 1.5, -0.25, True, "0.5", None])
 def test_a_custom_scorer_must_return_a_score_in_0_1(value: Any) -> None:
     # One NaN made a clear difference read "no difference detected"; a bool or 5.0 is no score either.

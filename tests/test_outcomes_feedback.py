@@ -3,6 +3,7 @@ argument checks of ``feedback`` and ``drain``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -225,9 +226,26 @@ def test_feedback_given_twice_keeps_the_label_and_the_latest_score(gemini_server
     assert (stored.output, stored.metadata["feedback"]["label_given"]) == ("positive", True)
 
 
+async def async_label_scorer(record, result):
+    """An outcome scorer written as ``async def`` (one that asks a service, say)."""
+    await asyncio.sleep(0)
+    return float(result.text == record.label)
+
+
 def out_of_range_scorer(record, result):
     """An outcome scorer gone wrong: a score above 1."""
     return 5.0
+
+
+def test_a_custom_outcome_scorer_may_be_async(gemini_server, tmp_path):
+    gemini_server.reply_text("positive")
+    gemini_server.reply_text("negative")
+    cfg = config(gemini_server, tmp_path, scorer="tests.test_outcomes_feedback:async_label_scorer")
+    with Router.from_config(cfg) as router:
+        result = router.generate("Loved it", task="sentiment")
+        router.drain()
+        record = router.feedback(result, label="positive")
+    assert record.outcomes["chat"].score == 1.0 and record.outcomes["pro"].score == 0.0
 
 
 def test_a_custom_outcome_scorer_out_of_range_is_refused_and_stores_nothing(gemini_server, tmp_path, caplog):

@@ -5,12 +5,13 @@ over all gold answers in ``metadata.answers``; text beyond ASCII in one Unicode 
 ``label_accuracy``, ``json_schema``, ``function_call`` (BFCL's AST checker semantics, see ``genroute.bench.calls``),
 ``frame_f1`` / ``frame_exact`` (JSON frames ``{"intents": [...], "slots": {...}}`` as in NLU++), ``regex`` /
 ``regex:PATTERN``, a custom
-``module:function`` (called with ``(record, result)``), and ``judge:BACKEND`` (a configured backend grades the
+``module:function`` (called with ``(record, result)``; an ``async def`` one is awaited), and ``judge:BACKEND`` (a configured backend grades the
 answer; its cost is counted apart from the benchmarked backend's). ``auto`` picks one from the records.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import numbers
@@ -288,9 +289,13 @@ class Scorer:
 
     async def score(self, record: BenchRecord, result: GenerateResult, router: Any = None) -> tuple[float, float]:
         """``(score, judge cost in USD)`` for one answer; raises whatever the scorer or the judge raised, and
-        ``UsageError`` naming the scorer and the record when a function returns anything but a number in [0, 1]."""
+        ``UsageError`` naming the scorer and the record when a function returns anything but a number in [0, 1]
+        (an ``async def`` scorer's result is awaited)."""
         if self.fn is not None:
-            return self.checked(self.fn(record, result), record), 0.0
+            value = self.fn(record, result)
+            if inspect.isawaitable(value):
+                value = await value
+            return self.checked(value, record), 0.0
         if router is None:
             raise UsageError("a judge scorer needs the router", field="scorer")
         from genroute.types import GenerateRequest

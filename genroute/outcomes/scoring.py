@@ -3,9 +3,9 @@
 The configured ``outcomes.scorer`` is one of:
 
 - a bench scorer (``normalized_exact``, ``label_accuracy``, ``token_f1``, ``exact``, ``json_schema``,
-  ``regex:...``) or ``module:function`` called as ``(record, result)`` (its score checked as a benchmark checks
-  it, a number in [0, 1]): the reference is the served answer for a shadow (so the score is agreement), the label
-  once feedback gives one;
+  ``regex:...``) or ``module:function`` called as ``(record, result)`` (awaited if ``async def``; its score
+  checked as a benchmark checks it, a number in [0, 1]): the reference is the served answer for a shadow (so the
+  score is agreement), the label once feedback gives one;
 - ``judge:BACKEND``: that backend grades the answer against the reference (its cost is recorded apart);
 - ``validator:NAME``: a validator the router knows (built-in, configured or passed in code) scores each answer
   alone: 1 when it accepts, 0 when it rejects; no reference needed, so the served answer gets a score too.
