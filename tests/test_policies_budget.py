@@ -330,3 +330,25 @@ def test_adding_a_challenger_the_budget_cannot_price_leaves_the_router_as_it_was
         assert exc.value.field == "policy.stats_path" and "'lite'" in exc.value.message
         assert list(router.backends) == ["chat"] and "lite" not in router.catalogue
         assert router.decide("x", task="t").shadow == ()
+
+
+@pytest.mark.parametrize(("per", "fields", "name"), [
+    ("tenant", {"metadata": {"tenant": "acme"}}, "acme"),
+    ("key", {"key": "bob"}, "bob"),
+])
+def test_usage_reads_a_tenants_or_keys_spend_by_its_own_name(gemini_server, per, fields, name) -> None:
+    """``usage("acme")`` read an account no request is charged to (they go to ``tenant:acme``): always $0."""
+    from genroute import Router
+
+    from .conftest import budget_usage, gemini_config
+
+    config = gemini_config(gemini_server)
+    config["policy"] = {**BUDGET, "inner": {"kind": "static", "backend": "chat"}, "costs": {"chat": 0.01},
+                        "per": per}
+    with Router.from_config(config) as router:
+        result = router.generate("hello", **fields)
+        by_name = budget_usage(router, name)
+        by_account = budget_usage(router, f"{per}:{name}")
+        other = budget_usage(router, "someone-else")
+    assert by_name == by_account == {"spent": pytest.approx(result.cost_usd), "reserved": 0.0}
+    assert result.cost_usd > 0 and other == {"spent": 0.0, "reserved": 0.0}

@@ -43,7 +43,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from genroute.admission import Attempt, Gate, Outcome, hold_ttl_s
 from genroute.bounds import PathText
-from genroute.errors import BudgetExceeded, ConfigError
+from genroute.errors import BudgetExceeded, ConfigError, UsageError
 from genroute.policies.base import BackendInfo, BudgetView, Policy, PolicyConfig, PolicyContext
 from genroute.policies.static import check_backends
 from genroute.policies.stats import BenchStats
@@ -145,6 +145,14 @@ class BudgetPolicy(Policy):
             tenant = request.metadata.get(self.config.tenant_field)
             return f"tenant:{tenant}" if tenant is not None else "tenant:-"
         return f"key:{request.key}" if request.key is not None else "key:-"
+
+    def named_key(self, key: str) -> str:
+        """``key`` as ``budget_key`` writes it: a tenant's or a request key's own name (``acme``, as ``limits`` may
+        name it too) gets this budget's prefix (``tenant:acme``); ``*``, and a key already prefixed, stay as given."""
+        if self.config.per == "global" or key == "*":
+            return key
+        prefix = f"{self.config.per}:"
+        return key if key.startswith(prefix) else prefix + key
 
     def limit(self, key: str) -> float:
         """The budget of ``key`` in USD per window."""
@@ -273,8 +281,11 @@ class BudgetGate(Gate[Hold]):
         return BudgetView(key, limit - (spent + held) / UNITS_PER_USD, limit)
 
     async def usage(self, key: str) -> dict[str, float]:
-        """Spent and held USD of ``key`` in the current window."""
-        spent, held = await self.store.usage(self.account(key)[0])
+        """Spent and held USD of ``key`` in the current window: ``*`` for a global budget, else a tenant's or a
+        request key's name (``acme``, or ``tenant:acme`` as errors name it)."""
+        if not isinstance(key, str):
+            raise UsageError(f"must be a budget key as text, not {type(key).__name__}", field="key")
+        spent, held = await self.store.usage(self.account(self.policy.named_key(key))[0])
         return {"spent": spent / UNITS_PER_USD, "reserved": held / UNITS_PER_USD}
 
     def claims(self, attempt: Attempt) -> list[Hold]:
