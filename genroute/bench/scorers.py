@@ -4,9 +4,9 @@ Built in: ``exact``, ``normalized_exact`` and ``token_f1`` (SQuAD v1.1's officia
 over all gold answers in ``metadata.answers``; text beyond ASCII in one Unicode form and case first: ``fold``),
 ``label_accuracy``, ``json_schema``, ``function_call`` (BFCL's AST checker semantics, see ``genroute.bench.calls``),
 ``frame_f1`` / ``frame_exact`` (JSON frames ``{"intents": [...], "slots": {...}}`` as in NLU++), ``regex`` /
-``regex:PATTERN``, a custom
-``module:function`` (called with ``(record, result)``; an ``async def`` one is awaited), and ``judge:BACKEND`` (a configured backend grades the
-answer; its cost is counted apart from the benchmarked backend's). ``auto`` picks one from the records.
+``regex:PATTERN``, a custom ``module:function`` (called with ``(record, result)``; an ``async def`` one is
+awaited), and ``judge:BACKEND`` (a configured backend grades the answer; its cost is counted apart from the
+benchmarked backend's). ``auto`` picks one from the records.
 """
 
 from __future__ import annotations
