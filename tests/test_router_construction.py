@@ -339,6 +339,23 @@ def test_replacing_names_a_backend_of_the_wrong_kind(gemini_server):
             assert err.value.field == field, wrong
 
 
+def test_a_router_is_not_pickled_or_copied_and_its_replacing_copy_still_works(gemini_server):
+    """``copy.copy(router)`` shared its loop thread, so closing the copy closed the router under its caller;
+    pickling one (a multiprocessing pool's argument) failed on a lock deep inside."""
+    import copy
+    import pickle
+
+    from genroute import UsageError
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        for attempt in (pickle.dumps, copy.copy, copy.deepcopy):
+            with pytest.raises(UsageError) as err:
+                attempt(router)
+            assert err.value.field == "router" and "build one in each process" in err.value.message
+        assert router.replacing({}).generate("hi").text == "echo: hi"
+        assert router.generate("hi").text == "echo: hi"
+
+
 def test_resources_and_prices_built_in_code_are_checked_when_made(gemini_server):
     # A mapping of prices was kept as it was and the first request it priced failed with AttributeError (after the
     # call was sent); an engine or a price table of the wrong kind failed later, deep inside.

@@ -279,7 +279,8 @@ class Router(Lifecycle, Learning):
         unknown = sorted(set(backends) - set(self.backends))
         if unknown:
             raise UsageError(f"unknown backend {unknown[0]!r}", field="backends")
-        clone = copy.copy(self)
+        clone = object.__new__(type(self))  # a shallow copy: ``copy.copy`` of a router is refused (``__reduce_ex__``)
+        clone.__dict__.update(self.__dict__)
         clone.backends = {**self.backends, **backends}
         clone.catalogue = {**self.catalogue, **{name: backend_info(name, b) for name, b in backends.items()}}
         clone.context = PolicyContext(catalogue=clone.catalogue, stats=self.context.stats,
@@ -287,6 +288,13 @@ class Router(Lifecycle, Learning):
         clone._executor = copy.copy(self._executor)  # shares resolved validators and the shadow task set
         clone._executor.backends = clone.backends
         return clone
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Refused: pickling a router, or copying it (``copy.copy`` shared its loop thread, so closing the copy
+        closed this router), would need its loop thread, connections and engines, which stay in this process."""
+        raise UsageError("a Router is not pickled or copied: it owns a loop thread, connections and engines in "
+                         "this process; build one in each process (Router.from_config, e.g. in a worker's "
+                         "initializer) or use router.replacing({...}) for a variant of this one", field="router")
 
     # -- internals -------------------------------------------------------------------------------------
 
