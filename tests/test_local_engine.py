@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 
 import pytest
@@ -661,6 +662,27 @@ async def test_a_stream_that_times_out_in_the_queue_never_reaches_the_model() ->
         assert busy.last_prompt_tokens == first_prompt
     finally:
         await busy.aclose()
+
+
+@pytest.mark.local
+async def test_a_decode_stopped_on_purpose_logs_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A request stopped mid-decode (its deadline passed; a cancel or a close does the same) logged llama.cpp's
+    "failed to compute graph" / "failed to decode" as warnings and errors, an alarm in every application log for
+    a stop genroute asked for: they are debug lines now."""
+    slow = LocalEngine("slow", {"pool_size": 1, "n_threads": 1})
+    try:
+        with caplog.at_level(logging.DEBUG, logger="genroute.llama_cpp"):
+            with pytest.raises(BackendUnavailable, match="exceeded"):
+                await slow.generate("m", user("word " * 1500), types.GenerateContentConfig(max_output_tokens=2),
+                                    timeout_s=0.05)
+            await asyncio.wrap_future(slow._executor.submit(lambda: None))  # the worker is done with it
+        stopped = [r for r in caplog.records if "failed to decode" in r.getMessage()]
+        assert stopped and {r.levelno for r in stopped} == {logging.DEBUG}
+        louder = [r.getMessage() for r in caplog.records
+                  if r.levelno > logging.DEBUG and r.name == "genroute.llama_cpp" and "failed" in r.getMessage()]
+        assert louder == []
+    finally:
+        await slow.aclose()
 
 
 @pytest.mark.local

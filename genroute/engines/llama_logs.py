@@ -5,6 +5,10 @@ llama-cpp-python prints some load-time lines (SWA cache, LoRA buffer fallbacks) 
 llama.cpp has one process-wide log callback: genroute takes it over only from llama.cpp's own default or
 llama-cpp-python's stderr printer, never from another library that installed its own (unless asked with
 ``route_llama_logs(replace=True)``).
+
+A decode genroute stops on purpose (a request cancelled, past its deadline, or closed: the local engine's abort
+switch) makes llama.cpp log failures ("failed to compute graph", "failed to decode") as warnings and errors: lines
+logged on a generating thread once its request is cancelled (``quiet_when_cancelled``) go out at DEBUG instead.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _logger = logging.getLogger("genroute.llama_cpp")
@@ -21,6 +27,19 @@ _CONT = 5
 _callback: Any = None  # kept alive: llama.cpp holds a raw pointer to it
 _last_level = logging.DEBUG
 _lock = threading.Lock()
+#: ``cancel``: the cancel event of the request this thread generates for (``quiet_when_cancelled``).
+_generating = threading.local()
+
+
+@contextmanager
+def quiet_when_cancelled(cancel: threading.Event) -> Iterator[None]:
+    """While this thread generates for a request: what llama.cpp logs here once ``cancel`` is set is the stop
+    genroute asked for (its abort switch ending a decode), not a failure, and is logged at DEBUG."""
+    _generating.cancel = cancel
+    try:
+        yield
+    finally:
+        _generating.cancel = None
 
 
 def route_llama_logs(*, replace: bool = False) -> bool:
@@ -72,6 +91,9 @@ def _make_callback(llama_cpp: Any) -> Any:
     def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         global _last_level
         level_no = _last_level if level == _CONT else _LEVELS.get(level, logging.DEBUG)
+        cancel = getattr(_generating, "cancel", None)
+        if cancel is not None and cancel.is_set():
+            level_no = logging.DEBUG
         _last_level = level_no
         if _logger.isEnabledFor(level_no):
             _logger.log(level_no, text.decode("utf-8", "replace").rstrip())

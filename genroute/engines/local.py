@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute.bounds import PathText
 from genroute.engines.base import Engine
 from genroute.engines.gguf_header import check_context_size, check_lora_adapter
+from genroute.engines.llama_logs import quiet_when_cancelled
 from genroute.public_model import ConfigModel
 from genroute.runtime.forks import forget_at_fork
 from genroute.engines.local_prompt import MAX_SEED, AutoCalls, Defaults, Prepared, PromptFormat, prepare, tokenize
@@ -216,7 +217,8 @@ class LocalEngine(Engine):
             switch = self._aborts[id(llm)]
             switch[0] = cancel
             try:
-                return self._generate_on(llm, prep, emit, cancel, progress)
+                with quiet_when_cancelled(cancel):
+                    return self._generate_on(llm, prep, emit, cancel, progress)
             finally:
                 switch[0] = None
                 self._idle.put(llm)
