@@ -24,7 +24,7 @@ from genroute.knowledge.embedders import Embedder, GeminiEmbedder, LocalEmbedder
 from genroute.outcomes import OutcomeRecord, OutcomeStore
 from genroute.testing import Fault
 
-from .conftest import gemini_config
+from .conftest import budget_usage, gemini_config
 
 #: Where sync/async twins live. Every public ``aX`` with a public ``X`` beside it, and every ``X_sync`` with an ``X``
 #: (the stores' blocking cores and their worker-thread twins), must be in ``PAIRS``.
@@ -395,6 +395,24 @@ async def test_sync_twins_refuse_a_running_loop_and_name_their_async_twin(gemini
                 pass
     await router.aclose()
     assert not gemini_server.requests
+
+
+def test_a_sync_stream_made_outside_a_loop_refuses_to_be_read_inside_one(gemini_server):
+    """Made outside a running loop, a sync stream read inside one blocked that loop at every chunk, though
+    ``stream()`` refuses to run there; it now refuses there at the read, and its budget hold is settled."""
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": 1.0, "costs": {"chat": 0.01}}
+
+    async def read(chunks: Any) -> str:
+        return next(chunks).text
+
+    with Router.from_config(config) as router:
+        chunks = router.stream("hello world")
+        with pytest.raises(UsageError, match=r"running event loop; read astream\(\) with `async for` instead"):
+            asyncio.run(read(chunks))
+        assert budget_usage(router)["reserved"] == 0.0
+        assert router.generate("still serving").text == "echo: still serving"
 
 
 # -- knowledge -----------------------------------------------------------------------------------------------

@@ -178,6 +178,8 @@ class Portal:
                 if self._closed:  # a router's stream closed with it knows what the request cost
                     raise carrying_cost(UsageError("the router was closed while this stream was open"),
                                         getattr(agen, "closed_error", None))
+                # Made outside an event loop, read inside one: each chunk's wait would block that loop.
+                refuse_inside_loop("stream", "read astream() with `async for`")
                 self._refuse_reentry()
                 try:
                     yield self._wait(self._submit(lambda: step(agen.__anext__()), loop))
