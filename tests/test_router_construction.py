@@ -356,6 +356,23 @@ def test_a_router_is_not_pickled_or_copied_and_its_replacing_copy_still_works(ge
         assert router.generate("hi").text == "echo: hi"
 
 
+def test_an_engine_given_its_settings_for_a_name_is_refused_without_showing_them():
+    """``GeminiEngine({"api_key": ...})`` (the name forgotten) wrote the settings into the error's field name, the
+    API key in plain text; a name of another type was taken as it was."""
+    from genroute import UsageError
+    from genroute.engines.gemini import GeminiEngine
+    from genroute.engines.local import LocalEngine
+
+    key = "AIzaSyNOT-A-NAME-0123456789abcdefghijkl"
+    for make in (lambda: GeminiEngine({"api_key": key}), lambda: GeminiEngine(3, {"api_key": key}),
+                 lambda: LocalEngine({"n_threads": 1})):
+        with pytest.raises(UsageError) as err:
+            make()
+        assert err.value.field == "name" and "takes its name, then its settings" in err.value.message
+        assert key not in str(err.value) and key not in repr(err.value)
+    assert GeminiEngine("gemini", {"api_key": key}).name == "gemini"
+
+
 def test_resources_and_prices_built_in_code_are_checked_when_made(gemini_server):
     # A mapping of prices was kept as it was and the first request it priced failed with AttributeError (after the
     # call was sent); an engine or a price table of the wrong kind failed later, deep inside.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from genroute.errors import UsageError
 from genroute.public_model import ConfigModel
 from genroute.registry import kind_from_config
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 #: Charges a context cache's caller for what the provider bills for it, at its tokens (None: unknown, so estimated),
 #: and returns that cost in USD (``RunContext.charge_cache``).
 CacheCharge = Callable[[int | None], float]
+M = TypeVar("M", bound=BaseModel)
 
 class SamplingSettings(ConfigModel):
     """The sampling settings of a call, within the bounds genroute accepts (a backend's ``generation`` config and
@@ -50,6 +52,23 @@ class Embeddings(list[list[float]]):
         self.estimated = estimated
 
 
+def engine_config(model: type[M], name: str, config: Any) -> M:
+    """``config`` (a ``model``, a mapping or ``None``) validated as engine ``name``'s settings: ``ConfigError`` naming
+    ``engines.<name>.<setting>``, after ``check_engine_name``."""
+    from genroute.config_errors import validated_model
+
+    check_engine_name(name)
+    return validated_model(model, config, f"engines.{name}")
+
+
+def check_engine_name(name: object) -> None:
+    """``UsageError`` naming ``name`` unless it is text: an engine's settings given in its place
+    (``GeminiEngine({...})``) were written into the errors' field names, an API key in plain text."""
+    if not isinstance(name, str):
+        raise UsageError(f"an engine's name is text (its key under `engines`), not {type(name).__name__}: an engine "
+                         "takes its name, then its settings (GeminiEngine(\"gemini\", {...}))", field="name")
+
+
 class Engine(ABC):
     """A model runtime: Gemini over google-genai, or the embedded local model.
 
@@ -73,6 +92,7 @@ class Engine(ABC):
         kind_from_config(cls)
 
     def __init__(self, name: str, config: BaseModel) -> None:
+        check_engine_name(name)
         self.name = name
         self.config = config
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from genroute.engines.base import CacheCharge, Embeddings, Engine
+from genroute.engines.base import CacheCharge, Embeddings, Engine, engine_config
 from genroute.runtime.deadlines import deadline_at
 from genroute.engines.errors import cancellation_under, map_error
 from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig, url_problem  # noqa: F401 - VertexConfig: re-exported
@@ -55,9 +55,7 @@ class GeminiEngine(Engine):
 
     def __init__(self, name: str, config: GeminiEngineConfig | Mapping[str, Any] | None = None, *,
                  credentials: Any = None) -> None:
-        from genroute.config_errors import validated_model
-
-        config = validated_model(GeminiEngineConfig, config, f"engines.{name}")
+        config = engine_config(GeminiEngineConfig, name, config)
         super().__init__(name, config)
         self.config: GeminiEngineConfig = config
         self.provider = "gcp.vertex_ai" if config.vertex is not None else "gcp.gemini"

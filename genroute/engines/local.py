@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from genroute.bounds import PathText
-from genroute.engines.base import Engine
+from genroute.engines.base import Engine, engine_config
 from genroute.engines.gguf_header import check_context_size, check_lora_adapter
 from genroute.engines.llama_logs import quiet_when_cancelled
 from genroute.public_model import ConfigModel
@@ -102,9 +102,7 @@ class LocalEngine(Engine):
     config: LocalEngineConfig
 
     def __init__(self, name: str, config: LocalEngineConfig | Mapping[str, Any] | None = None) -> None:
-        from genroute.config_errors import validated_model
-
-        config = validated_model(LocalEngineConfig, config, f"engines.{name}")
+        config = engine_config(LocalEngineConfig, name, config)
         super().__init__(name, config)
         self.reference_model = config.reference_model
         self._defaults = Defaults(temperature=config.temperature, max_output_tokens=config.max_output_tokens,
