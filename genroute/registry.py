@@ -4,7 +4,8 @@ A plugin cannot replace a built-in kind: the built-in runs, and the first use of
 the plugin's package (an installed package must not break a config that names a built-in, nor go unnoticed).
 
 A class says its kind once, in its ``Config`` (``kind: Literal["name"]``): ``kind_from_config`` gives the class that
-name as its ``kind`` (what decisions, spans and the catalogue read) unless the class sets one itself.
+name as its ``kind`` (what decisions, spans and the catalogue read) unless it has one already (its own, or a class's
+it extends).
 """
 
 from __future__ import annotations
@@ -88,10 +89,11 @@ def plugin_failures(cls: type, *, field: str) -> Iterator[None]:
 
 
 def kind_from_config(cls: type) -> None:
-    """Give engine, backend or policy class ``cls`` the kind its own ``Config`` fixes (``kind: Literal["name"]``, or
-    a default name) as its ``kind``, unless it sets ``kind`` itself (called as each such class is made)."""
-    config = vars(cls).get("Config")
-    if "kind" in vars(cls) or not (isinstance(config, type) and issubclass(config, BaseModel)):
+    """Give engine, backend or policy class ``cls`` the kind its ``Config`` fixes (``kind: Literal["name"]``, or a
+    default name) as its ``kind``, unless it has one (its own, or a class's it extends; called as each such class is
+    made)."""
+    config = getattr(cls, "Config", None)
+    if isinstance(getattr(cls, "kind", None), str) or not (isinstance(config, type) and issubclass(config, BaseModel)):
         return
     field = config.model_fields.get("kind")
     if field is None:
