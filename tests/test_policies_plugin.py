@@ -146,17 +146,20 @@ def _install(path: Path, monkeypatch: pytest.MonkeyPatch, entry_points_text: str
 
 @pytest.fixture
 def misbehaving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The plugins of ``tests/misbehaving_plugins.py``, installed."""
+    """The plugins of ``tests/misbehaving_plugins.py`` and ``tests/kindless_plugins.py``, installed."""
     yield from _install(tmp_path, monkeypatch, (
         "[genroute.policies]\n"
         "dataclass_config = tests.misbehaving_plugins:DataclassConfigPolicy\n"
         "validator_type_error = tests.misbehaving_plugins:TypeErrorPolicy\n"
         "init_fails = tests.misbehaving_plugins:InitFailsPolicy\n"
         "wrong_kind = genroute_plugin_example:ShortestNamePolicy\n"
+        "first_name = tests.kindless_plugins:FirstNamePolicy\n"
+        "any_kind = tests.kindless_plugins:AnyKindPolicy\n"
         "[genroute.engines]\n"
         "exploding_engine = tests.misbehaving_plugins:ExplodingEngine\n"
         "[genroute.backends]\n"
         "exploding_backend = tests.misbehaving_plugins:ExplodingBackend\n"
+        "whisper = tests.kindless_plugins:WhisperBackend\n"
     ))
 
 
@@ -257,17 +260,7 @@ def test_an_engine_that_takes_bounded_in_generate_only_still_streams() -> None:
 # -- plugins that name their kind in their Config only ------------------------------------------------------
 
 
-@pytest.fixture
-def kindless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The plugins of ``tests/kindless_plugins.py``, installed."""
-    yield from _install(tmp_path, monkeypatch, (
-        "[genroute.backends]\nwhisper = tests.kindless_plugins:WhisperBackend\n"
-        "[genroute.policies]\nfirst_name = tests.kindless_plugins:FirstNamePolicy\n"
-        "any_kind = tests.kindless_plugins:AnyKindPolicy\n"
-    ))
-
-
-def test_a_plugin_that_names_its_kind_in_its_config_alone_runs(kindless, gemini_server) -> None:
+def test_a_plugin_that_names_its_kind_in_its_config_alone_runs(misbehaving, gemini_server) -> None:
     config = gemini_config(gemini_server)
     config["backends"] = {"quiet": {"kind": "whisper", "engine": "gemini", "model": "gemini-2.5-flash"},
                           "zzz": config["backends"]["chat"]}
@@ -278,7 +271,7 @@ def test_a_plugin_that_names_its_kind_in_its_config_alone_runs(kindless, gemini_
     assert (result.backend, result.text, result.decision.policy) == ("quiet", "echo: hello there", "first_name")
 
 
-def test_a_plugin_that_names_no_kind_is_a_config_error(kindless) -> None:
+def test_a_plugin_that_names_no_kind_is_a_config_error(misbehaving) -> None:
     with pytest.raises(ConfigError) as err:
         build_policy({"kind": "any_kind"})
     assert err.value.field == "policy.kind"
