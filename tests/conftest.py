@@ -91,6 +91,21 @@ def gemini_config(server: GeminiTestServer, **backend: Any) -> dict[str, Any]:
     }
 
 
+def closes_everything(script: str) -> list[str]:
+    """``script``'s output lines, run in a fresh interpreter with ResourceWarnings shown: it must exit 0 and report
+    nothing unclosed (an HTTP or Redis connection left to the garbage collector)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-W", "always::ResourceWarning", "-c", script], capture_output=True,
+                          text=True, timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert "unclosed" not in done.stderr, done.stderr
+    return done.stdout.splitlines()
+
+
 def budget_usage(router: Any, key: str = "*", field: str = "policy") -> dict[str, float]:
     """Spent and reserved USD of a router's budget ``key`` now (from sync code, or async code on a thread)."""
     import asyncio

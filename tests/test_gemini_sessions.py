@@ -21,6 +21,8 @@ from genroute.engines.gemini import GeminiEngine
 from genroute.errors import BackendUnavailable
 from genroute.testing import CacheRoutes, Fault
 
+from .conftest import closes_everything
+
 KEY = "AIzaSyLOOPBACK-test-key-0123456789abcdef"
 MODEL = "gemini-2.5-flash"
 ROOT = Path(__file__).resolve().parent.parent
@@ -285,8 +287,4 @@ def test_a_loop_per_call_closes_its_connections_before_it_closes(gemini_server, 
             print(session.closed, *texts)
             gc.collect()
     """)
-    done = subprocess.run([sys.executable, "-W", "always::ResourceWarning", "-c", script], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["True echo: hello 0 echo: hello 1 echo: hello 2"] * 3
-    assert "unclosed" not in done.stderr, done.stderr
+    assert closes_everything(script) == ["True echo: hello 0 echo: hello 1 echo: hello 2"] * 3

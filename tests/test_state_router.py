@@ -17,7 +17,7 @@ import pytest
 from genroute import GenerateResult, Router, StateUnavailable
 from genroute.testing import Reply
 
-from .conftest import budget_usage, gemini_config
+from .conftest import budget_usage, closes_everything, gemini_config
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
 from .tcp_proxy import tcp_proxy
 
@@ -205,3 +205,26 @@ def test_a_router_closed_during_an_outage_names_the_spend_the_shared_budget_miss
     today = time.strftime("%Y-%m-%d", time.gmtime())
     assert f"budget:policy:*:{today} {round(COST * 1e9)}" in warning, warning
     assert "nano-USD for a budget" in warning
+
+
+def test_a_loop_per_call_closes_its_redis_connections_before_it_closes(gemini_server, redis_server: RedisServer):
+    """``asyncio.run`` per call: each loop's Redis pool is closed with its connections as that loop shuts down, not
+    left open for the garbage collector (redis-py's "unclosed Connection" and asyncio's "unclosed transport"
+    ResourceWarnings, one of each per connection)."""
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": 1.0, "costs": {"chat": 0.01}}
+    config["state"] = {"kind": "redis", "url": redis_server.url, "prefix": f"loops{time.monotonic_ns()}:"}
+    script = f"""
+import asyncio, gc, json
+from genroute import Router
+router = Router.from_config(json.loads({json.dumps(json.dumps(config))}))
+async def call():
+    return (await router.agenerate("hi")).text
+for _ in range(3):
+    print(asyncio.run(call()))
+    gc.collect()
+router.close()
+gc.collect()
+"""
+    assert closes_everything(script) == ["echo: hi"] * 3

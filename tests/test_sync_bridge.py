@@ -13,14 +13,11 @@ import faulthandler
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 import weakref
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +27,7 @@ from genroute.runtime.portal import Portal
 from genroute.testing import Reply
 from genroute.testing.replies import default_text
 
-from .conftest import budget_usage, gemini_config, in_thread
+from .conftest import budget_usage, closes_everything, gemini_config, in_thread
 
 HANG_CAP_S = 60.0  # far beyond any answer on loopback: only a hang reaches it
 
@@ -226,12 +223,7 @@ def test_a_router_collected_unclosed_closes_its_connections_on_its_loop(gemini_s
         print(session.closed)
         gc.collect()
     """)
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-W", "always::ResourceWarning", "-c", script], capture_output=True,
-                          text=True, timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["echo: hi", "True"]
-    assert "unclosed" not in done.stderr, done.stderr
+    assert closes_everything(script) == ["echo: hi", "True"]
 
 
 def test_a_portal_closed_on_its_own_loop_thread_still_answers_the_waiter():

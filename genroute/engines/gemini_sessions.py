@@ -14,14 +14,13 @@ made as the SDK makes it for aiohttp (``SSL_CERT_FILE``, else certifi's bundle; 
 costs ~1 ms to make instead of the ~57 ms its three contexts would cost.
 
 Closing: ``aclose`` closes each session on its own loop. A loop that ends the way ``asyncio.run`` ends it (a loop
-per call: a Celery task's, a script's) closes its session itself, with its connections, before it closes: the
-session's ``_LoopEnd`` is an async generator left suspended on that loop, which the loop's ``shutdown_asyncgens``
-closes. A session the engine lets go of otherwise (the engine collected unclosed, a loop stopped when the engine
-closes) is closed on its loop when that loop next runs, and marked closed without it once the loop is closed (a
-loop closed without ``shutdown_asyncgens``: its connections are left to the garbage collector); at exit, sessions of
-loops still running in other threads are closed there (``_let_go``, ``_close_at_exit``). aiohttp then reports none
-unclosed, except a session whose loop was left stopped and never closed: genroute does not run an application's
-loop.
+per call: a Celery task's, a script's) closes its session there, with its connections, before it closes
+(``genroute.runtime.loop_end``). A session the engine lets go of otherwise (the engine collected unclosed, a loop
+stopped when the engine closes) is closed on its loop when that loop next runs, and marked closed without it once
+the loop is closed (a loop closed without ``shutdown_asyncgens``: its connections are left to the garbage
+collector); at exit, sessions of loops still running in other threads are closed there (``_let_go``,
+``_close_at_exit``). aiohttp then reports none unclosed, except a session whose loop was left stopped and never
+closed: genroute does not run an application's loop.
 """
 
 from __future__ import annotations
@@ -36,11 +35,12 @@ import ssl
 import threading
 import urllib.request
 import weakref
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genroute.runtime.forks import forget_at_fork
+from genroute.runtime.loop_end import LoopEnd
 
 if TYPE_CHECKING:
     from google import genai
@@ -148,39 +148,6 @@ async def _closed(sessions: list[Any]) -> None:
         await asyncio.wait(closing)
 
 
-class _LoopEnd:
-    """Closes ``session`` on ``loop`` when that loop shuts its async generators down before it closes (as
-    ``asyncio.run`` does), so that a loop per call leaves no connection open for the garbage collector (aiohttp's
-    "unclosed transport" warnings, a socket held until a collection). Made on the loop, while it runs."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, session: Any) -> None:
-        self._gen = self._closing(loop, session)
-        step = self._gen.asend(None)  # its first step registers it with the running loop (its firstiter hook)
-        with contextlib.suppress(StopIteration):  # it stops at its ``yield``
-            step.send(None)
-
-    @staticmethod
-    async def _closing(loop: asyncio.AbstractEventLoop, session: Any) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            # The loop's own shutdown; not ``end()``, run with the session closed or off the loop.
-            if not session.closed and _running_loop() is loop:
-                await session.close()
-
-    def end(self) -> None:
-        """Finish here, closing nothing: the session was closed, or is closed some other way (``_let_go``)."""
-        with contextlib.suppress(StopIteration, RuntimeError):  # RuntimeError: its loop is closing it right now
-            self._gen.aclose().send(None)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 #: Every ``LoopClients`` alive, for ``_close_at_exit``.
 _LIVE: weakref.WeakSet[LoopClients] = weakref.WeakSet()
 #: In a forked child, the parent's sessions: the parent's to close, kept from the collector
@@ -248,8 +215,8 @@ class LoopClients:
         self.aio: dict[asyncio.AbstractEventLoop, Any] = {}
         #: The clients and sessions made here, by loop.
         self._own: dict[asyncio.AbstractEventLoop, tuple[genai.Client, Any]] = {}
-        #: What closes each of those sessions when its loop shuts down (``_LoopEnd``).
-        self._ends: dict[asyncio.AbstractEventLoop, _LoopEnd] = {}
+        #: What closes each of those sessions when its loop shuts down.
+        self._ends: dict[asyncio.AbstractEventLoop, LoopEnd] = {}
         # Collected without ``aclose``: each session is closed on its loop all the same (the dict, not self). At
         # exit ``_close_at_exit`` does it instead, and waits for the closes.
         weakref.finalize(self, _let_go_all, self._own).atexit = False
@@ -261,7 +228,7 @@ class LoopClients:
         They are let go of (kept, so that no close reaches the parent's connections before the child exits), and the
         child's loops get sessions of their own."""
         self._lock = threading.Lock()  # another thread may have held it at the fork
-        _INHERITED.extend([*self._own.values(), *self._ends.values()])
+        _INHERITED.extend(self._own.values())
         self._own.clear()
         self._ends.clear()
         self.aio.clear()
@@ -303,7 +270,7 @@ class LoopClients:
                 _detach(session)  # no connection yet: closed at once
                 raise
             self._own[loop] = (client, session)
-            self._ends[loop] = _LoopEnd(loop, session)
+            self._ends[loop] = LoopEnd(loop, session.close)
             aio = client.aio
         self.aio[loop] = aio
         return aio

@@ -2,8 +2,10 @@
 
 redis-py's asyncio connections belong to the loop that opened them, so a store used from several loops (``generate``
 on the router's portal loop, ``agenerate`` on the application's, ``asyncio.run`` per call) keeps one pool per loop. A
-pool's connections hold their loop, so a weak key alone never lets go of one: a new loop's first call drops the pools
-of loops closed since (the garbage collector closes their sockets).
+loop that ends as ``asyncio.run`` ends it closes its pool there first (``genroute.runtime.loop_end``). A pool's
+connections hold their loop, so a weak key alone never lets go of one: a new loop's first call drops the pools of
+loops closed since (those of a loop closed without shutting down its async generators are left to the garbage
+collector, which closes their sockets).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import weakref
 from typing import Any, NamedTuple
 
+from genroute.runtime.loop_end import LoopEnd
 from genroute.state import RedisStateConfig
 from genroute.state.redis_script import SCRIPT
 
@@ -33,6 +36,8 @@ class LoopConnections:
     def __init__(self, config: RedisStateConfig) -> None:
         self.config = config
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Connection] = weakref.WeakKeyDictionary()
+        #: What closes each loop's pool as that loop shuts down.
+        self._ends: dict[asyncio.AbstractEventLoop, LoopEnd] = {}
 
     def get(self) -> Connection | None:
         """The running loop's connection, if it has one."""
@@ -42,21 +47,28 @@ class LoopConnections:
         """A new connection for the running loop, after letting go of those of loops closed since."""
         import redis.asyncio
 
-        for gone in [loop for loop in list(self._by_loop) if loop.is_closed()]:
+        for gone in [loop for loop in {*self._by_loop, *self._ends} if loop.is_closed()]:
             self._by_loop.pop(gone, None)
+            end = self._ends.pop(gone, None)
+            if end is not None:
+                end.end()
         # A blocking pool: a burst of concurrent requests queues for a connection instead of failing.
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             self.config.url, max_connections=self.config.max_connections, timeout=POOL_WAIT_S,
             socket_timeout=self.config.timeout_s, socket_connect_timeout=self.config.connect_timeout_s)
         # No retries below ours: the pool's connections have none (redis-py's async default).
         client = redis.asyncio.Redis(connection_pool=pool)
-        found = self._by_loop[asyncio.get_running_loop()] = Connection(client, client.register_script(SCRIPT),
-                                                                       asyncio.Lock())
+        loop = asyncio.get_running_loop()
+        found = self._by_loop[loop] = Connection(client, client.register_script(SCRIPT), asyncio.Lock())
+        self._ends[loop] = LoopEnd(loop, lambda: self.close(loop))
         return found
 
     async def close(self, loop: asyncio.AbstractEventLoop) -> None:
         """Close ``loop``'s connection (the running one's), if it has one."""
         found = self._by_loop.pop(loop, None)
+        end = self._ends.pop(loop, None)
+        if end is not None:
+            end.end()
         if found is not None:
             await found.client.aclose()
             await found.client.connection_pool.disconnect()
