@@ -295,7 +295,11 @@ async def test_a_settle_its_caller_gives_up_on_is_still_made(redis_server: Redis
     with pytest.raises(asyncio.CancelledError):
         await settling
     await busy
-    assert await _until(lambda: _usage_is(store, "settled", (75, 0)))  # spent, and the hold released
+    # Read through another store: a call on this one would send a settle it only kept for replay (a settle cancelled
+    # with its caller): made without any further call, as a settle of its own.
+    direct = _redis(redis_server)
+    assert await _until(lambda: _usage_is(direct, "settled", (75, 0)))  # spent, and the hold released
+    await direct.aclose()
     await raw.aclose()
     await store.aclose()
 
