@@ -15,11 +15,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,13 +26,9 @@ from typing import Any
 
 import pytest
 
+from .server_ports import free_port, start_server
+
 _names = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -65,27 +59,23 @@ def _chroma_cli() -> str:
 
 
 def start_chroma(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """``chroma run`` on ``port`` with its data in ``data`` and its log appended to ``log``, once it answers."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [_chroma_cli(), "run", "--path", str(data), "--port", str(port), "--host", "127.0.0.1"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"chroma run exited with {process.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1):
-                    return process
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"chroma run gave no heartbeat in 60 s: {log.read_text()[-2000:]}")
-                time.sleep(0.2)
-    except BaseException:
-        stop_chroma(process)
-        raise
+    """``chroma run`` on ``port`` with its data in ``data`` and its log appended to ``log``, once it answers (it, not
+    another process that took the port while it was down: ``server_ports.start_server``)."""
+    command = [_chroma_cli(), "run", "--path", str(data), "--port", str(port), "--host", "127.0.0.1"]
+
+    def spawn() -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "ANONYMIZED_TELEMETRY": "False"})
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    return start_server(spawn, answers, port=port, what="chroma run", log=log, wait_s=60)
 
 
 def stop_chroma(process: subprocess.Popen[bytes]) -> None:

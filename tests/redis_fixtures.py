@@ -13,13 +13,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import pytest
 
-from .chroma_fixtures import free_port
+from .server_ports import free_port, start_server
 
 
 def redis_required() -> bool:
@@ -44,7 +44,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        """Start the server (again) on its port and wait until it answers PING."""
+        """Start the server (again) on its port and wait until it answers PING. Another process that took the port
+        while it was down is waited out, never taken for it (``server_ports.start_server``)."""
         binary = shutil.which("redis-server")
         if binary is None:
             message = "redis-server is not installed (scripts/install.sh installs it with apt-get)"
@@ -53,17 +54,14 @@ class RedisServer:
             pytest.skip(message)
         persist = ["--appendonly", "no"] if self.data_dir is None else \
             ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persist,
-                 "--protected-mode", "no", *self.options], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not self.ping():
-            if self.process.poll() is not None:
-                pytest.fail(f"redis-server exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not answer in 20 s: {self.log.read_text()[-2000:]}")
-            time.sleep(0.05)
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persist,
+                   "--protected-mode", "no", *self.options]
+
+        def spawn() -> subprocess.Popen[bytes]:
+            with self.log.open("ab") as out:
+                return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+
+        self.process = start_server(spawn, self.ping, port=self.port, what="redis-server", log=self.log, wait_s=20)
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server (SIGTERM, then SIGKILL; ``kill``: SIGKILL at once)."""
