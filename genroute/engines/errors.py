@@ -37,11 +37,13 @@ import asyncio
 import email.utils
 import json
 import math
+import os
 import re
 import sys
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, GenrouteError, without_secrets
 from genroute.runtime.billing import malformed_answer
@@ -59,15 +61,16 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     return _KEY_PARAM.sub(r"\1***", without_secrets(text))
 
 
-def map_error(exc: BaseException, *, backend: str | None = None,
-              secrets: Iterable[str | None] = ()) -> GenrouteError:
+def map_error(exc: BaseException, *, backend: str | None = None, secrets: Iterable[str | None] = (),
+              endpoint: str | None = None) -> GenrouteError:
     """The genroute error for ``exc``, caused by ``exc``; ``secrets`` are scrubbed from its message and from ``exc``'s
-    chain. Raise it without ``from``: a genroute error comes back as it is, and ``raise ... from exc`` would make it
-    its own cause (a cause-chain walker would loop for ever)."""
+    chain; ``endpoint``: the ``host:port`` the call was sent to, named by a transport error that does not say. Raise
+    it without ``from``: a genroute error comes back as it is, and ``raise ... from exc`` would make it its own cause
+    (a cause-chain walker would loop for ever)."""
     if isinstance(exc, GenrouteError):
         return exc
     secrets = tuple(secrets)
-    mapped = _map(exc, backend, secrets)
+    mapped = _map(exc, backend, secrets, endpoint)
     scrub(exc, secrets)
     mapped.__cause__ = exc  # also suppresses the context, as ``from`` would
     return mapped
@@ -131,10 +134,11 @@ def _scrubbed(value: Any, secrets: tuple[str | None, ...]) -> Any:
     return value
 
 
-def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...]) -> GenrouteError:
+def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...],
+         endpoint: str | None) -> GenrouteError:
 
     def msg(text: str) -> str:
-        text = redact(text, secrets)
+        text = _OBJECT_REPR.sub(r"\1", redact(text, secrets))
         return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
 
     from google.genai import errors as genai_errors
@@ -167,13 +171,57 @@ def _map(exc: BaseException, backend: str | None, secrets: tuple[str | None, ...
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return BackendUnavailable("request timed out", backend=backend)
     if _is_transport_error(exc):
-        detail = str(exc) or type(exc).__name__
-        return BackendUnavailable(msg(f"{type(exc).__name__}: {detail}"), backend=backend)
+        return BackendUnavailable(msg(f"{type(exc).__name__}: {_transport_detail(exc, endpoint)}"), backend=backend)
     # Not a provider answer but a library's own exception (an argument it refused, or a bug): say so, so
     # that it cannot pass for the provider's refusal of the request.
     return BackendRejected(
         msg(f"unexpected {type(exc).__name__} raised in {_origin(exc)}, not by the provider: {exc}"),
         backend=backend)
+
+
+#: An object's default repr (``<ssl.SSLContext object at 0x7f...>``): its class name says all a reader can use.
+_OBJECT_REPR = re.compile(r"<(?:[\w.<>]*\.)?(\w+) object at 0x[0-9a-fA-F]+>")
+
+
+def _transport_detail(exc: BaseException, endpoint: str | None) -> str:
+    """What a transport error says, for a user: the host and port it could not reach and why (aiohttp's connector
+    errors print their connection key instead, an SSL context's repr and all), else its own text and where it was
+    sent (the request's, else ``endpoint``)."""
+    host, port = getattr(exc, "host", None), getattr(exc, "port", None)
+    if isinstance(host, str) and isinstance(port, int):  # aiohttp's ClientConnectorError and its kinds
+        cause = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None)
+        errno = getattr(cause, "errno", None)
+        if isinstance(errno, int) and errno > 0:
+            why = os.strerror(errno)  # asyncio's own text says "Connect call failed" for a refused connection
+        else:
+            why = (getattr(cause, "strerror", None) or str(cause or "")) or "no reason given"
+        return f"cannot connect to {host}:{port}: {why}"
+    detail = str(exc) or type(exc).__name__
+    where = _request_endpoint(exc) or endpoint
+    return detail if where is None or where in detail else f"{detail} (at {where})"
+
+
+def _request_endpoint(exc: BaseException) -> str | None:
+    """The host and port of the request ``exc`` failed (httpx's transport errors carry it), None if unknown."""
+    try:
+        url = exc.request.url  # type: ignore[attr-defined]  # httpx raises RuntimeError where it has none
+    except Exception:
+        return None
+    return endpoint_of(str(url))
+
+
+def endpoint_of(url: str | None) -> str | None:
+    """``host:port`` of ``url`` (the scheme's port if it names none), None for no URL or one without a host."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is no number: nothing to name
+        return None
+    if not host:
+        return None
+    return f"{f'[{host}]' if ':' in host else host}:{port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def _by_status(code: int | None, text: str, backend: str | None, retry_after_s: float | None,
@@ -301,4 +349,4 @@ def _finite(seconds: float) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-__all__ = ["cut_credentials_chain", "map_error", "parse_retry_after", "redact", "scrub"]
+__all__ = ["cut_credentials_chain", "endpoint_of", "map_error", "parse_retry_after", "redact", "scrub"]

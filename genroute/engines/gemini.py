@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from genroute.engines.base import CacheCharge, Embeddings, Engine, engine_config
 from genroute.runtime.deadlines import deadline_at
-from genroute.engines.errors import cancellation_under, map_error
+from genroute.engines.errors import cancellation_under, endpoint_of, map_error
 from genroute.engines.gemini_config import GeminiEngineConfig, VertexConfig, url_problem  # noqa: F401 - VertexConfig: re-exported
 from genroute.engines.gemini_keys import FALLBACK_ENV, env_key, make_client
 from genroute.engines.gemini_request import (bill_lost, counted, ends_answer, leading_chunks, not_an_answer,
@@ -180,7 +180,7 @@ class GeminiEngine(Engine):
         return self.client.aio if loops is None else loops.for_loop()
 
     def _map(self, exc: Exception) -> GenrouteError:
-        return map_error(exc, backend=self.name, secrets=self._secrets())
+        return map_error(exc, backend=self.name, secrets=self._secrets(), endpoint=endpoint_of(self.base_url))
 
     async def _call(self, call: Awaitable[_T], seconds: float | None, billed: list[types.Content] | str | None = None,
                     config: types.GenerateContentConfig | None = None, whole: bool = False) -> _T:
