@@ -114,6 +114,19 @@ def test_span_per_call(otel) -> None:
     assert span.attributes["gen_ai.usage.input_tokens"] == 8 + 11  # incl. [CLS] and [SEP]
 
 
+_COST = ("gen_ai.usage.cost.amount", "gen_ai.usage.cost.currency")
+
+
+def test_the_local_embedders_span_carries_its_cost_as_a_gemini_embedders_does(gemini_server, otel) -> None:
+    # Every model call's span carries the same cost attributes: a trace's calls can be summed without knowing which
+    # are free. The local model's cost is 0.
+    LocalEmbedder(tracer_provider=otel.tracer_provider).embed(SENTENCES[:1])
+    GeminiEmbedder(_gemini_engine(gemini_server), tracer_provider=otel.tracer_provider).embed(["abc"])
+    local, gemini = otel.spans("embeddings")
+    assert [local.attributes.get(key) for key in _COST] == [0.0, "USD"]
+    assert all(key in gemini.attributes for key in _COST)
+
+
 def test_chroma_collection_reopens_in_a_new_process(embedder: LocalEmbedder, tmp_path) -> None:
     import chromadb
 

@@ -613,6 +613,8 @@ async def test_a_local_stream_abandoned_early_states_the_cloud_cost_of_what_it_p
     (root,) = otel.spans("genroute.generate")
     # Free here, but what it would have cost in the cloud is estimated from the prompt and the text received.
     assert root.attributes["gen_ai.usage.cost.amount"] == 0.0
+    (call,) = otel.spans("generate_content")  # the stream's call span carries its cost as every model call's does
+    assert (call.attributes["gen_ai.usage.cost.amount"], call.attributes["gen_ai.usage.cost.currency"]) == (0.0, "USD")
     assert root.attributes["genroute.cloud_equivalent.cost.amount"] > 0
     assert root.attributes["genroute.cost.estimated"] is True
 

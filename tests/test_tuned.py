@@ -210,6 +210,7 @@ async def test_tuned_backend_on_the_local_engine(otel: Otel, tmp_path: Any) -> N
     assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
     (span,) = otel.spans("generate_content")
     assert span.attributes["gen_ai.provider.name"] == "genroute.local"
+    assert (span.attributes["gen_ai.usage.cost.amount"], span.attributes["gen_ai.usage.cost.currency"]) == (0.0, "USD")
 
 
 @pytest.mark.parametrize(("vertex", "model"), [

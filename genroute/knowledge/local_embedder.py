@@ -33,6 +33,8 @@ LOCAL_MODEL = "all-MiniLM-L6-v2-int8"
 #: tokens peaked at ~970 MB RSS and took ~4.5 s on 2 loaded cores, and a cancelled call (Ctrl-C) runs its pass out;
 #: 8 such chunks: ~530 MB and ~0.9 s, at the same texts/s. Short texts still go up to ``batch_size`` a pass.
 PASS_POSITIONS = 2048
+#: The cost attributes of its spans, as a Gemini embedding call's carry them: the local model is free.
+_FREE: dict[str, Any] = {"gen_ai.usage.cost.amount": 0.0, "gen_ai.usage.cost.currency": "USD"}
 
 
 def model_file() -> Path:
@@ -151,10 +153,13 @@ class LocalEmbedder(Embedder):
                 hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
                                                   "token_type_ids": np.zeros_like(ids)})[0]
                 out[idx] = _mean_pool_normalise(hidden, mask)
-            span.set_attribute("gen_ai.usage.input_tokens", tokens)  # the tokenizer's own count: exact
+            # The tokenizer's own count (exact), and its cost as every model call's span carries one: free.
+            span.set_attributes({"gen_ai.usage.input_tokens": tokens, **_FREE})
         except BaseException as exc:
             error = exc
             record_error(span, exc)
+            if tokens:  # passes that ran: free all the same
+                span.set_attributes(_FREE)
             raise
         finally:
             # Free, and counted exactly: the tokens it read (truncation included), at no cost.
