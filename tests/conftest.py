@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from genroute.router import build as router_build
 from genroute.testing import GeminiTestServer
 
 # The CI skip guard's hooks (see tests/skip_guard.py).
@@ -27,6 +28,10 @@ from .skip_guard import (  # noqa: F401
 )
 
 TEST_KEY = "AIzaSy-test-key-0123456789-secret"
+
+# Tests build routers with `Router.from_config` inside their event loops for brevity: its once-per-process warning
+# (use acreate) would land in whichever test did so first. tests/test_router_construction.py clears it to check it.
+router_build._warned_in_loop.set()
 
 
 @pytest.fixture(autouse=True)

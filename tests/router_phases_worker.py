@@ -19,7 +19,7 @@ from genroute import Router
 async def main(config: dict, phases: list[int], timeout_s: float) -> dict:
     ids: list[list[str]] = []
     errors: Counter[str] = Counter()
-    async with Router.from_config(config) as router:
+    async with await Router.acreate(config) as router:
         await router.state.usage("warm-up")  # connected before the first phase, as a running replica is
         print("ready", flush=True)
         for size in phases:

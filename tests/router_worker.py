@@ -15,7 +15,7 @@ from genroute import Router
 
 
 async def main(config: dict, requests: int, start_at: float) -> dict:
-    async with Router.from_config(config) as router:
+    async with await Router.acreate(config) as router:
         await router.state.usage("warm-up")  # connect before the start line, as a long-running replica would have
         await asyncio.sleep(max(0.0, start_at - time.time()))
         outcomes = await asyncio.gather(*(router.agenerate(f"request {i}", timeout_s=60) for i in range(requests)),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -429,3 +430,22 @@ def test_validators_of_the_wrong_shape_are_named_in_code_too(gemini_server):
             with pytest.raises(UsageError) as err:  # was a TypeError from the executor
                 Router(built.backends, validators=wrong)
             assert err.value.field == "validators", wrong
+
+
+def test_from_config_inside_a_running_loop_warns_once_naming_acreate(gemini_server, caplog, monkeypatch) -> None:
+    """It works there, but blocks the loop while it builds: one warning per process says so and names acreate."""
+    from genroute.router import build
+
+    monkeypatch.setattr(build, "_warned_in_loop", threading.Event())  # as in a fresh process
+
+    async def twice() -> list[str]:
+        for _ in range(2):
+            async with Router.from_config(gemini_config(gemini_server)) as router:
+                assert (await router.agenerate("hi")).backend == "chat"
+        return [r.getMessage() for r in caplog.records if r.name.startswith("genroute")]
+
+    with caplog.at_level(logging.WARNING, logger="genroute"):
+        Router.from_config(gemini_config(gemini_server)).close()  # from sync code: nothing to say
+        assert [r for r in caplog.records if r.name.startswith("genroute")] == []
+        (warning,) = asyncio.run(twice())
+    assert "inside a running event loop" in warning and "await Router.acreate(...)" in warning

@@ -11,7 +11,7 @@ Command line (``genroute bench`` delegates to ``genroute.bench.cli.bench_main``)
 Python::
 
     from genroute.bench import abench
-    async with Router.from_config("genroute.yaml") as router:
+    async with await Router.acreate("genroute.yaml") as router:
         report = await abench(router, "data.jsonl", backends=["prompt", "icl"], out_dir="bench-out")
     print(report.markdown())
 

@@ -144,7 +144,7 @@ async def _run(args: argparse.Namespace) -> Any:
             write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
         return GraduationReport(task=args.task, challenger=name, lines=(
             f"register: {name} is the challenger for task {args.task!r} ({args.mode}) in {args.config}",))
-    async with Router.from_config(args.config) as router:
+    async with await Router.acreate(args.config) as router:
         if args.decide:
             report = _saved_report(GraduationReport, saved) if saved.is_file() else None
             if report is not None and (report.task, report.challenger) != (args.task, name):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,8 +33,20 @@ R = TypeVar("R")
 _log = logging.getLogger(__name__)
 
 
+#: Set once ``from_config`` was called inside a running event loop: its warning is logged once per process.
+_warned_in_loop = threading.Event()
+
+
 def build_router(cls: Callable[..., R], source: str | Path | Mapping[str, Any] | RouterConfig, **kwargs: Any) -> R:
-    """``abuild_router`` run through the sync bridge: on the loop thread the router then keeps for its sync API."""
+    """``abuild_router`` run through the sync bridge: on the loop thread the router then keeps for its sync API.
+
+    Called inside a running event loop it works, but that loop waits until the router is built (files, imports,
+    models, Chroma): one warning per process names ``acreate``, which builds it without blocking the loop."""
+    if not _warned_in_loop.is_set() and _loop_running():
+        _warned_in_loop.set()
+        _log.warning("Router.from_config was called inside a running event loop: the loop is blocked until the "
+                     "router is built (engines, models, Chroma); in async code use `await Router.acreate(...)`, "
+                     "which builds it in worker threads (this warning is logged once per process)")
     portal = Portal()
     try:
         router = portal.call(abuild_router(cls, source, **kwargs))
@@ -42,6 +55,15 @@ def build_router(cls: Callable[..., R], source: str | Path | Mapping[str, Any] |
         raise
     adopt_portal(router, portal)
     return router
+
+
+def _loop_running() -> bool:
+    """Whether this thread is running an event loop now."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def abuild_router(

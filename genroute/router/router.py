@@ -146,8 +146,10 @@ class Router(Lifecycle, Learning):
         validators: Mapping[str, Validator] | None = None,
         **kwargs: Any,
     ) -> Router:
-        """Build a router from a YAML/TOML/JSON file, a mapping or a ``RouterConfig`` (blocking: in async
-        code use ``await Router.acreate(...)``)."""
+        """Build a router from a YAML/TOML/JSON file, a mapping or a ``RouterConfig``.
+
+        Blocking: called inside a running event loop it blocks that loop until the router is built (files, imports,
+        models, Chroma) and logs one warning per process; in async code use ``await Router.acreate(...)``."""
         from genroute.router.build import build_router
 
         return build_router(cls, source, tools=tools, validators=validators, **kwargs)
