@@ -3,6 +3,7 @@ registration that checks its arguments and leaves nothing half made."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ from genroute.graduation.run import agraduate
 from genroute.outcomes import OutcomeRecord, Side
 
 from .conftest import gemini_config
+from .redis_fixtures import redis_server, redis_session  # noqa: F401
 
 
 def paired(n, *, challenger_score, incumbent_score=1.0):
@@ -207,6 +209,29 @@ def test_the_split_sequence_is_chosen_from_the_configured_share(gemini_server, t
     with Router.from_config(cfg) as router:
         report = router._portal.call(adecide(router, "t", challenger="lite", incumbent="chat", promote=False))
     assert report.promotion.rule == rule and not report.promotion.promote
+
+
+def test_a_split_keeps_the_sequence_it_started_with_across_a_restart(gemini_server, redis_server, tmp_path, caplog):
+    """The share changed across the 10 % line between two looks, the router restarted in between: the second look
+    keeps the first one's sequence (a switch between looks voids both guarantees), pinned in the Redis state."""
+    def decide(share: float) -> str:
+        cfg = gemini_config(gemini_server)
+        cfg["backends"]["lite"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+        cfg["policy"] = {"kind": "challenger", "task": "t", "backend": "lite", "mode": "split", "share": share,
+                         "policy": {"kind": "static", "backend": "chat"}}
+        cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "scorer": "label_accuracy"}
+        cfg["state"] = {"kind": "redis", "url": redis_server.url, "prefix": "pin:"}
+        with Router.from_config(cfg) as router:
+            report = router._portal.call(adecide(router, "t", challenger="lite", incumbent="chat", promote=False))
+        return report.promotion.rule
+
+    assert decide(0.3) == "anytime-valid matched arms"
+    with caplog.at_level(logging.WARNING, logger="genroute"):
+        assert decide(0.05) == "anytime-valid matched arms"  # not the union a 5 % share would pick at the start
+    (warning,) = [r.getMessage() for r in caplog.records if r.name.startswith("genroute")]
+    assert "(5%) now picks the union sequence" in warning and "started on the matched one" in warning
+    redis_server.flush()  # a new experiment (its state gone): the sequence is chosen from the share again
+    assert decide(0.05) == "anytime-valid union of arms"
 
 
 def test_challenger_arguments_are_named(gemini_server, tmp_path):

@@ -510,3 +510,10 @@ async def test_a_write_redis_refuses_is_not_replayed(redis_server: RedisServer, 
     finally:
         await raw.aclose()
         await store.aclose()
+
+
+async def test_a_pinned_value_is_the_first_one_given(store: StateStore) -> None:
+    assert await store.pin("sequence", "matched") == "matched"
+    assert await store.pin("sequence", "union") == "matched"  # never replaced
+    assert await store.pin("other", "union") == "union"
+    await store.aclose()

@@ -13,6 +13,8 @@ counts in the store and the tuning run's own CPU time; a monthly volume and a pa
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import resource
 import threading
 import time
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
     from genroute.router.router import Router
     from genroute.tuning.local_lora import LocalTuneConfig
     from genroute.tuning.vertex import VertexTuningSettings
+
+
+_log = logging.getLogger(__name__)
 
 
 class GraduationReport(PublicModel):
@@ -292,6 +297,8 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
     tracer = router.telemetry.tracer
     report = report or GraduationReport(task=task, challenger=challenger)
     with tracer.start_as_current_span("genroute.graduate.decide", attributes={"genroute.task": task}) as span:
+        if mode == "split" and sequential:
+            split_sequence = await _pinned_sequence(router, task, challenger, split_sequence, share)
         records = await _store(router).records(task=task)
         incumbent = incumbent or _incumbent(records, challenger)
         tuned_on = await asyncio.to_thread(tuned_inputs, router, (challenger, incumbent), report.tuning_set)
@@ -318,6 +325,18 @@ async def adecide(router: Router, task: str, *, challenger: str, incumbent: str 
              if promotion.promote and promote else f"promote: not promoted; {incumbent} keeps task {task!r}",
              f"advisor: {advice}")
     return report.model_copy(update={"lines": lines, "promotion": promotion, "advice": advice})
+
+
+async def _pinned_sequence(router: Router, task: str, challenger: str, chosen: Literal["matched", "union"],
+                           share: float | None) -> Literal["matched", "union"]:
+    """The split's sequence its first look chose, kept in the router's state store: a share changed since across the
+    10 % line (``split_sequence_for``) would switch sequences between looks, and their guarantee holds for one."""
+    pinned = await router.state.pin(json.dumps(["split_sequence", task, challenger]), chosen)
+    if pinned != chosen:
+        _log.warning("the split share of challenger %r for task %r (%s) now picks the %s sequence, but its experiment "
+                     "started on the %s one, which it keeps: switched between looks, neither would be anytime-valid",
+                     challenger, task, "not set" if share is None else f"{share:.0%}", chosen, pinned)
+    return "union" if pinned == "union" else "matched"
 
 
 def check_pair(router: Router, challenger: Any, incumbent: Any) -> None:

@@ -27,6 +27,7 @@ The operations, all atomic per call:
   (``replays`` counts them).
 - ``record_promotion`` / ``promotions`` — which backend answers a task first (``router.promote``), recorded in a
   shared store for every router sharing it (``genroute.state.promotions``); a store of one process records none.
+- ``pin`` — a value set once and kept (a split experiment's confidence sequence, ``genroute.graduation.run``).
 
 Configured by the router's ``state`` section: ``{kind: memory}`` or ``{kind: redis, url, prefix, on_error}``.
 """
@@ -177,6 +178,13 @@ class StateStore(ABC):
     async def promotions(self) -> dict[str, Promotion]:
         """The promotions recorded in the store, by task (none in a store of one process)."""
         return {}
+
+    async def pin(self, name: str, value: str) -> str:
+        """The value pinned under ``name``: the first one given (``value``, if none was yet), never replaced. A shared
+        store keeps it for every router sharing it, across their restarts; a store of one process, for its life.
+        Refused with ``StateUnavailable`` when a shared store cannot answer, whatever ``on_error`` says."""
+        pins: dict[str, str] = self.__dict__.setdefault("_pins", {})
+        return pins.setdefault(name, value)
 
     def limit_mismatch(self, account: str, limit: int, other: int) -> None:
         """Count and log (at most once a minute) a hold on ``account`` against ``limit`` where the previous one was

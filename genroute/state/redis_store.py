@@ -354,6 +354,14 @@ class RedisStateStore(StateStore):
         # Never answered from memory: a promotion only this process saw is the disagreement it exists to prevent.
         return await self._run("promote", remote, None)
 
+    async def pin(self, name: str, value: str) -> str:
+        async def remote(_: Any, client: Any) -> str:
+            await client.hsetnx(f"{self.prefix}pins", name, value)  # the first one set stays
+            return bytes(await client.hget(f"{self.prefix}pins", name)).decode()
+
+        # Never answered from memory: a value only this process pinned is the switch a pin exists to prevent.
+        return await self._run("pin", remote, None)
+
     async def promotions(self) -> dict[str, Promotion]:
         async def remote(_: Any, client: Any) -> dict[str, Promotion]:
             return parse_promotions(await client.hgetall(promotions_key(self.prefix)))
