@@ -2,7 +2,8 @@
 
 A tool's parameter schema comes from its signature (type hints, pydantic models, defaults); the same
 pydantic model validates the arguments a model sends before the tool runs, so a schema and its check
-can never disagree.
+can never disagree. A parameter without a type hint takes any value; a default that is not JSON is left out of the
+schema, with one warning naming the tool and parameter.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import logging
 import math
 import re
 import typing
@@ -21,11 +23,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic.fields import FieldInfo
+from pydantic.json_schema import PydanticJsonSchemaWarning
 from pydantic_core import to_jsonable_python
 
 from genroute.errors import ConfigError, UsageError, without_secrets
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -176,7 +181,12 @@ def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field
             model = create_model(
                 f"{name}_args", __config__=ConfigDict(extra="forbid"), **fields
             )
-        schema = _finite_only(inline_refs(model.model_json_schema()))
+            # A default that is not JSON (an object, a set of such) is left out of the schema: said below, once,
+            # naming the parameter, not by pydantic's warning (its text names neither the tool nor the parameter).
+            warnings.filterwarnings("ignore", category=PydanticJsonSchemaWarning)
+            schema = model.model_json_schema()
+        _unsent_defaults(name, fields, schema)
+        schema = _finite_only(inline_refs(schema))
     except Exception as exc:  # pydantic raises several kinds for unsupported annotations
         # pydantic's first paragraph says what failed; the rest is advice on its own models and a documentation link
         reason = str(exc).strip().split("\n\n")[0].replace("\n", " ")
@@ -186,6 +196,20 @@ def tool_from_callable(fn: Callable[..., Any], *, name: str | None = None, field
     marked = (getattr(f, SIDE_EFFECT_FREE, False) for f in (fn, inner, getattr(inner, "__call__", None)))
     return Tool(name=name, description=description, fn=fn, schema=schema, args_model=model,
                 side_effect_free=any(marked))
+
+
+def _unsent_defaults(name: str, fields: Mapping[str, tuple[Any, Any]], schema: Mapping[str, Any]) -> None:
+    """Warn, once for the tool, of the parameters whose default pydantic left out of ``schema`` (it is not JSON):
+    the model is not told of that default, and may leave the parameter out (the tool then gets its default)."""
+    sent = schema.get("properties", {})
+    unsent = [param for param, (_, default) in fields.items()
+              if default is not ... and not isinstance(default, FieldInfo)
+              and "default" not in sent.get(param, {"default": None})]
+    if unsent:
+        _log.warning("tool %r: the default of %s is not JSON, so the model is not told of it (the parameter is "
+                     "optional, and the tool gets its default when the model leaves it out); bind such a parameter "
+                     "with functools.partial to keep it from the model", name,
+                     ", ".join(f"parameter {param!r} ({type(fields[param][1]).__name__})" for param in unsent))
 
 
 def _bound_keywords(fn: Callable[..., Any]) -> set[str]:

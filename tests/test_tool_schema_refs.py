@@ -190,3 +190,37 @@ def test_a_recursive_draft7_ref_is_refused() -> None:
                                                                                "items": {"$ref": "#/definitions/Node"}}}}}}
     with pytest.raises(UsageError, match="recursive model 'Node'"):
         function_call_schema([types.FunctionDeclaration(name="walk", parameters_json_schema=tree)])
+
+
+class _Session:
+    """An object no JSON can hold."""
+
+
+def lookup(query: str, session: object = _Session(), limit=5, hint=None) -> str:  # noqa: ANN001 - untyped on purpose
+    """Look something up."""
+    return query
+
+
+async def test_a_default_that_is_not_json_is_left_out_with_one_genroute_warning(
+        gemini_server: GeminiTestServer, caplog: pytest.LogCaptureFixture) -> None:
+    """What Gemini receives: the parameter, optional, without the default; said once, naming the tool and parameter,
+    not by pydantic's warning. An untyped parameter is sent with no type (any value), its JSON default kept."""
+    import logging
+    import warnings
+
+    gemini_server.reply_text("Found.")
+    config = gemini_config(gemini_server, kind="function_calling", tools=["lookup"])
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="genroute"):
+        warnings.simplefilter("always")
+        async with Router.from_config(config, tools={"lookup": lookup}) as router:
+            await router.agenerate("Look up cats.")
+    assert [str(w.message) for w in caught if "JSON" in str(w.message)] == []  # no pydantic warning
+    (warning,) = [r.getMessage() for r in caplog.records if r.name.startswith("genroute")]
+    assert warning.startswith("tool 'lookup': the default of parameter 'session' (_Session) is not JSON")
+    (body,) = [r.body for r in gemini_server.requests if r.action == "generateContent"]
+    (declared,) = field_of(field_of(body, "tools")[0], "functionDeclarations")
+    schema = field_of(declared, "parametersJsonSchema")
+    assert schema["required"] == ["query"]
+    assert schema["properties"]["session"] == {"title": "Session"}  # any value, no default
+    assert schema["properties"]["limit"] == {"default": 5, "title": "Limit"}  # untyped: any value
+    assert schema["properties"]["hint"] == {"default": None, "title": "Hint"}
