@@ -7,6 +7,7 @@ sharing claims are checked with real subprocesses (one killed with SIGKILL while
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -302,6 +303,38 @@ async def test_a_settle_its_caller_gives_up_on_is_still_made(redis_server: Redis
     await direct.aclose()
     await raw.aclose()
     await store.aclose()
+
+
+def test_a_settle_started_as_its_loop_shuts_down_is_replayed_not_lost(redis_server: RedisServer) -> None:
+    """``asyncio.run``'s shutdown cancels the tasks left, then closes the loop: a settle a cancelled request's cleanup
+    started then (from a callback: nothing awaits it), still waiting for a pooled connection when the loop closed,
+    was never sent, its hold left to lapse at its full amount. Its writes are kept and the next call sends them."""
+    import redis.asyncio
+
+    store = _redis(redis_server, max_connections=1, timeout_s=30)  # the pause below is no outage
+    raw = redis.asyncio.Redis.from_url(redis_server.url)
+
+    async def main() -> None:
+        hold_id, _ = await store.hold("shut", 40, 100, ttl_s=60, keep_s=600)
+        await raw.execute_command("CLIENT", "PAUSE", 2000, "ALL")
+        await raw.aclose()
+        asyncio.ensure_future(store.usage("other"))  # holds the one pooled connection while Redis is paused
+        await asyncio.sleep(0.05)
+
+        async def request() -> None:  # a request cancelled by the shutdown; its cleanup settles without awaiting
+            try:
+                await asyncio.Event().wait()
+            finally:
+                settle = [Settle("shut", hold_id, 75, keep_s=600)]
+                asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(store.apply(settle)))
+
+        asyncio.ensure_future(request())
+        await asyncio.sleep(0)
+
+    asyncio.run(main())  # returns with the settle still waiting for the connection: its loop is closed under it
+    assert asyncio.run(store.usage("shut")) == (75, 0)  # the next call, on another loop, sent it first
+    asyncio.run(store.aclose())
+    gc.collect()  # the closed loop's pending tasks say so now, in this test, not in a later one's logs
 
 
 async def _usage_is(store: StateStore, account: str, expected: tuple[int, int]) -> bool:

@@ -227,12 +227,14 @@ class RedisStateStore(StateStore):
         ops = list(settlements)
         ids = _settle_ids(ops)
         applying = asyncio.ensure_future(self._apply(ops, ids))
+        # Replayed if its loop ends first, awaited or not (one started as asyncio.run shuts down has no one awaiting).
+        self._background.add(applying, self._keeper(ops, ids), awaited=True)
         try:
             return await asyncio.shield(applying)
         except asyncio.CancelledError:
             # A settle its caller stopped waiting for (maybe not sent yet: waiting for a pooled connection) is still
-            # made: its hold must not lapse unsettled with its spend uncounted (replayed if its loop ends first).
-            self._background.add(applying, self._keeper(ops, ids))
+            # made: its hold must not lapse unsettled with its spend uncounted.
+            self._background.given_up(applying)
             raise
 
     def keep(self, settlements: Sequence[Settlement]) -> None:
