@@ -12,6 +12,7 @@ cancelled request's cleanup, with nothing awaiting it) and cut off by the loop's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -65,3 +66,7 @@ class Background:
             # Taken care of here: asyncio's "Task was destroyed but it is pending!" (an ERROR) would only alarm.
             if isinstance(work, asyncio.Task):
                 work._log_destroy_pending = False  # type: ignore[attr-defined]  # asyncio's own switch for this
+                # Closed here, not by the garbage collector: its cleanup needs the loop that is gone, and would print
+                # "Exception ignored in: <coroutine ...>" (RuntimeError: no running event loop) at collection.
+                with contextlib.suppress(RuntimeError):
+                    work.get_coro().close()
