@@ -230,6 +230,36 @@ async def test_a_reload_is_seen_by_a_running_routers_fixed_and_random_selection(
         assert shown() == {t for t, _ in EXAMPLES[4:6]}
 
 
+async def test_refresh_reads_the_pool_itself_so_requests_after_it_read_nothing(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path) -> None:
+    # router.refresh() forgot the pool of a fixed (or random) selection, and the next requests waited, under the pool's
+    # lock, for it to be read again: a client refreshing while traffic ran (graduation) had every request wait on
+    # Chroma. Refresh now reads the pool and swaps it in; requests after it use that pool and read nothing.
+    from genroute.knowledge.examples import example_id
+
+    collection = knowledge.name("swap")
+    await aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl", EXAMPLES[:4])],
+                         collection=collection)
+
+    def shown() -> list[str]:
+        turns = field_of(gemini_server.requests[-1].body, "contents")
+        return [t["parts"][0]["text"] for t in turns[:-1] if t["role"] == "user"]
+
+    def delete_elsewhere(text: str, label: str) -> None:  # as another process does: this one's stores do not see it
+        raw = knowledge.store().collection_sync(collection, kind="examples")
+        raw.delete(ids=[example_id(text, label, label)])
+
+    async with router(gemini_server, otel, knowledge, collection=collection, selector="fixed", k=4) as r:
+        await r.agenerate("unrelated question")
+        assert shown() == [t for t, _ in EXAMPLES[:4]]
+        delete_elsewhere(*EXAMPLES[0])
+        await r.arefresh()
+        delete_elsewhere(*EXAMPLES[1])  # after the refresh: the next request does not read the collection again
+        await r.agenerate("unrelated question")
+        assert shown() == [t for t, _ in EXAMPLES[1:4]]
+        assert r.catalogue["icl"].facts["example_count"] == 3  # read at the refresh, as before
+
+
 @pytest.mark.parametrize("selector", ["knn", "fixed"])
 async def test_a_collection_a_reload_emptied_is_refused_by_every_selector(
         gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path, selector: str) -> None:

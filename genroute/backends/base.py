@@ -169,7 +169,12 @@ class Backend(ABC):
         return {}
 
     def refresh(self) -> None:
-        """Forget what the backend cached about its data (``Router.refresh`` calls it after data changed)."""
+        """Forget what the backend cached about its data (after data changed)."""
+
+    async def reload(self) -> None:
+        """Read again what ``refresh`` forgets and swap it in whole (``Router.refresh`` awaits it, so requests keep
+        what the backend had until then instead of waiting for the read). Default: ``refresh()``."""
+        self.refresh()
 
     def billed_as(self, pricing: Pricing) -> tuple[str, str]:
         """The model this backend's calls are priced as, and the config field naming it (default: its model;

@@ -132,9 +132,15 @@ class IclBackend(SingleCallBackend):
                 "example_count": len(metadatas), "example_counts": task_counts(metadatas, self.config.tasks)}
 
     def refresh(self) -> None:
-        """Forget the cached example pool (``Router.refresh`` calls it after examples were loaded)."""
+        """Forget the cached example pool (after examples were loaded)."""
         if "examples" in self.__dict__:
             self.examples.refresh()
+
+    async def reload(self) -> None:
+        """Read the example pool and count again and swap them in (``Router.refresh``): selections meanwhile use the
+        ones read before."""
+        if "examples" in self.__dict__:
+            await self.examples.reload()
 
     async def select(self, request: GenerateRequest, ctx: RunContext | None = None) -> list[ExampleRecord]:
         """The examples this request will be shown, best first (before the token budget)."""

@@ -173,9 +173,7 @@ class ExampleStore:
                 if self._pool is None or self._stamp != stamp:
                     self._count = None  # counted again: the collection may be empty now
                     await self.size()
-                    hits = await self.store.get_all(self.collection, kind="examples", field=self.field)
-                    records = [_record(h) for h in hits]
-                    records.sort(key=lambda r: r.metadata.get("ord", 0))
+                    records = await self._read_pool()
                     self._pool, self._stamp = records, stamp
                     self._count = len(records)
         return self._pool
@@ -188,6 +186,29 @@ class ExampleStore:
         """Forget the cached pool and count (after loading more examples)."""
         self._pool = None
         self._count = None
+
+    async def reload(self) -> None:
+        """Read the count and (if read before) the pool again and swap them in: selections meanwhile use the old
+        ones, where ``refresh`` made the next selection wait for the read. A collection now empty, or a read that
+        fails, is forgotten instead: the next selection reports it."""
+        stamp = self.store.written(self.collection)
+        try:
+            count = await self.store.count(self.collection, kind="examples", field=self.field)
+            pool = None if self._pool is None else await self._read_pool()
+        except Exception:  # the next selection reads again and raises it, as after ``refresh``
+            count = 0
+        if count == 0:
+            self.refresh()
+            return
+        if pool is not None:
+            self._pool, self._stamp, count = pool, stamp, len(pool)
+        self._count, self._counted = count, stamp
+
+    async def _read_pool(self) -> list[ExampleRecord]:
+        hits = await self.store.get_all(self.collection, kind="examples", field=self.field)
+        records = [_record(h) for h in hits]
+        records.sort(key=lambda r: r.metadata.get("ord", 0))
+        return records
 
     async def select(self, text: str, *, strategy: Strategy, k: int, seed: int = 0, fetch_k: int | None = None,
                      mmr_lambda: float = 0.5, tracer: trace.Tracer | None = None,

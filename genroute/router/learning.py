@@ -55,7 +55,7 @@ class Learning:
     #: The gates every attempt passes (breakers, rate limits, the policy's budgets); ``None`` when there are none.
     _gated: Admission | None
 
-    def _refresh_facts(self) -> None: ...
+    async def _refresh_facts(self) -> None: ...
 
     def _build_gates(self) -> None: ...
 
@@ -127,7 +127,7 @@ class Learning:
         Returns whether the policy changed.
         """
         self._refuse_closed()
-        self._refresh_facts()
+        await self._refresh_facts()
         promoted = await self._apply_promotions()
         recorder = self._executor.outcomes
         if recorder is None or self.outcome_settings is None:

@@ -260,10 +260,15 @@ class Router(Lifecycle, Learning):
         """``adecide`` (sync; not from inside a running event loop)."""
         return run_sync(self.adecide(input, **fields), "decide", portal=self._portal)
 
-    def _refresh_facts(self) -> None:
-        """Re-read every backend's facts (e.g. after loading examples) so policies decide on current data."""
-        for backend in self.backends.values():
-            backend.refresh()
+    async def _refresh_facts(self) -> None:
+        """Re-read every backend's data and facts (e.g. after loading examples) so policies decide on current data.
+
+        Requests go on meanwhile with what the backends and the catalogue held: each is swapped in once read (facts
+        read a store, so off the event loop)."""
+        await asyncio.gather(*(backend.reload() for backend in list(self.backends.values())))
+        await asyncio.to_thread(self._read_facts)
+
+    def _read_facts(self) -> None:
         self.catalogue = {name: backend_info(name, b) for name, b in self.backends.items()}
         self.context = PolicyContext(catalogue=self.catalogue, stats=self.context.stats, budgets=self.context.budgets)
 

@@ -1,0 +1,143 @@
+"""Throughput while the graduation API is in use: 16 threads of sync requests, with and without a thread that keeps
+calling ``promote`` / ``rollback`` / ``refresh`` on the same router, side by side in one run.
+
+    python benchmarks/live_graduation.py [--seconds 10] [--threads 16] [--rounds 2] [--records 2000]
+                                         [--examples 2000] [--backend icl|chat]
+
+The router is built as an application with live graduation would build it: two Gemini backends on the loopback
+server (``genroute.testing``, in its own process), an ICL backend (``fixed`` selector) over an embedded Chroma
+collection of ``--examples`` examples, the task wrapped in a ``challenger`` (``pro``, shadow, share 0.01) around a
+``static`` policy sending it to ``--backend``, and an ``outcomes`` SQLite store seeded with ``--records`` paired
+records (what ``refresh`` reads and rebuilds the policy from). The request threads call ``router.generate``
+(the sync API: one loop thread serves them all); the control thread, in the "with control calls" runs, loops
+``promote(task, "pro")``, ``rollback(task)``, ``refresh()`` back to back. Each round runs both cases for
+``--seconds`` each; figures are requests per second (median of rounds), the control calls made per second, and
+the slowest request seen (p99 and max, ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import loopback_server  # noqa: E402
+
+TASK = "sentiment"
+
+
+def _router(base_url: str, root: Path, records: int, examples_n: int, backend: str) -> Any:
+    from genroute import Router
+    from genroute.knowledge.examples import aload_examples
+    from genroute.outcomes.records import OutcomeRecord, Side
+    from genroute.outcomes.store import OutcomeStore
+
+    path = root / "outcomes.db"
+    store = OutcomeStore(path)
+    store.upsert_many_sync([
+        OutcomeRecord(id=f"r{i}", task=TASK, outcomes={"chat": Side(score=float(i % 3 != 0), cost_usd=1e-5,
+                                                                           latency_s=0.01),
+                                                       "pro": Side(score=float(i % 4 != 0), cost_usd=4e-5,
+                                                                          latency_s=0.02)})
+        for i in range(records)])
+    examples = root / "examples.jsonl"
+    examples.write_text("".join(json.dumps({"input": f"review {i}", "output": "positive", "metadata": {"task": TASK}})
+                                + "\n" for i in range(examples_n)))
+    engine = {"kind": "gemini", "api_key": "bench-key", "base_url": base_url}
+    config = {
+        "engines": {"g": engine},
+        "knowledge": {"path": str(root / "chroma"), "embedder": {"kind": "local"}},
+        "backends": {"chat": {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-flash",
+                              "tasks": [TASK]},
+                     "pro": {"kind": "prompt_template", "engine": "g", "model": "gemini-2.5-pro", "tasks": [TASK]},
+                     "icl": {"kind": "icl", "engine": "g", "model": "gemini-2.5-flash", "collection": "examples",
+                             "selector": "fixed",
+                             "tasks": [TASK]}},
+        "policy": {"kind": "challenger", "task": TASK, "backend": "pro", "mode": "shadow", "share": 0.01,
+                   "policy": {"kind": "static", "backend": backend}},
+        "outcomes": {"path": str(path), "scorer": "normalized_exact", "min_n": 20},
+        "timeout_s": 60,
+    }
+    router = Router.from_config(config)
+    router._portal.call(aload_examples(router.resources.knowledge, [examples], collection="examples"))
+    router.refresh()  # the ICL backend counts its examples
+    return router
+
+
+def _run(router: Any, seconds: float, threads: int, control: bool) -> tuple[float, float, float, float]:
+    """Requests/s, control calls/s, p99 and max request latency (ms) over ``seconds``."""
+    stop = threading.Event()
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    calls = [0]
+
+    def requests(mine: list[float]) -> None:
+        while not stop.is_set():
+            start = time.perf_counter()
+            router.generate("hello", task=TASK)
+            mine.append(time.perf_counter() - start)
+
+    def controls() -> None:
+        while not stop.is_set():
+            router.promote(TASK, "pro")
+            router.rollback(TASK)
+            router.refresh()
+            calls[0] += 3
+
+    workers = [threading.Thread(target=requests, args=(mine,)) for mine in latencies]
+    if control:
+        workers.append(threading.Thread(target=controls))
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    time.sleep(seconds)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    wall = time.perf_counter() - start
+    every = sorted(t for mine in latencies for t in mine)
+    p99 = every[min(len(every) - 1, int(len(every) * 0.99))] * 1e3
+    return len(every) / wall, calls[0] / wall, p99, every[-1] * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--examples", type=int, default=2000)
+    parser.add_argument("--backend", choices=("icl", "chat"), default="icl")
+    args = parser.parse_args()
+    with loopback_server() as url, tempfile.TemporaryDirectory() as tmp:
+        router = _router(url, Path(tmp), args.records, args.examples, args.backend)
+        try:
+            _run(router, 1.0, args.threads, control=True)  # warm-up: connections, imports, the first refresh
+            rounds: dict[bool, list[tuple[float, float, float, float]]] = {False: [], True: []}
+            for n in range(args.rounds):
+                for control in (False, True):
+                    rounds[control].append(_run(router, args.seconds, args.threads, control))
+                print(f"round {n + 1}: " + ", ".join(
+                    f"{'with' if c else 'without'} control calls {r[-1][0]:.0f} req/s" for c, r in rounds.items()),
+                    flush=True)
+        finally:
+            router.close()
+    print(f"\n{args.threads} request threads to {args.backend}, {args.seconds:.0f} s per case, {args.rounds} rounds, "
+          f"{args.records} outcome records, {args.examples} examples (medians of rounds):")
+    for control, runs in rounds.items():
+        name = "with promote/rollback/refresh" if control else "requests only"
+        print(f"  {name:30} {statistics.median(r[0] for r in runs):7.0f} req/s   control calls "
+              f"{statistics.median(r[1] for r in runs):6.1f}/s   p99 {statistics.median(r[2] for r in runs):7.1f} ms"
+              f"   max {statistics.median(r[3] for r in runs):7.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
