@@ -283,6 +283,60 @@ def test_graduation_with_a_vertex_tuning_job_on_the_loopback_server(gemini_serve
     assert tune.attributes["genroute.cost.price_unverified"] is True
 
 
+@pytest.mark.parametrize("how", ["api", "cli"])
+def test_graduation_prices_a_vertex_job_at_a_tuning_price_given(gemini_server, tmp_path, monkeypatch, otel, capsys,
+                                                                how):
+    # `genroute bench` took --tuning-price, graduation had no way to: its Vertex AI job was always priced at the
+    # table's unverified 2025 list price. `tuning_usd_per_1m_tokens` / `--tuning-price` now give the price.
+    from google.oauth2.credentials import Credentials
+
+    from genroute.graduation import agraduate
+    from genroute.testing.credentials import write_credentials
+    from genroute.testing.tuning_routes import TuningRoutes
+    from genroute.tuning.vertex import VertexTuningSettings
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gemini_server.base_url)
+    jobs = TuningRoutes(gemini_server)
+    config = vertex_app(gemini_server, tmp_path, str(tmp_path / "outcomes.db"))
+    if how == "api":
+        credentials = Credentials(token="test")
+        settings = VertexTuningSettings(base_model="gemini-2.5-flash", name="sentiment", staging_uri="gs://b/runs",
+                                        poll_interval_s=0.01, epochs=3, min_examples=10, tuning_usd_per_1m_tokens=2.5)
+        with Router.from_config(config, engine_options={"vertex": {"credentials": credentials}},
+                                **otel.providers) as router:
+            report = router._portal.call(agraduate(router, "t", out_dir=tmp_path / "grad", vertex=settings,
+                                                   config_path=config, credentials=credentials, eval_share=0.0))
+        line, cost = report.lines[1], report.extra["tuning_cost_usd"]
+        (tune,) = otel.spans("genroute.graduate.tune")
+        assert tune.attributes["gen_ai.usage.cost.amount"] == pytest.approx(cost)
+        assert tune.attributes["genroute.cost.price_unverified"] is False  # the caller's price, not the table's
+    else:
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(write_credentials(tmp_path / "adc.json")))
+        assert cli(["graduate", "--task", "t", "--config", str(config), "--out", str(tmp_path / "grad"), "--vertex",
+                    "--staging-uri", "gs://b/runs", "--name", "sentiment", "--epochs", "3", "--min-examples", "10",
+                    "--poll-interval", "0.01", "--eval-share", "0", "--tuning-price", "2.5"]) == 0
+        (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("tune:")]
+        cost = json.loads((tmp_path / "grad" / "graduation.json").read_text())["extra"]["tuning_cost_usd"]
+    (train,) = [uri for uri in jobs.uploads if uri.endswith("-train.jsonl")]
+    trained = [json.loads(row) for row in jobs.uploads[train].splitlines()]
+    chars = sum(len(r["contents"][0]["parts"][0]["text"]) + len(r["contents"][1]["parts"][0]["text"]) for r in trained)
+    assert cost == pytest.approx(chars / 4 * 3 * 2.5 / 1e6)
+    assert f"x $2.5/1M (as given) = ${cost:.4f}" in line and "unverified" not in line
+
+
+@pytest.mark.parametrize(("price", "message"), [
+    ("-1", "--tuning-price: Input should be greater than or equal to 0"),
+    ("nan", "--tuning-price: Input should be a finite number"),
+])
+def test_graduate_names_a_bad_tuning_price(gemini_server, tmp_path, capsys, price, message):
+    config = vertex_app(gemini_server, tmp_path, str(tmp_path / "outcomes.db"))
+    before = config.read_text()
+    assert cli(["graduate", "--task", "t", "--config", str(config), "--out", str(tmp_path / "grad"), "--vertex",
+                "--staging-uri", "gs://b/runs", "--tuning-price", price]) == 2
+    assert message in capsys.readouterr().err
+    assert config.read_text() == before and gemini_server.requests == []
+
+
 def test_the_advisor_uses_measured_volume_tokens_and_tuning_cost():
     from genroute.graduation.payback import advise
 
@@ -696,6 +750,7 @@ def test_graduate_vertex_tunes_on_the_vertex_engine_beside_a_developer_api_one(g
     (["--vertex", "--staging-uri", "gs://b/p", "--rank", "4"], "--rank: is for local tuning"),
     (["--staging-uri", "gs://b/p"], "--staging-uri: is for tuning on Vertex AI"),
     (["--base-model", "gemini-2.5-pro"], "--base-model: is for tuning on Vertex AI"),
+    (["--tuning-price", "2.5"], "--tuning-price: is for tuning on Vertex AI"),  # a local run's cost is CPU time
 ])
 def test_graduate_refuses_a_tuning_flag_the_run_would_ignore(gemini_server, tmp_path, capsys, extra, message):
     """They were ignored: a Vertex AI job ran with its own learning rate, a local run tuned Gemma."""

@@ -58,6 +58,9 @@ def graduate_main(argv: Sequence[str]) -> int:
                         help="with --vertex: the engine (with `vertex:`) to tune with; default: the only such one")
     parser.add_argument("--poll-interval", type=float, default=None,
                         help="with --vertex: seconds between status checks of the tuning job (default 30)")
+    parser.add_argument("--tuning-price", type=float, default=None,
+                        help="with --vertex: USD per 1M training tokens the job's cost is reported at (default: the "
+                             "pricing table's unverified list price)")
     parser.add_argument("--decide", action="store_true", help="decide on promotion from the outcomes (paired; split arms unpaired)")
     parser.add_argument("--challenger", default=None, help="with --decide or --register-only: the tuned backend")
     parser.add_argument("--register-only", action="store_true",
@@ -89,7 +92,7 @@ def graduate_main(argv: Sequence[str]) -> int:
 
 
 #: The flags only one way of tuning reads (the other would ignore them).
-_TUNING_ONLY = {"--vertex": ("--base-model", "--staging-uri", "--engine", "--poll-interval"),
+_TUNING_ONLY = {"--vertex": ("--base-model", "--staging-uri", "--engine", "--poll-interval", "--tuning-price"),
                 "local": ("--learning-rate", "--rank", "--max-steps", "--threads")}
 
 
@@ -172,7 +175,8 @@ async def _run(args: argparse.Namespace) -> Any:
             from genroute.tuning.config_file import with_tuned_backend
             from genroute.tuning.vertex import VertexTuningSettings
 
-            given = {"base_model": args.base_model, "poll_interval_s": args.poll_interval}
+            given = {"base_model": args.base_model, "poll_interval_s": args.poll_interval,
+                     "tuning_usd_per_1m_tokens": args.tuning_price}
             settings = settings_from_flags(VertexTuningSettings, {
                 "base_model": "gemini-2.5-flash", "name": name, "staging_uri": args.staging_uri, "epochs": args.epochs,
                 "seed": 0, "engine": args.engine, "tasks": (args.task,),
@@ -238,7 +242,7 @@ def _check_new_backend(config_path: str, name: str, *, engines: Sequence[str]) -
 #: The flags behind ``agraduate``'s arguments (and the Vertex AI settings it is given).
 _GRADUATE_FLAGS = {"out_dir": "--out", "share": "--share", "eval_share": "--eval-share", "staging_uri": "--staging-uri",
                    "base_model": "--base-model", "poll_interval_s": "--poll-interval", "engine": "--engine",
-                   "min_examples": "--min-examples"}
+                   "min_examples": "--min-examples", "tuning_usd_per_1m_tokens": "--tuning-price"}
 
 
 @contextmanager

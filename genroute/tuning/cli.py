@@ -169,7 +169,7 @@ def _local(args: argparse.Namespace) -> int:
     return 0
 
 
-_FLAGS = {"poll_interval_s": "--poll-interval", "timeout_s": "--timeout"}
+_FLAGS = {"poll_interval_s": "--poll-interval", "timeout_s": "--timeout", "tuning_usd_per_1m_tokens": "--tuning-price"}
 
 
 def settings_from_flags(cls: type, fields: dict[str, object]) -> Any:

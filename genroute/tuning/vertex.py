@@ -66,6 +66,9 @@ class VertexTuningSettings(ConfigModel):
     timeout_s: float | None = Field(default=None, gt=0, description="Stop waiting (the job keeps running).")
     replace: bool = Field(default=False, description="Overwrite an existing backend of the same name.")
     tasks: tuple[str, ...] = Field(default=(), description="Tasks the backend is for (a ladder routes them to it).")
+    tuning_usd_per_1m_tokens: float | None = Field(
+        default=None, ge=0, description="USD per 1M training tokens that graduation prices the job at (default: the "
+                                        "pricing table's unverified list price for the base model).")
 
 
 @dataclass(frozen=True)
