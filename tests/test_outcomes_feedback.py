@@ -257,5 +257,24 @@ def test_a_custom_outcome_scorer_out_of_range_is_refused_and_stores_nothing(gemi
         with pytest.raises(UsageError) as exc:
             router.feedback(result, label="positive")
     assert exc.value.field == "outcomes.scorer" and "returned 5.0" in exc.value.message
-    assert "shadow outcome of pro not recorded: UsageError" in caplog.text
     assert OutcomeStore(tmp_path / "outcomes.db").records_sync() == []
+    # It said "for record 'outcome'" whatever was scored: it names the outcome record (the request's outcome id), and
+    # so does the shadow's warning (which said nothing of the request).
+    assert f"returned 5.0 for record {result.outcome_id!r}" in exc.value.message
+    assert f"shadow outcome of pro not recorded (outcome record {result.outcome_id!r}): UsageError" in caplog.text
+
+
+def failing_scorer(record, result):
+    """An outcome scorer that fails on some answers."""
+    raise ValueError("cannot parse the answer")
+
+
+def test_a_custom_outcome_scorer_that_fails_says_which_record_it_was_scoring(gemini_server, tmp_path):
+    cfg = config(gemini_server, tmp_path, scorer="tests.test_outcomes_feedback:failing_scorer")
+    with Router.from_config(cfg) as router:
+        result = router.generate("Loved it", task="sentiment")
+        router.drain()
+        with pytest.raises(ValueError, match="cannot parse the answer") as exc:   # its own error, as raised
+            router.feedback(result, label="positive")
+    assert exc.value.__notes__ == [f"raised by outcomes.scorer 'tests.test_outcomes_feedback:failing_scorer' "
+                                   f"scoring outcome record {result.outcome_id!r}"]

@@ -93,10 +93,10 @@ class OutcomeRecorder:
             reference = pending.label
             agreement = None
             if self.scorer.needs_reference:
-                scored = await self.scorer.score(request, output, pending.output.text, run_judge)
+                scored = await self.scorer.score(request, output, pending.output.text, run_judge, id=id)
                 agreement = None if scored is None else scored.score
                 judge_cost += 0.0 if scored is None else scored.cost_usd
-            truth = await self.scorer.score(request, output, reference, run_judge) \
+            truth = await self.scorer.score(request, output, reference, run_judge, id=id) \
                 if reference is not None or not self.scorer.needs_reference else None
             judge_cost += 0.0 if truth is None else truth.cost_usd
             update: dict[str, Any] = {} if agreement is None else {"agreement": agreement}
@@ -105,7 +105,7 @@ class OutcomeRecorder:
             sides[backend] = side.model_copy(update=update)
             served = pending.side
             if not self.scorer.needs_reference and served.score is None:
-                own = await self.scorer.score(pending.request, pending.output, None, run_judge)
+                own = await self.scorer.score(pending.request, pending.output, None, run_judge, id=id)
                 served = pending.side = served.model_copy(update={"score": None if own is None else own.score})
             sides[pending.backend] = served
         else:
@@ -132,7 +132,8 @@ class OutcomeRecorder:
         except Exception as exc:  # a scorer or judge that failed
             self.write_errors += 1
             span.set_attribute("genroute.outcome.error", type(exc).__name__)
-            _log.warning("shadow outcome of %s not recorded: %s", backend, type(exc).__name__)
+            # The type alone (a message may quote the request) and the record's id: which outcome it was.
+            _log.warning("shadow outcome of %s not recorded (outcome record %r): %s", backend, id, type(exc).__name__)
             return
         if record is not None:
             span.set_attribute("genroute.outcome.id", record.id)
@@ -178,7 +179,8 @@ class OutcomeRecorder:
         text_in, text_out = self._capture(
             pending.request.input if pending is not None else (input or _input(request)),
             accepted, request.task if request is not None else (stored.task if stored is not None else None))
-        scores, judge_cost = await self._label_scores(known, label, skip=served_backend if score is not None else None,
+        scores, judge_cost = await self._label_scores(id, known, label,
+                                                      skip=served_backend if score is not None else None,
                                                       run_judge=run_judge)
         if pending is not None:
             pending.label = label if label is not None else pending.label
@@ -204,7 +206,7 @@ class OutcomeRecorder:
         return await self.store.upsert(OutcomeRecord(input=text_in, output=text_out, metadata=metadata,
                                                      outcomes=sides))
 
-    async def _label_scores(self, known: tuple[GenerateRequest, dict[str, BackendOutput]] | None,
+    async def _label_scores(self, id: str, known: tuple[GenerateRequest, dict[str, BackendOutput]] | None,
                             label: str | None, *, skip: str | None,
                             run_judge: RunJudge) -> tuple[dict[str, float], float]:
         """Each known answer's score against ``label`` (``skip``: a side the caller scored itself), and what the
@@ -215,7 +217,7 @@ class OutcomeRecorder:
         scores, cost = {}, 0.0
         for backend, output in outputs.items():
             if backend != skip:
-                scored = await self.scorer.score(request, output, label, run_judge)
+                scored = await self.scorer.score(request, output, label, run_judge, id=id)
                 if scored is not None:
                     scores[backend] = scored.score
                     cost += scored.cost_usd

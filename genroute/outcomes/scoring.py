@@ -52,8 +52,9 @@ class ShadowScorer:
         return self.check is None
 
     async def score(self, request: GenerateRequest, output: BackendOutput, reference: str | None,
-                    run_judge: RunJudge) -> Scored | None:
-        """The score of ``output`` (``None`` when a reference is needed and there is none)."""
+                    run_judge: RunJudge, *, id: str) -> Scored | None:
+        """The score of ``output`` (``None`` when a reference is needed and there is none); ``id``: the outcome
+        record's, which an error of a ``module:function`` scorer names."""
         if self.check is not None:
             reason = await self.check(request, output, _no_backend_runs)
             return Scored(float(reason is None))
@@ -70,9 +71,12 @@ class ShadowScorer:
         from genroute.bench.scorers import Scorer
 
         try:  # checked as in a benchmark: a score outside [0, 1], NaN or not a number would poison the statistics
-            score, _ = await Scorer(self.name, self.fn).score(_record(request, reference), _result(output))
+            score, _ = await Scorer(self.name, self.fn).score(_record(request, reference, id), _result(output))
         except UsageError as exc:
             raise UsageError(exc.message, field="outcomes.scorer") from None
+        except Exception as exc:  # the function's own error, as it raised it, saying which record it was scoring
+            exc.add_note(f"raised by outcomes.scorer {self.name!r} scoring outcome record {id!r}")
+            raise
         return Scored(score)
 
 
@@ -103,10 +107,11 @@ def resolve_shadow_scorer(spec: str, *, resolve_check: Callable[[str, str], Chec
     return ShadowScorer(spec, fn=scorer.fn)
 
 
-def _record(request: GenerateRequest, reference: str) -> Any:
+def _record(request: GenerateRequest, reference: str, id: str) -> Any:
     from genroute.bench.datasets import BenchRecord
 
-    return BenchRecord(id="outcome", input=request.input, output=reference, label=reference, task=request.task)
+    # The outcome record's id: the scorer sees it as ``record.id``, and a bad score's error names it.
+    return BenchRecord(id=id, input=request.input, output=reference, label=reference, task=request.task)
 
 
 def _result(output: BackendOutput) -> Any:
