@@ -9,12 +9,19 @@ llama-cpp-python's stderr printer, never from another library that installed its
 A decode genroute stops on purpose (a request cancelled, past its deadline, or closed: the local engine's abort
 switch) makes llama.cpp log failures ("failed to compute graph", "failed to decode") as warnings and errors: lines
 logged on a generating thread once its request is cancelled (``quiet_when_cancelled``) go out at DEBUG instead.
+
+Some load-time lines are logged at WARNING or INFO on every load although nothing is wrong (``BENIGN``): the
+sliding-window cache kept at full size (llama-cpp-python's default), a vocabulary token llama.cpp marks as a control
+token itself (Gemma 3's ``</s>``), a LoRA tensor kept in a plain CPU buffer
+because the repacked one cannot hold it, a context shorter than the model was trained for (genroute's default
+``n_ctx`` is 2048 of Gemma 3's 32768). They go out at DEBUG; every other line keeps llama.cpp's level.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +31,12 @@ _logger = logging.getLogger("genroute.llama_cpp")
 #: ggml_log_level (current ggml): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4; CONT 5 continues the previous line.
 _LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _CONT = 5
+#: Load-time lines that say nothing is wrong (seen on every load of the default model, and of a LoRA adapter).
+BENIGN = re.compile(r"using full-size SWA cache"
+                    r"|control-looking token: .* was not control-type; this is probably a bug in the model\. its type "
+                    r"will be overridden"
+                    r"|lora for '[^']*' cannot use buft 'CPU_REPACK', fallback to CPU"
+                    r"|n_ctx(?:_per)?_seq \(\d+\) < n_ctx_train \(\d+\)")
 _callback: Any = None  # kept alive: llama.cpp holds a raw pointer to it
 _last_level = logging.DEBUG
 _lock = threading.Lock()
@@ -91,11 +104,13 @@ def _make_callback(llama_cpp: Any) -> Any:
     def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         global _last_level
         level_no = _last_level if level == _CONT else _LEVELS.get(level, logging.DEBUG)
+        message = text.decode("utf-8", "replace")
         cancel = getattr(_generating, "cancel", None)
-        if cancel is not None and cancel.is_set():
-            level_no = logging.DEBUG
+        if level_no > logging.DEBUG and (cancel is not None and cancel.is_set()
+                                         or level != _CONT and BENIGN.search(message)):
+            level_no = logging.DEBUG  # a continuation line follows its first line's level
         _last_level = level_no
         if _logger.isEnabledFor(level_no):
-            _logger.log(level_no, text.decode("utf-8", "replace").rstrip())
+            _logger.log(level_no, message.rstrip())
 
     return llama_cpp.llama_log_callback(callback)
