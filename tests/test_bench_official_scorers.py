@@ -104,6 +104,40 @@ def test_an_answer_in_another_unicode_form_than_its_gold_scores_as_the_same_text
     assert f1("resume", "résumé") == 0.0  # accents are letters: folding keeps them
 
 
+#: (answer, gold) pairs that MLQA's evaluation (every Unicode punctuation character deleted) scores as one text.
+UNICODE_PUNCTUATION = [
+    ("«باريس»", "باريس"), ("باريس، فرنسا", "باريس فرنسا"), ("ما هي؟", "ما هي"),   # Arabic comma, question mark
+    ("पेरिस।", "पेरिस"), ("दिल्ली॥", "दिल्ली"),                                   # Devanagari danda, double danda
+    ("北京。", "北京"), ("东京、大阪", "东京大阪"), ("「東京」", "東京"),                 # CJK full stop, comma, brackets
+    ("„Berlin“", "Berlin"), ("‹Genève›", "Genève"), ("¿Madrid?", "Madrid"), ("¡Sí!", "sí"),
+    ("1870–1939", "1870-1939"), ("Doctor Who — The Ultimate Adventure", "Doctor Who The Ultimate Adventure"),
+    ("Paris\u200b", "Paris"), ("\ufeffParis", "Paris"), ("Pa\u200dris", "Paris"), ("Pa\u200cris", "Paris"),
+    ("Par\u2060is", "Paris"), ("co\u00adoperate", "cooperate"),                    # zero-width, BOM, soft hyphen
+]
+
+
+@pytest.mark.parametrize(("answer", "gold"), UNICODE_PUNCTUATION)
+def test_unicode_punctuation_and_zero_width_characters_are_deleted_as_mlqa_does(answer: str, gold: str) -> None:
+    """Before, only ASCII punctuation was deleted: "«باريس»", "पेरिस।" or "北京。" kept their marks in the token and
+    scored 0 against the bare name, and a zero-width space or a byte order mark made "Paris" another word."""
+    assert normalize(answer) == normalize(gold)
+    assert f1(answer, gold) == 1.0
+
+
+def test_real_xquad_answers_score_through_unicode_punctuation_and_invisible_characters() -> None:
+    """Every XQuAD gold answer, quoted in «», ended by a danda, an ideographic full stop or an Arabic comma, or with
+    a zero-width space or a byte order mark pasted in, is still its gold answer; a gold written with an en dash
+    ("100–150", "Miller–Rabin primality test") is matched by the same answer written with an ASCII hyphen."""
+    token_f1, exact = resolve_scorer("token_f1").fn, resolve_scorer("normalized_exact").fn
+    assert token_f1 is not None and exact is not None
+    records = _xquad_records()
+    for record in records:
+        gold = gold_answers(record)[0]
+        for answer in (f"«{gold}»", f"{gold}।", f"{gold}。", f"{gold}،", f"\ufeff{gold}\u200b", f"“{gold}”",
+                       gold.replace("\u2013", "-")):
+            assert exact(record, res(answer)) == 1.0 and token_f1(record, res(answer)) == 1.0, (record.id, answer)
+
+
 def test_ascii_text_is_normalised_exactly_as_squads_script_does() -> None:
     """The Unicode folding stops at ASCII: SQuAD's own steps on every printable ASCII character and some words."""
     text = "".join(map(chr, range(32, 127))) + " The An a THE_end Levi's"

@@ -1,7 +1,8 @@
 """Scorers: how well one answer matches one record, as a number in [0, 1].
 
 Built in: ``exact``, ``normalized_exact`` and ``token_f1`` (SQuAD v1.1's official normalisation and F1, max
-over all gold answers in ``metadata.answers``; text beyond ASCII in one Unicode form and case first: ``fold``),
+over all gold answers in ``metadata.answers``; text beyond ASCII in one Unicode form and case first: ``fold``,
+and its punctuation deleted as MLQA's evaluation does),
 ``label_accuracy``, ``json_schema``, ``function_call`` (BFCL's AST checker semantics, see ``genroute.bench.calls``),
 ``frame_f1`` / ``frame_exact`` (JSON frames ``{"intents": [...], "slots": {...}}`` as in NLU++), ``regex`` /
 ``regex:PATTERN``, a custom ``module:function`` (called with ``(record, result)``; an ``async def`` one is
@@ -34,13 +35,20 @@ ScoreFn = Callable[["BenchRecord", "GenerateResult"], float]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
+#: Unicode categories of punctuation (MLQA's evaluation deletes every such character, as SQuAD's deletes ASCII's).
+_UNICODE_PUNCTUATION = frozenset({"Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po"})
+#: Format characters (Cf): zero-width space and (non-)joiners U+200B..U+200D, word joiner U+2060, byte order mark
+#: U+FEFF, soft hyphen, direction marks. None is ASCII.
+_INVISIBLE = frozenset({"Cf"})
 
 
 def fold(text: str) -> str:
     """``text`` in one Unicode form and case, as the scorers compare it: ASCII lower-cased (SQuAD's, exactly),
-    anything else in NFKC and case-folded."""
+    anything else without its format characters (``_INVISIBLE``), in NFKC and case-folded."""
     if text.isascii():
         return text.lower()
+    # A zero-width space or joiner, a word joiner or a byte order mark pasted into an answer is not seen by a reader.
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in _INVISIBLE)
     # NFKC: an answer in NFD ("o" + combining acute) or in full-width forms ("２０１２") is the reference's text;
     # casefold, not lower: "STRASSE" is "Straße", "ΟΔΟΣ" is "οδοσ". NFKC again, as casefold can undo it.
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
@@ -48,8 +56,10 @@ def fold(text: str) -> str:
 
 def normalize(text: str) -> str:
     """SQuAD v1.1's official normalisation: lower case, punctuation deleted (``_`` too), then articles, then
-    runs of whitespace; beyond ASCII, lower case is ``fold``'s."""
-    text = "".join(ch for ch in fold(text) if ch not in _PUNCTUATION)
+    runs of whitespace; beyond ASCII, lower case is ``fold``'s and punctuation is any Unicode punctuation
+    (categories P*: "،", "«»", "।", "。", "–"), as MLQA's evaluation deletes it."""
+    text = "".join(ch for ch in fold(text) if ch not in _PUNCTUATION
+                   and (ch.isascii() or unicodedata.category(ch) not in _UNICODE_PUNCTUATION))
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
