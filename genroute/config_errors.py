@@ -176,8 +176,8 @@ def pydantic_validated(model: type[M], raw: object) -> M:
     return validated
 
 
-def pydantic_validated_json(model: type[M], data: str | bytes | bytearray) -> M:
+def pydantic_validated_json(model: type[M], data: str | bytes | bytearray, *, strict: bool | None = None) -> M:
     """The JSON document ``data`` validated as ``model``, raising pydantic's ``ValidationError`` (see
-    ``pydantic_validated``)."""
-    validated: M = model.__pydantic_validator__.validate_json(data)
+    ``pydantic_validated``); ``strict``: no string or bool read as a number."""
+    validated: M = model.__pydantic_validator__.validate_json(data, strict=strict)
     return validated

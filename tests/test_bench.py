@@ -307,6 +307,25 @@ def test_load_outcomes_reads_plain_or_gzip_rows_and_writes_nothing(tmp_path: Pat
     assert missing.value.field == "out" and not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.parametrize(("field", "value"), [("score", '"0.5"'), ("score", "true"), ("cost_usd", '"0.001"'),
+                                              ("cost_usd", "true"), ("latency_s", '"1.5"'), ("input_tokens", '"12"')])
+def test_a_results_row_with_a_number_written_as_a_string_or_a_bool_is_refused(tmp_path: Path, field: str,
+                                                                               value: str) -> None:
+    """Before, pydantic's lax mode read a results row's ``"score": "0.5"`` as 0.5 and ``"cost_usd": true`` as 1 USD."""
+    from genroute.bench import load_outcomes
+    from genroute.errors import UsageError
+
+    good = '{"backend": "b", "record_id": "r1", "ok": true, "score": 1, "scorer": "exact", "latency_s": 2}\n'
+    bad = f'{{"backend": "b", "record_id": "r2", "ok": true, "scorer": "exact", "{field}": {value}}}\n'
+    (tmp_path / "results.jsonl").write_text(good + bad)
+    with pytest.raises(UsageError) as refused:
+        load_outcomes(tmp_path)
+    assert refused.value.field == "out"
+    assert refused.value.message.startswith(f"{tmp_path / 'results.jsonl'}:2: not a results row ({field}: ")
+    (tmp_path / "results.jsonl").write_text(good)  # JSON integers are numbers
+    assert [(o.score, o.latency_s) for o in load_outcomes(tmp_path)] == [(1.0, 2.0)]
+
+
 async def test_failures_are_counted_by_error_type(server: GeminiTestServer, tmp_path: Path) -> None:
     from genroute.testing import Fault
 

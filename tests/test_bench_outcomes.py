@@ -449,12 +449,20 @@ def test_cli_outcomes_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 @pytest.mark.parametrize(("side", "where"), [
-    ({"score": 0.0, "cost_usd": -0.001}, "outcomes.b.cost_usd"),
-    ({"score": 0.0, "cost_usd": float("nan")}, "outcomes.b.cost_usd"),
-    ({"score": 0.0, "cost_usd": float("inf")}, "outcomes.b.cost_usd"),
-    ({"score": 0.0, "cost_usd": 0.001, "latency_s": -1.0}, "outcomes.b.latency_s"),
-    ({"score": 0.0, "cost_usd": 0.001, "latency_s": float("inf")}, "outcomes.b.latency_s"),
-    ({"score": True, "cost_usd": 0.001}, "outcomes.b.score"),
+    ({"score": 0.0, "cost_usd": -0.001}, "outcomes.b.cost_usd:"),
+    ({"score": 0.0, "cost_usd": float("nan")}, "outcomes.b.cost_usd:"),
+    ({"score": 0.0, "cost_usd": float("inf")}, "outcomes.b.cost_usd:"),
+    ({"score": 0.0, "cost_usd": 0.001, "latency_s": -1.0}, "outcomes.b.latency_s:"),
+    ({"score": 0.0, "cost_usd": 0.001, "latency_s": float("inf")}, "outcomes.b.latency_s:"),
+    ({"score": True, "cost_usd": 0.001}, "outcomes.b.score:"),
+    # Strings and bools were read as numbers through pydantic's lax mode: "0.5" as 0.5, true as a cost of 1 USD.
+    ({"score": "0.5", "cost_usd": 0.001}, "outcomes.b.score: must be a number between 0 and 1, not \"0.5\""),
+    ({"score": 0.0, "cost_usd": "0.001"}, "outcomes.b.cost_usd: must be a number (USD), not \"0.001\""),
+    ({"score": 0.0, "cost_usd": True}, "outcomes.b.cost_usd: must be a number (USD), not true"),
+    ({"score": 0.0, "cost_usd": 0.001, "latency_s": "1.5"}, "outcomes.b.latency_s: must be a number (seconds)"),
+    ({"score": 0.0, "cost_usd": 0.001, "latency_s": False}, "outcomes.b.latency_s: must be a number (seconds)"),
+    ({"score": 0.0, "cost_usd": 0.001, "input_tokens": "12"}, "outcomes.b.input_tokens: must be a whole number"),
+    ({"score": 0.0, "cost_usd": 0.001, "output_tokens": True}, "outcomes.b.output_tokens: must be a whole number"),
 ])
 def test_a_bad_cost_latency_or_bool_score_names_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                          side: dict[str, Any], where: str) -> None:
@@ -466,11 +474,11 @@ def test_a_bad_cost_latency_or_bool_score_names_its_line(tmp_path: Path, capsys:
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(UsageError) as err:
         load_matrix(path)
-    assert err.value.field == "outcomes" and err.value.message.startswith(f"bad.jsonl:3: {where}:")
+    assert err.value.field == "outcomes" and err.value.message.startswith(f"bad.jsonl:3: {where}")
     out = tmp_path / "out"
     assert bench_main(["--outcomes", str(path), "--out", str(out)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"genroute bench: error: outcomes: bad.jsonl:3: {where}:") and not out.exists()
+    assert line.startswith(f"genroute bench: error: outcomes: bad.jsonl:3: {where}") and not out.exists()
 
 
 def test_a_matrix_naming_no_candidate_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -282,6 +282,9 @@ def test_a_side_without_a_recorded_cost_or_latency_is_unknown_not_free(tmp_path,
     ({"score": 1.0, "cost_usd": math.inf}, "m.jsonl:2: outcomes.b.cost_usd: must be a finite number >= 0"),
     ({"score": True}, "m.jsonl:2: outcomes.b.score: must be a number between 0 and 1, not true"),
     ({"score": 1.5}, "m.jsonl:2: outcomes.b.score: must be between 0 and 1"),
+    ({"score": "0.5"}, "m.jsonl:2: outcomes.b.score: must be a number between 0 and 1, not \"0.5\""),
+    ({"score": 1.0, "cost_usd": "0.01"}, "m.jsonl:2: outcomes.b.cost_usd: must be a number (USD), not \"0.01\""),
+    ({"score": 1.0, "latency_s": True}, "m.jsonl:2: outcomes.b.latency_s: must be a number (seconds), not true"),
 ])
 def test_compile_refuses_a_bad_outcome_naming_its_line(tmp_path, capsys, side, says):
     """As genroute bench --outcomes does. A negative cost crashed with pydantic's traceback, an infinite one wrote

@@ -322,9 +322,12 @@ def parse_outcomes(data: bytes, path: Path) -> dict[tuple[str, str], Outcome]:
         if not line.strip():
             continue
         try:
-            outcome = pydantic_validated_json(Outcome, line)
+            # Strict: a score, cost or latency written "0.5" or true is no number (lax mode read them as 0.5 and 1).
+            outcome = pydantic_validated_json(Outcome, line, strict=True)
         except ValidationError as exc:
-            raise UsageError(f"{path}:{lineno}: not a results row ({exc.errors()[0]['msg']})",
+            error = exc.errors()[0]
+            at = ".".join(str(part) for part in error["loc"])
+            raise UsageError(f"{path}:{lineno}: not a results row ({at + ': ' if at else ''}{error['msg']})",
                              field="out") from None
         outcomes[outcome.key] = outcome
     return outcomes

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -140,13 +141,27 @@ def scoring_cost(record: OutcomeRecord) -> float:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
 
 
+#: A side's numeric fields, each a JSON number in a file, and what it must be.
+_NUMBERS = {"score": "a number between 0 and 1", "cost_usd": "a number (USD)", "latency_s": "a number (seconds)",
+            "cloud_equivalent_cost_usd": "a number (USD)", "agreement": "a number between 0 and 1",
+            "input_tokens": "a whole number", "output_tokens": "a whole number"}
+
+
+def _shown(value: Any) -> str:
+    """``value`` as a file wrote it (JSON), else its repr."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 #: What makes an unknown key of a side look like a score, cost or latency given under another name.
 _SIDE_WORD = re.compile(r"score|quality|correct|accura|cost|price|usd|latency|seconds", re.IGNORECASE)
 
 
 def check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> None:
-    """``UsageError`` naming ``where`` and ``outcomes.NAME.FIELD`` for a score that is a JSON ``true``/``false`` or
-    outside [0, 1], a cost or latency that is negative, NaN or infinite (they would poison every mean), or a token
+    """``UsageError`` naming ``where`` and ``outcomes.NAME.FIELD`` for a score, cost, latency or token count that is
+    no JSON number (a string such as ``"0.5"``, a ``true``), a score outside [0, 1], a cost or latency that is negative, NaN or infinite (they would poison every mean), or a token
     count below 0;
     ``raw`` is the record as read (a mapping), where a ``true`` is still told from a 1."""
     given = raw.get("outcomes") if isinstance(raw, Mapping) else None
@@ -158,9 +173,11 @@ def check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> N
             if key not in Side.model_fields and _SIDE_WORD.search(str(key)):
                 raise UsageError(f"{where}: outcomes.{name}.{key}: not an outcome field (a score is \"score\", "
                                  "a cost \"cost_usd\", a latency \"latency_s\")", field=field)
-        if isinstance(raw_side, Mapping) and isinstance(raw_side.get("score"), bool):
-            raise UsageError(f"{where}: outcomes.{name}.score: must be a number between 0 and 1, not "
-                             f"{json.dumps(raw_side['score'])}", field=field)
+        for key, value in ((k, raw_side.get(k)) for k in _NUMBERS) if isinstance(raw_side, Mapping) else ():
+            # The model reads "0.5" and true as numbers (pydantic's lax mode): a JSON number is what the file meant.
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise UsageError(f"{where}: outcomes.{name}.{key}: must be {_NUMBERS[key]}, not {_shown(value)}",
+                                 field=field)
         if side.score is not None and not 0.0 <= side.score <= 1.0:
             raise UsageError(f"{where}: outcomes.{name}.score: must be between 0 and 1 (got {side.score})",
                              field=field)
