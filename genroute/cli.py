@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from genroute.cli_options import add_quiet, shows_progress
+from genroute.cli_options import add_quiet, command_failed, shows_progress
 from genroute.errors import ConfigError, GenrouteError, UsageError, command_error
 
 
@@ -111,9 +111,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if argv and argv[0] in {"bench", "tune", "compile", "graduate"}:
         return _delegate(argv[0], argv[1:])
     args, unknown = parser.parse_known_args(argv)
+    command = {"demo": demo, "generate": gen, "ingest": ingest}[args.command]
     if unknown:  # argparse words them as the top parser's ("genroute: error: ..."): the command's, as any other
-        {"demo": demo, "generate": gen, "ingest": ingest}[args.command].error(
-            f"unrecognized arguments: {' '.join(unknown)}")
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "demo":
             from genroute.demo import run_demo
@@ -128,7 +128,7 @@ def _main(argv: Sequence[str] | None) -> int:
             from genroute.config_location import locate
 
             locate(exc, args.config)
-        return command_error(exc, f"genroute {args.command}")
+        return command_failed(exc, command)
 
 
 def _delegate(command: str, rest: list[str]) -> int:
@@ -235,21 +235,11 @@ def _ingest(args: argparse.Namespace) -> int:
                 continue
             engine_cls, engine_config = validate_kind("engines", raw, field=f"engines.{name}")
             engines[name] = build_kind(engine_cls, name, engine_config, field=f"engines.{name}")
-    try:
-        report = ingest_paths(args.paths, args.collection, store_config=store_config, engines=engines,
-                              kind=args.kind, chunk_tokens=args.chunk_tokens, overlap=args.overlap,
-                              text_field=args.text_field, pricing=pricing, progress=shows_progress(args))
-    except UsageError as exc:  # named as the command line names it: `--chunk-tokens`, not `chunk_tokens`
-        if exc.field in _INGEST_OPTIONS:
-            raise type(exc)(exc.message, field=_INGEST_OPTIONS[exc.field]) from None
-        raise
+    report = ingest_paths(args.paths, args.collection, store_config=store_config, engines=engines,
+                          kind=args.kind, chunk_tokens=args.chunk_tokens, overlap=args.overlap,
+                          text_field=args.text_field, pricing=pricing, progress=shows_progress(args))
     print(report.model_copy(update={"seconds": round(report.seconds, 2)}))  # not seconds=1.4413623190048384
     return 0
-
-
-#: The arguments of ``ingest_paths`` that ``genroute ingest`` takes as options.
-_INGEST_OPTIONS = {"collection": "--collection", "chunk_tokens": "--chunk-tokens", "overlap": "--overlap",
-                   "text_field": "--text-field"}
 
 
 if __name__ == "__main__":  # pragma: no cover

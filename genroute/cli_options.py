@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+
+from genroute.errors import ConfigError, GenrouteError, UsageError, command_error
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
@@ -16,3 +19,36 @@ def shows_progress(args: argparse.Namespace) -> bool:
     """Whether a command draws its progress bar: not with ``--quiet``, and only on a terminal (into a log file or a
     pipe a bar is only its frames' text)."""
     return not args.quiet and sys.stderr.isatty()
+
+
+#: The router config's top-level keys: a config error naming one (``backends``) is about the file, not an option.
+CONFIG_SECTIONS = frozenset({"backends", "breakers", "engines", "knowledge", "outcomes", "policy", "pricing",
+                             "rate_limits", "state", "telemetry", "timeout_s", "tools", "validators"})
+
+#: What genroute's functions call a value that a command takes as an option (``Router.from_config``'s ``path`` is
+#: the file given as ``--config``), as the option's ``dest``.
+LIBRARY_NAMES = {"path": "config", "out_dir": "out", "cache_dir": "embedding_cache", "eval_source": "eval_outcomes"}
+
+
+def as_typed(error: GenrouteError, parser: argparse.ArgumentParser) -> GenrouteError:
+    """``error`` naming the option of ``parser`` its field came from, as the user typed it (``--limit``, not
+    ``limit``; ``--config``, not ``path``): the one place every ``genroute`` command maps the names. A config error
+    naming a section of the config file (``backends``) is left as it is, though ``bench`` has a ``--backends``."""
+    if not isinstance(error, UsageError) or error.field is None:
+        return error
+    options = {action.dest: max(action.option_strings, key=len) for action in parser._actions
+               if action.option_strings and action.dest != "help"}
+    dest = LIBRARY_NAMES.get(error.field, error.field)
+    if isinstance(error, ConfigError) and error.field in CONFIG_SECTIONS:  # the config file's, not an option's
+        return error
+    if dest not in options:
+        return error
+    renamed = copy.copy(error)  # the same type and what it carries (a config error's file and line, a cost)
+    renamed.field = options[dest]
+    return renamed
+
+
+def command_failed(error: GenrouteError, parser: argparse.ArgumentParser) -> int:
+    """What a ``genroute`` command does with ``error``: one line on stderr naming the option the user typed
+    (``as_typed``), worded as argparse words a bad option, and the exit status (2: the caller's mistake)."""
+    return command_error(as_typed(error, parser), parser.prog)

@@ -478,7 +478,7 @@ def test_a_bad_cost_latency_or_bool_score_names_its_line(tmp_path: Path, capsys:
     out = tmp_path / "out"
     assert bench_main(["--outcomes", str(path), "--out", str(out)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"genroute bench: error: outcomes: bad.jsonl:3: {where}") and not out.exists()
+    assert line.startswith(f"genroute bench: error: --outcomes: bad.jsonl:3: {where}") and not out.exists()
 
 
 def test_a_matrix_naming_no_candidate_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -586,7 +586,7 @@ def test_a_candidate_no_record_has_is_named(tmp_path: Path, capsys: pytest.Captu
     assert err.value.field == "candidates" and "'Cc'" in err.value.message and "A, B, C" in err.value.message
     assert bench_main(["--outcomes", str(data), "--candidates", "A,Cc", "--out", str(tmp_path / "o")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("genroute bench: error: candidates:") and not (tmp_path / "o").exists()
+    assert line.startswith("genroute bench: error: --candidates:") and not (tmp_path / "o").exists()
     # An evaluation file without one of the training file's candidates is named as that file.
     later = write_jsonl(tmp_path / "later.jsonl", [{**r, "outcomes": {k: v for k, v in r["outcomes"].items()
                                                                       if k != "C"}} for r in synthetic(8, 1, "x")])
@@ -622,7 +622,7 @@ def test_a_negative_seed_or_minimum_n_is_refused(tmp_path: Path, capsys: pytest.
     assert err.value.field == "seed" and not (tmp_path / "o").exists()
     assert bench_main(["--outcomes", str(data), "--seed", "-1", "--out", str(tmp_path / "o")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("genroute bench: error: seed:") and not (tmp_path / "o").exists()
+    assert line.startswith("genroute bench: error: --seed:") and not (tmp_path / "o").exists()
     with pytest.raises(UsageError) as err:  # a negative --min-verdict-n gave verdicts at any n, silently
         compile_outcomes(data, out_dir=tmp_path / "o", min_n=-1, learned=False)
     assert err.value.field == "min_n" and not (tmp_path / "o").exists()
@@ -639,7 +639,7 @@ def test_negative_output_tokens_are_a_one_line_error(tmp_path: Path, capsys: pyt
     argv = ["--outcomes", str(data), "--prices", str(prices), "--output-tokens", "-5", "--out", str(tmp_path / "o")]
     assert bench_main(argv) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("genroute bench: error: output_tokens:") and "-5" in line
+    assert line.startswith("genroute bench: error: --output-tokens:") and "-5" in line
 
 
 # -- estimators limited to the cost-quality front ------------------------------------------------------------

@@ -98,7 +98,7 @@ def test_errors_exit_2_with_the_field(tmp_path, gemini_server, capsys):
     assert main(["generate", "hi", "--config", str(path), "--backend", "ghost"]) == 2
     assert "backend" in capsys.readouterr().err
     assert main(["generate", "hi", "--config", str(tmp_path / "missing.yaml")]) == 2
-    assert "path" in capsys.readouterr().err
+    assert "--config: config file" in capsys.readouterr().err
     assert main(["generate", "hi", "--config", str(path), "--var", "=x"]) == 2  # a variable needs a name
     assert "--var: expected NAME=VALUE, got '=x'" in capsys.readouterr().err
     assert main(["generate", "hi", "--config", str(path), "--backend", ""]) == 2  # it went to the policy

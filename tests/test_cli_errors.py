@@ -4,6 +4,7 @@ no secret."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import sys
@@ -51,13 +52,13 @@ def _files(tmp: Path) -> dict[str, str]:
 # and a failure at run time.
 CASES: list[tuple[Callable[[dict[str, str]], list[str]], int, str]] = [
     (lambda f: ["demo", "--no-tune", "--cache-dir", f["afile"]], 2, "--cache-dir: "),
-    (lambda f: ["generate", "hi", "--config", f["missing"]], 2, "path: config file "),
+    (lambda f: ["generate", "hi", "--config", f["missing"]], 2, "--config: config file "),
     (lambda f: ["generate", "hi", "--config", f["bad"]], 2, "backends.chat.engine: unknown engine "),
     (lambda f: ["generate", "hi", "--config", f["good"], "--var", "novalue"], 2, "--var: "),
     (lambda f: ["generate", "hi", "--config", f["good"], "--nosuch"], 2, "unrecognized arguments: --nosuch"),
     (lambda f: ["generate", "hi", "--config", f["down"]], 1, "StateUnavailable: "),
     (lambda f: ["generate", "hi", "--config", f["good"]], 1, "BackendUnavailable: "),
-    (lambda f: ["ingest", f["data"], "--collection", "c", "--config", f["missing"]], 2, "path: config file "),
+    (lambda f: ["ingest", f["data"], "--collection", "c", "--config", f["missing"]], 2, "--config: config file "),
     (lambda f: ["ingest", f["data"], "--collection", "c", "--config", f["good"]], 2, "knowledge: "),
     (lambda f: ["ingest", f["data"], "--collection", "c", "--config", f["good"], "--chunk-tokens", "x"], 2,
      "argument --chunk-tokens: invalid int value"),
@@ -68,14 +69,14 @@ CASES: list[tuple[Callable[[dict[str, str]], list[str]], int, str]] = [
      "argument --limit: invalid int value"),
     (lambda f: ["bench", f["data"], "--config", f["down"], "--backends", "chat", "--out", f["out"], "--quiet",
                 "--no-compile"], 1, "chat: no scored row: 1 failed with StateUnavailable: "),
-    (lambda f: ["bench", "--outcomes", f["missing"], "--out", f["out"]], 2, "outcomes: "),
+    (lambda f: ["bench", "--outcomes", f["missing"], "--out", f["out"]], 2, "--outcomes: "),
     # A bad value of a flag the bench checks itself names the setting once (was "concurrency: concurrency must ...").
     (lambda f: ["bench", f["data"], "--config", f["good"], "--backends", "chat", "--out", f["out"], "--concurrency",
-                "0"], 2, "concurrency: must be an integer >= 1 (got 0)"),
+                "0"], 2, "--concurrency: must be an integer >= 1 (got 0)"),
     (lambda f: ["bench", f["data"], "--config", f["good"], "--backends", "chat", "--out", f["out"], "--limit", "0"],
-     2, "limit: must be a whole number >= 1 (got 0)"),
+     2, "--limit: must be a whole number >= 1 (got 0)"),
     (lambda f: ["bench", f["data"], "--config", f["good"], "--backends", "chat", "--out", f["out"], "--holdout",
-                "2"], 2, "holdout: must be between 0 and 1"),
+                "2"], 2, "--holdout: must be between 0 and 1"),
     (lambda f: ["tune", f["missing"], "--config", f["good"], "--name", "t", "--local"], 2, "data: "),
     (lambda f: ["tune", f["data"], "--config", f["good"], "--name", "t", "--base-model", "gemini-2.5-flash",
                 "--validation-fraction", "7", "--dry-run", f["out"]], 2, "--validation-fraction: "),
@@ -115,6 +116,66 @@ def test_every_command_reports_an_error_in_one_line_with_its_prefix_and_status(
     # A usage error is `<field>: <message>`, as argparse's `argument --x: ...`; a run-time failure names its type.
     typed = re.match(r"[A-Z][A-Za-z]*(Error|Unavailable|Exceeded|Rejected|Failed): ", lines[0][len(prefix):])
     assert (typed is not None) == (status == 1 and args[0] != "bench"), lines[0]
+
+
+def _more_files(tmp: Path) -> dict[str, str]:
+    """An outcome matrix of 20 records and two candidates, and a config with a knowledge store."""
+    matrix, store = tmp / "matrix.jsonl", tmp / "store.yaml"
+    matrix.write_text("".join(json.dumps({"input": f"q{i}", "metadata": {"id": f"q{i}"},
+                                          "outcomes": {"a": {"score": 1.0, "cost_usd": 0.01},
+                                                       "b": {"score": float(i % 2), "cost_usd": 0.001}}}) + "\n"
+                              for i in range(20)))
+    store.write_text(yaml.safe_dump({**yaml.safe_load((tmp / "good.yaml").read_text()), "knowledge": {}}))
+    return {"matrix": str(matrix), "store": str(store)}
+
+
+# (command line, the option the error must name): errors raised by the functions behind each command under their
+# own argument names (`path`, `limit`, `out_dir`, `cache_dir`, `eval_source`), or under the option's dest.
+FLAGS: list[tuple[Callable[[dict[str, str]], list[str]], str]] = [
+    (lambda f: ["generate", "hi", "--config", f["missing"]], "--config"),
+    (lambda f: ["generate", "hi", "--config", f["good"], "--backend", "nosuch"], "--backend"),
+    (lambda f: ["ingest", f["data"], "--collection", "c", "--config", f["missing"]], "--config"),
+    (lambda f: ["ingest", f["data"], "--collection", "c", "--config", f["store"], "--chunk-tokens", "0"],
+     "--chunk-tokens"),
+    (lambda f: ["bench", f["data"], "--config", f["missing"], "--backends", "chat"], "--config"),
+    (lambda f: ["bench", f["data"], "--config", f["good"], "--backends", "chat", "--out", f["out"], "--limit", "0"],
+     "--limit"),
+    (lambda f: ["bench", f["data"], "--config", f["good"], "--backends", "chat", "--out", f["afile"]], "--out"),
+    (lambda f: ["bench", "--outcomes", f["missing"], "--out", f["out"]], "--outcomes"),
+    (lambda f: ["bench", "--outcomes", f["matrix"], "--out", f["afile"]], "--out"),
+    (lambda f: ["bench", "--outcomes", f["matrix"], "--out", f["out"], "--embedding-cache", f["afile"]],
+     "--embedding-cache"),
+    (lambda f: ["bench", "--outcomes", f["matrix"], "--out", f["out"], "--eval-outcomes", f["missing"]],
+     "--eval-outcomes"),
+    (lambda f: ["bench", "--outcomes", f["matrix"], "--out", f["out"], "--prices", f["missing"]], "--prices"),
+    (lambda f: ["bench", "--outcomes", f["matrix"], "--out", f["out"], "--candidates", "a,zz"], "--candidates"),
+    (lambda f: ["compile", "--outcomes", f["missing"], "--out", f["out"]], "--outcomes"),
+    (lambda f: ["compile", "--outcomes", f["matrix"], "--out", f["afile"]], "--out"),
+    (lambda f: ["tune", f["data"], "--config", f["missing"], "--name", "t", "--local", "--min-examples", "1"],
+     "--config"),
+    (lambda f: ["graduate", "--task", "t", "--config", f["missing"], "--out", f["out"]], "--config"),
+]
+
+
+@pytest.mark.parametrize(("argv", "flag"), FLAGS, ids=[f"{argv(_NAMES | {'matrix': 'm', 'store': 's'})[0]}-{i}"
+                                                       for i, (argv, _) in enumerate(FLAGS)])
+def test_an_error_about_an_option_names_the_option_as_typed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: Callable[[dict[str, str]], list[str]],
+        flag: str) -> None:
+    """Before, the line named the library's argument: `genroute bench: error: path: config file ... does not exist`
+    for `--config`, `limit:` for `--limit`, `out_dir:`, `cache_dir:`, `outcomes:` for `--eval-outcomes`."""
+    files = _files(tmp_path)
+    args = argv(files | _more_files(tmp_path))
+    assert main(args) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("genroute: warning: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"genroute {args[0]}: error: {flag}: "), lines
+
+
+def test_the_config_sections_an_error_is_left_under_are_the_router_configs() -> None:
+    from genroute.cli_options import CONFIG_SECTIONS
+    from genroute.config import RouterConfig
+
+    assert set(RouterConfig.model_fields) == CONFIG_SECTIONS
 
 
 def test_an_error_whose_message_spans_lines_is_still_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -656,7 +656,7 @@ def test_a_run_that_diverges_leaves_no_adapter_and_no_backend(tmp_path: Path,
                  "--learning-rate", "1e25", "--max-steps", "1", "--threads", "1", "--batch-size", "2",
                  "--rank", "2", "--max-seq-len", "32"])
     assert code == 2
-    assert "learning_rate: training diverged" in capsys.readouterr().err
+    assert "--learning-rate: training diverged" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [data]
 
 

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from genroute.cli_options import add_quiet, shows_progress
+from genroute.cli_options import add_quiet, command_failed, shows_progress
 from genroute.config_errors import pydantic_validated, validator_message
-from genroute.errors import GenrouteError, UsageError, command_error
+from genroute.errors import GenrouteError, UsageError
 
 if TYPE_CHECKING:
     from genroute.bench.advisor import AdvisorSettings
@@ -112,7 +112,7 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
 
         report = asyncio.run(main())
     except GenrouteError as exc:
-        return command_error(exc, "genroute bench")
+        return command_failed(exc, parser())
     print(report.markdown())
     files = report.files
     written = ", ".join(str(files[name]) for name in ("markdown", "html", "png") if files.get(name) is not None)
@@ -164,9 +164,7 @@ def run_outcomes_cli(args: argparse.Namespace) -> int:
                                   cache_dir=args.embedding_cache, min_n=args.min_verdict_n,
                                   force_verdict=args.force_verdict, cost_weight_rule=args.cost_weight_rule)
     except GenrouteError as exc:
-        if isinstance(exc, UsageError) and exc.field == "cache_dir":  # named as the command line names it
-            exc = UsageError(exc.message, field="--embedding-cache")
-        return command_error(exc, "genroute bench")
+        return command_failed(exc, parser())
     print(report.markdown())
     print(f"Rows: {report.files['compiled']}; report: {report.files['markdown']}, {report.files['html']}; "
           f"curve: {report.files.get('curve', '-')}; compiled policies: {report.files['cost_aware']} (cost_aware, on "
@@ -176,11 +174,16 @@ def run_outcomes_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def parser() -> argparse.ArgumentParser:
+    """``genroute bench``'s argument parser."""
+    return add_arguments(argparse.ArgumentParser(prog="genroute bench", description="Benchmark backends."))
+
+
 def bench_main(argv: Sequence[str] | None = None) -> int:
     """``genroute bench`` as a function of its argument list."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = add_arguments(argparse.ArgumentParser(prog="genroute bench", description="Benchmark backends."))
-    args = parser.parse_args(argv)
+    command = parser()
+    args = command.parse_args(argv)
     if args.min_verdict_n < 0:  # else a negative minimum forced every verdict, as --force-verdict does
-        parser.error(f"argument --min-verdict-n: must be at least 0, got {args.min_verdict_n}")
+        command.error(f"argument --min-verdict-n: must be at least 0, got {args.min_verdict_n}")
     return run_bench_cli(args, argv)

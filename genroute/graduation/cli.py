@@ -26,7 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from genroute.errors import GenrouteError, UsageError, command_error
+from genroute.cli_options import command_failed
+from genroute.errors import GenrouteError, UsageError
 from genroute.jsonl import check_output_dir
 
 
@@ -86,7 +87,7 @@ def graduate_main(argv: Sequence[str]) -> int:
         _refuse_other_tuning(args)
         report = asyncio.run(_run(args))
     except GenrouteError as exc:
-        return command_error(exc, "genroute graduate")
+        return command_failed(exc, parser)
     print(report.text(), end="")
     return 0
 

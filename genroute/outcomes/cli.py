@@ -12,7 +12,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from genroute.errors import GenrouteError, UsageError, command_error
+from genroute.cli_options import command_failed
+from genroute.errors import GenrouteError, UsageError
 from genroute.jsonl import output_dir
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def compile_main(argv: Sequence[str]) -> int:
     try:
         return _compile(args)
     except GenrouteError as exc:
-        return command_error(exc, "genroute compile")
+        return command_failed(exc, parser)
 
 
 def _compile(args: argparse.Namespace) -> int:

@@ -14,8 +14,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from genroute.cli_options import command_failed
 from genroute.config_errors import pydantic_validated, validator_message
-from genroute.errors import UsageError
+from genroute.errors import GenrouteError, UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,11 +60,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def tune_main(argv: list[str]) -> int:
     """Entry point of ``genroute tune``; returns the process exit code."""
-    args = _parser().parse_args(argv)
-    _refuse_other_mode(args)
-    if args.local:
-        return _local(args)
-    return _vertex(args)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        _refuse_other_mode(args)
+        return _local(args) if args.local else _vertex(args)
+    except GenrouteError as exc:
+        return command_failed(exc, parser)
 
 
 #: The flags that only one kind of run reads (the other would ignore them).
