@@ -355,3 +355,40 @@ def test_a_matrix_learned_fit_reports_the_folds_it_used() -> None:
     fitted = learned_fit(matrix, matrix, x, x, use_task=False, specs=[{"method": "knn", "k": 3}],
                          rule=CostWeightRule(folds=3))
     assert {c.folds for c in fitted.cost_weight_choices.values()} == {3}
+
+
+def test_a_weight_that_always_routes_to_the_cheapest_says_so_and_routes_as_before(tmp_path: Path) -> None:
+    """On 24 records nothing is resolved, so the compiled weight is the largest swept: the model file held
+    `"cost_weight": 1000000.0` and the report and each decision `cost weight 1e+06`, which told a reader nothing.
+    The file now says what it means beside the number; the number, and so every decision, is unchanged, and a file
+    written before (no `cost_weight_means`) loads and routes alike."""
+    import json
+
+    from genroute.policies.base import PolicyContext
+    from genroute.policies.learned import LearnedConfig, LearnedPolicy
+    from genroute.policies.router_models import CHEAPEST_WEIGHT, RouterModel
+    from genroute.types import GenerateRequest
+
+    outcomes, records = _bench(24, dear_edge="noise")
+    report = compile_policy(outcomes, records, tmp_path / "out", embedder=_WordsEmbedder(), learned=True)
+    assert report.learned_cost_weight == CHEAPEST_WEIGHT == 1e6
+    assert "cost weight 1e+06 (always the cheapest backend) by rule `resolved`" in (report.learned_note or "")
+    path = Path(report.learned_model_path or "")
+    meta = RouterModel.load(path).meta
+    assert meta["cost_weight"] == 1e6
+    assert meta["cost_weight_means"] == ("always the cheapest backend: cost outweighs any difference in predicted "
+                                         "quality")
+    with np.load(path) as data:  # the same file as an older genroute wrote it
+        arrays = {k: data[k] for k in data.files}
+    old_meta = json.loads(str(arrays.pop("meta")))
+    del old_meta["cost_weight_means"]
+    old = tmp_path / "old.npz"
+    np.savez(old, meta=np.array(json.dumps(old_meta)), **arrays)
+    policies = [LearnedPolicy(LearnedConfig(model_path=str(p), default="dear"), embedder=_WordsEmbedder())
+                for p in (path, old)]
+    for record in records:
+        request = GenerateRequest(input=record.input, task="t")
+        new_decision, old_decision = (p.decide(request, PolicyContext(catalogue={})) for p in policies)
+        assert new_decision.rungs == old_decision.rungs and new_decision.rungs[0].backend == "cheap"
+        assert new_decision.reason == old_decision.reason
+        assert "cost weight 1e+06 (always the cheapest backend)" in new_decision.reason

@@ -161,9 +161,9 @@ _SIDE_WORD = re.compile(r"score|quality|correct|accura|cost|price|usd|latency|se
 
 def check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> None:
     """``UsageError`` naming ``where`` and ``outcomes.NAME.FIELD`` for a score, cost, latency or token count that is
-    no JSON number (a string such as ``"0.5"``, a ``true``), a score outside [0, 1], a cost or latency that is negative, NaN or infinite (they would poison every mean), or a token
-    count below 0;
-    ``raw`` is the record as read (a mapping), where a ``true`` is still told from a 1."""
+    no JSON number (a string such as ``"0.5"``, a ``true``), a score outside [0, 1], a cost or latency that is
+    negative, NaN or infinite (they would poison every mean), or a token count below 0; ``raw`` is the record as read
+    (a mapping), where a ``true`` is still told from a 1."""
     given = raw.get("outcomes") if isinstance(raw, Mapping) else None
     for name, side in record.outcomes.items():
         raw_side = given.get(name) if isinstance(given, Mapping) else None

@@ -34,13 +34,14 @@ from pydantic import ConfigDict, Field, ValidationError
 from genroute.config_errors import config_error, pydantic_validated
 from genroute.errors import ConfigError
 from genroute.groups import group_index, input_means
+from genroute.policies.router_models import CHEAPEST_WEIGHT, cheapest_note
 from genroute.public_model import ConfigModel, PublicModel
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-#: Cost weights swept (0: best predicted quality at any cost; 1e6: always the cheapest backend).
-WEIGHTS: tuple[float, ...] = (0.0, *[float(w) for w in np.geomspace(0.002, 5.0, 48)], 1e6)
+#: Cost weights swept (0: best predicted quality at any cost; ``CHEAPEST_WEIGHT``, 1e6: always the cheapest backend).
+WEIGHTS: tuple[float, ...] = (0.0, *[float(w) for w in np.geomspace(0.002, 5.0, 48)], CHEAPEST_WEIGHT)
 
 Rule = Literal["resolved", "one_se", "best"]
 
@@ -87,16 +88,17 @@ class CostWeightChoice(PublicModel):
         records = f"{self.n} training records" if self.n_records is None else \
             f"{self.n} distinct training inputs ({self.n_records} records)"
         if self.folds == 0:  # cross_validate had too few records: nothing was routed out of fold
-            return (f"cost weight {self.weight:.3g}: {records} are too few to cross-validate "
-                    f"(at least 4), so the cheapest backend (quality {self.quality:.3f} on those records at "
-                    f"${self.cost_usd * 1000:.4f}/1k)")
-        head = (f"cost weight {self.weight:.3g} by rule `{self.rule}` ({self.folds}-fold cross-validation on "
-                f"{records}): out-of-fold quality {self.quality:.3f} at ${self.cost_usd * 1000:.4f}/1k")
+            return (f"cost weight {self.weight:.3g}{cheapest_note(self.weight)}: {records} are too few to "
+                    f"cross-validate (at least 4), so the cheapest backend (quality {self.quality:.3f} on those "
+                    f"records at ${self.cost_usd * 1000:.4f}/1k)")
+        head = (f"cost weight {self.weight:.3g}{cheapest_note(self.weight)} by rule `{self.rule}` ({self.folds}-fold "
+                f"cross-validation on {records}): out-of-fold quality {self.quality:.3f} at "
+                f"${self.cost_usd * 1000:.4f}/1k")
         if self.weight == self.best_weight:
             return head + " (the best out-of-fold quality)"
         return (head + f"; the best, {self.best_quality:.3f} at ${self.best_cost_usd * 1000:.4f}/1k (weight "
-                f"{self.best_weight:.3g}), is {self.best_quality - self.quality:+.3f} better, paired standard error "
-                f"{self.standard_error:.3f}: not worth its cost")
+                f"{self.best_weight:.3g}{cheapest_note(self.best_weight)}), is {self.best_quality - self.quality:+.3f} "
+                f"better, paired standard error {self.standard_error:.3f}: not worth its cost")
 
 
 def as_rule(value: CostWeightRule | str | Mapping[str, Any] | None, *, field: str = "cost_weight_rule"

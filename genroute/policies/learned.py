@@ -21,7 +21,7 @@ from genroute.knowledge.embedders import traced
 from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
 from genroute.policies.cost_weight import CostWeightChoice, CostWeightRule, as_rule, cross_validate, held_out
 from genroute.policies.remembered import RememberedEmbeddings, deciding_cost
-from genroute.policies.router_models import RouterModel, features, fit
+from genroute.policies.router_models import RouterModel, cheapest_note, features, fit
 from genroute.policies.static import check_backends
 from genroute.public_model import PublicModel
 from genroute.types import Decision, GenerateRequest, Rung
@@ -207,6 +207,7 @@ class LearnedPolicy(Policy):
         self.embedder = embedder or _default_embedder()
         self.cost_weight = config.cost_weight if config.cost_weight is not None else \
             float(self.model.meta.get("cost_weight", 0.0))
+        self._weight_text = f"{self.cost_weight:g}{cheapest_note(self.cost_weight)}"  # as each decision's reason has it
         #: Where request embedding spans go: the binding router's tracer (``None``: the embedder's own).
         self.tracer: trace.Tracer | None = None
         self._embed_request = RememberedEmbeddings(self._embed_text, config.cache_size)
@@ -236,7 +237,7 @@ class LearnedPolicy(Policy):
         ranked = [int(i) for i in self.model.ranking(predicted, self.cost_weight)[0]]
         best = self.model.backends[ranked[0]]
         quality = float(predicted[0, ranked[0]])
-        why = f"learned: {self.model.method} predicts {best} (quality {quality:.2f}, cost weight {self.cost_weight:g})"
+        why = f"learned: {self.model.method} predicts {best} (quality {quality:.2f}, cost weight {self._weight_text})"
         if quality < self.config.min_confidence:
             return Decision.single(self.name, self.config.default,
                                    f"{why}; predicted quality < {self.config.min_confidence:g} -> default "

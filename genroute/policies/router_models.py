@@ -206,7 +206,9 @@ class RouterModel:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        meta = {**self.meta, "method": self.method, "backends": self.backends}
+        # The weight in words beside it: a reader of "cost_weight": 1000000.0 could not tell it means "the cheapest".
+        meta = {**self.meta, "method": self.method, "backends": self.backends,
+                "cost_weight_means": weight_meaning(float(self.meta.get("cost_weight", 0.0)))}
         with tmp.open("wb") as fh:
             # The stubs read **arrays as possibly naming allow_pickle (a bool); array names never do.
             np.savez(fh, meta=np.array(json.dumps(meta)), **self.arrays)  # type: ignore[arg-type]
@@ -287,6 +289,26 @@ def _indices(value: Any, n: int, *, size: int | None = None) -> bool:
     """Whether ``value`` is a list of indices into ``n`` backends (of length ``size``, if given)."""
     return (isinstance(value, list) and (size is None or len(value) == size)
             and all(type(i) is int and 0 <= i < n for i in value))
+
+
+#: The largest cost weight compiling sweeps: cost outweighs any difference in predicted quality (at most 1), so the
+#: ranking always puts the cheapest backend first. Cross-validation picks it when no dearer setting's gain is resolved.
+CHEAPEST_WEIGHT = 1e6
+
+
+def cheapest_note(weight: float) -> str:
+    """What a cost weight means, after its number, when the number alone does not say it: `` (always the cheapest
+    backend)`` for ``CHEAPEST_WEIGHT`` and above, else nothing."""
+    return " (always the cheapest backend)" if weight >= CHEAPEST_WEIGHT else ""
+
+
+def weight_meaning(weight: float) -> str:
+    """What a cost weight does to the ranking, in words: written beside it in a model file."""
+    if weight >= CHEAPEST_WEIGHT:
+        return "always the cheapest backend: cost outweighs any difference in predicted quality"
+    if weight == 0:
+        return "the best predicted quality, at any cost"
+    return f"the best predicted quality - {weight:g} x cost / the dearest backend's cost"
 
 
 def cost_quality_front(quality: NDArray[Any], cost: NDArray[Any]) -> list[int]:
