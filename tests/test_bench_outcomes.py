@@ -363,6 +363,30 @@ def test_a_router_that_sends_everything_to_one_candidate_says_so_beside_its_win(
     assert "nothing routed" in report.markdown()
 
 
+def test_the_report_says_what_the_evaluation_file_holds_that_training_does_not(tmp_path: Path) -> None:
+    """An evaluation file's candidate the training file has no outcome of was left out, and records of a task no
+    training record has were routed by fallbacks, both rightly but without a word in the report."""
+    def rows(n: int, prefix: str, tasks: list[str], candidates: list[str]) -> list[dict[str, Any]]:
+        return [{"input": f"{prefix} question {i}", "metadata": {"task": tasks[i % len(tasks)], "id": f"{prefix}{i}"},
+                 "outcomes": {c: {"score": float((i + k) % 3 == 0), "cost_usd": 0.001 * (k + 1)}
+                              for k, c in enumerate(candidates)}} for i in range(n)]
+
+    train = rows(40, "train", ["a", "b"], ["A", "C"])
+    report = compile_outcomes(train, eval_source=rows(30, "later", ["a", "b", "new"], ["A", "C", "D"]),
+                              out_dir=tmp_path / "o", learned=False, min_n=10)
+    assert report.notes == [
+        "The evaluation file's candidate(s) D have no outcome in the training file: left out (no compiled policy "
+        "routes to them); the evaluation is over A, C.",
+        "10 of 30 evaluation records have a task no training record has (1 task(s): new): per-task best sends them "
+        "to the best single, cost_aware (task label) to its default."]
+    assert all(f"- {note}" in report.markdown() for note in report.notes)
+    rows_by = {r.name: r for r in report.rows}
+    assert rows_by["per-task best (train)"].n == 30 and report.candidates == ["A", "C"]
+    plain = compile_outcomes(train, eval_source=rows(30, "later", ["a", "b"], ["A", "C"]), out_dir=tmp_path / "p",
+                             learned=False, min_n=10)
+    assert plain.notes == [] and "no training record has" not in plain.markdown()
+
+
 def test_refuses_to_judge_on_training_records(embedder: LocalEmbedder, tmp_path: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", synthetic(20))
     overlapping = write_jsonl(tmp_path / "later.jsonl", synthetic(20, seed=1, prefix="x")[:10] + synthetic(20)[:1])

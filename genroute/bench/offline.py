@@ -155,7 +155,8 @@ def compile_outcomes(
         source=full.source or "the outcomes given", evaluated_on=where, n_train=len(train.records), n_eval=len(held.records),
         dropped=full.dropped + (held.dropped if eval_source is not None else 0), candidates=list(full.candidates),
         cost_basis=full.cost_basis, rows=rows, curves=curves, comparisons=comparisons, methods=methods,
-        cost_weights=cost_weights,
+        cost_weights=cost_weights, notes=_evaluation_notes(train, held, other_file=eval_source is not None,
+                                                           learned=learned),
         routes=routes_md, seconds=0.0, files={})
     files = write_outputs(report, train, held, models, out, title=title, choices=choices)
     from genroute.policies.cost_aware_compiled import write_cost_aware_config
@@ -170,6 +171,29 @@ def compile_outcomes(
 
     atomic_write_bytes(Path(files["compiled"]), to_json(report).encode())
     return report
+
+
+def _evaluation_notes(train: OutcomeMatrix, held: OutcomeMatrix, *, other_file: bool, learned: bool) -> list[str]:
+    """What the evaluation records hold that the training records do not, handled but worth a line each: an
+    evaluation file's (``other_file``) candidates the training file has no outcome of, and tasks no training record
+    has (and what each router does with them)."""
+    notes = []
+    if other_file and held.left_out:  # the evaluation file was read for the training file's candidates only
+        notes.append(f"The evaluation file's candidate(s) {', '.join(held.left_out)} have no outcome in the training "
+                     f"file: left out (no compiled policy routes to them); the evaluation is over "
+                     f"{', '.join(train.candidates)}.")
+    seen = set(train.tasks)
+    unseen = [t for t in held.tasks if t is not None and t not in seen]
+    if unseen:
+        names = sorted(set(unseen))
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        # cost_aware reads the statistics of the records without a task ("*") for a task it has none of.
+        fallback = "its pick for records without a task" if None in seen else "its default"
+        notes.append(f"{len(unseen)} of {len(held.records)} evaluation records have a task no training record has "
+                     f"({len(names)} task(s): {shown}): per-task best sends them to the best single, cost_aware "
+                     f"(task label) to {fallback}" + (", the learned routers read their text alone." if learned
+                                                       else "."))
+    return notes
 
 
 def _check_options(*, out_dir: Any, pricing: Any, cache_dir: Any, specs: Any, title: Any) -> None:

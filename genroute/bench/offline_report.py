@@ -80,6 +80,8 @@ class OfflineReport(PublicModel):
     #: learned router -> rule -> how the rule chose its cost weight (``CostWeightChoice`` fields)
     cost_weights: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     routes: str = ""  # the compiled semantic routes, as Markdown (empty: none compiled)
+    #: What the evaluation holds that the training does not, and what was done with it (one line each).
+    notes: list[str] = Field(default_factory=list)
     seconds: float
     files: dict[str, str]
 
@@ -171,7 +173,8 @@ def markdown(report: OfflineReport) -> str:
             f"{report.evaluated_on}. Candidates: {len(report.candidates)}. {report.cost_basis}."
             + (f" {report.dropped} record(s) lacking some candidate's outcome were left out." if report.dropped
                else ""))
-    parts = [head, "", rows_table(report), curves_table(report), comparisons_table(report)]
+    parts = [head, "", *[f"- {note}" for note in report.notes], *([""] if report.notes else []), rows_table(report),
+             curves_table(report), comparisons_table(report)]
     if report.methods:
         parts += ["Learned router estimators and semantic route cluster counts (chosen by 5-fold cross-validation "
                   "on the training records; AIQ of the out-of-fold routing):", "", methods_table(report)]

@@ -188,6 +188,8 @@ class OutcomeMatrix:
     dropped: int = 0
     #: The ids the records gave (``None``: every id was given); the others are the reader's ``record-N``.
     given_ids: frozenset[str] | None = None
+    #: Candidates the file has outcomes of that ``load_matrix``'s ``candidates`` left out.
+    left_out: tuple[str, ...] = ()
 
     @property
     def ids(self) -> list[str]:
@@ -313,7 +315,8 @@ def load_matrix(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,
     return OutcomeMatrix(
         records=tuple(records), candidates=names, scores=scores, costs=costs, latencies=latencies,
         cost_basis=basis, source=str(source) if isinstance(source, str | Path) else None,
-        dropped=len(parsed) - len(records), given_ids=frozenset(given_ids))
+        dropped=len(parsed) - len(records), given_ids=frozenset(given_ids),
+        left_out=tuple(c for c in present if c not in names))
 
 
 def _coverage(cells: MatrixCells, total: int, names: Sequence[str]) -> str:
