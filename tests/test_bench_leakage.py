@@ -178,3 +178,39 @@ def test_an_icl_backend_without_a_knowledge_store_is_reported_unscored_not_crash
         report = bench(router, str(data), backends=["icl", "chat"], out_dir=tmp_path / "out", progress=False,
                        compile=False)
     assert [u.backend for u in report.unscored] == ["icl"] and report.own_examples_note == ""
+
+
+def test_what_a_policy_was_compiled_from_is_read_through_its_public_reads() -> None:
+    """bench read policies' private attributes (`_stats`, a split's `_inner`) and guessed at `inner`, `model` and
+    `config.routes`: a policy of another shape (a plugin's) was never asked. Each policy now says what it was
+    compiled from (`compiled_inputs`) and which policies it hands requests to (`nested`)."""
+    from genroute.bench.policy_inputs import compiled_from
+    from genroute.policies import build_policy
+    from genroute.policies.base import Policy, PolicyConfig
+    from genroute.types import Decision
+
+    class Arms(Policy):
+        kind = "arms-test"
+        Config = PolicyConfig
+
+        def __init__(self, *arms: Policy) -> None:
+            super().__init__(PolicyConfig(kind="arms-test"))
+            self.arms = arms
+
+        @property
+        def nested(self) -> tuple[Policy, ...]:
+            return self.arms
+
+        def compiled_inputs(self) -> frozenset[str]:
+            return frozenset({input_key("its own")})
+
+        def decide(self, request, context):  # type: ignore[no-untyped-def]
+            return Decision.single(self.name, "lite", "test")
+
+    semantic = build_policy({"kind": "semantic", "default": "lite", "routes": {"lite": ["Question 1 about my card"]}})
+    split = build_policy({"kind": "split", "arms": [
+        {"weight": 1, "policy": {"kind": "semantic", "default": "lite", "routes": {"full": ["refunds please"]}}},
+        {"weight": 1, "backend": "lite"}, {"weight": 1, "policy": {"kind": "static", "backend": "lite"}}]})
+    assert compiled_from(Arms(semantic, split)) == {input_key("its own"), input_key("Question 1 about my card"),
+                                                   input_key("refunds please")}
+    assert [p.kind for p in split.nested] == ["semantic", "static"] and semantic.nested == ()

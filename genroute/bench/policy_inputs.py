@@ -11,40 +11,22 @@ up the record itself), not how it routes new requests: the report says how many 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from genroute.bench.datasets import BenchRecord
+
+if TYPE_CHECKING:
+    from genroute.policies.base import Policy
 
 _log = logging.getLogger("genroute.bench")
 
 
-def _policies(policy: Any) -> Iterator[Any]:
-    """``policy`` and every policy nested in it (a wrapper's ``inner``, a split's arms)."""
-    yield policy
-    nested = [getattr(policy, "inner", None), *(getattr(policy, "_inner", None) or ())]
-    for inner in nested:
-        if inner is not None:
-            yield from _policies(inner)
-
-
-def compiled_from(policy: Any) -> frozenset[str]:
-    """The input keys the statistics, learned models and semantic routes in ``policy`` (nested ones too) were
-    compiled from (a semantic policy's: its utterances, which ``genroute bench --outcomes`` takes from its training
-    queries)."""
-    from genroute.knowledge.examples import input_keys
-
-    keys: set[str] = set()
-    for each in _policies(policy):
-        stats = getattr(each, "_stats", None)
-        keys.update(getattr(stats, "input_keys", None) or ())
-        model = getattr(each, "model", None)
-        listed = getattr(model, "meta", {}).get("input_keys") if model is not None else None
-        keys.update(k for k in listed or () if isinstance(k, str))
-        routes = getattr(getattr(each, "config", None), "routes", None)  # a semantic policy's inline utterances
-        if isinstance(routes, dict):
-            keys.update(input_keys(u for utterances in routes.values() for u in utterances if isinstance(u, str)))
-    return frozenset(keys)
+def compiled_from(policy: Policy) -> frozenset[str]:
+    """The input keys the statistics, learned models and semantic routes in ``policy`` (nested ones too: a wrapper's
+    inner policy, a split's arms) were compiled from (a semantic policy's: its utterances, which
+    ``genroute bench --outcomes`` takes from its training queries)."""
+    return policy.compiled_inputs().union(*(compiled_from(inner) for inner in policy.nested))
 
 
 def policy_inputs_note(policy: Any, records: Sequence[BenchRecord]) -> str:

@@ -129,6 +129,17 @@ class Policy(ABC):
         """Whether ``decide`` needs budget state in its context (the executor then reads it first)."""
         return False
 
+    @property
+    def nested(self) -> tuple[Policy, ...]:
+        """The policies this one hands requests to (a wrapper's inner policy, a split's arms); none by default."""
+        return ()
+
+    def compiled_inputs(self) -> frozenset[str]:
+        """The input keys (``genroute.knowledge.examples.input_key``: hashes, no text) of the records this policy
+        was compiled from, as its statistics file, learned model or route utterances list them (``nested``
+        policies' not included); none by default."""
+        return frozenset()
+
     def deciding_cost(self, request: GenerateRequest) -> float:
         """What deciding ``request`` is estimated to cost in USD (a priced embedding of it), held in the router's
         budgets before ``decide`` runs; 0 (the default): deciding costs nothing and nothing is held."""

@@ -234,6 +234,13 @@ class BudgetPolicy(Policy):
     def bind(self, resources: Resources) -> None:
         self.inner.bind(resources)
 
+    @property
+    def nested(self) -> tuple[Policy, ...]:
+        return (self.inner,)
+
+    def compiled_inputs(self) -> frozenset[str]:
+        return BenchStats.inputs_of(self._stats)
+
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         named = [(b, f"{self.field}.costs.{b}") for b in self.config.costs]
         if self.config.downgrade_to is not None:

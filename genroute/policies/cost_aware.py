@@ -110,6 +110,9 @@ class CostAwarePolicy(Policy):
                   f"(cheapest of {len(eligible)} eligible)")
         return Decision(policy=self.name, rungs=rungs, reason=reason)
 
+    def compiled_inputs(self) -> frozenset[str]:
+        return BenchStats.inputs_of(self._stats)
+
     def refreshed(self, update: PolicyUpdate) -> CostAwarePolicy | None:
         """A copy whose statistics are these with the outcome statistics merged in (outcomes win per task and
         backend once measured on ``min_n`` records)."""

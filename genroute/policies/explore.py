@@ -87,6 +87,9 @@ class ExplorePolicy(NestedPolicy):
         return sorted(name for name, info in context.catalogue.items()
                       if not info.tasks or request.task in info.tasks)
 
+    def compiled_inputs(self) -> frozenset[str]:
+        return BenchStats.inputs_of(self._stats)
+
     def refreshed(self, update: PolicyUpdate) -> ExplorePolicy | None:
         """A copy that samples from the outcome statistics (merged over what it had) and a refreshed inner."""
         new = copy.copy(self)

@@ -245,6 +245,9 @@ class LearnedPolicy(Policy):
         picks = [self.model.backends[i] for i in ranked[: 1 + self.config.fallbacks]]
         return Decision(policy=self.name, rungs=tuple(Rung(backend=b) for b in picks), reason=why)
 
+    def compiled_inputs(self) -> frozenset[str]:
+        return frozenset(k for k in self.model.meta.get("input_keys") or () if isinstance(k, str))
+
     def refreshed(self, update: PolicyUpdate) -> LearnedPolicy | None:
         """A policy retrained on the outcomes' captured inputs (written next to ``model_path`` as
         ``<name>.refreshed.npz``); ``None`` below ``min_n`` records or with fewer than two backends scored."""

@@ -24,6 +24,10 @@ class NestedPolicy(Policy):
     def reads_state(self) -> bool:
         return self.inner.reads_state
 
+    @property
+    def nested(self) -> tuple[Policy, ...]:
+        return (self.inner,)
+
     def gates(self, store: StateStore) -> list[Gate[Any]]:
         return self.inner.gates(store)
 

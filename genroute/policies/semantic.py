@@ -317,6 +317,12 @@ class SemanticPolicy(Policy):
         return Decision.single(self.name, backend, f"semantic: route {backend}, similarity {sim:.3f} >= "
                                                    f"{self.config.threshold:g} to {quoted!r}")
 
+    def compiled_inputs(self) -> frozenset[str]:
+        """The input keys of its inline utterances (``genroute bench --outcomes`` takes them from training queries)."""
+        from genroute.knowledge.examples import input_keys
+
+        return frozenset(input_keys(u for us in self.config.routes.values() for u in us if isinstance(u, str)))
+
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         named = [(self.config.default, f"{self.field}.default")]
         named += [(b, f"{self.field}.routes.{b}") for b in self.config.routes]

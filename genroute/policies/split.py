@@ -114,6 +114,10 @@ class SplitPolicy(Policy):
         return [_ArmGate(gate, self, i) for i, inner in enumerate(self._inner) if inner is not None
                 for gate in inner.gates(store)]
 
+    @property
+    def nested(self) -> tuple[Policy, ...]:
+        return tuple(p for p in self._inner if p is not None)
+
     def refreshed(self, update: PolicyUpdate) -> SplitPolicy | None:
         """A copy whose nested policies are refreshed (``None`` if none of them learned anything)."""
         inners = [None if p is None else p.refreshed(update) for p in self._inner]

@@ -99,6 +99,11 @@ class BenchStats(PublicModel):
         """A copy listing ``keys`` (sorted, distinct) as the inputs the figures came from; none is ``None``."""
         return self.model_copy(update={"input_keys": tuple(sorted(set(keys))) or None})
 
+    @staticmethod
+    def inputs_of(stats: BenchStats | None) -> frozenset[str]:
+        """The input keys ``stats`` lists (none for no statistics): what a policy reading them was compiled from."""
+        return frozenset(stats.input_keys or ()) if stats is not None else frozenset()
+
     def get(self, task: str | None, backend: str) -> BackendStats | None:
         """Stats of ``backend`` on ``task`` (``None`` task reads the ``*`` entry); ``None`` if unmeasured."""
         return self.tasks.get(task if task is not None else ANY_TASK, {}).get(backend)
