@@ -696,24 +696,47 @@ def test_pairwise_and_front_choose_only_on_the_cost_quality_front(tmp_path: Path
 def test_knn_predicts_many_queries_a_block_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     # The similarities of every evaluation query to every training record were held at once (and negated, a second
     # copy): 8,000 queries against 70,000 records peaked at 8.9 GB, a 100k-row matrix's 30,000 held-out at ~33 GB.
+    from genroute.policies import router_models as rm
+
+    model, queries = _knn(2000, 2000, k=20)
+    whole = model.predict(queries)  # 4M similarities (16 MB): one block at the default size
+    monkeypatch.setattr(rm, "KNN_BLOCK", 2 ** 17, raising=False)  # 64 queries a block
+    blocked, peak = _traced(model.predict, queries)
+    assert np.array_equal(blocked, whole)
+    assert peak < 4 * 2 ** 20  # a block's similarities (0.5 MB, twice) and the result, not 2 x 16 MB
+
+
+def _traced(fn: Any, *args: Any) -> tuple[Any, int]:
+    """``fn(*args)`` and the peak of memory traced while it ran."""
     import tracemalloc
 
+    tracemalloc.start()
+    try:
+        return fn(*args), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _knn(n_train: int, n_queries: int, *, k: int) -> tuple[Any, np.ndarray]:
+    """A kNN router over ``n_train`` random 16-wide records of three candidates, and ``n_queries`` queries."""
     from genroute.policies import router_models as rm
 
     rng = np.random.default_rng(0)
-    x = rm.normalise(rng.standard_normal((2000, 16)).astype(np.float32))
-    model = rm.fit(x, rng.random((2000, 3)) < 0.5, ["a", "b", "c"], method="knn", k=20)
-    queries = rm.normalise(rng.standard_normal((2000, 16)).astype(np.float32))
-    whole = model.predict(queries)  # 4M similarities (16 MB): one block at the default size
-    monkeypatch.setattr(rm, "KNN_BLOCK", 2 ** 17, raising=False)  # 64 queries a block
-    tracemalloc.start()
-    try:
-        blocked = model.predict(queries)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert np.array_equal(blocked, whole)
-    assert peak < 4 * 2 ** 20  # a block's similarities (0.5 MB, twice) and the result, not 2 x 16 MB
+    x = rm.normalise(rng.standard_normal((n_train, 16)).astype(np.float32))
+    model = rm.fit(x, rng.random((n_train, 3)) < 0.5, ["a", "b", "c"], method="knn", k=k)
+    return model, rm.normalise(rng.standard_normal((n_queries, 16)).astype(np.float32))
+
+
+def test_a_knn_prediction_holds_a_bounded_block_of_similarities_by_default() -> None:
+    # 2,048 queries against 8,192 training records (16.8 M similarities) were one block at the default size: the
+    # float32 similarities, their negated copy and argpartition's int64 index of each, 268 MB traced (a fold of a
+    # 20,000-record `genroute bench --outcomes` lifted the process by 560 MB). A block now holds KNN_BLOCK (2 ** 23)
+    # of them, 16 bytes each at the peak: about 134 MB, and the same predictions.
+    model, queries = _knn(8192, 2048, k=7)
+    predicted, peak = _traced(model.predict, queries)
+    one_by_one = np.concatenate([model.predict(queries[i:i + 1]) for i in range(0, 2048, 97)])
+    assert predicted.shape == (2048, 3) and np.allclose(predicted[::97], one_by_one, atol=1e-6)
+    assert peak < 180e6, f"{peak / 1e6:.0f} MB"
 
 
 def test_per_task_best_over_many_tasks_is_each_tasks_best_by_hand() -> None:

@@ -38,8 +38,10 @@ Method = Literal["knn", "logreg", "mlp", "blend", "pairwise"]
 METHODS: tuple[str, ...] = ("knn", "logreg", "mlp", "blend", "pairwise")
 
 
-#: Query-to-training-record similarities a kNN prediction holds at once (float32: 4 bytes each, 512 MB).
-KNN_BLOCK = 2 ** 27
+#: Query-to-training-record similarities a kNN prediction holds at once: 16 bytes each at the peak (the float32
+#: similarities, their negated copy and argpartition's int64 index of every one), 128 MB. At 2 ** 27 a block peaked
+#: at 2 GB, and one fold of a 20,000-record compile (2,800 x 11,200 similarities) lifted the process by 560 MB.
+KNN_BLOCK = 2 ** 23
 
 
 def normalise(x: NDArray[Any]) -> NDArray[Any]:
@@ -168,7 +170,8 @@ class RouterModel:
         a = self.arrays
         k = min(int(self.meta["k"]), len(a["x"]))
         # Rows a block at a time: the similarities of 30k queries to 70k training records at once were 8 GB (twice,
-        # negated for argpartition); a block holds about KNN_BLOCK of them, and each row's result is its own.
+        # negated for argpartition, and 16 GB of indices); a block holds about KNN_BLOCK of them, and each row's
+        # result is its own.
         step = max(1, KNN_BLOCK // max(1, len(a["x"])))
         if len(x) > step:
             return np.concatenate([self._knn(x[i:i + step]) for i in range(0, len(x), step)])
