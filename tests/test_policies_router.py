@@ -153,3 +153,37 @@ def test_ladder_on_facts_from_a_real_icl_backend(gemini_server, otel, tmp_path):
     assert result.backend == "few_shot"
     sent = [p["text"] for c in gemini_server.requests[-1].body["contents"] for p in c["parts"]]
     assert "card_arrival" in sent  # the examples were really shown
+
+
+async def test_a_backend_added_while_refresh_reads_facts_stays_in_the_catalogue(gemini_server) -> None:
+    # refresh reads every backend's facts off the loop; a challenger added on the loop meanwhile (graduation) was
+    # dropped from the catalogue the read then swapped in, or broke the read ("dictionary changed size").
+    import asyncio
+    import threading
+
+    from genroute.backends.prompt_template import PromptTemplateBackend
+
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowFacts(PromptTemplateBackend):
+        reads = 0
+
+        def facts(self) -> dict[str, Any]:
+            SlowFacts.reads += 1
+            if SlowFacts.reads == 2:  # the refresh's read (the first is the build's)
+                entered.set()
+                release.wait(30)
+            return super().facts()
+
+    config = two_backends(gemini_server, {"kind": "static", "backend": "small"})
+    async with await Router.acreate(config) as router:
+        small = router.backends["small"]
+        router.backends["small"] = slow = SlowFacts("small", small.config, small.resources)
+        SlowFacts.reads = 1
+        refreshing = asyncio.ensure_future(router.arefresh())
+        assert await asyncio.to_thread(entered.wait, 30)
+        router.add_challenger("extra", PromptTemplateBackend("extra", small.config, small.resources), task="t")
+        release.set()
+        await refreshing
+        assert set(router.catalogue) == {"small", "big", "extra"}
+        assert router.catalogue["small"].facts == slow.facts()

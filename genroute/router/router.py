@@ -265,11 +265,11 @@ class Router(Lifecycle, Learning):
 
         Requests go on meanwhile with what the backends and the catalogue held: each is swapped in once read (facts
         read a store, so off the event loop)."""
-        await asyncio.gather(*(backend.reload() for backend in list(self.backends.values())))
-        await asyncio.to_thread(self._read_facts)
-
-    def _read_facts(self) -> None:
-        self.catalogue = {name: backend_info(name, b) for name, b in self.backends.items()}
+        backends = dict(self.backends)
+        await asyncio.gather(*(backend.reload() for backend in backends.values()))
+        facts = await asyncio.to_thread(lambda: {name: backend_info(name, b) for name, b in backends.items()})
+        # Swapped in on the loop, over the catalogue as it is now: a backend added meanwhile (graduation) stays.
+        self.catalogue = {**self.catalogue, **facts}
         self.context = PolicyContext(catalogue=self.catalogue, stats=self.context.stats, budgets=self.context.budgets)
 
     def replacing(self, backends: Mapping[str, Backend]) -> Router:
