@@ -1,8 +1,10 @@
 """``genroute ingest`` in a process of its own that tells the Ctrl-C tests where it is (the chunker and the embedder
 themselves are the real ones).
 
-    python -m tests.ingest_worker MARKS_DIR embedding|chunking ingest PATH --collection NAME --config FILE ...
+    python -m tests.ingest_worker MARKS_DIR embedding|embedding-thread|chunking ingest PATH --collection NAME ...
     embedding -> MARKS_DIR/started once the second batch is being embedded; MARKS_DIR/ended: "finished" or "stopped"
+    embedding-thread -> as embedding, but the Ctrl-C is taken by the thread embedding the second batch, after its
+                 first pass, with the loop idle (the kernel gives a process's SIGINT to any of its threads)
     chunking  -> MARKS_DIR/started once the first chunk is cut; MARKS_DIR/chunks: how many were cut in all
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -39,15 +42,19 @@ def count_chunks(marks: Path) -> list[int]:
 
 class _AfterFirstPass:
     """The embedder's stop event, read so that the batch's first pass runs and the second waits until the Ctrl-C has
-    set it (at most 120 s): on loaded cores the batch cannot end before the signal is handled, so the test does not
-    race it, and the stop still lands between two passes of one batch."""
+    set it: on loaded cores the batch cannot end before the signal is handled, so the test does not race it, and the
+    stop still lands between two passes of one batch. The wait ends after 120 s only so that a Ctrl-C the command
+    never took shows as "finished" rather than as a hang. ``interrupt``: this thread takes the Ctrl-C before it
+    waits."""
 
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop, self.checks = stop, 0
+    def __init__(self, stop: threading.Event, *, interrupt: bool) -> None:
+        self.stop, self.checks, self.interrupt = stop, 0, interrupt
 
     def is_set(self) -> bool:
         self.checks += 1
         if self.checks == 2:
+            if self.interrupt:  # here, not on the main thread: only the loop's wakeup can get it handled
+                signal.pthread_kill(threading.get_ident(), signal.SIGINT)
             self.stop.wait(120)
         return self.stop.is_set()
 
@@ -55,8 +62,9 @@ class _AfterFirstPass:
         self.stop.set()
 
 
-def watch(marks: Path) -> None:
-    """Mark the second ``embed_array`` call's start and end on files in ``marks``."""
+def watch(marks: Path, *, interrupt: bool = False) -> None:
+    """Mark the second ``embed_array`` call's start and end on files in ``marks``; ``interrupt``: its thread takes a
+    Ctrl-C (SIGINT) after its first pass."""
     embed_array = LocalEmbedder.embed_array
     calls = 0
 
@@ -68,7 +76,7 @@ def watch(marks: Path) -> None:
             (marks / "started").write_text("")
         outcome = "finished"
         if second and kwargs.get("stop") is not None:
-            kwargs["stop"] = _AfterFirstPass(kwargs["stop"])
+            kwargs["stop"] = _AfterFirstPass(kwargs["stop"], interrupt=interrupt)
         try:
             return embed_array(self, texts, **kwargs)
         except asyncio.CancelledError:
@@ -83,8 +91,8 @@ def watch(marks: Path) -> None:
 
 if __name__ == "__main__":
     marks = Path(sys.argv[1])
-    if sys.argv[2] == "embedding":
-        watch(marks)
+    if sys.argv[2].startswith("embedding"):
+        watch(marks, interrupt=sys.argv[2] == "embedding-thread")
         sys.exit(main(sys.argv[3:]))
     cut = count_chunks(marks)
     try:

@@ -37,7 +37,8 @@ def _config(tmp_path: Path) -> Path:
 
 
 def _interrupted(marks: Path, mode: str, ingest: list[str]) -> tuple[str, str]:
-    """Run the ingest (``tests.ingest_worker`` in ``mode``), Ctrl-C it once ``marks``/started appears; its out, err."""
+    """Run the ingest (``tests.ingest_worker`` in ``mode``), Ctrl-C it once ``marks``/started appears (unless the
+    worker takes one itself: ``embedding-thread``); its out, err."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # An inherited ignored SIGINT would stay ignored in the child (see test_cli's Ctrl-C test): start it handled.
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -47,26 +48,32 @@ def _interrupted(marks: Path, mode: str, ingest: list[str]) -> tuple[str, str]:
     finally:
         signal.signal(signal.SIGINT, before)
     deadline = time.monotonic() + 300
-    while not (marks / "started").exists():
+    while mode != "embedding-thread" and not (marks / "started").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=60)
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    if mode != "embedding-thread":
+        proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, (out, err)
     assert err.strip().splitlines()[-1] == "genroute: interrupted" and "Traceback" not in err, err
     return out, err
 
 
-def test_ctrl_c_while_embedding_stops_the_batch_and_a_rerun_completes_the_collection(tmp_path: Path) -> None:
-    # 2 batches and a bit, of chunks each one distinct (identical chunks are stored once), long enough that embedding
-    # a batch takes seconds (a batch embedded before the Ctrl-C was taken would be no test).
+def _catalogue(tmp_path: Path) -> tuple[list[str], Path]:
+    """The ingest of 2 batches and a bit, of chunks each one distinct (identical chunks are stored once), long enough
+    that embedding a batch takes seconds (a batch embedded before the Ctrl-C was taken would be no test); and an
+    empty directory for the worker's marks."""
     doc = tmp_path / "doc.txt"
     doc.write_text(" ".join(f"Item {i} of the catalogue is the part numbered {i * 7919 % 10007}." for i in range(2300)))
-    kb = tmp_path / "kb"
-    ingest = ["ingest", str(doc), "--collection", "docs", "--config", str(_config(tmp_path)), "--chunk-tokens", "64",
-              "--overlap", "0"]
     marks = tmp_path / "marks"
     marks.mkdir()
+    return ["ingest", str(doc), "--collection", "docs", "--config", str(_config(tmp_path)), "--chunk-tokens", "64",
+            "--overlap", "0"], marks
+
+
+def test_ctrl_c_while_embedding_stops_the_batch_and_a_rerun_completes_the_collection(tmp_path: Path) -> None:
+    kb = tmp_path / "kb"
+    ingest, marks = _catalogue(tmp_path)
     _interrupted(marks, "embedding", ingest)  # once the first batch is written and the second is being embedded
     # Before, the worker thread embedded the whole batch of 256 (10-28 s on loaded cores) while the command waited.
     assert (marks / "ended").read_text() == "stopped"
@@ -80,6 +87,17 @@ def test_ctrl_c_while_embedding_stops_the_batch_and_a_rerun_completes_the_collec
     chunks, added, skipped = int(report["chunks"]), int(report["added"]), int(report["skipped"])
     assert chunks > 2 * BATCH and (added, skipped) == (chunks - BATCH, BATCH)
     assert build_store({"path": str(kb)}, engines={}).count_sync("docs", kind="documents") == chunks
+
+
+def test_ctrl_c_taken_by_the_embedding_thread_stops_the_batch_at_once(tmp_path: Path) -> None:
+    # The kernel hands a process's SIGINT to any of its threads. Taken by the worker embedding the batch (or one of
+    # Chroma's), Python ran asyncio's Ctrl-C handler only once the main thread ran again, and nothing woke its loop,
+    # idle until the batch was embedded: the command stopped after the batch (here, the worker's 120 s wait), not at
+    # the next pass.
+    ingest, marks = _catalogue(tmp_path)
+    _interrupted(marks, "embedding-thread", ingest)
+    assert (marks / "ended").read_text() == "stopped"
+    assert build_store({"path": str(tmp_path / "kb")}, engines={}).count_sync("docs", kind="documents") == BATCH
 
 
 def test_ctrl_c_while_a_large_file_is_chunked_ends_the_command_there(tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ look; ``--fixed-horizon`` reads the fixed-horizon 95 % CI instead, valid only fo
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 from genroute.cli_options import command_failed
 from genroute.errors import GenrouteError, UsageError
 from genroute.jsonl import check_output_dir
+from genroute.runtime.portal import run_sync
 
 
 def graduate_main(argv: Sequence[str]) -> int:
@@ -85,7 +85,7 @@ def graduate_main(argv: Sequence[str]) -> int:
         if args.fixed_horizon and not args.decide:  # it would be ignored
             raise UsageError("chooses the rule --decide reads: give it with --decide", field="--fixed-horizon")
         _refuse_other_tuning(args)
-        report = asyncio.run(_run(args))
+        report = run_sync(_run(args), "graduate")  # a Ctrl-C on any thread stops it (see run_sync)
     except GenrouteError as exc:
         return command_failed(exc, parser)
     print(report.text(), end="")

@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import signal
+import socket
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from genroute.errors import UsageError, carrying_cost
@@ -52,7 +55,52 @@ def run_sync(coro: Coroutine[Any, Any, T], api: str, *, instead: str | None = No
         raise
     if portal is not None:
         return portal.call(coro)
-    return asyncio.run(coro)
+    with asyncio.Runner() as runner, _signals_wake(runner.get_loop()):
+        return runner.run(coro)  # asyncio.run's: a Ctrl-C cancels ``coro`` (KeyboardInterrupt once it has unwound)
+
+
+@contextmanager
+def _signals_wake(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """While in it, a signal wakes ``loop`` (run on the main thread) whichever thread the kernel hands it to.
+
+    The kernel may run a process's Ctrl-C on any of its threads (a worker embedding, one of Chroma's); Python then
+    runs its handler (``asyncio.Runner``'s: cancel the main task) only once the main thread runs again, and on Unix
+    nothing wakes a loop idle in ``select`` unless a wakeup fd is set, which asyncio sets only for
+    ``loop.add_signal_handler``. So the Ctrl-C waited for whatever the loop awaited: an embedding batch run out, a
+    held answer. Left alone if something has set one already (asyncio's own, another framework's).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    reader, writer = socket.socketpair()
+    with reader, writer:
+        reader.setblocking(False)
+        writer.setblocking(False)
+        try:
+            previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except ValueError:  # an embedded interpreter whose main thread takes no signals
+            previous = None
+        if previous != -1:
+            if previous is not None:
+                signal.set_wakeup_fd(previous)
+            yield
+            return
+        loop.add_reader(reader.fileno(), _drain, reader)
+        try:
+            yield
+        finally:
+            now = signal.set_wakeup_fd(-1)
+            if now != writer.fileno():  # replaced meanwhile (a ``loop.add_signal_handler``): that one stays
+                signal.set_wakeup_fd(now)
+            loop.remove_reader(reader.fileno())
+
+
+def _drain(reader: socket.socket) -> None:
+    """Empty the wakeup socket: the signal numbers in it are only a nudge, the handlers run on their own."""
+    try:
+        reader.recv(4096)
+    except OSError:  # already empty
+        pass
 
 
 class Portal:
