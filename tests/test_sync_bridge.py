@@ -279,9 +279,10 @@ class _Interrupted(Exception):
 
 
 @contextlib.contextmanager
-def _interrupted_in_its_wait(router: Router, server: Any) -> Iterator[threading.Event]:
+def _interrupted_in_its_wait(router: Router, server: Any, *, elsewhere: bool = False) -> Iterator[threading.Event]:
     """The server's first answer interrupts the main thread (``_Interrupted``) while it waits on ``router``, and is
-    held until the yielded event is set."""
+    held until the yielded event is set. ``elsewhere``: the signal is taken by the server's thread, not the main one
+    (the kernel hands a process's Ctrl-C to any of its threads)."""
     release = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
@@ -291,7 +292,7 @@ def _interrupted_in_its_wait(router: Router, server: Any) -> Iterator[threading.
         if not release.is_set():
             while not router._portal._waiting:
                 time.sleep(0.001)
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
+            signal.pthread_kill(threading.get_ident() if elsewhere else threading.main_thread().ident, signal.SIGALRM)
             release.wait(HANG_CAP_S)
         return Reply(parts=({"text": default_text(request.body)},))
 
@@ -317,6 +318,17 @@ def test_a_sync_stream_interrupted_while_it_waits_ends_with_the_interruption(gem
                 pass
         release.set()
         assert router.generate("after").text == "echo: after"
+
+
+def test_a_sync_call_interrupted_on_another_thread_ends_before_its_answer(gemini_server):
+    # A Ctrl-C taken by another thread than the waiting main one: Python runs the handler only on the main thread,
+    # which waited on a lock that the signal did not end, so `router.generate` was interrupted only once its answer
+    # came (here held back; before, the hang cap ended the run).
+    router = Router.from_config(gemini_config(gemini_server))
+    with _interrupted_in_its_wait(router, gemini_server, elsewhere=True) as release:
+        with pytest.raises(_Interrupted):
+            router.generate("interrupted")
+        assert not release.is_set()  # the answer still held back
 
 
 def test_a_sync_call_interrupted_while_it_waits_cancels_its_request(gemini_server):

@@ -17,6 +17,7 @@ import contextvars
 import signal
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -93,6 +94,26 @@ def _signals_wake(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
             if now != writer.fileno():  # replaced meanwhile (a ``loop.add_signal_handler``): that one stays
                 signal.set_wakeup_fd(now)
             loop.remove_reader(reader.fileno())
+
+
+#: How long the main thread waits on a portal between looks at its signals (see ``_result``).
+_SIGNAL_LOOK_S = 0.25
+
+
+def _result(future: concurrent.futures.Future[T], timeout_s: float | None) -> T:
+    """``future.result(timeout_s)``, in slices on the main thread: a Ctrl-C the kernel gave another thread (the loop
+    thread, an HTTP one) is handled only once the main thread runs, and a wait on a lock did not end for it, so the
+    call waited for its answer before it was interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        return future.result(timeout_s)
+    end = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        left = _SIGNAL_LOOK_S if end is None else min(_SIGNAL_LOOK_S, end - time.monotonic())
+        try:
+            return future.result(max(left, 0.0))
+        except concurrent.futures.TimeoutError:
+            if future.done() or (end is not None and time.monotonic() >= end):
+                raise
 
 
 def _drain(reader: socket.socket) -> None:
@@ -179,7 +200,7 @@ class Portal:
         with self._lock:
             self._waiting.add(future)
         try:
-            return future.result(timeout_s)
+            return _result(future, timeout_s)
         except concurrent.futures.CancelledError:  # close() stopped the loop under this call
             raise UsageError("the router was closed while this request was in flight") from None
         except concurrent.futures.TimeoutError:  # the builtin TimeoutError since Python 3.11
