@@ -819,10 +819,15 @@ def test_ctrl_c_stops_a_graduations_training_and_writes_no_adapter(tmp_path):
         store.upsert_sync(captured(i, f"review number {i}", "positive" if i % 2 else "negative"))
     out = tmp_path / "grad"
     # Far more steps than the test waits for: only a stopped run ends in time.
-    proc = subprocess.Popen([sys.executable, "-m", "genroute.cli", "graduate", "--task", "t", "--config", str(config),
-                             "--out", str(out), "--min-examples", "4", "--epochs", "100000", "--rank", "1",
-                             "--threads", "1"], env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # An inherited ignored SIGINT would stay ignored in the command (see test_cli's Ctrl-C test): start it handled.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "genroute.cli", "graduate", "--task", "t", "--config",
+                                 str(config), "--out", str(out), "--min-examples", "4", "--epochs", "100000",
+                                 "--rank", "1", "--threads", "1"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, before)
     try:
         while not (out / "train.jsonl").exists() and proc.poll() is None:   # exported: the tuning starts
             time.sleep(0.1)
