@@ -49,7 +49,8 @@ def to(server, model):
 class Gate:
     """A server route for one model that blocks until released (or answers with an error)."""
 
-    def __init__(self, server, model, *, status=None):
+    def __init__(self, server, model, *, status=None, hold_s=10.0):
+        self.hold_s = hold_s
         self.release = threading.Event()
         self.entered = threading.Event()
         self.finished = threading.Event()
@@ -61,7 +62,7 @@ class Gate:
         try:
             if self.status is not None:
                 return Response(status=self.status, body=error_body(self.status))
-            self.release.wait(10)
+            self.release.wait(self.hold_s)
             return {"candidates": [{"content": {"role": "model", "parts": [{"text": "shadow says hi"}]},
                                     "finishReason": "STOP"}],
                     "usageMetadata": {"promptTokenCount": 100, "candidatesTokenCount": 10, "totalTokenCount": 110}}
@@ -117,11 +118,11 @@ def test_shadow_is_ended_by_its_deadline(gemini_server, otel):
     try:
         # Build the client first (an explicit backend has no shadows): the first call can take seconds.
         router.generate("warm up", backend="chat", timeout_s=60)
-        gate = Gate(gemini_server, "gemini-2.5-pro")
+        gate = Gate(gemini_server, "gemini-2.5-pro", hold_s=60)
         gemini_server.reply_text("Paris.")
         assert router.generate("Capital?").text == "Paris."
-        # The shadow's server call blocks for 10 s; the router's 3 s timeout is the shadow's deadline.
-        bound = time.monotonic() + 8
+        # The shadow's server call blocks for 60 s (released below); the router's 3 s timeout is the shadow's deadline.
+        bound = time.monotonic() + 50
         while not otel.spans("genroute.shadow") and time.monotonic() < bound:
             time.sleep(0.05)
         assert gate.entered.is_set() and not gate.finished.is_set()

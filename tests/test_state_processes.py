@@ -101,8 +101,8 @@ def test_a_replica_killed_while_it_holds_has_its_hold_charged_at_its_estimate_wh
     config["state"] = {"kind": "redis", "url": redis_server.url, "prefix": "killed:", "timeout_s": TIMEOUT_S,
                        "connect_timeout_s": TIMEOUT_S}
     gemini_server.fault(Fault.delay(30.0))  # the provider takes the request and is slow to answer
-    # Request deadline 10 s: its hold lives 12 s, time enough to see it held on a loaded machine.
-    with _running([_worker("tests.router_phases_worker", json.dumps(config), "1", "10")]) as (worker,):
+    # Request deadline 20 s: its hold lives 22 s, time enough to see it held on a loaded machine.
+    with _running([_worker("tests.router_phases_worker", json.dumps(config), "1", "20")]) as (worker,):
         assert _line(worker) == "ready"
         _say(worker)
         deadline = time.monotonic() + 60
