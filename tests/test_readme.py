@@ -1,4 +1,8 @@
-"""Every Python and YAML block of README.md runs here, so the README cannot drift from the code.
+"""Every Python and YAML block of README.md and of each page in docs/ runs here, so they cannot drift from the code.
+
+README.md is what a newcomer reads first; docs/*.md hold the reference it links to. Everything below holds for
+every one of these pages alike ("the README" below means all of them); every relative link and anchor between
+them must resolve (``test_every_relative_link_resolves``), and every docs page is linked from README.md.
 
 How blocks are run:
 
@@ -25,17 +29,17 @@ with any of these space-separated directives:
   ``redis`` (a real ``redis-server`` on a free loopback port, its URL in ``REDIS_URL``; missing is a failure)
   and ``local`` (marks the block ``local``: it uses the real local model). Add a setup here when a new README
   section needs one.
-- ``file=PATH``: the block is also written to ``PATH`` (relative) in the working directory of every block
-  (before or after it: a README may use ``genroute.yaml`` before it shows it), so a block can load the
-  configuration or import a module the README showed.
-- ``continue``: a Python block that runs right after the Python block before it, in the same namespace and
-  working directory (for a section that goes on with the objects the previous block made).
+- ``file=PATH``: the block is also written to ``PATH`` (relative) in the working directory of every block, of
+  every page (before or after it: a page may use ``genroute.yaml``, which README.md shows), so a block can load
+  the configuration or import a module another block showed.
+- ``continue``: a Python block that runs right after the Python block before it on the same page, in the same
+  namespace and working directory (for a section that goes on with the objects the previous block made).
 - ``not-config``: a YAML block that is data, not a router configuration (it is only parsed).
 
 There is no "skip": a block that cannot run as written is a README bug. Blocks in other languages (bash,
 plain text) are not run here; the commands in the Quickstart are what ``.ci/run`` itself runs, every flag the
 plain ``genroute ...`` command blocks show is checked against that command's own parser (and every flag a command
-takes must be shown there), the error tree against
+takes must be shown in one of them, on some page: docs/cli.md lists them all), the error tree against
 ``genroute.errors`` and the outcome-matrix line against the matrix reader.
 """
 
@@ -61,7 +65,10 @@ from typing import Any
 import pytest
 import yaml
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+PAGES = [README, *sorted(DOCS.glob("*.md"))]
 _FENCE = re.compile(r"^```(\w*)\s*$")
 _DIRECTIVE = re.compile(r"^<!--\s*readme-test:(?P<body>.*?)-->\s*$")
 _KNOWN = {"setup", "file", "continue", "not-config"}
@@ -74,6 +81,7 @@ class Block:
     line: int
     lang: str
     code: str
+    page: str = "README.md"
     setups: tuple[str, ...] = ()
     file: str | None = None
     cont: bool = False
@@ -81,8 +89,9 @@ class Block:
     previous: Block | None = field(default=None, repr=False)
 
 
-def readme_blocks(text: str) -> list[Block]:
-    """The Python and YAML blocks of ``text``, in order, with their directives (bad directives raise)."""
+def readme_blocks(text: str, page: str = "README.md") -> list[Block]:
+    """The Python and YAML blocks of ``text`` (the page ``page``), in order, with their directives (bad directives
+    raise)."""
     lines = text.splitlines()
     blocks: list[Block] = []
     last_python: Block | None = None
@@ -95,26 +104,26 @@ def readme_blocks(text: str) -> list[Block]:
         lang, start = match.group(1).lower(), i
         end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), None)
         if end is None:
-            raise ValueError(f"README.md:{i + 1}: unclosed code fence")
+            raise ValueError(f"{page}:{i + 1}: unclosed code fence")
         i = end + 1
-        directives = _directives(lines, start)
+        directives = _directives(lines, start, page)
         if lang not in {"python", "py", "yaml", "yml"}:
             if directives:
-                raise ValueError(f"README.md:{start + 1}: readme-test directive above a {lang or 'plain'} block")
+                raise ValueError(f"{page}:{start + 1}: readme-test directive above a {lang or 'plain'} block")
             continue
         block = Block(line=start + 1, lang="python" if lang in {"python", "py"} else "yaml",
-                      code="\n".join(lines[start + 1:end]) + "\n")
+                      code="\n".join(lines[start + 1:end]) + "\n", page=page)
         for name, value in directives:
             if name == "setup":
                 block.setups = tuple(s for s in value.split(",") if s)
                 unknown = set(block.setups) - set(SETUPS)
                 if unknown:
-                    raise ValueError(f"README.md:{block.line}: unknown setup {sorted(unknown)} (see {__file__})")
+                    raise ValueError(f"{page}:{block.line}: unknown setup {sorted(unknown)} (see {__file__})")
             elif name == "file":
                 block.file = value
             elif name == "continue":
                 if block.lang != "python" or last_python is None:
-                    raise ValueError(f"README.md:{block.line}: `continue` needs a Python block before it")
+                    raise ValueError(f"{page}:{block.line}: `continue` needs a Python block before it")
                 block.cont, block.previous = True, last_python
             elif name == "not-config":
                 block.config = False
@@ -124,7 +133,7 @@ def readme_blocks(text: str) -> list[Block]:
     return blocks
 
 
-def _directives(lines: list[str], fence: int) -> list[tuple[str, str]]:
+def _directives(lines: list[str], fence: int, page: str = "README.md") -> list[tuple[str, str]]:
     """The directives of the comment right above line ``fence`` (blank lines between are allowed)."""
     j = fence - 1
     while j >= 0 and not lines[j].strip():
@@ -136,7 +145,7 @@ def _directives(lines: list[str], fence: int) -> list[tuple[str, str]]:
     for item in match["body"].split():
         name, _, value = item.partition("=")
         if name not in _KNOWN:
-            raise ValueError(f"README.md:{j + 1}: unknown readme-test directive {name!r} (known: {sorted(_KNOWN)})")
+            raise ValueError(f"{page}:{j + 1}: unknown readme-test directive {name!r} (known: {sorted(_KNOWN)})")
         found.append((name, value))
     return found
 
@@ -216,11 +225,17 @@ SETUPS: dict[str, Setup] = {"gemini": _gemini, "app": _app, "redis": _redis, "lo
 
 # -- the tests ------------------------------------------------------------------------------------------
 
-BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
+def _page_name(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+TEXTS = {_page_name(path): path.read_text(encoding="utf-8") for path in PAGES}
+TEXT = "\n".join(TEXTS.values())  # every page, for the checks that hold over README and docs together
+BLOCKS = [block for name, text in TEXTS.items() for block in readme_blocks(text, name)]
 
 
 def _params() -> list[Any]:
-    return [pytest.param(b, id=f"line{b.line}-{b.lang}",
+    return [pytest.param(b, id=f"{b.page}-line{b.line}-{b.lang}",
                          marks=[pytest.mark.local] if "local" in b.setups else []) for b in BLOCKS]
 
 
@@ -267,8 +282,8 @@ def _check_yaml(block: Block) -> None:
 
 
 def _run_python(block: Block, namespace: dict[str, Any]) -> None:
-    filename = f"README.md:{block.line}"
-    # Line numbers in tracebacks point into README.md.
+    filename = f"{block.page}:{block.line}"
+    # Line numbers in tracebacks point into the page.
     source = "\n" * block.line + block.code
     code = compile(source, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     out = io.StringIO()
@@ -357,7 +372,7 @@ def _command_lines(text: str) -> dict[str, set[str]]:
 def test_every_collection_name_the_readme_shows_is_one_chroma_takes() -> None:
     from genroute.knowledge.collection_checks import check_collection_name
 
-    names = re.findall(r"--collection ([a-z][\w.-]*)", README.read_text(encoding="utf-8"))  # METAVARS are upper
+    names = re.findall(r"--collection ([a-z][\w.-]*)", TEXT)  # METAVARS are upper
     assert names
     for name in names:
         check_collection_name(name, "collection")  # UsageError for a name Chroma refuses (too short, say)
@@ -368,7 +383,7 @@ def test_every_command_line_flag_the_readme_shows_exists(capsys: pytest.CaptureF
     one the command takes."""
     from genroute.cli import main
 
-    shown = _command_lines(README.read_text(encoding="utf-8"))
+    shown = _command_lines(TEXT)
     assert {"demo", "generate", "ingest", "bench", "tune", "compile", "graduate"} <= set(shown)
     for command, flags in sorted(shown.items()):
         with pytest.raises(SystemExit) as done:
@@ -380,12 +395,12 @@ def test_every_command_line_flag_the_readme_shows_exists(capsys: pytest.CaptureF
 
 
 def test_every_flag_a_command_takes_is_in_the_readme(capsys: pytest.CaptureFixture[str]) -> None:
-    """The other way round: *Command line* is where a reader looks for a command's flags, so every flag a command
-    takes is shown in a ``genroute <command>`` line of the README's plain command blocks (a flag added to a parser
-    and not to the README fails here)."""
+    """The other way round: docs/cli.md is where a reader looks for a command's flags, so every flag a command
+    takes is shown in a ``genroute <command>`` line of the plain command blocks of README.md and docs/ (a flag added
+    to a parser and not to the docs fails here)."""
     from genroute.cli import main
 
-    shown = _command_lines(README.read_text(encoding="utf-8"))
+    shown = _command_lines(TEXT)
     commands = {"demo", "generate", "ingest", "bench", "tune", "compile", "graduate"}
     for command in sorted(commands):
         with pytest.raises(SystemExit) as done:
@@ -395,7 +410,7 @@ def test_every_flag_a_command_takes_is_in_the_readme(capsys: pytest.CaptureFixtu
         takes = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", usage)) - {"--help"}
         assert takes, f"no flags parsed from `genroute {command} --help`"
         unshown = sorted(takes - shown.get(command, set()))
-        assert not unshown, f"`genroute {command}` takes {unshown}, which the README's command lines do not show"
+        assert not unshown, f"`genroute {command}` takes {unshown}, which no page's command lines show"
 
 
 def test_the_readme_config_builds_without_the_application_files(tmp_path: Path,
@@ -414,8 +429,8 @@ def test_the_readme_config_builds_without_the_application_files(tmp_path: Path,
 
 
 def test_every_built_in_setting_is_in_the_readme() -> None:
-    """Each setting of the config's sections and of every built-in engine, backend and policy is named in the README
-    (as code: `name`), so a setting added to a config model without a word for its users fails here. (The README
+    """Each setting of the config's sections and of every built-in engine, backend and policy is named in README.md or
+    docs/ (as code: `name`), so a setting added to a config model without a word for its users fails here. (The README
     lacked, among others, icl's `example_template`, the ladder's `climb`, knowledge's `ef_search`.)"""
     import importlib
 
@@ -434,7 +449,7 @@ def test_every_built_in_setting_is_in_the_readme() -> None:
         for target in kinds.values():
             module, _, name = target.partition(":")
             models.append(getattr(importlib.import_module(module), name).Config)
-    text = README.read_text(encoding="utf-8")
+    text = TEXT
     fenced = re.findall(r"^```\w*\n(.*?)^```\n", text, flags=re.S | re.M)  # the examples name settings too
     prose = re.sub(r"^```\w*\n.*?^```\n", "", text, flags=re.S | re.M)
     spans = re.findall(r"`([^`]+)`", prose.replace("```", ""))  # a fence written in the text, as ``` is
@@ -445,10 +460,10 @@ def test_every_built_in_setting_is_in_the_readme() -> None:
 
 
 def test_the_readme_error_tree_is_genroute_errors() -> None:
-    """The tree under *Errors* names every error class with its parent, as ``genroute.errors`` defines them."""
+    """The tree in docs/errors.md names every error class with its parent, as ``genroute.errors`` defines them."""
     import genroute.errors
 
-    tree = next(b for b in _plain_blocks(README.read_text(encoding="utf-8")) if b and b[0] == "GenrouteError")
+    tree = next(b for b in _plain_blocks(TEXT) if b and b[0] == "GenrouteError")
     parents: dict[str, str] = {}
     stack = ["GenrouteError"]  # stack[d] is the class whose children sit at depth d + 1
     for line in tree[1:]:
@@ -469,7 +484,7 @@ def test_the_outcome_matrix_line_the_readme_shows_loads(tmp_path: Path) -> None:
     """The one-line outcome matrix is what ``genroute bench --outcomes`` reads: id and task from metadata."""
     from genroute.bench.outcomes import load_matrix
 
-    lines = [line for b in _plain_blocks(README.read_text(encoding="utf-8")) for line in b if line.startswith("{")]
+    lines = [line for b in _plain_blocks(TEXT) for line in b if line.startswith("{")]
     assert lines
     (tmp_path / "matrix.jsonl").write_text("\n".join(lines) + "\n")
     matrix = load_matrix(tmp_path / "matrix.jsonl")
@@ -487,3 +502,88 @@ def test_the_install_script_refuses_an_old_python_at_once(tmp_path: Path) -> Non
                           env={**os.environ, "PYTHON": str(old), "GENROUTE_VENV": str(venv)}, timeout=60)
     assert done.returncode == 1 and "Python 3.11 or later" in done.stderr, done.stderr
     assert not venv.exists()
+
+
+# -- links between the pages ----------------------------------------------------------------------------
+
+_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^()\s]+)\)")
+
+
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower-case, punctuation dropped, spaces to ``-``."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def page_anchors(text: str) -> set[str]:
+    """The anchors of ``text``'s headings (outside code fences; a repeated heading's gets ``-1``, ``-2``...)."""
+    anchors: set[str] = set()
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        match = None if fenced else re.match(r"^#{1,6} (.+?)\s*#*\s*$", line)
+        if match:
+            anchor = heading_anchor(match.group(1))
+            n, unique = 0, anchor
+            while unique in anchors:
+                n += 1
+                unique = f"{anchor}-{n}"
+            anchors.add(unique)
+    return anchors
+
+
+def relative_links(text: str) -> list[tuple[int, str]]:
+    """``(line, target)`` of each Markdown link in ``text`` that is not to a URL (outside code fences and spans)."""
+    found, fenced = [], False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        for target in _LINK.findall(re.sub(r"`[^`]*`", "", line)):
+            if not re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+                found.append((number, target))
+    return found
+
+
+def broken_links(path: Path) -> list[str]:
+    """The relative links of the page ``path`` whose file or heading anchor does not exist."""
+    broken = []
+    for line, target in relative_links(path.read_text(encoding="utf-8")):
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        if not linked.exists():
+            broken.append(f"{path.name}:{line}: {target} (no such file)")
+        elif anchor and (linked.suffix != ".md" or anchor not in page_anchors(linked.read_text(encoding="utf-8"))):
+            broken.append(f"{path.name}:{line}: {target} (no heading with that anchor)")
+    return broken
+
+
+def test_heading_anchors_are_githubs() -> None:
+    text = ("# Testing your application: `genroute.testing`\n## Shared state: budgets, rate limits\n"
+            "```\n# not a heading\n```\n## Use it\n## Use it\n### What `DIR` receives\n")
+    assert page_anchors(text) == {"testing-your-application-genroutetesting", "shared-state-budgets-rate-limits",
+                                  "use-it", "use-it-1", "what-dir-receives"}
+
+
+def test_a_broken_link_is_found(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("# A\n## Use it\n[ok](#use-it) [ok](b.md#b) [ok](https://x.org/#y)\n"
+                                   "`[code](nope.md)` [bad](nope.md) [bad](b.md#nope) [bad](#b)\n")
+    (tmp_path / "b.md").write_text("# B\n")
+    assert broken_links(tmp_path / "a.md") == ["a.md:4: nope.md (no such file)",
+                                               "a.md:4: b.md#nope (no heading with that anchor)",
+                                               "a.md:4: #b (no heading with that anchor)"]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_name)
+def test_every_relative_link_resolves(page: Path) -> None:
+    """Each relative link of README.md and docs/ names a file of the checkout and, with ``#anchor``, a heading of
+    it (a section renamed or moved to another page without its links fails here)."""
+    assert broken_links(page) == []
+
+
+def test_every_docs_page_is_linked_from_the_readme() -> None:
+    """README.md's map names every page of docs/, so no reference page is out of a newcomer's reach."""
+    linked = {(README.parent / target.partition("#")[0]).resolve() for _, target in relative_links(TEXTS["README.md"])}
+    assert [_page_name(page) for page in PAGES[1:] if page.resolve() not in linked] == []
