@@ -26,7 +26,7 @@ collector, and the net GC-tracked allocations before the end-of-window collectio
   (``raw_sdk``: neither side reads proxy settings and netrc before each request);
 - ``routed``: ``router.agenerate`` on the same server, OTel SDK recording every span;
 - ``bare_span``: one OTel SDK span with 10 attributes (the unit of the issue's target);
-- ``mandated``: only the spans and attributes the telemetry contract (ARCHITECTURE.md, README "Telemetry") puts
+- ``mandated``: only the spans and attributes the telemetry contract (ARCHITECTURE.md, docs/telemetry.md) puts
   on a request its first rung served (no ``genroute.rung`` event there), made directly with the OTel SDK the
   cheapest way (``start_span`` with the attributes known at its start, one ``set_attributes`` for those known at
   its end, the span made current by ``context.attach``/``detach``, as genroute does: ``start_as_current_span``'s

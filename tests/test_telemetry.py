@@ -320,11 +320,11 @@ def test_no_op_meter_provider_reads_nothing(gemini_server):
         assert router.generate("hello").cost_usd > 0  # cost is still summed: only the metric points are skipped
 
 
-def test_every_attribute_of_a_streamed_root_span_is_in_the_readmes_root_span_list(gemini_server, otel):
-    """The README's list of the root span's attributes left out `genroute.time_to_first_token_s` (and the local
-    model's `genroute.cloud_equivalent.cost.amount`), which a stream's root span carries."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("**The root span**", 1)[1].split("**Child spans**", 1)[0]
+def test_every_attribute_of_a_streamed_root_span_is_in_the_docs_root_span_list(gemini_server, otel):
+    """The root span's attribute list (README, now docs/telemetry.md) left out `genroute.time_to_first_token_s` (and
+    the local model's `genroute.cloud_equivalent.cost.amount`), which a stream's root span carries."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "telemetry.md").read_text(encoding="utf-8")
+    section = page.split("**The root span**", 1)[1].split("**Child spans**", 1)[0]
     gemini_server.reply_text("one two", usage=(4, 2), chunks=2)
     with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
         list(router.stream("count", task="t"))
