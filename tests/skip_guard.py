@@ -1,6 +1,6 @@
 """No silent skips in CI: with ``GENROUTE_NO_SKIPS=1`` (``.ci/run`` sets it) a skipped test fails the run.
 
-The README says every test runs in CI (``local`` and ``chroma_server`` included), so a skip there means a
+docs/install.md says every test runs in CI (``local`` and ``chroma_server`` included), so a skip there means a
 capability went untested: a missing extra, server or binary. An install that cannot run some tests names them in
 a file given by ``GENROUTE_ALLOWED_SKIPS`` (one node id or test-file path per line, ``#`` comments), e.g.
 ``tests/skips/light_install.txt`` for ``GENROUTE_EXTRAS=local,dev``; those may skip, and are listed at the end.
