@@ -63,7 +63,8 @@ def test_extra_columns_load_with_one_warning_naming_the_keys_and_the_first_line(
 
 
 def test_a_benchmark_file_with_columns_of_its_own_is_no_tuning_file(tmp_path: Path) -> None:
-    """As the README says: the bench reads past a dataset's own columns, `genroute tune` refuses them by line."""
+    """As docs/benchmarks.md says: the bench reads past a dataset's own columns; `genroute tune` refuses them by
+    line."""
     from genroute.tuning.data import load_examples
 
     rows = [{"input": "q1", "label": "pos"}, {"input": "q2", "label": "neg", "source": "web"}]

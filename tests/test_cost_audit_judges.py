@@ -29,7 +29,8 @@ def _judged(server: Any, state: dict[str, Any], tmp_path: Any, budget_usd: float
 
 
 def test_a_judge_call_is_charged_to_the_request_it_checks_everywhere(gemini_server, otel, state, tmp_path):
-    # README: the judge call has its own budget reservation, and its cost and tokens count in the rung it checks.
+    # docs/configuration.md: the judge call has its own budget reservation, and its cost and tokens count in the rung
+    # it checks.
     # Would catch: the judge's call missing from the result's cost (it is a call the request made), from the
     # budget's settle (a judge spending past the budget unseen), or counted twice (its span and its rung).
     served, verdict = tokens(900, 120), tokens(1100, 1)
@@ -75,7 +76,8 @@ def _shadow_cost(otel: Any) -> float:
 
 def test_a_shadow_is_charged_to_the_budget_and_its_own_span_never_to_the_served_answer(
         gemini_server, otel, state, tmp_path):
-    # README: a shadow's cost is on its `genroute.shadow` span and its budgets' settle, never in the served answer's.
+    # docs/costs.md: a shadow's cost is on its `genroute.shadow` span and its budgets' settle, never in the served
+    # answer's.
     # Would catch: the shadow's call added to the result or the root span (the request would look dearer than the
     # backend that served it), left out of the budget (shadows spending unseen), or its side of the outcome record
     # holding the served cost (or the other way round).

@@ -93,7 +93,7 @@ async def test_an_ingest_that_fails_part_way_says_what_its_stored_batches_cost(g
     finally:
         await router.aclose()
     first = _embedded(gemini_server)[:4]
-    assert stored == 4  # whole batches stay: a re-run adds only what is missing (README, `rag`)
+    assert stored == 4  # whole batches stay: a re-run adds only what is missing (docs/configuration.md, `rag`)
     assert err.value.cost_usd == pytest.approx(sum(estimate_tokens(t) for t in first) * EMBED)
     assert err.value.cost_estimated
 

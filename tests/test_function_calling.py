@@ -616,7 +616,7 @@ def test_a_tool_error_that_quotes_credentials_reaches_neither_the_model_nor_the_
         gemini_server: GeminiTestServer, otel: Otel) -> None:
     """A tool whose exception quoted an API key or a URL with its password (as HTTP and database clients' errors
     do) had that text sent to the model as the tool's error, kept in `result.tool_calls` and, with content capture,
-    written into the spans (the README: "keys never"); it is now masked there, the rest of the message kept."""
+    written into the spans (docs/telemetry.md: "keys never"); it is now masked there, the rest of the message kept."""
     key = "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW"
 
     def fetch(path: str) -> str:

@@ -223,8 +223,8 @@ SLOW_READER_DEADLINES_S = (1.0, 4.0, 15.0)
 @pytest.mark.parametrize("loop_deadline", [False, True], ids=["request-deadline", "loop-deadline"])
 async def test_a_slow_stream_reader_is_not_cut_by_the_tool_loops_deadline(gemini_server: GeminiTestServer,
                                                                          otel: Otel, loop_deadline: bool) -> None:
-    # The time a reader holds a chunk moves a stream's deadline on (README); the tool loop kept its own deadline fixed
-    # from its start, so a reader that held the first turn's text past it got StreamInterrupted ("deadline reached
+    # The time a reader holds a chunk moves a stream's deadline on (docs/configuration.md); the tool loop kept its own
+    # deadline fixed from its start, so a reader that held the first turn's text past it got StreamInterrupted ("deadline reached
     # after 1 tool step(s)") where a plain stream went on. That error is also what a run whose own work outlasted the
     # deadline gets: it is judged only when the work took under half the deadline (or at the last deadline).
     looked: list[str] = []

@@ -186,8 +186,8 @@ def test_any_provider_answer_gives_an_honest_cost_or_a_genroute_error(gemini_ser
         if not result.cost_estimated:
             assert result.cost_usd == pytest.approx(prices.cost(MODEL, result.usage)), what
         assert _root_cost(otel) == pytest.approx(result.cost_usd), what
-        for call in result.tool_calls:  # arguments that fail the tool's model never reach it (README: the model is
-            # told what was wrong, the call is listed as invalid_args)
+        for call in result.tool_calls:  # arguments that fail the tool's model never reach it (docs/configuration.md:
+            # the model is told what was wrong, the call is listed as invalid_args)
             if call.outcome == "ok":
                 assert isinstance(call.args.get("city"), str) and call.result == get_weather(**call.args), what
             elif call.name == "get_weather" and not isinstance(call.args.get("city"), str):

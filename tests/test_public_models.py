@@ -5,7 +5,7 @@ raised pydantic's ``ValidationError``, a ``ValueError`` outside genroute's error
 raises ``ConfigError`` and any other public model ``UsageError``, with ``field`` the dotted path of the first
 invalid field from the model the user built and pydantic's error as ``__cause__`` (``genroute.public_model``).
 The models are found, not listed: ``genroute.__all__``, each public package's ``__all__``, every built-in kind's
-``Config`` and the README's settings built in code, so a model added to any of them is covered.
+``Config`` and the settings the docs build in code, so a model added to any of them is covered.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from genroute import ConfigError, UsageError
 from genroute.public_model import ConfigModel, PublicModel
 from genroute.registry import BUILTIN
 
-#: Settings the README builds in code that no package exports (``tune=LocalTuneConfig(...)``, ``vertex=...``).
+#: Settings the docs build in code that no package exports (``tune=LocalTuneConfig(...)``, ``vertex=...``).
 _README_MODELS = ("genroute.tuning.local_lora:LocalTuneConfig", "genroute.tuning.vertex:VertexTuningSettings",
                   "genroute.engines.local:LocalEngineConfig")
 
@@ -169,7 +169,7 @@ def test_a_refused_secret_is_not_quoted() -> None:
 
 
 def test_model_copy_validates_nothing() -> None:
-    # pydantic's model_copy(update=...) and model_construct check nothing: nothing to convert (README says so).
+    # pydantic's model_copy(update=...) and model_construct check nothing: nothing to convert (docs/errors.md says so).
     from genroute import Rung
 
     assert Rung(backend="a").model_copy(update={"backend": 5}).backend == 5

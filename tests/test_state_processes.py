@@ -91,8 +91,8 @@ def _shadowed_budget(server: Any, tmp_path: Path, url: str, prefix: str, **state
 
 def test_a_replica_killed_while_it_holds_has_its_hold_charged_at_its_estimate_when_it_lapses(
         gemini_server, redis_server: RedisServer) -> None:  # noqa: F811
-    # What the README promises: a hold lapses 2 s after its request's deadline and is then charged at its estimate,
-    # so the attempt of a process killed after the provider took it still counts against the shared budget.
+    # What docs/shared-state.md promises: a hold lapses 2 s after its request's deadline and is then charged at its
+    # estimate, so the attempt of a process killed after the provider took it still counts against the shared budget.
     gemini_server.default_reply = lambda req: Reply(parts=({"text": "ok"},), usage=USAGE)
     one = cost(FLASH, USAGE)
     config = gemini_config(gemini_server)

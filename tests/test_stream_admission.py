@@ -50,8 +50,8 @@ def _in_time(run: Callable[[float], Coroutine[Any, Any, T]]) -> T:
 
 
 def test_a_slow_readers_stream_keeps_its_budget_hold_past_the_first_deadline(gemini_server, monkeypatch) -> None:
-    """The reader's time moves a stream's deadline on (README), so its hold must not lapse at the first deadline: the
-    budget has room for one answer, and a second request is refused while the first is still being read."""
+    """The reader's time moves a stream's deadline on (docs/shared-state.md), so its hold must not lapse at the first
+    deadline: the budget has room for one answer, and a second request is refused while the first is still being read."""
     monkeypatch.setattr(genroute.admission, "HOLD_MARGIN_S", 0.0)  # a deadline-bound hold lapses at the deadline
 
     async def main(timeout_s: float) -> tuple[Any, dict[str, float], BaseException | None, dict[str, float]]:
@@ -112,7 +112,8 @@ def test_a_slow_reader_that_stops_past_the_first_deadline_is_no_breaker_failure(
 
 @pytest.mark.parametrize("fault", [Fault.status(503, after_chunks=1), Fault.cut_stream(1)], ids=["503", "cut"])
 def test_a_provider_failure_in_the_middle_of_a_stream_counts_for_the_breaker(gemini_server, fault) -> None:
-    """A 5xx or a cut connection after the first chunk is as unhealthy as one before it (README: breakers)."""
+    """A 5xx or a cut connection after the first chunk is as unhealthy as one before it (docs/shared-state.md:
+    breakers)."""
     gemini_server.fault(fault, times=2)
 
     interrupted, refused = asyncio.run(_streams_then_one(_breaker_config(gemini_server, failures=2), 2))
@@ -122,7 +123,7 @@ def test_a_provider_failure_in_the_middle_of_a_stream_counts_for_the_breaker(gem
 
 
 def test_a_429_with_retry_after_in_the_middle_of_a_stream_opens_the_breaker_for_that_long(gemini_server) -> None:
-    """As one before the first chunk does (README: breakers), whatever ``failures`` says."""
+    """As one before the first chunk does (docs/shared-state.md: breakers), whatever ``failures`` says."""
     gemini_server.fault(Fault.status(429, retry_after=90, after_chunks=1))
 
     async def main() -> tuple[StreamInterrupted, dict[str, float]]:

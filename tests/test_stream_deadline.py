@@ -231,7 +231,8 @@ def test_a_backends_slow_step_after_output_was_sent_is_stream_interrupted_with_i
 @pytest.mark.parametrize("mode", MODES)
 def test_a_reader_slower_than_the_deadline_is_not_cut_while_each_step_is_quick(mode):
     """The deadline bounds the time spent producing the stream; the reader's own time between chunks is its own
-    (README: a stream's deadline). The judge that checks the answer after the last chunk still has its time."""
+    (docs/requests.md: a stream's deadline). The judge that checks the answer after the last chunk still has its
+    time."""
     def case(run: Run) -> None:
         run.server.reply_text("one two three", usage=(1000, 100), chunks=3)
         run.server.reply_text("PASS", usage=(100, 1))

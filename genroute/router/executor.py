@@ -147,7 +147,7 @@ class Executor(Shadows):
                                     held = time.perf_counter()
                                     try:
                                         yield GenerateChunk(text=item)
-                                    finally:  # also for a reader that stops: its time is not the request's (README)
+                                    finally:  # also a reader that stops: not the request's time (docs/requests.md)
                                         read = time.perf_counter() - held  # neither in its deadline nor its latency
                                         read_s += read
                                         if ctx.deadline is not None:
