@@ -22,7 +22,8 @@ import pytest
 
 from genroute.bench.calls import calls_match, standardize
 from genroute.bench.datasets import BenchRecord, load_records
-from genroute.bench.scorers import f1, frame_exact, frame_f1, gold_answers, normalize, resolve_scorer
+from genroute.bench.scorers import frame_exact, frame_f1, gold_answers, resolve_scorer
+from genroute.bench.text_match import f1, normalize
 from genroute.types import DecisionRecord, GenerateResult, ToolCall
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,8 +26,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("genroute.engines",),
     # Labeled data and scorers are leaves the outcome scoring shares with the benchmark.
     ("genroute.knowledge", "genroute.tuning", "genroute.bench.datasets", "genroute.bench.scorers",
-     "genroute.bench.calls", "genroute.bench.stats", "genroute.bench.intervals", "genroute.bench.clusters",
-     "genroute.bench.exact_tests", "genroute.bench.score_checks", "genroute.bench.sequential"),
+     "genroute.bench.text_match", "genroute.bench.calls", "genroute.bench.stats", "genroute.bench.intervals",
+     "genroute.bench.clusters", "genroute.bench.exact_tests", "genroute.bench.score_checks", "genroute.bench.sequential"),
     ("genroute.backends", "genroute.policies"),
     ("genroute.router", "genroute.outcomes"),
     ("genroute.graduation",),

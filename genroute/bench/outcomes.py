@@ -30,7 +30,7 @@ from genroute.bounds import is_real, is_whole
 from genroute.bench.datasets import BenchRecord, given_id
 from genroute.bench.matrix_cells import MatrixCells
 from genroute.bench.runner import Outcome
-from genroute.bench.scorers import UNSEGMENTED
+from genroute.bench.text_match import UNSEGMENTED
 from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
