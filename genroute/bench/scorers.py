@@ -180,6 +180,16 @@ Answer to grade: {answer}
 Is the answer correct?"""
 
 
+def judge_prompt(question: str, reference: str, answer: str) -> str:
+    """What a judge backend is asked of ``answer`` (``judge:BACKEND``: a benchmark's scorer, or ``outcomes.scorer``)."""
+    return _JUDGE_PROMPT.format(question=question, reference=reference, answer=answer)
+
+
+def judge_score(verdict: str) -> float:
+    """A judge's reply as a score: 1 for yes, 0 for anything else."""
+    return float(normalize(verdict).startswith("yes"))
+
+
 @dataclass(frozen=True)
 class Scorer:
     """A named scorer: a plain function, or a judge backend asked through the router."""
@@ -201,11 +211,10 @@ class Scorer:
             raise UsageError("a judge scorer needs the router", field="scorer")
         from genroute.types import GenerateRequest
 
-        prompt = _JUDGE_PROMPT.format(question=record.input, reference=record.label or record.output,
-                                      answer=result.text)
+        prompt = judge_prompt(record.input, record.label or record.output, result.text)
         # A judge failure propagates: the runner records it as a JudgeError instead of a silent 0.
         verdict = await router.agenerate(GenerateRequest(input=prompt, backend=self.judge, task="judge"))
-        return float(normalize(verdict.text).startswith("yes")), verdict.cost_usd
+        return judge_score(verdict.text), verdict.cost_usd
 
     def checked(self, value: Any, record: BenchRecord) -> float:
         """``value`` as a score; a NaN, an infinity, a bool or a number outside [0, 1] would poison every mean and

@@ -61,12 +61,12 @@ class ShadowScorer:
         if reference is None:
             return None
         if self.judge is not None:
-            from genroute.bench.scorers import _JUDGE_PROMPT, normalize
+            from genroute.bench.scorers import judge_prompt, judge_score
             from genroute.types import GenerateRequest as Request
 
-            prompt = _JUDGE_PROMPT.format(question=request.input, reference=reference, answer=output.text)
+            prompt = judge_prompt(request.input, reference, output.text)
             verdict, cost = await run_judge(self.judge, Request(input=prompt, task="judge"))
-            return Scored(float(normalize(verdict.text).startswith("yes")), cost)
+            return Scored(judge_score(verdict.text), cost)
         assert self.fn is not None
         from genroute.bench.scorers import Scorer
 
