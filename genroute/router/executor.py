@@ -14,7 +14,8 @@ from genroute.backends.base import BackendOutput
 from genroute.errors import (
     BackendError, BackendRejected, BudgetExceeded, ConfigError, GenrouteError, StreamInterrupted, ValidationFailed,
 )
-from genroute.runtime.context import RunContext, add_spend
+from genroute.runtime.context import RunContext
+from genroute.runtime.spend import add_spend
 from genroute.router.attempt import admitted
 from genroute.router.ledger import Ledger
 from genroute.router.shadows import MAX_SHADOWS, Shadows

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from genroute.errors import AllRungsFailed, BackendError, BudgetExceeded, GenrouteError, ValidationFailed
 from genroute.construct import builder, from_values
-from genroute.runtime.context import add_spend
+from genroute.runtime.spend import add_spend
 from genroute.types import NO_USAGE, Citation, DecisionRecord, GenerateResult, RungAttempt, ToolCall, Usage
 
 if TYPE_CHECKING:

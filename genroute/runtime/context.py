@@ -5,15 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import aclosing, contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry.context import detach
 from opentelemetry import trace
+from opentelemetry.context import detach
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from genroute.runtime.billing import Charges, Meter, charging, counts_output, filled_usage, metering
 from genroute.construct import user_content
 from genroute.errors import GenrouteError
+from genroute.runtime.billing import Charges, Meter, charging, counts_output, filled_usage, metering
 from genroute.runtime.messages import output_messages, request_attributes
 from genroute.runtime.received import CapturedReceived, Received
 from genroute.runtime.telemetry import (CurrentSpan, Telemetry, attach, block_reason, error_type, reason_name,
@@ -26,28 +26,6 @@ if TYPE_CHECKING:
     from genroute.engines.base import Engine
     from genroute.runtime.embeddings import RequestEmbeddings
     from genroute.runtime.pricing import Pricing
-
-
-
-
-class Spend(Protocol):
-    """What a rung spent, or a sum of such: a ``RunContext`` or a request's ledger."""
-
-    usage: Usage
-    cost_usd: float
-    cost_estimated: bool
-    cache_storage_cost_usd: float
-    cloud_equivalent_cost_usd: float | None
-
-
-def add_spend(total: Spend, part: Spend) -> None:
-    """Add ``part``'s usage and costs to ``total`` (a rung's to its request's ledger, a validator's to its rung)."""
-    total.usage = part.usage if total.usage is NO_USAGE else total.usage + part.usage
-    total.cost_usd += part.cost_usd
-    total.cost_estimated = total.cost_estimated or part.cost_estimated
-    total.cache_storage_cost_usd += part.cache_storage_cost_usd
-    if part.cloud_equivalent_cost_usd is not None:
-        total.cloud_equivalent_cost_usd = (total.cloud_equivalent_cost_usd or 0.0) + part.cloud_equivalent_cost_usd
 
 
 class RunContext:
