@@ -276,3 +276,30 @@ def test_a_plugin_that_names_no_kind_is_a_config_error(misbehaving) -> None:
         build_policy({"kind": "any_kind"})
     assert err.value.field == "policy.kind"
     assert "names no kind" in err.value.message and MISBEHAVING in err.value.message
+
+
+def test_a_subclass_of_a_kind_keeps_that_kind_whatever_its_own_config_names() -> None:
+    # A user's RagBackend subclass with a Config of its own (another kind name, or a default one) was given a new
+    # kind: the catalogue, decisions and the ladder no longer saw a RAG backend. Only a class with no kind, its own
+    # or inherited, takes its Config's.
+    from typing import Literal
+
+    from genroute.backends.base import Backend, BackendConfig
+    from genroute.backends.rag import RagBackend, RagConfig
+
+    class TeamRagConfig(RagConfig):
+        kind: Literal["team_rag"] = "team_rag"  # type: ignore[assignment]
+
+    class TeamRag(RagBackend):
+        Config = TeamRagConfig
+
+    class DefaultKindConfig(BackendConfig):
+        kind: str = "by_default"
+
+    class Kindless(Backend):  # no kind of its own or inherited: its Config names it
+        Config = TeamRagConfig
+
+    class ByDefault(Backend):
+        Config = DefaultKindConfig
+
+    assert (TeamRag.kind, Kindless.kind, ByDefault.kind) == ("rag", "team_rag", "by_default")
