@@ -88,6 +88,15 @@ def plugin_failures(cls: type, *, field: str) -> Iterator[None]:
         raise ConfigError(f"{origin} failed: {type(exc).__name__}: {exc}", field=field) from exc
 
 
+class KindFromConfig:
+    """The base of ``Engine``, ``Backend`` and ``Policy``: each subclass, as it is made, takes the kind its
+    ``Config`` fixes (``kind_from_config``)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind_from_config(cls)
+
+
 def kind_from_config(cls: type) -> None:
     """Give engine, backend or policy class ``cls`` the kind its ``Config`` fixes (``kind: Literal["name"]``, or a
     default name) as its ``kind``, unless it has one (its own, or a class's it extends; called as each such class is

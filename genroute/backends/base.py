@@ -15,7 +15,7 @@ from genroute.construct import user_content as user_content  # public here: back
 from genroute.engines.base import SamplingSettings
 from genroute.errors import BackendUnavailable, ConfigError
 from genroute.public_model import ConfigModel
-from genroute.registry import kind_from_config
+from genroute.registry import KindFromConfig
 from genroute.runtime.telemetry import block_reason, reason_name
 from genroute.types import Citation, GenerateRequest, ToolCall
 
@@ -125,18 +125,13 @@ class Prepared:
     price_as: str | None = None
 
 
-class Backend(ABC):
+class Backend(KindFromConfig, ABC):
     """A technique: prompt template, ICL, RAG, function calling or a tuned model."""
 
     kind: ClassVar[str]
     Config: ClassVar[type[BackendConfig]]
     #: What the backend brings, for policies: ``tools``, ``knowledge``, ``examples``, ``tuned``.
     capabilities: ClassVar[frozenset[str]] = frozenset()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A subclass whose ``Config`` fixes its kind has that kind (``genroute.registry.kind_from_config``)."""
-        super().__init_subclass__(**kwargs)
-        kind_from_config(cls)
 
     def __init__(self, name: str, config: BackendConfig, resources: Resources) -> None:
         self.name = name

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genroute.errors import UsageError
 from genroute.public_model import ConfigModel
-from genroute.registry import kind_from_config
+from genroute.registry import KindFromConfig
 
 if TYPE_CHECKING:
     from google.genai import types
@@ -69,7 +69,7 @@ def check_engine_name(name: object) -> None:
                          "takes its name, then its settings (GeminiEngine(\"gemini\", {...}))", field="name")
 
 
-class Engine(ABC):
+class Engine(KindFromConfig, ABC):
     """A model runtime: Gemini over google-genai, or the embedded local model.
 
     Engines take ``types.Content`` lists and a ``types.GenerateContentConfig`` and answer with
@@ -85,11 +85,6 @@ class Engine(ABC):
     #: For a free engine (``pricing_model`` is ``None``): the cloud model its calls are compared against, whose
     #: price becomes the result's ``cloud_equivalent_cost_usd``. ``None``: no comparison.
     reference_model: str | None = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A subclass whose ``Config`` fixes its kind has that kind (``genroute.registry.kind_from_config``)."""
-        super().__init_subclass__(**kwargs)
-        kind_from_config(cls)
 
     def __init__(self, name: str, config: BaseModel) -> None:
         check_engine_name(name)

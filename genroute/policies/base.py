@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import ConfigDict
 
 from genroute.public_model import ConfigModel
-from genroute.registry import kind_from_config
+from genroute.registry import KindFromConfig
 from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class PolicyUpdate:
     min_n: int = 20
 
 
-class Policy(ABC):
+class Policy(KindFromConfig, ABC):
     """Decides which backends answer a request, in which order, and why. Never calls a model."""
 
     kind: ClassVar[str]
@@ -93,11 +93,6 @@ class Policy(ABC):
     place: str = "policy"
     #: True when ``decide`` does CPU work worth moving off the event loop (e.g. embedding the request).
     blocking: bool = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A subclass whose ``Config`` fixes its kind has that kind (``genroute.registry.kind_from_config``)."""
-        super().__init_subclass__(**kwargs)
-        kind_from_config(cls)
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
