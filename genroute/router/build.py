@@ -17,7 +17,7 @@ from genroute.bounds import is_whole
 from genroute.config import RouterConfig, build_kind, import_object, load_config, validate_kind
 from genroute.config_location import locate
 from genroute.errors import ConfigError, UsageError
-from genroute.runtime.portal import Portal
+from genroute.runtime.portal import Portal, running_loop
 from genroute.runtime.resources import Resources, check_named
 from genroute.runtime.pricing import Pricing
 from genroute.runtime.telemetry import CAPTURE_MAX_CHARS
@@ -42,7 +42,7 @@ def build_router(cls: Callable[..., R], source: str | Path | Mapping[str, Any] |
 
     Called inside a running event loop it works, but that loop waits until the router is built (files, imports,
     models, Chroma): one warning per process names ``acreate``, which builds it without blocking the loop."""
-    if not _warned_in_loop.is_set() and _loop_running():
+    if not _warned_in_loop.is_set() and running_loop() is not None:
         _warned_in_loop.set()
         _log.warning("Router.from_config was called inside a running event loop: the loop is blocked until the "
                      "router is built (engines, models, Chroma); in async code use `await Router.acreate(...)`, "
@@ -55,15 +55,6 @@ def build_router(cls: Callable[..., R], source: str | Path | Mapping[str, Any] |
         raise
     adopt_portal(router, portal)
     return router
-
-
-def _loop_running() -> bool:
-    """Whether this thread is running an event loop now."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 async def abuild_router(

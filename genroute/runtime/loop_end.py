@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from genroute.runtime.forks import forget_at_fork
+from genroute.runtime.portal import running_loop
 
 #: In a forked child, the parent's ``LoopEnd``s: kept from the collector, whose finalizer would wake the parent's
 #: loop (their loops' self-pipes are shared with the parent).
@@ -39,7 +40,7 @@ class LoopEnd:
             yield
         finally:
             # The loop's own shutdown, on it; not ``end()``, which finishes the generator off any loop.
-            if not self._ended and _running_loop() is loop:
+            if not self._ended and running_loop() is loop:
                 await close()
 
     def end(self) -> None:
@@ -52,9 +53,3 @@ class LoopEnd:
         self._ended = True
         _INHERITED.append(self)
 
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

@@ -31,6 +31,14 @@ _REENTERED = ("a sync genroute call cannot run inside another one on the same th
               "handler that interrupted it)")
 
 
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop this thread is running now, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def refuse_inside_loop(api: str, instead: str | None = None) -> None:
     """Raise ``UsageError`` when the sync ``api`` is called from a thread running an event loop, saying what to do
     ``instead`` there (default: ``await a<api>()``)."""
