@@ -173,7 +173,6 @@ class ToolRunner:
         return done("ok", result=jsonable(result))
 
 
-
 def _clipped(name: str) -> str:
     """``name`` cut to the longest a tool name may be (and a little): what telemetry and the model get back of a
     name the model made up."""
