@@ -403,3 +403,28 @@ def test_a_child_forked_inside_a_running_loop_serves_on_loops_of_its_own(gemini_
         assert router.generate("parent again").text == "echo: parent again"
     finally:
         router.close()
+
+
+def test_a_sync_wait_whose_call_ends_as_a_slice_of_it_times_out_returns_its_answer() -> None:
+    # The main thread waits in quarter-second slices (to take a Ctrl-C another thread was given). A call that ended
+    # just after a slice timed out, before the wait looked again, was read as the call's own TimeoutError: a sync
+    # router call that had its answer raised TimeoutError instead. Here the answer lands exactly then.
+    import concurrent.futures
+
+    from genroute.runtime.portal import _result
+
+    assert threading.current_thread() is threading.main_thread()  # the slices are the main thread's
+
+    class EndsAsTheSliceTimesOut(concurrent.futures.Future[str]):
+        def result(self, timeout: float | None = None) -> str:
+            if timeout is not None and not self.done():
+                self.set_result("answer")  # the loop thread finishes it...
+                raise concurrent.futures.TimeoutError  # ...as this slice's wait times out
+            return super().result(timeout)
+
+    assert _result(EndsAsTheSliceTimesOut(), None) == "answer"
+    assert _result(EndsAsTheSliceTimesOut(), 30.0) == "answer"
+    own = concurrent.futures.Future[str]()
+    own.set_exception(TimeoutError("the call's own"))
+    with pytest.raises(TimeoutError, match="the call's own"):  # a call that raised TimeoutError still raises it
+        _result(own, None)

@@ -120,7 +120,9 @@ def _result(future: concurrent.futures.Future[T], timeout_s: float | None) -> T:
         try:
             return future.result(max(left, 0.0))
         except concurrent.futures.TimeoutError:
-            if future.done() or (end is not None and time.monotonic() >= end):
+            if future.done():  # the call's own TimeoutError, or it ended just after this slice: its outcome either way
+                return future.result()
+            if end is not None and time.monotonic() >= end:
                 raise
 
 
