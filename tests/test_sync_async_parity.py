@@ -44,6 +44,7 @@ PAIRS: list[tuple[Any, str, str]] = [
     (OutcomeStore, "upsert_sync", "upsert"),
     (OutcomeStore, "get_sync", "get"),
     (OutcomeStore, "records_sync", "records"),
+    (OutcomeStore, "changes_sync", "changes"),
     (KnowledgeStore, "collection_sync", "collection"),
     (KnowledgeStore, "count_sync", "count"),
     (KnowledgeStore, "delete_sync", "delete"),

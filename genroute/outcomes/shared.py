@@ -29,10 +29,12 @@ import asyncio
 import itertools
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from genroute.errors import UsageError
+from genroute.outcomes.changes import Changes, Place
 from genroute.outcomes.records import OutcomeRecord
 from genroute.outcomes.settings import OutcomeSettings
 from genroute.runtime.locks import LoopsLock
@@ -76,6 +78,13 @@ class SharedOutcomeStore:
         self.skipped = 0
         #: Times the list was another than the one read before (emptied by a restart, or the fallback memory).
         self.resets = 0
+        # What ``changes`` reads: each merge or drop of a record counts one version; ``_log`` holds each changed
+        # id's latest version, oldest first, bounded (a reader behind ``_floor`` reads everything again).
+        self._source = uuid.uuid4().hex
+        self._version = 0
+        self._log: dict[str, int] = {}
+        self._floor = 0
+        self._rank: dict[str, int] = {}  # id -> its place in the order of first writes (``records``' order)
         # A router serves several event loops (its sync API's and the application's, a loop per asyncio.run):
         # an asyncio.Lock, bound to the first loop that waited on it, failed every other loop's writes.
         self._lock = LoopsLock()
@@ -123,6 +132,38 @@ class SharedOutcomeStore:
             found = [r for r in found if self._created.get(r.id, 0.0) >= since]
         return found
 
+    async def changes(self, place: Place | None) -> Changes:
+        """The records merged, and the ids dropped, since ``place`` (an earlier answer's ``place``), in ``records``'
+        order; all of them (``full``) when ``place`` is None or lost (another store, or read too long ago). With an
+        ``archive``, the archive's changes. A trim of the list, a restart of the state store or its fallback memory
+        do not lose a reader's place here: this process's merged view stays, and what they change reaches it as
+        merges and drops."""
+        await self._catch_up()
+        if self.archive is not None:
+            return await self.archive.changes(place)
+        async with self._lock:
+            full = place is None or place.source != self._source or place.at < self._floor
+            if full:
+                ids = list(self._merged)
+            else:
+                ids = list(itertools.takewhile(lambda id: self._log[id] > place.at, reversed(self._log)))  # type: ignore[union-attr]
+            lines = [(id, self._merged.get(id)) for id in ids]
+            here = Place(self._source, self._version, 0)
+        found = await _run(len(lines) > 100, _load_all, [line for _, line in lines if line is not None])
+        kept = [id for id, line in lines if line is not None]
+        records = sorted((((float(self._rank[id]), id), record) for id, record in zip(kept, found, strict=True)),
+                         key=lambda item: item[0])
+        return Changes(place=here, full=full, records=records,
+                       removed=[id for id, line in lines if line is None])
+
+    def _changed(self, id: str) -> None:
+        self._version += 1
+        self._log.pop(id, None)
+        self._log[id] = self._version
+        bound = None if self.max_items is None else 2 * self.max_items + PAGE
+        while bound is not None and len(self._log) > bound:
+            self._floor = self._log.pop(next(iter(self._log)))
+
     async def _catch_up(self) -> None:
         async with self._lock:  # one replay at a time: each appended line is merged exactly once
             while True:
@@ -160,7 +201,9 @@ class SharedOutcomeStore:
             old = self._merged.get(record.id)
             if old is None:
                 self._created[record.id] = _written_at(record)
+                self._rank[record.id] = self._version
             self._merged[record.id] = line if old is None else _dump(_load(old).merged(record))
+            self._changed(record.id)
 
     def _switch(self, epoch: str) -> int | None:
         """Leave the list read so far for the one named ``epoch``: where reading it stopped before, if it was."""
@@ -189,6 +232,8 @@ class SharedOutcomeStore:
         for id in drop:
             del self._merged[id]
             self._created.pop(id, None)
+            self._rank.pop(id, None)
+            self._changed(id)
 
 
 def _dump(record: OutcomeRecord) -> bytes:

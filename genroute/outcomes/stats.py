@@ -70,37 +70,51 @@ def outcome_stats(records: Sequence[OutcomeRecord], *, min_n: int = 1, source: s
     free); an entry where no side recorded a cost is left out too (``unmeasured`` says why), and one where none
     recorded a latency has none (``None``, not 0 s).
     """
-    import numpy as np
-
-    from genroute.bench.stats import quality_ci
-
     cloud = uses_cloud_equivalent(records) if cloud is None else cloud
     tasks: dict[str, dict[str, BackendStats]] = {}
     for task, by_backend in scored_sides(records).items():
         for backend, sides in by_backend.items():
-            if len(sides) < min_n:
-                continue
-            scores = [float(s.score) for s in sides]  # type: ignore[arg-type]
-            quality = float(np.mean(scores))
-            if not 0.0 <= quality <= 1.0:  # a scorer on another scale (0-10, BLEU x 100), or NaN
-                raise ConfigError(f"the outcome scores of {backend!r} on task {task!r} average {quality:g}: "
-                                  "scores must be in [0, 1]", field="outcomes.scorer")
-            if unmeasured(sides, cloud) is not None:
-                continue
-            latency = np.asarray([s.latency_s for s in sides if has_latency(s)])
-            costs = np.asarray([side_cost(s, cloud) for s in sides if has_cost(s, cloud)])
-            tasks.setdefault(task, {})[backend] = BackendStats(
-                n=len(sides), quality=quality, quality_ci=quality_ci(scores, seed=seed),
-                cost_n=len(costs) if len(costs) < len(sides) else None,
-                latency_n=len(latency) if len(latency) < len(sides) else None,
-                metric="outcomes", latency_p50_s=float(np.quantile(latency, 0.5)) if len(latency) else None,
-                latency_p95_s=float(np.quantile(latency, 0.95)) if len(latency) else None,
-                cost_per_request_usd=float(costs.mean()),
-                cost_p95_usd=float(np.quantile(costs, 0.95)), cost_max_usd=float(costs.max()),
-                input_tokens_mean=float(np.mean([s.input_tokens for s in sides])),
-                output_tokens_mean=float(np.mean([s.output_tokens for s in sides])))
+            entry = backend_stats(task, backend, sides, cloud=cloud, min_n=min_n, seed=seed)
+            if entry is not None:
+                tasks.setdefault(task, {})[backend] = entry
+    return stats_of(tasks, source=source)
+
+
+def stats_of(tasks: dict[str, dict[str, BackendStats]], *, source: str | None = None) -> BenchStats:
+    """``BenchStats`` of these entries, created now."""
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return BenchStats(created_at=created, source=source or "outcomes", tasks=tasks)
+
+
+def backend_stats(task: str, backend: str, sides: Sequence[Side], *, cloud: bool, min_n: int = 1,
+                  seed: int = 0) -> BackendStats | None:
+    """``outcome_stats``'s entry for one task and backend from its scored sides (in record order); ``None``: left
+    out (fewer than ``min_n`` sides, or none with a recorded cost)."""
+    import numpy as np
+
+    from genroute.bench.stats import quality_ci
+
+    if len(sides) < min_n:
+        return None
+    scores = [float(s.score) for s in sides]  # type: ignore[arg-type]
+    quality = float(np.mean(scores))
+    if not 0.0 <= quality <= 1.0:  # a scorer on another scale (0-10, BLEU x 100), or NaN
+        raise ConfigError(f"the outcome scores of {backend!r} on task {task!r} average {quality:g}: "
+                          "scores must be in [0, 1]", field="outcomes.scorer")
+    if unmeasured(sides, cloud) is not None:
+        return None
+    latency = np.asarray([s.latency_s for s in sides if has_latency(s)])
+    costs = np.asarray([side_cost(s, cloud) for s in sides if has_cost(s, cloud)])
+    return BackendStats(
+        n=len(sides), quality=quality, quality_ci=quality_ci(scores, seed=seed),
+        cost_n=len(costs) if len(costs) < len(sides) else None,
+        latency_n=len(latency) if len(latency) < len(sides) else None,
+        metric="outcomes", latency_p50_s=float(np.quantile(latency, 0.5)) if len(latency) else None,
+        latency_p95_s=float(np.quantile(latency, 0.95)) if len(latency) else None,
+        cost_per_request_usd=float(costs.mean()),
+        cost_p95_usd=float(np.quantile(costs, 0.95)), cost_max_usd=float(costs.max()),
+        input_tokens_mean=float(np.mean([s.input_tokens for s in sides])),
+        output_tokens_mean=float(np.mean([s.output_tokens for s in sides])))
 
 
 def training_rows(records: Sequence[OutcomeRecord], *, cloud: bool | None = None) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from genroute.config_errors import check_list, pydantic_validated
 from genroute.errors import ConfigError, UsageError
+from genroute.outcomes.changes import Changes, Place
 from genroute.outcomes.records import OutcomeRecord, check_sides
 
 _SCHEMA = """
@@ -28,10 +29,14 @@ CREATE TABLE IF NOT EXISTS outcomes (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     captured INTEGER NOT NULL DEFAULT 0,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS outcomes_task ON outcomes (task, created_at);
 """
+#: ``seq`` numbers every write (1, 2, ...): ``changes_sync`` reads the rows written after a place. A file made
+#: before it had no such column: added on open (its rows keep NULL and are read by a reader's first, full read).
+_SEQ = "CREATE INDEX IF NOT EXISTS outcomes_seq ON outcomes (seq)"
 
 
 class OutcomeStore:
@@ -46,6 +51,7 @@ class OutcomeStore:
             with self._connect() as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
+                _add_seq(db)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the outcome store {str(self.path)!r}: {exc}", field=field) from None
         # One writer per process at a time (SQLite's own lock covers other processes).
@@ -80,6 +86,7 @@ class OutcomeStore:
         with self._lock, self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
+                seq = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()[0])
                 for record in records:
                     row = db.execute("SELECT record, created_at FROM outcomes WHERE id = ?", (record.id,)).fetchone()
                     merged = record if row is None else OutcomeRecord.model_validate_json(row[0]).merged(record)
@@ -87,12 +94,13 @@ class OutcomeStore:
                         self._created = created = max(now, self._created + 1e-6)
                     else:
                         created = row[1]
+                    seq += 1
                     db.execute(
-                        "INSERT OR REPLACE INTO outcomes (id, task, created_at, updated_at, captured, record) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO outcomes (id, task, created_at, updated_at, captured, record, seq) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (merged.id, merged.task, created, now,
                          int(merged.input is not None and merged.output is not None),
-                         json.dumps(merged.line(), ensure_ascii=False)))
+                         json.dumps(merged.line(), ensure_ascii=False), seq))
                     stored.append(merged)
                 db.execute("COMMIT")
             except BaseException:
@@ -128,6 +136,30 @@ class OutcomeStore:
             rows = db.execute(sql + " ORDER BY created_at, id", args).fetchall()
         return [OutcomeRecord.model_validate_json(r[0]) for r in rows]
 
+    def changes_sync(self, place: Place | None) -> Changes:
+        """The records written since ``place`` (an earlier answer's ``place``), in ``records_sync``'s order; all of
+        them (``full``) when ``place`` is None or lost: another file at this path, rows renumbered, or rows written
+        without a number (by a genroute before ``seq``)."""
+        try:
+            stat = os.stat(self.path)
+        except OSError as exc:
+            raise UsageError(f"cannot read the outcome store {str(self.path)!r}: {exc}", field="outcomes.path") from None
+        source = f"{stat.st_dev}:{stat.st_ino}"
+        with self._connect() as db:
+            db.execute("BEGIN")  # one snapshot: the place read is the one of the rows read
+            try:
+                top, unnumbered = db.execute("SELECT COALESCE(MAX(seq), 0), COUNT(*) - COUNT(seq) FROM outcomes"
+                                             ).fetchone()
+                full = place is None or (source, unnumbered) != (place.source, place.extra) or top < place.at
+                where = "" if full else " WHERE seq > ?"
+                rows = db.execute(f"SELECT created_at, record FROM outcomes{where} ORDER BY created_at, id",
+                                  () if full else (place.at,)).fetchall()  # type: ignore[union-attr]
+            finally:
+                db.execute("COMMIT")
+        found = [OutcomeRecord.model_validate_json(r[1]) for r in rows]
+        return Changes(place=Place(source, int(top), int(unnumbered)), full=full,
+                       records=[((float(created), r.id), r) for (created, _), r in zip(rows, found, strict=True)])
+
     def count_sync(self, *, task: str | None = None) -> int:
         """How many records are stored (for ``task``)."""
         _check_filters(task=task)
@@ -161,6 +193,22 @@ class OutcomeStore:
                       since: float | None = None) -> list[OutcomeRecord]:
         """``records_sync`` on a worker thread."""
         return await asyncio.to_thread(lambda: self.records_sync(task=task, captured=captured, since=since))
+
+    async def changes(self, place: Place | None) -> Changes:
+        """``changes_sync`` on a worker thread."""
+        return await asyncio.to_thread(self.changes_sync, place)
+
+
+def _add_seq(db: sqlite3.Connection) -> None:
+    """Give a store file made before ``seq`` the column (another process may add it meanwhile) and its index."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(outcomes)")}
+    if "seq" not in columns:
+        try:
+            db.execute("ALTER TABLE outcomes ADD COLUMN seq INTEGER")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
+    db.execute(_SEQ)
 
 
 def _check_filters(*, task: object = None, captured: object = None, since: object = None) -> None:

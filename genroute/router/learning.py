@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from genroute.admission import Admission
     from genroute.backends.base import Backend
     from genroute.outcomes.records import OutcomeRecord
+    from genroute.outcomes.running import RunningOutcomes
     from genroute.outcomes.settings import OutcomeSettings
     from genroute.policies.base import BackendInfo, Policy, PolicyContext
     from genroute.policies.challenger import ChallengerConfig
@@ -52,6 +53,8 @@ class Learning:
     #: Whether the shared store's promotions were read once (at build, a refresh or the refresher's first turn).
     _promotions_read: bool
     _closed: bool
+    #: The outcome statistics refreshes read, kept up to date from the store's changes (made by the first refresh).
+    _running: RunningOutcomes | None = None
     #: The gates every attempt passes (breakers, rate limits, the policy's budgets); ``None`` when there are none.
     _gated: Admission | None
 
@@ -132,15 +135,17 @@ class Learning:
         recorder = self._executor.outcomes
         if recorder is None or self.outcome_settings is None:
             return promoted
-        from genroute.outcomes.stats import outcome_stats, training_rows
+        from genroute.outcomes.running import RunningOutcomes
         from genroute.policies.base import PolicyUpdate
 
         settings = self.outcome_settings
-        records = await recorder.store.records()
+        running = self._running
+        if running is None or running.store is not recorder.store:
+            running = self._running = RunningOutcomes(recorder.store, min_n=settings.min_n)
+        stats, rows = await running.read()  # the records written since the last refresh, folded in
 
         def build(base: Policy) -> Policy | None:  # training embeds inputs: off the event loop
-            update = PolicyUpdate(stats=outcome_stats(records, min_n=settings.min_n), rows=training_rows(records),
-                                  context=self.context, min_n=settings.min_n)
+            update = PolicyUpdate(stats=stats, rows=list(rows), context=self.context, min_n=settings.min_n)
             return base.refreshed(update)
 
         for _ in range(3):

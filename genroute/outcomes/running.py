@@ -1,0 +1,120 @@
+"""The outcome statistics a router refreshes from, kept up to date from what its store wrote since the last read.
+
+``Router.refresh`` used to read every record and recompute every statistic on each call. ``RunningOutcomes`` asks
+the store for the records written since its place (``changes``: both stores keep one), folds them in, and
+recomputes only the entries (task, backend) those records touched: the result equals ``outcome_stats`` and
+``training_rows`` over a full read, which it does again only when the store says the place is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from genroute.outcomes.changes import Changes, Key, Place
+from genroute.outcomes.stats import backend_stats, has_cost, stats_of, training_rows
+from genroute.policies.stats import ANY_TASK
+from genroute.runtime.locks import LoopsLock
+
+if TYPE_CHECKING:
+    from genroute.outcomes.records import OutcomeRecord, Side
+    from genroute.outcomes.shared import SharedOutcomeStore
+    from genroute.outcomes.store import OutcomeStore
+    from genroute.policies.stats import BackendStats, BenchStats
+
+Group = tuple[str, str]  # (task, backend)
+
+
+class RunningOutcomes:
+    """``outcome_stats`` and ``training_rows`` of a store's records, updated from its changes."""
+
+    def __init__(self, store: OutcomeStore | SharedOutcomeStore, *, min_n: int) -> None:
+        self.store = store
+        self.min_n = min_n
+        #: Reads of every record (the first, and each time the store lost this reader's place).
+        self.full_reads = 0
+        self._place: Place | None = None
+        self._records: dict[str, tuple[Key, OutcomeRecord]] = {}
+        self._groups: dict[Group, dict[str, Side]] = {}  # scored sides by task and backend, by record id
+        self._entries: dict[Group, tuple[tuple[Key, int], BackendStats | None]] = {}  # (first side, entry)
+        self._dirty: set[Group] = set()
+        self._priced = 0  # sides with a recorded cost of either kind
+        self._free = 0  # of those, the free ones with a cloud-equivalent cost (``uses_cloud_equivalent``)
+        self._cloud: bool | None = None
+        self._rows: list[dict[str, Any]] | None = None
+        self._lock = LoopsLock()  # one read and fold at a time (a refresh on each of two loops)
+
+    async def read(self) -> tuple[BenchStats, list[dict[str, Any]]]:
+        """The statistics and training rows of every record the store holds now."""
+        async with self._lock:
+            changes = await self.store.changes(self._place)
+            return await asyncio.to_thread(self._fold, changes)
+
+    def _fold(self, changes: Changes) -> tuple[BenchStats, list[dict[str, Any]]]:
+        if changes.full:
+            self.full_reads += 1
+            for id in list(self._records):
+                self._drop(id)
+        for key, record in changes.records:
+            self._put(key, record)
+        for id in changes.removed:
+            self._drop(id)
+        self._place = None  # until the statistics are computed: a ConfigError reads everything again next time
+        cloud = bool(self._priced) and self._free == self._priced
+        if cloud != self._cloud:
+            self._cloud, self._dirty = cloud, set(self._groups)
+        for group in sorted(self._dirty):
+            ids = sorted(self._groups[group], key=lambda id: self._records[id][0])
+            first = self._records[ids[0]]
+            entry = backend_stats(*group, [self._groups[group][id] for id in ids], cloud=cloud, min_n=self.min_n)
+            self._entries[group] = ((first[0], list(first[1].outcomes).index(group[1])), entry)
+        self._dirty.clear()
+        if self._rows is None:
+            self._rows = training_rows([record for _, record in sorted(self._records.values(),
+                                                                        key=lambda item: item[0])], cloud=cloud)
+        self._place = changes.place
+        return self._stats(), self._rows
+
+    def _stats(self) -> BenchStats:
+        """The entries in ``outcome_stats``'s order: tasks, then each task's backends, as the records first scored
+        them."""
+        order = sorted(self._entries.items(), key=lambda item: item[1][0])
+        task_first: dict[str, tuple[Key, int]] = {}
+        for (task, _), (first, _) in order:
+            task_first.setdefault(task, first)
+        tasks: dict[str, dict[str, BackendStats]] = {}
+        for (task, backend), (_, entry) in sorted(order, key=lambda item: task_first[item[0][0]]):
+            if entry is not None:
+                tasks.setdefault(task, {})[backend] = entry
+        return stats_of(tasks)
+
+    def _put(self, key: Key, record: OutcomeRecord) -> None:
+        self._drop(record.id)
+        self._records[record.id] = (key, record)
+        self._count(record, 1)
+
+    def _drop(self, id: str) -> None:
+        old = self._records.pop(id, None)
+        if old is not None:
+            self._count(old[1], -1)
+
+    def _count(self, record: OutcomeRecord, sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) ``record``'s sides."""
+        self._rows = None
+        for backend, side in record.outcomes.items():
+            if has_cost(side, cloud=False) or has_cost(side, cloud=True):
+                self._priced += sign
+                self._free += sign * (side.cost_usd == 0 and side.cloud_equivalent_cost_usd is not None)
+            if side.score is None:
+                continue
+            group = (record.task or ANY_TASK, backend)
+            self._dirty.add(group)
+            sides = self._groups.setdefault(group, {})
+            if sign > 0:
+                sides[record.id] = side
+                continue
+            del sides[record.id]
+            if not sides:
+                del self._groups[group]
+                self._entries.pop(group, None)
+                self._dirty.discard(group)

@@ -1,0 +1,106 @@
+"""A refresh reads only the outcome records written since the last one and folds them into the running statistics;
+what it hands the policy equals a full read's (``outcome_stats``, ``training_rows``). On the SQLite file and on the
+shared list (process memory and a real ``redis-server``), including a trim between reads."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from genroute.outcomes import OutcomeRecord, Side
+from genroute.outcomes.running import RunningOutcomes
+from genroute.outcomes.shared import SharedOutcomeStore
+from genroute.outcomes.stats import outcome_stats, training_rows
+from genroute.outcomes.store import OutcomeStore
+
+from .redis_fixtures import redis_server, redis_session  # noqa: F401
+from .test_outcome_trim import stores  # noqa: F401  (a writer's and a reader's handle: memory, a real Redis)
+
+
+def record(id: str, task: str | None = "t", input: str | None = None, **sides: dict[str, Any]) -> OutcomeRecord:
+    metadata: dict[str, Any] = {"id": id} if task is None else {"id": id, "task": task}
+    return OutcomeRecord(input=input, metadata=metadata, outcomes={b: Side(**s) for b, s in sides.items()})
+
+
+def free(score: float | None = None, **more: Any) -> dict[str, Any]:
+    """A local model's side: free, priced by its cloud equivalent."""
+    return {"score": score, "cost_usd": 0.0, "cloud_equivalent_cost_usd": 1e-4, "latency_s": 0.1, **more}
+
+
+async def same_as_full_read(running: RunningOutcomes, store: OutcomeStore | SharedOutcomeStore) -> None:
+    stats, rows = await running.read()
+    records = await store.records()
+    expected = outcome_stats(records, min_n=running.min_n)
+    assert stats.tasks == expected.tasks
+    assert [(t, list(by)) for t, by in stats.tasks.items()] == [(t, list(by)) for t, by in expected.tasks.items()]
+    assert rows == training_rows(records)
+
+
+async def test_refresh_reads_what_the_file_store_wrote_since_and_equals_a_full_read(tmp_path: Path) -> None:
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    running = RunningOutcomes(store, min_n=2)
+    store.upsert_many_sync([record(f"r{i}", input=f"q{i}", local=free(float(i % 2)), pro=free(1.0)) for i in range(4)]
+                           + [record("u0", task="u", local=free(0.5)), record("u1", task="u", local=free(0.7))])
+    await same_as_full_read(running, store)  # every side free with a cloud equivalent: priced by that
+    assert running.full_reads == 1
+    place = running._place
+    store.upsert_many_sync([
+        record("r1", pro={"score": 0.0}),  # feedback on an old record: its side changes, its place does not
+        record("r9", task=None, input="q9", pro={"score": 1.0, "cost_usd": 3e-4, "latency_s": 0.3}),  # paid: cost
+        record("u1", task="t"),  # a record moved to another task
+    ])
+    assert len((await store.changes(place)).records) == 3  # only what was written since
+    await same_as_full_read(running, store)
+    assert running.full_reads == 1
+    await same_as_full_read(running, store)  # nothing new: nothing read, the same statistics
+    assert running.full_reads == 1
+
+    other = OutcomeStore(tmp_path / "other.db")  # another file at the path: everything is read again
+    other.upsert_many_sync([record("x0", local=free(1.0)), record("x1", local=free(0.0))])
+    os.replace(tmp_path / "other.db", tmp_path / "outcomes.db")
+    await same_as_full_read(running, store)
+    assert running.full_reads == 2
+
+    store.upsert_sync(record("x2", local=free(1.0)))
+    with sqlite3.connect(tmp_path / "outcomes.db") as db:  # a row an older genroute wrote, without a number
+        db.execute("UPDATE outcomes SET seq = NULL WHERE id = 'x0'")
+    await same_as_full_read(running, store)
+    assert running.full_reads == 3
+
+
+def test_a_store_file_made_before_write_numbers_gets_them(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE outcomes (id TEXT PRIMARY KEY, task TEXT, created_at REAL NOT NULL, "
+                   "updated_at REAL NOT NULL, captured INTEGER NOT NULL DEFAULT 0, record TEXT NOT NULL)")
+        db.execute("INSERT INTO outcomes VALUES ('a', 't', 1.0, 1.0, 0, '{\"metadata\": {\"id\": \"a\"}}')")
+    store = OutcomeStore(path)
+    store.upsert_sync(record("b", chat={"score": 1.0}))
+    first = store.changes_sync(None)
+    assert first.full and [r.id for _, r in first.records] == ["a", "b"]
+    store.upsert_sync(record("c", chat={"score": 1.0}))
+    later = store.changes_sync(first.place)
+    assert not later.full and [r.id for _, r in later.records] == ["c"]
+
+
+async def test_refresh_reads_what_the_shared_list_took_since_a_trim_included(stores) -> None:
+    writer = SharedOutcomeStore(stores[0], max_items=5)
+    reader = SharedOutcomeStore(stores[1], max_items=5)
+    running = RunningOutcomes(reader, min_n=1)
+    for i in range(4):
+        await writer.upsert(record(f"r{i}", input=f"q{i}", chat={"score": float(i % 2), "cost_usd": 1e-5},
+                                   pro={"score": 1.0, "cost_usd": 4e-5, "latency_s": 0.2}))
+    await same_as_full_read(running, reader)
+    for i in range(4, 9):  # the list and the reader's view keep the newest 5: r0-r3 are dropped from both
+        await writer.upsert(record(f"r{i}", task="u" if i % 2 else "t", chat={"score": 0.5, "cost_usd": 2e-5}))
+    await writer.upsert(record("r8", pro={"score": 0.0, "cost_usd": 5e-5}))  # a feedback on a kept record
+    await same_as_full_read(running, reader)
+    kept = [r.id for r in await reader.records()]
+    assert len(kept) == 5 and "r0" not in kept and "r8" in kept  # the oldest dropped from the reader's view
+    for i in range(9, 30):  # the reader falls behind the trim: it skips what it never read
+        await writer.upsert(record(f"r{i}", chat={"score": 1.0, "cost_usd": 1e-5}))
+    await same_as_full_read(running, reader)
+    assert reader.skipped > 0
+    assert running.full_reads == 1  # trims, drops and skips reach it as changes: never read in full again
