@@ -260,6 +260,47 @@ async def test_refresh_reads_the_pool_itself_so_requests_after_it_read_nothing(
         assert r.catalogue["icl"].facts["example_count"] == 3  # read at the refresh, as before
 
 
+class CountedReads:
+    """A Chroma collection whose whole-collection reads (``get`` without ids or a filter) are counted."""
+
+    def __init__(self, collection: Any) -> None:
+        self.collection = collection
+        self.reads = 0
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        if not args and kwargs.get("ids") is None and kwargs.get("where") is None:
+            self.reads += 1
+        return self.collection.get(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.collection, name)
+
+
+@pytest.mark.parametrize("selector", ["fixed", "random"])
+async def test_refresh_reads_a_fixed_or_random_collection_once_for_pool_and_facts(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path, selector: str) -> None:
+    # A refresh read the whole collection for the pool (the examples shown), then again for the backend's facts
+    # (the example count per task): one read serves both now.
+    collection = knowledge.name("once")
+    path = tmp_path / "ex.jsonl"
+    path.write_text("".join(json.dumps({"input": text, "output": label, "metadata": {"task": "bank"} if i % 3 else {}})
+                            + "\n" for i, (text, label) in enumerate(EXAMPLES)))
+    await aload_examples(knowledge.store(), [path], collection=collection)
+    async with router(gemini_server, otel, knowledge, collection=collection, selector=selector, k=2,
+                      tasks=["bank", "other"]) as r:
+        await r.agenerate("unrelated question")  # the pool is read: a refresh reads it again
+        store = r.resources.knowledge
+        counted = CountedReads(store.collection_sync(collection, kind="examples"))
+        store._collections[collection] = counted  # the collection object the store hands its readers
+        await r.arefresh()
+        assert counted.reads == 1
+        facts = r.catalogue["icl"].facts
+        assert facts["example_count"] == len(EXAMPLES)
+        assert facts["example_counts"] == {"bank": 12, "other": 4}  # 8 tagged + 4 untagged (both tasks)
+        assert r.backends["icl"].facts() == facts  # as a read of the collection's metadata counts them
+        assert counted.reads == 2
+
+
 @pytest.mark.parametrize("selector", ["knn", "fixed"])
 async def test_a_collection_a_reload_emptied_is_refused_by_every_selector(
         gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path, selector: str) -> None:

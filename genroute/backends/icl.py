@@ -122,14 +122,18 @@ class IclBackend(SingleCallBackend):
     def facts(self) -> dict[str, Any]:
         """Collection, selector, k, ``example_count`` and ``example_counts`` per task (read from the store,
         blocking; zero and empty if it is unavailable)."""
-        try:
-            col = self.examples.store.collection_sync(self.config.collection, kind="examples",
-                                                      field=f"backends.{self.name}.collection")
-            metadatas = col.get(include=["metadatas"])["metadatas"] or []
-        except Exception:  # facts must never fail router construction; the first request reports it
-            metadatas = []
+        pool = self.examples.take_reloaded() if "examples" in self.__dict__ else None
+        if pool is not None:  # a refresh just read every example (``reload``): counted from it, not read again
+            tags = [(r.metadata.get("extra") or {}).get("task") for r in pool]
+        else:
+            try:
+                col = self.examples.store.collection_sync(self.config.collection, kind="examples",
+                                                          field=f"backends.{self.name}.collection")
+                tags = [example_task(meta) for meta in col.get(include=["metadatas"])["metadatas"] or []]
+            except Exception:  # facts must never fail router construction; the first request reports it
+                tags = []
         return {"collection": self.config.collection, "selector": self.config.selector, "k": self.config.k,
-                "example_count": len(metadatas), "example_counts": task_counts(metadatas, self.config.tasks)}
+                "example_count": len(tags), "example_counts": task_counts(tags, self.config.tasks)}
 
     def refresh(self) -> None:
         """Forget the cached example pool (after examples were loaded)."""
@@ -306,23 +310,27 @@ class IclBackend(SingleCallBackend):
         return super()._output(prepared, text.strip(), reason)
 
 
-def task_counts(metadatas: list[Any], tasks: tuple[str, ...]) -> dict[str, int]:
-    """Examples per task: an example's own ``metadata.task`` if it has one, else each of the backend's
-    configured ``tasks`` (a collection made for those tasks). Untagged examples of a backend without
-    tasks count for no task: nothing says which task they teach."""
-    import json
-
+def task_counts(tags: list[Any], tasks: tuple[str, ...]) -> dict[str, int]:
+    """Examples per task, from each example's own task (``example_task``; None: untagged): its own if it has one,
+    else each of the backend's configured ``tasks`` (a collection made for those tasks). Untagged examples of a
+    backend without tasks count for no task: nothing says which task they teach."""
     counts = dict.fromkeys(tasks, 0)
-    for meta in metadatas:
-        raw = (meta or {}).get("metadata")
-        try:
-            extra = json.loads(raw) if isinstance(raw, str) else {}
-        except json.JSONDecodeError:
-            extra = {}
-        task = extra.get("task") if isinstance(extra, dict) else None
+    for task in tags:
         for name in [str(task)] if task is not None else tasks:
             counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def example_task(meta: Any) -> Any:
+    """A stored example's own ``metadata.task`` (its Chroma metadata holds the file's metadata as JSON), or None."""
+    import json
+
+    raw = (meta or {}).get("metadata")
+    try:
+        extra = json.loads(raw) if isinstance(raw, str) else {}
+    except json.JSONDecodeError:
+        extra = {}
+    return extra.get("task") if isinstance(extra, dict) else None
 
 
 def defused(example: ExampleRecord) -> ExampleRecord:

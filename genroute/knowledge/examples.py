@@ -145,6 +145,7 @@ class ExampleStore:
         self._stamp = 0  # the collection's write stamp when the pool was read
         self._count: int | None = None
         self._counted = 0  # the collection's write stamp when it was counted
+        self._reloaded: list[ExampleRecord] | None = None  # the pool the last ``reload`` read, until taken
         self._lock = LoopsLock()  # a router serves several event loops: an asyncio.Lock binds to one
 
     @property
@@ -203,6 +204,13 @@ class ExampleStore:
         if pool is not None:
             self._pool, self._stamp, count = pool, stamp, len(pool)
         self._count, self._counted = count, stamp
+        self._reloaded = pool
+
+    def take_reloaded(self) -> list[ExampleRecord] | None:
+        """The pool the last ``reload`` read (once; ``None``: it read none, or it was taken): what the backend's
+        facts count after a refresh, instead of reading the collection a second time."""
+        pool, self._reloaded = self._reloaded, None
+        return pool
 
     async def _read_pool(self) -> list[ExampleRecord]:
         hits = await self.store.get_all(self.collection, kind="examples", field=self.field)
