@@ -428,3 +428,29 @@ def test_a_sync_wait_whose_call_ends_as_a_slice_of_it_times_out_returns_its_answ
     own.set_exception(TimeoutError("the call's own"))
     with pytest.raises(TimeoutError, match="the call's own"):  # a call that raised TimeoutError still raises it
         _result(own, None)
+
+
+def test_a_sync_stream_read_from_a_second_thread_meanwhile_is_a_usage_error(gemini_server):
+    # Two threads sharing one `router.stream(...)` got Python's "generator already executing" ValueError: the
+    # second reader (or closer) is told what to do instead, and the first reads the stream on to its end.
+    from genroute.testing import Fault
+
+    router = Router.from_config(gemini_config(gemini_server))
+    try:
+        gemini_server.fault(Fault.delay(3.0))
+        stream = router.stream("shared")
+        first, out = in_thread(lambda: next(stream))
+        deadline = time.monotonic() + HANG_CAP_S
+        while not router._inflight._tasks and time.monotonic() < deadline:  # the first thread waits for a chunk
+            time.sleep(0.01)
+        assert router._inflight._tasks
+        with pytest.raises(UsageError, match="read a stream from one thread"):
+            next(stream)
+        with pytest.raises(UsageError, match="cannot be closed here"):
+            stream.close()
+        first.join(HANG_CAP_S)
+        assert "error" not in out and out["result"].text  # the first reader's chunk
+        rest = list(stream)  # the same stream, read on here once the other thread is done with it
+        assert rest[-1].done and rest[-1].result.text == "echo: shared"
+    finally:
+        router.close()

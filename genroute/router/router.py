@@ -233,7 +233,12 @@ class Router(Lifecycle, Learning):
                 raise
 
     def stream(self, input: RequestInput = None, /, **fields: Unpack[RequestFields]) -> Iterator[GenerateChunk]:
-        """Stream one answer (sync; not from inside a running event loop)."""
+        """Stream one answer (sync; not from inside a running event loop).
+
+        One thread reads a stream: a ``next`` (or ``close``) from a second thread while another waits for a chunk
+        raises ``UsageError``; hand the chunks to other threads yourself (a ``queue.Queue``), or start a stream per
+        thread.
+        """
         refuse_inside_loop("stream", "read astream() with `async for`")  # a stream is not awaited
         request = self._request(input, fields)
         return self._portal.iterate(self.astream(request), owner=self)  # held until the stream ends

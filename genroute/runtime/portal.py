@@ -227,11 +227,14 @@ class Portal:
             self._here.waiting = False
 
     def iterate(self, agen: AsyncIterator[T], owner: object = None) -> Iterator[T]:
-        """Drive an async iterator from sync code, one item at a time.
+        """Drive an async iterator from sync code, one item at a time, read by one thread at a time (``OneReader``).
 
         ``owner`` (the router) is kept alive until the iteration ends: collected on the loop thread, as the
         stream's last step finishes there, it would stop that loop under this iterator's own wait.
         """
+        return OneReader(self._iterate(agen, owner))
+
+    def _iterate(self, agen: AsyncIterator[T], owner: object) -> Iterator[T]:
         self._refuse_reentry()
         loop = self.loop
         # Every step runs in one context: spans entered in one step and exited in another (the stream's
@@ -314,6 +317,41 @@ class Portal:
             future.cancel()
         if not thread.is_alive():
             loop.close()
+
+
+class OneReader(Iterator[T]):
+    """A sync stream: one thread reads it at a time. A second thread's ``next`` (or ``close``) while another waits
+    for a chunk gets ``UsageError`` saying so, where the generator under it raised Python's "generator already
+    executing" ``ValueError``; chunks split between threads would make no answer whole anyway."""
+
+    __slots__ = ("_items", "_reading")
+
+    def __init__(self, items: Iterator[T]) -> None:
+        self._items = items
+        self._reading = threading.Lock()
+
+    def __next__(self) -> T:
+        with self._reader("read"):
+            return next(self._items)
+
+    def close(self) -> None:
+        """End the stream (its request is cancelled if still running), as closing a generator does."""
+        with self._reader("closed"):
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+
+    @contextmanager
+    def _reader(self, what: str) -> Iterator[None]:
+        if not self._reading.acquire(blocking=False):
+            raise UsageError(f"this stream is being read by another thread (or by this one, from a signal handler "
+                             f"that interrupted its read), so it cannot be {what} here meanwhile: read a stream from "
+                             "one thread and hand its chunks to the others yourself (a queue.Queue), or start a "
+                             "stream per thread")
+        try:
+            yield
+        finally:
+            self._reading.release()
 
 
 #: In a forked child, the parent's loops: kept from the collector, which would try to close them.
