@@ -166,7 +166,8 @@ class Floor:
                                     output_tokens=meta.candidates_token_count or 0,
                                     cached_input_tokens=meta.cached_content_token_count or 0,
                                     thinking_tokens=meta.thoughts_token_count or 0,
-                                    audio_input_tokens=0, cached_audio_input_tokens=0)  # a text prompt
+                                    audio_input_tokens=0, cached_audio_input_tokens=0,
+                                    audio_output_tokens=0)  # a text prompt and answer
                 price = self.price
                 cost = (usage.input_tokens * price.input
                         + (usage.output_tokens + usage.thinking_tokens) * price.output) / 1_000_000

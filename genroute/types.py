@@ -114,6 +114,9 @@ class Usage(_Frozen):
     #: split them by modality: priced at the model's audio rates where it has them.
     audio_input_tokens: int = 0
     cached_audio_input_tokens: int = 0
+    #: The audio part of ``output_tokens`` (a speech or native-audio model's answer), as the provider split it by
+    #: modality: priced at the model's ``audio_output`` rate where it has one.
+    audio_output_tokens: int = 0
 
     @property
     def is_zero(self) -> bool:
@@ -133,6 +136,7 @@ class Usage(_Frozen):
             thinking_tokens=self.thinking_tokens + other.thinking_tokens,
             audio_input_tokens=self.audio_input_tokens + other.audio_input_tokens,
             cached_audio_input_tokens=self.cached_audio_input_tokens + other.cached_audio_input_tokens,
+            audio_output_tokens=self.audio_output_tokens + other.audio_output_tokens,
         )
 
 

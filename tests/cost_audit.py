@@ -165,6 +165,14 @@ def audit_config(server: Any, state: Mapping[str, Any], tmp_path: Any, inner: Ma
     return config
 
 
+def answered(router: Any, text: str, *, stream: bool) -> Any:
+    """The result of ``text`` through ``router``: generated, or streamed to its last chunk."""
+    if stream:
+        *_, last = router.stream(text, timeout_s=20)
+        return last.result
+    return router.generate(text, timeout_s=20)
+
+
 def served_record_cost(router: Any, result: Any) -> float:
     """The outcome record's figure for the request (feedback writes it): its served side plus what deciding cost."""
     record = router.feedback(result, score=1.0)

@@ -100,7 +100,7 @@ def test_a_routed_result_is_what_validation_would_build() -> None:
 def test_usage_sums_and_reported_usage_equal_validated_usage() -> None:
     from genroute.runtime.telemetry import usage_of
 
-    no_audio = {"audio_input_tokens": 0, "cached_audio_input_tokens": 0}
+    no_audio = {"audio_input_tokens": 0, "cached_audio_input_tokens": 0, "audio_output_tokens": 0}
     a, b = Usage(input_tokens=3, output_tokens=5), Usage(input_tokens=1, cached_input_tokens=1, thinking_tokens=2)
     _same(a + b, Usage(input_tokens=4, output_tokens=5, cached_input_tokens=1, thinking_tokens=2, **no_audio))
     response = types.GenerateContentResponse(usage_metadata=types.GenerateContentResponseUsageMetadata(
@@ -113,7 +113,13 @@ def test_usage_sums_and_reported_usage_equal_validated_usage() -> None:
                                types.ModalityTokenCount(modality="AUDIO", token_count=5)],
         cache_tokens_details=[types.ModalityTokenCount(modality="AUDIO", token_count=4)]))
     _same(usage_of(audio), Usage(input_tokens=7, output_tokens=2, cached_input_tokens=4, thinking_tokens=0,
-                                 audio_input_tokens=5, cached_audio_input_tokens=4))
+                                 audio_input_tokens=5, cached_audio_input_tokens=4, audio_output_tokens=0))
+    spoken = types.GenerateContentResponse(usage_metadata=types.GenerateContentResponseUsageMetadata(
+        prompt_token_count=7, candidates_token_count=6,
+        candidates_tokens_details=[types.ModalityTokenCount(modality="TEXT", token_count=2),
+                                   types.ModalityTokenCount(modality="AUDIO", token_count=4)]))
+    _same(usage_of(spoken), Usage(input_tokens=7, output_tokens=6, cached_input_tokens=0, thinking_tokens=0,
+                                  audio_input_tokens=0, cached_audio_input_tokens=0, audio_output_tokens=4))
 
 
 def test_a_plugin_output_of_other_types_is_validated_into_the_result() -> None:

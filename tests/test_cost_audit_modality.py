@@ -32,7 +32,7 @@ from genroute.testing.replies import estimate_tokens, prompt_split
 from genroute.types import Usage
 
 from .conftest import TEST_KEY
-from .cost_audit import FLASH, answer, audit_config, served_record_cost, sinks, usage_cost
+from .cost_audit import FLASH, answer, answered, audit_config, served_record_cost, sinks, usage_cost
 from .redis_fixtures import redis_server, redis_session, state  # noqa: F401
 
 if TYPE_CHECKING:
@@ -326,3 +326,31 @@ def test_the_benchmark_keeps_the_audio_tokens_of_its_rows_and_reports_their_mean
     assert summary.audio_input_tokens == 70.0
     (row,) = table_rows([summary])
     assert row[COLUMNS.index("audio tok")] == "70.0"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
+def test_an_answer_in_text_and_audio_bills_each_at_its_own_output_rate(gemini_server, otel, tmp_path, stream):
+    # A speech or native-audio model's answer reports its output split by modality (``candidatesTokensDetails``):
+    # it was all billed at the `output` rate, the audio part at the text one (or the text at the audio one).
+    model = "gemini-2.5-flash-preview-tts"
+    usage = {"promptTokenCount": 100, "candidatesTokenCount": 50, "totalTokenCount": 150,
+             "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 10}, {"modality": "AUDIO",
+                                                                                   "tokenCount": 40}]}
+    if stream:  # the last event carries the whole usage
+        so_far = {"promptTokenCount": 100, "candidatesTokenCount": 5, "totalTokenCount": 105}
+        gemini_server.reply_json([answer("It ", so_far, model=model, finish=None), answer("says.", usage, model=model)])
+    else:
+        gemini_server.reply_json(answer("It says.", usage, model=model))
+    config = audit_config(gemini_server, {"kind": "memory"}, tmp_path,
+                          pricing={model: {"input": 0.5, "output": 10.0, "audio_output": 20.0}})
+    config["backends"]["chat"]["model"] = model
+    with Router.from_config(config, **otel.providers) as router:
+        result = answered(router, "Say it.", stream=stream)
+        found = sinks(otel, router, result, record=served_record_cost(router, result))
+    found.assert_all((100 * 0.5 + 10 * 10.0 + 40 * 20.0) / 1e6)  # the spans, the result, budget, metric, record
+    assert result.usage.audio_output_tokens == 40 and result.usage.output_tokens == 50
+    # Without an audio output rate the whole answer bills at `output`, as before; tiers must price it when the base does.
+    assert Pricing({model: {"input": 0.5, "output": 10.0}}).cost(model, result.usage) == pytest.approx(550 / 1e6)
+    with pytest.raises(ConfigError, match="give this tier its own audio_output"):
+        Pricing({model: {"input": 0.5, "output": 10.0, "audio_output": 20.0,
+                         "tiers": [{"above_input_tokens": 1000, "input": 1.0, "output": 20.0}]}})

@@ -74,7 +74,7 @@ def test_a_model_that_answers_in_audio_is_refused_until_its_audio_rate_is_given_
     from genroute.types import Usage
 
     assert Pricing().lookup(model) is None  # not gemini-2.5-flash's text rates
-    with pytest.raises(ConfigError, match="answers in audio: give its audio output rate as `output`") as caught:
+    with pytest.raises(ConfigError, match="answers in audio: give its audio output rate as `audio_output`") as caught:
         Router.from_config(gemini_config(gemini_server, model=model))
     assert caught.value.field == "backends.chat.model" and gemini_server.requests == []
     priced = Pricing({model: {"input": 0.5, "output": 10.0}})

@@ -31,6 +31,8 @@ class PriceTier(ConfigModel):
                                       "threshold; required when the model prices audio apart below it.")
     cached_audio_input: float | None = Field(default=None, ge=0, description="USD per 1M cached audio input tokens "
                                              "above the threshold; required when the model sets it below it.")
+    audio_output: float | None = Field(default=None, ge=0, description="USD per 1M audio output tokens above the "
+                                       "threshold; required when the model prices audio output apart below it.")
 
 
 class ModelPrice(ConfigModel):
@@ -49,6 +51,9 @@ class ModelPrice(ConfigModel):
                                       "prompt size (unset: audio bills as text).")
     cached_audio_input: float | None = Field(default=None, ge=0, description="USD per 1M cached audio input tokens "
                                              "(unset: as cached text).")
+    audio_output: float | None = Field(default=None, ge=0, description="USD per 1M audio output tokens (a speech or "
+                                       "native-audio answer), where the response splits its output by modality "
+                                       "(unset: audio output bills at `output`).")
     tiers: tuple[PriceTier, ...] = ()
 
     @field_validator("tiers")
@@ -60,7 +65,7 @@ class ModelPrice(ConfigModel):
     def _tiers_price_audio(self) -> ModelPrice:
         # Above a threshold the base audio rate was charged beside the tier's text rates: an under-count wherever
         # audio, like text, costs more there. Which rate applies above it is not known, so it must be given.
-        for rate in ("audio_input", "cached_audio_input"):
+        for rate in ("audio_input", "cached_audio_input", "audio_output"):
             for i, tier in enumerate(self.tiers):
                 if getattr(self, rate) is not None and getattr(tier, rate) is None:
                     raise ValueError(f"tiers.{i}: audio is priced apart ({rate}) below {tier.above_input_tokens} "
@@ -82,6 +87,8 @@ class ModelPrice(ConfigModel):
         )
         if usage.audio_input_tokens:  # a text prompt pays nothing for this test but the test
             total += _audio_extra(usage, price, cached, cached_rate)
+        if usage.audio_output_tokens and price.audio_output is not None:  # beyond the output rate it was charged
+            total += min(usage.audio_output_tokens, usage.output_tokens) * (price.audio_output - price.output)
         return total / 1_000_000
 
 
@@ -319,8 +326,9 @@ class Pricing:
             meant = f"did you mean {near[0]!r}? Else " if near else ""
             # Audio output bills at its own rate, which no model of the table has (they answer in text): the text
             # model a speech variant is named after must not price it, and the rate to give is its audio one.
-            speech = " (it answers in audio: give its audio output rate as `output`; the built-in table prices " \
-                     "no text-to-speech or native-audio model)" if _AUDIO_OUT.search(model) else ""
+            speech = " (it answers in audio: give its audio output rate as `audio_output` beside its text one as " \
+                     "`output`; the built-in table prices no text-to-speech or native-audio model)" \
+                if _AUDIO_OUT.search(model) else ""
             raise ConfigError(f"no price known for model {model!r}; {meant}add it under `pricing` (USD per 1M "
                               f"tokens){speech}", field=field)
         return price

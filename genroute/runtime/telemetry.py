@@ -262,6 +262,9 @@ def usage_of(response: types.GenerateContentResponse) -> Usage | None:
         thinking_tokens=meta.thoughts_token_count or 0,
         audio_input_tokens=0,
         cached_audio_input_tokens=0,
+        # The audio part of the answer (a speech or native-audio model), from its split by modality.
+        audio_output_tokens=min(_audio(meta.candidates_tokens_details), meta.candidates_token_count or 0)
+        if meta.candidates_tokens_details else 0,
     )
     # A list or None (a text prompt may come without one); Gemini sends it whenever it splits the cached content.
     if meta.prompt_tokens_details:
