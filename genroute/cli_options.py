@@ -21,10 +21,6 @@ def shows_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-#: The router config's top-level keys: a config error naming one (``backends``) is about the file, not an option.
-CONFIG_SECTIONS = frozenset({"backends", "breakers", "engines", "knowledge", "outcomes", "policy", "pricing",
-                             "rate_limits", "state", "telemetry", "timeout_s", "tools", "validators"})
-
 #: What genroute's functions call a value that a command takes as an option (``Router.from_config``'s ``path`` is
 #: the file given as ``--config``), as the option's ``dest``.
 LIBRARY_NAMES = {"path": "config", "out_dir": "out", "cache_dir": "embedding_cache", "eval_source": "eval_outcomes"}
@@ -39,13 +35,21 @@ def as_typed(error: GenrouteError, parser: argparse.ArgumentParser) -> GenrouteE
     options = {action.dest: max(action.option_strings, key=len) for action in parser._actions
                if action.option_strings and action.dest != "help"}
     dest = LIBRARY_NAMES.get(error.field, error.field)
-    if isinstance(error, ConfigError) and error.field in CONFIG_SECTIONS:  # the config file's, not an option's
+    if isinstance(error, ConfigError) and error.field in config_sections():  # the config file's, not an option's
         return error
     if dest not in options:
         return error
     renamed = copy.copy(error)  # the same type and what it carries (a config error's file and line, a cost)
     renamed.field = options[dest]
     return renamed
+
+
+def config_sections() -> frozenset[str]:
+    """The router config's top-level keys (``RouterConfig``'s fields): a config error naming one (``backends``) is
+    about the file, not an option."""
+    from genroute.config import RouterConfig
+
+    return frozenset(RouterConfig.model_fields)
 
 
 def command_failed(error: GenrouteError, parser: argparse.ArgumentParser) -> int:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from genroute.cli import main
+from genroute.errors import ConfigError, UsageError
 
 KEY = "AIzaSyTESTKEY0123456789abcdefghijklmnopq"
 PASSWORD = "s3cret-state-pw"
@@ -171,11 +172,22 @@ def test_an_error_about_an_option_names_the_option_as_typed(
     assert len(lines) == 1 and lines[0].startswith(f"genroute {args[0]}: error: {flag}: "), lines
 
 
-def test_the_config_sections_an_error_is_left_under_are_the_router_configs() -> None:
-    from genroute.cli_options import CONFIG_SECTIONS
+def test_a_config_error_naming_a_config_section_is_left_under_it_whatever_the_commands_options() -> None:
+    # Every section of the router config (RouterConfig's fields, a new one included) is the file's, even where a
+    # command has an option of that name (bench's --backends); an option's error is still renamed to the option.
+    import argparse
+
+    from genroute.cli_options import as_typed
     from genroute.config import RouterConfig
 
-    assert set(RouterConfig.model_fields) == CONFIG_SECTIONS
+    parser = argparse.ArgumentParser(prog="genroute bench")
+    for section in RouterConfig.model_fields:
+        parser.add_argument(f"--{section.replace('_', '-')}", dest=section)
+    parser.add_argument("--limit")
+    for section in RouterConfig.model_fields:
+        assert as_typed(ConfigError("bad", field=section), parser).field == section
+        assert as_typed(UsageError("bad", field=section), parser).field == f"--{section.replace('_', '-')}"
+    assert as_typed(ConfigError("bad", field="limit"), parser).field == "--limit"
 
 
 def test_an_error_whose_message_spans_lines_is_still_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -16,13 +16,14 @@ ROOT = Path(genroute.__file__).parent
 #: Lowest first. A module may import its own layer and those below it. Longest prefix wins.
 LAYERS: list[tuple[str, ...]] = [
     ("genroute.errors", "genroute.types", "genroute.construct", "genroute.jsonl", "genroute.cache", "genroute.tools",
-     "genroute.config_errors", "genroute.public_model", "genroute.groups", "genroute.cli_options",
+     "genroute.config_errors", "genroute.public_model", "genroute.groups",
      "genroute.bounds",
      "genroute.config_parse", "genroute.config_location",
      "genroute.registry", "genroute.testing"),
     # The engine interface imports nothing of genroute: the run context is written against it.
     ("genroute.runtime", "genroute.engines.base", "genroute.state", "genroute.admission"),
-    ("genroute.config",),
+    # The commands' option naming reads the config's sections (RouterConfig's fields).
+    ("genroute.config", "genroute.cli_options"),
     ("genroute.engines",),
     # Labeled data and scorers are leaves the outcome scoring shares with the benchmark.
     ("genroute.knowledge", "genroute.tuning", "genroute.bench.datasets", "genroute.bench.scorers",
