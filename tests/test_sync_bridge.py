@@ -454,3 +454,61 @@ def test_a_sync_stream_read_from_a_second_thread_meanwhile_is_a_usage_error(gemi
         assert rest[-1].done and rest[-1].result.text == "echo: shared"
     finally:
         router.close()
+
+
+_SECOND_CTRL_C = textwrap.dedent("""
+    import asyncio, os, signal, sys, threading, time
+    from pathlib import Path
+
+    from genroute.runtime.portal import run_sync
+
+    marks = Path(sys.argv[1])
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # not an ignored SIGINT inherited from the test's runner
+    worker = []
+
+    def work():  # an embedding's forward pass, or any to_thread call: it ends when the test says so
+        worker.append(threading.get_ident())
+        while not (marks / "release").exists():
+            time.sleep(0.01)
+
+    def ctrl_c_twice():
+        while not worker:
+            time.sleep(0.01)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # the first: the call is cancelled
+        # asyncio.run's close then waits for the default executor's threads, on a thread of its own
+        while not any("_do_shutdown" in t.name for t in threading.enumerate()):
+            time.sleep(0.01)
+        signal.pthread_kill(worker[0], signal.SIGINT)  # the second, which the kernel gave the worker thread
+
+    async def call():
+        await asyncio.to_thread(work)
+
+    threading.Thread(target=ctrl_c_twice, daemon=True).start()
+    try:
+        run_sync(call(), "call")
+    except KeyboardInterrupt:
+        (marks / "interrupted").write_text("released" if (marks / "release").exists() else "still running")
+""")
+
+
+def test_a_second_ctrl_c_while_run_sync_waits_for_its_worker_threads_is_taken_at_once(tmp_path):
+    # asyncio.run's close waits for the default executor's threads (an embedding under way); a second Ctrl-C the
+    # kernel handed one of them was taken only once that thread's work ended: the wakeup fd was gone by then.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-c", _SECOND_CTRL_C, str(tmp_path)], cwd=repo,
+                            env={**os.environ, "PYTHONPATH": str(repo)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + HANG_CAP_S
+        while not (tmp_path / "interrupted").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (tmp_path / "interrupted").exists(), "the second Ctrl-C was not taken while the worker ran"
+        assert (tmp_path / "interrupted").read_text() == "still running"
+    finally:
+        (tmp_path / "release").write_text("")
+        out, err = proc.communicate(timeout=HANG_CAP_S)
+    assert proc.returncode == 0 and "Traceback" not in err, err

@@ -64,7 +64,10 @@ def run_sync(coro: Coroutine[Any, Any, T], api: str, *, instead: str | None = No
         raise
     if portal is not None:
         return portal.call(coro)
-    with asyncio.Runner() as runner, _signals_wake(runner.get_loop()):
+    runner = asyncio.Runner()
+    # The wakeup fd outlives the runner's close too: that waits for the default executor's threads (an embedding, a
+    # ``to_thread`` call) on the loop, and a second Ctrl-C the kernel gave one of them waited for it to end.
+    with _signals_wake(runner.get_loop()), runner:
         return runner.run(coro)  # asyncio.run's: a Ctrl-C cancels ``coro`` (KeyboardInterrupt once it has unwound)
 
 
