@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from genroute.cli_options import add_quiet, command_failed, shows_progress
@@ -212,9 +212,9 @@ def _trace() -> tuple[Any, Any]:
 def _ingest(args: argparse.Namespace) -> int:
     from genroute.knowledge.ingest_command import ingest_paths
 
-    store_config, engines, pricing = None, {}, None
+    store_config, engines, pricing = None, None, None
     if args.config:
-        from genroute.config import build_kind, load_config, validate_kind
+        from genroute.config import load_config
         from genroute.runtime.pricing import Pricing
 
         config = load_config(args.config)
@@ -223,18 +223,7 @@ def _ingest(args: argparse.Namespace) -> int:
                               "keeps an embedded store beside the config file)", field="knowledge")
         store_config = config.knowledge
         pricing = Pricing(config.pricing)  # the embeddings are priced as the router would price them
-        # Only the engine the store's embedder names (a Gemini one), if any: another that cannot be built here (a
-        # Vertex engine without its project) has nothing to do with ingesting. Nothing is sent here.
-        embedder = config.knowledge.get("embedder")
-        wanted = embedder.get("engine") if isinstance(embedder, dict) else None
-        if wanted is not None and wanted not in config.engines:
-            raise ConfigError(f"unknown engine {wanted!r} (known: {', '.join(config.engines) or 'none'})",
-                              field="knowledge.embedder.engine")
-        for name, raw in config.engines.items():
-            if name != wanted:
-                continue
-            engine_cls, engine_config = validate_kind("engines", raw, field=f"engines.{name}")
-            engines[name] = build_kind(engine_cls, name, engine_config, field=f"engines.{name}")
+        engines = _ConfiguredEngines(config.engines)
     report = ingest_paths(args.paths, args.collection, store_config=store_config, engines=engines,
                           kind=args.kind, chunk_tokens=args.chunk_tokens, overlap=args.overlap,
                           text_field=args.text_field, pricing=pricing, progress=shows_progress(args))
@@ -244,3 +233,28 @@ def _ingest(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
+
+
+class _ConfiguredEngines(Mapping[str, Any]):
+    """A config's engines by name, each built when first looked up: an ingest builds only the one its store's
+    embedder names (another, a Vertex engine without its project, may not build here, and has nothing to do with
+    ingesting; nothing is sent), and the store's build is the one place that refuses an unknown name, listing
+    these."""
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        self._raw = raw
+        self._built: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            from genroute.config import build_kind, validate_kind
+
+            engine_cls, engine_config = validate_kind("engines", self._raw[name], field=f"engines.{name}")
+            self._built[name] = build_kind(engine_cls, name, engine_config, field=f"engines.{name}")
+        return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
