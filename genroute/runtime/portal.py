@@ -334,27 +334,29 @@ class OneReader(Iterator[T]):
         self._reading = threading.Lock()
 
     def __next__(self) -> T:
-        with self._reader("read"):
+        if not self._reading.acquire(blocking=False):  # a lock per chunk, no context manager: a chunk is a hot step
+            raise _busy("read")
+        try:
             return next(self._items)
+        finally:
+            self._reading.release()
 
     def close(self) -> None:
         """End the stream (its request is cancelled if still running), as closing a generator does."""
-        with self._reader("closed"):
+        if not self._reading.acquire(blocking=False):
+            raise _busy("closed")
+        try:
             close = getattr(self._items, "close", None)
             if close is not None:
                 close()
-
-    @contextmanager
-    def _reader(self, what: str) -> Iterator[None]:
-        if not self._reading.acquire(blocking=False):
-            raise UsageError(f"this stream is being read by another thread (or by this one, from a signal handler "
-                             f"that interrupted its read), so it cannot be {what} here meanwhile: read a stream from "
-                             "one thread and hand its chunks to the others yourself (a queue.Queue), or start a "
-                             "stream per thread")
-        try:
-            yield
         finally:
             self._reading.release()
+
+
+def _busy(what: str) -> UsageError:
+    return UsageError(f"this stream is being read by another thread (or by this one, from a signal handler that "
+                      f"interrupted its read), so it cannot be {what} here meanwhile: read a stream from one thread "
+                      "and hand its chunks to the others yourself (a queue.Queue), or start a stream per thread")
 
 
 #: In a forked child, the parent's loops: kept from the collector, which would try to close them.
