@@ -388,3 +388,40 @@ def test_bench_without_matplotlib_says_it_wrote_no_chart_instead_of_printing_non
     assert "None" not in line and 'no pareto.png: charts need pip install "genroute[bench]"' in line, line
     assert (out / "report.md").is_file() and not (out / "pareto.png").exists()
     assert f"{out / 'report.md'}, {out / 'report.html'} (no pareto.png" in line
+
+
+def test_ctrl_c_another_thread_takes_during_bench_ends_it_at_once(tmp_path, gemini_server):
+    # `genroute bench` ran its loop with asyncio.run, which sets no wakeup fd: a Ctrl-C the kernel handed to another
+    # thread (an embedding's, Chroma's) was handled only once the loop woke for something else, here the held
+    # answer 60 s later. bench now runs through run_sync, as ingest and generate do. The signal is sent to a thread
+    # of the command's own once the command waits for its first answer.
+    path = _write_config(tmp_path, gemini_server)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"input": f"q{i}", "output": f"echo: q{i}"}) + "\n" for i in range(3)))
+    go = tmp_path / "go"
+    command = ("import signal, sys, threading, time\n"
+               "from pathlib import Path\n"
+               "from genroute.cli import main\n"
+               "def elsewhere():\n"
+               f"    while not Path({str(go)!r}).exists():\n"
+               "        time.sleep(0.05)\n"
+               "    signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # this thread, not the main one\n"
+               "threading.Thread(target=elsewhere, daemon=True).start()\n"
+               "raise SystemExit(main(sys.argv[1:]))\n")
+    gemini_server.fault(Fault.delay(60))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # not an inherited ignored SIGINT (see above)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", command, "bench", str(data), "--config", str(path), "--backends", "chat", "--out",
+             str(tmp_path / "out"), "--quiet", "--no-compile", "--concurrency", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    deadline = time.monotonic() + 120
+    while not any("enerateContent" in r.action for r in gemini_server.requests):  # the command waits
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=60)
+        time.sleep(0.05)
+    go.touch()
+    out, err = proc.communicate(timeout=50)  # the held answer comes at 60 s: ending before it is the Ctrl-C's doing
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "genroute: interrupted", (out, err)

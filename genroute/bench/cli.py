@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 from genroute.cli_options import add_quiet, command_failed, shows_progress
 from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import GenrouteError, UsageError
+from genroute.runtime.portal import run_sync
 
 if TYPE_CHECKING:
     from genroute.bench.advisor import AdvisorSettings
@@ -110,7 +110,7 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
                     force_verdict=args.force_verdict,
                     cost_weight_rule=None if args.cost_weight_rule == "fixed" else args.cost_weight_rule)
 
-        report = asyncio.run(main())
+        report = run_sync(main(), "genroute bench")  # a Ctrl-C another thread was given wakes the loop too
     except GenrouteError as exc:
         return command_failed(exc, parser())
     print(report.markdown())

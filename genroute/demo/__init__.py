@@ -82,6 +82,7 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
     from genroute.cache import ensure_dir
     from genroute.demo.render import DemoConsole, results_table, span_tree
     from genroute.router import Router
+    from genroute.runtime.portal import run_sync
 
     console = DemoConsole(width=None if DemoConsole().is_terminal else 150)
     if cache_dir:
@@ -102,7 +103,7 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
     config = demo_config(cache, adapter)
     with Router.from_config(config, tools={"get_weather": get_weather}, tracer_provider=provider) as router:
         with console.status("loading the bundled documents and examples into Chroma"):
-            asyncio.run(_load_knowledge(router.resources.knowledge))
+            run_sync(_load_knowledge(router.resources.knowledge), "genroute demo")
             router.refresh()
         rows = []
         for fields, shows in REQUESTS:
