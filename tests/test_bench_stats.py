@@ -15,6 +15,7 @@ from genroute.bench.stats import (
     paired_bootstrap_ci,
     quality_ci,
 )
+from genroute.bench.t_interval import t_interval
 from genroute.errors import UsageError
 
 Z = 1.959963984540054 + 0.8416212335729143  # z(0.975) + z(0.80)
@@ -91,9 +92,9 @@ def test_the_quality_ci_holds_its_level_where_the_bootstrap_did_not() -> None:
     assert cover["exact"] >= 0.95 and cover["bootstrap"] < 0.3
 
 
-def test_graded_scores_keep_the_bootstrap_quality_ci() -> None:
+def test_graded_scores_get_the_t_interval_quality_ci() -> None:
     scores = [0.2, 0.9, 0.5, 0.7, 1.0, 0.0, 0.4]
-    assert quality_ci(scores, seed=4) == bootstrap_ci(scores, seed=4)
+    assert quality_ci(scores, seed=4) == t_interval(scores, bounds=(0.0, 1.0))
     assert quality_ci([]) == (0.0, 0.0)
 
 

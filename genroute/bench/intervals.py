@@ -10,7 +10,8 @@ The bootstrap of 0/1 scores has no width when every record agrees (all right: [1
 - ``newcombe_paired_ci``: ``mean(a - b)`` on the same records, Newcombe's square-and-add interval for paired
   proportions with his corrected correlation (Newcombe 1998, as in Fagerland, Lydersen & Laake, ch. 8).
 
-Scores here are 0/1 and already checked; ``genroute.bench.stats`` chooses between these and the bootstrap.
+Scores here are 0/1 and already checked; ``genroute.bench.stats`` chooses between these and Student's t interval
+(``genroute.bench.t_interval``) of graded scores.
 """
 
 from __future__ import annotations

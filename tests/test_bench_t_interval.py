@@ -1,0 +1,63 @@
+"""The CI of graded scores (``quality_ci``, ``compare_paired``): Student's t interval, against hand-computed cases and
+by its coverage (the percentile bootstrap it replaced held the truth 91 % of the time at n = 20)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genroute.bench.stats import bootstrap_ci, compare_paired, quality_ci
+from genroute.bench.t_interval import student_t_quantile, t_interval
+
+
+@pytest.mark.parametrize(("p", "df", "quantile"), [
+    (0.975, 1, 12.7062047), (0.975, 2, 4.3026527), (0.975, 6, 2.4469119), (0.975, 19, 2.0930241),
+    (0.975, 29, 2.0452296), (0.995, 9, 3.2498355), (0.95, 99, 1.6603911), (0.975, 5000, 1.9604386),
+])
+def test_student_t_quantiles_match_the_tables(p: float, df: int, quantile: float) -> None:
+    assert student_t_quantile(p, df) == pytest.approx(quantile, abs=2e-7)
+
+
+def test_the_quality_ci_of_graded_scores_is_the_t_interval_by_hand() -> None:
+    # mean 3.7 / 7; SS = 2.75 - 3.7² / 7 = 0.794286; se = sqrt(SS / 6 / 7) = 0.1375194; t(0.975, 6) = 2.446912;
+    # half-width 0.336498
+    scores = [0.2, 0.9, 0.5, 0.7, 1.0, 0.0, 0.4]
+    low, high = quality_ci(scores)
+    assert (low, high) == pytest.approx((3.7 / 7 - 0.336498, 3.7 / 7 + 0.336498), abs=2e-6)
+    # three 1s and a 0.5: mean 0.875, se 0.125, t(0.975, 3) = 3.182446: [0.477194, 1.272806], cut at 1
+    assert quality_ci([1.0, 1.0, 1.0, 0.5]) == pytest.approx((0.477194, 1.0), abs=2e-6)
+    assert quality_ci([0.5, 0.5]) == (0.5, 0.5)
+    assert quality_ci([]) == (0.0, 0.0)
+    # Scores outside [0, 1] (not a scorer's) are not cut: mean 2, sd 1, se 1/sqrt(3), t(0.975, 2) = 4.302653
+    assert t_interval([1.0, 2.0, 3.0]) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=2e-6)
+
+
+def test_the_paired_ci_of_graded_scores_is_the_t_interval_by_hand() -> None:
+    # differences 1, 0.5, 0.4 and 17 zeros: mean 0.095; SS = 1.41 - 1.9² / 20 = 1.2295;
+    # se = sqrt(1.2295 / 19 / 20) = 0.0568817; t(0.975, 19) = 2.093024: half-width 0.119055
+    a = [1.0, 0.5, 1.0, 0.0, 0.8] + [1.0] * 15
+    b = [0.0, 0.5, 0.5, 0.0, 0.4] + [1.0] * 15
+    c = compare_paired(a, b)
+    assert c.ci == pytest.approx((0.095 - 0.119055, 0.095 + 0.119055), abs=2e-6)
+    assert c.decision == "no_difference" and c.permutation_p == pytest.approx(0.25)  # 2 of the 8 flips
+
+
+def f1_like(u: np.ndarray, shift: float) -> np.ndarray:
+    """Token-F1-like scores at uniforms ``u``: 0 w.p. 0.45 - shift, 1 w.p. 0.35 + shift, else 0.25 .. 0.8."""
+    partial = np.array([0.25, 0.4, 0.5, 0.67, 0.8])[np.clip(((u - 0.45 + shift) / 0.2 * 5).astype(int), 0, 4)]
+    return np.where(u < 0.45 - shift, 0.0, np.where(u >= 0.65 - shift, 1.0, partial))
+
+
+def test_the_paired_ci_of_graded_scores_holds_its_level_at_20_records() -> None:
+    # 1,000 seeded comparisons of 20 records, A's mean 0.05 above B's; the two backends read one uniform 70 % of
+    # the time (most pairs agree exactly). The t interval holds the truth 953 times, the
+    # percentile bootstrap held it 909 times (90.9 %).
+    held = {"t": 0, "bootstrap": 0}
+    for run in range(1000):
+        rng = np.random.default_rng([20, run])
+        u = np.where(rng.random((2, 20)) < 0.7, rng.random(20), rng.random((2, 20)))
+        a, b = f1_like(u[0], 0.05), f1_like(u[1], 0.0)
+        for name, (low, high) in (("t", compare_paired(a.tolist(), b.tolist()).ci),
+                                  ("bootstrap", bootstrap_ci((a - b).tolist()))):
+            held[name] += low <= 0.05 <= high
+    assert held["t"] >= 945 and held["bootstrap"] < 925, held
