@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     # Labeled data and scorers are leaves the outcome scoring shares with the benchmark.
     ("genroute.knowledge", "genroute.tuning", "genroute.bench.datasets", "genroute.bench.scorers",
      "genroute.bench.text_match", "genroute.bench.calls", "genroute.bench.stats", "genroute.bench.intervals",
+     "genroute.bench.t_interval",
      "genroute.bench.clusters", "genroute.bench.exact_tests", "genroute.bench.score_checks", "genroute.bench.sequential"),
     ("genroute.backends", "genroute.policies"),
     ("genroute.router", "genroute.outcomes"),
