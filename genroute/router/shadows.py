@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from genroute.log_every import LogEvery
 from genroute.runtime.deadlines import deadline_at
 from genroute.runtime.embeddings import RequestEmbeddings
 from genroute.router.attempt import admitted
@@ -61,7 +62,7 @@ class Shadows:
         self.shadows_dropped = 0
         #: Shadow runs cancelled before they ended by anything but ``drain_shadows`` (their event loop ending).
         self.shadows_cancelled = 0
-        self._logged_at: dict[str, float] = {}  # when each kind of warning (dropped, cancelled) was last logged
+        self._warn_log: dict[str, LogEvery] = {}  # when each kind of warning (dropped, cancelled) is due again
         self._shadows: set[asyncio.Task[Any]] = set()
         #: Shadow runs left on an event loop closed under them, for ``drain_shadows`` to end.
         self._stranded_shadows: set[asyncio.Task[Any]] = set()
@@ -184,9 +185,7 @@ class Shadows:
 
     def _warn(self, kind: str, message: str, *args: Any) -> None:
         """Log ``message`` as a warning unless one of its ``kind`` was logged less than ``LOG_INTERVAL_S`` ago."""
-        now = time.monotonic()
-        if now - self._logged_at.get(kind, -LOG_INTERVAL_S) >= LOG_INTERVAL_S:
-            self._logged_at[kind] = now
+        if self._warn_log.setdefault(kind, LogEvery(LOG_INTERVAL_S)).due():
             _log.warning(message, *args)
 
     async def drain_shadows(self, timeout_s: float = 5.0) -> None:

@@ -35,7 +35,6 @@ Configured by the router's ``state`` section: ``{kind: memory}`` or ``{kind: red
 from __future__ import annotations
 
 import logging
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
@@ -45,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 from genroute.bounds import NOT_BOOL
 from genroute.config_errors import config_error
 from genroute.errors import ConfigError, without_credentials
+from genroute.log_every import LogEvery
 from genroute.public_model import ConfigModel
 from genroute.state.ops import Admitted, Claim, Close, Fail, Held, Hold, Open, Probe, Settle, Settlement
 
@@ -94,7 +94,6 @@ class StateStore(ABC):
     limit_mismatches: int = 0
     #: How often a router reads the promotions recorded in the store (``None``: it records none; see ``promotions``).
     promotions_every_s: float | None = None
-    _mismatch_logged_at: float = -_MISMATCH_LOG_INTERVAL_S
 
     # -- the two calls of an admission ------------------------------------------------------------------
 
@@ -190,9 +189,8 @@ class StateStore(ABC):
         """Count and log (at most once a minute) a hold on ``account`` against ``limit`` where the previous one was
         against ``other``: each router admits up to its own limit over the shared count, so the lowest stops first."""
         self.limit_mismatches += 1
-        now = time.monotonic()
-        if now - self._mismatch_logged_at >= _MISMATCH_LOG_INTERVAL_S:
-            self._mismatch_logged_at = now
+        mismatch_log: LogEvery = self.__dict__.setdefault("_mismatch_log", LogEvery(_MISMATCH_LOG_INTERVAL_S))
+        if mismatch_log.due():
             _log.warning("state account %r is held against a limit of %d here and of %d by another router sharing the "
                          "state store (units: nano-USD for a budget, requests or tokens for a rate limit): their "
                          "configs differ, and each admits up to its own limit over the shared count (%d such holds "

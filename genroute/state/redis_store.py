@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.errors import StateUnavailable
+from genroute.log_every import LogEvery
 from genroute.state import ListRead, ListReplay, RedisStateConfig, StateStore
 from genroute.state.background import Background
 from genroute.state.memory import MemoryStateStore
@@ -88,7 +89,7 @@ class RedisStateStore(StateStore):
         self._failed = "is unreachable"
         #: Settles and appends answered from memory while Redis was unreachable, replayed to Redis when it is back.
         self._unsent = UnsentWrites(self._replayed)
-        self._logged_at = -LOG_INTERVAL_S
+        self._down_log = LogEvery(LOG_INTERVAL_S)
         self._connections = LoopConnections(config)
         #: Store calls that go on after their caller was cancelled (settles, and giving back what an admit took).
         self._background = Background()
@@ -160,9 +161,7 @@ class RedisStateStore(StateStore):
         return await local()
 
     def _down(self, op: str, exc: BaseException, failed: str, *, outage: bool) -> None:
-        now = time.monotonic()
-        if now - self._logged_at >= LOG_INTERVAL_S:
-            self._logged_at = now
+        if self._down_log.due():
             if self.config.on_error == "closed":
                 mode = "refusing what needs it (state.on_error: closed)"
                 if op == "promotions":  # the one warning a router built during an outage gives: what it means too

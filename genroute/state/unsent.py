@@ -22,6 +22,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
+from genroute.log_every import LogEvery
 from genroute.state import ListReplay
 from genroute.state.ops import Settle
 from genroute.state.redis_script import Push
@@ -48,7 +49,7 @@ class UnsentWrites:
         #: Appends per list sent to the shared store after an outage / dropped instead.
         self.replayed: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
-        self._logged_at = -LOG_INTERVAL_S
+        self._drop_log = LogEvery(LOG_INTERVAL_S)
         self._lock = threading.Lock()  # never held across an await
         #: The clock a waiting append's age is measured on (``time.monotonic``; a test moves it forward).
         self.clock: Callable[[], float] = time.monotonic
@@ -135,8 +136,6 @@ class UnsentWrites:
         with self._lock:
             self.dropped[key] += n
         self._report(key, "dropped", n)
-        now = time.monotonic()
-        if now - self._logged_at >= LOG_INTERVAL_S:
-            self._logged_at = now
+        if self._drop_log.due():
             _log.warning("an append to the list %r made while the state store was unreachable will not be replayed "
                          "to it (%s): %d dropped so far", key, why, self.dropped[key])
