@@ -23,7 +23,8 @@ def shows_progress(args: argparse.Namespace) -> bool:
 
 #: What genroute's functions call a value that a command takes as an option (``Router.from_config``'s ``path`` is
 #: the file given as ``--config``), as the option's ``dest``.
-LIBRARY_NAMES = {"path": "config", "out_dir": "out", "cache_dir": "embedding_cache", "eval_source": "eval_outcomes"}
+LIBRARY_NAMES = {"path": "config", "out_dir": "out", "cache_dir": "embedding_cache", "eval_source": "eval_outcomes",
+                 "poll_interval_s": "poll_interval", "timeout_s": "timeout", "tuning_usd_per_1m_tokens": "tuning_price"}
 
 
 def as_typed(error: GenrouteError, parser: argparse.ArgumentParser) -> GenrouteError:
@@ -34,7 +35,8 @@ def as_typed(error: GenrouteError, parser: argparse.ArgumentParser) -> GenrouteE
         return error
     options = {action.dest: max(action.option_strings, key=len) for action in parser._actions
                if action.option_strings and action.dest != "help"}
-    dest = LIBRARY_NAMES.get(error.field, error.field)
+    # An option of the field's own name first: a library name (timeout_s) may be some command's option too.
+    dest = error.field if error.field in options else LIBRARY_NAMES.get(error.field, error.field)
     if isinstance(error, ConfigError) and error.field in config_sections():  # the config file's, not an option's
         return error
     if dest not in options:

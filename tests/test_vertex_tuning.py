@@ -424,7 +424,8 @@ def test_cli_dry_run_into_a_file_names_the_flag(config_path: Path, tmp_path: Pat
     ("extra", "needle"),
     [
         (["--name", "chat"], "already exists"),
-        (["--name", "x", "--poll-interval", "0"], "--poll-interval"),
+        (["--name", "x", "--poll-interval", "0"], "--poll-interval: Input should be greater than 0"),
+        (["--name", "x", "--timeout", "0"], "--timeout: Input should be greater than 0"),  # the setting is timeout_s
         (["--name", "x", "--staging-uri", "s3://nope"], "--staging-uri"),
         # Not finite: it would be sent to Vertex as it is.
         (["--name", "x", "--learning-rate-multiplier", "inf"], "--learning-rate-multiplier"),

@@ -20,13 +20,12 @@ look; ``--fixed-horizon`` reads the fixed-horizon 95 % CI instead, valid only fo
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from genroute.cli_options import command_failed
-from genroute.errors import GenrouteError, UsageError
+from genroute.errors import ConfigError, GenrouteError, UsageError
 from genroute.jsonl import check_output_dir
 from genroute.runtime.portal import run_sync
 
@@ -143,9 +142,7 @@ async def _run(args: argparse.Namespace) -> Any:
     if not (args.decide or args.register_only):
         _check_new_backend(args.config, name, engines=() if args.vertex else (f"{name}_engine",))
     if args.register_only:
-        # The challenger policy written is the flags'.
-        with _flags({"policy.share": "--share", "challenger": "--challenger"}):
-            write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
+        write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share)
         return GraduationReport(task=args.task, challenger=name, lines=(
             f"register: {name} is the challenger for task {args.task!r} ({args.mode}) in {args.config}",))
     async with await Router.acreate(args.config) as router:
@@ -155,14 +152,12 @@ async def _run(args: argparse.Namespace) -> Any:
                 # Its tuning cost and lines are another graduation's: the advisor would price the wrong run.
                 raise UsageError(f"{saved} is the graduation of {report.challenger!r} for task {report.task!r}, not "
                                  f"of {name!r} for {args.task!r}: give that graduation's --out", field="--out")
-            with _flags({"challenger": "--challenger", "incumbent": "--incumbent"}):
-                # Promoted in the router too: with a shared state store that records it for every running replica
-                # (StateUnavailable before the file is written: nothing half-done).
-                report = await adecide(router, args.task, challenger=name, incumbent=args.incumbent,
-                                       margin=args.margin, min_n=args.min_n,
-                                       sequential=not args.fixed_horizon,
-                                       tuning_cost_usd=args.tuning_cost, cpu_usd_per_hour=args.cpu_usd_per_hour,
-                                       report=report)
+            # Promoted in the router too: with a shared state store that records it for every running replica
+            # (StateUnavailable before the file is written: nothing half-done).
+            report = await adecide(router, args.task, challenger=name, incumbent=args.incumbent,
+                                   margin=args.margin, min_n=args.min_n, sequential=not args.fixed_horizon,
+                                   tuning_cost_usd=args.tuning_cost, cpu_usd_per_hour=args.cpu_usd_per_hour,
+                                   report=report)
             if report.promotion is not None and report.promotion.promote:
                 write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share,
                                  promoted=True)
@@ -182,10 +177,9 @@ async def _run(args: argparse.Namespace) -> Any:
                 "base_model": "gemini-2.5-flash", "name": name, "staging_uri": args.staging_uri, "epochs": args.epochs,
                 "seed": 0, "engine": args.engine, "tasks": (args.task,),
                 **{k: v for k, v in given.items() if v is not None}})
-            with _flags(_GRADUATE_FLAGS):
-                report = await agraduate(router, args.task, out_dir=out, vertex=settings, config_path=args.config,
-                                         mode=args.mode, share=args.share, eval_share=args.eval_share,
-                                         min_examples=args.min_examples, register=False)
+            report = await agraduate(router, args.task, out_dir=out, vertex=settings, config_path=args.config,
+                                     mode=args.mode, share=args.share, eval_share=args.eval_share,
+                                     min_examples=args.min_examples, register=False)
             # One write of the backend and its challenger, as below: a crash between two left the backend unrouted.
             write_challenger(args.config, task=args.task, backend=name, mode=args.mode, share=args.share,
                              raw=with_tuned_backend(args.config, name, report.extra["backend"]))
@@ -201,10 +195,9 @@ async def _run(args: argparse.Namespace) -> Any:
                      "max_steps": args.max_steps, "threads": args.threads}
             tune = settings_from_flags(LocalTuneConfig, {**{k: v for k, v in flags.items() if v is not None},
                                                          "progress": False})
-            with _flags(_GRADUATE_FLAGS):
-                report = await agraduate(router, args.task, out_dir=out, name=name, tune=tune, mode=args.mode,
-                                         share=args.share, eval_share=args.eval_share,
-                                         min_examples=args.min_examples, register=False)
+            report = await agraduate(router, args.task, out_dir=out, name=name, tune=tune, mode=args.mode,
+                                     share=args.share, eval_share=args.eval_share, min_examples=args.min_examples,
+                                     register=False)
             assert report.adapter_path is not None
             options = {"n_threads": args.threads} if args.threads else None
             backend, engines = tuned_entries(name, report.adapter_path, tasks=[args.task], engine_options=options,
@@ -240,23 +233,6 @@ def _check_new_backend(config_path: str, name: str, *, engines: Sequence[str]) -
         raise
 
 
-#: The flags behind ``agraduate``'s arguments (and the Vertex AI settings it is given).
-_GRADUATE_FLAGS = {"out_dir": "--out", "share": "--share", "eval_share": "--eval-share", "staging_uri": "--staging-uri",
-                   "base_model": "--base-model", "poll_interval_s": "--poll-interval", "engine": "--engine",
-                   "min_examples": "--min-examples", "tuning_usd_per_1m_tokens": "--tuning-price"}
-
-
-@contextmanager
-def _flags(flags: dict[str, str]) -> Iterator[None]:
-    """A ``UsageError`` whose field is a key of ``flags`` is named as the command-line flag that gave it."""
-    try:
-        yield
-    except UsageError as exc:
-        flag = flags.get(exc.field or "")
-        if flag is None:
-            raise
-        raise type(exc)(exc.message, field=flag) from None
-
 
 def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: str | None = None,
                      share: float | None = None, promoted: bool = False,
@@ -290,8 +266,13 @@ def write_challenger(config_path: str | Path, *, task: str, backend: str, mode: 
     # The policy we write must build, as the router will build it: its relative paths (a cost_aware policy's
     # stats_path...) against the file's directory, not the working directory. The file keeps them relative.
     anchored = anchor_paths(raw, path)
-    load_config(anchored)
-    built = build_policy(anchored["policy"])
+    try:
+        load_config(anchored)
+        built = build_policy(anchored["policy"])
+    except ConfigError as exc:  # the share given here, not one in the file: named as this function's argument
+        if share is not None and exc.field == "policy.share":
+            raise type(exc)(exc.message, field="share") from None
+        raise
     # The incumbent as its own challenger would shadow (or split with) itself: every request run twice.
     if isinstance(built, ChallengerPolicy) and backend == incumbent(built.inner):
         raise UsageError(f"{backend!r} already answers task {task!r} (the incumbent): the challenger must be another "

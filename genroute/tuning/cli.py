@@ -115,13 +115,7 @@ def _vertex(args: argparse.Namespace) -> int:
         console.print(f"{len(prepared.train)} training and {len(prepared.validation)} validation examples "
                       f"written to {out} (nothing sent)")
         return 0
-    try:
-        result = run_vertex_tuning(args.data, settings, config_path=args.config, resume=args.resume,
-                                   console=console)
-    except UsageError as exc:  # a setting at fault is named as the flag that gave it
-        if exc.field in VertexTuningSettings.model_fields:
-            raise type(exc)(exc.message, field=_flag(exc.field)) from None
-        raise
+    result = run_vertex_tuning(args.data, settings, config_path=args.config, resume=args.resume, console=console)
     console.print(f"[green]tuned[/green] {result.endpoint or result.model} -> backend {result.backend!r} "
                   f"in {args.config} (job {result.job})")
     return 0
@@ -146,13 +140,7 @@ def _local(args: argparse.Namespace) -> int:
               "threads": args.threads, "max_steps": args.max_steps, "min_examples": args.min_examples}
     config = settings_from_flags(LocalTuneConfig, {k: v for k, v in fields.items() if v is not None})
     # Before minutes of training, not after; a config file that does not exist yet is created.
-    try:
-        raw = check_target(args.config, args.name, replace=args.replace, engines=[f"{args.name}_engine"],
-                           missing_ok=True)
-    except UsageError as exc:  # the name also makes the adapter's directory: named as the flag that gave it
-        if exc.field == "name":
-            raise type(exc)(exc.message, field="--name") from None
-        raise
+    raw = check_target(args.config, args.name, replace=args.replace, engines=[f"{args.name}_engine"], missing_ok=True)
     out = Path(args.out) if args.out else Path(args.config).resolve().parent / ".genroute" / "tuned" / args.name
     check_output_dir(out, field="--out")
     # Another tuned backend's adapter (tuned into the same --out before) is not replaced; --replace re-tunes its own.
@@ -172,21 +160,13 @@ def _local(args: argparse.Namespace) -> int:
     return 0
 
 
-_FLAGS = {"poll_interval_s": "--poll-interval", "timeout_s": "--timeout", "tuning_usd_per_1m_tokens": "--tuning-price"}
-
-
 def settings_from_flags(cls: type, fields: dict[str, object]) -> Any:
-    """``cls(**fields)``; a bad value is a ``UsageError`` naming the command-line flag it came from."""
+    """``cls(**fields)``; a bad value is a ``UsageError`` naming the setting (``poll_interval_s``), which the command
+    names as the flag that gave it (``--poll-interval``: ``cli_options.as_typed``)."""
     from pydantic import ValidationError
 
     try:
         return pydantic_validated(cls, fields)
     except ValidationError as exc:
         error = exc.errors()[0]
-        key = str(error["loc"][0]) if error["loc"] else None
-        raise UsageError(validator_message(error), field=None if key is None else _flag(key)) from None
-
-
-def _flag(key: str) -> str:
-    """The command-line flag of the setting ``key``."""
-    return _FLAGS.get(key, "--" + key.replace("_", "-"))
+        raise UsageError(validator_message(error), field=str(error["loc"][0]) if error["loc"] else None) from None
