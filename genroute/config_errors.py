@@ -23,6 +23,19 @@ def validator_message(error: Any) -> str:
     return str(error["msg"]).removeprefix("Value error, ")
 
 
+def error_at(error: Any) -> str:
+    """Where a pydantic ``error`` is, as a dotted key (``outcomes.b.score``; ``""``: the input as a whole), without
+    the validator functions pydantic names in a location (``function-after[...]``), which are no key."""
+    return ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+
+
+def not_a(where: str, what: str, error: Any) -> str:
+    """``WHERE: not WHAT (KEY: message)``: a line of a file (``results.jsonl:3``) that is no ``what`` (``a results
+    row``), naming the key at fault: pydantic's message alone (``Input should be a valid string``) does not say which."""
+    at = error_at(error)
+    return f"{where}: not {what} ({at + ': ' if at else ''}{error['msg']})"
+
+
 def config_error(exc: ValidationError, prefix: str | None, *, tagged: bool = False,
                  unions: tuple[str, ...] = ()) -> ConfigError:
     """A ``ConfigError`` naming the first invalid field of ``exc`` (and the rest, up to five), under ``prefix`` (see

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from genroute.bounds import is_real, is_whole
-from genroute.config_errors import pydantic_validated, validator_message
+from genroute.config_errors import error_at, pydantic_validated, validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import existing_file, iter_records, label_text
 from genroute.public_model import PublicModel
@@ -131,7 +131,7 @@ def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, f
             "output": output, "label": label, "task": record_task, "metadata": meta})
     except ValidationError as exc:
         error = exc.errors()[0]
-        loc = ".".join(str(p) for p in error["loc"])
+        loc = error_at(error)
         loc = task_key if loc == "task" else loc  # named where the file wrote it
         raise UsageError(f"{where}: {loc}: {validator_message(error)} (got {error['input']!r:.60})", field=field) from None
 

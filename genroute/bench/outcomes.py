@@ -31,7 +31,7 @@ from genroute.bench.datasets import BenchRecord, given_id
 from genroute.bench.matrix_cells import MatrixCells
 from genroute.bench.runner import Outcome
 from genroute.bench.text_match import UNSEGMENTED
-from genroute.config_errors import pydantic_validated, validator_message
+from genroute.config_errors import error_at, pydantic_validated, validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
 from genroute.outcomes.records import OutcomeRecord, check_sides
@@ -235,7 +235,7 @@ def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | BaseM
                 OutcomeRecord, raw.model_dump() if isinstance(raw, BaseModel) else raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
+            loc = error_at(first)
             raise UsageError(f"{where}: {loc}: {first['msg']}", field=field) from None
         if not (record.input or "").strip():
             raise UsageError(f"{where}: input: a router needs the request text (record without captured input)",

@@ -17,7 +17,7 @@ from genroute.bench.record_tools import answering_router
 from genroute.bench.scorers import check_golds
 from genroute.bench.setup_failures import SetupWatch
 from genroute.bounds import is_whole
-from genroute.config_errors import check_list, pydantic_validated_json
+from genroute.config_errors import check_list, not_a, pydantic_validated_json
 from genroute.errors import GenrouteError, UsageError
 from genroute.public_model import PublicModel
 from genroute.types import GenerateRequest
@@ -325,10 +325,7 @@ def parse_outcomes(data: bytes, path: Path) -> dict[tuple[str, str], Outcome]:
             # Strict: a score, cost or latency written "0.5" or true is no number (lax mode read them as 0.5 and 1).
             outcome = pydantic_validated_json(Outcome, line, strict=True)
         except ValidationError as exc:
-            error = exc.errors()[0]
-            at = ".".join(str(part) for part in error["loc"])
-            raise UsageError(f"{path}:{lineno}: not a results row ({at + ': ' if at else ''}{error['msg']})",
-                             field="out") from None
+            raise UsageError(not_a(f"{path}:{lineno}", "a results row", exc.errors()[0]), field="out") from None
         outcomes[outcome.key] = outcome
     return outcomes
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from genroute.config_errors import pydantic_validated, validator_message
+from genroute.config_errors import error_at, pydantic_validated, validator_message
 from genroute.errors import UsageError
 from genroute.public_model import PublicModel
 from genroute.types import GenerateResult
@@ -52,5 +52,4 @@ class Feedback(PublicModel):
             return pydantic_validated(cls, {"result": result, **fields})
         except ValidationError as exc:
             error = exc.errors()[0]
-            field = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-")) or "score"
-            raise UsageError(validator_message(error), field=field.split(".")[0]) from None
+            raise UsageError(validator_message(error), field=(error_at(error) or "score").split(".")[0]) from None

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from genroute.config_errors import check_list, pydantic_validated
+from genroute.config_errors import check_list, not_a, pydantic_validated
 from genroute.errors import ConfigError, UsageError
 from genroute.outcomes.changes import Changes, Place
 from genroute.outcomes.records import OutcomeRecord, check_sides
@@ -262,10 +262,8 @@ def read_outcome_file(path: str | Path, *, field: str = "outcomes") -> list[Outc
         try:
             record = pydantic_validated(OutcomeRecord, raw)
         except ValidationError as exc:
-            error = exc.errors()[0]
-            at = ".".join(str(part) for part in error["loc"])  # which key: "(Input should be a valid string)" alone
-            raise UsageError(f"{path.name}:{lineno}: not an outcome record ({at + ': ' if at else ''}"
-                             f"{error['msg']})", field=field) from None
+            raise UsageError(not_a(f"{path.name}:{lineno}", "an outcome record", exc.errors()[0]),
+                             field=field) from None
         # As genroute bench --outcomes reads the same file: a negative or infinite cost, a score outside [0, 1]
         # or a JSON true would otherwise crash the compile or be written into stats.json.
         check_sides(f"{path.name}:{lineno}", record, raw, field=field)

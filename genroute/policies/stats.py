@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from genroute.config_errors import pydantic_validated_json
+from genroute.config_errors import error_at, pydantic_validated_json
 from genroute.errors import ConfigError
 from genroute.public_model import PublicModel
 
@@ -148,7 +148,7 @@ class BenchStats(PublicModel):
             raise ConfigError(f"cannot read stats file {str(path)!r}: {exc.strerror or exc}", field=field) from None
         except ValidationError as exc:
             first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
+            loc = error_at(first)
             raise ConfigError(f"{path.name}: {loc}: {first['msg']}", field=field) from None
 
     def save(self, path: str | Path) -> Path:
