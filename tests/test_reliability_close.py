@@ -114,7 +114,10 @@ def test_a_close_during_another_waits_for_it_and_cuts_nothing_the_drain_lets_fin
         thread.join(HANG_CAP_S)
     assert isinstance(answer.get("result"), GenerateResult) and answer["result"].text == "on time", answer
     assert "error" not in first_out and "error" not in other_out, (first_out, other_out)
-    assert other_out["ended"] >= answer["ended"]  # it returned once the router was closed, not before
+    # It returned once the router was closed, not before (the bugs: at once, or 19 s early). The request's thread
+    # writes its "ended" only once it is scheduled after the answer, which on a loaded machine (seen on 3.13) can be
+    # a little after the close it let finish returned: half a second of slack, below any early return it guards.
+    assert other_out["ended"] >= answer["ended"] - 0.5, (other_out["ended"], answer["ended"])
     assert _held(router) == 0.0
 
 
