@@ -17,6 +17,7 @@ from genroute.bench import curves
 from genroute.bench.cli import bench_main
 from genroute.bench.embedding_cache import CachedEmbedder
 from genroute.bench.offline import compile_outcomes
+from genroute.bench.matrix_stats import matrix_stats, matrix_summaries
 from genroute.bench.outcomes import CandidatePrice, CandidatePricing, load_matrix, load_pricing
 from genroute.errors import UsageError
 from genroute.knowledge.embedders import LocalEmbedder
@@ -106,8 +107,8 @@ def test_load_matrix_gz_missing_candidates_and_pricing(tmp_path: Path) -> None:
     assert matrix.costs[0, 0] == pytest.approx((words + 100) * 0.07 / 1e6)
     assert matrix.costs[0, 2] == pytest.approx(8 * matrix.costs[0, 0])
     assert "per billion parameters" in matrix.cost_basis and matrix.records[0].task == "math"
-    outcome = matrix.outcomes()[0]
-    assert (outcome.backend, outcome.ok, outcome.scorer) == ("A", True, "outcome-matrix")
+    summary = matrix_summaries(matrix)[0]
+    assert (summary.backend, summary.n, summary.metric) == ("A", 6, "outcome-matrix")
     with pytest.raises(UsageError) as err:
         load_matrix([{"input": "x", "outcomes": {"A": {"score": 2.0}}}])
     assert err.value.field == "outcomes" and "score" in str(err.value)
@@ -925,15 +926,14 @@ def test_the_offline_comparison_table_says_how_many_records_its_distinct_inputs_
 def test_a_matrix_without_latency_has_no_latency_not_zero(tmp_path: Path) -> None:
     # A side without latency_s read as 0.0 s: stats.json from such a matrix (most published ones) met any
     # cost_aware latency SLO, and the report's p50 column said every candidate answered instantly.
-    from genroute.bench.compile import stats_from
-    from genroute.bench.report import markdown_table, summarize
+    from genroute.bench.report import markdown_table
 
     rows = synthetic(5)
     for row in rows[:4]:
         row["outcomes"]["C"]["latency_s"] = 2.0
     matrix = load_matrix(write_jsonl(tmp_path / "m.jsonl", rows))
-    summaries = {s.backend: s for s in summarize(matrix.outcomes(), n_boot=100)}
+    summaries = {s.backend: s for s in matrix_summaries(matrix, n_boot=100)}
     assert (summaries["A"].latency_p50_s, summaries["C"].latency_p50_s) == (None, 2.0)  # C: over the 4 it gave
     assert "| – | – | – |" in markdown_table([summaries["A"]])
-    stats = stats_from(matrix.outcomes(), n_boot=100)
+    stats = matrix_stats(matrix, n_boot=100)
     assert stats.tasks["math"]["A"].latency_p95_s is None and stats.tasks["math"]["C"].latency_p95_s == 2.0

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ConfigDict, Field
 
 from genroute.bench.datasets import BenchRecord, split_by_input
-from genroute.bench.report import markdown_row, summarize
+from genroute.bench.report import Summary, markdown_row, summarize
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.bench.setup_failures import unscored_targets
 from genroute.config_errors import check_list
@@ -109,10 +109,17 @@ def stats_from(outcomes: Sequence[Outcome], *, source: str | None = None, seed: 
     for o in outcomes:
         if o.backend != POLICY_TARGET:
             by_task.setdefault(o.task or ANY_TASK, []).append(o)
+    return stats_of({task: summarize(rows, seed=seed, n_boot=n_boot) for task, rows in by_task.items()},
+                    source=source, use_cloud_equivalent=use_cloud_equivalent)
+
+
+def stats_of(by_task: Mapping[str, Sequence[Summary]], *, source: str | None = None,
+             use_cloud_equivalent: bool = False) -> BenchStats:
+    """``BenchStats`` from each task's summaries (one per backend)."""
     tasks: dict[str, dict[str, BackendStats]] = {}
-    for task, rows in by_task.items():
+    for task, summaries in by_task.items():
         tasks[task] = {}
-        for s in summarize(rows, seed=seed, n_boot=n_boot):
+        for s in summaries:
             cost = s.cost_per_request_usd
             if use_cloud_equivalent and s.cloud_equivalent_per_request_usd is not None:
                 cost = s.cloud_equivalent_per_request_usd

@@ -92,10 +92,11 @@ def cost_aware_choices(train: OutcomeMatrix, held: OutcomeMatrix, floors: Sequen
                        ) -> list[tuple[float, NDArray[Any]]]:
     """The compiled ``cost_aware`` policy (stats and floors from ``train``) deciding every held record, at
     each floor share of the task's best training quality."""
-    from genroute.bench.compile import policy_context, stats_from
+    from genroute.bench.compile import policy_context
+    from genroute.bench.matrix_stats import matrix_stats
     from genroute.policies.cost_aware_compiled import cost_aware_policy
 
-    stats = stats_from(train.outcomes(), n_boot=200)
+    stats = matrix_stats(train, n_boot=200)
     context = policy_context(list(train.candidates), stats)
     out = []
     for floor in floors:

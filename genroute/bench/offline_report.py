@@ -234,11 +234,11 @@ def write_outputs(report: OfflineReport, train: OutcomeMatrix, held: OutcomeMatr
     (whose per-record view shows, for the ``choices`` of ``PER_RECORD``, where each routed every record)."""
     from genroute.bench.html_report import routing_view
 
-    from genroute.bench.compile import stats_from
+    from genroute.bench.matrix_stats import matrix_stats
     from genroute.bench.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
-    files = {"stats": str(stats_from(train.outcomes(), source=report.source).save(out / "stats.json"))}
+    files = {"stats": str(matrix_stats(train, source=report.source).save(out / "stats.json"))}
     for name, model in models.items():
         slug = "learned-task" if "task" in name else "learned-text"
         files[slug] = str(model.save(out / f"{slug}.npz"))
@@ -259,6 +259,6 @@ def write_outputs(report: OfflineReport, train: OutcomeMatrix, held: OutcomeMatr
 
 def candidate_summaries(held: OutcomeMatrix) -> list[Any]:
     """The report's main table: each candidate on the evaluation records."""
-    from genroute.bench.report import summarize
+    from genroute.bench.matrix_stats import matrix_summaries
 
-    return summarize(held.outcomes())
+    return matrix_summaries(held)

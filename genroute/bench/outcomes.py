@@ -6,10 +6,10 @@ stores write, so one compile step trains from a benchmark, a published matrix or
     {"input": "...", "output": "gold (optional)", "metadata": {"task": "...", "id": "...", ...},
      "outcomes": {"candidate": {"score": 0.0..1.0, "cost_usd": 0.0001?, "latency_s": 0.8?}, ...}}
 
-The candidates become backends: ``OutcomeMatrix.outcomes()`` gives the bench's own ``Outcome`` rows, so the
-summaries, the report and the compile step treat them like measured backends. Costs come from the records'
-``cost_usd``, else from a ``CandidatePricing`` (USD per 1M input/output tokens per candidate, with a stated token
-estimate), else they are 0 and only quality is compared.
+The candidates become backends: ``genroute.bench.matrix_stats`` gives the bench's own summaries and
+``BenchStats`` from the matrix's arrays, so the report and the compile step treat them like measured backends. Costs
+come from the records' ``cost_usd``, else from a ``CandidatePricing`` (USD per 1M input/output tokens per candidate,
+with a stated token estimate), else they are 0 and only quality is compared.
 """
 
 from __future__ import annotations
@@ -207,13 +207,6 @@ class OutcomeMatrix:
         rows = [i for i, r in enumerate(self.records) if r.id in wanted]
         return replace(self, records=tuple(self.records[i] for i in rows), scores=self.scores[rows],
                        costs=self.costs[rows], latencies=self.latencies[rows])
-
-    def outcomes(self) -> list[Outcome]:
-        """The bench's ``Outcome`` rows, one per candidate and record (candidates are the backends)."""
-        return [Outcome(backend=c, record_id=r.id, task=r.task, ok=True, score=float(self.scores[i, j]),
-                        scorer=MATRIX_SCORER, cost_usd=float(self.costs[i, j]),
-                        latency_s=None if math.isnan(self.latencies[i, j]) else float(self.latencies[i, j]))
-                for j, c in enumerate(self.candidates) for i, r in enumerate(self.records)]
 
 
 def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | BaseModel], *,

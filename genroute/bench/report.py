@@ -59,8 +59,6 @@ class Summary(PublicModel):
 
 def summarize(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000) -> list[Summary]:
     """One summary per target, in the order targets first appear."""
-    import numpy as np
-
     outcomes = check_list(outcomes, Outcome, field="outcomes")
     by_target: dict[str, list[Outcome]] = {}
     for outcome in outcomes:
@@ -69,35 +67,48 @@ def summarize(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000)
     for target, rows in by_target.items():
         # Latency and tokens of every answer the backend gave, including answers the scorer then failed on.
         ok = [r for r in rows if r.answered]
-        scores = [r.score if r.ok else 0.0 for r in rows]
-        # A latency the outcome never recorded (a matrix without latency_s) is unknown, not 0 s.
-        latencies = [r.latency_s for r in ok if r.latency_s is not None]
-        ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
-        clouds = [r.cloud_equivalent_cost_usd for r in rows if r.cloud_equivalent_cost_usd is not None]
-
-        def mean(values: Sequence[float]) -> float:
-            return float(np.mean(values)) if len(values) else 0.0
-
-        spread: tuple[float | None, ...] = (None, None, None)
-        if latencies:
-            p50, p95, p99 = (float(v) for v in np.percentile(latencies, [50, 95, 99]))
-            spread = (p50, max(p95, p50), max(p99, p95, p50))
-        summaries.append(Summary(
-            backend=target, n=len(rows), metric=rows[0].scorer, quality=mean(scores),
-            quality_ci=quality_ci(scores, n_boot=n_boot, seed=seed),
-            latency_p50_s=spread[0], latency_p95_s=spread[1], latency_p99_s=spread[2],
-            ttft_p50_s=float(np.median(ttfts)) if ttfts else None,
-            input_tokens=mean([r.input_tokens for r in ok]), output_tokens=mean([r.output_tokens for r in ok]),
-            cached_input_tokens=mean([r.cached_input_tokens for r in ok]),
-            audio_input_tokens=mean([r.audio_input_tokens for r in ok]),
-            cost_per_request_usd=mean([r.cost_usd for r in rows]),
-            # Failed requests have no usage to price: they count as 0, like their measured cost.
-            cloud_equivalent_per_request_usd=sum(clouds) / len(rows) if clouds else None,
+        summaries.append(summary_of(
+            target, rows[0].scorer, [r.score if r.ok else 0.0 for r in rows], [r.cost_usd for r in rows],
+            # A latency the outcome never recorded (a matrix without latency_s) is unknown, not 0 s.
+            [r.latency_s for r in ok if r.latency_s is not None], seed=seed, n_boot=n_boot,
+            ttfts=[r.ttft_s for r in ok if r.ttft_s is not None],
+            tokens=([r.input_tokens for r in ok], [r.output_tokens for r in ok], [r.cached_input_tokens for r in ok],
+                    [r.audio_input_tokens for r in ok]),
+            clouds=[r.cloud_equivalent_cost_usd for r in rows if r.cloud_equivalent_cost_usd is not None],
             judge_cost_usd=sum(r.judge_cost_usd for r in rows),
             failures=dict(Counter(r.error_type or "error" for r in rows if not r.ok)),
-            judge_failures=dict(Counter(r.judge_error_type for r in rows if r.judge_error_type)),
-        ))
+            judge_failures=dict(Counter(r.judge_error_type for r in rows if r.judge_error_type))))
     return summaries
+
+
+def summary_of(target: str, metric: str, scores: Sequence[float], costs: Sequence[float],
+               latencies: Sequence[float], *, seed: int = 0, n_boot: int = 2000, ttfts: Sequence[float] = (),
+               tokens: tuple[Sequence[float], ...] = (), clouds: Sequence[float] = (), judge_cost_usd: float = 0.0,
+               failures: dict[str, int] | None = None, judge_failures: dict[str, int] | None = None) -> Summary:
+    """A target's summary from its values: every request's score (failures 0) and cost, the latencies and TTFTs
+    answers recorded, the answered requests' input, output, cached and audio token counts (``tokens``, empty: 0),
+    the cloud-equivalent costs given. ``summarize`` gives it an outcome list's; an outcome matrix its columns
+    (``genroute.bench.matrix_stats``), so that a 20,000-record matrix is not 120,000 ``Outcome`` objects."""
+    import numpy as np
+
+    def mean(values: Sequence[float]) -> float:
+        return float(np.mean(values)) if len(values) else 0.0
+
+    spread: tuple[float | None, ...] = (None, None, None)
+    if latencies:
+        p50, p95, p99 = (float(v) for v in np.percentile(latencies, [50, 95, 99]))
+        spread = (p50, max(p95, p50), max(p99, p95, p50))
+    means = [mean(values) for values in tokens] + [0.0] * (4 - len(tokens))
+    return Summary(
+        backend=target, n=len(scores), metric=metric, quality=mean(scores),
+        quality_ci=quality_ci(scores, n_boot=n_boot, seed=seed),
+        latency_p50_s=spread[0], latency_p95_s=spread[1], latency_p99_s=spread[2],
+        ttft_p50_s=float(np.median(ttfts)) if ttfts else None,
+        input_tokens=means[0], output_tokens=means[1], cached_input_tokens=means[2], audio_input_tokens=means[3],
+        cost_per_request_usd=mean(costs),
+        # Failed requests have no usage to price: they count as 0, like their measured cost.
+        cloud_equivalent_per_request_usd=sum(clouds) / len(scores) if clouds else None,
+        judge_cost_usd=judge_cost_usd, failures=failures or {}, judge_failures=judge_failures or {})
 
 
 def _money(value: float | None) -> str:
