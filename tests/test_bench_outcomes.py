@@ -217,11 +217,13 @@ def test_a_cache_file_genroute_did_not_write_is_a_usage_error(embedder: LocalEmb
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     # numpy's reader raised from deep inside (a traceback from `genroute bench`), and vectors of another width
     # were mixed with new ones.
-    path = CachedEmbedder(embedder, tmp_path).path
-    np.savez(path, keys=np.array(["k"]), vectors=np.zeros((1, 8), dtype=np.float32))  # another embedder's width
-    for content in (None, b"garbage", b"PK\x03\x04 cut short"):
-        if content is not None:
-            path.write_bytes(content)
+    path, legacy = CachedEmbedder(embedder, tmp_path).path, CachedEmbedder(embedder, tmp_path).legacy_path
+    np.savez(legacy, keys=np.array(["k"]), vectors=np.zeros((1, 8), dtype=np.float32))  # another embedder's width
+    with pytest.raises(UsageError) as err:
+        CachedEmbedder(embedder, tmp_path)
+    assert err.value.field == "cache_dir" and str(legacy) in err.value.message
+    for content in (b"garbage", b"PK\x03\x04 cut short", legacy.read_bytes()):
+        path.write_bytes(content)
         with pytest.raises(UsageError) as err:
             CachedEmbedder(embedder, tmp_path)
         assert err.value.field == "cache_dir" and str(path) in err.value.message

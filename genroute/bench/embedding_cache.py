@@ -4,11 +4,22 @@ The file's name holds the model's name and a digest of the embedder's identity (
 ``fingerprint()``, i.e. model file, version and settings, ``Embedder.fingerprint``; the one definition, by which a
 request's backends share vectors too), so a model changed under the same name starts a cache of its own instead of
 reading the other's vectors; an embedder without one is known by its model name alone.
+
+The file (format 2, ``embeddings-MODEL-DIGEST.v2.tsv``) is append-only: a JSON header line, then a line per text,
+``key<TAB>width<TAB>base64 of its float32 vector`` (a line cut short decodes to fewer numbers than its width).
+Each chunk's lines are one ``O_APPEND`` write, fsync'd, under an exclusive ``flock`` where the system has one, so
+two processes filling one cache interleave whole chunks; a process reads the lines the other appended before it
+embeds a chunk. A torn line (a process killed mid-write) is skipped on read and fenced off by a newline before the
+next chunk; the rest is kept. A format-1 file (the ``.npz`` the whole cache was rewritten into per chunk: quadratic in
+the texts embedded) is read once and its vectors carried into the new file; a later format is refused.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import os
 import zipfile
 from collections.abc import Sequence
@@ -20,8 +31,17 @@ import numpy as np
 from genroute.errors import UsageError
 from genroute.runtime.embeddings import vector_key
 
+try:
+    import fcntl
+except ImportError:  # Windows: the O_APPEND write of whole lines alone
+    fcntl = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     from numpy.typing import NDArray
+
+#: The format this module writes; a file of a later one is refused, not misread.
+FORMAT = 2
+_MAGIC = "genroute_embedding_cache"
 
 
 class CachedEmbedder:
@@ -31,13 +51,21 @@ class CachedEmbedder:
         self.embedder = embedder
         self.chunk = chunk
         self.model = getattr(embedder, "model", "unknown")
+        self.width: int | None = getattr(embedder, "dimension", None)
         identity = vector_key(embedder) or str(self.model)
         digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(self.model))
-        self.path = Path(cache_dir) / f"embeddings-{safe}-{digest}.npz"
+        self.path = Path(cache_dir) / f"embeddings-{safe}-{digest}.v{FORMAT}.tsv"
+        #: The format-1 file of the same embedder, read once into ``path`` when that does not exist yet.
+        self.legacy_path = Path(cache_dir) / f"embeddings-{safe}-{digest}.npz"
         self._vectors: dict[str, NDArray[Any]] = {}
+        self._offset = 0  # how far ``path`` has been read (the end of its last whole line)
         if self.path.exists():
-            self._vectors = _read(self.path, self.model, getattr(embedder, "dimension", None))
+            self._read_new()
+        elif self.legacy_path.exists():
+            legacy = _read_npz(self.legacy_path, self.model, self.width)
+            self._append(list(legacy), np.stack(list(legacy.values())) if legacy else np.zeros((0, 0)))
+            self._read_new()
 
     @staticmethod
     def key(text: str) -> str:
@@ -45,27 +73,112 @@ class CachedEmbedder:
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
     def embed_array(self, texts: Sequence[str]) -> NDArray[Any]:
-        """Embeddings of ``texts``; new ones are computed and saved ``chunk`` texts at a time."""
+        """Embeddings of ``texts``; new ones are computed and appended ``chunk`` texts at a time."""
         keys = [self.key(t) for t in texts]
         todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self._vectors}.items())
         for start in range(0, len(todo), self.chunk):  # saved chunk by chunk: a stopped run keeps its progress
-            part = todo[start:start + self.chunk]
-            vectors = np.asarray(self.embedder.embed_array([t for _, t in part]), dtype=np.float32)
-            self._vectors.update(zip([k for k, _ in part], vectors, strict=True))
-            self._save()
+            if self.path.exists():
+                self._read_new()  # what another process sharing the file embedded meanwhile
+            part = [(k, t) for k, t in todo[start:start + self.chunk] if k not in self._vectors]
+            if part:
+                vectors = np.asarray(self.embedder.embed_array([t for _, t in part]), dtype=np.float32)
+                self._append([k for k, _ in part], vectors)
+                self.width = self.width or vectors.shape[1]
+                self._vectors.update(zip([k for k, _ in part], vectors, strict=True))
         return np.stack([self._vectors[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
 
-    def _save(self) -> None:
+    def _append(self, keys: Sequence[str], vectors: NDArray[Any]) -> None:
+        """Append a line per vector: one write, fsync'd, after a newline if the file ends in a torn line."""
+        if not self.path.exists():
+            self._create()
+        body = b"".join(
+            b"%s\t%d\t%s\n" % (k.encode("ascii"), len(v), base64.b64encode(np.asarray(v, dtype="<f4").tobytes()))
+            for k, v in zip(keys, vectors, strict=True))
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
+            end = os.fstat(fd).st_size
+            if end and os.pread(fd, 1, end - 1) != b"\n":
+                body = b"\n" + body  # a torn line stays one line, skipped on read
+            if body:
+                os.write(fd, body)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _create(self) -> None:
+        """The file with its header, made whole before it appears (another process may make it first)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        header = {_MAGIC: FORMAT, "model": str(self.model), "dtype": "float32"}
         with tmp.open("wb") as fh:
-            np.savez(fh, keys=np.array(list(self._vectors)), vectors=np.stack(list(self._vectors.values())))
-        os.replace(tmp, self.path)
+            fh.write(json.dumps(header).encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+
+    def _read_new(self) -> None:
+        """Read the whole lines appended since the last read; a line that is not one (a torn write) is skipped."""
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except OSError as exc:
+            raise UsageError(f"{self.path} cannot be read ({exc.strerror or exc}); cache in another directory",
+                             field="cache_dir") from None
+        whole = data[:data.rfind(b"\n") + 1]
+        lines = whole.split(b"\n")[:-1]
+        if self._offset == 0:
+            if not lines:  # not even a header line: not a file this module made (it writes the header whole)
+                raise self._refused("no header")
+            self._check_header(lines.pop(0))
+        keys, raws = [], []
+        for line in lines:
+            fields = line.split(b"\t")
+            try:
+                key, width, raw = fields[0].decode("ascii"), int(fields[1]), binascii.a2b_base64(fields[2])
+            except (IndexError, ValueError, binascii.Error):  # a torn line (UnicodeDecodeError is a ValueError)
+                continue
+            if len(fields) != 3 or len(key) != 32 or len(raw) != 4 * width:
+                continue
+            if self.width is None:
+                self.width = width
+            if width != self.width:
+                raise UsageError(f"{self.path} holds vectors {width} wide, not {self.model}'s {self.width}-wide "
+                                 "ones; delete it, or cache in another directory", field="cache_dir")
+            keys.append(key)
+            raws.append(raw)
+        if keys:  # one array for the lines read (a row of it per text), not an array a line
+            vectors = np.frombuffer(b"".join(raws), dtype="<f4").astype(np.float32).reshape(len(keys), -1)
+            self._vectors.update(zip(keys, vectors, strict=True))
+        self._offset += len(whole)
+
+    def _check_header(self, line: bytes) -> None:
+        try:
+            header = json.loads(line)
+        except ValueError:
+            header = None
+        version = header.get(_MAGIC) if isinstance(header, dict) else None
+        if not isinstance(version, int):
+            raise self._refused("no genroute header")
+        if version != FORMAT:
+            raise UsageError(f"{self.path} is an embedding cache of format {version}; this genroute reads format "
+                             f"{FORMAT}: delete it, or cache in another directory", field="cache_dir")
+
+    def _refused(self, why: str) -> UsageError:
+        return UsageError(f"{self.path} is not an embedding cache genroute wrote ({why}); delete it, or cache in "
+                          "another directory", field="cache_dir")
 
 
-def _read(path: Path, model: str, width: int | None) -> dict[str, NDArray[Any]]:
-    """The vectors of a cache file; one genroute did not write, or of another width, is a ``UsageError`` (the
-    traceback of numpy's reader, or vectors of mixed widths, otherwise)."""
+def _read_npz(path: Path, model: str, width: int | None) -> dict[str, NDArray[Any]]:
+    """The vectors of a format-1 cache file; one genroute did not write, or of another width, is a ``UsageError``
+    (the traceback of numpy's reader, or vectors of mixed widths, otherwise)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             keys, vectors = data["keys"].tolist(), data["vectors"]
@@ -76,4 +189,3 @@ def _read(path: Path, model: str, width: int | None) -> dict[str, NDArray[Any]]:
         raise UsageError(f"{path} holds vectors of shape {vectors.shape} for {len(keys)} texts, not {model}'s "
                          f"{width or 'same'}-wide ones; delete it, or cache in another directory", field="cache_dir")
     return dict(zip(keys, vectors, strict=True))
-
