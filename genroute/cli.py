@@ -123,12 +123,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return _generate(args)
         return _ingest(args)
     except GenrouteError as exc:
-        if isinstance(exc, ConfigError) and getattr(args, "config", None):
-            # One found after the router was built (a local model file, its n_ctx: checked at the first request).
-            from genroute.config_location import locate
-
-            locate(exc, args.config)
-        return command_failed(exc, command)
+        return command_failed(exc, command, config=getattr(args, "config", None))
 
 
 def _delegate(command: str, rest: list[str]) -> int:

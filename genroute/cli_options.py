@@ -6,6 +6,7 @@ import argparse
 import copy
 import sys
 
+from genroute.config_location import locate
 from genroute.errors import ConfigError, GenrouteError, UsageError, command_error
 
 
@@ -54,7 +55,11 @@ def config_sections() -> frozenset[str]:
     return frozenset(RouterConfig.model_fields)
 
 
-def command_failed(error: GenrouteError, parser: argparse.ArgumentParser) -> int:
+def command_failed(error: GenrouteError, parser: argparse.ArgumentParser, *, config: object = None) -> int:
     """What a ``genroute`` command does with ``error``: one line on stderr naming the option the user typed
-    (``as_typed``), worded as argparse words a bad option, and the exit status (2: the caller's mistake)."""
+    (``as_typed``), worded as argparse words a bad option, and the exit status (2: the caller's mistake). A config
+    error about the command's config file (``config``, its ``--config``) names the file and line that set it, also
+    one found after the router was built (a local model file, its ``n_ctx``: checked at the first request)."""
+    if isinstance(error, ConfigError) and config:
+        locate(error, config)
     return command_error(as_typed(error, parser), parser.prog)

@@ -114,3 +114,32 @@ def test_a_command_locates_a_config_error_found_at_the_first_request(tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith("genroute generate: error: engines.local.model_path: no model file at ")
     assert err.rstrip().endswith(f" ({path}, line 4)")
+
+
+def test_bench_locates_config_errors_as_generate_does(gemini_server, tmp_path, capsys):
+    # genroute bench named the file and line of a config error found as the router was built, but not of one found
+    # at the first request (a local engine's model file): each target's "no scored row" line and results.jsonl
+    # gave the field alone, where `genroute generate` gave "(app.yaml, line 4)".
+    import json
+
+    from genroute.cli import main
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"input": f"q{i}", "output": "a"}) + "\n" for i in range(3)), encoding="utf-8")
+    path = _yaml(tmp_path, gemini_server.base_url, temperature='"hot"')  # a text where a number goes, on line 9
+    assert main(["bench", str(data), "--config", str(path), "--backends", "chat", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genroute bench: error: backends.chat.generation.temperature: ")
+    assert err.rstrip().endswith(f" ({path}, line 9)")
+    late = tmp_path / "late.yaml"
+    late.write_text("engines:\n  local:\n    kind: local\n    model_path: models/missing.gguf\n"
+                    "backends:\n  small: {kind: prompt_template, engine: local, model: gemma-3-270m}\n",
+                    encoding="utf-8")
+    out = tmp_path / "b"
+    assert main(["bench", str(data), "--config", str(late), "--backends", "small", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "genroute bench: error: small: no scored row: 3 failed with ConfigError: engines.local.model_path: no " \
+           "model file at " in err and err.rstrip().endswith(f" ({late}, line 4)")
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows and all(row["error"].endswith(f" ({late}, line 4)") for row in rows)
+    assert not gemini_server.requests

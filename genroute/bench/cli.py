@@ -112,7 +112,7 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
 
         report = run_sync(main(), "genroute bench")  # a Ctrl-C another thread was given wakes the loop too
     except GenrouteError as exc:
-        return command_failed(exc, parser())
+        return command_failed(exc, parser(), config=args.config)
     print(report.markdown())
     files = report.files
     written = ", ".join(str(files[name]) for name in ("markdown", "html", "png") if files.get(name) is not None)

@@ -18,7 +18,8 @@ from genroute.bench.scorers import check_golds
 from genroute.bench.setup_failures import SetupWatch
 from genroute.bounds import is_whole
 from genroute.config_errors import check_list, not_a, pydantic_validated_json
-from genroute.errors import GenrouteError, UsageError
+from genroute.config_location import locate
+from genroute.errors import ConfigError, GenrouteError, UsageError
 from genroute.public_model import PublicModel
 from genroute.types import GenerateRequest
 
@@ -157,6 +158,8 @@ async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scor
         async with answering_router(router, record, target, POLICY_TARGET) as answering:
             result = await _answer(answering, request, stream)
     except Exception as exc:  # noqa: BLE001 - one bad record must not end a long run; the type is reported
+        if isinstance(exc, ConfigError):  # the row and the report say where the config file sets it
+            locate(exc, router._config_file)
         # What the failed request cost (attempts that timed out or were cut are billed) is the row's cost.
         return Outcome(**base, ok=False, error_type=type(exc).__name__, error=str(exc)[:500],
                        latency_s=time.perf_counter() - start, cost_usd=spent(exc))

@@ -86,7 +86,7 @@ def graduate_main(argv: Sequence[str]) -> int:
         _refuse_other_tuning(args)
         report = run_sync(_run(args), "graduate")  # a Ctrl-C on any thread stops it (see run_sync)
     except GenrouteError as exc:
-        return command_failed(exc, parser)
+        return command_failed(exc, parser, config=args.config)
     print(report.text(), end="")
     return 0
 

@@ -139,6 +139,8 @@ async def _assemble(
     # counts from the store) as it is made.
     router = await asyncio.to_thread(lambda: cls(backends, policy, resources=resources, validators=all_validators,
                                                  **router_kwargs))
+    if isinstance(source, str | Path):
+        router._config_file = str(source)  # type: ignore[attr-defined]
     await _read_promotions(router)
     return router
 

@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 class Router(Lifecycle, Learning):
     """Routes each request to a backend chosen by a policy, and records why, how long and how much."""
 
+    #: The config file the router was built from (``None``: a mapping, a ``RouterConfig`` or code): where a
+    #: ``ConfigError`` found at a request (a local model file, when it first loads) is located by a benchmark.
+    _config_file: str | None = None
+
     def __init__(
         self,
         backends: Mapping[str, Backend],

@@ -66,7 +66,7 @@ def tune_main(argv: list[str]) -> int:
         _refuse_other_mode(args)
         return _local(args) if args.local else _vertex(args)
     except GenrouteError as exc:
-        return command_failed(exc, parser)
+        return command_failed(exc, parser, config=args.config)
 
 
 #: The flags that only one kind of run reads (the other would ignore them).
