@@ -256,7 +256,10 @@ def end_on(loop: asyncio.AbstractEventLoop, end: Callable[[T], None], work: T) -
 def resume_here(task: asyncio.Task[Any]) -> asyncio.Task[Any]:
     """The coroutine of ``task``, whose loop was closed under it, as a task of the running loop that stands in for it
     (in its context: the context variables its blocks set are reset where they were set)."""
-    heir = asyncio.get_running_loop().create_task(task.get_coro(), context=context_of(task))
+    coro = task.get_coro()
+    if coro is None:  # an eager task that has finished (3.12+): there is nothing left to resume
+        raise RuntimeError(f"{task!r} has no coroutine left to resume")
+    heir = asyncio.get_running_loop().create_task(coro, context=context_of(task))
     heir.add_done_callback(_retrieved)  # its caller, on the closed loop, can never read how it ended
     return heir
 

@@ -68,5 +68,7 @@ class Background:
                 work._log_destroy_pending = False  # type: ignore[attr-defined]  # asyncio's own switch for this
                 # Closed here, not by the garbage collector: its cleanup needs the loop that is gone, and would print
                 # "Exception ignored in: <coroutine ...>" (RuntimeError: no running event loop) at collection.
-                with contextlib.suppress(RuntimeError):
-                    work.get_coro().close()
+                coro = work.get_coro()  # None only for an eager task that has finished: this one is pending
+                if coro is not None:
+                    with contextlib.suppress(RuntimeError):
+                        coro.close()
