@@ -78,3 +78,12 @@ def test_a_matrix_summarises_as_its_outcome_rows_would(binary: bool) -> None:
     ours, theirs = matrix_stats(matrix, n_boot=300), stats_from(rows, n_boot=300)
     assert list(ours.tasks) == list(theirs.tasks) and "*" in ours.tasks
     assert ours.model_dump(exclude={"created_at"}) == theirs.model_dump(exclude={"created_at"})
+
+
+def test_matrix_statistics_refuse_what_is_not_a_matrix() -> None:
+    from genroute.errors import UsageError
+
+    for call in (matrix_summaries, matrix_stats):
+        with pytest.raises(UsageError) as err:
+            call("matrix.jsonl")  # type: ignore[arg-type]
+        assert err.value.field == "matrix" and "load_matrix" in err.value.message

@@ -40,6 +40,7 @@ from genroute.bench.cli import add_arguments, bench_main, run_bench_cli
 from genroute.bench.compile import CompileReport, compile_policy, stats_from
 from genroute.bench.datasets import BenchRecord, load_records, split_ids
 from genroute.bench.harness import BenchReport, abench, bench, report_outcomes
+from genroute.bench.matrix_stats import matrix_stats, matrix_summaries
 from genroute.bench.offline import compile_outcomes
 from genroute.bench.offline_report import OfflineReport
 from genroute.bench.outcomes import CandidatePricing, OutcomeMatrix, load_matrix, load_pricing
@@ -63,5 +64,5 @@ __all__ = [
     "compile_policy", "load_outcomes", "load_records", "markdown_table", "mcnemar_exact",
     "paired_bootstrap_ci", "quality_ci", "report_outcomes", "resolve_scorer", "run_bench_cli", "split_ids",
     "stats_from", "summarize", "write_report", "OfflineReport", "OutcomeMatrix", "CandidatePricing",
-    "compile_outcomes", "load_matrix", "load_pricing",
+    "compile_outcomes", "load_matrix", "load_pricing", "matrix_stats", "matrix_summaries",
 ]

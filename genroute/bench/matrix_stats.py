@@ -13,6 +13,7 @@ import numpy as np
 from genroute.bench.compile import stats_of
 from genroute.bench.outcomes import MATRIX_SCORER, OutcomeMatrix
 from genroute.bench.report import Summary, summary_of
+from genroute.errors import UsageError
 from genroute.policies.stats import ANY_TASK, BenchStats
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ def matrix_summaries(matrix: OutcomeMatrix, rows: NDArray[Any] | None = None, *,
                      n_boot: int = 2000) -> list[Summary]:
     """One summary per candidate (in the matrix's order) over ``rows`` (record indices; ``None``: every record).
     A latency the file did not record is unknown, not 0 s."""
+    _check(matrix)
     take = np.arange(len(matrix.records)) if rows is None else rows
     summaries = []
     for j, candidate in enumerate(matrix.candidates):
@@ -36,8 +38,15 @@ def matrix_summaries(matrix: OutcomeMatrix, rows: NDArray[Any] | None = None, *,
 def matrix_stats(matrix: OutcomeMatrix, *, source: str | None = None, seed: int = 0,
                  n_boot: int = 2000) -> BenchStats:
     """``BenchStats`` per task (in the order tasks first appear; records without one under ``*``) and candidate."""
+    _check(matrix)
     by_task: dict[str, list[int]] = {}
     for i, task in enumerate(matrix.tasks):
         by_task.setdefault(task or ANY_TASK, []).append(i)
     return stats_of({task: matrix_summaries(matrix, np.array(rows, dtype=np.intp), seed=seed, n_boot=n_boot)
                      for task, rows in by_task.items()}, source=source)
+
+
+def _check(matrix: object) -> None:
+    if not isinstance(matrix, OutcomeMatrix):  # a path or records: an AttributeError deep inside
+        raise UsageError(f"must be an OutcomeMatrix (load_matrix reads one), not {type(matrix).__name__}",
+                         field="matrix")
