@@ -226,10 +226,6 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
-
-
 class _ConfiguredEngines(Mapping[str, Any]):
     """A config's engines by name, each built when first looked up: an ingest builds only the one its store's
     embedder names (another, a Vertex engine without its project, may not build here, and has nothing to do with
@@ -253,3 +249,7 @@ class _ConfiguredEngines(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._raw)
+
+
+if __name__ == "__main__":  # pragma: no cover  (last: `python -m genroute.cli` runs this file top to bottom)
+    raise SystemExit(main())
