@@ -453,3 +453,18 @@ def test_cli_local_checks_the_config_before_training(config_path: Path, tmp_path
     assert main(["tune", "--local", str(data), "--config", str(config_path), "--name", "chat"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert not (tmp_path / ".genroute").exists()
+
+
+def test_register_refuses_a_config_that_already_holds_an_invalid_entry(config_path: Path) -> None:
+    # The tuned backend was added to a file whose `chat` backend could never build (temperature "hot"), and the
+    # command said it had registered it: the first build after the tuning run failed instead. The file's entries are
+    # checked as it is written, the broken one named, and nothing is written.
+    raw = yaml.safe_load(config_path.read_text())
+    raw["backends"]["chat"]["generation"] = {"temperature": "hot"}
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    before = config_path.read_bytes()
+    with pytest.raises(ConfigError) as info:
+        register_tuned_backend(config_path, "t", engine="vertex", model=f"{LOCATION}/endpoints/7",
+                               base_model="gemini-2.5-flash")
+    assert info.value.field == "backends.chat.generation.temperature"
+    assert config_path.read_bytes() == before

@@ -112,6 +112,9 @@ def with_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str,
         raw["engines"] = {**(raw.get("engines") or {}), **{k: dict(v) for k, v in engines.items()}}
     raw["backends"] = {**(raw.get("backends") or {}), name: dict(backend)}
     _require_engine(raw, backend.get("engine"), field=f"backends.{name}.engine")
+    for group in ("engines", "backends"):  # the file's other entries too: one it already held broken is named now,
+        for entry_name, entry in (raw.get(group) or {}).items():  # not at the first build after a tuning run
+            validate_kind(group, entry, field=f"{group}.{entry_name}")
     require_price(load_config(raw), name, backend)  # the file we write must still load, and build
     return raw
 
