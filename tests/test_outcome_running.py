@@ -104,3 +104,33 @@ async def test_refresh_reads_what_the_shared_list_took_since_a_trim_included(sto
     await same_as_full_read(running, reader)
     assert reader.skipped > 0
     assert running.full_reads == 1  # trims, drops and skips reach it as changes: never read in full again
+
+
+async def test_a_record_dropped_while_the_shared_list_parses_its_changes_is_still_answered(monkeypatch) -> None:
+    # ``changes`` parses more than 100 records on a worker thread, outside its lock: a write meanwhile (a feedback on
+    # the event loop) that drops the oldest record from the bounded view made it a KeyError (the dropped id's rank,
+    # read after the parse), and Router.refresh raised it. What was held at the place read is answered, and the drop
+    # reaches the next read.
+    import asyncio
+    import threading
+
+    from genroute.outcomes import shared
+    from genroute.state.memory import MemoryStateStore
+
+    store = SharedOutcomeStore(MemoryStateStore(), max_items=150)
+    for i in range(150):
+        await store.upsert(record(f"r{i:03}", chat={"score": 1.0, "cost_usd": 1e-5}))
+    loop = asyncio.get_running_loop()
+    load_all = shared._load_all
+
+    def parse_while_a_write_lands(lines: list[bytes]) -> list[OutcomeRecord]:
+        if threading.current_thread() is not threading.main_thread():  # the parse of changes' records
+            asyncio.run_coroutine_threadsafe(store.upsert(record("new", chat={"score": 0.0})), loop).result(10)
+        return load_all(lines)
+
+    monkeypatch.setattr(shared, "_load_all", parse_while_a_write_lands)
+    changes = await store.changes(None)
+    assert [r.id for _, r in changes.records][:2] == ["r000", "r001"] and len(changes.records) == 150
+    monkeypatch.setattr(shared, "_load_all", load_all)
+    later = await store.changes(changes.place)
+    assert later.removed == ["r000"] and [r.id for _, r in later.records] == ["new"]

@@ -147,14 +147,15 @@ class SharedOutcomeStore:
                 ids = list(self._merged)
             else:
                 ids = list(itertools.takewhile(lambda id: self._log[id] > place.at, reversed(self._log)))  # type: ignore[union-attr]
-            lines = [(id, self._merged.get(id)) for id in ids]
+            # Read under the lock with the lines: a write while they parse may drop an id (``_bound``).
+            lines = [(id, self._merged.get(id), self._rank.get(id, 0)) for id in ids]
             here = Place(self._source, self._version, 0)
-        found = await _run(len(lines) > 100, _load_all, [line for _, line in lines if line is not None])
-        kept = [id for id, line in lines if line is not None]
-        records = sorted((((float(self._rank[id]), id), record) for id, record in zip(kept, found, strict=True)),
+        found = await _run(len(lines) > 100, _load_all, [line for _, line, _ in lines if line is not None])
+        kept = [(id, rank) for id, line, rank in lines if line is not None]
+        records = sorted((((float(rank), id), record) for (id, rank), record in zip(kept, found, strict=True)),
                          key=lambda item: item[0])
         return Changes(place=here, full=full, records=records,
-                       removed=[id for id, line in lines if line is None])
+                       removed=[id for id, line, _ in lines if line is None])
 
     def _changed(self, id: str) -> None:
         self._version += 1
