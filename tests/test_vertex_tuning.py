@@ -468,3 +468,20 @@ def test_register_refuses_a_config_that_already_holds_an_invalid_entry(config_pa
                                base_model="gemini-2.5-flash")
     assert info.value.field == "backends.chat.generation.temperature"
     assert config_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("mode", [["--local"], ["--base-model", "gemini-2.5-flash"]], ids=["local", "vertex"])
+def test_cli_refuses_a_config_holding_an_invalid_entry_before_training(
+        gemini_server: GeminiTestServer, config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        mode: list[str]) -> None:
+    # The file's other entries were checked only when the tuned backend was written: after the minutes of a local
+    # training run, or a Vertex AI job paid for and done, whose model was then left unregistered.
+    from genroute.cli import main
+
+    raw = yaml.safe_load(config_path.read_text())
+    raw["backends"]["chat"]["generation"] = {"temperature": "hot"}
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    data = write_data(tmp_path / "data.jsonl", examples(12))
+    assert main(["tune", *mode, str(data), "--config", str(config_path), "--name", "tuned"]) == 2
+    assert "backends.chat.generation.temperature" in capsys.readouterr().err
+    assert gemini_server.requests == [] and not (tmp_path / ".genroute").exists()

@@ -46,7 +46,8 @@ def config_file_path(config_path: object) -> Path:
 def check_target(config_path: str | Path, name: str, *, replace: bool = False, engines: Sequence[str] = (),
                  missing_ok: bool = False, served_by: str | None = None) -> dict[str, Any]:
     """Fail now, before anything is trained or sent, if ``name`` (and ``engines``) cannot be written into
-    the config, or the config lacks the engine ``served_by`` that is to serve it; return the config's mapping
+    the config (an engine or backend it holds already could never build, so the file written would not load), or
+    the config lacks the engine ``served_by`` that is to serve it; return the config's mapping
     (``{}`` for a missing file when ``missing_ok``)."""
     check_name(name)
     path = config_file_path(config_path)
@@ -65,11 +66,23 @@ def check_target(config_path: str | Path, name: str, *, replace: bool = False, e
             if not replace and entry in (present or {}):
                 raise UsageError(f"{what} {entry!r} already exists in {path.name}; pick another name or "
                                  "replace it", field="name")
+    _check_entries(raw, skip={"backends": {name}, "engines": set(engines)})
     if served_by is not None:
         _require_engine(raw, served_by, field="engine")
     if not os.access(path.parent, os.W_OK):
         raise UsageError(f"cannot write to {path.parent}", field="config")
     return raw
+
+
+def _check_entries(raw: Mapping[str, Any], *, skip: Mapping[str, set[str]]) -> None:
+    """``ConfigError`` naming the first engine or backend of ``raw`` that could never build (a backend's temperature
+    "hot"), but those in ``skip`` (the entries about to be replaced): the file written would not load."""
+    from genroute.config import validate_kind
+
+    for group in ("engines", "backends"):
+        for entry_name, entry in (raw.get(group) or {}).items():
+            if entry_name not in skip.get(group, ()):
+                validate_kind(group, entry, field=f"{group}.{entry_name}")
 
 
 def _require_engine(raw: Mapping[str, Any], engine: Any, *, field: str) -> None:
@@ -112,9 +125,6 @@ def with_tuned_backend(config_path: str | Path, name: str, backend: Mapping[str,
         raw["engines"] = {**(raw.get("engines") or {}), **{k: dict(v) for k, v in engines.items()}}
     raw["backends"] = {**(raw.get("backends") or {}), name: dict(backend)}
     _require_engine(raw, backend.get("engine"), field=f"backends.{name}.engine")
-    for group in ("engines", "backends"):  # the file's other entries too: one it already held broken is named now,
-        for entry_name, entry in (raw.get(group) or {}).items():  # not at the first build after a tuning run
-            validate_kind(group, entry, field=f"{group}.{entry_name}")
     require_price(load_config(raw), name, backend)  # the file we write must still load, and build
     return raw
 
