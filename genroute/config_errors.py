@@ -23,10 +23,15 @@ def validator_message(error: Any) -> str:
     return str(error["msg"]).removeprefix("Value error, ")
 
 
+#: How pydantic names a validator function in an error's location (``function-after[_positive(), float]``).
+_VALIDATOR = re.compile(r"function-(after|before|wrap|plain)\[.*\]")
+
+
 def error_at(error: Any) -> str:
     """Where a pydantic ``error`` is, as a dotted key (``outcomes.b.score``; ``""``: the input as a whole), without
-    the validator functions pydantic names in a location (``function-after[...]``), which are no key."""
-    return ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+    the validator functions pydantic names in a location (``function-after[...]``), which are no key (a key that
+    only starts like one, a backend named ``function-calling``, stays)."""
+    return ".".join(str(part) for part in error["loc"] if not _VALIDATOR.fullmatch(str(part)))
 
 
 def not_a(where: str, what: str, error: Any) -> str:

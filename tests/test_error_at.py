@@ -36,6 +36,9 @@ def test_the_key_at_fault_is_dotted_without_pydantics_validator_names() -> None:
     assert error_at(_first_error({"outcomes": {"b": {"score": "x"}}})) == "outcomes.b.score"
     # A union member's location holds the name of pydantic's validator function: no key of the file.
     assert error_at(_first_error({"outcomes": {"b": {"score": 1, "weight": -1.0}}})) == "outcomes.b.weight"
+    # A key that only starts like one (a function-calling backend) is a key: it was left out ("outcomes.score").
+    assert error_at(_first_error({"outcomes": {"function-calling": {"score": "x"}}})) == (
+        "outcomes.function-calling.score")
 
 
 def test_a_line_that_is_not_a_row_names_its_place_and_key() -> None:
