@@ -425,3 +425,21 @@ def test_ctrl_c_another_thread_takes_during_bench_ends_it_at_once(tmp_path, gemi
     go.touch()
     out, err = proc.communicate(timeout=50)  # the held answer comes at 60 s: ending before it is the Ctrl-C's doing
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "genroute: interrupted", (out, err)
+
+
+async def test_bench_and_the_demo_inside_a_running_loop_say_what_to_do_there(tmp_path, gemini_server, capsys):
+    # Through run_sync (e49dc26), both named an API that does not exist ("await agenroute bench() instead"), and
+    # only after the router was built (bench left it open) or the demo's adapter trained and its model loaded.
+    from genroute.demo import run_demo
+    from genroute.errors import UsageError
+
+    path = _write_config(tmp_path, gemini_server)
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"input": "q", "output": "a"}) + "\n")
+    assert main(["bench", str(data), "--config", str(path), "--backends", "chat", "--out", str(tmp_path / "out"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "run_bench_cli() is synchronous" in err and "await genroute.bench.abench(router, data, ...)" in err, err
+    with pytest.raises(UsageError, match=r"run_demo\(\) is synchronous .* run `genroute demo` in a terminal"):
+        run_demo(cache_dir=str(tmp_path / "demo"), tune=False)
+    assert not (tmp_path / "demo").exists()  # refused before anything was made

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from genroute.cli_options import add_quiet, command_failed, shows_progress
 from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import GenrouteError, UsageError
-from genroute.runtime.portal import run_sync
+from genroute.runtime.portal import refuse_inside_loop, run_sync
 
 if TYPE_CHECKING:
     from genroute.bench.advisor import AdvisorSettings
@@ -81,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+#: What to do instead of ``run_bench_cli`` where an event loop runs (a notebook): await its async core.
+_INSTEAD = "await genroute.bench.abench(router, data, ...)"
+
+
 def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """Run ``genroute bench`` from parsed arguments; print the report; 0 on success, 2 on a usage error, 1 on a
     failure (and when a target has no scored row: 2 if each such target failed with a usage or config error)."""
@@ -95,6 +99,7 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     command = command_line(argv) if argv is not None else None
     try:
+        refuse_inside_loop("run_bench_cli", _INSTEAD)  # before the router is built: it would be left open
         advisor = _advisor(args)
         router = Router.from_config(args.config)
 
@@ -110,7 +115,7 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
                     force_verdict=args.force_verdict,
                     cost_weight_rule=None if args.cost_weight_rule == "fixed" else args.cost_weight_rule)
 
-        report = run_sync(main(), "genroute bench")  # a Ctrl-C another thread was given wakes the loop too
+        report = run_sync(main(), "run_bench_cli", instead=_INSTEAD)  # a Ctrl-C another thread got wakes the loop
     except GenrouteError as exc:
         return command_failed(exc, parser(), config=args.config)
     print(report.markdown())

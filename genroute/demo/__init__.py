@@ -67,6 +67,10 @@ def store_path(cache: Path) -> Path:
     return cache / f"chroma-{LOCAL_MODEL}"
 
 
+#: What to do instead of ``run_demo`` where an event loop runs (a notebook): the demo has no async form.
+_INSTEAD = "run `genroute demo` in a terminal"
+
+
 def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool = True) -> int:
     """Run the demo and print a table of decisions, answers, latency, tokens and cost, then the span tree.
 
@@ -82,8 +86,9 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
     from genroute.cache import ensure_dir
     from genroute.demo.render import DemoConsole, results_table, span_tree
     from genroute.router import Router
-    from genroute.runtime.portal import run_sync
+    from genroute.runtime.portal import refuse_inside_loop, run_sync
 
+    refuse_inside_loop("run_demo", _INSTEAD)  # before the adapter's training and the model's loading
     console = DemoConsole(width=None if DemoConsole().is_terminal else 150)
     if cache_dir:
         cache = ensure_dir(Path(cache_dir), field="--cache-dir", writable=True)
@@ -103,7 +108,7 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
     config = demo_config(cache, adapter)
     with Router.from_config(config, tools={"get_weather": get_weather}, tracer_provider=provider) as router:
         with console.status("loading the bundled documents and examples into Chroma"):
-            run_sync(_load_knowledge(router.resources.knowledge), "genroute demo")
+            run_sync(_load_knowledge(router.resources.knowledge), "run_demo", instead=_INSTEAD)
             router.refresh()
         rows = []
         for fields, shows in REQUESTS:
