@@ -2,17 +2,20 @@
 calling ``promote`` / ``rollback`` / ``refresh`` on the same router, side by side in one run.
 
     python benchmarks/live_graduation.py [--seconds 10] [--threads 16] [--rounds 2] [--records 2000]
-                                         [--examples 2000] [--backend icl|chat]
+                                         [--examples 2000] [--backend icl|chat] [--policy static|learned]
+                                         [--refreshes 5]
 
 The router is built as an application with live graduation would build it: two Gemini backends on the loopback
 server (``genroute.testing``, in its own process), an ICL backend (``fixed`` selector) over an embedded Chroma
 collection of ``--examples`` examples, the task wrapped in a ``challenger`` (``pro``, shadow, share 0.01) around a
-``static`` policy sending it to ``--backend``, and an ``outcomes`` SQLite store seeded with ``--records`` paired
-records (what ``refresh`` reads and rebuilds the policy from). The request threads call ``router.generate``
+``static`` policy sending it to ``--backend`` (``--policy learned``: a ``learned`` policy, default ``--backend``,
+trained at the start on the records, which then carry inputs: 200 distinct texts), and an ``outcomes`` SQLite store
+seeded with ``--records`` paired records (what ``refresh`` reads and rebuilds the policy from). The request threads call ``router.generate``
 (the sync API: one loop thread serves them all); the control thread, in the "with control calls" runs, loops
 ``promote(task, "pro")``, ``rollback(task)``, ``refresh()`` back to back. Each round runs both cases for
 ``--seconds`` each; figures are requests per second (median of rounds), the control calls made per second, and
-the slowest request seen (p99 and max, ms).
+the slowest request seen (p99 and max, ms). Before the rounds, ``--refreshes`` refreshes with nothing new to read
+are timed one by one (median wall and process CPU time, ms).
 """
 
 from __future__ import annotations
@@ -35,16 +38,20 @@ from throughput import loopback_server  # noqa: E402
 TASK = "sentiment"
 
 
-def _router(base_url: str, root: Path, records: int, examples_n: int, backend: str) -> Any:
+def _router(base_url: str, root: Path, records: int, examples_n: int, backend: str, policy: str) -> Any:
     from genroute import Router
     from genroute.knowledge.examples import aload_examples
     from genroute.outcomes.records import OutcomeRecord, Side
+    from genroute.outcomes.stats import training_rows
     from genroute.outcomes.store import OutcomeStore
+    from genroute.policies.learned import train
 
     path = root / "outcomes.db"
     store = OutcomeStore(path)
+    learned = policy == "learned"
     store.upsert_many_sync([
-        OutcomeRecord(id=f"r{i}", task=TASK, outcomes={"chat": Side(score=float(i % 3 != 0), cost_usd=1e-5,
+        OutcomeRecord(id=f"r{i}", task=TASK, input=f"review {i % 200}" if learned else None,
+                      output="positive" if learned else None, outcomes={"chat": Side(score=float(i % 3 != 0), cost_usd=1e-5,
                                                                            latency_s=0.01),
                                                        "pro": Side(score=float(i % 4 != 0), cost_usd=4e-5,
                                                                           latency_s=0.02)})
@@ -67,6 +74,9 @@ def _router(base_url: str, root: Path, records: int, examples_n: int, backend: s
         "outcomes": {"path": str(path), "scorer": "normalized_exact", "min_n": 20},
         "timeout_s": 60,
     }
+    if learned:
+        train(training_rows(store.records_sync()), root / "learned.npz", test_share=0.0)
+        config["policy"]["policy"] = {"kind": "learned", "model_path": str(root / "learned.npz"), "default": backend}
     router = Router.from_config(config)
     router._portal.call(aload_examples(router.resources.knowledge, [examples], collection="examples"))
     router.refresh()  # the ICL backend counts its examples
@@ -108,6 +118,17 @@ def _run(router: Any, seconds: float, threads: int, control: bool) -> tuple[floa
     return len(every) / wall, calls[0] / wall, p99, every[-1] * 1e3
 
 
+def _refresh_times(router: Any, n: int) -> tuple[float, float]:
+    """Median wall and process CPU time (ms) of ``n`` refreshes in a row, nothing written meanwhile."""
+    wall, cpu = [], []
+    for _ in range(n):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        router.refresh()
+        wall.append((time.perf_counter() - start) * 1e3)
+        cpu.append((time.process_time() - start_cpu) * 1e3)
+    return statistics.median(wall), statistics.median(cpu)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -116,10 +137,16 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--backend", choices=("icl", "chat"), default="icl")
+    parser.add_argument("--policy", choices=("static", "learned"), default="static")
+    parser.add_argument("--refreshes", type=int, default=5)
     args = parser.parse_args()
     with loopback_server() as url, tempfile.TemporaryDirectory() as tmp:
-        router = _router(url, Path(tmp), args.records, args.examples, args.backend)
+        router = _router(url, Path(tmp), args.records, args.examples, args.backend, args.policy)
         try:
+            if args.refreshes:
+                wall, cpu = _refresh_times(router, args.refreshes)
+                print(f"one refresh with nothing new ({args.policy} policy, median of {args.refreshes}): "
+                      f"{wall:.1f} ms wall, {cpu:.1f} ms CPU", flush=True)
             _run(router, 1.0, args.threads, control=True)  # warm-up: connections, imports, the first refresh
             rounds: dict[bool, list[tuple[float, float, float, float]]] = {False: [], True: []}
             for n in range(args.rounds):
