@@ -8,7 +8,8 @@ quality net of a cost term applied at decision time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -210,6 +211,8 @@ class LearnedPolicy(Policy):
         self._weight_text = f"{self.cost_weight:g}{cheapest_note(self.cost_weight)}"  # as each decision's reason has it
         #: Where request embedding spans go: the binding router's tracer (``None``: the embedder's own).
         self.tracer: trace.Tracer | None = None
+        #: ``fit_key`` of the rows and settings a refresh fit this policy's model on (``None``: not fit by a refresh).
+        self.fitted_on: str | None = None
         self._embed_request = RememberedEmbeddings(self._embed_text, config.cache_size)
         trained_on = self.model.meta.get("embedder")
         if trained_on not in (None, "unknown", getattr(self.embedder, "model", trained_on)):
@@ -250,9 +253,13 @@ class LearnedPolicy(Policy):
 
     def refreshed(self, update: PolicyUpdate) -> LearnedPolicy | None:
         """A policy retrained on the outcomes' captured inputs (written next to ``model_path`` as
-        ``<name>.refreshed.npz``); ``None`` below ``min_n`` records or with fewer than two backends scored."""
+        ``<name>.refreshed.npz``); ``None`` below ``min_n`` records or with fewer than two backends scored, and when
+        what the fit would read (``fit_key``) is what this policy was last fit on: the fit is skipped."""
         records = {row["record_id"] for row in update.rows}
         if len(records) < max(2, update.min_n) or len({row["backend"] for row in update.rows}) < 2:
+            return None
+        key = self.fit_key(update.rows)
+        if key == self.fitted_on:
             return None
         path = Path(self.config.model_path)
         path = path.with_name(path.name.removesuffix(".npz").removesuffix(".refreshed") + ".refreshed.npz")
@@ -263,7 +270,22 @@ class LearnedPolicy(Policy):
         new.field = self.field
         LearnedPolicy.__init__(new, self.config.model_copy(update={"model_path": str(path)}), embedder=self.embedder)
         new.tracer = self.tracer
+        new.fitted_on = key
         return new
+
+    def fit_key(self, rows: Sequence[Mapping[str, Any]]) -> str:
+        """A digest of everything a refresh's fit reads: the training rows (input, backend, score, cost, record id
+        and task of each, in order: the costs as ``training_rows`` priced them) and the settings the fit takes from
+        this policy (method, k, pass score, task feature, cost weight, the embedder's model). No backend fact (the
+        catalogue, ICL example counts, the pricing table) is read by the fit: a change there refits nothing."""
+        fingerprint = getattr(self.embedder, "fingerprint", None)
+        settings = (self.model.method, self.model.meta.get("k", 7), self.model.meta.get("pass_score", 0.5),
+                    bool(self.model.tasks), self.cost_weight,
+                    fingerprint() if callable(fingerprint) else getattr(self.embedder, "model", None))
+        digest = hashlib.blake2b(repr(settings).encode(), digest_size=16)
+        digest.update(repr([(row.get("input"), row.get("backend"), row.get("score"), row.get("cost_usd"),
+                             row.get("record_id", row.get("id")), row.get("task")) for row in rows]).encode())
+        return digest.hexdigest()
 
     def validate_against(self, catalogue: Mapping[str, BackendInfo]) -> None:
         named = [(self.config.default, f"{self.field}.default")]

@@ -1,0 +1,76 @@
+"""A ``learned`` policy refreshed from outcomes fits again only when what the fit reads changed: the training rows
+(new records, a record rewritten with another score or cost) or its settings; not on a refresh that brought nothing
+new, nor when backend facts (an ICL backend's example count, the catalogue) changed, which the fit does not read.
+
+Fits are counted through the public seam: ``Router.refresh()`` returns whether the policy changed, and a fit swaps
+in a new policy object (its model file rewritten)."""
+
+from __future__ import annotations
+
+import json
+
+from genroute import Router
+from genroute.knowledge.examples import aload_examples
+from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
+from genroute.policies.learned import LearnedPolicy, train
+
+from .conftest import gemini_config
+
+CARD = [f"where is my card number {i}" for i in range(12)]
+FEE = [f"what fee did you charge me {i}" for i in range(12)]
+
+
+def fill(tmp_path, n, *, chat_cost=0.0001, start=0):
+    """Records ``start``..``start + n`` (ids kept: a second fill of the same ids rewrites them)."""
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    texts = CARD + FEE
+    for i in range(start, start + n):
+        store.upsert_sync(OutcomeRecord(
+            input=texts[i % len(texts)], output="x", metadata={"id": f"r{i}", "task": "bank"},
+            outcomes={"chat": Side(score=float(i % 24 < 12), cost_usd=chat_cost, latency_s=0.1),
+                      "pro": Side(score=1.0, cost_usd=0.001, latency_s=0.1)}))
+
+
+def test_a_refresh_fits_the_learned_policy_only_when_its_training_rows_changed(gemini_server, tmp_path):
+    train([{"input": t, "backend": b, "score": float(b == "pro"), "cost_usd": c, "record_id": t}
+           for t in CARD + FEE for b, c in (("chat", 0.0001), ("pro", 0.001))], tmp_path / "learned.npz")
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text("".join(json.dumps({"input": f"review {i}", "output": "positive",
+                                            "metadata": {"task": "bank"}}) + "\n" for i in range(3)))
+    cfg = gemini_config(gemini_server)
+    cfg["backends"]["pro"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-pro"}
+    cfg["backends"]["icl"] = {**cfg["backends"]["chat"], "kind": "icl", "collection": "examples",
+                              "selector": "fixed", "tasks": ["bank"]}
+    cfg["knowledge"] = {"path": str(tmp_path / "chroma"), "embedder": {"kind": "local"}}
+    cfg["policy"] = {"kind": "learned", "model_path": str(tmp_path / "learned.npz"), "default": "pro"}
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "min_n": 20}
+    refreshed = tmp_path / "learned.refreshed.npz"
+    with Router.from_config(cfg) as router:
+        fill(tmp_path, 24)
+        assert router.refresh() is True   # the first fit on production outcomes
+        first = router.policy
+        assert isinstance(first, LearnedPolicy) and first.model.meta["n_train"] == 24
+        assert router.decide("where is my card number 99").rungs[0].backend == "chat"
+        refreshed.unlink()   # each fit writes it
+
+        assert router.refresh() is False   # nothing new: no fit
+        assert router.refresh() is False
+        assert router.policy is first and not refreshed.exists()
+
+        # Backend facts change (the ICL backend's example count, read again by the refresh): the fit reads none.
+        router._portal.call(aload_examples(router.resources.knowledge, [examples], collection="examples"))
+        before = router.catalogue["icl"].facts["example_count"]
+        assert router.refresh() is False
+        assert router.catalogue["icl"].facts["example_count"] == before + 3
+        assert router.policy is first and not refreshed.exists()
+
+        fill(tmp_path, 24, start=24)   # new records: fit again
+        assert router.refresh() is True
+        second = router.policy
+        assert second is not first and second.model.meta["n_train"] == 48 and refreshed.exists()
+        assert router.refresh() is False and router.policy is second
+
+        fill(tmp_path, 24, chat_cost=0.0002)   # the same records rewritten, another cost: the rows changed
+        assert router.refresh() is True and router.policy is not second
+        third = router.policy
+        assert router.refresh() is False and router.policy is third
