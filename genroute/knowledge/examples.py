@@ -146,6 +146,9 @@ class ExampleStore:
         self._count: int | None = None
         self._counted = 0  # the collection's write stamp when it was counted
         self._reloaded: list[ExampleRecord] | None = None  # the pool the last ``reload`` read, until taken
+        self._mark: tuple[int, ...] | None = None  # the store's ``place_mark`` before the pool and count were read
+        #: Reads of every example from Chroma (the pool's first, and each after a write or a change ``reload`` saw).
+        self.pool_reads = 0
         self._lock = LoopsLock()  # a router serves several event loops: an asyncio.Lock binds to one
 
     @property
@@ -172,10 +175,11 @@ class ExampleStore:
         if self._pool is None or self._stamp != stamp:
             async with self._lock:
                 if self._pool is None or self._stamp != stamp:
+                    mark = await asyncio.to_thread(self.store.place_mark)
                     self._count = None  # counted again: the collection may be empty now
                     await self.size()
                     records = await self._read_pool()
-                    self._pool, self._stamp = records, stamp
+                    self._pool, self._stamp, self._mark = records, stamp, mark
                     self._count = len(records)
         return self._pool
 
@@ -187,12 +191,19 @@ class ExampleStore:
         """Forget the cached pool and count (after loading more examples)."""
         self._pool = None
         self._count = None
+        self._mark = None
 
     async def reload(self) -> None:
         """Read the count and (if read before) the pool again and swap them in: selections meanwhile use the old
         ones, where ``refresh`` made the next selection wait for the read. A collection now empty, or a read that
-        fails, is forgotten instead: the next selection reports it."""
+        fails, is forgotten instead: the next selection reports it. Nothing is read when the store's place is
+        unchanged since the last read (``place_mark``: an embedded store's database file; a server's is always read)."""
         stamp = self.store.written(self.collection)
+        mark = await asyncio.to_thread(self.store.place_mark)
+        if (mark is not None and mark == self._mark and self._count is not None and self._counted == stamp
+                and (self._pool is None or self._stamp == stamp)):
+            self._reloaded = self._pool  # what the backend's facts count, as after a read
+            return
         try:
             count = await self.store.count(self.collection, kind="examples", field=self.field)
             pool = None if self._pool is None else await self._read_pool()
@@ -203,7 +214,7 @@ class ExampleStore:
             return
         if pool is not None:
             self._pool, self._stamp, count = pool, stamp, len(pool)
-        self._count, self._counted = count, stamp
+        self._count, self._counted, self._mark = count, stamp, mark
         self._reloaded = pool
 
     def take_reloaded(self) -> list[ExampleRecord] | None:
@@ -213,6 +224,7 @@ class ExampleStore:
         return pool
 
     async def _read_pool(self) -> list[ExampleRecord]:
+        self.pool_reads += 1
         hits = await self.store.get_all(self.collection, kind="examples", field=self.field)
         records = [_record(h) for h in hits]
         records.sort(key=lambda r: r.metadata.get("ord", 0))

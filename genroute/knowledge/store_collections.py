@@ -7,6 +7,7 @@ import ipaddress
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -28,6 +29,13 @@ KINDS: tuple[str, ...] = get_args(Kind)
 #: whole and kept (the ``fixed``/``random`` example pool) is read again once its collection's stamp changed.
 _WRITTEN: dict[tuple[Any, ...], int] = {}
 _STAMPS = itertools.count(1)
+#: The database file of an embedded Chroma place: every write to any of its collections, by any process, commits to it
+#: (records, metadata, deletions), and reads leave it as it is.
+DATABASE = "chroma.sqlite3"
+#: How long (seconds) the database file must have gone unwritten before its stamp is trusted (``place_mark``): a
+#: write within the filesystem's timestamp granularity of the one it stamps may leave the same time (git's "racy
+#: clean" files); later writes get a later time.
+SETTLED_S = 2.0
 
 
 class StoreCollections:
@@ -80,6 +88,32 @@ class StoreCollections:
     def written(self, name: str) -> int:
         """Collection ``name``'s write stamp: changed by each write this process made to it since (0: none)."""
         return _WRITTEN.get(self._place(name), 0)
+
+    def place_mark(self) -> tuple[int, ...] | None:
+        """What changes with every write any process makes to this store's place (blocking: a few stats), or ``None``
+        where nothing cheap can tell: an embedded place's database file (``DATABASE``, and a ``-wal`` beside it) as the
+        filesystem stamps it (modification and change times, size, inode). ``None`` for a Chroma server (it gives
+        no such mark: a collection's ``version``/``log_position`` stay 0, its indexing status is not implemented),
+        for a file missing, being written (a ``-journal`` beside it) or written in the last ``SETTLED_S`` seconds."""
+        if self.config.path is None:
+            return None
+        base = os.path.join(self.config.path, DATABASE)
+        if os.path.exists(base + "-journal"):
+            return None
+        mark: list[int] = []
+        now = time.time_ns()
+        for path in (base, base + "-wal"):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                if path == base:
+                    return None
+                mark.append(-1)
+                continue
+            if now - max(st.st_mtime_ns, st.st_ctime_ns) < SETTLED_S * 1e9:
+                return None
+            mark += [st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino]
+        return tuple(mark)
 
     def _place(self, name: str) -> tuple[Any, ...]:
         return *self._where, name

@@ -1,0 +1,70 @@
+"""A refresh of a ``fixed``/``random`` ICL backend reads its example pool from Chroma only when the store may have
+changed: an embedded store's database file (``StoreCollections.place_mark``) unchanged since the last read is read no
+more; a write by anyone (here a raw Chroma client, which this process's write stamps do not see, as another
+process's) is read at the next refresh. A Chroma server gives no such mark: read on every refresh, as before.
+
+Real Chroma, embedded and server (``tests/chroma_fixtures.py``); reads counted by ``ExampleStore.pool_reads``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from genroute.knowledge import aload_examples
+from genroute.knowledge.examples import example_id
+from genroute.knowledge.store_collections import SETTLED_S
+from genroute.testing import GeminiTestServer
+from genroute.testing.replies import field_of
+
+from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
+from .conftest import Otel
+from .test_icl import EXAMPLES, router, write_examples
+
+
+@pytest.mark.parametrize("selector", ["fixed", "random"])
+async def test_a_refresh_reads_the_example_pool_again_only_after_a_write(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path, selector: str) -> None:
+    collection = knowledge.name("unchanged")
+    await aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl", EXAMPLES[:4])],
+                         collection=collection)
+    embedded = knowledge.mode == "embedded"
+
+    def shown() -> set[str]:
+        turns = field_of(gemini_server.requests[-1].body, "contents")
+        return {t["parts"][0]["text"].strip() for t in turns[:-1] if t["role"] == "model"}
+
+    def relabel_elsewhere(text: str, label: str, output: str) -> None:  # a raw client: no write stamp of this process
+        raw = knowledge.store().collection_sync(collection, kind="examples")
+        rid = example_id(text, label, label)
+        meta = raw.get(ids=[rid], include=["metadatas"])["metadatas"][0]
+        raw.update(ids=[rid], metadatas=[{**meta, "output": output}])
+
+    async def refreshes_read() -> int:
+        before = examples.pool_reads
+        await r.arefresh()
+        return examples.pool_reads - before
+
+    async with router(gemini_server, otel, knowledge, collection=collection, selector=selector, k=4) as r:
+        await r.agenerate("unrelated question")
+        examples = r.backends["icl"].examples
+        assert examples.pool_reads == 1
+        await asyncio.sleep(SETTLED_S + 0.2)   # the load's writes settled
+        await r.arefresh()   # reads the pool again if it was read while the file was fresh
+        assert await refreshes_read() == (0 if embedded else 1)   # unchanged since: not read (a server: read)
+        assert await refreshes_read() == (0 if embedded else 1)
+        assert r.catalogue["icl"].facts["example_count"] == 4   # counted from the pool kept
+
+        relabel_elsewhere(*EXAMPLES[0], "card_lost")   # one metadata value: the file keeps its size
+        await asyncio.sleep(SETTLED_S + 0.2)
+        assert await refreshes_read() == 1   # the file's stamp changed
+        assert await refreshes_read() == (0 if embedded else 1)
+        await r.agenerate("unrelated question")
+        assert "card_lost" in shown()
+
+        relabel_elsewhere(*EXAMPLES[1], "card_late")
+        assert await refreshes_read() == 1   # just written: a stamp that new is not trusted
+        await r.agenerate("unrelated question")
+        assert "card_late" in shown()
+        assert r.catalogue["icl"].facts["example_count"] == 4
