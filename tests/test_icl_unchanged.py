@@ -20,7 +20,7 @@ from genroute.testing.replies import field_of
 
 from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
 from .conftest import Otel
-from .test_icl import EXAMPLES, router, write_examples
+from .test_icl import EXAMPLES, CountedReads, router, write_examples
 
 
 @pytest.mark.parametrize("selector", ["fixed", "random"])
@@ -68,3 +68,29 @@ async def test_a_refresh_reads_the_example_pool_again_only_after_a_write(
         await r.agenerate("unrelated question")
         assert "card_late" in shown()
         assert r.catalogue["icl"].facts["example_count"] == 4
+
+
+async def test_a_refresh_of_a_knn_backend_reads_its_example_tags_again_only_after_a_write(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path) -> None:
+    # knn keeps no pool: the facts (example count per task) read every example's metadata at each refresh.
+    collection = knowledge.name("knn-unchanged")
+    await aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl", EXAMPLES[:4])],
+                         collection=collection)
+    embedded = knowledge.mode == "embedded"
+    async with router(gemini_server, otel, knowledge, collection=collection, selector="knn", k=2) as r:
+        store = r.resources.knowledge
+        counted = CountedReads(store.collection_sync(collection, kind="examples"))
+        store._collections[collection] = counted  # the collection object the store hands its readers
+        await asyncio.sleep(SETTLED_S + 0.2)
+        await r.arefresh()   # read if the facts at the build were read while the file was fresh
+        before = counted.reads
+        await r.arefresh()
+        await r.arefresh()
+        assert counted.reads == before + (0 if embedded else 2)
+        assert r.catalogue["icl"].facts["example_count"] == 4
+
+        counted.collection.delete(ids=[example_id(*EXAMPLES[0], EXAMPLES[0][1])])   # a raw client's write
+        await asyncio.sleep(SETTLED_S + 0.2)
+        before = counted.reads
+        await r.arefresh()
+        assert counted.reads == before + 1 and r.catalogue["icl"].facts["example_count"] == 3

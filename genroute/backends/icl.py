@@ -98,6 +98,7 @@ class IclBackend(SingleCallBackend):
         super().__init__(name, config, resources)
         settings = self.config.context_cache
         self._caches = PrefixCaches(settings or ContextCacheSettings())
+        self._tags: tuple[tuple[Any, int], list[Any]] | None = None  # (place mark and write stamp, tags) last read
 
     def billed_rates(self) -> tuple[tuple[str, str], ...]:
         """A context cache's storage is billed per token-hour: its model needs a ``cache_storage`` price."""
@@ -126,17 +127,30 @@ class IclBackend(SingleCallBackend):
         if pool is not None:  # a refresh just read every example (``reload``): counted from it, not read again
             tags = [(r.metadata.get("extra") or {}).get("task") for r in pool]
         else:
-            try:
-                col = self.examples.store.collection_sync(self.config.collection, kind="examples",
-                                                          field=f"backends.{self.name}.collection")
-                tags = [example_task(meta) for meta in col.get(include=["metadatas"])["metadatas"] or []]
-            except Exception:  # facts must never fail router construction; the first request reports it
-                tags = []
+            tags = self._stored_tags()
         return {"collection": self.config.collection, "selector": self.config.selector, "k": self.config.k,
                 "example_count": len(tags), "example_counts": task_counts(tags, self.config.tasks)}
 
+    def _stored_tags(self) -> list[Any]:
+        """Each stored example's task tag, from the collection's metadata (blocking; empty if it is unavailable), or as
+        the last read found them while the store's place is unchanged since (``place_mark``, and no write by this
+        process: a ``knn`` backend's refresh reads no more than a ``fixed`` one's)."""
+        try:
+            store = self.examples.store
+            key = (store.place_mark(), store.written(self.config.collection))
+            if key[0] is not None and self._tags is not None and self._tags[0] == key:
+                return self._tags[1]
+            col = store.collection_sync(self.config.collection, kind="examples",
+                                        field=f"backends.{self.name}.collection")
+            tags = [example_task(meta) for meta in col.get(include=["metadatas"])["metadatas"] or []]
+        except Exception:  # facts must never fail router construction; the first request reports it
+            return []
+        self._tags = (key, tags)
+        return tags
+
     def refresh(self) -> None:
         """Forget the cached example pool (after examples were loaded)."""
+        self._tags = None
         if "examples" in self.__dict__:
             self.examples.refresh()
 
