@@ -74,3 +74,21 @@ def test_a_refresh_fits_the_learned_policy_only_when_its_training_rows_changed(g
         assert router.refresh() is True and router.policy is not second
         third = router.policy
         assert router.refresh() is False and router.policy is third
+
+
+def test_a_refresh_fits_with_the_estimator_options_the_model_was_compiled_with(tmp_path):
+    # A logistic regression compiled with l2=0.5 (or a pairwise model with its rank, an mlp with its hidden size) was
+    # refit by each refresh with the defaults: the options its file records were not passed on.
+    from genroute.policies import build_policy
+    from genroute.policies.base import BackendInfo, PolicyContext, PolicyUpdate
+    from genroute.policies.stats import BenchStats
+
+    rows = [{"input": t, "backend": b, "score": float(b == "pro" or t in CARD), "cost_usd": c, "record_id": t,
+             "task": None} for t in CARD + FEE for b, c in (("chat", 0.0001), ("pro", 0.001))]
+    train(rows, tmp_path / "learned.npz", method="logreg", l2=0.5, epochs=20, test_share=0.0)
+    policy = build_policy({"kind": "learned", "model_path": str(tmp_path / "learned.npz"), "default": "pro"})
+    context = PolicyContext(catalogue={b: BackendInfo(name=b, kind="x") for b in ("chat", "pro")})
+    new = policy.refreshed(PolicyUpdate(stats=BenchStats(), rows=rows, context=context, min_n=2))
+    assert new is not None and new.model.method == "logreg"
+    assert new.model.meta["options"] == {"l2": 0.5, "epochs": 20}
+    assert new.refreshed(PolicyUpdate(stats=BenchStats(), rows=rows, context=context, min_n=2)) is None

@@ -9,6 +9,7 @@ quality net of a cost term applied at decision time.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -265,7 +266,7 @@ class LearnedPolicy(Policy):
         path = path.with_name(path.name.removesuffix(".npz").removesuffix(".refreshed") + ".refreshed.npz")
         train(update.rows, path, embedder=self.embedder, method=self.model.method,
               k=int(self.model.meta.get("k", 7)), pass_score=float(self.model.meta.get("pass_score", 0.5)),
-              test_share=0.0, use_task=bool(self.model.tasks), cost_weight=self.cost_weight)
+              test_share=0.0, use_task=bool(self.model.tasks), cost_weight=self.cost_weight, **self._fit_options())
         new = LearnedPolicy.__new__(LearnedPolicy)
         new.field = self.field
         LearnedPolicy.__init__(new, self.config.model_copy(update={"model_path": str(path)}), embedder=self.embedder)
@@ -273,14 +274,21 @@ class LearnedPolicy(Policy):
         new.fitted_on = key
         return new
 
+    def _fit_options(self) -> dict[str, Any]:
+        """The estimator's options the model was fit with (``l2``, ``hidden``, ``candidates``, ``rank``...), as its
+        file records them: a refresh fits with them again."""
+        options = self.model.meta.get("options")
+        named = {n for n, p in inspect.signature(train).parameters.items() if p.kind is not p.VAR_KEYWORD}
+        return {k: v for k, v in options.items() if k not in named} if isinstance(options, dict) else {}
+
     def fit_key(self, rows: Sequence[Mapping[str, Any]]) -> str:
         """A digest of everything a refresh's fit reads: the training rows (input, backend, score, cost, record id
         and task of each, in order: the costs as ``training_rows`` priced them) and the settings the fit takes from
-        this policy (method, k, pass score, task feature, cost weight, the embedder's model). No backend fact (the
+        this policy (method, k, pass score, task feature, cost weight, estimator options, the embedder). No backend fact (the
         catalogue, ICL example counts, the pricing table) is read by the fit: a change there refits nothing."""
         fingerprint = getattr(self.embedder, "fingerprint", None)
         settings = (self.model.method, self.model.meta.get("k", 7), self.model.meta.get("pass_score", 0.5),
-                    bool(self.model.tasks), self.cost_weight,
+                    bool(self.model.tasks), self.cost_weight, sorted(self._fit_options().items()),
                     fingerprint() if callable(fingerprint) else getattr(self.embedder, "model", None))
         digest = hashlib.blake2b(repr(settings).encode(), digest_size=16)
         digest.update(repr([(row.get("input"), row.get("backend"), row.get("score"), row.get("cost_usd"),
