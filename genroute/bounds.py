@@ -1,6 +1,6 @@
 """Bounds on what users hand genroute: the size and depth of nested structures (configs, schemas, request
-variables), what counts as a number (``is_real``, ``is_whole``) for the arguments checked against a range, what
-as a file path in a config model (``PathText``), and which HTTP headers a config may set (``check_headers``).
+variables), what counts as a number (``is_real``, ``is_whole``) for the arguments checked against a range, and in a
+record read from a file or a DataFrame (``as_number``, ``Number``, ``WholeNumber``), what as a file path in a config model (``PathText``), and which HTTP headers a config may set (``check_headers``).
 
 A YAML alias, or a Python object referenced twice, is a shared node: small to hold, but whatever serialises it
 (the SDK turning a response schema into JSON, a template printing metadata) writes it out once per reference.
@@ -11,13 +11,14 @@ does more than ``limits.nodes`` steps). A structure that holds itself is caught 
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Strict
 
 
 def is_real(value: Any) -> bool:
@@ -28,6 +29,28 @@ def is_real(value: Any) -> bool:
 def is_whole(value: Any) -> bool:
     """Whether ``value`` is an int, not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def as_number(value: Any) -> Any:
+    """``value`` as the Python number it is: a numpy integer or float as an int or a float, and a whole float
+    (``12.0``, which pandas writes for an int column holding a NaN) as an int; anything else (a string such as
+    ``"0.5"``, a bool, ``None``) unchanged, for the strict check after it to refuse or let through."""
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        value = value.item()  # its Python twin: a numpy bool is a bool (pydantic's strict float took it as 1.0)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+#: A number of a record read from a file or a DataFrame (a score, a cost, a latency): an int or a float as
+#: ``as_number`` reads it, strictly (pydantic's lax mode read ``"0.5"`` as 0.5 and ``true`` as 1). NaN and infinity
+#: pass: each reader says where they may not.
+Number = Annotated[float, Strict(), BeforeValidator(as_number)]
+#: A whole number of such a record (a token count): an int, or a float with nothing after the point (``12.0``).
+WholeNumber = Annotated[int, Strict(), BeforeValidator(as_number)]
 
 
 def _refuse_bool(value: Any) -> Any:

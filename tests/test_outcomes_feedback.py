@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import numpy as np
 import pytest
 
 from genroute import ConfigError, GenrouteError, Router, UsageError
@@ -130,6 +131,9 @@ def test_feedback_refuses_a_bool_score_and_drain_a_bad_timeout(gemini_server, tm
     (None, {"score": True}, "score", "score must be a number in [0, 1], not a bool"),
     (None, {"score": float("nan")}, "score", "score must be a finite number"),
     (None, {}, "score", "give a score, a label or both"),
+    # As an outcome file's score (genroute.bounds.Number): "0.5" was taken as 0.5, and numpy's True as 1.0.
+    (None, {"score": "0.5"}, "score", "score must be a number in [0, 1], not '0.5'"),
+    (None, {"score": np.True_}, "score", "score must be a number in [0, 1], not a bool"),
 ])
 def test_a_feedback_refusal_says_what_is_wrong_without_pydantics_prefix(gemini_server, tmp_path, target, fields,
                                                                          field, says):
@@ -140,6 +144,14 @@ def test_a_feedback_refusal_says_what_is_wrong_without_pydantics_prefix(gemini_s
         with pytest.raises(UsageError) as exc:
             router.feedback(result if target is None else target, **fields)
         assert (exc.value.field, exc.value.message) == (field, says)
+
+
+def test_feedback_takes_a_numpy_score_as_the_number_it_is(gemini_server, tmp_path):
+    with Router.from_config(config(gemini_server, tmp_path)) as router:
+        result = router.generate("hi")
+        record = router.feedback(result, score=np.float32(0.25))
+    score = record.outcomes[result.backend].score
+    assert score == 0.25 and type(score) is float
 
 
 def test_a_judge_scorers_calls_are_priced_on_the_record_and_in_compile(gemini_server, tmp_path, capsys):

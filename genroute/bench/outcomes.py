@@ -34,7 +34,7 @@ from genroute.bench.text_match import UNSEGMENTED
 from genroute.config_errors import error_at, pydantic_validated, validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import iter_records
-from genroute.outcomes.records import OutcomeRecord, check_sides
+from genroute.outcomes.records import OutcomeRecord, check_sides, number_refusal
 from genroute.public_model import ConfigModel
 
 if TYPE_CHECKING:
@@ -228,8 +228,8 @@ def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | BaseM
                 OutcomeRecord, raw.model_dump() if isinstance(raw, BaseModel) else raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            loc = error_at(first)
-            raise UsageError(f"{where}: {loc}: {first['msg']}", field=field) from None
+            raise UsageError(number_refusal(where, first) or f"{where}: {error_at(first)}: {first['msg']}",
+                             field=field) from None
         if not (record.input or "").strip():
             raise UsageError(f"{where}: input: a router needs the request text (record without captured input)",
                              field=field)

@@ -16,7 +16,7 @@ from genroute.backends.base import refuse_rerun
 from genroute.bench.record_tools import answering_router
 from genroute.bench.scorers import check_golds
 from genroute.bench.setup_failures import SetupWatch
-from genroute.bounds import is_whole
+from genroute.bounds import Number, WholeNumber, is_whole
 from genroute.config_errors import check_list, not_a, pydantic_validated_json
 from genroute.config_location import locate
 from genroute.errors import ConfigError, GenrouteError, UsageError
@@ -47,7 +47,7 @@ class Outcome(PublicModel):
     record_id: str
     task: str | None = None
     ok: bool
-    score: float = 0.0
+    score: Number = 0.0
     scorer: str
     answer: str = ""
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
@@ -55,18 +55,18 @@ class Outcome(PublicModel):
     model: str | None = None
     error_type: str | None = None
     error: str | None = None
-    latency_s: float | None = Field(default=0.0, description="None: not recorded (an outcome matrix without it).")
-    ttft_s: float | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-    thinking_tokens: int = 0
+    latency_s: Number | None = Field(default=0.0, description="None: not recorded (an outcome matrix without it).")
+    ttft_s: Number | None = None
+    input_tokens: WholeNumber = 0
+    output_tokens: WholeNumber = 0
+    cached_input_tokens: WholeNumber = 0
+    thinking_tokens: WholeNumber = 0
     #: The audio part of the input and of its cached part (``Usage``), priced at the model's audio rates.
-    audio_input_tokens: int = 0
-    cached_audio_input_tokens: int = 0
-    cost_usd: float = 0.0
-    cloud_equivalent_cost_usd: float | None = None
-    judge_cost_usd: float = 0.0
+    audio_input_tokens: WholeNumber = 0
+    cached_audio_input_tokens: WholeNumber = 0
+    cost_usd: Number = 0.0
+    cloud_equivalent_cost_usd: Number | None = None
+    judge_cost_usd: Number = 0.0
     judge_error_type: str | None = Field(default=None, description="Why the judge could not grade the answer.")
 
     @property
@@ -325,7 +325,8 @@ def parse_outcomes(data: bytes, path: Path) -> dict[tuple[str, str], Outcome]:
         if not line.strip():
             continue
         try:
-            # Strict: a score, cost or latency written "0.5" or true is no number (lax mode read them as 0.5 and 1).
+            # Strict: a score, cost or latency written "0.5" or true is no number (lax mode read them as 0.5 and 1);
+            # its numbers are read as genroute.bounds.Number reads them (a token count 12.0 is 12).
             outcome = pydantic_validated_json(Outcome, line, strict=True)
         except ValidationError as exc:
             raise UsageError(not_a(f"{path}:{lineno}", "a results row", exc.errors()[0]), field="out") from None

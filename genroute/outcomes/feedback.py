@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from genroute.bounds import Number, as_number, is_real
 from genroute.config_errors import error_at, pydantic_validated, validator_message
 from genroute.errors import UsageError
 from genroute.public_model import PublicModel
@@ -19,18 +20,22 @@ class Feedback(PublicModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     result: GenerateResult | str
-    score: float | None = Field(default=None, ge=0.0, le=1.0)
+    score: Number | None = Field(default=None, ge=0.0, le=1.0)
     label: str | None = Field(default=None, min_length=1)
     input: str | None = Field(default=None, min_length=1)
 
     @field_validator("score", mode="before")
     @classmethod
-    def _not_bool(cls, value: Any) -> Any:
-        if isinstance(value, bool):  # True is not a score of 1.0 by accident
+    def _a_number(cls, value: Any) -> Any:
+        """A number as ``Number`` reads it (a numpy float is one, "0.5" is none), refused in words of a score."""
+        number = as_number(value)
+        if isinstance(number, bool):  # True is not a score of 1.0 by accident
             raise ValueError("score must be a number in [0, 1], not a bool")
-        if isinstance(value, float) and not math.isfinite(value):  # before the bounds: NaN is not "above 1"
+        if number is not None and not is_real(number):
+            raise ValueError(f"score must be a number in [0, 1], not {number!r:.40}")
+        if isinstance(number, float) and not math.isfinite(number):  # before the bounds: NaN is not "above 1"
             raise ValueError("score must be a finite number")
-        return value
+        return number
 
     @field_validator("result")
     @classmethod

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from genroute.bounds import Number, WholeNumber
 from genroute.errors import UsageError
 from genroute.public_model import PublicModel
 
@@ -31,15 +31,17 @@ class Side(PublicModel):
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
-    score: float | None = Field(default=None, description="None until a scorer or feedback scored it.")
-    cost_usd: float = 0.0
-    latency_s: float = 0.0
-    cloud_equivalent_cost_usd: float | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
+    # Numbers as genroute.bounds.Number reads them: 12.0 tokens (pandas' int column with a NaN) or a numpy scalar is
+    # the number it is, "0.5" and true are none (pydantic's lax mode read them as 0.5 and 1).
+    score: Number | None = Field(default=None, description="None until a scorer or feedback scored it.")
+    cost_usd: Number = 0.0
+    latency_s: Number = 0.0
+    cloud_equivalent_cost_usd: Number | None = None
+    input_tokens: WholeNumber = 0
+    output_tokens: WholeNumber = 0
     role: Literal["served", "shadow", "bench"] = "bench"
     #: For a shadow: how its answer compared with the served one (the configured scorer, served as reference).
-    agreement: float | None = None
+    agreement: Number | None = None
 
 
 class OutcomeRecord(PublicModel):
@@ -141,7 +143,7 @@ def scoring_cost(record: OutcomeRecord) -> float:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
 
 
-#: A side's numeric fields, each a JSON number in a file, and what it must be.
+#: A side's numeric fields, each a number in a file (``Number``, ``WholeNumber``), and what it must be.
 _NUMBERS = {"score": "a number between 0 and 1", "cost_usd": "a number (USD)", "latency_s": "a number (seconds)",
             "cloud_equivalent_cost_usd": "a number (USD)", "agreement": "a number between 0 and 1",
             "input_tokens": "a whole number", "output_tokens": "a whole number"}
@@ -159,11 +161,21 @@ def _shown(value: Any) -> str:
 _SIDE_WORD = re.compile(r"score|quality|correct|accura|cost|price|usd|latency|seconds", re.IGNORECASE)
 
 
+def number_refusal(where: str, error: Any) -> str | None:
+    """``WHERE: outcomes.NAME.FIELD: must be ..., not VALUE`` for a pydantic ``error`` of an ``OutcomeRecord``'s
+    validation that is a side's score, cost, latency or token count given as no number (``"0.5"``, ``true``, 12.5
+    tokens: see ``Number``); ``None`` for any other error."""
+    loc = error["loc"]
+    if len(loc) == 3 and loc[0] == "outcomes" and loc[2] in _NUMBERS:
+        return f"{where}: outcomes.{loc[1]}.{loc[2]}: must be {_NUMBERS[loc[2]]}, not {_shown(error['input'])}"
+    return None
+
+
 def check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> None:
-    """``UsageError`` naming ``where`` and ``outcomes.NAME.FIELD`` for a score, cost, latency or token count that is
-    no JSON number (a string such as ``"0.5"``, a ``true``), a score outside [0, 1], a cost or latency that is
-    negative, NaN or infinite (they would poison every mean), or a token count below 0; ``raw`` is the record as read
-    (a mapping), where a ``true`` is still told from a 1."""
+    """``UsageError`` naming ``where`` and ``outcomes.NAME.FIELD`` for a score outside [0, 1], a cost or latency that
+    is negative, NaN or infinite (they would poison every mean), a token count below 0, or a key that reads like a
+    score or a cost under another name; ``raw`` is the record as read (a mapping). A number that is none (``"0.5"``)
+    was refused by the record's validation (``number_refusal`` words it)."""
     given = raw.get("outcomes") if isinstance(raw, Mapping) else None
     for name, side in record.outcomes.items():
         raw_side = given.get(name) if isinstance(given, Mapping) else None
@@ -173,11 +185,6 @@ def check_sides(where: str, record: OutcomeRecord, raw: Any, *, field: str) -> N
             if key not in Side.model_fields and _SIDE_WORD.search(str(key)):
                 raise UsageError(f"{where}: outcomes.{name}.{key}: not an outcome field (a score is \"score\", "
                                  "a cost \"cost_usd\", a latency \"latency_s\")", field=field)
-        for key, value in ((k, raw_side.get(k)) for k in _NUMBERS) if isinstance(raw_side, Mapping) else ():
-            # The model reads "0.5" and true as numbers (pydantic's lax mode): a JSON number is what the file meant.
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-                raise UsageError(f"{where}: outcomes.{name}.{key}: must be {_NUMBERS[key]}, not {_shown(value)}",
-                                 field=field)
         if side.score is not None and not 0.0 <= side.score <= 1.0:
             raise UsageError(f"{where}: outcomes.{name}.score: must be between 0 and 1 (got {side.score})",
                              field=field)

@@ -20,7 +20,7 @@ from pathlib import Path
 from genroute.config_errors import check_list, not_a, pydantic_validated
 from genroute.errors import ConfigError, UsageError
 from genroute.outcomes.changes import Changes, Place
-from genroute.outcomes.records import OutcomeRecord, check_sides
+from genroute.outcomes.records import OutcomeRecord, check_sides, number_refusal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -262,7 +262,9 @@ def read_outcome_file(path: str | Path, *, field: str = "outcomes") -> list[Outc
         try:
             record = pydantic_validated(OutcomeRecord, raw)
         except ValidationError as exc:
-            raise UsageError(not_a(f"{path.name}:{lineno}", "an outcome record", exc.errors()[0]),
+            first = exc.errors()[0]
+            where = f"{path.name}:{lineno}"
+            raise UsageError(number_refusal(where, first) or not_a(where, "an outcome record", first),
                              field=field) from None
         # As genroute bench --outcomes reads the same file: a negative or infinite cost, a score outside [0, 1]
         # or a JSON true would otherwise crash the compile or be written into stats.json.
