@@ -6,10 +6,9 @@ refuses (the same way) an ingest, an example load or a route sync that would wri
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from genroute.knowledge.examples import aload_examples
 from genroute.testing import GeminiTestServer
 
 from .conftest import gemini_config
+from .read_only_files import read_only  # noqa: F401
 
 
 def _unwritable(tmp_path: Path, where: str) -> str:
@@ -54,27 +54,6 @@ def test_a_store_that_is_not_there_yet_is_built_without_making_its_directory(tmp
     store = build_store({"path": str(tmp_path / "new" / "kb")}, engines={})
     assert store.config.path == str(tmp_path / "new" / "kb")
     assert list(tmp_path.iterdir()) == []  # Chroma makes it when first opened
-
-
-@pytest.fixture
-def read_only() -> Iterator[Callable[..., None]]:
-    """Makes paths read-only (immutable for root, whom permission bits do not stop), undone after the test."""
-    made: list[Path] = []
-
-    def flip(path: Path, on: bool) -> None:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
-        else:
-            path.chmod(path.stat().st_mode & ~0o222 if on else path.stat().st_mode | 0o200)
-
-    def make(*paths: Path) -> None:
-        for path in paths:
-            flip(path, True)
-            made.append(path)
-
-    yield make
-    for path in reversed(made):
-        flip(path, False)
 
 
 def _stored(tmp_path: Path) -> Path:

@@ -1,20 +1,26 @@
 """A refresh reads only the outcome records written since the last one and folds them into the running statistics;
 what it hands the policy equals a full read's (``outcome_stats``, ``training_rows``). On the SQLite file and on the
-shared list (process memory and a real ``redis-server``), including a trim between reads."""
+shared list (process memory and a real ``redis-server``), including a trim between reads; a read-only store file made
+before reads were numbered is read whole each time."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from genroute.outcomes import OutcomeRecord, Side
+import pytest
+
+from genroute.outcomes import OutcomeRecord, Side, read_outcome_file
 from genroute.outcomes.running import RunningOutcomes
 from genroute.outcomes.shared import SharedOutcomeStore
 from genroute.outcomes.stats import outcome_stats, training_rows
 from genroute.outcomes.store import OutcomeStore
 
+from .read_only_files import read_only  # noqa: F401
 from .redis_fixtures import redis_server, redis_session  # noqa: F401
 from .test_outcome_trim import stores  # noqa: F401  (a writer's and a reader's handle: memory, a real Redis)
 
@@ -83,6 +89,39 @@ def test_a_store_file_made_before_write_numbers_gets_them(tmp_path: Path) -> Non
     store.upsert_sync(record("c", chat={"score": 1.0}))
     later = store.changes_sync(first.place)
     assert not later.full and [r.id for _, r in later.records] == ["c"]
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+async def test_a_read_only_store_file_made_before_write_numbers_is_read_whole_each_time(
+        tmp_path: Path, read_only: Callable[..., None], journal: str) -> None:
+    """It was a ConfigError ("cannot open the outcome store ...: attempt to write a readonly database"): opening
+    added the seq column. A genroute file is in WAL mode; one in SQLite's default mode is read too."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA journal_mode={journal}")
+    db.executescript("CREATE TABLE outcomes (id TEXT PRIMARY KEY, task TEXT, created_at REAL NOT NULL, "
+                     "updated_at REAL NOT NULL, captured INTEGER NOT NULL DEFAULT 0, record TEXT NOT NULL); "
+                     "CREATE INDEX outcomes_task ON outcomes (task, created_at);")
+    for i, old in enumerate([record("a", chat=free(1.0)), record("b", chat=free(0.0), pro=free(1.0))]):
+        db.execute("INSERT INTO outcomes VALUES (?, ?, ?, ?, 0, ?)", (old.id, old.task, i, i, json.dumps(old.line())))
+    db.close()
+    read_only(path)
+
+    store = OutcomeStore(path)
+    assert [r.id for r in store.records_sync()] == ["a", "b"] and store.count_sync() == 2
+    assert [r.id for r in read_outcome_file(path)] == ["a", "b"]
+    first = store.changes_sync(None)
+    assert first.full and [r.id for _, r in first.records] == ["a", "b"]
+    again = store.changes_sync(first.place)  # no place to read from: whole again
+    assert again.full and [r.id for _, r in again.records] == ["a", "b"]
+    running = RunningOutcomes(store, min_n=1)
+    await same_as_full_read(running, store)
+    await same_as_full_read(running, store)
+    assert running.full_reads == 2
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # as a read-only file that has seq refuses it
+        store.upsert_sync(record("c", chat=free(1.0)))
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as check:  # the file is as it was
+        assert "seq" not in {row[1] for row in check.execute("PRAGMA table_info(outcomes)")}
 
 
 async def test_refresh_reads_what_the_shared_list_took_since_a_trim_included(stores) -> None:

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
 CREATE INDEX IF NOT EXISTS outcomes_task ON outcomes (task, created_at);
 """
 #: ``seq`` numbers every write (1, 2, ...): ``changes_sync`` reads the rows written after a place. A file made
-#: before it had no such column: added on open (its rows keep NULL and are read by a reader's first, full read).
+#: before it had no such column: added on open (its rows keep NULL and are read by a reader's first, full read), or,
+#: when the file is read-only, left without it (every read of ``changes_sync`` is then a full one).
 _SEQ = "CREATE INDEX IF NOT EXISTS outcomes_seq ON outcomes (seq)"
 
 
@@ -49,9 +50,13 @@ class OutcomeStore:
         try:
             _create_private(self.path)
             with self._connect() as db:
-                db.execute("PRAGMA journal_mode=WAL")
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.OperationalError as exc:  # a read-only file not in WAL mode is read as it is
+                    if not _read_only(exc):
+                        raise
                 db.executescript(_SCHEMA)
-                _add_seq(db)
+                self._numbered = _add_seq(db)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the outcome store {str(self.path)!r}: {exc}", field=field) from None
         # One writer per process at a time (SQLite's own lock covers other processes).
@@ -86,6 +91,8 @@ class OutcomeStore:
         with self._lock, self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
+                if not self._numbered:  # opened read-only before it had seq: SQLite refuses this write as any other
+                    self._numbered = _add_seq(db, writing=True)
                 seq = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()[0])
                 for record in records:
                     row = db.execute("SELECT record, created_at FROM outcomes WHERE id = ?", (record.id,)).fetchone()
@@ -139,7 +146,7 @@ class OutcomeStore:
     def changes_sync(self, place: Place | None) -> Changes:
         """The records written since ``place`` (an earlier answer's ``place``), in ``records_sync``'s order; all of
         them (``full``) when ``place`` is None or lost: another file at this path, rows renumbered, or rows written
-        without a number (by a genroute before ``seq``)."""
+        without a number (by a genroute before ``seq``); always from a read-only file made before ``seq``."""
         try:
             stat = os.stat(self.path)
         except OSError as exc:
@@ -148,9 +155,13 @@ class OutcomeStore:
         with self._connect() as db:
             db.execute("BEGIN")  # one snapshot: the place read is the one of the rows read
             try:
-                top, unnumbered = db.execute("SELECT COALESCE(MAX(seq), 0), COUNT(*) - COUNT(seq) FROM outcomes"
-                                             ).fetchone()
-                full = place is None or (source, unnumbered) != (place.source, place.extra) or top < place.at
+                if self._numbered:
+                    top, unnumbered = db.execute("SELECT COALESCE(MAX(seq), 0), COUNT(*) - COUNT(seq) FROM outcomes"
+                                                 ).fetchone()
+                else:  # a read-only file from before seq: no place to keep, each read is a full one
+                    top, unnumbered = 0, -1
+                full = (not self._numbered or place is None or (source, unnumbered) != (place.source, place.extra)
+                        or top < place.at)
                 where = "" if full else " WHERE seq > ?"
                 rows = db.execute(f"SELECT created_at, record FROM outcomes{where} ORDER BY created_at, id",
                                   () if full else (place.at,)).fetchall()  # type: ignore[union-attr]
@@ -199,16 +210,29 @@ class OutcomeStore:
         return await asyncio.to_thread(self.changes_sync, place)
 
 
-def _add_seq(db: sqlite3.Connection) -> None:
-    """Give a store file made before ``seq`` the column (another process may add it meanwhile) and its index."""
+def _add_seq(db: sqlite3.Connection, *, writing: bool = False) -> bool:
+    """Give a store file made before ``seq`` the column (another process may add it meanwhile) and its index; whether
+    the file has the column now. A read-only file is left as it is, unless ``writing`` (SQLite's error is raised):
+    it was refused on open ("attempt to write a readonly database"), and could not even be read."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(outcomes)")}
-    if "seq" not in columns:
-        try:
-            db.execute("ALTER TABLE outcomes ADD COLUMN seq INTEGER")
-        except sqlite3.OperationalError as exc:
-            if "duplicate column" not in str(exc):
-                raise
-    db.execute(_SEQ)
+    try:
+        if "seq" not in columns:
+            try:
+                db.execute("ALTER TABLE outcomes ADD COLUMN seq INTEGER")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
+        db.execute(_SEQ)
+    except sqlite3.OperationalError as exc:
+        if writing or not _read_only(exc):
+            raise
+        return "seq" in columns  # numbered without the index: reads by seq still work, if slower
+    return True
+
+
+def _read_only(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused a write because the file is read-only (``SQLITE_READONLY`` and its extended codes)."""
+    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY
 
 
 def _check_filters(*, task: object = None, captured: object = None, since: object = None) -> None:
