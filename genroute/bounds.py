@@ -1,6 +1,7 @@
 """Bounds on what users hand genroute: the size and depth of nested structures (configs, schemas, request
 variables), what counts as a number (``is_real``, ``is_whole``) for the arguments checked against a range, and in a
-record read from a file or a DataFrame (``as_number``, ``Number``, ``WholeNumber``), what as a file path in a config model (``PathText``), and which HTTP headers a config may set (``check_headers``).
+record read from a file or a DataFrame (``as_number``, ``Number``, ``WholeNumber``), what as a file path in a config
+model (``PathText``), and which HTTP headers a config may set (``check_headers``).
 
 A YAML alias, or a Python object referenced twice, is a shared node: small to hold, but whatever serialises it
 (the SDK turning a response schema into JSON, a template printing metadata) writes it out once per reference.
