@@ -22,10 +22,12 @@ def shows_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-#: What genroute's functions call a value that a command takes as an option (``Router.from_config``'s ``path`` is
-#: the file given as ``--config``), as the option's ``dest``.
+#: What genroute's functions and settings call a value that a command takes as an option (``Router.from_config``'s
+#: ``path`` is the file given as ``--config``; ``AdvisorSettings.tuning_cost_usd`` is bench's ``--tuning-cost``), as
+#: the option's ``dest``. The one table of such names: commands read their options through it too (bench's advisor).
 LIBRARY_NAMES = {"path": "config", "out_dir": "out", "cache_dir": "embedding_cache", "eval_source": "eval_outcomes",
-                 "poll_interval_s": "poll_interval", "timeout_s": "timeout", "tuning_usd_per_1m_tokens": "tuning_price"}
+                 "poll_interval_s": "poll_interval", "timeout_s": "timeout", "tuning_usd_per_1m_tokens": "tuning_price",
+                 "tuning_cost_usd": "tuning_cost"}
 
 
 def as_typed(error: GenrouteError, parser: argparse.ArgumentParser) -> GenrouteError:

@@ -190,6 +190,30 @@ def test_a_config_error_naming_a_config_section_is_left_under_it_whatever_the_co
     assert as_typed(ConfigError("bad", field="limit"), parser).field == "--limit"
 
 
+ADVISOR_OPTIONS = [
+    ("monthly_requests", "--monthly-requests", "0"), ("tuning_cost_usd", "--tuning-cost", "-5"),
+    ("tuning_usd_per_1m_tokens", "--tuning-price", "-1"), ("training_examples", "--training-examples", "0"),
+    ("training_tokens", "--training-tokens", "0"), ("epochs", "--epochs", "0"),
+    ("tuning_cpu_seconds", "--tuning-cpu-seconds", "nan"), ("cpu_usd_per_hour", "--cpu-usd-per-hour", "inf"),
+]
+
+
+@pytest.mark.parametrize(("setting", "flag", "bad"), ADVISOR_OPTIONS)
+def test_an_advisor_setting_is_named_as_bench_names_its_option(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                setting: str, flag: str, bad: str) -> None:
+    """bench's advisor kept a table of its own (setting -> flag) beside as_typed's: an error naming a setting by its
+    library name (``tuning_cost_usd``) was left unrenamed by as_typed. Now both read the one table."""
+    from genroute.bench.cli import parser
+    from genroute.cli_options import as_typed
+
+    assert as_typed(UsageError("bad", field=setting), parser()).field == flag
+    # The options are read before the router is built: neither the data nor the config need exist.
+    assert main(["bench", str(tmp_path / "d.jsonl"), "--config", str(tmp_path / "r.yaml"), "--backends", "a",
+                 flag, bad]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"genroute bench: error: {flag}: ")
+
+
 def test_an_error_whose_message_spans_lines_is_still_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A tool whose parameter pydantic cannot describe (a `Callable`) was refused with pydantic's whole message: three

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from genroute.cli_options import add_quiet, command_failed, shows_progress
-from genroute.config_errors import pydantic_validated, validator_message
+from genroute.cli_options import LIBRARY_NAMES, add_quiet, command_failed, shows_progress
+from genroute.config_errors import error_at, pydantic_validated, validator_message
 from genroute.errors import GenrouteError, UsageError
 from genroute.runtime.portal import refuse_inside_loop, run_sync
 
@@ -133,25 +133,21 @@ def run_bench_cli(args: argparse.Namespace, argv: Sequence[str] | None = None) -
     return 0
 
 
-#: The advisor's settings and the options that give them.
-_ADVISOR_OPTIONS = {"monthly_requests": "--monthly-requests", "tuning_cost_usd": "--tuning-cost",
-                    "tuning_usd_per_1m_tokens": "--tuning-price", "training_examples": "--training-examples",
-                    "training_tokens": "--training-tokens", "epochs": "--epochs",
-                    "tuning_cpu_seconds": "--tuning-cpu-seconds", "cpu_usd_per_hour": "--cpu-usd-per-hour"}
-
-
 def _advisor(args: argparse.Namespace) -> AdvisorSettings:
-    """The advisor's settings from the options; ``UsageError`` names the option with a bad value."""
+    """The advisor's settings from the options that give them: each setting's option has its name as ``dest``, or
+    the name ``LIBRARY_NAMES`` gives it (``tuning_cost_usd``: ``--tuning-cost``). A bad value is a ``UsageError``
+    naming the setting, which ``command_failed`` names as the option typed (``as_typed``, through the same table)."""
     from pydantic import ValidationError
 
     from genroute.bench.advisor import AdvisorSettings
 
+    dests = {name: LIBRARY_NAMES.get(name, name) for name in AdvisorSettings.model_fields}
     try:
-        return pydantic_validated(AdvisorSettings, {name: getattr(args, option[2:].replace("-", "_"))
-                                                    for name, option in _ADVISOR_OPTIONS.items()})
+        return pydantic_validated(AdvisorSettings, {name: getattr(args, dest) for name, dest in dests.items()
+                                                    if hasattr(args, dest)})
     except ValidationError as exc:
-        error = exc.errors()[0]
-        raise UsageError(validator_message(error), field=_ADVISOR_OPTIONS.get(str(error["loc"][0]), "advisor")) from None
+        error = exc.errors()[0]  # its location is empty for the settings as a whole: then no option is named
+        raise UsageError(validator_message(error), field=error_at(error) or None) from None
 
 
 def run_outcomes_cli(args: argparse.Namespace) -> int:
