@@ -19,3 +19,20 @@ def test_mypy_passes_over_the_package() -> None:
                           "--cache-dir", str(REPO / ".mypy_cache")],
                          capture_output=True, text=True, cwd=REPO, timeout=900)
     assert out.returncode == 0, f"mypy found errors:\n{out.stdout}{out.stderr}"
+
+
+@pytest.mark.slow
+def test_the_router_builder_takes_only_a_class_whose_instances_keep_their_config_file(tmp_path: Path) -> None:
+    """build.py set ``router._config_file`` on whatever ``cls`` made, under ``# type: ignore[attr-defined]``: its
+    ``R`` was any type. It is bound now to what the builder sets (``Router`` declares it), so mypy checks the
+    assignment and refuses a class that is no router."""
+    pytest.importorskip("mypy", reason="mypy comes with the dev extra")
+    snippet = tmp_path / "build_snippet.py"
+    snippet.write_text("from genroute.router.build import build_router\nfrom genroute.router.router import Router\n\n\n"
+                       "class NotARouter:\n    pass\n\n\nrouter: Router = build_router(Router, 'app.yaml')\n"
+                       "other = build_router(NotARouter, 'app.yaml')\n")
+    out = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"), "--cache-dir",
+                          str(REPO / ".mypy_cache"), "--follow-imports=silent", str(snippet)],
+                         capture_output=True, text=True, cwd=REPO, timeout=900)
+    errors = [line for line in out.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1 and "build_snippet.py:10:" in errors[0] and '"NotARouter"' in errors[0], out.stdout

@@ -10,7 +10,7 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from genroute.admission.build import gate_configs
 from genroute.bounds import is_whole
@@ -28,7 +28,15 @@ if TYPE_CHECKING:
     from genroute.policies.base import Policy
     from genroute.router.validators import Judge, Validator
 
-R = TypeVar("R")
+
+class _BuiltRouter(Protocol):
+    """What building sets on the router it made (``Router`` declares it; not imported here: ``router.router`` imports
+    this module)."""
+
+    _config_file: str | None
+
+
+R = TypeVar("R", bound=_BuiltRouter)
 
 _log = logging.getLogger(__name__)
 
@@ -140,7 +148,7 @@ async def _assemble(
     router = await asyncio.to_thread(lambda: cls(backends, policy, resources=resources, validators=all_validators,
                                                  **router_kwargs))
     if isinstance(source, str | Path):
-        router._config_file = str(source)  # type: ignore[attr-defined]
+        router._config_file = str(source)
     await _read_promotions(router)
     return router
 
