@@ -114,3 +114,14 @@ def test_an_id_given_twice_names_both_lines(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as err:
         load_records(_write(tmp_path / "d.jsonl", rows))
     assert err.value.message == "d.jsonl:3: duplicate record id 'q' (line 1 has it too)"
+
+
+@pytest.mark.parametrize("blank", [" ", "\n\t"])
+def test_a_record_with_a_blank_input_is_refused_naming_its_line(tmp_path: Path, blank: str) -> None:
+    """A request refuses a blank input: such a record was read, then ended ``genroute bench`` mid-run with an
+    exception group's traceback (and a partial results.jsonl), instead of being refused before any call."""
+    path = _write(tmp_path / "d.jsonl", [{"input": "q1", "label": "a"}, {"input": blank, "label": "b"}])
+    with pytest.raises(UsageError) as err:
+        load_records(path)
+    assert err.value.field == "data"
+    assert err.value.message.startswith("d.jsonl:2: input: must not be blank")

@@ -37,6 +37,14 @@ class BenchRecord(PublicModel):
     task: str | None = Field(default=None, description="Sent as the request's task (policies key on it).")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("input")
+    @classmethod
+    def _input_not_blank(cls, value: str) -> str:
+        # A request refuses a blank input (GenerateRequest): such a record failed mid-run, with a traceback.
+        if not value.strip():
+            raise ValueError("must not be blank (a request needs text to answer)")
+        return value
+
     @field_validator("metadata")
     @classmethod
     def _label_set_is_a_list(cls, metadata: dict[str, Any]) -> dict[str, Any]:
