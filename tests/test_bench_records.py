@@ -125,3 +125,21 @@ def test_a_record_with_a_blank_input_is_refused_naming_its_line(tmp_path: Path, 
         load_records(path)
     assert err.value.field == "data"
     assert err.value.message.startswith("d.jsonl:2: input: must not be blank")
+
+
+@pytest.mark.parametrize(("extra", "named"), [({"task": "t\ud800"}, "task"),
+                                              ({"metadata": {"note": "x\udc00"}}, "metadata"),
+                                              ({"output": "half \ud83d"}, "output")])
+def test_a_lone_surrogate_outside_the_input_is_refused_naming_line_and_key(
+        tmp_path: Path, extra: dict[str, Any], named: str) -> None:
+    """JSON's ``\\ud800`` escape reads as a lone surrogate. The input was refused so, but a task or metadata holding
+    one was read, then its request refused mid-run (an exception group's traceback), and an output holding one ended
+    the run, after every call, with a UnicodeEncodeError writing outcomes.jsonl."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"input": "q1", "label": "a"}) + "\n"
+                    + json.dumps({"input": "q2", "label": "b", **extra}) + "\n", encoding="utf-8")
+    with pytest.raises(UsageError) as err:
+        load_records(path)
+    assert err.value.field == "data"
+    assert err.value.message.startswith(f"d.jsonl:2: {named}: ")
+    assert "lone surrogate" in err.value.message

@@ -10,13 +10,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from genroute.bounds import is_real, is_whole
 from genroute.config_errors import error_at, pydantic_validated, validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import existing_file, iter_records, label_text
 from genroute.public_model import PublicModel
+from genroute.types import invalid_text
 
 _log = logging.getLogger(__name__)
 KNOWN_KEYS = ("input", "output", "label", "metadata", "id", "task")
@@ -43,6 +44,16 @@ class BenchRecord(PublicModel):
         # A request refuses a blank input (GenerateRequest): such a record failed mid-run, with a traceback.
         if not value.strip():
             raise ValueError("must not be blank (a request needs text to answer)")
+        return value
+
+    @field_validator("id", "output", "label", "task", "metadata")
+    @classmethod
+    def _valid_unicode(cls, value: Any, info: ValidationInfo) -> Any:
+        # JSON's "\ud800" escape reads as a lone surrogate: a request refuses it in a task or metadata (a traceback
+        # mid-run), and the report could not write it in an id, label or answer.
+        where = invalid_text(value, info.field_name or "")
+        if where is not None:
+            raise ValueError(f"{where} is not valid Unicode text (it holds a lone surrogate)")
         return value
 
     @field_validator("metadata")
