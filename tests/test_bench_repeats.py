@@ -152,3 +152,20 @@ def test_the_paired_bootstrap_resamples_inputs_given_groups() -> None:
     with pytest.raises(UsageError) as err:
         paired_bootstrap_ci(a, b, groups=keys[:3])
     assert err.value.field == "groups"
+
+
+@pytest.mark.parametrize("texts", [["only one"], ["one text"] * 3], ids=["one record", "one input"])
+def test_a_run_with_nothing_to_hold_out_says_so_and_leaves_no_earlier_policy(tmp_path: Path, texts: list[str]) -> None:
+    """A rerun into an earlier run's directory (a smaller --limit) with one record compiled nothing and said
+    nothing, and left the earlier run's cost_aware.json and learned files beside a report they do not back."""
+    for name in ("cost_aware.json", "learned.json", "learned.npz"):
+        (tmp_path / name).write_text("{}", encoding="utf-8")  # what the earlier, larger run compiled
+    records = [BenchRecord(id=f"r{i}", input=text, output="x") for i, text in enumerate(texts)]
+    outcomes = [Outcome(backend=name, record_id=r.id, ok=True, scorer="exact", score=1.0)
+                for name in ("a", "b") for r in records]
+    report = report_outcomes(outcomes, records, tmp_path, kinds={"a": "prompt_template", "b": "prompt_template"})
+    assert report.compiled is None
+    assert report.compile_note is not None
+    assert report.compile_note.startswith("Not compiled: a held-out split needs two records with different inputs")
+    assert report.compile_note in (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert not any((tmp_path / name).exists() for name in ("cost_aware.json", "learned.json", "learned.npz"))

@@ -227,14 +227,16 @@ def report_outcomes(
     compiled, skipped = None, None
     if compile and not any(o.backend != POLICY_TARGET for o in live):
         skipped = "Not compiled: no backend has a scored row (see *No scored row*)."
-        drop_stale(*(out / name for name in ("cost_aware.json", "learned.json", "learned.npz")))
-    elif compile and len(records) >= 2 and len(input_groups(records)) < 2:
-        # The same prompt asked n times (to measure variance) has nothing to hold out: report it, not fail it
-        # after every call was made.
-        skipped = "Not compiled: every record has the same input, and a held-out split needs two different ones."
-    elif compile and len(records) >= 2:
+    elif compile and len(input_groups(records)) < 2:
+        # One record, or the same prompt asked n times (to measure variance), has nothing to hold out: report it,
+        # not fail it after every call was made (one record was left uncompiled without a word).
+        skipped = ("Not compiled: a held-out split needs two records with different inputs, and "
+                   + ("this run has one record." if len(records) < 2 else "every record has the same input."))
+    elif compile:
         compiled = compile_policy(outcomes, records, out, seed=seed, source=source, embedder=embedder,
                                   min_quality=min_quality, holdout=holdout, cost_weight_rule=cost_weight_rule)
+    if skipped is not None:  # an earlier run's policies (say before a smaller --limit) no longer back this report
+        drop_stale(*(out / name for name in ("cost_aware.json", "learned.json", "learned.npz")))
     inputs = input_of((r.id, r.input) for r in records)  # repeats of one input are one input in every "A vs B"
     comparisons = backend_comparisons(live, seed=seed, inputs=inputs)
     held_out = (compiled_comparisons(compiled, min_n=min_verdict_n, force=force_verdict, seed=seed, inputs=inputs)
