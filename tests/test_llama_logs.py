@@ -104,3 +104,23 @@ def test_a_lora_adapters_cpu_buffer_fallback_is_not_a_warning(caplog, tmp_path):
     asyncio.run(engine.aclose())
     assert any("cannot use buft 'CPU_REPACK', fallback to CPU" in m for m in _native(caplog, logging.DEBUG))
     assert _native(caplog, logging.WARNING) == []
+
+
+@pytest.mark.local
+def test_the_tuning_tokenizers_load_writes_nothing_to_the_terminal():
+    # `genroute tune --local` loads the base model vocabulary-only before any local engine has routed llama.cpp's
+    # lines: "llama_context: n_ctx_seq (512) > n_ctx_train (0) -- possible training context overflow" reached the
+    # terminal (a vocabulary-only load reports a training length of 0). A fresh process: the callback is global.
+    import subprocess
+    import sys
+
+    code = ("import logging\n"
+            "logging.basicConfig(level=logging.DEBUG, format='%(levelname)s %(name)s %(message)s')\n"
+            "from genroute.engines.local import default_model_path\n"
+            "from genroute.tuning.local_lora import PromptEncoder\n"
+            "PromptEncoder(default_model_path(), max_seq_len=256)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    lines = done.stderr.splitlines()
+    overflow = [line for line in lines if "n_ctx_train (0)" in line]
+    assert overflow and all(line.startswith("DEBUG genroute.llama_cpp ") for line in overflow)
+    assert not [line for line in lines if line.startswith("llama_")]  # nothing printed past logging

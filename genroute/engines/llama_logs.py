@@ -14,7 +14,8 @@ Some load-time lines are logged at WARNING or INFO on every load although nothin
 sliding-window cache kept at full size (llama-cpp-python's default), a vocabulary token llama.cpp marks as a control
 token itself (Gemma 3's ``</s>``), a LoRA tensor kept in a plain CPU buffer
 because the repacked one cannot hold it, a context shorter than the model was trained for (genroute's default
-``n_ctx`` is 2048 of Gemma 3's 32768). They go out at DEBUG; every other line keeps llama.cpp's level.
+``n_ctx`` is 2048 of Gemma 3's 32768), or "longer" than the training length 0 a vocabulary-only load (the tokenizer
+local tuning uses) reports. They go out at DEBUG; every other line keeps llama.cpp's level.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ BENIGN = re.compile(r"using full-size SWA cache"
                     r"|control-looking token: .* was not control-type; this is probably a bug in the model\. its type "
                     r"will be overridden"
                     r"|lora for '[^']*' cannot use buft 'CPU_REPACK', fallback to CPU"
-                    r"|n_ctx(?:_per)?_seq \(\d+\) < n_ctx_train \(\d+\)")
+                    r"|n_ctx(?:_per)?_seq \(\d+\) < n_ctx_train \(\d+\)"
+                    r"|n_ctx(?:_per)?_seq \(\d+\) > n_ctx_train \(0\)")  # a vocab-only load knows no training length
 _callback: Any = None  # kept alive: llama.cpp holds a raw pointer to it
 _last_level = logging.DEBUG
 _lock = threading.Lock()

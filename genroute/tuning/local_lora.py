@@ -235,6 +235,9 @@ class PromptEncoder:
         except ImportError:
             raise UsageError("local tuning needs llama-cpp-python: pip install genroute[local]",
                              field="tune-local") from None
+        from genroute.engines.llama_logs import route_llama_logs
+
+        route_llama_logs()  # its load-time lines reached the terminal of `genroute tune --local`
         self._vocab = llama_cpp.Llama(model_path=str(base_path), vocab_only=True, verbose=False)
         self.max_seq_len = max_seq_len
 
