@@ -143,3 +143,22 @@ def test_a_lone_surrogate_outside_the_input_is_refused_naming_line_and_key(
     assert err.value.field == "data"
     assert err.value.message.startswith(f"d.jsonl:2: {named}: ")
     assert "lone surrogate" in err.value.message
+
+
+@pytest.mark.parametrize(("metadata", "what"), [({"vals": list(range(100_001))}, "more than 100,000 values"),
+                                                ({"deep": json.loads('{"n":' * 70 + "1" + "}" * 70)}, "nested more than")])
+def test_metadata_past_a_requests_bounds_is_refused_when_read(tmp_path: Path, metadata: dict[str, Any],
+                                                              what: str) -> None:
+    """A request's metadata is bounded (100,000 values, 64 levels): a record past that was read, then its request
+    refused mid-run, an exception group's traceback ending ``genroute bench``. Its gold answers are not sent, so they
+    are not held to it."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"input": "q1", "label": "a", "metadata": metadata}) + "\n", encoding="utf-8")
+    with pytest.raises(UsageError) as err:
+        load_records(path)
+    assert err.value.field == "data"
+    assert err.value.message.startswith("d.jsonl:1: metadata: too large: ") and what in err.value.message
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(json.dumps({"input": "q1", "output": "a", "metadata": {"answers": list(range(100_001))}}) + "\n",
+                    encoding="utf-8")
+    assert len(load_records(gold)[0].metadata["answers"]) == 100_001

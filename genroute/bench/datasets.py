@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from genroute.bounds import is_real, is_whole
+from genroute.bounds import REQUEST, check, is_real, is_whole
 from genroute.config_errors import error_at, pydantic_validated, validator_message
 from genroute.errors import UsageError
 from genroute.jsonl import existing_file, iter_records, label_text
@@ -25,6 +25,8 @@ KNOWN_KEYS = ("input", "output", "label", "metadata", "id", "task")
 # near-miss of "id" only costs the record its own id (it is then its line number), and "idx"/"uid" are common extra
 # columns: those are warned about with the rest.
 _SCORED_KEYS = ("input", "output", "label", "metadata", "task")
+#: Metadata keys that hold a record's gold answer: never sent with its request (``runner.request_metadata``).
+GOLD_KEYS = frozenset({"possible_answer", "answers", "label_vote_counts", "gold", "output", "label"})
 
 class BenchRecord(PublicModel):
     """One labeled record: ``{"input", "output", "label"?, "metadata"?}`` plus a stable id."""
@@ -55,6 +57,14 @@ class BenchRecord(PublicModel):
         if where is not None:
             raise ValueError(f"{where} is not valid Unicode text (it holds a lone surrogate)")
         return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _sendable(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        # What its request carries (all but the gold answers) is held to a request's bounds when read: a record past
+        # them ended a bench run mid-way with an exception group's traceback.
+        check({k: v for k, v in metadata.items() if k not in GOLD_KEYS}, field="", limits=REQUEST)
+        return metadata
 
     @field_validator("metadata")
     @classmethod

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ConfigDict, Field, ValidationError
 
 from genroute.backends.base import refuse_rerun
+from genroute.bench.datasets import GOLD_KEYS
 from genroute.bench.record_tools import answering_router
 from genroute.bench.scorers import check_golds
 from genroute.bench.setup_failures import SetupWatch
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 POLICY_TARGET = "@policy"
 RESULTS_FILE = "results.jsonl"
 #: Metadata keys that hold the gold answer: never sent to the backend under test.
-GOLD_KEYS = frozenset({"possible_answer", "answers", "label_vote_counts", "gold", "output", "label"})
 #: Error types of outcomes whose backend answered but whose answer could not be scored.
 SCORING_ERRORS = frozenset({"ScorerError", "JudgeError"})
 
