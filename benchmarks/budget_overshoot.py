@@ -28,10 +28,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 
 USAGE = (1000, 200)
 COST = USAGE[0] * 0.30e-6 + USAGE[1] * 2.50e-6  # gemini-2.5-flash list prices

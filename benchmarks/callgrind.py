@@ -16,6 +16,8 @@ import subprocess
 import sys
 from typing import Any, Callable
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 # The interpreter's C function that sys.call_tracing calls the window through; callgrind toggles on it.
 WINDOW_FUNCTION = "_PyEval_CallTracing"
 

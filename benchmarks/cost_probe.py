@@ -17,12 +17,10 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute import BudgetExceeded, GenrouteError, Router  # noqa: E402
 from genroute.testing import Fault, GeminiTestServer  # noqa: E402
 from genroute.testing.replies import prompt_tokens  # noqa: E402

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute.bench.stats import PairedComparison
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,6 +20,7 @@ from collections import Counter
 from importlib.resources import files
 from pathlib import Path
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 import shared_data
 
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute import Router
 from genroute.knowledge import aload_examples
 from genroute.policies.base import PolicyContext

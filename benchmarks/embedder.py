@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute.knowledge.embedders import LocalEmbedder, tokenizer_file
 
 WORDS = ("the router picks a technique per request and records why it chose it in a trace "

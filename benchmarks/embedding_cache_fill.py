@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute.bench.embedding_cache import CachedEmbedder
 
 

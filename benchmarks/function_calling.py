@@ -24,6 +24,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 import raw_sdk
 from google.genai import types
 from opentelemetry.sdk.trace import TracerProvider

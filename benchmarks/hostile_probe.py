@@ -27,8 +27,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-sys.path.append(str(Path(__file__).resolve().parent.parent))  # after PYTHONPATH: an older checkout can win
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute import GenrouteError, Router  # noqa: E402
 from genroute.testing import Fault, GeminiTestServer, Reply  # noqa: E402
 

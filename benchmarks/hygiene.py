@@ -20,13 +20,12 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil  # noqa: E402
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute import Router  # noqa: E402
 from genroute.testing import GeminiTestServer  # noqa: E402
 

@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+
+import checkout  # this checkout's genroute, not an installed one
 
 PROBE = (
     "import sys, time; t = time.perf_counter(); import genroute; from genroute import Router, GenerateRequest; "
@@ -21,8 +24,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10)
     args = parser.parse_args()
     times, heavy = [], ""
+    # The probe imports this checkout's genroute too: after PYTHONPATH's entries, as ``checkout`` orders them.
+    named = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([named, str(checkout.ROOT)] if named else [str(checkout.ROOT)])}
     for _ in range(args.n):
-        out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout.split()
+        out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
+                             env=env).stdout.split()
         times.append(float(out[0]))
         heavy = out[1] if len(out) > 1 else ""
     times.sort()

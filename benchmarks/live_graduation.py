@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from throughput import loopback_server  # noqa: E402

@@ -18,6 +18,7 @@ import collections
 import gc
 from typing import Any
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 import raw_sdk
 
 

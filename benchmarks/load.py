@@ -27,13 +27,12 @@ import threading
 import time
 import tracemalloc
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil  # noqa: E402
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute import GenrouteError, Router  # noqa: E402
 from genroute.testing import Fault, GeminiTestServer  # noqa: E402
 

@@ -16,6 +16,7 @@ import time
 
 from google.genai import types
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute.engines.local import LocalEngine, default_model_path
 from genroute.engines.local_prompt import Defaults, prepare
 

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute import Router
 from genroute.bench import abench
 from genroute.bench.datasets import load_records

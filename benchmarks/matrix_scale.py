@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 class HashedEmbedder:
     """A fixed random unit-scale vector per text: the shape of MiniLM's output, none of its cost."""
 

@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
 
 from outcome_list import shadow_record  # noqa: E402
 from shared_state import RedisProcess, free_port  # noqa: E402

@@ -24,6 +24,7 @@ import argparse
 import time
 from pathlib import Path
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 import shared_data
 
 from genroute.bench.offline import OfflineReport, compile_outcomes

@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 import raw_sdk
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult

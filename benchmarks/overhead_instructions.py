@@ -52,6 +52,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 import raw_sdk
 from callgrind import in_window, run
 from opentelemetry import context as otel_context

@@ -14,6 +14,7 @@ import asyncio
 import statistics
 import time
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 import raw_sdk
 from google.genai import types
 

@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import raw_sdk  # noqa: E402

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute.knowledge.store import KnowledgeStore, StoreConfig
 from genroute.policies import build_policy
 from genroute.policies.base import BackendInfo, PolicyContext

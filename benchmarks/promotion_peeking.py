@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any, Literal
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 
 INCUMBENT, DISCORDANT = 0.8, 0.2
 #: (margin, true difference challenger - incumbent) of each design's rows

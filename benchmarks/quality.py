@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute.bench import BenchReport, abench
 from genroute.bench.harness import ingest_corpus
 from genroute.bench.record_tools import placeholder

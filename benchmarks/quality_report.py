@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "benchmarks" / "data"
 #: The per-record outcomes of the 2026-12-05 runs behind RESULTS.md's "All five tasks at n = 340".

@@ -15,6 +15,8 @@ import sys
 from typing import Any
 
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 class _SdkSession:
     """Stands for the SDK's own sessions, which the client closes itself."""
 

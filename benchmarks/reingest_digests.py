@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 HERE = Path(__file__).resolve().parent
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute.knowledge import aingest
 from genroute.knowledge.embedder_base import Embedder
 from genroute.knowledge.store import KnowledgeStore, StoreConfig

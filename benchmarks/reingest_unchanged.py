@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from reingest_dirs import HashedEmbedder, write_dir
 
 from genroute.knowledge import aingest

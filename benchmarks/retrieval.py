@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,9 +29,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 import shared_data
 
 DATA = shared_data.default_dir()  # main() sets it from --shared-data

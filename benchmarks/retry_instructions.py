@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from callgrind import instructions
 
 

@@ -20,9 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
 
 from shared_state import RedisProcess  # noqa: E402
 

@@ -12,6 +12,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 REPO = Path(__file__).resolve().parents[1]
 #: The subsets committed with the repository.
 BENCH_DATA = REPO / "benchmarks" / "data"

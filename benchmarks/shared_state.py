@@ -26,10 +26,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 # A worker may run another checkout's code (``overhead --baseline``): that checkout comes first on the path.
-sys.path.insert(0, os.environ.get("GENROUTE_BENCH_CODE", str(HERE.parent)))
+if "GENROUTE_BENCH_CODE" in os.environ:
+    sys.path.insert(0, os.environ["GENROUTE_BENCH_CODE"])
 
 from genroute import BudgetExceeded, GenrouteError, Router  # noqa: E402
 from genroute.testing import GeminiTestServer, Reply  # noqa: E402

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
 from genroute import Router  # noqa: E402
 from genroute.testing import GeminiTestServer  # noqa: E402
 

@@ -27,7 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overhead_instructions import discarding_provider  # noqa: E402

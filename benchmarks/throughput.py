@@ -33,7 +33,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MODEL = "gemini-2.5-flash"

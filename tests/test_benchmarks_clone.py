@@ -11,6 +11,7 @@ Heavy local-model runs stay out of CI; ``quality.py`` gets a two-record run on t
 
 from __future__ import annotations
 
+import ast
 import filecmp
 import os
 import shutil
@@ -23,6 +24,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("quality.py", "policies.py", "retrieval.py", "local_tuning.py", "demo_tuning.py", "data/build.py",
            "graduation.py", "outcomes.py", "cost_weight_rule.py", "quality_report.py")
+#: Every script of benchmarks/ (``checkout.py`` is the helper that puts the checkout on the path for them).
+EVERY_SCRIPT = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if p.name != "checkout.py")
 
 
 #: An evenly spaced sample of the shared data, committed (see its README): the tiny runs need nothing outside
@@ -67,6 +70,51 @@ def test_each_benchmark_explains_itself_from_a_clone(clone: Path, tmp_path: Path
     assert done.returncode == 0, done.stderr[-3000:]
     assert "usage:" in done.stdout
     assert "--data" in done.stdout or "--shared-data" in done.stdout or "--source" in done.stdout
+
+
+def test_every_benchmark_imports_its_checkout_before_genroute() -> None:
+    """``python benchmarks/x.py`` ran the genroute installed in the environment (another checkout's, or a release)
+    for 26 of the scripts: each must ``import checkout`` (``benchmarks/checkout.py``) at the top, before it imports
+    genroute or a sibling script that may (a script without a ``--help`` is checked here alone)."""
+    siblings = {Path(name).stem for name in EVERY_SCRIPT}
+    missing = []
+    for name in EVERY_SCRIPT:
+        tree = ast.parse((REPO / "benchmarks" / name).read_text(encoding="utf-8"))
+        modules = [(alias.name if isinstance(node, ast.Import) else node.module or "").split(".")[0]
+                   for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)
+                   for alias in (node.names if isinstance(node, ast.Import) else node.names[:1])]
+        first = next((i for i, m in enumerate(modules) if m == "genroute" or m in siblings), len(modules))
+        if "checkout" not in modules[:first]:
+            missing.append(name)
+    assert not missing, f"no `import checkout` before genroute: {missing}"
+
+
+@pytest.fixture(scope="module")
+def installed_decoy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory for ``PYTHONPATH`` whose ``sitecustomize`` puts a genroute that fails on import where an
+    installed one is found: right before site-packages."""
+    root = tmp_path_factory.mktemp("decoy")
+    (root / "site" / "genroute").mkdir(parents=True)
+    (root / "site" / "genroute" / "__init__.py").write_text(
+        'raise ImportError("the installed genroute was imported, not the checkout\'s")\n', encoding="utf-8")
+    (root / "path").mkdir()
+    (root / "path" / "sitecustomize.py").write_text(
+        "import sys\n"
+        "at = next((i for i, p in enumerate(sys.path) if p.endswith(('site-packages', 'dist-packages'))), "
+        "len(sys.path))\n"
+        f"sys.path.insert(at, {str(root / 'site')!r})\n", encoding="utf-8")
+    return root / "path"
+
+
+@pytest.mark.parametrize("script", [name for name in EVERY_SCRIPT if all(
+    part in (REPO / "benchmarks" / name).read_text(encoding="utf-8") for part in ("parse_args(", "__main__"))])
+def test_each_benchmark_runs_its_checkout_not_an_installed_genroute(clone: Path, tmp_path: Path,
+                                                                    installed_decoy: Path, script: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(installed_decoy)}
+    env.pop("GENROUTE_SHARED_DATA", None)
+    done = subprocess.run([sys.executable, str(clone / "benchmarks" / script), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr[-3000:]
 
 
 def test_no_benchmark_names_a_machine_path() -> None:
