@@ -1,6 +1,7 @@
 """Do a bench report's verdicts hold their level? Simulated paired scores through genroute's own statistics.
 
     nice -n 10 python benchmarks/verdict_calibration.py [--runs 1000] [--family-runs 200] [--workers 2] [--seed 0]
+    nice -n 10 python benchmarks/verdict_calibration.py --unpaired [--unpaired-runs 2000]   # table 4 alone
 
 Each run draws the scores of backends on ``n`` records (n = 20, 30, 50, 100, 340, 1,000) from a known truth and
 reads what genroute reports about them: ``compare_paired`` (its CI and its verdict, ``min_n`` = ``MIN_PAIRED_N`` as
@@ -20,6 +21,12 @@ Scores, per record:
   and clustered (``groups``: one key an input, as the report passes them).
 - families: k backends with one score distribution, each record's difficulty shared (all k read one uniform 70 % of
   the time): every pair compared; a false win is any win among the k(k - 1)/2 comparisons.
+
+Table 4 (``--unpaired``, on its own): ``compare_unpaired``, the CI a split's fixed-horizon rule reads, on two
+independent arms (20 vs 20 to 300 vs 300 records, and unequal arms either way round): 0/1 scores at each arm's
+accuracy, graded ones drawn from each arm's F1-like distribution on its own; how often the CI holds the true
+difference, and how often its lower bound is above it (a promotion passing at a true loss of exactly the margin)
+or its upper bound below it.
 
 Cells at n = 340 run half as many runs, at 1,000 a quarter (``runs_at``). Tables give the share of runs with its
 Monte Carlo margin (± 1.96 standard errors: a figure whose margin does not reach the nominal level misses it).
@@ -62,6 +69,20 @@ PAIRED: dict[str, tuple[str, tuple[float, ...], float]] = {
 CLUSTERED = {"0/1 (0.8 right), 3 records an input": (0.2, 0.8), "F1-like, 3 records an input": F1_LIKE}
 FAMILIES = {"0/1 (0.8 right)": (0.2, 0.8), "F1-like": F1_LIKE}
 KS = (3, 5, 9)
+#: Two independent arms (split mode): name -> (kind, A's parameters, B's, the truth A - B). Binary: P(right);
+#: graded: the F1-like shift of ``marginal``.
+UNPAIRED: dict[str, tuple[str, float, float, float]] = {
+    "0/1 0.60 vs 0.60": ("binary", 0.60, 0.60, 0.0),
+    "0/1 0.95 vs 0.95": ("binary", 0.95, 0.95, 0.0),
+    "0/1 0.85 vs 0.80": ("binary", 0.85, 0.80, 0.05),
+    "0/1 0.97 vs 0.90": ("binary", 0.97, 0.90, 0.07),
+    "F1-like A/A": ("graded", 0.0, 0.0, 0.0),
+    "F1-like equal means, A all-or-nothing": ("graded", -1.0, 0.0, 0.0),
+    "F1-like +0.05": ("graded", 0.05, 0.0, 0.05),
+    "F1-like +0.10": ("graded", 0.10, 0.0, 0.10),
+}
+#: (records of arm A, of arm B): equal arms, and the unequal ones of a 1:5 and 1:6 split, either way round.
+ARMS = ((20, 20), (30, 30), (50, 50), (100, 100), (300, 300), (20, 100), (100, 20), (50, 300))
 
 
 def marginal(shift: float) -> tuple[float, float]:
@@ -169,6 +190,51 @@ def family_job(job: tuple[str, int, int, int, int, int]) -> list[tuple[bool, boo
     return out
 
 
+def unpaired_job(job: tuple[str, int, int, int, int, int]) -> list[tuple[bool, bool, bool]]:
+    """Runs of an UNPAIRED row at (n_a, n_b) records: (CI covers the truth, its lower bound is above the truth,
+    its upper bound is below it) of ``compare_unpaired``, the CI split mode's fixed-horizon rule reads."""
+    from genroute.bench.stats import compare_unpaired
+
+    name, n_a, n_b, start, stop, seed = job
+    kind, pa, pb, truth = UNPAIRED[name]
+    out = []
+    for run in range(start, stop):
+        rng = np.random.default_rng([seed, 300 + list(UNPAIRED).index(name), n_a, n_b, run])
+        if kind == "binary":
+            a, b = (rng.random(n_a) < pa).astype(float), (rng.random(n_b) < pb).astype(float)
+        else:
+            a, b = quantile(rng.random(n_a), *marginal(pa)), quantile(rng.random(n_b), *marginal(pb))
+        low, high = compare_unpaired(a.tolist(), b.tolist(), seed=run).ci
+        out.append((low <= truth <= high, low > truth, high < truth))
+    return out
+
+
+def unpaired_tables(runs: int, workers: int, seed: int) -> None:
+    """Table 4: ``compare_unpaired``'s CI over every UNPAIRED row and ARMS size."""
+    jobs = [(name, n_a, n_b, s, e, seed) for name in UNPAIRED for n_a, n_b in ARMS for s, e in chunks(runs)]
+    by_cell: dict[tuple[str, int, int], list[Any]] = {}
+    with ProcessPoolExecutor(workers) as pool:
+        for job, result in zip(jobs, pool.map(unpaired_job, jobs), strict=True):
+            by_cell.setdefault(job[:3], []).extend(result)
+    header = "| scores | " + " | ".join(f"{n_a} vs {n_b}" for n_a, n_b in ARMS) + " |"
+
+    def rows(pick: Any) -> None:
+        print(header)
+        print("|---|" + "---:|" * len(ARMS))
+        for name in UNPAIRED:
+            cells = [by_cell[(name, n_a, n_b)] for n_a, n_b in ARMS]
+            print(f"| {name} | " + " | ".join(share(sum(1 for r in c if pick(r)), len(c)) for c in cells) + " |")
+
+    print(f"\n{runs} runs a cell, seed {seed}; records of arm A vs arm B")
+    print("\n4a. compare_unpaired's CI holds the true difference (nominal 95 %)\n")
+    rows(lambda r: r[0])
+    print("\n4b. Its lower bound is above the truth (a split promotion passing at a true loss of exactly the margin; "
+          "nominal 2.5 %)\n")
+    rows(lambda r: r[1])
+    print("\n4c. Its upper bound is below the truth (nominal 2.5 %)\n")
+    rows(lambda r: r[2])
+
+
 def share(hits: int, runs: int) -> str:
     """A share with its Monte Carlo margin (± 1.96 standard errors)."""
     p = hits / runs
@@ -202,7 +268,14 @@ def main() -> int:
     parser.add_argument("--skip-families", action="store_true", help="no table 3 (the slowest)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unpaired", action="store_true", help="only table 4, compare_unpaired (split arms)")
+    parser.add_argument("--unpaired-runs", type=int, default=2000, help="simulated comparisons per table 4 cell")
     args = parser.parse_args()
+    if args.unpaired:
+        started = time.perf_counter()
+        unpaired_tables(args.unpaired_runs, args.workers, args.seed)
+        print(f"\n{time.perf_counter() - started:.0f} s")
+        return 0
     sizes = tuple(int(n) for n in args.sizes.split(","))
     started = time.perf_counter()
     paired_jobs = [(name, n, s, e, args.seed) for name in PAIRED for n in sizes

@@ -12,6 +12,13 @@ widened by the ratio of those quantiles) held 93-94 % at n = 20: it fixes the sp
   finite sums of Abramowitz & Stegun 26.7.3-4 and bisection up to 1,000 df, the Cornish-Fisher expansion above);
 - ``t_interval``: ``mean ± t(1 - alpha/2, n - 1) * sd / sqrt(n)``, cut to ``bounds`` (a mean of scores in [0, 1]
   is in [0, 1], a difference of two in [-1, 1]); zero width for one value or equal values.
+- ``welch_interval``: the interval of ``mean(a) - mean(b)`` for two independent samples (``compare_unpaired``'s of
+  graded scores, where the two-sample percentile bootstrap was too narrow for the same reasons):
+  ``d ± t(1 - alpha/2, df) * sqrt(s_a²/n_a + s_b²/n_b)``, Welch's standard error with Hsu's conservative degrees of
+  freedom ``df = min(n_a, n_b) - 1``. Simulated (``benchmarks/verdict_calibration.py --unpaired``, token-F1-like
+  scores, 8,000 comparisons a size), the bootstrap held the true difference 93.3 % of the time at 20 records an arm
+  and 93.5-93.9 % at 20 vs 100; the Welch-Satterthwaite ``df`` 94.3 % at 20 vs 20 and 94.5 % at 50 vs 50; Hsu's
+  95.1 and 94.7 % (±0.5).
 """
 
 from __future__ import annotations
@@ -66,3 +73,25 @@ def t_interval(values: Sequence[float], *, level: float = 0.95,
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     half = student_t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
     return max(bounds[0], mean - half), min(bounds[1], mean + half)
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float], *, level: float = 0.95,
+                   bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
+    """The t interval of ``mean(a) - mean(b)`` at ``level`` (Welch's standard error, Hsu's ``min(n_a, n_b) - 1``
+    degrees of freedom), cut to ``bounds`` (both samples finite, n >= 1 each).
+
+    A sample of one value, or of equal values, adds no spread and no limit on the degrees of freedom (as in
+    ``t_interval``, its mean is taken as known): the other sample's ``n - 1`` count; zero width when both are so.
+    """
+    means, spreads = [], []  # each sample's mean, and (squared standard error of its mean, n - 1) if it varies
+    for values in (a, b):
+        n = len(values)
+        mean = math.fsum(values) / n
+        means.append(mean)
+        if n > 1 and any(v != values[0] for v in values):
+            spreads.append((math.fsum((v - mean) ** 2 for v in values) / (n - 1) / n, n - 1))
+    difference = means[0] - means[1]
+    if not spreads:
+        return difference, difference
+    half = student_t_quantile((1 + level) / 2, min(df for _, df in spreads)) * math.sqrt(sum(v for v, _ in spreads))
+    return max(bounds[0], difference - half), min(bounds[1], difference + half)
