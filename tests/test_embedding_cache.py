@@ -127,3 +127,41 @@ def test_vectors_of_another_width_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as err:
         CachedEmbedder(narrow, tmp_path)
     assert "8 wide, not hashed-8's 4-wide" in err.value.message and str(path) in err.value.message
+
+
+class Wide(Hashed):
+    """``Hashed`` at another width: 6 floats encode to base64 with no padding, 7 with "==", 8 with "="."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.dimension = width  # type: ignore[misc]
+        self.model = f"hashed-{width}"  # type: ignore[misc]
+
+    def embed_array(self, texts: list[str]) -> NDArray[Any]:
+        self.embedded += texts
+        return np.stack([np.resize(vector(t), self.dimension) for t in texts])
+
+
+@pytest.mark.parametrize("width", [6, 7, 8, 384])
+def test_a_warm_read_decodes_every_whole_line_and_skips_the_rest(tmp_path: Path, width: int) -> None:
+    # The warm read decodes the lines together (an array of lines of one length), and reads the others one by
+    # one: a torn line between two chunks, a line of the right length that is not base64 or has no tab where the
+    # width goes, and a line whose key has a tab in it are skipped; every vector written is read back exactly.
+    cache = CachedEmbedder(Wide(width), tmp_path, chunk=5)
+    cache.embed_array(texts(12))
+    lines = cache.path.read_bytes().splitlines(keepends=True)
+    whole = lines[-1]
+    with cache.path.open("ab") as fh:
+        fh.write(whole[:len(whole) // 2])  # killed mid-write
+    cache.embed_array(texts(20))  # fenced off by a newline, then the next chunk
+    with cache.path.open("ab") as fh:
+        fh.write(whole[:-6] + b"!" + whole[-5:])  # the right length, not base64
+        fh.write(whole[:32] + b" " + whole[33:])  # the right length, no tab after the key
+        fh.write(b"\t" + whole[1:])  # a tab in the key
+    cache.embed_array(texts(26))
+    reader = Wide(width)
+    again = CachedEmbedder(reader, tmp_path, chunk=5)
+    assert np.array_equal(again.embed_array(texts(26)), Wide(width).embed_array(texts(26)))
+    assert reader.embedded == [] and len(again._vectors) == 26
+    assert np.array_equal(again.embed_array(texts(27)), Wide(width).embed_array(texts(27)))
+    assert reader.embedded == ["text 26"]

@@ -10,14 +10,17 @@ The file (format 2, ``embeddings-MODEL-DIGEST.v2.tsv``) is append-only: a JSON h
 Each chunk's lines are one ``O_APPEND`` write, fsync'd, under an exclusive ``flock`` where the system has one, so
 two processes filling one cache interleave whole chunks; a process reads the lines the other appended before it
 embeds a chunk. A torn line (a process killed mid-write) is skipped on read and fenced off by a newline before the
-next chunk; the rest is kept. A format-1 file (the ``.npz`` the whole cache was rewritten into per chunk: quadratic in
-the texts embedded) is read once and its vectors carried into the new file; a later format is refused.
+next chunk; the rest is kept. A read takes the lines of the expected length as one array (``_decode_whole``: one
+base64 decode for all of them where a vector needs no padding) and only the others (torn, or another width) one by
+one. A format-1 file (the ``.npz`` the whole cache was rewritten into per chunk: quadratic in the texts embedded)
+is read once and its vectors carried into the new file; a later format is refused.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
@@ -132,14 +135,18 @@ class CachedEmbedder:
         except OSError as exc:
             raise UsageError(f"{self.path} cannot be read ({exc.strerror or exc}); cache in another directory",
                              field="cache_dir") from None
-        whole = data[:data.rfind(b"\n") + 1]
-        lines = whole.split(b"\n")[:-1]
+        end = data.rfind(b"\n") + 1  # the whole lines read
+        begin = 0
         if self._offset == 0:
-            if not lines:  # not even a header line: not a file this module made (it writes the header whole)
+            if not end:  # not even a header line: not a file this module made (it writes the header whole)
                 raise self._refused("no header")
-            self._check_header(lines.pop(0))
-        keys, raws = [], []
-        for line in lines:
+            begin = data.index(b"\n") + 1
+            self._check_header(data[:begin - 1])
+        if self.width is None and begin < end:
+            self.width = _width_of(data[begin:data.index(b"\n", begin)])
+        keys, vectors, lines = _decode_whole(memoryview(data)[begin:end], self.width)
+        raws = []
+        for line in lines:  # what the vectorised decode left: torn lines, a vector of another width
             fields = line.split(b"\t")
             try:
                 key, width, raw = fields[0].decode("ascii"), int(fields[1]), binascii.a2b_base64(fields[2])
@@ -154,10 +161,11 @@ class CachedEmbedder:
                                  "ones; delete it, or cache in another directory", field="cache_dir")
             keys.append(key)
             raws.append(raw)
-        if keys:  # one array for the lines read (a row of it per text), not an array a line
-            vectors = np.frombuffer(b"".join(raws), dtype="<f4").astype(np.float32).reshape(len(keys), -1)
-            self._vectors.update(zip(keys, vectors, strict=True))
-        self._offset += len(whole)
+        if raws:  # one array for these lines (a row of it per text), not an array a line
+            rest = np.frombuffer(b"".join(raws), dtype="<f4").astype(np.float32).reshape(len(raws), -1)
+            vectors = np.concatenate([vectors, rest]) if len(vectors) else rest
+        self._vectors.update(zip(keys, vectors, strict=True))
+        self._offset += end
 
     def _check_header(self, line: bytes) -> None:
         try:
@@ -189,3 +197,66 @@ def _read_npz(path: Path, model: str, width: int | None) -> dict[str, NDArray[An
         raise UsageError(f"{path} holds vectors of shape {vectors.shape} for {len(keys)} texts, not {model}'s "
                          f"{width or 'same'}-wide ones; delete it, or cache in another directory", field="cache_dir")
     return dict(zip(keys, vectors, strict=True))
+
+
+def _width_of(line: bytes) -> int | None:
+    """The width a line gives its vector, if it reads as a number."""
+    try:
+        return int(line.split(b"\t")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _decode_whole(body: memoryview, width: int | None) -> tuple[list[str], NDArray[Any], list[bytes]]:
+    """The lines of ``body`` laid out as this module writes a vector ``width`` wide, decoded together: their keys
+    and vectors, and the other lines, for the reader to take one by one (a torn line is shorter, a vector of
+    another width has another length; a line of the right length that is not one goes there too).
+
+    Every such line is ``length`` bytes, so ``body`` is read as a (lines x ``length``) array: keys and the width
+    checked by array comparisons, the base64 of every vector decoded by one strict call when it has no padding (a
+    vector of a multiple of 3 floats), a call a line otherwise. Reading 100,000 lines one by one (a split, a decode
+    and a check each) took most of a warm read.
+    """
+    empty = np.zeros((0, width or 0), dtype=np.float32)
+    if width is None or not len(body):
+        return [], empty, bytes(body).split(b"\n")[:-1]
+    tag = b"\t%d\t" % width
+    size = 4 * width
+    encoded = 4 * -(-size // 3)
+    length = 32 + len(tag) + encoded + 1
+    raw = np.frombuffer(body, dtype=np.uint8)
+    rest: list[bytes] = []
+    if len(raw) % length == 0 and bool((raw[length - 1::length] == ord("\n")).all()):
+        rows = raw.reshape(-1, length)
+    else:  # some line has another length: those are read one by one
+        lines = bytes(body).split(b"\n")[:-1]
+        rest = [line for line in lines if len(line) != length - 1]
+        fit = [line for line in lines if len(line) == length - 1]
+        rows = np.frombuffer(b"\n".join(fit) + b"\n", dtype=np.uint8).reshape(-1, length) if fit else \
+            raw[:0].reshape(0, length)
+    keys = rows[:, :32]
+    good = ((rows[:, 32:32 + len(tag)] == np.frombuffer(tag, dtype=np.uint8)).all(axis=1)
+            & ((keys < 128) & (keys != ord("\t")) & (keys != ord("\n"))).all(axis=1))
+    if not good.all():
+        rest += [rows[i, :-1].tobytes() for i in np.flatnonzero(~good)]
+        rows = rows[good]
+    text = memoryview(np.ascontiguousarray(rows[:, length - 1 - encoded:length - 1]).reshape(-1))  # one copy
+    vectors = None
+    if size % 3 == 0:  # no "=" padding: the lines' base64 is one base64 text
+        with contextlib.suppress(binascii.Error):
+            vectors = binascii.a2b_base64(text, strict_mode=True)
+    if vectors is None:  # padding, or not base64 somewhere: a call a line, and a line that is not one left over
+        decoded = []
+        for i in range(len(rows)):
+            try:
+                decoded.append(binascii.a2b_base64(text[i * encoded:(i + 1) * encoded], strict_mode=True))
+            except binascii.Error:
+                decoded.append(b"")
+        bad = [i for i, vector in enumerate(decoded) if len(vector) != size]
+        if bad:
+            rest += [rows[i, :-1].tobytes() for i in bad]
+            rows = np.delete(rows, bad, axis=0)
+        vectors = b"".join(vector for vector in decoded if len(vector) == size)
+    joined = np.ascontiguousarray(rows[:, :32]).tobytes().decode("ascii")
+    return ([joined[i:i + 32] for i in range(0, len(joined), 32)],
+            np.frombuffer(vectors, dtype="<f4").astype(np.float32, copy=False).reshape(len(rows), width), rest)
