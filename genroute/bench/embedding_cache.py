@@ -240,7 +240,7 @@ def _decode_whole(body: memoryview, width: int | None) -> tuple[list[str], NDArr
     if not good.all():
         rest += [rows[i, :-1].tobytes() for i in np.flatnonzero(~good)]
         rows = rows[good]
-    text = memoryview(np.ascontiguousarray(rows[:, length - 1 - encoded:length - 1]).reshape(-1))  # one copy
+    text = np.ascontiguousarray(rows[:, length - 1 - encoded:length - 1]).reshape(-1).data  # one copy
     vectors = None
     if size % 3 == 0:  # no "=" padding: the lines' base64 is one base64 text
         with contextlib.suppress(binascii.Error):
