@@ -1409,3 +1409,17 @@ def test_a_question_repeated_up_to_case_and_spaces_stays_on_one_side() -> None:
         train_text = split_by_text(matrix, holdout=0.3, seed=seed)[0]
         assert 0 < len(held) < 40 and not {group[i] for i in held} & {group[r.id] for r in data if r.id not in held}
         assert not {group[i] for i in train_text.ids} & {group[r.id] for r in data if r.id not in train_text.ids}
+
+
+async def test_a_record_whose_request_is_refused_is_a_failed_row_and_the_run_goes_on(server: GeminiTestServer,
+                                                                                     tmp_path: Path) -> None:
+    """Before, the request was built outside run_one's try: a record past the reader's checks (model_copy skips
+    them) ended the run with an exception group's traceback and a partial results.jsonl."""
+    data = [*records()[:3], records()[3].model_copy(update={"metadata": {"note": "\ud800"}})]
+    async with Router.from_config(config(server)) as router:
+        outcomes = await arun_bench(router, data, ["smart"], resolve_scorer("label_accuracy"), concurrency=1,
+                                    out_dir=tmp_path, progress=False)
+    assert [o.ok for o in outcomes] == [True, True, True, False]
+    bad = outcomes[3]
+    assert bad.record_id == "r3" and bad.error_type == "UsageError" and "lone surrogate" in (bad.error or "")
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4

@@ -147,13 +147,15 @@ def request_metadata(record: BenchRecord) -> dict[str, Any]:
 async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scorer, *,
                   stream: bool = True) -> Outcome:
     """Send ``record`` to ``target`` (``@policy``: let the router's policy decide) and score the answer."""
-    request = GenerateRequest(
-        input=record.input, task=record.task, metadata=request_metadata(record),
-        backend=None if target == POLICY_TARGET else target, key=record.id,
-    )
     start = time.perf_counter()
     base = {"backend": target, "record_id": record.id, "task": record.task, "scorer": scorer.name}
     try:
+        # Built inside the try: a record that slipped past the dataset reader (one built in code with model_copy,
+        # its metadata edited in place) is a failed row naming why, not an exception group ending the run.
+        request = GenerateRequest(
+            input=record.input, task=record.task, metadata=request_metadata(record),
+            backend=None if target == POLICY_TARGET else target, key=record.id,
+        )
         # Records that declare their own tools are answered with them (else by the router as configured).
         async with answering_router(router, record, target, POLICY_TARGET) as answering:
             result = await _answer(answering, request, stream)
