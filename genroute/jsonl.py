@@ -57,6 +57,17 @@ def iter_records(path: str | Path, *, field: str, what: str = "file") -> Iterato
         raise UsageError(f"{path.name}:{lineno + 1}: cannot be read ({exc})", field=field) from None
 
 
+#: The one wording of a record's text that holds nothing but whitespace (``KEY: must not be blank``), in the bench's
+#: datasets, tuning files and ICL example files alike.
+BLANK = "must not be blank"
+
+
+def blank(value: Any, key: str) -> str | None:
+    """``KEY: must not be blank`` if ``value`` is text holding nothing but whitespace, else ``None``: the refusal
+    each reader puts after the file and line (``data.jsonl:2: input: must not be blank``)."""
+    return f"{key}: {BLANK}" if isinstance(value, str) and not value.strip() else None
+
+
 def label_text(label: Any) -> Any:
     """A record's ``label`` as the text a class is compared as: a whole number (a star rating, a class id written
     ``"label": 4``) as its digits; anything else as it is, for the reader to accept or refuse (``true`` is no class)."""

@@ -72,7 +72,7 @@ def test_a_benchmark_file_with_columns_of_its_own_is_no_tuning_file(tmp_path: Pa
     assert [r.label for r in load_records(path)] == ["pos", "neg"]
     with pytest.raises(UsageError, match=r"unknown keys \['source'\]") as err:
         load_examples(path)
-    assert err.value.field == "line 2"
+    assert err.value.field == f"{path}:2"
     moved = _write(tmp_path / "m.jsonl", [rows[0], {"input": "q2", "label": "neg", "metadata": {"source": "web"}}])
     assert [e.metadata for e in load_examples(moved)] == [{}, {"source": "web"}]
 
@@ -162,3 +162,20 @@ def test_metadata_past_a_requests_bounds_is_refused_when_read(tmp_path: Path, me
     gold.write_text(json.dumps({"input": "q1", "output": "a", "metadata": {"answers": list(range(100_001))}}) + "\n",
                     encoding="utf-8")
     assert len(load_records(gold)[0].metadata["answers"]) == 100_001
+
+
+def test_a_blank_input_is_worded_alike_by_the_bench_tuning_and_icl_readers(tmp_path: Path) -> None:
+    """It was worded three ways: ``d.jsonl:2: input: must not be blank (...)`` (bench), ``line 2: field 'input' is
+    empty`` (``genroute tune``, no file named) and ``FILE:2: field 'input' is empty`` (``genroute ingest``)."""
+    from genroute.knowledge.examples import _read_examples
+    from genroute.tuning.data import load_examples
+
+    path = _write(tmp_path / "d.jsonl", [{"input": "q1", "label": "a"}, {"input": "  ", "label": "b"}])
+    with pytest.raises(UsageError) as bench:
+        load_records(path)
+    with pytest.raises(UsageError) as tune:
+        load_examples(path)
+    with pytest.raises(UsageError) as ingest:
+        _read_examples(path)
+    assert str(bench.value) == "data: d.jsonl:2: input: must not be blank"
+    assert str(tune.value) == str(ingest.value) == f"{path}:2: input: must not be blank"

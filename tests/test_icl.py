@@ -176,7 +176,7 @@ async def test_a_classification_file_with_labels_and_no_outputs_loads(knowledge:
     assert sorted((e.input, e.output, e.label) for e in pool) == sorted((t, lab, lab) for t, lab in EXAMPLES[:4])
     empty = tmp_path / "empty-label.jsonl"
     empty.write_text('{"input": "a", "label": "x"}\n{"input": "b", "label": " "}\n')
-    with pytest.raises(UsageError, match="field 'label' is empty") as err:
+    with pytest.raises(UsageError, match=":2: label: must not be blank$") as err:
         await aload_examples(knowledge.store(), [empty], collection=collection)
     assert err.value.field == f"{empty}:2"
 

@@ -78,32 +78,32 @@ def test_a_whole_number_label_reads_as_its_digits_wherever_the_file_is_read(tmp_
 
 
 @pytest.mark.parametrize(("lines", "field", "message"), [
-    ([GOOD, "{not json"], "line 2", "invalid JSON"),
-    ([GOOD, "", {"input": "x"}], "line 3", r"missing field 'output' \(or 'label'\)"),
-    ([GOOD, {"input": "x", "label": ""}], "line 2", "field 'label' is empty"),
-    ([{"input": "  ", "output": "y"}], "line 1", "field 'input' is empty"),
-    ([{"input": 3, "output": "y"}], "line 1", "must be a string"),
-    ([GOOD, {"input": "x", "ouput": "y"}], "line 2", "unknown keys"),
-    ([GOOD, [1, 2]], "line 2", "JSON object"),
-    ([GOOD, {"input": "x", "output": "y", "label": True}], "line 2", "'label' must be a string or a whole number"),
-    ([GOOD, {"input": "x", "output": "y", "label": 1.5}], "line 2", "'label' must be a string or a whole number"),
-    ([GOOD, {"input": "x", "output": "y", "metadata": []}], "line 2", "'metadata' must be an object"),
-    ([GOOD, {"input": "x", "output": "y", "task": 3}], "line 2", "'task' must be a string"),
-    ([GOOD, {"input": "x", "output": None}], "line 2", "missing field 'output'"),
-    ([GOOD, {"input": "x" * 50, "output": "y"}], "line 2", "limit is 40"),
+    ([GOOD, "{not json"], "d.jsonl:2", "invalid JSON"),
+    ([GOOD, "", {"input": "x"}], "d.jsonl:3", r"missing field 'output' \(or 'label'\)"),
+    ([GOOD, {"input": "x", "label": ""}], "d.jsonl:2", "label: must not be blank"),
+    ([{"input": "  ", "output": "y"}], "d.jsonl:1", "input: must not be blank"),
+    ([{"input": 3, "output": "y"}], "d.jsonl:1", "must be a string"),
+    ([GOOD, {"input": "x", "ouput": "y"}], "d.jsonl:2", "unknown keys"),
+    ([GOOD, [1, 2]], "d.jsonl:2", "JSON object"),
+    ([GOOD, {"input": "x", "output": "y", "label": True}], "d.jsonl:2", "'label' must be a string or a whole number"),
+    ([GOOD, {"input": "x", "output": "y", "label": 1.5}], "d.jsonl:2", "'label' must be a string or a whole number"),
+    ([GOOD, {"input": "x", "output": "y", "metadata": []}], "d.jsonl:2", "'metadata' must be an object"),
+    ([GOOD, {"input": "x", "output": "y", "task": 3}], "d.jsonl:2", "'task' must be a string"),
+    ([GOOD, {"input": "x", "output": None}], "d.jsonl:2", "missing field 'output'"),
+    ([GOOD, {"input": "x" * 50, "output": "y"}], "d.jsonl:2", "limit is 40"),
     # Half an emoji (JSON's "\\ud83d" escape alone): UTF-8 cannot hold it, so no tokenizer or upload could.
-    ([GOOD, {"input": "cut \ud83d", "output": "y"}], "line 2",
+    ([GOOD, {"input": "cut \ud83d", "output": "y"}], "d.jsonl:2",
      r"'input' holds an unpaired surrogate \('\\ud83d' at character 4\)"),
-    ([{"input": "x", "output": "\udc00"}], "line 1", "'output' holds an unpaired surrogate"),
-    ([{"input": "x", "output": "y", "label": "\ud83d"}], "line 1", "'label' holds an unpaired surrogate"),
+    ([{"input": "x", "output": "\udc00"}], "d.jsonl:1", "'output' holds an unpaired surrogate"),
+    ([{"input": "x", "output": "y", "label": "\ud83d"}], "d.jsonl:1", "'label' holds an unpaired surrogate"),
     # Python's JSON reader takes NaN and Infinity (no other does): they were trained on as the text "NaN".
-    ([GOOD, {"input": "x", "output": float("nan")}], "line 2", "'output' holds NaN or Infinity"),
-    ([GOOD, {"input": "x", "output": {"score": float("-inf")}}], "line 2", "'output' holds NaN or Infinity"),
+    ([GOOD, {"input": "x", "output": float("nan")}], "d.jsonl:2", "'output' holds NaN or Infinity"),
+    ([GOOD, {"input": "x", "output": {"score": float("-inf")}}], "d.jsonl:2", "'output' holds NaN or Infinity"),
 ])
 def test_bad_lines_are_named(tmp_path: Path, lines: list[Any], field: str, message: str) -> None:
     with pytest.raises(UsageError, match=message) as info:
         load_examples(write_lines(tmp_path / "d.jsonl", lines), max_chars=40)
-    assert info.value.field == field
+    assert info.value.field == str(tmp_path / field)  # the file and its line, as the bench and ICL readers name them
 
 
 def test_empty_missing_and_too_small_files(tmp_path: Path) -> None:
@@ -670,7 +670,7 @@ def test_bad_data_is_rejected_before_training(tmp_path: Path) -> None:
     data = write_lines(tmp_path / "d.jsonl", [GOOD, {"input": "x", "output": ""}])
     with pytest.raises(UsageError) as info:
         tune_local(data, tmp_path / "out", config=tiny_config())
-    assert info.value.field == "line 2"
+    assert info.value.field == f"{data}:2"
     assert not (tmp_path / "out").exists()
 
 

@@ -149,10 +149,10 @@ async def test_transient_poll_errors_are_tolerated(gemini_server: GeminiTestServ
     ("rows", "field", "needle"),
     [
         ([], "data", "holds no examples"),
-        ([*examples(5), {"input": "no output here"}, *examples(6)], "line 6", "missing field 'output'"),
-        ([*examples(3), "{not json"], "line 4", "invalid JSON"),
+        ([*examples(5), {"input": "no output here"}, *examples(6)], "data.jsonl:6", "missing field 'output'"),
+        ([*examples(3), "{not json"], "data.jsonl:4", "invalid JSON"),
         (examples(4), "data", "at least 10"),
-        ([*examples(11), {"input": "x" * 30_000, "output": "y"}], "line 12", "limit is"),
+        ([*examples(11), {"input": "x" * 30_000, "output": "y"}], "data.jsonl:12", "limit is"),
     ],
     ids=["empty", "missing-field", "bad-json", "too-few", "oversize"],
 )
@@ -163,7 +163,7 @@ async def test_bad_data_is_rejected_before_anything_is_sent(
     data = write_data(tmp_path / "data.jsonl", rows)
     with pytest.raises(UsageError, match=needle) as info:
         await tune_vertex(data, settings(), config_path=config_path, credentials=Credentials(token="test"))
-    assert info.value.field == field
+    assert info.value.field == (field if field == "data" else str(tmp_path / field))  # a line: its file and line
     assert gemini_server.requests == []
 
 

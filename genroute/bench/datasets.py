@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_v
 from genroute.bounds import REQUEST, check, is_real, is_whole
 from genroute.config_errors import error_at, pydantic_validated, validator_message
 from genroute.errors import UsageError
-from genroute.jsonl import existing_file, iter_records, label_text
+from genroute.jsonl import BLANK, blank, existing_file, iter_records, label_text
 from genroute.public_model import PublicModel
 from genroute.types import invalid_text
 
@@ -45,7 +45,7 @@ class BenchRecord(PublicModel):
     def _input_not_blank(cls, value: str) -> str:
         # A request refuses a blank input (GenerateRequest): such a record failed mid-run, with a traceback.
         if not value.strip():
-            raise ValueError("must not be blank (a request needs text to answer)")
+            raise ValueError(BLANK)
         return value
 
     @field_validator("id", "output", "label", "task", "metadata")
@@ -143,6 +143,8 @@ def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, f
         raise UsageError(f"{where}: metadata: must be a JSON object, got {type(meta).__name__}", field=field)
     if "input" not in raw:
         raise UsageError(f"{where}: input: missing (a record is {{input, output, label?, metadata?}})", field=field)
+    if refusal := blank(raw["input"], "input"):  # worded as tuning and ICL example files word it
+        raise UsageError(f"{where}: {refusal}", field=field)
     label = label_text(raw.get("label"))
     output = _text(raw.get("output"), where=where, field=field)
     if isinstance(label, str) and not label.strip():

@@ -123,14 +123,16 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
 
 
 def _read_examples(path: Path) -> list[Any]:
-    """The examples of one JSONL file; a bad line is a ``UsageError`` whose field is ``path:line``."""
+    """The examples of one JSONL file; a bad line is a ``UsageError`` whose field is ``path:line`` (as tuning names
+    it), any other error one naming ``paths``."""
     from genroute.tuning.data import load_examples
 
     try:
         return load_examples(path)
     except UsageError as exc:
-        line = exc.field[len("line "):] if exc.field and exc.field.startswith("line ") else None
-        raise UsageError(exc.message, field=f"{path}:{line}" if line else "paths") from None
+        if exc.field is not None and exc.field.startswith(f"{path}:"):
+            raise
+        raise UsageError(exc.message, field="paths") from None
 
 
 class ExampleStore:

@@ -2,7 +2,7 @@
 checks, split.
 
 Used by local LoRA tuning and by cloud tuning jobs alike, so bad data is rejected before anything is
-trained or sent, with the offending line named in ``UsageError.field`` (``"line N"``, 1-based).
+trained or sent, with the offending file and line named in ``UsageError.field`` (``"FILE:N"``, 1-based).
 
 It is the format ``genroute bench`` reads too, so a benchmark file is a tuning file (a record with a ``label``
 and no ``output`` answers its label, the gold answer the bench scores it against): a
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pydantic import ConfigDict, Field
 
 from genroute.errors import UsageError
-from genroute.jsonl import label_text
+from genroute.jsonl import blank, label_text
 from genroute.public_model import PublicModel
 
 DEFAULT_MAX_CHARS = 20_000
@@ -50,7 +50,7 @@ def load_examples(
     min_examples: int = DEFAULT_MIN_EXAMPLES,
     max_chars: int = DEFAULT_MAX_CHARS,
 ) -> list[Example]:
-    """Read and check a JSONL file of examples; raise ``UsageError(field="line N")`` on the first bad line.
+    """Read and check a JSONL file of examples; raise ``UsageError(field="FILE:N")`` on the first bad line.
 
     Lines end at ``\\n`` only (a raw U+2028 or U+0085 is string content, as JSON allows). Blank lines are skipped
     (they still count for line numbers). ``max_chars`` bounds
@@ -66,7 +66,7 @@ def load_examples(
     except OSError as exc:  # a directory, no permission...
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}", field="data") from None
     examples = [
-        parse_line(line, lineno, max_chars=max_chars)
+        parse_line(line, lineno, max_chars=max_chars, path=path)
         # "\n" only, as genroute.jsonl.iter_records reads: splitlines() also breaks at U+2028, U+0085 and the
         # like, which JSON allows raw inside strings. A CRLF line's "\r" is JSON whitespace.
         for lineno, line in enumerate(text.split("\n"), start=1)
@@ -81,9 +81,10 @@ def load_examples(
     return examples
 
 
-def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS) -> Example:
-    """Parse one JSONL line into an ``Example``; errors name ``line {lineno}``."""
-    where = f"line {lineno}"
+def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS, path: str | Path | None = None
+               ) -> Example:
+    """Parse one JSONL line into an ``Example``; errors name ``{path}:{lineno}`` (without ``path``: ``line {lineno}``)."""
+    where = f"{path}:{lineno}" if path is not None else f"line {lineno}"
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -113,8 +114,8 @@ def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS) ->
                                  field=where) from None
         if not isinstance(value, str):
             raise UsageError(f"field {key!r} must be a string, got {type(value).__name__}", field=where)
-        if not value.strip():
-            raise UsageError(f"field {name!r} is empty", field=where)
+        if refusal := blank(value, name):  # worded as the bench's dataset reader words it
+            raise UsageError(refusal, field=where)
         texts[key] = _utf8(value, key, where)
     if label is not None:
         _utf8(label, "label", where)
