@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from genroute.bounds import as_number
 from genroute.errors import UsageError
 
 
@@ -68,10 +69,17 @@ def blank(value: Any, key: str) -> str | None:
     return f"{key}: {BLANK}" if isinstance(value, str) and not value.strip() else None
 
 
+def whole_text(value: Any) -> Any:
+    """``value`` as text if it is an int (not a bool): its digits; anything else as it is, for the reader to accept or
+    refuse. How a task numbered ``"task": 3`` reads, as an outcome matrix reads it (``str``: ``3.0`` is no task 3)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def label_text(label: Any) -> Any:
     """A record's ``label`` as the text a class is compared as: a whole number (a star rating, a class id written
-    ``"label": 4``) as its digits; anything else as it is, for the reader to accept or refuse (``true`` is no class)."""
-    return str(label) if isinstance(label, int) and not isinstance(label, bool) else label
+    ``"label": 4``, or ``4.0`` as pandas writes an int column holding a missing value, or a numpy integer) as its
+    digits; anything else as it is, for the reader to accept or refuse (``true`` and ``4.5`` are no class)."""
+    return whole_text(as_number(label))
 
 
 def _as_path(path: Any, *, field: str) -> Path:

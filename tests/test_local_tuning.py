@@ -77,6 +77,23 @@ def test_a_whole_number_label_reads_as_its_digits_wherever_the_file_is_read(tmp_
     assert [(r.label, r.output) for r in load_records(path)] == [("5", ""), ("1", "one star")]
 
 
+def test_a_whole_float_label_reads_as_its_digits_and_a_task_number_as_before(tmp_path: Path) -> None:
+    # pandas writes an int column holding a missing value as floats ("label": 4.0): it was refused with "Input should
+    # be a valid string" (bench) and "'label' must be a string or a whole number" (tuning, ICL).
+    from genroute.bench.datasets import load_records
+
+    path = write_lines(tmp_path / "stars.jsonl", [{"input": "great kettle", "label": 4.0},
+                                                   {"input": "broke in a week", "label": 1}])
+    assert [(e.label, e.output) for e in load_examples(path)] == [("4", "4"), ("1", "1")]
+    assert [r.label for r in load_records(path)] == ["4", "1"]
+    # A task is read as before: 3 is "3", 3.0 refused (an outcome matrix reads it as str(3.0), "3.0": no task 3).
+    tasks = write_lines(tmp_path / "tasks.jsonl", [{"input": "great kettle", "label": 4.0, "task": 3}])
+    assert [r.task for r in load_records(tasks)] == ["3"]
+    floated = write_lines(tmp_path / "floated.jsonl", [{"input": "great kettle", "label": 4.0, "task": 3.0}])
+    with pytest.raises(UsageError, match=r"floated.jsonl:1: task: "):
+        load_records(floated)
+
+
 @pytest.mark.parametrize(("lines", "field", "message"), [
     ([GOOD, "{not json"], "d.jsonl:2", "invalid JSON"),
     ([GOOD, "", {"input": "x"}], "d.jsonl:3", r"missing field 'output' \(or 'label'\)"),

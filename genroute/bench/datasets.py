@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_v
 from genroute.bounds import REQUEST, check, is_real, is_whole
 from genroute.config_errors import error_at, pydantic_validated, validator_message
 from genroute.errors import UsageError
-from genroute.jsonl import BLANK, blank, existing_file, iter_records, label_text
+from genroute.jsonl import BLANK, blank, existing_file, iter_records, label_text, whole_text
 from genroute.public_model import PublicModel
 from genroute.types import invalid_text
 
@@ -154,7 +154,7 @@ def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, f
             raise UsageError(f"{where}: label: empty, and no output (leave the key out for a record without a "
                              f"label, and give its gold answer as output)", field=field)
     # A task numbered as a whole number (as a label may be) reads as its digits, as an outcome matrix reads it.
-    top, inner = label_text(raw.get("task")), label_text(meta.get("task"))
+    top, inner = whole_text(raw.get("task")), whole_text(meta.get("task"))
     record_task, task_key = (top, "task") if top else (inner, "metadata.task") if inner else (task, "task")
     try:
         return pydantic_validated(BenchRecord, {
