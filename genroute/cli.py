@@ -65,9 +65,24 @@ def _silence_stdout() -> None:
         pass
 
 
+def installed_version() -> str:
+    """The installed package's version (its metadata: what pip installed), else the source tree's ``__version__``
+    (run from a checkout that is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("genroute")
+    except PackageNotFoundError:
+        from genroute import __version__
+
+        return __version__
+
+
 def _main(argv: Sequence[str] | None) -> int:
     # The docstring's reST quoting (``x``) is noise in a terminal.
     parser = argparse.ArgumentParser(prog="genroute", description=__doc__.replace("``", "`"))
+    parser.add_argument("--version", action="version", version=f"genroute {installed_version()}",
+                        help="print the installed genroute's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run every backend once on the embedded local model (offline, no key)")

@@ -443,3 +443,13 @@ async def test_bench_and_the_demo_inside_a_running_loop_say_what_to_do_there(tmp
     with pytest.raises(UsageError, match=r"run_demo\(\) is synchronous .* run `genroute demo` in a terminal"):
         run_demo(cache_dir=str(tmp_path / "demo"), tune=False)
     assert not (tmp_path / "demo").exists()  # refused before anything was made
+
+
+def test_version_prints_the_installed_packages_version(capsys):
+    # There was no --version: "genroute: error: the following arguments are required: command".
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"genroute {version('genroute')}\n"
