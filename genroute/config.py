@@ -180,6 +180,9 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
     if not isinstance(source, str | Path | Mapping):
         raise UsageError(f"a config is a file path, a mapping or a RouterConfig, not {type(source).__name__}",
                          field="source")
+    if isinstance(source, str) and not source:  # Path("") is ".": it was "'.' is a directory"
+        raise ConfigError("the config file's path is empty: pass the path of a YAML, TOML or JSON file, a mapping or "
+                          "a RouterConfig", field="source")
     if isinstance(source, str) and ("\n" in source or source.strip()[:1] + source.strip()[-1:] == "{}"):
         # Not echoed: the text may hold an inline api_key.
         raise ConfigError("this is a config's text, not the path of a config file: pass the file's path, or the "

@@ -322,6 +322,9 @@ def test_a_config_file_read_as_written(gemini_server, tmp_path, monkeypatch):
         pass
     error = _error(tmp_path)
     assert error.field == "path" and "is a directory" in error.message
+    for empty in ("",):  # was "'.' is a directory, not a config file" (Path("") is the working directory)
+        error = _error(empty)
+        assert error.field == "source" and error.message.startswith("the config file's path is empty")
     (tmp_path / "empty-path.yaml").write_text(json.dumps({**config, "knowledge": {"path": ""}}))
     assert _error(tmp_path / "empty-path.yaml").field == "knowledge.path"  # not the config's own directory
     (tmp_path / "latin1.yaml").write_bytes("backends: {caf\xe9: {}}\n".encode("latin-1"))
