@@ -242,6 +242,26 @@ def test_requests_started_after_close_are_told_the_router_is_closed(gemini_serve
     assert gemini_server.requests == []
 
 
+def test_a_closed_router_is_refused_on_entering_a_with_block(gemini_server):
+    """It was entered without a word, and the block's first request failed: refused at entry, as that request is."""
+    router = Router.from_config(_config(gemini_server))
+    router.close()
+    with pytest.raises(UsageError) as sync_entry:
+        with router:
+            pass
+
+    async def main() -> UsageError:
+        with pytest.raises(UsageError) as info:
+            async with router:
+                pass
+        return info.value
+
+    with pytest.raises(UsageError) as request:
+        router.generate("hi")
+    assert sync_entry.value.message == asyncio.run(main()).message == request.value.message == "the router is closed"
+    assert gemini_server.requests == []
+
+
 @pytest.mark.parametrize("drain_s", ["5", None, -1.0, float("inf"), float("nan"), True])
 def test_a_bad_drain_is_refused_before_anything_closes(gemini_server, drain_s):
     router = Router.from_config(_config(gemini_server))

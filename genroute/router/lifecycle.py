@@ -64,6 +64,8 @@ class Lifecycle:
     #: ``Learning._stop_refresher`` (declared, not defined: a stub here came first in ``Router``'s order and
     #: replaced it, so a close never stopped the refresher).
     _stop_refresher: Callable[[], Coroutine[Any, Any, None]]
+    #: ``Learning._refuse_closed``, declared the same way: ``UsageError`` once the router is closed.
+    _refuse_closed: Callable[[], None]
 
     def _begin_close(self, drain_s: float) -> bool:
         """Mark the router closed (no new requests); whether this call is the one that closes it."""
@@ -137,6 +139,8 @@ class Lifecycle:
                 self._shut.set()
 
     def __enter__(self) -> Self:
+        # A closed router entered without a word, and its first request then failed: refused here, as that request is.
+        self._refuse_closed()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -144,6 +148,7 @@ class Lifecycle:
         self.close()
 
     async def __aenter__(self) -> Self:
+        self._refuse_closed()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
