@@ -58,6 +58,12 @@ def iter_records(path: str | Path, *, field: str, what: str = "file") -> Iterato
         raise UsageError(f"{path.name}:{lineno + 1}: cannot be read ({exc})", field=field) from None
 
 
+def nth_record(index: int) -> str:
+    """How a message names the record at 0-based ``index`` of records given in code: ``record 1 (counting from 1)``,
+    numbered as a file's lines are (a field path such as ``data.0`` stays 0-based, as pydantic's are)."""
+    return f"record {index + 1} (counting from 1)"
+
+
 #: The one wording of a record's text that holds nothing but whitespace (``KEY: must not be blank``), in the bench's
 #: datasets, tuning files and ICL example files alike.
 BLANK = "must not be blank"

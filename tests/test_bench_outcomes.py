@@ -118,7 +118,7 @@ def test_load_matrix_gz_missing_candidates_and_pricing(tmp_path: Path) -> None:
     assert err.value.field == "prices.A"
     with pytest.raises(UsageError) as err:  # its records become bench records: label_set is a list there too
         load_matrix([{"input": "x", "metadata": {"label_set": "a,b"}, "outcomes": {"A": {"score": 1.0}}}])
-    assert err.value.field == "outcomes" and err.value.message.startswith("record 1: metadata: label_set: must be a list")
+    assert err.value.field == "outcomes" and err.value.message.startswith("record 1 (counting from 1): metadata: label_set: must be a list")
 
 
 def test_prices_are_paid_on_the_token_counts_an_outcome_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]

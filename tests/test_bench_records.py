@@ -179,3 +179,20 @@ def test_a_blank_input_is_worded_alike_by_the_bench_tuning_and_icl_readers(tmp_p
         _read_examples(path)
     assert str(bench.value) == "data: d.jsonl:2: input: must not be blank"
     assert str(tune.value) == str(ingest.value) == f"{path}:2: input: must not be blank"
+
+
+def test_records_given_in_code_are_numbered_from_1_by_compile_outcomes_and_bench_alike(tmp_path: Path) -> None:
+    """compile_outcomes named a list's second record "record 2" and the bench's check "record 1"."""
+    from genroute.bench import BenchRecord
+    from genroute.bench.datasets import check_records
+    from genroute.bench.offline import compile_outcomes
+
+    good = {"input": "q", "outcomes": {"a": {"score": 1.0}, "b": {"score": 0.0}}}
+    with pytest.raises(UsageError) as compiled:
+        compile_outcomes([good, {"input": "q2", "outcomes": {"a": {"score": 2.0}}}], out_dir=tmp_path / "out")
+    with pytest.raises(UsageError) as checked:
+        check_records([BenchRecord(id="r", input="q"), {"input": "q2"}])
+    assert compiled.value.message.startswith("record 2 (counting from 1): outcomes.a.score: ")
+    assert checked.value.message == "record 2 (counting from 1) is a dict, not a BenchRecord"
+    assert checked.value.field == "data.1"  # a path into the list, 0-based as pydantic's are
+    assert not (tmp_path / "out").exists()

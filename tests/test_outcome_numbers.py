@@ -67,7 +67,7 @@ def test_an_outcome_that_is_no_number_is_refused_naming_it(side: dict[str, Any],
     np.True_"."""
     with pytest.raises(UsageError) as refused:
         list(read_outcome_records([{"input": "q", "metadata": {"id": "q1"}, "outcomes": {"b": side}}]))
-    assert (refused.value.field, refused.value.message) == ("outcomes", f"record 1: {says}")
+    assert (refused.value.field, refused.value.message) == ("outcomes", f"record 1 (counting from 1): {says}")
 
 
 def test_an_outcome_file_reads_whole_float_tokens_and_names_fractional_ones(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_v
 from genroute.bounds import REQUEST, check, is_real, is_whole
 from genroute.config_errors import error_at, pydantic_validated, validator_message
 from genroute.errors import UsageError
-from genroute.jsonl import BLANK, blank, existing_file, iter_records, label_text, whole_text
+from genroute.jsonl import BLANK, blank, existing_file, iter_records, label_text, nth_record, whole_text
 from genroute.public_model import PublicModel
 from genroute.types import invalid_text
 
@@ -181,10 +181,10 @@ def check_records(records: Any, *, field: str = "data") -> list[BenchRecord]:
     seen: set[str] = set()
     for index, record in enumerate(records):
         if not isinstance(record, BenchRecord):
-            raise UsageError(f"record {index} is a {type(record).__name__}, not a BenchRecord",
+            raise UsageError(f"{nth_record(index)} is a {type(record).__name__}, not a BenchRecord",
                              field=f"{field}.{index}")
         if record.id in seen:
-            raise UsageError(f"record {index}: duplicate record id {record.id!r}", field=f"{field}.{index}")
+            raise UsageError(f"{nth_record(index)}: duplicate record id {record.id!r}", field=f"{field}.{index}")
         seen.add(record.id)
         checked.append(record)
     if not checked:

@@ -33,7 +33,7 @@ from genroute.bench.runner import Outcome
 from genroute.bench.text_match import UNSEGMENTED
 from genroute.config_errors import error_at, pydantic_validated, validator_message
 from genroute.errors import UsageError
-from genroute.jsonl import iter_records
+from genroute.jsonl import iter_records, nth_record
 from genroute.outcomes.records import OutcomeRecord, check_sides, number_refusal
 from genroute.public_model import ConfigModel
 
@@ -218,7 +218,7 @@ def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | BaseM
         items: Iterable[tuple[str, Any]] = ((f"{name}:{n}", raw) for n, raw in
                                             iter_records(source, field=field, what="outcome file"))
     elif isinstance(source, Iterable):
-        items = ((f"record {n}", raw) for n, raw in enumerate(source, start=1))
+        items = ((nth_record(n), raw) for n, raw in enumerate(source))
     else:  # None or a number was a TypeError ("not iterable")
         raise UsageError(f"must be an outcome file's path or outcome records, not {type(source).__name__}",
                          field=field)
