@@ -326,6 +326,25 @@ def test_a_results_row_with_a_number_written_as_a_string_or_a_bool_is_refused(tm
     assert [(o.score, o.latency_s) for o in load_outcomes(tmp_path)] == [(1.0, 2.0)]
 
 
+@pytest.mark.parametrize(("field", "value"), [("score", "NaN"), ("cost_usd", "Infinity"), ("cost_usd", "NaN"),
+                                              ("judge_cost_usd", "-Infinity"), ("latency_s", "NaN")])
+def test_a_results_row_with_nan_or_infinity_is_refused(tmp_path: Path, field: str, value: str) -> None:
+    """Python's JSON reader takes NaN and Infinity: a row's NaN score or infinite cost was read back and turned its
+    target's mean and CI into NaN or inf. Refused, as an outcome side refuses them."""
+    from genroute.bench import load_outcomes
+
+    good = '{"backend": "b", "record_id": "r1", "ok": true, "score": 1, "scorer": "exact", "cost_usd": 0.5}\n'
+    bad = f'{{"backend": "b", "record_id": "r2", "ok": true, "scorer": "exact", "{field}": {value}}}\n'
+    (tmp_path / "results.jsonl").write_text(good + bad)
+    with pytest.raises(UsageError) as refused:
+        load_outcomes(tmp_path)
+    assert refused.value.field == "out"
+    assert refused.value.message == (f"{tmp_path / 'results.jsonl'}:2: not a results row ({field}: Input should be "
+                                     "a finite number)")
+    with pytest.raises(UsageError, match="finite number"):
+        ResultsLog(tmp_path)  # a resumed run reads them the same way
+
+
 async def test_failures_are_counted_by_error_type(server: GeminiTestServer, tmp_path: Path) -> None:
     from genroute.testing import Fault
 

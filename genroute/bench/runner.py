@@ -41,7 +41,9 @@ SCORING_ERRORS = frozenset({"ScorerError", "JudgeError"})
 class Outcome(PublicModel):
     """How one target did on one record (one line of ``results.jsonl``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Finite numbers only, as an outcome side's (outcomes.records.check_sides): a row's NaN score or infinite cost,
+    # read back from results.jsonl, turned every mean and CI of its target into NaN or inf.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     backend: str = Field(description="The target: a backend name, or @policy for end-to-end runs.")
     record_id: str
