@@ -88,3 +88,20 @@ def test_the_unpaired_ci_of_graded_scores_holds_its_level_at_20_records_an_arm()
             low, high = compare_unpaired(a.tolist(), b.tolist()).ci
             held += low <= shift <= high
     assert held >= 1900, held
+
+
+def test_a_level_whose_quantile_rounds_to_1_is_a_usage_error_naming_the_level() -> None:
+    """(1 + 0.9999999999999999) / 2 rounds to 1.0: statistics.StatisticsError ("p must be in the range 0.0 < p < 1.0")
+    came out of quality_ci, t_interval and student_t_quantile."""
+    from genroute.errors import UsageError
+
+    level = 0.9999999999999999
+    for call in (lambda: quality_ci([0.1, 0.5, 0.9], level=level), lambda: t_interval([0.1, 0.5, 0.9], level=level)):
+        with pytest.raises(UsageError) as refused:
+            call()
+        assert refused.value.field == "level" and refused.value.message.startswith(f"{level!r} is too close to 1")
+    with pytest.raises(UsageError) as quantile:
+        student_t_quantile((1 + level) / 2, 2)
+    assert quantile.value.field == "p" and "(got 1.0)" in quantile.value.message
+    low, high = t_interval([0.1, 0.5, 0.9], level=0.9999999999999998)  # the last level below it still has one
+    assert low < 0.5 < high

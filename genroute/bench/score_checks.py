@@ -16,9 +16,14 @@ from genroute.errors import UsageError
 
 
 def check_level(level: float, field: str = "level") -> None:
-    """``UsageError`` naming ``field`` unless ``level`` is a number strictly between 0 and 1."""
+    """``UsageError`` naming ``field`` unless ``level`` is a number strictly between 0 and 1, and far enough from 1
+    that the two-sided quantile's ``(1 + level) / 2`` is below 1 in floating point (0.9999999999999999 rounds to 1:
+    statistics.StatisticsError from the quantile, deep inside)."""
     if not is_real(level) or not 0 < level < 1:
         raise UsageError(f"must be a number strictly between 0 and 1 (got {level!r})", field=field)
+    if not (1 + level) / 2 < 1:
+        raise UsageError(f"{level!r} is too close to 1: (1 + level) / 2 rounds to 1, whose quantile is infinite "
+                         "(at most 0.9999999999999998)", field=field)
 
 
 def check_seed(seed: int) -> None:

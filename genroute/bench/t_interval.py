@@ -27,6 +27,10 @@ import math
 from collections.abc import Sequence
 from statistics import NormalDist
 
+from genroute.bench.score_checks import check_level
+from genroute.bounds import is_real
+from genroute.errors import UsageError
+
 #: Above this many degrees of freedom ``student_t_quantile`` uses the Cornish-Fisher expansion (error < 1e-8).
 EXACT_DF = 1000
 
@@ -49,7 +53,10 @@ def _central(t: float, df: int) -> float:
 
 
 def student_t_quantile(p: float, df: int) -> float:
-    """The ``p`` quantile (0.5 < ``p`` < 1) of Student's t with ``df`` >= 1 degrees of freedom."""
+    """The ``p`` quantile (0.5 < ``p`` < 1) of Student's t with ``df`` >= 1 degrees of freedom; ``UsageError`` naming
+    ``p`` for any other."""
+    if not is_real(p) or not 0.5 < p < 1:  # 1.0 was statistics.StatisticsError from NormalDist
+        raise UsageError(f"must be a probability strictly between 0.5 and 1 (got {p!r})", field="p")
     z = NormalDist().inv_cdf(p)
     if df > EXACT_DF:
         return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df * df)
@@ -65,7 +72,9 @@ def student_t_quantile(p: float, df: int) -> float:
 
 def t_interval(values: Sequence[float], *, level: float = 0.95,
                bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
-    """Student's t interval of the mean of ``values`` at ``level``, cut to ``bounds`` (``values`` finite, n >= 1)."""
+    """Student's t interval of the mean of ``values`` at ``level``, cut to ``bounds`` (``values`` finite, n >= 1);
+    ``UsageError`` naming ``level`` for one outside (0, 1) or so close to 1 that its quantile is infinite."""
+    check_level(level)
     n = len(values)
     mean = math.fsum(values) / n
     if all(v == values[0] for v in values):
