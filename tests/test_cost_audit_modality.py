@@ -328,6 +328,24 @@ def test_the_benchmark_keeps_the_audio_tokens_of_its_rows_and_reports_their_mean
     assert row[COLUMNS.index("audio tok")] == "70.0"
 
 
+async def test_a_benchmark_row_keeps_the_audio_output_tokens_it_was_charged_for(gemini_server, tmp_path) -> None:
+    # Its cost priced them at the audio output rate, but the row (results.jsonl) had no audio_output_tokens.
+    model = "gemini-2.5-flash-preview-tts"
+    usage = {"promptTokenCount": 100, "candidatesTokenCount": 50, "totalTokenCount": 150,
+             "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 10}, {"modality": "AUDIO",
+                                                                                   "tokenCount": 40}]}
+    gemini_server.reply_json(answer("It says.", usage, model=model))
+    config = audit_config(gemini_server, {"kind": "memory"}, tmp_path,
+                          pricing={model: {"input": 0.5, "output": 10.0, "audio_output": 20.0}})
+    config["backends"]["chat"]["model"] = model
+    record = BenchRecord(id="r1", input="Say it.", output="It says.")
+    async with await Router.acreate(config) as router:
+        row = await run_one(router, "chat", record, resolve_scorer("exact"), stream=False)
+    assert row.ok and (row.output_tokens, row.audio_output_tokens) == (50, 40)
+    assert row.cost_usd == pytest.approx((100 * 0.5 + 10 * 10.0 + 40 * 20.0) / 1e6)
+    assert Outcome.model_validate_json(row.model_dump_json()) == row  # kept in results.jsonl and read back
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
 def test_an_answer_in_text_and_audio_bills_each_at_its_own_output_rate(gemini_server, otel, tmp_path, stream):
     # A speech or native-audio model's answer reports its output split by modality (``candidatesTokensDetails``):

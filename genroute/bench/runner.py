@@ -66,6 +66,8 @@ class Outcome(PublicModel):
     #: The audio part of the input and of its cached part (``Usage``), priced at the model's audio rates.
     audio_input_tokens: WholeNumber = 0
     cached_audio_input_tokens: WholeNumber = 0
+    #: The audio part of the output (``Usage``: a speech or native-audio model's answer), at the audio output rate.
+    audio_output_tokens: WholeNumber = 0
     cost_usd: Number = 0.0
     cloud_equivalent_cost_usd: Number | None = None
     judge_cost_usd: Number = 0.0
@@ -175,6 +177,7 @@ async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scor
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
         cached_input_tokens=usage.cached_input_tokens, thinking_tokens=usage.thinking_tokens,
         audio_input_tokens=usage.audio_input_tokens, cached_audio_input_tokens=usage.cached_audio_input_tokens,
+        audio_output_tokens=usage.audio_output_tokens,
         cost_usd=result.cost_usd, cloud_equivalent_cost_usd=result.cloud_equivalent_cost_usd,
     )
     try:
