@@ -92,3 +92,36 @@ def test_a_refresh_fits_with_the_estimator_options_the_model_was_compiled_with(t
     assert new is not None and new.model.method == "logreg"
     assert new.model.meta["options"] == {"l2": 0.5, "epochs": 20}
     assert new.refreshed(PolicyUpdate(stats=BenchStats(), rows=rows, context=context, min_n=2)) is None
+
+
+def test_a_refresh_fits_with_the_seed_the_model_was_trained_with(tmp_path):
+    # The model file did not store training's seed: every refresh fit with seed 0 (an mlp's initial weights).
+    import numpy as np
+
+    from genroute.policies import build_policy
+    from genroute.policies.base import BackendInfo, PolicyContext, PolicyUpdate
+    from genroute.policies.router_models import RouterModel
+    from genroute.policies.stats import BenchStats
+
+    rows = [{"input": t, "backend": b, "score": float(b == "pro" or t in CARD), "cost_usd": c, "record_id": t,
+             "task": None} for t in CARD + FEE for b, c in (("chat", 0.0001), ("pro", 0.001))]
+    options = {"method": "mlp", "hidden": 8, "epochs": 3, "test_share": 0.0}
+    for seed in (0, 7):
+        train(rows, tmp_path / f"seed{seed}.npz", seed=seed, **options)
+    context = PolicyContext(catalogue={b: BackendInfo(name=b, kind="x") for b in ("chat", "pro")})
+
+    def refreshed(path):
+        policy = build_policy({"kind": "learned", "model_path": str(path), "default": "pro"})
+        new = policy.refreshed(PolicyUpdate(stats=BenchStats(), rows=rows, context=context, min_n=2))
+        assert new is not None
+        return new.model
+
+    seven, zero = RouterModel.load(tmp_path / "seed7.npz"), RouterModel.load(tmp_path / "seed0.npz")
+    assert seven.meta["seed"] == 7 and not np.array_equal(seven.arrays["w1"], zero.arrays["w1"])
+    again = refreshed(tmp_path / "seed7.npz")
+    assert again.meta["seed"] == 7 and np.array_equal(again.arrays["w1"], seven.arrays["w1"])
+    # A model file written before the seed was stored still loads, and refreshes with 0 as it did.
+    older = RouterModel(seven.method, seven.backends, seven.arrays, {k: v for k, v in seven.meta.items() if k != "seed"})
+    older.save(tmp_path / "older.npz")
+    assert "seed" not in RouterModel.load(tmp_path / "older.npz").meta
+    assert np.array_equal(refreshed(tmp_path / "older.npz").arrays["w1"], zero.arrays["w1"])

@@ -266,13 +266,19 @@ class LearnedPolicy(Policy):
         path = path.with_name(path.name.removesuffix(".npz").removesuffix(".refreshed") + ".refreshed.npz")
         train(update.rows, path, embedder=self.embedder, method=self.model.method,
               k=int(self.model.meta.get("k", 7)), pass_score=float(self.model.meta.get("pass_score", 0.5)),
-              test_share=0.0, use_task=bool(self.model.tasks), cost_weight=self.cost_weight, **self._fit_options())
+              test_share=0.0, use_task=bool(self.model.tasks), cost_weight=self.cost_weight, seed=self._seed(),
+              **self._fit_options())
         new = LearnedPolicy.__new__(LearnedPolicy)
         new.field = self.field
         LearnedPolicy.__init__(new, self.config.model_copy(update={"model_path": str(path)}), embedder=self.embedder)
         new.tracer = self.tracer
         new.fitted_on = key
         return new
+
+    def _seed(self) -> int:
+        """The seed the model was trained with, as its file records it (a file written before it did: 0, the seed
+        every refresh fit with then)."""
+        return int(self.model.meta.get("seed") or 0)
 
     def _fit_options(self) -> dict[str, Any]:
         """The estimator's options the model was fit with (``l2``, ``hidden``, ``candidates``, ``rank``...), as its
@@ -284,11 +290,11 @@ class LearnedPolicy(Policy):
     def fit_key(self, rows: Sequence[Mapping[str, Any]]) -> str:
         """A digest of everything a refresh's fit reads: the training rows (input, backend, score, cost, record id
         and task of each, in order: the costs as ``training_rows`` priced them) and the settings the fit takes from
-        this policy (method, k, pass score, task feature, cost weight, estimator options, the embedder). No backend fact (the
+        this policy (method, k, pass score, task feature, cost weight, estimator options, seed, the embedder). No backend fact (the
         catalogue, ICL example counts, the pricing table) is read by the fit: a change there refits nothing."""
         fingerprint = getattr(self.embedder, "fingerprint", None)
         settings = (self.model.method, self.model.meta.get("k", 7), self.model.meta.get("pass_score", 0.5),
-                    bool(self.model.tasks), self.cost_weight, sorted(self._fit_options().items()),
+                    bool(self.model.tasks), self.cost_weight, sorted(self._fit_options().items()), self._seed(),
                     fingerprint() if callable(fingerprint) else getattr(self.embedder, "model", None))
         digest = hashlib.blake2b(repr(settings).encode(), digest_size=16)
         digest.update(repr([(row.get("input"), row.get("backend"), row.get("score"), row.get("cost_usd"),

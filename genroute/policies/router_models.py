@@ -275,6 +275,8 @@ def model_problem(meta: Any, arrays: dict[str, NDArray[Any]]) -> str | None:
         return f"quality must be {len(backends)} mean training scores in [0, 1], one per backend, got {quality!r}"
     if not isinstance(meta.get("tasks") or [], list):
         return f"tasks must be a list of task names, got {meta['tasks']!r}"
+    if meta.get("seed") is not None and (type(meta["seed"]) is not int or meta["seed"] < 0):  # a file before: none
+        return f"seed must be a whole number >= 0 (the training's), got {meta['seed']!r}"
     sizes: dict[str, int] = {"B": len(backends), "3": 3}
     for name, dims in _SHAPES[method].items():
         array = arrays.get(name)
@@ -331,7 +333,7 @@ def fit(x: NDArray[Any], scores: NDArray[Any], backends: Sequence[str], *, metho
     if len(x) != len(s) or s.shape[1] != len(backends) or len(x) == 0:
         raise ConfigError("need one score per backend for every training record", field="outcomes")
     info = {"k": k, "cost": [float(c) for c in (cost if cost is not None else [0.0] * len(backends))],
-            "tasks": list(tasks), "task_weight": 1.0, "cost_weight": cost_weight, "n_train": int(len(x)),
+            "tasks": list(tasks), "task_weight": 1.0, "cost_weight": cost_weight, "n_train": int(len(x)), "seed": int(seed),
             "options": options, "quality": [float(q) for q in s.mean(axis=0)], **(meta or {})}
     mean_cost = np.asarray(info["cost"], dtype=np.float64)
     if options.get("candidates") == "front" or method == "pairwise":
