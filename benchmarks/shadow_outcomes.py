@@ -1,6 +1,6 @@
 """Shadow runs and their outcomes at low traffic: how many a router sends, records and drops, and what a write costs.
 
-    python benchmarks/shadow_outcomes.py [--requests 40] [--clients 1,4,8] [--writes 100]
+    python benchmarks/shadow_outcomes.py [--requests 40] [--clients 1,4,8] [--writes 100] [--no-outcomes]
 
 A router with an ``outcomes`` section (the SQLite outcome store, a fresh file per run) serves ``--requests`` requests
 per client over the loopback Gemini server (genroute.testing): a ``cascade`` answering with ``chat`` and shadowing
@@ -37,13 +37,13 @@ from genroute.outcomes.store import OutcomeStore  # noqa: E402
 from genroute.testing import GeminiTestServer  # noqa: E402
 
 
-def config(base_url: str, path: Path) -> dict[str, Any]:
+def config(base_url: str, path: Path | None) -> dict[str, Any]:
     return {
         "engines": {"gemini": {"kind": "gemini", "base_url": base_url, "api_key": "bench", "retry": {"attempts": 1}}},
         "backends": {"chat": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"},
                      "lite": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash-lite"}},
         "policy": {"kind": "cascade", "rungs": [{"backend": "chat"}], "shadow": ["lite"]},
-        "outcomes": {"path": str(path), "scorer": "normalized_exact"},
+        **({} if path is None else {"outcomes": {"path": str(path), "scorer": "normalized_exact"}}),
     }
 
 
@@ -54,7 +54,7 @@ def ms(values: list[float], q: float) -> str:
     return f"{values[min(len(values) - 1, int(q * len(values)))] * 1000:.1f}"
 
 
-async def run(base_url: str, path: Path, clients: int, requests: int) -> dict[str, Any]:
+async def run(base_url: str, path: Path | None, clients: int, requests: int) -> dict[str, Any]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -62,18 +62,18 @@ async def run(base_url: str, path: Path, clients: int, requests: int) -> dict[st
     writes: list[float] = []
     async with await Router.acreate(config(base_url, path), tracer_provider=provider) as router:
         recorder = router._executor.outcomes
-        assert recorder is not None
-        store = recorder.store
-        upsert = store.upsert
+        store = None if recorder is None else recorder.store
+        if store is not None:
+            upsert = store.upsert
 
-        async def timed(record: OutcomeRecord) -> OutcomeRecord:
-            started = time.perf_counter()
-            try:
-                return await upsert(record)
-            finally:
-                writes.append(time.perf_counter() - started)
+            async def timed(record: OutcomeRecord) -> OutcomeRecord:
+                started = time.perf_counter()
+                try:
+                    return await upsert(record)
+                finally:
+                    writes.append(time.perf_counter() - started)
 
-        store.upsert = timed  # type: ignore[method-assign]  # the benchmark's own timer around the store's write
+            store.upsert = timed  # type: ignore[method-assign]  # the benchmark's own timer around the store's write
 
         async def client(c: int) -> None:
             for i in range(requests):
@@ -84,7 +84,7 @@ async def run(base_url: str, path: Path, clients: int, requests: int) -> dict[st
         await asyncio.gather(*(client(c) for c in range(clients)))
         await router.adrain(timeout_s=60)
         dropped = router._executor.shadows_dropped
-        recorded = len(await store.records())
+        recorded = None if store is None else len(await store.records())
         commits = getattr(store, "commits", None)
     spans = [s for s in exporter.get_finished_spans() if s.name == "genroute.shadow"]
     shadow_s = [(s.end_time - s.start_time) / 1e9 for s in spans if s.end_time and s.start_time]
@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="requests per client, one after the other")
     parser.add_argument("--clients", default="1,4,8", help="comma-separated numbers of concurrent clients")
     parser.add_argument("--writes", type=int, default=100)
+    parser.add_argument("--no-outcomes", action="store_true",
+                        help="a router without an outcomes section (nothing written: the shadows' own cost)")
     parser.add_argument("--dir", default=None, help="where the store files go (default: a new temporary directory)")
     args = parser.parse_args()
     root = Path(args.dir or tempfile.mkdtemp(prefix="shadow-outcomes-"))
@@ -117,8 +119,9 @@ def main() -> None:
           f"{'write ms p50/p95':>17} {'served ms p50':>13}")
     with GeminiTestServer() as server:
         for clients in (int(c) for c in args.clients.split(",")):
-            r = asyncio.run(run(server.base_url, root / f"clients{clients}-{time.time_ns()}.db", clients, args.requests))
-            print(f"{clients:7d} {r['sent']:5d} {r['dropped']:7d} {r['recorded']:8d} {str(r['commits']):>7} "
+            path = None if args.no_outcomes else root / f"clients{clients}-{time.time_ns()}.db"
+            r = asyncio.run(run(server.base_url, path, clients, args.requests))
+            print(f"{clients:7d} {r['sent']:5d} {r['dropped']:7d} {str(r['recorded']):>8} {str(r['commits']):>7} "
                   f"{ms(r['shadow_s'], 0.5) + '/' + ms(r['shadow_s'], 0.95):>18} "
                   f"{ms(r['writes'], 0.5) + '/' + ms(r['writes'], 0.95):>17} {ms(r['served'], 0.5):>13}")
     times, commits = sequential_writes(root / f"writes-{time.time_ns()}.db", args.writes)

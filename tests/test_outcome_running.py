@@ -65,6 +65,10 @@ async def test_refresh_reads_what_the_file_store_wrote_since_and_equals_a_full_r
 
     other = OutcomeStore(tmp_path / "other.db")  # another file at the path: everything is read again
     other.upsert_many_sync([record("x0", local=free(1.0)), record("x1", local=free(0.0))])
+    # Each store's writer done with its file (a writer keeps its connection open a moment after its last write, its
+    # writes in the -wal file beside it): a file replaced under an open connection mixes up the two files' -wal.
+    store.close()
+    other.close()
     os.replace(tmp_path / "other.db", tmp_path / "outcomes.db")
     await same_as_full_read(running, store)
     assert running.full_reads == 2

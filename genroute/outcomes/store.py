@@ -1,8 +1,11 @@
 """The outcome store: a local SQLite file (stdlib ``sqlite3``), safe for several processes on one machine.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction (read, merge, write), so a shadow's result and the user's
-feedback for the same trace can arrive in either order, from different processes, and both survive. The
-async methods run the SQLite work on a worker thread: the event loop never waits on the disk.
+feedback for the same trace can arrive in either order, from different processes, and both survive. Writes that wait
+at once share one transaction (a group commit, ``GroupWriter``: one writer thread per store), each caller's records
+all or none; in WAL mode (genroute's files are) with ``synchronous=NORMAL``: a commit survives the process crashing,
+not the machine losing power (the last commits before it may be lost, the file stays whole). The async methods run
+the SQLite work off the event loop: it never waits on the disk.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import asyncio
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ from genroute.config_errors import check_list, not_a, pydantic_validated
 from genroute.errors import ConfigError, UsageError
 from genroute.outcomes.changes import Changes, Place
 from genroute.outcomes.records import OutcomeRecord, check_sides, number_refusal
+from genroute.outcomes.writer import GroupWriter
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -38,6 +41,8 @@ CREATE INDEX IF NOT EXISTS outcomes_task ON outcomes (task, created_at);
 #: before it had no such column: added on open (its rows keep NULL and are read by a reader's first, full read), or,
 #: when the file is read-only, left without it (every read of ``changes_sync`` is then a full one).
 _SEQ = "CREATE INDEX IF NOT EXISTS outcomes_seq ON outcomes (seq)"
+#: Rows a statement of a write reads or writes at most (7 values each: under SQLite's oldest limit of 999 variables).
+_ROWS = 100
 
 
 class OutcomeStore:
@@ -51,17 +56,34 @@ class OutcomeStore:
             _create_private(self.path)
             with self._connect() as db:
                 try:
-                    db.execute("PRAGMA journal_mode=WAL")
+                    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 except sqlite3.OperationalError as exc:  # a read-only file not in WAL mode is read as it is
                     if not _read_only(exc):
                         raise
+                    mode = None
+                # Whether writes commit without an fsync each (WAL mode only: in a rollback journal it risks the file).
+                self._wal = str(mode).lower() == "wal"
                 db.executescript(_SCHEMA)
                 self._numbered = _add_seq(db)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the outcome store {str(self.path)!r}: {exc}", field=field) from None
-        # One writer per process at a time (SQLite's own lock covers other processes).
-        self._lock = threading.Lock()
+        # One writer per process at a time (SQLite's own lock covers other processes): the writes waiting meanwhile
+        # are committed together next. An OperationalError (locked, read-only, disk full) or an OSError (the file
+        # gone) is the whole lot's.
+        self._writer = GroupWriter(self._commit, idle=self._close_writing, shared=(sqlite3.OperationalError, OSError),
+                                   name="genroute-outcome-writer")
+        self._db: tuple[tuple[int, int, int], sqlite3.Connection] | None = None  # the writer's (``_writing``)
         self._created = 0.0  # the last creation time given: each new record's is later, so a batch keeps its order
+
+    @property
+    def commits(self) -> int:
+        """Write transactions this store object committed: one per lot of writes that waited at once."""
+        return self._writer.commits
+
+    @property
+    def unwritten(self) -> int:
+        """Writes handed to this store object and not answered yet (waiting for the writer, or being written)."""
+        return self._writer.unwritten
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -75,45 +97,92 @@ class OutcomeStore:
 
     def upsert_sync(self, record: OutcomeRecord) -> OutcomeRecord:
         """Merge ``record`` into the stored one with its id (or insert it); return what is stored now."""
-        if not isinstance(record, OutcomeRecord):  # a mapping was an AttributeError from deep inside
-            raise UsageError(f"must be an OutcomeRecord (OutcomeRecord.model_validate(...) reads a mapping), not "
-                             f"{type(record).__name__}", field="record")
-        return self.upsert_many_sync([record])[0]
+        return self._writer.write(_checked([_one(record)]))[0]
 
     def upsert_many_sync(self, records: Sequence[OutcomeRecord]) -> list[OutcomeRecord]:
         """``upsert_sync`` for each record in order, in one transaction (all or none)."""
-        records = check_list(records, OutcomeRecord, field="records")
-        for record in records:
-            if not record.id:
-                raise UsageError("an outcome record needs metadata.id", field="metadata.id")
+        return self._writer.write(_checked(records))
+
+    def _commit(self, records: list[OutcomeRecord]) -> list[OutcomeRecord]:
+        """Write ``records`` in one transaction (on the writer thread only); what is stored now, for each, in order.
+
+        A handful of statements whatever their number (the stored records read in one query, the rows written in one
+        insert per ``_ROWS``): SQLite lets go of the GIL at each, and getting it back from a busy event loop's thread
+        took up to a switch interval (5 ms) each time."""
         now = time.time()
-        stored = []
-        with self._lock, self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if not self._numbered:  # opened read-only before it had seq: SQLite refuses this write as any other
-                    self._numbered = _add_seq(db, writing=True)
-                seq = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()[0])
-                for record in records:
-                    row = db.execute("SELECT record, created_at FROM outcomes WHERE id = ?", (record.id,)).fetchone()
-                    merged = record if row is None else OutcomeRecord.model_validate_json(row[0]).merged(record)
-                    if row is None:
-                        self._created = created = max(now, self._created + 1e-6)
-                    else:
-                        created = row[1]
-                    seq += 1
-                    db.execute(
-                        "INSERT OR REPLACE INTO outcomes (id, task, created_at, updated_at, captured, record, seq) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (merged.id, merged.task, created, now,
-                         int(merged.input is not None and merged.output is not None),
-                         json.dumps(merged.line(), ensure_ascii=False), seq))
-                    stored.append(merged)
-                db.execute("COMMIT")
-            except BaseException:
+        db = self._writing()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._numbered:  # opened read-only before it had seq: SQLite refuses this write as any other
+                self._numbered = _add_seq(db, writing=True)
+            seq = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()[0])
+            ids = list(dict.fromkeys(record.id for record in records))
+            found: dict[str, tuple[str, float]] = {}
+            for at in range(0, len(ids), _ROWS):
+                some = ids[at:at + _ROWS]
+                found.update((row[0], (row[1], row[2])) for row in db.execute(
+                    f"SELECT id, record, created_at FROM outcomes WHERE id IN ({', '.join('?' * len(some))})", some))
+            current: dict[str, tuple[OutcomeRecord, float, int]] = {}  # by id: merged so far, created, its seq
+            stored = []
+            for record in records:
+                if record.id in current:
+                    merged, created, _ = current[record.id]
+                    merged = merged.merged(record)
+                elif record.id in found:
+                    merged = OutcomeRecord.model_validate_json(found[record.id][0]).merged(record)
+                    created = found[record.id][1]
+                else:
+                    merged = record
+                    self._created = created = max(now, self._created + 1e-6)
+                seq += 1
+                current[record.id] = (merged, created, seq)
+                stored.append(merged)
+            rows = [(merged.id, merged.task, created, now, int(merged.input is not None and merged.output is not None),
+                     json.dumps(merged.line(), ensure_ascii=False), number)
+                    for merged, created, number in current.values()]
+            for at in range(0, len(rows), _ROWS):
+                chunk = rows[at:at + _ROWS]
+                db.execute("INSERT OR REPLACE INTO outcomes (id, task, created_at, updated_at, captured, record, seq) "
+                           f"VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?)'] * len(chunk))}",
+                           [value for row in chunk for value in row])
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
                 db.execute("ROLLBACK")
-                raise
+            if isinstance(exc, sqlite3.OperationalError):  # the next write opens the file afresh
+                self._db = None
+                db.close()
+            raise
         return stored
+
+    def _writing(self) -> sqlite3.Connection:
+        """The writer thread's connection, kept open: closing the last connection to a WAL file checkpoints it (an
+        fsync) and opening again reads the schema, which took ~1 ms of each write. Opened again for another file at
+        the path (moved or replaced: a write goes where the path points, as a new connection's would) or in a forked
+        child (a connection is not to be used across a fork)."""
+        stat = os.stat(self.path)
+        key = (os.getpid(), stat.st_dev, stat.st_ino)
+        if self._db is None or self._db[0] != key:
+            if self._db is not None and self._db[0][0] == key[0]:
+                self._db[1].close()
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            if self._wal:  # no fsync per commit: the WAL is synced at its checkpoints (see the module's docstring)
+                db.execute("PRAGMA synchronous=NORMAL")
+            self._db = (key, db)
+        return self._db[1]
+
+    def close(self, timeout_s: float | None = 30.0) -> None:
+        """Wait for the writes handed over to be written, then close the writer's connection: the file itself holds
+        them (a writer that pauses does so by itself within ``LINGER_S``). The store stays usable."""
+        self._writer.flush(timeout_s)
+
+    def _close_writing(self) -> None:
+        """Close the writer's connection when no write waits: closing the last connection to the file checkpoints it
+        (its writes move from the ``-wal`` file into the file itself, which can then be copied or moved alone), as a
+        connection per write did after each."""
+        if self._db is not None:
+            db, self._db = self._db[1], None
+            db.close()
 
     def get_sync(self, id: str) -> OutcomeRecord | None:
         """The record with ``id``, or ``None``."""
@@ -193,8 +262,10 @@ class OutcomeStore:
     # -- async twins: the same work, off the event loop ---------------------------------------------
 
     async def upsert(self, record: OutcomeRecord) -> OutcomeRecord:
-        """``upsert_sync`` on a worker thread."""
-        return await asyncio.to_thread(self.upsert_sync, record)
+        """``upsert_sync`` without blocking the event loop: the store's writer thread writes it (with whatever else
+        waits); a caller cancelled meanwhile leaves it written."""
+        written = asyncio.wrap_future(self._writer.submit(_checked([_one(record)])))
+        return (await asyncio.shield(written))[0]
 
     async def get(self, id: str) -> OutcomeRecord | None:
         """``get_sync`` on a worker thread."""
@@ -208,6 +279,22 @@ class OutcomeStore:
     async def changes(self, place: Place | None) -> Changes:
         """``changes_sync`` on a worker thread."""
         return await asyncio.to_thread(self.changes_sync, place)
+
+
+def _one(record: OutcomeRecord) -> OutcomeRecord:
+    if not isinstance(record, OutcomeRecord):  # a mapping was an AttributeError from deep inside
+        raise UsageError(f"must be an OutcomeRecord (OutcomeRecord.model_validate(...) reads a mapping), not "
+                         f"{type(record).__name__}", field="record")
+    return record
+
+
+def _checked(records: Sequence[OutcomeRecord]) -> list[OutcomeRecord]:
+    """``records`` as a list, each an ``OutcomeRecord`` with an id (``UsageError`` naming what is wrong)."""
+    records = check_list(records, OutcomeRecord, field="records")
+    for record in records:
+        if not record.id:
+            raise UsageError("an outcome record needs metadata.id", field="metadata.id")
+    return records
 
 
 def _add_seq(db: sqlite3.Connection, *, writing: bool = False) -> bool:

@@ -1,0 +1,147 @@
+"""Group commit: the writes that wait at once are handed to one writer, which commits them in one transaction.
+
+A SQLite commit costs about the same for one record as for fifty, so writing each record in its own transaction made
+the outcome store a queue of commits: at ~25 ms each (an fsync), one sequential client's shadow runs piled up behind
+it and the router dropped them at its cap of shadows in flight. ``GroupWriter`` keeps one writer thread per store
+(started when a write is handed over, ended ``LINGER_S`` after the last): each caller hands over its records and
+waits for them; the writer takes every write waiting and commits them together, then the next lot.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+#: How long the writer waits for more writes before ``idle`` and ending (the store then closes its connection, which
+#: checkpoints the file: an fsync, paid once per pause in writing rather than once a write).
+LINGER_S = 0.2
+
+#: A write whose failure is the whole lot's (the file is locked, read-only, full): not tried again alone.
+Shared = tuple[type[BaseException], ...]
+
+
+class GroupWriter(Generic[T]):
+    """Writes lists of items through ``commit`` (one transaction for all it is given, returning one result per item
+    in order), several callers' lists in one call when they wait at once."""
+
+    def __init__(self, commit: Callable[[list[T]], list[T]], *, idle: Callable[[], None] = lambda: None,
+                 linger_s: float = LINGER_S, shared: Shared = (), name: str = "writer") -> None:
+        self._commit = commit
+        self._idle = idle
+        self._linger_s = linger_s
+        self._shared = shared
+        self._name = name
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)  # notified when the writer goes idle
+        self._arrived = threading.Condition(self._lock)  # notified when a write is added
+        self._waiting: list[tuple[list[T], Future[list[T]]]] = []
+        self._writing = False
+        self._flushing = 0  # callers of ``flush`` waiting: the writer does not linger
+        #: Writes handed over and not answered yet (waiting, or in the lot being committed).
+        self.unwritten = 0
+        #: Calls of ``commit`` that succeeded (transactions committed): fewer than the writes when they waited at once.
+        self.commits = 0
+
+    def submit(self, items: Sequence[T]) -> Future[list[T]]:
+        """Queue ``items`` for the writer (started if none runs); the future holds what ``commit`` returned for them,
+        or the exception that refused them."""
+        if self._pid != os.getpid():  # a forked child: the parent's writer thread (and a lock it held) is not here
+            self._reset()
+        future: Future[list[T]] = Future()
+        future.set_running_or_notify_cancel()  # never cancelled: a write that was handed over is written
+        with self._lock:
+            self._waiting.append((list(items), future))
+            self.unwritten += 1
+            future.add_done_callback(self._answered)
+            start, self._writing = not self._writing, True
+            self._arrived.notify()
+        if start:
+            try:
+                threading.Thread(target=self._drain, name=self._name).start()
+            except BaseException:  # no thread to be had: nobody writes, so nobody may wait
+                with self._lock:
+                    waiting, self._waiting, self._writing = self._waiting, [], False
+                for _, waiter in waiting:
+                    waiter.set_exception(RuntimeError(f"cannot start the {self._name} thread"))
+                raise
+        return future
+
+    def _answered(self, _: Future[list[T]]) -> None:
+        with self._lock:
+            self.unwritten -= 1
+
+    def write(self, items: Sequence[T]) -> list[T]:
+        """``submit`` and wait."""
+        return self.submit(items).result()
+
+    def _drain(self) -> None:
+        """Commit what waits, lot after lot; when nothing does, ``idle`` (still the only writer), then end (unless
+        something came meanwhile)."""
+        lot: list[tuple[list[T], Future[list[T]]]] = []
+        try:
+            while True:
+                with self._lock:
+                    lot, self._waiting = self._waiting, []
+                if lot:
+                    self._write(lot)
+                    continue
+                with self._lock:  # a moment's wait for more first: a steady trickle of writes keeps one writer
+                    self._arrived.wait_for(lambda: self._waiting or self._flushing, self._linger_s)
+                    if self._waiting:
+                        continue
+                try:
+                    self._idle()
+                except Exception:  # what was written is written: this only tidies up
+                    pass
+                with self._lock:
+                    if not self._waiting:
+                        self._writing = False
+                        self._done.notify_all()
+                        return
+        except BaseException as exc:  # never leave a caller waiting on a writer that is gone
+            with self._lock:
+                rest, self._waiting, self._writing = self._waiting, [], False
+                self._done.notify_all()
+            for _, future in lot + rest:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every write handed over is written and the writer went idle (without lingering); whether it did
+        within ``timeout_s``. Writes may be handed over again afterwards."""
+        if self._pid != os.getpid():
+            self._reset()
+        with self._lock:
+            self._flushing += 1
+            self._arrived.notify()
+            try:
+                return self._done.wait_for(lambda: not self._writing, timeout_s)
+            finally:
+                self._flushing -= 1
+
+    def _write(self, lot: list[tuple[list[T], Future[list[T]]]]) -> None:
+        try:
+            results = self._commit([item for items, _ in lot for item in items])
+        except Exception as exc:
+            if len(lot) == 1 or isinstance(exc, self._shared):
+                for _, future in lot:
+                    future.set_exception(exc)
+                return
+            for one in lot:  # each caller's write alone: one's failure (a record it cannot merge) is not the others'
+                self._write([one])
+            return
+        self.commits += 1
+        at = 0
+        for items, future in lot:
+            future.set_result(results[at:at + len(items)])
+            at += len(items)
