@@ -18,23 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-
-from genroute import Router  # noqa: E402
-from genroute.outcomes.records import OutcomeRecord  # noqa: E402
-from genroute.outcomes.store import OutcomeStore  # noqa: E402
-from genroute.testing import GeminiTestServer  # noqa: E402
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+from genroute import Router
+from genroute.outcomes.records import OutcomeRecord
+from genroute.outcomes.store import OutcomeStore
+from genroute.testing import GeminiTestServer
 
 
 def config(base_url: str, path: Path | None) -> dict[str, Any]:
