@@ -155,3 +155,25 @@ def test_commits_are_synced_one_by_one_only_outside_wal_mode(tmp_path: Path, rea
         read_only(path)  # opened as it is
     store = OutcomeStore(path)
     assert store._writing().execute("PRAGMA synchronous").fetchone()[0] == synchronous  # the writer's connection
+
+
+def _write_in_child(store: OutcomeStore) -> None:
+    store.upsert_sync(record("child"))
+
+
+def test_a_process_forked_while_the_writer_runs_writes_with_its_own(tmp_path: Path) -> None:
+    """Forked while the parent's writer thread still held its connection (a pre-fork server, ``multiprocessing`` with
+    ``fork``): the child has no such thread, so its write would wait for ever on one it believed running. It starts
+    its own, on a connection of its own."""
+    import multiprocessing
+
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    store.upsert_sync(record("parent"))  # the writer lingers a moment after it, its connection open
+    child = multiprocessing.get_context("fork").Process(target=_write_in_child, args=(store,))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
+    store.upsert_sync(record("parent again"))
+    assert sorted(r.id for r in store.records_sync()) == ["child", "parent", "parent again"]

@@ -24,6 +24,7 @@ from genroute.errors import ConfigError, UsageError
 from genroute.outcomes.changes import Changes, Place
 from genroute.outcomes.records import OutcomeRecord, check_sides, number_refusal
 from genroute.outcomes.writer import GroupWriter
+from genroute.runtime.forks import forget_at_fork
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -41,6 +42,8 @@ CREATE INDEX IF NOT EXISTS outcomes_task ON outcomes (task, created_at);
 #: before it had no such column: added on open (its rows keep NULL and are read by a reader's first, full read), or,
 #: when the file is read-only, left without it (every read of ``changes_sync`` is then a full one).
 _SEQ = "CREATE INDEX IF NOT EXISTS outcomes_seq ON outcomes (seq)"
+#: Connections a forked child inherited: never used, never closed (``OutcomeStore._forget_parent``).
+_PARENTS: list[sqlite3.Connection] = []
 #: Rows a statement of a write reads or writes at most (7 values each: under SQLite's oldest limit of 999 variables).
 _ROWS = 100
 
@@ -72,7 +75,8 @@ class OutcomeStore:
         # gone) is the whole lot's.
         self._writer = GroupWriter(self._commit, idle=self._close_writing, shared=(sqlite3.OperationalError, OSError),
                                    name="genroute-outcome-writer")
-        self._db: tuple[tuple[int, int, int], sqlite3.Connection] | None = None  # the writer's (``_writing``)
+        self._db: tuple[tuple[int, int], sqlite3.Connection] | None = None  # the writer's (``_writing``)
+        forget_at_fork(self)
         self._created = 0.0  # the last creation time given: each new record's is later, so a batch keeps its order
 
     @property
@@ -158,12 +162,11 @@ class OutcomeStore:
     def _writing(self) -> sqlite3.Connection:
         """The writer thread's connection, kept open: closing the last connection to a WAL file checkpoints it (an
         fsync) and opening again reads the schema, which took ~1 ms of each write. Opened again for another file at
-        the path (moved or replaced: a write goes where the path points, as a new connection's would) or in a forked
-        child (a connection is not to be used across a fork)."""
+        the path (moved or replaced: a write goes where the path points, as a new connection's would)."""
         stat = os.stat(self.path)
-        key = (os.getpid(), stat.st_dev, stat.st_ino)
+        key = (stat.st_dev, stat.st_ino)
         if self._db is None or self._db[0] != key:
-            if self._db is not None and self._db[0][0] == key[0]:
+            if self._db is not None:
                 self._db[1].close()
             db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             if self._wal:  # no fsync per commit: the WAL is synced at its checkpoints (see the module's docstring)
@@ -175,6 +178,13 @@ class OutcomeStore:
         """Wait for the writes handed over to be written, then close the writer's connection: the file itself holds
         them (a writer that pauses does so by itself within ``LINGER_S``). The store stays usable."""
         self._writer.flush(timeout_s)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's connection is the parent's (closing it here could checkpoint the file under
+        the parent's writer), kept from the garbage collector; the child opens its own."""
+        if self._db is not None:
+            _PARENTS.append(self._db[1])
+            self._db = None
 
     def _close_writing(self) -> None:
         """Close the writer's connection when no write waits: closing the last connection to the file checkpoints it

@@ -9,11 +9,12 @@ waits for them; the writer takes every write waiting and commits them together, 
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
+
+from genroute.runtime.forks import forget_at_fork
 
 T = TypeVar("T")
 
@@ -36,10 +37,11 @@ class GroupWriter(Generic[T]):
         self._linger_s = linger_s
         self._shared = shared
         self._name = name
-        self._reset()
+        self._forget_parent()
+        forget_at_fork(self)
 
-    def _reset(self) -> None:
-        self._pid = os.getpid()
+    def _forget_parent(self) -> None:
+        """A new start (also in a forked child: the parent's writer thread, and a lock it held, are not there)."""
         self._lock = threading.Lock()
         self._done = threading.Condition(self._lock)  # notified when the writer goes idle
         self._arrived = threading.Condition(self._lock)  # notified when a write is added
@@ -54,8 +56,6 @@ class GroupWriter(Generic[T]):
     def submit(self, items: Sequence[T]) -> Future[list[T]]:
         """Queue ``items`` for the writer (started if none runs); the future holds what ``commit`` returned for them,
         or the exception that refused them."""
-        if self._pid != os.getpid():  # a forked child: the parent's writer thread (and a lock it held) is not here
-            self._reset()
         future: Future[list[T]] = Future()
         future.set_running_or_notify_cancel()  # never cancelled: a write that was handed over is written
         with self._lock:
@@ -119,8 +119,6 @@ class GroupWriter(Generic[T]):
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every write handed over is written and the writer went idle (without lingering); whether it did
         within ``timeout_s``. Writes may be handed over again afterwards."""
-        if self._pid != os.getpid():
-            self._reset()
         with self._lock:
             self._flushing += 1
             self._arrived.notify()
