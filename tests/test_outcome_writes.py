@@ -177,3 +177,17 @@ def test_a_process_forked_while_the_writer_runs_writes_with_its_own(tmp_path: Pa
     assert child.exitcode == 0
     store.upsert_sync(record("parent again"))
     assert sorted(r.id for r in store.records_sync()) == ["child", "parent", "parent again"]
+
+
+async def test_a_write_whose_caller_was_cancelled_is_still_written(tmp_path: Path) -> None:
+    """A shadow cancelled while its outcome waits for the writer (``adrain`` giving up, its loop ending): the record
+    handed over is written all the same, as a write already on a worker thread was."""
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    with writes_held(store.path):
+        write = asyncio.ensure_future(store.upsert(record("a")))
+        await until(lambda: store.unwritten == 1)
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+    store.close()
+    assert store.get_sync("a") is not None and store.unwritten == 0

@@ -274,8 +274,7 @@ class OutcomeStore:
     async def upsert(self, record: OutcomeRecord) -> OutcomeRecord:
         """``upsert_sync`` without blocking the event loop: the store's writer thread writes it (with whatever else
         waits); a caller cancelled meanwhile leaves it written."""
-        written = asyncio.wrap_future(self._writer.submit(_checked([_one(record)])))
-        return (await asyncio.shield(written))[0]
+        return (await self._writer.awrite(_checked([_one(record)])))[0]
 
     async def get(self, id: str) -> OutcomeRecord | None:
         """``get_sync`` on a worker thread."""
