@@ -177,3 +177,47 @@ async def test_a_record_dropped_while_the_shared_list_parses_its_changes_is_stil
     monkeypatch.setattr(shared, "_load_all", load_all)
     later = await store.changes(changes.place)
     assert later.removed == ["r000"] and [r.id for _, r in later.records] == ["new"]
+
+
+async def test_a_cancelled_refresh_keeps_the_running_statistics_until_its_fold_ends(tmp_path: Path) -> None:
+    # The fold runs on a worker thread, which a cancellation cannot stop: a refresh cancelled meanwhile let go of the
+    # lock at once while its fold went on, and the next refresh folded at the same time, over the same records and
+    # groups. A wrapped fold holds the first on its thread until the second refresh folds too or waits for the lock.
+    import asyncio
+    import threading
+
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    store.upsert_many_sync([record(f"r{i}", local=free(float(i % 2))) for i in range(4)])
+    running = RunningOutcomes(store, min_n=1)
+    fold = running._fold
+    entered, go, mutex = threading.Event(), threading.Event(), threading.Lock()
+    folding: list[int] = []  # folds running when each fold started
+    active = [0]
+
+    def held_fold(changes: Any) -> Any:
+        with mutex:
+            folding.append(active[0])
+            active[0] += 1
+        try:
+            if len(folding) == 1:
+                entered.set()
+                go.wait(30)
+            return fold(changes)
+        finally:
+            with mutex:
+                active[0] -= 1
+
+    running._fold = held_fold  # type: ignore[method-assign]
+    first = asyncio.create_task(running.read())
+    assert await asyncio.to_thread(entered.wait, 30)
+    first.cancel()
+    second = asyncio.create_task(running.read())
+    end = asyncio.get_running_loop().time() + 30
+    while len(folding) < 2 and not running._lock._waiters and asyncio.get_running_loop().time() < end:
+        await asyncio.sleep(0)  # until the second refresh folds beside the first, or waits for the lock
+    go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await second
+    assert folding == [0, 0]  # never two folds at once
+    await same_as_full_read(running, store)

@@ -8,13 +8,13 @@ recomputes only the entries (task, backend) those records touched: the result eq
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from genroute.outcomes.changes import Changes, Key, Place
 from genroute.outcomes.stats import backend_stats, has_cost, stats_of, training_rows
 from genroute.policies.stats import ANY_TASK
 from genroute.runtime.locks import LoopsLock
+from genroute.runtime.threads import to_thread_to_end
 
 if TYPE_CHECKING:
     from genroute.outcomes.records import OutcomeRecord, Side
@@ -48,7 +48,9 @@ class RunningOutcomes:
         """The statistics and training rows of every record the store holds now."""
         async with self._lock:
             changes = await self.store.changes(self._place)
-            return await asyncio.to_thread(self._fold, changes)
+            # To its end, lock held, even if this refresh is cancelled: a fold left running on its thread after the
+            # lock was let go folded at the same time as the next refresh's.
+            return await to_thread_to_end(self._fold, changes)
 
     def _fold(self, changes: Changes) -> tuple[BenchStats, list[dict[str, Any]]]:
         if changes.full:
