@@ -25,7 +25,6 @@ nothing) and the writes other processes made meanwhile.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
@@ -38,6 +37,7 @@ from genroute.outcomes.changes import Changes, Place
 from genroute.outcomes.records import OutcomeRecord
 from genroute.outcomes.settings import OutcomeSettings
 from genroute.runtime.locks import LoopsLock
+from genroute.runtime.threads import to_thread_to_end
 
 if TYPE_CHECKING:
     from genroute.outcomes.store import OutcomeStore
@@ -188,7 +188,7 @@ class SharedOutcomeStore:
                 big = len(read.items) > 100  # a start or a long lag: parsed and merged off the event loop
                 written = await _run(big, _load_all, read.items)
                 if self.archive is not None and written:  # first: a failed write is read again next time
-                    await asyncio.to_thread(self.archive.upsert_many_sync, written)
+                    await to_thread_to_end(self.archive.upsert_many_sync, written)
                 await _run(big, self._merge, list(zip(written, read.items, strict=True)))
                 self._seen = read.start + len(read.items)
                 self._epoch = read.epoch
@@ -252,8 +252,11 @@ def _load_all(lines: list[bytes]) -> list[OutcomeRecord]:
 
 
 async def _run(big: bool, work: Callable[[A], T], arg: A) -> T:
-    """``work(arg)``: on a worker thread when ``big`` (100k records parse in seconds), else here."""
-    return await asyncio.to_thread(work, arg) if big else work(arg)
+    """``work(arg)``: on a worker thread when ``big`` (100k records parse in seconds), else here. To its end even if
+    the caller is cancelled meanwhile: a merge left running on its thread after ``_catch_up`` let go of its lock
+    changed the view while the next holder merged the same page again or iterated the view (``_bound``: "dictionary
+    changed size during iteration")."""
+    return await to_thread_to_end(work, arg) if big else work(arg)
 
 
 def _written_at(record: OutcomeRecord) -> float:
