@@ -94,3 +94,25 @@ async def test_a_refresh_of_a_knn_backend_reads_its_example_tags_again_only_afte
         before = counted.reads
         await r.arefresh()
         assert counted.reads == before + 1 and r.catalogue["icl"].facts["example_count"] == 3
+
+
+async def test_a_refresh_counts_the_examples_its_own_reload_found_not_an_earlier_reloads_pool(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path) -> None:
+    # ``reload`` keeps the pool it read for the facts that follow it in a refresh (``take_reloaded``). A pool no facts
+    # took (a refresh stopped between the two: another backend's reload raised, or it was cancelled) stayed kept, and
+    # the next refresh whose reload found the collection empty (which forgets the pool instead of keeping one)
+    # counted that old pool: the catalogue said 4 examples, the collection had none.
+    collection = knowledge.name("stale-facts")
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    await aload_examples(knowledge.store(), [write_examples(folder / "ex.jsonl", EXAMPLES[:4])],
+                         collection=collection)
+    async with router(gemini_server, otel, knowledge, collection=collection, selector="fixed", k=2) as r:
+        await r.agenerate("unrelated question")  # the pool is read
+        await r.backends["icl"].reload()  # a refresh's reload whose facts were never counted
+        (folder / "ex.jsonl").unlink()  # the directory loaded again: its examples withdrawn
+        report = await aload_examples(knowledge.store(), [folder], collection=collection)
+        assert report.removed == 4
+        await r.arefresh()
+        assert r.catalogue["icl"].facts["example_count"] == 0
+        assert r.catalogue["icl"].facts["example_counts"] == {}

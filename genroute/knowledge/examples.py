@@ -190,16 +190,19 @@ class ExampleStore:
         return frozenset(str(r.metadata.get("input_key")) for r in await self.pool())
 
     def refresh(self) -> None:
-        """Forget the cached pool and count (after loading more examples)."""
+        """Forget the cached pool and count (after loading more examples), and a pool ``reload`` kept for the facts."""
         self._pool = None
         self._count = None
         self._mark = None
+        self._reloaded = None
 
     async def reload(self) -> None:
         """Read the count and (if read before) the pool again and swap them in: selections meanwhile use the old
         ones, where ``refresh`` made the next selection wait for the read. A collection now empty, or a read that
         fails, is forgotten instead: the next selection reports it. Nothing is read when the store's place is
         unchanged since the last read (``place_mark``: an embedded store's database file; a server's is always read)."""
+        # A pool an earlier reload kept no facts took (its refresh stopped before them) is not this one's.
+        self._reloaded = None
         stamp = self.store.written(self.collection)
         mark = await asyncio.to_thread(self.store.place_mark)
         if (mark is not None and mark == self._mark and self._count is not None and self._counted == stamp
