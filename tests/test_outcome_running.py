@@ -221,3 +221,36 @@ async def test_a_cancelled_refresh_keeps_the_running_statistics_until_its_fold_e
     await second
     assert folding == [0, 0]  # never two folds at once
     await same_as_full_read(running, store)
+
+
+async def test_the_running_statistics_keep_a_compact_form_of_each_record_not_the_parsed_record(tmp_path: Path) -> None:
+    # They keep every record for the process's life: as parsed OutcomeRecords (metadata, output and every field of
+    # every side) that was ~5 KB a record, ~9x its JSON (benchmarks/running_memory.py); now what the statistics and
+    # the training rows read of it. The same statistics and rows as a full read.
+    import gc
+    import tracemalloc
+
+    store = OutcomeStore(tmp_path / "outcomes.db")
+    features = {f"feature_{i}": i * 0.5 for i in range(12)}
+    store.upsert_many_sync([
+        OutcomeRecord(input=f"question {i}" if i % 3 else None, output="an answer the statistics never read",
+                      metadata={"id": f"r{i:04}", "task": "t", "source": "production", "trace_id": f"{i:032x}",
+                                "scorer": "label_accuracy", "at": 1.7e9 + i, "features": features, "served": "chat"},
+                      outcomes={"chat": Side(role="served", score=float(i % 2), cost_usd=1e-5, latency_s=0.3,
+                                             input_tokens=120, output_tokens=5),
+                                "pro": Side(role="shadow", score=1.0 if i % 4 else None, cost_usd=4e-5,
+                                            latency_s=0.9, input_tokens=120, output_tokens=5, agreement=1.0)})
+        for i in range(2000)])
+    await RunningOutcomes(store, min_n=1).read()  # what a first read loads once (modules, the store's connection)
+    running = RunningOutcomes(store, min_n=1)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await running.read()
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept / 2000 < 1500  # bytes a record, training rows included (parsed records: over 4,000)
+    await same_as_full_read(running, store)

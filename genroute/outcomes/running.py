@@ -4,10 +4,16 @@
 the store for the records written since its place (``changes``: both stores keep one), folds them in, and
 recomputes only the entries (task, backend) those records touched: the result equals ``outcome_stats`` and
 ``training_rows`` over a full read, which it does again only when the store says the place is lost.
+
+It keeps every record for the process's life, so not as the parsed ``OutcomeRecord`` (~5 KB a record with its
+metadata, ~9x its JSON): only what the statistics and the training rows read of it (its place, task, captured
+input, and each side's figures in slots: ~1 KB; benchmarks/RESULTS.md, "RunningOutcomes memory").
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Set
 from typing import TYPE_CHECKING, Any
 
 from genroute.outcomes.changes import Changes, Key, Place
@@ -23,6 +29,40 @@ if TYPE_CHECKING:
     from genroute.policies.stats import BackendStats, BenchStats
 
 Group = tuple[str, str]  # (task, backend)
+#: The fields a side was written with, as far as the statistics ask (``has_cost``, ``has_latency``): shared.
+_SET = {(cost, latency): frozenset({"cost_usd"} if cost else set()) | ({"latency_s"} if latency else set())
+        for cost in (False, True) for latency in (False, True)}
+
+
+class _Figures:
+    """A side as the statistics read it (``SideFigures``)."""
+
+    __slots__ = ("score", "cost_usd", "latency_s", "cloud_equivalent_cost_usd", "input_tokens", "output_tokens",
+                 "model_fields_set")
+
+    def __init__(self, side: Side) -> None:
+        written = side.model_fields_set
+        self.score, self.cost_usd, self.latency_s = side.score, side.cost_usd, side.latency_s
+        self.cloud_equivalent_cost_usd = side.cloud_equivalent_cost_usd
+        self.input_tokens, self.output_tokens = side.input_tokens, side.output_tokens
+        self.model_fields_set: Set[str] = _SET["cost_usd" in written, "latency_s" in written]
+
+
+class _Held:
+    """A record as the statistics and the training rows read it (``RecordFigures``), with its place in the store's
+    order: not its metadata, output or the sides' other fields."""
+
+    __slots__ = ("key", "id", "task", "input", "sides")
+
+    def __init__(self, key: Key, record: OutcomeRecord) -> None:
+        self.key, self.id, self.input = key, record.id, record.input
+        task = record.task
+        self.task = None if task is None else sys.intern(task)
+        self.sides = tuple((sys.intern(backend), _Figures(side)) for backend, side in record.outcomes.items())
+
+    @property
+    def outcomes(self) -> dict[str, _Figures]:
+        return dict(self.sides)
 
 
 class RunningOutcomes:
@@ -34,8 +74,8 @@ class RunningOutcomes:
         #: Reads of every record (the first, and each time the store lost this reader's place).
         self.full_reads = 0
         self._place: Place | None = None
-        self._records: dict[str, tuple[Key, OutcomeRecord]] = {}
-        self._groups: dict[Group, dict[str, Side]] = {}  # scored sides by task and backend, by record id
+        self._records: dict[str, _Held] = {}
+        self._groups: dict[Group, dict[str, _Figures]] = {}  # scored sides by task and backend, by record id
         self._entries: dict[Group, tuple[tuple[Key, int], BackendStats | None]] = {}  # (first side, entry)
         self._dirty: set[Group] = set()
         self._priced = 0  # sides with a recorded cost of either kind
@@ -66,14 +106,14 @@ class RunningOutcomes:
         if cloud != self._cloud:
             self._cloud, self._dirty = cloud, set(self._groups)
         for group in sorted(self._dirty):
-            ids = sorted(self._groups[group], key=lambda id: self._records[id][0])
+            ids = sorted(self._groups[group], key=lambda id: self._records[id].key)
             first = self._records[ids[0]]
             entry = backend_stats(*group, [self._groups[group][id] for id in ids], cloud=cloud, min_n=self.min_n)
-            self._entries[group] = ((first[0], list(first[1].outcomes).index(group[1])), entry)
+            self._entries[group] = ((first.key, [backend for backend, _ in first.sides].index(group[1])), entry)
         self._dirty.clear()
         if self._rows is None:
-            self._rows = training_rows([record for _, record in sorted(self._records.values(),
-                                                                        key=lambda item: item[0])], cloud=cloud)
+            ordered = sorted(self._records.values(), key=lambda held: held.key)
+            self._rows = training_rows(ordered, cloud=cloud)
         self._place = changes.place
         return self._stats(), self._rows
 
@@ -92,18 +132,18 @@ class RunningOutcomes:
 
     def _put(self, key: Key, record: OutcomeRecord) -> None:
         self._drop(record.id)
-        self._records[record.id] = (key, record)
-        self._count(record, 1)
+        held = self._records[record.id] = _Held(key, record)
+        self._count(held, 1)
 
     def _drop(self, id: str) -> None:
         old = self._records.pop(id, None)
         if old is not None:
-            self._count(old[1], -1)
+            self._count(old, -1)
 
-    def _count(self, record: OutcomeRecord, sign: int) -> None:
+    def _count(self, record: _Held, sign: int) -> None:
         """Add (``sign`` 1) or take away (-1) ``record``'s sides."""
         self._rows = None
-        for backend, side in record.outcomes.items():
+        for backend, side in record.sides:
             if has_cost(side, cloud=False) or has_cost(side, cloud=True):
                 self._priced += sign
                 self._free += sign * (side.cost_usd == 0 and side.cloud_equivalent_cost_usd is not None)

@@ -7,36 +7,68 @@ function serves ``Router.refresh``, ``genroute compile --outcomes`` and the grad
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence, Set
+from typing import Any, Protocol
 
 from genroute.errors import ConfigError
 from genroute.outcomes.records import OutcomeRecord, Side
 from genroute.policies.stats import ANY_TASK, BackendStats, BenchStats
 
 
-def side_cost(side: Side, cloud: bool) -> float:
+class SideFigures(Protocol):
+    """What the statistics read of a side: a ``Side``, or the compact form ``RunningOutcomes`` keeps."""
+
+    @property
+    def score(self) -> float | None: ...
+    @property
+    def cost_usd(self) -> float: ...
+    @property
+    def latency_s(self) -> float: ...
+    @property
+    def cloud_equivalent_cost_usd(self) -> float | None: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def model_fields_set(self) -> Set[str]: ...
+
+
+class RecordFigures(Protocol):
+    """What ``training_rows`` reads of a record: an ``OutcomeRecord``, or the compact form ``RunningOutcomes`` keeps."""
+
+    @property
+    def input(self) -> str | None: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def task(self) -> str | None: ...
+    @property
+    def outcomes(self) -> Mapping[str, SideFigures]: ...
+
+
+def side_cost(side: SideFigures, cloud: bool) -> float:
     """A side's cost: measured, or (``cloud``) what the same tokens cost on the reference cloud model."""
     return (side.cloud_equivalent_cost_usd or 0.0) if cloud else side.cost_usd
 
 
-def has_cost(side: Side, cloud: bool) -> bool:
+def has_cost(side: SideFigures, cloud: bool) -> bool:
     """Whether ``side_cost`` is a recorded cost: a side written without one (a label-only side whose shadow write
     was lost) reads as 0.0, which is unknown, not free."""
     return side.cloud_equivalent_cost_usd is not None if cloud else "cost_usd" in side.model_fields_set
 
 
-def has_latency(side: Side) -> bool:
+def has_latency(side: SideFigures) -> bool:
     """Whether the side's ``latency_s`` was recorded (its 0.0 default is unknown, not instant)."""
     return "latency_s" in side.model_fields_set
 
 
-def uses_cloud_equivalent(records: Sequence[OutcomeRecord]) -> bool:
+def uses_cloud_equivalent(records: Sequence[RecordFigures]) -> bool:
     """True when every priced side is free but has a cloud-equivalent (local models): price by that instead."""
     return sides_use_cloud_equivalent([s for r in records for s in r.outcomes.values()])
 
 
-def sides_use_cloud_equivalent(sides: Sequence[Side]) -> bool:
+def sides_use_cloud_equivalent(sides: Sequence[SideFigures]) -> bool:
     """``uses_cloud_equivalent`` for a list of sides (those with no cost of either kind are not priced)."""
     priced = [s for s in sides if has_cost(s, cloud=False) or has_cost(s, cloud=True)]
     return bool(priced) and all(s.cost_usd == 0 and s.cloud_equivalent_cost_usd is not None for s in priced)
@@ -52,7 +84,7 @@ def scored_sides(records: Sequence[OutcomeRecord]) -> dict[str, dict[str, list[S
     return by_task
 
 
-def unmeasured(sides: Sequence[Side], cloud: bool) -> str | None:
+def unmeasured(sides: Sequence[SideFigures], cloud: bool) -> str | None:
     """Why ``outcome_stats`` leaves these sides' entry out, if it does: none has a recorded cost."""
     if not any(has_cost(s, cloud) for s in sides):
         return f"none of its {len(sides)} scored sides has a recorded " + (
@@ -86,7 +118,7 @@ def stats_of(tasks: dict[str, dict[str, BackendStats]], *, source: str | None = 
     return BenchStats(created_at=created, source=source or "outcomes", tasks=tasks)
 
 
-def backend_stats(task: str, backend: str, sides: Sequence[Side], *, cloud: bool, min_n: int = 1,
+def backend_stats(task: str, backend: str, sides: Sequence[SideFigures], *, cloud: bool, min_n: int = 1,
                   seed: int = 0) -> BackendStats | None:
     """``outcome_stats``'s entry for one task and backend from its scored sides (in record order); ``None``: left
     out (fewer than ``min_n`` sides, or none with a recorded cost)."""
@@ -117,7 +149,7 @@ def backend_stats(task: str, backend: str, sides: Sequence[Side], *, cloud: bool
         output_tokens_mean=float(np.mean([s.output_tokens for s in sides])))
 
 
-def training_rows(records: Sequence[OutcomeRecord], *, cloud: bool | None = None) -> list[dict[str, Any]]:
+def training_rows(records: Sequence[RecordFigures], *, cloud: bool | None = None) -> list[dict[str, Any]]:
     """Rows for ``genroute.policies.learned.train``: every scored side of every record that has its input.
 
     A side without a recorded cost takes its backend's mean recorded cost (it is unknown, not free: as 0 it made
