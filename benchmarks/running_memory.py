@@ -20,18 +20,14 @@ import random
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+import checkout  # noqa: F401  (this checkout's genroute, not an installed one)
+from outcome_list import shadow_record
 
-from outcome_list import shadow_record  # noqa: E402
-
-from genroute.outcomes import OutcomeRecord  # noqa: E402
-from genroute.outcomes.changes import Changes, Place  # noqa: E402
-from genroute.outcomes.running import RunningOutcomes  # noqa: E402
+from genroute.outcomes import OutcomeRecord
+from genroute.outcomes.changes import Changes, Place
+from genroute.outcomes.running import RunningOutcomes
 
 WORDS = "card arrived late top up cash fee exchange rate pin blocked transfer account balance refund".split()
 
