@@ -31,9 +31,11 @@ def write_lines(path: Path, lines: list[Any]) -> Path:
 
 def test_load_examples_reads_every_field(tmp_path: Path) -> None:
     rows = [GOOD, "", {"input": "meh", "output": "neutral", "label": "neutral", "metadata": {"id": 7}}]
-    examples = load_examples(write_lines(tmp_path / "d.jsonl", rows))
-    assert examples == [Example(**GOOD, line=1),
-                        Example(input="meh", output="neutral", label="neutral", metadata={"id": 7}, line=3)]
+    data = write_lines(tmp_path / "d.jsonl", rows)
+    examples = load_examples(data)
+    assert examples == [Example(**GOOD, line=1, path=str(data)),
+                        Example(input="meh", output="neutral", label="neutral", metadata={"id": 7}, line=3,
+                                path=str(data))]
 
 
 def test_a_bench_file_is_a_tuning_file(tmp_path: Path) -> None:
@@ -699,7 +701,7 @@ def test_an_output_longer_than_max_seq_len_is_named(tmp_path: Path) -> None:
     data = write_lines(tmp_path / "d.jsonl", [GOOD, GOOD, "", {"input": "x", "output": "word " * 40}])
     with pytest.raises(UsageError, match="max_seq_len 32") as info:
         tune_local(data, tmp_path / "out", config=tiny_config(max_seq_len=32))
-    assert info.value.field == "line 4"  # the file's line, blank lines counted
+    assert info.value.field == f"{data}:4"  # the file and its line, blank lines counted, as load_examples names it
     assert not (tmp_path / "out").exists()
 
 

@@ -42,6 +42,7 @@ class Example(PublicModel):
     label: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     line: int | None = Field(default=None, ge=1, description="1-based line in the file it was read from.")
+    path: str | None = Field(default=None, description="The file it was read from, as given to load_examples.")
 
 
 def load_examples(
@@ -130,7 +131,8 @@ def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS, pa
     size = len(texts["input"]) + len(texts["output"])
     if size > max_chars:
         raise UsageError(f"example is {size} characters; the limit is {max_chars}", field=where)
-    return Example(input=texts["input"], output=texts["output"], label=label, metadata=metadata, line=lineno)
+    return Example(input=texts["input"], output=texts["output"], label=label, metadata=metadata, line=lineno,
+                   path=None if path is None else str(path))
 
 
 def _utf8(value: str, key: str, where: str) -> str:

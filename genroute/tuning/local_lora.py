@@ -254,7 +254,9 @@ class PromptEncoder:
         target = tokenize(self._vocab, ((example.output, False), (END_OF_TURN, True)), bos=False)
         room = self.max_seq_len - len(target)
         if room < 8:
-            where = f"line {example.line}" if example.line is not None else f"example {index + 1}"
+            # FILE:N, as every other refusal of a tuning file names its line (load_examples, genroute.jsonl)
+            where = (f"example {index + 1}" if example.line is None else f"line {example.line}"
+                     if example.path is None else f"{example.path}:{example.line}")
             raise UsageError(f"the output is {len(target)} tokens; max_seq_len {self.max_seq_len} leaves no "
                              "room for the input (raise max_seq_len or shorten the output)", field=where)
         if len(prompt) > room:
