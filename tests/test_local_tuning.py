@@ -96,6 +96,17 @@ def test_a_whole_float_label_reads_as_its_digits_and_a_task_number_as_before(tmp
         load_records(floated)
 
 
+def test_a_task_number_reads_as_its_digits_in_a_tuning_file_as_in_a_bench_file(tmp_path: Path) -> None:
+    # "task": 3 was refused by tuning ("'task' must be a string") while the bench read the same file's task as "3".
+    from genroute.bench.datasets import load_records
+
+    rows = [{"input": "great kettle", "label": "4", "task": 3},
+            {"input": "broke in a week", "label": "1", "metadata": {"task": 0}}]
+    path = write_lines(tmp_path / "tasks.jsonl", rows)
+    assert [e.metadata["task"] for e in load_examples(path)] == ["3", "0"]
+    assert [r.task for r in load_records(path)] == ["3", "0"]
+
+
 @pytest.mark.parametrize(("lines", "field", "message"), [
     ([GOOD, "{not json"], "d.jsonl:2", "invalid JSON"),
     ([GOOD, "", {"input": "x"}], "d.jsonl:3", r"missing field 'output' \(or 'label'\)"),
@@ -107,7 +118,9 @@ def test_a_whole_float_label_reads_as_its_digits_and_a_task_number_as_before(tmp
     ([GOOD, {"input": "x", "output": "y", "label": True}], "d.jsonl:2", "'label' must be a string or a whole number"),
     ([GOOD, {"input": "x", "output": "y", "label": 1.5}], "d.jsonl:2", "'label' must be a string or a whole number"),
     ([GOOD, {"input": "x", "output": "y", "metadata": []}], "d.jsonl:2", "'metadata' must be an object"),
-    ([GOOD, {"input": "x", "output": "y", "task": 3}], "d.jsonl:2", "'task' must be a string"),
+    ([GOOD, {"input": "x", "output": "y", "task": 3.0}], "d.jsonl:2", "'task' must be a string or a whole number"),
+    ([GOOD, {"input": "x", "output": "y", "metadata": {"task": True}}], "d.jsonl:2",
+     "'metadata.task' must be a string or a whole number"),
     ([GOOD, {"input": "x", "output": None}], "d.jsonl:2", "missing field 'output'"),
     ([GOOD, {"input": "x" * 50, "output": "y"}], "d.jsonl:2", "limit is 40"),
     # Half an emoji (JSON's "\\ud83d" escape alone): UTF-8 cannot hold it, so no tokenizer or upload could.

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pydantic import ConfigDict, Field
 
 from genroute.errors import UsageError
-from genroute.jsonl import blank, label_text
+from genroute.jsonl import blank, label_text, whole_text
 from genroute.public_model import PublicModel
 
 DEFAULT_MAX_CHARS = 20_000
@@ -123,11 +123,16 @@ def parse_line(line: str, lineno: int, *, max_chars: int = DEFAULT_MAX_CHARS, pa
     metadata = record.get("metadata", {})
     if not isinstance(metadata, dict):
         raise UsageError(f"field 'metadata' must be an object, got {type(metadata).__name__}", field=where)
-    task = record.get("task")
-    if task is not None and not isinstance(task, str):
-        raise UsageError(f"field 'task' must be a string, got {type(task).__name__}", field=where)
     # The top-level key wins over the same key inside metadata, as in the bench reader.
     metadata = {**metadata, **{k: record[k] for k in _METADATA_KEYS if record.get(k) is not None}}
+    # A task written as a whole number ("task": 3) reads as its digits, as the bench's reader and an outcome matrix
+    # read it; anything else that is not text is refused, naming the key the file wrote.
+    task = whole_text(metadata.get("task"))
+    if task is not None and not isinstance(task, str):
+        key = "task" if record.get("task") is not None else "metadata.task"
+        raise UsageError(f"field {key!r} must be a string or a whole number, got {type(task).__name__}", field=where)
+    if task is not None:
+        metadata["task"] = task
     size = len(texts["input"]) + len(texts["output"])
     if size > max_chars:
         raise UsageError(f"example is {size} characters; the limit is {max_chars}", field=where)
