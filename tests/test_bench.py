@@ -345,6 +345,27 @@ def test_a_results_row_with_nan_or_infinity_is_refused(tmp_path: Path, field: st
         ResultsLog(tmp_path)  # a resumed run reads them the same way
 
 
+@pytest.mark.parametrize("field", ["cost_usd", "judge_cost_usd", "cloud_equivalent_cost_usd", "latency_s", "ttft_s",
+                                   "input_tokens", "output_tokens"])
+def test_a_results_row_with_a_negative_cost_latency_or_token_count_is_refused(tmp_path: Path, field: str) -> None:
+    """A row's negative cost or latency was read back (an outcome side refuses it, outcomes.records.check_sides):
+    it paid back its target's other rows in the mean cost. Refused, as an outcome side refuses it."""
+    from genroute.bench import load_outcomes
+
+    good = '{"backend": "b", "record_id": "r1", "ok": true, "score": 1, "scorer": "exact", "cost_usd": 0.5}\n'
+    bad = f'{{"backend": "b", "record_id": "r2", "ok": true, "scorer": "exact", "{field}": -1}}\n'
+    (tmp_path / "results.jsonl").write_text(good + bad)
+    with pytest.raises(UsageError) as refused:
+        load_outcomes(tmp_path)
+    assert refused.value.field == "out"
+    assert refused.value.message == (f"{tmp_path / 'results.jsonl'}:2: not a results row ({field}: Input should be "
+                                     "greater than or equal to 0)")
+    with pytest.raises(UsageError, match="greater than or equal to 0"):
+        ResultsLog(tmp_path)  # a resumed run reads them the same way
+    (tmp_path / "results.jsonl").write_text(good + bad.replace("-1", "0"))  # 0 is a cost, a latency, a count
+    assert len(load_outcomes(tmp_path)) == 2
+
+
 async def test_failures_are_counted_by_error_type(server: GeminiTestServer, tmp_path: Path) -> None:
     from genroute.testing import Fault
 

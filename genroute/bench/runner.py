@@ -41,8 +41,9 @@ SCORING_ERRORS = frozenset({"ScorerError", "JudgeError"})
 class Outcome(PublicModel):
     """How one target did on one record (one line of ``results.jsonl``)."""
 
-    # Finite numbers only, as an outcome side's (outcomes.records.check_sides): a row's NaN score or infinite cost,
-    # read back from results.jsonl, turned every mean and CI of its target into NaN or inf.
+    # Finite numbers only, and no cost, latency or token count below 0, as an outcome side's
+    # (outcomes.records.check_sides): a row's NaN score or infinite cost, read back from results.jsonl, turned every
+    # mean and CI of its target into NaN or inf, and a negative cost paid back the target's other rows.
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     backend: str = Field(description="The target: a backend name, or @policy for end-to-end runs.")
@@ -57,20 +58,21 @@ class Outcome(PublicModel):
     model: str | None = None
     error_type: str | None = None
     error: str | None = None
-    latency_s: Number | None = Field(default=0.0, description="None: not recorded (an outcome matrix without it).")
-    ttft_s: Number | None = None
-    input_tokens: WholeNumber = 0
-    output_tokens: WholeNumber = 0
-    cached_input_tokens: WholeNumber = 0
-    thinking_tokens: WholeNumber = 0
+    latency_s: Number | None = Field(default=0.0, ge=0,
+                                     description="None: not recorded (an outcome matrix without it).")
+    ttft_s: Number | None = Field(default=None, ge=0)
+    input_tokens: WholeNumber = Field(default=0, ge=0)
+    output_tokens: WholeNumber = Field(default=0, ge=0)
+    cached_input_tokens: WholeNumber = Field(default=0, ge=0)
+    thinking_tokens: WholeNumber = Field(default=0, ge=0)
     #: The audio part of the input and of its cached part (``Usage``), priced at the model's audio rates.
-    audio_input_tokens: WholeNumber = 0
-    cached_audio_input_tokens: WholeNumber = 0
+    audio_input_tokens: WholeNumber = Field(default=0, ge=0)
+    cached_audio_input_tokens: WholeNumber = Field(default=0, ge=0)
     #: The audio part of the output (``Usage``: a speech or native-audio model's answer), at the audio output rate.
-    audio_output_tokens: WholeNumber = 0
-    cost_usd: Number = 0.0
-    cloud_equivalent_cost_usd: Number | None = None
-    judge_cost_usd: Number = 0.0
+    audio_output_tokens: WholeNumber = Field(default=0, ge=0)
+    cost_usd: Number = Field(default=0.0, ge=0)
+    cloud_equivalent_cost_usd: Number | None = Field(default=None, ge=0)
+    judge_cost_usd: Number = Field(default=0.0, ge=0)
     judge_error_type: str | None = Field(default=None, description="Why the judge could not grade the answer.")
 
     @property
