@@ -214,6 +214,25 @@ def test_an_advisor_setting_is_named_as_bench_names_its_option(tmp_path: Path, c
     assert line.startswith(f"genroute bench: error: {flag}: ")
 
 
+def test_a_command_names_a_library_check_by_the_library_s_name_not_by_its_flag() -> None:
+    """graduate passed ``field="--tuning-cost"`` by hand to ``check_amount`` (adecide names it ``tuning_cost_usd``):
+    a second table of flags beside as_typed's (cli_options.LIBRARY_NAMES), left behind when a flag is renamed. A
+    command calls the library's checks with the library's names; command_failed maps them to the typed option."""
+    import ast
+
+    import genroute
+
+    checks = {"check_amount", "check_rule", "check_names"}
+    by_hand = []
+    for path in sorted(Path(genroute.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in checks):
+                continue
+            named = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+            by_hand += [f"{path.name}:{node.lineno}: {name}" for name in named if name.startswith("--")]
+    assert by_hand == []
+
+
 def test_an_error_whose_message_spans_lines_is_still_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A tool whose parameter pydantic cannot describe (a `Callable`) was refused with pydantic's whole message: three

@@ -127,11 +127,13 @@ async def _run(args: argparse.Namespace) -> Any:
     from genroute.graduation.run import GraduationReport, adecide, agraduate
     from genroute.router.router import Router
 
-    check_names(**{"--task": args.task})
+    # Named as adecide names them (tuning_cost_usd): command_failed's as_typed maps a library name to the option
+    # typed (--tuning-cost), through the one table of such names (cli_options.LIBRARY_NAMES).
+    check_names(task=args.task)
     if args.decide:
-        check_rule(args.margin, args.min_n, fields=("--margin", "--min-n"))
-        check_amount(args.tuning_cost, field="--tuning-cost")
-        check_amount(args.cpu_usd_per_hour, field="--cpu-usd-per-hour")
+        check_rule(args.margin, args.min_n)
+        check_amount(args.tuning_cost, field="tuning_cost_usd")
+        check_amount(args.cpu_usd_per_hour, field="cpu_usd_per_hour")
     out = check_output_dir(args.out, field="--out")  # before a tuning run, or a promotion written to the config
     saved = out / "graduation.json"
     name = args.challenger or args.name or f"{args.task}_tuned"
