@@ -8,7 +8,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator,
+                      model_validator)
 
 from genroute.bounds import NOT_BOOL
 from genroute.config_errors import config_error, pydantic_validated
@@ -48,7 +49,7 @@ class RouterConfig(_Frozen):
     """The whole router configuration. Sections are validated per ``kind`` (see ``validate_kind``)."""
 
     engines: dict[Name, dict[str, Any]] = Field(default_factory=dict)
-    backends: dict[Name, dict[str, Any]] = Field(min_length=1)
+    backends: dict[Name, dict[str, Any]]
     policy: dict[str, Any] | None = None
     pricing: dict[str, ModelPrice] = Field(default_factory=dict)
     telemetry: TelemetryConfig = TelemetryConfig()
@@ -75,6 +76,14 @@ class RouterConfig(_Frozen):
         # reprs and logs.
         for name, value in super().__repr_args__():
             yield name, _section_redacted(name, value) if name in _RAW_SECTIONS else value
+
+    @field_validator("backends")
+    @classmethod
+    def _some_backend(cls, backends: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not backends:  # pydantic said "Dictionary should have at least 1 item after validation, not 0"
+            raise ValueError("no backend is configured: a router needs at least one (backends: {NAME: {kind: "
+                             "prompt_template, ...}}), also one used only to ingest or to read its knowledge")
+        return backends
 
     @model_validator(mode="before")
     @classmethod

@@ -143,3 +143,14 @@ def test_bench_locates_config_errors_as_generate_does(gemini_server, tmp_path, c
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
     assert rows and all(row["error"].endswith(f" ({late}, line 4)") for row in rows)
     assert not gemini_server.requests
+
+
+def test_a_config_with_no_backend_says_what_is_missing_where(tmp_path):
+    # A config only used to ingest, with `backends: {}`, read pydantic's "Dictionary should have at least 1 item
+    # after validation, not 0": genroute's words say what is missing, at the line that writes it.
+    path = tmp_path / "ingest.yaml"
+    path.write_text("knowledge:\n  embedder: {kind: local}\nbackends: {}\n", encoding="utf-8")
+    error = _error(path)
+    assert (error.field, error.file, error.line) == ("backends", str(path), 3)
+    assert error.message.startswith("no backend is configured: a router needs at least one (backends: {NAME: ")
+    assert "Dictionary" not in str(error)
