@@ -696,6 +696,28 @@ def test_a_run_that_diverges_leaves_no_adapter_and_no_backend(tmp_path: Path,
     assert list(tmp_path.iterdir()) == [data]
 
 
+@pytest.mark.slow
+@pytest.mark.local
+def test_tune_local_writes_no_library_warning_to_the_terminal(tmp_path: Path) -> None:
+    # peft reads transformers' deprecated `is_gradient_checkpointing`: "FutureWarning: `is_gradient_checkpointing` is
+    # deprecated and will be removed in v6" reached the terminal of every `genroute tune --local`. A fresh process,
+    # warnings at Python's defaults (pytest records them instead of printing them).
+    import os
+    import subprocess
+    import sys
+
+    for module in ("torch", "transformers", "peft", "gguf", "llama_cpp"):
+        pytest.importorskip(module, reason="local tuning needs the tune-local and local extras")
+    data = write_lines(tmp_path / "d.jsonl", [{"input": x, "output": TARGET} for x in TINY_INPUTS])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    done = subprocess.run([sys.executable, "-m", "genroute.cli", "tune", "--local", str(data), "--config",
+                           str(tmp_path / "c.yaml"), "--name", "t", "--max-steps", "1", "--threads", "1",
+                           "--batch-size", "2", "--rank", "2", "--max-seq-len", "32"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "is_gradient_checkpointing" not in done.stderr, done.stderr
+
+
 def test_bad_data_is_rejected_before_training(tmp_path: Path) -> None:
     from genroute.tuning.local_lora import tune_local
 

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import shutil
-import warnings
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
@@ -55,9 +54,7 @@ def train_review_adapter(cache: Path) -> dict[str, Any]:
 
     work = cache / f".review-lora.{os.getpid()}.tmp"
     try:
-        with as_file(files("genroute.demo") / "data" / TRAIN_DATA) as data, warnings.catch_warnings():
-            # peft calls a transformers API deprecated in v5; nothing a demo user can act on.
-            warnings.simplefilter("ignore", FutureWarning)
+        with as_file(files("genroute.demo") / "data" / TRAIN_DATA) as data:
             result = tune_local(data, work, config=LocalTuneConfig(**tune_options()))
         summary = result.model_dump(mode="json")
         summary["adapter_path"] = str(adapter_path(cache))

@@ -6,6 +6,7 @@ import math
 import random
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,9 +56,14 @@ def train_lora(model: Any, train_rows: Sequence[Row], val_rows: Sequence[Row], c
     try:
         torch.manual_seed(config.seed)
         model.config.use_cache = False
-        peft_model = get_peft_model(model, LoraConfig(
-            r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-            target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM"))
+        with warnings.catch_warnings():
+            # peft reads transformers' `is_gradient_checkpointing`, deprecated in transformers 5: a FutureWarning on
+            # every run (it reached the terminal of `genroute tune --local`) that no setting of the user's can change.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            peft_model = get_peft_model(model, LoraConfig(
+                r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM"))
         net = peft_model.get_base_model()
         trainable = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
