@@ -20,6 +20,7 @@ from genroute.outcomes.shared import SharedOutcomeStore
 from genroute.outcomes.stats import outcome_stats, training_rows
 from genroute.outcomes.store import OutcomeStore
 
+from .held_calls import Held, cancel_first_read
 from .read_only_files import read_only  # noqa: F401
 from .redis_fixtures import redis_server, redis_session  # noqa: F401
 from .test_outcome_trim import stores  # noqa: F401  (a writer's and a reader's handle: memory, a real Redis)
@@ -183,43 +184,13 @@ async def test_a_cancelled_refresh_keeps_the_running_statistics_until_its_fold_e
     # The fold runs on a worker thread, which a cancellation cannot stop: a refresh cancelled meanwhile let go of the
     # lock at once while its fold went on, and the next refresh folded at the same time, over the same records and
     # groups. A wrapped fold holds the first on its thread until the second refresh folds too or waits for the lock.
-    import asyncio
-    import threading
-
     store = OutcomeStore(tmp_path / "outcomes.db")
     store.upsert_many_sync([record(f"r{i}", local=free(float(i % 2))) for i in range(4)])
     running = RunningOutcomes(store, min_n=1)
-    fold = running._fold
-    entered, go, mutex = threading.Event(), threading.Event(), threading.Lock()
-    folding: list[int] = []  # folds running when each fold started
-    active = [0]
-
-    def held_fold(changes: Any) -> Any:
-        with mutex:
-            folding.append(active[0])
-            active[0] += 1
-        try:
-            if len(folding) == 1:
-                entered.set()
-                go.wait(30)
-            return fold(changes)
-        finally:
-            with mutex:
-                active[0] -= 1
-
-    running._fold = held_fold  # type: ignore[method-assign]
-    first = asyncio.create_task(running.read())
-    assert await asyncio.to_thread(entered.wait, 30)
-    first.cancel()
-    second = asyncio.create_task(running.read())
-    end = asyncio.get_running_loop().time() + 30
-    while len(folding) < 2 and not running._lock._waiters and asyncio.get_running_loop().time() < end:
-        await asyncio.sleep(0)  # until the second refresh folds beside the first, or waits for the lock
-    go.set()
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    await second
-    assert folding == [0, 0]  # never two folds at once
+    held = Held(running._fold)
+    running._fold = held  # type: ignore[method-assign]
+    await cancel_first_read(held, running.read, running._lock)
+    assert held.overlaps == [0, 0]  # never two folds at once
     await same_as_full_read(running, store)
 
 

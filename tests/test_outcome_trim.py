@@ -21,6 +21,7 @@ from genroute.state import RedisStateConfig, StateStore
 from genroute.state.memory import MemoryStateStore
 from genroute.state.redis_store import RedisStateStore
 
+from .held_calls import Held, cancel_first_read
 from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
 from .state_worker import run_together, spawn
 from .test_outcomes import config
@@ -253,42 +254,13 @@ async def test_a_cancelled_read_leaves_the_view_to_its_merge_until_the_merge_end
     # meanwhile let go of the lock at once while its merge went on, and the next read merged the same page again at
     # the same time (or iterated the view while it changed: "dictionary changed size during iteration"). A wrapped
     # merge holds the first on its thread until the second read merges too or waits for the lock.
-    import threading
-
     writer = SharedOutcomeStore(stores[0], max_items=1000)
     reader = SharedOutcomeStore(stores[1], max_items=1000)
     for i in range(150):
         await writer.upsert(record(f"r{i:03}", score=float(i % 2)))
-    merge = reader._merge
-    entered, go, mutex = threading.Event(), threading.Event(), threading.Lock()
-    merging: list[int] = []  # merges running when each merge started
-    active = [0]
-
-    def held_merge(written: list[Any]) -> None:
-        with mutex:
-            merging.append(active[0])
-            active[0] += 1
-        try:
-            if len(merging) == 1:
-                entered.set()
-                go.wait(30)
-            merge(written)
-        finally:
-            with mutex:
-                active[0] -= 1
-
-    reader._merge = held_merge  # type: ignore[method-assign]
-    first = asyncio.create_task(reader.records())
-    assert await asyncio.to_thread(entered.wait, 30)
-    first.cancel()
-    second = asyncio.create_task(reader.records())
-    end = asyncio.get_running_loop().time() + 30
-    while len(merging) < 2 and not reader._lock._waiters and asyncio.get_running_loop().time() < end:
-        await asyncio.sleep(0)  # until the second read merges beside the first, or waits for the lock
-    go.set()
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    found = await second
-    assert merging[:2] == [0, 0]  # never two merges at once
+    held = Held(reader._merge)
+    reader._merge = held  # type: ignore[method-assign]
+    found = await cancel_first_read(held, reader.records, reader._lock)
+    assert held.overlaps[:2] == [0, 0]  # never two merges at once
     assert [r.id for r in found] == [f"r{i:03}" for i in range(150)]
     assert [r.outcomes["chat"].score for r in found] == [float(i % 2) for i in range(150)]
