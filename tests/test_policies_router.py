@@ -187,3 +187,32 @@ async def test_a_backend_added_while_refresh_reads_facts_stays_in_the_catalogue(
         await refreshing
         assert set(router.catalogue) == {"small", "big", "extra"}
         assert router.catalogue["small"].facts == slow.facts()
+
+
+async def test_one_backend_failing_to_reload_costs_only_its_own_facts(gemini_server) -> None:
+    # A backend whose reload raised during refresh skipped every backend's facts (and the policy's refresh): one
+    # backend's store being down left the others' facts stale. Now the others refresh and the failure is raised.
+    from genroute.backends.prompt_template import PromptTemplateBackend
+
+    class Broken(PromptTemplateBackend):
+        async def reload(self) -> None:
+            raise OSError("its store is down")
+
+    class Counting(PromptTemplateBackend):
+        reads = 0
+
+        def facts(self) -> dict[str, Any]:
+            Counting.reads += 1
+            return {**super().facts(), "reads": Counting.reads}
+
+    config = two_backends(gemini_server, {"kind": "static", "backend": "small"})
+    async with await Router.acreate(config) as router:
+        small, big = router.backends["small"], router.backends["big"]
+        router.backends["small"] = Broken("small", small.config, small.resources)
+        router.backends["big"] = Counting("big", big.config, big.resources)
+        before = router.catalogue["small"]
+        with pytest.raises(OSError, match="its store is down") as raised:
+            await router.arefresh()
+        assert router.catalogue["big"].facts["reads"] == 1  # refreshed despite small's failure
+        assert router.catalogue["small"] is before  # kept as it was
+        assert any("['small']" in note for note in raised.value.__notes__)  # the failure names its backend

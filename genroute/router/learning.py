@@ -58,7 +58,7 @@ class Learning:
     #: The gates every attempt passes (breakers, rate limits, the policy's budgets); ``None`` when there are none.
     _gated: Admission | None
 
-    async def _refresh_facts(self) -> None: ...
+    async def _refresh_facts(self) -> Exception | None: ...
 
     def _build_gates(self) -> None: ...
 
@@ -130,7 +130,13 @@ class Learning:
         Returns whether the policy changed.
         """
         self._refuse_closed()
-        await self._refresh_facts()
+        failed = await self._refresh_facts()  # one backend's failed reload costs only its own facts: raised last
+        changed = await self._refresh_policy()
+        if failed is not None:
+            raise failed
+        return changed
+
+    async def _refresh_policy(self) -> bool:
         promoted = await self._apply_promotions()
         recorder = self._executor.outcomes
         if recorder is None or self.outcome_settings is None:
