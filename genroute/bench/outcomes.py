@@ -228,7 +228,8 @@ def read_outcome_records(source: str | Path | Iterable[Mapping[str, Any] | BaseM
                 OutcomeRecord, raw.model_dump() if isinstance(raw, BaseModel) else raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise UsageError(number_refusal(where, first) or f"{where}: {error_at(first)}: {first['msg']}",
+            at = error_at(first)  # "" for the record as a whole (a task that is no text)
+            raise UsageError(number_refusal(where, first) or f"{where}: {at + ': ' if at else ''}{first['msg']}",
                              field=field) from None
         if not (record.input or "").strip():
             raise UsageError(f"{where}: input: a router needs the request text (record without captured input)",

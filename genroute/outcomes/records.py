@@ -20,9 +20,11 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from genroute.bounds import Number, WholeNumber
 from genroute.errors import UsageError
+from genroute.jsonl import whole_text
 from genroute.public_model import PublicModel
 
 
@@ -66,6 +68,15 @@ class OutcomeRecord(PublicModel):
             if metadata is None or isinstance(metadata, Mapping):
                 lifted = {k: data[k] for k in ("id", "task") if data.get(k) is not None}
                 data = {**data, "metadata": {**(metadata or {}), **lifted}}
+        # A task reads as the bench's and the tuning reader read it (whole_text): 3 is "3"; 3.0 or true is no task.
+        metadata = data.get("metadata") if isinstance(data, Mapping) else None
+        if isinstance(metadata, Mapping) and metadata.get("task") is not None:
+            task = whole_text(metadata["task"])
+            if not isinstance(task, str):
+                key = "task" if data.get("task") is not None else "metadata.task"
+                raise PydanticCustomError("task", "{key}: must be a string or a whole number, got {kind} ({value})",
+                                          {"key": key, "kind": type(task).__name__, "value": _shown(task)[:40]})
+            data = {**data, "metadata": {**metadata, "task": task}}
         return data
 
     @property
@@ -77,7 +88,7 @@ class OutcomeRecord(PublicModel):
     def task(self) -> str | None:
         """The request's task, if it had one."""
         task = self.metadata.get("task")
-        return None if task is None else str(task)
+        return None if task is None else str(task)  # text (or None) since validation, as whole_text read it
 
     def merged(self, other: OutcomeRecord) -> OutcomeRecord:
         """This record with ``other``'s fields added: per backend, ``other``'s set values win."""
