@@ -44,3 +44,12 @@ def test_an_outcome_matrix_reads_a_whole_number_task_as_the_bench_does(tmp_path:
                                          f"got {shown}")
     with pytest.raises(UsageError):
         OutcomeRecord.model_validate({"metadata": {"task": 3.0}})
+
+
+def test_an_icl_backend_counts_a_stored_task_tag_by_the_same_rule() -> None:
+    """ICL counted each stored example under ``str(tag)``: an example stored tagged 3.0 or true (before example files
+    were checked) taught a task "3.0" or "True" that no request can name, as no other reader reads one."""
+    from genroute.backends.icl import example_task, task_counts
+
+    stored = [{"metadata": json.dumps({"task": tag})} for tag in (3, "3", 3.0, True)] + [{}]
+    assert task_counts([example_task(meta) for meta in stored], ("faq",)) == {"faq": 1, "3": 2}

@@ -27,6 +27,7 @@ from genroute.backends.base import BackendConfig, BackendOutput, Prepared, Singl
 from genroute.backends.templating import check_template, compile_template, render
 from genroute.engines.gemini_cache import ContextCacheSettings, PrefixCaches, cache_gone
 from genroute.errors import BackendRejected
+from genroute.jsonl import whole_text
 from genroute.types import GenerateRequest
 
 if TYPE_CHECKING:
@@ -327,10 +328,13 @@ class IclBackend(SingleCallBackend):
 def task_counts(tags: list[Any], tasks: tuple[str, ...]) -> dict[str, int]:
     """Examples per task, from each example's own task (``example_task``; None: untagged): its own if it has one,
     else each of the backend's configured ``tasks`` (a collection made for those tasks). Untagged examples of a
-    backend without tasks count for no task: nothing says which task they teach."""
+    backend without tasks count for no task: nothing says which task they teach. A tag reads as every reader reads a
+    task (``whole_text``): 3 is task "3"; one that is no text (3.0, true: stored before example files were checked)
+    counts for no task."""
     counts = dict.fromkeys(tasks, 0)
-    for task in tags:
-        for name in [str(task)] if task is not None else tasks:
+    for tag in tags:
+        task = whole_text(tag)
+        for name in tasks if task is None else [task] if isinstance(task, str) else []:
             counts[name] = counts.get(name, 0) + 1
     return counts
 
