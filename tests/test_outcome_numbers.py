@@ -81,3 +81,14 @@ def test_an_outcome_file_reads_whole_float_tokens_and_names_fractional_ones(tmp_
     with pytest.raises(UsageError) as refused:
         read_outcome_file(path)
     assert refused.value.message == "m.jsonl:2: outcomes.b.input_tokens: must be a whole number, not 12.5"
+
+
+@pytest.mark.parametrize("score", [1.5, -0.25])
+def test_a_results_row_scored_outside_0_1_is_refused_as_an_outcome_side_is(tmp_path: Path, score: float) -> None:
+    """A results.jsonl row scored 1.5 was read (and averaged into its target's mean and CI), while an outcome matrix
+    refuses that score and no scorer gives one (``Scorer.checked`` refuses it)."""
+    row = {"backend": "b", "record_id": "r1", "ok": True, "scorer": "exact", "score": score}
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(UsageError) as refused:
+        load_outcomes(tmp_path)
+    assert refused.value.message.startswith(f"{tmp_path / 'results.jsonl'}:1: not a results row (score: ")

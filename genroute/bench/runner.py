@@ -41,7 +41,7 @@ SCORING_ERRORS = frozenset({"ScorerError", "JudgeError"})
 class Outcome(PublicModel):
     """How one target did on one record (one line of ``results.jsonl``)."""
 
-    # Finite numbers only, and no cost, latency or token count below 0, as an outcome side's
+    # Finite numbers only, a score in [0, 1] and no cost, latency or token count below 0, as an outcome side's
     # (outcomes.records.check_sides): a row's NaN score or infinite cost, read back from results.jsonl, turned every
     # mean and CI of its target into NaN or inf, and a negative cost paid back the target's other rows.
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -50,7 +50,7 @@ class Outcome(PublicModel):
     record_id: str
     task: str | None = None
     ok: bool
-    score: Number = 0.0
+    score: Number = Field(default=0.0, ge=0, le=1)  # as a scorer returns it (Scorer.checked) and a side holds it
     scorer: str
     answer: str = ""
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
