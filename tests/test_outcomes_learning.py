@@ -406,3 +406,32 @@ def test_a_stats_file_spells_no_input_keys_one_way_and_reads_both_old_spellings(
         path.write_text(json.dumps({"version": 1, "tasks": {}, "input_keys": old}))
         assert BenchStats.load(path).input_keys is None
     assert BenchStats.model_validate({"version": 1}).input_keys is None
+
+
+def test_a_scheduled_refresh_whose_backend_failed_to_reload_names_the_backend(gemini_server, tmp_path, caplog):
+    """A refresh where one backend's reload fails names it on the error (an exception note); the scheduled refresh's
+    warning printed only the error's text, so the log did not say which backend's store was down."""
+    import asyncio
+    import logging
+
+    from genroute.backends.prompt_template import PromptTemplateBackend
+
+    class Broken(PromptTemplateBackend):
+        async def reload(self) -> None:
+            raise OSError("its store is down")
+
+    async def main() -> None:
+        policy = {"kind": "static", "backend": "chat"}
+        async with await Router.acreate(router_config(gemini_server, tmp_path, policy, refresh_every_s=0.1)) as router:
+            pro = router.backends["pro"]
+            router.backends["pro"] = Broken("pro", pro.config, pro.resources)
+            await router.agenerate("start the schedule", task="t")  # the first request starts the refresher
+            for _ in range(600):  # at most 60 s (a loaded machine): a refresh is due every 0.1 s
+                if any("scheduled refresh failed" in r.getMessage() for r in caplog.records):
+                    return
+                await asyncio.sleep(0.1)
+
+    with caplog.at_level(logging.WARNING, logger="genroute"):
+        asyncio.run(main())
+    warned = [r.getMessage() for r in caplog.records if "scheduled refresh failed" in r.getMessage()]
+    assert warned and "its store is down" in warned[0] and "['pro']" in warned[0], warned

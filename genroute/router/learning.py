@@ -203,7 +203,8 @@ class Learning:
                     if isinstance(exc, StateUnavailable) and name == "promotions":
                         continue  # the store warns of its outage itself (once a minute), with what to do
                     if name == "refresh":
-                        _log.warning("scheduled refresh failed: %s: %s", type(exc).__name__, exc)
+                        notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))  # which backend
+                        _log.warning("scheduled refresh failed: %s: %s%s", type(exc).__name__, exc, notes)
                     elif clock() >= quiet_until:
                         quiet_until = clock() + 60.0
                         _log.warning("reading the promotions recorded in the state store failed (retried every "
