@@ -1,7 +1,7 @@
 """Do a bench report's verdicts hold their level? Simulated paired scores through genroute's own statistics.
 
     nice -n 10 python benchmarks/verdict_calibration.py [--runs 1000] [--family-runs 200] [--workers 2] [--seed 0]
-    nice -n 10 python benchmarks/verdict_calibration.py --unpaired [--unpaired-runs 2000]   # table 4 alone
+    nice -n 10 python benchmarks/verdict_calibration.py --unpaired [--unpaired-runs 2000] [--binary-only]  # table 4
 
 Each run draws the scores of backends on ``n`` records (n = 20, 30, 50, 100, 340, 1,000) from a known truth and
 reads what genroute reports about them: ``compare_paired`` (its CI and its verdict, ``min_n`` = ``MIN_PAIRED_N`` as
@@ -80,6 +80,8 @@ UNPAIRED: dict[str, tuple[str, float, float, float]] = {
     "F1-like equal means, A all-or-nothing": ("graded", -1.0, 0.0, 0.0),
     "F1-like +0.05": ("graded", 0.05, 0.0, 0.05),
     "F1-like +0.10": ("graded", 0.10, 0.0, 0.10),
+    "0/1 0.50 vs 0.50": ("binary", 0.50, 0.50, 0.0),
+    "0/1 0.80 vs 0.80": ("binary", 0.80, 0.80, 0.0),
 }
 #: (records of arm A, of arm B): equal arms, and the unequal ones of a 1:5 and 1:6 split, either way round.
 ARMS = ((20, 20), (30, 30), (50, 50), (100, 100), (300, 300), (20, 100), (100, 20), (50, 300))
@@ -209,9 +211,10 @@ def unpaired_job(job: tuple[str, int, int, int, int, int]) -> list[tuple[bool, b
     return out
 
 
-def unpaired_tables(runs: int, workers: int, seed: int) -> None:
-    """Table 4: ``compare_unpaired``'s CI over every UNPAIRED row and ARMS size."""
-    jobs = [(name, n_a, n_b, s, e, seed) for name in UNPAIRED for n_a, n_b in ARMS for s, e in chunks(runs)]
+def unpaired_tables(runs: int, workers: int, seed: int, kinds: tuple[str, ...] = ("binary", "graded")) -> None:
+    """Table 4: ``compare_unpaired``'s CI over every UNPAIRED row of ``kinds`` and ARMS size."""
+    names = [name for name, row in UNPAIRED.items() if row[0] in kinds]
+    jobs = [(name, n_a, n_b, s, e, seed) for name in names for n_a, n_b in ARMS for s, e in chunks(runs)]
     by_cell: dict[tuple[str, int, int], list[Any]] = {}
     with ProcessPoolExecutor(workers) as pool:
         for job, result in zip(jobs, pool.map(unpaired_job, jobs), strict=True):
@@ -221,7 +224,7 @@ def unpaired_tables(runs: int, workers: int, seed: int) -> None:
     def rows(pick: Any) -> None:
         print(header)
         print("|---|" + "---:|" * len(ARMS))
-        for name in UNPAIRED:
+        for name in names:
             cells = [by_cell[(name, n_a, n_b)] for n_a, n_b in ARMS]
             print(f"| {name} | " + " | ".join(share(sum(1 for r in c if pick(r)), len(c)) for c in cells) + " |")
 
@@ -270,10 +273,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unpaired", action="store_true", help="only table 4, compare_unpaired (split arms)")
     parser.add_argument("--unpaired-runs", type=int, default=2000, help="simulated comparisons per table 4 cell")
+    parser.add_argument("--binary-only", action="store_true", help="table 4's 0/1 rows alone")
     args = parser.parse_args()
     if args.unpaired:
         started = time.perf_counter()
-        unpaired_tables(args.unpaired_runs, args.workers, args.seed)
+        unpaired_tables(args.unpaired_runs, args.workers, args.seed,
+                        ("binary",) if args.binary_only else ("binary", "graded"))
         print(f"\n{time.perf_counter() - started:.0f} s")
         return 0
     sizes = tuple(int(n) for n in args.sizes.split(","))

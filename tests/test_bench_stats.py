@@ -99,10 +99,14 @@ def test_graded_scores_get_the_t_interval_quality_ci() -> None:
 
 
 def test_newcombe_intervals_match_the_published_examples() -> None:
-    from genroute.bench.intervals import newcombe_paired_ci, newcombe_unpaired_ci
+    from genroute.bench.intervals import newcombe_paired_ci, newcombe_unpaired_ci, wilson_ci
 
-    # Newcombe (1998), independent proportions 56/70 vs 48/80: 0.0524 to 0.3339.
-    assert newcombe_unpaired_ci([1] * 56 + [0] * 14, [1] * 48 + [0] * 32) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    # Newcombe (1998), independent proportions 56/70 vs 48/80, continuity-corrected (method 11): 0.0428 to 0.3422
+    # (without the correction, method 10: 0.0524 to 0.3339); one proportion (method 4): 81/263, 0/20 and 29/29.
+    assert newcombe_unpaired_ci([1] * 56 + [0] * 14, [1] * 48 + [0] * 32) == pytest.approx((0.0428, 0.3422), abs=1e-4)
+    assert wilson_ci(81, 263, continuity=True) == pytest.approx((0.2535, 0.3682), abs=1e-4)
+    assert wilson_ci(0, 20, continuity=True) == pytest.approx((0.0, 0.2005), abs=1e-4)
+    assert wilson_ci(29, 29, continuity=True) == pytest.approx((0.8544, 1.0), abs=1e-4)
     # Fagerland, Lydersen & Laake, paired 2x2 table (Cavo et al. 2012): 59 both, 6 A only, 16 B only, 80 neither.
     a, b = [1] * 59 + [1] * 6 + [0] * 16 + [0] * 80, [1] * 59 + [0] * 6 + [1] * 16 + [0] * 80
     assert newcombe_paired_ci(a, b) == pytest.approx((-0.1186, -0.0046), abs=1e-4)

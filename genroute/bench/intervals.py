@@ -4,9 +4,13 @@ The bootstrap of 0/1 scores has no width when every record agrees (all right: [1
 [0, 0]), and is too narrow near 0 and 1 at the sample sizes a benchmark or a graduation has:
 
 - ``exact_binomial_ci``: one proportion, Clopper-Pearson (at least ``level`` at any n);
-- ``wilson_ci``: one proportion, Wilson's score interval (the building block of the two below);
+- ``wilson_ci``: one proportion, Wilson's score interval, ``continuity``-corrected or not (the building block of the
+  two below);
 - ``newcombe_unpaired_ci``: ``mean(a) - mean(b)`` of two independent samples, Newcombe's hybrid score
-  interval (Newcombe 1998, method 10);
+  interval with continuity correction (Newcombe 1998, method 11): each side misses the truth at most ~2.5 % of the
+  time at 20-300 records an arm, equal or not, near 0.5 or 1 (enumerated over every outcome: at most 2.56 %);
+  without the correction (method 10) the side toward the smaller arm's extreme missed it up to 4.0 % of the time at
+  100 vs 20 near a perfect score (benchmarks/RESULTS.md, split mode's CI);
 - ``newcombe_paired_ci``: ``mean(a - b)`` on the same records, Newcombe's square-and-add interval for paired
   proportions with his corrected correlation (Newcombe 1998, as in Fagerland, Lydersen & Laake, ch. 8).
 
@@ -48,10 +52,18 @@ def exact_binomial_ci(successes: int, n: int, *, level: float = 0.95) -> tuple[f
     return lowest(successes), 1.0 - lowest(n - successes)
 
 
-def wilson_ci(successes: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
-    """Wilson's score interval of a proportion (``n`` >= 1)."""
+def wilson_ci(successes: int, n: int, *, level: float = 0.95, continuity: bool = False) -> tuple[float, float]:
+    """Wilson's score interval of a proportion (``n`` >= 1); ``continuity``: with Yates' continuity correction
+    (Newcombe 1998, method 4; a bound at 0 or 1 when every record is wrong or right)."""
     z = NormalDist().inv_cdf((1 + level) / 2)
     p = successes / n
+    if continuity:
+        q, zz, scale = 1 - p, z * z, 2 * (n + z * z)
+        low = 0.0 if successes <= 0 else (2 * n * p + zz - 1 - z * math.sqrt(max(zz - 2 - 1 / n + 4 * p * (n * q + 1),
+                                                                              0.0))) / scale
+        high = 1.0 if successes >= n else (2 * n * p + zz + 1 + z * math.sqrt(max(zz + 2 - 1 / n + 4 * p * (n * q - 1),
+                                                                                0.0))) / scale
+        return max(0.0, low), min(1.0, high)
     scale = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / scale
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale
@@ -59,10 +71,11 @@ def wilson_ci(successes: int, n: int, *, level: float = 0.95) -> tuple[float, fl
 
 
 def newcombe_unpaired_ci(a: Sequence[float], b: Sequence[float], *, level: float = 0.95) -> tuple[float, float]:
-    """Newcombe's hybrid score interval of ``mean(a) - mean(b)`` for two independent samples of 0/1 scores."""
+    """Newcombe's hybrid score interval of ``mean(a) - mean(b)`` for two independent samples of 0/1 scores, from
+    each arm's continuity-corrected Wilson interval (Newcombe 1998, method 11)."""
     pa, pb = sum(a) / len(a), sum(b) / len(b)
-    la, ua = wilson_ci(round(sum(a)), len(a), level=level)
-    lb, ub = wilson_ci(round(sum(b)), len(b), level=level)
+    la, ua = wilson_ci(round(sum(a)), len(a), level=level, continuity=True)
+    lb, ub = wilson_ci(round(sum(b)), len(b), level=level, continuity=True)
     d = pa - pb
     return (max(-1.0, d - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2)),
             min(1.0, d + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)))
