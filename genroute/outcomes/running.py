@@ -7,7 +7,7 @@ recomputes only the entries (task, backend) those records touched: the result eq
 
 It keeps every record for the process's life, so not as the parsed ``OutcomeRecord`` (~5 KB a record with its
 metadata, ~9x its JSON): only what the statistics and the training rows read of it (its place, task, captured
-input, and each side's figures in slots: ~1 KB; benchmarks/RESULTS.md, "RunningOutcomes memory").
+input, and each side's figures as a tuple of numbers: ~1 KB; benchmarks/RESULTS.md, "RunningOutcomes memory").
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Set
 from typing import TYPE_CHECKING, Any
 
 from genroute.outcomes.changes import Changes, Key, Place
-from genroute.outcomes.stats import backend_stats, has_cost, stats_of, training_rows
+from genroute.outcomes.stats import backend_stats, stats_of, training_rows
 from genroute.policies.stats import ANY_TASK
 from genroute.runtime.locks import LoopsLock
 from genroute.runtime.threads import to_thread_to_end
@@ -29,23 +29,34 @@ if TYPE_CHECKING:
     from genroute.policies.stats import BackendStats, BenchStats
 
 Group = tuple[str, str]  # (task, backend)
-#: The fields a side was written with, as far as the statistics ask (``has_cost``, ``has_latency``): shared.
-_SET = {(cost, latency): frozenset({"cost_usd"} if cost else set()) | ({"latency_s"} if latency else set())
-        for cost in (False, True) for latency in (False, True)}
+#: The fields a side was written with, as far as the statistics ask (``has_cost``, ``has_latency``), by its
+#: ``Figures``' last number (1: cost_usd written, 2: latency_s): shared.
+_SET = [frozenset({"cost_usd"} if written & 1 else set()) | ({"latency_s"} if written & 2 else set())
+        for written in range(4)]
+#: A side as the statistics read it, kept as a plain tuple of strings and numbers: backend, score, cost_usd,
+#: latency_s, cloud_equivalent_cost_usd, input_tokens, output_tokens, and which of cost_usd (1) and latency_s (2)
+#: were written. The collector untracks such a tuple; an object of its own a side (and the tuples holding it) was
+#: scanned at every full collection, which made the first full fold of 100,000 records ~1.4 s slower
+#: (benchmarks/RESULTS.md, "RunningOutcomes memory").
+Figures = tuple[str, float | None, float, float, float | None, int, int, int]
 
 
-class _Figures:
-    """A side as the statistics read it (``SideFigures``)."""
+def _figures(backend: str, side: Side) -> Figures:
+    written = side.model_fields_set
+    return (sys.intern(backend), side.score, side.cost_usd, side.latency_s, side.cloud_equivalent_cost_usd,
+            side.input_tokens, side.output_tokens, ("cost_usd" in written) | 2 * ("latency_s" in written))
+
+
+class _Side:
+    """A side's ``Figures`` as the statistics read them (``SideFigures``): made for one computation, not kept."""
 
     __slots__ = ("score", "cost_usd", "latency_s", "cloud_equivalent_cost_usd", "input_tokens", "output_tokens",
                  "model_fields_set")
 
-    def __init__(self, side: Side) -> None:
-        written = side.model_fields_set
-        self.score, self.cost_usd, self.latency_s = side.score, side.cost_usd, side.latency_s
-        self.cloud_equivalent_cost_usd = side.cloud_equivalent_cost_usd
-        self.input_tokens, self.output_tokens = side.input_tokens, side.output_tokens
-        self.model_fields_set: Set[str] = _SET["cost_usd" in written, "latency_s" in written]
+    def __init__(self, figures: Figures) -> None:
+        (_, self.score, self.cost_usd, self.latency_s, self.cloud_equivalent_cost_usd, self.input_tokens,
+         self.output_tokens, written) = figures
+        self.model_fields_set: Set[str] = _SET[written]
 
 
 class _Held:
@@ -58,11 +69,11 @@ class _Held:
         self.key, self.id, self.input = key, record.id, record.input
         task = record.task
         self.task = None if task is None else sys.intern(task)
-        self.sides = tuple((sys.intern(backend), _Figures(side)) for backend, side in record.outcomes.items())
+        self.sides = tuple(_figures(backend, side) for backend, side in record.outcomes.items())
 
     @property
-    def outcomes(self) -> dict[str, _Figures]:
-        return dict(self.sides)
+    def outcomes(self) -> dict[str, _Side]:
+        return {figures[0]: _Side(figures) for figures in self.sides}
 
 
 class RunningOutcomes:
@@ -75,7 +86,7 @@ class RunningOutcomes:
         self.full_reads = 0
         self._place: Place | None = None
         self._records: dict[str, _Held] = {}
-        self._groups: dict[Group, dict[str, _Figures]] = {}  # scored sides by task and backend, by record id
+        self._groups: dict[Group, dict[str, Figures]] = {}  # scored sides by task and backend, by record id
         self._entries: dict[Group, tuple[tuple[Key, int], BackendStats | None]] = {}  # (first side, entry)
         self._dirty: set[Group] = set()
         self._priced = 0  # sides with a recorded cost of either kind
@@ -108,8 +119,9 @@ class RunningOutcomes:
         for group in sorted(self._dirty):
             ids = sorted(self._groups[group], key=lambda id: self._records[id].key)
             first = self._records[ids[0]]
-            entry = backend_stats(*group, [self._groups[group][id] for id in ids], cloud=cloud, min_n=self.min_n)
-            self._entries[group] = ((first.key, [backend for backend, _ in first.sides].index(group[1])), entry)
+            sides = self._groups[group]
+            entry = backend_stats(*group, [_Side(sides[id]) for id in ids], cloud=cloud, min_n=self.min_n)
+            self._entries[group] = ((first.key, [figures[0] for figures in first.sides].index(group[1])), entry)
         self._dirty.clear()
         if self._rows is None:
             ordered = sorted(self._records.values(), key=lambda held: held.key)
@@ -143,11 +155,12 @@ class RunningOutcomes:
     def _count(self, record: _Held, sign: int) -> None:
         """Add (``sign`` 1) or take away (-1) ``record``'s sides."""
         self._rows = None
-        for backend, side in record.sides:
-            if has_cost(side, cloud=False) or has_cost(side, cloud=True):
+        for side in record.sides:
+            backend, score, cost, _, cloud_cost, _, _, written = side
+            if written & 1 or cloud_cost is not None:  # has_cost, measured or cloud-equivalent
                 self._priced += sign
-                self._free += sign * (side.cost_usd == 0 and side.cloud_equivalent_cost_usd is not None)
-            if side.score is None:
+                self._free += sign * (cost == 0 and cloud_cost is not None)
+            if score is None:
                 continue
             group = (record.task or ANY_TASK, backend)
             self._dirty.add(group)
