@@ -5,9 +5,10 @@ Every comparison is paired: ``a[i]`` and ``b[i]`` are the scores of the two back
 
 - ``compare_unpaired``: means and a CI of their difference: Newcombe's hybrid score interval with continuity
   correction for 0/1 scores (without it, the lower bound a split promotion reads was above the truth 3.6-3.9 % of
-  the time at 100 vs 20 records near a perfect score instead of 2.5 %), else Welch's t interval with Hsu's degrees of freedom (``genroute.bench.t_interval.welch_interval``: the two-sample
-  percentile bootstrap's held the true difference of token-F1-like scores 93.3 % of the time at 20 records an arm and
-  93.5 % at 20 vs 100, ``benchmarks/verdict_calibration.py --unpaired``).
+  the time at 100 vs 20 records near a perfect score instead of 2.5 %), else Welch's t interval with Hsu's degrees of
+  freedom (``genroute.bench.t_interval.welch_interval``: the two-sample percentile bootstrap's held the true
+  difference of token-F1-like scores 93.3 % of the time at 20 records an arm and 93.5 % at 20 vs 100,
+  ``benchmarks/verdict_calibration.py --unpaired``).
 - ``quality_ci``: the CI of one backend's mean score: exact (Clopper-Pearson, ``exact_binomial_ci``) for 0/1
   scores, whose percentile bootstrap is [1, 1] when every record was right; Student's t interval for other
   scores (``genroute.bench.t_interval``: the percentile bootstrap's was too narrow at small n).
@@ -333,10 +334,10 @@ def compare_unpaired(a_scores: Sequence[float], b_scores: Sequence[float], *, a:
 
     The CI is Newcombe's hybrid score interval with continuity correction for 0/1 scores (each side holds its
     ``(1 - level) / 2`` near 0.5 or 1, arms equal or not: ``genroute.bench.intervals``), else Welch's t interval
-    (Hsu's ``min(n_a, n_b) - 1`` degrees of freedom, ``welch_interval``), within [-1, 1] for scores in [0, 1] (``n_boot`` and ``seed`` are
-    checked, and no longer used); (0, 0) when an arm has no score. No verdict is given here (graduation applies its
-    own rule to the CI); scores must be finite and ``level`` / ``n_boot`` valid, as for ``compare_paired``
-    (``UsageError`` naming ``scores`` / ``level`` / ``n_boot``).
+    (Hsu's ``min(n_a, n_b) - 1`` degrees of freedom, ``welch_interval``), within [-1, 1] for scores in [0, 1]
+    (``n_boot`` and ``seed`` are checked, and no longer used); (0, 0) when an arm has no score. No verdict is given
+    here (graduation applies its own rule to the CI); scores must be finite and ``level`` / ``n_boot`` valid, as for
+    ``compare_paired`` (``UsageError`` naming ``scores`` / ``level`` / ``n_boot``).
     """
     check_level(level)
     check_n_boot(n_boot)
