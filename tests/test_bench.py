@@ -326,11 +326,21 @@ def test_a_results_row_with_a_number_written_as_a_string_or_a_bool_is_refused(tm
     assert [(o.score, o.latency_s) for o in load_outcomes(tmp_path)] == [(1.0, 2.0)]
 
 
-@pytest.mark.parametrize(("field", "value"), [("score", "NaN"), ("cost_usd", "Infinity"), ("cost_usd", "NaN"),
-                                              ("judge_cost_usd", "-Infinity"), ("latency_s", "NaN")])
-def test_a_results_row_with_nan_or_infinity_is_refused(tmp_path: Path, field: str, value: str) -> None:
-    """Python's JSON reader takes NaN and Infinity: a row's NaN score or infinite cost was read back and turned its
-    target's mean and CI into NaN or inf. Refused, as an outcome side refuses them."""
+_FINITE = "Input should be a finite number"
+_NOT_NEGATIVE = "Input should be greater than or equal to 0"
+
+
+@pytest.mark.parametrize(("field", "value", "refusal"), [
+    # Python's JSON reader takes NaN and Infinity: a row's NaN score or infinite cost was read back and turned its
+    # target's mean and CI into NaN or inf.
+    ("score", "NaN", _FINITE), ("cost_usd", "Infinity", _FINITE), ("cost_usd", "NaN", _FINITE),
+    ("judge_cost_usd", "-Infinity", _FINITE), ("latency_s", "NaN", _FINITE),
+    # A negative cost or latency paid back its target's other rows in the mean cost.
+    *((field, "-1", _NOT_NEGATIVE) for field in ("cost_usd", "judge_cost_usd", "cloud_equivalent_cost_usd",
+                                                 "latency_s", "ttft_s", "input_tokens", "output_tokens"))])
+def test_a_results_row_with_a_nan_infinite_or_negative_figure_is_refused(tmp_path: Path, field: str, value: str,
+                                                                         refusal: str) -> None:
+    """A results row's figure is refused where an outcome side refuses it (outcomes.records.check_sides)."""
     from genroute.bench import load_outcomes
 
     good = '{"backend": "b", "record_id": "r1", "ok": true, "score": 1, "scorer": "exact", "cost_usd": 0.5}\n'
@@ -339,30 +349,10 @@ def test_a_results_row_with_nan_or_infinity_is_refused(tmp_path: Path, field: st
     with pytest.raises(UsageError) as refused:
         load_outcomes(tmp_path)
     assert refused.value.field == "out"
-    assert refused.value.message == (f"{tmp_path / 'results.jsonl'}:2: not a results row ({field}: Input should be "
-                                     "a finite number)")
-    with pytest.raises(UsageError, match="finite number"):
+    assert refused.value.message == f"{tmp_path / 'results.jsonl'}:2: not a results row ({field}: {refusal})"
+    with pytest.raises(UsageError, match=refusal):
         ResultsLog(tmp_path)  # a resumed run reads them the same way
-
-
-@pytest.mark.parametrize("field", ["cost_usd", "judge_cost_usd", "cloud_equivalent_cost_usd", "latency_s", "ttft_s",
-                                   "input_tokens", "output_tokens"])
-def test_a_results_row_with_a_negative_cost_latency_or_token_count_is_refused(tmp_path: Path, field: str) -> None:
-    """A row's negative cost or latency was read back (an outcome side refuses it, outcomes.records.check_sides):
-    it paid back its target's other rows in the mean cost. Refused, as an outcome side refuses it."""
-    from genroute.bench import load_outcomes
-
-    good = '{"backend": "b", "record_id": "r1", "ok": true, "score": 1, "scorer": "exact", "cost_usd": 0.5}\n'
-    bad = f'{{"backend": "b", "record_id": "r2", "ok": true, "scorer": "exact", "{field}": -1}}\n'
-    (tmp_path / "results.jsonl").write_text(good + bad)
-    with pytest.raises(UsageError) as refused:
-        load_outcomes(tmp_path)
-    assert refused.value.field == "out"
-    assert refused.value.message == (f"{tmp_path / 'results.jsonl'}:2: not a results row ({field}: Input should be "
-                                     "greater than or equal to 0)")
-    with pytest.raises(UsageError, match="greater than or equal to 0"):
-        ResultsLog(tmp_path)  # a resumed run reads them the same way
-    (tmp_path / "results.jsonl").write_text(good + bad.replace("-1", "0"))  # 0 is a cost, a latency, a count
+    (tmp_path / "results.jsonl").write_text(good + bad.replace(value, "0"))  # 0 is a cost, a latency, a count
     assert len(load_outcomes(tmp_path)) == 2
 
 
