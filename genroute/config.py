@@ -49,7 +49,8 @@ class RouterConfig(_Frozen):
     """The whole router configuration. Sections are validated per ``kind`` (see ``validate_kind``)."""
 
     engines: dict[Name, dict[str, Any]] = Field(default_factory=dict)
-    backends: dict[Name, dict[str, Any]]
+    #: Required; a missing key reads as ``{}`` so that both get the same words (not pydantic's "Field required").
+    backends: dict[Name, dict[str, Any]] = Field(default_factory=dict, validate_default=True)
     policy: dict[str, Any] | None = None
     pricing: dict[str, ModelPrice] = Field(default_factory=dict)
     telemetry: TelemetryConfig = TelemetryConfig()

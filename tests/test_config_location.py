@@ -154,3 +154,13 @@ def test_a_config_with_no_backend_says_what_is_missing_where(tmp_path):
     assert (error.field, error.file, error.line) == ("backends", str(path), 3)
     assert error.message.startswith("no backend is configured: a router needs at least one (backends: {NAME: ")
     assert "Dictionary" not in str(error)
+
+
+def test_a_config_without_a_backends_key_gets_the_same_words(tmp_path):
+    # A missing `backends:` key read pydantic's "Field required" while `backends: {}` had genroute's words.
+    path = tmp_path / "no-backends.yaml"
+    path.write_text("policy:\n  kind: fixed\n  backend: a\n", encoding="utf-8")
+    error = _error(path)
+    assert error.field == "backends"
+    assert error.message.startswith("no backend is configured: a router needs at least one (backends: {NAME: ")
+    assert "Field required" not in str(error)
