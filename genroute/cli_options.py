@@ -10,7 +10,7 @@ from genroute.config_location import locate
 from genroute.errors import ConfigError, GenrouteError, UsageError, command_error
 
 
-def add_quiet(parser: argparse.ArgumentParser) -> None:
+def add_quiet(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--quiet``: no progress bar."""
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar (there is none either when stderr is no terminal: a file or a pipe)")

@@ -716,6 +716,9 @@ def test_tune_local_writes_no_library_warning_to_the_terminal(tmp_path: Path) ->
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr and "is_gradient_checkpointing" not in done.stderr, done.stderr
+    # Nor, into a pipe or a log file, transformers' "Loading weights" bar or genroute's own LoRA bar (their frames'
+    # text only): the one line left is the result.
+    assert "Loading weights" not in done.stderr and "LoRA:" not in done.stderr and "\r" not in done.stderr, done.stderr
 
 
 def test_bad_data_is_rejected_before_training(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from genroute.cli_options import command_failed
+from genroute.cli_options import add_quiet, command_failed, shows_progress
 from genroute.config_errors import pydantic_validated, validator_message
 from genroute.errors import GenrouteError, UsageError
 
@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int)
     p.add_argument("--min-examples", type=int, help="fewest examples the data may hold (default: 10; --local: 2)")
+    add_quiet(p)
     p.add_argument("--task", action="append", dest="tasks", metavar="TASK",
                    help="a task the tuned backend is for (repeatable): a ladder policy routes it there")
     cloud = p.add_argument_group("Vertex AI")
@@ -101,7 +102,7 @@ def _vertex(args: argparse.Namespace) -> int:
         "min_examples": args.min_examples, "epochs": args.epochs,
         "learning_rate_multiplier": args.learning_rate_multiplier, "adapter_size": args.adapter_size,
         "poll_interval_s": args.poll_interval, "timeout_s": args.timeout, "replace": args.replace,
-        "tasks": tuple(args.tasks) if args.tasks else None,
+        "tasks": tuple(args.tasks) if args.tasks else None, "progress": shows_progress(args),
     }
     settings = settings_from_flags(VertexTuningSettings, {k: v for k, v in fields.items() if v is not None})
     console = Console(stderr=True)
@@ -137,7 +138,8 @@ def _local(args: argparse.Namespace) -> int:
     fields = {"validation_fraction": args.validation_fraction, "seed": args.seed, "epochs": args.epochs,
               "rank": args.rank, "alpha": args.alpha, "target_modules": targets,
               "learning_rate": args.learning_rate, "max_seq_len": args.max_seq_len, "batch_size": args.batch_size,
-              "threads": args.threads, "max_steps": args.max_steps, "min_examples": args.min_examples}
+              "threads": args.threads, "max_steps": args.max_steps, "min_examples": args.min_examples,
+              "progress": shows_progress(args)}
     config = settings_from_flags(LocalTuneConfig, {k: v for k, v in fields.items() if v is not None})
     # Before minutes of training, not after; a config file that does not exist yet is created.
     raw = check_target(args.config, args.name, replace=args.replace, engines=[f"{args.name}_engine"], missing_ok=True)

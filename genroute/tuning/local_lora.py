@@ -32,6 +32,8 @@ from pydantic import ConfigDict, Field, field_validator
 
 from genroute.errors import UsageError
 from genroute.public_model import ConfigModel, PublicModel
+from genroute.tuning.base_model import (_import_torch, _library_bars, check_base_architecture, load_base_model,
+                                        resolve_base_model)
 from genroute.tuning.data import DEFAULT_MAX_CHARS, Example, load_examples, split
 
 #: The turn markup the tuned backend's single user turn is rendered with (Gemma chat format).
@@ -138,7 +140,8 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
     train_rows, val_rows = [row for _, row in train], [row for _, row in val]
 
     started = time.perf_counter()
-    model = load_base_model(base_path)
+    with _library_bars(config.progress):
+        model = load_base_model(base_path)
     load_seconds = time.perf_counter() - started
 
     from genroute.tuning._trainer import train_lora
@@ -205,27 +208,6 @@ def refuse_diverged(outcome: Any) -> None:
                          field="learning_rate")
 
 
-def resolve_base_model(path: Path | None) -> Path:
-    """The base GGUF: ``path`` if given, else the bundled Gemma the local engine also defaults to."""
-    if path is not None:
-        if not Path(path).is_file():
-            raise UsageError(f"no such file: {path}", field="base_model_path")
-        return Path(path)
-    from genroute.engines.local import default_model_path
-
-    return default_model_path()
-
-
-def check_base_architecture(base_path: Path) -> None:
-    """Refuse, before training, a base GGUF whose tensors the adapter writer cannot name (not Gemma 3)."""
-    from genroute.tuning.gguf_adapter import ARCHITECTURE, gguf_architecture
-
-    found = gguf_architecture(base_path)
-    if found != ARCHITECTURE:
-        raise UsageError(f"{base_path} is a {found or 'unnamed'} model; local LoRA tuning writes "
-                         f"{ARCHITECTURE} (Gemma 3) adapters only", field="base_model_path")
-
-
 class PromptEncoder:
     """Turns examples into (token ids, labels) with llama.cpp's tokenizer; prompt tokens get label -100."""
 
@@ -267,63 +249,6 @@ class PromptEncoder:
     def encode_all(self, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
         """``encode`` every example, in order."""
         return [self.encode(example, i) for i, example in enumerate(examples)]
-
-
-def load_base_model(base_path: Path) -> Any:
-    """The base model as a float32 transformers ``Gemma3ForCausalLM``, via the safetensors cache."""
-    torch = _import_torch()
-    from transformers import AutoModelForCausalLM
-
-    cached = _cached_model_dir(base_path)
-    if not (cached / "model.safetensors").is_file():
-        _dequantize_to_cache(base_path, cached)
-    model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32)
-    model.eval()
-    return model
-
-
-def _cached_model_dir(base_path: Path) -> Path:
-    from genroute.cache import cache_dir
-
-    # Keyed by content (size + first and last 4 MiB: header, metadata and tail tensors) rather than path,
-    # so copies of one GGUF share a cache entry; hashing all 250 MB would cost a second every run.
-    size = base_path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with base_path.open("rb") as handle:
-        digest.update(handle.read(4 << 20))
-        handle.seek(max(0, size - (4 << 20)))
-        digest.update(handle.read())
-    return cache_dir("tuning", f"base-{digest.hexdigest()[:16]}")
-
-
-def _dequantize_to_cache(base_path: Path, cached: Path) -> None:
-    import os
-
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(base_path.parent), gguf_file=base_path.name,
-                                                 dtype=torch.float32)
-    # The output projection is tied to the embedding; transformers re-ties it on load.
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    config.pop("_model_name_or_path", None)
-    # Write the weights first and publish them with a rename: a crash leaves no half cache behind.
-    tmp = cached / f".model.{os.getpid()}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    (cached / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-    os.replace(tmp, cached / "model.safetensors")
-
-
-def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise UsageError("local tuning needs the tune-local extra: pip install 'genroute[tune-local]'",
-                         field="tune-local") from None
-    return torch
 
 
 def _sha256(path: Path) -> str:

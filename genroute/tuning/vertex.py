@@ -65,6 +65,8 @@ class VertexTuningSettings(ConfigModel):
     poll_interval_s: float = Field(default=30.0, gt=0)
     timeout_s: float | None = Field(default=None, gt=0, description="Stop waiting (the job keeps running).")
     replace: bool = Field(default=False, description="Overwrite an existing backend of the same name.")
+    progress: bool = Field(default=True,
+                           description="Draw the waiting spinner (each state change is logged either way).")
     tasks: tuple[str, ...] = Field(default=(), description="Tasks the backend is for (a ladder routes them to it).")
     tuning_usd_per_1m_tokens: float | None = Field(
         default=None, ge=0, description="USD per 1M training tokens that graduation prices the job at (default: the "
@@ -154,7 +156,7 @@ async def start_job(client: genai.Client, settings: VertexTuningSettings, *, tra
 
 async def wait_for_job(client: genai.Client, name: str, *, poll_interval_s: float = 30.0,
                        timeout_s: float | None = None, console: Console | None = None,
-                       max_poll_failures: int = 5) -> types.TuningJob:
+                       max_poll_failures: int = 5, progress: bool = True) -> types.TuningJob:
     """Poll a tuning job until it ends, showing its state (on stderr unless ``console`` says otherwise: stdout is
     the caller's, e.g. ``genroute graduate``'s report); transient poll failures are tolerated."""
     from rich.console import Console
@@ -166,8 +168,8 @@ async def wait_for_job(client: genai.Client, name: str, *, poll_interval_s: floa
     failures = 0
     last_state: str | None = None
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console or Console(stderr=True), transient=False) as progress:
-        task = progress.add_task(f"tuning job {name}: submitted", total=None)
+                  console=console or Console(stderr=True), transient=False, disable=not progress) as bar:
+        task = bar.add_task(f"tuning job {name}: submitted", total=None)
         while True:
             try:
                 async with asyncio.timeout(_CALL_TIMEOUT_S):
@@ -182,9 +184,9 @@ async def wait_for_job(client: genai.Client, name: str, *, poll_interval_s: floa
             if job is not None:
                 state = _state(job)
                 if state != last_state:
-                    progress.console.log(f"tuning job {name}: {state}")
+                    bar.console.log(f"tuning job {name}: {state}")
                     last_state = state
-                progress.update(task, description=f"tuning job {name}: {state}")
+                bar.update(task, description=f"tuning job {name}: {state}")
                 if job.has_ended:
                     return job
             if timeout_s is not None and time.monotonic() - start + poll_interval_s > timeout_s:
@@ -307,7 +309,7 @@ async def _finish(engine: GeminiEngine, name: str, settings: VertexTuningSetting
                   counts: tuple[int | None, int | None], register: bool = True) -> TuningResult:
     """Wait for the job; on success register its endpoint (or model) as a tuned backend."""
     job = await wait_for_job(engine.client, name, poll_interval_s=settings.poll_interval_s,
-                             timeout_s=settings.timeout_s, console=console)
+                             timeout_s=settings.timeout_s, console=console, progress=settings.progress)
     state = _state(job)
     if not job.has_succeeded:
         detail = job.error.message if job.error is not None and job.error.message else "no error detail"
