@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from genroute.errors import ConfigError
 from genroute.outcomes import OutcomeRecord, Side, read_outcome_file
 from genroute.outcomes.running import RunningOutcomes
 from genroute.outcomes.shared import SharedOutcomeStore
@@ -123,7 +124,7 @@ async def test_a_read_only_store_file_made_before_write_numbers_is_read_whole_ea
     await same_as_full_read(running, store)
     await same_as_full_read(running, store)
     assert running.full_reads == 2
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # as a read-only file that has seq refuses it
+    with pytest.raises(ConfigError, match="the file is read-only"):  # as a read-only file that has seq refuses it
         store.upsert_sync(record("c", chat=free(1.0)))
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as check:  # the file is as it was
         assert "seq" not in {row[1] for row in check.execute("PRAGMA table_info(outcomes)")}

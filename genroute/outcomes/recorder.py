@@ -16,6 +16,7 @@ kept as the record's labeled example when the input is given).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from genroute.errors import ConfigError, StateUnavailable, UsageError
 from genroute.outcomes.records import OutcomeRecord, Side, add_scoring_cost
 from genroute.outcomes.settings import OutcomeSettings, ScrubHook, redact_secrets
+from genroute.outcomes.store import OutcomeStore
+from genroute.runtime.forks import forget_at_fork
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -32,11 +35,14 @@ if TYPE_CHECKING:
     from genroute.backends.base import BackendOutput
     from genroute.outcomes.scoring import RunJudge, ShadowScorer
     from genroute.outcomes.shared import SharedOutcomeStore
-    from genroute.outcomes.store import OutcomeStore
     from genroute.runtime.context import RunContext
     from genroute.types import GenerateRequest, GenerateResult
 
 _log = logging.getLogger(__name__)
+
+#: Shadow outcome writes handed to the SQLite store's writer without their shadows waiting (``_write_behind``), at
+#: most; beyond, a shadow waits for its write: memory stays bounded, and no outcome is dropped for it.
+MAX_WRITES_BEHIND = 256
 
 
 @dataclass
@@ -69,6 +75,8 @@ class OutcomeRecorder:
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         #: Writes that failed (the request was answered; only its outcome was lost). Logged too.
         self.write_errors = 0
+        self._forget_parent()  # the lock and count of writes behind (``_write_behind``)
+        forget_at_fork(self)
 
     # -- from the executor ----------------------------------------------------------------------------
 
@@ -85,6 +93,11 @@ class OutcomeRecorder:
     async def shadow(self, id: str, request: GenerateRequest, backend: str, output: BackendOutput, side: Side,
                      run_judge: RunJudge) -> OutcomeRecord | None:
         """Score a finished shadow run against the served answer (or the label) and store the pair."""
+        return await self._write(await self._paired(id, request, backend, output, side, run_judge))
+
+    async def _paired(self, id: str, request: GenerateRequest, backend: str, output: BackendOutput, side: Side,
+                      run_judge: RunJudge) -> OutcomeRecord:
+        """The record of a finished shadow run: scored against the served answer (or the label), paired with it."""
         pending = self._pending.get(id)
         sides: dict[str, Side] = {}
         judge_cost = 0.0
@@ -114,7 +127,7 @@ class OutcomeRecorder:
         if pending is not None:
             metadata.update(self._answers(pending, backend, output))
         add_scoring_cost(metadata, f"shadow:{backend}", judge_cost)
-        return await self._write(OutcomeRecord(metadata=metadata, outcomes=sides))
+        return OutcomeRecord(metadata=metadata, outcomes=sides)
 
     async def shadow_run(self, id: str, request: GenerateRequest, backend: str, output: BackendOutput,
                          ctx: RunContext, latency_s: float, span: Span, run_judge: RunJudge) -> None:
@@ -128,18 +141,66 @@ class OutcomeRecorder:
                     cloud_equivalent_cost_usd=ctx.cloud_equivalent_cost_usd,
                     input_tokens=ctx.usage.input_tokens, output_tokens=ctx.usage.output_tokens)
         try:
-            record = await self.shadow(id, request, backend, output, side, run_judge)
+            record = await self._paired(id, request, backend, output, side, run_judge)
         except Exception as exc:  # a scorer or judge that failed
-            self.write_errors += 1
+            self._count_error()
             span.set_attribute("genroute.outcome.error", type(exc).__name__)
             # The type alone (a message may quote the request) and the record's id: which outcome it was.
             _log.warning("shadow outcome of %s not recorded (outcome record %r): %s", backend, id, type(exc).__name__)
             return
-        if record is not None:
-            span.set_attribute("genroute.outcome.id", record.id)
-            agreement = record.outcomes[backend].agreement
-            if agreement is not None:
-                span.set_attribute("genroute.shadow.agreement", agreement)
+        span.set_attribute("genroute.outcome.id", record.id)
+        agreement = record.outcomes[backend].agreement
+        if agreement is not None:
+            span.set_attribute("genroute.shadow.agreement", agreement)
+        await self._write_behind(record)
+
+    async def _write_behind(self, record: OutcomeRecord) -> None:
+        """Store a shadow's record without the shadow waiting for the write: its place under the router's cap of
+        shadows in flight is free once its model ran and it was scored. The SQLite store's writer answers on its own
+        thread (a write that fails is counted and logged there, as one waited for); ``close`` waits for them. Past
+        ``MAX_WRITES_BEHIND`` unanswered, and with the shared store, the shadow waits for its write as it did: its
+        place stays taken, so it is new shadows that are dropped (counted and logged), before their model runs."""
+        if isinstance(self.store, OutcomeStore):
+            with self._lock:
+                room = self._behind < MAX_WRITES_BEHIND
+                self._behind += room
+            if room:
+                try:
+                    written = self.store.submit(record)
+                except Exception as exc:  # no writer thread to be had: lost, counted and logged
+                    self._written_behind(record.id, exc)
+                    return
+                written.add_done_callback(lambda done: self._written_behind(record.id, done.exception()))
+                return
+        await self._write(record)
+
+    def _written_behind(self, id: str, exc: BaseException | None) -> None:
+        with self._lock:
+            self._behind -= 1
+        if exc is not None:
+            self._count_error()
+            _log.warning("outcome for %s not stored: %s", id, type(exc).__name__)
+
+    @property
+    def writes_behind(self) -> int:
+        """Shadow outcome writes handed to the store's writer that were not answered yet (``_write_behind``)."""
+        return self._behind
+
+    def _count_error(self) -> None:
+        with self._lock:  # also from the store's writer thread
+            self.write_errors += 1
+
+    def close(self, timeout_s: float | None) -> None:
+        """Wait for the writes handed to the SQLite store (or the shared store's SQLite archive) and move them into its
+        file (``OutcomeStore.close``): on a worker thread, when the router closes."""
+        store = self.store if isinstance(self.store, OutcomeStore) else self.store.archive
+        if store is not None:
+            store.close(timeout_s)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's writes in flight are the parent's (its writer thread answers them there)."""
+        self._lock = threading.Lock()
+        self._behind = 0
 
     # -- from the user --------------------------------------------------------------------------------
 
@@ -281,7 +342,7 @@ class OutcomeRecorder:
             if isinstance(exc, StateUnavailable) and exc.kept:  # not lost (on_error: closed): sent once it answers
                 _log.info("outcome for %s kept until the state store answers", record.id)
                 return None
-            self.write_errors += 1
+            self._count_error()
             _log.warning("outcome for %s not stored: %s", record.id, type(exc).__name__)
             return None
 

@@ -30,6 +30,10 @@ class OutcomeSettings(ConfigModel):
         "SQLite file. Default: $GENROUTE_OUTCOMES_PATH, else (in a config file) <file stem>-outcomes.db beside "
         "the file; a config given as a dict must name one. With the shared state store: optional, an archive of "
         "every write this process reads (the full history; refresh and graduation read it)."))
+    synchronous: Literal["normal", "full"] = Field(
+        default="normal",
+        description="The SQLite file's commits (WAL mode): normal, synced at checkpoints, a commit survives the "
+                    "process crashing; full, each commit synced, it also survives the machine losing power.")
     store: Literal["auto", "sqlite", "state"] = Field(
         default="auto", description="auto: the shared state store when the router's `state` is shared (Redis), "
                                     "else the SQLite file; sqlite or state to choose.")

@@ -4,44 +4,38 @@ Every write is one ``BEGIN IMMEDIATE`` transaction (read, merge, write), so a sh
 feedback for the same trace can arrive in either order, from different processes, and both survive. Writes that wait
 at once share one transaction (a group commit, ``GroupWriter``: one writer thread per store), each caller's records
 all or none; in WAL mode (genroute's files are) with ``synchronous=NORMAL``: a commit survives the process crashing,
-not the machine losing power (the last commits before it may be lost, the file stays whole). The async methods run
-the SQLite work off the event loop: it never waits on the disk.
+not the machine losing power (the last commits before it may be lost, the file stays whole); ``synchronous="full"``
+(``outcomes.synchronous``) syncs each commit, surviving that too. The async methods run the SQLite work off the event
+loop: it never waits on the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from genroute.config_errors import check_list, not_a, pydantic_validated
 from genroute.errors import ConfigError, UsageError
 from genroute.outcomes.changes import Changes, Place
 from genroute.outcomes.records import OutcomeRecord, check_sides, number_refusal
+from genroute.outcomes.sqlite_files import (SCHEMA, add_seq, check_filters, checkpoint, connect, create_private,
+                                            frozen_out, read_only, unwritable)
 from genroute.outcomes.writer import GroupWriter
 from genroute.runtime.forks import forget_at_fork
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outcomes (
-    id TEXT PRIMARY KEY,
-    task TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    captured INTEGER NOT NULL DEFAULT 0,
-    record TEXT NOT NULL,
-    seq INTEGER
-);
-CREATE INDEX IF NOT EXISTS outcomes_task ON outcomes (task, created_at);
-"""
-#: ``seq`` numbers every write (1, 2, ...): ``changes_sync`` reads the rows written after a place. A file made
-#: before it had no such column: added on open (its rows keep NULL and are read by a reader's first, full read), or,
-#: when the file is read-only, left without it (every read of ``changes_sync`` is then a full one).
-_SEQ = "CREATE INDEX IF NOT EXISTS outcomes_seq ON outcomes (seq)"
+_log = logging.getLogger(__name__)
+
+#: ``outcomes.synchronous``: how the writer's commits reach the disk in WAL mode.
+Synchronous = Literal["normal", "full"]
 #: Connections a forked child inherited: never used, never closed (``OutcomeStore._forget_parent``).
 _PARENTS: list[sqlite3.Connection] = []
 #: Rows a statement of a write reads or writes at most (7 values each: under SQLite's oldest limit of 999 variables).
@@ -51,33 +45,55 @@ _ROWS = 100
 class OutcomeStore:
     """Outcome records keyed by id (a trace id for production records), in one SQLite file."""
 
-    def __init__(self, path: str | Path, *, field: str = "outcomes.path") -> None:
+    def __init__(self, path: str | Path, *, field: str = "outcomes.path",
+                 synchronous: Synchronous = "normal") -> None:
         if not isinstance(path, str | os.PathLike):  # None or a number was a TypeError from pathlib
             raise ConfigError(f"must be the path of a SQLite file, not {type(path).__name__}", field=field)
+        if synchronous not in ("normal", "full"):
+            raise ConfigError(f"must be 'normal' or 'full', not {synchronous!r:.40}", field="outcomes.synchronous")
         self.path = Path(path).expanduser()
+        self._field = field
+        #: How the writer's commits reach the disk in WAL mode (``outcomes.synchronous``): ``normal``, synced at the
+        #: WAL's checkpoints (a commit survives the process crashing); ``full``, each commit synced (and power loss).
+        self.synchronous = synchronous
+        self._frozen = False  # in a directory this process cannot write, with no writer: read unchanging (sqlite_files)
         try:
-            _create_private(self.path)
-            with self._connect() as db:
-                try:
-                    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                except sqlite3.OperationalError as exc:  # a read-only file not in WAL mode is read as it is
-                    if not _read_only(exc):
-                        raise
-                    mode = None
-                # Whether writes commit without an fsync each (WAL mode only: in a rollback journal it risks the file).
-                self._wal = str(mode).lower() == "wal"
-                db.executescript(_SCHEMA)
-                self._numbered = _add_seq(db)
+            create_private(self.path)
+            try:
+                self._open()
+            except sqlite3.OperationalError as exc:
+                if not frozen_out(self.path, exc):
+                    raise
+                self._frozen = True
+                self._open()
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the outcome store {str(self.path)!r}: {exc}", field=field) from None
         # One writer per process at a time (SQLite's own lock covers other processes): the writes waiting meanwhile
-        # are committed together next. An OperationalError (locked, read-only, disk full) or an OSError (the file
-        # gone) is the whole lot's.
-        self._writer = GroupWriter(self._commit, idle=self._close_writing, shared=(sqlite3.OperationalError, OSError),
+        # are committed together next. An OperationalError (locked, disk full), an OSError (the file gone) or a
+        # ConfigError (the file or its directory read-only: ``unwritable``) is the whole lot's.
+        self._writer = GroupWriter(self._commit, idle=self._close_writing,
+                                   shared=(sqlite3.OperationalError, OSError, ConfigError),
                                    name="genroute-outcome-writer")
         self._db: tuple[tuple[int, int], sqlite3.Connection] | None = None  # the writer's (``_writing``)
         forget_at_fork(self)
         self._created = 0.0  # the last creation time given: each new record's is later, so a batch keeps its order
+
+    def _open(self) -> None:
+        """Switch the file to WAL mode, give it the schema (a new file) and ``seq`` (an old one), unless read-only."""
+        with self._connect() as db:
+            if self._frozen:  # refused because it is in WAL mode; read as it is
+                mode: object = "wal"
+            else:
+                try:
+                    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                except sqlite3.OperationalError as exc:  # a read-only file not in WAL mode is read as it is
+                    if not read_only(exc):
+                        raise
+                    mode = None
+            # Whether writes commit without an fsync each (WAL mode only: in a rollback journal it risks the file).
+            self._wal = str(mode).lower() == "wal"
+            db.executescript(SCHEMA)
+            self._numbered = add_seq(db)
 
     @property
     def commits(self) -> int:
@@ -91,7 +107,7 @@ class OutcomeStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        db = connect(self.path, frozen=self._frozen)
         try:
             yield db
         finally:
@@ -107,7 +123,23 @@ class OutcomeStore:
         """``upsert_sync`` for each record in order, in one transaction (all or none)."""
         return self._writer.write(_checked(records))
 
+    def submit(self, record: OutcomeRecord) -> Future[list[OutcomeRecord]]:
+        """Hand ``record`` to the writer without waiting: the future holds ``[what is stored now]``, or the error that
+        refused it (its callbacks run on the writer's thread). ``close`` waits for it."""
+        return self._writer.submit(_checked([_one(record)]))
+
     def _commit(self, records: list[OutcomeRecord]) -> list[OutcomeRecord]:
+        """``_write_lot``; a file (or directory) SQLite cannot write is a ``ConfigError`` naming it, not sqlite3's
+        "attempt to write a readonly database" or "unable to open database file"."""
+        try:
+            return self._write_lot(records)
+        except sqlite3.OperationalError as exc:
+            refused = unwritable(self.path, exc, self._field)
+            if refused is not None:
+                raise refused from None
+            raise
+
+    def _write_lot(self, records: list[OutcomeRecord]) -> list[OutcomeRecord]:
         """Write ``records`` in one transaction (on the writer thread only); what is stored now, for each, in order.
 
         A handful of statements whatever their number (the stored records read in one query, the rows written in one
@@ -115,10 +147,10 @@ class OutcomeStore:
         took up to a switch interval (5 ms) each time."""
         now = time.time()
         db = self._writing()
-        db.execute("BEGIN IMMEDIATE")
         try:
+            db.execute("BEGIN IMMEDIATE")
             if not self._numbered:  # opened read-only before it had seq: SQLite refuses this write as any other
-                self._numbered = _add_seq(db, writing=True)
+                self._numbered = add_seq(db, writing=True)
             seq = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()[0])
             ids = list(dict.fromkeys(record.id for record in records))
             found: dict[str, tuple[str, float]] = {}
@@ -168,16 +200,27 @@ class OutcomeStore:
         if self._db is None or self._db[0] != key:
             if self._db is not None:
                 self._db[1].close()
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            if self._wal:  # no fsync per commit: the WAL is synced at its checkpoints (see the module's docstring)
-                db.execute("PRAGMA synchronous=NORMAL")
+            db = connect(self.path, check_same_thread=False)
+            if self._wal:  # normal: no fsync per commit, the WAL is synced at its checkpoints (the module's docstring)
+                db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             self._db = (key, db)
         return self._db[1]
 
     def close(self, timeout_s: float | None = 30.0) -> None:
-        """Wait for the writes handed over to be written, then close the writer's connection: the file itself holds
-        them (a writer that pauses does so by itself within ``LINGER_S``). The store stays usable."""
-        self._writer.flush(timeout_s)
+        """Wait for the writes handed over to be answered (written, or refused: each caller is told), the writer's
+        thread to end and its connection to close, then move what was written into the file itself (a checkpoint):
+        the file alone holds every write, to be copied or moved (a writer that pauses does so by itself within
+        ``LINGER_S``, unless another process reads the file meanwhile). Writes still unanswered after ``timeout_s``
+        (another process holding the file's lock) are logged as an error; the writer goes on with them while the
+        process lives. The store stays usable."""
+        if not self._writer.flush(timeout_s):
+            _log.error("%d outcome write(s) to %r were not written within %s s of closing the store (another process "
+                       "holds its lock?): they are written if this process lives until then", self.unwritten,
+                       str(self.path), timeout_s)
+            return
+        if self._wal and self.commits and not self._frozen:
+            with self._connect() as db:
+                checkpoint(self.path, db, wait=True)
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's connection is the parent's (closing it here could checkpoint the file under
@@ -192,6 +235,8 @@ class OutcomeStore:
         connection per write did after each."""
         if self._db is not None:
             db, self._db = self._db[1], None
+            if self._wal:  # also when another connection (another process) keeps the file open
+                checkpoint(self.path, db, wait=False)
             db.close()
 
     def get_sync(self, id: str) -> OutcomeRecord | None:
@@ -205,7 +250,7 @@ class OutcomeStore:
     def records_sync(self, *, task: str | None = None, captured: bool | None = None,
                      since: float | None = None) -> list[OutcomeRecord]:
         """Stored records, oldest first; filtered by task, by whether text was captured, by creation time."""
-        _check_filters(task=task, captured=captured, since=since)
+        check_filters(task=task, captured=captured, since=since)
         where: list[str] = []
         args: list[str | int | float] = []
         if task is not None:
@@ -252,7 +297,7 @@ class OutcomeStore:
 
     def count_sync(self, *, task: str | None = None) -> int:
         """How many records are stored (for ``task``)."""
-        _check_filters(task=task)
+        check_filters(task=task)
         with self._connect() as db:
             if task is None:
                 return int(db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
@@ -304,56 +349,6 @@ def _checked(records: Sequence[OutcomeRecord]) -> list[OutcomeRecord]:
         if not record.id:
             raise UsageError("an outcome record needs metadata.id", field="metadata.id")
     return records
-
-
-def _add_seq(db: sqlite3.Connection, *, writing: bool = False) -> bool:
-    """Give a store file made before ``seq`` the column (another process may add it meanwhile) and its index; whether
-    the file has the column now. A read-only file is left as it is, unless ``writing`` (SQLite's error is raised):
-    it was refused on open ("attempt to write a readonly database"), and could not even be read."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(outcomes)")}
-    try:
-        if "seq" not in columns:
-            try:
-                db.execute("ALTER TABLE outcomes ADD COLUMN seq INTEGER")
-            except sqlite3.OperationalError as exc:
-                if "duplicate column" not in str(exc):
-                    raise
-        db.execute(_SEQ)
-    except sqlite3.OperationalError as exc:
-        if writing or not _read_only(exc):
-            raise
-        return "seq" in columns  # numbered without the index: reads by seq still work, if slower
-    return True
-
-
-def _read_only(exc: sqlite3.OperationalError) -> bool:
-    """Whether SQLite refused a write because the file is read-only (``SQLITE_READONLY`` and its extended codes)."""
-    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY
-
-
-def _check_filters(*, task: object = None, captured: object = None, since: object = None) -> None:
-    """``UsageError`` naming the filter of the wrong kind: captured="x" was a ``ValueError``, task=5 and since="x"
-    matched nothing (or everything) without a word."""
-    from genroute.bounds import is_real
-
-    if task is not None and not isinstance(task, str):
-        raise UsageError(f"must be a task name, not {type(task).__name__}", field="task")
-    if captured is not None and not isinstance(captured, bool):
-        raise UsageError(f"must be True, False or None, not {captured!r:.40}", field="captured")
-    if since is not None and not is_real(since):
-        raise UsageError(f"must be a time in seconds since the epoch, not {since!r:.40}", field="since")
-
-
-def _create_private(path: Path) -> None:
-    """Create the store file (and the directories up to it that are missing) readable by its owner only: it holds
-    captured inputs and outputs. SQLite gives its ``-wal``/``-shm`` files the database file's mode."""
-    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:  # an existing store keeps the mode its owner gave it
-        pass
 
 
 def write_jsonl(path: str | Path, lines: Iterable[Mapping[str, object]]) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
@@ -48,6 +49,7 @@ class GroupWriter(Generic[T]):
         self._arrived = threading.Condition(self._lock)  # notified when a write is added
         self._waiting: list[tuple[list[T], Future[list[T]]]] = []
         self._writing = False
+        self._thread: threading.Thread | None = None  # the writer's, while it runs (``flush`` waits for it to end)
         self._flushing = 0  # callers of ``flush`` waiting: the writer does not linger
         #: Writes handed over and not answered yet (waiting, or in the lot being committed).
         self.unwritten = 0
@@ -67,10 +69,11 @@ class GroupWriter(Generic[T]):
             self._arrived.notify()
         if start:
             try:
-                threading.Thread(target=self._drain, name=self._name).start()
+                self._thread = threading.Thread(target=self._drain, name=self._name)
+                self._thread.start()
             except BaseException:  # no thread to be had: nobody writes, so nobody may wait
                 with self._lock:
-                    waiting, self._waiting, self._writing = self._waiting, [], False
+                    waiting, self._waiting, self._writing, self._thread = self._waiting, [], False, None
                 for _, waiter in waiting:
                     waiter.set_exception(RuntimeError(f"cannot start the {self._name} thread"))
                 raise
@@ -133,15 +136,22 @@ class GroupWriter(Generic[T]):
             raise
 
     def flush(self, timeout_s: float | None = None) -> bool:
-        """Wait until every write handed over is written and the writer went idle (without lingering); whether it did
-        within ``timeout_s``. Writes may be handed over again afterwards."""
+        """Wait until every write handed over is answered, the writer went idle (without lingering) and its thread
+        ended; whether it did within ``timeout_s``. Writes may be handed over again afterwards."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
         with self._lock:
             self._flushing += 1
             self._arrived.notify()
             try:
-                return self._done.wait_for(lambda: not self._writing, timeout_s)
+                if not self._done.wait_for(lambda: not self._writing, timeout_s):
+                    return False
             finally:
                 self._flushing -= 1
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():  # it returns right after going idle
+            thread.join(None if end is None else max(0.0, end - time.monotonic()))
+            return not thread.is_alive()
+        return True
 
     def _write(self, lot: list[tuple[list[T], Future[list[T]]]]) -> None:
         try:

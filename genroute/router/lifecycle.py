@@ -34,11 +34,18 @@ _FLUSH_TIMEOUT_MS = 5000
 _LATE_SPEND_S = 2.0
 #: How long ``close`` lets requests in flight finish before it cancels them.
 CLOSE_DRAIN_S = 5.0
+#: How long ``close`` waits for the SQLite outcome store's writes to be answered (another process may hold its lock);
+#: then moving them into the file waits ``CHECKPOINT_WAIT_S`` at most. What is left is logged as an error.
+_OUTCOMES_CLOSE_S = 10.0
 
 
 def close_bound(drain_s: float) -> float:
-    """How long a close takes at most: drain, unwind, shadows, late decisions' spends, flush, backends."""
-    return drain_s + UNWIND_S + 5.0 + _LATE_SPEND_S + _FLUSH_TIMEOUT_MS / 1000 + 5.0
+    """How long a close takes at most: drain, unwind, shadows, late decisions' spends, outcome writes, flush,
+    backends."""
+    from genroute.outcomes.sqlite_files import CHECKPOINT_WAIT_S
+
+    return (drain_s + UNWIND_S + 5.0 + _LATE_SPEND_S + _OUTCOMES_CLOSE_S + CHECKPOINT_WAIT_S
+            + _FLUSH_TIMEOUT_MS / 1000 + 5.0)
 
 
 class Lifecycle:
@@ -108,6 +115,8 @@ class Lifecycle:
         await self._inflight.close(drain_s)
         await self._executor.drain_shadows()
         await self._decisions.finish(_LATE_SPEND_S)
+        if self._executor.outcomes is not None:  # its writes in its file itself (a copy of the file alone holds them)
+            await asyncio.to_thread(self._executor.outcomes.close, _OUTCOMES_CLOSE_S)
         for backend in self.backends.values():
             await backend.aclose()
         await self.resources.aclose()

@@ -31,11 +31,11 @@ def build_recorder(settings: OutcomeSettings, executor: Executor, *, scrub: Scru
 
     shared = settings.store == "state" or (settings.store == "auto" and not isinstance(state, MemoryStateStore))
     if shared:  # `path` beside a shared store: the SQLite file archives every write this process reads
-        archive = None if settings.path is None else OutcomeStore(settings.path)
+        archive = None if settings.path is None else OutcomeStore(settings.path, synchronous=settings.synchronous)
         store: OutcomeStore | SharedOutcomeStore = SharedOutcomeStore(
             state, max_items=settings.shared_max_items, max_age_s=settings.shared_max_age_s, archive=archive)
     else:
-        store = OutcomeStore(sqlite_path(settings))
+        store = OutcomeStore(sqlite_path(settings), synchronous=settings.synchronous)
     scorer = resolve_shadow_scorer(settings.scorer, resolve_check=executor.resolve_check,
                                    backends=executor.backends)
     return OutcomeRecorder(settings, store, scorer, scrub=resolve_scrub(settings, scrub), secrets=secrets)

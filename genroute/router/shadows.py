@@ -192,8 +192,10 @@ class Shadows:
         """Wait for running shadow tasks (at shutdown), cancelling what outlives ``timeout_s``.
 
         A shadow runs on the loop of the request that started it, maybe another thread's: it is cancelled on
-        that loop and watched from here, never awaited across loops.
+        that loop and watched from here, never awaited across loops. Then, within the same ``timeout_s``, the outcome
+        writes of the shadows that ended (which no longer wait for them: ``OutcomeRecorder._write_behind``).
         """
+        end = time.monotonic() + timeout_s
         shadows = list(self._live_shadows())  # a copy: other threads' loops add and discard theirs meanwhile
         stranded, self._stranded_shadows = self._stranded_shadows, set()
         # Those on a loop closed under them: resumed here, cancelled (as a request left there is, InFlight.close).
@@ -207,4 +209,7 @@ class Shadows:
             pending += late
         # Let the cancelled runs settle their admission and end their spans.
         await poll_until(lambda: all(task.done() for task in pending), 1.0)
+        recorder = self.outcomes
+        if recorder is not None and recorder.writes_behind:
+            await poll_until(lambda: not recorder.writes_behind, max(0.0, end - time.monotonic()))
 

@@ -1,0 +1,201 @@
+"""The SQLite outcome store in production: shadows that do not wait for their writes, `outcomes.synchronous`, a
+router's close leaving every write in the file itself, and a store file in a read-only directory."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genroute import Router
+from genroute.errors import ConfigError
+from genroute.outcomes import OutcomeRecord, OutcomeStore, Side, read_outcome_file
+from genroute.outcomes import recorder as recorder_module
+from genroute.router import lifecycle
+from genroute.router.shadows import MAX_SHADOWS
+
+from .conftest import gemini_config
+from .read_only_files import read_only  # noqa: F401
+from .test_outcome_writes import until, writes_held
+
+
+def record(id: str, score: float = 1.0) -> OutcomeRecord:
+    return OutcomeRecord(metadata={"id": id, "task": "t"}, outcomes={"chat": Side(score=score, cost_usd=1e-4)})
+
+
+def shadowing(server: Any, path: Path, **outcomes: Any) -> dict[str, Any]:
+    """A router serving with ``chat`` and shadowing every request with ``lite``, its outcomes in ``path``."""
+    cfg = gemini_config(server)
+    cfg["backends"]["lite"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+    cfg["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat"}], "shadow": ["lite"]}
+    cfg["outcomes"] = {"path": str(path), "scorer": "normalized_exact", **outcomes}
+    return cfg
+
+
+def writers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "genroute-outcome-writer" and t.is_alive()]
+
+
+async def test_a_shadow_frees_its_place_once_its_model_ran_not_once_its_write_is_answered(gemini_server,
+                                                                                          tmp_path: Path) -> None:
+    """A shadow kept its place under the cap of shadows in flight until its outcome write was answered: while the
+    store's writes are held up (a slow disk, another process writing), a sequential client's shadows past the cap
+    were dropped (a quarter at 8 busy clients, benchmarks/RESULTS.md). Its write is handed over and the shadow ends."""
+    n = 2 * MAX_SHADOWS
+    async with await Router.acreate(shadowing(gemini_server, tmp_path / "outcomes.db")) as router:
+        recorder = router._executor.outcomes
+        store = recorder.store
+        assert isinstance(store, OutcomeStore)
+        with writes_held(store.path):
+            results = [await router.agenerate(f"question {i}") for i in range(n)]
+            await until(lambda: recorder.writes_behind == n)
+            assert not router._executor._live_shadows()  # every shadow ended, its write still waiting
+            assert store.unwritten == n
+        await router.adrain()  # waits for the writes behind too
+        assert recorder.writes_behind == 0 and router._executor.shadows_dropped == 0
+        assert sorted(r.id for r in store.records_sync()) == sorted(r.outcome_id for r in results)
+
+
+async def test_past_the_bound_on_writes_behind_a_shadow_waits_and_new_ones_are_dropped_and_counted(
+        gemini_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Memory stays bounded: past ``MAX_WRITES_BEHIND`` unanswered writes a shadow waits for its own (its place
+    taken), so at the cap it is new shadows that are dropped, counted and logged, before their model runs; no
+    outcome of a shadow that ran is lost."""
+    behind, extra = 3, 4
+    monkeypatch.setattr(recorder_module, "MAX_WRITES_BEHIND", behind)
+    async with await Router.acreate(shadowing(gemini_server, tmp_path / "outcomes.db")) as router:
+        recorder = router._executor.outcomes
+        store = recorder.store
+        with writes_held(store.path):
+            results = [await router.agenerate(f"question {i}") for i in range(behind + MAX_SHADOWS)]
+            await until(lambda: store.unwritten == behind + MAX_SHADOWS)
+            assert recorder.writes_behind == behind and len(router._executor._live_shadows()) == MAX_SHADOWS
+            with caplog.at_level(logging.WARNING, logger="genroute"):
+                for i in range(extra):
+                    await router.agenerate(f"more {i}")
+            assert router._executor.shadows_dropped == extra
+            assert "dropped 1 shadow run(s) so far" in caplog.text
+        await router.adrain()
+        assert sorted(r.id for r in store.records_sync()) == sorted(r.outcome_id for r in results)
+        assert recorder.write_errors == 0
+
+
+@pytest.mark.parametrize(("given", "pragma"), [({}, 1), ({"synchronous": "normal"}, 1), ({"synchronous": "full"}, 2)])
+def test_outcomes_synchronous_reaches_the_writer_s_connection(gemini_server, tmp_path: Path, given: dict[str, str],
+                                                              pragma: int) -> None:
+    """Nothing brought back an fsync per commit (power-loss durability) once WAL with NORMAL was chosen."""
+    with Router.from_config(shadowing(gemini_server, tmp_path / "outcomes.db", **given)) as router:
+        store = router._executor.outcomes.store
+        assert store._writing().execute("PRAGMA synchronous").fetchone()[0] == pragma
+        router.generate("hello")
+        router.drain()
+        assert store.count_sync() == 1
+
+
+@pytest.mark.parametrize("value", ["fast", "FULL", 2, True, None])
+def test_outcomes_synchronous_refuses_what_it_does_not_know_naming_the_field(gemini_server, tmp_path: Path,
+                                                                              value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(shadowing(gemini_server, tmp_path / "outcomes.db", synchronous=value))
+    assert info.value.field == "outcomes.synchronous"
+    with pytest.raises(ConfigError) as info:
+        OutcomeStore(tmp_path / "code.db", synchronous=value)  # type: ignore[arg-type]
+    assert info.value.field == "outcomes.synchronous"
+
+
+def test_closing_a_router_leaves_every_outcome_in_the_file_alone_and_ends_the_writer(gemini_server,
+                                                                                     tmp_path: Path) -> None:
+    """``close`` did not flush the store: for 0.2 s after a write its records were in the ``-wal`` file only (and
+    with another connection open to the file, until SQLite's next checkpoint), so a copy of the file made after
+    close missed them; and the writer thread outlived the router."""
+    path = tmp_path / "outcomes.db"
+    router = Router.from_config(shadowing(gemini_server, path))
+    results = [router.generate(f"question {i}") for i in range(5)]
+    reader = sqlite3.connect(path)  # another process reading the file now and then: closing is not the last close
+    try:
+        assert reader.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0] <= len(results)
+        router.close()
+        assert writers() == []
+        shutil.copy(path, tmp_path / "copy.db")  # the file alone, without its -wal
+    finally:
+        reader.close()
+    copied = OutcomeStore(tmp_path / "copy.db").records_sync()
+    assert sorted(r.id for r in copied) == sorted(r.outcome_id for r in results)
+
+
+def test_a_close_whose_writes_cannot_be_answered_in_time_says_so(gemini_server, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Another process holds the file's lock past the close's wait: the writes still waiting are logged as an error
+    naming the file (and written once the lock is let go, the process living)."""
+    monkeypatch.setattr(lifecycle, "_OUTCOMES_CLOSE_S", 0.2)
+    path = tmp_path / "outcomes.db"
+    router = Router.from_config(shadowing(gemini_server, path))
+    store = router._executor.outcomes.store
+    with writes_held(path):
+        router.generate("question")
+        with caplog.at_level(logging.ERROR, logger="genroute"):
+            router.close()
+        assert store.unwritten == 1
+        assert "1 outcome write(s)" in caplog.text and str(path) in caplog.text
+    store.close()
+    assert store.count_sync() == 1
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path, read_only: Callable[..., None]) -> Iterator[Path]:  # noqa: F811
+    """A store file with two records, closed (every write in the file itself), in a directory made read-only (for
+    root too: immutable, so SQLite cannot make its ``-wal``/``-shm`` files there)."""
+    directory = tmp_path / "outcomes"
+    store = OutcomeStore(directory / "outcomes.db")
+    store.upsert_many_sync([record("a"), record("b", 0.0)])
+    store.close()
+    assert sorted(p.name for p in directory.iterdir()) == ["outcomes.db"]
+    read_only(directory)
+    yield directory / "outcomes.db"
+
+
+def test_a_store_in_a_read_only_directory_is_read_and_a_write_names_the_file(read_only_dir: Path) -> None:
+    """It could not be opened at all: "cannot open the outcome store ...: unable to open database file"."""
+    store = OutcomeStore(read_only_dir)
+    assert [(r.id, r.outcomes["chat"].score) for r in store.records_sync()] == [("a", 1.0), ("b", 0.0)]
+    assert store.count_sync() == 2 and store.get_sync("b") is not None
+    changes = store.changes_sync(None)
+    assert changes.full and [r.id for _, r in changes.records] == ["a", "b"]
+    assert not store.changes_sync(changes.place).records
+    assert [r.id for r in read_outcome_file(read_only_dir)] == ["a", "b"]
+    with pytest.raises(ConfigError) as info:  # was sqlite3.OperationalError("unable to open database file")
+        store.upsert_sync(record("c"))
+    assert info.value.field == "outcomes.path" and str(read_only_dir) in str(info.value)
+    assert "directory is read-only" in str(info.value)
+    store.close()
+    assert sorted(p.name for p in read_only_dir.parent.iterdir()) == ["outcomes.db"]
+
+
+def test_genroute_compile_reads_outcomes_in_a_read_only_directory(read_only_dir: Path, tmp_path: Path) -> None:
+    from genroute.cli import main as cli
+
+    out = tmp_path / "compiled"
+    assert cli(["compile", "--outcomes", str(read_only_dir), "--out", str(out), "--no-learned", "--min-n", "1"]) == 0
+    assert (out / "stats.json").exists()
+
+
+def test_a_router_with_its_store_in_a_read_only_directory_serves_and_refuses_feedback_naming_the_file(
+        gemini_server, read_only_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with Router.from_config(shadowing(gemini_server, read_only_dir)) as router:
+        recorder = router._executor.outcomes
+        assert router.refresh() in (True, False)  # reads the store
+        result = router.generate("hello")
+        with caplog.at_level(logging.WARNING, logger="genroute"):
+            router.drain()
+        assert recorder.write_errors == 1 and "not stored: ConfigError" in caplog.text  # the shadow's outcome
+        with pytest.raises(ConfigError) as info:
+            router.feedback(result, score=1.0)
+        assert info.value.field == "outcomes.path" and str(read_only_dir) in str(info.value)
+    assert [r.id for r in OutcomeStore(read_only_dir).records_sync()] == ["a", "b"]
