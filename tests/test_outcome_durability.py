@@ -199,3 +199,28 @@ def test_a_router_with_its_store_in_a_read_only_directory_serves_and_refuses_fee
             router.feedback(result, score=1.0)
         assert info.value.field == "outcomes.path" and str(read_only_dir) in str(info.value)
     assert [r.id for r in OutcomeStore(read_only_dir).records_sync()] == ["a", "b"]
+
+
+def _writes_behind_in_child(recorder: Any, answer: Any) -> None:
+    answer.put(recorder.writes_behind)
+
+
+async def test_a_process_forked_while_writes_are_behind_does_not_count_the_parent_s(gemini_server,
+                                                                                    tmp_path: Path) -> None:
+    """The parent's writer answers its writes in the parent: a child forked meanwhile (a pre-fork server) would wait
+    for them in its ``drain`` and have that much less room under ``MAX_WRITES_BEHIND``, for good."""
+    import multiprocessing
+
+    async with await Router.acreate(shadowing(gemini_server, tmp_path / "outcomes.db")) as router:
+        recorder = router._executor.outcomes
+        with writes_held(recorder.store.path):
+            await router.agenerate("question")
+            await until(lambda: recorder.writes_behind == 1)
+            context = multiprocessing.get_context("fork")
+            answer = context.SimpleQueue()
+            child = context.Process(target=_writes_behind_in_child, args=(recorder, answer))
+            child.start()
+            child.join(60)
+            assert child.exitcode == 0 and answer.get() == 0
+        await router.adrain()
+        assert recorder.writes_behind == 0 and recorder.store.count_sync() == 1

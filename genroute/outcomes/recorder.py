@@ -163,7 +163,8 @@ class OutcomeRecorder:
         if isinstance(self.store, OutcomeStore):
             with self._lock:
                 room = self._behind < MAX_WRITES_BEHIND
-                self._behind += room
+                if room:
+                    self._behind += 1
             if room:
                 try:
                     written = self.store.submit(record)

@@ -218,7 +218,7 @@ class OutcomeStore:
                        "holds its lock?): they are written if this process lives until then", self.unwritten,
                        str(self.path), timeout_s)
             return
-        if self._wal and self.commits and not self._frozen:
+        if self._wal and self.commits and not self._frozen and self.path.exists():  # never makes one anew
             with self._connect() as db:
                 checkpoint(self.path, db, wait=True)
 
