@@ -224,3 +224,32 @@ async def test_a_process_forked_while_writes_are_behind_does_not_count_the_paren
             assert child.exitcode == 0 and answer.get() == 0
         await router.adrain()
         assert recorder.writes_behind == 0 and recorder.store.count_sync() == 1
+
+
+def test_writes_handed_over_from_a_daemon_thread_are_written_before_the_process_exits(tmp_path):
+    # A router's loop thread is a daemon, and a thread inherits that: the writer it started was killed at the
+    # interpreter's exit with the shadow outcomes it had been handed. The sleep only makes the writer slower than
+    # the exit; nothing is timed.
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "written.txt"
+    script = textwrap.dedent("""
+        import sys, threading, time
+        from genroute.outcomes.writer import GroupWriter
+
+        def commit(items):
+            time.sleep(0.3)
+            with open(sys.argv[1], "a", encoding="utf-8") as handle:
+                handle.write("".join(items))
+            return items
+
+        writer = GroupWriter(commit)
+        handing = threading.Thread(target=lambda: writer.submit(["handed over"]), daemon=True)
+        handing.start()
+        handing.join()
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text(encoding="utf-8") == "handed over"

@@ -69,7 +69,9 @@ class GroupWriter(Generic[T]):
             self._arrived.notify()
         if start:
             try:
-                self._thread = threading.Thread(target=self._drain, name=self._name)
+                # Not a daemon, whoever hands the write over (a router's loop thread is one): the interpreter waits
+                # for what was handed over to be written before it exits.
+                self._thread = threading.Thread(target=self._drain, name=self._name, daemon=False)
                 self._thread.start()
             except BaseException:  # no thread to be had: nobody writes, so nobody may wait
                 with self._lock:
