@@ -18,7 +18,9 @@ from genroute.knowledge.store_collections import SETTLED_S
 from genroute.testing import GeminiTestServer
 from genroute.testing.replies import field_of
 
-from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
+from genroute import BackendUnavailable
+
+from .chroma_fixtures import ChromaFaultProxy, ChromaServer, Knowledge, chroma_server, knowledge  # noqa: F401
 from .conftest import Otel
 from .test_icl import EXAMPLES, CountedReads, router, write_examples
 
@@ -116,3 +118,32 @@ async def test_a_refresh_counts_the_examples_its_own_reload_found_not_an_earlier
         await r.arefresh()
         assert r.catalogue["icl"].facts["example_count"] == 0
         assert r.catalogue["icl"].facts["example_counts"] == {}
+
+
+@pytest.mark.chroma_server
+@pytest.mark.parametrize("selector", ["knn", "fixed"])
+async def test_a_refresh_while_the_chroma_server_is_down_keeps_the_examples_counted_and_says_so(
+        gemini_server: GeminiTestServer, otel: Otel, chroma_server: ChromaServer, tmp_path: Path,
+        selector: str) -> None:
+    # A refresh while the Chroma server could not be reached counted 0 examples and raised nothing: the catalogue
+    # told the policy (a ladder's ICL step) the task had no examples until a later refresh, and the scheduled refresh
+    # logged nothing. Now the reload raises the store's error, and the backend keeps the facts it had.
+    proxy = ChromaFaultProxy(chroma_server)  # the router's way to the server
+    knowledge = Knowledge("server", {"host": "127.0.0.1", "port": proxy.port})
+    collection = knowledge.name("down")
+    await aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl", EXAMPLES[:4])],
+                         collection=collection)
+    try:
+        async with router(gemini_server, otel, knowledge, collection=collection, selector=selector, k=2) as r:
+            await r.agenerate("unrelated question")
+            before = r.catalogue["icl"].facts
+            assert before["example_count"] == 4
+            for _ in range(20):  # the server is down: every call answered 503 (as unreachable, a BackendUnavailable)
+                proxy.fail(503, {"error": "Unavailable", "message": "down for maintenance"})
+            with pytest.raises(BackendUnavailable) as raised:
+                await r.arefresh()
+            proxy.faults.clear()
+            assert any("['icl']" in note for note in raised.value.__notes__)
+            assert r.catalogue["icl"].facts == before
+    finally:
+        proxy.close()

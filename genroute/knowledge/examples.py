@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.bounds import is_real, is_whole
-from genroute.errors import ConfigError, UsageError
+from genroute.errors import BackendUnavailable, ConfigError, UsageError
 from genroute.knowledge.ingest import JSONL_SUFFIXES, IngestReport, expand_paths
 from genroute.knowledge.records import (GENERATION, FileState, check_target, file_state, paid_writes,
                                         settle_sources, upsert_missing, withdraw_deleted)
@@ -199,7 +199,9 @@ class ExampleStore:
     async def reload(self) -> None:
         """Read the count and (if read before) the pool again and swap them in: selections meanwhile use the old
         ones, where ``refresh`` made the next selection wait for the read. A collection now empty, or a read that
-        fails, is forgotten instead: the next selection reports it. Nothing is read when the store's place is
+        fails, is forgotten instead: the next selection reports it. A store that cannot be reached (a Chroma server
+        down: ``BackendUnavailable``) says nothing of the collection: what was read before is kept and the error
+        raised, so that a refresh keeps this backend's facts and reports it. Nothing is read when the store's place is
         unchanged since the last read (``place_mark``: an embedded store's database file; a server's is always read)."""
         # A pool an earlier reload kept no facts took (its refresh stopped before them) is not this one's.
         self._reloaded = None
@@ -212,6 +214,8 @@ class ExampleStore:
         try:
             count = await self.store.count(self.collection, kind="examples", field=self.field)
             pool = None if self._pool is None else await self._read_pool()
+        except BackendUnavailable:  # the store is down, not the collection gone: kept, and reported by the refresh
+            raise
         except Exception:  # the next selection reads again and raises it, as after ``refresh``
             count = 0
         if count == 0:
