@@ -23,6 +23,7 @@ from genroute.errors import (
     DeadlineExceeded,
     GenrouteError,
     NoRelevantContext,
+    OutcomeStoreError,
     RateLimited,
     StateUnavailable,
     StreamInterrupted,
@@ -60,9 +61,9 @@ __all__ = [
     "AllRungsFailed", "BackendError", "BackendRejected", "BackendUnavailable", "BudgetExceeded", "CircuitOpen",
     "Citation", "ConfigError", "DeadlineExceeded", "Decision", "DecisionRecord", "GenerateChunk", "GenerateRequest",
     "GenerateResult", "GenrouteError", "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings",
-    "Pricing", "RateLimited", "Router", "RouterConfig", "Rung", "RungAttempt", "StateUnavailable",
-    "StreamInterrupted", "ToolCall", "ToolLoopExceeded", "Usage", "UsageError", "ValidationFailed", "load_config",
-    "side_effect_free", "__version__",
+    "OutcomeStoreError", "Pricing", "RateLimited", "Router", "RouterConfig", "Rung", "RungAttempt",
+    "StateUnavailable", "StreamInterrupted", "ToolCall", "ToolLoopExceeded", "Usage", "UsageError",
+    "ValidationFailed", "load_config", "side_effect_free", "__version__",
 ]
 
 

@@ -197,6 +197,15 @@ class StateUnavailable(GenrouteError):
         self.kept = kept
 
 
+class OutcomeStoreError(GenrouteError):
+    """The outcome store's file could not take a write (a full disk, a read-only file or directory, a lock held past
+    SQLite's timeout): nothing of the record was written. ``path`` is the file."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class BackendRejected(BackendError):
     """Final failure: the provider refused the request as sent."""
 

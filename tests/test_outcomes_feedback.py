@@ -4,7 +4,9 @@ argument checks of ``feedback`` and ``drain``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from genroute.outcomes import OutcomeStore
 from genroute.testing import Fault
 
 from .conftest import gemini_config
+from .read_only_files import read_only  # noqa: F401
 from .redis_fixtures import redis_server, redis_session  # noqa: F401
 
 
@@ -290,3 +293,33 @@ def test_a_custom_outcome_scorer_that_fails_says_which_record_it_was_scoring(gem
             router.feedback(result, label="positive")
     assert exc.value.__notes__ == [f"raised by outcomes.scorer 'tests.test_outcomes_feedback:failing_scorer' "
                                    f"scoring outcome record {result.outcome_id!r}"]
+
+
+def test_feedback_a_store_file_cannot_take_is_a_genroute_error_naming_the_file(gemini_server, tmp_path, read_only,
+                                                                               caplog):
+    # An outcome store whose file could not be written (a full disk, a read-only file or directory) made
+    # router.feedback raise sqlite3.OperationalError, which `except GenrouteError` does not catch, and a shadow's
+    # lost write was logged as "not stored: OperationalError" without SQLite's reason. Now feedback raises
+    # OutcomeStoreError naming the file and the reason, and the shadow's warning says it too.
+    from genroute import OutcomeStoreError
+
+    path = tmp_path / "outcomes.db"
+    with Router.from_config(config(gemini_server, tmp_path)) as router:
+        first = router.generate("one", task="t")
+        router.drain()
+        router.feedback(first, label="one")
+        store = router._executor.outcomes.store
+        store.close()  # its writes moved into the file and the connection let go: the next write opens it again
+        read_only(path, tmp_path)  # the file and its directory (where SQLite makes its -wal) take no write now
+        second = router.generate("two", task="t")
+        with caplog.at_level(logging.WARNING, logger="genroute.outcomes"):
+            router.drain()
+        with pytest.raises(OutcomeStoreError) as raised:
+            router.feedback(second, label="two")
+    assert isinstance(raised.value, GenrouteError) and raised.value.path == str(path)
+    assert str(path) in str(raised.value) and "OperationalError: " in str(raised.value)
+    assert f"feedback for {second.outcome_id} not stored" in str(raised.value)
+    lost = [r for r in caplog.records if "not stored" in r.getMessage()]
+    assert len(lost) == 1 and str(path) in lost[0].getMessage() and "OperationalError: " in lost[0].getMessage()
+    with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as db:  # nothing of the second
+        assert [row[0] for row in db.execute("SELECT id FROM outcomes")] == [first.outcome_id]

@@ -87,6 +87,7 @@ def _every_error() -> list[genroute.GenrouteError]:
         g.ToolLoopExceeded("loop", backend="tools", tool_calls=(ToolCall(name="t"),)),
         g.ValidationFailed("rejected", backend="chat"), g.StreamInterrupted("cut", backend="chat"),
         g.DeadlineExceeded("late", backend="chat"), g.BudgetExceeded("no room"), g.StateUnavailable("down"),
+        g.OutcomeStoreError("full", path="/srv/outcomes.db"),
         g.AllRungsFailed("all failed", attempts=[RungAttempt(backend="chat", outcome="error")]),
     ]
     for error in errors:  # what the router sets on the errors it raises

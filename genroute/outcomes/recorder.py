@@ -16,6 +16,7 @@ kept as the record's labeled example when the input is given).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from genroute.errors import ConfigError, StateUnavailable, UsageError
+from genroute.errors import ConfigError, OutcomeStoreError, StateUnavailable, UsageError
 from genroute.outcomes.records import OutcomeRecord, Side, add_scoring_cost
 from genroute.outcomes.settings import OutcomeSettings, ScrubHook, redact_secrets
 from genroute.outcomes.store import OutcomeStore
@@ -179,8 +180,7 @@ class OutcomeRecorder:
         with self._lock:
             self._behind -= 1
         if exc is not None:
-            self._count_error()
-            _log.warning("outcome for %s not stored: %s", id, type(exc).__name__)
+            self._lost(id, exc)
 
     @property
     def writes_behind(self) -> int:
@@ -265,8 +265,22 @@ class OutcomeRecorder:
             _log.warning("a label for %s scored no answer: this process did not serve the request and its record "
                          "keeps no answers to score (only a shadow's paired record keeps them, with outcomes.capture "
                          "on, unless the scrub hook dropped them)", id)
-        return await self.store.upsert(OutcomeRecord(input=text_in, output=text_out, metadata=metadata,
-                                                     outcomes=sides))
+        record = OutcomeRecord(input=text_in, output=text_out, metadata=metadata, outcomes=sides)
+        try:
+            return await self.store.upsert(record)
+        except (sqlite3.Error, OSError) as exc:  # the file refused it (disk full, read-only): a genroute error
+            raise self._store_error(f"feedback for {id}", exc) from exc
+
+    def _store_error(self, what: str, exc: BaseException) -> OutcomeStoreError:
+        """``what`` was not written because the store's file refused it: SQLite's or the system's reason (it quotes
+        no request), with the file. Beside a shared list (an ``archive``), the record is in the list already, and the
+        file takes it at a later read."""
+        path = str(getattr(self.store, "path", "") or "")
+        reason = redact_secrets(f"{type(exc).__name__}: {exc}", self._secrets)
+        where = (" is in the shared outcome list, not yet in its file" if getattr(self.store, "archive", None)
+                 else " not stored")
+        return OutcomeStoreError(f"{what}{where}: the outcome store {path!r} could not be written ({reason})",
+                                 path=path)
 
     async def _label_scores(self, id: str, known: tuple[GenerateRequest, dict[str, BackendOutput]] | None,
                             label: str | None, *, skip: str | None,
@@ -343,9 +357,17 @@ class OutcomeRecorder:
             if isinstance(exc, StateUnavailable) and exc.kept:  # not lost (on_error: closed): sent once it answers
                 _log.info("outcome for %s kept until the state store answers", record.id)
                 return None
-            self._count_error()
-            _log.warning("outcome for %s not stored: %s", record.id, type(exc).__name__)
+            self._lost(record.id, exc)
             return None
+
+    def _lost(self, id: str, exc: BaseException) -> None:
+        """An outcome write that failed: counted, and logged with the file's reason where the file refused it (what
+        the operator has to fix), else with the error's type alone (a message may quote the request)."""
+        self._count_error()
+        if isinstance(exc, sqlite3.Error | OSError):
+            _log.warning("%s", self._store_error(f"outcome for {id}", exc))
+        else:
+            _log.warning("outcome for %s not stored: %s", id, type(exc).__name__)
 
 
 def routing_cost(result: GenerateResult, side: Side) -> float:
