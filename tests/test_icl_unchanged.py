@@ -8,6 +8,7 @@ Real Chroma, embedded and server (``tests/chroma_fixtures.py``); reads counted b
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -145,5 +146,33 @@ async def test_a_refresh_while_the_chroma_server_is_down_keeps_the_examples_coun
             proxy.faults.clear()
             assert any("['icl']" in note for note in raised.value.__notes__)
             assert r.catalogue["icl"].facts == before
+    finally:
+        proxy.close()
+
+
+@pytest.mark.chroma_server
+async def test_a_router_built_while_the_chroma_server_is_down_says_its_examples_are_uncounted(
+        gemini_server: GeminiTestServer, otel: Otel, chroma_server: ChromaServer, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A replica started while the Chroma server was down counted 0 examples without a word: a ladder policy then
+    # never chose its ICL step, and nothing in the logs said why. Now a warning names the backend and the error, and
+    # a refresh once the server answers counts them.
+    proxy = ChromaFaultProxy(chroma_server)
+    knowledge = Knowledge("server", {"host": "127.0.0.1", "port": proxy.port})
+    collection = knowledge.name("down-at-start")
+    await aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl", EXAMPLES[:4])],
+                         collection=collection)
+    try:
+        for _ in range(20):  # every call answered 503, as a server down
+            proxy.fail(503, {"error": "Unavailable", "message": "down for maintenance"})
+        with caplog.at_level(logging.WARNING, logger="genroute.backends.icl"):
+            r = router(gemini_server, otel, knowledge, collection=collection, selector="knn", k=2)
+        async with r:
+            assert r.catalogue["icl"].facts["example_count"] == 0
+            (warning,) = [m.getMessage() for m in caplog.records if m.name == "genroute.backends.icl"]
+            assert "'icl' counts 0 examples until a refresh" in warning and "BackendUnavailable" in warning
+            proxy.faults.clear()  # up again
+            await r.arefresh()
+            assert r.catalogue["icl"].facts["example_count"] == 4
     finally:
         proxy.close()

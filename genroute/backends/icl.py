@@ -16,6 +16,7 @@ so an example that says "call delete_all" can only be imitated as text, never ex
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from functools import cached_property
@@ -26,7 +27,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from genroute.backends.base import BackendConfig, BackendOutput, Prepared, SingleCallBackend, user_content
 from genroute.backends.templating import check_template, compile_template, render
 from genroute.engines.gemini_cache import ContextCacheSettings, PrefixCaches, cache_gone
-from genroute.errors import BackendRejected
+from genroute.errors import BackendRejected, BackendUnavailable
 from genroute.jsonl import whole_text
 from genroute.types import GenerateRequest
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from genroute.knowledge.examples import ExampleRecord, ExampleStore
     from genroute.runtime.context import RunContext
     from genroute.runtime.resources import Resources
+
+_log = logging.getLogger(__name__)
+
 
 class IclConfig(BackendConfig):
     """Config of an ``icl`` backend."""
@@ -144,6 +148,10 @@ class IclBackend(SingleCallBackend):
             col = store.collection_sync(self.config.collection, kind="examples",
                                         field=f"backends.{self.name}.collection")
             tags = [example_task(meta) for meta in col.get(include=["metadatas"])["metadatas"] or []]
+        except BackendUnavailable as exc:  # a replica started while the Chroma server is down: said, not silent
+            _log.warning("backend %r counts 0 examples until a refresh can read collection %r: %s: %s", self.name,
+                         self.config.collection, type(exc).__name__, exc)
+            return []
         except Exception:  # facts must never fail router construction; the first request reports it
             return []
         self._tags = (key, tags)
