@@ -299,8 +299,9 @@ def test_feedback_a_store_file_cannot_take_is_a_genroute_error_naming_the_file(g
                                                                                caplog):
     # An outcome store whose file could not be written (a full disk, a read-only file or directory) made
     # router.feedback raise sqlite3.OperationalError, which `except GenrouteError` does not catch, and a shadow's
-    # lost write was logged as "not stored: OperationalError" without SQLite's reason. Now feedback raises
-    # OutcomeStoreError naming the file and the reason, and the shadow's warning says it too.
+    # lost write was logged as "not stored: OperationalError" without SQLite's reason, once for every request. Now
+    # feedback raises OutcomeStoreError naming the file and the reason, and the shadows' warning says it too, at most
+    # once a minute.
     from genroute import OutcomeStoreError
 
     path = tmp_path / "outcomes.db"
@@ -311,9 +312,11 @@ def test_feedback_a_store_file_cannot_take_is_a_genroute_error_naming_the_file(g
         store = router._executor.outcomes.store
         store.close()  # its writes moved into the file and the connection let go: the next write opens it again
         read_only(path, tmp_path)  # the file and its directory (where SQLite makes its -wal) take no write now
-        second = router.generate("two", task="t")
         with caplog.at_level(logging.WARNING, logger="genroute.outcomes"):
-            router.drain()
+            for text in ("three", "four", "two"):  # every shadow's write fails: one warning, not one a request
+                second = router.generate(text, task="t")
+                router.drain()
+        assert router._executor.outcomes.write_errors == 3
         with pytest.raises(OutcomeStoreError) as raised:
             router.feedback(second, label="two")
     assert isinstance(raised.value, GenrouteError) and raised.value.path == str(path)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from genroute.errors import ConfigError, OutcomeStoreError, StateUnavailable, UsageError
+from genroute.log_every import LogEvery
 from genroute.outcomes.records import OutcomeRecord, Side, add_scoring_cost
 from genroute.outcomes.settings import OutcomeSettings, ScrubHook, redact_secrets
 from genroute.outcomes.store import OutcomeStore
@@ -74,8 +75,11 @@ class OutcomeRecorder:
         self.scrub = scrub
         self._secrets = secrets
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
-        #: Writes that failed (the request was answered; only its outcome was lost). Logged too.
+        #: Writes that failed (the request was answered; only its outcome was lost). Logged too, at most once a
+        #: minute (a full disk fails every write: one warning a request would flood the logs, and fill the disk more).
         self.write_errors = 0
+        self._lost_log = LogEvery(60.0)
+        self._lost_unlogged = 0
         self._forget_parent()  # the lock and count of writes behind (``_write_behind``)
         forget_at_fork(self)
 
@@ -361,13 +365,22 @@ class OutcomeRecorder:
             return None
 
     def _lost(self, id: str, exc: BaseException) -> None:
-        """An outcome write that failed: counted, and logged with the file's reason where the file refused it (what
-        the operator has to fix), else with the error's type alone (a message may quote the request)."""
-        self._count_error()
+        """An outcome write that failed: counted, and logged (at most once a minute, with the count lost since) with
+        the file's reason where the file refused it (what the operator has to fix), else with the error's type alone
+        (a message may quote the request)."""
+        with self._lock:  # also from the store's writer thread
+            self.write_errors += 1
+            self._lost_unlogged += 1
+            if not self._lost_log.due():  # a full disk fails every write: at most one warning a minute
+                return
+            lost, self._lost_unlogged = self._lost_unlogged, 0
         if isinstance(exc, sqlite3.Error | OSError):
-            _log.warning("%s", self._store_error(f"outcome for {id}", exc))
+            message = str(self._store_error(f"outcome for {id}", exc))
         else:
-            _log.warning("outcome for %s not stored: %s", id, type(exc).__name__)
+            message = f"outcome for {id} not stored: {type(exc).__name__}"
+        if lost > 1:
+            message += f" ({lost} outcome writes lost since the last such warning)"
+        _log.warning("%s", message)
 
 
 def routing_cost(result: GenerateResult, side: Side) -> float:
