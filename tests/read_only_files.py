@@ -30,3 +30,27 @@ def read_only() -> Iterator[Callable[..., None]]:
     yield make
     for path in reversed(made):
         flip(path, False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """A directory on a 1 MB tmpfs of its own, and a function that fills it to the last byte (a disk that is full).
+    Mounting needs root, as CI runs; anyone else is told so (there is no full disk to be had without it)."""
+    if os.geteuid() != 0:
+        pytest.fail("a full disk is a small tmpfs mounted for the test: run the tests as root (CI does)")
+    where = tmp_path / "disk"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
+
+    def fill() -> None:
+        with open(where / "filler", "wb", buffering=0) as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 4096)
+            except OSError:  # ENOSPC: full
+                pass
+
+    try:
+        yield where, fill
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], check=True)

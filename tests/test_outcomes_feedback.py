@@ -16,7 +16,7 @@ from genroute.outcomes import OutcomeStore
 from genroute.testing import Fault
 
 from .conftest import gemini_config
-from .read_only_files import read_only  # noqa: F401
+from .read_only_files import small_disk  # noqa: F401
 from .redis_fixtures import redis_server, redis_session  # noqa: F401
 
 
@@ -295,23 +295,24 @@ def test_a_custom_outcome_scorer_that_fails_says_which_record_it_was_scoring(gem
                                    f"scoring outcome record {result.outcome_id!r}"]
 
 
-def test_feedback_a_store_file_cannot_take_is_a_genroute_error_naming_the_file(gemini_server, tmp_path, read_only,
+def test_feedback_a_store_file_cannot_take_is_a_genroute_error_naming_the_file(gemini_server, tmp_path, small_disk,
                                                                                caplog):
-    # An outcome store whose file could not be written (a full disk, a read-only file or directory) made
-    # router.feedback raise sqlite3.OperationalError, which `except GenrouteError` does not catch, and a shadow's
-    # lost write was logged as "not stored: OperationalError" without SQLite's reason, once for every request. Now
-    # feedback raises OutcomeStoreError naming the file and the reason, and the shadows' warning says it too, at most
-    # once a minute.
+    # An outcome store whose file could not be written (seen: its directory on a full tmpfs) made router.feedback
+    # raise sqlite3.OperationalError, which `except GenrouteError` does not catch, and a shadow's lost write was
+    # logged as "not stored: OperationalError" without SQLite's reason, once for every request. Now feedback raises
+    # OutcomeStoreError naming the file and the reason, and the shadows' warning says it too, at most once a minute.
+    # (A read-only file or directory is a ConfigError: tests/test_outcome_durability.py.)
     from genroute import OutcomeStoreError
 
-    path = tmp_path / "outcomes.db"
-    with Router.from_config(config(gemini_server, tmp_path)) as router:
+    disk, fill = small_disk
+    path = disk / "outcomes.db"
+    with Router.from_config(config(gemini_server, disk)) as router:
         first = router.generate("one", task="t")
         router.drain()
         router.feedback(first, label="one")
         store = router._executor.outcomes.store
         store.close()  # its writes moved into the file and the connection let go: the next write opens it again
-        read_only(path, tmp_path)  # the file and its directory (where SQLite makes its -wal) take no write now
+        fill()  # no room left for its -wal file, nor for a page more
         with caplog.at_level(logging.WARNING, logger="genroute.outcomes"):
             for text in ("three", "four", "two"):  # every shadow's write fails: one warning, not one a request
                 second = router.generate(text, task="t")
@@ -319,6 +320,7 @@ def test_feedback_a_store_file_cannot_take_is_a_genroute_error_naming_the_file(g
         assert router._executor.outcomes.write_errors == 3
         with pytest.raises(OutcomeStoreError) as raised:
             router.feedback(second, label="two")
+        (disk / "filler").unlink()  # room again, for the router's close
     assert isinstance(raised.value, GenrouteError) and raised.value.path == str(path)
     assert str(path) in str(raised.value) and "OperationalError: " in str(raised.value)
     assert f"feedback for {second.outcome_id} not stored" in str(raised.value)
