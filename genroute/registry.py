@@ -73,6 +73,13 @@ def plugin_origin(cls: type) -> str | None:
     return _ORIGINS.get(cls)
 
 
+def described(cls: type) -> str:
+    """What an error names ``cls`` by: its plugin origin (kind, entry point, package), else its class's name (a
+    class written in code)."""
+    origin = plugin_origin(cls)
+    return origin if origin is not None else f"{cls.__module__}.{cls.__qualname__}"
+
+
 @contextmanager
 def plugin_failures(cls: type, *, field: str) -> Iterator[None]:
     """Run plugin ``cls``'s code (config validation, construction): whatever it raises becomes a ``ConfigError``

@@ -93,3 +93,19 @@ class ExplodingBackend(ShoutBackend):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise ValueError("backend init exploded")
+
+
+class NoDecisionConfig(ShortestNameConfig):
+    """Config of ``NoDecisionPolicy``."""
+
+    kind: Literal["no_decision"] = "no_decision"  # type: ignore[assignment]
+
+
+class NoDecisionPolicy(ShortestNamePolicy):
+    """Its ``decide`` returns ``None`` (a branch its author forgot to return from)."""
+
+    kind = "no_decision"
+    Config = NoDecisionConfig
+
+    def decide(self, request: Any, context: Any) -> Any:
+        return None

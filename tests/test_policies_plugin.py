@@ -155,6 +155,7 @@ def misbehaving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
         "wrong_kind = genroute_plugin_example:ShortestNamePolicy\n"
         "first_name = tests.kindless_plugins:FirstNamePolicy\n"
         "any_kind = tests.kindless_plugins:AnyKindPolicy\n"
+        "no_decision = tests.misbehaving_plugins:NoDecisionPolicy\n"
         "[genroute.engines]\n"
         "exploding_engine = tests.misbehaving_plugins:ExplodingEngine\n"
         "[genroute.backends]\n"
@@ -210,6 +211,21 @@ def test_plugin_engine_and_backend_failing_to_build_name_the_section(misbehaving
         Router.from_config(config)
     assert err.value.field == f"{section}.{name}"
     assert error in err.value.message and MISBEHAVING in err.value.message
+
+
+def test_a_plugin_policy_that_decides_no_decision_is_a_config_error_naming_it(misbehaving, gemini_server) -> None:
+    # Its decide() returned None: an AttributeError ('NoneType' object has no attribute 'rungs') from inside the
+    # executor reached the caller, naming neither the policy nor its package.
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "no_decision"}
+    with Router.from_config(config) as router:
+        for call in (router.generate, router.decide, lambda text: list(router.stream(text))):
+            with pytest.raises(ConfigError) as err:
+                call("hello")
+            assert err.value.field == "policy"
+            assert "'no_decision'" in err.value.message and MISBEHAVING in err.value.message
+            assert "returned NoneType from decide(), not a genroute.types.Decision" in err.value.message
+    assert not gemini_server.requests
 
 
 def test_a_plugin_cannot_take_a_built_in_kind_name(shadowing, gemini_server, caplog) -> None:

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import ConfigDict
 
+from genroute.errors import ConfigError
 from genroute.public_model import ConfigModel
-from genroute.registry import KindFromConfig
+from genroute.registry import KindFromConfig, described
 from genroute.types import Decision, GenerateRequest
 
 if TYPE_CHECKING:
@@ -150,3 +151,13 @@ class Policy(KindFromConfig, ABC):
 
         The executor enters them around every attempt; the policy itself keeps no state."""
         return []
+
+
+def decided(policy: Policy, decision: Any) -> Decision:
+    """``decision``, what ``policy.decide`` returned, if it is a ``Decision``; else a ``ConfigError`` naming the
+    policy's field and the policy (a plugin's entry point and package): a policy that returns ``None`` or a dict was
+    an ``AttributeError`` from deep inside the router."""
+    if isinstance(decision, Decision):
+        return decision
+    raise ConfigError(f"{described(type(policy))} returned {type(decision).__name__} from decide(), not a "
+                      "genroute.types.Decision", field=policy.field)
