@@ -109,3 +109,19 @@ class NoDecisionPolicy(ShortestNamePolicy):
 
     def decide(self, request: Any, context: Any) -> Any:
         return None
+
+
+class TextOutputConfig(ShoutConfig):
+    """Config of ``TextOutputBackend``."""
+
+    kind: Literal["text_output"] = "text_output"  # type: ignore[assignment]
+
+
+class TextOutputBackend(ShoutBackend):
+    """Its ``run`` returns its answer as a plain ``str``, not a ``BackendOutput``."""
+
+    kind = "text_output"
+    Config = TextOutputConfig
+
+    async def run(self, request: Any, ctx: Any) -> Any:
+        return f"{request.input}!"

@@ -161,6 +161,7 @@ def misbehaving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
         "[genroute.backends]\n"
         "exploding_backend = tests.misbehaving_plugins:ExplodingBackend\n"
         "whisper = tests.kindless_plugins:WhisperBackend\n"
+        "text_output = tests.misbehaving_plugins:TextOutputBackend\n"
     ))
 
 
@@ -226,6 +227,47 @@ def test_a_plugin_policy_that_decides_no_decision_is_a_config_error_naming_it(mi
             assert "'no_decision'" in err.value.message and MISBEHAVING in err.value.message
             assert "returned NoneType from decide(), not a genroute.types.Decision" in err.value.message
     assert not gemini_server.requests
+
+
+def test_a_plugin_backend_that_answers_no_backend_output_is_a_config_error_naming_it(misbehaving,
+                                                                                      gemini_server) -> None:
+    # Its run() returned a str: an AttributeError ('str' object has no attribute 'text') from inside the router's
+    # ledger reached the caller, naming neither the backend nor its package.
+    config = gemini_config(gemini_server)
+    config["backends"]["loud"] = {"kind": "text_output", "engine": "gemini", "model": "gemini-2.5-flash"}
+    config["policy"] = {"kind": "static", "backend": "loud"}
+    with Router.from_config(config) as router:
+        with pytest.raises(ConfigError) as err:
+            router.generate("hello")
+    assert err.value.field == "backends.loud"
+    assert "'text_output'" in err.value.message and MISBEHAVING in err.value.message
+    assert "returned str from run(), not a genroute.backends.base.BackendOutput" in err.value.message
+
+
+def test_a_backend_in_code_answering_what_a_result_cannot_hold_is_a_config_error_naming_it() -> None:
+    # A run() returning None reached a stream as an AttributeError from Backend.stream; a BackendOutput (a plain
+    # dataclass) whose text is None was a UsageError naming `text`, a field the caller never set.
+    from genroute.backends.base import Backend, BackendConfig, BackendOutput
+    from genroute.runtime.resources import Resources
+
+    class Careless(Backend):
+        kind = "careless"
+        Config = BackendConfig
+
+        async def run(self, request: Any, ctx: Any) -> Any:
+            return None if request.task == "none" else BackendOutput(text=None, model="m")  # type: ignore[arg-type]
+
+    from genroute_plugin_example.engine import EchoEngine, EchoEngineConfig
+
+    resources = Resources({"e": EchoEngine("e", EchoEngineConfig())})
+    backend = Careless("careless", BackendConfig(kind="careless", engine="e", model="echo-1"), resources)
+    with Router({"careless": backend}, resources=resources) as router:
+        for call, task, says in ((router.stream, "none", "Careless returned NoneType from run()"),
+                                 (router.generate, "none", "Careless returned NoneType from run()"),
+                                 (router.generate, None, "whose text cannot be a result's")):
+            with pytest.raises(ConfigError) as err:
+                list(call("hello", task=task)) if call == router.stream else call("hello", task=task)
+            assert err.value.field == "backends.careless" and says in err.value.message
 
 
 def test_a_plugin_cannot_take_a_built_in_kind_name(shadowing, gemini_server, caplog) -> None:

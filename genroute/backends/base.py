@@ -15,7 +15,7 @@ from genroute.construct import user_content as user_content  # public here: back
 from genroute.engines.base import SamplingSettings
 from genroute.errors import BackendUnavailable, ConfigError
 from genroute.public_model import ConfigModel
-from genroute.registry import KindFromConfig
+from genroute.registry import KindFromConfig, described
 from genroute.runtime.telemetry import block_reason, reason_name
 from genroute.types import Citation, GenerateRequest, ToolCall
 
@@ -154,7 +154,7 @@ class Backend(KindFromConfig, ABC):
 
     async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncGenerator[str | BackendOutput, None]:
         """Yield text deltas, then the final ``BackendOutput``. Default: one chunk from ``run``."""
-        output = await self.run(request, ctx)
+        output = produced(self, await self.run(request, ctx))
         if output.text:
             yield output.text
         yield output
@@ -188,6 +188,16 @@ class Backend(KindFromConfig, ABC):
 
     async def aclose(self) -> None:
         """Release anything the backend holds."""
+
+
+def produced(backend: Backend, output: Any) -> BackendOutput:
+    """``output``, what ``backend.run`` returned, if it is a ``BackendOutput``; else a ``ConfigError`` naming the
+    backend's section and the backend (a plugin's entry point and package): a backend that returns its text as a
+    ``str``, or ``None``, was an ``AttributeError`` from deep inside the router."""
+    if isinstance(output, BackendOutput):
+        return output
+    raise ConfigError(f"{described(type(backend))} returned {type(output).__name__} from run(), not a "
+                      "genroute.backends.base.BackendOutput", field=f"backends.{backend.name}")
 
 
 def refuse_rerun(name: str, tools: tuple[str, ...], *, role: str, field: str) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
-from genroute.backends.base import BackendOutput
+from genroute.backends.base import BackendOutput, produced
 from genroute.errors import (
     BackendError, BackendRejected, BudgetExceeded, ConfigError, GenrouteError, StreamInterrupted, ValidationFailed,
 )
@@ -162,6 +162,8 @@ class Executor(Shadows):
                                                     backend=rung.backend)
                     else:
                         output = await backend.run(request, ctx)
+                        if type(output) is not BackendOutput:  # a backend of code or a plugin: checked
+                            output = produced(backend, output)
                 if checks:
                     await self._validate(rung, checks, request, decision, output, ctx)
                 for text in pending or ():  # a buffered rung's text, validated: a reader that stops here is charged
@@ -244,7 +246,8 @@ class Executor(Shadows):
         side.embeddings = ctx.embeddings  # a judge's backend that embeds shares the request's vectors too
         try:
             async with admitted(self.admission, request, decision, backend, side, trace.get_current_span()):
-                return await self.backends[backend].run(check_request, side)
+                runner = self.backends[backend]
+                return produced(runner, await runner.run(check_request, side))
         except _RUNG_ERRORS as exc:  # an answer that could not be checked is not accepted
             raise ValidationFailed(f"{ctx.backend}: validator backend {backend!r} failed: {exc}",
                                    backend=ctx.backend) from exc

@@ -7,7 +7,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from genroute.errors import AllRungsFailed, BackendError, BudgetExceeded, GenrouteError, ValidationFailed
+from genroute.errors import (AllRungsFailed, BackendError, BudgetExceeded, ConfigError, GenrouteError, UsageError,
+                             ValidationFailed)
 from genroute.construct import builder, from_values
 from genroute.runtime.spend import add_spend
 from genroute.types import NO_USAGE, Citation, DecisionRecord, GenerateResult, RungAttempt, ToolCall, Usage
@@ -136,7 +137,7 @@ class Ledger:
             "citations": tuple(output.citations), "tool_calls": tuple(output.tool_calls), "trace_id": trace_id,
         }
         values["outcome_id"] = (trace_id or uuid.uuid4().hex) if outcome_ids else None
-        return _result(values) if _as_declared(output) else GenerateResult(**values)
+        return _result(values) if _as_declared(output) else _undeclared(values, backend)
 
     def running(self, decision: Decision) -> str:
         """The backend of the rung tried last (the one a deadline cut), else the decision's first."""
@@ -170,6 +171,17 @@ _ERROR_CHARS = 200
 
 def _clip(text: str) -> str:
     return text if len(text) <= _ERROR_CHARS else f"{text[:_ERROR_CHARS]}..."
+
+
+def _undeclared(values: dict[str, Any], backend: str) -> GenerateResult:
+    """The result of ``values`` taken from a backend's output holding other types than ``BackendOutput`` declares,
+    validated: a value that cannot be one (a ``None`` text) is a ``ConfigError`` naming the backend's section, not a
+    ``UsageError`` naming the result's ``text``, which the caller never set."""
+    try:
+        return GenerateResult(**values)
+    except UsageError as exc:
+        raise ConfigError(f"backend {backend!r} returned a BackendOutput whose {exc.field or 'fields'} "
+                          f"cannot be a result's: {exc.message}", field=f"backends.{backend}") from exc
 
 
 def _as_declared(output: BackendOutput) -> bool:

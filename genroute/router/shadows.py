@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from genroute.backends.base import produced
 from genroute.log_every import LogEvery
 from genroute.runtime.deadlines import deadline_at
 from genroute.runtime.embeddings import RequestEmbeddings
@@ -147,7 +148,8 @@ class Shadows:
                 try:
                     async with attempt:
                         with deadline_at(ctx.deadline):
-                            output = await self.backends[backend].run(request, ctx)
+                            runner = self.backends[backend]
+                            output = produced(runner, await runner.run(request, ctx))
                 except Exception as exc:  # a shadow must never surface; it is only measured
                     if not attempt.admitted:  # e.g. BudgetExceeded: a shadow never spends what the budget refuses
                         span.set_attribute("genroute.shadow.skipped", type(exc).__name__)
