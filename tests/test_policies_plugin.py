@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from genroute import Router, registry
-from genroute.errors import ConfigError
+from genroute.errors import ConfigError, UsageError
 from genroute.policies import build_policy
 from genroute.policies.base import BackendInfo, PolicyContext
 from genroute.registry import kinds, plugin_failures
@@ -334,6 +334,40 @@ def test_a_plugin_that_names_no_kind_is_a_config_error(misbehaving) -> None:
         build_policy({"kind": "any_kind"})
     assert err.value.field == "policy.kind"
     assert "names no kind" in err.value.message and MISBEHAVING in err.value.message
+
+
+def test_a_backend_or_policy_in_code_that_names_no_kind_is_a_usage_error_naming_it() -> None:
+    # Their Config's kind was a plain `str` (BackendConfig, PolicyConfig themselves): building the router raised an
+    # AttributeError from its catalogue (a backend), or the first request one from Policy.name (a policy).
+    from genroute.backends.base import Backend, BackendConfig, BackendOutput
+    from genroute.policies.base import Policy, PolicyConfig
+    from genroute.runtime.resources import Resources
+    from genroute.types import Decision
+    from genroute_plugin_example.engine import EchoEngine, EchoEngineConfig
+
+    class Plain(Backend):
+        Config = BackendConfig
+
+        async def run(self, request: Any, ctx: Any) -> BackendOutput:
+            return BackendOutput(text="plain", model="echo-1")
+
+    class Named(Plain):
+        kind = "named"
+
+    class First(Policy):
+        Config = PolicyConfig
+
+        def decide(self, request: Any, context: Any) -> Decision:
+            return Decision.single(self.name, "a", "the first")
+
+    resources = Resources({"e": EchoEngine("e", EchoEngineConfig())})
+    config = BackendConfig(kind="plain", engine="e", model="echo-1")
+    for backends, policy, field in (({"a": Plain("a", config, resources)}, None, "backends.a"),
+                                    ({"a": Named("a", config, resources)}, First(PolicyConfig(kind="first")),
+                                     "policy")):
+        with pytest.raises(UsageError) as err:
+            Router(backends, policy, resources=resources)
+        assert err.value.field == field and "names no kind" in err.value.message
 
 
 def test_a_subclass_of_a_kind_keeps_that_kind_whatever_its_own_config_names() -> None:

@@ -177,6 +177,16 @@ def _check_router_options(cls: Callable[..., Any], options: Mapping[str, Any]) -
                              field=name)
 
 
+def _check_kind(part: Any, field: str) -> None:
+    """``UsageError`` naming ``field`` unless backend or policy ``part`` has a kind (what the catalogue, decisions and
+    spans name it by): a class whose ``Config`` fixes none (``kind: str``) was an ``AttributeError`` when the router
+    was built (a backend) or at its first request (a policy)."""
+    if not isinstance(getattr(part, "kind", None), str):
+        cls = type(part)
+        raise UsageError(f"{cls.__module__}.{cls.__qualname__} names no kind: give its Config `kind: "
+                         "Literal[\"<its kind>\"]`, or set `kind` on the class", field=field)
+
+
 def check_arguments(backends: Any, policy: Any = None, resources: Any = None, scrub: Any = None,
                     capture_content: Any = None, stats: Any = None,
                     capture_max_chars: Any = CAPTURE_MAX_CHARS, validators: Any = None) -> None:
@@ -191,9 +201,13 @@ def check_arguments(backends: Any, policy: Any = None, resources: Any = None, sc
     from genroute.policies.stats import BenchStats
 
     check_named(backends, Backend, field="backends")
+    for name, backend in backends.items():
+        _check_kind(backend, f"backends.{name}")
     if policy is not None and not isinstance(policy, Policy):
         raise UsageError(f"must be a genroute Policy, not {type(policy).__name__} (build one from a mapping "
                          "with genroute.policies.build_policy)", field="policy")
+    if policy is not None:
+        _check_kind(policy, "policy")
     if resources is not None and not isinstance(resources, Resources):
         raise UsageError(f"must be a genroute.runtime.resources.Resources, not {type(resources).__name__}",
                          field="resources")
