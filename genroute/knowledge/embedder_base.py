@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import trace
 
-from genroute.errors import UsageError
+from genroute.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -61,7 +61,7 @@ class Embedder(ABC):
         """Embed ``texts`` from sync code; refuses to run inside a running event loop."""
         from genroute.runtime.portal import run_sync
 
-        return run_sync(self.aembed(texts, tracer=tracer), "embed")
+        return checked_vectors(self, texts, run_sync(self.aembed(texts, tracer=tracer), "embed"))
 
     def cost_estimate(self, texts: list[str]) -> float:
         """What embedding ``texts`` is estimated to cost in USD, before it is done (0: the embedder is free)."""
@@ -110,10 +110,39 @@ async def aembed_text(embedder: Embedder, text: str, *, tracer: trace.Tracer | N
     from genroute.runtime.embeddings import vector_key
 
     async def embed() -> list[float]:
-        return (await embedder.aembed([text], tracer=tracer))[0]
+        return checked_vectors(embedder, [text], await embedder.aembed([text], tracer=tracer))[0]
 
     key = None if embeddings is None else vector_key(embedder)
     return await (embed() if embeddings is None or key is None else embeddings.avector(key, text, embed))
+
+
+def checked_vectors(embedder: Embedder, texts: list[str], vectors: Any) -> Any:
+    """``vectors``, what ``embedder`` answered for ``texts``, if it is one vector per text, each ``dimension`` wide
+    (lists, or a numpy array's rows); else a ``ConfigError`` naming ``knowledge.embedder`` and the embedder's class.
+    An embedder of one's own that answered otherwise was a ``UsageError`` naming no field from Chroma (``Unequal
+    lengths for fields``, ``expecting embedding with dimension of 4, got 6``), or went unnoticed: a new collection
+    took the vectors and recorded the width the embedder claims."""
+    width = embedder.dimension
+    if _length(vectors) == len(texts) and all(_length(vector) == width for vector in vectors):
+        return vectors
+    cls = type(embedder)
+    if _length(vectors) != len(texts):
+        got = type(vectors).__name__ if _length(vectors) is None else f"{_length(vectors)} vectors"
+        problem = f"answered {len(texts)} texts with {got}"
+    else:
+        bad = next(n for n, vector in enumerate(vectors) if _length(vector) != width)
+        size = _length(vectors[bad])
+        got = f"a {type(vectors[bad]).__name__}" if size is None else f"a vector {size} wide"
+        problem = f"answered text {bad} with {got}, not its dimension {width}"
+    raise ConfigError(f"embedder {cls.__module__}.{cls.__qualname__} ({embedder.model!r}) {problem}: aembed() "
+                      "returns one list of `dimension` floats per text, in order", field="knowledge.embedder")
+
+
+def _length(value: Any) -> int | None:
+    """``len(value)`` of a sequence (not text); ``None`` for anything else."""
+    if isinstance(value, str | bytes) or not hasattr(value, "__len__"):
+        return None
+    return len(value)
 
 
 def traced(embedder: object, tracer: trace.Tracer | None) -> dict[str, trace.Tracer]:

@@ -166,7 +166,12 @@ class KnowledgeStore(StoreCollections):
         if not ids:
             return
         await self.collection(name, kind=kind, create=True)  # made and checked before paying for embeddings
-        vectors = list(embeddings) if embeddings is not None else await self.embedder.aembed(list(texts))
+        if embeddings is not None:
+            vectors = list(embeddings)
+        else:
+            from genroute.knowledge.embedder_base import checked_vectors
+
+            vectors = checked_vectors(self.embedder, list(texts), await self.embedder.aembed(list(texts)))
         cleaned = [clean_metadata(m) for m in metadatas]
         try:
             await self._aon(name, lambda col: col.upsert(ids=list(ids), documents=list(texts), embeddings=vectors,
