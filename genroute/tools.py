@@ -362,6 +362,8 @@ def _valid_text(text: str) -> str:
 def _sendable(data: Any) -> Any:
     if isinstance(data, str):
         return _valid_text(data)
+    if isinstance(data, bytes):  # pydantic writes bytes as UTF-8 text and refuses others, failing the whole value
+        return data if data.isascii() or _utf8(data) else readable(data)
     if isinstance(data, float):
         return data if math.isfinite(data) else ("NaN" if data != data else "Infinity" if data > 0 else "-Infinity")
     if isinstance(data, dict):
@@ -369,3 +371,11 @@ def _sendable(data: Any) -> Any:
     if isinstance(data, list | tuple):
         return [_sendable(item) for item in data]
     return data
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -248,6 +248,9 @@ def test_jsonable() -> None:
     # One value pydantic cannot convert made the whole result its Python repr.
     assert jsonable({"when": date(2026, 1, 1), "who": [Address(street="s", city="c"), Opaque()]}) == {
         "when": "2026-01-01", "who": [{"street": "s", "city": "c"}, "opaque"]}
+    # Bytes that are not UTF-8 (a file's or a response's body) did the same: that part is its str, the rest kept.
+    assert jsonable({"status": 200, "body": b"\x89PNG", "name": b"caf\xc3\xa9"}) == {
+        "status": 200, "body": "b'\\x89PNG'", "name": "caf\u00e9"}
 
 
 json_values = st.recursive(
