@@ -214,8 +214,10 @@ class Portal:
             self._waiting.add(future)
         try:
             return _result(future, timeout_s)
-        except concurrent.futures.CancelledError:  # close() stopped the loop under this call
-            raise UsageError("the router was closed while this request was in flight") from None
+        except concurrent.futures.CancelledError:
+            if not self._closed:  # the call itself ended cancelled (a backend raised CancelledError): as it is
+                raise
+            raise UsageError("the router was closed while this request was in flight") from None  # close() stopped it
         except concurrent.futures.TimeoutError:  # the builtin TimeoutError since Python 3.11
             if future.done():  # the coroutine's own TimeoutError, not this wait's
                 raise
