@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from genroute import Router, UsageError
+from genroute import Router, StreamInterrupted, UsageError
 from genroute.backends.base import Backend, BackendConfig, BackendOutput
 from genroute.runtime.resources import Resources
 from genroute_plugin_example.engine import EchoEngine, EchoEngineConfig
@@ -50,3 +50,31 @@ def test_a_backends_own_cancelled_error_is_not_reported_as_the_router_closing() 
         assert router.generate("hello").text == "answered"
     with pytest.raises(UsageError, match="the router is closed"):
         router.generate("hello")
+
+
+class Afterword(Backend):
+    """Streams its final output, then more text (its author's loop yielded one chunk too many)."""
+
+    kind = "afterword"
+    Config = BackendConfig
+
+    async def run(self, request: Any, ctx: Any) -> BackendOutput:
+        return BackendOutput(text="whole", model="echo-1")
+
+    async def stream(self, request: Any, ctx: Any) -> Any:
+        yield "whole"
+        yield BackendOutput(text="whole", model="echo-1")
+        yield " and more"
+
+
+def test_a_stream_that_yields_text_after_its_final_output_is_interrupted() -> None:
+    # The reader got " and more" as a chunk, and a result whose text ("whole") was not what it had read.
+    resources = Resources({"e": EchoEngine("e", EchoEngineConfig())})
+    backend = Afterword("a", BackendConfig(kind="afterword", engine="e", model="echo-1"), resources)
+    with Router({"a": backend}, resources=resources) as router:
+        chunks: list[str] = []
+        with pytest.raises(StreamInterrupted, match="yielded text after its final output") as err:
+            for chunk in router.stream("hello"):
+                chunks.append(chunk.text)
+        assert chunks == ["whole"] and err.value.backend == "a"
+        assert router.generate("hello").text == "whole"  # run() is not a stream: unchanged

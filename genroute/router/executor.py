@@ -141,6 +141,9 @@ class Executor(Shadows):
                             async for item in items:
                                 if isinstance(item, BackendOutput):
                                     output = item
+                                elif output is not None:  # the reader would get text the result does not hold
+                                    raise StreamInterrupted(f"stream from {rung.backend!r} yielded text after its "
+                                                            "final output", backend=rung.backend)
                                 elif passes:
                                     if first_chunk_s is None:
                                         first_chunk_s = time.perf_counter() - start
