@@ -217,15 +217,17 @@ def test_plugin_engine_and_backend_failing_to_build_name_the_section(misbehaving
 def test_a_plugin_policy_that_decides_no_decision_is_a_config_error_naming_it(misbehaving, gemini_server) -> None:
     # Its decide() returned None: an AttributeError ('NoneType' object has no attribute 'rungs') from inside the
     # executor reached the caller, naming neither the policy nor its package.
+    # Inside a split arm (or a budget, explore, challenger) it came from the wrapper's code instead.
     config = gemini_config(gemini_server)
-    config["policy"] = {"kind": "no_decision"}
-    with Router.from_config(config) as router:
-        for call in (router.generate, router.decide, lambda text: list(router.stream(text))):
-            with pytest.raises(ConfigError) as err:
-                call("hello")
-            assert err.value.field == "policy"
-            assert "'no_decision'" in err.value.message and MISBEHAVING in err.value.message
-            assert "returned NoneType from decide(), not a genroute.types.Decision" in err.value.message
+    split = {"kind": "split", "arms": [{"weight": 1, "policy": {"kind": "no_decision"}}]}
+    for config["policy"], field in (({"kind": "no_decision"}, "policy"), (split, "policy.arms.0.policy")):
+        with Router.from_config(config) as router:
+            for call in (router.generate, router.decide, lambda text: list(router.stream(text))):
+                with pytest.raises(ConfigError) as err:
+                    call("hello")
+                assert err.value.field == field
+                assert "'no_decision'" in err.value.message and MISBEHAVING in err.value.message
+                assert "returned NoneType from decide(), not a genroute.types.Decision" in err.value.message
     assert not gemini_server.requests
 
 

@@ -153,6 +153,13 @@ class Policy(KindFromConfig, ABC):
         return []
 
 
+def decide_with(policy: Policy, request: GenerateRequest, context: PolicyContext) -> Decision:
+    """``policy.decide(request, context)``, checked to be a ``Decision`` (``decided``): what the router and the
+    policies that hand requests to others (split, budget, explore, challenger) call."""
+    decision = policy.decide(request, context)
+    return decision if type(decision) is Decision else decided(policy, decision)
+
+
 def decided(policy: Policy, decision: Any) -> Decision:
     """``decision``, what ``policy.decide`` returned, if it is a ``Decision``; else a ``ConfigError`` naming the
     policy's field and the policy (a plugin's entry point and package): a policy that returns ``None`` or a dict was

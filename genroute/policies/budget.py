@@ -44,7 +44,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from genroute.admission import Attempt, Gate, Outcome, hold_ttl_s
 from genroute.bounds import PathText
 from genroute.errors import BudgetExceeded, ConfigError, UsageError
-from genroute.policies.base import BackendInfo, BudgetView, Policy, PolicyConfig, PolicyContext
+from genroute.policies.base import BackendInfo, BudgetView, Policy, PolicyConfig, PolicyContext, decide_with
 from genroute.policies.static import check_backends
 from genroute.policies.stats import BenchStats
 from genroute.state.ops import Held, Hold, Settle
@@ -193,7 +193,7 @@ class BudgetPolicy(Policy):
         return self.config.on_exhausted == "downgrade"
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
-        decision = self.inner.decide(request, context)
+        decision = decide_with(self.inner, request, context)
         key = self.budget_key(request)
         view: BudgetView | None = (context.budgets or {}).get(self.field)
         per = self.config.window or f"{self.config.window_s:g} s"

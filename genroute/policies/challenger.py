@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
+from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate, decide_with
 from genroute.policies.nested import NestedPolicy
 from genroute.policies.split import bucket
 from genroute.policies.static import check_backends
@@ -51,7 +51,7 @@ class ChallengerPolicy(NestedPolicy):
         self.blocking = self.inner.blocking
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
-        base = self.inner.decide(request, context)
+        base = decide_with(self.inner, request, context)
         cfg = self.config
         if request.task != cfg.task or request.backend is not None:
             return base

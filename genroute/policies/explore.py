@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from genroute.policies.base import BackendInfo, PolicyConfig, PolicyContext, PolicyUpdate
+from genroute.policies.base import BackendInfo, PolicyConfig, PolicyContext, PolicyUpdate, decide_with
 from genroute.policies.nested import NestedPolicy
 from genroute.policies.split import bucket
 from genroute.policies.static import check_backends
@@ -55,7 +55,7 @@ class ExplorePolicy(NestedPolicy):
         self._stats: BenchStats | None = None
 
     def decide(self, request: GenerateRequest, context: PolicyContext) -> Decision:
-        base = self.inner.decide(request, context)
+        base = decide_with(self.inner, request, context)
         text = request.key if request.key is not None else request.input
         if bucket(self.config.salt, text) >= self.config.share:
             return base

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from genroute.admission import Attempt, ClaimT, Gate, Outcome
-from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate
+from genroute.policies.base import BackendInfo, Policy, PolicyConfig, PolicyContext, PolicyUpdate, decide_with
 from genroute.policies.static import check_backends
 from genroute.public_model import ConfigModel
 from genroute.types import Decision, GenerateRequest
@@ -94,7 +94,7 @@ class SplitPolicy(Policy):
         inner = self._inner[i]
         if inner is None:
             return Decision.single(self.name, self.config.arms[i].backend or "", signal)
-        decision = inner.decide(request, context)
+        decision = decide_with(inner, request, context)
         return decision.model_copy(update={"policy": self.name, "reason": f"{signal}; {decision.reason}"})
 
     @property
