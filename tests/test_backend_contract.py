@@ -1,5 +1,5 @@
-"""What a backend of one's own (built in code, or a plugin) sees the router do with what it raises, through the sync
-API as through the async one."""
+"""What a backend or engine of one's own (built in code, or a plugin) sees the router do with what it answers or
+raises, through the sync API as through the async one."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from genroute import Router, StreamInterrupted, UsageError
+from genroute import ConfigError, Router, StreamInterrupted, UsageError
 from genroute.backends.base import Backend, BackendConfig, BackendOutput
 from genroute.runtime.resources import Resources
 from genroute_plugin_example.engine import EchoEngine, EchoEngineConfig
@@ -78,3 +78,30 @@ def test_a_stream_that_yields_text_after_its_final_output_is_interrupted() -> No
                 chunks.append(chunk.text)
         assert chunks == ["whole"] and err.value.backend == "a"
         assert router.generate("hello").text == "whole"  # run() is not a stream: unchanged
+
+
+class Careless(EchoEngine):
+    """Answers a plain str from ``generate`` and yields ``None`` from ``stream`` (not google-genai responses)."""
+
+    async def generate(self, model: str, contents: Any, config: Any = None, *, timeout_s: Any = None) -> Any:
+        return "plain text"
+
+    async def stream(self, model: str, contents: Any, config: Any = None, *, timeout_s: Any = None) -> Any:
+        yield None
+
+
+def test_an_engine_answering_other_than_a_response_is_a_config_error_naming_it(otel) -> None:
+    # An AttributeError ("'str' object has no attribute 'usage_metadata'") from the run context's accounting; a
+    # None chunk ended the stream as if it were complete, its answer empty.
+    from genroute.backends.prompt_template import PromptTemplateBackend, PromptTemplateConfig
+
+    resources = Resources({"e": Careless("e", EchoEngineConfig())})
+    backend = PromptTemplateBackend("chat", PromptTemplateConfig(engine="e", model="echo-1"), resources)
+    with Router({"chat": backend}, resources=resources, **otel.providers) as router:
+        for call, says in ((router.generate, "answered str from generate()"),
+                           (lambda text: list(router.stream(text)), "yielded NoneType from stream()")):
+            with pytest.raises(ConfigError) as err:
+                call("hello")
+            assert err.value.field == "engines.e" and says in err.value.message and "Careless" in err.value.message
+    spans = otel.spans("generate_content echo-1")
+    assert [span.attributes.get("error.type") for span in spans] == ["ConfigError", "ConfigError"]

@@ -12,7 +12,7 @@ from opentelemetry.context import detach
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from genroute.construct import user_content
-from genroute.errors import GenrouteError
+from genroute.errors import ConfigError, GenrouteError
 from genroute.runtime.billing import Charges, Meter, charging, counts_output, filled_usage, metering
 from genroute.runtime.messages import output_messages, request_attributes
 from genroute.runtime.received import CapturedReceived, Received
@@ -130,6 +130,10 @@ class RunContext:
                         if self.bounded and engine.caller_bounded else
                         engine.generate(model, contents,  # type: ignore[arg-type]
                                         config, timeout_s=self.remaining_s()))
+                try:
+                    usage = usage_of(response)
+                except AttributeError:  # not a GenerateContentResponse (None, a str, a dict): the engine's mistake
+                    raise not_an_answer(engine, response, "generate") from None
             except BaseException as exc:
                 self._fail(span, attrs, exc, start)
                 self._charge_unanswered(engine, span, attrs, model, meter.attempts, meter.estimated, price_as,
@@ -137,7 +141,6 @@ class RunContext:
                 raise
             # Charged at the usage the response reports (an estimate where it leaves a count out), with the
             # attempts the meter collected before it.
-            usage = usage_of(response)
             estimated = meter.estimated
             meta = response.usage_metadata
             # A count left out (usage is None exactly when meta is).
@@ -187,13 +190,16 @@ class RunContext:
                 async with aclosing(stream) as responses:
                     while True:
                         with metering(meter):  # around each step only: never across our own yield
-                            response = await anext(responses, None)
-                        if response is None:
+                            response = await anext(responses, _END)
+                        if response is _END:
                             break
                         if self.time_to_first_token_s is None:
                             self.time_to_first_token_s = time.perf_counter() - start
                             span.set_attribute("gen_ai.response.time_to_first_chunk", self.time_to_first_token_s)
-                        received.add(response)
+                        try:
+                            received.add(response)
+                        except AttributeError:  # not a GenerateContentResponse: the engine's mistake
+                            raise not_an_answer(engine, response, "stream") from None
                         yield response
                 complete = True
             except GenrouteError as exc:
@@ -339,6 +345,20 @@ class RunContext:
                 self._count_cost(cost, attrs, model, estimated, points[0])
             # No token points for an estimate: the conventions forbid invented counts (its cost is marked).
             telemetry.record_call(points[0], None if estimated else usage, time.perf_counter() - start, points[1:])
+
+
+#: What ``anext`` gives at a stream's end: an engine's ``None`` chunk is a mistake to name, not its end.
+_END: Any = object()
+
+
+def not_an_answer(engine: Engine, response: object, method: str) -> ConfigError:
+    """The error for an engine whose ``generate`` answered, or whose ``stream`` yielded, ``response``, which is not a
+    ``google.genai`` ``GenerateContentResponse``: it was an ``AttributeError`` from genroute's accounting
+    (``'str' object has no attribute 'usage_metadata'``), naming neither the engine nor its class."""
+    cls = type(engine)
+    return ConfigError(f"engine {engine.name!r} ({cls.__module__}.{cls.__qualname__}) "
+                       f"{'answered' if method == 'generate' else 'yielded'} {type(response).__name__} from "
+                       f"{method}(), not a google.genai.types.GenerateContentResponse", field=f"engines.{engine.name}")
 
 
 def _turns(engine: Engine, contents: list[types.Content] | str) -> list[types.Content] | str:
