@@ -14,7 +14,7 @@ from genroute.admission import Admission, Instruments
 from genroute.admission.breaker import skip_open
 from genroute.admission.build import gate_configs, router_gates
 from genroute.errors import BackendError, DeadlineExceeded, GenrouteError, StreamInterrupted, UsageError
-from genroute.policies.base import Policy, PolicyContext, decide_with
+from genroute.policies.base import Policy, PolicyContext, decided
 from genroute.router.executor import Executor
 from genroute.router.inflight import InFlight, RouterStream
 from genroute.router.lifecycle import Lifecycle
@@ -336,7 +336,9 @@ class Router(Lifecycle, Learning):
                 policy: Policy | None = None) -> Decision:
         if request.backend is not None:
             return Decision.single("override", request.backend, f"explicit backend={request.backend!r}")
-        return decide_with(policy or self.policy, request, context or self.context)
+        policy = policy or self.policy  # decide_with, inlined: every request decides here
+        decision = policy.decide(request, context or self.context)
+        return decision if type(decision) is Decision else decided(policy, decision)
 
     async def _adecide(self, request: GenerateRequest, deadline: float | None = None, *,
                        preview: bool = False) -> Decision:
