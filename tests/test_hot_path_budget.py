@@ -8,7 +8,8 @@ after the twelfth step of issue 15 (``own_opcodes.py``: 2,426 a request; this te
 3.11, and a slower run puts every request's deadline in a slot of its own, which costs ~40 more) plus ~80: a change
 that adds more to every request should say so here, with its figures in ``benchmarks/RESULTS.md``. Since: the Gemini
 engine's check that a 200 body is an answer, inside each attempt so that it is retried (+6-10: 2,396 -> 2,402-2,406);
-usage's audio part, read from Gemini's split by modality (+8 for a text request, which has none: 2,427 -> 2,435).
+usage's audio part, read from Gemini's split by modality (+8 for a text request, which has none: 2,427 -> 2,435);
+the checks that a backend answered a ``BackendOutput`` and a policy a ``Decision`` (+13: 2,415-2,419 -> 2,428-2,436).
 The same request counts fewer opcodes on newer CPythons (``own_opcodes.py``, 2026-12-06: 2,457 on 3.11.7, 2,299 on
 3.12.1, 2,302 on 3.13.0), so the one budget holds on each.
 """
