@@ -4,6 +4,8 @@ replaced held the truth 91 % of the time at n = 20 paired, 94.4 % at 20 records 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -27,10 +29,22 @@ def test_the_quality_ci_of_graded_scores_is_the_t_interval_by_hand() -> None:
     assert (low, high) == pytest.approx((3.7 / 7 - 0.336498, 3.7 / 7 + 0.336498), abs=2e-6)
     # three 1s and a 0.5: mean 0.875, se 0.125, t(0.975, 3) = 3.182446: [0.477194, 1.272806], cut at 1
     assert quality_ci([1.0, 1.0, 1.0, 0.5]) == pytest.approx((0.477194, 1.0), abs=2e-6)
-    assert quality_ci([0.5, 0.5]) == (0.5, 0.5)
     assert quality_ci([]) == (0.0, 0.0)
     # Scores outside [0, 1] (not a scorer's) are not cut: mean 2, sd 1, se 1/sqrt(3), t(0.975, 2) = 4.302653
     assert t_interval([1.0, 2.0, 3.0]) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=2e-6)
+
+
+def test_equal_graded_scores_are_not_a_zero_wide_quality_ci() -> None:
+    # One graded record, or copies of one value, show no spread: the interval was [x, x], so a backend with one
+    # shadowed outcome of 0.95 outranked one measured 0.9 on 200 records under cost_aware's use_ci_low.
+    assert quality_ci([0.3]) == (0.0, 1.0)
+    assert quality_ci([0.5, 0.5]) == (0.0, 1.0)  # 0.5 ± t(0.975, 1) * 0.5 / sqrt(2), cut to [0, 1]
+    # 20 scores of 0.7: the SD is at most sqrt(0.7 * 0.3) (Bhatia-Davis); t(0.975, 19) = 2.093024
+    half = 2.093024 * math.sqrt(0.21 / 20)
+    assert quality_ci([0.7] * 20) == pytest.approx((0.7 - half, 0.7 + half), abs=2e-6)
+    measured = [1.0] * 150 + [0.6] * 50  # mean 0.9
+    assert quality_ci([0.95])[0] < quality_ci(measured)[0]
+    assert quality_ci([0.95] * 3)[0] < quality_ci(measured)[0]
 
 
 def test_the_paired_ci_of_graded_scores_is_the_t_interval_by_hand() -> None:

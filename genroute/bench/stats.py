@@ -61,7 +61,7 @@ from genroute.bench.score_checks import check_seed as check_seed
 from genroute.bench.score_checks import finite_scores as finite_scores
 from genroute.bench.score_checks import is_binary as is_binary
 from genroute.bench.score_checks import paired_differences
-from genroute.bench.t_interval import t_interval, welch_interval
+from genroute.bench.t_interval import student_t_quantile, t_interval, welch_interval
 from genroute.public_model import PublicModel
 
 #: Shared records below which an all-records comparison (and the graduation advisor's tuned vs ICL) gives no
@@ -100,6 +100,8 @@ def quality_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 0.
     the 10 records, as tests/test_bench_stats.py sums it); the exact interval holds it at least ``level`` of the time
     at any n. The percentile bootstrap of graded scores was too narrow at small n (token-F1-like scores: 94.3 % at
     n = 20-50, ``benchmarks/verdict_calibration.py``); the t interval's spread uses ``n - 1`` and Student's quantile.
+    Equal graded scores (one record among them) show no spread: their interval is not zero wide but that of the
+    widest spread their mean allows (``_unseen_spread_ci``; [0, 1] for one record).
     """
     finite_scores(scores, "scores")
     check_level(level)
@@ -108,8 +110,22 @@ def quality_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 0.
     if len(scores) == 0:
         return 0.0, 0.0
     if not is_binary(scores):
-        return t_interval(scores, level=level, bounds=_bounds(scores, low=0.0))
+        bounds = _bounds(scores, low=0.0)
+        if bounds == (0.0, 1.0) and all(s == scores[0] for s in scores):
+            return _unseen_spread_ci(float(scores[0]), len(scores), level)
+        return t_interval(scores, level=level, bounds=bounds)
     return exact_binomial_ci(sum(1 for s in scores if s == 1), len(scores), level=level)
+
+
+def _unseen_spread_ci(mean: float, n: int, level: float) -> tuple[float, float]:
+    """The CI of ``n`` equal graded scores ``mean`` in (0, 1), whose spread the sample does not show: one record
+    says nothing of it, and the copies of one value do not make its SD 0. Student's t interval at the largest SD
+    a score in [0, 1] with that mean can have, ``sqrt(mean * (1 - mean))`` (Bhatia-Davis), so the width is that
+    of 0/1 scores of the same mean, not zero; [0, 1] at n = 1, where no t quantile exists."""
+    if n < 2:
+        return 0.0, 1.0
+    half = student_t_quantile((1 + level) / 2, n - 1) * math.sqrt(mean * (1 - mean) / n)
+    return max(0.0, mean - half), min(1.0, mean + half)
 
 
 def _bounds(*scores: Sequence[float], low: float) -> tuple[float, float]:
