@@ -169,3 +169,28 @@ def test_a_run_with_nothing_to_hold_out_says_so_and_leaves_no_earlier_policy(tmp
     assert report.compile_note.startswith("Not compiled: a held-out split needs two records with different inputs")
     assert report.compile_note in (tmp_path / "report.md").read_text(encoding="utf-8")
     assert not any((tmp_path / name).exists() for name in ("cost_aware.json", "learned.json", "learned.npz"))
+
+
+@pytest.mark.parametrize(("score", "says"), [(0.0, "scored 0 on every record"), (1.0, "scored 1 on every record")])
+def test_a_set_every_backend_scored_alike_on_says_it_tells_them_apart_by_nothing(
+        tmp_path: Path, score: float, says: str, caplog: pytest.LogCaptureFixture) -> None:
+    # 60 QA records that every backend got wrong (a scorer reading the wrong field): the report read "no difference
+    # detected" row by row and compiled a cost_aware policy onto the cheapest backend, without a word that the set
+    # had measured nothing.
+    records = [BenchRecord(id=f"r{i}", input=f"question {i}", output="x") for i in range(60)]
+    outcomes = [Outcome(backend=name, record_id=r.id, ok=True, scorer="exact", score=score, cost_usd=cost)
+                for name, cost in (("rag", 0.002), ("chat", 0.001)) for r in records]
+    with caplog.at_level("WARNING", logger="genroute"):
+        report = report_outcomes(outcomes, records, tmp_path, kinds={"rag": "rag", "chat": "prompt_template"})
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "## Every record scored alike" in text and f"Every backend (rag, chat) {says}" in text
+    assert any(says in r.getMessage() for r in caplog.records)
+    assert report.compiled is not None  # the policies are still written: the note says what they rest on
+
+
+def test_a_set_that_tells_backends_apart_has_no_such_note(tmp_path: Path) -> None:
+    records = [BenchRecord(id=f"r{i}", input=f"question {i}", output="x") for i in range(30)]
+    outcomes = [Outcome(backend=name, record_id=r.id, ok=True, scorer="exact", score=float(name == "rag" or i % 2))
+                for name in ("rag", "chat") for i, r in enumerate(records)]
+    report_outcomes(outcomes, records, tmp_path, kinds={"rag": "rag", "chat": "prompt_template"}, compile=False)
+    assert "scored alike" not in (tmp_path / "report.md").read_text(encoding="utf-8")

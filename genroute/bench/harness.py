@@ -27,7 +27,7 @@ from genroute.bench.policy_inputs import policy_inputs_note
 from genroute.bench.paired import (
     MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain,
 )
-from genroute.bench.report import Summary, markdown_table, summarize, write_report
+from genroute.bench.report import Summary, markdown_table, summarize, uniform_note, write_report
 from genroute.bench.runner import (
     POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_concurrency, check_flags, check_targets,
     load_outcomes, target_names,
@@ -257,6 +257,10 @@ def report_outcomes(
         sections.append(("Benchmark records among the ICL examples", own_examples))
     if unscored:
         sections.append(("No scored row", unscored_markdown(unscored)))
+    uniform = uniform_note([s for s in summaries if s.backend not in dead])
+    if uniform:
+        sections.append(("Every record scored alike", uniform))
+        _log.warning("%s", uniform)
     if command:
         sections.append(("Command", _code(command)))
     if comparisons:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ConfigDict, Field
 
-from genroute.bench.runner import Outcome
+from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.bench.stats import bootstrap_ci, quality_ci  # noqa: F401 - bootstrap_ci is re-exported here
 from genroute.config_errors import check_list
 from genroute.jsonl import output_dir
@@ -109,6 +109,23 @@ def summary_of(target: str, metric: str, scores: Sequence[float], costs: Sequenc
         # Failed requests have no usage to price: they count as 0, like their measured cost.
         cloud_equivalent_per_request_usd=sum(clouds) / len(scores) if clouds else None,
         judge_cost_usd=judge_cost_usd, failures=failures or {}, judge_failures=judge_failures or {})
+
+
+def uniform_note(summaries: Sequence[Summary]) -> str:
+    """What the report says when every backend (``@policy`` aside) scored 0 on every record, or 1 on every record:
+    such records tell no backend from another, and a compiled policy then routes by cost and latency alone."""
+    scored = [s for s in summaries if s.backend != POLICY_TARGET and s.n]
+    names = ", ".join(s.backend for s in scored)
+    if scored and all(s.quality == 0.0 for s in scored):
+        return (f"Every backend ({names}) scored 0 on every record: these records tell no backend from another, and "
+                "a policy compiled from them routes by cost and latency alone. A whole set scored 0 is more often a "
+                "wrong scorer (`--scorer`), gold answers in another field, or a prompt the model cannot answer than "
+                "backends that know nothing: read some answers (report.html) before deciding anything from it.")
+    if scored and all(s.quality == 1.0 for s in scored):
+        return (f"Every backend ({names}) scored 1 on every record: these records are too easy to tell the backends "
+                "apart, and a policy compiled from them routes by cost and latency alone. Benchmark harder records "
+                "to compare their quality.")
+    return ""
 
 
 def _money(value: float | None) -> str:
