@@ -264,3 +264,30 @@ async def test_a_cancelled_read_leaves_the_view_to_its_merge_until_the_merge_end
     assert held.overlaps[:2] == [0, 0]  # never two merges at once
     assert [r.id for r in found] == [f"r{i:03}" for i in range(150)]
     assert [r.outcomes["chat"].score for r in found] == [float(i % 2) for i in range(150)]
+
+
+async def test_a_read_filters_by_creation_the_view_it_copied_while_a_write_trims_it(stores, monkeypatch) -> None:
+    # ``records(since=...)`` copied the view, parsed it on a worker thread, then read each record's creation time
+    # from the live view: a write meanwhile that pushed the oldest records out of the bound took their times, so
+    # records of the copy read as created at 0 and were left out (and nothing made the two reads one view on a
+    # free-threaded Python). The parse is held until a write has trimmed the view.
+    import genroute.outcomes.shared as shared
+
+    writer = SharedOutcomeStore(stores[0], max_items=150)
+    reader = SharedOutcomeStore(stores[1], max_items=150)
+    now = time.time()
+    for i in range(150):
+        await writer.upsert(OutcomeRecord(metadata={"id": f"r{i:03}", "task": "t", "at": now},
+                                          outcomes={"chat": Side(score=1.0)}))
+    await reader.records()  # caught up: the next read copies the 150 records and parses them on a thread
+    parse = shared._load_all
+    held = Held(parse)
+    monkeypatch.setattr(shared, "_load_all", lambda lines: held(lines) if len(lines) > 100 else parse(lines))
+    read = asyncio.ensure_future(reader.records(since=now - 60))
+    assert await asyncio.to_thread(held.entered.wait, 30)
+    for i in range(150, 160):  # trims r000-r009 from the shared list and from the reader's view
+        await writer.upsert(OutcomeRecord(metadata={"id": f"r{i:03}", "task": "t", "at": now},
+                                          outcomes={"chat": Side(score=1.0)}))
+    assert await reader.get("r000") is None and "r000" not in reader._created
+    held.go.set()
+    assert [r.id for r in await read] == [f"r{i:03}" for i in range(150)]  # the copy as it was, whole

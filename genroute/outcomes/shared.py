@@ -123,13 +123,16 @@ class SharedOutcomeStore:
         await self._catch_up()
         if self.archive is not None:
             return await self.archive.records(task=task, captured=captured, since=since)
-        found = await _run(len(self._merged) > 100, _load_all, list(self._merged.values()))
+        async with self._lock:  # one view: ``_merged`` and ``_created`` as one merge left them (copies, ~1 ms at 100k)
+            lines = list(self._merged.values())
+            created = dict(self._created) if since is not None else {}
+        found = await _run(len(lines) > 100, _load_all, lines)
         if task is not None:
             found = [r for r in found if r.task == task]
         if captured is not None:
             found = [r for r in found if (r.input is not None and r.output is not None) == captured]
         if since is not None:
-            found = [r for r in found if self._created.get(r.id, 0.0) >= since]
+            found = [r for r in found if created.get(r.id, 0.0) >= since]
         return found
 
     async def changes(self, place: Place | None) -> Changes:
