@@ -17,7 +17,7 @@ ROOT = Path(genroute.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("genroute.errors", "genroute.types", "genroute.construct", "genroute.jsonl", "genroute.cache", "genroute.tools",
      "genroute.config_errors", "genroute.public_model", "genroute.groups",
-     "genroute.bounds", "genroute.log_every",
+     "genroute.bounds", "genroute.log_every", "genroute.exact_sums",
      "genroute.config_parse", "genroute.config_location",
      "genroute.registry", "genroute.testing"),
     # The engine interface imports nothing of genroute: the run context is written against it.

@@ -61,7 +61,8 @@ from genroute.bench.score_checks import check_seed as check_seed
 from genroute.bench.score_checks import finite_scores as finite_scores
 from genroute.bench.score_checks import is_binary as is_binary
 from genroute.bench.score_checks import paired_differences
-from genroute.bench.t_interval import student_t_quantile, t_interval, welch_interval
+from genroute.bench.t_interval import student_t_quantile, t_interval, t_interval_of, welch_interval
+from genroute.exact_sums import Moments
 from genroute.public_model import PublicModel
 
 #: Shared records below which an all-records comparison (and the graduation advisor's tuned vs ICL) gives no
@@ -107,14 +108,23 @@ def quality_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 0.
     check_level(level)
     check_n_boot(n_boot)
     check_seed(seed)
-    if len(scores) == 0:
+    values = [float(s) for s in scores]
+    return quality_ci_of(Moments.of(values), ones=values.count(1.0), zeros=values.count(0.0),
+                         inside=all(0.0 <= v <= 1.0 for v in values), level=level)
+
+
+def quality_ci_of(moments: Moments, *, ones: int, zeros: int, inside: bool,
+                  level: float = 0.95) -> tuple[float, float]:
+    """``quality_ci`` of finite scores from their ``Moments``, how many are exactly 1 and 0, and whether all are in
+    [0, 1] (``inside``): what ``RunningOutcomes`` keeps up to date, so that a refresh does not read every score."""
+    check_level(level)
+    if moments.n == 0:
         return 0.0, 0.0
-    if not is_binary(scores):
-        bounds = _bounds(scores, low=0.0)
-        if bounds == (0.0, 1.0) and all(s == scores[0] for s in scores):
-            return _unseen_spread_ci(float(scores[0]), len(scores), level)
-        return t_interval(scores, level=level, bounds=bounds)
-    return exact_binomial_ci(sum(1 for s in scores if s == 1), len(scores), level=level)
+    if ones + zeros < moments.n:
+        if inside and moments.constant:
+            return _unseen_spread_ci(moments.mean, moments.n, level)
+        return t_interval_of(moments, level=level, bounds=(0.0, 1.0) if inside else (-math.inf, math.inf))
+    return exact_binomial_ci(ones, moments.n, level=level)
 
 
 def _unseen_spread_ci(mean: float, n: int, level: float) -> tuple[float, float]:

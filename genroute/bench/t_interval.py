@@ -11,7 +11,8 @@ widened by the ratio of those quantiles) held 93-94 % at n = 20: it fixes the sp
 - ``student_t_quantile``: the ``p`` quantile of Student's t with ``df`` degrees of freedom (no scipy: the
   finite sums of Abramowitz & Stegun 26.7.3-4 and bisection up to 1,000 df, the Cornish-Fisher expansion above);
 - ``t_interval``: ``mean ± t(1 - alpha/2, n - 1) * sd / sqrt(n)``, cut to ``bounds`` (a mean of scores in [0, 1]
-  is in [0, 1], a difference of two in [-1, 1]); zero width for one value or equal values.
+  is in [0, 1], a difference of two in [-1, 1]); zero width for one value or equal values. ``t_interval_of``: the
+  same from a sample's exact sums (``genroute.exact_sums``), which a running statistic keeps.
 - ``welch_interval``: the interval of ``mean(a) - mean(b)`` for two independent samples (``compare_unpaired``'s of
   graded scores, where the two-sample percentile bootstrap was too narrow for the same reasons):
   ``d ± t(1 - alpha/2, df) * sqrt(s_a²/n_a + s_b²/n_b)``, Welch's standard error with Hsu's conservative degrees of
@@ -30,6 +31,7 @@ from statistics import NormalDist
 from genroute.bench.score_checks import check_level
 from genroute.bounds import is_real
 from genroute.errors import UsageError
+from genroute.exact_sums import Moments
 
 #: Above this many degrees of freedom ``student_t_quantile`` uses the Cornish-Fisher expansion (error < 1e-8).
 EXACT_DF = 1000
@@ -74,13 +76,18 @@ def t_interval(values: Sequence[float], *, level: float = 0.95,
                bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
     """Student's t interval of the mean of ``values`` at ``level``, cut to ``bounds`` (``values`` finite, n >= 1);
     ``UsageError`` naming ``level`` for one outside (0, 1) or so close to 1 that its quantile is infinite."""
+    return t_interval_of(Moments.of(values), level=level, bounds=bounds)
+
+
+def t_interval_of(moments: Moments, *, level: float = 0.95,
+                  bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
+    """``t_interval`` of the values whose ``Moments`` these are (kept up to date by ``RunningOutcomes``): the mean and
+    the variance are the floats nearest the exact figures, so the interval does not depend on the values' order."""
     check_level(level)
-    n = len(values)
-    mean = math.fsum(values) / n
-    if all(v == values[0] for v in values):
-        return float(values[0]), float(values[0])
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    half = student_t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+    mean = moments.mean
+    if moments.constant:
+        return mean, mean
+    half = student_t_quantile((1 + level) / 2, moments.n - 1) * math.sqrt(moments.variance) / math.sqrt(moments.n)
     return max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Set
 from typing import TYPE_CHECKING, Any
 
 from genroute.outcomes.changes import Changes, Key, Place
-from genroute.outcomes.stats import backend_stats, stats_of, training_rows
+from genroute.outcomes.stats import CostSums, EntrySums, stats_of, training_rows
 from genroute.policies.stats import ANY_TASK
 from genroute.runtime.locks import LoopsLock
 from genroute.runtime.threads import to_thread_to_end
@@ -86,13 +86,20 @@ class RunningOutcomes:
         self.full_reads = 0
         self._place: Place | None = None
         self._records: dict[str, _Held] = {}
-        self._groups: dict[Group, dict[str, Figures]] = {}  # scored sides by task and backend, by record id
+        #: Each entry's scored sides (record id -> the side's index in the record), their sums, and the first side's
+        #: place (record key, index; missing: to be found again, that side was taken out).
+        self._groups: dict[Group, dict[str, int]] = {}
+        self._sums: dict[Group, EntrySums] = {}
+        self._costs = CostSums()  # each backend's recorded costs, for the training rows' missing ones
+        self._captured: dict[str, _Held] = {}  # the records with an input: those the training rows read
+        self._first: dict[Group, tuple[Key, int]] = {}
         self._entries: dict[Group, tuple[tuple[Key, int], BackendStats | None]] = {}  # (first side, entry)
         self._dirty: set[Group] = set()
         self._priced = 0  # sides with a recorded cost of either kind
         self._free = 0  # of those, the free ones with a cloud-equivalent cost (``uses_cloud_equivalent``)
-        self._cloud: bool | None = None
+        self._cloud = False  # how the sums price sides (``uses_cloud_equivalent``)
         self._rows: list[dict[str, Any]] | None = None
+        self._means: dict[str, float] = {}  # the mean costs ``_rows`` were made with
         self._lock = LoopsLock()  # one read and fold at a time (a refresh on each of two loops)
 
     async def read(self) -> tuple[BenchStats, list[dict[str, Any]]]:
@@ -114,18 +121,26 @@ class RunningOutcomes:
             self._drop(id)
         self._place = None  # until the statistics are computed: a ConfigError reads everything again next time
         cloud = bool(self._priced) and self._free == self._priced
-        if cloud != self._cloud:
+        if cloud != self._cloud:  # every side priced the other way: counted again
             self._cloud, self._dirty = cloud, set(self._groups)
+            self._sums = {group: EntrySums(cloud) for group in self._groups}
+            self._costs = CostSums()
+            for held in self._records.values():
+                for side in held.sides:
+                    if side[1] is not None:
+                        self._sums[held.task or ANY_TASK, side[0]].add(_Side(side))
+                        self._costs.add(side[0], _Side(side), cloud)
         for group in sorted(self._dirty):
-            ids = sorted(self._groups[group], key=lambda id: self._records[id].key)
-            first = self._records[ids[0]]
-            sides = self._groups[group]
-            entry = backend_stats(*group, [_Side(sides[id]) for id in ids], cloud=cloud, min_n=self.min_n)
-            self._entries[group] = ((first.key, [figures[0] for figures in first.sides].index(group[1])), entry)
+            first = self._first.get(group)
+            if first is None:  # its first side was taken out
+                first = self._first[group] = min((self._records[id].key, index)
+                                                 for id, index in self._groups[group].items())
+            self._entries[group] = (first, self._sums[group].entry(*group, min_n=self.min_n))
         self._dirty.clear()
-        if self._rows is None:
-            ordered = sorted(self._records.values(), key=lambda held: held.key)
-            self._rows = training_rows(ordered, cloud=cloud)
+        means = self._costs.means()
+        if self._rows is None or means != self._means:  # over the captured records, with every record's mean costs
+            ordered = sorted(self._captured.values(), key=lambda held: held.key)
+            self._rows, self._means = training_rows(ordered, cloud=cloud, means=means), means
         self._place = changes.place
         return self._stats(), self._rows
 
@@ -154,8 +169,13 @@ class RunningOutcomes:
 
     def _count(self, record: _Held, sign: int) -> None:
         """Add (``sign`` 1) or take away (-1) ``record``'s sides."""
-        self._rows = None
-        for side in record.sides:
+        if record.input:
+            self._rows = None
+            if sign > 0:
+                self._captured[record.id] = record
+            else:
+                del self._captured[record.id]
+        for index, side in enumerate(record.sides):
             backend, score, cost, _, cloud_cost, _, _, written = side
             if written & 1 or cloud_cost is not None:  # has_cost, measured or cloud-equivalent
                 self._priced += sign
@@ -165,11 +185,25 @@ class RunningOutcomes:
             group = (record.task or ANY_TASK, backend)
             self._dirty.add(group)
             sides = self._groups.setdefault(group, {})
+            view = _Side(side)
+            self._costs.add(backend, view, self._cloud, sign)
+            place = (record.key, index)
             if sign > 0:
-                sides[record.id] = side
+                sides[record.id] = index
+                if (sums := self._sums.get(group)) is None:
+                    sums = self._sums[group] = EntrySums(self._cloud)
+                sums.add(view)
+                if group in self._first and place < self._first[group]:
+                    self._first[group] = place
+                elif len(sides) == 1:
+                    self._first[group] = place
                 continue
             del sides[record.id]
+            self._sums[group].add(view, -1)
+            if self._first.get(group) == place:
+                del self._first[group]
             if not sides:
-                del self._groups[group]
+                del self._groups[group], self._sums[group]
+                self._first.pop(group, None)
                 self._entries.pop(group, None)
                 self._dirty.discard(group)
