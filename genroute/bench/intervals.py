@@ -38,11 +38,12 @@ def exact_binomial_ci(successes: int, n: int, *, level: float = 0.95) -> tuple[f
         if k == 0:
             return 0.0
         ks = np.arange(k, n + 1)
+        # The terms that do not depend on p, once (the same operations in the same order: the same figures).
+        log_choose, rest = log_factorial[n] - log_factorial[ks] - log_factorial[n - ks], n - ks
         low, high = 0.0, 1.0
         for _ in range(60):
             p = (low + high) / 2
-            log_pmf = (log_factorial[n] - log_factorial[ks] - log_factorial[n - ks] + ks * math.log(p)
-                       + (n - ks) * math.log1p(-p))
+            log_pmf = log_choose + ks * math.log(p) + rest * math.log1p(-p)
             top = float(log_pmf.max())
             tail = math.exp(top) * float(np.exp(log_pmf - top).sum())
             low, high = (p, high) if tail < alpha else (low, p)
