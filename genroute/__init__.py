@@ -55,13 +55,16 @@ _LAZY: dict[str, str] = {
     "OutcomeSettings": "genroute.outcomes.settings",
     "OutcomeRecord": "genroute.outcomes.records",
     "side_effect_free": "genroute.tools",
+    "Health": "genroute.router.health",
+    "DependencyHealth": "genroute.router.health",
+    "RefreshHealth": "genroute.router.health",
 }
 
 __all__ = [
     "AllRungsFailed", "BackendError", "BackendRejected", "BackendUnavailable", "BudgetExceeded", "CircuitOpen",
-    "Citation", "ConfigError", "DeadlineExceeded", "Decision", "DecisionRecord", "GenerateChunk", "GenerateRequest",
-    "GenerateResult", "GenrouteError", "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings",
-    "OutcomeStoreError", "Pricing", "RateLimited", "Router", "RouterConfig", "Rung", "RungAttempt",
+    "Citation", "ConfigError", "DeadlineExceeded", "Decision", "DecisionRecord", "DependencyHealth", "GenerateChunk",
+    "GenerateRequest", "GenerateResult", "GenrouteError", "Health", "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings",
+    "OutcomeStoreError", "Pricing", "RateLimited", "RefreshHealth", "Router", "RouterConfig", "Rung", "RungAttempt",
     "StateUnavailable", "StreamInterrupted", "ToolCall", "ToolLoopExceeded", "Usage", "UsageError",
     "ValidationFailed", "load_config", "side_effect_free", "__version__",
 ]
@@ -84,6 +87,7 @@ if TYPE_CHECKING:
     from genroute.config import RouterConfig, load_config
     from genroute.outcomes.records import OutcomeRecord
     from genroute.outcomes.settings import OutcomeSettings
+    from genroute.router.health import DependencyHealth, Health, RefreshHealth
     from genroute.runtime.pricing import ModelPrice, Pricing
     from genroute.router.router import Router
     from genroute.tools import side_effect_free

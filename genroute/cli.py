@@ -1,4 +1,4 @@
-"""Command line: ``genroute demo | generate | ingest | bench | tune | compile | graduate``."""
+"""Command line: ``genroute demo | generate | ingest | health | bench | tune | compile | graduate``."""
 
 from __future__ import annotations
 
@@ -113,6 +113,12 @@ def _main(argv: Sequence[str] | None) -> int:
     ingest.add_argument("--text-field", default=None, help="JSONL field holding the text (documents; default text)")
     add_quiet(ingest)
 
+    health = sub.add_parser("health", help="probe a configured router's dependencies: exit 0 if all answer")
+    health.add_argument("--config", required=True, help="router config (YAML, TOML or JSON)")
+    health.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    health.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="seconds each probe may take (default 2)")
+
     sub.add_parser("bench", help="compare backends on a labeled JSONL set (see `genroute bench --help`)",
                    add_help=False)
     sub.add_parser("tune", help="supervised fine-tuning: Vertex AI job or --local LoRA (see `genroute tune --help`)",
@@ -126,7 +132,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if argv and argv[0] in {"bench", "tune", "compile", "graduate"}:
         return _delegate(argv[0], argv[1:])
     args, unknown = parser.parse_known_args(argv)
-    command = {"demo": demo, "generate": gen, "ingest": ingest}[args.command]
+    command = {"demo": demo, "generate": gen, "ingest": ingest, "health": health}[args.command]
     if unknown:  # argparse words them as the top parser's ("genroute: error: ..."): the command's, as any other
         command.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
@@ -136,6 +142,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return run_demo(cache_dir=args.cache_dir, show_trace=not args.no_trace, tune=not args.no_tune)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "health":
+            from genroute.router.health import health_command
+
+            return health_command(args.config, timeout_s=args.timeout, as_json=args.json)
         return _ingest(args)
     except GenrouteError as exc:
         return command_failed(exc, command, config=getattr(args, "config", None))

@@ -186,6 +186,11 @@ class Backend(KindFromConfig, ABC):
         """What running this backend again would repeat in the world (tool names); empty: safe to shadow."""
         return ()
 
+    async def probe(self) -> str | None:
+        """Check that what this backend reads besides its engine (a Chroma collection) answers now, with no model call
+        (``router.health``): raise if not, else say what was checked. ``None`` (default): nothing to check."""
+        return None
+
     async def aclose(self) -> None:
         """Release anything the backend holds."""
 

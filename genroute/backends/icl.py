@@ -125,6 +125,12 @@ class IclBackend(SingleCallBackend):
     def _templates(self) -> tuple[Any, Any]:
         return compile_template(self.config.example_template), compile_template(self.config.query_template)
 
+    async def probe(self) -> str:
+        """Count the collection: one Chroma call (the store answers and holds the collection; no embedding)."""
+        name = self.config.collection
+        n = await self.examples.store.count(name, kind="examples", field=f"backends.{self.name}.collection")
+        return f"collection {name!r} holds {n} examples"
+
     def facts(self) -> dict[str, Any]:
         """Collection, selector, k, ``example_count`` and ``example_counts`` per task (read from the store,
         blocking; zero and empty if it is unavailable)."""

@@ -97,6 +97,12 @@ class RagBackend(SingleCallBackend):
     def _templates(self) -> tuple[Any, Any]:
         return compile_template(self.config.template), compile_template(self.config.no_context_template)
 
+    async def probe(self) -> str:
+        """Count the collection: one Chroma call (the store answers and holds the collection; no embedding)."""
+        name = self.config.collection
+        n = await self.store.count(name, kind="documents", field=f"backends.{self.name}.collection")
+        return f"collection {name!r} holds {n} chunks"
+
     def facts(self) -> dict[str, Any]:
         """Collection, k and threshold (no store access)."""
         return {"collection": self.config.collection, "k": self.config.k, "max_distance": self.config.max_distance}

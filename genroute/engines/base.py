@@ -166,5 +166,10 @@ class Engine(KindFromConfig, ABC):
         """The LoRA adapter this engine applies to every call (a locally tuned model), if any."""
         return None
 
+    async def probe(self, model: str) -> str | None:
+        """Check, with no billed call, that this engine can serve ``model`` now (``router.health``): raise if not,
+        else say what was checked. ``None``: this engine has nothing to check, and health does not list it."""
+        return None
+
     async def aclose(self) -> None:
         """Release clients, threads and files."""

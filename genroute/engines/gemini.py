@@ -358,6 +358,12 @@ class GeminiEngine(Engine):
 
         return await call_with_retry(attempt, self.config.retry)
 
+    async def probe(self, model: str) -> str:
+        """One ``countTokens`` call for ``model``, not retried (free: it proves the endpoint answers, the key is
+        accepted and the model exists, not that generation has quota); its failure is genroute's error."""
+        await self._call(self._aio().models.count_tokens(model=model, contents="health"), None)
+        return f"countTokens for {model} answered"
+
     context_caching = True
 
     async def create_cache(self, model: str, contents: list[types.Content], *, ttl_s: int,

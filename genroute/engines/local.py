@@ -357,6 +357,18 @@ class LocalEngine(Engine):
         finally:
             cancel.set()
 
+    async def probe(self, model: str) -> str:
+        """Whether a model instance is loaded; if none is, one is loaded now on the engine's workers (and kept for the
+        next request): a load error (``ConfigError``: no file, a context too large) is raised."""
+        if self._instances:
+            return "model loaded"
+        await self._submit(self._warm)
+        return "model loaded by this check"
+
+    def _warm(self) -> None:
+        if not self._instances:  # a request on another worker may have loaded one meanwhile
+            self._idle.put(self._borrow())
+
     def _raise_if_dropped(self, job: asyncio.Future[Any]) -> None:
         """A job ``aclose`` took off the queue before it started is a typed error, not a bare cancellation."""
         task = asyncio.current_task()

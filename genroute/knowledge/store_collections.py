@@ -55,6 +55,8 @@ class StoreCollections:
         self._connecting: Connecting[Any] = Connecting()
         #: Each call's bound when chromadb's HTTP session could not be given a timeout (``chroma_timeouts``).
         self._wait_s: float | None = None
+        #: ``genroute.knowledge.unavailable`` on the router's meter (``use_telemetry``).
+        self._unavailable: Any = None
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -64,6 +66,11 @@ class StoreCollections:
         to the last one built."""
         if self._embedder is not None:
             self._embedder.telemetry = telemetry
+        from genroute.runtime.telemetry import instrument
+
+        self._unavailable = instrument(telemetry.meter.create_counter, "genroute.knowledge.unavailable",
+                                       unit="{call}", description="Chroma calls that failed because the store did "
+                                                                  "not answer (BackendUnavailable)")
 
     @property
     def embedder(self) -> Embedder:
@@ -175,7 +182,8 @@ class StoreCollections:
     def _guard(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
-        except GenrouteError:
+        except GenrouteError as exc:  # the client's own (a server it could not reach when it was made)
+            self._count_unavailable(exc)
             raise
         except Exception as exc:
             from chromadb.errors import NotFoundError
@@ -189,7 +197,12 @@ class StoreCollections:
                                       secrets=header_secrets(self.config.headers))
             if mapped is None:
                 raise
+            self._count_unavailable(mapped)
             raise mapped from exc
+
+    def _count_unavailable(self, error: GenrouteError) -> None:
+        if isinstance(error, BackendUnavailable) and self._unavailable is not None:
+            self._unavailable.add(1, {"genroute.knowledge.place": "server" if self.config.host else "embedded"})
 
     # -- collections -------------------------------------------------------------------------
 

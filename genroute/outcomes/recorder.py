@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,9 @@ class _Pending:
 
 class OutcomeRecorder:
     """Writes outcome records to the store; one per router."""
+
+    #: Called once for each write counted in ``write_errors`` (the router's ``genroute.outcomes.write_errors``).
+    on_lost: Callable[[], None] | None = None
 
     def __init__(self, settings: OutcomeSettings, store: OutcomeStore | SharedOutcomeStore, scorer: ShadowScorer, *,
                  scrub: ScrubHook | None = None, secrets: tuple[str, ...] = ()) -> None:
@@ -192,6 +195,8 @@ class OutcomeRecorder:
         return self._behind
 
     def _count_error(self) -> None:
+        if self.on_lost is not None:
+            self.on_lost()
         with self._lock:  # also from the store's writer thread
             self.write_errors += 1
 
@@ -368,6 +373,8 @@ class OutcomeRecorder:
         """An outcome write that failed: counted, and logged (at most once a minute, with the count lost since) with
         the file's reason where the file refused it (what the operator has to fix), else with the error's type alone
         (a message may quote the request)."""
+        if self.on_lost is not None:
+            self.on_lost()
         with self._lock:  # also from the store's writer thread
             self.write_errors += 1
             self._lost_unlogged += 1

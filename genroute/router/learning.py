@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from genroute.policies.base import BackendInfo, Policy, PolicyContext
     from genroute.policies.challenger import ChallengerConfig
     from genroute.router.executor import Executor
+    from genroute.router.refresh_record import RefreshRecord
     from genroute.state import StateStore
     from genroute.state.promotions import Promotion
 
@@ -57,6 +58,8 @@ class Learning:
     _running: RunningOutcomes | None = None
     #: The gates every attempt passes (breakers, rate limits, the policy's budgets); ``None`` when there are none.
     _gated: Admission | None
+    #: The last scheduled refresh's outcome, and the counter of failed ones (``genroute.router.health``).
+    _refresh_record: RefreshRecord
 
     async def _refresh_facts(self) -> Exception | None: ...
 
@@ -199,7 +202,10 @@ class Learning:
                 due[name] = clock() + periods[name]
                 try:
                     await (self.arefresh() if name == "refresh" else self._apply_promotions())
+                    if name == "refresh":
+                        self._refresh_record.succeeded()
                 except Exception as exc:  # a failed refresh keeps the current policy; the next one retries
+                    self._refresh_record.failed(name, exc)
                     if isinstance(exc, StateUnavailable) and name == "promotions":
                         continue  # the store warns of its outage itself (once a minute), with what to do
                     if name == "refresh":

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from genroute.backends.base import refuse_rerun
+from genroute.runtime.telemetry import instrument
 
 if TYPE_CHECKING:
     from genroute.backends.base import Backend
@@ -38,7 +39,17 @@ def build_recorder(settings: OutcomeSettings, executor: Executor, *, scrub: Scru
         store = OutcomeStore(sqlite_path(settings), synchronous=settings.synchronous)
     scorer = resolve_shadow_scorer(settings.scorer, resolve_check=executor.resolve_check,
                                    backends=executor.backends)
-    return OutcomeRecorder(settings, store, scorer, scrub=resolve_scrub(settings, scrub), secrets=secrets)
+    recorder = OutcomeRecorder(settings, store, scorer, scrub=resolve_scrub(settings, scrub), secrets=secrets)
+    count_lost_writes(recorder, executor.telemetry.meter, "state" if shared else "sqlite")
+    return recorder
+
+
+def count_lost_writes(recorder: OutcomeRecorder, meter: Any, store: str) -> None:
+    """Count the recorder's lost writes (``write_errors``) as ``genroute.outcomes.write_errors``."""
+    counter = instrument(meter.create_counter, "genroute.outcomes.write_errors", unit="{write}",
+                         description="Outcome records that were not stored (the request was answered)")
+    attributes = {"genroute.outcomes.store": store}
+    recorder.on_lost = lambda: counter.add(1, attributes)
 
 
 def unsafe_backends(backends: Mapping[str, Backend]) -> dict[str, tuple[str, ...]]:

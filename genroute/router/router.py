@@ -17,6 +17,7 @@ from genroute.errors import BackendError, DeadlineExceeded, GenrouteError, Strea
 from genroute.policies.base import Policy, PolicyContext, decided
 from genroute.router.executor import Executor
 from genroute.router.inflight import InFlight, RouterStream
+from genroute.router.health import Checks
 from genroute.router.lifecycle import Lifecycle
 from genroute.router.build import (check_arguments, check_providers, default_policy, release_on_collect,
                                    require_prices, warn_unused_prices)
@@ -27,6 +28,7 @@ from genroute.runtime.billing import Charges, charging
 from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
 from genroute.runtime.telemetry import CAPTURE_MAX_CHARS, Telemetry
 from genroute.router.learning import Learning, backend_info, check_seconds
+from genroute.router.refresh_record import RefreshRecord
 from genroute.state import StateStore, build_state
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult, RequestFields, RequestInput
 
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from genroute.state.promotions import Promotion
 
 
-class Router(Lifecycle, Learning):
+class Router(Lifecycle, Learning, Checks):
     """Routes each request to a backend chosen by a policy, and records why, how long and how much."""
 
     #: The config file the router was built from (``None``: a mapping, a ``RouterConfig`` or code): where a
@@ -139,6 +141,7 @@ class Router(Lifecycle, Learning):
         self._refreshes = (self.outcome_settings is not None and self.outcome_settings.refresh_every_s is not None
                            ) or self.state.promotions_every_s is not None
         self._decisions = CostedDecisions()
+        self._refresh_record = RefreshRecord(self.telemetry.meter)  # the last scheduled refresh, for health
 
     @classmethod
     def from_config(

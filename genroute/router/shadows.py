@@ -24,6 +24,7 @@ from genroute.backends.base import produced
 from genroute.log_every import LogEvery
 from genroute.runtime.deadlines import deadline_at
 from genroute.runtime.embeddings import RequestEmbeddings
+from genroute.runtime.telemetry import instrument
 from genroute.router.attempt import admitted
 from genroute.router.inflight import call_on, poll_until, resume_here
 from genroute.types import Decision, GenerateRequest, GenerateResult
@@ -61,6 +62,9 @@ class Shadows:
     def _init_shadows(self) -> None:
         #: Shadow runs dropped because ``max_shadows`` were already in flight.
         self.shadows_dropped = 0
+        self._dropped_counter = instrument(self.telemetry.meter.create_counter, "genroute.shadows.dropped",
+                                           unit="{run}", description="Shadow runs dropped because max_shadows "
+                                                                     "were already in flight")
         #: Shadow runs cancelled before they ended by anything but ``drain_shadows`` (their event loop ending).
         self.shadows_cancelled = 0
         self._warn_log: dict[str, LogEvery] = {}  # when each kind of warning (dropped, cancelled) is due again
@@ -112,6 +116,7 @@ class Shadows:
             task.add_done_callback(self._shadows.discard)
         if dropped:
             self.shadows_dropped += dropped
+            self._dropped_counter.add(dropped)
             span.set_attribute("genroute.shadow.dropped", dropped)
             self._warn("dropped", "dropped %d shadow run(s) so far: %d were already in flight (logged once a minute)",
                        self.shadows_dropped, self.max_shadows)  # under load that is every request: throttled

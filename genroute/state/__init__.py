@@ -174,6 +174,11 @@ class StateStore(ABC):
         Refused with ``StateUnavailable`` when a shared store cannot take it, whatever ``on_error`` says."""
         return None
 
+    async def ping(self) -> str | None:
+        """Ask a shared store whether it answers now, past its outage back-off and its memory fallback
+        (``router.health``): ``StateUnavailable`` if not. ``None``: a store of this process, nothing to ask."""
+        return None
+
     async def promotions(self) -> dict[str, Promotion]:
         """The promotions recorded in the store, by task (none in a store of one process)."""
         return {}

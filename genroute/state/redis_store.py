@@ -369,6 +369,15 @@ class RedisStateStore(StateStore):
 
         return await self._run("promotions", remote, self.fallback.promotions)
 
+    async def ping(self) -> str:
+        import redis.exceptions
+
+        try:
+            await self._client().client.ping()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise StateUnavailable(f"state store at {redacted(self.config.url)} {failure(exc)}") from exc
+        return "PING answered"
+
     async def aclose(self) -> None:
         """Send writes still kept from an outage, then close this loop's pool (those of loops closed meanwhile are let
         go when the next loop makes its pool)."""

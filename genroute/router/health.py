@@ -1,0 +1,240 @@
+"""Whether this router's dependencies answer now: ``router.health()`` / ``await router.ahealth()`` (a mixin of
+``Router``), for a load balancer's readiness check and an operator's ``genroute health``.
+
+Each dependency gets one cheap probe, all at once, each bounded by ``timeout_s`` (a hung dependency is reported as
+not answering, it does not hang the check); no probe calls a model that bills:
+
+- ``state`` (a shared store: Redis): one ``PING``, past the store's outage back-off and memory fallback;
+- ``backends.<name>`` (a backend that reads a Chroma collection: ICL, RAG): the collection counted, one call;
+- ``outcomes``: a SQLite file opened read-write and its write lock taken and given back (nothing written); a shared
+  list: the state store's ``PING`` (and its SQLite archive, if any, as a file);
+- ``engines.<name>`` (an engine a backend calls): Gemini, one ``countTokens`` for a model a backend names (free);
+  local, a model instance loaded (loaded by the check if none was, and kept for the next request).
+
+The last scheduled refresh is reported beside them (``refresh``), not in ``ready``: a refresh that failed keeps the
+policy the router had, and every replica reading the same store would fail it together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from genroute.errors import header_secrets, without_secrets
+from genroute.router.learning import check_seconds
+from genroute.runtime.portal import run_sync
+
+if TYPE_CHECKING:
+    from genroute.backends.base import Backend
+    from genroute.outcomes.recorder import OutcomeRecorder
+    from genroute.outcomes.settings import OutcomeSettings
+    from genroute.router.executor import Executor
+    from genroute.router.refresh_record import RefreshRecord
+    from genroute.runtime.portal import Portal
+    from genroute.runtime.resources import Resources
+    from genroute.state import StateStore
+
+#: How long each probe may take by default (a load balancer's check is usually given a few seconds in all).
+PROBE_TIMEOUT_S = 2.0
+#: The most characters of an error kept in a result (a probe's error is one line for an operator, not a dump).
+_ERROR_CHARS = 300
+
+Kind = Literal["router", "state", "knowledge", "outcomes", "engine"]
+Probe = tuple[str, Kind, Callable[[], Awaitable[str | None]]]
+
+
+class DependencyHealth(BaseModel):
+    """One dependency's answer to its probe."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Where the config names it: ``state``, ``outcomes``, ``backends.<name>``, ``engines.<name>``.
+    name: str
+    kind: Kind
+    ok: bool
+    #: How long the probe took (its timeout, when it had no answer).
+    latency_ms: float
+    #: What the probe checked (``ok``), e.g. ``PING answered``.
+    detail: str | None = None
+    #: Why it is not ok: the error's type and message, credentials masked.
+    error: str | None = None
+
+
+class RefreshHealth(BaseModel):
+    """The router's last scheduled refresh (``outcomes.refresh_every_s``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: False when the last scheduled refresh failed (the router kept the policy it had).
+    ok: bool
+    #: When it ran (Unix time); ``None``: none ran yet.
+    at: float | None = None
+    error: str | None = None
+
+
+class Health(BaseModel):
+    """``router.health()``: ``ready`` when every dependency answered its probe."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ready: bool
+    dependencies: tuple[DependencyHealth, ...]
+    #: ``None``: the router has no scheduled refresh.
+    refresh: RefreshHealth | None = None
+
+
+class Checks:
+    """``health``/``ahealth`` (mixed into ``Router``)."""
+
+    backends: dict[str, Backend]
+    resources: Resources
+    state: StateStore
+    outcome_settings: OutcomeSettings | None
+    _portal: Portal
+    _closed: bool
+    _refresh_record: RefreshRecord
+    _executor: Executor
+
+    async def ahealth(self, *, timeout_s: float = PROBE_TIMEOUT_S) -> Health:
+        """Probe every dependency at once (each at most ``timeout_s``): ``ready`` when all answered. A closed router
+        (or one closing) is not ready; nothing is probed."""
+        check_seconds(timeout_s, "timeout_s")
+        if self._closed:
+            return _closed()
+        secrets = self._secrets()
+        found = await asyncio.gather(*(_probe(*probe, timeout_s, secrets) for probe in self._probes(timeout_s)))
+        return Health(ready=all(d.ok for d in found), dependencies=tuple(found), refresh=self._refresh_health())
+
+    def health(self, *, timeout_s: float = PROBE_TIMEOUT_S) -> Health:
+        """Sync ``ahealth`` (not from inside a running event loop)."""
+        check_seconds(timeout_s, "timeout_s")
+        if self._closed:  # its loop thread may be stopped already
+            return _closed()
+        return run_sync(self.ahealth(timeout_s=timeout_s), "health", portal=self._portal)
+
+    def _probes(self, timeout_s: float) -> list[Probe]:
+        from genroute.backends.base import Backend
+        from genroute.engines.base import Engine
+
+        probes: list[Probe] = []
+        if self.state.shared:
+            probes.append(("state", "state", self.state.ping))
+        recorder = self._executor.outcomes
+        if recorder is not None:
+            probes.append(("outcomes", "outcomes", lambda: _outcome_store(recorder, timeout_s)))
+        models: dict[str, str] = {}  # engine -> a model a backend calls it with
+        for name, backend in self.backends.items():
+            if type(backend).probe is not Backend.probe:
+                probes.append((f"backends.{name}", "knowledge", backend.probe))
+            models.setdefault(backend.config.engine, backend.config.model)
+        for name, model in models.items():
+            engine = self.resources.engines.get(name)
+            if engine is not None and type(engine).probe is not Engine.probe:
+                probes.append((f"engines.{name}", "engine", functools.partial(engine.probe, model)))
+        return probes
+
+    def _secrets(self) -> tuple[str, ...]:
+        """What no error text may show: engine keys and headers, Chroma headers, the Redis URL's password."""
+        from urllib.parse import urlsplit
+
+        from genroute.router.outcome_setup import engine_secrets
+
+        found = list(engine_secrets(self.resources))
+        for engine in self.resources.engines.values():
+            values = getattr(engine.config, "header_values", None)
+            if callable(values):
+                found += header_secrets(values())
+        headers = getattr(getattr(self.resources.knowledge, "config", None), "headers", None)
+        if headers:
+            found += header_secrets(headers)
+        url = getattr(getattr(self.state, "config", None), "url", None)
+        password = urlsplit(url).password if isinstance(url, str) else None
+        if password:
+            found.append(password)
+        return tuple(sorted(set(found), key=len, reverse=True))
+
+    def _refresh_health(self) -> RefreshHealth | None:
+        if self.outcome_settings is None or self.outcome_settings.refresh_every_s is None:
+            return None
+        record = self._refresh_record
+        return RefreshHealth(ok=record.error is None, at=record.at, error=record.error)
+
+
+async def _probe(name: str, kind: Kind, probe: Callable[[], Awaitable[str | None]], timeout_s: float,
+                 secrets: tuple[str, ...]) -> DependencyHealth:
+    start = time.monotonic()
+    detail = error = None
+    try:
+        detail = await asyncio.wait_for(probe(), timeout_s)
+    except TimeoutError:
+        error = f"no answer in {timeout_s:g} s"
+    except Exception as exc:  # noqa: BLE001 - any failure of a dependency is its answer
+        error = _scrubbed(f"{type(exc).__name__}: {exc}", secrets)
+    latency_ms = round((time.monotonic() - start) * 1000, 3)
+    return DependencyHealth(name=name, kind=kind, ok=error is None, latency_ms=latency_ms, detail=detail, error=error)
+
+
+def _scrubbed(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return without_secrets(" ".join(text.split()))[:_ERROR_CHARS]
+
+
+def _closed() -> Health:
+    return Health(ready=False, dependencies=(DependencyHealth(name="router", kind="router", ok=False, latency_ms=0.0,
+                                                              error="the router is closed"),))
+
+
+async def _outcome_store(recorder: OutcomeRecorder, timeout_s: float) -> str:
+    from genroute.outcomes.shared import SharedOutcomeStore
+
+    store = recorder.store
+    if isinstance(store, SharedOutcomeStore):
+        said = await store.state.ping() or "state store"
+        if store.archive is None:
+            return f"shared list: {said}"
+        archive = await asyncio.to_thread(_sqlite_writable, store.archive.path, timeout_s)
+        return f"shared list: {said}; archive: {archive}"
+    return await asyncio.to_thread(_sqlite_writable, store.path, timeout_s)
+
+
+def _sqlite_writable(path: Path, timeout_s: float) -> str:
+    """Open the file read-write (never made anew) and take its write lock, then give it back: nothing is written."""
+    if not path.exists():
+        raise FileNotFoundError(f"no outcome store file at {path}")
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout_s,
+                         isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+    finally:
+        db.close()
+    return f"{path.name}: write lock taken"
+
+
+def health_command(config: str, *, timeout_s: float | None, as_json: bool) -> int:
+    """``genroute health``: build the router, probe it, print a line per dependency (or JSON); 0 when ready."""
+    from genroute.router.router import Router
+
+    if timeout_s is not None:
+        check_seconds(timeout_s, "--timeout")
+    with Router.from_config(config) as router:
+        health = router.health(timeout_s=timeout_s or PROBE_TIMEOUT_S)
+    if as_json:
+        print(health.model_dump_json(indent=2))
+        return 0 if health.ready else 1
+    width = max((len(d.name) for d in health.dependencies), default=0)
+    for d in health.dependencies:
+        print(f"{'ok' if d.ok else 'FAIL':<4}  {d.name:<{width}}  {d.kind:<9}  {d.latency_ms:8.1f} ms  "
+              f"{d.detail if d.ok else d.error}")
+    if health.refresh is not None and not health.refresh.ok:
+        print(f"last scheduled refresh failed: {health.refresh.error}")
+    print("ready" if health.ready else "not ready")
+    return 0 if health.ready else 1

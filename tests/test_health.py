@@ -1,0 +1,192 @@
+"""``router.health()`` and ``genroute health`` against real dependencies: a password-protected ``redis-server``, a
+``chroma run`` server, a SQLite outcome store and the loopback Gemini server, each behind a TCP proxy that can refuse
+connections (a dependency stopped) or hold its replies (a dependency that accepts and never answers)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from genroute import Health, Router, UsageError
+from genroute.cli import main
+from genroute.knowledge import aload_examples
+from genroute.testing import GeminiTestServer
+
+from .chroma_fixtures import ChromaServer, Knowledge, chroma_server  # noqa: F401
+from .conftest import TEST_KEY, gemini_config
+from .redis_fixtures import RedisServer
+from .server_ports import free_port
+from .tcp_proxy import TcpProxy
+from .test_icl import EXAMPLES, write_examples
+
+PASSWORD = "health-redis-pass-7f3a9c"  # noqa: S105 - a test server's
+NETWORKED = ["state", "backends.icl", "engines.gemini"]
+ALL = {"state", "outcomes", "backends.icl", "engines.gemini"}
+
+
+@dataclass
+class Deps:
+    """A router config whose every dependency is real and behind a proxy of its own, by the name health gives it."""
+
+    config: dict[str, Any]
+    proxies: dict[str, TcpProxy]
+    outcomes: Path
+
+
+@pytest.fixture
+def redis_locked(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path / "redis.log", options=("--requirepass", PASSWORD))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def deps(gemini_server: GeminiTestServer, chroma_server: ChromaServer, redis_locked: RedisServer,
+         tmp_path: Path) -> Iterator[Deps]:
+    proxies = {"state": TcpProxy(redis_locked.port), "backends.icl": TcpProxy(chroma_server.port),
+               "engines.gemini": TcpProxy(int(gemini_server.base_url.rsplit(":", 1)[1]))}
+    knowledge = Knowledge("server", {"host": "127.0.0.1", "port": chroma_server.port})
+    collection = knowledge.name("health")
+    import asyncio
+
+    asyncio.run(aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl", EXAMPLES[:4])],
+                               collection=collection))
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"]["base_url"] = f"http://127.0.0.1:{proxies['engines.gemini'].port}"
+    config["knowledge"] = {"host": "127.0.0.1", "port": proxies["backends.icl"].port, "timeout_s": 5}
+    config["backends"]["icl"] = {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash",
+                                 "collection": collection}
+    config["state"] = {"kind": "redis", "url": f"redis://:{PASSWORD}@127.0.0.1:{proxies['state'].port}/0",
+                       "prefix": "health:"}
+    config["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "store": "sqlite"}
+    try:
+        yield Deps(config, proxies, tmp_path / "outcomes.db")
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
+
+
+def failing(health: Health) -> dict[str, str | None]:
+    return {d.name: d.error for d in health.dependencies if not d.ok}
+
+
+def no_secret(text: str) -> None:
+    assert TEST_KEY not in text and PASSWORD not in text
+
+
+def test_a_router_with_every_dependency_up_is_ready_and_says_what_each_probe_checked(deps: Deps,
+                                                                                    gemini_server: GeminiTestServer):
+    with Router.from_config(deps.config) as router:
+        calls = len(gemini_server.requests)
+        health = router.health()
+    assert health.ready, health
+    assert {d.name: d.kind for d in health.dependencies} == {
+        "state": "state", "outcomes": "outcomes", "backends.icl": "knowledge", "engines.gemini": "engine"}
+    details = {d.name: d.detail for d in health.dependencies}
+    assert details["state"] == "PING answered"
+    assert details["backends.icl"].endswith("holds 4 examples")
+    assert details["outcomes"] == "outcomes.db: write lock taken"
+    assert details["engines.gemini"] == "countTokens for gemini-2.5-flash answered"
+    # The one model call: a countTokens (free), no generate.
+    assert [r.action for r in gemini_server.requests[calls:]] == ["countTokens"]
+    assert all(d.latency_ms >= 0 for d in health.dependencies) and health.refresh is None
+    no_secret(health.model_dump_json())
+
+
+@pytest.mark.parametrize("name", NETWORKED)
+async def test_a_dependency_stopped_makes_the_router_not_ready_naming_it_and_ready_again_once_back(deps: Deps,
+                                                                                                  name: str):
+    async with await Router.acreate(deps.config) as router:
+        assert (await router.ahealth()).ready
+        deps.proxies[name].partition()  # connections refused, open ones cut
+        down = await router.ahealth(timeout_s=3)
+        deps.proxies[name].heal()
+        again = await router.ahealth()
+    assert not down.ready
+    assert list(failing(down)) == [name]
+    assert failing(down)[name]
+    no_secret(down.model_dump_json())
+    assert again.ready, again
+
+
+@pytest.mark.parametrize("name", NETWORKED)
+async def test_a_dependency_that_never_answers_is_reported_at_the_timeout(deps: Deps, name: str):
+    # A hung dependency (it accepts the connection, its replies never come) must not hang the check.
+    async with await Router.acreate(deps.config) as router:
+        assert (await router.ahealth()).ready  # connections open: the probe's request goes to a live connection
+        deps.proxies[name].hold_replies()
+        try:
+            health = await router.ahealth(timeout_s=0.5)
+        finally:
+            deps.proxies[name].release_replies()
+    assert not health.ready
+    assert failing(health) == {name: "no answer in 0.5 s"}
+    (hung,) = [d for d in health.dependencies if d.name == name]
+    assert hung.latency_ms >= 500
+
+
+def test_an_outcome_store_another_process_holds_locked_is_not_ready(deps: Deps):
+    with Router.from_config(deps.config) as router, contextlib.closing(
+            sqlite3.connect(deps.outcomes, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # a writer that holds the file's write lock past the probe's timeout
+        try:
+            health = router.health(timeout_s=0.5)
+        finally:
+            other.execute("ROLLBACK")
+        assert router.health().ready
+    assert not health.ready
+    assert list(failing(health)) == ["outcomes"]
+    assert failing(health)["outcomes"] in {"OperationalError: database is locked", "no answer in 0.5 s"}
+
+
+def test_a_rejected_api_key_is_not_ready_and_never_shown(deps: Deps, gemini_server: GeminiTestServer):
+    gemini_server.api_key = "another-key-entirely"
+    with Router.from_config(deps.config) as router:
+        health = router.health()
+    assert list(failing(health)) == ["engines.gemini"]
+    assert "BackendRejected" in failing(health)["engines.gemini"]
+    no_secret(health.model_dump_json())
+
+
+def test_a_closed_router_is_not_ready_and_a_bad_timeout_is_refused(deps: Deps):
+    router = Router.from_config(deps.config)
+    with pytest.raises(UsageError) as raised:
+        router.health(timeout_s=0)
+    assert raised.value.field == "timeout_s"
+    router.close()
+    health = router.health()
+    assert not health.ready and failing(health) == {"router": "the router is closed"}
+
+
+def test_genroute_health_prints_a_line_per_dependency_and_exits_by_readiness(deps: Deps, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]):
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(deps.config))
+    assert main(["health", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "ready"
+    assert sorted(line.split()[1] for line in out.splitlines()[:-1]) == sorted(ALL)
+    assert all(line.split()[0] == "ok" for line in out.splitlines()[:-1])
+
+    deps.proxies["state"].partition()
+    assert main(["health", "--config", str(path), "--json", "--timeout", "1"]) == 1
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["ready"] is False
+    assert [d["name"] for d in result["dependencies"] if not d["ok"]] == ["state"]
+    no_secret(captured.out + captured.err)
+    assert main(["health", "--config", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1] == "not ready"
+    (line,) = [line for line in captured.out.splitlines() if line.split()[1] == "state"]
+    assert line.startswith("FAIL")
+    no_secret(captured.out + captured.err)

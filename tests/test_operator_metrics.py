@@ -1,0 +1,108 @@
+"""The counters an operator alerts on, read with the real OTel SDK's ``InMemoryMetricReader``: outcome writes lost
+(``genroute.outcomes.write_errors``), shadow runs dropped (``genroute.shadows.dropped``), scheduled refreshes that
+failed (``genroute.refresh.failures``) and Chroma calls the store did not answer (``genroute.knowledge.unavailable``).
+They were counters on objects and lines in the logs only: nothing a metrics backend could alert on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from genroute import Router
+from genroute.knowledge import aload_examples
+from genroute.testing import GeminiTestServer
+
+from .chroma_fixtures import ChromaServer, Knowledge, chroma_server  # noqa: F401
+from .conftest import Otel, gemini_config
+from .read_only_files import small_disk  # noqa: F401
+from .tcp_proxy import TcpProxy
+from .test_executor import SHADOWED, Gate, config, to
+from .test_icl import EXAMPLES, write_examples
+
+
+def points(otel: Otel, name: str) -> list[tuple[dict[str, Any], float]]:
+    metric = otel.metrics().get(name)
+    return [] if metric is None else [(dict(p.attributes), p.value) for p in metric.data.data_points]
+
+
+def test_shadow_runs_dropped_are_counted_as_a_metric(gemini_server: GeminiTestServer, otel: Otel):
+    gate = Gate(gemini_server, "gemini-2.5-pro")
+    router = Router.from_config(config(gemini_server, SHADOWED), **otel.providers)
+    router._executor.max_shadows = 1  # no public knob: the default cap is too large to fill in a test
+    try:
+        router.generate("one")
+        assert gate.entered.wait(5)
+        router.generate("two")
+        router.generate("three")
+    finally:
+        gate.release.set()
+        router.close()
+    assert len(to(gemini_server, "gemini-2.5-pro")) == 1
+    assert points(otel, "genroute.shadows.dropped") == [({}, 2)] == [({}, router._executor.shadows_dropped)]
+
+
+def test_outcome_writes_lost_on_a_full_disk_are_counted_as_a_metric(gemini_server: GeminiTestServer, otel: Otel,
+                                                                    small_disk: Any):
+    disk, fill = small_disk
+    cfg = gemini_config(gemini_server)
+    cfg["backends"]["pro"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-pro"}
+    cfg["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat"}], "shadow": ["pro"]}
+    cfg["outcomes"] = {"path": str(disk / "outcomes.db"), "scorer": "label_accuracy"}
+    with Router.from_config(cfg, **otel.providers) as router:
+        router.generate("one", task="t")
+        router.drain()
+        router._executor.outcomes.store.close()  # the next write opens the file again, on a full disk
+        fill()
+        for text in ("two", "three"):
+            router.generate(text, task="t")
+            router.drain()
+        lost = router._executor.outcomes.write_errors
+        (disk / "filler").unlink()
+    assert lost == 2
+    assert points(otel, "genroute.outcomes.write_errors") == [({"genroute.outcomes.store": "sqlite"}, 2)]
+
+
+async def test_a_failed_scheduled_refresh_is_counted_and_shown_by_health_until_one_succeeds(
+        gemini_server: GeminiTestServer, otel: Otel, chroma_server: ChromaServer, tmp_path: Path):
+    proxy = TcpProxy(chroma_server.port)
+    knowledge = Knowledge("server", {"host": "127.0.0.1", "port": chroma_server.port})
+    collection = knowledge.name("refresh")
+    await aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl", EXAMPLES[:4])],
+                         collection=collection)
+    cfg = gemini_config(gemini_server)
+    cfg["knowledge"] = {"host": "127.0.0.1", "port": proxy.port, "timeout_s": 2}
+    cfg["backends"]["icl"] = {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash",
+                              "collection": collection}
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "refresh_every_s": 0.2}
+
+    async def until(check: Any) -> None:
+        deadline = time.monotonic() + 30
+        while not check():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+
+    try:
+        async with await Router.acreate(cfg, **otel.providers) as router:
+            assert (await router.ahealth()).refresh.ok  # none ran yet
+            await router.agenerate("hello")  # starts the refresher
+            await until(lambda: router._refresh_record.at is not None)
+            assert (await router.ahealth()).refresh.ok
+            proxy.partition()  # the Chroma server is unreachable: the ICL backend's reload fails
+            await until(lambda: router._refresh_record.error is not None)
+            down = await router.ahealth(timeout_s=1)
+            proxy.heal()
+            await until(lambda: router._refresh_record.error is None)
+            up = await router.ahealth()
+    finally:
+        proxy.close()
+    assert not down.refresh.ok and down.refresh.error.startswith("BackendUnavailable: ")
+    assert not down.ready and [d.name for d in down.dependencies if not d.ok] == ["backends.icl"]
+    assert up.refresh.ok and up.ready
+    failures = points(otel, "genroute.refresh.failures")
+    assert failures and {tuple(sorted(a.items())) for a, _ in failures} == {
+        (("error.type", "BackendUnavailable"), ("genroute.refresh", "refresh"))}
+    unavailable = points(otel, "genroute.knowledge.unavailable")
+    assert [a for a, _ in unavailable] == [{"genroute.knowledge.place": "server"}]
+    assert unavailable[0][1] >= 2  # each failed reload, and the health probe
