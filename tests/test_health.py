@@ -190,3 +190,37 @@ def test_genroute_health_prints_a_line_per_dependency_and_exits_by_readiness(dep
     (line,) = [line for line in captured.out.splitlines() if line.split()[1] == "state"]
     assert line.startswith("FAIL")
     no_secret(captured.out + captured.err)
+
+
+@pytest.mark.local
+def test_the_local_engine_is_ready_once_a_model_instance_is_loaded_and_a_file_gone_is_not(tmp_path: Path):
+    config = {"engines": {"local": {"kind": "local", "n_threads": 1, "max_output_tokens": 2}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m"}}}
+    with Router.from_config(config) as router:
+        first, second = router.health(timeout_s=60), router.health()  # the first loads it (~1 s, more on busy cores)
+        assert router.generate("Hello").backend == "chat"
+    assert first.ready and [d.detail for d in first.dependencies] == ["model loaded by this check"]
+    assert second.ready and [d.detail for d in second.dependencies] == ["model loaded"]
+    config["engines"]["local"]["model_path"] = str(tmp_path / "gone.gguf")
+    with Router.from_config(config) as router:
+        health = router.health(timeout_s=60)
+    assert failing(health) == {"engines.local": f"ConfigError: engines.local.model_path: no model file at "
+                                                f"{tmp_path / 'gone.gguf'}"}
+
+
+async def test_a_rag_backend_is_probed_by_counting_its_collection_in_an_embedded_store(
+        gemini_server: GeminiTestServer, tmp_path: Path):
+    from .conftest import Otel
+    from .test_rag import ingest_docs, router as rag_router
+
+    knowledge = Knowledge("embedded", {"path": str(tmp_path / "chroma")})
+    collection = knowledge.name("docs")
+    await ingest_docs(knowledge, tmp_path, collection)
+    async with rag_router(gemini_server, Otel(), knowledge, collection=collection) as router:
+        health = await router.ahealth()
+    async with rag_router(gemini_server, Otel(), knowledge, collection="not-there") as router:
+        missing = await router.ahealth()
+    (rag,) = [d for d in health.dependencies if d.name == "backends.rag"]
+    assert health.ready and rag.kind == "knowledge" and rag.detail.startswith(f"collection {collection!r} holds ")
+    assert not missing.ready and list(failing(missing)) == ["backends.rag"]
+    assert "unknown collection 'not-there'" in failing(missing)["backends.rag"]
