@@ -143,9 +143,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "generate":
             return _generate(args)
         if args.command == "health":
-            from genroute.router.health import health_command
-
-            return health_command(args.config, timeout_s=args.timeout, as_json=args.json)
+            return _health(args.config, timeout_s=args.timeout, as_json=args.json)
         return _ingest(args)
     except GenrouteError as exc:
         return command_failed(exc, command, config=getattr(args, "config", None))
@@ -215,6 +213,29 @@ def _answer(args: argparse.Namespace, fields: dict[str, Any], provider: Any) -> 
                 print(result.text)
         if args.json and result is not None:
             print(json.dumps(result.model_dump(mode="json"), indent=2))
+
+
+def _health(config: str, *, timeout_s: float | None, as_json: bool) -> int:
+    """``genroute health``: build the router, probe it, print a line per dependency (or JSON); 0 when ready."""
+    from genroute.router.health import PROBE_TIMEOUT_S
+    from genroute.router.learning import check_seconds
+    from genroute.router.router import Router
+
+    if timeout_s is not None:
+        check_seconds(timeout_s, "--timeout")
+    with Router.from_config(config) as router:
+        health = router.health(timeout_s=timeout_s or PROBE_TIMEOUT_S)
+    if as_json:
+        print(health.model_dump_json(indent=2))
+        return 0 if health.ready else 1
+    width = max((len(d.name) for d in health.dependencies), default=0)
+    for d in health.dependencies:
+        print(f"{'ok' if d.ok else 'FAIL':<4}  {d.name:<{width}}  {d.kind:<9}  {d.latency_ms:8.1f} ms  "
+              f"{d.detail if d.ok else d.error}")
+    if health.refresh is not None and not health.refresh.ok:
+        print(f"last scheduled refresh failed: {health.refresh.error}")
+    print("ready" if health.ready else "not ready")
+    return 0 if health.ready else 1
 
 
 def _trace() -> tuple[Any, Any]:

@@ -218,23 +218,3 @@ def _sqlite_writable(path: Path, timeout_s: float) -> str:
         db.close()
     return f"{path.name}: write lock taken"
 
-
-def health_command(config: str, *, timeout_s: float | None, as_json: bool) -> int:
-    """``genroute health``: build the router, probe it, print a line per dependency (or JSON); 0 when ready."""
-    from genroute.router.router import Router
-
-    if timeout_s is not None:
-        check_seconds(timeout_s, "--timeout")
-    with Router.from_config(config) as router:
-        health = router.health(timeout_s=timeout_s or PROBE_TIMEOUT_S)
-    if as_json:
-        print(health.model_dump_json(indent=2))
-        return 0 if health.ready else 1
-    width = max((len(d.name) for d in health.dependencies), default=0)
-    for d in health.dependencies:
-        print(f"{'ok' if d.ok else 'FAIL':<4}  {d.name:<{width}}  {d.kind:<9}  {d.latency_ms:8.1f} ms  "
-              f"{d.detail if d.ok else d.error}")
-    if health.refresh is not None and not health.refresh.ok:
-        print(f"last scheduled refresh failed: {health.refresh.error}")
-    print("ready" if health.ready else "not ready")
-    return 0 if health.ready else 1
