@@ -39,6 +39,7 @@ PAIRS: list[tuple[Any, str, str]] = [
     (Router, "refresh", "arefresh"),
     (Router, "promote", "apromote"),
     (Router, "rollback", "arollback"),
+    (Router, "health", "ahealth"),
     (Embedder, "embed", "aembed"),
     (harness, "bench", "abench"),
     (OutcomeStore, "upsert_sync", "upsert"),
@@ -366,6 +367,17 @@ def test_bench_refuses_a_closed_router_both_ways_and_writes_nothing(gemini_serve
 # -- inside a running loop every sync twin refuses, names its twin and leaks nothing -------------------------
 
 
+def test_health_and_ahealth_answer_alike(gemini_server):
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        sync, async_ = router.health(), asyncio.run(router.ahealth())
+
+    def shape(health: Any) -> Any:
+        return health.ready, [(d.name, d.kind, d.ok, d.detail, d.error) for d in health.dependencies]
+
+    assert shape(sync) == shape(async_) == (True, [("engines.gemini", "engine", True,
+                                                    "countTokens for gemini-2.5-flash answered", None)])
+
+
 async def test_sync_twins_refuse_a_running_loop_and_name_their_async_twin(gemini_server, tmp_path: Path):
     router = Router.from_config(gemini_config(gemini_server))
     store = build_store({"path": str(tmp_path / "chroma")}, engines={})
@@ -379,6 +391,7 @@ async def test_sync_twins_refuse_a_running_loop_and_name_their_async_twin(gemini
         "arefresh": router.refresh,
         "apromote": lambda: router.promote("t", "chat"),
         "arollback": lambda: router.rollback("t"),
+        "ahealth": router.health,
         "aingest": lambda: ingest(store, [tmp_path], collection="docs"),
         # LocalEmbedder.embed is CPU work that is safe anywhere; an engine's embeddings are not.
         "aembed": lambda: GeminiEmbedder(router.resources.engines["gemini"]).embed(["hi"]),
