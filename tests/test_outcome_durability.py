@@ -253,3 +253,53 @@ def test_writes_handed_over_from_a_daemon_thread_are_written_before_the_process_
     done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert out.read_text(encoding="utf-8") == "handed over"
+
+
+def test_a_store_in_a_directory_this_user_may_not_write_is_read_and_a_write_names_the_file(tmp_path: Path) -> None:
+    """A directory whose permissions the user lacks (another user's, or mode 555: the usual read-only directory for
+    anyone but root) is SQLite's SQLITE_READONLY_DIRECTORY, not the SQLITE_CANTOPEN of an immutable directory or a
+    read-only mount: such a store was still "cannot open the outcome store ...: attempt to write a readonly
+    database". Root is held back by permissions only without its capability to override them: the reading runs so."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    directory = tmp_path / "outcomes"
+    path = directory / "outcomes.db"
+    store = OutcomeStore(path)
+    store.upsert_many_sync([record("a"), record("b", 0.0)])
+    store.close()
+    script = textwrap.dedent("""
+        import json, sys
+        from genroute.errors import ConfigError
+        from genroute.outcomes import OutcomeRecord, OutcomeStore
+
+        store = OutcomeStore(sys.argv[1])
+        answer = {"ids": [r.id for r in store.records_sync()], "count": store.count_sync()}
+        try:
+            store.upsert_sync(OutcomeRecord(metadata={"id": "c"}))
+        except ConfigError as exc:
+            answer["refused"] = [exc.field, str(exc)]
+        print(json.dumps(answer))
+    """)
+    if os.geteuid() == 0:  # another user's directory, and root without CAP_DAC_OVERRIDE (util-linux's setpriv)
+        os.chown(directory, 65534, 65534)
+        directory.chmod(0o755)
+        path.chmod(0o644)
+        run = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    else:
+        directory.chmod(0o555)
+        run = []
+    try:
+        done = subprocess.run([*run, sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        directory.chmod(0o700)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["ids"] == ["a", "b"] and answer["count"] == 2
+    field, message = answer["refused"]
+    assert field == "outcomes.path" and str(path) in message and "directory is read-only" in message
+    assert sorted(p.name for p in directory.iterdir()) == ["outcomes.db"]

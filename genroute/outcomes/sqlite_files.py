@@ -56,8 +56,13 @@ def wal_file(path: Path) -> Path:
 
 def frozen_out(path: Path, exc: sqlite3.OperationalError) -> bool:
     """Whether SQLite could not open the file because the ``-wal``/``-shm`` files it needs cannot be made beside it
-    (the directory is read-only for this process) while no writer has it open: it can be read frozen."""
-    return (exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_CANTOPEN and not os.access(path.parent, os.W_OK)
+    (the directory is read-only for this process) while no writer has it open: it can be read frozen. SQLite says
+    so with ``SQLITE_CANTOPEN`` where the system refused with ``EPERM`` or ``EROFS`` (an immutable directory, a
+    read-only mount), and with ``SQLITE_READONLY_DIRECTORY`` where it refused with ``EACCES`` (a directory whose
+    permissions this user lacks: the usual case for anyone but root)."""
+    cannot_make = (exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_CANTOPEN
+                   or exc.sqlite_errorcode == sqlite3.SQLITE_READONLY_DIRECTORY)
+    return (cannot_make and not os.access(path.parent, os.W_OK)
             and not wal_file(path).exists() and os.access(path, os.R_OK))
 
 
