@@ -195,6 +195,8 @@ def test_a_router_with_its_store_in_a_read_only_directory_serves_and_refuses_fee
         with caplog.at_level(logging.WARNING, logger="genroute"):
             router.drain()
         assert recorder.write_errors == 1 and "not stored: ConfigError" in caplog.text  # the shadow's outcome
+        # with the file and why, as production.md says: it was the error's type alone
+        assert str(read_only_dir) in caplog.text and "directory is read-only" in caplog.text
         with pytest.raises(ConfigError) as info:
             router.feedback(result, score=1.0)
         assert info.value.field == "outcomes.path" and str(read_only_dir) in str(info.value)

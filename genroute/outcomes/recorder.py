@@ -371,8 +371,8 @@ class OutcomeRecorder:
 
     def _lost(self, id: str, exc: BaseException) -> None:
         """An outcome write that failed: counted, and logged (at most once a minute, with the count lost since) with
-        the file's reason where the file refused it (what the operator has to fix), else with the error's type alone
-        (a message may quote the request)."""
+        the file's reason where the file refused it (what the operator has to fix: a read-only one is the store's
+        ``ConfigError``), else with the error's type alone (a message may quote the request)."""
         if self.on_lost is not None:
             self.on_lost()
         with self._lock:  # also from the store's writer thread
@@ -383,6 +383,8 @@ class OutcomeRecorder:
             lost, self._lost_unlogged = self._lost_unlogged, 0
         if isinstance(exc, sqlite3.Error | OSError):
             message = str(self._store_error(f"outcome for {id}", exc))
+        elif isinstance(exc, ConfigError) and exc.field == "outcomes.path":  # a read-only file or directory: named
+            message = f"outcome for {id} not stored: ConfigError: {redact_secrets(str(exc), self._secrets)}"
         else:
             message = f"outcome for {id} not stored: {type(exc).__name__}"
         if lost > 1:
