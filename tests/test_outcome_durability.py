@@ -7,6 +7,7 @@ import logging
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,32 @@ def test_closing_a_router_leaves_every_outcome_in_the_file_alone_and_ends_the_wr
         assert reader.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0] <= len(results)
         router.close()
         assert writers() == []
+        shutil.copy(path, tmp_path / "copy.db")  # the file alone, without its -wal
+    finally:
+        reader.close()
+    copied = OutcomeStore(tmp_path / "copy.db").records_sync()
+    assert sorted(r.id for r in copied) == sorted(r.outcome_id for r in results)
+
+
+def test_closing_a_router_moves_into_the_file_what_a_reader_kept_its_writer_from_moving(gemini_server,
+                                                                                        tmp_path: Path) -> None:
+    """The writer moves its writes into the file when it pauses, but not past an older snapshot another process is
+    reading then: those stayed in the ``-wal`` file until a later checkpoint. The close moves them (the test above
+    passes on the writer's pause alone)."""
+    path = tmp_path / "outcomes.db"
+    router = Router.from_config(shadowing(gemini_server, path))
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0] == 0  # a snapshot held meanwhile
+        results = [router.generate(f"question {i}") for i in range(5)]
+        router.drain()
+        end = time.monotonic() + 30
+        while writers():  # the writer paused (its checkpoint could not pass the snapshot) and ended
+            assert time.monotonic() < end, "the writer did not end"
+            time.sleep(0.01)
+        reader.execute("COMMIT")  # done reading, still open
+        router.close()
         shutil.copy(path, tmp_path / "copy.db")  # the file alone, without its -wal
     finally:
         reader.close()
