@@ -332,3 +332,33 @@ def test_a_store_in_a_directory_this_user_may_not_write_is_read_and_a_write_name
     field, message = answer["refused"]
     assert field == "outcomes.path" and str(path) in message and "directory is read-only" in message
     assert sorted(p.name for p in directory.iterdir()) == ["outcomes.db"]
+
+
+def test_a_store_opened_in_a_read_only_directory_beside_a_writer_is_read_once_the_writer_ended(tmp_path: Path) -> None:
+    """Whether the file was read as an unchanging one was settled when the store was opened: opened while another
+    process wrote it (its -wal file there, so the first read worked), every read once that writer paused or ended
+    (its -wal file gone) was "unable to open database file": 2,784 of 2,801 reads of a reader, through a read-only
+    mount, of a file a process beside it wrote now and then. The directory is the same one writable (the writer's)
+    and read-only (the reader's, a read-only bind mount: root only, as CI runs)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.fail("the reader's read-only view of the writer's directory is a bind mount: run the tests as root")
+    directory, view = tmp_path / "outcomes", tmp_path / "view"
+    store = OutcomeStore(directory / "outcomes.db")
+    store.upsert_many_sync([record("a"), record("b", 0.0)])
+    store.close()
+    view.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(directory), str(view)], check=True)
+    try:
+        writer = sqlite3.connect(directory / "outcomes.db")  # another process with the file open: its -wal is there
+        writer.execute("SELECT COUNT(*) FROM outcomes").fetchone()
+        assert (directory / "outcomes.db-wal").exists()
+        reader = OutcomeStore(view / "outcomes.db")
+        assert reader.count_sync() == 2
+        writer.close()  # the writer ends, and its -wal file with it
+        assert not (directory / "outcomes.db-wal").exists()
+        assert [r.id for r in reader.records_sync()] == ["a", "b"] and reader.count_sync() == 2
+    finally:
+        subprocess.run(["umount", "--lazy", str(view)], check=True)

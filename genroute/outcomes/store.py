@@ -56,7 +56,7 @@ class OutcomeStore:
         #: How the writer's commits reach the disk in WAL mode (``outcomes.synchronous``): ``normal``, synced at the
         #: WAL's checkpoints (a commit survives the process crashing); ``full``, each commit synced (and power loss).
         self.synchronous = synchronous
-        self._frozen = False  # in a directory this process cannot write, with no writer: read unchanging (sqlite_files)
+        self._frozen = False  # in a directory this process cannot write: read unchanging while no writer has it open
         try:
             create_private(self.path)
             try:
@@ -66,6 +66,8 @@ class OutcomeStore:
                     raise
                 self._frozen = True
                 self._open()
+            else:  # read beside a writer's -wal file: read frozen too once that writer has ended (sqlite_files)
+                self._frozen = self._wal and not os.access(self.path.parent, os.W_OK)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the outcome store {str(self.path)!r}: {exc}", field=field) from None
         # One writer per process at a time (SQLite's own lock covers other processes): the writes waiting meanwhile
