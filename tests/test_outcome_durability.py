@@ -362,3 +362,67 @@ def test_a_store_opened_in_a_read_only_directory_beside_a_writer_is_read_once_th
         assert [r.id for r in reader.records_sync()] == ["a", "b"] and reader.count_sync() == 2
     finally:
         subprocess.run(["umount", "--lazy", str(view)], check=True)
+
+
+def test_a_read_another_process_s_checkpoint_overlapped_in_a_read_only_directory_is_read_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file in a directory this process cannot write is read unchanging: no lock, so another process may move its
+    writes into the file in the middle of a read, which then saw pages of two states of it: with two readers beside
+    a writer pausing now and then, 4 of ~90 reads were "database disk image is malformed" and one gave 20,205 rows
+    for 20,000 (19,998 ids). Here the other process rewrites the file from inside the read (SQLite's progress
+    handler, called by the reader's own query: no timing); the reader's view of the directory is a read-only bind
+    mount (root only, as CI runs)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from genroute.outcomes import sqlite_files
+    from genroute.outcomes import store as store_module
+
+    if os.geteuid() != 0:
+        pytest.fail("the reader's read-only view of the writer's directory is a bind mount: run the tests as root")
+    directory, view = tmp_path / "outcomes", tmp_path / "view"
+    store = OutcomeStore(directory / "outcomes.db")
+    store.upsert_many_sync([OutcomeRecord(input="x" * 1000, output="y", metadata={"id": f"a{i:04}", "task": "t"})
+                            for i in range(2000)])
+    store.close()
+    rewrite = textwrap.dedent("""
+        import sqlite3, sys
+        from genroute.outcomes import OutcomeRecord, OutcomeStore
+
+        with sqlite3.connect(sys.argv[1]) as db:
+            db.execute("DELETE FROM outcomes")
+        store = OutcomeStore(sys.argv[1])
+        store.upsert_many_sync([OutcomeRecord(input="z" * 700, output="w", metadata={"id": f"b{i:04}", "task": "t"})
+                                for i in range(1500)])
+        store.close()
+    """)
+    rewritten: list[int] = []
+
+    def in_the_middle() -> int:
+        if not rewritten:
+            rewritten.append(subprocess.run([sys.executable, "-c", rewrite, str(directory / "outcomes.db")],
+                                            timeout=120).returncode)
+        return 0
+
+    real_connect = sqlite_files.connect
+
+    def connect(path: Path, *, frozen: bool = False, **options: Any) -> sqlite3.Connection:
+        db = real_connect(path, frozen=frozen, **options)
+        if frozen and not sqlite_files.wal_file(path).exists():  # read unchanging, the writer rewriting it meanwhile
+            db.set_progress_handler(in_the_middle, 1000)
+        return db
+
+    view.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(directory), str(view)], check=True)
+    try:
+        reader = OutcomeStore(view / "outcomes.db")
+        assert reader._frozen
+        monkeypatch.setattr(sqlite_files, "connect", connect)
+        monkeypatch.setattr(store_module, "connect", connect)
+        ids = [r.id for r in reader.records_sync()]
+    finally:
+        subprocess.run(["umount", "--lazy", str(view)], check=True)
+    assert rewritten == [0]
+    assert ids == [f"b{i:04}" for i in range(1500)]

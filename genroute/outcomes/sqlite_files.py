@@ -13,11 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from genroute.errors import ConfigError, UsageError
 
 _log = logging.getLogger("genroute.outcomes.store")
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -35,6 +39,9 @@ CREATE INDEX IF NOT EXISTS outcomes_task ON outcomes (task, created_at);
 #: before it had no such column: added on open (its rows keep NULL and are read by a reader's first, full read), or,
 #: when the file is read-only, left without it (every read of ``changes_sync`` is then a full one).
 _SEQ = "CREATE INDEX IF NOT EXISTS outcomes_seq ON outcomes (seq)"
+#: Reads of a file in a directory this process cannot write that another process wrote meanwhile, at most
+#: (``read_file``): a writer pausing now and then lets the next one through.
+_FROZEN_READS = 5
 #: How long closing a store waits for readers of older snapshots to let its writes be moved into the file itself.
 CHECKPOINT_WAIT_S = 5.0
 
@@ -48,6 +55,46 @@ def connect(path: Path, *, frozen: bool = False, timeout_s: float = 30.0,
         return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, timeout=timeout_s,
                                isolation_level=None, check_same_thread=check_same_thread)
     return sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=check_same_thread)
+
+
+def read_file(path: Path, read: Callable[[sqlite3.Connection], T], *, frozen: bool = False) -> T:
+    """``read`` on a connection of its own (``connect``), closed after. ``frozen`` (a file in a directory this process
+    cannot write): read again when another process wrote the file meanwhile. Read unchanging (no lock: another
+    process's writing is not seen), a read that a checkpoint overlapped (another process moving its writes into the
+    file) saw pages of two states of it: rows twice or missing, or SQLite's "database disk image is malformed".
+    Such a read is the one whose file (inode, size, times) or ``-wal`` file changed while it ran; a read beside a
+    ``-wal`` file, as any, holds SQLite's locks."""
+    if not frozen:
+        db = connect(path)
+        try:
+            return read(db)
+        finally:
+            db.close()
+    for attempt in range(_FROZEN_READS):
+        before = _written_state(path)
+        db = connect(path, frozen=True)
+        try:
+            answer, failure = read(db), None
+        except Exception as exc:  # a torn read may fail in any way (SQLite's, a row's JSON): judged below
+            failure = exc
+        finally:
+            db.close()
+        if _written_state(path) == before:
+            if failure is not None:
+                raise failure
+            return answer
+        time.sleep(0.01 * attempt)  # another process is checkpointing now: a moment for it to finish
+    raise sqlite3.OperationalError(f"the outcome store {str(path)!r} changed during each of {_FROZEN_READS} reads "
+                                   "(another process writing it, which this process cannot see as it does)")
+
+
+def _written_state(path: Path) -> tuple[int, ...] | None:
+    """What changes when another process writes ``path``: its inode, size and times; ``None`` while a ``-wal`` file
+    is beside it (the file is read under SQLite's locks then)."""
+    if wal_file(path).exists():
+        return None
+    stat = os.stat(path)
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 def wal_file(path: Path) -> Path:

@@ -17,22 +17,22 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from genroute.config_errors import check_list, not_a, pydantic_validated
 from genroute.errors import ConfigError, UsageError
 from genroute.outcomes.changes import Changes, Place
 from genroute.outcomes.records import OutcomeRecord, check_sides, number_refusal
 from genroute.outcomes.sqlite_files import (SCHEMA, add_seq, check_filters, checkpoint, connect, create_private,
-                                            frozen_out, read_only, unwritable)
+                                            frozen_out, read_file, read_only, unwritable)
 from genroute.outcomes.writer import GroupWriter
 from genroute.runtime.forks import forget_at_fork
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: ``outcomes.synchronous``: how the writer's commits reach the disk in WAL mode.
 Synchronous = Literal["normal", "full"]
@@ -60,12 +60,12 @@ class OutcomeStore:
         try:
             create_private(self.path)
             try:
-                self._open()
+                self._read(self._open)
             except sqlite3.OperationalError as exc:
                 if not frozen_out(self.path, exc):
                     raise
                 self._frozen = True
-                self._open()
+                self._read(self._open)
             else:  # read beside a writer's -wal file: read frozen too once that writer has ended (sqlite_files)
                 self._frozen = self._wal and not os.access(self.path.parent, os.W_OK)
         except (OSError, sqlite3.Error) as exc:
@@ -80,22 +80,21 @@ class OutcomeStore:
         forget_at_fork(self)
         self._created = 0.0  # the last creation time given: each new record's is later, so a batch keeps its order
 
-    def _open(self) -> None:
+    def _open(self, db: sqlite3.Connection) -> None:
         """Switch the file to WAL mode, give it the schema (a new file) and ``seq`` (an old one), unless read-only."""
-        with self._connect() as db:
-            if self._frozen:  # refused because it is in WAL mode; read as it is
-                mode: object = "wal"
-            else:
-                try:
-                    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                except sqlite3.OperationalError as exc:  # a read-only file not in WAL mode is read as it is
-                    if not read_only(exc):
-                        raise
-                    mode = None
-            # Whether writes commit without an fsync each (WAL mode only: in a rollback journal it risks the file).
-            self._wal = str(mode).lower() == "wal"
-            db.executescript(SCHEMA)
-            self._numbered = add_seq(db)
+        if self._frozen:  # refused because it is in WAL mode; read as it is
+            mode: object = "wal"
+        else:
+            try:
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:  # a read-only file not in WAL mode is read as it is
+                if not read_only(exc):
+                    raise
+                mode = None
+        # Whether writes commit without an fsync each (WAL mode only: in a rollback journal it risks the file).
+        self._wal = str(mode).lower() == "wal"
+        db.executescript(SCHEMA)
+        self._numbered = add_seq(db)
 
     @property
     def commits(self) -> int:
@@ -107,13 +106,10 @@ class OutcomeStore:
         """Writes handed to this store object and not answered yet (waiting for the writer, or being written)."""
         return self._writer.unwritten
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = connect(self.path, frozen=self._frozen)
-        try:
-            yield db
-        finally:
-            db.close()
+    def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """``read`` on a connection of its own; in a directory this process cannot write, again if another process
+        wrote the file meanwhile (``read_file``)."""
+        return read_file(self.path, read, frozen=self._frozen)
 
     # -- sync core (runs on a worker thread when called through the async methods) ------------------
 
@@ -221,8 +217,7 @@ class OutcomeStore:
                        str(self.path), timeout_s)
             return
         if self._wal and self.commits and not self._frozen and self.path.exists():  # never makes one anew
-            with self._connect() as db:
-                checkpoint(self.path, db, wait=True)
+            read_file(self.path, lambda db: checkpoint(self.path, db, wait=True))
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's connection is the parent's (closing it here could checkpoint the file under
@@ -245,8 +240,7 @@ class OutcomeStore:
         """The record with ``id``, or ``None``."""
         if not isinstance(id, str):  # a list was sqlite3's ProgrammingError, None matched nothing
             raise UsageError(f"an outcome id is text, not {type(id).__name__}", field="id")
-        with self._connect() as db:
-            row = db.execute("SELECT record FROM outcomes WHERE id = ?", (id,)).fetchone()
+        row = self._read(lambda db: db.execute("SELECT record FROM outcomes WHERE id = ?", (id,)).fetchone())
         return None if row is None else OutcomeRecord.model_validate_json(row[0])
 
     def records_sync(self, *, task: str | None = None, captured: bool | None = None,
@@ -265,9 +259,8 @@ class OutcomeStore:
             where.append("created_at >= ?")
             args.append(since)
         sql = "SELECT record FROM outcomes" + (f" WHERE {' AND '.join(where)}" if where else "")
-        with self._connect() as db:
-            rows = db.execute(sql + " ORDER BY created_at, id", args).fetchall()
-        return [OutcomeRecord.model_validate_json(r[0]) for r in rows]
+        return self._read(lambda db: [OutcomeRecord.model_validate_json(r[0])
+                                      for r in db.execute(sql + " ORDER BY created_at, id", args).fetchall()])
 
     def changes_sync(self, place: Place | None) -> Changes:
         """The records written since ``place`` (an earlier answer's ``place``), in ``records_sync``'s order; all of
@@ -278,7 +271,8 @@ class OutcomeStore:
         except OSError as exc:
             raise UsageError(f"cannot read the outcome store {str(self.path)!r}: {exc}", field="outcomes.path") from None
         source = f"{stat.st_dev}:{stat.st_ino}"
-        with self._connect() as db:
+
+        def read(db: sqlite3.Connection) -> tuple[int, int, bool, list[Any], list[OutcomeRecord]]:
             db.execute("BEGIN")  # one snapshot: the place read is the one of the rows read
             try:
                 if self._numbered:
@@ -293,17 +287,18 @@ class OutcomeStore:
                                   () if full else (place.at,)).fetchall()  # type: ignore[union-attr]
             finally:
                 db.execute("COMMIT")
-        found = [OutcomeRecord.model_validate_json(r[1]) for r in rows]
+            return top, unnumbered, full, rows, [OutcomeRecord.model_validate_json(r[1]) for r in rows]
+
+        top, unnumbered, full, rows, found = self._read(read)
         return Changes(place=Place(source, int(top), int(unnumbered)), full=full,
                        records=[((float(created), r.id), r) for (created, _), r in zip(rows, found, strict=True)])
 
     def count_sync(self, *, task: str | None = None) -> int:
         """How many records are stored (for ``task``)."""
         check_filters(task=task)
-        with self._connect() as db:
-            if task is None:
-                return int(db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
-            return int(db.execute("SELECT COUNT(*) FROM outcomes WHERE task = ?", (task,)).fetchone()[0])
+        sql, args = ("SELECT COUNT(*) FROM outcomes", ()) if task is None else \
+            ("SELECT COUNT(*) FROM outcomes WHERE task = ?", (task,))
+        return int(self._read(lambda db: db.execute(sql, args).fetchone()[0]))
 
     def export_jsonl(self, path: str | Path, *, task: str | None = None) -> int:
         """Write the records as an outcome matrix (one JSON line each); return how many."""
