@@ -141,7 +141,7 @@ class InFlight:
         if stream.stepping or stream.finished:
             return
         stream.closed_by_router = True
-        task = asyncio.get_running_loop().create_task(stream.end_by_router())
+        task = stream.ending = asyncio.get_running_loop().create_task(stream.end_by_router())
         with self._lock:
             self._closers.add(task)
 
@@ -173,12 +173,18 @@ class RouterStream(Generic[T]):
         self.loop: asyncio.AbstractEventLoop | None = None
         #: The error the router's close ended it with (carrying what the request cost), once it did.
         self.closed_error: UsageError | None = None
+        #: The task of the router's close ending it (``end_by_router``), which sets ``closed_error``.
+        self.ending: asyncio.Task[None] | None = None
 
     def __aiter__(self) -> RouterStream[T]:
         return self
 
     async def __anext__(self) -> T:
         if self.closed_by_router:
+            ending = self.ending
+            if ending is not None and not ending.done() and ending.get_loop() is asyncio.get_running_loop():
+                # The router's close ends it now: its error carries what the request cost, once it has settled.
+                await asyncio.wait([ending])
             raise carrying_cost(UsageError(_CLOSED_STREAM), self.closed_error)
         if self.finished:
             raise StopAsyncIteration
