@@ -164,6 +164,27 @@ async def test_a_stream_read_while_the_close_ends_it_gets_the_error_with_what_it
     assert budget_usage(router) == {"spent": pytest.approx(caught.value.cost_usd, abs=1e-9), "reserved": 0.0}
 
 
+async def test_a_stream_read_before_the_close_reached_it_gets_the_error_with_what_it_cost(gemini_server, otel):
+    # The close marks the router closed, then ends each open stream on its loop; a step that came in between was
+    # refused as "the router is closed", with cost_usd 0 for a request its trace, the metric and the budget charged
+    # (seen from sync readers on threads).
+    gemini_server.reply(Reply(parts=({"text": "one two three four"},), usage=(10, 4), chunks=4))
+    router = await Router.acreate(_config(gemini_server), **otel.providers)
+    stream = router.astream("first", timeout_s=60)
+    assert (await anext(stream)).text
+    closing = asyncio.create_task(router.aclose(drain_s=DRAIN_S))
+    while not router._inflight.closed:  # closed, and the close has not reached the stream yet
+        await asyncio.sleep(0)
+    assert not stream.closed_by_router
+    with pytest.raises(UsageError, match="closed while this stream was open") as caught:
+        await anext(stream)
+    await closing
+    (root,) = otel.spans("genroute.generate")
+    assert caught.value.cost_usd > 0
+    assert caught.value.cost_usd == pytest.approx(root.attributes["gen_ai.usage.cost.amount"])
+    assert budget_usage(router) == {"spent": pytest.approx(caught.value.cost_usd, abs=1e-9), "reserved": 0.0}
+
+
 def test_sync_stream_mid_step_and_idle_both_end_with_a_typed_error(gemini_server, caplog, otel):
     without_earlier_garbage(caplog)  # what it logs is this test's only
     gemini_server.reply(Reply(parts=({"text": "one two three four"},), usage=(10, 4), chunks=4))

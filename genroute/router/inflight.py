@@ -193,6 +193,12 @@ class RouterStream(Generic[T]):
         if not self.registered:
             self.loop = self._inflight._register(self)
             self.registered = True
+        elif self._inflight.closed and asyncio.get_running_loop() is self.loop:
+            # Closed before its close reached this stream (on this loop, next): ended here as it would be, so that
+            # the error carries what the request cost (a step refused by the closed tracker below carried none).
+            self.closed_by_router = self.finished = True
+            await self.end_by_router()
+            raise carrying_cost(UsageError(_CLOSED_STREAM), self.closed_error)
         self.stepping = True
         try:
             with self._inflight:  # a step of the stream is work in flight; idle between steps is not
