@@ -150,9 +150,10 @@ async def test_a_decision_that_outlives_its_request_is_spent_when_it_ends(gemini
     router = Router.from_config(_config(gemini_server, tmp_path, timeout_s=0.5))
     held_embeddings.hold()  # the decision's embedding is answered only after the request's deadline
     try:
-        with pytest.raises(DeadlineExceeded, match="policy decided"):
+        with pytest.raises(DeadlineExceeded, match="policy decided") as caught:
             await router.agenerate(question)
         assert _generates(gemini_server) == 0
+        assert caught.value.cost_usd == 0.0  # raised before the embedding's cost was known (docs/costs.md says so)
         # The embedding is still on its way: it is spent when it is answered, after the request gave up.
         held_embeddings.set()
         await router._decisions.finish(60.0)
