@@ -138,7 +138,7 @@ class InFlight:
 
     def _close_stream(self, stream: RouterStream[Any]) -> None:
         """On the stream's loop: close it unless a step is running (that step's task is cancelled instead)."""
-        if stream.stepping or stream.finished:
+        if stream.stepping or stream.finished or stream.closed_by_router:
             return
         stream.closed_by_router = True
         task = stream.ending = asyncio.get_running_loop().create_task(stream.end_by_router())
@@ -194,11 +194,11 @@ class RouterStream(Generic[T]):
             self.loop = self._inflight._register(self)
             self.registered = True
         elif self._inflight.closed and asyncio.get_running_loop() is self.loop:
-            # Closed before its close reached this stream (on this loop, next): ended here as it would be, so that
-            # the error carries what the request cost (a step refused by the closed tracker below carried none).
-            self.closed_by_router = self.finished = True
-            await self.end_by_router()
-            raise carrying_cost(UsageError(_CLOSED_STREAM), self.closed_error)
+            # Closed before its close reached this stream (on this loop, next): ended now as the close ends it (a
+            # task the close waits for), so that the error carries what the request cost (a step refused by the
+            # closed tracker below carried none).
+            self._inflight._close_stream(self)
+            return await self.__anext__()
         self.stepping = True
         try:
             with self._inflight:  # a step of the stream is work in flight; idle between steps is not
