@@ -24,6 +24,7 @@ from genroute.bench.manifest import (
 from genroute.bench.matrix_export import export_matrix
 from genroute.bench.own_examples import own_examples_note
 from genroute.bench.policy_inputs import policy_inputs_note
+from genroute.bench.per_label import breakdowns, per_label_markdown, per_label_overview
 from genroute.bench.paired import (
     MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain,
 )
@@ -77,6 +78,8 @@ class BenchReport(PublicModel):
     def markdown(self) -> str:
         """The main table, the paired differences, the compile and advisor sections as Markdown."""
         text = markdown_table(self.summaries)
+        if labels := {s.backend: s.labels for s in self.summaries if s.labels is not None}:
+            text += "\n" + per_label_overview(labels, {s.backend: s.quality for s in self.summaries})
         if self.compiled_on_note:
             text += "\n" + self.compiled_on_note + "\n"
         if self.own_examples_note:
@@ -220,10 +223,12 @@ def report_outcomes(
     outcomes = check_list(outcomes, Outcome, field="outcomes")
     records = check_list(records, BenchRecord, field="records")
     out = Path(out_dir)
-    summaries = summarize(outcomes, seed=seed)
     unscored = unscored_targets(outcomes, len(records))
     dead = {u.backend for u in unscored}
     live = [o for o in outcomes if o.backend not in dead]  # a target that never answered compares with nothing
+    per_label = breakdowns(live, records)  # recall per gold label, when the scorer's golds are labels
+    summaries = [s.model_copy(update={"labels": per_label.get(s.backend)}) for s in summarize(outcomes, seed=seed)]
+    label_md = per_label_markdown(per_label, {s.backend: s.quality for s in summaries})
     compiled, skipped = None, None
     if compile and not any(o.backend != POLICY_TARGET for o in live):
         skipped = "Not compiled: no backend has a scored row (see *No scored row*)."
@@ -257,6 +262,8 @@ def report_outcomes(
         sections.append(("Benchmark records among the ICL examples", own_examples))
     if unscored:
         sections.append(("No scored row", unscored_markdown(unscored)))
+    if label_md:
+        sections.append(("Recall per gold label", label_md))
     uniform = uniform_note([s for s in summaries if s.backend not in dead])
     if uniform:
         sections.append(("Every record scored alike", uniform))

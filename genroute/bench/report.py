@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ConfigDict, Field
 
+from genroute.bench.md_table import markdown_row as markdown_row  # re-exported: its callers import it from here
+from genroute.bench.per_label import LabelBreakdown
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.bench.stats import bootstrap_ci, quality_ci  # noqa: F401 - bootstrap_ci is re-exported here
 from genroute.config_errors import check_list
@@ -45,6 +47,8 @@ class Summary(PublicModel):
     judge_cost_usd: float = Field(default=0.0, description="Total spent on the judge, apart from the cost above.")
     failures: dict[str, int] = Field(default_factory=dict)
     judge_failures: dict[str, int] = Field(default_factory=dict, description="Why the judge failed (JudgeError).")
+    labels: LabelBreakdown | None = Field(default=None, description="Recall per gold label, for a run scored by a "
+                                          "label scorer (``genroute.bench.per_label``).")
 
     @property
     def cost_per_1k_usd(self) -> float:
@@ -155,12 +159,6 @@ def table_rows(summaries: Sequence[Summary]) -> list[list[str]]:
             _money(s.judge_cost_usd if judged else None), fails,
         ])
     return rows
-
-
-def markdown_row(cells: Iterable[object]) -> str:
-    """One row of a Markdown table: a "|" in a cell (a backend or task named "a|b") is escaped, and a line break
-    is a space, so that neither starts a column or a row of its own."""
-    return "| " + " | ".join(" ".join(str(c).replace("|", "\\|").splitlines()) for c in cells) + " |"
 
 
 def markdown_table(summaries: Sequence[Summary]) -> str:
@@ -286,7 +284,8 @@ def write_report(out_dir: str | Path, summaries: Sequence[Summary], *, title: st
     paths["html"].write_text(html_report(summaries, png, title=title, sections=sections, out_dir=out,
                                          records=records, outcomes=outcomes, per_record=per_record),
                                encoding="utf-8")
-    paths["summary"].write_text(json.dumps([s.model_dump(mode="json") for s in summaries], indent=2) + "\n",
+    paths["summary"].write_text(json.dumps([s.model_dump(mode="json", exclude=None if s.labels else {"labels"})
+                                            for s in summaries], indent=2) + "\n",
                                 encoding="utf-8")
     if png is not None:
         paths["png"] = png

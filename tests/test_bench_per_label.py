@@ -1,0 +1,132 @@
+"""Recall per gold label on the loopback Gemini server: a backend that always answers the majority label of an
+imbalanced set shows it (recall 1 on that label, 0 on the others, macro recall below the majority baseline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from genroute.bench import BenchRecord
+from genroute.bench.harness import abench
+from genroute.bench.per_label import label_golds
+from genroute.router.router import Router
+from genroute.testing import GeminiTestServer, Reply
+from genroute.testing.replies import field_of, texts_in
+
+from .conftest import TEST_KEY
+from .test_bench_html import dump_dom, parse
+
+#: 10 positive, 3 negative, 2 neutral reviews: the majority label is 10 of 15 records.
+WORDS = {"positive": ("great", "love", "wonderful", "superb", "fine", "lovely", "nice", "perfect", "brilliant",
+                      "excellent"),
+         "negative": ("awful", "hate", "rude"), "neutral": ("okay", "average")}
+
+
+def reviews() -> list[BenchRecord]:
+    return [BenchRecord(id=f"{label}-{i}", input=f"The service was {word}.", output=label, label=label,
+                        task="sentiment", metadata={"label_set": sorted(WORDS)})
+            for label, words in WORDS.items() for i, word in enumerate(words)]
+
+
+def serve(server: GeminiTestServer) -> None:
+    """flash-lite always answers "positive"; flash answers by keyword (right on every record)."""
+
+    def answer(request: Any) -> Reply:
+        if "lite" in (request.model or ""):
+            return Reply(parts=({"text": "Positive."},))
+        text = " ".join(texts_in(field_of(request.body, "contents") or []))
+        return Reply(parts=({"text": next(label for label, words in WORDS.items()
+                                          if any(f" {w}." in text for w in words))},))
+
+    server.default_reply = answer
+
+
+def config(server: GeminiTestServer) -> dict[str, Any]:
+    return {"engines": {"gemini": {"kind": "gemini", "base_url": server.base_url, "api_key": TEST_KEY,
+                                   "retry": {"attempts": 1}}},
+            "backends": {"lazy": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash-lite"},
+                         "smart": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}},
+            "policy": {"kind": "static", "backend": "lazy"}}
+
+
+async def test_a_backend_that_always_answers_the_majority_label_shows_it_per_label(
+        gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    serve(gemini_server)
+    async with Router.from_config(config(gemini_server)) as router:
+        report = await abench(router, reviews(), backends=["lazy", "smart"], out_dir=tmp_path / "out",
+                              progress=False, compile=False)
+    by = {s.backend: s for s in report.summaries}
+    assert by["lazy"].quality == 10 / 15  # the summary table alone: a fair-looking 0.667
+    lazy = by["lazy"].labels
+    assert lazy is not None
+    recall = {r.label: r for r in lazy.labels}
+    assert [r.label for r in lazy.labels] == ["positive", "negative", "neutral"]  # most frequent first
+    assert recall["positive"].recall == 1.0 and recall["positive"].recall_ci[1] == 1.0
+    assert recall["positive"].recall_ci[0] < 1.0  # exact CI: 10 of 10 does not prove recall 1
+    assert recall["negative"].recall == recall["neutral"].recall == 0.0
+    assert (recall["negative"].instead, recall["negative"].instead_n) == ("positive", 3)
+    assert lazy.baseline_accuracy == 10 / 15 and lazy.majority_answers == 1.0
+    assert lazy.macro_recall == 1 / 3 < lazy.baseline_accuracy
+    smart = by["smart"].labels
+    assert smart is not None and smart.macro_recall == 1.0 and smart.majority_answers == 10 / 15
+    # summary.json carries it; report.md shows the overview and each backend's table.
+    saved = {s["backend"]: s for s in json.loads((tmp_path / "out" / "summary.json").read_text())}
+    assert saved["lazy"]["labels"]["macro_recall"] == 1 / 3
+    assert saved["lazy"]["labels"]["labels"][1]["instead"] == "positive"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Recall per gold label" in md
+    assert "| lazy | 0.667 | 0.333 | 2 of 3 | 100.0% |" in md
+    assert "always answering `positive`, the most common gold label (10 of 15 records) scores accuracy 0.667" in md
+    assert "| negative | 3 | 0.000 [0.000, 0.708] | positive (3 of 3) |" in md
+    assert "| lazy | 0.667 | 0.333 | 2 of 3 | 100.0% |" in report.markdown()  # what the command prints
+    # The HTML page renders the tables as tables.
+    dom = parse(dump_dom(tmp_path / "out" / "report.html", tmp_path))
+    tables = [rows for rows in dom.tables.values() if rows]
+    overview = next(rows for rows in tables if rows[0][1][:3] == ["backend", "accuracy", "macro recall"])
+    assert [cells for _, cells in overview[1:]] == [["lazy", "0.667", "0.333", "2 of 3", "100.0%"],
+                                                    ["smart", "1.000", "1.000", "0 of 3", "66.7%"]]
+    per_label = [rows for rows in tables if rows[0][1][0] == "label" and rows[0][1][1] == "gold n"]
+    assert len(per_label) == 2
+    assert per_label[0][3][1] == ["neutral", "2", "0.000 [0.000, 0.842]", "positive (2 of 2)"]
+
+
+async def test_many_labels_show_the_most_frequent_and_summarise_the_rest(gemini_server: GeminiTestServer,
+                                                                         tmp_path: Path) -> None:
+    """14 intents scored by exact match, the majority one on half the records, each other one on 2: the lazy
+    backend's table shows 10 labels and one row for the other 4, all at recall 0."""
+    intents = [f"intent_{i:02d}" for i in range(14)]
+    golds = [intents[0]] * 26 + intents[1:] * 2
+    records = [BenchRecord(id=f"r{i}", input=f"Request {i}: about {gold}.", output=gold)
+               for i, gold in enumerate(golds)]
+
+    def answer(request: Any) -> Reply:
+        if "lite" in (request.model or ""):
+            return Reply(parts=({"text": "intent_00"},))
+        text = " ".join(texts_in(field_of(request.body, "contents") or []))
+        return Reply(parts=({"text": text.split("about ")[1].split(".")[0]},))
+
+    gemini_server.default_reply = answer
+    async with Router.from_config(config(gemini_server)) as router:
+        report = await abench(router, records, backends=["lazy", "smart"], scorer="exact",
+                              out_dir=tmp_path / "out", progress=False, compile=False)
+    lazy = {s.backend: s for s in report.summaries}["lazy"].labels
+    assert lazy is not None and len(lazy.labels) == 14 and lazy.labels[0].label == "intent_00"
+    assert lazy.baseline_accuracy == 0.5 and lazy.macro_recall == 1 / 14
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| (4 more labels, pooled) | 8 | 0.000 [0.000, 0.369] | 4 of them at recall 0 (summary.json lists every label) |" in md
+    assert sum(line.startswith("| intent_") for line in md.splitlines()) == 2 * 10  # ten labels a backend
+
+
+def test_exact_match_golds_are_labels_only_when_they_form_a_small_repeated_set() -> None:
+    def rows(golds: list[str], **meta: Any) -> list[BenchRecord]:
+        return [BenchRecord(id=str(i), input=f"q{i}", output=g, metadata=meta) for i, g in enumerate(golds)]
+
+    assert label_golds("exact", rows(["yes", "no", "yes", "no"])) is not None
+    # normalized_exact compares "Yes." and "yes" as one gold: one label, shown as first written.
+    found = label_golds("normalized_exact", rows(["Yes.", "yes", "no", "No"]))
+    assert found is not None and sorted(set(found.values())) == [(None, "Yes."), (None, "no")]
+    assert label_golds("exact", rows(["Paris", "Rome", "Oslo", "Paris"])) is None  # 3 golds in 4 records: answers
+    assert label_golds("exact", rows(["yes", "yes", "yes"])) is None  # one gold: nothing to tell apart
+    assert label_golds("normalized_exact", rows(["a", "b", "a", "b"], answers=["a", "the a"])) is None
+    assert label_golds("token_f1", rows(["yes", "no", "yes", "no"])) is None
