@@ -1453,3 +1453,20 @@ async def test_a_record_whose_request_is_refused_is_a_failed_row_and_the_run_goe
     bad = outcomes[3]
     assert bad.record_id == "r3" and bad.error_type == "UsageError" and "lone surrogate" in (bad.error or "")
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4
+
+
+async def test_a_holdout_that_leaves_too_little_to_train_on_says_so_by_its_flag(server: GeminiTestServer,
+                                                                                tmp_path: Path) -> None:
+    """--holdout 0.99 leaves one training input: the learned policy's note named its internal "held-out share
+    (0.2)" and test_share, which read like --holdout but are no option of the command."""
+    copies = [r.model_copy(update={"id": f"{r.id}-{k}"}) for r in records()[3:6] for k in range(4)]
+    async with Router.from_config(config(server)) as router:
+        for i, data in enumerate((records(), copies)):
+            report = await abench(router, data, backends=["cheap", "smart"], out_dir=tmp_path / str(i),
+                                  holdout=0.99, progress=False)
+            assert report.compiled is not None
+            text = report.markdown()
+            assert "test_share" not in text and "held-out share" not in text
+            trained_on = "1 record(s)" if i == 0 else "4 record(s)"
+            assert (f"learned policy not trained: the training split (what holdout 0.99, --holdout, leaves) has "
+                    f"1 distinct input(s) in {trained_on}") in text and "a smaller --holdout" in text

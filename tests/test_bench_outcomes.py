@@ -939,3 +939,11 @@ def test_a_matrix_without_latency_has_no_latency_not_zero(tmp_path: Path) -> Non
     assert "| – | – | – |" in markdown_table([summaries["A"]])
     stats = matrix_stats(matrix, n_boot=100)
     assert stats.tasks["math"]["A"].latency_p95_s is None and stats.tasks["math"]["C"].latency_p95_s == 2.0
+
+
+def test_a_holdout_that_leaves_too_few_training_records_names_the_flag(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_jsonl(tmp_path / "m.jsonl", synthetic(15))
+    assert bench_main(["--outcomes", str(data), "--out", str(tmp_path / "out"), "--holdout", "0.99"]) == 2
+    assert ("compiling needs at least 10 training records (got 1: --holdout 0.99 held out the other 29; a smaller "
+            "one leaves more)") in capsys.readouterr().err

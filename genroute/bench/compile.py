@@ -245,7 +245,7 @@ def compile_policy(
     full = stats_from([o for o in outcomes if o.record_id in table], source=source, seed=seed,
                       use_cloud_equivalent=cloud)
     # The records it came from, as keys: a later `genroute bench --policy` on them says its policy was compiled there.
-    from genroute.knowledge.examples import input_keys
+    from genroute.knowledge.examples import input_key, input_keys
 
     full = full.with_input_keys(input_keys(r.input for r in records if r.id in table))
     stats_path = full.save(out / "stats.json")
@@ -263,7 +263,13 @@ def compile_policy(
     rows = [evaluate(b, _always(b), held_records, table, cloud=cloud) for b in backends]
     rows.append(evaluate("compiled cost_aware", cost_aware, held_records, table, cloud=cloud))
     learned_path, note, weight = None, None, None
-    if learned and len(backends) > 1:
+    trainable = len({input_key(r.input) for r in scored if r.id in train_set})
+    if learned and len(backends) > 1 and trainable < 2:  # learned.train's own message names its internal split
+        note = (f"learned policy not trained: the training split (what holdout {holdout:g}, --holdout, leaves) has "
+                f"{trainable} distinct input(s) in {len(train_set)} record(s), and the learned policy needs two or "
+                "more (it checks itself on a share of them): a smaller --holdout, or more records with different "
+                "inputs.")
+    elif learned and len(backends) > 1:
         learned_path, note, row, weight = _learned(outcomes, records, train_set, held_records, table, out, default,
                                            seed=seed, embedder=embedder, cloud=cloud, rule=rule)
         if row is not None:

@@ -96,7 +96,9 @@ def compile_outcomes(
         where = f"held-out {holdout:.0%} of {full.source or 'the records'} (seed {seed}, split by input text)"
     mr.check_disjoint(train, held)
     if len(train.records) < 10:
-        raise UsageError(f"compiling needs at least 10 training records (got {len(train.records)})",
+        held_by = "" if eval_source is not None else (f": --holdout {holdout:g} held out the other "
+                                                      f"{len(held.records)}; a smaller one leaves more")
+        raise UsageError(f"compiling needs at least 10 training records (got {len(train.records)}{held_by})",
                          field="outcomes")
     if learned:
         from genroute.bench.clusters import text_groups
