@@ -114,7 +114,8 @@ async def test_many_labels_show_the_most_frequent_and_summarise_the_rest(gemini_
     assert lazy is not None and len(lazy.labels) == 14 and lazy.labels[0].label == "intent_00"
     assert lazy.baseline_accuracy == 0.5 and lazy.macro_recall == 1 / 14
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "| (4 more labels, pooled) | 8 | 0.000 [0.000, 0.369] | 4 of them at recall 0 (summary.json lists every label) |" in md
+    assert ("| (4 more labels, pooled) | 8 | 0.000 [0.000, 0.369] | 4 of them at recall 0 (summary.json lists every "
+            "label) |") in md
     assert sum(line.startswith("| intent_") for line in md.splitlines()) == 2 * 10  # ten labels a backend
 
 
@@ -130,3 +131,6 @@ def test_exact_match_golds_are_labels_only_when_they_form_a_small_repeated_set()
     assert label_golds("exact", rows(["yes", "yes", "yes"])) is None  # one gold: nothing to tell apart
     assert label_golds("normalized_exact", rows(["a", "b", "a", "b"], answers=["a", "the a"])) is None
     assert label_golds("token_f1", rows(["yes", "no", "yes", "no"])) is None
+    # label_accuracy reads "Positive" and "positive " as the one label they name.
+    labelled = [BenchRecord(id=str(i), input=f"q{i}", label=g) for i, g in enumerate(["Positive", "positive ", "no"])]
+    assert sorted(set((label_golds("label_accuracy", labelled) or {}).values())) == [(None, "Positive"), (None, "no")]

@@ -23,6 +23,7 @@ from pydantic import ConfigDict, Field
 
 from genroute.bench.intervals import exact_binomial_ci
 from genroute.bench.md_table import markdown_row
+from genroute.bench.scorers import gold_answers
 from genroute.bench.text_match import label_key, names_label, normalize
 from genroute.public_model import PublicModel
 
@@ -82,19 +83,25 @@ def _key_fn(scorer: str) -> Callable[[str], str]:
 
 
 def label_golds(scorer: str, records: Sequence[BenchRecord]) -> dict[str, Key] | None:
-    """Record id -> (task, gold label) when ``scorer``'s golds are labels (module docstring), else ``None``."""
+    """Record id -> (task, gold label) when ``scorer``'s golds are labels (module docstring), else ``None``. Golds
+    the scorer compares as one ("Yes" and "yes." by ``normalized_exact``) are one label, written as first seen."""
     if scorer in LABEL_SCORERS:
         golds = {r.id: (r.task, (r.label if r.label is not None else r.output).strip()) for r in records}
-        return {i: g for i, g in golds.items() if g[1]} or None
-    if scorer not in EXACT_SCORERS or any(len(r.metadata.get("answers") or ()) > 1 for r in records):
+        golds = {i: g for i, g in golds.items() if g[1]}
+    elif scorer in EXACT_SCORERS:
+        answers = {r.id: gold_answers(r) if scorer == "normalized_exact" else [r.output] for r in records}
+        if any(len(a) != 1 for a in answers.values()):  # several gold answers: a question, not a class
+            return None
+        golds = {r.id: (r.task, answers[r.id][0].strip()) for r in records}
+    else:
         return None
     key = _key_fn(scorer)
-    golds = {r.id: (r.task, r.output.strip()) for r in records}
     distinct = {(t, key(g)) for t, g in golds.values()}
-    if not 2 <= len(distinct) <= min(MAX_LABELS, len(records) / 2) or any(not g for _, g in golds.values()):
+    if not golds or any(not g for _, g in golds.values()):
         return None
-    # One spelling per label as the scorer compares them (the first seen), so that "Yes" and "yes." are one label.
-    shown: dict[tuple[str | None, str], str] = {}
+    if scorer in EXACT_SCORERS and not 2 <= len(distinct) <= min(MAX_LABELS, len(records) / 2):
+        return None
+    shown: dict[Key, str] = {}
     for t, g in golds.values():
         shown.setdefault((t, key(g)), g)
     return {i: (t, shown[(t, key(g))]) for i, (t, g) in golds.items()}
