@@ -105,3 +105,41 @@ def test_an_engine_answering_other_than_a_response_is_a_config_error_naming_it(o
             assert err.value.field == "engines.e" and says in err.value.message and "Careless" in err.value.message
     spans = otel.spans("generate_content echo-1")
     assert [span.attributes.get("error.type") for span in spans] == ["ConfigError", "ConfigError"]
+
+
+class Lingering(Backend):
+    """Streams a word, then waits; when its stream is ended it takes a moment to clean up (closes a connection)."""
+
+    kind = "lingering"
+    Config = BackendConfig
+    events: list[str] = []
+
+    async def run(self, request: Any, ctx: Any) -> BackendOutput:
+        return BackendOutput(text="whole", model="echo-1")
+
+    async def stream(self, request: Any, ctx: Any) -> Any:
+        try:
+            yield "one"
+            yield BackendOutput(text="one", model="echo-1")
+        finally:
+            await asyncio.sleep(0.5)  # well inside the close's UNWIND_S
+            self.events.append("stream cleaned up")
+
+    async def aclose(self) -> None:
+        self.events.append("backend closed")
+        await super().aclose()
+
+
+async def test_the_close_ends_a_stream_left_open_before_it_closes_its_backend() -> None:
+    # The close asked the stream's loop to end an idle stream, then at once found nothing left to wait for (that
+    # request had not run yet) and went on to close the backends, engines and state store under the stream's
+    # unwinding: its clean-up and budget settlement ran after them, or (a sync router's loop thread stopped) never.
+    resources = Resources({"e": EchoEngine("e", EchoEngineConfig())})
+    backend = Lingering("l", BackendConfig(kind="lingering", engine="e", model="echo-1"), resources)
+    router = Router({"l": backend}, resources=resources)
+    stream = router.astream("hello")
+    assert (await anext(stream)).text == "one"
+    await router.aclose(drain_s=0)
+    assert backend.events == ["stream cleaned up", "backend closed"]
+    with pytest.raises(UsageError, match="closed while this stream was open"):
+        await anext(stream)

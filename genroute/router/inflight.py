@@ -45,6 +45,7 @@ class InFlight:
         self._streams: weakref.WeakKeyDictionary[RouterStream[Any], asyncio.AbstractEventLoop] = (
             weakref.WeakKeyDictionary())
         self._closers: set[Any] = set()
+        self._unreached = 0  # open streams the close has asked their loops to end, not yet reached there
         self.closed = False
         forget_at_fork(self)
 
@@ -54,6 +55,7 @@ class InFlight:
         self._lock = threading.Lock()
         self._tasks, self._cancelled, self._closers = {}, set(), set()
         self._streams = weakref.WeakKeyDictionary()
+        self._unreached = 0
 
     def __enter__(self) -> None:
         """``with inflight:`` tracks the block as work of the running task (``UsageError`` at once if closed; a
@@ -99,15 +101,18 @@ class InFlight:
             self.closed = True
             tasks = [(task, task.get_loop()) for task in list(self._tasks)]  # list: other threads add theirs
             streams = list(self._streams.items())
+            self._unreached = len(streams)
         for task, loop in tasks:
             end_on(loop, self._cancel, task)
         for stream, loop in streams:
-            end_on(loop, self._close_stream, stream)
+            end_on(loop, self._reach_stream, stream)
         await poll_until(self._unwound, UNWIND_S)
 
     def _unwound(self) -> bool:
         with self._lock:
-            if not self._tasks and not self._closers:
+            # A stream's ending task exists only once its loop has run ``_reach_stream``: until then nothing says
+            # it is still to end, and the close would go on to shut the backends and stores under it.
+            if not self._tasks and not self._closers and not self._unreached:
                 return True
             stranded = [task for task in list(self._tasks) if task.get_loop().is_closed()]
         for task in stranded:  # its loop closed after ``close`` asked it to cancel the task (the call was dropped)
@@ -135,6 +140,14 @@ class InFlight:
         heir = resume_here(task)
         self._tasks[heir] = self._tasks.pop(task)  # no lock: the stranded task runs no more, and the heir not yet
         return heir
+
+    def _reach_stream(self, stream: RouterStream[Any]) -> None:
+        """``_close_stream`` as the close asks it of each open stream's loop, counted as reached."""
+        try:
+            self._close_stream(stream)
+        finally:
+            with self._lock:
+                self._unreached -= 1
 
     def _close_stream(self, stream: RouterStream[Any]) -> None:
         """On the stream's loop: close it unless a step is running (that step's task is cancelled instead)."""
