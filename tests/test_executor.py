@@ -157,7 +157,9 @@ def test_a_challengers_shadow_runs_at_its_own_share(gemini_server, rate, share, 
     assert len(to(gemini_server, "gemini-2.5-flash-lite")) == judge
 
 
-def test_shadows_beyond_the_cap_are_dropped_and_counted(gemini_server, otel, caplog):
+def drop_two_shadows(gemini_server, otel) -> Router:
+    """A closed router that ran three requests with room for one shadow run, the first one's still on the wire:
+    the other two shadows dropped (also tests/test_operator_metrics.py)."""
     gate = Gate(gemini_server, "gemini-2.5-pro")
     router = Router.from_config(config(gemini_server, SHADOWED), **otel.providers)
     router._executor.max_shadows = 1  # no public knob: the default cap is too large to fill in a test
@@ -170,6 +172,11 @@ def test_shadows_beyond_the_cap_are_dropped_and_counted(gemini_server, otel, cap
         gate.release.set()
         router.close()
     assert len(to(gemini_server, "gemini-2.5-pro")) == 1
+    return router
+
+
+def test_shadows_beyond_the_cap_are_dropped_and_counted(gemini_server, otel, caplog):
+    router = drop_two_shadows(gemini_server, otel)
     assert router._executor.shadows_dropped == 2
     roots = sorted(otel.spans("genroute.generate"), key=lambda s: s.start_time)
     assert [r.attributes.get("genroute.shadow.dropped") for r in roots] == [None, 1, 1]

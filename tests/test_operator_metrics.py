@@ -18,7 +18,7 @@ from .chroma_fixtures import ChromaServer, Knowledge, chroma_server  # noqa: F40
 from .conftest import Otel, gemini_config
 from .read_only_files import small_disk  # noqa: F401
 from .tcp_proxy import TcpProxy
-from .test_executor import SHADOWED, Gate, config, to
+from .test_executor import drop_two_shadows
 from .test_icl import EXAMPLES, write_examples
 
 
@@ -28,18 +28,7 @@ def points(otel: Otel, name: str) -> list[tuple[dict[str, Any], float]]:
 
 
 def test_shadow_runs_dropped_are_counted_as_a_metric(gemini_server: GeminiTestServer, otel: Otel):
-    gate = Gate(gemini_server, "gemini-2.5-pro")
-    router = Router.from_config(config(gemini_server, SHADOWED), **otel.providers)
-    router._executor.max_shadows = 1  # no public knob: the default cap is too large to fill in a test
-    try:
-        router.generate("one")
-        assert gate.entered.wait(5)
-        router.generate("two")
-        router.generate("three")
-    finally:
-        gate.release.set()
-        router.close()
-    assert len(to(gemini_server, "gemini-2.5-pro")) == 1
+    router = drop_two_shadows(gemini_server, otel)
     assert points(otel, "genroute.shadows.dropped") == [({}, 2)] == [({}, router._executor.shadows_dropped)]
 
 
