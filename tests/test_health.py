@@ -224,3 +224,44 @@ async def test_a_rag_backend_is_probed_by_counting_its_collection_in_an_embedded
     assert health.ready and rag.kind == "knowledge" and rag.detail.startswith(f"collection {collection!r} holds ")
     assert not missing.ready and list(failing(missing)) == ["backends.rag"]
     assert "unknown collection 'not-there'" in failing(missing)["backends.rag"]
+
+
+def test_a_router_whose_loop_is_held_is_not_ready_within_the_timeout_instead_of_hanging_the_check():
+    # A sync router's checks run on its loop thread: a backend that held that loop (blocking work on it) held every
+    # readiness check too, each a thread of the readiness server waiting for as long as the loop was held.
+    import threading
+
+    from genroute.backends.base import Backend, BackendConfig, BackendOutput
+    from genroute.runtime.resources import Resources
+    from genroute_plugin_example.engine import EchoEngine, EchoEngineConfig
+
+    held, release = threading.Event(), threading.Event()
+
+    class Holding(Backend):
+        kind = "holding"
+        Config = BackendConfig
+
+        async def run(self, request: Any, ctx: Any) -> BackendOutput:
+            held.set()
+            release.wait(60)  # blocking work on the loop
+            return BackendOutput(text="answered", model="echo-1")
+
+    resources = Resources({"e": EchoEngine("e", EchoEngineConfig())})
+    backend = Holding("h", BackendConfig(kind="holding", engine="e", model="echo-1"), resources)
+    with Router({"h": backend}, resources=resources) as router:
+        served = threading.Thread(target=router.generate, args=("hello",))
+        served.start()
+        try:
+            assert held.wait(30)
+            checked: list[Health] = []
+            check = threading.Thread(target=lambda: checked.append(router.health(timeout_s=0.2)))
+            check.start()
+            check.join(30)  # released at 60 s without the bound
+            assert checked, "health() waited for the held loop"
+        finally:
+            release.set()
+            served.join(60)
+            check.join(60)
+        assert router.health().ready
+    assert not checked[0].ready
+    assert failing(checked[0]) == {"router": "the router's event loop did not run the check within 2.2 s"}

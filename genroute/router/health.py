@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from genroute.errors import header_secrets, without_secrets
 from genroute.router.learning import check_seconds
-from genroute.runtime.portal import run_sync
+from genroute.runtime.portal import refuse_inside_loop
 
 if TYPE_CHECKING:
     from genroute.backends.base import Backend
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 #: How long each probe may take by default (a load balancer's check is usually given a few seconds in all).
 PROBE_TIMEOUT_S = 2.0
+#: How much longer than its probes' ``timeout_s`` a sync check waits for the router's loop thread to run them.
+LOOP_SLACK_S = 2.0
 #: The most characters of an error kept in a result (a probe's error is one line for an operator, not a dump).
 _ERROR_CHARS = 300
 
@@ -113,11 +115,21 @@ class Checks:
         return Health(ready=all(d.ok for d in found), dependencies=tuple(found), refresh=self._refresh_health())
 
     def health(self, *, timeout_s: float = PROBE_TIMEOUT_S) -> Health:
-        """Sync ``ahealth`` (not from inside a running event loop)."""
+        """Sync ``ahealth`` (not from inside a running event loop). The probes run on the router's loop thread: one
+        that does not run them within ``timeout_s + LOOP_SLACK_S`` (held by blocking work) is not ready."""
         check_seconds(timeout_s, "timeout_s")
         if self._closed:  # its loop thread may be stopped already
             return _closed()
-        return run_sync(self.ahealth(timeout_s=timeout_s), "health", portal=self._portal)
+        refuse_inside_loop("health")
+        bound = timeout_s + LOOP_SLACK_S
+        start = time.monotonic()
+        try:
+            return self._portal.call(self.ahealth(timeout_s=timeout_s), timeout_s=bound)
+        except TimeoutError:
+            latency_ms = round((time.monotonic() - start) * 1000, 3)
+            return Health(ready=False, dependencies=(DependencyHealth(
+                name="router", kind="router", ok=False, latency_ms=latency_ms,
+                error=f"the router's event loop did not run the check within {bound:g} s"),))
 
     def _probes(self, timeout_s: float) -> list[Probe]:
         from genroute.backends.base import Backend
