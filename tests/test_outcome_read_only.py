@@ -217,3 +217,15 @@ def test_a_read_another_process_s_checkpoint_overlapped_in_a_read_only_directory
         subprocess.run(["umount", "--lazy", str(view)], check=True)
     assert rewritten == [0]
     assert ids == [f"b{i:04}" for i in range(1500)]
+
+
+def test_a_router_with_its_store_in_a_read_only_directory_is_ready_its_health_saying_writes_are_refused(
+        gemini_server, read_only_dir: Path) -> None:
+    # Its health probe took the file's write lock, which a read-only directory refuses: such a router, which serves
+    # and refreshes as production.md says, was never ready ("OperationalError: unable to open database file").
+    with Router.from_config(shadowing(gemini_server, read_only_dir)) as router:
+        health = router.health()
+    (outcomes,) = [d for d in health.dependencies if d.name == "outcomes"]
+    assert health.ready and outcomes.ok, outcomes
+    assert outcomes.detail == ("outcomes.db: 2 records read; writes refused: its directory is read-only (SQLite writes "
+                               "a -wal and a -shm file beside it)")

@@ -124,9 +124,13 @@ def unwritable(path: Path, exc: BaseException, field: str) -> ConfigError | None
     if not isinstance(exc, sqlite3.OperationalError) or \
             exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
         return None
-    where = ("its directory is read-only (SQLite writes a -wal and a -shm file beside it)"
-             if not os.access(path.parent, os.W_OK) else "the file is read-only")
-    return ConfigError(f"cannot write the outcome store {str(path)!r}: {where}: {exc}", field=field)
+    return ConfigError(f"cannot write the outcome store {str(path)!r}: {read_only_reason(path)}: {exc}", field=field)
+
+
+def read_only_reason(path: Path) -> str:
+    """Why SQLite cannot write ``path``: its directory, or the file itself."""
+    return ("its directory is read-only (SQLite writes a -wal and a -shm file beside it)"
+            if not os.access(path.parent, os.W_OK) else "the file is read-only")
 
 
 def add_seq(db: sqlite3.Connection, *, writing: bool = False) -> bool:

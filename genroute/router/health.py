@@ -6,8 +6,8 @@ not answering, it does not hang the check); no probe calls a model that bills:
 
 - ``state`` (a shared store: Redis): one ``PING``, past the store's outage back-off and memory fallback;
 - ``backends.<name>`` (a backend that reads a Chroma collection: ICL, RAG): the collection counted, one call;
-- ``outcomes``: a SQLite file opened read-write and its write lock taken and given back (nothing written); a shared
-  list: the state store's ``PING`` (and its SQLite archive, if any, as a file);
+- ``outcomes``: a SQLite file opened read-write and its write lock taken and given back (nothing written; a read-only
+  one is counted instead); a shared list: the state store's ``PING`` (and its SQLite archive, if any, as a file);
 - ``engines.<name>`` (an engine a backend calls): Gemini, one ``countTokens`` for a model a backend names (free);
   local, a model instance loaded (loaded by the check if none was, and kept for the next request).
 
@@ -22,7 +22,6 @@ import functools
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     from genroute.backends.base import Backend
     from genroute.outcomes.recorder import OutcomeRecorder
     from genroute.outcomes.settings import OutcomeSettings
+    from genroute.outcomes.store import OutcomeStore
     from genroute.router.executor import Executor
     from genroute.router.refresh_record import RefreshRecord
     from genroute.runtime.portal import Portal
@@ -212,21 +212,30 @@ async def _outcome_store(recorder: OutcomeRecorder, timeout_s: float) -> str:
         said = await store.state.ping() or "state store"
         if store.archive is None:
             return f"shared list: {said}"
-        archive = await asyncio.to_thread(_sqlite_writable, store.archive.path, timeout_s)
+        archive = await asyncio.to_thread(_sqlite_writable, store.archive, timeout_s)
         return f"shared list: {said}; archive: {archive}"
-    return await asyncio.to_thread(_sqlite_writable, store.path, timeout_s)
+    return await asyncio.to_thread(_sqlite_writable, store, timeout_s)
 
 
-def _sqlite_writable(path: Path, timeout_s: float) -> str:
-    """Open the file read-write (never made anew) and take its write lock, then give it back: nothing is written."""
+def _sqlite_writable(store: OutcomeStore, timeout_s: float) -> str:
+    """Open the file read-write (never made anew) and take its write lock, then give it back: nothing is written. A
+    file SQLite cannot write there (the file or its directory read-only) is read instead: such a router serves and
+    refreshes from it (production.md), and only its writes are refused."""
+    from genroute.outcomes.sqlite_files import read_only_reason, unwritable
+
+    path = store.path
     if not path.exists():
         raise FileNotFoundError(f"no outcome store file at {path}")
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout_s,
-                         isolation_level=None)
     try:
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("ROLLBACK")
-    finally:
-        db.close()
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout_s,
+                             isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+    except sqlite3.OperationalError as exc:
+        if unwritable(path, exc, "outcomes.path") is None:
+            raise
+        return f"{path.name}: {store.count_sync()} records read; writes refused: {read_only_reason(path)}"
     return f"{path.name}: write lock taken"
-
