@@ -20,12 +20,13 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from genroute.errors import ConfigError, OutcomeStoreError, StateUnavailable, UsageError
+from genroute.errors import ConfigError, UsageError
 from genroute.log_every import LogEvery
+from genroute.outcomes.lost_writes import LostWrites
 from genroute.outcomes.records import OutcomeRecord, Side, add_scoring_cost
 from genroute.outcomes.settings import OutcomeSettings, ScrubHook, redact_secrets
 from genroute.outcomes.store import OutcomeStore
@@ -64,11 +65,8 @@ class _Pending:
     routing_cost_usd: float = 0.0
 
 
-class OutcomeRecorder:
+class OutcomeRecorder(LostWrites):
     """Writes outcome records to the store; one per router."""
-
-    #: Called once for each write counted in ``write_errors`` (the router's ``genroute.outcomes.write_errors``).
-    on_lost: Callable[[], None] | None = None
 
     def __init__(self, settings: OutcomeSettings, store: OutcomeStore | SharedOutcomeStore, scorer: ShadowScorer, *,
                  scrub: ScrubHook | None = None, secrets: tuple[str, ...] = ()) -> None:
@@ -194,12 +192,6 @@ class OutcomeRecorder:
         """Shadow outcome writes handed to the store's writer that were not answered yet (``_write_behind``)."""
         return self._behind
 
-    def _count_error(self) -> None:
-        if self.on_lost is not None:
-            self.on_lost()
-        with self._lock:  # also from the store's writer thread
-            self.write_errors += 1
-
     def close(self, timeout_s: float | None) -> None:
         """Wait for the writes handed to the SQLite store (or the shared store's SQLite archive) and move them into its
         file (``OutcomeStore.close``): on a worker thread, when the router closes."""
@@ -280,17 +272,6 @@ class OutcomeRecorder:
         except (sqlite3.Error, OSError) as exc:  # the file refused it (disk full, read-only): a genroute error
             raise self._store_error(f"feedback for {id}", exc) from exc
 
-    def _store_error(self, what: str, exc: BaseException) -> OutcomeStoreError:
-        """``what`` was not written because the store's file refused it: SQLite's or the system's reason (it quotes
-        no request), with the file. Beside a shared list (an ``archive``), the record is in the list already, and the
-        file takes it at a later read."""
-        path = str(getattr(self.store, "path", "") or "")
-        reason = redact_secrets(f"{type(exc).__name__}: {exc}", self._secrets)
-        where = (" is in the shared outcome list, not yet in its file" if getattr(self.store, "archive", None)
-                 else " not stored")
-        return OutcomeStoreError(f"{what}{where}: the outcome store {path!r} could not be written ({reason})",
-                                 path=path)
-
     async def _label_scores(self, id: str, known: tuple[GenerateRequest, dict[str, BackendOutput]] | None,
                             label: str | None, *, skip: str | None,
                             run_judge: RunJudge) -> tuple[dict[str, float], float]:
@@ -359,37 +340,6 @@ class OutcomeRecorder:
             return {}
         return kept
 
-    async def _write(self, record: OutcomeRecord) -> OutcomeRecord | None:
-        try:
-            return await self.store.upsert(record)
-        except Exception as exc:  # an outcome lost must not fail the request it describes
-            if isinstance(exc, StateUnavailable) and exc.kept:  # not lost (on_error: closed): sent once it answers
-                _log.info("outcome for %s kept until the state store answers", record.id)
-                return None
-            self._lost(record.id, exc)
-            return None
-
-    def _lost(self, id: str, exc: BaseException) -> None:
-        """An outcome write that failed: counted, and logged (at most once a minute, with the count lost since) with
-        the file's reason where the file refused it (what the operator has to fix: a read-only one is the store's
-        ``ConfigError``), else with the error's type alone (a message may quote the request)."""
-        if self.on_lost is not None:
-            self.on_lost()
-        with self._lock:  # also from the store's writer thread
-            self.write_errors += 1
-            self._lost_unlogged += 1
-            if not self._lost_log.due():  # a full disk fails every write: at most one warning a minute
-                return
-            lost, self._lost_unlogged = self._lost_unlogged, 0
-        if isinstance(exc, sqlite3.Error | OSError):
-            message = str(self._store_error(f"outcome for {id}", exc))
-        elif isinstance(exc, ConfigError) and exc.field == "outcomes.path":  # a read-only file or directory: named
-            message = f"outcome for {id} not stored: ConfigError: {redact_secrets(str(exc), self._secrets)}"
-        else:
-            message = f"outcome for {id} not stored: {type(exc).__name__}"
-        if lost > 1:
-            message += f" ({lost} outcome writes lost since the last such warning)"
-        _log.warning("%s", message)
 
 
 def routing_cost(result: GenerateResult, side: Side) -> float:
