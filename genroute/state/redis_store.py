@@ -40,14 +40,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from genroute.errors import StateUnavailable
 from genroute.log_every import LogEvery
-from genroute.state import ListRead, ListReplay, RedisStateConfig, StateStore
+from genroute.state import ListReplay, RedisStateConfig, StateStore
 from genroute.state.background import Background
 from genroute.state.memory import MemoryStateStore
 from genroute.state.ops import Admitted, Claim, Held, Hold, Release, Settle, Settlement, op_name
-from genroute.state.promotions import (EPOCH_FIELD, PROMOTE_SCRIPT, VERSION_FIELD, Promotion, parse_promotions,
-                                       promotions_key)
 from genroute.state.redis_pool import Connection, LoopConnections
-from genroute.state.redis_script import Push, Range, Until, Usage, decode, encode, settle_id
+from genroute.state.redis_records import RedisRecords
+from genroute.state.redis_script import Until, Usage, decode, encode, settle_id
 from genroute.state.redis_url import advice, check_url, failure, redacted
 from genroute.state.unsent import UnsentWrites
 
@@ -63,7 +62,7 @@ _FALLBACK_ID = "m:"
 REPLAY_BATCH = 100
 
 
-class RedisStateStore(StateStore):
+class RedisStateStore(RedisRecords, StateStore):
     """State in Redis through redis-py's asyncio client (one connection pool per event loop)."""
 
     shared = True
@@ -323,51 +322,6 @@ class RedisStateStore(StateStore):
             return {n: left for n, left in zip(names, found, strict=True) if left is not None}
 
         return await self._run("breakers", remote, lambda: self.fallback.breakers(names))
-
-    # -- lists -----------------------------------------------------------------------------------------
-
-    async def append(self, key: str, value: bytes, *, max_items: int | None = None,
-                     max_age_s: float | None = None) -> None:
-        push = Push(key, value, max_items, max_age_s)
-
-        async def remote(script: Any, _: Any) -> None:
-            await self._call(script, "apply", [push], [None])
-
-        async def local() -> None:
-            await self.fallback.append(key, value, max_items=max_items, max_age_s=max_age_s)
-
-        await self._run("append", remote, local, ordered=True, owed=True,
-                        keep=lambda: self._unsent.push(push, os.urandom(8).hex()))  # for Redis, when it is back
-
-    async def items(self, key: str, start: int = 0, *, limit: int | None = None) -> ListRead:
-        async def remote(script: Any, _: Any) -> ListRead:
-            found, _ = await self._call(script, "read", [Range(key, start, limit)], [None])
-            return found[0]
-
-        return await self._run("items", remote, lambda: self.fallback.items(key, start, limit=limit))
-
-    async def record_promotion(self, task: str, backend: str) -> Promotion | None:
-        async def remote(_: Any, client: Any) -> Promotion:
-            version, at_ms, epoch = await client.eval(PROMOTE_SCRIPT, 1, promotions_key(self.prefix), task, backend,
-                                                      VERSION_FIELD, os.urandom(8).hex(), EPOCH_FIELD)
-            return Promotion(backend, int(version), int(at_ms), bytes(epoch).decode())
-
-        # Never answered from memory: a promotion only this process saw is the disagreement it exists to prevent.
-        return await self._run("promote", remote, None)
-
-    async def pin(self, name: str, value: str) -> str:
-        async def remote(_: Any, client: Any) -> str:
-            await client.hsetnx(f"{self.prefix}pins", name, value)  # the first one set stays
-            return bytes(await client.hget(f"{self.prefix}pins", name)).decode()
-
-        # Never answered from memory: a value only this process pinned is the switch a pin exists to prevent.
-        return await self._run("pin", remote, None)
-
-    async def promotions(self) -> dict[str, Promotion]:
-        async def remote(_: Any, client: Any) -> dict[str, Promotion]:
-            return parse_promotions(await client.hgetall(promotions_key(self.prefix)))
-
-        return await self._run("promotions", remote, self.fallback.promotions)
 
     async def ping(self) -> str:
         import redis.exceptions
