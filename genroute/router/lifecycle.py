@@ -68,7 +68,7 @@ class Lifecycle:
     #: When (``time.monotonic()``) that close should have ended, by its own ``drain_s``: how long the others wait.
     _shut_by: float
 
-    #: ``Learning._stop_refresher`` (declared, not defined: a stub here came first in ``Router``'s order and
+    #: ``Refreshing._stop_refresher`` (declared, not defined: a stub here came first in ``Router``'s order and
     #: replaced it, so a close never stopped the refresher).
     _stop_refresher: Callable[[], Coroutine[Any, Any, None]]
     #: ``Learning._refuse_closed``, declared the same way: ``UsageError`` once the router is closed.

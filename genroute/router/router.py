@@ -29,6 +29,7 @@ from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
 from genroute.runtime.telemetry import CAPTURE_MAX_CHARS, Telemetry
 from genroute.router.learning import Learning, backend_info, check_seconds
 from genroute.router.refresh_record import RefreshRecord
+from genroute.router.refreshing import Refreshing
 from genroute.state import StateStore, build_state
 from genroute.types import Decision, GenerateChunk, GenerateRequest, GenerateResult, RequestFields, RequestInput
 
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from genroute.state.promotions import Promotion
 
 
-class Router(Lifecycle, Learning, Checks):
+class Router(Lifecycle, Learning, Refreshing, Checks):
     """Routes each request to a backend chosen by a policy, and records why, how long and how much."""
 
     #: The config file the router was built from (``None``: a mapping, a ``RouterConfig`` or code): where a
