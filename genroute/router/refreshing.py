@@ -1,6 +1,6 @@
 """Refreshing a router: ``refresh``/``arefresh`` and the scheduled refresher (a mixin of ``Router``).
 
-A refresh re-reads the backends' facts, applies the promotions recorded in a shared state store, and with an outcome
+A refresh re-reads the backends' facts (``_refresh_facts``), applies the promotions recorded in a shared state store, and with an outcome
 store refreshes the policy from the outcomes accumulated since the last one. The refresher runs them on the running
 loop every ``outcomes.refresh_every_s`` (and reads the promotions every ``state.promotions_every_s``): started by the
 first request, it keeps the current policy when a refresh fails and logs it.
@@ -14,13 +14,16 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from genroute.errors import StateUnavailable
+from genroute.policies.base import PolicyContext
 from genroute.router.inflight import call_on
+from genroute.router.learning import backend_info
 from genroute.runtime.portal import Portal, run_sync
 
 if TYPE_CHECKING:
     from genroute.outcomes.running import RunningOutcomes
     from genroute.outcomes.settings import OutcomeSettings
-    from genroute.policies.base import Policy, PolicyContext
+    from genroute.backends.base import Backend
+    from genroute.policies.base import BackendInfo, Policy
     from genroute.router.executor import Executor
     from genroute.router.refresh_record import RefreshRecord
     from genroute.state import StateStore
@@ -32,6 +35,8 @@ _log = logging.getLogger("genroute.router.learning")
 class Refreshing:
     """``refresh``/``arefresh`` and the refresher task (mixed into ``Router``)."""
 
+    backends: dict[str, Backend]
+    catalogue: dict[str, BackendInfo]
     policy: Policy
     context: PolicyContext
     outcome_settings: OutcomeSettings | None
@@ -46,8 +51,7 @@ class Refreshing:
     _running: RunningOutcomes | None = None
     #: The last scheduled refresh's outcome, and the counter of failed ones (``genroute.router.health``).
     _refresh_record: RefreshRecord
-    # The router's and ``Learning``'s (declared, not defined: a stub here would come first in ``Router``'s order).
-    _refresh_facts: Callable[[], Coroutine[Any, Any, Exception | None]]
+    # ``Learning``'s (declared, not defined: a stub here would come first in ``Router``'s order).
     _apply_promotions: Callable[[], Coroutine[Any, Any, bool]]
     _use_policy: Callable[[Policy], None]
     _refuse_closed: Callable[[], None]
@@ -66,6 +70,32 @@ class Refreshing:
         if failed is not None:
             raise failed
         return changed
+
+    async def _refresh_facts(self) -> Exception | None:
+        """Re-read every backend's data and facts (e.g. after loading examples) so policies decide on current data.
+
+        Requests go on meanwhile with what the backends and the catalogue held: each is swapped in once read (facts
+        read a store, so off the event loop). A backend whose reload fails keeps its facts, the others are
+        refreshed: the first failure is returned (a note names its backend) for ``arefresh`` to raise."""
+        backends = dict(self.backends)
+        reloads = await asyncio.gather(*(backend.reload() for backend in backends.values()), return_exceptions=True)
+        failed: dict[str, Exception] = {}
+        for name, outcome in zip(backends, reloads, strict=True):
+            if isinstance(outcome, Exception):
+                failed[name] = outcome
+            elif isinstance(outcome, BaseException):  # a cancellation is not a backend's failure
+                raise outcome
+        backends = {name: b for name, b in backends.items() if name not in failed}
+        facts = await asyncio.to_thread(lambda: {name: backend_info(name, b) for name, b in backends.items()})
+        # Swapped in on the loop, over the catalogue as it is now: a backend added meanwhile (graduation) stays.
+        self.catalogue = {**self.catalogue, **facts}
+        self.context = PolicyContext(catalogue=self.catalogue, stats=self.context.stats, budgets=self.context.budgets)
+        if not failed:
+            return None
+        first = next(iter(failed.values()))
+        first.add_note(f"reloading backend(s) {sorted(failed)} failed: their facts were kept, the other backends' "
+                       "refreshed")
+        return first
 
     async def _refresh_policy(self) -> bool:
         promoted = await self._apply_promotions()

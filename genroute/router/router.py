@@ -272,32 +272,6 @@ class Router(Lifecycle, Learning, Refreshing, Checks):
         """``adecide`` (sync; not from inside a running event loop)."""
         return run_sync(self.adecide(input, **fields), "decide", portal=self._portal)
 
-    async def _refresh_facts(self) -> Exception | None:
-        """Re-read every backend's data and facts (e.g. after loading examples) so policies decide on current data.
-
-        Requests go on meanwhile with what the backends and the catalogue held: each is swapped in once read (facts
-        read a store, so off the event loop). A backend whose reload fails keeps its facts, the others are
-        refreshed: the first failure is returned (a note names its backend) for ``arefresh`` to raise."""
-        backends = dict(self.backends)
-        reloads = await asyncio.gather(*(backend.reload() for backend in backends.values()), return_exceptions=True)
-        failed: dict[str, Exception] = {}
-        for name, outcome in zip(backends, reloads, strict=True):
-            if isinstance(outcome, Exception):
-                failed[name] = outcome
-            elif isinstance(outcome, BaseException):  # a cancellation is not a backend's failure
-                raise outcome
-        backends = {name: b for name, b in backends.items() if name not in failed}
-        facts = await asyncio.to_thread(lambda: {name: backend_info(name, b) for name, b in backends.items()})
-        # Swapped in on the loop, over the catalogue as it is now: a backend added meanwhile (graduation) stays.
-        self.catalogue = {**self.catalogue, **facts}
-        self.context = PolicyContext(catalogue=self.catalogue, stats=self.context.stats, budgets=self.context.budgets)
-        if not failed:
-            return None
-        first = next(iter(failed.values()))
-        first.add_note(f"reloading backend(s) {sorted(failed)} failed: their facts were kept, the other backends' "
-                       "refreshed")
-        return first
-
     def replacing(self, backends: Mapping[str, Backend]) -> Router:
         """This router with the named backends swapped for ``backends``; nothing else is rebuilt or re-read.
 
