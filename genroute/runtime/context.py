@@ -16,6 +16,7 @@ from genroute.errors import ConfigError, GenrouteError
 from genroute.runtime.billing import Charges, Meter, charging, counts_output, filled_usage, metering
 from genroute.runtime.messages import output_messages, request_attributes
 from genroute.runtime.received import CapturedReceived, Received
+from genroute.runtime.span_settings import span_attributes
 from genroute.runtime.telemetry import (CurrentSpan, Telemetry, attach, block_reason, error_type, reason_name,
                                        usage_attributes, usage_of)
 from genroute.types import NO_USAGE, GenerateRequest, Usage
@@ -114,7 +115,7 @@ class RunContext:
         attrs, name = telemetry.call(engine.provider, model)
         # The span is current for the call and ended here, in the coroutine that began it (no context probe).
         span = telemetry.tracer.start_span(name, kind=SpanKind.CLIENT,
-                                           attributes=attrs if config is None else _span_attributes(attrs, config),
+                                           attributes=attrs if config is None else span_attributes(attrs, config),
                                            record_exception=False, set_status_on_exception=False)
         token = attach(span)
         try:
@@ -175,7 +176,7 @@ class RunContext:
         contents = _turns(engine, contents)
         attrs, name = self.telemetry.call(engine.provider, model)
         with CurrentSpan(self.tracer, name, kind=SpanKind.CLIENT,
-                         attributes=_span_attributes(attrs, config, stream=True)) as span:
+                         attributes=span_attributes(attrs, config, stream=True)) as span:
             start = time.perf_counter()
             meter = Meter()
             received = CapturedReceived() if self.telemetry.capture_content else Received()
@@ -364,37 +365,3 @@ def not_an_answer(engine: Engine, response: object, method: str) -> ConfigError:
 def _turns(engine: Engine, contents: list[types.Content] | str) -> list[types.Content] | str:
     """``contents`` as ``engine`` takes them: a ``str`` (one user turn) as it is only by an engine that takes text."""
     return [user_content(contents)] if not engine.takes_text and isinstance(contents, str) else contents
-
-
-def _span_attributes(attrs: dict[str, Any], config: types.GenerateContentConfig | None, *,
-                     stream: bool = False) -> dict[str, Any]:
-    """An inference span's starting attributes: the call's own, the request's settings, streaming."""
-    span_attrs = attrs
-    if config is not None:
-        fields = config.model_fields_set  # only what the config sets is looked at
-        for key in fields & _SETTING_KEYS:
-            value = getattr(config, key)
-            if value is not None:
-                if span_attrs is attrs:
-                    span_attrs = dict(attrs)
-                span_attrs[_REQUEST_SETTINGS[key]] = value
-        if "response_mime_type" in fields:
-            output_type = _output_type(config.response_mime_type)
-            if output_type is not None:
-                span_attrs = {**span_attrs, "gen_ai.output.type": output_type}
-    if stream:
-        span_attrs = {**span_attrs, "genroute.stream": True}
-    return span_attrs
-
-
-_REQUEST_SETTINGS = {"temperature": "gen_ai.request.temperature", "max_output_tokens": "gen_ai.request.max_tokens",
-                     "top_p": "gen_ai.request.top_p", "top_k": "gen_ai.request.top_k",
-                     "seed": "gen_ai.request.seed", "stop_sequences": "gen_ai.request.stop_sequences"}
-_SETTING_KEYS = frozenset(_REQUEST_SETTINGS)
-
-
-def _output_type(mime_type: str | None) -> str | None:
-    """``gen_ai.output.type`` for a requested response MIME type (None: not a type the conventions name)."""
-    if mime_type == "application/json":
-        return "json"
-    return "text" if mime_type is not None and mime_type.startswith("text/") else None
