@@ -226,3 +226,44 @@ def test_writes_handed_over_from_a_daemon_thread_are_written_before_the_process_
     done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert out.read_text(encoding="utf-8") == "handed over"
+
+
+def test_a_flush_waiting_as_the_writer_thread_fails_to_start_returns_once_the_writes_are_answered() -> None:
+    """The writer's thread failing to start cleared ``writing`` without telling a ``flush`` waiting for it: one with
+    no timeout waited for good (one with a timeout sat it out, then said the writer was done)."""
+    from genroute.outcomes.writer import GroupWriter
+
+    starting, go = threading.Event(), threading.Event()
+
+    class NoThread(threading.Thread):
+        """A process out of threads, once ``go`` is set (``start`` waits for it, so that a flush can wait first)."""
+
+        def start(self) -> None:
+            starting.set()
+            go.wait()
+            raise RuntimeError("can't start new thread")
+
+    writer: GroupWriter[str] = GroupWriter(lambda items: items, thread=NoThread)
+    refused: list[BaseException] = []
+
+    def hand_over() -> None:
+        try:
+            writer.submit(["lost"])
+        except RuntimeError as exc:
+            refused.append(exc)
+
+    handing = threading.Thread(target=hand_over, daemon=True)
+    handing.start()
+    assert starting.wait(60)
+    flushed: list[tuple[bool, int]] = []
+    flushing = threading.Thread(target=lambda: flushed.append((writer.flush(), writer.unwritten)), daemon=True)
+    flushing.start()
+    while writer._flushing == 0:  # the flush waits for the writer that is starting
+        time.sleep(0.01)
+    go.set()
+    handing.join(60)
+    flushing.join(60)  # a bound on a hang, not a timing: without the notify this flush never returns
+    assert refused and flushed == [(True, 0)]
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        writer.write(["after"])  # the next write tries again, and is told the same
+    assert writer.unwritten == 0 and writer.flush()

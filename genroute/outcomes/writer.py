@@ -30,11 +30,16 @@ Shared = tuple[type[BaseException], ...]
 
 class GroupWriter(Generic[T]):
     """Writes lists of items through ``commit`` (one transaction for all it is given, returning one result per item
-    in order), several callers' lists in one call when they wait at once."""
+    in order), several callers' lists in one call when they wait at once.
+
+    ``thread`` makes the writer's thread (``threading.Thread``'s arguments; by default ``threading.Thread``): one
+    whose ``start`` raises is a process out of threads."""
 
     def __init__(self, commit: Callable[[list[T]], list[T]], *, idle: Callable[[], None] = lambda: None,
-                 linger_s: float = LINGER_S, shared: Shared = (), name: str = "writer") -> None:
+                 linger_s: float = LINGER_S, shared: Shared = (), name: str = "writer",
+                 thread: Callable[..., threading.Thread] = threading.Thread) -> None:
         self._commit = commit
+        self._new_thread = thread
         self._idle = idle
         self._linger_s = linger_s
         self._shared = shared
@@ -71,15 +76,25 @@ class GroupWriter(Generic[T]):
             try:
                 # Not a daemon, whoever hands the write over (a router's loop thread is one): the interpreter waits
                 # for what was handed over to be written before it exits.
-                self._thread = threading.Thread(target=self._drain, name=self._name, daemon=False)
+                self._thread = self._new_thread(target=self._drain, name=self._name, daemon=False)
                 self._thread.start()
             except BaseException:  # no thread to be had: nobody writes, so nobody may wait
-                with self._lock:
-                    waiting, self._waiting, self._writing, self._thread = self._waiting, [], False, None
-                for _, waiter in waiting:
-                    waiter.set_exception(RuntimeError(f"cannot start the {self._name} thread"))
+                self._no_writer(RuntimeError(f"cannot start the {self._name} thread"))
                 raise
         return future
+
+    def _no_writer(self, exc: BaseException) -> None:
+        """The writer's thread did not start: every write handed over (also while it failed to) is answered with
+        ``exc``, then the writer is idle, and a ``flush`` waiting for it is told (it returns once all are answered)."""
+        while True:
+            with self._lock:
+                waiting, self._waiting = self._waiting, []
+                if not waiting:  # still writing until now: a write handed over meanwhile waited for no new thread
+                    self._writing, self._thread = False, None
+                    self._done.notify_all()
+                    return
+            for _, waiter in waiting:
+                waiter.set_exception(exc)
 
     async def awrite(self, items: Sequence[T]) -> list[T]:
         """``write`` without blocking the event loop. The answer comes back in one hop (``wrap_future`` in a
