@@ -125,3 +125,19 @@ class TextOutputBackend(ShoutBackend):
 
     async def run(self, request: Any, ctx: Any) -> Any:
         return f"{request.input}!"
+
+
+class TextAnswerEngineConfig(EchoEngineConfig):
+    """Config of ``TextAnswerEngine``."""
+
+    kind: Literal["text_answer"] = "text_answer"  # type: ignore[assignment]
+
+
+class TextAnswerEngine(EchoEngine):
+    """Its ``generate`` answers a plain ``str``, not a ``GenerateContentResponse``."""
+
+    kind = "text_answer"
+    Config = TextAnswerEngineConfig
+
+    async def generate(self, model: str, contents: Any, config: Any = None, *, timeout_s: Any = None) -> Any:
+        return "plain text"

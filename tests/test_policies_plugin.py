@@ -158,6 +158,7 @@ def misbehaving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
         "no_decision = tests.misbehaving_plugins:NoDecisionPolicy\n"
         "[genroute.engines]\n"
         "exploding_engine = tests.misbehaving_plugins:ExplodingEngine\n"
+        "text_answer = tests.misbehaving_plugins:TextAnswerEngine\n"
         "[genroute.backends]\n"
         "exploding_backend = tests.misbehaving_plugins:ExplodingBackend\n"
         "whisper = tests.kindless_plugins:WhisperBackend\n"
@@ -244,6 +245,21 @@ def test_a_plugin_backend_that_answers_no_backend_output_is_a_config_error_namin
     assert err.value.field == "backends.loud"
     assert "'text_output'" in err.value.message and MISBEHAVING in err.value.message
     assert "returned str from run(), not a genroute.backends.base.BackendOutput" in err.value.message
+
+
+def test_a_plugin_engine_answering_no_response_is_a_config_error_naming_its_entry_point(misbehaving,
+                                                                                      gemini_server) -> None:
+    # Named by its class alone ("engine 'echo' (tests.misbehaving_plugins.TextAnswerEngine) answered str"), where a
+    # backend or a policy that answers what genroute cannot read is named by its kind, entry point and package.
+    config = plugin_config(gemini_server)
+    config["engines"]["echo"] = {"kind": "text_answer"}
+    config["policy"] = {"kind": "static", "backend": "plain"}
+    with Router.from_config(config) as router:
+        with pytest.raises(ConfigError) as err:
+            router.generate("hello")
+    assert err.value.field == "engines.echo"
+    assert "'text_answer'" in err.value.message and MISBEHAVING in err.value.message
+    assert "answered str from generate(), not a google.genai.types.GenerateContentResponse" in err.value.message
 
 
 def test_a_backend_in_code_answering_what_a_result_cannot_hold_is_a_config_error_naming_it() -> None:

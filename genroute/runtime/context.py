@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from genroute.construct import user_content
 from genroute.errors import ConfigError, GenrouteError
+from genroute.registry import described
 from genroute.runtime.billing import Charges, Meter, charging, counts_output, filled_usage, metering
 from genroute.runtime.messages import output_messages, request_attributes
 from genroute.runtime.received import CapturedReceived, Received
@@ -355,9 +356,10 @@ _END: Any = object()
 def not_an_answer(engine: Engine, response: object, method: str) -> ConfigError:
     """The error for an engine whose ``generate`` answered, or whose ``stream`` yielded, ``response``, which is not a
     ``google.genai`` ``GenerateContentResponse``: it was an ``AttributeError`` from genroute's accounting
-    (``'str' object has no attribute 'usage_metadata'``), naming neither the engine nor its class."""
-    cls = type(engine)
-    return ConfigError(f"engine {engine.name!r} ({cls.__module__}.{cls.__qualname__}) "
+    (``'str' object has no attribute 'usage_metadata'``), naming neither the engine nor its class. The engine is
+    named as a backend or a policy is (``registry.described``): a plugin's kind, entry point and package, else its
+    class."""
+    return ConfigError(f"engine {engine.name!r} ({described(type(engine))}) "
                        f"{'answered' if method == 'generate' else 'yielded'} {type(response).__name__} from "
                        f"{method}(), not a google.genai.types.GenerateContentResponse", field=f"engines.{engine.name}")
 
