@@ -49,8 +49,7 @@ class RouterConfig(_Frozen):
     """The whole router configuration. Sections are validated per ``kind`` (see ``validate_kind``)."""
 
     engines: dict[Name, dict[str, Any]] = Field(default_factory=dict)
-    #: Required; a missing key reads as ``{}`` so that both get the same words (not pydantic's "Field required").
-    backends: dict[Name, dict[str, Any]] = Field(default_factory=dict, validate_default=True)
+    backends: dict[Name, dict[str, Any]]
     policy: dict[str, Any] | None = None
     pricing: dict[str, ModelPrice] = Field(default_factory=dict)
     telemetry: TelemetryConfig = TelemetryConfig()
@@ -91,6 +90,8 @@ class RouterConfig(_Frozen):
     def _no_masked_secrets(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
             refuse_masked_secrets(data)
+            if "backends" not in data:  # the words of ``backends: {}`` (``_some_backend``), not "Field required"
+                data = {**data, "backends": {}}
         return data
 
     @field_serializer(*_RAW_SECTIONS)

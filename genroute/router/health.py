@@ -24,9 +24,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from genroute.errors import header_secrets, without_secrets
+from genroute.public_model import PublicModel
 from genroute.router.learning import check_seconds
 from genroute.runtime.portal import refuse_inside_loop
 
@@ -52,7 +53,7 @@ Kind = Literal["router", "state", "knowledge", "outcomes", "engine"]
 Probe = tuple[str, Kind, Callable[[], Awaitable[str | None]]]
 
 
-class DependencyHealth(BaseModel):
+class DependencyHealth(PublicModel):
     """One dependency's answer to its probe."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -69,7 +70,7 @@ class DependencyHealth(BaseModel):
     error: str | None = None
 
 
-class RefreshHealth(BaseModel):
+class RefreshHealth(PublicModel):
     """The router's last scheduled refresh (``outcomes.refresh_every_s``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -81,7 +82,7 @@ class RefreshHealth(BaseModel):
     error: str | None = None
 
 
-class Health(BaseModel):
+class Health(PublicModel):
     """``router.health()``: ``ready`` when every dependency answered its probe."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
