@@ -144,39 +144,27 @@ def test_a_close_that_failed_half_way_stops_the_loop_thread(gemini_server, first
         router.generate("again")
 
 
-async def test_a_stream_read_while_the_close_ends_it_gets_the_error_with_what_it_cost(gemini_server, otel):
+@pytest.mark.parametrize("reached, refusal", [
     # The close marks an idle stream closed and ends it (settling what it cost) in a task of its own; a reader whose
-    # next step came in between got the UsageError before that task had run: cost_usd 0 for a request its trace,
-    # the metric and the budget charged (seen from sync readers on threads, whose steps land there at random).
-    gemini_server.reply(Reply(parts=({"text": "one two three four"},), usage=(10, 4), chunks=4))
-    router = await Router.acreate(_config(gemini_server), **otel.providers)
-    stream = router.astream("first", timeout_s=60)
-    assert (await anext(stream)).text
-    closing = asyncio.create_task(router.aclose(drain_s=DRAIN_S))
-    while not stream.closed_by_router:  # the close has marked it; the task that ends it has not run yet
-        await asyncio.sleep(0)
-    with pytest.raises(UsageError, match="closed") as caught:
-        await anext(stream)
-    await closing
-    (root,) = otel.spans("genroute.generate")
-    assert caught.value.cost_usd > 0
-    assert caught.value.cost_usd == pytest.approx(root.attributes["gen_ai.usage.cost.amount"])
-    assert budget_usage(router) == {"spent": pytest.approx(caught.value.cost_usd, abs=1e-9), "reserved": 0.0}
-
-
-async def test_a_stream_read_before_the_close_reached_it_gets_the_error_with_what_it_cost(gemini_server, otel):
+    # next step came in between got the UsageError before that task had run.
+    (True, "closed"),
     # The close marks the router closed, then ends each open stream on its loop; a step that came in between was
-    # refused as "the router is closed", with cost_usd 0 for a request its trace, the metric and the budget charged
-    # (seen from sync readers on threads).
+    # refused as "the router is closed".
+    (False, "closed while this stream was open"),
+], ids=["after-the-close-marked-the-stream", "before-the-close-reached-the-stream"])
+async def test_a_stream_read_as_the_close_ends_it_gets_the_error_with_what_it_cost(gemini_server, otel, reached,
+                                                                                    refusal):
+    # Either way: cost_usd 0 for a request its trace, the metric and the budget charged (seen from sync readers on
+    # threads, whose steps land there at random).
     gemini_server.reply(Reply(parts=({"text": "one two three four"},), usage=(10, 4), chunks=4))
     router = await Router.acreate(_config(gemini_server), **otel.providers)
     stream = router.astream("first", timeout_s=60)
     assert (await anext(stream)).text
     closing = asyncio.create_task(router.aclose(drain_s=DRAIN_S))
-    while not router._inflight.closed:  # closed, and the close has not reached the stream yet
+    while not (stream.closed_by_router if reached else router._inflight.closed):
         await asyncio.sleep(0)
-    assert not stream.closed_by_router
-    with pytest.raises(UsageError, match="closed while this stream was open") as caught:
+    assert stream.closed_by_router == reached
+    with pytest.raises(UsageError, match=refusal) as caught:
         await anext(stream)
     await closing
     (root,) = otel.spans("genroute.generate")
