@@ -134,3 +134,20 @@ def test_exact_match_golds_are_labels_only_when_they_form_a_small_repeated_set()
     # label_accuracy reads "Positive" and "positive " as the one label they name.
     labelled = [BenchRecord(id=str(i), input=f"q{i}", label=g) for i, g in enumerate(["Positive", "positive ", "no"])]
     assert sorted(set((label_golds("label_accuracy", labelled) or {}).values())) == [(None, "Positive"), (None, "no")]
+
+
+def test_on_a_tie_the_majority_label_counted_is_the_one_the_baseline_sentence_names() -> None:
+    """2 "positive" and 2 "negative" golds, "positive" seen first: the overview names one label as the one the
+    baseline always answers (the first in the table's order), and "answered the majority label" counts that one,
+    not another label of the tie."""
+    from genroute.bench.per_label import breakdowns, per_label_overview
+    from genroute.bench.runner import Outcome
+
+    golds = ["positive", "negative", "positive", "negative"]
+    records = [BenchRecord(id=str(i), input=f"q{i}", output=g, label=g) for i, g in enumerate(golds)]
+    outcomes = [Outcome(backend="neg", record_id=str(i), ok=True, score=float(g == "negative"),
+                        scorer="label_accuracy", answer="negative") for i, g in enumerate(golds)]
+    found = breakdowns(outcomes, records)
+    named = found["neg"].labels[0].label
+    assert f"always answering `{named}`" in per_label_overview(found, {"neg": 0.5})
+    assert found["neg"].majority_answers == (1.0 if named == "negative" else 0.0)

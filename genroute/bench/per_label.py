@@ -143,9 +143,11 @@ def breakdowns(outcomes: Sequence[Outcome], records: Sequence[BenchRecord]) -> d
         labels.setdefault(task, []).append(label)
     compare = _key_fn(scorer)
     index = {task: {compare(name): name for name in names} for task, names in labels.items()}
-    majority = {task: max(names, key=lambda name: counts[(task, name)]) for task, names in labels.items()}
-    baseline = sum(counts[(t, m)] for t, m in majority.items()) / len(golds)
     order = sorted(counts, key=lambda k: (-counts[k], str(k[0]), k[1]))
+    majority: dict[str | None, str] = {}
+    for task, label in order:  # on a tie, the label the tables list first (and the overview names)
+        majority.setdefault(task, label)
+    baseline = sum(counts[(t, m)] for t, m in majority.items()) / len(golds)
     by_target: dict[str, list[Outcome]] = {}
     for o in outcomes:
         if o.record_id in golds:
