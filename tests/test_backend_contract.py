@@ -143,3 +143,28 @@ async def test_the_close_ends_a_stream_left_open_before_it_closes_its_backend() 
     assert backend.events == ["stream cleaned up", "backend closed"]
     with pytest.raises(UsageError, match="closed while this stream was open"):
         await anext(stream)
+
+
+def test_a_stream_whose_loop_closed_after_the_close_asked_it_is_ended_by_the_closing_loop() -> None:
+    # The close asked the stream's loop (a loop of the caller's, not running) to end it; that loop was then closed
+    # without running the request, so nothing ever ended the stream: its clean-up never ran, and the close waited
+    # out UNWIND_S for it. The closing loop now ends it, as it does a stream whose loop was closed before the close.
+    resources = Resources({"e": EchoEngine("e", EchoEngineConfig())})
+    backend = Lingering("l", BackendConfig(kind="lingering", engine="e", model="echo-1"), resources)
+    backend.events = []  # its own (the class's list is another test's)
+    router = Router({"l": backend}, resources=resources)
+    theirs = asyncio.new_event_loop()
+    stream = router.astream("hello")
+    assert theirs.run_until_complete(anext(stream)).text == "one"
+
+    async def close_theirs_once_asked() -> None:
+        while not router._inflight.closed:  # the close has asked that loop to end the stream
+            await asyncio.sleep(0)
+        theirs.close()
+
+    async def main() -> None:
+        await asyncio.gather(router.aclose(drain_s=0), close_theirs_once_asked())
+
+    asyncio.run(main())
+    assert backend.events == ["stream cleaned up", "backend closed"]
+    assert stream.closed_by_router and stream.ending is not None and stream.ending.done()

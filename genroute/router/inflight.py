@@ -45,7 +45,8 @@ class InFlight:
         self._streams: weakref.WeakKeyDictionary[RouterStream[Any], asyncio.AbstractEventLoop] = (
             weakref.WeakKeyDictionary())
         self._closers: set[Any] = set()
-        self._unreached = 0  # open streams the close has asked their loops to end, not yet reached there
+        #: Open streams the close has asked their loops to end, not yet reached there (with each one's loop).
+        self._unreached: dict[RouterStream[Any], asyncio.AbstractEventLoop] = {}
         self.closed = False
         forget_at_fork(self)
 
@@ -55,7 +56,7 @@ class InFlight:
         self._lock = threading.Lock()
         self._tasks, self._cancelled, self._closers = {}, set(), set()
         self._streams = weakref.WeakKeyDictionary()
-        self._unreached = 0
+        self._unreached = {}
 
     def __enter__(self) -> None:
         """``with inflight:`` tracks the block as work of the running task (``UsageError`` at once if closed; a
@@ -101,7 +102,7 @@ class InFlight:
             self.closed = True
             tasks = [(task, task.get_loop()) for task in list(self._tasks)]  # list: other threads add theirs
             streams = list(self._streams.items())
-            self._unreached = len(streams)
+            self._unreached.update(streams)
         for task, loop in tasks:
             end_on(loop, self._cancel, task)
         for stream, loop in streams:
@@ -115,8 +116,11 @@ class InFlight:
             if not self._tasks and not self._closers and not self._unreached:
                 return True
             stranded = [task for task in list(self._tasks) if task.get_loop().is_closed()]
+            lost = [stream for stream, loop in self._unreached.items() if loop.is_closed()]
         for task in stranded:  # its loop closed after ``close`` asked it to cancel the task (the call was dropped)
             self._cancel(task)
+        for stream in lost:  # its loop closed after ``close`` asked it to end the stream: ended here, as by end_on
+            self._reach_stream(stream)
         return False
 
     def _busy_running(self) -> bool:
@@ -142,12 +146,13 @@ class InFlight:
         return heir
 
     def _reach_stream(self, stream: RouterStream[Any]) -> None:
-        """``_close_stream`` as the close asks it of each open stream's loop, counted as reached."""
+        """``_close_stream`` as the close asks it of each open stream's loop (or, that loop closed first, the closing
+        loop does), then no longer waited for as unreached."""
         try:
             self._close_stream(stream)
         finally:
             with self._lock:
-                self._unreached -= 1
+                self._unreached.pop(stream, None)
 
     def _close_stream(self, stream: RouterStream[Any]) -> None:
         """On the stream's loop: close it unless a step is running (that step's task is cancelled instead)."""
