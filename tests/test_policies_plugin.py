@@ -232,34 +232,37 @@ def test_a_plugin_policy_that_decides_no_decision_is_a_config_error_naming_it(mi
     assert not gemini_server.requests
 
 
-def test_a_plugin_backend_that_answers_no_backend_output_is_a_config_error_naming_it(misbehaving,
-                                                                                      gemini_server) -> None:
+def _answers_a_str(part: str, gemini_server: Any) -> dict[str, Any]:
+    """A config whose policy sends requests to a plugin ``part`` (a backend, an engine) that answers a str."""
+    if part == "backend":
+        config = gemini_config(gemini_server)
+        config["backends"]["loud"] = {"kind": "text_output", "engine": "gemini", "model": "gemini-2.5-flash"}
+        config["policy"] = {"kind": "static", "backend": "loud"}
+    else:
+        config = plugin_config(gemini_server)
+        config["engines"]["echo"] = {"kind": "text_answer"}
+        config["policy"] = {"kind": "static", "backend": "plain"}
+    return config
+
+
+@pytest.mark.parametrize(("part", "field", "kind", "said"), [
     # Its run() returned a str: an AttributeError ('str' object has no attribute 'text') from inside the router's
     # ledger reached the caller, naming neither the backend nor its package.
-    config = gemini_config(gemini_server)
-    config["backends"]["loud"] = {"kind": "text_output", "engine": "gemini", "model": "gemini-2.5-flash"}
-    config["policy"] = {"kind": "static", "backend": "loud"}
-    with Router.from_config(config) as router:
-        with pytest.raises(ConfigError) as err:
-            router.generate("hello")
-    assert err.value.field == "backends.loud"
-    assert "'text_output'" in err.value.message and MISBEHAVING in err.value.message
-    assert "returned str from run(), not a genroute.backends.base.BackendOutput" in err.value.message
-
-
-def test_a_plugin_engine_answering_no_response_is_a_config_error_naming_its_entry_point(misbehaving,
-                                                                                      gemini_server) -> None:
+    pytest.param("backend", "backends.loud", "text_output",
+                 "returned str from run(), not a genroute.backends.base.BackendOutput", id="backend"),
     # Named by its class alone ("engine 'echo' (tests.misbehaving_plugins.TextAnswerEngine) answered str"), where a
     # backend or a policy that answers what genroute cannot read is named by its kind, entry point and package.
-    config = plugin_config(gemini_server)
-    config["engines"]["echo"] = {"kind": "text_answer"}
-    config["policy"] = {"kind": "static", "backend": "plain"}
-    with Router.from_config(config) as router:
+    pytest.param("engine", "engines.echo", "text_answer",
+                 "answered str from generate(), not a google.genai.types.GenerateContentResponse", id="engine"),
+])
+def test_a_plugin_answering_what_genroute_cannot_read_is_a_config_error_naming_its_entry_point(
+        part, field, kind, said, misbehaving, gemini_server) -> None:
+    with Router.from_config(_answers_a_str(part, gemini_server)) as router:
         with pytest.raises(ConfigError) as err:
             router.generate("hello")
-    assert err.value.field == "engines.echo"
-    assert "'text_answer'" in err.value.message and MISBEHAVING in err.value.message
-    assert "answered str from generate(), not a google.genai.types.GenerateContentResponse" in err.value.message
+    assert err.value.field == field
+    assert f"'{kind}'" in err.value.message and MISBEHAVING in err.value.message
+    assert said in err.value.message
 
 
 def test_a_backend_in_code_answering_what_a_result_cannot_hold_is_a_config_error_naming_it() -> None:
