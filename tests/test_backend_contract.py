@@ -168,3 +168,25 @@ def test_a_stream_whose_loop_closed_after_the_close_asked_it_is_ended_by_the_clo
     asyncio.run(main())
     assert backend.events == ["stream cleaned up", "backend closed"]
     assert stream.closed_by_router and stream.ending is not None and stream.ending.done()
+
+
+def test_the_close_waits_for_no_stream_that_had_already_ended() -> None:
+    # A stream read to its end, still held by its caller, on a loop of theirs that is not running: the close asked
+    # that loop to end it too and waited (up to UNWIND_S) for a call that loop would run only when run again, though
+    # there was nothing left to end.
+    resources = Resources({"e": EchoEngine("e", EchoEngineConfig())})
+    backend = Lingering("l", BackendConfig(kind="lingering", engine="e", model="echo-1"), resources)
+    router = Router({"l": backend}, resources=resources)
+    theirs = asyncio.new_event_loop()
+    try:
+        stream = router.astream("hello")
+
+        async def read_all() -> list[Any]:
+            return [chunk async for chunk in stream]
+
+        assert theirs.run_until_complete(read_all())
+        assert stream.finished
+        asyncio.run(router.aclose(drain_s=0))
+        assert not router._inflight._unreached  # the close went on at once: no stream was left to reach
+    finally:
+        theirs.close()

@@ -101,7 +101,9 @@ class InFlight:
         with self._lock:
             self.closed = True
             tasks = [(task, task.get_loop()) for task in list(self._tasks)]  # list: other threads add theirs
-            streams = list(self._streams.items())
+            # Not one that ended (read to its end, closed by its caller): there is nothing to end, and its loop (not
+            # running, say) would be waited for in vain. A stream ending meanwhile is reached, and left as it is.
+            streams = [(stream, loop) for stream, loop in self._streams.items() if not stream.finished]
             self._unreached.update(streams)
         for task, loop in tasks:
             end_on(loop, self._cancel, task)
