@@ -90,8 +90,8 @@ class RouterConfig(_Frozen):
     def _no_masked_secrets(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
             refuse_masked_secrets(data)
-            if "backends" not in data:  # the words of ``backends: {}`` (``_some_backend``), not "Field required"
-                data = {**data, "backends": {}}
+            if data.get("backends") is None:  # missing, or YAML's `backends:` with nothing under it: the words of
+                data = {**data, "backends": {}}  # ``backends: {}`` (``_some_backend``), not "Field required"
         return data
 
     @field_serializer(*_RAW_SECTIONS)

@@ -156,11 +156,14 @@ def test_a_config_with_no_backend_says_what_is_missing_where(tmp_path):
     assert "Dictionary" not in str(error)
 
 
-def test_a_config_without_a_backends_key_gets_the_same_words(tmp_path):
-    # A missing `backends:` key read pydantic's "Field required" while `backends: {}` had genroute's words.
+@pytest.mark.parametrize("text", ["policy:\n  kind: fixed\n  backend: a\n", "backends:\n"],
+                         ids=["no-backends-key", "backends-with-nothing-under-it"])
+def test_a_config_without_backends_gets_the_same_words(tmp_path, text):
+    # A missing `backends:` key read pydantic's "Field required", and `backends:` with nothing under it (YAML's None)
+    # "Input should be a valid dictionary", while `backends: {}` had genroute's words.
     path = tmp_path / "no-backends.yaml"
-    path.write_text("policy:\n  kind: fixed\n  backend: a\n", encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     error = _error(path)
     assert error.field == "backends"
     assert error.message.startswith("no backend is configured: a router needs at least one (backends: {NAME: ")
-    assert "Field required" not in str(error)
+    assert "Field required" not in str(error) and "dictionary" not in str(error)
