@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import ConfigDict
 
-from genroute.errors import header_secrets, without_secrets
+from genroute.errors import header_secrets
 from genroute.public_model import PublicModel
 from genroute.router.learning import check_seconds
 from genroute.runtime.portal import refuse_inside_loop
@@ -195,9 +195,11 @@ async def _probe(name: str, kind: Kind, probe: Callable[[], Awaitable[str | None
 
 
 def _scrubbed(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return without_secrets(" ".join(text.split()))[:_ERROR_CHARS]
+    """One line of ``text``, with the router's secrets and anything shaped like one masked (as an outcome store's
+    errors are: ``redact_secrets``), cut to ``_ERROR_CHARS``."""
+    from genroute.outcomes.settings import redact_secrets
+
+    return " ".join(redact_secrets(text, secrets).split())[:_ERROR_CHARS]
 
 
 def _closed() -> Health:
