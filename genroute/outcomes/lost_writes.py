@@ -71,10 +71,8 @@ class LostWrites:
         """An outcome write that failed: counted, and logged (at most once a minute, with the count lost since) with
         the file's reason where the file refused it (what the operator has to fix: a read-only one is the store's
         ``ConfigError``), else with the error's type alone (a message may quote the request)."""
-        if self.on_lost is not None:
-            self.on_lost()
+        self._count_error()
         with self._lock:  # also from the store's writer thread
-            self.write_errors += 1
             self._lost_unlogged += 1
             if not self._lost_log.due():  # a full disk fails every write: at most one warning a minute
                 return
