@@ -518,3 +518,17 @@ def test_a_value_that_fits_no_member_of_a_union_names_the_key_not_the_member(gem
     error = _error(config)
     assert error.field == "policy.rungs.0.validators"
     assert error.message.startswith("Input should be a valid list") and "uple" not in error.message
+
+
+def test_safety_settings_reach_the_wire_and_unknown_names_are_refused(gemini_server):
+    # A google-genai app passed safety_settings in its GenerateContentConfig; genroute had no place for them.
+    safety = [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"},
+              {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "threshold": "OFF"}]
+    with Router.from_config(gemini_config(gemini_server, generation={"safety_settings": safety})) as router:
+        router.generate("x")
+    assert gemini_server.requests[-1].body["safetySettings"] == safety
+    bad = [{"category": "HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}]
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(gemini_config(gemini_server, generation={"safety_settings": bad}))
+    assert info.value.field == "backends.chat.generation.safety_settings.0.category"
+    assert "HARM_CATEGORY_HARASSMENT" in info.value.message

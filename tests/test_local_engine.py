@@ -277,6 +277,26 @@ async def test_a_text_turn_reaches_an_engine_that_takes_no_text_as_one_user_turn
 
 
 @pytest.mark.local
+def test_a_safety_filter_the_local_model_cannot_apply_is_refused_not_dropped() -> None:
+    # A backend's Gemini safety settings on the local engine were ignored: no filter ran, and nothing said so.
+    from genroute import Router
+
+    def config(threshold: str) -> dict:
+        generation = {"max_output_tokens": 4, "temperature": 0.0,
+                      "safety_settings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": threshold}]}
+        return {"engines": {"local": {"kind": "local", "n_threads": 1}},
+                "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
+                                      "generation": generation}}}
+
+    with Router.from_config(config("BLOCK_NONE")) as router:  # no filter asked for: nothing to refuse
+        assert router.generate("The capital of France is").usage.output_tokens > 0
+    with Router.from_config(config("BLOCK_ONLY_HIGH")) as router:
+        with pytest.raises(UsageError) as info:
+            router.generate("The capital of France is")
+    assert info.value.field == "config.safety_settings"
+
+
+@pytest.mark.local
 async def test_max_tokens_and_greedy_determinism(engine: LocalEngine) -> None:
     config = types.GenerateContentConfig(max_output_tokens=3, stop_sequences=["\n"])
     first = await engine.generate("m", user("Count: one two three four five six"), config)

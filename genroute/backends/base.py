@@ -32,6 +32,27 @@ if TYPE_CHECKING:
 SCHEMA_MIME_TYPES = (None, "application/json", "text/x.enum")
 
 
+class SafetySetting(ConfigModel):
+    """One of Gemini's safety filters and the threshold it blocks at (google-genai's ``types.SafetySetting``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    category: str = Field(description="A ``HarmCategory``, e.g. HARM_CATEGORY_HARASSMENT.")
+    threshold: str = Field(description="A ``HarmBlockThreshold``, e.g. BLOCK_ONLY_HIGH, BLOCK_NONE or OFF.")
+
+    @field_validator("category", "threshold")
+    @classmethod
+    def _known(cls, value: str, info: ValidationInfo) -> str:
+        # The SDK would send any text and Gemini answer 400 at every request: refuse it when the config is read.
+        from google.genai import types
+
+        enum = types.HarmCategory if info.field_name == "category" else types.HarmBlockThreshold
+        known = [member.value for member in enum if not member.value.endswith("_UNSPECIFIED")]
+        if value not in known:
+            raise ValueError(f"{value!r} is not one of {', '.join(known)}")
+        return value
+
+
 class GenerationSettings(SamplingSettings):
     """Sampling and output settings passed to the engine (the sampling bounds are ``SamplingSettings``')."""
 
@@ -41,6 +62,7 @@ class GenerationSettings(SamplingSettings):
     seed: int | None = None
     response_mime_type: str | None = None
     response_schema: dict[str, Any] | None = None
+    safety_settings: tuple[SafetySetting, ...] = ()
 
     @field_validator("response_schema")
     @classmethod
@@ -71,6 +93,11 @@ class GenerationSettings(SamplingSettings):
             "seed": self.seed,
             "system_instruction": system,
         }
+        if self.safety_settings:
+            kwargs["safety_settings"] = [
+                types.SafetySetting(category=types.HarmCategory(s.category),
+                                    threshold=types.HarmBlockThreshold(s.threshold))
+                for s in self.safety_settings]
         if self.response_schema is not None:
             kwargs["response_mime_type"] = self.response_mime_type or "application/json"
             kwargs["response_json_schema"] = self.response_schema

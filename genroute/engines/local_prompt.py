@@ -271,6 +271,12 @@ def _after_result(contents: list[types.Content]) -> bool:
     return bool(last and any(p.function_response is not None for p in last.parts or ()))
 
 
+def _filters(setting: types.SafetySetting) -> bool:
+    """Whether ``setting`` asks for content to be blocked (any threshold but OFF and BLOCK_NONE)."""
+    threshold = setting.threshold
+    return threshold is not None and getattr(threshold, "value", threshold) not in ("OFF", "BLOCK_NONE")
+
+
 def check_sampling(config: types.GenerateContentConfig) -> None:
     """Refuse sampling settings out of genroute's bounds (``SamplingSettings``): a direct call, or a backend built
     in code, reaches the engine without a ``generation`` config's check."""
@@ -298,6 +304,10 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
         raise UsageError("must not be empty", field="contents")
     if config.candidate_count not in (None, 1):
         raise UsageError("the local engine produces one candidate", field="config.candidate_count")
+    if any(_filters(setting) for setting in config.safety_settings or ()):
+        # Sent on as if honoured, a Gemini filter the application relies on would be dropped without a word.
+        raise UsageError("the local engine has no safety filter: a safety setting can only be OFF or BLOCK_NONE "
+                         "here", field="config.safety_settings")
     check_sampling(config)
     if config.response_mime_type not in (None, "text/plain", "application/json", ENUM_MIME_TYPE):
         raise UsageError(f"the local engine writes text/plain, application/json or {ENUM_MIME_TYPE}, not "
