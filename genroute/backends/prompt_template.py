@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model, model_validator
+from pydantic import (BaseModel, Field, TypeAdapter, ValidationError, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
-from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend
+from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, user_content
 from genroute.backends.templating import absent, check_template, compile_template, render
 from genroute.errors import UsageError
 from genroute.public_model import ConfigModel
@@ -49,12 +50,26 @@ class VariableSpec(ConfigModel):
         return self
 
 
+class Turn(BaseModel):
+    """One earlier turn of a conversation, as a ``history`` variable gives it."""
+
+    model_config = {"frozen": True, "extra": "forbid"}
+
+    role: Literal["user", "model"]
+    text: str
+
+
+_TURNS = TypeAdapter(list[Turn])
+
+
 class PromptTemplateConfig(BackendConfig):
     """Config of a ``prompt_template`` backend."""
 
     kind: Literal["prompt_template"] = "prompt_template"
     template: str = Field(default="{{ input }}", description="Jinja2 user prompt; `input` is the request input.")
     variables: dict[str, VariableSpec] = Field(default_factory=dict)
+    history: str | None = Field(default=None, description="A `list` variable whose `{role, text}` turns (role "
+                                "`user` or `model`) are sent, in order, before the rendered prompt.")
 
     @model_validator(mode="after")
     def _template_compiles(self) -> PromptTemplateConfig:
@@ -62,6 +77,15 @@ class PromptTemplateConfig(BackendConfig):
         check_template(self.template, name="template", allowed=allowed)
         check_template(self.system or "", name="system", allowed=allowed)
         return self
+
+    @field_validator("history")
+    @classmethod
+    def _history_is_a_list_variable(cls, name: str | None, info: ValidationInfo) -> str | None:
+        variables = info.data.get("variables") or {}
+        if name is not None and getattr(variables.get(name), "type", None) != "list":
+            raise ValueError(f"names a variable of type list under `variables` (e.g. variables: "
+                             f"{{{name}: {{type: list, default: []}}}}), not {name!r}")
+        return name
 
 
 class PromptTemplateBackend(SingleCallBackend):
@@ -113,7 +137,25 @@ class PromptTemplateBackend(SingleCallBackend):
 
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
         prompt, system = self.render(request)
-        return Prepared(model=self.config.model, contents=prompt, config=self._genai_config(system))
+        history = self.config.history
+        turns = request.variables.get(history) if history is not None else None
+        if history is None or not turns:
+            return Prepared(model=self.config.model, contents=prompt, config=self._genai_config(system))
+        return Prepared(model=self.config.model, contents=[*self._turns(history, turns), user_content(prompt)],
+                        config=self._genai_config(system))
+
+    def _turns(self, name: str, turns: Any) -> list[Any]:
+        """The ``history`` variable's turns as ``Content``s; ``UsageError`` names a bad one."""
+        from google.genai import types
+
+        try:
+            checked = _TURNS.validate_python(turns)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"])
+            raise UsageError(f"{error['msg']}: a turn is {{role: user|model, text}} (backend {self.name!r})",
+                             field=f"variables.{name}.{where}") from None
+        return [types.Content(role=turn.role, parts=[types.Part(text=turn.text)]) for turn in checked]
 
     @cached_property
     def _configs(self) -> dict[str | None, Any]:
