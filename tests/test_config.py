@@ -532,3 +532,18 @@ def test_safety_settings_reach_the_wire_and_unknown_names_are_refused(gemini_ser
         Router.from_config(gemini_config(gemini_server, generation={"safety_settings": bad}))
     assert info.value.field == "backends.chat.generation.safety_settings.0.category"
     assert "HARM_CATEGORY_HARASSMENT" in info.value.message
+
+
+def test_a_pydantic_model_is_a_response_schema_as_google_genai_takes_one(gemini_server):
+    # google-genai apps pass response_schema=Answer; genroute refused it ("Input should be a valid dictionary").
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        city: str
+        temp_c: float
+
+    generation = {"response_mime_type": "application/json", "response_schema": Answer}
+    with Router.from_config(gemini_config(gemini_server, generation=generation)) as router:
+        gemini_server.reply_text('{"city": "Paris", "temp_c": 21}')
+        assert Answer.model_validate_json(router.generate("x").text) == Answer(city="Paris", temp_c=21)
+    assert gemini_server.requests[-1].body["generationConfig"]["responseJsonSchema"] == Answer.model_json_schema()

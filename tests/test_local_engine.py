@@ -297,6 +297,27 @@ def test_a_safety_filter_the_local_model_cannot_apply_is_refused_not_dropped() -
 
 
 @pytest.mark.local
+def test_a_pydantic_model_as_response_schema_constrains_the_local_answer() -> None:
+    from pydantic import BaseModel
+
+    from genroute import Router
+
+    class Answer(BaseModel):
+        city: str
+        temp_c: float
+
+    generation = {"max_output_tokens": 48, "temperature": 0.0, "response_mime_type": "application/json",
+                  "response_schema": Answer}
+    config = {"engines": {"local": {"kind": "local", "n_threads": 1}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
+                                    "generation": generation}}}
+    with Router.from_config(config) as router:
+        result = router.generate("The weather in Paris as JSON:")
+    assert result.finish_reason == "stop"  # the grammar closed the object within max_output_tokens
+    assert Answer.model_validate_json(result.text).city
+
+
+@pytest.mark.local
 async def test_max_tokens_and_greedy_determinism(engine: LocalEngine) -> None:
     config = types.GenerateContentConfig(max_output_tokens=3, stop_sequences=["\n"])
     first = await engine.generate("m", user("Count: one two three four five six"), config)

@@ -8,7 +8,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from genroute.construct import one_store_init
 from genroute.construct import user_content as user_content  # public here: backends use it
@@ -63,6 +63,15 @@ class GenerationSettings(SamplingSettings):
     response_mime_type: str | None = None
     response_schema: dict[str, Any] | None = None
     safety_settings: tuple[SafetySetting, ...] = ()
+
+    @field_validator("response_schema", mode="before")
+    @classmethod
+    def _model_schema(cls, value: Any) -> Any:
+        # google-genai takes a pydantic model as a response schema; in a config built in Python, so does genroute
+        # (its JSON schema, which genroute sends as response_json_schema).
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            return value.model_json_schema()
+        return value
 
     @field_validator("response_schema")
     @classmethod
