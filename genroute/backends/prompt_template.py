@@ -5,13 +5,13 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import (BaseModel, Field, TypeAdapter, ValidationError, ValidationInfo, create_model, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, create_model,
+                      field_validator, model_validator)
 
 from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, user_content
 from genroute.backends.templating import absent, check_template, compile_template, render
 from genroute.errors import UsageError
-from genroute.public_model import ConfigModel
+from genroute.public_model import ConfigModel, PublicModel
 from genroute.types import GenerateRequest
 
 if TYPE_CHECKING:
@@ -50,10 +50,10 @@ class VariableSpec(ConfigModel):
         return self
 
 
-class Turn(BaseModel):
+class Turn(PublicModel):
     """One earlier turn of a conversation, as a ``history`` variable gives it."""
 
-    model_config = {"frozen": True, "extra": "forbid"}
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     role: Literal["user", "model"]
     text: str
