@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 from pathlib import Path
 
 from genroute.errors import ConfigError
@@ -27,11 +28,27 @@ def ensure_dir(path: Path, *, field: str, writable: bool = False) -> Path:
     return path
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either nothing or the whole file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False) -> None:
+    """Write ``data`` to ``path`` so readers see either nothing or the whole file.
+
+    The temporary file beside ``path`` has a random name and is created exclusively: a link planted at a guessable
+    name (in a directory others can write to) is never followed, so no other file is overwritten. ``private``: the
+    file is readable by its owner only (0600: it holds captured inputs and outputs); otherwise the process umask
+    decides, as for any file it creates.
+    """
+    mode = 0o600 if private else 0o666
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+        except FileExistsError:
+            continue
+        break
+    else:  # pragma: no cover - 100 random names all taken
+        raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
     try:
-        tmp.write_bytes(data)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -349,12 +349,14 @@ def _checked(records: Sequence[OutcomeRecord]) -> list[OutcomeRecord]:
 
 
 def write_jsonl(path: str | Path, lines: Iterable[Mapping[str, object]]) -> Path:
-    """Write JSON lines atomically (readers see the old file or the new one)."""
+    """Write JSON lines atomically (readers see the old file or the new one), readable by their owner only: like the
+    store they come from, they hold captured inputs and outputs."""
     from genroute.cache import atomic_write_bytes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode())
+    atomic_write_bytes(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode(),
+                       private=True)
     return path
 
 

@@ -21,14 +21,15 @@ candidate both cheaper and better on average); ``pairwise`` chooses between its 
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from genroute.cache import atomic_write_bytes
 from genroute.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -208,14 +209,13 @@ class RouterModel:
         """Write the model file atomically (``.npz``)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         # The weight in words beside it: a reader of "cost_weight": 1000000.0 could not tell it means "the cheapest".
         meta = {**self.meta, "method": self.method, "backends": self.backends,
                 "cost_weight_means": weight_meaning(float(self.meta.get("cost_weight", 0.0)))}
-        with tmp.open("wb") as fh:
-            # The stubs read **arrays as possibly naming allow_pickle (a bool); array names never do.
-            np.savez(fh, meta=np.array(json.dumps(meta)), **self.arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        # The stubs read **arrays as possibly naming allow_pickle (a bool); array names never do.
+        np.savez(buffer, meta=np.array(json.dumps(meta)), **self.arrays)  # type: ignore[arg-type]
+        atomic_write_bytes(path, buffer.getvalue())  # its temporary file follows no planted link
         return path
 
     @classmethod

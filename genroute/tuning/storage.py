@@ -19,10 +19,13 @@ _CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
 def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write rows as JSONL (for ``--dry-run`` or uploading by hand)."""
+    """Write rows as JSONL (for ``--dry-run`` or uploading by hand), readable by their owner only: they are
+    captured inputs and outputs (as the outcome store holding them is)."""
+    from genroute.cache import atomic_write_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_jsonl(rows))
+    atomic_write_bytes(path, _jsonl(rows), private=True)
     return path
 
 
