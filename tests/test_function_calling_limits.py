@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
@@ -307,3 +308,48 @@ async def test_a_tool_still_running_at_the_deadline_is_named_and_a_sync_one_logg
         assert finished.wait(10)  # it ran to its end, its result unused
     else:
         assert warned == []
+
+
+async def test_a_request_runs_at_most_max_tool_calls_however_many_the_model_asks_for(gemini_server: GeminiTestServer,
+                                                                                      otel: Otel) -> None:
+    # A model (or a document it read) asking for 2,000 calls in one turn had all 2,000 run: max_steps bounds turns,
+    # not the calls in one, and every call of a tool with side effects is a side effect.
+    ran: list[int] = []
+
+    def send(n: int) -> str:
+        """Sends message n (a side effect)."""
+        ran.append(n)
+        return "sent"
+
+    gemini_server.reply_parts([{"functionCall": {"name": "send", "args": {"n": i}}} for i in range(3)])
+    gemini_server.reply_parts([{"functionCall": {"name": "send", "args": {"n": 3 + i}}} for i in range(200)])
+    gemini_server.reply_text("done")
+    config = gemini_config(gemini_server, kind="function_calling", tools=["send"], max_tool_calls=5)
+    async with Router.from_config(config, tools={"send": send}, **otel.providers) as router:
+        result = await router.agenerate("go")
+    assert result.text == "done"
+    assert sorted(ran) == [0, 1, 2, 3, 4]
+    outcomes = [c.outcome for c in result.tool_calls]
+    assert outcomes == ["ok"] * 5 + ["not_allowed"] * 198
+    assert "at most 5 tool calls (max_tool_calls)" in (result.tool_calls[-1].error or "")
+    refused = [s for s in otel.spans() if s.attributes.get("error.type") == "tool_call_limit"]
+    assert len(refused) == 198
+    # What the model was told about a refused call
+    told = json.dumps(gemini_server.requests[-1].body)
+    assert "was not run: a request runs at most 5 tool calls" in told
+
+
+async def test_the_default_bound_on_tool_calls_is_32(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    ran: list[int] = []
+
+    def send(n: int) -> str:
+        """Sends message n."""
+        ran.append(n)
+        return "sent"
+
+    gemini_server.reply_parts([{"functionCall": {"name": "send", "args": {"n": i}}} for i in range(100)])
+    gemini_server.reply_text("done")
+    async with Router.from_config(gemini_config(gemini_server, kind="function_calling", tools=["send"]),
+                                  tools={"send": send}, **otel.providers) as router:
+        result = await router.agenerate("go")
+    assert len(ran) == 32 and len(result.tool_calls) == 100

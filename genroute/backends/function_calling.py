@@ -15,6 +15,7 @@ A call to a tool that is not on the backend's allowlist is never run, whatever t
         tools: [get_weather]          # allowlist: names from Router.from_config(..., tools={...})
         max_steps: 4                  # model turns whose tool calls are run
         tool_timeout_s: 5
+        max_tool_calls: 32            # calls run in one request, all steps together
         deadline_s: 20                # the whole loop, model turns included
         on_max_steps: answer          # or raise ToolLoopExceeded
 
@@ -72,6 +73,10 @@ class FunctionCallingConfig(BackendConfig):
         default=8, ge=1,
         description="Most tool calls of one turn running at once; also the size of the backend's thread pool "
         "for sync tools (shared by concurrent requests; waiting for a thread counts against a call's timeout).",
+    )
+    max_tool_calls: int = Field(
+        default=32, ge=1, description="Most tool calls run in one request, all steps together; the model's further "
+        "calls are not run (outcome not_allowed) and it is told so.",
     )
     max_result_chars: int = Field(
         default=20_000, gt=0, description="Longer tool results (JSON text) and errors reach the model cut short."
@@ -205,7 +210,9 @@ class FunctionCallingBackend(Backend):
                                          calls_made)
                 # The model's own turn goes back verbatim (with any thought signatures it carries).
                 contents.append(types.Content(role="model", parts=turn.parts))
-                results = await self._runner.run(turn.calls, step, ctx, deadline, self.engine.provider)
+                limit = self.config.max_tool_calls
+                results = await self._runner.run(turn.calls, step, ctx, deadline, self.engine.provider,
+                                                 room=limit - len(calls_made), limit=limit)
                 ran = len(calls_made)  # where this step's calls start
                 calls_made.extend(record for record, _ in results)
                 contents.append(types.Content(role="user", parts=[part for _, part in results]))

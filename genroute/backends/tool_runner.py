@@ -55,27 +55,30 @@ class ToolRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, calls: list[types.FunctionCall], step: int, ctx: RunContext, deadline: float | None,
-                  provider: str) -> list[tuple[ToolCall, types.Part]]:
+                  provider: str, *, room: int, limit: int) -> list[tuple[ToolCall, types.Part]]:
         """Run one turn's calls concurrently, at most ``max_parallel`` at a time; results in call order.
-        ``provider``: the engine's that asked for them (every duration metric point names one)."""
+        ``provider``: the engine's that asked for them (every duration metric point names one). Only the first
+        ``room`` calls may run: the request's ``limit`` (``max_tool_calls``) leaves no room for the others."""
         gate = asyncio.Semaphore(self.max_parallel)
 
-        async def gated(call: types.FunctionCall, call_id: str) -> tuple[ToolCall, types.Part]:
+        async def gated(call: types.FunctionCall, call_id: str, over: int | None) -> tuple[ToolCall, types.Part]:
             async with gate:
-                return await self._execute(call, call_id, ctx, deadline, provider)
+                return await self._execute(call, call_id, ctx, deadline, provider, over)
 
         try:
             # A TaskGroup rather than gather: an unexpected failure cancels the sibling calls at once.
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(gated(call, f"call_{step}_{i}")) for i, call in enumerate(calls)]
+                tasks = [group.create_task(gated(call, f"call_{step}_{i}", None if i < room else limit))
+                         for i, call in enumerate(calls)]
         except BaseExceptionGroup as errors:
             # Tool failures are outcomes, never raised; what arrives here is unexpected: surface it as it is.
             raise errors.exceptions[0] from None
         return [task.result() for task in tasks]
 
     async def _execute(self, call: types.FunctionCall, fallback_id: str, ctx: RunContext,
-                       deadline: float | None, provider: str) -> tuple[ToolCall, types.Part]:
-        """Run one call (or refuse it) inside an ``execute_tool`` span; never raises for tool failures."""
+                       deadline: float | None, provider: str, over: int | None) -> tuple[ToolCall, types.Part]:
+        """Run one call (or refuse it) inside an ``execute_tool`` span; never raises for tool failures. ``over``:
+        the request's limit of tool calls, when this call is past it (and so refused)."""
         from google.genai import types
 
         name = call.name or ""
@@ -104,7 +107,7 @@ class ToolRunner:
             record_exception=False, set_status_on_exception=False,
         ) as span:
             try:
-                record, error_kind = await self._outcome(tool, name, args, call_id, deadline)
+                record, error_kind = await self._outcome(tool, name, args, call_id, deadline, over)
             except asyncio.CancelledError:
                 # The request was cancelled (its deadline, the caller, or a failing sibling call).
                 span.set_attributes({"error.type": "cancelled", "genroute.tool.outcome": "cancelled"})
@@ -130,7 +133,7 @@ class ToolRunner:
         return record, part
 
     async def _outcome(self, tool: Tool | None, name: str, args: dict[str, Any], call_id: str,
-                       deadline: float | None) -> tuple[ToolCall, str | None]:
+                       deadline: float | None, over: int | None) -> tuple[ToolCall, str | None]:
         """The call's record and its ``error.type`` (None when it succeeded)."""
 
         def done(outcome: str, error_kind: str | None = None, **kwargs: Any) -> tuple[ToolCall, str | None]:
@@ -143,6 +146,9 @@ class ToolRunner:
             allowed = ", ".join(self.tools)
             return done("not_allowed", "tool_not_allowed",
                         error=f"tool {_clipped(name)!r} is not available; available tools: {allowed}")
+        if over is not None:  # however many calls the model (or a text it read) asks for, a request runs `over`
+            return done("not_allowed", "tool_call_limit",
+                        error=f"tool {name} was not run: a request runs at most {over} tool calls (max_tool_calls)")
         try:
             kwargs = tool.validate(args)
         except InvalidToolArgs as exc:
