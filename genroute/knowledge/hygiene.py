@@ -17,8 +17,19 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
-_TAGS = re.compile(r"<\s*/?\s*(?:document|start_of_turn|end_of_turn)\b", re.IGNORECASE)
+_TAG_NAMES = ("document", "start_of_turn", "end_of_turn")
+
+
+@lru_cache(maxsize=32)
+def _tags(extra: tuple[str, ...]) -> re.Pattern[str]:
+    """Opening or closing delimiters named ``document``, a chat-template marker or one of ``extra``."""
+    names = "|".join(re.escape(name) for name in (*_TAG_NAMES, *extra))
+    return re.compile(rf"<\s*/?\s*(?:{names})\b", re.IGNORECASE)
+
+
+_TAGS = _tags(())
 #: A line starts after any break ``str.splitlines`` knows (``\r``, U+2028... not just ``\n``), past blanks.
 _BREAK = "\n\r\v\f\x1c-\x1e\x85\u2028\u2029"
 _SPACE = rf"[^\S{_BREAK}]"
@@ -43,12 +54,13 @@ _LOOK_ALIKES = str.maketrans(
 _INVISIBLE = re.compile("[\u034f\u115f\u1160\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
 
 
-def defuse(text: str) -> str:
-    """``text`` with document delimiters and chat-template turn markers defused (``<`` → ``&lt;``), and lines
-    that look like a turn or an example field escaped with ``\\``: the one defuse for every untrusted text
-    (retrieved chunks and stored examples alike), whatever engine the prompt goes to."""
+def defuse(text: str, *, tags: tuple[str, ...] = ()) -> str:
+    """``text`` with document delimiters (and those named in ``tags``, such as a judge prompt's ``<answer>``) and
+    chat-template turn markers defused (``<`` → ``&lt;``), and lines that look like a turn or an example field escaped
+    with ``\\``: the one defuse for every untrusted text (retrieved chunks, stored examples and what a judge reads
+    alike), whatever engine the prompt goes to."""
     folded, origin = _fold(text)
-    lts = {origin[m.start()] for m in _TAGS.finditer(folded)}
+    lts = {origin[m.start()] for m in (_tags(tags) if tags else _TAGS).finditer(folded)}
     turns = {origin[m.end()] for m in _TURN_LINES.finditer(folded)}
     if not lts and not turns:
         return text

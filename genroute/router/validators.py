@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import string
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from genroute.backends.base import BackendOutput, refuse_rerun
 from genroute.bounds import PathText
 from genroute.config_parse import parse_json, parse_yaml
 from genroute.errors import ConfigError
+from genroute.knowledge.hygiene import defuse
 from genroute.types import GenerateRequest
 
 #: A validator returns ``None`` when the answer is acceptable, otherwise the reason it is not.
@@ -125,7 +127,10 @@ class Judge:
 
     async def check(self, request: GenerateRequest, output: BackendOutput, run: RunBackend) -> str | None:
         """Run the judge through ``run`` and read its verdict."""
-        prompt = self.prompt.format(request=request.input, answer=output.text)
+        # Both are untrusted (the answer follows what the request said): neither may close the block it is quoted in
+        # and write a verdict of its own after it, nor pose as a turn.
+        tags = _delimiters(self.prompt)
+        prompt = self.prompt.format(request=defuse(request.input, tags=tags), answer=defuse(output.text, tags=tags))
         verdict = (await run(self.backend, GenerateRequest(input=prompt))).text.strip()
         word = re.match(r"[\W_]*(\w+)", verdict)
         if word is not None and word.group(1).upper() == "PASS":
@@ -185,11 +190,24 @@ def from_config(raw: str | Mapping[str, Any], *, field: str) -> Validator | Judg
 
 def _judge(backend: str, prompt: str, *, field: str) -> Judge:
     try:
-        prompt.format(request="", answer="")
-    except (KeyError, IndexError, ValueError) as exc:
+        places = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(prompt)
+                  if name is not None]
+    except ValueError as exc:
         raise ConfigError(f"prompt may use only {{request}} and {{answer}} placeholders ({exc!r})",
                           field=field) from None
+    for name, spec, conversion in places:
+        # Bare names only: {answer.__class__...} would reach into Python objects, {answer:>999999999} write a
+        # gigabyte of padding per check.
+        if name not in ("request", "answer") or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ConfigError(f"prompt may use only {{request}} and {{answer}} placeholders, as they are, not "
+                              f"{shown[:80]!r}", field=field)
     return Judge(backend, prompt)
+
+
+def _delimiters(prompt: str) -> tuple[str, ...]:
+    """Names of the tags ``prompt`` quotes the request and the answer in (``<answer>``...)."""
+    return tuple(sorted({name.lower() for name in re.findall(r"<\s*/?\s*([A-Za-z_][\w-]*)\s*>", prompt)}))
 
 
 def resolve(name: str, custom: Mapping[str, Validator | Judge], *, backends: Mapping[str, Any],
