@@ -15,7 +15,7 @@ A call to a tool that is not on the backend's allowlist is never run, whatever t
         tools: [get_weather]          # allowlist: names from Router.from_config(..., tools={...})
         max_steps: 4                  # model turns whose tool calls are run
         tool_timeout_s: 5
-        max_tool_calls: 32            # calls run in one request, all steps together
+        max_tool_calls: 32            # calls asked for in one request, all steps together
         deadline_s: 20                # the whole loop, model turns included
         on_max_steps: answer          # or raise ToolLoopExceeded
 
@@ -75,8 +75,8 @@ class FunctionCallingConfig(BackendConfig):
         "for sync tools (shared by concurrent requests; waiting for a thread counts against a call's timeout).",
     )
     max_tool_calls: int = Field(
-        default=32, ge=1, description="Most tool calls run in one request, all steps together; the model's further "
-        "calls are not run (outcome not_allowed) and it is told so.",
+        default=32, ge=1, description="Most tool calls a request's model may ask for, all steps together (refused "
+        "and invalid ones count too); later ones are not run (outcome not_allowed) and the model is told so.",
     )
     max_result_chars: int = Field(
         default=20_000, gt=0, description="Longer tool results (JSON text) and errors reach the model cut short."
