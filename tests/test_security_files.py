@@ -82,3 +82,23 @@ def test_a_learned_router_model_is_saved_past_a_planted_link(tmp_path: Path) -> 
     path = fit(x, scores, ["a", "b"], method="knn", k=2, cost=[0.01, 0.001]).save(tmp_path / "m.npz")
     assert victim.read_text() == "precious\n"
     assert RouterModel.load(path).backends == ["a", "b"]
+
+
+def test_a_bench_rewriting_its_results_follows_no_planted_link(tmp_path: Path, umask_022: None) -> None:
+    # A retried failure makes the results file be rewritten through results.jsonl.tmp, a fixed name: a link planted
+    # there in a shared output directory made the rewrite land in another of the user's files.
+    from genroute.bench.runner import Outcome, ResultsLog
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "results.jsonl.tmp").symlink_to(victim)
+    log = ResultsLog(out)
+    log.append(Outcome(backend="b", record_id="r1", ok=False, error_type="BackendRejected", scorer="exact"))
+    log.append(Outcome(backend="b", record_id="r1", ok=True, score=1.0, scorer="exact"), replace=True)
+    log.close()
+    assert victim.read_text() == "precious\n"
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["record_id"], r["ok"]) for r in rows] == [("r1", True)]
+    assert _mode(out / "results.jsonl") == 0o644  # the mode it had (the umask's), not the temporary file's 0600

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -136,12 +137,19 @@ class ResultsLog:
             self._fh.close()
             self._fh = None
         if self._superseded:
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            with tmp.open("w", encoding="utf-8") as fh:
-                fh.writelines(o.model_dump_json() + "\n" for o in self.outcomes.values())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)  # atomic: a crash leaves the old file (whose last rows win) or the new
+            # Made exclusively under a random name (not results.jsonl.tmp, which a link planted in a shared output
+            # directory turned into a write to any file of the user's), with the mode the file had.
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.writelines(o.model_dump_json() + "\n" for o in self.outcomes.values())
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.chmod(tmp, self.path.stat().st_mode & 0o777)
+                os.replace(tmp, self.path)  # atomic: a crash leaves the old file (whose last rows win) or the new
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
             self._superseded = False
 
 
