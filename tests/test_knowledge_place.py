@@ -140,3 +140,22 @@ def test_a_store_built_in_code_checks_its_place_as_one_built_from_a_config(
     assert info.value.field == "knowledge.path" and "chroma.sqlite3" in str(info.value)
     with pytest.raises(ConfigError, match="is not a directory"):
         KnowledgeStore(StoreConfig(path=str(tmp_path / "more.txt")))
+
+
+def test_a_relative_path_is_anchored_where_the_store_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Chroma keeps one client per path string: two dict-configured stores at ./kb under different working directories
+    # in one process shared the first one's client (the second's ingest failed "no such table: embeddings" once the
+    # first directory was gone), and a chdir after building moved the store.
+    stores = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "doc.txt").write_text(f"The {name} file says the bakery opens at four.")
+        monkeypatch.chdir(tmp_path / name)
+        store = build_store({"path": "./kb"}, engines={})
+        assert store.config.path == str(tmp_path / name / "kb")
+        stores.append(store)
+    monkeypatch.chdir(tmp_path)
+    for name, store in zip(("one", "two"), stores, strict=True):
+        ingest(store, [tmp_path / name / "doc.txt"], collection="docs")
+        assert (tmp_path / name / "kb" / "chroma.sqlite3").is_file()
+    assert not (tmp_path / "kb").exists()

@@ -72,8 +72,10 @@ class StoreConfig(_Frozen):
     @field_validator("path")
     @classmethod
     def _home(cls, path: str | None) -> str | None:
-        # Chroma would make a directory named `~` in the working directory (a dict config is not anchored).
-        return None if path is None else os.path.expanduser(path)
+        # Chroma would make a directory named `~` in the working directory (a dict config is not anchored). Absolute
+        # from here on: Chroma keeps one client per path *string*, so two stores at `./chroma` under different working
+        # directories in one process would share the first one's, and a later chdir would move the store.
+        return None if path is None else os.path.abspath(os.path.expanduser(path))
 
     @model_validator(mode="after")
     def _one_place(self) -> StoreConfig:
