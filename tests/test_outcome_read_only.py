@@ -229,3 +229,54 @@ def test_a_router_with_its_store_in_a_read_only_directory_is_ready_its_health_sa
     assert health.ready and outcomes.ok, outcomes
     assert outcomes.detail == ("outcomes.db: 2 records read; writes refused: its directory is read-only (SQLite writes "
                                "a -wal and a -shm file beside it)")
+
+
+def test_a_file_another_process_writes_during_every_read_is_an_outcome_store_error_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file in a directory this process cannot write is read again when another process wrote it meanwhile, 5
+    times at most: after the 5th it was sqlite3's own OperationalError, where every other failure of the store is
+    genroute's OutcomeStoreError naming the file. The other process's writing is a change of the file's times from
+    inside each read (SQLite's progress handler, called by the reader's own query: no timing); the reader's view of
+    the directory is a read-only bind mount (root only, as CI runs)."""
+    import os
+    import subprocess
+
+    from genroute.errors import OutcomeStoreError
+    from genroute.outcomes import sqlite_files
+    from genroute.outcomes import store as store_module
+
+    if os.geteuid() != 0:
+        pytest.fail("the reader's read-only view of the writer's directory is a bind mount: run the tests as root")
+    directory, view = tmp_path / "outcomes", tmp_path / "view"
+    store = OutcomeStore(directory / "outcomes.db")
+    store.upsert_many_sync([record("a"), record("b", 0.0)])
+    store.close()
+    written = directory / "outcomes.db"
+    touches: list[int] = []
+
+    def written_meanwhile() -> int:
+        touches.append(1)
+        os.utime(written, ns=(len(touches) * 10**9, len(touches) * 10**9))
+        return 0
+
+    real_connect = sqlite_files.connect
+
+    def connect(path: Path, *, frozen: bool = False, **options: Any) -> sqlite3.Connection:
+        db = real_connect(path, frozen=frozen, **options)
+        if frozen:
+            db.set_progress_handler(written_meanwhile, 1)
+        return db
+
+    view.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(directory), str(view)], check=True)
+    try:
+        reader = OutcomeStore(view / "outcomes.db")
+        assert reader._frozen
+        monkeypatch.setattr(sqlite_files, "connect", connect)
+        monkeypatch.setattr(store_module, "connect", connect)
+        with pytest.raises(OutcomeStoreError) as refused:
+            reader.count_sync()
+    finally:
+        subprocess.run(["umount", "--lazy", str(view)], check=True)
+    assert refused.value.path == str(view / "outcomes.db")
+    assert str(view / "outcomes.db") in str(refused.value) and "changed during each of 5 reads" in str(refused.value)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from genroute.errors import ConfigError, UsageError
+from genroute.errors import ConfigError, OutcomeStoreError, UsageError
 
 _log = logging.getLogger("genroute.outcomes.store")
 T = TypeVar("T")
@@ -70,6 +70,7 @@ def read_file(path: Path, read: Callable[[sqlite3.Connection], T], *, frozen: bo
             return read(db)
         finally:
             db.close()
+    failure: Exception | None = None
     for attempt in range(_FROZEN_READS):
         before = _written_state(path)
         db = connect(path, frozen=True)
@@ -84,8 +85,12 @@ def read_file(path: Path, read: Callable[[sqlite3.Connection], T], *, frozen: bo
                 raise failure
             return answer
         time.sleep(0.01 * attempt)  # another process is checkpointing now: a moment for it to finish
-    raise sqlite3.OperationalError(f"the outcome store {str(path)!r} changed during each of {_FROZEN_READS} reads "
-                                   "(another process writing it, which this process cannot see as it does)")
+    # genroute's error, as every other failure of the store (it was sqlite3's own OperationalError): the file, and
+    # what SQLite said of the last read, if it failed (a torn read: "database disk image is malformed").
+    said = "" if failure is None else f"; the last read: {type(failure).__name__}: {failure}"
+    raise OutcomeStoreError(f"the outcome store {str(path)!r} changed during each of {_FROZEN_READS} reads (another "
+                            f"process writing it, which this process, in a directory it cannot write, reads without "
+                            f"SQLite's locks){said}", path=str(path))
 
 
 def _written_state(path: Path) -> tuple[int, ...] | None:
