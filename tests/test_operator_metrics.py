@@ -95,3 +95,49 @@ async def test_a_failed_scheduled_refresh_is_counted_and_shown_by_health_until_o
     unavailable = points(otel, "genroute.knowledge.unavailable")
     assert [a for a, _ in unavailable] == [{"genroute.knowledge.place": "server"}]
     assert unavailable[0][1] >= 2  # each failed reload, and the health probe
+
+
+async def test_a_refresh_failing_for_long_warns_once_a_minute_counts_each_failure_and_logs_its_recovery_once(
+        gemini_server: GeminiTestServer, otel: Otel, tmp_path: Path, caplog: Any):
+    """A scheduled refresh that failed warned at every interval: a 5 s refresh through a 10 min outage logged 120
+    warnings. It warns once a minute now (the count since in the next warning), the counter counts each failure,
+    and the first refresh that succeeds again says so once. Here 15 refreshes fail (a backend whose reload fails:
+    its store is down), 0.1 s apart: one warning."""
+    import logging
+
+    from genroute.backends.prompt_template import PromptTemplateBackend
+
+    failed: list[int] = []
+    down = [True]
+
+    class Flaky(PromptTemplateBackend):
+        async def reload(self) -> None:
+            if down[0]:
+                failed.append(1)
+                raise OSError("its store is down")
+
+    cfg = gemini_config(gemini_server)
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "refresh_every_s": 0.1}
+
+    async def until(check: Any) -> None:
+        deadline = time.monotonic() + 60
+        while not check():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+
+    with caplog.at_level(logging.INFO, logger="genroute"):
+        async with await Router.acreate(cfg, **otel.providers) as router:
+            chat = router.backends["chat"]
+            router.backends["chat"] = Flaky("chat", chat.config, chat.resources)
+            await router.agenerate("start the schedule")
+            await until(lambda: len(failed) >= 15)
+            down[0] = False  # on the refresher's loop: the refresh now running, if any, has not reloaded yet
+            n = len(failed)
+            await until(lambda: router._refresh_record.at is not None and router._refresh_record.error is None)
+            await asyncio.sleep(0.5)  # a few more refreshes that succeed: they log nothing
+    messages = [r.getMessage() for r in caplog.records if "scheduled refresh" in r.getMessage()]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("scheduled refresh failed: OSError: its store is down") and "once a minute" in \
+        messages[0]
+    assert messages[1] == f"scheduled refresh succeeded again, after {n} failed"
+    assert [v for _, v in points(otel, "genroute.refresh.failures")] == [n]

@@ -421,3 +421,29 @@ def test_a_router_without_admission_gates_counts_its_state_fallbacks(gemini_serv
         router.drain()
     fallbacks = otel.metrics()["genroute.state.fallbacks"]
     assert sum(p.value for p in fallbacks.data.data_points) >= 1
+
+
+async def test_a_flapping_state_store_warns_of_the_switched_outcome_list_once_a_minute(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Each outage switches a reader to the fallback memory's list and back: each switch warned ("reading it from
+    position 0"), so a state store flapping every few seconds filled the log. Three outages here: six switches,
+    counted in ``resets``, one warning."""
+    with caplog.at_level(logging.WARNING, logger="genroute.outcomes"), tcp_proxy(redis_server.port) as proxy:
+        state = _store(proxy.url, "flap:")
+        outcomes = SharedOutcomeStore(state, max_items=100)
+        await outcomes.upsert(served("a"))
+        for i in range(3):
+            proxy.partition()
+            await outcomes.upsert(served(f"down{i}"))
+            assert state.degraded
+            proxy.heal()
+            deadline = time.monotonic() + 30
+            while True:  # the store tries the server again RETRY_S after the outage began
+                await asyncio.sleep(RETRY_S / 2)
+                await outcomes.upsert(served(f"up{i}-{time.monotonic()}"))
+                if not state.degraded:
+                    break
+                assert time.monotonic() < deadline
+        await state.aclose()
+    warned = [r.getMessage() for r in caplog.records if "shared outcome list is not the one" in r.getMessage()]
+    assert outcomes.resets == 6 and len(warned) == 1, (outcomes.resets, warned)

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from genroute.errors import UsageError
+from genroute.log_every import LogEvery
 from genroute.outcomes.changes import Changes, Place
 from genroute.outcomes.records import OutcomeRecord
 from genroute.outcomes.settings import OutcomeSettings
@@ -78,6 +79,8 @@ class SharedOutcomeStore:
         self.skipped = 0
         #: Times the list was another than the one read before (emptied by a restart, or the fallback memory).
         self.resets = 0
+        self._reset_log = LogEvery(60.0)
+        self._resets_unlogged = 0
         # What ``changes`` reads: each merge or drop of a record counts one version; ``_log`` holds each changed
         # id's latest version, oldest first, bounded (a reader behind ``_floor`` reads everything again).
         self._source = uuid.uuid4().hex
@@ -217,10 +220,18 @@ class SharedOutcomeStore:
         return self._places.pop(epoch, None)
 
     def _reset(self, start: int) -> None:
+        """Counted (``resets``), and logged once a minute at most with the count since: each outage of the state
+        store is two (into its fallback memory's list, and back), and a flapping one warned at each."""
         self.resets += 1
+        self._resets_unlogged += 1
+        if not self._reset_log.due():
+            return
+        since = (f" ({self._resets_unlogged} such switches since the last such warning)"
+                 if self._resets_unlogged > 1 else "")
+        self._resets_unlogged = 0
         _log.warning("the shared outcome list is not the one this process read before (the store was emptied or "
                      "restarted without persistence, or is unreachable and this process uses its own memory "
-                     "meanwhile): reading it from position %d", start)
+                     "meanwhile): reading it from position %d; logged once a minute%s", start, since)
 
     def _bound(self) -> None:
         """Forget the oldest records beyond ``max_items``, and those last written before ``max_age_s`` ago."""

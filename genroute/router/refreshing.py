@@ -3,7 +3,8 @@
 A refresh re-reads the backends' facts (``_refresh_facts``), applies the promotions recorded in a shared state store, and with an outcome
 store refreshes the policy from the outcomes accumulated since the last one. The refresher runs them on the running
 loop every ``outcomes.refresh_every_s`` (and reads the promotions every ``state.promotions_every_s``): started by the
-first request, it keeps the current policy when a refresh fails and logs it.
+first request, it keeps the current policy when a refresh fails and logs it (once a minute at most, with the count of
+failures since; the first success after it is logged too).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from genroute.errors import StateUnavailable
+from genroute.log_every import LogEvery
 from genroute.policies.base import PolicyContext
 from genroute.router.inflight import call_on
 from genroute.router.learning import backend_info
@@ -152,6 +154,12 @@ class Refreshing:
             if "promotions" in due and not self._promotions_read:  # a router built in code: read them now, not later
                 due["promotions"] = clock()
             quiet_until = 0.0  # a store down for long: one warning a minute about reading its promotions, not 12
+            # A refresh failing for long (a 5 s refresh through a 10 min outage: 120 failures) warns once a minute with
+            # the count since; the counter (``genroute.refresh.failures``) counts each. The first success after a
+            # warned failure says so, once.
+            refresh_log = LogEvery(60.0, clock)
+            unlogged = failing = 0
+            warned = False
             while True:
                 name = min(due, key=due.__getitem__)
                 await asyncio.sleep(max(0.0, due[name] - clock()))
@@ -162,13 +170,23 @@ class Refreshing:
                     await (self.arefresh() if name == "refresh" else self._apply_promotions())
                     if name == "refresh":
                         self._refresh_record.succeeded()
+                        if warned:
+                            _log.warning("scheduled refresh succeeded again, after %d failed", failing)
+                        failing, warned = 0, False
                 except Exception as exc:  # a failed refresh keeps the current policy; the next one retries
                     self._refresh_record.failed(name, exc)
                     if isinstance(exc, StateUnavailable) and name == "promotions":
                         continue  # the store warns of its outage itself (once a minute), with what to do
                     if name == "refresh":
+                        failing += 1
+                        unlogged += 1
+                        if not refresh_log.due():
+                            continue
                         notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))  # which backend
-                        _log.warning("scheduled refresh failed: %s: %s%s", type(exc).__name__, exc, notes)
+                        since = f"; {unlogged} failed since the last such warning" if unlogged > 1 else ""
+                        _log.warning("scheduled refresh failed: %s: %s%s (retried every %g s, the policy kept; logged "
+                                     "once a minute%s)", type(exc).__name__, exc, notes, periods[name], since)
+                        unlogged, warned = 0, True
                     elif clock() >= quiet_until:
                         quiet_until = clock() + 60.0
                         _log.warning("reading the promotions recorded in the state store failed (retried every "
