@@ -265,3 +265,27 @@ def test_a_router_whose_loop_is_held_is_not_ready_within_the_timeout_instead_of_
         assert router.health().ready
     assert not checked[0].ready
     assert failing(checked[0]) == {"router": "the router's event loop did not run the check within 2.2 s"}
+
+
+async def test_checks_of_a_hung_dependency_share_one_probe_instead_of_piling_one_up_each(deps: Deps):
+    """A probe that timed out went on (its thread cannot be stopped) and the next check started another: checked every
+    second, a Chroma server that accepts and never answers (knowledge.timeout_s 30 s) had ~30 count requests in
+    flight, each holding a thread of the loop's default executor. The checks now wait for the one probe running; the
+    proxy counts the requests whose reply it holds."""
+    deps.config["knowledge"]["timeout_s"] = 60
+    async with await Router.acreate(deps.config) as router:
+        assert (await router.ahealth()).ready  # connections open: the probe's request goes to a live connection
+        proxy = deps.proxies["backends.icl"]
+        proxy.hold_replies()
+        try:
+            checks = [await router.ahealth(timeout_s=0.2) for _ in range(5)]
+            held = proxy.held
+        finally:
+            proxy.release_replies()
+        again = await router.ahealth(timeout_s=30)
+    assert held == 1
+    errors = [failing(h) for h in checks]
+    assert errors[0] == {"backends.icl": "no answer in 0.2 s"}
+    assert all(list(e) == ["backends.icl"] and "by an earlier check, still waits" in e["backends.icl"]
+               for e in errors[1:]), errors
+    assert again.ready, again

@@ -22,6 +22,7 @@ import functools
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import ConfigDict
@@ -112,7 +113,9 @@ class Checks:
         if self._closed:
             return _closed()
         secrets = self._secrets()
-        found = await asyncio.gather(*(_probe(*probe, timeout_s, secrets) for probe in self._probes(timeout_s)))
+        checked = time.monotonic()  # a probe begun before: an earlier check's, still running
+        found = await asyncio.gather(*(_probe(name, kind, self._one_at_a_time(name, probe), checked, timeout_s, secrets)
+                                       for name, kind, probe in self._probes(timeout_s)))
         return Health(ready=all(d.ok for d in found), dependencies=tuple(found), refresh=self._refresh_health())
 
     def health(self, *, timeout_s: float = PROBE_TIMEOUT_S) -> Health:
@@ -131,6 +134,20 @@ class Checks:
             return Health(ready=False, dependencies=(DependencyHealth(
                 name="router", kind="router", ok=False, latency_ms=latency_ms,
                 error=f"the router's event loop did not run the check within {bound:g} s"),))
+
+    def _one_at_a_time(self, name: str, probe: Callable[[], Awaitable[str | None]]) -> Running:
+        """The probe of ``name`` still running from an earlier check (on this loop), else ``probe`` started now: a
+        probe that timed out is left to end (its thread cannot be stopped), and a hung dependency checked every second
+        started a new one each time, each holding a thread of the loop's default executor (a few per core: the
+        router's own work on it waited behind them)."""
+        running: dict[str, Running] = self.__dict__.setdefault("_probing", {})
+        loop = asyncio.get_running_loop()
+        earlier = running.get(name)
+        if earlier is not None and not earlier.task.done() and not earlier.task.get_loop().is_closed():
+            return earlier
+        task = loop.create_task(_answer(probe))
+        running[name] = begun = Running(task, time.monotonic())
+        return begun
 
     def _probes(self, timeout_s: float) -> list[Probe]:
         from genroute.backends.base import Backend
@@ -180,14 +197,42 @@ class Checks:
         return RefreshHealth(ok=record.error is None, at=record.at, error=record.error)
 
 
-async def _probe(name: str, kind: Kind, probe: Callable[[], Awaitable[str | None]], timeout_s: float,
+@dataclass(frozen=True)
+class Running:
+    """A dependency's probe, run once whatever the number of checks that wait for it (``_one_at_a_time``)."""
+
+    task: asyncio.Task[str | None]
+    #: When it began (``time.monotonic``).
+    begun: float
+
+
+async def _answer(probe: Callable[[], Awaitable[str | None]]) -> str | None:
+    return await probe()
+
+
+def _retrieved(task: asyncio.Task[str | None]) -> None:
+    """A probe's failure no check waited for any more is its answer to none: retrieved, not logged by asyncio."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _probe(name: str, kind: Kind, running: Running, checked: float, timeout_s: float,
                  secrets: tuple[str, ...]) -> DependencyHealth:
     start = time.monotonic()
     detail = error = None
+    running.task.remove_done_callback(_retrieved)
+    running.task.add_done_callback(_retrieved)
     try:
-        detail = await asyncio.wait_for(probe(), timeout_s)
+        if running.task.get_loop() is not asyncio.get_running_loop():  # cannot be awaited here
+            error = (f"its probe begun {start - running.begun:.1f} s ago, by a check on another event loop, has not "
+                     "answered yet (one probe at a time)")
+        else:
+            detail = await asyncio.wait_for(asyncio.shield(running.task), timeout_s)  # the probe itself goes on
     except TimeoutError:
         error = f"no answer in {timeout_s:g} s"
+        if running.begun < checked:
+            error += (f" (its probe begun {start - running.begun:.1f} s ago, by an earlier check, still waits: "
+                      "one probe at a time)")
     except Exception as exc:  # noqa: BLE001 - any failure of a dependency is its answer
         error = _scrubbed(f"{type(exc).__name__}: {exc}", secrets)
     latency_ms = round((time.monotonic() - start) * 1000, 3)
