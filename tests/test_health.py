@@ -21,6 +21,7 @@ from genroute.knowledge import aload_examples
 from genroute.testing import GeminiTestServer
 
 from .chroma_fixtures import ChromaServer, Knowledge, chroma_server  # noqa: F401
+from .read_only_files import small_disk  # noqa: F401
 from .conftest import TEST_KEY, gemini_config
 from .redis_fixtures import RedisServer
 from .server_ports import free_port
@@ -288,4 +289,31 @@ async def test_checks_of_a_hung_dependency_share_one_probe_instead_of_piling_one
     assert errors[0] == {"backends.icl": "no answer in 0.2 s"}
     assert all(list(e) == ["backends.icl"] and "by an earlier check, still waits" in e["backends.icl"]
                for e in errors[1:]), errors
+    assert again.ready, again
+
+
+def test_an_outcome_store_on_a_full_disk_is_not_ready_while_another_connection_holds_it_open(
+        gemini_server: GeminiTestServer, small_disk: Any):  # noqa: F811
+    """The probe took the file's write lock and gave it back, writing nothing: on a full disk, while another
+    connection kept the file open (its -wal and -shm files there: another replica, or the router's own writer while
+    writes come), the lock was taken and the store reported ready while every commit failed ("database or disk is
+    full"). Without such a connection the lock itself fails on a full disk (the -shm file cannot be made)."""
+    disk, fill = small_disk
+    config = gemini_config(gemini_server)
+    config["outcomes"] = {"path": str(disk / "outcomes.db"), "store": "sqlite"}
+    with Router.from_config(config) as router, contextlib.closing(
+            sqlite3.connect(disk / "outcomes.db", isolation_level=None)) as other:
+        other.execute("SELECT COUNT(*) FROM outcomes").fetchone()  # the file open elsewhere
+        assert router.health().ready
+        fill()
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+                other.execute("INSERT INTO outcomes (id, created_at, updated_at, record) VALUES ('x', 0, 0, '{}')")
+            full = router.health()
+        finally:
+            (disk / "filler").unlink()
+        again = router.health()
+    assert not full.ready and list(failing(full)) == ["outcomes"]
+    assert failing(full)["outcomes"].startswith(f"OutcomeStoreError: the disk holding the outcome store "
+                                                f"'{disk / 'outcomes.db'}' has ")
     assert again.ready, again

@@ -7,7 +7,7 @@ not answering, it does not hang the check); no probe calls a model that bills:
 - ``state`` (a shared store: Redis): one ``PING``, past the store's outage back-off and memory fallback;
 - ``backends.<name>`` (a backend that reads a Chroma collection: ICL, RAG): the collection counted, one call;
 - ``outcomes``: a SQLite file opened read-write and its write lock taken and given back (nothing written; a read-only
-  one is counted instead); a shared list: the state store's ``PING`` (and its SQLite archive, if any, as a file);
+  one is counted instead), and the free space on its disk (``ROOM_BYTES`` at least: ``_room``); a shared list: the state store's ``PING`` (and its SQLite archive, if any, as a file);
 - ``engines.<name>`` (an engine a backend calls): Gemini, one ``countTokens`` for a model a backend names (free);
   local, a model instance loaded (loaded by the check if none was, and kept for the next request).
 
@@ -33,6 +33,8 @@ from genroute.router.learning import check_seconds
 from genroute.runtime.portal import refuse_inside_loop
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from genroute.backends.base import Backend
     from genroute.outcomes.recorder import OutcomeRecorder
     from genroute.outcomes.settings import OutcomeSettings
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 PROBE_TIMEOUT_S = 2.0
 #: How much longer than its probes' ``timeout_s`` a sync check waits for the router's loop thread to run them.
 LOOP_SLACK_S = 2.0
+#: The least free space on the outcome store's disk for its probe to pass: a commit of a few records (16 pages of 4 KB).
+ROOM_BYTES = 64 * 1024
 #: The most characters of an error kept in a result (a probe's error is one line for an operator, not a dump).
 _ERROR_CHARS = 300
 
@@ -286,4 +290,24 @@ def _sqlite_writable(store: OutcomeStore, timeout_s: float) -> str:
         if unwritable(path, exc, "outcomes.path") is None:
             raise
         return f"{path.name}: {store.count_sync()} records read; writes refused: {read_only_reason(path)}"
+    _room(path)
     return f"{path.name}: write lock taken"
+
+
+def _room(path: Path) -> None:
+    """``OutcomeStoreError`` when the disk holding ``path`` has less than ``ROOM_BYTES`` free. The write lock taken
+    and given back writes nothing, and neither does a write rolled back (SQLite keeps its pages in memory until the
+    commit): while another connection keeps the file open (the router's own writer while writes come, another
+    replica), its ``-wal`` and ``-shm`` files are there and the lock is taken on a full disk, where every commit then
+    fails ("database or disk is full"). The free space the filesystem reports is one cheap call (root's: the blocks
+    kept for root too, which its writes may use). A ``-wal`` file that grew before may still take a few commits on
+    a full disk; a quota (``EDQUOT``) is not seen."""
+    import os
+
+    from genroute.errors import OutcomeStoreError
+
+    disk = os.statvfs(path.parent)
+    free = (disk.f_bfree if os.geteuid() == 0 else disk.f_bavail) * disk.f_frsize
+    if free < ROOM_BYTES:
+        raise OutcomeStoreError(f"the disk holding the outcome store {str(path)!r} has {free} bytes free (less than "
+                                f"{ROOM_BYTES}): its writes fail (database or disk is full)", path=str(path))
