@@ -267,3 +267,39 @@ def test_a_flush_waiting_as_the_writer_thread_fails_to_start_returns_once_the_wr
     with pytest.raises(RuntimeError, match="can't start new thread"):
         writer.write(["after"])  # the next write tries again, and is told the same
     assert writer.unwritten == 0 and writer.flush()
+
+
+def test_a_process_exiting_without_closing_its_store_waits_for_its_writes_a_bounded_time(tmp_path: Path) -> None:
+    """The writer's thread was not a daemon, so that the writes handed over are written before the process exits: with
+    the file locked by another process, the exit waited SQLite's busy timeout (30 s) for each lot of writes, 61 s for
+    three writes, without a word. The exit now waits EXIT_WAIT_S (10 s; 0.5 here) in all, then logs the writes not
+    written as lost, naming the file, and answers those still waiting with an OutcomeStoreError (what a router's
+    recorder counts as lost)."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "outcomes.db"
+    OutcomeStore(path).close()
+    script = textwrap.dedent("""
+        import atexit, json, logging, sys
+
+        answered = []
+        atexit.register(lambda: print(json.dumps(answered)))  # registered first: runs after genroute's own
+        logging.basicConfig()
+        from genroute.outcomes import OutcomeRecord, OutcomeStore, writer
+
+        writer.EXIT_WAIT_S = 0.5
+        store = OutcomeStore(sys.argv[1])
+        for i in range(3):
+            store.submit(OutcomeRecord(metadata={"id": f"r{i}", "task": "t"})).add_done_callback(
+                lambda done: answered.append(type(done.exception()).__name__))
+        # the process ends without store.close()
+    """)
+    with writes_held(path):
+        done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"3 outcome write(s) to {str(path)!r} were not written within 0.5 s of the process exiting" in done.stderr
+    assert set(json.loads(done.stdout)) <= {"OutcomeStoreError"}
+    assert OutcomeStore(path).count_sync() == 0  # the lot being written was cut off: rolled back, the file whole

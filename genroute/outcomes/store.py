@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from genroute.config_errors import check_list, not_a, pydantic_validated
-from genroute.errors import ConfigError, UsageError
+from genroute.errors import ConfigError, OutcomeStoreError, UsageError
 from genroute.outcomes.changes import Changes, Place
 from genroute.outcomes.records import OutcomeRecord, check_sides, number_refusal
 from genroute.outcomes.sqlite_files import (SCHEMA, add_seq, check_filters, checkpoint, connect, create_private,
@@ -75,7 +75,7 @@ class OutcomeStore:
         # ConfigError (the file or its directory read-only: ``unwritable``) is the whole lot's.
         self._writer = GroupWriter(self._commit, idle=self._close_writing,
                                    shared=(sqlite3.OperationalError, OSError, ConfigError),
-                                   name="genroute-outcome-writer")
+                                   name="genroute-outcome-writer", at_exit=self._lost_at_exit)
         self._db: tuple[tuple[int, int], sqlite3.Connection] | None = None  # the writer's (``_writing``)
         forget_at_fork(self)
         self._created = 0.0  # the last creation time given: each new record's is later, so a batch keeps its order
@@ -213,11 +213,23 @@ class OutcomeStore:
         process lives. The store stays usable."""
         if not self._writer.flush(timeout_s):
             _log.error("%d outcome write(s) to %r were not written within %s s of closing the store (another process "
-                       "holds its lock?): they are written if this process lives until then", self.unwritten,
+                       "holds its lock?): they are written if this process lives until then (its exit waits 10 s "
+                       "more at most)", self.unwritten,
                        str(self.path), timeout_s)
             return
         if self._wal and self.commits and not self._frozen and self.path.exists():  # never makes one anew
             read_file(self.path, lambda db: checkpoint(self.path, db, wait=True))
+
+    def _lost_at_exit(self, n: int) -> OutcomeStoreError:
+        """``n`` writes not written ``EXIT_WAIT_S`` into an exit without ``close``: logged, and the error those still
+        waiting are answered with (a router's recorder counts each as lost)."""
+        from genroute.outcomes import writer
+
+        lost = OutcomeStoreError(f"{n} outcome write(s) to {str(self.path)!r} were not written within "
+                                 f"{writer.EXIT_WAIT_S:g} s of the process exiting without closing the store (another "
+                                 "process holding its lock?): lost", path=str(self.path))
+        _log.error("%s", lost)
+        return lost
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's connection is the parent's (closing it here could checkpoint the file under
@@ -247,17 +259,10 @@ class OutcomeStore:
                      since: float | None = None) -> list[OutcomeRecord]:
         """Stored records, oldest first; filtered by task, by whether text was captured, by creation time."""
         check_filters(task=task, captured=captured, since=since)
-        where: list[str] = []
-        args: list[str | int | float] = []
-        if task is not None:
-            where.append("task = ?")
-            args.append(task)
-        if captured is not None:
-            where.append("captured = ?")
-            args.append(int(captured))
-        if since is not None:
-            where.append("created_at >= ?")
-            args.append(since)
+        given: list[tuple[str, str | int | float | None]] = [
+            ("task = ?", task), ("captured = ?", None if captured is None else int(captured)), ("created_at >= ?", since)]
+        where = [test for test, value in given if value is not None]
+        args = [value for _, value in given if value is not None]
         sql = "SELECT record FROM outcomes" + (f" WHERE {' AND '.join(where)}" if where else "")
         return self._read(lambda db: [OutcomeRecord.model_validate_json(r[0])
                                       for r in db.execute(sql + " ORDER BY created_at, id", args).fetchall()])

@@ -10,8 +10,10 @@ waits for them; the writer takes every write waiting and commits them together, 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
@@ -27,18 +29,32 @@ LINGER_S = 0.2
 #: A write whose failure is the whole lot's (the file is locked, read-only, full): not tried again alone.
 Shared = tuple[type[BaseException], ...]
 
+#: How long a process exiting without closing its stores waits for the writes handed over (the router's close waits
+#: as long): then it exits, the writes not written answered with ``at_exit``'s error (lost, and counted so).
+EXIT_WAIT_S = 10.0
+#: Writers that started a thread: each flushed when the process exits (``_flush_at_exit``).
+_WRITERS: weakref.WeakSet[GroupWriter[object]] = weakref.WeakSet()
+
 
 class GroupWriter(Generic[T]):
     """Writes lists of items through ``commit`` (one transaction for all it is given, returning one result per item
     in order), several callers' lists in one call when they wait at once.
 
     ``thread`` makes the writer's thread (``threading.Thread``'s arguments; by default ``threading.Thread``): one
-    whose ``start`` raises is a process out of threads."""
+    whose ``start`` raises is a process out of threads.
+
+    A process that exits without ``flush`` waits ``EXIT_WAIT_S`` at most for the writes handed over (the thread is a
+    daemon: it waited for as long as they took, 30 s a lot on a file another process held locked); those still
+    waiting then are answered with ``at_exit(n)``'s error, ``n`` the writes not written (also the lot being
+    written, which the process's end cuts off: SQLite rolls it back)."""
 
     def __init__(self, commit: Callable[[list[T]], list[T]], *, idle: Callable[[], None] = lambda: None,
                  linger_s: float = LINGER_S, shared: Shared = (), name: str = "writer",
-                 thread: Callable[..., threading.Thread] = threading.Thread) -> None:
+                 thread: Callable[..., threading.Thread] = threading.Thread,
+                 at_exit: Callable[[int], BaseException] = lambda n: RuntimeError(
+                     f"the process exited before {n} write(s) were written")) -> None:
         self._commit = commit
+        self._at_exit = at_exit
         self._new_thread = thread
         self._idle = idle
         self._linger_s = linger_s
@@ -74,9 +90,10 @@ class GroupWriter(Generic[T]):
             self._arrived.notify()
         if start:
             try:
-                # Not a daemon, whoever hands the write over (a router's loop thread is one): the interpreter waits
-                # for what was handed over to be written before it exits.
-                self._thread = self._new_thread(target=self._drain, name=self._name, daemon=False)
+                # A daemon: the process exiting waits for what was handed over, EXIT_WAIT_S at most (``_flush_at_exit``:
+                # as a thread that is not a daemon, it waited for as long as the writes took).
+                self._thread = self._new_thread(target=self._drain, name=self._name, daemon=True)
+                _WRITERS.add(self)  # type: ignore[arg-type]
                 self._thread.start()
             except BaseException:  # no thread to be had: nobody writes, so nobody may wait
                 self._no_writer(RuntimeError(f"cannot start the {self._name} thread"))
@@ -170,6 +187,17 @@ class GroupWriter(Generic[T]):
             return not thread.is_alive()
         return True
 
+    def give_up(self) -> int:
+        """The process exits: answer every write still waiting with ``at_exit``'s error; how many were not written
+        (those, and the lot being written)."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+            lost = self.unwritten
+        exc = self._at_exit(lost)
+        for _, future in waiting:
+            future.set_exception(exc)
+        return lost
+
     def _write(self, lot: list[tuple[list[T], Future[list[T]]]]) -> None:
         try:
             results = self._commit([item for items, _ in lot for item in items])
@@ -197,3 +225,12 @@ def _settle(answer: asyncio.Future[list[T]], done: Future[list[T]]) -> None:
         answer.set_exception(exc)
     else:
         answer.set_result(done.result())
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    """Wait ``EXIT_WAIT_S`` in all for every writer's writes, then give up on those left (a store nobody closed)."""
+    end = time.monotonic() + EXIT_WAIT_S
+    for writer in list(_WRITERS):
+        if not writer.flush(max(0.0, end - time.monotonic())):
+            writer.give_up()
