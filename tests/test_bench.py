@@ -17,13 +17,14 @@ from genroute.bench import (
 )
 from genroute.bench.advisor import AdvisorSettings, advise
 from genroute.bench.harness import bench
-from genroute.errors import ConfigError, UsageError
+from genroute.errors import ConfigError, GenrouteError, UsageError
 from genroute.bench.report import Summary, bootstrap_ci
 from genroute.bench.runner import Outcome
 from genroute.policies.stats import BenchStats
 from genroute.router.router import Router
 from genroute.testing import Fault, GeminiTestServer, Reply
 from genroute.testing.replies import field_of, texts_in
+from genroute.types import GenerateRequest
 
 from .conftest import TEST_KEY
 
@@ -1470,3 +1471,28 @@ async def test_a_holdout_that_leaves_too_little_to_train_on_says_so_by_its_flag(
             trained_on = "1 record(s)" if i == 0 else "4 record(s)"
             assert (f"learned policy not trained: the training split (what holdout 0.99, --holdout, leaves) has "
                     f"1 distinct input(s) in {trained_on}") in text and "a smaller --holdout" in text
+
+
+@pytest.mark.parametrize("failure", ["validator", "cut_stream"])
+async def test_a_failed_row_has_the_tokens_its_cost_was_charged_for(server: GeminiTestServer, failure: str) -> None:
+    """A row that failed after the model was billed (a validator refused the answer; a stream cut after tokens came)
+    said its cost and 0 tokens: its tokens are now the error's usage, the counts its cost was priced from."""
+    validated = config(server)
+    if failure == "validator":  # the answer "positive" is no JSON object: refused after it was billed
+        validated["validators"] = {"an_object": {"kind": "json_schema", "schema": {"type": "object"}}}
+        validated["policy"] = {"kind": "cascade", "rungs": [{"backend": "cheap", "validators": ["an_object"]}]}
+    else:
+        server.fault(Fault.cut_stream(after_chunks=1))
+    target = POLICY_TARGET if failure == "validator" else "cheap"
+    async with Router.from_config(validated) as router:
+        (row,) = await arun_bench(router, records()[:1], [target], resolve_scorer("label_accuracy"),
+                                  stream=failure == "cut_stream", progress=False)
+        if failure == "validator":  # the same request again, for the error the router raises
+            with pytest.raises(GenrouteError) as raised:
+                await router.agenerate(GenerateRequest(input=records()[0].input, task="sentiment"))
+            usage = raised.value.usage
+            assert usage is not None and row.input_tokens == usage.input_tokens
+            assert row.output_tokens == usage.output_tokens and row.cost_usd == raised.value.cost_usd
+    assert not row.ok and row.cost_usd > 0 and row.input_tokens > 0
+    # flash-lite's prices, $0.10 / $0.40 a million input / output tokens: the row's cost is its tokens' price.
+    assert row.cost_usd == pytest.approx((row.input_tokens * 0.10 + row.output_tokens * 0.40) / 1e6)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from genroute.bench.datasets import BenchRecord
     from genroute.bench.scorers import Scorer
     from genroute.router.router import Router
-    from genroute.types import GenerateResult
+    from genroute.types import GenerateResult, Usage
 
 #: The target name under which end-to-end policy runs are recorded.
 POLICY_TARGET = "@policy"
@@ -37,6 +37,9 @@ RESULTS_FILE = "results.jsonl"
 #: Metadata keys that hold the gold answer: never sent to the backend under test.
 #: Error types of outcomes whose backend answered but whose answer could not be scored.
 SCORING_ERRORS = frozenset({"ScorerError", "JudgeError"})
+#: A row's token counts, as ``Usage`` names them.
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "thinking_tokens", "audio_input_tokens",
+                "cached_audio_input_tokens", "audio_output_tokens")
 
 
 class Outcome(PublicModel):
@@ -177,17 +180,16 @@ async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scor
         if isinstance(exc, ConfigError):  # the row and the report say where the config file sets it
             locate(exc, router._config_file)
         # What the failed request cost (attempts that timed out or were cut are billed) is the row's cost.
+        # Its tokens too (the error's usage: what the attempts that were billed used), so the row's tokens and cost
+        # agree as the trace's and the budget's do (a validator's refusal, a stream cut after tokens came).
+        used = exc.usage if isinstance(exc, GenrouteError) else None
         return Outcome(**base, ok=False, error_type=type(exc).__name__, error=str(exc)[:500],
-                       latency_s=time.perf_counter() - start, cost_usd=spent(exc))
-    usage = result.usage
+                       latency_s=time.perf_counter() - start, cost_usd=spent(exc), **token_fields(used))
     answer = dict(
         answer=result.text, tool_calls=[{"name": c.name, "args": c.args} for c in result.tool_calls],
         routed_backend=result.backend, model=result.model,
         latency_s=result.latency_s or (time.perf_counter() - start), ttft_s=result.time_to_first_token_s,
-        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-        cached_input_tokens=usage.cached_input_tokens, thinking_tokens=usage.thinking_tokens,
-        audio_input_tokens=usage.audio_input_tokens, cached_audio_input_tokens=usage.cached_audio_input_tokens,
-        audio_output_tokens=usage.audio_output_tokens,
+        **token_fields(result.usage),
         cost_usd=result.cost_usd, cloud_equivalent_cost_usd=result.cloud_equivalent_cost_usd,
     )
     try:
@@ -199,6 +201,13 @@ async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scor
                        error=f"{type(exc).__name__}: {exc}"[:500],
                        judge_error_type=type(exc).__name__ if judged else None, judge_cost_usd=spent(exc))
     return Outcome(**base, **answer, ok=True, score=score, judge_cost_usd=judge_cost)
+
+
+def token_fields(usage: Usage | None) -> dict[str, int]:
+    """A row's token counts from ``usage`` (none: all 0)."""
+    if usage is None:
+        return {}
+    return {name: getattr(usage, name) for name in TOKEN_FIELDS}
 
 
 def spent(error: Exception) -> float:
