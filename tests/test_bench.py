@@ -468,6 +468,7 @@ async def test_a_failed_row_costs_what_its_timed_out_attempt_was_billed(server: 
     billed = _input_cost(server, server.requests[0], 0.10)  # flash-lite's input price
     assert not row.ok and row.error_type == "BackendUnavailable" and billed > 0
     assert row.cost_usd == pytest.approx(billed)
+    assert row.cost_usd == pytest.approx(row.input_tokens * 0.10 / 1e6)  # the estimated input it was billed for
     (summary,) = summarize([row])
     assert summary.cost_per_request_usd == pytest.approx(billed)
 
