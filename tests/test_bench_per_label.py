@@ -76,16 +76,17 @@ async def test_a_backend_that_always_answers_the_majority_label_shows_it_per_lab
     assert saved["lazy"]["labels"]["labels"][1]["instead"] == "positive"
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Recall per gold label" in md
-    assert "| lazy | 0.667 | 0.333 | 2 of 3 | 100.0% |" in md
-    assert "always answering `positive`, the most common gold label (10 of 15 records) scores accuracy 0.667" in md
+    assert "| lazy | 15 | 0.667 | 0.333 | 2 of 3 | 100.0% |" in md
+    assert ("always answering `positive`, the most common gold label (10 of the run's 15 labelled records) scores "
+            "accuracy 0.667") in md
     assert "| negative | 3 | 0.000 [0.000, 0.708] | positive (3 of 3) |" in md
-    assert "| lazy | 0.667 | 0.333 | 2 of 3 | 100.0% |" in report.markdown()  # what the command prints
+    assert "| lazy | 15 | 0.667 | 0.333 | 2 of 3 | 100.0% |" in report.markdown()  # what the command prints
     # The HTML page renders the tables as tables.
     dom = parse(dump_dom(tmp_path / "out" / "report.html", tmp_path))
     tables = [rows for rows in dom.tables.values() if rows]
-    overview = next(rows for rows in tables if rows[0][1][:3] == ["backend", "accuracy", "macro recall"])
-    assert [cells for _, cells in overview[1:]] == [["lazy", "0.667", "0.333", "2 of 3", "100.0%"],
-                                                    ["smart", "1.000", "1.000", "0 of 3", "66.7%"]]
+    overview = next(rows for rows in tables if rows[0][1][:4] == ["backend", "n", "accuracy", "macro recall"])
+    assert [cells for _, cells in overview[1:]] == [["lazy", "15", "0.667", "0.333", "2 of 3", "100.0%"],
+                                                    ["smart", "15", "1.000", "1.000", "0 of 3", "66.7%"]]
     per_label = [rows for rows in tables if rows[0][1][0] == "label" and rows[0][1][1] == "gold n"]
     assert len(per_label) == 2
     assert per_label[0][3][1] == ["neutral", "2", "0.000 [0.000, 0.842]", "positive (2 of 2)"]
@@ -149,5 +150,59 @@ def test_on_a_tie_the_majority_label_counted_is_the_one_the_baseline_sentence_na
                         scorer="label_accuracy", answer="negative") for i, g in enumerate(golds)]
     found = breakdowns(outcomes, records)
     named = found["neg"].labels[0].label
-    assert f"always answering `{named}`" in per_label_overview(found, {"neg": 0.5})
+    assert f"always answering `{named}`" in per_label_overview(found)
     assert found["neg"].majority_answers == (1.0 if named == "negative" else 0.0)
+
+
+def _rows(target: str, records: list[BenchRecord], answer: Any, scorer: str = "exact") -> list[Any]:
+    """``target``'s scored rows on ``records``, answering ``answer(record)`` (scored as ``exact`` compares)."""
+    from genroute.bench.runner import Outcome
+
+    return [Outcome(backend=target, record_id=r.id, task=r.task, ok=True, scorer=scorer, answer=answer(r),
+                    score=float(answer(r).strip() == r.output.strip())) for r in records]
+
+
+def test_an_empty_gold_leaves_its_record_out_and_the_rest_is_still_reported() -> None:
+    """An exact-match run with one record whose gold output is empty had no section at all: that record has no
+    label, so it is left out (and named), and the other records' recall per label is reported."""
+    from genroute.bench.per_label import breakdowns, per_label_markdown
+
+    golds = ["yes", "no", "yes", "yes", "", "no"]
+    records = [BenchRecord(id=f"r{i}", input=f"q{i}", output=g) for i, g in enumerate(golds)]
+    found = breakdowns(_rows("b", records, lambda r: "yes"), records)["b"]
+    assert found.unlabeled == ("r4",) and found.records == found.n == 5
+    assert [(r.label, r.gold, r.correct) for r in found.labels] == [("yes", 3, 3), ("no", 2, 0)]
+    assert found.baseline_accuracy == 3 / 5 and found.accuracy == 3 / 5
+    md = per_label_markdown({"b": found})
+    assert "1 record(s) have an empty gold, so no label, and are left out of this section" in md and "`r4`" in md
+
+
+def test_the_label_cap_is_a_tasks_not_the_runs() -> None:
+    """Three tasks of 40 labels each (120 task/label pairs) are three small label sets: the cap of 100 was
+    counted over the pairs of every task, which turned the section off; one task of 101 labels is still no label
+    set."""
+    from genroute.bench.per_label import MAX_LABELS, label_golds
+
+    records = [BenchRecord(id=f"{t}-{i}-{k}", input=f"{t} {i} {k}", output=f"label{i}", task=t)
+               for t in ("a", "b", "c") for i in range(40) for k in range(2)]
+    found = label_golds("exact", records)
+    assert found is not None and len(set(found.values())) == 120 > MAX_LABELS
+    one_task = [BenchRecord(id=f"{i}-{k}", input=f"{i} {k}", output=f"label{i}")
+                for i in range(MAX_LABELS + 1) for k in range(2)]
+    assert label_golds("exact", one_task) is None
+
+
+def test_the_baseline_counts_the_runs_records_not_the_first_backends() -> None:
+    """The first backend ran on 3 of the 10 records (all "no"): the overview said the majority label was "no",
+    "(3 of 3 records)", from that backend's rows; it names the run's majority label and counts, and each
+    backend's n."""
+    from genroute.bench.per_label import breakdowns, per_label_overview
+
+    golds = ["yes"] * 7 + ["no"] * 3
+    records = [BenchRecord(id=f"r{i}", input=f"q{i}", output=g) for i, g in enumerate(golds)]
+    outcomes = _rows("partial", records[7:], lambda r: "no") + _rows("whole", records, lambda r: "yes")
+    found = breakdowns(outcomes, records)
+    text = per_label_overview(found)
+    assert "always answering `yes`, the most common gold label (7 of the run's 10 labelled records)" in text
+    assert "| partial | 3 | 1.000 | 1.000 | 0 of 1 | 0.0% |" in text
+    assert "| whole | 10 | 0.700 | 0.500 | 1 of 2 | 100.0% |" in text

@@ -79,7 +79,7 @@ class BenchReport(PublicModel):
         """The main table, the paired differences, the compile and advisor sections as Markdown."""
         text = markdown_table(self.summaries)
         if labels := {s.backend: s.labels for s in self.summaries if s.labels is not None}:
-            text += "\n" + per_label_overview(labels, {s.backend: s.quality for s in self.summaries})
+            text += "\n" + per_label_overview(labels)
         if self.compiled_on_note:
             text += "\n" + self.compiled_on_note + "\n"
         if self.own_examples_note:
@@ -228,7 +228,7 @@ def report_outcomes(
     live = [o for o in outcomes if o.backend not in dead]  # a target that never answered compares with nothing
     per_label = breakdowns(live, records)  # recall per gold label, when the scorer's golds are labels
     summaries = [s.model_copy(update={"labels": per_label.get(s.backend)}) for s in summarize(outcomes, seed=seed)]
-    label_md = per_label_markdown(per_label, {s.backend: s.quality for s in summaries})
+    label_md = per_label_markdown(per_label)
     compiled, skipped = None, None
     if compile and not any(o.backend != POLICY_TARGET for o in live):
         skipped = "Not compiled: no backend has a scored row (see *No scored row*)."

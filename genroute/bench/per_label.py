@@ -6,11 +6,12 @@ macro-averaged recall of 1/k, below the majority-class baseline's accuracy.
 
 Which runs get it (``label_golds``): every ``label_accuracy`` run (the gold is the label, else the output); an
 ``exact`` or ``normalized_exact`` run when its gold outputs form a small set of labels: at least 2 distinct golds
-(as the scorer compares them: stripped, or normalised), at most ``MAX_LABELS`` of them, no more than half as many
-as there are records (each label is, on average, the gold of 2 records or more: a question-answering set whose
-answers hardly repeat is no classification) and no record with several gold ``answers``. Records of several tasks
-are labelled within their task ("task: label"), and the majority-class baseline answers each task's most
-common label.
+(as the scorer compares them: stripped, or normalised), at most ``MAX_LABELS`` of them in any one task, no more
+than half as many as there are labelled records (each label is, on average, the gold of 2 records or more: a
+question-answering set whose answers hardly repeat is no classification) and no record with several gold
+``answers``. Records of several tasks are labelled within their task ("task: label"), and the majority-class
+baseline answers each task's most common label. A record whose gold is empty has no label: it is left out of the
+section (named in ``LabelBreakdown.unlabeled``), the rest still reported.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ if TYPE_CHECKING:
 #: Scorers whose gold is a label; exact matches whose golds may be (``label_golds`` decides from the records).
 LABEL_SCORERS = frozenset({"label_accuracy"})
 EXACT_SCORERS = frozenset({"exact", "normalized_exact"})
-#: Most distinct gold outputs an exact-match run may have to be read as labels (BANKING77 has 77).
+#: Most distinct gold outputs one task of an exact-match run may have to be read as labels (BANKING77 has 77).
 MAX_LABELS = 100
 #: Labels a backend's table shows one by one (the most frequent); the rest are one row.
 TOP_LABELS = 10
 _SNIPPET = 40
+#: Unlabelled records the overview names by id (summary.json lists every one).
+_NAMED = 5
 
 Key = tuple[str | None, str]  # (task, label)
 
@@ -64,13 +67,24 @@ class LabelBreakdown(PublicModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    n: int
+    n: int = Field(description="This target's rows on records with a gold label.")
     macro_recall: float = Field(description="Mean of the labels' recalls (each label weighs the same).")
     majority_answers: float = Field(description="Share of records the target answered with its task's majority "
                                     "label.")
     baseline_accuracy: float = Field(description="Accuracy of always answering each task's most common gold label.")
     baseline_macro_recall: float = Field(description="That baseline's macro recall: tasks / labels (1/k for one task).")
     labels: tuple[LabelRow, ...] = Field(description="Every gold label, most frequent first.")
+    records: int = Field(default=0, description="Records of the run with a gold label: the baseline's n.")
+    majority_gold: int = Field(default=0, description="Of them, those whose gold is their task's majority label.")
+    majority_label: str = Field(default="", description="The first task's majority label (of a tie, the first "
+                                "listed): the one the baseline answers in a run of one task.")
+    unlabeled: tuple[str, ...] = Field(default=(), description="Ids of the run's records with an empty gold: no "
+                                       "label, left out of this section (still scored in the backend table).")
+
+    @property
+    def accuracy(self) -> float:
+        """Share of this target's labelled rows answered right."""
+        return sum(r.correct for r in self.labels) / self.n
 
 
 def _key_fn(scorer: str) -> Callable[[str], str]:
@@ -84,10 +98,10 @@ def _key_fn(scorer: str) -> Callable[[str], str]:
 
 def label_golds(scorer: str, records: Sequence[BenchRecord]) -> dict[str, Key] | None:
     """Record id -> (task, gold label) when ``scorer``'s golds are labels (module docstring), else ``None``. Golds
-    the scorer compares as one ("Yes" and "yes." by ``normalized_exact``) are one label, written as first seen."""
+    the scorer compares as one ("Yes" and "yes." by ``normalized_exact``) are one label, written as first seen.
+    A record whose gold is empty (as the scorer compares it) has no label and is not in the mapping."""
     if scorer in LABEL_SCORERS:
         golds = {r.id: (r.task, (r.label if r.label is not None else r.output).strip()) for r in records}
-        golds = {i: g for i, g in golds.items() if g[1]}
     elif scorer in EXACT_SCORERS:
         answers = {r.id: gold_answers(r) if scorer == "normalized_exact" else [r.output] for r in records}
         if any(len(a) != 1 for a in answers.values()):  # several gold answers: a question, not a class
@@ -96,10 +110,13 @@ def label_golds(scorer: str, records: Sequence[BenchRecord]) -> dict[str, Key] |
     else:
         return None
     key = _key_fn(scorer)
-    distinct = {(t, key(g)) for t, g in golds.values()}
-    if not golds or any(not g for _, g in golds.values()):
+    golds = {i: g for i, g in golds.items() if key(g[1])}  # an empty gold is no label: left out, not fatal
+    if not golds:
         return None
-    if scorer in EXACT_SCORERS and not 2 <= len(distinct) <= min(MAX_LABELS, len(records) / 2):
+    distinct = {(t, key(g)) for t, g in golds.values()}
+    per_task = Counter(t for t, _ in distinct)  # the cap is a task's: three tasks of 60 labels are small sets
+    if scorer in EXACT_SCORERS and not (2 <= len(distinct) <= len(golds) / 2
+                                        and max(per_task.values()) <= MAX_LABELS):
         return None
     shown: dict[Key, str] = {}
     for t, g in golds.values():
@@ -147,7 +164,8 @@ def breakdowns(outcomes: Sequence[Outcome], records: Sequence[BenchRecord]) -> d
     majority: dict[str | None, str] = {}
     for task, label in order:  # on a tie, the label the tables list first (and the overview names)
         majority.setdefault(task, label)
-    baseline = sum(counts[(t, m)] for t, m in majority.items()) / len(golds)
+    on_baseline = sum(counts[(t, m)] for t, m in majority.items())
+    unlabeled = tuple(r.id for r in records if r.id not in golds)
     by_target: dict[str, list[Outcome]] = {}
     for o in outcomes:
         if o.record_id in golds:
@@ -177,8 +195,9 @@ def breakdowns(outcomes: Sequence[Outcome], records: Sequence[BenchRecord]) -> d
                 instead_n=miss[0][1] if miss else 0))
         result[target] = LabelBreakdown(
             n=len(rows), macro_recall=sum(r.recall for r in label_rows) / len(label_rows),
-            majority_answers=on_majority / len(rows), baseline_accuracy=baseline,
-            baseline_macro_recall=len(labels) / len(counts), labels=tuple(label_rows))
+            majority_answers=on_majority / len(rows), baseline_accuracy=on_baseline / len(golds),
+            baseline_macro_recall=len(labels) / len(counts), labels=tuple(label_rows), records=len(golds),
+            majority_gold=on_baseline, majority_label=order[0][1], unlabeled=unlabeled)
     return result
 
 
@@ -191,35 +210,45 @@ def _recall(correct: int, gold: int) -> str:
     return f"{correct / gold:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def per_label_overview(found: Mapping[str, LabelBreakdown], accuracy: Mapping[str, float]) -> str:
-    """Accuracy, macro recall, labels at recall 0 and answers of the majority label per target; the baseline."""
+def _several_tasks(found: Mapping[str, LabelBreakdown]) -> bool:
+    return len({r.task for b in found.values() for r in b.labels}) > 1
+
+
+def per_label_overview(found: Mapping[str, LabelBreakdown]) -> str:
+    """n, accuracy, macro recall, labels at recall 0 and answers of the majority label per target (on the records
+    with a gold label); the baseline, on every such record of the run; the records left out for want of a label."""
     if not found:
         return ""
     first = next(iter(found.values()))
-    tasks = len({r.task for r in first.labels}) > 1
-    lines = [markdown_row(["backend", "accuracy", "macro recall", "labels at recall 0", "answered the majority label"]),
-             "|---|---|---|---|---|"]
+    lines = [markdown_row(["backend", "n", "accuracy", "macro recall", "labels at recall 0",
+                           "answered the majority label"]), "|---|---|---|---|---|---|"]
     for target, b in found.items():
         zero = sum(r.recall == 0 for r in b.labels)
-        lines.append(markdown_row([target, f"{accuracy.get(target, 0.0):.3f}", f"{b.macro_recall:.3f}",
+        lines.append(markdown_row([target, b.n, f"{b.accuracy:.3f}", f"{b.macro_recall:.3f}",
                                    f"{zero} of {len(b.labels)}", f"{b.majority_answers:.1%}"]))
-    common = max(first.labels, key=lambda r: r.gold)
-    which = ("each task's most common gold label" if tasks else
-             f"`{common.label}`, the most common gold label ({common.gold} of {first.n} records)")
-    return ("\n".join(lines) + f"\n\nMajority-class baseline: always answering {which} scores accuracy "
+    which = ("each task's most common gold label" if _several_tasks(found) else
+             f"`{first.majority_label}`, the most common gold label")
+    text = ("\n".join(lines) + f"\n\nMajority-class baseline: always answering {which} "
+            f"({first.majority_gold} of the run's {first.records} labelled records) scores accuracy "
             f"{first.baseline_accuracy:.3f} and macro recall {first.baseline_macro_recall:.3f}. A backend whose "
             "accuracy is near the baseline's while its macro recall is far below it answers the majority label "
-            "whatever the input: read its table of recall per label. Recall is the share of a label's records "
-            "answered right (exact 95 % CI); failed requests count as wrong.\n")
+            "whatever the input: read its table of recall per label. n, accuracy and recall count a backend's "
+            "rows on labelled records; recall is the share of a label's records answered right (exact 95 % CI); "
+            "failed requests count as wrong.\n")
+    if first.unlabeled:
+        shown = ", ".join(f"`{i}`" for i in first.unlabeled[:_NAMED])
+        more = f" and {len(first.unlabeled) - _NAMED} more" if len(first.unlabeled) > _NAMED else ""
+        text += (f"\n{len(first.unlabeled)} record(s) have an empty gold, so no label, and are left out of this "
+                 f"section (the backend table scores them): {shown}{more}.\n")
+    return text
 
 
-def per_label_markdown(found: Mapping[str, LabelBreakdown], accuracy: Mapping[str, float],
-                       *, top: int = TOP_LABELS) -> str:
+def per_label_markdown(found: Mapping[str, LabelBreakdown], *, top: int = TOP_LABELS) -> str:
     """``per_label_overview`` and a table per target: its ``top`` most frequent labels, the rest in one row."""
     if not found:
         return ""
-    tasks = len({r.task for r in next(iter(found.values())).labels}) > 1
-    text = per_label_overview(found, accuracy)
+    tasks = _several_tasks(found)
+    text = per_label_overview(found)
     for target, b in found.items():
         rows = [markdown_row(["label", "gold n", "recall (95% CI)", "answered instead most often"]),
                 "|---|---|---|---|"]
