@@ -107,6 +107,52 @@ def test_an_engine_answering_other_than_a_response_is_a_config_error_naming_it(o
     assert [span.attributes.get("error.type") for span in spans] == ["ConfigError", "ConfigError"]
 
 
+class Silent(EchoEngine):
+    """Its ``stream`` ends without yielding anything; its ``generate`` answers."""
+
+    async def stream(self, model: str, contents: Any, config: Any = None, *, timeout_s: Any = None) -> Any:
+        return
+        yield
+
+
+class Hollow(EchoEngine):
+    """Its ``generate`` answers a response with neither candidates nor promptFeedback; its ``stream`` answers."""
+
+    async def generate(self, model: str, contents: Any, config: Any = None, *, timeout_s: Any = None) -> Any:
+        from google.genai import types
+
+        return types.GenerateContentResponse()
+
+
+@pytest.mark.parametrize(("engine", "empty"), [(Silent, "stream"), (Hollow, "generate")])
+async def test_an_engine_answering_nothing_one_way_is_refused_naming_it_as_the_other_way_would_be(
+        engine: type[EchoEngine], empty: str) -> None:
+    """An engine whose stream yielded nothing gave an empty answer (a bench row scored 0 as if the model had said
+    nothing, and no error) where its generate answered; a generate with no candidates was refused without naming
+    the engine. Each is a BackendUnavailable naming the engine and its class; the other method still answers."""
+    from genroute import BackendUnavailable
+    from genroute.backends.prompt_template import PromptTemplateBackend, PromptTemplateConfig
+    from genroute.bench import BenchRecord, arun_bench, resolve_scorer
+
+    resources = Resources({"e": engine("e", EchoEngineConfig())})
+    backend = PromptTemplateBackend("chat", PromptTemplateConfig(engine="e", model="echo-1"), resources)
+    records = [BenchRecord(id="r1", input="hello", output="echo: hello")]
+    async with Router({"chat": backend}, resources=resources) as router:
+        with pytest.raises(BackendUnavailable) as err:
+            if empty == "stream":
+                async for _ in router.astream("hello"):
+                    pass
+            else:
+                await router.agenerate("hello")
+        said = f"engine 'e' ({engine.__module__}.{engine.__qualname__})"
+        assert said in str(err.value) and f"{empty}()" in str(err.value)
+        rows = {stream: await arun_bench(router, records, ["chat"], resolve_scorer("exact"), stream=stream,
+                                         progress=False) for stream in (True, False)}
+    refused, answered = (rows[True], rows[False]) if empty == "stream" else (rows[False], rows[True])
+    assert [(r.ok, r.error_type) for r in refused] == [(False, "BackendUnavailable")] and said in refused[0].error
+    assert [(r.ok, r.answer, r.score) for r in answered] == [(True, "echo: hello", 1.0)]
+
+
 class Lingering(Backend):
     """Streams a word, then waits; when its stream is ended it takes a moment to clean up (closes a connection)."""
 

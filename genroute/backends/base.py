@@ -16,6 +16,7 @@ from genroute.engines.base import SamplingSettings
 from genroute.errors import BackendUnavailable, ConfigError
 from genroute.public_model import ConfigModel
 from genroute.registry import KindFromConfig, described
+from genroute.runtime.context import no_answer
 from genroute.runtime.telemetry import block_reason, reason_name
 from genroute.types import Citation, GenerateRequest, ToolCall
 
@@ -264,7 +265,11 @@ class SingleCallBackend(Backend):
         """Make the prepared call (a subclass may re-send a changed call after a failure)."""
         response = await ctx.generate(self.engine, prepared.model, prepared.contents, prepared.config,
                                       price_as=prepared.price_as)
-        return self._output(prepared, *text_and_reason(response))  # a whole answer: checked to be one
+        try:
+            text, reason = text_and_reason(response)  # a whole answer: checked to be one
+        except BackendUnavailable:
+            raise no_answer(self.engine, "generate") from None  # named: a plugin engine's stream may answer
+        return self._output(prepared, text, reason)
 
     async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncGenerator[str | BackendOutput, None]:
         prepared = await self.prepare(request, ctx)

@@ -12,7 +12,7 @@ from opentelemetry.context import detach
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from genroute.construct import user_content
-from genroute.errors import ConfigError, GenrouteError
+from genroute.errors import BackendUnavailable, ConfigError, GenrouteError
 from genroute.registry import described
 from genroute.runtime.billing import Charges, Meter, charging, counts_output, filled_usage, metering
 from genroute.runtime.messages import output_messages, request_attributes
@@ -203,6 +203,8 @@ class RunContext:
                         except AttributeError:  # not a GenerateContentResponse: the engine's mistake
                             raise not_an_answer(engine, response, "stream") from None
                         yield response
+                if not received.chunks:  # ended with nothing: an empty answer here, where generate()'s is refused
+                    raise no_answer(engine, "stream")
                 complete = True
             except GenrouteError as exc:
                 self._fail(span, attrs, exc, start)
@@ -362,6 +364,17 @@ def not_an_answer(engine: Engine, response: object, method: str) -> ConfigError:
     return ConfigError(f"engine {engine.name!r} ({described(type(engine))}) "
                        f"{'answered' if method == 'generate' else 'yielded'} {type(response).__name__} from "
                        f"{method}(), not a google.genai.types.GenerateContentResponse", field=f"engines.{engine.name}")
+
+
+def no_answer(engine: Engine, method: str) -> BackendUnavailable:
+    """The error for an engine whose ``generate`` answered a response with neither candidates nor
+    ``promptFeedback``, or whose ``stream`` ended without yielding any: no answer, where the other method of the same
+    engine may give one (an empty stream was an empty answer while an empty ``generate`` was refused). A
+    ``BackendUnavailable``, as a malformed body from Gemini is (the next rung is tried), naming the engine and its
+    class or plugin."""
+    what = ("answered a response with neither candidates nor promptFeedback from generate()" if method == "generate"
+            else "ended its stream() without yielding a response")
+    return BackendUnavailable(f"malformed response body: engine {engine.name!r} ({described(type(engine))}) {what}")
 
 
 def _turns(engine: Engine, contents: list[types.Content] | str) -> list[types.Content] | str:
