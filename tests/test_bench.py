@@ -1497,3 +1497,23 @@ async def test_a_failed_row_has_the_tokens_its_cost_was_charged_for(server: Gemi
     assert not row.ok and row.cost_usd > 0 and row.input_tokens > 0
     # flash-lite's prices, $0.10 / $0.40 a million input / output tokens: the row's cost is its tokens' price.
     assert row.cost_usd == pytest.approx((row.input_tokens * 0.10 + row.output_tokens * 0.40) / 1e6)
+
+
+async def test_a_free_models_held_out_cost_is_headed_as_its_cloud_equivalent(server: GeminiTestServer,
+                                                                             tmp_path: Path) -> None:
+    """A local model's backend table reads $/request $0.000000 while the held-out table, priced by the cloud
+    equivalent, showed $0.000108 under the same "$/request" heading; report.md now also says what every column of
+    the backend table is."""
+    from genroute.bench import compile_policy
+
+    async with Router.from_config(config(server)) as router:
+        outcomes = await arun_bench(router, records(), ["cheap", "smart"], resolve_scorer("label_accuracy"),
+                                    progress=False)
+    free = [o.model_copy(update={"cost_usd": 0.0, "cloud_equivalent_cost_usd": 0.001}) for o in outcomes]
+    for i, (rows, header) in enumerate(((outcomes, "| $/request |"), (free, "| cloud-eq $/request |"))):
+        compiled = compile_policy(rows, records(), tmp_path / f"compiled{i}", learned=False)
+        assert f"| router | n | quality [95 % CI] {header} p50 s |" in compiled.markdown()
+    async with Router.from_config(config(server)) as router:
+        await abench(router, records(), backends=["cheap"], out_dir=tmp_path / "out", progress=False, compile=False)
+    legend = (tmp_path / "out" / "report.md").read_text().split("## Reading the table", 1)[1]
+    assert "**cloud-eq $/1k**: for a free (local) engine" in legend and "**failures**" in legend

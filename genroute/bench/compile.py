@@ -80,7 +80,11 @@ class CompileReport(PublicModel):
         lines = [f"Held-out split: {self.n_held_out} records, routed by policies compiled from the {self.n_train} "
                  f"others; cost_aware quality floor per task: {floors}; {self.cost_basis} cost. The {files} "
                  "compiled from every record, the held-out ones included.",
-                 "", "| router | n | quality [95 % CI] | $/request | p50 s | routed to |", "|---|---|---|---|---|---|"]
+                 # A free local model's cost is its cloud equivalent: the backend table's $/request reads $0 there.
+                 "", markdown_row(["router", "n", "quality [95 % CI]",
+                                   "cloud-eq $/request" if self.cost_basis == "cloud-equivalent" else "$/request",
+                                   "p50 s", "routed to"]),
+                 "|---|---|---|---|---|---|"]
         for row in self.rows:
             picks = ", ".join(f"{b}: {n}" for b, n in sorted(row.picks.items())) or "–"
             low, high = row.quality_ci

@@ -28,7 +28,7 @@ from genroute.bench.per_label import breakdowns, per_label_markdown, per_label_o
 from genroute.bench.paired import (
     MIN_VERDICT_N, backend_comparisons, comparison_markdown, compiled_comparisons, explain,
 )
-from genroute.bench.report import Summary, markdown_table, summarize, uniform_note, write_report
+from genroute.bench.report import TABLE_LEGEND, Summary, markdown_table, summarize, uniform_note, write_report
 from genroute.bench.runner import (
     POLICY_TARGET, RESULTS_FILE, Outcome, arun_bench, check_concurrency, check_flags, check_targets,
     load_outcomes, target_names,
@@ -248,7 +248,7 @@ def report_outcomes(
                 if compiled is not None else [])
     advice = advise([s for s in summaries if s.backend not in dead], advisor, kinds=kinds, outcomes=live, seed=seed,
                     tuned_info=tuned_info, training_price=training_price, inputs=inputs)
-    sections = []
+    sections = [("Reading the table", TABLE_LEGEND)]
     if advice is not None and advice.trained_on:
         leaked = (f"{advice.tuned_backend} was tuned on the inputs of {advice.trained_on} of the {len(records)} "
                   "records (its tune_result.json lists them): its scores on those records, in the tables below, "

@@ -140,6 +140,20 @@ COLUMNS = ("backend", "n", "quality (95% CI)", "p50 s", "p95 s", "p99 s", "TTFT 
            "cached tok", "audio tok", "$/request", "$/1k", "cloud-eq $/1k", "judge $", "failures")
 
 
+#: What each column of a bench report's backend table is (report.md and report.html, below the table).
+TABLE_LEGEND = (
+    "**n**: the records each backend ran, failed ones included. **Quality** (the scorer's name): the mean score, a "
+    "failed request scoring 0, with a 95 % CI (exact Clopper–Pearson for 0/1 scores, else Student's t); it counts "
+    "records, the paired tables count distinct inputs. **p50/p95/p99 s**: latency percentiles of the answered "
+    "requests, wall time at this run's `--concurrency` (a local engine's include the wait for it); **TTFT p50 s**: "
+    "median time to the first streamed text (– with `--no-stream`). **in/out/cached/audio tok**: mean tokens per "
+    "answered request. **$/request**: mean billed cost over every request, a failed one costing what it was billed; "
+    "**$/1k**: the same for 1,000 requests. **cloud-eq $/1k**: for a free (local) engine, what its answers' tokens "
+    "would cost at its `reference_model`'s prices (default gemini-2.5-flash), failed requests counted 0; – for a "
+    "billed engine. **judge $**: the total a judge scorer's calls cost, apart from $/request. **failures**: failed "
+    "rows by error type.")
+
+
 def table_rows(summaries: Sequence[Summary]) -> list[list[str]]:
     """The report table's cells, one row per target."""
     rows = []
