@@ -1513,6 +1513,11 @@ async def test_a_free_models_held_out_cost_is_headed_as_its_cloud_equivalent(ser
     for i, (rows, header) in enumerate(((outcomes, "| $/request |"), (free, "| cloud-eq $/request |"))):
         compiled = compile_policy(rows, records(), tmp_path / f"compiled{i}", learned=False)
         assert f"| router | n | quality [95 % CI] {header} p50 s |" in compiled.markdown()
+    # Records without a task were floored as task "*", the stats file's key for them: "floor per task: * 0.950".
+    untasked = [o.model_copy(update={"task": None}) for o in outcomes]
+    compiled = compile_policy(untasked, [r.model_copy(update={"task": None}) for r in records()],
+                              tmp_path / "untasked", learned=False)
+    assert "quality floor per task: (no task) 0.950;" in compiled.markdown()
     async with Router.from_config(config(server)) as router:
         await abench(router, records(), backends=["cheap"], out_dir=tmp_path / "out", progress=False, compile=False)
     legend = (tmp_path / "out" / "report.md").read_text().split("## Reading the table", 1)[1]

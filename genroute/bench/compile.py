@@ -73,7 +73,7 @@ class CompileReport(PublicModel):
 
     def markdown(self) -> str:
         """The held-out comparison as Markdown."""
-        floors = ", ".join(f"{t} {f:.3f}" for t, f in sorted(self.floors.items()))
+        floors = ", ".join(f"{'(no task)' if t == ANY_TASK else t} {f:.3f}" for t, f in sorted(self.floors.items()))
         # The files are compiled from every record, the policies judged here from the training split only.
         files = f"stats file `{self.stats_path}` is" if not self.learned_model_path else \
             f"stats file `{self.stats_path}` and learned model `{self.learned_model_path}` are"
