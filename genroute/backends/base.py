@@ -266,10 +266,9 @@ class SingleCallBackend(Backend):
         response = await ctx.generate(self.engine, prepared.model, prepared.contents, prepared.config,
                                       price_as=prepared.price_as)
         try:
-            text, reason = text_and_reason(response)  # a whole answer: checked to be one
-        except BackendUnavailable:
-            raise no_answer(self.engine, "generate") from None  # named: a plugin engine's stream may answer
-        return self._output(prepared, text, reason)
+            return self._output(prepared, *text_and_reason(response))  # a whole answer: checked to be one
+        except BackendUnavailable:  # only text_and_reason raises it: named, as a plugin engine's stream may answer
+            raise no_answer(self.engine, "generate") from None
 
     async def stream(self, request: GenerateRequest, ctx: RunContext) -> AsyncGenerator[str | BackendOutput, None]:
         prepared = await self.prepare(request, ctx)
