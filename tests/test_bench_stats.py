@@ -215,28 +215,35 @@ def test_a_30_record_run_says_not_resolved_and_names_no_winner_until_both_agree(
 
 
 def test_one_record_is_never_a_win() -> None:
-    # One record gives a zero-width bootstrap CI clear of 0; the sign-flip test has p = 1 there.
+    # One record gave a zero-width CI clear of 0; the sign-flip test has p = 1 there. The bounded t interval of one
+    # difference of 0.5 reaches 0.975 of the way to -1 and to 1.
     cmp = compare_paired([0.9], [0.4], a="tuned", b="icl")
-    assert cmp.ci == pytest.approx((0.5, 0.5)) and cmp.permutation_p == 1.0
+    assert cmp.ci == pytest.approx((0.5 - 1.5 * 0.975, 0.5 + 0.5 * 0.975)) and cmp.permutation_p == 1.0
     assert not cmp.resolved and cmp.decision == "no_difference" and cmp.winner is None
     assert "sign-flip permutation p = 1" in cmp.verdict
 
 
 @pytest.mark.parametrize(("n", "p"), [(2, 2 / 4), (3, 2 / 8), (5, 2 / 32)])
 def test_equal_differences_on_a_few_records_are_not_a_win(n: int, p: float) -> None:
-    # Every difference +0.5: the CI is the point, but only 2 of the 2^n sign flips reach |sum| = 0.5 n.
+    # Every difference +0.5: the CI was the point; only 2 of the 2^n sign flips reach |sum| = 0.5 n. The bounded
+    # t interval reaches u = 1 - 0.025^(1/n) of the way to -1 and to 1 (n records can miss a share u there).
     cmp = compare_paired([0.9] * n, [0.4] * n)
-    assert cmp.ci == pytest.approx((0.5, 0.5)) and cmp.permutation_p == pytest.approx(p)
+    u = 1 - 0.025 ** (1 / n)
+    assert cmp.ci == pytest.approx((0.5 - 1.5 * u, 0.5 + 0.5 * u)) and cmp.permutation_p == pytest.approx(p)
     assert not cmp.resolved and cmp.decision == "no_difference"
 
 
 def test_equal_differences_on_six_records_decide_as_mcnemar_does() -> None:
-    # 2 / 2^6 = 0.03125, the p McNemar gives 6 discordant pairs one way: both tests call it.
+    # 2 / 2^6 = 0.03125, the p McNemar gives 6 discordant pairs one way: both tests reject. Newcombe's CI of the 0/1
+    # scores excludes 0, so they are a win; 6 graded differences of 0.5 are not: 6 records can miss a share
+    # u = 0.459 of differences at -1, so the bounded CI reaches 0.5 - 1.5 u = -0.189. At 12 records they decide alike.
     graded = compare_paired([0.9] * 6, [0.4] * 6, a="x", b="y")
     binary = compare_paired([1] * 6, [0] * 6, a="x", b="y")
     assert graded.permutation_p == pytest.approx(binary.mcnemar_p) == pytest.approx(2 / 64)
-    assert graded.winner == binary.winner == "x"
+    assert binary.winner == "x" and graded.winner is None and graded.ci[0] == pytest.approx(-0.188887, abs=1e-6)
     assert binary.permutation_p is None and graded.mcnemar_p is None
+    graded = compare_paired([0.9] * 12, [0.4] * 12, a="x", b="y")
+    assert graded.winner == compare_paired([1] * 12, [0] * 12, a="x", b="y").winner == "x"
 
 
 def test_sign_flip_p_by_enumeration_and_by_draws() -> None:

@@ -5,12 +5,20 @@ replaced held the truth 91 % of the time at n = 20 paired, 94.4 % at 20 records 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from genroute.bench.stats import bootstrap_ci, compare_paired, compare_unpaired, quality_ci
 from genroute.bench.t_interval import student_t_quantile, t_interval, welch_interval
+from genroute.outcomes import OutcomeRecord, Side
+from genroute.outcomes.stats import outcome_stats
+from genroute.policies import build_policy
+from genroute.policies.base import BackendInfo, PolicyContext
+from genroute.types import GenerateRequest
 
 
 @pytest.mark.parametrize(("p", "df", "quantile"), [
@@ -21,40 +29,73 @@ def test_student_t_quantiles_match_the_tables(p: float, df: int, quantile: float
     assert student_t_quantile(p, df) == pytest.approx(quantile, abs=2e-7)
 
 
-def test_the_quality_ci_of_graded_scores_is_the_t_interval_by_hand() -> None:
-    # mean 3.7 / 7; SS = 2.75 - 3.7² / 7 = 0.794286; se = sqrt(SS / 6 / 7) = 0.1375194; t(0.975, 6) = 2.446912;
-    # half-width 0.336498
-    scores = [0.2, 0.9, 0.5, 0.7, 1.0, 0.0, 0.4]
-    low, high = quality_ci(scores)
-    assert (low, high) == pytest.approx((3.7 / 7 - 0.336498, 3.7 / 7 + 0.336498), abs=2e-6)
-    # three 1s and a 0.5: mean 0.875, se 0.125, t(0.975, 3) = 3.182446: [0.477194, 1.272806], cut at 1
-    assert quality_ci([1.0, 1.0, 1.0, 0.5]) == pytest.approx((0.477194, 1.0), abs=2e-6)
+def test_the_quality_ci_of_graded_scores_is_the_t_interval_widened_by_the_unseen_share_by_hand() -> None:
+    # 7 scores, 6 times over: mean 0.528571; s² = 0.116237; t(0.975, 41) = 2.019541: t part 0.106243; the share of
+    # scores at 0 or 1 that 42 records miss 2.5 % of the time, u = 1 - 0.025^(1/42) = 0.084084: below the mean
+    # 0.106243 + 0.528571 u, above 0.106243 + 0.471429 u
+    scores = [0.2, 0.9, 0.5, 0.7, 1.0, 0.0, 0.4] * 6
+    assert quality_ci(scores) == pytest.approx((0.377884, 0.674454), abs=2e-6)
+    assert quality_ci([1.0, 1.0, 1.0, 0.5]) == (0.0, 1.0)  # u = 0.60 at n = 4: the whole range
     assert quality_ci([]) == (0.0, 0.0)
-    # Scores outside [0, 1] (not a scorer's) are not cut: mean 2, sd 1, se 1/sqrt(3), t(0.975, 2) = 4.302653
+    # Scores outside [0, 1] (not a scorer's) have no bound to miss: mean 2, sd 1, t(0.975, 2) = 4.302653
     assert t_interval([1.0, 2.0, 3.0]) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=2e-6)
 
 
 def test_equal_graded_scores_are_not_a_zero_wide_quality_ci() -> None:
     # One graded record, or copies of one value, show no spread: the interval was [x, x], so a backend with one
-    # shadowed outcome of 0.95 outranked one measured 0.9 on 200 records under cost_aware's use_ci_low.
-    assert quality_ci([0.3]) == (0.0, 1.0)
-    assert quality_ci([0.5, 0.5]) == (0.0, 1.0)  # 0.5 ± t(0.975, 1) * 0.5 / sqrt(2), cut to [0, 1]
-    # 20 scores of 0.7: the SD is at most sqrt(0.7 * 0.3) (Bhatia-Davis); t(0.975, 19) = 2.093024
-    half = 2.093024 * math.sqrt(0.21 / 20)
-    assert quality_ci([0.7] * 20) == pytest.approx((0.7 - half, 0.7 + half), abs=2e-6)
+    # shadowed outcome of 0.95 outranked one measured 0.9 on 200 records under cost_aware's use_ci_low. n equal
+    # scores m: [m (1 - u), m + (1 - m) u], u = 1 - 0.025^(1/n) (Markov's bound at n = 1: u = 0.975).
+    assert quality_ci([0.3]) == pytest.approx((0.0075, 0.9825))
+    u = 1 - 0.025 ** (1 / 20)  # 0.168433
+    assert quality_ci([0.7] * 20) == pytest.approx((0.7 - 0.7 * u, 0.7 + 0.3 * u))
     measured = [1.0] * 150 + [0.6] * 50  # mean 0.9
     assert quality_ci([0.95])[0] < quality_ci(measured)[0]
     assert quality_ci([0.95] * 3)[0] < quality_ci(measured)[0]
 
 
-def test_the_paired_ci_of_graded_scores_is_the_t_interval_by_hand() -> None:
-    # differences 1, 0.5, 0.4 and 17 zeros: mean 0.095; SS = 1.41 - 1.9² / 20 = 1.2295;
-    # se = sqrt(1.2295 / 19 / 20) = 0.0568817; t(0.975, 19) = 2.093024: half-width 0.119055
-    a = [1.0, 0.5, 1.0, 0.0, 0.8] + [1.0] * 15
-    b = [0.0, 0.5, 0.5, 0.0, 0.4] + [1.0] * 15
-    c = compare_paired(a, b)
-    assert c.ci == pytest.approx((0.095 - 0.119055, 0.095 + 0.119055), abs=2e-6)
-    assert c.decision == "no_difference" and c.permutation_p == pytest.approx(0.25)  # 2 of the 8 flips
+def test_two_near_equal_scores_do_not_outrank_200_records_slightly_lower(tmp_path: Path) -> None:
+    # The t interval of 0.92 and 0.93 was [0.861, 0.989] (sd 0.007, t(0.975, 1) = 12.7): above the 200 records
+    # averaging 0.88 ([0.869, 0.891] then), so cost_aware's use_ci_low sent the task to the backend seen twice. Only
+    # equal scores were widened: the behaviour jumped at "every score equal".
+    few, many = [0.92, 0.93], [0.8, 0.96] * 100
+    assert quality_ci(few)[0] < quality_ci(many)[0]
+    assert quality_ci(few)[0] < 0.5 and quality_ci(many)[0] > 0.85
+    records = [OutcomeRecord(metadata={"id": str(i), "task": "bank"}, outcomes={
+        "big": Side(score=score, cost_usd=0.002, latency_s=1.0),
+        **({"prompt": Side(score=few[i], cost_usd=0.0001, latency_s=0.5)} if i < 2 else {})})
+        for i, score in enumerate(many)]
+    path = outcome_stats(records).save(tmp_path / "stats.json")
+    policy = build_policy({"kind": "cost_aware", "stats_path": str(path), "default": "icl", "min_quality": 0.85,
+                           "use_ci_low": True})
+    decision = policy.decide(GenerateRequest(input="hello", task="bank"), PolicyContext(catalogue={
+        name: BackendInfo(name, "prompt_template") for name in ("prompt", "big", "icl")}))
+    assert decision.rungs[0].backend == "big", decision.reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.001, 0.999), min_size=1, max_size=60), st.integers(0, 59), st.sampled_from([1e-9, -1e-9]))
+def test_the_quality_ci_of_graded_scores_is_within_0_1_holds_the_mean_shrinks_with_n_and_is_continuous(
+        scores: list[float], which: int, nudge: float) -> None:
+    low, high = quality_ci(scores)
+    mean = sum(scores) / len(scores)
+    assert 0.0 <= low <= mean <= high <= 1.0 and high > low
+    twice = quality_ci(scores * 2)  # the same scores, twice as many records: never wider
+    assert twice[1] - twice[0] <= high - low + 1e-12
+    nudged = list(scores)
+    nudged[which % len(scores)] += nudge
+    # no jump (the all-or-nothing Bhatia-Davis width at "every score equal" moved by up to 0.4)
+    assert quality_ci(nudged) == pytest.approx((low, high), abs=1e-6)
+
+
+def test_equal_graded_differences_and_constant_arms_are_not_a_zero_wide_difference() -> None:
+    # Paired: every difference 0 on 30 records: [0, 0] before; now ± (0 - (-1)) u, u = 1 - 0.025^(1/30)
+    u = 1 - 0.025 ** (1 / 30)
+    assert compare_paired([0.5] * 30, [0.5] * 30).ci == pytest.approx((-u, u))
+    # Two arms of equal values: (0.3, 0.3) before. Each arm's interval, [0.5 (1 - u2), 0.5 + 0.5 u2] and
+    # [0.2 (1 - u1), 0.2 + 0.8 u1] (u2 = 1 - 0.025^(1/2) = 0.841886, u1 = 0.975), joined by square-and-add
+    assert compare_unpaired([0.5, 0.5], [0.2]).ci == pytest.approx((-0.586337, 0.763916), abs=2e-6)
+    low, high = compare_unpaired([0.7] * 100, [0.7] * 100).ci
+    assert low < 0 < high and high - low > 0.02
 
 
 def f1_like(u: np.ndarray, shift: float) -> np.ndarray:
@@ -79,14 +120,18 @@ def test_the_paired_ci_of_graded_scores_holds_its_level_at_20_records() -> None:
 
 
 def test_the_unpaired_ci_of_graded_scores_is_welchs_interval_by_hand() -> None:
-    # a: mean 0.45, s² = 0.35 / 3; b: mean 0.3, s² = 0.16 / 4. se² = 0.35 / 12 + 0.04 / 5 = 0.0371667 (se 0.1927866);
-    # Hsu's df = min(4, 5) - 1 = 3: t(0.975, 3) = 3.182446, half-width 0.613533
-    c = compare_unpaired([0.1, 0.5, 0.9, 0.3], [0.2, 0.4, 0.6, 0.2, 0.1])
-    assert c.difference == pytest.approx(0.15) and c.ci == pytest.approx((0.15 - 0.613533, 0.15 + 0.613533), abs=2e-6)
+    # Scores outside [0, 1]: a: mean 0.45, s² = 0.35 / 3; b: mean 0.3, s² = 0.16 / 4. se² = 0.35 / 12 + 0.04 / 5 =
+    # 0.0371667 (se 0.1927866); Hsu's df = min(4, 5) - 1 = 3: t(0.975, 3) = 3.182446, half-width 0.613533
+    assert welch_interval([0.1, 0.5, 0.9, 0.3], [0.2, 0.4, 0.6, 0.2, 0.1]) == \
+        pytest.approx((0.15 - 0.613533, 0.15 + 0.613533), abs=2e-6)
     # An arm of equal values adds no spread and no limit on df: mean 2, se 1/sqrt(3), t(0.975, 2) = 4.302653
     assert welch_interval([1.0, 2.0, 3.0], [2.0, 2.0]) == pytest.approx((-2.484138, 2.484138), abs=2e-6)
-    assert compare_unpaired([0.0, 1.0] * 5, [0.5] * 10).ci == pytest.approx((-0.377026, 0.377026), abs=2e-6)
-    assert compare_unpaired([0.5, 0.5], [0.2]).ci == pytest.approx((0.3, 0.3))  # no spread in either arm
+    # Scores in [0, 1]: each arm's quality interval, joined by Newcombe's square-and-add (MOVER)
+    a, b = [0.1, 0.5, 0.9, 0.3] * 10, [0.2, 0.4, 0.6, 0.2, 0.1] * 10
+    (la, ha), (lb, hb) = quality_ci(a), quality_ci(b)
+    c = compare_unpaired(a, b)
+    assert c.difference == pytest.approx(0.15)
+    assert c.ci == pytest.approx((0.15 - math.hypot(0.45 - la, hb - 0.3), 0.15 + math.hypot(ha - 0.45, 0.3 - lb)))
 
 
 def test_the_unpaired_ci_of_graded_scores_holds_its_level_at_20_records_an_arm() -> None:

@@ -115,7 +115,7 @@ def explain(min_n: int | None = None, *, level: float = 0.95, held_out: bool = T
     """The sentence that says how to read the table (``min_n``: below it no verdict; ``held_out``: of what;
     ``repeated``: some input repeats, so n counts inputs)."""
     text = (f"Paired on the same records: A − B with a paired {level * 100:g} % CI (Newcombe's score interval for "
-            "0/1 scores, else Student's t interval of the differences). A win is called only when "
+            "0/1 scores, else the bounded t interval of the differences). A win is called only when "
             f"the CI excludes 0 and an exact test agrees at the same level (p < {1 - level:.2g}): McNemar's for 0/1 "
             "scores, else the paired sign-flip permutation test. Otherwise no difference was detected at that n "
             "(\"not resolved\" where the CI excludes 0 and the exact test does not agree), "

@@ -8,10 +8,13 @@ Every comparison is paired: ``a[i]`` and ``b[i]`` are the scores of the two back
   the time at 100 vs 20 records near a perfect score instead of 2.5 %), else Welch's t interval with Hsu's degrees of
   freedom (``genroute.bench.t_interval.welch_interval``: the two-sample percentile bootstrap's held the true
   difference of token-F1-like scores 93.3 % of the time at 20 records an arm and 93.5 % at 20 vs 100,
-  ``benchmarks/verdict_calibration.py --unpaired``).
+  ``benchmarks/verdict_calibration.py --unpaired``); for scores in [0, 1], each arm's bounded t interval joined
+  by Newcombe's square-and-add.
 - ``quality_ci``: the CI of one backend's mean score: exact (Clopper-Pearson, ``exact_binomial_ci``) for 0/1
-  scores, whose percentile bootstrap is [1, 1] when every record was right; Student's t interval for other
-  scores (``genroute.bench.t_interval``: the percentile bootstrap's was too narrow at small n).
+  scores, whose percentile bootstrap is [1, 1] when every record was right; the bounded t interval for other
+  scores (``genroute.bench.t_interval``: Student's, each side widened by the share of scores at 0 or 1 that n
+  records can miss; the percentile bootstrap's was too narrow at small n, the t interval alone at near-equal
+  scores).
 - ``paired_bootstrap_ci``: percentile bootstrap 95 % CI of ``mean(a - b)`` (records resampled with
   replacement, the pair kept together; seeded, numpy); given ``groups``, inputs resampled (``per_input``).
 - ``per_input``: the one place repeated inputs are folded for every paired comparison (quality and cost): each
@@ -27,7 +30,7 @@ Every comparison is paired: ``a[i]`` and ``b[i]`` are the scores of the two back
 - ``compare_paired``: all of the above and a verdict that calls a win only when the CI excludes 0 and an exact
   test agrees at the same level. Its CI is Newcombe's paired score interval for 0/1 scores
   (``genroute.bench.intervals``; the bootstrap's is [0, 0] with no discordant pair, and held the truth 91 % of the
-  time at n = 30 near a perfect score), else Student's t interval of the paired differences (``t_interval``;
+  time at n = 30 near a perfect score), else the bounded t interval of the paired differences (``t_interval``;
   the percentile bootstrap's held the true difference of token-F1-like scores 92 % of the time at n = 20 and
   93-94 % at n = 30-100, ``benchmarks/verdict_calibration.py``). The test is McNemar's for 0/1 scores, the
   sign-flip test for any other scores: a CI alone is too narrow at small n (5 of 10 records won one way give a
@@ -61,7 +64,7 @@ from genroute.bench.score_checks import check_seed as check_seed
 from genroute.bench.score_checks import finite_scores as finite_scores
 from genroute.bench.score_checks import is_binary as is_binary
 from genroute.bench.score_checks import paired_differences
-from genroute.bench.t_interval import student_t_quantile, t_interval, t_interval_of, welch_interval
+from genroute.bench.t_interval import t_interval, t_interval_of, welch_interval
 from genroute.exact_sums import Moments
 from genroute.public_model import PublicModel
 
@@ -93,16 +96,18 @@ def bootstrap_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 
 
 def quality_ci(scores: Sequence[float], *, n_boot: int = 2000, level: float = 0.95,
                seed: int = 0) -> tuple[float, float]:
-    """CI of a mean score: the exact (Clopper-Pearson) interval for 0/1 scores, else Student's t interval, within
-    [0, 1] when the scores are (``t_interval``; ``n_boot`` and ``seed`` are checked, and no longer used).
+    """CI of a mean score: the exact (Clopper-Pearson) interval for 0/1 scores, else the bounded t interval when the
+    scores are in [0, 1] (``t_interval_of``), Student's alone when not; ``n_boot`` and ``seed`` are checked, and no
+    longer used.
 
     The percentile bootstrap of 0/1 scores is [1, 1] when every record was right (and [0, 0] when none was), so
     at n = 10 and a true quality of 0.97 its "95 %" interval held the truth 26 % of the time (over every outcome of
     the 10 records, as tests/test_bench_stats.py sums it); the exact interval holds it at least ``level`` of the time
     at any n. The percentile bootstrap of graded scores was too narrow at small n (token-F1-like scores: 94.3 % at
     n = 20-50, ``benchmarks/verdict_calibration.py``); the t interval's spread uses ``n - 1`` and Student's quantile.
-    Equal graded scores (one record among them) show no spread: their interval is not zero wide but that of the
-    widest spread their mean allows (``_unseen_spread_ci``; [0, 1] for one record).
+    Each side is widened by the share of scores at 0 (or 1) that n records can miss (``t_interval_of``), so equal
+    scores, or 2 near-equal ones, are not a near-zero-wide interval (the t interval alone put 2 scores of 0.90 and
+    0.91 at [0.84, 0.97], above 200 records averaging 0.88 under ``use_ci_low``).
     """
     finite_scores(scores, "scores")
     check_level(level)
@@ -121,21 +126,8 @@ def quality_ci_of(moments: Moments, *, ones: int, zeros: int, inside: bool,
     if moments.n == 0:
         return 0.0, 0.0
     if ones + zeros < moments.n:
-        if inside and moments.constant:
-            return _unseen_spread_ci(moments.mean, moments.n, level)
         return t_interval_of(moments, level=level, bounds=(0.0, 1.0) if inside else (-math.inf, math.inf))
     return exact_binomial_ci(ones, moments.n, level=level)
-
-
-def _unseen_spread_ci(mean: float, n: int, level: float) -> tuple[float, float]:
-    """The CI of ``n`` equal graded scores ``mean`` in (0, 1), whose spread the sample does not show: one record
-    says nothing of it, and the copies of one value do not make its SD 0. Student's t interval at the largest SD
-    a score in [0, 1] with that mean can have, ``sqrt(mean * (1 - mean))`` (Bhatia-Davis), so the width is that
-    of 0/1 scores of the same mean, not zero; [0, 1] at n = 1, where no t quantile exists."""
-    if n < 2:
-        return 0.0, 1.0
-    half = student_t_quantile((1 + level) / 2, n - 1) * math.sqrt(mean * (1 - mean) / n)
-    return max(0.0, mean - half), min(1.0, mean + half)
 
 
 def _bounds(*scores: Sequence[float], low: float) -> tuple[float, float]:
@@ -237,7 +229,7 @@ class Difference(PublicModel):
 
 class PairedComparison(Difference):
     """A vs B on the same records: difference ``mean(a) - mean(b)``, its paired CI (Newcombe's for 0/1 scores,
-    else Student's t interval of the differences), an exact test (McNemar's for 0/1 scores, else the sign-flip
+    else the bounded t interval of the differences), an exact test (McNemar's for 0/1 scores, else the sign-flip
     permutation test), a verdict."""
 
     n: int = Field(description="Pairs compared: distinct inputs when some input repeats.")
@@ -282,8 +274,9 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
                    ) -> PairedComparison:
     """Compare two backends' scores on the same records, in the same order.
 
-    A win is called only when the paired CI (Newcombe's score interval for 0/1 scores, else Student's t interval
-    of the paired differences, within [-1, 1] for scores in [0, 1]; ``n_boot`` is checked, and no longer used)
+    A win is called only when the paired CI (Newcombe's score interval for 0/1 scores, else the t interval of the
+    paired differences, bounded to [-1, 1] for scores in [0, 1] as ``t_interval_of`` says;
+    ``n_boot`` is checked, and no longer used)
     excludes 0 and an exact test rejects at ``1 - level``: McNemar's for 0/1 scores, else the paired sign-flip
     permutation test (``sign_flip_p``); otherwise the
     verdict says no difference was detected at this n and what the smallest detectable difference is. Below
@@ -348,7 +341,8 @@ def compare_paired(a_scores: Sequence[float], b_scores: Sequence[float], *, a: s
 
 class UnpairedComparison(Difference):
     """A vs B on different records (two arms of a split): ``mean(a) - mean(b)`` and its CI (Newcombe's hybrid
-    score interval with continuity correction for 0/1 scores, else Welch's t interval with Hsu's degrees of freedom)."""
+    score interval with continuity correction for 0/1 scores, else each arm's bounded t interval joined by
+    square-and-add for scores in [0, 1], Welch's t interval with Hsu's degrees of freedom for others)."""
 
     n_a: int
     n_b: int
@@ -359,8 +353,9 @@ def compare_unpaired(a_scores: Sequence[float], b_scores: Sequence[float], *, a:
     """Compare two backends scored on different records (e.g. the two arms of a split): means, difference, CI.
 
     The CI is Newcombe's hybrid score interval with continuity correction for 0/1 scores (each side holds its
-    ``(1 - level) / 2`` near 0.5 or 1, arms equal or not: ``genroute.bench.intervals``), else Welch's t interval
-    (Hsu's ``min(n_a, n_b) - 1`` degrees of freedom, ``welch_interval``), within [-1, 1] for scores in [0, 1]
+    ``(1 - level) / 2`` near 0.5 or 1, arms equal or not: ``genroute.bench.intervals``), else ``welch_interval``:
+    for scores in [0, 1] each arm's bounded t interval joined by square-and-add, within [-1, 1] (two constant arms
+    are not a zero-wide difference), for others Welch's t interval with Hsu's ``min(n_a, n_b) - 1`` df
     (``n_boot`` and ``seed`` are checked, and no longer used); (0, 0) when an arm has no score. No verdict is given
     here (graduation applies its own rule to the CI); scores must be finite and ``level`` / ``n_boot`` valid, as for
     ``compare_paired`` (``UsageError`` naming ``scores`` / ``level`` / ``n_boot``).

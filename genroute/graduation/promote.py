@@ -18,8 +18,9 @@ In shadow mode the two are compared on the same requests (paired); requests whos
 the arms are compared unpaired: each arm's mean score over the requests routed to it (the arm a request was routed
 to, even when it fell back to the other backend: what its users got), a two-sample CI of the difference, and each
 arm's cost per request from its own records. For 0/1 scores both CIs are Newcombe's score intervals
-(``genroute.bench.intervals``; the split one continuity-corrected); else the paired one is Student's t interval of
-the differences and the split one Welch's t interval (``genroute.bench.t_interval``).
+(``genroute.bench.intervals``; the split one continuity-corrected); else the paired one is the bounded t interval
+of the differences and the split one each arm's bounded t interval joined by square-and-add
+(``genroute.bench.t_interval``: never zero wide for equal scores).
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ class BackendStats(PublicModel):
     # it with a floor (NaN would meet any floor).
     quality: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="Mean score, in [0, 1].")
     quality_ci: tuple[float, float] | None = Field(
-        default=None, description="95 % CI (low, high): exact for 0/1 scores, else Student's t.")
+        default=None, description="95 % CI (low, high): exact for 0/1 scores, else the bounded t "
+                                 "interval (genroute.bench.t_interval).")
     metric: str | None = Field(default=None, description="Scorer name, e.g. label_accuracy.")
     #: ``None``: no latency was recorded (an outcome matrix without ``latency_s``), which is unknown, not 0.
     latency_p50_s: float | None = Field(ge=0.0)
