@@ -18,9 +18,9 @@ Every candidate is computed here from what a running statistic keeps of a sample
   pulled toward the Bhatia-Davis maximum with weight ~ k / n;
 - ``t ⊕ unseen``: each side's half-width ``sqrt((t s / sqrt(n))² + u²)`` with ``u`` the mass a sample of n can
   miss: ``u = m (1 - (alpha / 2)^(1/n))`` below the mean and ``(1 - m) (1 - (alpha / 2)^(1/n))`` above it, the
-  Clopper-Pearson bound of n records with no score at 0 (or 1);
-- ``t + unseen``: the same with the two added instead of squared and added: what genroute uses after this change
+  Clopper-Pearson bound of n records with no score at 0 (or 1): what genroute uses after this change
   (``genroute.bench.t_interval.t_interval_of``), checked here against it run by run (``--check``);
+- ``t + unseen``: the same with the two added instead of squared and added;
 - ``max(t + skew, unseen)``: the t part plus the first-order (Edgeworth) skewness bound
   ``(2 z² + 1) / 6 * m / n`` below (``(1 - m)`` above), never less than the unseen part.
 
@@ -237,7 +237,7 @@ METHODS: dict[str, Callable[[Any], tuple[Any, Any, Any]]] = {
     "t ⊕ unseen": m_unseen(add=False),
     "max(t + skew, unseen)": m_edgeworth,
 }
-CHOSEN = "t + unseen"
+CHOSEN = "t ⊕ unseen"
 
 
 def interval(method: Callable[[Any], tuple[Any, Any, Any]], x: Any) -> tuple[Any, Any]:
@@ -365,8 +365,9 @@ def unpaired(runs: int, seed: int, check: int) -> dict[tuple[str, str, int], tup
 
 def summary(title: str, results: dict[tuple[str, str, int], tuple[float, ...]], rows: list[str],
             methods: list[str]) -> None:
-    print(f"\n#### {title}: the worst coverage over {len(rows)} distributions (the distribution's lowest) / "
-          "the most often one side missed (a lower bound above the truth or an upper one below it), %\n")
+    # worst coverage: the lowest over the distributions; worst one-sided miss: the most often a lower bound was above
+    # the truth or an upper one below it
+    print(f"\n#### {title}: worst coverage / worst one-sided miss over {len(rows)} distributions, %\n")
     print("| method | " + " | ".join(f"n = {n}" for n in SIZES) + " |")
     print("|---|" + "---:|" * len(SIZES))
     for method in methods:
@@ -379,7 +380,7 @@ def summary(title: str, results: dict[tuple[str, str, int], tuple[float, ...]], 
                 above > ALPHA / 2 + 1.96 * math.sqrt(ALPHA / 2 * (1 - ALPHA / 2) / RUNS[0])
             cells.append(f"**{text}**" if short else text)
         print(f"| {method} | " + " | ".join(cells) + " |")
-    print(f"\n#### {title}: the mean width, averaged over the distributions\n")
+    print(f"\n#### {title}: mean width, averaged over the distributions\n")
     print("| method | " + " | ".join(f"n = {n}" for n in SIZES) + " |")
     print("|---|" + "---:|" * len(SIZES))
     for method in methods:
@@ -417,9 +418,9 @@ def main() -> None:
     summary("One mean (quality_ci)", one, list(ONE), methods)
     summary("Paired difference (compare_paired)", pair, list(PAIRED), methods)
     summary("Two arms of n records (compare_unpaired)", two, list(UNPAIRED), list(TWO))
-    detail("One mean", one, list(ONE), ["t (before)", "t ⊕ unseen", CHOSEN])
-    detail("Paired difference", pair, list(PAIRED), ["t (before)", "t ⊕ unseen", CHOSEN])
-    detail("Two arms", two, list(UNPAIRED), ["t (before)", "t ⊕ unseen", CHOSEN])
+    detail("One mean", one, list(ONE), ["t (before)", "t + unseen", CHOSEN])
+    detail("Paired difference", pair, list(PAIRED), ["t (before)", "t + unseen", CHOSEN])
+    detail("Two arms", two, list(UNPAIRED), ["t (before)", "t + unseen", CHOSEN])
     print(f"\n{args.runs} runs a cell, seed {args.seed}, {time.perf_counter() - start:.0f} s")
 
 

@@ -32,10 +32,12 @@ def test_student_t_quantiles_match_the_tables(p: float, df: int, quantile: float
 def test_the_quality_ci_of_graded_scores_is_the_t_interval_widened_by_the_unseen_share_by_hand() -> None:
     # 7 scores, 6 times over: mean 0.528571; s² = 0.116237; t(0.975, 41) = 2.019541: t part 0.106243; the share of
     # scores at 0 or 1 that 42 records miss 2.5 % of the time, u = 1 - 0.025^(1/42) = 0.084084: below the mean
-    # 0.106243 + 0.528571 u, above 0.106243 + 0.471429 u
+    # sqrt(0.106243² + (0.528571 u)²) = 0.115165, above sqrt(0.106243² + (0.471429 u)²) = 0.113397
     scores = [0.2, 0.9, 0.5, 0.7, 1.0, 0.0, 0.4] * 6
-    assert quality_ci(scores) == pytest.approx((0.377884, 0.674454), abs=2e-6)
-    assert quality_ci([1.0, 1.0, 1.0, 0.5]) == (0.0, 1.0)  # u = 0.60 at n = 4: the whole range
+    assert quality_ci(scores) == pytest.approx((0.413407, 0.641968), abs=2e-6)
+    # three 1s and a 0.5: mean 0.875, t part 3.182446 * 0.125 = 0.397806, u = 1 - 0.025^(1/4) = 0.602362:
+    # below sqrt(0.397806² + (0.875 u)²) = 0.660342; above, cut at 1
+    assert quality_ci([1.0, 1.0, 1.0, 0.5]) == pytest.approx((0.214658, 1.0), abs=2e-6)
     assert quality_ci([]) == (0.0, 0.0)
     # Scores outside [0, 1] (not a scorer's) have no bound to miss: mean 2, sd 1, t(0.975, 2) = 4.302653
     assert t_interval([1.0, 2.0, 3.0]) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=2e-6)
@@ -56,7 +58,7 @@ def test_equal_graded_scores_are_not_a_zero_wide_quality_ci() -> None:
 def test_two_near_equal_scores_do_not_outrank_200_records_slightly_lower(tmp_path: Path) -> None:
     # The t interval of 0.92 and 0.93 was [0.861, 0.989] (sd 0.007, t(0.975, 1) = 12.7): above the 200 records
     # averaging 0.88 ([0.869, 0.891] then), so cost_aware's use_ci_low sent the task to the backend seen twice. Only
-    # equal scores were widened: the behaviour jumped at "every score equal".
+    # equal scores were widened: the behaviour jumped at "every score equal". Now [0.144, 1] and [0.860, 0.891].
     few, many = [0.92, 0.93], [0.8, 0.96] * 100
     assert quality_ci(few)[0] < quality_ci(many)[0]
     assert quality_ci(few)[0] < 0.5 and quality_ci(many)[0] > 0.85
@@ -96,6 +98,19 @@ def test_equal_graded_differences_and_constant_arms_are_not_a_zero_wide_differen
     assert compare_unpaired([0.5, 0.5], [0.2]).ci == pytest.approx((-0.586337, 0.763916), abs=2e-6)
     low, high = compare_unpaired([0.7] * 100, [0.7] * 100).ci
     assert low < 0 < high and high - low > 0.02
+
+
+def test_the_paired_ci_of_graded_scores_is_the_t_interval_by_hand() -> None:
+    # differences 1, 0.5, 0.4 and 17 zeros: mean 0.095; SS = 1.41 - 1.9² / 20 = 1.2295;
+    # se = sqrt(1.2295 / 19 / 20) = 0.0568817; t(0.975, 19) = 2.093024: t part 0.119055; squared and added to the
+    # unseen share u = 1 - 0.025^(1/20) = 0.168433 of the way to -1 below and to 1 above
+    a = [1.0, 0.5, 1.0, 0.0, 0.8] + [1.0] * 15
+    b = [0.0, 0.5, 0.5, 0.0, 0.4] + [1.0] * 15
+    c = compare_paired(a, b)
+    u = 0.168433
+    assert c.ci == pytest.approx((0.095 - math.hypot(0.119055, 1.095 * u), 0.095 + math.hypot(0.119055, 0.905 * u)),
+                                 abs=2e-6)
+    assert c.decision == "no_difference" and c.permutation_p == pytest.approx(0.25)  # 2 of the 8 flips
 
 
 def f1_like(u: np.ndarray, shift: float) -> np.ndarray:

@@ -30,11 +30,13 @@ widened to the Bhatia-Davis SD), and 2 near-equal ones (0.92, 0.93) were [0.861,
 0.88. ``benchmarks/graded_intervals.py`` simulated the t interval, Hoeffding's and the empirical Bernstein bound,
 Wilson's interval at n and at an effective n, the t interval with its variance shrunk toward the Bhatia-Davis
 maximum, and the t part joined to the unseen share by a sum or by square-and-add, on 8 score distributions at n = 1
-to 500 (RESULTS.md, "Which interval for graded scores?"). The t part plus the unseen share is the only one that held
-95 % two-sided and each side's 2.5 % at every n: the t interval missed the truth up to 86 % of the time at n = 2-30
-(a point mass at 0.9 with 5 % zeros, no zero drawn), square-and-add put a lower bound above the truth 3.6 % of the
-time at n = 500 on that skewed distribution; Hoeffding's, Bernstein's and Wilson's held it but were 1.7-2.8 times
-as wide at n = 500 (0.121, 0.097, 0.073 against 0.044; the t interval 0.037).
+to 500 (RESULTS.md, "Which interval for graded scores?"). The t part and the unseen share squared and added held
+95 % two-sided in every cell (the t interval alone missed the truth up to 86 % of the time at n = 2-30 on a point
+mass at 0.9 with 5 % zeros, no zero drawn), narrowest at n = 500 of those that did; added instead of squared, it
+also held each side's 2.5 % where skew makes the t interval lopsided (0.9 with 5 % zeros, n = 200-500: a lower
+bound above the truth up to 3.6 % of the time squared, 1.6 % added), but at 1.3 times the paired width at
+n = 50-100, which cut the power of a graded comparison by half or more (``benchmarks/verdict_calibration.py``).
+Hoeffding's, Bernstein's and Wilson's were 1.9-3.1 times as wide at n = 500.
 """
 
 from __future__ import annotations
@@ -107,14 +109,14 @@ def t_interval_of(moments: Moments, *, level: float = 0.95,
     """``t_interval`` of the values whose ``Moments`` these are (kept up to date by ``RunningOutcomes``): the mean and
     the variance are the floats nearest the exact figures, so the interval does not depend on the values' order.
 
-    Half-widths ``t(1 - alpha/2, n - 1) * sd / sqrt(n) + (mean - low) * u`` below the mean and ``... + (high - mean)
-    * u`` above it, ``u = unseen_share(n, level)``, when ``bounds`` = (low, high) are finite (scores in [0, 1], or a
-    difference of two in [-1, 1]); the t part alone, as before, when they are not. The ``u`` part is the mass a sample
-    of ``n`` can miss at a bound: n equal scores say nothing of a spread (their t part is 0), but a share ``u`` at the
-    bound could have gone unseen (at n = 1 the interval is ``[low + (m - low) * 0.025, ...]``, Markov's bound). It
-    also covers the t interval's first-order skewness error, at most ``(2 z² + 1) / 6 * (mean - low) / n`` (1.45 / n
-    per unit of ``mean - low`` at 95 %) on that side for values within the bounds, where ``u`` ~ 3.69 / n; so at small
-    n and skewed scores it holds each side, and it is continuous in the values (``benchmarks/graded_intervals.py``).
+    Half-widths ``sqrt(T² + ((mean - low) * u)²)`` below the mean and ``sqrt(T² + ((high - mean) * u)²)`` above it,
+    ``T = t(1 - alpha/2, n - 1) * sd / sqrt(n)`` (the t part) and ``u = unseen_share(n, level)``, when ``bounds`` =
+    (low, high) are finite (scores in [0, 1], or a difference of two in [-1, 1]); the t part alone, as before, when
+    they are not. The ``u`` part is the mass a sample of ``n`` can miss at a bound: n equal scores say nothing of a
+    spread (their t part is 0), but a share ``u`` at the bound could have gone unseen (at n = 1 the interval is
+    ``[low + (m - low) * 0.025, ...]``, Markov's bound). The two are squared and added, as two independent errors
+    (and as Newcombe's square-and-add joins two intervals): the interval is continuous in the values, the unseen
+    part rules at small n and near-equal scores, the t part at large n (``benchmarks/graded_intervals.py``).
     """
     check_level(level)
     mean, n = moments.mean, moments.n
@@ -124,7 +126,7 @@ def t_interval_of(moments: Moments, *, level: float = 0.95,
     if not (math.isfinite(low) and math.isfinite(high)):
         return mean - half, mean + half
     u = unseen_share(n, level)
-    return max(low, mean - half - (mean - low) * u), min(high, mean + half + (high - mean) * u)
+    return max(low, mean - math.hypot(half, (mean - low) * u)), min(high, mean + math.hypot(half, (high - mean) * u))
 
 
 def welch_interval(a: Sequence[float], b: Sequence[float], *, level: float = 0.95,
