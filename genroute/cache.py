@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from genroute.errors import ConfigError
@@ -28,13 +31,15 @@ def ensure_dir(path: Path, *, field: str, writable: bool = False) -> Path:
     return path
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False, keep: bool = False) -> bool:
     """Write ``data`` to ``path`` so readers see either nothing or the whole file.
 
     The temporary file beside ``path`` has a random name and is created exclusively: a link planted at a guessable
-    name (in a directory others can write to) is never followed, so no other file is overwritten. ``private``: the
-    file is readable by its owner only (0600: it holds captured inputs and outputs); otherwise the process umask
-    decides, as for any file it creates.
+    name (in a directory others can write to) is never followed, so no other file is overwritten; a link planted at
+    ``path`` itself is replaced, not written through. ``private``: the file is readable by its owner only (0600: it
+    holds captured inputs and outputs); otherwise the process umask decides, as for any file it creates. ``keep``:
+    a file already at ``path`` (another process made it first) is kept, not replaced. Returns whether ``data`` was
+    published at ``path``.
     """
     mode = 0o600 if private else 0o666
     for _ in range(100):
@@ -49,6 +54,33 @@ def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False) -> Non
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, path)
+            if keep:
+                handle.flush()
+                os.fsync(handle.fileno())
+        if not keep:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # fails on anything at path, a link included
+        except FileExistsError:
+            return False
+        return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_via(path: Path, write: Callable[[Path], object], *, private: bool = False) -> None:
+    """Publish at ``path`` the file ``write`` makes at the path it is given: for a library that writes by name
+    (gguf, safetensors, matplotlib, a weights package), which opens its file following links. ``write`` writes into
+    a new directory beside ``path`` that only this user can enter (``mkdtemp``, 0700), so nothing anyone else plants
+    is in its way; the file is then renamed over ``path`` (readers see nothing or the whole file) and the directory
+    removed, whatever ``write`` raised. ``private``: the file is made 0600 before it is published."""
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        tmp = staging / path.name
+        write(tmp)
+        if private:
+            os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

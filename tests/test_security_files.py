@@ -7,6 +7,7 @@ import json
 import os
 import stat
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,107 @@ def test_a_bench_rewriting_its_results_follows_no_planted_link(tmp_path: Path, u
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["record_id"], r["ok"]) for r in rows] == [("r1", True)]
     assert _mode(out / "results.jsonl") == 0o644  # the mode it had (the umask's), not the temporary file's 0600
+
+
+def _bench_report(out: Path, request: pytest.FixtureRequest) -> list[str]:
+    from genroute.bench import summarize, write_report
+    from genroute.bench.runner import Outcome
+
+    rows = [Outcome(backend="b", record_id=f"r{i}", ok=True, score=float(i % 2), cost_usd=0.001, latency_s=0.1,
+                    scorer="exact") for i in range(4)]
+    write_report(out, summarize(rows, n_boot=50))
+    return ["report.md", "report.html", "summary.json", "pareto.png"]
+
+
+def _bench_manifest(out: Path, request: pytest.FixtureRequest) -> list[str]:
+    from genroute.bench.manifest import MANIFEST_FILE, RunManifest, check_and_write
+
+    check_and_write(out, RunManifest(data="d.jsonl", data_sha256="0" * 16, scorer="exact", seed=0),
+                    results=out / "results.jsonl")
+    return [MANIFEST_FILE]
+
+
+class _Embedder:
+    """An embedder as CachedEmbedder takes one (``model``, ``embed_array``): a text's length and its vowels."""
+
+    model = "lengths"
+
+    def embed_array(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        return np.array([[len(t), sum(c in "aeiou" for c in t)] for t in texts], dtype=np.float32)
+
+
+def _embedding_cache(out: Path, request: pytest.FixtureRequest) -> list[str]:
+    from genroute.bench.embedding_cache import CachedEmbedder
+
+    cache = CachedEmbedder(_Embedder(), out)
+    assert CachedEmbedder(_Embedder(), out).embed_array(["card lost"]).tolist() == [[9.0, 2.0]]
+    return [cache.path.name]
+
+
+def _graduation_decision(out: Path, request: pytest.FixtureRequest) -> list[str]:
+    import yaml
+
+    from genroute.cli import main as cli
+
+    from .conftest import gemini_config
+
+    cfg = gemini_config(request.getfixturevalue("gemini_server"))
+    cfg["backends"]["lora"] = {**cfg["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+    cfg["outcomes"] = {"path": str(out.parent / "outcomes.db")}
+    (out.parent / "app.yaml").write_text(yaml.safe_dump(cfg))
+    store = OutcomeStore(out.parent / "outcomes.db")
+    store.upsert_many_sync([OutcomeRecord(input=f"q{i}", metadata={"id": f"r{i}", "task": "t", "served": "chat"},
+                                          outcomes={"chat": Side(score=1.0, role="served"),
+                                                    "lora": Side(score=float(i % 2), role="shadow")})
+                            for i in range(6)])
+    store.close()
+    assert cli(["graduate", "--task", "t", "--config", str(out.parent / "app.yaml"), "--out", str(out), "--decide",
+                "--challenger", "lora"]) == 0
+    return ["decision.json"]
+
+
+def _lora_adapter(out: Path, request: pytest.FixtureRequest) -> list[str]:
+    import numpy as np
+
+    pytest.importorskip("gguf", reason="the gguf package comes with the tune-local extra")
+    from genroute.tuning.gguf_adapter import read_lora_adapter, write_lora_adapter
+
+    pairs = {"model.layers.0.self_attn.q_proj": (np.ones((2, 8)), np.zeros((4, 2)))}
+    path = write_lora_adapter(out / "adapter.gguf", pairs, alpha=4.0)
+    assert len(read_lora_adapter(path)[1]) == 2
+    return ["adapter.gguf"]
+
+
+WRITERS = {"bench report": _bench_report, "bench manifest": _bench_manifest, "embedding cache": _embedding_cache,
+           "graduation decision": _graduation_decision, "LoRA adapter": _lora_adapter}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_writers_into_a_chosen_directory_follow_no_planted_link(writer: str, tmp_path: Path,
+                                                                request: pytest.FixtureRequest) -> None:
+    # These wrote their file by name (write_text, matplotlib's savefig, gguf's writer), or through a temporary file
+    # of a guessable name (.NAME.PID.tmp) opened following links: a link planted at either name in a shared output
+    # directory made genroute overwrite another of the user's files. A link at the file itself is now replaced.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "shared"
+    out.mkdir()
+    planted = ["report.md", "report.html", "summary.json", "pareto.png", "run.json", "decision.json", "adapter.gguf",
+               ".adapter.gguf.{pid}.tmp", ".embeddings-lengths-{digest}.v2.tsv.{pid}.tmp"]
+    from genroute.bench.embedding_cache import CachedEmbedder
+
+    digest = CachedEmbedder(_Embedder(), out).path.name.split("-")[2].split(".")[0]
+    for name in planted:
+        (out / name.format(pid=os.getpid(), digest=digest)).symlink_to(victim)
+    # A link to a file not there yet: made where it points (a manifest is read first, so an existing one is refused).
+    (out / "run.json").unlink()
+    (out / "run.json").symlink_to(tmp_path / "bashrc")
+    written = WRITERS[writer](out, request)
+    assert victim.read_text() == "precious\n" and not (tmp_path / "bashrc").exists()
+    for name in written:
+        assert (out / name).is_file() and not (out / name).is_symlink(), name
+        assert (out / name).stat().st_size > 0, name
+    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
+    assert leftovers == []

@@ -112,19 +112,11 @@ class CachedEmbedder:
 
     def _create(self) -> None:
         """The file with its header, made whole before it appears (another process may make it first)."""
+        from genroute.cache import atomic_write_bytes
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         header = {_MAGIC: FORMAT, "model": str(self.model), "dtype": "float32"}
-        with tmp.open("wb") as fh:
-            fh.write(json.dumps(header).encode() + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, self.path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        atomic_write_bytes(self.path, json.dumps(header).encode() + b"\n", keep=True)
 
     def _read_new(self) -> None:
         """Read the whole lines appended since the last read; a line that is not one (a torn write) is skipped."""

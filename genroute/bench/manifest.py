@@ -157,7 +157,9 @@ def check_and_write(out_dir: str | Path, manifest: RunManifest, *, results: Path
         prices = {**(stored.get("prices") or {}), **prices}
     path.parent.mkdir(parents=True, exist_ok=True)
     final = manifest.model_copy(update={"targets": targets, "prices": prices})
-    path.write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    from genroute.cache import atomic_write_bytes
+
+    atomic_write_bytes(path, (final.model_dump_json(indent=2) + "\n").encode("utf-8"))  # past a planted link
     return path
 
 

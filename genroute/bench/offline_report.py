@@ -215,7 +215,9 @@ def curve_png(report: OfflineReport, path: Path) -> Path | None:
     ax.legend(fontsize=7, loc="best", framealpha=0.8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    from genroute.cache import atomic_write_via
+
+    atomic_write_via(path, lambda tmp: fig.savefig(tmp, dpi=100))  # matplotlib opens its file following links
     plt.close(fig)
     return path
 

@@ -241,7 +241,9 @@ def pareto_png(summaries: Sequence[Summary], path: str | Path) -> Path:
                  + (f"; {never} target{'s' if never > 1 else ''} with no answer not drawn" if never else ""))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    from genroute.cache import atomic_write_via
+
+    atomic_write_via(path, lambda tmp: fig.savefig(tmp, dpi=100))  # matplotlib opens its file following links
     plt.close(fig)
     return path
 
@@ -294,13 +296,16 @@ def write_report(out_dir: str | Path, summaries: Sequence[Summary], *, title: st
     if png is not None:
         md.append("\n![Pareto chart](pareto.png)\n")
     paths = {"markdown": out / "report.md", "html": out / "report.html", "summary": out / "summary.json"}
-    paths["markdown"].write_text("".join(md), encoding="utf-8")
-    paths["html"].write_text(html_report(summaries, png, title=title, sections=sections, out_dir=out,
-                                         records=records, outcomes=outcomes, per_record=per_record),
-                               encoding="utf-8")
-    paths["summary"].write_text(json.dumps([s.model_dump(mode="json", exclude=None if s.labels else {"labels"})
-                                            for s in summaries], indent=2) + "\n",
-                                encoding="utf-8")
+    # Each replaced whole, past a link planted in a shared output directory (which write_text followed).
+    from genroute.cache import atomic_write_bytes
+
+    atomic_write_bytes(paths["markdown"], "".join(md).encode("utf-8"))
+    atomic_write_bytes(paths["html"], html_report(summaries, png, title=title, sections=sections, out_dir=out,
+                                                  records=records, outcomes=outcomes,
+                                                  per_record=per_record).encode("utf-8"))
+    atomic_write_bytes(paths["summary"], (json.dumps([s.model_dump(mode="json", exclude=None if s.labels else
+                                                                    {"labels"}) for s in summaries], indent=2)
+                                          + "\n").encode("utf-8"))
     if png is not None:
         paths["png"] = png
     return paths

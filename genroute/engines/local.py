@@ -79,13 +79,11 @@ def default_model_path() -> Path:
                           field="model_path") from exc
     target = cache_dir("models") / weights.MODEL_NAME
     if not target.exists():
-        # assemble() verifies the checksum; writing beside the target and renaming keeps readers safe.
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            weights.assemble(tmp, overwrite=True)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # assemble() verifies the checksum; it writes by name (following links) in a directory only this user can
+        # enter, and the file is renamed over the target: readers see nothing or the whole model.
+        from genroute.cache import atomic_write_via
+
+        atomic_write_via(target, lambda tmp: weights.assemble(tmp, overwrite=True))
     return target
 
 

@@ -213,8 +213,10 @@ async def _run(args: argparse.Namespace) -> Any:
                                f"{args.task!r} ({args.mode}, share {args.share:.0%})")})
     out.mkdir(parents=True, exist_ok=True)
     # The tuning step's report is kept for every later --decide (its CPU time feeds the advisor).
-    (out / ("decision.json" if args.decide else "graduation.json")).write_text(
-        report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    from genroute.cache import atomic_write_bytes
+
+    atomic_write_bytes(out / ("decision.json" if args.decide else "graduation.json"),
+                       (report.model_dump_json(indent=2) + "\n").encode("utf-8"))  # past a planted link
     return report
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from genroute.cache import atomic_write_bytes, atomic_write_via
 from genroute.errors import UsageError
 
 
@@ -81,8 +81,6 @@ def _cached_model_dir(base_path: Path) -> Path:
 
 
 def _dequantize_to_cache(base_path: Path, cached: Path) -> None:
-    import os
-
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
@@ -94,11 +92,11 @@ def _dequantize_to_cache(base_path: Path, cached: Path) -> None:
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     config.pop("_model_name_or_path", None)
-    # Write the weights first and publish them with a rename: a crash leaves no half cache behind.
-    tmp = cached / f".model.{os.getpid()}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    (cached / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-    os.replace(tmp, cached / "model.safetensors")
+    # The config first, the weights published last with a rename (their presence marks the cache complete): a crash
+    # leaves no half cache behind. safetensors opens its file by name, following links: it writes in a directory
+    # only this user can enter.
+    atomic_write_bytes(cached / "config.json", json.dumps(config, indent=1).encode("utf-8"))
+    atomic_write_via(cached / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
 
 def _import_torch() -> Any:

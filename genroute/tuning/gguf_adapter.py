@@ -12,7 +12,6 @@ llama.cpp scales the product by ``alpha / r`` (``r`` read from ``lora_b``), as P
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from genroute.cache import atomic_write_via
 from genroute.errors import UsageError
 
 if TYPE_CHECKING:
@@ -111,10 +111,7 @@ def write_lora_adapter(
         tensors[f"{base}.lora_a"] = np.ascontiguousarray(lora_a, dtype=np_dtype)
         tensors[f"{base}.lora_b"] = np.ascontiguousarray(lora_b, dtype=np_dtype)
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # One try around everything that touches ``tmp``: a failure while writing (full disk, a bad tensor)
-    # or renaming leaves neither a temp file nor a half adapter behind.
-    try:
+    def write(tmp: Path) -> None:
         writer = gguf.GGUFWriter(str(tmp), architecture)
         try:
             writer.add_type(gguf.GGUFType.ADAPTER)
@@ -129,9 +126,10 @@ def write_lora_adapter(
             writer.write_tensors_to_file()
         finally:
             writer.close()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    # gguf opens its file by name, following links: it writes in a directory only this user can enter, and a
+    # failure while writing (full disk, a bad tensor) leaves neither a temporary file nor a half adapter behind.
+    atomic_write_via(path, write)
     return path
 
 
