@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,15 +33,18 @@ def ensure_dir(path: Path, *, field: str, writable: bool = False) -> Path:
     return path
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False, keep: bool = False) -> bool:
-    """Write ``data`` to ``path`` so readers see either nothing or the whole file.
+def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False, keep: bool = False,
+                       same_mode: bool = False, durable: bool = False) -> bool:
+    """Write ``data`` to ``path`` so readers see either nothing or the whole file: every file genroute writes whole.
 
     The temporary file beside ``path`` has a random name and is created exclusively: a link planted at a guessable
     name (in a directory others can write to) is never followed, so no other file is overwritten; a link planted at
     ``path`` itself is replaced, not written through. ``private``: the file is readable by its owner only (0600: it
-    holds captured inputs and outputs); otherwise the process umask decides, as for any file it creates. ``keep``:
-    a file already at ``path`` (another process made it first) is kept, not replaced. Returns whether ``data`` was
-    published at ``path``.
+    holds captured inputs and outputs); otherwise the process umask decides, as for any file it creates, unless
+    ``same_mode``: the file keeps the mode of the one it replaces (a config, a results file the user chmod'ed).
+    ``keep``: a file already at ``path`` (another process made it first) is kept, not replaced. ``durable``: the data
+    and the rename are fsync'd (a crash brings back neither half a file nor the old one). Returns whether ``data``
+    was published at ``path``.
     """
     mode = 0o600 if private else 0o666
     for _ in range(100):
@@ -54,19 +59,38 @@ def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False, keep: 
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            if keep:
+            if keep or durable:
                 handle.flush()
                 os.fsync(handle.fileno())
+        if same_mode and not private:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         if not keep:
             os.replace(tmp, path)
-            return True
-        try:
-            os.link(tmp, path)  # fails on anything at path, a link included
-        except FileExistsError:
-            return False
+        else:
+            try:
+                os.link(tmp, path)  # fails on anything at path, a link included
+            except FileExistsError:
+                return False
+        if durable:
+            _fsync_dir(path.parent)
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename itself durable: until the directory is synced, a crash can bring the old file back."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # e.g. Windows cannot open a directory; the rename is as durable as it gets there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_via(path: Path, write: Callable[[Path], object], *, private: bool = False) -> None:

@@ -207,3 +207,19 @@ def test_writers_into_a_chosen_directory_follow_no_planted_link(writer: str, tmp
         assert (out / name).stat().st_size > 0, name
     leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
     assert leftovers == []
+
+
+def test_a_rewritten_config_keeps_its_mode_and_its_commented_copy_is_the_owners(tmp_path: Path,
+                                                                                umask_022: None) -> None:
+    # genroute graduate rewrites the user's config through the one atomic write: the mode the user gave it stays (a
+    # 0640 config is not made 0644), and the commented copy it keeps, a new file, may hold a key: owner only.
+    from genroute.tuning.config_file import write_config
+
+    config = tmp_path / "app.yaml"
+    config.write_text("# why: the 2025 eval\npolicy: {kind: static, backend: chat}\n")
+    config.chmod(0o640)
+    (tmp_path / f".app.yaml.{os.getpid()}.tmp").symlink_to(tmp_path / "victim.txt")
+    write_config(config, {"policy": {"kind": "static", "backend": "pro"}})
+    assert "pro" in config.read_text() and _mode(config) == 0o640
+    assert _mode(tmp_path / "app.yaml.bak") == 0o600 and "why" in (tmp_path / "app.yaml.bak").read_text()
+    assert not (tmp_path / "victim.txt").exists()

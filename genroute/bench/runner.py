@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -141,18 +140,12 @@ class ResultsLog:
             self._fh = None
         if self._superseded:
             # Made exclusively under a random name (not results.jsonl.tmp, which a link planted in a shared output
-            # directory turned into a write to any file of the user's), with the mode the file had.
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.writelines(o.model_dump_json() + "\n" for o in self.outcomes.values())
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.chmod(tmp, self.path.stat().st_mode & 0o777)
-                os.replace(tmp, self.path)  # atomic: a crash leaves the old file (whose last rows win) or the new
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            # directory turned into a write to any file of the user's), with the mode the file had; atomic: a crash
+            # leaves the old file (whose last rows win) or the new.
+            from genroute.cache import atomic_write_bytes
+
+            rows = "".join(o.model_dump_json() + "\n" for o in self.outcomes.values())
+            atomic_write_bytes(self.path, rows.encode("utf-8"), same_mode=True, durable=True)
             self._superseded = False
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -218,34 +217,11 @@ def tuned_entry(*, engine: str, model: str, base_model: str, system: str | None 
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Replace ``path`` with ``text`` so readers see the old file or the new one, never half of one, durably; the file
+    keeps the mode of the one it replaces, and a new one is its owner's only (a config may hold a key)."""
+    from genroute.cache import atomic_write_bytes
 
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable: until the directory is synced, a crash can bring the old file back."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # e.g. Windows cannot open a directory; the rename is as durable as it gets there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on a directory
-        pass
-    finally:
-        os.close(fd)
+    atomic_write_bytes(path, text.encode("utf-8"), private=not path.exists(), same_mode=True, durable=True)
 
 
 def _read(path: Path) -> dict[str, Any]:
