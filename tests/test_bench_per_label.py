@@ -206,3 +206,19 @@ def test_the_baseline_counts_the_runs_records_not_the_first_backends() -> None:
     assert "always answering `yes`, the most common gold label (7 of the run's 10 labelled records)" in text
     assert "| partial | 3 | 1.000 | 1.000 | 0 of 1 | 0.0% |" in text
     assert "| whole | 10 | 0.700 | 0.500 | 1 of 2 | 100.0% |" in text
+
+
+def test_summary_json_lists_at_most_100_unlabeled_ids_and_counts_them_all() -> None:
+    """``labels.unlabeled`` listed every unlabeled id, so a set of 20,000 generation records with a few labelled
+    ones put 20,000 ids into each backend's summary.json entry: it lists the first 100, ``unlabeled_count`` counts
+    them all, and the overview names that count."""
+    from genroute.bench.per_label import MAX_UNLABELED_IDS, breakdowns, per_label_markdown
+
+    golds = ["yes", "no", "yes", "no"] + [""] * 250
+    records = [BenchRecord(id=f"r{i}", input=f"q{i}", output=g) for i, g in enumerate(golds)]
+    found = breakdowns(_rows("b", records, lambda r: "yes"), records)["b"]
+    assert MAX_UNLABELED_IDS == 100
+    assert found.unlabeled == tuple(f"r{i}" for i in range(4, 104)) and found.unlabeled_count == 250
+    assert "250 record(s) have an empty gold" in per_label_markdown({"b": found})
+    dumped = found.model_dump(mode="json")
+    assert len(dumped["unlabeled"]) == 100 and dumped["unlabeled_count"] == 250

@@ -40,8 +40,10 @@ MAX_LABELS = 100
 #: Labels a backend's table shows one by one (the most frequent); the rest are one row.
 TOP_LABELS = 10
 _SNIPPET = 40
-#: Unlabelled records the overview names by id (summary.json lists every one).
+#: Unlabelled records the overview names by id.
 _NAMED = 5
+#: Unlabeled record ids ``LabelBreakdown.unlabeled`` (and summary.json) lists at most; ``unlabeled_count`` has them all.
+MAX_UNLABELED_IDS = 100
 
 Key = tuple[str | None, str]  # (task, label)
 
@@ -79,7 +81,9 @@ class LabelBreakdown(PublicModel):
     majority_label: str = Field(default="", description="The first task's majority label (of a tie, the first "
                                 "listed): the one the baseline answers in a run of one task.")
     unlabeled: tuple[str, ...] = Field(default=(), description="Ids of the run's records with an empty gold: no "
-                                       "label, left out of this section (still scored in the backend table).")
+                                       "label, left out of this section (still scored in the backend table); the "
+                                       f"first {MAX_UNLABELED_IDS} of them, ``unlabeled_count`` counts them all.")
+    unlabeled_count: int = Field(default=0, description="How many of the run's records have an empty gold.")
 
     @property
     def accuracy(self) -> float:
@@ -165,7 +169,7 @@ def breakdowns(outcomes: Sequence[Outcome], records: Sequence[BenchRecord]) -> d
     for task, label in order:  # on a tie, the label the tables list first (and the overview names)
         majority.setdefault(task, label)
     on_baseline = sum(counts[(t, m)] for t, m in majority.items())
-    unlabeled = tuple(r.id for r in records if r.id not in golds)
+    unlabeled = [r.id for r in records if r.id not in golds]
     by_target: dict[str, list[Outcome]] = {}
     for o in outcomes:
         if o.record_id in golds:
@@ -197,7 +201,8 @@ def breakdowns(outcomes: Sequence[Outcome], records: Sequence[BenchRecord]) -> d
             n=len(rows), macro_recall=sum(r.recall for r in label_rows) / len(label_rows),
             majority_answers=on_majority / len(rows), baseline_accuracy=on_baseline / len(golds),
             baseline_macro_recall=len(labels) / len(counts), labels=tuple(label_rows), records=len(golds),
-            majority_gold=on_baseline, majority_label=order[0][1], unlabeled=unlabeled)
+            majority_gold=on_baseline, majority_label=order[0][1],
+            unlabeled=tuple(unlabeled[:MAX_UNLABELED_IDS]), unlabeled_count=len(unlabeled))
     return result
 
 
@@ -235,10 +240,10 @@ def per_label_overview(found: Mapping[str, LabelBreakdown]) -> str:
             "whatever the input: read its table of recall per label. n, accuracy and recall count a backend's "
             "rows on labelled records; recall is the share of a label's records answered right (exact 95 % CI); "
             "failed requests count as wrong.\n")
-    if first.unlabeled:
+    if first.unlabeled_count:
         shown = ", ".join(f"`{i}`" for i in first.unlabeled[:_NAMED])
-        more = f" and {len(first.unlabeled) - _NAMED} more" if len(first.unlabeled) > _NAMED else ""
-        text += (f"\n{len(first.unlabeled)} record(s) have an empty gold, so no label, and are left out of this "
+        more = f" and {first.unlabeled_count - _NAMED} more" if first.unlabeled_count > _NAMED else ""
+        text += (f"\n{first.unlabeled_count} record(s) have an empty gold, so no label, and are left out of this "
                  f"section (the backend table scores them): {shown}{more}.\n")
     return text
 
