@@ -194,3 +194,19 @@ def test_a_set_that_tells_backends_apart_has_no_such_note(tmp_path: Path) -> Non
                 for name in ("rag", "chat") for i, r in enumerate(records)]
     report_outcomes(outcomes, records, tmp_path, kinds={"rag": "rag", "chat": "prompt_template"}, compile=False)
     assert "scored alike" not in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_one_backend_compiles_nothing_and_says_so_in_one_line(tmp_path: Path) -> None:
+    """A run of one backend (and its @policy row) compiled policies whose held-out rows compared that backend with
+    itself ("compiled cost_aware" vs it, "best single", "random": all the same scores)."""
+    (tmp_path / "cost_aware.json").write_text("{}", encoding="utf-8")  # an earlier run's, of two backends
+    records = [BenchRecord(id=f"r{i}", input=f"question {i}", output="x") for i in range(30)]
+    outcomes = [Outcome(backend=name, record_id=r.id, ok=True, scorer="exact", score=float(i % 3 != 0))
+                for name in ("only", "@policy") for i, r in enumerate(records)]
+    report = report_outcomes(outcomes, records, tmp_path, kinds={"only": "prompt_template"})
+    assert report.compiled is None and report.compiled_comparisons == ()
+    assert report.compile_note == ("Not compiled: only is the only backend with a scored row, and a routing policy "
+                                   "chooses between two or more.")
+    assert report.compile_note in (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert not (tmp_path / "cost_aware.json").exists() and not (tmp_path / "stats.json").exists()
+    assert [(c.a, c.b) for c in report.comparisons] == [("only", "@policy")]  # that one still compares
