@@ -1547,3 +1547,17 @@ async def test_a_free_models_held_out_cost_is_headed_as_its_cloud_equivalent(ser
         await abench(router, records(), backends=["cheap"], out_dir=tmp_path / "out", progress=False, compile=False)
     legend = (tmp_path / "out" / "report.md").read_text().split("## Reading the table", 1)[1]
     assert "**cloud-eq $/1k**: for a free (local) engine" in legend and "**failures**" in legend
+
+
+def test_the_terminal_report_points_to_the_column_legend(tmp_path: Path) -> None:
+    """The report printed to the terminal had no word of what its columns are (cloud-eq, TTFT, failures...), which
+    report.md's and report.html's *Reading the table* says: one line now names where."""
+    from genroute.bench.harness import report_outcomes
+
+    records = [BenchRecord(id=f"r{i}", input=f"question {i}", output="x") for i in range(4)]
+    outcomes = [Outcome(backend=name, record_id=r.id, ok=True, scorer="exact", score=1.0)
+                for name in ("a", "b") for r in records]
+    report = report_outcomes(outcomes, records, tmp_path, kinds={}, compile=False)
+    legend = f"What each column is: *Reading the table* in {tmp_path / 'report.md'}."
+    assert legend in report.markdown().splitlines()
+    assert "## Reading the table" in (tmp_path / "report.md").read_text(encoding="utf-8")

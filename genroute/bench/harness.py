@@ -78,6 +78,8 @@ class BenchReport(PublicModel):
     def markdown(self) -> str:
         """The main table, the paired differences, the compile and advisor sections as Markdown."""
         text = markdown_table(self.summaries)
+        if "markdown" in self.files:  # the legend is long: the terminal gets where to read it
+            text += f"\nWhat each column is: *Reading the table* in {self.files['markdown']}.\n"
         if labels := {s.backend: s.labels for s in self.summaries if s.labels is not None}:
             text += "\n" + per_label_overview(labels)
         if self.compiled_on_note:
