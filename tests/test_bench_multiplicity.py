@@ -144,3 +144,20 @@ def test_the_same_scores_on_other_records_are_two_comparisons_and_swapped_sides_
     with pytest.raises(UsageError) as err:
         adjust_family([ab, ba], [hypothesis(a, b)])
     assert err.value.field == "hypotheses"
+
+
+def test_a_row_repeating_an_earlier_comparison_names_it_in_the_all_records_table(tmp_path: Path) -> None:
+    """Two backends that scored alike record by record make "b vs c" the comparison "a vs c" already states: that
+    row showed the first one's Holm p and m ("0.604 (2)", or "1 (1)" when every row is the one comparison) with no
+    word of which row it repeats; the verdict cell now names it."""
+    records = [BenchRecord(id=f"r{i}", input=f"question {i}", output="x") for i in range(30)]
+    scores = {"a": lambda i: float(i % 3 != 0), "b": lambda i: float(i % 3 != 0), "c": lambda i: float(i % 2 == 0)}
+    outcomes = [Outcome(backend=name, record_id=r.id, ok=True, scorer="exact", score=score(i))
+                for name, score in scores.items() for i, r in enumerate(records)]
+    report = report_outcomes(outcomes, records, tmp_path, kinds={}, compile=False)
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    rows = {line.split(" | ")[0] + " | " + line.split(" | ")[1]: line for line in text.splitlines()
+            if line.startswith(("| a | ", "| b | "))}
+    assert rows["| b | c"].endswith("| 0.604 (2) | 0.358 | no difference detected (the same comparison as a vs c) |")
+    assert rows["| a | c"].endswith("| no difference detected |") and rows["| a | b"].endswith("detected |")
+    assert report.comparisons[2].verdict.endswith("; the same comparison as a vs c, counted once")

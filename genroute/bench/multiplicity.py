@@ -26,6 +26,17 @@ from genroute.bench.stats import HOLM_DEMOTED, PairedComparison
 from genroute.errors import UsageError
 
 
+#: What a row's verdict says after its own when it repeats an earlier row's comparison (``repeated_row`` reads it).
+REPEAT_MARK = "; the same comparison as "
+_REPEAT_END = ", counted once"
+
+
+def repeated_row(comparison: PairedComparison) -> str | None:
+    """The earlier row (``"A vs B"``) whose comparison ``comparison`` repeats (``adjust_family``), else ``None``."""
+    _, mark, tail = comparison.verdict.rpartition(REPEAT_MARK)
+    return tail.removesuffix(_REPEAT_END) if mark and tail.endswith(_REPEAT_END) else None
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-adjusted p-values, in the order given: the i-th smallest times ``m - i + 1`` (i from 1), made
     non-decreasing in that order and capped at 1 (Holm 1979; ``statsmodels``' ``multipletests(method="holm")``)."""
@@ -85,6 +96,6 @@ def adjust_family(comparisons: Sequence[PairedComparison],
             update["verdict"] = f"{c.verdict}; Holm-adjusted p = {p:.3g} (m = {m})"
         if first[keys[i]] != i:
             stated = comparisons[first[keys[i]]]
-            update["verdict"] = f"{update['verdict']}; the same comparison as {stated.a} vs {stated.b}, counted once"
+            update["verdict"] = f"{update['verdict']}{REPEAT_MARK}{stated.a} vs {stated.b}{_REPEAT_END}"
         out.append(c.model_copy(update=update))
     return out
