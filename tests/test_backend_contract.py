@@ -115,6 +115,20 @@ class Silent(EchoEngine):
         yield
 
 
+class Husks(EchoEngine):
+    """Its ``stream`` yields chunks with neither candidates nor promptFeedback (one with a prompt count, one with
+    usage that counts output); its ``generate`` answers."""
+
+    async def stream(self, model: str, contents: Any, config: Any = None, *, timeout_s: Any = None) -> Any:
+        from google.genai import types
+
+        yield types.GenerateContentResponse()
+        yield types.GenerateContentResponse(usage_metadata=types.GenerateContentResponseUsageMetadata(
+            prompt_token_count=3))
+        yield types.GenerateContentResponse(usage_metadata=types.GenerateContentResponseUsageMetadata(
+            prompt_token_count=3, candidates_token_count=2))
+
+
 class Hollow(EchoEngine):
     """Its ``generate`` answers a response with neither candidates nor promptFeedback; its ``stream`` answers."""
 
@@ -124,11 +138,11 @@ class Hollow(EchoEngine):
         return types.GenerateContentResponse()
 
 
-@pytest.mark.parametrize(("engine", "empty"), [(Silent, "stream"), (Hollow, "generate")])
+@pytest.mark.parametrize(("engine", "empty"), [(Silent, "stream"), (Husks, "stream"), (Hollow, "generate")])
 async def test_an_engine_answering_nothing_one_way_is_refused_naming_it_as_the_other_way_would_be(
         engine: type[EchoEngine], empty: str) -> None:
-    """An engine whose stream yielded nothing gave an empty answer (a bench row scored 0 as if the model had said
-    nothing, and no error) where its generate answered; a generate with no candidates was refused without naming
+    """An engine whose stream yielded nothing, or only chunks with neither candidates nor promptFeedback, gave an
+    empty answer (a bench row scored 0 as if the model had said nothing, and no error) where its generate answered; a generate with no candidates was refused without naming
     the engine. Each is a BackendUnavailable naming the engine and its class; the other method still answers."""
     from genroute import BackendUnavailable
     from genroute.backends.prompt_template import PromptTemplateBackend, PromptTemplateConfig

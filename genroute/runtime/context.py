@@ -203,7 +203,9 @@ class RunContext:
                         except AttributeError:  # not a GenerateContentResponse: the engine's mistake
                             raise not_an_answer(engine, response, "stream") from None
                         yield response
-                if not received.chunks:  # ended with nothing: an empty answer here, where generate()'s is refused
+                # Ended with no chunk, or none with candidates or promptFeedback: an empty answer here, where
+                # generate()'s is refused.
+                if not received.answered:
                     raise no_answer(engine, "stream")
                 complete = True
             except GenrouteError as exc:
@@ -368,12 +370,13 @@ def not_an_answer(engine: Engine, response: object, method: str) -> ConfigError:
 
 def no_answer(engine: Engine, method: str) -> BackendUnavailable:
     """The error for an engine whose ``generate`` answered a response with neither candidates nor
-    ``promptFeedback``, or whose ``stream`` ended without yielding any: no answer, where the other method of the same
+    ``promptFeedback``, or whose ``stream`` ended without yielding one that has either (no chunk, or only chunks of
+    usage): no answer, where the other method of the same
     engine may give one (an empty stream was an empty answer while an empty ``generate`` was refused). A
     ``BackendUnavailable``, as a malformed body from Gemini is (the next rung is tried), naming the engine and its
     class or plugin."""
     what = ("answered a response with neither candidates nor promptFeedback from generate()" if method == "generate"
-            else "ended its stream() without yielding a response")
+            else "ended its stream() without yielding a response with candidates or promptFeedback")
     return BackendUnavailable(f"malformed response body: engine {engine.name!r} ({described(type(engine))}) {what}")
 
 

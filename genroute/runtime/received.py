@@ -22,9 +22,13 @@ class Received:
         self.reported: types.GenerateContentResponse | None = None
         self.chars_after = 0
         self.chunks = 0
+        #: Whether a chunk had candidates or promptFeedback: a stream of none (or of no chunk) is not an answer.
+        self.answered = False
 
     def add(self, response: types.GenerateContentResponse) -> None:
         self.chunks += 1
+        if not self.answered and (response.candidates or response.prompt_feedback is not None):
+            self.answered = True  # read until the first such chunk (Gemini's first), then one attribute a chunk
         if counts_output(response.usage_metadata):
             # Gemini's usage is cumulative: each chunk's replaces the one before
             self.reported, self.chars_after, self.last = response, 0, response
