@@ -96,12 +96,15 @@ class GenrouteError(Exception):
 
     When the router raises it, ``cost_usd`` is what the failed request cost (every rung tried: calls that
     timed out, were cancelled or cut short cost what the provider bills for them), ``usage`` their tokens
-    (a ``genroute.Usage``) and ``cost_estimated`` whether part of that is genroute's estimate.
+    (a ``genroute.Usage``) and ``cost_estimated`` whether part of that is genroute's estimate;
+    ``cloud_equivalent_cost_usd`` what a free (local) model's tokens among them would cost at its reference model's
+    prices, as a result's (``None``: no local model was called).
     """
 
     cost_usd: float = 0.0
     usage: Usage | None = None
     cost_estimated: bool = False
+    cloud_equivalent_cost_usd: float | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Subclasses take keyword-only arguments (``field``, ``backend``, ``attempts``...) that ``Exception``'s own
@@ -255,7 +258,7 @@ class AllRungsFailed(BackendError):
 
 
 #: What a failed request cost, as its error carries it (``GenrouteError``'s class attributes name the defaults).
-_COST_FIELDS = ("cost_usd", "usage", "cost_estimated")
+_COST_FIELDS = ("cost_usd", "usage", "cost_estimated", "cloud_equivalent_cost_usd")
 
 
 def carrying_cost(error: E, source: BaseException | None) -> E:

@@ -1561,3 +1561,32 @@ def test_the_terminal_report_points_to_the_column_legend(tmp_path: Path) -> None
     legend = f"What each column is: *Reading the table* in {tmp_path / 'report.md'}."
     assert legend in report.markdown().splitlines()
     assert "## Reading the table" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.local
+async def test_a_failed_local_rows_cloud_equivalent_is_the_price_of_its_tokens(tmp_path: Path) -> None:
+    """A local model's row that failed after it answered (a validator refused the answer) carried the answer's
+    tokens but no cloud-equivalent cost, so the backend table's cloud-eq $/1k counted it 0 while an answered row's
+    tokens were priced: the failed row's is now the cloud price of its tokens, and the table's figure their mean."""
+    from genroute.bench.report import table_rows
+
+    cfg = {"engines": {"local": {"kind": "local", "max_output_tokens": 3}},
+           "backends": {"pt": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
+                               "template": "Review: {{ input }}\nSentiment:"}},
+           "validators": {"an_object": {"kind": "json_schema", "schema": {"type": "object"}}},
+           "policy": {"kind": "cascade", "rungs": [{"backend": "pt", "validators": ["an_object"]}]}}
+    async with Router.from_config(cfg) as router:
+        report = await abench(router, records()[:2], backends=["pt"], policy=True, out_dir=tmp_path,
+                              progress=False, compile=False, stream=False)
+        with pytest.raises(GenrouteError) as raised:  # the same refusal, for the figures the router's error carries
+            await router.agenerate(GenerateRequest(input=records()[0].input, task="sentiment"))
+    assert raised.value.cloud_equivalent_cost_usd is not None and raised.value.cloud_equivalent_cost_usd > 0
+    failed = [o for o in report.outcomes if o.backend == POLICY_TARGET]
+    assert [o.ok for o in failed] == [False, False] and all(o.output_tokens > 0 for o in failed)
+    for row in failed:  # gemini-2.5-flash's prices, the default reference: $0.30 / $2.50 a million tokens
+        assert row.cost_usd == 0.0
+        assert row.cloud_equivalent_cost_usd == pytest.approx((row.input_tokens * 0.30 + row.output_tokens * 2.50) / 1e6)
+    summary = {s.backend: s for s in report.summaries}[POLICY_TARGET]
+    assert summary.cloud_equivalent_per_request_usd == pytest.approx(
+        sum(o.cloud_equivalent_cost_usd or 0.0 for o in failed) / 2)
+    assert table_rows([summary])[0][13] == f"${summary.cloud_equivalent_per_request_usd * 1000:.4f}"  # ≥ $0.01

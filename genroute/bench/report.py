@@ -110,7 +110,7 @@ def summary_of(target: str, metric: str, scores: Sequence[float], costs: Sequenc
         ttft_p50_s=float(np.median(ttfts)) if ttfts else None,
         input_tokens=means[0], output_tokens=means[1], cached_input_tokens=means[2], audio_input_tokens=means[3],
         cost_per_request_usd=mean(costs),
-        # Failed requests have no usage to price: they count as 0, like their measured cost.
+        # A failed request's is what its error says its tokens would cost (0 when none came), like its measured cost.
         cloud_equivalent_per_request_usd=sum(clouds) / len(scores) if clouds else None,
         judge_cost_usd=judge_cost_usd, failures=failures or {}, judge_failures=judge_failures or {})
 
@@ -149,8 +149,8 @@ TABLE_LEGEND = (
     "median time to the first streamed text (– with `--no-stream`). **in/out/cached/audio tok**: mean tokens per "
     "answered request. **$/request**: mean billed cost over every request, a failed one costing what it was billed; "
     "**$/1k**: the same for 1,000 requests. **cloud-eq $/1k**: for a free (local) engine, what its answers' tokens "
-    "would cost at its `reference_model`'s prices (default gemini-2.5-flash), failed requests counted 0; – for a "
-    "billed engine. **judge $**: the total a judge scorer's calls cost, apart from $/request. **failures**: failed "
+    "would cost at its `reference_model`'s prices (default gemini-2.5-flash), a failed request's tokens priced the "
+    "same; – for a billed engine. **judge $**: the total a judge scorer's calls cost, apart from $/request. **failures**: failed "
     "rows by error type.")
 
 

@@ -175,9 +175,11 @@ async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scor
         # What the failed request cost (attempts that timed out or were cut are billed) is the row's cost.
         # Its tokens too (the error's usage: what the attempts that were billed used), so the row's tokens and cost
         # agree as the trace's and the budget's do (a validator's refusal, a stream cut after tokens came).
+        # And a free model's tokens their cloud-equivalent cost, as an answered row's are priced.
         used = exc.usage if isinstance(exc, GenrouteError) else None
         return Outcome(**base, ok=False, error_type=type(exc).__name__, error=str(exc)[:500],
-                       latency_s=time.perf_counter() - start, cost_usd=spent(exc), **token_fields(used))
+                       latency_s=time.perf_counter() - start, cost_usd=spent(exc), **token_fields(used),
+                       cloud_equivalent_cost_usd=getattr(exc, "cloud_equivalent_cost_usd", None))
     answer = dict(
         answer=result.text, tool_calls=[{"name": c.name, "args": c.args} for c in result.tool_calls],
         routed_backend=result.backend, model=result.model,

@@ -88,8 +88,10 @@ class Ledger:
         into a ``UsageError`` that carries it: ``carrying_cost``) and on the root ``span``."""
         if isinstance(error, GenrouteError):
             error.cost_usd, error.usage, error.cost_estimated = self.cost_usd, self.usage, self.cost_estimated
+            error.cloud_equivalent_cost_usd = self.cloud_equivalent_cost_usd
         elif isinstance(error, asyncio.CancelledError):
-            vars(error).update(cost_usd=self.cost_usd, usage=self.usage, cost_estimated=self.cost_estimated)
+            vars(error).update(cost_usd=self.cost_usd, usage=self.usage, cost_estimated=self.cost_estimated,
+                               cloud_equivalent_cost_usd=self.cloud_equivalent_cost_usd)
         if span is not None:
             span.set_attributes(self.span_attributes())
 
