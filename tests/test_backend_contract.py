@@ -142,8 +142,9 @@ class Hollow(EchoEngine):
 async def test_an_engine_answering_nothing_one_way_is_refused_naming_it_as_the_other_way_would_be(
         engine: type[EchoEngine], empty: str) -> None:
     """An engine whose stream yielded nothing, or only chunks with neither candidates nor promptFeedback, gave an
-    empty answer (a bench row scored 0 as if the model had said nothing, and no error) where its generate answered; a generate with no candidates was refused without naming
-    the engine. Each is a BackendUnavailable naming the engine and its class; the other method still answers."""
+    empty answer (a bench row scored 0 as if the model had said nothing, and no error) where its generate answered;
+    a generate with no candidates was refused without naming the engine. Each is a BackendUnavailable naming the
+    engine and its class; the other method still answers."""
     from genroute import BackendUnavailable
     from genroute.backends.prompt_template import PromptTemplateBackend, PromptTemplateConfig
     from genroute.bench import BenchRecord, arun_bench, resolve_scorer

@@ -1585,7 +1585,8 @@ async def test_a_failed_local_rows_cloud_equivalent_is_the_price_of_its_tokens(t
     assert [o.ok for o in failed] == [False, False] and all(o.output_tokens > 0 for o in failed)
     for row in failed:  # gemini-2.5-flash's prices, the default reference: $0.30 / $2.50 a million tokens
         assert row.cost_usd == 0.0
-        assert row.cloud_equivalent_cost_usd == pytest.approx((row.input_tokens * 0.30 + row.output_tokens * 2.50) / 1e6)
+        price = (row.input_tokens * 0.30 + row.output_tokens * 2.50) / 1e6
+        assert row.cloud_equivalent_cost_usd == pytest.approx(price)
     summary = {s.backend: s for s in report.summaries}[POLICY_TARGET]
     assert summary.cloud_equivalent_per_request_usd == pytest.approx(
         sum(o.cloud_equivalent_cost_usd or 0.0 for o in failed) / 2)

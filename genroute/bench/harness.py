@@ -232,13 +232,12 @@ def report_outcomes(
     summaries = [s.model_copy(update={"labels": per_label.get(s.backend)}) for s in summarize(outcomes, seed=seed)]
     label_md = per_label_markdown(per_label)
     compiled, skipped = None, None
-    backends = list(dict.fromkeys(o.backend for o in live if o.backend != POLICY_TARGET))
+    backends = {o.backend for o in live} - {POLICY_TARGET}
     if compile and not backends:
         skipped = "Not compiled: no backend has a scored row (see *No scored row*)."
-    elif compile and len(backends) == 1:
-        # A policy over one backend routes every request to it: its held-out rows compared it with itself.
-        skipped = (f"Not compiled: {backends[0]} is the only backend with a scored row, and a routing policy chooses "
-                   "between two or more.")
+    elif compile and len(backends) == 1:  # its policy would route every request to it, and compare it with itself
+        skipped = f"Not compiled: {min(backends)} is the only backend with a scored row, and a routing policy chooses "
+        skipped += "between two or more."
     elif compile and len(input_groups(records)) < 2:
         # One record, or the same prompt asked n times (to measure variance), has nothing to hold out: report it,
         # not fail it after every call was made (one record was left uncompiled without a word).

@@ -150,8 +150,8 @@ TABLE_LEGEND = (
     "answered request. **$/request**: mean billed cost over every request, a failed one costing what it was billed; "
     "**$/1k**: the same for 1,000 requests. **cloud-eq $/1k**: for a free (local) engine, what its answers' tokens "
     "would cost at its `reference_model`'s prices (default gemini-2.5-flash), a failed request's tokens priced the "
-    "same; – for a billed engine. **judge $**: the total a judge scorer's calls cost, apart from $/request. **failures**: failed "
-    "rows by error type.")
+    "same; – for a billed engine. **judge $**: the total a judge scorer's calls cost, apart from $/request. "
+    "**failures**: failed rows by error type.")
 
 
 def table_rows(summaries: Sequence[Summary]) -> list[list[str]]:
