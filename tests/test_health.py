@@ -4,6 +4,7 @@ connections (a dependency stopped) or hold its replies (a dependency that accept
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -316,4 +317,28 @@ def test_an_outcome_store_on_a_full_disk_is_not_ready_while_another_connection_h
     assert not full.ready and list(failing(full)) == ["outcomes"]
     assert failing(full)["outcomes"].startswith(f"OutcomeStoreError: the disk holding the outcome store "
                                                 f"'{disk / 'outcomes.db'}' has ")
+    assert again.ready, again
+
+
+def test_a_probe_left_on_a_loop_that_no_longer_runs_does_not_keep_the_next_checks_unready(deps: Deps):
+    """A check on a loop of the caller's (``loop.run_until_complete(router.ahealth())``) left its probe of a hung
+    dependency on that loop; the loop stopped, not closed, so the probe never ran again: every later check on the
+    router's own loop (``health()``) reported 'its probe begun ... by a check on another event loop, has not answered
+    yet', long after the dependency answered again. A probe whose loop no longer runs is not waited for: the check
+    starts its own."""
+    deps.config["knowledge"]["timeout_s"] = 60
+    with Router.from_config(deps.config) as router:
+        assert router.health().ready  # connections open: the probe's request goes to a live connection
+        proxy = deps.proxies["backends.icl"]
+        mine = asyncio.new_event_loop()
+        try:
+            proxy.hold_replies()
+            try:
+                hung = mine.run_until_complete(router.ahealth(timeout_s=0.2))
+            finally:
+                proxy.release_replies()
+            again = router.health(timeout_s=30)  # `mine` is stopped with the probe pending on it
+        finally:
+            mine.close()
+    assert "backends.icl" in failing(hung)
     assert again.ready, again

@@ -143,11 +143,12 @@ class Checks:
         """The probe of ``name`` still running from an earlier check (on this loop), else ``probe`` started now: a
         probe that timed out is left to end (its thread cannot be stopped), and a hung dependency checked every second
         started a new one each time, each holding a thread of the loop's default executor (a few per core: the
-        router's own work on it waited behind them)."""
+        router's own work on it waited behind them). One left on a loop that no longer runs (stopped after
+        ``run_until_complete``, not closed) never ends: not waited for, a new one starts here."""
         running: dict[str, Running] = self.__dict__.setdefault("_probing", {})
         loop = asyncio.get_running_loop()
         earlier = running.get(name)
-        if earlier is not None and not earlier.task.done() and not earlier.task.get_loop().is_closed():
+        if earlier is not None and not earlier.task.done() and earlier.task.get_loop().is_running():
             return earlier
         task = loop.create_task(_answer(probe))
         running[name] = begun = Running(task, time.monotonic())
@@ -224,13 +225,14 @@ async def _probe(name: str, kind: Kind, running: Running, checked: float, timeou
                  secrets: tuple[str, ...]) -> DependencyHealth:
     start = time.monotonic()
     detail = error = None
-    running.task.remove_done_callback(_retrieved)
-    running.task.add_done_callback(_retrieved)
     try:
-        if running.task.get_loop() is not asyncio.get_running_loop():  # cannot be awaited here
+        if running.task.get_loop() is not asyncio.get_running_loop():  # cannot be awaited here (nor touched: its
+            # callbacks are its loop's, which runs in another thread)
             error = (f"its probe begun {start - running.begun:.1f} s ago, by a check on another event loop, has not "
                      "answered yet (one probe at a time)")
         else:
+            running.task.remove_done_callback(_retrieved)
+            running.task.add_done_callback(_retrieved)
             detail = await asyncio.wait_for(asyncio.shield(running.task), timeout_s)  # the probe itself goes on
     except TimeoutError:
         error = f"no answer in {timeout_s:g} s"
