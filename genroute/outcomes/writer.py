@@ -189,10 +189,13 @@ class GroupWriter(Generic[T]):
 
     def give_up(self) -> int:
         """The process exits: answer every write still waiting with ``at_exit``'s error; how many were not written
-        (those, and the lot being written)."""
+        (those, and the lot being written). None (every write answered, the thread still tidying up): nothing is
+        said, ``at_exit`` is not called."""
         with self._lock:
             waiting, self._waiting = self._waiting, []
             lost = self.unwritten
+        if not lost:
+            return 0
         exc = self._at_exit(lost)
         for _, future in waiting:
             future.set_exception(exc)
