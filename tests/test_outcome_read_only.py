@@ -280,3 +280,39 @@ def test_a_file_another_process_writes_during_every_read_is_an_outcome_store_err
         subprocess.run(["umount", "--lazy", str(view)], check=True)
     assert refused.value.path == str(view / "outcomes.db")
     assert str(view / "outcomes.db") in str(refused.value) and "changed during each of 5 reads" in str(refused.value)
+
+
+def test_a_store_that_cannot_be_opened_for_another_process_writing_it_is_a_config_error_naming_its_field(
+        read_only_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a store in a directory this process cannot write reads the file as it is (frozen): when another process
+    wrote it during each of those reads, the store could not be built, a ConfigError naming outcomes.path ("cannot
+    open the outcome store ..."), as every other failure to open it is. Since read_file raises OutcomeStoreError there
+    (for a read of a store in use), that error escaped the constructor (and Router.from_config) instead, naming no
+    field. The other process's writing is a change of the file's times from inside each read (no timing)."""
+    import os
+
+    from genroute.outcomes import sqlite_files
+    from genroute.outcomes import store as store_module
+
+    touches: list[int] = []
+
+    def written_meanwhile() -> int:
+        touches.append(1)
+        os.utime(read_only_dir, ns=(len(touches) * 10**9, len(touches) * 10**9))
+        return 0
+
+    real_connect = sqlite_files.connect
+
+    def connect(path: Path, *, frozen: bool = False, **options: Any) -> sqlite3.Connection:
+        db = real_connect(path, frozen=frozen, **options)
+        if frozen:
+            db.set_progress_handler(written_meanwhile, 1)
+        return db
+
+    monkeypatch.setattr(sqlite_files, "connect", connect)
+    monkeypatch.setattr(store_module, "connect", connect)
+    with pytest.raises(ConfigError) as refused:
+        OutcomeStore(read_only_dir)
+    assert refused.value.field == "outcomes.path"
+    assert str(refused.value).startswith(f"outcomes.path: cannot open the outcome store {str(read_only_dir)!r}: ")
+    assert "changed during each of 5 reads" in str(refused.value)

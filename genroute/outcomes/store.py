@@ -68,7 +68,7 @@ class OutcomeStore:
                 self._read(self._open)
             else:  # read beside a writer's -wal file: read frozen too once that writer has ended (sqlite_files)
                 self._frozen = self._wal and not os.access(self.path.parent, os.W_OK)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, OutcomeStoreError) as exc:  # the last: written during every frozen read
             raise ConfigError(f"cannot open the outcome store {str(self.path)!r}: {exc}", field=field) from None
         # One writer per process at a time (SQLite's own lock covers other processes): the writes waiting meanwhile
         # are committed together next. An OperationalError (locked, disk full), an OSError (the file gone) or a
