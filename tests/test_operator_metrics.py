@@ -105,30 +105,14 @@ async def test_a_refresh_failing_for_long_warns_once_a_minute_counts_each_failur
     its store is down), 0.1 s apart: one warning."""
     import logging
 
-    from genroute.backends.prompt_template import PromptTemplateBackend
-
     failed: list[int] = []
     down = [True]
-
-    class Flaky(PromptTemplateBackend):
-        async def reload(self) -> None:
-            if down[0]:
-                failed.append(1)
-                raise OSError("its store is down")
-
     cfg = gemini_config(gemini_server)
     cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "refresh_every_s": 0.1}
 
-    async def until(check: Any) -> None:
-        deadline = time.monotonic() + 60
-        while not check():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
-
     with caplog.at_level(logging.INFO, logger="genroute"):
         async with await Router.acreate(cfg, **otel.providers) as router:
-            chat = router.backends["chat"]
-            router.backends["chat"] = Flaky("chat", chat.config, chat.resources)
+            flaky_reloads(router, down, failed)
             await router.agenerate("start the schedule")
             await until(lambda: len(failed) >= 15)
             down[0] = False  # on the refresher's loop: the refresh now running, if any, has not reloaded yet
@@ -141,3 +125,66 @@ async def test_a_refresh_failing_for_long_warns_once_a_minute_counts_each_failur
         messages[0]
     assert messages[1] == f"scheduled refresh succeeded again, after {n} failed"
     assert [v for _, v in points(otel, "genroute.refresh.failures")] == [n]
+
+
+def flaky_reloads(router: Router, down: list[bool], failed: list[int]) -> None:
+    """The router's backend ``chat`` fails to reload (its store is down: a failed refresh) while ``down[0]``, each
+    failure counted in ``failed``."""
+    from genroute.backends.prompt_template import PromptTemplateBackend
+
+    class Flaky(PromptTemplateBackend):
+        async def reload(self) -> None:
+            if down[0]:
+                failed.append(1)
+                raise OSError("its store is down")
+
+    chat = router.backends["chat"]
+    router.backends["chat"] = Flaky("chat", chat.config, chat.resources)
+
+
+async def until(check: Any) -> None:
+    deadline = time.monotonic() + 60
+    while not check():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+
+
+def test_a_refresh_failing_again_after_its_recovery_was_logged_counts_only_the_failures_since(
+        gemini_server: GeminiTestServer, tmp_path: Path, caplog: Any):
+    """The failures a refresh's recovery message counted ('succeeded again, after 5 failed') were counted again in
+    the next outage's first warning, a minute later or more: 'scheduled refresh failed: ... (...; 5 failed since the
+    last such warning)' for its first failure. The recovery message resets the count. The loop's clock is moved a
+    minute on between the outages (no waiting)."""
+    import logging
+
+    skew = [0.0]
+
+    class Later(asyncio.SelectorEventLoop):
+        def time(self) -> float:
+            return super().time() + skew[0]
+
+    failed: list[int] = []
+    down = [True]
+    cfg = gemini_config(gemini_server)
+    cfg["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "refresh_every_s": 0.1}
+
+    def messages() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "scheduled refresh" in r.getMessage()]
+
+    async def outages() -> None:
+        async with await Router.acreate(cfg) as router:
+            flaky_reloads(router, down, failed)
+            await router.agenerate("start the schedule")
+            await until(lambda: len(failed) >= 5)
+            down[0] = False
+            await until(lambda: len(messages()) == 2)  # the recovery
+            skew[0] += 61.0  # a minute later: the next failure's warning is due
+            down[0] = True
+            await until(lambda: len(messages()) == 3)
+
+    with caplog.at_level(logging.INFO, logger="genroute"), asyncio.Runner(loop_factory=Later) as runner:
+        runner.run(outages())
+    first, recovered, again = messages()
+    assert first.startswith("scheduled refresh failed: OSError: its store is down")
+    assert recovered.startswith("scheduled refresh succeeded again, after ")
+    assert again.startswith("scheduled refresh failed: OSError: its store is down") and "since" not in again, again

@@ -170,8 +170,9 @@ class Refreshing:
                     await (self.arefresh() if name == "refresh" else self._apply_promotions())
                     if name == "refresh":
                         self._refresh_record.succeeded()
-                        if warned:
+                        if warned:  # counts the failures not warned of: the next warning counts those after
                             _log.warning("scheduled refresh succeeded again, after %d failed", failing)
+                            unlogged = 0
                         failing, warned = 0, False
                 except Exception as exc:  # a failed refresh keeps the current policy; the next one retries
                     self._refresh_record.failed(name, exc)
