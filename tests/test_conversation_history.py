@@ -41,6 +41,25 @@ def test_history_must_name_a_list_variable(gemini_server):
         assert info.value.field == "backends.chat.history"
 
 
+def test_a_declared_default_history_is_sent_when_the_request_gives_none(gemini_server):
+    """The history variable's declared default (a fixed opening conversation, few-shot turns) reached the template
+    but not the model: the turns came from the request's variables only, so a request without one was sent as one
+    turn. The default is the history then, as it is every other variable's value; a default whose turns are not
+    {role, text} is refused when the config is read (ConfigError naming backends.chat.history)."""
+    chat = {**CHAT, "variables": {"history": {"type": "list", "default": HISTORY}}}
+    with Router.from_config(gemini_config(gemini_server, **chat)) as router:
+        router.generate("Why?")
+        assert gemini_server.requests[-1].body["contents"] == [
+            {"parts": [{"text": "Hi"}], "role": "user"}, {"parts": [{"text": "Hello."}], "role": "model"},
+            {"parts": [{"text": "Why?"}], "role": "user"}]
+        router.generate("Why?", variables={"history": []})  # the request's own, empty, wins
+        assert gemini_server.requests[-1].body["contents"] == [{"parts": [{"text": "Why?"}], "role": "user"}]
+    bad = {**CHAT, "variables": {"history": {"type": "list", "default": [{"role": "assistant", "text": "Hi"}]}}}
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(gemini_config(gemini_server, **bad))
+    assert info.value.field == "backends.chat.history" and "default turn 0.role" in str(info.value), info.value
+
+
 @pytest.mark.local
 def test_the_local_model_reads_the_history_turns():
     config = {"engines": {"local": {"kind": "local", "n_threads": 1, "prompt_format": "gemma"}},

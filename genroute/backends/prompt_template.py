@@ -82,9 +82,20 @@ class PromptTemplateConfig(BackendConfig):
     @classmethod
     def _history_is_a_list_variable(cls, name: str | None, info: ValidationInfo) -> str | None:
         variables = info.data.get("variables") or {}
-        if name is not None and getattr(variables.get(name), "type", None) != "list":
+        if name is None:
+            return name
+        spec = variables.get(name)
+        if getattr(spec, "type", None) != "list":
             raise ValueError(f"names a variable of type list under `variables` (e.g. variables: "
                              f"{{{name}: {{type: list, default: []}}}}), not {name!r}")
+        if spec.default:  # sent when a request gives none: its turns checked now, not at each request
+            try:
+                _TURNS.validate_python(spec.default)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(p) for p in error["loc"])
+                raise ValueError(f"{error['msg']}: the variable's default turn {where} (a turn is {{role: "
+                                 "user|model, text}})") from None
         return name
 
 
@@ -138,7 +149,8 @@ class PromptTemplateBackend(SingleCallBackend):
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
         prompt, system = self.render(request)
         history = self.config.history
-        turns = request.variables.get(history) if history is not None else None
+        # The request's turns, else the variable's declared default (as for every variable the template reads).
+        turns = None if history is None else request.variables.get(history, self.config.variables[history].default)
         if history is None or not turns:
             return Prepared(model=self.config.model, contents=prompt, config=self._genai_config(system))
         return Prepared(model=self.config.model, contents=[*self._turns(history, turns), user_content(prompt)],
