@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from genroute import ConfigError, Router, UsageError
+from genroute import ConfigError, GenerateRequest, Router, UsageError
 
 from .conftest import TEST_KEY, gemini_config
 
@@ -70,3 +70,28 @@ def test_the_local_model_reads_the_history_turns():
         with_history = router.generate("Why?", variables={"history": HISTORY})
     # The two earlier turns, each in its own <start_of_turn>...<end_of_turn> block: several tokens each.
     assert with_history.usage.input_tokens >= alone.usage.input_tokens + 8
+
+
+def test_the_migrating_guides_routing_config_serves_a_chat_request_with_its_history_on_every_backend(gemini_server):
+    """docs/migrating.md's routing config sends smalltalk, and every request past the budget, to `cheap`, which
+    declared no history variable: a chat request with its history (as the guide's chat example sends it) was refused
+    there, 'unexpected variable' (UsageError), once the budget ran out. Every backend a chat request can reach takes
+    the history. Run here with both backends on the loopback server."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "migrating.md").read_text(encoding="utf-8")
+    block = re.search(r"## Then: routing and a budget.*?```yaml\n(.*?)```", guide, re.DOTALL)
+    assert block is not None
+    config = yaml.safe_load(block.group(1))
+    config["engines"] = gemini_config(gemini_server)["engines"]
+    for backend in config["backends"].values():
+        backend.update(engine="gemini", model="gemini-2.5-flash")
+    with Router.from_config(config) as router:
+        for name in config["backends"]:
+            result = router.generate(GenerateRequest(input="And?", backend=name, variables={"history": HISTORY}))
+            assert gemini_server.requests[-1].body["contents"][:2] == [
+                {"parts": [{"text": "Hi"}], "role": "user"}, {"parts": [{"text": "Hello."}], "role": "model"}], name
+            assert result.backend == name
