@@ -242,8 +242,6 @@ def test_a_file_another_process_writes_during_every_read_is_an_outcome_store_err
     import subprocess
 
     from genroute.errors import OutcomeStoreError
-    from genroute.outcomes import sqlite_files
-    from genroute.outcomes import store as store_module
 
     if os.geteuid() != 0:
         pytest.fail("the reader's read-only view of the writer's directory is a bind mount: run the tests as root")
@@ -251,29 +249,12 @@ def test_a_file_another_process_writes_during_every_read_is_an_outcome_store_err
     store = OutcomeStore(directory / "outcomes.db")
     store.upsert_many_sync([record("a"), record("b", 0.0)])
     store.close()
-    written = directory / "outcomes.db"
-    touches: list[int] = []
-
-    def written_meanwhile() -> int:
-        touches.append(1)
-        os.utime(written, ns=(len(touches) * 10**9, len(touches) * 10**9))
-        return 0
-
-    real_connect = sqlite_files.connect
-
-    def connect(path: Path, *, frozen: bool = False, **options: Any) -> sqlite3.Connection:
-        db = real_connect(path, frozen=frozen, **options)
-        if frozen:
-            db.set_progress_handler(written_meanwhile, 1)
-        return db
-
     view.mkdir()
     subprocess.run(["mount", "--bind", "-o", "ro", str(directory), str(view)], check=True)
     try:
         reader = OutcomeStore(view / "outcomes.db")
         assert reader._frozen
-        monkeypatch.setattr(sqlite_files, "connect", connect)
-        monkeypatch.setattr(store_module, "connect", connect)
+        written_during_each_frozen_read(directory / "outcomes.db", monkeypatch)
         with pytest.raises(OutcomeStoreError) as refused:
             reader.count_sync()
     finally:
@@ -289,6 +270,18 @@ def test_a_store_that_cannot_be_opened_for_another_process_writing_it_is_a_confi
     open the outcome store ..."), as every other failure to open it is. Since read_file raises OutcomeStoreError there
     (for a read of a store in use), that error escaped the constructor (and Router.from_config) instead, naming no
     field. The other process's writing is a change of the file's times from inside each read (no timing)."""
+    written_during_each_frozen_read(read_only_dir, monkeypatch)
+    with pytest.raises(ConfigError) as refused:
+        OutcomeStore(read_only_dir)
+    assert refused.value.field == "outcomes.path"
+    assert str(refused.value).startswith(f"outcomes.path: cannot open the outcome store {str(read_only_dir)!r}: ")
+    assert "changed during each of 5 reads" in str(refused.value)
+
+
+def written_during_each_frozen_read(written: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every frozen read (``read_file`` of a file in a directory this process cannot write) sees ``written`` change
+    while it runs, as another process's writing changes it: its times are moved on from inside the read (SQLite's
+    progress handler, called by the reader's own query: no timing)."""
     import os
 
     from genroute.outcomes import sqlite_files
@@ -298,7 +291,7 @@ def test_a_store_that_cannot_be_opened_for_another_process_writing_it_is_a_confi
 
     def written_meanwhile() -> int:
         touches.append(1)
-        os.utime(read_only_dir, ns=(len(touches) * 10**9, len(touches) * 10**9))
+        os.utime(written, ns=(len(touches) * 10**9, len(touches) * 10**9))
         return 0
 
     real_connect = sqlite_files.connect
@@ -311,8 +304,3 @@ def test_a_store_that_cannot_be_opened_for_another_process_writing_it_is_a_confi
 
     monkeypatch.setattr(sqlite_files, "connect", connect)
     monkeypatch.setattr(store_module, "connect", connect)
-    with pytest.raises(ConfigError) as refused:
-        OutcomeStore(read_only_dir)
-    assert refused.value.field == "outcomes.path"
-    assert str(refused.value).startswith(f"outcomes.path: cannot open the outcome store {str(read_only_dir)!r}: ")
-    assert "changed during each of 5 reads" in str(refused.value)
