@@ -81,11 +81,11 @@ class PromptTemplateConfig(BackendConfig):
     @field_validator("history")
     @classmethod
     def _history_is_a_list_variable(cls, name: str | None, info: ValidationInfo) -> str | None:
-        variables = info.data.get("variables") or {}
+        variables: dict[str, VariableSpec] = info.data.get("variables") or {}
         if name is None:
             return name
         spec = variables.get(name)
-        if getattr(spec, "type", None) != "list":
+        if spec is None or spec.type != "list":
             raise ValueError(f"names a variable of type list under `variables` (e.g. variables: "
                              f"{{{name}: {{type: list, default: []}}}}), not {name!r}")
         if spec.default:  # sent when a request gives none: its turns checked now, not at each request
