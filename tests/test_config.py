@@ -534,6 +534,26 @@ def test_safety_settings_reach_the_wire_and_unknown_names_are_refused(gemini_ser
     assert "HARM_CATEGORY_HARASSMENT" in info.value.message
 
 
+def test_google_genais_own_safety_setting_objects_are_taken_as_a_ported_app_has_them(gemini_server):
+    # A google-genai app builds safety_settings=[types.SafetySetting(category=..., threshold=...)]; genroute refused
+    # that list ("safety_settings.0: Input should be a valid dictionary or instance of SafetySetting", of the very
+    # class given), taking only dicts. The SDK's objects are read as their fields; an unknown field is still named.
+    from google.genai import types
+
+    safety = [types.SafetySetting(category=types.HarmCategory.HARM_CATEGORY_HARASSMENT,
+                                  threshold=types.HarmBlockThreshold.BLOCK_ONLY_HIGH),
+              types.SafetySetting(category="HARM_CATEGORY_DANGEROUS_CONTENT", threshold="OFF")]
+    with Router.from_config(gemini_config(gemini_server, generation={"safety_settings": safety})) as router:
+        router.generate("x")
+    assert gemini_server.requests[-1].body["safetySettings"] == [
+        {"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"},
+        {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "threshold": "OFF"}]
+    vertex = [types.SafetySetting(category="HARM_CATEGORY_HARASSMENT", threshold="OFF", method="SEVERITY")]
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(gemini_config(gemini_server, generation={"safety_settings": vertex}))
+    assert info.value.field == "backends.chat.generation.safety_settings.0.method"
+
+
 def test_a_pydantic_model_is_a_response_schema_as_google_genai_takes_one(gemini_server):
     # google-genai apps pass response_schema=Answer; genroute refused it ("Input should be a valid dictionary").
     from pydantic import BaseModel

@@ -8,7 +8,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from genroute.construct import one_store_init
 from genroute.construct import user_content as user_content  # public here: backends use it
@@ -40,6 +40,15 @@ class SafetySetting(ConfigModel):
 
     category: str = Field(description="A ``HarmCategory``, e.g. HARM_CATEGORY_HARASSMENT.")
     threshold: str = Field(description="A ``HarmBlockThreshold``, e.g. BLOCK_ONLY_HIGH, BLOCK_NONE or OFF.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sdk_setting(cls, value: Any) -> Any:
+        # A ported app's list holds google-genai's own types.SafetySetting objects: read as their fields (an unset
+        # one left out; one genroute does not take, such as Vertex's `method`, is named).
+        if isinstance(value, BaseModel) and not isinstance(value, SafetySetting):
+            return value.model_dump(mode="json", exclude_none=True)
+        return value
 
     @field_validator("category", "threshold")
     @classmethod
