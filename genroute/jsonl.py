@@ -94,15 +94,34 @@ def _as_path(path: Any, *, field: str) -> Path:
     return Path(path)
 
 
-def output_dir(path: str | Path, *, field: str) -> Path:
+def output_dir(path: str | Path, *, field: str, private: bool = False) -> Path:
     """``path`` as a directory that exists (made with its parents if needed); ``UsageError`` naming ``field`` when
-    it cannot be (a file is there, no permission...), before anything is run or written."""
+    it cannot be (a file is there, no permission...), before anything is run or written. ``private``: what goes in
+    it quotes a file only its owner may read, so a directory made here is its owner's only (0700), and one already
+    there that others may enter is warned of (its mode is the user's to choose)."""
     path = _as_path(path, field=field)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700 if private else 0o777, exist_ok=True)
+        shared = private and path.stat().st_mode & 0o077
     except OSError as exc:
         raise UsageError(f"cannot write results to {str(path)!r} ({exc.strerror or exc})", field=field) from None
+    if shared:
+        import logging
+
+        logging.getLogger("genroute.bench").warning(
+            "%s may be read by other users (mode %o), and what is written in it quotes an input file only its owner "
+            "may read: chmod go-rwx it, or write elsewhere", path, path.stat().st_mode & 0o777)
     return path
+
+
+def owner_only(path: object) -> bool:
+    """Whether ``path`` names a file only its owner may read (an outcome export is written so); False for anything
+    else (records given in memory, a file not there)."""
+    try:
+        return isinstance(path, str | os.PathLike) and not os.stat(path).st_mode & 0o077
+    except OSError:
+        return False
 
 
 def check_output_dir(path: str | Path, *, field: str) -> Path:

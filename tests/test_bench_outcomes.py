@@ -947,3 +947,25 @@ def test_a_holdout_that_leaves_too_few_training_records_names_the_flag(tmp_path:
     assert bench_main(["--outcomes", str(data), "--out", str(tmp_path / "out"), "--holdout", "0.99"]) == 2
     assert ("compiling needs at least 10 training records (got 1: --holdout 0.99 held out the other 29; a smaller "
             "one leaves more)") in capsys.readouterr().err
+
+
+def test_a_report_on_an_owner_only_outcome_file_is_written_where_only_its_owner_may_read(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # An outcome store export is 0600 (it holds captured user text), and report.html / semantic.json quote its inputs:
+    # they were written into a directory made with the umask (0755), readable by every local user.
+    source = tmp_path / "export.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in synthetic(30)))
+    source.chmod(0o600)
+    compile_outcomes(source, out_dir=tmp_path / "new" / "out", learned=False, min_n=10)
+    assert (tmp_path / "new" / "out").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "new").stat().st_mode & 0o077  # only the directory it writes in, not its parents
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with caplog.at_level("WARNING", logger="genroute.bench"):
+        compile_outcomes(source, out_dir=shared, learned=False, min_n=10)
+    assert shared.stat().st_mode & 0o777 == 0o755  # the user's directory keeps its mode, with a word
+    assert any(str(shared) in r.getMessage() and "other users" in r.getMessage() for r in caplog.records)
+    source.chmod(0o644)  # a file anyone may read: its report's directory is as any other
+    compile_outcomes(source, out_dir=tmp_path / "open", learned=False, min_n=10)
+    assert (tmp_path / "open").stat().st_mode & 0o077

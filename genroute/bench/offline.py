@@ -26,7 +26,7 @@ from genroute.bench.offline_report import Comparison, CurveSummary, OfflineRepor
 from genroute.bench.outcomes import CandidatePricing, OutcomeMatrix, load_matrix
 from genroute.bench.score_checks import check_min_n, check_seed
 from genroute.errors import UsageError
-from genroute.jsonl import check_output_dir, output_dir
+from genroute.jsonl import check_output_dir, output_dir, owner_only
 from genroute.policies.cost_weight import CostWeightRule, as_rule
 
 if TYPE_CHECKING:
@@ -108,7 +108,8 @@ def compile_outcomes(
             raise UsageError(f"a learned router needs at least two distinct training inputs to cross-validate (got "
                              f"{inputs} in {len(train.records)} records; copies of an input share a fold): add inputs, or "
                              "compile without it (learned=False)", field="outcomes")
-    out = output_dir(out_dir, field="out_dir")
+    # A report quotes inputs: of an outcome store export (0600), as private as it.
+    out = output_dir(out_dir, field="out_dir", private=owner_only(source) or owner_only(eval_source))
     if learned:
         if embedder is None:
             from genroute.policies.semantic import default_embedder
