@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from opentelemetry import trace
 from pydantic import ConfigDict, Field
 
 from genroute.errors import BackendUnavailable
@@ -108,6 +109,23 @@ def _out_of_time(exc: BackendUnavailable, config: RetryConfig, request_bound: bo
         retry_after <= config.max_retry_after_s and elapsed + retry_after < deadline))
 
 
+def retried(attempt: int, wait_s: float, exc: BaseException | None) -> None:
+    """Say on the current span (the model call's, or the embedding's) that ``attempt`` failed with ``exc`` and is
+    retried after ``wait_s``: a ``genroute.retry`` event with the error's class and HTTP status (never its message),
+    so that a trace shows why a call took longer and what the lost attempts were. Failures only: an answer on the
+    first try adds nothing."""
+    event: dict[str, Any] = {"genroute.retry.attempt": attempt, "genroute.retry.wait_s": wait_s}
+    if exc is not None:
+        event["error.type"] = type(exc).__name__
+        status = getattr(exc, "status", None)
+        if status is not None:
+            event["http.response.status_code"] = status
+        retry_after = getattr(exc, "retry_after_s", None)
+        if retry_after is not None:
+            event["genroute.retry.retry_after_s"] = retry_after
+    trace.get_current_span().add_event("genroute.retry", event)
+
+
 def _retrying(config: RetryConfig, start: float, deadline: float,
               request_bound: bool) -> tuple[tenacity.AsyncRetrying, tenacity.RetryCallState]:
     """tenacity's retry policy for one call that began at ``start``, and its state (attempt 1 has run)."""
@@ -132,6 +150,7 @@ def _retrying(config: RetryConfig, start: float, deadline: float,
     def log(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         logger.info("retrying after attempt %d in %.2fs: %s", state.attempt_number, state.upcoming_sleep, exc)
+        retried(state.attempt_number, state.upcoming_sleep, exc)
 
     retrying = tenacity.AsyncRetrying(
         stop=stop, wait=wait, retry=tenacity.retry_if_exception_type(BackendUnavailable),

@@ -1,0 +1,34 @@
+"""What an on-call engineer reads about one request from its trace: retries, the refusing validator, and the trace
+of a request that failed (the real OTel SDK with an in-memory exporter, the loopback Gemini server)."""
+
+from __future__ import annotations
+
+from genroute import Router
+from genroute.testing import Fault, GeminiTestServer
+
+from .conftest import Otel, gemini_config
+
+
+def test_a_retried_call_says_on_its_span_which_attempt_failed_why_and_how_long_it_waited(
+        gemini_server: GeminiTestServer, otel: Otel) -> None:
+    gemini_server.fault(Fault.status(503))
+    gemini_server.fault(Fault.status(429, retry_after=0.02))
+    gemini_server.reply_text("Paris.", usage=(12, 2))
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        result = router.generate("Capital of France?")
+    assert result.text == "Paris."
+    (call,) = otel.spans("generate_content")
+    retries = [dict(e.attributes) for e in call.events if e.name == "genroute.retry"]
+    assert [(r["genroute.retry.attempt"], r["error.type"], r["http.response.status_code"]) for r in retries] == [
+        (1, "BackendUnavailable", 503), (2, "BackendUnavailable", 429)]
+    assert retries[1]["genroute.retry.retry_after_s"] == 0.02
+    assert all(r["genroute.retry.wait_s"] >= 0 for r in retries)
+    assert "genroute.retry.retry_after_s" not in retries[0]
+
+
+def test_a_call_answered_at_once_has_no_retry_event(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    gemini_server.reply_text("Paris.")
+    with Router.from_config(gemini_config(gemini_server), **otel.providers) as router:
+        router.generate("Capital of France?")
+    (call,) = otel.spans("generate_content")
+    assert [e.name for e in call.events] == []
