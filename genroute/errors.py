@@ -98,13 +98,15 @@ class GenrouteError(Exception):
     timed out, were cancelled or cut short cost what the provider bills for them), ``usage`` their tokens
     (a ``genroute.Usage``) and ``cost_estimated`` whether part of that is genroute's estimate;
     ``cloud_equivalent_cost_usd`` what a free (local) model's tokens among them would cost at its reference model's
-    prices, as a result's (``None``: no local model was called).
+    prices, as a result's (``None``: no local model was called). ``trace_id`` is the request's trace (32 hex digits,
+    as ``GenerateResult.trace_id``) when a tracer provider recorded it, else None.
     """
 
     cost_usd: float = 0.0
     usage: Usage | None = None
     cost_estimated: bool = False
     cloud_equivalent_cost_usd: float | None = None
+    trace_id: str | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Subclasses take keyword-only arguments (``field``, ``backend``, ``attempts``...) that ``Exception``'s own
@@ -257,13 +259,14 @@ class AllRungsFailed(BackendError):
         super().__init__(message)
 
 
-#: What a failed request cost, as its error carries it (``GenrouteError``'s class attributes name the defaults).
-_COST_FIELDS = ("cost_usd", "usage", "cost_estimated", "cloud_equivalent_cost_usd")
+#: What a failed request cost, and its trace, as its error carries them (``GenrouteError``'s class attributes name the
+#: defaults).
+_COST_FIELDS = ("cost_usd", "usage", "cost_estimated", "cloud_equivalent_cost_usd", "trace_id")
 
 
 def carrying_cost(error: E, source: BaseException | None) -> E:
     """``error`` with what ``source`` (the error it stands for, e.g. a cancellation by ``close``) said the request
-    cost, if ``source`` says so."""
+    cost, and its trace, if ``source`` says so."""
     found = {} if source is None else vars(source)
     for name in _COST_FIELDS:
         if name in found:

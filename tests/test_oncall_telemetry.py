@@ -3,7 +3,11 @@ of a request that failed (the real OTel SDK with an in-memory exporter, the loop
 
 from __future__ import annotations
 
-from genroute import Router
+from typing import Any
+
+import pytest
+
+from genroute import BackendUnavailable, BudgetExceeded, Router
 from genroute.testing import Fault, GeminiTestServer
 
 from .conftest import Otel, gemini_config
@@ -32,3 +36,51 @@ def test_a_call_answered_at_once_has_no_retry_event(gemini_server: GeminiTestSer
         router.generate("Capital of France?")
     (call,) = otel.spans("generate_content")
     assert [e.name for e in call.events] == []
+
+
+def _root(otel: Otel) -> Any:
+    (root,) = otel.spans("genroute.generate")
+    return root
+
+
+def test_a_failed_request_s_error_names_its_trace_as_a_result_does(gemini_server: GeminiTestServer,
+                                                                    otel: Otel) -> None:
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"]["retry"]["attempts"] = 1
+    gemini_server.fault(Fault.status(503))
+    with Router.from_config(config, **otel.providers) as router:
+        with pytest.raises(BackendUnavailable) as caught:
+            router.generate("Capital of France?")
+    assert caught.value.trace_id == format(_root(otel).context.trace_id, "032x")
+
+
+def test_a_budget_refusal_names_its_trace(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "budget", "budget_usd": 0.001, "costs": {"chat": 0.01},
+                        "inner": {"kind": "static", "backend": "chat"}}
+    with Router.from_config(config, **otel.providers) as router:
+        with pytest.raises(BudgetExceeded) as caught:
+            router.generate("Capital of France?", key="cust-1")
+    root = _root(otel)
+    assert root.attributes["error.type"] == "BudgetExceeded"
+    assert caught.value.trace_id == format(root.context.trace_id, "032x")
+
+
+def test_without_a_tracer_provider_a_failed_request_s_error_has_no_trace_id(gemini_server: GeminiTestServer) -> None:
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"]["retry"]["attempts"] = 1
+    gemini_server.fault(Fault.status(503))
+    with Router.from_config(config) as router:
+        with pytest.raises(BackendUnavailable) as caught:
+            router.generate("Capital of France?")
+    assert caught.value.trace_id is None
+
+
+def test_a_failed_stream_s_error_names_its_trace(gemini_server: GeminiTestServer, otel: Otel) -> None:
+    config = gemini_config(gemini_server)
+    config["engines"]["gemini"]["retry"]["attempts"] = 1
+    gemini_server.fault(Fault.status(503))
+    with Router.from_config(config, **otel.providers) as router:
+        with pytest.raises(BackendUnavailable) as caught:
+            list(router.stream("Capital of France?"))
+    assert caught.value.trace_id == format(_root(otel).context.trace_id, "032x")

@@ -170,6 +170,7 @@ async def test_a_stream_read_as_the_close_ends_it_gets_the_error_with_what_it_co
     (root,) = otel.spans("genroute.generate")
     assert caught.value.cost_usd > 0
     assert caught.value.cost_usd == pytest.approx(root.attributes["gen_ai.usage.cost.amount"])
+    assert caught.value.trace_id == format(root.context.trace_id, "032x")  # and the trace that says how
     assert budget_usage(router) == {"spent": pytest.approx(caught.value.cost_usd, abs=1e-9), "reserved": 0.0}
 
 
@@ -194,6 +195,8 @@ def test_sync_stream_mid_step_and_idle_both_end_with_a_typed_error(gemini_server
     assert costs[0] > 0 and costs == pytest.approx(sorted(r.attributes["gen_ai.usage.cost.amount"]
                                                           for r in otel.spans("genroute.generate")))
     assert budget_usage(router)["spent"] == pytest.approx(sum(costs))
+    assert sorted([out["error"].trace_id, closed_idle.value.trace_id]) == sorted(
+        format(r.context.trace_id, "032x") for r in otel.spans("genroute.generate"))
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text  # closed quietly
     # The stream the router closed between chunks ends its trace with the caller's UsageError (not as if the caller
     # had stopped reading); the one cut mid-step, with the cancellation close used.

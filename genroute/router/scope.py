@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -125,7 +126,11 @@ class RootSpan(CurrentSpan):
         self._end(exc)
 
     def _end(self, exc: BaseException) -> None:
-        """End the span of a request that ``exc`` ended."""
+        """End the span of a request that ``exc`` ended; ``exc`` (a genroute error, or a cancellation that ``close``
+        turns into one: ``carrying_cost``) carries the trace id, as a result does, for the caller to find the trace."""
+        context = self.span.get_span_context()
+        if context.is_valid and isinstance(exc, GenrouteError | asyncio.CancelledError):
+            vars(exc)["trace_id"] = format(context.trace_id, "032x")
         if type(exc) is GeneratorExit:  # the caller stopped reading a stream: its choice, not a failure
             self.span.set_attribute("genroute.stream.closed_early", True)
         else:
