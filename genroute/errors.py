@@ -229,7 +229,10 @@ class ToolLoopExceeded(BackendError):
 
 
 class ValidationFailed(BackendError):
-    """A validator rejected a backend's answer."""
+    """A validator rejected a backend's answer; ``validator`` is the name the rung gave it (``regex:...``,
+    ``judge:B``, a ``validators:`` entry), when a rung's check raised it."""
+
+    validator: str | None = None
 
 
 class StreamInterrupted(BackendError):

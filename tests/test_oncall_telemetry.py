@@ -11,6 +11,7 @@ from genroute import BackendUnavailable, BudgetExceeded, Router
 from genroute.testing import Fault, GeminiTestServer
 
 from .conftest import Otel, gemini_config
+from .server_ports import free_port
 
 
 def test_a_retried_call_says_on_its_span_which_attempt_failed_why_and_how_long_it_waited(
@@ -84,3 +85,38 @@ def test_a_failed_stream_s_error_names_its_trace(gemini_server: GeminiTestServer
         with pytest.raises(BackendUnavailable) as caught:
             list(router.stream("Capital of France?"))
     assert caught.value.trace_id == format(_root(otel).context.trace_id, "032x")
+
+
+def test_a_rung_a_validator_refused_names_that_validator_on_its_event(gemini_server: GeminiTestServer,
+                                                                      otel: Otel) -> None:
+    config = gemini_config(gemini_server)
+    config["backends"]["pro"] = {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-pro"}
+    config["policy"] = {"kind": "cascade", "rungs": [
+        {"backend": "chat", "validators": ["nonempty", "regex:^(yes|no)$"]}, {"backend": "pro"}]}
+    gemini_server.reply_text("maybe")
+    gemini_server.reply_text("yes")
+    with Router.from_config(config, **otel.providers) as router:
+        result = router.generate("Is Paris in France?")
+    assert result.backend == "pro"
+    refused, served = [dict(e.attributes) for e in _root(otel).events if e.name == "genroute.rung"]
+    assert refused["genroute.rung.outcome"] == "rejected_by_validator"
+    assert refused["genroute.validator"] == "regex:^(yes|no)$"
+    assert "genroute.validator" not in served
+
+
+def test_a_judge_whose_own_call_failed_is_named_on_the_refused_rung_s_event(gemini_server: GeminiTestServer,
+                                                                            otel: Otel) -> None:
+    config = gemini_config(gemini_server)
+    # The judge's engine answers nothing (a closed port): its call fails, so the answer cannot be checked.
+    config["engines"]["down"] = {"kind": "gemini", "base_url": f"http://127.0.0.1:{free_port()}", "api_key": "k",
+                                 "retry": {"attempts": 1}}
+    config["backends"]["judge"] = {"kind": "prompt_template", "engine": "down", "model": "gemini-2.5-flash"}
+    config["backends"]["pro"] = {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-pro"}
+    config["policy"] = {"kind": "cascade", "rungs": [
+        {"backend": "chat", "validators": ["nonempty", "judge:judge"]}, {"backend": "pro"}]}
+    gemini_server.reply_text("maybe")       # chat's answer
+    gemini_server.reply_text("yes")         # the next rung's
+    with Router.from_config(config, **otel.providers) as router:
+        assert router.generate("Is Paris in France?").backend == "pro"
+    refused = next(dict(e.attributes) for e in _root(otel).events if e.name == "genroute.rung")
+    assert (refused["genroute.rung.outcome"], refused["genroute.validator"]) == ("rejected_by_validator", "judge:judge")

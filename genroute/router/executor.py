@@ -238,9 +238,15 @@ class Executor(Shadows):
         """Raise ``ValidationFailed`` with the first check's reason for rejecting ``output``."""
         run = functools.partial(self._run_for_check, request, decision, ctx)
         for check in checks:
-            reason = await check(request, output, run)
+            try:
+                reason = await check(request, output, run)
+            except ValidationFailed as exc:  # a judge whose own call failed
+                exc.validator = rung.validators[checks.index(check)]
+                raise
             if reason is not None:
-                raise ValidationFailed(f"{rung.backend}: {reason}", backend=rung.backend)
+                error = ValidationFailed(f"{rung.backend}: {reason}", backend=rung.backend)
+                error.validator = rung.validators[checks.index(check)]  # the name, for the rung's event
+                raise error
 
     async def _run_for_check(self, request: GenerateRequest, decision: Decision, ctx: RunContext,
                              backend: str, check_request: GenerateRequest) -> BackendOutput:

@@ -79,6 +79,8 @@ class Ledger:
                 event["genroute.cost.estimated"] = True
             if error_type is not None:
                 event["error.type"] = error_type
+                if isinstance(error, ValidationFailed) and error.validator is not None:  # which check refused it
+                    event["genroute.validator"] = error.validator
             span.add_event("genroute.rung", event)
         self.attempts += (attempt,)
         add_spend(self, ctx)
