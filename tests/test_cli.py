@@ -453,3 +453,26 @@ def test_version_prints_the_installed_packages_version(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out == f"genroute {version('genroute')}\n"
+
+
+def test_generate_trace_shows_the_policy_s_reason_each_rung_tried_and_each_retry(tmp_path, gemini_server, capsys,
+                                                                                 monkeypatch):
+    # The tree showed the backend and the policy only: not why, nor the rung a validator refused, nor the 503 that
+    # was retried (the call's span just took longer).
+    config = gemini_config(gemini_server)
+    config["backends"]["pro"] = {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-pro"}
+    config["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["regex:^(yes|no)$"]},
+                                                     {"backend": "pro"}]}
+    path = tmp_path / "genroute.yaml"
+    path.write_text(yaml.safe_dump(config))
+    gemini_server.fault(Fault.status(503))
+    gemini_server.reply_text("maybe")
+    gemini_server.reply_text("yes")
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps a line wider than the terminal
+    assert main(["generate", "Is Paris in France?", "--config", str(path), "--trace"]) == 0
+    err = capsys.readouterr().err
+    assert "reason: cascade: chat[regex:^(yes|no)$] -> pro" in err
+    assert ("genroute.rung backend=chat outcome=rejected_by_validator validator=regex:^(yes|no)$ "
+            "error=ValidationFailed") in err
+    assert "genroute.rung backend=pro outcome=ok" in err
+    assert "genroute.retry attempt=1 error=BackendUnavailable status=503 wait_s=" in err

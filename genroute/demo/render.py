@@ -74,6 +74,20 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+#: Span events shown under their span (a rung tried, a retried attempt), with the attributes each shows.
+_EVENTS = {
+    "genroute.rung": {"genroute.backend": "backend", "genroute.rung.outcome": "outcome",
+                      "genroute.validator": "validator", "error.type": "error",
+                      "gen_ai.usage.cost.amount": "cost_usd"},
+    "genroute.retry": {"genroute.retry.attempt": "attempt", "error.type": "error",
+                       "http.response.status_code": "status", "genroute.retry.wait_s": "wait_s"},
+}
+
+
+def _labelled(attributes: Any, shown: dict[str, str]) -> str:
+    return " ".join(f"{label}={_shown(attributes[k])}" for k, label in shown.items() if k in attributes)
+
+
 def span_tree(spans: Sequence[Any]) -> Tree:
     """The exported spans as a tree per trace, with durations and the key attributes."""
     children: dict[int | None, list[Any]] = {}
@@ -84,9 +98,14 @@ def span_tree(spans: Sequence[Any]) -> Tree:
 
     def add(node: Tree, span: Any) -> None:
         ms = (span.end_time - span.start_time) / 1e6
-        attrs = " ".join(f"{label}={_shown(span.attributes[k])}" for k, label in _SHOWN.items()
-                         if k in span.attributes)
+        attrs = _labelled(span.attributes, _SHOWN)
         branch = node.add(f"{escape(span.name)} [cyan]{ms:.1f} ms[/] [dim]{escape(attrs)}[/]")
+        if "genroute.reason" in span.attributes:  # why the policy chose: on its own line, it may be long
+            branch.add(f"[dim]reason: {escape(str(span.attributes['genroute.reason']))}[/]")
+        for event in span.events:  # each rung tried after the first, each retried attempt
+            shown = _EVENTS.get(event.name)
+            if shown is not None:
+                branch.add(f"[yellow]{escape(event.name)}[/] [dim]{escape(_labelled(event.attributes, shown))}[/]")
         for child in sorted(children.get(span.context.span_id, []), key=lambda s: s.start_time):
             add(branch, child)
 
