@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import secrets
@@ -41,7 +40,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False, keep: 
     name (in a directory others can write to) is never followed, so no other file is overwritten; a link planted at
     ``path`` itself is replaced, not written through. ``private``: the file is readable by its owner only (0600: it
     holds captured inputs and outputs); otherwise the process umask decides, as for any file it creates, unless
-    ``same_mode``: the file keeps the mode of the one it replaces (a config, a results file the user chmod'ed).
+    ``same_mode``: the file keeps the permission bits of the one it replaces (a config, a results file the user
+    chmod'ed) when that is a regular file of this user's (``_own_mode``).
     ``keep``: a file already at ``path`` (another process made it first) is kept, not replaced. ``durable``: the data
     and the rename are fsync'd (a crash brings back neither half a file nor the old one). Returns whether ``data``
     was published at ``path``.
@@ -62,9 +62,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False, keep: 
             if keep or durable:
                 handle.flush()
                 os.fsync(handle.fileno())
-        if same_mode and not private:
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        if same_mode and not private and (kept := _own_mode(path)) is not None:
+            os.chmod(tmp, kept)
         if not keep:
             os.replace(tmp, path)
         else:
@@ -77,6 +76,20 @@ def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False, keep: 
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _own_mode(path: Path) -> int | None:
+    """The permission bits (``rwx`` only: no set-id or sticky bit) of the regular file at ``path`` when this user owns
+    it, else ``None``: a link planted at ``path``, to a file of another user's that everyone may read and write, must
+    not choose the mode of what genroute writes there."""
+    try:
+        found = path.stat()
+    except OSError:  # nothing there (or a dangling link): a new file
+        return None
+    owner = getattr(os, "geteuid", None)
+    if not stat.S_ISREG(found.st_mode) or (owner is not None and found.st_uid != owner()):
+        return None
+    return stat.S_IMODE(found.st_mode) & 0o777
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -223,3 +223,27 @@ def test_a_rewritten_config_keeps_its_mode_and_its_commented_copy_is_the_owners(
     assert "pro" in config.read_text() and _mode(config) == 0o640
     assert _mode(tmp_path / "app.yaml.bak") == 0o600 and "why" in (tmp_path / "app.yaml.bak").read_text()
     assert not (tmp_path / "victim.txt").exists()
+
+
+def test_a_kept_mode_is_the_replaced_files_own_permission_bits(tmp_path: Path, umask_022: None) -> None:
+    # same_mode copied every mode bit of whatever stood at the path, following a link: a set-id bit came along (the
+    # mkstemp it replaced kept rwx only), and a link planted at results.jsonl (or a config) to a file of another
+    # user's that anyone may write made the file genroute wrote there 0666, its captured rows open to every user.
+    from genroute.cache import atomic_write_bytes
+
+    own = tmp_path / "results.jsonl"
+    own.write_text("{}\n")
+    own.chmod(0o4750)
+    atomic_write_bytes(own, b"new\n", same_mode=True)
+    assert own.read_text() == "new\n" and _mode(own) == 0o750
+    if os.geteuid() != 0:
+        pytest.skip("a file of another user's is made by root here")
+    theirs = tmp_path / "theirs.txt"
+    theirs.write_text("x\n")
+    theirs.chmod(0o666)
+    os.chown(theirs, 65534, 65534)
+    planted = tmp_path / "shared" / "results.jsonl"
+    planted.parent.mkdir()
+    planted.symlink_to(theirs)
+    atomic_write_bytes(planted, b"rows\n", same_mode=True)
+    assert not planted.is_symlink() and _mode(planted) == 0o644 and theirs.read_text() == "x\n"
