@@ -106,18 +106,22 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_via(path: Path, write: Callable[[Path], object], *, private: bool = False) -> None:
+def atomic_write_via(path: Path, write: Callable[[Path], object], *, private: bool = False,
+                     same_mode: bool = False) -> None:
     """Publish at ``path`` the file ``write`` makes at the path it is given: for a library that writes by name
     (gguf, safetensors, matplotlib, a weights package), which opens its file following links. ``write`` writes into
     a new directory beside ``path`` that only this user can enter (``mkdtemp``, 0700), so nothing anyone else plants
     is in its way; the file is then renamed over ``path`` (readers see nothing or the whole file) and the directory
-    removed, whatever ``write`` raised. ``private``: the file is made 0600 before it is published."""
+    removed, whatever ``write`` raised. ``private``: the file is made 0600 before it is published; ``same_mode``: it
+    keeps the mode of the one it replaces, as ``atomic_write_bytes``'s."""
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         tmp = staging / path.name
         write(tmp)
         if private:
             os.chmod(tmp, 0o600)
+        elif same_mode and (kept := _own_mode(path)) is not None:
+            os.chmod(tmp, kept)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -247,3 +247,22 @@ def test_a_kept_mode_is_the_replaced_files_own_permission_bits(tmp_path: Path, u
     planted.symlink_to(theirs)
     atomic_write_bytes(planted, b"rows\n", same_mode=True)
     assert not planted.is_symlink() and _mode(planted) == 0o644 and theirs.read_text() == "x\n"
+
+
+def test_a_rerun_keeps_the_mode_the_user_gave_its_report_files(tmp_path: Path, umask_022: None,
+                                                               request: pytest.FixtureRequest) -> None:
+    # write_text rewrote report.md, report.html, summary.json, run.json and the chart in place, so a report the user
+    # made 0600 (it quotes answers to their records) stayed so on a rerun; the link-safe writes of 3d74681 replaced
+    # each with a new file under the umask: 0644, readable by every local user. They keep the mode, as a rerun's
+    # results.jsonl does.
+    out = tmp_path / "out"
+    out.mkdir()
+    names = _bench_report(out, request) + _bench_manifest(out, request)
+    for name in names:
+        (out / name).chmod(0o600)
+    _bench_report(out, request)
+    _bench_manifest(out, request)
+    assert {name: oct(_mode(out / name)) for name in names} == {name: oct(0o600) for name in names}
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert _mode(fresh / _bench_report(fresh, request)[0]) == 0o644  # a new file: the umask's, as before

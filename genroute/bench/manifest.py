@@ -159,7 +159,8 @@ def check_and_write(out_dir: str | Path, manifest: RunManifest, *, results: Path
     final = manifest.model_copy(update={"targets": targets, "prices": prices})
     from genroute.cache import atomic_write_bytes
 
-    atomic_write_bytes(path, (final.model_dump_json(indent=2) + "\n").encode("utf-8"))  # past a planted link
+    # Past a planted link, keeping the mode a rerun's run.json had.
+    atomic_write_bytes(path, (final.model_dump_json(indent=2) + "\n").encode("utf-8"), same_mode=True)
     return path
 
 

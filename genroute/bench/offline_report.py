@@ -217,7 +217,8 @@ def curve_png(report: OfflineReport, path: Path) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     from genroute.cache import atomic_write_via
 
-    atomic_write_via(path, lambda tmp: fig.savefig(tmp, dpi=100))  # matplotlib opens its file following links
+    # matplotlib opens its file following links; a chart the user chmod'ed keeps its mode, as write_text kept it
+    atomic_write_via(path, lambda tmp: fig.savefig(tmp, dpi=100), same_mode=True)
     plt.close(fig)
     return path
 

@@ -243,7 +243,8 @@ def pareto_png(summaries: Sequence[Summary], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     from genroute.cache import atomic_write_via
 
-    atomic_write_via(path, lambda tmp: fig.savefig(tmp, dpi=100))  # matplotlib opens its file following links
+    # matplotlib opens its file following links; a chart the user chmod'ed keeps its mode, as write_text kept it
+    atomic_write_via(path, lambda tmp: fig.savefig(tmp, dpi=100), same_mode=True)
     plt.close(fig)
     return path
 
@@ -296,16 +297,17 @@ def write_report(out_dir: str | Path, summaries: Sequence[Summary], *, title: st
     if png is not None:
         md.append("\n![Pareto chart](pareto.png)\n")
     paths = {"markdown": out / "report.md", "html": out / "report.html", "summary": out / "summary.json"}
-    # Each replaced whole, past a link planted in a shared output directory (which write_text followed).
+    # Each replaced whole, past a link planted in a shared output directory (which write_text followed), keeping the
+    # mode a rerun's file had (as write_text did: a report the user made 0600 holds answers to their records).
     from genroute.cache import atomic_write_bytes
 
-    atomic_write_bytes(paths["markdown"], "".join(md).encode("utf-8"))
+    atomic_write_bytes(paths["markdown"], "".join(md).encode("utf-8"), same_mode=True)
     atomic_write_bytes(paths["html"], html_report(summaries, png, title=title, sections=sections, out_dir=out,
                                                   records=records, outcomes=outcomes,
-                                                  per_record=per_record).encode("utf-8"))
+                                                  per_record=per_record).encode("utf-8"), same_mode=True)
     atomic_write_bytes(paths["summary"], (json.dumps([s.model_dump(mode="json", exclude=None if s.labels else
                                                                     {"labels"}) for s in summaries], indent=2)
-                                          + "\n").encode("utf-8"))
+                                          + "\n").encode("utf-8"), same_mode=True)
     if png is not None:
         paths["png"] = png
     return paths

@@ -215,8 +215,8 @@ async def _run(args: argparse.Namespace) -> Any:
     # The tuning step's report is kept for every later --decide (its CPU time feeds the advisor).
     from genroute.cache import atomic_write_bytes
 
-    atomic_write_bytes(out / ("decision.json" if args.decide else "graduation.json"),
-                       (report.model_dump_json(indent=2) + "\n").encode("utf-8"))  # past a planted link
+    atomic_write_bytes(out / ("decision.json" if args.decide else "graduation.json"),  # past a planted link
+                       (report.model_dump_json(indent=2) + "\n").encode("utf-8"), same_mode=True)
     return report
 
 
