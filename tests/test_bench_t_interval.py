@@ -198,3 +198,15 @@ def test_a_level_whose_quantile_rounds_to_1_is_a_usage_error_naming_the_level() 
     assert quantile.value.field == "p" and "(got 1.0)" in quantile.value.message
     low, high = t_interval([0.1, 0.5, 0.9], level=0.9999999999999998)  # the last level below it still has one
     assert low < 0.5 < high
+
+
+def test_a_bound_given_on_one_side_only_still_cuts_the_interval() -> None:
+    # t_interval and welch_interval cut their interval to ``bounds`` (a mean of costs >= 0, say); since 0d0e9ab
+    # widened the interval between two finite bounds, a bound given on one side only was dropped: [0.05, 0.1, 0.9]
+    # with bounds (0, inf) read [-0.835, 1.535], below the one bound the caller gave (mean 0.35, s² = 0.2275,
+    # t(0.975, 2) = 4.302653: half-width 1.184858).
+    assert t_interval([0.05, 0.1, 0.9], bounds=(0.0, math.inf)) == pytest.approx((0.0, 0.35 + 1.184858), abs=2e-6)
+    assert t_interval([0.05, 0.1, 0.9], bounds=(-math.inf, 1.0)) == pytest.approx((0.35 - 1.184858, 1.0), abs=2e-6)
+    # Welch's, likewise (the two samples of the by-hand case above: 0.15 ± 0.613533)
+    assert welch_interval([0.1, 0.5, 0.9, 0.3], [0.2, 0.4, 0.6, 0.2, 0.1], bounds=(-0.2, math.inf)) == \
+        pytest.approx((-0.2, 0.15 + 0.613533), abs=2e-6)

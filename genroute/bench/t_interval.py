@@ -111,10 +111,10 @@ def t_interval_of(moments: Moments, *, level: float = 0.95,
 
     Half-widths ``sqrt(T² + ((mean - low) * u)²)`` below the mean and ``sqrt(T² + ((high - mean) * u)²)`` above it,
     ``T = t(1 - alpha/2, n - 1) * sd / sqrt(n)`` (the t part) and ``u = unseen_share(n, level)``, when ``bounds`` =
-    (low, high) are finite (scores in [0, 1], or a difference of two in [-1, 1]); the t part alone, as before, when
-    they are not. The ``u`` part is the mass a sample of ``n`` can miss at a bound: n equal scores say nothing of a
-    spread (their t part is 0), but a share ``u`` at the bound could have gone unseen (at n = 1 the interval is
-    ``[low + (m - low) * 0.025, ...]``, Markov's bound). The two are squared and added, as two independent errors
+    (low, high) are finite (scores in [0, 1], or a difference of two in [-1, 1]); the t part alone, cut to the one
+    that is finite (as before), when they are not both. The ``u`` part is the mass a sample of ``n`` can miss at a
+    bound: n equal scores say nothing of a spread (their t part is 0), but a share ``u`` at the bound could have gone
+    unseen (at n = 1 the interval is ``[low + (m - low) * 0.025, ...]``, Markov's bound). The two are squared and added, as two independent errors
     (and as Newcombe's square-and-add joins two intervals): the interval is continuous in the values, the unseen
     part rules at small n and near-equal scores, the t part at large n (``benchmarks/graded_intervals.py``).
     """
@@ -123,8 +123,8 @@ def t_interval_of(moments: Moments, *, level: float = 0.95,
     half = 0.0 if n < 2 or moments.constant else \
         student_t_quantile((1 + level) / 2, n - 1) * math.sqrt(moments.variance) / math.sqrt(n)
     low, high = bounds
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return mean - half, mean + half
+    if not (math.isfinite(low) and math.isfinite(high)):  # cut to a bound given on one side only
+        return max(low, mean - half), min(high, mean + half)
     u = unseen_share(n, level)
     return max(low, mean - math.hypot(half, (mean - low) * u)), min(high, mean + math.hypot(half, (high - mean) * u))
 
@@ -156,4 +156,4 @@ def welch_interval(a: Sequence[float], b: Sequence[float], *, level: float = 0.9
     difference = means[0] - means[1]
     half = 0.0 if not spreads else \
         student_t_quantile((1 + level) / 2, min(df for _, df in spreads)) * math.sqrt(sum(v for v, _ in spreads))
-    return difference - half, difference + half
+    return max(bounds[0], difference - half), min(bounds[1], difference + half)
