@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from genroute.errors import ConfigError
+from genroute.errors import ConfigError, UsageError
 
 
 def cache_dir(*parts: str) -> Path:
@@ -76,6 +76,21 @@ def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False, keep: 
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def open_unlinked(path: Path, flags: int, *, field: str) -> int:
+    """``os.open(path, flags, 0o666)`` that does not follow a link at ``path`` itself (``O_NOFOLLOW``): for a file
+    genroute adds to or cuts in place in a directory the user chooses (a bench's ``results.jsonl``), where a link
+    planted at its name would send the rows to, or cut, another file. ``UsageError`` naming ``field`` when a link is
+    there."""
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UsageError(f"{path} is a symbolic link: genroute does not write through one (a link planted in a "
+                         "shared directory would send what it writes to another file); remove it",
+                         field=field) from None
 
 
 def _own_mode(path: Path) -> int | None:

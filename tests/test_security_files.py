@@ -266,3 +266,25 @@ def test_a_rerun_keeps_the_mode_the_user_gave_its_report_files(tmp_path: Path, u
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     assert _mode(fresh / _bench_report(fresh, request)[0]) == 0o644  # a new file: the umask's, as before
+
+
+@pytest.mark.parametrize("target", ["missing", "existing"])
+def test_a_link_planted_at_results_jsonl_is_refused_not_written_through(target: str, tmp_path: Path) -> None:
+    # The rewrite of results.jsonl went past a planted link (9839b2c), but a bench's own appends did not: a link at
+    # results.jsonl to a file not there yet made the run's rows (answers to the user's records) a file wherever
+    # the link pointed, and one to an existing file without a final newline had that file's last line cut off.
+    from genroute.bench.runner import Outcome, ResultsLog
+    from genroute.errors import UsageError
+
+    out = tmp_path / "shared"
+    out.mkdir()
+    victim = tmp_path / ("stolen.jsonl" if target == "missing" else "notes.txt")
+    if target == "existing":
+        victim.write_text("keep\nthis last line")
+    (out / "results.jsonl").symlink_to(victim)
+    with pytest.raises(UsageError) as refused:
+        log = ResultsLog(out)
+        log.append(Outcome(backend="b", record_id="r1", ok=True, score=1.0, scorer="exact"))
+        log.close()
+    assert refused.value.field == "out_dir" and "symbolic link" in refused.value.message
+    assert not victim.exists() if target == "missing" else victim.read_text() == "keep\nthis last line"

@@ -17,6 +17,7 @@ from genroute.bench.datasets import GOLD_KEYS
 from genroute.bench.record_tools import answering_router
 from genroute.bench.scorers import check_golds
 from genroute.bench.setup_failures import SetupWatch
+from genroute.cache import open_unlinked
 from genroute.bounds import Number, WholeNumber, is_whole
 from genroute.config_errors import check_list, not_a, pydantic_validated_json
 from genroute.config_location import locate
@@ -101,14 +102,18 @@ class ResultsLog:
         self._load()
 
     def _load(self) -> None:
-        if not self.path.exists():
+        # Opened past no link at its name (open_unlinked): one planted in a shared output directory had its target
+        # read, cut at its last newline and appended to.
+        try:
+            with os.fdopen(open_unlinked(self.path, os.O_RDONLY, field="out_dir"), "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
             return
-        data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
         if end < len(data):
             # A run killed mid-write leaves a partial last line: drop it so appends start on a clean line.
-            with self.path.open("r+b") as fh:
-                fh.truncate(end)
+            with os.fdopen(open_unlinked(self.path, os.O_WRONLY, field="out_dir"), "wb") as cut:
+                cut.truncate(end)
         self.outcomes = parse_outcomes(data[:end], self.path)
 
     def done(self, key: tuple[str, str], *, retry_failed: bool = False) -> bool:
@@ -125,7 +130,8 @@ class ResultsLog:
         if outcome.key in self.outcomes and not replace:
             return
         if self._fh is None:
-            self._fh = self.path.open("a", encoding="utf-8")
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            self._fh = os.fdopen(open_unlinked(self.path, flags, field="out_dir"), "a", encoding="utf-8")
         # One write of a whole line: a crash can only cut the last line, which _load drops.
         self._fh.write(outcome.model_dump_json() + "\n")
         self._fh.flush()
