@@ -6,8 +6,7 @@ them must resolve (``test_every_relative_link_resolves``), and every docs page i
 
 How blocks are run:
 
-- A ```python block is executed as a script in a fresh temporary working directory (top-level ``await`` is
-  allowed: such a block runs under ``asyncio.run``). It passes when it raises nothing, twice: a reader runs a
+- A ```python block is executed as a script in a fresh temporary working directory. It passes when it raises nothing, twice: a reader runs a
   block again, so what its first run left behind (files, spend in a Redis budget) must not break the second.
   A comment line right below a ``print(...)`` line shows what that print writes: it must be a line the block
   printed (``# {'large': 14, 'small': 10}``); explain an output in a comment on the print line itself.
@@ -35,6 +34,9 @@ with any of these space-separated directives:
 - ``continue``: a Python block that runs right after the Python block before it on the same page, in the same
   namespace and working directory (for a section that goes on with the objects the previous block made).
 - ``not-config``: a YAML block that is data, not a router configuration (it is only parsed).
+- ``jupyter``: a Python block that is a notebook cell, as the page says: top-level ``await`` is allowed (the block
+  runs under ``asyncio.run``). Any other block must be a script ``python`` runs as written (a top-level ``await``
+  or ``async with`` copied into a file is a SyntaxError).
 
 There is no "skip": a block that cannot run as written is a README bug. Blocks in other languages (bash,
 plain text) are not run here; the commands in the Quickstart are what ``.ci/run`` itself runs, every flag the
@@ -71,7 +73,7 @@ DOCS = ROOT / "docs"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
 _FENCE = re.compile(r"^```(\w*)\s*$")
 _DIRECTIVE = re.compile(r"^<!--\s*readme-test:(?P<body>.*?)-->\s*$")
-_KNOWN = {"setup", "file", "continue", "not-config"}
+_KNOWN = {"setup", "file", "continue", "not-config", "jupyter"}
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Block:
     file: str | None = None
     cont: bool = False
     config: bool = True
+    jupyter: bool = False
     previous: Block | None = field(default=None, repr=False)
 
 
@@ -127,6 +130,10 @@ def readme_blocks(text: str, page: str = "README.md") -> list[Block]:
                 block.cont, block.previous = True, last_python
             elif name == "not-config":
                 block.config = False
+            elif name == "jupyter":
+                if block.lang != "python":
+                    raise ValueError(f"{page}:{block.line}: `jupyter` marks a Python block")
+                block.jupyter = True
         if block.lang == "python":
             last_python = block
         blocks.append(block)
@@ -285,7 +292,8 @@ def _run_python(block: Block, namespace: dict[str, Any]) -> None:
     filename = f"{block.page}:{block.line}"
     # Line numbers in tracebacks point into the page.
     source = "\n" * block.line + block.code
-    code = compile(source, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    # Top-level await only in a notebook cell: elsewhere a reader's `python script.py` would refuse it.
+    code = compile(source, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if block.jupyter else 0)
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
@@ -321,6 +329,18 @@ def test_directives_are_parsed() -> None:
         readme_blocks("<!-- readme-test: skip -->\n```python\npass\n```\n")
     with pytest.raises(ValueError, match="unknown setup"):
         readme_blocks("<!-- readme-test: setup=nope -->\n```python\npass\n```\n")
+    (cell,) = readme_blocks("<!-- readme-test: jupyter -->\n```python\nawait x\n```\n")
+    assert cell.jupyter
+    with pytest.raises(ValueError, match="`jupyter` marks a Python block"):
+        readme_blocks("<!-- readme-test: jupyter -->\n```yaml\na: 1\n```\n")
+
+
+def test_only_a_notebook_cell_may_await_at_the_top() -> None:
+    """A block a reader copies into a script must run as one: top-level ``await`` fails to compile there."""
+    script = "import asyncio\nasync def f():\n    return 1\nprint(await f())\n# 1\n"
+    with pytest.raises(SyntaxError):
+        _run_python(Block(line=1, lang="python", code=script), {})
+    _run_python(Block(line=1, lang="python", code=script, jupyter=True), {})
 
 
 def test_shown_outputs_must_be_printed() -> None:
