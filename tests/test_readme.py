@@ -351,6 +351,22 @@ def test_shown_outputs_must_be_printed() -> None:
         _run_python(Block(line=1, lang="python", code="print({'a': 2})\n# {'a': 1}\n"), {})
 
 
+def test_every_file_a_block_is_saved_as_is_named_to_the_reader() -> None:
+    """A ``file=PATH`` block is one later blocks load or import: the prose right above it (since the block before)
+    must name ``PATH`` (README.md: "Save this as `genroute.yaml`"), or a reader copying the next block has no such
+    file (docs/extending.md's `from mykinds import ...` named a file the page never told the reader to save)."""
+    unnamed = []
+    for name, text in TEXTS.items():
+        lines = text.splitlines()
+        for block in (b for b in readme_blocks(text, name) if b.file):
+            start = block.line - 2
+            while start > 0 and not lines[start - 1].startswith("```"):
+                start -= 1
+            if f"`{block.file}`" not in "\n".join(lines[start:block.line - 1]):
+                unnamed.append(f"{name}:{block.line}: {block.file}")
+    assert not unnamed, f"blocks saved as a file the text above them does not name: {unnamed}"
+
+
 def test_environment_is_restored() -> None:
     # The setups use monkeypatch, so nothing of one block leaks into the next test.
     assert "GOOGLE_GEMINI_BASE_URL" not in os.environ
