@@ -414,13 +414,30 @@ def test_every_collection_name_the_readme_shows_is_one_chroma_takes() -> None:
         check_collection_name(name, "collection")  # UsageError for a name Chroma refuses (too short, say)
 
 
+def _cli_commands(capsys: pytest.CaptureFixture[str]) -> set[str]:
+    """Every subcommand ``genroute --help`` lists (a list written here left ``genroute health`` out of both checks
+    below)."""
+    from genroute.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    listed = re.search(r"\{([\w,-]+)\}", capsys.readouterr().out)
+    assert listed, "no subcommands in `genroute --help`"
+    return set(listed.group(1).split(","))
+
+
+def test_the_cli_commands_are_read_from_its_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    assert {"demo", "generate", "ingest", "health", "bench", "tune", "compile", "graduate"} <= _cli_commands(capsys)
+
+
 def test_every_command_line_flag_the_readme_shows_exists(capsys: pytest.CaptureFixture[str]) -> None:
     """The plain ``genroute ...`` blocks are not run (they need data and models), but every flag they show must be
     one the command takes."""
     from genroute.cli import main
 
     shown = _command_lines(TEXT)
-    assert {"demo", "generate", "ingest", "bench", "tune", "compile", "graduate"} <= set(shown)
+    assert _cli_commands(capsys) <= set(shown), "a command no page's command lines show"
     for command, flags in sorted(shown.items()):
         with pytest.raises(SystemExit) as done:
             main([command, "--help"])
@@ -437,7 +454,7 @@ def test_every_flag_a_command_takes_is_in_the_readme(capsys: pytest.CaptureFixtu
     from genroute.cli import main
 
     shown = _command_lines(TEXT)
-    commands = {"demo", "generate", "ingest", "bench", "tune", "compile", "graduate"}
+    commands = _cli_commands(capsys)
     for command in sorted(commands):
         with pytest.raises(SystemExit) as done:
             main([command, "--help"])
