@@ -512,6 +512,65 @@ def test_every_built_in_setting_is_in_the_readme() -> None:
     assert not unnamed, f"settings the README does not name: {unnamed}"
 
 
+def _section_settings() -> dict[str, set[str]]:
+    """The settings each config section (and each settings group a dotted path goes through) takes: for
+    ``engines``, ``backends`` and ``policy`` those of any built-in kind."""
+    import importlib
+
+    from genroute.admission.breaker import BreakerConfig
+    from genroute.admission.ratelimit import RateLimitConfig
+    from genroute.backends.base import GenerationSettings
+    from genroute.config import TelemetryConfig
+    from genroute.engines.gemini_config import VertexConfig
+    from genroute.engines.retry import RetryConfig
+    from genroute.knowledge.store_config import StoreConfig
+    from genroute.outcomes.settings import OutcomeSettings
+    from genroute.registry import BUILTIN
+    from genroute.state import MemoryStateConfig, RedisStateConfig
+
+    settings = {"telemetry": set(TelemetryConfig.model_fields), "knowledge": set(StoreConfig.model_fields),
+                "outcomes": set(OutcomeSettings.model_fields), "breakers": set(BreakerConfig.model_fields),
+                "state": set(RedisStateConfig.model_fields) | set(MemoryStateConfig.model_fields),
+                "rate_limits": set(RateLimitConfig.model_fields), "retry": set(RetryConfig.model_fields),
+                "generation": set(GenerationSettings.model_fields), "vertex": set(VertexConfig.model_fields)}
+    for group, kinds in BUILTIN.items():
+        section = {"engines": "engines", "backends": "backends", "policies": "policy"}[group]
+        for target in kinds.values():
+            module, _, name = target.partition(":")
+            config = getattr(importlib.import_module(module), name).Config
+            settings.setdefault(section, set()).update(config.model_fields)
+    return settings
+
+
+def unknown_dotted_settings(text: str, settings: dict[str, set[str]]) -> list[str]:
+    """The `section.setting` spans of ``text`` (`engines.<name>.setting` and `backends.<name>.setting` skip the
+    name) whose setting the section does not take."""
+    unknown = []
+    for span in re.findall(r"`([a-z_]+(?:\.[\w<>*-]+)+)`", text):
+        parts = span.split(".")
+        if parts[0] in ("engines", "backends"):
+            parts = parts[:1] + parts[2:]
+        if parts[0] in settings and len(parts) > 1 and not parts[1].startswith("<") \
+                and parts[1] not in settings[parts[0]]:
+            unknown.append(span)
+    return unknown
+
+
+# Dotted names that are not settings: files, and what a router or policy object reports at run time.
+_NOT_SETTINGS = {"outcomes.jsonl", "policy.last_sync"}
+
+
+def test_every_dotted_setting_the_docs_name_is_one_the_config_takes() -> None:
+    """The other way round from the test above: a `outcomes.refresh_every_s` or `backends.chat.generation.seed` the
+    prose names must be a setting of that section (a renamed setting whose old name stayed in the docs fails here;
+    the YAML and Python blocks are checked by building them)."""
+    settings = _section_settings()
+    assert unknown_dotted_settings("`outcomes.refresh_every_s` `backends.c.generation.seed` `knowledge.hosts`",
+                                   settings) == ["knowledge.hosts"]
+    unknown = sorted(set(unknown_dotted_settings(TEXT, settings)) - _NOT_SETTINGS)
+    assert not unknown, f"the docs name settings the config does not take: {unknown}"
+
+
 def test_the_readme_error_tree_is_genroute_errors() -> None:
     """The tree in docs/errors.md names every error class with its parent, as ``genroute.errors`` defines them."""
     import genroute.errors
