@@ -405,6 +405,27 @@ def _command_lines(text: str) -> dict[str, set[str]]:
     return flags
 
 
+def test_every_backend_a_command_line_names_is_in_the_config_it_names() -> None:
+    """A command line that names backends (``--backends a,b`` or ``--backend a``) and a config a block of the pages
+    is saved as runs on that config: README's bench line named the `Every backend kind` backends with
+    ``--config genroute.yaml``, the first request's file, which has only `chat` ("unknown backend 'fewshot'")."""
+    saved = {b.file: yaml.safe_load(b.code) for b in BLOCKS if b.file and b.file.endswith((".yaml", ".yml"))}
+    checked, wrong = 0, []
+    for block in _plain_blocks(TEXT):
+        for line in block:
+            code = line.split("#", 1)[0]
+            config = re.search(r"--config (\S+)", code)
+            names = re.search(r"--backends? ([\w,-]+)", code)
+            synopsis = "[" in code  # docs/cli.md's grammar lines (`--backends a,b,c [--policy]`) are no commands
+            if synopsis or not (code.startswith("genroute ") and config and names and config.group(1) in saved):
+                continue
+            checked += 1
+            unknown = sorted(set(names.group(1).split(",")) - set(saved[config.group(1)]["backends"]))
+            if unknown:
+                wrong.append(f"{code.strip()}: {unknown} not in {config.group(1)}")
+    assert checked and not wrong, wrong
+
+
 def test_every_collection_name_the_readme_shows_is_one_chroma_takes() -> None:
     from genroute.knowledge.collection_checks import check_collection_name
 
