@@ -14,11 +14,15 @@ fi
 
 # System programs the tests drive: headless Chromium renders the HTML bench report (tests/test_bench_html.py);
 # redis-server holds shared state (`state: {kind: redis}`) in the Redis tests (pip cannot install a server).
-# Installed with apt-get when this runs as root on Debian/Ubuntu; elsewhere install them yourself (CI fails,
-# not skips, without them).
+# Installed with apt-get when this runs as root on Debian/Ubuntu, with the build tools below; elsewhere install them
+# yourself (CI fails, not skips, without them).
+# A fresh Debian has neither what builds llama-cpp-python (a C/C++ compiler; cmake comes from pip) nor, for its own
+# python3, the venv module (`python3 -m venv` fails: "ensurepip is not available"): installed here too.
 missing=()
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v c++ >/dev/null || command -v g++ >/dev/null || missing+=(build-essential)
+[ -x "${GENROUTE_VENV:-.venv}/bin/python" ] || "$PY" -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

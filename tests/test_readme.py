@@ -637,6 +637,35 @@ def test_the_install_script_refuses_an_old_python_at_once(tmp_path: Path) -> Non
     assert not venv.exists()
 
 
+def test_the_install_script_installs_a_compiler_and_venv_on_a_fresh_debian(tmp_path: Path) -> None:
+    """On a fresh Debian the Quickstart's first command failed: its python3 has no venv module (`python3 -m venv`:
+    "ensurepip is not available") and nothing compiles llama-cpp-python (no C/C++ compiler). Run as root with
+    apt-get, the script installs them with the servers the tests use. Here PATH holds only stubs: a python3 that is
+    3.11 but has no ensurepip, and an apt-get that records what it is asked for and fails the install (ending the
+    script there)."""
+    if os.getuid() != 0:
+        pytest.skip("the script installs system packages only as root (CI runs as root)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "id"):
+        found = shutil.which(tool)
+        assert found
+        (bin_dir / tool).symlink_to(found)
+    asked = tmp_path / "apt-get.args"
+    stubs = {"python3": "#!/bin/sh\ncase \"$*\" in *ensurepip*) exit 1;; esac\nexit 0\n",
+             "apt-get": f"#!/bin/sh\necho \"$*\" >> {asked}\n[ \"$1\" = update ]\n"}
+    for name, script in stubs.items():
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
+    done = subprocess.run(["/bin/bash", str(README.parent / "scripts" / "install.sh")], capture_output=True,
+                          text=True, timeout=60, env={"PATH": str(bin_dir), "HOME": str(tmp_path),
+                                                      "GENROUTE_VENV": str(tmp_path / "venv")})
+    assert done.returncode != 0 and asked.exists(), done.stderr
+    update, install = asked.read_text().splitlines()
+    assert update == "update -qq"
+    assert {"build-essential", "python3-venv", "redis-server", "chromium"} <= set(install.split()), install
+
+
 # -- links between the pages ----------------------------------------------------------------------------
 
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^()\s]+)\)")
