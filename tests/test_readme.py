@@ -669,6 +669,7 @@ def test_the_install_script_installs_a_compiler_and_venv_on_a_fresh_debian(tmp_p
 # -- links between the pages ----------------------------------------------------------------------------
 
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^()\s]+)\)")
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)((?:(?!\n[ \t]*\n).)+?)(?<!`)\1(?!`)", re.S)
 
 
 def heading_anchor(heading: str) -> str:
@@ -695,17 +696,23 @@ def page_anchors(text: str) -> set[str]:
 
 
 def relative_links(text: str) -> list[tuple[int, str]]:
-    """``(line, target)`` of each Markdown link in ``text`` that is not to a URL (outside code fences and spans)."""
-    found, fenced = [], False
-    for number, line in enumerate(text.splitlines(), 1):
+    """``(line, target)`` of each Markdown link in ``text`` that is not to a URL (outside code fences and spans; a
+    link whose text wraps onto the next line counts, at the line its target is on)."""
+    kept, fenced = [], False
+    for line in text.splitlines():
         if line.startswith("```"):
             fenced = not fenced
+            kept.append("")
             continue
-        if fenced:
-            continue
-        for target in _LINK.findall(re.sub(r"`[^`]*`", "", line)):
-            if not re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
-                found.append((number, target))
+        kept.append("" if fenced else line)
+    # Code spans may wrap too (within a paragraph; a run of n backticks closes at the next run of n, and one that
+    # does not close is text, as a ``` written in a sentence): blanked with their newlines kept, so lines stay.
+    prose = _CODE_SPAN.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), "\n".join(kept))
+    found = []
+    for match in _LINK.finditer(prose):
+        target = match.group(1)
+        if not re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+            found.append((prose.count("\n", 0, match.start(1)) + 1, target))
     return found
 
 
@@ -731,11 +738,14 @@ def test_heading_anchors_are_githubs() -> None:
 
 def test_a_broken_link_is_found(tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("# A\n## Use it\n[ok](#use-it) [ok](b.md#b) [ok](https://x.org/#y)\n"
-                                   "`[code](nope.md)` [bad](nope.md) [bad](b.md#nope) [bad](#b)\n")
+                                   "`[code](nope.md)` [bad](nope.md) [bad](b.md#nope) [bad](#b)\n"
+                                   "a link whose text wraps: [See\nB](b.md#gone), `a code span\n[wrapping](x.md)`, a ``` in text\n"
+                                   "```\n[in a fence](x.md)\n```\n")
     (tmp_path / "b.md").write_text("# B\n")
     assert broken_links(tmp_path / "a.md") == ["a.md:4: nope.md (no such file)",
                                                "a.md:4: b.md#nope (no heading with that anchor)",
-                                               "a.md:4: #b (no heading with that anchor)"]
+                                               "a.md:4: #b (no heading with that anchor)",
+                                               "a.md:6: b.md#gone (no heading with that anchor)"]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=_page_name)
