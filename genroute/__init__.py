@@ -39,6 +39,7 @@ logging.getLogger("genroute").addHandler(logging.NullHandler())
 _LAZY: dict[str, str] = {
     "Router": "genroute.router.router",
     "GenerateRequest": "genroute.types",
+    "RequestGeneration": "genroute.types",
     "GenerateResult": "genroute.types",
     "GenerateChunk": "genroute.types",
     "Decision": "genroute.types",
@@ -64,7 +65,7 @@ __all__ = [
     "AllRungsFailed", "BackendError", "BackendRejected", "BackendUnavailable", "BudgetExceeded", "CircuitOpen",
     "Citation", "ConfigError", "DeadlineExceeded", "Decision", "DecisionRecord", "DependencyHealth", "GenerateChunk",
     "GenerateRequest", "GenerateResult", "GenrouteError", "Health", "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings",
-    "OutcomeStoreError", "Pricing", "RateLimited", "RefreshHealth", "Router", "RouterConfig", "Rung", "RungAttempt",
+    "OutcomeStoreError", "Pricing", "RateLimited", "RefreshHealth", "RequestGeneration", "Router", "RouterConfig", "Rung", "RungAttempt",
     "StateUnavailable", "StreamInterrupted", "ToolCall", "ToolLoopExceeded", "Usage", "UsageError",
     "ValidationFailed", "load_config", "side_effect_free", "__version__",
 ]
@@ -92,6 +93,6 @@ if TYPE_CHECKING:
     from genroute.router.router import Router
     from genroute.tools import side_effect_free
     from genroute.types import (
-        Citation, Decision, DecisionRecord, GenerateChunk, GenerateRequest, GenerateResult, Rung, RungAttempt,
-        ToolCall, Usage,
+        Citation, Decision, DecisionRecord, GenerateChunk, GenerateRequest, GenerateResult, RequestGeneration, Rung,
+        RungAttempt, ToolCall, Usage,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from genroute.construct import builder
 from genroute.public_model import PublicModel
@@ -12,6 +12,40 @@ from genroute.public_model import PublicModel
 
 class _Frozen(PublicModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GenerationFields(BaseModel):
+    """The sampling and output settings of one model call, within the bounds genroute accepts: one definition for a
+    backend's ``generation`` config (``GenerationSettings``), the local engine's check of a direct call
+    (``SamplingSettings``) and a request's override (``RequestGeneration``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, gt=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    stop_sequences: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @field_validator("stop_sequences")
+    @classmethod
+    def _no_empty_stop(cls, stops: tuple[str, ...]) -> tuple[str, ...]:
+        if "" in stops:  # it matches before the first character: every answer would come back empty
+            raise ValueError("a stop sequence must not be empty")
+        return stops
+
+
+class RequestGeneration(GenerationFields, _Frozen):
+    """A request's own generation settings: each field given replaces the chosen backend's (its ``generation``) for
+    this request only, on every rung, shadow and challenger; a field not given keeps the backend's. A given
+    ``stop_sequences`` replaces the backend's list (``()``: none); ``None`` for a number is the provider's default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, hide_input_in_errors=True)
+
+    def given(self) -> dict[str, Any]:
+        """The fields the caller set, as ``GenerateContentConfig`` names them (the same names)."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
 
 
 class GenerateRequest(_Frozen):
@@ -27,6 +61,8 @@ class GenerateRequest(_Frozen):
     metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form routing metadata.")
     key: str | None = Field(default=None, description="Stable request key (A/B splits, budgets, tenants).")
     timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="Per-request deadline in seconds.")
+    generation: RequestGeneration | None = Field(default=None, description="Generation settings over the chosen "
+                                                 "backend's, for this request only (temperature, max_output_tokens...).")
 
     def __hash__(self) -> int:
         # Frozen, so hashable (a cache key, a set member); its dict fields are not, and are left out: equal
@@ -76,6 +112,7 @@ class RequestFields(TypedDict, total=False):
     metadata: dict[str, Any]
     key: str | None
     timeout_s: float | None
+    generation: RequestGeneration | None
 
 
 #: What ``Router.generate`` and its twins take first: the input text, a whole request, or nothing (``input=`` then).

@@ -396,6 +396,20 @@ async def test_streamed_chunks_join_to_the_text_generate_returns(gemini_server: 
     assert chunks[-1].result.usage == generated.usage
 
 
+async def test_a_requests_stop_sequences_replace_the_backends_but_keep_the_text_formats_own(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path) -> None:
+    # GenerateRequest.generation.stop_sequences replaces the backend's `generation.stop_sequences`; the text format's
+    # "\nInput:" stop, without which a base model writes the next example, is the format's and stays.
+    collection, _ = await loaded(knowledge, tmp_path)
+    async with router(gemini_server, otel, knowledge, collection=collection, k=3, format="text",
+                      generation={"temperature": 0.0, "stop_sequences": ["\n\n"]}) as r:
+        await r.agenerate("my new card never arrived", generation={"stop_sequences": ["###"], "temperature": 0.5})
+        await r.agenerate("my new card never arrived")
+    over, plain = (field_of(request.body, "generationConfig") for request in gemini_server.requests)
+    assert field_of(over, "stopSequences") == ["###", "\nInput:"] and field_of(over, "temperature") == 0.5
+    assert field_of(plain, "stopSequences") == ["\n\n", "\nInput:"] and field_of(plain, "temperature") == 0.0
+
+
 async def test_default_turns_format(gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge,
                                     tmp_path: Path) -> None:
     collection, examples = await loaded(knowledge, tmp_path)

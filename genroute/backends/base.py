@@ -69,7 +69,6 @@ class GenerationSettings(SamplingSettings):
     # hide_input: printing a refused alias bomb would write it out after all.
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
-    seed: int | None = None
     response_mime_type: str | None = None
     response_schema: dict[str, Any] | None = None
     safety_settings: tuple[SafetySetting, ...] = ()

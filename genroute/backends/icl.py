@@ -245,6 +245,7 @@ class IclBackend(SingleCallBackend):
             system = "\n\n".join(t for t in (cfg.system, cfg.instructions) if t) or None
         else:
             stops = tuple(dict.fromkeys(stops + cfg.stop))[:5]  # Gemini accepts at most five
+            ctx.format_stops = cfg.stop  # kept when the request gives stop_sequences of its own
         prefix, tail = self.contents(request, shown, split=cfg.context_cache is not None)
         extra: dict[str, Any] = {"examples": [ex.id for ex, _ in shown]}
         config = cfg.generation.to_genai(system=system, stop_sequences=list(stops) or None)

@@ -6,11 +6,12 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict
 
 from genroute.errors import UsageError
 from genroute.public_model import ConfigModel
 from genroute.registry import KindFromConfig
+from genroute.types import GenerationFields
 
 if TYPE_CHECKING:
     from google.genai import types
@@ -21,24 +22,11 @@ if TYPE_CHECKING:
 CacheCharge = Callable[[int | None], float]
 M = TypeVar("M", bound=BaseModel)
 
-class SamplingSettings(ConfigModel):
+class SamplingSettings(GenerationFields, ConfigModel):
     """The sampling settings of a call, within the bounds genroute accepts (a backend's ``generation`` config and
-    the local engine's check of a direct call share them)."""
+    the local engine's check of a direct call share them; the fields and bounds are ``GenerationFields``')."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, gt=0)
-    max_output_tokens: int | None = Field(default=None, gt=0)
-    stop_sequences: tuple[str, ...] = ()
-
-    @field_validator("stop_sequences")
-    @classmethod
-    def _no_empty_stop(cls, stops: tuple[str, ...]) -> tuple[str, ...]:
-        if "" in stops:  # it matches before the first character: every answer would come back empty
-            raise ValueError("a stop sequence must not be empty")
-        return stops
 
 
 class Embeddings(list[list[float]]):

@@ -17,6 +17,7 @@ from genroute.registry import described
 from genroute.runtime.billing import Charges, Meter, charging, counts_output, filled_usage, metering
 from genroute.runtime.messages import output_messages, request_attributes
 from genroute.runtime.received import CapturedReceived, Received
+from genroute.runtime.request_settings import overridden
 from genroute.runtime.span_settings import span_attributes
 from genroute.runtime.telemetry import (CurrentSpan, Telemetry, attach, block_reason, error_type, reason_name,
                                        usage_attributes, usage_of)
@@ -51,6 +52,9 @@ class RunContext:
     #: The request's embeddings (its policy's, earlier rungs', other shadows'), for this rung to reuse and add to;
     #: ``None``: none made yet (``request_embeddings`` makes them).
     embeddings: RequestEmbeddings | None = None
+    #: Stop sequences the backend adds for its own prompt format (an ICL backend's ``stop``): a request's own
+    #: ``generation.stop_sequences`` replace the backend's settings, not these.
+    format_stops: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -112,6 +116,8 @@ class RunContext:
         if (engine, price_as or model) not in self.pricing.sendable:  # checked once per pair
             self.pricing.require_charged(engine, price_as or model)
         contents = _turns(engine, contents)
+        if self.request.generation is not None:  # the request's own settings over the backend's (a copy)
+            config = overridden(config, self.request.generation, self.format_stops)
         telemetry = self.telemetry
         attrs, name = telemetry.call(engine.provider, model)
         # The span is current for the call and ended here, in the coroutine that began it (no context probe).
@@ -175,6 +181,8 @@ class RunContext:
         if (engine, price_as or model) not in self.pricing.sendable:  # checked once per pair
             self.pricing.require_charged(engine, price_as or model)
         contents = _turns(engine, contents)
+        if self.request.generation is not None:  # as in generate
+            config = overridden(config, self.request.generation, self.format_stops)
         attrs, name = self.telemetry.call(engine.provider, model)
         with CurrentSpan(self.tracer, name, kind=SpanKind.CLIENT,
                          attributes=span_attributes(attrs, config, stream=True)) as span:

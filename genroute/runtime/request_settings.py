@@ -1,0 +1,36 @@
+"""A request's own generation settings (``GenerateRequest.generation``) laid over the config a backend built.
+
+Applied in ``RunContext.generate`` and ``stream``, the one path every engine call of every backend takes (a plugin's
+included), so that the override reaches each engine (Gemini, a tuned endpoint, the local model and its LoRA) on every
+rung and shadow of the request, while the config the backend built, and may have cached, is left as it was: the
+override is a copy. Only the sampling and output fields are touched: a response schema, tools, a system instruction
+or a context cache stay the backend's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from genroute.types import RequestGeneration
+
+if TYPE_CHECKING:
+    from google.genai import types
+
+
+def overridden(config: types.GenerateContentConfig | None, generation: RequestGeneration,
+               format_stops: Sequence[str] = ()) -> types.GenerateContentConfig:
+    """``config`` with the fields ``generation`` gives in place of its own (a new config; ``config`` is not changed).
+
+    A given ``stop_sequences`` replaces the backend's, but ``format_stops``, the stops a backend adds for its own
+    prompt format (an ICL backend's ``stop``), are kept after it (at most five in all, as Gemini takes)."""
+    from google.genai import types
+
+    update = generation.given()
+    if "stop_sequences" in update:
+        stops = list(dict.fromkeys((*update["stop_sequences"], *format_stops)))[:5]
+        update["stop_sequences"] = stops or None
+    if config is None:
+        return types.GenerateContentConfig(**update)
+    # model_copy(update=) marks the fields set, as the engines and the span read them (model_fields_set).
+    return config.model_copy(update=update)

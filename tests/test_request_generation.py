@@ -1,0 +1,121 @@
+"""A request's own generation settings (``GenerateRequest.generation``) over its backend's, on the loopback wire and
+the local model: what reached the engine, every rung and shadow, sync/async/stream alike, bad values named."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from genroute import GenerateRequest, Router, UsageError
+
+from .conftest import gemini_config
+
+BACKEND = {"temperature": 0.1, "max_output_tokens": 20, "stop_sequences": ["END"], "top_k": 7}
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+
+def sent(server, model: str | None = None) -> list[dict]:
+    """The generationConfig of each request the server received (for ``model``, if given)."""
+    return [r.body.get("generationConfig", {}) for r in server.requests
+            if r.model and (model is None or r.model.endswith(model))]
+
+
+def test_the_requests_settings_reach_the_wire_over_the_backends_and_only_for_that_request(gemini_server):
+    config = gemini_config(gemini_server, generation={**BACKEND, "response_schema": SCHEMA}, system="Be brief.")
+    with Router.from_config(config) as router:
+        gemini_server.reply_text('{"a": 1}')
+        router.generate("x", generation={"temperature": 0.9, "max_output_tokens": 500, "seed": 4})
+        gemini_server.reply_text('{"a": 2}')
+        router.generate("x")  # the backend's config, built once and reused, is not the override's
+    over, plain = sent(gemini_server)
+    assert (over["temperature"], over["maxOutputTokens"], over["seed"]) == (0.9, 500, 4)
+    # The backend's other settings are kept: its stops, top_k, JSON mode and schema, its system instruction.
+    assert over["stopSequences"] == ["END"] and over["topK"] == 7
+    assert over["responseMimeType"] == "application/json" and over["responseJsonSchema"] == SCHEMA
+    assert gemini_server.requests[0].body["systemInstruction"]["parts"][0]["text"] == "Be brief."
+    assert (plain["temperature"], plain["maxOutputTokens"]) == (0.1, 20) and "seed" not in plain
+
+
+def test_stop_sequences_replace_the_backends_and_a_backend_without_settings_takes_them(gemini_server):
+    with Router.from_config(gemini_config(gemini_server, generation={"stop_sequences": ["END"]})) as router:
+        router.generate("x", generation={"stop_sequences": ["STOP", "\n\n"]})
+        router.generate("x", generation={"stop_sequences": []})  # none at all, for this request
+    with Router.from_config(gemini_config(gemini_server)) as router:  # a backend with no generation settings
+        router.generate("x", generation={"top_p": 0.5})
+    replaced, none, bare = sent(gemini_server)
+    assert replaced["stopSequences"] == ["STOP", "\n\n"] and "stopSequences" not in none
+    assert bare == {"topP": 0.5}
+
+
+def test_every_rung_and_every_shadow_gets_the_requests_settings_and_a_judge_keeps_its_own(gemini_server):
+    config = gemini_config(gemini_server, generation=BACKEND)
+    chat = config["backends"]["chat"]
+    config["backends"].update(pro={**chat, "model": "gemini-2.5-pro"}, judge={**chat, "model": "gemini-2.5-flash-lite"},
+                              shadow={**chat, "model": "gemini-2.0-flash", "generation": {"temperature": 1.5}})
+    config["policy"] = {"kind": "cascade", "shadow": ["shadow"],
+                        "rungs": [{"backend": "chat", "validators": ["judge:judge"]}, {"backend": "pro"}]}
+    verdict = {"candidates": [{"content": {"role": "model", "parts": [{"text": "FAIL"}]}, "finishReason": "STOP"}]}
+    gemini_server.reply_json(verdict, path=r".*/gemini-2\.5-flash-lite:generateContent")  # the first rung's refused
+    with Router.from_config(config) as router:
+        result = router.generate("x", generation={"temperature": 0.0, "max_output_tokens": 64})
+    assert result.backend == "pro"
+    for model in ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"):  # both rungs and the shadow
+        (gen,) = sent(gemini_server, model)
+        assert (gen["temperature"], gen["maxOutputTokens"]) == (0.0, 64), model
+        assert gen.get("stopSequences") == (None if model == "gemini-2.0-flash" else ["END"])  # each backend's own
+    # The judge answers about the request with its own settings: the request's are not the judge's call's.
+    (judged,) = sent(gemini_server, "gemini-2.5-flash-lite")
+    assert (judged["temperature"], judged["maxOutputTokens"]) == (0.1, 20)
+
+
+@pytest.mark.parametrize(("generation", "field"), [
+    ({"temperature": 3.0}, "generation.temperature"), ({"max_output_tokens": 0}, "generation.max_output_tokens"),
+    ({"top_p": 0.0}, "generation.top_p"), ({"stop_sequences": [""]}, "generation.stop_sequences"),
+    ({"temperature": float("nan")}, "generation.temperature"), ({"response_schema": {}}, "generation.response_schema"),
+])
+def test_bad_settings_are_a_usage_error_naming_the_field(gemini_server, generation, field):
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        with pytest.raises(UsageError) as info:
+            router.generate("x", generation=generation)
+        assert info.value.field == field, info.value
+        with pytest.raises(UsageError) as built:
+            GenerateRequest(input="x", generation=generation)
+        assert built.value.field == field, built.value
+    assert gemini_server.requests == []
+
+
+def test_sync_async_and_streamed_requests_send_the_same_settings(gemini_server):
+    generation = {"temperature": 0.3, "max_output_tokens": 99, "stop_sequences": ["Q:"]}
+    with Router.from_config(gemini_config(gemini_server, generation=BACKEND)) as router:
+        router.generate("x", generation=generation)
+        asyncio.run(router.agenerate("x", generation=generation))
+        list(router.stream("x", generation=generation))
+
+        async def astream() -> None:
+            async for _ in router.astream(GenerateRequest(input="x", generation=generation)):
+                pass
+
+        asyncio.run(astream())
+    configs = sent(gemini_server)
+    assert len(configs) == 4 and all(c == configs[0] for c in configs), configs
+    assert (configs[0]["temperature"], configs[0]["maxOutputTokens"], configs[0]["stopSequences"]) == (0.3, 99, ["Q:"])
+
+
+@pytest.mark.local
+def test_the_local_model_honours_the_requests_max_output_tokens_and_stop_sequences():
+    pytest.importorskip("llama_cpp")
+    config = {"engines": {"local": {"kind": "local", "n_threads": 1}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
+                                    "generation": {"max_output_tokens": 24, "temperature": 0.0}}}}
+    with Router.from_config(config) as router:
+        plain = router.generate("The capital of France is")
+        short = router.generate("The capital of France is", generation={"max_output_tokens": 2})
+        # A character the plain answer has past its start: the request's stop ends the answer just before it.
+        stop = next(c for c in plain.text.strip()[1:] if not c.isspace())
+        stopped = router.generate("The capital of France is", generation={"stop_sequences": [stop]})
+    assert plain.usage.output_tokens > 2
+    assert short.usage.output_tokens <= 2 and short.finish_reason == "max_tokens", short
+    assert stopped.text == plain.text[:plain.text.index(stop, len(plain.text) - len(plain.text.lstrip()) + 1)]
+    assert stopped.finish_reason == "stop"
+
