@@ -119,3 +119,20 @@ def test_the_local_model_honours_the_requests_max_output_tokens_and_stop_sequenc
     assert stopped.text == plain.text[:plain.text.index(stop, len(plain.text) - len(plain.text.lstrip()) + 1)]
     assert stopped.finish_reason == "stop"
 
+
+def test_an_outcome_record_says_which_settings_the_request_carried(gemini_server, tmp_path):
+    from genroute.outcomes import OutcomeStore
+
+    config = gemini_config(gemini_server, generation=BACKEND)
+    config["backends"]["pro"] = {**config["backends"]["chat"], "model": "gemini-2.5-pro"}
+    config["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat"}], "shadow": ["pro"]}
+    config["outcomes"] = {"path": str(tmp_path / "o.db"), "scorer": "label_accuracy"}
+    with Router.from_config(config) as router:
+        over = router.generate("x", generation={"temperature": 0.7, "stop_sequences": ["Q:"]})
+        plain = router.generate("x")
+        router.drain()
+    records = {r.id: r for r in OutcomeStore(tmp_path / "o.db").records_sync()}
+    assert records[over.outcome_id].metadata["generation"] == {"temperature": 0.7, "stop_sequences": ["Q:"]}
+    assert "generation" not in records[plain.outcome_id].metadata
+    assert set(records[over.outcome_id].outcomes) == {"chat", "pro"}  # the shadow compared on the same settings
+

@@ -298,6 +298,8 @@ class OutcomeRecorder(LostWrites):
         if request is not None:
             metadata["task"] = request.task
             metadata["features"] = {"input_chars": len(request.input)}
+            if request.generation is not None:  # its own settings over the backends': statistics may tell them apart
+                metadata["generation"] = request.generation.given()
         if pending is not None:
             metadata["served"] = pending.backend
             metadata["arm"] = pending.arm
