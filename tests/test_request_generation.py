@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from genroute import GenerateRequest, Router, UsageError
+from genroute import BudgetExceeded, GenerateRequest, Router, UsageError
 
 from .conftest import gemini_config
 
@@ -136,3 +136,18 @@ def test_an_outcome_record_says_which_settings_the_request_carried(gemini_server
     assert "generation" not in records[plain.outcome_id].metadata
     assert set(records[over.outcome_id].outcomes) == {"chat", "pro"}  # the shadow compared on the same settings
 
+
+def test_a_budget_holds_the_output_tokens_a_request_raises_its_backends_max_output_tokens_by(gemini_server):
+    # The hold was the backend's estimate (`costs`, made under its max_output_tokens of 20) whatever the request
+    # allowed: 4,020 tokens could cost $0.01 more than held. Now the hold adds them at the output rate.
+    config = gemini_config(gemini_server, generation=BACKEND)  # gemini-2.5-flash: $2.50 per 1M output tokens
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": 0.01, "costs": {"chat": 0.001}}
+    with Router.from_config(config) as router:
+        with pytest.raises(BudgetExceeded) as info:
+            router.generate("x", generation={"max_output_tokens": 20 + 4_000})  # $0.001 + $0.01 > $0.01
+        assert "needs up to $0.011" in str(info.value), info.value
+        assert gemini_server.requests == []  # refused before anything was sent
+        router.generate("x", generation={"max_output_tokens": 20 + 3_000})  # $0.0085: held, then settled
+        router.generate("x", generation={"max_output_tokens": 5, "temperature": 0.0})  # lowered: the estimate
+    assert [g["maxOutputTokens"] for g in sent(gemini_server)] == [3_020, 5]

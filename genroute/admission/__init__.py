@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeGuard, TypeVar
 
@@ -82,6 +82,8 @@ class Attempt:
     waited_s: float = 0.0
     #: Whether the attempt streams to a reader (whose time between chunks moves ``deadline`` on).
     stream: bool = False
+    #: What the request's own ``max_output_tokens`` above the backend's could add to its cost (a budget holds it).
+    raised_output_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -239,10 +241,13 @@ def is_budget(gate: Gate[Any]) -> TypeGuard[BudgetLedger]:
 class Admission:
     """The router's gates, entered in order before an attempt and exited in reverse after it."""
 
-    def __init__(self, gates: Sequence[Gate[Any]], store: StateStore, instruments: Instruments) -> None:
+    def __init__(self, gates: Sequence[Gate[Any]], store: StateStore, instruments: Instruments, *,
+                 raised_output: Callable[[GenerateRequest, str], float] | None = None) -> None:
         self.gates = tuple(gates)
         self.store = store
         self.instruments = instruments
+        #: USD a request's own ``generation`` could add to an attempt of a backend (``Attempt.raised_output_usd``).
+        self.raised_output = raised_output
 
     def budget(self, name: str = "policy") -> BudgetLedger:
         """The gate of the budget whose ledger is ``name``, else of the budget at config path ``name``
@@ -265,6 +270,8 @@ class Admission:
         """Pass every gate (one store call) or raise the first refusal (nothing is then held); ``stream``: the
         attempt streams to a reader."""
         attempt = Attempt(request, decision, backend, deadline, span, stream=stream)
+        if request.generation is not None and self.raised_output is not None:
+            attempt.raised_output_usd = self.raised_output(request, backend)
         try:
             attempt.tokens = await enter_gates(self.gates, self.store, attempt)
         finally:

@@ -299,7 +299,7 @@ class BudgetGate(Gate[Hold]):
         request = attempt.request
         key = self.policy.budget_key(request)
         limit = self.policy.limit(key)
-        amount = self.policy.estimate(attempt.backend, request.task)
+        amount = self.policy.estimate(attempt.backend, request.task) + attempt.raised_output_usd
         account, keep_s = self.account(key)
         ttl_s = hold_ttl_s(attempt.deadline, stream=attempt.stream)
         return [Hold(account, to_units(amount), to_units(limit), ttl_s, keep_s, (key, limit, amount))]

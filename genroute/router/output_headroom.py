@@ -1,0 +1,29 @@
+"""What a request's own ``max_output_tokens`` above its backend's could add to an attempt's cost.
+
+A budget holds each attempt at an estimate of the backend's cost (``costs``, ``max_cost_per_request`` or a stats
+file), made under the backend's own settings. A request that raises the backend's ``max_output_tokens``
+(``GenerateRequest.generation``) may be answered at up to that many more output tokens: the hold adds them, at the
+model's highest output rate, so that the estimate stays an upper bound where it was one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from genroute.backends.base import Backend
+    from genroute.runtime.pricing import Pricing
+    from genroute.types import RequestGeneration
+
+
+def raised_output_usd(backend: Backend | None, pricing: Pricing, generation: RequestGeneration) -> float:
+    """USD of the output tokens ``generation`` allows beyond ``backend``'s own ``max_output_tokens``: 0 when it sets
+    none, lowers it, or the backend sets none (the model's own limit, which a request cannot exceed, was in force)."""
+    wanted = generation.max_output_tokens
+    own = None if backend is None else backend.config.generation.max_output_tokens
+    if backend is None or wanted is None or own is None or wanted <= own:
+        return 0.0
+    price = pricing.charged_at(backend.engine, backend.billed_as(pricing)[0])[0]
+    if price is None:  # a free (local) model
+        return 0.0
+    return (wanted - own) * max(rates.output for rates in (price, *price.tiers)) / 1e6  # USD per 1M tokens
