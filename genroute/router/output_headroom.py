@@ -26,4 +26,4 @@ def raised_output_usd(backend: Backend | None, pricing: Pricing, generation: Req
     price = pricing.charged_at(backend.engine, backend.billed_as(pricing)[0])[0]
     if price is None:  # a free (local) model
         return 0.0
-    return (wanted - own) * max(rates.output for rates in (price, *price.tiers)) / 1e6  # USD per 1M tokens
+    return (wanted - own) * max((price.output, *(tier.output for tier in price.tiers))) / 1e6  # USD per 1M tokens
