@@ -69,6 +69,18 @@ def test_every_rung_and_every_shadow_gets_the_requests_settings_and_a_judge_keep
     assert (judged["temperature"], judged["maxOutputTokens"]) == (0.1, 20)
 
 
+def test_a_challenger_is_compared_on_the_requests_settings(gemini_server):
+    config = gemini_config(gemini_server, generation=BACKEND)
+    config["backends"]["pro"] = {**config["backends"]["chat"], "model": "gemini-2.5-pro"}
+    config["policy"] = {"kind": "challenger", "policy": {"kind": "static", "backend": "chat"}, "task": "t",
+                        "backend": "pro"}
+    with Router.from_config(config) as router:
+        router.generate("x", task="t", generation={"temperature": 0.4, "top_p": 0.9})
+    for model in ("gemini-2.5-flash", "gemini-2.5-pro"):  # the incumbent and its challenger
+        (gen,) = sent(gemini_server, model)
+        assert (gen["temperature"], gen["topP"], gen["maxOutputTokens"]) == (0.4, 0.9, 20), model
+
+
 @pytest.mark.parametrize(("generation", "field"), [
     ({"temperature": 3.0}, "generation.temperature"), ({"max_output_tokens": 0}, "generation.max_output_tokens"),
     ({"top_p": 0.0}, "generation.top_p"), ({"stop_sequences": [""]}, "generation.stop_sequences"),

@@ -316,3 +316,15 @@ async def test_an_endpoint_that_is_gone_says_so_where_the_decision_ends(gemini_s
     line = error_line(info.value, "genroute generate")
     assert f"tuned: BackendRejected: 404 NOT_FOUND: Endpoint {ENDPOINT} not found." in line
     assert "1 rung(s) not tried" in line and len(gemini_server.requests) == 1
+
+
+async def test_a_vertex_tuned_endpoint_gets_a_requests_own_generation_settings(gemini_server: GeminiTestServer,
+                                                                               otel: Otel) -> None:
+    async with vertex_router(gemini_server, otel, generation={"temperature": 0.0, "max_output_tokens": 4}) as router:
+        await router.agenerate("I loved this film!", generation={"max_output_tokens": 1, "seed": 7})
+    (request,) = gemini_server.requests
+    assert request.path == f"/v1beta1/{ENDPOINT}:generateContent"
+    config = field_of(request.body, "generationConfig")
+    assert (field_of(config, "temperature"), field_of(config, "maxOutputTokens"), field_of(config, "seed")) == (0.0, 1, 7)
+    (span,) = otel.spans("generate_content")  # the span says what was sent
+    assert span.attributes["gen_ai.request.max_tokens"] == 1 and span.attributes["gen_ai.request.seed"] == 7
