@@ -76,6 +76,13 @@ class GenerateRequest(_Frozen):
             raise ValueError("input must not be blank")
         return value
 
+    @field_validator("generation")
+    @classmethod
+    def _settings_given(cls, value: RequestGeneration | None) -> RequestGeneration | None:
+        # `generation={}` gives nothing: the request is one without settings of its own (nothing copied per call,
+        # no extra hold, no `generation` in its outcome record).
+        return value if value is None or value.model_fields_set else None
+
     @field_validator("timeout_s", mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:

@@ -43,6 +43,7 @@ def test_stop_sequences_replace_the_backends_and_a_backend_without_settings_take
         router.generate("x", generation={"stop_sequences": []})  # none at all, for this request
     with Router.from_config(gemini_config(gemini_server)) as router:  # a backend with no generation settings
         router.generate("x", generation={"top_p": 0.5})
+    assert GenerateRequest(input="x", generation={}).generation is None  # nothing given: the backend's, as without
     replaced, none, bare = sent(gemini_server)
     assert replaced["stopSequences"] == ["STOP", "\n\n"] and "stopSequences" not in none
     assert bare == {"topP": 0.5}
