@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from genroute.construct import builder
 from genroute.public_model import PublicModel
@@ -14,7 +14,7 @@ class _Frozen(PublicModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class GenerationFields(BaseModel):
+class GenerationFields(PublicModel):
     """The sampling and output settings of one model call, within the bounds genroute accepts: one definition for a
     backend's ``generation`` config (``GenerationSettings``), the local engine's check of a direct call
     (``SamplingSettings``) and a request's override (``RequestGeneration``)."""
