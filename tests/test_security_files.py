@@ -288,3 +288,35 @@ def test_a_link_planted_at_results_jsonl_is_refused_not_written_through(target: 
         log.close()
     assert refused.value.field == "out_dir" and "symbolic link" in refused.value.message
     assert not victim.exists() if target == "missing" else victim.read_text() == "keep\nthis last line"
+
+
+def test_a_rerun_keeps_the_mode_the_user_gave_every_file_beside_its_report(tmp_path: Path, umask_022: None) -> None:
+    # A rerun kept a 0600 report.md/report.html/summary.json 0600 (6eef08c), but the files beside them that hold the
+    # same records were replaced under the umask, 0644 again: the bench's outcomes.jsonl (every record's input and
+    # gold answer), and bench --outcomes' compiled.json, stats.json and cost_aware.json.
+    from genroute.bench.datasets import BenchRecord
+    from genroute.bench.matrix_export import export_matrix
+    from genroute.bench.offline import compile_outcomes
+    from genroute.bench.runner import Outcome
+
+    from .test_bench_outcomes import synthetic, write_jsonl
+
+    source = write_jsonl(tmp_path / "export.jsonl", synthetic(30))
+    records = [BenchRecord(id=f"r{i}", input=f"customer {i} wrote: my card number is 4111-{i:04d}", output="yes")
+               for i in range(3)]
+    rows = [Outcome(backend="b", record_id=r.id, ok=True, score=1.0, cost_usd=0.001, latency_s=0.1, scorer="exact")
+            for r in records]
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def run() -> None:
+        compile_outcomes(source, out_dir=out, learned=False, min_n=10)
+        export_matrix(rows, records, out)
+
+    run()
+    written = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert {"outcomes.jsonl", "compiled.json", "stats.json", "cost_aware.json", "report.html"} <= set(written)
+    for name in written:
+        (out / name).chmod(0o600)
+    run()
+    assert {name: oct(_mode(out / name)) for name in written} == {name: oct(0o600) for name in written}

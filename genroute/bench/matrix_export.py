@@ -36,7 +36,7 @@ def export_matrix(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], o
                 "outcomes": {b: _side(o) for b, o in sorted(done.items())}}
         lines.append(json.dumps(line, ensure_ascii=False, allow_nan=False))
     path = Path(out_dir) / MATRIX_FILE
-    atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"), same_mode=True)
     return path
 
 

@@ -172,7 +172,7 @@ def compile_outcomes(
     report = report.model_copy(update={"files": files, "seconds": time.perf_counter() - start})
     from genroute.cache import atomic_write_bytes
 
-    atomic_write_bytes(Path(files["compiled"]), to_json(report).encode())
+    atomic_write_bytes(Path(files["compiled"]), to_json(report).encode(), same_mode=True)
     return report
 
 

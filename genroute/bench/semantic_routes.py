@@ -192,5 +192,5 @@ def write_config(path: Path, routes: Routes, train: OutcomeMatrix, cost_weight: 
 
     body = config(routes, train, cost_weight, default=default)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode(), same_mode=True)
     return path

@@ -45,7 +45,7 @@ def write_policy(path: Path, body: Mapping[str, Any]) -> Path:
     """A policy config written to ``path`` as JSON (atomically)."""
     from genroute.cache import atomic_write_bytes
 
-    atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode(), same_mode=True)
     return path
 
 

@@ -215,7 +215,7 @@ class RouterModel:
         buffer = io.BytesIO()
         # The stubs read **arrays as possibly naming allow_pickle (a bool); array names never do.
         np.savez(buffer, meta=np.array(json.dumps(meta)), **self.arrays)  # type: ignore[arg-type]
-        atomic_write_bytes(path, buffer.getvalue())  # its temporary file follows no planted link
+        atomic_write_bytes(path, buffer.getvalue(), same_mode=True)  # past a planted link; a rerun keeps its mode
         return path
 
     @classmethod

@@ -158,5 +158,5 @@ class BenchStats(PublicModel):
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, json.dumps(self.model_dump(mode="json"), indent=2).encode() + b"\n")
+        atomic_write_bytes(path, json.dumps(self.model_dump(mode="json"), indent=2).encode() + b"\n", same_mode=True)
         return path
