@@ -332,3 +332,18 @@ def test_every_attribute_of_a_streamed_root_span_is_in_the_docs_root_span_list(g
     assert "genroute.time_to_first_token_s" in root
     assert [key for key in root if f"`{key}`" not in section] == []
     assert "`genroute.cloud_equivalent.cost.amount`" in section
+
+
+
+def test_every_shadow_attribute_genroute_sets_is_named_in_the_telemetry_page():
+    """telemetry.md's shadow paragraph (and its root span list) left out `genroute.shadow.reused_embedding_s` on the
+    shadow's span and `genroute.shadow.refused` on the request's root span: an on-call engineer reading one found no
+    word of it."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "telemetry.md").read_text(encoding="utf-8")
+    source = "".join(path.read_text(encoding="utf-8") for path in (root / "genroute").rglob("*.py"))
+    names = sorted(set(re.findall(r'"(genroute\.shadows?\.[a-z_]+)"', source)))
+    assert "genroute.shadow.agreement" in names and "genroute.shadow.chars" in names  # the scan finds them
+    assert [name for name in names if f"`{name}`" not in page] == []
