@@ -114,9 +114,10 @@ def t_interval_of(moments: Moments, *, level: float = 0.95,
     (low, high) are finite (scores in [0, 1], or a difference of two in [-1, 1]); the t part alone, cut to the one
     that is finite (as before), when they are not both. The ``u`` part is the mass a sample of ``n`` can miss at a
     bound: n equal scores say nothing of a spread (their t part is 0), but a share ``u`` at the bound could have gone
-    unseen (at n = 1 the interval is ``[low + (m - low) * 0.025, ...]``, Markov's bound). The two are squared and added, as two independent errors
-    (and as Newcombe's square-and-add joins two intervals): the interval is continuous in the values, the unseen
-    part rules at small n and near-equal scores, the t part at large n (``benchmarks/graded_intervals.py``).
+    unseen (at n = 1 the interval is ``[low + (m - low) * 0.025, ...]``, Markov's bound). The two are squared and
+    added, as two independent errors (and as Newcombe's square-and-add joins two intervals): the interval is
+    continuous in the values, the unseen part rules at small n and near-equal scores, the t part at large n
+    (``benchmarks/graded_intervals.py``).
     """
     check_level(level)
     mean, n = moments.mean, moments.n
