@@ -99,7 +99,7 @@ class GenrouteError(Exception):
     (a ``genroute.Usage``) and ``cost_estimated`` whether part of that is genroute's estimate;
     ``cloud_equivalent_cost_usd`` what a free (local) model's tokens among them would cost at its reference model's
     prices, as a result's (``None``: no local model was called). ``trace_id`` is the request's trace (32 hex digits,
-    as ``GenerateResult.trace_id``) when a tracer provider recorded it, else None.
+    as ``GenerateResult.trace_id``; one a sampler left out too), None when it had no trace.
     """
 
     cost_usd: float = 0.0
