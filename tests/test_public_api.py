@@ -60,6 +60,17 @@ def test_import_does_not_load_heavy_dependencies():
     assert loaded == ""
 
 
+def test_building_a_router_imports_what_its_first_request_would_import_on_the_loop():
+    # A local-only router's first request imported google.genai.types (~0.6 s, every backend writes its call as a
+    # GenerateContentConfig) on the router's event loop, in no span: building imports it, in a worker thread.
+    config = {"engines": {"local": {"kind": "local"}}, "backends": {"p": {
+        "kind": "prompt_template", "engine": "local", "model": "gemma-3-270m", "template": "{{ input }}"}}}
+    probe = (f"import sys, genroute; r = genroute.Router.from_config({config!r}); "
+             "print('google.genai.types' in sys.modules); r.close()")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded.splitlines()[-1] == "True"
+
+
 def test_runtime_needs_no_test_tools():
     # pytest and the other dev tools are the `dev` extra: the library and its CLI never import them.
     probe = ("import sys, genroute, genroute.cli, genroute.testing, genroute.knowledge.embedders; "

@@ -4,6 +4,7 @@ every router makes however it was built."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 import threading
@@ -132,6 +133,9 @@ async def _assemble(
     backends = {}
     for name, raw in config.backends.items():
         backends[name] = await asyncio.to_thread(_backend, name, raw, resources)
+    # Every built-in backend writes its model call as google-genai's GenerateContentConfig, local ones too: imported
+    # here, in a worker thread, or the first request would import it (~0.6 s) on the router's loop, in no span.
+    await asyncio.to_thread(importlib.import_module, "google.genai.types")
     if policy is None and config.policy is not None:
         from genroute.policies import build_policy
 
