@@ -82,15 +82,33 @@ def open_unlinked(path: Path, flags: int, *, field: str) -> int:
     """``os.open(path, flags, 0o666)`` that does not follow a link at ``path`` itself (``O_NOFOLLOW``): for a file
     genroute adds to or cuts in place in a directory the user chooses (a bench's ``results.jsonl``), where a link
     planted at its name would send the rows to, or cut, another file. ``UsageError`` naming ``field`` when a link is
-    there."""
+    there, or anything but a regular file (a FIFO planted there would hang the read or the write: it is opened
+    ``O_NONBLOCK``, checked with ``fstat``, and only a regular file is handed back, blocking again)."""
+    nonblock = getattr(os, "O_NONBLOCK", 0)
     try:
-        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | nonblock, 0o666)
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        raise UsageError(f"{path} is a symbolic link: genroute does not write through one (a link planted in a "
-                         "shared directory would send what it writes to another file); remove it",
-                         field=field) from None
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"{path} is a symbolic link: genroute does not write through one (a link planted in a "
+                             "shared directory would send what it writes to another file); remove it",
+                             field=field) from None
+        if exc.errno == errno.ENXIO:  # a FIFO opened for writing with no reader
+            raise _not_regular(path, field) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _not_regular(path, field)
+        if nonblock:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _not_regular(path: Path, field: str) -> UsageError:
+    return UsageError(f"{path} is not a regular file (a FIFO, device or directory there would hang or misdirect "
+                      "what genroute reads and writes); remove it", field=field)
 
 
 def _own_mode(path: Path) -> int | None:

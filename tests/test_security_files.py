@@ -320,3 +320,30 @@ def test_a_rerun_keeps_the_mode_the_user_gave_every_file_beside_its_report(tmp_p
         (out / name).chmod(0o600)
     run()
     assert {name: oct(_mode(out / name)) for name in written} == {name: oct(0o600) for name in written}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+@pytest.mark.parametrize("reader", [False, True])
+def test_a_fifo_planted_at_results_jsonl_is_refused_not_read_forever(reader: bool, tmp_path: Path) -> None:
+    # open_unlinked refused a link at results.jsonl but opened whatever else was there: a named pipe planted in a
+    # shared output directory made ResultsLog's first read block forever (no writer ever comes). With a reader
+    # holding the pipe open (an attacker collecting the rows), the appends went into it.
+    from genroute.bench.runner import Outcome, ResultsLog
+    from genroute.errors import UsageError
+
+    out = tmp_path / "shared"
+    out.mkdir()
+    fifo = out / "results.jsonl"
+    os.mkfifo(fifo)
+    held = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK) if reader else None
+    try:
+        with pytest.raises(UsageError) as refused:
+            log = ResultsLog(out)
+            log.append(Outcome(backend="b", record_id="r1", ok=True, score=1.0, scorer="exact"))
+            log.close()
+        assert refused.value.field == "out_dir" and "not a regular file" in refused.value.message
+        if held is not None:
+            assert os.read(held, 4096) == b""  # nothing reached whoever held the pipe
+    finally:
+        if held is not None:
+            os.close(held)
