@@ -165,3 +165,21 @@ def test_a_warm_read_decodes_every_whole_line_and_skips_the_rest(tmp_path: Path,
     assert reader.embedded == [] and len(again._vectors) == 26
     assert np.array_equal(again.embed_array(texts(27)), Wide(width).embed_array(texts(27)))
     assert reader.embedded == ["text 26"]
+
+
+def test_a_link_planted_at_the_cache_file_is_refused_not_appended_through(tmp_path: Path) -> None:
+    # The cache's reads and appends opened its file following a link at its own name: a link planted in a shared
+    # cache directory to another embedding cache (someone else's, or any file with a genroute header) had this run's
+    # vectors appended to that file.
+    elsewhere = tmp_path / "elsewhere"
+    victim = CachedEmbedder(Hashed(), elsewhere)
+    victim.embed_array(texts(2))
+    before = victim.path.read_bytes()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    planted = shared / victim.path.name
+    planted.symlink_to(victim.path)
+    with pytest.raises(UsageError) as refused:
+        CachedEmbedder(Hashed(), shared).embed_array(texts(4, "new"))
+    assert refused.value.field == "cache_dir" and "symbolic link" in refused.value.message
+    assert victim.path.read_bytes() == before

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from genroute.cache import open_unlinked
 from genroute.errors import UsageError
 from genroute.runtime.embeddings import vector_key
 
@@ -97,7 +98,9 @@ class CachedEmbedder:
         body = b"".join(
             b"%s\t%d\t%s\n" % (k.encode("ascii"), len(v), base64.b64encode(np.asarray(v, dtype="<f4").tobytes()))
             for k, v in zip(keys, vectors, strict=True))
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        # Past no link at its own name (open_unlinked, as results.jsonl): one planted in a shared cache directory
+        # had the vectors appended to whatever file it pointed at.
+        fd = open_unlinked(self.path, os.O_RDWR | os.O_APPEND, field="cache_dir")
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
@@ -121,7 +124,7 @@ class CachedEmbedder:
     def _read_new(self) -> None:
         """Read the whole lines appended since the last read; a line that is not one (a torn write) is skipped."""
         try:
-            with self.path.open("rb") as fh:
+            with os.fdopen(open_unlinked(self.path, os.O_RDONLY, field="cache_dir"), "rb") as fh:
                 fh.seek(self._offset)
                 data = fh.read()
         except OSError as exc:
