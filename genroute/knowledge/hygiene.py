@@ -25,11 +25,20 @@ _TAG_NAMES = ("document", "start_of_turn", "end_of_turn")
 @lru_cache(maxsize=32)
 def _tags(extra: tuple[str, ...]) -> re.Pattern[str]:
     """Opening or closing delimiters named ``document``, a chat-template marker or one of ``extra``."""
-    names = "|".join(re.escape(name) for name in (*_TAG_NAMES, *extra))
-    return re.compile(rf"<\s*/?\s*(?:{names})\b", re.IGNORECASE)
+    # Folded as the text they are looked for in is (``_fold``): ``<ответ>``'s Cyrillic look-alikes read as Latin.
+    names = "|".join(re.escape(_fold(name)[0]) for name in (*_TAG_NAMES, *extra))
+    # (?!\w), not \b: a name may end in "-" or "." (``<ns:answer.>``), after which \b would need a letter.
+    return re.compile(rf"<\s*/?\s*(?:{names})(?!\w)", re.IGNORECASE)
 
 
-_TAGS = _tags(())
+#: A tag as a model reads one: any letters (``<ответ>``), ``-``, ``.`` and ``:`` in its name (``<ns:answer>``),
+#: attributes or blanks before its ``>`` (``<answer id=1>``, ``</answer >``).
+_TAG_NAME = re.compile(r"<\s*/?\s*([^\W\d][\w.:-]*)(?=[\s/>])")
+
+
+def tag_names(prompt: str) -> tuple[str, ...]:
+    """Names of the tags ``prompt`` quotes its parts in (``<answer>``...), for ``defuse(..., tags=...)``."""
+    return tuple(sorted({name.lower() for name in _TAG_NAME.findall(prompt)}))
 #: A line starts after any break ``str.splitlines`` knows (``\r``, U+2028... not just ``\n``), past blanks.
 _BREAK = "\n\r\v\f\x1c-\x1e\x85\u2028\u2029"
 _SPACE = rf"[^\S{_BREAK}]"
@@ -60,7 +69,7 @@ def defuse(text: str, *, tags: tuple[str, ...] = ()) -> str:
     with ``\\``: the one defuse for every untrusted text (retrieved chunks, stored examples and what a judge reads
     alike), whatever engine the prompt goes to."""
     folded, origin = _fold(text)
-    lts = {origin[m.start()] for m in (_tags(tags) if tags else _TAGS).finditer(folded)}
+    lts = {origin[m.start()] for m in _tags(tags).finditer(folded)}
     turns = {origin[m.end()] for m in _TURN_LINES.finditer(folded)}
     if not lts and not turns:
         return text

@@ -29,7 +29,7 @@ from genroute.backends.base import BackendOutput, refuse_rerun
 from genroute.bounds import PathText
 from genroute.config_parse import parse_json, parse_yaml
 from genroute.errors import ConfigError
-from genroute.knowledge.hygiene import defuse
+from genroute.knowledge.hygiene import defuse, tag_names
 from genroute.types import GenerateRequest
 
 #: A validator returns ``None`` when the answer is acceptable, otherwise the reason it is not.
@@ -129,7 +129,7 @@ class Judge:
         """Run the judge through ``run`` and read its verdict."""
         # Both are untrusted (the answer follows what the request said): neither may close the block it is quoted in
         # and write a verdict of its own after it, nor pose as a turn.
-        tags = _delimiters(self.prompt)
+        tags = tag_names(self.prompt)
         prompt = self.prompt.format(request=defuse(request.input, tags=tags), answer=defuse(output.text, tags=tags))
         verdict = (await run(self.backend, GenerateRequest(input=prompt))).text.strip()
         word = re.match(r"[\W_]*(\w+)", verdict)
@@ -203,11 +203,6 @@ def _judge(backend: str, prompt: str, *, field: str) -> Judge:
             raise ConfigError(f"prompt may use only {{request}} and {{answer}} placeholders, as they are, not "
                               f"{shown[:80]!r}", field=field)
     return Judge(backend, prompt)
-
-
-def _delimiters(prompt: str) -> tuple[str, ...]:
-    """Names of the tags ``prompt`` quotes the request and the answer in (``<answer>``...)."""
-    return tuple(sorted({name.lower() for name in re.findall(r"<\s*/?\s*([A-Za-z_][\w-]*)\s*>", prompt)}))
 
 
 def resolve(name: str, custom: Mapping[str, Validator | Judge], *, backends: Mapping[str, Any],
