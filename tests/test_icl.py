@@ -882,3 +882,29 @@ def test_a_context_cache_on_a_model_with_no_storage_price_is_refused_not_stored_
     assert gemini_server.requests == []
     priced = {model: {"input": 0.3, "output": 2.5, "cache_storage": 1.0}}
     Router.from_config({**config, "pricing": priced}, **otel.providers).close()  # priced: built
+
+
+async def test_the_text_formats_own_stop_counts_within_geminis_five(gemini_server: GeminiTestServer, otel: Otel,
+                                                                  knowledge: Knowledge, tmp_path: Path) -> None:
+    # The text format adds its "\nInput:" stop after the backend's; with 5 of the backend's own, the list was cut to
+    # Gemini's 5 and the format's stop silently dropped (the model went on writing the next example); a request's
+    # 5 dropped it the same way. Both are refused, saying the format added one.
+    from genroute import ConfigError, UsageError
+
+    collection, _ = await loaded(knowledge, tmp_path)
+    five = ["a", "b", "c", "d", "e"]
+    with pytest.raises(ConfigError) as built:
+        router(gemini_server, otel, knowledge, collection=collection, format="text",
+               generation={"stop_sequences": five})
+    assert built.value.field == "backends.icl.generation.stop_sequences"
+    assert "6 stop sequences (1 added by its prompt format" in built.value.message
+    gemini_server.reply_text("x")
+    async with router(gemini_server, otel, knowledge, collection=collection, format="text",
+                      generation={"stop_sequences": five[:4]}) as r:
+        with pytest.raises(UsageError) as asked:
+            await r.agenerate("my new card never arrived", generation={"stop_sequences": five})
+        assert asked.value.field == "generation.stop_sequences" and "1 added by the backend's prompt format" in \
+            asked.value.message
+        await r.agenerate("my new card never arrived")
+    (request,) = gemini_server.requests
+    assert field_of(field_of(request.body, "generationConfig"), "stopSequences") == [*five[:4], "\nInput:"]

@@ -164,3 +164,29 @@ def test_a_budget_holds_the_output_tokens_a_request_raises_its_backends_max_outp
         router.generate("x", generation={"max_output_tokens": 20 + 3_000})  # $0.0085: held, then settled
         router.generate("x", generation={"max_output_tokens": 5, "temperature": 0.0})  # lowered: the estimate
     assert [g["maxOutputTokens"] for g in sent(gemini_server)] == [3_020, 5]
+
+
+SIX = ["a", "b", "c", "d", "e", "f"]
+
+
+def test_more_stop_sequences_than_gemini_takes_are_refused_before_anything_is_sent(gemini_server):
+    # Gemini takes at most 5 stop sequences. A Gemini backend with 6 built, and its first request was the provider's
+    # 400; a request's override of 6 had the 6th silently dropped. Both are refused, naming the field; the local
+    # engine takes any number.
+    from genroute import ConfigError
+
+    with pytest.raises(ConfigError) as built:
+        Router.from_config(gemini_config(gemini_server, generation={"stop_sequences": SIX}))
+    assert built.value.field == "backends.chat.generation.stop_sequences" and "at most 5" in built.value.message
+    with Router.from_config(gemini_config(gemini_server, generation={"stop_sequences": SIX[:5]})) as router:
+        with pytest.raises(UsageError) as asked:
+            router.generate("x", generation={"stop_sequences": SIX})
+        assert asked.value.field == "generation.stop_sequences" and "at most 5" in asked.value.message
+        with pytest.raises(UsageError):
+            list(router.stream("x", generation={"stop_sequences": SIX}))
+        router.generate("x", generation={"stop_sequences": SIX[1:]})
+    assert [c["stopSequences"] for c in sent(gemini_server)] == [SIX[1:]]
+    local = {"engines": {"local": {"kind": "local", "n_threads": 1}},
+             "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
+                                   "generation": {"stop_sequences": [f"s{i}" for i in range(12)]}}}}
+    Router.from_config(local).close()

@@ -204,6 +204,10 @@ class Backend(KindFromConfig, ABC):
             yield output.text
         yield output
 
+    def stop_sequences(self) -> tuple[str, ...]:
+        """The stop sequences this backend's calls carry (its ``generation``'s; a backend adding its own says so)."""
+        return self.config.generation.stop_sequences
+
     def facts(self) -> dict[str, Any]:
         """Facts policies may read (collection name, example count, tools); must not call a model."""
         return {}

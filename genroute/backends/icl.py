@@ -131,6 +131,12 @@ class IclBackend(SingleCallBackend):
         n = await self.examples.store.count(name, kind="examples", field=f"backends.{self.name}.collection")
         return f"collection {name!r} holds {n} examples"
 
+    def stop_sequences(self) -> tuple[str, ...]:
+        """``generation.stop_sequences``, then (in ``text`` format) ``stop``, the format's own."""
+        cfg = self.config
+        own = cfg.generation.stop_sequences
+        return own if cfg.format == "turns" else tuple(dict.fromkeys(own + cfg.stop))
+
     def facts(self) -> dict[str, Any]:
         """Collection, selector, k, ``example_count`` and ``example_counts`` per task (read from the store,
         blocking; zero and empty if it is unavailable)."""
@@ -244,7 +250,7 @@ class IclBackend(SingleCallBackend):
         if cfg.format == "turns":
             system = "\n\n".join(t for t in (cfg.system, cfg.instructions) if t) or None
         else:
-            stops = tuple(dict.fromkeys(stops + cfg.stop))[:5]  # Gemini accepts at most five
+            stops = self.stop_sequences()  # within the engine's limit: checked when the router was built
             ctx.format_stops = cfg.stop  # kept when the request gives stop_sequences of its own
         prefix, tail = self.contents(request, shown, split=cfg.context_cache is not None)
         extra: dict[str, Any] = {"examples": [ex.id for ex, _ in shown]}

@@ -73,6 +73,8 @@ class Engine(KindFromConfig, ABC):
     #: For a free engine (``pricing_model`` is ``None``): the cloud model its calls are compared against, whose
     #: price becomes the result's ``cloud_equivalent_cost_usd``. ``None``: no comparison.
     reference_model: str | None = None
+    #: The most stop sequences one call may carry (Gemini's API answers more with a 400); ``None``: any number.
+    max_stop_sequences: int | None = None
 
     def __init__(self, name: str, config: BaseModel) -> None:
         check_engine_name(name)

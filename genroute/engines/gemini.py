@@ -44,6 +44,9 @@ async def _close_quietly(chunks: Any) -> None:
         pass
 
 
+#: Gemini's limit on ``stop_sequences`` (its GenerationConfig reference: "up to 5"; a sixth is a 400).
+GEMINI_MAX_STOPS = 5
+
 class GeminiEngine(Engine):
     """Gemini through google-genai: Developer API or Vertex AI; tuned endpoints are model names."""
 
@@ -59,6 +62,7 @@ class GeminiEngine(Engine):
         super().__init__(name, config)
         self.config: GeminiEngineConfig = config
         self.provider = "gcp.vertex_ai" if config.vertex is not None else "gcp.gemini"
+        self.max_stop_sequences = GEMINI_MAX_STOPS
         # Vertex AI bills a cache's creation at the standard input price, on top of its storage (its context cache
         # overview); the Developer API documents no such charge.
         self.cache_input_billed = config.vertex is not None

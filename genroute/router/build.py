@@ -338,6 +338,19 @@ def require_prices(backends: Mapping[str, Backend], pricing: Pricing) -> None:
             pricing.require(reference, field=f"engines.{backend.config.engine}.reference_model")
 
 
+def require_stop_limits(backends: Mapping[str, Backend]) -> None:
+    """``ConfigError`` naming ``backends.<name>.generation.stop_sequences`` when a backend's calls would carry more
+    stop sequences than its engine takes (Gemini: 5, a 400 at the first request); the local engine takes any."""
+    for name, backend in backends.items():
+        limit = backend.engine.max_stop_sequences
+        stops = backend.stop_sequences()
+        if limit is not None and len(stops) > limit:
+            own = len(backend.config.generation.stop_sequences)
+            added = f" ({len(stops) - own} added by its prompt format: `stop`)" if own < len(stops) else ""
+            raise ConfigError(f"{len(stops)} stop sequences{added}: engine {backend.config.engine!r} takes at most "
+                              f"{limit} a call", field=f"backends.{name}.generation.stop_sequences")
+
+
 def warn_unused_prices(backends: Mapping[str, Backend], resources: Resources) -> None:
     """Log a warning naming each ``pricing.<key>`` that prices no model this router's backends, engines or
     embedder use and no built-in model, with the nearest known name: a misspelt key (``gemini-2.5-flsh``) left the

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from genroute.errors import UsageError
 from genroute.types import RequestGeneration
 
 if TYPE_CHECKING:
@@ -19,16 +20,22 @@ if TYPE_CHECKING:
 
 
 def overridden(config: types.GenerateContentConfig | None, generation: RequestGeneration,
-               format_stops: Sequence[str] = ()) -> types.GenerateContentConfig:
+               format_stops: Sequence[str] = (), max_stops: int | None = None) -> types.GenerateContentConfig:
     """``config`` with the fields ``generation`` gives in place of its own (a new config; ``config`` is not changed).
 
     A given ``stop_sequences`` replaces the backend's, but ``format_stops``, the stops a backend adds for its own
-    prompt format (an ICL backend's ``stop``), are kept after it (at most five in all, as Gemini takes)."""
+    prompt format (an ICL backend's ``stop``), are kept after it; more than ``max_stops`` in all (the engine's limit,
+    Gemini's 5) is a ``UsageError`` naming ``generation.stop_sequences``, none dropped."""
     from google.genai import types
 
     update = generation.given()
     if "stop_sequences" in update:
-        stops = list(dict.fromkeys((*update["stop_sequences"], *format_stops)))[:5]
+        stops = list(dict.fromkeys((*update["stop_sequences"], *format_stops)))
+        if max_stops is not None and len(stops) > max_stops:
+            added = len(stops) - len(set(update["stop_sequences"]))
+            raise UsageError(f"{len(stops)} stop sequences" + (f" ({added} added by the backend's prompt format)"
+                             if added else "") + f": this backend's engine takes at most {max_stops} a call",
+                             field="generation.stop_sequences")
         update["stop_sequences"] = stops or None
     if config is None:
         return types.GenerateContentConfig(**update)
