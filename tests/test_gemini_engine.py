@@ -713,3 +713,20 @@ async def test_vertex_without_credentials_is_a_config_error_and_sends_nothing(sr
         await engine.generate(MODEL, user("x"))
     assert err.value.field == "engines.vx.vertex"
     assert len(srv.requests) == before
+
+
+async def test_the_retry_log_line_names_the_error_and_the_trace_not_the_providers_message(srv, engine, caplog):
+    # The retry log line carried the provider's error message, which may quote the request, and no trace id to find
+    # the call's span by: it now says the error's class, its status and the current trace id.
+    from opentelemetry.sdk.trace import TracerProvider
+
+    srv.fault(Fault.status(503, message="overloaded while reading: my card number is 4111-0000"))
+    srv.reply_text("ok")
+    tracer = TracerProvider().get_tracer("test")
+    with caplog.at_level(logging.INFO, logger="genroute.engines.retry"):
+        with tracer.start_as_current_span("call") as span:
+            assert (await engine.generate(MODEL, user("x"))).text == "ok"
+    (line,) = [r.getMessage() for r in caplog.records if "retrying after attempt" in r.getMessage()]
+    assert "4111" not in line and "overloaded" not in line, line
+    assert "BackendUnavailable" in line and "status 503" in line, line
+    assert f"trace {format(span.get_span_context().trace_id, '032x')}" in line, line

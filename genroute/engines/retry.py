@@ -149,7 +149,12 @@ def _retrying(config: RetryConfig, start: float, deadline: float,
 
     def log(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        logger.info("retrying after attempt %d in %.2fs: %s", state.attempt_number, state.upcoming_sleep, exc)
+        # The error's class and status, never its message (a provider's may quote the request), and the trace id
+        # that finds the call's span and its genroute.retry events.
+        context = trace.get_current_span().get_span_context()
+        logger.info("retrying after attempt %d in %.2fs: %s (status %s, trace %s)", state.attempt_number,
+                    state.upcoming_sleep, type(exc).__name__, getattr(exc, "status", None),
+                    format(context.trace_id, "032x") if context.is_valid else "none")
         retried(state.attempt_number, state.upcoming_sleep, exc)
 
     retrying = tenacity.AsyncRetrying(
