@@ -4,8 +4,11 @@ file."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,20 @@ def read_only_dir(tmp_path: Path, read_only: Callable[..., None]) -> Iterator[Pa
     assert sorted(p.name for p in directory.iterdir()) == ["outcomes.db"]
     read_only(directory)
     yield directory / "outcomes.db"
+
+
+@contextlib.contextmanager
+def read_only_view(directory: Path, view: Path) -> Iterator[None]:
+    """``directory`` seen through ``view``, a read-only bind mount: the reader's view of the writer's directory (root
+    only, as CI runs)."""
+    if os.geteuid() != 0:
+        pytest.fail("the reader's read-only view of the writer's directory is a bind mount: run the tests as root")
+    view.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(directory), str(view)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "--lazy", str(view)], check=True)
 
 
 def test_a_store_in_a_read_only_directory_is_read_and_a_write_names_the_file(read_only_dir: Path) -> None:
@@ -81,8 +98,6 @@ def test_a_store_in_a_directory_this_user_may_not_write_is_read_and_a_write_name
     read-only mount: such a store was still "cannot open the outcome store ...: attempt to write a readonly
     database". Root is held back by permissions only without its capability to override them: the reading runs so."""
     import json
-    import os
-    import subprocess
     import sys
     import textwrap
 
@@ -131,18 +146,12 @@ def test_a_store_opened_in_a_read_only_directory_beside_a_writer_is_read_once_th
     (its -wal file gone) was "unable to open database file": 2,784 of 2,801 reads of a reader, through a read-only
     mount, of a file a process beside it wrote now and then. The directory is the same one writable (the writer's)
     and read-only (the reader's, a read-only bind mount: root only, as CI runs)."""
-    import os
-    import subprocess
 
-    if os.geteuid() != 0:
-        pytest.fail("the reader's read-only view of the writer's directory is a bind mount: run the tests as root")
     directory, view = tmp_path / "outcomes", tmp_path / "view"
     store = OutcomeStore(directory / "outcomes.db")
     store.upsert_many_sync([record("a"), record("b", 0.0)])
     store.close()
-    view.mkdir()
-    subprocess.run(["mount", "--bind", "-o", "ro", str(directory), str(view)], check=True)
-    try:
+    with read_only_view(directory, view):
         writer = sqlite3.connect(directory / "outcomes.db")  # another process with the file open: its -wal is there
         writer.execute("SELECT COUNT(*) FROM outcomes").fetchone()
         assert (directory / "outcomes.db-wal").exists()
@@ -151,8 +160,6 @@ def test_a_store_opened_in_a_read_only_directory_beside_a_writer_is_read_once_th
         writer.close()  # the writer ends, and its -wal file with it
         assert not (directory / "outcomes.db-wal").exists()
         assert [r.id for r in reader.records_sync()] == ["a", "b"] and reader.count_sync() == 2
-    finally:
-        subprocess.run(["umount", "--lazy", str(view)], check=True)
 
 
 def test_a_read_another_process_s_checkpoint_overlapped_in_a_read_only_directory_is_read_again(
@@ -163,16 +170,12 @@ def test_a_read_another_process_s_checkpoint_overlapped_in_a_read_only_directory
     for 20,000 (19,998 ids). Here the other process rewrites the file from inside the read (SQLite's progress
     handler, called by the reader's own query: no timing); the reader's view of the directory is a read-only bind
     mount (root only, as CI runs)."""
-    import os
-    import subprocess
     import sys
     import textwrap
 
     from genroute.outcomes import sqlite_files
     from genroute.outcomes import store as store_module
 
-    if os.geteuid() != 0:
-        pytest.fail("the reader's read-only view of the writer's directory is a bind mount: run the tests as root")
     directory, view = tmp_path / "outcomes", tmp_path / "view"
     store = OutcomeStore(directory / "outcomes.db")
     store.upsert_many_sync([OutcomeRecord(input="x" * 1000, output="y", metadata={"id": f"a{i:04}", "task": "t"})
@@ -205,16 +208,12 @@ def test_a_read_another_process_s_checkpoint_overlapped_in_a_read_only_directory
             db.set_progress_handler(in_the_middle, 1000)
         return db
 
-    view.mkdir()
-    subprocess.run(["mount", "--bind", "-o", "ro", str(directory), str(view)], check=True)
-    try:
+    with read_only_view(directory, view):
         reader = OutcomeStore(view / "outcomes.db")
         assert reader._frozen
         monkeypatch.setattr(sqlite_files, "connect", connect)
         monkeypatch.setattr(store_module, "connect", connect)
         ids = [r.id for r in reader.records_sync()]
-    finally:
-        subprocess.run(["umount", "--lazy", str(view)], check=True)
     assert rewritten == [0]
     assert ids == [f"b{i:04}" for i in range(1500)]
 
@@ -238,27 +237,19 @@ def test_a_file_another_process_writes_during_every_read_is_an_outcome_store_err
     genroute's OutcomeStoreError naming the file. The other process's writing is a change of the file's times from
     inside each read (SQLite's progress handler, called by the reader's own query: no timing); the reader's view of
     the directory is a read-only bind mount (root only, as CI runs)."""
-    import os
-    import subprocess
 
     from genroute.errors import OutcomeStoreError
 
-    if os.geteuid() != 0:
-        pytest.fail("the reader's read-only view of the writer's directory is a bind mount: run the tests as root")
     directory, view = tmp_path / "outcomes", tmp_path / "view"
     store = OutcomeStore(directory / "outcomes.db")
     store.upsert_many_sync([record("a"), record("b", 0.0)])
     store.close()
-    view.mkdir()
-    subprocess.run(["mount", "--bind", "-o", "ro", str(directory), str(view)], check=True)
-    try:
+    with read_only_view(directory, view):
         reader = OutcomeStore(view / "outcomes.db")
         assert reader._frozen
         written_during_each_frozen_read(directory / "outcomes.db", monkeypatch)
         with pytest.raises(OutcomeStoreError) as refused:
             reader.count_sync()
-    finally:
-        subprocess.run(["umount", "--lazy", str(view)], check=True)
     assert refused.value.path == str(view / "outcomes.db")
     assert str(view / "outcomes.db") in str(refused.value) and "changed during each of 5 reads" in str(refused.value)
 
@@ -282,7 +273,6 @@ def written_during_each_frozen_read(written: Path, monkeypatch: pytest.MonkeyPat
     """Every frozen read (``read_file`` of a file in a directory this process cannot write) sees ``written`` change
     while it runs, as another process's writing changes it: its times are moved on from inside the read (SQLite's
     progress handler, called by the reader's own query: no timing)."""
-    import os
 
     from genroute.outcomes import sqlite_files
     from genroute.outcomes import store as store_module
