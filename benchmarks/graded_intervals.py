@@ -283,13 +283,19 @@ def paired(runs: int, seed: int, check: int) -> dict[tuple[str, str, int], tuple
                 low, high = 2 * low - 1, 2 * high - 1
                 out[name, method_name, n] = cell(low, high, truth)
                 if method_name == CHOSEN:
-                    for i in range(min(check, runs)):
-                        if np.isin(a[i], (0.0, 1.0)).all() and np.isin(b[i], (0.0, 1.0)).all():
-                            continue
-                        got = compare_paired(a[i].tolist(), b[i].tolist()).ci
-                        if not np.isclose(got, (low[i], high[i]), rtol=0, atol=1e-9).all():
-                            raise AssertionError(f"{name} n={n} run {i}: genroute {got}, here {low[i], high[i]}")
+                    same_as_genroute(compare_paired, a[:check], b[:check], low, high, f"{name} n={n}")
     return out
+
+
+def same_as_genroute(compare: Any, a: Any, b: Any, low: Any, high: Any, where: str) -> None:
+    """``AssertionError`` unless genroute's ``compare`` gives each graded run of ``a`` vs ``b`` (0/1 runs are its
+    exact methods') the interval [``low``, ``high``] computed here, to 1e-9."""
+    for i in range(len(a)):
+        if np.isin(a[i], (0.0, 1.0)).all() and np.isin(b[i], (0.0, 1.0)).all():
+            continue
+        got = compare(a[i].tolist(), b[i].tolist()).ci
+        if not np.isclose(got, (low[i], high[i]), rtol=0, atol=1e-9).all():
+            raise AssertionError(f"{where} run {i}: genroute {got}, here {low[i], high[i]}")
 
 
 def welch_before(a: Any, b: Any) -> tuple[Any, Any, Any]:
@@ -354,12 +360,7 @@ def unpaired(runs: int, seed: int, check: int) -> dict[tuple[str, str, int], tup
                 low, high = np.maximum(-1.0, diff - down), np.minimum(1.0, diff + up)
                 out[name, method_name, n] = cell(low, high, truth)
                 if method_name == CHOSEN:
-                    for i in range(min(check, runs)):
-                        if np.isin(a[i], (0.0, 1.0)).all() and np.isin(b[i], (0.0, 1.0)).all():
-                            continue
-                        got = compare_unpaired(a[i].tolist(), b[i].tolist()).ci
-                        if not np.isclose(got, (low[i], high[i]), rtol=0, atol=1e-9).all():
-                            raise AssertionError(f"{name} n={n} run {i}: genroute {got}, here {low[i], high[i]}")
+                    same_as_genroute(compare_unpaired, a[:check], b[:check], low, high, f"{name} n={n}")
     return out
 
 
