@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,8 +14,9 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_seria
 from genroute.bounds import NOT_BOOL
 from genroute.config_errors import config_error, pydantic_validated
 from genroute.config_location import located
+from genroute.config_secrets import config_texts, refuse_masked_secrets, section_redacted
 from genroute.config_parse import DuplicateKey, parse_json, parse_yaml
-from genroute.errors import ConfigError, UsageError, without_credentials, without_secrets
+from genroute.errors import ConfigError, UsageError, without_secrets
 from genroute.public_model import ConfigModel
 from genroute.registry import Group, load, plugin_failures, plugin_origin
 from genroute.runtime.pricing import ModelPrice
@@ -38,7 +39,6 @@ class TelemetryConfig(_Frozen):
 #: ``RouterConfig`` sections kept as raw mappings (validated per ``kind`` when built), which reprs and dumps redact;
 #: in the named ones each entry's name is a name, not a setting.
 _RAW_SECTIONS = ("engines", "backends", "policy", "knowledge", "validators", "outcomes", "rate_limits", "breakers")
-_NAMED_SECTIONS = ("engines", "backends", "validators")
 
 
 #: The name of an engine, a backend, a tool or a validator.
@@ -75,7 +75,7 @@ class RouterConfig(_Frozen):
         # Sections stay raw mappings until built (a plugin kind may take a key anywhere): keep inline keys out of
         # reprs and logs.
         for name, value in super().__repr_args__():
-            yield name, _section_redacted(name, value) if name in _RAW_SECTIONS else value
+            yield name, section_redacted(name, value) if name in _RAW_SECTIONS else value
 
     @field_validator("backends")
     @classmethod
@@ -97,47 +97,7 @@ class RouterConfig(_Frozen):
     @field_serializer(*_RAW_SECTIONS)
     def _dump_redacted(self, value: Any, info: Any) -> Any:
         # ...and out of every dump (model_dump, model_dump_json): a dumped config is for reading, not for keys.
-        return _section_redacted(info.field_name, value)
-
-
-#: Words of a setting's name that make its value a secret (``api_key``, ``X-Api-Key``, ``accessToken``), and
-#: fragments that do wherever they stand (``client_secret``, ``dbpassword``).
-_SECRET_WORDS = {"key", "token", "pat"}
-#: What a dump writes in place of a secret setting's value.
-_MASK = "**********"
-_SECRET_PARTS = ("secret", "password", "passwd", "credential", "authorization", "apikey")
-
-
-def _secret_name(name: Any) -> bool:
-    """Whether a setting called ``name`` holds a secret (``*_env`` names the variable that does, not the secret)."""
-    if not isinstance(name, str):
-        return False
-    lower = name.lower()
-    words = set(re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()))
-    return not lower.endswith("_env") and (bool(words & _SECRET_WORDS) or any(p in lower for p in _SECRET_PARTS))
-
-
-def _section_redacted(section: str, value: Any) -> Any:
-    """``_redacted`` for a config section; the entries of a named section (``engines.<name>``) are names, not
-    settings, and stay as they are."""
-    if section in _NAMED_SECTIONS and isinstance(value, Mapping):
-        return {name: _redacted(entry) for name, entry in value.items()}
-    return _redacted(value)
-
-
-def _redacted(value: Any, *, headers: bool = False) -> Any:
-    """``value`` with every mapping entry whose name looks secret (``api_key``, ``token``...) masked, every value
-    of a ``headers`` mapping (a gateway's or a Chroma server's: ``Cookie``, ``X-Gateway-Auth`` are credentials
-    too, and the engine scrubs each from errors), and the credentials of URLs (``base_url:
-    https://user:secret@host``) too."""
-    if isinstance(value, Mapping):
-        return {k: _MASK if headers or _secret_name(k) else _redacted(v, headers=k == "headers")
-                for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redacted(v) for v in value]
-    if isinstance(value, str):
-        return without_credentials(value)
-    return value
+        return section_redacted(info.field_name, value)
 
 
 def _parse_error(exc: Exception) -> str:
@@ -230,51 +190,11 @@ _ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}|\$[A-Z_][A-Z0-9_]*")
 def refuse_env_references(raw: Mapping[str, Any]) -> None:
     """``ConfigError`` naming a value of a config file that is ``${VAR}``: genroute does not expand one, so the text
     itself would be sent as a key, dialled as a URL or made a directory."""
-    for where, _, value in _texts(raw):
+    for where, _, value in config_texts(raw):
         if _ENV_REFERENCE.fullmatch(value.strip()):
             raise ConfigError(f"{value.strip()}: a config file's values are not expanded from the environment; write "
                               "the value, name the variable where a setting takes one (an engine's api_key_env), "
                               "or build the config as a mapping in Python", field=where)
-
-
-#: What a config's dump writes in place of a URL's user and password (``without_credentials``).
-_MASKED_URL = re.compile(r"(?i)\b[a-z][a-z0-9+.\-]*://\*\*\*@|[?&]password=\*\*\*(?![^&#\s'\"])")
-
-
-def refuse_masked_secrets(raw: Mapping[str, Any]) -> None:
-    """``ConfigError`` naming a setting that holds the mask a config's dump writes in place of a secret (a dumped
-    config loaded again): it would be sent as the key, or as the URL's credentials, and fail only at run time."""
-    for where, key, value in _texts(raw):
-        if (value == _MASK and (_secret_name(key) or _in_headers(where, key))) or _MASKED_URL.search(value):
-            raise ConfigError("holds the mask a config's dump writes in place of a secret (a dump is for reading, "
-                              "its secrets are gone): give the real value, or name an environment variable where "
-                              "the setting takes one (api_key_env)", field=where)
-
-
-def _in_headers(where: str, key: Any) -> bool:
-    """Whether the setting at dotted path ``where`` (ending in ``key``) is a value of a ``headers`` mapping."""
-    parent = where[:len(where) - len(str(key))].removesuffix(".")
-    return parent == "headers" or parent.endswith(".headers")
-
-
-def _texts(raw: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
-    """Every text value in ``raw``, nested ones too: (its dotted path, its key, the text). Each mapping or list is
-    read once, by the first path that reaches it: a structure given in code that shares references (a "billion
-    laughs" bomb, a cycle) is walked in the time of its own size, not of the tree it unfolds to."""
-    stack: list[tuple[Any, str, Any]] = [(raw, "", None)]
-    seen: set[int] = set()
-    while stack:
-        value, where, name = stack.pop()
-        if isinstance(value, Mapping | list | tuple):
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
-        if isinstance(value, Mapping):
-            stack.extend((item, f"{where}.{key}" if where else str(key), key) for key, item in value.items())
-        elif isinstance(value, list | tuple):
-            stack.extend((item, f"{where}.{index}", None) for index, item in enumerate(value))
-        elif isinstance(value, str):
-            yield where, name, value
 
 
 def anchor_paths(raw: Mapping[str, Any], config_file: Path) -> dict[str, Any]:

@@ -567,3 +567,40 @@ def test_a_pydantic_model_is_a_response_schema_as_google_genai_takes_one(gemini_
         gemini_server.reply_text('{"city": "Paris", "temp_c": 21}')
         assert Answer.model_validate_json(router.generate("x").text) == Answer(city="Paris", temp_c=21)
     assert gemini_server.requests[-1].body["generationConfig"]["responseJsonSchema"] == Answer.model_json_schema()
+
+
+def test_a_config_built_with_python_objects_dumps_and_loads_back_to_the_same_wire_request(gemini_server, monkeypatch):
+    # A pydantic class as response_schema made model_dump_json() raise PydanticSerializationError; google-genai's
+    # SafetySetting dumped its unset `method: None`, refused when loaded back; and a schema property named like a
+    # secret (`token_count`) was masked, so the saved schema was no longer the one sent.
+    from google.genai import types
+    from pydantic import BaseModel
+
+    from genroute import RouterConfig
+
+    class Answer(BaseModel):
+        city: str
+        token_count: int
+
+    monkeypatch.setenv("GENROUTE_TEST_GEMINI_KEY", TEST_KEY)
+    config = gemini_config(gemini_server, generation={
+        "response_mime_type": "application/json", "response_schema": Answer, "stop_sequences": ("\n\n",),
+        "safety_settings": [types.SafetySetting(category=types.HarmCategory.HARM_CATEGORY_HARASSMENT,
+                                                threshold=types.HarmBlockThreshold.BLOCK_ONLY_HIGH)]})
+    config["engines"]["gemini"] = {"kind": "gemini", "base_url": gemini_server.base_url,
+                                   "api_key_env": "GENROUTE_TEST_GEMINI_KEY"}
+    config["validators"] = {"shape": {"kind": "json_schema", "schema": Answer.model_json_schema()}}
+    config["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["shape"]}]}
+    built = RouterConfig.model_validate(config)
+    bodies = []
+    for source in (built, RouterConfig.model_validate_json(built.model_dump_json()),
+                   RouterConfig.model_validate(json.loads(json.dumps(built.model_dump(mode="json")))),
+                   built.model_dump()):
+        with Router.from_config(source) as router:
+            gemini_server.reply_text('{"city": "Paris", "token_count": 3}')
+            assert router.generate("x").text == '{"city": "Paris", "token_count": 3}'
+        bodies.append(gemini_server.requests[-1].body)
+    assert bodies[0]["generationConfig"]["responseJsonSchema"] == Answer.model_json_schema()
+    assert bodies[0]["safetySettings"] == [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}]
+    assert bodies[1:] == [bodies[0]] * 3
+    assert json.loads(built.model_dump_json())["validators"]["shape"]["schema"] == Answer.model_json_schema()

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("genroute.errors", "genroute.types", "genroute.construct", "genroute.jsonl", "genroute.cache", "genroute.tools",
      "genroute.config_errors", "genroute.public_model", "genroute.groups",
      "genroute.bounds", "genroute.log_every", "genroute.exact_sums",
-     "genroute.config_parse", "genroute.config_location",
+     "genroute.config_parse", "genroute.config_location", "genroute.config_secrets",
      "genroute.registry", "genroute.testing"),
     # The engine interface imports nothing of genroute: the run context is written against it.
     ("genroute.runtime", "genroute.engines.base", "genroute.state", "genroute.admission"),
