@@ -276,24 +276,40 @@ async def test_a_text_turn_reaches_an_engine_that_takes_no_text_as_one_user_turn
         assert response.usage_metadata.prompt_token_count == reference.usage_metadata.prompt_token_count
 
 
+def _safety_config(threshold: str) -> dict:
+    generation = {"max_output_tokens": 4, "temperature": 0.0,
+                  "safety_settings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": threshold}]}
+    return {"engines": {"local": {"kind": "local", "n_threads": 1}},
+            "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
+                                  "generation": generation}}}
+
+
 @pytest.mark.local
 def test_a_safety_filter_the_local_model_cannot_apply_is_refused_not_dropped() -> None:
     # A backend's Gemini safety settings on the local engine were ignored: no filter ran, and nothing said so.
     from genroute import Router
 
-    def config(threshold: str) -> dict:
-        generation = {"max_output_tokens": 4, "temperature": 0.0,
-                      "safety_settings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": threshold}]}
-        return {"engines": {"local": {"kind": "local", "n_threads": 1}},
-                "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
-                                      "generation": generation}}}
-
-    with Router.from_config(config("BLOCK_NONE")) as router:  # no filter asked for: nothing to refuse
+    with Router.from_config(_safety_config("BLOCK_NONE")) as router:  # no filter asked for: nothing to refuse
         assert router.generate("The capital of France is").usage.output_tokens > 0
-    with Router.from_config(config("BLOCK_ONLY_HIGH")) as router:
-        with pytest.raises(UsageError) as info:
-            router.generate("The capital of France is")
-    assert info.value.field == "config.safety_settings"
+
+
+def test_a_blocking_safety_filter_on_the_local_engine_is_refused_when_the_router_is_built() -> None:
+    # The backend built, and the refusal came only at its first request (UsageError naming config.safety_settings):
+    # a misconfigured backend is now a ConfigError naming its setting at build, before the model is loaded.
+    from genroute import Router
+
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(_safety_config("BLOCK_ONLY_HIGH"))
+    assert info.value.field == "backends.chat.generation.safety_settings"
+    assert "no safety filter" in info.value.message
+    with Router.from_config(_safety_config("OFF")) as router:  # builds: nothing filters, nothing is dropped
+        assert router.backends["chat"].engine._instances == []  # and no model was loaded to say so
+    # A call that reaches the engine with its own settings (a direct call) is still refused at the call.
+    blocking = types.SafetySetting(category=types.HarmCategory.HARM_CATEGORY_HARASSMENT,
+                                   threshold=types.HarmBlockThreshold.BLOCK_ONLY_HIGH)
+    with pytest.raises(UsageError) as call:
+        prepare(user("x"), types.GenerateContentConfig(safety_settings=[blocking]), Defaults())
+    assert call.value.field == "config.safety_settings"
 
 
 @pytest.mark.local

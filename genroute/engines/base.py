@@ -135,6 +135,12 @@ class Engine(KindFromConfig, ABC):
         """The model name to price calls at (``None``: free, e.g. local)."""
         return model
 
+    def refused_setting(self, generation: Any) -> tuple[str, str] | None:
+        """The first of a backend's ``generation`` settings (its ``GenerationSettings``) this engine cannot honour,
+        and why, as (the setting's name, the reason); building a router refuses that backend with a ``ConfigError``
+        naming ``backends.<name>.generation.<setting>``. Default: ``None``, every setting honoured."""
+        return None
+
     #: Whether ``create_cache`` makes context caches (Gemini); backends send their prefix inline otherwise.
     context_caching: ClassVar[bool] = False
     #: Whether making a context cache bills its tokens as input too, on top of their storage (Vertex AI).

@@ -271,7 +271,11 @@ def _after_result(contents: list[types.Content]) -> bool:
     return bool(last and any(p.function_response is not None for p in last.parts or ()))
 
 
-def _filters(setting: types.SafetySetting) -> bool:
+#: Why the local engine refuses a safety setting that would block (``blocks``).
+NO_SAFETY_FILTER = "the local engine has no safety filter: a safety setting can only be OFF or BLOCK_NONE here"
+
+
+def blocks(setting: types.SafetySetting | Any) -> bool:
     """Whether ``setting`` asks for content to be blocked (any threshold but OFF and BLOCK_NONE)."""
     threshold = setting.threshold
     return threshold is not None and getattr(threshold, "value", threshold) not in ("OFF", "BLOCK_NONE")
@@ -304,10 +308,9 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
         raise UsageError("must not be empty", field="contents")
     if config.candidate_count not in (None, 1):
         raise UsageError("the local engine produces one candidate", field="config.candidate_count")
-    if any(_filters(setting) for setting in config.safety_settings or ()):
+    if any(blocks(setting) for setting in config.safety_settings or ()):
         # Sent on as if honoured, a Gemini filter the application relies on would be dropped without a word.
-        raise UsageError("the local engine has no safety filter: a safety setting can only be OFF or BLOCK_NONE "
-                         "here", field="config.safety_settings")
+        raise UsageError(NO_SAFETY_FILTER, field="config.safety_settings")
     check_sampling(config)
     if config.response_mime_type not in (None, "text/plain", "application/json", ENUM_MIME_TYPE):
         raise UsageError(f"the local engine writes text/plain, application/json or {ENUM_MIME_TYPE}, not "

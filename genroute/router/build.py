@@ -338,10 +338,16 @@ def require_prices(backends: Mapping[str, Backend], pricing: Pricing) -> None:
             pricing.require(reference, field=f"engines.{backend.config.engine}.reference_model")
 
 
-def require_stop_limits(backends: Mapping[str, Backend]) -> None:
-    """``ConfigError`` naming ``backends.<name>.generation.stop_sequences`` when a backend's calls would carry more
-    stop sequences than its engine takes (Gemini: 5, a 400 at the first request); the local engine takes any."""
+def require_engine_limits(backends: Mapping[str, Backend]) -> None:
+    """``ConfigError`` naming ``backends.<name>.generation.<setting>`` when a backend's engine cannot honour one of its
+    generation settings (``Engine.refused_setting``: a blocking safety filter on the local engine, which has none),
+    or its calls would carry more stop sequences than the engine takes (Gemini: 5, a 400 at the first request; the
+    local engine takes any)."""
     for name, backend in backends.items():
+        refused = backend.engine.refused_setting(backend.config.generation)
+        if refused is not None:
+            raise ConfigError(f"engine {backend.config.engine!r}: {refused[1]}",
+                              field=f"backends.{name}.generation.{refused[0]}")
         limit = backend.engine.max_stop_sequences
         stops = backend.stop_sequences()
         if limit is not None and len(stops) > limit:

@@ -246,10 +246,10 @@ class Learning:
 
     def _add_backend(self, name: str, backend: Backend, unsafe: Mapping[str, tuple[str, ...]]) -> None:
         from genroute.policies.base import PolicyContext
-        from genroute.router.build import require_prices, require_stop_limits
+        from genroute.router.build import require_engine_limits, require_prices
 
         require_prices({name: backend}, self._executor.pricing)
-        require_stop_limits({name: backend})
+        require_engine_limits({name: backend})
         self.backends[name] = backend  # the executor holds this same mapping
         self._unsafe.update(unsafe)
         self._executor.unsafe_shadows = frozenset(self._unsafe)

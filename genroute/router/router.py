@@ -20,7 +20,7 @@ from genroute.router.inflight import InFlight, RouterStream
 from genroute.router.health import Checks
 from genroute.router.lifecycle import Lifecycle
 from genroute.router.build import (check_arguments, check_providers, default_policy, release_on_collect,
-                                   require_prices, require_stop_limits, warn_unused_prices)
+                                   require_prices, require_engine_limits, warn_unused_prices)
 from genroute.router.deciding import CostedDecisions
 from genroute.runtime.deadlines import deadline_at
 from genroute.router.scope import RootSpan, ended_by, parse_request, within_deadline
@@ -88,7 +88,7 @@ class Router(Lifecycle, Learning, Refreshing, Checks):
         self.backends = dict(backends)
         self.resources = resources or Resources({})
         require_prices(self.backends, self.resources.pricing)  # unknown models would silently cost 0
-        require_stop_limits(self.backends)  # a sixth stop on Gemini would be a 400 at the first request
+        require_engine_limits(self.backends)  # a sixth stop on Gemini would be a 400 at the first request
         warn_unused_prices(self.backends, self.resources)  # a misspelt key would silently not price its model
         self.policy = policy or default_policy(self.backends)
         if timeout_s is not None:
