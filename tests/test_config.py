@@ -604,3 +604,31 @@ def test_a_config_built_with_python_objects_dumps_and_loads_back_to_the_same_wir
     assert bodies[0]["safetySettings"] == [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}]
     assert bodies[1:] == [bodies[0]] * 3
     assert json.loads(built.model_dump_json())["validators"]["shape"]["schema"] == Answer.model_json_schema()
+
+
+def test_a_thinking_budget_reaches_the_wire_as_google_genai_sends_it_and_thoughts_bill_as_output(gemini_server):
+    # generation.thinking_config was "Extra inputs are not permitted": a ported app had to drop its thinking_budget.
+    from google import genai
+    from google.genai import types
+
+    from genroute.testing import Reply
+
+    client = genai.Client(api_key=TEST_KEY, http_options=types.HttpOptions(base_url=gemini_server.base_url))
+    thinking = types.ThinkingConfig(thinking_budget=512, include_thoughts=True)
+    client.models.generate_content(model="gemini-2.5-flash", contents="x",
+                                   config=types.GenerateContentConfig(thinking_config=thinking))
+    before = gemini_server.requests[-1].body
+    usage = {"promptTokenCount": 10, "candidatesTokenCount": 4, "thoughtsTokenCount": 300, "totalTokenCount": 314}
+    answer = {"candidates": [{"index": 0, "finishReason": "STOP", "content": {"role": "model", "parts": [
+        {"text": "Counting the letters first.", "thought": True}, {"text": "Three."}]}}],
+        "usageMetadata": usage, "modelVersion": "gemini-2.5-flash"}
+    for given in (thinking, {"thinking_budget": 512, "include_thoughts": True}):
+        with Router.from_config(gemini_config(gemini_server, generation={"thinking_config": given})) as router:
+            gemini_server.reply(Reply(raw=answer))
+            result = router.generate("x")
+        assert gemini_server.requests[-1].body == before
+        assert result.text == "Three." and result.usage.thinking_tokens == 300
+        # Gemini bills thought tokens at the output rate ("Output price (including thinking tokens)").
+        assert result.cost_usd == pytest.approx(10 * 0.30 / 1e6 + (4 + 300) * 2.50 / 1e6)
+    error = _error(gemini_config(gemini_server, generation={"thinking_config": {"thinking_level": "LOW"}}))
+    assert error.field == "backends.chat.generation.thinking_config.thinking_level"

@@ -312,6 +312,21 @@ def test_a_blocking_safety_filter_on_the_local_engine_is_refused_when_the_router
     assert call.value.field == "config.safety_settings"
 
 
+def test_a_thinking_budget_on_the_local_engine_is_refused_when_the_router_is_built() -> None:
+    # Gemma 3 does not think: a thinking_config would be a budget silently not spent.
+    from genroute import Router
+
+    config = _safety_config("OFF")
+    config["backends"]["chat"]["generation"] = {"thinking_config": {"thinking_budget": 0}}
+    with pytest.raises(ConfigError) as info:
+        Router.from_config(config)
+    assert info.value.field == "backends.chat.generation.thinking_config"
+    with pytest.raises(UsageError) as call:  # a direct call's own
+        prepare(user("x"), types.GenerateContentConfig(thinking_config=types.ThinkingConfig(thinking_budget=0)),
+                Defaults())
+    assert call.value.field == "config.thinking_config"
+
+
 @pytest.mark.local
 def test_a_pydantic_model_as_response_schema_constrains_the_local_answer() -> None:
     from pydantic import BaseModel

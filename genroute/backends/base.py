@@ -6,10 +6,11 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from genroute.bounds import NOT_BOOL
 from genroute.construct import one_store_init
 from genroute.construct import user_content as user_content  # public here: backends use it
 from genroute.engines.base import SamplingSettings
@@ -63,6 +64,26 @@ class SafetySetting(ConfigModel):
         return value
 
 
+class ThinkingSettings(ConfigModel):
+    """How much a Gemini 2.5 model thinks before it answers (google-genai's ``types.ThinkingConfig``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    thinking_budget: Annotated[int | None, NOT_BOOL] = Field(
+        default=None, ge=-1, description="Thinking tokens at most: 0 turns thinking off, -1 lets the model decide.")
+    include_thoughts: bool | None = Field(
+        default=None, description="Answer with the model's thought summaries too (never part of ``result.text``).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sdk_config(cls, value: Any) -> Any:
+        # google-genai's own types.ThinkingConfig, read as its fields (one genroute does not take, such as
+        # Gemini 3's thinking_level, is named).
+        if isinstance(value, BaseModel) and not isinstance(value, ThinkingSettings):
+            return value.model_dump(mode="json", exclude_none=True)
+        return value
+
+
 class GenerationSettings(SamplingSettings):
     """Sampling and output settings passed to the engine (the sampling bounds are ``SamplingSettings``')."""
 
@@ -72,6 +93,8 @@ class GenerationSettings(SamplingSettings):
     response_mime_type: str | None = None
     response_schema: dict[str, Any] | None = None
     safety_settings: tuple[SafetySetting, ...] = ()
+    #: Gemini 2.5's thinking budget; thought tokens are billed at the output rate (``Usage.thinking_tokens``).
+    thinking_config: ThinkingSettings | None = None
 
     @field_validator("response_schema", mode="before")
     @classmethod
@@ -116,6 +139,8 @@ class GenerationSettings(SamplingSettings):
                 types.SafetySetting(category=types.HarmCategory(s.category),
                                     threshold=types.HarmBlockThreshold(s.threshold))
                 for s in self.safety_settings]
+        if self.thinking_config is not None:
+            kwargs["thinking_config"] = types.ThinkingConfig(**self.thinking_config.model_dump(exclude_none=True))
         if self.response_schema is not None:
             kwargs["response_mime_type"] = self.response_mime_type or "application/json"
             kwargs["response_json_schema"] = self.response_schema

@@ -27,7 +27,7 @@ from genroute.engines.gguf_header import check_context_size, check_lora_adapter
 from genroute.engines.llama_logs import quiet_when_cancelled
 from genroute.public_model import ConfigModel
 from genroute.runtime.forks import forget_at_fork
-from genroute.engines.local_prompt import (MAX_SEED, NO_SAFETY_FILTER, AutoCalls, Defaults, Prepared, PromptFormat,
+from genroute.engines.local_prompt import (MAX_SEED, NO_SAFETY_FILTER, NO_THINKING, AutoCalls, Defaults, Prepared, PromptFormat,
                                           blocks, prepare, tokenize)
 from genroute.engines.local_sampling import abort_switch, constrained_tokens, decode_tokens, json_schema_grammar
 from genroute.engines.local_usage import Outcome, Progress, delta, usage_metadata
@@ -140,9 +140,12 @@ class LocalEngine(Engine):
         return None
 
     def refused_setting(self, generation: Any) -> tuple[str, str] | None:
-        """A safety filter that would block: llama.cpp has none (a request's own is refused by ``prepare``)."""
+        """A safety filter that would block (llama.cpp has none) or a thinking budget (the local model does not
+        think); a direct call's own is refused by ``prepare``."""
         if any(blocks(setting) for setting in generation.safety_settings):
             return "safety_settings", NO_SAFETY_FILTER
+        if generation.thinking_config is not None:
+            return "thinking_config", NO_THINKING
         return None
 
     # -- model instances (worker threads only) -------------------------------------------------

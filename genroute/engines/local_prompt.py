@@ -273,6 +273,8 @@ def _after_result(contents: list[types.Content]) -> bool:
 
 #: Why the local engine refuses a safety setting that would block (``blocks``).
 NO_SAFETY_FILTER = "the local engine has no safety filter: a safety setting can only be OFF or BLOCK_NONE here"
+#: Why it refuses a ``thinking_config``: a budget it would silently not spend.
+NO_THINKING = "the local model does not think: a thinking_config is for Gemini 2.5 models"
 
 
 def blocks(setting: types.SafetySetting | Any) -> bool:
@@ -311,6 +313,8 @@ def prepare(contents: list[types.Content], config: types.GenerateContentConfig |
     if any(blocks(setting) for setting in config.safety_settings or ()):
         # Sent on as if honoured, a Gemini filter the application relies on would be dropped without a word.
         raise UsageError(NO_SAFETY_FILTER, field="config.safety_settings")
+    if config.thinking_config is not None:
+        raise UsageError(NO_THINKING, field="config.thinking_config")
     check_sampling(config)
     if config.response_mime_type not in (None, "text/plain", "application/json", ENUM_MIME_TYPE):
         raise UsageError(f"the local engine writes text/plain, application/json or {ENUM_MIME_TYPE}, not "
