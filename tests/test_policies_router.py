@@ -42,6 +42,16 @@ def test_cascade_climbs_when_the_validator_rejects(gemini_server, otel):
     assert [a.outcome for a in result.decision.rungs_tried] == ["rejected_by_validator", "ok"]
 
 
+def test_a_request_that_names_its_backend_runs_it_alone_without_its_rungs_validators(gemini_server, otel):
+    # Documented in docs/requests.md (Choosing the backend yourself): backend= skips the policy, validators too.
+    gemini_server.reply_text("not json")
+    policy = {"kind": "cascade", "rungs": [{"backend": "small", "validators": ["json"]}, {"backend": "big"}]}
+    with Router.from_config(two_backends(gemini_server, policy), **otel.providers) as router:
+        result = router.generate("give me json", backend="small")
+    assert result.backend == "small" and result.text == "not json" and result.decision.policy == "override"
+    assert [(a.backend, a.outcome) for a in result.decision.rungs_tried] == [("small", "ok")]
+
+
 def test_ladder_uses_the_router_catalogue(gemini_server, otel):
     with Router.from_config(two_backends(gemini_server, {"kind": "ladder"}), **otel.providers) as router:
         decision = router.decide("where is my order?", task="faq")
