@@ -75,7 +75,7 @@ def main() -> None:
 
     from genroute.bench.advisor import TunedInfo
     from genroute.bench.embedding_cache import CachedEmbedder
-    from genroute.bench.harness import report_outcomes
+    from genroute.bench.run_report import report_outcomes
     from genroute.knowledge.embedders import LocalEmbedder
     from quality import backends_table, compiled_table, paired_table
 

@@ -1552,7 +1552,7 @@ async def test_a_free_models_held_out_cost_is_headed_as_its_cloud_equivalent(ser
 def test_the_terminal_report_points_to_the_column_legend(tmp_path: Path) -> None:
     """The report printed to the terminal had no word of what its columns are (cloud-eq, TTFT, failures...), which
     report.md's and report.html's *Reading the table* says: one line now names where."""
-    from genroute.bench.harness import report_outcomes
+    from genroute.bench.run_report import report_outcomes
 
     records = [BenchRecord(id=f"r{i}", input=f"question {i}", output="x") for i in range(4)]
     outcomes = [Outcome(backend=name, record_id=r.id, ok=True, scorer="exact", score=1.0)

@@ -16,7 +16,7 @@ import pytest
 
 from genroute.bench.compile import compile_policy
 from genroute.bench.datasets import BenchRecord
-from genroute.bench.harness import compiled_markdown
+from genroute.bench.run_report import compiled_markdown
 from genroute.bench.paired import backend_comparisons, comparison_markdown, compiled_comparisons, explain
 from genroute.bench.report import summarize, write_report
 from genroute.bench.runner import Outcome

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from genroute.bench.datasets import BenchRecord
-from genroute.bench.harness import report_outcomes
+from genroute.bench.run_report import report_outcomes
 from genroute.bench.multiplicity import adjust_family, holm
 from genroute.bench.runner import Outcome
 from genroute.bench.stats import compare_paired

@@ -10,7 +10,7 @@ import pytest
 
 from genroute.bench.clusters import cluster_means, text_groups
 from genroute.bench.datasets import BenchRecord
-from genroute.bench.harness import report_outcomes
+from genroute.bench.run_report import report_outcomes
 from genroute.bench.runner import Outcome
 from genroute.bench.stats import compare_paired, paired_bootstrap_ci
 from genroute.errors import UsageError

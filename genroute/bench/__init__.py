@@ -39,7 +39,8 @@ from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, advise
 from genroute.bench.cli import add_arguments, bench_main, run_bench_cli
 from genroute.bench.compile import CompileReport, compile_policy, stats_from
 from genroute.bench.datasets import BenchRecord, load_records, split_ids
-from genroute.bench.harness import BenchReport, abench, bench, report_outcomes
+from genroute.bench.harness import abench, bench
+from genroute.bench.run_report import BenchReport, report_outcomes
 from genroute.bench.matrix_stats import matrix_stats, matrix_summaries
 from genroute.bench.offline import compile_outcomes
 from genroute.bench.offline_report import OfflineReport

@@ -14,7 +14,7 @@ from genroute.runtime.portal import refuse_inside_loop, run_sync
 
 if TYPE_CHECKING:
     from genroute.bench.advisor import AdvisorSettings
-    from genroute.bench.harness import BenchReport
+    from genroute.bench.run_report import BenchReport
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
