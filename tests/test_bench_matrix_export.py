@@ -90,3 +90,39 @@ def test_compile_warns_when_a_tasks_backends_were_scored_on_too_few_records_to_t
     assert compile_main(["--outcomes", str(_matrix(tmp_path / "enough.jsonl", 20)), "--out",
                          str(tmp_path / "enough"), "--no-learned"]) == 0
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("genroute")]
+
+
+def test_a_run_of_one_backend_writes_stats_json_as_a_run_of_two_does(
+        gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    """A run of one backend compiles no policy, and wrote no stats.json either (a run of two did): a script reading
+    each run's stats.json failed on it, or read the figures an earlier run of two backends left in --out."""
+    data = tmp_path / "intents.jsonl"
+    data.write_text("".join(json.dumps({"input": f"Question {i} about my {LABELS[i % 2]}", "label": LABELS[i % 2],
+                                        "metadata": {"id": f"q{i}", "task": "intent", "label_set": LABELS}}) + "\n"
+                            for i in range(12)), encoding="utf-8")
+    engine = {"kind": "gemini", "base_url": gemini_server.base_url, "api_key": TEST_KEY}
+    config = {"engines": {"gemini": engine},
+              "backends": {"lite": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash-lite",
+                                    "template": "Name the intent."},
+                           "full": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}},
+              "policy": {"kind": "static", "backend": "lite"}}
+    out = tmp_path / "run"
+    with Router.from_config(config) as router:
+        two = bench(router, data, backends=["lite", "full"], out_dir=out, progress=False)
+        assert two.compiled is not None and sorted(json.loads((out / "stats.json").read_text())["tasks"]["intent"]) \
+            == ["full", "lite"]
+        one = bench(router, data, backends=["full"], out_dir=tmp_path / "one", progress=False)
+        again = bench(router, data, backends=["full"], out_dir=out, progress=False)  # into the two-backend run's
+    for report, where in ((one, tmp_path / "one"), (again, out)):
+        assert report.compiled is None and report.comparisons == ()
+        assert report.files["stats"] == str(where / "stats.json")
+        written = json.loads((where / "stats.json").read_text(encoding="utf-8"))
+        assert sorted(written) == sorted(json.loads((out / "stats.json").read_text(encoding="utf-8")))  # same keys
+        full = written["tasks"]["intent"]
+        assert list(full) == ["full"]  # not the earlier run's lite
+        summary = report.summaries[0]
+        assert (full["full"]["n"], full["full"]["quality"], full["full"]["quality_ci"]) == (
+            12, summary.quality, list(summary.quality_ci))
+        assert full["full"]["cost_per_request_usd"] == pytest.approx(summary.cost_per_request_usd)
+        assert summary.cost_per_request_usd > 0
+    assert not (out / "cost_aware.json").exists()  # the earlier run's policy is gone with its figures

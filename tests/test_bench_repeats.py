@@ -16,6 +16,7 @@ from genroute.bench.stats import compare_paired, paired_bootstrap_ci
 from genroute.errors import UsageError
 from genroute.graduation import decide_promotion
 from genroute.outcomes import OutcomeRecord, Side
+from genroute.policies.stats import BenchStats
 
 # The shape a helper found: 33 records, 28 of them one question up to case and spacing, which B answers and A
 # does not; of the 5 other questions B answers 3.
@@ -208,5 +209,12 @@ def test_one_backend_compiles_nothing_and_says_so_in_one_line(tmp_path: Path) ->
     assert report.compile_note == ("Not compiled: only is the only backend with a scored row, and a routing policy "
                                    "chooses between two or more.")
     assert report.compile_note in (tmp_path / "report.md").read_text(encoding="utf-8")
-    assert not (tmp_path / "cost_aware.json").exists() and not (tmp_path / "stats.json").exists()
+    assert not (tmp_path / "cost_aware.json").exists()
     assert [(c.a, c.b) for c in report.comparisons] == [("only", "@policy")]  # that one still compares
+    # stats.json is written as a run of two backends writes it: the one backend's figures (no @policy row).
+    stats = BenchStats.load(tmp_path / "stats.json")
+    assert report.files["stats"] == str(tmp_path / "stats.json") and list(stats.tasks["*"]) == ["only"]
+    only = stats.tasks["*"]["only"]
+    summary = next(s for s in report.summaries if s.backend == "only")
+    assert (only.n, only.quality) == (30, pytest.approx(20 / 30)) and only.quality_ci == summary.quality_ci
+    assert stats.input_keys is not None and len(stats.input_keys) == 30

@@ -117,6 +117,24 @@ def stats_from(outcomes: Sequence[Outcome], *, source: str | None = None, seed: 
                     source=source, use_cloud_equivalent=use_cloud_equivalent)
 
 
+def bench_stats(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], *, source: str | None = None,
+                seed: int = 0, use_cloud_equivalent: bool = False) -> BenchStats:
+    """What a benchmark writes as ``stats.json``, whether or not it compiles a policy: ``stats_from`` the backends'
+    outcomes (``@policy`` left out) on every record, listing the input keys of the records they came from (a later
+    ``genroute bench --policy`` on them says its policy was compiled there)."""
+    from genroute.knowledge.examples import input_keys
+
+    table = _table(outcomes)
+    stats = stats_from([o for o in outcomes if o.record_id in table], source=source, seed=seed,
+                       use_cloud_equivalent=use_cloud_equivalent)
+    return stats.with_input_keys(input_keys(r.input for r in records if r.id in table))
+
+
+def cloud_basis(outcomes: Sequence[Outcome]) -> bool:
+    """Whether to price by the cloud-equivalent cost: every answered request cost 0 (a local model) and has one."""
+    return all(o.cost_usd == 0 and o.cloud_equivalent_cost_usd is not None for o in outcomes if o.ok)
+
+
 def stats_of(by_task: Mapping[str, Sequence[Summary]], *, source: str | None = None,
              use_cloud_equivalent: bool = False) -> BenchStats:
     """``BenchStats`` from each task's summaries (one per backend)."""
@@ -237,21 +255,14 @@ def compile_policy(
         without = f" (no scored row: {', '.join(sorted(left_out))})" if left_out else ""
         raise UsageError(f"compiling needs outcomes of at least one backend on two or more records{without}",
                          field="compile")
-    cloud = use_cloud_equivalent
-    if cloud is None:
-        cloud = all(o.cost_usd == 0 and o.cloud_equivalent_cost_usd is not None for o in outcomes if o.ok)
+    cloud = cloud_basis(outcomes) if use_cloud_equivalent is None else use_cloud_equivalent
     # Split by input text: a repeated question on both sides would score the learned model on what it trained on.
     train_ids, held_ids = split_by_input(scored, holdout=holdout, seed=seed)
     train_set, held = set(train_ids), set(held_ids)
     train_rows = [o for o in outcomes if o.record_id in train_set]
     held_records = [r for r in scored if r.id in held]
 
-    full = stats_from([o for o in outcomes if o.record_id in table], source=source, seed=seed,
-                      use_cloud_equivalent=cloud)
-    # The records it came from, as keys: a later `genroute bench --policy` on them says its policy was compiled there.
-    from genroute.knowledge.examples import input_key, input_keys
-
-    full = full.with_input_keys(input_keys(r.input for r in records if r.id in table))
+    full = bench_stats(outcomes, records, source=source, seed=seed, use_cloud_equivalent=cloud)
     stats_path = full.save(out / "stats.json")
     train_stats = stats_from(train_rows, source=source, seed=seed, use_cloud_equivalent=cloud)
 
@@ -263,6 +274,8 @@ def compile_policy(
     def cost_aware(record: BenchRecord) -> str:
         decision = policy.decide(GenerateRequest(input=record.input, task=record.task), context)
         return decision.rungs[0].backend
+
+    from genroute.knowledge.examples import input_key
 
     rows = [evaluate(b, _always(b), held_records, table, cloud=cloud) for b in backends]
     rows.append(evaluate("compiled cost_aware", cost_aware, held_records, table, cloud=cloud))

@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field
 
 from genroute.bench.advisor import AdvisorSettings, GraduationAdvice, advise
 from genroute.bench.clusters import input_of
-from genroute.bench.compile import CompileReport, compile_policy
+from genroute.bench.compile import CompileReport, bench_stats, cloud_basis, compile_policy
 from genroute.bench.datasets import BenchRecord, input_groups
 from genroute.bench.matrix_export import export_matrix
 from genroute.bench.paired import (
@@ -138,8 +138,13 @@ def report_outcomes(
     elif compile:
         compiled = compile_policy(outcomes, records, out, seed=seed, source=source, embedder=embedder,
                                   min_quality=min_quality, holdout=holdout, cost_weight_rule=cost_weight_rule)
+    stats: Path | None = Path(compiled.stats_path) if compiled is not None else None
     if skipped is not None:  # an earlier run's policies (say before a smaller --limit) no longer back this report
         drop_stale(*(out / name for name in ("cost_aware.json", "learned.json", "learned.npz")))
+        # stats.json is written whenever a compile was asked for, one backend (or one record) as two: a script over
+        # runs finds the same files every time, and no earlier run's figures stay beside this report.
+        stats = bench_stats(live, records, source=source, seed=seed,
+                            use_cloud_equivalent=cloud_basis(live)).save(out / "stats.json")
     inputs = input_of((r.id, r.input) for r in records)  # repeats of one input are one input in every "A vs B"
     comparisons = backend_comparisons(live, seed=seed, inputs=inputs)
     held_out = (compiled_comparisons(compiled, min_n=min_verdict_n, force=force_verdict, seed=seed, inputs=inputs)
@@ -186,6 +191,8 @@ def report_outcomes(
         sections.append(("Failures (first of each type)", _code(failures)))
     title = f"genroute bench: {Path(source).name if source else 'records'}"
     files = write_report(out, summaries, title=title, sections=sections, records=records, outcomes=outcomes)
+    if stats is not None:
+        files["stats"] = stats
     if (out / RESULTS_FILE).is_file():  # not when reporting outcomes recorded elsewhere
         files["results"] = out / RESULTS_FILE
         # What `genroute compile --outcomes` reads: as the compile here, without a target that never answered.
