@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from genroute.bench.datasets import BenchRecord
+from genroute.bench.multiplicity import adjust_family, holm, hypothesis
 from genroute.bench.run_report import report_outcomes
-from genroute.bench.multiplicity import adjust_family, holm
 from genroute.bench.runner import Outcome
 from genroute.bench.stats import compare_paired
 
@@ -128,10 +128,12 @@ def test_a_comparison_two_rows_repeat_counts_once_in_the_family() -> None:
     assert vs_best.verdict.endswith("; Holm-adjusted p = 0.0215 (m = 2); the same comparison as compiled learned "
                                     "vs base, counted once")
     assert "same comparison" not in vs_base.verdict and "same comparison" not in vs_mid.verdict
+    # The row it repeats is a field, for code to read; the verdict's words are for people.
+    assert [c.repeats for c in (vs_base, vs_mid, vs_best, vs_per_task)] == [
+        None, None, "compiled learned vs base", "compiled learned vs base"]
 
 
 def test_the_same_scores_on_other_records_are_two_comparisons_and_swapped_sides_one() -> None:
-    from genroute.bench.multiplicity import hypothesis
     from genroute.errors import UsageError
 
     a, b = HELD_SCORES["ace"], HELD_SCORES["base"]
@@ -161,3 +163,20 @@ def test_a_row_repeating_an_earlier_comparison_names_it_in_the_all_records_table
     assert rows["| b | c"].endswith("| 0.604 (2) | 0.358 | no difference detected (the same comparison as a vs c) |")
     assert rows["| a | c"].endswith("| no difference detected |") and rows["| a | b"].endswith("detected |")
     assert report.comparisons[2].verdict.endswith("; the same comparison as a vs c, counted once")
+    assert [c.repeats for c in report.comparisons] == [None, None, "a vs c"]
+
+
+def test_the_table_names_the_repeated_row_from_the_field_not_from_the_verdicts_words() -> None:
+    """The table found the row a comparison repeats by parsing its verdict's tail (``repeated_row``): a verdict with
+    a note added after it (as the offline report adds "… sent every record to …") lost the name, and a verdict that
+    merely ended in those words (from a backend's name) gained one. It reads ``PairedComparison.repeats``."""
+    from genroute.bench.paired import comparison_rows
+
+    a, b = HELD_SCORES["ace"], HELD_SCORES["base"]
+    first, again = adjust_family([compare_paired(a, b, a="ace", b="base", min_n=20),
+                                  compare_paired(a, b, a="ace", b="best single", min_n=20)],
+                                 [hypothesis(a, b, range(40))] * 2)
+    noted = again.model_copy(update={"verdict": again.verdict + "; ace sent every record to one backend"})
+    worded = first.model_copy(update={"verdict": first.verdict + "; the same comparison as x vs y, counted once"})
+    cells = [row[-1] for row in comparison_rows([first, noted, worded])]
+    assert cells == ["ace wins", "ace wins (the same comparison as ace vs base)", "ace wins"]

@@ -14,8 +14,9 @@ states the correction with the adjusted p and m beside the interval.
 m counts hypotheses, not rows: a table can state one comparison twice (the compiled-policy table compares a policy
 with "best single" and with that same backend by its own name, and with "per-task best" when it is that backend
 too). Given each row's ``hypothesis`` (``hypothesis``: the two score vectors on the same records, either way round),
-rows that repeat a comparison are tested once, and each shows that one test's adjusted p and verdict; counting
-the copies would make the correction more conservative than the family it controls.
+rows that repeat a comparison are tested once, and each shows that one test's adjusted p and verdict; a repeat names
+the row it repeats (``PairedComparison.repeats``). Counting the copies would make the correction more conservative
+than the family it controls.
 """
 
 from __future__ import annotations
@@ -24,17 +25,6 @@ from collections.abc import Hashable, Iterable, Sequence
 
 from genroute.bench.stats import HOLM_DEMOTED, PairedComparison
 from genroute.errors import UsageError
-
-
-#: What a row's verdict says after its own when it repeats an earlier row's comparison (``repeated_row`` reads it).
-REPEAT_MARK = "; the same comparison as "
-_REPEAT_END = ", counted once"
-
-
-def repeated_row(comparison: PairedComparison) -> str | None:
-    """The earlier row (``"A vs B"``) whose comparison ``comparison`` repeats (``adjust_family``), else ``None``."""
-    _, mark, tail = comparison.verdict.rpartition(REPEAT_MARK)
-    return tail.removesuffix(_REPEAT_END) if mark and tail.endswith(_REPEAT_END) else None
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -94,8 +84,9 @@ def adjust_family(comparisons: Sequence[PairedComparison],
                                   f"{alpha:.2g}); unadjusted, {c.verdict}"}
         else:
             update["verdict"] = f"{c.verdict}; Holm-adjusted p = {p:.3g} (m = {m})"
-        if first[keys[i]] != i:
+        if first[keys[i]] != i:  # its verdict says so in words; ``repeats`` names the row for code to read
             stated = comparisons[first[keys[i]]]
-            update["verdict"] = f"{update['verdict']}{REPEAT_MARK}{stated.a} vs {stated.b}{_REPEAT_END}"
+            update["repeats"] = f"{stated.a} vs {stated.b}"
+            update["verdict"] = f"{update['verdict']}; the same comparison as {update['repeats']}, counted once"
         out.append(c.model_copy(update=update))
     return out

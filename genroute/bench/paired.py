@@ -22,7 +22,7 @@ from itertools import combinations
 from typing import TYPE_CHECKING
 
 from genroute.bench.clusters import groups_for, sample_size
-from genroute.bench.multiplicity import adjust_family, hypothesis, repeated_row
+from genroute.bench.multiplicity import adjust_family, hypothesis
 from genroute.bench.report import markdown_row
 from genroute.bench.runner import POLICY_TARGET, Outcome
 from genroute.bench.stats import MIN_PAIRED_N, PairedComparison, align, compare_paired
@@ -101,7 +101,7 @@ def comparison_rows(comparisons: Sequence[PairedComparison]) -> list[list[str]]:
             "–" if c.adjusted_p is None else f"{c.adjusted_p:.3g} ({c.family_size})",
             "∞" if math.isinf(c.min_detectable) else f"{c.min_detectable:.3f}",
             # A row that repeats an earlier one's comparison (its p and m are that one's) names it.
-            c.short if (same := repeated_row(c)) is None else f"{c.short} (the same comparison as {same})",
+            c.short if c.repeats is None else f"{c.short} (the same comparison as {c.repeats})",
         ])
     return rows
 

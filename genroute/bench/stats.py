@@ -248,6 +248,9 @@ class PairedComparison(Difference):
     family_size: int | None = Field(default=None, description="m: distinct comparisons in the family "
                                                                     "corrected over (a repeated one counts once).")
     adjusted_p: float | None = Field(default=None, description="The exact test's Holm-adjusted p in its family.")
+    repeats: str | None = Field(default=None, description="The earlier row (\"A vs B\") of the family whose comparison "
+                                "this one repeats (the same two score vectors on the same records), counted once in "
+                                "the family and given that row's adjusted p; None when it states its own.")
     winner: str | None = Field(description="The better side when resolved and a verdict is given.")
     decision: Literal["win", "no_difference", "no_verdict"] = Field(
         description="win: resolved; no_difference: not resolved; no_verdict: n below min_n, not forced (so not "
