@@ -166,6 +166,33 @@ def test_a_budget_holds_the_output_tokens_a_request_raises_its_backends_max_outp
     assert [g["maxOutputTokens"] for g in sent(gemini_server)] == [3_020, 5]
 
 
+def test_a_budget_downgrades_a_request_whose_own_max_output_tokens_its_left_cannot_hold(gemini_server, tmp_path):
+    # cost_aware (and learned) order backends by their measured cost per request, which no max_output_tokens
+    # enters; the budget around them compares its estimate with what is left to downgrade, and that estimate left
+    # out the tokens a request raises max_output_tokens by, which its gate then holds: the request was decided for
+    # chat, refused there, and stepped down with a reason that named chat. It is now downgraded when deciding.
+    from genroute.policies.stats import BackendStats, BenchStats
+
+    figures = {"latency_p50_s": 0.1, "latency_p95_s": 0.2}
+    stats = BenchStats(tasks={"*": {"chat": BackendStats(n=50, quality=0.9, cost_per_request_usd=0.0005, **figures),
+                                    "cheap": BackendStats(n=50, quality=0.5, cost_per_request_usd=0.00005, **figures)}})
+    config = gemini_config(gemini_server, generation=BACKEND)  # gemini-2.5-flash: $2.50 per 1M output tokens
+    config["backends"]["cheap"] = {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash-lite"}
+    config["policy"] = {"kind": "budget", "per": "global", "budget_usd": 0.01, "costs": {"chat": 0.001, "cheap": 0.0001},
+                        "on_exhausted": "downgrade", "downgrade_to": "cheap",
+                        "inner": {"kind": "cost_aware", "stats_path": str(stats.save(tmp_path / "stats.json")),
+                                  "min_quality": 0.8, "default": "chat"}}
+    with Router.from_config(config) as router:
+        raised = router.generate("x", generation={"max_output_tokens": 20 + 4_000})  # $0.001 + $0.01 > $0.01 left
+        assert raised.backend == "cheap"
+        assert "< $0.011 for chat; downgraded to cheap" in raised.decision.reason, raised.decision.reason
+        within = router.generate("x", generation={"max_output_tokens": 20 + 3_000})  # $0.0085: chat
+        plain = router.generate("x")
+    assert (within.backend, plain.backend) == ("chat", "chat") and "downgraded" not in within.decision.reason
+    assert [r.model.rsplit("/", 1)[-1] for r in gemini_server.requests if r.model] == [
+        "gemini-2.5-flash-lite", "gemini-2.5-flash", "gemini-2.5-flash"]
+
+
 SIX = ["a", "b", "c", "d", "e", "f"]
 
 

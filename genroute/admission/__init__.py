@@ -261,9 +261,13 @@ class Admission:
         return found
 
     async def context(self, request: GenerateRequest, context: Any) -> Any:
-        """``context`` (a ``PolicyContext``) with the state its policy reads: each budget's view."""
+        """``context`` (a ``PolicyContext``) with the state its policy reads: each budget's view, and what the
+        request's own ``max_output_tokens`` could add to an attempt of each backend (as ``enter`` holds it)."""
         budgets = {gate.field: await gate.view(request) for gate in self.gates if is_budget(gate)}
-        return dataclasses.replace(context, budgets=budgets)
+        raised = self.raised_output
+        if request.generation is None or raised is None:
+            return dataclasses.replace(context, budgets=budgets)
+        return dataclasses.replace(context, budgets=budgets, raised_output_usd=lambda backend: raised(request, backend))
 
     async def enter(self, request: GenerateRequest, decision: Decision, backend: str, deadline: float | None,
                     span: trace.Span, *, stream: bool = False) -> Attempt:

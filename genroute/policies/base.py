@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -67,6 +67,10 @@ class PolicyContext:
     #: Circuit breakers that are not closed, by backend: seconds until the breaker half-opens (<= 0: half-open,
     #: one probe may pass). The router drops rungs whose breaker is open after the policy decided.
     health: Mapping[str, float] = field(default_factory=dict)
+    #: USD the request's own ``generation.max_output_tokens`` above a backend's own could add to an attempt of that
+    #: backend (``router.output_headroom``; what a budget's gate holds beyond its estimate), by backend name. Handed
+    #: in with ``budgets``, for a request that sets generation settings; ``None``: it adds nothing.
+    raised_output_usd: Callable[[str], float] | None = None
 
 
 @dataclass(frozen=True)

@@ -205,7 +205,9 @@ class BudgetPolicy(Policy):
         if self.config.on_exhausted == "reject" or cheap is None:
             return decision.model_copy(update={"policy": self.name, "budget_key": key, "reason": reason})
         first = decision.rungs[0].backend
-        need = self.estimate(first, request.task)
+        # As the gate will hold it: a request that raises the backend's max_output_tokens may cost that much more.
+        raised = context.raised_output_usd
+        need = self.estimate(first, request.task) + (raised(first) if raised is not None else 0.0)
         if view is not None and need > view.left_usd and first != cheap:
             return Decision(policy=self.name, rungs=(Rung(backend=cheap),), budget_key=key,
                             reason=f"budget: {key} has ${max(view.left_usd, 0.0):.6g} left < ${need:.6g} for "
