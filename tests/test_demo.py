@@ -14,7 +14,8 @@ import pytest
 from rich.console import Console
 
 from genroute.demo.render import results_table
-from genroute.demo.tune import ADAPTER_NAME, TRAIN_DATA, summary_line
+from genroute.demo.tune import (ADAPTER_NAME, SUMMARY_NAME, TRAIN_DATA, TUNE_MODULES, adapter_path, summary_line,
+                                tune_options, train_review_adapter)
 from genroute.tuning.data import load_examples
 from genroute.types import Citation, DecisionRecord, GenerateResult, ToolCall
 
@@ -42,6 +43,31 @@ def test_demo_without_an_adapter_runs_the_four_other_backends_offline(tmp_path):
     answers = table_column(out, 4)
     assert "[tools: get_weather({'city': " in answers and "→ ok]" in answers
     assert "[cited: " in answers
+
+
+@pytest.mark.local
+@pytest.mark.slow
+def test_the_demo_trains_its_adapter_in_a_private_directory_not_at_a_planted_name(tmp_path: Path) -> None:
+    # The adapter was trained in <cache>/.review-lora.<pid>.tmp, a name anyone able to write in a shared cache
+    # directory (--cache-dir) could plant first: a link there to their directory had the adapter the demo then
+    # serves written where they could replace it, and tune_result.json left with them.
+    for module in TUNE_MODULES:
+        pytest.importorskip(module, reason="the demo trains its adapter with the tune-local extra")
+    from genroute.tuning.local_lora import LocalTuneConfig
+
+    cache, theirs = tmp_path / "shared", tmp_path / "theirs"
+    cache.mkdir()
+    theirs.mkdir()
+    (cache / f".review-lora.{os.getpid()}.tmp").symlink_to(theirs)
+    (cache / SUMMARY_NAME).symlink_to(tmp_path / "bashrc")  # the summary, now written into the cache, goes past it
+    # One step of a rank-1 adapter: what is checked is where the files go, not what the adapter learns.
+    config = LocalTuneConfig(**{**tune_options(), "max_steps": 1, "rank": 1, "progress": False})
+    summary = train_review_adapter(cache, config=config)
+    assert list(theirs.iterdir()) == [] and not (tmp_path / "bashrc").exists()
+    assert adapter_path(cache).is_file() and summary["adapter_path"] == str(adapter_path(cache))
+    assert json.loads((cache / SUMMARY_NAME).read_text())["steps"] == 1
+    assert sorted(p.name for p in cache.iterdir()) == sorted([ADAPTER_NAME, SUMMARY_NAME,
+                                                              f".review-lora.{os.getpid()}.tmp"])
 
 
 def table_column(out: str, index: int) -> str:

@@ -11,9 +11,13 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from genroute.tuning.local_lora import LocalTuneConfig
 
 TRAIN_DATA = "review_sentiment.jsonl"
 #: Module names of the ``tune-local`` extra; all must be importable for the demo to train.
@@ -48,19 +52,23 @@ def tune_options() -> dict[str, Any]:
     return {"threads": 1, "epochs": EPOCHS, "learning_rate": LEARNING_RATE, "progress": True}
 
 
-def train_review_adapter(cache: Path) -> dict[str, Any]:
-    """Train the review adapter, publish it at ``adapter_path(cache)`` and return the run's summary."""
+def train_review_adapter(cache: Path, *, config: LocalTuneConfig | None = None) -> dict[str, Any]:
+    """Train the review adapter (with ``config``, the demo's ``tune_options()`` by default), publish it at
+    ``adapter_path(cache)`` and return the run's summary."""
+    from genroute.cache import atomic_write_bytes
     from genroute.tuning.local_lora import LocalTuneConfig, tune_local
 
-    work = cache / f".review-lora.{os.getpid()}.tmp"
+    # A new directory only this user can enter (mkdtemp, 0700), not a name others can guess (the pid): the cache may
+    # be a shared directory (--cache-dir), where a link or a directory planted at that name took the adapter the demo
+    # then serves, and had the summary written through whatever link stood at its name.
+    work = Path(tempfile.mkdtemp(dir=cache, prefix=".review-lora.", suffix=".tmp"))
     try:
         with as_file(files("genroute.demo") / "data" / TRAIN_DATA) as data:
-            result = tune_local(data, work, config=LocalTuneConfig(**tune_options()))
+            result = tune_local(data, work, config=config or LocalTuneConfig(**tune_options()))
         summary = result.model_dump(mode="json")
         summary["adapter_path"] = str(adapter_path(cache))
-        (work / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         # Summary first, adapter last: the adapter's presence is what marks the cache as complete.
-        os.replace(work / SUMMARY_NAME, cache / SUMMARY_NAME)
+        atomic_write_bytes(cache / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
         os.replace(result.adapter_path, adapter_path(cache))
     finally:
         shutil.rmtree(work, ignore_errors=True)
