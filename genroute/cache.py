@@ -39,9 +39,10 @@ def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False, keep: 
     The temporary file beside ``path`` has a random name and is created exclusively: a link planted at a guessable
     name (in a directory others can write to) is never followed, so no other file is overwritten; a link planted at
     ``path`` itself is replaced, not written through. ``private``: the file is readable by its owner only (0600: it
-    holds captured inputs and outputs); otherwise the process umask decides, as for any file it creates, unless
-    ``same_mode``: the file keeps the permission bits of the one it replaces (a config, a results file the user
-    chmod'ed) when that is a regular file of this user's (``_own_mode``).
+    holds captured inputs and outputs); otherwise the process umask decides, as for any file it creates. Either is
+    what a new file gets when ``same_mode``: the file keeps the permission bits of the one it replaces (a config, a
+    results file the user chmod'ed) when that is a regular file of this user's (``_own_mode``), not when it is a
+    link (planted there, its target chose no mode for what is written in its place).
     ``keep``: a file already at ``path`` (another process made it first) is kept, not replaced. ``durable``: the data
     and the rename are fsync'd (a crash brings back neither half a file nor the old one). Returns whether ``data``
     was published at ``path``.
@@ -62,7 +63,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False, keep: 
             if keep or durable:
                 handle.flush()
                 os.fsync(handle.fileno())
-        if same_mode and not private and (kept := _own_mode(path)) is not None:
+        if same_mode and (kept := _own_mode(path)) is not None:
             os.chmod(tmp, kept)
         if not keep:
             os.replace(tmp, path)
@@ -113,11 +114,12 @@ def _not_regular(path: Path, field: str) -> UsageError:
 
 def _own_mode(path: Path) -> int | None:
     """The permission bits (``rwx`` only: no set-id or sticky bit) of the regular file at ``path`` when this user owns
-    it, else ``None``: a link planted at ``path``, to a file of another user's that everyone may read and write, must
-    not choose the mode of what genroute writes there."""
+    it, else ``None``. A link at ``path`` is not followed: planted there, to a file of another user's that everyone
+    may read and write or to one of this user's that all may read (``~/.bashrc``), it chose the mode of the file
+    written in its place (a rewritten config, 0600 when new, came out 0644)."""
     try:
-        found = path.stat()
-    except OSError:  # nothing there (or a dangling link): a new file
+        found = path.lstat()
+    except OSError:  # nothing there: a new file
         return None
     owner = getattr(os, "geteuid", None)
     if not stat.S_ISREG(found.st_mode) or (owner is not None and found.st_uid != owner()):
@@ -146,15 +148,15 @@ def atomic_write_via(path: Path, write: Callable[[Path], object], *, private: bo
     a new directory beside ``path`` that only this user can enter (``mkdtemp``, 0700), so nothing anyone else plants
     is in its way; the file is then renamed over ``path`` (readers see nothing or the whole file) and the directory
     removed, whatever ``write`` raised. ``private``: the file is made 0600 before it is published; ``same_mode``: it
-    keeps the mode of the one it replaces, as ``atomic_write_bytes``'s."""
+    keeps the mode of the one it replaces, as ``atomic_write_bytes``'s (``private`` or not: what a new file gets)."""
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         tmp = staging / path.name
         write(tmp)
-        if private:
-            os.chmod(tmp, 0o600)
-        elif same_mode and (kept := _own_mode(path)) is not None:
+        if same_mode and (kept := _own_mode(path)) is not None:
             os.chmod(tmp, kept)
+        elif private:
+            os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -225,6 +225,28 @@ def test_a_rewritten_config_keeps_its_mode_and_its_commented_copy_is_the_owners(
     assert not (tmp_path / "victim.txt").exists()
 
 
+@pytest.mark.parametrize("name", ["app.yaml", "app.json"])
+def test_a_config_rewritten_in_place_of_a_planted_link_is_the_owners_only_as_a_new_one(name: str, tmp_path: Path,
+                                                                                      umask_022: None) -> None:
+    # A new config is written 0600 (it may hold a key); one written where a link stood, planted in a shared directory
+    # to a file all may read (the user's ~/.bashrc), came out 0644: path.exists() followed the link, so the write was
+    # not taken as a new file, and the mode to keep was read through the link from its target.
+    from genroute.tuning.config_file import write_config
+
+    raw = {"policy": {"kind": "static", "backend": "pro"}}
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text("export PATH\n")
+    bashrc.chmod(0o644)
+    new, planted = tmp_path / "new" / name, tmp_path / "shared" / name
+    new.parent.mkdir()
+    planted.parent.mkdir()
+    planted.symlink_to(bashrc)
+    write_config(new, raw)
+    write_config(planted, raw)
+    assert not planted.is_symlink() and "pro" in planted.read_text() and bashrc.read_text() == "export PATH\n"
+    assert (oct(_mode(planted)), oct(_mode(new))) == (oct(0o600), oct(0o600))
+
+
 def test_a_kept_mode_is_the_replaced_files_own_permission_bits(tmp_path: Path, umask_022: None) -> None:
     # same_mode copied every mode bit of whatever stood at the path, following a link: a set-id bit came along (the
     # mkstemp it replaced kept rwx only), and a link planted at results.jsonl (or a config) to a file of another

@@ -218,10 +218,11 @@ def tuned_entry(*, engine: str, model: str, base_model: str, system: str | None 
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so readers see the old file or the new one, never half of one, durably; the file
-    keeps the mode of the one it replaces, and a new one is its owner's only (a config may hold a key)."""
+    keeps the mode of the regular file it replaces, and a new one is its owner's only (a config may hold a key), as
+    is one written in place of a link (planted there, it made the config 0644: ``path.exists()`` followed it)."""
     from genroute.cache import atomic_write_bytes
 
-    atomic_write_bytes(path, text.encode("utf-8"), private=not path.exists(), same_mode=True, durable=True)
+    atomic_write_bytes(path, text.encode("utf-8"), private=True, same_mode=True, durable=True)
 
 
 def _read(path: Path) -> dict[str, Any]:
