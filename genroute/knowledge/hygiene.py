@@ -6,7 +6,9 @@ a turn of the conversation: ``<document>`` delimiters and chat-template markers 
 turn or an example field (``User:``, ``Assistant:``, ``Function result (f):``, ``Input:``, ``Output:``...) gets a
 backslash in front, so the local engine's transcript and the ``text`` example format cannot be forged from inside.
 Both are matched on a folded view of the text: invisible characters (every format character such as zero-width
-spaces, bidi controls, the soft hyphen and tag characters, and variation selectors) are skipped wherever they stand,
+spaces, bidi controls, the soft hyphen and tag characters, and variation selectors; control characters that are not
+blanks or line breaks, such as NUL, ESC and DEL; unassigned, private-use and surrogate code points: a model reads
+past each, so ``<\\x00/answer>`` closes a block as ``</answer>`` does) are skipped wherever they stand,
 and compatibility forms are NFKC-folded, so ``\\u200eUser:``, ``U\\u200bser:``, ``Function\\xa0result``, full-width
 ``Ｕｓｅｒ：`` and ``＜/document>`` are all caught, and so are Cyrillic and Greek look-alike letters (``Usеr:`` with a
 Cyrillic ``е``, a small explicit map: NFKC does not fold across scripts). The words themselves stay readable: the model sees what the
@@ -58,9 +60,11 @@ _LOOK_ALIKES = str.maketrans(
     "aABcCeEhHiIlIjJkKmMoOpPsStTyYxXdqwv"
     "aABeEHiIkKMvNoOpPtTuYxXj",
 )
-#: Invisible characters that are not format characters (category Cf): combining grapheme joiner, variation
-#: selectors, Hangul fillers.
+#: Invisible characters outside category C (``_skipped``): combining grapheme joiner, variation selectors, Hangul
+#: fillers.
 _INVISIBLE = re.compile("[\u034f\u115f\u1160\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
+#: The ASCII characters ``_fold`` skips: controls that are neither blanks nor line breaks (those ``\s`` matches).
+_ASCII_SKIPPED = re.compile("[\x00-\x08\x0e-\x1b\x7f]")
 
 
 def defuse(text: str, *, tags: tuple[str, ...] = ()) -> str:
@@ -84,15 +88,21 @@ def defuse(text: str, *, tags: tuple[str, ...] = ()) -> str:
 def _fold(text: str) -> tuple[str, list[int]]:
     """``text`` without invisible characters and NFKC-folded character by character, and for each character of
     that the index in ``text`` it came from (plus one past the end, for a match that ends there)."""
-    if text.isascii():  # nothing to skip or fold
+    if text.isascii() and not _ASCII_SKIPPED.search(text):  # nothing to skip or fold
         return text, list(range(len(text) + 1))
     chars: list[str] = []
     origin: list[int] = []
     for i, char in enumerate(text):
-        if unicodedata.category(char) == "Cf" or _INVISIBLE.match(char):
+        if _skipped(char):
             continue
         for piece in unicodedata.normalize("NFKC", char).translate(_LOOK_ALIKES):
             chars.append(piece)
             origin.append(i)
     origin.append(len(text))
     return "".join(chars), origin
+
+
+def _skipped(char: str) -> bool:
+    """Whether a model reads past ``char``: category C (format, control, unassigned, private use, surrogate) but
+    the blanks and line breaks among the controls (tab, newline: the rules match those as such), and ``_INVISIBLE``."""
+    return (unicodedata.category(char)[0] == "C" and not char.isspace()) or _INVISIBLE.match(char) is not None
