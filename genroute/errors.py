@@ -203,9 +203,9 @@ class StateUnavailable(GenrouteError):
 
 
 class OutcomeStoreError(GenrouteError):
-    """The outcome store's file could not take a write (a full disk, a lock held past SQLite's timeout; a read-only
-    file or directory is a ``ConfigError`` naming ``outcomes.path``): nothing of the record was written. ``path`` is
-    the file."""
+    """The outcome store's file could not take a write (a full disk, a quota or the file size limit reached, a lock
+    held past SQLite's timeout; a read-only file or directory is a ``ConfigError`` naming ``outcomes.path``): nothing
+    of the record was written. ``path`` is the file."""
 
     def __init__(self, message: str, *, path: str = "") -> None:
         super().__init__(message)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -54,3 +55,18 @@ def small_disk(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
         yield where, fill
     finally:
         subprocess.run(["umount", "--lazy", str(where)], check=True)
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """This process may write no file past ``limit`` bytes (``RLIMIT_FSIZE``, ``ulimit -f``: a write past it fails with
+    EFBIG; Python ignores SIGXFSZ) until the block ends: a limit reached for real, as a quota would be (this kernel has
+    no quotas). Only what the block writes should grow files then."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

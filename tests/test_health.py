@@ -22,7 +22,7 @@ from genroute.knowledge import aload_examples
 from genroute.testing import GeminiTestServer
 
 from .chroma_fixtures import ChromaServer, Knowledge, chroma_server  # noqa: F401
-from .read_only_files import small_disk  # noqa: F401
+from .read_only_files import file_size_limit, small_disk  # noqa: F401
 from .conftest import TEST_KEY, gemini_config
 from .redis_fixtures import RedisServer
 from .server_ports import free_port
@@ -317,6 +317,59 @@ def test_an_outcome_store_on_a_full_disk_is_not_ready_while_another_connection_h
     assert not full.ready and list(failing(full)) == ["outcomes"]
     assert failing(full)["outcomes"].startswith(f"OutcomeStoreError: the disk holding the outcome store "
                                                 f"'{disk / 'outcomes.db'}' has ")
+    assert again.ready, again
+
+
+def test_an_outcome_store_past_the_file_size_limit_is_not_ready_and_its_writes_say_why(
+        gemini_server: GeminiTestServer, tmp_path: Path):
+    """A full disk failed the probe (its free space) and every write said "database or disk is full"; a file size
+    limit (RLIMIT_FSIZE: EFBIG, as a disk quota's EDQUOT) fails the same commits, which SQLite calls "disk I/O error",
+    while the disk has room: the store was reported ready, and feedback's error read like a failing device."""
+    from genroute import OutcomeStoreError
+
+    config = gemini_config(gemini_server)
+    config["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "store": "sqlite", "capture": True}
+    with Router.from_config(config) as router:
+        first = router.generate("one", task="t")
+        router.feedback(first, label="one")
+        assert router.health().ready
+        second = router.generate("two " * 20_000, task="t")  # a record longer than the room the limit leaves
+        largest = max(p.stat().st_size for p in tmp_path.glob("outcomes.db*"))
+        with file_size_limit(largest):
+            with pytest.raises(OutcomeStoreError) as raised:
+                router.feedback(second, label="two")
+            limited = router.health()
+        again = router.health()
+        router.feedback(second, label="two")  # room again
+    assert "RLIMIT_FSIZE" in str(raised.value) and "OSError: [Errno 27]" in str(raised.value)
+    assert isinstance(raised.value.__cause__.__context__, sqlite3.OperationalError)  # SQLite's "disk I/O error"
+    assert not limited.ready and list(failing(limited)) == ["outcomes"]
+    assert "RLIMIT_FSIZE" in failing(limited)["outcomes"] and "(File too large)" in failing(limited)["outcomes"]
+    assert again.ready, again
+
+
+def test_an_outcome_store_over_a_disk_quota_is_not_ready(gemini_server: GeminiTestServer, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    """A quota (EDQUOT) leaves the disk's free space as it is: the probe saw room, and the store was ready while
+    every commit failed. There is no quota to be had on this kernel (no CONFIG_QUOTA): the probe's allocation, the
+    lowest call it makes, is refused as a quota refuses it."""
+    import errno
+    import os
+
+    def over_quota(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    config = gemini_config(gemini_server)
+    config["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "store": "sqlite"}
+    with Router.from_config(config) as router:
+        assert router.health().ready
+        monkeypatch.setattr(os, "posix_fallocate", over_quota)
+        over = router.health()
+        monkeypatch.undo()
+        again = router.health()
+    assert not over.ready and list(failing(over)) == ["outcomes"]
+    assert failing(over)["outcomes"].startswith(f"OutcomeStoreError: 65536 bytes could not be allocated beside the "
+                                                f"outcome store '{tmp_path / 'outcomes.db'}' (Disk quota exceeded)")
     assert again.ready, again
 
 

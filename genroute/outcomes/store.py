@@ -26,6 +26,7 @@ from genroute.config_errors import check_list, not_a, pydantic_validated
 from genroute.errors import ConfigError, OutcomeStoreError, UsageError
 from genroute.outcomes.changes import Changes, Place
 from genroute.outcomes.records import OutcomeRecord, check_sides, number_refusal
+from genroute.outcomes.room import hidden_cause
 from genroute.outcomes.sqlite_files import (SCHEMA, add_seq, check_filters, checkpoint, connect, create_private,
                                             frozen_out, read_file, read_only, unwritable)
 from genroute.outcomes.writer import GroupWriter
@@ -128,14 +129,15 @@ class OutcomeStore:
 
     def _commit(self, records: list[OutcomeRecord]) -> list[OutcomeRecord]:
         """``_write_lot``; a file (or directory) SQLite cannot write is a ``ConfigError`` naming it, not sqlite3's
-        "attempt to write a readonly database" or "unable to open database file"."""
+        "attempt to write a readonly database" or "unable to open database file", and a write refused for want of room
+        that SQLite calls "disk I/O error" (a quota, the file size limit) an ``OSError`` saying so (``hidden_cause``)."""
         try:
             return self._write_lot(records)
         except sqlite3.OperationalError as exc:
             refused = unwritable(self.path, exc, self._field)
             if refused is not None:
                 raise refused from None
-            raise
+            raise hidden_cause(self.path, exc) or exc
 
     def _write_lot(self, records: list[OutcomeRecord]) -> list[OutcomeRecord]:
         """Write ``records`` in one transaction (on the writer thread only); what is stored now, for each, in order.

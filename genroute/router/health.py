@@ -7,7 +7,8 @@ not answering, it does not hang the check); no probe calls a model that bills:
 - ``state`` (a shared store: Redis): one ``PING``, past the store's outage back-off and memory fallback;
 - ``backends.<name>`` (a backend that reads a Chroma collection: ICL, RAG): the collection counted, one call;
 - ``outcomes``: a SQLite file opened read-write and its write lock taken and given back (nothing written; a read-only
-  one is counted instead), and the free space on its disk (``ROOM_BYTES`` at least: ``_room``); a shared list: the state store's ``PING`` (and its SQLite archive, if any, as a file);
+  one is counted instead), and room for ``outcomes.room.ROOM_BYTES`` more (its disk's free space, a quota, the file
+  size limit: ``_room``); a shared list: the state store's ``PING`` (and its SQLite archive, if any, as a file);
 - ``engines.<name>`` (an engine a backend calls): Gemini, one ``countTokens`` for a model a backend names (free);
   local, a model instance loaded (loaded by the check if none was, and kept for the next request).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -49,8 +51,6 @@ if TYPE_CHECKING:
 PROBE_TIMEOUT_S = 2.0
 #: How much longer than its probes' ``timeout_s`` a sync check waits for the router's loop thread to run them.
 LOOP_SLACK_S = 2.0
-#: The least free space on the outcome store's disk for its probe to pass: a commit of a few records (16 pages of 4 KB).
-ROOM_BYTES = 64 * 1024
 #: The most characters of an error kept in a result (a probe's error is one line for an operator, not a dump).
 _ERROR_CHARS = 300
 
@@ -297,19 +297,17 @@ def _sqlite_writable(store: OutcomeStore, timeout_s: float) -> str:
 
 
 def _room(path: Path) -> None:
-    """``OutcomeStoreError`` when the disk holding ``path`` has less than ``ROOM_BYTES`` free. The write lock taken
+    """``OutcomeStoreError`` when the store at ``path`` has no room for ``ROOM_BYTES`` more: its disk (nearly) full,
+    a disk quota or the process's file size limit reached (``outcomes.room.no_room``). The write lock taken
     and given back writes nothing, and neither does a write rolled back (SQLite keeps its pages in memory until the
     commit): while another connection keeps the file open (the router's own writer while writes come, another
-    replica), its ``-wal`` and ``-shm`` files are there and the lock is taken on a full disk, where every commit then
-    fails ("database or disk is full"). The free space the filesystem reports is one cheap call (root's: the blocks
-    kept for root too, which its writes may use). A ``-wal`` file that grew before may still take a few commits on
-    a full disk; a quota (``EDQUOT``) is not seen."""
-    import os
-
+    replica), its ``-wal`` and ``-shm`` files are there and the lock is taken with no room left, where every commit
+    then fails ("database or disk is full"; "disk I/O error" for a quota or a size limit). A ``-wal`` file that grew
+    before may still take a few commits."""
     from genroute.errors import OutcomeStoreError
+    from genroute.outcomes.room import no_room
 
-    disk = os.statvfs(path.parent)
-    free = (disk.f_bfree if os.geteuid() == 0 else disk.f_bavail) * disk.f_frsize
-    if free < ROOM_BYTES:
-        raise OutcomeStoreError(f"the disk holding the outcome store {str(path)!r} has {free} bytes free (less than "
-                                f"{ROOM_BYTES}): its writes fail (database or disk is full)", path=str(path))
+    full = no_room(path)
+    if full is not None:
+        why = os.strerror(full.errno) if full.errno else "no room"
+        raise OutcomeStoreError(f"{full.strerror}: its writes fail ({why})", path=str(path))
