@@ -182,21 +182,32 @@ class IclBackend(SingleCallBackend):
             await self.examples.reload()
 
     async def select(self, request: GenerateRequest, ctx: RunContext | None = None) -> list[ExampleRecord]:
-        """The examples this request will be shown, best first (before the token budget)."""
+        """The examples this request will be shown, best first (before the token budget); with ``ctx``, a query's
+        (knn, mmr, balanced) embedding joins the request's trace and reuses its embeddings."""
         cfg = self.config
-        if ctx is None or cfg.selector in ("fixed", "random"):
-            return await self.examples.select(request.input, strategy=cfg.selector, k=cfg.k, seed=cfg.seed,
-                                              fetch_k=cfg.fetch_k, mmr_lambda=cfg.mmr_lambda)
+        on = ctx is not None and cfg.selector not in ("fixed", "random")
+        return await self.examples.select(request.input, strategy=cfg.selector, k=cfg.k, seed=cfg.seed,
+                                          fetch_k=cfg.fetch_k, mmr_lambda=cfg.mmr_lambda,
+                                          tracer=ctx.tracer if on and ctx else None,
+                                          embeddings=ctx.request_embeddings() if on and ctx else None)
+
+    async def shown(self, request: GenerateRequest, ctx: RunContext) -> list[tuple[ExampleRecord, str]]:
+        """``select`` then ``fit``: the examples shown, in prompt order, with their text; a query's in a retrieval
+        span that names them (``genroute.icl.example_ids``)."""
+        cfg = self.config
+        if cfg.selector in ("fixed", "random"):  # the pool as read: no query, no span
+            return self.fit(await self.select(request))
         from genroute.knowledge.telemetry import record_hits, retrieval_span
 
         with retrieval_span(ctx.tracer, self.examples.store, cfg.collection, cfg.k) as span, ctx.charged():
-            chosen = await self.examples.select(request.input, strategy=cfg.selector, k=cfg.k, seed=cfg.seed,
-                                                fetch_k=cfg.fetch_k, mmr_lambda=cfg.mmr_lambda, tracer=ctx.tracer,
-                                                embeddings=ctx.request_embeddings())
-            span.set_attribute("genroute.icl.selector", cfg.selector)
+            chosen = await self.select(request, ctx)
             record_hits(span, [_as_hit(e) for e in chosen], capture=ctx.capture_content,
                         max_chars=ctx.telemetry.capture_max_chars)
-        return chosen
+            shown = self.fit(chosen)
+            # Ids (content hashes), not texts: those stay behind content capture (record_hits).
+            span.set_attributes({"genroute.icl.selector": cfg.selector,
+                                 "genroute.icl.example_ids": [ex.id for ex, _ in shown]})
+        return shown
 
     def fit(self, chosen: list[ExampleRecord]) -> list[tuple[ExampleRecord, str]]:
         """Examples (defused, with their rendered text) that fit the token budget, in prompt order."""
@@ -244,7 +255,7 @@ class IclBackend(SingleCallBackend):
 
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
         cfg = self.config
-        shown = self.fit(await self.select(request, ctx))
+        shown = await self.shown(request, ctx)
         system = cfg.system
         stops = cfg.generation.stop_sequences
         if cfg.format == "turns":

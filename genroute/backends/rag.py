@@ -107,8 +107,10 @@ class RagBackend(SingleCallBackend):
         """Collection, k and threshold (no store access)."""
         return {"collection": self.config.collection, "k": self.config.k, "max_distance": self.config.max_distance}
 
-    async def retrieve(self, request: GenerateRequest, ctx: RunContext) -> list[Hit]:
-        """Top-k chunks for the request, those over the distance threshold dropped."""
+    async def retrieve(self, request: GenerateRequest, ctx: RunContext
+                       ) -> tuple[list[Hit], list[dict[str, Any]], list[Citation]]:
+        """Top-k chunks for the request, those over the distance threshold dropped, and those packed into the
+        prompt (``pack``), with their citations; the packed chunks' ids are on the retrieval span."""
         from genroute.knowledge.telemetry import record_hits, retrieval_span
 
         cfg = self.config
@@ -123,12 +125,14 @@ class RagBackend(SingleCallBackend):
             record_hits(span, hits, capture=ctx.capture_content, query=request.input,
                         max_chars=ctx.telemetry.capture_max_chars)
             kept = [h for h in hits if cfg.max_distance is None or h.distance <= cfg.max_distance]
-            span.set_attribute("genroute.retrieval.kept", len(kept))
-        return kept
+            docs, citations = pack(kept, cfg.context_tokens)
+            # Ids (content hashes), not texts: those stay behind content capture (record_hits).
+            span.set_attributes({"genroute.retrieval.kept": len(kept),
+                                 "genroute.rag.chunk_ids": [c.chunk_id for c in citations]})
+        return kept, docs, citations
 
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
-        hits = await self.retrieve(request, ctx)
-        docs, citations = pack(hits, self.config.context_tokens)
+        hits, docs, citations = await self.retrieve(request, ctx)
         config = self.config.generation.to_genai(system=self.config.system)
         if not docs:
             if self.config.on_no_context == "raise":

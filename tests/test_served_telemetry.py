@@ -1,0 +1,89 @@
+"""Which chunks or examples served a request, on its spans without content capture: RAG's chunk ids and ICL's example
+ids. Real Chroma, the loopback Gemini server and the real OTel SDK (InMemorySpanExporter)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+
+from genroute.knowledge.chunking import stored_chunk_id
+from genroute.knowledge.examples import example_id
+from genroute.testing import GeminiTestServer
+from genroute.testing.replies import field_of
+
+from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
+from .conftest import Otel
+from .test_icl import EXAMPLES, loaded
+from .test_icl import router as icl_router
+from .test_rag import DOCS, ingest_docs
+from .test_rag import router as rag_router
+
+_HASH = re.compile(r"[0-9a-f]{32}")
+
+
+def _texts(span: Any) -> str:
+    """Every attribute value of ``span`` as one string, to look for content in."""
+    return repr(dict(span.attributes))
+
+
+async def test_rag_records_the_ids_of_the_chunks_it_put_in_the_prompt_without_content_capture(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path) -> None:
+    # Which chunks served a request was on its spans only with content capture (gen_ai.retrieval.documents): an
+    # on-call engineer could not tell what the model was shown. The packed chunks' ids are always on the retrieval
+    # span now; they are hashes of each chunk's source and text, and the texts stay off the spans.
+    collection = knowledge.name("rag")
+    paths = await ingest_docs(knowledge, tmp_path, collection)
+    async with rag_router(gemini_server, otel, knowledge, collection=collection, k=3, max_distance=None) as r:
+        result = await r.agenerate("When was the Zorblax fusion reactor commissioned?")
+    (span,) = otel.spans("retrieval")
+    ids = span.attributes["genroute.rag.chunk_ids"]
+    assert list(ids) == [c.chunk_id for c in result.citations] and len(ids) >= 1  # what the prompt held, in order
+    assert ids[0] == stored_chunk_id(str(paths["reactor.txt"]), DOCS["reactor.txt"])
+    assert all(_HASH.fullmatch(i) for i in ids)
+    assert "gen_ai.retrieval.documents" not in span.attributes
+    for s in otel.spans():
+        assert "Zorblax fusion reactor in Tromsø" not in _texts(s)  # no chunk text anywhere
+
+
+async def test_rag_records_no_chunk_when_none_was_close_enough(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path) -> None:
+    collection = knowledge.name("rag")
+    await ingest_docs(knowledge, tmp_path, collection)
+    async with rag_router(gemini_server, otel, knowledge, collection=collection, k=3, max_distance=0.0001,
+                          on_no_context="answer") as r:
+        await r.agenerate("Something unrelated to every document")
+    (span,) = otel.spans("retrieval")
+    assert span.attributes["genroute.retrieval.returned"] == 3
+    assert list(span.attributes["genroute.rag.chunk_ids"]) == []
+
+
+async def test_icl_records_the_ids_of_the_examples_it_showed_in_prompt_order(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path) -> None:
+    collection, examples = await loaded(knowledge, tmp_path)
+    async with icl_router(gemini_server, otel, knowledge, collection=collection, k=3, format="text") as r:
+        await r.agenerate("my new card never arrived")
+    nearest = await examples.select("my new card never arrived", strategy="knn", k=3)
+    (span,) = otel.spans("retrieval")
+    ids = list(span.attributes["genroute.icl.example_ids"])
+    assert ids == [e.id for e in reversed(nearest)]  # nearest_last: the prompt's order
+    assert ids == [example_id(e.input, e.output, e.label) for e in reversed(nearest)]  # content hashes
+    prompt = field_of(gemini_server.requests[0].body, "contents")[0]["parts"][0]["text"]
+    assert all(e.input in prompt for e in nearest)
+    for s in otel.spans():
+        assert not any(text in _texts(s) for text, _ in EXAMPLES)  # no example text anywhere
+
+
+async def test_icl_records_only_the_examples_that_fit_its_token_budget(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path) -> None:
+    collection, examples = await loaded(knowledge, tmp_path)
+    async with icl_router(gemini_server, otel, knowledge, collection=collection, k=6, format="text",
+                          example_tokens=30, order="nearest_first") as r:
+        await r.agenerate("my new card never arrived")
+    (span,) = otel.spans("retrieval")
+    ids = list(span.attributes["genroute.icl.example_ids"])
+    assert span.attributes["genroute.retrieval.returned"] == 6 and 1 <= len(ids) < 6
+    prompt = field_of(gemini_server.requests[0].body, "contents")[0]["parts"][0]["text"]
+    shown = [e for e in await examples.select("my new card never arrived", strategy="knn", k=6) if e.input in prompt]
+    assert ids == [e.id for e in shown]
