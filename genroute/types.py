@@ -247,6 +247,9 @@ class Decision(_Frozen):
     cost_usd: float = Field(default=0.0, ge=0.0, description="What deciding cost (a semantic or learned policy "
                             "embeds the request), set by ``Router.decide``; a request's is in its result's cost.")
     cost_estimated: bool = Field(default=False, description="Part of ``cost_usd`` is genroute's estimate.")
+    explore: Literal["explored", "exploited", "outside_share"] | None = Field(
+        default=None, description="What an `explore` policy did: its draw picked another backend (run first), kept "
+        "the nested policy's, or the request was outside its share (no draw); None without one.")
 
     def __hash__(self) -> int:
         # ``shadow_rates`` is a dict: hashed as its items, so a decision stays hashable as every frozen model is.

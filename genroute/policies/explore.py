@@ -6,7 +6,8 @@ agrees. For an eligible request each candidate's quality is drawn from Beta(1 + 
 measured mean x n, from the router's or refreshed outcome statistics; a backend never measured draws from
 Beta(1, 1), so a new challenger gets tried) and the draw minus ``cost_weight`` x its cost per request picks the
 backend. When the pick is what the nested policy chose anyway, its decision stands; otherwise the pick runs first
-and the nested decision's rungs follow as fallbacks.
+and the nested decision's rungs follow as fallbacks. Which of the three it was is the decision's ``explore``
+(``outside_share``, ``exploited``, ``explored``), on the request's root span as ``genroute.explore``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class ExplorePolicy(NestedPolicy):
         base = decide_with(self.inner, request, context)
         text = request.key if request.key is not None else request.input
         if bucket(self.config.salt, text) >= self.config.share:
-            return base
+            return base.model_copy(update={"explore": "outside_share"})
         stats = self._stats if self._stats is not None else context.stats
         measured = stats.for_task(request.task) if isinstance(stats, BenchStats) else {}
         rng = random.Random(bucket(self.config.salt + "\x00draw", text))
@@ -74,10 +75,10 @@ class ExplorePolicy(NestedPolicy):
             if utility > best_utility:
                 best, best_utility, drawn = backend, utility, theta
         if best is None or best == base.rungs[0].backend:
-            return base
+            return base.model_copy(update={"explore": "exploited"})
         rungs = (Rung(backend=best), *(r for r in base.rungs if r.backend != best))
         return base.model_copy(update={
-            "policy": self.name, "rungs": rungs,
+            "policy": self.name, "rungs": rungs, "explore": "explored",
             "reason": f"explore: Thompson draw {drawn:.2f} picked {best} (explored share <= "
                       f"{self.config.share:.0%}); instead of: {base.reason}"})
 

@@ -259,6 +259,7 @@ class Learning:
 
     def _use_policy(self, policy: Policy) -> None:
         """Swap the policy in (checked first): decisions from now on are the new policy's."""
+        from genroute.router.exploring import note_explore
         from genroute.router.outcome_setup import check_shadows
 
         policy.validate_against(self.catalogue)
@@ -266,6 +267,7 @@ class Learning:
         self._executor.use_policy(policy)
         self._executor.admission = self._gated = self._admission(policy)  # the new policy's budget gates
         self.policy = policy
+        note_explore(self)
 
 
 def backend_info(name: str, backend: Backend) -> BackendInfo:

@@ -16,6 +16,7 @@ from genroute.admission.build import gate_configs, router_gates
 from genroute.errors import BackendError, DeadlineExceeded, GenrouteError, StreamInterrupted, UsageError
 from genroute.policies.base import Policy, PolicyContext, decided
 from genroute.router.executor import Executor
+from genroute.router.exploring import note_explore
 from genroute.router.inflight import InFlight, RouterStream
 from genroute.router.health import Checks
 from genroute.router.lifecycle import Lifecycle
@@ -124,6 +125,7 @@ class Router(Lifecycle, Learning, Refreshing, Checks):
         self._gate_config = gate_config
         self._build_gates()
         self._gated = self._admission(self.policy)
+        note_explore(self)
         self._executor = Executor(self.backends, self.policy, telemetry=self.telemetry,
                                   pricing=self.resources.pricing, validators=validators, timeout_s=timeout_s,
                                   unsafe_shadows=frozenset(self._unsafe), admission=self._gated)
@@ -296,6 +298,7 @@ class Router(Lifecycle, Learning, Refreshing, Checks):
                                       budgets=self.context.budgets)
         clone._executor = copy.copy(self._executor)  # shares resolved validators and the shadow task set
         clone._executor.backends = clone.backends
+        note_explore(clone)  # its own decisions, not this router's
         return clone
 
     def __reduce_ex__(self, protocol: Any) -> Any:
