@@ -153,6 +153,7 @@ class Usage(_Frozen):
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    #: Thought tokens (Gemini's ``thoughtsTokenCount``), apart from ``output_tokens`` and billed at the output rate.
     thinking_tokens: int = 0
     #: The audio part of ``input_tokens`` (cached audio included) and of ``cached_input_tokens``, as the provider
     #: split them by modality: priced at the model's audio rates where it has them.
@@ -161,6 +162,11 @@ class Usage(_Frozen):
     #: The audio part of ``output_tokens`` (a speech or native-audio model's answer), as the provider split it by
     #: modality: priced at the model's ``audio_output`` rate where it has one.
     audio_output_tokens: int = 0
+
+    @property
+    def billed_output_tokens(self) -> int:
+        """Output tokens as billed: the answer's and the thoughts' (``gen_ai.usage.output_tokens`` on a span)."""
+        return self.output_tokens + self.thinking_tokens
 
     @property
     def is_zero(self) -> bool:

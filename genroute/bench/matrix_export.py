@@ -41,8 +41,11 @@ def export_matrix(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], o
 
 
 def _side(o: Outcome) -> dict[str, object]:
+    # Output tokens as billed (thoughts included), as a served side records them: a matrix priced by --prices on
+    # them prices a thinking model's thoughts too.
     side: dict[str, object] = {"score": o.score if o.ok else 0.0, "cost_usd": o.cost_usd,
-                               "input_tokens": o.input_tokens, "output_tokens": o.output_tokens, "role": "bench"}
+                               "input_tokens": o.input_tokens, "output_tokens": o.output_tokens + o.thinking_tokens,
+                               "role": "bench"}
     if o.latency_s is not None:
         side["latency_s"] = o.latency_s
     if o.cloud_equivalent_cost_usd is not None:

@@ -38,7 +38,7 @@ class Summary(PublicModel):
     latency_p99_s: float | None
     ttft_p50_s: float | None = None
     input_tokens: float = Field(description="Mean per answered request.")
-    output_tokens: float
+    output_tokens: float = Field(description="Mean per answered request, as billed: thought tokens included.")
     cached_input_tokens: float
     audio_input_tokens: float = Field(default=0.0, description="Mean per answered request: the audio part of the "
                                       "input, priced at the model's audio rate.")
@@ -76,8 +76,9 @@ def summarize(outcomes: Sequence[Outcome], *, seed: int = 0, n_boot: int = 2000)
             # A latency the outcome never recorded (a matrix without latency_s) is unknown, not 0 s.
             [r.latency_s for r in ok if r.latency_s is not None], seed=seed, n_boot=n_boot,
             ttfts=[r.ttft_s for r in ok if r.ttft_s is not None],
-            tokens=([r.input_tokens for r in ok], [r.output_tokens for r in ok], [r.cached_input_tokens for r in ok],
-                    [r.audio_input_tokens for r in ok]),
+            # Output as billed: a thinking model's thoughts are output tokens in its cost, and in its column.
+            tokens=([r.input_tokens for r in ok], [r.output_tokens + r.thinking_tokens for r in ok],
+                    [r.cached_input_tokens for r in ok], [r.audio_input_tokens for r in ok]),
             clouds=[r.cloud_equivalent_cost_usd for r in rows if r.cloud_equivalent_cost_usd is not None],
             judge_cost_usd=sum(r.judge_cost_usd for r in rows),
             failures=dict(Counter(r.error_type or "error" for r in rows if not r.ok)),

@@ -145,7 +145,7 @@ class OutcomeRecorder(LostWrites):
         side = Side(role="shadow", cost_usd=ctx.cost_usd + ctx.reused_cost_usd,
                     latency_s=latency_s + ctx.reused_embedding_s,
                     cloud_equivalent_cost_usd=ctx.cloud_equivalent_cost_usd,
-                    input_tokens=ctx.usage.input_tokens, output_tokens=ctx.usage.output_tokens)
+                    input_tokens=ctx.usage.input_tokens, output_tokens=ctx.usage.billed_output_tokens)
         try:
             record = await self._paired(id, request, backend, output, side, run_judge)
         except Exception as exc:  # a scorer or judge that failed
@@ -360,7 +360,7 @@ def served_side(result: GenerateResult) -> Side:
     latency = sum(attempt.latency_s for attempt in tried) if tried else result.latency_s
     return Side(role="served", cost_usd=cost, latency_s=latency,
                 cloud_equivalent_cost_usd=result.cloud_equivalent_cost_usd,
-                input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens)
+                input_tokens=result.usage.input_tokens, output_tokens=result.usage.billed_output_tokens)
 
 
 def _known(pending: _Pending) -> tuple[GenerateRequest, dict[str, BackendOutput]]:

@@ -40,6 +40,7 @@ class Side(PublicModel):
     latency_s: Number = 0.0
     cloud_equivalent_cost_usd: Number | None = None
     input_tokens: WholeNumber = 0
+    #: As billed: a thinking model's thought tokens included (they bill at the output rate), as on a span.
     output_tokens: WholeNumber = 0
     role: Literal["served", "shadow", "bench"] = "bench"
     #: For a shadow: how its answer compared with the served one (the configured scorer, served as reference).
