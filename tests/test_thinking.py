@@ -60,3 +60,44 @@ def test_a_thinking_answer_counts_its_thoughts_in_every_figure(gemini_server, ot
     assert summary.output_tokens == 640 and summary.cost_per_request_usd == pytest.approx(billed)
     matrix = [json.loads(line) for line in (tmp_path / "run" / "outcomes.jsonl").read_text("utf-8").splitlines()]
     assert matrix[0]["outcomes"]["chat"]["output_tokens"] == 640
+
+
+def _thought_only(thoughts: int) -> dict[str, Any]:
+    """What Gemini 2.5 answers when thinking used up ``maxOutputTokens``: MAX_TOKENS, a candidate with no parts."""
+    body = answer("", tokens(12, 0, thoughtsTokenCount=thoughts), finish="MAX_TOKENS")
+    body["candidates"][0]["content"] = {"role": "model"}
+    return body
+
+
+def test_an_answer_whose_thinking_used_up_max_output_tokens_is_an_empty_answer_ending_in_max_tokens(
+        gemini_server, tmp_path):
+    # Pinned as docs/requests.md says it: no text, finish_reason max_tokens, the thoughts billed; a `nonempty`
+    # validator moves a cascade on. The bench names it (its empty-answer note pointed at a base model's template).
+    config = gemini_config(gemini_server, generation={"max_output_tokens": 64})
+    config["backends"]["lite"] = {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash-lite"}
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"input": "Prove it.", "output": "Done."}) + "\n", "utf-8")
+    with Router.from_config(config) as router:
+        gemini_server.reply_json(_thought_only(64))
+        result = router.generate("Prove it.", timeout_s=20)
+        gemini_server.reply_json([_thought_only(64)])
+        *_, last = router.stream("Prove it.", timeout_s=20)
+        gemini_server.reply_json(_thought_only(64))
+        report = bench(router, data, backends=["chat"], out_dir=tmp_path / "run", progress=False)
+    config["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["nonempty"]},
+                                                     {"backend": "lite"}]}
+    with Router.from_config(config) as router:
+        gemini_server.reply_json(_thought_only(64))
+        gemini_server.reply_text("Done.")
+        climbed = router.generate("Prove it.", timeout_s=20)
+    for answered in (result, last.result):
+        assert (answered.text, answered.finish_reason) == ("", "max_tokens")
+        assert (answered.usage.output_tokens, answered.usage.thinking_tokens) == (0, 64)
+        assert answered.cost_usd == pytest.approx(12 * 0.30e-6 + 64 * 2.50e-6)
+    assert (climbed.text, climbed.backend) == ("Done.", "lite")
+    assert [(r.backend, r.outcome, r.error) for r in climbed.decision.rungs_tried][0] == (
+        "chat", "rejected_by_validator", "chat: empty answer")
+    assert "- chat: 1 of 1 answers were empty (the model stopped before writing anything; 1 of them thought and " \
+           "wrote nothing)" in report.empty_note
+    assert "raise `max_output_tokens`, or cap thinking with `generation.thinking_config.thinking_budget`" \
+           in report.empty_note

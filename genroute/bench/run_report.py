@@ -240,16 +240,26 @@ def empty_answers(outcomes: Sequence[Outcome]) -> str:
     counts: dict[str, list[int]] = {}
     for o in outcomes:
         if o.ok:
-            seen = counts.setdefault(o.backend, [0, 0])
-            seen[0] += not o.answer.strip() and not o.tool_calls
+            seen = counts.setdefault(o.backend, [0, 0, 0])
+            empty = not o.answer.strip() and not o.tool_calls
+            seen[0] += empty
             seen[1] += 1
-    lines = [f"- {b}: {n} of {total} answers were empty (the model stopped before writing anything)"
-             for b, (n, total) in sorted(counts.items()) if n]
+            seen[2] += empty and o.thinking_tokens > 0
+    lines = [f"- {b}: {n} of {total} answers were empty (the model stopped before writing anything"
+             + (f"; {thought} of them thought and wrote nothing)" if thought else ")")
+             for b, (n, total, thought) in sorted(counts.items()) if n]
     if not lines:
         return ""
-    return ("\n".join(lines) + "\n\nThey are scored as wrong. Check the backend's template and "
+    note = ("\n".join(lines) + "\n\nThey are scored as wrong. Check the backend's template and "
             "`max_output_tokens`: a base model such as the embedded Gemma continues text, so a few-shot format "
             "(ICL's `Input:` / `Output:` lines) works better than an instruction.")
+    if any(thought for _, _, thought in counts.values()):
+        # Gemini 2.5 thinks by default and its thoughts count within maxOutputTokens: a limit sized for the answer
+        # alone is spent thinking (finish reason max_tokens, no text), which no template change mends.
+        note += (" An answer that thought and wrote nothing spent its `max_output_tokens` thinking (Gemini counts "
+                 "thought tokens within it): raise `max_output_tokens`, or cap thinking with "
+                 "`generation.thinking_config.thinking_budget` (0 turns it off).")
+    return note
 
 
 def _failure_examples(outcomes: Sequence[Outcome]) -> str:
