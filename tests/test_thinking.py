@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from genroute import Router
+from genroute import BudgetExceeded, Router
 from genroute.bench.harness import bench
 
 from .conftest import budget_usage, gemini_config
@@ -101,3 +101,29 @@ def test_an_answer_whose_thinking_used_up_max_output_tokens_is_an_empty_answer_e
            "wrote nothing)" in report.empty_note
     assert "raise `max_output_tokens`, or cap thinking with `generation.thinking_config.thinking_budget`" \
            in report.empty_note
+
+
+def test_a_request_raising_max_output_tokens_is_held_for_thoughts_and_answer_within_it(gemini_server):
+    # Gemini counts thought tokens within maxOutputTokens, so the hold for a request that raises the backend's limit
+    # (the tokens between the two at the output rate) covers an answer that spends all of it, mostly thinking: the
+    # budget settles at most what it held, and refuses the next request naming that figure.
+    # Would catch: a hold that adds a thinking_budget on top (holding more than can be spent) or that prices the
+    # raise at less than the output rate (thoughts overrunning it).
+    bound = 40 * 0.30e-6 + 100 * 2.50e-6  # the backend's estimate: 40 prompt tokens, its 100 output tokens
+    held = bound + (1000 - 100) * 2.50e-6
+    config = gemini_config(gemini_server, generation={"max_output_tokens": 100,
+                                                      "thinking_config": {"thinking_budget": 2048}})
+    config["policy"] = {"kind": "budget", "inner": config["policy"], "per": "global", "budget_usd": held * 1.5,
+                        "costs": {"chat": bound}}
+    usage = tokens(40, 10, thoughtsTokenCount=990)  # 1,000 output tokens: the request's limit, spent thinking
+    with Router.from_config(config) as router:
+        gemini_server.reply_json(answer("Yes.", usage, finish="MAX_TOKENS"))
+        result = router.generate("Is it prime?", generation={"max_output_tokens": 1000}, timeout_s=20)
+        spent = budget_usage(router)
+        with pytest.raises(BudgetExceeded) as refused:
+            router.generate("And this one?", generation={"max_output_tokens": 1000}, timeout_s=20)
+    assert gemini_server.requests[0].body["generationConfig"]["maxOutputTokens"] == 1000
+    assert result.cost_usd == pytest.approx(usage_cost(FLASH, usage)) == pytest.approx(held)
+    assert spent == {"spent": pytest.approx(held, abs=1e-9), "reserved": 0.0}
+    assert str(refused.value).endswith(f"request needs up to ${held:.6g}")
+    assert len(gemini_server.requests) == 1

@@ -3,7 +3,10 @@
 A budget holds each attempt at an estimate of the backend's cost (``costs``, ``max_cost_per_request`` or a stats
 file), made under the backend's own settings. A request that raises the backend's ``max_output_tokens``
 (``GenerateRequest.generation``) may be answered at up to that many more output tokens: the hold adds them, at the
-model's highest output rate, so that the estimate stays an upper bound where it was one.
+model's highest output rate, so that the estimate stays an upper bound where it was one. Gemini counts a thinking
+model's thought tokens within ``maxOutputTokens`` (billed at the output rate), so the extra covers them too; a
+``thinking_budget`` is no bound (the model may overrun it) and adds nothing. A request that clears the backend's limit
+(``None``: the model's own) adds nothing either: genroute does not know that limit (docs/configuration.md says so).
 """
 
 from __future__ import annotations
