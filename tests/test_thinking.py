@@ -127,3 +127,32 @@ def test_a_request_raising_max_output_tokens_is_held_for_thoughts_and_answer_wit
     assert spent == {"spent": pytest.approx(held, abs=1e-9), "reserved": 0.0}
     assert str(refused.value).endswith(f"request needs up to ${held:.6g}")
     assert len(gemini_server.requests) == 1
+
+
+def test_the_loopback_server_reports_a_thinking_answers_thoughts_when_told(gemini_server):
+    # genroute.testing took usage=(prompt, output) only: testing a thinking answer meant writing its raw body.
+    from genroute import UsageError
+    from genroute.testing import Reply
+    from genroute.testing.replies import render_generate
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        gemini_server.reply_text("Three of them.", usage=(10, 4, 300))
+        result = router.generate("How many?", timeout_s=20)
+        gemini_server.reply_text("Three of them.", usage=(10, 4, 300), chunks=3)
+        *_, last = router.stream("How many?", timeout_s=20)
+        gemini_server.reply_parts([], usage=(12, 0, 64), finish_reason="MAX_TOKENS")
+        spent = router.generate("Prove it.", timeout_s=20)
+    reply = Reply(parts=({"text": "Three of them."},), usage=(10, 4, 300), chunks=2)
+    whole = {"promptTokenCount": 10, "candidatesTokenCount": 4, "thoughtsTokenCount": 300, "totalTokenCount": 314}
+    assert render_generate(reply, {}, FLASH, "r", stream=False).body["usageMetadata"] == whole
+    events = render_generate(reply, {}, FLASH, "r", stream=True).events or []
+    assert [e["usageMetadata"]["thoughtsTokenCount"] for e in events] == [300, 300]  # thinking comes first
+    assert events[-1]["usageMetadata"] == whole
+    for answered in (result, last.result):
+        assert answered.text == "Three of them."
+        assert (answered.usage.output_tokens, answered.usage.thinking_tokens) == (4, 300)
+        assert answered.cost_usd == pytest.approx(10 * 0.30e-6 + 304 * 2.50e-6)
+    assert (spent.text, spent.finish_reason, spent.usage.thinking_tokens) == ("", "max_tokens", 64)
+    with pytest.raises(UsageError) as refused:
+        Reply(usage=(1, 2, 3, 4))
+    assert refused.value.field == "usage"

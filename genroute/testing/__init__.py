@@ -33,7 +33,7 @@ Routes served (any API version prefix, Developer API and Vertex resource names a
 
 Scripting:
 
-- ``reply_text(text, usage=(prompt, output), chunks=N)``, ``reply_function_call(name, args)``,
+- ``reply_text(text, usage=(prompt, output[, thoughts]), chunks=N)``, ``reply_function_call(name, args)``,
   ``reply_parts([...wire parts...])`` and ``reply(Reply(...))`` queue answers for generate/stream
   requests, oldest first. Streams split the text into ``chunks`` SSE events (default: up to 3), each text
   part on its own, so a piece keeps its part's ``thought`` / ``thoughtSignature``; as the API does, every event carries ``usageMetadata`` so far (the whole prompt, the output sent until then) and the

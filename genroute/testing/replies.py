@@ -45,7 +45,8 @@ class Reply:
     """
 
     parts: tuple[dict[str, Any], ...] = ()
-    usage: tuple[int, int] | None = None
+    #: (prompt, output) tokens, or (prompt, output, thoughts): a thinking model's ``thoughtsTokenCount`` too.
+    usage: tuple[int, ...] | None = None
     finish_reason: str = "STOP"
     chunks: int | None = None
     raw: Any = None
@@ -60,10 +61,10 @@ class Reply:
             raise UsageError("must be wire-format parts: {\"text\": ...} or {\"functionCall\": ...} mappings",
                              field="parts")
         usage = self.usage
-        if usage is not None and not (isinstance(usage, tuple | list) and len(usage) == 2
+        if usage is not None and not (isinstance(usage, tuple | list) and len(usage) in (2, 3)
                                       and all(is_whole(n) and n >= 0 for n in usage)):
-            raise UsageError(f"must be (prompt tokens, output tokens), whole numbers >= 0, got {usage!r}",
-                             field="usage")
+            raise UsageError("must be (prompt tokens, output tokens) or (prompt, output, thought tokens), whole "
+                             f"numbers >= 0, got {usage!r}", field="usage")
         if self.chunks is not None and (not is_whole(self.chunks) or self.chunks < 1):
             raise UsageError(f"must be a whole number >= 1, got {self.chunks!r}", field="chunks")
         for name, value in (("finish_reason", self.finish_reason), ("model_version", self.model_version)):
@@ -198,9 +199,12 @@ def split_text(text: str, n: int) -> list[str]:
     return [event[0]["text"] for event in split_parts([{"text": text}], n)]
 
 
-def _usage(prompt: int, output: int, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _usage(prompt: int, output: int, details: list[dict[str, Any]] | None = None, thoughts: int = 0
+           ) -> dict[str, Any]:
     usage: dict[str, Any] = {"promptTokenCount": prompt, "candidatesTokenCount": output,
-                             "totalTokenCount": prompt + output}
+                             "totalTokenCount": prompt + output + thoughts}
+    if thoughts:  # as Gemini reports them: apart from the answer's tokens, in the total
+        usage["thoughtsTokenCount"] = thoughts
     if details is not None:
         usage["promptTokensDetails"] = [dict(d) for d in details]
     return usage
@@ -227,7 +231,7 @@ def render_generate(reply: Reply, request_body: Any, model: str, response_id: st
     # scripted ``usage`` is sent as it is.
     details = None
     if reply.usage is not None:
-        usage = _usage(*reply.usage)
+        usage = _usage(reply.usage[0], reply.usage[1], None, *reply.usage[2:])
     else:
         out = estimate_tokens(text + "".join(str(p) for p in others))
         prompt, details = prompt_split(request_body)
@@ -237,11 +241,13 @@ def render_generate(reply: Reply, request_body: Any, model: str, response_id: st
         return Response(body=_body(list(reply.parts), model, response_id, **final))
     n = reply.chunks if reply.chunks is not None else min(3, max(1, len(text.split())))
     pieces = split_parts(texts, n)
-    # As the API does, every event carries the usage so far: the whole prompt and the output sent until then.
+    # As the API does, every event carries the usage so far: the whole prompt and the output sent until then (and
+    # every thought: a model thinks before it answers).
     events, sent = [], 0
     for piece in pieces[:-1]:
         sent += sum(len(p["text"]) for p in piece)
-        so_far = _usage(usage["promptTokenCount"], round(usage["candidatesTokenCount"] * sent / len(text)), details)
+        so_far = _usage(usage["promptTokenCount"], round(usage["candidatesTokenCount"] * sent / len(text)), details,
+                        usage.get("thoughtsTokenCount", 0))
         events.append(_body(piece, model, response_id, usageMetadata=so_far))
     last_parts = (pieces[-1] if pieces else []) + others
     events.append(_body(last_parts, model, response_id, **final))

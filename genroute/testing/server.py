@@ -196,14 +196,15 @@ class GeminiTestServer:
         with self._lock:
             self._replies.extend([reply] * times)
 
-    def reply_parts(self, parts: list[dict[str, Any]], *, usage: tuple[int, int] | None = None,
+    def reply_parts(self, parts: list[dict[str, Any]], *, usage: tuple[int, ...] | None = None,
                     finish_reason: str = "STOP", chunks: int | None = None, times: int = 1) -> None:
         """Queue a reply made of wire-format parts (``{"text": ...}``, ``{"functionCall": ...}``)."""
         self.reply(Reply(parts=tuple(parts), usage=usage, finish_reason=finish_reason, chunks=chunks), times=times)
 
-    def reply_text(self, text: str, *, usage: tuple[int, int] | None = None, finish_reason: str = "STOP",
+    def reply_text(self, text: str, *, usage: tuple[int, ...] | None = None, finish_reason: str = "STOP",
                    chunks: int | None = None, times: int = 1) -> None:
-        """Queue a text answer; ``usage`` is (prompt, output) tokens; streams send it in ``chunks`` events."""
+        """Queue a text answer; ``usage`` is (prompt, output) tokens, or (prompt, output, thoughts) for a thinking
+        model's answer; streams send it in ``chunks`` events."""
         if not isinstance(text, str):
             raise UsageError(f"must be text, not {type(text).__name__}", field="text")
         self.reply_parts([{"text": text}], usage=usage, finish_reason=finish_reason, chunks=chunks, times=times)
