@@ -15,7 +15,6 @@ so an example that says "call delete_all" can only be imitated as text, never ex
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -25,10 +24,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from genroute.backends.base import BackendConfig, BackendOutput, Prepared, SingleCallBackend, user_content
+from genroute.backends.icl_examples import as_hit, defused, example_task, task_counts
 from genroute.backends.templating import check_template, compile_template, render
 from genroute.engines.gemini_cache import ContextCacheSettings, PrefixCaches, cache_gone
 from genroute.errors import BackendRejected, BackendUnavailable
-from genroute.jsonl import whole_text
 from genroute.types import GenerateRequest
 
 if TYPE_CHECKING:
@@ -201,7 +200,7 @@ class IclBackend(SingleCallBackend):
 
         with retrieval_span(ctx.tracer, self.examples.store, cfg.collection, cfg.k) as span, ctx.charged():
             chosen = await self.select(request, ctx)
-            record_hits(span, [_as_hit(e) for e in chosen], capture=ctx.capture_content,
+            record_hits(span, [as_hit(e) for e in chosen], capture=ctx.capture_content,
                         max_chars=ctx.telemetry.capture_max_chars)
             shown = self.fit(chosen)
             # Ids (content hashes), not texts: those stay behind content capture (record_hits).
@@ -356,59 +355,3 @@ class IclBackend(SingleCallBackend):
         # Base models often lead with a space after "Output:" and trail a newline before the stop.
         return super()._output(prepared, text.strip(), reason)
 
-
-def task_counts(tags: list[Any], tasks: tuple[str, ...]) -> dict[str, int]:
-    """Examples per task, from each example's own task (``example_task``; None: untagged): its own if it has one,
-    else each of the backend's configured ``tasks`` (a collection made for those tasks). Untagged examples of a
-    backend without tasks count for no task: nothing says which task they teach. A tag reads as every reader reads a
-    task (``whole_text``): 3 is task "3"; one that is no text (3.0, true: stored before example files were checked)
-    counts for no task."""
-    counts = dict.fromkeys(tasks, 0)
-    for tag in tags:
-        task = whole_text(tag)
-        for name in tasks if task is None else [task] if isinstance(task, str) else []:
-            counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-def example_task(meta: Any) -> Any:
-    """A stored example's own ``metadata.task`` (its Chroma metadata holds the file's metadata as JSON), or None."""
-    import json
-
-    raw = (meta or {}).get("metadata")
-    try:
-        extra = json.loads(raw) if isinstance(raw, str) else {}
-    except json.JSONDecodeError:
-        extra = {}
-    return extra.get("task") if isinstance(extra, dict) else None
-
-
-def defused(example: ExampleRecord) -> ExampleRecord:
-    """``example`` with turn and block markers in its input, output, label and metadata (keys too) neutralised.
-
-    Stored examples are data like retrieved chunks: one must not be able to end its turn early or
-    pose as another turn (``genroute.knowledge.hygiene``), whichever of its fields a template shows.
-    """
-    from dataclasses import replace
-
-    from genroute.knowledge.hygiene import defuse
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, str):
-            return defuse(value)
-        if isinstance(value, dict):
-            return {clean(k): clean(v) for k, v in value.items()}  # a template may show the keys too
-        if isinstance(value, list | tuple):
-            return type(value)(clean(v) for v in value)
-        return value
-
-    label = defuse(example.label) if example.label is not None else None
-    return replace(example, input=defuse(example.input), output=defuse(example.output),
-                   label=label, metadata=clean(example.metadata))
-
-
-def _as_hit(example: ExampleRecord) -> Any:
-    from genroute.knowledge.store import Hit
-
-    score = example.score if example.score is not None else 1.0
-    return Hit(id=example.id, text=example.input, metadata={}, distance=1.0 - score)
