@@ -46,9 +46,9 @@ def compile_main(argv: Sequence[str]) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from genroute.outcomes.outcome_files import read_outcome_file
     from genroute.outcomes.records import scoring_cost
     from genroute.outcomes.stats import outcome_stats, scored_sides, training_rows, unmeasured, uses_cloud_equivalent
-    from genroute.outcomes.store import read_outcome_file
     from genroute.policies.cost_weight import as_rule
 
     rule = None if args.cost_weight_rule == "fixed" else as_rule(args.cost_weight_rule, field="--cost-weight-rule")

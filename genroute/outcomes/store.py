@@ -22,10 +22,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from genroute.config_errors import check_list, not_a, pydantic_validated
+from genroute.config_errors import check_list
 from genroute.errors import ConfigError, OutcomeStoreError, UsageError
 from genroute.outcomes.changes import Changes, Place
-from genroute.outcomes.records import OutcomeRecord, check_sides, number_refusal
+from genroute.outcomes.records import OutcomeRecord
 from genroute.outcomes.room import hidden_cause
 from genroute.outcomes.sqlite_files import (SCHEMA, add_seq, check_filters, checkpoint, connect, create_private,
                                             frozen_out, read_file, read_only, unwritable)
@@ -366,35 +366,3 @@ def write_jsonl(path: str | Path, lines: Iterable[Mapping[str, object]]) -> Path
                        private=True)
     return path
 
-
-def read_outcome_file(path: str | Path, *, field: str = "outcomes") -> list[OutcomeRecord]:
-    """Outcome records from a store file (``.db``/``.sqlite``) or an outcome-matrix JSONL file."""
-    from pydantic import ValidationError
-
-    from genroute.jsonl import existing_file, iter_records
-
-    path = existing_file(path, field=field, what="outcome file")
-    if path.suffix in {".db", ".sqlite", ".sqlite3"}:
-        return OutcomeStore(path, field=field).records_sync()
-    from genroute.bench.datasets import given_id
-
-    records, seen = [], set()
-    for lineno, raw in iter_records(path, field=field, what="outcome file"):  # .jsonl or .jsonl.gz
-        try:
-            record = pydantic_validated(OutcomeRecord, raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = f"{path.name}:{lineno}"
-            raise UsageError(number_refusal(where, first) or not_a(where, "an outcome record", first),
-                             field=field) from None
-        # As genroute bench --outcomes reads the same file: a negative or infinite cost, a score outside [0, 1]
-        # or a JSON true would otherwise crash the compile or be written into stats.json.
-        check_sides(f"{path.name}:{lineno}", record, raw, field=field)
-        # And its ids: the learned model trains on one record per id, so a file without ids (one id, "") trained
-        # nothing, and an id given twice merged two records' outcomes.
-        rid = given_id(record.metadata.get("id")) or f"record-{lineno}"
-        if rid in seen:
-            raise UsageError(f"{path.name}:{lineno}: duplicate record id {rid!r}", field=field)
-        seen.add(rid)
-        records.append(record.model_copy(update={"metadata": {**record.metadata, "id": rid}}))
-    return records
