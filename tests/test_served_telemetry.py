@@ -7,7 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 
+from genroute.errors import ConfigError
 from genroute.knowledge.chunking import stored_chunk_id
 from genroute.knowledge.examples import example_id
 from genroute.testing import GeminiTestServer
@@ -87,3 +89,41 @@ async def test_icl_records_only_the_examples_that_fit_its_token_budget(
     prompt = field_of(gemini_server.requests[0].body, "contents")[0]["parts"][0]["text"]
     shown = [e for e in await examples.select("my new card never arrived", strategy="knn", k=6) if e.input in prompt]
     assert ids == [e.id for e in shown]
+
+
+@pytest.mark.parametrize("selector", ["fixed", "random"])
+async def test_icl_without_a_query_records_the_ids_of_the_examples_it_showed(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge, tmp_path: Path, selector: str) -> None:
+    # A fixed or random selector queries nothing, so it has no retrieval span, and which examples its prompt held was
+    # on no span at all. Its own span (genroute.icl.examples) names them, in the prompt's order, as ids.
+    collection, examples = await loaded(knowledge, tmp_path)
+    async with icl_router(gemini_server, otel, knowledge, collection=collection, k=4, format="text",
+                          selector=selector, seed=7) as r:
+        await r.agenerate("my new card never arrived")
+    assert otel.spans("retrieval") == []  # still no query
+    (span,) = otel.spans("genroute.icl.examples")
+    (root,) = otel.spans("genroute.generate")
+    assert span.parent.span_id == root.context.span_id
+    assert span.attributes["genroute.icl.selector"] == selector
+    assert span.attributes["gen_ai.data_source.id"] == collection
+    ids = list(span.attributes["genroute.icl.example_ids"])
+    chosen = await examples.select("my new card never arrived", strategy=selector, k=4, seed=7)
+    assert ids == [e.id for e in chosen] and len(ids) == 4  # fixed and random keep their own order
+    assert ids == [example_id(e.input, e.output, e.label) for e in chosen]
+    prompt = field_of(gemini_server.requests[0].body, "contents")[0]["parts"][0]["text"]
+    assert [prompt.index(e.input) for e in chosen] == sorted(prompt.index(e.input) for e in chosen)
+    assert sum(text in prompt for text, _ in EXAMPLES) == 4
+    for s in otel.spans():
+        assert not any(text in _texts(s) for text, _ in EXAMPLES)  # no example text anywhere
+
+
+async def test_icl_without_a_query_records_its_error_when_the_examples_cannot_be_read(
+        gemini_server: GeminiTestServer, otel: Otel, knowledge: Knowledge) -> None:
+    empty = knowledge.name("empty")
+    await knowledge.store().collection(empty, kind="examples", create=True)
+    async with icl_router(gemini_server, otel, knowledge, collection=empty, selector="fixed") as r:
+        with pytest.raises(ConfigError):
+            await r.agenerate("my new card never arrived")
+    (span,) = otel.spans("genroute.icl.examples")
+    assert span.attributes["error.type"] == "ConfigError" and "genroute.icl.example_ids" not in span.attributes
+    assert gemini_server.requests == []

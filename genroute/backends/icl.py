@@ -191,11 +191,17 @@ class IclBackend(SingleCallBackend):
                                           embeddings=ctx.request_embeddings() if on and ctx else None)
 
     async def shown(self, request: GenerateRequest, ctx: RunContext) -> list[tuple[ExampleRecord, str]]:
-        """``select`` then ``fit``: the examples shown, in prompt order, with their text; a query's in a retrieval
-        span that names them (``genroute.icl.example_ids``)."""
+        """``select`` then ``fit``: the examples shown, in prompt order, with their text, in a span that names them
+        (``genroute.icl.example_ids``): a query's retrieval span, or (``fixed``, ``random``: no query) the
+        ``genroute.icl.examples`` span."""
         cfg = self.config
-        if cfg.selector in ("fixed", "random"):  # the pool as read: no query, no span
-            return self.fit(await self.select(request))
+        if cfg.selector in ("fixed", "random"):  # the pool as read (Chroma only when it was read again): no query
+            from genroute.knowledge.telemetry import examples_span
+
+            with examples_span(ctx.tracer, cfg.collection, cfg.selector) as span:
+                shown = self.fit(await self.select(request))
+                span.set_attribute("genroute.icl.example_ids", [ex.id for ex, _ in shown])
+            return shown
         from genroute.knowledge.telemetry import record_hits, retrieval_span
 
         with retrieval_span(ctx.tracer, self.examples.store, cfg.collection, cfg.k) as span, ctx.charged():

@@ -1,4 +1,5 @@
-"""The ``retrieval {collection}`` span (OpenTelemetry GenAI conventions) shared by RAG and ICL."""
+"""The ``retrieval {collection}`` span (OpenTelemetry GenAI conventions) shared by RAG and ICL, and the
+``genroute.icl.examples`` span of an ICL selector that queries nothing (``fixed``, ``random``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 @contextmanager
 def retrieval_span(tracer: trace.Tracer, store: KnowledgeStore, collection: str, k: int) -> Iterator[trace.Span]:
     """A ``retrieval {collection}`` CLIENT span (GenAI conventions); errors set ``error.type``."""
-    from opentelemetry.trace import SpanKind, StatusCode
+    from opentelemetry.trace import SpanKind
 
     attrs: dict[str, Any] = {"gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": collection,
                              "gen_ai.request.top_k": float(k), "gen_ai.request.model": store.embedder.model,
@@ -26,8 +27,29 @@ def retrieval_span(tracer: trace.Tracer, store: KnowledgeStore, collection: str,
     if store.config.host is not None:
         attrs["server.address"] = store.config.host
         attrs["server.port"] = store.config.port
-    with tracer.start_as_current_span(f"retrieval {collection}", kind=SpanKind.CLIENT, attributes=attrs,
-                                      record_exception=False, set_status_on_exception=False) as span:
+    with _failing_span(tracer, f"retrieval {collection}", SpanKind.CLIENT, attrs) as span:
+        yield span
+
+
+@contextmanager
+def examples_span(tracer: trace.Tracer, collection: str, selector: str) -> Iterator[trace.Span]:
+    """A ``genroute.icl.examples`` INTERNAL span, for a selector that queries nothing (``fixed``, ``random``): no
+    retrieval span, whose duration and counts would describe a Chroma query; errors set ``error.type``."""
+    from opentelemetry.trace import SpanKind
+
+    attrs = {"gen_ai.data_source.id": collection, "genroute.icl.selector": selector}
+    with _failing_span(tracer, "genroute.icl.examples", SpanKind.INTERNAL, attrs) as span:
+        yield span
+
+
+@contextmanager
+def _failing_span(tracer: trace.Tracer, name: str, kind: trace.SpanKind, attrs: dict[str, Any]
+                  ) -> Iterator[trace.Span]:
+    """A current span whose block's error is its ``error.type`` and status (the class name: never its message)."""
+    from opentelemetry.trace import StatusCode
+
+    with tracer.start_as_current_span(name, kind=kind, attributes=attrs, record_exception=False,
+                                      set_status_on_exception=False) as span:
         try:
             yield span
         except BaseException as exc:
