@@ -85,7 +85,7 @@ def test_the_matrix_report_carries_the_correction_in_its_json_and_text(tmp_path:
     report = compile_outcomes(rows, out_dir=tmp_path, learned=False, min_n=10)
     compiled = json.loads((tmp_path / "compiled.json").read_text(encoding="utf-8"))["comparisons"]
     # A row that repeats an earlier row's comparison (the same two score vectors) says so and is counted once.
-    stated = [c for c in compiled if "the same comparison as" not in c["verdict"]]
+    stated = [c for c in compiled if c["repeats"] is None]
     m = sum(c["decision"] != "no_verdict" for c in stated)
     assert m >= 2 and all(c["adjustment"] == "holm" and c["family_size"] == m for c in compiled)
     assert holm([c["p_value"] for c in stated]) == pytest.approx([c["adjusted_p"] for c in stated])
@@ -93,6 +93,27 @@ def test_the_matrix_report_carries_the_correction_in_its_json_and_text(tmp_path:
     text = Path(report.files["markdown"]).read_text(encoding="utf-8")
     assert f"corrected for the m = {m} comparisons below" in text and "Holm-adjusted p (m)" in text
 
+
+
+def test_the_matrix_report_names_the_row_a_comparison_repeats_in_its_json(tmp_path: Path) -> None:
+    """compiled.json's comparisons did not carry ``repeats`` as ``PairedComparison`` does: code reading it could tell
+    a repeated row only by the verdict's words. Here the best single candidate (C) is the per-task best too, so
+    "cost_aware vs per-task best" is the comparison "cost_aware vs best single" states."""
+    from genroute.bench.offline import compile_outcomes
+    from tests.test_bench_outcomes import synthetic
+
+    report = compile_outcomes(synthetic(30), out_dir=tmp_path, learned=False, min_n=10)
+    compiled = json.loads((tmp_path / "compiled.json").read_text(encoding="utf-8"))["comparisons"]
+    first = "cost_aware (task label) vs best single (train)"
+    assert [(c["router"], c["baseline"], c["repeats"]) for c in compiled] == [
+        ("cost_aware (task label)", "best single (train)", None),
+        ("cost_aware (task label)", "per-task best (train)", first)]
+    assert compiled[1]["adjusted_p"] == compiled[0]["adjusted_p"] and compiled[1]["family_size"] == 1
+    assert [c.repeats for c in report.comparisons] == [None, first]
+    # The table prints each verdict whole, which names the row it repeats.
+    text = Path(report.files["markdown"]).read_text(encoding="utf-8")
+    (row,) = [line for line in text.splitlines() if line.startswith("| cost_aware (task label) | per-task best")]
+    assert row.endswith(f"; the same comparison as {first}, counted once |")
 
 # A compiled policy (ace) on 40 held-out records beside two backends, "best single" and "per-task best" being
 # base's own scores: 4 rows, 2 comparisons. ace vs base: 9 records only ace got right, 1 only base did (McNemar

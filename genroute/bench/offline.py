@@ -354,7 +354,7 @@ def _comparisons(held: OutcomeMatrix, choices: Mapping[str, NDArray[Any]], *, mi
         out.append(Comparison(
             router=a, baseline=b, n=result.n, n_records=result.n_records, quality_difference=result.difference,
             ci=result.ci, p_value=exact_p(result), adjusted_p=result.adjusted_p, adjustment=result.adjustment,
-            family_size=result.family_size, decision=result.decision,
+            family_size=result.family_size, repeats=result.repeats, decision=result.decision,
             verdict=verdict, cost_ratio=float(ca.mean() / cb.mean()) if cb.mean() > 0 else None,
             cost_difference_ci=paired_bootstrap_ci(ca.tolist(), cb.tolist(), seed=seed, groups=groups)))
     return out

@@ -52,6 +52,10 @@ class Comparison(PublicModel):
     adjustment: str | None = Field(default=None, description="The correction: holm (None: no verdict was given).")
     family_size: int | None = Field(default=None, description="m: the distinct comparisons the correction is "
                                                                     "over (a repeated one counts once).")
+    repeats: str | None = Field(default=None, description="The earlier row (\"router vs baseline\") whose "
+                                "comparison this one repeats (the same two score vectors on the same records), "
+                                "counted once in the family and given that row's adjusted p; None when it states its "
+                                "own (``PairedComparison.repeats``).")
     decision: str | None = Field(default=None, description="win, no_difference or no_verdict (after the "
                                                            "correction).")
     verdict: str
