@@ -14,22 +14,67 @@ from pathlib import Path
 from genroute.errors import ConfigError, UsageError
 
 
-def cache_dir(*parts: str) -> Path:
-    """The cache directory (``$GENROUTE_CACHE_DIR`` or ``~/.cache/genroute``), created, joined with ``parts``."""
+def cache_dir(*parts: str, writable: bool = False) -> Path:
+    """The cache directory (``$GENROUTE_CACHE_DIR`` or ``~/.cache/genroute``) joined with ``parts``, as ``owned_dir``
+    makes and checks it: genroute loads and runs what it keeps there (the GGUF, LoRA adapters, the base model)."""
     root = os.environ.get("GENROUTE_CACHE_DIR") or Path.home() / ".cache" / "genroute"
-    return ensure_dir(Path(root).expanduser().joinpath(*parts), field="GENROUTE_CACHE_DIR")
+    return owned_dir(Path(root).expanduser(), *parts, field="GENROUTE_CACHE_DIR", writable=writable)
 
 
-def ensure_dir(path: Path, *, field: str, writable: bool = False) -> Path:
-    """``path``, created with its parents; a ``ConfigError`` naming ``field`` when it cannot be (or written to)."""
+def owned_dir(root: Path, *parts: str, field: str, writable: bool = False) -> Path:
+    """``root`` joined with ``parts``: a directory genroute loads models or adapters from. Each directory from
+    ``root`` down is made 0700 when missing (its parents as the umask says) and refused by ``check_owned`` when
+    another user could put a file in it; ``root`` is resolved first, so a link there is not followed again later.
+    A ``ConfigError`` naming ``field`` when it cannot be made (or, ``writable``, written to)."""
+    path = root
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, exist_ok=True)
+        path = root.resolve()
+        check_owned(path, field=field)
+        for part in parts:  # each checked before anything is made in it
+            path = path / part
+            path.mkdir(mode=0o700, exist_ok=True)
+            check_owned(path, field=field)
         # An existing read-only directory passes mkdir; a caller that must write there learns it now.
         if writable and not os.access(path, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as exc:
         raise ConfigError(f"cannot use {path} as a cache directory: {exc.strerror or exc}", field=field) from exc
     return path
+
+
+def check_owned(path: Path, *, field: str) -> Path:
+    """``path``, a cache directory or a file genroute is about to load from one, if only this user (or root) can have
+    written it: owned by this user or root, and writable by neither its group nor others (what ssh asks of
+    ``~/.ssh``, pip of its cache). Otherwise a ``ConfigError`` naming ``field`` (the setting that chose the
+    directory) saying why and what to do: another user who can write there can plant or replace a model or adapter
+    genroute then loads and runs. Links are followed (what they lead to is what is loaded); no check where the system
+    has no user ids (Windows)."""
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is None:  # pragma: no cover - Windows
+        return path
+    try:
+        found = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot use {path} as a cache directory: {exc.strerror or exc}", field=field) from exc
+    what = "directory" if stat.S_ISDIR(found.st_mode) else "file"
+    me = geteuid()
+    if found.st_uid not in (me, 0):
+        raise ConfigError(
+            f"the cache {what} {path} belongs to another user (uid {found.st_uid}; you are uid {me}), who could put a "
+            "model or adapter there that genroute would load and run: use a directory of your own (one it creates is "
+            "made 0700)", field=field)
+    if found.st_mode & 0o022:
+        mode = stat.S_IMODE(found.st_mode)
+        raise ConfigError(
+            f"the cache {what} {path} may be written by {_writers(mode)} (mode {mode:o}), who could put a model or adapter there that genroute would load and run: chmod go-w {path}, or use a "
+            "directory only you can write to", field=field)
+    return path
+
+
+def _writers(mode: int) -> str:
+    return {0o020: "its group", 0o002: "all users"}.get(mode & 0o022, "its group and all users")
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False, keep: bool = False,

@@ -83,20 +83,20 @@ def run_demo(cache_dir: str | None = None, show_trace: bool = True, tune: bool =
     from rich.markup import escape
 
     from genroute.cache import cache_dir as default_cache
-    from genroute.cache import ensure_dir
+    from genroute.cache import owned_dir
     from genroute.demo.render import DemoConsole, results_table, span_tree
     from genroute.router import Router
     from genroute.runtime.portal import refuse_inside_loop, run_sync
 
     refuse_inside_loop("run_demo", _INSTEAD)  # before the adapter's training and the model's loading
     console = DemoConsole(width=None if DemoConsole().is_terminal else 150)
-    if cache_dir:
-        cache = ensure_dir(Path(cache_dir), field="--cache-dir", writable=True)
-    else:
-        cache = ensure_dir(default_cache("demo"), field="GENROUTE_CACHE_DIR", writable=True)
+    # What the demo loads from its cache (the adapter, the Chroma store) must be what only this user could write.
+    field = "--cache-dir" if cache_dir else "GENROUTE_CACHE_DIR"
+    cache = owned_dir(Path(cache_dir), field=field, writable=True) if cache_dir else default_cache("demo", writable=True)
+    owned_dir(cache, store_path(cache).name, field=field)  # made here 0700: Chroma would make it as the umask says
     # Paths, requests and error messages go through escape(): they are data, and "[" starts rich markup.
     console.print(f"[bold]genroute demo[/] — local Gemma 3 270M, embedded Chroma at {escape(str(store_path(cache)))}")
-    adapter = _find_adapter(cache)
+    adapter = _find_adapter(cache, field)
     can_tune = tuning_available()
     if adapter is None and tune and can_tune:
         adapter = _train_adapter(console, cache)
@@ -133,9 +133,11 @@ async def _load_knowledge(store: Any) -> None:
     await aload_examples(store, [str(DATA / "sentiment_examples.jsonl")], collection=EXAMPLES)
 
 
-def _find_adapter(cache: Path) -> Path | None:
+def _find_adapter(cache: Path, field: str) -> Path | None:
+    from genroute.cache import check_owned
+
     adapter = adapter_path(cache)
-    return adapter if adapter.is_file() else None
+    return check_owned(adapter, field=field) if adapter.is_file() else None
 
 
 def _train_adapter(console: Any, cache: Path) -> Path | None:

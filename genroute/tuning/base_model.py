@@ -43,9 +43,13 @@ def load_base_model(base_path: Path) -> Any:
     torch = _import_torch()
     from transformers import AutoModelForCausalLM
 
+    from genroute.cache import check_owned
+
     cached = _cached_model_dir(base_path)
     if not (cached / "model.safetensors").is_file():
         _dequantize_to_cache(base_path, cached)
+    for name in ("config.json", "model.safetensors"):  # what from_pretrained reads: not a file another user could write
+        check_owned(cached / name, field="GENROUTE_CACHE_DIR")
     model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32)
     model.eval()
     return model
@@ -95,8 +99,10 @@ def _dequantize_to_cache(base_path: Path, cached: Path) -> None:
     # The config first, the weights published last with a rename (their presence marks the cache complete): a crash
     # leaves no half cache behind. safetensors opens its file by name, following links: it writes in a directory
     # only this user can enter.
-    atomic_write_bytes(cached / "config.json", json.dumps(config, indent=1).encode("utf-8"))
-    atomic_write_via(cached / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    # Owner-only, whatever the umask: a group-writable file in the cache is refused when loaded (check_owned).
+    atomic_write_bytes(cached / "config.json", json.dumps(config, indent=1).encode("utf-8"), private=True)
+    atomic_write_via(cached / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}),
+                     private=True)
 
 
 def _import_torch() -> Any:
