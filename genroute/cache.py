@@ -124,15 +124,15 @@ def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False, keep: 
         tmp.unlink(missing_ok=True)
 
 
-def open_unlinked(path: Path, flags: int, *, field: str) -> int:
-    """``os.open(path, flags, 0o666)`` that does not follow a link at ``path`` itself (``O_NOFOLLOW``): for a file
+def open_unlinked(path: Path, flags: int, *, field: str, mode: int = 0o666) -> int:
+    """``os.open(path, flags, mode)`` that does not follow a link at ``path`` itself (``O_NOFOLLOW``): for a file
     genroute adds to or cuts in place in a directory the user chooses (a bench's ``results.jsonl``), where a link
     planted at its name would send the rows to, or cut, another file. ``UsageError`` naming ``field`` when a link is
     there, or anything but a regular file (a FIFO planted there would hang the read or the write: it is opened
     ``O_NONBLOCK``, checked with ``fstat``, and only a regular file is handed back, blocking again)."""
     nonblock = getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | nonblock, 0o666)
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | nonblock, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UsageError(f"{path} is a symbolic link: genroute does not write through one (a link planted in a "

@@ -96,13 +96,14 @@ def _as_path(path: Any, *, field: str) -> Path:
 
 def output_dir(path: str | Path, *, field: str, private: bool = False) -> Path:
     """``path`` as a directory that exists (made with its parents if needed); ``UsageError`` naming ``field`` when
-    it cannot be (a file is there, no permission...), before anything is run or written. ``private``: what goes in
-    it quotes a file only its owner may read, so a directory made here is its owner's only (0700), and one already
-    there that others may enter is warned of (its mode is the user's to choose)."""
+    it cannot be (a file is there, no permission...), before anything is run or written. A directory made here is
+    its owner's only (0700): what goes in it quotes inputs (results, reports, outcome exports). ``private``: the
+    inputs are a file only its owner may read, so one already there that others may enter is warned of (its mode
+    is the user's to choose)."""
     path = _as_path(path, field=field)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.mkdir(mode=0o700 if private else 0o777, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)
         shared = private and path.stat().st_mode & 0o077
     except OSError as exc:
         raise UsageError(f"cannot write results to {str(path)!r} ({exc.strerror or exc})", field=field) from None

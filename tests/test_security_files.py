@@ -102,7 +102,7 @@ def test_a_bench_rewriting_its_results_follows_no_planted_link(tmp_path: Path, u
     assert victim.read_text() == "precious\n"
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["record_id"], r["ok"]) for r in rows] == [("r1", True)]
-    assert _mode(out / "results.jsonl") == 0o644  # the mode it had (the umask's), not the temporary file's 0600
+    assert _mode(out / "results.jsonl") == 0o600  # the mode it had (owner-only, as the appends made it)
 
 
 def _bench_report(out: Path, request: pytest.FixtureRequest) -> list[str]:
@@ -287,7 +287,10 @@ def test_a_rerun_keeps_the_mode_the_user_gave_its_report_files(tmp_path: Path, u
     assert {name: oct(_mode(out / name)) for name in names} == {name: oct(0o600) for name in names}
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    assert _mode(fresh / _bench_report(fresh, request)[0]) == 0o644  # a new file: the umask's, as before
+    _bench_report(fresh, request)
+    # New files: the reports, which may quote records, their owner's only; the figures the umask's, as before.
+    assert {name: oct(_mode(fresh / name)) for name in ("report.md", "report.html", "summary.json")} == {
+        "report.md": oct(0o600), "report.html": oct(0o600), "summary.json": oct(0o644)}
 
 
 @pytest.mark.parametrize("target", ["missing", "existing"])

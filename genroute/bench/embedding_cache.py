@@ -117,9 +117,10 @@ class CachedEmbedder:
         """The file with its header, made whole before it appears (another process may make it first)."""
         from genroute.cache import atomic_write_bytes
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         header = {_MAGIC: FORMAT, "model": str(self.model), "dtype": "float32"}
-        atomic_write_bytes(self.path, json.dumps(header).encode() + b"\n", keep=True)
+        # Owner-only: a vector per input text (an embedding gives much of its text back).
+        atomic_write_bytes(self.path, json.dumps(header).encode() + b"\n", private=True, keep=True)
 
     def _read_new(self) -> None:
         """Read the whole lines appended since the last read; a line that is not one (a torn write) is skipped."""

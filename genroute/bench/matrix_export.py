@@ -36,7 +36,8 @@ def export_matrix(outcomes: Sequence[Outcome], records: Sequence[BenchRecord], o
                 "outcomes": {b: _side(o) for b, o in sorted(done.items())}}
         lines.append(json.dumps(line, ensure_ascii=False, allow_nan=False))
     path = Path(out_dir) / MATRIX_FILE
-    atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"), same_mode=True)
+    # Owner-only when new (a rerun keeps its mode), as an outcome export is: it holds every record's input and output.
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"), private=True, same_mode=True)
     return path
 
 

@@ -172,7 +172,8 @@ def compile_outcomes(
     report = report.model_copy(update={"files": files, "seconds": time.perf_counter() - start})
     from genroute.cache import atomic_write_bytes
 
-    atomic_write_bytes(Path(files["compiled"]), to_json(report).encode(), same_mode=True)
+    # Owner-only when new (a rerun keeps its mode): its route table quotes a training query per route.
+    atomic_write_bytes(Path(files["compiled"]), to_json(report).encode(), private=True, same_mode=True)
     return report
 
 

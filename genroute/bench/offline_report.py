@@ -244,7 +244,7 @@ def write_outputs(report: OfflineReport, train: OutcomeMatrix, held: OutcomeMatr
     from genroute.bench.matrix_stats import matrix_stats
     from genroute.bench.report import write_report
 
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
     files = {"stats": str(matrix_stats(train, source=report.source).save(out / "stats.json"))}
     for name, model in models.items():
         slug = "learned-task" if "task" in name else "learned-text"

@@ -302,10 +302,12 @@ def write_report(out_dir: str | Path, summaries: Sequence[Summary], *, title: st
     # mode a rerun's file had (as write_text did: a report the user made 0600 holds answers to their records).
     from genroute.cache import atomic_write_bytes
 
-    atomic_write_bytes(paths["markdown"], "".join(md).encode("utf-8"), same_mode=True)
+    # The reports are owner-only when new: the HTML page's per-record view quotes inputs and answers, and a compile's
+    # route table an example query per route. summary.json (figures per backend and label) is the umask's.
+    atomic_write_bytes(paths["markdown"], "".join(md).encode("utf-8"), private=True, same_mode=True)
     atomic_write_bytes(paths["html"], html_report(summaries, png, title=title, sections=sections, out_dir=out,
                                                   records=records, outcomes=outcomes,
-                                                  per_record=per_record).encode("utf-8"), same_mode=True)
+                                                  per_record=per_record).encode("utf-8"), private=True, same_mode=True)
     atomic_write_bytes(paths["summary"], (json.dumps([s.model_dump(mode="json", exclude=None if s.labels else
                                                                     {"labels"}) for s in summaries], indent=2)
                                           + "\n").encode("utf-8"), same_mode=True)

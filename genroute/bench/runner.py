@@ -95,7 +95,7 @@ class ResultsLog:
 
     def __init__(self, out_dir: str | Path) -> None:
         self.path = Path(out_dir) / RESULTS_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.outcomes: dict[tuple[str, str], Outcome] = {}
         self._fh: Any = None
         self._superseded = False
@@ -131,7 +131,8 @@ class ResultsLog:
             return
         if self._fh is None:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-            self._fh = os.fdopen(open_unlinked(self.path, flags, field="out_dir"), "a", encoding="utf-8")
+            # Owner-only when new: each row holds a backend's answer to a record (and errors may quote it).
+            self._fh = os.fdopen(open_unlinked(self.path, flags, field="out_dir", mode=0o600), "a", encoding="utf-8")
         # One write of a whole line: a crash can only cut the last line, which _load drops.
         self._fh.write(outcome.model_dump_json() + "\n")
         self._fh.flush()
@@ -151,7 +152,7 @@ class ResultsLog:
             from genroute.cache import atomic_write_bytes
 
             rows = "".join(o.model_dump_json() + "\n" for o in self.outcomes.values())
-            atomic_write_bytes(self.path, rows.encode("utf-8"), same_mode=True, durable=True)
+            atomic_write_bytes(self.path, rows.encode("utf-8"), private=True, same_mode=True, durable=True)
             self._superseded = False
 
 

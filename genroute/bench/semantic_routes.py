@@ -191,6 +191,8 @@ def write_config(path: Path, routes: Routes, train: OutcomeMatrix, cost_weight: 
     from genroute.cache import atomic_write_bytes
 
     body = config(routes, train, cost_weight, default=default)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode(), same_mode=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Owner-only when new (a rerun keeps its mode): the utterances are training queries, word for word.
+    atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode(), private=True,
+                       same_mode=True)
     return path

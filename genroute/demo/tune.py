@@ -69,8 +69,6 @@ def train_review_adapter(cache: Path, *, config: LocalTuneConfig | None = None) 
         summary["adapter_path"] = str(adapter_path(cache))
         # Summary first, adapter last: the adapter's presence is what marks the cache as complete.
         atomic_write_bytes(cache / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode("utf-8"), private=True)
-        # Owner-only whatever the umask: a later run refuses an adapter others may write (cache.check_owned).
-        os.chmod(result.adapter_path, 0o600)
         os.replace(result.adapter_path, adapter_path(cache))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -211,7 +211,7 @@ async def _run(args: argparse.Namespace) -> Any:
             report = report.model_copy(update={"lines": (
                 *report.lines, f"register: {name} written to {args.config} as the challenger for task "
                                f"{args.task!r} ({args.mode}, share {args.share:.0%})")})
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
     # The tuning step's report is kept for every later --decide (its CPU time feeds the advisor).
     from genroute.cache import atomic_write_bytes
 

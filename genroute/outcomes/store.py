@@ -361,7 +361,7 @@ def write_jsonl(path: str | Path, lines: Iterable[Mapping[str, object]]) -> Path
     from genroute.cache import atomic_write_bytes
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic_write_bytes(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode(),
                        private=True)
     return path

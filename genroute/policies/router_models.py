@@ -208,14 +208,16 @@ class RouterModel:
     def save(self, path: str | Path) -> Path:
         """Write the model file atomically (``.npz``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # The weight in words beside it: a reader of "cost_weight": 1000000.0 could not tell it means "the cheapest".
         meta = {**self.meta, "method": self.method, "backends": self.backends,
                 "cost_weight_means": weight_meaning(float(self.meta.get("cost_weight", 0.0)))}
         buffer = io.BytesIO()
         # The stubs read **arrays as possibly naming allow_pickle (a bool); array names never do.
         np.savez(buffer, meta=np.array(json.dumps(meta)), **self.arrays)  # type: ignore[arg-type]
-        atomic_write_bytes(path, buffer.getvalue(), same_mode=True)  # past a planted link; a rerun keeps its mode
+        # Past a planted link; a rerun keeps its mode. Owner-only when new: a kNN model holds every training input's
+        # embedding, and every model the input keys (hashes) of what it was trained on.
+        atomic_write_bytes(path, buffer.getvalue(), private=True, same_mode=True)
         return path
 
     @classmethod

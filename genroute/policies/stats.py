@@ -157,6 +157,8 @@ class BenchStats(PublicModel):
         from genroute.cache import atomic_write_bytes
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, json.dumps(self.model_dump(mode="json"), indent=2).encode() + b"\n", same_mode=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Owner-only when new (a rerun keeps its mode): input_keys are hashes of the inputs, which confirm a guess.
+        atomic_write_bytes(path, json.dumps(self.model_dump(mode="json"), indent=2).encode() + b"\n", private=True,
+                           same_mode=True)
         return path

@@ -129,7 +129,8 @@ def write_lora_adapter(
 
     # gguf opens its file by name, following links: it writes in a directory only this user can enter, and a
     # failure while writing (full disk, a bad tensor) leaves neither a temporary file nor a half adapter behind.
-    atomic_write_via(path, write)
+    # Owner-only when new (a rerun keeps its mode): the adapter is fitted to the training rows, which it can give back.
+    atomic_write_via(path, write, private=True, same_mode=True)
     return path
 
 

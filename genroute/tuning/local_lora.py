@@ -153,7 +153,7 @@ def tune_local_examples(examples: Sequence[Example], out_dir: str | Path, *, con
     train_cpu_seconds = time.process_time() - cpu_started
     refuse_diverged(outcome)
     out = Path(out_dir)  # made only now: a refused run leaves no files behind
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     from genroute.tuning.gguf_adapter import write_lora_adapter
 

@@ -24,7 +24,7 @@ def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     from genroute.cache import atomic_write_bytes
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic_write_bytes(path, _jsonl(rows), private=True)
     return path
 
