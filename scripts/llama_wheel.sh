@@ -18,7 +18,9 @@ flags_key=$(printf '%s %s' "$LLAMA_VERSION" "$CMAKE_ARGS" | sha256sum | cut -c1-
 wheels="${GENROUTE_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/genroute/wheels}/llama-$flags_key"
 if ! ls "$wheels"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
   echo "building llama-cpp-python $LLAMA_VERSION (once; CMAKE_ARGS=$CMAKE_ARGS)" >&2
-  mkdir -p "$wheels.tmp"
+  # Owner-only, whatever the umask: genroute refuses a cache directory its group or others may write to (a umask of
+  # 002, common for users with their own group, would make ~/.cache/genroute 0775 here and stop `genroute demo`).
+  (umask 077 && mkdir -p "$wheels.tmp")
   "$PY" -m pip wheel --no-deps --no-cache-dir -w "$wheels.tmp" "llama-cpp-python==$LLAMA_VERSION" >&2
   rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
 fi
