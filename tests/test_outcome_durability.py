@@ -320,7 +320,7 @@ def test_an_exit_finding_every_write_written_reports_none_lost(monkeypatch: pyte
 
     told: list[int] = []
 
-    def at_exit(n: int) -> BaseException:
+    def at_exit(n: int, closing_s: float) -> BaseException:
         told.append(n)
         return RuntimeError(f"{n} lost")
 
@@ -334,3 +334,50 @@ def test_an_exit_finding_every_write_written_reports_none_lost(monkeypatch: pyte
         go.set()
     assert writer.flush(30)
     assert told == []
+
+
+def test_an_exit_after_a_close_that_gave_up_does_not_wait_for_the_same_writes_again(tmp_path: Path) -> None:
+    """A close whose writes were stuck (another process holding the file's lock) waited its bound (a router's close:
+    10 s), then the process's exit waited EXIT_WAIT_S (10 s) again for the same writes: 20 s for an app whose store is
+    stuck. The exit now waits EXIT_WAIT_S less what the close waited for them in vain (0.5 s each here: nothing more),
+    and says so when it gives them up. The script prints how long its close and its exit took."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "outcomes.db"
+    OutcomeStore(path).close()
+    script = textwrap.dedent("""
+        import atexit, json, logging, sys, time
+
+        answered, times = [], {}
+
+        def report():  # registered first: runs after genroute's own
+            times["exit_s"] = round(time.monotonic() - times.pop("closed"), 3)
+            print(json.dumps({"answered": answered, **times}))
+
+        atexit.register(report)
+        logging.basicConfig()
+        from genroute.outcomes import OutcomeRecord, OutcomeStore, writer
+
+        writer.EXIT_WAIT_S = float(sys.argv[2])
+        store = OutcomeStore(sys.argv[1])
+        for i in range(3):
+            store.submit(OutcomeRecord(metadata={"id": f"r{i}", "task": "t"})).add_done_callback(
+                lambda done: answered.append(type(done.exception()).__name__))
+        begun = time.monotonic()
+        store.close(float(sys.argv[2]))  # as a router's close does: it gives up on them, logged
+        times["closed"] = time.monotonic()
+        times["close_s"] = round(times["closed"] - begun, 3)
+    """)
+    with writes_held(path):
+        done = subprocess.run([sys.executable, "-c", script, str(path), "0.5"], capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 0, done.stderr
+    print(done.stdout)  # the close's wait and the exit's (seconds)
+    assert "were not written within 0.5 s of closing the store" in done.stderr
+    assert (f"3 outcome write(s) to {str(path)!r} were not written within 0.5 s of closing the store and 0.0 s more "
+            "of the process exiting" in done.stderr), done.stderr
+    assert set(json.loads(done.stdout)["answered"]) <= {"OutcomeStoreError"}
+    assert OutcomeStore(path).count_sync() == 0

@@ -215,20 +215,21 @@ class OutcomeStore:
         process lives. The store stays usable."""
         if not self._writer.flush(timeout_s):
             _log.error("%d outcome write(s) to %r were not written within %s s of closing the store (another process "
-                       "holds its lock?): they are written if this process lives until then (its exit waits 10 s "
-                       "more at most)", self.unwritten,
-                       str(self.path), timeout_s)
+                       "holds its lock?): they are written if this process lives until then (its exit does not wait "
+                       "for them again, unless the writer gets on meanwhile)", self.unwritten, str(self.path), timeout_s)
             return
         if self._wal and self.commits and not self._frozen and self.path.exists():  # never makes one anew
             read_file(self.path, lambda db: checkpoint(self.path, db, wait=True))
 
-    def _lost_at_exit(self, n: int) -> OutcomeStoreError:
-        """``n`` writes not written ``EXIT_WAIT_S`` into an exit without ``close``: logged, and the error those still
-        waiting are answered with (a router's recorder counts each as lost)."""
-        from genroute.outcomes import writer
+    def _lost_at_exit(self, n: int, closing_s: float) -> OutcomeStoreError:
+        """``n`` writes not written ``EXIT_WAIT_S`` into an exit, ``closing_s`` of them waited by a close that gave up on
+        them: logged, and the error those still waiting get (a router's recorder counts each as lost)."""
+        from genroute.outcomes.writer import EXIT_WAIT_S
 
-        lost = OutcomeStoreError(f"{n} outcome write(s) to {str(self.path)!r} were not written within "
-                                 f"{writer.EXIT_WAIT_S:g} s of the process exiting without closing the store (another "
+        when = (f"within {closing_s:.1f} s of closing the store and {max(0.0, EXIT_WAIT_S - closing_s):.1f} s more of "
+                "the process exiting" if closing_s else
+                f"within {EXIT_WAIT_S:g} s of the process exiting without closing the store")
+        lost = OutcomeStoreError(f"{n} outcome write(s) to {str(self.path)!r} were not written {when} (another "
                                  "process holding its lock?): lost", path=str(self.path))
         _log.error("%s", lost)
         return lost

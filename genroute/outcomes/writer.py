@@ -29,8 +29,9 @@ LINGER_S = 0.2
 #: A write whose failure is the whole lot's (the file is locked, read-only, full): not tried again alone.
 Shared = tuple[type[BaseException], ...]
 
-#: How long a process exiting without closing its stores waits for the writes handed over (the router's close waits
-#: as long): then it exits, the writes not written answered with ``at_exit``'s error (lost, and counted so).
+#: How long a process exiting waits for the writes handed over (the router's close waits as long), counting what a
+#: ``flush`` that gave up on the same writes waited already (``waited_in_vain_s``): then it exits, the writes not
+#: written answered with ``at_exit``'s error (lost, and counted so).
 EXIT_WAIT_S = 10.0
 #: Writers that started a thread: each flushed when the process exits (``_flush_at_exit``).
 _WRITERS: weakref.WeakSet[GroupWriter[object]] = weakref.WeakSet()
@@ -43,15 +44,17 @@ class GroupWriter(Generic[T]):
     ``thread`` makes the writer's thread (``threading.Thread``'s arguments; by default ``threading.Thread``): one
     whose ``start`` raises is a process out of threads.
 
-    A process that exits without ``flush`` waits ``EXIT_WAIT_S`` at most for the writes handed over (the thread is a
-    daemon: it waited for as long as they took, 30 s a lot on a file another process held locked); those still
-    waiting then are answered with ``at_exit(n)``'s error, ``n`` the writes not written (also the lot being
-    written, which the process's end cuts off: SQLite rolls it back)."""
+    A process that exits waits ``EXIT_WAIT_S`` at most for the writes handed over (the thread is a daemon: it waited
+    for as long as they took, 30 s a lot on a file another process held locked), less what a ``flush`` that gave up
+    waited for them already with none answered since (a close that timed out: the exit waited its 10 s again for the
+    same stuck writes); those still waiting then are answered with ``at_exit(n, closing_s)``'s error, ``n`` the writes
+    not written (also the lot being written, which the process's end cuts off: SQLite rolls it back), ``closing_s``
+    what flushes waited for them in vain before the exit."""
 
     def __init__(self, commit: Callable[[list[T]], list[T]], *, idle: Callable[[], None] = lambda: None,
                  linger_s: float = LINGER_S, shared: Shared = (), name: str = "writer",
                  thread: Callable[..., threading.Thread] = threading.Thread,
-                 at_exit: Callable[[int], BaseException] = lambda n: RuntimeError(
+                 at_exit: Callable[[int, float], BaseException] = lambda n, _: RuntimeError(
                      f"the process exited before {n} write(s) were written")) -> None:
         self._commit = commit
         self._at_exit = at_exit
@@ -76,6 +79,10 @@ class GroupWriter(Generic[T]):
         self.unwritten = 0
         #: Calls of ``commit`` that succeeded (transactions committed): fewer than the writes when they waited at once.
         self.commits = 0
+        #: Seconds that flushes which timed out waited since a write was last answered (waits at once counted once):
+        #: what the process's exit does not wait again (``_flush_at_exit``).
+        self.waited_in_vain_s = 0.0
+        self._vain_until = 0.0  # when (``time.monotonic()``) the last wait counted there ended
 
     def submit(self, items: Sequence[T]) -> Future[list[T]]:
         """Queue ``items`` for the writer (started if none runs); the future holds what ``commit`` returned for them,
@@ -131,6 +138,7 @@ class GroupWriter(Generic[T]):
     def _answered(self, _: Future[list[T]]) -> None:
         with self._lock:
             self.unwritten -= 1
+            self.waited_in_vain_s = 0.0  # the writer gets on: a flush from now on waits its own time again
 
     def write(self, items: Sequence[T]) -> list[T]:
         """``submit`` and wait."""
@@ -172,12 +180,14 @@ class GroupWriter(Generic[T]):
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every write handed over is answered, the writer went idle (without lingering) and its thread
         ended; whether it did within ``timeout_s``. Writes may be handed over again afterwards."""
-        end = None if timeout_s is None else time.monotonic() + timeout_s
+        start = time.monotonic()
+        end = None if timeout_s is None else start + timeout_s
         with self._lock:
             self._flushing += 1
             self._arrived.notify()
             try:
                 if not self._done.wait_for(lambda: not self._writing, timeout_s):
+                    self._waited_in_vain(start)
                     return False
             finally:
                 self._flushing -= 1
@@ -187,16 +197,22 @@ class GroupWriter(Generic[T]):
             return not thread.is_alive()
         return True
 
-    def give_up(self) -> int:
-        """The process exits: answer every write still waiting with ``at_exit``'s error; how many were not written
-        (those, and the lot being written). None (every write answered, the thread still tidying up): nothing is
-        said, ``at_exit`` is not called."""
+    def _waited_in_vain(self, start: float) -> None:
+        """A flush begun at ``start`` timed out (under the lock): the time it waited, less what another counted."""
+        now = time.monotonic()
+        self.waited_in_vain_s += max(0.0, now - max(start, self._vain_until))
+        self._vain_until = now
+
+    def give_up(self, closing_s: float = 0.0) -> int:
+        """The process exits: answer every write still waiting with ``at_exit``'s error (``closing_s``: what flushes
+        before the exit's waited for them in vain); how many were not written (those, and the lot being written).
+        None (every write answered, the thread still tidying up): nothing is said, ``at_exit`` is not called."""
         with self._lock:
             waiting, self._waiting = self._waiting, []
             lost = self.unwritten
         if not lost:
             return 0
-        exc = self._at_exit(lost)
+        exc = self._at_exit(lost, closing_s)
         for _, future in waiting:
             future.set_exception(exc)
         return lost
@@ -231,9 +247,20 @@ def _settle(answer: asyncio.Future[list[T]], done: Future[list[T]]) -> None:
 
 
 @atexit.register
-def _flush_at_exit() -> None:
-    """Wait ``EXIT_WAIT_S`` in all for every writer's writes, then give up on those left (a store nobody closed)."""
+def _flush_at_exit() -> dict[str, float]:
+    """Wait ``EXIT_WAIT_S`` in all for every writer's writes, less what a flush that gave up on a writer's writes
+    waited for them already, then give up on those left (a store nobody closed, or whose close timed out: its writes
+    stuck). What it waited for each writer that had writes to wait for, by name (seconds)."""
     end = time.monotonic() + EXIT_WAIT_S
+    waited: dict[str, float] = {}
     for writer in list(_WRITERS):
-        if not writer.flush(max(0.0, end - time.monotonic())):
-            writer.give_up()
+        with writer._lock:
+            if not writer._writing:
+                continue
+            closing_s = writer.waited_in_vain_s
+            left = min(end - time.monotonic(), EXIT_WAIT_S - closing_s)
+        begun = time.monotonic()
+        if not writer.flush(max(0.0, left)):
+            writer.give_up(closing_s)
+        waited[writer._name] = waited.get(writer._name, 0.0) + time.monotonic() - begun
+    return waited
