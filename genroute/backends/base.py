@@ -262,7 +262,9 @@ class Backend(KindFromConfig, ABC):
 
     async def probe(self) -> str | None:
         """Check that what this backend reads besides its engine (a Chroma collection) answers now, with no model call
-        (``router.health``): raise if not, else say what was checked. ``None`` (default): nothing to check."""
+        (``router.health``): raise if not, else say what was checked. ``None`` (default): nothing to check. Blocking
+        work that may hang belongs on ``genroute.runtime.threads.on_daemon_thread``: the process's exit joins a hung
+        ``asyncio.to_thread``."""
         return None
 
     async def aclose(self) -> None:

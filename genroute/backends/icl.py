@@ -127,7 +127,7 @@ class IclBackend(SingleCallBackend):
     async def probe(self) -> str:
         """Count the collection: one Chroma call (the store answers and holds the collection; no embedding)."""
         name = self.config.collection
-        n = await self.examples.store.count(name, kind="examples", field=f"backends.{self.name}.collection")
+        n = await self.examples.store.count(name, kind="examples", field=f"backends.{self.name}.collection", probe=True)
         return f"collection {name!r} holds {n} examples"
 
     def stop_sequences(self) -> tuple[str, ...]:

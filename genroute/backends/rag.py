@@ -100,7 +100,7 @@ class RagBackend(SingleCallBackend):
     async def probe(self) -> str:
         """Count the collection: one Chroma call (the store answers and holds the collection; no embedding)."""
         name = self.config.collection
-        n = await self.store.count(name, kind="documents", field=f"backends.{self.name}.collection")
+        n = await self.store.count(name, kind="documents", field=f"backends.{self.name}.collection", probe=True)
         return f"collection {name!r} holds {n} chunks"
 
     def facts(self) -> dict[str, Any]:

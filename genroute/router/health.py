@@ -12,6 +12,9 @@ not answering, it does not hang the check); no probe calls a model that bills:
 - ``engines.<name>`` (an engine a backend calls): Gemini, one ``countTokens`` for a model a backend names (free);
   local, a model instance loaded (loaded by the check if none was, and kept for the next request).
 
+Blocking probes (Chroma, the SQLite file) run on daemon threads of genroute's own (``on_daemon_thread``): one left
+hanging does not hold the process's exit, as a thread of the loop's default executor did.
+
 The last scheduled refresh is reported beside them (``refresh``), not in ``ready``: a refresh that failed keeps the
 policy the router had, and every replica reading the same store would fail it together.
 """
@@ -33,6 +36,7 @@ from genroute.errors import header_secrets
 from genroute.public_model import PublicModel
 from genroute.router.learning import check_seconds
 from genroute.runtime.portal import refuse_inside_loop
+from genroute.runtime.threads import on_daemon_thread
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -266,9 +270,9 @@ async def _outcome_store(recorder: OutcomeRecorder, timeout_s: float) -> str:
         said = await store.state.ping() or "state store"
         if store.archive is None:
             return f"shared list: {said}"
-        archive = await asyncio.to_thread(_sqlite_writable, store.archive, timeout_s)
+        archive = await on_daemon_thread("genroute-probe", _sqlite_writable, store.archive, timeout_s)
         return f"shared list: {said}; archive: {archive}"
-    return await asyncio.to_thread(_sqlite_writable, store, timeout_s)
+    return await on_daemon_thread("genroute-probe", _sqlite_writable, store, timeout_s)
 
 
 def _sqlite_writable(store: OutcomeStore, timeout_s: float) -> str:
