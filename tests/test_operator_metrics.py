@@ -101,7 +101,8 @@ async def test_a_refresh_failing_for_long_warns_once_a_minute_counts_each_failur
         gemini_server: GeminiTestServer, otel: Otel, tmp_path: Path, caplog: Any):
     """A scheduled refresh that failed warned at every interval: a 5 s refresh through a 10 min outage logged 120
     warnings. It warns once a minute now (the count since in the next warning), the counter counts each failure,
-    and the first refresh that succeeds again says so once. Here 15 refreshes fail (a backend whose reload fails:
+    and the first refresh that succeeds again says so once, at INFO (it was a WARNING: an alert on warnings went off
+    for the good news). Here 15 refreshes fail (a backend whose reload fails:
     its store is down), 0.1 s apart: one warning."""
     import logging
 
@@ -119,8 +120,10 @@ async def test_a_refresh_failing_for_long_warns_once_a_minute_counts_each_failur
             n = len(failed)
             await until(lambda: router._refresh_record.at is not None and router._refresh_record.error is None)
             await asyncio.sleep(0.5)  # a few more refreshes that succeed: they log nothing
-    messages = [r.getMessage() for r in caplog.records if "scheduled refresh" in r.getMessage()]
+    said = [r for r in caplog.records if "scheduled refresh" in r.getMessage()]
+    messages = [r.getMessage() for r in said]
     assert len(messages) == 2, messages
+    assert [r.levelname for r in said] == ["WARNING", "INFO"]  # the recovery is good news, not a warning
     assert messages[0].startswith("scheduled refresh failed: OSError: its store is down") and "once a minute" in \
         messages[0]
     assert messages[1] == f"scheduled refresh succeeded again, after {n} failed"

@@ -4,7 +4,7 @@ A refresh re-reads the backends' facts (``_refresh_facts``), applies the promoti
 store refreshes the policy from the outcomes accumulated since the last one. The refresher runs them on the running
 loop every ``outcomes.refresh_every_s`` (and reads the promotions every ``state.promotions_every_s``): started by the
 first request, it keeps the current policy when a refresh fails and logs it (once a minute at most, with the count of
-failures since; the first success after it is logged too).
+failures since; the first success after it is logged too, at INFO).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ class Refreshing:
             quiet_until = 0.0  # a store down for long: one warning a minute about reading its promotions, not 12
             # A refresh failing for long (a 5 s refresh through a 10 min outage: 120 failures) warns once a minute with
             # the count since; the counter (``genroute.refresh.failures``) counts each. The first success after a
-            # warned failure says so, once.
+            # warned failure says so, once, at INFO (a recovery is no warning).
             refresh_log = LogEvery(60.0, clock)
             unlogged = failing = 0
             warned = False
@@ -171,7 +171,7 @@ class Refreshing:
                     if name == "refresh":
                         self._refresh_record.succeeded()
                         if warned:  # counts the failures not warned of: the next warning counts those after
-                            _log.warning("scheduled refresh succeeded again, after %d failed", failing)
+                            _log.info("scheduled refresh succeeded again, after %d failed", failing)  # good news
                             unlogged = 0
                         failing, warned = 0, False
                 except Exception as exc:  # a failed refresh keeps the current policy; the next one retries
