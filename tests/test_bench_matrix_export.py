@@ -126,3 +126,45 @@ def test_a_run_of_one_backend_writes_stats_json_as_a_run_of_two_does(
         assert full["full"]["cost_per_request_usd"] == pytest.approx(summary.cost_per_request_usd)
         assert summary.cost_per_request_usd > 0
     assert not (out / "cost_aware.json").exists()  # the earlier run's policy is gone with its figures
+
+
+def test_a_no_compile_run_removes_the_stats_and_policies_an_earlier_run_left_in_its_out(
+        gemini_server: GeminiTestServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`genroute bench --no-compile` into an --out where an earlier run had compiled left that run's stats.json (and
+    its policies) beside the new report: a script reading the directory read another run's figures as this one's.
+    They are removed, each in one call (a link planted there is removed, not what it points at), and the run says so.
+    """
+    import yaml
+
+    from genroute.bench.cli import bench_main
+
+    data = tmp_path / "intents.jsonl"
+    data.write_text("".join(json.dumps({"input": f"Question {i} about my {LABELS[i % 2]}", "label": LABELS[i % 2],
+                                        "metadata": {"id": f"q{i}", "task": "intent", "label_set": LABELS}}) + "\n"
+                            for i in range(12)), encoding="utf-8")
+    engine = {"kind": "gemini", "base_url": gemini_server.base_url, "api_key": TEST_KEY}
+    config = {"engines": {"gemini": engine},
+              "backends": {"lite": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash-lite",
+                                    "template": "Name the intent."},
+                           "full": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}},
+              "policy": {"kind": "static", "backend": "lite"}}
+    out = tmp_path / "run"
+    with Router.from_config(config) as router:
+        assert bench(router, data, backends=["lite", "full"], out_dir=out, progress=False).compiled is not None
+    compiled = {p.name for p in out.iterdir()} & {"stats.json", "cost_aware.json", "learned.json", "learned.npz"}
+    assert {"stats.json", "cost_aware.json"} <= compiled
+    elsewhere = tmp_path / "mine.json"  # a file of someone else's, which a link named stats.json points at
+    elsewhere.write_text("{}", encoding="utf-8")
+    (out / "stats.json").unlink()
+    (out / "stats.json").symlink_to(elsewhere)
+    cfg = tmp_path / "genroute.yaml"
+    cfg.write_text(yaml.safe_dump(config), encoding="utf-8")
+    capsys.readouterr()
+    assert bench_main([str(data), "--config", str(cfg), "--backends", "full", "--out", str(out), "--quiet",
+                       "--no-compile"]) == 0
+    printed = capsys.readouterr().out
+    left = {p.name for p in out.iterdir()}
+    assert not left & compiled, left
+    assert not (out / "stats.json").is_symlink() and elsewhere.read_text(encoding="utf-8") == "{}"
+    assert "Not compiled (--no-compile): " in printed and "stats.json" in printed, printed
+    assert "Not compiled (--no-compile)" in (out / "report.md").read_text(encoding="utf-8")

@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "(default: the cheapest weight not resolved worse than the best at 95 %%), one_se "
                              "(within one paired standard error), best (best mean quality), or fixed (0.1; not with "
                              "--outcomes)")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compile: no stats.json, no policy files")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the compile: no stats.json, no policy files (those an earlier run left in --out "
+                             "are removed: they were not this run's)")
     parser.add_argument("--no-stream", action="store_true", help="call generate, not stream (no TTFT)")
     add_quiet(parser)
     matrix = parser.add_argument_group("outcome matrices (no model calls)")

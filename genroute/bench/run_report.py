@@ -51,7 +51,9 @@ class BenchReport(PublicModel):
     comparisons: tuple[PairedComparison, ...] = ()
     compiled_comparisons: tuple[PairedComparison, ...] = ()
     min_verdict_n: int = MIN_VERDICT_N
-    compile_note: str | None = Field(default=None, description="Why no policy was compiled, when one was asked for.")
+    compile_note: str | None = Field(default=None, description=(
+        "Why no policy was compiled, when one was asked for; with compile=False, the files an earlier run's compile "
+        "left in out_dir that were removed, if any."))
     empty_note: str = Field(default="", description="Backends that answered some records with no text at all.")
     unscored: tuple[Unscored, ...] = Field(default=(), description="Targets with no scored row (every row failed, "
                                                                    "or it was stopped on a set-up error).")
@@ -145,6 +147,11 @@ def report_outcomes(
         # runs finds the same files every time, and no earlier run's figures stay beside this report.
         stats = bench_stats(live, records, source=source, seed=seed,
                             use_cloud_equivalent=cloud_basis(live)).save(out / "stats.json")
+    elif not compile:  # --no-compile: an earlier run's figures and policies were left beside this run's report
+        gone = drop_stale(*(out / name for name in ("stats.json", "cost_aware.json", "learned.json", "learned.npz")))
+        if gone:
+            skipped = (f"Not compiled (--no-compile): {', '.join(p.name for p in gone)}, an earlier run's, removed "
+                       "from the output directory (they were not this run's).")
     inputs = input_of((r.id, r.input) for r in records)  # repeats of one input are one input in every "A vs B"
     comparisons = backend_comparisons(live, seed=seed, inputs=inputs)
     held_out = (compiled_comparisons(compiled, min_n=min_verdict_n, force=force_verdict, seed=seed, inputs=inputs)

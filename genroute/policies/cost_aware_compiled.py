@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,13 @@ def write_policy(path: Path, body: Mapping[str, Any]) -> Path:
 def drop_stale(*paths: Path) -> list[Path]:
     """Remove the files of ``paths`` an earlier compile wrote that this one does not write again (a policy config or
     model beside a new ``stats.json`` that no longer backs it would route as the earlier data said); the removed."""
-    removed = [path for path in paths if path.is_file()]
-    for path in removed:
-        path.unlink()
+    removed = []
+    for path in paths:
+        try:  # one call, no check before it that a swap could outrun; a link is removed, never what it points at
+            os.unlink(path)
+        except (FileNotFoundError, IsADirectoryError):  # not there, or not a compile's file
+            continue
+        removed.append(path)
     return removed
 
 
