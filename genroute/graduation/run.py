@@ -221,7 +221,8 @@ def register_local(router: Router, name: str, adapter: str | Path, *, task: str,
     Everything is checked before the router changes; a refused call leaves it as it was (``UsageError`` naming the
     argument)."""
     from genroute.backends.tuned import TunedBackend, TunedConfig
-    from genroute.engines.local import LocalEngine, LocalEngineConfig
+    from genroute.engines.local import LocalEngine
+    from genroute.engines.local_config import LocalEngineConfig
     from genroute.tuning.local_lora import BASE_MODEL_NAME
 
     check_challenger(router, name, task=task, mode=mode, share=share, new=True)

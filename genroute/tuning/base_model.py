@@ -23,7 +23,7 @@ def resolve_base_model(path: Path | None) -> Path:
         if not Path(path).is_file():
             raise UsageError(f"no such file: {path}", field="base_model_path")
         return Path(path)
-    from genroute.engines.local import default_model_path
+    from genroute.engines.local_config import default_model_path
 
     return default_model_path()
 
