@@ -381,3 +381,42 @@ def test_an_exit_after_a_close_that_gave_up_does_not_wait_for_the_same_writes_ag
             "of the process exiting" in done.stderr), done.stderr
     assert set(json.loads(done.stdout)["answered"]) <= {"OutcomeStoreError"}
     assert OutcomeStore(path).count_sync() == 0
+
+
+def test_a_routers_close_that_gave_up_on_a_stuck_store_is_the_only_wait(gemini_server: Any, tmp_path: Path) -> None:
+    """The same through a router: its close waited for the shadow's outcome write (10 s; 0.5 here), then the exit
+    waited as long again for it. The exit now gives it up at once, saying the close waited for it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "outcomes.db"
+    OutcomeStore(path).close()
+    script = textwrap.dedent("""
+        import json, logging, sys, time
+
+        logging.basicConfig()
+        from genroute import Router
+        from genroute.outcomes import writer
+        from genroute.router import lifecycle
+
+        writer.EXIT_WAIT_S = lifecycle._OUTCOMES_CLOSE_S = 0.5
+        router = Router.from_config(json.loads(sys.argv[1]))
+        router.generate("question")
+        end = time.monotonic() + 60
+        while router._executor.outcomes.writes_behind < 1:  # the shadow's write, handed to the stuck writer
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        router.close()
+    """)
+    root = Path(__file__).resolve().parent.parent
+    with writes_held(path):
+        done = subprocess.run([sys.executable, "-c", script, json.dumps(shadowing(gemini_server, path))],
+                              capture_output=True, text=True, timeout=120, cwd=root,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert "were not written within 0.5 s of closing the store (another process holds its lock?)" in done.stderr
+    assert (f"1 outcome write(s) to {str(path)!r} were not written within 0.5 s of closing the store and 0.0 s more "
+            "of the process exiting" in done.stderr), done.stderr
