@@ -384,8 +384,11 @@ def test_an_exit_after_a_close_that_gave_up_does_not_wait_for_the_same_writes_ag
 
 
 def test_a_routers_close_that_gave_up_on_a_stuck_store_is_the_only_wait(gemini_server: Any, tmp_path: Path) -> None:
-    """The same through a router: its close waited for the shadow's outcome write (10 s; 0.5 here), then the exit
-    waited as long again for it. The exit now gives it up at once, saying the close waited for it."""
+    """The same through a router: its close waited for the shadow's outcome write twice, draining the shadows (5 s)
+    then closing the store (10 s; 0.5 here), and the exit waited 10 s again for it: 25 s for one stuck write. The
+    drain leaves the writes to the store's close, and the exit gives the write up at once, saying the close waited for
+    it. The drain's bound is 600 s here: a drain that still waited for the write would run the subprocess into its
+    timeout (a bound on a hang, not a timing)."""
     import json
     import os
     import subprocess
@@ -400,9 +403,10 @@ def test_a_routers_close_that_gave_up_on_a_stuck_store_is_the_only_wait(gemini_s
         logging.basicConfig()
         from genroute import Router
         from genroute.outcomes import writer
-        from genroute.router import lifecycle
+        from genroute.router import lifecycle, shadows
 
         writer.EXIT_WAIT_S = lifecycle._OUTCOMES_CLOSE_S = 0.5
+        shadows.CLOSE_SHADOWS_S = 600.0
         router = Router.from_config(json.loads(sys.argv[1]))
         router.generate("question")
         end = time.monotonic() + 60

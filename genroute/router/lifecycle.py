@@ -43,8 +43,9 @@ def close_bound(drain_s: float) -> float:
     """How long a close takes at most: drain, unwind, shadows, late decisions' spends, outcome writes, flush,
     backends."""
     from genroute.outcomes.sqlite_files import CHECKPOINT_WAIT_S
+    from genroute.router.shadows import CLOSE_SHADOWS_S
 
-    return (drain_s + UNWIND_S + 5.0 + _LATE_SPEND_S + _OUTCOMES_CLOSE_S + CHECKPOINT_WAIT_S
+    return (drain_s + UNWIND_S + CLOSE_SHADOWS_S + _LATE_SPEND_S + _OUTCOMES_CLOSE_S + CHECKPOINT_WAIT_S
             + _FLUSH_TIMEOUT_MS / 1000 + 5.0)
 
 
@@ -113,7 +114,10 @@ class Lifecycle:
         """The close itself: drain, shadows, late decisions, backends, engines and stores, telemetry."""
         await self._stop_refresher()
         await self._inflight.close(drain_s)
-        await self._executor.drain_shadows()
+        from genroute.router import shadows
+
+        # Not their writes: the store's close waits for those (waited for in both, a stuck store held the close twice).
+        await self._executor.drain_shadows(shadows.CLOSE_SHADOWS_S, writes=False)
         await self._decisions.finish(_LATE_SPEND_S)
         if self._executor.outcomes is not None:  # its writes in its file itself (a copy of the file alone holds them)
             await asyncio.to_thread(self._executor.outcomes.close, _OUTCOMES_CLOSE_S)

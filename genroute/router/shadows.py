@@ -42,6 +42,8 @@ _log = logging.getLogger("genroute.router.executor")  # where these lines were l
 SHADOW_TIMEOUT_S = 60.0
 #: Shadow runs in flight per router; more are dropped (and counted), never queued.
 MAX_SHADOWS = 16
+#: How long a router's close lets shadow runs finish before it cancels them (``drain_shadows``).
+CLOSE_SHADOWS_S = 5.0
 #: Dropped or cancelled shadow runs are logged at most this often (they are counted on each request's span).
 LOG_INTERVAL_S = 60.0
 #: The message of the cancellation ``drain_shadows`` sends a shadow it gives up on (not its loop ending).
@@ -195,12 +197,14 @@ class Shadows:
         if self._warn_log.setdefault(kind, LogEvery(LOG_INTERVAL_S)).due():
             _log.warning(message, *args)
 
-    async def drain_shadows(self, timeout_s: float = 5.0) -> None:
+    async def drain_shadows(self, timeout_s: float = CLOSE_SHADOWS_S, *, writes: bool = True) -> None:
         """Wait for running shadow tasks (at shutdown), cancelling what outlives ``timeout_s``.
 
         A shadow runs on the loop of the request that started it, maybe another thread's: it is cancelled on
         that loop and watched from here, never awaited across loops. Then, within the same ``timeout_s``, the outcome
-        writes of the shadows that ended (which no longer wait for them: ``OutcomeRecorder._write_behind``).
+        writes of the shadows that ended (which no longer wait for them: ``OutcomeRecorder._write_behind``), unless
+        ``writes`` is false: a close, whose store's close waits for every write in its own bound (waited for here
+        too, a stuck store held the close 5 s more).
         """
         end = time.monotonic() + timeout_s
         shadows = list(self._live_shadows())  # a copy: other threads' loops add and discard theirs meanwhile
@@ -217,6 +221,6 @@ class Shadows:
         # Let the cancelled runs settle their admission and end their spans.
         await poll_until(lambda: all(task.done() for task in pending), 1.0)
         recorder = self.outcomes
-        if recorder is not None and recorder.writes_behind:
+        if writes and recorder is not None and recorder.writes_behind:
             await poll_until(lambda: not recorder.writes_behind, max(0.0, end - time.monotonic()))
 
