@@ -63,8 +63,11 @@ _LOOK_ALIKES = str.maketrans(
 #: Invisible characters outside category C (``_skipped``): combining grapheme joiner, variation selectors, Hangul
 #: fillers.
 _INVISIBLE = re.compile("[\u034f\u115f\u1160\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
-#: The ASCII characters ``_fold`` skips: controls that are neither blanks nor line breaks (those ``\s`` matches).
-_ASCII_SKIPPED = re.compile("[\x00-\x08\x0e-\x1b\x7f]")
+#: The controls ``_fold`` keeps: the blank and the line breaks the rules match as such (``_SPACE``, ``_BREAK``).
+#: ``\x1f`` (unit separator) is not one, though ``\s`` matches it: a model reads past it as past ESC.
+_KEPT_CONTROLS = frozenset("\t\n\v\f\r\x1c\x1d\x1e\x85")
+#: The ASCII characters ``_fold`` skips: the controls it does not keep, and DEL.
+_ASCII_SKIPPED = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f]")
 
 
 def defuse(text: str, *, tags: tuple[str, ...] = ()) -> str:
@@ -104,5 +107,5 @@ def _fold(text: str) -> tuple[str, list[int]]:
 
 def _skipped(char: str) -> bool:
     """Whether a model reads past ``char``: category C (format, control, unassigned, private use, surrogate) but
-    the blanks and line breaks among the controls (tab, newline: the rules match those as such), and ``_INVISIBLE``."""
-    return (unicodedata.category(char)[0] == "C" and not char.isspace()) or _INVISIBLE.match(char) is not None
+    the blank and line breaks among the controls (tab, newline: ``_KEPT_CONTROLS``), and ``_INVISIBLE``."""
+    return (unicodedata.category(char)[0] == "C" and char not in _KEPT_CONTROLS) or _INVISIBLE.match(char) is not None
