@@ -312,6 +312,24 @@ def test_a_blocking_safety_filter_on_the_local_engine_is_refused_when_the_router
     assert call.value.field == "config.safety_settings"
 
 
+def test_a_backend_swapped_in_by_replacing_is_refused_as_one_built_would_be() -> None:
+    # Router.replacing took a local backend with a blocking safety filter (or a thinking budget) without a word:
+    # the copy refused it only at its first request (UsageError naming config.safety_settings).
+    from genroute import Router
+    from genroute.backends.base import SafetySetting
+    from genroute.backends.prompt_template import PromptTemplateBackend
+
+    with Router.from_config(_safety_config("OFF")) as router:
+        config = router.backends["chat"].config
+        blocking = config.generation.model_copy(update={"safety_settings": (
+            SafetySetting(category="HARM_CATEGORY_HARASSMENT", threshold="BLOCK_ONLY_HIGH"),)})
+        swapped = PromptTemplateBackend("chat", config.model_copy(update={"generation": blocking}), router.resources)
+        with pytest.raises(ConfigError) as info:
+            router.replacing({"chat": swapped})
+        assert info.value.field == "backends.chat.generation.safety_settings"
+        assert router.replacing({"chat": router.backends["chat"]}).backends["chat"].engine._instances == []
+
+
 def test_a_thinking_budget_on_the_local_engine_is_refused_when_the_router_is_built() -> None:
     # Gemma 3 does not think: a thinking_config would be a budget silently not spent.
     from genroute import Router
