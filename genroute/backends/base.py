@@ -34,6 +34,15 @@ if TYPE_CHECKING:
 SCHEMA_MIME_TYPES = (None, "application/json", "text/x.enum")
 
 
+def sdk_fields(value: Any, own: type[BaseModel]) -> Any:
+    """``value`` as the fields genroute reads from it when it is another library's pydantic object (google-genai's
+    ``types.SafetySetting``, ``types.ThinkingConfig``) rather than an ``own``: its set fields, an unset one (``None``)
+    left out; anything else as it is."""
+    if isinstance(value, BaseModel) and not isinstance(value, own):
+        return value.model_dump(mode="json", exclude_none=True)
+    return value
+
+
 class SafetySetting(ConfigModel):
     """One of Gemini's safety filters and the threshold it blocks at (google-genai's ``types.SafetySetting``)."""
 
@@ -45,11 +54,9 @@ class SafetySetting(ConfigModel):
     @model_validator(mode="before")
     @classmethod
     def _sdk_setting(cls, value: Any) -> Any:
-        # A ported app's list holds google-genai's own types.SafetySetting objects: read as their fields (an unset
-        # one left out; one genroute does not take, such as Vertex's `method`, is named).
-        if isinstance(value, BaseModel) and not isinstance(value, SafetySetting):
-            return value.model_dump(mode="json", exclude_none=True)
-        return value
+        # A ported app's list holds google-genai's own types.SafetySetting objects (one genroute does not take, such
+        # as Vertex's `method`, is named).
+        return sdk_fields(value, SafetySetting)
 
     @field_validator("category", "threshold")
     @classmethod
@@ -77,11 +84,9 @@ class ThinkingSettings(ConfigModel):
     @model_validator(mode="before")
     @classmethod
     def _sdk_config(cls, value: Any) -> Any:
-        # google-genai's own types.ThinkingConfig, read as its fields (one genroute does not take, such as
-        # Gemini 3's thinking_level, is named).
-        if isinstance(value, BaseModel) and not isinstance(value, ThinkingSettings):
-            return value.model_dump(mode="json", exclude_none=True)
-        return value
+        # google-genai's own types.ThinkingConfig (one genroute does not take, such as Gemini 3's thinking_level, is
+        # named).
+        return sdk_fields(value, ThinkingSettings)
 
 
 class GenerationSettings(SamplingSettings):
