@@ -7,8 +7,9 @@ turn or an example field (``User:``, ``Assistant:``, ``Function result (f):``, `
 backslash in front, so the local engine's transcript and the ``text`` example format cannot be forged from inside.
 Both are matched on a folded view of the text: invisible characters (every format character such as zero-width
 spaces, bidi controls, the soft hyphen and tag characters, and variation selectors; control characters that are not
-blanks or line breaks, such as NUL, ESC and DEL; unassigned, private-use and surrogate code points: a model reads
-past each, so ``<\\x00/answer>`` closes a block as ``</answer>`` does) are skipped wherever they stand,
+blanks or line breaks, such as NUL, ESC, DEL and the unit separator (the file, group and record separators and
+NEL, line breaks to ``str.splitlines``, are looked past too); unassigned, private-use and surrogate code points: a
+model reads past each, so ``<\\x00/answer>`` closes a block as ``</answer>`` does) are skipped wherever they stand,
 and compatibility forms are NFKC-folded, so ``\\u200eUser:``, ``U\\u200bser:``, ``Function\\xa0result``, full-width
 ``Ｕｓｅｒ：`` and ``＜/document>`` are all caught, and so are Cyrillic and Greek look-alike letters (``Usеr:`` with a
 Cyrillic ``е``, a small explicit map: NFKC does not fold across scripts). The words themselves stay readable: the model sees what the
@@ -66,6 +67,9 @@ _INVISIBLE = re.compile("[\u034f\u115f\u1160\u180b-\u180f\u3164\ufe00-\ufe0f\uff
 #: The controls ``_fold`` keeps: the blank and the line breaks the rules match as such (``_SPACE``, ``_BREAK``).
 #: ``\x1f`` (unit separator) is not one, though ``\s`` matches it: a model reads past it as past ESC.
 _KEPT_CONTROLS = frozenset("\t\n\v\f\r\x1c\x1d\x1e\x85")
+#: The kept controls that are line breaks to ``str.splitlines`` alone (file, group and record separators, NEL).
+_SEPARATOR_CHARS = "\x1c\x1d\x1e\x85"
+_SEPARATORS = re.compile(f"[{_SEPARATOR_CHARS}]")
 #: The ASCII characters ``_fold`` skips: the controls it does not keep, and DEL.
 _ASCII_SKIPPED = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f]")
 
@@ -75,9 +79,14 @@ def defuse(text: str, *, tags: tuple[str, ...] = ()) -> str:
     chat-template turn markers defused (``<`` → ``&lt;``), and lines that look like a turn or an example field escaped
     with ``\\``: the one defuse for every untrusted text (retrieved chunks, stored examples and what a judge reads
     alike), whatever engine the prompt goes to."""
-    folded, origin = _fold(text)
-    lts = {origin[m.start()] for m in _tags(tags).finditer(folded)}
-    turns = {origin[m.end()] for m in _TURN_LINES.finditer(folded)}
+    lts: set[int] = set()
+    turns: set[int] = set()
+    # The separators (``\x1c``-``\x1e``, NEL) break lines to ``str.splitlines`` and the turn rule, but a model reads
+    # past one inside a word as past ESC: looked for both ways, ``</an\x1cswer>`` and ``\x1cUser:`` are each caught.
+    for skip in (False, True) if _SEPARATORS.search(text) else (False,):
+        folded, origin = _fold(text, separators=skip)
+        lts.update(origin[m.start()] for m in _tags(tags).finditer(folded))
+        turns.update(origin[m.end()] for m in _TURN_LINES.finditer(folded))
     if not lts and not turns:
         return text
     out = []
@@ -88,15 +97,16 @@ def defuse(text: str, *, tags: tuple[str, ...] = ()) -> str:
     return "".join(out)
 
 
-def _fold(text: str) -> tuple[str, list[int]]:
-    """``text`` without invisible characters and NFKC-folded character by character, and for each character of
-    that the index in ``text`` it came from (plus one past the end, for a match that ends there)."""
-    if text.isascii() and not _ASCII_SKIPPED.search(text):  # nothing to skip or fold
+def _fold(text: str, *, separators: bool = False) -> tuple[str, list[int]]:
+    """``text`` without invisible characters (and without ``_SEPARATORS`` if ``separators``) and NFKC-folded
+    character by character, and for each character of that the index in ``text`` it came from (plus one past the
+    end, for a match that ends there)."""
+    if text.isascii() and not separators and not _ASCII_SKIPPED.search(text):  # nothing to skip or fold
         return text, list(range(len(text) + 1))
     chars: list[str] = []
     origin: list[int] = []
     for i, char in enumerate(text):
-        if _skipped(char):
+        if _skipped(char) or (separators and char in _SEPARATOR_CHARS):
             continue
         for piece in unicodedata.normalize("NFKC", char).translate(_LOOK_ALIKES):
             chars.append(piece)
