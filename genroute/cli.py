@@ -94,7 +94,8 @@ def _main(argv: Sequence[str] | None) -> int:
     gen = sub.add_parser("generate", help="answer one request with a configured router")
     gen.add_argument("input")
     gen.add_argument("--config", required=True, help="router config (YAML, TOML or JSON)")
-    gen.add_argument("--backend", help="explicit backend (bypasses the policy)")
+    gen.add_argument("--backend", help="run this backend alone (no policy: none of its validators, fallbacks or "
+                                       "shadows)")
     gen.add_argument("--task")
     gen.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="template variable")
     gen.add_argument("--stream", action="store_true")

@@ -56,7 +56,8 @@ class GenerateRequest(_Frozen):
 
     input: str = Field(min_length=1, description="The user's input text.")
     task: str | None = Field(default=None, description="Task name policies and templates key on.")
-    backend: str | None = Field(default=None, description="Explicit backend override; bypasses the policy.")
+    backend: str | None = Field(default=None, description="Run this backend alone: the policy is skipped, and with it "
+                                "its validators, fallback rungs and shadows (docs/requests.md).")
     variables: dict[str, Any] = Field(default_factory=dict, description="Template variables.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form routing metadata.")
     key: str | None = Field(default=None, description="Stable request key (A/B splits, budgets, tenants).")
