@@ -139,7 +139,7 @@ class Floor:
 
     async def __call__(self, text: str) -> Any:
         request = self.request(input=text, task=None, backend=None, variables={}, metadata={}, key=None,
-                               timeout_s=None, generation=None)
+                               timeout_s=None, generation=None, history=None)
         task = asyncio.current_task()
         self.inflight[task] = 1
         start = time.perf_counter()

@@ -40,6 +40,7 @@ _LAZY: dict[str, str] = {
     "Router": "genroute.router.router",
     "GenerateRequest": "genroute.types",
     "RequestGeneration": "genroute.types",
+    "Turn": "genroute.types",
     "GenerateResult": "genroute.types",
     "GenerateChunk": "genroute.types",
     "Decision": "genroute.types",
@@ -66,7 +67,7 @@ __all__ = [
     "Citation", "ConfigError", "DeadlineExceeded", "Decision", "DecisionRecord", "DependencyHealth", "GenerateChunk",
     "GenerateRequest", "GenerateResult", "GenrouteError", "Health", "ModelPrice", "NoRelevantContext", "OutcomeRecord", "OutcomeSettings",
     "OutcomeStoreError", "Pricing", "RateLimited", "RefreshHealth", "RequestGeneration", "Router", "RouterConfig", "Rung", "RungAttempt",
-    "StateUnavailable", "StreamInterrupted", "ToolCall", "ToolLoopExceeded", "Usage", "UsageError",
+    "StateUnavailable", "StreamInterrupted", "ToolCall", "ToolLoopExceeded", "Turn", "Usage", "UsageError",
     "ValidationFailed", "load_config", "side_effect_free", "__version__",
 ]
 
@@ -94,5 +95,5 @@ if TYPE_CHECKING:
     from genroute.tools import side_effect_free
     from genroute.types import (
         Citation, Decision, DecisionRecord, GenerateChunk, GenerateRequest, GenerateResult, RequestGeneration, Rung,
-        RungAttempt, ToolCall, Usage,
+        RungAttempt, ToolCall, Turn, Usage,
     )

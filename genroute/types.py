@@ -48,6 +48,24 @@ class RequestGeneration(GenerationFields, _Frozen):
         return {name: getattr(self, name) for name in self.model_fields_set}
 
 
+class Turn(PublicModel):
+    """One earlier turn of a conversation: what the user said (``user``) or the model answered (``model``), as
+    google-genai's ``Content(role=..., parts=[Part(text=...)])`` sends it in ``contents``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    role: Literal["user", "model"]
+    text: str = Field(min_length=1)
+
+    @field_validator("text")
+    @classmethod
+    def _encodes(cls, value: str) -> str:
+        # A lone surrogate would fail at the provider or the exporter, without naming the turn.
+        if invalid_text(value, "") is not None:
+            raise ValueError("is not valid Unicode text (it holds a lone surrogate)")
+        return value
+
+
 class GenerateRequest(_Frozen):
     """One request to the router."""
 
@@ -64,6 +82,8 @@ class GenerateRequest(_Frozen):
     timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="Per-request deadline in seconds.")
     generation: RequestGeneration | None = Field(default=None, description="Generation settings over the chosen "
                                                  "backend's, for this request only (temperature, max_output_tokens...).")
+    history: list[Turn] | None = Field(default=None, description="The conversation's earlier turns, oldest first, "
+                                       "sent before the chosen backend's prompt (whichever backend it is).")
 
     def __hash__(self) -> int:
         # Frozen, so hashable (a cache key, a set member); its dict fields are not, and are left out: equal
@@ -83,6 +103,12 @@ class GenerateRequest(_Frozen):
         # `generation={}` gives nothing: the request is one without settings of its own (nothing copied per call,
         # no extra hold, no `generation` in its outcome record).
         return value if value is None or value.model_fields_set else None
+
+    @field_validator("history")
+    @classmethod
+    def _no_empty_history(cls, value: list[Turn] | None) -> list[Turn] | None:
+        # `history=[]` is no conversation yet: the request is the one turn it was (nothing prepended, recorded, held).
+        return value or None
 
     @field_validator("timeout_s", mode="before")
     @classmethod
@@ -121,6 +147,7 @@ class RequestFields(TypedDict, total=False):
     key: str | None
     timeout_s: float | None
     generation: RequestGeneration | None
+    history: list[Turn] | None
 
 
 #: What ``Router.generate`` and its twins take first: the input text, a whole request, or nothing (``input=`` then).

@@ -5,14 +5,14 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, create_model,
+from pydantic import (BaseModel, Field, TypeAdapter, ValidationError, ValidationInfo, create_model,
                       field_validator, model_validator)
 
 from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend, user_content
 from genroute.backends.templating import absent, check_template, compile_template, render
 from genroute.errors import UsageError
-from genroute.public_model import ConfigModel, PublicModel
-from genroute.types import GenerateRequest
+from genroute.public_model import ConfigModel
+from genroute.types import GenerateRequest, Turn
 
 if TYPE_CHECKING:
     from genroute.runtime.context import RunContext
@@ -48,15 +48,6 @@ class VariableSpec(ConfigModel):
             except ValidationError:
                 raise ValueError(f"default {self.default!r} is not of type {self.type}") from None
         return self
-
-
-class Turn(PublicModel):
-    """One earlier turn of a conversation, as a ``history`` variable gives it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
-
-    role: Literal["user", "model"]
-    text: str
 
 
 _TURNS = TypeAdapter(list[Turn])
@@ -149,9 +140,18 @@ class PromptTemplateBackend(SingleCallBackend):
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
         prompt, system = self.render(request)
         history = self.config.history
+        if history is None:
+            return Prepared(model=self.config.model, contents=prompt, config=self._genai_config(system))
+        if request.history:
+            # The request's own history (which every backend sends) takes the variable's place, its default's too;
+            # both given would be two conversations, in no order the caller chose.
+            if history in request.variables:
+                raise UsageError(f"a conversation is given twice: in the request's history and in variables."
+                                 f"{history} (backend {self.name!r}'s history variable); give one", field="history")
+            return Prepared(model=self.config.model, contents=prompt, config=self._genai_config(system))
         # The request's turns, else the variable's declared default (as for every variable the template reads).
-        turns = None if history is None else request.variables.get(history, self.config.variables[history].default)
-        if history is None or not turns:
+        turns = request.variables.get(history, self.config.variables[history].default)
+        if not turns:
             return Prepared(model=self.config.model, contents=prompt, config=self._genai_config(system))
         return Prepared(model=self.config.model, contents=[*self._turns(history, turns), user_content(prompt)],
                         config=self._genai_config(system))

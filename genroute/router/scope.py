@@ -35,7 +35,7 @@ def parse_request(input: str | GenerateRequest | None, fields: Mapping[str, Any]
     # What validation accepts as it is is not validated again: a non-blank text that encodes (no lone surrogate).
     if type(input) is str and not fields and input.strip() and (input.isascii() or invalid_text(input, "") is None):
         return _text_request(input=input, task=None, backend=None, variables={}, metadata={}, key=None,
-                             timeout_s=None, generation=None)
+                             timeout_s=None, generation=None, history=None)
     if isinstance(input, GenerateRequest):
         if fields:
             raise UsageError(f"pass either a GenerateRequest or fields, not both ({', '.join(fields)})",

@@ -1,0 +1,181 @@
+"""A request's ``history`` (the conversation's earlier turns) reaches the model before whatever the chosen backend
+sends, whichever backend it is, as google-genai sends a chat's earlier turns in ``contents``: the loopback server,
+real (embedded) Chroma, the local model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genroute import GenerateRequest, Router, UsageError
+from genroute.knowledge import aingest, aload_examples
+from genroute.testing import GeminiTestServer
+
+from .conftest import TEST_KEY, gemini_config
+
+HISTORY = [{"role": "user", "text": "Hi, I am Ada."}, {"role": "model", "text": "Hello, Ada."}]
+QUESTION = "When was the Zorblax fusion reactor commissioned?"
+
+
+def sdk_turns(server: GeminiTestServer) -> list[dict[str, Any]]:
+    """The ``contents`` google-genai itself sends for ``HISTORY`` (before a last user turn, left out)."""
+    from google import genai
+    from google.genai import types
+
+    client = genai.Client(api_key=TEST_KEY, http_options=types.HttpOptions(base_url=server.base_url))
+    turns = [types.Content(role=t["role"], parts=[types.Part(text=t["text"])]) for t in HISTORY]
+    client.models.generate_content(model="gemini-2.5-flash",
+                                   contents=[*turns, types.Content(role="user", parts=[types.Part(text="x")])])
+    contents = server.requests[-1].body["contents"]
+    server.clear()
+    return list(contents[:-1])
+
+
+def bodies(server: GeminiTestServer) -> list[dict[str, Any]]:
+    return [r.body for r in server.requests if r.action in ("generateContent", "streamGenerateContent")]
+
+
+async def backend_config(kind: str, server: GeminiTestServer, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A router config whose one backend is of ``kind``, and the keywords ``Router.from_config`` needs for it."""
+    knowledge = {"path": str(tmp_path / "chroma")}
+    if kind == "prompt_template":
+        return gemini_config(server, system="You are terse.", template="Q: {{ input }}"), {}
+    if kind == "tuned":
+        return gemini_config(server, kind="tuned", model="tunedModels/chat-1", base_model="gemini-2.5-flash"), {}
+    if kind == "function_calling":
+        def get_weather(city: str) -> dict[str, Any]:
+            """Current weather for a city."""
+            return {"city": city, "temp": 21}
+        return gemini_config(server, kind="function_calling", tools=["get_weather"]), {"tools": {"get_weather": get_weather}}
+    from genroute.knowledge import build_store
+
+    store = build_store(knowledge, engines={})
+    if kind == "rag":
+        doc = tmp_path / "reactor.txt"
+        doc.write_text("The Zorblax fusion reactor was commissioned in 1987.", encoding="utf-8")
+        await aingest(store, [doc], collection="docs")
+        config = gemini_config(server, kind="rag", collection="docs")
+    else:
+        examples = tmp_path / "examples.jsonl"
+        examples.write_text('{"input": "My card has not arrived.", "output": "card_arrival"}\n'
+                            '{"input": "Top up with cash?", "output": "top_up"}\n', encoding="utf-8")
+        await aload_examples(store, [examples], collection="examples")
+        config = gemini_config(server, kind="icl", collection="examples", selector="fixed", k=2, format="turns")
+    config["knowledge"] = knowledge
+    return config, {}
+
+
+KINDS = ["prompt_template", "tuned", "rag", "icl", "function_calling"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_every_backend_sends_the_history_before_its_own_turns_as_google_genai_does(
+        kind: str, gemini_server: GeminiTestServer, tmp_path: Path) -> None:
+    history = sdk_turns(gemini_server)
+    config, extra = await backend_config(kind, gemini_server, tmp_path)
+    calls = 2 if kind == "function_calling" else 1  # a tool call, then the answer: the history before each
+
+    def script() -> None:
+        if kind == "function_calling":
+            gemini_server.reply_function_call("get_weather", {"city": "Paris"}, call_id="c1")
+        gemini_server.reply_text("Sunny.")
+
+    async with Router.from_config(config, **extra) as router:
+        script()
+        alone = await router.agenerate(QUESTION)
+        without = bodies(gemini_server)
+        for run in ("agenerate", "astream"):
+            gemini_server.clear()
+            script()
+            if run == "agenerate":
+                result = await router.agenerate(QUESTION, history=HISTORY)
+            else:
+                result = [c async for c in router.astream(QUESTION, history=HISTORY)][-1].result
+            assert result.text == alone.text == "Sunny."
+            sent = bodies(gemini_server)
+            assert len(sent) == len(without) == calls
+            for before, after in zip(without, sent, strict=True):
+                # The same request, the history's turns first, byte for byte google-genai's: RAG and ICL found the
+                # same passage and examples (they retrieve on the current input only).
+                assert after == {**before, "contents": [*history, *before["contents"]]}
+
+
+@pytest.mark.parametrize("kind", ["tuned", "function_calling"])
+def test_the_sync_entry_points_send_the_history_too(kind: str, gemini_server: GeminiTestServer,
+                                                    tmp_path: Path) -> None:
+    import asyncio
+
+    history = sdk_turns(gemini_server)
+    config, extra = asyncio.run(backend_config(kind, gemini_server, tmp_path))
+    with Router.from_config(config, **extra) as router:
+        for run in ("generate", "stream"):
+            gemini_server.clear()
+            if kind == "function_calling":
+                gemini_server.reply_function_call("get_weather", {"city": "Paris"})
+            gemini_server.reply_text("Sunny.")
+            if run == "generate":
+                assert router.generate("Weather?", history=HISTORY).text == "Sunny."
+            else:
+                assert "".join(c.text for c in router.stream(GenerateRequest(input="Weather?", history=HISTORY)))
+            for body in bodies(gemini_server):
+                assert body["contents"][:2] == history and body["contents"][2]["parts"] == [{"text": "Weather?"}]
+
+
+def test_a_request_without_history_is_the_one_turn_it_was(gemini_server: GeminiTestServer) -> None:
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        for history in (None, []):
+            router.generate("Why?", history=history)
+            assert gemini_server.requests[-1].body["contents"] == [{"parts": [{"text": "Why?"}], "role": "user"}]
+    assert GenerateRequest(input="Why?", history=[]).history is None
+
+
+@pytest.mark.parametrize(("history", "field"), [
+    ([{"role": "assistant", "text": "Hello."}], "history.0.role"),
+    ([{"role": "user", "text": "Hi"}, {"role": "model", "text": ""}], "history.1.text"),
+    ([{"role": "user"}], "history.0.text"),
+    ([{"role": "user", "text": "Hi", "name": "x"}], "history.0.name"),
+    ([{"role": "user", "text": "bad \udc80"}], "history.0.text"),
+    ("Hi", "history"),
+    ({"role": "user", "text": "Hi"}, "history"),
+])
+def test_a_bad_history_is_refused_naming_the_turn(history: Any, field: str, gemini_server: GeminiTestServer) -> None:
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        with pytest.raises(UsageError) as info:
+            router.generate("Why?", history=history)
+        assert info.value.field == field
+        with pytest.raises(UsageError) as info:
+            GenerateRequest(input="Why?", history=history)
+        assert info.value.field == field
+    assert not gemini_server.requests  # refused before any call
+
+
+def test_a_template_history_variable_and_a_request_history_are_not_both_taken(gemini_server: GeminiTestServer
+                                                                              ) -> None:
+    opening = [{"role": "user", "text": "Opening."}, {"role": "model", "text": "Ready."}]
+    chat = {"variables": {"turns": {"type": "list", "default": opening}}, "history": "turns"}
+    with Router.from_config(gemini_config(gemini_server, **chat)) as router:
+        with pytest.raises(UsageError) as info:
+            router.generate("Why?", history=HISTORY, variables={"turns": HISTORY})
+        assert info.value.field == "history"
+        assert not gemini_server.requests
+        # The request's history takes the variable's place, its default's too: one conversation, not two.
+        router.generate("Why?", history=HISTORY)
+        texts = [c["parts"][0]["text"] for c in gemini_server.requests[-1].body["contents"]]
+        assert texts == ["Hi, I am Ada.", "Hello, Ada.", "Why?"]
+        router.generate("Why?")  # no history: the variable's default, as before
+        texts = [c["parts"][0]["text"] for c in gemini_server.requests[-1].body["contents"]]
+        assert texts == ["Opening.", "Ready.", "Why?"]
+
+
+@pytest.mark.local
+def test_the_local_model_reads_a_requests_history() -> None:
+    config = {"engines": {"local": {"kind": "local", "n_threads": 1, "prompt_format": "gemma"}},
+              "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
+                                    "generation": {"max_output_tokens": 4, "temperature": 0.0}}}}
+    with Router.from_config(config) as router:
+        alone = router.generate("Why?")
+        with_history = router.generate("Why?", history=HISTORY)
+    # The two earlier turns, each in its own <start_of_turn>...<end_of_turn> block: several tokens each.
+    assert with_history.usage.input_tokens >= alone.usage.input_tokens + 8
