@@ -179,3 +179,29 @@ def test_the_local_model_reads_a_requests_history() -> None:
         with_history = router.generate("Why?", history=HISTORY)
     # The two earlier turns, each in its own <start_of_turn>...<end_of_turn> block: several tokens each.
     assert with_history.usage.input_tokens >= alone.usage.input_tokens + 8
+
+
+def test_a_shadow_and_the_outcome_record_see_the_same_history(gemini_server: GeminiTestServer,
+                                                              tmp_path: Path) -> None:
+    config = gemini_config(gemini_server)
+    config["backends"]["pro"] = {**config["backends"]["chat"], "model": "gemini-2.5-pro"}
+    config["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat"}], "shadow": ["pro"]}
+    config["outcomes"] = {"path": str(tmp_path / "outcomes.db"), "scorer": "label_accuracy", "capture": True}
+
+    def scrub(example: dict[str, Any]) -> dict[str, Any]:  # sees the conversation, to clean it as the input
+        return {**example, "history": [{**t, "text": t["text"].replace("Ada", "<name>")} for t in example["history"]]}
+
+    gemini_server.reply_text("positive")   # served (chat)
+    gemini_server.reply_text("negative")   # shadow (pro)
+    with Router.from_config(config, scrub=scrub) as router:
+        result = router.generate("Loved it", task="sentiment", history=HISTORY)
+        router.drain()
+        record = router.feedback(result, label="positive")
+    served, shadow = bodies(gemini_server)
+    assert served["contents"] == shadow["contents"] and len(served["contents"]) == 3
+    kept = [{"role": "user", "text": "Hi, I am <name>."}, {"role": "model", "text": "Hello, <name>."}]
+    assert record.metadata["history"] == kept                      # the labeled example's conversation
+    assert record.metadata["answers"] == {"chat": "positive", "pro": "negative"}
+    assert record.metadata["answered_history"] == kept             # the shadow pair's
+    assert record.metadata["features"]["history_turns"] == 2
+    assert "Ada" not in str(record.line())

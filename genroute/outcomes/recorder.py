@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from genroute.outcomes.scoring import RunJudge, ShadowScorer
     from genroute.outcomes.shared import SharedOutcomeStore
     from genroute.runtime.context import RunContext
-    from genroute.types import GenerateRequest, GenerateResult
+    from genroute.types import GenerateRequest, GenerateResult, Turn
 
 _log = logging.getLogger(__name__)
 
@@ -239,9 +239,10 @@ class OutcomeRecorder(LostWrites):
         passed = score is not None and score >= self.settings.pass_score
         accepted = label if label is not None else (served_text if passed else None)
         # Before anything changes: a scrub hook that fails refuses the call and loses nothing.
-        text_in, text_out = self._capture(
+        text_in, text_out, history = self._capture(
             pending.request.input if pending is not None else (input or _input(request)),
-            accepted, request.task if request is not None else (stored.task if stored is not None else None))
+            accepted, request.task if request is not None else (stored.task if stored is not None else None),
+            pending.request.history if pending is not None else None)
         scores, judge_cost = await self._label_scores(id, known, label,
                                                       skip=served_backend if score is not None else None,
                                                       run_judge=run_judge)
@@ -260,6 +261,8 @@ class OutcomeRecorder(LostWrites):
         if routing:
             metadata["routing_cost_usd"] = routing
         metadata["feedback"] = {"score": score, "label_given": label is not None, "at": time.time()}
+        if history:  # the conversation the labeled example answered, as the scrub hook and filter left it
+            metadata["history"] = history
         add_scoring_cost(metadata, "feedback", judge_cost)
         if label is not None and known is None:
             metadata["feedback"]["label_scored"] = False
@@ -298,6 +301,8 @@ class OutcomeRecorder(LostWrites):
         if request is not None:
             metadata["task"] = request.task
             metadata["features"] = {"input_chars": len(request.input)}
+            if request.history:
+                metadata["features"]["history_turns"] = len(request.history)
             if request.generation is not None:  # its own settings over the backends': statistics may tell them apart
                 metadata["generation"] = request.generation.given()
         if pending is not None:
@@ -308,23 +313,30 @@ class OutcomeRecorder(LostWrites):
                 metadata["routing_cost_usd"] = pending.routing_cost_usd
         return metadata
 
-    def _capture(self, input: str | None, output: str | None, task: str | None) -> tuple[str | None, str | None]:
-        """The example to keep, scrubbed, or ``(None, None)``: only with capture, only when accepted."""
+    def _capture(self, input: str | None, output: str | None, task: str | None, history: list[Turn] | None = None
+                 ) -> tuple[str | None, str | None, list[dict[str, str]] | None]:
+        """The example to keep, scrubbed, and the request's earlier turns (``history``, as the scrub hook left them),
+        or ``(None, None, None)``: only with capture, only when accepted."""
         if not self.settings.capture or input is None or output is None:
-            return None, None
+            return None, None, None
         example: Mapping[str, Any] = {"input": input, "output": output, "task": task}
+        if history:  # the hook sees the whole conversation: a secret said two turns ago is scrubbed as well
+            example = {**example, "history": [turn.model_dump() for turn in history]}
         if self.scrub is not None:
             scrubbed: object = self.scrub(dict(example))  # a hook of the user's: its annotation is a promise
             if scrubbed is None:
-                return None, None
+                return None, None, None
             if not isinstance(scrubbed, Mapping):
                 raise ConfigError(f"the scrub hook must return a mapping or None, not {type(scrubbed).__name__}",
                                   field="outcomes.scrub")
             example = scrubbed
         text_in, text_out = example.get("input"), example.get("output")
         if not isinstance(text_in, str) or not isinstance(text_out, str) or not text_in.strip():
-            return None, None
-        return redact_secrets(text_in, self._secrets), redact_secrets(text_out, self._secrets)
+            return None, None, None
+        turns = example.get("history") if history else None
+        kept = [{"role": str(t.get("role")), "text": redact_secrets(t["text"], self._secrets)} for t in turns
+                if isinstance(t, Mapping) and isinstance(t.get("text"), str)] if isinstance(turns, list) else None
+        return redact_secrets(text_in, self._secrets), redact_secrets(text_out, self._secrets), kept or None
 
     def _answers(self, pending: _Pending, backend: str, output: BackendOutput) -> dict[str, Any]:
         """With capture: the input and both answers of a shadow's pair, scrubbed, for a label given elsewhere."""
@@ -333,10 +345,13 @@ class OutcomeRecorder(LostWrites):
         kept: dict[str, Any] = {"answers": {}}
         try:
             for name, text in ((pending.backend, pending.output.text), (backend, output.text)):
-                text_in, text_out = self._capture(pending.request.input, text, pending.request.task)
+                text_in, text_out, history = self._capture(pending.request.input, text, pending.request.task,
+                                                           pending.request.history)
                 if text_in is None:
                     return {}  # the scrub hook dropped it
                 kept["answered_input"], kept["answers"][name] = text_in, text_out
+                if history:
+                    kept["answered_history"] = history
         except ConfigError as exc:  # the scores are still recorded; only the answers are not kept
             _log.warning("answers of %s not kept: %s: %s", backend, exc.field, exc.message)
             return {}
