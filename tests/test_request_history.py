@@ -205,3 +205,34 @@ def test_a_shadow_and_the_outcome_record_see_the_same_history(gemini_server: Gem
     assert record.metadata["answered_history"] == kept             # the shadow pair's
     assert record.metadata["features"]["history_turns"] == 2
     assert "Ada" not in str(record.line())
+
+
+def test_a_budget_holds_the_input_tokens_of_the_history(gemini_server: GeminiTestServer) -> None:
+    # The hold was the backend's estimate (`costs`) whatever the request's history: 40,000 tokens of earlier turns
+    # ($0.012 at gemini-2.5-flash's $0.30 per 1M input tokens) went out against a $0.001 hold.
+    from genroute import BudgetExceeded
+
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": 0.01, "costs": {"chat": 0.001}}
+    long = [{"role": "user", "text": "x" * 80_000}, {"role": "model", "text": "y" * 80_000}]  # 40,000 tokens
+    with Router.from_config(config) as router:
+        with pytest.raises(BudgetExceeded) as info:
+            router.generate("Why?", history=long)  # $0.001 + $0.012 > $0.01
+        assert "needs up to $0.013" in str(info.value), info.value
+        assert not gemini_server.requests  # refused before anything was sent
+        half = [{**turn, "text": turn["text"][:40_000]} for turn in long]  # $0.001 + $0.006: held, then settled
+        assert router.generate("Why?", history=half).backend == "chat"
+        router.generate("Why?")  # no history: the estimate alone
+    assert [len(body["contents"]) for body in bodies(gemini_server)] == [3, 1]
+
+
+def test_a_rate_limit_counts_the_historys_tokens(gemini_server: GeminiTestServer) -> None:
+    from genroute import RateLimited
+
+    config = gemini_config(gemini_server)
+    config["rate_limits"] = [{"backend": "chat", "tpm": 1_000, "on_limit": "fall_through", "window_s": 3600}]
+    with Router.from_config(config) as router:
+        with pytest.raises(RateLimited):  # 2,000 tokens of earlier turns are more than a minute's 1,000
+            router.generate("Why?", history=[{"role": "user", "text": "x" * 8_000}])
+        assert router.generate("Why?").backend == "chat"

@@ -265,7 +265,7 @@ class Admission:
         request's own ``max_output_tokens`` could add to an attempt of each backend (as ``enter`` holds it)."""
         budgets = {gate.field: await gate.view(request) for gate in self.gates if is_budget(gate)}
         raised = self.raised_output
-        if request.generation is None or raised is None:
+        if (request.generation is None and not request.history) or raised is None:
             return dataclasses.replace(context, budgets=budgets)
         return dataclasses.replace(context, budgets=budgets, raised_output_usd=lambda backend: raised(request, backend))
 
@@ -274,7 +274,7 @@ class Admission:
         """Pass every gate (one store call) or raise the first refusal (nothing is then held); ``stream``: the
         attempt streams to a reader."""
         attempt = Attempt(request, decision, backend, deadline, span, stream=stream)
-        if request.generation is not None and self.raised_output is not None:
+        if (request.generation is not None or request.history) and self.raised_output is not None:
             attempt.raised_output_usd = self.raised_output(request, backend)
         try:
             attempt.tokens = await enter_gates(self.gates, self.store, attempt)

@@ -29,6 +29,7 @@ from genroute.state.ops import Held, Hold, Settle
 
 if TYPE_CHECKING:
     from genroute.state import StateStore
+    from genroute.types import GenerateRequest
 
 #: How long a window's counts outlive it (a long attempt settles into its own window).
 KEEP_AFTER_S = 600.0
@@ -70,9 +71,11 @@ class RateLimitConfig(ConfigModel):
         return f"engine:{self.engine}" + (f":{self.model}" if self.model else "")
 
 
-def estimate_tokens(text: str) -> int:
-    """Input tokens a request is assumed to need before it is sent (four characters a token)."""
-    return max(1, math.ceil(len(text) / 4))
+def request_tokens(request: GenerateRequest) -> int:
+    """Input tokens a request is assumed to need before it is sent (four characters a token): its input and the
+    conversation's earlier turns (``history``), which each call sends."""
+    chars = len(request.input) + (sum(len(turn.text) for turn in request.history) if request.history else 0)
+    return max(1, math.ceil(chars / 4))
 
 
 class RateLimitGate(Gate[Hold]):
@@ -103,7 +106,7 @@ class RateLimitGate(Gate[Hold]):
         limits = self._covering.get(attempt.backend)
         if not limits:
             return []
-        tokens = estimate_tokens(attempt.request.input)
+        tokens = request_tokens(attempt.request)
         now = time.time()
         ttl = hold_ttl_s(attempt.deadline, stream=attempt.stream)
         claims = []
@@ -142,7 +145,7 @@ class RateLimitGate(Gate[Hold]):
     def settlements(self, attempt: Attempt, token: list[tuple[Hold, Held]], outcome: Outcome) -> list[Settle]:
         if not token:
             return []
-        tokens = outcome.input_tokens or estimate_tokens(attempt.request.input) if outcome.sent else 0
+        tokens = outcome.input_tokens or request_tokens(attempt.request) if outcome.sent else 0
         return [Settle(hold.account, held.hold_id, (1 if outcome.sent else 0) if hold.account.endswith(":rpm")
                        else tokens, keep_s=hold.keep_s) for hold, held in token]
 

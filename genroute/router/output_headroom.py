@@ -7,6 +7,10 @@ model's highest output rate, so that the estimate stays an upper bound where it 
 model's thought tokens within ``maxOutputTokens`` (billed at the output rate), so the extra covers them too; a
 ``thinking_budget`` is no bound (the model may overrun it) and adds nothing. A request that clears the backend's limit
 (``None``: the model's own) adds nothing either: genroute does not know that limit (docs/configuration.md says so).
+
+A request's ``history`` (the conversation's earlier turns) is sent before whatever the backend sends, on each of its
+calls: the hold adds its input tokens (estimated, four characters a token) at the model's highest input rate, once
+a call (a function-calling backend's ``max_steps`` + 1 calls at most).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from genroute.backends.base import Backend
     from genroute.runtime.pricing import Pricing
-    from genroute.types import RequestGeneration
+    from genroute.types import RequestGeneration, Turn
 
 
 def raised_output_usd(backend: Backend | None, pricing: Pricing, generation: RequestGeneration) -> float:
@@ -30,3 +34,18 @@ def raised_output_usd(backend: Backend | None, pricing: Pricing, generation: Req
     if price is None:  # a free (local) model
         return 0.0
     return (wanted - own) * max((price.output, *(tier.output for tier in price.tiers))) / 1e6  # USD per 1M tokens
+
+
+def history_input_usd(backend: Backend | None, pricing: Pricing, history: list[Turn]) -> float:
+    """USD of ``history``'s input tokens, sent again on each of the calls ``backend`` may make: 0 for a free (local)
+    model or an unknown backend."""
+    from genroute.runtime.billing import estimate_tokens
+
+    if backend is None:
+        return 0.0
+    price = pricing.charged_at(backend.engine, backend.billed_as(pricing)[0])[0]
+    if price is None:
+        return 0.0
+    calls = getattr(backend.config, "max_steps", 0) + 1  # a tool loop sends the history with every model turn
+    tokens = estimate_tokens(sum(len(turn.text) for turn in history)) * calls
+    return tokens * max((price.input, *(tier.input for tier in price.tiers))) / 1e6  # USD per 1M tokens

@@ -29,7 +29,7 @@ from genroute.runtime.billing import Charges, charging
 from genroute.runtime.portal import Portal, refuse_inside_loop, run_sync
 from genroute.runtime.telemetry import CAPTURE_MAX_CHARS, Telemetry
 from genroute.router.learning import Learning, backend_info, check_seconds
-from genroute.router.output_headroom import raised_output_usd
+from genroute.router.output_headroom import history_input_usd, raised_output_usd
 from genroute.router.refresh_record import RefreshRecord
 from genroute.router.refreshing import Refreshing
 from genroute.state import StateStore, build_state
@@ -364,9 +364,10 @@ class Router(Lifecycle, Learning, Refreshing, Checks):
 
     def _raised_output(self, request: GenerateRequest, backend: str) -> float:
         """USD the request's own ``max_output_tokens`` above ``backend``'s could add (a budget holds it too)."""
-        generation = request.generation
-        return 0.0 if generation is None else raised_output_usd(self.backends.get(backend), self.resources.pricing,
-                                                                generation)
+        generation, history = request.generation, request.history
+        chosen, pricing = self.backends.get(backend), self.resources.pricing
+        return (0.0 if generation is None else raised_output_usd(chosen, pricing, generation)) + \
+            (0.0 if not history else history_input_usd(chosen, pricing, history))
 
     def _expired_deciding(self, request: GenerateRequest) -> DeadlineExceeded:
         return DeadlineExceeded(f"request deadline of {request.timeout_s or self.timeout_s}s exceeded "
