@@ -76,7 +76,7 @@ def test_the_migrating_guides_routing_config_serves_a_chat_request_with_its_hist
     """docs/migrating.md's routing config sends smalltalk, and every request past the budget, to `cheap`, which
     declared no history variable: a chat request with its history (as the guide's chat example sends it) was refused
     there, 'unexpected variable' (UsageError), once the budget ran out. Every backend a chat request can reach takes
-    the history. Run here with both backends on the loopback server."""
+    the history (the request's own, which the guide now passes). Run here with both backends on the loopback server."""
     import re
     from pathlib import Path
 
@@ -91,7 +91,7 @@ def test_the_migrating_guides_routing_config_serves_a_chat_request_with_its_hist
         backend.update(engine="gemini", model="gemini-2.5-flash")
     with Router.from_config(config) as router:
         for name in config["backends"]:
-            result = router.generate(GenerateRequest(input="And?", backend=name, variables={"history": HISTORY}))
+            result = router.generate(GenerateRequest(input="And?", backend=name, history=HISTORY))
             assert gemini_server.requests[-1].body["contents"][:2] == [
                 {"parts": [{"text": "Hi"}], "role": "user"}, {"parts": [{"text": "Hello."}], "role": "model"}], name
             assert result.backend == name

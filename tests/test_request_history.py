@@ -236,3 +236,17 @@ def test_a_rate_limit_counts_the_historys_tokens(gemini_server: GeminiTestServer
         with pytest.raises(RateLimited):  # 2,000 tokens of earlier turns are more than a minute's 1,000
             router.generate("Why?", history=[{"role": "user", "text": "x" * 8_000}])
         assert router.generate("Why?").backend == "chat"
+
+
+def test_a_judge_validators_call_is_its_own_not_the_conversations(gemini_server: GeminiTestServer) -> None:
+    config = gemini_config(gemini_server)
+    config["backends"]["judge"] = {**config["backends"]["chat"], "model": "gemini-2.5-flash-lite"}
+    config["policy"] = {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["judge:judge"]}]}
+    gemini_server.reply_text("Ada.")
+    gemini_server.reply_text("PASS")
+    with Router.from_config(config) as router:
+        assert router.generate("Who am I?", history=HISTORY).text == "Ada."
+    answered, judged = bodies(gemini_server)
+    assert len(answered["contents"]) == 3
+    (turn,) = judged["contents"]  # the judge's one prompt: the request's input and the answer, no earlier turns
+    assert "Who am I?" in turn["parts"][0]["text"] and "Hi, I am Ada." not in turn["parts"][0]["text"]
