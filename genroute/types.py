@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
-from genroute.construct import builder
+from genroute.construct import builder, user_content
 from genroute.public_model import PublicModel
+
+if TYPE_CHECKING:
+    from google.genai import types
 
 
 class _Frozen(PublicModel):
@@ -57,6 +61,15 @@ class Turn(PublicModel):
     role: Literal["user", "model"]
     #: Not empty; a lone surrogate (no UTF-8 text) is refused by pydantic's own str check.
     text: str = Field(min_length=1)
+
+
+def with_history(history: Sequence[Turn], contents: list[types.Content] | str) -> list[types.Content]:
+    """``history``'s turns, then ``contents`` (the turns a backend built, or one user turn of a ``str``): what
+    google-genai sends for a chat's earlier turns followed by the new ones."""
+    from google.genai import types
+
+    turns = [types.Content(role=turn.role, parts=[types.Part(text=turn.text)]) for turn in history]
+    return [*turns, user_content(contents)] if isinstance(contents, str) else [*turns, *contents]
 
 
 class GenerateRequest(_Frozen):

@@ -21,7 +21,7 @@ from genroute.runtime.request_settings import overridden
 from genroute.runtime.span_settings import span_attributes
 from genroute.runtime.telemetry import (CurrentSpan, Telemetry, attach, block_reason, error_type, reason_name,
                                        usage_attributes, usage_of)
-from genroute.types import NO_USAGE, GenerateRequest, Turn, Usage
+from genroute.types import NO_USAGE, GenerateRequest, Usage, with_history
 
 if TYPE_CHECKING:
     from google.genai import types
@@ -390,15 +390,6 @@ def no_answer(engine: Engine, method: str) -> BackendUnavailable:
     what = ("answered a response with neither candidates nor promptFeedback from generate()" if method == "generate"
             else "ended its stream() without yielding a response with candidates or promptFeedback")
     return BackendUnavailable(f"malformed response body: engine {engine.name!r} ({described(type(engine))}) {what}")
-
-
-def with_history(history: Sequence[Turn], contents: list[types.Content] | str) -> list[types.Content]:
-    """``history``'s turns, then ``contents`` (the turns a backend built, or one user turn of a ``str``): what
-    google-genai sends for a chat's earlier turns followed by the new ones."""
-    from google.genai import types
-
-    turns = [types.Content(role=turn.role, parts=[types.Part(text=turn.text)]) for turn in history]
-    return [*turns, user_content(contents)] if isinstance(contents, str) else [*turns, *contents]
 
 
 def _turns(engine: Engine, contents: list[types.Content] | str) -> list[types.Content] | str:
