@@ -250,3 +250,19 @@ def test_a_judge_validators_call_is_its_own_not_the_conversations(gemini_server:
     assert len(answered["contents"]) == 3
     (turn,) = judged["contents"]  # the judge's one prompt: the request's input and the answer, no earlier turns
     assert "Who am I?" in turn["parts"][0]["text"] and "Hi, I am Ada." not in turn["parts"][0]["text"]
+
+
+def test_the_call_span_captures_the_turns_as_sent(gemini_server: GeminiTestServer) -> None:
+    import json
+
+    from .conftest import Otel
+
+    otel = Otel()
+    config = gemini_config(gemini_server, template="Q: {{ input }}")
+    config["telemetry"] = {"capture_content": True}
+    with Router.from_config(config, **otel.providers) as router:
+        router.generate("Who am I?", history=HISTORY)
+    (call,) = otel.spans("generate_content")
+    messages = json.loads(call.attributes["gen_ai.input.messages"])
+    assert [(m["role"], m["parts"][0]["content"]) for m in messages] == [
+        ("user", "Hi, I am Ada."), ("assistant", "Hello, Ada."), ("user", "Q: Who am I?")]
