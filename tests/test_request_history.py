@@ -13,7 +13,7 @@ from genroute import GenerateRequest, Router, UsageError
 from genroute.knowledge import aingest, aload_examples
 from genroute.testing import GeminiTestServer
 
-from .conftest import TEST_KEY, gemini_config
+from .conftest import TEST_KEY, Otel, gemini_config
 
 HISTORY = [{"role": "user", "text": "Hi, I am Ada."}, {"role": "model", "text": "Hello, Ada."}]
 QUESTION = "When was the Zorblax fusion reactor commissioned?"
@@ -48,7 +48,8 @@ async def backend_config(kind: str, server: GeminiTestServer, tmp_path: Path) ->
         def get_weather(city: str) -> dict[str, Any]:
             """Current weather for a city."""
             return {"city": city, "temp": 21}
-        return gemini_config(server, kind="function_calling", tools=["get_weather"]), {"tools": {"get_weather": get_weather}}
+        tools = {"get_weather": get_weather}
+        return gemini_config(server, kind="function_calling", tools=["get_weather"]), {"tools": tools}
     from genroute.knowledge import build_store
 
     store = build_store(knowledge, engines={})
@@ -252,12 +253,9 @@ def test_a_judge_validators_call_is_its_own_not_the_conversations(gemini_server:
     assert "Who am I?" in turn["parts"][0]["text"] and "Hi, I am Ada." not in turn["parts"][0]["text"]
 
 
-def test_the_call_span_captures_the_turns_as_sent(gemini_server: GeminiTestServer) -> None:
+def test_the_call_span_captures_the_turns_as_sent(gemini_server: GeminiTestServer, otel: Otel) -> None:
     import json
 
-    from .conftest import Otel
-
-    otel = Otel()
     config = gemini_config(gemini_server, template="Q: {{ input }}")
     config["telemetry"] = {"capture_content": True}
     with Router.from_config(config, **otel.providers) as router:
