@@ -28,6 +28,7 @@ from genroute.backends.icl_examples import as_hit, defused, example_task, task_c
 from genroute.backends.templating import check_template, compile_template, render
 from genroute.engines.gemini_cache import ContextCacheSettings, PrefixCaches, cache_gone
 from genroute.errors import BackendRejected, BackendUnavailable
+from genroute.runtime.threads import on_daemon_thread
 from genroute.types import GenerateRequest
 
 if TYPE_CHECKING:
@@ -127,7 +128,9 @@ class IclBackend(SingleCallBackend):
     async def probe(self) -> str:
         """Count the collection: one Chroma call (the store answers and holds the collection; no embedding)."""
         name = self.config.collection
-        n = await self.examples.store.count(name, kind="examples", field=f"backends.{self.name}.collection", probe=True)
+        # on a daemon thread of its own: a hung Chroma must not hold the process at exit
+        n = await on_daemon_thread("genroute-probe", self.examples.store.count_sync, name, kind="examples",
+                                   field=f"backends.{self.name}.collection")
         return f"collection {name!r} holds {n} examples"
 
     def stop_sequences(self) -> tuple[str, ...]:

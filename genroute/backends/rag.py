@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from genroute.backends.base import BackendConfig, Prepared, SingleCallBackend
 from genroute.backends.templating import check_template, compile_template, render
 from genroute.errors import ConfigError, NoRelevantContext
+from genroute.runtime.threads import on_daemon_thread
 from genroute.types import Citation, GenerateRequest
 
 if TYPE_CHECKING:
@@ -100,7 +101,9 @@ class RagBackend(SingleCallBackend):
     async def probe(self) -> str:
         """Count the collection: one Chroma call (the store answers and holds the collection; no embedding)."""
         name = self.config.collection
-        n = await self.store.count(name, kind="documents", field=f"backends.{self.name}.collection", probe=True)
+        # on a daemon thread of its own: a hung Chroma must not hold the process at exit
+        n = await on_daemon_thread("genroute-probe", self.store.count_sync, name, kind="documents",
+                                   field=f"backends.{self.name}.collection")
         return f"collection {name!r} holds {n} chunks"
 
     def facts(self) -> dict[str, Any]:

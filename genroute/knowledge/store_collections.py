@@ -301,13 +301,10 @@ class StoreCollections:
         """Records in ``name`` (blocking)."""
         return int(self._guard(self._on, name, lambda col: col.count(), kind=kind, field=field))
 
-    async def count(self, name: str, *, kind: Kind, field: str = "collection", probe: bool = False) -> int:
-        """Records in ``name``. ``probe`` (a health check's, which may leave it hanging): on a daemon thread of its own,
-        which the process's exit does not wait for (``on_daemon_thread``), bounded by its caller."""
-        if probe:
-            from genroute.runtime.threads import on_daemon_thread
-
-            return await on_daemon_thread("genroute-probe", self.count_sync, name, kind=kind, field=field)
+    async def count(self, name: str, *, kind: Kind, field: str = "collection") -> int:
+        """Records in ``name``. A health check's count, which may be left hanging, runs ``count_sync`` on a daemon
+        thread of its own instead (``genroute.runtime.threads.on_daemon_thread``), which the process's exit does not
+        wait for."""
         return int(await self._aon(name, lambda col: col.count(), kind=kind, field=field))
 
     def max_batch_size(self) -> int:
