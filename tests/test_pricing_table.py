@@ -109,3 +109,17 @@ def test_a_backend_asking_at_run_time_for_a_model_with_no_price_is_refused_befor
             list(router.stream("hi", metadata={"model": "gemini-9-ultra"}))
         assert router.generate("hi").cost_usd == pytest.approx((1000 * 0.30 + 100 * 2.50) / 1e6)
     assert [r.model for r in gemini_server.requests] == ["models/gemini-2.5-flash"]
+
+
+def test_a_backend_swapped_in_by_replacing_whose_model_has_no_price_is_refused_as_one_built_would_be(
+        gemini_server: GeminiTestServer) -> None:
+    # Router.replacing checked a swapped-in backend's engine limits but not its price: a model the table does not
+    # know was taken, and the copy's calls counted $0 where building a router with it is a ConfigError.
+    from genroute.backends.prompt_template import PromptTemplateBackend
+
+    with Router.from_config(gemini_config(gemini_server)) as built:
+        config = built.backends["chat"].config.model_copy(update={"model": "gemini-9-ultra"})
+        with pytest.raises(ConfigError, match="gemini-9-ultra"):
+            built.replacing({"chat": PromptTemplateBackend("chat", config, built.resources)})
+        assert built.replacing({"chat": built.backends["chat"]}).backends["chat"] is built.backends["chat"]
+    assert gemini_server.requests == []

@@ -282,8 +282,8 @@ class Router(Lifecycle, Learning, Refreshing, Checks):
         The copy shares this router's policy, telemetry, validators, resources and loop thread (the benchmark
         uses it to give a function-calling backend one record's tools). Close this router, not the copy, and keep
         it referenced while the copy is in use (its loop thread stops when it is collected); the swapped-in
-        backends are the caller's to close. One whose engine cannot honour its generation settings is refused
-        (``ConfigError`` naming ``backends.<name>.generation.<setting>``), as when a router is built.
+        backends are the caller's to close. One whose model has no price, or whose engine cannot honour its generation
+        settings, is refused (``ConfigError`` naming the field), as when a router is built.
         """
         import copy
 
@@ -291,7 +291,8 @@ class Router(Lifecycle, Learning, Refreshing, Checks):
         unknown = sorted(set(backends) - set(self.backends))
         if unknown:
             raise UsageError(f"unknown backend {unknown[0]!r}", field="backends")
-        require_engine_limits(backends)  # as when the router was built: refused now, not at the copy's request
+        require_prices(backends, self.resources.pricing)  # as when the router was built: refused now, not priced 0
+        require_engine_limits(backends)  # ... nor refused at the copy's first request
         clone = object.__new__(type(self))  # a shallow copy: ``copy.copy`` of a router is refused (``__reduce_ex__``)
         clone.__dict__.update(self.__dict__)
         clone.backends = {**self.backends, **backends}
