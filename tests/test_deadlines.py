@@ -129,10 +129,12 @@ def test_a_slot_emptied_in_time_hands_the_timer_to_the_next_slot():
         return time.monotonic()
 
     async def main() -> tuple[float, float]:
+        # The slow block's deadline far after the quick one's: the timer, fired for the quick one's slot even a loaded
+        # machine's moment late, finds the slow one's not yet due (one then due too would be ended by that firing).
         now = time.monotonic()
-        task = asyncio.ensure_future(slow(now + 0.08))  # enters its block once main waits
+        task = asyncio.ensure_future(slow(now + 1.0))  # enters its block once main waits
         await quick(now + 0.02)  # the timer is set for this earlier slot, which empties at once
-        return now + 0.08, await task
+        return now + 1.0, await task
 
     (deadline, ended), loop = run(main())
     assert ended >= deadline  # the timer fired for the emptied slot and was set again for the next one
@@ -143,13 +145,16 @@ def test_keys_of_slots_gone_do_not_pile_up():
     from genroute.runtime import deadlines
 
     async def main() -> tuple[int, int]:
+        # Requests one after another, each ending in time: a timeout far longer than the 2 ms each takes (a loop held
+        # up by a loaded machine must not make one expire), then a wait past the last of their deadlines.
         for _ in range(30):
-            with deadline_at(time.monotonic() + 0.05):
+            last = time.monotonic() + 1.0
+            with deadline_at(last):
                 await asyncio.sleep(0.002)
         timers = deadlines._local.timers
         queued = len(timers.keys)
-        await asyncio.sleep(0.15)  # past every deadline: the timer has passed every key
-        return queued, len(timers.keys) + len(timers.queued) + len(timers.slots)
+        await asyncio.sleep(last + 2 * RESOLUTION_S - time.monotonic())  # past every deadline: the timer has passed
+        return queued, len(timers.keys) + len(timers.queued) + len(timers.slots)  # every key (it fired first)
 
     (queued, left), _ = run(main())
     assert 0 < queued <= 30 and left == 0
