@@ -106,7 +106,12 @@ def test_a_close_during_another_waits_for_it_and_cuts_nothing_the_drain_lets_fin
     request, answer = in_thread(lambda: router.generate("hi", timeout_s=answer_s + 30))
     _wait_for_requests(gemini_server, 1)
     first, first_out = in_thread(lambda: router.close(drain_s=first_drain_s))
-    time.sleep(0.1)  # the first close is draining
+    # The first close is draining once it has marked the router closed (a fixed 0.1 s was not always enough on a
+    # loaded machine: the second close then came first, and its drain_s=0 cut the request).
+    end = time.monotonic() + HANG_CAP_S
+    while not router._closed:
+        assert time.monotonic() < end, "the first close never began"
+        time.sleep(0.01)
     again = (lambda: router.close(drain_s=second_drain_s)) if second == "close" else \
         (lambda: asyncio.run(router.aclose(drain_s=second_drain_s)))
     other, other_out = in_thread(again)
