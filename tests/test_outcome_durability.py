@@ -4,6 +4,7 @@ test_outcome_read_only.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import sqlite3
@@ -60,6 +61,41 @@ async def test_a_shadow_frees_its_place_once_its_model_ran_not_once_its_write_is
         await router.adrain()  # waits for the writes behind too
         assert recorder.writes_behind == 0 and router._executor.shadows_dropped == 0
         assert sorted(r.id for r in store.records_sync()) == sorted(r.outcome_id for r in results)
+
+
+async def test_a_shadow_that_ended_holds_no_place_before_its_loop_runs_its_done_callback(gemini_server,
+                                                                                          tmp_path: Path) -> None:
+    """A shadow run that had ended kept its place under ``max_shadows`` until its done callback ran, a turn of its
+    loop later: a request coming in that turn found the cap full and dropped its shadow, and the test above, which
+    looked when the last write was handed over, failed on a loaded machine (a finished task among the live ones).
+    Here the test wakes in the very step the shadow ends in (its write handed over), before that callback runs."""
+    from .test_executor import Gate
+
+    async with await Router.acreate(shadowing(gemini_server, tmp_path / "outcomes.db")) as router:
+        executor, store = router._executor, router._executor.outcomes.store
+        gate = Gate(gemini_server, "gemini-2.5-flash-lite", hold_s=60)  # the shadow's model answers when released
+        handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        submit = store.submit
+
+        def submit_and_wake(record: OutcomeRecord) -> Any:
+            written = submit(record)
+            handed.set_result(None)  # this test's turn comes before the done callbacks of the shadow, which ends now
+            return written
+
+        store.submit = submit_and_wake
+        try:
+            await router.agenerate("question")
+            (shadow,) = executor._shadows
+            gate.release.set()
+            async with asyncio.timeout(60):  # (not wait_for: its own callbacks would let the shadow's run first)
+                await handed
+            assert shadow.done()  # it ended in the step that handed its write over
+            assert not executor._live_shadows()  # and holds no place any more
+        finally:
+            gate.release.set()
+            del store.submit
+        await router.adrain()
+    assert executor.shadows_dropped == 0 and len(store.records_sync()) == 1
 
 
 async def test_past_the_bound_on_writes_behind_a_shadow_waits_and_new_ones_are_dropped_and_counted(

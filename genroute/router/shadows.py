@@ -124,12 +124,14 @@ class Shadows:
                        self.shadows_dropped, self.max_shadows)  # under load that is every request: throttled
 
     def _live_shadows(self) -> set[asyncio.Task[Any]]:
-        """The shadow runs that can still end: one whose loop was closed under it (``run_until_complete``, then
-        ``close`` with it still pending) never will there: it is set aside, for the router's close to end, instead of
-        keeping its place for good."""
-        for task in [task for task in list(self._shadows) if task.get_loop().is_closed()]:  # a copy: see drain
-            self._shadows.discard(task)
-            self._stranded_shadows.add(task)
+        """The shadow runs that can still end. One that has ended is dropped here: its done callback, which drops it
+        too, runs only on a later turn of its loop, and until then it kept its place under ``max_shadows``. One whose
+        loop was closed under it (``run_until_complete``, then ``close`` with it still pending) never will end there:
+        it is set aside, for the router's close to end, instead of keeping its place for good."""
+        for task in [task for task in list(self._shadows) if task.done() or task.get_loop().is_closed()]:  # a copy
+            self._shadows.discard(task)  # (other threads' loops add and discard theirs meanwhile: see drain)
+            if not task.done():
+                self._stranded_shadows.add(task)
         return self._shadows
 
     async def _shadow(self, request: GenerateRequest, decision: Decision, backend: str, parent: trace.Span,
