@@ -19,7 +19,13 @@ def _load_module():
     spec = importlib.util.spec_from_file_location("genroute_bench_load", BENCH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    # It imports benchmarks/checkout.py first, as every script does: found beside it (as `python benchmarks/load.py`
+    # finds it), not only when an earlier test of the session left that module imported.
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH.parent))
     return module
 
 
