@@ -13,6 +13,7 @@ OTLP/HTTP exporter 1.42 or newer (the floor in the ``dev`` and ``otlp`` extras).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -97,11 +98,13 @@ def receiver() -> Iterator[OtlpReceiver]:
         yield r
 
 
-def _closed_port() -> str:
+@contextlib.contextmanager
+def _closed_port() -> Iterator[str]:
+    """An address whose connections are refused while the block runs: a socket bound there that never listens. (A
+    port bound, closed and then used could be taken meanwhile by another process of a shared machine, listening.)"""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"  # nothing listens here any more: connections are refused
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def _run(server: Any, providers: dict[str, Any]) -> list[tuple[str, Any, float]]:
@@ -167,12 +170,13 @@ def test_with_the_collector_down_requests_are_unaffected_and_drops_are_counted(g
     # A timeout under the exporter's first backoff (0.8-1.2 s) makes every batch one refused attempt, failed and
     # counted. With room for a retry, a loaded machine can overshoot the deadline during the backoff: the retry then
     # passes requests a negative timeout, its ValueError escapes export(), and the SDK counts that batch as exported.
-    pipeline = _pipeline(_closed_port(), timeout_s=0.5)
-    got = _run(gemini_server, pipeline.providers)
-    assert got == expected  # same answers, usage and cost as with no telemetry at all
-    # close() flushed with a bound; wait here for every export attempt to have failed before counting
-    pipeline.tracer_provider.force_flush()
-    pipeline.meter_provider.force_flush()
+    with _closed_port() as endpoint:
+        pipeline = _pipeline(endpoint, timeout_s=0.5)
+        got = _run(gemini_server, pipeline.providers)
+        assert got == expected  # same answers, usage and cost as with no telemetry at all
+        # close() flushed with a bound; wait here for every export attempt to have failed before counting
+        pipeline.tracer_provider.force_flush()
+        pipeline.meter_provider.force_flush()
     exported = pipeline.sdk_counts("otel.sdk.exporter.span.exported")
     failed = sum(n for kind, n in exported.items() if kind is not None)
     assert failed == 2 * REQUESTS and exported.get(None, 0) == 0  # a root and an inference span each, all counted
