@@ -486,8 +486,9 @@ _SECOND_CTRL_C = textwrap.dedent("""
     threading.Thread(target=ctrl_c_twice, daemon=True).start()
     try:
         run_sync(call(), "call")
-    except KeyboardInterrupt:
-        (marks / "interrupted").write_text("released" if (marks / "release").exists() else "still running")
+    except KeyboardInterrupt:  # written whole, then named: the test reads it as soon as the name is there
+        (marks / "interrupted.part").write_text("released" if (marks / "release").exists() else "still running")
+        os.replace(marks / "interrupted.part", marks / "interrupted")
 """)
 
 
