@@ -161,13 +161,15 @@ def _own_mode(path: Path) -> int | None:
     """The permission bits (``rwx`` only: no set-id or sticky bit) of the regular file at ``path`` when this user owns
     it, else ``None``. A link at ``path`` is not followed: planted there, to a file of another user's that everyone
     may read and write or to one of this user's that all may read (``~/.bashrc``), it chose the mode of the file
-    written in its place (a rewritten config, 0600 when new, came out 0644)."""
+    written in its place (a rewritten config, 0600 when new, came out 0644). Nor is a file with more than one name
+    taken as ours: a hard link planted at ``path`` (where ``fs.protected_hardlinks`` is 0) is this user's
+    ``~/.bashrc`` under another name, as lstat sees it."""
     try:
         found = path.lstat()
     except OSError:  # nothing there: a new file
         return None
     owner = getattr(os, "geteuid", None)
-    if not stat.S_ISREG(found.st_mode) or (owner is not None and found.st_uid != owner()):
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink > 1 or (owner is not None and found.st_uid != owner()):
         return None
     return stat.S_IMODE(found.st_mode) & 0o777
 

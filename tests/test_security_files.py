@@ -247,6 +247,28 @@ def test_a_config_rewritten_in_place_of_a_planted_link_is_the_owners_only_as_a_n
     assert (oct(_mode(planted)), oct(_mode(new))) == (oct(0o600), oct(0o600))
 
 
+@pytest.mark.parametrize("writer", ["atomic_write_bytes", "atomic_write_via"])
+def test_a_private_file_written_in_place_of_a_planted_hard_link_is_the_owners_only(writer: str, tmp_path: Path,
+                                                                                  umask_022: None) -> None:
+    # The mode to keep is read with lstat since 98adba9, so a symbolic link planted at the name gives none; a hard
+    # link planted there (where fs.protected_hardlinks is 0) to one of the user's own files that all may read
+    # (~/.bashrc) is a regular file of theirs to lstat, and a private write kept its 0644.
+    from genroute.cache import atomic_write_bytes, atomic_write_via
+
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text("export PATH\n")
+    bashrc.chmod(0o644)
+    planted = tmp_path / "shared" / "app.yaml"
+    planted.parent.mkdir()
+    os.link(bashrc, planted)
+    if writer == "atomic_write_bytes":
+        atomic_write_bytes(planted, b"key: secret\n", private=True, same_mode=True)
+    else:
+        atomic_write_via(planted, lambda tmp: tmp.write_bytes(b"key: secret\n"), private=True, same_mode=True)
+    assert planted.read_text() == "key: secret\n" and bashrc.read_text() == "export PATH\n"
+    assert (oct(_mode(planted)), oct(_mode(bashrc))) == (oct(0o600), oct(0o644))
+
+
 def test_a_kept_mode_is_the_replaced_files_own_permission_bits(tmp_path: Path, umask_022: None) -> None:
     # same_mode copied every mode bit of whatever stood at the path, following a link: a set-id bit came along (the
     # mkstemp it replaced kept rwx only), and a link planted at results.jsonl (or a config) to a file of another
