@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from google.genai import types
 from pydantic import BaseModel, create_model
@@ -66,14 +68,15 @@ def test_a_plain_text_request_equals_the_validated_request() -> None:
     from genroute.router.scope import parse_request
     from genroute.types import GenerateRequest
 
-    built = parse_request("hello", {}, {})
+    router = SimpleNamespace(backends={}, _gated=None)  # what parse_request reads of a router: no backends, no gates
+    built = parse_request("hello", {}, router)
     _same(built, GenerateRequest(input="hello"))
-    assert built.variables is not parse_request("again", {}, {}).variables
+    assert built.variables is not parse_request("again", {}, router).variables
     for bad in ("", "   \n"):
         with pytest.raises(UsageError) as info:
-            parse_request(bad, {}, {})
+            parse_request(bad, {}, router)
         assert info.value.field == "input"
-    _same(parse_request("hi", {"task": "t"}, {}), GenerateRequest(input="hi", task="t"))
+    _same(parse_request("hi", {"task": "t"}, router), GenerateRequest(input="hi", task="t"))
 
 
 def test_replaced_equals_model_copy_and_user_content_equals_a_validated_turn() -> None:

@@ -14,6 +14,7 @@ import importlib
 import json
 import pkgutil
 import sys
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -194,7 +195,7 @@ def test_genroutes_own_readers_keep_their_wording() -> None:
     from genroute.router.scope import parse_request
 
     with pytest.raises(UsageError) as err:
-        parse_request(None, {"input": "hi", "timeout_s": -1}, {})
+        parse_request(None, {"input": "hi", "timeout_s": -1}, SimpleNamespace(backends={}, _gated=None))
     assert (err.value.field, err.value.message) == ("timeout_s", "Input should be greater than 0")
     with pytest.raises(ConfigError) as config:
         genroute.load_config({"backends": {"chat": {"kind": "prompt_template"}}, "telemetry": {"x": 1}})

@@ -193,6 +193,40 @@ def test_a_budget_downgrades_a_request_whose_own_max_output_tokens_its_left_cann
         "gemini-2.5-flash-lite", "gemini-2.5-flash", "gemini-2.5-flash"]
 
 
+def test_a_budget_refuses_a_request_that_clears_its_backends_output_limit_before_anything_is_sent(gemini_server):
+    # generation={"max_output_tokens": None} clears the backend's limit: the model's own applies (65,536 tokens on
+    # 2.5 Flash), which genroute does not know, so the budget's hold added nothing for it and each such request in
+    # flight could overspend the budget by up to the model's whole output. It is refused under a budget, naming the
+    # field, before anything is sent or held; a number is held as before, and without a budget nothing changes.
+    config = gemini_config(gemini_server, generation=BACKEND)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": 0.01, "costs": {"chat": 0.001}}
+    cleared = {"max_output_tokens": None, "temperature": 0.5}
+
+    async def main() -> tuple[list[UsageError], dict[str, float], list[str]]:
+        refused = []
+        async with Router.from_config(config) as router:
+            for call in (lambda: router.agenerate("x", generation=cleared),
+                         lambda: router.agenerate(GenerateRequest(input="x", backend="chat", generation=cleared)),
+                         lambda: anext(router.astream("x", generation=cleared)),
+                         lambda: router.adecide("x", generation=cleared)):
+                with pytest.raises(UsageError) as info:
+                    await call()
+                refused.append(info.value)
+            held = await router.admission.budget().usage("*")
+            await router.agenerate("x", generation={"max_output_tokens": 30})  # a number: held and sent
+            await router.agenerate("x", generation={"temperature": 0.5})  # no limit given: the backend's
+        return refused, held, [g.get("maxOutputTokens") for g in sent(gemini_server)]
+
+    refused, held, limits = asyncio.run(main())
+    assert {(e.field, e.message) for e in refused} == {
+        ("generation.max_output_tokens", "a budget cannot hold a request with no output limit: give a number")}
+    assert held == {"spent": 0.0, "reserved": 0.0} and limits == [30, 20]
+    with Router.from_config(gemini_config(gemini_server, generation=BACKEND)) as router:  # no budget: sent
+        router.generate("x", generation=cleared)
+    assert "maxOutputTokens" not in sent(gemini_server)[-1]
+
+
 SIX = ["a", "b", "c", "d", "e", "f"]
 
 

@@ -6,7 +6,8 @@ file), made under the backend's own settings. A request that raises the backend'
 model's highest output rate, so that the estimate stays an upper bound where it was one. Gemini counts a thinking
 model's thought tokens within ``maxOutputTokens`` (billed at the output rate), so the extra covers them too; a
 ``thinking_budget`` is no bound (the model may overrun it) and adds nothing. A request that clears the backend's limit
-(``None``: the model's own) adds nothing either: genroute does not know that limit (docs/configuration.md says so).
+(``None``: the model's own, which genroute does not know) could add nothing to the hold, so under a budget it is
+refused before anything is sent or held (``refuse_unbounded_output``).
 
 A request's ``history`` (the conversation's earlier turns) is sent before whatever the backend sends, on each of its
 calls: the hold adds its input tokens (estimated, four characters a token) at the model's highest input rate, once
@@ -17,10 +18,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from genroute.admission import is_budget
+from genroute.errors import UsageError
+
 if TYPE_CHECKING:
+    from genroute.admission import Admission
     from genroute.backends.base import Backend
     from genroute.runtime.pricing import Pricing
     from genroute.types import RequestGeneration, Turn
+
+
+def refuse_unbounded_output(generation: RequestGeneration, admission: Admission | None) -> None:
+    """``UsageError`` naming ``generation.max_output_tokens`` when ``generation`` clears the backend's output limit
+    (``None``) and ``admission`` has a budget: its hold could add nothing for up to the model's whole output, by which
+    each such request in flight could overspend the budget. Without a budget, or with a number, nothing is refused."""
+    if admission is None or generation.max_output_tokens is not None or \
+            "max_output_tokens" not in generation.model_fields_set:
+        return
+    if any(is_budget(gate) for gate in admission.gates):
+        raise UsageError("a budget cannot hold a request with no output limit: give a number",
+                         field="generation.max_output_tokens")
 
 
 def raised_output_usd(backend: Backend | None, pricing: Pricing, generation: RequestGeneration) -> float:

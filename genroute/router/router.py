@@ -314,7 +314,7 @@ class Router(Lifecycle, Learning, Refreshing, Checks):
     # -- internals -------------------------------------------------------------------------------------
 
     def _request(self, input: str | GenerateRequest | None, fields: RequestFields) -> GenerateRequest:
-        request = parse_request(input, fields, self.backends)
+        request = parse_request(input, fields, self)
         self._refuse_closed()
         return request
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from opentelemetry.trace import Status, StatusCode
 from pydantic import ValidationError
@@ -16,11 +16,15 @@ from genroute.errors import (
 from genroute.config_errors import pydantic_validated, validator_message
 from genroute.construct import builder
 from genroute.router.ledger import Ledger
+from genroute.router.output_headroom import refuse_unbounded_output
 from genroute.runtime.billing import Charges, charging
 from genroute.runtime.deadlines import deadline_at
 from genroute.runtime.embeddings import RequestEmbeddings, remembering
 from genroute.runtime.telemetry import CurrentSpan, Telemetry
 from genroute.types import Decision, GenerateRequest, invalid_text
+
+if TYPE_CHECKING:
+    from genroute.admission import Admission
 
 
 T = TypeVar("T")
@@ -29,8 +33,18 @@ T = TypeVar("T")
 _text_request = builder(GenerateRequest, given=("input",))
 
 
-def parse_request(input: str | GenerateRequest | None, fields: Mapping[str, Any], backends: Mapping[str, Any]
-                  ) -> GenerateRequest:
+class Routing(Protocol):
+    """What ``parse_request`` reads of the router: its backends, and its gates (a budget refuses a request that
+    clears its backend's output limit)."""
+
+    @property
+    def backends(self) -> Mapping[str, Any]: ...
+
+    @property
+    def _gated(self) -> Admission | None: ...
+
+
+def parse_request(input: str | GenerateRequest | None, fields: Mapping[str, Any], router: Routing) -> GenerateRequest:
     """The request the public entry points were given, validated; ``UsageError`` names the bad field."""
     # What validation accepts as it is is not validated again: a non-blank text that encodes (no lone surrogate).
     if type(input) is str and not fields and input.strip() and (input.isascii() or invalid_text(input, "") is None):
@@ -52,9 +66,12 @@ def parse_request(input: str | GenerateRequest | None, fields: Mapping[str, Any]
             # A bad mapping key is reported at a location part "[key]": the field is the mapping entry itself.
             field = ".".join(str(p) for p in error["loc"] if p != "[key]") or None
             raise UsageError(validator_message(error), field=field) from None
+    backends = router.backends
     if request.backend is not None and request.backend not in backends:
         raise UsageError(f"unknown backend {request.backend!r} (known: {', '.join(sorted(backends))})",
                          field="backend")
+    if request.generation is not None:  # a text's request (above) has none: the hot path checks nothing more
+        refuse_unbounded_output(request.generation, router._gated)  # noqa: SLF001 - the router's, read as it decides
     return request
 
 
