@@ -460,3 +460,65 @@ def test_a_routers_close_that_gave_up_on_a_stuck_store_is_the_only_wait(gemini_s
     assert "were not written within 0.5 s of closing the store (another process holds its lock?)" in done.stderr
     assert (f"1 outcome write(s) to {str(path)!r} were not written within 0.5 s of closing the store and 0.0 s more "
             "of the process exiting" in done.stderr), done.stderr
+
+
+def test_an_exit_after_a_close_that_saw_writes_answered_waits_for_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A close's flush that timed out counted its whole wait as waited in vain even when a write was answered during
+    it (the writer slow, not stuck): the exit then waited nothing more and gave up on writes it would have saved in
+    its own wait, as it did before the close and the exit shared one bound. What the close waited before its last
+    write was answered is not in vain: here the close waits 4 s, its first write is answered after 2 s or more, so
+    the exit still waits 2 s or more for the second, which is let go once the exit waits for it."""
+    from genroute.outcomes import writer as writer_module
+    from genroute.outcomes.writer import GroupWriter
+
+    gates = {"a": threading.Event(), "b": threading.Event()}
+    committing: list[str] = []
+
+    def commit(items: list[str]) -> list[str]:
+        for item in items:
+            committing.append(item)
+            assert gates[item].wait(60)
+        return items
+
+    over, exiting = threading.Event(), threading.Event()
+
+    def wait_until(check: Any) -> None:
+        end = time.monotonic() + 60
+        while not check() and not over.is_set():
+            assert time.monotonic() < end
+            time.sleep(0.01)
+
+    told: list[int] = []
+
+    def at_exit(n: int, closing_s: float) -> BaseException:
+        told.append(n)
+        return RuntimeError(f"{n} lost")
+
+    writer: GroupWriter[str] = GroupWriter(commit, at_exit=at_exit)
+    monkeypatch.setattr(writer_module, "EXIT_WAIT_S", 4.0)
+
+    def let_go() -> None:
+        wait_until(lambda: writer._flushing == 1)  # the close waits
+        time.sleep(2.0)
+        gates["a"].set()  # answered while the close still waits: the writer gets on
+        wait_until(exiting.is_set)  # the close gave up on "b"
+        wait_until(lambda: writer._flushing == 1)  # the exit waits
+        gates["b"].set()
+
+    first = writer.submit(["a"])
+    wait_until(lambda: committing == ["a"])
+    second = writer.submit(["b"])
+    helper = threading.Thread(target=let_go, daemon=True)
+    helper.start()
+    try:
+        assert not writer.flush(4.0)  # the close's bound, "b" still being written
+        assert first.result(0) == ["a"]
+        exiting.set()
+        writer_module._flush_at_exit()
+    finally:
+        over.set()
+        gates["a"].set()
+        gates["b"].set()
+        helper.join(60)
+    assert second.result(60) == ["b"]
+    assert told == []

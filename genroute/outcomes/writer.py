@@ -82,7 +82,7 @@ class GroupWriter(Generic[T]):
         #: Seconds that flushes which timed out waited since a write was last answered (waits at once counted once):
         #: what the process's exit does not wait again (``_flush_at_exit``).
         self.waited_in_vain_s = 0.0
-        self._vain_until = 0.0  # when (``time.monotonic()``) the last wait counted there ended
+        self._vain_until = 0.0  # when (``time.monotonic()``) the last wait counted there ended, or a write was answered
 
     def submit(self, items: Sequence[T]) -> Future[list[T]]:
         """Queue ``items`` for the writer (started if none runs); the future holds what ``commit`` returned for them,
@@ -138,7 +138,10 @@ class GroupWriter(Generic[T]):
     def _answered(self, _: Future[list[T]]) -> None:
         with self._lock:
             self.unwritten -= 1
-            self.waited_in_vain_s = 0.0  # the writer gets on: a flush from now on waits its own time again
+            # The writer gets on: a flush from now on waits its own time again, and one waiting now waited in vain
+            # only from here (writes slow, not stuck, are still worth the exit's wait).
+            self.waited_in_vain_s = 0.0
+            self._vain_until = time.monotonic()
 
     def write(self, items: Sequence[T]) -> list[T]:
         """``submit`` and wait."""
