@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
@@ -153,7 +153,9 @@ class RequestFields(TypedDict, total=False):
     key: str | None
     timeout_s: float | None
     generation: RequestGeneration | None
-    history: list[Turn] | None
+    #: Wider than the request's field: turns as a chat app keeps them (``{"role": "user", "text": ...}`` dicts, in a
+    #: list or a tuple) type-check as they validate, into ``Turn``s.
+    history: Sequence[Turn | Mapping[str, str]] | None
 
 
 #: What ``Router.generate`` and its twins take first: the input text, a whole request, or nothing (``input=`` then).

@@ -36,3 +36,26 @@ def test_the_router_builder_takes_only_a_class_whose_instances_keep_their_config
                          capture_output=True, text=True, cwd=REPO, timeout=900)
     errors = [line for line in out.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1 and "build_snippet.py:10:" in errors[0] and '"NotARouter"' in errors[0], out.stdout
+
+
+@pytest.mark.slow
+def test_a_history_of_dicts_as_the_docs_build_it_type_checks(tmp_path: Path) -> None:
+    """``Router.generate``'s ``history`` keyword was typed ``list[Turn] | None``: an app keeping its conversation as
+    the docs do (``{"role": "user", "text": ...}`` dicts, which validate into ``Turn``s) failed mypy on every call
+    (``list[dict[str, str]]`` is no ``list[Turn]``). It takes any sequence of ``Turn``s or such mappings; a mistyped
+    one (a number for a turn) is still flagged."""
+    pytest.importorskip("mypy", reason="mypy comes with the dev extra")
+    snippet = tmp_path / "history_snippet.py"
+    snippet.write_text(
+        "from genroute import Router, Turn\n\n\n"
+        "def chat(router: Router) -> None:\n"
+        "    history = [{'role': 'user', 'text': 'Hi, I am Ada.'}, {'role': 'model', 'text': 'Hello Ada.'}]\n"
+        "    router.generate('Who am I?', history=history)\n"
+        "    router.generate('Who am I?', history=[{'role': 'user', 'text': 'hi'}, Turn(role='model', text='hey')])\n"
+        "    router.stream('Who am I?', history=(Turn(role='user', text='hi'),))\n"
+        "    router.generate('Who am I?', history=[1])\n")
+    out = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"), "--cache-dir",
+                          str(REPO / ".mypy_cache"), "--follow-imports=silent", str(snippet)],
+                         capture_output=True, text=True, cwd=REPO, timeout=900)
+    errors = [line for line in out.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1 and "history_snippet.py:9:" in errors[0], out.stdout
