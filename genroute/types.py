@@ -152,7 +152,8 @@ class RequestFields(TypedDict, total=False):
     metadata: dict[str, Any]
     key: str | None
     timeout_s: float | None
-    generation: RequestGeneration | None
+    #: Wider than the request's field, as history: a dict of settings (``{"temperature": 0}``) validates too.
+    generation: RequestGeneration | Mapping[str, Any] | None
     #: Wider than the request's field: turns as a chat app keeps them (``{"role": "user", "text": ...}`` dicts, in a
     #: list or a tuple) type-check as they validate, into ``Turn``s.
     history: Sequence[Turn | Mapping[str, str]] | None

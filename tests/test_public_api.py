@@ -220,8 +220,9 @@ def test_request_keywords_are_typed_as_the_requests_fields():
                    router.adecide):
         assert typing.get_type_hints(method)["fields"] == typing.Unpack[RequestFields], method.__name__
     fields = genroute.GenerateRequest.model_fields
-    # history takes what validates into its Turns: {"role", "text"} mappings, in any sequence
-    wider = {"history": Sequence[genroute.Turn | Mapping[str, str]] | None}
+    # history and generation take what validates into them: {"role", "text"} mappings, a dict of settings
+    wider = {"history": Sequence[genroute.Turn | Mapping[str, str]] | None,
+             "generation": genroute.RequestGeneration | Mapping[str, typing.Any] | None}
     assert typing.get_type_hints(RequestFields) == {name: wider.get(name, field.annotation)
                                                     for name, field in fields.items()}
 

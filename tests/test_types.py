@@ -43,7 +43,8 @@ def test_a_history_of_dicts_as_the_docs_build_it_type_checks(tmp_path: Path) -> 
     """``Router.generate``'s ``history`` keyword was typed ``list[Turn] | None``: an app keeping its conversation as
     the docs do (``{"role": "user", "text": ...}`` dicts, which validate into ``Turn``s) failed mypy on every call
     (``list[dict[str, str]]`` is no ``list[Turn]``). It takes any sequence of ``Turn``s or such mappings; a mistyped
-    one (a number for a turn) is still flagged."""
+    one (a number for a turn) is still flagged. The same for ``generation``: a dict of settings, as
+    docs/migrating.md passes it, was no ``RequestGeneration``."""
     pytest.importorskip("mypy", reason="mypy comes with the dev extra")
     snippet = tmp_path / "history_snippet.py"
     snippet.write_text(
@@ -53,7 +54,8 @@ def test_a_history_of_dicts_as_the_docs_build_it_type_checks(tmp_path: Path) -> 
         "    router.generate('Who am I?', history=history)\n"
         "    router.generate('Who am I?', history=[{'role': 'user', 'text': 'hi'}, Turn(role='model', text='hey')])\n"
         "    router.stream('Who am I?', history=(Turn(role='user', text='hi'),))\n"
-        "    router.generate('Who am I?', history=[1])\n")
+        "    router.generate('Who am I?', history=[1])\n"
+        "    router.generate('Name a colour.', generation={'temperature': 1.2, 'max_output_tokens': 8})\n")
     out = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"), "--cache-dir",
                           str(REPO / ".mypy_cache"), "--follow-imports=silent", str(snippet)],
                          capture_output=True, text=True, cwd=REPO, timeout=900)
