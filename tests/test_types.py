@@ -31,11 +31,8 @@ def test_the_router_builder_takes_only_a_class_whose_instances_keep_their_config
     snippet.write_text("from genroute.router.build import build_router\nfrom genroute.router.router import Router\n\n\n"
                        "class NotARouter:\n    pass\n\n\nrouter: Router = build_router(Router, 'app.yaml')\n"
                        "other = build_router(NotARouter, 'app.yaml')\n")
-    out = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"), "--cache-dir",
-                          str(REPO / ".mypy_cache"), "--follow-imports=silent", str(snippet)],
-                         capture_output=True, text=True, cwd=REPO, timeout=900)
-    errors = [line for line in out.stdout.splitlines() if ": error:" in line]
-    assert len(errors) == 1 and "build_snippet.py:10:" in errors[0] and '"NotARouter"' in errors[0], out.stdout
+    errors, out = _mypy_errors(snippet)
+    assert len(errors) == 1 and "build_snippet.py:10:" in errors[0] and '"NotARouter"' in errors[0], out
 
 
 @pytest.mark.slow
@@ -56,8 +53,13 @@ def test_a_history_of_dicts_as_the_docs_build_it_type_checks(tmp_path: Path) -> 
         "    router.stream('Who am I?', history=(Turn(role='user', text='hi'),))\n"
         "    router.generate('Who am I?', history=[1])\n"
         "    router.generate('Name a colour.', generation={'temperature': 1.2, 'max_output_tokens': 8})\n")
+    errors, out = _mypy_errors(snippet)
+    assert len(errors) == 1 and "history_snippet.py:9:" in errors[0], out
+
+
+def _mypy_errors(snippet: Path) -> tuple[list[str], str]:
+    """mypy's errors on ``snippet`` (the package's own settings; its imports followed silently), and its output."""
     out = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"), "--cache-dir",
                           str(REPO / ".mypy_cache"), "--follow-imports=silent", str(snippet)],
                          capture_output=True, text=True, cwd=REPO, timeout=900)
-    errors = [line for line in out.stdout.splitlines() if ": error:" in line]
-    assert len(errors) == 1 and "history_snippet.py:9:" in errors[0], out.stdout
+    return [line for line in out.stdout.splitlines() if ": error:" in line], out.stdout
