@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,16 +97,7 @@ def test_a_run_of_one_backend_writes_stats_json_as_a_run_of_two_does(
         gemini_server: GeminiTestServer, tmp_path: Path) -> None:
     """A run of one backend compiles no policy, and wrote no stats.json either (a run of two did): a script reading
     each run's stats.json failed on it, or read the figures an earlier run of two backends left in --out."""
-    data = tmp_path / "intents.jsonl"
-    data.write_text("".join(json.dumps({"input": f"Question {i} about my {LABELS[i % 2]}", "label": LABELS[i % 2],
-                                        "metadata": {"id": f"q{i}", "task": "intent", "label_set": LABELS}}) + "\n"
-                            for i in range(12)), encoding="utf-8")
-    engine = {"kind": "gemini", "base_url": gemini_server.base_url, "api_key": TEST_KEY}
-    config = {"engines": {"gemini": engine},
-              "backends": {"lite": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash-lite",
-                                    "template": "Name the intent."},
-                           "full": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}},
-              "policy": {"kind": "static", "backend": "lite"}}
+    data, config = _two_backends(gemini_server, tmp_path)
     out = tmp_path / "run"
     with Router.from_config(config) as router:
         two = bench(router, data, backends=["lite", "full"], out_dir=out, progress=False)
@@ -138,16 +130,7 @@ def test_a_no_compile_run_removes_the_stats_and_policies_an_earlier_run_left_in_
 
     from genroute.bench.cli import bench_main
 
-    data = tmp_path / "intents.jsonl"
-    data.write_text("".join(json.dumps({"input": f"Question {i} about my {LABELS[i % 2]}", "label": LABELS[i % 2],
-                                        "metadata": {"id": f"q{i}", "task": "intent", "label_set": LABELS}}) + "\n"
-                            for i in range(12)), encoding="utf-8")
-    engine = {"kind": "gemini", "base_url": gemini_server.base_url, "api_key": TEST_KEY}
-    config = {"engines": {"gemini": engine},
-              "backends": {"lite": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash-lite",
-                                    "template": "Name the intent."},
-                           "full": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}},
-              "policy": {"kind": "static", "backend": "lite"}}
+    data, config = _two_backends(gemini_server, tmp_path)
     out = tmp_path / "run"
     with Router.from_config(config) as router:
         assert bench(router, data, backends=["lite", "full"], out_dir=out, progress=False).compiled is not None
@@ -168,3 +151,18 @@ def test_a_no_compile_run_removes_the_stats_and_policies_an_earlier_run_left_in_
     assert not (out / "stats.json").is_symlink() and elsewhere.read_text(encoding="utf-8") == "{}"
     assert "Not compiled (--no-compile): " in printed and "stats.json" in printed, printed
     assert "Not compiled (--no-compile)" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def _two_backends(gemini_server: GeminiTestServer, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """12 intent records in ``tmp_path`` and a config of two backends on the loopback server (lite and full)."""
+    data = tmp_path / "intents.jsonl"
+    data.write_text("".join(json.dumps({"input": f"Question {i} about my {LABELS[i % 2]}", "label": LABELS[i % 2],
+                                        "metadata": {"id": f"q{i}", "task": "intent", "label_set": LABELS}}) + "\n"
+                            for i in range(12)), encoding="utf-8")
+    engine = {"kind": "gemini", "base_url": gemini_server.base_url, "api_key": TEST_KEY}
+    config = {"engines": {"gemini": engine},
+              "backends": {"lite": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash-lite",
+                                    "template": "Name the intent."},
+                           "full": {"kind": "prompt_template", "engine": "gemini", "model": "gemini-2.5-flash"}},
+              "policy": {"kind": "static", "backend": "lite"}}
+    return data, config
