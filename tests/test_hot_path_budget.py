@@ -17,6 +17,8 @@ The same request counts fewer opcodes on newer CPythons (``own_opcodes.py``, 202
 from __future__ import annotations
 
 import asyncio
+import gc
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,22 +58,31 @@ def test_one_request_runs_within_the_opcode_budget(gemini_server: GeminiTestServ
     try:
         for _ in range(10):  # warm: connections, caches, CPython's specialization of every function
             assert loop.run_until_complete(router.agenerate("hello")).text == "echo: hello"
-        requests = 5
+        requests = 7
+        per_call: list[int] = []
         previous = sys.gettrace()
+        # No collection inside the window: a finalizer of an object an earlier test left (a router's weakref.finalize)
+        # would run genroute code there and count against this request (once 2,505 in a suite run, 2,479 alone).
+        gc.collect()
+        gc.disable()
         # CPython 3.12 sends opcode events only if a frame had f_trace_opcodes set before sys.settrace (gh-114480;
         # 3.11 and 3.13 need not): without this line, 3.12 counted nothing.
         sys._getframe().f_trace_opcodes = True
         sys.settrace(trace)
         try:
             for _ in range(requests):
+                before = counted[0]
                 loop.run_until_complete(router.agenerate("hello"))
+                per_call.append(counted[0] - before)
         finally:
             sys.settrace(previous)
             sys._getframe().f_trace_opcodes = False
+            gc.enable()
     finally:
         loop.run_until_complete(router.aclose())
         loop.close()
-    per_request = counted[0] / requests
+    # The median request: one whose deadline a loaded machine put in a slot of its own (~40 more) is the exception.
+    per_request = statistics.median(per_call)
     assert per_request > 500, "nothing counted: is genroute imported from somewhere else?"
     assert per_request <= BUDGET, (
         f"genroute's own code ran {per_request:,.0f} opcodes a request, over its budget of {BUDGET:,}: "
