@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "--outcomes)")
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the compile: no stats.json, no policy files (those an earlier run left in --out "
-                             "are removed: they were not this run's)")
+                             "stay as they were, for a router that may serve them, and the report says so)")
     parser.add_argument("--no-stream", action="store_true", help="call generate, not stream (no TTFT)")
     add_quiet(parser)
     matrix = parser.add_argument_group("outcome matrices (no model calls)")

@@ -147,11 +147,13 @@ def report_outcomes(
         # runs finds the same files every time, and no earlier run's figures stay beside this report.
         stats = bench_stats(live, records, source=source, seed=seed,
                             use_cloud_equivalent=cloud_basis(live)).save(out / "stats.json")
-    elif not compile:  # --no-compile: an earlier run's figures and policies were left beside this run's report
-        gone = drop_stale(*(out / name for name in ("stats.json", "cost_aware.json", "learned.json", "learned.npz")))
-        if gone:
-            skipped = (f"Not compiled (--no-compile): {', '.join(p.name for p in gone)}, an earlier run's, removed "
-                       "from the output directory (they were not this run's).")
+    elif not compile:  # --no-compile: an earlier run's figures and policies are not this run's, but a router may
+        # serve them (cost_aware.json names stats.json by its path): left as they are, and named as another run's
+        earlier = [name for name in ("stats.json", "cost_aware.json", "learned.json", "learned.npz")
+                   if (out / name).exists()]
+        if earlier:
+            skipped = (f"Not compiled (--no-compile): {', '.join(earlier)} in the output directory are an earlier "
+                       "run's, left as they were (a router may serve them); they do not describe this run.")
     inputs = input_of((r.id, r.input) for r in records)  # repeats of one input are one input in every "A vs B"
     comparisons = backend_comparisons(live, seed=seed, inputs=inputs)
     held_out = (compiled_comparisons(compiled, min_n=min_verdict_n, force=force_verdict, seed=seed, inputs=inputs)
