@@ -68,8 +68,9 @@ def check_owned(path: Path, *, field: str) -> Path:
     if found.st_mode & 0o022:
         mode = stat.S_IMODE(found.st_mode)
         raise ConfigError(
-            f"the cache {what} {path} may be written by {_writers(mode)} (mode {mode:o}), who could put a model or adapter there that genroute would load and run: chmod go-w {path}, or use a "
-            "directory only you can write to", field=field)
+            f"the cache {what} {path} may be written by {_writers(mode)} (mode {mode:o}), who could put a model or "
+            f"adapter there that genroute would load and run: chmod go-w {path}, or use a directory only you can "
+            "write to", field=field)
     return path
 
 
