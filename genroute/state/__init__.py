@@ -243,6 +243,10 @@ class RedisStateConfig(_Frozen):
     promotions_every_s: Annotated[float, NOT_BOOL] = Field(
         default=5.0, gt=0, allow_inf_nan=False, description="How often a router reads the promotions routers sharing "
         "the store recorded (router.promote), off the request path; also at build and on each refresh.")
+    journal: str | None = Field(
+        default=None, min_length=1, description="A local SQLite file (made 0600) recording each settle and outcome "
+        "write owed to the store during an outage until the store takes it: what a process killed meanwhile owed is "
+        "sent by the next router started with the same file (None: kept in memory only).")
 
     def __repr_args__(self) -> Any:
         # The URL may carry a password (redis://:secret@host): never in a repr or a log.

@@ -86,8 +86,14 @@ class RedisStateStore(RedisRecords, StateStore):
         self._down_until = 0.0
         #: How the last outage began (unreachable, or an error reply to a replay), for the errors meanwhile.
         self._failed = "is unreachable"
-        #: Settles and appends answered from memory while Redis was unreachable, replayed to Redis when it is back.
+        #: Settles and appends answered from memory while Redis was unreachable, replayed to Redis when it is back;
+        #: with ``journal``, also kept in that file, and those a process killed meanwhile left there taken over now.
         self._unsent = UnsentWrites(self._replayed)
+        if config.journal is not None:
+            from genroute.state.journal import Journal  # sqlite3: imported only by a store with a journal
+
+            self._unsent.journal = Journal(config.journal, config.prefix)
+            self._unsent.adopt()
         self._down_log = LogEvery(LOG_INTERVAL_S)
         self._connections = LoopConnections(config)
         #: Store calls that go on after their caller was cancelled (settles, and giving back what an admit took).
@@ -290,6 +296,7 @@ class RedisStateStore(RedisRecords, StateStore):
         async with connection.replaying:
             if time.monotonic() < self._down_until and not closing:  # the replay this call waited for failed
                 raise redis.exceptions.ConnectionError("the replay after an outage failed in another call")
+            self._unsent.adopt()  # and what other processes on the journal, killed meanwhile, left in it
             while batch := self._unsent.take(REPLAY_BATCH):
                 try:
                     await self._call(connection.script, "apply", [entry[0] for entry in batch],
@@ -351,9 +358,13 @@ class RedisStateStore(RedisRecords, StateStore):
             except (redis.exceptions.RedisError, OSError) as exc:
                 # Lost with the process: the shared spend stays short of what this process settled meanwhile.
                 missed = ", ".join(f"{account} {units}" for account, units in sorted(self._unsent.unsettled().items()))
+                kept = "" if self._unsent.journal is None else \
+                    f" until a router started with the journal {self._unsent.journal.path} sends them"
                 _log.warning("%d write(s) made during a state store outage were not sent: %s; the shared accounts "
-                             "miss this process's settles (units: nano-USD for a budget, requests or tokens for a "
-                             "rate limit): %s", self._unsent.waiting(), type(exc).__name__, missed or "none")
+                             "miss this process's settles%s (units: nano-USD for a budget, requests or tokens for a "
+                             "rate limit): %s", self._unsent.waiting(), type(exc).__name__, kept, missed or "none")
+        if self._unsent.journal is not None:
+            self._unsent.journal.close()  # what is left in it is another router's to take over
         await self._connections.close(loop)
 
 

@@ -9,6 +9,9 @@ Bounds: at most ``MAX_UNSETTLED`` settles (beyond that, a settle is charged in t
 per list, at most ``MAX_UNPUSHED`` appends or the list's own ``max_items``, whichever is smaller (more could not
 stay in the list anyway). Beyond that the oldest waiting append is dropped; so is one older than the list's
 ``max_age_s`` when its turn comes. Dropped appends are counted per list and logged (at most once a minute).
+With a journal (``state.journal``, ``genroute.state.journal``) each kept write is also recorded in a local file
+before it is kept here, and deleted from it once the shared store took it (or it was dropped): what a process
+killed meanwhile owed is replayed by the next one that opens the file, which ``adopt`` puts in front of its queue.
 Thread-safe: a store used from several event loops (each with its own connections) shares one queue; every
 method takes its lock (never across an await), also those that only look (a list's queue may be created by another
 thread meanwhile).
@@ -21,11 +24,15 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from genroute.log_every import LogEvery
 from genroute.state import ListReplay
 from genroute.state.ops import Settle
 from genroute.state.redis_script import Push
+
+if TYPE_CHECKING:
+    from genroute.state.journal import Journal
 
 _log = logging.getLogger("genroute.state.redis_store")
 #: Settles kept for replay (beyond this, the newest are charged in memory only).
@@ -42,8 +49,10 @@ Entry = tuple[Settle, str] | tuple[Push, str, float]
 class UnsentWrites:
     """Settles and list appends made in fallback memory, oldest first, waiting to be sent to the shared store."""
 
-    def __init__(self, report: Callable[[str, str, int], None]) -> None:
+    def __init__(self, report: Callable[[str, str, int], None], journal: Journal | None = None) -> None:
         self._report = report  # (list key, "replayed" or "dropped", how many): for the metric
+        #: Where each kept write is recorded before it is kept here (``state.journal``), if anywhere.
+        self.journal = journal
         self.settles: deque[tuple[Settle, str]] = deque()
         self.pushes: dict[str, deque[tuple[Push, str, float]]] = {}
         #: Appends per list sent to the shared store after an outage / dropped instead.
@@ -62,17 +71,22 @@ class UnsentWrites:
         """Keep a settle answered from memory (unless ``MAX_UNSETTLED`` are waiting already)."""
         with self._lock:
             if len(self.settles) < MAX_UNSETTLED:
+                if self.journal is not None:  # recorded first: a process killed after this line has it on disk
+                    self.journal.add([(op, settle_id, time.time())])
                 self.settles.append((op, settle_id))
 
     def push(self, op: Push, push_id: str) -> None:
         """Keep an append answered from memory; drop the oldest waiting append of its list beyond the bound."""
         bound = min(op.max_items or MAX_UNPUSHED, MAX_UNPUSHED)
         with self._lock:
+            if self.journal is not None:
+                self.journal.add([(op, push_id, time.time())])
             queue = self.pushes.setdefault(op.key, deque())
             queue.append((op, push_id, self.clock()))
             over = max(0, len(queue) - bound)
-            for _ in range(over):
-                queue.popleft()
+            dropped = [queue.popleft()[1] for _ in range(over)]
+            if dropped and self.journal is not None:
+                self.journal.remove(dropped)
         if over:
             self._drop(op.key, over, f"more than {bound} waiting")
 
@@ -81,6 +95,7 @@ class UnsentWrites:
         now = self.clock()
         batch: list[Entry] = []
         aged: Counter[str] = Counter()
+        gone: list[str] = []
         with self._lock:
             if self.settles:
                 return [self.settles.popleft() for _ in range(min(size, len(self.settles)))]
@@ -89,10 +104,13 @@ class UnsentWrites:
                     entry = queue.popleft()
                     if entry[0].max_age_s is not None and now - entry[2] > entry[0].max_age_s:
                         aged[key] += 1  # the list would have trimmed it by now
+                        gone.append(entry[1])
                     else:
                         batch.append(entry)
                 if batch:
                     break
+            if gone and self.journal is not None:
+                self.journal.remove(gone)
         for key, n in aged.items():
             self._drop(key, n, "older than the list's max age")
         return batch
@@ -107,12 +125,27 @@ class UnsentWrites:
                     self.pushes.setdefault(entry[0].key, deque()).appendleft(entry)
 
     def sent(self, batch: list[Entry]) -> None:
-        """Count the appends of a batch the shared store took."""
+        """Count the appends of a batch the shared store took (and delete the batch from the journal)."""
         sent = Counter(entry[0].key for entry in batch if len(entry) == 3)
         with self._lock:
+            if self.journal is not None:
+                self.journal.remove(entry[1] for entry in batch)
             self.replayed.update(sent)
         for key, n in sent.items():
             self._report(key, "replayed", n)
+
+    def adopt(self) -> None:
+        """Put in front of the queue, oldest first, the writes the journal holds of processes that are gone."""
+        if self.journal is None:
+            return
+        with self._lock:
+            found = self.journal.adopt()
+            now, wall = self.clock(), time.time()
+            for op, entry_id, made in reversed(found):
+                if isinstance(op, Settle):
+                    self.settles.appendleft((op, entry_id))
+                else:  # its age on this process's clock
+                    self.pushes.setdefault(op.key, deque()).appendleft((op, entry_id, now - (wall - made)))
 
     def counts(self, key: str) -> ListReplay:
         """The replay counts of list ``key``."""

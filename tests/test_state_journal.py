@@ -1,0 +1,182 @@
+"""``state.journal``: the writes a replica owes Redis during an outage, kept in a local SQLite file as well as in
+memory, so that a replica killed meanwhile (SIGKILL) does not take its share of the shared spend with it. Real
+processes, a real ``redis-server`` and the loopback Gemini server, whose request log is the wire's bill."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genroute import Router
+from genroute.errors import ConfigError
+from genroute.state import RedisStateConfig
+from genroute.state.redis_store import RedisStateStore
+from genroute.testing import Reply
+
+from .conftest import budget_usage, gemini_config
+from .redis_fixtures import RedisServer, redis_server, redis_session  # noqa: F401
+from .server_ports import free_port
+from .test_outcome_outage import persistent_redis  # noqa: F401
+from .test_outcomes import FLASH, cost
+from .test_state_processes import RETRY_S, TIMEOUT_S, _line, _running, _say, _worker
+
+USAGE = (100, 5)
+
+
+def _rows(journal: Path) -> int:
+    db = sqlite3.connect(journal)
+    try:
+        return int(db.execute("SELECT count(*) FROM unsent").fetchone()[0])
+    finally:
+        db.close()
+
+
+def _store(url: str, journal: Path, prefix: str = "j:") -> RedisStateStore:
+    return RedisStateStore(RedisStateConfig(kind="redis", url=url, prefix=prefix, journal=str(journal), retry_s=3600,
+                                            timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S))
+
+
+def _down_url() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: refused at once
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "memory-only"])
+def test_a_replica_killed_during_an_outage_leaves_its_spend_to_the_next_router_on_its_journal(
+        journal: bool, gemini_server, tmp_path: Path, persistent_redis: RedisServer) -> None:  # noqa: F811
+    # A replica answers 3 requests with Redis up and 4 while Redis is down (admitted and settled in its memory, owed to
+    # Redis), and is SIGKILLed before Redis is back. With a journal, a router started on that file sends what it owed
+    # on its first contact with Redis: the shared spend is the wire's bill, exactly. Without one (today's default) the
+    # 4 settles die with the process: the shared budget stays short by them.
+    gemini_server.default_reply = lambda req: Reply(parts=({"text": "ok"},), usage=USAGE)
+    one = cost(FLASH, USAGE)
+    config = gemini_config(gemini_server)
+    config["policy"] = {"kind": "budget", "inner": {"kind": "static", "backend": "chat"}, "per": "global",
+                        "budget_usd": 100.0, "costs": {"chat": 0.01}, "window": "day"}
+    config["state"] = {"kind": "redis", "url": persistent_redis.url, "prefix": "kill:", "retry_s": RETRY_S,
+                       "timeout_s": TIMEOUT_S, "connect_timeout_s": TIMEOUT_S}
+    path = tmp_path / "replica" / "journal.db"
+    if journal:
+        config["state"]["journal"] = str(path)
+    with _running([_worker("tests.router_phases_worker", json.dumps(config), "3,4")]) as (worker,):
+        assert _line(worker) == "ready"
+        _say(worker)
+        assert _line(worker) == "done"  # 3 answered, settled in Redis
+        persistent_redis.stop(kill=True)
+        try:
+            _say(worker)
+            assert _line(worker) == "done"  # 4 answered from memory, their settles owed to Redis
+            if journal:
+                assert _rows(path) == 4
+            worker.send_signal(signal.SIGKILL)
+            worker.communicate(timeout=30)
+        finally:
+            persistent_redis.start()
+    bill = len([r for r in gemini_server.requests if r.action == "generateContent"])
+    assert bill == 7
+    with Router.from_config(config) as router:
+        usage = budget_usage(router)
+    if journal:
+        assert usage == {"spent": pytest.approx(bill * one), "reserved": 0.0}
+        assert _rows(path) == 0  # deleted once Redis applied them
+        assert oct(path.stat().st_mode & 0o777) == "0o600" and list((tmp_path / "replica" / "journal.db.owners"
+                                                                       ).iterdir()) == []
+    else:
+        assert usage == {"spent": pytest.approx((bill - 4) * one), "reserved": 0.0}  # the killed replica's 4: lost
+
+
+def test_two_processes_starting_on_a_killed_replica_s_journal_take_its_writes_over_once(
+        tmp_path: Path, redis_server: RedisServer) -> None:  # noqa: F811
+    # The killed replica's writes (5 settles, 5 outcome appends) are taken over by exactly one of two processes that
+    # open its journal at once; once that one is killed too, a router with Redis up sends them all, in order.
+    journal, down = tmp_path / "journal.db", _down_url()
+    with _running([_worker("tests.journal_worker", "owe", down, "j:", str(journal), "5")]) as (owing,):
+        assert _line(owing) == "kept 10"
+        owing.send_signal(signal.SIGKILL)
+        owing.communicate(timeout=30)
+    assert _rows(journal) == 10
+    with _running([_worker("tests.journal_worker", "adopt", down, "j:", str(journal)) for _ in range(2)]) as pair:
+        assert [_line(w) for w in pair] == ["ready"] * 2
+        for w in pair:
+            _say(w)
+        assert sorted(int(_line(w)) for w in pair) == [0, 10]
+    # Both killed on the way out: their writes are anyone's again.
+
+    async def replay() -> tuple[tuple[int, int], list[bytes]]:
+        store = _store(redis_server.url, journal)
+        assert store._unsent.waiting() == 10
+        usage, items = await store.usage("acct"), (await store.items("log")).items
+        await store.aclose()
+        return usage, items
+
+    import asyncio
+
+    usage, items = asyncio.run(replay())
+    assert usage == (5, 0) and items == [f"item {i}".encode() for i in range(5)]
+    assert _rows(journal) == 0
+
+
+async def test_a_live_router_s_writes_are_not_taken_over_and_a_closed_one_s_are(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    journal, down = tmp_path / "journal.db", _down_url()
+    first = _store(down, journal)
+    await first.settle("acct", None, 3, keep_s=600)
+    assert _store(down, journal)._unsent.waiting() == 0  # its owner lives: not another router's to send
+    with caplog.at_level(logging.WARNING, logger="genroute.state"):
+        await first.aclose()  # Redis still down: kept in the journal, and said so
+    assert f"until a router started with the journal {journal} sends them" in caplog.text
+    assert _store(down, journal)._unsent.waiting() == 1
+    assert _store(down, journal, prefix="other:")._unsent.waiting() == 0  # another prefix: another Redis's writes
+
+
+async def test_a_journaled_settle_older_than_the_markers_hour_is_replayed_and_counted(
+        tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    # Redis's settle markers live an hour: a replay after that may count one that reached Redis before its reply was
+    # lost twice. Skipping it would under-count every one that never reached Redis (the usual case): replayed, counted.
+    journal = tmp_path / "journal.db"
+    first = _store(_down_url(), journal)
+    await first.settle("acct", None, 7, keep_s=600)
+    await first.aclose()
+    db = sqlite3.connect(journal)
+    db.execute("UPDATE unsent SET made = made - 7200")
+    db.commit()
+    db.close()
+    with caplog.at_level(logging.WARNING, logger="genroute.state"):
+        second = _store(redis_server.url, journal)
+    assert second._unsent.journal is not None and second._unsent.journal.stale == 1
+    assert "older than an hour" in caplog.text
+    assert await second.usage("acct") == (7, 0)
+    await second.aclose()
+
+
+def test_a_journal_that_cannot_be_one_is_a_config_error_naming_it_at_build(gemini_server, tmp_path: Path) -> None:
+    def build(journal: Any, kind: str = "redis") -> ConfigError:
+        config = gemini_config(gemini_server)
+        config["state"] = {"kind": kind, "journal": journal, **({"url": _down_url()} if kind == "redis" else {})}
+        with pytest.raises(ConfigError) as caught:
+            Router.from_config(config)
+        assert caught.value.field == "state.journal"
+        return caught.value
+
+    assert "is a directory" in str(build(str(tmp_path)))
+    (tmp_path / "file").write_text("")
+    assert "cannot use" in str(build(str(tmp_path / "file" / "journal.db")))  # its "directory" is a file
+    shared = tmp_path / "shared.db"
+    shared.touch(mode=0o666)
+    os.chmod(shared, 0o666)
+    assert "may be written by its group or other users" in str(build(str(shared)))
+    (tmp_path / "link.db").symlink_to(tmp_path / "elsewhere.db")
+    assert "not a regular file" in str(build(str(tmp_path / "link.db")))
+    build(str(tmp_path / "j.db"), kind="memory")  # only a shared store owes anything
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs.db"
+        theirs.touch(mode=0o600)
+        os.chown(theirs, 65534, 65534)
+        assert "belongs to another user" in str(build(str(theirs)))
+
