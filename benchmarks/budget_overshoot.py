@@ -13,6 +13,8 @@ spend as each sink saw it: the root spans, the model-call spans and the results 
 Then ``restart``: the same workers, one request at a time with a shadow each, while Redis restarts mid-run (1 s
 down, its data kept), the first worker stopping (and closing) while Redis is down; it prints how much spend and how
 many outcome records the shared store misses (the closing worker's outage writes: it could not replay them).
+``--journal``: the workers share one ``state.journal`` file in the restart part, so the closing worker's outage
+writes are kept there and sent by the others' replays or the reader's router (docs/shared-state.md).
 """
 
 from __future__ import annotations
@@ -169,6 +171,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--holds", default="1.0,0.5", help="per-request estimates over the true cost")
+    parser.add_argument("--journal", action="store_true", help="the restart part's workers share a state.journal")
     args = parser.parse_args()
     from genroute.testing import GeminiTestServer, Reply
 
@@ -199,6 +202,8 @@ def main() -> None:
                       + (f"  held ${usage['reserved']:.4f}" if usage["reserved"] else ""))
 
             cfg = config(server.base_url, url, f"r{time.time_ns()}:", 10.0, COST, shadow=True)
+            if args.journal:
+                cfg["state"]["journal"] = os.path.join(data, "journal.db")
             state: dict[str, Any] = {}
 
             def restart() -> None:
@@ -216,8 +221,8 @@ def main() -> None:
             answered = sum(r["kinds"].get("answered", 0) for r in results)
             want = answered * (COST + SHADOW)
             early = sum(r["done_at"] < state["back_at"] for r in results)
-            print(f"restart: {answered} answered, each with a shadow; Redis down ~1 s mid-run; {early} of "
-                  f"{args.processes} workers closed before it was back")
+            print(f"restart{' (state.journal)' if args.journal else ''}: {answered} answered, each with a shadow; "
+                  f"Redis down ~1 s mid-run; {early} of {args.processes} workers closed before it was back")
             print(f"  shared spend ${usage['spent']:.4f} of ${want:.4f} settled ({usage['spent'] / want:.1%}); "
                   f"outcome records {records} of {answered}")
     finally:
