@@ -13,7 +13,8 @@ records what already ran, an outcome) is also kept and replayed to Redis once it
 finds it back, so the shared spend and the shared lists (the outcome log) are complete after an outage. One Redis
 refused with an error reply is not kept (a replay would be refused again, or leave its marker set without its
 write and count as done); nor does an error reply stop the calls after it from trying Redis. What is kept is bounded
-(``genroute.state.unsent``). Each replayed write applies once: it carries an id that the script marks, so a replay
+(``genroute.state.unsent``); with ``journal`` it is also kept in a local file, which the next router started with it
+sends (``genroute.state.journal``): a process killed meanwhile does not take it along. Each replayed write applies once: it carries an id that the script marks, so a replay
 interrupted and sent again applies nothing twice (an append's first try carries none: one whose reply was lost as
 the outage began is in the list twice). An append that finds a replay running waits for it, so it lands after the
 writes made before it; other calls go on. One call per event loop replays at a time (the lock is the loop's): a
