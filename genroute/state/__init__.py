@@ -29,7 +29,8 @@ The operations, all atomic per call:
   shared store for every router sharing it (``genroute.state.promotions``); a store of one process records none.
 - ``pin`` — a value set once and kept (a split experiment's confidence sequence, ``genroute.graduation.run``).
 
-Configured by the router's ``state`` section: ``{kind: memory}`` or ``{kind: redis, url, prefix, on_error}``.
+Configured by the router's ``state`` section: ``{kind: memory}`` or ``{kind: redis, url, prefix, on_error}`` (and
+``journal``: a local file keeping what an outage leaves owed, ``genroute.state.journal``).
 """
 
 from __future__ import annotations
