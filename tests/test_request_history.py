@@ -264,3 +264,35 @@ def test_the_call_span_captures_the_turns_as_sent(gemini_server: GeminiTestServe
     messages = json.loads(call.attributes["gen_ai.input.messages"])
     assert [(m["role"], m["parts"][0]["content"]) for m in messages] == [
         ("user", "Hi, I am Ada."), ("assistant", "Hello, Ada."), ("user", "Q: Who am I?")]
+
+
+def test_a_judges_hold_counts_what_the_judge_sends_not_the_conversation(gemini_server: GeminiTestServer) -> None:
+    # The judge's call sends its one prompt (no earlier turns, none of the request's generation settings), but its
+    # budget hold added the request's history ($0.004 of 40,000 tokens at flash-lite's input rate) and the raise of
+    # its max_output_tokens: money the judge never spends, held while it ran (and refusing it on a tight budget).
+    from .conftest import budget_usage
+
+    config = gemini_config(gemini_server)
+    config["backends"]["judge"] = {**config["backends"]["chat"], "model": "gemini-2.5-flash-lite",
+                                   "generation": {"max_output_tokens": 64}}
+    config["policy"] = {"kind": "budget", "per": "global", "budget_usd": 1.0, "costs": {"chat": 0.001, "judge": 0.002},
+                        "inner": {"kind": "cascade", "rungs": [{"backend": "chat", "validators": ["judge:judge"]}]}}
+    held: list[float] = []
+
+    def judge(server: GeminiTestServer, request: Any, match: Any) -> dict[str, Any]:
+        held.append(budget_usage(router)["reserved"])  # while the judge's call is in flight: its hold alone
+        return {"candidates": [{"content": {"role": "model", "parts": [{"text": "PASS"}]}, "finishReason": "STOP"}],
+                "usageMetadata": {"promptTokenCount": 30, "candidatesTokenCount": 1, "totalTokenCount": 31}}
+
+    gemini_server.route("POST", r".*/models/gemini-2.5-flash-lite:generateContent", judge)
+    gemini_server.reply_text("Ada.")
+    long = [{"role": "user", "text": "x" * 80_000}, {"role": "model", "text": "y" * 80_000}]  # 40,000 tokens
+    with Router.from_config(config) as router:
+        result = router.generate("Who am I?", history=long, generation={"max_output_tokens": 8192})
+        after = budget_usage(router)
+    assert result.text == "Ada."
+    assert held == [pytest.approx(0.002)]  # the judge backend's estimate: what its one prompt costs, nothing more
+    (judged,) = [r.body for r in gemini_server.requests if r.model == "models/gemini-2.5-flash-lite"]
+    (turn,) = judged["contents"]
+    assert "x" * 100 not in turn["parts"][0]["text"]  # (what it sent: no earlier turns)
+    assert after["reserved"] == 0.0 and after["spent"] == pytest.approx(result.cost_usd)

@@ -253,8 +253,13 @@ class Executor(Shadows):
         """Run ``backend`` for a check (a judge) of the rung ``ctx`` accounts: own admission, cost in the rung."""
         side = self._context(check_request, backend, ctx.deadline, ctx.bounded)
         side.embeddings = ctx.embeddings  # a judge's backend that embeds shares the request's vectors too
+        # The gates see the request (its key, tenant, task: whose budget pays) with what this call sends: a judge's
+        # prompt goes without the conversation's turns and the request's generation settings, so its hold adds
+        # neither (they are the request's, held by its own attempts).
+        gated = request if request.history is None and request.generation is None else request.model_copy(
+            update={"history": check_request.history, "generation": check_request.generation})
         try:
-            async with admitted(self.admission, request, decision, backend, side, trace.get_current_span()):
+            async with admitted(self.admission, gated, decision, backend, side, trace.get_current_span()):
                 runner = self.backends[backend]
                 return produced(runner, await runner.run(check_request, side))
         except _RUNG_ERRORS as exc:  # an answer that could not be checked is not accepted
