@@ -1,5 +1,6 @@
-"""Reading JSONL files of records, with errors that name the file, the line and the caller's field; making the
-directory results are written to, with an error naming the caller's field when it cannot be."""
+"""Reading JSONL files of records, with errors that name the file, the line and the caller's field; writing them
+(atomically, owner-only); making the directory results are written to, with an error naming the caller's field
+when it cannot be."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import codecs
 import gzip
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,23 @@ def iter_records(path: str | Path, *, field: str, what: str = "file") -> Iterato
                 yield lineno, record
     except (gzip.BadGzipFile, EOFError, OSError) as exc:  # not (whole) gzip, or unreadable
         raise UsageError(f"{path.name}:{lineno + 1}: cannot be read ({exc})", field=field) from None
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write ``rows`` as JSON lines at ``path`` (its directories made, 0700), atomically (readers see the old file or
+    the new one) and readable by their owner only: every JSONL file genroute writes holds captured inputs and outputs
+    (outcome exports, tuning sets and rows)."""
+    from genroute.cache import atomic_write_bytes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    atomic_write_bytes(path, jsonl_bytes(rows), private=True)
+    return path
+
+
+def jsonl_bytes(rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """``rows`` as JSON lines, UTF-8 (non-ASCII text as it is, not escaped): what ``write_jsonl`` writes."""
+    return b"".join(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n" for row in rows)
 
 
 def nth_record(index: int) -> str:

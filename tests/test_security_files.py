@@ -14,7 +14,7 @@ import pytest
 
 from genroute.graduation import export_tuning_set
 from genroute.outcomes import OutcomeRecord, OutcomeStore, Side
-from genroute.tuning.vertex import write_jsonl as write_tuning_rows
+from genroute.jsonl import write_jsonl as write_tuning_rows
 
 
 @pytest.fixture
@@ -42,8 +42,8 @@ def test_exports_of_captured_text_are_readable_by_their_owner_only(tmp_path: Pat
     assert _mode(tmp_path / "store" / "outcomes.db") == 0o600
     assert store.export_jsonl(tmp_path / "out" / "outcomes.jsonl") == 12
     tuning = export_tuning_set(_records(), "t", tmp_path / "tuning", min_examples=5)
-    rows = write_tuning_rows([{"contents": [{"role": "user", "parts": [{"text": "my card number"}]}]}],
-                             tmp_path / "tune" / "rows.jsonl")
+    rows = write_tuning_rows(tmp_path / "tune" / "rows.jsonl",
+                             [{"contents": [{"role": "user", "parts": [{"text": "my card number"}]}]}])
     for path in (tmp_path / "out" / "outcomes.jsonl", tuning.train_path, tuning.eval_path, rows):
         assert _mode(path) == 0o600, path
     store.close()
@@ -61,7 +61,7 @@ def test_a_link_planted_at_the_temporary_name_is_not_followed(tmp_path: Path) ->
     store = OutcomeStore(tmp_path / "outcomes.db")
     store.upsert_many_sync(_records())
     store.export_jsonl(shared / "outcomes.jsonl")
-    write_tuning_rows([{"contents": []}], shared / "rows.jsonl")
+    write_tuning_rows(shared / "rows.jsonl", [{"contents": []}])
     export_tuning_set(_records(), "t", shared, min_examples=5)
     store.close()
     assert victim.read_text() == "precious\n"

@@ -12,9 +12,8 @@ from pydantic import ConfigDict
 from genroute.bounds import is_real, is_whole
 from genroute.config_errors import check_list
 from genroute.errors import UsageError
-from genroute.jsonl import check_output_dir
+from genroute.jsonl import check_output_dir, write_jsonl
 from genroute.outcomes.records import OutcomeRecord
-from genroute.outcomes.store import write_jsonl
 from genroute.public_model import PublicModel
 from genroute.tuning.data import DEFAULT_MAX_CHARS, Example
 

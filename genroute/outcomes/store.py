@@ -17,7 +17,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -310,7 +310,7 @@ class OutcomeStore:
 
     def export_jsonl(self, path: str | Path, *, task: str | None = None) -> int:
         """Write the records as an outcome matrix (one JSON line each); return how many."""
-        from genroute.jsonl import check_output_dir
+        from genroute.jsonl import check_output_dir, write_jsonl
 
         if not isinstance(path, str | os.PathLike) or Path(path).is_dir():  # was a TypeError or an IsADirectoryError
             raise UsageError(f"must be the path of a file to write, not {path!r:.80}", field="path")
@@ -354,16 +354,4 @@ def _checked(records: Sequence[OutcomeRecord]) -> list[OutcomeRecord]:
         if not record.id:
             raise UsageError("an outcome record needs metadata.id", field="metadata.id")
     return records
-
-
-def write_jsonl(path: str | Path, lines: Iterable[Mapping[str, object]]) -> Path:
-    """Write JSON lines atomically (readers see the old file or the new one), readable by their owner only: like the
-    store they come from, they hold captured inputs and outputs."""
-    from genroute.cache import atomic_write_bytes
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write_bytes(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode(),
-                       private=True)
-    return path
 

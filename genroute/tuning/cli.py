@@ -90,8 +90,7 @@ def _refuse_other_mode(args: argparse.Namespace) -> None:
 def _vertex(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from genroute.jsonl import output_dir
-    from genroute.tuning.storage import write_jsonl
+    from genroute.jsonl import output_dir, write_jsonl
     from genroute.tuning.vertex import VertexTuningSettings, prepare_data, run_vertex_tuning
 
     if not args.base_model:
@@ -111,8 +110,8 @@ def _vertex(args: argparse.Namespace) -> int:
             raise UsageError("a JSONL data file is required", field="data")
         prepared = prepare_data(args.data, settings)
         out = output_dir(args.dry_run, field="--dry-run")
-        write_jsonl(prepared.train_rows, out / f"{args.name}-train.jsonl")
-        write_jsonl(prepared.validation_rows, out / f"{args.name}-validation.jsonl")
+        write_jsonl(out / f"{args.name}-train.jsonl", prepared.train_rows)
+        write_jsonl(out / f"{args.name}-validation.jsonl", prepared.validation_rows)
         console.print(f"{len(prepared.train)} training and {len(prepared.validation)} validation examples "
                       f"written to {out} (nothing sent)")
         return 0

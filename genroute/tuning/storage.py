@@ -1,32 +1,20 @@
 """Tuning data in Cloud Storage, where Vertex AI reads it: JSONL rows uploaded with the Storage JSON API (media
-upload) under the application-default credentials, or written to a local file."""
+upload) under the application-default credentials (``genroute.jsonl.write_jsonl`` writes them to a local file)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError
+from genroute.jsonl import jsonl_bytes
 
 #: Storage API root; ``STORAGE_EMULATOR_HOST`` (the google-cloud-storage convention) overrides it.
 _STORAGE_ROOT = "https://storage.googleapis.com"
 _CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-
-
-def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write rows as JSONL (for ``--dry-run`` or uploading by hand), readable by their owner only: they are
-    captured inputs and outputs (as the outcome store holding them is)."""
-    from genroute.cache import atomic_write_bytes
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write_bytes(path, _jsonl(rows), private=True)
-    return path
 
 
 async def upload_jsonl(uri: str, rows: Sequence[dict[str, Any]], *, credentials: Any) -> str:
@@ -46,7 +34,7 @@ async def upload_jsonl(uri: str, rows: Sequence[dict[str, Any]], *, credentials:
     try:
         async with httpx.AsyncClient(timeout=120) as http:
             response = await http.post(f"{root.rstrip('/')}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
-                                       params={"uploadType": "media", "name": obj}, content=_jsonl(rows),
+                                       params={"uploadType": "media", "name": obj}, content=jsonl_bytes(rows),
                                        headers=headers)
     except httpx.HTTPError as exc:
         raise BackendUnavailable(f"upload to {uri} failed: {type(exc).__name__}: {exc}") from None
@@ -55,10 +43,6 @@ async def upload_jsonl(uri: str, rows: Sequence[dict[str, Any]], *, credentials:
         kind = BackendUnavailable if code in (408, 429) or code >= 500 else BackendRejected
         raise kind(f"upload to {uri} failed: HTTP {code} {response.text[:300]}", status=code)
     return uri
-
-
-def _jsonl(rows: Sequence[dict[str, Any]]) -> bytes:
-    return b"".join(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n" for row in rows)
 
 
 def _authorize(credentials: Any, headers: dict[str, str]) -> None:

@@ -27,7 +27,6 @@ from genroute.tuning.config_file import (NAME_PATTERN, check_target, register_tu
                                          require_same_base)
 from genroute.tuning.data import DEFAULT_MAX_CHARS, Example, load_examples, split
 from genroute.tuning.storage import default_credentials, upload_jsonl
-from genroute.tuning.storage import write_jsonl as write_jsonl  # re-exported: it was defined here
 
 if TYPE_CHECKING:
     from google import genai
