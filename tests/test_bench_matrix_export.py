@@ -96,7 +96,7 @@ def test_compile_warns_when_a_tasks_backends_were_scored_on_too_few_records_to_t
 def test_a_run_of_one_backend_writes_stats_json_as_a_run_of_two_does(
         gemini_server: GeminiTestServer, tmp_path: Path) -> None:
     """A run of one backend compiles no policy, and wrote no stats.json either (a run of two did): a script reading
-    each run's stats.json failed on it, or read the figures an earlier run of two backends left in --out."""
+    each run's stats.json failed on it, or read the figures an earlier run left in --out."""
     data, config = _two_backends(gemini_server, tmp_path)
     out = tmp_path / "run"
     with Router.from_config(config) as router:
@@ -104,8 +104,11 @@ def test_a_run_of_one_backend_writes_stats_json_as_a_run_of_two_does(
         assert two.compiled is not None and sorted(json.loads((out / "stats.json").read_text())["tasks"]["intent"]) \
             == ["full", "lite"]
         one = bench(router, data, backends=["full"], out_dir=tmp_path / "one", progress=False)
-        again = bench(router, data, backends=["full"], out_dir=out, progress=False)  # into the two-backend run's
-    for report, where in ((one, tmp_path / "one"), (again, out)):
+        bench(router, data, backends=["lite"], out_dir=tmp_path / "again", progress=False)
+        again = bench(router, data, backends=["full"], out_dir=tmp_path / "again", progress=False)  # into lite's
+        earlier = (out / "stats.json").read_bytes()
+        kept = bench(router, data, backends=["full"], out_dir=out, progress=False)  # into the two-backend run's
+    for report, where in ((one, tmp_path / "one"), (again, tmp_path / "again")):
         assert report.compiled is None and report.comparisons == ()
         assert report.files["stats"] == str(where / "stats.json")
         written = json.loads((where / "stats.json").read_text(encoding="utf-8"))
@@ -117,7 +120,10 @@ def test_a_run_of_one_backend_writes_stats_json_as_a_run_of_two_does(
             12, summary.quality, list(summary.quality_ci))
         assert full["full"]["cost_per_request_usd"] == pytest.approx(summary.cost_per_request_usd)
         assert summary.cost_per_request_usd > 0
-    assert not (out / "cost_aware.json").exists()  # the earlier run's policy is gone with its figures
+    # Where an earlier run's cost_aware.json reads stats.json by its path, both stay as they were (a router may serve
+    # them) and the run says so: its own figures are in its report.
+    assert "stats" not in kept.files and (out / "stats.json").read_bytes() == earlier
+    assert (out / "cost_aware.json").exists() and "stats.json, cost_aware.json" in (kept.compile_note or "")
 
 
 def test_a_no_compile_run_leaves_an_earlier_runs_stats_and_policies_and_names_them(
@@ -148,6 +154,42 @@ def test_a_no_compile_run_leaves_an_earlier_runs_stats_and_policies_and_names_th
     assert "Not compiled (--no-compile): " in printed and "stats.json" in printed and "earlier run's" in printed
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "Not compiled (--no-compile)" in report and "they do not describe this run" in report
+
+
+@pytest.mark.parametrize("narrower", [["--backends", "full"], ["--backends", "lite,full", "--limit", "1"]],
+                         ids=["one backend", "one record"])
+def test_a_run_too_small_to_compile_leaves_an_earlier_runs_policies_and_names_them(
+        gemini_server: GeminiTestServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        narrower: list[str]) -> None:
+    """A run that compiles nothing (one backend, one record) into an --out where an earlier run had compiled removed
+    that run's cost_aware.json and learned files and wrote its own stats.json, so a router serving that
+    cost_aware.json (which names stats.json by path) routed on another run's figures, or on a stats.json without its
+    backends, at its next start: --no-compile had stopped doing so. It keeps them as --no-compile does, and names
+    them as an earlier run's in its summary and report."""
+    import yaml
+
+    from genroute.bench.cli import bench_main
+
+    data, config = _two_backends(gemini_server, tmp_path)
+    out = tmp_path / "run"
+    with Router.from_config(config) as router:
+        assert bench(router, data, backends=["lite", "full"], out_dir=out, progress=False).compiled is not None
+    compiled = {p.name: p.read_bytes() for p in out.iterdir()
+                if p.name in {"stats.json", "cost_aware.json", "learned.json", "learned.npz"}}
+    assert {"stats.json", "cost_aware.json"} <= set(compiled)
+    cfg = tmp_path / "genroute.yaml"
+    cfg.write_text(yaml.safe_dump(config), encoding="utf-8")
+    capsys.readouterr()
+    assert bench_main([str(data), "--config", str(cfg), *narrower, "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert {name: (out / name).read_bytes() for name in compiled} == compiled  # untouched
+    assert "Not compiled: " in printed and "earlier run's" in printed
+    assert all(name in printed for name in compiled)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "they do not describe this run" in report
+    # The router the earlier run's policy was pasted into still starts, and routes as that run compiled.
+    with Router.from_config({**config, "policy": json.loads(compiled["cost_aware.json"])}) as router:
+        assert router.decide("Question 1 about my card").rungs[0].backend in {"lite", "full"}
 
 
 def _two_backends(gemini_server: GeminiTestServer, tmp_path: Path) -> tuple[Path, dict[str, Any]]:

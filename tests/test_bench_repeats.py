@@ -156,9 +156,10 @@ def test_the_paired_bootstrap_resamples_inputs_given_groups() -> None:
 
 
 @pytest.mark.parametrize("texts", [["only one"], ["one text"] * 3], ids=["one record", "one input"])
-def test_a_run_with_nothing_to_hold_out_says_so_and_leaves_no_earlier_policy(tmp_path: Path, texts: list[str]) -> None:
+def test_a_run_with_nothing_to_hold_out_says_so_and_names_an_earlier_policy(tmp_path: Path, texts: list[str]) -> None:
     """A rerun into an earlier run's directory (a smaller --limit) with one record compiled nothing and said
-    nothing, and left the earlier run's cost_aware.json and learned files beside a report they do not back."""
+    nothing, and left the earlier run's cost_aware.json and learned files beside a report they do not back without a
+    word. They stay (a router may serve them: removing them broke its next start) and the run names them."""
     for name in ("cost_aware.json", "learned.json", "learned.npz"):
         (tmp_path / name).write_text("{}", encoding="utf-8")  # what the earlier, larger run compiled
     records = [BenchRecord(id=f"r{i}", input=text, output="x") for i, text in enumerate(texts)]
@@ -168,8 +169,11 @@ def test_a_run_with_nothing_to_hold_out_says_so_and_leaves_no_earlier_policy(tmp
     assert report.compiled is None
     assert report.compile_note is not None
     assert report.compile_note.startswith("Not compiled: a held-out split needs two records with different inputs")
+    assert report.compile_note.endswith(" cost_aware.json, learned.json, learned.npz in the output directory are an "
+                                        "earlier run's, left as they were (a router may serve them); they do not "
+                                        "describe this run.")
     assert report.compile_note in (tmp_path / "report.md").read_text(encoding="utf-8")
-    assert not any((tmp_path / name).exists() for name in ("cost_aware.json", "learned.json", "learned.npz"))
+    assert all((tmp_path / name).read_text() == "{}" for name in ("cost_aware.json", "learned.json", "learned.npz"))
 
 
 @pytest.mark.parametrize(("score", "says"), [(0.0, "scored 0 on every record"), (1.0, "scored 1 on every record")])
@@ -199,7 +203,8 @@ def test_a_set_that_tells_backends_apart_has_no_such_note(tmp_path: Path) -> Non
 
 def test_one_backend_compiles_nothing_and_says_so_in_one_line(tmp_path: Path) -> None:
     """A run of one backend (and its @policy row) compiled policies whose held-out rows compared that backend with
-    itself ("compiled cost_aware" vs it, "best single", "random": all the same scores)."""
+    itself ("compiled cost_aware" vs it, "best single", "random": all the same scores). An earlier run's policy in
+    the directory is kept, and named."""
     (tmp_path / "cost_aware.json").write_text("{}", encoding="utf-8")  # an earlier run's, of two backends
     records = [BenchRecord(id=f"r{i}", input=f"question {i}", output="x") for i in range(30)]
     outcomes = [Outcome(backend=name, record_id=r.id, ok=True, scorer="exact", score=float(i % 3 != 0))
@@ -207,9 +212,10 @@ def test_one_backend_compiles_nothing_and_says_so_in_one_line(tmp_path: Path) ->
     report = report_outcomes(outcomes, records, tmp_path, kinds={"only": "prompt_template"})
     assert report.compiled is None and report.compiled_comparisons == ()
     assert report.compile_note == ("Not compiled: only is the only backend with a scored row, and a routing policy "
-                                   "chooses between two or more.")
+                                   "chooses between two or more. cost_aware.json in the output directory is an earlier "
+                                   "run's, left as it was (a router may serve it); it does not describe this run.")
     assert report.compile_note in (tmp_path / "report.md").read_text(encoding="utf-8")
-    assert not (tmp_path / "cost_aware.json").exists()
+    assert (tmp_path / "cost_aware.json").read_text() == "{}"  # kept: a router may serve it
     assert [(c.a, c.b) for c in report.comparisons] == [("only", "@policy")]  # that one still compares
     # stats.json is written as a run of two backends writes it: the one backend's figures (no @policy row).
     stats = BenchStats.load(tmp_path / "stats.json")

@@ -30,7 +30,6 @@ from genroute.bench.setup_failures import Unscored, unscored_markdown, unscored_
 from genroute.bench.stats import MIN_PAIRED_N, PairedComparison
 from genroute.config_errors import check_list
 from genroute.graduation.trained import TunedInfo
-from genroute.policies.cost_aware_compiled import drop_stale
 from genroute.policies.cost_weight import CostWeightRule
 from genroute.public_model import PublicModel
 
@@ -52,8 +51,8 @@ class BenchReport(PublicModel):
     compiled_comparisons: tuple[PairedComparison, ...] = ()
     min_verdict_n: int = MIN_VERDICT_N
     compile_note: str | None = Field(default=None, description=(
-        "Why no policy was compiled, when one was asked for; with compile=False, the files an earlier run's compile "
-        "left in out_dir that were removed, if any."))
+        "Why no policy was compiled, when one was asked for, and the files an earlier run's compile left in out_dir "
+        "(kept as they were: a router may serve them), if any."))
     empty_note: str = Field(default="", description="Backends that answered some records with no text at all.")
     unscored: tuple[Unscored, ...] = Field(default=(), description="Targets with no scored row (every row failed, "
                                                                    "or it was stopped on a set-up error).")
@@ -141,19 +140,20 @@ def report_outcomes(
         compiled = compile_policy(outcomes, records, out, seed=seed, source=source, embedder=embedder,
                                   min_quality=min_quality, holdout=holdout, cost_weight_rule=cost_weight_rule)
     stats: Path | None = Path(compiled.stats_path) if compiled is not None else None
-    if skipped is not None:  # an earlier run's policies (say before a smaller --limit) no longer back this report
-        drop_stale(*(out / name for name in ("cost_aware.json", "learned.json", "learned.npz")))
-        # stats.json is written whenever a compile was asked for, one backend (or one record) as two: a script over
-        # runs finds the same files every time, and no earlier run's figures stay beside this report.
-        stats = bench_stats(live, records, source=source, seed=seed,
-                            use_cloud_equivalent=cloud_basis(live)).save(out / "stats.json")
-    elif not compile:  # --no-compile: an earlier run's figures and policies are not this run's, but a router may
-        # serve them (cost_aware.json names stats.json by its path): left as they are, and named as another run's
-        earlier = [name for name in ("stats.json", "cost_aware.json", "learned.json", "learned.npz")
-                   if (out / name).exists()]
+    if compiled is None:  # an earlier run's compiled files in --out are not this run's, but a router may serve them
+        # (cost_aware.json names stats.json by its path): left as they are, and named as another run's
+        earlier = earlier_compiled(out, with_stats=not compile or (out / "cost_aware.json").exists())
+        if skipped is not None and "stats.json" not in earlier:
+            # stats.json is written whenever a compile was asked for, one backend (or one record) as two: a script
+            # over runs finds the same files every time (unless a cost_aware.json an earlier run left reads it)
+            stats = bench_stats(live, records, source=source, seed=seed,
+                                use_cloud_equivalent=cloud_basis(live)).save(out / "stats.json")
         if earlier:
-            skipped = (f"Not compiled (--no-compile): {', '.join(earlier)} in the output directory are an earlier "
-                       "run's, left as they were (a router may serve them); they do not describe this run.")
+            are, they, were, them, do = ("are", "they", "were", "them", "do") if len(earlier) > 1 else \
+                ("is", "it", "was", "it", "does")
+            skipped = (f"{skipped or 'Not compiled (--no-compile):'} {', '.join(earlier)} in the output directory "
+                       f"{are} an earlier run's, left as {they} {were} (a router may serve {them}); {they} {do} not "
+                       "describe this run.")
     inputs = input_of((r.id, r.input) for r in records)  # repeats of one input are one input in every "A vs B"
     comparisons = backend_comparisons(live, seed=seed, inputs=inputs)
     held_out = (compiled_comparisons(compiled, min_n=min_verdict_n, force=force_verdict, seed=seed, inputs=inputs)
@@ -211,6 +211,14 @@ def report_outcomes(
                        comparisons=tuple(comparisons), compiled_comparisons=tuple(held_out),
                        min_verdict_n=min_verdict_n, compile_note=skipped, empty_note=empty, unscored=tuple(unscored),
                        own_examples_note=own_examples, compiled_on_note=compiled_on)
+
+
+def earlier_compiled(out: Path, *, with_stats: bool) -> list[str]:
+    """The policy files an earlier run compiled into ``out`` (and its ``stats.json`` if ``with_stats``): kept by a run
+    that compiles none of its own (a router may serve them), which names them as an earlier run's."""
+    names = ("stats.json", "cost_aware.json", "learned.json", "learned.npz") if with_stats else \
+        ("cost_aware.json", "learned.json", "learned.npz")
+    return [name for name in names if (out / name).exists()]
 
 
 def compiled_markdown(compiled: CompileReport, comparisons: Sequence[PairedComparison], min_n: int) -> str:
