@@ -98,6 +98,8 @@ def _main(argv: Sequence[str] | None) -> int:
                                        "shadows)")
     gen.add_argument("--task")
     gen.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="template variable")
+    gen.add_argument("--history", metavar="FILE", help="the conversation's earlier turns, oldest first: a JSON list of "
+                     "{\"role\": \"user\" | \"model\", \"text\": ...}, sent before the input (docs/requests.md)")
     gen.add_argument("--stream", action="store_true")
     gen.add_argument("--json", action="store_true", help="print the whole result as JSON (with --stream: only that)")
     gen.add_argument("--trace", action="store_true",
@@ -182,6 +184,8 @@ def _generate(args: argparse.Namespace) -> int:
     fields = {k: v for k, v in (("backend", args.backend), ("task", args.task)) if v is not None}
     if variables:
         fields["variables"] = variables
+    if args.history is not None:  # checked before the router is built (a local model loads for a while)
+        fields["history"] = _history(args.history, args.input, fields)
     provider, spans = _trace() if args.trace else (None, None)
     try:
         _answer(args, fields, provider)
@@ -193,6 +197,37 @@ def _generate(args: argparse.Namespace) -> int:
 
             Console(stderr=True).print(span_tree(spans.get_finished_spans()))
     return 0
+
+
+def _history(path: str, input: str, fields: Mapping[str, Any]) -> list[Any]:
+    """``--history FILE``'s turns, validated as the request's ``history`` (``GenerateRequest``, as ``Router.generate``
+    validates it); a ``UsageError`` naming ``--history``, the file and the turn's key (``history.1.role``)."""
+    from pydantic import ValidationError
+
+    from genroute.config_errors import error_at, pydantic_validated, validator_message
+    from genroute.jsonl import existing_file
+    from genroute.types import GenerateRequest
+
+    file = existing_file(path, field="--history", what="history file")
+    try:
+        turns = json.loads(file.read_bytes().decode("utf-8-sig"))  # a BOM (Windows tools write one) is no JSON
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read ({exc.strerror or exc})", field="--history") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text", field="--history") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not JSON ({exc.msg}: line {exc.lineno} column {exc.colno})",
+                         field="--history") from None
+    try:
+        request = pydantic_validated(GenerateRequest, {"input": input, **fields, "history": turns})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        at = error_at(error)
+        if at == "history" or at.startswith("history."):
+            hint = " (a JSON list of {\"role\": \"user\" | \"model\", \"text\": ...})" if at == "history" else ""
+            raise UsageError(f"{path}: {at}: {validator_message(error)}{hint}", field="--history") from None
+        raise UsageError(validator_message(error), field=at or None) from None  # as the router words it
+    return request.history or []
 
 
 def _answer(args: argparse.Namespace, fields: dict[str, Any], provider: Any) -> None:

@@ -59,7 +59,7 @@ def test_extra_columns_load_with_one_warning_naming_the_keys_and_the_first_line(
     warned = [r.getMessage() for r in caplog.records if r.name == "genroute.bench.datasets"]
     # "labels" beside a "label" is a column of its own, not a misspelling; "idx" is no scored key.
     assert warned == ["d.jsonl: ignored unknown keys ['idx', 'labels', 'source'] (first: 'idx' at line 2); "
-                      "a record is {input, output, label?, task?, id?, metadata?}"]
+                      "a record is {input, output, label?, task?, id?, metadata?, history?}"]
 
 
 def test_a_benchmark_file_with_columns_of_its_own_is_no_tuning_file(tmp_path: Path) -> None:

@@ -296,3 +296,93 @@ def test_a_judges_hold_counts_what_the_judge_sends_not_the_conversation(gemini_s
     (turn,) = judged["contents"]
     assert "x" * 100 not in turn["parts"][0]["text"]  # (what it sent: no earlier turns)
     assert after["reserved"] == 0.0 and after["spent"] == pytest.approx(result.cost_usd)
+
+
+# -- the command line: `genroute generate --history FILE`, and bench datasets ------------------------------------
+
+
+def _cli_config(server: GeminiTestServer, tmp_path: Path) -> Path:
+    import yaml
+
+    path = tmp_path / "genroute.yaml"
+    path.write_text(yaml.safe_dump(gemini_config(server)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["generate", "stream"])
+def test_generate_sends_the_turns_of_a_history_file(gemini_server: GeminiTestServer, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str], stream: bool) -> None:
+    # `genroute generate` had no way to pass a conversation: every request from the command line was its first turn.
+    import json
+
+    from genroute.cli import main
+
+    turns = sdk_turns(gemini_server)
+    config = _cli_config(gemini_server, tmp_path)
+    (tmp_path / "chat.json").write_text(json.dumps(HISTORY), encoding="utf-8")
+    gemini_server.reply_text("You are Ada.")
+    argv = ["generate", "Who am I?", "--config", str(config), "--history", str(tmp_path / "chat.json")]
+    assert main([*argv, "--stream"] if stream else argv) == 0
+    assert capsys.readouterr().out.strip() == "You are Ada."
+    (body,) = bodies(gemini_server)
+    assert body["contents"] == [*turns, {"role": "user", "parts": [{"text": "Who am I?"}]}]
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ('[{"role": "user", "text": "Hi"}, {"role": "assistant", "text": "Hello"}]',
+     "chat.json: history.1.role: Input should be 'user' or 'model'"),
+    ('[{"role": "user", "text": ""}]', "chat.json: history.0.text: String should have at least 1 character"),
+    ('[{"role": "user", "text": "Hi", "name": "Ada"}]', "chat.json: history.0.name: Extra inputs are not permitted"),
+    ('{"role": "user", "text": "Hi"}', "chat.json: history: Input should be a valid list (a JSON list of"),
+    ('[{"role": "user", "text": "Hi"}', "chat.json: not JSON (Expecting ',' delimiter: line 1 column 32)"),
+    (None, "history file 'chat.json' does not exist"),
+], ids=["role", "empty text", "unknown key", "not a list", "not JSON", "missing"])
+def test_a_bad_history_file_is_a_usage_error_naming_the_file_and_the_turn(
+        gemini_server: GeminiTestServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any,
+        text: str | None, says: str) -> None:
+    from genroute.cli import main
+
+    config = _cli_config(gemini_server, tmp_path)
+    if text is not None:
+        (tmp_path / "chat.json").write_text(text, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "Who am I?", "--config", str(config), "--history", "chat.json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"genroute generate: error: --history: {says}" or \
+        err.startswith(f"genroute generate: error: --history: {says}"), err
+    assert not gemini_server.requests  # refused before anything was sent
+
+
+def test_a_bench_record_sends_its_history_and_a_bad_turn_names_the_line(
+        gemini_server: GeminiTestServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A dataset record could carry no conversation: a multi-turn set was benchmarked as first turns only (a
+    # `history` key was read past as one of the dataset's own columns, with a warning).
+    import json
+
+    from genroute.bench.cli import bench_main
+
+    turns = sdk_turns(gemini_server)
+    config = _cli_config(gemini_server, tmp_path)
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"id": "first", "input": "Hi, I am Ada.", "output": "Hello."}) + "\n"
+                    + json.dumps({"id": "second", "input": "Who am I?", "output": "Ada.", "history": HISTORY}) + "\n",
+                    encoding="utf-8")
+    argv = [str(data), "--config", str(config), "--backends", "chat", "--out", str(tmp_path / "run"), "--quiet",
+            "--concurrency", "1", "--no-stream"]
+    assert bench_main(argv) == 0
+    sent = {body["contents"][-1]["parts"][0]["text"]: body["contents"] for body in bodies(gemini_server)}
+    assert sent["Hi, I am Ada."] == [{"role": "user", "parts": [{"text": "Hi, I am Ada."}]}]
+    assert sent["Who am I?"] == [*turns, {"role": "user", "parts": [{"text": "Who am I?"}]}]
+    assert "ignored unknown keys" not in capsys.readouterr().err
+    gemini_server.clear()
+    assert bench_main(argv) == 0 and not gemini_server.requests  # a rerun resumes: every row is there
+    changed = data.read_text(encoding="utf-8").replace("Hello, Ada.", "Hello, Bob.")
+    data.write_text(changed, encoding="utf-8")  # the rows stored answered another conversation: refused, not reused
+    assert bench_main(argv) == 2 and not gemini_server.requests
+    assert "holds results made with a different data" in capsys.readouterr().err
+    data.write_text(json.dumps({"input": "Hi", "output": "x"}) + "\n"
+                    + json.dumps({"input": "Who?", "output": "x", "history": [{"role": "bot", "text": "Hi"}]}) + "\n",
+                    encoding="utf-8")
+    assert bench_main([*argv[:5], "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "chat.jsonl:2: history.0.role: Input should be 'user' or 'model' (got 'bot')" in capsys.readouterr().err
+    assert not gemini_server.requests

@@ -17,19 +17,19 @@ from genroute.config_errors import error_at, pydantic_validated, validator_messa
 from genroute.errors import UsageError
 from genroute.jsonl import BLANK, blank, existing_file, iter_records, label_text, nth_record, whole_text
 from genroute.public_model import PublicModel
-from genroute.types import invalid_text
+from genroute.types import Turn, invalid_text
 
 _log = logging.getLogger(__name__)
-KNOWN_KEYS = ("input", "output", "label", "metadata", "id", "task")
-# The keys a misspelling of which scores a dataset against the wrong field (or sends the wrong task): refused. A
-# near-miss of "id" only costs the record its own id (it is then its line number), and "idx"/"uid" are common extra
-# columns: those are warned about with the rest.
-_SCORED_KEYS = ("input", "output", "label", "metadata", "task")
+KNOWN_KEYS = ("input", "output", "label", "metadata", "id", "task", "history")
+# The keys a misspelling of which scores a dataset against the wrong field (or sends the wrong task, or no earlier
+# turns): refused. A near-miss of "id" only costs the record its own id (it is then its line number), and "idx"/"uid"
+# are common extra columns: those are warned about with the rest.
+_SCORED_KEYS = ("input", "output", "label", "metadata", "task", "history")
 #: Metadata keys that hold a record's gold answer: never sent with its request (``runner.request_metadata``).
 GOLD_KEYS = frozenset({"possible_answer", "answers", "label_vote_counts", "gold", "output", "label"})
 
 class BenchRecord(PublicModel):
-    """One labeled record: ``{"input", "output", "label"?, "metadata"?}`` plus a stable id."""
+    """One labeled record: ``{"input", "output", "label"?, "metadata"?, "history"?}`` plus a stable id."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -39,6 +39,8 @@ class BenchRecord(PublicModel):
     label: str | None = None
     task: str | None = Field(default=None, description="Sent as the request's task (policies key on it).")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    history: list[Turn] | None = Field(default=None, description="The conversation's earlier turns, oldest first, "
+                                       "sent as the request's history (GenerateRequest.history).")
 
     @field_validator("input")
     @classmethod
@@ -111,7 +113,7 @@ def load_records(
     if unknown:
         first = min(unknown, key=lambda k: (unknown[k], k))
         _log.warning("%s: ignored unknown keys %s (first: %r at line %d); a record is {input, output, label?, task?, "
-                     "id?, metadata?}", path.name, sorted(unknown), first, unknown[first])
+                     "id?, metadata?, history?}", path.name, sorted(unknown), first, unknown[first])
     return sample(records, limit, seed=seed)
 
 
@@ -130,7 +132,7 @@ def _refuse_near_miss(key: str, raw: dict[str, Any], *, where: str, field: str) 
     meant = difflib.get_close_matches(key.lower(), [k for k in _SCORED_KEYS if k not in raw], n=1, cutoff=0.8)
     if meant:
         raise UsageError(f"{where}: {key}: unknown key, probably {meant[0]!r} misspelt (a record is {{input, output, "
-                         f"label?, task?, id?, metadata?}}): rename it (a dataset's own columns are "
+                         f"label?, task?, id?, metadata?, history?}}): rename it (a dataset's own columns are "
                          f"read past with a warning; this one would leave the record without its {meant[0]})",
                          field=field)
 
@@ -159,7 +161,7 @@ def _record(raw: dict[str, Any], lineno: int, task: str | None, *, where: str, f
     try:
         return pydantic_validated(BenchRecord, {
             "id": given_id(raw.get("id"), meta.get("id")) or f"line-{lineno}", "input": raw["input"],
-            "output": output, "label": label, "task": record_task, "metadata": meta})
+            "output": output, "label": label, "task": record_task, "metadata": meta, "history": raw.get("history")})
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = error_at(error)

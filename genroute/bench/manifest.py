@@ -68,8 +68,9 @@ def digest(value: Any) -> str:
 
 
 def records_digest(records: Iterable[BenchRecord]) -> str:
-    """Hash of the records' content (ids, inputs, gold answers, tasks, metadata)."""
-    return digest([r.model_dump(mode="json") for r in records])
+    """Hash of the records' content (ids, inputs, gold answers, tasks, metadata, and earlier turns where a record has
+    them: a record without, as every record was before ``history``, hashes as it did, so an earlier run resumes)."""
+    return digest([r.model_dump(mode="json", exclude=None if r.history else {"history"}) for r in records])
 
 
 def file_digest(path: str | Path) -> str:

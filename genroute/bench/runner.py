@@ -171,7 +171,7 @@ async def run_one(router: Router, target: str, record: BenchRecord, scorer: Scor
         # its metadata edited in place) is a failed row naming why, not an exception group ending the run.
         request = GenerateRequest(
             input=record.input, task=record.task, metadata=request_metadata(record),
-            backend=None if target == POLICY_TARGET else target, key=record.id,
+            backend=None if target == POLICY_TARGET else target, key=record.id, history=record.history,
         )
         # Records that declare their own tools are answered with them (else by the router as configured).
         async with answering_router(router, record, target, POLICY_TARGET) as answering:
