@@ -269,7 +269,7 @@ class Backend(KindFromConfig, ABC):
         """Check that what this backend reads besides its engine (a Chroma collection) answers now, with no model call
         (``router.health``): raise if not, else say what was checked. ``None`` (default): nothing to check. Blocking
         work that may hang belongs on ``genroute.runtime.threads.on_daemon_thread``: the process's exit joins a hung
-        ``asyncio.to_thread``."""
+        ``asyncio.to_thread``, and a call made while an earlier one hangs shares its thread there."""
         return None
 
     async def aclose(self) -> None:

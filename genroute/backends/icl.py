@@ -128,9 +128,11 @@ class IclBackend(SingleCallBackend):
     async def probe(self) -> str:
         """Count the collection: one Chroma call (the store answers and holds the collection; no embedding)."""
         name = self.config.collection
-        # on a daemon thread of its own: a hung Chroma must not hold the process at exit
-        n = await on_daemon_thread("genroute-probe", self.examples.store.count_sync, name, kind="examples",
-                                   field=f"backends.{self.name}.collection")
+        # on a daemon thread, which a hung Chroma must not hold the process's exit with; one count at a time: a check
+        # made while an earlier one's still hangs waits for that one
+        store, field = self.examples.store, f"backends.{self.name}.collection"
+        n = await on_daemon_thread((store, name, field), "genroute-probe", store.count_sync, name, kind="examples",
+                                   field=field)
         return f"collection {name!r} holds {n} examples"
 
     def stop_sequences(self) -> tuple[str, ...]:

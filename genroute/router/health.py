@@ -13,7 +13,10 @@ not answering, it does not hang the check); no probe calls a model that bills:
   local, a model instance loaded (loaded by the check if none was, and kept for the next request).
 
 Blocking probes (Chroma, the SQLite file) run on daemon threads of genroute's own (``on_daemon_thread``): one left
-hanging does not hold the process's exit, as a thread of the loop's default executor did.
+hanging does not hold the process's exit, as a thread of the loop's default executor did. One probe of a resource
+runs at a time: checks on this router's loop share its task (``_one_at_a_time``), and a check on any other loop (an
+``asyncio.run`` per request) or a direct ``backend.probe()`` waits for the thread still running instead of starting
+another.
 
 The last scheduled refresh is reported beside them (``refresh``), not in ``ready``: a refresh that failed keeps the
 policy the router had, and every replica reading the same store would fail it together.
@@ -270,9 +273,10 @@ async def _outcome_store(recorder: OutcomeRecorder, timeout_s: float) -> str:
         said = await store.state.ping() or "state store"
         if store.archive is None:
             return f"shared list: {said}"
-        archive = await on_daemon_thread("genroute-probe", _sqlite_writable, store.archive, timeout_s)
+        archive = await on_daemon_thread(store.archive.path, "genroute-probe", _sqlite_writable, store.archive,
+                                         timeout_s)
         return f"shared list: {said}; archive: {archive}"
-    return await on_daemon_thread("genroute-probe", _sqlite_writable, store, timeout_s)
+    return await on_daemon_thread(store.path, "genroute-probe", _sqlite_writable, store, timeout_s)
 
 
 def _sqlite_writable(store: OutcomeStore, timeout_s: float) -> str:

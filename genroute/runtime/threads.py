@@ -11,13 +11,18 @@ runs, and no one sees it half done.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+#: The call running for each key of ``on_daemon_thread`` (only while its thread runs).
+_running: dict[Hashable, concurrent.futures.Future[Any]] = {}
+_lock = threading.Lock()
 
 
 async def to_thread_to_end(work: Callable[..., T], /, *args: Any) -> T:
@@ -37,35 +42,55 @@ async def to_thread_to_end(work: Callable[..., T], /, *args: Any) -> T:
         raise
 
 
-async def on_daemon_thread(thread_name: str, work: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+async def on_daemon_thread(key: Hashable, thread_name: str, work: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """``work(*args, **kwargs)`` on a new daemon thread named ``thread_name`` (with the caller's context, as
     ``asyncio.to_thread``), for work its caller may leave hanging: a health probe of a dependency that accepts and
     never answers. A thread of the loop's default executor is joined at interpreter exit (and by ``asyncio.run``'s
     end), so one hung there held the process's exit as long as it hung (Chroma's HTTP timeout, 30 s); nothing joins
-    this one. A caller cancelled meanwhile leaves it to end; what it returns then is dropped."""
+    this one. A caller cancelled meanwhile leaves it to end.
+
+    One call per ``key`` (the resource the work reads: a store and its collection) at a time, across threads and
+    event loops: a call made while an earlier one's thread still runs waits for that one's answer (what it returns
+    or raises) and starts none. Each call that timed out left its thread hung, so a check every second against a
+    hung dependency piled up a thread a second until the dependency's own timeout."""
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[T] = loop.create_future()
-    context = contextvars.copy_context()
+    with _lock:
+        running = _running.get(key)
+        if running is None:
+            running = _running[key] = concurrent.futures.Future()
+            threading.Thread(target=_run, name=thread_name, daemon=True,
+                             args=(key, running, contextvars.copy_context(), work, args, kwargs)).start()
 
-    def run() -> None:
+    def hand_back(done: concurrent.futures.Future[Any]) -> None:
         try:
-            result = context.run(work, *args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - the caller's to raise: a caller left waiting never would
-            _hand_back(loop, answer, functools.partial(answer.set_exception, exc))  # ``exc`` unbound past the block
-        else:
-            _hand_back(loop, answer, functools.partial(answer.set_result, result))
+            loop.call_soon_threadsafe(_settle, answer, done)
+        except RuntimeError:  # the loop was closed meanwhile: nobody waits for the answer any more
+            pass
 
-    threading.Thread(target=run, name=thread_name, daemon=True).start()
+    running.add_done_callback(hand_back)  # the running call is never cancelled: a caller leaves only its ``answer``
     return await answer
 
 
-def _hand_back(loop: asyncio.AbstractEventLoop, answer: asyncio.Future[Any], settle: Callable[[], None]) -> None:
-    """``settle`` ``answer`` on its loop, unless its caller was cancelled meanwhile or the loop is closed."""
-    def on_loop() -> None:
-        if not answer.done():
-            settle()
-
+def _run(key: Hashable, running: concurrent.futures.Future[Any], context: contextvars.Context,
+         work: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     try:
-        loop.call_soon_threadsafe(on_loop)
-    except RuntimeError:  # the loop was closed meanwhile: nobody waits for the answer any more
-        pass
+        result = context.run(work, *args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - the callers' to raise: a caller left waiting never would
+        settle = functools.partial(running.set_exception, exc)  # ``exc`` unbound past the block
+    else:
+        settle = functools.partial(running.set_result, result)
+    with _lock:
+        del _running[key]  # a call from now on starts afresh
+    settle()
+
+
+def _settle(answer: asyncio.Future[Any], done: concurrent.futures.Future[Any]) -> None:
+    """``answer`` as ``done`` ended, unless its caller was cancelled meanwhile."""
+    if answer.done():
+        return
+    exc = done.exception()
+    if exc is None:
+        answer.set_result(done.result())
+    else:
+        answer.set_exception(exc)
