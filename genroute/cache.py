@@ -63,15 +63,21 @@ def check_owned(path: Path, *, field: str) -> Path:
     if found.st_uid not in (me, 0):
         raise ConfigError(
             f"the cache {what} {path} belongs to another user (uid {found.st_uid}; you are uid {me}), who could put a "
-            "model or adapter there that genroute would load and run: use a directory of your own (one it creates is "
-            "made 0700)", field=field)
+            f"model or adapter there that genroute would load and run: if it is yours to take (a volume mounted from "
+            f"the host into a container), chown -R {me} {path}; else use a directory of your own ({_where(field)}; "
+            "one genroute creates is made 0700)", field=field)
     if found.st_mode & 0o022:
         mode = stat.S_IMODE(found.st_mode)
         raise ConfigError(
             f"the cache {what} {path} may be written by {_writers(mode)} (mode {mode:o}), who could put a model or "
             f"adapter there that genroute would load and run: chmod go-w {path}, or use a directory only you can "
-            "write to", field=field)
+            f"write to ({_where(field)})", field=field)
     return path
+
+
+def _where(field: str) -> str:
+    """How to point ``field``, the setting that chose the cache directory, elsewhere."""
+    return f"{field} DIR" if field.startswith("--") else f"{field}=DIR"
 
 
 def _writers(mode: int) -> str:

@@ -149,3 +149,32 @@ def test_the_demo_does_not_serve_an_adapter_others_could_write(tmp_path: Path,
     err = capsys.readouterr().err
     assert err.startswith(f"genroute demo: error: --cache-dir: the cache file {adapter_path(cache)} may be written by "
                           "all users (mode 646)")
+
+
+def test_root_in_a_container_is_told_how_to_take_a_host_volume_it_was_refused(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Root in a container, its cache a volume mounted from the host (owned there by uid 1000), was refused with
+    only "use a directory of your own": nothing said that taking the volume (``chown``) or pointing the setting that
+    chose it elsewhere would do. The message now says both; the command it gives, run as given, makes the cache one
+    genroute uses."""
+    import shlex
+    import subprocess
+
+    volume = tmp_path / "volume"
+    (volume / "models").mkdir(parents=True, mode=0o755)
+    if os.geteuid() != 0:
+        pytest.fail("root's view of a volume owned by uid 1000 needs root: run the tests as root (CI does)")
+    for path in (volume, volume / "models"):
+        os.chown(path, 1000, 1000)
+    monkeypatch.setenv("GENROUTE_CACHE_DIR", str(volume))
+    with pytest.raises(ConfigError) as err:
+        cache_dir("models")
+    said = err.value.message
+    assert f"{volume} belongs to another user (uid 1000; you are uid 0)" in said
+    assert f"chown -R 0 {volume};" in said and "use a directory of your own (GENROUTE_CACHE_DIR=DIR;" in said
+    assert main(["demo", "--no-tune", "--cache-dir", str(volume)]) == 2
+    assert "use a directory of your own (--cache-dir DIR;" in capsys.readouterr().err
+    command = said.split("chown -R", 1)[1].split(";", 1)[0]
+    subprocess.run(["chown", "-R", *shlex.split(command)], check=True)
+    assert cache_dir("models") == (volume / "models").resolve()
