@@ -97,15 +97,16 @@ echo "lowest: installed in $(( $(date +%s) - start )) s"
 echo "lowest: mypy done in $(( $(date +%s) - start )) s"
 # Each dependency at its floor in use: google-genai and aiohttp on the wire, pydantic in config, chromadb embedded
 # and as a server, the ONNX embedder (onnxruntime, tokenizers, numpy), tenacity's retries, jinja2 templates,
-# jsonschema validators, redis shared state, pypdf ingestion, rich and markdown-it in the bench report, matplotlib
-# charts, the OTLP exporter, and llama-cpp-python with the bundled Gemma weights (the local-model tests in the RAG, ICL
-# and function-calling files). About 4 minutes on 2 cores.
+# jsonschema validators, redis shared state (and its URLs: a password, a unix socket, TLS, the errors of each),
+# pypdf ingestion, rich and markdown-it in the bench report, matplotlib charts, the OTLP exporter, and
+# llama-cpp-python with the bundled Gemma weights (the local-model tests in the RAG, ICL and function-calling files).
+# About 4 minutes on 2 cores.
 run_tests "$VENV" \
   tests/test_config.py tests/test_router.py tests/test_gemini_engine.py tests/test_gemini_responses.py \
   tests/test_gemini_sessions.py tests/test_sync_bridge.py tests/test_router_loops.py tests/test_embedders.py \
   tests/test_knowledge.py tests/test_ingest_files.py tests/test_rag.py tests/test_icl.py tests/test_function_calling.py \
   tests/test_tools.py tests/test_reliability_faults.py tests/test_reliability_telemetry.py tests/test_telemetry.py \
-  tests/test_state.py tests/test_bench.py tests/test_cost_embedding_tokens.py \
+  tests/test_state.py tests/test_state_urls.py tests/test_bench.py tests/test_cost_embedding_tokens.py \
   tests/test_cost_audit_modality.py
 echo "lowest: tests done in $(( $(date +%s) - start )) s"
 

@@ -52,8 +52,11 @@ def failure(exc: BaseException) -> str:
     detail = without_credentials(str(exc).split("\n", 1)[0][:200])
     if isinstance(exc, redis.exceptions.ResponseError):
         return f"answered with an error ({type(exc).__name__}: {detail})"
-    if isinstance(exc, redis.exceptions.AuthenticationError):  # a wrong or missing password: not a network fault
-        return f"refused this router's credentials ({type(exc).__name__}: {detail})"
+    refused: BaseException | None = exc
+    while refused is not None and not isinstance(refused, redis.exceptions.AuthenticationError):
+        refused = refused.__cause__  # redis-py 5 raises it as a ConnectionError's cause on a unix socket
+    if refused is not None:  # a wrong or missing password: not a network fault
+        return f"refused this router's credentials ({type(refused).__name__}: {detail})"
     # Why (refused, timed out, a certificate not trusted...): never the password (redis-py's messages name the host).
     return f"is unreachable ({type(exc).__name__}: {detail})" if detail else "is unreachable"
 
