@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from genroute import Router
 from genroute.errors import ConfigError
 from genroute.knowledge.chunking import stored_chunk_id
 from genroute.knowledge.examples import example_id
@@ -16,7 +17,7 @@ from genroute.testing import GeminiTestServer
 from genroute.testing.replies import field_of
 
 from .chroma_fixtures import Knowledge, chroma_server, knowledge  # noqa: F401 - fixtures
-from .conftest import Otel
+from .conftest import Otel, gemini_config
 from .test_icl import EXAMPLES, loaded
 from .test_icl import router as icl_router
 from .test_rag import DOCS, ingest_docs
@@ -127,3 +128,54 @@ async def test_icl_without_a_query_records_its_error_when_the_examples_cannot_be
     (span,) = otel.spans("genroute.icl.examples")
     assert span.attributes["error.type"] == "ConfigError" and "genroute.icl.example_ids" not in span.attributes
     assert gemini_server.requests == []
+
+
+#: An id of 10 MB, as a collection written by other means than genroute's may hold (Chroma takes it).
+_HUGE = "crm-export/" + "x" * 10_000_000
+_UUID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+
+
+def _recorded(ids: Any) -> list[str]:
+    return [i if len(i) <= 64 else f"{i[:64]}…[genroute: {len(i) - 64} more chars cut]" for i in ids]
+
+
+async def test_ids_a_foreign_collection_gave_are_recorded_cut_and_marked_as_cut(
+        gemini_server: GeminiTestServer, otel: Otel, tmp_path: Path) -> None:
+    """A collection written by other means holds the ids its writer gave, recorded as given: a 10 MB id went whole
+    on the retrieval span (its chunk ids, and with content capture its documents) and on the ICL spans, and out to
+    the exporter with every request it served. Each id is now cut to 64 characters (genroute's own are 32; a UUID
+    stays whole) with the marker a cut captured text ends with; the result's citations keep the id whole."""
+    knowledge = Knowledge("embedded", {"path": str(tmp_path / "chroma")})
+    store = knowledge.store()
+    docs, rag, icl = [text for text, _ in EXAMPLES[:2]], knowledge.name("foreign-rag"), knowledge.name("foreign-icl")
+    vectors = store.embedder.embed(docs)
+    store.client().create_collection(rag, embedding_function=None).add(
+        ids=[_HUGE, _UUID], embeddings=vectors, documents=docs, metadatas=[{"source": "crm"}, {"source": "wiki"}])
+    store.client().create_collection(icl, embedding_function=None).add(
+        ids=[_HUGE, _UUID], embeddings=vectors, documents=docs,
+        metadatas=[{"output": "card_arrival", "label": "card_arrival"}] * 2)
+    config = gemini_config(gemini_server)
+    config["knowledge"] = knowledge.config
+    config["backends"] = {"rag": {"kind": "rag", "engine": "gemini", "model": "gemini-2.5-flash", "collection": rag,
+                                  "k": 2, "max_distance": None},
+                          "knn": {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash", "collection": icl,
+                                  "k": 2},
+                          "fixed": {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash",
+                                    "collection": icl, "k": 2, "selector": "fixed"}}
+    config["policy"] = {"kind": "static", "backend": "rag"}
+    async with Router.from_config(config, capture_content=True, **otel.providers) as r:
+        result = await r.agenerate("my card never arrived")
+        for backend in ("knn", "fixed"):
+            await r.agenerate("my card never arrived", backend=backend)
+    assert {c.chunk_id for c in result.citations} == {_HUGE, _UUID}  # the caller's: whole, to read them back
+    rag_span, knn_span = otel.spans("retrieval")
+    (fixed_span,) = otel.spans("genroute.icl.examples")
+    chunk_ids = list(rag_span.attributes["genroute.rag.chunk_ids"])
+    assert chunk_ids == _recorded(c.chunk_id for c in result.citations)
+    assert _UUID in chunk_ids and f"{_HUGE[:64]}…[genroute: {len(_HUGE) - 64} more chars cut]" in chunk_ids
+    for span, name in ((knn_span, "genroute.icl.example_ids"), (fixed_span, "genroute.icl.example_ids")):
+        ids = list(span.attributes[name])
+        assert sorted(ids) == sorted(_recorded([_HUGE, _UUID])), ids
+    documents = rag_span.attributes["gen_ai.retrieval.documents"]
+    assert _UUID in documents and "more chars cut" in documents and len(documents) < 500
+    assert max(len(_texts(s)) for s in otel.spans()) < 20_000  # nowhere whole

@@ -201,22 +201,22 @@ class IclBackend(SingleCallBackend):
         ``genroute.icl.examples`` span."""
         cfg = self.config
         if cfg.selector in ("fixed", "random"):  # the pool as read (Chroma only when it was read again): no query
-            from genroute.knowledge.telemetry import examples_span
+            from genroute.knowledge.telemetry import examples_span, recorded_ids
 
             with examples_span(ctx.tracer, cfg.collection, cfg.selector) as span:
                 shown = self.fit(await self.select(request))
-                span.set_attribute("genroute.icl.example_ids", [ex.id for ex, _ in shown])
+                span.set_attribute("genroute.icl.example_ids", recorded_ids(ex.id for ex, _ in shown))
             return shown
-        from genroute.knowledge.telemetry import record_hits, retrieval_span
+        from genroute.knowledge.telemetry import record_hits, recorded_ids, retrieval_span
 
         with retrieval_span(ctx.tracer, self.examples.store, cfg.collection, cfg.k) as span, ctx.charged():
             chosen = await self.select(request, ctx)
             record_hits(span, [as_hit(e) for e in chosen], capture=ctx.capture_content,
                         max_chars=ctx.telemetry.capture_max_chars)
             shown = self.fit(chosen)
-            # Ids (content hashes), not texts: those stay behind content capture (record_hits).
+            # Ids (content hashes; a foreign collection's, cut), not texts: those stay behind content capture.
             span.set_attributes({"genroute.icl.selector": cfg.selector,
-                                 "genroute.icl.example_ids": [ex.id for ex, _ in shown]})
+                                 "genroute.icl.example_ids": recorded_ids(ex.id for ex, _ in shown)})
         return shown
 
     def fit(self, chosen: list[ExampleRecord]) -> list[tuple[ExampleRecord, str]]:

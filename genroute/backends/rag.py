@@ -116,7 +116,7 @@ class RagBackend(SingleCallBackend):
                        ) -> tuple[list[Hit], list[dict[str, Any]], list[Citation]]:
         """Top-k chunks for the request, those over the distance threshold dropped, and those packed into the
         prompt (``pack``), with their citations; the packed chunks' ids are on the retrieval span."""
-        from genroute.knowledge.telemetry import record_hits, retrieval_span
+        from genroute.knowledge.telemetry import record_hits, recorded_ids, retrieval_span
 
         cfg = self.config
         field = f"backends.{self.name}.collection"
@@ -131,9 +131,9 @@ class RagBackend(SingleCallBackend):
                         max_chars=ctx.telemetry.capture_max_chars)
             kept = [h for h in hits if cfg.max_distance is None or h.distance <= cfg.max_distance]
             docs, citations = pack(kept, cfg.context_tokens)
-            # Ids (content hashes), not texts: those stay behind content capture (record_hits).
+            # Ids (content hashes; a foreign collection's, cut), not texts: those stay behind content capture.
             span.set_attributes({"genroute.retrieval.kept": len(kept),
-                                 "genroute.rag.chunk_ids": [c.chunk_id for c in citations]})
+                                 "genroute.rag.chunk_ids": recorded_ids(c.chunk_id for c in citations)})
         return kept, docs, citations
 
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +14,18 @@ if TYPE_CHECKING:
     from opentelemetry import trace
 
     from genroute.knowledge.store import Hit, KnowledgeStore
+
+#: The most characters of one chunk or example id kept on a span. genroute's own ids are 32 hex digits
+#: (``stored_chunk_id``, ``example_id``), and the usual ids other writers give (a UUID, a whole SHA-256) fit too; a
+#: collection written by other means may hold an id of any length (Chroma takes a 10 MB one), which went on every span
+#: of a request it served, whole.
+ID_MAX_CHARS = 64
+
+
+def recorded_ids(ids: Iterable[str]) -> list[str]:
+    """``ids`` as spans record them: each cut to ``ID_MAX_CHARS``, then the marker a cut captured text ends with
+    (``clip_captured``). A cut one no longer reads its record back: the result's ``citations`` keep it whole."""
+    return [i if len(i) <= ID_MAX_CHARS else clip_captured(i, ID_MAX_CHARS) for i in ids]
 
 
 @contextmanager
@@ -66,7 +78,8 @@ def record_hits(span: trace.Span, hits: Sequence[Hit], *, capture: bool, query: 
     if hits:
         span.set_attribute("genroute.retrieval.top_score", max(h.score for h in hits))
     if capture:
+        ids = recorded_ids(h.id for h in hits)
         span.set_attribute("gen_ai.retrieval.documents", clip_captured(
-            json.dumps([{"id": h.id, "score": round(h.score, 6)} for h in hits]), max_chars))
+            json.dumps([{"id": i, "score": round(h.score, 6)} for i, h in zip(ids, hits)]), max_chars))
         if query is not None:
             span.set_attribute("gen_ai.retrieval.query.text", clip_captured(query, max_chars))
