@@ -180,3 +180,64 @@ def test_a_journal_that_cannot_be_one_is_a_config_error_naming_it_at_build(gemin
         os.chown(theirs, 65534, 65534)
         assert "belongs to another user" in str(build(str(theirs)))
 
+
+
+class _Busy:
+    """Another process's write transaction on the journal (a neighbour taking over a large one, or stopped mid-write),
+    let go when the test says, or after ``WATCHDOG_S`` at the latest (then ``gave_up`` is set)."""
+
+    WATCHDOG_S = 20.0
+
+    def __init__(self, journal: Path) -> None:
+        import threading
+
+        self._db = sqlite3.connect(journal, isolation_level=None, check_same_thread=False)
+        self._db.execute("BEGIN IMMEDIATE")
+        self.gave_up = threading.Event()
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(self.WATCHDOG_S, self._end, kwargs={"watchdog": True})
+        self._timer.start()
+
+    def _end(self, *, watchdog: bool = False) -> None:
+        with self._lock:
+            if self._db is None:
+                return
+            if watchdog:
+                self.gave_up.set()
+            self._db.execute("ROLLBACK")
+            self._db.close()
+            self._db = None
+
+    def end(self) -> None:
+        self._timer.cancel()
+        self._end()
+
+
+async def test_a_busy_journal_does_not_hold_up_a_request_and_what_redis_applied_is_deleted_with_the_next_write(
+        tmp_path: Path, redis_server: RedisServer) -> None:  # noqa: F811
+    # A write runs on the event loop of the request that settles: one that finds the file busy (another process's
+    # transaction) is kept in memory only and counted, not waited for (it waited up to 30 s: every request of the
+    # replica stalled meanwhile). A deletion the busy file refused is made with the next write: left in the file, the
+    # write would be sent again by the router that takes it over (twice, after the markers' hour).
+    journal, down = tmp_path / "journal.db", _down_url()
+    first = _store(down, journal)
+    await first.settle("acct", None, 3, keep_s=600)
+    busy = _Busy(journal)
+    try:
+        await first.settle("acct", None, 4, keep_s=600)
+        assert not busy.gave_up.is_set()  # it returned while the file was still busy
+    finally:
+        busy.end()
+    assert first._unsent.journal is not None and first._unsent.journal.failures == 1
+    assert first._unsent.waiting() == 2 and _rows(journal) == 1  # the 4: in this process's memory only
+    await first.aclose()  # Redis still down: the 3 is left in the file for the next router
+
+    second = _store(redis_server.url, journal)  # takes the 3 over
+    busy = _Busy(journal)
+    try:
+        assert await second.usage("acct") == (3, 0)  # sent; its deletion refused by the busy file
+        assert not busy.gave_up.is_set() and _rows(journal) == 1
+    finally:
+        busy.end()
+    await second.aclose()
+    assert _rows(journal) == 0  # deleted with the next write (the close's)

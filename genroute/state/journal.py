@@ -12,9 +12,10 @@ that a closed store let go): two processes never both replay one row.
 
 The file is WAL with ``synchronous=NORMAL``: a committed row survives the process being killed (what the journal is
 for), not the machine losing power (the last rows before it may be lost; the file stays whole). A row costs one
-small transaction, no fsync (``benchmarks/RESULTS.md``). It is made readable and writable by its owner only (it
-holds the accounts' names and the outcome records): an existing file that another user owns or may write, or a
-directory, is a ``ConfigError`` naming ``state.journal`` when the router is built.
+small transaction, no fsync (``benchmarks/RESULTS.md``), on the event loop of the request that settles: a write
+waits at most ``BUSY_S`` for another process's transaction on the file, then is kept in memory only. It is made
+readable and writable by its owner only (it holds the accounts' names and the outcome records): an existing file that
+another user owns or may write, or a directory, is a ``ConfigError`` naming ``state.journal`` when the router is built.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ FIELD = "state.journal"
 LOG_INTERVAL_S = 60.0
 #: Ids a statement deletes at most (SQLite's oldest limit is 999 variables).
 _CHUNK = 500
+#: How long a write waits for another process's transaction on the file. Writes run on the event loop of the request
+#: that settles: one that finds the file busy longer is kept in memory only (counted, logged), not waited for.
+BUSY_S = 0.1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS unsent (
@@ -74,6 +78,8 @@ class Journal:
         self._pid = -1
         self._db: sqlite3.Connection | None = None
         self._held: int | None = None  # the fd of this owner's lock file, once it owns rows
+        #: Ids of rows Redis applied whose deletion the file refused (busy, disk full): deleted with the next write.
+        self._applied: list[str] = []
         self.owner = ""
         try:
             _check_file(self.path)
@@ -93,7 +99,7 @@ class Journal:
                 os.close(self._held)  # this copy only: the lock stays the parent's while it lives, not while we do
             self._db, self._held = None, None
             self.owner = f"{os.getpid()}.{os.urandom(6).hex()}"
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(self.path, timeout=BUSY_S, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -145,16 +151,13 @@ class Journal:
         self._write(insert, own=True)
 
     def remove(self, ids: Iterable[str]) -> None:
-        """Delete the rows of writes Redis applied (or that were dropped)."""
-        ids = list(ids)
-
-        def delete(db: sqlite3.Connection) -> None:
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start:start + _CHUNK]
-                db.execute(f"DELETE FROM unsent WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-
-        if ids:
-            self._write(delete)
+        """Delete the rows of writes Redis applied (or that were dropped); those the file refuses now are deleted with
+        the next write (left in it, they would be sent again by the router that takes them over: twice, after the
+        markers' hour)."""
+        with self._lock:
+            self._applied.extend(ids)
+        if self._applied:
+            self._write(lambda db: None)
 
     def adopt(self) -> list[Row]:
         """Take over the rows of owners that are gone (killed, or closed with rows left), oldest first."""
@@ -211,6 +214,8 @@ class Journal:
 
     def close(self) -> None:
         """Let go of this process's rows (another router may take them over) and of the file."""
+        if self._applied and self._pid == os.getpid():
+            self._write(lambda db: None)  # once more: what Redis applied is not another router's to send
         with self._lock:
             if self._held is not None and self._pid == os.getpid():
                 (self.owners / self.owner).unlink(missing_ok=True)
@@ -226,15 +231,24 @@ class Journal:
                 db = self._connect()
                 if own:
                     self._own()
+                if self._applied:
+                    _delete(db, self._applied)
+                    self._applied = []
                 work(db)
                 return True
             except (OSError, sqlite3.Error) as exc:
                 self.failures += 1
                 if self._fail_log.due():
                     _log.warning("the journal %s refused a write (%s: %s): the unsent state writes are kept in this "
-                                 "process's memory only (%d refused so far)", self.path, type(exc).__name__, exc,
-                                 self.failures)
+                                 "process's memory only, the deletion of those Redis applied is tried again with the "
+                                 "next write (%d refused so far)", self.path, type(exc).__name__, exc, self.failures)
                 return False
+
+
+def _delete(db: sqlite3.Connection, ids: list[str]) -> None:
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        db.execute(f"DELETE FROM unsent WHERE id IN ({','.join('?' * len(chunk))})", chunk)
 
 
 def _encode(op: Settle | Push) -> tuple[str, bytes | None]:
