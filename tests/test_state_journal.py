@@ -241,3 +241,25 @@ async def test_a_busy_journal_does_not_hold_up_a_request_and_what_redis_applied_
         busy.end()
     await second.aclose()
     assert _rows(journal) == 0  # deleted with the next write (the close's)
+
+
+async def test_a_large_journal_is_taken_over_a_part_at_a_time(
+        tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    # Killed processes may leave a journal large (each up to MAX_UNSETTLED settles, and as many appends a list). A
+    # router taking it over read it into memory whole, at build and on the request path, past its queue's bounds (its
+    # own settles beyond MAX_UNSETTLED then went unsent). It takes a part at a time now, the next once those are sent.
+    from genroute.state import unsent
+
+    monkeypatch.setattr(unsent, "ADOPT_MAX", 4, raising=False)  # 10,000 as shipped
+    journal, down = tmp_path / "journal.db", _down_url()
+    first = _store(down, journal)
+    for _ in range(10):
+        await first.settle("acct", None, 1, keep_s=600)
+    await first.aclose()  # Redis down: its 10 are left in the file
+    second = _store(down, journal)
+    assert second._unsent.waiting() == 4 and _rows(journal) == 10  # the oldest 4 taken over, the rest still there
+    await second.aclose()
+    third = _store(redis_server.url, journal)
+    assert await third.usage("acct") == (10, 0)  # all sent, a part at a time
+    assert _rows(journal) == 0
+    await third.aclose()

@@ -159,8 +159,9 @@ class Journal:
         if self._applied:
             self._write(lambda db: None)
 
-    def adopt(self) -> list[Row]:
-        """Take over the rows of owners that are gone (killed, or closed with rows left), oldest first."""
+    def adopt(self, limit: int) -> list[Row]:
+        """Take over at most ``limit`` rows of owners that are gone (killed, or closed with rows left), oldest first
+        (the rest stay theirs, for the next call: a large journal is not read into memory at once)."""
         found: list[Row] = []
         locks: list[tuple[str, int]] = []
 
@@ -180,17 +181,22 @@ class Journal:
                 if gone:
                     self._own()
                 for owner in gone:
+                    if len(found) >= limit:
+                        break
                     match = "owner IS NULL" if owner is None else "owner = ?"
                     args = (self.prefix,) if owner is None else (self.prefix, owner)
-                    found.extend((_decode(op, value), entry_id, made) for entry_id, made, op, value in db.execute(
-                        f"SELECT id, made, op, value FROM unsent WHERE prefix = ? AND {match} ORDER BY seq", args))
-                    db.execute(f"UPDATE unsent SET owner = ? WHERE prefix = ? AND {match}", (self.owner, *args))
+                    rows = db.execute(f"SELECT seq, id, made, op, value FROM unsent WHERE prefix = ? AND {match} "
+                                      "ORDER BY seq LIMIT ?", (*args, limit - len(found))).fetchall()
+                    found.extend((_decode(op, value), entry_id, made) for _, entry_id, made, op, value in rows)
+                    if rows:
+                        db.execute(f"UPDATE unsent SET owner = ? WHERE prefix = ? AND {match} AND seq <= ?",
+                                   (self.owner, *args, rows[-1][0]))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             finally:
-                for owner, fd in locks:  # the gone owner's lock file: its rows are this owner's now
+                for owner, fd in locks:  # the gone owner's lock file (rows of it left over stay anyone's to take)
                     if fd >= 0:
                         (self.owners / owner).unlink(missing_ok=True)
                         os.close(fd)

@@ -11,7 +11,8 @@ stay in the list anyway). Beyond that the oldest waiting append is dropped; so i
 ``max_age_s`` when its turn comes. Dropped appends are counted per list and logged (at most once a minute).
 With a journal (``state.journal``, ``genroute.state.journal``) each kept write is also recorded in a local file
 before it is kept here, and deleted from it once the shared store took it (or it was dropped): what a process
-killed meanwhile owed is replayed by the next one that opens the file, which ``adopt`` puts in front of its queue.
+killed meanwhile owed is replayed by the next one that opens the file, which ``adopt`` puts in front of its queue
+(``ADOPT_MAX`` waiting at most: the rest once those are sent).
 Thread-safe: a store used from several event loops (each with its own connections) shares one queue; every
 method takes its lock (never across an await), also those that only look (a list's queue may be created by another
 thread meanwhile).
@@ -39,6 +40,9 @@ _log = logging.getLogger("genroute.state.redis_store")
 MAX_UNSETTLED = 100_000
 #: Appends kept for replay per list, at most (the list's ``max_items`` bounds it further).
 MAX_UNPUSHED = 100_000
+#: Writes taken over from a journal are read into memory only while fewer than this many are waiting (the rest when
+#: those are sent): a journal that killed processes left large is not loaded whole, nor does it fill the queue.
+ADOPT_MAX = 10_000
 #: At most one "dropped" warning per this many seconds.
 LOG_INTERVAL_S = 60.0
 
@@ -91,7 +95,10 @@ class UnsentWrites:
             self._drop(op.key, over, f"more than {bound} waiting")
 
     def take(self, size: int) -> list[Entry]:
-        """The next batch to send (settles first, then one list's appends, oldest first), taken off the queue."""
+        """The next batch to send (settles first, then one list's appends, oldest first), taken off the queue; once
+        it is empty, the next part of what the journal holds of processes that are gone."""
+        if self.journal is not None and not self:
+            self.adopt()
         now = self.clock()
         batch: list[Entry] = []
         aged: Counter[str] = Counter()
@@ -134,18 +141,23 @@ class UnsentWrites:
         for key, n in sent.items():
             self._report(key, "replayed", n)
 
-    def adopt(self) -> None:
-        """Put in front of the queue, oldest first, the writes the journal holds of processes that are gone."""
+    def adopt(self) -> int:
+        """Put in front of the queue, oldest first, writes the journal holds of processes that are gone (up to
+        ``ADOPT_MAX`` waiting); how many."""
         if self.journal is None:
-            return
+            return 0
         with self._lock:
-            found = self.journal.adopt()
+            room = ADOPT_MAX - len(self.settles) - sum(len(q) for q in self.pushes.values())
+            if room <= 0:
+                return 0
+            found = self.journal.adopt(room)
             now, wall = self.clock(), time.time()
             for op, entry_id, made in reversed(found):
                 if isinstance(op, Settle):
                     self.settles.appendleft((op, entry_id))
                 else:  # its age on this process's clock
                     self.pushes.setdefault(op.key, deque()).appendleft((op, entry_id, now - (wall - made)))
+        return len(found)
 
     def counts(self, key: str) -> ListReplay:
         """The replay counts of list ``key``."""
