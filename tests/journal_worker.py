@@ -6,11 +6,16 @@
     python -m tests.journal_worker adopt URL PREFIX JOURNAL
         -> "ready"; on a line in: builds a store on JOURNAL and prints how many writes it took over (Redis down at
            URL: nothing is sent), then waits to be killed
+    python -m tests.journal_worker preload URL PREFIX JOURNAL
+        -> a gunicorn --preload master: builds a store on JOURNAL (Redis up at URL), prints "ready N" (N: the writes it
+           took over); on each line in, forks a worker whose first call (a usage read) sends what it inherited, waits
+           for it, prints "served"; on "close", closes its store (sending what it still holds), prints "closed"
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from genroute.state import RedisStateConfig
@@ -38,5 +43,24 @@ async def main(argv: list[str]) -> None:
     await asyncio.sleep(3600)
 
 
+def preload(url: str, prefix: str, journal: str) -> None:
+    master = store(url, prefix, journal)
+    print(f"ready {master._unsent.waiting()}", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "close":
+            break
+        pid = os.fork()
+        if pid == 0:
+            asyncio.run(master.usage("acct"))
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("served", flush=True)
+    asyncio.run(master.aclose())
+    print("closed", flush=True)
+
+
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    if sys.argv[1] == "preload":
+        preload(*sys.argv[2:5])
+    else:
+        asyncio.run(main(sys.argv[1:]))

@@ -263,3 +263,46 @@ async def test_a_large_journal_is_taken_over_a_part_at_a_time(
     assert await third.usage("acct") == (10, 0)  # all sent, a part at a time
     assert _rows(journal) == 0
     await third.aclose()
+
+
+def test_workers_forked_from_a_preloading_master_send_what_it_took_over_once(
+        tmp_path: Path, redis_server: RedisServer) -> None:  # noqa: F811
+    # gunicorn --preload: the master builds the router, taking over what a killed replica left in the journal, then
+    # forks the workers, and forks one again each time one is recycled (max_requests), hours or days later. Each worker
+    # inherited the master's queue and sent it on its first call, and the master sent it once more when it closed:
+    # counted again each time Redis's settle markers (an hour) had expired. A write is now sent only by the process
+    # that owns its row: the first worker takes the master's over; later ones, and the master, leave them.
+    import asyncio
+
+    import redis
+
+    journal, down = tmp_path / "journal.db", _down_url()
+
+    async def owe() -> None:
+        killed = _store(down, journal)
+        await killed.settle("acct", None, 7, keep_s=600)
+        await killed.aclose()  # Redis down: left in the file
+
+    async def usage() -> tuple[int, int]:
+        reader = RedisStateStore(RedisStateConfig(kind="redis", url=redis_server.url, prefix="j:"))
+        try:
+            return await reader.usage("acct")
+        finally:
+            await reader.aclose()
+
+    asyncio.run(owe())
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        with _running([_worker("tests.journal_worker", "preload", redis_server.url, "j:", str(journal))]) as (master,):
+            assert _line(master) == "ready 1"
+            for _ in range(2):  # a worker, then its replacement after the markers' hour
+                _say(master)
+                assert _line(master) == "served"
+                assert asyncio.run(usage()) == (7, 0)
+                for marker in client.keys("j:sb:*"):  # the settle markers' hour passes
+                    client.delete(marker)
+            _say(master, "close")
+            assert _line(master) == "closed"
+        assert asyncio.run(usage()) == (7, 0) and _rows(journal) == 0
+    finally:
+        client.close()

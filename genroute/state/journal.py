@@ -8,7 +8,10 @@ apply once). Rows carry their **owner**, the process that keeps them in its queu
 ``flock`` on a file of its own (``<journal>.owners/<owner>``) for as long as it lives, which the system lets go
 when the process dies, however it dies. A router that opens the journal (at build, and again when it replays after
 an outage) takes over, in one transaction, the rows under its ``prefix`` whose owner no longer holds its lock (or
-that a closed store let go): two processes never both replay one row.
+that a closed store let go): two processes never both replay one row. A write is sent only by the owner of its row,
+checked as each replay batch is taken (``mine``): a process forked after build (gunicorn ``--preload``) has a copy of
+its parent's queue, and the first child to send a row of its parent's takes it over; its siblings and the parent
+leave it.
 
 The file is WAL with ``synchronous=NORMAL``: a committed row survives the process being killed (what the journal is
 for), not the machine losing power (the last rows before it may be lost; the file stays whole). A row costs one
@@ -80,6 +83,10 @@ class Journal:
         self._held: int | None = None  # the fd of this owner's lock file, once it owns rows
         #: Ids of rows Redis applied whose deletion the file refused (busy, disk full): deleted with the next write.
         self._applied: list[str] = []
+        #: Ids of writes the file refused to record (kept in memory only): this process's to send, though no row says so.
+        self._unrecorded: set[str] = set()
+        #: The owners this process was forked from (its queue is a copy of theirs): rows of theirs it claims as it sends.
+        self._parents: list[str] = []
         self.owner = ""
         try:
             _check_file(self.path)
@@ -98,6 +105,8 @@ class Journal:
             if self._held is not None:
                 os.close(self._held)  # this copy only: the lock stays the parent's while it lives, not while we do
             self._db, self._held = None, None
+            if self.owner:
+                self._parents.append(self.owner)
             self.owner = f"{os.getpid()}.{os.urandom(6).hex()}"
         db = sqlite3.connect(self.path, timeout=BUSY_S, isolation_level=None, check_same_thread=False)
         try:
@@ -148,7 +157,9 @@ class Journal:
                            "VALUES (?, ?, ?, ?, ?, ?)",
                            [(entry_id, self.prefix, self.owner, made, *_encode(op)) for op, entry_id, made in rows])
 
-        self._write(insert, own=True)
+        if not self._write(insert, own=True):
+            with self._lock:
+                self._unrecorded.update(entry_id for _, entry_id, _ in rows)
 
     def remove(self, ids: Iterable[str]) -> None:
         """Delete the rows of writes Redis applied (or that were dropped); those the file refuses now are deleted with
@@ -156,6 +167,8 @@ class Journal:
         markers' hour)."""
         with self._lock:
             self._applied.extend(ids)
+            if self._unrecorded:
+                self._unrecorded.difference_update(self._applied)
         if self._applied:
             self._write(lambda db: None)
 
@@ -217,6 +230,33 @@ class Journal:
                          "same, so the shared spend is not short; one that reached Redis before the outage cut its "
                          "reply counts twice", len(old))
         return found
+
+    def mine(self, ids: Sequence[str]) -> set[str] | None:
+        """Which of ``ids`` (waiting in this process's queue) this process is to send: those whose row it owns, or that
+        the file refused to record. Another's (a process forked from the same parent that claimed them first) or gone
+        (sent and deleted by one) are not; a forked process first claims its parents' (``None``: the file cannot say)."""
+        found: set[str] = set()
+
+        def check(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(ids), _CHUNK):
+                    chunk = list(ids[start:start + _CHUNK])
+                    among = ",".join("?" * len(chunk))
+                    if self._parents:
+                        db.execute(f"UPDATE unsent SET owner = ? WHERE id IN ({among}) AND owner IN "
+                                   f"({','.join('?' * len(self._parents))})", (self.owner, *chunk, *self._parents))
+                    found.update(row[0] for row in db.execute(
+                        f"SELECT id FROM unsent WHERE owner = ? AND id IN ({among})", (self.owner, *chunk)))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        if not self._write(check, own=True):
+            return None
+        with self._lock:
+            return found | self._unrecorded.intersection(ids)
 
     def close(self) -> None:
         """Let go of this process's rows (another router may take them over) and of the file."""

@@ -97,8 +97,20 @@ class UnsentWrites:
     def take(self, size: int) -> list[Entry]:
         """The next batch to send (settles first, then one list's appends, oldest first), taken off the queue; once
         it is empty, the next part of what the journal holds of processes that are gone."""
-        if self.journal is not None and not self:
-            self.adopt()
+        if self.journal is None:
+            return self._take(size)
+        while True:
+            if not self:
+                self.adopt()
+            batch = self._take(size)
+            mine = self.journal.mine([entry[1] for entry in batch]) if batch else None
+            if mine is None:  # nothing left, or the file cannot say (sent: Redis's markers)
+                return batch
+            batch = [entry for entry in batch if entry[1] in mine]  # the rest is another process's (or sent)
+            if batch:
+                return batch
+
+    def _take(self, size: int) -> list[Entry]:
         now = self.clock()
         batch: list[Entry] = []
         aged: Counter[str] = Counter()
