@@ -173,6 +173,11 @@ def test_a_journal_that_cannot_be_one_is_a_config_error_naming_it_at_build(gemin
     assert "may be written by its group or other users" in str(build(str(shared)))
     (tmp_path / "link.db").symlink_to(tmp_path / "elsewhere.db")
     assert "not a regular file" in str(build(str(tmp_path / "link.db")))
+    open_dir = tmp_path / "tmp"  # as /tmp: anyone may add a file to it (a journal.db-wal SQLite would read)
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o1777)
+    assert "directory" in str(refused := build(str(open_dir / "journal.db"))) and "may be written by" in str(refused)
+    assert not (open_dir / "journal.db").exists()  # refused before anything is made there
     build(str(tmp_path / "j.db"), kind="memory")  # only a shared store owes anything
     if os.geteuid() == 0:
         theirs = tmp_path / "theirs.db"

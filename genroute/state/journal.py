@@ -310,19 +310,39 @@ def _decode(op: str, value: bytes | None) -> Settle | Push:
     return Push(args[0], bytes(value or b""), *args[1:])
 
 
+def _check_directory(directory: Path) -> None:
+    """Refuse a directory that another user owns or may write (``/tmp``, sticky or not): SQLite makes the journal's
+    ``-wal`` and ``-shm`` files beside it and reads a ``-wal`` it finds there, and the owners' locks are there too, so
+    whoever may add files to it could add rows this router replays to the shared budget, or free a live owner's rows."""
+    found = directory.stat()
+    me = os.geteuid()
+    if found.st_uid not in (me, 0):
+        raise ConfigError(f"the journal's directory {directory} belongs to another user (uid {found.st_uid}; you are "
+                          f"uid {me}), who could put a -wal file beside the journal that this router would replay to "
+                          "the shared budget: name a file in a directory of your own (one genroute makes is 0700)",
+                          field=FIELD)
+    if stat.S_ISDIR(found.st_mode) and found.st_mode & 0o022:
+        raise ConfigError(f"the journal's directory {directory} may be written by its group or other users (mode "
+                          f"{stat.S_IMODE(found.st_mode):o}), who could put a -wal file beside the journal that this "
+                          "router would replay to the shared budget: name a file in a directory only you can write "
+                          "(one genroute makes is 0700)", field=FIELD)
+
+
 def _check_file(path: Path) -> None:
-    """Refuse what cannot be the journal (a directory, a link, a file another user owns or may write); make the file
-    (and the directories up to it that are missing, 0700) readable and writable by its owner only when missing."""
+    """Refuse what cannot be the journal (a directory, a link, a file another user owns or may write, or one in a
+    directory they may write); make the file (and the directories up to it that are missing, 0700) readable and
+    writable by its owner only when missing."""
     try:
         import fcntl  # noqa: F401 - the owners' locks
     except ImportError:  # pragma: no cover - Windows
         raise ConfigError("needs POSIX file locks (fcntl), which this system lacks", field=FIELD) from None
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+    _check_directory(path.parent)
     try:
         found = path.lstat()
     except FileNotFoundError:
-        missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-        for directory in reversed(missing):
-            directory.mkdir(mode=0o700, exist_ok=True)
         try:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o600))
         except FileExistsError:  # another process made it first: checked below
