@@ -133,23 +133,8 @@ def test_a_no_compile_run_leaves_an_earlier_runs_stats_and_policies_and_names_th
     while it removed them, which broke a router serving that cost_aware.json (it names stats.json by path: "policy.
     stats_path ... does not exist" at its next start). They stay as they were, and the run names them as an earlier
     run's in its summary and report."""
-    import yaml
-
-    from genroute.bench.cli import bench_main
-
-    data, config = _two_backends(gemini_server, tmp_path)
-    out = tmp_path / "run"
-    with Router.from_config(config) as router:
-        assert bench(router, data, backends=["lite", "full"], out_dir=out, progress=False).compiled is not None
-    compiled = {p.name: p.read_bytes() for p in out.iterdir()
-                if p.name in {"stats.json", "cost_aware.json", "learned.json", "learned.npz"}}
-    assert {"stats.json", "cost_aware.json"} <= set(compiled)
-    cfg = tmp_path / "genroute.yaml"
-    cfg.write_text(yaml.safe_dump(config), encoding="utf-8")
-    capsys.readouterr()
-    assert bench_main([str(data), "--config", str(cfg), "--backends", "full", "--out", str(out), "--quiet",
-                       "--no-compile"]) == 0
-    printed = capsys.readouterr().out
+    out, config, compiled, printed = _rerun_after_a_compile(gemini_server, tmp_path, capsys,
+                                                            ["--backends", "full", "--no-compile"])
     assert {name: (out / name).read_bytes() for name in compiled} == compiled  # untouched
     assert "Not compiled (--no-compile): " in printed and "stats.json" in printed and "earlier run's" in printed
     report = (out / "report.md").read_text(encoding="utf-8")
@@ -166,6 +151,21 @@ def test_a_run_too_small_to_compile_leaves_an_earlier_runs_policies_and_names_th
     cost_aware.json (which names stats.json by path) routed on another run's figures, or on a stats.json without its
     backends, at its next start: --no-compile had stopped doing so. It keeps them as --no-compile does, and names
     them as an earlier run's in its summary and report."""
+    out, config, compiled, printed = _rerun_after_a_compile(gemini_server, tmp_path, capsys, narrower)
+    assert {name: (out / name).read_bytes() for name in compiled} == compiled  # untouched
+    assert "Not compiled: " in printed and "earlier run's" in printed
+    assert all(name in printed for name in compiled)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "they do not describe this run" in report
+    # The router the earlier run's policy was pasted into still starts, and routes as that run compiled.
+    with Router.from_config({**config, "policy": json.loads(compiled["cost_aware.json"])}) as router:
+        assert router.decide("Question 1 about my card").rungs[0].backend in {"lite", "full"}
+
+
+def _rerun_after_a_compile(gemini_server: GeminiTestServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                           args: list[str]) -> tuple[Path, dict[str, Any], dict[str, bytes], str]:
+    """A run of two backends that compiles into ``--out``, then ``genroute bench ARGS`` into it: the directory, the
+    config, the compiled files the first run wrote (name: bytes) and what the second printed."""
     import yaml
 
     from genroute.bench.cli import bench_main
@@ -180,16 +180,8 @@ def test_a_run_too_small_to_compile_leaves_an_earlier_runs_policies_and_names_th
     cfg = tmp_path / "genroute.yaml"
     cfg.write_text(yaml.safe_dump(config), encoding="utf-8")
     capsys.readouterr()
-    assert bench_main([str(data), "--config", str(cfg), *narrower, "--out", str(out), "--quiet"]) == 0
-    printed = capsys.readouterr().out
-    assert {name: (out / name).read_bytes() for name in compiled} == compiled  # untouched
-    assert "Not compiled: " in printed and "earlier run's" in printed
-    assert all(name in printed for name in compiled)
-    report = (out / "report.md").read_text(encoding="utf-8")
-    assert "they do not describe this run" in report
-    # The router the earlier run's policy was pasted into still starts, and routes as that run compiled.
-    with Router.from_config({**config, "policy": json.loads(compiled["cost_aware.json"])}) as router:
-        assert router.decide("Question 1 about my card").rungs[0].backend in {"lite", "full"}
+    assert bench_main([str(data), "--config", str(cfg), *args, "--out", str(out), "--quiet"]) == 0
+    return out, config, compiled, capsys.readouterr().out
 
 
 def _two_backends(gemini_server: GeminiTestServer, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
