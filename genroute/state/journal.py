@@ -83,9 +83,11 @@ class Journal:
         self._held: int | None = None  # the fd of this owner's lock file, once it owns rows
         #: Ids of rows Redis applied whose deletion the file refused (busy, disk full): deleted with the next write.
         self._applied: list[str] = []
-        #: Ids of writes the file refused to record (kept in memory only): this process's to send, though no row says so.
+        #: Ids of writes the file refused to record (kept in memory only): this process's to send, though no row
+        #: says so.
         self._unrecorded: set[str] = set()
-        #: The owners this process was forked from (its queue is a copy of theirs): rows of theirs it claims as it sends.
+        #: The owners this process was forked from (its queue is a copy of theirs): rows of theirs it claims as it
+        #: sends them.
         self._parents: list[str] = []
         self.owner = ""
         try:
@@ -234,7 +236,8 @@ class Journal:
     def mine(self, ids: Sequence[str]) -> set[str] | None:
         """Which of ``ids`` (waiting in this process's queue) this process is to send: those whose row it owns, or that
         the file refused to record. Another's (a process forked from the same parent that claimed them first) or gone
-        (sent and deleted by one) are not; a forked process first claims its parents' (``None``: the file cannot say)."""
+        (sent and deleted by one) are not; a forked process first claims its parents' (``None``: the file cannot
+        say)."""
         found: set[str] = set()
 
         def check(db: sqlite3.Connection) -> None:
