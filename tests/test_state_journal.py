@@ -311,3 +311,9 @@ def test_workers_forked_from_a_preloading_master_send_what_it_took_over_once(
         assert asyncio.run(usage()) == (7, 0) and _rows(journal) == 0
     finally:
         client.close()
+    # Each worker that sent writes left its lock file (it ended without closing its store); the next router removes
+    # those of owners that are gone and own no row (one a worker's life, else, in the directory for ever).
+    owners = tmp_path / "journal.db.owners"
+    assert len(list(owners.iterdir())) == 2
+    _store(down, journal)
+    assert list(owners.iterdir()) == []

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,11 +34,11 @@ from pathlib import Path
 
 from genroute.errors import ConfigError
 from genroute.log_every import LogEvery
+from genroute.state.journal_file import FIELD, check_file
 from genroute.state.ops import Settle
 from genroute.state.redis_script import SETTLED_MARKER_S, Push
 
 _log = logging.getLogger("genroute.state.redis_store")
-FIELD = "state.journal"
 #: At most one "the journal refused a write" warning per this many seconds.
 LOG_INTERVAL_S = 60.0
 #: Ids a statement deletes at most (SQLite's oldest limit is 999 variables).
@@ -91,11 +90,12 @@ class Journal:
         self._parents: list[str] = []
         self.owner = ""
         try:
-            _check_file(self.path)
+            check_file(self.path)
             self._connect()
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot use {self.path} as the journal of unsent state writes: "
                               f"{getattr(exc, 'strerror', None) or exc}", field=FIELD) from None
+        self._sweep()
 
     # -- the file and this process's ownership -------------------------------------------------------------
 
@@ -125,12 +125,42 @@ class Journal:
         """Take this owner's lock (before any row names it), held until ``close`` or the process's end."""
         if self._held is not None:
             return
-        self.owners.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(self.owners / self.owner, os.O_CREAT | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0), 0o600)
         import fcntl
 
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        self.owners.mkdir(mode=0o700, exist_ok=True)
+        mine = self.owners / self.owner
+        while True:
+            fd = os.open(mine, os.O_CREAT | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                named = os.stat(mine)
+            except FileNotFoundError:
+                named = None
+            held = os.fstat(fd)
+            if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                break
+            os.close(fd)  # a sweep took the file for a gone owner's between its making and its lock: made again
         self._held = fd
+
+    def _sweep(self) -> None:
+        """Remove the lock files of owners that are gone and own no row (a process killed after Redis took its
+        writes leaves one): best effort, at build."""
+        try:
+            names = os.listdir(self.owners)
+        except OSError:
+            return
+        try:
+            with self._lock:
+                named = {row[0] for row in self._connect().execute("SELECT DISTINCT owner FROM unsent")}
+            for name in names:
+                if name in named or name == self.owner:
+                    continue
+                fd = self._dead(name)
+                if fd is not None and fd >= 0:
+                    (self.owners / name).unlink(missing_ok=True)
+                    os.close(fd)
+        except (OSError, sqlite3.Error):
+            pass
 
     def _dead(self, owner: str) -> int | None:
         """The locked fd of ``owner``'s lock file when that owner is gone (its lock let go, or its file removed: -1),
@@ -311,62 +341,3 @@ def _decode(op: str, value: bytes | None) -> Settle | Push:
     if kind == "s":
         return Settle(*args)
     return Push(args[0], bytes(value or b""), *args[1:])
-
-
-def _check_directory(directory: Path) -> None:
-    """Refuse a directory that another user owns or may write (``/tmp``, sticky or not): SQLite makes the journal's
-    ``-wal`` and ``-shm`` files beside it and reads a ``-wal`` it finds there, and the owners' locks are there too, so
-    whoever may add files to it could add rows this router replays to the shared budget, or free a live owner's rows."""
-    found = directory.stat()
-    me = os.geteuid()
-    if found.st_uid not in (me, 0):
-        raise ConfigError(f"the journal's directory {directory} belongs to another user (uid {found.st_uid}; you are "
-                          f"uid {me}), who could put a -wal file beside the journal that this router would replay to "
-                          "the shared budget: name a file in a directory of your own (one genroute makes is 0700)",
-                          field=FIELD)
-    if stat.S_ISDIR(found.st_mode) and found.st_mode & 0o022:
-        raise ConfigError(f"the journal's directory {directory} may be written by its group or other users (mode "
-                          f"{stat.S_IMODE(found.st_mode):o}), who could put a -wal file beside the journal that this "
-                          "router would replay to the shared budget: name a file in a directory only you can write "
-                          "(one genroute makes is 0700)", field=FIELD)
-
-
-def _check_file(path: Path) -> None:
-    """Refuse what cannot be the journal (a directory, a link, a file another user owns or may write, or one in a
-    directory they may write); make the file (and the directories up to it that are missing, 0700) readable and
-    writable by its owner only when missing."""
-    try:
-        import fcntl  # noqa: F401 - the owners' locks
-    except ImportError:  # pragma: no cover - Windows
-        raise ConfigError("needs POSIX file locks (fcntl), which this system lacks", field=FIELD) from None
-    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
-    _check_directory(path.parent)
-    try:
-        found = path.lstat()
-    except FileNotFoundError:
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o600))
-        except FileExistsError:  # another process made it first: checked below
-            pass
-        found = path.lstat()
-    if stat.S_ISDIR(found.st_mode):
-        raise ConfigError(f"{path} is a directory: name a file in it (e.g. {path / 'journal.db'})", field=FIELD)
-    if not stat.S_ISREG(found.st_mode):
-        raise ConfigError(f"{path} is not a regular file (a link, FIFO or device): genroute does not write its "
-                          "journal through one; remove it or name another path", field=FIELD)
-    me = os.geteuid()
-    if found.st_uid != me:
-        raise ConfigError(f"the journal {path} belongs to another user (uid {found.st_uid}; you are uid {me}), who "
-                          "could add writes that this router would replay to the shared budget: name a file of your "
-                          "own", field=FIELD)
-    if found.st_mode & 0o022:
-        raise ConfigError(f"the journal {path} may be written by its group or other users (mode "
-                          f"{stat.S_IMODE(found.st_mode):o}), who could add writes that this router would replay to "
-                          f"the shared budget: chmod 600 {path}", field=FIELD)
-    if not os.access(path, os.R_OK | os.W_OK):
-        raise ConfigError(f"cannot write the journal {path}: the file is read-only", field=FIELD)
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write the journal {path}: its directory is read-only (SQLite writes a -wal and a "
-                          "-shm file beside it)", field=FIELD)
