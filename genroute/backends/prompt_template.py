@@ -137,8 +137,17 @@ class PromptTemplateBackend(SingleCallBackend):
     def _fields(self) -> tuple[str, str]:
         return f"backends.{self.name}.template", f"backends.{self.name}.system"
 
+    @cached_property
+    def _input_only(self) -> bool:
+        """Whether the prompt is the request's input as it is: the default ``{{ input }}`` template, no system
+        instruction and no declared variables (so a request's own variables are refused by ``render``)."""
+        config = self.config
+        return config.template == "{{ input }}" and not config.system and not config.variables
+
     async def prepare(self, request: GenerateRequest, ctx: RunContext) -> Prepared:
-        prompt, system = self.render(request)
+        # The default template renders the input as it is: no scope, no template call (most backends, every request).
+        prompt, system = (str(request.input), None) if self._input_only and not request.variables else \
+            self.render(request)
         history = self.config.history
         if history is None:
             return Prepared(model=self.config.model, contents=prompt, config=self._genai_config(system))
