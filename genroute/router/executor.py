@@ -193,9 +193,8 @@ class Executor(Shadows):
                 ledger.record(span, ctx, rung.backend, index, rung_start + read_s, exc, admitted=attempt.admitted)
                 ledger.charge(exc, span)
                 raise
-            ledger.record(span, ctx, rung.backend, index, rung_start + read_s, None)
-            result = ledger.result(decision, ctx, output, span, start + read_s, first_chunk_s,
-                                   outcome_ids=self.outcomes is not None)
+            result = ledger.result(decision, ctx, output, span, start + read_s, first_chunk_s,  # recorded there too
+                                   outcome_ids=self.outcomes is not None, served=(index, rung_start + read_s))
             if self.outcomes is not None or decision.shadow:  # anything to hand the answer to
                 self._served(request, decision, span, result, output, ctx)
             yield result

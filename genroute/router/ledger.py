@@ -71,19 +71,25 @@ class Ledger:
                            cost_usd=float(ctx.cost_usd), usage=ctx.usage, cost_estimated=ctx.cost_estimated,
                            tool_calls=() if error is None else tuple(getattr(error, "tool_calls", ())))
         if error is not None or self.attempts:
-            event: dict[str, Any] = {
-                "genroute.rung.index": index, "genroute.backend": backend, "genroute.rung.outcome": outcome,
-                "genroute.rung.latency_s": latency_s, "gen_ai.usage.cost.amount": ctx.cost_usd,
-            }
-            if ctx.cost_estimated:
-                event["genroute.cost.estimated"] = True
-            if error_type is not None:
-                event["error.type"] = error_type
-                if isinstance(error, ValidationFailed) and error.validator is not None:  # which check refused it
-                    event["genroute.validator"] = error.validator
-            span.add_event("genroute.rung", event)
+            self._event(span, ctx, index, backend, outcome, latency_s, error_type, error)
         self.attempts += (attempt,)
         add_spend(self, ctx)
+
+    @staticmethod
+    def _event(span: trace.Span, ctx: RunContext, index: int, backend: str, outcome: str, latency_s: float,
+               error_type: str | None, error: BaseException | None) -> None:
+        """The ``genroute.rung`` event of a rung (on the root ``span``)."""
+        event: dict[str, Any] = {
+            "genroute.rung.index": index, "genroute.backend": backend, "genroute.rung.outcome": outcome,
+            "genroute.rung.latency_s": latency_s, "gen_ai.usage.cost.amount": ctx.cost_usd,
+        }
+        if ctx.cost_estimated:
+            event["genroute.cost.estimated"] = True
+        if error_type is not None:
+            event["error.type"] = error_type
+            if isinstance(error, ValidationFailed) and error.validator is not None:  # which check refused it
+                event["genroute.validator"] = error.validator
+        span.add_event("genroute.rung", event)
 
     def charge(self, error: BaseException, span: trace.Span | None = None) -> None:
         """Put the summed cost on ``error`` (a genroute error, or a cancellation, which the router's close turns
@@ -110,10 +116,20 @@ class Ledger:
         return attrs
 
     def result(self, decision: Decision, ctx: RunContext, output: BackendOutput, span: trace.Span, start: float,
-               first_chunk_s: float | None, *, outcome_ids: bool) -> GenerateResult:
+               first_chunk_s: float | None, *, outcome_ids: bool, served: tuple[int, float] | None = None
+               ) -> GenerateResult:
         """The caller's result, served by the rung ``ctx`` accounted (the last one recorded); its attributes go on
-        ``span``."""
+        ``span``. ``served``: the rung's index and start, for this call to record it first (``record`` with no
+        error, in the same pass: every request does it)."""
         backend = ctx.backend
+        if served is not None:  # record(span, ctx, backend, *served, None), without its tests of an error
+            latency_s = time.perf_counter() - served[1]
+            if self.attempts:  # rungs failed before it: its event says this one served
+                self._event(span, ctx, served[0], backend, "ok", latency_s, None, None)
+            self.attempts += (_attempt(backend=backend, outcome="ok", error_type=None, error=None,
+                                       latency_s=latency_s, cost_usd=float(ctx.cost_usd), usage=ctx.usage,
+                                       cost_estimated=ctx.cost_estimated, tool_calls=()),)
+            add_spend(self, ctx)
         if span.is_recording():
             attrs = self.span_attributes()
             attrs["genroute.backend"] = backend  # the model that answered is on its inference span
