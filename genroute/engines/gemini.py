@@ -210,7 +210,9 @@ class GeminiEngine(Engine):
             if not isinstance(exc, Exception) or isinstance(exc, GenrouteError):
                 raise  # a cancellation (the caller is going away), or already genroute's (``from`` would cycle it)
             raise self._map(exc)
-        if whole and not counted(result).candidates:  # type: ignore[arg-type]  # whole: a GenerateContentResponse
+        # Its counts are checked where they are first read (``usage_of``, which the 200 that is not an answer is
+        # billed by, as a served answer is).
+        if whole and not result.candidates:  # type: ignore[attr-defined]  # whole: a GenerateContentResponse
             error = not_an_answer(result, billed or "", config, self.name)  # type: ignore[arg-type]
             if error is not None:
                 raise error

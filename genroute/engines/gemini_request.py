@@ -7,6 +7,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from genroute.errors import BackendUnavailable, GenrouteError
+from genroute.runtime.telemetry import counts_kept
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -57,27 +58,16 @@ def with_timeout(config: types.GenerateContentConfig | None, seconds: float | No
 
 def counted(response: types.GenerateContentResponse) -> types.GenerateContentResponse:
     """``response`` with any negative token count in its usage dropped: no provider means a count below zero, so it
-    is read as a count left out (estimated where billed), never as tokens that would lower a bill."""
+    is read as a count left out (estimated where billed), never as tokens that would lower a bill. A stream's chunks
+    are checked as they are read; a whole answer's counts are checked where they are first read (``usage_of``)."""
     meta = response.usage_metadata
     # One test a response: ints OR'ed are negative exactly when one of them is. The split by modality (sent with
     # every real answer) is not walked here: ``usage_of`` reads a negative modality count as none.
     if meta is not None and ((meta.prompt_token_count or 0) | (meta.candidates_token_count or 0)
                              | (meta.cached_content_token_count or 0) | (meta.thoughts_token_count or 0)
                              | (meta.tool_use_prompt_token_count or 0) | (meta.total_token_count or 0)) < 0:
-        response.usage_metadata = _counts_kept(meta)
+        response.usage_metadata = counts_kept(meta)
     return response
-
-
-def _counts_kept(meta: types.GenerateContentResponseUsageMetadata) -> types.GenerateContentResponseUsageMetadata:
-    """``meta`` without its negative counts (a modality's among them)."""
-    update: dict[str, Any] = {}
-    for name in type(meta).model_fields:
-        value = getattr(meta, name)
-        if isinstance(value, int) and value < 0:
-            update[name] = None
-        elif isinstance(value, list) and any((d.token_count or 0) < 0 for d in value):
-            update[name] = [d for d in value if (d.token_count or 0) >= 0]
-    return meta.model_copy(update=update) if update else meta
 
 
 def ends_answer(chunk: types.GenerateContentResponse) -> bool:

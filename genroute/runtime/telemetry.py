@@ -250,20 +250,27 @@ def usage_of(response: types.GenerateContentResponse) -> Usage | None:
     meta = response.usage_metadata
     if meta is None:
         return None
-    tool_use = meta.tool_use_prompt_token_count
-    input_tokens = (meta.prompt_token_count or 0) + tool_use if tool_use else meta.prompt_token_count or 0
-    cached = meta.cached_content_token_count or 0
-    usage = built_usage(  # the SDK validated these counts (ints or None; none negative: ``counted``)
+    prompt, output, cached = meta.prompt_token_count or 0, meta.candidates_token_count or 0, \
+        meta.cached_content_token_count or 0
+    thinking, tool_use = meta.thoughts_token_count or 0, meta.tool_use_prompt_token_count or 0
+    # No provider means a count below zero: one is read as a count left out (estimated where billed), never as tokens
+    # that would lower a bill, and dropped from the response here, where its counts are read first (its other
+    # readers, ``filled_usage``, read them after). One test: ints OR'ed are negative exactly when one of them is.
+    if (prompt | output | cached | thinking | tool_use | (meta.total_token_count or 0)) < 0:
+        response.usage_metadata = counts_kept(meta)
+        return usage_of(response)
+    input_tokens = prompt + tool_use
+    usage = built_usage(  # the SDK validated these counts (ints or None)
         input_tokens=input_tokens,
-        output_tokens=meta.candidates_token_count or 0,
+        output_tokens=output,
         # Parts of the input: a provider's larger count is held to it, as pricing reads it, so that a sum of
         # usages costs what its calls cost.
         cached_input_tokens=cached if cached <= input_tokens else input_tokens,
-        thinking_tokens=meta.thoughts_token_count or 0,
+        thinking_tokens=thinking,
         audio_input_tokens=0,
         cached_audio_input_tokens=0,
         # The audio part of the answer (a speech or native-audio model), from its split by modality.
-        audio_output_tokens=min(_audio(meta.candidates_tokens_details), meta.candidates_token_count or 0)
+        audio_output_tokens=min(_audio(meta.candidates_tokens_details), output)
         if meta.candidates_tokens_details else 0,
     )
     # A list or None (a text prompt may come without one); Gemini sends it whenever it splits the cached content.
@@ -274,6 +281,18 @@ def usage_of(response: types.GenerateContentResponse) -> Usage | None:
             return replaced(usage, audio_input_tokens=audio,
                             cached_audio_input_tokens=min(cached_audio, audio, usage.cached_input_tokens))
     return usage
+
+
+def counts_kept(meta: types.GenerateContentResponseUsageMetadata) -> types.GenerateContentResponseUsageMetadata:
+    """``meta`` without its negative counts (a modality's among them)."""
+    update: dict[str, Any] = {}
+    for name in type(meta).model_fields:
+        value = getattr(meta, name)
+        if isinstance(value, int) and value < 0:
+            update[name] = None
+        elif isinstance(value, list) and any((d.token_count or 0) < 0 for d in value):
+            update[name] = [d for d in value if (d.token_count or 0) >= 0]
+    return meta.model_copy(update=update) if update else meta
 
 
 def audio_tokens(meta: types.GenerateContentResponseUsageMetadata) -> tuple[int, int]:
