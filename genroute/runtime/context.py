@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from genroute.engines.base import Engine
     from genroute.runtime.embeddings import RequestEmbeddings
-    from genroute.runtime.pricing import Pricing
+    from genroute.runtime.pricing import ModelPrice, Pricing
 
 
 class RunContext:
@@ -113,8 +113,10 @@ class RunContext:
         """One instrumented, accounted engine call; attempts lost on the way are charged too.
 
         ``contents``: the turns, or a ``str`` for one user turn (``Prepared.contents``)."""
-        if (engine, price_as or model) not in self.pricing.sendable:  # checked once per pair
-            self.pricing.require_charged(engine, price_as or model)
+        try:  # what the call is charged at, checked once per pair before anything is sent
+            charged = self.pricing.sendable[engine, price_as or model]
+        except KeyError:
+            charged = self.pricing.require_charged(engine, price_as or model)
         if self.request.history:  # the conversation's earlier turns, before whatever the backend sends
             contents = with_history(self.request.history, contents)
         contents = _turns(engine, contents)
@@ -146,7 +148,7 @@ class RunContext:
                     raise not_an_answer(engine, response, "generate") from None
             except BaseException as exc:
                 self._fail(span, attrs, exc, start)
-                self._charge_unanswered(engine, span, attrs, model, meter.attempts, meter.estimated, price_as,
+                self._charge_unanswered(span, attrs, model, meter.attempts, meter.estimated, charged,
                                         contents, config)
                 raise
             # Charged at the usage the response reports (an estimate where it leaves a count out), with the
@@ -158,7 +160,7 @@ class RunContext:
                 usage, guessed = filled_usage(usage, response, contents, config)
                 estimated = estimated or guessed
             calls = (usage, *meter.attempts) if meter.attempts else (usage,)
-            self._answered(engine, span, attrs, model, response, start, calls, estimated, price_as, contents, config)
+            self._answered(engine, span, attrs, model, response, start, calls, estimated, charged, contents, config)
             return response
         finally:
             if token is not None:
@@ -180,8 +182,10 @@ class RunContext:
         usage received so far (the latest chunk's usage, plus an estimate for text that arrived after it, or
         the input estimate when no chunk carried usage), and attempts lost before the first chunk on top.
         """
-        if (engine, price_as or model) not in self.pricing.sendable:  # checked once per pair
-            self.pricing.require_charged(engine, price_as or model)
+        try:  # what the call is charged at, checked once per pair before anything is sent
+            charged = self.pricing.sendable[engine, price_as or model]
+        except KeyError:
+            charged = self.pricing.require_charged(engine, price_as or model)
         if self.request.history:  # as in generate
             contents = with_history(self.request.history, contents)
         contents = _turns(engine, contents)
@@ -227,10 +231,10 @@ class RunContext:
                 usage, estimated = received.usage(contents, config, complete=complete)
                 calls, estimated = [usage, *meter.attempts], estimated or meter.estimated
                 if complete and received.last is not None:
-                    self._answered(engine, span, attrs, model, received.last, start, calls, estimated, price_as,
+                    self._answered(engine, span, attrs, model, received.last, start, calls, estimated, charged,
                                    contents, config, received)
                 else:
-                    self._charge_unanswered(engine, span, attrs, model, calls, estimated, price_as, contents, config)
+                    self._charge_unanswered(span, attrs, model, calls, estimated, charged, contents, config)
 
     @contextmanager
     def charged(self) -> Iterator[None]:
@@ -275,8 +279,9 @@ class RunContext:
         if self.telemetry.metered:
             self.telemetry.record_call({**attrs, "error.type": kind}, None, time.perf_counter() - start)
 
-    def _charge(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str, calls: Sequence[Usage],
-                estimated: bool, *, price_as: str | None, answer: dict[str, Any] | None = None) -> tuple[Usage, float]:
+    def _charge(self, span: trace.Span, calls: Sequence[Usage], estimated: bool,
+                charged: tuple[ModelPrice | None, str | None], answer: dict[str, Any] | None = None
+                ) -> tuple[Usage, float]:
         """Add the usage of ``calls`` (the answer and any lost attempts, each priced on its own) and its cost to
         this rung and to the call's span (with ``answer``'s attributes, in one go); return the summed usage and
         its cost."""
@@ -287,7 +292,7 @@ class RunContext:
             return usage, 0.0
         # A local model is free, unless the config's `pricing` names it (its compute, say); its reference model
         # (if any) prices its cloud equivalent.
-        price, reference = self.pricing.charged_at(engine, price_as or model)
+        price, reference = charged  # Pricing.charged_at, as the call found it before it was sent
         cost = 0.0 if price is None else price.cost(usage) if len(calls) == 1 else sum(
             price.cost(call) for call in calls)
         self.usage = usage if self.usage is NO_USAGE else self.usage + usage
@@ -311,13 +316,13 @@ class RunContext:
             span.set_attributes(span_attrs)
         return usage, cost
 
-    def _charge_unanswered(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
-                           calls: Sequence[Usage], estimated: bool, price_as: str | None,
+    def _charge_unanswered(self, span: trace.Span, attrs: dict[str, Any], model: str,
+                           calls: Sequence[Usage], estimated: bool, charged: tuple[ModelPrice | None, str | None],
                            contents: list[types.Content] | str, config: types.GenerateContentConfig | None) -> None:
         """Charge a call that gave no whole answer (failed, cut or cancelled) for ``calls``; count the cost."""
         if self.telemetry.capture_content and span.is_recording():
             span.set_attributes(self.telemetry.clipped(request_attributes(contents, config)))
-        cost = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as)[1]
+        cost = self._charge(span, calls, estimated, charged)[1]
         if cost and self.telemetry.metered:
             self._count_cost(cost, attrs, model, estimated)
 
@@ -333,7 +338,7 @@ class RunContext:
 
     def _answered(self, engine: Engine, span: trace.Span, attrs: dict[str, Any], model: str,
                   response: types.GenerateContentResponse, start: float, calls: Sequence[Usage], estimated: bool,
-                  price_as: str | None, contents: list[types.Content] | str,
+                  charged: tuple[ModelPrice | None, str | None], contents: list[types.Content] | str,
                   config: types.GenerateContentConfig | None, received: Received | None = None) -> None:
         """Account an answered call: its response's attributes on its span, its usage charged, its metrics
         (``received``: what a stream delivered, for the answer it captures)."""
@@ -356,7 +361,7 @@ class RunContext:
                     **request_attributes(contents, config),
                     "gen_ai.output.messages": output_messages(
                         received.candidates() if isinstance(received, CapturedReceived) else candidates)}))
-        usage, cost = self._charge(engine, span, attrs, model, calls, estimated, price_as=price_as, answer=answer)
+        usage, cost = self._charge(span, calls, estimated, charged, answer)
         if telemetry.metered:
             points = telemetry.answered_attributes(engine.provider, model, response_model)
             if cost:

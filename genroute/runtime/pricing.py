@@ -241,8 +241,9 @@ class Pricing:
         self._resolved: dict[str, ModelPrice | None] = {}
         #: What each engine's calls priced as a name are charged at (``charged_at``), resolved once per pair.
         self._charged: dict[tuple[Engine, str], tuple[ModelPrice | None, str | None]] = {}
-        #: The (engine, name) pairs ``require_charged`` passed: a call checks membership, not the price, each time.
-        self.sendable: set[tuple[Engine, str]] = set()
+        #: The (engine, name) pairs ``require_charged`` passed, with what their calls are charged at (``charged_at``):
+        #: a call looks its pair up once, before it is sent, and is charged at what it found.
+        self.sendable: dict[tuple[Engine, str], tuple[ModelPrice | None, str | None]] = {}
 
     def lookup(self, model: str) -> ModelPrice | None:
         """The price of ``model`` or None: the exact name (a tuned endpoint may be priced under its full
@@ -278,16 +279,19 @@ class Pricing:
         self._charged[engine, model] = charged
         return charged
 
-    def require_charged(self, engine: Engine, model: str) -> None:
+    def require_charged(self, engine: Engine, model: str) -> tuple[ModelPrice | None, str | None]:
         """``ConfigError`` naming ``pricing`` before a call to ``engine`` priced as ``model`` when the table cannot
         price it (a backend choosing its model at run time): it would be billed and counted nowhere, at 0. Building
-        the router checks the models configs name; this covers the rest, before anything is sent."""
-        if self.charged_at(engine, model)[0] is None and engine.pricing_model(model) is not None:
+        the router checks the models configs name; this covers the rest, before anything is sent. Else what the call
+        is charged at (``charged_at``), kept in ``sendable``."""
+        charged = self.charged_at(engine, model)
+        if charged[0] is None and engine.pricing_model(model) is not None:
             raise ConfigError(f"no price known for model {model!r}, which a backend asked for at run time: add it "
                               "under `pricing` (USD per 1M tokens); nothing was sent", field="pricing")
         if len(self.sendable) >= _MAX_RESOLVED:  # as _charged: engines and models come from configs
             self.sendable.clear()
-        self.sendable.add((engine, model))
+        self.sendable[engine, model] = charged
+        return charged
 
     def training_price(self, model: str) -> tuple[str, float] | None:
         """``(priced name, USD per 1M training tokens)`` for supervised tuning of ``model``, or None."""
