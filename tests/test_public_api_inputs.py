@@ -145,6 +145,8 @@ def test_the_outcome_store_names_what_is_not_a_record_or_a_path(tmp_path: Path) 
     ({"text_field": 5}, "text_field"),
     ({"paths": [None]}, "paths"),              # a TypeError from pathlib
     ({"paths": ["DOC", 5]}, "paths"),
+    ({"paths": 5}, "paths"),                   # a TypeError ('int' object is not iterable)
+    ({"collection": ["docs"]}, "collection"),  # a TypeError (unhashable type: 'list')
     ({"store": None}, "store"),                # an AttributeError ('NoneType' has no attribute 'check_writable')
     ({"store": "chroma"}, "store"),
 ])
@@ -158,7 +160,8 @@ def test_ingest_refuses_a_bad_argument_by_name_and_makes_no_collection(tmp_path:
     doc.write_text("# Routing\n\n" + "Each request goes to the technique that should answer it. " * 20)
     store = build_store({"path": str(tmp_path / "chroma")}, engines={})
     kwargs: dict[str, Any] = {"store": store, "paths": [doc], "collection": "docs", **options}
-    kwargs["paths"] = [doc if p == "DOC" else p for p in kwargs["paths"]]
+    if isinstance(kwargs["paths"], list):
+        kwargs["paths"] = [doc if p == "DOC" else p for p in kwargs["paths"]]
     sync = _refused(lambda: ingest(**kwargs), field)
     async_ = _refused(lambda: asyncio.run(aingest(**kwargs)), field)
     assert (type(sync), sync.message) == (type(async_), async_.message)
@@ -176,6 +179,11 @@ def test_load_examples_and_ingest_paths_name_a_bad_store_callback_or_kind(tmp_pa
     _refused(lambda: asyncio.run(aload_examples(None, [examples], collection="examples")), "store")
     _refused(lambda: asyncio.run(aload_examples(store, [examples], collection="examples", on_batch="print")),
              "on_batch")
+    # A collection that is not a name was a TypeError (unhashable type: 'list'), a number of paths another.
+    _refused(lambda: asyncio.run(aload_examples(store, [examples], collection=["examples"])), "collection")
+    _refused(lambda: asyncio.run(aload_examples(store, 5, collection="examples")), "paths")
+    _refused(lambda: ingest_paths(5, "examples", store_config={"path": str(tmp_path / "chroma")}, kind="examples",
+                                  progress=False), "paths")
     # kind="example" (or any other word) was ingested as documents.
     _refused(lambda: ingest_paths([str(examples)], "examples", store_config={"path": str(tmp_path / "chroma")},
                                   kind="example", progress=False), "kind")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from genroute.bounds import is_real, is_whole
 from genroute.errors import BackendUnavailable, ConfigError, UsageError
+from genroute.knowledge.collection_checks import check_collection_name
 from genroute.knowledge.ingest import JSONL_SUFFIXES, IngestReport, expand_paths
 from genroute.knowledge.records import (GENERATION, FileState, check_target, file_state, paid_writes,
                                         settle_sources, upsert_missing, withdraw_deleted)
@@ -85,6 +86,7 @@ async def aload_examples(store: KnowledgeStore, paths: Sequence[str | Path], *, 
     """
     started = time.perf_counter()
     check_target(store, on_batch)
+    check_collection_name(collection, "collection")  # a list was a TypeError from `in`; refused before any read
     await asyncio.to_thread(store.check_writable)  # before any file is read, not at the first write
     files = expand_paths(paths, suffixes=JSONL_SUFFIXES, empty_dirs=collection in await store.collections())
     records: dict[str, tuple[str, dict[str, Any]]] = {}

@@ -35,7 +35,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ from pydantic import ConfigDict
 
 from genroute.errors import UsageError
 from genroute.knowledge.chunking import Chunk, check_window, iter_chunks, stored_chunk_id, token_counter
+from genroute.knowledge.collection_checks import check_collection_name
 from genroute.knowledge.file_digests import (Settled, file_digest, mark_settled, settings_key, settled_files,
                                              unsettle)
 from genroute.knowledge.records import (GENERATION, FileState, check_target, file_state, paid_writes,
@@ -111,6 +112,8 @@ def expand_paths(paths: Sequence[str | Path], *, field: str = "paths", suffixes:
     unless ``empty_dirs`` (a re-ingest, which withdraws what the directory's files held), → ``UsageError``."""
     if isinstance(paths, str | Path):
         raise UsageError("pass a list of paths, not one path", field=field)
+    if not isinstance(paths, Iterable):  # a number or None was a TypeError from `for`
+        raise UsageError(f"pass a list of paths, not {type(paths).__name__}", field=field)
     if not paths:
         raise UsageError("no paths given", field=field)
     files: dict[Path, None] = {}  # resolved, each once, in the order given
@@ -268,6 +271,7 @@ async def aingest(
     """
     started = time.perf_counter()
     check_target(store, on_batch)
+    check_collection_name(collection, "collection")  # a list was a TypeError from `in`; refused before any read
     check_window(chunk_tokens, overlap)
     if not isinstance(text_field, str):
         raise UsageError(f"must be the name of a record's text field, not {text_field!r:.40}", field="text_field")
