@@ -80,12 +80,21 @@ def check_headers(headers: Mapping[str, str]) -> None:
                              "or ':'), and a value holds no line break nor other control character")
 
 
+#: Why a path with a NUL character is refused where it is given: the OS takes none (``open`` raised a bare
+#: ``ValueError``; Chroma's C code cut the path there and wrote elsewhere).
+NUL_IN_PATH = "a file path cannot hold a NUL character"
+
+
 def _path_text(value: Any) -> Any:
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
+    value = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(NUL_IN_PATH)
+    return value
 
 
 #: A file path in a pydantic model: text, or a ``pathlib.Path`` (any ``os.PathLike``) taken as its text, which
-#: pydantic refuses for ``str`` (a config built in Python names its files with ``Path`` as often as not).
+#: pydantic refuses for ``str`` (a config built in Python names its files with ``Path`` as often as not). A NUL
+#: character is refused: no file system takes one.
 PathText = Annotated[str, BeforeValidator(_path_text)]
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator,
                       model_validator)
 
-from genroute.bounds import NOT_BOOL
+from genroute.bounds import NOT_BOOL, NUL_IN_PATH
 from genroute.config_errors import config_error, pydantic_validated
 from genroute.config_location import located
 from genroute.config_secrets import config_texts, refuse_masked_secrets, section_redacted
@@ -259,6 +259,8 @@ def _anchor_one(key: Any, value: str, base: Path | None) -> str:
 
 def read_config_file(path: Path, *, field: str = "path") -> Mapping[str, Any]:
     """The mapping in a YAML, TOML or JSON file; ``ConfigError`` naming ``field`` if it cannot be had."""
+    if "\x00" in str(path):  # is_dir and is_file say False: it was "does not exist", then open's bare ValueError
+        raise ConfigError(NUL_IN_PATH, field=field)
     path = path.expanduser()
     if path.is_dir():
         raise ConfigError(f"{str(path)!r} is a directory, not a config file", field=field)

@@ -41,7 +41,7 @@ def field_line(path: Path, field: str) -> int | None:
     missing key: its section); ``None`` when the file cannot be read or holds none of it."""
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError):
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError, as is a path with a NUL character
         return None
     if path.suffix.lower() == ".toml":
         return _toml_line(text, field.split("."))

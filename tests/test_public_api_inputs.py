@@ -643,3 +643,42 @@ def test_any_iterable_of_the_right_items_is_still_taken() -> None:
     assert len(gate_configs(({"backend": "chat", "rpm": 5},), None)[0]) == 1
     rows = [{"input": f"q{i}", "outcomes": {"a": {"score": 1.0}, "b": {"score": 0.0}}} for i in range(3)]
     assert load_matrix(rows, candidates=("a", "b")).candidates == ("a", "b")
+
+
+# -- paths with a NUL character ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("section", "field"), [
+    ({"knowledge": {"path": "chroma\x00"}}, "knowledge.path"),
+    ({"outcomes": {"path": "outcomes\x00.db"}}, "outcomes.path"),  # a bare ValueError from os.open
+    ({"engines": {"l": {"kind": "local", "model_path": "gemma\x00.gguf"}}}, "engines.l.model_path"),
+    ({"validators": {"shape": {"kind": "json_schema", "path": "schema\x00.json"}}}, "validators.shape.path"),
+    ({"policy": {"kind": "rules", "default": "chat", "rules": [
+        {"when": {"task": "t"}, "backend": "chat", "validators": ["json_schema:schema\x00.json"]}]}},
+     "policy.rules.0.validators"),
+    ({"policy": {"kind": "semantic", "default": "chat", "routes_file": "routes\x00.jsonl"}}, "policy.routes_file"),
+])
+def test_a_path_with_a_nul_character_is_a_config_error_naming_it(gemini_server: Any, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  section: dict[str, Any], field: str) -> None:
+    """No file system takes a NUL in a path: such a setting was a bare ``ValueError: embedded null byte`` from
+    ``open`` when the router was built (outcomes, validators, routes), or was taken and failed later; now it is a
+    ``ConfigError`` naming the setting, and nothing is written."""
+    from genroute import ConfigError, Router
+
+    from .conftest import gemini_config
+
+    monkeypatch.chdir(tmp_path)
+    config = gemini_config(gemini_server)
+    engines = {**config["engines"], **section.pop("engines", {})}
+    error = _refused(lambda: Router.from_config({**config, **section, "engines": engines}), field)
+    assert isinstance(error, ConfigError) and "NUL" in error.message
+    assert list(tmp_path.iterdir()) == [] and not gemini_server.requests
+
+
+def test_a_config_file_path_with_a_nul_character_is_a_config_error(tmp_path: Path) -> None:
+    """It was a bare ``ValueError`` from locating the error's line in the file that could not be read."""
+    from genroute import ConfigError, Router
+
+    error = _refused(lambda: Router.from_config(str(tmp_path / "genroute\x00.yaml")), "path")
+    assert isinstance(error, ConfigError) and "NUL" in error.message

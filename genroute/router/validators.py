@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from genroute.backends.base import BackendOutput, refuse_rerun
-from genroute.bounds import PathText
+from genroute.bounds import NUL_IN_PATH, PathText
 from genroute.config_parse import parse_json, parse_yaml
 from genroute.errors import ConfigError
 from genroute.knowledge.hygiene import defuse, tag_names
@@ -85,6 +85,8 @@ class JsonSchema:
     @classmethod
     def from_file(cls, path: str, *, field: str) -> JsonSchema:
         """The schema stored at ``path`` (JSON, or YAML for ``.yaml``/``.yml``)."""
+        if "\x00" in path:  # open() raised a bare ValueError
+            raise ConfigError(f"JSON schema {path!r}: {NUL_IN_PATH}", field=field)
         try:  # utf-8-sig: a byte-order mark is no part of the schema, as in a config file
             text = Path(path).expanduser().read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as exc:
