@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from genroute.bounds import as_number
+from genroute.bounds import NUL_IN_PATH, as_number
 from genroute.errors import UsageError
 
 
@@ -109,6 +109,8 @@ def label_text(label: Any) -> Any:
 def _as_path(path: Any, *, field: str) -> Path:
     if not isinstance(path, str | os.PathLike):  # None or a number was a TypeError from pathlib
         raise UsageError(f"must be a directory path, not {type(path).__name__}", field=field)
+    if "\x00" in os.fspath(path):  # was a bare ValueError from the first stat or mkdir
+        raise UsageError(NUL_IN_PATH, field=field)
     return Path(path)
 
 

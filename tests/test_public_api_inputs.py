@@ -682,3 +682,19 @@ def test_a_config_file_path_with_a_nul_character_is_a_config_error(tmp_path: Pat
 
     error = _refused(lambda: Router.from_config(str(tmp_path / "genroute\x00.yaml")), "path")
     assert isinstance(error, ConfigError) and "NUL" in error.message
+
+
+def test_the_outcome_store_an_output_directory_and_test_credentials_name_a_path_with_a_nul_character(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each was a bare ``ValueError: embedded null byte`` (from ``os.open``, the first ``stat`` or ``write_text``)."""
+    from genroute import OutcomeRecord
+    from genroute.graduation import export_tuning_set
+    from genroute.outcomes import OutcomeStore
+    from genroute.testing.credentials import write_credentials
+
+    monkeypatch.chdir(tmp_path)
+    _refused(lambda: OutcomeStore("outcomes\x00.db"), "outcomes.path")
+    records = [OutcomeRecord(input=f"q{i}", output="a", metadata={"task": "t", "id": str(i)}) for i in range(3)]
+    _refused(lambda: export_tuning_set(records, "t", "tuning\x00set", min_examples=1), "out_dir")
+    _refused(lambda: write_credentials("adc\x00.json"), "path")
+    assert list(tmp_path.iterdir()) == []

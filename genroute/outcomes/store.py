@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from genroute.bounds import NUL_IN_PATH
 from genroute.config_errors import check_list
 from genroute.errors import ConfigError, OutcomeStoreError, UsageError
 from genroute.outcomes.changes import Changes, Place
@@ -50,6 +51,8 @@ class OutcomeStore:
                  synchronous: Synchronous = "normal") -> None:
         if not isinstance(path, str | os.PathLike):  # None or a number was a TypeError from pathlib
             raise ConfigError(f"must be the path of a SQLite file, not {type(path).__name__}", field=field)
+        if "\x00" in os.fspath(path):  # was a bare ValueError from os.open
+            raise ConfigError(NUL_IN_PATH, field=field)
         if synchronous not in ("normal", "full"):
             raise ConfigError(f"must be 'normal' or 'full', not {synchronous!r:.40}", field="outcomes.synchronous")
         self.path = Path(path).expanduser()

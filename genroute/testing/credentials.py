@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
+
+from genroute.errors import UsageError
 
 #: The bearer token every request made with these credentials carries.
 ACCESS_TOKEN = "loopback-access-token"
@@ -24,6 +27,8 @@ ACCESS_TOKEN = "loopback-access-token"
 def write_credentials(path: str | Path, *, token: str = ACCESS_TOKEN, project: str = "loopback-project") -> Path:
     """An ``authorized_user`` credentials file at ``path`` whose ``token`` stays valid for a day."""
     expiry = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if not isinstance(path, str | os.PathLike) or "\x00" in os.fspath(path):  # a TypeError or ValueError from pathlib
+        raise UsageError(f"must be a file path without NUL characters, not {path!r:.40}", field="path")
     path = Path(path)
     path.write_text(json.dumps({"type": "authorized_user", "client_id": "loopback-client",
                                 "client_secret": "loopback-secret", "refresh_token": "loopback-refresh-token",
