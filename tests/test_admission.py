@@ -377,3 +377,15 @@ def test_the_retry_after_cap_is_set_and_checked(gemini_server) -> None:
         assert 115 < asyncio.run(router._breakers.health())["chat"] <= 120
     with pytest.raises(ConfigError, match="breakers.max_retry_after_s"):
         Router.from_config(_config(gemini_server, breakers={**BREAKERS, "max_retry_after_s": 0}))
+
+
+def test_a_request_with_any_finite_timeout_is_admitted(gemini_server, state) -> None:
+    """A hold lives until its request's deadline: with Redis, a ``timeout_s`` of 1e308 (valid: positive and finite)
+    made an OverflowError out of generate and stream when the hold's TTL became milliseconds."""
+    policy = {"kind": "budget", "inner": CASCADE, "per": "global", "budget_usd": 10.0,
+              "costs": {"chat": 0.01, "cheap": 0.01}}
+    limit = {"engine": "gemini", "rpm": 1000}
+    with Router.from_config(_config(gemini_server, policy=policy, rate_limits=[limit], state=state)) as router:
+        assert router.generate("Hi", timeout_s=1e308).backend == "chat"
+        assert list(router.stream("Hi", timeout_s=1e308))[-1].result.backend == "chat"
+        assert asyncio.run(router.admission.budget().usage("*"))["reserved"] == 0

@@ -307,8 +307,13 @@ def settle_id() -> str:
     return f"{int(time.time()) // SETTLE_BUCKET_S}.{os.urandom(8).hex()}"
 
 
+#: The longest time sent to the script, in ms (2**53, whole in Lua's doubles: ~285,000 years): a request's
+#: ``timeout_s`` may be any finite number, and ``int(1e308 * 1000)`` was an ``OverflowError`` out of ``generate``.
+_MAX_MS = 2**53
+
+
 def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
+    return max(1, int(min(seconds * 1000, _MAX_MS)))
 
 
 def encode(mode: str, ops: Sequence[Any], prefix: str, ids: Sequence[str | None]) -> tuple[list[str], list[Any]]:
