@@ -513,3 +513,19 @@ def test_a_second_ctrl_c_while_run_sync_waits_for_its_worker_threads_is_taken_at
         (tmp_path / "release").write_text("")
         out, err = proc.communicate(timeout=HANG_CAP_S)
     assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_sync_calls_with_a_huge_finite_bound_work_on_any_thread(gemini_server):
+    """``health(timeout_s=1e308)`` and ``close(drain_s=1e308)`` are valid (finite seconds), and worked on the main
+    thread, which waits in slices; on any other thread the wait went to a lock at once, which refuses a timeout past
+    ``threading.TIMEOUT_MAX``: an OverflowError ('timestamp out of range for platform time_t')."""
+    router = Router.from_config(gemini_config(gemini_server))
+
+    def calls() -> bool:
+        ready = router.health(timeout_s=1e308).ready
+        router.close(drain_s=1e308)
+        return ready
+
+    thread, outcome = in_thread(calls)
+    thread.join(30)
+    assert outcome.get("result") is True, outcome.get("error")

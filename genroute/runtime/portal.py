@@ -116,7 +116,8 @@ def _result(future: concurrent.futures.Future[T], timeout_s: float | None) -> T:
     thread, an HTTP one) is handled only once the main thread runs, and a wait on a lock did not end for it, so the
     call waited for its answer before it was interrupted."""
     if threading.current_thread() is not threading.main_thread():
-        return future.result(timeout_s)
+        # A lock waits at most TIMEOUT_MAX (~292 years): health(timeout_s=1e308) was an OverflowError on a thread.
+        return future.result(None if timeout_s is None else min(timeout_s, threading.TIMEOUT_MAX))
     end = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         left = _SIGNAL_LOOK_S if end is None else min(_SIGNAL_LOOK_S, end - time.monotonic())
