@@ -279,6 +279,12 @@ def test_policies_keep_no_state_and_have_no_reserve() -> None:
     ({"cost_margin": float("inf")}, "policy.cost_margin"),  # built, then every request raised OverflowError
     ({"window_s": 1e-300}, "policy.window_s"),  # so did this: now / window_s overflowed
     ({"window_s": 0.5}, "policy.window_s"),
+    # Finite but past what nano-USD units hold: built, then a request they priced raised OverflowError.
+    ({"budget_usd": 1e308}, "policy.budget_usd"),
+    ({"costs": {"big": 1e308}}, "policy.costs.big"),
+    ({"limits": {"acme": 1e300}}, "policy.limits.acme"),
+    ({"max_cost_per_request": 1e308}, "policy.max_cost_per_request"),
+    ({"cost_margin": 1e308}, "policy.cost_margin"),
 ])
 def test_budget_amounts_must_be_finite_and_not_negative(change: dict[str, Any], field: str) -> None:
     from genroute.errors import ConfigError

@@ -63,8 +63,12 @@ def to_units(usd: float) -> int:
     return round(usd * UNITS_PER_USD)
 
 
+#: The most USD a budget setting may name: its nano-USD stay whole in Redis's 64-bit counters (a budget of 1e308 was
+#: an OverflowError out of every request, when converted to units).
+MAX_USD = 1e9
+
 #: A USD amount a budget counts with: finite and not negative (a negative cost would turn the budget off).
-_USD = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+_USD = Annotated[float, Field(ge=0.0, le=MAX_USD, allow_inf_nan=False)]
 
 
 class BudgetConfig(PolicyConfig):
@@ -72,7 +76,7 @@ class BudgetConfig(PolicyConfig):
 
     kind: Literal["budget"] = "budget"
     inner: dict[str, Any] = Field(description="The policy whose decisions the budget limits.")
-    budget_usd: float = Field(gt=0.0, allow_inf_nan=False, description="USD per key per window.")
+    budget_usd: float = Field(gt=0.0, le=MAX_USD, allow_inf_nan=False, description="USD per key per window.")
     window: Literal["day", "month"] | None = Field(
         default=None, description="Calendar window (UTC day or month); when unset, fixed `window_s` windows.")
     # At least a second: a tiny window overflows the window's number (``now / window_s``).
@@ -80,7 +84,7 @@ class BudgetConfig(PolicyConfig):
                             description="Window length in seconds, at least 1 (no `window`).")
     per: Literal["key", "tenant", "global"] = "key"
     tenant_field: str = Field(default="tenant", description="Metadata key naming the tenant (per: tenant).")
-    limits: dict[str, Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(
+    limits: dict[str, Annotated[float, Field(gt=0.0, le=MAX_USD, allow_inf_nan=False)]] = Field(
         default_factory=dict, description="Budget overrides per key.")
     ledger: str | None = Field(default=None, min_length=1, description="Name of the budget's spend in the state "
                                "store: budgets that name the same ledger share it. Default: where the policy sits in "
@@ -89,11 +93,11 @@ class BudgetConfig(PolicyConfig):
     on_exhausted: Literal["reject", "downgrade"] = "reject"
     downgrade_to: str | None = Field(default=None, validate_default=True,
                                      description="The cheaper backend used when exhausted.")
-    max_cost_per_request: float | None = Field(default=None, ge=0.0, allow_inf_nan=False,
+    max_cost_per_request: float | None = Field(default=None, ge=0.0, le=MAX_USD, allow_inf_nan=False,
                                                description="Max USD per request for backends not in `costs`.")
     stats_path: PathText | None = Field(default=None, description="Stats file for cost estimates (without `costs` or "
                                         "`max_cost_per_request`, it must have every backend of the router).")
-    cost_margin: float = Field(default=2.0, ge=1.0, allow_inf_nan=False, description="Multiplier on a stats file's mean cost "
+    cost_margin: float = Field(default=2.0, ge=1.0, le=1e6, allow_inf_nan=False, description="Multiplier on a stats file's mean cost "
                                "per request when it has no max or p95 figure (a mean is not an upper bound).")
     # Declared after the other estimate sources so that its validator sees them.
     costs: dict[str, _USD] = Field(default_factory=dict, validate_default=True,
