@@ -251,3 +251,25 @@ def test_more_stop_sequences_than_gemini_takes_are_refused_before_anything_is_se
              "backends": {"chat": {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m",
                                    "generation": {"stop_sequences": [f"s{i}" for i in range(12)]}}}}
     Router.from_config(local).close()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32 - 1, 10**30])
+def test_a_seed_the_local_engine_cannot_take_is_named_where_it_was_set(seed):
+    # llama.cpp takes 0..2**32-2. A backend's seed outside it was built, then every request failed, and so did a
+    # request's own: each with the engine's UsageError naming its call's `config.seed`, a field no caller set. Now
+    # the backend's is refused at build and the request's before the model is asked, each naming its own field.
+    from genroute import ConfigError
+
+    chat = {"kind": "prompt_template", "engine": "local", "model": "gemma-3-270m"}
+    config = {"engines": {"local": {"kind": "local", "n_threads": 1}}, "backends": {"chat": chat}}
+    with pytest.raises(ConfigError) as built:
+        Router.from_config({**config, "backends": {"chat": {**chat, "generation": {"seed": seed}}}})
+    assert built.value.field == "backends.chat.generation.seed", built.value
+    with Router.from_config(config) as router:
+        for call in (lambda: router.generate("x", generation={"seed": seed}),
+                     lambda: list(router.stream("x", generation={"seed": seed})),
+                     lambda: asyncio.run(router.agenerate("x", generation={"seed": seed}))):
+            with pytest.raises(UsageError) as asked:
+                call()
+            assert asked.value.field == "generation.seed" and "4294967294" in asked.value.message
+        assert router.resources.engines["local"]._instances == []  # refused before the model was loaded

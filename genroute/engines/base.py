@@ -75,6 +75,8 @@ class Engine(KindFromConfig, ABC):
     reference_model: str | None = None
     #: The most stop sequences one call may carry (Gemini's API answers more with a 400); ``None``: any number.
     max_stop_sequences: int | None = None
+    #: The seeds a call may carry, lowest and highest (llama.cpp's unsigned 32 bits); ``None``: any the API takes.
+    seed_range: tuple[int, int] | None = None
 
     def __init__(self, name: str, config: BaseModel) -> None:
         check_engine_name(name)

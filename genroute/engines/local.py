@@ -25,7 +25,8 @@ from genroute.engines.base import Engine, engine_config
 from genroute.engines.gguf_header import check_context_size, check_lora_adapter
 from genroute.engines.llama_logs import quiet_when_cancelled
 from genroute.engines.local_config import LocalEngineConfig, default_model_path
-from genroute.engines.local_prompt import NO_SAFETY_FILTER, NO_THINKING, Defaults, Prepared, blocks, prepare, tokenize
+from genroute.engines.local_prompt import (MAX_SEED, NO_SAFETY_FILTER, NO_THINKING, Defaults, Prepared, blocks, prepare,
+                                           tokenize)
 from genroute.engines.local_sampling import abort_switch, constrained_tokens, decode_tokens, json_schema_grammar
 from genroute.engines.local_usage import Outcome, Progress, delta, usage_metadata
 from genroute.errors import BackendRejected, BackendUnavailable, ConfigError, UsageError
@@ -48,6 +49,7 @@ class LocalEngine(Engine):
     kind: ClassVar[str] = "local"
     Config: ClassVar[type[BaseModel]] = LocalEngineConfig
     provider = "genroute.local"
+    seed_range = (0, MAX_SEED)
     config: LocalEngineConfig
 
     def __init__(self, name: str, config: LocalEngineConfig | Mapping[str, Any] | None = None) -> None:

@@ -19,6 +19,7 @@ from genroute.config import RouterConfig, build_kind, import_object, load_config
 from genroute.config_location import locate
 from genroute.errors import ConfigError, UsageError
 from genroute.runtime.portal import Portal, running_loop
+from genroute.runtime.request_settings import check_seed
 from genroute.runtime.resources import Resources, check_named
 from genroute.runtime.pricing import Pricing
 from genroute.runtime.telemetry import CAPTURE_MAX_CHARS
@@ -340,14 +341,19 @@ def require_prices(backends: Mapping[str, Backend], pricing: Pricing) -> None:
 
 def require_engine_limits(backends: Mapping[str, Backend]) -> None:
     """``ConfigError`` naming ``backends.<name>.generation.<setting>`` when a backend's engine cannot honour one of its
-    generation settings (``Engine.refused_setting``: a blocking safety filter on the local engine, which has none),
-    or its calls would carry more stop sequences than the engine takes (Gemini: 5, a 400 at the first request; the
-    local engine takes any)."""
+    generation settings (``Engine.refused_setting``: a blocking safety filter on the local engine, which has none; a
+    seed outside ``Engine.seed_range``), or its calls would carry more stop sequences than the engine takes (Gemini:
+    5, a 400 at the first request; the local engine takes any)."""
     for name, backend in backends.items():
         refused = backend.engine.refused_setting(backend.config.generation)
         if refused is not None:
             raise ConfigError(f"engine {backend.config.engine!r}: {refused[1]}",
                               field=f"backends.{name}.generation.{refused[0]}")
+        try:  # every request failed with the local engine's own UsageError, naming its call's config.seed
+            check_seed(backend.config.generation.seed, backend.engine.seed_range, field="seed")
+        except UsageError as exc:
+            raise ConfigError(f"engine {backend.config.engine!r}: {exc.message}",
+                              field=f"backends.{name}.generation.seed") from None
         limit = backend.engine.max_stop_sequences
         stops = backend.stop_sequences()
         if limit is not None and len(stops) > limit:

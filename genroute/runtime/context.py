@@ -121,7 +121,8 @@ class RunContext:
             contents = with_history(self.request.history, contents)
         contents = _turns(engine, contents)
         if self.request.generation is not None:  # the request's own settings over the backend's (a copy)
-            config = overridden(config, self.request.generation, self.format_stops, engine.max_stop_sequences)
+            config = overridden(config, self.request.generation, self.format_stops, engine.max_stop_sequences,
+                                engine.seed_range)
         telemetry = self.telemetry
         attrs, name = telemetry.call(engine.provider, model)
         # The span is current for the call and ended here, in the coroutine that began it (no context probe).
@@ -190,7 +191,8 @@ class RunContext:
             contents = with_history(self.request.history, contents)
         contents = _turns(engine, contents)
         if self.request.generation is not None:  # as in generate
-            config = overridden(config, self.request.generation, self.format_stops, engine.max_stop_sequences)
+            config = overridden(config, self.request.generation, self.format_stops, engine.max_stop_sequences,
+                                engine.seed_range)
         attrs, name = self.telemetry.call(engine.provider, model)
         with CurrentSpan(self.tracer, name, kind=SpanKind.CLIENT,
                          attributes=span_attributes(attrs, config, stream=True)) as span:
