@@ -698,3 +698,20 @@ def test_the_outcome_store_an_output_directory_and_test_credentials_name_a_path_
     _refused(lambda: export_tuning_set(records, "t", "tuning\x00set", min_examples=1), "out_dir")
     _refused(lambda: write_credentials("adc\x00.json"), "path")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_router_built_in_code_names_a_backend_or_engine_name_that_is_not_text(gemini_server: Any) -> None:
+    """``Router({5: backend})`` was a ConfigError naming ``backend`` (the default static policy's field, with pydantic's
+    'Input should be a valid string'), ``Router({"": backend})`` likewise; an engine keyed by a number was taken."""
+    from genroute import Router
+    from genroute.runtime.resources import Resources
+
+    from .conftest import gemini_config
+
+    with Router.from_config(gemini_config(gemini_server)) as router:
+        chat, engine = router.backends["chat"], router.resources.engines["gemini"]
+        for name in (5, "", None):
+            _refused(lambda: Router({name: chat}, resources=router.resources), "backends")
+            _refused(lambda: router.replacing({name: chat}), "backends")
+            _refused(lambda: Resources({name: engine}), "engines")
+    assert not gemini_server.requests

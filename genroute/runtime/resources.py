@@ -103,10 +103,12 @@ class Resources:
 
 
 def check_named(parts: Any, kind: type, *, field: str) -> None:
-    """``UsageError`` naming ``field`` (or ``field.<name>``) unless ``parts`` maps names to ``kind`` objects: parts
-    of the wrong kind given in code otherwise fail later, deep inside, with an ``AttributeError``."""
+    """``UsageError`` naming ``field`` (or ``field.<name>``) unless ``parts`` maps names (non-empty text) to ``kind``
+    objects: parts of the wrong kind given in code otherwise fail later, deep inside, with an ``AttributeError``."""
     if not isinstance(parts, Mapping):
         raise UsageError(f"must map names to {kind.__name__} objects, not {type(parts).__name__}", field=field)
     for name, part in parts.items():
+        if not isinstance(name, str) or not name:  # a number was named a policy's `backend` error, or passed
+            raise UsageError(f"a name is non-empty text (as a config's keys are), not {name!r:.40}", field=field)
         if not isinstance(part, kind):
             raise UsageError(f"must be a genroute {kind.__name__}, not {type(part).__name__}", field=f"{field}.{name}")
