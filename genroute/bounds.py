@@ -81,7 +81,7 @@ def check_headers(headers: Mapping[str, str]) -> None:
 
 
 #: Why a path with a NUL character is refused where it is given: the OS takes none (``open`` raised a bare
-#: ``ValueError``; Chroma's C code cut the path there and wrote elsewhere).
+#: ``ValueError`` while a router was built; ``knowledge.path`` and ``model_path`` were taken, to fail at first use).
 NUL_IN_PATH = "a file path cannot hold a NUL character"
 
 
