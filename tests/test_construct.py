@@ -143,9 +143,8 @@ def test_a_plugin_output_of_other_types_is_validated_into_the_result() -> None:
     assert _as_declared(BackendOutput(text="hi", model="m", citations=(Citation(**citation),)))
     ctx = RunContext(GenerateRequest(input="x"), "chat", telemetry=Telemetry(), pricing=Pricing())
     ledger = Ledger()
-    ledger.record(INVALID_SPAN, ctx, "chat", 0, 0.0, None)
     result = ledger.result(Decision.single("static", "chat", "r"), ctx, loose, INVALID_SPAN, 0.0, None,
-                           outcome_ids=False)
+                           outcome_ids=False, served=(0, 0.0))
     assert result.citations == (Citation(**citation),)
     _same(result, GenerateResult.model_validate(result.model_dump()))
 
@@ -222,11 +221,10 @@ def test_the_served_result_is_built_as_validation_builds_it() -> None:
     ctx = RunContext(GenerateRequest(input="x"), "chat", telemetry=Telemetry(), pricing=Pricing())
     ctx.usage, ctx.cost_usd, ctx.model = Usage(input_tokens=2, output_tokens=1), 3e-6, "gemini-2.5-flash-001"
     ledger = Ledger()
-    ledger.record(INVALID_SPAN, ctx, "chat", 0, 0.0, None)
     output = BackendOutput(text="hi", model="gemini-2.5-flash", finish_reason="stop",
                            citations=(Citation(chunk_id="c1", source="s", score=0.5),))
     result = ledger.result(Decision.single("static", "chat", "r"), ctx, output, INVALID_SPAN, 0.0, 0.1,
-                           outcome_ids=True)
+                           outcome_ids=True, served=(0, 0.0))
     assert list(result.__dict__) == list(GenerateResult.model_fields)
     assert result.outcome_id is not None and result.finish_reason == "stop"
     _same(result, GenerateResult(**result.__dict__))

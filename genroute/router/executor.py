@@ -193,7 +193,7 @@ class Executor(Shadows):
                 ledger.record(span, ctx, rung.backend, index, rung_start + read_s, exc, admitted=attempt.admitted)
                 ledger.charge(exc, span)
                 raise
-            result = ledger.result(decision, ctx, output, span, start + read_s, first_chunk_s,  # recorded there too
+            result = ledger.result(decision, ctx, output, span, start + read_s, first_chunk_s,
                                    outcome_ids=self.outcomes is not None, served=(index, rung_start + read_s))
             if self.outcomes is not None or decision.shadow:  # anything to hand the answer to
                 self._served(request, decision, span, result, output, ctx)

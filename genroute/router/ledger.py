@@ -47,15 +47,10 @@ class Ledger:
         self.cost_estimated = self.cost_estimated or charges.estimated
 
     def record(self, span: trace.Span, ctx: RunContext, backend: str, index: int, started: float,
-               error: BaseException | None, *, admitted: bool = True) -> None:
-        """Add the rung ``ctx`` accounted to the ledger, with a ``genroute.rung`` event on the root span.
-
-        A request its first rung served records no event: the root span's own attributes (backend, rungs tried,
-        cost) already say all of it, and that is the hot path.
-        """
-        if error is None:
-            outcome = "ok"
-        elif not admitted:  # refused by a budget, a rate limit or an open breaker: nothing was sent
+               error: BaseException, *, admitted: bool = True) -> None:
+        """Add the rung ``ctx`` accounted, which ``error`` ended, to the ledger, with a ``genroute.rung`` event on the
+        root span. The rung that serves is recorded by ``result``."""
+        if not admitted:  # refused by a budget, a rate limit or an open breaker: nothing was sent
             outcome = "skipped"
         elif isinstance(error, ValidationFailed):
             outcome = "rejected_by_validator"
@@ -65,14 +60,12 @@ class Ledger:
             outcome = "cancelled"
         latency_s = time.perf_counter() - started
         # A reader that stopped reading the stream (closed it, or let it go) cut the rung: no error of the rung's.
-        error_type = None if error is None or type(error) is GeneratorExit else type(error).__name__
-        attempt = _attempt(backend=backend, outcome=outcome, error_type=error_type,
-                           error=None if error is None else str(error), latency_s=latency_s,
-                           cost_usd=float(ctx.cost_usd), usage=ctx.usage, cost_estimated=ctx.cost_estimated,
-                           tool_calls=() if error is None else tuple(getattr(error, "tool_calls", ())))
-        if error is not None or self.attempts:
-            self._event(span, ctx, index, backend, outcome, latency_s, error_type, error)
-        self.attempts += (attempt,)
+        error_type = None if type(error) is GeneratorExit else type(error).__name__
+        self._event(span, ctx, index, backend, outcome, latency_s, error_type, error)
+        self.attempts += (_attempt(backend=backend, outcome=outcome, error_type=error_type, error=str(error),
+                                   latency_s=latency_s, cost_usd=float(ctx.cost_usd), usage=ctx.usage,
+                                   cost_estimated=ctx.cost_estimated,
+                                   tool_calls=tuple(getattr(error, "tool_calls", ()))),)
         add_spend(self, ctx)
 
     @staticmethod
@@ -116,20 +109,21 @@ class Ledger:
         return attrs
 
     def result(self, decision: Decision, ctx: RunContext, output: BackendOutput, span: trace.Span, start: float,
-               first_chunk_s: float | None, *, outcome_ids: bool, served: tuple[int, float] | None = None
-               ) -> GenerateResult:
-        """The caller's result, served by the rung ``ctx`` accounted (the last one recorded); its attributes go on
-        ``span``. ``served``: the rung's index and start, for this call to record it first (``record`` with no
-        error, in the same pass: every request does it)."""
+               first_chunk_s: float | None, *, outcome_ids: bool, served: tuple[int, float]) -> GenerateResult:
+        """The caller's result, served by the rung ``ctx`` accounted, which ``served`` (its index and start) records
+        first; its attributes go on ``span``.
+
+        A request its first rung served records no ``genroute.rung`` event: the root span's own attributes (backend,
+        rungs tried, cost) already say all of it, and that is the hot path.
+        """
         backend = ctx.backend
-        if served is not None:  # record(span, ctx, backend, *served, None), without its tests of an error
-            latency_s = time.perf_counter() - served[1]
-            if self.attempts:  # rungs failed before it: its event says this one served
-                self._event(span, ctx, served[0], backend, "ok", latency_s, None, None)
-            self.attempts += (_attempt(backend=backend, outcome="ok", error_type=None, error=None,
-                                       latency_s=latency_s, cost_usd=float(ctx.cost_usd), usage=ctx.usage,
-                                       cost_estimated=ctx.cost_estimated, tool_calls=()),)
-            add_spend(self, ctx)
+        latency_s = time.perf_counter() - served[1]
+        if self.attempts:  # rungs failed before it: its event says this one served
+            self._event(span, ctx, served[0], backend, "ok", latency_s, None, None)
+        self.attempts += (_attempt(backend=backend, outcome="ok", error_type=None, error=None, latency_s=latency_s,
+                                   cost_usd=float(ctx.cost_usd), usage=ctx.usage, cost_estimated=ctx.cost_estimated,
+                                   tool_calls=()),)
+        add_spend(self, ctx)
         if span.is_recording():
             attrs = self.span_attributes()
             attrs["genroute.backend"] = backend  # the model that answered is on its inference span
