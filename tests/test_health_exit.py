@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,23 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
+def icl_behind_proxy(gemini_server: GeminiTestServer, chroma_server: ChromaServer,  # noqa: F811
+                     tmp_path: Path, name: str, *, timeout_s: float) -> tuple[dict[str, Any], TcpProxy]:
+    """A router config with an ICL backend whose examples (a collection named after ``name``) sit on a real
+    ``chroma run``, read through a proxy that can hold its replies (Chroma accepts, and its answers never come);
+    the caller closes the proxy."""
+    knowledge = Knowledge("server", {"host": "127.0.0.1", "port": chroma_server.port})
+    collection = knowledge.name(name)
+    asyncio.run(aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl", EXAMPLES[:4])],
+                               collection=collection))
+    proxy = TcpProxy(chroma_server.port)
+    config = gemini_config(gemini_server)
+    config["knowledge"] = {"host": "127.0.0.1", "port": proxy.port, "timeout_s": timeout_s}
+    config["backends"]["icl"] = {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash",
+                                 "collection": collection}
+    return config, proxy
+
+
 @pytest.mark.parametrize("how", ["sync", "async"])
 def test_an_app_exiting_while_chroma_hangs_does_not_wait_for_the_health_probe(gemini_server: GeminiTestServer,
                                                                               chroma_server: ChromaServer,  # noqa: F811
@@ -67,15 +85,7 @@ def test_an_app_exiting_while_chroma_hangs_does_not_wait_for_the_health_probe(ge
     by Chroma's HTTP timeout (knowledge.timeout_s, 30 s): an app that checked its health and exited waited that long.
     The probe now runs on a daemon thread of genroute's own, which nothing joins. The test prints how long the process
     took to end once its router was closed."""
-    knowledge = Knowledge("server", {"host": "127.0.0.1", "port": chroma_server.port})
-    collection = knowledge.name("exit")
-    asyncio.run(aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl", EXAMPLES[:4])],
-                               collection=collection))
-    proxy = TcpProxy(chroma_server.port)
-    config = gemini_config(gemini_server)
-    config["knowledge"] = {"host": "127.0.0.1", "port": proxy.port, "timeout_s": 30}
-    config["backends"]["icl"] = {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash",
-                                 "collection": collection}
+    config, proxy = icl_behind_proxy(gemini_server, chroma_server, tmp_path, "exit", timeout_s=30)
     root = Path(__file__).resolve().parent.parent
     app = subprocess.Popen([sys.executable, "-c", _SCRIPT, json.dumps(config), how], stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,

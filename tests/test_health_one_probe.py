@@ -13,29 +13,19 @@ from typing import Any
 import pytest
 
 from genroute import Router
-from genroute.knowledge import aload_examples
 from genroute.testing import GeminiTestServer
 
-from .chroma_fixtures import ChromaServer, Knowledge, chroma_server  # noqa: F401
-from .conftest import gemini_config
+from .chroma_fixtures import ChromaServer, chroma_server  # noqa: F401
 from .tcp_proxy import TcpProxy
-from .test_icl import EXAMPLES, write_examples
+from .test_health_exit import icl_behind_proxy
 
 
 @pytest.fixture
 def hung(gemini_server: GeminiTestServer, chroma_server: ChromaServer,  # noqa: F811
          tmp_path: Path) -> Iterator[tuple[dict[str, Any], TcpProxy]]:
-    """A router config with an ICL and a RAG backend reading a real ``chroma run`` behind a proxy that can hold its
-    replies (Chroma accepts, and its answers never come)."""
-    knowledge = Knowledge("server", {"host": "127.0.0.1", "port": chroma_server.port})
-    collection = knowledge.name("one-probe")
-    asyncio.run(aload_examples(knowledge.store(), [write_examples(tmp_path / "ex.jsonl", EXAMPLES[:4])],
-                               collection=collection))
-    proxy = TcpProxy(chroma_server.port)
-    config = gemini_config(gemini_server)
-    config["knowledge"] = {"host": "127.0.0.1", "port": proxy.port, "timeout_s": 60}
-    config["backends"]["icl"] = {"kind": "icl", "engine": "gemini", "model": "gemini-2.5-flash",
-                                 "collection": collection}
+    """A router config with an ICL backend reading a real ``chroma run`` behind a proxy that can hold its replies
+    (Chroma accepts, and its answers never come)."""
+    config, proxy = icl_behind_proxy(gemini_server, chroma_server, tmp_path, "one-probe", timeout_s=60)
     try:
         yield config, proxy
     finally:
